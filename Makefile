@@ -1,0 +1,51 @@
+# Chronicle: `make run` serves on SQLite, `make test` runs the whole suite.
+# Both create .venv and install pinned dependencies (constraints.txt) first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
+
+.PHONY: run test lint format protos bench clean lock
+
+run: protos
+	$(BIN)/chronicle serve $(ARGS)
+
+test: protos
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: protos
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+protos: $(STAMP) chronicle/.generated
+
+chronicle/.generated: $(PROTO_SOURCES) tools/gen_protos.py
+	$(BIN)/python tools/gen_protos.py
+	touch $@
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Re-pin every dependency to what resolves today (run, test, then commit).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	PIP_CONSTRAINT= .lock-venv/bin/pip install --quiet '.[dev]' hatchling==1.33.0 grpcio-tools==1.85.1
+	.lock-venv/bin/pip freeze --exclude chronicle > constraints.txt
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) chronicle build dist .pytest_cache .mypy_cache .ruff_cache
+	find domain_plugins -path '*/protos/*' \( -name '*.py' -o -name '*.pyi' \) -delete

@@ -1,0 +1,1 @@
+"""Example domains shipped with Chronicle, each a plugin (see docs/plugins.md)."""

@@ -1,0 +1,85 @@
+"""The bank account aggregate: handlers decide, apply functions record."""
+
+from __future__ import annotations
+
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.plugins import (
+    AlreadyExistsError,
+    CommandContext,
+    InvalidArgumentError,
+    NotFoundError,
+    Plugin,
+    ValidationError,
+)
+
+plugin = Plugin("bank_account", description="Bank accounts: the example every test and client may rely on.")
+account = plugin.aggregate("Account", state=bank.Account, snapshot_every=100)
+
+
+def _require_open(state: bank.Account, context: CommandContext) -> None:
+    if context.is_new:
+        raise NotFoundError(f"account {context.aggregate_id!r} does not exist", reason="ACCOUNT_NOT_FOUND")
+    if state.closed:
+        raise ValidationError(f"account {context.aggregate_id!r} is closed", reason="ACCOUNT_CLOSED")
+
+
+def _require_positive(amount: int) -> None:
+    if amount <= 0:
+        raise InvalidArgumentError(
+            f"amount must be positive, got {amount}", reason="INVALID_AMOUNT", field="amount"
+        )
+
+
+@account.command(bank.OpenAccount)
+def open_account(command: bank.OpenAccount, state: bank.Account, context: CommandContext) -> bank.AccountOpened:
+    if not context.is_new:
+        raise AlreadyExistsError(f"account {context.aggregate_id!r} is already open", reason="ACCOUNT_ALREADY_OPEN")
+    if not command.owner.strip():
+        raise InvalidArgumentError("owner must not be empty", reason="OWNER_REQUIRED", field="owner")
+    return bank.AccountOpened(owner=command.owner)
+
+
+@account.command(bank.Deposit)
+def deposit(command: bank.Deposit, state: bank.Account, context: CommandContext) -> bank.MoneyDeposited:
+    _require_positive(command.amount)
+    _require_open(state, context)
+    return bank.MoneyDeposited(amount=command.amount)
+
+
+@account.command(bank.Withdraw)
+def withdraw(command: bank.Withdraw, state: bank.Account, context: CommandContext) -> bank.MoneyWithdrawn:
+    _require_positive(command.amount)
+    _require_open(state, context)
+    if command.amount > state.balance:
+        raise ValidationError(
+            f"cannot withdraw {command.amount}: the balance is {state.balance}",
+            reason="INSUFFICIENT_FUNDS",
+            metadata={"balance": str(state.balance), "amount": str(command.amount)},
+        )
+    return bank.MoneyWithdrawn(amount=command.amount)
+
+
+@account.command(bank.CloseAccount)
+def close_account(command: bank.CloseAccount, state: bank.Account, context: CommandContext) -> bank.AccountClosed:
+    _require_open(state, context)
+    return bank.AccountClosed()
+
+
+@account.apply(bank.AccountOpened)
+def _opened(state: bank.Account, event: bank.AccountOpened) -> None:
+    state.owner = event.owner
+
+
+@account.apply(bank.MoneyDeposited)
+def _deposited(state: bank.Account, event: bank.MoneyDeposited) -> None:
+    state.balance += event.amount
+
+
+@account.apply(bank.MoneyWithdrawn)
+def _withdrawn(state: bank.Account, event: bank.MoneyWithdrawn) -> None:
+    state.balance -= event.amount
+
+
+@account.apply(bank.AccountClosed)
+def _closed(state: bank.Account, event: bank.AccountClosed) -> None:
+    state.closed = True

@@ -1,0 +1,6 @@
+"""Boxes, the design document's example: create, rename, archive.
+An archived box cannot be modified."""
+
+from domain_plugins.box.domain import box, plugin
+
+__all__ = ["box", "plugin"]

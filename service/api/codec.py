@@ -1,0 +1,131 @@
+"""Between the wire and the processor: validate and decode incoming
+commands, encode committed events. Every rule on the shape of a request
+lives here, and every refusal names the field at fault."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError
+
+from chronicle.v1 import command_pb2, event_pb2
+from service.errors import InvalidInput
+from service.plugins.registry import Registry
+from service.processing.commands import CommandRequest
+from service.store.records import RecordedEvent
+
+TYPE_URL_PREFIX = "type.googleapis.com/"
+MAX_ID_LENGTH = 200
+MAX_TEXT_LENGTH = 200
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY = 128
+MAX_METADATA_VALUE = 4096
+
+
+def _printable(value: str) -> bool:
+    return value.isprintable()
+
+
+def check_id(field: str, value: str, *, reason: str) -> str:
+    """An identifier: non-empty, bounded, printable (no control characters)."""
+    if not value:
+        raise InvalidInput.field(field, "must not be empty", reason=reason)
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidInput.field(field, f"must be at most {MAX_ID_LENGTH} characters", reason=reason)
+    if not _printable(value):
+        raise InvalidInput.field(field, "must not contain control characters", reason=reason)
+    return value
+
+
+def _check_text(field: str, value: str) -> str:
+    if len(value) > MAX_TEXT_LENGTH or not _printable(value):
+        raise InvalidInput.field(
+            field, f"must be at most {MAX_TEXT_LENGTH} printable characters", reason="INVALID_FIELD"
+        )
+    return value
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    if len(metadata) > MAX_METADATA_ENTRIES:
+        raise InvalidInput.field(
+            "command.metadata", f"at most {MAX_METADATA_ENTRIES} entries", reason="INVALID_METADATA"
+        )
+    for key, value in metadata.items():
+        if not key or len(key) > MAX_METADATA_KEY or not _printable(key) or len(value) > MAX_METADATA_VALUE:
+            raise InvalidInput.field(
+                f"command.metadata[{key[:MAX_METADATA_KEY]!r}]",
+                f"keys 1 to {MAX_METADATA_KEY} printable characters, values up to {MAX_METADATA_VALUE}",
+                reason="INVALID_METADATA",
+            )
+    return dict(metadata)
+
+
+def type_name(packed: any_pb2.Any) -> str:
+    return packed.type_url.rpartition("/")[2]
+
+
+def decode_command(command: command_pb2.Command, registry: Registry) -> CommandRequest:
+    try:
+        command_id = str(uuid.UUID(command.command_id))
+    except ValueError:
+        raise InvalidInput.field(
+            "command.command_id", "must be a UUID chosen by the client", reason="INVALID_COMMAND_ID"
+        ) from None
+    aggregate_id = check_id("command.aggregate_id", command.aggregate_id, reason="INVALID_AGGREGATE_ID")
+    if not command.HasField("payload") or not command.payload.type_url:
+        raise InvalidInput.field("command.payload", "must hold the command message", reason="MISSING_PAYLOAD")
+    name = type_name(command.payload)
+    spec = registry.command(name)
+    if spec is None:
+        raise InvalidInput(
+            f"no handler is registered for command type {name!r}",
+            reason="UNKNOWN_COMMAND_TYPE",
+            violations=(),
+            metadata={"command_type": name},
+        )
+    message = spec.message_type()
+    try:
+        message.ParseFromString(command.payload.value)
+    except DecodeError as error:
+        raise InvalidInput.field(
+            "command.payload.value", f"does not parse as {name}: {error}", reason="MALFORMED_PAYLOAD"
+        ) from None
+    return CommandRequest(
+        command_id=command_id,
+        aggregate_id=aggregate_id,
+        spec=spec,
+        message=message,
+        user_id=_check_text("command.user_id", command.user_id),
+        origin=_check_text("command.origin", command.origin),
+        correlation_id=_check_text("command.correlation_id", command.correlation_id),
+        causation_id=_check_text("command.causation_id", command.causation_id),
+        metadata=_check_metadata(command.metadata),
+        expected_version=command.expected_version if command.HasField("expected_version") else None,
+    )
+
+
+def timestamp(micros: int) -> timestamp_pb2.Timestamp:
+    seconds, rest = divmod(micros, 1_000_000)
+    return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest * 1000)
+
+
+def encode_event(event: RecordedEvent) -> event_pb2.Event:
+    return event_pb2.Event(
+        event_id=event.event_id,
+        aggregate_id=event.aggregate_id,
+        aggregate_type=event.aggregate_type,
+        version=event.version,
+        position=event.position,
+        timestamp=timestamp(event.timestamp_us),
+        origin=event.origin,
+        user_id=event.user_id,
+        command_id=event.command_id,
+        correlation_id=event.correlation_id,
+        causation_id=event.causation_id,
+        schema_version=event.schema_version,
+        payload=any_pb2.Any(type_url=TYPE_URL_PREFIX + event.event_type, value=event.payload),
+        metadata=event.metadata,
+        event_type=event.event_type,
+    )

@@ -1,0 +1,69 @@
+"""``chronicle.v1.EventService``: reading aggregates and their events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+
+from chronicle.v1 import event_pb2
+from chronicle.v1 import event_service_pb2 as pb
+from chronicle.v1 import event_service_pb2_grpc as pb_grpc
+from service.api import guard
+from service.api.codec import TYPE_URL_PREFIX, check_id, encode_event
+from service.errors import AggregateNotFound
+from service.processing.state import AggregateLoader
+from service.store.base import AggregateQuery, EventStore
+
+PAGE = 500
+
+
+class EventService(pb_grpc.EventServiceServicer):
+    def __init__(self, store: EventStore, loader: AggregateLoader) -> None:
+        self._store = store
+        self._loader = loader
+
+    @guard.streaming
+    async def ReadAggregate(
+        self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[event_pb2.Event]:
+        aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        query = AggregateQuery(
+            from_version=max(request.from_version, 1),
+            origin=request.origin or None,
+            event_types=frozenset(request.event_types),
+            limit=PAGE,
+        )
+        # Paged, so a long aggregate streams in bounded memory.
+        while True:
+            page = await self._store.read_aggregate(aggregate_id, query)
+            for event in page:
+                yield encode_event(event)
+            if len(page) < PAGE:
+                return
+            query = AggregateQuery(
+                from_version=page[-1].version + 1,
+                origin=query.origin,
+                event_types=query.event_types,
+                limit=PAGE,
+            )
+
+    @guard.unary
+    async def GetAggregate(
+        self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetAggregateResponse:
+        aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        aggregate = await self._loader.load_any(aggregate_id)
+        if aggregate is None:
+            raise AggregateNotFound(aggregate_id)
+        return pb.GetAggregateResponse(
+            aggregate_id=aggregate_id,
+            aggregate_type=aggregate.type.name,
+            version=aggregate.version,
+            state=any_pb2.Any(
+                type_url=TYPE_URL_PREFIX + aggregate.type.state_type_name,
+                value=aggregate.state.SerializeToString(),
+            ),
+        )

@@ -1,0 +1,97 @@
+"""The one table from Chronicle errors to gRPC status codes, and the rich
+error details (``google.rpc``) every error carries.
+
+Each error sends a ``google.rpc.Status`` in the ``grpc-status-details-bin``
+trailer with an ``ErrorInfo`` (machine-readable ``reason``, domain
+``chronicle``, metadata), a ``BadRequest`` when fields are at fault, and a
+``RetryInfo`` when retrying later can succeed.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service import errors
+from service.processing.state import EventNotReadable
+
+DOMAIN = "chronicle"
+
+# Looked up along the exception's MRO, so a subclass maps like its parent
+# unless listed itself.
+STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
+    errors.InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ValidationError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    errors.AggregateNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AggregateTypeMismatch: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.WrongExpectedVersion: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ConcurrencyConflict: grpc.StatusCode.ABORTED,
+    errors.CommandIdReused: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.HandlerFailed: grpc.StatusCode.INTERNAL,
+    errors.ConfigurationError: grpc.StatusCode.INTERNAL,
+    EventNotReadable: grpc.StatusCode.INTERNAL,
+}
+
+# Worth retrying after a pause; the client is told so with RetryInfo.
+RETRY_AFTER_SECONDS: dict[grpc.StatusCode, float] = {
+    grpc.StatusCode.ABORTED: 0.05,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 0.2,
+    grpc.StatusCode.UNAVAILABLE: 1.0,
+}
+
+
+def status_code(error: errors.ChronicleError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        code = STATUS_BY_ERROR.get(cls)  # type: ignore[call-overload]
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _packed(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def rich_status(error: errors.ChronicleError) -> grpc.Status:
+    code = status_code(error)
+    details = [_packed(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))]
+    violations = list(getattr(error, "violations", ()))
+    field = getattr(error, "field", None)
+    if field and not violations:
+        violations = [errors.FieldViolation(field, error.message)]
+    if violations:
+        details.append(
+            _packed(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in violations
+                    ]
+                )
+            )
+        )
+    delay = RETRY_AFTER_SECONDS.get(code)
+    if delay is not None:
+        seconds, fraction = divmod(delay, 1)
+        details.append(
+            _packed(
+                error_details_pb2.RetryInfo(
+                    retry_delay=duration_pb2.Duration(seconds=int(seconds), nanos=int(fraction * 1e9))
+                )
+            )
+        )
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
+    return rpc_status.to_status(status)
+
+
+def internal_status(message: str = "internal error") -> grpc.Status:
+    return rich_status(errors.ChronicleError(message, reason="INTERNAL"))

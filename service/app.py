@@ -1,0 +1,126 @@
+"""The composition root: settings → store → plugins → processor → server.
+
+The only place that wires concrete parts together. ``Application`` owns
+their lifecycle: ``start`` opens the store and binds the port, ``stop``
+drains in order (health NOT_SERVING first, then in-flight RPCs, then
+workers, then the store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+
+from service.api.command_service import CommandService
+from service.api.event_service import EventService
+from service.api.server import Health, build_server
+from service.errors import ConfigurationError
+from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
+from service.plugins.registry import Registry
+from service.processing.executor import CommandExecutor
+from service.processing.router import Router
+from service.processing.snapshots import SnapshotPolicy
+from service.settings import Settings
+from service.store.base import EventStore
+from service.store.factory import open_store
+
+log = logging.getLogger("chronicle")
+
+
+def build_registry(settings: Settings) -> Registry:
+    plugins = discover_plugins(
+        settings.plugins, entry_point_group=ENTRY_POINT_GROUP if settings.discover_plugins else None
+    )
+    return Registry(plugins)
+
+
+@dataclass
+class Application:
+    settings: Settings
+    registry: Registry
+    store: EventStore
+    router: Router
+    health: Health
+    server: grpc.aio.Server
+    port: int
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace if grace is None else grace
+        await self.health.set(False)
+        await self.server.stop(grace)
+        await self.router.close(timeout=grace)
+        await self.store.close()
+
+
+async def start(settings: Settings, *, store: EventStore | None = None, registry: Registry | None = None) -> Application:
+    """Open the store, bind the port and start serving."""
+    registry = registry if registry is not None else build_registry(settings)
+    store = store if store is not None else open_store(settings.database_url)
+    await store.open()
+    executor = CommandExecutor(
+        store,
+        registry,
+        max_attempts=settings.conflict_retries,
+        snapshots=SnapshotPolicy(settings.snapshot_every or None),
+    )
+    router = Router(
+        executor,
+        queue_depth=settings.queue_depth,
+        idle_timeout=settings.idle_timeout,
+        max_workers=settings.max_workers,
+    )
+    health = Health()
+    server = build_server(
+        commands=CommandService(registry, router),
+        events=EventService(store, executor.loader),
+        health=health,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as error:
+        await store.close()
+        raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error
+    await server.start()
+    await health.set(True)
+    return Application(settings, registry, store, router, health, server, port)
+
+
+def describe(app: Application) -> str:
+    lines = [f"Chronicle serving gRPC on {app.address} (store: {_store_name(app.settings.database_url)})"]
+    for plugin in app.registry.plugins:
+        lines.append(f"  plugin {plugin.name}")
+        for aggregate in plugin.aggregates:
+            commands = ", ".join(sorted(aggregate.commands))
+            lines.append(f"    {aggregate.name}: {commands}")
+    if not app.registry.plugins:
+        lines.append("  no plugins loaded: every command will be refused as UNKNOWN_COMMAND_TYPE")
+    return "\n".join(lines)
+
+
+def _store_name(url: str) -> str:
+    from service.store.factory import _redacted
+
+    return _redacted(url)
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    app = await start(settings)
+    print(describe(app), flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down (grace %.1fs)", settings.shutdown_grace)
+    await app.stop()

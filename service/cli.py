@@ -1,0 +1,244 @@
+"""The ``chronicle`` command line: serve, and talk to a server.
+
+    chronicle serve [--listen HOST:PORT] [--database-url URL] [--plugin MOD]
+    chronicle submit ACCOUNT bank.v1.OpenAccount '{"owner": "alice"}'
+    chronicle read ACCOUNT [--from-version N] [--type T] [--origin O]
+    chronicle get ACCOUNT
+    chronicle plugins
+    chronicle health
+
+Client commands print JSON on stdout. A refused command prints the gRPC code,
+the reason and the message on stderr and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+
+import grpc
+from google.protobuf import any_pb2, json_format
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from chronicle.v1 import command_pb2, command_service_pb2, command_service_pb2_grpc
+from chronicle.v1 import event_pb2, event_service_pb2, event_service_pb2_grpc
+from service.errors import ChronicleError
+from service.remote_types import RemoteTypes, UnknownType
+from service.settings import add_arguments, load_settings
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+def _event_json(types: RemoteTypes, event: event_pb2.Event) -> dict[str, object]:
+    envelope = event_pb2.Event()
+    envelope.CopyFrom(event)
+    envelope.ClearField("payload")  # its type is only known to ``types``
+    data = json_format.MessageToDict(envelope, preserving_proto_field_name=True)
+    data["payload"] = types.unpack(event.payload)
+    return data
+
+
+def _print(data: object) -> None:
+    print(json.dumps(data, ensure_ascii=False), flush=True)
+
+
+def _report_rpc_error(error: grpc.RpcError) -> int:
+    call = error  # grpc raises the call itself
+    status = rpc_status.from_call(call)  # type: ignore[arg-type]
+    reason = ""
+    metadata: dict[str, str] = {}
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                reason, metadata = info.reason, dict(info.metadata)
+    code = call.code().name if hasattr(call, "code") else "UNKNOWN"
+    details = call.details() if hasattr(call, "details") else str(error)
+    line = f"error: {code}"
+    if reason:
+        line += f" {reason}"
+    print(f"{line}: {details}", file=sys.stderr)
+    if metadata:
+        print(f"  {json.dumps(metadata, sort_keys=True)}", file=sys.stderr)
+    return 1
+
+
+def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    types = RemoteTypes(channel)
+    message = types.from_json(args.type, args.payload)
+    payload = any_pb2.Any()
+    payload.Pack(message)
+    command = command_pb2.Command(
+        command_id=args.command_id or str(uuid.uuid4()),
+        aggregate_id=args.aggregate_id,
+        payload=payload,
+        user_id=args.user or "",
+        origin=args.origin or "cli",
+        metadata=dict(item.split("=", 1) for item in args.meta or ()),
+    )
+    command.timestamp.GetCurrentTime()
+    if args.expected_version is not None:
+        command.expected_version = args.expected_version
+    stub = command_service_pb2_grpc.CommandServiceStub(channel)
+    response = stub.Submit(command_service_pb2.SubmitRequest(command=command), timeout=args.timeout)
+    _print(
+        {
+            "command_id": command.command_id,
+            "version": response.version,
+            "replayed": response.replayed,
+            "events": [_event_json(types, e) for e in response.events],
+        }
+    )
+    return 0
+
+
+def _read(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    types = RemoteTypes(channel)
+    stub = event_service_pb2_grpc.EventServiceStub(channel)
+    request = event_service_pb2.ReadAggregateRequest(
+        aggregate_id=args.aggregate_id,
+        from_version=args.from_version,
+        origin=args.origin or "",
+        event_types=args.type or (),
+    )
+    for event in stub.ReadAggregate(request, timeout=args.timeout):
+        _print(_event_json(types, event))
+    return 0
+
+
+def _get(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    types = RemoteTypes(channel)
+    stub = event_service_pb2_grpc.EventServiceStub(channel)
+    response = stub.GetAggregate(
+        event_service_pb2.GetAggregateRequest(aggregate_id=args.aggregate_id), timeout=args.timeout
+    )
+    _print(
+        {
+            "aggregate_id": response.aggregate_id,
+            "aggregate_type": response.aggregate_type,
+            "version": response.version,
+            "state": types.unpack(response.state),
+        }
+    )
+    return 0
+
+
+def _health(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    _print({"service": args.service, "status": status})
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from service.app import build_registry
+
+    registry = build_registry(load_settings(args, os.environ))
+    for plugin in registry.plugins:
+        _print(
+            {
+                "plugin": plugin.name,
+                "aggregates": [
+                    {
+                        "aggregate_type": aggregate.name,
+                        "state": aggregate.state_type_name,
+                        "state_schema_version": aggregate.state_schema_version,
+                        "snapshot_every": aggregate.snapshot_every,
+                        "commands": {name: spec.handler.__qualname__ for name, spec in aggregate.commands.items()},
+                        "events": {
+                            name: {"apply": spec.apply.__qualname__, "schema_version": spec.schema_version}
+                            for name, spec in aggregate.events.items()
+                        },
+                    }
+                    for aggregate in plugin.aggregates
+                ],
+            }
+        )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.app import serve
+
+    settings = load_settings(args, os.environ)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("CHRONICLE_SERVER", DEFAULT_SERVER),
+        help=f"host:port of the server (env CHRONICLE_SERVER; default {DEFAULT_SERVER})",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chronicle", description="Chronicle: event-sourced command service")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server")
+    add_arguments(serve)
+    serve.set_defaults(run=_serve, remote=False)
+
+    plugins = commands.add_parser("plugins", help="list the plugins the server would load")
+    add_arguments(plugins)
+    plugins.set_defaults(run=_plugins, remote=False)
+
+    submit = commands.add_parser("submit", help="submit one command")
+    submit.add_argument("aggregate_id")
+    submit.add_argument("type", help="full command message name, e.g. bank.v1.Deposit")
+    submit.add_argument("payload", nargs="?", default="{}", help="the command as JSON (default {})")
+    submit.add_argument("--command-id", help="UUID; a new one if omitted (reuse one to retry safely)")
+    submit.add_argument("--expected-version", type=int)
+    submit.add_argument("--origin")
+    submit.add_argument("--user")
+    submit.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    submit.set_defaults(run=_submit, remote=True)
+
+    read = commands.add_parser("read", help="print an aggregate's events as JSON lines")
+    read.add_argument("aggregate_id")
+    read.add_argument("--from-version", type=int, default=1)
+    read.add_argument("--type", action="append", help="only this event type; repeatable")
+    read.add_argument("--origin")
+    read.set_defaults(run=_read, remote=True)
+
+    get = commands.add_parser("get", help="print an aggregate's current state")
+    get.add_argument("aggregate_id")
+    get.set_defaults(run=_get, remote=True)
+
+    health = commands.add_parser("health", help="check the server's health; exit 0 when serving")
+    health.add_argument("--service", default="")
+    health.set_defaults(run=_health, remote=True)
+
+    for sub in (submit, read, get, health):
+        _client_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if not args.remote:
+            return int(args.run(args))
+        with grpc.insecure_channel(args.server) as channel:
+            return int(args.run(args, channel))
+    except grpc.RpcError as error:
+        return _report_rpc_error(error)
+    except (ChronicleError, UnknownType, json_format.ParseError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

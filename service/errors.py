@@ -1,0 +1,239 @@
+"""The one exception tree of Chronicle.
+
+Every error the service raises on purpose derives from :class:`ChronicleError`
+and carries a machine-readable ``reason`` (UPPER_SNAKE_CASE, sent to clients
+as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
+``service.api.status`` maps each class to a gRPC status code in one table.
+
+    ChronicleError
+    ├── InvalidInput            malformed request; names the offending fields
+    ├── ValidationError         a plugin's rule refused the command
+    │   ├── InvalidArgumentError    ...because of the command's input
+    │   ├── NotFoundError           ...because the aggregate does not exist
+    │   └── AlreadyExistsError      ...because it exists already
+    ├── AggregateNotFound       a read of an aggregate that has no events
+    ├── AggregateTypeMismatch   command for another aggregate type than the id's
+    ├── WrongExpectedVersion    the client's expected version does not hold
+    ├── ConcurrencyConflict     another writer appended first (retried inside)
+    ├── CommandIdReused         a command id reused for a different command
+    ├── Overloaded              a bounded queue or limit is full
+    ├── StoreUnavailable        the store cannot be reached
+    ├── HandlerFailed           a plugin's handler raised something unexpected
+    └── ConfigurationError      bad settings or plugins; raised at start-up
+
+Rejections that follow deterministically from the command and the state
+(validation errors, a wrong expected version) are recorded with the command
+so that a retry returns the same answer. A type mismatch needs no record: an
+aggregate's type never changes, so a retry meets the same refusal. Transient failures
+(conflicts, overload, an unavailable store, a failing handler) are not
+recorded: retrying them may succeed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One malformed field of a request (``google.rpc.BadRequest``)."""
+
+    field: str
+    description: str
+
+
+class ChronicleError(Exception):
+    """Root of every error Chronicle raises on purpose."""
+
+    default_reason = "CHRONICLE_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"
+
+
+class InvalidInput(ChronicleError):
+    """The request is malformed: a missing, empty or unparsable field."""
+
+    default_reason = "INVALID_INPUT"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        violations: tuple[FieldViolation, ...] = (),
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations = violations
+
+    @classmethod
+    def field(cls, field: str, description: str, *, reason: str) -> InvalidInput:
+        """The common case: one field is wrong."""
+        return cls(
+            f"{field}: {description}",
+            reason=reason,
+            violations=(FieldViolation(field, description),),
+        )
+
+
+class ValidationError(ChronicleError):
+    """A plugin's rule refused the command, given the aggregate's state.
+
+    Raise it (or a subclass) from a command handler. The base class means the
+    state does not allow the command (``FAILED_PRECONDITION``), e.g.
+    ``ValidationError("insufficient funds", reason="INSUFFICIENT_FUNDS")``.
+    ``field`` names the command field at fault, if one is.
+    """
+
+    default_reason = "VALIDATION_FAILED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        field: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        if field is not None:
+            metadata = {**(metadata or {}), "field": field}
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.field = field
+
+
+class InvalidArgumentError(ValidationError):
+    """The command's own input breaks a rule (``INVALID_ARGUMENT``)."""
+
+    default_reason = "INVALID_ARGUMENT"
+
+
+class NotFoundError(ValidationError):
+    """The command needs an aggregate that does not exist (``NOT_FOUND``)."""
+
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExistsError(ValidationError):
+    """The command would create something that exists (``ALREADY_EXISTS``)."""
+
+    default_reason = "ALREADY_EXISTS"
+
+
+class AggregateNotFound(ChronicleError):
+    default_reason = "AGGREGATE_NOT_FOUND"
+
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__(
+            f"aggregate {aggregate_id!r} has no events",
+            metadata={"aggregate_id": aggregate_id},
+        )
+
+
+class AggregateTypeMismatch(ChronicleError):
+    default_reason = "AGGREGATE_TYPE_MISMATCH"
+
+    def __init__(self, aggregate_id: str, actual: str, wanted: str) -> None:
+        super().__init__(
+            f"aggregate {aggregate_id!r} is a {actual}, the command is for a {wanted}",
+            metadata={"aggregate_id": aggregate_id, "aggregate_type": actual, "command_aggregate_type": wanted},
+        )
+
+
+class WrongExpectedVersion(ChronicleError):
+    default_reason = "WRONG_EXPECTED_VERSION"
+
+    def __init__(self, aggregate_id: str, expected: int, current: int) -> None:
+        super().__init__(
+            f"aggregate {aggregate_id!r} is at version {current}, the command expected {expected}",
+            metadata={
+                "aggregate_id": aggregate_id,
+                "expected_version": str(expected),
+                "current_version": str(current),
+            },
+        )
+
+
+class ConcurrencyConflict(ChronicleError):
+    """Another writer appended to the aggregate first.
+
+    Raised by a store's ``append`` when the version the caller expected is no
+    longer the aggregate's version. The processor reloads and retries; only
+    when its budget is spent does the client see it (``ABORTED``).
+    """
+
+    default_reason = "CONCURRENCY_CONFLICT"
+
+    def __init__(self, aggregate_id: str, expected: int, *, attempts: int = 1, current: int | None = None) -> None:
+        metadata = {"aggregate_id": aggregate_id, "expected_version": str(expected), "attempts": str(attempts)}
+        if current is not None:
+            metadata["current_version"] = str(current)
+        super().__init__(
+            f"aggregate {aggregate_id!r} changed while the command ran (expected version {expected})",
+            metadata=metadata,
+        )
+        self.aggregate_id = aggregate_id
+        self.expected = expected
+
+
+class CommandIdReused(ChronicleError):
+    default_reason = "COMMAND_ID_REUSED"
+
+    def __init__(self, command_id: str, why: str) -> None:
+        super().__init__(
+            f"command id {command_id} was already used for {why}",
+            metadata={"command_id": command_id, "conflict": why},
+        )
+
+
+class Overloaded(ChronicleError):
+    default_reason = "OVERLOADED"
+
+
+class StoreUnavailable(ChronicleError):
+    default_reason = "STORE_UNAVAILABLE"
+
+
+class HandlerFailed(ChronicleError):
+    default_reason = "HANDLER_FAILED"
+
+
+class ConfigurationError(ChronicleError):
+    default_reason = "CONFIGURATION_ERROR"
+
+
+# Rejections recorded with a command id and raised again, unchanged, when the
+# command id is submitted again. Looked up by class name when read back.
+REPLAYABLE: dict[str, type[ChronicleError]] = {
+    cls.__name__: cls
+    for cls in (
+        ValidationError,
+        InvalidArgumentError,
+        NotFoundError,
+        AlreadyExistsError,
+        WrongExpectedVersion,
+    )
+}
+
+
+def rebuild_rejection(kind: str, message: str, reason: str, metadata: Mapping[str, str]) -> ChronicleError:
+    """Recreate a recorded rejection without running its constructor."""
+    cls = REPLAYABLE.get(kind, ValidationError)
+    error = cls.__new__(cls)
+    ChronicleError.__init__(error, message, reason=reason, metadata=metadata)
+    if isinstance(error, ValidationError):
+        error.field = metadata.get("field")
+    return error

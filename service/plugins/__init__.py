@@ -1,0 +1,16 @@
+"""The plugin API: everything a domain plugin imports from Chronicle."""
+
+from service.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, ValidationError
+from service.plugins.api import AggregateType, CommandContext, CommandSpec, EventSpec, Plugin
+
+__all__ = [
+    "AggregateType",
+    "AlreadyExistsError",
+    "CommandContext",
+    "CommandSpec",
+    "EventSpec",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "Plugin",
+    "ValidationError",
+]

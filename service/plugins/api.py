@@ -1,0 +1,178 @@
+"""What a domain plugin author writes against.
+
+A plugin declares aggregate types; each has a state message, command
+handlers and apply functions::
+
+    plugin = Plugin("bank_account")
+    account = plugin.aggregate("Account", state=bank_pb2.Account, snapshot_every=100)
+
+    @account.command(bank_pb2.Deposit)
+    def deposit(command, state, context):
+        if command.amount <= 0:
+            raise InvalidArgumentError("amount must be positive", reason="INVALID_AMOUNT", field="amount")
+        return bank_pb2.MoneyDeposited(amount=command.amount)
+
+    @account.apply(bank_pb2.MoneyDeposited)
+    def deposited(state, event):
+        state.balance += event.amount
+
+Handlers are plain functions of ``(command, state, context)`` returning an
+event message, a sequence of them, or None; they must not change ``state``.
+Apply functions receive a state the framework owns for the duration of the
+command and may change it in place (return None) or return a new message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+Handler = Callable[[Any, Any, "CommandContext"], "Message | Iterable[Message] | None"]
+Applier = Callable[[Any, Any], "Message | None"]
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    """Everything a handler may know besides the command and the state.
+
+    One object, so that fields can be added without breaking handlers.
+    ``version`` is the aggregate's version before the command; 0 means the
+    aggregate does not exist yet.
+    """
+
+    aggregate_id: str
+    aggregate_type: str
+    version: int
+    command_id: str
+    user_id: str = ""
+    origin: str = ""
+    correlation_id: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def is_new(self) -> bool:
+        return self.version == 0
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """A command type registered to a handler."""
+
+    message_type: type[Message]
+    handler: Handler
+    aggregate: AggregateType
+
+    @property
+    def name(self) -> str:
+        return str(self.message_type.DESCRIPTOR.full_name)
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """An event type registered to an apply function at a schema version."""
+
+    message_type: type[Message]
+    apply: Applier
+    schema_version: int
+    aggregate: AggregateType
+
+    @property
+    def name(self) -> str:
+        return str(self.message_type.DESCRIPTOR.full_name)
+
+
+class AggregateType:
+    """One kind of aggregate: its state message, commands and events."""
+
+    def __init__(
+        self,
+        plugin: Plugin,
+        name: str,
+        *,
+        state: type[Message],
+        snapshot_every: int | None,
+        state_schema_version: int,
+    ) -> None:
+        if not name or not name.replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"aggregate type name {name!r} must be letters, digits, '_' or '.'")
+        if snapshot_every is not None and snapshot_every < 1:
+            raise ValueError("snapshot_every must be a positive number of events")
+        self.plugin = plugin
+        self.name = name
+        self.state_type = state
+        self.snapshot_every = snapshot_every
+        self.state_schema_version = state_schema_version
+        self.commands: dict[str, CommandSpec] = {}
+        self.events: dict[str, EventSpec] = {}
+
+    @property
+    def state_type_name(self) -> str:
+        return str(self.state_type.DESCRIPTOR.full_name)
+
+    def new_state(self) -> Message:
+        return self.state_type()
+
+    def command(self, message_type: type[Message]) -> Callable[[H], H]:
+        """Register the decorated function as the handler of ``message_type``."""
+
+        def register(handler: H) -> H:
+            spec = CommandSpec(message_type, handler, self)
+            if spec.name in self.commands:
+                raise ValueError(f"{self.plugin.name}: command {spec.name} has two handlers")
+            self.commands[spec.name] = spec
+            return handler
+
+        return register
+
+    def apply(self, message_type: type[Message], *, schema_version: int = 1) -> Callable[[H], H]:
+        """Register the decorated function to apply ``message_type`` to the state."""
+
+        def register(applier: H) -> H:
+            spec = EventSpec(message_type, applier, schema_version, self)
+            if spec.name in self.events:
+                raise ValueError(f"{self.plugin.name}: event {spec.name} has two apply functions")
+            self.events[spec.name] = spec
+            return applier
+
+        return register
+
+    def __repr__(self) -> str:
+        return f"AggregateType({self.name!r}, plugin={self.plugin.name!r})"
+
+
+class Plugin:
+    """A domain: a named set of aggregate types. Expose one as ``plugin`` in
+    a module, or through the ``chronicle.plugins`` entry-point group."""
+
+    def __init__(self, name: str, *, description: str = "") -> None:
+        self.name = name
+        self.description = description
+        self.aggregates: list[AggregateType] = []
+
+    def aggregate(
+        self,
+        name: str,
+        *,
+        state: type[Message],
+        snapshot_every: int | None = None,
+        state_schema_version: int = 1,
+    ) -> AggregateType:
+        """Declare an aggregate type whose state is a ``state`` message.
+
+        ``snapshot_every``: save a snapshot each time the version crosses a
+        multiple of it (None: the server's default). Bump
+        ``state_schema_version`` when the meaning of the state changes, so
+        that snapshots taken before are rebuilt from events.
+        """
+        aggregate = AggregateType(
+            self, name, state=state, snapshot_every=snapshot_every, state_schema_version=state_schema_version
+        )
+        self.aggregates.append(aggregate)
+        return aggregate
+
+    def __repr__(self) -> str:
+        return f"Plugin({self.name!r})"

@@ -1,0 +1,67 @@
+"""Finding plugins: the ``chronicle.plugins`` entry-point group and module
+paths named in the settings (``package.module`` or ``package.module:attr``)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+
+from service.errors import ConfigurationError
+from service.plugins.api import Plugin
+
+ENTRY_POINT_GROUP = "chronicle.plugins"
+log = logging.getLogger(__name__)
+
+
+def _as_plugin(obj: object, source: str) -> Plugin:
+    if isinstance(obj, Plugin):
+        return obj
+    candidate = getattr(obj, "plugin", None)
+    if isinstance(candidate, Plugin):
+        return candidate
+    raise ConfigurationError(
+        f"{source} is not a chronicle Plugin (a module needs a `plugin` attribute)",
+        reason="NOT_A_PLUGIN",
+    )
+
+
+def load_module_plugin(path: str) -> Plugin:
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigurationError(f"cannot import plugin {path!r}: {error}", reason="PLUGIN_IMPORT_FAILED") from error
+    if attribute:
+        try:
+            return _as_plugin(getattr(module, attribute), path)
+        except AttributeError as error:
+            raise ConfigurationError(f"{module_name} has no attribute {attribute!r}", reason="NOT_A_PLUGIN") from error
+    return _as_plugin(module, path)
+
+
+def discover_plugins(paths: Iterable[str] = (), *, entry_point_group: str | None = ENTRY_POINT_GROUP) -> list[Plugin]:
+    """Plugins from the entry-point group (unless None), then from ``paths``.
+
+    A plugin found both ways (the same object) is loaded once.
+    """
+    found: list[Plugin] = []
+    if entry_point_group is not None:
+        for entry in entry_points(group=entry_point_group):
+            try:
+                loaded = entry.load()
+            except Exception as error:  # a broken third-party plugin must say which one
+                raise ConfigurationError(
+                    f"entry point {entry.name!r} ({entry.value}) failed to load: {error}",
+                    reason="PLUGIN_IMPORT_FAILED",
+                ) from error
+            found.append(_as_plugin(loaded, f"entry point {entry.name!r}"))
+    for path in paths:
+        found.append(load_module_plugin(path))
+    unique: list[Plugin] = []
+    for plugin in found:
+        if not any(plugin is seen for seen in unique):
+            unique.append(plugin)
+    log.debug("plugins: %s", [p.name for p in unique])
+    return unique

@@ -1,0 +1,81 @@
+"""Routing commands to per-aggregate workers.
+
+One worker per live aggregate id: commands for one aggregate are serial,
+commands for different aggregates run concurrently. A worker is created on
+the first command and removes itself when idle. Everything here runs on the
+event loop without awaiting between lookup and enqueue, so a worker can never
+be chosen while it is leaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from service.errors import Overloaded, StoreUnavailable
+from service.processing.commands import CommandRequest, CommandResult
+from service.processing.executor import CommandExecutor
+from service.processing.worker import AggregateWorker, Job
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    def __init__(
+        self,
+        executor: CommandExecutor,
+        *,
+        queue_depth: int = 64,
+        idle_timeout: float = 30.0,
+        max_workers: int = 100_000,
+    ) -> None:
+        self._executor = executor
+        self._queue_depth = queue_depth
+        self._idle_timeout = idle_timeout
+        self._max_workers = max_workers
+        self._workers: dict[str, AggregateWorker] = {}
+        self._closing = False
+
+    @property
+    def live_workers(self) -> int:
+        return len(self._workers)
+
+    async def submit(self, request: CommandRequest) -> CommandResult:
+        if self._closing:
+            raise StoreUnavailable("the server is shutting down", reason="SHUTTING_DOWN")
+        worker = self._workers.get(request.aggregate_id)
+        if worker is None:
+            if len(self._workers) >= self._max_workers:
+                raise Overloaded(
+                    f"{self._max_workers} aggregates are busy; retry later",
+                    reason="TOO_MANY_AGGREGATES",
+                )
+            worker = AggregateWorker(
+                request.aggregate_id,
+                self._executor,
+                queue_depth=self._queue_depth,
+                idle_timeout=self._idle_timeout,
+                on_exit=self._forget,
+            )
+            self._workers[request.aggregate_id] = worker
+            worker.start()
+        reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        worker.enqueue(Job(request, reply))
+        return await reply
+
+    def _forget(self, worker: AggregateWorker) -> None:
+        if self._workers.get(worker.aggregate_id) is worker:
+            del self._workers[worker.aggregate_id]
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Refuse new commands, let queued ones finish, stop every worker."""
+        self._closing = True
+        tasks = [w.task for w in self._workers.values() if w.task is not None]
+        for worker in list(self._workers.values()):
+            worker.stop()
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("%d aggregate workers did not finish in %.0fs", len(pending), timeout)

@@ -1,0 +1,25 @@
+"""When to take a snapshot.
+
+A snapshot is saved each time an aggregate's version crosses a multiple of
+its interval: the plugin's ``snapshot_every`` for that aggregate type, else
+the server-wide default (None or 0 there: never). Crossing, not landing on,
+so that a command appending several events cannot step over the point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.plugins.api import AggregateType
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPolicy:
+    default_every: int | None = None
+
+    def interval(self, aggregate_type: AggregateType) -> int | None:
+        return aggregate_type.snapshot_every or self.default_every or None
+
+    def due(self, aggregate_type: AggregateType, before: int, after: int) -> bool:
+        every = self.interval(aggregate_type)
+        return every is not None and before // every != after // every

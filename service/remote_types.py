@@ -1,0 +1,43 @@
+"""Message types learned from a running server through gRPC reflection.
+
+The CLI uses this to turn JSON into any plugin's command message and events
+back into JSON, without having the plugin's code installed: whatever the
+server serves, the CLI can speak.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf.message import Message
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+
+class UnknownType(LookupError):
+    pass
+
+
+class RemoteTypes:
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+
+    def message_class(self, full_name: str) -> type[Message]:
+        try:
+            descriptor = self._pool.FindMessageTypeByName(full_name)
+        except KeyError:
+            raise UnknownType(f"the server knows no message type {full_name!r}") from None
+        return message_factory.GetMessageClass(descriptor)
+
+    def from_json(self, full_name: str, text: str) -> Message:
+        message = self.message_class(full_name)()
+        json_format.Parse(text or "{}", message)
+        return message
+
+    def unpack(self, packed: any_pb2.Any) -> dict[str, object]:
+        """An Any as a JSON-ready dict with its type, or its raw bytes in hex."""
+        name = packed.type_url.rpartition("/")[2]
+        try:
+            message = self.message_class(name).FromString(packed.value)
+        except (UnknownType, Exception):
+            return {"@type": packed.type_url, "hex": packed.value.hex()}
+        return {"@type": name, **json_format.MessageToDict(message, preserving_proto_field_name=True)}

@@ -1,0 +1,115 @@
+"""Server settings. Every setting is a command-line flag and an environment
+variable (``CHRONICLE_*``); a flag wins over the variable, which wins over the
+default. Only the composition root reads the environment."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+
+from service.errors import ConfigurationError
+
+DEFAULT_DATABASE_URL = "sqlite:///data/chronicle.db"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    listen: str = field(default="127.0.0.1:50051", metadata={"help": "host:port to serve gRPC on"})
+    database_url: str = field(
+        default=DEFAULT_DATABASE_URL,
+        metadata={"help": "sqlite:///relative.db, sqlite:////absolute.db, memory:// or postgresql://…"},
+    )
+    plugins: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "plugin module paths (module or module:attr), in addition to entry points"},
+    )
+    discover_plugins: bool = field(
+        default=True, metadata={"help": "load the plugins of the 'chronicle.plugins' entry-point group"}
+    )
+    max_message_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
+    queue_depth: int = field(default=64, metadata={"help": "commands that may wait per aggregate"})
+    idle_timeout: float = field(default=30.0, metadata={"help": "seconds before an idle aggregate worker leaves"})
+    max_workers: int = field(default=100_000, metadata={"help": "aggregates that may be live at once"})
+    conflict_retries: int = field(default=5, metadata={"help": "attempts at a command under concurrent writers"})
+    snapshot_every: int = field(
+        default=0, metadata={"help": "default snapshot interval in events for aggregate types that set none (0: off)"}
+    )
+    shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on shutdown"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigurationError(f"listen address must be host:port, got {self.listen!r}", reason="BAD_SETTING")
+        for name in ("max_message_bytes", "queue_depth", "max_workers", "conflict_retries"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
+        if self.idle_timeout <= 0 or self.shutdown_grace < 0 or self.snapshot_every < 0:
+            raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
+
+
+def env_name(name: str) -> str:
+    return f"CHRONICLE_{name.upper()}"
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _convert(name: str, kind: str, text: str) -> object:
+    try:
+        if kind == "bool":
+            return _parse_bool(text)
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "tuple[str, ...]":
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return text
+    except ValueError as error:
+        raise ConfigurationError(f"{name}: {error}", reason="BAD_SETTING") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, ``--database-url`` for ``database_url``."""
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (env {env_name(f.name)}; default {f.default!r})"
+        if f.type == "bool":
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif f.type == "tuple[str, ...]":
+            parser.add_argument(
+                flag.rstrip("s"), dest=f.name, action="append", default=None, help=help_text + "; repeatable"
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+
+def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags (``args``), then ``environ``, then defaults."""
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        flag_value = getattr(args, f.name, None) if args is not None else None
+        if flag_value is not None:
+            if isinstance(flag_value, list):
+                values[f.name] = tuple(flag_value)
+            elif isinstance(flag_value, str):
+                values[f.name] = _convert(f.name, str(f.type), flag_value)
+            else:
+                values[f.name] = flag_value
+        elif environ is not None and env_name(f.name) in environ:
+            values[f.name] = _convert(f.name, str(f.type), environ[env_name(f.name)])
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def settings_from(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return load_settings(parser.parse_args(list(argv)), environ)

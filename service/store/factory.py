@@ -1,0 +1,47 @@
+"""Choosing a store from a database URL."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from service.errors import ConfigurationError
+from service.store.base import EventStore
+
+
+def open_store(url: str) -> EventStore:
+    """The store a URL names; not yet opened.
+
+    ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` (as in
+    SQLAlchemy), ``memory://``, and ``postgresql://…``.
+    """
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme == "memory":
+        from service.store.memory import MemoryStore
+
+        return MemoryStore()
+    if scheme == "sqlite":
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ConfigurationError(
+                f"a SQLite URL names a file: sqlite:///relative.db or sqlite:////absolute.db, got {url!r}",
+                reason="BAD_DATABASE_URL",
+            )
+        from service.store.sqlite import SqliteStore
+
+        return SqliteStore(path)
+    raise ConfigurationError(
+        f"unsupported database URL {_redacted(url)!r}: use sqlite:///…, memory:// or postgresql://…",
+        reason="BAD_DATABASE_URL",
+    )
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url

@@ -1,0 +1,48 @@
+"""Turning store values into column values and back, shared by the SQL stores."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from service.store.records import Rejection
+
+
+def dump_metadata(metadata: Mapping[str, str]) -> str:
+    return json.dumps(dict(metadata), separators=(",", ":"), sort_keys=True)
+
+
+def load_metadata(text: str | Mapping[str, str] | None) -> dict[str, str]:
+    if not text:
+        return {}
+    if isinstance(text, Mapping):
+        return dict(text)
+    return dict(json.loads(text))
+
+
+def dump_rejection(rejection: Rejection | None) -> str | None:
+    if rejection is None:
+        return None
+    return json.dumps(
+        {
+            "kind": rejection.kind,
+            "reason": rejection.reason,
+            "message": rejection.message,
+            "metadata": dict(rejection.metadata),
+        },
+        separators=(",", ":"),
+    )
+
+
+def load_rejection(value: str | Mapping[str, object] | None) -> Rejection | None:
+    if value is None:
+        return None
+    data = json.loads(value) if isinstance(value, str) else dict(value)
+    metadata = data.get("metadata") or {}
+    assert isinstance(metadata, dict)
+    return Rejection(
+        kind=str(data["kind"]),
+        reason=str(data["reason"]),
+        message=str(data["message"]),
+        metadata={str(k): str(v) for k, v in metadata.items()},
+    )

@@ -1,0 +1,289 @@
+"""The embedded default store: one SQLite file, no server to install.
+
+SQLite serializes writers, so positions are assigned and committed in the
+same order and a reader by position can never skip an event. All work runs
+on one dedicated thread with one connection; the event loop never blocks on
+the file. Durability: WAL journal with ``synchronous=FULL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import TypeVar
+
+from service.errors import ConcurrencyConflict, StoreUnavailable
+from service.store.base import AggregateQuery
+from service.store.records import (
+    AggregateHead,
+    CommandAlreadyRecorded,
+    CommandRecord,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+)
+from service.store.serialization import dump_metadata, dump_rejection, load_metadata, load_rejection
+
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+
+_EVENT_COLUMNS = (
+    "event_id, aggregate_id, aggregate_type, version, position, event_type, schema_version, payload,"
+    " recorded_at_us, command_id, user_id, origin, correlation_id, causation_id, metadata"
+)
+_COMMAND_COLUMNS = "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection"
+
+
+def _event(row: sqlite3.Row) -> RecordedEvent:
+    return RecordedEvent(
+        event_id=row[0],
+        aggregate_id=row[1],
+        aggregate_type=row[2],
+        version=row[3],
+        position=row[4],
+        event_type=row[5],
+        schema_version=row[6],
+        payload=bytes(row[7]),
+        timestamp_us=row[8],
+        command_id=row[9],
+        user_id=row[10],
+        origin=row[11],
+        correlation_id=row[12],
+        causation_id=row[13],
+        metadata=load_metadata(row[14]),
+    )
+
+
+def _command(row: sqlite3.Row) -> CommandRecord:
+    return CommandRecord(
+        command_id=row[0],
+        aggregate_id=row[1],
+        command_type=row[2],
+        fingerprint=bytes(row[3]),
+        first_version=row[4],
+        last_version=row[5],
+        rejection=load_rejection(row[6]),
+    )
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chronicle-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.OperationalError as error:
+            # Locked or unreadable file, full disk: the store cannot serve now.
+            raise StoreUnavailable(f"SQLite: {error}") from error
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        return self._conn
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self) -> None:
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        if self._conn is not None:
+            return
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"cannot open SQLite database {self._path}: {error}") from error
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise StoreUnavailable(
+                f"{self._path} has schema version {version}; this Chronicle knows up to {SCHEMA_VERSION}"
+            )
+        if version < SCHEMA_VERSION:
+            schema = resources.files("service.store").joinpath("sqlite_schema.sql").read_text()
+            conn.executescript(f"BEGIN IMMEDIATE;{schema};PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+        self._conn = conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._run(self._db.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+
+    # -- writes ----------------------------------------------------------
+
+    async def append(
+        self,
+        aggregate_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        *,
+        command: CommandRecord | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._run(self._append, aggregate_id, events, expected_version, command)
+
+    def _append(
+        self,
+        aggregate_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        command: CommandRecord | None,
+    ) -> list[RecordedEvent]:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if command is not None:
+                self._refuse_recorded(command.command_id)
+            recorded = self._insert_events(aggregate_id, events, expected_version)
+            if command is not None:
+                self._insert_command(command)
+            db.execute("COMMIT")
+            return recorded
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _insert_events(self, aggregate_id: str, events: Sequence[NewEvent], expected: int) -> list[RecordedEvent]:
+        db = self._db
+        (current,) = db.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_id = ?", (aggregate_id,)
+        ).fetchone()
+        if current != expected:
+            raise ConcurrencyConflict(aggregate_id, expected, current=current)
+        recorded = []
+        for version, new in enumerate(events, start=expected + 1):
+            try:
+                (position,) = db.execute(
+                    "INSERT INTO events (event_id, aggregate_id, aggregate_type, version, event_type,"
+                    " schema_version, payload, metadata, command_id, user_id, origin, correlation_id,"
+                    " causation_id, recorded_at_us) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING position",
+                    (
+                        new.event_id,
+                        aggregate_id,
+                        new.aggregate_type,
+                        version,
+                        new.event_type,
+                        new.schema_version,
+                        new.payload,
+                        dump_metadata(new.metadata),
+                        new.command_id,
+                        new.user_id,
+                        new.origin,
+                        new.correlation_id,
+                        new.causation_id,
+                        new.timestamp_us,
+                    ),
+                ).fetchone()
+            except sqlite3.IntegrityError as error:
+                # Unreachable while writers hold BEGIN IMMEDIATE, kept so that
+                # the unique (aggregate_id, version) is what finally decides.
+                if "events.aggregate_id, events.version" in str(error):
+                    raise ConcurrencyConflict(aggregate_id, expected) from error
+                raise
+            recorded.append(RecordedEvent.committed(new, aggregate_id=aggregate_id, version=version, position=position))
+        return recorded
+
+    def _refuse_recorded(self, command_id: str) -> None:
+        row = self._db.execute(f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE command_id = ?", (command_id,)).fetchone()
+        if row is not None:
+            raise CommandAlreadyRecorded(_command(row))
+
+    def _insert_command(self, command: CommandRecord) -> None:
+        self._db.execute(
+            f"INSERT INTO commands ({_COMMAND_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+            (
+                command.command_id,
+                command.aggregate_id,
+                command.command_type,
+                command.fingerprint,
+                command.first_version,
+                command.last_version,
+                dump_rejection(command.rejection),
+            ),
+        )
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        await self._run(
+            self._db.execute,
+            "INSERT INTO snapshots (aggregate_id, aggregate_type, version, state_type, schema_version, state)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT (aggregate_id) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
+            " version = excluded.version, state_type = excluded.state_type,"
+            " schema_version = excluded.schema_version, state = excluded.state"
+            " WHERE excluded.version >= snapshots.version",
+            (
+                snapshot.aggregate_id,
+                snapshot.aggregate_type,
+                snapshot.version,
+                snapshot.state_type,
+                snapshot.schema_version,
+                snapshot.state,
+            ),
+        )
+
+    # -- reads -----------------------------------------------------------
+
+    async def find_command(self, command_id: str) -> CommandRecord | None:
+        row = await self._run(
+            lambda: self._db.execute(
+                f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE command_id = ?", (command_id,)
+            ).fetchone()
+        )
+        return None if row is None else _command(row)
+
+    async def head(self, aggregate_id: str) -> AggregateHead | None:
+        row = await self._run(
+            lambda: self._db.execute(
+                "SELECT aggregate_type, version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1",
+                (aggregate_id,),
+            ).fetchone()
+        )
+        return None if row is None else AggregateHead(row[0], row[1])
+
+    async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
+        where = ["aggregate_id = ?", "version >= ?"]
+        params: list[object] = [aggregate_id, max(query.from_version, 1)]
+        if query.to_version is not None:
+            where.append("version <= ?")
+            params.append(query.to_version)
+        if query.origin is not None:
+            where.append("origin = ?")
+            params.append(query.origin)
+        if query.event_types:
+            where.append(f"event_type IN ({','.join('?' * len(query.event_types))})")
+            params.extend(sorted(query.event_types))
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY version"
+        sql += " DESC" if query.backwards else ""
+        if query.limit is not None:
+            sql += " LIMIT ?"
+            params.append(query.limit)
+        rows = await self._run(lambda: self._db.execute(sql, params).fetchall())
+        return [_event(row) for row in rows]
+
+    async def load_snapshot(self, aggregate_id: str) -> Snapshot | None:
+        row = await self._run(
+            lambda: self._db.execute(
+                "SELECT aggregate_id, aggregate_type, version, state_type, schema_version, state"
+                " FROM snapshots WHERE aggregate_id = ?",
+                (aggregate_id,),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return Snapshot(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
