@@ -57,11 +57,13 @@ class Application:
         grace = self.settings.shutdown_grace if grace is None else grace
         await self.health.set(False)
         await self.server.stop(grace)
-        await self.router.close(timeout=grace)
+        await self.router.close(grace=grace)
         await self.store.close()
 
 
-async def start(settings: Settings, *, store: EventStore | None = None, registry: Registry | None = None) -> Application:
+async def start(
+    settings: Settings, *, store: EventStore | None = None, registry: Registry | None = None
+) -> Application:
     """Open the store, bind the port and start serving."""
     registry = registry if registry is not None else build_registry(settings)
     store = store if store is not None else open_store(settings.database_url)

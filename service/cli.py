@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -28,8 +29,14 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from chronicle.v1 import command_pb2, command_service_pb2, command_service_pb2_grpc
-from chronicle.v1 import event_pb2, event_service_pb2, event_service_pb2_grpc
+from chronicle.v1 import (
+    command_pb2,
+    command_service_pb2,
+    command_service_pb2_grpc,
+    event_pb2,
+    event_service_pb2,
+    event_service_pb2_grpc,
+)
 from service.errors import ChronicleError
 from service.remote_types import RemoteTypes, UnknownType
 from service.settings import add_arguments, load_settings
@@ -52,7 +59,7 @@ def _print(data: object) -> None:
 
 def _report_rpc_error(error: grpc.RpcError) -> int:
     call = error  # grpc raises the call itself
-    status = rpc_status.from_call(call)  # type: ignore[arg-type]
+    status = rpc_status.from_call(call)
     reason = ""
     metadata: dict[str, str] = {}
     if status is not None:
@@ -171,10 +178,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(args, os.environ)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

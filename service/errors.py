@@ -81,7 +81,7 @@ class InvalidInput(ChronicleError):
         self.violations = violations
 
     @classmethod
-    def field(cls, field: str, description: str, *, reason: str) -> InvalidInput:
+    def for_field(cls, field: str, description: str, *, reason: str) -> InvalidInput:
         """The common case: one field is wrong."""
         return cls(
             f"{field}: {description}",

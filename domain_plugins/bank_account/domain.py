@@ -25,9 +25,7 @@ def _require_open(state: bank.Account, context: CommandContext) -> None:
 
 def _require_positive(amount: int) -> None:
     if amount <= 0:
-        raise InvalidArgumentError(
-            f"amount must be positive, got {amount}", reason="INVALID_AMOUNT", field="amount"
-        )
+        raise InvalidArgumentError(f"amount must be positive, got {amount}", reason="INVALID_AMOUNT", field="amount")
 
 
 @account.command(bank.OpenAccount)

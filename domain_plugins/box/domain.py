@@ -21,9 +21,7 @@ box = plugin.aggregate("Box", state=pb.Box)
 def _valid_name(name: str) -> str:
     name = name.strip()
     if not name or len(name) > MAX_NAME:
-        raise InvalidArgumentError(
-            f"name must be 1 to {MAX_NAME} characters", reason="INVALID_BOX_NAME", field="name"
-        )
+        raise InvalidArgumentError(f"name must be 1 to {MAX_NAME} characters", reason="INVALID_BOX_NAME", field="name")
     return name
 
 

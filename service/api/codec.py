@@ -31,17 +31,17 @@ def _printable(value: str) -> bool:
 def check_id(field: str, value: str, *, reason: str) -> str:
     """An identifier: non-empty, bounded, printable (no control characters)."""
     if not value:
-        raise InvalidInput.field(field, "must not be empty", reason=reason)
+        raise InvalidInput.for_field(field, "must not be empty", reason=reason)
     if len(value) > MAX_ID_LENGTH:
-        raise InvalidInput.field(field, f"must be at most {MAX_ID_LENGTH} characters", reason=reason)
+        raise InvalidInput.for_field(field, f"must be at most {MAX_ID_LENGTH} characters", reason=reason)
     if not _printable(value):
-        raise InvalidInput.field(field, "must not contain control characters", reason=reason)
+        raise InvalidInput.for_field(field, "must not contain control characters", reason=reason)
     return value
 
 
 def _check_text(field: str, value: str) -> str:
     if len(value) > MAX_TEXT_LENGTH or not _printable(value):
-        raise InvalidInput.field(
+        raise InvalidInput.for_field(
             field, f"must be at most {MAX_TEXT_LENGTH} printable characters", reason="INVALID_FIELD"
         )
     return value
@@ -49,12 +49,12 @@ def _check_text(field: str, value: str) -> str:
 
 def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     if len(metadata) > MAX_METADATA_ENTRIES:
-        raise InvalidInput.field(
+        raise InvalidInput.for_field(
             "command.metadata", f"at most {MAX_METADATA_ENTRIES} entries", reason="INVALID_METADATA"
         )
     for key, value in metadata.items():
         if not key or len(key) > MAX_METADATA_KEY or not _printable(key) or len(value) > MAX_METADATA_VALUE:
-            raise InvalidInput.field(
+            raise InvalidInput.for_field(
                 f"command.metadata[{key[:MAX_METADATA_KEY]!r}]",
                 f"keys 1 to {MAX_METADATA_KEY} printable characters, values up to {MAX_METADATA_VALUE}",
                 reason="INVALID_METADATA",
@@ -70,12 +70,12 @@ def decode_command(command: command_pb2.Command, registry: Registry) -> CommandR
     try:
         command_id = str(uuid.UUID(command.command_id))
     except ValueError:
-        raise InvalidInput.field(
+        raise InvalidInput.for_field(
             "command.command_id", "must be a UUID chosen by the client", reason="INVALID_COMMAND_ID"
         ) from None
     aggregate_id = check_id("command.aggregate_id", command.aggregate_id, reason="INVALID_AGGREGATE_ID")
     if not command.HasField("payload") or not command.payload.type_url:
-        raise InvalidInput.field("command.payload", "must hold the command message", reason="MISSING_PAYLOAD")
+        raise InvalidInput.for_field("command.payload", "must hold the command message", reason="MISSING_PAYLOAD")
     name = type_name(command.payload)
     spec = registry.command(name)
     if spec is None:
@@ -89,7 +89,7 @@ def decode_command(command: command_pb2.Command, registry: Registry) -> CommandR
     try:
         message.ParseFromString(command.payload.value)
     except DecodeError as error:
-        raise InvalidInput.field(
+        raise InvalidInput.for_field(
             "command.payload.value", f"does not parse as {name}: {error}", reason="MALFORMED_PAYLOAD"
         ) from None
     return CommandRequest(

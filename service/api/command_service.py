@@ -23,7 +23,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
     @guard.unary
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
         if not request.HasField("command"):
-            raise InvalidInput.field("command", "is required", reason="MISSING_COMMAND")
+            raise InvalidInput.for_field("command", "is required", reason="MISSING_COMMAND")
         command = decode_command(request.command, self._registry)
         result = await self._router.submit(command)
         return pb.SubmitResponse(

@@ -49,7 +49,7 @@ RETRY_AFTER_SECONDS: dict[grpc.StatusCode, float] = {
 
 def status_code(error: errors.ChronicleError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
-        code = STATUS_BY_ERROR.get(cls)  # type: ignore[call-overload]
+        code = STATUS_BY_ERROR.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL

@@ -60,7 +60,9 @@ class CommandExecutor:
     def loader(self) -> AggregateLoader:
         return self._loader
 
-    async def execute(self, request: CommandRequest, cached: Aggregate | None) -> tuple[CommandResult, Aggregate | None]:
+    async def execute(
+        self, request: CommandRequest, cached: Aggregate | None
+    ) -> tuple[CommandResult, Aggregate | None]:
         """Run ``request``; return its result and the aggregate to cache next
         (None: nothing trustworthy to cache)."""
         aggregate = cached if cached is not None and cached.type is request.spec.aggregate else None
@@ -154,7 +156,9 @@ class CommandExecutor:
             result.append((spec, item))
         return result
 
-    def _record(self, request: CommandRequest, first: int, last: int, rejection: Rejection | None = None) -> CommandRecord:
+    def _record(
+        self, request: CommandRequest, first: int, last: int, rejection: Rejection | None = None
+    ) -> CommandRecord:
         return CommandRecord(
             command_id=request.command_id,
             aggregate_id=request.aggregate_id,

@@ -67,15 +67,15 @@ class Router:
         if self._workers.get(worker.aggregate_id) is worker:
             del self._workers[worker.aggregate_id]
 
-    async def close(self, timeout: float = 30.0) -> None:
+    async def close(self, grace: float = 30.0) -> None:
         """Refuse new commands, let queued ones finish, stop every worker."""
         self._closing = True
         tasks = [w.task for w in self._workers.values() if w.task is not None]
         for worker in list(self._workers.values()):
             worker.stop()
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
-                log.warning("%d aggregate workers did not finish in %.0fs", len(pending), timeout)
+                log.warning("%d aggregate workers did not finish in %.0fs", len(pending), grace)

@@ -57,7 +57,12 @@ def decode_event(registry: Registry, event: RecordedEvent) -> tuple[EventSpec, M
             metadata={"event_type": event.event_type, "aggregate_id": event.aggregate_id},
         )
     if event.schema_version != spec.schema_version:
-        log.error("event %s has schema version %s, plugin expects %s", event.event_type, event.schema_version, spec.schema_version)
+        log.error(
+            "event %s has schema version %s, plugin expects %s",
+            event.event_type,
+            event.schema_version,
+            spec.schema_version,
+        )
         raise EventNotReadable(
             f"{event.event_type} v{event.schema_version} cannot be read as v{spec.schema_version}",
             reason="UNSUPPORTED_SCHEMA_VERSION",
@@ -72,7 +77,9 @@ def decode_event(registry: Registry, event: RecordedEvent) -> tuple[EventSpec, M
         ) from error
 
 
-def apply_messages(aggregate_type: AggregateType, state: Message, messages: Iterable[tuple[EventSpec, Message]]) -> Message:
+def apply_messages(
+    aggregate_type: AggregateType, state: Message, messages: Iterable[tuple[EventSpec, Message]]
+) -> Message:
     """Apply decoded events to a copy of ``state`` and return the copy."""
     working = aggregate_type.state_type()
     working.CopyFrom(state)

@@ -22,7 +22,7 @@ def select_events(stream: Sequence[RecordedEvent], query: AggregateQuery) -> lis
     )
     if query.limit is None:
         return list(chosen)
-    result = []
+    result: list[RecordedEvent] = []
     for event in chosen:
         if len(result) >= query.limit:
             break

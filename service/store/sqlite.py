@@ -201,7 +201,9 @@ class SqliteStore:
         return recorded
 
     def _refuse_recorded(self, command_id: str) -> None:
-        row = self._db.execute(f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE command_id = ?", (command_id,)).fetchone()
+        row = self._db.execute(
+            f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE command_id = ?", (command_id,)
+        ).fetchone()
         if row is not None:
             raise CommandAlreadyRecorded(_command(row))
 

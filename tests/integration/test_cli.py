@@ -1,0 +1,76 @@
+"""The server as a process and the CLI as a user types it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import cli, server_process
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_user_opens_deposits_reads_and_gets_an_account(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        first_line = server.process.stdout.readline() if server.process.stdout else ""
+        assert f"Chronicle serving gRPC on {server.address}" in first_line
+        opened = json.loads(
+            cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address).stdout
+        )
+        assert opened["version"] == 1
+        assert opened["events"][0]["payload"] == {"@type": "bank.v1.AccountOpened", "owner": "ann"}
+        cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 40}', server=server.address)
+        events = [json.loads(line) for line in cli("read", "acc-1", server=server.address).stdout.splitlines()]
+        assert [e["event_type"] for e in events] == ["bank.v1.AccountOpened", "bank.v1.MoneyDeposited"]
+        state = json.loads(cli("get", "acc-1", server=server.address).stdout)
+        assert state["state"] == {"@type": "bank.v1.Account", "owner": "ann", "balance": "40"}
+
+
+def test_a_refused_command_exits_one_with_the_code_and_reason(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        refused = cli("submit", "acc-1", "bank.v1.Withdraw", '{"amount": 5}', server=server.address, check=False)
+        assert refused.returncode == 1
+        assert "FAILED_PRECONDITION INSUFFICIENT_FUNDS" in refused.stderr
+
+
+def test_the_same_command_id_twice_is_replayed(tmp_path: Path) -> None:
+    command_id = str(uuid.uuid4())
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        args = ("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', "--command-id", command_id)
+        first = json.loads(cli(*args, server=server.address).stdout)
+        second = json.loads(cli(*args, server=server.address).stdout)
+        assert (first["replayed"], second["replayed"]) == (False, True)
+        assert first["events"] == second["events"]
+
+
+def test_events_survive_a_restart(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/events.db"
+    with server_process(url) as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        assert server.stop(signal.SIGTERM) == 0
+    with server_process(url) as server:
+        state = json.loads(cli("get", "acc-1", server=server.address).stdout)
+        assert state["version"] == 1
+
+
+def test_health_command_exits_zero_when_serving(tmp_path: Path) -> None:
+    with server_process("memory://") as server:
+        result = cli("health", server=server.address)
+        assert json.loads(result.stdout)["status"] == "SERVING"
+
+
+def test_plugins_lists_what_would_be_loaded() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "service", "plugins"], capture_output=True, text=True, check=True)
+    plugins = {json.loads(line)["plugin"]: json.loads(line) for line in result.stdout.splitlines()}
+    assert {"bank_account", "box"} <= set(plugins)
+    account = plugins["bank_account"]["aggregates"][0]
+    assert account["commands"]["bank.v1.Deposit"] == "deposit"
+    assert account["events"]["bank.v1.MoneyDeposited"]["schema_version"] == 1

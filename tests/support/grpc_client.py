@@ -1,0 +1,113 @@
+"""Talking to a real server over a real socket, as any client would."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from chronicle.v1 import command_pb2, command_service_pb2, command_service_pb2_grpc, event_service_pb2_grpc
+from service.app import Application, start
+from service.plugins.registry import Registry
+from service.settings import Settings
+from service.store.base import EventStore
+
+
+def command(
+    aggregate_id: str,
+    message: Message,
+    *,
+    command_id: str | None = None,
+    expected_version: int | None = None,
+    origin: str = "tests",
+    user_id: str = "tester",
+    metadata: Mapping[str, str] | None = None,
+) -> command_pb2.Command:
+    payload = any_pb2.Any()
+    payload.Pack(message)
+    built = command_pb2.Command(
+        command_id=command_id or str(uuid.uuid4()),
+        aggregate_id=aggregate_id,
+        payload=payload,
+        origin=origin,
+        user_id=user_id,
+        metadata=dict(metadata or {}),
+    )
+    if expected_version is not None:
+        built.expected_version = expected_version
+    return built
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    metadata: dict[str, str]
+    field_violations: list[str]
+    retry: bool
+
+
+def details_of(error: grpc.aio.AioRpcError) -> ErrorDetails:
+    """The rich error details the server sent with ``error``."""
+    reason, metadata, fields, retry = "", {}, [], False
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else []:
+        info, bad, retry_info = (
+            error_details_pb2.ErrorInfo(),
+            error_details_pb2.BadRequest(),
+            error_details_pb2.RetryInfo(),
+        )
+        if detail.Unpack(info):
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Unpack(bad):
+            fields = [v.field for v in bad.field_violations]
+        elif detail.Unpack(retry_info):
+            retry = True
+    return ErrorDetails(error.code(), error.details() or "", reason, metadata, fields, retry)
+
+
+@dataclass
+class Client:
+    channel: grpc.aio.Channel
+    commands: command_service_pb2_grpc.CommandServiceStub
+    events: event_service_pb2_grpc.EventServiceStub
+
+    async def submit(self, built: command_pb2.Command) -> command_service_pb2.SubmitResponse:
+        response: command_service_pb2.SubmitResponse = await self.commands.Submit(
+            command_service_pb2.SubmitRequest(command=built), timeout=30
+        )
+        return response
+
+
+@asynccontextmanager
+async def connect(address: str) -> AsyncIterator[Client]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        yield Client(
+            channel,
+            command_service_pb2_grpc.CommandServiceStub(channel),
+            event_service_pb2_grpc.EventServiceStub(channel),
+        )
+
+
+TEST_SETTINGS = Settings(listen="127.0.0.1:0", discover_plugins=True, shutdown_grace=1.0)
+
+
+@asynccontextmanager
+async def running_server(
+    store: EventStore, *, settings: Settings = TEST_SETTINGS, registry: Registry | None = None, **overrides: object
+) -> AsyncIterator[tuple[Application, Client]]:
+    """A server on a free port over ``store``, and a client connected to it."""
+    app = await start(replace(settings, **overrides), store=store, registry=registry)  # type: ignore[arg-type]
+    try:
+        async with connect(app.address) as client:
+            yield app, client
+    finally:
+        await app.stop(grace=1.0)

@@ -1,0 +1,224 @@
+"""Router, workers and executor on the memory store: serial per aggregate,
+parallel across aggregates, retries under conflicts, snapshots, eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from google.protobuf.message import Message
+
+from domain_plugins import bank_account
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.errors import ConcurrencyConflict, HandlerFailed, Overloaded, StoreUnavailable, ValidationError
+from service.plugins.registry import Registry
+from service.processing.commands import CommandRequest
+from service.processing.executor import CommandExecutor
+from service.processing.router import Router
+from service.processing.snapshots import SnapshotPolicy
+from service.processing.state import AggregateLoader
+from service.store.base import EventStore
+from service.store.memory import MemoryStore
+from service.store.records import CommandRecord, NewEvent, RecordedEvent
+from tests.support import plugins
+from tests.support.instrumented import ObservedStore
+
+REGISTRY = Registry([bank_account.plugin])
+# The faulty plugin reuses bank messages, so it lives in a registry of its own
+# (one registry refuses two plugins claiming one command type).
+FAULTY = Registry([plugins.faulty])
+EXECUTOR_OPTIONS = ("max_attempts", "snapshots")
+
+
+def request(aggregate_id: str, message: Message, *, registry: Registry = REGISTRY) -> CommandRequest:
+    spec = registry.command(message.DESCRIPTOR.full_name)
+    assert spec is not None
+    return CommandRequest(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, spec=spec, message=message)
+
+
+def faulty(aggregate_id: str, message: Message) -> CommandRequest:
+    return request(aggregate_id, message, registry=FAULTY)
+
+
+def router_over(store: EventStore, *, registry: Registry = REGISTRY, **options: Any) -> Router:
+    executor = CommandExecutor(store, registry, **{k: v for k, v in options.items() if k in EXECUTOR_OPTIONS})
+    return Router(executor, **{k: v for k, v in options.items() if k not in EXECUTOR_OPTIONS})
+
+
+async def test_commands_for_one_aggregate_run_one_at_a_time() -> None:
+    store: Any = ObservedStore(MemoryStore(), append_delay=0.002)
+    router = router_over(store)
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    results = await asyncio.gather(*(router.submit(request("acc-1", bank.Deposit(amount=1))) for _ in range(30)))
+    assert store.max_in_flight_per_aggregate == 1
+    assert sorted(r.version for r in results) == list(range(2, 32))
+    await router.close()
+
+
+async def test_commands_for_different_aggregates_run_concurrently() -> None:
+    store: Any = ObservedStore(MemoryStore(), append_delay=0.01)
+    router = router_over(store)
+    await asyncio.gather(*(router.submit(request(f"acc-{i}", bank.OpenAccount(owner="ann"))) for i in range(10)))
+    assert store.max_in_flight_total == 10
+    await router.close()
+
+
+async def test_idle_workers_leave() -> None:
+    router = router_over(MemoryStore(), idle_timeout=0.05)
+    await asyncio.gather(*(router.submit(request(f"acc-{i}", bank.OpenAccount(owner="ann"))) for i in range(50)))
+    assert router.live_workers == 50
+    await asyncio.sleep(0.2)
+    assert router.live_workers == 0
+    # and a new command after eviction still sees the aggregate's history
+    result = await router.submit(request("acc-3", bank.Deposit(amount=4)))
+    assert result.version == 2
+    await router.close()
+
+
+async def test_a_full_aggregate_queue_is_overloaded() -> None:
+    store: Any = ObservedStore(MemoryStore(), append_delay=0.05)
+    router = router_over(store, queue_depth=2)
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    attempts = [router.submit(request("acc-1", bank.Deposit(amount=1))) for _ in range(5)]
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    accepted = [r for r in results if not isinstance(r, BaseException)]
+    # all five arrive before the worker takes any: two fit, three are refused
+    assert (len(accepted), len(refused)) == (2, 3)
+    assert refused[0].reason == "AGGREGATE_QUEUE_FULL"
+    await router.close()
+
+
+async def test_a_failing_handler_writes_nothing_and_the_worker_keeps_serving() -> None:
+    store = MemoryStore()
+    router = router_over(store, registry=FAULTY)
+    await router.submit(faulty("w-1", bank.Deposit(amount=5)))
+    with pytest.raises(HandlerFailed):
+        await router.submit(faulty("w-1", bank.Deposit(amount=plugins.FAIL_AMOUNT)))
+    result = await router.submit(faulty("w-1", bank.Deposit(amount=6)))
+    assert result.version == 2
+    assert [e.version for e in await store.read_aggregate("w-1")] == [1, 2]
+    await router.close()
+
+
+async def test_a_handler_returning_a_non_event_fails_without_writing() -> None:
+    store = MemoryStore()
+    router = router_over(store, registry=FAULTY)
+    with pytest.raises(HandlerFailed) as raised:
+        await router.submit(faulty("w-1", bank.Withdraw(amount=1)))
+    assert raised.value.reason == "UNREGISTERED_EVENT"
+    assert await store.read_aggregate("w-1") == []
+    await router.close()
+
+
+async def test_a_stale_replica_reloads_and_reruns_on_conflict() -> None:
+    store = MemoryStore()
+    replica_a, replica_b = router_over(store), router_over(store)
+    await replica_a.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    await replica_a.submit(request("acc-1", bank.Deposit(amount=1)))  # a caches version 2
+    await replica_b.submit(request("acc-1", bank.Deposit(amount=10)))  # b moves it to 3
+    result = await replica_a.submit(request("acc-1", bank.Withdraw(amount=11)))  # a's cache says 1: stale
+    assert result.version == 4
+    await replica_a.close()
+    await replica_b.close()
+
+
+async def test_a_refusal_decided_on_a_stale_cache_is_decided_again() -> None:
+    store = MemoryStore()
+    replica_a, replica_b = router_over(store), router_over(store)
+    await replica_a.submit(request("acc-1", bank.OpenAccount(owner="ann")))  # a caches balance 0
+    await replica_b.submit(request("acc-1", bank.Deposit(amount=10)))
+    withdraw = request("acc-1", bank.Withdraw(amount=5))
+    result = await replica_a.submit(withdraw)
+    assert result.version == 3
+    record = await store.find_command(withdraw.command_id)
+    assert record is not None and record.rejection is None
+    await replica_a.close()
+    await replica_b.close()
+
+
+class RacingStore(MemoryStore):
+    """Before every append, another writer slips in one more event."""
+
+    async def append(
+        self,
+        aggregate_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        *,
+        command: CommandRecord | None = None,
+    ) -> list[RecordedEvent]:
+        head = await self.head(aggregate_id)
+        if head is not None:
+            last = (await self.read_aggregate(aggregate_id))[-1]
+            intruder = NewEvent(str(uuid.uuid4()), last.aggregate_type, last.event_type, 1, last.payload, 0)
+            await super().append(aggregate_id, [intruder], head.version)
+        return await super().append(aggregate_id, events, expected_version, command=command)
+
+
+async def test_conflicts_beyond_the_budget_are_reported_with_the_current_version() -> None:
+    store = RacingStore()
+    router = router_over(store, max_attempts=3)
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    with pytest.raises(ConcurrencyConflict) as raised:
+        await router.submit(request("acc-1", bank.Deposit(amount=1)))
+    assert raised.value.metadata["attempts"] == "3"
+    head = await store.head("acc-1")
+    assert head is not None and raised.value.metadata["current_version"] == str(head.version)
+    await router.close()
+
+
+async def test_snapshots_are_taken_every_n_events_and_used_when_loading() -> None:
+    store: Any = ObservedStore(MemoryStore())
+    router = router_over(store, snapshots=SnapshotPolicy())  # bank_account snapshots every 100
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    for _ in range(249):
+        await router.submit(request("acc-1", bank.Deposit(amount=2)))
+    snapshot = await store.load_snapshot("acc-1")
+    assert snapshot is not None and snapshot.version == 200
+    store.events_read = 0
+    loaded = await AggregateLoader(store, REGISTRY).load("acc-1", bank_account.account)
+    assert store.events_read == 50
+    assert loaded.version == 250
+    assert loaded.state == bank.Account(owner="ann", balance=498)
+    await router.close()
+
+
+async def test_a_snapshot_with_another_state_schema_version_is_ignored() -> None:
+    store: Any = ObservedStore(MemoryStore())
+    router = router_over(store)
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    for _ in range(120):
+        await router.submit(request("acc-1", bank.Deposit(amount=1)))
+    snapshot = await store.load_snapshot("acc-1")
+    assert snapshot is not None
+    await store.inner.save_snapshot(replace(snapshot, schema_version=99))
+    store.events_read = 0
+    loaded = await AggregateLoader(store, REGISTRY).load("acc-1", bank_account.account)
+    assert store.events_read == 121
+    assert loaded.state == bank.Account(owner="ann", balance=120)
+    await router.close()
+
+
+async def test_a_closed_router_refuses_new_commands() -> None:
+    router = router_over(MemoryStore())
+    await router.close()
+    with pytest.raises(StoreUnavailable) as raised:
+        await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    assert raised.value.reason == "SHUTTING_DOWN"
+
+
+async def test_validation_errors_keep_the_cached_state() -> None:
+    store: Any = ObservedStore(MemoryStore())
+    router = router_over(store)
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    store.events_read = 0
+    with pytest.raises(ValidationError):
+        await router.submit(request("acc-1", bank.Withdraw(amount=1)))
+    await router.submit(request("acc-1", bank.Deposit(amount=1)))
+    assert store.events_read == 0  # warm aggregate: nothing read back
+    await router.close()

@@ -1,0 +1,64 @@
+"""Settings: flags win over environment variables, which win over defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.errors import ConfigurationError
+from service.settings import DEFAULT_DATABASE_URL, Settings, settings_from
+
+
+def test_defaults_serve_sqlite_on_loopback() -> None:
+    settings = settings_from([], {})
+    assert settings.listen == "127.0.0.1:50051"
+    assert settings.database_url == DEFAULT_DATABASE_URL
+    assert settings.plugins == ()
+
+
+def test_environment_variables_set_values() -> None:
+    settings = settings_from(
+        [],
+        {
+            "CHRONICLE_LISTEN": "0.0.0.0:6000",
+            "CHRONICLE_DATABASE_URL": "memory://",
+            "CHRONICLE_PLUGINS": "a.b, c.d:plugin",
+            "CHRONICLE_DISCOVER_PLUGINS": "false",
+            "CHRONICLE_QUEUE_DEPTH": "8",
+        },
+    )
+    assert settings.listen == "0.0.0.0:6000"
+    assert settings.database_url == "memory://"
+    assert settings.plugins == ("a.b", "c.d:plugin")
+    assert settings.discover_plugins is False
+    assert settings.queue_depth == 8
+
+
+def test_flags_win_over_environment_variables() -> None:
+    settings = settings_from(
+        ["--listen", "127.0.0.1:7000", "--plugin", "x.y", "--plugin", "z", "--no-discover-plugins"],
+        {"CHRONICLE_LISTEN": "0.0.0.0:6000", "CHRONICLE_PLUGINS": "ignored", "CHRONICLE_DISCOVER_PLUGINS": "1"},
+    )
+    assert settings.listen == "127.0.0.1:7000"
+    assert settings.plugins == ("x.y", "z")
+    assert settings.discover_plugins is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CHRONICLE_LISTEN", "no-port"),
+        ("CHRONICLE_QUEUE_DEPTH", "zero"),
+        ("CHRONICLE_QUEUE_DEPTH", "0"),
+        ("CHRONICLE_DISCOVER_PLUGINS", "perhaps"),
+        ("CHRONICLE_IDLE_TIMEOUT", "-1"),
+    ],
+)
+def test_bad_values_are_configuration_errors(variable: str, value: str) -> None:
+    with pytest.raises(ConfigurationError):
+        settings_from([], {variable: value})
+
+
+def test_settings_are_immutable() -> None:
+    settings = Settings()
+    with pytest.raises(AttributeError):
+        settings.listen = "x"  # type: ignore[misc]
