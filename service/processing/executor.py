@@ -174,7 +174,7 @@ class CommandExecutor:
         record = self._record(request, aggregate.version + 1, aggregate.version, rejection)
         # Checked against the version the decision was made on: a refusal
         # decided on a stale cache must be decided again, not recorded.
-        await self._store.append(request.aggregate_id, (), aggregate.version, command=record)
+        await self._store.append(request.aggregate_id, (), aggregate.version, commands=[record])
 
     async def _append(
         self, request: CommandRequest, aggregate: Aggregate, decision: Decision
@@ -202,7 +202,7 @@ class CommandExecutor:
         ]
         version = aggregate.version + len(new_events)
         record = self._record(request, aggregate.version + 1, version)
-        recorded = await self._store.append(request.aggregate_id, new_events, aggregate.version, command=record)
+        recorded = await self._store.append(request.aggregate_id, new_events, aggregate.version, commands=[record])
         after = Aggregate(request.aggregate_id, aggregate.type, version, state)
         return CommandResult(tuple(recorded), version), after
 

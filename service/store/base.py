@@ -47,13 +47,13 @@ class EventStore(Protocol):
         events: Sequence[NewEvent],
         expected_version: int,
         *,
-        command: CommandRecord | None = None,
+        commands: Sequence[CommandRecord] = (),
     ) -> list[RecordedEvent]:
         """Append ``events`` as versions ``expected_version + 1`` onward.
 
-        All or nothing, in one transaction together with ``command`` (the
-        record that makes the command id idempotent). Raises
-        ``CommandAlreadyRecorded`` if the command id is already recorded
+        All or nothing, in one transaction together with ``commands`` (the
+        records that make command ids idempotent; several for a batch).
+        Raises ``CommandAlreadyRecorded`` if a command id is already recorded
         (checked first, so a retry is recognised even when the aggregate
         moved on) and ``ConcurrencyConflict`` if the aggregate is not at
         ``expected_version`` (0: it must have no events).

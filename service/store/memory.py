@@ -45,10 +45,11 @@ class MemoryStore:
         events: Sequence[NewEvent],
         expected_version: int,
         *,
-        command: CommandRecord | None = None,
+        commands: Sequence[CommandRecord] = (),
     ) -> list[RecordedEvent]:
-        if command is not None and command.command_id in self._commands:
-            raise CommandAlreadyRecorded(self._commands[command.command_id])
+        for command in commands:
+            if command.command_id in self._commands:
+                raise CommandAlreadyRecorded(self._commands[command.command_id])
         stream = self._streams.get(aggregate_id, [])
         if len(stream) != expected_version:
             raise ConcurrencyConflict(aggregate_id, expected_version, current=len(stream))
@@ -67,7 +68,7 @@ class MemoryStore:
             self._streams.setdefault(aggregate_id, []).extend(recorded)
             self._log.extend(recorded)
             self._event_ids.update(e.event_id for e in recorded)
-        if command is not None:
+        for command in commands:
             self._commands[command.command_id] = command
         return recorded
 

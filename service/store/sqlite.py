@@ -135,24 +135,24 @@ class SqliteStore:
         events: Sequence[NewEvent],
         expected_version: int,
         *,
-        command: CommandRecord | None = None,
+        commands: Sequence[CommandRecord] = (),
     ) -> list[RecordedEvent]:
-        return await self._run(self._append, aggregate_id, events, expected_version, command)
+        return await self._run(self._append, aggregate_id, events, expected_version, commands)
 
     def _append(
         self,
         aggregate_id: str,
         events: Sequence[NewEvent],
         expected_version: int,
-        command: CommandRecord | None,
+        commands: Sequence[CommandRecord],
     ) -> list[RecordedEvent]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if command is not None:
+            for command in commands:
                 self._refuse_recorded(command.command_id)
             recorded = self._insert_events(aggregate_id, events, expected_version)
-            if command is not None:
+            for command in commands:
                 self._insert_command(command)
             db.execute("COMMIT")
             return recorded

@@ -112,34 +112,34 @@ async def test_read_with_limit_and_backwards(store: EventStore) -> None:
 
 async def test_a_recorded_command_can_be_found(store: EventStore) -> None:
     record = command_record("a-1", 1, 2)
-    await store.append("a-1", [new_event(), new_event()], 0, command=record)
+    await store.append("a-1", [new_event(), new_event()], 0, commands=[record])
     assert await store.find_command(record.command_id) == record
     assert await store.find_command("00000000-0000-0000-0000-000000000000") is None
 
 
 async def test_a_recorded_command_id_is_refused_with_the_original_record(store: EventStore) -> None:
     record = command_record("a-1", 1, 1)
-    await store.append("a-1", [new_event()], 0, command=record)
+    await store.append("a-1", [new_event()], 0, commands=[record])
     retry = command_record("a-1", 2, 2, command_id=record.command_id)
     with pytest.raises(CommandAlreadyRecorded) as raised:
-        await store.append("a-1", [new_event()], 1, command=retry)
+        await store.append("a-1", [new_event()], 1, commands=[retry])
     assert raised.value.record == record
     assert len(await store.read_aggregate("a-1")) == 1
 
 
 async def test_a_recorded_command_id_wins_over_a_version_conflict(store: EventStore) -> None:
     record = command_record("a-1", 1, 1)
-    await store.append("a-1", [new_event()], 0, command=record)
+    await store.append("a-1", [new_event()], 0, commands=[record])
     await store.append("a-1", [new_event()], 1)
     with pytest.raises(CommandAlreadyRecorded):
-        await store.append("a-1", [new_event()], 0, command=command_record("a-1", 1, 1, command_id=record.command_id))
+        await store.append("a-1", [new_event()], 0, commands=[command_record("a-1", 1, 1, command_id=record.command_id)])
 
 
 async def test_a_rejection_is_recorded_without_events(store: EventStore) -> None:
     await store.append("a-1", [new_event()], 0)
     rejection = Rejection("ValidationError", "INSUFFICIENT_FUNDS", "no money", {"balance": "3"})
     record = command_record("a-1", 2, 1, rejection=rejection)
-    assert await store.append("a-1", [], 1, command=record) == []
+    assert await store.append("a-1", [], 1, commands=[record]) == []
     assert await store.find_command(record.command_id) == record
     assert (await store.head("a-1")) == AggregateHead("Thing", 1)
 
@@ -148,7 +148,7 @@ async def test_a_rejection_decided_on_a_stale_version_is_not_recorded(store: Eve
     await store.append("a-1", [new_event(), new_event()], 0)
     record = command_record("a-1", 2, 1, rejection=Rejection("ValidationError", "R", "m"))
     with pytest.raises(ConcurrencyConflict):
-        await store.append("a-1", [], 1, command=record)
+        await store.append("a-1", [], 1, commands=[record])
     assert await store.find_command(record.command_id) is None
 
 
@@ -156,7 +156,7 @@ async def test_a_failed_append_records_no_command(store: EventStore) -> None:
     await store.append("a-1", [new_event()], 0)
     record = command_record("a-1", 1, 1)
     with pytest.raises(ConcurrencyConflict):
-        await store.append("a-1", [new_event()], 0, command=record)
+        await store.append("a-1", [new_event()], 0, commands=[record])
     assert await store.find_command(record.command_id) is None
 
 
@@ -176,3 +176,20 @@ async def test_an_older_snapshot_does_not_replace_a_newer_one(store: EventStore)
 
 async def test_ping_succeeds_on_an_open_store(store: EventStore) -> None:
     await store.ping()
+
+
+async def test_several_commands_are_recorded_with_one_append(store: EventStore) -> None:
+    first, second = command_record("a-1", 1, 1), command_record("a-1", 2, 3)
+    await store.append("a-1", [new_event(), new_event(), new_event()], 0, commands=[first, second])
+    assert await store.find_command(first.command_id) == first
+    assert await store.find_command(second.command_id) == second
+
+
+async def test_one_recorded_command_id_refuses_the_whole_append(store: EventStore) -> None:
+    done = command_record("a-1", 1, 1)
+    await store.append("a-1", [new_event()], 0, commands=[done])
+    fresh = command_record("a-1", 2, 2)
+    with pytest.raises(CommandAlreadyRecorded):
+        await store.append("a-1", [new_event(), new_event()], 1, commands=[fresh, done])
+    assert await store.find_command(fresh.command_id) is None
+    assert len(await store.read_aggregate("a-1")) == 1

@@ -35,13 +35,13 @@ class ObservedStore:
         events: Sequence[NewEvent],
         expected_version: int,
         *,
-        command: CommandRecord | None = None,
+        commands: Sequence[CommandRecord] = (),
     ) -> list[RecordedEvent]:
         self.in_flight[aggregate_id] += 1
         self.max_in_flight_per_aggregate = max(self.max_in_flight_per_aggregate, self.in_flight[aggregate_id])
         self.max_in_flight_total = max(self.max_in_flight_total, sum(self.in_flight.values()))
         try:
             await asyncio.sleep(self.append_delay)
-            return await self.inner.append(aggregate_id, events, expected_version, command=command)
+            return await self.inner.append(aggregate_id, events, expected_version, commands=commands)
         finally:
             self.in_flight[aggregate_id] -= 1

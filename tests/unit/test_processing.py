@@ -150,14 +150,14 @@ class RacingStore(MemoryStore):
         events: Sequence[NewEvent],
         expected_version: int,
         *,
-        command: CommandRecord | None = None,
+        commands: Sequence[CommandRecord] = (),
     ) -> list[RecordedEvent]:
         head = await self.head(aggregate_id)
         if head is not None:
             last = (await self.read_aggregate(aggregate_id))[-1]
             intruder = NewEvent(str(uuid.uuid4()), last.aggregate_type, last.event_type, 1, last.payload, 0)
             await super().append(aggregate_id, [intruder], head.version)
-        return await super().append(aggregate_id, events, expected_version, command=command)
+        return await super().append(aggregate_id, events, expected_version, commands=commands)
 
 
 async def test_conflicts_beyond_the_budget_are_reported_with_the_current_version() -> None:
