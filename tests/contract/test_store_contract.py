@@ -131,8 +131,9 @@ async def test_a_recorded_command_id_wins_over_a_version_conflict(store: EventSt
     record = command_record("a-1", 1, 1)
     await store.append("a-1", [new_event()], 0, commands=[record])
     await store.append("a-1", [new_event()], 1)
+    retry = command_record("a-1", 1, 1, command_id=record.command_id)
     with pytest.raises(CommandAlreadyRecorded):
-        await store.append("a-1", [new_event()], 0, commands=[command_record("a-1", 1, 1, command_id=record.command_id)])
+        await store.append("a-1", [new_event()], 0, commands=[retry])
 
 
 async def test_a_rejection_is_recorded_without_events(store: EventStore) -> None:
