@@ -24,6 +24,7 @@ from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
+from service.processing.watchdog import LoopLagWatchdog
 from service.settings import Settings
 from service.store.base import EventStore
 from service.store.factory import open_store
@@ -47,6 +48,7 @@ class Application:
     health: Health
     server: grpc.aio.Server
     port: int
+    watchdog: LoopLagWatchdog | None = None
 
     @property
     def address(self) -> str:
@@ -59,6 +61,8 @@ class Application:
         await self.server.stop(grace)
         await self.router.close(grace=grace)
         await self.store.close()
+        if self.watchdog is not None:
+            await self.watchdog.stop()
 
 
 async def start(
@@ -73,6 +77,7 @@ async def start(
         registry,
         max_attempts=settings.conflict_retries,
         snapshots=SnapshotPolicy(settings.snapshot_every or None),
+        slow_handler_seconds=settings.slow_handler_seconds,
     )
     router = Router(
         executor,
@@ -94,7 +99,10 @@ async def start(
         raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error
     await server.start()
     await health.set(True)
-    return Application(settings, registry, store, router, health, server, port)
+    watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
+    if watchdog is not None:
+        watchdog.start()
+    return Application(settings, registry, store, router, health, server, port, watchdog)
 
 
 def describe(app: Application) -> str:

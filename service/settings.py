@@ -35,6 +35,12 @@ class Settings:
     snapshot_every: int = field(
         default=0, metadata={"help": "default snapshot interval in events for aggregate types that set none (0: off)"}
     )
+    slow_handler_seconds: float = field(
+        default=0.1, metadata={"help": "warn when one handler call blocks the event loop longer than this (0: off)"}
+    )
+    loop_lag_seconds: float = field(
+        default=0.25, metadata={"help": "warn when anything blocks the event loop longer than this (0: off)"}
+    )
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
 
@@ -45,7 +51,8 @@ class Settings:
         for name in ("max_message_bytes", "queue_depth", "max_workers", "conflict_retries"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
-        if self.idle_timeout <= 0 or self.shutdown_grace < 0 or self.snapshot_every < 0:
+        durations = (self.shutdown_grace, self.snapshot_every, self.slow_handler_seconds, self.loop_lag_seconds)
+        if self.idle_timeout <= 0 or min(durations) < 0:
             raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
 
 

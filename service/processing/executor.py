@@ -33,6 +33,7 @@ from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest, CommandResult
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import Aggregate, AggregateLoader, apply_messages
+from service.processing.watchdog import SlowHandlerAlarm
 from service.store.base import AggregateQuery, EventStore
 from service.store.records import CommandAlreadyRecorded, CommandRecord, NewEvent, Rejection, Snapshot
 
@@ -49,12 +50,14 @@ class CommandExecutor:
         *,
         max_attempts: int = 5,
         snapshots: SnapshotPolicy | None = None,
+        slow_handler_seconds: float = 0.1,
     ) -> None:
         self._store = store
         self._registry = registry
         self._loader = AggregateLoader(store, registry)
         self._max_attempts = max_attempts
         self._snapshots = snapshots or SnapshotPolicy()
+        self._slow = SlowHandlerAlarm(threshold=slow_handler_seconds)
 
     @property
     def loader(self) -> AggregateLoader:
@@ -114,6 +117,7 @@ class CommandExecutor:
             metadata=request.metadata,
         )
         spec = request.spec
+        started = time.perf_counter()
         try:
             produced = spec.handler(request.message, aggregate.state, context)
         except ChronicleError:
@@ -124,6 +128,8 @@ class CommandExecutor:
                 f"the handler for {spec.name} failed: {type(error).__name__}",
                 metadata={"command_type": spec.name},
             ) from error
+        finally:
+            self._slow.check(spec.name, request.aggregate_id, started)
         messages = self._events_of(spec.name, aggregate, produced)
         if not messages:
             return [], aggregate.state

@@ -51,6 +51,8 @@ def test_flags_win_over_environment_variables() -> None:
         ("CHRONICLE_QUEUE_DEPTH", "0"),
         ("CHRONICLE_DISCOVER_PLUGINS", "perhaps"),
         ("CHRONICLE_IDLE_TIMEOUT", "-1"),
+        ("CHRONICLE_SLOW_HANDLER_SECONDS", "-0.1"),
+        ("CHRONICLE_LOOP_LAG_SECONDS", "-1"),
     ],
 )
 def test_bad_values_are_configuration_errors(variable: str, value: str) -> None:
