@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
 
-.PHONY: run test lint format protos bench clean lock
+.PHONY: run test lint lint-api format protos bench clean lock
 
 run: protos
 	$(BIN)/chronicle serve $(ARGS)
@@ -18,10 +18,21 @@ run: protos
 test: protos
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: protos
+lint: protos lint-api
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# The public Protobuf API: buf lint (style, every element documented) and
+# buf breaking (tools/check_api_breaking.sh says against what). buf comes
+# from npm, pinned in package-lock.json.
+lint-api: node_modules/.installed
+	node_modules/.bin/buf lint
+	tools/check_api_breaking.sh
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -47,5 +58,5 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) chronicle build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) chronicle build dist .pytest_cache .mypy_cache .ruff_cache node_modules
 	find domain_plugins -path '*/protos/*' \( -name '*.py' -o -name '*.pyi' \) -delete
