@@ -70,7 +70,7 @@ async def start(
 ) -> Application:
     """Open the store, bind the port and start serving."""
     registry = registry if registry is not None else build_registry(settings)
-    store = store if store is not None else open_store(settings.database_url)
+    store = store if store is not None else open_store(settings.database_url, pool_size=settings.db_pool_size)
     await store.open()
     executor = CommandExecutor(
         store,

@@ -20,6 +20,7 @@ class Settings:
         default=DEFAULT_DATABASE_URL,
         metadata={"help": "sqlite:///relative.db, sqlite:////absolute.db, memory:// or postgresql://…"},
     )
+    db_pool_size: int = field(default=10, metadata={"help": "PostgreSQL connections per server process"})
     plugins: tuple[str, ...] = field(
         default=(),
         metadata={"help": "plugin module paths (module or module:attr), in addition to entry points"},
@@ -48,7 +49,7 @@ class Settings:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ConfigurationError(f"listen address must be host:port, got {self.listen!r}", reason="BAD_SETTING")
-        for name in ("max_message_bytes", "queue_depth", "max_workers", "conflict_retries"):
+        for name in ("max_message_bytes", "queue_depth", "max_workers", "conflict_retries", "db_pool_size"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
         durations = (self.shutdown_grace, self.snapshot_every, self.slow_handler_seconds, self.loop_lag_seconds)

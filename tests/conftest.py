@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from service.store.base import EventStore
-from tests.support.stores import STORES
+from tests.support.postgres import Cluster, start_cluster
+from tests.support.stores import STORES, StoreSite
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """The suite's PostgreSQL: started on first use, stopped at the end."""
+    cluster = start_cluster()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture
+def postgres_url(pg_cluster: Cluster) -> Iterator[str]:
+    """A fresh, empty database for one test."""
+    url = pg_cluster.create_database()
+    yield url
+    pg_cluster.drop_database(url)
 
 
 @pytest.fixture(params=sorted(STORES))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
     """Each store adapter in turn: the contract suite runs once per store."""
-    async with STORES[request.param](tmp_path) as opened:
+    site = StoreSite(tmp=tmp_path, postgres_url=lambda: request.getfixturevalue("postgres_url"))
+    async with STORES[request.param](site) as opened:
         yield opened

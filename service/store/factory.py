@@ -8,13 +8,19 @@ from service.errors import ConfigurationError
 from service.store.base import EventStore
 
 
-def open_store(url: str) -> EventStore:
+def open_store(url: str, *, pool_size: int = 10) -> EventStore:
     """The store a URL names; not yet opened.
 
     ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` (as in
-    SQLAlchemy), ``memory://``, and ``postgresql://…``.
+    SQLAlchemy), ``memory://``, and ``postgresql://…`` (or ``postgres://…``,
+    any libpq URL: ``?sslmode=require`` and the like pass through).
+    ``pool_size`` bounds PostgreSQL connections per server process.
     """
     scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme in ("postgresql", "postgres"):
+        from service.store.postgres import PostgresStore
+
+        return PostgresStore(url, pool_size=pool_size)
     if scheme == "memory":
         from service.store.memory import MemoryStore
 

@@ -20,18 +20,19 @@ def load_metadata(text: str | Mapping[str, str] | None) -> dict[str, str]:
     return dict(json.loads(text))
 
 
+def rejection_dict(rejection: Rejection) -> dict[str, object]:
+    return {
+        "kind": rejection.kind,
+        "reason": rejection.reason,
+        "message": rejection.message,
+        "metadata": dict(rejection.metadata),
+    }
+
+
 def dump_rejection(rejection: Rejection | None) -> str | None:
     if rejection is None:
         return None
-    return json.dumps(
-        {
-            "kind": rejection.kind,
-            "reason": rejection.reason,
-            "message": rejection.message,
-            "metadata": dict(rejection.metadata),
-        },
-        separators=(",", ":"),
-    )
+    return json.dumps(rejection_dict(rejection), separators=(",", ":"))
 
 
 def load_rejection(value: str | Mapping[str, object] | None) -> Rejection | None:

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from service.store.base import EventStore
 from service.store.memory import MemoryStore
+from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
 
-StoreFactory = Callable[[Path], AbstractAsyncContextManager[EventStore]]
+
+@dataclass(frozen=True)
+class StoreSite:
+    """Where a test's store may live: a private folder, a private database."""
+
+    tmp: Path
+    postgres_url: Callable[[], str]
+
+
+StoreFactory = Callable[[StoreSite], AbstractAsyncContextManager[EventStore]]
 
 
 @asynccontextmanager
-async def memory_store(tmp: Path) -> AsyncIterator[EventStore]:
+async def memory_store(site: StoreSite) -> AsyncIterator[EventStore]:
     store = MemoryStore()
     await store.open()
     yield store
@@ -22,11 +33,20 @@ async def memory_store(tmp: Path) -> AsyncIterator[EventStore]:
 
 
 @asynccontextmanager
-async def sqlite_store(tmp: Path) -> AsyncIterator[EventStore]:
-    store = SqliteStore(tmp / "events.db")
+async def sqlite_store(site: StoreSite) -> AsyncIterator[EventStore]:
+    store = SqliteStore(site.tmp / "events.db")
     await store.open()
     yield store
     await store.close()
 
 
-STORES: dict[str, StoreFactory] = {"memory": memory_store, "sqlite": sqlite_store}
+@asynccontextmanager
+async def postgres_store(site: StoreSite) -> AsyncIterator[EventStore]:
+    store = PostgresStore(site.postgres_url(), pool_size=4)
+    await store.open()
+    await store.ping()  # the database must be there: fail here, not in the test
+    yield store
+    await store.close()
+
+
+STORES: dict[str, StoreFactory] = {"memory": memory_store, "sqlite": sqlite_store, "postgres": postgres_store}

@@ -1,0 +1,75 @@
+"""Versioned SQL migrations for the PostgreSQL store.
+
+Files ``migrations/NNNN_name.sql`` are applied in order, each once, in one
+transaction that first takes an advisory lock, so several replicas starting
+at the same moment migrate exactly once and the others wait and then find
+nothing to do. A database whose schema is newer than every migration this
+code knows is refused: running old code on a new schema could corrupt it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+
+from service.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+SCHEMA = "chronicle"
+# pg_advisory_xact_lock key: any constant unlikely to collide with an application's.
+MIGRATION_LOCK = 0x43_48_52_4F_4E  # "CHRON"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def known_migrations() -> list[Migration]:
+    folder = resources.files(__package__).joinpath("migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise ConfigurationError("PostgreSQL migrations must be numbered 0001, 0002, … without gaps")
+    return found
+
+
+async def migrate(conn: psycopg.AsyncConnection[object]) -> int:
+    """Bring the schema up to date; return its version."""
+    migrations = known_migrations()
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        cursor = await conn.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations")
+        row = await cursor.fetchone()
+        current = int(row[0]) if row else 0  # type: ignore[index]
+        newest = migrations[-1].version if migrations else 0
+        if current > newest:
+            raise ConfigurationError(
+                f"the database schema is at version {current}, newer than this Chronicle knows ({newest}); "
+                "upgrade Chronicle before pointing it at this database",
+                reason="SCHEMA_TOO_NEW",
+            )
+        for migration in migrations[current:]:
+            log.info("applying PostgreSQL migration %04d_%s", migration.version, migration.name)
+            await conn.execute(migration.sql.encode())
+            await conn.execute(
+                f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)",
+                (migration.version, migration.name),
+            )
+        return newest

@@ -1,0 +1,131 @@
+"""A throwaway PostgreSQL for the test suite.
+
+``CHRONICLE_TEST_DATABASE_URL`` names a server to use instead (its user must
+be allowed to create databases). Otherwise the suite starts its own cluster:
+``initdb`` in a temporary directory, as the ``postgres`` user when running as
+root (PostgreSQL refuses root), listening on a free loopback port, with the
+default durability settings. Binaries come from ``CHRONICLE_PG_BINDIR``,
+``pg_config --bindir``, ``/usr/lib/postgresql/*/bin`` or the ``pgserver``
+package, in that order. Every test gets a fresh database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from tests.support.processes import free_port
+
+
+def find_bindir() -> Path:
+    candidates: list[str] = []
+    if os.environ.get("CHRONICLE_PG_BINDIR"):
+        candidates.append(os.environ["CHRONICLE_PG_BINDIR"])
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
+        candidates.append(out)
+    candidates.extend(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True))
+    try:
+        import pgserver  # type: ignore[import-not-found]
+
+        candidates.append(str(Path(pgserver.__file__).parent / "pginstall" / "bin"))
+    except ImportError:
+        pass
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
+            return Path(candidate)
+    raise RuntimeError(
+        "no PostgreSQL server binaries found: install PostgreSQL (initdb, pg_ctl), `pip install pgserver`, "
+        "set CHRONICLE_PG_BINDIR, or point CHRONICLE_TEST_DATABASE_URL at a server"
+    )
+
+
+@dataclass
+class Cluster:
+    """A running PostgreSQL and how to reach and control it."""
+
+    admin_url: str
+    bindir: Path | None = None
+    datadir: Path | None = None
+    run_as: str | None = None
+
+    def _ctl(self, *args: str) -> None:
+        assert self.bindir is not None and self.datadir is not None
+        command = [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), *args]
+        if self.run_as:
+            command = ["runuser", "-u", self.run_as, "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    @property
+    def controllable(self) -> bool:
+        return self.datadir is not None
+
+    def stop(self, mode: str = "fast") -> None:
+        self._ctl("stop", "-m", mode, "-w")
+
+    def start(self) -> None:
+        self._ctl("start", "-w", "-l", str(self.datadir / "server.log"))  # type: ignore[operator]
+
+    def url_for(self, database: str) -> str:
+        parts = urlsplit(self.admin_url)
+        return urlunsplit(parts._replace(path=f"/{database}"))
+
+    def create_database(self) -> str:
+        name = f"chronicle_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url_for(name)
+
+    def drop_database(self, url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def shutdown(self) -> None:
+        if self.controllable:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self.stop("immediate")
+            shutil.rmtree(self.datadir.parent, ignore_errors=True)  # type: ignore[union-attr]
+
+
+def start_cluster() -> Cluster:
+    given = os.environ.get("CHRONICLE_TEST_DATABASE_URL")
+    if given:
+        return Cluster(admin_url=given)
+    bindir = find_bindir()
+    root = Path(tempfile.mkdtemp(prefix="chronicle-pg-"))
+    datadir = root / "data"
+    run_as = None
+    if os.geteuid() == 0:
+        run_as = "postgres"
+        account = pwd.getpwnam(run_as)
+        os.chown(root, account.pw_uid, account.pw_gid)
+    prefix = ["runuser", "-u", run_as, "--"] if run_as else []
+    subprocess.run(
+        [*prefix, str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    port = free_port()
+    with (datadir / "postgresql.conf").open("a") as conf:
+        conf.write(
+            f"\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
+            "max_connections = 300\nshared_buffers = 128MB\n"
+        )
+    cluster = Cluster(
+        admin_url=f"postgresql://postgres@127.0.0.1:{port}/postgres", bindir=bindir, datadir=datadir, run_as=run_as
+    )
+    cluster.start()
+    return cluster
