@@ -10,7 +10,8 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── ValidationError         a plugin's rule refused the command
     │   ├── InvalidArgumentError    ...because of the command's input
     │   ├── NotFoundError           ...because the aggregate does not exist
-    │   └── AlreadyExistsError      ...because it exists already
+    │   ├── AlreadyExistsError      ...because it exists already
+    │   └── NotUnique               ...because another aggregate holds a claimed value
     ├── AggregateNotFound       a read of an aggregate that has no events
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
     ├── WrongExpectedVersion    the client's expected version does not hold
@@ -133,6 +134,22 @@ class AlreadyExistsError(ValidationError):
     default_reason = "ALREADY_EXISTS"
 
 
+class NotUnique(ValidationError):
+    """A uniqueness claim lost: another aggregate holds the value in ``scope``.
+
+    Raised by a store's ``append`` (the database's unique constraint decides,
+    so two replicas racing for one value cannot both win). The value itself
+    is left out of the message and metadata: it is often personal data (an
+    e-mail address) and the client knows what it sent.
+    """
+
+    default_reason = "NOT_UNIQUE"
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(f"the value is already taken in {scope!r}", metadata={"scope": scope})
+        self.scope = scope
+
+
 class AggregateNotFound(ChronicleError):
     default_reason = "AGGREGATE_NOT_FOUND"
 
@@ -224,6 +241,7 @@ REPLAYABLE: dict[str, type[ChronicleError]] = {
         InvalidArgumentError,
         NotFoundError,
         AlreadyExistsError,
+        NotUnique,
         WrongExpectedVersion,
     )
 }

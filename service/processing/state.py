@@ -111,7 +111,7 @@ class AggregateLoader:
 
         Raises AggregateTypeMismatch if its events belong to another type.
         """
-        snapshot = await self._store.load_snapshot(aggregate_id)
+        snapshot = await self._store.load_snapshot(aggregate_id, at_most=to_version)
         version, state = 0, aggregate_type.new_state()
         if snapshot is not None and self._usable(snapshot, aggregate_type, to_version):
             version = snapshot.version

@@ -4,6 +4,7 @@ from service.store.base import AggregateQuery, EventStore
 from service.store.factory import open_store
 from service.store.records import (
     AggregateHead,
+    ClaimChange,
     CommandAlreadyRecorded,
     CommandRecord,
     NewEvent,
@@ -15,6 +16,7 @@ from service.store.records import (
 __all__ = [
     "AggregateHead",
     "AggregateQuery",
+    "ClaimChange",
     "CommandAlreadyRecorded",
     "CommandRecord",
     "EventStore",

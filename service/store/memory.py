@@ -7,12 +7,14 @@ loop every call is atomic.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
-from service.errors import ConcurrencyConflict
+from service.errors import ConcurrencyConflict, NotUnique
 from service.store.base import AggregateQuery
 from service.store.records import (
     AggregateHead,
+    ClaimChange,
     CommandAlreadyRecorded,
     CommandRecord,
     NewEvent,
@@ -28,7 +30,9 @@ class MemoryStore:
         self._log: list[RecordedEvent] = []
         self._event_ids: set[str] = set()
         self._commands: dict[str, CommandRecord] = {}
-        self._snapshots: dict[str, Snapshot] = {}
+        self._claims: dict[tuple[str, str], str] = {}
+        # Per aggregate, in version order.
+        self._snapshots: dict[str, list[Snapshot]] = {}
 
     async def open(self) -> None:
         return None
@@ -46,6 +50,7 @@ class MemoryStore:
         expected_version: int,
         *,
         commands: Sequence[CommandRecord] = (),
+        claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
         for command in commands:
             if command.command_id in self._commands:
@@ -55,6 +60,7 @@ class MemoryStore:
             raise ConcurrencyConflict(aggregate_id, expected_version, current=len(stream))
         if any(e.event_id in self._event_ids for e in events):
             raise ValueError("duplicate event id")
+        claimed = self._claims_after(aggregate_id, claims)
         recorded = [
             RecordedEvent.committed(
                 new,
@@ -70,7 +76,28 @@ class MemoryStore:
             self._event_ids.update(e.event_id for e in recorded)
         for command in commands:
             self._commands[command.command_id] = command
+        for key, owner in claimed.items():
+            if owner is None:
+                del self._claims[key]
+            else:
+                self._claims[key] = owner
         return recorded
+
+    def _claims_after(self, aggregate_id: str, claims: Sequence[ClaimChange]) -> dict[tuple[str, str], str | None]:
+        """The holders ``claims`` would leave (None: released), checked
+        before anything changes so that a refused append writes nothing."""
+        changed: dict[tuple[str, str], str | None] = {}
+        for claim in claims:
+            key = (claim.scope, claim.value)
+            holder = changed[key] if key in changed else self._claims.get(key)
+            if claim.release:
+                if holder == aggregate_id:
+                    changed[key] = None
+            elif holder is None or holder == aggregate_id:
+                changed[key] = aggregate_id
+            else:
+                raise NotUnique(claim.scope)
+        return {key: owner for key, owner in changed.items() if owner is not None or key in self._claims}
 
     async def find_command(self, command_id: str) -> CommandRecord | None:
         return self._commands.get(command_id)
@@ -84,10 +111,27 @@ class MemoryStore:
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         return select_events(self._streams.get(aggregate_id, []), query)
 
-    async def save_snapshot(self, snapshot: Snapshot) -> None:
-        current = self._snapshots.get(snapshot.aggregate_id)
-        if current is None or current.version <= snapshot.version:
-            self._snapshots[snapshot.aggregate_id] = snapshot
+    async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
+        version = 0
+        for event in self._streams.get(aggregate_id, []):
+            if event.timestamp_us > timestamp_us:
+                break
+            version = event.version
+        return version
 
-    async def load_snapshot(self, aggregate_id: str) -> Snapshot | None:
-        return self._snapshots.get(aggregate_id)
+    async def claim_owner(self, scope: str, value: str) -> str | None:
+        return self._claims.get((scope, value))
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        kept = self._snapshots.setdefault(snapshot.aggregate_id, [])
+        versions = [s.version for s in kept]
+        at = bisect.bisect_left(versions, snapshot.version)
+        if at < len(kept) and kept[at].version == snapshot.version:
+            kept[at] = snapshot
+        else:
+            kept.insert(at, snapshot)
+
+    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
+        kept = self._snapshots.get(aggregate_id, [])
+        usable = [s for s in kept if at_most is None or s.version <= at_most]
+        return usable[-1] if usable else None

@@ -102,6 +102,18 @@ class CommandRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimChange:
+    """Take (or, with ``release``, give up) a uniqueness claim: ``value`` is
+    held by at most one aggregate within ``scope`` (e.g. an e-mail address
+    in ``users.email``). Written in the transaction of an append, for the
+    aggregate appended to; only the holder can release a value."""
+
+    scope: str
+    value: str
+    release: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """An aggregate's state at ``version``, as serialized bytes.
 

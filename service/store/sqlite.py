@@ -16,10 +16,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
-from service.errors import ConcurrencyConflict, StoreUnavailable
+from service.errors import ConcurrencyConflict, NotUnique, StoreUnavailable
 from service.store.base import AggregateQuery
 from service.store.records import (
     AggregateHead,
+    ClaimChange,
     CommandAlreadyRecorded,
     CommandRecord,
     NewEvent,
@@ -29,13 +30,16 @@ from service.store.records import (
 from service.store.serialization import dump_metadata, dump_rejection, load_metadata, load_rejection
 
 T = TypeVar("T")
-SCHEMA_VERSION = 1
+# Migration i brings the schema from version i to i + 1 (PRAGMA user_version).
+MIGRATIONS = ("sqlite_schema.sql", "sqlite_migrate_2.sql")
+SCHEMA_VERSION = len(MIGRATIONS)
 
 _EVENT_COLUMNS = (
     "event_id, aggregate_id, aggregate_type, version, position, event_type, schema_version, payload,"
     " recorded_at_us, command_id, user_id, origin, correlation_id, causation_id, metadata"
 )
 _COMMAND_COLUMNS = "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection"
+_SNAPSHOT_COLUMNS = "aggregate_id, aggregate_type, version, state_type, schema_version, state"
 
 
 def _event(row: sqlite3.Row) -> RecordedEvent:
@@ -56,6 +60,38 @@ def _event(row: sqlite3.Row) -> RecordedEvent:
         causation_id=row[13],
         metadata=load_metadata(row[14]),
     )
+
+
+def _migrate(conn: sqlite3.Connection, target: int) -> None:
+    """Bring the schema to version ``target``, once, even when several
+    processes open a new file at the same moment: the version is read again
+    under the write lock, and the script and the new version commit together."""
+    script = resources.files("service.store").joinpath(MIGRATIONS[target - 1]).read_text()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (current,) = conn.execute("PRAGMA user_version").fetchone()
+        if current < target:
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {int(target)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a migration script (``executescript`` would commit
+    the surrounding transaction)."""
+    statements, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return statements
 
 
 def _command(row: sqlite3.Row) -> CommandRecord:
@@ -113,9 +149,12 @@ class SqliteStore:
             raise StoreUnavailable(
                 f"{self._path} has schema version {version}; this Chronicle knows up to {SCHEMA_VERSION}"
             )
-        if version < SCHEMA_VERSION:
-            schema = resources.files("service.store").joinpath("sqlite_schema.sql").read_text()
-            conn.executescript(f"BEGIN IMMEDIATE;{schema};PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+        try:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                _migrate(conn, target)
+        except sqlite3.Error as error:
+            conn.close()
+            raise StoreUnavailable(f"cannot migrate {self._path} to schema {SCHEMA_VERSION}: {error}") from error
         self._conn = conn
 
     async def close(self) -> None:
@@ -136,8 +175,9 @@ class SqliteStore:
         expected_version: int,
         *,
         commands: Sequence[CommandRecord] = (),
+        claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
-        return await self._run(self._append, aggregate_id, events, expected_version, commands)
+        return await self._run(self._append, aggregate_id, events, expected_version, commands, claims)
 
     def _append(
         self,
@@ -145,6 +185,7 @@ class SqliteStore:
         events: Sequence[NewEvent],
         expected_version: int,
         commands: Sequence[CommandRecord],
+        claims: Sequence[ClaimChange],
     ) -> list[RecordedEvent]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -154,6 +195,8 @@ class SqliteStore:
             recorded = self._insert_events(aggregate_id, events, expected_version)
             for command in commands:
                 self._insert_command(command)
+            for claim in claims:
+                self._change_claim(aggregate_id, claim)
             db.execute("COMMIT")
             return recorded
         except BaseException:
@@ -221,14 +264,31 @@ class SqliteStore:
             ),
         )
 
+    def _change_claim(self, aggregate_id: str, claim: ClaimChange) -> None:
+        db = self._db
+        if claim.release:
+            db.execute(
+                "DELETE FROM claims WHERE scope = ? AND value = ? AND aggregate_id = ?",
+                (claim.scope, claim.value, aggregate_id),
+            )
+            return
+        # The primary key (scope, value) decides; holding it already is fine.
+        db.execute(
+            "INSERT INTO claims (scope, value, aggregate_id) VALUES (?,?,?) ON CONFLICT (scope, value) DO NOTHING",
+            (claim.scope, claim.value, aggregate_id),
+        )
+        (holder,) = db.execute(
+            "SELECT aggregate_id FROM claims WHERE scope = ? AND value = ?", (claim.scope, claim.value)
+        ).fetchone()
+        if holder != aggregate_id:
+            raise NotUnique(claim.scope)
+
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         await self._run(
             self._db.execute,
-            "INSERT INTO snapshots (aggregate_id, aggregate_type, version, state_type, schema_version, state)"
-            " VALUES (?,?,?,?,?,?) ON CONFLICT (aggregate_id) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
-            " version = excluded.version, state_type = excluded.state_type,"
-            " schema_version = excluded.schema_version, state = excluded.state"
-            " WHERE excluded.version >= snapshots.version",
+            f"INSERT INTO snapshots ({_SNAPSHOT_COLUMNS}) VALUES (?,?,?,?,?,?)"
+            " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
+            " state_type = excluded.state_type, schema_version = excluded.schema_version, state = excluded.state",
             (
                 snapshot.aggregate_id,
                 snapshot.aggregate_type,
@@ -278,14 +338,33 @@ class SqliteStore:
         rows = await self._run(lambda: self._db.execute(sql, params).fetchall())
         return [_event(row) for row in rows]
 
-    async def load_snapshot(self, aggregate_id: str) -> Snapshot | None:
-        row = await self._run(
+    async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
+        (version,) = await self._run(
             lambda: self._db.execute(
-                "SELECT aggregate_id, aggregate_type, version, state_type, schema_version, state"
-                " FROM snapshots WHERE aggregate_id = ?",
-                (aggregate_id,),
+                "SELECT COALESCE("
+                " (SELECT MIN(version) - 1 FROM events WHERE aggregate_id = ? AND recorded_at_us > ?),"
+                " (SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_id = ?))",
+                (aggregate_id, timestamp_us, aggregate_id),
             ).fetchone()
         )
+        return int(version)
+
+    async def claim_owner(self, scope: str, value: str) -> str | None:
+        row = await self._run(
+            lambda: self._db.execute(
+                "SELECT aggregate_id FROM claims WHERE scope = ? AND value = ?", (scope, value)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
+        sql = f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE aggregate_id = ?"
+        params: list[object] = [aggregate_id]
+        if at_most is not None:
+            sql += " AND version <= ?"
+            params.append(at_most)
+        sql += " ORDER BY version DESC LIMIT 1"
+        row = await self._run(lambda: self._db.execute(sql, params).fetchone())
         if row is None:
             return None
         return Snapshot(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))

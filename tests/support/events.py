@@ -17,6 +17,7 @@ def new_event(
     origin: str = "tests",
     metadata: Mapping[str, str] | None = None,
     command_id: str = "",
+    timestamp_us: int | None = None,
 ) -> NewEvent:
     return NewEvent(
         event_id=str(uuid.uuid4()),
@@ -24,7 +25,7 @@ def new_event(
         event_type=event_type,
         schema_version=1,
         payload=payload,
-        timestamp_us=time.time_ns() // 1000,
+        timestamp_us=time.time_ns() // 1000 if timestamp_us is None else timestamp_us,
         command_id=command_id,
         user_id="tester",
         origin=origin,

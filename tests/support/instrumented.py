@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from service.store.base import AggregateQuery, EventStore
-from service.store.records import CommandRecord, NewEvent, RecordedEvent
+from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
 
 
 class ObservedStore:
@@ -36,12 +36,13 @@ class ObservedStore:
         expected_version: int,
         *,
         commands: Sequence[CommandRecord] = (),
+        claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
         self.in_flight[aggregate_id] += 1
         self.max_in_flight_per_aggregate = max(self.max_in_flight_per_aggregate, self.in_flight[aggregate_id])
         self.max_in_flight_total = max(self.max_in_flight_total, sum(self.in_flight.values()))
         try:
             await asyncio.sleep(self.append_delay)
-            return await self.inner.append(aggregate_id, events, expected_version, commands=commands)
+            return await self.inner.append(aggregate_id, events, expected_version, commands=commands, claims=claims)
         finally:
             self.in_flight[aggregate_id] -= 1

@@ -23,7 +23,7 @@ from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import AggregateLoader
 from service.store.base import EventStore
 from service.store.memory import MemoryStore
-from service.store.records import CommandRecord, NewEvent, RecordedEvent
+from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
 from tests.support import plugins
 from tests.support.instrumented import ObservedStore
 
@@ -151,13 +151,14 @@ class RacingStore(MemoryStore):
         expected_version: int,
         *,
         commands: Sequence[CommandRecord] = (),
+        claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
         head = await self.head(aggregate_id)
         if head is not None:
             last = (await self.read_aggregate(aggregate_id))[-1]
             intruder = NewEvent(str(uuid.uuid4()), last.aggregate_type, last.event_type, 1, last.payload, 0)
             await super().append(aggregate_id, [intruder], head.version)
-        return await super().append(aggregate_id, events, expected_version, commands=commands)
+        return await super().append(aggregate_id, events, expected_version, commands=commands, claims=claims)
 
 
 async def test_conflicts_beyond_the_budget_are_reported_with_the_current_version() -> None:
