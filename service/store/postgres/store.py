@@ -32,12 +32,13 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from service.errors import ConcurrencyConflict, ConfigurationError, StoreUnavailable
+from service.errors import ConcurrencyConflict, ConfigurationError, NotUnique, StoreUnavailable
 from service.store.base import AggregateQuery
 from service.store.postgres.errors import COMMANDS_KEY, EVENTS_VERSION_KEY, UniqueViolation, translated
 from service.store.postgres.migrations import migrate
 from service.store.records import (
     AggregateHead,
+    ClaimChange,
     CommandAlreadyRecorded,
     CommandRecord,
     NewEvent,
@@ -77,7 +78,25 @@ _INSERT_EVENTS = (
     " WHERE %(expected)s = 0 OR EXISTS (SELECT 1 FROM chronicle.events"
     " WHERE aggregate_id = %(aggregate_id)s AND version = %(expected)s)"
 )
+# Claims: taking a value the aggregate holds already is a no-op; whether the
+# value is ours afterwards is read back (ON CONFLICT waits for a concurrent
+# transaction inserting the same key, so the loser of a race sees the winner).
+_TAKE_CLAIM = (
+    "INSERT INTO chronicle.claims (scope, value, aggregate_id) VALUES (%s, %s, %s)"
+    " ON CONFLICT (scope, value) DO NOTHING"
+)
+_CLAIM_OWNER = "SELECT aggregate_id FROM chronicle.claims WHERE scope = %s AND value = %s"
+_RELEASE_CLAIM = "DELETE FROM chronicle.claims WHERE scope = %s AND value = %s AND aggregate_id = %s"
+_SNAPSHOT_COLUMNS = "aggregate_id, aggregate_type, version, state_type, schema_version, state"
+_VERSION_AT = (
+    "SELECT coalesce("
+    " (SELECT min(version) - 1 FROM chronicle.events WHERE aggregate_id = %(id)s AND recorded_at > %(at)s),"
+    " (SELECT coalesce(max(version), 0) FROM chronicle.events WHERE aggregate_id = %(id)s))"
+)
 _HEAD = "SELECT aggregate_type, version FROM chronicle.events WHERE aggregate_id = %s ORDER BY version DESC LIMIT 1"
+
+
+_LATEST_US = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()) * 1_000_000
 
 
 def _micros(moment: datetime) -> int:
@@ -204,12 +223,17 @@ class PostgresStore:
         expected_version: int,
         *,
         commands: Sequence[CommandRecord] = (),
+        claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
         await self._ready()
         try:
             async with translated("append"), self._pool.connection() as conn, conn.transaction():
                 if commands:
                     await conn.execute(_INSERT_COMMANDS, _command_columns(commands))
+                # Before the events, so that the position lock is never held
+                # while waiting for another transaction's claim.
+                for claim in claims:
+                    await self._change_claim(conn, aggregate_id, expected_version, claim)
                 if not events:
                     await self._check_version(conn, aggregate_id, expected_version)
                     return []
@@ -220,6 +244,21 @@ class PostgresStore:
             if violation.constraint == EVENTS_VERSION_KEY:
                 raise ConcurrencyConflict(aggregate_id, expected_version) from None
             raise StoreUnavailable(f"unexpected unique violation on {violation.constraint}") from violation
+
+    async def _change_claim(
+        self, conn: psycopg.AsyncConnection[Any], aggregate_id: str, expected: int, claim: ClaimChange
+    ) -> None:
+        if claim.release:
+            await conn.execute(_RELEASE_CLAIM, (claim.scope, claim.value, aggregate_id))
+            return
+        await conn.execute(_TAKE_CLAIM, (claim.scope, claim.value, aggregate_id))
+        cursor = await conn.execute(_CLAIM_OWNER, (claim.scope, claim.value))
+        row = await cursor.fetchone()
+        if row is None or row[0] != aggregate_id:
+            # A stale version outranks a lost claim (the contract's order):
+            # the command was decided on old state and must be decided again.
+            await self._check_version(conn, aggregate_id, expected)
+            raise NotUnique(claim.scope)
 
     async def _check_version(self, conn: psycopg.AsyncConnection[Any], aggregate_id: str, expected: int) -> None:
         cursor = await conn.execute(_HEAD, (aggregate_id,))
@@ -277,11 +316,10 @@ class PostgresStore:
         await self._ready()
         async with translated("save_snapshot"), self._pool.connection() as conn:
             await conn.execute(
-                "INSERT INTO chronicle.snapshots (aggregate_id, aggregate_type, version, state_type, schema_version,"
-                " state) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (aggregate_id) DO UPDATE SET"
-                " aggregate_type = excluded.aggregate_type, version = excluded.version,"
+                f"INSERT INTO chronicle.snapshots ({_SNAPSHOT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
                 " state_type = excluded.state_type, schema_version = excluded.schema_version,"
-                " state = excluded.state, taken_at = now() WHERE excluded.version >= chronicle.snapshots.version",
+                " state = excluded.state, taken_at = now()",
                 (
                     snapshot.aggregate_id,
                     snapshot.aggregate_type,
@@ -334,14 +372,32 @@ class PostgresStore:
             rows = await cursor.fetchall()
         return [_event(row) for row in rows]
 
-    async def load_snapshot(self, aggregate_id: str) -> Snapshot | None:
+    async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         await self._ready()
+        async with translated("version_at"), self._pool.connection() as conn:
+            # Clamped to what a datetime holds; every event lies within.
+            at = _moment(min(max(timestamp_us, 0), _LATEST_US))
+            cursor = await conn.execute(_VERSION_AT, {"id": aggregate_id, "at": at})
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def claim_owner(self, scope: str, value: str) -> str | None:
+        await self._ready()
+        async with translated("claim_owner"), self._pool.connection() as conn:
+            cursor = await conn.execute(_CLAIM_OWNER, (scope, value))
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
+        await self._ready()
+        sql = f"SELECT {_SNAPSHOT_COLUMNS} FROM chronicle.snapshots WHERE aggregate_id = %s"
+        params: list[object] = [aggregate_id]
+        if at_most is not None:
+            sql += " AND version <= %s"
+            params.append(at_most)
+        sql += " ORDER BY version DESC LIMIT 1"
         async with translated("load_snapshot"), self._pool.connection() as conn:
-            cursor = await conn.execute(
-                "SELECT aggregate_id, aggregate_type, version, state_type, schema_version, state"
-                " FROM chronicle.snapshots WHERE aggregate_id = %s",
-                (aggregate_id,),
-            )
+            cursor = await conn.execute(sql.encode(), params)
             row = await cursor.fetchone()
         if row is None:
             return None
