@@ -1,0 +1,58 @@
+"""A small typed asyncio client for Chronicle.
+
+    from service.client import ChronicleClient, FailedPrecondition
+
+    async with ChronicleClient.connect("127.0.0.1:50051", origin="billing") as client:
+        opened = await client.submit("acc-1", bank.OpenAccount(owner="ann"))
+        try:
+            await client.submit("acc-1", bank.Withdraw(amount=500))
+        except FailedPrecondition as refused:
+            assert refused.reason == "INSUFFICIENT_FUNDS"
+        account = await client.get_aggregate("acc-1", bank.Account)
+        async for event in client.read("acc-1"):
+            print(event.version, event.payload)
+
+Commands get a command id (UUID 4) of their own and are retried with it on
+UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED, honouring
+the server's RetryInfo: the server runs a command id at most once, so a
+retry never appends twice.
+"""
+
+from service.client.client import ChronicleClient
+from service.client.errors import (
+    Aborted,
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    RemoteError,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from service.client.results import AggregateState, Event, Submitted
+from service.client.retry import NO_RETRIES, RetryPolicy
+
+__all__ = [
+    "NO_RETRIES",
+    "Aborted",
+    "AggregateState",
+    "AlreadyExists",
+    "ChronicleClient",
+    "DeadlineExceeded",
+    "Event",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "RemoteError",
+    "ResourceExhausted",
+    "RetryPolicy",
+    "Submitted",
+    "Unauthenticated",
+    "Unavailable",
+]

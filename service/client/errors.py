@@ -1,0 +1,142 @@
+"""What the server's refusals look like to a Python client.
+
+Every error status becomes a :class:`RemoteError`, typed by its gRPC code,
+carrying what the server put in the ``google.rpc`` details: the
+machine-readable ``reason`` (``ErrorInfo``), its ``metadata``, the fields at
+fault (``BadRequest``) and how long to wait before retrying (``RetryInfo``).
+The classes are rooted in the project's one tree, so ``except
+ChronicleError`` catches them too::
+
+    ChronicleError (service.errors)
+    └── RemoteError             any error status; code, reason, metadata, …
+        ├── InvalidArgument         the command or request is malformed, or a rule on its input
+        ├── FailedPrecondition      a rule on the aggregate's state; WRONG_EXPECTED_VERSION
+        ├── NotFound                the aggregate does not exist (and the command cannot create it)
+        ├── AlreadyExists           it exists; or COMMAND_ID_REUSED
+        ├── Aborted                 concurrent writers kept conflicting (retried)
+        ├── ResourceExhausted       a queue or limit is full (retried when the server says when)
+        ├── Unavailable             server or store unreachable (retried)
+        ├── DeadlineExceeded        no answer in time (retried)
+        ├── Unauthenticated
+        ├── PermissionDenied
+        └── Internal                a handler failed; nothing was written
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from service.errors import ChronicleError, FieldViolation
+
+
+class RemoteError(ChronicleError):
+    """An error status from the server. ``reason`` is the ``ErrorInfo``
+    reason, or the code's name when the status carried none (a transport
+    failure, say). ``retry_delay`` is the server's ``RetryInfo`` in seconds,
+    None when it sent none."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode,
+        reason: str,
+        metadata: Mapping[str, str] | None = None,
+        field_violations: tuple[FieldViolation, ...] = (),
+        retry_delay: float | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.code = code
+        self.field_violations = field_violations
+        self.retry_delay = retry_delay
+
+    def __str__(self) -> str:
+        return f"{self.code.name} {self.reason}: {self.message}"
+
+
+class InvalidArgument(RemoteError):
+    pass
+
+
+class FailedPrecondition(RemoteError):
+    pass
+
+
+class NotFound(RemoteError):
+    pass
+
+
+class AlreadyExists(RemoteError):
+    pass
+
+
+class Aborted(RemoteError):
+    pass
+
+
+class ResourceExhausted(RemoteError):
+    pass
+
+
+class Unavailable(RemoteError):
+    pass
+
+
+class DeadlineExceeded(RemoteError):
+    pass
+
+
+class Unauthenticated(RemoteError):
+    pass
+
+
+class PermissionDenied(RemoteError):
+    pass
+
+
+class Internal(RemoteError):
+    pass
+
+
+# The one table from gRPC codes to client errors; other codes are RemoteError.
+ERROR_BY_CODE: dict[grpc.StatusCode, type[RemoteError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.ABORTED: Aborted,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.INTERNAL: Internal,
+}
+
+
+def remote_error(error: grpc.aio.AioRpcError) -> RemoteError:
+    """The typed error for a failed call, with its rich details decoded."""
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or code.name
+    reason, metadata, retry_delay = code.name, {}, None
+    violations: tuple[FieldViolation, ...] = ()
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # a details trailer that contradicts the status: ignore it
+        status = None
+    for detail in status.details if status is not None else ():
+        info, bad, retry = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest(), error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            reason, metadata = info.reason or reason, dict(info.metadata)
+        elif detail.Unpack(bad):
+            violations = tuple(FieldViolation(v.field, v.description) for v in bad.field_violations)
+        elif detail.Unpack(retry):
+            retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+    cls = ERROR_BY_CODE.get(code, RemoteError)
+    return cls(
+        message, code=code, reason=reason, metadata=metadata, field_violations=violations, retry_delay=retry_delay
+    )
