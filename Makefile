@@ -10,13 +10,23 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
 
-.PHONY: run test lint lint-api format protos bench clean lock
+.PHONY: run test test-node lint lint-api format protos bench clean lock
 
 run: protos
 	$(BIN)/chronicle serve $(ARGS)
 
 test: protos
 	$(BIN)/pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-node
+
+# The Node.js client example (clients/node) against a real server process
+# that its test starts with this repository's Python.
+test-node: protos clients/node/node_modules/.installed
+	cd clients/node && CHRONICLE_PYTHON=$(CURDIR)/$(BIN)/python npm test --silent
+
+clients/node/node_modules/.installed: clients/node/package.json clients/node/package-lock.json
+	cd clients/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 lint: protos lint-api
 	$(BIN)/ruff check .
@@ -58,5 +68,5 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) chronicle build dist .pytest_cache .mypy_cache .ruff_cache node_modules
+	rm -rf $(VENV) chronicle build dist .pytest_cache .mypy_cache .ruff_cache node_modules clients/node/node_modules
 	find domain_plugins -path '*/protos/*' \( -name '*.py' -o -name '*.pyi' \) -delete

@@ -1,0 +1,182 @@
+// Chronicle from Node.js: the small reusable part of the example.
+//
+// Services come from @grpc/proto-loader; payload messages (packed into
+// google.protobuf.Any) and the google.rpc error details are encoded and
+// decoded with protobufjs, from the same .proto files:
+//   - the public API:            protos/chronicle/v1/*.proto
+//   - a domain plugin's API:     domain_plugins/bank_account/protos/bank/v1/*.proto
+//   - the google.rpc error model: third_party/googleapis (vendored)
+
+import { randomUUID } from 'node:crypto';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import fs from 'node:fs';
+
+import grpc from '@grpc/grpc-js';
+import protoLoader from '@grpc/proto-loader';
+import protobuf from 'protobufjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repository = path.resolve(here, '..', '..', '..');
+
+// Where .proto imports are looked up, like protoc's -I. A client of another
+// domain adds that plugin's protos/ folder here.
+export const INCLUDE_DIRS = [
+  path.join(repository, 'protos'),
+  path.join(repository, 'domain_plugins', 'bank_account', 'protos'),
+  path.join(here, '..', 'third_party', 'googleapis'),
+];
+
+const API_FILES = ['chronicle/v1/command_service.proto', 'chronicle/v1/event_service.proto'];
+const MESSAGE_FILES = [
+  'bank/v1/bank_account.proto',
+  'google/rpc/status.proto',
+  'google/rpc/error_details.proto',
+];
+
+// Field names stay as in the .proto (aggregate_id, not aggregateId), so the
+// code reads like the API reference. 64-bit integers (versions, positions)
+// arrive as JS numbers: exact up to 2^53, far beyond any real version.
+const LOADER_OPTIONS = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
+
+const definition = protoLoader.loadSync(API_FILES, { ...LOADER_OPTIONS, includeDirs: INCLUDE_DIRS });
+const api = grpc.loadPackageDefinition(definition).chronicle.v1;
+
+const messages = new protobuf.Root();
+messages.resolvePath = (_origin, target) => {
+  for (const dir of INCLUDE_DIRS) {
+    const candidate = path.join(dir, target);
+    if (fs.existsSync(candidate)) return candidate;
+  }
+  return target; // google/protobuf/*.proto: protobufjs carries those itself
+};
+messages.loadSync([...MESSAGE_FILES, ...API_FILES], { keepCase: true });
+
+const TYPE_URL_PREFIX = 'type.googleapis.com/';
+
+/** Packs a message given as a plain object into a google.protobuf.Any. */
+export function pack(typeName, fields) {
+  const type = messages.lookupType(typeName);
+  const problem = type.verify(fields);
+  if (problem) throw new TypeError(`${typeName}: ${problem}`);
+  return { type_url: TYPE_URL_PREFIX + typeName, value: Buffer.from(type.encode(type.fromObject(fields)).finish()) };
+}
+
+/** The message inside a google.protobuf.Any, as a plain object with its type name. */
+export function unpack(any) {
+  const typeName = any.type_url.slice(any.type_url.lastIndexOf('/') + 1);
+  const type = messages.lookupType(typeName);
+  const fields = type.toObject(type.decode(any.value), { longs: Number, enums: String, defaults: true });
+  return { '@type': typeName, ...fields };
+}
+
+/**
+ * A refused call as the server described it: the gRPC code, the ErrorInfo's
+ * machine-readable reason and metadata, the fields at fault (BadRequest) and
+ * the delay before a retry may succeed (RetryInfo), all decoded from the
+ * google.rpc.Status in the grpc-status-details-bin trailer.
+ */
+export class ChronicleError extends Error {
+  constructor(grpcError) {
+    super(grpcError.details || grpcError.message);
+    this.name = 'ChronicleError';
+    this.code = grpc.status[grpcError.code] ?? String(grpcError.code); // e.g. 'FAILED_PRECONDITION'
+    this.reason = this.code; // replaced by ErrorInfo.reason below, when sent
+    this.metadata = {};
+    this.fieldViolations = [];
+    this.retryDelaySeconds = null;
+    this.cause = grpcError;
+    const [encoded] = grpcError.metadata?.get('grpc-status-details-bin') ?? [];
+    if (encoded === undefined) return; // no rich status: a transport failure, say
+    const status = messages.lookupType('google.rpc.Status').decode(encoded);
+    for (const detail of status.details) {
+      const fields = unpack(detail);
+      switch (fields['@type']) {
+        case 'google.rpc.ErrorInfo':
+          this.reason = fields.reason;
+          this.metadata = fields.metadata;
+          break;
+        case 'google.rpc.BadRequest':
+          this.fieldViolations = fields.field_violations.map((v) => ({ field: v.field, description: v.description }));
+          break;
+        case 'google.rpc.RetryInfo':
+          this.retryDelaySeconds = Number(fields.retry_delay.seconds) + fields.retry_delay.nanos / 1e9;
+          break;
+        default:
+          break; // details this client does not know: ignore them
+      }
+    }
+  }
+}
+
+function call(stub, method, request, { timeoutSeconds = 10 } = {}) {
+  return new Promise((resolve, reject) => {
+    const deadline = new Date(Date.now() + timeoutSeconds * 1000);
+    stub[method](request, { deadline }, (error, response) =>
+      error ? reject(new ChronicleError(error)) : resolve(response),
+    );
+  });
+}
+
+/** A client of one Chronicle server; every call returns a promise. */
+export class ChronicleClient {
+  constructor(address, { origin = 'node-example', userId = '' } = {}) {
+    const credentials = grpc.credentials.createInsecure();
+    this.commands = new api.CommandService(address, credentials);
+    // One connection for both services.
+    this.events = new api.EventService(address, credentials, { channelOverride: this.commands.getChannel() });
+    this.origin = origin;
+    this.userId = userId;
+  }
+
+  /**
+   * Runs a command: `typeName` is its full message name (e.g.
+   * 'bank.v1.Deposit'), `fields` its content. A new command id is generated
+   * unless one is given; submitting the same id again is safe (the server
+   * returns the original result with `replayed: true`). Resolves to
+   * { command_id, version, replayed, events } with each event's payload
+   * decoded; rejects with a ChronicleError.
+   */
+  async submit(aggregateId, typeName, fields, { commandId = randomUUID(), expectedVersion, metadata = {} } = {}) {
+    const now = Date.now();
+    const command = {
+      command_id: commandId,
+      aggregate_id: aggregateId,
+      payload: pack(typeName, fields),
+      user_id: this.userId,
+      origin: this.origin,
+      timestamp: { seconds: Math.floor(now / 1000), nanos: (now % 1000) * 1e6 },
+      metadata,
+    };
+    if (expectedVersion !== undefined) command.expected_version = expectedVersion;
+    const response = await call(this.commands, 'Submit', { command });
+    return { command_id: commandId, ...response, events: response.events.map(decodeEvent) };
+  }
+
+  /** The aggregate's events in version order, payloads decoded. */
+  async read(aggregateId, { fromVersion = 1, eventTypes = [] } = {}) {
+    const stream = this.events.ReadAggregate({ aggregate_id: aggregateId, from_version: fromVersion, event_types: eventTypes });
+    const events = [];
+    try {
+      for await (const event of stream) events.push(decodeEvent(event));
+    } catch (error) {
+      throw new ChronicleError(error);
+    }
+    return events;
+  }
+
+  /** The aggregate's current state: { aggregate_type, version, state }. */
+  async getAggregate(aggregateId) {
+    const response = await call(this.events, 'GetAggregate', { aggregate_id: aggregateId });
+    return { ...response, state: unpack(response.state) };
+  }
+
+  close() {
+    this.commands.close();
+    this.events.close();
+  }
+}
+
+function decodeEvent(event) {
+  return { ...event, payload: unpack(event.payload) };
+}

@@ -1,0 +1,92 @@
+// The Node example against a real server process.
+
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { after, before, test } from 'node:test';
+
+import { ChronicleClient, ChronicleError } from '../src/chronicle.js';
+import { walkthrough } from '../src/example.js';
+import { startServer } from './server.js';
+
+let server;
+let client;
+
+before(async () => {
+  server = await startServer();
+  client = new ChronicleClient(server.address, { origin: 'node-tests' });
+});
+
+after(async () => {
+  client?.close();
+  await server?.stop();
+});
+
+test('the walkthrough opens, deposits, is refused by reason and reads the account back', async () => {
+  const lines = [];
+  const result = await walkthrough(server.address, { log: (line) => lines.push(line) });
+  assert.equal(result.opened.version, 1);
+  assert.equal(result.deposited.version, 2);
+  assert.deepEqual(result.deposited.events[0].payload, { '@type': 'bank.v1.MoneyDeposited', amount: 100 });
+  assert.equal(result.refusal.code, 'FAILED_PRECONDITION');
+  assert.equal(result.refusal.reason, 'INSUFFICIENT_FUNDS');
+  assert.deepEqual(result.refusal.metadata, { balance: '100', amount: '500' });
+  assert.deepEqual(
+    result.events.map((e) => [e.version, e.event_type]),
+    [
+      [1, 'bank.v1.AccountOpened'],
+      [2, 'bank.v1.MoneyDeposited'],
+    ],
+  );
+  assert.equal(result.events[0].origin, 'node-example');
+  assert.equal(result.account.aggregate_type, 'Account');
+  assert.equal(result.account.version, 2);
+  assert.deepEqual(result.account.state, { '@type': 'bank.v1.Account', owner: 'ann', balance: 100, closed: false });
+  assert.ok(lines.some((line) => line.includes('withdrawal refused (FAILED_PRECONDITION INSUFFICIENT_FUNDS)')));
+});
+
+test('the same command id twice is executed once', async () => {
+  const accountId = `acc-${randomUUID()}`;
+  const commandId = randomUUID();
+  const first = await client.submit(accountId, 'bank.v1.OpenAccount', { owner: 'bob' }, { commandId });
+  const again = await client.submit(accountId, 'bank.v1.OpenAccount', { owner: 'bob' }, { commandId });
+  assert.equal(first.replayed, false);
+  assert.equal(again.replayed, true);
+  assert.deepEqual(
+    again.events.map((e) => e.event_id),
+    first.events.map((e) => e.event_id),
+  );
+  assert.equal((await client.read(accountId)).length, 1);
+});
+
+test('bad input is INVALID_ARGUMENT naming the field', async () => {
+  const accountId = `acc-${randomUUID()}`;
+  await client.submit(accountId, 'bank.v1.OpenAccount', { owner: 'cy' });
+  await assert.rejects(client.submit(accountId, 'bank.v1.Deposit', { amount: -5 }), (error) => {
+    assert.ok(error instanceof ChronicleError);
+    assert.equal(error.code, 'INVALID_ARGUMENT');
+    assert.equal(error.reason, 'INVALID_AMOUNT');
+    assert.deepEqual(
+      error.fieldViolations.map((v) => v.field),
+      ['amount'],
+    );
+    return true;
+  });
+});
+
+test('a stale expected version is refused with the current version', async () => {
+  const accountId = `acc-${randomUUID()}`;
+  await client.submit(accountId, 'bank.v1.OpenAccount', { owner: 'dee' }, { expectedVersion: 0 });
+  await assert.rejects(client.submit(accountId, 'bank.v1.Deposit', { amount: 1 }, { expectedVersion: 7 }), (error) => {
+    assert.equal(error.reason, 'WRONG_EXPECTED_VERSION');
+    assert.equal(error.metadata.current_version, '1');
+    return true;
+  });
+});
+
+test('an unknown aggregate is NOT_FOUND', async () => {
+  await assert.rejects(client.getAggregate(`nobody-${randomUUID()}`), (error) => {
+    assert.equal(error.code, 'NOT_FOUND');
+    assert.equal(error.reason, 'AGGREGATE_NOT_FOUND');
+    return true;
+  });
+});

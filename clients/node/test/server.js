@@ -1,0 +1,49 @@
+// Starts a real Chronicle server process for the tests, on a port the
+// operating system picks (--listen 127.0.0.1:0); its first line of output
+// names the address it bound. CHRONICLE_SERVER=host:port uses a running
+// server instead; CHRONICLE_PYTHON picks the interpreter (default: the
+// repository's .venv, as `make` creates it).
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const repository = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+function python() {
+  if (process.env.CHRONICLE_PYTHON) return process.env.CHRONICLE_PYTHON;
+  const venv = path.join(repository, '.venv', 'bin', 'python');
+  return fs.existsSync(venv) ? venv : 'python3';
+}
+
+export async function startServer({ timeoutMs = 30_000 } = {}) {
+  if (process.env.CHRONICLE_SERVER) return { address: process.env.CHRONICLE_SERVER, stop: async () => {} };
+  const child = spawn(
+    python(),
+    ['-m', 'service', 'serve', '--listen', '127.0.0.1:0', '--database-url', 'memory://'],
+    { cwd: repository, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  const output = [];
+  child.stderr.on('data', (chunk) => output.push(chunk.toString()));
+  const lines = readline.createInterface({ input: child.stdout });
+  const address = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no server after ${timeoutMs} ms: ${output.join('')}`)), timeoutMs);
+    child.on('exit', (code) => reject(new Error(`server exited with ${code}: ${output.join('')}`)));
+    lines.on('line', (line) => {
+      const match = /Chronicle serving gRPC on (\S+)/.exec(line);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+  });
+  const stop = () =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null) return resolve();
+      child.on('exit', () => resolve());
+      child.kill('SIGTERM');
+    });
+  return { address, stop };
+}
