@@ -17,7 +17,8 @@ import grpc
 
 from service.api.command_service import CommandService
 from service.api.event_service import EventService
-from service.api.server import Health, build_server
+from service.api.health import Health, StoreMonitor
+from service.api.server import build_server
 from service.errors import ConfigurationError
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
 from service.plugins.registry import Registry
@@ -48,6 +49,7 @@ class Application:
     health: Health
     server: grpc.aio.Server
     port: int
+    monitor: StoreMonitor
     watchdog: LoopLagWatchdog | None = None
 
     @property
@@ -57,6 +59,7 @@ class Application:
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace if grace is None else grace
+        await self.monitor.stop()
         await self.health.set(False)
         await self.server.stop(grace)
         await self.router.close(grace=grace)
@@ -68,7 +71,11 @@ class Application:
 async def start(
     settings: Settings, *, store: EventStore | None = None, registry: Registry | None = None
 ) -> Application:
-    """Open the store, bind the port and start serving."""
+    """Open the store, bind the port and start serving.
+
+    A store that cannot be reached yet does not stop the start: the server
+    listens, reports NOT_SERVING, and serves once the store answers.
+    """
     registry = registry if registry is not None else build_registry(settings)
     store = store if store is not None else open_store(settings.database_url, pool_size=settings.db_pool_size)
     await store.open()
@@ -98,11 +105,13 @@ async def start(
         await store.close()
         raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error
     await server.start()
-    await health.set(True)
+    monitor = StoreMonitor(store, health, interval=settings.health_interval)
+    await monitor.check()
+    monitor.start()
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
-    return Application(settings, registry, store, router, health, server, port, watchdog)
+    return Application(settings, registry, store, router, health, server, port, monitor, watchdog)
 
 
 def describe(app: Application) -> str:

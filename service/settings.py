@@ -42,6 +42,9 @@ class Settings:
     loop_lag_seconds: float = field(
         default=0.25, metadata={"help": "warn when anything blocks the event loop longer than this (0: off)"}
     )
+    health_interval: float = field(
+        default=2.0, metadata={"help": "seconds between store health checks (NOT_SERVING while it is down)"}
+    )
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
 
@@ -53,7 +56,7 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
         durations = (self.shutdown_grace, self.snapshot_every, self.slow_handler_seconds, self.loop_lag_seconds)
-        if self.idle_timeout <= 0 or min(durations) < 0:
+        if self.idle_timeout <= 0 or self.health_interval <= 0 or min(durations) < 0:
             raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
 
 

@@ -34,3 +34,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     site = StoreSite(tmp=tmp_path, postgres_url=lambda: request.getfixturevalue("postgres_url"))
     async with STORES[request.param](site) as opened:
         yield opened
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[Cluster]:
+    """A PostgreSQL of this test's own, which the test may stop and start."""
+    cluster = start_cluster(own=True)
+    yield cluster
+    cluster.shutdown()

@@ -99,9 +99,11 @@ class Cluster:
             shutil.rmtree(self.datadir.parent, ignore_errors=True)  # type: ignore[union-attr]
 
 
-def start_cluster() -> Cluster:
+def start_cluster(*, own: bool = False) -> Cluster:
+    """The suite's server: the one named by CHRONICLE_TEST_DATABASE_URL, or a
+    new cluster. ``own``: always a new cluster, which the caller may stop."""
     given = os.environ.get("CHRONICLE_TEST_DATABASE_URL")
-    if given:
+    if given and not own:
         return Cluster(admin_url=given)
     bindir = find_bindir()
     root = Path(tempfile.mkdtemp(prefix="chronicle-pg-"))

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -173,18 +174,24 @@ class PostgresStore:
                 f" -c idle_in_transaction_session_timeout={int(lock_timeout * 2000)}",
             },
             name="chronicle",
-            reconnect_timeout=float("inf"),
+            # The pool's reconnection backoff doubles without bound; give up
+            # early instead, so that the next request (the health check runs
+            # every few seconds) starts a fresh attempt: recovery then takes
+            # seconds after the database is back, not minutes.
+            reconnect_timeout=connect_timeout,
         )
+        self._connect_timeout = connect_timeout
         self._schema_ready = asyncio.Event()
         self._schema_lock = asyncio.Lock()
+        # Set when a call found the database unreachable, cleared by the next
+        # call that reaches it. While set, calls wait briefly for a pooled
+        # connection instead of the full timeout: fail fast, let clients retry.
+        self._unreachable = False
 
     # -- lifecycle -------------------------------------------------------
 
     async def open(self) -> None:
-        try:
-            psycopg.conninfo.conninfo_to_dict(self._url)
-        except psycopg.ProgrammingError as error:
-            raise ConfigurationError(f"malformed PostgreSQL URL: {error}", reason="BAD_DATABASE_URL") from None
+        _check_url(self._url)
         await self._pool.open(wait=False)
         try:
             await self._ensure_schema()
@@ -197,8 +204,15 @@ class PostgresStore:
         async with self._schema_lock:
             if self._schema_ready.is_set():
                 return
-            async with translated("migration"), self._pool.connection() as conn:
-                version = await migrate(conn)
+            # A connection of its own, not the pool's: when the database is
+            # missing or refusing, this fails at once instead of waiting for
+            # the pool's reconnection schedule.
+            async with translated("migration"):
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+                )
+                async with conn:
+                    version = await migrate(conn)
             log.info("PostgreSQL schema at version %d", version)
             self._schema_ready.set()
 
@@ -206,13 +220,22 @@ class PostgresStore:
         await self._pool.close()
 
     async def ping(self) -> None:
-        await self._ensure_schema()
-        async with translated("ping"), self._pool.connection() as conn:
+        async with self._connection("ping") as conn:
             await conn.execute("SELECT 1")
 
-    async def _ready(self) -> None:
+    @asynccontextmanager
+    async def _connection(self, what: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection for one operation, with errors translated."""
         if not self._schema_ready.is_set():
             await self._ensure_schema()
+        timeout = min(0.5, self._connect_timeout) if self._unreachable else self._connect_timeout
+        try:
+            async with translated(what), self._pool.connection(timeout=timeout) as conn:
+                yield conn
+        except StoreUnavailable:
+            self._unreachable = True
+            raise
+        self._unreachable = False
 
     # -- writes ----------------------------------------------------------
 
@@ -225,9 +248,8 @@ class PostgresStore:
         commands: Sequence[CommandRecord] = (),
         claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
-        await self._ready()
         try:
-            async with translated("append"), self._pool.connection() as conn, conn.transaction():
+            async with self._connection("append") as conn, conn.transaction():
                 if commands:
                     await conn.execute(_INSERT_COMMANDS, _command_columns(commands))
                 # Before the events, so that the position lock is never held
@@ -313,8 +335,7 @@ class PostgresStore:
         return StoreUnavailable("a command id was reported recorded but cannot be found")
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        await self._ready()
-        async with translated("save_snapshot"), self._pool.connection() as conn:
+        async with self._connection("save_snapshot") as conn:
             await conn.execute(
                 f"INSERT INTO chronicle.snapshots ({_SNAPSHOT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
@@ -333,8 +354,7 @@ class PostgresStore:
     # -- reads -----------------------------------------------------------
 
     async def find_command(self, command_id: str) -> CommandRecord | None:
-        await self._ready()
-        async with translated("find_command"), self._pool.connection() as conn:
+        async with self._connection("find_command") as conn:
             cursor = await conn.execute(
                 f"SELECT {_COMMAND_COLUMNS} FROM chronicle.commands WHERE command_id = %s", (command_id,)
             )
@@ -342,14 +362,12 @@ class PostgresStore:
         return None if row is None else _command(row)
 
     async def head(self, aggregate_id: str) -> AggregateHead | None:
-        await self._ready()
-        async with translated("head"), self._pool.connection() as conn:
+        async with self._connection("head") as conn:
             cursor = await conn.execute(_HEAD, (aggregate_id,))
             row = await cursor.fetchone()
         return None if row is None else AggregateHead(row[0], row[1])
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
-        await self._ready()
         where = ["aggregate_id = %s", "version >= %s"]
         params: list[object] = [aggregate_id, max(query.from_version, 1)]
         if query.to_version is not None:
@@ -367,14 +385,13 @@ class PostgresStore:
         if query.limit is not None:
             sql += " LIMIT %s"
             params.append(query.limit)
-        async with translated("read_aggregate"), self._pool.connection() as conn:
+        async with self._connection("read_aggregate") as conn:
             cursor = await conn.execute(sql.encode(), params)
             rows = await cursor.fetchall()
         return [_event(row) for row in rows]
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
-        await self._ready()
-        async with translated("version_at"), self._pool.connection() as conn:
+        async with self._connection("version_at") as conn:
             # Clamped to what a datetime holds; every event lies within.
             at = _moment(min(max(timestamp_us, 0), _LATEST_US))
             cursor = await conn.execute(_VERSION_AT, {"id": aggregate_id, "at": at})
@@ -382,26 +399,37 @@ class PostgresStore:
         return int(row[0]) if row else 0
 
     async def claim_owner(self, scope: str, value: str) -> str | None:
-        await self._ready()
-        async with translated("claim_owner"), self._pool.connection() as conn:
+        async with self._connection("claim_owner") as conn:
             cursor = await conn.execute(_CLAIM_OWNER, (scope, value))
             row = await cursor.fetchone()
         return None if row is None else str(row[0])
 
     async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
-        await self._ready()
         sql = f"SELECT {_SNAPSHOT_COLUMNS} FROM chronicle.snapshots WHERE aggregate_id = %s"
         params: list[object] = [aggregate_id]
         if at_most is not None:
             sql += " AND version <= %s"
             params.append(at_most)
         sql += " ORDER BY version DESC LIMIT 1"
-        async with translated("load_snapshot"), self._pool.connection() as conn:
+        async with self._connection("load_snapshot") as conn:
             cursor = await conn.execute(sql.encode(), params)
             row = await cursor.fetchone()
         if row is None:
             return None
         return Snapshot(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
+
+
+def _check_url(url: str) -> None:
+    """Refuse a URL libpq would only refuse later, on every reconnection."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as error:
+        raise ConfigurationError(f"malformed PostgreSQL URL: {error}", reason="BAD_DATABASE_URL") from None
+    ports = str(params.get("port") or "5432").split(",")
+    if not all(port.strip().isdigit() for port in ports):
+        raise ConfigurationError(
+            f"malformed PostgreSQL URL: port {params.get('port')!r} is not a number", reason="BAD_DATABASE_URL"
+        )
 
 
 def _command_columns(commands: Sequence[CommandRecord]) -> tuple[list[Any], ...]:

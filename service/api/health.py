@@ -1,0 +1,80 @@
+"""Health as the standard gRPC health service reports it.
+
+``Health`` is the one switch for every service name. ``StoreMonitor`` keeps
+it true to the store: it pings the store every ``interval`` seconds and
+reports NOT_SERVING while the store cannot serve (a database that is gone or
+not yet there), SERVING again as soon as it can, with no restart. Load
+balancers and orchestrators act on that; clients see UNAVAILABLE meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from grpc_health.v1 import health, health_pb2
+
+from chronicle.v1 import command_service_pb2, event_service_pb2
+from service.errors import ChronicleError
+from service.store.base import EventStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    command_service_pb2.DESCRIPTOR.services_by_name["CommandService"].full_name,
+    event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
+)
+
+
+class Health:
+    """The health service and the one switch for every name it reports."""
+
+    def __init__(self) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self.serving = False
+
+    async def set(self, serving: bool) -> None:
+        self.serving = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.servicer.set(name, status)
+
+
+class StoreMonitor:
+    def __init__(self, store: EventStore, health: Health, *, interval: float) -> None:
+        self._store = store
+        self._health = health
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._last: bool | None = None
+
+    async def check(self) -> bool:
+        """Ping the store once and report the result; return it."""
+        try:
+            await asyncio.wait_for(self._store.ping(), timeout=max(self._interval, 1.0) * 2)
+            healthy, why = True, ""
+        except (ChronicleError, TimeoutError) as error:
+            healthy, why = False, str(error) or type(error).__name__
+        if healthy != self._last:
+            if not healthy:
+                log.warning("store unavailable, reporting NOT_SERVING: %s", why)
+            elif self._last is not None:
+                log.info("store available again, reporting SERVING")
+            self._last = healthy
+            await self._health.set(healthy)
+        return healthy
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="store-monitor")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.check()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

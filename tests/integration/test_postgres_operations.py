@@ -1,0 +1,155 @@
+"""Operating on PostgreSQL: migrations from several replicas, bad URLs, a
+database that is missing at start-up, or goes away and comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from dataclasses import replace
+
+import grpc
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.app import start
+from service.errors import ConfigurationError, StoreUnavailable
+from service.store.postgres import PostgresStore
+from service.store.postgres.migrations import known_migrations
+from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of
+from tests.support.postgres import Cluster
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.postgres
+
+
+async def test_replicas_starting_together_apply_each_migration_once(postgres_url: str) -> None:
+    stores = [PostgresStore(postgres_url, pool_size=2) for _ in range(4)]
+    await asyncio.gather(*(s.open() for s in stores))
+    await asyncio.gather(*(s.ping() for s in stores))
+    with psycopg.connect(postgres_url) as conn:
+        applied = conn.execute("SELECT version FROM chronicle.schema_migrations ORDER BY version").fetchall()
+    assert [v for (v,) in applied] == [m.version for m in known_migrations()]
+    for store in stores:
+        await store.close()
+
+
+async def test_opening_an_up_to_date_schema_changes_nothing(postgres_url: str) -> None:
+    first = PostgresStore(postgres_url, pool_size=1)
+    await first.open()
+    await first.append("a-1", [], 0)
+    await first.close()
+    second = PostgresStore(postgres_url, pool_size=1)
+    await second.open()
+    await second.ping()
+    await second.close()
+
+
+async def test_a_schema_newer_than_the_code_is_refused(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, pool_size=1)
+    await store.open()
+    await store.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO chronicle.schema_migrations (version, name) VALUES (999, 'from_the_future')")
+    newer = PostgresStore(postgres_url, pool_size=1)
+    with pytest.raises(ConfigurationError) as raised:
+        await newer.open()
+    assert raised.value.reason == "SCHEMA_TOO_NEW"
+    assert "999" in raised.value.message
+    await newer.close()
+
+
+async def test_a_malformed_url_is_refused_at_open() -> None:
+    store = PostgresStore("postgresql://user@localhost:notaport/db")
+    with pytest.raises(ConfigurationError) as raised:
+        await store.open()
+    assert raised.value.reason == "BAD_DATABASE_URL"
+
+
+def test_the_server_exits_with_a_clear_message_on_a_malformed_url() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgresql://u@h:x/db",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "malformed PostgreSQL URL" in result.stderr
+
+
+async def _serving(address: str) -> bool:
+    async with grpc.aio.insecure_channel(address) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+async def test_a_database_missing_at_start_up_is_served_once_it_appears(pg_cluster: Cluster) -> None:
+    name = "chronicle_appears_later"
+    url = pg_cluster.url_for(name)
+    settings = replace(TEST_SETTINGS, database_url=url, health_interval=0.1)
+    app = await start(settings)
+    try:
+        assert not await _serving(app.address)
+        async with connect(app.address) as client:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+            assert details_of(raised.value).code == grpc.StatusCode.UNAVAILABLE
+            with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            await eventually(lambda: _serving(app.address), what="SERVING after the database appeared")
+            response = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+            assert response.version == 1
+    finally:
+        await app.stop(grace=1)
+        pg_cluster.drop_database(url)
+
+
+async def test_a_database_that_goes_away_and_comes_back_is_served_again_without_a_restart(
+    private_cluster: Cluster,
+) -> None:
+    url = private_cluster.create_database()
+    app = await start(replace(TEST_SETTINGS, database_url=url, health_interval=0.1))
+    try:
+        async with connect(app.address) as client:
+            await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+            assert await _serving(app.address)
+
+            private_cluster.stop("immediate")
+
+            async def not_serving() -> bool:
+                return not await _serving(app.address)
+
+            await eventually(not_serving, what="NOT_SERVING while the database is gone")
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await client.submit(command("acc-1", bank.Deposit(amount=5)))
+            details = details_of(raised.value)
+            assert details.code == grpc.StatusCode.UNAVAILABLE
+            assert details.retry
+
+            private_cluster.start()
+            await eventually(lambda: _serving(app.address), what="SERVING after the database came back")
+            response = await client.submit(command("acc-1", bank.Deposit(amount=5)))
+            assert response.version == 2
+    finally:
+        await app.stop(grace=1)
+
+
+async def test_calls_on_an_unreachable_database_raise_store_unavailable() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:9/none", pool_size=1, connect_timeout=1)
+    await store.open()
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    with pytest.raises(StoreUnavailable):
+        await store.read_aggregate("a-1")
+    await store.close()
