@@ -165,6 +165,7 @@ def _plugins(args: argparse.Namespace) -> int:
                             name: {"apply": spec.apply.__qualname__, "schema_version": spec.schema_version}
                             for name, spec in aggregate.events.items()
                         },
+                        "upcasters": sorted(spec.name for spec in aggregate.upcasters.values()),
                     }
                     for aggregate in plugin.aggregates
                 ],

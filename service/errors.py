@@ -13,6 +13,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     │   ├── AlreadyExistsError      ...because it exists already
     │   └── NotUnique               ...because another aggregate holds a claimed value
     ├── AggregateNotFound       a read of an aggregate that has no events
+    ├── EventNotReadable        a stored event no loaded plugin can read (never skipped)
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
     ├── WrongExpectedVersion    the client's expected version does not hold
     ├── ConcurrencyConflict     another writer appended first (retried inside)
@@ -158,6 +159,15 @@ class AggregateNotFound(ChronicleError):
             f"aggregate {aggregate_id!r} has no events",
             metadata={"aggregate_id": aggregate_id},
         )
+
+
+class EventNotReadable(ChronicleError):
+    """A stored event that no loaded plugin can decode, upcast or apply.
+
+    Never skipped silently: skipping would rebuild a wrong state.
+    """
+
+    default_reason = "EVENT_NOT_READABLE"
 
 
 class AggregateTypeMismatch(ChronicleError):

@@ -30,17 +30,23 @@ class EventService(pb_grpc.EventServiceServicer):
         self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[event_pb2.Event]:
         aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        wanted = frozenset(request.event_types)
+        # The store filters by stored type; a type some upcaster reads may
+        # become a wanted one, so it is read too and filtered once upcast.
+        stored_types = wanted | self._loader.reader.upcast_types if wanted else frozenset()
         query = AggregateQuery(
             from_version=max(request.from_version, 1),
             origin=request.origin or None,
-            event_types=frozenset(request.event_types),
+            event_types=stored_types,
             limit=PAGE,
         )
         # Paged, so a long aggregate streams in bounded memory.
         while True:
             page = await self._store.read_aggregate(aggregate_id, query)
-            for event in page:
-                yield encode_event(event)
+            for stored in page:
+                for event in self._loader.reader.records(stored):
+                    if not wanted or event.event_type in wanted:
+                        yield encode_event(event)
             if len(page) < PAGE:
                 return
             query = AggregateQuery(

@@ -1,7 +1,7 @@
 """The plugin API: everything a domain plugin imports from Chronicle."""
 
 from service.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, ValidationError
-from service.plugins.api import AggregateType, CommandContext, CommandSpec, EventSpec, Plugin
+from service.plugins.api import AggregateType, CommandContext, CommandSpec, EventSpec, OldEvent, Plugin, UpcasterSpec
 
 __all__ = [
     "AggregateType",
@@ -11,6 +11,8 @@ __all__ = [
     "EventSpec",
     "InvalidArgumentError",
     "NotFoundError",
+    "OldEvent",
     "Plugin",
+    "UpcasterSpec",
     "ValidationError",
 ]

@@ -12,14 +12,20 @@ handlers and apply functions::
             raise InvalidArgumentError("amount must be positive", reason="INVALID_AMOUNT", field="amount")
         return bank_pb2.MoneyDeposited(amount=command.amount)
 
-    @account.apply(bank_pb2.MoneyDeposited)
+    @account.apply(bank_pb2.MoneyDeposited, schema_version=2)
     def deposited(state, event):
         state.balance += event.amount
+
+    @account.upcast(bank_pb2.MoneyDeposited, from_version=1)
+    def deposited_in_cents(old):        # v1 held whole units, v2 holds cents
+        return bank_pb2.MoneyDeposited(amount=old.parse(bank_pb2.MoneyDeposited).amount * 100)
 
 Handlers are plain functions of ``(command, state, context)`` returning an
 event message, a sequence of them, or None; they must not change ``state``.
 Apply functions receive a state the framework owns for the duration of the
 command and may change it in place (return None) or return a new message.
+Upcasters turn an event stored under an older schema version into what the
+plugin reads today; stored events are never rewritten.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from google.protobuf.message import Message
 
 Handler = Callable[[Any, Any, "CommandContext"], "Message | Iterable[Message] | None"]
 Applier = Callable[[Any, Any], "Message | None"]
+Upcaster = Callable[["OldEvent"], "Message | Iterable[Message] | None"]
 H = TypeVar("H", bound=Callable[..., Any])
+M = TypeVar("M", bound=Message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +93,44 @@ class EventSpec:
         return str(self.message_type.DESCRIPTOR.full_name)
 
 
+@dataclass(frozen=True, slots=True)
+class OldEvent:
+    """A stored event at an older schema version, as an upcaster gets it.
+
+    ``payload`` is the bytes as stored; ``parse`` reads them with a message
+    class: today's class when the field numbers still mean the same, or a
+    class the plugin keeps for the old layout.
+    """
+
+    event_type: str
+    schema_version: int
+    payload: bytes
+
+    def parse(self, message_type: type[M]) -> M:
+        return message_type.FromString(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class UpcasterSpec:
+    """An upcaster: ``event_type`` at ``from_version`` to the next version.
+
+    What it returns decides what the event becomes: a message of the same
+    type is that type at ``from_version + 1`` (and upcast further if that is
+    not current yet); a message of another type is that type at its current
+    schema version (it was built with today's class); several messages split
+    the event; None or an empty list drops it.
+    """
+
+    event_type: str
+    from_version: int
+    upcast: Upcaster
+    aggregate: AggregateType
+
+    @property
+    def name(self) -> str:
+        return f"{self.event_type} v{self.from_version}"
+
+
 class AggregateType:
     """One kind of aggregate: its state message, commands and events."""
 
@@ -108,6 +154,7 @@ class AggregateType:
         self.state_schema_version = state_schema_version
         self.commands: dict[str, CommandSpec] = {}
         self.events: dict[str, EventSpec] = {}
+        self.upcasters: dict[tuple[str, int], UpcasterSpec] = {}
 
     @property
     def state_type_name(self) -> str:
@@ -137,6 +184,25 @@ class AggregateType:
                 raise ValueError(f"{self.plugin.name}: event {spec.name} has two apply functions")
             self.events[spec.name] = spec
             return applier
+
+        return register
+
+    def upcast(self, event_type: type[Message] | str, *, from_version: int) -> Callable[[H], H]:
+        """Register the decorated function to turn ``event_type`` events
+        stored at ``from_version`` into the next version (see ``UpcasterSpec``).
+
+        ``event_type`` may be a name, for a type whose class is gone.
+        """
+        name = event_type if isinstance(event_type, str) else str(event_type.DESCRIPTOR.full_name)
+        if from_version < 1:
+            raise ValueError(f"{self.plugin.name}: upcaster for {name}: from_version must be at least 1")
+
+        def register(upcaster: H) -> H:
+            spec = UpcasterSpec(name, from_version, upcaster, self)
+            if (name, from_version) in self.upcasters:
+                raise ValueError(f"{self.plugin.name}: {spec.name} has two upcasters")
+            self.upcasters[(name, from_version)] = spec
+            return upcaster
 
         return register
 

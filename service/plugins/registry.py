@@ -1,7 +1,7 @@
 """The index of everything the loaded plugins declared.
 
 Built once at start-up; refuses two plugins claiming one aggregate type,
-command type or event type, and names both in the error.
+command type, event type or upcaster step, and names both in the error.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from service.errors import ConfigurationError
-from service.plugins.api import AggregateType, CommandSpec, EventSpec, Plugin
+from service.plugins.api import AggregateType, CommandSpec, EventSpec, Plugin, UpcasterSpec
 
 
 class Registry:
@@ -18,8 +18,10 @@ class Registry:
         self._aggregates: dict[str, AggregateType] = {}
         self._commands: dict[str, CommandSpec] = {}
         self._events: dict[str, EventSpec] = {}
+        self._upcasters: dict[str, UpcasterSpec] = {}
         for plugin in plugins:
             self._add(plugin)
+        self._check_upcasters()
 
     def _add(self, plugin: Plugin) -> None:
         if any(p.name == plugin.name for p in self.plugins):
@@ -30,11 +32,13 @@ class Registry:
                 self._claim(self._commands, name, command, "command type", plugin)
             for name, event in aggregate.events.items():
                 self._claim(self._events, name, event, "event type", plugin)
+            for upcaster in aggregate.upcasters.values():
+                self._claim(self._upcasters, upcaster.name, upcaster, "upcaster", plugin)
         self.plugins.append(plugin)
 
     @staticmethod
     def _claim(
-        index: dict[str, AggregateType] | dict[str, CommandSpec] | dict[str, EventSpec],
+        index: dict[str, AggregateType] | dict[str, CommandSpec] | dict[str, EventSpec] | dict[str, UpcasterSpec],
         name: str,
         value: object,
         what: str,
@@ -49,6 +53,17 @@ class Registry:
                 metadata={"name": name, "plugins": f"{owner},{plugin.name}"},
             )
         index[name] = value  # type: ignore[assignment]
+
+    def _check_upcasters(self) -> None:
+        for upcaster in self._upcasters.values():
+            event = self._events.get(upcaster.event_type)
+            if event is not None and upcaster.from_version >= event.schema_version:
+                raise ConfigurationError(
+                    f"plugin {upcaster.aggregate.plugin.name!r} upcasts {upcaster.name}, but {upcaster.event_type}"
+                    f" is read at schema version {event.schema_version}: an upcaster starts below it",
+                    reason="BAD_UPCASTER",
+                    metadata={"name": upcaster.name},
+                )
 
     @property
     def aggregates(self) -> list[AggregateType]:
@@ -66,3 +81,12 @@ class Registry:
 
     def event(self, type_name: str) -> EventSpec | None:
         return self._events.get(type_name)
+
+    def upcaster(self, type_name: str, from_version: int) -> UpcasterSpec | None:
+        return self._upcasters.get(f"{type_name} v{from_version}")
+
+    @property
+    def upcast_types(self) -> frozenset[str]:
+        """Stored event types some upcaster reads: what they become is only
+        known once they are upcast."""
+        return frozenset(u.event_type for u in self._upcasters.values())

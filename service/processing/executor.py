@@ -224,10 +224,11 @@ class CommandExecutor:
             raise rebuild_rejection(r.kind, r.message, r.reason, r.metadata)
         events = []
         if record.event_count > 0:
-            events = await self._store.read_aggregate(
+            stored = await self._store.read_aggregate(
                 request.aggregate_id,
                 AggregateQuery(from_version=record.first_version, to_version=record.last_version),
             )
+            events = [current for event in stored for current in self._loader.reader.records(event)]
         return CommandResult(tuple(events), record.last_version, replayed=True)
 
     async def after_commit(self, before: int, aggregate: Aggregate) -> None:

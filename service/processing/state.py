@@ -1,30 +1,22 @@
 """Rebuilding an aggregate's state: latest usable snapshot, then the events
-after it, each decoded and applied by the plugin's apply function."""
+after it, each read through ``upcasting.EventReader`` (so at the plugin's
+current schema) and applied by the plugin's apply function."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
-from service.errors import AggregateTypeMismatch, ChronicleError
+from service.errors import AggregateTypeMismatch, EventNotReadable
 from service.plugins.api import AggregateType, EventSpec
 from service.plugins.registry import Registry
+from service.processing.upcasting import EventReader
 from service.store.base import AggregateQuery, EventStore
-from service.store.records import RecordedEvent, Snapshot
+from service.store.records import Snapshot
 
-log = logging.getLogger(__name__)
-
-
-class EventNotReadable(ChronicleError):
-    """A stored event that no loaded plugin can decode or apply.
-
-    Never skipped silently: skipping would rebuild a wrong state.
-    """
-
-    default_reason = "EVENT_NOT_READABLE"
+__all__ = ["Aggregate", "AggregateLoader", "EventNotReadable", "apply_messages"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,41 +32,6 @@ class Aggregate:
     @property
     def exists(self) -> bool:
         return self.version > 0
-
-
-def decode_event(registry: Registry, event: RecordedEvent) -> tuple[EventSpec, Message]:
-    spec = registry.event(event.event_type)
-    if spec is None:
-        log.error(
-            "no plugin handles event type %s (aggregate %s version %s)",
-            event.event_type,
-            event.aggregate_id,
-            event.version,
-        )
-        raise EventNotReadable(
-            f"no loaded plugin handles event type {event.event_type}",
-            reason="UNKNOWN_EVENT_TYPE",
-            metadata={"event_type": event.event_type, "aggregate_id": event.aggregate_id},
-        )
-    if event.schema_version != spec.schema_version:
-        log.error(
-            "event %s has schema version %s, plugin expects %s",
-            event.event_type,
-            event.schema_version,
-            spec.schema_version,
-        )
-        raise EventNotReadable(
-            f"{event.event_type} v{event.schema_version} cannot be read as v{spec.schema_version}",
-            reason="UNSUPPORTED_SCHEMA_VERSION",
-            metadata={"event_type": event.event_type, "schema_version": str(event.schema_version)},
-        )
-    try:
-        return spec, spec.message_type.FromString(event.payload)
-    except DecodeError as error:
-        raise EventNotReadable(
-            f"stored {event.event_type} at {event.aggregate_id} v{event.version} does not parse",
-            reason="CORRUPT_EVENT",
-        ) from error
 
 
 def apply_messages(
@@ -94,6 +51,7 @@ class AggregateLoader:
     def __init__(self, store: EventStore, registry: Registry) -> None:
         self._store = store
         self._registry = registry
+        self.reader = EventReader(registry)
 
     def _usable(self, snapshot: Snapshot | None, aggregate_type: AggregateType, to_version: int | None) -> bool:
         return (
@@ -124,7 +82,8 @@ class AggregateLoader:
         if events and events[0].aggregate_type != aggregate_type.name:
             raise AggregateTypeMismatch(aggregate_id, events[0].aggregate_type, aggregate_type.name)
         if events:
-            state = apply_messages(aggregate_type, state, (decode_event(self._registry, e) for e in events))
+            current = (c for e in events for c in self.reader.decode(e))
+            state = apply_messages(aggregate_type, state, ((c.spec, c.message) for c in current))
             version = events[-1].version
         return Aggregate(aggregate_id, aggregate_type, version, state)
 

@@ -18,12 +18,13 @@ def new_event(
     metadata: Mapping[str, str] | None = None,
     command_id: str = "",
     timestamp_us: int | None = None,
+    schema_version: int = 1,
 ) -> NewEvent:
     return NewEvent(
         event_id=str(uuid.uuid4()),
         aggregate_type=aggregate_type,
         event_type=event_type,
-        schema_version=1,
+        schema_version=schema_version,
         payload=payload,
         timestamp_us=time.time_ns() // 1000 if timestamp_us is None else timestamp_us,
         command_id=command_id,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from google.protobuf.message import Message
+
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.plugins import CommandContext, Plugin
+from domain_plugins.box.protos.box.v1 import box_pb2
+from service.plugins import CommandContext, OldEvent, Plugin
 
 FAIL_AMOUNT = 13
 
@@ -28,3 +31,69 @@ def withdraw_returns_a_foreign_message(
 @wallet.apply(bank.MoneyDeposited)
 def deposited(state: bank.Account, event: bank.MoneyDeposited) -> None:
     state.balance += event.amount
+
+
+# -- a plugin whose events changed over time (upcasting) ---------------------
+#
+# MoneyDeposited v1 held whole units, v2 holds cents. AccountOpened v1 had an
+# untrimmed owner; v2 trims it; v3 no longer grants the opening bonus as part
+# of the event, so v2 splits into AccountOpened v3 + MoneyDeposited. The type
+# legacy.v1.OwnerChanged (its class is gone) became box.v1.BoxRenamed; the
+# type legacy.v1.AuditNote is dropped. AccountClosed is at v2 with no
+# upcaster from v1, and nothing reads legacy.v1.Unknown.
+
+OPENING_BONUS_CENTS = 500
+
+ledger = Plugin("ledger")
+book = ledger.aggregate("Book", state=bank.Account)
+
+
+@book.command(bank.Deposit)
+def deposit_cents(command: bank.Deposit, state: bank.Account, context: CommandContext) -> bank.MoneyDeposited:
+    return bank.MoneyDeposited(amount=command.amount)
+
+
+@book.apply(bank.AccountOpened, schema_version=3)
+def _book_opened(state: bank.Account, event: bank.AccountOpened) -> None:
+    state.owner = event.owner
+
+
+@book.apply(bank.MoneyDeposited, schema_version=2)
+def _book_deposited(state: bank.Account, event: bank.MoneyDeposited) -> None:
+    state.balance += event.amount
+
+
+@book.apply(bank.AccountClosed, schema_version=2)
+def _book_closed(state: bank.Account, event: bank.AccountClosed) -> None:
+    state.closed = True
+
+
+@book.apply(box_pb2.BoxRenamed)
+def _book_renamed(state: bank.Account, event: box_pb2.BoxRenamed) -> None:
+    state.owner = event.name
+
+
+@book.upcast(bank.MoneyDeposited, from_version=1)
+def _units_to_cents(old: OldEvent) -> bank.MoneyDeposited:
+    return bank.MoneyDeposited(amount=old.parse(bank.MoneyDeposited).amount * 100)
+
+
+@book.upcast(bank.AccountOpened, from_version=1)
+def _trim_owner(old: OldEvent) -> bank.AccountOpened:
+    return bank.AccountOpened(owner=old.parse(bank.AccountOpened).owner.strip())
+
+
+@book.upcast(bank.AccountOpened, from_version=2)
+def _split_bonus(old: OldEvent) -> list[Message]:
+    return [old.parse(bank.AccountOpened), bank.MoneyDeposited(amount=OPENING_BONUS_CENTS)]
+
+
+@book.upcast("legacy.v1.OwnerChanged", from_version=1)
+def _owner_changed_is_a_rename(old: OldEvent) -> box_pb2.BoxRenamed:
+    # The old message had the owner as field 1, as BoxRenamed has its name.
+    return box_pb2.BoxRenamed(name=old.parse(box_pb2.BoxRenamed).name)
+
+
+@book.upcast("legacy.v1.AuditNote", from_version=1)
+def _audit_notes_are_dropped(old: OldEvent) -> None:
+    return None
