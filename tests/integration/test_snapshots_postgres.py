@@ -20,7 +20,8 @@ from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
-from service.processing.state import AggregateLoader, apply_messages, decode_event
+from service.processing.state import AggregateLoader, apply_messages
+from service.processing.upcasting import EventReader
 from service.store.postgres import PostgresStore
 from tests.support.instrumented import ObservedStore
 
@@ -96,7 +97,8 @@ async def _snapshot_equals_replay(postgres_url: str, every: int, amounts: list[i
             await executor.after_commit(before, cached)
     from_snapshot = await AggregateLoader(store, registry).load(aggregate_id, aggregate)
     events = await store.read_aggregate(aggregate_id)
-    replayed = apply_messages(aggregate, aggregate.new_state(), (decode_event(registry, e) for e in events))
+    current = (c for e in events for c in EventReader(registry).decode(e))
+    replayed = apply_messages(aggregate, aggregate.new_state(), ((c.spec, c.message) for c in current))
     assert from_snapshot.version == len(events)
     assert from_snapshot.state == replayed
     snapshot = await store.load_snapshot(aggregate_id)
