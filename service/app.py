@@ -15,17 +15,25 @@ from dataclasses import dataclass
 
 import grpc
 
-from service.api.command_service import CommandService
+from service.api.admin_service import AdminService
+from service.api.command_service import CommandService, audit_refused_rpc
 from service.api.event_service import EventService
 from service.api.health import Health, StoreMonitor
+from service.api.interceptors import Authentication, ConcurrencyLimit
 from service.api.server import build_server
+from service.audit import AuditLog, AuditMiddleware
 from service.errors import ConfigurationError
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
 from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
+from service.processing.middleware import Middleware, Pipeline
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.watchdog import LoopLagWatchdog
+from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
+from service.security.middleware import AuthorizationMiddleware
+from service.security.policy import Authorizer, Policy
+from service.security.tls import server_credentials
 from service.settings import Settings
 from service.store.base import EventStore
 from service.store.factory import open_store
@@ -38,6 +46,22 @@ def build_registry(settings: Settings) -> Registry:
         settings.plugins, entry_point_group=ENTRY_POINT_GROUP if settings.discover_plugins else None
     )
     return Registry(plugins)
+
+
+def build_authentication(settings: Settings) -> tuple[Authenticator | None, Authorizer]:
+    """Who callers are and what they may do; (None, allow-all) with auth off."""
+    if not settings.auth:
+        return None, Authorizer.allow_all()
+    authenticator = Authenticator(
+        api_keys=ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else None,
+        jwt_verifier=JwtVerifier.from_key_file(
+            settings.jwt_key_file, issuer=settings.jwt_issuer, audience=settings.jwt_audience or None
+        )
+        if settings.jwt_key_file
+        else None,
+        mtls=bool(settings.tls_client_ca_file),
+    )
+    return authenticator, Authorizer(Policy.load(settings.policy_file))
 
 
 @dataclass
@@ -78,6 +102,16 @@ async def start(
     """
     registry = registry if registry is not None else build_registry(settings)
     store = store if store is not None else open_store(settings.database_url, pool_size=settings.db_pool_size)
+    authenticator, authorizer = build_authentication(settings)
+    credentials = (
+        server_credentials(
+            cert_file=settings.tls_cert_file,
+            key_file=settings.tls_key_file,
+            client_ca_file=settings.tls_client_ca_file,
+        )
+        if settings.tls_cert_file
+        else None
+    )
     await store.open()
     executor = CommandExecutor(
         store,
@@ -92,15 +126,32 @@ async def start(
         idle_timeout=settings.idle_timeout,
         max_workers=settings.max_workers,
     )
+    audit = AuditLog(store)
+    # Outermost first: audit sees every refusal, including authorization's;
+    # plugin middleware sees only authorized commands.
+    middleware: list[Middleware] = [AuditMiddleware(audit)]
+    if authorizer.enforcing:
+        middleware.append(AuthorizationMiddleware(authorizer))
+    middleware.extend(registry.middleware)
+    pipeline = Pipeline(router.submit, middleware)
+    on_refused = audit_refused_rpc(audit)
+    interceptors = [ConcurrencyLimit(settings.max_concurrent_rpcs, on_refused=on_refused)]
+    if authenticator is not None:
+        interceptors.append(Authentication(authenticator, on_refused=on_refused))
     health = Health()
     server = build_server(
-        commands=CommandService(registry, router),
-        events=EventService(store, executor.loader),
+        commands=CommandService(registry, pipeline, audit),
+        events=EventService(store, executor.loader, authorizer),
+        admin=AdminService(audit, authorizer),
         health=health,
         max_message_bytes=settings.max_message_bytes,
+        interceptors=interceptors,
     )
     try:
-        port = server.add_insecure_port(settings.listen)
+        if credentials is not None:
+            port = server.add_secure_port(settings.listen, credentials)
+        else:
+            port = server.add_insecure_port(settings.listen)
     except RuntimeError as error:
         await store.close()
         raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error

@@ -6,6 +6,12 @@
     chronicle get ACCOUNT
     chronicle plugins
     chronicle health
+    chronicle audit [--aggregate ID] [--principal P] [--outcome refused] [--since 2026-01-01T00:00:00Z]
+    chronicle apikey PRINCIPAL [--role R]   # a new API key and its line for the API-key file
+
+Against a server with authentication on, pass ``--token`` (or
+CHRONICLE_TOKEN); against TLS, ``--tls-ca`` (and for mutual TLS
+``--tls-cert``/``--tls-key``).
 
 Client commands print JSON on stdout. A refused command prints the gRPC code,
 the reason and the message on stderr and exits with status 1.
@@ -30,6 +36,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from chronicle.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     command_pb2,
     command_service_pb2,
     command_service_pb2_grpc,
@@ -146,6 +154,38 @@ def _health(args: argparse.Namespace, channel: grpc.Channel) -> int:
     return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _audit(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    request = admin_service_pb2.QueryAuditRequest(
+        aggregate_id=args.aggregate or "",
+        principal=args.principal or "",
+        command_id=args.command_id or "",
+        outcome={
+            None: admin_service_pb2.AUDIT_OUTCOME_UNSPECIFIED,
+            "accepted": admin_service_pb2.AUDIT_OUTCOME_ACCEPTED,
+            "refused": admin_service_pb2.AUDIT_OUTCOME_REFUSED,
+        }[args.outcome],
+        limit=args.limit,
+    )
+    for field_name in ("since", "until"):
+        value = getattr(args, field_name)
+        if value:
+            getattr(request, field_name).FromJsonString(value)
+    response = admin_service_pb2_grpc.AdminServiceStub(channel).QueryAudit(request, timeout=args.timeout)
+    for entry in response.entries:
+        _print(json_format.MessageToDict(entry, preserving_proto_field_name=True))
+    return 0
+
+
+def _apikey(args: argparse.Namespace) -> int:
+    from service.security.credentials import hash_api_key, new_api_key
+
+    key = new_api_key()
+    roles = ", ".join(json.dumps(r) for r in args.role or ())
+    print(f"# the key (give it to {args.principal}; it is not stored anywhere): {key}", file=sys.stderr)
+    print(f'[[keys]]\nprincipal = {json.dumps(args.principal)}\nsha256 = "{hash_api_key(key)}"\nroles = [{roles}]')
+    return 0
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from service.app import build_registry
 
@@ -191,6 +231,18 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"host:port of the server (env CHRONICLE_SERVER; default {DEFAULT_SERVER})",
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CHRONICLE_TOKEN"),
+        help="bearer token: a JWT or API key (env CHRONICLE_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("CHRONICLE_TLS_CA"),
+        help="PEM CA of the server: use TLS (env CHRONICLE_TLS_CA)",
+    )
+    parser.add_argument("--tls-cert", default=os.environ.get("CHRONICLE_TLS_CERT"), help="client certificate (mTLS)")
+    parser.add_argument("--tls-key", default=os.environ.get("CHRONICLE_TLS_KEY"), help="client private key (mTLS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,9 +283,69 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="")
     health.set_defaults(run=_health, remote=True)
 
-    for sub in (submit, read, get, health):
+    audit = commands.add_parser("audit", help="print audit entries as JSON lines, newest first (admin)")
+    audit.add_argument("--aggregate", help="only this aggregate id")
+    audit.add_argument("--principal", help="only this principal")
+    audit.add_argument("--command-id", help="only this command id")
+    audit.add_argument("--outcome", choices=("accepted", "refused"))
+    audit.add_argument("--since", help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
+    audit.add_argument("--until", help="RFC 3339 time")
+    audit.add_argument("--limit", type=int, default=100, help="at most this many entries (up to 1000)")
+    audit.set_defaults(run=_audit, remote=True)
+
+    apikey = commands.add_parser("apikey", help="make a new API key and print its entry for the API-key file")
+    apikey.add_argument("principal")
+    apikey.add_argument("--role", action="append", help="a role for the key; repeatable")
+    apikey.set_defaults(run=_apikey, remote=False)
+
+    for sub in (submit, read, get, health, audit):
         _client_arguments(sub)
     return parser
+
+
+def _read_file(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Sends ``authorization: Bearer <token>`` with every call, reflection included."""
+
+    def __init__(self, token: str) -> None:
+        self._entry = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: object) -> object:
+        return details._replace(metadata=(*(getattr(details, "metadata", None) or ()), self._entry))  # type: ignore[attr-defined]
+
+    def intercept_unary_unary(self, continuation: object, details: object, request: object) -> object:
+        return continuation(self._details(details), request)  # type: ignore[operator]
+
+    def intercept_unary_stream(self, continuation: object, details: object, request: object) -> object:
+        return continuation(self._details(details), request)  # type: ignore[operator]
+
+    def intercept_stream_stream(self, continuation: object, details: object, requests: object) -> object:
+        return continuation(self._details(details), requests)  # type: ignore[operator]
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    if args.tls_ca or args.tls_cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read_file(args.tls_ca),
+            private_key=_read_file(args.tls_key),
+            certificate_chain=_read_file(args.tls_cert),
+        )
+        channel = grpc.secure_channel(args.server, credentials)
+    else:
+        channel = grpc.insecure_channel(args.server)
+    if args.token:
+        return grpc.intercept_channel(channel, _BearerToken(args.token))
+    return channel
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not args.remote:
             return int(args.run(args))
-        with grpc.insecure_channel(args.server) as channel:
+        with _channel(args) as channel:
             return int(args.run(args, channel))
     except grpc.RpcError as error:
         return _report_rpc_error(error)

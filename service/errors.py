@@ -18,6 +18,9 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── WrongExpectedVersion    the client's expected version does not hold
     ├── ConcurrencyConflict     another writer appended first (retried inside)
     ├── CommandIdReused         a command id reused for a different command
+    ├── Unauthenticated         no credentials, or credentials that do not verify
+    ├── PermissionDenied        the caller may not do this
+    ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
     ├── Overloaded              a bounded queue or limit is full
     ├── StoreUnavailable        the store cannot be reached
     ├── HandlerFailed           a plugin's handler raised something unexpected
@@ -226,6 +229,31 @@ class CommandIdReused(ChronicleError):
         )
 
 
+class Unauthenticated(ChronicleError):
+    """The caller sent no credentials, or credentials that do not verify."""
+
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ChronicleError):
+    """The authenticated caller may not do what it asked."""
+
+    default_reason = "PERMISSION_DENIED"
+
+
+class AggregateForgotten(ChronicleError):
+    """The aggregate's encryption key was forgotten (crypto-shredding): its
+    payloads read as redacted and its state can never be rebuilt."""
+
+    default_reason = "AGGREGATE_FORGOTTEN"
+
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__(
+            f"aggregate {aggregate_id!r} was forgotten: its payloads are redacted and its state cannot be rebuilt",
+            metadata={"aggregate_id": aggregate_id},
+        )
+
+
 class Overloaded(ChronicleError):
     default_reason = "OVERLOADED"
 
@@ -255,6 +283,12 @@ REPLAYABLE: dict[str, type[ChronicleError]] = {
         WrongExpectedVersion,
     )
 }
+
+
+def recorded_with_command(error: BaseException) -> bool:
+    """Whether the executor records ``error`` with the command id (and so in
+    the audit log, in the same transaction)."""
+    return type(error).__name__ in REPLAYABLE
 
 
 def rebuild_rejection(kind: str, message: str, reason: str, metadata: Mapping[str, str]) -> ChronicleError:

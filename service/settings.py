@@ -47,6 +47,27 @@ class Settings:
     )
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    max_concurrent_rpcs: int = field(
+        default=1000, metadata={"help": "RPCs handled at once; one more is RESOURCE_EXHAUSTED (health checks exempt)"}
+    )
+    # -- security (docs/security.md) -------------------------------------
+    auth: bool = field(
+        default=False, metadata={"help": "require credentials on every RPC and enforce --policy-file (deny by default)"}
+    )
+    policy_file: str = field(default="", metadata={"help": "TOML policy: roles, their grants, principals' roles"})
+    api_keys_file: str = field(default="", metadata={"help": "TOML file of SHA-256 hashed API keys (bearer tokens)"})
+    jwt_key_file: str = field(
+        default="", metadata={"help": "PEM public key (RS/PS/ES/EdDSA) or HMAC secret that signs bearer JWTs"}
+    )
+    jwt_issuer: str = field(default="", metadata={"help": "required 'iss' of bearer JWTs"})
+    jwt_audience: str = field(
+        default="", metadata={"help": "required 'aud' of bearer JWTs (empty: tokens must have none)"}
+    )
+    tls_cert_file: str = field(default="", metadata={"help": "PEM certificate chain: serve TLS (with --tls-key-file)"})
+    tls_key_file: str = field(default="", metadata={"help": "PEM private key of --tls-cert-file"})
+    tls_client_ca_file: str = field(
+        default="", metadata={"help": "PEM CA: require client certificates it signed (mutual TLS); subject = principal"}
+    )
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -58,6 +79,21 @@ class Settings:
         durations = (self.shutdown_grace, self.snapshot_every, self.slow_handler_seconds, self.loop_lag_seconds)
         if self.idle_timeout <= 0 or self.health_interval <= 0 or min(durations) < 0:
             raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
+        if self.max_concurrent_rpcs < 1:
+            raise ConfigurationError("max_concurrent_rpcs must be at least 1", reason="BAD_SETTING")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigurationError("TLS needs both --tls-cert-file and --tls-key-file", reason="BAD_SETTING")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigurationError("mutual TLS (--tls-client-ca-file) needs TLS", reason="BAD_SETTING")
+        if self.auth and not self.policy_file:
+            raise ConfigurationError("--auth needs a --policy-file (deny by default)", reason="BAD_SETTING")
+        if self.auth and not (self.api_keys_file or self.jwt_key_file or self.tls_client_ca_file):
+            raise ConfigurationError(
+                "--auth needs a credential source: --api-keys-file, --jwt-key-file or --tls-client-ca-file",
+                reason="BAD_SETTING",
+            )
+        if self.jwt_key_file and not self.jwt_issuer:
+            raise ConfigurationError("--jwt-key-file needs --jwt-issuer", reason="BAD_SETTING")
 
 
 def env_name(name: str) -> str:

@@ -15,21 +15,34 @@ from service.api import guard
 from service.api.codec import TYPE_URL_PREFIX, check_id, encode_event
 from service.errors import AggregateNotFound
 from service.processing.state import AggregateLoader
+from service.security.policy import Authorizer
+from service.security.principal import current_principal
 from service.store.base import AggregateQuery, EventStore
 
 PAGE = 500
 
 
 class EventService(pb_grpc.EventServiceServicer):
-    def __init__(self, store: EventStore, loader: AggregateLoader) -> None:
+    def __init__(self, store: EventStore, loader: AggregateLoader, authorizer: Authorizer) -> None:
         self._store = store
         self._loader = loader
+        self._authorizer = authorizer
+
+    async def _check_read(self, aggregate_id: str) -> None:
+        """PERMISSION_DENIED unless the caller may read this aggregate's type.
+        An aggregate that does not exist reveals nothing and is not refused."""
+        if not self._authorizer.enforcing:
+            return
+        head = await self._store.head(aggregate_id)
+        if head is not None:
+            self._authorizer.check_read(current_principal.get(), head.aggregate_type)
 
     @guard.streaming
     async def ReadAggregate(
         self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[event_pb2.Event]:
         aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        await self._check_read(aggregate_id)
         wanted = frozenset(request.event_types)
         # The store filters by stored type; a type some upcaster reads may
         # become a wanted one, so it is read too and filtered once upcast.
@@ -61,6 +74,7 @@ class EventService(pb_grpc.EventServiceServicer):
         self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAggregateResponse:
         aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        await self._check_read(aggregate_id)
         aggregate = await self._loader.load_any(aggregate_id)
         if aggregate is None:
             raise AggregateNotFound(aggregate_id)

@@ -32,9 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
+
+if TYPE_CHECKING:
+    from service.processing.middleware import Middleware
 
 Handler = Callable[[Any, Any, "CommandContext"], "Message | Iterable[Message] | None"]
 Applier = Callable[[Any, Any], "Message | None"]
@@ -218,6 +221,7 @@ class Plugin:
         self.name = name
         self.description = description
         self.aggregates: list[AggregateType] = []
+        self.middleware: list[Middleware] = []
 
     def aggregate(
         self,
@@ -239,6 +243,14 @@ class Plugin:
         )
         self.aggregates.append(aggregate)
         return aggregate
+
+    def add_middleware(self, middleware: Middleware) -> Middleware:
+        """Run ``middleware`` around every command the server processes (not
+        only this plugin's). Plugin middleware runs inside the server's own
+        (logging, metrics, audit, authorization), in plugin load order, then
+        in the order added here."""
+        self.middleware.append(middleware)
+        return middleware
 
     def __repr__(self) -> str:
         return f"Plugin({self.name!r})"

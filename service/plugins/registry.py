@@ -7,9 +7,13 @@ command type, event type or upcaster step, and names both in the error.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from service.errors import ConfigurationError
 from service.plugins.api import AggregateType, CommandSpec, EventSpec, Plugin, UpcasterSpec
+
+if TYPE_CHECKING:
+    from service.processing.middleware import Middleware
 
 
 class Registry:
@@ -68,6 +72,11 @@ class Registry:
     @property
     def aggregates(self) -> list[AggregateType]:
         return list(self._aggregates.values())
+
+    @property
+    def middleware(self) -> list[Middleware]:
+        """Every plugin's middleware, in plugin load order."""
+        return [m for plugin in self.plugins for m in plugin.middleware]
 
     @property
     def commands(self) -> list[CommandSpec]:

@@ -41,6 +41,8 @@ class CommandRequest:
     causation_id: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     expected_version: int | None = None
+    # Who sent it (the authenticated principal's name; empty with auth off).
+    principal: str = ""
 
     @property
     def fingerprint(self) -> bytes:

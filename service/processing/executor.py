@@ -173,6 +173,10 @@ class CommandExecutor:
             first_version=first,
             last_version=last,
             rejection=rejection,
+            principal=request.principal,
+            user_id=request.user_id,
+            origin=request.origin,
+            recorded_at_us=time.time_ns() // 1000,
         )
 
     async def _record_rejection(self, request: CommandRequest, aggregate: Aggregate, error: ChronicleError) -> None:

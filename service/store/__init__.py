@@ -1,12 +1,14 @@
 """Event stores: the protocol and its adapters (memory, SQLite, PostgreSQL)."""
 
-from service.store.base import AggregateQuery, EventStore
+from service.store.base import AggregateQuery, AuditQuery, EventStore
 from service.store.factory import open_store
 from service.store.records import (
     AggregateHead,
+    AuditEntry,
     ClaimChange,
     CommandAlreadyRecorded,
     CommandRecord,
+    DataKey,
     NewEvent,
     RecordedEvent,
     Rejection,
@@ -16,9 +18,12 @@ from service.store.records import (
 __all__ = [
     "AggregateHead",
     "AggregateQuery",
+    "AuditEntry",
+    "AuditQuery",
     "ClaimChange",
     "CommandAlreadyRecorded",
     "CommandRecord",
+    "DataKey",
     "EventStore",
     "NewEvent",
     "RecordedEvent",

@@ -11,7 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.store.records import AggregateHead, ClaimChange, CommandRecord, NewEvent, RecordedEvent, Snapshot
+from service.store.records import (
+    AggregateHead,
+    AuditEntry,
+    ClaimChange,
+    CommandRecord,
+    DataKey,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +38,31 @@ class AggregateQuery:
     event_types: frozenset[str] = frozenset()
     limit: int | None = None
     backwards: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditQuery:
+    """Which audit entries to read, newest first. Every set field must match;
+    times are microseconds since the epoch, ``since_us`` inclusive,
+    ``until_us`` exclusive."""
+
+    aggregate_id: str | None = None
+    principal: str | None = None
+    command_id: str | None = None
+    outcome: str | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    limit: int = 100
+
+    def matches(self, entry: AuditEntry) -> bool:
+        return (
+            (self.aggregate_id is None or entry.aggregate_id == self.aggregate_id)
+            and (self.principal is None or entry.principal == self.principal)
+            and (self.command_id is None or entry.command_id == self.command_id)
+            and (self.outcome is None or entry.outcome == self.outcome)
+            and (self.since_us is None or entry.recorded_at_us >= self.since_us)
+            and (self.until_us is None or entry.recorded_at_us < self.until_us)
+        )
 
 
 class EventStore(Protocol):
@@ -102,3 +136,31 @@ class EventStore(Protocol):
     async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
         """The aggregate's latest snapshot, or with ``at_most`` the latest at
         or below that version; None if there is none."""
+
+    async def record_refusal(self, entry: AuditEntry) -> None:
+        """Durably record a command refused before it reached a handler
+        (authentication, policy, malformed input, overload). Commands that
+        reached a handler are audited through their ``CommandRecord``."""
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        """Audit entries matching ``query``, newest first: the command records
+        (accepted and refused) and the recorded refusals together."""
+
+    # -- data keys (encryption at rest; see service/security/encryption.py) --
+
+    async def create_data_key(self, key: DataKey) -> DataKey:
+        """Store ``key`` unless the aggregate has a key (or a tombstone)
+        already; return the one stored. Concurrent callers all get the winner."""
+
+    async def load_data_key(self, aggregate_id: str) -> DataKey | None:
+        """The aggregate's key (``wrapped`` None if forgotten), or None."""
+
+    async def forget_data_key(self, aggregate_id: str) -> bool:
+        """Erase the aggregate's key, leaving a tombstone, and delete its
+        snapshot, in one transaction. False if it had no key to erase."""
+
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
+        """Up to ``limit`` live keys wrapped by another master key than the active one."""
+
+    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
+        """Replace ``old`` by ``new`` if the stored key is still ``old``."""

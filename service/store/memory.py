@@ -11,12 +11,14 @@ import bisect
 from collections.abc import Sequence
 
 from service.errors import ConcurrencyConflict, NotUnique
-from service.store.base import AggregateQuery
+from service.store.base import AggregateQuery, AuditQuery
 from service.store.records import (
     AggregateHead,
+    AuditEntry,
     ClaimChange,
     CommandAlreadyRecorded,
     CommandRecord,
+    DataKey,
     NewEvent,
     RecordedEvent,
     Snapshot,
@@ -33,6 +35,8 @@ class MemoryStore:
         self._claims: dict[tuple[str, str], str] = {}
         # Per aggregate, in version order.
         self._snapshots: dict[str, list[Snapshot]] = {}
+        self._refusals: list[AuditEntry] = []
+        self._keys: dict[str, DataKey] = {}
 
     async def open(self) -> None:
         return None
@@ -135,3 +139,36 @@ class MemoryStore:
         kept = self._snapshots.get(aggregate_id, [])
         usable = [s for s in kept if at_most is None or s.version <= at_most]
         return usable[-1] if usable else None
+
+    async def record_refusal(self, entry: AuditEntry) -> None:
+        self._refusals.append(entry)
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        entries = [c.audit_entry() for c in self._commands.values()] + self._refusals
+        chosen = [e for e in entries if query.matches(e)]
+        chosen.sort(key=lambda e: e.recorded_at_us, reverse=True)
+        return chosen[: query.limit]
+
+    async def create_data_key(self, key: DataKey) -> DataKey:
+        return self._keys.setdefault(key.aggregate_id, key)
+
+    async def load_data_key(self, aggregate_id: str) -> DataKey | None:
+        return self._keys.get(aggregate_id)
+
+    async def forget_data_key(self, aggregate_id: str) -> bool:
+        current = self._keys.get(aggregate_id)
+        if current is None or current.forgotten:
+            return False
+        self._keys[aggregate_id] = DataKey(aggregate_id, None, None)
+        self._snapshots.pop(aggregate_id, None)
+        return True
+
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
+        stale = (k for k in self._keys.values() if not k.forgotten and k.master_key_id != active_master_key_id)
+        return [k for _, k in zip(range(limit), stale, strict=False)]
+
+    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
+        if self._keys.get(old.aggregate_id) != old:
+            return False
+        self._keys[old.aggregate_id] = new
+        return True

@@ -95,10 +95,58 @@ class CommandRecord:
     first_version: int
     last_version: int
     rejection: Rejection | None = None
+    # For the audit log: who sent it, on whose behalf, from where, and when
+    # it was decided (microseconds since the epoch).
+    principal: str = ""
+    user_id: str = ""
+    origin: str = ""
+    recorded_at_us: int = 0
 
     @property
     def event_count(self) -> int:
         return self.last_version - self.first_version + 1
+
+    def audit_entry(self) -> AuditEntry:
+        refused = self.rejection is not None
+        return AuditEntry(
+            recorded_at_us=self.recorded_at_us,
+            command_id=self.command_id,
+            command_type=self.command_type,
+            aggregate_id=self.aggregate_id,
+            principal=self.principal,
+            user_id=self.user_id,
+            origin=self.origin,
+            outcome=REFUSED if refused else ACCEPTED,
+            reason=self.rejection.reason if self.rejection is not None else "",
+            message=self.rejection.message if self.rejection is not None else "",
+        )
+
+
+ACCEPTED = "accepted"
+REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry:
+    """One command that reached the service, and what became of it.
+
+    Accepted commands and refusals decided by a handler come from the command
+    records (written in the append's transaction); refusals before the
+    handler ran (authentication, policy, malformed input, overload) are
+    recorded on their own. Fields the service could not learn (a malformed
+    command's type, say) are empty.
+    """
+
+    recorded_at_us: int
+    command_id: str
+    command_type: str
+    aggregate_id: str
+    principal: str
+    user_id: str
+    origin: str
+    outcome: str  # ACCEPTED or REFUSED
+    reason: str = ""
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +176,21 @@ class Snapshot:
     state_type: str
     schema_version: int
     state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    """An aggregate's data key as stored: wrapped (encrypted) by the master
+    key ``master_key_id``. ``wrapped`` is None once the aggregate was
+    forgotten: the row stays as a tombstone so no new key is ever made."""
+
+    aggregate_id: str
+    master_key_id: str | None
+    wrapped: bytes | None
+
+    @property
+    def forgotten(self) -> bool:
+        return self.wrapped is None
 
 
 @dataclass(frozen=True, slots=True)

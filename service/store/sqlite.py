@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -17,12 +18,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from service.errors import ConcurrencyConflict, NotUnique, StoreUnavailable
-from service.store.base import AggregateQuery
+from service.store.base import AggregateQuery, AuditQuery
 from service.store.records import (
+    ACCEPTED,
+    REFUSED,
     AggregateHead,
+    AuditEntry,
     ClaimChange,
     CommandAlreadyRecorded,
     CommandRecord,
+    DataKey,
     NewEvent,
     RecordedEvent,
     Snapshot,
@@ -31,14 +36,18 @@ from service.store.serialization import dump_metadata, dump_rejection, load_meta
 
 T = TypeVar("T")
 # Migration i brings the schema from version i to i + 1 (PRAGMA user_version).
-MIGRATIONS = ("sqlite_schema.sql", "sqlite_migrate_2.sql")
+MIGRATIONS = ("sqlite_schema.sql", "sqlite_migrate_2.sql", "sqlite_migrate_3.sql")
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _EVENT_COLUMNS = (
     "event_id, aggregate_id, aggregate_type, version, position, event_type, schema_version, payload,"
     " recorded_at_us, command_id, user_id, origin, correlation_id, causation_id, metadata"
 )
-_COMMAND_COLUMNS = "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection"
+_COMMAND_COLUMNS = (
+    "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection,"
+    " principal, user_id, origin, recorded_at_us"
+)
+_AUDIT_COLUMNS = "recorded_at_us, command_id, command_type, aggregate_id, principal, user_id, origin"
 _SNAPSHOT_COLUMNS = "aggregate_id, aggregate_type, version, state_type, schema_version, state"
 
 
@@ -103,6 +112,10 @@ def _command(row: sqlite3.Row) -> CommandRecord:
         first_version=row[4],
         last_version=row[5],
         rejection=load_rejection(row[6]),
+        principal=row[7],
+        user_id=row[8],
+        origin=row[9],
+        recorded_at_us=row[10],
     )
 
 
@@ -252,7 +265,7 @@ class SqliteStore:
 
     def _insert_command(self, command: CommandRecord) -> None:
         self._db.execute(
-            f"INSERT INTO commands ({_COMMAND_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+            f"INSERT INTO commands ({_COMMAND_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 command.command_id,
                 command.aggregate_id,
@@ -261,6 +274,10 @@ class SqliteStore:
                 command.first_version,
                 command.last_version,
                 dump_rejection(command.rejection),
+                command.principal,
+                command.user_id,
+                command.origin,
+                command.recorded_at_us,
             ),
         )
 
@@ -368,3 +385,145 @@ class SqliteStore:
         if row is None:
             return None
         return Snapshot(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
+
+    # -- audit -----------------------------------------------------------
+
+    async def record_refusal(self, entry: AuditEntry) -> None:
+        await self._run(
+            self._db.execute,
+            f"INSERT INTO refusals ({_AUDIT_COLUMNS}, reason, message) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                entry.recorded_at_us,
+                entry.command_id,
+                entry.command_type,
+                entry.aggregate_id,
+                entry.principal,
+                entry.user_id,
+                entry.origin,
+                entry.reason,
+                entry.message,
+            ),
+        )
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        where, params = _audit_filter(query)
+        outcome = {None: "", ACCEPTED: " AND rejection IS NULL", REFUSED: " AND rejection IS NOT NULL"}
+        commands: list[sqlite3.Row] = []
+        if query.outcome in outcome:
+            commands = await self._run(
+                lambda: self._db.execute(
+                    f"SELECT {_COMMAND_COLUMNS} FROM commands WHERE {where}{outcome[query.outcome]}"
+                    " ORDER BY recorded_at_us DESC LIMIT ?",
+                    (*params, query.limit),
+                ).fetchall()
+            )
+        refusals: list[sqlite3.Row] = []
+        if query.outcome in (None, REFUSED):
+            refusals = await self._run(
+                lambda: self._db.execute(
+                    f"SELECT {_AUDIT_COLUMNS}, reason, message FROM refusals WHERE {where}"
+                    " ORDER BY recorded_at_us DESC LIMIT ?",
+                    (*params, query.limit),
+                ).fetchall()
+            )
+        entries = [_command(r).audit_entry() for r in commands] + [_refusal(r) for r in refusals]
+        entries.sort(key=lambda e: e.recorded_at_us, reverse=True)
+        return entries[: query.limit]
+
+    # -- data keys -------------------------------------------------------
+
+    async def create_data_key(self, key: DataKey) -> DataKey:
+        def create() -> DataKey:
+            self._db.execute(
+                "INSERT INTO data_keys (aggregate_id, master_key_id, wrapped_key, created_at_us)"
+                " VALUES (?,?,?,?) ON CONFLICT (aggregate_id) DO NOTHING",
+                (key.aggregate_id, key.master_key_id, key.wrapped, time.time_ns() // 1000),
+            )
+            stored = self._load_key(key.aggregate_id)
+            assert stored is not None
+            return stored
+
+        return await self._run(create)
+
+    def _load_key(self, aggregate_id: str) -> DataKey | None:
+        row = self._db.execute(
+            "SELECT master_key_id, wrapped_key FROM data_keys WHERE aggregate_id = ?", (aggregate_id,)
+        ).fetchone()
+        return None if row is None else DataKey(aggregate_id, row[0], None if row[1] is None else bytes(row[1]))
+
+    async def load_data_key(self, aggregate_id: str) -> DataKey | None:
+        return await self._run(self._load_key, aggregate_id)
+
+    async def forget_data_key(self, aggregate_id: str) -> bool:
+        def forget() -> bool:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                erased = db.execute(
+                    "UPDATE data_keys SET master_key_id = NULL, wrapped_key = NULL, forgotten_at_us = ?"
+                    " WHERE aggregate_id = ? AND wrapped_key IS NOT NULL",
+                    (time.time_ns() // 1000, aggregate_id),
+                ).rowcount
+                db.execute("DELETE FROM snapshots WHERE aggregate_id = ?", (aggregate_id,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return erased == 1
+
+        return await self._run(forget)
+
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT aggregate_id, master_key_id, wrapped_key FROM data_keys"
+                " WHERE wrapped_key IS NOT NULL AND master_key_id <> ? LIMIT ?",
+                (active_master_key_id, limit),
+            ).fetchall()
+        )
+        return [DataKey(r[0], r[1], bytes(r[2])) for r in rows]
+
+    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
+        cursor = await self._run(
+            self._db.execute,
+            "UPDATE data_keys SET master_key_id = ?, wrapped_key = ?"
+            " WHERE aggregate_id = ? AND master_key_id = ? AND wrapped_key = ?",
+            (new.master_key_id, new.wrapped, old.aggregate_id, old.master_key_id, old.wrapped),
+        )
+        return bool(cursor.rowcount == 1)
+
+
+def _refusal(row: sqlite3.Row) -> AuditEntry:
+    return AuditEntry(
+        recorded_at_us=row[0],
+        command_id=row[1],
+        command_type=row[2],
+        aggregate_id=row[3],
+        principal=row[4],
+        user_id=row[5],
+        origin=row[6],
+        outcome=REFUSED,
+        reason=row[7],
+        message=row[8],
+    )
+
+
+def _audit_filter(query: AuditQuery) -> tuple[str, list[object]]:
+    """The WHERE condition both audit tables share (they have these columns)."""
+    where: list[str] = ["1 = 1"]
+    params: list[object] = []
+    for column, value in (
+        ("aggregate_id", query.aggregate_id),
+        ("principal", query.principal),
+        ("command_id", query.command_id),
+    ):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if query.since_us is not None:
+        where.append("recorded_at_us >= ?")
+        params.append(query.since_us)
+    if query.until_us is not None:
+        where.append("recorded_at_us < ?")
+        params.append(query.until_us)
+    return " AND ".join(where), params

@@ -74,3 +74,45 @@ def test_plugins_lists_what_would_be_loaded() -> None:
     account = plugins["bank_account"]["aggregates"][0]
     assert account["commands"]["bank.v1.Deposit"] == "deposit"
     assert account["events"]["bank.v1.MoneyDeposited"]["schema_version"] == 1
+
+
+def test_the_audit_log_is_read_with_a_token_and_a_refusal_shows_its_reason(tmp_path: Path) -> None:
+    from tests.support.security import POLICY, api_key_file, write
+
+    keys = api_key_file(tmp_path / "keys.toml", [("chr_root-key-for-the-cli-test-000000", "root", ["operator"])])
+    policy = write(tmp_path / "policy.toml", POLICY)
+    extra = ["--auth", "--policy-file", policy, "--api-keys-file", keys]
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
+        anonymous = cli("submit", "acc-1", "bank.v1.OpenAccount", "{}", server=server.address, check=False)
+        assert "UNAUTHENTICATED NO_CREDENTIALS" in anonymous.stderr
+        token = ["--token", "chr_root-key-for-the-cli-test-000000"]
+        denied = cli("submit", "acc-1", "bank.v1.OpenAccount", "{}", *token, server=server.address, check=False)
+        assert "PERMISSION_DENIED SUBMIT_DENIED" in denied.stderr
+        entries = [
+            json.loads(line)
+            for line in cli("audit", "--outcome", "refused", *token, server=server.address).stdout.splitlines()
+        ]
+    # The anonymous CLI was stopped at its reflection call: no command reached the service.
+    (entry,) = entries
+    assert (entry["principal"], entry["reason"], entry["aggregate_id"]) == ("root", "SUBMIT_DENIED", "acc-1")
+    assert entry["command_type"] == "bank.v1.OpenAccount"
+
+
+def test_apikey_prints_a_key_and_its_hashed_entry() -> None:
+    import subprocess
+    import sys
+    import tomllib
+
+    from service.security.credentials import hash_api_key
+
+    made = subprocess.run(
+        [sys.executable, "-m", "service", "apikey", "alice", "--role", "teller"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    key = made.stderr.rsplit(" ", 1)[1].strip()
+    (entry,) = tomllib.loads(made.stdout)["keys"]
+    assert entry == {"principal": "alice", "sha256": hash_api_key(key), "roles": ["teller"]}
+    assert key not in made.stdout

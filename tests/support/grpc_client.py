@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
@@ -13,7 +13,13 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from chronicle.v1 import command_pb2, command_service_pb2, command_service_pb2_grpc, event_service_pb2_grpc
+from chronicle.v1 import (
+    admin_service_pb2_grpc,
+    command_pb2,
+    command_service_pb2,
+    command_service_pb2_grpc,
+    event_service_pb2_grpc,
+)
 from service.app import Application, start
 from service.plugins.registry import Registry
 from service.settings import Settings
@@ -79,6 +85,7 @@ class Client:
     channel: grpc.aio.Channel
     commands: command_service_pb2_grpc.CommandServiceStub
     events: event_service_pb2_grpc.EventServiceStub
+    admin: admin_service_pb2_grpc.AdminServiceStub
 
     async def submit(self, built: command_pb2.Command) -> command_service_pb2.SubmitResponse:
         response: command_service_pb2.SubmitResponse = await self.commands.Submit(
@@ -88,12 +95,24 @@ class Client:
 
 
 @asynccontextmanager
-async def connect(address: str) -> AsyncIterator[Client]:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def connect(
+    address: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> AsyncIterator[Client]:
+    """A client of ``address``: plaintext, or TLS with ``credentials``."""
+    channel = (
+        grpc.aio.secure_channel(address, credentials, interceptors=list(interceptors))
+        if credentials is not None
+        else grpc.aio.insecure_channel(address, interceptors=list(interceptors))
+    )
+    async with channel:
         yield Client(
             channel,
             command_service_pb2_grpc.CommandServiceStub(channel),
             event_service_pb2_grpc.EventServiceStub(channel),
+            admin_service_pb2_grpc.AdminServiceStub(channel),
         )
 
 

@@ -6,7 +6,7 @@ from google.protobuf.message import Message
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
-from service.plugins import CommandContext, OldEvent, Plugin
+from service.plugins import CommandCall, CommandContext, Middleware, OldEvent, Plugin, ValidationError
 
 FAIL_AMOUNT = 13
 
@@ -97,3 +97,25 @@ def _owner_changed_is_a_rename(old: OldEvent) -> box_pb2.BoxRenamed:
 @book.upcast("legacy.v1.AuditNote", from_version=1)
 def _audit_notes_are_dropped(old: OldEvent) -> None:
     return None
+
+
+class Quarantine(Middleware):
+    """Refuses commands whose metadata says ``quarantine``; remembers the rest."""
+
+    name = "quarantine"
+
+    def __init__(self) -> None:
+        self.seen: list[CommandCall] = []
+
+    async def before(self, call: CommandCall) -> None:
+        if "quarantine" in call.metadata:
+            raise ValidationError("this command is quarantined", reason="QUARANTINED")
+
+    async def after(self, call: CommandCall) -> None:
+        self.seen.append(call)
+
+
+def quarantine_plugin() -> tuple[Plugin, Quarantine]:
+    """A plugin that only adds middleware (a fresh one per test)."""
+    plugin = Plugin("quarantine")
+    return plugin, plugin.add_middleware(Quarantine())  # type: ignore[return-value]

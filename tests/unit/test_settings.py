@@ -64,3 +64,36 @@ def test_settings_are_immutable() -> None:
     settings = Settings()
     with pytest.raises(AttributeError):
         settings.listen = "x"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({"auth": True}, "policy"),
+        ({"auth": True, "policy_file": "p.toml"}, "credential source"),
+        ({"tls_cert_file": "c.pem"}, "both"),
+        ({"tls_client_ca_file": "ca.pem"}, "needs TLS"),
+        ({"jwt_key_file": "k.pem"}, "issuer"),
+    ],
+)
+def test_security_settings_that_cannot_work_are_refused(overrides: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Settings(**overrides)  # type: ignore[arg-type]
+    assert complaint in refused.value.message
+
+
+def test_authentication_is_off_by_default_and_on_with_one_setting() -> None:
+    assert settings_from([], {}).auth is False
+    assert settings_from(["--auth", "--policy-file", "p.toml", "--api-keys-file", "k.toml"], {}).auth is True
+    assert (
+        settings_from(
+            [],
+            {
+                "CHRONICLE_AUTH": "true",
+                "CHRONICLE_POLICY_FILE": "p",
+                "CHRONICLE_JWT_KEY_FILE": "k",
+                "CHRONICLE_JWT_ISSUER": "i",
+            },
+        ).auth
+        is True
+    )

@@ -34,14 +34,18 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from service.errors import ConcurrencyConflict, ConfigurationError, NotUnique, StoreUnavailable
-from service.store.base import AggregateQuery
+from service.store.base import AggregateQuery, AuditQuery
 from service.store.postgres.errors import COMMANDS_KEY, EVENTS_VERSION_KEY, UniqueViolation, translated
 from service.store.postgres.migrations import migrate
 from service.store.records import (
+    ACCEPTED,
+    REFUSED,
     AggregateHead,
+    AuditEntry,
     ClaimChange,
     CommandAlreadyRecorded,
     CommandRecord,
+    DataKey,
     NewEvent,
     RecordedEvent,
     Snapshot,
@@ -54,12 +58,17 @@ _EVENT_COLUMNS = (
     "event_id, aggregate_id, aggregate_type, version, position, event_type, schema_version, payload,"
     " recorded_at, command_id, user_id, origin, correlation_id, causation_id, metadata"
 )
-_COMMAND_COLUMNS = "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection"
+_COMMAND_COLUMNS = (
+    "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection,"
+    " principal, user_id, origin, recorded_at"
+)
 
 _INSERT_COMMANDS = (
     "INSERT INTO chronicle.commands (" + _COMMAND_COLUMNS + ")"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::bigint[], %s::bigint[], %s::jsonb[])"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::bigint[], %s::bigint[], %s::jsonb[],"
+    " %s::text[], %s::text[], %s::text[], %s::timestamptz[])"
 )
+_AUDIT_COLUMNS = "recorded_at, command_id, command_type, aggregate_id, principal, user_id, origin"
 _TAKE_POSITIONS = "UPDATE chronicle.log_head SET last_position = last_position + %s RETURNING last_position"
 # Inserts nothing unless the aggregate is at the expected version: version
 # ``expected`` must exist (or expected is 0), and version ``expected + 1`` is
@@ -137,6 +146,10 @@ def _command(row: TupleRow) -> CommandRecord:
         first_version=row[4],
         last_version=row[5],
         rejection=load_rejection(row[6]),
+        principal=row[7],
+        user_id=row[8],
+        origin=row[9],
+        recorded_at_us=_micros(row[10]),
     )
 
 
@@ -418,6 +431,142 @@ class PostgresStore:
             return None
         return Snapshot(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
 
+    # -- audit -----------------------------------------------------------
+
+    async def record_refusal(self, entry: AuditEntry) -> None:
+        async with self._connection("record_refusal") as conn:
+            await conn.execute(
+                f"INSERT INTO chronicle.refusals ({_AUDIT_COLUMNS}, reason, message)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    _moment(entry.recorded_at_us),
+                    entry.command_id,
+                    entry.command_type,
+                    entry.aggregate_id,
+                    entry.principal,
+                    entry.user_id,
+                    entry.origin,
+                    entry.reason,
+                    entry.message,
+                ),
+            )
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        where, params = _audit_filter(query)
+        outcome = {None: "", ACCEPTED: " AND rejection IS NULL", REFUSED: " AND rejection IS NOT NULL"}
+        rows: list[TupleRow] = []
+        refusals: list[TupleRow] = []
+        async with self._connection("read_audit") as conn:
+            if query.outcome in outcome:
+                cursor = await conn.execute(
+                    f"SELECT {_COMMAND_COLUMNS} FROM chronicle.commands WHERE {where}{outcome[query.outcome]}"
+                    " ORDER BY recorded_at DESC LIMIT %s",
+                    (*params, query.limit),
+                )
+                rows = await cursor.fetchall()
+            if query.outcome in (None, REFUSED):
+                cursor = await conn.execute(
+                    f"SELECT {_AUDIT_COLUMNS}, reason, message FROM chronicle.refusals WHERE {where}"
+                    " ORDER BY recorded_at DESC LIMIT %s",
+                    (*params, query.limit),
+                )
+                refusals = await cursor.fetchall()
+        entries = [_command(r).audit_entry() for r in rows] + [_refusal(r) for r in refusals]
+        entries.sort(key=lambda e: e.recorded_at_us, reverse=True)
+        return entries[: query.limit]
+
+    # -- data keys -------------------------------------------------------
+
+    async def create_data_key(self, key: DataKey) -> DataKey:
+        async with self._connection("create_data_key") as conn:
+            # ON CONFLICT waits for a concurrent insert of the same key, so
+            # every creator reads back the one that won.
+            await conn.execute(
+                "INSERT INTO chronicle.data_keys (aggregate_id, master_key_id, wrapped_key) VALUES (%s, %s, %s)"
+                " ON CONFLICT (aggregate_id) DO NOTHING",
+                (key.aggregate_id, key.master_key_id, key.wrapped),
+            )
+            stored = await self._load_key(conn, key.aggregate_id)
+        assert stored is not None
+        return stored
+
+    async def _load_key(self, conn: psycopg.AsyncConnection[Any], aggregate_id: str) -> DataKey | None:
+        cursor = await conn.execute(
+            "SELECT master_key_id, wrapped_key FROM chronicle.data_keys WHERE aggregate_id = %s", (aggregate_id,)
+        )
+        row = await cursor.fetchone()
+        return None if row is None else DataKey(aggregate_id, row[0], None if row[1] is None else bytes(row[1]))
+
+    async def load_data_key(self, aggregate_id: str) -> DataKey | None:
+        async with self._connection("load_data_key") as conn:
+            return await self._load_key(conn, aggregate_id)
+
+    async def forget_data_key(self, aggregate_id: str) -> bool:
+        async with self._connection("forget_data_key") as conn, conn.transaction():
+            cursor = await conn.execute(
+                "UPDATE chronicle.data_keys SET master_key_id = NULL, wrapped_key = NULL, forgotten_at = now()"
+                " WHERE aggregate_id = %s AND wrapped_key IS NOT NULL",
+                (aggregate_id,),
+            )
+            erased = cursor.rowcount == 1
+            await conn.execute("DELETE FROM chronicle.snapshots WHERE aggregate_id = %s", (aggregate_id,))
+        return erased
+
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
+        async with self._connection("data_keys_to_rewrap") as conn:
+            cursor = await conn.execute(
+                "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys"
+                " WHERE wrapped_key IS NOT NULL AND master_key_id <> %s ORDER BY aggregate_id LIMIT %s",
+                (active_master_key_id, limit),
+            )
+            rows = await cursor.fetchall()
+        return [DataKey(r[0], r[1], bytes(r[2])) for r in rows]
+
+    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
+        async with self._connection("rewrap_data_key") as conn:
+            cursor = await conn.execute(
+                "UPDATE chronicle.data_keys SET master_key_id = %s, wrapped_key = %s"
+                " WHERE aggregate_id = %s AND master_key_id = %s AND wrapped_key = %s",
+                (new.master_key_id, new.wrapped, old.aggregate_id, old.master_key_id, old.wrapped),
+            )
+        return cursor.rowcount == 1
+
+
+def _refusal(row: TupleRow) -> AuditEntry:
+    return AuditEntry(
+        recorded_at_us=_micros(row[0]),
+        command_id=row[1],
+        command_type=row[2],
+        aggregate_id=row[3],
+        principal=row[4],
+        user_id=row[5],
+        origin=row[6],
+        outcome=REFUSED,
+        reason=row[7],
+        message=row[8],
+    )
+
+
+def _audit_filter(query: AuditQuery) -> tuple[str, list[object]]:
+    """The WHERE condition both audit tables share (they have these columns)."""
+    where: list[str] = ["true"]
+    params: list[object] = []
+    for column, value in (
+        ("aggregate_id", query.aggregate_id),
+        ("principal", query.principal),
+        ("command_id", query.command_id),
+    ):
+        if value is not None:
+            where.append(f"{column} = %s")
+            params.append(value)
+    if query.since_us is not None:
+        where.append("recorded_at >= %s")
+        params.append(_moment(query.since_us))
+    if query.until_us is not None:
+        where.append("recorded_at < %s")
+        params.append(_moment(query.until_us))
+    return " AND ".join(where), params
+
 
 def _check_url(url: str) -> None:
     """Refuse a URL libpq would only refuse later, on every reconnection."""
@@ -441,4 +590,8 @@ def _command_columns(commands: Sequence[CommandRecord]) -> tuple[list[Any], ...]
         [c.first_version for c in commands],
         [c.last_version for c in commands],
         [None if c.rejection is None else Jsonb(rejection_dict(c.rejection)) for c in commands],
+        [c.principal for c in commands],
+        [c.user_id for c in commands],
+        [c.origin for c in commands],
+        [_moment(c.recorded_at_us) for c in commands],
     )

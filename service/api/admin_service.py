@@ -1,0 +1,69 @@
+"""``chronicle.v1.AdminService``: the audit log (and, with encryption, keys).
+Every RPC needs the admin grant when authentication is on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from chronicle.v1 import admin_service_pb2 as pb
+from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
+from service.api import guard
+from service.api.codec import check_id, timestamp
+from service.audit import AuditLog
+from service.errors import InvalidInput
+from service.security.policy import Authorizer
+from service.security.principal import current_principal
+from service.store.base import AuditQuery
+from service.store.records import ACCEPTED, REFUSED, AuditEntry
+
+MAX_AUDIT_ENTRIES = 1000
+_OUTCOMES = {pb.AUDIT_OUTCOME_ACCEPTED: ACCEPTED, pb.AUDIT_OUTCOME_REFUSED: REFUSED}
+_OUTCOME_CODES = {name: code for code, name in _OUTCOMES.items()}
+
+
+class AdminService(pb_grpc.AdminServiceServicer):
+    def __init__(self, audit: AuditLog, authorizer: Authorizer) -> None:
+        self._audit = audit
+        self._authorizer = authorizer
+
+    @guard.unary
+    async def QueryAudit(
+        self, request: pb.QueryAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.QueryAuditResponse:
+        self._authorizer.check_admin(current_principal.get(), "query the audit log")
+        if request.limit > MAX_AUDIT_ENTRIES:
+            raise InvalidInput.for_field("limit", f"must be at most {MAX_AUDIT_ENTRIES}", reason="LIMIT_TOO_LARGE")
+        query = AuditQuery(
+            aggregate_id=check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+            if request.aggregate_id
+            else None,
+            principal=request.principal or None,
+            command_id=request.command_id or None,
+            outcome=_OUTCOMES.get(request.outcome),
+            since_us=_micros(request.since) if request.HasField("since") else None,
+            until_us=_micros(request.until) if request.HasField("until") else None,
+            limit=request.limit or 100,
+        )
+        entries = await self._audit.query(query)
+        return pb.QueryAuditResponse(entries=[_entry(e) for e in entries])
+
+
+def _micros(value: Any) -> int:
+    return int(value.seconds) * 1_000_000 + int(value.nanos) // 1000
+
+
+def _entry(entry: AuditEntry) -> pb.AuditEntry:
+    return pb.AuditEntry(
+        time=timestamp(entry.recorded_at_us),
+        command_id=entry.command_id,
+        command_type=entry.command_type,
+        aggregate_id=entry.aggregate_id,
+        principal=entry.principal,
+        user_id=entry.user_id,
+        origin=entry.origin,
+        outcome=_OUTCOME_CODES.get(entry.outcome, pb.AUDIT_OUTCOME_UNSPECIFIED),
+        reason=entry.reason,
+        message=entry.message,
+    )

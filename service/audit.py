@@ -1,0 +1,110 @@
+"""The audit log: every command that reached the service, and its outcome.
+
+Where each outcome is written:
+
+- accepted, or refused by a handler (or a wrong expected version): the
+  executor's ``CommandRecord``, in the same transaction as the events (or the
+  empty append that records the refusal). Nothing extra is written here.
+- refused before a handler decided (authentication, concurrency limit,
+  malformed input, policy, overload, an exhausted conflict budget, a failing
+  handler): ``AuditLog.refused`` writes an entry of its own, through
+  ``EventStore.record_refusal``. The API layer calls it for refusals before
+  the pipeline; ``AuditMiddleware`` for refusals inside it.
+
+A retried command id whose outcome is replayed is not audited again: the
+original entry stands for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from service.errors import ChronicleError, recorded_with_command
+from service.processing.middleware import CommandCall, Middleware
+from service.store.base import AuditQuery, EventStore
+from service.store.records import REFUSED, AuditEntry
+
+log = logging.getLogger(__name__)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class AuditLog:
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+
+    async def refused(self, entry: AuditEntry) -> None:
+        """Record a refusal. A failure to record is logged, never raised: the
+        caller is already answering with the refusal itself."""
+        try:
+            await self._store.record_refusal(entry)
+        except Exception:
+            log.exception("could not record the refusal of command %s in the audit log", entry.command_id)
+
+    async def query(self, query: AuditQuery) -> list[AuditEntry]:
+        return await self._store.read_audit(query)
+
+
+def refusal(
+    error: BaseException,
+    *,
+    command_id: str = "",
+    command_type: str = "",
+    aggregate_id: str = "",
+    principal: str = "",
+    user_id: str = "",
+    origin: str = "",
+) -> AuditEntry:
+    if isinstance(error, ChronicleError):
+        reason, message = error.reason, error.message
+    else:
+        reason, message = "INTERNAL", type(error).__name__
+    return AuditEntry(
+        recorded_at_us=now_us(),
+        command_id=command_id,
+        command_type=command_type,
+        aggregate_id=aggregate_id,
+        principal=principal,
+        user_id=user_id,
+        origin=origin,
+        outcome=REFUSED,
+        reason=reason,
+        message=message,
+    )
+
+
+class AuditMiddleware(Middleware):
+    """Audits refusals that the executor does not record with the command.
+
+    Placed outside the authorization middleware, so policy refusals pass
+    through its ``on_error``.
+    """
+
+    name = "audit"
+
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+
+    async def on_error(self, call: CommandCall) -> None:
+        error = call.error
+        # A cancelled call (the client went away) may still have run; if it
+        # did, its command record audits it.
+        if error is None or isinstance(error, asyncio.CancelledError):
+            return
+        if recorded_with_command(error) and not call.refused_by:
+            return
+        await self._audit.refused(
+            refusal(
+                error,
+                command_id=call.command_id,
+                command_type=call.command_type,
+                aggregate_id=call.aggregate_id,
+                principal=call.principal.name,
+                user_id=call.user_id,
+                origin=call.origin,
+            )
+        )

@@ -1,0 +1,135 @@
+"""Middleware: behaviour around the processing of every command.
+
+As gRPC interceptors wrap an RPC, middleware wraps a command: its hooks run
+before the command is queued for its aggregate's worker, and after it
+finished (``after``) or failed (``on_error``). Logging, metrics, tracing,
+audit and authorization are middleware; a plugin can add its own with
+``Plugin.add_middleware``.
+
+Order is explicit and onion-shaped: ``before`` hooks run in pipeline order,
+``after`` and ``on_error`` hooks in reverse order, and only for the
+middleware whose ``before`` ran. A ``before`` hook refuses a command by
+raising a ``ChronicleError`` (e.g. ``PermissionDenied``): nothing is queued,
+the outer middleware's ``on_error`` hooks see the refusal. An exception in an
+``after`` or ``on_error`` hook is logged and ignored: the command's outcome
+is already decided and may be committed.
+
+Each hook receives one frozen ``CommandCall``, so adding a field to it breaks
+no middleware. The hooks of one call run in the caller's asyncio task, so a
+middleware may keep per-call state in a ``contextvars.ContextVar``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from google.protobuf.message import Message
+
+from service.processing.commands import CommandRequest, CommandResult
+from service.security.principal import ANONYMOUS, Principal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandCall:
+    """One command passing through the pipeline, as middleware sees it.
+
+    ``message`` is the decoded command; middleware must not change it.
+    ``principal`` is who sent it (anonymous when authentication is off).
+    ``result`` is set for ``after`` hooks, ``error`` for ``on_error``
+    hooks, and ``elapsed`` (seconds since the pipeline took the command) for
+    both. ``refused_by`` names the middleware whose ``before`` hook refused
+    the command (empty when processing itself failed).
+    """
+
+    command_id: str
+    command_type: str
+    aggregate_id: str
+    aggregate_type: str
+    message: Message
+    principal: Principal = ANONYMOUS
+    user_id: str = ""
+    origin: str = ""
+    correlation_id: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    expected_version: int | None = None
+    result: CommandResult | None = None
+    error: BaseException | None = None
+    elapsed: float = 0.0
+    refused_by: str = ""
+
+    @classmethod
+    def of(cls, request: CommandRequest, principal: Principal) -> CommandCall:
+        return cls(
+            command_id=request.command_id,
+            command_type=request.spec.name,
+            aggregate_id=request.aggregate_id,
+            aggregate_type=request.spec.aggregate.name,
+            message=request.message,
+            principal=principal,
+            user_id=request.user_id,
+            origin=request.origin,
+            correlation_id=request.correlation_id or request.command_id,
+            metadata=request.metadata,
+            expected_version=request.expected_version,
+        )
+
+
+class Middleware:
+    """Base class: override the hooks you need; each defaults to nothing."""
+
+    #: Shown in logs when a hook fails.
+    name = "middleware"
+
+    async def before(self, call: CommandCall) -> None:
+        """Runs before the command is queued. Raise a ChronicleError to refuse it."""
+
+    async def after(self, call: CommandCall) -> None:
+        """Runs after the command succeeded (``call.result`` is set)."""
+
+    async def on_error(self, call: CommandCall) -> None:
+        """Runs after the command failed or was refused (``call.error`` is set)."""
+
+
+Submit = Callable[[CommandRequest], Awaitable[CommandResult]]
+
+
+class Pipeline:
+    """Runs ``submit`` for each command inside the given middleware."""
+
+    def __init__(self, submit: Submit, middleware: Sequence[Middleware] = ()) -> None:
+        self._submit = submit
+        self.middleware = tuple(middleware)
+
+    async def submit(self, request: CommandRequest, principal: Principal = ANONYMOUS) -> CommandResult:
+        call = CommandCall.of(request, principal)
+        started = time.perf_counter()
+        entered: list[Middleware] = []
+        refused_by = ""
+        try:
+            for middleware in self.middleware:
+                refused_by = middleware.name
+                await middleware.before(call)
+                entered.append(middleware)
+            refused_by = ""
+            result = await self._submit(request)
+        except BaseException as error:
+            failed = replace(call, error=error, elapsed=time.perf_counter() - started, refused_by=refused_by)
+            for middleware in reversed(entered):
+                await _quietly(middleware, middleware.on_error, failed)
+            raise
+        done = replace(call, result=result, elapsed=time.perf_counter() - started)
+        for middleware in reversed(entered):
+            await _quietly(middleware, middleware.after, done)
+        return result
+
+
+async def _quietly(middleware: Middleware, hook: Callable[[CommandCall], Awaitable[None]], call: CommandCall) -> None:
+    try:
+        await hook(call)
+    except Exception:
+        log.exception("middleware %s failed in %s for command %s", middleware.name, hook.__name__, call.command_id)

@@ -1,0 +1,194 @@
+"""Authentication: turning what a caller presents into a ``Principal``.
+
+Three kinds of credential, tried in this order:
+
+1. ``authorization: Bearer <JWT>`` — a signed JSON Web Token verified with
+   PyJWT against the configured key, issuer, (optional) audience and
+   algorithms; ``exp`` is required, ``none`` is never accepted, the subject is
+   the principal and a ``roles`` claim (list of strings) adds roles.
+2. ``authorization: Bearer <API key>`` — looked up by its SHA-256 in the
+   API-key file. Keys are random secrets of at least 128 bits that the
+   server generates (``chronicle apikey``), not passwords a person chooses,
+   so a fast hash loses nothing: a slow hash (scrypt, argon2) exists to make
+   guessing low-entropy passwords expensive, which is moot at 2^128, and
+   would cost milliseconds of CPU on every call. The file never holds a key.
+3. A client certificate verified by the TLS handshake against the
+   configured client CA (mutual TLS): its subject, as an RFC 4514 string such
+   as ``CN=batch,O=Acme``, is the principal.
+
+A bearer token wins over a client certificate: the certificate then only
+proves which machine connects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+from cryptography import x509
+
+from service.errors import ConfigurationError, Unauthenticated
+from service.security.principal import Principal
+
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+SYMMETRIC_ALGORITHMS = ("HS256", "HS384", "HS512")
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    """A fresh key: 256 random bits, URL-safe, prefixed so leaks are greppable."""
+    return "chr_" + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyEntry:
+    principal: str
+    roles: frozenset[str]
+
+
+class ApiKeys:
+    """The API-key file (TOML), one table per key::
+
+    [[keys]]
+    principal = "alice"
+    sha256 = "9f86d0…"        # hex SHA-256 of the key
+    roles = ["teller"]        # optional
+    """
+
+    def __init__(self, entries: Mapping[str, ApiKeyEntry]) -> None:
+        self._by_hash = dict(entries)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ApiKeys:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigurationError(f"cannot read API-key file {path}: {error}", reason="BAD_API_KEYS") from error
+        entries: dict[str, ApiKeyEntry] = {}
+        for number, item in enumerate(data.get("keys", []), start=1):
+            digest = str(item.get("sha256", "")).lower()
+            principal = item.get("principal")
+            roles = item.get("roles", [])
+            if (
+                len(digest) != 64
+                or any(c not in "0123456789abcdef" for c in digest)
+                or not isinstance(principal, str)
+                or not principal
+                or not isinstance(roles, list)
+                or set(item) - {"principal", "sha256", "roles"}
+            ):
+                raise ConfigurationError(
+                    f"{path}: key {number} needs principal, a 64-hex-digit sha256 and optional roles",
+                    reason="BAD_API_KEYS",
+                )
+            entries[digest] = ApiKeyEntry(principal, frozenset(str(r) for r in roles))
+        return cls(entries)
+
+    def verify(self, token: str) -> Principal:
+        entry = self._by_hash.get(hash_api_key(token))
+        if entry is None:
+            raise Unauthenticated("the bearer token is not a known API key", reason="UNKNOWN_API_KEY")
+        return Principal(entry.principal, "api-key", entry.roles)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JwtVerifier:
+    key: str
+    issuer: str
+    algorithms: tuple[str, ...]
+    audience: str | None = None
+    leeway_seconds: float = 30.0
+
+    @classmethod
+    def from_key_file(
+        cls, path: str | Path, *, issuer: str, audience: str | None, algorithms: Sequence[str] = ()
+    ) -> JwtVerifier:
+        """A PEM file holds a public key (RS*, PS*, ES*, EdDSA); anything else
+        is an HMAC secret (HS*). Only algorithms of the key's kind are
+        accepted, which rules out algorithm confusion."""
+        try:
+            key = Path(path).read_text().strip()
+        except OSError as error:
+            raise ConfigurationError(f"cannot read JWT key file {path}: {error}", reason="BAD_JWT_KEY") from error
+        if not issuer:
+            raise ConfigurationError("a JWT key needs --jwt-issuer", reason="BAD_JWT_KEY")
+        kind = ASYMMETRIC_ALGORITHMS if key.startswith("-----BEGIN") else SYMMETRIC_ALGORITHMS
+        chosen = tuple(algorithms) or kind
+        if not set(chosen) <= set(kind):
+            raise ConfigurationError(
+                f"JWT algorithms {sorted(set(chosen) - set(kind))} do not fit the key in {path}", reason="BAD_JWT_KEY"
+            )
+        return cls(key=key, issuer=issuer, algorithms=chosen, audience=audience)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self.key,
+                algorithms=list(self.algorithms),
+                issuer=self.issuer,
+                audience=self.audience,
+                leeway=self.leeway_seconds,
+                options={"require": ["exp", "iss", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthenticated("the token was issued by someone else", reason="WRONG_ISSUER") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthenticated("the token is meant for another audience", reason="WRONG_AUDIENCE") from None
+        except jwt.InvalidTokenError as error:
+            raise Unauthenticated(f"the token does not verify: {error}", reason="INVALID_TOKEN") from None
+        roles = claims.get("roles", [])
+        if not isinstance(roles, list):
+            raise Unauthenticated("the token's roles claim must be a list", reason="INVALID_TOKEN")
+        return Principal(str(claims["sub"]), "jwt", frozenset(str(r) for r in roles))
+
+
+def _looks_like_jwt(token: str) -> bool:
+    return token.count(".") == 2 and token.startswith("eyJ")
+
+
+def certificate_subject(pem: bytes) -> str:
+    return x509.load_pem_x509_certificate(pem).subject.rfc4514_string()
+
+
+class Authenticator:
+    """Establishes the principal of each RPC from its metadata and TLS peer."""
+
+    def __init__(
+        self, *, api_keys: ApiKeys | None = None, jwt_verifier: JwtVerifier | None = None, mtls: bool = False
+    ) -> None:
+        if api_keys is None and jwt_verifier is None and not mtls:
+            raise ConfigurationError(
+                "authentication is on but no API-key file, JWT key or client CA is configured", reason="BAD_SETTING"
+            )
+        self._api_keys = api_keys
+        self._jwt = jwt_verifier
+        self._mtls = mtls
+
+    def authenticate(self, metadata: Mapping[str, str], peer_certificate: bytes | None) -> Principal:
+        header = metadata.get("authorization")
+        if header is not None:
+            scheme, _, token = header.strip().partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                raise Unauthenticated(
+                    "the authorization metadata must be 'Bearer <token>'", reason="BAD_AUTHORIZATION_METADATA"
+                )
+            if self._jwt is not None and _looks_like_jwt(token):
+                return self._jwt.verify(token)
+            if self._api_keys is not None:
+                return self._api_keys.verify(token)
+            raise Unauthenticated("the bearer token is not a valid JWT", reason="INVALID_TOKEN")
+        if self._mtls and peer_certificate is not None:
+            return Principal(certificate_subject(peer_certificate), "mtls")
+        raise Unauthenticated("credentials are required: send 'authorization: Bearer <token>'", reason="NO_CREDENTIALS")

@@ -1,0 +1,201 @@
+"""Authorization: every decision about who may do what, in one place.
+
+The policy is a TOML file (``--policy-file``)::
+
+    [roles.teller]
+    submit = ["bank.v1.OpenAccount", "bank.v1.Deposit"]   # command types
+    read = ["Account"]                                     # aggregate types
+    subscribe = ["Account"]                                # aggregate types
+
+    [roles.operator]
+    read = ["*"]            # "*" is every type
+    impersonate = true      # may submit commands on behalf of another user_id
+    admin = true            # audit queries, forgetting aggregates, key rotation
+
+    [principals."alice"]
+    roles = ["teller"]
+
+    [principals."CN=batch,O=Acme"]   # a client certificate's subject
+    roles = ["teller", "operator"]
+
+A principal holds the roles the policy lists for it plus those its
+credential carries (a JWT ``roles`` claim, the API-key file's entry). What is
+not granted is denied. TOML because it is in the standard library
+(``tomllib``: no dependency, no YAML-style implicit typing where ``no``
+becomes ``false``), allows comments beside each grant, and maps one-to-one
+onto this structure. Unknown keys are refused at start-up: a typo in a
+security policy must not silently grant or deny.
+
+With authentication off every caller is anonymous and ``Authorizer.allow_all``
+permits everything.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.errors import ConfigurationError, PermissionDenied
+from service.security.principal import Principal
+
+ANY = "*"
+_ROLE_KEYS = {"submit", "read", "subscribe", "impersonate", "admin"}
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What one role, or the union of a principal's roles, allows."""
+
+    submit: frozenset[str] = frozenset()
+    read: frozenset[str] = frozenset()
+    subscribe: frozenset[str] = frozenset()
+    impersonate: bool = False
+    admin: bool = False
+
+    def __or__(self, other: Grant) -> Grant:
+        return Grant(
+            submit=self.submit | other.submit,
+            read=self.read | other.read,
+            subscribe=self.subscribe | other.subscribe,
+            impersonate=self.impersonate or other.impersonate,
+            admin=self.admin or other.admin,
+        )
+
+
+def _allows(names: frozenset[str], name: str) -> bool:
+    return ANY in names or name in names
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    roles: Mapping[str, Grant]
+    principal_roles: Mapping[str, frozenset[str]]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigurationError(f"cannot read policy file {path}: {error}", reason="BAD_POLICY") from error
+        return cls.parse(data, source=str(path))
+
+    @classmethod
+    def parse(cls, data: Mapping[str, object], *, source: str = "policy") -> Policy:
+        unknown = set(data) - {"roles", "principals"}
+        if unknown:
+            raise ConfigurationError(f"{source}: unknown sections {sorted(unknown)}", reason="BAD_POLICY")
+        roles = {name: _grant(source, name, body) for name, body in _table(source, "roles", data).items()}
+        principals: dict[str, frozenset[str]] = {}
+        for name, body in _table(source, "principals", data).items():
+            if not isinstance(body, Mapping) or set(body) - {"roles"}:
+                raise ConfigurationError(f"{source}: principals.{name} takes only 'roles'", reason="BAD_POLICY")
+            names = frozenset(_strings(source, f"principals.{name}.roles", body.get("roles", [])))
+            missing = names - roles.keys()
+            if missing:
+                raise ConfigurationError(
+                    f"{source}: principals.{name} names undefined roles {sorted(missing)}", reason="BAD_POLICY"
+                )
+            principals[name] = names
+        return cls(roles, principals)
+
+
+def _table(source: str, key: str, data: Mapping[str, object]) -> Mapping[str, object]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{source}: [{key}] must be a table", reason="BAD_POLICY")
+    return value
+
+
+def _strings(source: str, where: str, value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigurationError(f"{source}: {where} must be a list of strings", reason="BAD_POLICY")
+    return list(value)
+
+
+def _grant(source: str, name: str, body: object) -> Grant:
+    if not isinstance(body, Mapping):
+        raise ConfigurationError(f"{source}: roles.{name} must be a table", reason="BAD_POLICY")
+    unknown = set(body) - _ROLE_KEYS
+    if unknown:
+        raise ConfigurationError(f"{source}: roles.{name} has unknown keys {sorted(unknown)}", reason="BAD_POLICY")
+    for flag in ("impersonate", "admin"):
+        if not isinstance(body.get(flag, False), bool):
+            raise ConfigurationError(f"{source}: roles.{name}.{flag} must be true or false", reason="BAD_POLICY")
+    return Grant(
+        submit=frozenset(_strings(source, f"roles.{name}.submit", body.get("submit", []))),
+        read=frozenset(_strings(source, f"roles.{name}.read", body.get("read", []))),
+        subscribe=frozenset(_strings(source, f"roles.{name}.subscribe", body.get("subscribe", []))),
+        impersonate=bool(body.get("impersonate", False)),
+        admin=bool(body.get("admin", False)),
+    )
+
+
+_EVERYTHING = Grant(
+    submit=frozenset({ANY}), read=frozenset({ANY}), subscribe=frozenset({ANY}), impersonate=True, admin=True
+)
+
+
+class Authorizer:
+    """Answers "may this principal do this?" from the policy. Checks raise
+    ``PermissionDenied`` with a machine-readable reason; ``may_*`` return a
+    bool for filtering."""
+
+    def __init__(self, policy: Policy | None) -> None:
+        self._policy = policy
+
+    @classmethod
+    def allow_all(cls) -> Authorizer:
+        """Authentication is off: every (anonymous) caller may do everything."""
+        return cls(None)
+
+    @property
+    def enforcing(self) -> bool:
+        return self._policy is not None
+
+    def grant(self, principal: Principal) -> Grant:
+        if self._policy is None:
+            return _EVERYTHING
+        names: Iterable[str] = principal.roles | self._policy.principal_roles.get(principal.name, frozenset())
+        granted = Grant()
+        for name in names:
+            granted = granted | self._policy.roles.get(name, Grant())
+        return granted
+
+    def check_submit(self, principal: Principal, command_type: str) -> None:
+        if not _allows(self.grant(principal).submit, command_type):
+            raise _denied(principal, f"may not submit {command_type}", "SUBMIT_DENIED", command_type=command_type)
+
+    def check_user(self, principal: Principal, user_id: str) -> None:
+        """A command's user id must be the caller's own unless it may impersonate."""
+        if user_id and user_id != principal.name and not self.grant(principal).impersonate:
+            raise _denied(
+                principal,
+                f"may not act as user {user_id!r}",
+                "IMPERSONATION_DENIED",
+                user_id=user_id,
+            )
+
+    def may_read(self, principal: Principal, aggregate_type: str) -> bool:
+        return _allows(self.grant(principal).read, aggregate_type)
+
+    def check_read(self, principal: Principal, aggregate_type: str) -> None:
+        if not self.may_read(principal, aggregate_type):
+            raise _denied(
+                principal, f"may not read {aggregate_type} aggregates", "READ_DENIED", aggregate_type=aggregate_type
+            )
+
+    def may_subscribe(self, principal: Principal, aggregate_type: str) -> bool:
+        """For subscriptions: events of aggregate types this is False for are
+        left out of the caller's stream."""
+        return _allows(self.grant(principal).subscribe, aggregate_type)
+
+    def check_admin(self, principal: Principal, action: str) -> None:
+        if not self.grant(principal).admin:
+            raise _denied(principal, f"may not {action}", "ADMIN_DENIED", action=action)
+
+
+def _denied(principal: Principal, what: str, reason: str, **metadata: str) -> PermissionDenied:
+    who = principal.name or "an anonymous caller"
+    return PermissionDenied(f"{who} {what}", reason=reason, metadata={"principal": principal.name, **metadata})

@@ -1,0 +1,34 @@
+"""Who is calling: the identity authentication established for one RPC."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller.
+
+    ``name`` is the identity (a JWT's subject, an API key's principal, a
+    client certificate's subject as an RFC 4514 string); ``roles`` are the
+    roles the credential itself carries (a JWT ``roles`` claim, the API-key
+    file's entry), to which the policy adds the principal's own.
+    ``method`` says how it was established: ``jwt``, ``api-key``, ``mtls``
+    or ``anonymous`` when authentication is off.
+    """
+
+    name: str
+    method: str
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def authenticated(self) -> bool:
+        return self.method != "anonymous"
+
+
+ANONYMOUS = Principal("", "anonymous")
+
+# Set by the authentication interceptor for the duration of one RPC; the RPC
+# runs in one task, so servicers read the caller from here.
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("chronicle_principal", default=ANONYMOUS)

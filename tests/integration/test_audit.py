@@ -1,0 +1,124 @@
+"""The audit log over a real socket, on every store: accepted commands and
+refusals at every stage, read back through AdminService.QueryAudit."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import any_pb2
+
+from chronicle.v1 import admin_service_pb2 as admin
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.app import Application
+from service.store.base import EventStore
+from tests.support.grpc_client import Client, command, connect, running_server
+from tests.support.security import POLICY, JwtIssuer, bearer, write
+
+
+@dataclass
+class Audited:
+    app: Application
+    issuer: JwtIssuer
+
+    def as_(self, subject: str) -> AbstractAsyncContextManager[Client]:
+        return connect(self.app.address, interceptors=bearer(self.issuer.token(subject)))
+
+    async def entries(self, **fields: object) -> list[admin.AuditEntry]:
+        async with self.as_("root") as root:
+            response = await root.admin.QueryAudit(admin.QueryAuditRequest(**fields))  # type: ignore[arg-type]
+        return list(response.entries)
+
+
+@pytest.fixture
+async def audited(store: EventStore, tmp_path: Path) -> AsyncIterator[Audited]:
+    issuer = JwtIssuer()
+    async with running_server(
+        store,
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    ) as (app, _):
+        yield Audited(app, issuer)
+
+
+async def attempt(client: Client, sent: object) -> None:
+    with contextlib.suppress(grpc.aio.AioRpcError):
+        await client.submit(sent)  # type: ignore[arg-type]
+
+
+async def test_an_accepted_command_is_audited_with_its_principal(audited: Audited) -> None:
+    sent = command("acc-1", bank.OpenAccount(owner="ann"), user_id="", origin="web")
+    async with audited.as_("alice") as alice:
+        await alice.submit(sent)
+    (entry,) = await audited.entries()
+    assert entry.outcome == admin.AUDIT_OUTCOME_ACCEPTED
+    assert (entry.command_id, entry.command_type, entry.aggregate_id) == (
+        sent.command_id,
+        "bank.v1.OpenAccount",
+        "acc-1",
+    )
+    assert (entry.principal, entry.user_id, entry.origin) == ("alice", "alice", "web")
+    assert entry.time.seconds > 0
+
+
+async def test_a_refusal_by_a_handler_is_audited_once_with_its_reason(audited: Audited) -> None:
+    refused = command("acc-1", bank.Withdraw(amount=5), user_id="")
+    async with audited.as_("alice") as alice:
+        await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+        await attempt(alice, refused)
+        await attempt(alice, refused)  # a retry replays the refusal; it is not a new entry
+    (entry,) = await audited.entries(command_id=refused.command_id)
+    assert (entry.outcome, entry.reason, entry.principal) == (
+        admin.AUDIT_OUTCOME_REFUSED,
+        "INSUFFICIENT_FUNDS",
+        "alice",
+    )
+
+
+async def test_a_refusal_by_the_policy_is_audited(audited: Audited) -> None:
+    refused = command("acc-1", bank.OpenAccount(owner="bob"), user_id="")
+    async with audited.as_("bob") as bob:
+        await attempt(bob, refused)
+    (entry,) = await audited.entries(outcome=admin.AUDIT_OUTCOME_REFUSED)
+    assert (entry.command_id, entry.command_type, entry.aggregate_id) == (
+        refused.command_id,
+        "bank.v1.OpenAccount",
+        "acc-1",
+    )
+    assert (entry.principal, entry.reason) == ("bob", "SUBMIT_DENIED")
+
+
+async def test_a_command_without_credentials_is_audited(audited: Audited) -> None:
+    refused = command("acc-1", bank.OpenAccount(owner="ann"))
+    async with connect(audited.app.address) as anonymous:
+        await attempt(anonymous, refused)
+    (entry,) = await audited.entries()
+    assert (entry.command_id, entry.principal, entry.reason) == (refused.command_id, "", "NO_CREDENTIALS")
+    assert entry.outcome == admin.AUDIT_OUTCOME_REFUSED
+
+
+async def test_a_malformed_command_is_audited(audited: Audited) -> None:
+    refused = command("acc-1", bank.OpenAccount(owner="ann"), user_id="")
+    refused.payload.CopyFrom(any_pb2.Any(type_url="type.googleapis.com/nobody.v1.Knows", value=b""))
+    async with audited.as_("alice") as alice:
+        await attempt(alice, refused)
+    (entry,) = await audited.entries()
+    assert (entry.command_type, entry.principal, entry.reason) == ("nobody.v1.Knows", "alice", "UNKNOWN_COMMAND_TYPE")
+
+
+async def test_the_audit_log_filters_by_principal_and_aggregate(audited: Audited) -> None:
+    async with audited.as_("alice") as alice:
+        await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+        await alice.submit(command("acc-2", bank.OpenAccount(owner="ann"), user_id=""))
+    async with audited.as_("bob") as bob:
+        await attempt(bob, command("acc-1", bank.Deposit(amount=1), user_id=""))
+    assert [e.principal for e in await audited.entries(aggregate_id="acc-1")] == ["bob", "alice"]
+    assert [e.aggregate_id for e in await audited.entries(principal="alice")] == ["acc-2", "acc-1"]
+    assert len(await audited.entries(limit=1)) == 1

@@ -1,0 +1,196 @@
+"""Authentication and authorization over a real socket: bearer tokens (JWT
+and API keys), the policy, impersonation, reads, and the admin grant."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chronicle.v1 import admin_service_pb2, command_service_pb2, event_service_pb2
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.box.protos.box.v1 import box_pb2
+from service.app import Application
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import Client, command, connect, details_of, running_server
+from tests.support.security import POLICY, JwtIssuer, api_key_file, bearer, write
+
+ALICE_KEY = "chr_alice-test-key-0123456789abcdef0123456789"
+
+
+@dataclass
+class Secured:
+    app: Application
+    issuer: JwtIssuer
+
+    def client(self, token: str | None = None) -> AbstractAsyncContextManager[Client]:
+        return connect(self.app.address, interceptors=bearer(token) if token is not None else ())
+
+    def as_(self, subject: str, **claims: Any) -> AbstractAsyncContextManager[Client]:
+        return self.client(self.issuer.token(subject, **claims))
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+    issuer = JwtIssuer()
+    async with running_server(
+        MemoryStore(),
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        api_keys_file=api_key_file(tmp_path / "keys.toml", [(ALICE_KEY, "alice", [])]),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    ) as (app, _):
+        yield Secured(app, issuer)
+
+
+async def refused(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    details = details_of(raised.value)
+    return details.code, details.reason
+
+
+async def versions(secured: Secured, aggregate_id: str) -> list[int]:
+    async with secured.as_("root") as root:
+        request = event_service_pb2.ReadAggregateRequest(aggregate_id=aggregate_id)
+        return [e.version async for e in root.events.ReadAggregate(request)]
+
+
+# -- who is calling ---------------------------------------------------------
+
+
+async def test_a_call_without_credentials_is_unauthenticated_and_writes_nothing(secured: Secured) -> None:
+    async with secured.client() as anonymous:
+        outcome = await refused(anonymous.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS")
+    assert await versions(secured, "acc-1") == []
+
+
+async def test_an_unknown_api_key_is_unauthenticated(secured: Secured) -> None:
+    async with secured.client("chr_not-a-key") as stranger:
+        outcome = await refused(stranger.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "UNKNOWN_API_KEY")
+
+
+async def test_authorization_metadata_must_be_a_bearer_token(secured: Secured) -> None:
+    async with connect(secured.app.address) as client:
+        call = client.commands.Submit(command_request("acc-1"), metadata=(("authorization", "Basic YWxpY2U6c2VjcmV0"),))
+        assert await refused(call) == (grpc.StatusCode.UNAUTHENTICATED, "BAD_AUTHORIZATION_METADATA")
+
+
+def command_request(aggregate_id: str) -> command_service_pb2.SubmitRequest:
+    return command_service_pb2.SubmitRequest(command=command(aggregate_id, bank.OpenAccount(owner="ann")))
+
+
+async def test_an_api_key_authenticates_its_principal(secured: Secured) -> None:
+    async with secured.client(ALICE_KEY) as alice:
+        response = await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+    assert response.events[0].user_id == "alice"
+
+
+async def test_a_jwt_authenticates_its_subject(secured: Secured) -> None:
+    async with secured.as_("alice") as alice:
+        response = await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+    assert response.events[0].user_id == "alice"
+
+
+async def test_an_expired_jwt_is_unauthenticated(secured: Secured) -> None:
+    async with secured.as_("alice", expires_in=-3600) as alice:
+        outcome = await refused(alice.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
+
+
+async def test_a_jwt_from_another_issuer_is_unauthenticated(secured: Secured) -> None:
+    token = secured.issuer.token("alice", issuer="https://elsewhere.test")
+    async with secured.client(token) as alice:
+        outcome = await refused(alice.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "WRONG_ISSUER")
+
+
+async def test_a_jwt_signed_with_another_key_is_unauthenticated(secured: Secured) -> None:
+    forged = JwtIssuer(secured.issuer.issuer).token("root")
+    async with secured.client(forged) as mallory:
+        outcome = await refused(mallory.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
+async def test_an_unsigned_none_algorithm_jwt_is_unauthenticated(secured: Secured) -> None:
+    unsigned = jwt.encode({"sub": "root", "iss": secured.issuer.issuer, "exp": 4102444800}, "", algorithm="none")
+    async with secured.client(unsigned) as mallory:
+        outcome = await refused(mallory.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
+async def test_health_checks_need_no_credentials(secured: Secured) -> None:
+    async with secured.client() as anonymous:
+        response = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- what the caller may do ---------------------------------------------------
+
+
+async def test_a_command_type_outside_the_callers_roles_is_permission_denied(secured: Secured) -> None:
+    async with secured.as_("bob") as bob:
+        outcome = await refused(bob.submit(command("acc-1", bank.OpenAccount(owner="bob"), user_id="")))
+    assert outcome == (grpc.StatusCode.PERMISSION_DENIED, "SUBMIT_DENIED")
+    assert await versions(secured, "acc-1") == []
+
+
+async def test_a_principal_the_policy_does_not_know_is_denied_everything(secured: Secured) -> None:
+    async with secured.as_("eve") as eve:
+        outcome = await refused(eve.submit(command("box-1", box_pb2.CreateBox(name="x"), user_id="")))
+    assert outcome == (grpc.StatusCode.PERMISSION_DENIED, "SUBMIT_DENIED")
+
+
+async def test_roles_in_the_token_are_granted(secured: Secured) -> None:
+    async with secured.as_("eve", roles=["boxer"]) as eve:
+        response = await eve.submit(command("box-1", box_pb2.CreateBox(name="x"), user_id=""))
+    assert response.version == 1
+
+
+async def test_acting_as_another_user_is_permission_denied(secured: Secured) -> None:
+    async with secured.as_("alice") as alice:
+        outcome = await refused(alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id="carol")))
+    assert outcome == (grpc.StatusCode.PERMISSION_DENIED, "IMPERSONATION_DENIED")
+    assert await versions(secured, "acc-1") == []
+
+
+async def test_an_impersonation_grant_lets_a_principal_act_for_a_user(secured: Secured) -> None:
+    async with secured.as_("gateway") as gateway:
+        response = await gateway.submit(command("acc-1", bank.OpenAccount(owner="carol"), user_id="carol"))
+    assert response.events[0].user_id == "carol"
+
+
+async def test_reading_a_forbidden_aggregate_type_is_permission_denied(secured: Secured) -> None:
+    async with secured.as_("alice") as alice:
+        await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+    async with secured.as_("bob") as bob:
+        read = event_service_pb2.ReadAggregateRequest(aggregate_id="acc-1")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            [e async for e in bob.events.ReadAggregate(read)]
+        get = bob.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+        assert await refused(get) == (grpc.StatusCode.PERMISSION_DENIED, "READ_DENIED")
+    details = details_of(raised.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.PERMISSION_DENIED, "READ_DENIED")
+
+
+async def test_reading_a_permitted_aggregate_type_works(secured: Secured) -> None:
+    async with secured.as_("bob") as bob:
+        await bob.submit(command("box-1", box_pb2.CreateBox(name="tools"), user_id=""))
+        state = await bob.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="box-1"))
+    assert (state.aggregate_type, state.version) == ("Box", 1)
+
+
+async def test_the_audit_log_needs_the_admin_grant(secured: Secured) -> None:
+    async with secured.as_("alice") as alice:
+        call = alice.admin.QueryAudit(admin_service_pb2.QueryAuditRequest())
+        assert await refused(call) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")

@@ -1,0 +1,107 @@
+"""TLS on the server socket, and mutual TLS with the client certificate's
+subject as the principal. Certificates are made in the test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.app import Application
+from service.settings import Settings
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of, running_server
+from tests.support.security import POLICY, Authority, Issued, write
+
+
+@dataclass
+class Pki:
+    ca: Authority
+    server: Issued
+    tmp: Path
+
+    def settings(self, **extra: Any) -> Settings:
+        """Test settings serving TLS with the server certificate, plus ``extra``."""
+        return replace(
+            TEST_SETTINGS,
+            tls_cert_file=write(self.tmp / "server.pem", self.server.certificate),
+            tls_key_file=write(self.tmp / "server.key", self.server.key),
+            **extra,
+        )
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    ca = Authority()
+    return Pki(ca, ca.issue("localhost", server=True), tmp_path)
+
+
+def credentials(pki: Pki, client: Issued | None = None) -> grpc.ChannelCredentials:
+    if client is None:
+        return grpc.ssl_channel_credentials(root_certificates=pki.ca.certificate)
+    return grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.certificate, private_key=client.key, certificate_chain=client.certificate
+    )
+
+
+@pytest.fixture
+async def mtls(pki: Pki) -> AsyncIterator[Application]:
+    settings = pki.settings(
+        auth=True,
+        policy_file=write(pki.tmp / "policy.toml", POLICY),
+        tls_client_ca_file=write(pki.tmp / "clients-ca.pem", pki.ca.certificate),
+    )
+    async with running_server(MemoryStore(), settings=settings) as (app, _):
+        yield app
+
+
+async def test_a_tls_server_serves_a_client_that_trusts_its_ca(pki: Pki) -> None:
+    async with running_server(MemoryStore(), settings=pki.settings()) as (app, _):  # noqa: SIM117
+        async with connect(app.address, credentials=credentials(pki)) as client:
+            response = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    assert response.version == 1
+
+
+async def test_a_tls_server_refuses_plaintext(pki: Pki) -> None:
+    async with running_server(MemoryStore(), settings=pki.settings()) as (app, _):  # noqa: SIM117
+        async with connect(app.address) as plaintext:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await plaintext.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_the_client_certificate_subject_is_the_principal(pki: Pki, mtls: Application) -> None:
+    batch = pki.ca.issue("batch")
+    async with connect(mtls.address, credentials=credentials(pki, batch)) as client:
+        response = await client.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+    assert response.events[0].user_id == "CN=batch,O=Chronicle Tests"
+
+
+async def test_a_certificate_the_policy_does_not_know_is_permission_denied(pki: Pki, mtls: Application) -> None:
+    stranger = pki.ca.issue("stranger")
+    async with connect(mtls.address, credentials=credentials(pki, stranger)) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+    details = details_of(raised.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.PERMISSION_DENIED, "SUBMIT_DENIED")
+
+
+async def test_a_certificate_from_an_unknown_ca_fails_the_handshake(pki: Pki, mtls: Application) -> None:
+    impostor = Authority("Impostor CA").issue("batch")
+    async with connect(mtls.address, credentials=credentials(pki, impostor)) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    # The TLS handshake refuses the connection: no RPC reaches the service.
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_client_without_a_certificate_fails_the_handshake(pki: Pki, mtls: Application) -> None:
+    async with connect(mtls.address, credentials=credentials(pki)) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE

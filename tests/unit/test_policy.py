@@ -1,0 +1,80 @@
+"""The policy file and the decisions made from it."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from service.errors import ConfigurationError, PermissionDenied
+from service.security.policy import Authorizer, Policy
+from service.security.principal import ANONYMOUS, Principal
+from tests.support.security import POLICY
+
+AUTHORIZER = Authorizer(Policy.parse(tomllib.loads(POLICY)))
+
+
+def who(name: str, *roles: str) -> Principal:
+    return Principal(name, "jwt", frozenset(roles))
+
+
+def test_a_role_grants_the_command_types_it_lists() -> None:
+    AUTHORIZER.check_submit(who("alice"), "bank.v1.Deposit")
+    with pytest.raises(PermissionDenied) as denied:
+        AUTHORIZER.check_submit(who("alice"), "box.v1.CreateBox")
+    assert denied.value.reason == "SUBMIT_DENIED"
+
+
+def test_roles_carried_by_the_credential_add_to_the_policys() -> None:
+    AUTHORIZER.check_submit(who("alice", "boxer"), "box.v1.CreateBox")
+
+
+def test_a_wildcard_grants_every_type() -> None:
+    assert AUTHORIZER.may_read(who("root"), "Anything")
+
+
+def test_unknown_principals_are_denied_everything() -> None:
+    stranger = who("stranger")
+    assert not AUTHORIZER.may_read(stranger, "Account")
+    assert not AUTHORIZER.may_subscribe(stranger, "Account")
+    with pytest.raises(PermissionDenied):
+        AUTHORIZER.check_admin(stranger, "query the audit log")
+
+
+def test_subscribing_is_granted_separately_from_reading() -> None:
+    assert AUTHORIZER.may_subscribe(who("alice"), "Account")
+    assert not AUTHORIZER.may_subscribe(who("bob"), "Box")
+    assert AUTHORIZER.may_read(who("bob"), "Box")
+
+
+def test_a_principal_acts_as_itself_or_as_nobody_in_particular() -> None:
+    AUTHORIZER.check_user(who("alice"), "alice")
+    AUTHORIZER.check_user(who("alice"), "")
+    with pytest.raises(PermissionDenied) as denied:
+        AUTHORIZER.check_user(who("alice"), "carol")
+    assert denied.value.reason == "IMPERSONATION_DENIED"
+    AUTHORIZER.check_user(who("gateway"), "carol")
+
+
+def test_with_authentication_off_everything_is_allowed() -> None:
+    allow_all = Authorizer.allow_all()
+    allow_all.check_submit(ANONYMOUS, "bank.v1.Deposit")
+    allow_all.check_user(ANONYMOUS, "carol")
+    allow_all.check_admin(ANONYMOUS, "forget")
+    assert not allow_all.enforcing
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[roles.x]\nsubmitt = ['a']",  # a typo
+        "[roles.x]\nadmin = 'yes'",
+        "[roles.x]\nsubmit = 'bank.v1.Deposit'",
+        "[principals.alice]\nroles = ['undefined']",
+        "[users.alice]\nroles = []",
+    ],
+)
+def test_a_policy_with_mistakes_is_refused_at_start_up(text: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Policy.parse(tomllib.loads(text))
+    assert refused.value.reason == "BAD_POLICY"
