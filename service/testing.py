@@ -1,17 +1,26 @@
 """Test helpers for plugin authors: given past events, when a command, then
-these events (or this error), one line each, on the memory store::
+these events (or this error), one line each::
 
     from service.testing import Scenario
 
     def test_withdraw_more_than_balance_is_refused():
-        (Scenario(bank_account.plugin, "acc-1")
+        (Scenario(bank_account.plugin, aggregate_id="acc-1")
             .given(bank.AccountOpened(owner="ann"), bank.MoneyDeposited(amount=10))
             .when(bank.Withdraw(amount=11))
             .then_fails(ValidationError, reason="INSUFFICIENT_FUNDS"))
 
-The command runs through the real executor (the same decode-free path the
-server uses after decoding), so idempotency, expected versions and the
-event registration checks all apply.
+By default the command runs through the real executor on the memory store
+(the path the server takes after decoding), so idempotency, expected
+versions and the event registration checks all apply, in microseconds.
+
+``.on_server()`` runs the same scenario end to end instead: a real server
+in this process, on a real socket, over a memory store seeded with the
+given events, and the command sent by the Python client, so that encoding,
+the error table and the wire are covered too. ``.on_server("host:port")``
+uses a server that is already running (yours, with your plugin loaded);
+since no RPC appends raw events, the past is then given as commands
+(``given_commands``), and the aggregate id gets a unique suffix so that
+runs never meet each other's aggregates.
 """
 
 from __future__ import annotations
@@ -20,13 +29,15 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
 from service.errors import ChronicleError
 from service.plugins.api import Plugin
 from service.plugins.registry import Registry
-from service.processing.commands import CommandRequest, CommandResult
+from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.store.memory import MemoryStore
 from service.store.records import NewEvent
@@ -36,16 +47,29 @@ class ScenarioFailed(AssertionError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class _OnServer:
+    address: str | None  # None: start one in this process
+
+
 class Scenario:
     def __init__(self, *plugins: Plugin, aggregate_id: str = "aggregate-1") -> None:
         self.registry = Registry(plugins)
         self.aggregate_id = aggregate_id
         self._given: list[Message] = []
+        self._given_commands: list[Message] = []
         self._command: Message | None = None
         self._expected_version: int | None = None
+        self._server: _OnServer | None = None
 
     def given(self, *events: Message) -> Scenario:
+        """Events the aggregate already has, oldest first."""
         self._given.extend(events)
+        return self
+
+    def given_commands(self, *commands: Message) -> Scenario:
+        """Commands that ran before (after the given events); each must succeed."""
+        self._given_commands.extend(commands)
         return self
 
     def when(self, command: Message, *, expected_version: int | None = None) -> Scenario:
@@ -53,9 +77,57 @@ class Scenario:
         self._expected_version = expected_version
         return self
 
-    async def _run(self) -> CommandResult:
+    def on_server(self, address: str | None = None) -> Scenario:
+        """Run end to end over gRPC: on a server started in this process, or
+        on the one at ``address``."""
+        self._server = _OnServer(address)
+        return self
+
+    def then(self, *expected: Message) -> list[Message]:
+        """Assert the command appends exactly ``expected``; return them."""
+        events = asyncio.run(self._run())
+        if events != list(expected):
+            raise ScenarioFailed(f"expected events {_show(expected)}, got {_show(events)}")
+        return events
+
+    def then_fails(self, error: type[ChronicleError], *, reason: str | None = None) -> ChronicleError:
+        """Assert the command is refused with ``error`` (and ``reason``). On a
+        server, the refusal must carry ``error``'s gRPC status code."""
+        try:
+            events = asyncio.run(self._run())
+        except ChronicleError as raised:
+            if not self._is_refusal(raised, error):
+                raise ScenarioFailed(f"expected {error.__name__}, got {raised!r}") from raised
+            if reason is not None and raised.reason != reason:
+                raise ScenarioFailed(f"expected reason {reason}, got {raised.reason}: {raised.message}") from raised
+            return raised
+        raise ScenarioFailed(f"expected {error.__name__}, the command appended {_show(events)}")
+
+    # -- running ---------------------------------------------------------
+
+    def _command_or_fail(self) -> Message:
         if self._command is None:
             raise ScenarioFailed("call .when(command) before .then…")
+        return self._command
+
+    def _is_refusal(self, raised: ChronicleError, error: type[ChronicleError]) -> bool:
+        from service.client import RemoteError
+
+        if isinstance(raised, RemoteError):
+            return bool(raised.code == _status_code_of(error))
+        return isinstance(raised, error)
+
+    async def _run(self) -> list[Message]:
+        command = self._command_or_fail()
+        if self._server is not None:
+            return await self._run_on_server(command, self._server.address)
+        store = await self._seeded_store()
+        executor = CommandExecutor(store, self.registry)
+        for past in self._given_commands:
+            await self._execute(executor, past, None, given=True)
+        return await self._execute(executor, command, self._expected_version)
+
+    async def _seeded_store(self) -> MemoryStore:
         store = MemoryStore()
         for version, event in enumerate(self._given):
             spec = self.registry.event(event.DESCRIPTOR.full_name)
@@ -70,43 +142,72 @@ class Scenario:
                 timestamp_us=time.time_ns() // 1000,
             )
             await store.append(self.aggregate_id, [new], version)
-        command_spec = self.registry.command(self._command.DESCRIPTOR.full_name)
-        if command_spec is None:
-            raise ScenarioFailed(f"when: no handler for {self._command.DESCRIPTOR.full_name}")
+        return store
+
+    async def _execute(
+        self, executor: CommandExecutor, command: Message, expected_version: int | None, *, given: bool = False
+    ) -> list[Message]:
+        spec = self.registry.command(command.DESCRIPTOR.full_name)
+        if spec is None:
+            raise ScenarioFailed(f"no handler for {command.DESCRIPTOR.full_name}")
         request = CommandRequest(
             command_id=str(uuid.uuid4()),
             aggregate_id=self.aggregate_id,
-            spec=command_spec,
-            message=self._command,
-            expected_version=self._expected_version,
+            spec=spec,
+            message=command,
+            expected_version=expected_version,
         )
-        result, _ = await CommandExecutor(store, self.registry).execute(request, None)
-        return result
-
-    def _decode(self, result: CommandResult) -> list[Message]:
-        decoded = []
-        for event in result.events:
-            spec = self.registry.event(event.event_type)
-            assert spec is not None
-            decoded.append(spec.message_type.FromString(event.payload))
-        return decoded
-
-    def then(self, *expected: Message) -> list[Message]:
-        """Assert the command appends exactly ``expected``; return them."""
-        events = self._decode(asyncio.run(self._run()))
-        if events != list(expected):
-            raise ScenarioFailed(f"expected events {_show(expected)}, got {_show(events)}")
-        return events
-
-    def then_fails(self, error: type[ChronicleError], *, reason: str | None = None) -> ChronicleError:
-        """Assert the command is refused with ``error`` (and ``reason``)."""
         try:
-            result = asyncio.run(self._run())
-        except error as raised:
-            if reason is not None and raised.reason != reason:
-                raise ScenarioFailed(f"expected reason {reason}, got {raised.reason}: {raised.message}") from raised
-            return raised
-        raise ScenarioFailed(f"expected {error.__name__}, the command appended {_show(self._decode(result))}")
+            result, _ = await executor.execute(request, None)
+        except ChronicleError as error:
+            if given:
+                raise ScenarioFailed(f"given command {command.DESCRIPTOR.full_name} was refused: {error!r}") from error
+            raise
+        return [self._decode(e.event_type, e.payload) for e in result.events]
+
+    async def _run_on_server(self, command: Message, address: str | None) -> list[Message]:
+        # Imported here: the server and client are only needed on this path.
+        from service.app import start
+        from service.client import NO_RETRIES, ChronicleClient, RemoteError
+        from service.settings import Settings
+
+        aggregate_id = self.aggregate_id
+        async with AsyncExitStack() as stack:
+            if address is None:
+                settings = Settings(listen="127.0.0.1:0", discover_plugins=False, shutdown_grace=0.5)
+                app = await start(settings, store=await self._seeded_store(), registry=self.registry)
+                stack.push_async_callback(app.stop, 0.5)
+                address = app.address
+            elif self._given:
+                raise ScenarioFailed("given events need the in-process server: on_server() without an address")
+            else:
+                aggregate_id = f"{aggregate_id}-{uuid.uuid4().hex[:12]}"
+            client = await stack.enter_async_context(
+                ChronicleClient.connect(address, origin="scenario", retry=NO_RETRIES)
+            )
+            for past in self._given_commands:
+                try:
+                    await client.submit(aggregate_id, past)
+                except RemoteError as error:
+                    name = past.DESCRIPTOR.full_name
+                    raise ScenarioFailed(f"given command {name} was refused: {error}") from error
+            submitted = await client.submit(aggregate_id, command, expected_version=self._expected_version)
+            return [self._decode(e.event_type, e.envelope.payload.value) for e in submitted.events]
+
+    def _decode(self, event_type: str, payload: bytes) -> Message:
+        spec = self.registry.event(event_type)
+        if spec is None:
+            raise ScenarioFailed(f"the command appended {event_type}, which is not an event of these plugins")
+        return spec.message_type.FromString(payload)
+
+
+def _status_code_of(error: type[ChronicleError]) -> object:
+    from service.api.status import STATUS_BY_ERROR
+
+    for cls in error.__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return None
 
 
 def _show(events: Sequence[Message]) -> str:
