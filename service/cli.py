@@ -5,6 +5,7 @@
     chronicle read ACCOUNT [--from-version N] [--type T] [--origin O]
     chronicle get ACCOUNT
     chronicle plugins
+    chronicle new-plugin library
     chronicle health
     chronicle audit [--aggregate ID] [--principal P] [--outcome refused] [--since 2026-01-01T00:00:00Z]
     chronicle apikey PRINCIPAL [--role R]   # a new API key and its line for the API-key file
@@ -214,6 +215,16 @@ def _plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_plugin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from service.scaffold import new_plugin, next_steps
+
+    written = new_plugin(args.name, into=Path(args.into), root=Path())
+    print(next_steps(args.name, Path(args.into), written))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     from service.app import serve
 
@@ -256,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = commands.add_parser("plugins", help="list the plugins the server would load")
     add_arguments(plugins)
     plugins.set_defaults(run=_plugins, remote=False)
+
+    new = commands.add_parser("new-plugin", help="write a new domain plugin: proto, handlers, apply functions, tests")
+    new.add_argument("name", help="lower_snake_case, e.g. library")
+    new.add_argument(
+        "--into", default="domain_plugins", help="folder of Python packages to put it in (default: %(default)s)"
+    )
+    new.set_defaults(run=_new_plugin, remote=False)
 
     submit = commands.add_parser("submit", help="submit one command")
     submit.add_argument("aggregate_id")
