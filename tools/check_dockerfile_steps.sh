@@ -17,8 +17,9 @@ python3 -m venv "$work/build"
 # stage "runtime"
 python3 -m venv "$work/runtime"
 "$work/runtime/bin/pip" install --quiet --no-index --find-links "$work/wheels" chronicle
+unzip -l "$work"/wheels/chronicle-*.whl >"$work/wheel-files"
 for file in chronicle/protos/chronicle/v1/command.proto service/templates/plugin/domain.py.tmpl service/py.typed; do
-    unzip -l "$work"/wheels/chronicle-*.whl | grep -q "$file" || { echo "the wheel does not carry $file"; exit 1; }
+    grep -q "$file" "$work/wheel-files" || { echo "the wheel does not carry $file"; exit 1; }
 done
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 mkdir "$work/home"
