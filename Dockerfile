@@ -20,6 +20,8 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-index --find-links /wheels chronicle && rm -rf /wheels
 USER chronicle
 WORKDIR /var/lib/chronicle
+# Owned by the runtime user, so a volume mounted here starts writable.
+RUN mkdir -p data
 ENV CHRONICLE_LISTEN=0.0.0.0:50051 \
     CHRONICLE_DATABASE_URL=sqlite:///data/chronicle.db
 EXPOSE 50051
