@@ -68,16 +68,28 @@ class ChronicleClient:
         cls,
         address: str,
         *,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
         origin: str = "",
         user_id: str = "",
         retry: RetryPolicy = DEFAULT_RETRY,
         attempt_timeout: float | None = DEFAULT_ATTEMPT_TIMEOUT,
         call_metadata: Sequence[tuple[str, str]] = (),
     ) -> ChronicleClient:
-        """A client over a new plaintext channel to ``address`` (host:port),
-        closed with the client."""
+        """A client over a new channel to ``address`` (host:port), closed
+        with the client: plaintext, or TLS with ``credentials``
+        (``grpc.ssl_channel_credentials(ca, key, cert)``, with a client
+        certificate for mutual TLS). ``token`` (a JWT or an API key) is sent
+        as ``authorization: Bearer <token>`` with every call."""
+        channel = (
+            grpc.aio.secure_channel(address, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(address)
+        )
+        if token is not None:
+            call_metadata = (*call_metadata, ("authorization", f"Bearer {token}"))
         return cls(
-            grpc.aio.insecure_channel(address),
+            channel,
             origin=origin,
             user_id=user_id,
             retry=retry,

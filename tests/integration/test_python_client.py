@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,16 +24,19 @@ from service.client import (
     InvalidArgument,
     NotFound,
     RetryPolicy,
+    Unauthenticated,
     Unavailable,
 )
 from service.errors import StoreUnavailable
 from service.store.base import EventStore
 from service.store.memory import MemoryStore
 from service.store.records import CommandRecord, NewEvent, RecordedEvent
-from tests.support.grpc_client import running_server
+from tests.support.grpc_client import TEST_SETTINGS, running_server
 from tests.support.processes import free_port
+from tests.support.security import POLICY, Authority, api_key_file, write
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+TELLER_KEY = "chr_teller-test-key-0123456789abcdef0123456789"
 
 
 def lost(details: str) -> grpc.aio.AioRpcError:
@@ -277,3 +282,31 @@ async def test_a_broken_read_resumes_after_the_last_event_received(address: str)
     assert versions == [1, 2, 3, 4, 5]
     assert [r.from_version for r in breaking.requests] == [1, 3]
     assert isinstance(breaking.requests[0], event_service_pb2.ReadAggregateRequest)
+
+
+# -- credentials ---------------------------------------------------------
+
+
+async def test_a_token_authenticates_every_call_over_tls(tmp_path: Path) -> None:
+    ca = Authority()
+    server = ca.issue("localhost", server=True)
+    settings = replace(
+        TEST_SETTINGS,
+        listen="localhost:0",
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        api_keys_file=api_key_file(tmp_path / "keys.toml", [(TELLER_KEY, "alice", [])]),
+        tls_cert_file=write(tmp_path / "server.pem", server.certificate),
+        tls_key_file=write(tmp_path / "server.key", server.key),
+    )
+    trust = grpc.ssl_channel_credentials(root_certificates=ca.certificate)
+    async with running_server(MemoryStore(), settings=settings) as (app, _):
+        async with ChronicleClient.connect(app.address, credentials=trust, token=TELLER_KEY) as teller:
+            opened = await teller.submit("acc-1", bank.OpenAccount(owner="ann"))
+            history = await teller.read_all("acc-1")
+            account = await teller.get_aggregate("acc-1", bank.Account)
+        async with ChronicleClient.connect(app.address, credentials=trust, retry=FAST) as anonymous:
+            with pytest.raises(Unauthenticated) as refused:
+                await anonymous.submit("acc-1", bank.Deposit(amount=1))
+    assert (opened.version, len(history), account.state.owner) == (1, 1, "ann")
+    assert refused.value.reason == "NO_CREDENTIALS"
