@@ -31,11 +31,13 @@ from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
+from service.security.encryption import Keyring, MasterKeys
 from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
 from service.security.tls import server_credentials
 from service.settings import Settings
 from service.store.base import EventStore
+from service.store.encrypted import EncryptingStore
 from service.store.factory import open_store
 
 log = logging.getLogger("chronicle")
@@ -62,6 +64,15 @@ def build_authentication(settings: Settings) -> tuple[Authenticator | None, Auth
         mtls=bool(settings.tls_client_ca_file),
     )
     return authenticator, Authorizer(Policy.load(settings.policy_file))
+
+
+def build_master_keys(settings: Settings) -> MasterKeys | None:
+    """The master keys that turn on encryption at rest, if any are configured."""
+    if settings.master_key_file:
+        return MasterKeys.load(settings.master_key_file)
+    if settings.master_keys:
+        return MasterKeys.parse(settings.master_keys, source="CHRONICLE_MASTER_KEYS")
+    return None
 
 
 @dataclass
@@ -112,6 +123,11 @@ async def start(
         if settings.tls_cert_file
         else None
     )
+    master_keys = build_master_keys(settings)
+    keyring: Keyring | None = None
+    if master_keys is not None:
+        keyring = Keyring(store, master_keys)
+        store = EncryptingStore(store, keyring)
     await store.open()
     executor = CommandExecutor(
         store,
@@ -142,7 +158,7 @@ async def start(
     server = build_server(
         commands=CommandService(registry, pipeline, audit),
         events=EventService(store, executor.loader, authorizer),
-        admin=AdminService(audit, authorizer),
+        admin=AdminService(audit, authorizer, keyring),
         health=health,
         max_message_bytes=settings.max_message_bytes,
         interceptors=interceptors,

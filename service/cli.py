@@ -9,6 +9,9 @@
     chronicle health
     chronicle audit [--aggregate ID] [--principal P] [--outcome refused] [--since 2026-01-01T00:00:00Z]
     chronicle apikey PRINCIPAL [--role R]   # a new API key and its line for the API-key file
+    chronicle forget ACCOUNT                 # crypto-shred an aggregate (admin; irreversible)
+    chronicle rewrap-keys                    # after adding a new master key (admin)
+    chronicle masterkey ID                   # a new master key line for --master-key-file
 
 Against a server with authentication on, pass ``--token`` (or
 CHRONICLE_TOKEN); against TLS, ``--tls-ca`` (and for mutual TLS
@@ -58,7 +61,7 @@ def _event_json(types: RemoteTypes, event: event_pb2.Event) -> dict[str, object]
     envelope.CopyFrom(event)
     envelope.ClearField("payload")  # its type is only known to ``types``
     data = json_format.MessageToDict(envelope, preserving_proto_field_name=True)
-    data["payload"] = types.unpack(event.payload)
+    data["payload"] = None if event.redacted else types.unpack(event.payload)
     return data
 
 
@@ -174,6 +177,29 @@ def _audit(args: argparse.Namespace, channel: grpc.Channel) -> int:
     response = admin_service_pb2_grpc.AdminServiceStub(channel).QueryAudit(request, timeout=args.timeout)
     for entry in response.entries:
         _print(json_format.MessageToDict(entry, preserving_proto_field_name=True))
+    return 0
+
+
+def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    response = stub.ForgetAggregate(
+        admin_service_pb2.ForgetAggregateRequest(aggregate_id=args.aggregate_id), timeout=args.timeout
+    )
+    _print({"aggregate_id": args.aggregate_id, "already_forgotten": response.already_forgotten})
+    return 0
+
+
+def _rewrap_keys(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    response = stub.RewrapKeys(admin_service_pb2.RewrapKeysRequest(), timeout=args.timeout)
+    _print({"rewrapped": response.rewrapped})
+    return 0
+
+
+def _masterkey(args: argparse.Namespace) -> int:
+    from service.security.encryption import new_master_key
+
+    print(f"{args.key_id}:{new_master_key()}")
     return 0
 
 
@@ -316,7 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     apikey.add_argument("--role", action="append", help="a role for the key; repeatable")
     apikey.set_defaults(run=_apikey, remote=False)
 
-    for sub in (submit, read, get, health, audit):
+    forget = commands.add_parser("forget", help="erase an aggregate's encryption key for good (admin)")
+    forget.add_argument("aggregate_id")
+    forget.set_defaults(run=_forget, remote=True)
+
+    rewrap = commands.add_parser("rewrap-keys", help="rewrap data keys under the active master key (admin)")
+    rewrap.set_defaults(run=_rewrap_keys, remote=True)
+
+    masterkey = commands.add_parser("masterkey", help="print a new master key entry 'ID:base64'")
+    masterkey.add_argument("key_id", help="a name for the key, e.g. 2026-01")
+    masterkey.set_defaults(run=_masterkey, remote=False)
+
+    for sub in (submit, read, get, health, audit, forget, rewrap):
         _client_arguments(sub)
     return parser
 

@@ -21,6 +21,8 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── Unauthenticated         no credentials, or credentials that do not verify
     ├── PermissionDenied        the caller may not do this
     ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
+    ├── NotEncrypted            forgetting needs encryption (on, and a key for the aggregate)
+    ├── PayloadNotDecryptable   a sealed payload its key does not open (tampering)
     ├── Overloaded              a bounded queue or limit is full
     ├── StoreUnavailable        the store cannot be reached
     ├── HandlerFailed           a plugin's handler raised something unexpected
@@ -252,6 +254,20 @@ class AggregateForgotten(ChronicleError):
             f"aggregate {aggregate_id!r} was forgotten: its payloads are redacted and its state cannot be rebuilt",
             metadata={"aggregate_id": aggregate_id},
         )
+
+
+class NotEncrypted(ChronicleError):
+    """An aggregate cannot be forgotten: encryption at rest is off
+    (reason ENCRYPTION_OFF) or the aggregate has no key (NOT_ENCRYPTED)."""
+
+    default_reason = "NOT_ENCRYPTED"
+
+
+class PayloadNotDecryptable(ChronicleError):
+    """A sealed payload that its aggregate's key does not open: tampered
+    with, or copied from another row. Never returned as data."""
+
+    default_reason = "PAYLOAD_NOT_DECRYPTABLE"
 
 
 class Overloaded(ChronicleError):

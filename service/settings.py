@@ -65,6 +65,15 @@ class Settings:
     )
     tls_cert_file: str = field(default="", metadata={"help": "PEM certificate chain: serve TLS (with --tls-key-file)"})
     tls_key_file: str = field(default="", metadata={"help": "PEM private key of --tls-cert-file"})
+    master_key_file: str = field(
+        default="",
+        metadata={"help": "file of master keys 'id:base64' (first wraps new keys): encrypt payloads at rest"},
+    )
+    master_keys: str = field(
+        default="",
+        repr=False,  # a secret: never in logs
+        metadata={"help": "master keys 'id:base64,…' inline; prefer the environment variable to the flag"},
+    )
     tls_client_ca_file: str = field(
         default="", metadata={"help": "PEM CA: require client certificates it signed (mutual TLS); subject = principal"}
     )
@@ -92,6 +101,8 @@ class Settings:
                 "--auth needs a credential source: --api-keys-file, --jwt-key-file or --tls-client-ca-file",
                 reason="BAD_SETTING",
             )
+        if self.master_key_file and self.master_keys:
+            raise ConfigurationError("give master keys in a file or inline, not both", reason="BAD_SETTING")
         if self.jwt_key_file and not self.jwt_issuer:
             raise ConfigurationError("--jwt-key-file needs --jwt-issuer", reason="BAD_SETTING")
 

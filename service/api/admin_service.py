@@ -1,8 +1,9 @@
-"""``chronicle.v1.AdminService``: the audit log (and, with encryption, keys).
-Every RPC needs the admin grant when authentication is on."""
+"""``chronicle.v1.AdminService``: the audit log, forgetting aggregates and
+rewrapping keys. Every RPC needs the admin grant when authentication is on."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import grpc
@@ -12,21 +13,29 @@ from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
 from service.api import guard
 from service.api.codec import check_id, timestamp
 from service.audit import AuditLog
-from service.errors import InvalidInput
+from service.errors import InvalidInput, NotEncrypted
+from service.security.encryption import Keyring
 from service.security.policy import Authorizer
 from service.security.principal import current_principal
 from service.store.base import AuditQuery
 from service.store.records import ACCEPTED, REFUSED, AuditEntry
 
+log = logging.getLogger(__name__)
 MAX_AUDIT_ENTRIES = 1000
 _OUTCOMES = {pb.AUDIT_OUTCOME_ACCEPTED: ACCEPTED, pb.AUDIT_OUTCOME_REFUSED: REFUSED}
 _OUTCOME_CODES = {name: code for code, name in _OUTCOMES.items()}
 
 
 class AdminService(pb_grpc.AdminServiceServicer):
-    def __init__(self, audit: AuditLog, authorizer: Authorizer) -> None:
+    def __init__(self, audit: AuditLog, authorizer: Authorizer, keyring: Keyring | None = None) -> None:
         self._audit = audit
         self._authorizer = authorizer
+        self._keyring = keyring
+
+    def _keys(self) -> Keyring:
+        if self._keyring is None:
+            raise NotEncrypted("encryption at rest is off (no master key is configured)", reason="ENCRYPTION_OFF")
+        return self._keyring
 
     @guard.unary
     async def QueryAudit(
@@ -48,6 +57,31 @@ class AdminService(pb_grpc.AdminServiceServicer):
         )
         entries = await self._audit.query(query)
         return pb.QueryAuditResponse(entries=[_entry(e) for e in entries])
+
+    @guard.unary
+    async def ForgetAggregate(
+        self, request: pb.ForgetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ForgetAggregateResponse:
+        self._authorizer.check_admin(current_principal.get(), "forget aggregates")
+        aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        keys = self._keys()
+        if await keys.forget(aggregate_id):
+            log.warning("aggregate %s forgotten by %r", aggregate_id, current_principal.get().name)
+            return pb.ForgetAggregateResponse(already_forgotten=False)
+        if await keys.forgotten(aggregate_id):
+            return pb.ForgetAggregateResponse(already_forgotten=True)
+        raise NotEncrypted(
+            f"aggregate {aggregate_id!r} has no encryption key: it does not exist, or its events were"
+            " written in the clear before encryption was on",
+            metadata={"aggregate_id": aggregate_id},
+        )
+
+    @guard.unary
+    async def RewrapKeys(
+        self, request: pb.RewrapKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RewrapKeysResponse:
+        self._authorizer.check_admin(current_principal.get(), "rewrap keys")
+        return pb.RewrapKeysResponse(rewrapped=await self._keys().rewrap())
 
 
 def _micros(value: Any) -> int:

@@ -112,7 +112,7 @@ def timestamp(micros: int) -> timestamp_pb2.Timestamp:
 
 
 def encode_event(event: RecordedEvent) -> event_pb2.Event:
-    return event_pb2.Event(
+    encoded = event_pb2.Event(
         event_id=event.event_id,
         aggregate_id=event.aggregate_id,
         aggregate_type=event.aggregate_type,
@@ -129,3 +129,7 @@ def encode_event(event: RecordedEvent) -> event_pb2.Event:
         metadata=event.metadata,
         event_type=event.event_type,
     )
+    if event.redacted:
+        encoded.ClearField("payload")
+        encoded.redacted = True
+    return encoded

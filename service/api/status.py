@@ -35,6 +35,8 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.AggregateForgotten: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.NotEncrypted: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.PayloadNotDecryptable: grpc.StatusCode.DATA_LOSS,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.HandlerFailed: grpc.StatusCode.INTERNAL,

@@ -55,6 +55,11 @@ class Event:
         return str(self.envelope.event_type)
 
     @property
+    def redacted(self) -> bool:
+        """The aggregate was forgotten: the payload is gone for good (empty)."""
+        return bool(self.envelope.redacted)
+
+    @property
     def aggregate_id(self) -> str:
         return str(self.envelope.aggregate_id)
 

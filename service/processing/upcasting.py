@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
 
-from service.errors import EventNotReadable
+from service.errors import AggregateForgotten, EventNotReadable
 from service.plugins.api import EventSpec, OldEvent, UpcasterSpec
 from service.plugins.registry import Registry
 from service.store.records import RecordedEvent
@@ -71,7 +71,10 @@ class EventReader:
         return self._registry.upcast_types
 
     def decode(self, event: RecordedEvent) -> list[CurrentEvent]:
-        """``event`` as today's plugin reads it: zero, one or several events."""
+        """``event`` as today's plugin reads it: zero, one or several events.
+        A redacted event (its aggregate was forgotten) cannot be read."""
+        if event.redacted:
+            raise AggregateForgotten(event.aggregate_id)
         start = _Step(event.event_type, event.schema_version, event.payload, None)
         pieces = self._current(event, start, steps=0)
         if len(pieces) == 1 and pieces[0][1] is None:
@@ -85,7 +88,9 @@ class EventReader:
 
     def records(self, event: RecordedEvent) -> list[RecordedEvent]:
         """Like ``decode``, for readers that pass events on: an event that is
-        already current is returned without parsing its payload."""
+        already current, or redacted, is returned without parsing its payload."""
+        if event.redacted:
+            return [event]
         spec = self._registry.event(event.event_type)
         if spec is not None and spec.schema_version == event.schema_version:
             return [event]

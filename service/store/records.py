@@ -28,7 +28,9 @@ class NewEvent:
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:
     """An event as committed: ``version`` is its place in the aggregate
-    (1-based, gapless), ``position`` its place in the global log."""
+    (1-based, gapless), ``position`` its place in the global log.
+    ``redacted``: the aggregate was forgotten (its encryption key erased), so
+    ``payload`` is empty and can never be read again."""
 
     event_id: str
     aggregate_id: str
@@ -45,6 +47,7 @@ class RecordedEvent:
     correlation_id: str
     causation_id: str
     metadata: Mapping[str, str]
+    redacted: bool = False
 
     @classmethod
     def committed(cls, new: NewEvent, *, aggregate_id: str, version: int, position: int) -> RecordedEvent:

@@ -116,3 +116,18 @@ def test_apikey_prints_a_key_and_its_hashed_entry() -> None:
     (entry,) = tomllib.loads(made.stdout)["keys"]
     assert entry == {"principal": "alice", "sha256": hash_api_key(key), "roles": ["teller"]}
     assert key not in made.stdout
+
+
+def test_an_operator_forgets_an_aggregate_and_its_events_read_redacted(tmp_path: Path) -> None:
+    from service.security.encryption import new_master_key
+
+    keys = tmp_path / "master.keys"
+    keys.write_text(f"k1:{new_master_key()}\n")
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=["--master-key-file", str(keys)]) as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        forgotten = json.loads(cli("forget", "acc-1", server=server.address).stdout)
+        assert forgotten == {"aggregate_id": "acc-1", "already_forgotten": False}
+        (event,) = [json.loads(line) for line in cli("read", "acc-1", server=server.address).stdout.splitlines()]
+        refused = cli("get", "acc-1", server=server.address, check=False)
+    assert (event["redacted"], event["payload"], event["event_type"]) == (True, None, "bank.v1.AccountOpened")
+    assert "FAILED_PRECONDITION AGGREGATE_FORGOTTEN" in refused.stderr

@@ -1,0 +1,214 @@
+"""Encryption at rest: a data key per aggregate, wrapped by a master key.
+
+Each aggregate's event and snapshot payloads are sealed with AES-256-GCM
+under the aggregate's own random data key. The data key is stored (in the
+store's ``data_keys`` table) only wrapped with a master key (AES key wrap,
+RFC 3394), together with that master key's id. Master keys come from a file
+or an environment variable and never reach the database.
+
+- Master-key rotation rewraps data keys, not events: configure the new key
+  first in the list (it wraps every new data key), keep the old ones after it
+  (they still unwrap), run ``AdminService.RewrapKeys`` (``chronicle
+  rewrap-keys``), then drop the old keys.
+- Crypto-shredding: forgetting an aggregate erases its data key (the row
+  stays as a tombstone), after which its payloads cannot be decrypted by
+  anyone, in any backup taken afterwards, on any replica.
+
+A sealed payload is ``0x00 'C' '1' || nonce (12 bytes) || ciphertext+tag``.
+No serialized Protobuf message starts with a zero byte (field number 0 is
+invalid), so sealed and plaintext payloads (written before encryption was
+turned on) are told apart without a column. The associated data binds each
+ciphertext to its aggregate and event (or snapshot version), so a payload
+copied onto another row does not decrypt.
+
+Unwrapped data keys are cached for ``cache_seconds``: another replica that
+forgets an aggregate is noticed here within that time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
+
+from service.errors import AggregateForgotten, ConfigurationError, PayloadNotDecryptable
+from service.store.base import EventStore
+from service.store.records import DataKey
+
+MAGIC = b"\x00C1"
+NONCE_BYTES = 12
+KEY_BYTES = 32
+
+
+def is_sealed(payload: bytes) -> bool:
+    return payload.startswith(MAGIC)
+
+
+def event_context(aggregate_id: str, event_id: str) -> bytes:
+    return b"event\0" + aggregate_id.encode() + b"\0" + event_id.encode()
+
+
+def snapshot_context(aggregate_id: str, version: int) -> bytes:
+    return b"snapshot\0" + aggregate_id.encode() + b"\0" + str(version).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class MasterKeys:
+    """Master keys by id; ``active`` wraps new data keys, all unwrap."""
+
+    keys: Mapping[str, bytes]
+    active: str
+
+    @classmethod
+    def parse(cls, text: str, *, source: str) -> MasterKeys:
+        """``id:base64key`` entries, separated by commas or new lines; the first
+        is the active one. Each key is 32 random bytes (``chronicle
+        masterkey`` makes one)."""
+        keys: dict[str, bytes] = {}
+        for entry in (e.strip() for e in text.replace("\n", ",").split(",")):
+            if not entry or entry.startswith("#"):
+                continue
+            key_id, sep, encoded = entry.partition(":")
+            try:
+                key = base64.b64decode(encoded, validate=True)
+            except binascii.Error:
+                key = b""
+            if not sep or not key_id or len(key) != KEY_BYTES or key_id in keys:
+                raise ConfigurationError(
+                    f"{source}: master keys are 'id:base64' entries of {KEY_BYTES} bytes with distinct ids",
+                    reason="BAD_MASTER_KEYS",
+                )
+            keys[key_id] = key
+        if not keys:
+            raise ConfigurationError(f"{source}: no master key", reason="BAD_MASTER_KEYS")
+        return cls(keys, next(iter(keys)))
+
+    @classmethod
+    def load(cls, path: str | Path) -> MasterKeys:
+        try:
+            return cls.parse(Path(path).read_text(), source=str(path))
+        except OSError as error:
+            raise ConfigurationError(f"cannot read master keys {path}: {error}", reason="BAD_MASTER_KEYS") from error
+
+    def wrap(self, data_key: bytes) -> tuple[str, bytes]:
+        return self.active, aes_key_wrap(self.keys[self.active], data_key)
+
+    def unwrap(self, key: DataKey) -> bytes:
+        master = self.keys.get(key.master_key_id or "")
+        if master is None or key.wrapped is None:
+            raise ConfigurationError(
+                f"the data key of {key.aggregate_id!r} is wrapped by master key {key.master_key_id!r},"
+                " which is not configured",
+                reason="MASTER_KEY_MISSING",
+                metadata={"master_key_id": key.master_key_id or ""},
+            )
+        try:
+            return aes_key_unwrap(master, key.wrapped)
+        except InvalidUnwrap as error:
+            raise ConfigurationError(
+                f"master key {key.master_key_id!r} does not unwrap the data key of {key.aggregate_id!r}",
+                reason="MASTER_KEY_MISMATCH",
+            ) from error
+
+
+def new_master_key() -> str:
+    return base64.b64encode(os.urandom(KEY_BYTES)).decode()
+
+
+class Keyring:
+    """Data keys of aggregates: made on first write, cached, forgotten."""
+
+    def __init__(
+        self, store: EventStore, master_keys: MasterKeys, *, cache_seconds: float = 30.0, cache_size: int = 10_000
+    ) -> None:
+        self._store = store
+        self._master = master_keys
+        self._cache_seconds = cache_seconds
+        self._cache_size = cache_size
+        # aggregate id -> (AESGCM or None when forgotten, when cached)
+        self._cache: OrderedDict[str, tuple[AESGCM | None, float]] = OrderedDict()
+
+    def _cached(self, aggregate_id: str) -> tuple[AESGCM | None] | None:
+        hit = self._cache.get(aggregate_id)
+        if hit is None or time.monotonic() - hit[1] > self._cache_seconds:
+            return None
+        self._cache.move_to_end(aggregate_id)
+        return (hit[0],)
+
+    def _remember(self, aggregate_id: str, cipher: AESGCM | None) -> None:
+        self._cache[aggregate_id] = (cipher, time.monotonic())
+        self._cache.move_to_end(aggregate_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _cipher(self, key: DataKey) -> AESGCM | None:
+        return None if key.forgotten else AESGCM(self._master.unwrap(key))
+
+    async def for_reading(self, aggregate_id: str) -> AESGCM | None:
+        """The aggregate's cipher; None if it has no key or was forgotten."""
+        hit = self._cached(aggregate_id)
+        if hit is not None:
+            return hit[0]
+        key = await self._store.load_data_key(aggregate_id)
+        if key is None:
+            return None  # not cached: a key may be made for it any moment
+        cipher = self._cipher(key)
+        self._remember(aggregate_id, cipher)
+        return cipher
+
+    async def for_writing(self, aggregate_id: str) -> AESGCM:
+        """The aggregate's cipher, making its key on first use. Raises
+        AggregateForgotten for a forgotten aggregate."""
+        cipher = await self.for_reading(aggregate_id)
+        if cipher is None:
+            master_key_id, wrapped = self._master.wrap(AESGCM.generate_key(bit_length=KEY_BYTES * 8))
+            stored = await self._store.create_data_key(DataKey(aggregate_id, master_key_id, wrapped))
+            cipher = self._cipher(stored)
+            self._remember(aggregate_id, cipher)
+        if cipher is None:
+            raise AggregateForgotten(aggregate_id)
+        return cipher
+
+    async def forget(self, aggregate_id: str) -> bool:
+        """Erase the aggregate's key for good. False if it had none to erase."""
+        erased = await self._store.forget_data_key(aggregate_id)
+        self._remember(aggregate_id, None)
+        return erased
+
+    async def forgotten(self, aggregate_id: str) -> bool:
+        key = await self._store.load_data_key(aggregate_id)
+        return key is not None and key.forgotten
+
+    async def rewrap(self, *, batch: int = 500) -> int:
+        """Rewrap every data key under the active master key; return how many."""
+        done = 0
+        while True:
+            stale = await self._store.data_keys_to_rewrap(self._master.active, batch)
+            if not stale:
+                return done
+            for key in stale:
+                master_key_id, wrapped = self._master.wrap(self._master.unwrap(key))
+                if await self._store.rewrap_data_key(key, DataKey(key.aggregate_id, master_key_id, wrapped)):
+                    done += 1
+
+
+def seal(cipher: AESGCM, plaintext: bytes, context: bytes) -> bytes:
+    nonce = os.urandom(NONCE_BYTES)
+    return MAGIC + nonce + cipher.encrypt(nonce, plaintext, context)
+
+
+def open_sealed(cipher: AESGCM, sealed: bytes, context: bytes) -> bytes:
+    body = sealed[len(MAGIC) :]
+    try:
+        return cipher.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], context)
+    except InvalidTag:
+        raise PayloadNotDecryptable("a stored payload does not decrypt with its aggregate's key") from None

@@ -1,0 +1,149 @@
+"""An ``EventStore`` that seals payloads before they reach another store.
+
+Wraps any adapter: event payloads and snapshot states are encrypted on the
+way in and decrypted on the way out (``service.security.encryption``), so
+the database holds ciphertext while every caller above sees plaintext. The
+envelope (ids, types, versions, metadata, user, origin) stays in the clear:
+the store needs it to order, filter and check.
+
+Events of a forgotten aggregate read as ``redacted`` (empty payload), its
+snapshots as absent, and appending to it raises ``AggregateForgotten``.
+Plaintext payloads written before encryption was turned on still read.
+
+Every method of the protocol that carries a payload is wrapped here; the
+others delegate. A new protocol method that returns events must be added
+here too, or it would hand out ciphertext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from service.security.encryption import (
+    Keyring,
+    event_context,
+    is_sealed,
+    open_sealed,
+    seal,
+    snapshot_context,
+)
+from service.store.base import AggregateQuery, AuditQuery, EventStore
+from service.store.records import (
+    AggregateHead,
+    AuditEntry,
+    ClaimChange,
+    CommandRecord,
+    DataKey,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+)
+
+
+class EncryptingStore:
+    def __init__(self, inner: EventStore, keyring: Keyring) -> None:
+        self.inner = inner
+        self.keyring = keyring
+
+    # -- payload-carrying methods -------------------------------------------
+
+    async def append(
+        self,
+        aggregate_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        *,
+        commands: Sequence[CommandRecord] = (),
+        claims: Sequence[ClaimChange] = (),
+    ) -> list[RecordedEvent]:
+        sealed: list[NewEvent] = []
+        if events:
+            cipher = await self.keyring.for_writing(aggregate_id)
+            sealed = [
+                replace(e, payload=seal(cipher, e.payload, event_context(aggregate_id, e.event_id))) for e in events
+            ]
+        recorded = await self.inner.append(aggregate_id, sealed, expected_version, commands=commands, claims=claims)
+        # Callers get back what they wrote, not the ciphertext.
+        return [replace(r, payload=e.payload) for r, e in zip(recorded, events, strict=True)]
+
+    async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
+        events = await self.inner.read_aggregate(aggregate_id, query)
+        if not any(is_sealed(e.payload) for e in events):
+            return events
+        cipher = await self.keyring.for_reading(aggregate_id)
+        return [self._opened(cipher, e) for e in events]
+
+    @staticmethod
+    def _opened(cipher: AESGCM | None, event: RecordedEvent) -> RecordedEvent:
+        if not is_sealed(event.payload):
+            return event
+        if cipher is None:
+            return replace(event, payload=b"", redacted=True)
+        context = event_context(event.aggregate_id, event.event_id)
+        return replace(event, payload=open_sealed(cipher, event.payload, context))
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        cipher = await self.keyring.for_reading(snapshot.aggregate_id)
+        if cipher is None:
+            # No key yet (the aggregate has no sealed events) or forgotten:
+            # a snapshot is only an optimisation, so none is kept.
+            return
+        context = snapshot_context(snapshot.aggregate_id, snapshot.version)
+        await self.inner.save_snapshot(replace(snapshot, state=seal(cipher, snapshot.state, context)))
+
+    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
+        snapshot = await self.inner.load_snapshot(aggregate_id, at_most=at_most)
+        if snapshot is None or not is_sealed(snapshot.state):
+            return snapshot
+        cipher = await self.keyring.for_reading(aggregate_id)
+        if cipher is None:
+            return None
+        context = snapshot_context(aggregate_id, snapshot.version)
+        return replace(snapshot, state=open_sealed(cipher, snapshot.state, context))
+
+    # -- delegated ----------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def find_command(self, command_id: str) -> CommandRecord | None:
+        return await self.inner.find_command(command_id)
+
+    async def head(self, aggregate_id: str) -> AggregateHead | None:
+        return await self.inner.head(aggregate_id)
+
+    async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
+        return await self.inner.version_at(aggregate_id, timestamp_us)
+
+    async def claim_owner(self, scope: str, value: str) -> str | None:
+        return await self.inner.claim_owner(scope, value)
+
+    async def record_refusal(self, entry: AuditEntry) -> None:
+        await self.inner.record_refusal(entry)
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        return await self.inner.read_audit(query)
+
+    async def create_data_key(self, key: DataKey) -> DataKey:
+        return await self.inner.create_data_key(key)
+
+    async def load_data_key(self, aggregate_id: str) -> DataKey | None:
+        return await self.inner.load_data_key(aggregate_id)
+
+    async def forget_data_key(self, aggregate_id: str) -> bool:
+        return await self.inner.forget_data_key(aggregate_id)
+
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
+        return await self.inner.data_keys_to_rewrap(active_master_key_id, limit)
+
+    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
+        return await self.inner.rewrap_data_key(old, new)

@@ -1,0 +1,97 @@
+"""Encryption at rest and forgetting, over a real socket: what the database
+file holds, what clients read, and what a forgotten aggregate becomes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from chronicle.v1 import admin_service_pb2 as admin
+from chronicle.v1 import event_service_pb2
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.security.encryption import new_master_key
+from service.store.memory import MemoryStore
+from service.store.sqlite import SqliteStore
+from tests.support.grpc_client import Client, command, details_of, running_server
+from tests.support.security import write
+
+SECRET_OWNER = "Zelda Quartermain-Oyelaran"
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[Client]:
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
+    async with running_server(SqliteStore(tmp_path / "db" / "events.db"), master_key_file=keys) as (_, connected):
+        yield connected
+
+
+async def read(client: Client, aggregate_id: str) -> list[object]:
+    request = event_service_pb2.ReadAggregateRequest(aggregate_id=aggregate_id)
+    return [e async for e in client.events.ReadAggregate(request)]
+
+
+async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    details = details_of(raised.value)
+    return details.code, details.reason
+
+
+async def test_payloads_are_unreadable_in_the_database_but_readable_through_the_api(
+    client: Client, tmp_path: Path
+) -> None:
+    await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+    on_disk = b"".join(path.read_bytes() for path in (tmp_path / "db").iterdir())  # the file, its WAL
+    assert b"acc-1" in on_disk  # the envelope is in the clear: the file is the right one
+    assert SECRET_OWNER.encode() not in on_disk
+    (event,) = await read(client, "acc-1")
+    opened = bank.AccountOpened()
+    assert event.payload.Unpack(opened)  # type: ignore[attr-defined]
+    assert opened.owner == SECRET_OWNER
+    state = await client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+    account = bank.Account()
+    assert state.state.Unpack(account)
+    assert account.owner == SECRET_OWNER
+
+
+async def test_a_forgotten_aggregate_reads_redacted(client: Client) -> None:
+    await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+    await client.submit(command("acc-1", bank.Deposit(amount=5)))
+    forgotten = await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+    assert not forgotten.already_forgotten
+    events = await read(client, "acc-1")
+    assert [(e.version, e.redacted, e.HasField("payload"), e.event_type) for e in events] == [  # type: ignore[attr-defined]
+        (1, True, False, "bank.v1.AccountOpened"),
+        (2, True, False, "bank.v1.MoneyDeposited"),
+    ]
+
+
+async def test_a_forgotten_aggregate_cannot_be_rebuilt_or_changed(client: Client) -> None:
+    await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+    await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+    get = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+    assert await refusal(get) == (grpc.StatusCode.FAILED_PRECONDITION, "AGGREGATE_FORGOTTEN")
+    deposit = client.submit(command("acc-1", bank.Deposit(amount=5)))
+    assert await refusal(deposit) == (grpc.StatusCode.FAILED_PRECONDITION, "AGGREGATE_FORGOTTEN")
+    assert len(await read(client, "acc-1")) == 1
+
+
+async def test_forgetting_twice_says_so(client: Client) -> None:
+    await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+    again = await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+    assert again.already_forgotten
+
+
+async def test_an_aggregate_without_a_key_cannot_be_forgotten(client: Client) -> None:
+    call = client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="nobody"))
+    assert await refusal(call) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_ENCRYPTED")
+
+
+async def test_forgetting_needs_encryption() -> None:
+    async with running_server(MemoryStore()) as (_, plain):
+        call = plain.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+        assert await refusal(call) == (grpc.StatusCode.FAILED_PRECONDITION, "ENCRYPTION_OFF")
