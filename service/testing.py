@@ -11,7 +11,12 @@ these events (or this error), one line each::
 
 By default the command runs through the real executor on the memory store
 (the path the server takes after decoding), so idempotency, expected
-versions and the event registration checks all apply, in microseconds.
+versions, the event registration checks, upcasting, lookups and uniqueness
+claims all apply, in microseconds. Other aggregates (for
+``context.exists``) and values held by others come from ``given_aggregate``
+and ``given_claim``; ``owner_of`` tells who holds a value afterwards;
+``given_stored`` gives an event as an older plugin stored it, to test
+upcasters.
 
 ``.on_server()`` runs the same scenario end to end instead: a real server
 in this process, on a real socket, over a memory store seeded with the
@@ -40,7 +45,7 @@ from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.store.memory import MemoryStore
-from service.store.records import NewEvent
+from service.store.records import ClaimChange, NewEvent
 
 
 class ScenarioFailed(AssertionError):
@@ -56,16 +61,51 @@ class Scenario:
     def __init__(self, *plugins: Plugin, aggregate_id: str = "aggregate-1") -> None:
         self.registry = Registry(plugins)
         self.aggregate_id = aggregate_id
-        self._given: list[Message] = []
+        self._given: list[tuple[str, Message | NewEvent]] = []
+        self._claims: list[tuple[str, ClaimChange]] = []
         self._given_commands: list[Message] = []
         self._command: Message | None = None
         self._expected_version: int | None = None
         self._server: _OnServer | None = None
+        self.store = MemoryStore()
 
     def given(self, *events: Message) -> Scenario:
         """Events the aggregate already has, oldest first."""
-        self._given.extend(events)
+        self._given.extend((self.aggregate_id, event) for event in events)
         return self
+
+    def given_stored(self, event_type: str, payload: bytes | Message, *, schema_version: int) -> Scenario:
+        """A past event as an older version of the plugin stored it, to test
+        upcasters: it is read through them like any stored event."""
+        data = payload if isinstance(payload, bytes) else payload.SerializeToString()
+        spec = self.registry.event(event_type)
+        fallback = self.registry.aggregates[0].name if self.registry.aggregates else ""
+        new = NewEvent(
+            event_id=str(uuid.uuid4()),
+            aggregate_type=spec.aggregate.name if spec is not None else fallback,
+            event_type=event_type,
+            schema_version=schema_version,
+            payload=data,
+            timestamp_us=time.time_ns() // 1000,
+        )
+        self._given.append((self.aggregate_id, new))
+        return self
+
+    def given_aggregate(self, aggregate_id: str, *events: Message) -> Scenario:
+        """Another aggregate with these events, so ``context.exists`` finds it."""
+        if not events:
+            raise ScenarioFailed("given_aggregate: an aggregate exists once it has an event")
+        self._given.extend((aggregate_id, event) for event in events)
+        return self
+
+    def given_claim(self, scope: str, value: str, *, owner: str) -> Scenario:
+        """``value`` is held in ``scope`` by the aggregate ``owner``."""
+        self._claims.append((owner, ClaimChange(scope, value)))
+        return self
+
+    def owner_of(self, scope: str, value: str) -> str | None:
+        """Who holds ``value`` in ``scope`` after the scenario ran (in process)."""
+        return asyncio.run(self.store.claim_owner(scope, value))
 
     def given_commands(self, *commands: Message) -> Scenario:
         """Commands that ran before (after the given events); each must succeed."""
@@ -128,21 +168,29 @@ class Scenario:
         return await self._execute(executor, command, self._expected_version)
 
     async def _seeded_store(self) -> MemoryStore:
-        store = MemoryStore()
-        for version, event in enumerate(self._given):
-            spec = self.registry.event(event.DESCRIPTOR.full_name)
-            if spec is None:
-                raise ScenarioFailed(f"given: {event.DESCRIPTOR.full_name} is not an event of these plugins")
-            new = NewEvent(
-                event_id=str(uuid.uuid4()),
-                aggregate_type=spec.aggregate.name,
-                event_type=spec.name,
-                schema_version=spec.schema_version,
-                payload=event.SerializeToString(),
-                timestamp_us=time.time_ns() // 1000,
-            )
-            await store.append(self.aggregate_id, [new], version)
+        self.store = store = MemoryStore()
+        for aggregate_id, event in self._given:
+            head = await store.head(aggregate_id)
+            await store.append(aggregate_id, [self._stored(event)], head.version if head else 0)
+        for owner, claim in self._claims:
+            head = await store.head(owner)
+            await store.append(owner, [], head.version if head else 0, claims=[claim])
         return store
+
+    def _stored(self, event: Message | NewEvent) -> NewEvent:
+        if isinstance(event, NewEvent):
+            return event
+        spec = self.registry.event(event.DESCRIPTOR.full_name)
+        if spec is None:
+            raise ScenarioFailed(f"given: {event.DESCRIPTOR.full_name} is not an event of these plugins")
+        return NewEvent(
+            event_id=str(uuid.uuid4()),
+            aggregate_type=spec.aggregate.name,
+            event_type=spec.name,
+            schema_version=spec.schema_version,
+            payload=event.SerializeToString(),
+            timestamp_us=time.time_ns() // 1000,
+        )
 
     async def _execute(
         self, executor: CommandExecutor, command: Message, expected_version: int | None, *, given: bool = False
@@ -178,8 +226,8 @@ class Scenario:
                 app = await start(settings, store=await self._seeded_store(), registry=self.registry)
                 stack.push_async_callback(app.stop, 0.5)
                 address = app.address
-            elif self._given:
-                raise ScenarioFailed("given events need the in-process server: on_server() without an address")
+            elif self._given or self._claims:
+                raise ScenarioFailed("given events and claims need the in-process server: on_server() without an address")
             else:
                 aggregate_id = f"{aggregate_id}-{uuid.uuid4().hex[:12]}"
             client = await stack.enter_async_context(

@@ -1,7 +1,8 @@
 """The plugin API: everything a domain plugin imports from Chronicle."""
 
-from service.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, ValidationError
-from service.plugins.api import AggregateType, CommandContext, CommandSpec, EventSpec, OldEvent, Plugin, UpcasterSpec
+from service.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, NotUnique, ValidationError
+from service.plugins.api import AggregateType, CommandSpec, EventSpec, OldEvent, Plugin, UpcasterSpec
+from service.plugins.context import CommandContext, Effects
 from service.processing.middleware import CommandCall, Middleware
 
 __all__ = [
@@ -10,10 +11,12 @@ __all__ = [
     "CommandCall",
     "CommandContext",
     "CommandSpec",
+    "Effects",
     "EventSpec",
     "InvalidArgumentError",
     "Middleware",
     "NotFoundError",
+    "NotUnique",
     "OldEvent",
     "Plugin",
     "UpcasterSpec",

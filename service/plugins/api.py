@@ -30,43 +30,22 @@ plugin reads today; stored events are never rewritten.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
 
+from service.plugins.context import CommandContext
+
 if TYPE_CHECKING:
     from service.processing.middleware import Middleware
 
-Handler = Callable[[Any, Any, "CommandContext"], "Message | Iterable[Message] | None"]
+Handler = Callable[[Any, Any, CommandContext], "Message | Iterable[Message] | None"]
 Applier = Callable[[Any, Any], "Message | None"]
 Upcaster = Callable[["OldEvent"], "Message | Iterable[Message] | None"]
 H = TypeVar("H", bound=Callable[..., Any])
 M = TypeVar("M", bound=Message)
-
-
-@dataclass(frozen=True, slots=True)
-class CommandContext:
-    """Everything a handler may know besides the command and the state.
-
-    One object, so that fields can be added without breaking handlers.
-    ``version`` is the aggregate's version before the command; 0 means the
-    aggregate does not exist yet.
-    """
-
-    aggregate_id: str
-    aggregate_type: str
-    version: int
-    command_id: str
-    user_id: str = ""
-    origin: str = ""
-    correlation_id: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def is_new(self) -> bool:
-        return self.version == 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 from service.errors import Overloaded, StoreUnavailable
-from service.processing.commands import CommandRequest, CommandResult
+from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.executor import CommandExecutor
 from service.processing.worker import AggregateWorker, Job
 
@@ -40,10 +40,16 @@ class Router:
     def live_workers(self) -> int:
         return len(self._workers)
 
-    async def submit(self, request: CommandRequest) -> CommandResult:
+    async def submit(self, request: CommandRequest, *, dry_run: bool = False) -> CommandResult:
+        result = await self.submit_batch(CommandBatch((request,), dry_run=dry_run))
+        return result.results[0]
+
+    async def submit_batch(self, batch: CommandBatch) -> BatchResult:
+        """Queue ``batch`` on its aggregate's worker and wait for its result."""
         if self._closing:
             raise StoreUnavailable("the server is shutting down", reason="SHUTTING_DOWN")
-        worker = self._workers.get(request.aggregate_id)
+        aggregate_id = batch.aggregate_id
+        worker = self._workers.get(aggregate_id)
         if worker is None:
             if len(self._workers) >= self._max_workers:
                 raise Overloaded(
@@ -51,16 +57,16 @@ class Router:
                     reason="TOO_MANY_AGGREGATES",
                 )
             worker = AggregateWorker(
-                request.aggregate_id,
+                aggregate_id,
                 self._executor,
                 queue_depth=self._queue_depth,
                 idle_timeout=self._idle_timeout,
                 on_exit=self._forget,
             )
-            self._workers[request.aggregate_id] = worker
+            self._workers[aggregate_id] = worker
             worker.start()
-        reply: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
-        worker.enqueue(Job(request, reply))
+        reply: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+        worker.enqueue(Job(batch, reply))
         return await reply
 
     def _forget(self, worker: AggregateWorker) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.errors import ChronicleError, Overloaded, ValidationError, WrongExpectedVersion
-from service.processing.commands import CommandRequest, CommandResult
+from service.processing.commands import BatchResult, CommandBatch
 from service.processing.executor import CommandExecutor
 from service.processing.state import Aggregate
 
@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Job:
-    request: CommandRequest
-    reply: asyncio.Future[CommandResult]
+    batch: CommandBatch
+    reply: asyncio.Future[BatchResult]
 
 
 _STOP = None
@@ -95,18 +95,18 @@ class AggregateWorker:
             return
         before = self._cached.version if self._cached is not None else 0
         try:
-            result, self._cached = await self._executor.execute(job.request, self._cached)
+            result, self._cached = await self._executor.execute_batch(job.batch, self._cached)
         except Exception as error:
             if not isinstance(error, KEEPS_CACHE):
                 # A failing handler may have changed the state it was given; a
                 # lost connection leaves us unsure what was committed.
                 self._cached = None
             if not isinstance(error, ChronicleError):
-                log.exception("command %s on %s failed", job.request.command_id, self.aggregate_id)
+                log.exception("command %s on %s failed", job.batch.commands[0].command_id, self.aggregate_id)
             if not job.reply.done():
                 job.reply.set_exception(error)
             return
         if not job.reply.done():
             job.reply.set_result(result)
-        if result.events and self._cached is not None:
+        if result.appended and self._cached is not None:
             await self._executor.after_commit(before, self._cached)

@@ -166,6 +166,21 @@ async def test_expected_version_zero_refuses_an_existing_aggregate(client: Clien
     assert details.metadata["current_version"] == "1"
 
 
+async def test_expected_version_zero_creates_a_new_aggregate(client: Client) -> None:
+    response = await client.submit(command("acc-1", bank.OpenAccount(owner="ann"), expected_version=0))
+    assert response.version == 1
+
+
+async def test_an_exact_expected_version_that_does_not_hold_names_the_current_version(client: Client) -> None:
+    await open_account(client, "acc-1")
+    await client.submit(command("acc-1", bank.Deposit(amount=1)))
+    stale = command("acc-1", bank.Deposit(amount=1), expected_version=1)
+    details = details_of(await rpc_error(client.submit(stale)))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "WRONG_EXPECTED_VERSION")
+    assert (details.metadata["expected_version"], details.metadata["current_version"]) == ("1", "2")
+    assert len(await read_all(client, "acc-1")) == 2
+
+
 async def test_an_exact_expected_version_that_holds_is_accepted(client: Client) -> None:
     await open_account(client, "acc-1")
     response = await client.submit(command("acc-1", bank.Deposit(amount=1), expected_version=1))

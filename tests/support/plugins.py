@@ -6,7 +6,7 @@ from google.protobuf.message import Message
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
-from service.plugins import CommandCall, CommandContext, Middleware, OldEvent, Plugin, ValidationError
+from service.plugins import CommandCall, CommandContext, Middleware, NotFoundError, OldEvent, Plugin, ValidationError
 
 FAIL_AMOUNT = 13
 
@@ -119,3 +119,60 @@ def quarantine_plugin() -> tuple[Plugin, Quarantine]:
     """A plugin that only adds middleware (a fresh one per test)."""
     plugin = Plugin("quarantine")
     return plugin, plugin.add_middleware(Quarantine())  # type: ignore[return-value]
+
+
+# -- a plugin that asks about other aggregates and claims values -------------
+#
+# A card draws on an account (another aggregate, type "Account"): issuing one
+# needs the account to exist, and claims it in "cards.account" so that an
+# account has at most one card.
+
+CARD_SCOPE = "cards.account"
+issue_runs: list[str] = []
+
+cards = Plugin("cards")
+card = cards.aggregate("Card", state=bank.Account)
+
+
+@card.command(bank.OpenAccount)
+def issue_card(command: bank.OpenAccount, state: bank.Account, context: CommandContext) -> bank.AccountOpened:
+    issue_runs.append(command.owner)
+    if not context.exists("Account", command.owner):
+        raise NotFoundError(f"account {command.owner!r} does not exist", reason="ACCOUNT_NOT_FOUND")
+    context.claim(CARD_SCOPE, command.owner)
+    return bank.AccountOpened(owner=command.owner)
+
+
+@card.command(bank.Deposit)
+def ask_about_many(command: bank.Deposit, state: bank.Account, context: CommandContext) -> None:
+    for i in range(command.amount):
+        context.exists("Account", f"acc-{i}")
+
+
+@card.command(bank.Withdraw)
+def claim_then_fail(command: bank.Withdraw, state: bank.Account, context: CommandContext) -> None:
+    context.claim(CARD_SCOPE, "acc-1")
+    if command.amount == FAIL_AMOUNT:
+        raise RuntimeError("unlucky number")
+    raise ValidationError("refused after claiming", reason="REFUSED")
+
+
+@card.command(bank.CloseAccount)
+def catch_everything(command: bank.CloseAccount, state: bank.Account, context: CommandContext) -> bank.AccountClosed:
+    try:
+        found = context.exists("Account", "acc-1")
+    except Exception:  # a handler's broad except must not swallow the lookup
+        found = False
+    if not found:
+        raise NotFoundError("no account", reason="ACCOUNT_NOT_FOUND")
+    return bank.AccountClosed()
+
+
+@card.apply(bank.AccountOpened)
+def _card_issued(state: bank.Account, event: bank.AccountOpened) -> None:
+    state.owner = event.owner
+
+
+@card.apply(bank.AccountClosed)
+def _card_closed(state: bank.Account, event: bank.AccountClosed) -> None:
+    state.closed = True

@@ -1,0 +1,177 @@
+"""Deciding: running the handlers of a batch on an aggregate's state.
+
+Each command runs on the state the one before it left (the batch is
+atomic, so later commands see earlier ones). A handler that asks its
+context about another aggregate raises ``LookupNeeded`` the first time; the
+decider looks the aggregate up and runs the handler again with the answer
+(see ``service.plugins.context``). Claims a handler takes are collected per
+command and written by the executor with the events. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from service.errors import ChronicleError, HandlerFailed, WrongExpectedVersion
+from service.plugins.api import EventSpec
+from service.plugins.context import CommandContext, Effects, LookupNeeded
+from service.plugins.registry import Registry
+from service.processing.commands import CommandRequest
+from service.processing.state import Aggregate, apply_messages
+from service.processing.watchdog import SlowHandlerAlarm
+from service.store.base import EventStore
+from service.store.records import ClaimChange
+
+log = logging.getLogger(__name__)
+
+# Aggregates one command may ask about; each costs a read and a re-run.
+MAX_LOOKUPS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """What one command of a batch decided, on the aggregate at ``version``."""
+
+    request: CommandRequest
+    version: int
+    events: tuple[tuple[EventSpec, Message], ...]
+    claims: tuple[ClaimChange, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What a whole batch decided, and the state after it."""
+
+    commands: tuple[Decided, ...]
+    state: Message
+
+    @property
+    def claims(self) -> list[ClaimChange]:
+        """The batch's claims, one per (scope, value): the last word wins, so
+        a value claimed and released again within the batch is released."""
+        last: dict[tuple[str, str], ClaimChange] = {}
+        for decided in self.commands:
+            for claim in decided.claims:
+                last.pop((claim.scope, claim.value), None)
+                last[(claim.scope, claim.value)] = claim
+        return list(last.values())
+
+
+class Decider:
+    def __init__(self, store: EventStore, registry: Registry, *, slow: SlowHandlerAlarm) -> None:
+        self._store = store
+        self._registry = registry
+        self._slow = slow
+
+    async def decide(self, commands: Sequence[CommandRequest], aggregate: Aggregate) -> Decision:
+        """Run each command's handler in turn; raise the first refusal (with
+        its place in the batch when there are several)."""
+        state, version = aggregate.state, aggregate.version
+        answers: dict[tuple[str, str], bool] = {}
+        decided = []
+        for index, request in enumerate(commands):
+            try:
+                events, claims = await self._run(request, aggregate, state, version, answers)
+                if events:
+                    state = self._apply(request, aggregate, state, events)
+            except ChronicleError as error:
+                if len(commands) > 1:
+                    error.metadata.update(batch_index=str(index), command_id=request.command_id)
+                raise
+            decided.append(Decided(request, version, tuple(events), claims))
+            version += len(events)
+        return Decision(tuple(decided), state)
+
+    async def _run(
+        self,
+        request: CommandRequest,
+        aggregate: Aggregate,
+        state: Message,
+        version: int,
+        answers: dict[tuple[str, str], bool],
+    ) -> tuple[list[tuple[EventSpec, Message]], tuple[ClaimChange, ...]]:
+        if request.expected_version is not None and request.expected_version != version:
+            raise WrongExpectedVersion(request.aggregate_id, request.expected_version, version)
+        for _ in range(MAX_LOOKUPS + 1):
+            effects = Effects(answers)
+            context = CommandContext(
+                aggregate_id=request.aggregate_id,
+                aggregate_type=aggregate.type.name,
+                version=version,
+                command_id=request.command_id,
+                user_id=request.user_id,
+                origin=request.origin,
+                correlation_id=request.correlation_id or request.command_id,
+                metadata=request.metadata,
+                effects=effects,
+            )
+            try:
+                produced = self._call(request, state, context)
+            except LookupNeeded as needed:
+                answers[needed.key] = await self._exists(*needed.key)
+                continue
+            claims = tuple(ClaimChange(c.scope, c.value, c.release) for c in effects.claims)
+            return self._events_of(request.spec.name, aggregate, produced), claims
+        raise HandlerFailed(
+            f"the handler for {request.spec.name} asked about more than {MAX_LOOKUPS} aggregates",
+            reason="TOO_MANY_LOOKUPS",
+            metadata={"command_type": request.spec.name},
+        )
+
+    def _call(
+        self, request: CommandRequest, state: Message, context: CommandContext
+    ) -> Message | Iterable[Message] | None:
+        spec = request.spec
+        started = time.perf_counter()
+        try:
+            return spec.handler(request.message, state, context)
+        except (ChronicleError, LookupNeeded):
+            raise
+        except Exception as error:
+            log.exception("handler for %s failed on %s", spec.name, request.aggregate_id)
+            raise HandlerFailed(
+                f"the handler for {spec.name} failed: {type(error).__name__}",
+                metadata={"command_type": spec.name},
+            ) from error
+        finally:
+            self._slow.check(spec.name, request.aggregate_id, started)
+
+    async def _exists(self, aggregate_type: str, aggregate_id: str) -> bool:
+        head = await self._store.head(aggregate_id)
+        return head is not None and head.aggregate_type == aggregate_type
+
+    def _apply(
+        self, request: CommandRequest, aggregate: Aggregate, state: Message, events: list[tuple[EventSpec, Message]]
+    ) -> Message:
+        try:
+            return apply_messages(aggregate.type, state, events)
+        except Exception as error:
+            log.exception("applying events of %s to %s failed", request.spec.name, request.aggregate_id)
+            raise HandlerFailed(
+                f"applying the events of {request.spec.name} failed: {type(error).__name__}",
+                metadata={"command_type": request.spec.name},
+            ) from error
+
+    def _events_of(
+        self, command_type: str, aggregate: Aggregate, produced: Message | Iterable[Message] | None
+    ) -> list[tuple[EventSpec, Message]]:
+        if produced is None:
+            return []
+        items: Sequence[object] = [produced] if isinstance(produced, Message) else list(produced)
+        result = []
+        for item in items:
+            name = item.DESCRIPTOR.full_name if isinstance(item, Message) else type(item).__name__
+            spec = self._registry.event(name) if isinstance(item, Message) else None
+            if spec is None or spec.aggregate is not aggregate.type or not isinstance(item, Message):
+                raise HandlerFailed(
+                    f"the handler for {command_type} returned {name}, which is not an event of {aggregate.type.name}",
+                    reason="UNREGISTERED_EVENT",
+                    metadata={"command_type": command_type, "event_type": name},
+                )
+            result.append((spec, item))
+        return result
