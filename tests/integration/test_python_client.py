@@ -30,7 +30,7 @@ from service.client import (
 from service.errors import StoreUnavailable
 from service.store.base import EventStore
 from service.store.memory import MemoryStore
-from service.store.records import CommandRecord, NewEvent, RecordedEvent
+from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
 from tests.support.grpc_client import TEST_SETTINGS, running_server
 from tests.support.processes import free_port
 from tests.support.security import POLICY, Authority, api_key_file, write
@@ -105,8 +105,9 @@ class CommitsThenFails:
         expected_version: int,
         *,
         commands: Sequence[CommandRecord] = (),
+        claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
-        recorded = await self.inner.append(aggregate_id, events, expected_version, commands=commands)
+        recorded = await self.inner.append(aggregate_id, events, expected_version, commands=commands, claims=claims)
         if events and self.failures_left:
             self.failures_left -= 1
             raise StoreUnavailable("connection to the store lost after commit (simulated)")
