@@ -227,7 +227,8 @@ class Scenario:
                 stack.push_async_callback(app.stop, 0.5)
                 address = app.address
             elif self._given or self._claims:
-                raise ScenarioFailed("given events and claims need the in-process server: on_server(), no address")
+                what = "given events" if self._given else "given claims"
+                raise ScenarioFailed(f"{what} need the in-process server: on_server() without an address")
             else:
                 aggregate_id = f"{aggregate_id}-{uuid.uuid4().hex[:12]}"
             client = await stack.enter_async_context(
