@@ -29,6 +29,7 @@ from service.processing.executor import CommandExecutor
 from service.processing.middleware import Middleware, Pipeline
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
+from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
 from service.security.encryption import Keyring, MasterKeys
@@ -85,6 +86,7 @@ class Application:
     server: grpc.aio.Server
     port: int
     monitor: StoreMonitor
+    subscriptions: Subscriptions
     watchdog: LoopLagWatchdog | None = None
 
     @property
@@ -96,6 +98,7 @@ class Application:
         grace = self.settings.shutdown_grace if grace is None else grace
         await self.monitor.stop()
         await self.health.set(False)
+        self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
         await self.server.stop(grace)
         await self.router.close(grace=grace)
         await self.store.close()
@@ -155,9 +158,15 @@ async def start(
     if authenticator is not None:
         interceptors.append(Authentication(authenticator, on_refused=on_refused))
     health = Health()
+    subscriptions = Subscriptions(
+        store,
+        executor.loader.reader,
+        checkpoint_interval=settings.checkpoint_seconds,
+        poll_interval=settings.poll_seconds,
+    )
     server = build_server(
         commands=CommandService(registry, pipeline, audit),
-        events=EventService(store, executor.loader, authorizer),
+        events=EventService(store, executor.loader, authorizer, subscriptions, registry),
         admin=AdminService(audit, authorizer, keyring),
         health=health,
         max_message_bytes=settings.max_message_bytes,
@@ -178,7 +187,18 @@ async def start(
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
-    return Application(settings, registry, store, router, health, server, port, monitor, watchdog)
+    return Application(
+        settings=settings,
+        registry=registry,
+        store=store,
+        router=router,
+        health=health,
+        server=server,
+        port=port,
+        monitor=monitor,
+        subscriptions=subscriptions,
+        watchdog=watchdog,
+    )
 
 
 def describe(app: Application) -> str:

@@ -4,6 +4,7 @@
     chronicle submit ACCOUNT bank.v1.OpenAccount '{"owner": "alice"}'
     chronicle read ACCOUNT [--from-version N] [--type T] [--origin O]
     chronicle get ACCOUNT
+    chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins
     chronicle new-plugin library
     chronicle health
@@ -130,6 +131,37 @@ def _read(args: argparse.Namespace, channel: grpc.Channel) -> int:
     )
     for event in stub.ReadAggregate(request, timeout=args.timeout):
         _print(_event_json(types, event))
+    return 0
+
+
+def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    types = RemoteTypes(channel)
+    stub = event_service_pb2_grpc.EventServiceStub(channel)
+    start = str(args.start).strip().lower()
+    if start != "end" and not start.isdigit():
+        raise ValueError(f"--from takes 'end' or a position, got {args.start!r}")
+    request = event_service_pb2.SubscribeRequest(
+        from_end=start == "end",
+        after_position=int(start) if start.isdigit() else 0,
+        event_types=args.type or (),
+        aggregate_types=args.aggregate_type or (),
+        aggregate_id=args.aggregate or "",
+        origin=args.origin or "",
+    )
+    call = stub.Subscribe(request)
+    try:
+        for response in call:
+            if response.HasField("event"):
+                _print(_event_json(types, response.event))
+            elif response.HasField("caught_up"):
+                if args.checkpoints:
+                    _print({"caught_up": response.caught_up.position})
+                if args.until_caught_up:
+                    return 0
+            elif response.HasField("checkpoint") and args.checkpoints:
+                _print({"checkpoint": response.checkpoint.position})
+    finally:
+        call.cancel()
     return 0
 
 
@@ -353,7 +385,22 @@ def build_parser() -> argparse.ArgumentParser:
     masterkey.add_argument("key_id", help="a name for the key, e.g. 2026-01")
     masterkey.set_defaults(run=_masterkey, remote=False)
 
-    for sub in (submit, read, get, health, audit, forget, rewrap):
+    tail = commands.add_parser("tail", help="follow the global event stream as JSON lines")
+    tail.add_argument(
+        "--from",
+        dest="start",
+        default="end",
+        help="'end' (default: only new events), 0 (the beginning) or a position to resume after",
+    )
+    tail.add_argument("--type", action="append", help="only this event type; repeatable")
+    tail.add_argument("--aggregate-type", action="append", help="only this aggregate type; repeatable")
+    tail.add_argument("--aggregate", help="only this aggregate id")
+    tail.add_argument("--origin")
+    tail.add_argument("--checkpoints", action="store_true", help="also print checkpoints (positions to resume after)")
+    tail.add_argument("--until-caught-up", action="store_true", help="exit once the past has been printed")
+    tail.set_defaults(run=_tail, remote=True)
+
+    for sub in (submit, read, get, health, audit, forget, rewrap, tail):
         _client_arguments(sub)
     return parser
 

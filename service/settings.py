@@ -45,6 +45,12 @@ class Settings:
     health_interval: float = field(
         default=2.0, metadata={"help": "seconds between store health checks (NOT_SERVING while it is down)"}
     )
+    checkpoint_seconds: float = field(
+        default=1.0, metadata={"help": "at most this often, subscriptions send a checkpoint while the log moves"}
+    )
+    poll_seconds: float = field(
+        default=1.0, metadata={"help": "subscriptions look for new events at least this often (besides notifications)"}
+    )
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     max_concurrent_rpcs: int = field(
@@ -85,8 +91,14 @@ class Settings:
         for name in ("max_message_bytes", "queue_depth", "max_workers", "conflict_retries", "db_pool_size"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
-        durations = (self.shutdown_grace, self.snapshot_every, self.slow_handler_seconds, self.loop_lag_seconds)
-        if self.idle_timeout <= 0 or self.health_interval <= 0 or min(durations) < 0:
+        durations = (
+            self.checkpoint_seconds,
+            self.shutdown_grace,
+            self.snapshot_every,
+            self.slow_handler_seconds,
+            self.loop_lag_seconds,
+        )
+        if min(self.idle_timeout, self.health_interval, self.poll_seconds) <= 0 or min(durations) < 0:
             raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
         if self.max_concurrent_rpcs < 1:
             raise ConfigurationError("max_concurrent_rpcs must be at least 1", reason="BAD_SETTING")

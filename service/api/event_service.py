@@ -13,8 +13,11 @@ from chronicle.v1 import event_service_pb2 as pb
 from chronicle.v1 import event_service_pb2_grpc as pb_grpc
 from service.api import guard
 from service.api.codec import TYPE_URL_PREFIX, check_id, encode_event
+from service.api.subscribe import decode_subscribe, encode_item, restrict_to_permitted
 from service.errors import AggregateNotFound
+from service.plugins.registry import Registry
 from service.processing.state import AggregateLoader
+from service.processing.subscriptions import Subscriptions
 from service.security.policy import Authorizer
 from service.security.principal import current_principal
 from service.store.base import AggregateQuery, EventStore
@@ -23,10 +26,19 @@ PAGE = 500
 
 
 class EventService(pb_grpc.EventServiceServicer):
-    def __init__(self, store: EventStore, loader: AggregateLoader, authorizer: Authorizer) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        loader: AggregateLoader,
+        authorizer: Authorizer,
+        subscriptions: Subscriptions,
+        registry: Registry,
+    ) -> None:
         self._store = store
         self._loader = loader
         self._authorizer = authorizer
+        self._subscriptions = subscriptions
+        self._registry = registry
 
     async def _check_read(self, aggregate_id: str) -> None:
         """PERMISSION_DENIED unless the caller may read this aggregate's type.
@@ -36,6 +48,17 @@ class EventService(pb_grpc.EventServiceServicer):
         head = await self._store.head(aggregate_id)
         if head is not None:
             self._authorizer.check_read(current_principal.get(), head.aggregate_type)
+
+    @guard.streaming
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        wanted = decode_subscribe(request, self._registry)
+        if self._authorizer.enforcing:
+            wanted = restrict_to_permitted(wanted, self._registry, self._authorizer, current_principal.get())
+        stream = await self._subscriptions.open(wanted)
+        async for item in stream:
+            yield encode_item(item)
 
     @guard.streaming
     async def ReadAggregate(

@@ -20,7 +20,9 @@ command id with its original result.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -37,6 +39,14 @@ from service.store.base import EventStore
 from service.store.records import CommandAlreadyRecorded, CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
 
 log = logging.getLogger(__name__)
+
+
+def conflict_backoff(attempt: int) -> float:
+    """Seconds to wait before attempt ``attempt`` after a conflict: a few
+    milliseconds, doubling, jittered. A replica whose cache is warm wins every
+    race against one that must reload first; a pause lets a burst on the
+    winning side pass instead of losing the same race again at once."""
+    return random.uniform(0, min(0.05, 0.002 * 2 ** (attempt - 1)))
 
 
 class CommandExecutor:
@@ -79,6 +89,8 @@ class CommandExecutor:
             return await self._dry_run(batch, aggregate)
         conflict: ConcurrencyConflict | None = None
         for attempt in range(1, self._max_attempts + 1):
+            if conflict is not None:
+                await asyncio.sleep(conflict_backoff(attempt))
             if aggregate is None:
                 aggregate = await self._loader.load(batch.aggregate_id, aggregate_type)
             try:

@@ -17,6 +17,8 @@ from service.store.records import (
     ClaimChange,
     CommandRecord,
     DataKey,
+    LogFilter,
+    LogPage,
     NewEvent,
     RecordedEvent,
     Snapshot,
@@ -127,6 +129,22 @@ class EventStore(Protocol):
 
     async def claim_owner(self, scope: str, value: str) -> str | None:
         """The aggregate holding ``value`` in ``scope``, or None."""
+
+    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+        """Up to ``limit`` events matching ``log_filter`` with positions
+        greater than ``after_position``, in position order, and the position
+        the log was examined up to (the last event's when the page is full,
+        else the log's end as of the same read).
+
+        Never skips: an event with a lower position than one already returned
+        can not commit later (each store's own reason is in its docstring)."""
+
+    async def log_head(self) -> int:
+        """The position of the last committed event (0 for an empty log)."""
+
+    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
+        """Return when an event after ``after_position`` may have committed
+        (through any replica), or after ``max_wait`` seconds."""
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         """Keep ``snapshot`` beside the aggregate's earlier ones (replacing

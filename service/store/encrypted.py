@@ -37,6 +37,8 @@ from service.store.records import (
     ClaimChange,
     CommandRecord,
     DataKey,
+    LogFilter,
+    LogPage,
     NewEvent,
     RecordedEvent,
     Snapshot,
@@ -76,6 +78,15 @@ class EncryptingStore:
         cipher = await self.keyring.for_reading(aggregate_id)
         return [self._opened(cipher, e) for e in events]
 
+    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+        page = await self.inner.read_log(after_position, log_filter, limit)
+        sealed_for = {e.aggregate_id for e in page.events if is_sealed(e.payload)}
+        if not sealed_for:
+            return page
+        # One key lookup per aggregate in the page, not per event.
+        ciphers = {aggregate_id: await self.keyring.for_reading(aggregate_id) for aggregate_id in sealed_for}
+        return replace(page, events=tuple(self._opened(ciphers.get(e.aggregate_id), e) for e in page.events))
+
     @staticmethod
     def _opened(cipher: AESGCM | None, event: RecordedEvent) -> RecordedEvent:
         if not is_sealed(event.payload):
@@ -108,6 +119,12 @@ class EncryptingStore:
 
     async def open(self) -> None:
         await self.inner.open()
+
+    async def log_head(self) -> int:
+        return await self.inner.log_head()
+
+    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
+        await self.inner.wait_for_commit(after_position, max_wait)
 
     async def close(self) -> None:
         await self.inner.close()

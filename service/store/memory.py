@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from service.errors import ConcurrencyConflict, NotUnique
 from service.store.base import AggregateQuery, AuditQuery
+from service.store.notifier import CommitNotifier
 from service.store.records import (
     AggregateHead,
     AuditEntry,
@@ -19,6 +20,8 @@ from service.store.records import (
     CommandAlreadyRecorded,
     CommandRecord,
     DataKey,
+    LogFilter,
+    LogPage,
     NewEvent,
     RecordedEvent,
     Snapshot,
@@ -37,6 +40,7 @@ class MemoryStore:
         self._snapshots: dict[str, list[Snapshot]] = {}
         self._refusals: list[AuditEntry] = []
         self._keys: dict[str, DataKey] = {}
+        self._commits = CommitNotifier()
 
     async def open(self) -> None:
         return None
@@ -78,6 +82,7 @@ class MemoryStore:
             self._streams.setdefault(aggregate_id, []).extend(recorded)
             self._log.extend(recorded)
             self._event_ids.update(e.event_id for e in recorded)
+            self._commits.notify(recorded[-1].position)
         for command in commands:
             self._commands[command.command_id] = command
         for key, owner in claimed.items():
@@ -102,6 +107,22 @@ class MemoryStore:
             else:
                 raise NotUnique(claim.scope)
         return {key: owner for key, owner in changed.items() if owner is not None or key in self._claims}
+
+    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+        # Positions are 1..n, the index + 1 of each event in the log.
+        found: list[RecordedEvent] = []
+        for event in self._log[max(after_position, 0) :]:
+            if log_filter.matches(event):
+                found.append(event)
+                if len(found) == limit:
+                    return LogPage(tuple(found), event.position)
+        return LogPage(tuple(found), max(len(self._log), after_position))
+
+    async def log_head(self) -> int:
+        return len(self._log)
+
+    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
+        await self._commits.wait_beyond(after_position, max_wait)
 
     async def find_command(self, command_id: str) -> CommandRecord | None:
         return self._commands.get(command_id)

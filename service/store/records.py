@@ -214,3 +214,32 @@ class CommandAlreadyRecorded(Exception):
     def __init__(self, record: CommandRecord) -> None:
         super().__init__(record.command_id)
         self.record = record
+
+
+@dataclass(frozen=True, slots=True)
+class LogFilter:
+    """Which events of the global log a reader wants. Fields combine with
+    AND; entries of one set with OR; empty means any."""
+
+    aggregate_types: frozenset[str] = frozenset()
+    event_types: frozenset[str] = frozenset()
+    aggregate_id: str | None = None
+    origin: str | None = None
+
+    def matches(self, event: RecordedEvent) -> bool:
+        return (
+            (not self.aggregate_types or event.aggregate_type in self.aggregate_types)
+            and (not self.event_types or event.event_type in self.event_types)
+            and (self.aggregate_id is None or event.aggregate_id == self.aggregate_id)
+            and (self.origin is None or event.origin == self.origin)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """Events of the global log after some position, and how far the log
+    was examined to find them: a reader may resume after ``scanned_to``
+    even when no event matched, without missing one."""
+
+    events: tuple[RecordedEvent, ...]
+    scanned_to: int

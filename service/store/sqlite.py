@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from service.errors import ConcurrencyConflict, NotUnique, StoreUnavailable
 from service.store.base import AggregateQuery, AuditQuery
+from service.store.notifier import CommitNotifier
 from service.store.records import (
     ACCEPTED,
     REFUSED,
@@ -28,6 +29,8 @@ from service.store.records import (
     CommandAlreadyRecorded,
     CommandRecord,
     DataKey,
+    LogFilter,
+    LogPage,
     NewEvent,
     RecordedEvent,
     Snapshot,
@@ -36,7 +39,7 @@ from service.store.serialization import dump_metadata, dump_rejection, load_meta
 
 T = TypeVar("T")
 # Migration i brings the schema from version i to i + 1 (PRAGMA user_version).
-MIGRATIONS = ("sqlite_schema.sql", "sqlite_migrate_2.sql", "sqlite_migrate_3.sql")
+MIGRATIONS = ("sqlite_schema.sql", "sqlite_migrate_2.sql", "sqlite_migrate_3.sql", "sqlite_migrate_4.sql")
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _EVENT_COLUMNS = (
@@ -124,6 +127,7 @@ class SqliteStore:
         self._path = str(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chronicle-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._commits = CommitNotifier()
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
@@ -190,7 +194,10 @@ class SqliteStore:
         commands: Sequence[CommandRecord] = (),
         claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
-        return await self._run(self._append, aggregate_id, events, expected_version, commands, claims)
+        recorded = await self._run(self._append, aggregate_id, events, expected_version, commands, claims)
+        if recorded:
+            self._commits.notify(recorded[-1].position)
+        return recorded
 
     def _append(
         self,
@@ -334,6 +341,47 @@ class SqliteStore:
             ).fetchone()
         )
         return None if row is None else AggregateHead(row[0], row[1])
+
+    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+        where = ["position > ?"]
+        params: list[object] = [after_position]
+        for column, values in (("aggregate_type", log_filter.aggregate_types), ("event_type", log_filter.event_types)):
+            if values:
+                where.append(f"{column} IN ({','.join('?' * len(values))})")
+                params.extend(sorted(values))
+        for column, value in (("aggregate_id", log_filter.aggregate_id), ("origin", log_filter.origin)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY position LIMIT ?"
+        params.append(limit)
+
+        def read() -> tuple[list[sqlite3.Row], int]:
+            # One read transaction: the page and the log's end from the same
+            # snapshot (another process may be writing the file). SQLite has
+            # one writer at a time, so positions commit in order: never a gap
+            # that fills in later.
+            self._db.execute("BEGIN")
+            try:
+                rows = self._db.execute(sql, params).fetchall()
+                (head,) = self._db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
+            finally:
+                self._db.execute("COMMIT")
+            return rows, head
+
+        rows, head = await self._run(read)
+        events = tuple(_event(row) for row in rows)
+        scanned_to = events[-1].position if len(events) == limit else max(head, after_position)
+        return LogPage(events, scanned_to)
+
+    async def log_head(self) -> int:
+        (head,) = await self._run(lambda: self._db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone())
+        return int(head)
+
+    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
+        # Appends through this store wake readers at once; appends by another
+        # process on the same file are found when max_wait expires.
+        await self._commits.wait_beyond(after_position, max_wait)
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         where = ["aggregate_id = ?", "version >= ?"]

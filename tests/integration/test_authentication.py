@@ -194,3 +194,33 @@ async def test_the_audit_log_needs_the_admin_grant(secured: Secured) -> None:
     async with secured.as_("alice") as alice:
         call = alice.admin.QueryAudit(admin_service_pb2.QueryAuditRequest())
         assert await refused(call) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
+
+
+# -- subscriptions ------------------------------------------------------------
+
+
+async def test_a_subscription_carries_only_the_aggregate_types_the_caller_may_subscribe_to(secured: Secured) -> None:
+    async with secured.as_("bob") as bob:
+        await bob.submit(command("box-1", box_pb2.CreateBox(name="tools"), user_id=""))
+    async with secured.as_("alice") as alice:
+        await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+        stream = alice.events.Subscribe(event_service_pb2.SubscribeRequest())
+        seen = []
+        async for response in stream:
+            if response.HasField("caught_up"):
+                break
+            seen.append(response.event.aggregate_type)
+        stream.cancel()
+    assert seen == ["Account"]
+
+
+async def test_subscribing_to_a_forbidden_aggregate_type_is_permission_denied(secured: Secured) -> None:
+    async with secured.as_("alice") as alice:
+        stream = alice.events.Subscribe(event_service_pb2.SubscribeRequest(aggregate_types=["Box"]))
+        assert await refused(stream.read()) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")
+
+
+async def test_a_caller_who_may_subscribe_to_nothing_is_permission_denied(secured: Secured) -> None:
+    async with secured.as_("bob") as bob:
+        stream = bob.events.Subscribe(event_service_pb2.SubscribeRequest())
+        assert await refused(stream.read()) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")

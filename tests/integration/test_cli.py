@@ -131,3 +131,30 @@ def test_an_operator_forgets_an_aggregate_and_its_events_read_redacted(tmp_path:
         refused = cli("get", "acc-1", server=server.address, check=False)
     assert (event["redacted"], event["payload"], event["event_type"]) == (True, None, "bank.v1.AccountOpened")
     assert "FAILED_PRECONDITION AGGREGATE_FORGOTTEN" in refused.stderr
+
+
+def test_tail_prints_the_stream_and_resumes_after_a_position(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 3}', server=server.address)
+        cli("submit", "box-1", "box.v1.CreateBox", '{"name": "b"}', server=server.address)
+        everything = cli("tail", "--from", "0", "--until-caught-up", server=server.address).stdout.splitlines()
+        assert [json.loads(line)["event_type"] for line in everything] == [
+            "bank.v1.AccountOpened",
+            "bank.v1.MoneyDeposited",
+            "box.v1.BoxCreated",
+        ]
+        first_position = json.loads(everything[0])["position"]
+        deposits = cli(
+            "tail",
+            "--from",
+            str(first_position),
+            "--type",
+            "bank.v1.MoneyDeposited",
+            "--until-caught-up",
+            server=server.address,
+        ).stdout.splitlines()
+        assert [json.loads(line)["payload"]["amount"] for line in deposits] == ["3"]
+        refused = cli("tail", "--from", "999", "--until-caught-up", server=server.address, check=False)
+        assert refused.returncode == 1
+        assert "INVALID_ARGUMENT POSITION_BEYOND_END" in refused.stderr

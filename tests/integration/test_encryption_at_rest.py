@@ -95,3 +95,20 @@ async def test_forgetting_needs_encryption() -> None:
     async with running_server(MemoryStore()) as (_, plain):
         call = plain.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
         assert await refusal(call) == (grpc.StatusCode.FAILED_PRECONDITION, "ENCRYPTION_OFF")
+
+
+async def test_subscribers_read_plaintext_and_see_a_forgotten_aggregate_redacted(client: Client) -> None:
+    await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+    await client.submit(command("acc-2", bank.OpenAccount(owner="kept")))
+    await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+    stream = client.events.Subscribe(event_service_pb2.SubscribeRequest())
+    events = []
+    async for response in stream:
+        if response.HasField("caught_up"):
+            break
+        events.append(response.event)
+    stream.cancel()
+    assert [(e.aggregate_id, e.redacted) for e in events] == [("acc-1", True), ("acc-2", False)]
+    opened = bank.AccountOpened()
+    assert events[1].payload.Unpack(opened)
+    assert opened.owner == "kept"

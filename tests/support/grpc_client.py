@@ -130,3 +130,23 @@ async def running_server(
             yield app, client
     finally:
         await app.stop(grace=1.0)
+
+
+RETRYABLE = frozenset({grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+async def submit_retrying(
+    client: Client, built: command_pb2.Command, attempts: int = 20
+) -> command_service_pb2.SubmitResponse:
+    """Submit as a well-behaved client does: retry what the server says is
+    worth retrying, with the same command id, so nothing happens twice."""
+    import asyncio
+
+    for attempt in range(attempts):
+        try:
+            return await client.submit(built)
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRYABLE or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")

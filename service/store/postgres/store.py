@@ -22,6 +22,7 @@ becomes ``ConcurrencyConflict``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from service.errors import ConcurrencyConflict, ConfigurationError, NotUnique, StoreUnavailable
 from service.store.base import AggregateQuery, AuditQuery
+from service.store.notifier import CommitNotifier
 from service.store.postgres.errors import COMMANDS_KEY, EVENTS_VERSION_KEY, UniqueViolation, translated
 from service.store.postgres.migrations import migrate
 from service.store.records import (
@@ -46,6 +48,8 @@ from service.store.records import (
     CommandAlreadyRecorded,
     CommandRecord,
     DataKey,
+    LogFilter,
+    LogPage,
     NewEvent,
     RecordedEvent,
     Snapshot,
@@ -200,6 +204,8 @@ class PostgresStore:
         # call that reaches it. While set, calls wait briefly for a pooled
         # connection instead of the full timeout: fail fast, let clients retry.
         self._unreachable = False
+        self._commits = CommitNotifier()
+        self._listener: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -230,6 +236,10 @@ class PostgresStore:
             self._schema_ready.set()
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
         await self._pool.close()
 
     async def ping(self) -> None:
@@ -272,13 +282,17 @@ class PostgresStore:
                 if not events:
                     await self._check_version(conn, aggregate_id, expected_version)
                     return []
-                return await self._insert_events(conn, aggregate_id, events, expected_version)
+                recorded = await self._insert_events(conn, aggregate_id, events, expected_version)
         except UniqueViolation as violation:
             if violation.constraint == COMMANDS_KEY:
                 raise await self._already_recorded(commands) from None
             if violation.constraint == EVENTS_VERSION_KEY:
                 raise ConcurrencyConflict(aggregate_id, expected_version) from None
             raise StoreUnavailable(f"unexpected unique violation on {violation.constraint}") from violation
+        # Committed: wake this process's readers now, without waiting for
+        # the NOTIFY to come back from the server.
+        self._commits.notify(recorded[-1].position)
+        return recorded
 
     async def _change_claim(
         self, conn: psycopg.AsyncConnection[Any], aggregate_id: str, expected: int, claim: ClaimChange
@@ -379,6 +393,69 @@ class PostgresStore:
             cursor = await conn.execute(_HEAD, (aggregate_id,))
             row = await cursor.fetchone()
         return None if row is None else AggregateHead(row[0], row[1])
+
+    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+        where = ["position > %(after)s"]
+        params: dict[str, object] = {"after": after_position, "limit": limit}
+        if log_filter.aggregate_types:
+            where.append("aggregate_type = ANY(%(aggregate_types)s)")
+            params["aggregate_types"] = sorted(log_filter.aggregate_types)
+        if log_filter.event_types:
+            where.append("event_type = ANY(%(event_types)s)")
+            params["event_types"] = sorted(log_filter.event_types)
+        if log_filter.aggregate_id is not None:
+            where.append("aggregate_id = %(aggregate_id)s")
+            params["aggregate_id"] = log_filter.aggregate_id
+        if log_filter.origin is not None:
+            where.append("origin = %(origin)s")
+            params["origin"] = log_filter.origin
+        # One statement, one snapshot: the log's end (log_head) and the page
+        # agree, and every position up to that end is committed and visible
+        # (positions are handed out under log_head's row lock, see above).
+        sql = (
+            f"WITH page AS (SELECT {_EVENT_COLUMNS} FROM chronicle.events WHERE {' AND '.join(where)}"
+            " ORDER BY position LIMIT %(limit)s)"
+            " SELECT h.last_position, page.* FROM chronicle.log_head h LEFT JOIN page ON true ORDER BY page.position"
+        )
+        async with self._connection("read_log") as conn:
+            cursor = await conn.execute(sql.encode(), params)
+            rows = await cursor.fetchall()
+        head = int(rows[0][0]) if rows else 0
+        events = tuple(_event(row[1:]) for row in rows if row[1] is not None)
+        scanned_to = events[-1].position if len(events) == limit else max(head, after_position)
+        return LogPage(events, scanned_to)
+
+    async def log_head(self) -> int:
+        async with self._connection("log_head") as conn:
+            cursor = await conn.execute("SELECT last_position FROM chronicle.log_head")
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="chronicle-listen")
+        await self._commits.wait_beyond(after_position, max_wait)
+
+    async def _listen(self) -> None:
+        """Feed the notifier from NOTIFY, so that commits through any replica
+        wake this process's readers. Reconnects for as long as the store is
+        open; meanwhile readers fall back to their polling timeout."""
+        delay = 0.2
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+                )
+                async with conn:
+                    await conn.execute("LISTEN chronicle_events")
+                    delay = 0.2
+                    async for notice in conn.notifies():
+                        if notice.payload.isdigit():
+                            self._commits.notify(int(notice.payload))
+            except psycopg.Error as error:
+                log.debug("LISTEN connection lost (%s); reconnecting in %.1fs", error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         where = ["aggregate_id = %s", "version >= %s"]

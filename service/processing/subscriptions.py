@@ -1,0 +1,149 @@
+"""Subscriptions to the global log: catch up, say so, then follow live.
+
+A subscription reads the log in pages after the position the client gave,
+passes each stored event through the upcasters (so subscribers see events as
+today's plugins read them), and yields:
+
+* events, in position order;
+* ``CaughtUp`` once, when it has read everything committed when it got there;
+* ``Checkpoint``\\ s: a position the client may resume after, sent when the
+  log moved on past the last thing the client heard of, at most every
+  ``checkpoint_interval`` seconds, so a subscriber whose filter matches
+  nothing does not re-read the world after a reconnect.
+
+It never holds more than one page: the caller's ``async for`` only asks for
+the next item when the client has taken the previous one (gRPC flow
+control), so a slow subscriber slows only itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from service.errors import InvalidInput, StoreUnavailable
+from service.processing.upcasting import EventReader
+from service.store.base import EventStore
+from service.store.records import LogFilter, RecordedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    position: int
+
+
+SubscriptionItem = RecordedEvent | Checkpoint | CaughtUp
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRequest:
+    after_position: int = 0
+    from_end: bool = False
+    log_filter: LogFilter = LogFilter()
+
+
+class Subscriptions:
+    """Opens subscriptions and ends them all when the server shuts down."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        reader: EventReader,
+        *,
+        page_size: int = 256,
+        checkpoint_interval: float = 1.0,
+        poll_interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._reader = reader
+        self._page_size = page_size
+        self._checkpoint_interval = checkpoint_interval
+        self._poll_interval = poll_interval
+        self._clock = clock
+        self._closing = asyncio.Event()
+        self.active = 0
+
+    def close(self) -> None:
+        """End every subscription: each raises StoreUnavailable (SHUTTING_DOWN)
+        at its next wait, which clients see as UNAVAILABLE and retry."""
+        self._closing.set()
+
+    async def open(self, request: SubscriptionRequest) -> AsyncIterator[SubscriptionItem]:
+        if self._closing.is_set():
+            raise _shutting_down()
+        head = await self._store.log_head()
+        if request.from_end:
+            start = head
+        elif request.after_position > head:
+            raise InvalidInput(
+                f"position {request.after_position} is beyond the end of the log ({head})",
+                reason="POSITION_BEYOND_END",
+                metadata={"after_position": str(request.after_position), "log_head": str(head)},
+            )
+        else:
+            start = request.after_position
+        return self._follow(start, request.log_filter)
+
+    async def _follow(self, position: int, wanted: LogFilter) -> AsyncIterator[SubscriptionItem]:
+        # The store filters by stored event type; types that upcasters read
+        # may become wanted ones, so they are read too and filtered once upcast.
+        stored_filter = wanted
+        if wanted.event_types:
+            stored_filter = LogFilter(
+                aggregate_types=wanted.aggregate_types,
+                event_types=wanted.event_types | self._reader.upcast_types,
+                aggregate_id=wanted.aggregate_id,
+                origin=wanted.origin,
+            )
+        told = position  # the client can resume after this
+        caught_up = False
+        last_checkpoint = self._clock()
+        self.active += 1
+        try:
+            while True:
+                page = await self._store.read_log(position, stored_filter, self._page_size)
+                for stored in page.events:
+                    for event in self._reader.records(stored):
+                        if not wanted.event_types or event.event_type in wanted.event_types:
+                            yield event
+                    told = stored.position
+                position = page.scanned_to
+                if len(page.events) == self._page_size:
+                    continue  # more is waiting: keep catching up
+                now = self._clock()
+                if not caught_up:
+                    caught_up, told, last_checkpoint = True, position, now
+                    yield CaughtUp(position)
+                elif position > told and now - last_checkpoint >= self._checkpoint_interval:
+                    told, last_checkpoint = position, now
+                    yield Checkpoint(position)
+                await self._wait(position)
+        finally:
+            self.active -= 1
+
+    async def _wait(self, position: int) -> None:
+        """Until something commits after ``position``, the poll interval
+        passes, or the server shuts down."""
+        if self._closing.is_set():
+            raise _shutting_down()
+        closing = asyncio.ensure_future(self._closing.wait())
+        committed = asyncio.ensure_future(self._store.wait_for_commit(position, self._poll_interval))
+        try:
+            await asyncio.wait((closing, committed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            committed.cancel()
+        if self._closing.is_set():
+            raise _shutting_down()
+
+
+def _shutting_down() -> StoreUnavailable:
+    return StoreUnavailable("the server is shutting down; resume from your last position", reason="SHUTTING_DOWN")

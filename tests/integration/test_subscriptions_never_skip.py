@@ -1,0 +1,237 @@
+"""The hard part of subscriptions, proved on PostgreSQL: transactions commit
+in another order than they start, and a subscriber still never skips."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, ExitStack
+from typing import Any
+
+import psycopg
+import pytest
+
+from chronicle.v1 import event_service_pb2 as pb
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.store.postgres import PostgresStore
+from service.store.records import LogFilter
+from tests.support.events import new_event
+from tests.support.grpc_client import Client, command, connect, running_server, submit_retrying
+from tests.support.processes import server_process
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def store(postgres_url: str) -> AsyncIterator[PostgresStore]:
+    opened = PostgresStore(postgres_url, pool_size=4)
+    await opened.open()
+    await opened.ping()
+    yield opened
+    await opened.close()
+
+
+async def collect(store: PostgresStore, after: int = 0) -> list[Any]:
+    return list((await store.read_log(after, LogFilter(), 1000)).events)
+
+
+async def test_a_later_writer_waits_for_an_open_earlier_one_and_readers_see_both_in_order(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(postgres_url) as slow:
+        # The first writer takes its position and holds its transaction open.
+        async with slow.transaction():
+            await store._insert_events(slow, "a-1", [new_event()], 0)
+            later = asyncio.create_task(store.append("a-2", [new_event()], 0))
+            await asyncio.sleep(0.3)
+            # The later writer cannot commit first: it waits for a position.
+            assert not later.done()
+            # And a reader sees nothing yet, so it cannot move past the first.
+            page = await store.read_log(0, LogFilter(), 10)
+            assert (page.events, page.scanned_to) == ((), 0)
+        (second,) = await asyncio.wait_for(later, timeout=10)
+    events = await collect(store)
+    assert [(e.aggregate_id, e.position) for e in events] == [("a-1", 1), ("a-2", 2)]
+    assert second.position == 2
+
+
+async def test_an_aborted_writer_leaves_no_gap_and_no_stall(store: PostgresStore, postgres_url: str) -> None:
+    aborted = await psycopg.AsyncConnection.connect(postgres_url)
+    async with aborted, aborted.transaction(force_rollback=True):
+        await store._insert_events(aborted, "a-1", [new_event(), new_event()], 0)
+        later = asyncio.create_task(store.append("a-2", [new_event()], 0))
+        await asyncio.sleep(0.1)
+        assert not later.done()
+    await asyncio.wait_for(later, timeout=10)
+    events = await collect(store)
+    # the aborted positions were given back: the log is 1..n with no hole
+    assert [(e.aggregate_id, e.position) for e in events] == [("a-2", 1)]
+
+
+async def test_interleaved_writers_never_make_a_reader_skip(store: PostgresStore) -> None:
+    """Many concurrent appends while a reader follows the log by position:
+    it sees every event exactly once, positions strictly increasing."""
+    seen: list[Any] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        position = 0
+        while True:
+            page = await store.read_log(position, LogFilter(), 50)
+            seen.extend(page.events)
+            position = page.scanned_to
+            if done.is_set() and not page.events and position == await store.log_head():
+                return
+            await store.wait_for_commit(position, 0.05)
+
+    async def writer(name: str) -> None:
+        for version in range(40):
+            await store.append(name, [new_event()], version)
+
+    follower = asyncio.create_task(reader())
+    await asyncio.gather(*(writer(f"w-{i}") for i in range(8)))
+    done.set()
+    await asyncio.wait_for(follower, timeout=30)
+    positions = [e.position for e in seen]
+    assert positions == sorted(set(positions))
+    assert len(seen) == 8 * 40
+    assert {e.event_id for e in seen} == {e.event_id for e in await collect(store)}
+
+
+async def subscribe_all(
+    client: Client, received: dict[str, Any], *, after: int = 0, stop_after: int | None = None
+) -> int:
+    """Follow the log, recording events by id; return the last position heard."""
+    last = after
+    call = client.events.Subscribe(pb.SubscribeRequest(after_position=after))
+    count = 0
+    async for response in call:
+        if response.HasField("event"):
+            event = response.event
+            assert event.event_id not in received, "an event was delivered twice"
+            assert event.position > last, "positions must strictly increase"
+            received[event.event_id] = event
+            last = int(event.position)
+            count += 1
+            if stop_after is not None and count >= stop_after:
+                call.cancel()
+                return last
+        elif response.HasField("checkpoint"):
+            assert response.checkpoint.position >= last
+            last = int(response.checkpoint.position)
+    return last
+
+
+@pytest.mark.slow
+async def test_thousands_of_events_from_two_replicas_reach_every_subscriber_exactly_once(postgres_url: str) -> None:
+    rng = random.Random(3)
+    with ExitStack() as processes:
+        servers = [
+            processes.enter_context(server_process(postgres_url, extra=["--poll-seconds", "0.5"])) for _ in range(2)
+        ]
+        async with AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(connect(s.address)) for s in servers]
+            on_first: dict[str, Any] = {}
+            on_second: dict[str, Any] = {}
+            resumer: dict[str, Any] = {}
+            followers: list[asyncio.Task[Any]] = [
+                asyncio.create_task(subscribe_all(clients[0], on_first)),
+                asyncio.create_task(subscribe_all(clients[1], on_second)),
+            ]
+
+            async def resuming_subscriber() -> None:
+                # Disconnects every 300 events and resumes where it left off,
+                # alternating replicas.
+                position, turn = 0, 0
+                while True:
+                    position = await subscribe_all(clients[turn % 2], resumer, after=position, stop_after=300)
+                    turn += 1
+
+            followers.append(asyncio.create_task(resuming_subscriber()))
+            accounts = [f"acc-{i}" for i in range(40)]
+            for account in accounts:
+                await submit_retrying(rng.choice(clients), command(account, bank.OpenAccount(owner="o")))
+
+            async def writer(index: int) -> None:
+                for _ in range(75):
+                    account = rng.choice(accounts)
+                    await submit_retrying(clients[index % 2], command(account, bank.Deposit(amount=1)))
+
+            await asyncio.gather(*(writer(i) for i in range(40)))
+            with psycopg.connect(postgres_url) as conn:
+                committed = {str(r[0]) for r in conn.execute("SELECT event_id FROM chronicle.events").fetchall()}
+            assert len(committed) == 40 + 40 * 75
+
+            async def all_received() -> bool:
+                return all(set(r) == committed for r in (on_first, on_second, resumer))
+
+            for _ in range(200):
+                if await all_received():
+                    break
+                await asyncio.sleep(0.1)
+            for task in followers:
+                task.cancel()
+            for received in (on_first, on_second, resumer):
+                assert set(received) == committed
+                positions = sorted(e.position for e in received.values())
+                assert len(positions) == len(set(positions))
+
+
+async def test_a_slow_subscriber_reads_ahead_one_page_and_slows_no_one(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, pool_size=8)
+    observed: Any = ObservedReads(store)
+    async with running_server(observed, poll_seconds=0.2) as (_, client):
+        slow = client.events.Subscribe(pb.SubscribeRequest(aggregate_types=["Account"]))
+        first = await slow.read()  # then it stops reading
+        assert first.HasField("caught_up")
+        fast_seen: list[Any] = []
+
+        async def fast() -> None:
+            async for response in client.events.Subscribe(pb.SubscribeRequest()):
+                if response.HasField("event"):
+                    fast_seen.append(response.event)
+
+        fast_task = asyncio.create_task(fast())
+        accounts = [f"acc-{i}" for i in range(50)]
+        # Events of ~8 KiB (metadata is copied to every event): 16 MiB in all,
+        # far more than transport windows and socket buffers hold.
+        padding = {"pad1": "x" * 4000, "pad2": "y" * 4000}
+        await asyncio.gather(
+            *(client.submit(command(a, bank.OpenAccount(owner="o"), metadata=padding)) for a in accounts)
+        )
+        for round_ in range(40):
+            await asyncio.gather(
+                *(client.submit(command(a, bank.Deposit(amount=round_ + 1), metadata=padding)) for a in accounts)
+            )
+        total = 50 * 41
+        for _ in range(200):
+            if len(fast_seen) >= total:
+                break
+            await asyncio.sleep(0.05)
+        assert len(fast_seen) == total  # the fast subscriber was not held back
+        # The slow one stopped reading after its first message: the server
+        # read ahead for it only as far as flow control let it send.
+        slow_reads = observed.events_read_for(LogFilter(aggregate_types=frozenset({"Account"})))
+        assert slow_reads < total / 3, f"read {slow_reads} events for a subscriber that took none"
+        slow.cancel()
+        fast_task.cancel()
+
+
+class ObservedReads:
+    """Counts the events read from the log, per filter."""
+
+    def __init__(self, inner: PostgresStore) -> None:
+        self.inner = inner
+        self.reads: dict[LogFilter, int] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> Any:
+        page = await self.inner.read_log(after_position, log_filter, limit)
+        self.reads[log_filter] = self.reads.get(log_filter, 0) + len(page.events)
+        return page
+
+    def events_read_for(self, log_filter: LogFilter) -> int:
+        return self.reads.get(log_filter, 0)
