@@ -19,10 +19,14 @@ from service.api.admin_service import AdminService
 from service.api.command_service import CommandService, audit_refused_rpc
 from service.api.event_service import EventService
 from service.api.health import Health, StoreMonitor
-from service.api.interceptors import Authentication, ConcurrencyLimit
+from service.api.interceptors import Authentication, ConcurrencyLimit, refused_rpc_hooks
 from service.api.server import build_server
 from service.audit import AuditLog, AuditMiddleware
 from service.errors import ConfigurationError
+from service.observability.logs import LoggingMiddleware
+from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer, TimedStore
+from service.observability.tracing import TracingInterceptor, TracingMiddleware
+from service.observability.tracing import available as tracing_available
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
 from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
@@ -88,6 +92,7 @@ class Application:
     monitor: StoreMonitor
     subscriptions: Subscriptions
     watchdog: LoopLagWatchdog | None = None
+    metrics_server: MetricsServer | None = None
 
     @property
     def address(self) -> str:
@@ -104,15 +109,23 @@ class Application:
         await self.store.close()
         if self.watchdog is not None:
             await self.watchdog.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
 
 
 async def start(
-    settings: Settings, *, store: EventStore | None = None, registry: Registry | None = None
+    settings: Settings,
+    *,
+    store: EventStore | None = None,
+    registry: Registry | None = None,
+    tracer_provider: object | None = None,
 ) -> Application:
     """Open the store, bind the port and start serving.
 
     A store that cannot be reached yet does not stop the start: the server
     listens, reports NOT_SERVING, and serves once the store answers.
+    ``tracer_provider``: the OpenTelemetry provider for spans (default: the
+    global one), when the OpenTelemetry packages are installed.
     """
     registry = registry if registry is not None else build_registry(settings)
     store = store if store is not None else open_store(settings.database_url, pool_size=settings.db_pool_size)
@@ -126,6 +139,9 @@ async def start(
         if settings.tls_cert_file
         else None
     )
+    metrics = Metrics() if settings.metrics_listen else None
+    if metrics is not None:
+        store = TimedStore.wrap(store, metrics)
     master_keys = build_master_keys(settings)
     keyring: Keyring | None = None
     if master_keys is not None:
@@ -146,15 +162,24 @@ async def start(
         max_workers=settings.max_workers,
     )
     audit = AuditLog(store)
-    # Outermost first: audit sees every refusal, including authorization's;
-    # plugin middleware sees only authorized commands.
-    middleware: list[Middleware] = [AuditMiddleware(audit)]
+    tracing = tracing_available()
+    # Outermost first: logging, tracing, metrics and audit see every outcome,
+    # authorization's refusals included; plugin middleware sees only
+    # authorized commands.
+    middleware: list[Middleware] = [LoggingMiddleware()]
+    if tracing:
+        middleware.append(TracingMiddleware(tracer_provider))
+    if metrics is not None:
+        middleware.append(MetricsMiddleware(metrics))
+    middleware.append(AuditMiddleware(audit))
     if authorizer.enforcing:
         middleware.append(AuthorizationMiddleware(authorizer))
     middleware.extend(registry.middleware)
     pipeline = Pipeline(router.submit, middleware)
-    on_refused = audit_refused_rpc(audit)
-    interceptors = [ConcurrencyLimit(settings.max_concurrent_rpcs, on_refused=on_refused)]
+    on_refused = refused_rpc_hooks(audit_refused_rpc(audit), metrics.rpc_refused if metrics is not None else None)
+    limit = ConcurrencyLimit(settings.max_concurrent_rpcs, on_refused=on_refused)
+    interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
+    interceptors.append(limit)
     if authenticator is not None:
         interceptors.append(Authentication(authenticator, on_refused=on_refused))
     health = Health()
@@ -172,13 +197,25 @@ async def start(
         max_message_bytes=settings.max_message_bytes,
         interceptors=interceptors,
     )
+    metrics_server = None
     try:
+        if metrics is not None:
+            metrics.watch(
+                queued=lambda: router.queued,
+                live_workers=lambda: router.live_workers,
+                rpcs_in_flight=lambda: limit.in_flight,
+            )
+            metrics_server = MetricsServer(metrics, settings.metrics_listen)
         if credentials is not None:
             port = server.add_secure_port(settings.listen, credentials)
         else:
             port = server.add_insecure_port(settings.listen)
-    except RuntimeError as error:
+    except (RuntimeError, ConfigurationError) as error:
+        if metrics_server is not None:
+            metrics_server.stop()
         await store.close()
+        if isinstance(error, ConfigurationError):
+            raise
         raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error
     await server.start()
     monitor = StoreMonitor(store, health, interval=settings.health_interval)
@@ -198,11 +235,21 @@ async def start(
         monitor=monitor,
         subscriptions=subscriptions,
         watchdog=watchdog,
+        metrics_server=metrics_server,
     )
 
 
 def describe(app: Application) -> str:
     lines = [f"Chronicle serving gRPC on {app.address} (store: {_store_name(app.settings.database_url)})"]
+    settings = app.settings
+    lines.append(
+        "  authentication "
+        + ("on" if settings.auth else "OFF: every caller may do everything")
+        + (", TLS" if settings.tls_cert_file else ", plaintext")
+        + (", payloads encrypted at rest" if settings.master_key_file or settings.master_keys else "")
+    )
+    if app.metrics_server is not None:
+        lines.append(f"  metrics on http://{app.metrics_server.address}/metrics")
     for plugin in app.registry.plugins:
         lines.append(f"  plugin {plugin.name}")
         for aggregate in plugin.aggregates:

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import sys
 import uuid
@@ -285,9 +284,10 @@ def _new_plugin(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from service.app import serve
+    from service.observability.logs import configure as configure_logging
 
     settings = load_settings(args, os.environ)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level=settings.log_level, json_format=settings.log_format == "json")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
     return 0

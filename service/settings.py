@@ -53,6 +53,10 @@ class Settings:
     )
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    log_format: str = field(default="text", metadata={"help": "text, or json: one object per line with command ids"})
+    metrics_listen: str = field(
+        default="", metadata={"help": "host:port to serve Prometheus metrics on (/metrics); empty: off"}
+    )
     max_concurrent_rpcs: int = field(
         default=1000, metadata={"help": "RPCs handled at once; one more is RESOURCE_EXHAUSTED (health checks exempt)"}
     )
@@ -100,6 +104,12 @@ class Settings:
         )
         if min(self.idle_timeout, self.health_interval, self.poll_seconds) <= 0 or min(durations) < 0:
             raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
+        if self.log_format not in ("text", "json"):
+            raise ConfigurationError("log_format must be text or json", reason="BAD_SETTING")
+        if self.metrics_listen and not self.metrics_listen.rpartition(":")[2].isdigit():
+            raise ConfigurationError(
+                f"metrics_listen must be host:port, got {self.metrics_listen!r}", reason="BAD_SETTING"
+            )
         if self.max_concurrent_rpcs < 1:
             raise ConfigurationError("max_concurrent_rpcs must be at least 1", reason="BAD_SETTING")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):

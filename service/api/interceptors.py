@@ -32,6 +32,17 @@ Gate = Callable[[str, object, grpc.aio.ServicerContext[Any, Any]], Awaitable[Cal
 OnRefused = Callable[[str, object, ChronicleError], Awaitable[None]]
 
 
+def refused_rpc_hooks(*hooks: OnRefused | None) -> OnRefused:
+    """One ``on_refused`` hook that calls each of ``hooks`` in turn."""
+
+    async def each(method: str, request: object, error: ChronicleError) -> None:
+        for hook in hooks:
+            if hook is not None:
+                await hook(method, request, error)
+
+    return each
+
+
 def _exempt(method: str) -> bool:
     return method.startswith(EXEMPT_PREFIXES)
 
@@ -48,7 +59,7 @@ async def _refuse(
     await context.abort_with_status(rich_status(error))
 
 
-def _gated(handler: grpc.RpcMethodHandler, method: str, gate: Gate, on_refused: OnRefused | None) -> Any:
+def gated(handler: grpc.RpcMethodHandler, method: str, gate: Gate, on_refused: OnRefused | None) -> Any:
     """``handler`` with ``gate`` run first, for each of the four RPC shapes."""
 
     async def enter(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Callable[[], None] | None:
@@ -160,7 +171,7 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = handler_call_details.method
         if handler is None or _exempt(method):
             return handler
-        return _gated(handler, method, self._gate, self._on_refused)
+        return gated(handler, method, self._gate, self._on_refused)
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -201,7 +212,7 @@ class Authentication(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = handler_call_details.method
         if handler is None or _exempt(method):
             return handler
-        return _gated(handler, method, self._gate, self._on_refused)
+        return gated(handler, method, self._gate, self._on_refused)
 
 
 def caller() -> Principal:

@@ -40,6 +40,11 @@ class Router:
     def live_workers(self) -> int:
         return len(self._workers)
 
+    @property
+    def queued(self) -> int:
+        """Commands waiting in every aggregate's queue."""
+        return sum(worker.depth for worker in self._workers.values())
+
     async def submit(self, request: CommandRequest, *, dry_run: bool = False) -> CommandResult:
         result = await self.submit_batch(CommandBatch((request,), dry_run=dry_run))
         return result.results[0]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.errors import ChronicleError, Overloaded, ValidationError, WrongExpectedVersion
+from service.observability.logs import logging_command
 from service.processing.commands import BatchResult, CommandBatch
 from service.processing.executor import CommandExecutor
 from service.processing.state import Aggregate
@@ -95,7 +96,11 @@ class AggregateWorker:
             return
         before = self._cached.version if self._cached is not None else 0
         try:
-            result, self._cached = await self._executor.execute_batch(job.batch, self._cached)
+            first = job.batch.commands[0]
+            with logging_command(
+                command_id=first.command_id, correlation_id=first.correlation_id, aggregate_id=self.aggregate_id
+            ):
+                result, self._cached = await self._executor.execute_batch(job.batch, self._cached)
         except Exception as error:
             if not isinstance(error, KEEPS_CACHE):
                 # A failing handler may have changed the state it was given; a

@@ -121,10 +121,20 @@ TEST_SETTINGS = Settings(listen="127.0.0.1:0", discover_plugins=True, shutdown_g
 
 @asynccontextmanager
 async def running_server(
-    store: EventStore, *, settings: Settings = TEST_SETTINGS, registry: Registry | None = None, **overrides: object
+    store: EventStore,
+    *,
+    settings: Settings = TEST_SETTINGS,
+    registry: Registry | None = None,
+    tracer_provider: object | None = None,
+    **overrides: object,
 ) -> AsyncIterator[tuple[Application, Client]]:
     """A server on a free port over ``store``, and a client connected to it."""
-    app = await start(replace(settings, **overrides), store=store, registry=registry)  # type: ignore[arg-type]
+    app = await start(
+        replace(settings, **overrides),  # type: ignore[arg-type]
+        store=store,
+        registry=registry,
+        tracer_provider=tracer_provider,
+    )
     try:
         async with connect(app.address) as client:
             yield app, client

@@ -1,0 +1,162 @@
+"""Prometheus metrics, served on a port of their own (``--metrics-listen``).
+
+Names follow Prometheus conventions (``chronicle_`` prefix, base units,
+``_total`` counters). Labels are bounded sets (command types the plugins
+registered, status codes, store operations): never aggregate ids.
+
+- ``chronicle_commands_total{command_type, outcome}``: commands processed;
+  outcome is ``ok``, ``replayed`` or the gRPC code in lower case
+  (``failed_precondition``, ``permission_denied``, ``aborted``, …).
+- ``chronicle_command_duration_seconds{command_type}``: from taking a command
+  to its result, queue wait included (histogram).
+- ``chronicle_rpc_refusals_total{reason}``: RPCs refused before their request
+  was read (``NO_CREDENTIALS``, ``TOKEN_EXPIRED``, ``TOO_MANY_REQUESTS``, …).
+- ``chronicle_queued_commands``, ``chronicle_live_workers``,
+  ``chronicle_rpcs_in_flight``: gauges read at scrape time.
+- ``chronicle_concurrency_conflicts_total``: appends that lost a version
+  race; each is retried unless the budget is spent (the command then counts
+  with outcome ``aborted``), so retries = conflicts - aborted.
+- ``chronicle_store_operation_duration_seconds{operation}``: time in the
+  store per operation (``append``, ``read_aggregate``, …; histogram).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from service.api.status import status_code
+from service.errors import ChronicleError, ConcurrencyConflict, ConfigurationError
+from service.processing.middleware import CommandCall, Middleware
+from service.store.base import EventStore
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Every metric of one server, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.commands = Counter(
+            "chronicle_commands", "Commands processed, by type and outcome", ["command_type", "outcome"], registry=r
+        )
+        self.command_duration = Histogram(
+            "chronicle_command_duration_seconds",
+            "Time from taking a command to its result, queue wait included",
+            ["command_type"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rpc_refusals = Counter(
+            "chronicle_rpc_refusals", "RPCs refused before their request was read, by reason", ["reason"], registry=r
+        )
+        self.conflicts = Counter(
+            "chronicle_concurrency_conflicts", "Appends that lost a version race (then retried)", registry=r
+        )
+        self.store_duration = Histogram(
+            "chronicle_store_operation_duration_seconds",
+            "Time spent in the store, by operation",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queued = Gauge("chronicle_queued_commands", "Commands waiting in aggregate queues", registry=r)
+        self.live_workers = Gauge("chronicle_live_workers", "Aggregate workers alive", registry=r)
+        self.rpcs_in_flight = Gauge("chronicle_rpcs_in_flight", "RPCs being handled", registry=r)
+
+    def watch(
+        self, *, queued: Callable[[], float], live_workers: Callable[[], float], rpcs_in_flight: Callable[[], float]
+    ) -> None:
+        """Gauges read at scrape time from the parts that know."""
+        self.queued.set_function(queued)
+        self.live_workers.set_function(live_workers)
+        self.rpcs_in_flight.set_function(rpcs_in_flight)
+
+    async def rpc_refused(self, method: str, request: object, error: ChronicleError) -> None:
+        """An ``OnRefused`` hook for the interceptors."""
+        self.rpc_refusals.labels(reason=error.reason).inc()
+
+
+def outcome(call: CommandCall) -> str:
+    if call.error is None:
+        return "replayed" if call.result is not None and call.result.replayed else "ok"
+    if isinstance(call.error, ChronicleError):
+        return str(status_code(call.error).name.lower())
+    if isinstance(call.error, asyncio.CancelledError):
+        return "cancelled"
+    return "internal"
+
+
+class MetricsMiddleware(Middleware):
+    name = "metrics"
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def _count(self, call: CommandCall) -> None:
+        self._metrics.commands.labels(command_type=call.command_type, outcome=outcome(call)).inc()
+        self._metrics.command_duration.labels(command_type=call.command_type).observe(call.elapsed)
+
+    async def after(self, call: CommandCall) -> None:
+        self._count(call)
+
+    async def on_error(self, call: CommandCall) -> None:
+        self._count(call)
+
+
+class TimedStore:
+    """Delegates every store operation to ``inner`` and times it; counts
+    appends that conflict. Wraps whatever the protocol has, without a list."""
+
+    def __init__(self, inner: EventStore, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attribute):
+            return attribute
+        histogram = self._metrics.store_duration.labels(operation=name)
+        conflicts = self._metrics.conflicts
+
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await cast(Callable[..., Awaitable[Any]], attribute)(*args, **kwargs)
+            except ConcurrencyConflict:
+                conflicts.inc()
+                raise
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+        return timed
+
+    @classmethod
+    def wrap(cls, inner: EventStore, metrics: Metrics) -> EventStore:
+        return cast(EventStore, cls(inner, metrics))
+
+
+class MetricsServer:
+    """The HTTP endpoint Prometheus scrapes (``/metrics``), on its own thread."""
+
+    def __init__(self, metrics: Metrics, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        try:
+            self._server: WSGIServer
+            self._server, self._thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+        except OSError as error:
+            raise ConfigurationError(f"cannot serve metrics on {listen}: {error}", reason="BIND_FAILED") from error
+        self.address = f"{host}:{self._server.server_port}"
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,115 @@
+"""OpenTelemetry tracing of the command path, when the packages are installed
+(``pip install chronicle[otel]``); without them this module does nothing.
+
+Each RPC gets a SERVER span whose parent is the client's trace context, read
+from the W3C ``traceparent``/``tracestate`` metadata (the globally
+configured propagator); each command gets a child span ``command <type>``
+with its id, type, aggregate type and outcome. Spans go to the tracer
+provider the process configured (e.g. with the OpenTelemetry SDK and an OTLP
+exporter, or ``opentelemetry-instrument``); with none configured the API's
+no-op provider makes them free.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib.util
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from service.api.interceptors import gated
+from service.errors import ChronicleError
+from service.processing.middleware import CommandCall, Middleware
+
+INSTRUMENTATION = "chronicle"
+
+
+def available() -> bool:
+    return importlib.util.find_spec("opentelemetry") is not None
+
+
+class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A SERVER span per RPC, continuing the client's trace."""
+
+    def __init__(self, tracer_provider: Any = None) -> None:
+        from opentelemetry import trace
+
+        self._tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=tracer_provider)
+
+    async def _gate(
+        self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Callable[[], None]:
+        from opentelemetry import context as otel_context
+        from opentelemetry import propagate, trace
+
+        carrier = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        parent = propagate.extract(carrier)
+        service, _, rpc = method.lstrip("/").partition("/")
+        span = self._tracer.start_span(
+            method.lstrip("/"),
+            context=parent,
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
+        )
+        # The RPC runs in a task of its own: what it attaches ends with it.
+        otel_context.attach(trace.set_span_in_context(span, parent))
+        return span.end
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return gated(handler, handler_call_details.method, self._gate, None)
+
+
+_command_span: contextvars.ContextVar[Any] = contextvars.ContextVar("chronicle_command_span", default=None)
+
+
+class TracingMiddleware(Middleware):
+    """A span per command, a child of the RPC's."""
+
+    name = "tracing"
+
+    def __init__(self, tracer_provider: Any = None) -> None:
+        from opentelemetry import trace
+
+        self._tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=tracer_provider)
+
+    async def before(self, call: CommandCall) -> None:
+        span = self._tracer.start_span(
+            f"command {call.command_type}",
+            attributes={
+                "chronicle.command_id": call.command_id,
+                "chronicle.command_type": call.command_type,
+                "chronicle.aggregate_type": call.aggregate_type,
+                "chronicle.aggregate_id": call.aggregate_id,
+                "chronicle.correlation_id": call.correlation_id,
+            },
+        )
+        _command_span.set(span)
+
+    async def after(self, call: CommandCall) -> None:
+        span = _command_span.get()
+        if span is None:
+            return
+        if call.result is not None:
+            span.set_attribute("chronicle.version", call.result.version)
+            span.set_attribute("chronicle.replayed", call.result.replayed)
+        span.end()
+
+    async def on_error(self, call: CommandCall) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        span = _command_span.get()
+        if span is None:
+            return
+        reason = call.error.reason if isinstance(call.error, ChronicleError) else type(call.error).__name__
+        span.set_attribute("chronicle.reason", reason)
+        span.set_status(Status(StatusCode.ERROR, reason))
+        span.end()

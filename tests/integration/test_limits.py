@@ -1,0 +1,59 @@
+"""Limits, each breached over a real socket: a clear RESOURCE_EXHAUSTED and
+nothing written."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.store.memory import MemoryStore
+from tests.support.blocking import GatedStore
+from tests.support.grpc_client import command, details_of, running_server
+
+
+async def test_one_rpc_over_the_concurrency_limit_is_resource_exhausted() -> None:
+    store = GatedStore(MemoryStore())
+    async with running_server(store, max_concurrent_rpcs=1) as (_, client):
+        holding = asyncio.ensure_future(client.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+        await store.entered.wait()  # the first call holds the only slot
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.submit(command("acc-2", bank.OpenAccount(owner="bob")))
+        store.gate.set()
+        await holding
+        assert await store.inner.head("acc-2") is None
+    details = details_of(raised.value)
+    assert (details.code, details.reason, details.retry) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "TOO_MANY_REQUESTS",
+        True,
+    )
+
+
+async def test_a_message_over_the_size_limit_is_resource_exhausted() -> None:
+    store = MemoryStore()
+    async with running_server(store, max_message_bytes=64 * 1024) as (_, client):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.submit(command("acc-1", bank.OpenAccount(owner="x" * 100_000)))
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await store.head("acc-1") is None
+
+
+async def test_a_full_aggregate_queue_is_resource_exhausted() -> None:
+    store = GatedStore(MemoryStore())
+    async with running_server(store, queue_depth=1) as (app, client):
+        running = asyncio.ensure_future(client.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+        await store.entered.wait()  # the worker is busy with the first command
+        queued = asyncio.ensure_future(client.submit(command("acc-1", bank.Deposit(amount=1))))
+        # The router has no event for "queued"; wait for the condition, not a time.
+        while app.router.queued < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.submit(command("acc-1", bank.Deposit(amount=2)))
+        store.gate.set()
+        await running
+        assert (await queued).version == 2
+    details = details_of(raised.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "AGGREGATE_QUEUE_FULL")

@@ -1,0 +1,95 @@
+"""OpenTelemetry spans of the command path (in-memory exporter), continuing
+the client's trace; structured JSON logs naming the command."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from chronicle.v1 import command_service_pb2
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.observability.logs import JsonFormatter, logging_command
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import command, running_server
+from tests.support.processes import cli, server_process
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN_ID = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+async def submit_traced(exporter: InMemorySpanExporter, message: object) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with running_server(MemoryStore(), tracer_provider=provider) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        request = command_service_pb2.SubmitRequest(command=command("acc-1", message))  # type: ignore[arg-type]
+        traceparent = (("traceparent", f"00-{TRACE_ID}-{CLIENT_SPAN_ID}-01"),)
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await client.commands.Submit(request, metadata=traceparent)
+    provider.shutdown()
+
+
+async def test_a_command_is_traced_as_a_child_of_the_clients_span(exporter: InMemorySpanExporter) -> None:
+    await submit_traced(exporter, bank.Deposit(amount=5))
+    traced = [s for s in exporter.get_finished_spans() if s.context.trace_id == int(TRACE_ID, 16)]
+    rpc = next(s for s in traced if s.kind == SpanKind.SERVER)
+    work = next(s for s in traced if s.name == "command bank.v1.Deposit")
+    assert rpc.name == "chronicle.v1.CommandService/Submit"
+    assert rpc.parent is not None and rpc.parent.span_id == int(CLIENT_SPAN_ID, 16)
+    assert work.parent is not None and work.parent.span_id == rpc.context.span_id
+    assert work.attributes is not None and work.attributes["chronicle.version"] == 2
+
+
+async def test_a_refused_command_span_carries_the_reason(exporter: InMemorySpanExporter) -> None:
+    await submit_traced(exporter, bank.Withdraw(amount=500))
+    work = next(s for s in exporter.get_finished_spans() if s.name == "command bank.v1.Withdraw")
+    assert work.status.status_code == StatusCode.ERROR
+    assert work.attributes is not None and work.attributes["chronicle.reason"] == "INSUFFICIENT_FUNDS"
+
+
+def test_json_log_lines_name_the_command_being_processed() -> None:
+    record = logging.LogRecord("chronicle.test", logging.WARNING, __file__, 1, "slow: %s", ("x",), None)
+    record.duration_ms = 12.5
+    with logging_command(command_id="c-1", correlation_id="", aggregate_id="acc-1"):
+        line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "slow: x"
+    assert line["level"] == "WARNING"
+    assert (line["command_id"], line["correlation_id"], line["aggregate_id"]) == ("c-1", "c-1", "acc-1")
+    assert line["duration_ms"] == 12.5
+
+
+@pytest.mark.slow
+def test_the_server_logs_each_command_as_json(tmp_path: Path) -> None:
+    command_id = str(uuid.uuid4())
+    extra = ["--log-format", "json", "--log-level", "DEBUG"]
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
+        cli(
+            "submit",
+            "acc-1",
+            "bank.v1.OpenAccount",
+            '{"owner": "ann"}',
+            "--command-id",
+            command_id,
+            server=server.address,
+        )
+        server.stop()
+        output = server.process.stdout.read() if server.process.stdout else ""
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    (done,) = [line for line in lines if line.get("logger") == "chronicle.commands"]
+    assert (done["command_id"], done["correlation_id"], done["aggregate_id"]) == (command_id, command_id, "acc-1")
+    assert (done["command_type"], done["outcome"]) == ("bank.v1.OpenAccount", "ok")
