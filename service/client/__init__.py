@@ -11,6 +11,8 @@
         account = await client.get_aggregate("acc-1", bank.Account)
         async for event in client.read("acc-1"):
             print(event.version, event.payload)
+        async for event in client.subscribe(checkpoints=FileCheckpoints(Path("projector.pos"))):
+            project(event)  # every event once, in log order; resumes where it stopped
 
 Commands get a command id (UUID 4) of their own and are retried with it on
 UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED, honouring
@@ -18,6 +20,7 @@ the server's RetryInfo: the server runs a command id at most once, so a
 retry never appends twice.
 """
 
+from service.client.checkpoints import CheckpointStore, FileCheckpoints, MemoryCheckpoints
 from service.client.client import ChronicleClient
 from service.client.errors import (
     Aborted,
@@ -35,24 +38,30 @@ from service.client.errors import (
 )
 from service.client.results import AggregateState, Event, Submitted
 from service.client.retry import NO_RETRIES, RetryPolicy
+from service.client.subscription import LogFilter, Subscription
 
 __all__ = [
     "NO_RETRIES",
     "Aborted",
     "AggregateState",
     "AlreadyExists",
+    "CheckpointStore",
     "ChronicleClient",
     "DeadlineExceeded",
     "Event",
     "FailedPrecondition",
+    "FileCheckpoints",
     "Internal",
     "InvalidArgument",
+    "LogFilter",
+    "MemoryCheckpoints",
     "NotFound",
     "PermissionDenied",
     "RemoteError",
     "ResourceExhausted",
     "RetryPolicy",
     "Submitted",
+    "Subscription",
     "Unauthenticated",
     "Unavailable",
 ]

@@ -18,8 +18,10 @@ from chronicle.v1 import (
     event_service_pb2,
     event_service_pb2_grpc,
 )
+from service.client.checkpoints import CheckpointStore
 from service.client.results import AggregateState, Event, M, Submitted, unpack_as
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
+from service.client.subscription import LogFilter, Subscription
 
 DEFAULT_ATTEMPT_TIMEOUT = 10.0
 
@@ -30,6 +32,8 @@ class ChronicleClient:
         async with ChronicleClient.connect("127.0.0.1:50051", origin="billing") as client:
             done = await client.submit("acc-1", bank.Deposit(amount=100))
             account = await client.get_aggregate("acc-1", bank.Account)
+            async for event in client.subscribe(checkpoints=FileCheckpoints(Path("billing.pos"))):
+                ...
 
     Commands get a fresh command id (UUID 4) unless one is given; failed
     attempts that may succeed later are retried with the *same* id, which the
@@ -192,6 +196,40 @@ class ChronicleClient:
         """``read`` into a list."""
         events = self.read(aggregate_id, from_version=from_version, event_types=event_types, origin=origin)
         return [event async for event in events]
+
+    def subscribe(
+        self,
+        *,
+        checkpoints: CheckpointStore | None = None,
+        after_position: int = 0,
+        from_end: bool = False,
+        aggregate_types: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        aggregate_id: str = "",
+        origin: str = "",
+        save_every: int = 1,
+    ) -> Subscription:
+        """Every committed event matching the filter, in log order: those
+        after ``after_position`` (or, with ``from_end``, only new ones), then
+        live ones, for as long as you iterate. A broken stream is resumed
+        after the last event processed; with ``checkpoints`` the subscription
+        starts after the saved position (ignoring ``after_position`` and
+        ``from_end``) and saves as it goes. See :class:`Subscription`."""
+
+        def open_call(request: event_service_pb2.SubscribeRequest) -> Any:
+            return self._events.Subscribe(request, metadata=self._call_metadata)  # a stream: no deadline
+
+        return Subscription(
+            open_call,
+            log_filter=LogFilter(
+                aggregate_types=aggregate_types, event_types=event_types, aggregate_id=aggregate_id, origin=origin
+            ),
+            retry=self._retry,
+            after_position=after_position,
+            from_end=from_end,
+            checkpoints=checkpoints,
+            save_every=save_every,
+        )
 
     async def get_aggregate(self, aggregate_id: str, state_type: type[M]) -> AggregateState[M]:
         """The aggregate's current state as a ``state_type`` message. Raises

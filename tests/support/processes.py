@@ -55,9 +55,16 @@ class ServerProcess:
 
 @contextmanager
 def server_process(
-    database_url: str, *, extra: Sequence[str] = (), env: dict[str, str] | None = None, cwd: Path | None = None
+    database_url: str,
+    *,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    port: int | None = None,
 ) -> Iterator[ServerProcess]:
-    address = f"127.0.0.1:{free_port()}"
+    """A server process on ``port`` (a free one if None: pass the same port
+    to restart a server where its clients expect it)."""
+    address = f"127.0.0.1:{port or free_port()}"
     command = [sys.executable, "-m", "service", "serve", "--listen", address, "--database-url", database_url, *extra]
     process = subprocess.Popen(
         command,
