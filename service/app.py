@@ -175,7 +175,7 @@ async def start(
     if authorizer.enforcing:
         middleware.append(AuthorizationMiddleware(authorizer))
     middleware.extend(registry.middleware)
-    pipeline = Pipeline(router.submit, middleware)
+    pipeline = Pipeline(router.submit, middleware, submit_batch=router.submit_batch)
     on_refused = refused_rpc_hooks(audit_refused_rpc(audit), metrics.rpc_refused if metrics is not None else None)
     limit = ConcurrencyLimit(settings.max_concurrent_rpcs, on_refused=on_refused)
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []

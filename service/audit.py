@@ -97,6 +97,10 @@ class AuditMiddleware(Middleware):
             return
         if recorded_with_command(error) and not call.refused_by:
             return
+        # A dry run writes nothing; only a middleware's refusal of it (the
+        # policy, say) is worth an entry.
+        if call.dry_run and not call.refused_by:
+            return
         await self._audit.refused(
             refusal(
                 error,

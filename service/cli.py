@@ -107,12 +107,14 @@ def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
     if args.expected_version is not None:
         command.expected_version = args.expected_version
     stub = command_service_pb2_grpc.CommandServiceStub(channel)
-    response = stub.Submit(command_service_pb2.SubmitRequest(command=command), timeout=args.timeout)
+    request = command_service_pb2.SubmitRequest(command=command, dry_run=args.dry_run)
+    response = stub.Submit(request, timeout=args.timeout)
     _print(
         {
             "command_id": command.command_id,
             "version": response.version,
             "replayed": response.replayed,
+            "dry_run": args.dry_run,
             "events": [_event_json(types, e) for e in response.events],
         }
     )
@@ -342,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--origin")
     submit.add_argument("--user")
     submit.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    submit.add_argument("--dry-run", action="store_true", help="show the events it would append; write nothing")
     submit.set_defaults(run=_submit, remote=True)
 
     read = commands.add_parser("read", help="print an aggregate's events as JSON lines")

@@ -151,9 +151,10 @@ class NotUnique(ValidationError):
 
     default_reason = "NOT_UNIQUE"
 
-    def __init__(self, scope: str) -> None:
+    def __init__(self, scope: str, value: str | None = None) -> None:
         super().__init__(f"the value is already taken in {scope!r}", metadata={"scope": scope})
         self.scope = scope
+        self.value = value  # for the executor to name the command; never sent
 
 
 class AggregateNotFound(ChronicleError):

@@ -5,7 +5,7 @@ lives here, and every refusal names the field at fault."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError
 from chronicle.v1 import command_pb2, event_pb2
 from service.errors import InvalidInput
 from service.plugins.registry import Registry
-from service.processing.commands import CommandRequest
+from service.processing.commands import CommandBatch, CommandRequest
 from service.store.records import RecordedEvent
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
@@ -22,6 +22,7 @@ MAX_TEXT_LENGTH = 200
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY = 128
 MAX_METADATA_VALUE = 4096
+MAX_BATCH_COMMANDS = 100
 
 
 def _printable(value: str) -> bool:
@@ -47,15 +48,15 @@ def _check_text(field: str, value: str) -> str:
     return value
 
 
-def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+def _check_metadata(metadata: Mapping[str, str], field: str = "command") -> dict[str, str]:
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidInput.for_field(
-            "command.metadata", f"at most {MAX_METADATA_ENTRIES} entries", reason="INVALID_METADATA"
+            f"{field}.metadata", f"at most {MAX_METADATA_ENTRIES} entries", reason="INVALID_METADATA"
         )
     for key, value in metadata.items():
         if not key or len(key) > MAX_METADATA_KEY or not _printable(key) or len(value) > MAX_METADATA_VALUE:
             raise InvalidInput.for_field(
-                f"command.metadata[{key[:MAX_METADATA_KEY]!r}]",
+                f"{field}.metadata[{key[:MAX_METADATA_KEY]!r}]",
                 f"keys 1 to {MAX_METADATA_KEY} printable characters, values up to {MAX_METADATA_VALUE}",
                 reason="INVALID_METADATA",
             )
@@ -66,16 +67,18 @@ def type_name(packed: any_pb2.Any) -> str:
     return packed.type_url.rpartition("/")[2]
 
 
-def decode_command(command: command_pb2.Command, registry: Registry) -> CommandRequest:
+def decode_command(command: command_pb2.Command, registry: Registry, *, field: str = "command") -> CommandRequest:
+    """A well-formed command bound to its handler; ``field`` names it in
+    refusals ("command", or "commands[3]" in a batch)."""
     try:
         command_id = str(uuid.UUID(command.command_id))
     except ValueError:
         raise InvalidInput.for_field(
-            "command.command_id", "must be a UUID chosen by the client", reason="INVALID_COMMAND_ID"
+            f"{field}.command_id", "must be a UUID chosen by the client", reason="INVALID_COMMAND_ID"
         ) from None
-    aggregate_id = check_id("command.aggregate_id", command.aggregate_id, reason="INVALID_AGGREGATE_ID")
+    aggregate_id = check_id(f"{field}.aggregate_id", command.aggregate_id, reason="INVALID_AGGREGATE_ID")
     if not command.HasField("payload") or not command.payload.type_url:
-        raise InvalidInput.for_field("command.payload", "must hold the command message", reason="MISSING_PAYLOAD")
+        raise InvalidInput.for_field(f"{field}.payload", "must hold the command message", reason="MISSING_PAYLOAD")
     name = type_name(command.payload)
     spec = registry.command(name)
     if spec is None:
@@ -90,20 +93,54 @@ def decode_command(command: command_pb2.Command, registry: Registry) -> CommandR
         message.ParseFromString(command.payload.value)
     except DecodeError as error:
         raise InvalidInput.for_field(
-            "command.payload.value", f"does not parse as {name}: {error}", reason="MALFORMED_PAYLOAD"
+            f"{field}.payload.value", f"does not parse as {name}: {error}", reason="MALFORMED_PAYLOAD"
         ) from None
     return CommandRequest(
         command_id=command_id,
         aggregate_id=aggregate_id,
         spec=spec,
         message=message,
-        user_id=_check_text("command.user_id", command.user_id),
-        origin=_check_text("command.origin", command.origin),
-        correlation_id=_check_text("command.correlation_id", command.correlation_id),
-        causation_id=_check_text("command.causation_id", command.causation_id),
-        metadata=_check_metadata(command.metadata),
+        user_id=_check_text(f"{field}.user_id", command.user_id),
+        origin=_check_text(f"{field}.origin", command.origin),
+        correlation_id=_check_text(f"{field}.correlation_id", command.correlation_id),
+        causation_id=_check_text(f"{field}.causation_id", command.causation_id),
+        metadata=_check_metadata(command.metadata, field),
         expected_version=command.expected_version if command.HasField("expected_version") else None,
     )
+
+
+def decode_batch(commands: Sequence[command_pb2.Command], registry: Registry, *, dry_run: bool) -> CommandBatch:
+    """A well-formed batch: 1 to MAX_BATCH_COMMANDS commands for one
+    aggregate, each command id once."""
+    if not commands:
+        raise InvalidInput.for_field("commands", "must hold at least one command", reason="EMPTY_BATCH")
+    if len(commands) > MAX_BATCH_COMMANDS:
+        raise InvalidInput.for_field(
+            "commands", f"holds {len(commands)} commands; at most {MAX_BATCH_COMMANDS}", reason="BATCH_TOO_LARGE"
+        )
+    decoded = [decode_command(c, registry, field=f"commands[{i}]") for i, c in enumerate(commands)]
+    first, seen = decoded[0], dict[str, int]()
+    for i, request in enumerate(decoded):
+        if request.aggregate_id != first.aggregate_id:
+            raise InvalidInput.for_field(
+                f"commands[{i}].aggregate_id",
+                f"must be {first.aggregate_id!r} as in commands[0]: a batch is for one aggregate",
+                reason="MIXED_AGGREGATES",
+            )
+        if request.spec.aggregate is not first.spec.aggregate:
+            raise InvalidInput.for_field(
+                f"commands[{i}].payload",
+                f"is a command for a {request.spec.aggregate.name}; commands[0] is for a {first.spec.aggregate.name}",
+                reason="MIXED_AGGREGATE_TYPES",
+            )
+        if request.command_id in seen:
+            raise InvalidInput.for_field(
+                f"commands[{i}].command_id",
+                f"repeats commands[{seen[request.command_id]}].command_id",
+                reason="DUPLICATE_COMMAND_ID",
+            )
+        seen[request.command_id] = i
+    return CommandBatch(tuple(decoded), dry_run=dry_run)
 
 
 def timestamp(micros: int) -> timestamp_pb2.Timestamp:

@@ -13,16 +13,18 @@ from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
 from service.api import guard
-from service.api.codec import decode_command, encode_event, type_name
+from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event, type_name
 from service.api.interceptors import OnRefused
 from service.audit import AuditLog, refusal
 from service.errors import ChronicleError, InvalidInput
 from service.plugins.registry import Registry
+from service.processing.commands import CommandBatch, CommandRequest, CommandResult
 from service.processing.middleware import Pipeline
 from service.security.principal import Principal, current_principal
 from service.store.records import AuditEntry
 
 SUBMIT_METHOD = "/chronicle.v1.CommandService/Submit"
+SUBMIT_BATCH_METHOD = "/chronicle.v1.CommandService/SubmitBatch"
 # Audit entries keep what the client sent, cut to a bounded size: a refused
 # request may be malformed in any way.
 _AUDITED_LENGTH = 200
@@ -44,15 +46,49 @@ class CommandService(pb_grpc.CommandServiceServicer):
         except ChronicleError as error:
             await self._audit.refused(_refusal(request, principal, error))
             raise
-        # The caller acts as itself unless it names another user (which the
-        # authorization middleware allows only with an impersonation grant).
-        command = replace(command, principal=principal.name, user_id=command.user_id or principal.name)
-        result = await self._pipeline.submit(command, principal)
-        return pb.SubmitResponse(
-            events=[encode_event(e) for e in result.events],
-            version=result.version,
-            replayed=result.replayed,
+        command = _as_principal(command, principal)
+        if request.dry_run:
+            batch = await self._pipeline.submit_batch(CommandBatch((command,), dry_run=True), principal)
+            return _response(batch.results[0])
+        return _response(await self._pipeline.submit(command, principal))
+
+    @guard.unary
+    async def SubmitBatch(
+        self, request: pb.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SubmitBatchResponse:
+        principal = current_principal.get()
+        try:
+            batch = decode_batch(request.commands, self._registry, dry_run=request.dry_run)
+        except ChronicleError as error:
+            for entry in _batch_refusals(request, principal, error):
+                await self._audit.refused(entry)
+            raise
+        batch = replace(batch, commands=tuple(_as_principal(c, principal) for c in batch.commands))
+        result = await self._pipeline.submit_batch(batch, principal)
+        return pb.SubmitBatchResponse(
+            results=[_response(r) for r in result.results], version=result.version, replayed=result.replayed
         )
+
+
+def _as_principal(command: CommandRequest, principal: Principal) -> CommandRequest:
+    # The caller acts as itself unless it names another user (which the
+    # authorization middleware allows only with an impersonation grant).
+    return replace(command, principal=principal.name, user_id=command.user_id or principal.name)
+
+
+def _response(result: CommandResult) -> pb.SubmitResponse:
+    return pb.SubmitResponse(
+        events=[encode_event(e) for e in result.events], version=result.version, replayed=result.replayed
+    )
+
+
+def _batch_refusals(request: object, principal: Principal | None, error: ChronicleError) -> list[AuditEntry]:
+    """One audit entry per command of a refused batch (one in all when the
+    batch is too large to list)."""
+    commands = list(request.commands) if isinstance(request, pb.SubmitBatchRequest) else []
+    if not commands or len(commands) > MAX_BATCH_COMMANDS:
+        commands = [command_pb2.Command()]
+    return [_refusal(pb.SubmitRequest(command=command), principal, error) for command in commands]
 
 
 def _refusal(request: object, principal: Principal | None, error: ChronicleError) -> AuditEntry:
@@ -79,5 +115,8 @@ def audit_refused_rpc(audit: AuditLog) -> OnRefused:
     async def on_refused(method: str, request: object, error: ChronicleError) -> None:
         if method == SUBMIT_METHOD:
             await audit.refused(_refusal(request, None, error))
+        elif method == SUBMIT_BATCH_METHOD:
+            for entry in _batch_refusals(request, None, error):
+                await audit.refused(entry)
 
     return on_refused

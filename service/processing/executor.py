@@ -49,6 +49,14 @@ def conflict_backoff(attempt: int) -> float:
     return random.uniform(0, min(0.05, 0.002 * 2 ** (attempt - 1)))
 
 
+def _name_the_claimant(error: NotUnique, decision: Decision) -> None:
+    """Say which command of a batch took the value the store refused."""
+    for index, decided in reversed(list(enumerate(decision.commands))):
+        if any(c.scope == error.scope and c.value == error.value and not c.release for c in decided.claims):
+            error.metadata.update(batch_index=str(index), command_id=decided.request.command_id)
+            return
+
+
 class CommandExecutor:
     def __init__(
         self,
@@ -93,6 +101,7 @@ class CommandExecutor:
                 await asyncio.sleep(conflict_backoff(attempt))
             if aggregate is None:
                 aggregate = await self._loader.load(batch.aggregate_id, aggregate_type)
+            decision: Decision | None = None
             try:
                 decision = await self._decider.decide(batch.commands, aggregate)
                 return await self._append(batch, aggregate, decision)
@@ -106,6 +115,8 @@ class CommandExecutor:
             except ChronicleError as error:
                 if type(error).__name__ not in REPLAYABLE:
                     raise
+                if isinstance(error, NotUnique) and decision is not None and len(batch.commands) > 1:
+                    _name_the_claimant(error, decision)
                 try:
                     await self._record_rejection(batch, aggregate, error)
                 except ConcurrencyConflict as stale:

@@ -14,6 +14,13 @@ the outer middleware's ``on_error`` hooks see the refusal. An exception in an
 ``after`` or ``on_error`` hook is logged and ignored: the command's outcome
 is already decided and may be committed.
 
+A batch (``SubmitBatch``) passes every hook once per command, in the
+batch's order: ``before`` hooks of one middleware for all its commands, then
+the next middleware's; a refusal of any command refuses the batch (the error
+names the command: ``batch_index``, ``command_id``) and the ``on_error`` hooks
+run for every (middleware, command) whose ``before`` ran. A dry run passes
+the hooks like a real command, with ``call.dry_run`` set.
+
 Each hook receives one frozen ``CommandCall``, so adding a field to it breaks
 no middleware. The hooks of one call run in the caller's asyncio task, so a
 middleware may keep per-call state in a ``contextvars.ContextVar``.
@@ -28,7 +35,8 @@ from dataclasses import dataclass, field, replace
 
 from google.protobuf.message import Message
 
-from service.processing.commands import CommandRequest, CommandResult
+from service.errors import ChronicleError
+from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.security.principal import ANONYMOUS, Principal
 
 log = logging.getLogger(__name__)
@@ -43,7 +51,8 @@ class CommandCall:
     ``result`` is set for ``after`` hooks, ``error`` for ``on_error``
     hooks, and ``elapsed`` (seconds since the pipeline took the command) for
     both. ``refused_by`` names the middleware whose ``before`` hook refused
-    the command (empty when processing itself failed).
+    the command (empty when processing itself failed). ``dry_run``: the
+    command is decided but nothing is written.
     """
 
     command_id: str
@@ -61,9 +70,10 @@ class CommandCall:
     error: BaseException | None = None
     elapsed: float = 0.0
     refused_by: str = ""
+    dry_run: bool = False
 
     @classmethod
-    def of(cls, request: CommandRequest, principal: Principal) -> CommandCall:
+    def of(cls, request: CommandRequest, principal: Principal, *, dry_run: bool = False) -> CommandCall:
         return cls(
             command_id=request.command_id,
             command_type=request.spec.name,
@@ -76,6 +86,7 @@ class CommandCall:
             correlation_id=request.correlation_id or request.command_id,
             metadata=request.metadata,
             expected_version=request.expected_version,
+            dry_run=dry_run,
         )
 
 
@@ -96,14 +107,47 @@ class Middleware:
 
 
 Submit = Callable[[CommandRequest], Awaitable[CommandResult]]
+SubmitBatch = Callable[[CommandBatch], Awaitable[BatchResult]]
 
 
 class Pipeline:
-    """Runs ``submit`` for each command inside the given middleware."""
+    """Runs ``submit`` for each command (``submit_batch`` for each batch, a
+    dry run included) inside the given middleware."""
 
-    def __init__(self, submit: Submit, middleware: Sequence[Middleware] = ()) -> None:
+    def __init__(
+        self, submit: Submit, middleware: Sequence[Middleware] = (), *, submit_batch: SubmitBatch | None = None
+    ) -> None:
         self._submit = submit
+        self._submit_batch = submit_batch
         self.middleware = tuple(middleware)
+
+    async def submit_batch(self, batch: CommandBatch, principal: Principal = ANONYMOUS) -> BatchResult:
+        if self._submit_batch is None:
+            raise RuntimeError("this pipeline was built without submit_batch")
+        calls = [CommandCall.of(request, principal, dry_run=batch.dry_run) for request in batch.commands]
+        started = time.perf_counter()
+        entered: list[tuple[Middleware, CommandCall]] = []
+        refused_by = ""
+        try:
+            for middleware in self.middleware:
+                refused_by = middleware.name
+                for index, call in enumerate(calls):
+                    await _before(middleware, call, index if len(calls) > 1 else None)
+                    entered.append((middleware, call))
+            refused_by = ""
+            result = await self._submit_batch(batch)
+        except BaseException as error:
+            elapsed = time.perf_counter() - started
+            for middleware, call in reversed(entered):
+                failed = replace(call, error=error, elapsed=elapsed, refused_by=refused_by)
+                await _quietly(middleware, middleware.on_error, failed)
+            raise
+        elapsed = time.perf_counter() - started
+        results = dict(zip((c.command_id for c in calls), result.results, strict=True))
+        for middleware, call in reversed(entered):
+            done = replace(call, result=results[call.command_id], elapsed=elapsed)
+            await _quietly(middleware, middleware.after, done)
+        return result
 
     async def submit(self, request: CommandRequest, principal: Principal = ANONYMOUS) -> CommandResult:
         call = CommandCall.of(request, principal)
@@ -126,6 +170,15 @@ class Pipeline:
         for middleware in reversed(entered):
             await _quietly(middleware, middleware.after, done)
         return result
+
+
+async def _before(middleware: Middleware, call: CommandCall, index: int | None) -> None:
+    try:
+        await middleware.before(call)
+    except ChronicleError as error:
+        if index is not None:
+            error.metadata.update(batch_index=str(index), command_id=call.command_id)
+        raise
 
 
 async def _quietly(middleware: Middleware, hook: Callable[[CommandCall], Awaitable[None]], call: CommandCall) -> None:

@@ -105,7 +105,7 @@ class MemoryStore:
             elif holder is None or holder == aggregate_id:
                 changed[key] = aggregate_id
             else:
-                raise NotUnique(claim.scope)
+                raise NotUnique(claim.scope, claim.value)
         return {key: owner for key, owner in changed.items() if owner is not None or key in self._claims}
 
     async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:

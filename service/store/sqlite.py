@@ -305,7 +305,7 @@ class SqliteStore:
             "SELECT aggregate_id FROM claims WHERE scope = ? AND value = ?", (claim.scope, claim.value)
         ).fetchone()
         if holder != aggregate_id:
-            raise NotUnique(claim.scope)
+            raise NotUnique(claim.scope, claim.value)
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         await self._run(

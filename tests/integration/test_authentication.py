@@ -145,6 +145,28 @@ async def test_a_command_type_outside_the_callers_roles_is_permission_denied(sec
     assert await versions(secured, "acc-1") == []
 
 
+async def test_a_batch_with_one_command_outside_the_callers_roles_is_denied_whole(secured: Secured) -> None:
+    batch = command_service_pb2.SubmitBatchRequest(
+        commands=[
+            command("acc-1", bank.OpenAccount(owner="ann"), user_id=""),
+            command("acc-1", bank.CloseAccount(), user_id=""),
+        ]
+    )
+    async with secured.as_("alice") as alice:
+        outcome = await refused(alice.commands.SubmitBatch(batch))
+    assert outcome == (grpc.StatusCode.PERMISSION_DENIED, "SUBMIT_DENIED")
+    assert await versions(secured, "acc-1") == []
+
+
+async def test_a_dry_run_is_authorized_like_the_command(secured: Secured) -> None:
+    dry = command_service_pb2.SubmitRequest(
+        command=command("acc-1", bank.OpenAccount(owner="bob"), user_id=""), dry_run=True
+    )
+    async with secured.as_("bob") as bob:
+        outcome = await refused(bob.commands.Submit(dry))
+    assert outcome == (grpc.StatusCode.PERMISSION_DENIED, "SUBMIT_DENIED")
+
+
 async def test_a_principal_the_policy_does_not_know_is_denied_everything(secured: Secured) -> None:
     async with secured.as_("eve") as eve:
         outcome = await refused(eve.submit(command("box-1", box_pb2.CreateBox(name="x"), user_id="")))

@@ -10,7 +10,7 @@ from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.errors import PermissionDenied, ValidationError
 from service.plugins.registry import Registry
-from service.processing.commands import CommandRequest, CommandResult
+from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.middleware import CommandCall, Middleware, Pipeline
 from service.security.principal import Principal
 
@@ -107,3 +107,40 @@ async def test_a_failing_after_hook_does_not_change_the_outcome() -> None:
     pipeline = Pipeline(succeed, [Recorder("outer", log), Recorder("buggy", log, fail_after=True)])
     assert await pipeline.submit(request(), ALICE) == CommandResult((), 7)
     assert log[-1] == "outer.after"
+
+
+async def succeed_batch(batch: CommandBatch) -> BatchResult:
+    return BatchResult(tuple(CommandResult((), i + 1) for i in range(len(batch.commands))), len(batch.commands))
+
+
+async def test_a_batch_passes_each_hook_once_per_command_and_each_after_hook_sees_its_result() -> None:
+    log: list[str] = []
+    recorder = Recorder("outer", log)
+    pipeline = Pipeline(succeed, [recorder, Recorder("inner", log)], submit_batch=succeed_batch)
+    batch = CommandBatch((request(), request()), dry_run=True)
+    await pipeline.submit_batch(batch, ALICE)
+    assert log == ["outer.before"] * 2 + ["inner.before"] * 2 + ["inner.after"] * 2 + ["outer.after"] * 2
+    assert {(c.command_id, c.result) for c in recorder.calls} == {
+        (batch.commands[0].command_id, CommandResult((), 1)),
+        (batch.commands[1].command_id, CommandResult((), 2)),
+    }
+    assert all(c.dry_run for c in recorder.calls)
+
+
+async def test_a_refused_command_refuses_its_batch_naming_the_command() -> None:
+    class RefuseSecond(Middleware):
+        name = "gate"
+
+        async def before(self, call: CommandCall) -> None:
+            if call.command_id == batch.commands[1].command_id:
+                raise PermissionDenied("no", reason="NOPE")
+
+    log: list[str] = []
+    outer = Recorder("outer", log)
+    batch = CommandBatch((request(), request()))
+    pipeline = Pipeline(succeed, [outer, RefuseSecond()], submit_batch=succeed_batch)
+    with pytest.raises(PermissionDenied) as raised:
+        await pipeline.submit_batch(batch, ALICE)
+    assert raised.value.metadata["batch_index"] == "1"
+    assert log == ["outer.before", "outer.before", "outer.on_error", "outer.on_error"]
+    assert {c.refused_by for c in outer.calls} == {"gate"}

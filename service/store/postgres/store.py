@@ -307,7 +307,7 @@ class PostgresStore:
             # A stale version outranks a lost claim (the contract's order):
             # the command was decided on old state and must be decided again.
             await self._check_version(conn, aggregate_id, expected)
-            raise NotUnique(claim.scope)
+            raise NotUnique(claim.scope, claim.value)
 
     async def _check_version(self, conn: psycopg.AsyncConnection[Any], aggregate_id: str, expected: int) -> None:
         cursor = await conn.execute(_HEAD, (aggregate_id,))
