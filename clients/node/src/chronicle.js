@@ -165,6 +165,63 @@ export class ChronicleClient {
     return events;
   }
 
+  /**
+   * Every committed event matching the filter, in log order: the catch-up
+   * first, then live events, without end. `messages` yields
+   * { kind: 'event', event }, { kind: 'checkpoint', position } and, once,
+   * { kind: 'caught_up', position }. A stream ended by UNAVAILABLE (a
+   * replica shutting down, a lost connection) is reopened after the last
+   * position received, so nothing is skipped or repeated; keep
+   * `subscription.position` somewhere durable to resume after a restart
+   * (pass it back as `afterPosition`). `cancel()` ends it.
+   */
+  subscribe(
+    { aggregateTypes = [], eventTypes = [], aggregateId = '', origin = '' } = {},
+    { afterPosition = 0, fromEnd = false, maxAttempts = 10 } = {},
+  ) {
+    const events = this.events;
+    const state = { position: afterPosition, fromEnd, call: null, cancelled: false };
+    const filter = { aggregate_types: aggregateTypes, event_types: eventTypes, aggregate_id: aggregateId, origin };
+    async function* messages() {
+      for (let attempt = 1; ; attempt += 1) {
+        state.call = events.Subscribe({ ...filter, after_position: state.position, from_end: state.fromEnd });
+        try {
+          for await (const message of state.call) {
+            attempt = 1;
+            state.fromEnd = false;
+            if (message.kind === 'event') {
+              const event = decodeEvent(message.event);
+              state.position = event.position;
+              yield { kind: 'event', event };
+            } else {
+              state.position = Math.max(state.position, message[message.kind].position);
+              yield { kind: message.kind, position: state.position };
+            }
+          }
+          return;
+        } catch (error) {
+          if (state.cancelled || error.code === grpc.status.CANCELLED) return;
+          const refusal = new ChronicleError(error);
+          if (refusal.code !== 'UNAVAILABLE' || attempt >= maxAttempts) throw refusal;
+          const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
+          await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+        } finally {
+          state.call.cancel();
+        }
+      }
+    }
+    return {
+      messages: messages(),
+      get position() {
+        return state.position;
+      },
+      cancel() {
+        state.cancelled = true;
+        state.call?.cancel();
+      },
+    };
+  }
+
   /** The aggregate's current state: { aggregate_type, version, state }. */
   async getAggregate(aggregateId) {
     const response = await call(this.events, 'GetAggregate', { aggregate_id: aggregateId });

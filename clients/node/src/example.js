@@ -1,5 +1,6 @@
-// The walkthrough: open an account, deposit, be refused a withdrawal and
-// act on the refusal's reason, read the account back.
+// The walkthrough: subscribe to the account's events, open it, deposit, be
+// refused a withdrawal and act on the refusal's reason, read the account
+// back, and see the same events arrive on the stream.
 //
 //   make run                                   # in the repository root, one terminal
 //   cd clients/node && npm ci && npm run example -- 127.0.0.1:50051
@@ -13,6 +14,9 @@ import { ChronicleClient, ChronicleError } from './chronicle.js';
 
 export async function walkthrough(address, { accountId = `acc-${randomUUID()}`, log = console.log } = {}) {
   const client = new ChronicleClient(address, { origin: 'node-example' });
+  // Subscribed before anything happens: the events arrive live as they commit.
+  const subscription = client.subscribe({ aggregateId: accountId });
+  const streamed = collectEvents(subscription, 2);
   try {
     const opened = await client.submit(accountId, 'bank.v1.OpenAccount', { owner: 'ann' });
     log(`opened ${accountId} (version ${opened.version})`);
@@ -40,10 +44,30 @@ export async function walkthrough(address, { accountId = `acc-${randomUUID()}`, 
 
     const account = await client.getAggregate(accountId);
     log(`account ${accountId}: owner ${account.state.owner}, balance ${account.state.balance}`);
-    return { accountId, opened, deposited, refusal, events, account };
+
+    const live = await streamed;
+    for (const event of live) log(`  streamed: position ${event.position} ${event.event_type}`);
+    return { accountId, opened, deposited, refusal, events, account, streamed: live };
   } finally {
+    subscription.cancel();
     client.close();
   }
+}
+
+// The first `count` events of a subscription (a refused command adds none).
+async function collectEvents(subscription, count, timeoutMs = 20_000) {
+  const timer = setTimeout(() => subscription.cancel(), timeoutMs);
+  const events = [];
+  try {
+    for await (const message of subscription.messages) {
+      if (message.kind === 'event') events.push(message.event);
+      if (events.length === count) break;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  if (events.length < count) throw new Error(`only ${events.length} of ${count} events arrived on the stream`);
+  return events;
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {

@@ -42,6 +42,43 @@ test('the walkthrough opens, deposits, is refused by reason and reads the accoun
   assert.equal(result.account.version, 2);
   assert.deepEqual(result.account.state, { '@type': 'bank.v1.Account', owner: 'ann', balance: 100, closed: false });
   assert.ok(lines.some((line) => line.includes('withdrawal refused (FAILED_PRECONDITION INSUFFICIENT_FUNDS)')));
+  // The subscription saw the same two events, live, in order.
+  assert.deepEqual(
+    result.streamed.map((e) => [e.event_id, e.version]),
+    result.events.map((e) => [e.event_id, e.version]),
+  );
+});
+
+test('a subscription resumes after a position without a gap or a repeat', async () => {
+  const accountId = `acc-${randomUUID()}`;
+  await client.submit(accountId, 'bank.v1.OpenAccount', { owner: 'eve' });
+  for (const amount of [1, 2, 3]) await client.submit(accountId, 'bank.v1.Deposit', { amount });
+  const firstRun = client.subscribe({ aggregateId: accountId });
+  const first = [];
+  for await (const message of firstRun.messages) {
+    if (message.kind === 'event') first.push(message.event);
+    if (first.length === 2) break;
+  }
+  // A restarted subscriber passes back the position it had processed.
+  const secondRun = client.subscribe({ aggregateId: accountId }, { afterPosition: firstRun.position });
+  const second = [];
+  for await (const message of secondRun.messages) {
+    if (message.kind === 'event') second.push(message.event);
+    if (second.length === 2) break;
+  }
+  assert.deepEqual(
+    [...first, ...second].map((e) => e.version),
+    [1, 2, 3, 4],
+  );
+});
+
+test('a subscription filter naming an unknown event type is INVALID_ARGUMENT', async () => {
+  const subscription = client.subscribe({ eventTypes: ['bank.v1.NoSuchEvent'] });
+  await assert.rejects(subscription.messages.next(), (error) => {
+    assert.equal(error.code, 'INVALID_ARGUMENT');
+    assert.equal(error.reason, 'INVALID_FILTER');
+    return true;
+  });
 });
 
 test('the same command id twice is executed once', async () => {
