@@ -9,6 +9,7 @@ workers, then the store).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from service.audit import AuditLog, AuditMiddleware
 from service.errors import ConfigurationError
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer, TimedStore
+from service.observability.subscriptions import LagSampler, SubscriptionTracker
 from service.observability.tracing import TracingInterceptor, TracingMiddleware
 from service.observability.tracing import available as tracing_available
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
@@ -93,6 +95,7 @@ class Application:
     subscriptions: Subscriptions
     watchdog: LoopLagWatchdog | None = None
     metrics_server: MetricsServer | None = None
+    lag_sampler: LagSampler | None = None
 
     @property
     def address(self) -> str:
@@ -102,6 +105,8 @@ class Application:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace if grace is None else grace
         await self.monitor.stop()
+        if self.lag_sampler is not None:
+            await self.lag_sampler.stop()
         await self.health.set(False)
         self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
         await self.server.stop(grace)
@@ -177,12 +182,15 @@ async def start(
     middleware.extend(registry.middleware)
     pipeline = Pipeline(router.submit, middleware, submit_batch=router.submit_batch)
     on_refused = refused_rpc_hooks(audit_refused_rpc(audit), metrics.rpc_refused if metrics is not None else None)
-    limit = ConcurrencyLimit(settings.max_concurrent_rpcs, on_refused=on_refused)
+    limit = ConcurrencyLimit(
+        settings.max_concurrent_rpcs, subscription_limit=settings.max_subscriptions, on_refused=on_refused
+    )
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
     interceptors.append(limit)
     if authenticator is not None:
         interceptors.append(Authentication(authenticator, on_refused=on_refused))
     health = Health()
+    tracker = SubscriptionTracker()
     subscriptions = Subscriptions(
         store,
         executor.loader.reader,
@@ -191,7 +199,7 @@ async def start(
     )
     server = build_server(
         commands=CommandService(registry, pipeline, audit),
-        events=EventService(store, executor.loader, authorizer, subscriptions, registry),
+        events=EventService(store, executor.loader, authorizer, subscriptions, registry, tracker),
         admin=AdminService(audit, authorizer, keyring),
         health=health,
         max_message_bytes=settings.max_message_bytes,
@@ -204,6 +212,7 @@ async def start(
                 queued=lambda: router.queued,
                 live_workers=lambda: router.live_workers,
                 rpcs_in_flight=lambda: limit.in_flight,
+                subscriptions=lambda: tracker.count,
             )
             metrics_server = MetricsServer(metrics, settings.metrics_listen)
         if credentials is not None:
@@ -224,6 +233,10 @@ async def start(
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
+    lag_sampler = None
+    if metrics is not None:
+        lag_sampler = LagSampler(store, tracker, metrics.subscription_lag)
+        lag_sampler.start()
     return Application(
         settings=settings,
         registry=registry,
@@ -236,6 +249,7 @@ async def start(
         subscriptions=subscriptions,
         watchdog=watchdog,
         metrics_server=metrics_server,
+        lag_sampler=lag_sampler,
     )
 
 
@@ -260,6 +274,16 @@ def describe(app: Application) -> str:
     return "\n".join(lines)
 
 
+def _loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _store_name(url: str) -> str:
     from service.store.factory import _redacted
 
@@ -270,6 +294,12 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
     app = await start(settings)
     print(describe(app), flush=True)
+    if not settings.auth and not _loopback(settings.listen):
+        log.warning(
+            "authentication is off and %s is reachable from other machines: anyone there may do anything"
+            " (see --auth in docs/security.md)",
+            settings.listen,
+        )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

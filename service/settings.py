@@ -60,6 +60,9 @@ class Settings:
     max_concurrent_rpcs: int = field(
         default=1000, metadata={"help": "RPCs handled at once; one more is RESOURCE_EXHAUSTED (health checks exempt)"}
     )
+    max_subscriptions: int = field(
+        default=1000, metadata={"help": "subscriptions open at once; one more is RESOURCE_EXHAUSTED"}
+    )
     # -- security (docs/security.md) -------------------------------------
     auth: bool = field(
         default=False, metadata={"help": "require credentials on every RPC and enforce --policy-file (deny by default)"}
@@ -110,8 +113,10 @@ class Settings:
             raise ConfigurationError(
                 f"metrics_listen must be host:port, got {self.metrics_listen!r}", reason="BAD_SETTING"
             )
-        if self.max_concurrent_rpcs < 1:
-            raise ConfigurationError("max_concurrent_rpcs must be at least 1", reason="BAD_SETTING")
+        if self.max_concurrent_rpcs < 1 or self.max_subscriptions < 1:
+            raise ConfigurationError(
+                "max_concurrent_rpcs and max_subscriptions must be at least 1", reason="BAD_SETTING"
+            )
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigurationError("TLS needs both --tls-cert-file and --tls-key-file", reason="BAD_SETTING")
         if self.tls_client_ca_file and not self.tls_cert_file:

@@ -15,6 +15,7 @@ from service.api import guard
 from service.api.codec import TYPE_URL_PREFIX, check_id, encode_event
 from service.api.subscribe import decode_subscribe, encode_item, restrict_to_permitted
 from service.errors import AggregateNotFound
+from service.observability.subscriptions import SubscriptionTracker
 from service.plugins.registry import Registry
 from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
@@ -33,12 +34,14 @@ class EventService(pb_grpc.EventServiceServicer):
         authorizer: Authorizer,
         subscriptions: Subscriptions,
         registry: Registry,
+        tracker: SubscriptionTracker | None = None,
     ) -> None:
         self._store = store
         self._loader = loader
         self._authorizer = authorizer
         self._subscriptions = subscriptions
         self._registry = registry
+        self._tracker = tracker or SubscriptionTracker()
 
     async def _check_read(self, aggregate_id: str) -> None:
         """PERMISSION_DENIED unless the caller may read this aggregate's type.
@@ -57,8 +60,10 @@ class EventService(pb_grpc.EventServiceServicer):
         if self._authorizer.enforcing:
             wanted = restrict_to_permitted(wanted, self._registry, self._authorizer, current_principal.get())
         stream = await self._subscriptions.open(wanted)
-        async for item in stream:
-            yield encode_item(item)
+        with self._tracker.tracking(wanted.after_position) as handle:
+            async for item in stream:
+                yield encode_item(item)
+                self._tracker.moved(handle, item.position)
 
     @guard.streaming
     async def ReadAggregate(

@@ -137,14 +137,40 @@ async def _produce(produced: Any) -> AsyncIterator[Any]:
         await produced
 
 
+SUBSCRIBE_METHOD = "/chronicle.v1.EventService/Subscribe"
+
+
 class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """At most ``limit`` RPCs in flight; one more is RESOURCE_EXHAUSTED
-    (reason TOO_MANY_REQUESTS, with RetryInfo) before anything runs."""
+    (reason TOO_MANY_REQUESTS, with RetryInfo) before anything runs.
 
-    def __init__(self, limit: int, *, on_refused: OnRefused | None = None) -> None:
+    Subscriptions live as long as their clients want, so they are counted
+    apart (``subscription_limit``, reason TOO_MANY_SUBSCRIPTIONS): open
+    subscribers must not leave no room for commands.
+    """
+
+    def __init__(self, limit: int, *, subscription_limit: int, on_refused: OnRefused | None = None) -> None:
         self.limit = limit
+        self.subscription_limit = subscription_limit
         self.in_flight = 0
+        self.subscriptions = 0
         self._on_refused = on_refused
+
+    async def _subscription_gate(
+        self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Callable[[], None]:
+        if self.subscriptions >= self.subscription_limit:
+            raise Overloaded(
+                f"the server has {self.subscription_limit} open subscriptions; retry later",
+                reason="TOO_MANY_SUBSCRIPTIONS",
+                metadata={"max_subscriptions": str(self.subscription_limit)},
+            )
+        self.subscriptions += 1
+
+        def leave() -> None:
+            self.subscriptions -= 1
+
+        return leave
 
     async def _gate(
         self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]
@@ -171,6 +197,8 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = handler_call_details.method
         if handler is None or _exempt(method):
             return handler
+        if method == SUBSCRIBE_METHOD:
+            return gated(handler, method, self._subscription_gate, self._on_refused)
         return gated(handler, method, self._gate, self._on_refused)
 
 

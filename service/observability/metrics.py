@@ -16,6 +16,8 @@ registered, status codes, store operations): never aggregate ids.
 - ``chronicle_concurrency_conflicts_total``: appends that lost a version
   race; each is retried unless the budget is spent (the command then counts
   with outcome ``aborted``), so retries = conflicts - aborted.
+- ``chronicle_subscriptions``, ``chronicle_subscription_lag_positions``:
+  subscriptions open, and how far the slowest is behind the log's head.
 - ``chronicle_store_operation_duration_seconds{operation}``: time in the
   store per operation (``append``, ``read_aggregate``, …; histogram).
 """
@@ -71,14 +73,27 @@ class Metrics:
         self.queued = Gauge("chronicle_queued_commands", "Commands waiting in aggregate queues", registry=r)
         self.live_workers = Gauge("chronicle_live_workers", "Aggregate workers alive", registry=r)
         self.rpcs_in_flight = Gauge("chronicle_rpcs_in_flight", "RPCs being handled", registry=r)
+        self.subscriptions = Gauge("chronicle_subscriptions", "Subscriptions open", registry=r)
+        self.subscription_lag = Gauge(
+            "chronicle_subscription_lag_positions",
+            "How far the slowest open subscription is behind the log's head, in positions",
+            registry=r,
+        )
 
     def watch(
-        self, *, queued: Callable[[], float], live_workers: Callable[[], float], rpcs_in_flight: Callable[[], float]
+        self,
+        *,
+        queued: Callable[[], float],
+        live_workers: Callable[[], float],
+        rpcs_in_flight: Callable[[], float],
+        subscriptions: Callable[[], float],
     ) -> None:
-        """Gauges read at scrape time from the parts that know."""
+        """Gauges read at scrape time (on the metrics thread) from the parts
+        that know; each callable must only read."""
         self.queued.set_function(queued)
         self.live_workers.set_function(live_workers)
         self.rpcs_in_flight.set_function(rpcs_in_flight)
+        self.subscriptions.set_function(subscriptions)
 
     async def rpc_refused(self, method: str, request: object, error: ChronicleError) -> None:
         """An ``OnRefused`` hook for the interceptors."""

@@ -43,7 +43,8 @@ class Router:
     @property
     def queued(self) -> int:
         """Commands waiting in every aggregate's queue."""
-        return sum(worker.depth for worker in self._workers.values())
+        # A copy first: the metrics thread calls this while the loop changes the dict.
+        return sum(worker.depth for worker in list(self._workers.values()))
 
     async def submit(self, request: CommandRequest, *, dry_run: bool = False) -> CommandResult:
         result = await self.submit_batch(CommandBatch((request,), dry_run=dry_run))

@@ -8,6 +8,7 @@ import asyncio
 import grpc
 import pytest
 
+from chronicle.v1 import event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.memory import MemoryStore
 from tests.support.blocking import GatedStore
@@ -57,3 +58,17 @@ async def test_a_full_aggregate_queue_is_resource_exhausted() -> None:
         assert (await queued).version == 2
     details = details_of(raised.value)
     assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "AGGREGATE_QUEUE_FULL")
+
+
+async def test_subscriptions_have_a_limit_of_their_own_and_leave_room_for_commands() -> None:
+    async with running_server(MemoryStore(), max_subscriptions=1, max_concurrent_rpcs=1) as (_, client):
+        first = client.events.Subscribe(event_service_pb2.SubscribeRequest())
+        assert (await first.read()).HasField("caught_up")  # open and following
+        second = client.events.Subscribe(event_service_pb2.SubscribeRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await second.read()
+        response = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        first.cancel()
+    details = details_of(raised.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_SUBSCRIPTIONS")
+    assert response.version == 1

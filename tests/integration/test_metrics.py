@@ -100,3 +100,34 @@ async def test_refusals_before_a_command_is_read_are_counted(tmp_path: Any) -> N
                 await anonymous.submit(command("acc-1", bank.OpenAccount(owner="ann")))
         text = await scrape(app)
     assert sample(text, "chronicle_rpc_refusals_total", reason="NO_CREDENTIALS") == 1
+
+
+async def test_open_subscriptions_are_counted(served: tuple[Application, Client, Any]) -> None:
+    from chronicle.v1 import event_service_pb2
+
+    app, client, _ = served
+    stream = client.events.Subscribe(event_service_pb2.SubscribeRequest())
+    assert (await stream.read()).HasField("caught_up")
+    assert sample(await scrape(app), "chronicle_subscriptions") == 1
+    stream.cancel()
+
+
+async def test_subscription_lag_is_the_slowest_subscribers_distance_from_the_head() -> None:
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from service.observability.subscriptions import LagSampler, SubscriptionTracker
+    from tests.support.events import new_event
+
+    store = MemoryStore()
+    await store.append("a-1", [new_event(), new_event(), new_event()], 0)
+    tracker = SubscriptionTracker()
+    registry = CollectorRegistry()
+    lag = Gauge("lag", "test", registry=registry)
+    sampler = LagSampler(store, tracker, lag)
+    with tracker.tracking(0) as slow, tracker.tracking(0) as fast:
+        tracker.moved(slow, 1)
+        tracker.moved(fast, 3)
+        await sampler.sample()
+        assert registry.get_sample_value("lag") == 2
+    await sampler.sample()
+    assert registry.get_sample_value("lag") == 0

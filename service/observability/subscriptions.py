@@ -1,0 +1,86 @@
+"""Where each open subscription stands, for the lag metric.
+
+``SubscriptionTracker`` holds the last position each open subscription sent
+(an event's, a checkpoint's or caught-up's); ``LagSampler`` compares them with
+the log's head every ``interval`` seconds, on the event loop (the store is
+async; the metrics endpoint runs on a thread of its own and only reads the
+gauges).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Iterator
+
+from prometheus_client import Gauge
+
+from service.store.base import EventStore
+
+log = logging.getLogger(__name__)
+
+
+class SubscriptionTracker:
+    def __init__(self) -> None:
+        self._positions: dict[int, int] = {}
+        self._ids = itertools.count()
+
+    @contextlib.contextmanager
+    def tracking(self, start: int) -> Iterator[int]:
+        """Track one subscription for as long as the ``with`` lasts."""
+        handle = next(self._ids)
+        self._positions[handle] = start
+        try:
+            yield handle
+        finally:
+            del self._positions[handle]
+
+    def moved(self, handle: int, position: int) -> None:
+        self._positions[handle] = position
+
+    @property
+    def count(self) -> int:
+        return len(self._positions)
+
+    def positions(self) -> list[int]:
+        return list(self._positions.values())
+
+
+class LagSampler:
+    """Sets ``lag`` to how far the slowest open subscription is behind the
+    log's head, in positions (positions are increasing but may have gaps,
+    so this bounds the number of events from above)."""
+
+    def __init__(self, store: EventStore, tracker: SubscriptionTracker, lag: Gauge, *, interval: float = 5.0) -> None:
+        self._store = store
+        self._tracker = tracker
+        self._lag = lag
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def sample(self) -> None:
+        positions = self._tracker.positions()
+        if not positions:
+            self._lag.set(0)
+            return
+        head = await self._store.log_head()
+        self._lag.set(max(0, head - min(positions)))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="subscription-lag")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except Exception:  # the store may be away; the health monitor reports that
+                log.debug("could not sample subscription lag", exc_info=True)
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
