@@ -5,7 +5,7 @@ Names follow Prometheus conventions (``chronicle_`` prefix, base units,
 registered, status codes, store operations): never aggregate ids.
 
 - ``chronicle_commands_total{command_type, outcome}``: commands processed;
-  outcome is ``ok``, ``replayed`` or the gRPC code in lower case
+  outcome is ``ok``, ``replayed``, ``dry_run`` or the gRPC code in lower case
   (``failed_precondition``, ``permission_denied``, ``aborted``, …).
 - ``chronicle_command_duration_seconds{command_type}``: from taking a command
   to its result, queue wait included (histogram).
@@ -102,6 +102,8 @@ class Metrics:
 
 def outcome(call: CommandCall) -> str:
     if call.error is None:
+        if call.dry_run:
+            return "dry_run"
         return "replayed" if call.result is not None and call.result.replayed else "ok"
     if isinstance(call.error, ChronicleError):
         return str(status_code(call.error).name.lower())

@@ -68,7 +68,11 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return gated(handler, handler_call_details.method, self._gate, None)
 
 
-_command_span: contextvars.ContextVar[Any] = contextvars.ContextVar("chronicle_command_span", default=None)
+# Spans of the commands in flight in this RPC's task, by command id (a batch
+# has several at once).
+_command_spans: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "chronicle_command_spans", default=None
+)
 
 
 class TracingMiddleware(Middleware):
@@ -92,10 +96,21 @@ class TracingMiddleware(Middleware):
                 "chronicle.correlation_id": call.correlation_id,
             },
         )
-        _command_span.set(span)
+        if call.dry_run:
+            span.set_attribute("chronicle.dry_run", True)
+        spans = _command_spans.get()
+        if spans is None:
+            spans = {}
+            _command_spans.set(spans)
+        spans[call.command_id] = span
+
+    @staticmethod
+    def _span(call: CommandCall) -> Any:
+        spans = _command_spans.get()
+        return spans.pop(call.command_id, None) if spans is not None else None
 
     async def after(self, call: CommandCall) -> None:
-        span = _command_span.get()
+        span = self._span(call)
         if span is None:
             return
         if call.result is not None:
@@ -106,7 +121,7 @@ class TracingMiddleware(Middleware):
     async def on_error(self, call: CommandCall) -> None:
         from opentelemetry.trace import Status, StatusCode
 
-        span = _command_span.get()
+        span = self._span(call)
         if span is None:
             return
         reason = call.error.reason if isinstance(call.error, ChronicleError) else type(call.error).__name__

@@ -93,3 +93,16 @@ def test_the_server_logs_each_command_as_json(tmp_path: Path) -> None:
     (done,) = [line for line in lines if line.get("logger") == "chronicle.commands"]
     assert (done["command_id"], done["correlation_id"], done["aggregate_id"]) == (command_id, command_id, "acc-1")
     assert (done["command_type"], done["outcome"]) == ("bank.v1.OpenAccount", "ok")
+
+
+async def test_each_command_of_a_batch_gets_its_own_span(exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with running_server(MemoryStore(), tracer_provider=provider) as (_, client):
+        sent = [command("acc-1", bank.OpenAccount(owner="ann")), command("acc-1", bank.Deposit(amount=5))]
+        await client.commands.SubmitBatch(command_service_pb2.SubmitBatchRequest(commands=sent))
+    provider.shutdown()
+    spans = {s.name: s for s in exporter.get_finished_spans() if s.name.startswith("command ")}
+    assert set(spans) == {"command bank.v1.OpenAccount", "command bank.v1.Deposit"}
+    ids = {s.attributes["chronicle.command_id"] for s in spans.values() if s.attributes is not None}
+    assert ids == {c.command_id for c in sent}
