@@ -1,9 +1,9 @@
 """The ``chronicle`` command line: serve, and talk to a server.
 
     chronicle serve [--listen HOST:PORT] [--database-url URL] [--plugin MOD]
-    chronicle submit ACCOUNT bank.v1.OpenAccount '{"owner": "alice"}'
-    chronicle read ACCOUNT [--from-version N] [--type T] [--origin O]
-    chronicle get ACCOUNT
+    chronicle submit ACCOUNT bank.v1.OpenAccount '{"owner": "alice"}' [--dry-run]
+    chronicle read ACCOUNT [--from-version N] [--type T] [--origin O] [--limit N] [--backwards]
+    chronicle get ACCOUNT [--at-version N | --at-time 2026-01-31T12:00:00Z]
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins
     chronicle new-plugin library
@@ -126,9 +126,11 @@ def _read(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = event_service_pb2_grpc.EventServiceStub(channel)
     request = event_service_pb2.ReadAggregateRequest(
         aggregate_id=args.aggregate_id,
-        from_version=args.from_version,
+        from_version=args.from_version if args.from_version is not None else (0 if args.backwards else 1),
         origin=args.origin or "",
         event_types=args.type or (),
+        limit=args.limit,
+        backwards=args.backwards,
     )
     for event in stub.ReadAggregate(request, timeout=args.timeout):
         _print(_event_json(types, event))
@@ -169,9 +171,12 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
 def _get(args: argparse.Namespace, channel: grpc.Channel) -> int:
     types = RemoteTypes(channel)
     stub = event_service_pb2_grpc.EventServiceStub(channel)
-    response = stub.GetAggregate(
-        event_service_pb2.GetAggregateRequest(aggregate_id=args.aggregate_id), timeout=args.timeout
-    )
+    request = event_service_pb2.GetAggregateRequest(aggregate_id=args.aggregate_id)
+    if args.at_version is not None:
+        request.at_version = args.at_version
+    elif args.at_time is not None:
+        request.at_time.FromJsonString(args.at_time)
+    response = stub.GetAggregate(request, timeout=args.timeout)
     _print(
         {
             "aggregate_id": response.aggregate_id,
@@ -349,13 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     read = commands.add_parser("read", help="print an aggregate's events as JSON lines")
     read.add_argument("aggregate_id")
-    read.add_argument("--from-version", type=int, default=1)
+    read.add_argument("--from-version", type=int, help="first version (backwards: the newest); default all")
+    read.add_argument("--limit", type=int, default=0, help="at most this many events (a page)")
+    read.add_argument("--backwards", action="store_true", help="newest first")
     read.add_argument("--type", action="append", help="only this event type; repeatable")
     read.add_argument("--origin")
     read.set_defaults(run=_read, remote=True)
 
-    get = commands.add_parser("get", help="print an aggregate's current state")
+    get = commands.add_parser("get", help="print an aggregate's state, now or in the past")
     get.add_argument("aggregate_id")
+    past = get.add_mutually_exclusive_group()
+    past.add_argument("--at-version", type=int, help="the state right after this version")
+    past.add_argument("--at-time", help="the state at this RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
     get.set_defaults(run=_get, remote=True)
 
     health = commands.add_parser("health", help="check the server's health; exit 0 when serving")

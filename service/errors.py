@@ -13,6 +13,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     │   ├── AlreadyExistsError      ...because it exists already
     │   └── NotUnique               ...because another aggregate holds a claimed value
     ├── AggregateNotFound       a read of an aggregate that has no events
+    ├── VersionNotReached       a read at a version the aggregate has not reached
     ├── EventNotReadable        a stored event no loaded plugin can read (never skipped)
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
     ├── WrongExpectedVersion    the client's expected version does not hold
@@ -160,10 +161,25 @@ class NotUnique(ValidationError):
 class AggregateNotFound(ChronicleError):
     default_reason = "AGGREGATE_NOT_FOUND"
 
-    def __init__(self, aggregate_id: str) -> None:
+    def __init__(self, aggregate_id: str, *, at_time: str | None = None) -> None:
+        metadata = {"aggregate_id": aggregate_id}
+        if at_time is not None:
+            metadata["at_time"] = at_time
         super().__init__(
-            f"aggregate {aggregate_id!r} has no events",
-            metadata={"aggregate_id": aggregate_id},
+            f"aggregate {aggregate_id!r} " + (f"had no events at {at_time}" if at_time else "has no events"),
+            metadata=metadata,
+        )
+
+
+class VersionNotReached(ChronicleError):
+    """A read of an aggregate at a version it has not reached."""
+
+    default_reason = "VERSION_NOT_REACHED"
+
+    def __init__(self, aggregate_id: str, wanted: int, current: int) -> None:
+        super().__init__(
+            f"aggregate {aggregate_id!r} is at version {current}, not yet at {wanted}",
+            metadata={"aggregate_id": aggregate_id, "at_version": str(wanted), "current_version": str(current)},
         )
 
 

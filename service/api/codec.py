@@ -143,6 +143,19 @@ def decode_batch(commands: Sequence[command_pb2.Command], registry: Registry, *,
     return CommandBatch(tuple(decoded), dry_run=dry_run)
 
 
+# What google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def micros_of(moment: timestamp_pb2.Timestamp, field: str) -> int:
+    """Microseconds since the epoch, or INVALID_ARGUMENT naming ``field``."""
+    if not _MIN_SECONDS <= moment.seconds <= _MAX_SECONDS or not 0 <= moment.nanos < 1_000_000_000:
+        raise InvalidInput.for_field(
+            field, "must be a valid time between 0001-01-01 and 9999-12-31", reason="INVALID_TIMESTAMP"
+        )
+    return moment.seconds * 1_000_000 + moment.nanos // 1000
+
+
 def timestamp(micros: int) -> timestamp_pb2.Timestamp:
     seconds, rest = divmod(micros, 1_000_000)
     return timestamp_pb2.Timestamp(seconds=seconds, nanos=rest * 1000)

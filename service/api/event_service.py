@@ -12,18 +12,17 @@ from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as pb
 from chronicle.v1 import event_service_pb2_grpc as pb_grpc
 from service.api import guard
-from service.api.codec import TYPE_URL_PREFIX, check_id, encode_event
+from service.api.codec import TYPE_URL_PREFIX, check_id, encode_event, micros_of
 from service.api.subscribe import decode_subscribe, encode_item, restrict_to_permitted
-from service.errors import AggregateNotFound
+from service.errors import InvalidInput
 from service.observability.subscriptions import SubscriptionTracker
 from service.plugins.registry import Registry
+from service.processing.history import EventRange, History
 from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.security.policy import Authorizer
 from service.security.principal import current_principal
-from service.store.base import AggregateQuery, EventStore
-
-PAGE = 500
+from service.store.base import EventStore
 
 
 class EventService(pb_grpc.EventServiceServicer):
@@ -42,6 +41,7 @@ class EventService(pb_grpc.EventServiceServicer):
         self._subscriptions = subscriptions
         self._registry = registry
         self._tracker = tracker or SubscriptionTracker()
+        self._history = History(store, loader)
 
     async def _check_read(self, aggregate_id: str) -> None:
         """PERMISSION_DENIED unless the caller may read this aggregate's type.
@@ -71,31 +71,15 @@ class EventService(pb_grpc.EventServiceServicer):
     ) -> AsyncIterator[event_pb2.Event]:
         aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
         await self._check_read(aggregate_id)
-        wanted = frozenset(request.event_types)
-        # The store filters by stored type; a type some upcaster reads may
-        # become a wanted one, so it is read too and filtered once upcast.
-        stored_types = wanted | self._loader.reader.upcast_types if wanted else frozenset()
-        query = AggregateQuery(
-            from_version=max(request.from_version, 1),
+        wanted = EventRange(
+            start=request.from_version,
+            backwards=request.backwards,
+            limit=request.limit or None,
             origin=request.origin or None,
-            event_types=stored_types,
-            limit=PAGE,
+            event_types=frozenset(request.event_types),
         )
-        # Paged, so a long aggregate streams in bounded memory.
-        while True:
-            page = await self._store.read_aggregate(aggregate_id, query)
-            for stored in page:
-                for event in self._loader.reader.records(stored):
-                    if not wanted or event.event_type in wanted:
-                        yield encode_event(event)
-            if len(page) < PAGE:
-                return
-            query = AggregateQuery(
-                from_version=page[-1].version + 1,
-                origin=query.origin,
-                event_types=query.event_types,
-                limit=PAGE,
-            )
+        async for event in self._history.events(aggregate_id, wanted):
+            yield encode_event(event)
 
     @guard.unary
     async def GetAggregate(
@@ -103,9 +87,17 @@ class EventService(pb_grpc.EventServiceServicer):
     ) -> pb.GetAggregateResponse:
         aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
         await self._check_read(aggregate_id)
-        aggregate = await self._loader.load_any(aggregate_id)
-        if aggregate is None:
-            raise AggregateNotFound(aggregate_id)
+        at = request.WhichOneof("at")
+        if at == "at_version":
+            if request.at_version < 1:
+                raise InvalidInput.for_field("at_version", "must be 1 or more", reason="INVALID_VERSION")
+            aggregate = await self._history.state(aggregate_id, at_version=request.at_version)
+        elif at == "at_time":
+            micros = micros_of(request.at_time, "at_time")
+            shown = request.at_time.ToJsonString()
+            aggregate = await self._history.state_at_time(aggregate_id, micros, shown_as=shown)
+        else:
+            aggregate = await self._history.state(aggregate_id)
         return pb.GetAggregateResponse(
             aggregate_id=aggregate_id,
             aggregate_type=aggregate.type.name,

@@ -28,6 +28,7 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.NotFoundError: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     errors.AggregateNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.VersionNotReached: grpc.StatusCode.OUT_OF_RANGE,
     errors.AggregateTypeMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.WrongExpectedVersion: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ConcurrencyConflict: grpc.StatusCode.ABORTED,

@@ -30,6 +30,25 @@ def test_a_user_opens_deposits_reads_and_gets_an_account(tmp_path: Path) -> None
         assert state["state"] == {"@type": "bank.v1.Account", "owner": "ann", "balance": "40"}
 
 
+def test_a_user_tries_a_command_dry_and_looks_into_the_past(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        dry = json.loads(
+            cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 5}', "--dry-run", server=server.address).stdout
+        )
+        assert (dry["dry_run"], dry["version"]) == (True, 2)
+        cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 40}', server=server.address)
+        newest = [
+            json.loads(line)
+            for line in cli("read", "acc-1", "--backwards", "--limit", "1", server=server.address).stdout.splitlines()
+        ]
+        assert [(e["version"], e["payload"]["amount"]) for e in newest] == [("2", "40")]
+        then = json.loads(cli("get", "acc-1", "--at-version", "1", server=server.address).stdout)
+        assert (then["version"], then["state"].get("balance")) == (1, None)
+        before = cli("get", "acc-1", "--at-time", "2000-01-01T00:00:00Z", server=server.address, check=False)
+        assert "NOT_FOUND AGGREGATE_NOT_FOUND" in before.stderr
+
+
 def test_a_refused_command_exits_one_with_the_code_and_reason(tmp_path: Path) -> None:
     with server_process(f"sqlite:///{tmp_path}/events.db") as server:
         cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)

@@ -1,10 +1,13 @@
-"""Reading over gRPC: events stored under older schemas reach clients upcast."""
+"""Reading over gRPC: events stored under older schemas reach clients
+upcast; aggregates at a past version or time; pages forwards and backwards."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 
 from chronicle.v1 import event_pb2, event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
@@ -12,7 +15,7 @@ from service.plugins.registry import Registry
 from service.store.base import EventStore
 from tests.support import plugins
 from tests.support.events import new_event
-from tests.support.grpc_client import Client, running_server
+from tests.support.grpc_client import Client, command, details_of, running_server
 
 
 @pytest.fixture
@@ -39,7 +42,8 @@ async def ledger(store: EventStore) -> AsyncIterator[Client]:
 
 
 async def read(client: Client, **fields: object) -> list[event_pb2.Event]:
-    request = event_service_pb2.ReadAggregateRequest(aggregate_id="book-1", **fields)  # type: ignore[arg-type]
+    fields.setdefault("aggregate_id", "book-1")
+    request = event_service_pb2.ReadAggregateRequest(**fields)  # type: ignore[arg-type]
     return [event async for event in client.events.ReadAggregate(request)]
 
 
@@ -69,3 +73,138 @@ async def test_get_aggregate_rebuilds_the_current_state_from_old_events(ledger: 
     state = bank.Account()
     assert response.state.Unpack(state)
     assert (response.version, state) == (2, bank.Account(owner="ann", balance=plugins.OPENING_BONUS_CENTS + 300))
+
+
+# -- time travel and paging, on the bank example ------------------------------
+
+
+@pytest.fixture
+async def bank_client(store: EventStore) -> AsyncIterator[Client]:
+    async with running_server(store) as (_, client):
+        yield client
+
+
+async def twelve_events(client: Client) -> list[event_pb2.Event]:
+    """acc-1: opened, then deposits of 1 to 11; the events as appended."""
+    events = list((await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))).events)
+    for amount in range(1, 12):
+        events.extend((await client.submit(command("acc-1", bank.Deposit(amount=amount)))).events)
+    return events
+
+
+async def get(client: Client, **fields: object) -> event_service_pb2.GetAggregateResponse:
+    request = event_service_pb2.GetAggregateRequest(aggregate_id="acc-1", **fields)  # type: ignore[arg-type]
+    response: event_service_pb2.GetAggregateResponse = await client.events.GetAggregate(request)
+    return response
+
+
+def balance(response: event_service_pb2.GetAggregateResponse) -> int:
+    state = bank.Account()
+    assert response.state.Unpack(state)
+    return int(state.balance)
+
+
+async def refusal(call: object) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    details = details_of(raised.value)
+    return details.code, details.reason, details.metadata
+
+
+async def test_get_aggregate_at_a_past_version(bank_client: Client) -> None:
+    await twelve_events(bank_client)
+    response = await get(bank_client, at_version=4)
+    assert (response.version, balance(response)) == (4, 1 + 2 + 3)
+
+
+async def test_get_aggregate_at_a_version_not_reached_is_out_of_range(bank_client: Client) -> None:
+    await twelve_events(bank_client)
+    code, reason, metadata = await refusal(get(bank_client, at_version=13))
+    assert (code, reason, metadata["current_version"]) == (grpc.StatusCode.OUT_OF_RANGE, "VERSION_NOT_REACHED", "12")
+
+
+async def test_get_aggregate_at_version_zero_is_invalid(bank_client: Client) -> None:
+    await twelve_events(bank_client)
+    code, reason, _ = await refusal(get(bank_client, at_version=0))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_VERSION")
+
+
+async def test_get_aggregate_at_the_time_of_each_event(bank_client: Client) -> None:
+    events = await twelve_events(bank_client)
+    for event in events:
+        response = await get(bank_client, at_time=event.timestamp)
+        # every event stamped at or before this one's time (ties included)
+        expected = max(e.version for e in events if e.timestamp.ToMicroseconds() <= event.timestamp.ToMicroseconds())
+        assert response.version == expected
+        assert balance(response) == sum(range(1, expected))
+
+
+async def test_get_aggregate_before_its_first_event_is_not_found(bank_client: Client) -> None:
+    events = await twelve_events(bank_client)
+    before = timestamp_pb2.Timestamp()
+    before.FromMicroseconds(events[0].timestamp.ToMicroseconds() - 1)
+    code, reason, metadata = await refusal(get(bank_client, at_time=before))
+    assert (code, reason, metadata["at_time"]) == (
+        grpc.StatusCode.NOT_FOUND,
+        "AGGREGATE_NOT_FOUND",
+        before.ToJsonString(),
+    )
+
+
+async def test_get_aggregate_at_a_future_time_is_the_current_state(bank_client: Client) -> None:
+    await twelve_events(bank_client)
+    response = await get(bank_client, at_time=timestamp_pb2.Timestamp(seconds=253_402_300_799))
+    assert response.version == 12
+
+
+async def test_get_aggregate_at_an_invalid_time_is_invalid(bank_client: Client) -> None:
+    await twelve_events(bank_client)
+    code, reason, _ = await refusal(get(bank_client, at_time=timestamp_pb2.Timestamp(seconds=253_402_300_800)))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TIMESTAMP")
+
+
+async def test_read_aggregate_backwards(bank_client: Client) -> None:
+    await twelve_events(bank_client)
+    newest_first = await read(bank_client, aggregate_id="acc-1", backwards=True)
+    from_three = await read(bank_client, aggregate_id="acc-1", backwards=True, from_version=3)
+    assert [e.version for e in newest_first] == list(range(12, 0, -1))
+    assert [e.version for e in from_three] == [3, 2, 1]
+
+
+async def test_read_aggregate_with_a_limit(bank_client: Client) -> None:
+    await twelve_events(bank_client)
+    assert [e.version for e in await read(bank_client, aggregate_id="acc-1", limit=3)] == [1, 2, 3]
+    assert [e.version for e in await read(bank_client, aggregate_id="acc-1", limit=3, backwards=True)] == [12, 11, 10]
+
+
+@pytest.mark.parametrize("backwards", [False, True], ids=["forwards", "backwards"])
+async def test_pages_of_five_reassemble_the_whole_aggregate(bank_client: Client, backwards: bool) -> None:
+    await twelve_events(bank_client)
+    pages: list[list[int]] = []
+    start = 0
+    while True:
+        page = await read(bank_client, aggregate_id="acc-1", limit=5, backwards=backwards, from_version=start)
+        pages.append([e.version for e in page])
+        if len(page) < 5 or (backwards and page[-1].version == 1):
+            break
+        start = page[-1].version - 1 if backwards else page[-1].version + 1
+    everything = [v for page in pages for v in page]
+    assert everything == (list(range(12, 0, -1)) if backwards else list(range(1, 13)))
+    assert [len(p) for p in pages] == [5, 5, 2]
+
+
+async def test_a_page_never_ends_between_the_events_of_one_stored_event(ledger: Client) -> None:
+    # book-1: version 1 was split by an upcaster into AccountOpened + MoneyDeposited
+    first = await read(ledger, limit=1)
+    assert [(e.version, e.event_type) for e in first] == [(1, "bank.v1.AccountOpened"), (1, "bank.v1.MoneyDeposited")]
+    rest = await read(ledger, limit=1, from_version=2)
+    assert [e.version for e in rest] == [2]
+
+
+async def test_backwards_the_events_of_one_stored_event_come_newest_first(ledger: Client) -> None:
+    events = await read(ledger, backwards=True)
+    assert [(e.version, e.event_type) for e in events] == [
+        (2, "bank.v1.MoneyDeposited"),
+        (1, "bank.v1.MoneyDeposited"),
+        (1, "bank.v1.AccountOpened"),
+    ]
