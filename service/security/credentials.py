@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +131,10 @@ class JwtVerifier:
         return cls(key=key, issuer=issuer, algorithms=chosen, audience=audience)
 
     def verify(self, token: str) -> Principal:
+        return self.verify_until(token)[0]
+
+    def verify_until(self, token: str) -> tuple[Principal, float]:
+        """The token's principal and its expiry (seconds since the epoch)."""
         try:
             claims = jwt.decode(
                 token,
@@ -150,7 +156,7 @@ class JwtVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list):
             raise Unauthenticated("the token's roles claim must be a list", reason="INVALID_TOKEN")
-        return Principal(str(claims["sub"]), "jwt", frozenset(str(r) for r in roles))
+        return Principal(str(claims["sub"]), "jwt", frozenset(str(r) for r in roles)), float(claims["exp"])
 
 
 def _looks_like_jwt(token: str) -> bool:
@@ -162,10 +168,22 @@ def certificate_subject(pem: bytes) -> str:
 
 
 class Authenticator:
-    """Establishes the principal of each RPC from its metadata and TLS peer."""
+    """Establishes the principal of each RPC from its metadata and TLS peer.
+
+    A verified JWT is remembered until it expires (at most ``cache_size``
+    tokens), so a client sending the same token on every call pays for the
+    signature check once (~0.25 ms for ES256 here) instead of on each call.
+    Only tokens that verified are remembered, and never past their ``exp``.
+    """
 
     def __init__(
-        self, *, api_keys: ApiKeys | None = None, jwt_verifier: JwtVerifier | None = None, mtls: bool = False
+        self,
+        *,
+        api_keys: ApiKeys | None = None,
+        jwt_verifier: JwtVerifier | None = None,
+        mtls: bool = False,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if api_keys is None and jwt_verifier is None and not mtls:
             raise ConfigurationError(
@@ -174,6 +192,21 @@ class Authenticator:
         self._api_keys = api_keys
         self._jwt = jwt_verifier
         self._mtls = mtls
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._cache_size = cache_size
+        self._clock = clock
+
+    def _from_jwt(self, verifier: JwtVerifier, token: str) -> Principal:
+        hit = self._verified.get(token)
+        if hit is not None and self._clock() < hit[1]:
+            self._verified.move_to_end(token)
+            return hit[0]
+        principal, expires = verifier.verify_until(token)
+        self._verified[token] = (principal, expires)
+        self._verified.move_to_end(token)
+        while len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return principal
 
     def authenticate(self, metadata: Mapping[str, str], peer_certificate: bytes | None) -> Principal:
         header = metadata.get("authorization")
@@ -185,7 +218,7 @@ class Authenticator:
                     "the authorization metadata must be 'Bearer <token>'", reason="BAD_AUTHORIZATION_METADATA"
                 )
             if self._jwt is not None and _looks_like_jwt(token):
-                return self._jwt.verify(token)
+                return self._from_jwt(self._jwt, token)
             if self._api_keys is not None:
                 return self._api_keys.verify(token)
             raise Unauthenticated("the bearer token is not a valid JWT", reason="INVALID_TOKEN")
