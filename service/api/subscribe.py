@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from chronicle.v1 import event_service_pb2 as pb
 from service.api.codec import check_id, encode_event
-from service.errors import FieldViolation, InvalidInput, PermissionDenied
+from service.errors import FieldViolation, InvalidInput
 from service.plugins.registry import Registry
 from service.processing.subscriptions import CaughtUp, Checkpoint, SubscriptionItem, SubscriptionRequest
 from service.security.policy import Authorizer
@@ -71,22 +71,9 @@ def restrict_to_permitted(
     request: SubscriptionRequest, registry: Registry, authorizer: Authorizer, principal: Principal
 ) -> SubscriptionRequest:
     """The subscription narrowed to the aggregate types the caller may
-    subscribe to: naming a forbidden type is PERMISSION_DENIED; with no type
-    named, the stream carries only permitted types (none: PERMISSION_DENIED)."""
+    subscribe to (the decision is the ``Authorizer``'s)."""
     asked = request.log_filter.aggregate_types
-    for name in sorted(asked):
-        if not authorizer.may_subscribe(principal, name):
-            raise _subscribe_denied(principal, f"may not subscribe to {name} aggregates", aggregate_type=name)
-    if asked:
+    permitted = authorizer.subscribable(principal, asked, (a.name for a in registry.aggregates))
+    if permitted == asked:
         return request
-    permitted = frozenset(a.name for a in registry.aggregates if authorizer.may_subscribe(principal, a.name))
-    if not permitted:
-        raise _subscribe_denied(principal, "may not subscribe to any aggregate type")
     return replace(request, log_filter=replace(request.log_filter, aggregate_types=permitted))
-
-
-def _subscribe_denied(principal: Principal, what: str, **metadata: str) -> PermissionDenied:
-    who = principal.name or "an anonymous caller"
-    return PermissionDenied(
-        f"{who} {what}", reason="SUBSCRIBE_DENIED", metadata={"principal": principal.name, **metadata}
-    )

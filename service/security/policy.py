@@ -191,6 +191,22 @@ class Authorizer:
         left out of the caller's stream."""
         return _allows(self.grant(principal).subscribe, aggregate_type)
 
+    def subscribable(self, principal: Principal, asked: frozenset[str], known: Iterable[str]) -> frozenset[str]:
+        """The aggregate types a subscription may carry: ``asked`` if every one
+        is permitted (else SUBSCRIBE_DENIED naming it), or, with none asked,
+        the permitted ones among ``known`` (none: SUBSCRIBE_DENIED)."""
+        for name in sorted(asked):
+            if not self.may_subscribe(principal, name):
+                raise _denied(
+                    principal, f"may not subscribe to {name} aggregates", "SUBSCRIBE_DENIED", aggregate_type=name
+                )
+        if asked:
+            return asked
+        permitted = frozenset(name for name in known if self.may_subscribe(principal, name))
+        if not permitted:
+            raise _denied(principal, "may not subscribe to any aggregate type", "SUBSCRIBE_DENIED")
+        return permitted
+
     def check_admin(self, principal: Principal, action: str) -> None:
         if not self.grant(principal).admin:
             raise _denied(principal, f"may not {action}", "ADMIN_DENIED", action=action)
