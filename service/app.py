@@ -21,6 +21,7 @@ from service.api.command_service import CommandService, audit_refused_rpc
 from service.api.event_service import EventService
 from service.api.health import Health, StoreMonitor
 from service.api.interceptors import Authentication, ConcurrencyLimit, refused_rpc_hooks
+from service.api.projection_service import ProjectionService
 from service.api.server import build_server
 from service.audit import AuditLog, AuditMiddleware
 from service.errors import ConfigurationError
@@ -33,6 +34,7 @@ from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
 from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
 from service.processing.middleware import Middleware, Pipeline
+from service.processing.projections import ProjectionRunner, Projections
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.subscriptions import Subscriptions
@@ -93,6 +95,7 @@ class Application:
     port: int
     monitor: StoreMonitor
     subscriptions: Subscriptions
+    projections: Projections
     watchdog: LoopLagWatchdog | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
@@ -111,6 +114,7 @@ class Application:
         self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
         await self.server.stop(grace)
         await self.router.close(grace=grace)
+        await self.projections.stop()  # an uncommitted batch is simply applied again later
         await self.store.close()
         if self.watchdog is not None:
             await self.watchdog.stop()
@@ -197,10 +201,17 @@ async def start(
         checkpoint_interval=settings.checkpoint_seconds,
         poll_interval=settings.poll_seconds,
     )
+    projections = Projections(
+        [
+            ProjectionRunner(projection, store, executor.loader.reader, poll_interval=settings.poll_seconds)
+            for projection in registry.projections
+        ]
+    )
     server = build_server(
         commands=CommandService(registry, pipeline, audit),
         events=EventService(store, executor.loader, authorizer, subscriptions, registry, tracker),
         admin=AdminService(audit, authorizer, keyring),
+        projections=ProjectionService(store, registry, projections, authorizer),
         health=health,
         max_message_bytes=settings.max_message_bytes,
         interceptors=interceptors,
@@ -230,6 +241,7 @@ async def start(
     monitor = StoreMonitor(store, health, interval=settings.health_interval)
     await monitor.check()
     monitor.start()
+    projections.start()
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
@@ -247,6 +259,7 @@ async def start(
         port=port,
         monitor=monitor,
         subscriptions=subscriptions,
+        projections=projections,
         watchdog=watchdog,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,

@@ -4,6 +4,7 @@
     chronicle submit ACCOUNT bank.v1.OpenAccount '{"owner": "alice"}' [--dry-run]
     chronicle read ACCOUNT [--from-version N] [--type T] [--origin O] [--limit N] [--backwards]
     chronicle get ACCOUNT [--at-version N | --at-time 2026-01-31T12:00:00Z]
+    chronicle projection NAME [KEY]
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins
     chronicle new-plugin library
@@ -48,6 +49,8 @@ from chronicle.v1 import (
     event_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
+    projection_service_pb2,
+    projection_service_pb2_grpc,
 )
 from service.errors import ChronicleError
 from service.remote_types import RemoteTypes, UnknownType
@@ -134,6 +137,26 @@ def _read(args: argparse.Namespace, channel: grpc.Channel) -> int:
     )
     for event in stub.ReadAggregate(request, timeout=args.timeout):
         _print(_event_json(types, event))
+    return 0
+
+
+def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    stub = projection_service_pb2_grpc.ProjectionServiceStub(channel)
+    if args.key is None:
+        status = stub.GetProjection(projection_service_pb2.GetProjectionRequest(name=args.name), timeout=args.timeout)
+        _print(
+            json_format.MessageToDict(
+                status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
+        return 0
+    types = RemoteTypes(channel)
+    found = stub.GetDocument(
+        projection_service_pb2.GetDocumentRequest(projection=args.name, key=args.key), timeout=args.timeout
+    )
+    _print(
+        {"projection": args.name, "key": args.key, "position": found.position, "document": types.unpack(found.document)}
+    )
     return 0
 
 
@@ -398,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     masterkey.add_argument("key_id", help="a name for the key, e.g. 2026-01")
     masterkey.set_defaults(run=_masterkey, remote=False)
 
+    projection = commands.add_parser("projection", help="a projection's progress, or one of its documents")
+    projection.add_argument("name", help="e.g. bank.balances_by_owner")
+    projection.add_argument("key", nargs="?", help="a document key, e.g. owner:ann")
+    projection.set_defaults(run=_projection, remote=True)
+
     tail = commands.add_parser("tail", help="follow the global event stream as JSON lines")
     tail.add_argument(
         "--from",
@@ -413,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--until-caught-up", action="store_true", help="exit once the past has been printed")
     tail.set_defaults(run=_tail, remote=True)
 
-    for sub in (submit, read, get, health, audit, forget, rewrap, tail):
+    for sub in (submit, read, get, health, audit, forget, rewrap, tail, projection):
         _client_arguments(sub)
     return parser
 

@@ -14,6 +14,8 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     │   └── NotUnique               ...because another aggregate holds a claimed value
     ├── AggregateNotFound       a read of an aggregate that has no events
     ├── VersionNotReached       a read at a version the aggregate has not reached
+    ├── ResourceNotFound        a read of something else that does not exist (projection, document)
+    ├── ProjectionFailed        a projection's handler failed; the projection waits and retries
     ├── EventNotReadable        a stored event no loaded plugin can read (never skipped)
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
     ├── WrongExpectedVersion    the client's expected version does not hold
@@ -190,6 +192,14 @@ class EventNotReadable(ChronicleError):
     """
 
     default_reason = "EVENT_NOT_READABLE"
+
+
+class ResourceNotFound(ChronicleError):
+    default_reason = "NOT_FOUND"
+
+
+class ProjectionFailed(ChronicleError):
+    default_reason = "PROJECTION_FAILED"
 
 
 class AggregateTypeMismatch(ChronicleError):

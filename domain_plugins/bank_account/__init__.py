@@ -3,8 +3,11 @@
 Rules: an account opens once; amounts are positive; a withdrawal never
 takes the balance below zero; nothing but OpenAccount on an account that does
 not exist; nothing at all on a closed account.
+
+Read model: ``balances_by_owner`` (a projection) keeps each owner's total.
 """
 
 from domain_plugins.bank_account.domain import account, plugin
+from domain_plugins.bank_account.read_model import balances_by_owner
 
-__all__ = ["account", "plugin"]
+__all__ = ["account", "balances_by_owner", "plugin"]

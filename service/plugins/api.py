@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from google.protobuf.message import Message
 
 from service.plugins.context import CommandContext
+from service.plugins.projections import Projection
 
 if TYPE_CHECKING:
     from service.processing.middleware import Middleware
@@ -201,6 +202,7 @@ class Plugin:
         self.description = description
         self.aggregates: list[AggregateType] = []
         self.middleware: list[Middleware] = []
+        self.projections: list[Projection] = []
 
     def aggregate(
         self,
@@ -222,6 +224,15 @@ class Plugin:
         )
         self.aggregates.append(aggregate)
         return aggregate
+
+    def projection(self, name: str, *, aggregate_types: Iterable[str] = (), batch_size: int = 200) -> Projection:
+        """Declare a read model kept up to date from the log (see
+        ``service.plugins.projections``). ``aggregate_types`` narrows which
+        events are read; handlers are registered with ``@projection.on(T)``.
+        The name is the read model's identity: renaming it rebuilds it."""
+        projection = Projection(self.name, name, aggregate_types=aggregate_types, batch_size=batch_size)
+        self.projections.append(projection)
+        return projection
 
     def add_middleware(self, middleware: Middleware) -> Middleware:
         """Run ``middleware`` around every command the server processes (not

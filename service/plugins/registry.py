@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from service.errors import ConfigurationError
 from service.plugins.api import AggregateType, CommandSpec, EventSpec, Plugin, UpcasterSpec
+from service.plugins.projections import Projection
 
 if TYPE_CHECKING:
     from service.processing.middleware import Middleware
@@ -23,6 +24,7 @@ class Registry:
         self._commands: dict[str, CommandSpec] = {}
         self._events: dict[str, EventSpec] = {}
         self._upcasters: dict[str, UpcasterSpec] = {}
+        self._projections: dict[str, Projection] = {}
         for plugin in plugins:
             self._add(plugin)
         self._check_upcasters()
@@ -38,6 +40,16 @@ class Registry:
                 self._claim(self._events, name, event, "event type", plugin)
             for upcaster in aggregate.upcasters.values():
                 self._claim(self._upcasters, upcaster.name, upcaster, "upcaster", plugin)
+        for projection in plugin.projections:
+            existing = self._projections.get(projection.name)
+            if existing is not None:
+                raise ConfigurationError(
+                    f"projection {projection.name!r} is declared by both plugin {existing.plugin_name!r}"
+                    f" and plugin {plugin.name!r}",
+                    reason="DUPLICATE_REGISTRATION",
+                    metadata={"name": projection.name, "plugins": f"{existing.plugin_name},{plugin.name}"},
+                )
+            self._projections[projection.name] = projection
         self.plugins.append(plugin)
 
     @staticmethod
@@ -99,3 +111,10 @@ class Registry:
         """Stored event types some upcaster reads: what they become is only
         known once they are upcast."""
         return frozenset(u.event_type for u in self._upcasters.values())
+
+    @property
+    def projections(self) -> list[Projection]:
+        return list(self._projections.values())
+
+    def projection(self, name: str) -> Projection | None:
+        return self._projections.get(name)

@@ -17,11 +17,13 @@ from service.store.records import (
     ClaimChange,
     CommandRecord,
     DataKey,
+    DocumentWrite,
     LogFilter,
     LogPage,
     NewEvent,
     RecordedEvent,
     Snapshot,
+    StoredDocument,
 )
 
 
@@ -145,6 +147,20 @@ class EventStore(Protocol):
     async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
         """Return when an event after ``after_position`` may have committed
         (through any replica), or after ``max_wait`` seconds."""
+
+    async def projection_position(self, name: str) -> int:
+        """The log position projection ``name`` has applied up to (0: none)."""
+
+    async def load_document(self, projection: str, key: str) -> StoredDocument | None:
+        """Projection ``projection``'s document under ``key``, or None."""
+
+    async def commit_projection(
+        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    ) -> None:
+        """Apply ``writes`` and move the projection's checkpoint from
+        ``expected_position`` to ``new_position``, in one transaction.
+        ``ConcurrencyConflict`` (and nothing written) if the checkpoint is no
+        longer at ``expected_position``: someone else applied those events."""
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         """Keep ``snapshot`` beside the aggregate's earlier ones (replacing

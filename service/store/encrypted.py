@@ -37,11 +37,13 @@ from service.store.records import (
     ClaimChange,
     CommandRecord,
     DataKey,
+    DocumentWrite,
     LogFilter,
     LogPage,
     NewEvent,
     RecordedEvent,
     Snapshot,
+    StoredDocument,
 )
 
 
@@ -119,6 +121,21 @@ class EncryptingStore:
 
     async def open(self) -> None:
         await self.inner.open()
+
+    async def projection_position(self, name: str) -> int:
+        return await self.inner.projection_position(name)
+
+    # Documents are derived read models, written by projections from
+    # plaintext events; they are not sealed here (see docs/security.md).
+    async def load_document(self, projection: str, key: str) -> StoredDocument | None:
+        return await self.inner.load_document(projection, key)
+
+    async def commit_projection(
+        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    ) -> None:
+        await self.inner.commit_projection(
+            name, expected_position=expected_position, new_position=new_position, writes=writes
+        )
 
     async def log_head(self) -> int:
         return await self.inner.log_head()

@@ -20,11 +20,13 @@ from service.store.records import (
     CommandAlreadyRecorded,
     CommandRecord,
     DataKey,
+    DocumentWrite,
     LogFilter,
     LogPage,
     NewEvent,
     RecordedEvent,
     Snapshot,
+    StoredDocument,
 )
 from service.store.selection import select_events
 
@@ -41,6 +43,8 @@ class MemoryStore:
         self._refusals: list[AuditEntry] = []
         self._keys: dict[str, DataKey] = {}
         self._commits = CommitNotifier()
+        self._projection_positions: dict[str, int] = {}
+        self._documents: dict[tuple[str, str], StoredDocument] = {}
 
     async def open(self) -> None:
         return None
@@ -123,6 +127,25 @@ class MemoryStore:
 
     async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
         await self._commits.wait_beyond(after_position, max_wait)
+
+    async def projection_position(self, name: str) -> int:
+        return self._projection_positions.get(name, 0)
+
+    async def load_document(self, projection: str, key: str) -> StoredDocument | None:
+        return self._documents.get((projection, key))
+
+    async def commit_projection(
+        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    ) -> None:
+        current = self._projection_positions.get(name, 0)
+        if current != expected_position:
+            raise ConcurrencyConflict(f"projection:{name}", expected_position, current=current)
+        for write in writes:
+            if write.data is None:
+                self._documents.pop((name, write.key), None)
+            else:
+                self._documents[(name, write.key)] = StoredDocument(write.key, write.type_name, write.data)
+        self._projection_positions[name] = new_position
 
     async def find_command(self, command_id: str) -> CommandRecord | None:
         return self._commands.get(command_id)

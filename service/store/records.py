@@ -243,3 +243,22 @@ class LogPage:
 
     events: tuple[RecordedEvent, ...]
     scanned_to: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """A projection's document: a Protobuf message (its full type name and
+    bytes) under a key."""
+
+    key: str
+    type_name: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentWrite:
+    """A change to a projection's document: ``data`` None deletes it."""
+
+    key: str
+    type_name: str = ""
+    data: bytes | None = None

@@ -29,17 +29,25 @@ from service.store.records import (
     CommandAlreadyRecorded,
     CommandRecord,
     DataKey,
+    DocumentWrite,
     LogFilter,
     LogPage,
     NewEvent,
     RecordedEvent,
     Snapshot,
+    StoredDocument,
 )
 from service.store.serialization import dump_metadata, dump_rejection, load_metadata, load_rejection
 
 T = TypeVar("T")
 # Migration i brings the schema from version i to i + 1 (PRAGMA user_version).
-MIGRATIONS = ("sqlite_schema.sql", "sqlite_migrate_2.sql", "sqlite_migrate_3.sql", "sqlite_migrate_4.sql")
+MIGRATIONS = (
+    "sqlite_schema.sql",
+    "sqlite_migrate_2.sql",
+    "sqlite_migrate_3.sql",
+    "sqlite_migrate_4.sql",
+    "sqlite_migrate_5.sql",
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _EVENT_COLUMNS = (
@@ -373,6 +381,56 @@ class SqliteStore:
         events = tuple(_event(row) for row in rows)
         scanned_to = events[-1].position if len(events) == limit else max(head, after_position)
         return LogPage(events, scanned_to)
+
+    async def projection_position(self, name: str) -> int:
+        row = await self._run(
+            lambda: self._db.execute("SELECT position FROM projection_checkpoints WHERE name = ?", (name,)).fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    async def load_document(self, projection: str, key: str) -> StoredDocument | None:
+        row = await self._run(
+            lambda: self._db.execute(
+                "SELECT key, type_name, data FROM projection_documents WHERE projection = ? AND key = ?",
+                (projection, key),
+            ).fetchone()
+        )
+        return None if row is None else StoredDocument(row[0], row[1], bytes(row[2]))
+
+    async def commit_projection(
+        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    ) -> None:
+        def commit() -> None:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT position FROM projection_checkpoints WHERE name = ?", (name,)).fetchone()
+                current = int(row[0]) if row else 0
+                if current != expected_position:
+                    raise ConcurrencyConflict(f"projection:{name}", expected_position, current=current)
+                for write in writes:
+                    if write.data is None:
+                        db.execute(
+                            "DELETE FROM projection_documents WHERE projection = ? AND key = ?", (name, write.key)
+                        )
+                    else:
+                        db.execute(
+                            "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?,?,?,?)"
+                            " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name,"
+                            " data = excluded.data",
+                            (name, write.key, write.type_name, write.data),
+                        )
+                db.execute(
+                    "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                    (name, new_position),
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._run(commit)
 
     async def log_head(self) -> int:
         (head,) = await self._run(lambda: self._db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone())

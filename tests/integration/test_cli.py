@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 import uuid
 from pathlib import Path
 
@@ -177,3 +178,23 @@ def test_tail_prints_the_stream_and_resumes_after_a_position(tmp_path: Path) -> 
         refused = cli("tail", "--from", "999", "--until-caught-up", server=server.address, check=False)
         assert refused.returncode == 1
         assert "INVALID_ARGUMENT POSITION_BEYOND_END" in refused.stderr
+
+
+def test_projection_prints_progress_and_documents(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=["--poll-seconds", "0.1"]) as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 12}', server=server.address)
+        for _ in range(100):
+            status = json.loads(cli("projection", "bank.balances_by_owner", server=server.address).stdout)
+            if status["position"] == status["log_head"]:
+                break
+            time.sleep(0.1)
+        document = json.loads(cli("projection", "bank.balances_by_owner", "owner:ann", server=server.address).stdout)
+        assert document["document"] == {
+            "@type": "bank.v1.OwnerBalance",
+            "owner": "ann",
+            "balance": "12",
+            "account_ids": ["acc-1"],
+        }
+        missing = cli("projection", "bank.balances_by_owner", "owner:zed", server=server.address, check=False)
+        assert "NOT_FOUND DOCUMENT_NOT_FOUND" in missing.stderr

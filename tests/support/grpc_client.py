@@ -19,6 +19,7 @@ from chronicle.v1 import (
     command_service_pb2,
     command_service_pb2_grpc,
     event_service_pb2_grpc,
+    projection_service_pb2_grpc,
 )
 from service.app import Application, start
 from service.plugins.registry import Registry
@@ -86,6 +87,7 @@ class Client:
     commands: command_service_pb2_grpc.CommandServiceStub
     events: event_service_pb2_grpc.EventServiceStub
     admin: admin_service_pb2_grpc.AdminServiceStub
+    projections: projection_service_pb2_grpc.ProjectionServiceStub
 
     async def submit(self, built: command_pb2.Command) -> command_service_pb2.SubmitResponse:
         response: command_service_pb2.SubmitResponse = await self.commands.Submit(
@@ -113,6 +115,7 @@ async def connect(
             command_service_pb2_grpc.CommandServiceStub(channel),
             event_service_pb2_grpc.EventServiceStub(channel),
             admin_service_pb2_grpc.AdminServiceStub(channel),
+            projection_service_pb2_grpc.ProjectionServiceStub(channel),
         )
 
 

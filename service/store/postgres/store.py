@@ -48,11 +48,13 @@ from service.store.records import (
     CommandAlreadyRecorded,
     CommandRecord,
     DataKey,
+    DocumentWrite,
     LogFilter,
     LogPage,
     NewEvent,
     RecordedEvent,
     Snapshot,
+    StoredDocument,
 )
 from service.store.serialization import load_rejection, rejection_dict
 
@@ -424,6 +426,58 @@ class PostgresStore:
         events = tuple(_event(row[1:]) for row in rows if row[1] is not None)
         scanned_to = events[-1].position if len(events) == limit else max(head, after_position)
         return LogPage(events, scanned_to)
+
+    async def projection_position(self, name: str) -> int:
+        async with self._connection("projection_position") as conn:
+            cursor = await conn.execute(
+                "SELECT position FROM chronicle.projection_checkpoints WHERE name = %s", (name,)
+            )
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def load_document(self, projection: str, key: str) -> StoredDocument | None:
+        async with self._connection("load_document") as conn:
+            cursor = await conn.execute(
+                "SELECT key, type_name, data FROM chronicle.projection_documents WHERE projection = %s AND key = %s",
+                (projection, key),
+            )
+            row = await cursor.fetchone()
+        return None if row is None else StoredDocument(row[0], row[1], bytes(row[2]))
+
+    async def commit_projection(
+        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    ) -> None:
+        async with self._connection("commit_projection") as conn, conn.transaction():
+            # The checkpoint row is the guard: moving it from the expected
+            # position fails if another replica moved it first, and its row
+            # lock serialises two runners of one projection.
+            cursor = await conn.execute(
+                "INSERT INTO chronicle.projection_checkpoints (name, position) VALUES (%s, 0)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name,),
+            )
+            cursor = await conn.execute(
+                "UPDATE chronicle.projection_checkpoints SET position = %s, updated_at = now()"
+                " WHERE name = %s AND position = %s",
+                (new_position, name, expected_position),
+            )
+            if cursor.rowcount != 1:
+                raise ConcurrencyConflict(f"projection:{name}", expected_position)
+            deletes = [w.key for w in writes if w.data is None]
+            puts = [w for w in writes if w.data is not None]
+            if deletes:
+                await conn.execute(
+                    "DELETE FROM chronicle.projection_documents WHERE projection = %s AND key = ANY(%s)",
+                    (name, deletes),
+                )
+            if puts:
+                await conn.execute(
+                    "INSERT INTO chronicle.projection_documents (projection, key, type_name, data)"
+                    " SELECT %s, * FROM unnest(%s::text[], %s::text[], %s::bytea[])"
+                    " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name,"
+                    " data = excluded.data, updated_at = now()",
+                    (name, [w.key for w in puts], [w.type_name for w in puts], [w.data for w in puts]),
+                )
 
     async def log_head(self) -> int:
         async with self._connection("log_head") as conn:

@@ -1,0 +1,52 @@
+"""Balances by owner: the bank's example read model.
+
+A projection (see ``service.plugins.projections``): the server applies each
+account event once, in log order, and commits the documents together with
+its checkpoint. Documents: ``owner:<owner>`` (OwnerBalance) and
+``account:<id>`` (AccountBalance, so that a deposit finds its owner).
+"""
+
+from __future__ import annotations
+
+from domain_plugins.bank_account.domain import plugin
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.plugins.projections import Documents, ProjectedEvent
+
+balances_by_owner = plugin.projection("bank.balances_by_owner", aggregate_types=["Account"])
+
+
+def owner_key(owner: str) -> str:
+    return f"owner:{owner}"
+
+
+def account_key(account_id: str) -> str:
+    return f"account:{account_id}"
+
+
+@balances_by_owner.on(bank.AccountOpened)
+def _opened(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+    documents.put(account_key(envelope.aggregate_id), bank.AccountBalance(owner=event.owner))
+    holder = documents.get(owner_key(event.owner), bank.OwnerBalance) or bank.OwnerBalance(owner=event.owner)
+    holder.account_ids.append(envelope.aggregate_id)
+    documents.put(owner_key(event.owner), holder)
+
+
+def _move(account_id: str, amount: int, documents: Documents) -> None:
+    account = documents.get(account_key(account_id), bank.AccountBalance)
+    if account is None:
+        return  # opened before this projection knew of it: cannot happen from position 0
+    account.balance += amount
+    documents.put(account_key(account_id), account)
+    holder = documents.get(owner_key(account.owner), bank.OwnerBalance) or bank.OwnerBalance(owner=account.owner)
+    holder.balance += amount
+    documents.put(owner_key(account.owner), holder)
+
+
+@balances_by_owner.on(bank.MoneyDeposited)
+def _deposited(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+    _move(envelope.aggregate_id, event.amount, documents)
+
+
+@balances_by_owner.on(bank.MoneyWithdrawn)
+def _withdrawn(event: bank.MoneyWithdrawn, envelope: ProjectedEvent, documents: Documents) -> None:
+    _move(envelope.aggregate_id, -event.amount, documents)

@@ -1,0 +1,98 @@
+"""Projections: read models a plugin keeps up to date from the event log.
+
+A projection declares which events it reads and a handler per event type.
+The server runs it after commit, in log order, in batches; each batch's
+document changes are committed in ONE transaction with the projection's
+checkpoint, so each event is applied exactly once even across crashes and
+restarts (a batch is either wholly applied and checkpointed, or neither).
+Handlers must therefore only change documents: an e-mail sent from a
+handler could be sent twice.
+
+    balances = plugin.projection("balances_by_owner", aggregate_types=["Account"])
+
+    @balances.on(bank_pb2.MoneyDeposited)
+    def deposited(event, envelope, documents):
+        ...
+        documents.put(owner, bank_pb2.OwnerBalance(owner=owner, balance=total))
+
+Documents are Protobuf messages under string keys, in the projection's own
+namespace, stored in the same database as the events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+M = TypeVar("M", bound=Message)
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectedEvent:
+    """The envelope of the event a projection handler is given."""
+
+    event_id: str
+    aggregate_id: str
+    aggregate_type: str
+    version: int
+    position: int
+    event_type: str
+    timestamp_us: int
+    user_id: str = ""
+    origin: str = ""
+    correlation_id: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class Documents(Protocol):
+    """A projection's documents, as the current batch sees them."""
+
+    def get(self, key: str, message_type: type[M]) -> M | None:
+        """The document under ``key`` (None if there is none)."""
+
+    def put(self, key: str, document: Message) -> None:
+        """Write ``document`` under ``key`` (replacing what was there)."""
+
+    def delete(self, key: str) -> None:
+        """Remove the document under ``key``, if any."""
+
+
+ProjectionHandler = Callable[[Any, ProjectedEvent, Documents], None]
+
+
+class Projection:
+    def __init__(
+        self, plugin_name: str, name: str, *, aggregate_types: Iterable[str] = (), batch_size: int = 200
+    ) -> None:
+        if not name or not name.replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"projection name {name!r} must be letters, digits, '_' or '.'")
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self.plugin_name = plugin_name
+        self.name = name
+        self.aggregate_types = frozenset(aggregate_types)
+        self.batch_size = batch_size
+        self.handlers: dict[str, tuple[type[Message], ProjectionHandler]] = {}
+
+    def on(self, event_type: type[Message]) -> Callable[[H], H]:
+        """Register the decorated function for events of ``event_type``."""
+
+        def register(handler: H) -> H:
+            name = str(event_type.DESCRIPTOR.full_name)
+            if name in self.handlers:
+                raise ValueError(f"projection {self.name}: {name} has two handlers")
+            self.handlers[name] = (event_type, handler)
+            return handler
+
+        return register
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        return frozenset(self.handlers)
+
+    def __repr__(self) -> str:
+        return f"Projection({self.name!r}, plugin={self.plugin_name!r})"

@@ -1,0 +1,292 @@
+"""Running projections: each follows the log after its checkpoint and
+commits a batch's document changes together with the new checkpoint.
+
+Exactly once: a batch is read after checkpoint P, its events applied to an
+in-memory overlay of the documents, and the overlay's writes committed with
+the checkpoint moved from P to the batch's end, in one transaction. A crash
+before the commit loses the overlay and the batch is applied again from P; a
+crash after it finds the new checkpoint. Two replicas running one projection
+cannot both commit a move from P: the loser reloads the checkpoint and goes
+on from there (its work is wasted, never doubled).
+
+A handler that raises stops its projection (others go on): the error is
+logged and reported by ``status``, and the runner tries the batch again after
+a pause, so a fixed plugin or a transient fault resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed
+from service.plugins.projections import ProjectedEvent, Projection
+from service.processing.upcasting import EventReader
+from service.store.base import EventStore
+from service.store.records import DocumentWrite, LogFilter, RecordedEvent
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
+
+
+class _NeedsDocument(BaseException):
+    """A handler asked for a document not loaded yet (handlers are
+    synchronous; loading is not). A BaseException, so that a handler's own
+    ``except Exception`` cannot swallow it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    type_name: str
+    data: bytes
+
+
+class _Batch:
+    """The documents as one batch sees them: its own writes over the store's.
+
+    Each handler call runs in a ``_Scope`` whose writes join the batch only
+    when the call returns; a call that needs a document not yet loaded is
+    abandoned (its writes with it), the document loaded, and the call run
+    again, so a handler never sees its own half-applied writes twice.
+    """
+
+    def __init__(self, projection: str, store: EventStore) -> None:
+        self.projection = projection
+        self._store = store
+        self._stored: dict[str, _Raw | None] = {}
+        self.current: dict[str, Message | None] = {}
+        self.writes: dict[str, DocumentWrite] = {}
+
+    async def load(self, key: str) -> None:
+        stored = await self._store.load_document(self.projection, key)
+        self._stored[key] = None if stored is None else _Raw(stored.type_name, stored.data)
+
+    def read(self, key: str, message_type: type[M]) -> M | None:
+        if key in self.current:
+            found = self.current[key]
+            return None if found is None else _copy_as(found, message_type, key, self.projection)
+        if key not in self._stored:
+            raise _NeedsDocument(key)
+        raw = self._stored[key]
+        if raw is None:
+            return None
+        if raw.type_name != message_type.DESCRIPTOR.full_name:
+            raise _type_mismatch(key, self.projection, raw.type_name, message_type)
+        try:
+            return message_type.FromString(raw.data)
+        except DecodeError as error:
+            raise ProjectionFailed(
+                f"document {key!r} of projection {self.projection} does not parse", reason="CORRUPT_DOCUMENT"
+            ) from error
+
+    def write(self, key: str, document: Message | None) -> None:
+        self.current[key] = document
+        if document is None:
+            self.writes[key] = DocumentWrite(key)
+        else:
+            self.writes[key] = DocumentWrite(key, str(document.DESCRIPTOR.full_name), document.SerializeToString())
+
+
+class _Scope:
+    """``Documents`` for one handler call."""
+
+    def __init__(self, batch: _Batch) -> None:
+        self._batch = batch
+        self._writes: dict[str, Message | None] = {}
+
+    def get(self, key: str, message_type: type[M]) -> M | None:
+        if key in self._writes:
+            found = self._writes[key]
+            return None if found is None else _copy_as(found, message_type, key, self._batch.projection)
+        return self._batch.read(key, message_type)
+
+    def put(self, key: str, document: Message) -> None:
+        copy = type(document)()
+        copy.CopyFrom(document)
+        self._writes[key] = copy
+
+    def delete(self, key: str) -> None:
+        self._writes[key] = None
+
+    def commit(self) -> None:
+        for key, document in self._writes.items():
+            self._batch.write(key, document)
+
+
+def _copy_as(found: Message, message_type: type[M], key: str, projection: str) -> M:
+    if not isinstance(found, message_type):
+        raise _type_mismatch(key, projection, str(found.DESCRIPTOR.full_name), message_type)
+    copy = message_type()
+    copy.CopyFrom(found)
+    return copy
+
+
+def _type_mismatch(key: str, projection: str, stored: str, wanted: type[Message]) -> ProjectionFailed:
+    return ProjectionFailed(
+        f"document {key!r} of projection {projection} is a {stored}, not a {wanted.DESCRIPTOR.full_name}",
+        reason="DOCUMENT_TYPE_MISMATCH",
+    )
+
+
+@dataclass
+class ProjectionStatus:
+    name: str
+    position: int = 0
+    running: bool = False
+    error: str = ""
+    applied: int = 0
+    conflicts: int = field(default=0)
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        projection: Projection,
+        store: EventStore,
+        reader: EventReader,
+        *,
+        poll_interval: float = 1.0,
+        retry_interval: float = 5.0,
+    ) -> None:
+        self.projection = projection
+        self._store = store
+        self._reader = reader
+        self._poll_interval = poll_interval
+        self._retry_interval = retry_interval
+        self.status = ProjectionStatus(projection.name)
+        self._task: asyncio.Task[None] | None = None
+        wanted = projection.event_types | reader.upcast_types
+        self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"projection:{self.projection.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        self.status.running = True
+        try:
+            position = await self._load_position()
+            while True:
+                try:
+                    position = await self.step(position)
+                except ConcurrencyConflict:
+                    # Another replica applied these events first.
+                    self.status.conflicts += 1
+                    position = await self._load_position()
+                    continue
+                except ChronicleError as error:
+                    self._failed(error)
+                    await asyncio.sleep(self._retry_interval)
+                    position = await self._load_position()
+                    continue
+                await self._store.wait_for_commit(position, self._poll_interval)
+        finally:
+            self.status.running = False
+
+    async def _load_position(self) -> int:
+        while True:
+            try:
+                position = await self._store.projection_position(self.projection.name)
+                self.status.position = position
+                return position
+            except ChronicleError as error:
+                self._failed(error)
+                await asyncio.sleep(self._retry_interval)
+
+    def _failed(self, error: ChronicleError) -> None:
+        self.status.error = f"{error.reason}: {error.message}"
+        log.error("projection %s stopped: %s", self.projection.name, self.status.error)
+
+    async def step(self, position: int) -> int:
+        """Apply the next batch after ``position`` and commit it; return the
+        new checkpoint. Catches up fully before returning when it can."""
+        while True:
+            page = await self._store.read_log(position, self._filter, self.projection.batch_size)
+            if page.scanned_to == position:
+                return position
+            batch = _Batch(self.projection.name, self._store)
+            for stored in page.events:
+                for event in self._reader.decode(stored):
+                    await self._apply(batch, event.record, event.message)
+            await self._store.commit_projection(
+                self.projection.name,
+                expected_position=position,
+                new_position=page.scanned_to,
+                writes=list(batch.writes.values()),
+            )
+            self.status.applied += len(page.events)
+            position = self.status.position = page.scanned_to
+            self.status.error = ""
+            if len(page.events) < self.projection.batch_size:
+                return position
+
+    async def _apply(self, batch: _Batch, record: RecordedEvent, message: Message) -> None:
+        registered = self.projection.handlers.get(record.event_type)
+        if registered is None:
+            return  # a type read only because an upcaster turns it into one of ours
+        envelope = ProjectedEvent(
+            event_id=record.event_id,
+            aggregate_id=record.aggregate_id,
+            aggregate_type=record.aggregate_type,
+            version=record.version,
+            position=record.position,
+            event_type=record.event_type,
+            timestamp_us=record.timestamp_us,
+            user_id=record.user_id,
+            origin=record.origin,
+            correlation_id=record.correlation_id,
+            metadata=record.metadata,
+        )
+        while True:
+            scope = _Scope(batch)
+            try:
+                registered[1](message, envelope, scope)
+            except _NeedsDocument as need:
+                await batch.load(need.key)
+                continue
+            except ChronicleError:
+                raise
+            except Exception as error:
+                log.exception(
+                    "projection %s failed on %s at position %d",
+                    self.projection.name,
+                    record.event_type,
+                    record.position,
+                )
+                raise ProjectionFailed(
+                    f"projection {self.projection.name} failed on {record.event_type} at position"
+                    f" {record.position}: {type(error).__name__}: {error}",
+                    metadata={"projection": self.projection.name, "position": str(record.position)},
+                ) from error
+            scope.commit()
+            return
+
+
+class Projections:
+    """Every loaded plugin's projections, started and stopped together."""
+
+    def __init__(self, runners: Sequence[ProjectionRunner]) -> None:
+        self.runners = {runner.projection.name: runner for runner in runners}
+
+    def start(self) -> None:
+        for runner in self.runners.values():
+            runner.start()
+
+    async def stop(self) -> None:
+        for runner in self.runners.values():
+            await runner.stop()

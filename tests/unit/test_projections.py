@@ -1,0 +1,174 @@
+"""Projection runners on the memory store: each event applied exactly once,
+through crashes, failures and a second runner of the same projection."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from domain_plugins import bank_account
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.bank_account.read_model import account_key, owner_key
+from service.errors import ConcurrencyConflict, ProjectionFailed
+from service.plugins import Plugin
+from service.plugins.projections import Documents, ProjectedEvent
+from service.plugins.registry import Registry
+from service.processing.commands import CommandRequest
+from service.processing.executor import CommandExecutor
+from service.processing.projections import ProjectionRunner
+from service.processing.upcasting import EventReader
+from service.store.memory import MemoryStore
+from service.store.records import DocumentWrite
+
+REGISTRY = Registry([bank_account.plugin])
+READER = EventReader(REGISTRY)
+
+
+async def run(store: MemoryStore, aggregate_id: str, message: Any) -> None:
+    spec = REGISTRY.command(message.DESCRIPTOR.full_name)
+    assert spec is not None
+    await CommandExecutor(store, REGISTRY).execute(
+        CommandRequest(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, spec=spec, message=message), None
+    )
+
+
+async def bank_history(store: MemoryStore) -> None:
+    await run(store, "acc-1", bank.OpenAccount(owner="ann"))
+    await run(store, "acc-2", bank.OpenAccount(owner="ann"))
+    await run(store, "acc-3", bank.OpenAccount(owner="bob"))
+    await run(store, "acc-1", bank.Deposit(amount=100))
+    await run(store, "acc-2", bank.Deposit(amount=20))
+    await run(store, "acc-3", bank.Deposit(amount=7))
+    await run(store, "acc-1", bank.Withdraw(amount=30))
+
+
+async def owner(store: Any, name: str) -> bank.OwnerBalance:
+    stored = await store.load_document("bank.balances_by_owner", owner_key(name))
+    assert stored is not None
+    assert stored.type_name == "bank.v1.OwnerBalance"
+    return bank.OwnerBalance.FromString(stored.data)
+
+
+def runner(store: Any, *, batch_size: int | None = None) -> ProjectionRunner:
+    projection = bank_account.balances_by_owner
+    if batch_size is not None:
+        projection.batch_size = batch_size
+    return ProjectionRunner(projection, store, READER, retry_interval=0.01)
+
+
+@pytest.fixture(autouse=True)
+def _restore_batch_size() -> Any:
+    size = bank_account.balances_by_owner.batch_size
+    yield
+    bank_account.balances_by_owner.batch_size = size
+
+
+async def test_the_read_model_follows_the_log() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    position = await runner(store).step(0)
+    assert position == await store.log_head()
+    assert await owner(store, "ann") == bank.OwnerBalance(owner="ann", balance=90, account_ids=["acc-1", "acc-2"])
+    assert await owner(store, "bob") == bank.OwnerBalance(owner="bob", balance=7, account_ids=["acc-3"])
+    assert await store.projection_position("bank.balances_by_owner") == position
+
+
+async def test_small_batches_give_the_same_read_model() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    await runner(store, batch_size=2).step(0)
+    assert (await owner(store, "ann")).balance == 90
+
+
+class CrashingStore(MemoryStore):
+    """The process dies between applying a batch and committing it: the
+    commit never happens (the first ``crashes`` times)."""
+
+    def __init__(self, crashes: int) -> None:
+        super().__init__()
+        self.crashes = crashes
+
+    async def commit_projection(
+        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    ) -> None:
+        if self.crashes:
+            self.crashes -= 1
+            raise RuntimeError("killed before commit")
+        await super().commit_projection(
+            name, expected_position=expected_position, new_position=new_position, writes=writes
+        )
+
+
+async def test_a_crash_before_the_commit_applies_the_batch_again_not_twice() -> None:
+    store = CrashingStore(crashes=1)
+    await bank_history(store)
+    with pytest.raises(RuntimeError):
+        await runner(store, batch_size=3).step(0)
+    # a new runner (the restarted process) starts from the stored checkpoint
+    restarted = runner(store, batch_size=3)
+    await restarted.step(await store.projection_position("bank.balances_by_owner"))
+    assert (await owner(store, "ann")).balance == 90
+    assert (await owner(store, "bob")).balance == 7
+
+
+async def test_a_second_runner_of_the_same_projection_never_doubles_an_event() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    first, second = runner(store), runner(store)
+    await first.step(0)
+    # the second one still thinks the projection is at 0: its commit must fail
+    with pytest.raises(ConcurrencyConflict):
+        await second.step(0)
+    assert (await owner(store, "ann")).balance == 90
+
+
+sloppy = Plugin("sloppy")
+counted = sloppy.projection("sloppy.counts", aggregate_types=["Account"])
+
+
+@counted.on(bank.MoneyDeposited)
+def _count(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+    if event.amount == 13:
+        raise ValueError("unlucky")
+    total = documents.get("total", bank.AccountBalance) or bank.AccountBalance()
+    total.balance += event.amount
+    documents.put("total", total)
+    # reading a document after writing it in the same call sees the write
+    again = documents.get("total", bank.AccountBalance)
+    assert again == total
+
+
+async def test_a_failing_handler_stops_the_projection_and_commits_nothing_of_the_batch() -> None:
+    store = MemoryStore()
+    await run(store, "acc-1", bank.OpenAccount(owner="ann"))
+    await run(store, "acc-1", bank.Deposit(amount=5))
+    await run(store, "acc-1", bank.Deposit(amount=13))
+    projection_runner = ProjectionRunner(counted, store, READER)
+    with pytest.raises(ProjectionFailed) as raised:
+        await projection_runner.step(0)
+    assert raised.value.reason == "PROJECTION_FAILED"
+    assert await store.projection_position("sloppy.counts") == 0
+    assert await store.load_document("sloppy.counts", "total") is None
+
+
+async def test_documents_read_within_a_batch_see_the_batch_s_own_writes() -> None:
+    store = MemoryStore()
+    await run(store, "acc-1", bank.OpenAccount(owner="ann"))
+    for amount in (1, 2, 3):
+        await run(store, "acc-1", bank.Deposit(amount=amount))
+    await ProjectionRunner(counted, store, READER).step(0)
+    total = await store.load_document("sloppy.counts", "total")
+    assert total is not None
+    assert bank.AccountBalance.FromString(total.data).balance == 6
+
+
+async def test_account_documents_track_each_account() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    await runner(store).step(0)
+    stored = await store.load_document("bank.balances_by_owner", account_key("acc-1"))
+    assert stored is not None
+    assert bank.AccountBalance.FromString(stored.data) == bank.AccountBalance(owner="ann", balance=70)
