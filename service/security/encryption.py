@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import time
 from collections import OrderedDict
@@ -212,3 +214,29 @@ def open_sealed(cipher: AESGCM, sealed: bytes, context: bytes) -> bytes:
         return cipher.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], context)
     except InvalidTag:
         raise PayloadNotDecryptable("a stored payload does not decrypt with its aggregate's key") from None
+
+
+# Projection documents are sealed under one data key per projection, kept
+# in the same table as aggregates' keys under an id no aggregate can have
+# (aggregate ids are printable; this one starts with a control character).
+PROJECTION_KEY_PREFIX = "\x1fprojection:"
+
+
+def projection_key_id(projection: str) -> str:
+    return PROJECTION_KEY_PREFIX + projection
+
+
+def document_context(projection: str, key: str) -> bytes:
+    return b"document\0" + projection.encode() + b"\0" + key.encode()
+
+
+def hidden_document_key(cipher: AESGCM, projection: str, key: str) -> str:
+    """The stored form of a document key: deterministic (lookups must find
+    it) but not the key itself, which may be personal data ("owner:ann").
+
+    HMAC-SHA256 under a secret only the projection's data key yields: the
+    encryption of a fixed block under a fixed nonce. That nonce is used for
+    nothing else, and always on the same plaintext, so it leaks nothing.
+    """
+    secret = cipher.encrypt(b"\0" * NONCE_BYTES, b"chronicle document keys", projection.encode())
+    return "k:" + hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()

@@ -24,9 +24,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.security.encryption import (
     Keyring,
+    document_context,
     event_context,
+    hidden_document_key,
     is_sealed,
     open_sealed,
+    projection_key_id,
     seal,
     snapshot_context,
 )
@@ -125,16 +128,34 @@ class EncryptingStore:
     async def projection_position(self, name: str) -> int:
         return await self.inner.projection_position(name)
 
-    # Documents are derived read models, written by projections from
-    # plaintext events; they are not sealed here (see docs/security.md).
+    # Projection documents are derived from payloads, so they are sealed
+    # too, under a key per projection; their keys (often personal: an
+    # owner's name) are stored as keyed hashes. Forgetting an aggregate does
+    # not reach into read models: a projection that must forget handles it.
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
-        return await self.inner.load_document(projection, key)
+        cipher = await self.keyring.for_writing(projection_key_id(projection))
+        stored = await self.inner.load_document(projection, hidden_document_key(cipher, projection, key))
+        if stored is None:
+            return None
+        data = stored.data
+        if is_sealed(data):
+            data = open_sealed(cipher, data, document_context(projection, key))
+        return StoredDocument(key, stored.type_name, data)
 
     async def commit_projection(
         self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
     ) -> None:
+        cipher = await self.keyring.for_writing(projection_key_id(name))
+        sealed = [
+            DocumentWrite(
+                hidden_document_key(cipher, name, w.key),
+                w.type_name,
+                None if w.data is None else seal(cipher, w.data, document_context(name, w.key)),
+            )
+            for w in writes
+        ]
         await self.inner.commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes
+            name, expected_position=expected_position, new_position=new_position, writes=sealed
         )
 
     async def log_head(self) -> int:

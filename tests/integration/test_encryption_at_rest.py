@@ -112,3 +112,24 @@ async def test_subscribers_read_plaintext_and_see_a_forgotten_aggregate_redacted
     opened = bank.AccountOpened()
     assert events[1].payload.Unpack(opened)
     assert opened.owner == "kept"
+
+
+async def test_read_models_are_sealed_too_but_read_in_the_clear(client: Client, tmp_path: Path) -> None:
+    from chronicle.v1 import projection_service_pb2 as projections
+    from tests.support.waiting import eventually
+
+    await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+    request = projections.GetDocumentRequest(projection="bank.balances_by_owner", key=f"owner:{SECRET_OWNER}")
+
+    async def projected() -> bool:
+        status = await client.projections.GetProjection(projections.GetProjectionRequest(name="bank.balances_by_owner"))
+        return bool(status.position == status.log_head)
+
+    await eventually(projected, what="the read model catching up")
+    found = await client.projections.GetDocument(request)
+    document = bank.OwnerBalance()
+    assert found.document.Unpack(document)
+    assert document.owner == SECRET_OWNER
+    on_disk = b"".join(path.read_bytes() for path in (tmp_path / "db").iterdir())
+    assert b"bank.balances_by_owner" in on_disk  # the read model is in this file
+    assert SECRET_OWNER.encode() not in on_disk
