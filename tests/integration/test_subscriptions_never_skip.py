@@ -235,3 +235,21 @@ class ObservedReads:
 
     def events_read_for(self, log_filter: LogFilter) -> int:
         return self.reads.get(log_filter, 0)
+
+
+@pytest.mark.slow
+async def test_events_written_through_one_replica_wake_subscribers_on_another(postgres_url: str) -> None:
+    """The subscriber's replica polls only once a minute here: the event can
+    only arrive in time through LISTEN/NOTIFY."""
+    with (
+        server_process(postgres_url, extra=["--poll-seconds", "60"]) as reader,
+        server_process(postgres_url) as writer,
+    ):
+        async with connect(reader.address) as subscriber, connect(writer.address) as client:
+            stream = subscriber.events.Subscribe(pb.SubscribeRequest(from_end=True))
+            first = await stream.read()
+            assert first.HasField("caught_up")
+            await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+            live = await asyncio.wait_for(stream.read(), timeout=20)
+            assert live.event.aggregate_id == "acc-1"
+            stream.cancel()

@@ -502,6 +502,12 @@ class PostgresStore:
                 )
                 async with conn:
                     await conn.execute("LISTEN chronicle_events")
+                    # Commits between a reader's last look and this LISTEN sent
+                    # their NOTIFY to nobody: the log's end covers them.
+                    cursor = await conn.execute("SELECT last_position FROM chronicle.log_head")
+                    row = await cursor.fetchone()
+                    if row is not None:
+                        self._commits.notify(int(row[0]))
                     delay = 0.2
                     async for notice in conn.notifies():
                         if notice.payload.isdigit():
