@@ -3,6 +3,7 @@ read path uses, on the ledger test plugin (see tests/support/plugins.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -17,6 +18,7 @@ from service.processing.state import AggregateLoader
 from service.processing.upcasting import EventReader
 from service.store.memory import MemoryStore
 from service.store.records import NewEvent, RecordedEvent
+from service.testing import Scenario
 from tests.support import plugins
 from tests.support.events import new_event
 
@@ -159,3 +161,12 @@ def test_two_plugins_upcasting_one_step_are_refused_naming_both() -> None:
 def test_an_upcaster_reads_the_old_payload() -> None:
     old = OldEvent("bank.v1.MoneyDeposited", 1, bank.MoneyDeposited(amount=3).SerializeToString())
     assert old.parse(bank.MoneyDeposited).amount == 3
+
+
+def test_a_scenario_reads_a_stored_old_event_through_the_upcasters() -> None:
+    scenario = Scenario(plugins.ledger, aggregate_id="book-1").given_stored(
+        "bank.v1.MoneyDeposited", bank.MoneyDeposited(amount=2), schema_version=1
+    )
+    scenario.when(bank.Deposit(amount=5)).then(bank.MoneyDeposited(amount=5))
+    state = asyncio.run(AggregateLoader(scenario.store, REGISTRY).load("book-1", plugins.book)).state
+    assert state == bank.Account(balance=205)

@@ -94,12 +94,13 @@ _INSERT_EVENTS = (
     " WHERE %(expected)s = 0 OR EXISTS (SELECT 1 FROM chronicle.events"
     " WHERE aggregate_id = %(aggregate_id)s AND version = %(expected)s)"
 )
-# Claims: taking a value the aggregate holds already is a no-op; whether the
-# value is ours afterwards is read back (ON CONFLICT waits for a concurrent
-# transaction inserting the same key, so the loser of a race sees the winner).
+# Claims: a new value is inserted and returned in one round trip. A value
+# already held is read back to see by whom (ON CONFLICT waits for a
+# concurrent transaction inserting the same key, so the loser of a race sees
+# the winner); holding it already is fine.
 _TAKE_CLAIM = (
     "INSERT INTO chronicle.claims (scope, value, aggregate_id) VALUES (%s, %s, %s)"
-    " ON CONFLICT (scope, value) DO NOTHING"
+    " ON CONFLICT (scope, value) DO NOTHING RETURNING aggregate_id"
 )
 _CLAIM_OWNER = "SELECT aggregate_id FROM chronicle.claims WHERE scope = %s AND value = %s"
 _RELEASE_CLAIM = "DELETE FROM chronicle.claims WHERE scope = %s AND value = %s AND aggregate_id = %s"
@@ -302,7 +303,9 @@ class PostgresStore:
         if claim.release:
             await conn.execute(_RELEASE_CLAIM, (claim.scope, claim.value, aggregate_id))
             return
-        await conn.execute(_TAKE_CLAIM, (claim.scope, claim.value, aggregate_id))
+        cursor = await conn.execute(_TAKE_CLAIM, (claim.scope, claim.value, aggregate_id))
+        if await cursor.fetchone() is not None:
+            return
         cursor = await conn.execute(_CLAIM_OWNER, (claim.scope, claim.value))
         row = await cursor.fetchone()
         if row is None or row[0] != aggregate_id:
