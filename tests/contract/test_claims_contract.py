@@ -118,3 +118,16 @@ async def test_claim_values_are_compared_exactly(store: EventStore) -> None:
     await store.append("u-2", [new_event()], 0, claims=[claim("ann@example.com")])
     assert await store.claim_owner(EMAIL, "Ann@example.com") == "u-1"
     assert await store.claim_owner(EMAIL, "ann@example.com") == "u-2"
+
+
+async def test_appends_claiming_the_same_values_in_opposite_orders_never_deadlock(store: EventStore) -> None:
+    for round_ in range(5):
+        x, y = f"x{round_}@example.com", f"y{round_}@example.com"
+        results = await asyncio.gather(
+            store.append(f"u-a{round_}", [new_event()], 0, claims=[claim(x), claim(y)]),
+            store.append(f"u-b{round_}", [new_event()], 0, claims=[claim(y), claim(x)]),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(refused) == 1 and isinstance(refused[0], NotUnique), results
+        assert await store.claim_owner(EMAIL, x) == await store.claim_owner(EMAIL, y)

@@ -279,8 +279,10 @@ class PostgresStore:
                 if commands:
                     await conn.execute(_INSERT_COMMANDS, _command_columns(commands))
                 # Before the events, so that the position lock is never held
-                # while waiting for another transaction's claim.
-                for claim in claims:
+                # while waiting for another transaction's claim; in one order
+                # (a stable sort keeps each value's changes in theirs), so two
+                # appends claiming the same values wait instead of deadlocking.
+                for claim in sorted(claims, key=lambda c: (c.scope, c.value)):
                     await self._change_claim(conn, aggregate_id, expected_version, claim)
                 if not events:
                     await self._check_version(conn, aggregate_id, expected_version)
