@@ -8,8 +8,12 @@ Where each outcome is written:
 - refused before a handler decided (authentication, concurrency limit,
   malformed input, policy, overload, an exhausted conflict budget, a failing
   handler): ``AuditLog.refused`` writes an entry of its own, through
-  ``EventStore.record_refusal``. The API layer calls it for refusals before
-  the pipeline; ``AuditMiddleware`` for refusals inside it.
+  ``EventStore.record_audit_entry``. The API layer calls it for refusals
+  before the pipeline; ``AuditMiddleware`` for refusals inside it.
+- administrators' actions (``AdminService``): forgetting an aggregate and
+  rewrapping keys, done or refused, and any refused admin call; the entry's
+  ``command_type`` is the RPC's full name (``chronicle.v1.AdminService/…``)
+  and its ``command_id`` is empty.
 
 A retried command id whose outcome is replayed is not audited again: the
 original entry stands for it.
@@ -24,7 +28,7 @@ import time
 from service.errors import ChronicleError, recorded_with_command
 from service.processing.middleware import CommandCall, Middleware
 from service.store.base import AuditQuery, EventStore
-from service.store.records import REFUSED, AuditEntry
+from service.store.records import ACCEPTED, REFUSED, AuditEntry
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +45,31 @@ class AuditLog:
         """Record a refusal. A failure to record is logged, never raised: the
         caller is already answering with the refusal itself."""
         try:
-            await self._store.record_refusal(entry)
+            await self._store.record_audit_entry(entry)
         except Exception:
             log.exception("could not record the refusal of command %s in the audit log", entry.command_id)
+
+    async def admin_action(
+        self, action: str, *, principal: str, aggregate_id: str = "", error: BaseException | None = None
+    ) -> None:
+        """Record what an administrator did (``error`` None) or was refused.
+        An action that was done must be audited, so a failure to record it
+        is raised (the action itself has happened: the caller learns the
+        audit log is unavailable)."""
+        if error is not None:
+            await self.refused(refusal(error, command_type=action, aggregate_id=aggregate_id, principal=principal))
+            return
+        entry = AuditEntry(
+            recorded_at_us=now_us(),
+            command_id="",
+            command_type=action,
+            aggregate_id=aggregate_id,
+            principal=principal,
+            user_id=principal,
+            origin="admin",
+            outcome=ACCEPTED,
+        )
+        await self._store.record_audit_entry(entry)
 
     async def query(self, query: AuditQuery) -> list[AuditEntry]:
         return await self._store.read_audit(query)

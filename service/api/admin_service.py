@@ -3,7 +3,9 @@ rewrapping keys. Every RPC needs the admin grant when authentication is on."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -13,7 +15,7 @@ from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
 from service.api import guard
 from service.api.codec import check_id, timestamp
 from service.audit import AuditLog
-from service.errors import InvalidInput, NotEncrypted
+from service.errors import ChronicleError, InvalidInput, NotEncrypted
 from service.security.encryption import Keyring
 from service.security.policy import Authorizer
 from service.security.principal import current_principal
@@ -21,6 +23,7 @@ from service.store.base import AuditQuery
 from service.store.records import ACCEPTED, REFUSED, AuditEntry
 
 log = logging.getLogger(__name__)
+SERVICE = "chronicle.v1.AdminService"
 MAX_AUDIT_ENTRIES = 1000
 _OUTCOMES = {pb.AUDIT_OUTCOME_ACCEPTED: ACCEPTED, pb.AUDIT_OUTCOME_REFUSED: REFUSED}
 _OUTCOME_CODES = {name: code for code, name in _OUTCOMES.items()}
@@ -41,7 +44,8 @@ class AdminService(pb_grpc.AdminServiceServicer):
     async def QueryAudit(
         self, request: pb.QueryAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.QueryAuditResponse:
-        self._authorizer.check_admin(current_principal.get(), "query the audit log")
+        async with self._audited("QueryAudit", record_success=False):
+            self._authorizer.check_admin(current_principal.get(), "query the audit log")
         if request.limit > MAX_AUDIT_ENTRIES:
             raise InvalidInput.for_field("limit", f"must be at most {MAX_AUDIT_ENTRIES}", reason="LIMIT_TOO_LARGE")
         query = AuditQuery(
@@ -62,8 +66,12 @@ class AdminService(pb_grpc.AdminServiceServicer):
     async def ForgetAggregate(
         self, request: pb.ForgetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ForgetAggregateResponse:
-        self._authorizer.check_admin(current_principal.get(), "forget aggregates")
-        aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        async with self._audited("ForgetAggregate", aggregate_id=request.aggregate_id[:200]):
+            self._authorizer.check_admin(current_principal.get(), "forget aggregates")
+            aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+            return await self._forget(aggregate_id)
+
+    async def _forget(self, aggregate_id: str) -> pb.ForgetAggregateResponse:
         keys = self._keys()
         if await keys.forget(aggregate_id):
             log.warning("aggregate %s forgotten by %r", aggregate_id, current_principal.get().name)
@@ -80,8 +88,22 @@ class AdminService(pb_grpc.AdminServiceServicer):
     async def RewrapKeys(
         self, request: pb.RewrapKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RewrapKeysResponse:
-        self._authorizer.check_admin(current_principal.get(), "rewrap keys")
-        return pb.RewrapKeysResponse(rewrapped=await self._keys().rewrap())
+        async with self._audited("RewrapKeys"):
+            self._authorizer.check_admin(current_principal.get(), "rewrap keys")
+            return pb.RewrapKeysResponse(rewrapped=await self._keys().rewrap())
+
+    @contextlib.asynccontextmanager
+    async def _audited(self, rpc: str, *, aggregate_id: str = "", record_success: bool = True) -> AsyncIterator[None]:
+        """Audit the admin call: refused (any ChronicleError), or done."""
+        action = f"{SERVICE}/{rpc}"
+        principal = current_principal.get().name
+        try:
+            yield
+        except ChronicleError as error:
+            await self._audit.admin_action(action, principal=principal, aggregate_id=aggregate_id, error=error)
+            raise
+        if record_success:
+            await self._audit.admin_action(action, principal=principal, aggregate_id=aggregate_id)
 
 
 def _micros(value: Any) -> int:

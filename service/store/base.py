@@ -171,14 +171,16 @@ class EventStore(Protocol):
         """The aggregate's latest snapshot, or with ``at_most`` the latest at
         or below that version; None if there is none."""
 
-    async def record_refusal(self, entry: AuditEntry) -> None:
-        """Durably record a command refused before it reached a handler
-        (authentication, policy, malformed input, overload). Commands that
+    async def record_audit_entry(self, entry: AuditEntry) -> None:
+        """Durably record an audit entry that no ``CommandRecord`` carries: a
+        command refused before a handler decided (authentication, policy,
+        malformed input, overload), or an administrator's action (forgetting
+        an aggregate, rewrapping keys), accepted or refused. Commands that
         reached a handler are audited through their ``CommandRecord``."""
 
     async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:
         """Audit entries matching ``query``, newest first: the command records
-        (accepted and refused) and the recorded refusals together."""
+        (accepted and refused) and the other recorded entries together."""
 
     # -- data keys (encryption at rest; see service/security/encryption.py) --
 

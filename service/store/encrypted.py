@@ -182,8 +182,8 @@ class EncryptingStore:
     async def claim_owner(self, scope: str, value: str) -> str | None:
         return await self.inner.claim_owner(scope, value)
 
-    async def record_refusal(self, entry: AuditEntry) -> None:
-        await self.inner.record_refusal(entry)
+    async def record_audit_entry(self, entry: AuditEntry) -> None:
+        await self.inner.record_audit_entry(entry)
 
     async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:
         return await self.inner.read_audit(query)

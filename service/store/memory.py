@@ -184,7 +184,7 @@ class MemoryStore:
         usable = [s for s in kept if at_most is None or s.version <= at_most]
         return usable[-1] if usable else None
 
-    async def record_refusal(self, entry: AuditEntry) -> None:
+    async def record_audit_entry(self, entry: AuditEntry) -> None:
         self._refusals.append(entry)
 
     async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:

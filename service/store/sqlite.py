@@ -47,6 +47,7 @@ MIGRATIONS = (
     "sqlite_migrate_3.sql",
     "sqlite_migrate_4.sql",
     "sqlite_migrate_5.sql",
+    "sqlite_migrate_6.sql",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -494,10 +495,10 @@ class SqliteStore:
 
     # -- audit -----------------------------------------------------------
 
-    async def record_refusal(self, entry: AuditEntry) -> None:
+    async def record_audit_entry(self, entry: AuditEntry) -> None:
         await self._run(
             self._db.execute,
-            f"INSERT INTO refusals ({_AUDIT_COLUMNS}, reason, message) VALUES (?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO refusals ({_AUDIT_COLUMNS}, reason, message, outcome) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (
                 entry.recorded_at_us,
                 entry.command_id,
@@ -508,6 +509,7 @@ class SqliteStore:
                 entry.origin,
                 entry.reason,
                 entry.message,
+                entry.outcome,
             ),
         )
 
@@ -523,16 +525,15 @@ class SqliteStore:
                     (*params, query.limit),
                 ).fetchall()
             )
-        refusals: list[sqlite3.Row] = []
-        if query.outcome in (None, REFUSED):
-            refusals = await self._run(
-                lambda: self._db.execute(
-                    f"SELECT {_AUDIT_COLUMNS}, reason, message FROM refusals WHERE {where}"
-                    " ORDER BY recorded_at_us DESC LIMIT ?",
-                    (*params, query.limit),
-                ).fetchall()
-            )
-        entries = [_command(r).audit_entry() for r in commands] + [_refusal(r) for r in refusals]
+        only = "" if query.outcome is None else " AND outcome = ?"
+        others = await self._run(
+            lambda: self._db.execute(
+                f"SELECT {_AUDIT_COLUMNS}, reason, message, outcome FROM refusals WHERE {where}{only}"
+                " ORDER BY recorded_at_us DESC LIMIT ?",
+                (*params, *([query.outcome] if query.outcome is not None else []), query.limit),
+            ).fetchall()
+        )
+        entries = [_command(r).audit_entry() for r in commands] + [_other(r) for r in others]
         entries.sort(key=lambda e: e.recorded_at_us, reverse=True)
         return entries[: query.limit]
 
@@ -599,7 +600,7 @@ class SqliteStore:
         return bool(cursor.rowcount == 1)
 
 
-def _refusal(row: sqlite3.Row) -> AuditEntry:
+def _other(row: sqlite3.Row) -> AuditEntry:
     return AuditEntry(
         recorded_at_us=row[0],
         command_id=row[1],
@@ -608,9 +609,9 @@ def _refusal(row: sqlite3.Row) -> AuditEntry:
         principal=row[4],
         user_id=row[5],
         origin=row[6],
-        outcome=REFUSED,
         reason=row[7],
         message=row[8],
+        outcome=row[9],
     )
 
 

@@ -60,22 +60,22 @@ async def test_a_conflicting_append_leaves_no_audit_entry(store: EventStore) -> 
 
 
 async def test_recorded_refusals_and_command_records_read_as_one_log_newest_first(store: EventStore) -> None:
-    await store.record_refusal(refusal(10))
+    await store.record_audit_entry(refusal(10))
     await store.append("a-1", [new_event()], 0, commands=[replace(command_record("a-1", 1, 1), recorded_at_us=20)])
-    await store.record_refusal(refusal(30))
+    await store.record_audit_entry(refusal(30))
     times = [e.recorded_at_us for e in await store.read_audit(AuditQuery())]
     assert times == [30, 20, 10]
 
 
 async def test_a_recorded_refusal_reads_back_unchanged(store: EventStore) -> None:
-    await store.record_refusal(refusal(10))
+    await store.record_audit_entry(refusal(10))
     assert await store.read_audit(AuditQuery()) == [refusal(10)]
 
 
 async def test_audit_filters_combine(store: EventStore) -> None:
-    await store.record_refusal(refusal(10, aggregate_id="a-1", principal="eve"))
-    await store.record_refusal(refusal(20, aggregate_id="a-2", principal="eve"))
-    await store.record_refusal(refusal(30, aggregate_id="a-1", principal="mallory"))
+    await store.record_audit_entry(refusal(10, aggregate_id="a-1", principal="eve"))
+    await store.record_audit_entry(refusal(20, aggregate_id="a-2", principal="eve"))
+    await store.record_audit_entry(refusal(30, aggregate_id="a-1", principal="mallory"))
     accepted = replace(command_record("a-1", 1, 1), principal="eve", recorded_at_us=40)
     await store.append("a-1", [new_event()], 0, commands=[accepted])
 
@@ -90,3 +90,11 @@ async def test_audit_filters_combine(store: EventStore) -> None:
     assert await times(since_us=20, until_us=40) == [30, 20]
     assert await times(command_id="cmd-20") == [20]
     assert await times(limit=2) == [40, 30]
+
+
+async def test_an_accepted_entry_outside_command_records_keeps_its_outcome(store: EventStore) -> None:
+    action = replace(refusal(10), command_type="chronicle.v1.AdminService/ForgetAggregate", outcome=ACCEPTED, reason="")
+    await store.record_audit_entry(action)
+    await store.record_audit_entry(refusal(20))
+    assert await store.read_audit(AuditQuery(outcome=ACCEPTED)) == [action]
+    assert [e.recorded_at_us for e in await store.read_audit(AuditQuery(outcome=REFUSED))] == [20]

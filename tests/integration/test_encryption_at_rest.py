@@ -133,3 +133,37 @@ async def test_read_models_are_sealed_too_but_read_in_the_clear(client: Client, 
     on_disk = b"".join(path.read_bytes() for path in (tmp_path / "db").iterdir())
     assert b"bank.balances_by_owner" in on_disk  # the read model is in this file
     assert SECRET_OWNER.encode() not in on_disk
+
+
+async def test_forgetting_is_audited_with_who_and_what(tmp_path: Path) -> None:
+    from tests.support.grpc_client import connect
+    from tests.support.security import POLICY, JwtIssuer, bearer
+
+    issuer = JwtIssuer()
+    async with running_server(
+        MemoryStore(),
+        master_keys=f"k1:{new_master_key()}",
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    ) as (app, _):
+        async with connect(app.address, interceptors=bearer(issuer.token("alice"))) as alice:
+            await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+            denied = alice.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+            assert await refusal(denied) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
+        async with connect(app.address, interceptors=bearer(issuer.token("root"))) as root:
+            await root.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+            audit = await root.admin.QueryAudit(admin.QueryAuditRequest(aggregate_id="acc-1"))
+    done, refused, opened = audit.entries
+    assert (done.command_type, done.principal, done.outcome) == (
+        "chronicle.v1.AdminService/ForgetAggregate",
+        "root",
+        admin.AUDIT_OUTCOME_ACCEPTED,
+    )
+    assert (refused.principal, refused.outcome, refused.reason) == (
+        "alice",
+        admin.AUDIT_OUTCOME_REFUSED,
+        "ADMIN_DENIED",
+    )
+    assert opened.command_type == "bank.v1.OpenAccount"

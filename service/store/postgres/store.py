@@ -575,11 +575,11 @@ class PostgresStore:
 
     # -- audit -----------------------------------------------------------
 
-    async def record_refusal(self, entry: AuditEntry) -> None:
-        async with self._connection("record_refusal") as conn:
+    async def record_audit_entry(self, entry: AuditEntry) -> None:
+        async with self._connection("record_audit_entry") as conn:
             await conn.execute(
-                f"INSERT INTO chronicle.refusals ({_AUDIT_COLUMNS}, reason, message)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO chronicle.refusals ({_AUDIT_COLUMNS}, reason, message, outcome)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     _moment(entry.recorded_at_us),
                     entry.command_id,
@@ -590,6 +590,7 @@ class PostgresStore:
                     entry.origin,
                     entry.reason,
                     entry.message,
+                    entry.outcome,
                 ),
             )
 
@@ -606,14 +607,14 @@ class PostgresStore:
                     (*params, query.limit),
                 )
                 rows = await cursor.fetchall()
-            if query.outcome in (None, REFUSED):
-                cursor = await conn.execute(
-                    f"SELECT {_AUDIT_COLUMNS}, reason, message FROM chronicle.refusals WHERE {where}"
-                    " ORDER BY recorded_at DESC LIMIT %s",
-                    (*params, query.limit),
-                )
-                refusals = await cursor.fetchall()
-        entries = [_command(r).audit_entry() for r in rows] + [_refusal(r) for r in refusals]
+            only = "" if query.outcome is None else " AND outcome = %s"
+            cursor = await conn.execute(
+                f"SELECT {_AUDIT_COLUMNS}, reason, message, outcome FROM chronicle.refusals WHERE {where}{only}"
+                " ORDER BY recorded_at DESC LIMIT %s",
+                (*params, *([query.outcome] if query.outcome is not None else []), query.limit),
+            )
+            refusals = await cursor.fetchall()
+        entries = [_command(r).audit_entry() for r in rows] + [_other(r) for r in refusals]
         entries.sort(key=lambda e: e.recorded_at_us, reverse=True)
         return entries[: query.limit]
 
@@ -674,7 +675,7 @@ class PostgresStore:
         return cursor.rowcount == 1
 
 
-def _refusal(row: TupleRow) -> AuditEntry:
+def _other(row: TupleRow) -> AuditEntry:
     return AuditEntry(
         recorded_at_us=_micros(row[0]),
         command_id=row[1],
@@ -683,9 +684,9 @@ def _refusal(row: TupleRow) -> AuditEntry:
         principal=row[4],
         user_id=row[5],
         origin=row[6],
-        outcome=REFUSED,
         reason=row[7],
         message=row[8],
+        outcome=row[9],
     )
 
 
