@@ -4,6 +4,9 @@ business logic. Refusals before the pipeline (malformed input, and through
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +18,7 @@ from chronicle.v1 import command_service_pb2_grpc as pb_grpc
 from service.api import guard
 from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event, type_name
 from service.api.interceptors import OnRefused
+from service.api.status import command_error
 from service.audit import AuditLog, refusal
 from service.errors import ChronicleError, InvalidInput
 from service.plugins.registry import Registry
@@ -23,7 +27,10 @@ from service.processing.middleware import Pipeline
 from service.security.principal import Principal, current_principal
 from service.store.records import AuditEntry
 
+log = logging.getLogger(__name__)
 SUBMIT_METHOD = "/chronicle.v1.CommandService/Submit"
+# Commands of one SubmitStream started and not yet answered.
+STREAM_IN_FLIGHT = 256
 SUBMIT_BATCH_METHOD = "/chronicle.v1.CommandService/SubmitBatch"
 # Audit entries keep what the client sent, cut to a bounded size: a refused
 # request may be malformed in any way.
@@ -36,9 +43,8 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self._pipeline = pipeline
         self._audit = audit
 
-    @guard.unary
-    async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
-        principal = current_principal.get()
+    async def _run(self, request: pb.SubmitRequest, principal: Principal) -> pb.SubmitResponse:
+        """One Submit, as a unary call or one message of a stream."""
         try:
             if not request.HasField("command"):
                 raise InvalidInput.for_field("command", "is required", reason="MISSING_COMMAND")
@@ -51,6 +57,49 @@ class CommandService(pb_grpc.CommandServiceServicer):
             batch = await self._pipeline.submit_batch(CommandBatch((command,), dry_run=True), principal)
             return _response(batch.results[0])
         return _response(await self._pipeline.submit(command, principal))
+
+    @guard.unary
+    async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
+        return await self._run(request, current_principal.get())
+
+    @guard.streaming
+    async def SubmitStream(
+        self, requests: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SubmitStreamResponse]:
+        principal = current_principal.get()
+        # Started in arrival order, answered in arrival order; at most
+        # STREAM_IN_FLIGHT started and unanswered, so a fast sender waits.
+        started: asyncio.Queue[asyncio.Future[pb.SubmitStreamResponse] | None] = asyncio.Queue(STREAM_IN_FLIGHT)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    await started.put(asyncio.ensure_future(self._stream_one(request, principal)))
+            finally:
+                await started.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (result := await started.get()) is not None:
+                yield await result
+            await reader  # the client's half ended: surface a read error, if any
+        finally:
+            reader.cancel()
+            while not started.empty():
+                leftover = started.get_nowait()
+                if leftover is not None:
+                    leftover.cancel()
+
+    async def _stream_one(self, request: pb.SubmitRequest, principal: Principal) -> pb.SubmitStreamResponse:
+        command_id = request.command.command_id
+        try:
+            return pb.SubmitStreamResponse(command_id=command_id, ok=await self._run(request, principal))
+        except ChronicleError as error:
+            return pb.SubmitStreamResponse(command_id=command_id, error=command_error(error))
+        except Exception:
+            log.exception("command %s of a stream failed", command_id)
+            internal = ChronicleError("internal error", reason="INTERNAL")
+            return pb.SubmitStreamResponse(command_id=command_id, error=command_error(internal))
 
     @guard.unary
     async def SubmitBatch(

@@ -14,6 +14,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from chronicle.v1 import command_service_pb2
 from service import errors
 from service.processing.state import EventNotReadable
 
@@ -69,13 +70,26 @@ def _packed(message: object) -> any_pb2.Any:
     return packed
 
 
-def rich_status(error: errors.ChronicleError) -> grpc.Status:
-    code = status_code(error)
-    details = [_packed(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))]
+def _violations(error: errors.ChronicleError) -> list[errors.FieldViolation]:
     violations = list(getattr(error, "violations", ()))
     field = getattr(error, "field", None)
     if field and not violations:
         violations = [errors.FieldViolation(field, error.message)]
+    return violations
+
+
+def _retry_delay(code: grpc.StatusCode) -> duration_pb2.Duration | None:
+    delay = RETRY_AFTER_SECONDS.get(code)
+    if delay is None:
+        return None
+    seconds, fraction = divmod(delay, 1)
+    return duration_pb2.Duration(seconds=int(seconds), nanos=int(fraction * 1e9))
+
+
+def rich_status(error: errors.ChronicleError) -> grpc.Status:
+    code = status_code(error)
+    details = [_packed(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))]
+    violations = _violations(error)
     if violations:
         details.append(
             _packed(
@@ -87,18 +101,27 @@ def rich_status(error: errors.ChronicleError) -> grpc.Status:
                 )
             )
         )
-    delay = RETRY_AFTER_SECONDS.get(code)
+    delay = _retry_delay(code)
     if delay is not None:
-        seconds, fraction = divmod(delay, 1)
-        details.append(
-            _packed(
-                error_details_pb2.RetryInfo(
-                    retry_delay=duration_pb2.Duration(seconds=int(seconds), nanos=int(fraction * 1e9))
-                )
-            )
-        )
+        details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
     return rpc_status.to_status(status)
+
+
+def command_error(error: errors.ChronicleError) -> command_service_pb2.CommandError:
+    """The same answer as ``rich_status``, as a message: for one command's
+    result inside a call that carries many (SubmitStream)."""
+    code = status_code(error)
+    return command_service_pb2.CommandError(
+        code=getattr(code_pb2, code.name),
+        message=error.message,
+        reason=error.reason,
+        metadata=error.metadata,
+        field_violations=[
+            command_service_pb2.FieldViolation(field=v.field, description=v.description) for v in _violations(error)
+        ],
+        retry_after=_retry_delay(code),
+    )
 
 
 def internal_status(message: str = "internal error") -> grpc.Status:

@@ -9,7 +9,7 @@ import pytest
 
 from service.errors import ConcurrencyConflict
 from service.store.base import AggregateQuery, EventStore
-from service.store.records import AggregateHead, CommandAlreadyRecorded, Rejection, Snapshot
+from service.store.records import AggregateHead, CommandAlreadyRecorded, LogFilter, Rejection, Snapshot
 from tests.support.events import command_record, new_event
 
 
@@ -194,3 +194,31 @@ async def test_one_recorded_command_id_refuses_the_whole_append(store: EventStor
         await store.append("a-1", [new_event(), new_event()], 1, commands=[fresh, done])
     assert await store.find_command(fresh.command_id) is None
     assert len(await store.read_aggregate("a-1")) == 1
+
+
+async def test_concurrent_appends_to_many_aggregates_each_get_their_own_outcome(store: EventStore) -> None:
+    """Stores may commit appends that arrive together in one transaction
+    (PostgreSQL does); each append still succeeds or fails on its own."""
+    for i in range(6):
+        await store.append(f"a-{i}", [new_event()], 0)
+    done = command_record("a-2", 2, 2)
+    await store.append("a-2", [new_event()], 1, commands=[done])
+    attempts = {
+        "fresh": [store.append(f"n-{i}", [new_event(), new_event()], 0) for i in range(10)],
+        "moving on": [store.append(f"a-{i}", [new_event()], 1) for i in (0, 1, 3, 4)],
+        "stale": [store.append("a-5", [new_event()], 7)],
+        "duplicate": [
+            store.append("a-2", [new_event()], 2, commands=[command_record("a-2", 3, 3, command_id=done.command_id)])
+        ],
+    }
+    outcomes = {name: await asyncio.gather(*calls, return_exceptions=True) for name, calls in attempts.items()}
+    assert all(not isinstance(r, BaseException) and [e.version for e in r] == [1, 2] for r in outcomes["fresh"])
+    assert all(not isinstance(r, BaseException) and [e.version for e in r] == [2] for r in outcomes["moving on"])
+    assert isinstance(outcomes["stale"][0], ConcurrencyConflict)
+    assert isinstance(outcomes["duplicate"][0], CommandAlreadyRecorded)
+    written = [e for r in outcomes["fresh"] + outcomes["moving on"] for e in r]  # type: ignore[union-attr]
+    assert len({e.position for e in written}) == len(written) == 24
+    log = await store.read_log(0, LogFilter(), 1000)
+    assert [e.position for e in log.events] == sorted(e.position for e in log.events)
+    assert {e.event_id for e in written} <= {e.event_id for e in log.events}
+    assert len(await store.read_aggregate("a-2")) == 2

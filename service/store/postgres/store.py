@@ -38,6 +38,7 @@ from service.errors import ConcurrencyConflict, ConfigurationError, NotUnique, S
 from service.store.base import AggregateQuery, AuditQuery
 from service.store.notifier import CommitNotifier
 from service.store.postgres.errors import COMMANDS_KEY, EVENTS_VERSION_KEY, UniqueViolation, translated
+from service.store.postgres.group_commit import Append, GroupCommitter, write_batch
 from service.store.postgres.migrations import migrate
 from service.store.records import (
     ACCEPTED,
@@ -208,6 +209,7 @@ class PostgresStore:
         # connection instead of the full timeout: fail fast, let clients retry.
         self._unreachable = False
         self._commits = CommitNotifier()
+        self._group = GroupCommitter(self._append_batch, self._append_alone, flushers=max(1, min(2, pool_size // 2)))
         self._listener: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -274,6 +276,34 @@ class PostgresStore:
         commands: Sequence[CommandRecord] = (),
         claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
+        if claims or not events:
+            # Claims need their owner read back, and appends of no events a
+            # version check: both take the precise path.
+            return await self._append_one(aggregate_id, events, expected_version, commands=commands, claims=claims)
+        return await self._group.append(Append(aggregate_id, events, expected_version, commands))
+
+    async def _append_batch(self, batch: Sequence[Append]) -> list[list[RecordedEvent]]:
+        async with self._connection("append") as conn:
+            results = await write_batch(conn, batch, _INSERT_COMMANDS, _command_columns)
+        self._commits.notify(max(events[-1].position for events in results))
+        return results
+
+    async def _append_alone(self, append: Append) -> list[RecordedEvent]:
+        return await self._append_one(
+            append.aggregate_id, append.events, append.expected_version, commands=append.commands
+        )
+
+    async def _append_one(
+        self,
+        aggregate_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        *,
+        commands: Sequence[CommandRecord] = (),
+        claims: Sequence[ClaimChange] = (),
+    ) -> list[RecordedEvent]:
+        """One append in its own transaction, reporting its own error
+        precisely (the group committer's fallback, and claims)."""
         try:
             async with self._connection("append") as conn, conn.transaction():
                 if commands:

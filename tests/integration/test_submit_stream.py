@@ -1,0 +1,95 @@
+"""CommandService.SubmitStream over a real socket, on every store."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterable
+
+import grpc
+import pytest
+from google.protobuf import any_pb2
+
+from chronicle.v1 import command_pb2
+from chronicle.v1 import command_service_pb2 as pb
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.store.base import EventStore
+from tests.support.grpc_client import Client, command, running_server
+
+
+@pytest.fixture
+async def client(store: EventStore) -> AsyncIterator[Client]:
+    async with running_server(store) as (_, connected):
+        yield connected
+
+
+async def stream(client: Client, requests: Iterable[pb.SubmitRequest]) -> list[pb.SubmitStreamResponse]:
+    return [response async for response in client.commands.SubmitStream(iter(list(requests)))]
+
+
+def submit(aggregate_id: str, message: object, **options: object) -> pb.SubmitRequest:
+    return pb.SubmitRequest(command=command(aggregate_id, message, **options))  # type: ignore[arg-type]
+
+
+async def test_results_come_back_in_order_with_their_command_ids(client: Client) -> None:
+    requests = [submit(f"acc-{i}", bank.OpenAccount(owner="ann")) for i in range(20)]
+    requests += [submit(f"acc-{i % 20}", bank.Deposit(amount=i + 1)) for i in range(200)]
+    responses = await stream(client, requests)
+    assert [r.command_id for r in responses] == [r.command.command_id for r in requests]
+    assert all(r.HasField("ok") for r in responses)
+    # commands for one aggregate ran in the order sent
+    for i in range(20):
+        versions = [
+            r.ok.version for r, q in zip(responses, requests, strict=True) if q.command.aggregate_id == f"acc-{i}"
+        ]
+        assert versions == list(range(1, len(versions) + 1))
+
+
+async def test_a_refused_command_is_an_answer_not_the_end_of_the_stream(client: Client) -> None:
+    requests = [
+        submit("acc-1", bank.OpenAccount(owner="ann")),
+        submit("acc-1", bank.Withdraw(amount=5)),
+        submit("acc-1", bank.Deposit(amount=7)),
+    ]
+    opened, refused, deposited = await stream(client, requests)
+    assert opened.HasField("ok")
+    assert refused.HasField("error")
+    assert (refused.error.code, refused.error.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION.value[0],
+        "INSUFFICIENT_FUNDS",
+    )
+    assert refused.error.metadata["balance"] == "0"
+    assert not refused.error.HasField("retry_after")
+    assert deposited.ok.version == 2
+
+
+async def test_malformed_commands_in_a_stream_are_answered_with_invalid_argument(client: Client) -> None:
+    unknown = command_pb2.Command(
+        command_id=str(uuid.uuid4()),
+        aggregate_id="acc-1",
+        payload=any_pb2.Any(type_url="type.googleapis.com/nope.v1.Nope"),
+    )
+    requests = [
+        pb.SubmitRequest(),
+        pb.SubmitRequest(command=unknown),
+        submit("", bank.OpenAccount(owner="ann")),
+        submit("acc-1", bank.OpenAccount(owner="ann")),
+    ]
+    missing, unknown_type, no_aggregate, fine = await stream(client, requests)
+    assert (missing.error.reason, [v.field for v in missing.error.field_violations]) == ("MISSING_COMMAND", ["command"])
+    assert unknown_type.error.reason == "UNKNOWN_COMMAND_TYPE"
+    assert no_aggregate.error.reason == "INVALID_AGGREGATE_ID"
+    assert {r.error.code for r in (missing, unknown_type, no_aggregate)} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
+    assert fine.ok.version == 1
+
+
+async def test_a_stream_sent_again_is_replayed_not_repeated(client: Client) -> None:
+    requests = [submit("acc-1", bank.OpenAccount(owner="ann")), submit("acc-1", bank.Deposit(amount=3))]
+    first = await stream(client, requests)
+    again = await stream(client, requests)
+    assert [r.ok.replayed for r in first] == [False, False]
+    assert [r.ok.replayed for r in again] == [True, True]
+    assert [e.event_id for r in again for e in r.ok.events] == [e.event_id for r in first for e in r.ok.events]
+
+
+async def test_an_empty_stream_ends_cleanly(client: Client) -> None:
+    assert await stream(client, []) == []
