@@ -175,3 +175,26 @@ async def test_malformed_batches_are_invalid_argument_and_write_nothing(
         assert await store.read_aggregate(aggregate_id) == []
     if commands:
         assert await store.find_command(str(uuid.UUID(commands[0].command_id))) is None
+
+
+async def test_expected_versions_in_a_batch_count_the_commands_before(client: Client) -> None:
+    opened = command("acc-1", bank.OpenAccount(owner="ann"), expected_version=0)
+    deposit = command("acc-1", bank.Deposit(amount=3), expected_version=1)
+    assert (await submit_batch(client, opened, deposit)).version == 2
+    stale = command("acc-1", bank.Deposit(amount=3), expected_version=2)
+    details = await refusal(client, command("acc-1", bank.Deposit(amount=1)), stale)
+    assert (details.reason, details.metadata["current_version"], details.metadata["batch_index"]) == (
+        "WRONG_EXPECTED_VERSION",
+        "3",
+        "1",
+    )
+
+
+async def test_a_command_that_changes_nothing_has_its_place_in_the_batch(client: Client, store: EventStore) -> None:
+    created = command("box-1", box_pb2.CreateBox(name="tools"))
+    same_name = command("box-1", box_pb2.RenameBox(name="tools"))
+    archived = command("box-1", box_pb2.ArchiveBox())
+    response = await submit_batch(client, created, same_name, archived)
+    assert [(len(r.events), r.version) for r in response.results] == [(1, 1), (0, 1), (1, 2)]
+    again = await submit_batch(client, created, same_name, archived)
+    assert again.replayed and [(len(r.events), r.version) for r in again.results] == [(1, 1), (0, 1), (1, 2)]
