@@ -70,3 +70,8 @@ lock:
 clean:
 	rm -rf $(VENV) chronicle build dist .pytest_cache .mypy_cache .ruff_cache node_modules clients/node/node_modules
 	find domain_plugins -path '*/protos/*' \( -name '*.py' -o -name '*.pyi' \) -delete
+
+# The benchmark: starts its own PostgreSQL and servers; writes docs/benchmarks.md.
+bench: protos
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench $(BENCH_ARGS)

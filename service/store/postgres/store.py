@@ -61,9 +61,14 @@ from service.store.serialization import load_rejection, rejection_dict
 
 log = logging.getLogger(__name__)
 
+# Converted in SQL where that is cheaper than in Python: ids as text, times
+# as microseconds, and the usual empty metadata as NULL (no JSON to parse).
+# Loading a 10,000-event aggregate spends most of its time turning rows into
+# values, so this matters.
 _EVENT_COLUMNS = (
-    "event_id, aggregate_id, aggregate_type, version, position, event_type, schema_version, payload,"
-    " recorded_at, command_id, user_id, origin, correlation_id, causation_id, metadata"
+    "event_id::text, aggregate_id, aggregate_type, version, position, event_type, schema_version, payload,"
+    " (extract(epoch FROM recorded_at) * 1000000)::bigint, command_id, user_id, origin, correlation_id,"
+    " causation_id, NULLIF(metadata, '{}'::jsonb)"
 )
 _COMMAND_COLUMNS = (
     "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection,"
@@ -127,7 +132,7 @@ def _moment(micros: int) -> datetime:
 
 def _event(row: TupleRow) -> RecordedEvent:
     return RecordedEvent(
-        event_id=str(row[0]),
+        event_id=row[0],
         aggregate_id=row[1],
         aggregate_type=row[2],
         version=row[3],
@@ -135,7 +140,7 @@ def _event(row: TupleRow) -> RecordedEvent:
         event_type=row[5],
         schema_version=row[6],
         payload=bytes(row[7]),
-        timestamp_us=_micros(row[8]),
+        timestamp_us=row[8],
         command_id=row[9],
         user_id=row[10],
         origin=row[11],
@@ -455,7 +460,7 @@ class PostgresStore:
             " SELECT h.last_position, page.* FROM chronicle.log_head h LEFT JOIN page ON true ORDER BY page.position"
         )
         async with self._connection("read_log") as conn:
-            cursor = await conn.execute(sql.encode(), params)
+            cursor = await conn.execute(sql.encode(), params, binary=True)
             rows = await cursor.fetchall()
         head = int(rows[0][0]) if rows else 0
         events = tuple(_event(row[1:]) for row in rows if row[1] is not None)
@@ -571,7 +576,8 @@ class PostgresStore:
             sql += " LIMIT %s"
             params.append(query.limit)
         async with self._connection("read_aggregate") as conn:
-            cursor = await conn.execute(sql.encode(), params)
+            # Binary results: payloads arrive as bytes, not as hex to decode.
+            cursor = await conn.execute(sql.encode(), params, binary=True)
             rows = await cursor.fetchall()
         return [_event(row) for row in rows]
 

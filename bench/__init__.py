@@ -1,0 +1,1 @@
+"""Chronicle's benchmark: ``make bench`` (``python -m bench``)."""

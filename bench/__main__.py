@@ -1,0 +1,127 @@
+"""``make bench``: Chronicle against its ceilings, in one run.
+
+    python -m bench                 # the full run (about ten minutes)
+    python -m bench --quick         # fewer points, shorter (about three)
+
+Starts a throwaway PostgreSQL with default durability, then measures, in
+this order: the no-op gRPC ceiling; Chronicle's unary Submit over 1, 100
+and 10,000 aggregates at concurrency 1, 16, 64 and 256; SubmitStream with
+64 and 256 commands in flight; several events per command; the bank example
+(with its projection); pgbench's single-row insert rate at the same
+concurrency; aggregate load time with and without a snapshot; the server's
+memory with 100,000 aggregates touched once and after eviction. Writes
+docs/benchmarks.md, docs/benchmarks.png and bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import load, machine, memory, pgbench, replay, report, servers
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def measure(spec: load.LoadSpec, server_pid: int, postmaster: int | None) -> dict[str, Any]:
+    server_before = machine.cpu_seconds(server_pid)
+    db_before = machine.tree_cpu_seconds(postmaster) if postmaster else 0.0
+    started = time.monotonic()
+    result = load.run(spec)
+    wall = time.monotonic() - started
+    row = {
+        "mode": spec.mode,
+        "concurrency": spec.concurrency,
+        "aggregates": spec.aggregates,
+        "events_per_command": spec.events_per_command,
+        "rate": result.rate,
+        "p50_ms": result.percentile(0.5) * 1000,
+        "p99_ms": result.percentile(0.99) * 1000,
+        "completed": result.completed,
+        "errors": result.errors,
+        "error_reasons": result.error_reasons,
+        # CPU over the whole run (warm-up included), as a share of wall time
+        "server_cpu": machine.cpu_seconds(server_pid) - server_before,
+        "db_cpu": (machine.tree_cpu_seconds(postmaster) - db_before) if postmaster else 0.0,
+        "client_cpu": result.client_cpu,
+        "wall": wall,
+    }
+    print(
+        f"  {spec.mode:6} c={spec.concurrency:<4} aggs={spec.aggregates:<6} ev={spec.events_per_command}"
+        f"  {row['rate']:8.0f}/s  p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms"
+        f"  cpu s/db/c {row['server_cpu']:.1f}/{row['db_cpu']:.1f}/{row['client_cpu']:.1f}"
+        + (f"  errors {result.error_reasons}" if result.errors else ""),
+        flush=True,
+    )
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="fewer points and shorter runs")
+    parser.add_argument("--seconds", type=float, help="measured seconds per point")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (4.0 if args.quick else 8.0)
+    concurrencies = [1, 16, 64, 256]
+    aggregate_counts = [10_000] if args.quick else [1, 100, 10_000]
+    results: dict[str, Any] = {"machine": machine.describe(), "seconds": seconds, "command": " ".join(sys.argv)}
+    print(f"machine: {results['machine']}", flush=True)
+
+    with servers.postgres() as (cluster, database_url):
+        postmaster = servers.postmaster_pid(cluster)
+
+        print("gRPC ceiling (no-op server):", flush=True)
+        with servers.noop() as noop:
+            results["ceiling"] = [
+                measure(load.LoadSpec(noop.address, "unary", c, seconds), noop.pid, None) for c in concurrencies
+            ]
+            results["ceiling_stream"] = [
+                measure(load.LoadSpec(noop.address, "stream", c, seconds), noop.pid, None) for c in (64, 256)
+            ]
+
+        print("Chronicle (bench plugin, PostgreSQL):", flush=True)
+        with servers.chronicle(database_url, "--no-discover-plugins", "--plugin", "bench.plugin") as server:
+            results["unary"] = [
+                measure(load.LoadSpec(server.address, "unary", c, seconds, aggregates=n), server.pid, postmaster)
+                for n in aggregate_counts
+                for c in concurrencies
+            ]
+            results["stream"] = [
+                measure(load.LoadSpec(server.address, "stream", c, seconds), server.pid, postmaster) for c in (64, 256)
+            ]
+            results["events"] = [
+                measure(
+                    load.LoadSpec(server.address, "unary", 64, seconds, events_per_command=n), server.pid, postmaster
+                )
+                for n in (1, 5, 20)
+            ]
+
+        print("pgbench (single-row durable inserts):", flush=True)
+        results["pgbench"] = [
+            {"concurrency": c, "rate": pgbench.insert_rate(cluster, database_url, c, seconds)} for c in concurrencies
+        ]
+        for row in results["pgbench"]:
+            print(f"  pgbench c={row['concurrency']:<4} {row['rate']:8.0f}/s", flush=True)
+
+        print("aggregate load time:", flush=True)
+        results["replay"] = asyncio.run(replay.load_times(database_url))
+        print(f"  {results['replay']}", flush=True)
+
+        print("memory:", flush=True)
+        results["memory"] = memory.memory_profile(database_url, 30_000 if args.quick else 100_000)
+        print(f"  {results['memory']}", flush=True)
+
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.write(results, args.out, args.out.with_suffix(".png"))
+    print(f"wrote {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The load generator: client processes that submit as fast as the server
+answers, at a fixed concurrency, and time every command.
+
+Each process runs one asyncio loop with one channel. Unary mode keeps
+``concurrency`` Submit calls in flight; stream mode keeps ``concurrency``
+commands in flight on one SubmitStream per process. Commands go to a pool
+of ``aggregates`` ids, and a share of them to aggregates never seen before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing
+import random
+import resource
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2, wrappers_pb2
+
+from chronicle.v1 import command_pb2
+from chronicle.v1 import command_service_pb2 as pb
+from chronicle.v1 import command_service_pb2_grpc as pb_grpc
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    address: str
+    mode: str  # "unary" or "stream"
+    concurrency: int
+    seconds: float
+    warmup: float = 1.0
+    aggregates: int = 10_000
+    new_share: float = 0.1
+    events_per_command: int = 1
+    prefix: str = "agg"
+    processes: int = 2
+
+
+@dataclass
+class LoadResult:
+    completed: int = 0
+    errors: int = 0
+    error_reasons: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    client_cpu: float = 0.0
+
+    def merge(self, other: LoadResult) -> None:
+        self.completed += other.completed
+        self.errors += other.errors
+        for reason, count in other.error_reasons.items():
+            self.error_reasons[reason] = self.error_reasons.get(reason, 0) + count
+        self.latencies.extend(other.latencies)
+        self.seconds = max(self.seconds, other.seconds)
+        self.client_cpu += other.client_cpu
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
+
+
+class _Commands:
+    def __init__(self, spec: LoadSpec, worker: int) -> None:
+        self._spec = spec
+        self._random = random.Random(worker)
+        self._fresh = itertools.count()
+        self._worker = worker
+        self._run = uuid.uuid4().hex[:6]
+
+    def next(self) -> pb.SubmitRequest:
+        spec = self._spec
+        if self._random.random() < spec.new_share:
+            aggregate_id = f"{spec.prefix}-new-{self._run}-{self._worker}-{next(self._fresh)}"
+        else:
+            aggregate_id = f"{spec.prefix}-{self._random.randrange(spec.aggregates)}"
+        payload = any_pb2.Any()
+        payload.Pack(wrappers_pb2.UInt32Value(value=spec.events_per_command))
+        return pb.SubmitRequest(
+            command=command_pb2.Command(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, payload=payload)
+        )
+
+
+async def _unary(spec: LoadSpec, share: int, worker: int, result: LoadResult) -> None:
+    async with grpc.aio.insecure_channel(spec.address) as channel:
+        stub = pb_grpc.CommandServiceStub(channel)
+        commands = _Commands(spec, worker)
+        start = time.monotonic()
+        measure_from = start + spec.warmup
+        stop = measure_from + spec.seconds
+
+        async def loop() -> None:
+            while (now := time.monotonic()) < stop:
+                sent = time.perf_counter()
+                try:
+                    await stub.Submit(commands.next(), timeout=30)
+                    ok = True
+                except grpc.aio.AioRpcError as error:
+                    ok = False
+                    reason = error.code().name
+                if now >= measure_from:
+                    if ok:
+                        result.completed += 1
+                        result.latencies.append(time.perf_counter() - sent)
+                    else:
+                        result.errors += 1
+                        result.error_reasons[reason] = result.error_reasons.get(reason, 0) + 1
+
+        await asyncio.gather(*(loop() for _ in range(share)))
+        result.seconds = spec.seconds
+
+
+async def _stream(spec: LoadSpec, share: int, worker: int, result: LoadResult) -> None:
+    async with grpc.aio.insecure_channel(spec.address) as channel:
+        stub = pb_grpc.CommandServiceStub(channel)
+        commands = _Commands(spec, worker)
+        call = stub.SubmitStream()
+        in_flight = asyncio.Semaphore(share)
+        sent_at: deque[float] = deque()
+        start = time.monotonic()
+        measure_from = start + spec.warmup
+        stop = measure_from + spec.seconds
+
+        async def send() -> None:
+            while time.monotonic() < stop:
+                await in_flight.acquire()
+                sent_at.append(time.perf_counter())
+                await call.write(commands.next())
+            await call.done_writing()
+
+        async def receive() -> None:
+            async for response in call:
+                sent = sent_at.popleft()
+                in_flight.release()
+                if time.monotonic() < measure_from:
+                    continue
+                if response.HasField("ok"):
+                    result.completed += 1
+                    result.latencies.append(time.perf_counter() - sent)
+                else:
+                    result.errors += 1
+                    reason = response.error.reason or str(response.error.code)
+                    result.error_reasons[reason] = result.error_reasons.get(reason, 0) + 1
+
+        await asyncio.gather(send(), receive())
+        result.seconds = spec.seconds
+
+
+def _process(spec: LoadSpec, share: int, worker: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    result = LoadResult()
+    runner = _unary if spec.mode == "unary" else _stream
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    asyncio.run(runner(spec, share, worker, result))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    result.client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if len(result.latencies) > 200_000:
+        result.latencies = random.Random(worker).sample(result.latencies, 200_000)
+    out.put(result)
+
+
+def run(spec: LoadSpec) -> LoadResult:
+    """Drive the load from ``spec.processes`` processes; merge their results."""
+    processes = max(1, min(spec.processes, spec.concurrency))
+    shares = [spec.concurrency // processes + (1 if i < spec.concurrency % processes else 0) for i in range(processes)]
+    context = multiprocessing.get_context("spawn")
+    out: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    workers = [context.Process(target=_process, args=(spec, share, i, out)) for i, share in enumerate(shares)]
+    for worker in workers:
+        worker.start()
+    merged = LoadResult()
+    for _ in workers:
+        merged.merge(out.get(timeout=spec.warmup + spec.seconds + 120))
+    for worker in workers:
+        worker.join(30)
+    return merged

@@ -1,0 +1,109 @@
+"""Starting what the benchmark measures: PostgreSQL, Chronicle, the no-op
+gRPC server, each as its own process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support.postgres import Cluster, start_cluster
+from tests.support.processes import free_port
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    address: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def _wait_for_port(address: str, process: subprocess.Popen[bytes], *, health: bool) -> None:
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(address) as channel:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server on {address} exited with {process.returncode}")
+            try:
+                if health:
+                    response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if response.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                else:
+                    grpc.channel_ready_future(channel).result(timeout=1)
+                    return
+            except (grpc.RpcError, grpc.FutureTimeoutError):
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing served on {address}")
+
+
+@contextmanager
+def chronicle(database_url: str, *extra: str) -> Iterator[Server]:
+    address = f"127.0.0.1:{free_port()}"
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "serve",
+        "--listen",
+        address,
+        "--database-url",
+        database_url,
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
+    with _process(command, address, health=True) as server:
+        yield server
+
+
+@contextmanager
+def noop() -> Iterator[Server]:
+    address = f"127.0.0.1:{free_port()}"
+    with _process([sys.executable, "-m", "bench.noop_server", address], address, health=False) as server:
+        yield server
+
+
+@contextmanager
+def _process(command: Sequence[str], address: str, *, health: bool) -> Iterator[Server]:
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{address.replace(':', '-')}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(address, process, health=health)
+        yield Server(process, address)
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+        log.close()
+
+
+@contextmanager
+def postgres() -> Iterator[tuple[Cluster, str]]:
+    """A throwaway cluster with PostgreSQL's default durability (fsync and
+    synchronous_commit on), and a database for the run."""
+    cluster = start_cluster(own=True)
+    try:
+        yield cluster, cluster.create_database()
+    finally:
+        cluster.shutdown()
+
+
+def postmaster_pid(cluster: Cluster) -> int:
+    assert cluster.datadir is not None
+    return int((cluster.datadir / "postmaster.pid").read_text().splitlines()[0])
