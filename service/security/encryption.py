@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from service.errors import AggregateForgotten, ConfigurationError, PayloadNotDecryptable
 from service.store.base import EventStore
-from service.store.records import DataKey
+from service.store.records import HIDDEN_CLAIM_MARK, DataKey
 
 MAGIC = b"\x00C1"
 NONCE_BYTES = 12
@@ -230,13 +230,40 @@ def document_context(projection: str, key: str) -> bytes:
     return b"document\0" + projection.encode() + b"\0" + key.encode()
 
 
-def hidden_document_key(cipher: AESGCM, projection: str, key: str) -> str:
-    """The stored form of a document key: deterministic (lookups must find
-    it) but not the key itself, which may be personal data ("owner:ann").
+def keyed_hash(cipher: AESGCM, purpose: bytes, namespace: str, value: str) -> str:
+    """A stand-in for ``value`` that can be stored and looked up but not
+    read back: deterministic (every replica computes the same, so lookups
+    and unique keys still work) and useless without the data key (an
+    attacker with the database cannot test guesses, as with a plain hash).
 
-    HMAC-SHA256 under a secret only the projection's data key yields: the
-    encryption of a fixed block under a fixed nonce. That nonce is used for
-    nothing else, and always on the same plaintext, so it leaks nothing.
+    HMAC-SHA256 under a secret only ``cipher``'s data key yields: the
+    encryption of the fixed block ``purpose`` under a fixed nonce with
+    ``namespace`` as associated data. That nonce is used for nothing else,
+    and always on the same plaintext, so it leaks nothing; the secret is
+    never stored.
     """
-    secret = cipher.encrypt(b"\0" * NONCE_BYTES, b"chronicle document keys", projection.encode())
-    return "k:" + hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+    secret = cipher.encrypt(b"\0" * NONCE_BYTES, purpose, namespace.encode())
+    return hmac.new(secret, value.encode(), hashlib.sha256).hexdigest()
+
+
+def hidden_document_key(cipher: AESGCM, projection: str, key: str) -> str:
+    """The stored form of a document key, which may be personal data
+    ("owner:ann"), under the projection's data key."""
+    return "k:" + keyed_hash(cipher, b"chronicle document keys", projection, key)
+
+
+# Uniqueness claims (an e-mail address in ``users.email``) are stored as
+# keyed hashes under one data key per scope, kept beside the others under an
+# id no aggregate can have. Per scope, like projections: one scope's secret
+# says nothing about another's values.
+CLAIMS_KEY_PREFIX = "\x1fclaims:"
+
+
+def claims_key_id(scope: str) -> str:
+    return CLAIMS_KEY_PREFIX + scope
+
+
+def hidden_claim_value(cipher: AESGCM, scope: str, value: str) -> str:
+    """The stored form of a claimed value under its scope's data key; it
+    starts with ``HIDDEN_CLAIM_MARK``, which no claimed value does."""
+    return HIDDEN_CLAIM_MARK + keyed_hash(cipher, b"chronicle claim values", scope, value)

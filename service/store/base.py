@@ -18,6 +18,7 @@ from service.store.records import (
     CommandRecord,
     DataKey,
     DocumentWrite,
+    HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
@@ -132,6 +133,16 @@ class EventStore(Protocol):
     async def claim_owner(self, scope: str, value: str) -> str | None:
         """The aggregate holding ``value`` in ``scope``, or None."""
 
+    async def claims_in_clear(self, limit: int) -> list[HeldClaim]:
+        """Up to ``limit`` claims whose value does not start with
+        ``HIDDEN_CLAIM_MARK``: taken before encryption at rest was on."""
+
+    async def hide_claim(self, claim: HeldClaim, hidden_value: str) -> bool:
+        """In one transaction, replace ``claim`` (if it is still held as
+        given) by the same holder's claim on ``hidden_value``. False if the
+        claim was gone, or ``hidden_value`` is held by another aggregate (the
+        clear one is dropped all the same: it can no longer be checked)."""
+
     async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
         """Up to ``limit`` events matching ``log_filter`` with positions
         greater than ``after_position``, in position order, and the position
@@ -192,8 +203,12 @@ class EventStore(Protocol):
         """The aggregate's key (``wrapped`` None if forgotten), or None."""
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
-        """Erase the aggregate's key, leaving a tombstone, and delete its
-        snapshot, in one transaction. False if it had no key to erase."""
+        """Erase the aggregate's key, leaving a tombstone, delete its
+        snapshots and release every claim it holds, in one transaction.
+        False if it had no key to erase. An aggregate already forgotten (a
+        tombstone) still has its snapshots and claims removed, so forgetting
+        again finishes what an older version left behind; one that never had
+        a key is left alone."""
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         """Up to ``limit`` live keys wrapped by another master key than the active one."""

@@ -10,22 +10,33 @@ Events of a forgotten aggregate read as ``redacted`` (empty payload), its
 snapshots as absent, and appending to it raises ``AggregateForgotten``.
 Plaintext payloads written before encryption was turned on still read.
 
-Every method of the protocol that carries a payload is wrapped here; the
-others delegate. A new protocol method that returns events must be added
-here too, or it would hand out ciphertext.
+Claimed values (an e-mail address held unique) are stored as keyed hashes
+(``hidden_claim_value``): the unique key still decides, but the database no
+longer holds the address. Claims taken in the clear before encryption was
+turned on are hidden once per process, before its first claim is checked
+or taken, so a value claimed before and after cannot be held twice.
+
+Every method of the protocol that carries a payload or a claimed value is
+wrapped here; the others delegate. A new protocol method that returns
+events must be added here too, or it would hand out ciphertext.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from service.errors import NotUnique
 from service.security.encryption import (
     Keyring,
+    claims_key_id,
     document_context,
     event_context,
+    hidden_claim_value,
     hidden_document_key,
     is_sealed,
     open_sealed,
@@ -41,6 +52,7 @@ from service.store.records import (
     CommandRecord,
     DataKey,
     DocumentWrite,
+    HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
@@ -49,11 +61,17 @@ from service.store.records import (
     StoredDocument,
 )
 
+log = logging.getLogger(__name__)
+# Claims in the clear hidden per round trip, when the store is first used.
+HIDE_BATCH = 500
+
 
 class EncryptingStore:
     def __init__(self, inner: EventStore, keyring: Keyring) -> None:
         self.inner = inner
         self.keyring = keyring
+        self._no_claims_in_clear = False
+        self._hiding = asyncio.Lock()
 
     # -- payload-carrying methods -------------------------------------------
 
@@ -67,14 +85,49 @@ class EncryptingStore:
         claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
         sealed: list[NewEvent] = []
-        if events:
+        if events or any(not c.release for c in claims):
+            # Also for claims alone: a forgotten aggregate takes no claims
+            # (AggregateForgotten), and one that holds some has a key, so
+            # forgetting it can release them.
             cipher = await self.keyring.for_writing(aggregate_id)
             sealed = [
                 replace(e, payload=seal(cipher, e.payload, event_context(aggregate_id, e.event_id))) for e in events
             ]
-        recorded = await self.inner.append(aggregate_id, sealed, expected_version, commands=commands, claims=claims)
+        hidden = [replace(c, value=await self._hidden(c.scope, c.value)) for c in claims]
+        try:
+            recorded = await self.inner.append(aggregate_id, sealed, expected_version, commands=commands, claims=hidden)
+        except NotUnique as lost:
+            # The executor names the batch's claimant by the value it claimed.
+            clear = {(h.scope, h.value): c.value for h, c in zip(hidden, claims, strict=True)}
+            raise NotUnique(lost.scope, clear.get((lost.scope, lost.value or ""))) from None
         # Callers get back what they wrote, not the ciphertext.
         return [replace(r, payload=e.payload) for r, e in zip(recorded, events, strict=True)]
+
+    async def claim_owner(self, scope: str, value: str) -> str | None:
+        return await self.inner.claim_owner(scope, await self._hidden(scope, value))
+
+    async def _hidden(self, scope: str, value: str) -> str:
+        await self._hide_claims_in_clear()
+        cipher = await self.keyring.for_writing(claims_key_id(scope))
+        return hidden_claim_value(cipher, scope, value)
+
+    async def _hide_claims_in_clear(self) -> None:
+        """Hide the claims taken before encryption was on, once per process,
+        before any claim is checked or taken here: every server that checks
+        claims has first seen none left in the clear (only a server without
+        encryption writes them), so no value can be held both ways."""
+        if self._no_claims_in_clear:
+            return
+        async with self._hiding:
+            hidden = 0
+            while not self._no_claims_in_clear:
+                held = await self.inner.claims_in_clear(HIDE_BATCH)
+                for claim in held:
+                    cipher = await self.keyring.for_writing(claims_key_id(claim.scope))
+                    hidden += await self.inner.hide_claim(claim, hidden_claim_value(cipher, claim.scope, claim.value))
+                self._no_claims_in_clear = not held
+            if hidden:
+                log.info("%d uniqueness claims taken before encryption was on are now stored hidden", hidden)
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         events = await self.inner.read_aggregate(aggregate_id, query)
@@ -179,8 +232,11 @@ class EncryptingStore:
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         return await self.inner.version_at(aggregate_id, timestamp_us)
 
-    async def claim_owner(self, scope: str, value: str) -> str | None:
-        return await self.inner.claim_owner(scope, value)
+    async def claims_in_clear(self, limit: int) -> list[HeldClaim]:
+        return await self.inner.claims_in_clear(limit)
+
+    async def hide_claim(self, claim: HeldClaim, hidden_value: str) -> bool:
+        return await self.inner.hide_claim(claim, hidden_value)
 
     async def record_audit_entry(self, entry: AuditEntry) -> None:
         await self.inner.record_audit_entry(entry)

@@ -14,6 +14,7 @@ from service.errors import ConcurrencyConflict, NotUnique
 from service.store.base import AggregateQuery, AuditQuery
 from service.store.notifier import CommitNotifier
 from service.store.records import (
+    HIDDEN_CLAIM_MARK,
     AggregateHead,
     AuditEntry,
     ClaimChange,
@@ -21,6 +22,7 @@ from service.store.records import (
     CommandRecord,
     DataKey,
     DocumentWrite,
+    HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
@@ -170,6 +172,21 @@ class MemoryStore:
     async def claim_owner(self, scope: str, value: str) -> str | None:
         return self._claims.get((scope, value))
 
+    async def claims_in_clear(self, limit: int) -> list[HeldClaim]:
+        clear = (
+            HeldClaim(scope, value, owner)
+            for (scope, value), owner in self._claims.items()
+            if not value.startswith(HIDDEN_CLAIM_MARK)
+        )
+        return [claim for _, claim in zip(range(limit), clear, strict=False)]
+
+    async def hide_claim(self, claim: HeldClaim, hidden_value: str) -> bool:
+        if self._claims.get((claim.scope, claim.value)) != claim.aggregate_id:
+            return False
+        del self._claims[(claim.scope, claim.value)]
+        holder = self._claims.setdefault((claim.scope, hidden_value), claim.aggregate_id)
+        return holder == claim.aggregate_id
+
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         kept = self._snapshots.setdefault(snapshot.aggregate_id, [])
         versions = [s.version for s in kept]
@@ -201,11 +218,12 @@ class MemoryStore:
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
         current = self._keys.get(aggregate_id)
-        if current is None or current.forgotten:
+        if current is None:
             return False
         self._keys[aggregate_id] = DataKey(aggregate_id, None, None)
         self._snapshots.pop(aggregate_id, None)
-        return True
+        self._claims = {key: owner for key, owner in self._claims.items() if owner != aggregate_id}
+        return not current.forgotten
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         stale = (k for k in self._keys.values() if not k.forgotten and k.master_key_id != active_master_key_id)

@@ -164,6 +164,22 @@ class ClaimChange:
     release: bool = False
 
 
+# With encryption at rest, claim values are stored as keyed hashes that
+# start with this control character. Values plugins claim are printable
+# text, so a stored value that does not start with it is one in the clear
+# (written before encryption was turned on).
+HIDDEN_CLAIM_MARK = "\x1f"
+
+
+@dataclass(frozen=True, slots=True)
+class HeldClaim:
+    """A claim as stored: ``aggregate_id`` holds ``value`` in ``scope``."""
+
+    scope: str
+    value: str
+    aggregate_id: str
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """An aggregate's state at ``version``, as serialized bytes.

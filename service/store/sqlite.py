@@ -22,6 +22,7 @@ from service.store.base import AggregateQuery, AuditQuery
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     ACCEPTED,
+    HIDDEN_CLAIM_MARK,
     REFUSED,
     AggregateHead,
     AuditEntry,
@@ -30,6 +31,7 @@ from service.store.records import (
     CommandRecord,
     DataKey,
     DocumentWrite,
+    HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
@@ -48,6 +50,7 @@ MIGRATIONS = (
     "sqlite_migrate_4.sql",
     "sqlite_migrate_5.sql",
     "sqlite_migrate_6.sql",
+    "sqlite_migrate_7.sql",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -481,6 +484,41 @@ class SqliteStore:
         )
         return None if row is None else str(row[0])
 
+    async def claims_in_clear(self, limit: int) -> list[HeldClaim]:
+        rows = await self._run(
+            lambda: self._db.execute(
+                "SELECT scope, value, aggregate_id FROM claims WHERE substr(value, 1, 1) <> ? LIMIT ?",
+                (HIDDEN_CLAIM_MARK, limit),
+            ).fetchall()
+        )
+        return [HeldClaim(r[0], r[1], r[2]) for r in rows]
+
+    async def hide_claim(self, claim: HeldClaim, hidden_value: str) -> bool:
+        def hide() -> bool:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                dropped = db.execute(
+                    "DELETE FROM claims WHERE scope = ? AND value = ? AND aggregate_id = ?",
+                    (claim.scope, claim.value, claim.aggregate_id),
+                ).rowcount
+                if dropped:
+                    db.execute(
+                        "INSERT INTO claims (scope, value, aggregate_id) VALUES (?,?,?)"
+                        " ON CONFLICT (scope, value) DO NOTHING",
+                        (claim.scope, hidden_value, claim.aggregate_id),
+                    )
+                (holder,) = db.execute(
+                    "SELECT aggregate_id FROM claims WHERE scope = ? AND value = ?", (claim.scope, hidden_value)
+                ).fetchone() or (None,)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return bool(dropped) and holder == claim.aggregate_id
+
+        return await self._run(hide)
+
     async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
         sql = f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshots WHERE aggregate_id = ?"
         params: list[object] = [aggregate_id]
@@ -572,6 +610,13 @@ class SqliteStore:
                     (time.time_ns() // 1000, aggregate_id),
                 ).rowcount
                 db.execute("DELETE FROM snapshots WHERE aggregate_id = ?", (aggregate_id,))
+                # Only an aggregate with a key (or its tombstone) is forgotten;
+                # one that never had a key keeps its claims.
+                db.execute(
+                    "DELETE FROM claims WHERE aggregate_id = ?"
+                    " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)",
+                    (aggregate_id, aggregate_id),
+                )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

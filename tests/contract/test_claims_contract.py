@@ -9,7 +9,7 @@ import pytest
 
 from service.errors import ConcurrencyConflict, NotUnique
 from service.store.base import EventStore
-from service.store.records import ClaimChange
+from service.store.records import HIDDEN_CLAIM_MARK, ClaimChange, HeldClaim
 from tests.support.events import command_record, new_event
 
 EMAIL = "users.email"
@@ -131,3 +131,26 @@ async def test_appends_claiming_the_same_values_in_opposite_orders_never_deadloc
         refused = [r for r in results if isinstance(r, BaseException)]
         assert len(refused) == 1 and isinstance(refused[0], NotUnique), results
         assert await store.claim_owner(EMAIL, x) == await store.claim_owner(EMAIL, y)
+
+
+async def test_claims_in_the_clear_are_listed_for_hiding(store: EventStore) -> None:
+    await store.append("u-1", [new_event()], 0, claims=[claim("ann@example.com")])
+    await store.append("u-2", [new_event()], 0, claims=[claim(HIDDEN_CLAIM_MARK + "0f0f")])
+    assert await store.claims_in_clear(10) == [HeldClaim(EMAIL, "ann@example.com", "u-1")]
+
+
+async def test_hiding_a_claim_moves_it_to_its_hidden_value_for_the_same_holder(store: EventStore) -> None:
+    await store.append("u-1", [new_event()], 0, claims=[claim("ann@example.com")])
+    held = HeldClaim(EMAIL, "ann@example.com", "u-1")
+    assert await store.hide_claim(held, HIDDEN_CLAIM_MARK + "ann") is True
+    assert await store.claim_owner(EMAIL, "ann@example.com") is None
+    assert await store.claim_owner(EMAIL, HIDDEN_CLAIM_MARK + "ann") == "u-1"
+    assert await store.claims_in_clear(10) == []
+    assert await store.hide_claim(held, HIDDEN_CLAIM_MARK + "ann") is False  # done already
+
+
+async def test_a_claim_that_changed_hands_is_not_hidden_for_its_old_holder(store: EventStore) -> None:
+    await store.append("u-2", [new_event()], 0, claims=[claim("ann@example.com")])
+    assert await store.hide_claim(HeldClaim(EMAIL, "ann@example.com", "u-1"), HIDDEN_CLAIM_MARK + "ann") is False
+    assert await store.claim_owner(EMAIL, "ann@example.com") == "u-2"
+    assert await store.claim_owner(EMAIL, HIDDEN_CLAIM_MARK + "ann") is None

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from service.store.base import EventStore
-from service.store.records import DataKey, Snapshot
+from service.store.records import ClaimChange, DataKey, Snapshot
+from tests.support.events import new_event
 
 
 def key(aggregate_id: str = "a-1", master: str = "m1", wrapped: bytes = b"w" * 40) -> DataKey:
@@ -67,3 +68,29 @@ async def test_rewrapping_replaces_a_key_only_if_it_is_unchanged(store: EventSto
     assert await store.rewrap_data_key(old, key("a-1", "new", b"n" * 40)) is True
     assert await store.rewrap_data_key(old, key("a-1", "newer", b"x" * 40)) is False
     assert await store.load_data_key("a-1") == key("a-1", "new", b"n" * 40)
+
+
+async def test_forgetting_releases_every_claim_the_aggregate_holds(store: EventStore) -> None:
+    await store.create_data_key(key("u-1"))
+    claims = [ClaimChange("users.email", "ann@example.com"), ClaimChange("users.nickname", "ann")]
+    await store.append("u-1", [new_event()], 0, claims=claims)
+    await store.append("u-2", [new_event()], 0, claims=[ClaimChange("users.email", "bob@example.com")])
+    assert await store.forget_data_key("u-1") is True
+    assert await store.claim_owner("users.email", "ann@example.com") is None
+    assert await store.claim_owner("users.nickname", "ann") is None
+    assert await store.claim_owner("users.email", "bob@example.com") == "u-2"
+
+
+async def test_forgetting_again_releases_claims_left_behind(store: EventStore) -> None:
+    await store.create_data_key(key("u-1"))
+    await store.forget_data_key("u-1")
+    # As an older version left it: forgotten, still holding a value.
+    await store.append("u-1", [new_event()], 0, claims=[ClaimChange("users.email", "ann@example.com")])
+    assert await store.forget_data_key("u-1") is False
+    assert await store.claim_owner("users.email", "ann@example.com") is None
+
+
+async def test_an_aggregate_without_a_key_keeps_its_claims(store: EventStore) -> None:
+    await store.append("u-1", [new_event()], 0, claims=[ClaimChange("users.email", "ann@example.com")])
+    assert await store.forget_data_key("u-1") is False
+    assert await store.claim_owner("users.email", "ann@example.com") == "u-1"

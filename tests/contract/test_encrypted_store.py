@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import AggregateForgotten
+from service.errors import AggregateForgotten, NotUnique
 from service.security.encryption import Keyring, MasterKeys, is_sealed, new_master_key
 from service.store.base import EventStore
 from service.store.encrypted import EncryptingStore
-from service.store.records import Snapshot
+from service.store.records import ClaimChange, Snapshot
 from tests.support.events import new_event
 
 OLD = f"old:{new_master_key()}"
@@ -84,3 +84,67 @@ async def test_rotating_the_master_key_rewraps_keys_and_leaves_events_alone(stor
     assert await store.read_aggregate("a-1") == [stored]  # not rewritten
     retired = encrypting(store, NEW)  # the old master key is gone from the configuration
     assert [e.payload for e in await retired.read_aggregate("a-1")] == [b"\x08\x07"]
+
+
+EMAIL = "users.email"
+
+
+def take(value: str) -> ClaimChange:
+    return ClaimChange(EMAIL, value)
+
+
+async def test_claimed_values_are_hidden_in_the_store_and_found_above_it(store: EventStore) -> None:
+    sealed = encrypting(store)
+    await sealed.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
+    assert await sealed.claim_owner(EMAIL, "ann@example.com") == "u-1"
+    assert await sealed.claim_owner(EMAIL, "bob@example.com") is None
+    assert await store.claim_owner(EMAIL, "ann@example.com") is None
+    assert await store.claims_in_clear(10) == []
+
+
+async def test_hidden_values_stay_unique_across_replicas(store: EventStore) -> None:
+    keys = MasterKeys.parse(OLD, source="test")
+    here, there = (EncryptingStore(store, Keyring(store, keys)) for _ in range(2))
+    await here.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
+    with pytest.raises(NotUnique) as lost:
+        await there.append("u-2", [new_event()], 0, claims=[take("x@example.com"), take("ann@example.com")])
+    assert lost.value.value == "ann@example.com"  # the executor names the claimant by it
+    assert await there.read_aggregate("u-2") == []
+    assert await there.claim_owner(EMAIL, "ann@example.com") == "u-1"
+    assert await there.claim_owner(EMAIL, "x@example.com") is None
+
+
+async def test_hidden_values_survive_a_master_key_rotation(store: EventStore) -> None:
+    await encrypting(store).append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
+    rotated = encrypting(store, f"{NEW},{OLD}")
+    await rotated.keyring.rewrap()
+    assert await encrypting(store, NEW).claim_owner(EMAIL, "ann@example.com") == "u-1"
+
+
+async def test_claims_taken_before_encryption_are_hidden_and_still_held(store: EventStore) -> None:
+    await store.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
+    sealed = encrypting(store)
+    with pytest.raises(NotUnique):
+        await sealed.append("u-2", [new_event()], 0, claims=[take("ann@example.com")])
+    assert await store.claims_in_clear(10) == []
+    assert await sealed.claim_owner(EMAIL, "ann@example.com") == "u-1"
+    await sealed.append("u-1", [new_event()], 1, claims=[ClaimChange(EMAIL, "ann@example.com", release=True)])
+    await sealed.append("u-2", [new_event()], 0, claims=[take("ann@example.com")])
+
+
+async def test_forgetting_an_aggregate_releases_its_hidden_claims(store: EventStore) -> None:
+    sealed = encrypting(store)
+    await sealed.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
+    assert await sealed.keyring.forget("u-1") is True
+    assert await sealed.claim_owner(EMAIL, "ann@example.com") is None
+    await sealed.append("u-2", [new_event()], 0, claims=[take("ann@example.com")])
+    assert await sealed.claim_owner(EMAIL, "ann@example.com") == "u-2"
+
+
+async def test_a_forgotten_aggregate_takes_no_claim_even_without_events(store: EventStore) -> None:
+    sealed = encrypting(store)
+    await sealed.append("u-1", [new_event()], 0)
+    await sealed.keyring.forget("u-1")
+    with pytest.raises(AggregateForgotten):
+        await sealed.append("u-1", [], 1, claims=[take("ann@example.com")])
+    assert await sealed.claim_owner(EMAIL, "ann@example.com") is None

@@ -12,6 +12,7 @@ import pytest
 from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.security.encryption import new_master_key
 from service.store.memory import MemoryStore
 from service.store.sqlite import SqliteStore
@@ -55,6 +56,17 @@ async def test_payloads_are_unreadable_in_the_database_but_readable_through_the_
     account = bank.Account()
     assert state.state.Unpack(account)
     assert account.owner == SECRET_OWNER
+
+
+async def test_claimed_email_addresses_are_not_in_the_database(client: Client, tmp_path: Path) -> None:
+    await client.submit(command("user-1", users.RegisterUser(email="zelda@quartermain.example", name="Z")))
+    await client.submit(command("user-1", users.ChangeEmail(email="z.q@oyelaran.example")))
+    on_disk = b"".join(path.read_bytes() for path in (tmp_path / "db").iterdir())
+    assert b"user-1" in on_disk
+    assert b"quartermain" not in on_disk
+    assert b"oyelaran" not in on_disk
+    taken = client.submit(command("user-2", users.RegisterUser(email="z.q@oyelaran.example", name="Z")))
+    assert await refusal(taken) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_UNIQUE")
 
 
 async def test_a_forgotten_aggregate_reads_redacted(client: Client) -> None:

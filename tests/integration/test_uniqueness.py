@@ -1,6 +1,7 @@
 """Unique e-mail addresses (the users plugin) under racing clients: two
-replicas in one process on every store, then two server processes on one
-PostgreSQL database (and on one SQLite file)."""
+replicas in one process on every store (with and without encryption at
+rest, which stores the addresses as keyed hashes), then two server
+processes on one PostgreSQL database (and on one SQLite file)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from pathlib import Path
 import grpc
 import pytest
 
+from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import event_service_pb2
 from domain_plugins.users import EMAIL_SCOPE
 from domain_plugins.users.protos.users.v1 import users_pb2 as pb
+from service.security.encryption import new_master_key
 from service.store.base import EventStore
 from tests.support.grpc_client import Client, command, connect, details_of, running_server
 from tests.support.processes import server_process
+from tests.support.security import write
 
 EMAIL = "ann@example.com"
 
@@ -27,6 +31,15 @@ async def two_replicas(store: EventStore) -> AsyncIterator[list[Client]]:
     """Two servers, each with its own workers and caches, on one store."""
     async with AsyncExitStack() as stack:
         yield [(await stack.enter_async_context(running_server(store)))[1] for _ in range(2)]
+
+
+@pytest.fixture
+async def two_encrypting_replicas(store: EventStore, tmp_path: Path) -> AsyncIterator[list[Client]]:
+    """Two servers on one store with encryption at rest, each with its own
+    keyring (and so its own cache of the claims' data key)."""
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
+    async with AsyncExitStack() as stack:
+        yield [(await stack.enter_async_context(running_server(store, master_key_file=keys)))[1] for _ in range(2)]
 
 
 async def register_fifty(clients: list[Client]) -> list[int]:
@@ -84,11 +97,49 @@ async def test_a_refused_command_leaves_no_claim(two_replicas: list[Client], sto
     assert await store.claim_owner(EMAIL_SCOPE, "third@example.com") is None
 
 
+async def test_with_encryption_at_rest_fifty_registrations_over_two_replicas_make_one_user(
+    two_encrypting_replicas: list[Client], store: EventStore
+) -> None:
+    winners = await register_fifty(two_encrypting_replicas)
+    assert len(winners) == 1
+    assert await users(two_encrypting_replicas[0]) == winners
+    assert await store.claim_owner(EMAIL_SCOPE, EMAIL) is None  # stored hidden, not as sent
+
+
+async def test_a_forgotten_users_email_can_be_registered_again(two_encrypting_replicas: list[Client]) -> None:
+    first, second = two_encrypting_replicas
+    await first.submit(command("user-1", pb.RegisterUser(email=EMAIL, name="Ann")))
+    await first.submit(command("user-1", pb.ChangeEmail(email="ann@new.example")))
+    with pytest.raises(grpc.aio.AioRpcError) as taken:
+        await second.submit(command("user-2", pb.RegisterUser(email="ann@new.example", name="Ann")))
+    assert details_of(taken.value).reason == "NOT_UNIQUE"
+    await second.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="user-1"))
+    response = await second.submit(command("user-2", pb.RegisterUser(email="ann@new.example", name="Ann")))
+    assert response.version == 1
+    await first.submit(command("user-3", pb.RegisterUser(email=EMAIL, name="Ann")))  # released before
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 async def test_fifty_registrations_over_two_server_processes_on_postgres_make_one_user(postgres_url: str) -> None:
     with ExitStack() as stack:
         servers = [stack.enter_context(server_process(postgres_url)) for _ in range(2)]
+        async with connect(servers[0].address) as a, connect(servers[1].address) as b:
+            winners = await register_fifty([a, b])
+            assert len(winners) == 1
+            assert await users(a) == winners
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+async def test_with_encryption_fifty_registrations_over_two_server_processes_on_postgres_make_one_user(
+    postgres_url: str,
+) -> None:
+    # Each process makes the scope's data key on its first claim: they race
+    # for it, and both must hash with the one that won.
+    env = {"CHRONICLE_MASTER_KEYS": f"k1:{new_master_key()}"}
+    with ExitStack() as stack:
+        servers = [stack.enter_context(server_process(postgres_url, env=env)) for _ in range(2)]
         async with connect(servers[0].address) as a, connect(servers[1].address) as b:
             winners = await register_fifty([a, b])
             assert len(winners) == 1

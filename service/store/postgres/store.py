@@ -42,6 +42,7 @@ from service.store.postgres.group_commit import Append, GroupCommitter, write_ba
 from service.store.postgres.migrations import migrate
 from service.store.records import (
     ACCEPTED,
+    HIDDEN_CLAIM_MARK,
     REFUSED,
     AggregateHead,
     AuditEntry,
@@ -50,6 +51,7 @@ from service.store.records import (
     CommandRecord,
     DataKey,
     DocumentWrite,
+    HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
@@ -595,6 +597,25 @@ class PostgresStore:
             row = await cursor.fetchone()
         return None if row is None else str(row[0])
 
+    async def claims_in_clear(self, limit: int) -> list[HeldClaim]:
+        async with self._connection("claims_in_clear") as conn:
+            cursor = await conn.execute(
+                "SELECT scope, value, aggregate_id FROM chronicle.claims WHERE left(value, 1) <> %s LIMIT %s",
+                (HIDDEN_CLAIM_MARK, limit),
+            )
+            rows = await cursor.fetchall()
+        return [HeldClaim(r[0], r[1], r[2]) for r in rows]
+
+    async def hide_claim(self, claim: HeldClaim, hidden_value: str) -> bool:
+        async with self._connection("hide_claim") as conn, conn.transaction():
+            cursor = await conn.execute(_RELEASE_CLAIM, (claim.scope, claim.value, claim.aggregate_id))
+            if cursor.rowcount != 1:
+                return False
+            await conn.execute(_TAKE_CLAIM, (claim.scope, hidden_value, claim.aggregate_id))
+            cursor = await conn.execute(_CLAIM_OWNER, (claim.scope, hidden_value))
+            row = await cursor.fetchone()
+        return row is not None and row[0] == claim.aggregate_id
+
     async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
         sql = f"SELECT {_SNAPSHOT_COLUMNS} FROM chronicle.snapshots WHERE aggregate_id = %s"
         params: list[object] = [aggregate_id]
@@ -689,6 +710,13 @@ class PostgresStore:
             )
             erased = cursor.rowcount == 1
             await conn.execute("DELETE FROM chronicle.snapshots WHERE aggregate_id = %s", (aggregate_id,))
+            # Only an aggregate with a key (or its tombstone) is forgotten;
+            # one that never had a key keeps its claims.
+            await conn.execute(
+                "DELETE FROM chronicle.claims WHERE aggregate_id = %(id)s"
+                " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = %(id)s)",
+                {"id": aggregate_id},
+            )
         return erased
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
