@@ -137,7 +137,11 @@ async def start(
     global one), when the OpenTelemetry packages are installed.
     """
     registry = registry if registry is not None else build_registry(settings)
-    store = store if store is not None else open_store(settings.database_url, pool_size=settings.db_pool_size)
+    store = (
+        store
+        if store is not None
+        else open_store(settings.database_url, pool_size=settings.db_pool_size, keep_snapshots=settings.keep_snapshots)
+    )
     authenticator, authorizer = build_authentication(settings)
     credentials = (
         server_credentials(

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 from service.errors import ConfigurationError
+from service.store.base import DEFAULT_KEEP_SNAPSHOTS
 
 DEFAULT_DATABASE_URL = "sqlite:///data/chronicle.db"
 
@@ -35,6 +36,10 @@ class Settings:
     conflict_retries: int = field(default=5, metadata={"help": "attempts at a command under concurrent writers"})
     snapshot_every: int = field(
         default=0, metadata={"help": "default snapshot interval in events for aggregate types that set none (0: off)"}
+    )
+    keep_snapshots: int = field(
+        default=DEFAULT_KEEP_SNAPSHOTS,
+        metadata={"help": "snapshots kept per aggregate, the newest (older past versions replay from the start)"},
     )
     slow_handler_seconds: float = field(
         default=0.1, metadata={"help": "warn when one handler call blocks the event loop longer than this (0: off)"}
@@ -95,7 +100,14 @@ class Settings:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ConfigurationError(f"listen address must be host:port, got {self.listen!r}", reason="BAD_SETTING")
-        for name in ("max_message_bytes", "queue_depth", "max_workers", "conflict_retries", "db_pool_size"):
+        for name in (
+            "max_message_bytes",
+            "queue_depth",
+            "max_workers",
+            "conflict_retries",
+            "db_pool_size",
+            "keep_snapshots",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
         durations = (

@@ -70,6 +70,18 @@ class AuditQuery:
         )
 
 
+# Snapshots kept per aggregate (the newest ones) unless a store is told
+# otherwise: enough for recent time travel to start from a snapshot, few
+# enough that storage follows the number of aggregates, not of events.
+DEFAULT_KEEP_SNAPSHOTS = 3
+
+
+def check_keep_snapshots(keep: int) -> int:
+    if keep < 1:
+        raise ValueError(f"a store keeps at least one snapshot per aggregate, got {keep}")
+    return keep
+
+
 class EventStore(Protocol):
     async def open(self) -> None:
         """Connect and create or migrate the schema. Idempotent."""
@@ -176,7 +188,11 @@ class EventStore(Protocol):
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         """Keep ``snapshot`` beside the aggregate's earlier ones (replacing
         one at the same version), so that past versions load from a
-        snapshot too."""
+        snapshot too; then, in the same transaction, delete all but the
+        aggregate's newest ``keep_snapshots`` (each store's constructor
+        argument, ``DEFAULT_KEEP_SNAPSHOTS`` unless set). A snapshot older
+        than that many others is not kept at all. A past version older than
+        every kept snapshot loads from the first event."""
 
     async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
         """The aggregate's latest snapshot, or with ``at_most`` the latest at

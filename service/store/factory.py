@@ -5,26 +5,27 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from service.errors import ConfigurationError
-from service.store.base import EventStore
+from service.store.base import DEFAULT_KEEP_SNAPSHOTS, EventStore
 
 
-def open_store(url: str, *, pool_size: int = 10) -> EventStore:
+def open_store(url: str, *, pool_size: int = 10, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> EventStore:
     """The store a URL names; not yet opened.
 
     ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` (as in
     SQLAlchemy), ``memory://``, and ``postgresql://…`` (or ``postgres://…``,
     any libpq URL: ``?sslmode=require`` and the like pass through).
-    ``pool_size`` bounds PostgreSQL connections per server process.
+    ``pool_size`` bounds PostgreSQL connections per server process;
+    ``keep_snapshots`` is how many snapshots each aggregate keeps.
     """
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
         from service.store.postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=pool_size)
+        return PostgresStore(url, pool_size=pool_size, keep_snapshots=keep_snapshots)
     if scheme == "memory":
         from service.store.memory import MemoryStore
 
-        return MemoryStore()
+        return MemoryStore(keep_snapshots=keep_snapshots)
     if scheme == "sqlite":
         path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else ""
         if not path:
@@ -34,7 +35,7 @@ def open_store(url: str, *, pool_size: int = 10) -> EventStore:
             )
         from service.store.sqlite import SqliteStore
 
-        return SqliteStore(path)
+        return SqliteStore(path, keep_snapshots=keep_snapshots)
     raise ConfigurationError(
         f"unsupported database URL {_redacted(url)!r}: use sqlite:///…, memory:// or postgresql://…",
         reason="BAD_DATABASE_URL",

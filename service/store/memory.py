@@ -11,7 +11,7 @@ import bisect
 from collections.abc import Sequence
 
 from service.errors import ConcurrencyConflict, NotUnique
-from service.store.base import AggregateQuery, AuditQuery
+from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
@@ -34,7 +34,8 @@ from service.store.selection import select_events
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, *, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> None:
+        self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._log: list[RecordedEvent] = []
         self._event_ids: set[str] = set()
@@ -195,6 +196,7 @@ class MemoryStore:
             kept[at] = snapshot
         else:
             kept.insert(at, snapshot)
+        del kept[: -self._keep_snapshots]
 
     async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
         kept = self._snapshots.get(aggregate_id, [])

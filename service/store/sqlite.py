@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from service.errors import ConcurrencyConflict, NotUnique, StoreUnavailable
-from service.store.base import AggregateQuery, AuditQuery
+from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     ACCEPTED,
@@ -64,6 +64,12 @@ _COMMAND_COLUMNS = (
 )
 _AUDIT_COLUMNS = "recorded_at_us, command_id, command_type, aggregate_id, principal, user_id, origin"
 _SNAPSHOT_COLUMNS = "aggregate_id, aggregate_type, version, state_type, schema_version, state"
+# Below the newest ``keep`` (the OFFSET is keep - 1); with fewer, the
+# subquery is NULL and nothing goes.
+_PRUNE_SNAPSHOTS = (
+    "DELETE FROM snapshots WHERE aggregate_id = ? AND version <"
+    " (SELECT version FROM snapshots WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1 OFFSET ?)"
+)
 
 
 def _event(row: sqlite3.Row) -> RecordedEvent:
@@ -135,8 +141,9 @@ def _command(row: sqlite3.Row) -> CommandRecord:
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> None:
         self._path = str(path)
+        self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chronicle-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._commits = CommitNotifier()
@@ -320,20 +327,30 @@ class SqliteStore:
             raise NotUnique(claim.scope, claim.value)
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        await self._run(
-            self._db.execute,
-            f"INSERT INTO snapshots ({_SNAPSHOT_COLUMNS}) VALUES (?,?,?,?,?,?)"
-            " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
-            " state_type = excluded.state_type, schema_version = excluded.schema_version, state = excluded.state",
-            (
-                snapshot.aggregate_id,
-                snapshot.aggregate_type,
-                snapshot.version,
-                snapshot.state_type,
-                snapshot.schema_version,
-                snapshot.state,
-            ),
-        )
+        await self._run(self._save_snapshot, snapshot)
+
+    def _save_snapshot(self, snapshot: Snapshot) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                f"INSERT INTO snapshots ({_SNAPSHOT_COLUMNS}) VALUES (?,?,?,?,?,?)"
+                " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
+                " state_type = excluded.state_type, schema_version = excluded.schema_version, state = excluded.state",
+                (
+                    snapshot.aggregate_id,
+                    snapshot.aggregate_type,
+                    snapshot.version,
+                    snapshot.state_type,
+                    snapshot.schema_version,
+                    snapshot.state,
+                ),
+            )
+            db.execute(_PRUNE_SNAPSHOTS, (snapshot.aggregate_id, snapshot.aggregate_id, self._keep_snapshots - 1))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     # -- reads -----------------------------------------------------------
 

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 
 from chronicle.v1 import event_pb2, event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.plugins.registry import Registry
 from service.store.base import EventStore
 from tests.support import plugins
@@ -115,6 +116,24 @@ async def test_get_aggregate_at_a_past_version(bank_client: Client) -> None:
     await twelve_events(bank_client)
     response = await get(bank_client, at_version=4)
     assert (response.version, balance(response)) == (4, 1 + 2 + 3)
+
+
+async def test_get_aggregate_at_every_past_version_while_old_snapshots_are_pruned(store: EventStore) -> None:
+    # The users plugin sets no snapshot interval, so the server's applies:
+    # snapshots at versions 2, 4, …, 12, of which the store keeps the newest 3.
+    emails = [f"ann.{n}@example.com" for n in range(1, 14)]
+    async with running_server(store, snapshot_every=2) as (_, client):
+        await client.submit(command("user-1", users.RegisterUser(email=emails[0], name="Ann")))
+        for email in emails[1:]:
+            await client.submit(command("user-1", users.ChangeEmail(email=email)))
+        # The 13th command ran after the snapshot at 12 was saved (one worker).
+        kept = [s and s.version for s in [await store.load_snapshot("user-1", at_most=v) for v in (7, 8, 12)]]
+        assert kept == [None, 8, 12]
+        for version, email in enumerate(emails, start=1):
+            request = event_service_pb2.GetAggregateRequest(aggregate_id="user-1", at_version=version)
+            state = users.User()
+            assert (await client.events.GetAggregate(request)).state.Unpack(state)
+            assert (version, state.email) == (version, email)
 
 
 async def test_get_aggregate_at_a_version_not_reached_is_out_of_range(bank_client: Client) -> None:

@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.store.base import EventStore
+from service.store.base import DEFAULT_KEEP_SNAPSHOTS, EventStore
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
@@ -19,6 +19,7 @@ class StoreSite:
 
     tmp: Path
     postgres_url: Callable[[], str]
+    keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS
 
 
 StoreFactory = Callable[[StoreSite], AbstractAsyncContextManager[EventStore]]
@@ -26,7 +27,7 @@ StoreFactory = Callable[[StoreSite], AbstractAsyncContextManager[EventStore]]
 
 @asynccontextmanager
 async def memory_store(site: StoreSite) -> AsyncIterator[EventStore]:
-    store = MemoryStore()
+    store = MemoryStore(keep_snapshots=site.keep_snapshots)
     await store.open()
     yield store
     await store.close()
@@ -34,7 +35,7 @@ async def memory_store(site: StoreSite) -> AsyncIterator[EventStore]:
 
 @asynccontextmanager
 async def sqlite_store(site: StoreSite) -> AsyncIterator[EventStore]:
-    store = SqliteStore(site.tmp / "events.db")
+    store = SqliteStore(site.tmp / "events.db", keep_snapshots=site.keep_snapshots)
     await store.open()
     yield store
     await store.close()
@@ -42,7 +43,7 @@ async def sqlite_store(site: StoreSite) -> AsyncIterator[EventStore]:
 
 @asynccontextmanager
 async def postgres_store(site: StoreSite) -> AsyncIterator[EventStore]:
-    store = PostgresStore(site.postgres_url(), pool_size=4)
+    store = PostgresStore(site.postgres_url(), pool_size=4, keep_snapshots=site.keep_snapshots)
     await store.open()
     await store.ping()  # the database must be there: fail here, not in the test
     yield store

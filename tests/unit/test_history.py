@@ -28,18 +28,22 @@ def deposit(amount: int) -> CommandRequest:
     return CommandRequest(str(uuid.uuid4()), "acc-1", spec, bank.Deposit(amount=amount))
 
 
-@pytest.fixture
-async def history() -> tuple[History, Any]:
+async def two_hundred_fifty_events(store: MemoryStore) -> tuple[History, Any]:
     """acc-1 opened, then 249 deposits of 1, 2, 3, …: snapshots at 100 and 200."""
-    store: Any = ObservedStore(MemoryStore())
-    router = Router(CommandExecutor(store, REGISTRY))
+    observed: Any = ObservedStore(store)
+    router = Router(CommandExecutor(observed, REGISTRY))
     spec = REGISTRY.command("bank.v1.OpenAccount")
     assert spec is not None
     await router.submit(CommandRequest(str(uuid.uuid4()), "acc-1", spec, bank.OpenAccount(owner="ann")))
     for amount in range(1, 250):
         await router.submit(deposit(amount))
     await router.close()
-    return History(store, AggregateLoader(store, REGISTRY)), store
+    return History(observed, AggregateLoader(observed, REGISTRY)), observed
+
+
+@pytest.fixture
+async def history() -> tuple[History, Any]:
+    return await two_hundred_fifty_events(MemoryStore())
 
 
 def balance_at(version: int) -> int:
@@ -68,3 +72,12 @@ async def test_a_moment_before_the_first_event_is_not_found(history: tuple[Histo
     reader, _ = history
     with pytest.raises(AggregateNotFound):
         await reader.state_at_time("acc-1", 0)
+
+
+async def test_a_version_older_than_every_kept_snapshot_is_replayed_from_the_first_event() -> None:
+    reader, store = await two_hundred_fifty_events(MemoryStore(keep_snapshots=1))  # 200 kept, 100 pruned
+    for version, events_read in ((150, 150), (250, 50)):
+        store.events_read = 0
+        aggregate = await reader.state("acc-1", at_version=version)
+        assert aggregate.state == bank.Account(owner="ann", balance=balance_at(version))
+        assert store.events_read == events_read

@@ -24,6 +24,7 @@ def test_environment_variables_set_values() -> None:
             "CHRONICLE_PLUGINS": "a.b, c.d:plugin",
             "CHRONICLE_DISCOVER_PLUGINS": "false",
             "CHRONICLE_QUEUE_DEPTH": "8",
+            "CHRONICLE_KEEP_SNAPSHOTS": "5",
         },
     )
     assert settings.listen == "0.0.0.0:6000"
@@ -31,6 +32,7 @@ def test_environment_variables_set_values() -> None:
     assert settings.plugins == ("a.b", "c.d:plugin")
     assert settings.discover_plugins is False
     assert settings.queue_depth == 8
+    assert settings.keep_snapshots == 5
 
 
 def test_flags_win_over_environment_variables() -> None:
@@ -49,6 +51,7 @@ def test_flags_win_over_environment_variables() -> None:
         ("CHRONICLE_LISTEN", "no-port"),
         ("CHRONICLE_QUEUE_DEPTH", "zero"),
         ("CHRONICLE_QUEUE_DEPTH", "0"),
+        ("CHRONICLE_KEEP_SNAPSHOTS", "0"),
         ("CHRONICLE_DISCOVER_PLUGINS", "perhaps"),
         ("CHRONICLE_IDLE_TIMEOUT", "-1"),
         ("CHRONICLE_SLOW_HANDLER_SECONDS", "-0.1"),

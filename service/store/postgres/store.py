@@ -35,7 +35,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from service.errors import ConcurrencyConflict, ConfigurationError, NotUnique, StoreUnavailable
-from service.store.base import AggregateQuery, AuditQuery
+from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.notifier import CommitNotifier
 from service.store.postgres.errors import COMMANDS_KEY, EVENTS_VERSION_KEY, UniqueViolation, translated
 from service.store.postgres.group_commit import Append, GroupCommitter, write_batch
@@ -113,6 +113,13 @@ _TAKE_CLAIM = (
 _CLAIM_OWNER = "SELECT aggregate_id FROM chronicle.claims WHERE scope = %s AND value = %s"
 _RELEASE_CLAIM = "DELETE FROM chronicle.claims WHERE scope = %s AND value = %s AND aggregate_id = %s"
 _SNAPSHOT_COLUMNS = "aggregate_id, aggregate_type, version, state_type, schema_version, state"
+# Below the newest ``keep`` (the OFFSET is keep - 1); with fewer, the
+# subquery is NULL and nothing goes.
+_PRUNE_SNAPSHOTS = (
+    "DELETE FROM chronicle.snapshots WHERE aggregate_id = %(id)s AND version <"
+    " (SELECT version FROM chronicle.snapshots WHERE aggregate_id = %(id)s"
+    " ORDER BY version DESC OFFSET %(offset)s LIMIT 1)"
+)
 _VERSION_AT = (
     "SELECT coalesce("
     " (SELECT min(version) - 1 FROM chronicle.events WHERE aggregate_id = %(id)s AND recorded_at > %(at)s),"
@@ -185,8 +192,10 @@ class PostgresStore:
         pool_size: int = 10,
         connect_timeout: float = 5.0,
         lock_timeout: float = 5.0,
+        keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
     ) -> None:
         self._url = url
+        self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._pool = AsyncConnectionPool(
             url,
             min_size=1,
@@ -406,7 +415,7 @@ class PostgresStore:
         return StoreUnavailable("a command id was reported recorded but cannot be found")
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        async with self._connection("save_snapshot") as conn:
+        async with self._connection("save_snapshot") as conn, conn.transaction():
             await conn.execute(
                 f"INSERT INTO chronicle.snapshots ({_SNAPSHOT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
@@ -421,6 +430,7 @@ class PostgresStore:
                     snapshot.state,
                 ),
             )
+            await conn.execute(_PRUNE_SNAPSHOTS, {"id": snapshot.aggregate_id, "offset": self._keep_snapshots - 1})
 
     # -- reads -----------------------------------------------------------
 
