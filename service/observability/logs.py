@@ -91,6 +91,8 @@ class LoggingMiddleware(Middleware):
         }
 
     async def after(self, call: CommandCall) -> None:
+        if not log.isEnabledFor(logging.DEBUG):
+            return  # the common case: nothing to build
         version = call.result.version if call.result is not None else 0
         log.debug("command %s ok at version %d", call.command_type, version, extra=self._fields(call, "ok"))
 

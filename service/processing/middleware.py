@@ -120,6 +120,13 @@ class Pipeline:
         self._submit = submit
         self._submit_batch = submit_batch
         self.middleware = tuple(middleware)
+        # Hooks left as the base class's no-op are not awaited at all: most
+        # middleware needs one or two of the three, and every await on the
+        # hot path costs.
+        self._befores = tuple(m for m in self.middleware if _overrides(m, "before"))
+        self._afters = tuple(m for m in self.middleware if _overrides(m, "after"))
+        self._on_errors = tuple(m for m in self.middleware if _overrides(m, "on_error"))
+        self._position = {id(m): i for i, m in enumerate(self.middleware)}
 
     async def submit_batch(self, batch: CommandBatch, principal: Principal = ANONYMOUS) -> BatchResult:
         if self._submit_batch is None:
@@ -150,26 +157,36 @@ class Pipeline:
         return result
 
     async def submit(self, request: CommandRequest, principal: Principal = ANONYMOUS) -> CommandResult:
+        if not self.middleware:
+            return await self._submit(request)
         call = CommandCall.of(request, principal)
         started = time.perf_counter()
-        entered: list[Middleware] = []
-        refused_by = ""
+        # ``after`` and ``on_error`` run for the middleware whose ``before``
+        # ran (or that has none) up to the one that refused, innermost first.
+        refusing: Middleware | None = None
         try:
-            for middleware in self.middleware:
-                refused_by = middleware.name
+            for middleware in self._befores:
+                refusing = middleware
                 await middleware.before(call)
-                entered.append(middleware)
-            refused_by = ""
+            refusing = None
             result = await self._submit(request)
         except BaseException as error:
+            entered = len(self.middleware) if refusing is None else self._position[id(refusing)]
+            refused_by = "" if refusing is None else refusing.name
             failed = replace(call, error=error, elapsed=time.perf_counter() - started, refused_by=refused_by)
-            for middleware in reversed(entered):
-                await _quietly(middleware, middleware.on_error, failed)
+            for middleware in reversed(self._on_errors):
+                if self._position[id(middleware)] < entered:
+                    await _quietly(middleware, middleware.on_error, failed)
             raise
-        done = replace(call, result=result, elapsed=time.perf_counter() - started)
-        for middleware in reversed(entered):
-            await _quietly(middleware, middleware.after, done)
+        if self._afters:
+            done = replace(call, result=result, elapsed=time.perf_counter() - started)
+            for middleware in reversed(self._afters):
+                await _quietly(middleware, middleware.after, done)
         return result
+
+
+def _overrides(middleware: Middleware, hook: str) -> bool:
+    return getattr(type(middleware), hook) is not getattr(Middleware, hook)
 
 
 async def _before(middleware: Middleware, call: CommandCall, index: int | None) -> None:

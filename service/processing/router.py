@@ -2,9 +2,11 @@
 
 One worker per live aggregate id: commands for one aggregate are serial,
 commands for different aggregates run concurrently. A worker is created on
-the first command and removes itself when idle. Everything here runs on the
-event loop without awaiting between lookup and enqueue, so a worker can never
-be chosen while it is leaving.
+the first command; a sweeper drops workers idle for longer than the idle
+timeout (their cached state with them). Everything here runs on the event
+loop without awaiting between lookup and enqueue, and the sweeper only drops
+workers that are not running, so a worker can never be chosen while it is
+leaving.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Router:
         self._max_workers = max_workers
         self._workers: dict[str, AggregateWorker] = {}
         self._closing = False
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def live_workers(self) -> int:
@@ -62,29 +65,39 @@ class Router:
                     f"{self._max_workers} aggregates are busy; retry later",
                     reason="TOO_MANY_AGGREGATES",
                 )
-            worker = AggregateWorker(
-                aggregate_id,
-                self._executor,
-                queue_depth=self._queue_depth,
-                idle_timeout=self._idle_timeout,
-                on_exit=self._forget,
-            )
+            worker = AggregateWorker(aggregate_id, self._executor, queue_depth=self._queue_depth)
             self._workers[aggregate_id] = worker
-            worker.start()
+            if self._sweeper is None:
+                self._sweeper = asyncio.create_task(self._sweep(), name="aggregate-sweeper")
         reply: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         worker.enqueue(Job(batch, reply))
         return await reply
 
-    def _forget(self, worker: AggregateWorker) -> None:
-        if self._workers.get(worker.aggregate_id) is worker:
-            del self._workers[worker.aggregate_id]
+    async def _sweep(self) -> None:
+        """Drop idle workers, a few times per idle timeout."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(max(self._idle_timeout / 4, 0.01))
+            self.drop_idle(loop.time() - self._idle_timeout)
+
+    def drop_idle(self, idle_before: float) -> int:
+        """Drop the workers that have had nothing to do since ``idle_before``
+        (event loop time); return how many."""
+        idle = [
+            aggregate_id
+            for aggregate_id, worker in self._workers.items()
+            if not worker.busy and worker.idle_since <= idle_before
+        ]
+        for aggregate_id in idle:
+            del self._workers[aggregate_id]
+        return len(idle)
 
     async def close(self, grace: float = 30.0) -> None:
-        """Refuse new commands, let queued ones finish, stop every worker."""
+        """Refuse new commands, let queued ones finish."""
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         tasks = [w.task for w in self._workers.values() if w.task is not None]
-        for worker in list(self._workers.values()):
-            worker.stop()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:

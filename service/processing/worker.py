@@ -1,17 +1,23 @@
-"""One aggregate's worker: a queue, one consumer task, a cached state.
+"""One aggregate's worker: its waiting commands, a cached state, and a task
+that runs while there is work.
 
 Commands for one aggregate run one at a time in arrival order; the worker
 keeps the aggregate it last saw, so a command on a warm aggregate reads
 nothing from the store. It survives handler errors (dropping the cache, which
-a failing handler may have left half-changed) and leaves when it has been
-idle for ``idle_timeout`` seconds, so memory follows the live set.
+a failing handler may have left half-changed).
+
+A worker has a task only while it has commands: the first command starts it,
+it drains the queue and ends. An idle worker is just its cached state (no
+task, no timer), which the router drops once it has been idle for the idle
+timeout, so memory follows the live set and the event loop carries nothing
+per idle aggregate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 
 from service.errors import ChronicleError, Overloaded, ValidationError, WrongExpectedVersion
@@ -29,67 +35,49 @@ class Job:
     reply: asyncio.Future[BatchResult]
 
 
-_STOP = None
 # Refusals decided on a state that is still exactly what the store holds.
 KEEPS_CACHE = (ValidationError, WrongExpectedVersion)
 
 
 class AggregateWorker:
-    def __init__(
-        self,
-        aggregate_id: str,
-        executor: CommandExecutor,
-        *,
-        queue_depth: int,
-        idle_timeout: float,
-        on_exit: Callable[[AggregateWorker], None],
-    ) -> None:
+    __slots__ = ("_cached", "_executor", "_jobs", "_queue_depth", "aggregate_id", "idle_since", "task")
+
+    def __init__(self, aggregate_id: str, executor: CommandExecutor, *, queue_depth: int) -> None:
         self.aggregate_id = aggregate_id
         self._executor = executor
-        # Unbounded underneath so the stop sentinel always fits; ``enqueue``
-        # enforces the bound on jobs.
-        self._queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self._jobs: deque[Job] = deque()
         self._queue_depth = queue_depth
-        self._idle_timeout = idle_timeout
-        self._on_exit = on_exit
         self._cached: Aggregate | None = None
         self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"aggregate:{self.aggregate_id}")
+        self.idle_since = 0.0
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Commands waiting (not counting the one running)."""
+        return len(self._jobs)
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None
 
     def enqueue(self, job: Job) -> None:
-        if self._queue.qsize() >= self._queue_depth:
+        if len(self._jobs) >= self._queue_depth:
             raise Overloaded(
                 f"aggregate {self.aggregate_id!r} has {self._queue_depth} commands waiting",
                 reason="AGGREGATE_QUEUE_FULL",
                 metadata={"aggregate_id": self.aggregate_id, "queue_depth": str(self._queue_depth)},
             )
-        self._queue.put_nowait(job)
+        self._jobs.append(job)
+        if self.task is None:
+            self.task = asyncio.create_task(self._drain(), name=f"aggregate:{self.aggregate_id}")
 
-    def stop(self) -> None:
-        """Finish what is queued, then exit. Does not wait."""
-        self._queue.put_nowait(_STOP)
-
-    async def _run(self) -> None:
+    async def _drain(self) -> None:
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self._idle_timeout):
-                        job = await self._queue.get()
-                except TimeoutError:
-                    if self._queue.empty():
-                        return  # idle: on_exit runs before anyone can enqueue again
-                    continue
-                if job is _STOP:
-                    return
-                await self._process(job)
+            while self._jobs:
+                await self._process(self._jobs.popleft())
         finally:
-            self._on_exit(self)
+            self.task = None
+            self.idle_since = asyncio.get_running_loop().time()
 
     async def _process(self, job: Job) -> None:
         if job.reply.done():  # the caller gave up before we started: do nothing

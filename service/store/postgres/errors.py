@@ -6,8 +6,8 @@ the store's methods stay free of ``except`` chains.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import psycopg
 from psycopg import errors as pg
@@ -48,23 +48,44 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def translation(error: BaseException, what: str) -> BaseException | None:
+    """What a database error means to Chronicle; None: not a database error
+    (let it through as it is)."""
+    if isinstance(error, ChronicleError):
+        return None
+    if isinstance(error, pg.UniqueViolation):
+        return UniqueViolation(error.diag.constraint_name or "")
+    if isinstance(error, psycopg.DataError):
+        # e.g. a NUL character, which PostgreSQL text cannot hold: such a
+        # value was never stored, and cannot be.
+        return InvalidInput(f"value not storable in PostgreSQL: {_first_line(error)}", reason="UNSTORABLE_VALUE")
+    if isinstance(error, _UNAVAILABLE):
+        return StoreUnavailable(f"PostgreSQL unavailable during {what}: {_first_line(error)}")
+    return None
+
+
 @asynccontextmanager
 async def translated(what: str) -> AsyncIterator[None]:
     """Run a store operation, mapping database errors to Chronicle's."""
     try:
         yield
-    except ChronicleError:
-        raise
-    except pg.UniqueViolation as error:
-        raise UniqueViolation(error.diag.constraint_name or "") from error
-    except psycopg.DataError as error:
-        # e.g. a NUL character, which PostgreSQL text cannot hold: such a
-        # value was never stored, and cannot be.
-        raise InvalidInput(
-            f"value not storable in PostgreSQL: {_first_line(error)}", reason="UNSTORABLE_VALUE"
-        ) from error
-    except _UNAVAILABLE as error:
-        raise StoreUnavailable(f"PostgreSQL unavailable during {what}: {_first_line(error)}") from error
+    except Exception as error:
+        translated_error = translation(error, what)
+        if translated_error is None:
+            raise
+        raise translated_error from error
+
+
+@contextmanager
+def translated_sync(what: str) -> Iterator[None]:
+    """``translated`` for the store's blocking side (see blocking.py)."""
+    try:
+        yield
+    except Exception as error:
+        translated_error = translation(error, what)
+        if translated_error is None:
+            raise
+        raise translated_error from error
 
 
 def _first_line(error: BaseException) -> str:

@@ -27,7 +27,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
@@ -37,6 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 from service.errors import ConcurrencyConflict, ConfigurationError, NotUnique, StoreUnavailable
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.notifier import CommitNotifier
+from service.store.postgres.blocking import BlockingSide, Work
 from service.store.postgres.errors import COMMANDS_KEY, EVENTS_VERSION_KEY, UniqueViolation, translated
 from service.store.postgres.group_commit import Append, GroupCommitter, write_batch
 from service.store.postgres.migrations import migrate
@@ -62,6 +63,7 @@ from service.store.records import (
 from service.store.serialization import load_rejection, rejection_dict
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Converted in SQL where that is cheaper than in Python: ids as text, times
 # as microseconds, and the usual empty metadata as NULL (no JSON to parse).
@@ -79,8 +81,8 @@ _COMMAND_COLUMNS = (
 
 _INSERT_COMMANDS = (
     "INSERT INTO chronicle.commands (" + _COMMAND_COLUMNS + ")"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::bigint[], %s::bigint[], %s::jsonb[],"
-    " %s::text[], %s::text[], %s::text[], %s::timestamptz[])"
+    " SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bytea[], %b::bigint[], %b::bigint[], %b::jsonb[],"
+    " %b::text[], %b::text[], %b::text[], %b::timestamptz[])"
 )
 _AUDIT_COLUMNS = "recorded_at, command_id, command_type, aggregate_id, principal, user_id, origin"
 _TAKE_POSITIONS = "UPDATE chronicle.log_head SET last_position = last_position + %s RETURNING last_position"
@@ -196,6 +198,12 @@ class PostgresStore:
     ) -> None:
         self._url = url
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
+        # A transaction stuck on the position lock, or a client that went
+        # away mid-transaction, must not stall every writer.
+        options = (
+            f"-c lock_timeout={int(lock_timeout * 1000)}"
+            f" -c idle_in_transaction_session_timeout={int(lock_timeout * 2000)}"
+        )
         self._pool = AsyncConnectionPool(
             url,
             min_size=1,
@@ -205,10 +213,7 @@ class PostgresStore:
             kwargs={
                 "autocommit": True,
                 "connect_timeout": max(1, int(connect_timeout)),
-                # A transaction stuck on the position lock, or a client that
-                # went away mid-transaction, must not stall every writer.
-                "options": f"-c lock_timeout={int(lock_timeout * 1000)}"
-                f" -c idle_in_transaction_session_timeout={int(lock_timeout * 2000)}",
+                "options": options,
             },
             name="chronicle",
             # The pool's reconnection backoff doubles without bound; give up
@@ -218,6 +223,11 @@ class PostgresStore:
             reconnect_timeout=connect_timeout,
         )
         self._connect_timeout = connect_timeout
+        # The hot paths (group commit, aggregate loads, log reads) run on
+        # psycopg's sync API in threads: a quarter of the CPU (blocking.py).
+        self._blocking = BlockingSide(
+            url, threads=max(2, min(4, pool_size // 2)), connect_timeout=connect_timeout, options=options
+        )
         self._schema_ready = asyncio.Event()
         self._schema_lock = asyncio.Lock()
         # Set when a call found the database unreachable, cleared by the next
@@ -233,6 +243,7 @@ class PostgresStore:
     async def open(self) -> None:
         _check_url(self._url)
         await self._pool.open(wait=False)
+        self._blocking.open()
         try:
             await self._ensure_schema()
         except StoreUnavailable as error:
@@ -262,6 +273,7 @@ class PostgresStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
         await self._pool.close()
+        await self._blocking.close()
 
     async def ping(self) -> None:
         async with self._connection("ping") as conn:
@@ -281,6 +293,18 @@ class PostgresStore:
             raise
         self._unreachable = False
 
+    async def _blocking_run(self, what: str, work: Work[T]) -> T:
+        """``work`` on the blocking side, with ``_connection``'s rules."""
+        if not self._schema_ready.is_set():
+            await self._ensure_schema()
+        try:
+            result = await self._blocking.run(what, work, fast=self._unreachable)
+        except StoreUnavailable:
+            self._unreachable = True
+            raise
+        self._unreachable = False
+        return result
+
     # -- writes ----------------------------------------------------------
 
     async def append(
@@ -299,8 +323,7 @@ class PostgresStore:
         return await self._group.append(Append(aggregate_id, events, expected_version, commands))
 
     async def _append_batch(self, batch: Sequence[Append]) -> list[list[RecordedEvent]]:
-        async with self._connection("append") as conn:
-            results = await write_batch(conn, batch, _INSERT_COMMANDS, _command_columns)
+        results = await self._blocking_run("append", lambda conn: write_batch(conn, batch))
         self._commits.notify(max(events[-1].position for events in results))
         return results
 
@@ -443,9 +466,7 @@ class PostgresStore:
         return None if row is None else _command(row)
 
     async def head(self, aggregate_id: str) -> AggregateHead | None:
-        async with self._connection("head") as conn:
-            cursor = await conn.execute(_HEAD, (aggregate_id,))
-            row = await cursor.fetchone()
+        row = await self._blocking_run("head", lambda conn: conn.execute(_HEAD, (aggregate_id,)).fetchone())
         return None if row is None else AggregateHead(row[0], row[1])
 
     async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
@@ -471,9 +492,9 @@ class PostgresStore:
             " ORDER BY position LIMIT %(limit)s)"
             " SELECT h.last_position, page.* FROM chronicle.log_head h LEFT JOIN page ON true ORDER BY page.position"
         )
-        async with self._connection("read_log") as conn:
-            cursor = await conn.execute(sql.encode(), params, binary=True)
-            rows = await cursor.fetchall()
+        rows = await self._blocking_run(
+            "read_log", lambda conn: conn.execute(sql.encode(), params, binary=True).fetchall()
+        )
         head = int(rows[0][0]) if rows else 0
         events = tuple(_event(row[1:]) for row in rows if row[1] is not None)
         scanned_to = events[-1].position if len(events) == limit else max(head, after_position)
@@ -587,10 +608,10 @@ class PostgresStore:
         if query.limit is not None:
             sql += " LIMIT %s"
             params.append(query.limit)
-        async with self._connection("read_aggregate") as conn:
-            # Binary results: payloads arrive as bytes, not as hex to decode.
-            cursor = await conn.execute(sql.encode(), params, binary=True)
-            rows = await cursor.fetchall()
+        # Binary results: payloads arrive as bytes, not as hex to decode.
+        rows = await self._blocking_run(
+            "read_aggregate", lambda conn: conn.execute(sql.encode(), params, binary=True).fetchall()
+        )
         return [_event(row) for row in rows]
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
@@ -633,9 +654,7 @@ class PostgresStore:
             sql += " AND version <= %s"
             params.append(at_most)
         sql += " ORDER BY version DESC LIMIT 1"
-        async with self._connection("load_snapshot") as conn:
-            cursor = await conn.execute(sql.encode(), params)
-            row = await cursor.fetchone()
+        row = await self._blocking_run("load_snapshot", lambda conn: conn.execute(sql.encode(), params).fetchone())
         if row is None:
             return None
         return Snapshot(row[0], row[1], row[2], row[3], row[4], bytes(row[5]))
