@@ -9,6 +9,12 @@
         except FailedPrecondition as refused:
             assert refused.reason == "INSUFFICIENT_FUNDS"
         account = await client.get_aggregate("acc-1", bank.Account)
+        then = await client.get_aggregate("acc-1", bank.Account, at_version=1)
+        batch = await client.submit_batch(
+            [Command("acc-2", bank.OpenAccount(owner="bob")), Command("acc-2", bank.Deposit(amount=5))]
+        )
+        async for result in client.submit_stream(Command("acc-2", bank.Deposit(amount=n)) for n in range(1, 6)):
+            result.result()  # the Submitted, or its RemoteError raised
         async for event in client.read("acc-1"):
             print(event.version, event.payload)
         async for event in client.subscribe(checkpoints=FileCheckpoints(Path("projector.pos"))):
@@ -22,6 +28,7 @@ retry never appends twice.
 
 from service.client.checkpoints import CheckpointStore, FileCheckpoints, MemoryCheckpoints
 from service.client.client import ChronicleClient
+from service.client.commands import Command
 from service.client.errors import (
     Aborted,
     AlreadyExists,
@@ -30,13 +37,14 @@ from service.client.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     RemoteError,
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
 )
-from service.client.results import AggregateState, Event, Submitted
+from service.client.results import AggregateState, Event, StreamResult, Submitted, SubmittedBatch
 from service.client.retry import NO_RETRIES, RetryPolicy
 from service.client.subscription import LogFilter, Subscription
 
@@ -47,6 +55,7 @@ __all__ = [
     "AlreadyExists",
     "CheckpointStore",
     "ChronicleClient",
+    "Command",
     "DeadlineExceeded",
     "Event",
     "FailedPrecondition",
@@ -56,11 +65,14 @@ __all__ = [
     "LogFilter",
     "MemoryCheckpoints",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "RemoteError",
     "ResourceExhausted",
     "RetryPolicy",
+    "StreamResult",
     "Submitted",
+    "SubmittedBatch",
     "Subscription",
     "Unauthenticated",
     "Unavailable",

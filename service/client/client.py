@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from chronicle.v1 import (
@@ -19,8 +18,10 @@ from chronicle.v1 import (
     event_service_pb2_grpc,
 )
 from service.client.checkpoints import CheckpointStore
-from service.client.results import AggregateState, Event, M, Submitted, unpack_as
+from service.client.commands import Command, new_command_id
+from service.client.results import AggregateState, Event, M, StreamResult, Submitted, SubmittedBatch, unpack_as
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
+from service.client.streaming import CommandStream, commands_of
 from service.client.subscription import LogFilter, Subscription
 
 DEFAULT_ATTEMPT_TIMEOUT = 10.0
@@ -124,31 +125,29 @@ class ChronicleClient:
         metadata: Mapping[str, str] | None = None,
         correlation_id: str = "",
         causation_id: str = "",
+        dry_run: bool = False,
     ) -> Submitted:
         """Run the command ``message`` on ``aggregate_id``; return what it did.
 
         ``expected_version``: 0 means the aggregate must not exist yet, N that
         it must be at version N (else ``FailedPrecondition``,
         WRONG_EXPECTED_VERSION). Pass ``command_id`` to make a retry across
-        restarts of *this* program safe too. Raises a ``RemoteError`` when
-        the command is refused or the retries are spent.
+        restarts of *this* program safe too. With ``dry_run`` the server
+        decides on the current state and writes nothing: the result says
+        what the command would append (``Submitted.dry_run``), and a refusal
+        is raised as it would be. Raises a ``RemoteError`` when the command
+        is refused or the retries are spent.
         """
-        payload = any_pb2.Any()
-        payload.Pack(message)
-        command = command_pb2.Command(
-            command_id=command_id or str(uuid.uuid4()),
-            aggregate_id=aggregate_id,
-            payload=payload,
-            user_id=self._user_id,
-            origin=self._origin,
-            metadata=dict(metadata or {}),
+        command = Command(
+            aggregate_id,
+            message,
+            expected_version=expected_version,
+            command_id=command_id or new_command_id(),
+            metadata=metadata or {},
             correlation_id=correlation_id,
             causation_id=causation_id,
         )
-        command.timestamp.GetCurrentTime()
-        if expected_version is not None:
-            command.expected_version = expected_version
-        request = command_service_pb2.SubmitRequest(command=command)
+        request = command_service_pb2.SubmitRequest(command=self._encode(command), dry_run=dry_run)
 
         async def attempt() -> command_service_pb2.SubmitResponse:
             response: command_service_pb2.SubmitResponse = await self._commands.Submit(
@@ -156,45 +155,148 @@ class ChronicleClient:
             )
             return response
 
-        what = f"submit {message.DESCRIPTOR.full_name} to {aggregate_id!r} (command {command.command_id})"
-        response = await call_with_retries(self._retry, what, attempt)
-        return Submitted(
-            command_id=command.command_id,
+        response = await call_with_retries(self._retry, f"submit {command.describe()}", attempt)
+        return Submitted.of(command.command_id, response, dry_run=dry_run)
+
+    async def submit_batch(self, commands: Sequence[Command], *, dry_run: bool = False) -> SubmittedBatch:
+        """Run ``commands`` (1 to 100, all for one aggregate) as one unit:
+        each sees the state the ones before it left, and all their events
+        are appended in one transaction, or none is.
+
+        A refusal of any command refuses the batch: the error's metadata
+        names it (``batch_index``, ``command_id``). A malformed batch is
+        ``InvalidArgument`` (EMPTY_BATCH, BATCH_TOO_LARGE, MIXED_AGGREGATES,
+        MIXED_AGGREGATE_TYPES, DUPLICATE_COMMAND_ID). Retried like
+        ``submit``, with the same command ids: a batch that ran comes back
+        whole (``replayed``). ``dry_run`` as for ``submit``.
+        """
+        request = command_service_pb2.SubmitBatchRequest(
+            commands=[self._encode(command) for command in commands], dry_run=dry_run
+        )
+
+        async def attempt() -> command_service_pb2.SubmitBatchResponse:
+            response: command_service_pb2.SubmitBatchResponse = await self._commands.SubmitBatch(
+                request, timeout=self._attempt_timeout, metadata=self._call_metadata
+            )
+            return response
+
+        where = repr(commands[0].aggregate_id) if commands else "nothing"
+        response = await call_with_retries(self._retry, f"submit a batch of {len(commands)} to {where}", attempt)
+        return SubmittedBatch(
             version=response.version,
             replayed=response.replayed,
-            events=tuple(Event.of(e) for e in response.events),
+            results=tuple(
+                Submitted.of(command.command_id, result, dry_run=dry_run)
+                for command, result in zip(commands, response.results, strict=True)
+            ),
+            dry_run=dry_run,
         )
+
+    def submit_stream(
+        self, commands: Iterable[Command] | AsyncIterable[Command], *, dry_run: bool = False
+    ) -> AsyncGenerator[StreamResult, None]:
+        """Run ``commands`` (for any aggregates) over one call and yield one
+        ``StreamResult`` per command, in the order taken, as results arrive.
+
+        Commands are taken from ``commands`` as the stream has room (at most
+        256 unanswered), so it may be an endless async generator. The server
+        runs commands for different aggregates concurrently and those for
+        one aggregate in the order sent. A refused command is a result with
+        ``error`` set (its ``RemoteError``), not the end of the stream; a
+        command refused with a code worth retrying (``Aborted``,
+        ``Unavailable``, ``ResourceExhausted`` with a ``retry_delay``) may be
+        submitted again with the same command id. A broken stream is
+        reopened and the unanswered commands sent again with their ids, so
+        none runs twice; when the retries are spent, the iteration raises
+        the stream's ``RemoteError``. An error raised by ``commands`` ends
+        the stream and is raised here; leaving the iteration early (``break``,
+        ``aclose()``) ends the call and stops taking commands.
+        """
+
+        def open_call() -> Any:
+            return self._commands.SubmitStream(metadata=self._call_metadata)  # a stream: no deadline
+
+        def encode(command: Command) -> command_service_pb2.SubmitRequest:
+            return command_service_pb2.SubmitRequest(command=self._encode(command), dry_run=dry_run)
+
+        stream = CommandStream(open_call, commands_of(commands), encode, retry=self._retry, dry_run=dry_run)
+        return stream.results()
+
+    def _encode(self, command: Command) -> command_pb2.Command:
+        return command.encode(user_id=self._user_id, origin=self._origin)
 
     async def read(
         self,
         aggregate_id: str,
         *,
-        from_version: int = 1,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
         event_types: Sequence[str] = (),
         origin: str = "",
     ) -> AsyncIterator[Event]:
-        """The aggregate's events in version order, from ``from_version``.
+        """The aggregate's events in version order from ``from_version``
+        (default 1), or with ``backwards`` newest first from ``from_version``
+        (default: the latest) down to version 1.
 
-        A stream broken by a retryable error is reopened after the last event
-        received, so no event is missed or repeated.
+        ``limit``: at most about this many events, for paging: a page never
+        ends between events that share a version (one stored event an
+        upcaster split), so it may hold a few more; ask for the next page
+        from the last version received + 1 (backwards: - 1); a page shorter
+        than ``limit`` is the last. A stream broken by a retryable error is
+        reopened where it broke, so no event is missed or repeated.
         """
-        cursor = from_version
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be at least 1 (or None: no limit), got {limit}")
+        # Where to reopen: at the last version received (events can share a
+        # version), skipping the ones of it already delivered.
+        cursor = from_version if from_version is not None else (0 if backwards else 1)
+        at_cursor = delivered = skip = 0
 
         def open_stream() -> Any:
+            nonlocal skip
+            skip = at_cursor
+            remaining = 0 if limit is None else limit - delivered + at_cursor
             request = event_service_pb2.ReadAggregateRequest(
-                aggregate_id=aggregate_id, from_version=cursor, event_types=event_types, origin=origin
+                aggregate_id=aggregate_id,
+                from_version=cursor,
+                event_types=event_types,
+                origin=origin,
+                limit=remaining,
+                backwards=backwards,
             )
             return self._events.ReadAggregate(request, timeout=self._attempt_timeout, metadata=self._call_metadata)
 
         async for envelope in resuming(self._retry, f"read {aggregate_id!r}", open_stream):
-            cursor = envelope.version + 1
+            if skip and envelope.version == cursor:
+                skip -= 1
+                continue
+            if envelope.version == cursor:
+                at_cursor += 1
+            else:
+                cursor, at_cursor = envelope.version, 1
+            delivered += 1
             yield Event.of(envelope)
 
     async def read_all(
-        self, aggregate_id: str, *, from_version: int = 1, event_types: Sequence[str] = (), origin: str = ""
+        self,
+        aggregate_id: str,
+        *,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+        event_types: Sequence[str] = (),
+        origin: str = "",
     ) -> list[Event]:
         """``read`` into a list."""
-        events = self.read(aggregate_id, from_version=from_version, event_types=event_types, origin=origin)
+        events = self.read(
+            aggregate_id,
+            from_version=from_version,
+            limit=limit,
+            backwards=backwards,
+            event_types=event_types,
+            origin=origin,
+        )
         return [event async for event in events]
 
     def subscribe(
@@ -231,11 +333,34 @@ class ChronicleClient:
             save_every=save_every,
         )
 
-    async def get_aggregate(self, aggregate_id: str, state_type: type[M]) -> AggregateState[M]:
-        """The aggregate's current state as a ``state_type`` message. Raises
-        ``NotFound`` (AGGREGATE_NOT_FOUND) if it has no events, TypeError if
-        its state is another message type."""
+    async def get_aggregate(
+        self,
+        aggregate_id: str,
+        state_type: type[M],
+        *,
+        at_version: int | None = None,
+        at_time: datetime | None = None,
+    ) -> AggregateState[M]:
+        """The aggregate's state as a ``state_type`` message: now, or right
+        after version ``at_version``, or as it was at ``at_time`` (a
+        timezone-aware datetime; the version current then is in the result).
+        At most one of the two.
+
+        Raises ``NotFound`` (AGGREGATE_NOT_FOUND) if it has no events (or had
+        none at ``at_time``), ``OutOfRange`` (VERSION_NOT_REACHED, metadata
+        ``current_version``) if it has not reached ``at_version``,
+        ``InvalidArgument`` (INVALID_VERSION) for an ``at_version`` of 0,
+        TypeError if its state is another message type.
+        """
+        if at_version is not None and at_time is not None:
+            raise ValueError("give at_version or at_time, not both")
         request = event_service_pb2.GetAggregateRequest(aggregate_id=aggregate_id)
+        if at_version is not None:
+            request.at_version = at_version
+        if at_time is not None:
+            if at_time.tzinfo is None:
+                raise ValueError("at_time must be timezone-aware (a naive datetime names no moment)")
+            request.at_time.FromDatetime(at_time)
 
         async def attempt() -> event_service_pb2.GetAggregateResponse:
             response: event_service_pb2.GetAggregateResponse = await self._events.GetAggregate(

@@ -12,6 +12,7 @@ ChronicleError`` catches them too::
         ├── InvalidArgument         the command or request is malformed, or a rule on its input
         ├── FailedPrecondition      a rule on the aggregate's state; WRONG_EXPECTED_VERSION
         ├── NotFound                the aggregate does not exist (and the command cannot create it)
+        ├── OutOfRange              a version the aggregate has not reached (VERSION_NOT_REACHED)
         ├── AlreadyExists           it exists; or COMMAND_ID_REUSED
         ├── Aborted                 concurrent writers kept conflicting (retried)
         ├── ResourceExhausted       a queue or limit is full (retried when the server says when)
@@ -30,6 +31,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from chronicle.v1 import command_service_pb2
 from service.errors import ChronicleError, FieldViolation
 
 
@@ -70,6 +72,10 @@ class NotFound(RemoteError):
     pass
 
 
+class OutOfRange(RemoteError):
+    pass
+
+
 class AlreadyExists(RemoteError):
     pass
 
@@ -107,6 +113,7 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[RemoteError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
@@ -139,4 +146,22 @@ def remote_error(error: grpc.aio.AioRpcError) -> RemoteError:
     cls = ERROR_BY_CODE.get(code, RemoteError)
     return cls(
         message, code=code, reason=reason, metadata=metadata, field_violations=violations, retry_delay=retry_delay
+    )
+
+
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def command_error(error: command_service_pb2.CommandError) -> RemoteError:
+    """The typed error for one refused command of a stream, which carries in
+    a ``CommandError`` what a unary call carries in its status."""
+    code = _CODE_BY_NUMBER.get(error.code, grpc.StatusCode.UNKNOWN)
+    cls = ERROR_BY_CODE.get(code, RemoteError)
+    return cls(
+        error.message or code.name,
+        code=code,
+        reason=error.reason or code.name,
+        metadata=dict(error.metadata),
+        field_violations=tuple(FieldViolation(v.field, v.description) for v in error.field_violations),
+        retry_delay=error.retry_after.ToTimedelta().total_seconds() if error.HasField("retry_after") else None,
     )

@@ -1,5 +1,5 @@
 """Typed views of what the server returns: events with their payloads
-decoded, a command's outcome, an aggregate's state."""
+decoded, a command's (or a batch's) outcome, an aggregate's state."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Generic, TypeVar
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
-from chronicle.v1 import event_pb2
+from chronicle.v1 import command_service_pb2, event_pb2
+from service.client.commands import Command
+from service.client.errors import RemoteError
 
 M = TypeVar("M", bound=Message)
 
@@ -76,17 +78,65 @@ class Event:
 class Submitted:
     """What a command did: the events it appended (maybe none), the
     aggregate's version after it, and whether this is the recorded result of
-    an earlier attempt (``replayed``)."""
+    an earlier attempt (``replayed``). With ``dry_run``, what it would have
+    done: the events were not stored (their position is 0, their ids are
+    never used) and the version is the one they would have led to."""
 
     command_id: str
     version: int
     replayed: bool
     events: tuple[Event, ...]
+    dry_run: bool = False
+
+    @classmethod
+    def of(cls, command_id: str, response: command_service_pb2.SubmitResponse, *, dry_run: bool) -> Submitted:
+        return cls(
+            command_id=command_id,
+            version=response.version,
+            replayed=response.replayed,
+            events=tuple(Event.of(e) for e in response.events),
+            dry_run=dry_run,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SubmittedBatch:
+    """What a batch did: one ``Submitted`` per command, in the order sent,
+    and the aggregate's version after the last. ``replayed``: every command
+    id had been processed before and these are the original results."""
+
+    version: int
+    replayed: bool
+    results: tuple[Submitted, ...]
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResult:
+    """The outcome of one command of ``submit_stream``: exactly one of
+    ``submitted`` (it ran, or had run: ``submitted.replayed``) and ``error``
+    (it was refused and nothing was written for it)."""
+
+    command: Command
+    submitted: Submitted | None
+    error: RemoteError | None
+
+    @property
+    def command_id(self) -> str:
+        return self.command.command_id
+
+    def result(self) -> Submitted:
+        """``submitted``, or raise ``error``."""
+        if self.error is not None:
+            raise self.error
+        assert self.submitted is not None
+        return self.submitted
 
 
 @dataclass(frozen=True, slots=True)
 class AggregateState(Generic[M]):
-    """An aggregate's current state and the version it reflects."""
+    """An aggregate's state (current, or as asked for) and the version it
+    reflects."""
 
     aggregate_id: str
     aggregate_type: str

@@ -1,0 +1,299 @@
+"""The Python client's dry runs, batches and command streams against a real
+server over a real socket: typed results, typed errors, and a broken stream
+resumed without running a command twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import pytest
+
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.app import start
+from service.client import (
+    ChronicleClient,
+    Command,
+    FailedPrecondition,
+    InvalidArgument,
+    RetryPolicy,
+    StreamResult,
+    Unavailable,
+)
+from service.store.base import EventStore
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import TEST_SETTINGS, running_server
+from tests.support.processes import free_port
+
+FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+
+
+@pytest.fixture
+async def address(store: EventStore) -> AsyncIterator[str]:
+    async with running_server(store) as (app, _):
+        yield app.address
+
+
+@pytest.fixture
+async def client(address: str) -> AsyncIterator[ChronicleClient]:
+    async with ChronicleClient.connect(address, origin="tests", retry=FAST) as connected:
+        yield connected
+
+
+async def collect(results: AsyncIterator[StreamResult]) -> list[StreamResult]:
+    async with asyncio.timeout(60):  # a broken build fails instead of hanging
+        return [result async for result in results]
+
+
+# -- dry runs ------------------------------------------------------------------
+
+
+async def test_a_dry_run_says_what_would_be_appended_and_writes_nothing(client: ChronicleClient) -> None:
+    await client.submit("acc-1", bank.OpenAccount(owner="ann"))
+    deposit = Command("acc-1", bank.Deposit(amount=5))
+    preview = await client.submit("acc-1", deposit.message, command_id=deposit.command_id, dry_run=True)
+    assert (preview.dry_run, preview.version, preview.replayed) == (True, 2, False)
+    assert [(e.version, e.position, e.payload) for e in preview.events] == [(2, 0, bank.MoneyDeposited(amount=5))]
+    assert [e.version for e in await client.read_all("acc-1")] == [1]
+    done = await client.submit("acc-1", deposit.message, command_id=deposit.command_id)  # the id is still free
+    assert (done.dry_run, done.replayed, done.version) == (False, False, 2)
+
+
+async def test_a_dry_run_is_refused_as_the_command_would_be(client: ChronicleClient) -> None:
+    await client.submit("acc-1", bank.OpenAccount(owner="ann"))
+    with pytest.raises(FailedPrecondition) as refused:
+        await client.submit("acc-1", bank.Withdraw(amount=5), dry_run=True)
+    assert refused.value.reason == "INSUFFICIENT_FUNDS"
+
+
+# -- batches -------------------------------------------------------------------
+
+
+async def test_a_batch_appends_every_command_and_returns_one_result_each(client: ChronicleClient) -> None:
+    commands = [Command("acc-1", bank.OpenAccount(owner="ann")), Command("acc-1", bank.Deposit(amount=30))]
+    batch = await client.submit_batch(commands)
+    assert (batch.version, batch.replayed, batch.dry_run) == (2, False, False)
+    assert [(r.command_id, r.version) for r in batch.results] == [
+        (commands[0].command_id, 1),
+        (commands[1].command_id, 2),
+    ]
+    assert [e.payload for r in batch.results for e in r.events] == [
+        bank.AccountOpened(owner="ann"),
+        bank.MoneyDeposited(amount=30),
+    ]
+    again = await client.submit_batch(commands)  # a retry, with the same command ids
+    assert again.replayed and all(r.replayed for r in again.results)
+    assert [e.version for e in await client.read_all("acc-1")] == [1, 2]
+
+
+async def test_a_refused_command_refuses_the_batch_and_is_named(client: ChronicleClient) -> None:
+    commands = [
+        Command("acc-1", bank.OpenAccount(owner="ann")),
+        Command("acc-1", bank.Deposit(amount=3)),
+        Command("acc-1", bank.Withdraw(amount=5)),
+    ]
+    with pytest.raises(FailedPrecondition) as refused:
+        await client.submit_batch(commands)
+    assert refused.value.reason == "INSUFFICIENT_FUNDS"
+    assert (refused.value.metadata["batch_index"], refused.value.metadata["command_id"]) == (
+        "2",
+        commands[2].command_id,
+    )
+    assert await client.read_all("acc-1") == []
+
+
+async def test_a_batch_for_two_aggregates_is_invalid(client: ChronicleClient) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        await client.submit_batch(
+            [Command("acc-1", bank.OpenAccount(owner="ann")), Command("acc-2", bank.OpenAccount(owner="bob"))]
+        )
+    assert refused.value.reason == "MIXED_AGGREGATES"
+    assert [v.field for v in refused.value.field_violations] == ["commands[1].aggregate_id"]
+
+
+async def test_a_dry_run_batch_writes_nothing(client: ChronicleClient) -> None:
+    batch = await client.submit_batch(
+        [Command("acc-1", bank.OpenAccount(owner="ann"), expected_version=0), Command("acc-1", bank.Deposit(amount=1))],
+        dry_run=True,
+    )
+    assert (batch.dry_run, batch.version) == (True, 2)
+    assert all(r.dry_run for r in batch.results)
+    assert await client.read_all("acc-1") == []
+
+
+# -- streams -------------------------------------------------------------------
+
+
+async def test_a_stream_answers_every_command_in_order_with_its_id(client: ChronicleClient) -> None:
+    commands = [Command(f"acc-{i}", bank.OpenAccount(owner="ann")) for i in range(10)]
+    commands += [Command(f"acc-{i % 10}", bank.Deposit(amount=i + 1)) for i in range(100)]
+    results = await collect(client.submit_stream(commands))
+    assert [r.command_id for r in results] == [c.command_id for c in commands]
+    assert [r.command for r in results] == commands
+    assert all(r.error is None for r in results)
+    for i in range(10):
+        versions = [r.result().version for r in results if r.command.aggregate_id == f"acc-{i}"]
+        assert versions == list(range(1, 12))  # one aggregate's commands ran in the order sent
+
+
+async def test_a_refused_command_is_a_typed_error_and_the_stream_goes_on(client: ChronicleClient) -> None:
+    commands = [
+        Command("acc-1", bank.OpenAccount(owner="ann")),
+        Command("acc-1", bank.Withdraw(amount=5)),
+        Command("acc-1", bank.Deposit(amount=-1)),
+        Command("acc-1", bank.Deposit(amount=7)),
+    ]
+    opened, overdrawn, malformed, deposited = await collect(client.submit_stream(commands))
+    assert isinstance(overdrawn.error, FailedPrecondition)
+    assert (overdrawn.error.code, overdrawn.error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")
+    assert overdrawn.error.metadata == {"balance": "0", "amount": "5"}
+    assert overdrawn.submitted is None
+    with pytest.raises(FailedPrecondition):
+        overdrawn.result()
+    assert isinstance(malformed.error, InvalidArgument)
+    assert [v.field for v in malformed.error.field_violations] == ["amount"]
+    assert (opened.result().version, deposited.result().version) == (1, 2)
+
+
+async def test_commands_can_come_from_a_generator_that_waits_for_results(client: ChronicleClient) -> None:
+    # Each command is made only once the one before was answered: the stream
+    # must not wait for the whole input before sending.
+    answered: asyncio.Queue[StreamResult] = asyncio.Queue()
+
+    async def one_after_another() -> AsyncIterator[Command]:
+        yield Command("acc-1", bank.OpenAccount(owner="ann"))
+        for amount in range(1, 6):
+            previous = await answered.get()
+            yield Command("acc-1", bank.Deposit(amount=amount), expected_version=previous.result().version)
+
+    results = []
+    async with asyncio.timeout(60):
+        async for result in client.submit_stream(one_after_another()):
+            results.append(result)
+            answered.put_nowait(result)
+    assert [r.result().version for r in results] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_dry_run_stream_writes_nothing(client: ChronicleClient) -> None:
+    results = await collect(client.submit_stream([Command("acc-1", bank.OpenAccount(owner="ann"))], dry_run=True))
+    assert [(r.result().dry_run, r.result().version) for r in results] == [(True, 1)]
+    assert await client.read_all("acc-1") == []
+
+
+async def test_an_error_raised_by_the_commands_ends_the_stream_and_is_raised(client: ChronicleClient) -> None:
+    async def failing() -> AsyncIterator[Command]:
+        yield Command("acc-1", bank.OpenAccount(owner="ann"))
+        raise LookupError("the producer failed")
+
+    with pytest.raises(LookupError, match="the producer failed"):
+        await collect(client.submit_stream(failing()))
+
+
+async def test_leaving_a_stream_early_ends_it_and_the_client_goes_on(client: ChronicleClient) -> None:
+    async def endless() -> AsyncIterator[Command]:
+        yield Command("acc-1", bank.OpenAccount(owner="ann"))
+        while True:
+            yield Command("acc-1", bank.Deposit(amount=1))
+
+    results = client.submit_stream(endless())
+    async with asyncio.timeout(60):
+        first = await anext(results)
+        await results.aclose()  # the call and the producer are stopped
+    assert first.result().version == 1
+    assert (await client.submit("acc-2", bank.OpenAccount(owner="bob"))).version == 1
+
+
+class BreakFirstCommandStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Records every request sent; the first SubmitStream call breaks
+    (UNAVAILABLE) after ``after`` results, as a dropped connection would."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.calls: list[list[Any]] = []
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        sent: list[Any] = []
+        self.calls.append(sent)
+
+        async def recorded() -> AsyncIterator[Any]:
+            async for request in request_iterator:
+                sent.append(request)
+                yield request
+
+        call = await continuation(details, recorded())
+        if len(self.calls) > 1:
+            return call
+
+        async def breaking() -> AsyncIterator[Any]:
+            received = 0
+            async for response in call:
+                yield response
+                received += 1
+                if received == self.after:
+                    call.cancel()
+                    raise grpc.aio.AioRpcError(
+                        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream broken (test)"
+                    )
+
+        return breaking()
+
+
+async def test_a_broken_stream_sends_the_unanswered_commands_again_and_none_runs_twice(address: str) -> None:
+    breaking = BreakFirstCommandStream(after=5)
+    commands = [Command(f"acc-{i}", bank.OpenAccount(owner="ann")) for i in range(4)]
+    commands += [Command(f"acc-{i % 4}", bank.Deposit(amount=1)) for i in range(40)]
+    channel = grpc.aio.insecure_channel(address, interceptors=[breaking])
+    async with ChronicleClient(channel, retry=FAST, owns_channel=True) as client:
+        results = await collect(client.submit_stream(commands))
+        histories = [await client.read_all(f"acc-{i}") for i in range(4)]
+    assert [r.command_id for r in results] == [c.command_id for c in commands]
+    assert all(r.error is None for r in results)
+    assert [len(h) for h in histories] == [11, 11, 11, 11]  # every command appended once
+    first, second = breaking.calls
+    answered = {c.command_id for c in commands[:5]}
+    resent = [r.command.command_id for r in second]
+    # The second call starts with what the first left unanswered, in order,
+    # and carries every later command; nothing answered is sent again.
+    assert resent == [c.command_id for c in commands[5:]]
+    assert answered.isdisjoint(resent)
+    assert [r.command.command_id for r in first][:5] == [c.command_id for c in commands[:5]]
+
+
+async def test_a_stream_gives_up_when_the_retries_are_spent(address: str) -> None:
+    channel = grpc.aio.insecure_channel(address, interceptors=[BreakFirstCommandStream(after=1)])
+    async with ChronicleClient(channel, retry=RetryPolicy(max_attempts=1), owns_channel=True) as client:
+        stream = client.submit_stream([Command(f"acc-{i}", bank.OpenAccount(owner="ann")) for i in range(2)])
+        with pytest.raises(Unavailable):
+            await collect(stream)
+
+
+async def test_a_stream_goes_on_through_a_server_restart() -> None:
+    """The server stops (the stream ends UNAVAILABLE) and another comes up
+    on the same address and store: the stream reopens there and goes on."""
+    store, listen = MemoryStore(), f"127.0.0.1:{free_port()}"
+    answered: asyncio.Queue[StreamResult] = asyncio.Queue()
+
+    async def one_after_another() -> AsyncIterator[Command]:
+        yield Command("acc-1", bank.OpenAccount(owner="ann"))
+        for _ in range(9):
+            await answered.get()
+            yield Command("acc-1", bank.Deposit(amount=1))
+
+    results: list[StreamResult] = []
+    server = await start(replace(TEST_SETTINGS, listen=listen), store=store)
+    try:
+        async with ChronicleClient.connect(listen, retry=FAST) as client, asyncio.timeout(60):
+            async for result in client.submit_stream(one_after_another()):
+                results.append(result)
+                if len(results) == 5:
+                    await server.stop(grace=1.0)
+                    server = await start(replace(TEST_SETTINGS, listen=listen), store=store)
+                answered.put_nowait(result)
+            events = await client.read_all("acc-1")
+    finally:
+        await server.stop(grace=0)
+    assert [r.result().version for r in results] == list(range(1, 11))
+    assert [e.version for e in events] == list(range(1, 11))
