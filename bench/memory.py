@@ -19,8 +19,9 @@ from chronicle.v1 import command_service_pb2_grpc as pb_grpc
 IDLE_TIMEOUT = 5.0
 
 
-async def _touch(address: str, count: int, in_flight: int = 256) -> int:
-    """One command to each of ``count`` new aggregates, over SubmitStream."""
+async def touch(address: str, count: int, *, prefix: str | None = None, in_flight: int = 256) -> int:
+    """One command to each of ``count`` aggregates (``prefix-0`` …, or new
+    ones), over SubmitStream."""
     payload = any_pb2.Any()
     payload.Pack(wrappers_pb2.UInt32Value(value=1))
     run = uuid.uuid4().hex[:6]
@@ -32,9 +33,8 @@ async def _touch(address: str, count: int, in_flight: int = 256) -> int:
         async def send() -> None:
             for i in range(count):
                 await window.acquire()
-                command = command_pb2.Command(
-                    command_id=str(uuid.uuid4()), aggregate_id=f"mem-{run}-{i}", payload=payload
-                )
+                aggregate_id = f"{prefix}-{i}" if prefix else f"mem-{run}-{i}"
+                command = command_pb2.Command(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, payload=payload)
                 await call.write(pb.SubmitRequest(command=command))
             await call.done_writing()
 
@@ -52,11 +52,11 @@ def memory_profile(database_url: str, aggregates: int = 100_000) -> dict[str, fl
     with chronicle(
         database_url, "--no-discover-plugins", "--plugin", "bench.plugin", "--idle-timeout", str(IDLE_TIMEOUT)
     ) as server:
-        asyncio.run(_touch(server.address, 2_000))  # warm every code path first
+        asyncio.run(touch(server.address, 2_000))  # warm every code path first
         time.sleep(IDLE_TIMEOUT * 2 + 2)
         before = rss_bytes(server.pid)
         start = time.perf_counter()
-        touched = asyncio.run(_touch(server.address, aggregates))
+        touched = asyncio.run(touch(server.address, aggregates))
         elapsed = time.perf_counter() - start
         with_them = rss_bytes(server.pid)
         time.sleep(IDLE_TIMEOUT * 2 + 5)

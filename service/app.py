@@ -219,6 +219,7 @@ async def start(
         health=health,
         max_message_bytes=settings.max_message_bytes,
         interceptors=interceptors,
+        reuse_port=settings.reuse_port,
     )
     metrics_server = None
     try:

@@ -317,6 +317,10 @@ def _serve(args: argparse.Namespace) -> int:
     from service.observability.logs import configure as configure_logging
 
     settings = load_settings(args, os.environ)
+    if settings.processes > 1:
+        from service.processes import serve_processes
+
+        return serve_processes(settings, sys.argv[1:])
     configure_logging(level=settings.log_level, json_format=settings.log_format == "json")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))

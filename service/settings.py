@@ -56,6 +56,12 @@ class Settings:
     poll_seconds: float = field(
         default=1.0, metadata={"help": "subscriptions look for new events at least this often (besides notifications)"}
     )
+    processes: int = field(
+        default=1, metadata={"help": "server processes sharing the listen port (SO_REUSEPORT), for more cores"}
+    )
+    reuse_port: bool = field(
+        default=False, metadata={"help": "bind with SO_REUSEPORT, so that several servers share one port"}
+    )
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text, or json: one object per line with command ids"})
@@ -107,6 +113,7 @@ class Settings:
             "conflict_retries",
             "db_pool_size",
             "keep_snapshots",
+            "processes",
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")

@@ -67,9 +67,13 @@ def type_name(packed: any_pb2.Any) -> str:
     return packed.type_url.rpartition("/")[2]
 
 
-def decode_command(command: command_pb2.Command, registry: Registry, *, field: str = "command") -> CommandRequest:
+def decode_command(
+    command: command_pb2.Command, registry: Registry, *, field: str = "command", principal: str = ""
+) -> CommandRequest:
     """A well-formed command bound to its handler; ``field`` names it in
-    refusals ("command", or "commands[3]" in a batch)."""
+    refusals ("command", or "commands[3]" in a batch). The caller acts as
+    ``principal`` (its authenticated name), and as that user unless the
+    command names another (which only an impersonation grant allows)."""
     try:
         command_id = str(uuid.UUID(command.command_id))
     except ValueError:
@@ -100,7 +104,8 @@ def decode_command(command: command_pb2.Command, registry: Registry, *, field: s
         aggregate_id=aggregate_id,
         spec=spec,
         message=message,
-        user_id=_check_text(f"{field}.user_id", command.user_id),
+        user_id=_check_text(f"{field}.user_id", command.user_id) or principal,
+        principal=principal,
         origin=_check_text(f"{field}.origin", command.origin),
         correlation_id=_check_text(f"{field}.correlation_id", command.correlation_id),
         causation_id=_check_text(f"{field}.causation_id", command.causation_id),

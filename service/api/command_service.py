@@ -48,11 +48,10 @@ class CommandService(pb_grpc.CommandServiceServicer):
         try:
             if not request.HasField("command"):
                 raise InvalidInput.for_field("command", "is required", reason="MISSING_COMMAND")
-            command = decode_command(request.command, self._registry)
+            command = decode_command(request.command, self._registry, principal=principal.name)
         except ChronicleError as error:
             await self._audit.refused(_refusal(request, principal, error))
             raise
-        command = _as_principal(command, principal)
         if request.dry_run:
             batch = await self._pipeline.submit_batch(CommandBatch((command,), dry_run=True), principal)
             return _response(batch.results[0])

@@ -31,13 +31,15 @@ def build_server(
     health: Health,
     max_message_bytes: int,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    reuse_port: bool = False,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            # Off unless asked: two servers must not share a port by mistake.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     command_service_pb2_grpc.add_CommandServiceServicer_to_server(commands, server)

@@ -48,6 +48,8 @@ async def test_a_conflicting_append_falls_back_alone_and_its_batch_mates_commit(
     assert all(not isinstance(o, BaseException) for o in outcomes[:30])
     assert isinstance(outcomes[30], ConcurrencyConflict)
     assert isinstance(outcomes[31], CommandAlreadyRecorded)
-    assert store._group.fallbacks >= 1
+    # only the recorded command id needed the one-by-one path: the stale
+    # append was told apart in one read, and its batch-mates re-batched
+    assert store._group.fallbacks == 1
     assert [e.version for e in await store.read_aggregate("hot")] == [1]
     assert [e.version for e in await store.read_aggregate("dup")] == [1]

@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 
+from service.errors import ConcurrencyConflict
 from service.store.records import CommandRecord, NewEvent, RecordedEvent
 from service.store.serialization import rejection_dict
 
@@ -162,7 +163,7 @@ def recorded(batch: Sequence[Append], first_position: int) -> list[list[Recorded
     return result
 
 
-WriteBatch = Callable[[Sequence[Append]], Awaitable[list[list[RecordedEvent]]]]
+WriteBatch = Callable[[Sequence[Append]], Awaitable[list["Outcome"]]]
 WriteOne = Callable[[Append], Awaitable[list[RecordedEvent]]]
 
 
@@ -220,39 +221,99 @@ class GroupCommitter:
             self._active -= 1
 
     async def _write(self, batch: list[tuple[Append, asyncio.Future[list[RecordedEvent]]]]) -> None:
-        # A batch of one takes this path too: the batch statements are the
+        # A batch of one takes this path too: the batch statement is the
         # cheapest way to write, alone or not.
         try:
-            results = await self._write_batch([append for append, _ in batch])
-        except BatchRefused:
-            self.fallbacks += 1
+            outcomes = await self._write_batch([append for append, _ in batch])
         except Exception as error:  # the store is gone: every append of the batch fails alike
             for _, reply in batch:
                 if not reply.done():
                     reply.set_exception(error)
             return
-        else:
-            self.batches += 1
-            self.batched_appends += len(batch)
-            for (_, reply), result in zip(batch, results, strict=True):
-                if not reply.done():
-                    reply.set_result(result)
-            return
-        for append, reply in batch:
-            try:
-                result = await self._write_one(append)
-            except Exception as error:
-                if not reply.done():
-                    reply.set_exception(error)
-            else:
-                if not reply.done():
-                    reply.set_result(result)
+        self.batches += 1
+        self.batched_appends += len(batch)
+        for (append, reply), outcome in zip(batch, outcomes, strict=True):
+            if outcome is ALONE:
+                # Only the precise path can say what is wrong with it (a
+                # command id already recorded: which record? a value the
+                # database cannot store: which?).
+                self.fallbacks += 1
+                try:
+                    outcome = await self._write_one(append)
+                except Exception as error:
+                    outcome = error
+            if reply.done():
+                continue
+            if isinstance(outcome, BaseException):
+                reply.set_exception(outcome)
+            elif isinstance(outcome, list):
+                reply.set_result(outcome)
 
 
-def write_batch(conn: psycopg.Connection[Any], batch: Sequence[Append]) -> list[list[RecordedEvent]]:
-    """Write ``batch`` with one statement on ``conn`` (the store's blocking
-    side: this runs on a thread); ``BatchRefused``, with nothing written, if
-    any of its appends would fail."""
+class _Alone:
+    """Outcome of an append that must be written again on its own."""
+
+
+ALONE = _Alone()
+Outcome = list[RecordedEvent] | BaseException | _Alone
+
+# Why a batch statement refused itself: where each aggregate stands, and
+# which command ids are recorded already. One round trip, read only.
+DIAGNOSE = (
+    "SELECT a.id, coalesce((SELECT max(version) FROM chronicle.events e WHERE e.aggregate_id = a.id), 0)"
+    " FROM unnest(%(aggregates)s::text[]) AS a(id)"
+    " UNION ALL SELECT command_id, -1 FROM chronicle.commands WHERE command_id = ANY(%(commands)s::text[])"
+)
+
+
+def write_batch(conn: psycopg.Connection[Any], batch: Sequence[Append]) -> list[Outcome]:
+    """Write ``batch`` on ``conn`` (the store's blocking side: this runs on a
+    thread); one outcome per append: its events as committed, the
+    ``ConcurrencyConflict`` it met, or ``ALONE``.
+
+    The happy path is one statement. When it refuses itself (an aggregate
+    moved on, a command id recorded already), one read says which appends
+    are at fault: the stale ones fail with ``ConcurrencyConflict`` (their
+    executor reloads and decides again), those with a recorded command id
+    go ``ALONE`` to the precise path, and the rest are tried again as a
+    batch. So a conflict costs its batch-mates two statements, not one
+    transaction each; replicas that share aggregates depend on that.
+    """
+    outcomes: dict[int, Outcome] = {}
+    pending = list(range(len(batch)))
+    for _ in range(3):
+        chosen = [batch[i] for i in pending]
+        try:
+            for i, events in zip(pending, _write_once(conn, chosen), strict=True):
+                outcomes[i] = events
+            pending = []
+            break
+        except psycopg.DataError:
+            break  # a value PostgreSQL cannot store: the precise path names it
+        except BatchRefused:
+            current, recorded_ids = _diagnose(conn, chosen)
+            still = []
+            for i in pending:
+                append = batch[i]
+                if any(c.command_id in recorded_ids for c in append.commands):
+                    outcomes[i] = ALONE
+                elif current.get(append.aggregate_id, 0) != append.expected_version:
+                    outcomes[i] = ConcurrencyConflict(
+                        append.aggregate_id, append.expected_version, current=current.get(append.aggregate_id, 0)
+                    )
+                else:
+                    still.append(i)
+            if still == pending:
+                break  # nothing to blame (a race with another replica): each goes alone
+            pending = still
+    for i in pending:
+        outcomes[i] = ALONE
+    return [outcomes[i] for i in range(len(batch))]
+
+
+def _write_once(conn: psycopg.Connection[Any], batch: Sequence[Append]) -> list[list[RecordedEvent]]:
+    if not batch:
+        return []
     commands = [command for append in batch for command in append.commands]
     params = {
         "commands": commands_json(commands),
@@ -262,9 +323,21 @@ def write_batch(conn: psycopg.Connection[Any], batch: Sequence[Append]) -> list[
     try:
         row = conn.execute(APPEND_BATCH, params).fetchone()
     except psycopg.Error as error:
-        if isinstance(error, psycopg.errors.UniqueViolation | psycopg.DataError) or error.sqlstate == REFUSED_BATCH:
-            # Which append is at fault, and how, is for the precise path to say.
+        if isinstance(error, psycopg.errors.UniqueViolation) or error.sqlstate == REFUSED_BATCH:
             raise BatchRefused(str(error)) from error
         raise
     assert row is not None
     return recorded(batch, int(row[0]))
+
+
+def _diagnose(conn: psycopg.Connection[Any], batch: Sequence[Append]) -> tuple[dict[str, int], set[str]]:
+    rows = conn.execute(
+        DIAGNOSE,
+        {
+            "aggregates": [a.aggregate_id for a in batch],
+            "commands": [c.command_id for a in batch for c in a.commands],
+        },
+    ).fetchall()
+    current = {row[0]: int(row[1]) for row in rows if row[1] >= 0}
+    recorded_ids = {row[0] for row in rows if row[1] < 0}
+    return current, recorded_ids

@@ -39,7 +39,7 @@ from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuer
 from service.store.notifier import CommitNotifier
 from service.store.postgres.blocking import BlockingSide, Work
 from service.store.postgres.errors import COMMANDS_KEY, EVENTS_VERSION_KEY, UniqueViolation, translated
-from service.store.postgres.group_commit import Append, GroupCommitter, write_batch
+from service.store.postgres.group_commit import Append, GroupCommitter, Outcome, write_batch
 from service.store.postgres.migrations import migrate
 from service.store.records import (
     ACCEPTED,
@@ -322,10 +322,12 @@ class PostgresStore:
             return await self._append_one(aggregate_id, events, expected_version, commands=commands, claims=claims)
         return await self._group.append(Append(aggregate_id, events, expected_version, commands))
 
-    async def _append_batch(self, batch: Sequence[Append]) -> list[list[RecordedEvent]]:
-        results = await self._blocking_run("append", lambda conn: write_batch(conn, batch))
-        self._commits.notify(max(events[-1].position for events in results))
-        return results
+    async def _append_batch(self, batch: Sequence[Append]) -> list[Outcome]:
+        outcomes = await self._blocking_run("append", lambda conn: write_batch(conn, batch))
+        written = [o[-1].position for o in outcomes if isinstance(o, list) and o]
+        if written:
+            self._commits.notify(max(written))
+        return outcomes
 
     async def _append_alone(self, append: Append) -> list[RecordedEvent]:
         return await self._append_one(

@@ -1,0 +1,97 @@
+"""Several server processes on one port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from tests.support.grpc_client import command, connect
+from tests.support.processes import free_port, wait_until_serving
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _serve(address: str, database_url: str, *extra: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "service", "serve", "--listen", address, "--database-url", database_url, *extra]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def test_two_processes_share_one_port_and_stop_together(postgres_url: str) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    parent = _serve(address, postgres_url, "--processes", "2")
+    try:
+        wait_until_serving(address)
+        assert len(_children(parent.pid)) == 2
+        # New connections land on either process; every command is served.
+        for i in range(20):
+            async with connect(address) as client:
+                response = await client.submit(command(f"acc-{i}", bank.OpenAccount(owner="ann")))
+                assert response.version == 1
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(30) == 0
+        assert _children(parent.pid) == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
+def test_several_processes_need_a_fixed_port() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "memory://",
+            "--processes",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "fixed port" in result.stderr
+
+
+def test_without_reuse_port_a_second_server_cannot_take_the_port() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--listen", address, "--database-url", "memory://"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_serving(address)
+        second = subprocess.run(
+            [sys.executable, "-m", "service", "serve", "--listen", address, "--database-url", "memory://"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode != 0
+        assert "cannot listen" in second.stderr
+    finally:
+        first.terminate()
+        first.wait(20)
