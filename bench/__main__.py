@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             # still 10 % of the load).
             for count in aggregate_counts:
                 asyncio.run(memory.touch(server.address, count, prefix="agg"))
+            servers.settle(database_url)
             results["unary"] = [
                 measure(load.LoadSpec(server.address, "unary", c, seconds, aggregates=n), server.pid, postmaster)
                 for n in aggregate_counts

@@ -107,3 +107,13 @@ def postgres() -> Iterator[tuple[Cluster, str]]:
 def postmaster_pid(cluster: Cluster) -> int:
     assert cluster.datadir is not None
     return int((cluster.datadir / "postmaster.pid").read_text().splitlines()[0])
+
+
+def settle(database_url: str) -> None:
+    """Vacuum, analyse and checkpoint, so that the background work a bulk
+    load leaves behind does not land in the next measurement."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")

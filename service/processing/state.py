@@ -82,8 +82,7 @@ class AggregateLoader:
         if events and events[0].aggregate_type != aggregate_type.name:
             raise AggregateTypeMismatch(aggregate_id, events[0].aggregate_type, aggregate_type.name)
         if events:
-            current = (c for e in events for c in self.reader.decode(e))
-            state = apply_messages(aggregate_type, state, ((c.spec, c.message) for c in current))
+            state = apply_messages(aggregate_type, state, self.reader.messages(events))
             version = events[-1].version
         return Aggregate(aggregate_id, aggregate_type, version, state)
 
