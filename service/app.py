@@ -2,8 +2,10 @@
 
 The only place that wires concrete parts together. ``Application`` owns
 their lifecycle: ``start`` opens the store and binds the port, ``stop``
-drains in order (health NOT_SERVING first, then in-flight RPCs, then
-workers, then the store).
+drains in order (health NOT_SERVING first, and new calls still served for
+``shutdown_drain`` seconds so that load balancers see it; then new calls
+refused while in-flight RPCs get ``shutdown_grace``; then workers, then the
+store).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grpc
 
 from service.api.admin_service import AdminService
 from service.api.command_service import CommandService, audit_refused_rpc
+from service.api.decoding import RequestDecoding
 from service.api.event_service import EventService
 from service.api.health import Health, StoreMonitor
 from service.api.interceptors import Authentication, ConcurrencyLimit, refused_rpc_hooks
@@ -105,13 +108,19 @@ class Application:
         host = self.settings.listen.rpartition(":")[0]
         return f"{host}:{self.port}"
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, *, drain: float | None = None) -> None:
         grace = self.settings.shutdown_grace if grace is None else grace
+        drain = self.settings.shutdown_drain if drain is None else drain
         await self.monitor.stop()
         if self.lag_sampler is not None:
             await self.lag_sampler.stop()
         await self.health.set(False)
         self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
+        # gRPC's stop refuses new calls at once. A load balancer that polls
+        # health would never see NOT_SERVING, only a server that is gone, and
+        # health watchers might hear of it after their calls were refused;
+        # so keep serving a moment while health says we are leaving.
+        await asyncio.sleep(drain)
         await self.server.stop(grace)
         await self.router.close(grace=grace)
         await self.projections.stop()  # an uncommitted batch is simply applied again later
@@ -197,6 +206,9 @@ async def start(
     interceptors.append(limit)
     if authenticator is not None:
         interceptors.append(Authentication(authenticator, on_refused=on_refused))
+    # Innermost: a request that does not parse is refused after the limits
+    # and authentication, as INVALID_ARGUMENT rather than gRPC's UNKNOWN.
+    interceptors.append(RequestDecoding(on_refused=on_refused))
     health = Health()
     tracker = SubscriptionTracker()
     subscriptions = Subscriptions(

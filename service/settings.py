@@ -62,6 +62,10 @@ class Settings:
     reuse_port: bool = field(
         default=False, metadata={"help": "bind with SO_REUSEPORT, so that several servers share one port"}
     )
+    shutdown_drain: float = field(
+        default=1.0,
+        metadata={"help": "seconds between reporting NOT_SERVING and refusing new calls on shutdown"},
+    )
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text, or json: one object per line with command ids"})
@@ -119,6 +123,7 @@ class Settings:
                 raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
         durations = (
             self.checkpoint_seconds,
+            self.shutdown_drain,
             self.shutdown_grace,
             self.snapshot_every,
             self.slow_handler_seconds,

@@ -222,7 +222,9 @@ class Scenario:
         aggregate_id = self.aggregate_id
         async with AsyncExitStack() as stack:
             if address is None:
-                settings = Settings(listen="127.0.0.1:0", discover_plugins=False, shutdown_grace=0.5)
+                settings = Settings(
+                    listen="127.0.0.1:0", discover_plugins=False, shutdown_grace=0.5, shutdown_drain=0.0
+                )
                 app = await start(settings, store=await self._seeded_store(), registry=self.registry)
                 stack.push_async_callback(app.stop, 0.5)
                 address = app.address

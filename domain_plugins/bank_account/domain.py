@@ -15,6 +15,12 @@ from service.plugins import (
 plugin = Plugin("bank_account", description="Bank accounts: the example every test and client may rely on.")
 account = plugin.aggregate("Account", state=bank.Account, snapshot_every=100)
 
+# The most an account may hold. Balances are int64: without a limit a deposit
+# could be accepted whose event no apply function can apply (the account
+# would answer every later command with an internal error), and the owners'
+# sums in the read model would overflow long before that.
+MAX_BALANCE = 10**15
+
 
 def _require_open(state: bank.Account, context: CommandContext) -> None:
     if context.is_new:
@@ -41,6 +47,12 @@ def open_account(command: bank.OpenAccount, state: bank.Account, context: Comman
 def deposit(command: bank.Deposit, state: bank.Account, context: CommandContext) -> bank.MoneyDeposited:
     _require_positive(command.amount)
     _require_open(state, context)
+    if command.amount > MAX_BALANCE - state.balance:
+        raise ValidationError(
+            f"cannot deposit {command.amount}: the balance {state.balance} would exceed {MAX_BALANCE}",
+            reason="BALANCE_LIMIT",
+            metadata={"balance": str(state.balance), "amount": str(command.amount), "limit": str(MAX_BALANCE)},
+        )
     return bank.MoneyDeposited(amount=command.amount)
 
 

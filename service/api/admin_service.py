@@ -13,7 +13,7 @@ import grpc
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
 from service.api import guard
-from service.api.codec import check_id, timestamp
+from service.api.codec import check_id, micros_of, timestamp
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, NotEncrypted
 from service.security.encryption import Keyring
@@ -52,11 +52,13 @@ class AdminService(pb_grpc.AdminServiceServicer):
             aggregate_id=check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
             if request.aggregate_id
             else None,
-            principal=request.principal or None,
-            command_id=request.command_id or None,
+            principal=check_id("principal", request.principal, reason="INVALID_FILTER") if request.principal else None,
+            command_id=check_id("command_id", request.command_id, reason="INVALID_FILTER")
+            if request.command_id
+            else None,
             outcome=_OUTCOMES.get(request.outcome),
-            since_us=_micros(request.since) if request.HasField("since") else None,
-            until_us=_micros(request.until) if request.HasField("until") else None,
+            since_us=micros_of(request.since, "since") if request.HasField("since") else None,
+            until_us=micros_of(request.until, "until") if request.HasField("until") else None,
             limit=request.limit or 100,
         )
         entries = await self._audit.query(query)
@@ -104,10 +106,6 @@ class AdminService(pb_grpc.AdminServiceServicer):
             raise
         if record_success:
             await self._audit.admin_action(action, principal=principal, aggregate_id=aggregate_id)
-
-
-def _micros(value: Any) -> int:
-    return int(value.seconds) * 1_000_000 + int(value.nanos) // 1000
 
 
 def _entry(entry: AuditEntry) -> pb.AuditEntry:

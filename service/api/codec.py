@@ -23,6 +23,10 @@ MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY = 128
 MAX_METADATA_VALUE = 4096
 MAX_BATCH_COMMANDS = 100
+MAX_FILTER_ENTRIES = 100
+# Versions and positions are uint64 on the wire but signed 64-bit in every
+# store: no aggregate or log can ever get beyond this.
+MAX_VERSION = 2**63 - 1
 
 
 def _printable(value: str) -> bool:
@@ -38,6 +42,20 @@ def check_id(field: str, value: str, *, reason: str) -> str:
     if not _printable(value):
         raise InvalidInput.for_field(field, "must not contain control characters", reason=reason)
     return value
+
+
+def check_version(field: str, value: int, *, reason: str = "INVALID_VERSION") -> int:
+    """A version or position asked for: at most ``MAX_VERSION``."""
+    if value > MAX_VERSION:
+        raise InvalidInput.for_field(field, f"must be at most {MAX_VERSION}", reason=reason)
+    return value
+
+
+def check_names(field: str, values: Sequence[str], *, reason: str) -> list[str]:
+    """A list filter: at most ``MAX_FILTER_ENTRIES`` identifiers."""
+    if len(values) > MAX_FILTER_ENTRIES:
+        raise InvalidInput.for_field(field, f"at most {MAX_FILTER_ENTRIES} entries", reason=reason)
+    return [check_id(f"{field}[{index}]", value, reason=reason) for index, value in enumerate(values)]
 
 
 def _check_text(field: str, value: str) -> str:

@@ -12,7 +12,7 @@ from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as pb
 from chronicle.v1 import event_service_pb2_grpc as pb_grpc
 from service.api import guard
-from service.api.codec import TYPE_URL_PREFIX, check_id, encode_event, micros_of
+from service.api.codec import TYPE_URL_PREFIX, check_id, check_names, check_version, encode_event, micros_of
 from service.api.subscribe import decode_subscribe, encode_item, restrict_to_permitted
 from service.errors import InvalidInput
 from service.observability.subscriptions import SubscriptionTracker
@@ -72,11 +72,11 @@ class EventService(pb_grpc.EventServiceServicer):
         aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
         await self._check_read(aggregate_id)
         wanted = EventRange(
-            start=request.from_version,
+            start=check_version("from_version", request.from_version),
             backwards=request.backwards,
             limit=request.limit or None,
-            origin=request.origin or None,
-            event_types=frozenset(request.event_types),
+            origin=check_id("origin", request.origin, reason="INVALID_FILTER") if request.origin else None,
+            event_types=frozenset(check_names("event_types", request.event_types, reason="INVALID_FILTER")),
         )
         async for event in self._history.events(aggregate_id, wanted):
             yield encode_event(event)
@@ -91,6 +91,7 @@ class EventService(pb_grpc.EventServiceServicer):
         if at == "at_version":
             if request.at_version < 1:
                 raise InvalidInput.for_field("at_version", "must be 1 or more", reason="INVALID_VERSION")
+            check_version("at_version", request.at_version)
             aggregate = await self._history.state(aggregate_id, at_version=request.at_version)
         elif at == "at_time":
             micros = micros_of(request.at_time, "at_time")

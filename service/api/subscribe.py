@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from chronicle.v1 import event_service_pb2 as pb
-from service.api.codec import check_id, encode_event
+from service.api.codec import check_id, check_names, encode_event
 from service.errors import FieldViolation, InvalidInput
 from service.plugins.registry import Registry
 from service.processing.subscriptions import CaughtUp, Checkpoint, SubscriptionItem, SubscriptionRequest
@@ -15,15 +15,9 @@ from service.security.policy import Authorizer
 from service.security.principal import Principal
 from service.store.records import LogFilter
 
-MAX_FILTER_ENTRIES = 100
-
 
 def _names(field: str, values: Iterable[str], known: frozenset[str], what: str) -> frozenset[str]:
-    names = list(values)
-    if len(names) > MAX_FILTER_ENTRIES:
-        raise InvalidInput.for_field(field, f"at most {MAX_FILTER_ENTRIES} entries", reason="INVALID_FILTER")
-    for index, name in enumerate(names):
-        check_id(f"{field}[{index}]", name, reason="INVALID_FILTER")
+    names = check_names(field, list(values), reason="INVALID_FILTER")
     unknown = sorted(set(names) - known)
     if unknown:
         # A typo would otherwise be a subscription that silently never matches.

@@ -81,6 +81,16 @@ def details_of(error: grpc.aio.AioRpcError) -> ErrorDetails:
     return ErrorDetails(error.code(), error.details() or "", reason, metadata, fields, retry)
 
 
+def reason_of(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason of a failed call (sync or asyncio), "" if none."""
+    status = rpc_status.from_call(error)
+    info = error_details_pb2.ErrorInfo()
+    for detail in status.details if status is not None else []:
+        if detail.Unpack(info):
+            return str(info.reason)
+    return ""
+
+
 @dataclass
 class Client:
     channel: grpc.aio.Channel
@@ -119,7 +129,7 @@ async def connect(
         )
 
 
-TEST_SETTINGS = Settings(listen="127.0.0.1:0", discover_plugins=True, shutdown_grace=1.0)
+TEST_SETTINGS = Settings(listen="127.0.0.1:0", discover_plugins=True, shutdown_grace=1.0, shutdown_drain=0.0)
 
 
 @asynccontextmanager

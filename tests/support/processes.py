@@ -29,9 +29,8 @@ def wait_until_serving(address: str, timeout: float = 20.0, process: subprocess.
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
-                raise RuntimeError(
-                    f"server exited with {process.returncode}: {process.stdout and process.stdout.read()}"
-                )
+                output = process.stdout.read() if process.stdout else "(see its log)"
+                raise RuntimeError(f"server exited with {process.returncode}: {output}")
             try:
                 response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if response.status == health_pb2.HealthCheckResponse.SERVING:
@@ -51,6 +50,103 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a process holds: resident memory and open file descriptors."""
+
+    rss_bytes: int
+    open_fds: int
+
+
+def footprint(pid: int) -> Footprint:
+    """Read from /proc (Linux), as an operator's tools would."""
+    with open(f"/proc/{pid}/status") as status:
+        rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return Footprint(rss_bytes=rss_kib * 1024, open_fds=len(os.listdir(f"/proc/{pid}/fd")))
+
+
+class Replica:
+    """A server process that a test may kill and start again on the same
+    port, so that its clients' channels reconnect to the new process.
+
+    Its output goes to ``log_path`` (appended across restarts), not to a
+    pipe: a pipe nobody reads fills up under a long run and blocks the
+    server's logging, which is a fault of the test, not of the server.
+    """
+
+    def __init__(
+        self, database_url: str, *, log_path: Path, extra: Sequence[str] = (), port: int | None = None
+    ) -> None:
+        self.database_url = database_url
+        self.address = f"127.0.0.1:{port or free_port()}"
+        self.log_path = log_path
+        self._extra = list(extra)
+        self._process: subprocess.Popen[str] | None = None
+        self.starts = 0
+
+    @property
+    def process(self) -> subprocess.Popen[str]:
+        assert self._process is not None, "not started"
+        return self._process
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, *, wait: bool = True, timeout: float = 30.0) -> None:
+        """Start the process; with ``wait``, return once it reports SERVING."""
+        assert not self.running, "already running"
+        command = [
+            sys.executable, "-m", "service", "serve",
+            "--listen", self.address, "--database-url", self.database_url, *self._extra,
+        ]  # fmt: skip
+        with self.log_path.open("a") as log:
+            log.write(f"--- start {self.starts + 1}: {' '.join(command)}\n")
+            log.flush()
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+        self.starts += 1
+        if wait:
+            self.wait_until_serving(timeout)
+
+    def wait_until_serving(self, timeout: float = 30.0) -> None:
+        try:
+            wait_until_serving(self.address, timeout=timeout, process=self.process)
+        except (RuntimeError, TimeoutError) as error:
+            raise RuntimeError(f"{error}; server log:\n{self.log_tail()}") from error
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send ``sig`` and wait for the process to exit; return its code."""
+        process = self.process
+        if process.poll() is None:
+            process.send_signal(sig)
+        return process.wait(timeout)
+
+    def footprint(self) -> Footprint:
+        return footprint(self.process.pid)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def close(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(10)
+
+
+@contextmanager
+def replica(database_url: str, *, log_path: Path, extra: Sequence[str] = (), wait: bool = True) -> Iterator[Replica]:
+    """A started ``Replica``, killed at the end whatever happened."""
+    server = Replica(database_url, log_path=log_path, extra=extra)
+    try:
+        server.start(wait=wait)
+        yield server
+    finally:
+        server.close()
 
 
 @contextmanager

@@ -56,6 +56,7 @@ def test_flags_win_over_environment_variables() -> None:
         ("CHRONICLE_IDLE_TIMEOUT", "-1"),
         ("CHRONICLE_SLOW_HANDLER_SECONDS", "-0.1"),
         ("CHRONICLE_LOOP_LAG_SECONDS", "-1"),
+        ("CHRONICLE_SHUTDOWN_DRAIN", "-1"),
     ],
 )
 def test_bad_values_are_configuration_errors(variable: str, value: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from domain_plugins.bank_account import plugin
+from domain_plugins.bank_account.domain import MAX_BALANCE
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.plugins import AlreadyExistsError, InvalidArgumentError, NotFoundError, ValidationError
 from service.testing import Scenario
@@ -30,6 +31,18 @@ def test_an_account_needs_an_owner() -> None:
 
 def test_deposit_adds_money() -> None:
     account().given(OPENED).when(bank.Deposit(amount=5)).then(bank.MoneyDeposited(amount=5))
+
+
+def test_a_deposit_beyond_the_balance_limit_is_refused() -> None:
+    account().given(OPENED, bank.MoneyDeposited(amount=MAX_BALANCE - 10)).when(bank.Deposit(amount=11)).then_fails(
+        ValidationError, reason="BALANCE_LIMIT"
+    )
+
+
+def test_a_deposit_up_to_the_balance_limit_is_accepted() -> None:
+    account().given(OPENED, bank.MoneyDeposited(amount=MAX_BALANCE - 10)).when(bank.Deposit(amount=10)).then(
+        bank.MoneyDeposited(amount=10)
+    )
 
 
 def test_deposit_must_be_positive() -> None:

@@ -1,0 +1,87 @@
+"""PostgreSQL failing under a running server: stopped hard and started again,
+or the server's connections terminated in the middle of their transactions.
+Clients retry what they were told to retry; afterwards the history holds."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from domain_plugins import bank_account
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.plugins.registry import Registry
+from tests.support.faults import appends_blocked, log_head, terminate_backends, wait_for_waiters
+from tests.support.grpc_client import connect
+from tests.support.history import History, SubscriberLog, check_invariants
+from tests.support.load import Bank, acknowledged, caught_up, follow_log, health_becomes
+from tests.support.postgres import Cluster
+from tests.support.processes import replica
+
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+
+REGISTRY = Registry([bank_account.plugin])
+WRITERS = 16
+FAST_HEALTH = ["--health-interval", "0.2"]
+
+
+async def test_postgres_stopped_immediately_under_load_and_started_again_loses_nothing(
+    private_cluster: Cluster, tmp_path: Path
+) -> None:
+    url = private_cluster.create_database()
+    history = History()
+    load = Bank(history, [f"acc-{i}" for i in range(8)], random.Random(9))
+    subscriber = SubscriberLog("subscriber")
+    with replica(url, log_path=tmp_path / "server.log", extra=FAST_HEALTH) as server:
+        follower = asyncio.create_task(follow_log(server.address, subscriber))
+        async with connect(server.address) as client:
+            await load.open_accounts([client])
+            stop = asyncio.Event()
+            writers = [asyncio.create_task(load.writer([client], stop)) for _ in range(WRITERS)]
+            await acknowledged(history, 100)
+            await asyncio.to_thread(private_cluster.stop, "immediate")
+            await health_becomes(server.address, "NOT_SERVING")
+            await asyncio.to_thread(private_cluster.start)
+            await health_becomes(server.address, "SERVING")
+            await acknowledged(history, len(history.acknowledged) + 100)
+            stop.set()
+            await asyncio.gather(*writers)
+        await caught_up(subscriber, log_head(url))
+        follower.cancel()
+    assert load.errors["UNAVAILABLE"] > 0, "the outage should have failed some attempts"
+    check_invariants(history, url, REGISTRY, subscribers=[subscriber])
+
+
+async def test_connections_terminated_mid_transaction_lose_nothing_and_commit_nothing_twice(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    history = History()
+    load = Bank(history, [f"acc-{i}" for i in range(8)], random.Random(10))
+    subscriber = SubscriberLog("subscriber")
+    with replica(postgres_url, log_path=tmp_path / "server.log", extra=FAST_HEALTH) as server:
+        follower = asyncio.create_task(follow_log(server.address, subscriber))
+        async with connect(server.address) as client:
+            await load.open_accounts([client])
+            # Appends stopped inside their transactions (command records
+            # written, waiting for a position), then their connections killed.
+            ops = [history.begin(account, bank.Deposit(amount=3)) for account in load.accounts]
+            with appends_blocked(postgres_url):
+                blocked = [asyncio.create_task(load.settle([client], op)) for op in ops]
+                await asyncio.to_thread(wait_for_waiters, postgres_url, len(ops))
+                assert await asyncio.to_thread(terminate_backends, postgres_url, only_waiting=True) == len(ops)
+            await asyncio.gather(*blocked)  # retried with the same command ids
+            assert all(op.reason == "UNAVAILABLE" for op in ops), [op.reason for op in ops]
+            # And every connection of the server at once, under load.
+            stop = asyncio.Event()
+            writers = [asyncio.create_task(load.writer([client], stop)) for _ in range(WRITERS)]
+            await acknowledged(history, 100)
+            assert await asyncio.to_thread(terminate_backends, postgres_url) > 0
+            await acknowledged(history, len(history.acknowledged) + 100)
+            stop.set()
+            await asyncio.gather(*writers)
+            await health_becomes(server.address, "SERVING")
+        await caught_up(subscriber, log_head(postgres_url))
+        follower.cancel()
+    check_invariants(history, postgres_url, REGISTRY, subscribers=[subscriber])
