@@ -74,12 +74,16 @@ class Ledger:
         ids = _command_ids(rpc, data)
         if answer.code != grpc.StatusCode.OK:
             self.refused.update(ids)
-            return
-        if rpc.name == "Submit":
+        elif rpc.name == "Submit":
             self._accept(ids, [command_service_pb2.SubmitResponse.FromString(answer.responses[0])])
         elif rpc.name == "SubmitBatch":
-            batch = command_service_pb2.SubmitBatchResponse.FromString(answer.responses[0])
-            self._accept(ids, list(batch.results))
+            self._accept(ids, list(command_service_pb2.SubmitBatchResponse.FromString(answer.responses[0]).results))
+        elif rpc.name == "SubmitStream" and answer.responses:
+            result = command_service_pb2.SubmitStreamResponse.FromString(answer.responses[0])
+            if result.HasField("ok"):
+                self._accept(ids, [result.ok])
+            else:
+                self.refused.update(ids)
 
     def _accept(self, ids: list[str], responses: list[command_service_pb2.SubmitResponse]) -> None:
         for command_id, response in zip(ids, responses, strict=False):
@@ -90,7 +94,7 @@ class Ledger:
 def _command_ids(rpc: Rpc, data: bytes) -> list[str]:
     """The command ids of a Submit or SubmitBatch as the server reads them."""
     try:
-        if rpc.name == "Submit":
+        if rpc.name in ("Submit", "SubmitStream"):
             commands = [command_service_pb2.SubmitRequest.FromString(data).command]
         elif rpc.name == "SubmitBatch":
             commands = list(command_service_pb2.SubmitBatchRequest.FromString(data).commands)
@@ -141,6 +145,11 @@ def send(fuzzed: Fuzzed, rpc: Rpc, data: bytes) -> Answer:
     )
     if answer.code != grpc.StatusCode.OK:
         assert answer.reason, f"{rpc.path} refused {data[:200]!r} with {answer.code.name} but no ErrorInfo reason"
+    if rpc.name == "SubmitStream" and answer.responses:  # a refusal inside the stream's answer
+        result = command_service_pb2.SubmitStreamResponse.FromString(answer.responses[0])
+        if result.HasField("error"):
+            code = next(c for c in grpc.StatusCode if c.value[0] == result.error.code)
+            assert code in CLEAR and result.error.reason, f"{rpc.path} answered {result.error} to {data[:200]!r}"
     return answer
 
 
