@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
 
-.PHONY: run test test-node lint lint-api format protos bench clean lock
+.PHONY: run test test-node soak lint lint-api format protos bench clean lock
 
 run: protos
 	$(BIN)/chronicle serve $(ARGS)
@@ -18,6 +18,12 @@ run: protos
 test: protos node_modules/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-node
+
+# Minutes of load at 64 clients with a fault every few seconds, then the
+# invariant checker (docs/reliability.md). SOAK_SECONDS: the fault phase.
+SOAK_SECONDS ?= 180
+soak: protos
+	CHRONICLE_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -m soak -s -p no:cacheprovider tests/soak
 
 # The Node.js client example (clients/node) against a real server process
 # that its test starts with this repository's Python.

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.store.base import EventStore
+from tests.support.load import Followers
 from tests.support.postgres import Cluster, start_cluster
 from tests.support.stores import STORES, StoreSite
 
@@ -42,3 +43,11 @@ def private_cluster() -> Iterator[Cluster]:
     cluster = start_cluster(own=True)
     yield cluster
     cluster.shutdown()
+
+
+@pytest.fixture
+async def followers() -> AsyncIterator[Followers]:
+    """Start log subscribers with ``followers.start(address, log)``; they end with the test."""
+    started = Followers()
+    yield started
+    await started.close()

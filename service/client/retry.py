@@ -24,13 +24,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Codes after which the same call may succeed: conflicts, a full queue, a
-# server or store that is away, and a lost answer.
+# server or store that is away, and a lost answer. CANCELLED here is never
+# the caller's own doing (grpc.aio raises asyncio.CancelledError for that):
+# a server that stops cancels the calls it received but had not started.
 RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.ABORTED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
     }
 )
 

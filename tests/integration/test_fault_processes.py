@@ -17,7 +17,7 @@ from service.plugins.registry import Registry
 from tests.support.faults import log_head
 from tests.support.grpc_client import command, connect, details_of
 from tests.support.history import History, SubscriberLog, check_invariants
-from tests.support.load import Bank, acknowledged, caught_up, follow_log, health, health_becomes
+from tests.support.load import Bank, Followers, acknowledged, caught_up, health, health_becomes
 from tests.support.postgres import Cluster
 from tests.support.processes import replica
 
@@ -27,12 +27,14 @@ REGISTRY = Registry([bank_account.plugin])
 WRITERS = 16
 
 
-async def test_a_server_killed_under_load_and_restarted_loses_nothing(postgres_url: str, tmp_path: Path) -> None:
+async def test_a_server_killed_under_load_and_restarted_loses_nothing(
+    postgres_url: str, tmp_path: Path, followers: Followers
+) -> None:
     history = History()
     load = Bank(history, [f"acc-{i}" for i in range(8)], random.Random(7))
     subscriber = SubscriberLog("subscriber")
     with replica(postgres_url, log_path=tmp_path / "server.log") as server:
-        follower = asyncio.create_task(follow_log(server.address, subscriber))
+        follower = followers.start(server.address, subscriber)
         async with connect(server.address) as client:
             await load.open_accounts([client])
             stop = asyncio.Event()
@@ -43,14 +45,13 @@ async def test_a_server_killed_under_load_and_restarted_loses_nothing(postgres_u
             await acknowledged(history, len(history.acknowledged) + 100)
             stop.set()
             await asyncio.gather(*writers)
-        await caught_up(subscriber, log_head(postgres_url))
-        follower.cancel()
+        await caught_up(subscriber, log_head(postgres_url), follower=follower)
     assert load.errors["UNAVAILABLE"] > 0, "the kill should have interrupted commands in flight"
     check_invariants(history, postgres_url, REGISTRY, subscribers=[subscriber])
 
 
 async def test_a_server_started_before_its_database_reports_not_serving_then_serves(
-    private_cluster: Cluster, tmp_path: Path
+    private_cluster: Cluster, tmp_path: Path, followers: Followers
 ) -> None:
     url = private_cluster.create_database()
     private_cluster.stop("immediate")
@@ -65,7 +66,7 @@ async def test_a_server_started_before_its_database_reports_not_serving_then_ser
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await client.submit(command("acc-0", bank.OpenAccount(owner="ann")))
             assert details_of(refused.value).code == grpc.StatusCode.UNAVAILABLE
-            follower = asyncio.create_task(follow_log(server.address, subscriber))
+            follower = followers.start(server.address, subscriber)
 
             private_cluster.start()
             await health_becomes(server.address, "SERVING")
@@ -75,7 +76,6 @@ async def test_a_server_started_before_its_database_reports_not_serving_then_ser
             await acknowledged(history, 40)
             stop.set()
             await asyncio.gather(*writers)
-        await caught_up(subscriber, log_head(url))
-        follower.cancel()
+        await caught_up(subscriber, log_head(url), follower=follower)
         assert await health(server.address) == "SERVING"
     check_invariants(history, url, REGISTRY, subscribers=[subscriber])

@@ -25,10 +25,11 @@ PATIENT = RetryPolicy(max_attempts=200, initial_backoff=0.05, max_backoff=0.2)
 
 
 class BreakFirstStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """The first stream breaks (UNAVAILABLE) after ``after`` messages."""
+    """The first stream breaks (with ``code``) after ``after`` messages."""
 
-    def __init__(self, after: int) -> None:
+    def __init__(self, after: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
         self.after = after
+        self.code = code
         self.requests: list[Any] = []
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
@@ -45,7 +46,7 @@ class BreakFirstStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[m
                 if received == self.after:
                     call.cancel()
                     raise grpc.aio.AioRpcError(
-                        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream broken (test)"
+                        self.code, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream broken (test)"
                     )
 
         return breaking()
@@ -96,10 +97,15 @@ async def test_a_subscription_catches_up_then_goes_live(address: str) -> None:
     assert subscription.caught_up.is_set()
 
 
-async def test_a_broken_stream_resumes_after_the_last_event_processed(address: str) -> None:
+@pytest.mark.parametrize(
+    "code",
+    # CANCELLED: what a server that is stopping answers to calls it had not started.
+    [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED],
+)
+async def test_a_broken_stream_resumes_after_the_last_event_processed(address: str, code: grpc.StatusCode) -> None:
     async with ChronicleClient.connect(address) as writer:
         await open_account(writer, "acc-1", deposits=4)
-    breaking = BreakFirstStream(after=2)
+    breaking = BreakFirstStream(after=2, code=code)
     channel = grpc.aio.insecure_channel(address, interceptors=[breaking])
     async with ChronicleClient(channel, retry=FAST, owns_channel=True) as client:
         events = aiter(client.subscribe(aggregate_id="acc-1"))

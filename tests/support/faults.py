@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from tests.support.processes import Replica
+
 
 def database_name(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
@@ -41,12 +43,26 @@ def waiting_on_locks(database_url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def wait_for_waiters(database_url: str, count: int, *, within: float = 20.0) -> None:
-    """Until ``count`` connections wait on a lock (a blocked append each)."""
+def wait_for_waiters(database_url: str, count: int = 1, *, within: float = 20.0) -> None:
+    """Until ``count`` connections wait on a lock: appends' transactions
+    (with group commit, one transaction may carry several appends)."""
     deadline = time.monotonic() + within
     while waiting_on_locks(database_url) < count:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{count} appends did not block within {within}s")
+            raise AssertionError(f"{count} transactions did not block within {within}s")
+        time.sleep(0.02)
+
+
+def wait_until_executing(server: Replica, commands: int, *, within: float = 20.0) -> None:
+    """Until the server holds ``commands`` calls that its workers have taken
+    up (none waiting in an aggregate's queue): each will run to its end,
+    whatever happens to its caller. Read from the server's own metrics."""
+    deadline = time.monotonic() + within
+    while not (
+        server.metric("chronicle_rpcs_in_flight") >= commands and server.metric("chronicle_queued_commands") == 0
+    ):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server did not take up {commands} commands within {within}s")
         time.sleep(0.02)
 
 

@@ -110,10 +110,34 @@ async def follow_log(address: str, log: SubscriberLog) -> None:
             log.record(int(event.envelope.position), str(event.envelope.event_id))
 
 
-async def caught_up(log: SubscriberLog, log_head: int, *, within: float = 60.0) -> None:
-    """Wait until ``log`` received the event at ``log_head``."""
+class Followers:
+    """Subscribers following the log for one test; ``close`` ends them all
+    (a test that fails half-way must not leave one retrying for ever)."""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, address: str, log: SubscriberLog) -> asyncio.Task[None]:
+        task = asyncio.create_task(follow_log(address, log), name=f"follower {log.name}")
+        self._tasks.append(task)
+        return task
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def caught_up(
+    log: SubscriberLog, log_head: int, *, follower: asyncio.Task[None] | None = None, within: float = 60.0
+) -> None:
+    """Wait until ``log`` received the event at ``log_head``; fail at once
+    with its error if the ``follower`` feeding it gave up."""
     deadline = time.monotonic() + within
     while log.last_position < log_head:
+        if follower is not None and follower.done():
+            follower.result()  # raises what ended it
+            raise AssertionError(f"subscriber {log.name} ended at {log.last_position}, log at {log_head}")
         if time.monotonic() > deadline:
             raise AssertionError(f"subscriber {log.name} at {log.last_position}, log at {log_head} after {within}s")
         await asyncio.sleep(0.05)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,12 +78,21 @@ class Replica:
     """
 
     def __init__(
-        self, database_url: str, *, log_path: Path, extra: Sequence[str] = (), port: int | None = None
+        self,
+        database_url: str,
+        *,
+        log_path: Path,
+        extra: Sequence[str] = (),
+        port: int | None = None,
+        metrics: bool = False,
     ) -> None:
         self.database_url = database_url
         self.address = f"127.0.0.1:{port or free_port()}"
         self.log_path = log_path
         self._extra = list(extra)
+        self.metrics_address = f"127.0.0.1:{free_port()}" if metrics else None
+        if self.metrics_address:
+            self._extra += ["--metrics-listen", self.metrics_address]
         self._process: subprocess.Popen[str] | None = None
         self.starts = 0
 
@@ -123,6 +133,15 @@ class Replica:
             process.send_signal(sig)
         return process.wait(timeout)
 
+    def metric(self, name: str) -> float:
+        """A gauge or counter without labels, as Prometheus would scrape it."""
+        assert self.metrics_address, "started without metrics"
+        with urllib.request.urlopen(f"http://{self.metrics_address}/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(f"{name} "):
+                    return float(line.split()[1])
+        raise KeyError(name)
+
     def footprint(self) -> Footprint:
         return footprint(self.process.pid)
 
@@ -139,9 +158,11 @@ class Replica:
 
 
 @contextmanager
-def replica(database_url: str, *, log_path: Path, extra: Sequence[str] = (), wait: bool = True) -> Iterator[Replica]:
+def replica(
+    database_url: str, *, log_path: Path, extra: Sequence[str] = (), wait: bool = True, metrics: bool = False
+) -> Iterator[Replica]:
     """A started ``Replica``, killed at the end whatever happened."""
-    server = Replica(database_url, log_path=log_path, extra=extra)
+    server = Replica(database_url, log_path=log_path, extra=extra, metrics=metrics)
     try:
         server.start(wait=wait)
         yield server
