@@ -18,6 +18,7 @@ from service.app import start
 from service.errors import ConfigurationError, StoreUnavailable
 from service.store.postgres import PostgresStore
 from service.store.postgres.migrations import known_migrations
+from service.store.records import LogFilter
 from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of
 from tests.support.postgres import Cluster
 from tests.support.waiting import eventually
@@ -143,6 +144,23 @@ async def test_a_database_that_goes_away_and_comes_back_is_served_again_without_
             assert response.version == 2
     finally:
         await app.stop(grace=1)
+
+
+async def test_once_a_ping_succeeds_after_an_outage_every_path_serves_its_next_call(private_cluster: Cluster) -> None:
+    store = PostgresStore(private_cluster.create_database(), pool_size=4)
+    await store.open()
+    await store.read_log(0, LogFilter(), 10)  # a pooled connection on each side
+    await store.ping()
+    private_cluster.stop("immediate")
+    with pytest.raises(StoreUnavailable):
+        await store.ping()
+    private_cluster.start()
+    await store.ping()  # what health reports SERVING on
+    # Not one call fails on a connection pooled before the outage.
+    await store.read_log(0, LogFilter(), 10)
+    await store.load_snapshot("acc-1")
+    assert await store.head("acc-1") is None
+    await store.close()
 
 
 async def test_calls_on_an_unreachable_database_raise_store_unavailable() -> None:

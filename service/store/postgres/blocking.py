@@ -52,6 +52,10 @@ class BlockingSide:
         await asyncio.get_running_loop().run_in_executor(self._threads, self._pool.close)
         self._threads.shutdown(wait=True)
 
+    async def check(self) -> None:
+        """Replace the pooled connections that no longer work (see ``PostgresStore.ping``)."""
+        await asyncio.get_running_loop().run_in_executor(self._threads, self._pool.check)
+
     async def run(self, what: str, work: Work[T], *, fast: bool = False) -> T:
         """Run ``work`` with a connection on a pool thread. ``fast``: the
         database was unreachable a moment ago, so wait for a connection only

@@ -278,8 +278,15 @@ class PostgresStore:
         await self._blocking.close()
 
     async def ping(self) -> None:
+        recovering = self._unreachable
         async with self._connection("ping") as conn:
             await conn.execute("SELECT 1")
+        if recovering:
+            # Back after an outage: the connections pooled before it are dead
+            # but look idle, and the first calls to draw them would fail
+            # after health already said SERVING. Replace them now.
+            await self._pool.check()
+            await self._blocking.check()
 
     @asynccontextmanager
     async def _connection(self, what: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
