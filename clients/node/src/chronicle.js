@@ -54,6 +54,12 @@ messages.loadSync([...MESSAGE_FILES, ...API_FILES], { keepCase: true });
 
 const TYPE_URL_PREFIX = 'type.googleapis.com/';
 
+// The service definitions, for tests that stand in for a server.
+export const services = { CommandService: api.CommandService.service, EventService: api.EventService.service };
+
+// How a subscription's stream may end and still be reopened where it was.
+const RESUMABLE = new Set(['UNAVAILABLE', 'CANCELLED']);
+
 /** Packs a message given as a plain object into a google.protobuf.Any. */
 export function pack(typeName, fields) {
   const type = messages.lookupType(typeName);
@@ -170,8 +176,10 @@ export class ChronicleClient {
    * first, then live events, without end. `messages` yields
    * { kind: 'event', event }, { kind: 'checkpoint', position } and, once,
    * { kind: 'caught_up', position }. A stream ended by UNAVAILABLE (a
-   * replica shutting down, a lost connection) is reopened after the last
-   * position received, so nothing is skipped or repeated; keep
+   * replica shutting down, a lost connection) or by a CANCELLED we did not
+   * ask for (a server that stops cancels the calls it had not started) is
+   * reopened after the last position received, so nothing is skipped or
+   * repeated; keep
    * `subscription.position` somewhere durable to resume after a restart
    * (pass it back as `afterPosition`). `cancel()` ends it.
    */
@@ -200,9 +208,9 @@ export class ChronicleClient {
           }
           return;
         } catch (error) {
-          if (state.cancelled || error.code === grpc.status.CANCELLED) return;
+          if (state.cancelled) return;
           const refusal = new ChronicleError(error);
-          if (refusal.code !== 'UNAVAILABLE' || attempt >= maxAttempts) throw refusal;
+          if (!RESUMABLE.has(refusal.code) || attempt >= maxAttempts) throw refusal;
           const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
           await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
         } finally {

@@ -4,7 +4,9 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
 
-import { ChronicleClient, ChronicleError } from '../src/chronicle.js';
+import grpc from '@grpc/grpc-js';
+
+import { ChronicleClient, ChronicleError, services } from '../src/chronicle.js';
 import { walkthrough } from '../src/example.js';
 import { startServer } from './server.js';
 
@@ -126,4 +128,44 @@ test('an unknown aggregate is NOT_FOUND', async () => {
     assert.equal(error.reason, 'AGGREGATE_NOT_FOUND');
     return true;
   });
+});
+
+test('a subscription the server cancels (as a stopping server does) is reopened after the last position', async () => {
+  // A stand-in server: the first stream sends a checkpoint, then ends with
+  // CANCELLED; the second answers caught_up.
+  const asked = [];
+  const standIn = new grpc.Server();
+  standIn.addService(services.EventService, {
+    Subscribe(call) {
+      asked.push(Number(call.request.after_position));
+      if (asked.length === 1) {
+        call.write({ checkpoint: { position: 7 } });
+        setImmediate(() => call.emit('error', { code: grpc.status.CANCELLED, details: 'stopping (test)' }));
+      } else {
+        call.write({ caught_up: { position: 9 } });
+      }
+    },
+  });
+  const port = await new Promise((resolve, reject) =>
+    standIn.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
+      error ? reject(error) : resolve(bound),
+    ),
+  );
+  const subscriber = new ChronicleClient(`127.0.0.1:${port}`);
+  try {
+    const subscription = subscriber.subscribe();
+    const seen = [];
+    for await (const message of subscription.messages) {
+      seen.push([message.kind, message.position]);
+      if (message.kind === 'caught_up') break;
+    }
+    assert.deepEqual(seen, [
+      ['checkpoint', 7],
+      ['caught_up', 9],
+    ]);
+    assert.deepEqual(asked, [0, 7]);
+  } finally {
+    subscriber.close();
+    standIn.forceShutdown();
+  }
 });
