@@ -17,7 +17,6 @@ a pause, so a fixed plugin or a transient fault resumes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -174,8 +173,14 @@ class ProjectionRunner:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                # Whatever its last step met, the rest of the shutdown must
+                # still run; an uncommitted batch is applied again later.
+                log.exception("projection %s failed while stopping", self.projection.name)
 
     async def _run(self) -> None:
         self.status.running = True

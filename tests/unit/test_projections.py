@@ -3,6 +3,7 @@ through crashes, failures and a second runner of the same projection."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -172,3 +173,25 @@ async def test_account_documents_track_each_account() -> None:
     stored = await store.load_document("bank.balances_by_owner", account_key("acc-1"))
     assert stored is not None
     assert bank.AccountBalance.FromString(stored.data) == bank.AccountBalance(owner="ann", balance=70)
+
+
+class ClosedUnderneath(MemoryStore):
+    """A store closed by someone else while a runner still uses it (two
+    servers in one process sharing a store: the first to stop closes it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = asyncio.Event()
+
+    async def projection_position(self, name: str) -> int:
+        self.failed.set()  # the runner's task ends with this error in the same step
+        raise RuntimeError("Cannot operate on a closed database.")
+
+
+async def test_stopping_a_runner_whose_store_failed_under_it_does_not_stop_the_shutdown() -> None:
+    store = ClosedUnderneath()
+    stopping = runner(store)
+    stopping.start()
+    await store.failed.wait()
+    await stopping.stop()  # logs the failure; the rest of the shutdown goes on
+    assert not stopping.status.running
