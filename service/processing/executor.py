@@ -27,7 +27,14 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from service.errors import REPLAYABLE, ChronicleError, ConcurrencyConflict, NotUnique
+from service.errors import (
+    REPLAYABLE,
+    ChronicleError,
+    ConcurrencyConflict,
+    NotUnique,
+    ValidationError,
+    WrongExpectedVersion,
+)
 from service.plugins.registry import Registry
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.deciding import Decided, Decider, Decision
@@ -39,6 +46,11 @@ from service.store.base import EventStore
 from service.store.records import CommandAlreadyRecorded, CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
 
 log = logging.getLogger(__name__)
+
+
+# Refusals decided on a state that is still exactly what the store holds:
+# the cached aggregate stays good.
+KEEPS_CACHE = (ValidationError, WrongExpectedVersion)
 
 
 def conflict_backoff(attempt: int) -> float:
@@ -132,6 +144,98 @@ class CommandExecutor:
             attempts=self._max_attempts,
             current=head.version if head else 0,
         )
+
+    async def execute_series(
+        self, requests: Sequence[CommandRequest], cached: Aggregate | None
+    ) -> tuple[list[CommandResult | BaseException], Aggregate | None]:
+        """Independent commands for one aggregate that queued up together:
+        each is decided on the state the one before left (as if they had run
+        one after another), and all are appended in ONE transaction, every
+        command with its own outcome (a refused one is recorded refused, the
+        others go on). A hot aggregate then costs one commit per queue-full,
+        not one per command.
+
+        Anything out of the ordinary (a conflict, a command id seen before,
+        claims, another aggregate type) falls back to running each command
+        alone, which handles it exactly.
+        """
+        aggregate_type = requests[0].spec.aggregate
+        aggregate = cached if cached is not None and cached.type is aggregate_type else None
+        if any(r.spec.aggregate is not aggregate_type for r in requests):
+            return await self._one_by_one(requests, cached)
+        if aggregate is None:
+            try:
+                aggregate = await self._loader.load(requests[0].aggregate_id, aggregate_type)
+            except ChronicleError:
+                return await self._one_by_one(requests, cached)
+        start = aggregate
+        outcomes: list[Decided | ChronicleError] = []
+        current = aggregate
+        for request in requests:
+            try:
+                decision = await self._decider.decide([request], current)
+            except ChronicleError as error:
+                if type(error).__name__ not in REPLAYABLE:
+                    return await self._one_by_one(requests, start)
+                outcomes.append(error)
+                continue
+            decided = decision.commands[0]
+            if decided.claims:
+                return await self._one_by_one(requests, start)
+            outcomes.append(decided)
+            current = Aggregate(
+                current.aggregate_id, aggregate_type, current.version + len(decided.events), decision.state
+            )
+        records, new_events = self._series_records(requests, outcomes, start)
+        try:
+            appended = await self._store.append(start.aggregate_id, new_events, start.version, commands=records)
+        except (ConcurrencyConflict, CommandAlreadyRecorded):
+            return await self._one_by_one(requests, None)
+        results: list[CommandResult | BaseException] = []
+        offset = 0
+        for outcome in outcomes:
+            if isinstance(outcome, ChronicleError):
+                results.append(outcome)
+                continue
+            count = len(outcome.events)
+            results.append(CommandResult(tuple(appended[offset : offset + count]), outcome.version + count))
+            offset += count
+        return results, current
+
+    def _series_records(
+        self, requests: Sequence[CommandRequest], outcomes: Sequence[Decided | ChronicleError], start: Aggregate
+    ) -> tuple[list[CommandRecord], list[NewEvent]]:
+        records: list[CommandRecord] = []
+        events: list[NewEvent] = []
+        version = start.version
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if isinstance(outcome, ChronicleError):
+                rejection = Rejection(type(outcome).__name__, outcome.reason, outcome.message, outcome.metadata)
+                records.append(self._record(Decided(request, version, (), ()), rejection))
+                continue
+            records.append(self._record(outcome))
+            events.extend(self._new_events(start, Decision((outcome,), start.state)))
+            version += len(outcome.events)
+        return records, events
+
+    async def _one_by_one(
+        self, requests: Sequence[CommandRequest], cached: Aggregate | None
+    ) -> tuple[list[CommandResult | BaseException], Aggregate | None]:
+        results: list[CommandResult | BaseException] = []
+        for request in requests:
+            try:
+                result, cached = await self.execute_batch(CommandBatch((request,)), cached)
+            except ChronicleError as error:
+                results.append(error)
+                if not isinstance(error, KEEPS_CACHE):
+                    cached = None
+                continue
+            except Exception as error:  # a store bug or a lost connection: what we knew is suspect
+                results.append(error)
+                cached = None
+                continue
+            results.append(result.results[0])
+        return results, cached
 
     async def _dry_run(self, batch: CommandBatch, cached: Aggregate | None) -> tuple[BatchResult, Aggregate | None]:
         records = await self._replayer.records(batch.commands)

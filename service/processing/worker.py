@@ -20,10 +20,10 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 
-from service.errors import ChronicleError, Overloaded, ValidationError, WrongExpectedVersion
+from service.errors import ChronicleError, Overloaded
 from service.observability.logs import logging_command
 from service.processing.commands import BatchResult, CommandBatch
-from service.processing.executor import CommandExecutor
+from service.processing.executor import KEEPS_CACHE, CommandExecutor
 from service.processing.state import Aggregate
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,9 @@ class Job:
     reply: asyncio.Future[BatchResult]
 
 
-# Refusals decided on a state that is still exactly what the store holds.
-KEEPS_CACHE = (ValidationError, WrongExpectedVersion)
+# Independent commands that queued up for one aggregate run as one series
+# (decided in order, appended together): up to this many at a time.
+MAX_SERIES = 64
 
 
 class AggregateWorker:
@@ -74,7 +75,14 @@ class AggregateWorker:
     async def _drain(self) -> None:
         try:
             while self._jobs:
-                await self._process(self._jobs.popleft())
+                job = self._jobs.popleft()
+                if _alone(job) or not self._jobs or _alone(self._jobs[0]):
+                    await self._process(job)
+                    continue
+                series = [job]
+                while self._jobs and len(series) < MAX_SERIES and not _alone(self._jobs[0]):
+                    series.append(self._jobs.popleft())
+                await self._process_series([j for j in series if not j.reply.done()])
         finally:
             self.task = None
             self.idle_since = asyncio.get_running_loop().time()
@@ -103,3 +111,43 @@ class AggregateWorker:
             job.reply.set_result(result)
         if result.appended and self._cached is not None:
             await self._executor.after_commit(before, self._cached)
+
+    async def _process_series(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        before = self._cached.version if self._cached is not None else 0
+        requests = [job.batch.commands[0] for job in jobs]
+        try:
+            with logging_command(
+                command_id=requests[0].command_id,
+                correlation_id=requests[0].correlation_id,
+                aggregate_id=self.aggregate_id,
+            ):
+                outcomes, self._cached = await self._executor.execute_series(requests, self._cached)
+        except Exception as error:  # only a bug gets here: the series handles command errors itself
+            self._cached = None
+            log.exception("a series of %d commands on %s failed", len(jobs), self.aggregate_id)
+            for job in jobs:
+                if not job.reply.done():
+                    job.reply.set_exception(error)
+            return
+        appended = False
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, ChronicleError):
+                    log.error(
+                        "command %s on %s failed: %r", job.batch.commands[0].command_id, self.aggregate_id, outcome
+                    )
+                if not job.reply.done():
+                    job.reply.set_exception(outcome)
+                continue
+            appended = appended or bool(outcome.events)
+            if not job.reply.done():
+                job.reply.set_result(BatchResult((outcome,), outcome.version, replayed=outcome.replayed))
+        if appended and self._cached is not None:
+            await self._executor.after_commit(before, self._cached)
+
+
+def _alone(job: Job) -> bool:
+    """Jobs that run on their own: batches (all or none) and dry runs."""
+    return len(job.batch.commands) > 1 or job.batch.dry_run or job.reply.done()
