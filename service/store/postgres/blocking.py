@@ -56,13 +56,24 @@ class BlockingSide:
         """Replace the pooled connections that no longer work (see ``PostgresStore.ping``)."""
         await asyncio.get_running_loop().run_in_executor(self._threads, self._pool.check)
 
-    async def run(self, what: str, work: Work[T], *, fast: bool = False) -> T:
+    async def run(self, what: str, work: Work[T], *, fast: bool = False, read_only: bool = False) -> T:
         """Run ``work`` with a connection on a pool thread. ``fast``: the
         database was unreachable a moment ago, so wait for a connection only
-        briefly (fail fast, let clients retry)."""
+        briefly (fail fast, let clients retry). ``read_only`` work is run
+        once more on a fresh connection if the pooled one turns out dead (a
+        database restarted since it was last used)."""
         timeout = min(0.5, self._connect_timeout) if fast else self._connect_timeout
-        return await asyncio.get_running_loop().run_in_executor(self._threads, self._call, what, work, timeout)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, self._call, what, work, timeout, read_only
+        )
 
-    def _call(self, what: str, work: Work[T], timeout: float) -> T:
-        with translated_sync(what), self._pool.connection(timeout=timeout) as conn:
-            return work(conn)
+    def _call(self, what: str, work: Work[T], timeout: float, read_only: bool) -> T:
+        with translated_sync(what):
+            try:
+                with self._pool.connection(timeout=timeout) as conn:
+                    return work(conn)
+            except psycopg.OperationalError:
+                if not read_only:
+                    raise  # a write may have committed: the caller's retry (same command id) decides
+                with self._pool.connection(timeout=timeout) as conn:
+                    return work(conn)

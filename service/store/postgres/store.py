@@ -302,12 +302,12 @@ class PostgresStore:
             raise
         self._unreachable = False
 
-    async def _blocking_run(self, what: str, work: Work[T]) -> T:
+    async def _blocking_run(self, what: str, work: Work[T], *, read_only: bool = True) -> T:
         """``work`` on the blocking side, with ``_connection``'s rules."""
         if not self._schema_ready.is_set():
             await self._ensure_schema()
         try:
-            result = await self._blocking.run(what, work, fast=self._unreachable)
+            result = await self._blocking.run(what, work, fast=self._unreachable, read_only=read_only)
         except StoreUnavailable:
             self._unreachable = True
             raise
@@ -332,7 +332,7 @@ class PostgresStore:
         return await self._group.append(Append(aggregate_id, events, expected_version, commands))
 
     async def _append_batch(self, batch: Sequence[Append]) -> list[Outcome]:
-        outcomes = await self._blocking_run("append", lambda conn: write_batch(conn, batch))
+        outcomes = await self._blocking_run("append", lambda conn: write_batch(conn, batch), read_only=False)
         written = [o[-1].position for o in outcomes if isinstance(o, list) and o]
         if written:
             self._commits.notify(max(written))
