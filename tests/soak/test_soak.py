@@ -205,7 +205,7 @@ def _report(
         "commands_unsettled": outcomes["unknown"] + outcomes["pending"],
         "events_in_log": head,
         "faults_injected": dict(injected),
-        "failed_attempts_retried": dict(load.reasons.most_common()),
+        "failed_attempts_by_status_and_reason": dict(load.reasons.most_common()),
         "violations": 0,
         "steady_replica_before": {"rss_mib": round(before.rss_bytes / 2**20, 1), "open_fds": before.open_fds},
         "steady_replica_after": {"rss_mib": round(after.rss_bytes / 2**20, 1), "open_fds": after.open_fds},

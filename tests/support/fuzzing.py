@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 import chronicle.v1
 from service.plugins.registry import Registry
+from tests.support.grpc_client import reason_of
 
 # -- the RPCs ------------------------------------------------------------
 
@@ -70,16 +71,14 @@ class Answer:
 def call(channel: grpc.Channel, rpc: Rpc, data: bytes, *, timeout: float = 10.0) -> Answer:
     """Send ``data`` as the request of ``rpc``; a response stream is read
     for at most one message (a subscription would go on forever)."""
-    from tests.support.grpc_client import reason_of
-
     kind = ("stream" if rpc.client_streaming else "unary") + "_" + ("stream" if rpc.server_streaming else "unary")
     method: Callable[..., Any] = getattr(channel, kind)(rpc.path, request_serializer=None, response_deserializer=None)
     request: Any = iter([data]) if rpc.client_streaming else data
+    responses: list[bytes] = []
     try:
         if not rpc.server_streaming:
             return Answer(grpc.StatusCode.OK, "", [method(request, timeout=timeout)])
         stream = method(request, timeout=timeout)
-        responses = []
         for response in stream:
             responses.append(response)
             stream.cancel()
