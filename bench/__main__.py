@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds or (4.0 if args.quick else 8.0)
     concurrencies = [1, 16, 64, 256]
     aggregate_counts = [10_000] if args.quick else [1, 100, 10_000]
-    results: dict[str, Any] = {"machine": machine.describe(), "seconds": seconds, "command": " ".join(sys.argv)}
+    results: dict[str, Any] = {
+        "machine": machine.describe(),
+        "seconds": seconds,
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+    }
     print(f"machine: {results['machine']}", flush=True)
 
     with servers.postgres() as (cluster, database_url):
