@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def measure(spec: load.LoadSpec, server_pid: int, postmaster: int | None) -> dict[str, Any]:
-    server_before = machine.cpu_seconds(server_pid)
-    db_before = machine.tree_cpu_seconds(postmaster) if postmaster else 0.0
-    started = time.monotonic()
-    result = load.run(spec)
-    wall = time.monotonic() - started
+    def sample() -> tuple[float, float]:
+        return machine.cpu_seconds(server_pid), machine.tree_cpu_seconds(postmaster) if postmaster else 0.0
+
+    result = load.run(spec, sample)
+    assert result.window is not None
+    before, after = result.window
+    server_before, db_before = before
+    server_after, db_after = after
     row = {
         "mode": spec.mode,
         "concurrency": spec.concurrency,
@@ -45,11 +47,11 @@ def measure(spec: load.LoadSpec, server_pid: int, postmaster: int | None) -> dic
         "completed": result.completed,
         "errors": result.errors,
         "error_reasons": result.error_reasons,
-        # CPU over the whole run (warm-up included), as a share of wall time
-        "server_cpu": machine.cpu_seconds(server_pid) - server_before,
-        "db_cpu": (machine.tree_cpu_seconds(postmaster) - db_before) if postmaster else 0.0,
+        # CPU seconds of each side over the measured window only
+        "server_cpu": server_after - server_before,
+        "db_cpu": db_after - db_before,
         "client_cpu": result.client_cpu,
-        "wall": wall,
+        "wall": spec.seconds,
     }
     print(
         f"  {spec.mode:6} c={spec.concurrency:<4} aggs={spec.aggregates:<6} ev={spec.events_per_command}"

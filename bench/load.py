@@ -9,6 +9,13 @@ of ``aggregates`` ids, and a share of them to aggregates never seen before.
 The clients share the two cores with the server and PostgreSQL, so they do
 as little as they can: every request is built and serialized before the
 clock starts, and sent as bytes.
+
+Every side's CPU is counted over the same measured window: the client
+processes build their requests, then wait at a barrier with the parent;
+from there, all of them count the warm-up and the measured seconds from the
+same moment, each client reads its own CPU at the window's edges, and the
+parent calls ``sample`` (the server's and PostgreSQL's CPU) at the same
+edges.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ import resource
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.synchronize import Barrier
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, wrappers_pb2
@@ -55,6 +65,8 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
     client_cpu: float = 0.0
+    # what ``sample`` returned at the start and the end of the measured window
+    window: tuple[Any, Any] | None = None
 
     def merge(self, other: LoadResult) -> None:
         self.completed += other.completed
@@ -112,8 +124,26 @@ class _Commands:
         )
 
 
-async def _unary(spec: LoadSpec, share: int, worker: int, result: LoadResult) -> None:
-    commands = _Commands(spec, worker)
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _count_cpu_over_window(spec: LoadSpec, result: LoadResult) -> None:
+    """This process's CPU from the end of the warm-up to the end of the
+    measured seconds (timers on the running loop)."""
+    loop = asyncio.get_running_loop()
+    started: list[float] = []
+    loop.call_later(spec.warmup, lambda: started.append(_cpu_seconds()))
+
+    def end() -> None:
+        result.client_cpu = _cpu_seconds() - started[0]
+
+    loop.call_later(spec.warmup + spec.seconds, end)
+
+
+async def _unary(spec: LoadSpec, share: int, commands: _Commands, result: LoadResult) -> None:
+    _count_cpu_over_window(spec, result)
     async with grpc.aio.insecure_channel(spec.address) as channel:
         submit = channel.unary_unary(SUBMIT, request_serializer=None, response_deserializer=None)
         start = time.monotonic()
@@ -141,8 +171,8 @@ async def _unary(spec: LoadSpec, share: int, worker: int, result: LoadResult) ->
         result.seconds = spec.seconds
 
 
-async def _stream(spec: LoadSpec, share: int, worker: int, result: LoadResult) -> None:
-    commands = _Commands(spec, worker)
+async def _stream(spec: LoadSpec, share: int, commands: _Commands, result: LoadResult) -> None:
+    _count_cpu_over_window(spec, result)
     async with grpc.aio.insecure_channel(spec.address) as channel:
         call = channel.stream_stream(
             SUBMIT_STREAM, request_serializer=None, response_deserializer=pb.SubmitStreamResponse.FromString
@@ -178,30 +208,43 @@ async def _stream(spec: LoadSpec, share: int, worker: int, result: LoadResult) -
         result.seconds = spec.seconds
 
 
-def _process(spec: LoadSpec, share: int, worker: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _process(spec: LoadSpec, share: int, worker: int, ready: Barrier, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     result = LoadResult()
     runner = _unary if spec.mode == "unary" else _stream
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    asyncio.run(runner(spec, share, worker, result))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    result.client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    commands = _Commands(spec, worker)
+    ready.wait(_READY_TIMEOUT)
+    asyncio.run(runner(spec, share, commands, result))
     if len(result.latencies) > 200_000:
         result.latencies = random.Random(worker).sample(result.latencies, 200_000)
     out.put(result)
 
 
-def run(spec: LoadSpec) -> LoadResult:
-    """Drive the load from ``spec.processes`` processes; merge their results."""
+# Building the requests before the clock starts takes a few seconds.
+_READY_TIMEOUT = 300.0
+
+
+def run(spec: LoadSpec, sample: Callable[[], Any] | None = None) -> LoadResult:
+    """Drive the load from ``spec.processes`` processes; merge their results.
+    ``sample`` is called at the start and the end of the measured window;
+    its two results are the merged result's ``window``."""
     processes = max(1, min(spec.processes, spec.concurrency))
     shares = [spec.concurrency // processes + (1 if i < spec.concurrency % processes else 0) for i in range(processes)]
     context = multiprocessing.get_context("spawn")
     out: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
-    workers = [context.Process(target=_process, args=(spec, share, i, out)) for i, share in enumerate(shares)]
+    ready = context.Barrier(processes + 1)
+    workers = [context.Process(target=_process, args=(spec, share, i, ready, out)) for i, share in enumerate(shares)]
     for worker in workers:
         worker.start()
+    ready.wait(_READY_TIMEOUT)
+    started = time.monotonic()
+    time.sleep(spec.warmup)
+    first = sample() if sample else None
+    time.sleep(max(0.0, started + spec.warmup + spec.seconds - time.monotonic()))
+    last = sample() if sample else None
     merged = LoadResult()
     for _ in workers:
-        merged.merge(out.get(timeout=spec.warmup + spec.seconds + 120))
+        merged.merge(out.get(timeout=spec.seconds + 120))
     for worker in workers:
         worker.join(30)
+    merged.window = (first, last)
     return merged

@@ -19,6 +19,46 @@ def _cpu(row: dict[str, Any]) -> str:
     return f"{row['server_cpu'] / wall:.0%} / {row['db_cpu'] / wall:.0%} / {row['client_cpu'] / wall:.0%}"
 
 
+def cpu_per_command(row: dict[str, Any]) -> tuple[float, float, float]:
+    """Microseconds of CPU per command for the server, PostgreSQL and the
+    clients: each side's CPU over the measured window divided by the
+    commands completed in it."""
+    commands = row["completed"] or 1
+    server, db, clients = (row[side] / commands * 1e6 for side in ("server_cpu", "db_cpu", "client_cpu"))
+    return server, db, clients
+
+
+def _cpu_budget_lines(results: dict[str, Any]) -> list[str]:
+    points = [
+        ("no-op gRPC, unary", _row(results["ceiling"], concurrency=64)),
+        ("no-op gRPC, stream", _row(results.get("ceiling_stream", []), concurrency=64)),
+        ("Chronicle unary Submit, 10,000 aggregates", _row(results["unary"], concurrency=64, aggregates=10_000)),
+        ("Chronicle SubmitStream", _row(results["stream"], concurrency=64)),
+    ]
+    cores = int(results["machine"]["cpu"].split(" x ", 1)[0])
+    lines = [
+        "",
+        "## CPU per command",
+        "",
+        "Where the time goes, from the same points (concurrency 64): CPU microseconds per command",
+        f"on each side, and the rate the {cores} cores could sustain if every one of them were busy",
+        f"with this work and nothing else ({cores} x 10^6 / the total). See [performance](performance.md).",
+        "",
+        "| point | commands/s | µs server | µs PostgreSQL | µs clients | µs total | bound at full CPU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in points:
+        if row is None:
+            continue
+        server, db, clients = cpu_per_command(row)
+        total = server + db + clients
+        lines.append(
+            f"| {name} | {row['rate']:.0f} | {server:.0f} | {db:.0f} | {clients:.0f} | {total:.0f}"
+            f" | {cores * 1e6 / total:,.0f}/s |"
+        )
+    return lines
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     checks: list[tuple[str, str, bool]] = []
     ceiling = _row(results["ceiling"], concurrency=64)
@@ -135,7 +175,8 @@ def write(results: dict[str, Any], markdown: Path, png: Path) -> None:
         *(f"- {k}: {v}" for k, v in m.items()),
         "- PostgreSQL: a throwaway cluster with default durability (`fsync` and `synchronous_commit` on).",
         "- Load: two client processes (Python, grpc.aio) on the same machine; CPU columns are the",
-        "  share of one core used by the server / PostgreSQL / the clients during each point.",
+        "  share of one core used by the server / PostgreSQL / the clients over each point's",
+        "  measured seconds (warm-up excluded).",
         "- Chronicle runs the `bench` plugin (`bench/plugin.py`): one event per command unless stated,",
         "  90 % of commands to existing aggregates and 10 % to new ones.",
         "",
@@ -182,6 +223,7 @@ def write(results: dict[str, Any], markdown: Path, png: Path) -> None:
         )
     for row in results.get("ceiling_stream", []):
         lines.append(f"| {row['concurrency']} (no-op stream) | {row['rate']:.0f} | |")
+    lines += _cpu_budget_lines(results)
     replay = results.get("replay")
     if replay:
         lines += [

@@ -11,12 +11,15 @@ store's blocking side (sync psycopg on a thread, see blocking.py).
 
 Conflicts stay per aggregate. The batch statement never decides who wins:
 if any append in a batch would fail (a command id already recorded, an
-aggregate that moved on), the statement aborts itself and each of its
-appends is retried alone through the precise path
-(``PostgresStore._append_one``), which reports exactly that append's
-error. Conflicts are rare in steady state (a worker owns its aggregate in
-this process; only another replica or a retried command causes one), so the
-fallback costs little overall.
+aggregate that moved on), the statement aborts itself. One read then says
+which appends are at fault (``write_batch``): a stale append fails with
+``ConcurrencyConflict`` (its executor reloads and decides again), one whose
+command id is recorded goes alone through the precise path
+(``PostgresStore._append_one``, which reports exactly its outcome), and
+the rest are written again as a batch. Conflicts are rare with one server
+(a worker owns its aggregate in its process; only a retried command causes
+one) and common between replicas that share aggregates, which is why they
+must not cost the innocent appends of a batch a transaction each.
 
 A batch starts as soon as a flusher is free: a lone append is written at
 once (no waiting to fill a batch); under load, the appends that queued while
