@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
 
-.PHONY: run test test-node soak lint lint-api format protos bench clean lock
+.PHONY: run test test-node soak lint lint-api format protos bench profile clean lock
 
 run: protos
 	$(BIN)/chronicle serve $(ARGS)
@@ -81,3 +81,9 @@ clean:
 bench: protos
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Where the server's event loop spends its CPU under the benchmark's load
+# (cProfile over the measured window; see docs/performance.md).
+profile: protos
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.profile_server $(PROFILE_ARGS)

@@ -29,7 +29,12 @@ class Server:
         return self.process.pid
 
 
-def _wait_for_port(address: str, process: subprocess.Popen[bytes], *, health: bool) -> None:
+def wait_until_serving(address: str, process: subprocess.Popen[str]) -> None:
+    """Until a server process started elsewhere reports SERVING."""
+    _wait_for_port(address, process, health=True)
+
+
+def _wait_for_port(address: str, process: subprocess.Popen[bytes] | subprocess.Popen[str], *, health: bool) -> None:
     deadline = time.monotonic() + 60
     with grpc.insecure_channel(address) as channel:
         while time.monotonic() < deadline:

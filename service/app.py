@@ -32,7 +32,7 @@ from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer, TimedStore
 from service.observability.subscriptions import LagSampler, SubscriptionTracker
 from service.observability.tracing import TracingInterceptor, TracingMiddleware
-from service.observability.tracing import available as tracing_available
+from service.observability.tracing import wanted as tracing_wanted
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
 from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
@@ -143,7 +143,8 @@ async def start(
     A store that cannot be reached yet does not stop the start: the server
     listens, reports NOT_SERVING, and serves once the store answers.
     ``tracer_provider``: the OpenTelemetry provider for spans (default: the
-    global one), when the OpenTelemetry packages are installed.
+    one set for the process, if any: without one nothing is traced), when
+    the OpenTelemetry packages are installed.
     """
     registry = registry if registry is not None else build_registry(settings)
     store = (
@@ -184,7 +185,7 @@ async def start(
         max_workers=settings.max_workers,
     )
     audit = AuditLog(store)
-    tracing = tracing_available()
+    tracing = tracing_wanted(tracer_provider)
     # Outermost first: logging, tracing, metrics and audit see every outcome,
     # authorization's refusals included; plugin middleware sees only
     # authorized commands.

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from service.api.interceptors import OnRefused, gated
+from service.api.interceptors import HandlerCache, OnRefused, gated
 from service.errors import InvalidInput
 
 MALFORMED_REQUEST = "MALFORMED_REQUEST"
@@ -101,6 +101,7 @@ class RequestDecoding(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, *, on_refused: OnRefused | None = None) -> None:
         self._on_refused = on_refused
+        self._handlers = HandlerCache()
 
     async def intercept_service(
         self,
@@ -111,6 +112,9 @@ class RequestDecoding(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.request_deserializer is None:
             return handler
         method = handler_call_details.method
+        return self._handlers.get(method, handler, lambda: self._decoding(handler, method))
+
+    def _decoding(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         deserializer = tolerant(handler.request_deserializer, method)
         if handler.request_streaming:
             return _streamed_requests(handler, deserializer)

@@ -43,6 +43,32 @@ def refused_rpc_hooks(*hooks: OnRefused | None) -> OnRefused:
     return each
 
 
+class HandlerCache:
+    """The handlers an interceptor returned, by method and inner handler.
+
+    gRPC asks every interceptor for every RPC, but what one returns depends
+    only on those two, and building it (closures and a new method handler)
+    cost the event loop on every call. Bounded, in case an inner interceptor
+    builds a new handler per call.
+    """
+
+    LIMIT = 1024
+
+    def __init__(self) -> None:
+        self._handlers: dict[tuple[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] = {}
+
+    def get(
+        self, method: str, handler: grpc.RpcMethodHandler, build: Callable[[], grpc.RpcMethodHandler]
+    ) -> grpc.RpcMethodHandler:
+        key = (method, handler)
+        wrapped = self._handlers.get(key)
+        if wrapped is None:
+            if len(self._handlers) >= self.LIMIT:
+                self._handlers.clear()
+            wrapped = self._handlers[key] = build()
+        return wrapped
+
+
 def _exempt(method: str) -> bool:
     return method.startswith(EXEMPT_PREFIXES)
 
@@ -155,6 +181,7 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.in_flight = 0
         self.subscriptions = 0
         self._on_refused = on_refused
+        self._handlers = HandlerCache()
 
     async def _subscription_gate(
         self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]
@@ -197,9 +224,8 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = handler_call_details.method
         if handler is None or _exempt(method):
             return handler
-        if method == SUBSCRIBE_METHOD:
-            return gated(handler, method, self._subscription_gate, self._on_refused)
-        return gated(handler, method, self._gate, self._on_refused)
+        gate = self._subscription_gate if method == SUBSCRIBE_METHOD else self._gate
+        return self._handlers.get(method, handler, lambda: gated(handler, method, gate, self._on_refused))
 
 
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
@@ -221,6 +247,7 @@ class Authentication(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, authenticator: Authenticator, *, on_refused: OnRefused | None = None) -> None:
         self._authenticator = authenticator
         self._on_refused = on_refused
+        self._handlers = HandlerCache()
 
     async def _gate(self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         try:
@@ -240,7 +267,7 @@ class Authentication(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = handler_call_details.method
         if handler is None or _exempt(method):
             return handler
-        return gated(handler, method, self._gate, self._on_refused)
+        return self._handlers.get(method, handler, lambda: gated(handler, method, self._gate, self._on_refused))
 
 
 def caller() -> Principal:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -18,6 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from chronicle.v1 import command_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.observability import tracing
 from service.observability.logs import JsonFormatter, logging_command
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import command, running_server
@@ -106,3 +108,13 @@ async def test_each_command_of_a_batch_gets_its_own_span(exporter: InMemorySpanE
     assert set(spans) == {"command bank.v1.OpenAccount", "command bank.v1.Deposit"}
     ids = {s.attributes["chronicle.command_id"] for s in spans.values() if s.attributes is not None}
     assert ids == {c.command_id for c in sent}
+
+
+def test_spans_are_made_only_when_someone_collects_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The API's default proxy drops every span: making them would only cost.
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    assert not tracing.wanted(None)
+    assert tracing.wanted(TracerProvider())
+    # A provider set for the process (the SDK, opentelemetry-instrument).
+    monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)
+    assert tracing.wanted(None)
