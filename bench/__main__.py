@@ -1,7 +1,8 @@
 """``make bench``: Chronicle against its ceilings, in one run.
 
-    python -m bench                 # the full run (about ten minutes)
-    python -m bench --quick         # fewer points, shorter (about three)
+    python -m bench                 # the full run (about thirteen minutes)
+    python -m bench --quick         # fewer points, shorter (about four)
+    python -m bench --aggregates 1000 --concurrency 8,32 --out /tmp/mine.md
 
 Starts a throwaway PostgreSQL with default durability, then measures, in
 this order: the no-op gRPC ceiling; Chronicle's unary Submit over 1, 100
@@ -63,15 +64,24 @@ def measure(spec: load.LoadSpec, server_pid: int, postmaster: int | None) -> dic
     return row
 
 
+def _counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("positive whole numbers, comma-separated")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="fewer points and shorter runs")
     parser.add_argument("--seconds", type=float, help="measured seconds per point")
+    parser.add_argument("--aggregates", type=_counts, help="aggregate counts, comma-separated (1,100,10000)")
+    parser.add_argument("--concurrency", type=_counts, help="concurrencies, comma-separated (1,16,64,256)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     seconds = args.seconds or (4.0 if args.quick else 8.0)
-    concurrencies = [1, 16, 64, 256]
-    aggregate_counts = [10_000] if args.quick else [1, 100, 10_000]
+    concurrencies = args.concurrency or [1, 16, 64, 256]
+    aggregate_counts = args.aggregates or ([10_000] if args.quick else [1, 100, 10_000])
     results: dict[str, Any] = {
         "machine": machine.describe(),
         "seconds": seconds,
@@ -131,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         results["memory"] = memory.memory_profile(database_url, 30_000 if args.quick else 100_000)
         print(f"  {results['memory']}", flush=True)
 
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     report.write(results, args.out, args.out.with_suffix(".png"))
     print(f"wrote {args.out}", flush=True)
