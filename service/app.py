@@ -164,6 +164,9 @@ async def start(
     )
     metrics = Metrics() if settings.metrics_listen else None
     if metrics is not None:
+        batch_counts = getattr(store, "batch_counts", None)
+        if batch_counts is not None:
+            metrics.watch_batches(batch_counts)
         store = TimedStore.wrap(store, metrics)
     master_keys = build_master_keys(settings)
     keyring: Keyring | None = None

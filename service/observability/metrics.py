@@ -20,6 +20,11 @@ registered, status codes, store operations): never aggregate ids.
   subscriptions open, and how far the slowest is behind the log's head.
 - ``chronicle_store_operation_duration_seconds{operation}``: time in the
   store per operation (``append``, ``read_aggregate``, …; histogram).
+- ``chronicle_store_batches_total``, ``chronicle_store_batched_appends_total``,
+  ``chronicle_store_unbatched_appends_total`` (PostgreSQL): group commit's
+  batches, the appends they carried (the ratio of their rates is the
+  mean batch: near 1 means group commit has nothing to group), and the
+  appends that went alone after their batch refused itself (conflicts).
 """
 
 from __future__ import annotations
@@ -27,16 +32,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, cast
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from service.api.status import status_code
 from service.errors import ChronicleError, ConcurrencyConflict, ConfigurationError
 from service.processing.middleware import CommandCall, Middleware
 from service.store.base import EventStore
+from service.store.postgres.group_commit import BatchCounts
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -95,9 +103,30 @@ class Metrics:
         self.rpcs_in_flight.set_function(rpcs_in_flight)
         self.subscriptions.set_function(subscriptions)
 
+    def watch_batches(self, counts: Callable[[], BatchCounts]) -> None:
+        """Group commit's counters, read at scrape time."""
+        self.registry.register(_BatchCollector(counts))
+
     async def rpc_refused(self, method: str, request: object, error: ChronicleError) -> None:
         """An ``OnRefused`` hook for the interceptors."""
         self.rpc_refusals.labels(reason=error.reason).inc()
+
+
+class _BatchCollector(Collector):
+    def __init__(self, counts: Callable[[], BatchCounts]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        counts = self._counts()
+        yield CounterMetricFamily("chronicle_store_batches", "Group-commit transactions written", value=counts.batches)
+        yield CounterMetricFamily(
+            "chronicle_store_batched_appends", "Appends that went through group commit", value=counts.appends
+        )
+        yield CounterMetricFamily(
+            "chronicle_store_unbatched_appends",
+            "Appends written alone after their batch refused itself (a conflict or a retried command)",
+            value=counts.alone,
+        )
 
 
 def outcome(call: CommandCall) -> str:

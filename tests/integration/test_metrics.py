@@ -131,3 +131,31 @@ async def test_subscription_lag_is_the_slowest_subscribers_distance_from_the_hea
         assert registry.get_sample_value("lag") == 2
     await sampler.sample()
     assert registry.get_sample_value("lag") == 0
+
+
+async def test_group_commit_counters_on_postgresql(postgres_url: str) -> None:
+    from service.store.postgres import PostgresStore
+
+    async with running_server(PostgresStore(postgres_url, pool_size=4), metrics_listen="127.0.0.1:0") as (
+        app,
+        client,
+    ):
+        before = await scrape(app)
+        await asyncio.gather(
+            *(client.submit(command(f"acc-batch-{i}", bank.OpenAccount(owner="ann"))) for i in range(12))
+        )
+        after = await scrape(app)
+
+    def moved(name: str) -> float:
+        return sample(after, name) - sample(before, name)
+
+    # Twelve appends of one event each, in as many transactions or fewer.
+    assert moved("chronicle_store_batched_appends_total") == 12
+    assert 1 <= moved("chronicle_store_batches_total") <= 12
+    assert moved("chronicle_store_unbatched_appends_total") == 0
+
+
+async def test_stores_without_group_commit_do_not_report_batches(served: tuple[Application, Client, Any]) -> None:
+    app, client, _ = served
+    await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    assert "chronicle_store_batches" not in await scrape(app)

@@ -170,6 +170,15 @@ WriteBatch = Callable[[Sequence[Append]], Awaitable[list["Outcome"]]]
 WriteOne = Callable[[Append], Awaitable[list[RecordedEvent]]]
 
 
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    """What group commit has written since the store opened."""
+
+    batches: int  # transactions
+    appends: int  # appends they carried (appends / batches: the mean batch)
+    alone: int  # appends sent down the precise path after a refused batch
+
+
 class GroupCommitter:
     def __init__(
         self, write_batch: WriteBatch, write_one: WriteOne, *, flushers: int = 2, max_events: int = 2000
@@ -184,6 +193,9 @@ class GroupCommitter:
         self.batches = 0
         self.batched_appends = 0
         self.fallbacks = 0
+
+    def counts(self) -> BatchCounts:
+        return BatchCounts(self.batches, self.batched_appends, self.fallbacks)
 
     async def append(self, append: Append) -> list[RecordedEvent]:
         reply: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()

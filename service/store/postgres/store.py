@@ -39,7 +39,7 @@ from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuer
 from service.store.notifier import CommitNotifier
 from service.store.postgres.blocking import BlockingSide, Work
 from service.store.postgres.errors import COMMANDS_KEY, EVENTS_VERSION_KEY, UniqueViolation, translated
-from service.store.postgres.group_commit import Append, GroupCommitter, Outcome, write_batch
+from service.store.postgres.group_commit import Append, BatchCounts, GroupCommitter, Outcome, write_batch
 from service.store.postgres.migrations import migrate
 from service.store.records import (
     ACCEPTED,
@@ -330,6 +330,10 @@ class PostgresStore:
             # version check: both take the precise path.
             return await self._append_one(aggregate_id, events, expected_version, commands=commands, claims=claims)
         return await self._group.append(Append(aggregate_id, events, expected_version, commands))
+
+    def batch_counts(self) -> BatchCounts:
+        """Group commit's counters (for metrics)."""
+        return self._group.counts()
 
     async def _append_batch(self, batch: Sequence[Append]) -> list[Outcome]:
         outcomes = await self._blocking_run("append", lambda conn: write_batch(conn, batch), read_only=False)
