@@ -4,6 +4,7 @@ parallel across aggregates, retries under conflicts, snapshots, eviction."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -228,4 +229,18 @@ async def test_validation_errors_keep_the_cached_state() -> None:
         await router.submit(request("acc-1", bank.Withdraw(amount=1)))
     await router.submit(request("acc-1", bank.Deposit(amount=1)))
     assert store.events_read == 0  # warm aggregate: nothing read back
+    await router.close()
+
+
+async def test_a_mass_eviction_gives_the_workers_table_back() -> None:
+    # One command to each of many aggregates, then all idle: the table that
+    # held them must not stay at its peak size (a dict never shrinks).
+    router = router_over(MemoryStore(), idle_timeout=3600)
+    await asyncio.gather(*(router.submit(request(f"acc-{i}", bank.OpenAccount(owner="ann"))) for i in range(5000)))
+    peak = sys.getsizeof(router._workers)
+    assert router.drop_idle(idle_before=float("inf")) == 5000
+    assert router.live_workers == 0
+    assert sys.getsizeof(router._workers) < peak / 100
+    # and the router goes on serving
+    assert (await router.submit(request("acc-7", bank.Deposit(amount=1)))).version == 2
     await router.close()
