@@ -38,16 +38,13 @@ async def test_postgres_stopped_immediately_under_load_and_started_again_loses_n
         follower = followers.start(server.address, subscriber)
         async with connect(server.address) as client:
             await load.open_accounts([client])
-            stop = asyncio.Event()
-            writers = [asyncio.create_task(load.writer([client], stop)) for _ in range(WRITERS)]
-            await acknowledged(history, 100)
-            await asyncio.to_thread(private_cluster.stop, "immediate")
-            await health_becomes(server.address, "NOT_SERVING")
-            await asyncio.to_thread(private_cluster.start)
-            await health_becomes(server.address, "SERVING")
-            await acknowledged(history, len(history.acknowledged) + 100)
-            stop.set()
-            await asyncio.gather(*writers)
+            async with load.writing([client], WRITERS):
+                await acknowledged(history, 100)
+                await asyncio.to_thread(private_cluster.stop, "immediate")
+                await health_becomes(server.address, "NOT_SERVING")
+                await asyncio.to_thread(private_cluster.start)
+                await health_becomes(server.address, "SERVING")
+                await acknowledged(history, len(history.acknowledged) + 100)
         await caught_up(subscriber, log_head(url), follower=follower)
     assert load.errors["UNAVAILABLE"] > 0, "the outage should have failed some attempts"
     check_invariants(history, url, REGISTRY, subscribers=[subscriber])
@@ -75,13 +72,10 @@ async def test_connections_terminated_mid_transaction_lose_nothing_and_commit_no
             assert interrupted, "the killed transactions' commands should have been told UNAVAILABLE"
             assert all(op.outcome == "ok" for op in ops)
             # And every connection of the server at once, under load.
-            stop = asyncio.Event()
-            writers = [asyncio.create_task(load.writer([client], stop)) for _ in range(WRITERS)]
-            await acknowledged(history, 100)
-            assert await asyncio.to_thread(terminate_backends, postgres_url) > 0
-            await acknowledged(history, len(history.acknowledged) + 100)
-            stop.set()
-            await asyncio.gather(*writers)
+            async with load.writing([client], WRITERS):
+                await acknowledged(history, 100)
+                assert await asyncio.to_thread(terminate_backends, postgres_url) > 0
+                await acknowledged(history, len(history.acknowledged) + 100)
             await health_becomes(server.address, "SERVING")
         await caught_up(subscriber, log_head(postgres_url), follower=follower)
     check_invariants(history, postgres_url, REGISTRY, subscribers=[subscriber])

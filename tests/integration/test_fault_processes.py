@@ -3,7 +3,6 @@ what clients were told holds, and a subscriber misses nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import signal
 from pathlib import Path
@@ -37,14 +36,11 @@ async def test_a_server_killed_under_load_and_restarted_loses_nothing(
         follower = followers.start(server.address, subscriber)
         async with connect(server.address) as client:
             await load.open_accounts([client])
-            stop = asyncio.Event()
-            writers = [asyncio.create_task(load.writer([client], stop)) for _ in range(WRITERS)]
-            await acknowledged(history, 100)
-            assert server.stop(signal.SIGKILL) == -signal.SIGKILL
-            server.start()  # same port: the clients' channels reconnect to it
-            await acknowledged(history, len(history.acknowledged) + 100)
-            stop.set()
-            await asyncio.gather(*writers)
+            async with load.writing([client], WRITERS):
+                await acknowledged(history, 100)
+                assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+                server.start()  # same port: the clients' channels reconnect to it
+                await acknowledged(history, len(history.acknowledged) + 100)
         await caught_up(subscriber, log_head(postgres_url), follower=follower)
     assert load.errors["UNAVAILABLE"] > 0, "the kill should have interrupted commands in flight"
     check_invariants(history, postgres_url, REGISTRY, subscribers=[subscriber])
@@ -71,11 +67,8 @@ async def test_a_server_started_before_its_database_reports_not_serving_then_ser
             private_cluster.start()
             await health_becomes(server.address, "SERVING")
             await load.open_accounts([client])
-            stop = asyncio.Event()
-            writers = [asyncio.create_task(load.writer([client], stop)) for _ in range(4)]
-            await acknowledged(history, 40)
-            stop.set()
-            await asyncio.gather(*writers)
+            async with load.writing([client], 4):
+                await acknowledged(history, 40)
         await caught_up(subscriber, log_head(url), follower=follower)
         assert await health(server.address) == "SERVING"
     check_invariants(history, url, REGISTRY, subscribers=[subscriber])

@@ -11,10 +11,11 @@ checker can hold the server to what it said.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -90,6 +91,21 @@ class Bank:
             self.history.ok(op, response)
             return
         raise AssertionError(f"command {op.command_id} not settled within {self.settle_within}s: {op}")
+
+    @contextlib.asynccontextmanager
+    async def writing(self, clients: Sequence[Client], writers: int) -> AsyncIterator[None]:
+        """``writers`` concurrent writers for the body of the block: stopped
+        at its end, each after its command in flight has settled."""
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(self.writer(clients, stop)) for _ in range(writers)]
+        try:
+            yield
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        stop.set()
+        await asyncio.gather(*tasks)
 
     async def writer(self, clients: Sequence[Client], stop: asyncio.Event) -> int:
         """Commands one after the other until ``stop``; return how many."""
