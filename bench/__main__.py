@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
 
         print("Chronicle (bench plugin, PostgreSQL):", flush=True)
-        with servers.chronicle(
-            database_url, "--no-discover-plugins", "--plugin", "bench.plugin", "--idle-timeout", "600"
-        ) as server:
+        with servers.chronicle(database_url, *servers.BENCH_PLUGIN_ARGS, "--idle-timeout", "600") as server:
             # The aggregates exist and are live before measuring: a server in
             # steady state has its active aggregates cached (new ones are
             # still 10 % of the load).

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import any_pb2, wrappers_pb2
 
 from bench.machine import rss_bytes
-from bench.servers import chronicle
+from bench.servers import BENCH_PLUGIN_ARGS, chronicle
 from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
@@ -49,9 +49,7 @@ async def touch(address: str, count: int, *, prefix: str | None = None, in_fligh
 
 
 def memory_profile(database_url: str, aggregates: int = 100_000) -> dict[str, float]:
-    with chronicle(
-        database_url, "--no-discover-plugins", "--plugin", "bench.plugin", "--idle-timeout", str(IDLE_TIMEOUT)
-    ) as server:
+    with chronicle(database_url, *BENCH_PLUGIN_ARGS, "--idle-timeout", str(IDLE_TIMEOUT)) as server:
         asyncio.run(touch(server.address, 2_000))  # warm every code path first
         time.sleep(IDLE_TIMEOUT * 2 + 2)
         before = rss_bytes(server.pid)

@@ -68,9 +68,7 @@ def _serve(database_url: str, address: str, stats_path: str) -> None:
             address,
             "--database-url",
             database_url,
-            "--no-discover-plugins",
-            "--plugin",
-            "bench.plugin",
+            *servers.BENCH_PLUGIN_ARGS,
             "--idle-timeout",
             "600",
         ],
@@ -102,7 +100,8 @@ def _serve(database_url: str, address: str, stats_path: str) -> None:
 
 
 def _report(stats_path: str, commands: int, top: int) -> str:
-    stats = pstats.Stats(stats_path)
+    listing = io.StringIO()
+    stats = pstats.Stats(stats_path, stream=listing)
     raw = stats.stats  # type: ignore[attr-defined]
     total = sum(entry[2] for entry in raw.values())
     layers: dict[str, float] = {}
@@ -118,9 +117,8 @@ def _report(stats_path: str, commands: int, top: int) -> str:
     for name, seconds in sorted(layers.items(), key=lambda item: -item[1]):
         out.write(f"  {seconds / total:6.1%}  {name}\n")
     out.write(f"\nthe {top} functions with the most CPU of their own:\n")
-    buffer = io.StringIO()
-    pstats.Stats(stats_path, stream=buffer).sort_stats("tottime").print_stats(top)
-    out.write(buffer.getvalue().split("\n\n", 2)[-1])
+    stats.sort_stats("tottime").print_stats(top)
+    out.write(listing.getvalue().split("\n\n", 2)[-1])
     return out.getvalue()
 
 

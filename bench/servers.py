@@ -18,6 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.support.postgres import Cluster, start_cluster
 from tests.support.processes import free_port
 
+# Chronicle as the benchmark runs it: the benchmark's own plugin, nothing else.
+BENCH_PLUGIN_ARGS = ("--no-discover-plugins", "--plugin", "bench.plugin")
+
 
 @dataclass
 class Server:
