@@ -33,7 +33,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -44,7 +44,9 @@ from service.api.status import status_code
 from service.errors import ChronicleError, ConcurrencyConflict, ConfigurationError
 from service.processing.middleware import CommandCall, Middleware
 from service.store.base import EventStore
-from service.store.postgres.group_commit import BatchCounts
+
+if TYPE_CHECKING:  # only PostgreSQL has group commit: no import of it for the others
+    from service.store.postgres.group_commit import BatchCounts
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
