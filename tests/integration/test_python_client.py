@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -31,59 +30,13 @@ from service.errors import StoreUnavailable
 from service.store.base import EventStore
 from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
+from tests.support.broken_calls import BreakFirstStream, LoseFirstAnswers
 from tests.support.grpc_client import TEST_SETTINGS, running_server
 from tests.support.processes import free_port
 from tests.support.security import POLICY, Authority, api_key_file, write
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
 TELLER_KEY = "chr_teller-test-key-0123456789abcdef0123456789"
-
-
-def lost(details: str) -> grpc.aio.AioRpcError:
-    """What a client sees when a connection drops before the answer arrives."""
-    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
-
-
-class LoseFirstAnswers(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Lets each call reach the server and complete there, but replaces the
-    first ``count`` answers with UNAVAILABLE: a response lost on the way."""
-
-    def __init__(self, count: int = 1) -> None:
-        self.count = count
-        self.requests: list[Any] = []
-
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append(request)
-        call = await continuation(details, request)
-        if len(self.requests) <= self.count:
-            await call  # the server ran the command and answered
-            raise lost("connection reset before the response arrived (simulated)")
-        return call
-
-
-class BreakFirstStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """The first stream breaks (UNAVAILABLE) after ``after`` messages."""
-
-    def __init__(self, after: int) -> None:
-        self.after = after
-        self.requests: list[Any] = []
-
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append(request)
-        call = await continuation(details, request)
-        if len(self.requests) > 1:
-            return call
-
-        async def breaking() -> AsyncIterator[Any]:
-            received = 0
-            async for message in call:
-                yield message
-                received += 1
-                if received == self.after:
-                    call.cancel()
-                    raise lost("stream broken (simulated)")
-
-        return breaking()
 
 
 class CommitsThenFails:

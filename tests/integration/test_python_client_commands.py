@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
 import grpc
 import pytest
@@ -25,6 +24,7 @@ from service.client import (
 )
 from service.store.base import EventStore
 from service.store.memory import MemoryStore
+from tests.support.broken_calls import BreakFirstCommandStream
 from tests.support.grpc_client import TEST_SETTINGS, running_server
 from tests.support.processes import free_port
 
@@ -204,41 +204,6 @@ async def test_leaving_a_stream_early_ends_it_and_the_client_goes_on(client: Chr
         await results.aclose()  # the call and the producer are stopped
     assert first.result().version == 1
     assert (await client.submit("acc-2", bank.OpenAccount(owner="bob"))).version == 1
-
-
-class BreakFirstCommandStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    """Records every request sent; the first SubmitStream call breaks
-    (UNAVAILABLE) after ``after`` results, as a dropped connection would."""
-
-    def __init__(self, after: int) -> None:
-        self.after = after
-        self.calls: list[list[Any]] = []
-
-    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        sent: list[Any] = []
-        self.calls.append(sent)
-
-        async def recorded() -> AsyncIterator[Any]:
-            async for request in request_iterator:
-                sent.append(request)
-                yield request
-
-        call = await continuation(details, recorded())
-        if len(self.calls) > 1:
-            return call
-
-        async def breaking() -> AsyncIterator[Any]:
-            received = 0
-            async for response in call:
-                yield response
-                received += 1
-                if received == self.after:
-                    call.cancel()
-                    raise grpc.aio.AioRpcError(
-                        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream broken (test)"
-                    )
-
-        return breaking()
 
 
 async def test_a_broken_stream_sends_the_unanswered_commands_again_and_none_runs_twice(address: str) -> None:

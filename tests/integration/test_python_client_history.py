@@ -17,6 +17,7 @@ from service.plugins.registry import Registry
 from service.store.base import EventStore
 from service.store.memory import MemoryStore
 from tests.support import plugins
+from tests.support.broken_calls import BreakFirstStream
 from tests.support.events import new_event
 from tests.support.grpc_client import running_server
 
@@ -82,34 +83,6 @@ async def test_a_moment_must_be_timezone_aware_and_alone(client: ChronicleClient
         await client.get_aggregate("acc-1", bank.Account, at_time=datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="not both"):
         await client.get_aggregate("acc-1", bank.Account, at_version=1, at_time=datetime.now().astimezone())
-
-
-class BreakFirstStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """Records each request; the first stream breaks (UNAVAILABLE) after
-    ``after`` messages."""
-
-    def __init__(self, after: int) -> None:
-        self.after = after
-        self.requests: list[Any] = []
-
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append(request)
-        call = await continuation(details, request)
-        if len(self.requests) > 1:
-            return call
-
-        async def breaking() -> AsyncIterator[Any]:
-            received = 0
-            async for message in call:
-                yield message
-                received += 1
-                if received == self.after:
-                    call.cancel()
-                    raise grpc.aio.AioRpcError(
-                        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream broken (test)"
-                    )
-
-        return breaking()
 
 
 @pytest.fixture

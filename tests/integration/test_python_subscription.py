@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -16,40 +15,13 @@ import pytest
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.client import ChronicleClient, Event, FileCheckpoints, MemoryCheckpoints, RetryPolicy, Subscription
 from service.store.memory import MemoryStore
+from tests.support.broken_calls import BreakFirstStream
 from tests.support.grpc_client import running_server
 from tests.support.processes import free_port, server_process
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
 # Long enough to outlast a server restart (a few seconds), short enough for CI.
 PATIENT = RetryPolicy(max_attempts=200, initial_backoff=0.05, max_backoff=0.2)
-
-
-class BreakFirstStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """The first stream breaks (with ``code``) after ``after`` messages."""
-
-    def __init__(self, after: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
-        self.after = after
-        self.code = code
-        self.requests: list[Any] = []
-
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append(request)
-        call = await continuation(details, request)
-        if len(self.requests) > 1:
-            return call
-
-        async def breaking() -> AsyncIterator[Any]:
-            received = 0
-            async for message in call:
-                yield message
-                received += 1
-                if received == self.after:
-                    call.cancel()
-                    raise grpc.aio.AioRpcError(
-                        self.code, grpc.aio.Metadata(), grpc.aio.Metadata(), "stream broken (test)"
-                    )
-
-        return breaking()
 
 
 async def take(events: AsyncGenerator[Event, None], count: int) -> list[Event]:

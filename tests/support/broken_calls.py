@@ -1,0 +1,84 @@
+"""Client interceptors that break calls the way a network does, for the
+Python client's retry and resume tests: an answer lost after the server ran
+the call, a stream cut after some messages."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+
+def lost(details: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> grpc.aio.AioRpcError:
+    """What a client sees when a connection drops before the answer arrives."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+async def _broken_after(call: Any, after: int, code: grpc.StatusCode) -> AsyncIterator[Any]:
+    """The call's messages, then ``code`` after the ``after``-th."""
+    received = 0
+    async for message in call:
+        yield message
+        received += 1
+        if received == after:
+            call.cancel()
+            raise lost("stream broken (simulated)", code)
+
+
+class LoseFirstAnswers(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Lets each call reach the server and complete there, but replaces the
+    first ``count`` answers with UNAVAILABLE: a response lost on the way.
+    Records every request."""
+
+    def __init__(self, count: int = 1) -> None:
+        self.count = count
+        self.requests: list[Any] = []
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.requests.append(request)
+        call = await continuation(details, request)
+        if len(self.requests) <= self.count:
+            await call  # the server ran the command and answered
+            raise lost("connection reset before the response arrived (simulated)")
+        return call
+
+
+class BreakFirstStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Records every request; the first stream breaks (with ``code``) after
+    ``after`` messages."""
+
+    def __init__(self, after: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+        self.after = after
+        self.code = code
+        self.requests: list[Any] = []
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.requests.append(request)
+        call = await continuation(details, request)
+        if len(self.requests) > 1:
+            return call
+        return _broken_after(call, self.after, self.code)
+
+
+class BreakFirstCommandStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Records every request sent; the first SubmitStream call breaks
+    (UNAVAILABLE) after ``after`` results, as a dropped connection would."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.calls: list[list[Any]] = []
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        sent: list[Any] = []
+        self.calls.append(sent)
+
+        async def recorded() -> AsyncIterator[Any]:
+            async for request in request_iterator:
+                sent.append(request)
+                yield request
+
+        call = await continuation(details, recorded())
+        if len(self.calls) > 1:
+            return call
+        return _broken_after(call, self.after, grpc.StatusCode.UNAVAILABLE)
