@@ -4,8 +4,6 @@ database that is missing at start-up, or goes away and comes back."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from dataclasses import replace
 
 import grpc
@@ -21,6 +19,7 @@ from service.store.postgres.migrations import known_migrations
 from service.store.records import LogFilter
 from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of
 from tests.support.postgres import Cluster
+from tests.support.processes import serve_until_exit
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
@@ -70,21 +69,7 @@ async def test_a_malformed_url_is_refused_at_open() -> None:
 
 
 def test_the_server_exits_with_a_clear_message_on_a_malformed_url() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "postgresql://u@h:x/db",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_until_exit("--database-url", "postgresql://u@h:x/db")
     assert result.returncode != 0
     assert "malformed PostgreSQL URL" in result.stderr
 

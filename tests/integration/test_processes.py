@@ -11,7 +11,7 @@ import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from tests.support.grpc_client import command, connect
-from tests.support.processes import free_port, wait_until_serving
+from tests.support.processes import free_port, serve_until_exit, wait_until_serving
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -54,23 +54,7 @@ async def test_two_processes_share_one_port_and_stop_together(postgres_url: str)
 
 
 def test_several_processes_need_a_fixed_port() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "memory://",
-            "--processes",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_until_exit("--database-url", "memory://", "--processes", "2")
     assert result.returncode != 0
     assert "fixed port" in result.stderr
 

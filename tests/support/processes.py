@@ -203,6 +203,17 @@ def server_process(
             process.stdout.close()
 
 
+def serve_until_exit(*args: str) -> subprocess.CompletedProcess[str]:
+    """``chronicle serve --listen 127.0.0.1:0 ARGS`` run to its end: for
+    settings the server must refuse at start-up."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", "serve", "--listen", "127.0.0.1:0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def cli(*args: str, server: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "service", *args, "--server", server],
