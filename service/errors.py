@@ -20,6 +20,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
     ├── WrongExpectedVersion    the client's expected version does not hold
     ├── ConcurrencyConflict     another writer appended first (retried inside)
+    ├── CommandAlreadyRecorded  the store found the command id recorded (internal: becomes a replay)
     ├── CommandIdReused         a command id reused for a different command
     ├── Unauthenticated         no credentials, or credentials that do not verify
     ├── PermissionDenied        the caller may not do this
@@ -31,18 +32,32 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── HandlerFailed           a plugin's handler raised something unexpected
     └── ConfigurationError      bad settings or plugins; raised at start-up
 
-Rejections that follow deterministically from the command and the state
-(validation errors, a wrong expected version) are recorded with the command
-so that a retry returns the same answer. A type mismatch needs no record: an
-aggregate's type never changes, so a retry meets the same refusal. Transient failures
-(conflicts, overload, an unavailable store, a failing handler) are not
-recorded: retrying them may succeed.
+Errors classify themselves with class attributes that subclasses inherit,
+so every rule asks the error, never its class name (a plugin's own
+``class BoxLocked(ValidationError)`` is treated exactly like its parent):
+
+- ``recorded``: a refusal that follows deterministically from the command and
+  the state (validation errors, a wrong expected version) is recorded with
+  the command id, so that a retry returns the same answer. A type mismatch
+  needs no record (an aggregate's type never changes, so a retry meets the
+  same refusal); transient failures (conflicts, overload, an unavailable
+  store, a failing handler) are not recorded: retrying them may succeed.
+- ``keeps_cache``: the refusal was decided on state that is still exactly what
+  the store holds, so the aggregate's worker keeps its cached state.
+
+A recorded refusal is stored under its ``record_kind``: the nearest class of
+this module in its MRO, so that reading it back rebuilds an error of the same
+family (and so the same gRPC status) whatever plugin raised it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.store.records import CommandRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +72,10 @@ class ChronicleError(Exception):
     """Root of every error Chronicle raises on purpose."""
 
     default_reason = "CHRONICLE_ERROR"
+    #: Recorded with the command id, so a retry of the command is refused alike.
+    recorded = False
+    #: Decided on the aggregate's current state: its worker's cache stays good.
+    keeps_cache = False
 
     def __init__(
         self,
@@ -110,6 +129,8 @@ class ValidationError(ChronicleError):
     """
 
     default_reason = "VALIDATION_FAILED"
+    recorded = True
+    keeps_cache = True
 
     def __init__(
         self,
@@ -214,6 +235,8 @@ class AggregateTypeMismatch(ChronicleError):
 
 class WrongExpectedVersion(ChronicleError):
     default_reason = "WRONG_EXPECTED_VERSION"
+    recorded = True
+    keeps_cache = True
 
     def __init__(self, aggregate_id: str, expected: int, current: int) -> None:
         super().__init__(
@@ -246,6 +269,21 @@ class ConcurrencyConflict(ChronicleError):
         )
         self.aggregate_id = aggregate_id
         self.expected = expected
+
+
+class CommandAlreadyRecorded(ChronicleError):
+    """The command id is already recorded; ``record`` is what it produced.
+
+    A signal between the store and the executor, which turns it into a
+    replay of the original result or ``CommandIdReused``; a client never
+    sees it.
+    """
+
+    default_reason = "COMMAND_ALREADY_RECORDED"
+
+    def __init__(self, record: CommandRecord) -> None:
+        super().__init__(f"command id {record.command_id} is already recorded", metadata={})
+        self.record = record
 
 
 class CommandIdReused(ChronicleError):
@@ -313,9 +351,8 @@ class ConfigurationError(ChronicleError):
     default_reason = "CONFIGURATION_ERROR"
 
 
-# Rejections recorded with a command id and raised again, unchanged, when the
-# command id is submitted again. Looked up by class name when read back.
-REPLAYABLE: dict[str, type[ChronicleError]] = {
+# The classes a recorded refusal is rebuilt as, by ``record_kind``.
+_RECORDED_KINDS: dict[str, type[ChronicleError]] = {
     cls.__name__: cls
     for cls in (
         ValidationError,
@@ -331,12 +368,21 @@ REPLAYABLE: dict[str, type[ChronicleError]] = {
 def recorded_with_command(error: BaseException) -> bool:
     """Whether the executor records ``error`` with the command id (and so in
     the audit log, in the same transaction)."""
-    return type(error).__name__ in REPLAYABLE
+    return isinstance(error, ChronicleError) and error.recorded
+
+
+def record_kind(error: ChronicleError) -> str:
+    """The name a recorded refusal is stored under: the nearest class of this
+    module in the error's MRO (a plugin's subclass is stored as its parent)."""
+    for cls in type(error).__mro__:
+        if _RECORDED_KINDS.get(cls.__name__) is cls:
+            return cls.__name__
+    return ValidationError.__name__
 
 
 def rebuild_rejection(kind: str, message: str, reason: str, metadata: Mapping[str, str]) -> ChronicleError:
     """Recreate a recorded rejection without running its constructor."""
-    cls = REPLAYABLE.get(kind, ValidationError)
+    cls = _RECORDED_KINDS.get(kind, ValidationError)
     error = cls.__new__(cls)
     ChronicleError.__init__(error, message, reason=reason, metadata=metadata)
     if isinstance(error, ValidationError):

@@ -28,12 +28,11 @@ import uuid
 from collections.abc import Sequence
 
 from service.errors import (
-    REPLAYABLE,
     ChronicleError,
+    CommandAlreadyRecorded,
     ConcurrencyConflict,
     NotUnique,
-    ValidationError,
-    WrongExpectedVersion,
+    record_kind,
 )
 from service.plugins.registry import Registry
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
@@ -43,14 +42,9 @@ from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import Aggregate, AggregateLoader
 from service.processing.watchdog import SlowHandlerAlarm
 from service.store.base import EventStore
-from service.store.records import CommandAlreadyRecorded, CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
+from service.store.records import CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
 
 log = logging.getLogger(__name__)
-
-
-# Refusals decided on a state that is still exactly what the store holds:
-# the cached aggregate stays good.
-KEEPS_CACHE = (ValidationError, WrongExpectedVersion)
 
 
 def conflict_backoff(attempt: int) -> float:
@@ -59,6 +53,10 @@ def conflict_backoff(attempt: int) -> float:
     race against one that must reload first; a pause lets a burst on the
     winning side pass instead of losing the same race again at once."""
     return random.uniform(0, min(0.05, 0.002 * 2 ** (attempt - 1)))
+
+
+def _rejection(error: ChronicleError) -> Rejection:
+    return Rejection(record_kind(error), error.reason, error.message, error.metadata)
 
 
 def _name_the_claimant(error: NotUnique, decision: Decision) -> None:
@@ -125,7 +123,7 @@ class CommandExecutor:
                 # before a restart); our cached state may be behind.
                 return await self._replayer.replay(batch.commands), None
             except ChronicleError as error:
-                if type(error).__name__ not in REPLAYABLE:
+                if not error.recorded:
                     raise
                 if isinstance(error, NotUnique) and decision is not None and len(batch.commands) > 1:
                     _name_the_claimant(error, decision)
@@ -175,7 +173,7 @@ class CommandExecutor:
             try:
                 decision = await self._decider.decide([request], current)
             except ChronicleError as error:
-                if type(error).__name__ not in REPLAYABLE:
+                if not error.recorded:
                     return await self._one_by_one(requests, start)
                 outcomes.append(error)
                 continue
@@ -210,7 +208,7 @@ class CommandExecutor:
         version = start.version
         for request, outcome in zip(requests, outcomes, strict=True):
             if isinstance(outcome, ChronicleError):
-                rejection = Rejection(type(outcome).__name__, outcome.reason, outcome.message, outcome.metadata)
+                rejection = _rejection(outcome)
                 records.append(self._record(Decided(request, version, (), ()), rejection))
                 continue
             records.append(self._record(outcome))
@@ -227,7 +225,7 @@ class CommandExecutor:
                 result, cached = await self.execute_batch(CommandBatch((request,)), cached)
             except ChronicleError as error:
                 results.append(error)
-                if not isinstance(error, KEEPS_CACHE):
+                if not error.keeps_cache:
                     cached = None
                 continue
             except Exception as error:  # a store bug or a lost connection: what we knew is suspect
@@ -307,7 +305,7 @@ class CommandExecutor:
     async def _record_rejection(self, batch: CommandBatch, aggregate: Aggregate, error: ChronicleError) -> None:
         """Record the refusal under every command id of the batch, so that a
         retry of the batch (or of any of its commands) is refused alike."""
-        rejection = Rejection(type(error).__name__, error.reason, error.message, error.metadata)
+        rejection = _rejection(error)
         records = [self._record(Decided(request, aggregate.version, (), ()), rejection) for request in batch.commands]
         # Checked against the version the decision was made on: a refusal
         # decided on a stale cache must be decided again, not recorded.

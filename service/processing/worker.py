@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from service.errors import ChronicleError, Overloaded
 from service.observability.logs import logging_command
 from service.processing.commands import BatchResult, CommandBatch
-from service.processing.executor import KEEPS_CACHE, CommandExecutor
+from service.processing.executor import CommandExecutor
 from service.processing.state import Aggregate
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class AggregateWorker:
             ):
                 result, self._cached = await self._executor.execute_batch(job.batch, self._cached)
         except Exception as error:
-            if not isinstance(error, KEEPS_CACHE):
+            if not (isinstance(error, ChronicleError) and error.keeps_cache):
                 # A failing handler may have changed the state it was given; a
                 # lost connection leaves us unsure what was committed.
                 self._cached = None

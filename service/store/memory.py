@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 
-from service.errors import ConcurrencyConflict, NotUnique
+from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.notifier import CommitNotifier
 from service.store.records import (
@@ -18,7 +18,6 @@ from service.store.records import (
     AggregateHead,
     AuditEntry,
     ClaimChange,
-    CommandAlreadyRecorded,
     CommandRecord,
     DataKey,
     DocumentWrite,

@@ -220,18 +220,6 @@ class AggregateHead:
     version: int
 
 
-class CommandAlreadyRecorded(Exception):
-    """The command id is already recorded; ``record`` is what it produced.
-
-    Internal signal between the store and the processor, which turns it into
-    a replay of the original result or ``CommandIdReused``.
-    """
-
-    def __init__(self, record: CommandRecord) -> None:
-        super().__init__(record.command_id)
-        self.record = record
-
-
 @dataclass(frozen=True, slots=True)
 class LogFilter:
     """Which events of the global log a reader wants. Fields combine with

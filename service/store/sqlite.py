@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TypeVar
 
-from service.errors import ConcurrencyConflict, NotUnique, StoreUnavailable
+from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, StoreUnavailable
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.notifier import CommitNotifier
 from service.store.records import (
@@ -27,7 +27,6 @@ from service.store.records import (
     AggregateHead,
     AuditEntry,
     ClaimChange,
-    CommandAlreadyRecorded,
     CommandRecord,
     DataKey,
     DocumentWrite,

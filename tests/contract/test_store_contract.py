@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from service.errors import ConcurrencyConflict
+from service.errors import CommandAlreadyRecorded, ConcurrencyConflict
 from service.store.base import AggregateQuery, EventStore
-from service.store.records import AggregateHead, CommandAlreadyRecorded, LogFilter, Rejection, Snapshot
+from service.store.records import AggregateHead, LogFilter, Rejection, Snapshot
 from tests.support.events import command_record, new_event
 
 

@@ -8,9 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from service.errors import ConcurrencyConflict
+from service.errors import CommandAlreadyRecorded, ConcurrencyConflict
 from service.store.postgres import PostgresStore
-from service.store.records import CommandAlreadyRecorded
 from tests.support.events import command_record, new_event
 
 pytestmark = pytest.mark.postgres

@@ -34,7 +34,7 @@ from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from service.errors import ConcurrencyConflict, ConfigurationError, NotUnique, StoreUnavailable
+from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, ConfigurationError, NotUnique, StoreUnavailable
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.notifier import CommitNotifier
 from service.store.postgres.blocking import BlockingSide, Work
@@ -48,7 +48,6 @@ from service.store.records import (
     AggregateHead,
     AuditEntry,
     ClaimChange,
-    CommandAlreadyRecorded,
     CommandRecord,
     DataKey,
     DocumentWrite,
