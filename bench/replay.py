@@ -10,6 +10,7 @@ import uuid
 from bench.plugin import plugin, tally
 from service.plugins.registry import Registry
 from service.processing.state import AggregateLoader
+from service.store.base import Store
 from service.store.postgres import PostgresStore
 from service.store.records import NewEvent, Snapshot
 
@@ -35,7 +36,7 @@ async def load_times(database_url: str, events: int = 10_000, rounds: int = 7) -
             ]
             await store.append(aggregate_id, chunk, version)
             version += len(chunk)
-        loader = AggregateLoader(store, registry)
+        loader = AggregateLoader(Store.of(store), registry)
 
         async def timed() -> float:
             start = time.perf_counter()

@@ -29,7 +29,8 @@ from service.api.server import build_server
 from service.audit import AuditLog, AuditMiddleware
 from service.errors import ConfigurationError
 from service.observability.logs import LoggingMiddleware
-from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer, TimedStore
+from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
+from service.observability.store_timing import timed
 from service.observability.subscriptions import LagSampler, SubscriptionTracker
 from service.observability.tracing import TracingInterceptor, TracingMiddleware
 from service.observability.tracing import wanted as tracing_wanted
@@ -48,8 +49,8 @@ from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
 from service.security.tls import server_credentials
 from service.settings import Settings
-from service.store.base import EventStore
-from service.store.encrypted import EncryptingStore
+from service.store.base import Store, StoreAdapter
+from service.store.encrypted import encrypted
 from service.store.factory import open_store
 
 log = logging.getLogger("chronicle")
@@ -91,7 +92,7 @@ def build_master_keys(settings: Settings) -> MasterKeys | None:
 class Application:
     settings: Settings
     registry: Registry
-    store: EventStore
+    store: Store
     router: Router
     health: Health
     server: grpc.aio.Server
@@ -124,7 +125,7 @@ class Application:
         await self.server.stop(grace)
         await self.router.close(grace=grace)
         await self.projections.stop()  # an uncommitted batch is simply applied again later
-        await self.store.close()
+        await self.store.lifecycle.close()
         if self.watchdog is not None:
             await self.watchdog.stop()
         if self.metrics_server is not None:
@@ -134,7 +135,7 @@ class Application:
 async def start(
     settings: Settings,
     *,
-    store: EventStore | None = None,
+    store: StoreAdapter | None = None,
     registry: Registry | None = None,
     tracer_provider: object | None = None,
 ) -> Application:
@@ -147,11 +148,12 @@ async def start(
     the OpenTelemetry packages are installed.
     """
     registry = registry if registry is not None else build_registry(settings)
-    store = (
+    adapter = (
         store
         if store is not None
         else open_store(settings.database_url, pool_size=settings.db_pool_size, keep_snapshots=settings.keep_snapshots)
     )
+    roles = Store.of(adapter)
     authenticator, authorizer = build_authentication(settings)
     credentials = (
         server_credentials(
@@ -164,18 +166,18 @@ async def start(
     )
     metrics = Metrics() if settings.metrics_listen else None
     if metrics is not None:
-        batch_counts = getattr(store, "batch_counts", None)
+        batch_counts = getattr(adapter, "batch_counts", None)
         if batch_counts is not None:
             metrics.watch_batches(batch_counts)
-        store = TimedStore.wrap(store, metrics)
+        roles = timed(roles, metrics.store_duration, metrics.conflicts)
     master_keys = build_master_keys(settings)
     keyring: Keyring | None = None
     if master_keys is not None:
-        keyring = Keyring(store, master_keys)
-        store = EncryptingStore(store, keyring)
-    await store.open()
+        keyring = Keyring(roles.keys, master_keys)
+        roles = encrypted(roles, keyring)
+    await roles.lifecycle.open()
     executor = CommandExecutor(
-        store,
+        roles,
         registry,
         max_attempts=settings.conflict_retries,
         snapshots=SnapshotPolicy(settings.snapshot_every or None),
@@ -187,7 +189,7 @@ async def start(
         idle_timeout=settings.idle_timeout,
         max_workers=settings.max_workers,
     )
-    audit = AuditLog(store)
+    audit = AuditLog(roles.audit)
     tracing = tracing_wanted(tracer_provider)
     # Outermost first: logging, tracing, metrics and audit see every outcome,
     # authorization's refusals included; plugin middleware sees only
@@ -216,22 +218,34 @@ async def start(
     health = Health()
     tracker = SubscriptionTracker()
     subscriptions = Subscriptions(
-        store,
+        roles.log,
         executor.loader.reader,
         checkpoint_interval=settings.checkpoint_seconds,
         poll_interval=settings.poll_seconds,
     )
     projections = Projections(
         [
-            ProjectionRunner(projection, store, executor.loader.reader, poll_interval=settings.poll_seconds)
+            ProjectionRunner(
+                projection,
+                log=roles.log,
+                documents=roles.projections,
+                reader=executor.loader.reader,
+                poll_interval=settings.poll_seconds,
+            )
             for projection in registry.projections
         ]
     )
     server = build_server(
         commands=CommandService(registry, pipeline, audit),
-        events=EventService(store, executor.loader, authorizer, subscriptions, registry, tracker),
+        events=EventService(roles.events, executor.loader, authorizer, subscriptions, registry, tracker),
         admin=AdminService(audit, authorizer, keyring),
-        projections=ProjectionService(store, registry, projections, authorizer),
+        projections=ProjectionService(
+            documents=roles.projections,
+            log=roles.log,
+            registry=registry,
+            projections=projections,
+            authorizer=authorizer,
+        ),
         health=health,
         max_message_bytes=settings.max_message_bytes,
         interceptors=interceptors,
@@ -254,12 +268,12 @@ async def start(
     except (RuntimeError, ConfigurationError) as error:
         if metrics_server is not None:
             metrics_server.stop()
-        await store.close()
+        await roles.lifecycle.close()
         if isinstance(error, ConfigurationError):
             raise
         raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error
     await server.start()
-    monitor = StoreMonitor(store, health, interval=settings.health_interval)
+    monitor = StoreMonitor(roles.lifecycle, health, interval=settings.health_interval)
     await monitor.check()
     monitor.start()
     projections.start()
@@ -268,12 +282,12 @@ async def start(
         watchdog.start()
     lag_sampler = None
     if metrics is not None:
-        lag_sampler = LagSampler(store, tracker, metrics.subscription_lag)
+        lag_sampler = LagSampler(roles.log, tracker, metrics.subscription_lag)
         lag_sampler.start()
     return Application(
         settings=settings,
         registry=registry,
-        store=store,
+        store=roles,
         router=router,
         health=health,
         server=server,

@@ -8,7 +8,7 @@ Where each outcome is written:
 - refused before a handler decided (authentication, concurrency limit,
   malformed input, policy, overload, an exhausted conflict budget, a failing
   handler): ``AuditLog.refused`` writes an entry of its own, through
-  ``EventStore.record_audit_entry``. The API layer calls it for refusals
+  ``AuditRecorder.record_audit_entry``. The API layer calls it for refusals
   before the pipeline; ``AuditMiddleware`` for refusals inside it.
 - administrators' actions (``AdminService``): forgetting an aggregate and
   rewrapping keys, done or refused, and any refused admin call; the entry's
@@ -27,7 +27,7 @@ import time
 
 from service.errors import ChronicleError, recorded_with_command
 from service.processing.middleware import CommandCall, Middleware
-from service.store.base import AuditQuery, EventStore
+from service.store.base import AuditQuery, AuditRecorder
 from service.store.records import ACCEPTED, REFUSED, AuditEntry
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def now_us() -> int:
 
 
 class AuditLog:
-    def __init__(self, store: EventStore) -> None:
+    def __init__(self, store: AuditRecorder) -> None:
         self._store = store
 
     async def refused(self, entry: AuditEntry) -> None:

@@ -44,6 +44,7 @@ from service.plugins.api import Plugin
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
+from service.store.base import Store
 from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, NewEvent
 
@@ -162,7 +163,7 @@ class Scenario:
         if self._server is not None:
             return await self._run_on_server(command, self._server.address)
         store = await self._seeded_store()
-        executor = CommandExecutor(store, self.registry)
+        executor = CommandExecutor(Store.of(store), self.registry)
         for past in self._given_commands:
             await self._execute(executor, past, None, given=True)
         return await self._execute(executor, command, self._expected_version)

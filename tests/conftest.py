@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from tests.support.load import Followers
 from tests.support.postgres import Cluster, start_cluster
 from tests.support.stores import STORES, StoreSite
@@ -30,7 +30,7 @@ def postgres_url(pg_cluster: Cluster) -> Iterator[str]:
 
 
 @pytest.fixture(params=sorted(STORES))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventStore]:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreAdapter]:
     """Each store adapter in turn: the contract suite runs once per store."""
     site = StoreSite(tmp=tmp_path, postgres_url=lambda: request.getfixturevalue("postgres_url"))
     async with STORES[request.param](site) as opened:

@@ -22,13 +22,13 @@ from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.security.policy import Authorizer
 from service.security.principal import current_principal
-from service.store.base import EventStore
+from service.store.base import EventRecorder
 
 
 class EventService(pb_grpc.EventServiceServicer):
     def __init__(
         self,
-        store: EventStore,
+        store: EventRecorder,
         loader: AggregateLoader,
         authorizer: Authorizer,
         subscriptions: Subscriptions,

@@ -17,7 +17,7 @@ from grpc_health.v1 import health, health_pb2
 
 from chronicle.v1 import admin_service_pb2, command_service_pb2, event_service_pb2, projection_service_pb2
 from service.errors import ChronicleError
-from service.store.base import EventStore
+from service.store.base import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Health:
 
 
 class StoreMonitor:
-    def __init__(self, store: EventStore, health: Health, *, interval: float) -> None:
+    def __init__(self, store: Lifecycle, health: Health, *, interval: float) -> None:
         self._store = store
         self._health = health
         self._interval = interval

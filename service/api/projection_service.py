@@ -17,12 +17,21 @@ from service.plugins.registry import Registry
 from service.processing.projections import Projections
 from service.security.policy import Authorizer
 from service.security.principal import current_principal
-from service.store.base import EventStore
+from service.store.base import LogReader, ProjectionStore
 
 
 class ProjectionService(pb_grpc.ProjectionServiceServicer):
-    def __init__(self, store: EventStore, registry: Registry, projections: Projections, authorizer: Authorizer) -> None:
-        self._store = store
+    def __init__(
+        self,
+        *,
+        documents: ProjectionStore,
+        log: LogReader,
+        registry: Registry,
+        projections: Projections,
+        authorizer: Authorizer,
+    ) -> None:
+        self._documents = documents
+        self._log = log
         self._registry = registry
         self._projections = projections
         self._authorizer = authorizer
@@ -48,8 +57,8 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         projection = self._projection("projection", request.projection)
         key = check_id("key", request.key, reason="INVALID_KEY")
         # The checkpoint first: the document read next is at least that new.
-        position = await self._store.projection_position(projection.name)
-        document = await self._store.load_document(projection.name, key)
+        position = await self._documents.projection_position(projection.name)
+        document = await self._documents.load_document(projection.name, key)
         if document is None:
             raise ResourceNotFound(
                 f"projection {projection.name} has no document {key!r}",
@@ -69,8 +78,8 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         runner = self._projections.runners.get(projection.name)
         return pb.GetProjectionResponse(
             name=projection.name,
-            position=await self._store.projection_position(projection.name),
-            log_head=await self._store.log_head(),
+            position=await self._documents.projection_position(projection.name),
+            log_head=await self._log.log_head(),
             running=bool(runner and runner.status.running),
             error=runner.status.error if runner else "",
             aggregate_types=sorted(projection.aggregate_types),

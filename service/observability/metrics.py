@@ -30,10 +30,8 @@ registered, status codes, store operations): never aggregate ids.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -41,9 +39,8 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from service.api.status import status_code
-from service.errors import ChronicleError, ConcurrencyConflict, ConfigurationError
+from service.errors import ChronicleError, ConfigurationError
 from service.processing.middleware import CommandCall, Middleware
-from service.store.base import EventStore
 
 if TYPE_CHECKING:  # only PostgreSQL has group commit: no import of it for the others
     from service.store.postgres.group_commit import BatchCounts
@@ -158,38 +155,6 @@ class MetricsMiddleware(Middleware):
 
     async def on_error(self, call: CommandCall) -> None:
         self._count(call)
-
-
-class TimedStore:
-    """Delegates every store operation to ``inner`` and times it; counts
-    appends that conflict. Wraps whatever the protocol has, without a list."""
-
-    def __init__(self, inner: EventStore, metrics: Metrics) -> None:
-        self._inner = inner
-        self._metrics = metrics
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._inner, name)
-        if not inspect.iscoroutinefunction(attribute):
-            return attribute
-        histogram = self._metrics.store_duration.labels(operation=name)
-        conflicts = self._metrics.conflicts
-
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return await cast(Callable[..., Awaitable[Any]], attribute)(*args, **kwargs)
-            except ConcurrencyConflict:
-                conflicts.inc()
-                raise
-            finally:
-                histogram.observe(time.perf_counter() - started)
-
-        return timed
-
-    @classmethod
-    def wrap(cls, inner: EventStore, metrics: Metrics) -> EventStore:
-        return cast(EventStore, cls(inner, metrics))
 
 
 class MetricsServer:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from prometheus_client import Gauge
 
-from service.store.base import EventStore
+from service.store.base import LogReader
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class LagSampler:
     log's head, in positions (positions are increasing but may have gaps,
     so this bounds the number of events from above)."""
 
-    def __init__(self, store: EventStore, tracker: SubscriptionTracker, lag: Gauge, *, interval: float = 5.0) -> None:
+    def __init__(self, store: LogReader, tracker: SubscriptionTracker, lag: Gauge, *, interval: float = 5.0) -> None:
         self._store = store
         self._tracker = tracker
         self._lag = lag

@@ -24,7 +24,7 @@ from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.state import Aggregate, apply_messages
 from service.processing.watchdog import SlowHandlerAlarm
-from service.store.base import EventStore
+from service.store.base import EventRecorder
 from service.store.records import ClaimChange
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Decision:
 
 
 class Decider:
-    def __init__(self, store: EventStore, registry: Registry, *, slow: SlowHandlerAlarm) -> None:
+    def __init__(self, store: EventRecorder, registry: Registry, *, slow: SlowHandlerAlarm) -> None:
         self._store = store
         self._registry = registry
         self._slow = slow

@@ -41,7 +41,7 @@ from service.processing.replay import Replayer
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import Aggregate, AggregateLoader
 from service.processing.watchdog import SlowHandlerAlarm
-from service.store.base import EventStore
+from service.store.base import Store
 from service.store.records import CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
 
 log = logging.getLogger(__name__)
@@ -70,20 +70,22 @@ def _name_the_claimant(error: NotUnique, decision: Decision) -> None:
 class CommandExecutor:
     def __init__(
         self,
-        store: EventStore,
+        store: Store,
         registry: Registry,
         *,
         max_attempts: int = 5,
         snapshots: SnapshotPolicy | None = None,
         slow_handler_seconds: float = 0.1,
     ) -> None:
-        self._store = store
+        self._events = store.events
+        self._snapshot_store = store.snapshots
+        self._claims = store.claims
         self._registry = registry
         self._loader = AggregateLoader(store, registry)
         self._max_attempts = max_attempts
         self._snapshots = snapshots or SnapshotPolicy()
-        self._decider = Decider(store, registry, slow=SlowHandlerAlarm(threshold=slow_handler_seconds))
-        self._replayer = Replayer(store, self._loader.reader)
+        self._decider = Decider(store.events, registry, slow=SlowHandlerAlarm(threshold=slow_handler_seconds))
+        self._replayer = Replayer(store.events, self._loader.reader)
 
     @property
     def loader(self) -> AggregateLoader:
@@ -135,7 +137,7 @@ class CommandExecutor:
                 except CommandAlreadyRecorded:
                     return await self._replayer.replay(batch.commands), aggregate
                 raise
-        head = await self._store.head(batch.aggregate_id)
+        head = await self._events.head(batch.aggregate_id)
         raise ConcurrencyConflict(
             batch.aggregate_id,
             conflict.expected if conflict else 0,
@@ -186,7 +188,7 @@ class CommandExecutor:
             )
         records, new_events = self._series_records(requests, outcomes, start)
         try:
-            appended = await self._store.append(start.aggregate_id, new_events, start.version, commands=records)
+            appended = await self._events.append(start.aggregate_id, new_events, start.version, commands=records)
         except (ConcurrencyConflict, CommandAlreadyRecorded):
             return await self._one_by_one(requests, None)
         results: list[CommandResult | BaseException] = []
@@ -239,13 +241,13 @@ class CommandExecutor:
         records = await self._replayer.records(batch.commands)
         if any(record is not None for record in records):
             return await self._replayer.replay_records(batch.commands, records), cached
-        head = await self._store.head(batch.aggregate_id)
+        head = await self._events.head(batch.aggregate_id)
         aggregate = cached
         if aggregate is None or aggregate.version != (head.version if head else 0):
             aggregate = await self._loader.load(batch.aggregate_id, batch.commands[0].spec.aggregate)
         decision = await self._decider.decide(batch.commands, aggregate)
         for claim in decision.claims:
-            holder = None if claim.release else await self._store.claim_owner(claim.scope, claim.value)
+            holder = None if claim.release else await self._claims.claim_owner(claim.scope, claim.value)
             if holder is not None and holder != batch.aggregate_id:
                 raise NotUnique(claim.scope)
         new_events = self._new_events(aggregate, decision)
@@ -309,13 +311,13 @@ class CommandExecutor:
         records = [self._record(Decided(request, aggregate.version, (), ()), rejection) for request in batch.commands]
         # Checked against the version the decision was made on: a refusal
         # decided on a stale cache must be decided again, not recorded.
-        await self._store.append(batch.aggregate_id, (), aggregate.version, commands=records)
+        await self._events.append(batch.aggregate_id, (), aggregate.version, commands=records)
 
     async def _append(
         self, batch: CommandBatch, aggregate: Aggregate, decision: Decision
     ) -> tuple[BatchResult, Aggregate]:
         new_events = self._new_events(aggregate, decision)
-        recorded = await self._store.append(
+        recorded = await self._events.append(
             batch.aggregate_id,
             new_events,
             aggregate.version,
@@ -343,6 +345,6 @@ class CommandExecutor:
             state=aggregate.state.SerializeToString(),
         )
         try:
-            await self._store.save_snapshot(snapshot)
+            await self._snapshot_store.save_snapshot(snapshot)
         except Exception:
             log.warning("snapshot of %s at %d failed", aggregate.aggregate_id, aggregate.version, exc_info=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from service.errors import AggregateNotFound, VersionNotReached
 from service.processing.state import Aggregate, AggregateLoader
-from service.store.base import AggregateQuery, EventStore
+from service.store.base import AggregateQuery, EventRecorder
 from service.store.records import RecordedEvent
 
 # Stored events read from the store at once: bounds a long read's memory.
@@ -39,7 +39,7 @@ class EventRange:
 
 
 class History:
-    def __init__(self, store: EventStore, loader: AggregateLoader) -> None:
+    def __init__(self, store: EventRecorder, loader: AggregateLoader) -> None:
         self._store = store
         self._loader = loader
 
@@ -90,7 +90,7 @@ class History:
 
     async def state_at_time(self, aggregate_id: str, timestamp_us: int, *, shown_as: str = "") -> Aggregate:
         """The aggregate as of ``timestamp_us``: after every event committed
-        by then (see ``EventStore.version_at``). ``shown_as``: the moment as
+        by then (see ``EventRecorder.version_at``). ``shown_as``: the moment as
         the caller wrote it, for the error when there was nothing yet."""
         version = await self._store.version_at(aggregate_id, timestamp_us)
         if version == 0:

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError, Message
 from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed
 from service.plugins.projections import ProjectedEvent, Projection
 from service.processing.upcasting import EventReader
-from service.store.base import EventStore
+from service.store.base import LogReader, ProjectionStore
 from service.store.records import DocumentWrite, LogFilter, RecordedEvent
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class _Batch:
     again, so a handler never sees its own half-applied writes twice.
     """
 
-    def __init__(self, projection: str, store: EventStore) -> None:
+    def __init__(self, projection: str, store: ProjectionStore) -> None:
         self.projection = projection
         self._store = store
         self._stored: dict[str, _Raw | None] = {}
@@ -151,14 +151,16 @@ class ProjectionRunner:
     def __init__(
         self,
         projection: Projection,
-        store: EventStore,
-        reader: EventReader,
         *,
+        log: LogReader,
+        documents: ProjectionStore,
+        reader: EventReader,
         poll_interval: float = 1.0,
         retry_interval: float = 5.0,
     ) -> None:
         self.projection = projection
-        self._store = store
+        self._log = log
+        self._documents = documents
         self._reader = reader
         self._poll_interval = poll_interval
         self._retry_interval = retry_interval
@@ -199,14 +201,14 @@ class ProjectionRunner:
                     await asyncio.sleep(self._retry_interval)
                     position = await self._load_position()
                     continue
-                await self._store.wait_for_commit(position, self._poll_interval)
+                await self._log.wait_for_commit(position, self._poll_interval)
         finally:
             self.status.running = False
 
     async def _load_position(self) -> int:
         while True:
             try:
-                position = await self._store.projection_position(self.projection.name)
+                position = await self._documents.projection_position(self.projection.name)
                 self.status.position = position
                 return position
             except ChronicleError as error:
@@ -221,14 +223,14 @@ class ProjectionRunner:
         """Apply the next batch after ``position`` and commit it; return the
         new checkpoint. Catches up fully before returning when it can."""
         while True:
-            page = await self._store.read_log(position, self._filter, self.projection.batch_size)
+            page = await self._log.read_log(position, self._filter, self.projection.batch_size)
             if page.scanned_to == position:
                 return position
-            batch = _Batch(self.projection.name, self._store)
+            batch = _Batch(self.projection.name, self._documents)
             for stored in page.events:
                 for event in self._reader.decode(stored):
                     await self._apply(batch, event.record, event.message)
-            await self._store.commit_projection(
+            await self._documents.commit_projection(
                 self.projection.name,
                 expected_position=position,
                 new_position=page.scanned_to,

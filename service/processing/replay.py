@@ -8,12 +8,12 @@ from collections.abc import Sequence
 from service.errors import CommandIdReused, rebuild_rejection
 from service.processing.commands import BatchResult, CommandRequest, CommandResult
 from service.processing.upcasting import EventReader
-from service.store.base import AggregateQuery, EventStore
+from service.store.base import AggregateQuery, EventRecorder
 from service.store.records import CommandRecord
 
 
 class Replayer:
-    def __init__(self, store: EventStore, reader: EventReader) -> None:
+    def __init__(self, store: EventRecorder, reader: EventReader) -> None:
         self._store = store
         self._reader = reader
 

@@ -13,7 +13,7 @@ from service.errors import AggregateTypeMismatch, EventNotReadable
 from service.plugins.api import AggregateType, EventSpec
 from service.plugins.registry import Registry
 from service.processing.upcasting import EventReader
-from service.store.base import AggregateQuery, EventStore
+from service.store.base import AggregateQuery, Store
 from service.store.records import Snapshot
 
 __all__ = ["Aggregate", "AggregateLoader", "EventNotReadable", "apply_messages"]
@@ -48,8 +48,9 @@ def apply_messages(
 
 
 class AggregateLoader:
-    def __init__(self, store: EventStore, registry: Registry) -> None:
-        self._store = store
+    def __init__(self, store: Store, registry: Registry) -> None:
+        self._events = store.events
+        self._snapshots = store.snapshots
         self._registry = registry
         self.reader = EventReader(registry)
 
@@ -69,14 +70,14 @@ class AggregateLoader:
 
         Raises AggregateTypeMismatch if its events belong to another type.
         """
-        snapshot = await self._store.load_snapshot(aggregate_id, at_most=to_version)
+        snapshot = await self._snapshots.load_snapshot(aggregate_id, at_most=to_version)
         version, state = 0, aggregate_type.new_state()
         if snapshot is not None and self._usable(snapshot, aggregate_type, to_version):
             version = snapshot.version
             state = aggregate_type.state_type.FromString(snapshot.state)
         elif snapshot is not None and snapshot.aggregate_type != aggregate_type.name:
             raise AggregateTypeMismatch(aggregate_id, snapshot.aggregate_type, aggregate_type.name)
-        events = await self._store.read_aggregate(
+        events = await self._events.read_aggregate(
             aggregate_id, AggregateQuery(from_version=version + 1, to_version=to_version)
         )
         if events and events[0].aggregate_type != aggregate_type.name:
@@ -88,7 +89,7 @@ class AggregateLoader:
 
     async def load_any(self, aggregate_id: str, *, to_version: int | None = None) -> Aggregate | None:
         """The aggregate, whatever its type; None if it has no events."""
-        head = await self._store.head(aggregate_id)
+        head = await self._events.head(aggregate_id)
         if head is None:
             return None
         aggregate_type = self._registry.aggregate(head.aggregate_type)

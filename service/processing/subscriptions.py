@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from service.errors import InvalidInput, StoreUnavailable
 from service.processing.upcasting import EventReader
-from service.store.base import EventStore
+from service.store.base import LogReader
 from service.store.records import LogFilter, RecordedEvent
 
 
@@ -54,7 +54,7 @@ class Subscriptions:
 
     def __init__(
         self,
-        store: EventStore,
+        store: LogReader,
         reader: EventReader,
         *,
         page_size: int = 256,

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from service.errors import AggregateForgotten, ConfigurationError, PayloadNotDecryptable
-from service.store.base import EventStore
+from service.store.base import KeyStore
 from service.store.records import HIDDEN_CLAIM_MARK, DataKey
 
 MAGIC = b"\x00C1"
@@ -130,7 +130,7 @@ class Keyring:
     """Data keys of aggregates: made on first write, cached, forgotten."""
 
     def __init__(
-        self, store: EventStore, master_keys: MasterKeys, *, cache_seconds: float = 30.0, cache_size: int = 10_000
+        self, store: KeyStore, master_keys: MasterKeys, *, cache_seconds: float = 30.0, cache_size: int = 10_000
     ) -> None:
         self._store = store
         self._master = master_keys

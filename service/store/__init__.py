@@ -1,6 +1,6 @@
 """Event stores: the protocol and its adapters (memory, SQLite, PostgreSQL)."""
 
-from service.store.base import AggregateQuery, AuditQuery, EventStore
+from service.store.base import AggregateQuery, AuditQuery, Store, StoreAdapter
 from service.store.factory import open_store
 from service.store.records import (
     AggregateHead,
@@ -22,10 +22,11 @@ __all__ = [
     "ClaimChange",
     "CommandRecord",
     "DataKey",
-    "EventStore",
     "NewEvent",
     "RecordedEvent",
     "Rejection",
     "Snapshot",
+    "Store",
+    "StoreAdapter",
     "open_store",
 ]

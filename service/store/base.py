@@ -1,14 +1,27 @@
-"""The ``EventStore`` protocol: what the processor needs from storage.
+"""What Chronicle needs from storage, as one small protocol per role.
 
-Three adapters implement it (memory, SQLite, PostgreSQL) and all pass the
-same contract suite in ``tests/contract``. Adapters document only where they
-differ from what is written here.
+    Lifecycle        open, close, ping
+    EventRecorder    append (events + command records + claims, one transaction), find_command,
+                     head, read_aggregate, version_at
+    LogReader        read_log, log_head, wait_for_commit: the global log, never skipping
+    ClaimRegistry    claim_owner and the hiding of claims taken in the clear
+    SnapshotStore    save_snapshot, load_snapshot
+    ProjectionStore  projection checkpoints and documents, committed together
+    AuditRecorder    audit entries no command record carries, and reading the audit log
+    KeyStore         per-aggregate data keys (encryption at rest)
+
+Each role has its own contract test file in ``tests/contract``. Three
+adapters (memory, SQLite, PostgreSQL) implement every role
+(``StoreAdapter``); ``Store`` is the set of roles the composition root hands
+out, so that a wrapper (encryption at rest, metrics) replaces only the roles
+it changes, and each consumer asks only for the roles it uses. Adapters
+document only where they differ from what is written here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from service.store.records import (
@@ -82,7 +95,9 @@ def check_keep_snapshots(keep: int) -> int:
     return keep
 
 
-class EventStore(Protocol):
+class Lifecycle(Protocol):
+    """Opening and closing a store, and whether it can serve."""
+
     async def open(self) -> None:
         """Connect and create or migrate the schema. Idempotent."""
 
@@ -92,7 +107,12 @@ class EventStore(Protocol):
     async def ping(self) -> None:
         """Return if the store can serve requests, raise StoreUnavailable if not."""
 
-    async def append(
+
+class EventRecorder(Protocol):
+    """Aggregates' events and the command records that make command ids
+    idempotent, written together; reads of one aggregate."""
+
+    def append(
         self,
         aggregate_id: str,
         events: Sequence[NewEvent],
@@ -100,7 +120,7 @@ class EventStore(Protocol):
         *,
         commands: Sequence[CommandRecord] = (),
         claims: Sequence[ClaimChange] = (),
-    ) -> list[RecordedEvent]:
+    ) -> Awaitable[list[RecordedEvent]]:
         """Append ``events`` as versions ``expected_version + 1`` onward.
 
         All or nothing, in one transaction together with ``commands`` (the
@@ -142,18 +162,9 @@ class EventStore(Protocol):
         clocks of different writers may disagree: versions, not timestamps,
         order an aggregate's events."""
 
-    async def claim_owner(self, scope: str, value: str) -> str | None:
-        """The aggregate holding ``value`` in ``scope``, or None."""
 
-    async def claims_in_clear(self, limit: int) -> list[HeldClaim]:
-        """Up to ``limit`` claims whose value does not start with
-        ``HIDDEN_CLAIM_MARK``: taken before encryption at rest was on."""
-
-    async def hide_claim(self, claim: HeldClaim, hidden_value: str) -> bool:
-        """In one transaction, replace ``claim`` (if it is still held as
-        given) by the same holder's claim on ``hidden_value``. False if the
-        claim was gone, or ``hidden_value`` is held by another aggregate (the
-        clear one is dropped all the same: it can no longer be checked)."""
+class LogReader(Protocol):
+    """The global log, in position order, for subscribers and projections."""
 
     async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
         """Up to ``limit`` events matching ``log_filter`` with positions
@@ -171,19 +182,26 @@ class EventStore(Protocol):
         """Return when an event after ``after_position`` may have committed
         (through any replica), or after ``max_wait`` seconds."""
 
-    async def projection_position(self, name: str) -> int:
-        """The log position projection ``name`` has applied up to (0: none)."""
 
-    async def load_document(self, projection: str, key: str) -> StoredDocument | None:
-        """Projection ``projection``'s document under ``key``, or None."""
+class ClaimRegistry(Protocol):
+    """Uniqueness claims (taken and released by ``EventRecorder.append``)."""
 
-    async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
-    ) -> None:
-        """Apply ``writes`` and move the projection's checkpoint from
-        ``expected_position`` to ``new_position``, in one transaction.
-        ``ConcurrencyConflict`` (and nothing written) if the checkpoint is no
-        longer at ``expected_position``: someone else applied those events."""
+    async def claim_owner(self, scope: str, value: str) -> str | None:
+        """The aggregate holding ``value`` in ``scope``, or None."""
+
+    async def claims_in_clear(self, limit: int) -> list[HeldClaim]:
+        """Up to ``limit`` claims whose value does not start with
+        ``HIDDEN_CLAIM_MARK``: taken before encryption at rest was on."""
+
+    async def hide_claim(self, claim: HeldClaim, hidden_value: str) -> bool:
+        """In one transaction, replace ``claim`` (if it is still held as
+        given) by the same holder's claim on ``hidden_value``. False if the
+        claim was gone, or ``hidden_value`` is held by another aggregate (the
+        clear one is dropped all the same: it can no longer be checked)."""
+
+
+class SnapshotStore(Protocol):
+    """Aggregates' snapshots: an optimisation, never the truth."""
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         """Keep ``snapshot`` beside the aggregate's earlier ones (replacing
@@ -198,6 +216,28 @@ class EventStore(Protocol):
         """The aggregate's latest snapshot, or with ``at_most`` the latest at
         or below that version; None if there is none."""
 
+
+class ProjectionStore(Protocol):
+    """Read models: each projection's checkpoint and documents."""
+
+    async def projection_position(self, name: str) -> int:
+        """The log position projection ``name`` has applied up to (0: none)."""
+
+    async def load_document(self, projection: str, key: str) -> StoredDocument | None:
+        """Projection ``projection``'s document under ``key``, or None."""
+
+    async def commit_projection(
+        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    ) -> None:
+        """Apply ``writes`` and move the projection's checkpoint from
+        ``expected_position`` to ``new_position``, in one transaction.
+        ``ConcurrencyConflict`` (and nothing written) if the checkpoint is no
+        longer at ``expected_position``: someone else applied those events."""
+
+
+class AuditRecorder(Protocol):
+    """The audit log beyond what command records carry."""
+
     async def record_audit_entry(self, entry: AuditEntry) -> None:
         """Durably record an audit entry that no ``CommandRecord`` carries: a
         command refused before a handler decided (authentication, policy,
@@ -209,7 +249,9 @@ class EventStore(Protocol):
         """Audit entries matching ``query``, newest first: the command records
         (accepted and refused) and the other recorded entries together."""
 
-    # -- data keys (encryption at rest; see service/security/encryption.py) --
+
+class KeyStore(Protocol):
+    """Per-aggregate data keys for encryption at rest (see service/security/encryption.py)."""
 
     async def create_data_key(self, key: DataKey) -> DataKey:
         """Store ``key`` unless the aggregate has a key (or a tombstone)
@@ -231,3 +273,56 @@ class EventStore(Protocol):
 
     async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
         """Replace ``old`` by ``new`` if the stored key is still ``old``."""
+
+
+class StoreAdapter(
+    Lifecycle,
+    EventRecorder,
+    LogReader,
+    ClaimRegistry,
+    SnapshotStore,
+    ProjectionStore,
+    AuditRecorder,
+    KeyStore,
+    Protocol,
+):
+    """A store that plays every role itself (each of Chronicle's adapters)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """The roles of one store, as the composition root hands them out. A
+    wrapper returns a copy with the roles it changes replaced
+    (``dataclasses.replace``); the others stay the adapter's own."""
+
+    lifecycle: Lifecycle
+    events: EventRecorder
+    log: LogReader
+    claims: ClaimRegistry
+    snapshots: SnapshotStore
+    projections: ProjectionStore
+    audit: AuditRecorder
+    keys: KeyStore
+
+    @classmethod
+    def of(cls, adapter: StoreAdapter) -> Store:
+        return cls(adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter)
+
+    def replacing(
+        self,
+        *,
+        events: EventRecorder | None = None,
+        log: LogReader | None = None,
+        claims: ClaimRegistry | None = None,
+        snapshots: SnapshotStore | None = None,
+        projections: ProjectionStore | None = None,
+    ) -> Store:
+        """This store with some roles played by others (a wrapper's)."""
+        return replace(
+            self,
+            events=events or self.events,
+            log=log or self.log,
+            claims=claims or self.claims,
+            snapshots=snapshots or self.snapshots,
+            projections=projections or self.projections,
+        )

@@ -1,6 +1,9 @@
-"""An ``EventStore`` that seals payloads before they reach another store.
+"""Encryption at rest: the roles of a store that carry payloads or claimed
+values, wrapped so that they seal on the way in and open on the way out.
 
-Wraps any adapter: event payloads and snapshot states are encrypted on the
+``encrypted(store, keyring)`` returns the store with its events, log,
+claims, snapshots and projections roles wrapped; the others (audit, data
+keys, lifecycle) are the adapter's own. Wraps any adapter: event payloads and snapshot states are encrypted on the
 way in and decrypted on the way out (``service.security.encryption``), so
 the database holds ciphertext while every caller above sees plaintext. The
 envelope (ids, types, versions, metadata, user, origin) stays in the clear:
@@ -16,9 +19,9 @@ longer holds the address. Claims taken in the clear before encryption was
 turned on are hidden once per process, before its first claim is checked
 or taken, so a value claimed before and after cannot be held twice.
 
-Every method of the protocol that carries a payload or a claimed value is
-wrapped here; the others delegate. A new protocol method that returns
-events must be added here too, or it would hand out ciphertext.
+Every role method that carries a payload or a claimed value is wrapped
+here; a wrapper class implements its whole role protocol (mypy checks it),
+so a new method in a role that carries payloads cannot be forgotten.
 """
 
 from __future__ import annotations
@@ -44,13 +47,19 @@ from service.security.encryption import (
     seal,
     snapshot_context,
 )
-from service.store.base import AggregateQuery, AuditQuery, EventStore
+from service.store.base import (
+    AggregateQuery,
+    ClaimRegistry,
+    EventRecorder,
+    LogReader,
+    ProjectionStore,
+    SnapshotStore,
+    Store,
+)
 from service.store.records import (
     AggregateHead,
-    AuditEntry,
     ClaimChange,
     CommandRecord,
-    DataKey,
     DocumentWrite,
     HeldClaim,
     LogFilter,
@@ -66,14 +75,71 @@ log = logging.getLogger(__name__)
 HIDE_BATCH = 500
 
 
-class EncryptingStore:
-    def __init__(self, inner: EventStore, keyring: Keyring) -> None:
-        self.inner = inner
-        self.keyring = keyring
+def encrypted(store: Store, keyring: Keyring) -> Store:
+    """``store`` with payloads sealed, claimed values hidden and documents
+    sealed under ``keyring``'s keys."""
+    hider = ClaimHider(store.claims, keyring)
+    return store.replacing(
+        events=SealedEvents(store.events, keyring, hider),
+        log=SealedLog(store.log, keyring),
+        claims=HiddenClaims(store.claims, hider),
+        snapshots=SealedSnapshots(store.snapshots, keyring),
+        projections=SealedProjections(store.projections, keyring),
+    )
+
+
+def _opened(cipher: AESGCM | None, event: RecordedEvent) -> RecordedEvent:
+    if not is_sealed(event.payload):
+        return event
+    if cipher is None:
+        return replace(event, payload=b"", redacted=True)
+    context = event_context(event.aggregate_id, event.event_id)
+    return replace(event, payload=open_sealed(cipher, event.payload, context))
+
+
+class ClaimHider:
+    """Claimed values as stored: keyed hashes under a key per scope. Before
+    the first claim this process checks or takes, the claims taken in the
+    clear (before encryption was on) are hidden, once per process: every
+    server that checks claims has first seen none left in the clear (only a
+    server without encryption writes them), so no value can be held both
+    ways."""
+
+    def __init__(self, claims: ClaimRegistry, keyring: Keyring) -> None:
+        self._claims = claims
+        self._keyring = keyring
         self._no_claims_in_clear = False
         self._hiding = asyncio.Lock()
 
-    # -- payload-carrying methods -------------------------------------------
+    async def hidden(self, scope: str, value: str) -> str:
+        await self._hide_claims_in_clear()
+        cipher = await self._keyring.for_writing(claims_key_id(scope))
+        return hidden_claim_value(cipher, scope, value)
+
+    async def _hide_claims_in_clear(self) -> None:
+        if self._no_claims_in_clear:
+            return
+        async with self._hiding:
+            hidden = 0
+            while not self._no_claims_in_clear:
+                held = await self._claims.claims_in_clear(HIDE_BATCH)
+                for claim in held:
+                    cipher = await self._keyring.for_writing(claims_key_id(claim.scope))
+                    hidden += await self._claims.hide_claim(claim, hidden_claim_value(cipher, claim.scope, claim.value))
+                self._no_claims_in_clear = not held
+            if hidden:
+                log.info("%d uniqueness claims taken before encryption was on are now stored hidden", hidden)
+
+
+class SealedEvents:
+    """``EventRecorder``: payloads sealed under the aggregate's key, claimed
+    values hidden; a forgotten aggregate's events read redacted and it takes
+    no more events."""
+
+    def __init__(self, inner: EventRecorder, keyring: Keyring, hider: ClaimHider) -> None:
+        self.inner = inner
+        self.keyring = keyring
+        self._hider = hider
 
     async def append(
         self,
@@ -93,7 +159,7 @@ class EncryptingStore:
             sealed = [
                 replace(e, payload=seal(cipher, e.payload, event_context(aggregate_id, e.event_id))) for e in events
             ]
-        hidden = [replace(c, value=await self._hidden(c.scope, c.value)) for c in claims]
+        hidden = [replace(c, value=await self._hider.hidden(c.scope, c.value)) for c in claims]
         try:
             recorded = await self.inner.append(aggregate_id, sealed, expected_version, commands=commands, claims=hidden)
         except NotUnique as lost:
@@ -103,38 +169,29 @@ class EncryptingStore:
         # Callers get back what they wrote, not the ciphertext.
         return [replace(r, payload=e.payload) for r, e in zip(recorded, events, strict=True)]
 
-    async def claim_owner(self, scope: str, value: str) -> str | None:
-        return await self.inner.claim_owner(scope, await self._hidden(scope, value))
+    async def find_command(self, command_id: str) -> CommandRecord | None:
+        return await self.inner.find_command(command_id)
 
-    async def _hidden(self, scope: str, value: str) -> str:
-        await self._hide_claims_in_clear()
-        cipher = await self.keyring.for_writing(claims_key_id(scope))
-        return hidden_claim_value(cipher, scope, value)
-
-    async def _hide_claims_in_clear(self) -> None:
-        """Hide the claims taken before encryption was on, once per process,
-        before any claim is checked or taken here: every server that checks
-        claims has first seen none left in the clear (only a server without
-        encryption writes them), so no value can be held both ways."""
-        if self._no_claims_in_clear:
-            return
-        async with self._hiding:
-            hidden = 0
-            while not self._no_claims_in_clear:
-                held = await self.inner.claims_in_clear(HIDE_BATCH)
-                for claim in held:
-                    cipher = await self.keyring.for_writing(claims_key_id(claim.scope))
-                    hidden += await self.inner.hide_claim(claim, hidden_claim_value(cipher, claim.scope, claim.value))
-                self._no_claims_in_clear = not held
-            if hidden:
-                log.info("%d uniqueness claims taken before encryption was on are now stored hidden", hidden)
+    async def head(self, aggregate_id: str) -> AggregateHead | None:
+        return await self.inner.head(aggregate_id)
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         events = await self.inner.read_aggregate(aggregate_id, query)
         if not any(is_sealed(e.payload) for e in events):
             return events
         cipher = await self.keyring.for_reading(aggregate_id)
-        return [self._opened(cipher, e) for e in events]
+        return [_opened(cipher, e) for e in events]
+
+    async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
+        return await self.inner.version_at(aggregate_id, timestamp_us)
+
+
+class SealedLog:
+    """``LogReader``: the global log with payloads opened (redacted once forgotten)."""
+
+    def __init__(self, inner: LogReader, keyring: Keyring) -> None:
+        self.inner = inner
+        self.keyring = keyring
 
     async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
         page = await self.inner.read_log(after_position, log_filter, limit)
@@ -143,16 +200,39 @@ class EncryptingStore:
             return page
         # One key lookup per aggregate in the page, not per event.
         ciphers = {aggregate_id: await self.keyring.for_reading(aggregate_id) for aggregate_id in sealed_for}
-        return replace(page, events=tuple(self._opened(ciphers.get(e.aggregate_id), e) for e in page.events))
+        return replace(page, events=tuple(_opened(ciphers.get(e.aggregate_id), e) for e in page.events))
 
-    @staticmethod
-    def _opened(cipher: AESGCM | None, event: RecordedEvent) -> RecordedEvent:
-        if not is_sealed(event.payload):
-            return event
-        if cipher is None:
-            return replace(event, payload=b"", redacted=True)
-        context = event_context(event.aggregate_id, event.event_id)
-        return replace(event, payload=open_sealed(cipher, event.payload, context))
+    async def log_head(self) -> int:
+        return await self.inner.log_head()
+
+    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
+        await self.inner.wait_for_commit(after_position, max_wait)
+
+
+class HiddenClaims:
+    """``ClaimRegistry``: asked about a value, looks up its keyed hash."""
+
+    def __init__(self, inner: ClaimRegistry, hider: ClaimHider) -> None:
+        self.inner = inner
+        self._hider = hider
+
+    async def claim_owner(self, scope: str, value: str) -> str | None:
+        return await self.inner.claim_owner(scope, await self._hider.hidden(scope, value))
+
+    async def claims_in_clear(self, limit: int) -> list[HeldClaim]:
+        return await self.inner.claims_in_clear(limit)
+
+    async def hide_claim(self, claim: HeldClaim, hidden_value: str) -> bool:
+        return await self.inner.hide_claim(claim, hidden_value)
+
+
+class SealedSnapshots:
+    """``SnapshotStore``: states sealed under the aggregate's key; none kept
+    or returned for an aggregate without a usable key."""
+
+    def __init__(self, inner: SnapshotStore, keyring: Keyring) -> None:
+        self.inner = inner
+        self.keyring = keyring
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         cipher = await self.keyring.for_reading(snapshot.aggregate_id)
@@ -173,18 +253,20 @@ class EncryptingStore:
         context = snapshot_context(aggregate_id, snapshot.version)
         return replace(snapshot, state=open_sealed(cipher, snapshot.state, context))
 
-    # -- delegated ----------------------------------------------------------
 
-    async def open(self) -> None:
-        await self.inner.open()
+class SealedProjections:
+    """``ProjectionStore``: documents are derived from payloads, so they are
+    sealed too, under a key per projection, and their keys (often personal:
+    an owner's name) stored as keyed hashes. Forgetting an aggregate does
+    not reach into read models: a projection that must forget handles it."""
+
+    def __init__(self, inner: ProjectionStore, keyring: Keyring) -> None:
+        self.inner = inner
+        self.keyring = keyring
 
     async def projection_position(self, name: str) -> int:
         return await self.inner.projection_position(name)
 
-    # Projection documents are derived from payloads, so they are sealed
-    # too, under a key per projection; their keys (often personal: an
-    # owner's name) are stored as keyed hashes. Forgetting an aggregate does
-    # not reach into read models: a projection that must forget handles it.
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         cipher = await self.keyring.for_writing(projection_key_id(projection))
         stored = await self.inner.load_document(projection, hidden_document_key(cipher, projection, key))
@@ -210,51 +292,3 @@ class EncryptingStore:
         await self.inner.commit_projection(
             name, expected_position=expected_position, new_position=new_position, writes=sealed
         )
-
-    async def log_head(self) -> int:
-        return await self.inner.log_head()
-
-    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
-        await self.inner.wait_for_commit(after_position, max_wait)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def ping(self) -> None:
-        await self.inner.ping()
-
-    async def find_command(self, command_id: str) -> CommandRecord | None:
-        return await self.inner.find_command(command_id)
-
-    async def head(self, aggregate_id: str) -> AggregateHead | None:
-        return await self.inner.head(aggregate_id)
-
-    async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
-        return await self.inner.version_at(aggregate_id, timestamp_us)
-
-    async def claims_in_clear(self, limit: int) -> list[HeldClaim]:
-        return await self.inner.claims_in_clear(limit)
-
-    async def hide_claim(self, claim: HeldClaim, hidden_value: str) -> bool:
-        return await self.inner.hide_claim(claim, hidden_value)
-
-    async def record_audit_entry(self, entry: AuditEntry) -> None:
-        await self.inner.record_audit_entry(entry)
-
-    async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:
-        return await self.inner.read_audit(query)
-
-    async def create_data_key(self, key: DataKey) -> DataKey:
-        return await self.inner.create_data_key(key)
-
-    async def load_data_key(self, aggregate_id: str) -> DataKey | None:
-        return await self.inner.load_data_key(aggregate_id)
-
-    async def forget_data_key(self, aggregate_id: str) -> bool:
-        return await self.inner.forget_data_key(aggregate_id)
-
-    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
-        return await self.inner.data_keys_to_rewrap(active_master_key_id, limit)
-
-    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
-        return await self.inner.rewrap_data_key(old, new)

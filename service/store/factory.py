@@ -5,10 +5,10 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from service.errors import ConfigurationError
-from service.store.base import DEFAULT_KEEP_SNAPSHOTS, EventStore
+from service.store.base import DEFAULT_KEEP_SNAPSHOTS, StoreAdapter
 
 
-def open_store(url: str, *, pool_size: int = 10, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> EventStore:
+def open_store(url: str, *, pool_size: int = 10, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> StoreAdapter:
     """The store a URL names; not yet opened.
 
     ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` (as in

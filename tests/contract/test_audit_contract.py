@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from service.errors import ConcurrencyConflict
-from service.store.base import AuditQuery, EventStore
+from service.store.base import AuditQuery, StoreAdapter
 from service.store.records import ACCEPTED, REFUSED, AuditEntry, Rejection
 from tests.support.events import command_record, new_event
 
@@ -28,7 +28,7 @@ def refusal(at: int, *, aggregate_id: str = "a-1", principal: str = "eve", reaso
     )
 
 
-async def test_an_accepted_command_is_audited_with_who_where_and_when(store: EventStore) -> None:
+async def test_an_accepted_command_is_audited_with_who_where_and_when(store: StoreAdapter) -> None:
     record = replace(command_record("a-1", 1, 1), principal="alice", user_id="ann", origin="web", recorded_at_us=10)
     await store.append("a-1", [new_event()], 0, commands=[record])
     (entry,) = await store.read_audit(AuditQuery())
@@ -44,7 +44,7 @@ async def test_an_accepted_command_is_audited_with_who_where_and_when(store: Eve
     )
 
 
-async def test_a_refusal_recorded_with_its_command_is_audited_with_its_reason(store: EventStore) -> None:
+async def test_a_refusal_recorded_with_its_command_is_audited_with_its_reason(store: StoreAdapter) -> None:
     rejection = Rejection("ValidationError", "INSUFFICIENT_FUNDS", "balance is 3")
     record = replace(command_record("a-1", 1, 0, rejection=rejection), principal="alice", recorded_at_us=10)
     await store.append("a-1", [], 0, commands=[record])
@@ -52,14 +52,14 @@ async def test_a_refusal_recorded_with_its_command_is_audited_with_its_reason(st
     assert (entry.outcome, entry.reason, entry.message) == (REFUSED, "INSUFFICIENT_FUNDS", "balance is 3")
 
 
-async def test_a_conflicting_append_leaves_no_audit_entry(store: EventStore) -> None:
+async def test_a_conflicting_append_leaves_no_audit_entry(store: StoreAdapter) -> None:
     await store.append("a-1", [new_event()], 0)
     with pytest.raises(ConcurrencyConflict):
         await store.append("a-1", [new_event()], 0, commands=[replace(command_record("a-1", 1, 1), recorded_at_us=5)])
     assert await store.read_audit(AuditQuery()) == []
 
 
-async def test_recorded_refusals_and_command_records_read_as_one_log_newest_first(store: EventStore) -> None:
+async def test_recorded_refusals_and_command_records_read_as_one_log_newest_first(store: StoreAdapter) -> None:
     await store.record_audit_entry(refusal(10))
     await store.append("a-1", [new_event()], 0, commands=[replace(command_record("a-1", 1, 1), recorded_at_us=20)])
     await store.record_audit_entry(refusal(30))
@@ -67,12 +67,12 @@ async def test_recorded_refusals_and_command_records_read_as_one_log_newest_firs
     assert times == [30, 20, 10]
 
 
-async def test_a_recorded_refusal_reads_back_unchanged(store: EventStore) -> None:
+async def test_a_recorded_refusal_reads_back_unchanged(store: StoreAdapter) -> None:
     await store.record_audit_entry(refusal(10))
     assert await store.read_audit(AuditQuery()) == [refusal(10)]
 
 
-async def test_audit_filters_combine(store: EventStore) -> None:
+async def test_audit_filters_combine(store: StoreAdapter) -> None:
     await store.record_audit_entry(refusal(10, aggregate_id="a-1", principal="eve"))
     await store.record_audit_entry(refusal(20, aggregate_id="a-2", principal="eve"))
     await store.record_audit_entry(refusal(30, aggregate_id="a-1", principal="mallory"))
@@ -92,7 +92,7 @@ async def test_audit_filters_combine(store: EventStore) -> None:
     assert await times(limit=2) == [40, 30]
 
 
-async def test_an_accepted_entry_outside_command_records_keeps_its_outcome(store: EventStore) -> None:
+async def test_an_accepted_entry_outside_command_records_keeps_its_outcome(store: StoreAdapter) -> None:
     action = replace(refusal(10), command_type="chronicle.v1.AdminService/ForgetAggregate", outcome=ACCEPTED, reason="")
     await store.record_audit_entry(action)
     await store.record_audit_entry(refusal(20))

@@ -3,12 +3,14 @@ redaction after forgetting, master-key rotation without rewriting events."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from service.errors import AggregateForgotten, NotUnique
 from service.security.encryption import Keyring, MasterKeys, is_sealed, new_master_key
-from service.store.base import EventStore
-from service.store.encrypted import EncryptingStore
+from service.store.base import Store, StoreAdapter
+from service.store.encrypted import encrypted
 from service.store.records import ClaimChange, Snapshot
 from tests.support.events import new_event
 
@@ -16,64 +18,76 @@ OLD = f"old:{new_master_key()}"
 NEW = f"new:{new_master_key()}"
 
 
-def encrypting(store: EventStore, keys: str = OLD) -> EncryptingStore:
-    return EncryptingStore(store, Keyring(store, MasterKeys.parse(keys, source="test")))
+@dataclass(frozen=True)
+class Encrypted:
+    """A store's roles under encryption at rest, and the keyring they use."""
+
+    roles: Store
+    keyring: Keyring
 
 
-async def test_payloads_are_sealed_in_the_store_and_plain_above_it(store: EventStore) -> None:
+def sealed_over(store: StoreAdapter, keyring: Keyring) -> Encrypted:
+    return Encrypted(encrypted(Store.of(store), keyring), keyring)
+
+
+def encrypting(store: StoreAdapter, keys: str = OLD) -> Encrypted:
+    return sealed_over(store, Keyring(store, MasterKeys.parse(keys, source="test")))
+
+
+async def test_payloads_are_sealed_in_the_store_and_plain_above_it(store: StoreAdapter) -> None:
     sealed = encrypting(store)
-    written = await sealed.append("a-1", [new_event(payload=b"\x0a\x06secret")], 0)
+    written = await sealed.roles.events.append("a-1", [new_event(payload=b"\x0a\x06secret")], 0)
     assert written[0].payload == b"\x0a\x06secret"
     (raw,) = await store.read_aggregate("a-1")
     assert is_sealed(raw.payload)
     assert b"secret" not in raw.payload
-    assert await sealed.read_aggregate("a-1") == written
+    assert await sealed.roles.events.read_aggregate("a-1") == written
 
 
-async def test_snapshots_are_sealed_too(store: EventStore) -> None:
+async def test_snapshots_are_sealed_too(store: StoreAdapter) -> None:
     sealed = encrypting(store)
-    await sealed.append("a-1", [new_event()], 0)
-    await sealed.save_snapshot(Snapshot("a-1", "Thing", 1, "test.v1.State", 1, b"\x0a\x05state"))
+    await sealed.roles.events.append("a-1", [new_event()], 0)
+    await sealed.roles.snapshots.save_snapshot(Snapshot("a-1", "Thing", 1, "test.v1.State", 1, b"\x0a\x05state"))
     raw = await store.load_snapshot("a-1")
     assert raw is not None
     assert b"state" not in raw.state
-    loaded = await sealed.load_snapshot("a-1")
+    loaded = await sealed.roles.snapshots.load_snapshot("a-1")
     assert loaded is not None
     assert loaded.state == b"\x0a\x05state"
 
 
-async def test_events_written_before_encryption_still_read(store: EventStore) -> None:
+async def test_events_written_before_encryption_still_read(store: StoreAdapter) -> None:
     await store.append("a-1", [new_event(payload=b"\x08\x01")], 0)
     sealed = encrypting(store)
-    await sealed.append("a-1", [new_event(payload=b"\x08\x02")], 1)
-    assert [e.payload for e in await sealed.read_aggregate("a-1")] == [b"\x08\x01", b"\x08\x02"]
+    await sealed.roles.events.append("a-1", [new_event(payload=b"\x08\x02")], 1)
+    assert [e.payload for e in await sealed.roles.events.read_aggregate("a-1")] == [b"\x08\x01", b"\x08\x02"]
 
 
-async def test_a_forgotten_aggregate_reads_redacted_and_takes_no_more_events(store: EventStore) -> None:
+async def test_a_forgotten_aggregate_reads_redacted_and_takes_no_more_events(store: StoreAdapter) -> None:
     sealed = encrypting(store)
-    await sealed.append("a-1", [new_event(), new_event()], 0)
-    await sealed.save_snapshot(Snapshot("a-1", "Thing", 2, "test.v1.State", 1, b"\x08\x02"))
+    await sealed.roles.events.append("a-1", [new_event(), new_event()], 0)
+    await sealed.roles.snapshots.save_snapshot(Snapshot("a-1", "Thing", 2, "test.v1.State", 1, b"\x08\x02"))
     assert await sealed.keyring.forget("a-1") is True
-    events = await sealed.read_aggregate("a-1")
+    events = await sealed.roles.events.read_aggregate("a-1")
     assert [(e.version, e.redacted, e.payload) for e in events] == [(1, True, b""), (2, True, b"")]
-    assert await sealed.load_snapshot("a-1") is None
+    assert await sealed.roles.snapshots.load_snapshot("a-1") is None
     with pytest.raises(AggregateForgotten):
-        await sealed.append("a-1", [new_event()], 2)
+        await sealed.roles.events.append("a-1", [new_event()], 2)
 
 
-async def test_another_replica_sees_the_redaction_once_its_cache_expires(store: EventStore) -> None:
+async def test_another_replica_sees_the_redaction_once_its_cache_expires(store: StoreAdapter) -> None:
     keys = MasterKeys.parse(OLD, source="test")
-    here = EncryptingStore(store, Keyring(store, keys))
-    there = EncryptingStore(store, Keyring(store, keys, cache_seconds=0))
-    await here.append("a-1", [new_event()], 0)
-    assert not (await there.read_aggregate("a-1"))[0].redacted
+    here = sealed_over(store, Keyring(store, keys))
+    there = sealed_over(store, Keyring(store, keys, cache_seconds=0))
+    await here.roles.events.append("a-1", [new_event()], 0)
+    assert not (await there.roles.events.read_aggregate("a-1"))[0].redacted
     await here.keyring.forget("a-1")
-    assert (await there.read_aggregate("a-1"))[0].redacted
+    assert (await there.roles.events.read_aggregate("a-1"))[0].redacted
 
 
-async def test_rotating_the_master_key_rewraps_keys_and_leaves_events_alone(store: EventStore) -> None:
+async def test_rotating_the_master_key_rewraps_keys_and_leaves_events_alone(store: StoreAdapter) -> None:
     before = encrypting(store)
-    await before.append("a-1", [new_event(payload=b"\x08\x07")], 0)
+    await before.roles.events.append("a-1", [new_event(payload=b"\x08\x07")], 0)
     (stored,) = await store.read_aggregate("a-1")
     rotated = encrypting(store, f"{NEW},{OLD}")
     assert await rotated.keyring.rewrap() == 1
@@ -83,7 +97,7 @@ async def test_rotating_the_master_key_rewraps_keys_and_leaves_events_alone(stor
     assert key.master_key_id == "new"
     assert await store.read_aggregate("a-1") == [stored]  # not rewritten
     retired = encrypting(store, NEW)  # the old master key is gone from the configuration
-    assert [e.payload for e in await retired.read_aggregate("a-1")] == [b"\x08\x07"]
+    assert [e.payload for e in await retired.roles.events.read_aggregate("a-1")] == [b"\x08\x07"]
 
 
 EMAIL = "users.email"
@@ -93,58 +107,62 @@ def take(value: str) -> ClaimChange:
     return ClaimChange(EMAIL, value)
 
 
-async def test_claimed_values_are_hidden_in_the_store_and_found_above_it(store: EventStore) -> None:
+async def test_claimed_values_are_hidden_in_the_store_and_found_above_it(store: StoreAdapter) -> None:
     sealed = encrypting(store)
-    await sealed.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
-    assert await sealed.claim_owner(EMAIL, "ann@example.com") == "u-1"
-    assert await sealed.claim_owner(EMAIL, "bob@example.com") is None
+    await sealed.roles.events.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
+    assert await sealed.roles.claims.claim_owner(EMAIL, "ann@example.com") == "u-1"
+    assert await sealed.roles.claims.claim_owner(EMAIL, "bob@example.com") is None
     assert await store.claim_owner(EMAIL, "ann@example.com") is None
     assert await store.claims_in_clear(10) == []
 
 
-async def test_hidden_values_stay_unique_across_replicas(store: EventStore) -> None:
+async def test_hidden_values_stay_unique_across_replicas(store: StoreAdapter) -> None:
     keys = MasterKeys.parse(OLD, source="test")
-    here, there = (EncryptingStore(store, Keyring(store, keys)) for _ in range(2))
-    await here.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
+    here, there = (sealed_over(store, Keyring(store, keys)) for _ in range(2))
+    await here.roles.events.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
     with pytest.raises(NotUnique) as lost:
-        await there.append("u-2", [new_event()], 0, claims=[take("x@example.com"), take("ann@example.com")])
+        await there.roles.events.append(
+            "u-2", [new_event()], 0, claims=[take("x@example.com"), take("ann@example.com")]
+        )
     assert lost.value.value == "ann@example.com"  # the executor names the claimant by it
-    assert await there.read_aggregate("u-2") == []
-    assert await there.claim_owner(EMAIL, "ann@example.com") == "u-1"
-    assert await there.claim_owner(EMAIL, "x@example.com") is None
+    assert await there.roles.events.read_aggregate("u-2") == []
+    assert await there.roles.claims.claim_owner(EMAIL, "ann@example.com") == "u-1"
+    assert await there.roles.claims.claim_owner(EMAIL, "x@example.com") is None
 
 
-async def test_hidden_values_survive_a_master_key_rotation(store: EventStore) -> None:
-    await encrypting(store).append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
+async def test_hidden_values_survive_a_master_key_rotation(store: StoreAdapter) -> None:
+    await encrypting(store).roles.events.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
     rotated = encrypting(store, f"{NEW},{OLD}")
     await rotated.keyring.rewrap()
-    assert await encrypting(store, NEW).claim_owner(EMAIL, "ann@example.com") == "u-1"
+    assert await encrypting(store, NEW).roles.claims.claim_owner(EMAIL, "ann@example.com") == "u-1"
 
 
-async def test_claims_taken_before_encryption_are_hidden_and_still_held(store: EventStore) -> None:
+async def test_claims_taken_before_encryption_are_hidden_and_still_held(store: StoreAdapter) -> None:
     await store.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
     sealed = encrypting(store)
     with pytest.raises(NotUnique):
-        await sealed.append("u-2", [new_event()], 0, claims=[take("ann@example.com")])
+        await sealed.roles.events.append("u-2", [new_event()], 0, claims=[take("ann@example.com")])
     assert await store.claims_in_clear(10) == []
-    assert await sealed.claim_owner(EMAIL, "ann@example.com") == "u-1"
-    await sealed.append("u-1", [new_event()], 1, claims=[ClaimChange(EMAIL, "ann@example.com", release=True)])
-    await sealed.append("u-2", [new_event()], 0, claims=[take("ann@example.com")])
+    assert await sealed.roles.claims.claim_owner(EMAIL, "ann@example.com") == "u-1"
+    await sealed.roles.events.append(
+        "u-1", [new_event()], 1, claims=[ClaimChange(EMAIL, "ann@example.com", release=True)]
+    )
+    await sealed.roles.events.append("u-2", [new_event()], 0, claims=[take("ann@example.com")])
 
 
-async def test_forgetting_an_aggregate_releases_its_hidden_claims(store: EventStore) -> None:
+async def test_forgetting_an_aggregate_releases_its_hidden_claims(store: StoreAdapter) -> None:
     sealed = encrypting(store)
-    await sealed.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
+    await sealed.roles.events.append("u-1", [new_event()], 0, claims=[take("ann@example.com")])
     assert await sealed.keyring.forget("u-1") is True
-    assert await sealed.claim_owner(EMAIL, "ann@example.com") is None
-    await sealed.append("u-2", [new_event()], 0, claims=[take("ann@example.com")])
-    assert await sealed.claim_owner(EMAIL, "ann@example.com") == "u-2"
+    assert await sealed.roles.claims.claim_owner(EMAIL, "ann@example.com") is None
+    await sealed.roles.events.append("u-2", [new_event()], 0, claims=[take("ann@example.com")])
+    assert await sealed.roles.claims.claim_owner(EMAIL, "ann@example.com") == "u-2"
 
 
-async def test_a_forgotten_aggregate_takes_no_claim_even_without_events(store: EventStore) -> None:
+async def test_a_forgotten_aggregate_takes_no_claim_even_without_events(store: StoreAdapter) -> None:
     sealed = encrypting(store)
-    await sealed.append("u-1", [new_event()], 0)
+    await sealed.roles.events.append("u-1", [new_event()], 0)
     await sealed.keyring.forget("u-1")
     with pytest.raises(AggregateForgotten):
-        await sealed.append("u-1", [], 1, claims=[take("ann@example.com")])
-    assert await sealed.claim_owner(EMAIL, "ann@example.com") is None
+        await sealed.roles.events.append("u-1", [], 1, claims=[take("ann@example.com")])
+    assert await sealed.roles.claims.claim_owner(EMAIL, "ann@example.com") is None

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 
 from service.errors import ConcurrencyConflict
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from service.store.records import DocumentWrite, StoredDocument
 
 
-async def test_a_new_projection_starts_at_zero_with_no_documents(store: EventStore) -> None:
+async def test_a_new_projection_starts_at_zero_with_no_documents(store: StoreAdapter) -> None:
     assert await store.projection_position("p") == 0
     assert await store.load_document("p", "k") is None
 
 
-async def test_documents_and_checkpoint_commit_together(store: EventStore) -> None:
+async def test_documents_and_checkpoint_commit_together(store: StoreAdapter) -> None:
     await store.commit_projection(
         "p",
         expected_position=0,
@@ -26,7 +26,7 @@ async def test_documents_and_checkpoint_commit_together(store: EventStore) -> No
     assert await store.load_document("p", "j") == StoredDocument("j", "t.Doc", b"")
 
 
-async def test_a_commit_from_a_stale_checkpoint_writes_nothing(store: EventStore) -> None:
+async def test_a_commit_from_a_stale_checkpoint_writes_nothing(store: StoreAdapter) -> None:
     await store.commit_projection("p", expected_position=0, new_position=5, writes=[DocumentWrite("k", "t.Doc", b"a")])
     with pytest.raises(ConcurrencyConflict):
         await store.commit_projection(
@@ -36,7 +36,7 @@ async def test_a_commit_from_a_stale_checkpoint_writes_nothing(store: EventStore
     assert await store.load_document("p", "k") == StoredDocument("k", "t.Doc", b"a")
 
 
-async def test_documents_are_replaced_and_deleted(store: EventStore) -> None:
+async def test_documents_are_replaced_and_deleted(store: StoreAdapter) -> None:
     await store.commit_projection("p", expected_position=0, new_position=1, writes=[DocumentWrite("k", "t.A", b"a")])
     await store.commit_projection("p", expected_position=1, new_position=2, writes=[DocumentWrite("k", "t.B", b"b")])
     assert await store.load_document("p", "k") == StoredDocument("k", "t.B", b"b")
@@ -44,7 +44,7 @@ async def test_documents_are_replaced_and_deleted(store: EventStore) -> None:
     assert await store.load_document("p", "k") is None
 
 
-async def test_projections_are_namespaces_of_their_own(store: EventStore) -> None:
+async def test_projections_are_namespaces_of_their_own(store: StoreAdapter) -> None:
     await store.commit_projection("p", expected_position=0, new_position=4, writes=[DocumentWrite("k", "t.A", b"p")])
     await store.commit_projection("q", expected_position=0, new_position=2, writes=[DocumentWrite("k", "t.A", b"q")])
     assert (await store.projection_position("p"), await store.projection_position("q")) == (4, 2)

@@ -16,7 +16,7 @@ from google.protobuf import any_pb2
 from chronicle.v1 import admin_service_pb2 as admin
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from tests.support.grpc_client import Client, command, connect, running_server
 from tests.support.security import POLICY, JwtIssuer, bearer, write
 
@@ -36,7 +36,7 @@ class Audited:
 
 
 @pytest.fixture
-async def audited(store: EventStore, tmp_path: Path) -> AsyncIterator[Audited]:
+async def audited(store: StoreAdapter, tmp_path: Path) -> AsyncIterator[Audited]:
     issuer = JwtIssuer()
     async with running_server(
         store,

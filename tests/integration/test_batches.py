@@ -14,12 +14,12 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
 from domain_plugins.users import EMAIL_SCOPE
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from tests.support.grpc_client import Client, ErrorDetails, command, details_of, running_server
 
 
 @pytest.fixture
-async def client(store: EventStore) -> AsyncIterator[Client]:
+async def client(store: StoreAdapter) -> AsyncIterator[Client]:
     async with running_server(store) as (_, connected):
         yield connected
 
@@ -46,7 +46,7 @@ def open_and_deposit(aggregate_id: str = "acc-1") -> list[command_pb2.Command]:
     ]
 
 
-async def test_a_batch_appends_every_command_in_order(client: Client, store: EventStore) -> None:
+async def test_a_batch_appends_every_command_in_order(client: Client, store: StoreAdapter) -> None:
     sent = open_and_deposit()
     response = await submit_batch(client, *sent)
     assert response.version == 3 and not response.replayed
@@ -60,7 +60,9 @@ async def test_each_command_sees_the_state_the_ones_before_left(client: Client) 
     assert response.results[2].events[0].event_type == "bank.v1.MoneyWithdrawn"
 
 
-async def test_one_refused_command_refuses_the_batch_and_nothing_is_appended(client: Client, store: EventStore) -> None:
+async def test_one_refused_command_refuses_the_batch_and_nothing_is_appended(
+    client: Client, store: StoreAdapter
+) -> None:
     opened, deposit, _ = open_and_deposit()
     overdraw = command("acc-1", bank.Withdraw(amount=31))
     details = await refusal(client, opened, deposit, overdraw)
@@ -69,7 +71,7 @@ async def test_one_refused_command_refuses_the_batch_and_nothing_is_appended(cli
     assert await store.read_aggregate("acc-1") == []
 
 
-async def test_a_retried_batch_returns_the_original_results(client: Client, store: EventStore) -> None:
+async def test_a_retried_batch_returns_the_original_results(client: Client, store: StoreAdapter) -> None:
     sent = open_and_deposit()
     first = await submit_batch(client, *sent)
     again = await submit_batch(client, *sent)
@@ -97,7 +99,7 @@ async def test_a_retried_refused_batch_is_refused_alike(client: Client) -> None:
 
 
 async def test_a_batch_mixing_processed_and_new_command_ids_is_command_id_reused(
-    client: Client, store: EventStore
+    client: Client, store: StoreAdapter
 ) -> None:
     opened, deposit, withdraw = open_and_deposit()
     await client.submit(opened)
@@ -106,7 +108,7 @@ async def test_a_batch_mixing_processed_and_new_command_ids_is_command_id_reused
     assert len(await store.read_aggregate("acc-1")) == 1
 
 
-async def test_a_batch_losing_a_claim_takes_no_claim_and_appends_nothing(client: Client, store: EventStore) -> None:
+async def test_a_batch_losing_a_claim_takes_no_claim_and_appends_nothing(client: Client, store: StoreAdapter) -> None:
     await client.submit(command("user-1", users.RegisterUser(email="bob@example.com", name="Bob")))
     details = await refusal(
         client,
@@ -122,7 +124,7 @@ async def test_a_batch_losing_a_claim_takes_no_claim_and_appends_nothing(client:
     assert await store.read_aggregate("user-2") == []
 
 
-async def test_a_value_claimed_and_released_within_a_batch_ends_released(client: Client, store: EventStore) -> None:
+async def test_a_value_claimed_and_released_within_a_batch_ends_released(client: Client, store: StoreAdapter) -> None:
     await submit_batch(
         client,
         command("user-1", users.RegisterUser(email="ann@example.com", name="Ann")),
@@ -162,7 +164,7 @@ def _bad_batches() -> dict[str, tuple[list[command_pb2.Command], str, str]]:
 
 @pytest.mark.parametrize("case", sorted(_bad_batches()))
 async def test_malformed_batches_are_invalid_argument_and_write_nothing(
-    client: Client, store: EventStore, case: str
+    client: Client, store: StoreAdapter, case: str
 ) -> None:
     commands, reason, field = _bad_batches()[case]
     details = await refusal(client, *commands)
@@ -190,7 +192,7 @@ async def test_expected_versions_in_a_batch_count_the_commands_before(client: Cl
     )
 
 
-async def test_a_command_that_changes_nothing_has_its_place_in_the_batch(client: Client, store: EventStore) -> None:
+async def test_a_command_that_changes_nothing_has_its_place_in_the_batch(client: Client, store: StoreAdapter) -> None:
     created = command("box-1", box_pb2.CreateBox(name="tools"))
     same_name = command("box-1", box_pb2.RenameBox(name="tools"))
     archived = command("box-1", box_pb2.ArchiveBox())

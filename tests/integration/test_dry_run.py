@@ -12,12 +12,12 @@ from chronicle.v1 import command_pb2, command_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users import EMAIL_SCOPE
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from tests.support.grpc_client import Client, ErrorDetails, command, details_of, running_server
 
 
 @pytest.fixture
-async def client(store: EventStore) -> AsyncIterator[Client]:
+async def client(store: StoreAdapter) -> AsyncIterator[Client]:
     async with running_server(store) as (_, connected):
         yield connected
 
@@ -34,7 +34,7 @@ async def dry_run_refusal(client: Client, sent: command_pb2.Command) -> ErrorDet
     return details_of(raised.value)
 
 
-async def test_a_dry_run_returns_the_events_and_appends_nothing(client: Client, store: EventStore) -> None:
+async def test_a_dry_run_returns_the_events_and_appends_nothing(client: Client, store: StoreAdapter) -> None:
     await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
     sent = command("acc-1", bank.Deposit(amount=5))
     response = await dry_run(client, sent)
@@ -53,7 +53,7 @@ async def test_the_command_can_be_submitted_for_real_after_its_dry_run(client: C
     assert (response.version, response.replayed) == (1, False)
 
 
-async def test_a_dry_run_refusal_is_the_real_one_and_is_not_recorded(client: Client, store: EventStore) -> None:
+async def test_a_dry_run_refusal_is_the_real_one_and_is_not_recorded(client: Client, store: StoreAdapter) -> None:
     await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
     withdraw = command("acc-1", bank.Withdraw(amount=5))
     details = await dry_run_refusal(client, withdraw)
@@ -71,7 +71,7 @@ async def test_a_dry_run_of_a_processed_command_id_returns_the_original_result(c
     assert [e.event_id for e in response.events] == [e.event_id for e in original.events]
 
 
-async def test_a_dry_run_takes_no_claim_but_reports_a_taken_value(client: Client, store: EventStore) -> None:
+async def test_a_dry_run_takes_no_claim_but_reports_a_taken_value(client: Client, store: StoreAdapter) -> None:
     register = command("user-1", users.RegisterUser(email="ann@example.com", name="Ann"))
     assert (await dry_run(client, register)).version == 1
     assert await store.claim_owner(EMAIL_SCOPE, "ann@example.com") is None
@@ -80,7 +80,7 @@ async def test_a_dry_run_takes_no_claim_but_reports_a_taken_value(client: Client
     assert (details.reason, details.metadata["scope"]) == ("NOT_UNIQUE", EMAIL_SCOPE)
 
 
-async def test_a_dry_run_sees_what_another_replica_wrote(store: EventStore) -> None:
+async def test_a_dry_run_sees_what_another_replica_wrote(store: StoreAdapter) -> None:
     async with running_server(store) as (_, first), running_server(store) as (_, second):
         await first.submit(command("acc-1", bank.OpenAccount(owner="ann")))
         await first.submit(command("acc-1", bank.Deposit(amount=1)))  # first caches version 2
@@ -89,7 +89,7 @@ async def test_a_dry_run_sees_what_another_replica_wrote(store: EventStore) -> N
         assert response.version == 4
 
 
-async def test_a_dry_run_batch_returns_every_result_and_appends_nothing(client: Client, store: EventStore) -> None:
+async def test_a_dry_run_batch_returns_every_result_and_appends_nothing(client: Client, store: StoreAdapter) -> None:
     request = command_service_pb2.SubmitBatchRequest(
         commands=[command("acc-1", bank.OpenAccount(owner="ann")), command("acc-1", bank.Deposit(amount=3))],
         dry_run=True,

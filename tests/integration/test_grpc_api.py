@@ -16,12 +16,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from chronicle.v1 import command_pb2, command_service_pb2, event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from tests.support.grpc_client import Client, command, details_of, running_server
 
 
 @pytest.fixture
-async def client(store: EventStore) -> AsyncIterator[Client]:
+async def client(store: StoreAdapter) -> AsyncIterator[Client]:
     async with running_server(store) as (_, connected):
         yield connected
 
@@ -277,7 +277,7 @@ def _bad_commands() -> dict[str, tuple[command_service_pb2.SubmitRequest, str, s
 
 @pytest.mark.parametrize("case", sorted(_bad_commands()))
 async def test_malformed_commands_are_invalid_argument_and_write_nothing(
-    client: Client, store: EventStore, case: str
+    client: Client, store: StoreAdapter, case: str
 ) -> None:
     request, reason, field = _bad_commands()[case]
     error = await rpc_error(client.commands.Submit(request))
@@ -291,7 +291,7 @@ async def test_malformed_commands_are_invalid_argument_and_write_nothing(
     assert (first.events[0].version, first.events[0].position) == (1, 1)
 
 
-async def test_an_oversized_message_is_resource_exhausted_and_writes_nothing(store: EventStore) -> None:
+async def test_an_oversized_message_is_resource_exhausted_and_writes_nothing(store: StoreAdapter) -> None:
     async with running_server(store, max_message_bytes=10_000) as (_, client):
         huge = command("acc-1", bank.OpenAccount(owner="x" * 20_000))
         error = await rpc_error(client.submit(huge))
@@ -302,7 +302,7 @@ async def test_an_oversized_message_is_resource_exhausted_and_writes_nothing(sto
 # -- many clients at once -------------------------------------------------
 
 
-async def test_two_hundred_concurrent_commands_over_twenty_aggregates(client: Client, store: EventStore) -> None:
+async def test_two_hundred_concurrent_commands_over_twenty_aggregates(client: Client, store: StoreAdapter) -> None:
     accounts = [f"acc-{i}" for i in range(20)]
     await asyncio.gather(*(open_account(client, a) for a in accounts))
     rng = random.Random(7)

@@ -15,7 +15,7 @@ from chronicle.v1 import projection_service_pb2 as pb
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.plugins.registry import Registry
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from tests.support.grpc_client import Client, command, connect, details_of, running_server, submit_retrying
 from tests.support.history import stored_events
 from tests.support.processes import server_process
@@ -25,7 +25,7 @@ PROJECTION = "bank.balances_by_owner"
 
 
 @pytest.fixture
-async def client(store: EventStore) -> AsyncIterator[Client]:
+async def client(store: StoreAdapter) -> AsyncIterator[Client]:
     async with running_server(store, poll_seconds=0.1) as (_, connected):
         yield connected
 

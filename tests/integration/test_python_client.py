@@ -27,7 +27,7 @@ from service.client import (
     Unavailable,
 )
 from service.errors import StoreUnavailable
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
 from tests.support.broken_calls import BreakFirstStream, LoseFirstAnswers
@@ -44,7 +44,7 @@ class CommitsThenFails:
     lost: the server answers UNAVAILABLE (with RetryInfo) for a command that
     was in fact executed."""
 
-    def __init__(self, inner: EventStore) -> None:
+    def __init__(self, inner: StoreAdapter) -> None:
         self.inner = inner
         self.failures_left = 1
 
@@ -171,7 +171,7 @@ async def test_a_refusal_is_not_retried(address: str) -> None:
 
 
 @pytest.mark.usefixtures("store")
-async def test_a_lost_answer_is_retried_with_the_same_id_and_appends_once(store: EventStore) -> None:
+async def test_a_lost_answer_is_retried_with_the_same_id_and_appends_once(store: StoreAdapter) -> None:
     losing = LoseFirstAnswers(count=1)
     async with running_server(store) as (app, _):
         channel = grpc.aio.insecure_channel(app.address, interceptors=[losing])

@@ -22,7 +22,7 @@ from service.client import (
     StreamResult,
     Unavailable,
 )
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
 from tests.support.broken_calls import BreakFirstCommandStream
 from tests.support.grpc_client import TEST_SETTINGS, running_server
@@ -32,7 +32,7 @@ FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
 
 
 @pytest.fixture
-async def address(store: EventStore) -> AsyncIterator[str]:
+async def address(store: StoreAdapter) -> AsyncIterator[str]:
     async with running_server(store) as (app, _):
         yield app.address
 

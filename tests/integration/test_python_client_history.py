@@ -14,7 +14,7 @@ import pytest
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.client import ChronicleClient, InvalidArgument, NotFound, OutOfRange, RetryPolicy
 from service.plugins.registry import Registry
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
 from tests.support import plugins
 from tests.support.broken_calls import BreakFirstStream
@@ -25,7 +25,7 @@ FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
 
 
 @pytest.fixture
-async def client(store: EventStore) -> AsyncIterator[ChronicleClient]:
+async def client(store: StoreAdapter) -> AsyncIterator[ChronicleClient]:
     """acc-1: opened, then deposits of 1 to 5 (versions 1 to 6)."""
     async with running_server(store) as (app, _), ChronicleClient.connect(app.address, retry=FAST) as connected:
         await connected.submit("acc-1", bank.OpenAccount(owner="ann"))

@@ -13,14 +13,14 @@ from chronicle.v1 import event_pb2, event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.plugins.registry import Registry
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from tests.support import plugins
 from tests.support.events import new_event
 from tests.support.grpc_client import Client, command, details_of, running_server
 
 
 @pytest.fixture
-async def ledger(store: EventStore) -> AsyncIterator[Client]:
+async def ledger(store: StoreAdapter) -> AsyncIterator[Client]:
     """A server whose only plugin is the ledger, over a store holding one
     book written years ago: opened at AccountOpened v2, a v1 deposit."""
     old = [
@@ -80,7 +80,7 @@ async def test_get_aggregate_rebuilds_the_current_state_from_old_events(ledger: 
 
 
 @pytest.fixture
-async def bank_client(store: EventStore) -> AsyncIterator[Client]:
+async def bank_client(store: StoreAdapter) -> AsyncIterator[Client]:
     async with running_server(store) as (_, client):
         yield client
 
@@ -118,7 +118,7 @@ async def test_get_aggregate_at_a_past_version(bank_client: Client) -> None:
     assert (response.version, balance(response)) == (4, 1 + 2 + 3)
 
 
-async def test_get_aggregate_at_every_past_version_while_old_snapshots_are_pruned(store: EventStore) -> None:
+async def test_get_aggregate_at_every_past_version_while_old_snapshots_are_pruned(store: StoreAdapter) -> None:
     # The users plugin sets no snapshot interval, so the server's applies:
     # snapshots at versions 2, 4, …, 12, of which the store keeps the newest 3.
     emails = [f"ann.{n}@example.com" for n in range(1, 14)]

@@ -22,6 +22,7 @@ from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import AggregateLoader, apply_messages
 from service.processing.upcasting import EventReader
+from service.store.base import Store
 from service.store.postgres import PostgresStore
 from tests.support.instrumented import ObservedStore
 
@@ -38,7 +39,7 @@ def request(aggregate_id: str, message: Any) -> CommandRequest:
 async def test_loading_reads_only_the_events_after_the_snapshot(postgres_url: str) -> None:
     store = PostgresStore(postgres_url, pool_size=2)
     await store.open()
-    router = Router(CommandExecutor(store, REGISTRY))  # bank accounts snapshot every 100 events
+    router = Router(CommandExecutor(Store.of(store), REGISTRY))  # bank accounts snapshot every 100 events
     await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
     for _ in range(129):
         await router.submit(request("acc-1", bank.Deposit(amount=3)))
@@ -47,7 +48,7 @@ async def test_loading_reads_only_the_events_after_the_snapshot(postgres_url: st
     assert snapshot is not None
     assert snapshot.version == 100
     observed: Any = ObservedStore(store)
-    loaded = await AggregateLoader(observed, REGISTRY).load("acc-1", bank_account.account)
+    loaded = await AggregateLoader(Store.of(observed), REGISTRY).load("acc-1", bank_account.account)
     assert observed.events_read == 30
     assert (loaded.version, loaded.state) == (130, bank.Account(owner="ann", balance=387))
     await store.close()
@@ -80,7 +81,7 @@ async def _snapshot_equals_replay(postgres_url: str, every: int, amounts: list[i
     store = PostgresStore(postgres_url, pool_size=1)
     await store.open()
     aggregate_id = f"acc-{uuid.uuid4().hex[:8]}"
-    executor = CommandExecutor(store, registry, snapshots=SnapshotPolicy())
+    executor = CommandExecutor(Store.of(store), registry, snapshots=SnapshotPolicy())
     cached = None
     for message in [bank.OpenAccount(owner="p"), *(_command(a) for a in amounts)]:
         spec = registry.command(message.DESCRIPTOR.full_name)
@@ -95,7 +96,7 @@ async def _snapshot_equals_replay(postgres_url: str, every: int, amounts: list[i
             continue  # an overdraft, refused: part of the history too
         if cached is not None:
             await executor.after_commit(before, cached)
-    from_snapshot = await AggregateLoader(store, registry).load(aggregate_id, aggregate)
+    from_snapshot = await AggregateLoader(Store.of(store), registry).load(aggregate_id, aggregate)
     events = await store.read_aggregate(aggregate_id)
     current = (c for e in events for c in EventReader(registry).decode(e))
     replayed = apply_messages(aggregate, aggregate.new_state(), ((c.spec, c.message) for c in current))

@@ -12,12 +12,12 @@ from google.protobuf import any_pb2
 from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from tests.support.grpc_client import Client, command, running_server
 
 
 @pytest.fixture
-async def client(store: EventStore) -> AsyncIterator[Client]:
+async def client(store: StoreAdapter) -> AsyncIterator[Client]:
     async with running_server(store) as (_, connected):
         yield connected
 

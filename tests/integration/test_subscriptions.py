@@ -12,12 +12,12 @@ import pytest
 from chronicle.v1 import event_service_pb2 as pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from tests.support.grpc_client import Client, command, details_of, running_server
 
 
 @pytest.fixture
-async def client(store: EventStore) -> AsyncIterator[Client]:
+async def client(store: StoreAdapter) -> AsyncIterator[Client]:
     async with running_server(store, checkpoint_seconds=0.0, poll_seconds=0.2) as (_, connected):
         yield connected
 
@@ -178,7 +178,7 @@ async def test_bad_subscriptions_are_invalid_argument(
         assert details.field_violations == [field]
 
 
-async def test_server_shutdown_ends_streams_with_unavailable(store: EventStore) -> None:
+async def test_server_shutdown_ends_streams_with_unavailable(store: StoreAdapter) -> None:
     async with running_server(store, poll_seconds=0.2) as (app, client):
         stream = Stream(client)
         await stream.until_caught_up()

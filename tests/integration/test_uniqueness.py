@@ -18,7 +18,7 @@ from chronicle.v1 import event_service_pb2
 from domain_plugins.users import EMAIL_SCOPE
 from domain_plugins.users.protos.users.v1 import users_pb2 as pb
 from service.security.encryption import new_master_key
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from tests.support.grpc_client import Client, command, connect, details_of, running_server
 from tests.support.processes import server_process
 from tests.support.security import write
@@ -27,14 +27,14 @@ EMAIL = "ann@example.com"
 
 
 @pytest.fixture
-async def two_replicas(store: EventStore) -> AsyncIterator[list[Client]]:
+async def two_replicas(store: StoreAdapter) -> AsyncIterator[list[Client]]:
     """Two servers, each with its own workers and caches, on one store."""
     async with AsyncExitStack() as stack:
         yield [(await stack.enter_async_context(running_server(store)))[1] for _ in range(2)]
 
 
 @pytest.fixture
-async def two_encrypting_replicas(store: EventStore, tmp_path: Path) -> AsyncIterator[list[Client]]:
+async def two_encrypting_replicas(store: StoreAdapter, tmp_path: Path) -> AsyncIterator[list[Client]]:
     """Two servers on one store with encryption at rest, each with its own
     keyring (and so its own cache of the claims' data key)."""
     keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
@@ -77,7 +77,7 @@ async def test_fifty_concurrent_registrations_over_two_replicas_make_one_user(tw
     assert await users(two_replicas[1]) == winners
 
 
-async def test_a_released_email_can_be_registered_again(two_replicas: list[Client], store: EventStore) -> None:
+async def test_a_released_email_can_be_registered_again(two_replicas: list[Client], store: StoreAdapter) -> None:
     first, second = two_replicas
     await first.submit(command("user-1", pb.RegisterUser(email=EMAIL, name="Ann")))
     await first.submit(command("user-1", pb.DeactivateUser()))
@@ -86,7 +86,7 @@ async def test_a_released_email_can_be_registered_again(two_replicas: list[Clien
     assert await store.claim_owner(EMAIL_SCOPE, EMAIL) == "user-2"
 
 
-async def test_a_refused_command_leaves_no_claim(two_replicas: list[Client], store: EventStore) -> None:
+async def test_a_refused_command_leaves_no_claim(two_replicas: list[Client], store: StoreAdapter) -> None:
     first, _ = two_replicas
     await first.submit(command("user-1", pb.RegisterUser(email=EMAIL, name="Ann")))
     with pytest.raises(grpc.aio.AioRpcError):
@@ -98,7 +98,7 @@ async def test_a_refused_command_leaves_no_claim(two_replicas: list[Client], sto
 
 
 async def test_with_encryption_at_rest_fifty_registrations_over_two_replicas_make_one_user(
-    two_encrypting_replicas: list[Client], store: EventStore
+    two_encrypting_replicas: list[Client], store: StoreAdapter
 ) -> None:
     winners = await register_fifty(two_encrypting_replicas)
     assert len(winners) == 1

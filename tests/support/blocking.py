@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.errors import ConcurrencyConflict
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 from service.store.records import NewEvent, RecordedEvent
 
 
@@ -16,7 +16,7 @@ class GatedStore:
     """Delegates to ``inner``; every append waits until ``gate`` is set, and
     ``entered`` is set once an append is waiting."""
 
-    def __init__(self, inner: EventStore) -> None:
+    def __init__(self, inner: StoreAdapter) -> None:
         self.inner = inner
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
@@ -34,7 +34,7 @@ class ConflictOnce:
     """Delegates to ``inner``; the first append that writes events loses a
     version race (as if another replica had written first)."""
 
-    def __init__(self, inner: EventStore) -> None:
+    def __init__(self, inner: StoreAdapter) -> None:
         self.inner = inner
         self.conflicted = False
 

@@ -24,7 +24,7 @@ from chronicle.v1 import (
 from service.app import Application, start
 from service.plugins.registry import Registry
 from service.settings import Settings
-from service.store.base import EventStore
+from service.store.base import StoreAdapter
 
 
 def command(
@@ -134,7 +134,7 @@ TEST_SETTINGS = Settings(listen="127.0.0.1:0", discover_plugins=True, shutdown_g
 
 @asynccontextmanager
 async def running_server(
-    store: EventStore,
+    store: StoreAdapter,
     *,
     settings: Settings = TEST_SETTINGS,
     registry: Registry | None = None,

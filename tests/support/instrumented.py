@@ -6,14 +6,14 @@ import asyncio
 from collections import Counter
 from collections.abc import Sequence
 
-from service.store.base import AggregateQuery, EventStore
+from service.store.base import AggregateQuery, StoreAdapter
 from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
 
 
 class ObservedStore:
     """Delegates to ``inner``; counts events read and tracks appends in flight."""
 
-    def __init__(self, inner: EventStore, *, append_delay: float = 0.0) -> None:
+    def __init__(self, inner: StoreAdapter, *, append_delay: float = 0.0) -> None:
         self.inner = inner
         self.append_delay = append_delay
         self.events_read = 0

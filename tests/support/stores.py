@@ -7,7 +7,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.store.base import DEFAULT_KEEP_SNAPSHOTS, EventStore
+from service.store.base import DEFAULT_KEEP_SNAPSHOTS, StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
@@ -22,11 +22,11 @@ class StoreSite:
     keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS
 
 
-StoreFactory = Callable[[StoreSite], AbstractAsyncContextManager[EventStore]]
+StoreFactory = Callable[[StoreSite], AbstractAsyncContextManager[StoreAdapter]]
 
 
 @asynccontextmanager
-async def memory_store(site: StoreSite) -> AsyncIterator[EventStore]:
+async def memory_store(site: StoreSite) -> AsyncIterator[StoreAdapter]:
     store = MemoryStore(keep_snapshots=site.keep_snapshots)
     await store.open()
     yield store
@@ -34,7 +34,7 @@ async def memory_store(site: StoreSite) -> AsyncIterator[EventStore]:
 
 
 @asynccontextmanager
-async def sqlite_store(site: StoreSite) -> AsyncIterator[EventStore]:
+async def sqlite_store(site: StoreSite) -> AsyncIterator[StoreAdapter]:
     store = SqliteStore(site.tmp / "events.db", keep_snapshots=site.keep_snapshots)
     await store.open()
     yield store
@@ -42,7 +42,7 @@ async def sqlite_store(site: StoreSite) -> AsyncIterator[EventStore]:
 
 
 @asynccontextmanager
-async def postgres_store(site: StoreSite) -> AsyncIterator[EventStore]:
+async def postgres_store(site: StoreSite) -> AsyncIterator[StoreAdapter]:
     store = PostgresStore(site.postgres_url(), pool_size=4, keep_snapshots=site.keep_snapshots)
     await store.open()
     await store.ping()  # the database must be there: fail here, not in the test

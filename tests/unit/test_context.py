@@ -18,6 +18,7 @@ from service.processing.commands import CommandBatch, CommandRequest
 from service.processing.deciding import MAX_LOOKUPS
 from service.processing.executor import CommandExecutor
 from service.processing.router import Router
+from service.store.base import Store
 from service.store.memory import MemoryStore
 from tests.support import plugins
 from tests.support.events import new_event
@@ -42,7 +43,7 @@ async def store() -> MemoryStore:
 
 @pytest.fixture
 async def router(store: MemoryStore) -> AsyncIterator[Router]:
-    router = Router(CommandExecutor(store, REGISTRY))
+    router = Router(CommandExecutor(Store.of(store), REGISTRY))
     yield router
     await router.close()
 

@@ -17,6 +17,7 @@ from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.processing.router import Router
+from service.store.base import Store
 from service.store.memory import MemoryStore
 
 
@@ -79,7 +80,7 @@ def command(aggregate_id: str, message: Message, command_id: str | None = None) 
 
 @pytest.fixture
 async def router() -> Router:
-    return Router(CommandExecutor(MemoryStore(), REGISTRY))
+    return Router(CommandExecutor(Store.of(MemoryStore()), REGISTRY))
 
 
 async def test_a_plugin_subclass_refusal_is_replayed_even_when_the_command_would_now_succeed(router: Router) -> None:

@@ -16,6 +16,7 @@ from service.processing.executor import CommandExecutor
 from service.processing.history import History
 from service.processing.router import Router
 from service.processing.state import AggregateLoader
+from service.store.base import Store
 from service.store.memory import MemoryStore
 from tests.support.instrumented import ObservedStore
 
@@ -31,14 +32,14 @@ def deposit(amount: int) -> CommandRequest:
 async def two_hundred_fifty_events(store: MemoryStore) -> tuple[History, Any]:
     """acc-1 opened, then 249 deposits of 1, 2, 3, …: snapshots at 100 and 200."""
     observed: Any = ObservedStore(store)
-    router = Router(CommandExecutor(observed, REGISTRY))
+    router = Router(CommandExecutor(Store.of(observed), REGISTRY))
     spec = REGISTRY.command("bank.v1.OpenAccount")
     assert spec is not None
     await router.submit(CommandRequest(str(uuid.uuid4()), "acc-1", spec, bank.OpenAccount(owner="ann")))
     for amount in range(1, 250):
         await router.submit(deposit(amount))
     await router.close()
-    return History(observed, AggregateLoader(observed, REGISTRY)), observed
+    return History(observed, AggregateLoader(Store.of(observed), REGISTRY)), observed
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from service.processing.executor import CommandExecutor
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import AggregateLoader
-from service.store.base import EventStore
+from service.store.base import Store, StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
 from tests.support import plugins
@@ -46,8 +46,8 @@ def faulty(aggregate_id: str, message: Message) -> CommandRequest:
     return request(aggregate_id, message, registry=FAULTY)
 
 
-def router_over(store: EventStore, *, registry: Registry = REGISTRY, **options: Any) -> Router:
-    executor = CommandExecutor(store, registry, **{k: v for k, v in options.items() if k in EXECUTOR_OPTIONS})
+def router_over(store: StoreAdapter, *, registry: Registry = REGISTRY, **options: Any) -> Router:
+    executor = CommandExecutor(Store.of(store), registry, **{k: v for k, v in options.items() if k in EXECUTOR_OPTIONS})
     return Router(executor, **{k: v for k, v in options.items() if k not in EXECUTOR_OPTIONS})
 
 
@@ -189,7 +189,7 @@ async def test_snapshots_are_taken_every_n_events_and_used_when_loading() -> Non
     snapshot = await store.load_snapshot("acc-1")
     assert snapshot is not None and snapshot.version == 200
     store.events_read = 0
-    loaded = await AggregateLoader(store, REGISTRY).load("acc-1", bank_account.account)
+    loaded = await AggregateLoader(Store.of(store), REGISTRY).load("acc-1", bank_account.account)
     assert store.events_read == 50
     assert loaded.version == 250
     assert loaded.state == bank.Account(owner="ann", balance=498)
@@ -206,7 +206,7 @@ async def test_a_snapshot_with_another_state_schema_version_is_ignored() -> None
     assert snapshot is not None
     await store.inner.save_snapshot(replace(snapshot, schema_version=99))
     store.events_read = 0
-    loaded = await AggregateLoader(store, REGISTRY).load("acc-1", bank_account.account)
+    loaded = await AggregateLoader(Store.of(store), REGISTRY).load("acc-1", bank_account.account)
     assert store.events_read == 121
     assert loaded.state == bank.Account(owner="ann", balance=120)
     await router.close()

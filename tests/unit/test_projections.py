@@ -21,6 +21,7 @@ from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.processing.projections import ProjectionRunner
 from service.processing.upcasting import EventReader
+from service.store.base import Store
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite
 
@@ -31,7 +32,7 @@ READER = EventReader(REGISTRY)
 async def run(store: MemoryStore, aggregate_id: str, message: Any) -> None:
     spec = REGISTRY.command(message.DESCRIPTOR.full_name)
     assert spec is not None
-    await CommandExecutor(store, REGISTRY).execute(
+    await CommandExecutor(Store.of(store), REGISTRY).execute(
         CommandRequest(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, spec=spec, message=message), None
     )
 
@@ -57,7 +58,7 @@ def runner(store: Any, *, batch_size: int | None = None) -> ProjectionRunner:
     projection = bank_account.balances_by_owner
     if batch_size is not None:
         projection.batch_size = batch_size
-    return ProjectionRunner(projection, store, READER, retry_interval=0.01)
+    return ProjectionRunner(projection, log=store, documents=store, reader=READER, retry_interval=0.01)
 
 
 @pytest.fixture(autouse=True)
@@ -147,7 +148,7 @@ async def test_a_failing_handler_stops_the_projection_and_commits_nothing_of_the
     await run(store, "acc-1", bank.OpenAccount(owner="ann"))
     await run(store, "acc-1", bank.Deposit(amount=5))
     await run(store, "acc-1", bank.Deposit(amount=13))
-    projection_runner = ProjectionRunner(counted, store, READER)
+    projection_runner = ProjectionRunner(counted, log=store, documents=store, reader=READER)
     with pytest.raises(ProjectionFailed) as raised:
         await projection_runner.step(0)
     assert raised.value.reason == "PROJECTION_FAILED"
@@ -160,7 +161,7 @@ async def test_documents_read_within_a_batch_see_the_batch_s_own_writes() -> Non
     await run(store, "acc-1", bank.OpenAccount(owner="ann"))
     for amount in (1, 2, 3):
         await run(store, "acc-1", bank.Deposit(amount=amount))
-    await ProjectionRunner(counted, store, READER).step(0)
+    await ProjectionRunner(counted, log=store, documents=store, reader=READER).step(0)
     total = await store.load_document("sloppy.counts", "total")
     assert total is not None
     assert bank.AccountBalance.FromString(total.data).balance == 6

@@ -19,6 +19,7 @@ from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.processing.router import Router
+from service.store.base import Store
 from service.store.memory import MemoryStore
 from service.store.records import CommandRecord, NewEvent, RecordedEvent
 from tests.support import plugins
@@ -62,7 +63,7 @@ async def opened(store: MemoryStore, router: Router, balance: int = 0) -> None:
 
 async def test_commands_that_queue_up_for_one_aggregate_share_one_append() -> None:
     store = CountingStore()
-    router = Router(CommandExecutor(store, REGISTRY))
+    router = Router(CommandExecutor(Store.of(store), REGISTRY))
     await opened(store, router)
     store.appends = 0
     results = await asyncio.gather(*(router.submit(request(bank.Deposit(amount=i + 1))) for i in range(50)))
@@ -74,7 +75,7 @@ async def test_commands_that_queue_up_for_one_aggregate_share_one_append() -> No
 
 async def test_a_refusal_in_a_series_is_recorded_and_the_others_go_on() -> None:
     store = CountingStore()
-    router = Router(CommandExecutor(store, REGISTRY))
+    router = Router(CommandExecutor(Store.of(store), REGISTRY))
     await opened(store, router, balance=10)
     refused = request(bank.Withdraw(amount=10))
     outcomes = await asyncio.gather(
@@ -97,7 +98,7 @@ async def test_a_refusal_in_a_series_is_recorded_and_the_others_go_on() -> None:
 
 async def test_a_command_id_seen_before_in_a_series_is_replayed() -> None:
     store = CountingStore()
-    router = Router(CommandExecutor(store, REGISTRY))
+    router = Router(CommandExecutor(Store.of(store), REGISTRY))
     await opened(store, router)
     done = request(bank.Deposit(amount=7))
     first = await router.submit(done)
@@ -110,7 +111,7 @@ async def test_a_command_id_seen_before_in_a_series_is_replayed() -> None:
 
 async def test_expected_versions_hold_within_a_series() -> None:
     store = CountingStore()
-    router = Router(CommandExecutor(store, REGISTRY))
+    router = Router(CommandExecutor(Store.of(store), REGISTRY))
     await opened(store, router)
     results = await asyncio.gather(
         router.submit(request(bank.Deposit(amount=1), expected_version=1)),
@@ -125,7 +126,10 @@ async def test_expected_versions_hold_within_a_series() -> None:
 
 async def test_a_series_on_a_stale_cache_falls_back_and_every_command_lands() -> None:
     store = CountingStore()
-    replica_a, replica_b = Router(CommandExecutor(store, REGISTRY)), Router(CommandExecutor(store, REGISTRY))
+    replica_a, replica_b = (
+        Router(CommandExecutor(Store.of(store), REGISTRY)),
+        Router(CommandExecutor(Store.of(store), REGISTRY)),
+    )
     await opened(store, replica_a)
     await replica_b.submit(request(bank.Deposit(amount=100)))  # a's cache is now behind
     results = await asyncio.gather(*(replica_a.submit(request(bank.Withdraw(amount=10))) for _ in range(5)))
@@ -137,7 +141,7 @@ async def test_a_series_on_a_stale_cache_falls_back_and_every_command_lands() ->
 async def test_a_failing_handler_in_a_series_fails_alone() -> None:
     registry = Registry([plugins.faulty])
     store = CountingStore()
-    router = Router(CommandExecutor(store, registry))
+    router = Router(CommandExecutor(Store.of(store), registry))
 
     def faulty(amount: int) -> CommandRequest:
         spec = registry.command("bank.v1.Deposit")

@@ -16,6 +16,7 @@ from service.plugins import OldEvent, Plugin
 from service.plugins.registry import Registry
 from service.processing.state import AggregateLoader
 from service.processing.upcasting import EventReader
+from service.store.base import Store
 from service.store.memory import MemoryStore
 from service.store.records import NewEvent, RecordedEvent
 from service.testing import Scenario
@@ -35,7 +36,7 @@ def stored(message: Message | bytes, schema_version: int, event_type: str = "") 
 async def load(*events: NewEvent) -> bank.Account:
     store = MemoryStore()
     await store.append("book-1", list(events), 0)
-    aggregate = await AggregateLoader(store, REGISTRY).load("book-1", plugins.book)
+    aggregate = await AggregateLoader(Store.of(store), REGISTRY).load("book-1", plugins.book)
     return aggregate.state  # type: ignore[return-value]
 
 
@@ -63,7 +64,7 @@ async def test_events_at_the_current_version_are_read_as_stored() -> None:
 async def test_the_stored_events_are_never_rewritten() -> None:
     store = MemoryStore()
     await store.append("book-1", [stored(bank.MoneyDeposited(amount=7), 1)], 0)
-    await AggregateLoader(store, REGISTRY).load("book-1", plugins.book)
+    await AggregateLoader(Store.of(store), REGISTRY).load("book-1", plugins.book)
     (kept,) = await store.read_aggregate("book-1")
     assert (kept.schema_version, kept.payload) == (1, bank.MoneyDeposited(amount=7).SerializeToString())
 
@@ -168,5 +169,5 @@ def test_a_scenario_reads_a_stored_old_event_through_the_upcasters() -> None:
         "bank.v1.MoneyDeposited", bank.MoneyDeposited(amount=2), schema_version=1
     )
     scenario.when(bank.Deposit(amount=5)).then(bank.MoneyDeposited(amount=5))
-    state = asyncio.run(AggregateLoader(scenario.store, REGISTRY).load("book-1", plugins.book)).state
+    state = asyncio.run(AggregateLoader(Store.of(scenario.store), REGISTRY).load("book-1", plugins.book)).state
     assert state == bank.Account(balance=205)

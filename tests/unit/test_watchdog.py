@@ -17,6 +17,7 @@ from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.processing.watchdog import LoopLagWatchdog
+from service.store.base import Store
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import command, running_server
 
@@ -56,7 +57,7 @@ def warnings_from(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging
 async def test_a_handler_slower_than_the_threshold_is_reported_with_its_command_type(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    executor = CommandExecutor(MemoryStore(), REGISTRY, slow_handler_seconds=TINY_THRESHOLD)
+    executor = CommandExecutor(Store.of(MemoryStore()), REGISTRY, slow_handler_seconds=TINY_THRESHOLD)
     with caplog.at_level(logging.WARNING, logger="service.processing.watchdog"):
         result, _ = await executor.execute(deposit("pig-1"), None)
     assert result.version == 1  # reported, not refused
@@ -66,7 +67,7 @@ async def test_a_handler_slower_than_the_threshold_is_reported_with_its_command_
 
 
 async def test_a_zero_threshold_turns_the_handler_alarm_off(caplog: pytest.LogCaptureFixture) -> None:
-    executor = CommandExecutor(MemoryStore(), REGISTRY, slow_handler_seconds=0)
+    executor = CommandExecutor(Store.of(MemoryStore()), REGISTRY, slow_handler_seconds=0)
     with caplog.at_level(logging.WARNING, logger="service.processing.watchdog"):
         await executor.execute(deposit("pig-1"), None)
     assert warnings_from(caplog, "service.processing.watchdog") == []

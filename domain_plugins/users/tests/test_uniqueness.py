@@ -17,6 +17,7 @@ from service.plugins.registry import Registry
 from service.processing.commands import CommandBatch, CommandRequest
 from service.processing.executor import CommandExecutor
 from service.processing.router import Router
+from service.store.base import Store
 from service.store.memory import MemoryStore
 
 REGISTRY = Registry([plugin])
@@ -31,7 +32,7 @@ def request(aggregate_id: str, message: Message) -> CommandRequest:
 @pytest.fixture
 async def replicas() -> AsyncIterator[tuple[MemoryStore, list[Router]]]:
     store = MemoryStore()
-    routers = [Router(CommandExecutor(store, REGISTRY)) for _ in range(2)]
+    routers = [Router(CommandExecutor(Store.of(store), REGISTRY)) for _ in range(2)]
     yield store, routers
     for router in routers:
         await router.close()

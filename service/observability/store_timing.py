@@ -1,0 +1,155 @@
+"""Timing the store: ``chronicle_store_operation_duration_seconds{operation}``
+and ``chronicle_concurrency_conflicts_total``.
+
+``timed(store, metrics)`` wraps the roles on the command and read paths
+(events, log, snapshots, projections); each wrapper implements its whole
+role protocol, so mypy sees every method. ``append`` stays a plain call that
+returns the inner awaitable as a future: wrapping it in a coroutine would
+cost the hot path a task per command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from prometheus_client import Counter, Histogram
+
+from service.errors import ConcurrencyConflict
+from service.store.base import AggregateQuery, EventRecorder, LogReader, ProjectionStore, SnapshotStore, Store
+from service.store.records import (
+    AggregateHead,
+    ClaimChange,
+    CommandRecord,
+    DocumentWrite,
+    LogFilter,
+    LogPage,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+    StoredDocument,
+)
+
+T = TypeVar("T")
+
+
+class _Clock:
+    def __init__(self, durations: Histogram) -> None:
+        self._durations = durations
+        self._by_operation: dict[str, Histogram] = {}
+
+    def histogram(self, operation: str) -> Histogram:
+        found = self._by_operation.get(operation)
+        if found is None:
+            found = self._by_operation[operation] = self._durations.labels(operation=operation)
+        return found
+
+    async def time(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        started = time.perf_counter()
+        try:
+            return await call()
+        finally:
+            self.histogram(operation).observe(time.perf_counter() - started)
+
+
+def timed(store: Store, durations: Histogram, conflicts: Counter) -> Store:
+    clock = _Clock(durations)
+    return store.replacing(
+        events=TimedEvents(store.events, clock, conflicts),
+        log=TimedLog(store.log, clock),
+        snapshots=TimedSnapshots(store.snapshots, clock),
+        projections=TimedProjections(store.projections, clock),
+    )
+
+
+class TimedEvents:
+    def __init__(self, inner: EventRecorder, clock: _Clock, conflicts: Counter) -> None:
+        self._inner = inner
+        self._clock = clock
+        self._conflicts = conflicts
+
+    def append(
+        self,
+        aggregate_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        *,
+        commands: Sequence[CommandRecord] = (),
+        claims: Sequence[ClaimChange] = (),
+    ) -> Awaitable[list[RecordedEvent]]:
+        started = time.perf_counter()
+        pending = asyncio.ensure_future(
+            self._inner.append(aggregate_id, events, expected_version, commands=commands, claims=claims)
+        )
+
+        def done(finished: asyncio.Future[list[RecordedEvent]]) -> None:
+            self._clock.histogram("append").observe(time.perf_counter() - started)
+            if not finished.cancelled() and isinstance(finished.exception(), ConcurrencyConflict):
+                self._conflicts.inc()
+
+        pending.add_done_callback(done)
+        return pending
+
+    async def find_command(self, command_id: str) -> CommandRecord | None:
+        return await self._clock.time("find_command", lambda: self._inner.find_command(command_id))
+
+    async def head(self, aggregate_id: str) -> AggregateHead | None:
+        return await self._clock.time("head", lambda: self._inner.head(aggregate_id))
+
+    async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
+        return await self._clock.time("read_aggregate", lambda: self._inner.read_aggregate(aggregate_id, query))
+
+    async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
+        return await self._clock.time("version_at", lambda: self._inner.version_at(aggregate_id, timestamp_us))
+
+
+class TimedLog:
+    def __init__(self, inner: LogReader, clock: _Clock) -> None:
+        self._inner = inner
+        self._clock = clock
+
+    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+        return await self._clock.time("read_log", lambda: self._inner.read_log(after_position, log_filter, limit))
+
+    async def log_head(self) -> int:
+        return await self._clock.time("log_head", self._inner.log_head)
+
+    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
+        # Waiting is not time in the store.
+        await self._inner.wait_for_commit(after_position, max_wait)
+
+
+class TimedSnapshots:
+    def __init__(self, inner: SnapshotStore, clock: _Clock) -> None:
+        self._inner = inner
+        self._clock = clock
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        await self._clock.time("save_snapshot", lambda: self._inner.save_snapshot(snapshot))
+
+    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
+        return await self._clock.time("load_snapshot", lambda: self._inner.load_snapshot(aggregate_id, at_most=at_most))
+
+
+class TimedProjections:
+    def __init__(self, inner: ProjectionStore, clock: _Clock) -> None:
+        self._inner = inner
+        self._clock = clock
+
+    async def projection_position(self, name: str) -> int:
+        return await self._clock.time("projection_position", lambda: self._inner.projection_position(name))
+
+    async def load_document(self, projection: str, key: str) -> StoredDocument | None:
+        return await self._clock.time("load_document", lambda: self._inner.load_document(projection, key))
+
+    async def commit_projection(
+        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    ) -> None:
+        await self._clock.time(
+            "commit_projection",
+            lambda: self._inner.commit_projection(
+                name, expected_position=expected_position, new_position=new_position, writes=writes
+            ),
+        )
