@@ -49,6 +49,6 @@ async def test_a_conflicting_append_falls_back_alone_and_its_batch_mates_commit(
     assert isinstance(outcomes[31], CommandAlreadyRecorded)
     # only the recorded command id needed the one-by-one path: the stale
     # append was told apart in one read, and its batch-mates re-batched
-    assert store._group.fallbacks == 1
+    assert store.batch_counts().alone == 1
     assert [e.version for e in await store.read_aggregate("hot")] == [1]
     assert [e.version for e in await store.read_aggregate("dup")] == [1]

@@ -15,7 +15,9 @@ import pytest
 from chronicle.v1 import event_service_pb2 as pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.postgres import PostgresStore
-from service.store.records import LogFilter
+from service.store.postgres.appends import append_statement
+from service.store.postgres.group_commit import Append
+from service.store.records import LogFilter, NewEvent
 from tests.support.events import new_event
 from tests.support.grpc_client import Client, command, connect, running_server, submit_retrying
 from tests.support.processes import server_process
@@ -32,6 +34,14 @@ async def store(postgres_url: str) -> AsyncIterator[PostgresStore]:
     await opened.close()
 
 
+async def append_in(
+    conn: psycopg.AsyncConnection[Any], aggregate_id: str, events: list[NewEvent], expected: int
+) -> None:
+    """The store's own append statement, in a transaction the test holds open."""
+    statement = append_statement([Append(aggregate_id, events, expected, ())])
+    await psycopg.AsyncRawCursor(conn).execute(statement.sql, list(statement.params))
+
+
 async def collect(store: PostgresStore, after: int = 0) -> list[Any]:
     return list((await store.read_log(after, LogFilter(), 1000)).events)
 
@@ -42,8 +52,8 @@ async def test_a_later_writer_waits_for_an_open_earlier_one_and_readers_see_both
     async with await psycopg.AsyncConnection.connect(postgres_url) as slow:
         # The first writer takes its position and holds its transaction open.
         async with slow.transaction():
-            await store._insert_events(slow, "a-1", [new_event()], 0)
-            later = asyncio.create_task(store.append("a-2", [new_event()], 0))
+            await append_in(slow, "a-1", [new_event()], 0)
+            later = asyncio.ensure_future(store.append("a-2", [new_event()], 0))
             await asyncio.sleep(0.3)
             # The later writer cannot commit first: it waits for a position.
             assert not later.done()
@@ -59,8 +69,8 @@ async def test_a_later_writer_waits_for_an_open_earlier_one_and_readers_see_both
 async def test_an_aborted_writer_leaves_no_gap_and_no_stall(store: PostgresStore, postgres_url: str) -> None:
     aborted = await psycopg.AsyncConnection.connect(postgres_url)
     async with aborted, aborted.transaction(force_rollback=True):
-        await store._insert_events(aborted, "a-1", [new_event(), new_event()], 0)
-        later = asyncio.create_task(store.append("a-2", [new_event()], 0))
+        await append_in(aborted, "a-1", [new_event(), new_event()], 0)
+        later = asyncio.ensure_future(store.append("a-2", [new_event()], 0))
         await asyncio.sleep(0.1)
         assert not later.done()
     await asyncio.wait_for(later, timeout=10)

@@ -6,17 +6,10 @@ the store's methods stay free of ``except`` chains.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-
 import psycopg
 from psycopg import errors as pg
-from psycopg_pool import PoolTimeout
 
 from service.errors import ChronicleError, InvalidInput, StoreUnavailable
-
-EVENTS_VERSION_KEY = "events_aggregate_version_key"
-COMMANDS_KEY = "commands_pkey"
 
 
 class UniqueViolation(Exception):
@@ -32,9 +25,19 @@ class UniqueViolation(Exception):
         self.constraint = constraint
 
 
+class Refused(Exception):
+    """A statement refused itself (``chronicle.refuse``, see sql.py): ``code``
+    is the SQLSTATE that says why, ``detail`` its message."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
 # Errors that mean "the database cannot serve right now": connection lost,
 # server shutting down or restarting, too many clients, a lock wait or
-# statement that timed out, a pool with no free connection.
+# statement that timed out.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,
     pg.AdminShutdown,
@@ -44,7 +47,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     pg.LockNotAvailable,
     pg.QueryCanceled,
     pg.IdleInTransactionSessionTimeout,
-    PoolTimeout,
+    OSError,
+    TimeoutError,
 )
 
 
@@ -53,6 +57,8 @@ def translation(error: BaseException, what: str) -> BaseException | None:
     (let it through as it is)."""
     if isinstance(error, ChronicleError):
         return None
+    if isinstance(error, psycopg.Error) and (error.sqlstate or "").startswith("CH"):
+        return Refused(error.sqlstate or "", error.diag.message_primary or "")
     if isinstance(error, pg.UniqueViolation):
         return UniqueViolation(error.diag.constraint_name or "")
     if isinstance(error, psycopg.DataError):
@@ -62,30 +68,6 @@ def translation(error: BaseException, what: str) -> BaseException | None:
     if isinstance(error, _UNAVAILABLE):
         return StoreUnavailable(f"PostgreSQL unavailable during {what}: {_first_line(error)}")
     return None
-
-
-@asynccontextmanager
-async def translated(what: str) -> AsyncIterator[None]:
-    """Run a store operation, mapping database errors to Chronicle's."""
-    try:
-        yield
-    except Exception as error:
-        translated_error = translation(error, what)
-        if translated_error is None:
-            raise
-        raise translated_error from error
-
-
-@contextmanager
-def translated_sync(what: str) -> Iterator[None]:
-    """``translated`` for the store's blocking side (see blocking.py)."""
-    try:
-        yield
-    except Exception as error:
-        translated_error = translation(error, what)
-        if translated_error is None:
-            raise
-        raise translated_error from error
 
 
 def _first_line(error: BaseException) -> str:

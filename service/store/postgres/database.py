@@ -1,0 +1,284 @@
+"""The PostgreSQL store's one way of talking to its database: a few
+pipelined connections on the event loop (connection.py), the schema, and
+whether the database can be reached.
+
+Every store method is one *operation*: its statements, sent together and
+committed together, in one round trip. ``run`` sends an operation on the
+connection with the fewest operations in flight (opening another, up to
+the pool size, when all are busy), and turns database errors into
+Chronicle's (errors.py). ``submit`` is the same without a coroutine, for
+group commit's hot path.
+
+Reads and writes use connections of their own. Operations on one connection
+run in order, and a write can wait on a lock (the position lock, held by
+another replica's transaction until it commits): a read queued behind it
+would wait too, and a reader that the lock holder waits for would never be
+answered. So a read never queues behind a write.
+
+Availability. The server starts even when the database is unreachable: the
+schema is created or migrated on the first operation that reaches it.
+While the database is away, operations fail with ``StoreUnavailable`` at
+once (one connection attempt at a time is made on their behalf), and the
+health check (``ping``) reports it. A connection that breaks fails only the
+operations it carried; an operation that only reads is sent once more on
+another connection, one that writes is not (its outcome is unknown: the
+caller retries with the same command id and idempotency decides).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import psycopg
+from psycopg.pq.abc import PGresult
+
+from service.errors import ConfigurationError, StoreUnavailable
+from service.store.notifier import CommitNotifier
+from service.store.postgres import sql
+from service.store.postgres.connection import ConnectionLost, PipelinedConnection, Statement
+from service.store.postgres.errors import translation
+from service.store.postgres.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+# Operations in flight on every connection before another is opened: a few
+# pipelined on one connection cost PostgreSQL less than one each on many.
+_BUSY = 2
+# Connections for writes: group commit keeps two batches in flight.
+_WRITERS = 2
+
+
+class Database:
+    def __init__(self, url: str, *, connections: int, connect_timeout: float, lock_timeout: float) -> None:
+        self._url = url
+        self._size = max(1, connections)
+        self._connect_timeout = connect_timeout
+        # A statement waiting on a lock (the position lock behind a stuck
+        # transaction) must not stall every writer.
+        self._options = f"-c lock_timeout={int(lock_timeout * 1000)}"
+        self._pools = {True: _Pool(max(1, self._size - _WRITERS)), False: _Pool(min(_WRITERS, self._size))}
+        self._schema_ready = False
+        self._schema_lock: asyncio.Lock | None = None
+        self._closed = False
+        # Set when an operation found the database unreachable, cleared by
+        # the next one that reaches it (the health check reads it).
+        self.unreachable = False
+        self.commits = CommitNotifier()
+        self._listener: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def open(self) -> None:
+        _check_url(self._url)
+        try:
+            await self._ensure_schema()
+        except StoreUnavailable as error:
+            log.warning("PostgreSQL is not reachable yet (%s); serving NOT_SERVING until it is", error.message)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        for pool in self._pools.values():
+            await pool.close()
+
+    async def ping(self) -> None:
+        await self.run("ping", [Statement(b"SELECT 1")], read_only=True)
+
+    async def _ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        if self._schema_lock is None:
+            self._schema_lock = asyncio.Lock()
+        async with self._schema_lock:
+            if self._schema_ready:
+                return
+            # A connection of its own: migrations take an advisory lock and
+            # run DDL in one transaction, on psycopg's own terms.
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+                )
+                async with conn:
+                    version = await migrate(conn)
+            except Exception as error:
+                self.unreachable = True
+                translated = translation(error, "migration")
+                if translated is None:
+                    raise
+                raise translated from error
+            log.info("PostgreSQL schema at version %d", version)
+            self._schema_ready = True
+
+    # -- operations ----------------------------------------------------------
+
+    def submit(self, statements: Sequence[Statement]) -> asyncio.Future[list[PGresult]]:
+        """Send an operation on a ready connection and return its future,
+        with psycopg's errors untranslated (the caller knows what they mean).
+        Without a ready connection, the same through ``run``'s slow path."""
+        connection = self._pools[False].pick(self._connect) if self._schema_ready else None
+        if connection is None:
+            return asyncio.ensure_future(self._send_when_ready(statements))
+        return connection.run(statements)
+
+    async def _send_when_ready(self, statements: Sequence[Statement]) -> list[PGresult]:
+        connection = await self._connection(read_only=False)
+        return await connection.run(statements)
+
+    async def run(self, what: str, statements: Sequence[Statement], *, read_only: bool = False) -> list[PGresult]:
+        """One operation, its errors translated to Chronicle's. ``what``
+        names it in messages."""
+        for attempt in (1, 2):
+            try:
+                connection = await self._connection(read_only=read_only)
+                results = await connection.run(statements)
+            except ConnectionLost as lost:
+                if read_only and attempt == 1 and not self._closed:
+                    continue  # the connection died under us (a restart): a read is safe to send again
+                self.unreachable = True
+                raise StoreUnavailable(f"PostgreSQL unavailable during {what}: {lost}") from lost
+            except StoreUnavailable:
+                self.unreachable = True
+                raise
+            except Exception as error:
+                translated = translation(error, what)
+                if translated is None:
+                    raise
+                if isinstance(translated, StoreUnavailable):
+                    self.unreachable = True
+                raise translated from error
+            self.unreachable = False
+            return results
+        raise AssertionError("unreachable")
+
+    async def _connection(self, *, read_only: bool) -> PipelinedConnection:
+        if self._closed:
+            raise StoreUnavailable("the PostgreSQL store is closed", reason="SHUTTING_DOWN")
+        await self._ensure_schema()
+        pool = self._pools[read_only]
+        connection = pool.pick(self._connect)
+        if connection is not None:
+            return connection
+        # None live: wait for one attempt (shared by every waiting caller).
+        try:
+            return await asyncio.shield(pool.grow(self._connect))
+        except Exception as error:
+            self.unreachable = True
+            translated = translation(error, "connect")
+            raise (translated or StoreUnavailable(f"PostgreSQL unavailable: {error}")) from error
+
+    async def _connect(self) -> PipelinedConnection:
+        connection = await PipelinedConnection.connect(
+            self._url, connect_timeout=self._connect_timeout, options=self._options
+        )
+        if self._closed:
+            await connection.close()
+            raise StoreUnavailable("the PostgreSQL store is closed", reason="SHUTTING_DOWN")
+        return connection
+
+    # -- commits from every replica ------------------------------------------
+
+    def listen(self) -> None:
+        """Feed ``commits`` from NOTIFY (every append's statement trigger), so
+        commits through any replica wake this process's readers. Idempotent."""
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen(), name="chronicle-listen")
+
+    async def _listen(self) -> None:
+        delay = 0.2
+        while not self._closed:
+
+            def notified(channel: str, payload: str) -> None:
+                if payload.isdigit():
+                    self.commits.notify(int(payload))
+
+            connection: PipelinedConnection | None = None
+            try:
+                await self._ensure_schema()
+                connection = await PipelinedConnection.connect(
+                    self._url, connect_timeout=self._connect_timeout, options=self._options, on_notify=notified
+                )
+                # Commits between a reader's last look and this LISTEN sent
+                # their NOTIFY to nobody: the log's end covers them.
+                results = await connection.run([Statement(sql.LISTEN.encode()), Statement(sql.LOG_HEAD.encode())])
+                self.commits.notify(int(results[1].get_value(0, 0) or b"0"))
+                delay = 0.2
+                await connection.lost()
+            except (psycopg.Error, StoreUnavailable, OSError) as error:
+                log.debug("LISTEN connection lost (%s); reconnecting in %.1fs", error, delay)
+            finally:
+                if connection is not None:
+                    await connection.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class _Pool:
+    """Connections of one kind (reads or writes), opened as they are needed."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.connections: list[PipelinedConnection] = []
+        self._connecting: asyncio.Task[PipelinedConnection] | None = None
+
+    def pick(self, connect: Callable[[], Awaitable[PipelinedConnection]]) -> PipelinedConnection | None:
+        """The live connection with the fewest operations in flight; opens
+        another in the background when every one is busy."""
+        best: PipelinedConnection | None = None
+        dead = False
+        for connection in self.connections:
+            if connection.broken:
+                dead = True
+            elif best is None or connection.in_flight < best.in_flight:
+                best = connection
+        if dead:
+            self.connections = [c for c in self.connections if not c.broken]
+        if best is not None and best.in_flight >= _BUSY and len(self.connections) < self.size:
+            self.grow(connect)
+        return best
+
+    def grow(self, connect: Callable[[], Awaitable[PipelinedConnection]]) -> asyncio.Task[PipelinedConnection]:
+        """One more connection; one attempt at a time."""
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.get_running_loop().create_task(self._open(connect), name="chronicle-pg-connect")
+            self._connecting.add_done_callback(_observed)
+        return self._connecting
+
+    async def _open(self, connect: Callable[[], Awaitable[PipelinedConnection]]) -> PipelinedConnection:
+        connection = await connect()
+        self.connections.append(connection)
+        return connection
+
+    async def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
+        for connection in self.connections:
+            await connection.close()
+        self.connections.clear()
+
+
+def _observed(task: asyncio.Task[PipelinedConnection]) -> None:
+    # A failed background attempt is reported to whoever awaits it; nobody
+    # may (the pool was only growing), so mark it seen.
+    if not task.cancelled():
+        task.exception()
+
+
+def _check_url(url: str) -> None:
+    """Refuse a URL libpq would only refuse later, on every reconnection."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as error:
+        raise ConfigurationError(f"malformed PostgreSQL URL: {error}", reason="BAD_DATABASE_URL") from None
+    ports = str(params.get("port") or "5432").split(",")
+    if not all(port.strip().isdigit() for port in ports):
+        raise ConfigurationError(
+            f"malformed PostgreSQL URL: port {params.get('port')!r} is not a number", reason="BAD_DATABASE_URL"
+        )

@@ -1,0 +1,66 @@
+"""``KeyStore`` on PostgreSQL: per-aggregate data keys; forgetting one
+leaves a tombstone and removes the aggregate's snapshots and claims in the
+same operation."""
+
+from __future__ import annotations
+
+from service.store.postgres import sql
+from service.store.postgres.connection import Statement
+from service.store.postgres.database import Database
+from service.store.postgres.rows import first, rows
+from service.store.records import DataKey
+from service.store.sql_common import data_key_from_row
+
+
+class KeysRole:
+    _db: Database
+
+    async def create_data_key(self, key: DataKey) -> DataKey:
+        results = await self._db.run(
+            "create_data_key",
+            [
+                Statement(sql.CREATE_DATA_KEY.encode(), (key.aggregate_id, key.master_key_id, key.wrapped)),
+                Statement(sql.LOAD_DATA_KEY.encode(), (key.aggregate_id,), binary=True),
+            ],
+        )
+        row = first(results[-1])
+        assert row is not None
+        return data_key_from_row(row)
+
+    async def load_data_key(self, aggregate_id: str) -> DataKey | None:
+        (result,) = await self._db.run(
+            "load_data_key", [Statement(sql.LOAD_DATA_KEY.encode(), (aggregate_id,), binary=True)], read_only=True
+        )
+        row = first(result)
+        return None if row is None else data_key_from_row(row)
+
+    async def forget_data_key(self, aggregate_id: str) -> bool:
+        results = await self._db.run(
+            "forget_data_key",
+            [
+                Statement(sql.FORGET_DATA_KEY.encode(), (aggregate_id,)),
+                Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
+                Statement(sql.RELEASE_CLAIMS_OF_FORGOTTEN.encode(), (aggregate_id,)),
+            ],
+        )
+        return results[0].ntuples == 1
+
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
+        (result,) = await self._db.run(
+            "data_keys_to_rewrap",
+            [Statement(sql.DATA_KEYS_TO_REWRAP.encode(), (active_master_key_id, limit), binary=True)],
+            read_only=True,
+        )
+        return [data_key_from_row(row) for row in rows(result)]
+
+    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
+        (result,) = await self._db.run(
+            "rewrap_data_key",
+            [
+                Statement(
+                    sql.REWRAP_DATA_KEY.encode(),
+                    (new.master_key_id, new.wrapped, old.aggregate_id, old.master_key_id, old.wrapped),
+                )
+            ],
+        )
+        return result.ntuples == 1

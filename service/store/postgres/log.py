@@ -1,0 +1,36 @@
+"""``LogReader`` on PostgreSQL: the global log by position, never skipping
+(positions become visible in order: see sql.py), woken by NOTIFY."""
+
+from __future__ import annotations
+
+from service.store.postgres import sql
+from service.store.postgres.connection import Statement
+from service.store.postgres.database import Database
+from service.store.postgres.rows import rows, scalar
+from service.store.records import LogFilter, LogPage
+from service.store.sql_common import POSTGRES, event_from_row, log_conditions
+
+
+class LogRole:
+    _db: Database
+
+    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+        conditions = log_conditions(POSTGRES, after_position, log_filter)
+        statement = sql.read_log(conditions.where, conditions.next_placeholder(limit) + "::bigint")
+        # One statement, one snapshot: the log's end and the page agree.
+        (result,) = await self._db.run(
+            "read_log", [Statement(statement.encode(), conditions.params, binary=True)], read_only=True
+        )
+        loaded = rows(result)
+        head = int(loaded[0][0]) if loaded else 0
+        events = tuple(event_from_row(row[1:]) for row in loaded if row[1] is not None)
+        scanned_to = events[-1].position if len(events) == limit else max(head, after_position)
+        return LogPage(events, scanned_to)
+
+    async def log_head(self) -> int:
+        (result,) = await self._db.run("log_head", [Statement(sql.LOG_HEAD.encode())], read_only=True)
+        return int(scalar(result) or 0)
+
+    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
+        self._db.listen()
+        await self._db.commits.wait_beyond(after_position, max_wait)

@@ -1,0 +1,51 @@
+"""``ProjectionStore`` on PostgreSQL: a projection's checkpoint and its
+documents, moved and written in one operation (so one transaction)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from service.errors import ConcurrencyConflict
+from service.store.postgres import sql
+from service.store.postgres.connection import Statement
+from service.store.postgres.database import Database
+from service.store.postgres.errors import Refused
+from service.store.postgres.rows import first, scalar
+from service.store.records import DocumentWrite, StoredDocument
+from service.store.sql_common import document_from_row
+
+
+class ProjectionsRole:
+    _db: Database
+
+    async def projection_position(self, name: str) -> int:
+        (result,) = await self._db.run(
+            "projection_position", [Statement(sql.PROJECTION_POSITION.encode(), (name,))], read_only=True
+        )
+        return int(scalar(result) or 0)
+
+    async def load_document(self, projection: str, key: str) -> StoredDocument | None:
+        (result,) = await self._db.run(
+            "load_document", [Statement(sql.LOAD_DOCUMENT.encode(), (projection, key), binary=True)], read_only=True
+        )
+        row = first(result)
+        return None if row is None else document_from_row(row)
+
+    async def commit_projection(
+        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    ) -> None:
+        statements = [
+            Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)),
+            Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)),
+        ]
+        deletes = [w.key for w in writes if w.data is None]
+        puts = [{"key": w.key, "type_name": w.type_name, "data": w.data.hex()} for w in writes if w.data is not None]
+        if deletes:
+            statements.append(Statement(sql.DELETE_DOCUMENTS.encode(), (name, deletes)))
+        if puts:
+            statements.append(Statement(sql.PUT_DOCUMENTS.encode(), (name, json.dumps(puts, separators=(",", ":")))))
+        try:
+            await self._db.run("commit_projection", statements)
+        except Refused:
+            raise ConcurrencyConflict(f"projection:{name}", expected_position) from None

@@ -1,0 +1,276 @@
+"""Every SQL statement of the PostgreSQL store, in one place.
+
+Parameters are ``$n`` and sent as text (bytes as binary bytea), so each
+statement casts what it needs (``$1::bigint``). Statements with a name are
+prepared once per connection: PostgreSQL parses and plans them once.
+Identifiers are constants of this module; values are always parameters.
+
+Positions and subscriptions. A position from a sequence is handed out at
+insert but becomes visible at commit, and transactions commit in another
+order than they insert, so a reader at "last position seen" could skip an
+event that commits later with a lower position. Chronicle avoids that with
+commit-ordered positions under a lock: an append takes positions from the
+one-row table ``log_head`` with ``UPDATE … RETURNING``, whose row lock it
+then holds until its transaction ends. The next append cannot get a
+position until the previous one has committed (or rolled back, giving its
+positions back), so positions become visible strictly in order and a reader
+never skips. The lock is taken as late as possible (after the command
+records and claims) and held for one insert and the commit; group commit
+(many aggregates' appends in one statement) shares it among many commands.
+
+Concurrency per aggregate is the unique key ``(aggregate_id, version)``:
+whichever replica inserts a version first wins; the other's statement fails
+and becomes ``ConcurrencyConflict``.
+"""
+
+from __future__ import annotations
+
+from service.store.sql_common import COMMAND_FIELDS
+
+# SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
+VERSION_MOVED = "CH001"  # an aggregate is not at the version the append expected
+CLAIM_HELD = "CH002"  # a claimed value is held by another aggregate (message: the claim's index)
+
+EVENTS_VERSION_KEY = "events_aggregate_version_key"
+COMMANDS_KEY = "commands_pkey"
+
+_MICROS = "(extract(epoch FROM {}) * 1000000)::bigint"
+_AT = "'epoch'::timestamptz + {} * interval '1 microsecond'"
+
+# sql_common.EVENT_FIELDS, converted where SQL is cheaper than Python: ids as
+# text, times as microseconds, the usual empty metadata as NULL.
+EVENT_COLUMNS = (
+    "event_id::text, aggregate_id, aggregate_type, version, position, event_type, schema_version, payload, "
+    + _MICROS.format("recorded_at")
+    + ", command_id, user_id, origin, correlation_id, causation_id, NULLIF(metadata, '{}'::jsonb)"
+)
+COMMAND_COLUMNS = ", ".join(COMMAND_FIELDS).replace("recorded_at_us", _MICROS.format("recorded_at"))
+AUDIT_COLUMNS = (
+    _MICROS.format("recorded_at")
+    + ", command_id, command_type, aggregate_id, principal, user_id, origin, reason, message, outcome"
+)
+SNAPSHOT_COLUMNS = "aggregate_id, aggregate_type, version, state_type, schema_version, state"
+
+# -- appends --------------------------------------------------------------
+#
+# A batch of appends (one or many aggregates) is ONE statement: one round
+# trip, one WAL flush, one acquisition of the position lock, however many
+# appends it carries. The batch travels as two JSON documents (commands,
+# events) expanded by jsonb_to_recordset: dumping one string costs the client
+# next to nothing, where arrays of a dozen columns cost it per value. Bytes
+# go as hex, times as microseconds since the epoch (exact both ways).
+#
+# Order inside the statement: the command records first (``head`` reads
+# ``commands`` to make sure of it), so that a command id racing its own retry
+# is settled before the position lock is taken; then positions from log_head,
+# whose row lock is held to the commit; then the events, each inserted only
+# if its aggregate is at the expected version (version ``expected`` exists,
+# or expected is 0; ``expected + 1`` onward are guarded by the unique key).
+# If any event was left out, the statement refuses itself (VERSION_MOVED):
+# nothing of it commits.
+_INSERT_COMMANDS_FROM_JSON = (
+    "INSERT INTO chronicle.commands (command_id, aggregate_id, command_type, fingerprint, first_version,"
+    " last_version, rejection, principal, user_id, origin, recorded_at)"
+    " SELECT c.id, c.a, c.t, decode(c.f, 'hex'), c.first, c.last, c.rejection, c.p, c.u, c.o, "
+    + _AT.format("c.at")
+    + " FROM jsonb_to_recordset($1::jsonb) AS c(id text, a text, t text, f text, first bigint, last bigint,"
+    " rejection jsonb, p text, u text, o text, at bigint)"
+)
+APPEND_BATCH = (
+    "WITH commands AS (" + _INSERT_COMMANDS_FROM_JSON + " RETURNING 1),"
+    " head AS (UPDATE chronicle.log_head"
+    " SET last_position = last_position + $2::bigint + 0 * (SELECT count(*) FROM commands)"
+    " RETURNING last_position - $2::bigint AS base),"
+    " appended AS ("
+    " INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
+    " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at)"
+    " SELECT head.base + e.i, e.id, e.a, e.t, e.v, e.e, e.s, decode(e.p, 'hex'), coalesce(e.m, '{}'::jsonb),"
+    " e.c, e.u, e.o, e.r, e.k, " + _AT.format("e.at") + " FROM head, jsonb_to_recordset($3::jsonb) AS e(i bigint,"
+    " id uuid, a text, t text, v bigint, x bigint, e text, s int, p text, m jsonb, c text, u text, o text, r text,"
+    " k text, at bigint)"
+    " WHERE e.x = 0 OR EXISTS (SELECT 1 FROM chronicle.events y WHERE y.aggregate_id = e.a AND y.version = e.x)"
+    " RETURNING position)"
+    " SELECT CASE WHEN count(*) = $2::bigint THEN min(position)"
+    f" ELSE chronicle.refuse('{VERSION_MOVED}', 'an aggregate is not at its expected version') END FROM appended"
+)
+APPEND_BATCH_NAME = b"chronicle_append_batch"
+# Command records on their own, before claims are taken (the precise path).
+INSERT_COMMANDS = _INSERT_COMMANDS_FROM_JSON
+# An append of no events (a refusal, a command that changed nothing) is
+# only right on the aggregate's latest state.
+CHECK_VERSION = (
+    "SELECT CASE WHEN current = $2::bigint THEN current"
+    f" ELSE chronicle.refuse('{VERSION_MOVED}', current::text) END"
+    " FROM (SELECT coalesce(max(version), 0) AS current FROM chronicle.events WHERE aggregate_id = $1) AS v"
+)
+# Claims: a value already held by another aggregate refuses the append; but a
+# stale version outranks a lost claim (the contract's order), so the version
+# is looked at first. ON CONFLICT waits for a concurrent transaction inserting
+# the same value, so the loser of a race sees the winner.
+TAKE_CLAIM = (
+    "INSERT INTO chronicle.claims (scope, value, aggregate_id) VALUES ($1, $2, $3)"
+    " ON CONFLICT (scope, value) DO NOTHING"
+)
+CHECK_CLAIM = (
+    "SELECT CASE"
+    " WHEN (SELECT aggregate_id FROM chronicle.claims WHERE scope = $1 AND value = $2) = $3 THEN 0"
+    " WHEN (SELECT coalesce(max(version), 0) FROM chronicle.events WHERE aggregate_id = $3) <> $4::bigint"
+    f" THEN chronicle.refuse('{VERSION_MOVED}', 'claim')"
+    f" ELSE chronicle.refuse('{CLAIM_HELD}', $5) END"
+)
+RELEASE_CLAIM = "DELETE FROM chronicle.claims WHERE scope = $1 AND value = $2 AND aggregate_id = $3"
+# Why a batch refused itself: where each aggregate stands, and which command
+# ids are recorded already. One round trip, read only.
+DIAGNOSE = (
+    "SELECT a.id, coalesce((SELECT max(version) FROM chronicle.events e WHERE e.aggregate_id = a.id), 0)"
+    " FROM unnest($1::text[]) AS a(id)"
+    " UNION ALL SELECT command_id, -1 FROM chronicle.commands WHERE command_id = ANY($2::text[])"
+)
+FIND_COMMANDS = f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE command_id = ANY($1::text[])"
+
+# -- reads of one aggregate -----------------------------------------------
+
+HEAD = "SELECT aggregate_type, version FROM chronicle.events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1"
+FIND_COMMAND = f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE command_id = $1"
+VERSION_AT = (
+    "SELECT coalesce("
+    " (SELECT min(version) - 1 FROM chronicle.events WHERE aggregate_id = $1 AND recorded_at > "
+    + _AT.format("$2::bigint")
+    + "), (SELECT coalesce(max(version), 0) FROM chronicle.events WHERE aggregate_id = $1))"
+)
+
+
+def read_aggregate(where: str, *, backwards: bool, limit: str | None) -> str:
+    order = " DESC" if backwards else ""
+    tail = f" LIMIT {limit}" if limit is not None else ""
+    return f"SELECT {EVENT_COLUMNS} FROM chronicle.events WHERE {where} ORDER BY version{order}{tail}"
+
+
+# -- the global log ------------------------------------------------------
+
+
+def read_log(where: str, limit: str) -> str:
+    """A page of the log and, from the same snapshot, the log's end: every
+    position up to that end is committed and visible (positions are handed
+    out under log_head's row lock)."""
+    return (
+        f"WITH page AS (SELECT {EVENT_COLUMNS} FROM chronicle.events WHERE {where} ORDER BY position LIMIT {limit})"
+        " SELECT h.last_position, page.* FROM chronicle.log_head h LEFT JOIN page ON true ORDER BY page.position"
+    )
+
+
+LOG_HEAD = "SELECT last_position FROM chronicle.log_head"
+LISTEN = "LISTEN chronicle_events"
+NOTIFY_CHANNEL = "chronicle_events"
+
+# -- claims -----------------------------------------------------------------
+
+CLAIM_OWNER = "SELECT aggregate_id FROM chronicle.claims WHERE scope = $1 AND value = $2"
+CLAIMS_IN_CLEAR = "SELECT scope, value, aggregate_id FROM chronicle.claims WHERE left(value, 1) <> $1 LIMIT $2::bigint"
+# Hiding a claim: drop the clear one if it is still held as given, and take
+# the hidden one for the same holder (unless another aggregate holds it);
+# the last statement says who holds the hidden value now (and 0 rows when the
+# clear claim was gone: nothing was done).
+HIDE_CLAIM = (
+    "WITH gone AS (DELETE FROM chronicle.claims WHERE scope = $1 AND value = $2 AND aggregate_id = $3 RETURNING 1),"
+    " taken AS (INSERT INTO chronicle.claims (scope, value, aggregate_id) SELECT $1, $4, $3 FROM gone"
+    " ON CONFLICT (scope, value) DO NOTHING RETURNING aggregate_id)"
+    " SELECT coalesce((SELECT aggregate_id FROM taken),"
+    " (SELECT aggregate_id FROM chronicle.claims WHERE scope = $1 AND value = $4)) FROM gone"
+)
+
+# -- snapshots ----------------------------------------------------------------
+
+SAVE_SNAPSHOT = (
+    f"INSERT INTO chronicle.snapshots ({SNAPSHOT_COLUMNS}) VALUES ($1, $2, $3::bigint, $4, $5::int, $6)"
+    " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
+    " state_type = excluded.state_type, schema_version = excluded.schema_version,"
+    " state = excluded.state, taken_at = now()"
+)
+# Below the newest ``keep`` (the OFFSET is keep - 1); with fewer, the
+# subquery is NULL and nothing goes.
+PRUNE_SNAPSHOTS = (
+    "DELETE FROM chronicle.snapshots WHERE aggregate_id = $1 AND version <"
+    " (SELECT version FROM chronicle.snapshots WHERE aggregate_id = $1"
+    " ORDER BY version DESC OFFSET $2::bigint LIMIT 1)"
+)
+LOAD_SNAPSHOT = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM chronicle.snapshots WHERE aggregate_id = $1"
+    " AND version <= coalesce($2::bigint, version) ORDER BY version DESC LIMIT 1"
+)
+
+# -- projections ------------------------------------------------------------
+
+PROJECTION_POSITION = "SELECT position FROM chronicle.projection_checkpoints WHERE name = $1"
+LOAD_DOCUMENT = "SELECT key, type_name, data FROM chronicle.projection_documents WHERE projection = $1 AND key = $2"
+LOAD_DOCUMENTS = (
+    "SELECT key, type_name, data FROM chronicle.projection_documents WHERE projection = $1 AND key = ANY($2::text[])"
+)
+# The checkpoint row is the guard: moving it from the expected position
+# fails (VERSION_MOVED) if another runner moved it first, and its row lock
+# serialises two runners of one projection. Documents are written in the same
+# transaction (one operation: the statements below, then Sync).
+ENSURE_CHECKPOINT = (
+    "INSERT INTO chronicle.projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING"
+)
+MOVE_CHECKPOINT = (
+    "WITH moved AS (UPDATE chronicle.projection_checkpoints SET position = $2::bigint, updated_at = now()"
+    " WHERE name = $1 AND position = $3::bigint RETURNING 1)"
+    f" SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 0 ELSE chronicle.refuse('{VERSION_MOVED}', $1) END"
+)
+DELETE_DOCUMENTS = "DELETE FROM chronicle.projection_documents WHERE projection = $1 AND key = ANY($2::text[])"
+PUT_DOCUMENTS = (
+    "INSERT INTO chronicle.projection_documents (projection, key, type_name, data)"
+    " SELECT $1, d.key, d.type_name, decode(d.data, 'hex')"
+    " FROM jsonb_to_recordset($2::jsonb) AS d(key text, type_name text, data text)"
+    " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name,"
+    " data = excluded.data, updated_at = now()"
+)
+
+# -- audit --------------------------------------------------------------------
+
+RECORD_AUDIT_ENTRY = (
+    "INSERT INTO chronicle.refusals (recorded_at, command_id, command_type, aggregate_id, principal, user_id,"
+    " origin, reason, message, outcome) VALUES (" + _AT.format("$1::bigint") + ", $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+)
+
+
+def audited_commands(where: str, outcome: str, limit: str) -> str:
+    return (
+        f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE {where}{outcome}"
+        f" ORDER BY recorded_at DESC LIMIT {limit}"
+    )
+
+
+def audited_others(where: str, limit: str) -> str:
+    return f"SELECT {AUDIT_COLUMNS} FROM chronicle.refusals WHERE {where} ORDER BY recorded_at DESC LIMIT {limit}"
+
+
+# -- data keys --------------------------------------------------------------
+
+# ON CONFLICT waits for a concurrent insert of the same key, so every creator
+# reads back the one that won (the second statement of the same operation).
+CREATE_DATA_KEY = (
+    "INSERT INTO chronicle.data_keys (aggregate_id, master_key_id, wrapped_key) VALUES ($1, $2, $3)"
+    " ON CONFLICT (aggregate_id) DO NOTHING"
+)
+LOAD_DATA_KEY = "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys WHERE aggregate_id = $1"
+FORGET_DATA_KEY = (
+    "UPDATE chronicle.data_keys SET master_key_id = NULL, wrapped_key = NULL, forgotten_at = now()"
+    " WHERE aggregate_id = $1 AND wrapped_key IS NOT NULL RETURNING 1"
+)
+DELETE_SNAPSHOTS = "DELETE FROM chronicle.snapshots WHERE aggregate_id = $1"
+# Only an aggregate with a key (or its tombstone) is forgotten; one that
+# never had a key keeps its claims.
+RELEASE_CLAIMS_OF_FORGOTTEN = (
+    "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
+    " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
+)
+DATA_KEYS_TO_REWRAP = (
+    "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys"
+    " WHERE wrapped_key IS NOT NULL AND master_key_id <> $1 ORDER BY aggregate_id LIMIT $2::bigint"
+)
+REWRAP_DATA_KEY = (
+    "UPDATE chronicle.data_keys SET master_key_id = $1, wrapped_key = $2"
+    " WHERE aggregate_id = $3 AND master_key_id = $4 AND wrapped_key = $5 RETURNING 1"
+)
