@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Sequence
@@ -495,13 +496,26 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     return channel
 
 
+def _stdout_closed() -> int:
+    """The reader of our output left early (``chronicle read … | head``):
+    end quietly, as Unix tools do (they die of SIGPIPE, which a shell reports
+    as 128 + 13). Standard output now goes nowhere, so that the interpreter's
+    last flush of what is still buffered does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if not args.remote:
             return int(args.run(args))
         with _channel(args) as channel:
             return int(args.run(args, channel))
+    except BrokenPipeError:
+        return _stdout_closed()
     except grpc.RpcError as error:
         return _report_rpc_error(error)
     except (ChronicleError, UnknownType, json_format.ParseError, ValueError) as error:

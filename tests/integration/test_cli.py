@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -198,3 +200,27 @@ def test_projection_prints_progress_and_documents(tmp_path: Path) -> None:
         }
         missing = cli("projection", "bank.balances_by_owner", "owner:zed", server=server.address, check=False)
         assert "NOT_FOUND DOCUMENT_NOT_FOUND" in missing.stderr
+
+
+def cli_into_a_closed_pipe(*args: str, server: str) -> subprocess.CompletedProcess[str]:
+    """``chronicle ARGS | head -0``: the reader closes its end before the first line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", *args, "--server", server],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the CLI has even connected: its first line meets no reader
+    stderr = process.stderr.read()
+    process.stderr.close()
+    return subprocess.CompletedProcess(process.args, process.wait(30), "", stderr)
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly_like_a_unix_tool(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        for args in (("read", "acc-1"), ("audit",), ("tail", "--from", "0", "--until-caught-up")):
+            closed = cli_into_a_closed_pipe(*args, server=server.address)
+            # 141 = 128 + SIGPIPE: what a shell reports for `yes | head`; no traceback
+            assert (args, closed.returncode, closed.stderr) == (args, 141, "")
