@@ -53,7 +53,8 @@ from chronicle.v1 import (
     projection_service_pb2,
     projection_service_pb2_grpc,
 )
-from service.errors import ChronicleError
+from service.api.codec import check_id
+from service.errors import ChronicleError, InvalidInput
 from service.remote_types import RemoteTypes, UnknownType
 from service.settings import add_arguments, load_settings
 
@@ -67,6 +68,16 @@ def _event_json(types: RemoteTypes, event: event_pb2.Event) -> dict[str, object]
     data = json_format.MessageToDict(envelope, preserving_proto_field_name=True)
     data["payload"] = None if event.redacted else types.unpack(event.payload)
     return data
+
+
+def _aggregate_id(text: str) -> str:
+    """An aggregate id the server would accept, checked by the server's own
+    rule before anything is sent (an all-space id is a typo or an unset
+    shell variable, not a name)."""
+    try:
+        return check_id("aggregate_id", text, reason="INVALID_AGGREGATE_ID")
+    except InvalidInput as error:
+        raise argparse.ArgumentTypeError(error.violations[0].description) from None
 
 
 def _print(data: object) -> None:
@@ -369,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     new.set_defaults(run=_new_plugin, remote=False)
 
     submit = commands.add_parser("submit", help="submit one command")
-    submit.add_argument("aggregate_id")
+    submit.add_argument("aggregate_id", type=_aggregate_id)
     submit.add_argument("type", help="full command message name, e.g. bank.v1.Deposit")
     submit.add_argument("payload", nargs="?", default="{}", help="the command as JSON (default {})")
     submit.add_argument("--command-id", help="UUID; a new one if omitted (reuse one to retry safely)")
@@ -381,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.set_defaults(run=_submit, remote=True)
 
     read = commands.add_parser("read", help="print an aggregate's events as JSON lines")
-    read.add_argument("aggregate_id")
+    read.add_argument("aggregate_id", type=_aggregate_id)
     read.add_argument("--from-version", type=int, help="first version (backwards: the newest); default all")
     read.add_argument("--limit", type=int, default=0, help="at most this many events (a page)")
     read.add_argument("--backwards", action="store_true", help="newest first")
@@ -390,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     read.set_defaults(run=_read, remote=True)
 
     get = commands.add_parser("get", help="print an aggregate's state, now or in the past")
-    get.add_argument("aggregate_id")
+    get.add_argument("aggregate_id", type=_aggregate_id)
     past = get.add_mutually_exclusive_group()
     past.add_argument("--at-version", type=int, help="the state right after this version")
     past.add_argument("--at-time", help="the state at this RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
@@ -401,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.set_defaults(run=_health, remote=True)
 
     audit = commands.add_parser("audit", help="print audit entries as JSON lines, newest first (admin)")
-    audit.add_argument("--aggregate", help="only this aggregate id")
+    audit.add_argument("--aggregate", type=_aggregate_id, help="only this aggregate id")
     audit.add_argument("--principal", help="only this principal")
     audit.add_argument("--command-id", help="only this command id")
     audit.add_argument("--outcome", choices=("accepted", "refused"))
@@ -416,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     apikey.set_defaults(run=_apikey, remote=False)
 
     forget = commands.add_parser("forget", help="erase an aggregate's encryption key for good (admin)")
-    forget.add_argument("aggregate_id")
+    forget.add_argument("aggregate_id", type=_aggregate_id)
     forget.set_defaults(run=_forget, remote=True)
 
     rewrap = commands.add_parser("rewrap-keys", help="rewrap data keys under the active master key (admin)")
@@ -440,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--type", action="append", help="only this event type; repeatable")
     tail.add_argument("--aggregate-type", action="append", help="only this aggregate type; repeatable")
-    tail.add_argument("--aggregate", help="only this aggregate id")
+    tail.add_argument("--aggregate", type=_aggregate_id, help="only this aggregate id")
     tail.add_argument("--origin")
     tail.add_argument("--checkpoints", action="store_true", help="also print checkpoints (positions to resume after)")
     tail.add_argument("--until-caught-up", action="store_true", help="exit once the past has been printed")
