@@ -58,6 +58,11 @@ def test_a_refused_command_exits_one_with_the_code_and_reason(tmp_path: Path) ->
         refused = cli("submit", "acc-1", "bank.v1.Withdraw", '{"amount": 5}', server=server.address, check=False)
         assert refused.returncode == 1
         assert "FAILED_PRECONDITION INSUFFICIENT_FUNDS" in refused.stderr
+        misspelt = cli("submit", "acc-1", "bank.v1.Deposit", '{"amout": 5}', server=server.address, check=False)
+    assert misspelt.returncode == 2  # the input was wrong: nothing was sent
+    assert misspelt.stderr.startswith('error: the payload does not fit bank.v1.Deposit: Message type "bank.v1.Deposit"')
+    assert '"amout"' in misspelt.stderr
+    assert misspelt.stderr.count("\n") == 1
 
 
 def test_the_same_command_id_twice_is_replayed(tmp_path: Path) -> None:

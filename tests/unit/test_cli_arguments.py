@@ -29,3 +29,19 @@ def test_an_aggregate_id_of_only_spaces_is_refused_before_anything_is_sent(
         main([*argv, "--server", NOBODY])
     assert exited.value.code == 2
     assert "must not be only whitespace" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ("[1]", "the payload must be a JSON object ({...}), got an array"),
+        ('"str"', "the payload must be a JSON object ({...}), got a string"),
+        ("null", "the payload must be a JSON object ({...}), got null"),
+        ('{"amount": 1, "amount": 2}', 'the payload has the key "amount" twice in one object'),
+    ],
+)
+def test_a_payload_that_is_not_a_json_object_is_one_line_on_stderr_and_exit_2(
+    payload: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["submit", "acc-1", "bank.v1.Deposit", payload, "--server", NOBODY]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
