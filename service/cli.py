@@ -20,7 +20,9 @@ CHRONICLE_TOKEN); against TLS, ``--tls-ca`` (and for mutual TLS
 ``--tls-cert``/``--tls-key``).
 
 Client commands print JSON on stdout. A refused command prints the gRPC code,
-the reason and the message on stderr and exits with status 1.
+the reason and the message on stderr and exits with status 1; ``read`` of an
+aggregate with no events says NOT_FOUND like ``get``. Every command exits
+with the statuses ``EXIT_STATUS_HELP`` lists (``chronicle --help``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,37 @@ def _print(data: object) -> None:
     print(json.dumps(data, ensure_ascii=False), flush=True)
 
 
+# Exit statuses, the same for every command (and listed in --help).
+EXIT_OK = 0
+EXIT_REFUSED = 1  # the server refused or failed the call, or could not be reached; health: not serving
+EXIT_USAGE = 2  # the command line, a setting or the input is wrong: nothing was sent
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C, as a shell reports it
+EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE  # the reader of the output left (`| head`), as for `yes | head`
+
+EXIT_STATUS_HELP = f"""exit status (every command):
+  {EXIT_OK}    done
+  {EXIT_REFUSED}    the server refused or failed the call (the gRPC code, reason and
+       message on stderr, e.g. "error: NOT_FOUND AGGREGATE_NOT_FOUND: ..."),
+       or could not be reached; health: the server is not serving
+  {EXIT_USAGE}    the command line, a setting or the input is wrong (bad arguments, a
+       payload that is not a JSON object, a type the server does not know):
+       nothing was sent
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_STDOUT_CLOSED}  the reader of the output stopped early (`chronicle read ... | head`)
+"""
+
+
+def _report(code: str, reason: str, details: str, metadata: dict[str, str]) -> int:
+    """A refusal on stderr, one line (and its metadata on a second)."""
+    line = f"error: {code}"
+    if reason:
+        line += f" {reason}"
+    print(f"{line}: {details}", file=sys.stderr)
+    if metadata:
+        print(f"  {json.dumps(metadata, sort_keys=True)}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
 def _report_rpc_error(error: grpc.RpcError) -> int:
     call = error  # grpc raises the call itself
     status = rpc_status.from_call(call)
@@ -96,13 +129,7 @@ def _report_rpc_error(error: grpc.RpcError) -> int:
                 reason, metadata = info.reason, dict(info.metadata)
     code = call.code().name if hasattr(call, "code") else "UNKNOWN"
     details = call.details() if hasattr(call, "details") else str(error)
-    line = f"error: {code}"
-    if reason:
-        line += f" {reason}"
-    print(f"{line}: {details}", file=sys.stderr)
-    if metadata:
-        print(f"  {json.dumps(metadata, sort_keys=True)}", file=sys.stderr)
-    return 1
+    return _report(code, reason, details, metadata)
 
 
 def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -133,7 +160,7 @@ def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
             "events": [_event_json(types, e) for e in response.events],
         }
     )
-    return 0
+    return EXIT_OK
 
 
 def _read(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -147,9 +174,27 @@ def _read(args: argparse.Namespace, channel: grpc.Channel) -> int:
         limit=args.limit,
         backwards=args.backwards,
     )
+    printed = 0
     for event in stub.ReadAggregate(request, timeout=args.timeout):
         _print(_event_json(types, event))
-    return 0
+        printed += 1
+    if printed == 0 and not _exists(stub, args.aggregate_id, timeout=args.timeout):
+        # The RPC streams nothing for an aggregate with no events (an empty
+        # page is not an error); a person asking for one gets what `get` says.
+        return _report(
+            "NOT_FOUND",
+            "AGGREGATE_NOT_FOUND",
+            f"aggregate {args.aggregate_id!r} has no events",
+            {"aggregate_id": args.aggregate_id},
+        )
+    return EXIT_OK
+
+
+def _exists(stub: event_service_pb2_grpc.EventServiceStub, aggregate_id: str, *, timeout: float) -> bool:
+    """Whether the aggregate has any event at all (a filtered read that
+    printed nothing may still be of an aggregate that exists)."""
+    first = event_service_pb2.ReadAggregateRequest(aggregate_id=aggregate_id, limit=1)
+    return any(True for _ in stub.ReadAggregate(first, timeout=timeout))
 
 
 def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -161,7 +206,7 @@ def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
                 status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
         )
-        return 0
+        return EXIT_OK
     types = RemoteTypes(channel)
     found = stub.GetDocument(
         projection_service_pb2.GetDocumentRequest(projection=args.name, key=args.key), timeout=args.timeout
@@ -169,7 +214,7 @@ def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
     _print(
         {"projection": args.name, "key": args.key, "position": found.position, "document": types.unpack(found.document)}
     )
-    return 0
+    return EXIT_OK
 
 
 def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -195,12 +240,12 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
                 if args.checkpoints:
                     _print({"caught_up": response.caught_up.position})
                 if args.until_caught_up:
-                    return 0
+                    return EXIT_OK
             elif response.HasField("checkpoint") and args.checkpoints:
                 _print({"checkpoint": response.checkpoint.position})
     finally:
         call.cancel()
-    return 0
+    return EXIT_OK
 
 
 def _get(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -220,7 +265,7 @@ def _get(args: argparse.Namespace, channel: grpc.Channel) -> int:
             "state": types.unpack(response.state),
         }
     )
-    return 0
+    return EXIT_OK
 
 
 def _health(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -228,7 +273,7 @@ def _health(args: argparse.Namespace, channel: grpc.Channel) -> int:
     response = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     _print({"service": args.service, "status": status})
-    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return EXIT_OK if response.status == health_pb2.HealthCheckResponse.SERVING else EXIT_REFUSED
 
 
 def _audit(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -250,7 +295,7 @@ def _audit(args: argparse.Namespace, channel: grpc.Channel) -> int:
     response = admin_service_pb2_grpc.AdminServiceStub(channel).QueryAudit(request, timeout=args.timeout)
     for entry in response.entries:
         _print(json_format.MessageToDict(entry, preserving_proto_field_name=True))
-    return 0
+    return EXIT_OK
 
 
 def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -259,21 +304,21 @@ def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
         admin_service_pb2.ForgetAggregateRequest(aggregate_id=args.aggregate_id), timeout=args.timeout
     )
     _print({"aggregate_id": args.aggregate_id, "already_forgotten": response.already_forgotten})
-    return 0
+    return EXIT_OK
 
 
 def _rewrap_keys(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = admin_service_pb2_grpc.AdminServiceStub(channel)
     response = stub.RewrapKeys(admin_service_pb2.RewrapKeysRequest(), timeout=args.timeout)
     _print({"rewrapped": response.rewrapped})
-    return 0
+    return EXIT_OK
 
 
 def _masterkey(args: argparse.Namespace) -> int:
     from service.security.encryption import new_master_key
 
     print(f"{args.key_id}:{new_master_key()}")
-    return 0
+    return EXIT_OK
 
 
 def _apikey(args: argparse.Namespace) -> int:
@@ -283,7 +328,7 @@ def _apikey(args: argparse.Namespace) -> int:
     roles = ", ".join(json.dumps(r) for r in args.role or ())
     print(f"# the key (give it to {args.principal}; it is not stored anywhere): {key}", file=sys.stderr)
     print(f'[[keys]]\nprincipal = {json.dumps(args.principal)}\nsha256 = "{hash_api_key(key)}"\nroles = [{roles}]')
-    return 0
+    return EXIT_OK
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -311,7 +356,7 @@ def _plugins(args: argparse.Namespace) -> int:
                 ],
             }
         )
-    return 0
+    return EXIT_OK
 
 
 def _new_plugin(args: argparse.Namespace) -> int:
@@ -321,7 +366,7 @@ def _new_plugin(args: argparse.Namespace) -> int:
 
     written = new_plugin(args.name, into=Path(args.into), root=Path())
     print(next_steps(args.name, Path(args.into), written))
-    return 0
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -336,7 +381,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(level=settings.log_level, json_format=settings.log_format == "json")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
-    return 0
+    return EXIT_OK
 
 
 def _client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -361,7 +406,12 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chronicle", description="Chronicle: event-sourced command service")
+    parser = argparse.ArgumentParser(
+        prog="chronicle",
+        description="Chronicle: event-sourced command service",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server")
@@ -459,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (submit, read, get, health, audit, forget, rewrap, tail, projection):
         _client_arguments(sub)
+    for sub in commands.choices.values():
+        sub.epilog, sub.formatter_class = EXIT_STATUS_HELP, argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -515,7 +567,7 @@ def _stdout_closed() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    return 128 + signal.SIGPIPE
+    return EXIT_STDOUT_CLOSED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -527,8 +579,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.run(args, channel))
     except BrokenPipeError:
         return _stdout_closed()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     except grpc.RpcError as error:
         return _report_rpc_error(error)
     except (ChronicleError, UnknownType, json_format.ParseError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE

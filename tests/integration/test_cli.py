@@ -229,3 +229,37 @@ def test_output_into_a_pipe_closed_early_ends_quietly_like_a_unix_tool(tmp_path:
             closed = cli_into_a_closed_pipe(*args, server=server.address)
             # 141 = 128 + SIGPIPE: what a shell reports for `yes | head`; no traceback
             assert (args, closed.returncode, closed.stderr) == (args, 141, "")
+
+
+def test_read_of_an_aggregate_with_no_events_says_not_found_and_exits_one_like_get(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        read = cli("read", "acc-9", server=server.address, check=False)
+        get = cli("get", "acc-9", server=server.address, check=False)
+        none_match = cli("read", "acc-1", "--type", "bank.v1.MoneyWithdrawn", server=server.address)
+    assert (read.returncode, read.stdout) == (get.returncode, get.stdout) == (1, "")
+    assert read.stderr == get.stderr
+    assert read.stderr.startswith("error: NOT_FOUND AGGREGATE_NOT_FOUND: aggregate 'acc-9' has no events")
+    # an aggregate that exists but has no event the filter wants is an empty answer, not an error
+    assert (none_match.returncode, none_match.stdout) == (0, "")
+
+
+def test_ctrl_c_ends_a_tail_quietly_with_130(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "service", "tail", "--from", "0", "--server", server.address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert tail.stdout is not None and tail.stderr is not None
+        try:
+            assert json.loads(tail.stdout.readline())["aggregate_id"] == "acc-1"  # it follows the log now
+            tail.send_signal(signal.SIGINT)
+            assert (tail.wait(30), tail.stderr.read()) == (130, "")
+        finally:
+            tail.kill()
+            tail.wait(10)
+            tail.stdout.close()
+            tail.stderr.close()

@@ -45,3 +45,13 @@ def test_a_payload_that_is_not_a_json_object_is_one_line_on_stderr_and_exit_2(
 ) -> None:
     assert main(["submit", "acc-1", "bank.v1.Deposit", payload, "--server", NOBODY]) == 2
     assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_the_help_of_every_command_lists_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--help"], ["read", "--help"], ["serve", "--help"], ["health", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        shown = capsys.readouterr().out
+        assert "exit status (every command):" in shown
+        assert "1    the server refused or failed the call" in shown
+        assert "141  the reader of the output stopped early" in shown
