@@ -14,7 +14,7 @@ from service.plugins import (
 
 MAX_NAME = 100
 
-plugin = Plugin("box", description="The design document's Box example.")
+plugin = Plugin("box", description="Boxes: the smallest example domain, the one docs/plugins.md follows.")
 box = plugin.aggregate("Box", state=pb.Box)
 
 
