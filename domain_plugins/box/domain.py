@@ -15,7 +15,7 @@ from service.plugins import (
 MAX_NAME = 100
 
 plugin = Plugin("box", description="Boxes: the smallest example domain, the one docs/plugins.md follows.")
-box = plugin.aggregate("Box", state=pb.Box)
+box = plugin.aggregate("Box", state=pb.Box, snapshot_every=100)
 
 
 def _valid_name(name: str) -> str:

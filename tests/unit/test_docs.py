@@ -1,10 +1,12 @@
-"""The documentation stands on its own: every document or file it points
-to is in the repository."""
+"""The documentation stands on its own (every document or file it points
+to is in the repository) and shows the code as it is."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+
+from domain_plugins import box
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "clients" / "node" / "README.md"]
@@ -36,3 +38,19 @@ def test_the_check_sees_the_pointers_it_checks() -> None:
     assert {"plugins.md", "deployment.md"} <= architecture
     readme = {shown for shown, _ in pointers(ROOT / "README.md")}
     assert "docs/architecture.md" in readme
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", markdown, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_the_plugins_guide_declares_the_box_as_the_box_plugin_does() -> None:
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    (snippet,) = [block for block in python_blocks(guide) if 'plugin.aggregate("Box"' in block]
+    code = (ROOT / "domain_plugins" / "box" / "domain.py").read_text().splitlines()
+    # the guide abbreviates the bodies; what it declares must be what the plugin declares
+    declarations = [line for line in snippet.splitlines() if line.startswith(("box = ", "@box.", "def "))]
+    assert len(declarations) == 5
+    assert [line for line in declarations if line not in code] == []
+    (aggregate,) = box.plugin.aggregates
+    assert (aggregate.name, aggregate.snapshot_every) == ("Box", 100)
