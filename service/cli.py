@@ -384,12 +384,25 @@ def _serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _client_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--server",
-        default=os.environ.get("CHRONICLE_SERVER", DEFAULT_SERVER),
-        help=f"host:port of the server (env CHRONICLE_SERVER; default {DEFAULT_SERVER})",
-    )
+def _client_arguments(parser: argparse.ArgumentParser, *, local_by_default: bool = False) -> None:
+    """The arguments of every command that talks to a server. With
+    ``local_by_default`` (``health``), no --server means this host's server
+    as its own settings describe it."""
+    if local_by_default:
+        parser.add_argument(
+            "--server",
+            default=os.environ.get("CHRONICLE_SERVER"),
+            help="host:port of the server (env CHRONICLE_SERVER); default: this host's server as its settings "
+            "say, for a container's health check: CHRONICLE_LISTEN (a wildcard address through loopback), TLS "
+            "when CHRONICLE_TLS_CERT_FILE is set, trusting that certificate (or --tls-ca), a client certificate "
+            "from --tls-cert/--tls-key when CHRONICLE_TLS_CLIENT_CA_FILE asks for one",
+        )
+    else:
+        parser.add_argument(
+            "--server",
+            default=os.environ.get("CHRONICLE_SERVER", DEFAULT_SERVER),
+            help=f"host:port of the server (env CHRONICLE_SERVER; default {DEFAULT_SERVER})",
+        )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
     parser.add_argument(
         "--token",
@@ -507,8 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--until-caught-up", action="store_true", help="exit once the past has been printed")
     tail.set_defaults(run=_tail, remote=True)
 
-    for sub in (submit, read, get, health, audit, forget, rewrap, tail, projection):
+    for sub in (submit, read, get, audit, forget, rewrap, tail, projection):
         _client_arguments(sub)
+    _client_arguments(health, local_by_default=True)
     for sub in commands.choices.values():
         sub.epilog, sub.formatter_class = EXIT_STATUS_HELP, argparse.RawDescriptionHelpFormatter
     return parser
@@ -544,8 +558,36 @@ class _BearerToken(
         return continuation(self._details(details), requests)  # type: ignore[operator]
 
 
+def _local_channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to this host's server, found from the server's own settings
+    in the environment (``chronicle health`` as a container's health check)."""
+    from service.local_server import local_server
+
+    settings = load_settings(None, os.environ)
+    local = local_server(
+        listen=settings.listen, tls_cert_file=settings.tls_cert_file, trusted_ca_file=args.tls_ca or ""
+    )
+    if not local.tls:
+        return grpc.insecure_channel(local.address)
+    if settings.tls_client_ca_file and not (args.tls_cert and args.tls_key):
+        raise ValueError(
+            "the server asks for a client certificate (CHRONICLE_TLS_CLIENT_CA_FILE): give one with "
+            "--tls-cert and --tls-key (CHRONICLE_TLS_CERT, CHRONICLE_TLS_KEY)"
+        )
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=local.root_certificates,
+        private_key=_read_file(args.tls_key),
+        certificate_chain=_read_file(args.tls_cert),
+    )
+    # The certificate names the server as clients know it; here it is reached through loopback.
+    options = [("grpc.ssl_target_name_override", local.server_name)] if local.server_name else []
+    return grpc.secure_channel(local.address, credentials, options=options)
+
+
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    if args.tls_ca or args.tls_cert:
+    if args.server is None:
+        channel = _local_channel(args)
+    elif args.tls_ca or args.tls_cert:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read_file(args.tls_ca),
             private_key=_read_file(args.tls_key),

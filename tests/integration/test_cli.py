@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import cli, server_process
+from tests.support.processes import cli, free_port, run_healthcheck, server_process
 
 pytestmark = pytest.mark.slow
 
@@ -89,6 +89,16 @@ def test_health_command_exits_zero_when_serving(tmp_path: Path) -> None:
     with server_process("memory://") as server:
         result = cli("health", server=server.address)
         assert json.loads(result.stdout)["status"] == "SERVING"
+
+
+def test_the_image_health_check_follows_the_listen_address() -> None:
+    with server_process("memory://") as server:
+        port = server.address.rpartition(":")[2]
+        serving = run_healthcheck({"CHRONICLE_LISTEN": f"0.0.0.0:{port}"})  # as the image listens: everywhere
+        elsewhere = run_healthcheck({"CHRONICLE_LISTEN": f"0.0.0.0:{free_port()}"})
+    assert (serving.returncode, json.loads(serving.stdout)["status"]) == (0, "SERVING")
+    assert elsewhere.returncode == 1
+    assert elsewhere.stderr.startswith("error: UNAVAILABLE")
 
 
 def test_plugins_lists_what_would_be_loaded() -> None:
