@@ -82,6 +82,13 @@ def _aggregate_id(text: str) -> str:
         raise argparse.ArgumentTypeError(error.violations[0].description) from None
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _print(data: object) -> None:
     print(json.dumps(data, ensure_ascii=False), flush=True)
 
@@ -143,7 +150,7 @@ def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
         payload=payload,
         user_id=args.user or "",
         origin=args.origin or "cli",
-        metadata=dict(item.split("=", 1) for item in args.meta or ()),
+        metadata=dict(args.meta or ()),
     )
     command.timestamp.GetCurrentTime()
     if args.expected_version is not None:
@@ -443,54 +450,69 @@ def build_parser() -> argparse.ArgumentParser:
     new.set_defaults(run=_new_plugin, remote=False)
 
     submit = commands.add_parser("submit", help="submit one command")
-    submit.add_argument("aggregate_id", type=_aggregate_id)
+    submit.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate the command is for, e.g. acc-1")
     submit.add_argument("type", help="full command message name, e.g. bank.v1.Deposit")
-    submit.add_argument("payload", nargs="?", default="{}", help="the command as JSON (default {})")
+    submit.add_argument("payload", nargs="?", default="{}", help="the command as a JSON object (default {})")
     submit.add_argument("--command-id", help="UUID; a new one if omitted (reuse one to retry safely)")
-    submit.add_argument("--expected-version", type=int)
-    submit.add_argument("--origin")
-    submit.add_argument("--user")
-    submit.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    submit.add_argument(
+        "--expected-version",
+        type=int,
+        help="refuse unless the aggregate is at this version (0: does not exist yet); WRONG_EXPECTED_VERSION",
+    )
+    submit.add_argument("--origin", help="where the command comes from, copied to its events (default: cli)")
+    submit.add_argument(
+        "--user",
+        help="the user acting, copied to the events (default: the caller as authenticated; another user needs "
+        "an impersonation grant)",
+    )
+    submit.add_argument(
+        "--meta", action="append", type=_key_value, metavar="KEY=VALUE", help="metadata for the events; repeatable"
+    )
     submit.add_argument("--dry-run", action="store_true", help="show the events it would append; write nothing")
     submit.set_defaults(run=_submit, remote=True)
 
     read = commands.add_parser("read", help="print an aggregate's events as JSON lines")
-    read.add_argument("aggregate_id", type=_aggregate_id)
+    read.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate whose events to print")
     read.add_argument("--from-version", type=int, help="first version (backwards: the newest); default all")
     read.add_argument("--limit", type=int, default=0, help="at most this many events (a page)")
     read.add_argument("--backwards", action="store_true", help="newest first")
     read.add_argument("--type", action="append", help="only this event type; repeatable")
-    read.add_argument("--origin")
+    read.add_argument("--origin", help="only events of commands from this origin")
     read.set_defaults(run=_read, remote=True)
 
     get = commands.add_parser("get", help="print an aggregate's state, now or in the past")
-    get.add_argument("aggregate_id", type=_aggregate_id)
+    get.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate whose state to print")
     past = get.add_mutually_exclusive_group()
     past.add_argument("--at-version", type=int, help="the state right after this version")
     past.add_argument("--at-time", help="the state at this RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
     get.set_defaults(run=_get, remote=True)
 
     health = commands.add_parser("health", help="check the server's health; exit 0 when serving")
-    health.add_argument("--service", default="")
+    health.add_argument(
+        "--service",
+        default="",
+        help="the service to ask about: the whole server (default), chronicle.v1.CommandService or "
+        "chronicle.v1.EventService",
+    )
     health.set_defaults(run=_health, remote=True)
 
     audit = commands.add_parser("audit", help="print audit entries as JSON lines, newest first (admin)")
     audit.add_argument("--aggregate", type=_aggregate_id, help="only this aggregate id")
     audit.add_argument("--principal", help="only this principal")
     audit.add_argument("--command-id", help="only this command id")
-    audit.add_argument("--outcome", choices=("accepted", "refused"))
+    audit.add_argument("--outcome", choices=("accepted", "refused"), help="only accepted, or only refused, commands")
     audit.add_argument("--since", help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
     audit.add_argument("--until", help="RFC 3339 time")
     audit.add_argument("--limit", type=int, default=100, help="at most this many entries (up to 1000)")
     audit.set_defaults(run=_audit, remote=True)
 
     apikey = commands.add_parser("apikey", help="make a new API key and print its entry for the API-key file")
-    apikey.add_argument("principal")
+    apikey.add_argument("principal", help="who the key authenticates as: the principal the policy grants roles to")
     apikey.add_argument("--role", action="append", help="a role for the key; repeatable")
     apikey.set_defaults(run=_apikey, remote=False)
 
     forget = commands.add_parser("forget", help="erase an aggregate's encryption key for good (admin)")
-    forget.add_argument("aggregate_id", type=_aggregate_id)
+    forget.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate whose encryption key to erase")
     forget.set_defaults(run=_forget, remote=True)
 
     rewrap = commands.add_parser("rewrap-keys", help="rewrap data keys under the active master key (admin)")
@@ -515,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--type", action="append", help="only this event type; repeatable")
     tail.add_argument("--aggregate-type", action="append", help="only this aggregate type; repeatable")
     tail.add_argument("--aggregate", type=_aggregate_id, help="only this aggregate id")
-    tail.add_argument("--origin")
+    tail.add_argument("--origin", help="only events of commands from this origin")
     tail.add_argument("--checkpoints", action="store_true", help="also print checkpoints (positions to resume after)")
     tail.add_argument("--until-caught-up", action="store_true", help="exit once the past has been printed")
     tail.set_defaults(run=_tail, remote=True)
