@@ -8,7 +8,7 @@
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins
     chronicle new-plugin library
-    chronicle health
+    chronicle health [--server HOST:PORT]    # default: this host's server, as its settings say
     chronicle audit [--aggregate ID] [--principal P] [--outcome refused] [--since 2026-01-01T00:00:00Z]
     chronicle apikey PRINCIPAL [--role R]   # a new API key and its line for the API-key file
     chronicle forget ACCOUNT                 # crypto-shred an aggregate (admin; irreversible)
