@@ -26,6 +26,6 @@ ENV CHRONICLE_LISTEN=0.0.0.0:50051 \
     CHRONICLE_DATABASE_URL=sqlite:///data/chronicle.db
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s \
-    CMD ["chronicle", "health", "--server", "127.0.0.1:50051", "--timeout", "3"]
+    CMD ["chronicle", "health", "--timeout", "3"]
 ENTRYPOINT ["chronicle"]
 CMD ["serve"]

@@ -8,7 +8,7 @@
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins
     chronicle new-plugin library
-    chronicle health
+    chronicle health [--server HOST:PORT]    # default: this host's server, as its settings say
     chronicle audit [--aggregate ID] [--principal P] [--outcome refused] [--since 2026-01-01T00:00:00Z]
     chronicle apikey PRINCIPAL [--role R]   # a new API key and its line for the API-key file
     chronicle forget ACCOUNT                 # crypto-shred an aggregate (admin; irreversible)
@@ -20,7 +20,9 @@ CHRONICLE_TOKEN); against TLS, ``--tls-ca`` (and for mutual TLS
 ``--tls-cert``/``--tls-key``).
 
 Client commands print JSON on stdout. A refused command prints the gRPC code,
-the reason and the message on stderr and exits with status 1.
+the reason and the message on stderr and exits with status 1; ``read`` of an
+aggregate with no events says NOT_FOUND like ``get``. Every command exits
+with the statuses ``EXIT_STATUS_HELP`` lists (``chronicle --help``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Sequence
@@ -52,7 +55,8 @@ from chronicle.v1 import (
     projection_service_pb2,
     projection_service_pb2_grpc,
 )
-from service.errors import ChronicleError
+from service.api.codec import check_id
+from service.errors import ChronicleError, InvalidInput
 from service.remote_types import RemoteTypes, UnknownType
 from service.settings import add_arguments, load_settings
 
@@ -68,8 +72,56 @@ def _event_json(types: RemoteTypes, event: event_pb2.Event) -> dict[str, object]
     return data
 
 
+def _aggregate_id(text: str) -> str:
+    """An aggregate id the server would accept, checked by the server's own
+    rule before anything is sent (an all-space id is a typo or an unset
+    shell variable, not a name)."""
+    try:
+        return check_id("aggregate_id", text, reason="INVALID_AGGREGATE_ID")
+    except InvalidInput as error:
+        raise argparse.ArgumentTypeError(error.violations[0].description) from None
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def _print(data: object) -> None:
     print(json.dumps(data, ensure_ascii=False), flush=True)
+
+
+# Exit statuses, the same for every command (and listed in --help).
+EXIT_OK = 0
+EXIT_REFUSED = 1  # the server refused or failed the call, or could not be reached; health: not serving
+EXIT_USAGE = 2  # the command line, a setting or the input is wrong: nothing was sent
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # Ctrl-C, as a shell reports it
+EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE  # the reader of the output left (`| head`), as for `yes | head`
+
+EXIT_STATUS_HELP = f"""exit status (every command):
+  {EXIT_OK}    done
+  {EXIT_REFUSED}    the server refused or failed the call (the gRPC code, reason and
+       message on stderr, e.g. "error: NOT_FOUND AGGREGATE_NOT_FOUND: ..."),
+       or could not be reached; health: the server is not serving
+  {EXIT_USAGE}    the command line, a setting or the input is wrong (bad arguments, a
+       payload that is not a JSON object, a type the server does not know):
+       nothing was sent
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+  {EXIT_STDOUT_CLOSED}  the reader of the output stopped early (`chronicle read ... | head`)
+"""
+
+
+def _report(code: str, reason: str, details: str, metadata: dict[str, str]) -> int:
+    """A refusal on stderr, one line (and its metadata on a second)."""
+    line = f"error: {code}"
+    if reason:
+        line += f" {reason}"
+    print(f"{line}: {details}", file=sys.stderr)
+    if metadata:
+        print(f"  {json.dumps(metadata, sort_keys=True)}", file=sys.stderr)
+    return EXIT_REFUSED
 
 
 def _report_rpc_error(error: grpc.RpcError) -> int:
@@ -84,13 +136,7 @@ def _report_rpc_error(error: grpc.RpcError) -> int:
                 reason, metadata = info.reason, dict(info.metadata)
     code = call.code().name if hasattr(call, "code") else "UNKNOWN"
     details = call.details() if hasattr(call, "details") else str(error)
-    line = f"error: {code}"
-    if reason:
-        line += f" {reason}"
-    print(f"{line}: {details}", file=sys.stderr)
-    if metadata:
-        print(f"  {json.dumps(metadata, sort_keys=True)}", file=sys.stderr)
-    return 1
+    return _report(code, reason, details, metadata)
 
 
 def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -104,7 +150,7 @@ def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
         payload=payload,
         user_id=args.user or "",
         origin=args.origin or "cli",
-        metadata=dict(item.split("=", 1) for item in args.meta or ()),
+        metadata=dict(args.meta or ()),
     )
     command.timestamp.GetCurrentTime()
     if args.expected_version is not None:
@@ -121,7 +167,7 @@ def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
             "events": [_event_json(types, e) for e in response.events],
         }
     )
-    return 0
+    return EXIT_OK
 
 
 def _read(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -135,9 +181,27 @@ def _read(args: argparse.Namespace, channel: grpc.Channel) -> int:
         limit=args.limit,
         backwards=args.backwards,
     )
+    printed = 0
     for event in stub.ReadAggregate(request, timeout=args.timeout):
         _print(_event_json(types, event))
-    return 0
+        printed += 1
+    if printed == 0 and not _exists(stub, args.aggregate_id, timeout=args.timeout):
+        # The RPC streams nothing for an aggregate with no events (an empty
+        # page is not an error); a person asking for one gets what `get` says.
+        return _report(
+            "NOT_FOUND",
+            "AGGREGATE_NOT_FOUND",
+            f"aggregate {args.aggregate_id!r} has no events",
+            {"aggregate_id": args.aggregate_id},
+        )
+    return EXIT_OK
+
+
+def _exists(stub: event_service_pb2_grpc.EventServiceStub, aggregate_id: str, *, timeout: float) -> bool:
+    """Whether the aggregate has any event at all (a filtered read that
+    printed nothing may still be of an aggregate that exists)."""
+    first = event_service_pb2.ReadAggregateRequest(aggregate_id=aggregate_id, limit=1)
+    return any(True for _ in stub.ReadAggregate(first, timeout=timeout))
 
 
 def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -149,7 +213,7 @@ def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
                 status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
         )
-        return 0
+        return EXIT_OK
     types = RemoteTypes(channel)
     found = stub.GetDocument(
         projection_service_pb2.GetDocumentRequest(projection=args.name, key=args.key), timeout=args.timeout
@@ -157,7 +221,7 @@ def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
     _print(
         {"projection": args.name, "key": args.key, "position": found.position, "document": types.unpack(found.document)}
     )
-    return 0
+    return EXIT_OK
 
 
 def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -183,12 +247,12 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
                 if args.checkpoints:
                     _print({"caught_up": response.caught_up.position})
                 if args.until_caught_up:
-                    return 0
+                    return EXIT_OK
             elif response.HasField("checkpoint") and args.checkpoints:
                 _print({"checkpoint": response.checkpoint.position})
     finally:
         call.cancel()
-    return 0
+    return EXIT_OK
 
 
 def _get(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -208,7 +272,7 @@ def _get(args: argparse.Namespace, channel: grpc.Channel) -> int:
             "state": types.unpack(response.state),
         }
     )
-    return 0
+    return EXIT_OK
 
 
 def _health(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -216,7 +280,7 @@ def _health(args: argparse.Namespace, channel: grpc.Channel) -> int:
     response = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     _print({"service": args.service, "status": status})
-    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+    return EXIT_OK if response.status == health_pb2.HealthCheckResponse.SERVING else EXIT_REFUSED
 
 
 def _audit(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -238,7 +302,7 @@ def _audit(args: argparse.Namespace, channel: grpc.Channel) -> int:
     response = admin_service_pb2_grpc.AdminServiceStub(channel).QueryAudit(request, timeout=args.timeout)
     for entry in response.entries:
         _print(json_format.MessageToDict(entry, preserving_proto_field_name=True))
-    return 0
+    return EXIT_OK
 
 
 def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -247,21 +311,21 @@ def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
         admin_service_pb2.ForgetAggregateRequest(aggregate_id=args.aggregate_id), timeout=args.timeout
     )
     _print({"aggregate_id": args.aggregate_id, "already_forgotten": response.already_forgotten})
-    return 0
+    return EXIT_OK
 
 
 def _rewrap_keys(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = admin_service_pb2_grpc.AdminServiceStub(channel)
     response = stub.RewrapKeys(admin_service_pb2.RewrapKeysRequest(), timeout=args.timeout)
     _print({"rewrapped": response.rewrapped})
-    return 0
+    return EXIT_OK
 
 
 def _masterkey(args: argparse.Namespace) -> int:
     from service.security.encryption import new_master_key
 
     print(f"{args.key_id}:{new_master_key()}")
-    return 0
+    return EXIT_OK
 
 
 def _apikey(args: argparse.Namespace) -> int:
@@ -271,7 +335,7 @@ def _apikey(args: argparse.Namespace) -> int:
     roles = ", ".join(json.dumps(r) for r in args.role or ())
     print(f"# the key (give it to {args.principal}; it is not stored anywhere): {key}", file=sys.stderr)
     print(f'[[keys]]\nprincipal = {json.dumps(args.principal)}\nsha256 = "{hash_api_key(key)}"\nroles = [{roles}]')
-    return 0
+    return EXIT_OK
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -299,7 +363,7 @@ def _plugins(args: argparse.Namespace) -> int:
                 ],
             }
         )
-    return 0
+    return EXIT_OK
 
 
 def _new_plugin(args: argparse.Namespace) -> int:
@@ -309,7 +373,7 @@ def _new_plugin(args: argparse.Namespace) -> int:
 
     written = new_plugin(args.name, into=Path(args.into), root=Path())
     print(next_steps(args.name, Path(args.into), written))
-    return 0
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -324,15 +388,28 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(level=settings.log_level, json_format=settings.log_format == "json")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
-    return 0
+    return EXIT_OK
 
 
-def _client_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--server",
-        default=os.environ.get("CHRONICLE_SERVER", DEFAULT_SERVER),
-        help=f"host:port of the server (env CHRONICLE_SERVER; default {DEFAULT_SERVER})",
-    )
+def _client_arguments(parser: argparse.ArgumentParser, *, local_by_default: bool = False) -> None:
+    """The arguments of every command that talks to a server. With
+    ``local_by_default`` (``health``), no --server means this host's server
+    as its own settings describe it."""
+    if local_by_default:
+        parser.add_argument(
+            "--server",
+            default=os.environ.get("CHRONICLE_SERVER"),
+            help="host:port of the server (env CHRONICLE_SERVER); default: this host's server as its settings "
+            "say, for a container's health check: CHRONICLE_LISTEN (a wildcard address through loopback), TLS "
+            "when CHRONICLE_TLS_CERT_FILE is set, trusting that certificate (or --tls-ca), a client certificate "
+            "from --tls-cert/--tls-key when CHRONICLE_TLS_CLIENT_CA_FILE asks for one",
+        )
+    else:
+        parser.add_argument(
+            "--server",
+            default=os.environ.get("CHRONICLE_SERVER", DEFAULT_SERVER),
+            help=f"host:port of the server (env CHRONICLE_SERVER; default {DEFAULT_SERVER})",
+        )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
     parser.add_argument(
         "--token",
@@ -349,7 +426,12 @@ def _client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chronicle", description="Chronicle: event-sourced command service")
+    parser = argparse.ArgumentParser(
+        prog="chronicle",
+        description="Chronicle: event-sourced command service",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server")
@@ -368,54 +450,69 @@ def build_parser() -> argparse.ArgumentParser:
     new.set_defaults(run=_new_plugin, remote=False)
 
     submit = commands.add_parser("submit", help="submit one command")
-    submit.add_argument("aggregate_id")
+    submit.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate the command is for, e.g. acc-1")
     submit.add_argument("type", help="full command message name, e.g. bank.v1.Deposit")
-    submit.add_argument("payload", nargs="?", default="{}", help="the command as JSON (default {})")
+    submit.add_argument("payload", nargs="?", default="{}", help="the command as a JSON object (default {})")
     submit.add_argument("--command-id", help="UUID; a new one if omitted (reuse one to retry safely)")
-    submit.add_argument("--expected-version", type=int)
-    submit.add_argument("--origin")
-    submit.add_argument("--user")
-    submit.add_argument("--meta", action="append", metavar="KEY=VALUE")
+    submit.add_argument(
+        "--expected-version",
+        type=int,
+        help="refuse unless the aggregate is at this version (0: does not exist yet); WRONG_EXPECTED_VERSION",
+    )
+    submit.add_argument("--origin", help="where the command comes from, copied to its events (default: cli)")
+    submit.add_argument(
+        "--user",
+        help="the user acting, copied to the events (default: the caller as authenticated; another user needs "
+        "an impersonation grant)",
+    )
+    submit.add_argument(
+        "--meta", action="append", type=_key_value, metavar="KEY=VALUE", help="metadata for the events; repeatable"
+    )
     submit.add_argument("--dry-run", action="store_true", help="show the events it would append; write nothing")
     submit.set_defaults(run=_submit, remote=True)
 
     read = commands.add_parser("read", help="print an aggregate's events as JSON lines")
-    read.add_argument("aggregate_id")
+    read.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate whose events to print")
     read.add_argument("--from-version", type=int, help="first version (backwards: the newest); default all")
     read.add_argument("--limit", type=int, default=0, help="at most this many events (a page)")
     read.add_argument("--backwards", action="store_true", help="newest first")
     read.add_argument("--type", action="append", help="only this event type; repeatable")
-    read.add_argument("--origin")
+    read.add_argument("--origin", help="only events of commands from this origin")
     read.set_defaults(run=_read, remote=True)
 
     get = commands.add_parser("get", help="print an aggregate's state, now or in the past")
-    get.add_argument("aggregate_id")
+    get.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate whose state to print")
     past = get.add_mutually_exclusive_group()
     past.add_argument("--at-version", type=int, help="the state right after this version")
     past.add_argument("--at-time", help="the state at this RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
     get.set_defaults(run=_get, remote=True)
 
     health = commands.add_parser("health", help="check the server's health; exit 0 when serving")
-    health.add_argument("--service", default="")
+    health.add_argument(
+        "--service",
+        default="",
+        help="the service to ask about: the whole server (default), chronicle.v1.CommandService or "
+        "chronicle.v1.EventService",
+    )
     health.set_defaults(run=_health, remote=True)
 
     audit = commands.add_parser("audit", help="print audit entries as JSON lines, newest first (admin)")
-    audit.add_argument("--aggregate", help="only this aggregate id")
+    audit.add_argument("--aggregate", type=_aggregate_id, help="only this aggregate id")
     audit.add_argument("--principal", help="only this principal")
     audit.add_argument("--command-id", help="only this command id")
-    audit.add_argument("--outcome", choices=("accepted", "refused"))
+    audit.add_argument("--outcome", choices=("accepted", "refused"), help="only accepted, or only refused, commands")
     audit.add_argument("--since", help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
     audit.add_argument("--until", help="RFC 3339 time")
     audit.add_argument("--limit", type=int, default=100, help="at most this many entries (up to 1000)")
     audit.set_defaults(run=_audit, remote=True)
 
     apikey = commands.add_parser("apikey", help="make a new API key and print its entry for the API-key file")
-    apikey.add_argument("principal")
+    apikey.add_argument("principal", help="who the key authenticates as: the principal the policy grants roles to")
     apikey.add_argument("--role", action="append", help="a role for the key; repeatable")
     apikey.set_defaults(run=_apikey, remote=False)
 
     forget = commands.add_parser("forget", help="erase an aggregate's encryption key for good (admin)")
-    forget.add_argument("aggregate_id")
+    forget.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate whose encryption key to erase")
     forget.set_defaults(run=_forget, remote=True)
 
     rewrap = commands.add_parser("rewrap-keys", help="rewrap data keys under the active master key (admin)")
@@ -439,14 +536,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("--type", action="append", help="only this event type; repeatable")
     tail.add_argument("--aggregate-type", action="append", help="only this aggregate type; repeatable")
-    tail.add_argument("--aggregate", help="only this aggregate id")
-    tail.add_argument("--origin")
+    tail.add_argument("--aggregate", type=_aggregate_id, help="only this aggregate id")
+    tail.add_argument("--origin", help="only events of commands from this origin")
     tail.add_argument("--checkpoints", action="store_true", help="also print checkpoints (positions to resume after)")
     tail.add_argument("--until-caught-up", action="store_true", help="exit once the past has been printed")
     tail.set_defaults(run=_tail, remote=True)
 
-    for sub in (submit, read, get, health, audit, forget, rewrap, tail, projection):
+    for sub in (submit, read, get, audit, forget, rewrap, tail, projection):
         _client_arguments(sub)
+    _client_arguments(health, local_by_default=True)
+    for sub in commands.choices.values():
+        sub.epilog, sub.formatter_class = EXIT_STATUS_HELP, argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -480,8 +580,36 @@ class _BearerToken(
         return continuation(self._details(details), requests)  # type: ignore[operator]
 
 
+def _local_channel(args: argparse.Namespace) -> grpc.Channel:
+    """A channel to this host's server, found from the server's own settings
+    in the environment (``chronicle health`` as a container's health check)."""
+    from service.local_server import local_server
+
+    settings = load_settings(None, os.environ)
+    local = local_server(
+        listen=settings.listen, tls_cert_file=settings.tls_cert_file, trusted_ca_file=args.tls_ca or ""
+    )
+    if not local.tls:
+        return grpc.insecure_channel(local.address)
+    if settings.tls_client_ca_file and not (args.tls_cert and args.tls_key):
+        raise ValueError(
+            "the server asks for a client certificate (CHRONICLE_TLS_CLIENT_CA_FILE): give one with "
+            "--tls-cert and --tls-key (CHRONICLE_TLS_CERT, CHRONICLE_TLS_KEY)"
+        )
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=local.root_certificates,
+        private_key=_read_file(args.tls_key),
+        certificate_chain=_read_file(args.tls_cert),
+    )
+    # The certificate names the server as clients know it; here it is reached through loopback.
+    options = [("grpc.ssl_target_name_override", local.server_name)] if local.server_name else []
+    return grpc.secure_channel(local.address, credentials, options=options)
+
+
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    if args.tls_ca or args.tls_cert:
+    if args.server is None:
+        channel = _local_channel(args)
+    elif args.tls_ca or args.tls_cert:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read_file(args.tls_ca),
             private_key=_read_file(args.tls_key),
@@ -495,15 +623,30 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
     return channel
 
 
+def _stdout_closed() -> int:
+    """The reader of our output left early (``chronicle read … | head``):
+    end quietly, as Unix tools do (they die of SIGPIPE, which a shell reports
+    as 128 + 13). Standard output now goes nowhere, so that the interpreter's
+    last flush of what is still buffered does not fail a second time."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_STDOUT_CLOSED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if not args.remote:
             return int(args.run(args))
         with _channel(args) as channel:
             return int(args.run(args, channel))
+    except BrokenPipeError:
+        return _stdout_closed()
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     except grpc.RpcError as error:
         return _report_rpc_error(error)
     except (ChronicleError, UnknownType, json_format.ParseError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE

@@ -12,6 +12,8 @@ from google.protobuf import any_pb2, descriptor_pool, json_format, message_facto
 from google.protobuf.message import Message
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from service.json_input import JsonInputError, parse_object
+
 
 class UnknownType(LookupError):
     pass
@@ -29,8 +31,16 @@ class RemoteTypes:
         return message_factory.GetMessageClass(descriptor)
 
     def from_json(self, full_name: str, text: str) -> Message:
+        """``text`` (a JSON object; empty: ``{}``) as a ``full_name``. The
+        JSON is checked first, so a mistake in it is reported before the
+        server is even asked for the type."""
+        fields = parse_object(text or "{}")
         message = self.message_class(full_name)()
-        json_format.Parse(text or "{}", message)
+        try:
+            json_format.ParseDict(fields, message)
+        except json_format.ParseError as error:
+            shown = " ".join(str(error).split())  # protobuf's message spans lines
+            raise JsonInputError(f"the payload does not fit {full_name}: {shown}") from None
         return message
 
     def unpack(self, packed: any_pb2.Any) -> dict[str, object]:

@@ -72,6 +72,13 @@ def withdraw(command: bank.Withdraw, state: bank.Account, context: CommandContex
 @account.command(bank.CloseAccount)
 def close_account(command: bank.CloseAccount, state: bank.Account, context: CommandContext) -> bank.AccountClosed:
     _require_open(state, context)
+    if state.balance > 0:
+        # Closed, the account would accept no withdrawal: the money would be stuck in it.
+        raise ValidationError(
+            f"cannot close account {context.aggregate_id!r}: it holds {state.balance}; withdraw it first",
+            reason="ACCOUNT_NOT_EMPTY",
+            metadata={"balance": str(state.balance)},
+        )
     return bank.AccountClosed()
 
 

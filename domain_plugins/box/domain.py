@@ -14,8 +14,8 @@ from service.plugins import (
 
 MAX_NAME = 100
 
-plugin = Plugin("box", description="The design document's Box example.")
-box = plugin.aggregate("Box", state=pb.Box)
+plugin = Plugin("box", description="Boxes: the smallest example domain, the one docs/plugins.md follows.")
+box = plugin.aggregate("Box", state=pb.Box, snapshot_every=100)
 
 
 def _valid_name(name: str) -> str:

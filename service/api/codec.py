@@ -34,9 +34,13 @@ def _printable(value: str) -> bool:
 
 
 def check_id(field: str, value: str, *, reason: str) -> str:
-    """An identifier: non-empty, bounded, printable (no control characters)."""
+    """An identifier: non-empty, not only spaces, bounded, printable (no
+    control characters)."""
     if not value:
         raise InvalidInput.for_field(field, "must not be empty", reason=reason)
+    if value.isspace():
+        # "   " would name a real aggregate no one can tell from a typo or an unset variable.
+        raise InvalidInput.for_field(field, "must not be only whitespace", reason=reason)
     if len(value) > MAX_ID_LENGTH:
         raise InvalidInput.for_field(field, f"must be at most {MAX_ID_LENGTH} characters", reason=reason)
     if not _printable(value):

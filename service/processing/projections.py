@@ -217,7 +217,9 @@ class ProjectionRunner:
 
     def _failed(self, error: ChronicleError) -> None:
         self.status.error = f"{error.reason}: {error.message}"
-        log.error("projection %s stopped: %s", self.projection.name, self.status.error)
+        log.error(
+            "projection %s failed: %s; retrying in %g s", self.projection.name, self.status.error, self._retry_interval
+        )
 
     async def step(self, position: int) -> int:
         """Apply the next batch after ``position`` and commit it; return the

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import cli, server_process
+from tests.support.processes import cli, free_port, run_healthcheck, server_process
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +58,11 @@ def test_a_refused_command_exits_one_with_the_code_and_reason(tmp_path: Path) ->
         refused = cli("submit", "acc-1", "bank.v1.Withdraw", '{"amount": 5}', server=server.address, check=False)
         assert refused.returncode == 1
         assert "FAILED_PRECONDITION INSUFFICIENT_FUNDS" in refused.stderr
+        misspelt = cli("submit", "acc-1", "bank.v1.Deposit", '{"amout": 5}', server=server.address, check=False)
+    assert misspelt.returncode == 2  # the input was wrong: nothing was sent
+    assert misspelt.stderr.startswith('error: the payload does not fit bank.v1.Deposit: Message type "bank.v1.Deposit"')
+    assert '"amout"' in misspelt.stderr
+    assert misspelt.stderr.count("\n") == 1
 
 
 def test_the_same_command_id_twice_is_replayed(tmp_path: Path) -> None:
@@ -82,6 +89,16 @@ def test_health_command_exits_zero_when_serving(tmp_path: Path) -> None:
     with server_process("memory://") as server:
         result = cli("health", server=server.address)
         assert json.loads(result.stdout)["status"] == "SERVING"
+
+
+def test_the_image_health_check_follows_the_listen_address() -> None:
+    with server_process("memory://") as server:
+        port = server.address.rpartition(":")[2]
+        serving = run_healthcheck({"CHRONICLE_LISTEN": f"0.0.0.0:{port}"})  # as the image listens: everywhere
+        elsewhere = run_healthcheck({"CHRONICLE_LISTEN": f"0.0.0.0:{free_port()}"})
+    assert (serving.returncode, json.loads(serving.stdout)["status"]) == (0, "SERVING")
+    assert elsewhere.returncode == 1
+    assert elsewhere.stderr.startswith("error: UNAVAILABLE")
 
 
 def test_plugins_lists_what_would_be_loaded() -> None:
@@ -198,3 +215,61 @@ def test_projection_prints_progress_and_documents(tmp_path: Path) -> None:
         }
         missing = cli("projection", "bank.balances_by_owner", "owner:zed", server=server.address, check=False)
         assert "NOT_FOUND DOCUMENT_NOT_FOUND" in missing.stderr
+
+
+def cli_into_a_closed_pipe(*args: str, server: str) -> subprocess.CompletedProcess[str]:
+    """``chronicle ARGS | head -0``: the reader closes its end before the first line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", *args, "--server", server],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the CLI has even connected: its first line meets no reader
+    stderr = process.stderr.read()
+    process.stderr.close()
+    return subprocess.CompletedProcess(process.args, process.wait(30), "", stderr)
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly_like_a_unix_tool(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        for args in (("read", "acc-1"), ("audit",), ("tail", "--from", "0", "--until-caught-up")):
+            closed = cli_into_a_closed_pipe(*args, server=server.address)
+            # 141 = 128 + SIGPIPE: what a shell reports for `yes | head`; no traceback
+            assert (args, closed.returncode, closed.stderr) == (args, 141, "")
+
+
+def test_read_of_an_aggregate_with_no_events_says_not_found_and_exits_one_like_get(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        read = cli("read", "acc-9", server=server.address, check=False)
+        get = cli("get", "acc-9", server=server.address, check=False)
+        none_match = cli("read", "acc-1", "--type", "bank.v1.MoneyWithdrawn", server=server.address)
+    assert (read.returncode, read.stdout) == (get.returncode, get.stdout) == (1, "")
+    assert read.stderr == get.stderr
+    assert read.stderr.startswith("error: NOT_FOUND AGGREGATE_NOT_FOUND: aggregate 'acc-9' has no events")
+    # an aggregate that exists but has no event the filter wants is an empty answer, not an error
+    assert (none_match.returncode, none_match.stdout) == (0, "")
+
+
+def test_ctrl_c_ends_a_tail_quietly_with_130(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        tail = subprocess.Popen(
+            [sys.executable, "-m", "service", "tail", "--from", "0", "--server", server.address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert tail.stdout is not None and tail.stderr is not None
+        try:
+            assert json.loads(tail.stdout.readline())["aggregate_id"] == "acc-1"  # it follows the log now
+            tail.send_signal(signal.SIGINT)
+            assert (tail.wait(30), tail.stderr.read()) == (130, "")
+        finally:
+            tail.kill()
+            tail.wait(10)
+            tail.stdout.close()
+            tail.stderr.close()

@@ -94,7 +94,8 @@ async def twelve_events(client: Client) -> list[event_pb2.Event]:
 
 
 async def get(client: Client, **fields: object) -> event_service_pb2.GetAggregateResponse:
-    request = event_service_pb2.GetAggregateRequest(aggregate_id="acc-1", **fields)  # type: ignore[arg-type]
+    fields.setdefault("aggregate_id", "acc-1")
+    request = event_service_pb2.GetAggregateRequest(**fields)  # type: ignore[arg-type]
     response: event_service_pb2.GetAggregateResponse = await client.events.GetAggregate(request)
     return response
 
@@ -110,6 +111,19 @@ async def refusal(call: object) -> tuple[grpc.StatusCode, str, dict[str, str]]:
         await call  # type: ignore[misc]
     details = details_of(raised.value)
     return details.code, details.reason, details.metadata
+
+
+async def test_an_aggregate_id_of_only_spaces_is_invalid_for_reading_too(bank_client: Client) -> None:
+    for call in (read(bank_client, aggregate_id="   "), get(bank_client, aggregate_id="   ")):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        details = details_of(raised.value)
+        assert (details.code, details.reason, details.field_violations) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_AGGREGATE_ID",
+            ["aggregate_id"],
+        )
+        assert "whitespace" in details.message
 
 
 async def test_get_aggregate_at_a_past_version(bank_client: Client) -> None:

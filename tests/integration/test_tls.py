@@ -3,6 +3,7 @@ subject as the principal. Certificates are made in the test."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from service.app import Application
 from service.settings import Settings
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of, running_server
+from tests.support.processes import run_healthcheck
 from tests.support.security import POLICY, Authority, Issued, write
 
 
@@ -105,3 +107,43 @@ async def test_a_client_without_a_certificate_fails_the_handshake(pki: Pki, mtls
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# -- the image's health check runs beside the server with its environment ---
+
+
+def server_environment(app: Application) -> dict[str, str]:
+    """The TLS server's settings as a container's environment would hold them."""
+    env = {"CHRONICLE_LISTEN": app.address}
+    for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        if value := getattr(app.settings, name):
+            env[f"CHRONICLE_{name.upper()}"] = value
+    return env
+
+
+async def test_the_image_health_check_speaks_tls_to_a_tls_server_named_otherwise(pki: Pki) -> None:
+    # Named as clients know it, not as the health check reaches it (loopback).
+    named = pki.ca.issue("chronicle", server=True, dns_names=["chronicle.internal"], ip_addresses=[])
+    settings = replace(
+        pki.settings(),
+        tls_cert_file=write(pki.tmp / "named.pem", named.certificate),
+        tls_key_file=write(pki.tmp / "named.key", named.key),
+    )
+    async with running_server(MemoryStore(), settings=settings) as (app, _):
+        checked = await asyncio.to_thread(run_healthcheck, server_environment(app))
+    assert (checked.returncode, checked.stderr) == (0, "")
+    assert '"status": "SERVING"' in checked.stdout
+
+
+async def test_the_image_health_check_of_a_mutual_tls_server_needs_a_client_certificate(
+    pki: Pki, mtls: Application
+) -> None:
+    env = server_environment(mtls)
+    without = await asyncio.to_thread(run_healthcheck, env)
+    probe = pki.ca.issue("health-probe")
+    env["CHRONICLE_TLS_CERT"] = write(pki.tmp / "probe.pem", probe.certificate)
+    env["CHRONICLE_TLS_KEY"] = write(pki.tmp / "probe.key", probe.key)
+    with_certificate = await asyncio.to_thread(run_healthcheck, env)
+    assert without.returncode == 2
+    assert "the server asks for a client certificate (CHRONICLE_TLS_CLIENT_CA_FILE)" in without.stderr
+    assert (with_certificate.returncode, with_certificate.stderr) == (0, "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -224,3 +225,33 @@ def cli(*args: str, server: str, check: bool = True) -> subprocess.CompletedProc
     if check and result.returncode != 0:
         raise AssertionError(f"chronicle {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dockerfile_healthcheck() -> list[str]:
+    """The Dockerfile's HEALTHCHECK command, as Docker would run it."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK"))
+    instruction = ""
+    for line in lines[start:]:
+        instruction += line.rstrip().removesuffix("\\") + " "
+        if not line.rstrip().endswith("\\"):
+            break
+    command = json.loads(instruction.split(" CMD ", 1)[1])
+    assert isinstance(command, list) and command[0] == "chronicle", instruction
+    return [str(part) for part in command]
+
+
+def run_healthcheck(env: dict[str, str], *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """The Dockerfile's HEALTHCHECK with ``env`` as the container's
+    environment (and none of the caller's CHRONICLE_* variables)."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("CHRONICLE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *dockerfile_healthcheck()[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**clean, **env},
+    )

@@ -81,6 +81,32 @@ def test_close_account() -> None:
     account().given(OPENED).when(bank.CloseAccount()).then(bank.AccountClosed())
 
 
+def test_an_account_holding_money_cannot_be_closed_and_the_refusal_says_how_much() -> None:
+    error = (
+        account()
+        .given(OPENED, bank.MoneyDeposited(amount=10), bank.MoneyWithdrawn(amount=4))
+        .when(bank.CloseAccount())
+        .then_fails(ValidationError, reason="ACCOUNT_NOT_EMPTY")
+    )
+    assert error.metadata == {"balance": "6"}
+
+
+def test_an_account_emptied_by_withdrawals_can_be_closed() -> None:
+    account().given(OPENED, bank.MoneyDeposited(amount=10), bank.MoneyWithdrawn(amount=10)).when(
+        bank.CloseAccount()
+    ).then(bank.AccountClosed())
+
+
+def test_closing_an_account_holding_money_is_failed_precondition_over_grpc() -> None:
+    (
+        account()
+        .on_server()
+        .given(OPENED, bank.MoneyDeposited(amount=1))
+        .when(bank.CloseAccount())
+        .then_fails(ValidationError, reason="ACCOUNT_NOT_EMPTY")
+    )
+
+
 def test_nothing_on_a_closed_account() -> None:
     closed = (OPENED, bank.MoneyDeposited(amount=3), bank.AccountClosed())
     for command in (bank.Deposit(amount=1), bank.Withdraw(amount=1), bank.CloseAccount()):

@@ -1,0 +1,32 @@
+"""The README's Python example runs as printed, against a real server."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import server_process
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+PRINTED_ADDRESS = "127.0.0.1:50051"  # what `make run` serves; the test's server is elsewhere
+
+
+def python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", markdown, flags=re.MULTILINE | re.DOTALL)
+
+
+def test_the_readme_python_example_runs_as_a_script_and_prints_the_refusal_reason(tmp_path: Path) -> None:
+    (example,) = python_blocks((ROOT / "README.md").read_text())
+    assert example.count(PRINTED_ADDRESS) == 1  # the only thing the test changes
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        script = tmp_path / "example.py"
+        script.write_text(example.replace(PRINTED_ADDRESS, server.address))
+        ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert (ran.returncode, ran.stderr) == (0, "")
+    assert ran.stdout == "INSUFFICIENT_FUNDS\n"
