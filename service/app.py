@@ -11,7 +11,6 @@ store).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
 from service.security.encryption import Keyring, MasterKeys
+from service.security.exposure import check_exposure
 from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
 from service.security.tls import server_credentials
@@ -146,6 +146,8 @@ async def start(
     one set for the process, if any: without one nothing is traced), when
     the OpenTelemetry packages are installed.
     """
+    for warning in check_exposure(listen=settings.listen, auth=settings.auth, insecure=settings.insecure):
+        log.warning("%s", warning)
     registry = registry if registry is not None else build_registry(settings)
     store = (
         store
@@ -308,16 +310,6 @@ def describe(app: Application) -> str:
     return "\n".join(lines)
 
 
-def _loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _store_name(url: str) -> str:
     from service.store.factory import _redacted
 
@@ -328,12 +320,6 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
     app = await start(settings)
     print(describe(app), flush=True)
-    if not settings.auth and not _loopback(settings.listen):
-        log.warning(
-            "authentication is off and %s is reachable from other machines: anyone there may do anything"
-            " (see --auth in docs/security.md)",
-            settings.listen,
-        )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -504,6 +504,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.run(args, channel))
     except grpc.RpcError as error:
         return _report_rpc_error(error)
-    except (ChronicleError, UnknownType, json_format.ParseError, ValueError) as error:
+    except ChronicleError as error:
+        # The reason first, as for a refused RPC: what a script can match on.
+        print(f"error: {error.reason}: {error.message}", file=sys.stderr)
+        return 2
+    except (UnknownType, json_format.ParseError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -82,6 +82,10 @@ class Settings:
     auth: bool = field(
         default=False, metadata={"help": "require credentials on every RPC and enforce --policy-file (deny by default)"}
     )
+    insecure: bool = field(
+        default=False,
+        metadata={"help": "serve beyond loopback with authentication off (refused without it): anyone may do anything"},
+    )
     policy_file: str = field(default="", metadata={"help": "TOML policy: roles, their grants, principals' roles"})
     api_keys_file: str = field(default="", metadata={"help": "TOML file of SHA-256 hashed API keys (bearer tokens)"})
     jwt_key_file: str = field(
