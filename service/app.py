@@ -63,9 +63,10 @@ def build_registry(settings: Settings) -> Registry:
 
 
 def build_authentication(settings: Settings) -> tuple[Authenticator | None, Authorizer]:
-    """Who callers are and what they may do; (None, allow-all) with auth off."""
+    """Who callers are and what they may do; with auth off (None, every
+    caller anonymous and never an administrator unless --anonymous-admin)."""
     if not settings.auth:
-        return None, Authorizer.allow_all()
+        return None, Authorizer.anonymous(admin=settings.anonymous_admin)
     authenticator = Authenticator(
         api_keys=ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else None,
         jwt_verifier=JwtVerifier.from_key_file(
@@ -294,7 +295,12 @@ def describe(app: Application) -> str:
     settings = app.settings
     lines.append(
         "  authentication "
-        + ("on" if settings.auth else "OFF: every caller may do everything")
+        + (
+            "on"
+            if settings.auth
+            else "OFF: anonymous callers may submit, read and subscribe to everything"
+            + (" and administer (--anonymous-admin)" if settings.anonymous_admin else " (not administer)")
+        )
         + (", TLS" if settings.tls_cert_file else ", plaintext")
         + (", payloads encrypted at rest" if settings.master_key_file or settings.master_keys else "")
     )

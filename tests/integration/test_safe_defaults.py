@@ -1,14 +1,30 @@
-"""Safe by default, checked on real server processes: a server reachable
-from the network does not start with authentication off unless the operator
-says so."""
+"""Safe by default, over real sockets and real server processes: a server
+reachable from the network does not start with authentication off unless
+the operator says so, and anonymous callers are never administrators."""
 
 from __future__ import annotations
 
+import json
 import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import grpc
 import pytest
 
-from tests.support.processes import free_port, serve_until_exit, server_process
+from chronicle.v1 import admin_service_pb2 as admin
+from chronicle.v1 import event_service_pb2
+from chronicle.v1 import projection_service_pb2 as projection
+from domain_plugins import bank_account
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.plugins.registry import Registry
+from service.security.encryption import new_master_key
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import Client, command, details_of, running_server
+from tests.support.plugins import openings
+from tests.support.processes import cli, free_port, serve_until_exit, server_process
+
+# -- listening beyond loopback ------------------------------------------------
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "db-host.internal:0"])
@@ -42,3 +58,98 @@ def test_the_environment_variable_says_insecure_too() -> None:
     extra = ["--listen", f"0.0.0.0:{port}"]
     with server_process("memory://", extra=extra, env={"CHRONICLE_INSECURE": "true"}, port=port) as server:
         assert server.stop(signal.SIGTERM) == 0
+
+
+# -- anonymous callers --------------------------------------------------------
+
+
+async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    details = details_of(raised.value)
+    return details.code, details.reason
+
+
+@pytest.fixture(params=[False, True], ids=["default", "anonymous-admin"])
+async def anonymous(request: pytest.FixtureRequest) -> AsyncIterator[tuple[bool, Client]]:
+    """A server with authentication off and encryption on (so that forgetting
+    could work), with or without --anonymous-admin."""
+    registry = Registry([bank_account.plugin, openings])
+    settings = {"master_keys": f"k1:{new_master_key()}", "anonymous_admin": request.param}
+    async with running_server(MemoryStore(), registry=registry, **settings) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        yield request.param, client
+
+
+async def test_anonymous_callers_administer_only_with_the_operators_opt_in(anonymous: tuple[bool, Client]) -> None:
+    opted_in, client = anonymous
+    calls = {
+        "forget": client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1")),
+        "rewrap": client.admin.RewrapKeys(admin.RewrapKeysRequest()),
+        "audit": client.admin.QueryAudit(admin.QueryAuditRequest()),
+        "projection of every aggregate type": client.projections.GetProjection(
+            projection.GetProjectionRequest(name="openings.every_opening")
+        ),
+    }
+    for name, call in calls.items():
+        if opted_in:
+            await call
+        else:
+            assert await refusal(call) == (grpc.StatusCode.PERMISSION_DENIED, "ANONYMOUS_ADMIN_DENIED"), name
+    state = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+    if opted_in:
+        assert await refusal(state) == (grpc.StatusCode.FAILED_PRECONDITION, "AGGREGATE_FORGOTTEN")
+    else:
+        account = bank.Account()
+        assert (await state).state.Unpack(account)
+        assert account.owner == "ann"  # nothing was forgotten
+
+
+async def test_anonymous_callers_still_submit_read_subscribe_and_read_projections(
+    anonymous: tuple[bool, Client],
+) -> None:
+    _, client = anonymous
+    await client.submit(command("acc-1", bank.Deposit(amount=5)))
+    events = [
+        e async for e in client.events.ReadAggregate(event_service_pb2.ReadAggregateRequest(aggregate_id="acc-1"))
+    ]
+    assert [e.version for e in events] == [1, 2]
+    status = await client.projections.GetProjection(projection.GetProjectionRequest(name="bank.balances_by_owner"))
+    assert status.aggregate_types == ["Account"]
+    stream = client.events.Subscribe(event_service_pb2.SubscribeRequest())
+    async for response in stream:
+        if response.HasField("caught_up"):
+            break
+    stream.cancel()
+
+
+async def test_the_refusal_says_why_and_what_to_do() -> None:
+    async with running_server(MemoryStore()) as (_, client):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.admin.QueryAudit(admin.QueryAuditRequest())
+    details = details_of(raised.value)
+    assert details.message.startswith("anonymous callers may not query the audit log: authentication is off")
+    assert "--auth" in details.message and "--anonymous-admin" in details.message
+    assert details.metadata == {"principal": "", "action": "query the audit log"}
+
+
+def test_a_developers_server_serves_the_cli_but_not_its_admin_commands(tmp_path: Path) -> None:
+    """``make run``: loopback, authentication off, no other setting."""
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 7}', server=server.address)
+        assert json.loads(cli("get", "acc-1", server=server.address).stdout)["state"]["balance"] == "7"
+        assert len(cli("read", "acc-1", server=server.address).stdout.splitlines()) == 2
+        refused = [
+            cli(*admin_command, server=server.address, check=False)
+            for admin_command in (["forget", "acc-1"], ["audit"])
+        ]
+        server.stop()
+        assert server.process.stdout is not None
+        banner = server.process.stdout.read()
+    for result in refused:
+        assert result.returncode == 1
+        assert "error: PERMISSION_DENIED ANONYMOUS_ADMIN_DENIED: anonymous callers may not" in result.stderr
+    assert (
+        "authentication OFF: anonymous callers may submit, read and subscribe to everything (not administer)" in banner
+    )
