@@ -147,7 +147,9 @@ async def start(
     one set for the process, if any: without one nothing is traced), when
     the OpenTelemetry packages are installed.
     """
-    for warning in check_exposure(listen=settings.listen, auth=settings.auth, insecure=settings.insecure):
+    for warning in check_exposure(
+        listen=settings.listen, auth=settings.auth, tls=bool(settings.tls_cert_file), insecure=settings.insecure
+    ):
         log.warning("%s", warning)
     registry = registry if registry is not None else build_registry(settings)
     store = (

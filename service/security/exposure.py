@@ -5,7 +5,9 @@ any other address (``0.0.0.0``, ``[::]``, a host name, an interface's
 address) may be reachable from the network. There, authentication off
 means that anyone who can connect may submit, read and subscribe to
 everything: the server refuses to start that way unless the operator says
-``--insecure``. Host names count as reachable even when they resolve to
+``--insecure``. With authentication on but no TLS, credentials cross the
+network in the clear: the server starts (a TLS-terminating proxy may be in
+front) but warns. Host names count as reachable even when they resolve to
 loopback: what a name resolves to can change, and the safe answer must not.
 """
 
@@ -28,7 +30,7 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
-def check_exposure(*, listen: str, auth: bool, insecure: bool) -> list[str]:
+def check_exposure(*, listen: str, auth: bool, tls: bool, insecure: bool) -> list[str]:
     """Refuse (``INSECURE_LISTEN``) to serve beyond loopback with
     authentication off unless ``insecure``; return the warnings the
     server should log about what it is about to do."""
@@ -47,5 +49,11 @@ def check_exposure(*, listen: str, auth: bool, insecure: bool) -> list[str]:
         return [
             f"--insecure: authentication is off and {listen} may be reachable from other machines:"
             " anyone there may submit, read and subscribe to everything"
+        ]
+    if not tls:
+        return [
+            f"authentication is on but {listen} serves plaintext beyond loopback: bearer tokens and API keys"
+            " cross the network in the clear, where anyone on the path can read and replay them; serve TLS"
+            " (--tls-cert-file, --tls-key-file) unless a TLS-terminating proxy on this host is the only client"
         ]
     return []

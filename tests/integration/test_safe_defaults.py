@@ -23,6 +23,7 @@ from service.store.memory import MemoryStore
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.plugins import openings
 from tests.support.processes import cli, free_port, serve_until_exit, server_process
+from tests.support.security import POLICY, api_key_file, write
 
 # -- listening beyond loopback ------------------------------------------------
 
@@ -43,14 +44,31 @@ def test_the_environment_alone_cannot_expose_an_unauthenticated_server() -> None
     assert "INSECURE_LISTEN" in result.stderr
 
 
-def test_insecure_serves_beyond_loopback_and_says_so() -> None:
-    port = free_port()
-    extra = ["--listen", f"0.0.0.0:{port}", "--insecure"]
-    with server_process("memory://", extra=extra, port=port) as server:  # serving: health answered on loopback
+def output_of_a_served_start(*extra: str, port: int) -> str:
+    """Start a server with ``extra`` settings, wait until it serves (health
+    answers on loopback), stop it cleanly and return what it printed."""
+    with server_process("memory://", extra=extra, port=port) as server:
         assert server.stop(signal.SIGTERM) == 0
         assert server.process.stdout is not None
-        output = server.process.stdout.read()
+        return server.process.stdout.read()
+
+
+def test_insecure_serves_beyond_loopback_and_says_so() -> None:
+    port = free_port()
+    output = output_of_a_served_start("--listen", f"0.0.0.0:{port}", "--insecure", port=port)
     assert f"--insecure: authentication is off and 0.0.0.0:{port} may be reachable from other machines" in output
+
+
+def test_authentication_over_plaintext_beyond_loopback_warns(tmp_path: Path) -> None:
+    port = free_port()
+    auth = [
+        "--auth",
+        "--policy-file", write(tmp_path / "policy.toml", POLICY),
+        "--api-keys-file", api_key_file(tmp_path / "keys.toml", [("chr_root-key-000000000000", "root", [])]),
+    ]  # fmt: skip
+    beyond = output_of_a_served_start("--listen", f"0.0.0.0:{port}", *auth, port=port)
+    assert f"authentication is on but 0.0.0.0:{port} serves plaintext beyond loopback" in beyond
+    assert "serves plaintext" not in output_of_a_served_start(*auth, port=free_port())  # on loopback
 
 
 def test_the_environment_variable_says_insecure_too() -> None:

@@ -22,20 +22,29 @@ def test_addresses_beyond_loopback(listen: str) -> None:
 
 
 def test_loopback_needs_nothing() -> None:
-    assert check_exposure(listen="127.0.0.1:50051", auth=False, insecure=False) == []
+    assert check_exposure(listen="127.0.0.1:50051", auth=False, tls=False, insecure=False) == []
 
 
 def test_beyond_loopback_authentication_off_is_refused() -> None:
     with pytest.raises(ConfigurationError) as refused:
-        check_exposure(listen="0.0.0.0:50051", auth=False, insecure=False)
+        check_exposure(listen="0.0.0.0:50051", auth=False, tls=False, insecure=False)
     assert refused.value.reason == "INSECURE_LISTEN"
     assert refused.value.metadata == {"listen": "0.0.0.0:50051"}
 
 
 def test_insecure_is_allowed_with_a_warning() -> None:
-    (warning,) = check_exposure(listen="0.0.0.0:50051", auth=False, insecure=True)
+    (warning,) = check_exposure(listen="0.0.0.0:50051", auth=False, tls=False, insecure=True)
     assert warning.startswith("--insecure: authentication is off")
 
 
-def test_with_authentication_nothing_is_refused() -> None:
-    check_exposure(listen="0.0.0.0:50051", auth=True, insecure=False)
+def test_authentication_over_plaintext_beyond_loopback_is_allowed_with_a_warning() -> None:
+    (warning,) = check_exposure(listen="0.0.0.0:50051", auth=True, tls=False, insecure=False)
+    assert warning.startswith("authentication is on but 0.0.0.0:50051 serves plaintext beyond loopback")
+
+
+def test_authentication_over_tls_beyond_loopback_needs_no_warning() -> None:
+    assert check_exposure(listen="0.0.0.0:50051", auth=True, tls=True, insecure=False) == []
+
+
+def test_authentication_over_plaintext_on_loopback_needs_no_warning() -> None:
+    assert check_exposure(listen="127.0.0.1:50051", auth=True, tls=False, insecure=False) == []
