@@ -4,13 +4,14 @@ wrong with which file, never a traceback or a library's text."""
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from tests.support.processes import serve_until_exit
-from tests.support.security import ISSUER, POLICY, write
+from tests.support.security import ISSUER, POLICY, Authority, Issued, write
 
 
 def refused(*args: str) -> str:
@@ -41,3 +42,24 @@ def test_a_short_hmac_secret_is_refused_at_start_up(tmp_path: Path) -> None:
     line = refused(*with_jwt_key(tmp_path, "password123"))
     assert line.startswith("error: WEAK_KEY: JWT key file")
     assert "at 11 bytes it is too short" in line
+
+
+def with_tls(tmp_path: Path, certificate: Issued, key: Issued) -> list[str]:
+    return [
+        "--tls-cert-file", write(tmp_path / "server.pem", certificate.certificate),
+        "--tls-key-file", write(tmp_path / "server.key", key.key),
+    ]  # fmt: skip
+
+
+def test_a_key_of_another_certificate_is_refused_as_a_mismatch_not_a_failed_bind(tmp_path: Path) -> None:
+    ca = Authority()
+    line = refused(*with_tls(tmp_path, ca.issue("localhost", server=True), ca.issue("other", server=True)))
+    assert line.startswith(f"error: TLS_KEY_MISMATCH: {tmp_path / 'server.key'}: this TLS key does not belong to")
+    assert "bind" not in line
+
+
+def test_an_expired_certificate_is_refused_at_start_up(tmp_path: Path) -> None:
+    day = datetime.timedelta(days=1)
+    expired = Authority().issue("localhost", server=True, valid_from=-2 * day, valid_until=-day)
+    line = refused(*with_tls(tmp_path, expired, expired))
+    assert line.startswith(f"error: TLS_CERTIFICATE_EXPIRED: {tmp_path / 'server.pem'}: the certificate")
