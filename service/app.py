@@ -44,6 +44,7 @@ from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
 from service.security.encryption import Keyring, MasterKeys
 from service.security.exposure import check_exposure
+from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
 from service.security.tls import server_credentials
@@ -67,21 +68,29 @@ def build_authentication(settings: Settings) -> tuple[Authenticator | None, Auth
     caller anonymous and never an administrator unless --anonymous-admin)."""
     if not settings.auth:
         return None, Authorizer.anonymous(admin=settings.anonymous_admin)
-    authenticator = Authenticator(
-        api_keys=ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else None,
-        jwt_verifier=JwtVerifier.from_key_file(
+    api_keys = None
+    if settings.api_keys_file:
+        _check_private(settings, settings.api_keys_file, "API-key file")
+        api_keys = ApiKeys.load(settings.api_keys_file)
+    jwt_verifier = None
+    if settings.jwt_key_file:
+        jwt_verifier = JwtVerifier.from_key_file(
             settings.jwt_key_file, issuer=settings.jwt_issuer, audience=settings.jwt_audience or None
         )
-        if settings.jwt_key_file
-        else None,
-        mtls=bool(settings.tls_client_ca_file),
-    )
+        if jwt_verifier.symmetric:  # a public key is no secret
+            _check_private(settings, settings.jwt_key_file, "JWT secret")
+    authenticator = Authenticator(api_keys=api_keys, jwt_verifier=jwt_verifier, mtls=bool(settings.tls_client_ca_file))
     return authenticator, Authorizer(Policy.load(settings.policy_file))
+
+
+def _check_private(settings: Settings, path: str, what: str) -> None:
+    check_private(path, what=what, allow_readable=settings.allow_readable_keys)
 
 
 def build_master_keys(settings: Settings) -> MasterKeys | None:
     """The master keys that turn on encryption at rest, if any are configured."""
     if settings.master_key_file:
+        _check_private(settings, settings.master_key_file, "master-key file")
         return MasterKeys.load(settings.master_key_file)
     if settings.master_keys:
         return MasterKeys.parse(settings.master_keys, source="CHRONICLE_MASTER_KEYS")
@@ -158,6 +167,8 @@ async def start(
         else open_store(settings.database_url, pool_size=settings.db_pool_size, keep_snapshots=settings.keep_snapshots)
     )
     authenticator, authorizer = build_authentication(settings)
+    if settings.tls_key_file:
+        _check_private(settings, settings.tls_key_file, "TLS key")
     credentials = (
         server_credentials(
             cert_file=settings.tls_cert_file,

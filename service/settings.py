@@ -115,6 +115,10 @@ class Settings:
     tls_client_ca_file: str = field(
         default="", metadata={"help": "PEM CA: require client certificates it signed (mutual TLS); subject = principal"}
     )
+    allow_readable_keys: bool = field(
+        default=False,
+        metadata={"help": "start even when key files are open to group or others (warn instead of refusing)"},
+    )
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")

@@ -176,11 +176,14 @@ class JwtIssuer:
         return jwt.encode(payload, self._key, algorithm="ES256")
 
 
-def write(path: Path, content: str | bytes) -> str:
+def write(path: Path, content: str | bytes, *, mode: int = 0o600) -> str:
+    """Write ``content`` to ``path``, by default readable by its owner only:
+    the server refuses key files that group or others may read."""
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:
         path.write_text(content)
+    path.chmod(mode)
     return str(path)
 
 
