@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
 import uuid
@@ -322,6 +323,11 @@ def _serve(args: argparse.Namespace) -> int:
 
         return serve_processes(settings, sys.argv[1:])
     configure_logging(level=settings.log_level, json_format=settings.log_format == "json")
+    if args.master_keys is not None:  # the flag, not the environment variable
+        logging.getLogger("chronicle").warning(
+            "--master-keys on the command line is visible to every user of this machine (ps, /proc/PID/cmdline):"
+            " give the keys in CHRONICLE_MASTER_KEYS or a --master-key-file instead"
+        )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
     return 0

@@ -44,10 +44,10 @@ def test_the_environment_alone_cannot_expose_an_unauthenticated_server() -> None
     assert "INSECURE_LISTEN" in result.stderr
 
 
-def output_of_a_served_start(*extra: str, port: int) -> str:
+def output_of_a_served_start(*extra: str, port: int | None = None, env: dict[str, str] | None = None) -> str:
     """Start a server with ``extra`` settings, wait until it serves (health
     answers on loopback), stop it cleanly and return what it printed."""
-    with server_process("memory://", extra=extra, port=port) as server:
+    with server_process("memory://", extra=extra, port=port, env=env) as server:
         assert server.stop(signal.SIGTERM) == 0
         assert server.process.stdout is not None
         return server.process.stdout.read()
@@ -68,7 +68,7 @@ def test_authentication_over_plaintext_beyond_loopback_warns(tmp_path: Path) -> 
     ]  # fmt: skip
     beyond = output_of_a_served_start("--listen", f"0.0.0.0:{port}", *auth, port=port)
     assert f"authentication is on but 0.0.0.0:{port} serves plaintext beyond loopback" in beyond
-    assert "serves plaintext" not in output_of_a_served_start(*auth, port=free_port())  # on loopback
+    assert "serves plaintext" not in output_of_a_served_start(*auth)  # on loopback
 
 
 def test_the_environment_variable_says_insecure_too() -> None:
@@ -171,3 +171,16 @@ def test_a_developers_server_serves_the_cli_but_not_its_admin_commands(tmp_path:
     assert (
         "authentication OFF: anonymous callers may submit, read and subscribe to everything (not administer)" in banner
     )
+
+
+# -- master keys on the command line ------------------------------------------
+
+
+def test_master_keys_on_the_command_line_warn_and_in_the_environment_do_not() -> None:
+    key = f"k1:{new_master_key()}"
+    flagged = output_of_a_served_start("--master-keys", key)
+    assert "--master-keys on the command line is visible to every user of this machine" in flagged
+    from_the_environment = output_of_a_served_start(env={"CHRONICLE_MASTER_KEYS": key})
+    assert "payloads encrypted at rest" in from_the_environment
+    assert "--master-keys" not in from_the_environment
+    assert key.split(":")[1] not in flagged + from_the_environment
