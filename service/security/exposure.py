@@ -54,6 +54,6 @@ def check_exposure(*, listen: str, auth: bool, tls: bool, insecure: bool) -> lis
         return [
             f"authentication is on but {listen} serves plaintext beyond loopback: bearer tokens and API keys"
             " cross the network in the clear, where anyone on the path can read and replay them; serve TLS"
-            " (--tls-cert-file, --tls-key-file) unless a TLS-terminating proxy on this host is the only client"
+            " (--tls-cert-file, --tls-key-file) unless a TLS-terminating proxy in front is the only client"
         ]
     return []
