@@ -84,7 +84,9 @@ class Settings:
     )
     insecure: bool = field(
         default=False,
-        metadata={"help": "serve beyond loopback with authentication off (refused without it): anyone may do anything"},
+        metadata={
+            "help": "serve beyond loopback with authentication off (refused without): anyone may submit and read"
+        },
     )
     anonymous_admin: bool = field(
         default=False,

@@ -47,6 +47,7 @@ def test_the_environment_alone_cannot_expose_an_unauthenticated_server() -> None
 def output_of_a_served_start(*extra: str, port: int | None = None, env: dict[str, str] | None = None) -> str:
     """Start a server with ``extra`` settings, wait until it serves (health
     answers on loopback), stop it cleanly and return what it printed."""
+    extra = ("--shutdown-drain", "0", *extra)
     with server_process("memory://", extra=extra, port=port, env=env) as server:
         assert server.stop(signal.SIGTERM) == 0
         assert server.process.stdout is not None
@@ -73,9 +74,8 @@ def test_authentication_over_plaintext_beyond_loopback_warns(tmp_path: Path) -> 
 
 def test_the_environment_variable_says_insecure_too() -> None:
     port = free_port()
-    extra = ["--listen", f"0.0.0.0:{port}"]
-    with server_process("memory://", extra=extra, env={"CHRONICLE_INSECURE": "true"}, port=port) as server:
-        assert server.stop(signal.SIGTERM) == 0
+    output = output_of_a_served_start("--listen", f"0.0.0.0:{port}", port=port, env={"CHRONICLE_INSECURE": "true"})
+    assert "--insecure: authentication is off" in output
 
 
 # -- anonymous callers --------------------------------------------------------

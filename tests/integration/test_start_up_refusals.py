@@ -116,7 +116,8 @@ def test_a_readable_master_key_file_stops_the_server_unless_allowed(tmp_path: Pa
     keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n", mode=0o640)
     line = refused("--master-key-file", keys)
     assert line.startswith(f"error: KEY_FILE_READABLE: the master-key file {keys} is open to its group or to others")
-    with server_process("memory://", extra=["--master-key-file", keys, "--allow-readable-keys"]) as server:
+    extra = ["--master-key-file", keys, "--allow-readable-keys", "--shutdown-drain", "0"]
+    with server_process("memory://", extra=extra) as server:
         assert server.stop(signal.SIGTERM) == 0
         assert server.process.stdout is not None
         output = server.process.stdout.read()
