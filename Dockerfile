@@ -22,6 +22,11 @@ USER chronicle
 WORKDIR /var/lib/chronicle
 # Owned by the runtime user, so a volume mounted here starts writable.
 RUN mkdir -p data
+# Every interface of the container, so that a published port reaches it.
+# There the server refuses to start with authentication off
+# (INSECURE_LISTEN): run `serve --auth` with a policy and API keys mounted,
+# or `serve --insecure` for a trial published on the host's loopback only
+# (docs/deployment.md#the-docker-image).
 ENV CHRONICLE_LISTEN=0.0.0.0:50051 \
     CHRONICLE_DATABASE_URL=sqlite:///data/chronicle.db
 EXPOSE 50051

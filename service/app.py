@@ -11,7 +11,6 @@ store).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 from dataclasses import dataclass
@@ -45,6 +44,8 @@ from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
 from service.security.encryption import Keyring, MasterKeys
+from service.security.exposure import check_exposure
+from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
 from service.security.tls import server_credentials
@@ -64,24 +65,33 @@ def build_registry(settings: Settings) -> Registry:
 
 
 def build_authentication(settings: Settings) -> tuple[Authenticator | None, Authorizer]:
-    """Who callers are and what they may do; (None, allow-all) with auth off."""
+    """Who callers are and what they may do; with auth off (None, every
+    caller anonymous and never an administrator unless --anonymous-admin)."""
     if not settings.auth:
-        return None, Authorizer.allow_all()
-    authenticator = Authenticator(
-        api_keys=ApiKeys.load(settings.api_keys_file) if settings.api_keys_file else None,
-        jwt_verifier=JwtVerifier.from_key_file(
+        return None, Authorizer.anonymous(admin=settings.anonymous_admin)
+    api_keys = None
+    if settings.api_keys_file:
+        _check_private(settings, settings.api_keys_file, "API-key file")
+        api_keys = ApiKeys.load(settings.api_keys_file)
+    jwt_verifier = None
+    if settings.jwt_key_file:
+        jwt_verifier = JwtVerifier.from_key_file(
             settings.jwt_key_file, issuer=settings.jwt_issuer, audience=settings.jwt_audience or None
         )
-        if settings.jwt_key_file
-        else None,
-        mtls=bool(settings.tls_client_ca_file),
-    )
+        if jwt_verifier.symmetric:  # a public key is no secret
+            _check_private(settings, settings.jwt_key_file, "JWT secret")
+    authenticator = Authenticator(api_keys=api_keys, jwt_verifier=jwt_verifier, mtls=bool(settings.tls_client_ca_file))
     return authenticator, Authorizer(Policy.load(settings.policy_file))
+
+
+def _check_private(settings: Settings, path: str, what: str) -> None:
+    check_private(path, what=what, allow_readable=settings.allow_readable_keys)
 
 
 def build_master_keys(settings: Settings) -> MasterKeys | None:
     """The master keys that turn on encryption at rest, if any are configured."""
     if settings.master_key_file:
+        _check_private(settings, settings.master_key_file, "master-key file")
         return MasterKeys.load(settings.master_key_file)
     if settings.master_keys:
         return MasterKeys.parse(settings.master_keys, source="CHRONICLE_MASTER_KEYS")
@@ -147,6 +157,10 @@ async def start(
     one set for the process, if any: without one nothing is traced), when
     the OpenTelemetry packages are installed.
     """
+    for warning in check_exposure(
+        listen=settings.listen, auth=settings.auth, tls=bool(settings.tls_cert_file), insecure=settings.insecure
+    ):
+        log.warning("%s", warning)
     registry = registry if registry is not None else build_registry(settings)
     adapter = (
         store
@@ -155,6 +169,8 @@ async def start(
     )
     roles = Store.of(adapter)
     authenticator, authorizer = build_authentication(settings)
+    if settings.tls_key_file:
+        _check_private(settings, settings.tls_key_file, "TLS key")
     credentials = (
         server_credentials(
             cert_file=settings.tls_cert_file,
@@ -306,7 +322,12 @@ def describe(app: Application) -> str:
     settings = app.settings
     lines.append(
         "  authentication "
-        + ("on" if settings.auth else "OFF: every caller may do everything")
+        + (
+            "on"
+            if settings.auth
+            else "OFF: anonymous callers may submit, read and subscribe to everything"
+            + (" and administer (--anonymous-admin)" if settings.anonymous_admin else " (not administer)")
+        )
         + (", TLS" if settings.tls_cert_file else ", plaintext")
         + (", payloads encrypted at rest" if settings.master_key_file or settings.master_keys else "")
     )
@@ -322,16 +343,6 @@ def describe(app: Application) -> str:
     return "\n".join(lines)
 
 
-def _loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _store_name(url: str) -> str:
     from service.store.factory import _redacted
 
@@ -342,12 +353,6 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
     app = await start(settings)
     print(describe(app), flush=True)
-    if not settings.auth and not _loopback(settings.listen):
-        log.warning(
-            "authentication is off and %s is reachable from other machines: anyone there may do anything"
-            " (see --auth in docs/security.md)",
-            settings.listen,
-        )
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

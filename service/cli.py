@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -386,6 +387,11 @@ def _serve(args: argparse.Namespace) -> int:
 
         return serve_processes(settings, sys.argv[1:])
     configure_logging(level=settings.log_level, json_format=settings.log_format == "json")
+    if args.master_keys is not None:  # the flag, not the environment variable
+        logging.getLogger("chronicle").warning(
+            "--master-keys on the command line is visible to every user of this machine (ps, /proc/PID/cmdline):"
+            " give the keys in CHRONICLE_MASTER_KEYS or a --master-key-file instead"
+        )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
     return EXIT_OK
@@ -647,6 +653,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except grpc.RpcError as error:
         return _report_rpc_error(error)
-    except (ChronicleError, UnknownType, json_format.ParseError, ValueError) as error:
+    except ChronicleError as error:
+        # The reason first, as for a refused RPC: what a script can match on.
+        print(f"error: {error.reason}: {error.message}", file=sys.stderr)
+        return 2
+    except (UnknownType, json_format.ParseError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -82,6 +82,18 @@ class Settings:
     auth: bool = field(
         default=False, metadata={"help": "require credentials on every RPC and enforce --policy-file (deny by default)"}
     )
+    insecure: bool = field(
+        default=False,
+        metadata={
+            "help": "serve beyond loopback with authentication off (refused without): anyone may submit and read"
+        },
+    )
+    anonymous_admin: bool = field(
+        default=False,
+        metadata={
+            "help": "with authentication off, let anonymous callers administer (forget, audit): local development"
+        },
+    )
     policy_file: str = field(default="", metadata={"help": "TOML policy: roles, their grants, principals' roles"})
     api_keys_file: str = field(default="", metadata={"help": "TOML file of SHA-256 hashed API keys (bearer tokens)"})
     jwt_key_file: str = field(
@@ -104,6 +116,10 @@ class Settings:
     )
     tls_client_ca_file: str = field(
         default="", metadata={"help": "PEM CA: require client certificates it signed (mutual TLS); subject = principal"}
+    )
+    allow_readable_keys: bool = field(
+        default=False,
+        metadata={"help": "start even when key files are open to group or others (warn instead of refusing)"},
     )
 
     def __post_init__(self) -> None:
@@ -150,6 +166,11 @@ class Settings:
         if self.auth and not (self.api_keys_file or self.jwt_key_file or self.tls_client_ca_file):
             raise ConfigurationError(
                 "--auth needs a credential source: --api-keys-file, --jwt-key-file or --tls-client-ca-file",
+                reason="BAD_SETTING",
+            )
+        if self.auth and self.anonymous_admin:
+            raise ConfigurationError(
+                "--anonymous-admin is for servers with --auth off; with --auth the policy grants admin",
                 reason="BAD_SETTING",
             )
         if self.master_key_file and self.master_keys:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run the Dockerfile's build and run steps in plain venvs, since CI has no
 # Docker engine: build wheels from a clean export of HEAD, install them with
-# no index (as the runtime stage does), start the server as the image would,
-# and pass the image's HEALTHCHECK command, run as Docker runs it: with the
-# server's environment and no other. Twice: a plaintext server, and one
-# serving TLS, both on a port other than the default.
+# no index (as the runtime stage does), check that the image's default
+# command refuses to serve 0.0.0.0 without authentication, start the server
+# the way docs/deployment.md shows (--auth, policy and API keys), and pass
+# the image's HEALTHCHECK command, run as Docker runs it: with the server's
+# environment and no other. Also for a server serving TLS, on a port other
+# than the default.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 work=$(mktemp -d)
@@ -40,14 +42,18 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# serve_and_check NAME VAR=VALUE...: the server with that environment, as
-# the image's entry point starts it; then the HEALTHCHECK with the same
-# environment, polled as Docker polls it until it passes.
+chronicle="$work/runtime/bin/chronicle"
+# Arguments of 'serve' for the servers started below (set before each call).
+serve_args=()
+
+# serve_and_check NAME VAR=VALUE...: the server with that environment (and
+# serve_args), as the image's entry point starts it; then the HEALTHCHECK
+# with the same environment, polled as Docker polls it until it passes.
 serve_and_check() {
     local name=$1 home="$work/home-$1"
     shift
-    mkdir "$home"
-    (cd "$home" && exec env -i PATH="$PATH" HOME="$home" "$@" "$work/runtime/bin/chronicle" serve >"$home/log" 2>&1) &
+    mkdir -p "$home"
+    (cd "$home" && exec env -i PATH="$PATH" HOME="$home" "$@" "$chronicle" serve "${serve_args[@]}" >"$home/log" 2>&1) &
     servers+=($!)
     for _ in $(seq 50); do
         if (cd "$home" && env -i PATH="$PATH" HOME="$home" "$@" "$work/runtime/bin/chronicle" "${healthcheck[@]}" >/dev/null 2>&1); then
@@ -61,7 +67,37 @@ serve_and_check() {
     exit 1
 }
 
-serve_and_check plaintext CHRONICLE_LISTEN="127.0.0.1:$(free_port)"
+# The image's environment: every interface, SQLite under the working directory.
+port=$(free_port)
+image_env=(CHRONICLE_LISTEN="0.0.0.0:$port" CHRONICLE_DATABASE_URL=sqlite:///data/chronicle.db)
+
+# The image's default command (serve, authentication off) must refuse to start.
+mkdir -p "$work/home-auth/data"
+if refusal=$(cd "$work/home-auth" && timeout 60 env -i PATH="$PATH" HOME="$work/home-auth" "${image_env[@]}" "$chronicle" serve 2>&1); then
+    echo "the image's default 'serve' started with authentication off on 0.0.0.0"; exit 1
+fi
+grep -q INSECURE_LISTEN <<<"$refusal" || { echo "the image's default 'serve' failed for another reason: $refusal"; exit 1; }
+
+# Started the documented way: --auth, a policy and an API key made by 'chronicle apikey', private files.
+mkdir "$work/home-auth/secrets"
+cat >"$work/home-auth/secrets/policy.toml" <<'POLICY'
+[roles.operator]
+submit = ["*"]
+read = ["*"]
+subscribe = ["*"]
+admin = true
+POLICY
+(umask 077; "$chronicle" apikey ops --role operator >"$work/home-auth/secrets/keys.toml" 2>"$work/apikey.err")
+key=$(sed -n 's/^# the key .*: //p' "$work/apikey.err")
+serve_args=(--auth --policy-file secrets/policy.toml --api-keys-file secrets/keys.toml)
+serve_and_check auth "${image_env[@]}"
+if "$chronicle" submit acc-1 bank.v1.OpenAccount '{"owner": "ann"}' --server "127.0.0.1:$port" 2>"$work/anonymous.err"; then
+    echo "an anonymous call was served by the image's server started with --auth"; exit 1
+fi
+grep -q UNAUTHENTICATED "$work/anonymous.err" || { echo "anonymous call: $(cat "$work/anonymous.err")"; exit 1; }
+"$chronicle" submit acc-1 bank.v1.OpenAccount '{"owner": "ann"}' --server "127.0.0.1:$port" --token "$key" >/dev/null
+echo "dockerfile steps: bare serve refused on 0.0.0.0; served with --auth on :$port (anonymous call refused, API key accepted)"
+serve_args=()
 
 # A self-signed certificate for a name the health check does not dial
 # (it reaches the server through loopback), made with the runtime's own

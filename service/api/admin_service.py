@@ -1,5 +1,6 @@
 """``chronicle.v1.AdminService``: the audit log, forgetting aggregates and
-rewrapping keys. Every RPC needs the admin grant when authentication is on."""
+rewrapping keys. Every RPC needs the admin grant; with authentication off,
+anonymous callers have it only on a server started with --anonymous-admin."""
 
 from __future__ import annotations
 

@@ -28,17 +28,15 @@ import time
 import tomllib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jwt
 from cryptography import x509
 
 from service.errors import ConfigurationError, Unauthenticated
+from service.security.jwt_keys import PublicKey, load_jwt_key
 from service.security.principal import Principal
-
-ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-SYMMETRIC_ALGORITHMS = ("HS256", "HS384", "HS512")
 
 
 def hash_api_key(key: str) -> str:
@@ -103,7 +101,7 @@ class ApiKeys:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JwtVerifier:
-    key: str
+    key: PublicKey | bytes = field(repr=False)  # bytes: an HMAC secret, never in logs
     issuer: str
     algorithms: tuple[str, ...]
     audience: str | None = None
@@ -113,22 +111,24 @@ class JwtVerifier:
     def from_key_file(
         cls, path: str | Path, *, issuer: str, audience: str | None, algorithms: Sequence[str] = ()
     ) -> JwtVerifier:
-        """A PEM file holds a public key (RS*, PS*, ES*, EdDSA); anything else
-        is an HMAC secret (HS*). Only algorithms of the key's kind are
-        accepted, which rules out algorithm confusion."""
-        try:
-            key = Path(path).read_text().strip()
-        except OSError as error:
-            raise ConfigurationError(f"cannot read JWT key file {path}: {error}", reason="BAD_JWT_KEY") from error
+        """A PEM public key or an HMAC secret, checked and parsed once
+        (``service.security.jwt_keys``). Only algorithms of the key's kind
+        are accepted, which rules out algorithm confusion."""
         if not issuer:
             raise ConfigurationError("a JWT key needs --jwt-issuer", reason="BAD_JWT_KEY")
-        kind = ASYMMETRIC_ALGORITHMS if key.startswith("-----BEGIN") else SYMMETRIC_ALGORITHMS
-        chosen = tuple(algorithms) or kind
-        if not set(chosen) <= set(kind):
+        loaded = load_jwt_key(path)
+        chosen = tuple(algorithms) or loaded.algorithms
+        if not set(chosen) <= set(loaded.algorithms):
             raise ConfigurationError(
-                f"JWT algorithms {sorted(set(chosen) - set(kind))} do not fit the key in {path}", reason="BAD_JWT_KEY"
+                f"JWT algorithms {sorted(set(chosen) - set(loaded.algorithms))} do not fit the key in {path}",
+                reason="BAD_JWT_KEY",
             )
-        return cls(key=key, issuer=issuer, algorithms=chosen, audience=audience)
+        return cls(key=loaded.key, issuer=issuer, algorithms=chosen, audience=audience)
+
+    @property
+    def symmetric(self) -> bool:
+        """The key is an HMAC secret: whoever reads it can mint tokens."""
+        return isinstance(self.key, bytes)
 
     def verify(self, token: str) -> Principal:
         return self.verify_until(token)[0]
@@ -153,6 +153,10 @@ class JwtVerifier:
             raise Unauthenticated("the token is meant for another audience", reason="WRONG_AUDIENCE") from None
         except jwt.InvalidTokenError as error:
             raise Unauthenticated(f"the token does not verify: {error}", reason="INVALID_TOKEN") from None
+        except jwt.PyJWTError:
+            # Not a fault of the token's claims (the key refused the token's
+            # algorithm, say): nothing of the library's text reaches the caller.
+            raise Unauthenticated("the token does not verify", reason="INVALID_TOKEN") from None
         roles = claims.get("roles", [])
         if not isinstance(roles, list):
             raise Unauthenticated("the token's roles claim must be a list", reason="INVALID_TOKEN")

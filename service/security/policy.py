@@ -26,8 +26,11 @@ becomes ``false``), allows comments beside each grant, and maps one-to-one
 onto this structure. Unknown keys are refused at start-up: a typo in a
 security policy must not silently grant or deny.
 
-With authentication off every caller is anonymous and ``Authorizer.allow_all``
-permits everything.
+With authentication off every caller is anonymous: ``Authorizer.anonymous``
+permits every submit, read and subscription, but administration (the audit
+log, forgetting aggregates, key rotation, projections of no aggregate type)
+only when the operator opted in for local development (``--anonymous-admin``):
+an unauthenticated caller must not be able to erase data irreversibly.
 """
 
 from __future__ import annotations
@@ -132,9 +135,10 @@ def _grant(source: str, name: str, body: object) -> Grant:
     )
 
 
-_EVERYTHING = Grant(
-    submit=frozenset({ANY}), read=frozenset({ANY}), subscribe=frozenset({ANY}), impersonate=True, admin=True
+_EVERYTHING_BUT_ADMIN = Grant(
+    submit=frozenset({ANY}), read=frozenset({ANY}), subscribe=frozenset({ANY}), impersonate=True
 )
+_EVERYTHING = _EVERYTHING_BUT_ADMIN | Grant(admin=True)
 
 
 class Authorizer:
@@ -142,13 +146,15 @@ class Authorizer:
     ``PermissionDenied`` with a machine-readable reason; ``may_*`` return a
     bool for filtering."""
 
-    def __init__(self, policy: Policy | None) -> None:
+    def __init__(self, policy: Policy | None, *, anonymous_admin: bool = False) -> None:
         self._policy = policy
+        self._anonymous_admin = anonymous_admin
 
     @classmethod
-    def allow_all(cls) -> Authorizer:
-        """Authentication is off: every (anonymous) caller may do everything."""
-        return cls(None)
+    def anonymous(cls, *, admin: bool = False) -> Authorizer:
+        """Authentication is off: every (anonymous) caller may submit, read
+        and subscribe to everything, and administer only with ``admin``."""
+        return cls(None, anonymous_admin=admin)
 
     @property
     def enforcing(self) -> bool:
@@ -156,7 +162,7 @@ class Authorizer:
 
     def grant(self, principal: Principal) -> Grant:
         if self._policy is None:
-            return _EVERYTHING
+            return _EVERYTHING if self._anonymous_admin else _EVERYTHING_BUT_ADMIN
         names: Iterable[str] = principal.roles | self._policy.principal_roles.get(principal.name, frozenset())
         granted = Grant()
         for name in names:
@@ -208,8 +214,17 @@ class Authorizer:
         return permitted
 
     def check_admin(self, principal: Principal, action: str) -> None:
-        if not self.grant(principal).admin:
-            raise _denied(principal, f"may not {action}", "ADMIN_DENIED", action=action)
+        if self.grant(principal).admin:
+            return
+        if self._policy is None:
+            raise PermissionDenied(
+                f"anonymous callers may not {action}: authentication is off on this server, and anonymous"
+                " callers are never administrators (turn on --auth and grant admin in the policy; on a"
+                " developer's own machine, --anonymous-admin)",
+                reason="ANONYMOUS_ADMIN_DENIED",
+                metadata={"principal": principal.name, "action": action},
+            )
+        raise _denied(principal, f"may not {action}", "ADMIN_DENIED", action=action)
 
 
 def _denied(principal: Principal, what: str, reason: str, **metadata: str) -> PermissionDenied:

@@ -7,6 +7,7 @@ from pathlib import Path
 import grpc
 
 from service.errors import ConfigurationError
+from service.security.certificates import check_client_ca, check_server_pair
 
 
 def _read(path: str, what: str) -> bytes:
@@ -19,10 +20,13 @@ def _read(path: str, what: str) -> bytes:
 def server_credentials(*, cert_file: str, key_file: str, client_ca_file: str = "") -> grpc.ServerCredentials:
     """Serve TLS with ``cert_file``/``key_file`` (PEM). With ``client_ca_file``
     every client must present a certificate that CA signed: the handshake
-    fails for any other, before a single RPC reaches the service."""
-    key_pair = (_read(key_file, "TLS key"), _read(cert_file, "TLS certificate"))
+    fails for any other, before a single RPC reaches the service. What gRPC
+    would take but cannot serve (a mismatched or weak key, an expired
+    certificate) is refused here, before the port is bound."""
+    key, certificate = _read(key_file, "TLS key"), _read(cert_file, "TLS certificate")
+    check_server_pair(cert_pem=certificate, key_pem=key, cert_file=cert_file, key_file=key_file)
     if not client_ca_file:
-        return grpc.ssl_server_credentials([key_pair])
-    return grpc.ssl_server_credentials(
-        [key_pair], root_certificates=_read(client_ca_file, "client CA"), require_client_auth=True
-    )
+        return grpc.ssl_server_credentials([(key, certificate)])
+    authority = _read(client_ca_file, "client CA")
+    check_client_ca(authority, path=client_ca_file)
+    return grpc.ssl_server_credentials([(key, certificate)], root_certificates=authority, require_client_auth=True)

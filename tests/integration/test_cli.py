@@ -157,10 +157,11 @@ def test_apikey_prints_a_key_and_its_hashed_entry() -> None:
 
 def test_an_operator_forgets_an_aggregate_and_its_events_read_redacted(tmp_path: Path) -> None:
     from service.security.encryption import new_master_key
+    from tests.support.security import write
 
-    keys = tmp_path / "master.keys"
-    keys.write_text(f"k1:{new_master_key()}\n")
-    with server_process(f"sqlite:///{tmp_path}/events.db", extra=["--master-key-file", str(keys)]) as server:
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
+    extra = ["--master-key-file", keys, "--anonymous-admin"]
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
         cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
         forgotten = json.loads(cli("forget", "acc-1", server=server.address).stdout)
         assert forgotten == {"aggregate_id": "acc-1", "already_forgotten": False}

@@ -25,7 +25,9 @@ SECRET_OWNER = "Zelda Quartermain-Oyelaran"
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[Client]:
     keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
-    async with running_server(SqliteStore(tmp_path / "db" / "events.db"), master_key_file=keys) as (_, connected):
+    # Forgetting is an administrator's: anonymous callers are one only by opt-in.
+    store = SqliteStore(tmp_path / "db" / "events.db")
+    async with running_server(store, master_key_file=keys, anonymous_admin=True) as (_, connected):
         yield connected
 
 
@@ -104,7 +106,7 @@ async def test_an_aggregate_without_a_key_cannot_be_forgotten(client: Client) ->
 
 
 async def test_forgetting_needs_encryption() -> None:
-    async with running_server(MemoryStore()) as (_, plain):
+    async with running_server(MemoryStore(), anonymous_admin=True) as (_, plain):
         call = plain.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
         assert await refusal(call) == (grpc.StatusCode.FAILED_PRECONDITION, "ENCRYPTION_OFF")
 

@@ -35,6 +35,7 @@ from tests.support.fuzzing import Answer, Rpc, Values, call, chronicle_rpcs, cor
 from tests.support.grpc_client import command
 from tests.support.postgres import Cluster
 from tests.support.processes import Replica
+from tests.support.security import write
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -121,9 +122,8 @@ class Fuzzed:
 def fuzzed(pg_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     url = pg_cluster.create_database()
     root = tmp_path_factory.mktemp("fuzz")
-    keys = root / "master.keys"
-    keys.write_text(f"k1:{new_master_key()}\n")
-    server = Replica(url, log_path=root / "server.log", extra=["--master-key-file", str(keys)])
+    keys = write(root / "master.keys", f"k1:{new_master_key()}\n")
+    server = Replica(url, log_path=root / "server.log", extra=["--master-key-file", keys])
     try:
         server.start()
         with grpc.insecure_channel(server.address) as channel:

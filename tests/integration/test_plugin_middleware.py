@@ -17,7 +17,7 @@ from tests.support.plugins import quarantine_plugin
 async def test_plugin_middleware_sees_each_command_and_can_refuse_one() -> None:
     plugin, quarantine = quarantine_plugin()
     registry = Registry([bank_account.plugin, plugin])
-    async with running_server(MemoryStore(), registry=registry) as (_, client):
+    async with running_server(MemoryStore(), registry=registry, anonymous_admin=True) as (_, client):
         accepted = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await client.submit(command("acc-1", bank.Deposit(amount=5), metadata={"quarantine": "yes"}))

@@ -7,6 +7,7 @@ from google.protobuf.message import Message
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
 from service.plugins import CommandCall, CommandContext, Middleware, NotFoundError, OldEvent, Plugin, ValidationError
+from service.plugins.projections import Documents, ProjectedEvent
 
 FAIL_AMOUNT = 13
 
@@ -176,3 +177,14 @@ def _card_issued(state: bank.Account, event: bank.AccountOpened) -> None:
 @card.apply(bank.AccountClosed)
 def _card_closed(state: bank.Account, event: bank.AccountClosed) -> None:
     state.closed = True
+
+
+# -- a read model of every aggregate type (an administrator's to read) -------
+
+openings = Plugin("openings")
+every_opening = openings.projection("openings.every_opening")
+
+
+@every_opening.on(bank.AccountOpened)
+def _an_opening(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+    documents.put(envelope.aggregate_id, bank.AccountBalance(owner=event.owner))

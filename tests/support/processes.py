@@ -204,14 +204,19 @@ def server_process(
             process.stdout.close()
 
 
-def serve_until_exit(*args: str) -> subprocess.CompletedProcess[str]:
-    """``chronicle serve --listen 127.0.0.1:0 ARGS`` run to its end: for
-    settings the server must refuse at start-up."""
+def serve_until_exit(
+    *args: str, listen: str | None = "127.0.0.1:0", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``chronicle serve --listen LISTEN ARGS`` run to its end: for settings
+    the server must refuse at start-up. ``listen=None`` leaves the address
+    to ``env`` (``CHRONICLE_LISTEN``) or the default."""
+    where = ["--listen", listen] if listen is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--listen", "127.0.0.1:0", *args],
+        [sys.executable, "-m", "service", "serve", *where, *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **(env or {})},
     )
 
 

@@ -15,7 +15,7 @@ import grpc
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from service.security.credentials import hash_api_key
@@ -68,7 +68,7 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -83,7 +83,9 @@ class Issued:
 class Authority:
     """A certificate authority that lives for one test."""
 
-    def __init__(self, name: str = "Chronicle Test CA") -> None:
+    def __init__(
+        self, name: str = "Chronicle Test CA", *, valid_until: datetime.timedelta = datetime.timedelta(days=1)
+    ) -> None:
         self._key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         self._name = _name(name)
@@ -93,8 +95,8 @@ class Authority:
             .issuer_name(self._name)
             .public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(now - datetime.timedelta(days=2))
+            .not_valid_after(now + valid_until)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -124,11 +126,15 @@ class Authority:
         server: bool = False,
         dns_names: Sequence[str] = ("localhost",),
         ip_addresses: Sequence[str] = ("127.0.0.1",),
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
+        valid_from: datetime.timedelta = datetime.timedelta(minutes=-5),
+        valid_until: datetime.timedelta = datetime.timedelta(days=1),
     ) -> Issued:
-        """A certificate for ``common_name``; a server's names the host by
-        ``dns_names`` and ``ip_addresses`` (none of either: no alternative
-        names at all, only the common name)."""
-        key = ec.generate_private_key(ec.SECP256R1())
+        """A certificate for ``common_name`` (and its key: ``key``, or a new
+        P-256 one) valid from ``valid_from`` to ``valid_until`` relative to
+        now; a server's names the host by ``dns_names`` and ``ip_addresses``
+        (none of either: no alternative names at all, only the common name)."""
+        key = key or ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder()
@@ -136,8 +142,8 @@ class Authority:
             .issuer_name(self._name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(now + valid_from)
+            .not_valid_after(now + valid_until)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         )
         if server:
@@ -175,11 +181,14 @@ class JwtIssuer:
         return jwt.encode(payload, self._key, algorithm="ES256")
 
 
-def write(path: Path, content: str | bytes) -> str:
+def write(path: Path, content: str | bytes, *, mode: int = 0o600) -> str:
+    """Write ``content`` to ``path``, by default readable by its owner only:
+    the server refuses key files that group or others may read."""
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:
         path.write_text(content)
+    path.chmod(mode)
     return str(path)
 
 

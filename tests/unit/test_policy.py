@@ -56,12 +56,22 @@ def test_a_principal_acts_as_itself_or_as_nobody_in_particular() -> None:
     AUTHORIZER.check_user(who("gateway"), "carol")
 
 
-def test_with_authentication_off_everything_is_allowed() -> None:
-    allow_all = Authorizer.allow_all()
-    allow_all.check_submit(ANONYMOUS, "bank.v1.Deposit")
-    allow_all.check_user(ANONYMOUS, "carol")
-    allow_all.check_admin(ANONYMOUS, "forget")
-    assert not allow_all.enforcing
+def test_with_authentication_off_everything_but_administration_is_allowed() -> None:
+    anonymous = Authorizer.anonymous()
+    anonymous.check_submit(ANONYMOUS, "bank.v1.Deposit")
+    anonymous.check_user(ANONYMOUS, "carol")
+    anonymous.check_read(ANONYMOUS, "Account")
+    assert anonymous.may_subscribe(ANONYMOUS, "Account")
+    assert not anonymous.enforcing
+    with pytest.raises(PermissionDenied) as denied:
+        anonymous.check_admin(ANONYMOUS, "forget aggregates")
+    assert denied.value.reason == "ANONYMOUS_ADMIN_DENIED"
+    assert "--anonymous-admin" in denied.value.message
+    assert not anonymous.grant(ANONYMOUS).admin
+
+
+def test_anonymous_callers_administer_only_when_the_operator_opted_in() -> None:
+    Authorizer.anonymous(admin=True).check_admin(ANONYMOUS, "forget aggregates")
 
 
 @pytest.mark.parametrize(

@@ -78,6 +78,7 @@ def test_settings_are_immutable() -> None:
         ({"tls_cert_file": "c.pem"}, "both"),
         ({"tls_client_ca_file": "ca.pem"}, "needs TLS"),
         ({"jwt_key_file": "k.pem"}, "issuer"),
+        ({"auth": True, "policy_file": "p.toml", "api_keys_file": "k.toml", "anonymous_admin": True}, "--auth off"),
     ],
 )
 def test_security_settings_that_cannot_work_are_refused(overrides: dict[str, object], complaint: str) -> None:

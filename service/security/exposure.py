@@ -1,0 +1,59 @@
+"""Who can reach the server, and whether its settings are safe for them.
+
+A server that listens only on loopback is reachable from its own machine;
+any other address (``0.0.0.0``, ``[::]``, a host name, an interface's
+address) may be reachable from the network. There, authentication off
+means that anyone who can connect may submit, read and subscribe to
+everything: the server refuses to start that way unless the operator says
+``--insecure``. With authentication on but no TLS, credentials cross the
+network in the clear: the server starts (a TLS-terminating proxy may be in
+front) but warns. Host names count as reachable even when they resolve to
+loopback: what a name resolves to can change, and the safe answer must not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from service.errors import ConfigurationError
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether ``host:port`` binds loopback only (``127.0.0.0/8``, ``[::1]``,
+    ``localhost``)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(*, listen: str, auth: bool, tls: bool, insecure: bool) -> list[str]:
+    """Refuse (``INSECURE_LISTEN``) to serve beyond loopback with
+    authentication off unless ``insecure``; return the warnings the
+    server should log about what it is about to do."""
+    if is_loopback(listen):
+        return []
+    if not auth and not insecure:
+        raise ConfigurationError(
+            f"refusing to listen on {listen} with authentication off: anyone who can reach it could submit,"
+            " read and subscribe to everything. Turn on --auth (with --policy-file and a credential source,"
+            " see docs/security.md), listen on 127.0.0.1, or pass --insecure (CHRONICLE_INSECURE=true)"
+            " if the network itself keeps strangers out",
+            reason="INSECURE_LISTEN",
+            metadata={"listen": listen},
+        )
+    if not auth:
+        return [
+            f"--insecure: authentication is off and {listen} may be reachable from other machines:"
+            " anyone there may submit, read and subscribe to everything"
+        ]
+    if not tls:
+        return [
+            f"authentication is on but {listen} serves plaintext beyond loopback: bearer tokens and API keys"
+            " cross the network in the clear, where anyone on the path can read and replay them; serve TLS"
+            " (--tls-cert-file, --tls-key-file) unless a TLS-terminating proxy in front is the only client"
+        ]
+    return []

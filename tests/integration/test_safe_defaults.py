@@ -1,0 +1,186 @@
+"""Safe by default, over real sockets and real server processes: a server
+reachable from the network does not start with authentication off unless
+the operator says so, and anonymous callers are never administrators."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from chronicle.v1 import admin_service_pb2 as admin
+from chronicle.v1 import event_service_pb2
+from chronicle.v1 import projection_service_pb2 as projection
+from domain_plugins import bank_account
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.plugins.registry import Registry
+from service.security.encryption import new_master_key
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import Client, command, details_of, running_server
+from tests.support.plugins import openings
+from tests.support.processes import cli, free_port, serve_until_exit, server_process
+from tests.support.security import POLICY, api_key_file, write
+
+# -- listening beyond loopback ------------------------------------------------
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "db-host.internal:0"])
+def test_the_server_refuses_to_listen_beyond_loopback_without_auth(listen: str) -> None:
+    result = serve_until_exit("--database-url", "memory://", listen=listen)
+    assert result.returncode == 2
+    assert "error: INSECURE_LISTEN: refusing to listen on" in result.stderr
+    assert "--auth" in result.stderr and "--insecure" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_environment_alone_cannot_expose_an_unauthenticated_server() -> None:
+    """As in the Docker image: CHRONICLE_LISTEN=0.0.0.0:… and no other setting."""
+    result = serve_until_exit(listen=None, env={"CHRONICLE_LISTEN": "0.0.0.0:0", "CHRONICLE_DATABASE_URL": "memory://"})
+    assert result.returncode == 2
+    assert "INSECURE_LISTEN" in result.stderr
+
+
+def output_of_a_served_start(*extra: str, port: int | None = None, env: dict[str, str] | None = None) -> str:
+    """Start a server with ``extra`` settings, wait until it serves (health
+    answers on loopback), stop it cleanly and return what it printed."""
+    extra = ("--shutdown-drain", "0", *extra)
+    with server_process("memory://", extra=extra, port=port, env=env) as server:
+        assert server.stop(signal.SIGTERM) == 0
+        assert server.process.stdout is not None
+        return server.process.stdout.read()
+
+
+def test_insecure_serves_beyond_loopback_and_says_so() -> None:
+    port = free_port()
+    output = output_of_a_served_start("--listen", f"0.0.0.0:{port}", "--insecure", port=port)
+    assert f"--insecure: authentication is off and 0.0.0.0:{port} may be reachable from other machines" in output
+
+
+def test_authentication_over_plaintext_beyond_loopback_warns(tmp_path: Path) -> None:
+    port = free_port()
+    auth = [
+        "--auth",
+        "--policy-file", write(tmp_path / "policy.toml", POLICY),
+        "--api-keys-file", api_key_file(tmp_path / "keys.toml", [("chr_root-key-000000000000", "root", [])]),
+    ]  # fmt: skip
+    beyond = output_of_a_served_start("--listen", f"0.0.0.0:{port}", *auth, port=port)
+    assert f"authentication is on but 0.0.0.0:{port} serves plaintext beyond loopback" in beyond
+    assert "serves plaintext" not in output_of_a_served_start(*auth)  # on loopback
+
+
+def test_the_environment_variable_says_insecure_too() -> None:
+    port = free_port()
+    output = output_of_a_served_start("--listen", f"0.0.0.0:{port}", port=port, env={"CHRONICLE_INSECURE": "true"})
+    assert "--insecure: authentication is off" in output
+
+
+# -- anonymous callers --------------------------------------------------------
+
+
+async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    details = details_of(raised.value)
+    return details.code, details.reason
+
+
+@pytest.fixture(params=[False, True], ids=["default", "anonymous-admin"])
+async def anonymous(request: pytest.FixtureRequest) -> AsyncIterator[tuple[bool, Client]]:
+    """A server with authentication off and encryption on (so that forgetting
+    could work), with or without --anonymous-admin."""
+    registry = Registry([bank_account.plugin, openings])
+    settings = {"master_keys": f"k1:{new_master_key()}", "anonymous_admin": request.param}
+    async with running_server(MemoryStore(), registry=registry, **settings) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        yield request.param, client
+
+
+async def test_anonymous_callers_administer_only_with_the_operators_opt_in(anonymous: tuple[bool, Client]) -> None:
+    opted_in, client = anonymous
+    calls = {
+        "forget": client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1")),
+        "rewrap": client.admin.RewrapKeys(admin.RewrapKeysRequest()),
+        "audit": client.admin.QueryAudit(admin.QueryAuditRequest()),
+        "projection of every aggregate type": client.projections.GetProjection(
+            projection.GetProjectionRequest(name="openings.every_opening")
+        ),
+    }
+    for name, call in calls.items():
+        if opted_in:
+            await call
+        else:
+            assert await refusal(call) == (grpc.StatusCode.PERMISSION_DENIED, "ANONYMOUS_ADMIN_DENIED"), name
+    state = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+    if opted_in:
+        assert await refusal(state) == (grpc.StatusCode.FAILED_PRECONDITION, "AGGREGATE_FORGOTTEN")
+    else:
+        account = bank.Account()
+        assert (await state).state.Unpack(account)
+        assert account.owner == "ann"  # nothing was forgotten
+
+
+async def test_anonymous_callers_still_submit_read_subscribe_and_read_projections(
+    anonymous: tuple[bool, Client],
+) -> None:
+    _, client = anonymous
+    await client.submit(command("acc-1", bank.Deposit(amount=5)))
+    events = [
+        e async for e in client.events.ReadAggregate(event_service_pb2.ReadAggregateRequest(aggregate_id="acc-1"))
+    ]
+    assert [e.version for e in events] == [1, 2]
+    status = await client.projections.GetProjection(projection.GetProjectionRequest(name="bank.balances_by_owner"))
+    assert status.aggregate_types == ["Account"]
+    stream = client.events.Subscribe(event_service_pb2.SubscribeRequest())
+    async for response in stream:
+        if response.HasField("caught_up"):
+            break
+    stream.cancel()
+
+
+async def test_the_refusal_says_why_and_what_to_do() -> None:
+    async with running_server(MemoryStore()) as (_, client):
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.admin.QueryAudit(admin.QueryAuditRequest())
+    details = details_of(raised.value)
+    assert details.message.startswith("anonymous callers may not query the audit log: authentication is off")
+    assert "--auth" in details.message and "--anonymous-admin" in details.message
+    assert details.metadata == {"principal": "", "action": "query the audit log"}
+
+
+def test_a_developers_server_serves_the_cli_but_not_its_admin_commands(tmp_path: Path) -> None:
+    """``make run``: loopback, authentication off, no other setting."""
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 7}', server=server.address)
+        assert json.loads(cli("get", "acc-1", server=server.address).stdout)["state"]["balance"] == "7"
+        assert len(cli("read", "acc-1", server=server.address).stdout.splitlines()) == 2
+        refused = [
+            cli(*admin_command, server=server.address, check=False)
+            for admin_command in (["forget", "acc-1"], ["audit"])
+        ]
+        server.stop()
+        assert server.process.stdout is not None
+        banner = server.process.stdout.read()
+    for result in refused:
+        assert result.returncode == 1
+        assert "error: PERMISSION_DENIED ANONYMOUS_ADMIN_DENIED: anonymous callers may not" in result.stderr
+    assert (
+        "authentication OFF: anonymous callers may submit, read and subscribe to everything (not administer)" in banner
+    )
+
+
+# -- master keys on the command line ------------------------------------------
+
+
+def test_master_keys_on_the_command_line_warn_and_in_the_environment_do_not() -> None:
+    key = f"k1:{new_master_key()}"
+    flagged = output_of_a_served_start("--master-keys", key)
+    assert "--master-keys on the command line is visible to every user of this machine" in flagged
+    from_the_environment = output_of_a_served_start(env={"CHRONICLE_MASTER_KEYS": key})
+    assert "payloads encrypted at rest" in from_the_environment
+    assert "--master-keys" not in from_the_environment
+    assert key.split(":")[1] not in flagged + from_the_environment

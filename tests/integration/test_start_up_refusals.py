@@ -1,0 +1,124 @@
+"""Keys, secrets and certificates the server refuses when it starts, checked
+on real server processes: exit status 2 and one line that says what is
+wrong with which file, never a traceback or a library's text."""
+
+from __future__ import annotations
+
+import datetime
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+
+from service.errors import ConfigurationError
+from service.security.encryption import new_master_key
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import running_server
+from tests.support.processes import serve_until_exit, server_process
+from tests.support.security import ISSUER, POLICY, Authority, Issued, JwtIssuer, api_key_file, write
+
+
+def refused(*args: str) -> str:
+    """Start a server with ``args``; return the one line it refused them with."""
+    result = serve_until_exit("--database-url", "memory://", *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    return line
+
+
+def with_jwt_key(tmp_path: Path, key: str) -> list[str]:
+    return [
+        "--auth",
+        "--policy-file", write(tmp_path / "policy.toml", POLICY),
+        "--jwt-key-file", write(tmp_path / "jwt.key", key),
+        "--jwt-issuer", ISSUER,
+    ]  # fmt: skip
+
+
+def test_a_json_web_key_is_refused_at_start_up(tmp_path: Path) -> None:
+    jwk = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key())
+    line = refused(*with_jwt_key(tmp_path, jwk))
+    assert line.startswith(f"error: BAD_JWT_KEY: JWT key file {tmp_path / 'jwt.key'}: holds JSON, a JSON Web Key")
+
+
+def test_a_short_hmac_secret_is_refused_at_start_up(tmp_path: Path) -> None:
+    line = refused(*with_jwt_key(tmp_path, "password123"))
+    assert line.startswith("error: WEAK_KEY: JWT key file")
+    assert "at 11 bytes it is too short" in line
+
+
+def with_tls(tmp_path: Path, certificate: Issued, key: Issued) -> list[str]:
+    return [
+        "--tls-cert-file", write(tmp_path / "server.pem", certificate.certificate),
+        "--tls-key-file", write(tmp_path / "server.key", key.key),
+    ]  # fmt: skip
+
+
+def test_a_key_of_another_certificate_is_refused_as_a_mismatch_not_a_failed_bind(tmp_path: Path) -> None:
+    ca = Authority()
+    line = refused(*with_tls(tmp_path, ca.issue("localhost", server=True), ca.issue("other", server=True)))
+    assert line.startswith(f"error: TLS_KEY_MISMATCH: {tmp_path / 'server.key'}: this TLS key does not belong to")
+    assert "bind" not in line
+
+
+def test_an_expired_certificate_is_refused_at_start_up(tmp_path: Path) -> None:
+    day = datetime.timedelta(days=1)
+    expired = Authority().issue("localhost", server=True, valid_from=-2 * day, valid_until=-day)
+    line = refused(*with_tls(tmp_path, expired, expired))
+    assert line.startswith(f"error: TLS_CERTIFICATE_EXPIRED: {tmp_path / 'server.pem'}: the certificate")
+
+
+# -- key files open to group or others ---------------------------------------
+
+
+def key_file_settings(tmp_path: Path, readable: str) -> dict[str, Any]:
+    """Settings that use each kind of key file, the ``readable`` one with mode 0644."""
+    issued = Authority().issue("localhost", server=True)
+    files = {
+        "tls_key_file": write(tmp_path / "server.key", issued.key),
+        "api_keys_file": api_key_file(tmp_path / "keys.toml", []),
+        "jwt_key_file": write(tmp_path / "jwt.secret", "an-hmac-secret-of-at-least-32-bytes"),
+        "master_key_file": write(tmp_path / "master.keys", f"k1:{new_master_key()}\n"),
+    }
+    Path(files[readable]).chmod(0o644)
+    return {
+        **files,
+        "tls_cert_file": write(tmp_path / "server.pem", issued.certificate),
+        "auth": True,
+        "policy_file": write(tmp_path / "policy.toml", POLICY),
+        "jwt_issuer": ISSUER,
+    }
+
+
+@pytest.mark.parametrize("readable", ["tls_key_file", "api_keys_file", "jwt_key_file", "master_key_file"])
+async def test_a_key_file_open_to_others_is_refused(tmp_path: Path, readable: str) -> None:
+    settings = key_file_settings(tmp_path, readable)
+    with pytest.raises(ConfigurationError) as refused:
+        async with running_server(MemoryStore(), **settings):
+            pass
+    assert refused.value.reason == "KEY_FILE_READABLE"
+    assert refused.value.metadata == {"file": settings[readable], "mode": "0644"}
+
+
+async def test_a_public_jwt_key_may_be_readable_by_anyone(tmp_path: Path) -> None:
+    """It verifies tokens and mints none: no secret."""
+    public = write(tmp_path / "jwt.pem", JwtIssuer().public_key, mode=0o644)
+    policy = write(tmp_path / "policy.toml", POLICY)
+    async with running_server(MemoryStore(), auth=True, policy_file=policy, jwt_key_file=public, jwt_issuer=ISSUER):
+        pass
+
+
+def test_a_readable_master_key_file_stops_the_server_unless_allowed(tmp_path: Path) -> None:
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n", mode=0o640)
+    line = refused("--master-key-file", keys)
+    assert line.startswith(f"error: KEY_FILE_READABLE: the master-key file {keys} is open to its group or to others")
+    extra = ["--master-key-file", keys, "--allow-readable-keys", "--shutdown-drain", "0"]
+    with server_process("memory://", extra=extra) as server:
+        assert server.stop(signal.SIGTERM) == 0
+        assert server.process.stdout is not None
+        output = server.process.stdout.read()
+    assert f"the master-key file {keys} is open to its group or to others (mode 0640); allowed by" in output

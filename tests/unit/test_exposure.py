@@ -1,0 +1,50 @@
+"""Which listen addresses are beyond loopback, and what serving there needs."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.errors import ConfigurationError
+from service.security.exposure import check_exposure, is_loopback
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:50051", "127.8.9.10:1", "[::1]:50051", "localhost:50051"])
+def test_loopback_addresses(listen: str) -> None:
+    assert is_loopback(listen)
+
+
+@pytest.mark.parametrize(
+    "listen",
+    ["0.0.0.0:50051", "[::]:50051", "10.0.0.5:50051", "[fe80::1]:1", "chronicle.internal:50051", "localhost.:1"],
+)
+def test_addresses_beyond_loopback(listen: str) -> None:
+    assert not is_loopback(listen)
+
+
+def test_loopback_needs_nothing() -> None:
+    assert check_exposure(listen="127.0.0.1:50051", auth=False, tls=False, insecure=False) == []
+
+
+def test_beyond_loopback_authentication_off_is_refused() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        check_exposure(listen="0.0.0.0:50051", auth=False, tls=False, insecure=False)
+    assert refused.value.reason == "INSECURE_LISTEN"
+    assert refused.value.metadata == {"listen": "0.0.0.0:50051"}
+
+
+def test_insecure_is_allowed_with_a_warning() -> None:
+    (warning,) = check_exposure(listen="0.0.0.0:50051", auth=False, tls=False, insecure=True)
+    assert warning.startswith("--insecure: authentication is off")
+
+
+def test_authentication_over_plaintext_beyond_loopback_is_allowed_with_a_warning() -> None:
+    (warning,) = check_exposure(listen="0.0.0.0:50051", auth=True, tls=False, insecure=False)
+    assert warning.startswith("authentication is on but 0.0.0.0:50051 serves plaintext beyond loopback")
+
+
+def test_authentication_over_tls_beyond_loopback_needs_no_warning() -> None:
+    assert check_exposure(listen="0.0.0.0:50051", auth=True, tls=True, insecure=False) == []
+
+
+def test_authentication_over_plaintext_on_loopback_needs_no_warning() -> None:
+    assert check_exposure(listen="127.0.0.1:50051", auth=True, tls=False, insecure=False) == []
