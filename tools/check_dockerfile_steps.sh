@@ -126,6 +126,7 @@ certificate = (
 (folder / "server.key").write_bytes(
     key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 )
+(folder / "server.key").chmod(0o600)  # the server refuses a key others can read
 PY
 serve_and_check tls CHRONICLE_LISTEN="127.0.0.1:$(free_port)" \
     CHRONICLE_TLS_CERT_FILE="$work/tls/server.pem" CHRONICLE_TLS_KEY_FILE="$work/tls/server.key"
