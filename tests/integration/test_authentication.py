@@ -19,6 +19,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
 from service.app import Application
 from service.store.memory import MemoryStore
+from tests.support.contents import at_rest
 from tests.support.grpc_client import Client, command, connect, details_of, running_server
 from tests.support.security import POLICY, JwtIssuer, api_key_file, bearer, write
 
@@ -29,6 +30,7 @@ ALICE_KEY = "chr_alice-test-key-0123456789abcdef0123456789"
 class Secured:
     app: Application
     issuer: JwtIssuer
+    store: MemoryStore
 
     def client(self, token: str | None = None) -> AbstractAsyncContextManager[Client]:
         return connect(self.app.address, interceptors=bearer(token) if token is not None else ())
@@ -39,16 +41,16 @@ class Secured:
 
 @pytest.fixture
 async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    issuer = JwtIssuer()
+    issuer, store = JwtIssuer(), MemoryStore()
     async with running_server(
-        MemoryStore(),
+        store,
         auth=True,
         policy_file=write(tmp_path / "policy.toml", POLICY),
         api_keys_file=api_key_file(tmp_path / "keys.toml", [(ALICE_KEY, "alice", [])]),
         jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
         jwt_issuer=issuer.issuer,
     ) as (app, _):
-        yield Secured(app, issuer)
+        yield Secured(app, issuer, store)
 
 
 async def refused(call: object) -> tuple[grpc.StatusCode, str]:
@@ -68,10 +70,14 @@ async def versions(secured: Secured, aggregate_id: str) -> list[int]:
 
 
 async def test_a_call_without_credentials_is_unauthenticated_and_writes_nothing(secured: Secured) -> None:
+    before = await at_rest(secured.store)
     async with secured.client() as anonymous:
         outcome = await refused(anonymous.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
     assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS")
-    assert await versions(secured, "acc-1") == []
+    changes = (await at_rest(secured.store)).changes_since(before)
+    assert list(changes) == ["refusals"]  # the audit entry of the refusal, nothing else
+    (entry,) = changes["refusals"].added
+    assert "NO_CREDENTIALS" in entry
 
 
 async def test_an_unknown_api_key_is_unauthenticated(secured: Secured) -> None:

@@ -23,6 +23,7 @@ from service.processing.projections import ProjectionRunner
 from service.processing.upcasting import EventReader
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite
+from tests.support.contents import contents
 
 REGISTRY = Registry([bank_account.plugin])
 READER = EventReader(REGISTRY)
@@ -148,9 +149,11 @@ async def test_a_failing_handler_stops_the_projection_and_commits_nothing_of_the
     await run(store, "acc-1", bank.Deposit(amount=5))
     await run(store, "acc-1", bank.Deposit(amount=13))
     projection_runner = ProjectionRunner(counted, store, READER)
+    before = await contents(store)
     with pytest.raises(ProjectionFailed) as raised:
         await projection_runner.step(0)
     assert raised.value.reason == "PROJECTION_FAILED"
+    assert (await contents(store)).changes_since(before) == {}
     assert await store.projection_position("sloppy.counts") == 0
     assert await store.load_document("sloppy.counts", "total") is None
 
