@@ -4,7 +4,7 @@ and API keys), the policy, impersonation, reads, and the admin grant."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,8 @@ class Secured:
         return self.client(self.issuer.token(subject, **claims))
 
 
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+@asynccontextmanager
+async def secured_server(tmp_path: Path, *, jwt_audience: str = "") -> AsyncIterator[Secured]:
     issuer, store = JwtIssuer(), MemoryStore()
     async with running_server(
         store,
@@ -49,8 +49,15 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
         api_keys_file=api_key_file(tmp_path / "keys.toml", [(ALICE_KEY, "alice", [])]),
         jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
         jwt_issuer=issuer.issuer,
+        jwt_audience=jwt_audience,
     ) as (app, _):
         yield Secured(app, issuer, store)
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+    async with secured_server(tmp_path) as server:
+        yield server
 
 
 async def refused(call: object) -> tuple[grpc.StatusCode, str]:
@@ -133,6 +140,47 @@ async def test_an_unsigned_none_algorithm_jwt_is_unauthenticated(secured: Secure
     async with secured.client(unsigned) as mallory:
         outcome = await refused(mallory.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
     assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
+# The audience rule (docs/security.md): ``aud`` must name --jwt-audience if
+# it is set, and be absent if it is not.
+AUDIENCE = "https://chronicle.test"
+NOT_SET = object()
+
+
+@pytest.mark.parametrize(
+    ("configured", "aud", "outcome"),
+    [
+        ("", NOT_SET, "alice"),
+        ("", AUDIENCE, "WRONG_AUDIENCE"),
+        ("", [AUDIENCE], "WRONG_AUDIENCE"),
+        (AUDIENCE, AUDIENCE, "alice"),
+        (AUDIENCE, ["https://other.test", AUDIENCE], "alice"),
+        (AUDIENCE, "https://other.test", "WRONG_AUDIENCE"),
+        (AUDIENCE, ["https://other.test"], "WRONG_AUDIENCE"),
+        (AUDIENCE, NOT_SET, "INVALID_TOKEN"),  # PyJWT: 'Token is missing the "aud" claim'
+    ],
+    ids=[
+        "none configured, none sent",
+        "none configured, one sent",
+        "none configured, a list sent",
+        "configured, the same sent",
+        "configured, a list holding it sent",
+        "configured, another sent",
+        "configured, a list without it sent",
+        "configured, none sent",
+    ],
+)
+async def test_a_jwt_audience_must_name_the_configured_one_or_be_absent(
+    tmp_path: Path, configured: str, aud: object, outcome: str
+) -> None:
+    claims = {} if aud is NOT_SET else {"aud": aud}
+    async with secured_server(tmp_path, jwt_audience=configured) as server, server.as_("alice", **claims) as alice:
+        opening = alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+        if outcome == "alice":
+            assert (await opening).events[0].user_id == "alice"
+        else:
+            assert await refused(opening) == (grpc.StatusCode.UNAUTHENTICATED, outcome)
 
 
 async def test_health_checks_need_no_credentials(secured: Secured) -> None:
