@@ -51,8 +51,7 @@ async def test_a_full_aggregate_queue_is_resource_exhausted() -> None:
         await store.entered.wait()  # the worker is busy with the first command
         queued = asyncio.ensure_future(client.submit(command("acc-1", bank.Deposit(amount=1))))
         # The router has no event for "queued"; wait for the condition, not a time.
-        while app.router.queued < 1:  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
+        await eventually(lambda: app.router.queued >= 1, within=10, what="the second command queued")
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await client.submit(command("acc-1", bank.Deposit(amount=2)))
         store.gate.set()
