@@ -75,6 +75,14 @@ class AuditLog:
         return await self._store.read_audit(query)
 
 
+def storable(text: str) -> str:
+    """``text`` as every store can keep it. A refusal may quote what the
+    caller sent, which was refused precisely because it is malformed (an
+    aggregate id with a NUL in it, say), and PostgreSQL's text columns
+    refuse NUL: the entry would be lost, not recorded."""
+    return text.replace("\x00", "\N{REPLACEMENT CHARACTER}")
+
+
 def refusal(
     error: BaseException,
     *,
@@ -91,15 +99,15 @@ def refusal(
         reason, message = "INTERNAL", type(error).__name__
     return AuditEntry(
         recorded_at_us=now_us(),
-        command_id=command_id,
-        command_type=command_type,
-        aggregate_id=aggregate_id,
-        principal=principal,
-        user_id=user_id,
-        origin=origin,
+        command_id=storable(command_id),
+        command_type=storable(command_type),
+        aggregate_id=storable(aggregate_id),
+        principal=storable(principal),
+        user_id=storable(user_id),
+        origin=storable(origin),
         outcome=REFUSED,
         reason=reason,
-        message=message,
+        message=storable(message),
     )
 
 

@@ -10,6 +10,7 @@ import pytest
 from service.errors import ConcurrencyConflict
 from service.store.base import AuditQuery, StoreAdapter
 from service.store.records import ACCEPTED, REFUSED, AuditEntry, Rejection
+from tests.support.contents import contents
 from tests.support.events import command_record, new_event
 
 
@@ -54,9 +55,11 @@ async def test_a_refusal_recorded_with_its_command_is_audited_with_its_reason(st
 
 async def test_a_conflicting_append_leaves_no_audit_entry(store: StoreAdapter) -> None:
     await store.append("a-1", [new_event()], 0)
+    before = await contents(store)
     with pytest.raises(ConcurrencyConflict):
         await store.append("a-1", [new_event()], 0, commands=[replace(command_record("a-1", 1, 1), recorded_at_us=5)])
     assert await store.read_audit(AuditQuery()) == []
+    assert (await contents(store)).changes_since(before) == {}
 
 
 async def test_recorded_refusals_and_command_records_read_as_one_log_newest_first(store: StoreAdapter) -> None:

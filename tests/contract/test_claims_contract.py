@@ -10,6 +10,7 @@ import pytest
 from service.errors import ConcurrencyConflict, NotUnique
 from service.store.base import StoreAdapter
 from service.store.records import HIDDEN_CLAIM_MARK, ClaimChange, HeldClaim
+from tests.support.contents import EVENT_TABLES, contents
 from tests.support.events import command_record, new_event
 
 EMAIL = "users.email"
@@ -45,7 +46,18 @@ async def test_a_value_held_by_another_aggregate_refuses_the_whole_append(store:
 
 async def test_claiming_a_value_the_aggregate_holds_changes_nothing(store: StoreAdapter) -> None:
     await store.append("u-1", [new_event()], 0, claims=[claim("ann@example.com")])
+    before = await contents(store)
     await store.append("u-1", [new_event()], 1, claims=[claim("ann@example.com")])
+    assert set((await contents(store)).changes_since(before)) <= EVENT_TABLES  # the new event, nothing else
+    assert await store.claim_owner(EMAIL, "ann@example.com") == "u-1"
+
+
+async def test_only_the_holder_can_release_a_value(store: StoreAdapter) -> None:
+    await store.append("u-1", [new_event()], 0, claims=[claim("ann@example.com")])
+    before = await contents(store)
+    # Releasing a value it does not hold (held by another, or by no one) changes nothing.
+    await store.append("u-2", [new_event()], 0, claims=[release("ann@example.com"), release("bob@example.com")])
+    assert set((await contents(store)).changes_since(before)) <= EVENT_TABLES
     assert await store.claim_owner(EMAIL, "ann@example.com") == "u-1"
 
 
@@ -55,12 +67,6 @@ async def test_a_released_value_can_be_claimed_by_another_aggregate(store: Store
     assert await store.claim_owner(EMAIL, "ann@example.com") is None
     await store.append("u-2", [new_event()], 0, claims=[claim("ann@example.com")])
     assert await store.claim_owner(EMAIL, "ann@example.com") == "u-2"
-
-
-async def test_only_the_holder_can_release_a_value(store: StoreAdapter) -> None:
-    await store.append("u-1", [new_event()], 0, claims=[claim("ann@example.com")])
-    await store.append("u-2", [new_event()], 0, claims=[release("ann@example.com")])
-    assert await store.claim_owner(EMAIL, "ann@example.com") == "u-1"
 
 
 async def test_scopes_are_independent(store: StoreAdapter) -> None:

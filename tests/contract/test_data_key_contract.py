@@ -7,6 +7,7 @@ import asyncio
 
 from service.store.base import StoreAdapter
 from service.store.records import ClaimChange, DataKey, Snapshot
+from tests.support.contents import contents
 from tests.support.events import new_event
 
 
@@ -66,7 +67,9 @@ async def test_keys_wrapped_by_an_old_master_key_are_listed_for_rewrapping(store
 async def test_rewrapping_replaces_a_key_only_if_it_is_unchanged(store: StoreAdapter) -> None:
     old = await store.create_data_key(key("a-1", "old"))
     assert await store.rewrap_data_key(old, key("a-1", "new", b"n" * 40)) is True
+    before = await contents(store)
     assert await store.rewrap_data_key(old, key("a-1", "newer", b"x" * 40)) is False
+    assert (await contents(store)).changes_since(before) == {}
     assert await store.load_data_key("a-1") == key("a-1", "new", b"n" * 40)
 
 

@@ -7,6 +7,7 @@ import pytest
 from service.errors import ConcurrencyConflict
 from service.store.base import StoreAdapter
 from service.store.records import DocumentWrite, StoredDocument
+from tests.support.contents import contents
 
 
 async def test_a_new_projection_starts_at_zero_with_no_documents(store: StoreAdapter) -> None:
@@ -28,10 +29,15 @@ async def test_documents_and_checkpoint_commit_together(store: StoreAdapter) -> 
 
 async def test_a_commit_from_a_stale_checkpoint_writes_nothing(store: StoreAdapter) -> None:
     await store.commit_projection("p", expected_position=0, new_position=5, writes=[DocumentWrite("k", "t.Doc", b"a")])
+    before = await contents(store)
     with pytest.raises(ConcurrencyConflict):
         await store.commit_projection(
-            "p", expected_position=0, new_position=9, writes=[DocumentWrite("k", "t.Doc", b"b")]
+            "p",
+            expected_position=0,
+            new_position=9,
+            writes=[DocumentWrite("k", "t.Doc", b"b"), DocumentWrite("j", "t.Doc", b"j")],
         )
+    assert (await contents(store)).changes_since(before) == {}
     assert await store.projection_position("p") == 5
     assert await store.load_document("p", "k") == StoredDocument("k", "t.Doc", b"a")
 

@@ -10,6 +10,7 @@ import pytest
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict
 from service.store.base import AggregateQuery, StoreAdapter
 from service.store.records import AggregateHead, LogFilter, Rejection, Snapshot
+from tests.support.contents import contents
 from tests.support.events import command_record, new_event
 
 
@@ -36,10 +37,11 @@ async def test_append_returns_what_read_returns(store: StoreAdapter) -> None:
 
 
 async def test_append_at_a_stale_version_conflicts_and_writes_nothing(store: StoreAdapter) -> None:
-    await store.append("a-1", [new_event(), new_event()], 0)
+    await store.append("a-1", [new_event(), new_event()], 0, commands=[command_record("a-1", 1, 2)])
+    before = await contents(store)
     with pytest.raises(ConcurrencyConflict):
-        await store.append("a-1", [new_event()], 1)
-    assert [e.version for e in await store.read_aggregate("a-1")] == [1, 2]
+        await store.append("a-1", [new_event()], 1, commands=[command_record("a-1", 2, 2)])
+    assert (await contents(store)).changes_since(before) == {}
 
 
 async def test_append_ahead_of_the_aggregate_conflicts(store: StoreAdapter) -> None:

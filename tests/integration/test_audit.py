@@ -113,6 +113,15 @@ async def test_a_malformed_command_is_audited(audited: Audited) -> None:
     assert (entry.command_type, entry.principal, entry.reason) == ("nobody.v1.Knows", "alice", "UNKNOWN_COMMAND_TYPE")
 
 
+async def test_a_command_refused_for_a_nul_in_its_aggregate_id_is_audited_on_every_store(audited: Audited) -> None:
+    # PostgreSQL's text columns refuse NUL: the entry keeps the id with the
+    # NUL replaced, rather than being lost.
+    async with audited.as_("alice") as alice:
+        await attempt(alice, command("acc\x001", bank.OpenAccount(owner="ann"), user_id=""))
+    (entry,) = await audited.entries()
+    assert (entry.aggregate_id, entry.reason) == ("acc\N{REPLACEMENT CHARACTER}1", "INVALID_AGGREGATE_ID")
+
+
 async def test_the_audit_log_filters_by_principal_and_aggregate(audited: Audited) -> None:
     async with audited.as_("alice") as alice:
         await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))

@@ -4,7 +4,7 @@ and API keys), the policy, impersonation, reads, and the admin grant."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
 from service.app import Application
 from service.store.memory import MemoryStore
+from tests.support.contents import at_rest
 from tests.support.grpc_client import Client, command, connect, details_of, running_server
 from tests.support.security import POLICY, JwtIssuer, api_key_file, bearer, write
 
@@ -29,6 +30,7 @@ ALICE_KEY = "chr_alice-test-key-0123456789abcdef0123456789"
 class Secured:
     app: Application
     issuer: JwtIssuer
+    store: MemoryStore
 
     def client(self, token: str | None = None) -> AbstractAsyncContextManager[Client]:
         return connect(self.app.address, interceptors=bearer(token) if token is not None else ())
@@ -37,18 +39,25 @@ class Secured:
         return self.client(self.issuer.token(subject, **claims))
 
 
-@pytest.fixture
-async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
-    issuer = JwtIssuer()
+@asynccontextmanager
+async def secured_server(tmp_path: Path, *, jwt_audience: str = "") -> AsyncIterator[Secured]:
+    issuer, store = JwtIssuer(), MemoryStore()
     async with running_server(
-        MemoryStore(),
+        store,
         auth=True,
         policy_file=write(tmp_path / "policy.toml", POLICY),
         api_keys_file=api_key_file(tmp_path / "keys.toml", [(ALICE_KEY, "alice", [])]),
         jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
         jwt_issuer=issuer.issuer,
+        jwt_audience=jwt_audience,
     ) as (app, _):
-        yield Secured(app, issuer)
+        yield Secured(app, issuer, store)
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+    async with secured_server(tmp_path) as server:
+        yield server
 
 
 async def refused(call: object) -> tuple[grpc.StatusCode, str]:
@@ -68,10 +77,14 @@ async def versions(secured: Secured, aggregate_id: str) -> list[int]:
 
 
 async def test_a_call_without_credentials_is_unauthenticated_and_writes_nothing(secured: Secured) -> None:
+    before = await at_rest(secured.store)
     async with secured.client() as anonymous:
         outcome = await refused(anonymous.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
     assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS")
-    assert await versions(secured, "acc-1") == []
+    changes = (await at_rest(secured.store)).changes_since(before)
+    assert list(changes) == ["refusals"]  # the audit entry of the refusal, nothing else
+    (entry,) = changes["refusals"].added
+    assert "NO_CREDENTIALS" in entry
 
 
 async def test_an_unknown_api_key_is_unauthenticated(secured: Secured) -> None:
@@ -127,6 +140,47 @@ async def test_an_unsigned_none_algorithm_jwt_is_unauthenticated(secured: Secure
     async with secured.client(unsigned) as mallory:
         outcome = await refused(mallory.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
     assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
+# The audience rule (docs/security.md): ``aud`` must name --jwt-audience if
+# it is set, and be absent if it is not.
+AUDIENCE = "https://chronicle.test"
+NOT_SET = object()
+
+
+@pytest.mark.parametrize(
+    ("configured", "aud", "outcome"),
+    [
+        ("", NOT_SET, "alice"),
+        ("", AUDIENCE, "WRONG_AUDIENCE"),
+        ("", [AUDIENCE], "WRONG_AUDIENCE"),
+        (AUDIENCE, AUDIENCE, "alice"),
+        (AUDIENCE, ["https://other.test", AUDIENCE], "alice"),
+        (AUDIENCE, "https://other.test", "WRONG_AUDIENCE"),
+        (AUDIENCE, ["https://other.test"], "WRONG_AUDIENCE"),
+        (AUDIENCE, NOT_SET, "INVALID_TOKEN"),  # PyJWT: 'Token is missing the "aud" claim'
+    ],
+    ids=[
+        "none configured, none sent",
+        "none configured, one sent",
+        "none configured, a list sent",
+        "configured, the same sent",
+        "configured, a list holding it sent",
+        "configured, another sent",
+        "configured, a list without it sent",
+        "configured, none sent",
+    ],
+)
+async def test_a_jwt_audience_must_name_the_configured_one_or_be_absent(
+    tmp_path: Path, configured: str, aud: object, outcome: str
+) -> None:
+    claims = {} if aud is NOT_SET else {"aud": aud}
+    async with secured_server(tmp_path, jwt_audience=configured) as server, server.as_("alice", **claims) as alice:
+        opening = alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+        if outcome == "alice":
+            assert (await opening).events[0].user_id == "alice"
+        else:
+            assert await refused(opening) == (grpc.StatusCode.UNAUTHENTICATED, outcome)
 
 
 async def test_health_checks_need_no_credentials(secured: Secured) -> None:

@@ -3,7 +3,6 @@ as a whole, and clear refusals of malformed batches."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -15,6 +14,7 @@ from domain_plugins.box.protos.box.v1 import box_pb2
 from domain_plugins.users import EMAIL_SCOPE
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.store.base import StoreAdapter
+from tests.support.contents import EVENT_TABLES, at_rest
 from tests.support.grpc_client import Client, ErrorDetails, command, details_of, running_server
 
 
@@ -65,10 +65,13 @@ async def test_one_refused_command_refuses_the_batch_and_nothing_is_appended(
 ) -> None:
     opened, deposit, _ = open_and_deposit()
     overdraw = command("acc-1", bank.Withdraw(amount=31))
+    before = await at_rest(store)
     details = await refusal(client, opened, deposit, overdraw)
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")
     assert (details.metadata["batch_index"], details.metadata["command_id"]) == ("2", overdraw.command_id)
-    assert await store.read_aggregate("acc-1") == []
+    changes = (await at_rest(store)).changes_since(before)
+    assert list(changes) == ["commands"]  # the batch's refusal, recorded for its retries; no event
+    assert len(changes["commands"].added) == 3
 
 
 async def test_a_retried_batch_returns_the_original_results(client: Client, store: StoreAdapter) -> None:
@@ -110,6 +113,7 @@ async def test_a_batch_mixing_processed_and_new_command_ids_is_command_id_reused
 
 async def test_a_batch_losing_a_claim_takes_no_claim_and_appends_nothing(client: Client, store: StoreAdapter) -> None:
     await client.submit(command("user-1", users.RegisterUser(email="bob@example.com", name="Bob")))
+    before = await at_rest(store)
     details = await refusal(
         client,
         command("user-2", users.RegisterUser(email="ann@example.com", name="Ann")),
@@ -120,8 +124,9 @@ async def test_a_batch_losing_a_claim_takes_no_claim_and_appends_nothing(client:
         EMAIL_SCOPE,
         "1",
     )
+    changes = (await at_rest(store)).changes_since(before)
+    assert not {"claims", *EVENT_TABLES} & set(changes), changes
     assert await store.claim_owner(EMAIL_SCOPE, "ann@example.com") is None
-    assert await store.read_aggregate("user-2") == []
 
 
 async def test_a_value_claimed_and_released_within_a_batch_ends_released(client: Client, store: StoreAdapter) -> None:
@@ -167,16 +172,16 @@ async def test_malformed_batches_are_invalid_argument_and_write_nothing(
     client: Client, store: StoreAdapter, case: str
 ) -> None:
     commands, reason, field = _bad_batches()[case]
+    before = await at_rest(store)
     details = await refusal(client, *commands)
     assert (details.code, details.reason, details.field_violations) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         reason,
         [field],
     )
-    for aggregate_id in ("acc-1", "acc-2"):
-        assert await store.read_aggregate(aggregate_id) == []
-    if commands:
-        assert await store.find_command(str(uuid.UUID(commands[0].command_id))) is None
+    changes = (await at_rest(store)).changes_since(before)
+    assert list(changes) == ["refusals"]  # the audit entry of the refusal, nothing else
+    assert all(reason in entry for entry in changes["refusals"].added)
 
 
 async def test_expected_versions_in_a_batch_count_the_commands_before(client: Client) -> None:

@@ -136,11 +136,10 @@ def test_the_audit_log_is_read_with_a_token_and_a_refusal_shows_its_reason(tmp_p
 
 
 def test_apikey_prints_a_key_and_its_hashed_entry() -> None:
+    import hashlib
     import subprocess
     import sys
     import tomllib
-
-    from service.security.credentials import hash_api_key
 
     made = subprocess.run(
         [sys.executable, "-m", "service", "apikey", "alice", "--role", "teller"],
@@ -151,7 +150,7 @@ def test_apikey_prints_a_key_and_its_hashed_entry() -> None:
     )
     key = made.stderr.rsplit(" ", 1)[1].strip()
     (entry,) = tomllib.loads(made.stdout)["keys"]
-    assert entry == {"principal": "alice", "sha256": hash_api_key(key), "roles": ["teller"]}
+    assert entry == {"principal": "alice", "sha256": hashlib.sha256(key.encode()).hexdigest(), "roles": ["teller"]}
     assert key not in made.stdout
 
 
@@ -169,6 +168,43 @@ def test_an_operator_forgets_an_aggregate_and_its_events_read_redacted(tmp_path:
         refused = cli("get", "acc-1", server=server.address, check=False)
     assert (event["redacted"], event["payload"], event["event_type"]) == (True, None, "bank.v1.AccountOpened")
     assert "FAILED_PRECONDITION AGGREGATE_FORGOTTEN" in refused.stderr
+
+
+def test_an_operator_rotates_the_master_key_with_rewrap_keys(tmp_path: Path) -> None:
+    """As docs/security.md says: the new key first, the old one after it,
+    rewrap-keys, then the old key removed; the events still read."""
+    from service.security.encryption import new_master_key
+
+    old, new = f"old:{new_master_key()}", f"new:{new_master_key()}"
+    url, keys = f"sqlite:///{tmp_path}/events.db", tmp_path / "master.keys"
+    extra = ["--master-key-file", str(keys)]
+    keys.write_text(f"{old}\n")
+    with server_process(url, extra=extra) as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+    keys.write_text(f"{new}\n{old}\n")
+    with server_process(url, extra=extra) as server:
+        first = json.loads(cli("rewrap-keys", server=server.address).stdout)
+        again = json.loads(cli("rewrap-keys", server=server.address).stdout)
+    assert first["rewrapped"] >= 1  # the account's key (and the read model's, if it ran)
+    assert again == {"rewrapped": 0}
+    keys.write_text(f"{new}\n")
+    with server_process(url, extra=extra) as server:
+        state = json.loads(cli("get", "acc-1", server=server.address).stdout)
+    assert state["state"] == {"@type": "bank.v1.Account", "owner": "ann"}
+
+
+def test_rewrap_keys_is_refused_to_non_admins_and_without_encryption(tmp_path: Path) -> None:
+    from tests.support.security import POLICY, api_key_file, write
+
+    alice, root = "chr_alice-key-for-the-cli-test-0000000", "chr_root-key-for-the-cli-test-00000000"
+    keys = api_key_file(tmp_path / "keys.toml", [(alice, "alice", []), (root, "root", [])])
+    extra = ["--auth", "--policy-file", write(tmp_path / "policy.toml", POLICY), "--api-keys-file", keys]
+    with server_process("memory://", extra=extra) as server:
+        denied = cli("rewrap-keys", "--token", alice, server=server.address, check=False)
+        off = cli("rewrap-keys", "--token", root, server=server.address, check=False)
+    assert (denied.returncode, off.returncode) == (1, 1)
+    assert "PERMISSION_DENIED ADMIN_DENIED" in denied.stderr
+    assert "FAILED_PRECONDITION ENCRYPTION_OFF" in off.stderr
 
 
 def test_tail_prints_the_stream_and_resumes_after_a_position(tmp_path: Path) -> None:

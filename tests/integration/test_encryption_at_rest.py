@@ -16,6 +16,7 @@ from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.security.encryption import new_master_key
 from service.store.memory import MemoryStore
 from service.store.sqlite import SqliteStore
+from tests.support.contents import at_rest
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.security import write
 
@@ -181,3 +182,112 @@ async def test_forgetting_is_audited_with_who_and_what(tmp_path: Path) -> None:
         "ADMIN_DENIED",
     )
     assert opened.command_type == "bank.v1.OpenAccount"
+
+
+# -- rotating the master key: RewrapKeys ----------------------------------------
+
+OLD = f"old:{new_master_key()}"
+NEW = f"new:{new_master_key()}"
+REWRAP = "chronicle.v1.AdminService/RewrapKeys"
+
+
+async def stale_keys(path: Path, active: str) -> int:
+    """How many live data keys in the SQLite file ``active`` did not wrap."""
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        return len(await store.data_keys_to_rewrap(active, 10_000))
+    finally:
+        await store.close()
+
+
+async def test_rewrapping_moves_every_key_to_the_new_master_key_and_the_old_one_can_go(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    async with running_server(SqliteStore(path), master_keys=OLD) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+        await client.submit(command("user-1", users.RegisterUser(email="zelda@quartermain.example", name="Z")))
+    wrapped_by_old = await stale_keys(path, "new")
+    assert wrapped_by_old >= 2  # the account's key and the e-mail scope's
+    store = SqliteStore(path)
+    async with running_server(store, master_keys=f"{NEW},{OLD}") as (_, client):
+        before = await at_rest(store)
+        rewrapped = await client.admin.RewrapKeys(admin.RewrapKeysRequest())
+        again = await client.admin.RewrapKeys(admin.RewrapKeysRequest())
+        changes = (await at_rest(store)).changes_since(before)
+    assert (rewrapped.rewrapped, again.rewrapped) == (wrapped_by_old, 0)
+    assert await stale_keys(path, "new") == 0
+    assert "events" not in changes  # keys are rewrapped, events left as they are
+    assert len(changes["data_keys"].added) == wrapped_by_old
+    async with running_server(SqliteStore(path), master_keys=NEW) as (_, client):  # the old key removed
+        (event,) = await read(client, "acc-1")
+        opened = bank.AccountOpened()
+        assert event.payload.Unpack(opened)  # type: ignore[attr-defined]
+        assert opened.owner == SECRET_OWNER
+        taken = client.submit(command("user-2", users.RegisterUser(email="zelda@quartermain.example", name="Z")))
+        assert await refusal(taken) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_UNIQUE")
+    async with running_server(SqliteStore(path), master_keys=OLD) as (_, client):  # only the retired key
+        get = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+        assert await refusal(get) == (grpc.StatusCode.INTERNAL, "MASTER_KEY_MISSING")
+
+
+async def test_rewrapping_needs_the_admin_grant_and_both_outcomes_are_audited(tmp_path: Path) -> None:
+    from tests.support.grpc_client import connect
+    from tests.support.security import POLICY, JwtIssuer, bearer
+
+    store = MemoryStore()
+    async with running_server(store, master_keys=OLD) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    issuer = JwtIssuer()
+    async with running_server(
+        store,
+        master_keys=f"{NEW},{OLD}",
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    ) as (app, _):
+        async with connect(app.address, interceptors=bearer(issuer.token("alice"))) as alice:
+            before = await at_rest(store)
+            denied = alice.admin.RewrapKeys(admin.RewrapKeysRequest())
+            assert await refusal(denied) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
+            changes = (await at_rest(store)).changes_since(before)
+            assert list(changes) == ["refusals"]  # its audit entry; no key rewrapped
+        async with connect(app.address, interceptors=bearer(issuer.token("root"))) as root:
+            assert (await root.admin.RewrapKeys(admin.RewrapKeysRequest())).rewrapped >= 1
+            audit = await root.admin.QueryAudit(admin.QueryAuditRequest())
+    done, refused = [e for e in audit.entries if e.command_type == REWRAP]
+    assert (done.principal, done.outcome, done.reason, done.command_id) == (
+        "root",
+        admin.AUDIT_OUTCOME_ACCEPTED,
+        "",
+        "",
+    )
+    assert (refused.principal, refused.outcome, refused.reason) == (
+        "alice",
+        admin.AUDIT_OUTCOME_REFUSED,
+        "ADMIN_DENIED",
+    )
+
+
+async def test_rewrapping_needs_encryption_and_the_refusal_is_audited() -> None:
+    async with running_server(MemoryStore()) as (_, plain):
+        call = plain.admin.RewrapKeys(admin.RewrapKeysRequest())
+        assert await refusal(call) == (grpc.StatusCode.FAILED_PRECONDITION, "ENCRYPTION_OFF")
+        audit = await plain.admin.QueryAudit(admin.QueryAuditRequest())
+    (entry,) = audit.entries
+    assert (entry.command_type, entry.outcome, entry.reason) == (REWRAP, admin.AUDIT_OUTCOME_REFUSED, "ENCRYPTION_OFF")
+
+
+async def test_a_master_key_whose_bytes_changed_under_its_id_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    async with running_server(SqliteStore(path), master_keys=f"k1:{new_master_key()}") as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+    async with running_server(SqliteStore(path), master_keys=f"k1:{new_master_key()}") as (_, client):
+        get = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+        assert await refusal(get) == (grpc.StatusCode.INTERNAL, "MASTER_KEY_MISMATCH")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await read(client, "acc-1")
+        assert (details_of(raised.value).code, details_of(raised.value).reason) == (
+            grpc.StatusCode.INTERNAL,
+            "MASTER_KEY_MISMATCH",
+        )

@@ -74,8 +74,12 @@ async def test_connections_terminated_mid_transaction_lose_nothing_and_commit_no
             # And every connection of the server at once, under load.
             async with load.writing([client], WRITERS):
                 await acknowledged(history, 100)
+                unavailable = load.errors["UNAVAILABLE"]
                 assert await asyncio.to_thread(terminate_backends, postgres_url) > 0
                 await acknowledged(history, len(history.acknowledged) + 100)
+            # It hit the load: commands on the terminated connections failed (and were retried).
+            print(f"terminating every connection failed {load.errors['UNAVAILABLE'] - unavailable} attempts")
+            assert load.errors["UNAVAILABLE"] > unavailable, "the terminated connections should have failed commands"
             await health_becomes(server.address, "SERVING")
         await caught_up(subscriber, log_head(postgres_url), follower=follower)
     check_invariants(history, postgres_url, REGISTRY, subscribers=[subscriber])

@@ -16,7 +16,9 @@ from service.app import start
 from service.errors import ConfigurationError, StoreUnavailable
 from service.store.postgres import PostgresStore
 from service.store.postgres.migrations import known_migrations
-from service.store.records import LogFilter
+from service.store.records import ClaimChange, LogFilter, Snapshot
+from tests.support.contents import contents
+from tests.support.events import command_record, new_event
 from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of
 from tests.support.postgres import Cluster
 from tests.support.processes import serve_until_exit
@@ -39,12 +41,18 @@ async def test_replicas_starting_together_apply_each_migration_once(postgres_url
 async def test_opening_an_up_to_date_schema_changes_nothing(postgres_url: str) -> None:
     first = PostgresStore(postgres_url, pool_size=1)
     await first.open()
-    await first.append("a-1", [], 0)
+    email = ClaimChange("users.email", "ann@example.com")
+    await first.append("u-1", [new_event()], 0, commands=[command_record("u-1", 1, 1)], claims=[email])
+    await first.save_snapshot(Snapshot("u-1", "User", 1, "users.v1.User", 1, b"x"))
     await first.close()
+    before = await contents(first)
     second = PostgresStore(postgres_url, pool_size=1)
     await second.open()
-    await second.ping()
-    await second.close()
+    try:
+        await second.ping()
+        assert (await contents(second)).changes_since(before) == {}  # schema, migrations and rows alike
+    finally:
+        await second.close()
 
 
 async def test_a_schema_newer_than_the_code_is_refused(postgres_url: str) -> None:

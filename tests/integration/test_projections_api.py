@@ -105,14 +105,22 @@ async def test_a_server_killed_while_projecting_applies_every_event_exactly_once
             for i in range(12):
                 await client.submit(command(f"acc-{i}", bank.OpenAccount(owner=owners[i % 3])))
 
+            acknowledged = 0
+
             async def load(worker: int) -> None:
+                nonlocal acknowledged
                 for n in range(25):
                     await submit_retrying(client, command(f"acc-{(worker + n) % 12}", bank.Deposit(amount=worker + 1)))
+                    acknowledged += 1
 
-            writers = asyncio.gather(*(load(w) for w in range(8)))
-            await asyncio.sleep(0.5)
+            writers = asyncio.gather(*(load(w) for w in range(8)), return_exceptions=True)
+            await eventually(lambda: acknowledged >= 40, what="the load running")
+            assert not writers.done()
             first.stop(signal.SIGKILL)  # mid-load, mid-projection
-            await asyncio.gather(writers, return_exceptions=True)
+            ended = await writers
+            # The load was cut short: writers gave up on the dead server.
+            assert acknowledged < 8 * 25
+            assert all(isinstance(e, grpc.aio.AioRpcError) for e in ended if e is not None), ended
 
     with server_process(postgres_url, extra=["--poll-seconds", "0.1"]) as second:
         async with connect(second.address) as client:

@@ -21,6 +21,7 @@ from service.store.records import LogFilter, NewEvent
 from tests.support.events import new_event
 from tests.support.grpc_client import Client, command, connect, running_server, submit_retrying
 from tests.support.processes import server_process
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -112,7 +113,9 @@ async def test_interleaved_writers_never_make_a_reader_skip(store: PostgresStore
 async def subscribe_all(
     client: Client, received: dict[str, Any], *, after: int = 0, stop_after: int | None = None
 ) -> int:
-    """Follow the log, recording events by id; return the last position heard."""
+    """Follow the log, recording events by id; return the last position heard.
+    Its assertions fail the task running it, so whoever runs it must await
+    it (see ``stop_followers``) for them to count."""
     last = after
     call = client.events.Subscribe(pb.SubscribeRequest(after_position=after))
     count = 0
@@ -133,6 +136,15 @@ async def subscribe_all(
     return last
 
 
+async def stopped(followers: list[asyncio.Task[Any]]) -> list[BaseException]:
+    """Cancel the followers; return what any of them failed with before it
+    was cancelled (a task's exception is lost unless someone awaits it)."""
+    for task in followers:
+        task.cancel()
+    outcomes = await asyncio.gather(*followers, return_exceptions=True)
+    return [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError)]
+
+
 @pytest.mark.slow
 async def test_thousands_of_events_from_two_replicas_reach_every_subscriber_exactly_once(postgres_url: str) -> None:
     rng = random.Random(3)
@@ -145,10 +157,6 @@ async def test_thousands_of_events_from_two_replicas_reach_every_subscriber_exac
             on_first: dict[str, Any] = {}
             on_second: dict[str, Any] = {}
             resumer: dict[str, Any] = {}
-            followers: list[asyncio.Task[Any]] = [
-                asyncio.create_task(subscribe_all(clients[0], on_first)),
-                asyncio.create_task(subscribe_all(clients[1], on_second)),
-            ]
 
             async def resuming_subscriber() -> None:
                 # Disconnects every 300 events and resumes where it left off,
@@ -158,30 +166,38 @@ async def test_thousands_of_events_from_two_replicas_reach_every_subscriber_exac
                     position = await subscribe_all(clients[turn % 2], resumer, after=position, stop_after=300)
                     turn += 1
 
-            followers.append(asyncio.create_task(resuming_subscriber()))
-            accounts = [f"acc-{i}" for i in range(40)]
-            for account in accounts:
-                await submit_retrying(rng.choice(clients), command(account, bank.OpenAccount(owner="o")))
+            followers: list[asyncio.Task[Any]] = [
+                asyncio.create_task(subscribe_all(clients[0], on_first), name="subscriber on the first replica"),
+                asyncio.create_task(subscribe_all(clients[1], on_second), name="subscriber on the second replica"),
+                asyncio.create_task(resuming_subscriber(), name="resuming subscriber"),
+            ]
+            try:
+                accounts = [f"acc-{i}" for i in range(40)]
+                for account in accounts:
+                    await submit_retrying(rng.choice(clients), command(account, bank.OpenAccount(owner="o")))
 
-            async def writer(index: int) -> None:
-                for _ in range(75):
-                    account = rng.choice(accounts)
-                    await submit_retrying(clients[index % 2], command(account, bank.Deposit(amount=1)))
+                async def writer(index: int) -> None:
+                    for _ in range(75):
+                        account = rng.choice(accounts)
+                        await submit_retrying(clients[index % 2], command(account, bank.Deposit(amount=1)))
 
-            await asyncio.gather(*(writer(i) for i in range(40)))
-            with psycopg.connect(postgres_url) as conn:
-                committed = {str(r[0]) for r in conn.execute("SELECT event_id FROM chronicle.events").fetchall()}
-            assert len(committed) == 40 + 40 * 75
+                await asyncio.gather(*(writer(i) for i in range(40)))
+                with psycopg.connect(postgres_url) as conn:
+                    committed = {str(r[0]) for r in conn.execute("SELECT event_id FROM chronicle.events").fetchall()}
+                assert len(committed) == 40 + 40 * 75
 
-            async def all_received() -> bool:
-                return all(set(r) == committed for r in (on_first, on_second, resumer))
+                def all_received() -> bool:
+                    for task in followers:
+                        if task.done():  # a follower ends only by failing: raise what it failed with
+                            task.result()
+                            raise AssertionError(f"the {task.get_name()} ended")
+                    return all(set(r) == committed for r in (on_first, on_second, resumer))
 
-            for _ in range(200):
-                if await all_received():
-                    break
-                await asyncio.sleep(0.1)
-            for task in followers:
-                task.cancel()
+                await eventually(all_received, within=20, what="every subscriber receiving every event")
+            finally:
+                failures = await stopped(followers)
+            if failures:  # a check that failed after the last event arrived
+                raise failures[0]
             for received in (on_first, on_second, resumer):
                 assert set(received) == committed
                 positions = sorted(e.position for e in received.values())

@@ -47,6 +47,9 @@ FAULT_EVERY = 5.0  # seconds between the end of one fault and the next
 WARM_UP = 15.0
 QUIET = 15.0
 SECONDS = float(os.environ.get("CHRONICLE_SOAK_SECONDS", "180"))
+# Longer than the suite's per-test timeout (pyproject.toml): the soak runs for
+# minutes by design, and still fails rather than hangs.
+SOAK_TIMEOUT = int(WARM_UP + SECONDS + QUIET) + 600
 FLAGS = ["--health-interval", "0.5", "--shutdown-drain", "0.5", "--shutdown-grace", "10", "--idle-timeout", "5"]
 # Tolerances for "back to where they started": the steady replica's RSS may
 # grow by allocator fragmentation and caches filling, not by a leak per
@@ -137,6 +140,7 @@ class Soak:
             self.injected[name] += 1
 
 
+@pytest.mark.timeout(SOAK_TIMEOUT)
 async def test_soak(private_cluster: Cluster, tmp_path: Path, followers: Followers) -> None:
     url = private_cluster.create_database()
     history = History()

@@ -55,6 +55,7 @@ class Operation:
     outcome: str = "pending"  # "ok", "refused", "unknown"
     event_ids: tuple[str, ...] = ()
     reason: str = ""
+    failed_attempts: list[str] = field(default_factory=list)  # how each attempt without an answer ended
 
 
 @dataclass
@@ -77,8 +78,15 @@ class History:
 
     def unknown(self, op: Operation, error: grpc.aio.AioRpcError | str) -> None:
         """No answer, or one that leaves open whether the command ran."""
+        failure = error if isinstance(error, str) else error.code().name
+        op.failed_attempts.append(failure)
         if op.outcome == "pending":
-            op.outcome, op.reason = "unknown", error if isinstance(error, str) else error.code().name
+            op.outcome, op.reason = "unknown", failure
+
+    @property
+    def in_flight(self) -> list[Operation]:
+        """Operations sent (or about to be) and not yet answered for good."""
+        return [op for op in self.operations.values() if op.outcome in ("pending", "unknown")]
 
     @property
     def acknowledged(self) -> list[Operation]:

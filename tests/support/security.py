@@ -4,6 +4,7 @@ policy files, and a client interceptor that sends a bearer token."""
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import time
 from collections.abc import Callable, Sequence
@@ -17,8 +18,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
-
-from service.security.credentials import hash_api_key
 
 ISSUER = "https://issuer.test"
 
@@ -193,11 +192,13 @@ def write(path: Path, content: str | bytes, *, mode: int = 0o600) -> str:
 
 
 def api_key_file(path: Path, keys: Sequence[tuple[str, str, Sequence[str]]]) -> str:
-    """(key, principal, roles) entries, stored hashed as the server wants them."""
+    """(key, principal, roles) entries, stored as the documented format says:
+    the hex SHA-256 of the key (computed here, not by the code under test)."""
     lines = []
     for key, principal, roles in keys:
         quoted = ", ".join(f'"{r}"' for r in roles)
-        lines.append(f'[[keys]]\nprincipal = "{principal}"\nsha256 = "{hash_api_key(key)}"\nroles = [{quoted}]\n')
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        lines.append(f'[[keys]]\nprincipal = "{principal}"\nsha256 = "{digest}"\nroles = [{quoted}]\n')
     return write(path, "\n".join(lines))
 
 

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 20.0, what: str = "condition") -> None:
-    """Poll ``check`` until it returns True; fail after ``within`` seconds.
+async def eventually(
+    check: Callable[[], bool | Awaitable[bool]], *, within: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll ``check`` (a function, or a coroutine function) until it returns
+    True; fail after ``within`` seconds.
 
     Tests assert the outcome, not how fast it came: ``within`` only bounds
     how long a broken build waits before failing.
     """
     deadline = time.monotonic() + within
     while True:
-        if await check():
+        done = check()
+        if inspect.isawaitable(done):
+            done = await done
+        if done:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {within}s")

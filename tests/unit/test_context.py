@@ -21,6 +21,7 @@ from service.processing.router import Router
 from service.store.base import Store
 from service.store.memory import MemoryStore
 from tests.support import plugins
+from tests.support.contents import contents
 from tests.support.events import new_event
 
 REGISTRY = Registry([plugins.cards])
@@ -98,15 +99,19 @@ async def test_a_value_held_by_another_aggregate_is_not_unique_with_the_scope(
 
 
 async def test_a_refusal_after_a_claim_leaves_no_claim(router: Router, store: MemoryStore) -> None:
+    before = await contents(store)
     with pytest.raises(ValidationError):
         await router.submit(request("card-1", bank.Withdraw(amount=1)))
+    changes = (await contents(store)).changes_since(before)
+    assert list(changes) == ["commands"]  # the record of the refusal, for its retries; no claim
     assert await store.claim_owner(SCOPE, "acc-1") is None
 
 
 async def test_a_failing_handler_after_a_claim_leaves_no_claim(router: Router, store: MemoryStore) -> None:
+    before = await contents(store)
     with pytest.raises(HandlerFailed):
         await router.submit(request("card-1", bank.Withdraw(amount=plugins.FAIL_AMOUNT)))
-    assert await store.claim_owner(SCOPE, "acc-1") is None
+    assert (await contents(store)).changes_since(before) == {}
 
 
 def test_claim_values_must_be_printable_and_bounded() -> None:

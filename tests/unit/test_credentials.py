@@ -1,13 +1,34 @@
-"""The authenticator's memory of verified JWTs: never past their expiry,
-never for a token that failed."""
+"""API keys stored as the documented digest, and the authenticator's memory
+of verified JWTs: never past their expiry, never for a token that failed."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from service.errors import Unauthenticated
-from service.security.credentials import Authenticator, JwtVerifier
+from service.security.credentials import ApiKeys, Authenticator, JwtVerifier, hash_api_key
 from service.security.principal import Principal
+
+# SHA-256 of "abc", the FIPS 180-2 test vector: the key file holds the hex
+# SHA-256 of the key's UTF-8 bytes (docs/security.md), so an operator's
+# `sha256sum` makes an entry as well as `chronicle apikey` does.
+ABC_SHA256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_an_api_key_is_stored_as_the_hex_sha256_of_its_bytes() -> None:
+    assert hash_api_key("abc") == ABC_SHA256
+
+
+def test_a_key_file_entry_written_by_hand_authenticates_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text(f'[[keys]]\nprincipal = "alice"\nsha256 = "{ABC_SHA256.upper()}"\nroles = ["teller"]\n')
+    keys = ApiKeys.load(path)
+    assert keys.verify("abc") == Principal("alice", "api-key", frozenset({"teller"}))
+    with pytest.raises(Unauthenticated):
+        keys.verify("abd")
+
 
 TOKEN = {"authorization": "Bearer eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl"}
 

@@ -65,6 +65,13 @@ def test_a_data_key_wrapped_by_a_removed_master_key_is_a_clear_error() -> None:
     assert missing.value.reason == "MASTER_KEY_MISSING"
 
 
+def test_a_master_key_with_the_right_id_but_other_bytes_is_a_clear_error() -> None:
+    master_key_id, wrapped = MasterKeys.parse(f"k1:{new_master_key()}", source="t").wrap(b"k" * 32)
+    with pytest.raises(ConfigurationError) as mismatch:
+        MasterKeys.parse(f"k1:{new_master_key()}", source="t").unwrap(DataKey("a-1", master_key_id, wrapped))
+    assert mismatch.value.reason == "MASTER_KEY_MISMATCH"
+
+
 @pytest.mark.parametrize(
     "text",
     ["", "nocolon", f"a:{base64.b64encode(os.urandom(16)).decode()}", "a:not base64!", "a:{k},a:{k}"],

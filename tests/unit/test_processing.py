@@ -26,6 +26,7 @@ from service.store.base import Store, StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
 from tests.support import plugins
+from tests.support.contents import contents
 from tests.support.instrumented import ObservedStore
 from tests.support.waiting import eventually
 
@@ -104,8 +105,10 @@ async def test_a_failing_handler_writes_nothing_and_the_worker_keeps_serving() -
     store = MemoryStore()
     router = router_over(store, registry=FAULTY)
     await router.submit(faulty("w-1", bank.Deposit(amount=5)))
+    before = await contents(store)
     with pytest.raises(HandlerFailed):
         await router.submit(faulty("w-1", bank.Deposit(amount=plugins.FAIL_AMOUNT)))
+    assert (await contents(store)).changes_since(before) == {}
     result = await router.submit(faulty("w-1", bank.Deposit(amount=6)))
     assert result.version == 2
     assert [e.version for e in await store.read_aggregate("w-1")] == [1, 2]
@@ -115,10 +118,11 @@ async def test_a_failing_handler_writes_nothing_and_the_worker_keeps_serving() -
 async def test_a_handler_returning_a_non_event_fails_without_writing() -> None:
     store = MemoryStore()
     router = router_over(store, registry=FAULTY)
+    before = await contents(store)
     with pytest.raises(HandlerFailed) as raised:
         await router.submit(faulty("w-1", bank.Withdraw(amount=1)))
     assert raised.value.reason == "UNREGISTERED_EVENT"
-    assert await store.read_aggregate("w-1") == []
+    assert (await contents(store)).changes_since(before) == {}
     await router.close()
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from service.store.records import ClaimChange, Snapshot
 from service.store.sqlite import SCHEMA_VERSION, SqliteStore
-from tests.support.events import new_event
+from tests.support.contents import contents
+from tests.support.events import command_record, new_event
 
 
 def _version_one_file(path: Path) -> None:
@@ -43,12 +44,17 @@ async def test_a_version_one_file_is_migrated_and_keeps_its_snapshots(tmp_path: 
 
 async def test_opening_a_current_file_again_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
-    for _ in range(2):
-        store = SqliteStore(path)
-        await store.open()
-        await store.save_snapshot(Snapshot("a-1", "Account", 3, "bank.v1.Account", 1, b"x"))
-        await store.close()
+    store = SqliteStore(path)
+    await store.open()
+    email = ClaimChange("users.email", "ann@example.com")
+    await store.append("u-1", [new_event()], 0, commands=[command_record("u-1", 1, 1)], claims=[email])
+    await store.save_snapshot(Snapshot("u-1", "User", 1, "users.v1.User", 1, b"x"))
+    await store.close()
+    before = await contents(store)
     reopened = SqliteStore(path)
     await reopened.open()
-    assert await reopened.load_snapshot("a-1") == Snapshot("a-1", "Account", 3, "bank.v1.Account", 1, b"x")
-    await reopened.close()
+    try:
+        assert (await contents(reopened)).changes_since(before) == {}  # schema and rows alike
+        assert await reopened.load_snapshot("u-1") == Snapshot("u-1", "User", 1, "users.v1.User", 1, b"x")
+    finally:
+        await reopened.close()

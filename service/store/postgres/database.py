@@ -53,7 +53,7 @@ _WRITERS = 2
 
 class Database:
     def __init__(self, url: str, *, connections: int, connect_timeout: float, lock_timeout: float) -> None:
-        self._url = url
+        self.url = self._url = url
         self._size = max(1, connections)
         self._connect_timeout = connect_timeout
         # A statement waiting on a lock (the position lock behind a stuck

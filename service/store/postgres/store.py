@@ -56,6 +56,11 @@ class PostgresStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsR
         # is being sent, and the next batch waits on the position lock.
         self._group = GroupCommitter(self._appends.write, in_flight=2)
 
+    @property
+    def url(self) -> str:
+        """The database this store connects to."""
+        return self._db.url
+
     async def open(self) -> None:
         await self._db.open()
 
