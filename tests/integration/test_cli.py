@@ -177,8 +177,9 @@ def test_an_operator_rotates_the_master_key_with_rewrap_keys(tmp_path: Path) -> 
 
     old, new = f"old:{new_master_key()}", f"new:{new_master_key()}"
     url, keys = f"sqlite:///{tmp_path}/events.db", tmp_path / "master.keys"
-    extra = ["--master-key-file", str(keys)]
+    extra = ["--master-key-file", str(keys), "--anonymous-admin"]
     keys.write_text(f"{old}\n")
+    keys.chmod(0o600)
     with server_process(url, extra=extra) as server:
         cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
     keys.write_text(f"{new}\n{old}\n")
@@ -270,7 +271,7 @@ def cli_into_a_closed_pipe(*args: str, server: str) -> subprocess.CompletedProce
 
 
 def test_output_into_a_pipe_closed_early_ends_quietly_like_a_unix_tool(tmp_path: Path) -> None:
-    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=["--anonymous-admin"]) as server:
         cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
         for args in (("read", "acc-1"), ("audit",), ("tail", "--from", "0", "--until-caught-up")):
             closed = cli_into_a_closed_pipe(*args, server=server.address)

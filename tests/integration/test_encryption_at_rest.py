@@ -203,13 +203,13 @@ async def stale_keys(path: Path, active: str) -> int:
 
 async def test_rewrapping_moves_every_key_to_the_new_master_key_and_the_old_one_can_go(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
-    async with running_server(SqliteStore(path), master_keys=OLD) as (_, client):
+    async with running_server(SqliteStore(path), master_keys=OLD, anonymous_admin=True) as (_, client):
         await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
         await client.submit(command("user-1", users.RegisterUser(email="zelda@quartermain.example", name="Z")))
     wrapped_by_old = await stale_keys(path, "new")
     assert wrapped_by_old >= 2  # the account's key and the e-mail scope's
     store = SqliteStore(path)
-    async with running_server(store, master_keys=f"{NEW},{OLD}") as (_, client):
+    async with running_server(store, master_keys=f"{NEW},{OLD}", anonymous_admin=True) as (_, client):
         before = await at_rest(store)
         rewrapped = await client.admin.RewrapKeys(admin.RewrapKeysRequest())
         again = await client.admin.RewrapKeys(admin.RewrapKeysRequest())
@@ -218,14 +218,20 @@ async def test_rewrapping_moves_every_key_to_the_new_master_key_and_the_old_one_
     assert await stale_keys(path, "new") == 0
     assert "events" not in changes  # keys are rewrapped, events left as they are
     assert len(changes["data_keys"].added) == wrapped_by_old
-    async with running_server(SqliteStore(path), master_keys=NEW) as (_, client):  # the old key removed
+    async with running_server(SqliteStore(path), master_keys=NEW, anonymous_admin=True) as (
+        _,
+        client,
+    ):  # the old key removed
         (event,) = await read(client, "acc-1")
         opened = bank.AccountOpened()
         assert event.payload.Unpack(opened)  # type: ignore[attr-defined]
         assert opened.owner == SECRET_OWNER
         taken = client.submit(command("user-2", users.RegisterUser(email="zelda@quartermain.example", name="Z")))
         assert await refusal(taken) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_UNIQUE")
-    async with running_server(SqliteStore(path), master_keys=OLD) as (_, client):  # only the retired key
+    async with running_server(SqliteStore(path), master_keys=OLD, anonymous_admin=True) as (
+        _,
+        client,
+    ):  # only the retired key
         get = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
         assert await refusal(get) == (grpc.StatusCode.INTERNAL, "MASTER_KEY_MISSING")
 
@@ -235,7 +241,7 @@ async def test_rewrapping_needs_the_admin_grant_and_both_outcomes_are_audited(tm
     from tests.support.security import POLICY, JwtIssuer, bearer
 
     store = MemoryStore()
-    async with running_server(store, master_keys=OLD) as (_, client):
+    async with running_server(store, master_keys=OLD, anonymous_admin=True) as (_, client):
         await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
     issuer = JwtIssuer()
     async with running_server(
@@ -270,7 +276,7 @@ async def test_rewrapping_needs_the_admin_grant_and_both_outcomes_are_audited(tm
 
 
 async def test_rewrapping_needs_encryption_and_the_refusal_is_audited() -> None:
-    async with running_server(MemoryStore()) as (_, plain):
+    async with running_server(MemoryStore(), anonymous_admin=True) as (_, plain):
         call = plain.admin.RewrapKeys(admin.RewrapKeysRequest())
         assert await refusal(call) == (grpc.StatusCode.FAILED_PRECONDITION, "ENCRYPTION_OFF")
         audit = await plain.admin.QueryAudit(admin.QueryAuditRequest())

@@ -31,7 +31,7 @@ EMAIL = "ann@example.com"
 async def two_replicas(store: StoreAdapter) -> AsyncIterator[list[Client]]:
     """Two servers, each with its own workers and caches, on one store."""
     async with AsyncExitStack() as stack:
-        yield [(await stack.enter_async_context(running_server(store)))[1] for _ in range(2)]
+        yield [(await stack.enter_async_context(running_server(store, anonymous_admin=True)))[1] for _ in range(2)]
 
 
 @pytest.fixture
@@ -40,7 +40,10 @@ async def two_encrypting_replicas(store: StoreAdapter, tmp_path: Path) -> AsyncI
     keyring (and so its own cache of the claims' data key)."""
     keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
     async with AsyncExitStack() as stack:
-        yield [(await stack.enter_async_context(running_server(store, master_key_file=keys)))[1] for _ in range(2)]
+        yield [
+            (await stack.enter_async_context(running_server(store, master_key_file=keys, anonymous_admin=True)))[1]
+            for _ in range(2)
+        ]
 
 
 async def register_fifty(clients: list[Client]) -> list[int]:
