@@ -19,10 +19,9 @@ import grpc
 
 from service.api.admin_service import AdminService
 from service.api.command_service import CommandService, audit_refused_rpc
-from service.api.decoding import RequestDecoding
 from service.api.event_service import EventService
+from service.api.gate import RpcGate, refused_rpc_hooks
 from service.api.health import Health, StoreMonitor
-from service.api.interceptors import Authentication, ConcurrencyLimit, refused_rpc_hooks
 from service.api.projection_service import ProjectionService
 from service.api.server import build_server
 from service.audit import AuditLog, AuditMiddleware
@@ -219,18 +218,15 @@ async def start(
     if authorizer.enforcing:
         middleware.append(AuthorizationMiddleware(authorizer))
     middleware.extend(registry.middleware)
-    pipeline = Pipeline(router.submit, middleware, submit_batch=router.submit_batch)
+    pipeline = Pipeline(router.submit, middleware, submit_batch=router.submit_batch, start=router.start)
     on_refused = refused_rpc_hooks(audit_refused_rpc(audit), metrics.rpc_refused if metrics is not None else None)
-    limit = ConcurrencyLimit(
-        settings.max_concurrent_rpcs, subscription_limit=settings.max_subscriptions, on_refused=on_refused
+    gate = RpcGate(
+        max_rpcs=settings.max_concurrent_rpcs,
+        max_subscriptions=settings.max_subscriptions,
+        authenticator=authenticator,
+        on_refused=on_refused,
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
-    interceptors.append(limit)
-    if authenticator is not None:
-        interceptors.append(Authentication(authenticator, on_refused=on_refused))
-    # Innermost: a request that does not parse is refused after the limits
-    # and authentication, as INVALID_ARGUMENT rather than gRPC's UNKNOWN.
-    interceptors.append(RequestDecoding(on_refused=on_refused))
     health = Health()
     tracker = SubscriptionTracker()
     subscriptions = Subscriptions(
@@ -264,6 +260,7 @@ async def start(
         ),
         health=health,
         max_message_bytes=settings.max_message_bytes,
+        gate=gate,
         interceptors=interceptors,
         reuse_port=settings.reuse_port,
     )
@@ -273,7 +270,7 @@ async def start(
             metrics.watch(
                 queued=lambda: router.queued,
                 live_workers=lambda: router.live_workers,
-                rpcs_in_flight=lambda: limit.in_flight,
+                rpcs_in_flight=lambda: gate.in_flight,
                 subscriptions=lambda: tracker.count,
             )
             metrics_server = MetricsServer(metrics, settings.metrics_listen)

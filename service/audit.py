@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 
 from service.errors import ChronicleError, recorded_with_command
 from service.processing.middleware import CommandCall, Middleware
@@ -123,19 +124,21 @@ class AuditMiddleware(Middleware):
     def __init__(self, audit: AuditLog) -> None:
         self._audit = audit
 
-    async def on_error(self, call: CommandCall) -> None:
+    def on_error(self, call: CommandCall) -> Awaitable[None] | None:
+        """Plain for the refusals a command record audits; the write of an
+        entry of its own otherwise (awaited before the caller hears)."""
         error = call.error
         # A cancelled call (the client went away) may still have run; if it
         # did, its command record audits it.
         if error is None or isinstance(error, asyncio.CancelledError):
-            return
+            return None
         if recorded_with_command(error) and not call.refused_by:
-            return
+            return None
         # A dry run writes nothing; only a middleware's refusal of it (the
         # policy, say) is worth an entry.
         if call.dry_run and not call.refused_by:
-            return
-        await self._audit.refused(
+            return None
+        return self._audit.refused(
             refusal(
                 error,
                 command_id=call.command_id,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import replace
 from typing import Any
 
@@ -17,12 +18,12 @@ from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
 from service.api import guard
 from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event, type_name
-from service.api.interceptors import OnRefused
+from service.api.gate import OnRefused
 from service.api.status import command_error
 from service.audit import AuditLog, refusal
 from service.errors import ChronicleError, InvalidInput
 from service.plugins.registry import Registry
-from service.processing.commands import CommandBatch, CommandRequest, CommandResult
+from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.middleware import Pipeline
 from service.security.principal import Principal, current_principal
 from service.store.records import AuditEntry
@@ -43,23 +44,38 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self._pipeline = pipeline
         self._audit = audit
 
-    async def _run(self, request: pb.SubmitRequest, principal: Principal) -> pb.SubmitResponse:
-        """One Submit, as a unary call or one message of a stream."""
+    def _start(self, request: pb.SubmitRequest, principal: Principal) -> Awaitable[BatchResult]:
+        """One Submit, as a unary call or one message of a stream, under way.
+
+        A well-formed command on a warm aggregate is decided before this
+        returns (the pipeline's ``start``, the worker's inline path): the
+        result is a future, and no coroutine or task is made for it. Anything
+        else (a refusal to audit, a dry run, middleware with coroutine hooks)
+        is an awaitable of the same result."""
         try:
             if not request.HasField("command"):
                 raise InvalidInput.for_field("command", "is required", reason="MISSING_COMMAND")
             command = decode_command(request.command, self._registry, principal=principal.name)
         except ChronicleError as error:
-            await self._audit.refused(_refusal(request, principal, error))
-            raise
+            return self._refuse(request, principal, error)
+        started = self._pipeline.start(command, principal, dry_run=request.dry_run)
+        if started is not None:
+            return started
         if request.dry_run:
-            batch = await self._pipeline.submit_batch(CommandBatch((command,), dry_run=True), principal)
-            return _response(batch.results[0])
-        return _response(await self._pipeline.submit(command, principal))
+            return self._pipeline.submit_batch(CommandBatch((command,), dry_run=True), principal)
+        return self._submitted(command, principal)
+
+    async def _refuse(self, request: pb.SubmitRequest, principal: Principal, error: ChronicleError) -> BatchResult:
+        await self._audit.refused(_refusal(request, principal, error))
+        raise error
+
+    async def _submitted(self, command: CommandRequest, principal: Principal) -> BatchResult:
+        result = await self._pipeline.submit(command, principal)
+        return BatchResult((result,), result.version, replayed=result.replayed)
 
     @guard.unary
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
-        return await self._run(request, current_principal.get())
+        return _response((await self._start(request, current_principal.get())).results[0])
 
     @guard.streaming
     async def SubmitStream(
@@ -68,37 +84,28 @@ class CommandService(pb_grpc.CommandServiceServicer):
         principal = current_principal.get()
         # Started in arrival order, answered in arrival order; at most
         # STREAM_IN_FLIGHT started and unanswered, so a fast sender waits.
-        started: asyncio.Queue[asyncio.Future[pb.SubmitStreamResponse] | None] = asyncio.Queue(STREAM_IN_FLIGHT)
+        window = _Window(STREAM_IN_FLIGHT)
 
         async def read() -> None:
             try:
                 async for request in requests:
-                    await started.put(asyncio.ensure_future(self._stream_one(request, principal)))
+                    if window.full:
+                        await window.room()
+                    # Started now, whatever path it takes: commands for one
+                    # aggregate reach its worker in the order they came.
+                    window.put((request.command.command_id, asyncio.ensure_future(self._start(request, principal))))
             finally:
-                await started.put(None)
+                window.close()
 
-        reader = asyncio.create_task(read())
+        reader = asyncio.ensure_future(read())
         try:
-            while (result := await started.get()) is not None:
-                yield await result
+            while (item := await window.next()) is not None:
+                command_id, outcome = item
+                yield await _stream_response(command_id, outcome)
             await reader  # the client's half ended: surface a read error, if any
         finally:
             reader.cancel()
-            while not started.empty():
-                leftover = started.get_nowait()
-                if leftover is not None:
-                    leftover.cancel()
-
-    async def _stream_one(self, request: pb.SubmitRequest, principal: Principal) -> pb.SubmitStreamResponse:
-        command_id = request.command.command_id
-        try:
-            return pb.SubmitStreamResponse(command_id=command_id, ok=await self._run(request, principal))
-        except ChronicleError as error:
-            return pb.SubmitStreamResponse(command_id=command_id, error=command_error(error))
-        except Exception:
-            log.exception("command %s of a stream failed", command_id)
-            internal = ChronicleError("internal error", reason="INTERNAL")
-            return pb.SubmitStreamResponse(command_id=command_id, error=command_error(internal))
+            window.abandon()
 
     @guard.unary
     async def SubmitBatch(
@@ -116,6 +123,73 @@ class CommandService(pb_grpc.CommandServiceServicer):
         return pb.SubmitBatchResponse(
             results=[_response(r) for r in result.results], version=result.version, replayed=result.replayed
         )
+
+
+Started = tuple[str, "asyncio.Future[BatchResult]"]
+
+
+class _Window:
+    """The commands of one stream that were started and not yet answered, in
+    arrival order: the reader puts, the writer takes; a full window makes
+    the reader wait, an empty one the writer. (An ``asyncio.Queue`` would do
+    the same with more machinery per command.)"""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: deque[Started] = deque()
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._reader_waits: asyncio.Future[None] | None = None
+        self._writer_waits: asyncio.Future[None] | None = None
+
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self._size
+
+    async def room(self) -> None:
+        while self.full:
+            self._reader_waits = self._loop.create_future()
+            await self._reader_waits
+
+    def put(self, item: Started) -> None:
+        self._items.append(item)
+        _wake(self._writer_waits)
+
+    def close(self) -> None:
+        self._closed = True
+        _wake(self._writer_waits)
+
+    async def next(self) -> Started | None:
+        while not self._items:
+            if self._closed:
+                return None
+            self._writer_waits = self._loop.create_future()
+            await self._writer_waits
+        item = self._items.popleft()
+        _wake(self._reader_waits)
+        return item
+
+    def abandon(self) -> None:
+        """The stream ended early: nobody will hear these answers."""
+        while self._items:
+            _, outcome = self._items.popleft()
+            outcome.cancel()
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+async def _stream_response(command_id: str, outcome: Awaitable[BatchResult]) -> pb.SubmitStreamResponse:
+    try:
+        return pb.SubmitStreamResponse(command_id=command_id, ok=_response((await outcome).results[0]))
+    except ChronicleError as error:
+        return pb.SubmitStreamResponse(command_id=command_id, error=command_error(error))
+    except Exception:
+        log.exception("command %s of a stream failed", command_id)
+        internal = ChronicleError("internal error", reason="INTERNAL")
+        return pb.SubmitStreamResponse(command_id=command_id, error=command_error(internal))
 
 
 def _as_principal(command: CommandRequest, principal: Principal) -> CommandRequest:

@@ -1,15 +1,7 @@
-"""gRPC server interceptors: what happens to every RPC before its servicer.
-
-``ConcurrencyLimit`` refuses an RPC when too many are in flight;
-``Authentication`` establishes the caller's ``Principal`` (or refuses with
-UNAUTHENTICATED) and publishes it in ``current_principal`` for the servicer.
-Both refuse with the rich status of ``service.api.status``, and report a
-refused RPC to an optional ``on_refused`` hook (the audit log records refused
-commands through it).
-
-The health service is exempt from both: load balancers probe it without
-credentials, and it must answer when the server is busy.
-"""
+"""Helpers for gRPC aio server interceptors (tracing is one, when a tracer
+provider is configured): a gate run before a handler, for each RPC shape,
+and a cache of the wrapped handlers. Chronicle's own per-RPC checks are not
+interceptors: see ``service.api.gate``."""
 
 from __future__ import annotations
 
@@ -20,9 +12,7 @@ from typing import Any
 import grpc
 
 from service.api.status import rich_status
-from service.errors import ChronicleError, Overloaded, Unauthenticated
-from service.security.credentials import Authenticator
-from service.security.principal import Principal, current_principal
+from service.errors import ChronicleError
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -30,17 +20,6 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 # refuse the RPC; return a callable to run when the RPC ends (or None).
 Gate = Callable[[str, object, grpc.aio.ServicerContext[Any, Any]], Awaitable[Callable[[], None] | None]]
 OnRefused = Callable[[str, object, ChronicleError], Awaitable[None]]
-
-
-def refused_rpc_hooks(*hooks: OnRefused | None) -> OnRefused:
-    """One ``on_refused`` hook that calls each of ``hooks`` in turn."""
-
-    async def each(method: str, request: object, error: ChronicleError) -> None:
-        for hook in hooks:
-            if hook is not None:
-                await hook(method, request, error)
-
-    return each
 
 
 class HandlerCache:
@@ -122,7 +101,7 @@ def gated(handler: grpc.RpcMethodHandler, method: str, gate: Gate, on_refused: O
         async def unary_stream(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             leave = await enter(request, context)
             try:
-                async for item in _produce(inner_us(request, context)):
+                async for item in produce(inner_us(request, context)):
                     yield item
             finally:
                 await leave_after(leave)
@@ -145,7 +124,7 @@ def gated(handler: grpc.RpcMethodHandler, method: str, gate: Gate, on_refused: O
     async def stream_stream(requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         leave = await enter(None, context)
         try:
-            async for item in _produce(inner_ss(requests, context)):
+            async for item in produce(inner_ss(requests, context)):
                 yield item
         finally:
             await leave_after(leave)
@@ -153,7 +132,7 @@ def gated(handler: grpc.RpcMethodHandler, method: str, gate: Gate, on_refused: O
     return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
 
 
-async def _produce(produced: Any) -> AsyncIterator[Any]:
+async def produce(produced: Any) -> AsyncIterator[Any]:
     """Items of an async-generator behaviour; a behaviour that writes with
     ``context.write`` instead is a coroutine, awaited for its side effects."""
     if inspect.isasyncgen(produced):
@@ -161,115 +140,3 @@ async def _produce(produced: Any) -> AsyncIterator[Any]:
             yield item
     else:
         await produced
-
-
-SUBSCRIBE_METHOD = "/chronicle.v1.EventService/Subscribe"
-
-
-class ConcurrencyLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """At most ``limit`` RPCs in flight; one more is RESOURCE_EXHAUSTED
-    (reason TOO_MANY_REQUESTS, with RetryInfo) before anything runs.
-
-    Subscriptions live as long as their clients want, so they are counted
-    apart (``subscription_limit``, reason TOO_MANY_SUBSCRIPTIONS): open
-    subscribers must not leave no room for commands.
-    """
-
-    def __init__(self, limit: int, *, subscription_limit: int, on_refused: OnRefused | None = None) -> None:
-        self.limit = limit
-        self.subscription_limit = subscription_limit
-        self.in_flight = 0
-        self.subscriptions = 0
-        self._on_refused = on_refused
-        self._handlers = HandlerCache()
-
-    async def _subscription_gate(
-        self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Callable[[], None]:
-        if self.subscriptions >= self.subscription_limit:
-            raise Overloaded(
-                f"the server has {self.subscription_limit} open subscriptions; retry later",
-                reason="TOO_MANY_SUBSCRIPTIONS",
-                metadata={"max_subscriptions": str(self.subscription_limit)},
-            )
-        self.subscriptions += 1
-
-        def leave() -> None:
-            self.subscriptions -= 1
-
-        return leave
-
-    async def _gate(
-        self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Callable[[], None]:
-        if self.in_flight >= self.limit:
-            raise Overloaded(
-                f"the server is handling {self.limit} calls; retry later",
-                reason="TOO_MANY_REQUESTS",
-                metadata={"max_concurrent_rpcs": str(self.limit)},
-            )
-        self.in_flight += 1
-
-        def leave() -> None:
-            self.in_flight -= 1
-
-        return leave
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or _exempt(method):
-            return handler
-        gate = self._subscription_gate if method == SUBSCRIBE_METHOD else self._gate
-        return self._handlers.get(method, handler, lambda: gated(handler, method, gate, self._on_refused))
-
-
-def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for key, value in context.invocation_metadata() or ():
-        if isinstance(value, str):
-            values.setdefault(key.lower(), value)
-    return values
-
-
-def _peer_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
-    certificates = context.auth_context().get("x509_pem_cert") or []
-    return bytes(certificates[0]) if certificates else None
-
-
-class Authentication(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Sets ``current_principal`` for each RPC, or refuses it UNAUTHENTICATED."""
-
-    def __init__(self, authenticator: Authenticator, *, on_refused: OnRefused | None = None) -> None:
-        self._authenticator = authenticator
-        self._on_refused = on_refused
-        self._handlers = HandlerCache()
-
-    async def _gate(self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        try:
-            principal = self._authenticator.authenticate(_metadata(context), _peer_certificate(context))
-        except ValueError as error:  # an unparsable peer certificate
-            raise Unauthenticated(f"the client certificate is unusable: {error}", reason="BAD_CERTIFICATE") from None
-        # Each RPC runs in a task of its own, so the value ends with the RPC.
-        current_principal.set(principal)
-        return None
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or _exempt(method):
-            return handler
-        return self._handlers.get(method, handler, lambda: gated(handler, method, self._gate, self._on_refused))
-
-
-def caller() -> Principal:
-    """The principal of the RPC being served (anonymous with auth off)."""
-    return current_principal.get()

@@ -1,13 +1,16 @@
-"""Building the gRPC server: Chronicle's services, the standard health
-service and server reflection, behind the given interceptors."""
+"""Building the gRPC server: Chronicle's services behind the gate
+(``service.api.gate``, applied to each method handler as it is registered),
+the standard health service and server reflection, and any interceptors
+(tracing)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from chronicle.v1 import (
     admin_service_pb2_grpc,
@@ -18,6 +21,7 @@ from chronicle.v1 import (
 from service.api.admin_service import AdminService
 from service.api.command_service import CommandService
 from service.api.event_service import EventService
+from service.api.gate import RpcGate
 from service.api.health import SERVICE_NAMES, Health
 from service.api.projection_service import ProjectionService
 
@@ -30,6 +34,7 @@ def build_server(
     projections: ProjectionService,
     health: Health,
     max_message_bytes: int,
+    gate: RpcGate,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     reuse_port: bool = False,
 ) -> grpc.aio.Server:
@@ -42,13 +47,36 @@ def build_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    command_service_pb2_grpc.add_CommandServiceServicer_to_server(commands, server)
-    event_service_pb2_grpc.add_EventServiceServicer_to_server(events, server)
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
-    projection_service_pb2_grpc.add_ProjectionServiceServicer_to_server(projections, server)
+    gated = _Gated(server, gate)
+    command_service_pb2_grpc.add_CommandServiceServicer_to_server(commands, gated)
+    event_service_pb2_grpc.add_EventServiceServicer_to_server(events, gated)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, gated)
+    projection_service_pb2_grpc.add_ProjectionServiceServicer_to_server(projections, gated)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    # Reflection too is behind the gate: the API's shape is for callers the
+    # server lets in.
+    names = (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), gated)
     return server
+
+
+class _Gated:
+    """Stands in for the server while the generated code registers a
+    service: each method handler is registered behind the gate."""
+
+    def __init__(self, server: grpc.aio.Server, gate: RpcGate) -> None:
+        self._server = server
+        self._gate = gate
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        # The generated code registers each service twice, as a generic
+        # handler and by method; the second carries what we need.
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        wrapped = {name: self._gate.wrap(f"/{service}/{name}", handler) for name, handler in handlers.items()}
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        self._server.add_registered_method_handlers(service, wrapped)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        raise AttributeError(f"the generated registration code called server.{name}, which _Gated does not offer")

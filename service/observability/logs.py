@@ -77,7 +77,7 @@ class LoggingMiddleware(Middleware):
 
     name = "logging"
 
-    async def before(self, call: CommandCall) -> None:
+    def before(self, call: CommandCall) -> None:
         command_log_context.set(
             {"command_id": call.command_id, "correlation_id": call.correlation_id, "aggregate_id": call.aggregate_id}
         )
@@ -90,13 +90,13 @@ class LoggingMiddleware(Middleware):
             "duration_ms": round(call.elapsed * 1000, 3),
         }
 
-    async def after(self, call: CommandCall) -> None:
+    def after(self, call: CommandCall) -> None:
         if not log.isEnabledFor(logging.DEBUG):
             return  # the common case: nothing to build
         version = call.result.version if call.result is not None else 0
         log.debug("command %s ok at version %d", call.command_type, version, extra=self._fields(call, "ok"))
 
-    async def on_error(self, call: CommandCall) -> None:
+    def on_error(self, call: CommandCall) -> None:
         error = call.error
         if isinstance(error, ChronicleError):
             fields = {**self._fields(call, "refused"), "reason": error.reason}

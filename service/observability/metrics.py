@@ -150,10 +150,10 @@ class MetricsMiddleware(Middleware):
         self._metrics.commands.labels(command_type=call.command_type, outcome=outcome(call)).inc()
         self._metrics.command_duration.labels(command_type=call.command_type).observe(call.elapsed)
 
-    async def after(self, call: CommandCall) -> None:
+    def after(self, call: CommandCall) -> None:
         self._count(call)
 
-    async def on_error(self, call: CommandCall) -> None:
+    def on_error(self, call: CommandCall) -> None:
         self._count(call)
 
 

@@ -103,7 +103,7 @@ class TracingMiddleware(Middleware):
         self._tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=tracer_provider)
         self._handlers = HandlerCache()
 
-    async def before(self, call: CommandCall) -> None:
+    def before(self, call: CommandCall) -> None:
         span = self._tracer.start_span(
             f"command {call.command_type}",
             attributes={
@@ -127,7 +127,7 @@ class TracingMiddleware(Middleware):
         spans = _command_spans.get()
         return spans.pop(call.command_id, None) if spans is not None else None
 
-    async def after(self, call: CommandCall) -> None:
+    def after(self, call: CommandCall) -> None:
         span = self._span(call)
         if span is None:
             return
@@ -136,7 +136,7 @@ class TracingMiddleware(Middleware):
             span.set_attribute("chronicle.replayed", call.result.replayed)
         span.end()
 
-    async def on_error(self, call: CommandCall) -> None:
+    def on_error(self, call: CommandCall) -> None:
         from opentelemetry.trace import Status, StatusCode
 
         span = self._span(call)

@@ -46,6 +46,7 @@ class LookupNeeded(BaseException):
     def __init__(self, aggregate_type: str, aggregate_id: str) -> None:
         super().__init__(aggregate_type, aggregate_id)
         self.key = (aggregate_type, aggregate_id)
+        self.command_type = ""  # set by the executor: which command asked
 
 
 @dataclass(frozen=True, slots=True)

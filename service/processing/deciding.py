@@ -1,9 +1,11 @@
 """Deciding: running the handlers of a batch on an aggregate's state.
 
 Each command runs on the state the one before it left (the batch is
-atomic, so later commands see earlier ones). A handler that asks its
-context about another aggregate raises ``LookupNeeded`` the first time; the
-decider looks the aggregate up and runs the handler again with the answer
+atomic, so later commands see earlier ones). Deciding is synchronous
+(``decide_now``): handlers are plain functions, so a command on a cached
+aggregate is decided in its caller's task, with no await. A handler that
+asks its context about another aggregate raises ``LookupNeeded`` the first
+time; ``decide`` looks the aggregate up and decides again with the answer
 (see ``service.plugins.context``). Claims a handler takes are collected per
 command and written by the executor with the events. Nothing here writes.
 """
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from google.protobuf.message import Message
 
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Aggregates one command may ask about; each costs a read and a re-run.
 MAX_LOOKUPS = 32
+_NO_ANSWERS: Mapping[tuple[str, str], bool] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,59 +73,75 @@ class Decider:
         self._slow = slow
 
     async def decide(self, commands: Sequence[CommandRequest], aggregate: Aggregate) -> Decision:
-        """Run each command's handler in turn; raise the first refusal (with
-        its place in the batch when there are several)."""
-        state, version = aggregate.state, aggregate.version
+        """``decide_now``, answering the handlers' lookups (a read each) until
+        they need none."""
         answers: dict[tuple[str, str], bool] = {}
+        asked: dict[str, int] = {}
+        while True:
+            try:
+                return self.decide_now(commands, aggregate, answers)
+            except LookupNeeded as needed:
+                asked[needed.command_type] = asked.get(needed.command_type, 0) + 1
+                if asked[needed.command_type] > MAX_LOOKUPS:
+                    raise HandlerFailed(
+                        f"the handler for {needed.command_type} asked about more than {MAX_LOOKUPS} aggregates",
+                        reason="TOO_MANY_LOOKUPS",
+                        metadata={"command_type": needed.command_type},
+                    ) from None
+                answers[needed.key] = await self._exists(*needed.key)
+
+    def decide_now(
+        self,
+        commands: Sequence[CommandRequest],
+        aggregate: Aggregate,
+        answers: Mapping[tuple[str, str], bool] = _NO_ANSWERS,
+    ) -> Decision:
+        """Run each command's handler in turn; raise the first refusal (with
+        its place in the batch when there are several), or ``LookupNeeded``
+        when a handler asks about an aggregate ``answers`` says nothing of."""
+        state, version = aggregate.state, aggregate.version
         decided = []
         for index, request in enumerate(commands):
             try:
-                events, claims = await self._run(request, aggregate, state, version, answers)
+                events, claims = self._run(request, aggregate, state, version, answers)
                 if events:
                     state = self._apply(request, aggregate, state, events)
             except ChronicleError as error:
                 if len(commands) > 1:
                     error.metadata.update(batch_index=str(index), command_id=request.command_id)
                 raise
+            except LookupNeeded as needed:
+                needed.command_type = request.spec.name
+                raise
             decided.append(Decided(request, version, tuple(events), claims))
             version += len(events)
         return Decision(tuple(decided), state)
 
-    async def _run(
+    def _run(
         self,
         request: CommandRequest,
         aggregate: Aggregate,
         state: Message,
         version: int,
-        answers: dict[tuple[str, str], bool],
+        answers: Mapping[tuple[str, str], bool],
     ) -> tuple[list[tuple[EventSpec, Message]], tuple[ClaimChange, ...]]:
         if request.expected_version is not None and request.expected_version != version:
             raise WrongExpectedVersion(request.aggregate_id, request.expected_version, version)
-        for _ in range(MAX_LOOKUPS + 1):
-            effects = Effects(answers)
-            context = CommandContext(
-                aggregate_id=request.aggregate_id,
-                aggregate_type=aggregate.type.name,
-                version=version,
-                command_id=request.command_id,
-                user_id=request.user_id,
-                origin=request.origin,
-                correlation_id=request.correlation_id or request.command_id,
-                metadata=request.metadata,
-                effects=effects,
-            )
-            try:
-                produced = self._call(request, state, context)
-            except LookupNeeded as needed:
-                answers[needed.key] = await self._exists(*needed.key)
-                continue
-            claims = tuple(ClaimChange(c.scope, c.value, c.release) for c in effects.claims)
-            return self._events_of(request.spec.name, aggregate, produced), claims
-        raise HandlerFailed(
-            f"the handler for {request.spec.name} asked about more than {MAX_LOOKUPS} aggregates",
-            reason="TOO_MANY_LOOKUPS",
-            metadata={"command_type": request.spec.name},
+        effects = Effects(answers)
+        context = CommandContext(
+            aggregate_id=request.aggregate_id,
+            aggregate_type=aggregate.type.name,
+            version=version,
+            command_id=request.command_id,
+            user_id=request.user_id,
+            origin=request.origin,
+            correlation_id=request.correlation_id or request.command_id,
+            metadata=request.metadata,
+            effects=effects,
         )
+        produced = self._call(request, state, context)
+        claims = tuple(ClaimChange(c.scope, c.value, c.release) for c in effects.claims) if effects.claims else ()
+        return self._events_of(request.spec.name, aggregate, produced), claims
 
     def _call(
         self, request: CommandRequest, state: Message, context: CommandContext

@@ -26,6 +26,7 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from service.errors import (
     ChronicleError,
@@ -34,6 +35,7 @@ from service.errors import (
     NotUnique,
     record_kind,
 )
+from service.plugins.context import LookupNeeded
 from service.plugins.registry import Registry
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.deciding import Decided, Decider, Decision
@@ -45,6 +47,29 @@ from service.store.base import Store
 from service.store.records import CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InlineSeries:
+    """Commands decided in their caller's task, their append in flight.
+    ``outcomes``: what each decided (or its recorded refusal); ``end``: the
+    aggregate after them all, to cache once ``appended`` succeeded."""
+
+    requests: tuple[CommandRequest, ...]
+    outcomes: tuple[Decided | ChronicleError, ...]
+    start: Aggregate
+    end: Aggregate
+    appended: asyncio.Future[list[RecordedEvent]]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A lone command that failed in a way no retry in the async path changes."""
+
+    error: ChronicleError
+
+
+Started = InlineSeries | Failed | None
 
 
 def conflict_backoff(attempt: int) -> float:
@@ -145,62 +170,88 @@ class CommandExecutor:
             current=head.version if head else 0,
         )
 
-    async def execute_series(
-        self, requests: Sequence[CommandRequest], cached: Aggregate | None
-    ) -> tuple[list[CommandResult | BaseException], Aggregate | None]:
-        """Independent commands for one aggregate that queued up together:
-        each is decided on the state the one before left (as if they had run
-        one after another), and all are appended in ONE transaction, every
-        command with its own outcome (a refused one is recorded refused, the
-        others go on). A hot aggregate then costs one commit per queue-full,
-        not one per command.
+    def start_series(self, requests: Sequence[CommandRequest], cached: Aggregate) -> Started:
+        """Decide ``requests`` (independent commands queued for one aggregate,
+        often just one) on ``cached`` now, in the caller's task, and hand
+        their append to the store: each is decided on the state the one before
+        left (as if they had run one after another), and all go to the store in
+        ONE append, every command with its own outcome (a refused one is
+        recorded refused, the others go on). A hot aggregate then costs one
+        commit per queue-full, not one per command; a warm one costs no await
+        before the store.
 
-        Anything out of the ordinary (a conflict, a command id seen before,
-        claims, another aggregate type) falls back to running each command
-        alone, which handles it exactly.
+        Returns the append in flight (``InlineSeries``), the failure of a lone
+        command (``Failed``), or None: something out of the ordinary (a lookup
+        to make, claims, another aggregate type, an error that is not a
+        recordable refusal) that the async path handles exactly.
         """
-        aggregate_type = requests[0].spec.aggregate
-        aggregate = cached if cached is not None and cached.type is aggregate_type else None
+        aggregate_type = cached.type
         if any(r.spec.aggregate is not aggregate_type for r in requests):
-            return await self._one_by_one(requests, cached)
-        if aggregate is None:
-            try:
-                aggregate = await self._loader.load(requests[0].aggregate_id, aggregate_type)
-            except ChronicleError:
-                return await self._one_by_one(requests, cached)
-        start = aggregate
+            return None
         outcomes: list[Decided | ChronicleError] = []
-        current = aggregate
+        current = cached
         for request in requests:
             try:
-                decision = await self._decider.decide([request], current)
+                decision = self._decider.decide_now([request], current)
+            except LookupNeeded:
+                return None
             except ChronicleError as error:
                 if not error.recorded:
-                    return await self._one_by_one(requests, start)
+                    return Failed(error) if len(requests) == 1 else None
                 outcomes.append(error)
                 continue
             decided = decision.commands[0]
             if decided.claims:
-                return await self._one_by_one(requests, start)
+                return None
             outcomes.append(decided)
-            current = Aggregate(
-                current.aggregate_id, aggregate_type, current.version + len(decided.events), decision.state
-            )
-        records, new_events = self._series_records(requests, outcomes, start)
-        try:
-            appended = await self._events.append(start.aggregate_id, new_events, start.version, commands=records)
-        except (ConcurrencyConflict, CommandAlreadyRecorded):
-            return await self._one_by_one(requests, None)
-        results: list[CommandResult | BaseException] = []
+            if decided.events:
+                current = Aggregate(
+                    current.aggregate_id, aggregate_type, current.version + len(decided.events), decision.state
+                )
+        records, new_events = self._series_records(requests, outcomes, cached)
+        appended = asyncio.ensure_future(
+            self._events.append(cached.aggregate_id, new_events, cached.version, commands=records)
+        )
+        return InlineSeries(tuple(requests), tuple(outcomes), cached, current, appended)
+
+    @staticmethod
+    def finish_series(series: InlineSeries) -> list[CommandResult | ChronicleError]:
+        """Each command's outcome, once ``series.appended`` succeeded."""
+        appended = series.appended.result()
+        results: list[CommandResult | ChronicleError] = []
         offset = 0
-        for outcome in outcomes:
+        for outcome in series.outcomes:
             if isinstance(outcome, ChronicleError):
                 results.append(outcome)
                 continue
             count = len(outcome.events)
             results.append(CommandResult(tuple(appended[offset : offset + count]), outcome.version + count))
             offset += count
-        return results, current
+        return results
+
+    async def execute_series(
+        self, requests: Sequence[CommandRequest], cached: Aggregate | None
+    ) -> tuple[list[CommandResult | BaseException], Aggregate | None]:
+        """``start_series`` from the async path: loads the aggregate first if
+        needed, and falls back to running each command alone (which handles
+        anything out of the ordinary exactly) when the series cannot run or
+        its append meets a conflict or a command id seen before."""
+        aggregate_type = requests[0].spec.aggregate
+        aggregate = cached if cached is not None and cached.type is aggregate_type else None
+        if aggregate is None:
+            try:
+                aggregate = await self._loader.load(requests[0].aggregate_id, aggregate_type)
+            except ChronicleError:
+                return await self._one_by_one(requests, cached)
+        started = self.start_series(requests, aggregate)
+        if not isinstance(started, InlineSeries):
+            return await self._one_by_one(requests, aggregate)
+        try:
+            await started.appended
+        except (ConcurrencyConflict, CommandAlreadyRecorded):
+            return await self._one_by_one(requests, None)
+        results: list[CommandResult | BaseException] = list(self.finish_series(started))
+        return results, started.end
 
     def _series_records(
         self, requests: Sequence[CommandRequest], outcomes: Sequence[Decided | ChronicleError], start: Aggregate
@@ -332,10 +383,18 @@ class CommandExecutor:
         it was a refusal)."""
         return (await self._replayer.replay([request])).results[0]
 
+    def snapshot_due(self, before: int, aggregate: Aggregate) -> bool:
+        """Whether the snapshot policy asks for one now that ``aggregate``
+        went from version ``before`` to its own."""
+        return self._snapshots.due(aggregate.type, before, aggregate.version)
+
     async def after_commit(self, before: int, aggregate: Aggregate) -> None:
-        """Save a snapshot if the policy asks for one. Failure costs only speed."""
-        if not self._snapshots.due(aggregate.type, before, aggregate.version):
-            return
+        """Save a snapshot if the policy asks for one."""
+        if self.snapshot_due(before, aggregate):
+            await self.save_snapshot(aggregate)
+
+    async def save_snapshot(self, aggregate: Aggregate) -> None:
+        """Keep ``aggregate``'s state as a snapshot. Failure costs only speed."""
         snapshot = Snapshot(
             aggregate_id=aggregate.aggregate_id,
             aggregate_type=aggregate.type.name,

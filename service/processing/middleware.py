@@ -22,16 +22,21 @@ run for every (middleware, command) whose ``before`` ran. A dry run passes
 the hooks like a real command, with ``call.dry_run`` set.
 
 Each hook receives one frozen ``CommandCall``, so adding a field to it breaks
-no middleware. The hooks of one call run in the caller's asyncio task, so a
-middleware may keep per-call state in a ``contextvars.ContextVar``.
+no middleware. A hook is a plain method or a coroutine: plain ones run
+inline and cost the command nothing more, so built-in middleware is plain;
+a coroutine is awaited. ``before`` hooks run in the caller's asyncio task,
+so a middleware may keep per-call state in a ``contextvars.ContextVar``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from google.protobuf.message import Message
 
@@ -91,23 +96,29 @@ class CommandCall:
 
 
 class Middleware:
-    """Base class: override the hooks you need; each defaults to nothing."""
+    """Base class: override the hooks you need; each defaults to nothing.
+    Override with ``def`` (runs inline) or ``async def`` (awaited)."""
 
     #: Shown in logs when a hook fails.
     name = "middleware"
 
-    async def before(self, call: CommandCall) -> None:
+    def before(self, call: CommandCall) -> Awaitable[None] | None:
         """Runs before the command is queued. Raise a ChronicleError to refuse it."""
+        return None
 
-    async def after(self, call: CommandCall) -> None:
+    def after(self, call: CommandCall) -> Awaitable[None] | None:
         """Runs after the command succeeded (``call.result`` is set)."""
+        return None
 
-    async def on_error(self, call: CommandCall) -> None:
+    def on_error(self, call: CommandCall) -> Awaitable[None] | None:
         """Runs after the command failed or was refused (``call.error`` is set)."""
+        return None
 
 
 Submit = Callable[[CommandRequest], Awaitable[CommandResult]]
 SubmitBatch = Callable[[CommandBatch], Awaitable[BatchResult]]
+# The router's ``start``: the future of a batch's result, without a coroutine.
+Start = Callable[[CommandBatch], "asyncio.Future[BatchResult]"]
 
 
 class Pipeline:
@@ -115,18 +126,31 @@ class Pipeline:
     dry run included) inside the given middleware."""
 
     def __init__(
-        self, submit: Submit, middleware: Sequence[Middleware] = (), *, submit_batch: SubmitBatch | None = None
+        self,
+        submit: Submit,
+        middleware: Sequence[Middleware] = (),
+        *,
+        submit_batch: SubmitBatch | None = None,
+        start: Start | None = None,
     ) -> None:
         self._submit = submit
         self._submit_batch = submit_batch
+        self._start = start
         self.middleware = tuple(middleware)
-        # Hooks left as the base class's no-op are not awaited at all: most
-        # middleware needs one or two of the three, and every await on the
-        # hot path costs.
+        # Hooks left as the base class's no-op are not called at all: most
+        # middleware needs one or two of the three, and the hot path pays
+        # for every call.
         self._befores = tuple(m for m in self.middleware if _overrides(m, "before"))
         self._afters = tuple(m for m in self.middleware if _overrides(m, "after"))
         self._on_errors = tuple(m for m in self.middleware if _overrides(m, "on_error"))
         self._position = {id(m): i for i, m in enumerate(self.middleware)}
+        # ``start`` runs a command without a coroutine when the hooks around
+        # its success are plain functions (on_error hooks may be coroutines).
+        self._can_inline = (
+            start is not None
+            and not any(inspect.iscoroutinefunction(m.before) for m in self._befores)
+            and not any(inspect.iscoroutinefunction(m.after) for m in self._afters)
+        )
 
     async def submit_batch(self, batch: CommandBatch, principal: Principal = ANONYMOUS) -> BatchResult:
         if self._submit_batch is None:
@@ -167,16 +191,11 @@ class Pipeline:
         try:
             for middleware in self._befores:
                 refusing = middleware
-                await middleware.before(call)
+                await _awaited(middleware.before(call))
             refusing = None
             result = await self._submit(request)
         except BaseException as error:
-            entered = len(self.middleware) if refusing is None else self._position[id(refusing)]
-            refused_by = "" if refusing is None else refusing.name
-            failed = replace(call, error=error, elapsed=time.perf_counter() - started, refused_by=refused_by)
-            for middleware in reversed(self._on_errors):
-                if self._position[id(middleware)] < entered:
-                    await _quietly(middleware, middleware.on_error, failed)
+            await self._failed(call, started, error, refusing)
             raise
         if self._afters:
             done = replace(call, result=result, elapsed=time.perf_counter() - started)
@@ -184,22 +203,144 @@ class Pipeline:
                 await _quietly(middleware, middleware.after, done)
         return result
 
+    async def _failed(
+        self, call: CommandCall, started: float, error: BaseException, refusing: Middleware | None
+    ) -> None:
+        """The on_error hooks of the middleware whose ``before`` ran (or that
+        has none) up to the one that refused, innermost first."""
+        entered = len(self.middleware) if refusing is None else self._position[id(refusing)]
+        refused_by = "" if refusing is None else refusing.name
+        failed = replace(call, error=error, elapsed=time.perf_counter() - started, refused_by=refused_by)
+        for middleware in reversed(self._on_errors):
+            if self._position[id(middleware)] < entered:
+                await _quietly(middleware, middleware.on_error, failed)
+
+    def start(
+        self, request: CommandRequest, principal: Principal = ANONYMOUS, *, dry_run: bool = False
+    ) -> asyncio.Future[BatchResult] | None:
+        """``submit`` (``submit_batch`` of one, for a dry run) without a
+        coroutine, where the middleware allows (None where it does not). The
+        future holds the result as a batch of one, and completes once the
+        hooks have run. The command reaches its worker before this returns,
+        so commands started in turn run in turn."""
+        if not self._can_inline or self._start is None:
+            return None
+        call = CommandCall.of(request, principal, dry_run=dry_run)
+        started = time.perf_counter()
+        refusing: Middleware | None = None
+        try:
+            for middleware in self._befores:
+                refusing = middleware
+                middleware.before(call)
+            refusing = None
+            reply = self._start(CommandBatch((request,), dry_run=dry_run))
+        except BaseException as error:
+            return asyncio.ensure_future(self._refused(call, started, error, refusing))
+        if not self._afters and not self._on_errors:
+            return reply
+        outcome: asyncio.Future[BatchResult] = reply.get_loop().create_future()
+        reply.add_done_callback(partial(self._finish, call, started, outcome))
+        return outcome
+
+    async def _refused(
+        self, call: CommandCall, started: float, error: BaseException, refusing: Middleware | None
+    ) -> BatchResult:
+        await self._failed(call, started, error, refusing)
+        raise error
+
+    def _finish(
+        self,
+        call: CommandCall,
+        started: float,
+        outcome: asyncio.Future[BatchResult],
+        reply: asyncio.Future[BatchResult],
+    ) -> None:
+        if reply.cancelled():
+            outcome.cancel()
+            return
+        error = reply.exception()
+        if error is not None:
+            failed = replace(call, error=error, elapsed=time.perf_counter() - started)
+            rest = self._on_errors_inline(failed)
+            if rest is None:
+                outcome.set_exception(error)
+            else:  # a hook is a coroutine: the rest of them run in a task, then the caller hears
+                failing = asyncio.ensure_future(_then_raise(rest, error))
+                failing.add_done_callback(partial(_relay, outcome))
+            return
+        result = reply.result()
+        done = replace(call, result=result.results[0], elapsed=time.perf_counter() - started)
+        for middleware in reversed(self._afters):
+            try:
+                middleware.after(done)
+            except Exception:
+                log.exception("middleware %s failed in after for command %s", middleware.name, call.command_id)
+        if not outcome.done():
+            outcome.set_result(result)
+
+    def _on_errors_inline(self, failed: CommandCall) -> Awaitable[None] | None:
+        """Every on_error hook, innermost first, as long as they are plain
+        functions; from the first that returns an awaitable, the rest as one
+        awaitable (so the order holds)."""
+        hooks = list(reversed(self._on_errors))
+        for index, middleware in enumerate(hooks):
+            try:
+                pending = middleware.on_error(failed)
+            except Exception:
+                log.exception("middleware %s failed in on_error for command %s", middleware.name, failed.command_id)
+                continue
+            if pending is not None:
+                return _rest_of(pending, hooks[index + 1 :], failed)
+        return None
+
+
+async def _rest_of(pending: Awaitable[None], hooks: Sequence[Middleware], failed: CommandCall) -> None:
+    try:
+        await pending
+    except Exception:
+        log.exception("middleware failed in on_error for command %s", failed.command_id)
+    for middleware in hooks:
+        await _quietly(middleware, middleware.on_error, failed)
+
+
+async def _then_raise(pending: Awaitable[None], error: BaseException) -> BatchResult:
+    await pending
+    raise error
+
 
 def _overrides(middleware: Middleware, hook: str) -> bool:
     return getattr(type(middleware), hook) is not getattr(Middleware, hook)
 
 
+async def _awaited(outcome: Awaitable[None] | None) -> None:
+    if outcome is not None:
+        await outcome
+
+
+def _relay(target: asyncio.Future[BatchResult], source: asyncio.Future[BatchResult]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
+
+
 async def _before(middleware: Middleware, call: CommandCall, index: int | None) -> None:
     try:
-        await middleware.before(call)
+        await _awaited(middleware.before(call))
     except ChronicleError as error:
         if index is not None:
             error.metadata.update(batch_index=str(index), command_id=call.command_id)
         raise
 
 
-async def _quietly(middleware: Middleware, hook: Callable[[CommandCall], Awaitable[None]], call: CommandCall) -> None:
+async def _quietly(
+    middleware: Middleware, hook: Callable[[CommandCall], Awaitable[None] | None], call: CommandCall
+) -> None:
     try:
-        await hook(call)
+        await _awaited(hook(call))
     except Exception:
         log.exception("middleware %s failed in %s for command %s", middleware.name, hook.__name__, call.command_id)

@@ -5,13 +5,16 @@ commands for different aggregates run concurrently. A worker is created on
 the first command; a sweeper drops workers idle for longer than the idle
 timeout (their cached state with them). Everything here runs on the event
 loop without awaiting between lookup and enqueue, and the sweeper only drops
-workers that are not running, so a worker can never be chosen while it is
-leaving.
+workers that are not busy, so a worker can never be chosen while it is
+leaving. ``start`` hands a batch to its worker and returns the future of its
+result without a coroutine: on a warm aggregate the command is decided
+before ``start`` returns (see worker.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from service.errors import Overloaded, StoreUnavailable
@@ -42,6 +45,9 @@ class Router:
         self._workers: dict[str, AggregateWorker] = {}
         self._closing = False
         self._sweeper: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._snapshots: set[asyncio.Task[None]] = set()
+        self._went_idle = asyncio.Event()  # set by workers that go idle while closing
 
     @property
     def live_workers(self) -> int:
@@ -54,13 +60,22 @@ class Router:
         return sum(worker.depth for worker in list(self._workers.values()))
 
     async def submit(self, request: CommandRequest, *, dry_run: bool = False) -> CommandResult:
-        result = await self.submit_batch(CommandBatch((request,), dry_run=dry_run))
+        result = await self.start(CommandBatch((request,), dry_run=dry_run))
         return result.results[0]
 
     async def submit_batch(self, batch: CommandBatch) -> BatchResult:
         """Queue ``batch`` on its aggregate's worker and wait for its result."""
+        return await self.start(batch)
+
+    def start(self, batch: CommandBatch) -> asyncio.Future[BatchResult]:
+        """Queue ``batch`` on its aggregate's worker; the future of its result.
+        Refusals of the router itself (shutting down, too many aggregates, a
+        full queue) are raised at once."""
         if self._closing:
             raise StoreUnavailable("the server is shutting down", reason="SHUTTING_DOWN")
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         aggregate_id = batch.aggregate_id
         worker = self._workers.get(aggregate_id)
         if worker is None:
@@ -69,13 +84,24 @@ class Router:
                     f"{self._max_workers} aggregates are busy; retry later",
                     reason="TOO_MANY_AGGREGATES",
                 )
-            worker = AggregateWorker(aggregate_id, self._executor, queue_depth=self._queue_depth)
+            worker = AggregateWorker(
+                aggregate_id,
+                self._executor,
+                queue_depth=self._queue_depth,
+                loop=loop,
+                snapshots=self._snapshots,
+                on_idle=self._worker_idle,
+            )
             self._workers[aggregate_id] = worker
             if self._sweeper is None:
-                self._sweeper = asyncio.create_task(self._sweep(), name="aggregate-sweeper")
-        reply: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+                self._sweeper = loop.create_task(self._sweep(), name="aggregate-sweeper")
+        reply: asyncio.Future[BatchResult] = loop.create_future()
         worker.enqueue(Job(batch, reply))
-        return await reply
+        return reply
+
+    def _worker_idle(self) -> None:
+        if self._closing:
+            self._went_idle.set()
 
     async def _sweep(self) -> None:
         """Drop idle workers, a few times per idle timeout."""
@@ -105,10 +131,19 @@ class Router:
         self._closing = True
         if self._sweeper is not None:
             self._sweeper.cancel()
-        tasks = [w.task for w in self._workers.values() if w.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.warning("%d aggregate workers did not finish in %.0fs", len(pending), grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        # Work in progress is a task or an append in flight (inline): wait
+        # until no worker is busy, or the grace is over.
+        while any(w.busy for w in self._workers.values()) and loop.time() < deadline:
+            self._went_idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._went_idle.wait(), timeout=max(0.0, deadline - loop.time()))
+        busy = [w for w in self._workers.values() if w.busy]
+        for worker in busy:
+            if worker.task is not None:
+                worker.task.cancel()
+        if busy:
+            log.warning("%d aggregate workers did not finish in %.0fs", len(busy), grace)
+        if self._snapshots:
+            await asyncio.wait(self._snapshots, timeout=max(0.0, deadline - loop.time()))

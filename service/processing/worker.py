@@ -1,16 +1,23 @@
-"""One aggregate's worker: its waiting commands, a cached state, and a task
-that runs while there is work.
+"""One aggregate's worker: its waiting commands, a cached state, and the
+work in progress.
 
 Commands for one aggregate run one at a time in arrival order; the worker
 keeps the aggregate it last saw, so a command on a warm aggregate reads
-nothing from the store. It survives handler errors (dropping the cache, which
-a failing handler may have left half-changed).
+nothing from the store. It survives handler errors (dropping the cache,
+which a failing handler may have left half-changed).
 
-A worker has a task only while it has commands: the first command starts it,
-it drains the queue and ends. An idle worker is just its cached state (no
-task, no timer), which the router drops once it has been idle for the idle
-timeout, so memory follows the live set and the event loop carries nothing
-per idle aggregate.
+Two ways to run, one outcome. On a warm aggregate the commands are decided
+at once, in the task of whoever submitted the first of them (handlers are
+plain functions), and their append is a future whose callback completes
+them and starts what queued meanwhile: no task, no await, a few callbacks
+per command. Everything else (an aggregate to load, a lookup, claims, a
+conflict to retry, a batch or a dry run) runs in a task of the worker's own,
+through the executor's async path, which handles every case exactly; the
+inline path is only its first attempt, made early.
+
+An idle worker is just its cached state (no task, no timer), which the
+router drops once it has been idle for the idle timeout, so memory follows
+the live set and the event loop carries nothing per idle aggregate.
 """
 
 from __future__ import annotations
@@ -18,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
-from service.errors import ChronicleError, Overloaded
-from service.observability.logs import logging_command
-from service.processing.commands import BatchResult, CommandBatch
-from service.processing.executor import CommandExecutor
+from service.errors import ChronicleError, CommandAlreadyRecorded, ConcurrencyConflict, Overloaded
+from service.observability.logs import command_log_context
+from service.processing.commands import BatchResult, CommandBatch, CommandResult
+from service.processing.executor import CommandExecutor, Failed, InlineSeries
 from service.processing.state import Aggregate
 
 log = logging.getLogger(__name__)
@@ -41,25 +50,47 @@ MAX_SERIES = 64
 
 
 class AggregateWorker:
-    __slots__ = ("_cached", "_executor", "_jobs", "_queue_depth", "aggregate_id", "idle_since", "task")
+    __slots__ = (
+        "_cached",
+        "_executor",
+        "_jobs",
+        "_loop",
+        "_on_idle",
+        "_queue_depth",
+        "_snapshots",
+        "aggregate_id",
+        "busy",
+        "idle_since",
+        "task",
+    )
 
-    def __init__(self, aggregate_id: str, executor: CommandExecutor, *, queue_depth: int) -> None:
+    def __init__(
+        self,
+        aggregate_id: str,
+        executor: CommandExecutor,
+        *,
+        queue_depth: int,
+        loop: asyncio.AbstractEventLoop,
+        snapshots: set[asyncio.Task[None]],
+        on_idle: Callable[[], None] = lambda: None,
+    ) -> None:
         self.aggregate_id = aggregate_id
         self._executor = executor
         self._jobs: deque[Job] = deque()
         self._queue_depth = queue_depth
+        self._loop = loop
         self._cached: Aggregate | None = None
+        self._snapshots = snapshots  # the router's: snapshot saves in flight, kept from the collector
+        self._on_idle = on_idle
+        # True from taking a command until its outcome is known (inline or in ``task``).
+        self.busy = False
         self.task: asyncio.Task[None] | None = None
         self.idle_since = 0.0
 
     @property
     def depth(self) -> int:
-        """Commands waiting (not counting the one running)."""
+        """Commands waiting (not counting those running)."""
         return len(self._jobs)
-
-    @property
-    def busy(self) -> bool:
-        return self.task is not None
 
     def enqueue(self, job: Job) -> None:
         if len(self._jobs) >= self._queue_depth:
@@ -69,85 +100,175 @@ class AggregateWorker:
                 metadata={"aggregate_id": self.aggregate_id, "queue_depth": str(self._queue_depth)},
             )
         self._jobs.append(job)
-        if self.task is None:
-            self.task = asyncio.create_task(self._drain(), name=f"aggregate:{self.aggregate_id}")
+        if not self.busy:
+            self._next()
 
-    async def _drain(self) -> None:
+    # -- choosing and starting work ----------------------------------------------
+
+    def _take(self) -> list[Job]:
+        """The next job alone (a batch, a dry run), or a series of the single
+        commands queued next; none whose caller already gave up."""
+        while self._jobs and self._jobs[0].reply.done():
+            self._jobs.popleft()
+        if not self._jobs:
+            return []
+        first = self._jobs.popleft()
+        if _alone(first):
+            return [first]
+        series = [first]
+        while self._jobs and len(series) < MAX_SERIES and not _alone(self._jobs[0]):
+            job = self._jobs.popleft()
+            if not job.reply.done():
+                series.append(job)
+        return series
+
+    def _next(self) -> None:
+        """Start the next work: inline when the aggregate is warm, else in a task."""
+        while True:
+            jobs = self._take()
+            if not jobs:
+                self.busy = False
+                self.idle_since = self._loop.time()
+                self._on_idle()
+                return
+            self.busy = True
+            if self._cached is not None and not _alone(jobs[0]) and self._start_inline(jobs):
+                return
+            if self.busy:  # not completed inline (a lone command that failed is)
+                self.task = self._loop.create_task(self._run(jobs), name=f"aggregate:{self.aggregate_id}")
+                return
+
+    def _start_inline(self, jobs: list[Job]) -> bool:
+        """Decide ``jobs`` now and send their append; True if the work is under
+        way or done (a lone command that failed), False for the task path."""
+        assert self._cached is not None
+        requests = [job.batch.commands[0] for job in jobs]
+        first = requests[0]
+        token = command_log_context.set(
+            {
+                "command_id": first.command_id,
+                "correlation_id": first.correlation_id or first.command_id,
+                "aggregate_id": self.aggregate_id,
+            }
+        )
         try:
-            while self._jobs:
-                job = self._jobs.popleft()
-                if _alone(job) or not self._jobs or _alone(self._jobs[0]):
-                    await self._process(job)
-                    continue
-                series = [job]
-                while self._jobs and len(series) < MAX_SERIES and not _alone(self._jobs[0]):
-                    series.append(self._jobs.popleft())
-                await self._process_series([j for j in series if not j.reply.done()])
+            started = self._executor.start_series(requests, self._cached)
+        except Exception:
+            log.exception("deciding %d commands on %s failed", len(jobs), self.aggregate_id)
+            started = None
+        finally:
+            command_log_context.reset(token)
+        if started is None:
+            return False
+        if isinstance(started, Failed):
+            if not started.error.keeps_cache:
+                self._cached = None
+            _fail(jobs[0], started.error)
+            self.busy = False  # the loop in _next goes on with what queued
+            return False
+        started.appended.add_done_callback(partial(self._appended, jobs, started))
+        return True
+
+    def _appended(self, jobs: list[Job], series: InlineSeries, appended: asyncio.Future[object]) -> None:
+        error = appended.exception() if not appended.cancelled() else asyncio.CancelledError()
+        if isinstance(error, ConcurrencyConflict | CommandAlreadyRecorded):
+            # Another writer moved the aggregate, or a command id was seen
+            # before: the async path sorts each command out exactly.
+            self._cached = None
+            self.task = self._loop.create_task(self._run(jobs), name=f"aggregate:{self.aggregate_id}")
+            return
+        if error is not None:
+            # The store failed (unreachable, say): what was committed is unknown.
+            self._cached = None
+            if not isinstance(error, ChronicleError):
+                log.error("appending %d commands on %s failed: %r", len(jobs), self.aggregate_id, error)
+            for job in jobs:
+                _fail(job, error)
+        else:
+            self._cached = series.end
+            for job, outcome in zip(jobs, self._executor.finish_series(series), strict=True):
+                _complete(job, outcome)
+            if series.end.version > series.start.version:
+                self._snapshot_if_due(series.start.version, series.end)
+        self._next()
+
+    def _snapshot_if_due(self, before: int, aggregate: Aggregate) -> None:
+        if self._executor.snapshot_due(before, aggregate):
+            saving = self._loop.create_task(self._executor.save_snapshot(aggregate))
+            self._snapshots.add(saving)
+            saving.add_done_callback(self._snapshots.discard)
+
+    # -- the async path -------------------------------------------------------------
+
+    async def _run(self, jobs: list[Job]) -> None:
+        try:
+            if len(jobs) == 1:
+                await self._process(jobs[0])
+            else:
+                await self._process_series(jobs)
         finally:
             self.task = None
-            self.idle_since = asyncio.get_running_loop().time()
+            self._next()
 
     async def _process(self, job: Job) -> None:
-        if job.reply.done():  # the caller gave up before we started: do nothing
-            return
         before = self._cached.version if self._cached is not None else 0
+        first = job.batch.commands[0]
+        token = command_log_context.set(
+            {
+                "command_id": first.command_id,
+                "correlation_id": first.correlation_id or first.command_id,
+                "aggregate_id": self.aggregate_id,
+            }
+        )
         try:
-            first = job.batch.commands[0]
-            with logging_command(
-                command_id=first.command_id, correlation_id=first.correlation_id, aggregate_id=self.aggregate_id
-            ):
-                result, self._cached = await self._executor.execute_batch(job.batch, self._cached)
+            result, self._cached = await self._executor.execute_batch(job.batch, self._cached)
         except Exception as error:
             if not (isinstance(error, ChronicleError) and error.keeps_cache):
                 # A failing handler may have changed the state it was given; a
                 # lost connection leaves us unsure what was committed.
                 self._cached = None
             if not isinstance(error, ChronicleError):
-                log.exception("command %s on %s failed", job.batch.commands[0].command_id, self.aggregate_id)
-            if not job.reply.done():
-                job.reply.set_exception(error)
+                log.exception("command %s on %s failed", first.command_id, self.aggregate_id)
+            _fail(job, error)
             return
+        finally:
+            command_log_context.reset(token)
         if not job.reply.done():
             job.reply.set_result(result)
         if result.appended and self._cached is not None:
-            await self._executor.after_commit(before, self._cached)
+            self._snapshot_if_due(before, self._cached)
 
     async def _process_series(self, jobs: list[Job]) -> None:
-        if not jobs:
-            return
         before = self._cached.version if self._cached is not None else 0
         requests = [job.batch.commands[0] for job in jobs]
         try:
-            with logging_command(
-                command_id=requests[0].command_id,
-                correlation_id=requests[0].correlation_id,
-                aggregate_id=self.aggregate_id,
-            ):
-                outcomes, self._cached = await self._executor.execute_series(requests, self._cached)
+            outcomes, self._cached = await self._executor.execute_series(requests, self._cached)
         except Exception as error:  # only a bug gets here: the series handles command errors itself
             self._cached = None
             log.exception("a series of %d commands on %s failed", len(jobs), self.aggregate_id)
             for job in jobs:
-                if not job.reply.done():
-                    job.reply.set_exception(error)
+                _fail(job, error)
             return
-        appended = False
         for job, outcome in zip(jobs, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if not isinstance(outcome, ChronicleError):
-                    log.error(
-                        "command %s on %s failed: %r", job.batch.commands[0].command_id, self.aggregate_id, outcome
-                    )
-                if not job.reply.done():
-                    job.reply.set_exception(outcome)
-                continue
-            appended = appended or bool(outcome.events)
-            if not job.reply.done():
-                job.reply.set_result(BatchResult((outcome,), outcome.version, replayed=outcome.replayed))
-        if appended and self._cached is not None:
-            await self._executor.after_commit(before, self._cached)
+            if isinstance(outcome, BaseException) and not isinstance(outcome, ChronicleError):
+                log.error("command %s on %s failed: %r", job.batch.commands[0].command_id, self.aggregate_id, outcome)
+            _complete(job, outcome)
+        if self._cached is not None and self._cached.version > before:
+            self._snapshot_if_due(before, self._cached)
 
 
 def _alone(job: Job) -> bool:
     """Jobs that run on their own: batches (all or none) and dry runs."""
-    return len(job.batch.commands) > 1 or job.batch.dry_run or job.reply.done()
+    return len(job.batch.commands) > 1 or job.batch.dry_run
+
+
+def _complete(job: Job, outcome: CommandResult | BaseException) -> None:
+    if isinstance(outcome, BaseException):
+        _fail(job, outcome)
+    elif not job.reply.done():
+        job.reply.set_result(BatchResult((outcome,), outcome.version, replayed=outcome.replayed))
+
+
+def _fail(job: Job, error: BaseException) -> None:
+    if not job.reply.done():
+        job.reply.set_exception(error)

@@ -16,6 +16,6 @@ class AuthorizationMiddleware(Middleware):
     def __init__(self, authorizer: Authorizer) -> None:
         self._authorizer = authorizer
 
-    async def before(self, call: CommandCall) -> None:
+    def before(self, call: CommandCall) -> None:
         self._authorizer.check_submit(call.principal, call.command_type)
         self._authorizer.check_user(call.principal, call.user_id)

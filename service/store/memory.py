@@ -7,8 +7,9 @@ loop every call is atomic.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
@@ -57,7 +58,7 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
-    async def append(
+    def append(
         self,
         aggregate_id: str,
         events: Sequence[NewEvent],
@@ -65,6 +66,23 @@ class MemoryStore:
         *,
         commands: Sequence[CommandRecord] = (),
         claims: Sequence[ClaimChange] = (),
+    ) -> Awaitable[list[RecordedEvent]]:
+        # Decided at once: a completed future, not a coroutine (which would
+        # cost the caller a task).
+        appended: asyncio.Future[list[RecordedEvent]] = asyncio.get_running_loop().create_future()
+        try:
+            appended.set_result(self._append(aggregate_id, events, expected_version, commands, claims))
+        except Exception as error:
+            appended.set_exception(error)
+        return appended
+
+    def _append(
+        self,
+        aggregate_id: str,
+        events: Sequence[NewEvent],
+        expected_version: int,
+        commands: Sequence[CommandRecord],
+        claims: Sequence[ClaimChange],
     ) -> list[RecordedEvent]:
         for command in commands:
             if command.command_id in self._commands:

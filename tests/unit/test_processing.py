@@ -95,8 +95,9 @@ async def test_a_full_aggregate_queue_is_overloaded() -> None:
     results = await asyncio.gather(*attempts, return_exceptions=True)
     refused = [r for r in results if isinstance(r, Overloaded)]
     accepted = [r for r in results if not isinstance(r, BaseException)]
-    # all five arrive before the worker takes any: two fit, three are refused
-    assert (len(accepted), len(refused)) == (2, 3)
+    # the aggregate is warm, so the first starts at once; of the four that
+    # arrive while it runs, two fit in the queue and two are refused
+    assert (len(accepted), len(refused)) == (3, 2)
     assert refused[0].reason == "AGGREGATE_QUEUE_FULL"
     await router.close()
 

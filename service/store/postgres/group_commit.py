@@ -7,8 +7,10 @@ queues appends and hands each batch to its one ``write`` callable (for
 PostgreSQL, one statement in one transaction: appends.py), which answers
 each append with its events as committed or the error it met.
 
-A batch starts as soon as fewer than ``in_flight`` are being written: a lone
-append is written at once (no waiting to fill a batch); under load, the
+A batch starts as soon as fewer than ``in_flight`` are being written, at
+the end of the event loop's current round: every append made in the same
+round (a burst of commands that arrived together) joins it, and a lone
+append waits for nothing but the callbacks already due. Under load, the
 appends that queued while the previous batches were being committed form
 the next one. Nothing here creates a task or awaits: an append is a future
 completed by the write's callback, so a command costs its caller one future.
@@ -61,6 +63,7 @@ class GroupCommitter:
         self._queue: list[_Queued] = []
         self._writing = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
         self.batches = 0
         self.batched_appends = 0
 
@@ -69,8 +72,9 @@ class GroupCommitter:
             self._loop = asyncio.get_running_loop()
         reply: asyncio.Future[list[RecordedEvent]] = self._loop.create_future()
         self._queue.append((append, reply))
-        if self._writing < self._in_flight:
-            self._start()
+        if self._writing < self._in_flight and not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._start)
         return reply
 
     def _take(self) -> list[_Queued]:
@@ -95,6 +99,7 @@ class GroupCommitter:
         return taken
 
     def _start(self) -> None:
+        self._scheduled = False
         while self._writing < self._in_flight and self._queue:
             batch = self._take()
             if not batch:
