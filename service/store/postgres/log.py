@@ -18,8 +18,9 @@ class LogRole:
         conditions = log_conditions(POSTGRES, after_position, log_filter)
         statement = sql.read_log(conditions.where, conditions.next_placeholder(limit) + "::bigint")
         # One statement, one snapshot: the log's end and the page agree.
-        (result,) = await self._db.run(
-            "read_log", [Statement(statement.encode(), conditions.params, binary=True)], read_only=True
+        settings = [] if log_filter.aggregate_id is not None else [Statement(s.encode()) for s in sql.LOG_PAGE_SETTINGS]
+        *_, result = await self._db.run(
+            "read_log", [*settings, Statement(statement.encode(), conditions.params, binary=True)], read_only=True
         )
         loaded = rows(result)
         head = int(loaded[0][0]) if loaded else 0
