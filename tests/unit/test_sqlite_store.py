@@ -13,7 +13,7 @@ from tests.support.events import command_record, new_event
 
 
 def _version_one_file(path: Path) -> None:
-    schema = resources.files("service.store").joinpath("sqlite_schema.sql").read_text()
+    schema = resources.files("service.store.sqlite").joinpath("migrations", "0001_initial.sql").read_text()
     conn = sqlite3.connect(path)
     conn.executescript(f"{schema};PRAGMA user_version=1;")
     conn.execute(

@@ -43,13 +43,13 @@ from service.store.serialization import dump_metadata, dump_rejection, load_meta
 T = TypeVar("T")
 # Migration i brings the schema from version i to i + 1 (PRAGMA user_version).
 MIGRATIONS = (
-    "sqlite_schema.sql",
-    "sqlite_migrate_2.sql",
-    "sqlite_migrate_3.sql",
-    "sqlite_migrate_4.sql",
-    "sqlite_migrate_5.sql",
-    "sqlite_migrate_6.sql",
-    "sqlite_migrate_7.sql",
+    "0001_initial.sql",
+    "0002_claims_and_snapshot_history.sql",
+    "0003_audit_and_data_keys.sql",
+    "0004_log_readers.sql",
+    "0005_projections.sql",
+    "0006_audit_outcome.sql",
+    "0007_claims_by_aggregate.sql",
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -95,7 +95,7 @@ def _migrate(conn: sqlite3.Connection, target: int) -> None:
     """Bring the schema to version ``target``, once, even when several
     processes open a new file at the same moment: the version is read again
     under the write lock, and the script and the new version commit together."""
-    script = resources.files("service.store").joinpath(MIGRATIONS[target - 1]).read_text()
+    script = resources.files(__package__).joinpath("migrations", MIGRATIONS[target - 1]).read_text()
     conn.execute("BEGIN IMMEDIATE")
     try:
         (current,) = conn.execute("PRAGMA user_version").fetchone()
