@@ -8,7 +8,8 @@ from pathlib import Path
 
 from service.store.base import AuditQuery
 from service.store.records import ACCEPTED
-from service.store.sqlite import SCHEMA_VERSION, SqliteStore
+from service.store.sqlite import SqliteStore
+from service.store.sqlite.migrations import SCHEMA_VERSION
 
 
 async def test_a_version_1_database_is_migrated_and_its_commands_are_audited(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ from importlib import resources
 from pathlib import Path
 
 from service.store.records import ClaimChange, Snapshot
-from service.store.sqlite import SCHEMA_VERSION, SqliteStore
+from service.store.sqlite import SqliteStore
+from service.store.sqlite.migrations import SCHEMA_VERSION
 from tests.support.contents import contents
 from tests.support.events import command_record, new_event
 

@@ -1,5 +1,5 @@
 """The SQLite store: the embedded default, one file, no server to install."""
 
-from service.store.sqlite.store import SCHEMA_VERSION, SqliteStore
+from service.store.sqlite.store import SqliteStore
 
-__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+__all__ = ["SqliteStore"]
