@@ -45,9 +45,9 @@ class EventsRole:
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         conditions = aggregate_conditions(SQLITE, aggregate_id, query)
-        limit = None if query.limit is None else conditions.next_placeholder(query.limit)
-        statement = sql.read_aggregate(conditions.where, backwards=query.backwards, limit=limit)
-        rows = await self._writer.run(lambda db: db.execute(statement, conditions.params).fetchall())
+        statement = sql.read_aggregate(conditions.where, backwards=query.backwards, limited=query.limit is not None)
+        params = conditions.params if query.limit is None else [*conditions.params, query.limit]
+        rows = await self._writer.run(lambda db: db.execute(statement, params).fetchall())
         return [event_from_row(row) for row in rows]
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:

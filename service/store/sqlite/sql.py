@@ -76,10 +76,10 @@ VERSION_AT = (
 )
 
 
-def read_aggregate(where: str, *, backwards: bool, limit: str | None) -> str:
+def read_aggregate(where: str, *, backwards: bool, limited: bool) -> str:
     order = " DESC" if backwards else ""
-    tail = f" LIMIT {limit}" if limit is not None else ""
-    return f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY version{order}{tail}"
+    limit = " LIMIT ?" if limited else ""
+    return f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY version{order}{limit}"
 
 
 # -- the global log ---------------------------------------------------------------
