@@ -8,9 +8,10 @@ since the epoch, ids and JSON as text, bytes as blobs, so rows are read in
 the columns' order of ``sql_common`` with no conversion in SQL.
 
 Positions and readers. SQLite lets one writer into the file at a time, and
-every write here takes the write lock before it reads (``BEGIN IMMEDIATE``):
-positions are assigned and committed in the same order, so a reader by
-position can never skip an event that commits later with a lower position.
+a write that checks something before it writes takes the write lock first
+(``BEGIN IMMEDIATE``): positions are assigned and committed in the same
+order, so a reader by position can never skip an event that commits later
+with a lower position.
 """
 
 from __future__ import annotations
