@@ -249,11 +249,8 @@ RECORD_AUDIT_ENTRY = (
 )
 
 
-def audited_commands(where: str, outcome: str, limit: str) -> str:
-    return (
-        f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE {where}{outcome}"
-        f" ORDER BY recorded_at DESC LIMIT {limit}"
-    )
+def audited_commands(where: str, limit: str) -> str:
+    return f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE {where} ORDER BY recorded_at DESC LIMIT {limit}"
 
 
 def audited_others(where: str, limit: str) -> str:
