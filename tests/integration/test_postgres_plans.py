@@ -91,11 +91,12 @@ def test_the_batch_append_checks_versions_through_the_index(log: tuple[str, int]
 @pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
 def test_reads_of_one_aggregate_use_its_index(log: tuple[str, int], mode: str, name: str) -> None:
     url, events = log
-    statement, params = {
+    cases: dict[str, tuple[str, list[Any]]] = {
         "head": (sql.HEAD, ["agg-7"]),
         "check_version": (sql.CHECK_VERSION, ["agg-7", version_of(7, events)]),
         "version_at": (sql.VERSION_AT, ["agg-7", 1]),
-    }[name]
+    }
+    statement, params = cases[name]
     explained = plan(url, statement, params, mode=mode)
     assert "Seq Scan on events" not in explained, f"{name}: {explained}"
 
