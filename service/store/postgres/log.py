@@ -18,7 +18,8 @@ class LogRole:
         conditions = log_conditions(POSTGRES, after_position, log_filter)
         statement = sql.read_log(conditions.where, conditions.next_placeholder(limit) + "::bigint")
         # One statement, one snapshot: the log's end and the page agree.
-        settings = [] if log_filter.aggregate_id is not None else [Statement(s.encode()) for s in sql.LOG_PAGE_SETTINGS]
+        filtered = log_filter.aggregate_types or log_filter.event_types or log_filter.origin is not None
+        settings = [Statement(sql.LOG_PAGE_SETTINGS.encode())] if filtered and log_filter.aggregate_id is None else []
         *_, result = await self._db.run(
             "read_log", [*settings, Statement(statement.encode(), conditions.params, binary=True)], read_only=True
         )

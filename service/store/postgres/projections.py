@@ -35,10 +35,10 @@ class ProjectionsRole:
     async def commit_projection(
         self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
     ) -> None:
-        statements = [
-            Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)),
-            Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)),
-        ]
+        # The checkpoint's row is made by the first commit (from 0) and never
+        # deleted, so later commits only move it.
+        statements = [Statement(sql.ENSURE_CHECKPOINT.encode(), (name,))] if expected_position == 0 else []
+        statements.append(Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)))
         deletes = [w.key for w in writes if w.data is None]
         puts = [{"key": w.key, "type_name": w.type_name, "data": w.data.hex()} for w in writes if w.data is not None]
         if deletes:

@@ -172,7 +172,7 @@ def read_log(where: str, limit: str) -> str:
 # filter and sorts them to return the first hundred: at millions of events,
 # each page read the rest of the log. Not for a read of one aggregate, whose
 # (aggregate_id, version) index needs the sort. Local to the read's operation.
-LOG_PAGE_SETTINGS = ("SET LOCAL enable_sort = off", "SET LOCAL enable_bitmapscan = off")
+LOG_PAGE_SETTINGS = "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)"
 LOG_HEAD = "SELECT last_position FROM chronicle.log_head"
 LISTEN = "LISTEN chronicle_events"
 NOTIFY_CHANNEL = "chronicle_events"
