@@ -11,6 +11,7 @@ store).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -346,9 +347,28 @@ def _store_name(url: str) -> str:
     return _redacted(url)
 
 
+# The collector's first generation runs after this many new objects. Python's
+# default (700) is met every few commands: each command makes a few hundred
+# short-lived objects, almost none in reference cycles, and every collection
+# walks the young ones. Memory stays bounded by the same collections, run less
+# often.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_garbage_collection() -> None:
+    """After start-up: the objects made so far (modules, plugins, the server)
+    live as long as the process, so they leave the collector's view
+    (``gc.freeze``), and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
     app = await start(settings)
+    tune_garbage_collection()
     print(describe(app), flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -17,7 +17,7 @@ from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
 from service.api import guard
-from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event, type_name
+from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event_into, type_name
 from service.api.gate import OnRefused
 from service.api.status import command_error
 from service.audit import AuditLog, refusal
@@ -183,7 +183,10 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 
 async def _stream_response(command_id: str, outcome: Awaitable[BatchResult]) -> pb.SubmitStreamResponse:
     try:
-        return pb.SubmitStreamResponse(command_id=command_id, ok=_response((await outcome).results[0]))
+        result = (await outcome).results[0]
+        answer = pb.SubmitStreamResponse(command_id=command_id)
+        _response(result, answer.ok)
+        return answer
     except ChronicleError as error:
         return pb.SubmitStreamResponse(command_id=command_id, error=command_error(error))
     except Exception:
@@ -198,10 +201,19 @@ def _as_principal(command: CommandRequest, principal: Principal) -> CommandReque
     return replace(command, principal=principal.name, user_id=command.user_id or principal.name)
 
 
-def _response(result: CommandResult) -> pb.SubmitResponse:
-    return pb.SubmitResponse(
-        events=[encode_event(e) for e in result.events], version=result.version, replayed=result.replayed
-    )
+def _response(result: CommandResult, response: pb.SubmitResponse | None = None) -> pb.SubmitResponse:
+    """``result`` as a SubmitResponse (filled in ``response`` if given: the
+    ``ok`` of a stream's answer, built in place)."""
+    if response is None:
+        response = pb.SubmitResponse()
+    response.SetInParent()  # an empty result is still an answer of its own
+    response.version = result.version
+    if result.replayed:
+        response.replayed = True
+    add = response.events.add
+    for event in result.events:
+        encode_event_into(add(), event)
+    return response
 
 
 def _batch_refusals(request: object, principal: Principal | None, error: ChronicleError) -> list[AuditEntry]:

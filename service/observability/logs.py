@@ -77,6 +77,13 @@ class LoggingMiddleware(Middleware):
 
     name = "logging"
 
+    def wants(self, hook: str) -> bool:
+        # Accepted commands are logged at DEBUG only: with the level above
+        # that (set once, at start), the after hook would never write a line.
+        if hook == "after":
+            return log.isEnabledFor(logging.DEBUG)
+        return super().wants(hook)
+
     def before(self, call: CommandCall) -> None:
         command_log_context.set(
             {"command_id": call.command_id, "correlation_id": call.correlation_id, "aggregate_id": call.aggregate_id}

@@ -31,7 +31,7 @@ plugin reads today; stored events are never rewritten.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.message import Message
@@ -56,10 +56,11 @@ class CommandSpec:
     message_type: type[Message]
     handler: Handler
     aggregate: AggregateType
+    # The message's full name, read once: every command asks for it.
+    name: str = field(init=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return str(self.message_type.DESCRIPTOR.full_name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", str(self.message_type.DESCRIPTOR.full_name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +71,11 @@ class EventSpec:
     apply: Applier
     schema_version: int
     aggregate: AggregateType
+    # The message's full name, read once: every event asks for it.
+    name: str = field(init=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return str(self.message_type.DESCRIPTOR.full_name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", str(self.message_type.DESCRIPTOR.full_name))
 
 
 @dataclass(frozen=True, slots=True)

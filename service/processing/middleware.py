@@ -102,6 +102,12 @@ class Middleware:
     #: Shown in logs when a hook fails.
     name = "middleware"
 
+    def wants(self, hook: str) -> bool:
+        """Whether the pipeline should call ``hook`` ("before", "after" or
+        "on_error") at all, asked once when the pipeline is built. By
+        default, the hooks a subclass overrides."""
+        return getattr(type(self), hook) is not getattr(Middleware, hook)
+
     def before(self, call: CommandCall) -> Awaitable[None] | None:
         """Runs before the command is queued. Raise a ChronicleError to refuse it."""
         return None
@@ -117,8 +123,9 @@ class Middleware:
 
 Submit = Callable[[CommandRequest], Awaitable[CommandResult]]
 SubmitBatch = Callable[[CommandBatch], Awaitable[BatchResult]]
-# The router's ``start``: the future of a batch's result, without a coroutine.
-Start = Callable[[CommandBatch], "asyncio.Future[BatchResult]"]
+# The router's ``start``: the future of a batch's result, without a coroutine;
+# ``finish`` completes that future instead of the worker (worker.Finish).
+Start = Callable[..., "asyncio.Future[BatchResult]"]
 
 
 class Pipeline:
@@ -140,9 +147,9 @@ class Pipeline:
         # Hooks left as the base class's no-op are not called at all: most
         # middleware needs one or two of the three, and the hot path pays
         # for every call.
-        self._befores = tuple(m for m in self.middleware if _overrides(m, "before"))
-        self._afters = tuple(m for m in self.middleware if _overrides(m, "after"))
-        self._on_errors = tuple(m for m in self.middleware if _overrides(m, "on_error"))
+        self._befores = tuple(m for m in self.middleware if m.wants("before"))
+        self._afters = tuple(m for m in self.middleware if m.wants("after"))
+        self._on_errors = tuple(m for m in self.middleware if m.wants("on_error"))
         self._position = {id(m): i for i, m in enumerate(self.middleware)}
         # ``start`` runs a command without a coroutine when the hooks around
         # its success are plain functions (on_error hooks may be coroutines).
@@ -233,14 +240,10 @@ class Pipeline:
                 refusing = middleware
                 middleware.before(call)
             refusing = None
-            reply = self._start(CommandBatch((request,), dry_run=dry_run))
+            finish = partial(self._finish, call, started) if self._afters or self._on_errors else None
+            return self._start(CommandBatch((request,), dry_run=dry_run), finish=finish)
         except BaseException as error:
             return asyncio.ensure_future(self._refused(call, started, error, refusing))
-        if not self._afters and not self._on_errors:
-            return reply
-        outcome: asyncio.Future[BatchResult] = reply.get_loop().create_future()
-        reply.add_done_callback(partial(self._finish, call, started, outcome))
-        return outcome
 
     async def _refused(
         self, call: CommandCall, started: float, error: BaseException, refusing: Middleware | None
@@ -252,31 +255,28 @@ class Pipeline:
         self,
         call: CommandCall,
         started: float,
-        outcome: asyncio.Future[BatchResult],
         reply: asyncio.Future[BatchResult],
+        outcome: BatchResult | BaseException,
     ) -> None:
-        if reply.cancelled():
-            outcome.cancel()
-            return
-        error = reply.exception()
-        if error is not None:
-            failed = replace(call, error=error, elapsed=time.perf_counter() - started)
+        """Called by the worker with the command's outcome: the hooks, then
+        the reply (after every on_error hook, a coroutine's included)."""
+        if isinstance(outcome, BaseException):
+            failed = replace(call, error=outcome, elapsed=time.perf_counter() - started)
             rest = self._on_errors_inline(failed)
             if rest is None:
-                outcome.set_exception(error)
+                reply.set_exception(outcome)
             else:  # a hook is a coroutine: the rest of them run in a task, then the caller hears
-                failing = asyncio.ensure_future(_then_raise(rest, error))
-                failing.add_done_callback(partial(_relay, outcome))
+                failing = asyncio.ensure_future(_then_raise(rest, outcome))
+                failing.add_done_callback(partial(_relay, reply))
             return
-        result = reply.result()
-        done = replace(call, result=result.results[0], elapsed=time.perf_counter() - started)
-        for middleware in reversed(self._afters):
-            try:
-                middleware.after(done)
-            except Exception:
-                log.exception("middleware %s failed in after for command %s", middleware.name, call.command_id)
-        if not outcome.done():
-            outcome.set_result(result)
+        if self._afters:
+            done = replace(call, result=outcome.results[0], elapsed=time.perf_counter() - started)
+            for middleware in reversed(self._afters):
+                try:
+                    middleware.after(done)
+                except Exception:
+                    log.exception("middleware %s failed in after for command %s", middleware.name, call.command_id)
+        reply.set_result(outcome)
 
     def _on_errors_inline(self, failed: CommandCall) -> Awaitable[None] | None:
         """Every on_error hook, innermost first, as long as they are plain
@@ -306,10 +306,6 @@ async def _rest_of(pending: Awaitable[None], hooks: Sequence[Middleware], failed
 async def _then_raise(pending: Awaitable[None], error: BaseException) -> BatchResult:
     await pending
     raise error
-
-
-def _overrides(middleware: Middleware, hook: str) -> bool:
-    return getattr(type(middleware), hook) is not getattr(Middleware, hook)
 
 
 async def _awaited(outcome: Awaitable[None] | None) -> None:

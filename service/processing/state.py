@@ -5,7 +5,6 @@ current schema) and applied by the plugin's apply function."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
@@ -15,11 +14,12 @@ from service.plugins.registry import Registry
 from service.processing.upcasting import EventReader
 from service.store.base import AggregateQuery, Store
 from service.store.records import Snapshot
+from service.values import value
 
 __all__ = ["Aggregate", "AggregateLoader", "EventNotReadable", "apply_messages"]
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class Aggregate:
     """An aggregate's state at ``version``. ``state`` belongs to whoever
     holds this value and must not be changed; apply works on a copy."""
