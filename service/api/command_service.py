@@ -16,7 +16,6 @@ import grpc
 from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
-from service.api import guard
 from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event_into, type_name
 from service.api.gate import OnRefused
 from service.api.status import command_error
@@ -73,11 +72,9 @@ class CommandService(pb_grpc.CommandServiceServicer):
         result = await self._pipeline.submit(command, principal)
         return BatchResult((result,), result.version, replayed=result.replayed)
 
-    @guard.unary
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
         return _response((await self._start(request, current_principal.get())).results[0])
 
-    @guard.streaming
     async def SubmitStream(
         self, requests: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
@@ -101,13 +98,21 @@ class CommandService(pb_grpc.CommandServiceServicer):
         try:
             while (item := await window.next()) is not None:
                 command_id, outcome = item
-                yield await _stream_response(command_id, outcome)
+                answer = pb.SubmitStreamResponse(command_id=command_id)
+                try:
+                    _response((await outcome).results[0], answer.ok)
+                except ChronicleError as error:
+                    answer.error.CopyFrom(command_error(error))
+                except Exception:
+                    log.exception("command %s of a stream failed", command_id)
+                    internal = ChronicleError("internal error", reason="INTERNAL")
+                    answer.error.CopyFrom(command_error(internal))
+                yield answer
             await reader  # the client's half ended: surface a read error, if any
         finally:
             reader.cancel()
             window.abandon()
 
-    @guard.unary
     async def SubmitBatch(
         self, request: pb.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SubmitBatchResponse:
@@ -179,20 +184,6 @@ class _Window:
 def _wake(waiter: asyncio.Future[None] | None) -> None:
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
-
-
-async def _stream_response(command_id: str, outcome: Awaitable[BatchResult]) -> pb.SubmitStreamResponse:
-    try:
-        result = (await outcome).results[0]
-        answer = pb.SubmitStreamResponse(command_id=command_id)
-        _response(result, answer.ok)
-        return answer
-    except ChronicleError as error:
-        return pb.SubmitStreamResponse(command_id=command_id, error=command_error(error))
-    except Exception:
-        log.exception("command %s of a stream failed", command_id)
-        internal = ChronicleError("internal error", reason="INTERNAL")
-        return pb.SubmitStreamResponse(command_id=command_id, error=command_error(internal))
 
 
 def _as_principal(command: CommandRequest, principal: Principal) -> CommandRequest:

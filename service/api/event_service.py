@@ -11,7 +11,6 @@ from google.protobuf import any_pb2
 from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as pb
 from chronicle.v1 import event_service_pb2_grpc as pb_grpc
-from service.api import guard
 from service.api.codec import TYPE_URL_PREFIX, check_id, check_names, check_version, encode_event, micros_of
 from service.api.subscribe import decode_subscribe, encode_item, restrict_to_permitted
 from service.errors import InvalidInput
@@ -52,7 +51,6 @@ class EventService(pb_grpc.EventServiceServicer):
         if head is not None:
             self._authorizer.check_read(current_principal.get(), head.aggregate_type)
 
-    @guard.streaming
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SubscribeResponse]:
@@ -65,7 +63,6 @@ class EventService(pb_grpc.EventServiceServicer):
                 yield encode_item(item)
                 self._tracker.moved(handle, item.position)
 
-    @guard.streaming
     async def ReadAggregate(
         self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[event_pb2.Event]:
@@ -81,7 +78,6 @@ class EventService(pb_grpc.EventServiceServicer):
         async for event in self._history.events(aggregate_id, wanted):
             yield encode_event(event)
 
-    @guard.unary
     async def GetAggregate(
         self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAggregateResponse:
