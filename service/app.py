@@ -25,25 +25,27 @@ from service.api.gate import RpcGate, refused_rpc_hooks
 from service.api.health import Health, StoreMonitor
 from service.api.projection_service import ProjectionService
 from service.api.server import build_server
+from service.api.status import status_code
+from service.api.tracing import TracingInterceptor
 from service.audit import AuditLog, AuditMiddleware
 from service.errors import ConfigurationError
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
 from service.observability.store_timing import timed
 from service.observability.subscriptions import LagSampler, SubscriptionTracker
-from service.observability.tracing import TracingInterceptor, TracingMiddleware
+from service.observability.tracing import TracingMiddleware
 from service.observability.tracing import wanted as tracing_wanted
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
+from service.plugins.middleware import Middleware
 from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
-from service.processing.middleware import Middleware, Pipeline
+from service.processing.middleware import Pipeline
 from service.processing.projections import ProjectionRunner, Projections
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
-from service.security.encryption import Keyring, MasterKeys
 from service.security.exposure import check_exposure
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware
@@ -52,6 +54,7 @@ from service.security.tls import server_credentials
 from service.settings import Settings
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
+from service.store.encryption import Keyring, MasterKeys
 from service.store.factory import open_store
 
 log = logging.getLogger("chronicle")
@@ -214,7 +217,7 @@ async def start(
     if tracing:
         middleware.append(TracingMiddleware(tracer_provider))
     if metrics is not None:
-        middleware.append(MetricsMiddleware(metrics))
+        middleware.append(MetricsMiddleware(metrics, code_name=lambda error: status_code(error).name.lower()))
     middleware.append(AuditMiddleware(audit))
     if authorizer.enforcing:
         middleware.append(AuthorizationMiddleware(authorizer))

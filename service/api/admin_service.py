@@ -16,10 +16,10 @@ from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
 from service.api.codec import check_id, micros_of, timestamp
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, NotEncrypted
-from service.security.encryption import Keyring
+from service.principal import current_principal
 from service.security.policy import Authorizer
-from service.security.principal import current_principal
 from service.store.base import AuditQuery
+from service.store.encryption import Keyring
 from service.store.records import ACCEPTED, REFUSED, AuditEntry
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from service.api.status import command_error
 from service.audit import AuditLog, refusal
 from service.errors import ChronicleError, InvalidInput
 from service.plugins.registry import Registry
+from service.principal import Principal, current_principal
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.middleware import Pipeline
-from service.security.principal import Principal, current_principal
 from service.store.records import AuditEntry
 
 log = logging.getLogger(__name__)

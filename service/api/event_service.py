@@ -16,11 +16,11 @@ from service.api.subscribe import decode_subscribe, encode_item, restrict_to_per
 from service.errors import InvalidInput
 from service.observability.subscriptions import SubscriptionTracker
 from service.plugins.registry import Registry
+from service.principal import current_principal
 from service.processing.history import EventRange, History
 from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.security.policy import Authorizer
-from service.security.principal import current_principal
 from service.store.base import EventRecorder
 
 

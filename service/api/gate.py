@@ -34,8 +34,8 @@ from service.api.decoding import Undecodable, tolerant
 from service.api.interceptors import produce
 from service.api.status import internal_status, rich_status
 from service.errors import ChronicleError, Overloaded, Unauthenticated
+from service.principal import current_principal
 from service.security.credentials import Authenticator
-from service.security.principal import current_principal
 
 log = logging.getLogger(__name__)
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)

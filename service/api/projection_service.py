@@ -13,9 +13,9 @@ from service.api.codec import TYPE_URL_PREFIX, check_id
 from service.errors import ResourceNotFound
 from service.plugins.projections import Projection
 from service.plugins.registry import Registry
+from service.principal import current_principal
 from service.processing.projections import Projections
 from service.security.policy import Authorizer
-from service.security.principal import current_principal
 from service.store.base import LogReader, ProjectionStore
 
 

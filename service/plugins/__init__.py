@@ -3,7 +3,7 @@
 from service.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, NotUnique, ValidationError
 from service.plugins.api import AggregateType, CommandSpec, EventSpec, OldEvent, Plugin, UpcasterSpec
 from service.plugins.context import CommandContext, Effects
-from service.processing.middleware import CommandCall, Middleware
+from service.plugins.middleware import CommandCall, Middleware
 
 __all__ = [
     "AggregateType",

@@ -40,7 +40,7 @@ from service.plugins.context import CommandContext
 from service.plugins.projections import Projection
 
 if TYPE_CHECKING:
-    from service.processing.middleware import Middleware
+    from service.plugins.middleware import Middleware
 
 Handler = Callable[[Any, Any, CommandContext], "Message | Iterable[Message] | None"]
 Applier = Callable[[Any, Any], "Message | None"]

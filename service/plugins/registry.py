@@ -14,7 +14,7 @@ from service.plugins.api import AggregateType, CommandSpec, EventSpec, Plugin, U
 from service.plugins.projections import Projection
 
 if TYPE_CHECKING:
-    from service.processing.middleware import Middleware
+    from service.plugins.middleware import Middleware
 
 
 class Registry:

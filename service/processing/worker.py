@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from functools import partial
 
 from service.errors import ChronicleError, CommandAlreadyRecorded, ConcurrencyConflict, Overloaded
-from service.observability.logs import command_log_context
 from service.processing.commands import BatchResult, CommandBatch, CommandResult
 from service.processing.executor import CommandExecutor, Failed, InlineSeries
+from service.processing.log_context import command_log_context
 from service.processing.state import Aggregate
 
 log = logging.getLogger(__name__)
