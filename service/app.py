@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import grpc
 
 from service.api.admin_service import AdminService
-from service.api.command_service import CommandService, audit_refused_rpc
+from service.api.command_service import CommandService
 from service.api.event_service import EventService
 from service.api.gate import RpcGate, refused_rpc_hooks
 from service.api.health import Health, StoreMonitor
 from service.api.projection_service import ProjectionService
+from service.api.refused_commands import RefusedCommands
 from service.api.server import build_server
 from service.api.status import status_code
 from service.api.tracing import TracingInterceptor
@@ -209,6 +210,7 @@ async def start(
         max_workers=settings.max_workers,
     )
     audit = AuditLog(roles.audit)
+    refused_commands = RefusedCommands(audit)
     tracing = tracing_wanted(tracer_provider)
     # Outermost first: logging, tracing, metrics and audit see every outcome,
     # authorization's refusals included; plugin middleware sees only
@@ -223,7 +225,7 @@ async def start(
         middleware.append(AuthorizationMiddleware(authorizer))
     middleware.extend(registry.middleware)
     pipeline = Pipeline(router.submit, middleware, submit_batch=router.submit_batch, start=router.start)
-    on_refused = refused_rpc_hooks(audit_refused_rpc(audit), metrics.rpc_refused if metrics is not None else None)
+    on_refused = refused_rpc_hooks(refused_commands, metrics.rpc_refused if metrics is not None else None)
     gate = RpcGate(
         max_rpcs=settings.max_concurrent_rpcs,
         max_subscriptions=settings.max_subscriptions,
@@ -252,7 +254,7 @@ async def start(
         ]
     )
     server = build_server(
-        commands=CommandService(registry, pipeline, audit),
+        commands=CommandService(registry, pipeline, refused_commands),
         events=EventService(roles.events, executor.loader, authorizer, subscriptions, registry, tracker),
         admin=AdminService(audit, authorizer, keyring),
         projections=ProjectionService(

@@ -163,16 +163,19 @@ def decode_command(
     )
 
 
-def decode_batch(commands: Sequence[command_pb2.Command], registry: Registry, *, dry_run: bool) -> CommandBatch:
+def decode_batch(
+    commands: Sequence[command_pb2.Command], registry: Registry, *, dry_run: bool, principal: str = ""
+) -> CommandBatch:
     """A well-formed batch: 1 to MAX_BATCH_COMMANDS commands for one
-    aggregate, each command id once."""
+    aggregate, each command id once, each sent as ``principal`` (as
+    ``decode_command``)."""
     if not commands:
         raise InvalidInput.for_field("commands", "must hold at least one command", reason="EMPTY_BATCH")
     if len(commands) > MAX_BATCH_COMMANDS:
         raise InvalidInput.for_field(
             "commands", f"holds {len(commands)} commands; at most {MAX_BATCH_COMMANDS}", reason="BATCH_TOO_LARGE"
         )
-    decoded = [decode_command(c, registry, field=f"commands[{i}]") for i, c in enumerate(commands)]
+    decoded = [decode_command(c, registry, field=f"commands[{i}]", principal=principal) for i, c in enumerate(commands)]
     first, seen = decoded[0], dict[str, int]()
     for i, request in enumerate(decoded):
         if request.aggregate_id != first.aggregate_id:

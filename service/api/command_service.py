@@ -1,6 +1,6 @@
 """``chronicle.v1.CommandService``: decode, hand to the pipeline, encode. No
-business logic. Refusals before the pipeline (malformed input, and through
-``audit_refused_rpc`` authentication and limits) are audited here."""
+business logic. A command that does not decode is audited through
+``RefusedCommands``, as the gate's refusals are."""
 
 from __future__ import annotations
 
@@ -8,40 +8,31 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import replace
 from typing import Any
 
 import grpc
 
-from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
-from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event_into, type_name
-from service.api.gate import OnRefused
+from service.api.codec import decode_batch, decode_command, encode_event_into
+from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands
 from service.api.status import command_error
-from service.audit import AuditLog, refusal
 from service.errors import ChronicleError, InvalidInput
 from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.middleware import Pipeline
-from service.store.records import AuditEntry
 
 log = logging.getLogger(__name__)
-SUBMIT_METHOD = "/chronicle.v1.CommandService/Submit"
 # Commands of one SubmitStream started and not yet answered.
 STREAM_IN_FLIGHT = 256
-SUBMIT_BATCH_METHOD = "/chronicle.v1.CommandService/SubmitBatch"
-# Audit entries keep what the client sent, cut to a bounded size: a refused
-# request may be malformed in any way.
-_AUDITED_LENGTH = 200
 
 
 class CommandService(pb_grpc.CommandServiceServicer):
-    def __init__(self, registry: Registry, pipeline: Pipeline, audit: AuditLog) -> None:
+    def __init__(self, registry: Registry, pipeline: Pipeline, refused: RefusedCommands) -> None:
         self._registry = registry
         self._pipeline = pipeline
-        self._audit = audit
+        self._refused = refused
 
     def _start(self, request: pb.SubmitRequest, principal: Principal) -> Awaitable[BatchResult]:
         """One Submit, as a unary call or one message of a stream, under way.
@@ -65,7 +56,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         return self._submitted(command, principal)
 
     async def _refuse(self, request: pb.SubmitRequest, principal: Principal, error: ChronicleError) -> BatchResult:
-        await self._audit.refused(_refusal(request, principal, error))
+        await self._refused(SUBMIT_METHOD, request, error, principal)
         raise error
 
     async def _submitted(self, command: CommandRequest, principal: Principal) -> BatchResult:
@@ -118,12 +109,10 @@ class CommandService(pb_grpc.CommandServiceServicer):
     ) -> pb.SubmitBatchResponse:
         principal = current_principal.get()
         try:
-            batch = decode_batch(request.commands, self._registry, dry_run=request.dry_run)
+            batch = decode_batch(request.commands, self._registry, dry_run=request.dry_run, principal=principal.name)
         except ChronicleError as error:
-            for entry in _batch_refusals(request, principal, error):
-                await self._audit.refused(entry)
+            await self._refused(SUBMIT_BATCH_METHOD, request, error, principal)
             raise
-        batch = replace(batch, commands=tuple(_as_principal(c, principal) for c in batch.commands))
         result = await self._pipeline.submit_batch(batch, principal)
         return pb.SubmitBatchResponse(
             results=[_response(r) for r in result.results], version=result.version, replayed=result.replayed
@@ -186,12 +175,6 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
-def _as_principal(command: CommandRequest, principal: Principal) -> CommandRequest:
-    # The caller acts as itself unless it names another user (which the
-    # authorization middleware allows only with an impersonation grant).
-    return replace(command, principal=principal.name, user_id=command.user_id or principal.name)
-
-
 def _response(result: CommandResult, response: pb.SubmitResponse | None = None) -> pb.SubmitResponse:
     """``result`` as a SubmitResponse (filled in ``response`` if given: the
     ``ok`` of a stream's answer, built in place)."""
@@ -205,43 +188,3 @@ def _response(result: CommandResult, response: pb.SubmitResponse | None = None) 
     for event in result.events:
         encode_event_into(add(), event)
     return response
-
-
-def _batch_refusals(request: object, principal: Principal | None, error: ChronicleError) -> list[AuditEntry]:
-    """One audit entry per command of a refused batch (one in all when the
-    batch is too large to list)."""
-    commands = list(request.commands) if isinstance(request, pb.SubmitBatchRequest) else []
-    if not commands or len(commands) > MAX_BATCH_COMMANDS:
-        commands = [command_pb2.Command()]
-    return [_refusal(pb.SubmitRequest(command=command), principal, error) for command in commands]
-
-
-def _refusal(request: object, principal: Principal | None, error: ChronicleError) -> AuditEntry:
-    command = request.command if isinstance(request, pb.SubmitRequest) else command_pb2.Command()
-
-    def cut(text: str) -> str:
-        return text[:_AUDITED_LENGTH]
-
-    return refusal(
-        error,
-        command_id=cut(command.command_id),
-        command_type=cut(type_name(command.payload)),
-        aggregate_id=cut(command.aggregate_id),
-        principal=principal.name if principal is not None else "",
-        user_id=cut(command.user_id),
-        origin=cut(command.origin),
-    )
-
-
-def audit_refused_rpc(audit: AuditLog) -> OnRefused:
-    """The interceptors' ``on_refused`` hook: a Submit refused before the
-    servicer ran (no or bad credentials, too many calls) is audited."""
-
-    async def on_refused(method: str, request: object, error: ChronicleError) -> None:
-        if method == SUBMIT_METHOD:
-            await audit.refused(_refusal(request, None, error))
-        elif method == SUBMIT_BATCH_METHOD:
-            for entry in _batch_refusals(request, None, error):
-                await audit.refused(entry)
-
-    return on_refused

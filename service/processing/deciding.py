@@ -155,6 +155,9 @@ class Decider:
             metadata=request.metadata,
             effects=effects,
         )
+        spec = request.spec
+        if spec.creates or spec.requires_existing:
+            spec.check_existence(context)
         produced = self._call(request, state, context)
         claims = tuple(ClaimChange(c.scope, c.value, c.release) for c in effects.claims) if effects.claims else ()
         return self._events_of(request.spec.name, aggregate, produced), claims
