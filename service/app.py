@@ -28,6 +28,7 @@ from service.api.refused_commands import RefusedCommands
 from service.api.server import build_server
 from service.api.status import status_code
 from service.api.tracing import TracingInterceptor
+from service.api.transfers import Transfers
 from service.audit import AuditLog, AuditMiddleware
 from service.errors import ConfigurationError
 from service.observability.logs import LoggingMiddleware
@@ -56,7 +57,7 @@ from service.settings import Settings
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
-from service.store.factory import open_store
+from service.store.factory import open_store, store_kind
 
 log = logging.getLogger("chronicle")
 
@@ -256,7 +257,13 @@ async def start(
     server = build_server(
         commands=CommandService(registry, pipeline, refused_commands),
         events=EventService(roles.events, executor.loader, authorizer, subscriptions, registry, tracker),
-        admin=AdminService(audit, authorizer, keyring),
+        admin=AdminService(
+            audit,
+            authorizer,
+            keyring,
+            # Exports and imports move what is stored: the adapter's own roles.
+            transfers=Transfers(Store.of(adapter), store_kind(adapter), evict=router.evict),
+        ),
         projections=ProjectionService(
             documents=roles.projections,
             log=roles.log,

@@ -14,6 +14,10 @@
     chronicle forget ACCOUNT                 # crypto-shred an aggregate (admin; irreversible)
     chronicle rewrap-keys                    # after adding a new master key (admin)
     chronicle masterkey ID                   # a new master key line for --master-key-file
+    chronicle export [FILE] [--snapshots] [--commands] [--aggregate ID] [--format binary|jsonl]
+    chronicle import FILE [--overwrite] [--restore-deleted]
+                                             # the store's contents out and in (admin), through the
+                                             # server, or with --database-url straight on a store
 
 Against a server with authentication on, pass ``--token`` (or
 CHRONICLE_TOKEN); against TLS, ``--tls-ca`` (and for mutual TLS
@@ -30,13 +34,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import signal
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO
 
 import grpc
 from google.protobuf import any_pb2, json_format
@@ -60,6 +66,10 @@ from service.api.codec import check_id
 from service.errors import ChronicleError, InvalidInput
 from service.remote_types import RemoteTypes, UnknownType
 from service.settings import add_arguments, load_settings
+
+if TYPE_CHECKING:
+    from service.transfer.exporter import ExportSelection
+    from service.transfer.importer import ImportOptions
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -322,6 +332,171 @@ def _rewrap_keys(args: argparse.Namespace, channel: grpc.Channel) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    from service.transfer.exporter import ExportSelection
+    from service.transfer.files import STDIO, format_for, output, write_all
+    from service.transfer.progress import Reporter
+    from service.transfer.stream import Writer
+
+    selection = ExportSelection(
+        snapshots=args.snapshots, commands=args.commands, aggregate_ids=tuple(dict.fromkeys(args.aggregate or ()))
+    )
+    export_format = format_for(args.file, args.format)
+    with output(args.file) as out:
+        if args.database_url:
+            counts = asyncio.run(_export_local(args.database_url, selection, out, export_format, args.quiet))
+        else:
+            types = RemoteTypes(channel)
+            request = admin_service_pb2.ExportLogRequest(
+                include_snapshots=selection.snapshots,
+                include_commands=selection.commands,
+                aggregate_ids=selection.aggregate_ids,
+            )
+            call = admin_service_pb2_grpc.AdminServiceStub(channel).ExportLog(request)
+            records = iter(call)
+            header = next(records)
+            reporter = Reporter("export", total=header.header.log_head, unit="positions", quiet=args.quiet)
+            writer = Writer(out, export_format, pool=types.pool)
+            writer.write(header)
+            counts = write_all(records, writer, reporter)
+            reporter.close(_counted(counts))
+    summary = {
+        "file": args.file,
+        "format": export_format,
+        **{f"{kind}s": n for kind, n in sorted(counts.items()) if kind not in ("header", "end")},
+    }
+    if args.file == STDIO:
+        print(json.dumps(summary), file=sys.stderr)
+    else:
+        _print(summary)
+    return EXIT_OK
+
+
+async def _export_local(
+    url: str, selection: ExportSelection, out: BinaryIO, export_format: str, quiet: bool
+) -> dict[str, int]:
+    """An export read straight from the store at ``url`` (the server may be stopped)."""
+    from service.app import build_registry
+    from service.store.base import Store
+    from service.store.factory import open_store, store_kind
+    from service.transfer.exporter import Exporter
+    from service.transfer.progress import Reporter
+    from service.transfer.stream import Writer
+
+    build_registry(load_settings(None, os.environ))  # the plugins' payload types, for JSON
+    adapter = open_store(url, pool_size=2)
+    await adapter.open()
+    try:
+        writer = Writer(out, export_format)
+        counts: dict[str, int] = {}
+        reporter: Reporter | None = None
+        async for record in Exporter(Store.of(adapter), source=store_kind(adapter)).records(selection):
+            writer.write(record)
+            kind = record.WhichOneof("record") or ""
+            counts[kind] = counts.get(kind, 0) + 1
+            if kind == "header":
+                reporter = Reporter("export", total=record.header.log_head, unit="positions", quiet=quiet)
+            elif kind == "event" and reporter is not None:
+                reporter.update(record.event.event.position)
+        if reporter is not None:
+            reporter.close(_counted(counts))
+        return counts
+    finally:
+        await adapter.close()
+
+
+def _counted(counts: dict[str, int]) -> str:
+    shown = [f"{n:,} {kind.replace('_', ' ')}s" for kind, n in sorted(counts.items()) if kind not in ("header", "end")]
+    return ("done: " + ", ".join(shown)) if shown else "done: empty"
+
+
+def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    from service.transfer.files import Source
+    from service.transfer.importer import ImportOptions
+    from service.transfer.progress import Reporter
+
+    options = ImportOptions(overwrite=args.overwrite, restore_deleted=args.restore_deleted)
+    if args.database_url:
+        summary = asyncio.run(_import_local(args.database_url, args.file, options, args.quiet))
+        _print(summary)
+        return EXIT_OK
+    types = RemoteTypes(channel)
+    source = Source(args.file, pool=types.pool)
+    reporter = Reporter("import", total=source.total, unit="bytes" if source.total else "records", quiet=args.quiet)
+
+    unreadable: list[ChronicleError] = []
+
+    def requests() -> Iterator[admin_service_pb2.ImportLogRequest]:
+        records = source.records()
+        for sent in itertools.count(1):
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except ChronicleError as error:
+                # The file is at fault, not the server: say so once the call ends.
+                unreadable.append(error)
+                return
+
+            request = admin_service_pb2.ImportLogRequest(record=record)
+            if sent == 1:
+                request.options.overwrite = options.overwrite
+                request.options.restore_deleted = options.restore_deleted
+            yield request
+            reporter.update(source.position if source.total else sent)
+
+    try:
+        response = admin_service_pb2_grpc.AdminServiceStub(channel).ImportLog(requests())
+    except grpc.RpcError:
+        if unreadable:
+            raise unreadable[0] from None
+        raise
+    finally:
+        source.close()
+    if unreadable:
+        raise unreadable[0]
+    reporter.close(f"done: {response.events_written:,} events written, {response.events_skipped:,} already there")
+    _print(_import_counts(response))
+    return EXIT_OK
+
+
+def _import_counts(response: admin_service_pb2.ImportLogResponse) -> dict[str, int]:
+    return {field.name: int(getattr(response, field.name)) for field in response.DESCRIPTOR.fields}
+
+
+async def _import_local(url: str, path: str, options: ImportOptions, quiet: bool) -> dict[str, int]:
+    """An import written straight into the store at ``url``."""
+    from service.app import build_registry
+    from service.store.base import Store
+    from service.store.factory import open_store
+    from service.transfer.files import Source
+    from service.transfer.importer import Importer
+    from service.transfer.progress import Reporter
+
+    build_registry(load_settings(None, os.environ))  # the plugins' payload types, for JSON lines
+    source = Source(path)
+    reporter = Reporter("import", total=source.total, unit="bytes" if source.total else "records", quiet=quiet)
+    adapter = open_store(url, pool_size=2)
+    await adapter.open()
+    try:
+        importer = Importer(
+            Store.of(adapter),
+            options=options,
+            on_progress=lambda summary: reporter.update(source.position if source.total else summary.records),
+        )
+        for record in source.records():
+            await importer.add(record)
+        await importer.finish()
+    finally:
+        source.close()
+        await adapter.close()
+    from service.api.transfers import response
+
+    summary = importer.summary
+    reporter.close(f"done: {summary.written['event']:,} events written, {summary.events_skipped:,} already there")
+    return _import_counts(response(summary))
+
+
 def _masterkey(args: argparse.Namespace) -> int:
     from service.store.encryption import new_master_key
 
@@ -524,6 +699,45 @@ def build_parser() -> argparse.ArgumentParser:
     rewrap = commands.add_parser("rewrap-keys", help="rewrap data keys under the active master key (admin)")
     rewrap.set_defaults(run=_rewrap_keys, remote=True)
 
+    export = commands.add_parser(
+        "export", help="write the store's contents to an export file (admin; docs/export-format.md)"
+    )
+    export.add_argument("file", nargs="?", default="-", help="where to write it (default -: standard output)")
+    export.add_argument(
+        "--format",
+        choices=("binary", "jsonl"),
+        help="binary (length-delimited Protobuf, exact: for moving stores) or jsonl (JSON lines, for reading);"
+        " default: jsonl for a .jsonl file, else binary",
+    )
+    export.add_argument("--snapshots", action="store_true", help="include the aggregates' snapshots")
+    export.add_argument(
+        "--commands", action="store_true", help="include the command records (idempotency, the audit of commands)"
+    )
+    export.add_argument(
+        "--aggregate", action="append", type=_aggregate_id, help="only this aggregate; repeatable (an archive)"
+    )
+    export.set_defaults(run=_export, remote=True)
+
+    import_ = commands.add_parser("import", help="write an export file into the store (admin; resumable)")
+    import_.add_argument("file", help="the export, binary or JSON lines (- reads standard input)")
+    import_.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace aggregates the store holds other events for (their events, snapshots and claims);"
+        " only for aggregates no server is using",
+    )
+    import_.add_argument(
+        "--restore-deleted", action="store_true", help="replace only deleted aggregates' tombstones (a restore)"
+    )
+    import_.set_defaults(run=_import, remote=True)
+
+    for sub in (export, import_):
+        sub.add_argument(
+            "--database-url",
+            help="work straight on the store at this URL (the server may be stopped) instead of through --server",
+        )
+        sub.add_argument("--quiet", action="store_true", help="no progress on standard error")
+
     masterkey = commands.add_parser("masterkey", help="print a new master key entry 'ID:base64'")
     masterkey.add_argument("key_id", help="a name for the key, e.g. 2026-01")
     masterkey.set_defaults(run=_masterkey, remote=False)
@@ -548,7 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--until-caught-up", action="store_true", help="exit once the past has been printed")
     tail.set_defaults(run=_tail, remote=True)
 
-    for sub in (submit, read, get, audit, forget, rewrap, tail, projection):
+    for sub in (submit, read, get, audit, forget, rewrap, tail, projection, export, import_):
         _client_arguments(sub)
     _client_arguments(health, local_by_default=True)
     for sub in commands.choices.values():
@@ -656,7 +870,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChronicleError as error:
         # The reason first, as for a refused RPC: what a script can match on.
         print(f"error: {error.reason}: {error.message}", file=sys.stderr)
-        return 2
+        if error.metadata:
+            print(f"  {json.dumps(error.metadata, sort_keys=True)}", file=sys.stderr)
+        # Bad input (a malformed file, say) is the user's to fix; a store
+        # that refuses what it is given has refused, as a server would.
+        return EXIT_USAGE if isinstance(error, InvalidInput) else EXIT_REFUSED
     except (UnknownType, json_format.ParseError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

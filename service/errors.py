@@ -27,6 +27,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
     ├── NotEncrypted            forgetting needs encryption (on, and a key for the aggregate)
     ├── PayloadNotDecryptable   a sealed payload its key does not open (tampering)
+    ├── ImportConflict          an imported record does not fit what the store holds
     ├── Overloaded              a bounded queue or limit is full
     ├── StoreUnavailable        the store cannot be reached
     ├── HandlerFailed           a plugin's handler raised something unexpected
@@ -333,6 +334,18 @@ class PayloadNotDecryptable(ChronicleError):
     with, or copied from another row. Never returned as data."""
 
     default_reason = "PAYLOAD_NOT_DECRYPTABLE"
+
+
+class ImportConflict(ChronicleError):
+    """An imported record does not fit what the store holds, and nothing of
+    its batch was written: its event id is another event's
+    (EVENT_ID_TAKEN), its aggregate holds other events at its version
+    (AGGREGATE_NOT_EMPTY: import with overwriting to replace them), a
+    version before it is missing (VERSION_GAP), a value it claims is held by
+    another aggregate (CLAIM_HELD), or its data key differs from the one the
+    store holds for the aggregate (DATA_KEY_CONFLICT)."""
+
+    default_reason = "IMPORT_CONFLICT"
 
 
 class Overloaded(ChronicleError):

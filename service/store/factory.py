@@ -42,6 +42,15 @@ def open_store(url: str, *, pool_size: int = 10, keep_snapshots: int = DEFAULT_K
     )
 
 
+_KINDS = {"MemoryStore": "memory", "SqliteStore": "sqlite", "PostgresStore": "postgresql"}
+
+
+def store_kind(adapter: object) -> str:
+    """The kind of store an adapter is, as export headers name it."""
+    name = type(adapter).__name__
+    return _KINDS.get(name, name)
+
+
 def _redacted(url: str) -> str:
     """The URL without its password, for messages and logs."""
     try:

@@ -29,7 +29,7 @@ from service.store.records import (
     Snapshot,
     StoredDocument,
 )
-from service.store.serialization import load_metadata, load_rejection
+from service.store.serialization import dump_rejection, load_metadata, load_rejection
 
 # A database row: its values' types are the adapter's to know.
 Row = Sequence[Any]
@@ -162,6 +162,24 @@ def snapshot_params(snapshot: Snapshot) -> tuple[object, ...]:
         snapshot.state_type,
         snapshot.schema_version,
         snapshot.state,
+    )
+
+
+def command_params(command: CommandRecord) -> tuple[object, ...]:
+    """The values of ``COMMAND_FIELDS``, in order, to write ``command`` (the
+    rejection as JSON text)."""
+    return (
+        command.command_id,
+        command.aggregate_id,
+        command.command_type,
+        command.fingerprint,
+        command.first_version,
+        command.last_version,
+        dump_rejection(command.rejection),
+        command.principal,
+        command.user_id,
+        command.origin,
+        command.recorded_at_us,
     )
 
 

@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Mapping
 
-from service.store.records import CommandRecord, NewEvent, Rejection
+from service.store.records import CommandRecord, NewEvent, RecordedEvent, Rejection
 
 
 def new_event(
@@ -52,4 +52,35 @@ def command_record(
         first_version=first,
         last_version=last,
         rejection=rejection,
+    )
+
+
+def recorded_event(
+    aggregate_id: str,
+    version: int,
+    *,
+    event_type: str = "test.v1.Happened",
+    event_id: str | None = None,
+    position: int = 0,
+    timestamp_us: int = 1_700_000_000_000_000,
+    payload: bytes = b"\x08\x01",
+    metadata: Mapping[str, str] | None = None,
+) -> RecordedEvent:
+    """An event as another store recorded it (for imports)."""
+    return RecordedEvent(
+        event_id=event_id or str(uuid.uuid4()),
+        aggregate_id=aggregate_id,
+        aggregate_type="Thing",
+        version=version,
+        position=position,
+        event_type=event_type,
+        schema_version=1,
+        payload=payload,
+        timestamp_us=timestamp_us + version,
+        command_id="cmd-" + aggregate_id,
+        user_id="importer",
+        origin="elsewhere",
+        correlation_id="corr",
+        causation_id="cause",
+        metadata=dict(metadata or {}),
     )

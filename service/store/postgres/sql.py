@@ -30,6 +30,7 @@ from service.store.sql_common import COMMAND_FIELDS
 # SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
 VERSION_MOVED = "CH001"  # an aggregate is not at the version the append expected
 CLAIM_HELD = "CH002"  # a claimed value is held by another aggregate (message: the claim's index)
+IMPORT_REFUSED = "CH003"  # an imported record does not fit (message: "REASON index [holder]")
 
 EVENTS_VERSION_KEY = "events_aggregate_version_key"
 COMMANDS_KEY = "commands_pkey"
@@ -285,3 +286,116 @@ REWRAP_DATA_KEY = (
     "UPDATE chronicle.data_keys SET master_key_id = $1, wrapped_key = $2"
     " WHERE aggregate_id = $3 AND master_key_id = $4 AND wrapped_key = $5 RETURNING 1"
 )
+
+# -- transfer (export and import) ---------------------------------------------
+#
+# Pages in key order (each table's primary key), for exports; imports as one
+# operation per batch, records travelling as JSON like appends' (bytes as
+# hex, times as microseconds). An import that does not fit refuses itself
+# (IMPORT_REFUSED) with the reason and the index of the first record at
+# fault, before anything is written.
+
+DATA_KEYS_PAGE = (
+    "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys WHERE aggregate_id > $1"
+    " ORDER BY aggregate_id LIMIT $2::bigint"
+)
+SNAPSHOTS_PAGE = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM chronicle.snapshots WHERE (aggregate_id, version) > ($1, $2::bigint)"
+    " ORDER BY aggregate_id, version LIMIT $3::bigint"
+)
+SNAPSHOTS_OF_PAGE = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM chronicle.snapshots WHERE aggregate_id = $1"
+    " AND (aggregate_id, version) > ($2, $3::bigint) ORDER BY version LIMIT $4::bigint"
+)
+CLAIMS_PAGE = (
+    "SELECT scope, value, aggregate_id FROM chronicle.claims WHERE (scope, value) > ($1, $2)"
+    " ORDER BY scope, value LIMIT $3::bigint"
+)
+CLAIMS_OF_PAGE = (
+    "SELECT scope, value, aggregate_id FROM chronicle.claims WHERE aggregate_id = $1 AND (scope, value) > ($2, $3)"
+    " ORDER BY scope, value LIMIT $4::bigint"
+)
+COMMANDS_PAGE = (
+    f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE command_id > $1 ORDER BY command_id LIMIT $2::bigint"
+)
+
+_IMPORTED_EVENTS = (
+    "jsonb_to_recordset($1::jsonb) AS e(i bigint, id uuid, a text, t text, v bigint, e text, s int, p text,"
+    " m jsonb, c text, u text, o text, r text, k text, at bigint)"
+)
+# The rule of service/store/importing.py: an event held already at its
+# aggregate and version is skipped; any other must come right after its
+# aggregate's last version (the batch's earlier events counted), but a
+# tombstone ($2 is its type) stands alone: on an aggregate with no events, at
+# any version. The latest version is a
+# scalar subquery: an index probe per aggregate, evaluated only for the
+# first new event of each (COALESCE stops at the previous one's).
+IMPORT_EVENTS_CHECK = (
+    f"WITH incoming AS (SELECT * FROM {_IMPORTED_EVENTS}),"
+    " found AS (SELECT n.i, n.a, n.v, n.e, x.aggregate_id AS xa, x.version AS xv"
+    " FROM incoming n LEFT JOIN chronicle.events x ON x.event_id = n.id),"
+    " fresh AS (SELECT f.i, f.v, f.e, coalesce(lag(f.v) OVER (PARTITION BY f.a ORDER BY f.i),"
+    " (SELECT coalesce(max(y.version), 0) FROM chronicle.events y WHERE y.aggregate_id = f.a)) + 1 AS expected"
+    " FROM found f WHERE f.xa IS NULL),"
+    " problems AS (SELECT i, 'EVENT_ID_TAKEN' AS why FROM found WHERE xa IS NOT NULL AND (xa <> a OR xv <> v)"
+    " UNION ALL SELECT i, 'AGGREGATE_NOT_EMPTY' FROM fresh"
+    " WHERE (v < expected AND e <> $2) OR (e = $2 AND expected <> 1)"
+    " UNION ALL SELECT i, 'VERSION_GAP' FROM fresh WHERE v > expected AND e <> $2)"
+    f" SELECT chronicle.refuse('{IMPORT_REFUSED}', why || ' ' || i)"
+    " FROM (SELECT i, why FROM problems ORDER BY i LIMIT 1) p"
+)
+# The new events at the end of the log, in the batch's order, under the
+# position lock (taken only when there is something to write).
+IMPORT_EVENTS = (
+    f"WITH incoming AS (SELECT * FROM {_IMPORTED_EVENTS}),"
+    " fresh AS (SELECT n.*, row_number() OVER (ORDER BY n.i) AS rn FROM incoming n"
+    " WHERE NOT EXISTS (SELECT 1 FROM chronicle.events x WHERE x.event_id = n.id)),"
+    " head AS (UPDATE chronicle.log_head SET last_position = last_position + (SELECT count(*) FROM fresh)"
+    " WHERE EXISTS (SELECT 1 FROM fresh) RETURNING last_position - (SELECT count(*) FROM fresh) AS base)"
+    " INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
+    " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at)"
+    " SELECT head.base + f.rn, f.id, f.a, f.t, f.v, f.e, f.s, decode(f.p, 'hex'), coalesce(f.m, '{}'::jsonb),"
+    " f.c, f.u, f.o, f.r, f.k, " + _AT.format("f.at") + " FROM head, fresh f RETURNING position"
+)
+IMPORT_SNAPSHOTS = (
+    f"INSERT INTO chronicle.snapshots ({SNAPSHOT_COLUMNS})"
+    " SELECT d.a, d.t, d.v, d.st, d.s, decode(d.state, 'hex')"
+    " FROM jsonb_to_recordset($1::jsonb) AS d(a text, t text, v bigint, st text, s int, state text)"
+    " ON CONFLICT (aggregate_id, version) DO NOTHING RETURNING 1"
+)
+_IMPORTED_CLAIMS = "jsonb_to_recordset($1::jsonb) AS n(i bigint, s text, v text, a text)"
+IMPORT_CLAIMS = (
+    f"INSERT INTO chronicle.claims (scope, value, aggregate_id) SELECT n.s, n.v, n.a FROM {_IMPORTED_CLAIMS}"
+    " ON CONFLICT (scope, value) DO NOTHING RETURNING 1"
+)
+# After the insert, in the same transaction: each value held by its own aggregate?
+IMPORT_CLAIMS_CHECK = (
+    f"SELECT chronicle.refuse('{IMPORT_REFUSED}', 'CLAIM_HELD ' || n.i || ' ' || c.aggregate_id)"
+    f" FROM {_IMPORTED_CLAIMS} JOIN chronicle.claims c ON c.scope = n.s AND c.value = n.v"
+    " WHERE c.aggregate_id <> n.a LIMIT 1"
+)
+IMPORT_COMMANDS = _INSERT_COMMANDS_FROM_JSON + " ON CONFLICT (command_id) DO NOTHING RETURNING 1"
+_IMPORTED_KEYS = "jsonb_to_recordset($1::jsonb) AS n(i bigint, a text, m text, w text)"
+IMPORT_DATA_KEYS_CHECK = (
+    f"SELECT chronicle.refuse('{IMPORT_REFUSED}', 'DATA_KEY_CONFLICT ' || n.i)"
+    f" FROM {_IMPORTED_KEYS} JOIN chronicle.data_keys d ON d.aggregate_id = n.a"
+    " WHERE n.w IS NOT NULL AND d.wrapped_key IS NOT NULL"
+    " AND (d.wrapped_key <> decode(n.w, 'hex') OR d.master_key_id IS DISTINCT FROM n.m) LIMIT 1"
+)
+IMPORT_DATA_KEYS = (
+    "INSERT INTO chronicle.data_keys (aggregate_id, master_key_id, wrapped_key, forgotten_at)"
+    f" SELECT n.a, n.m, decode(n.w, 'hex'), CASE WHEN n.w IS NULL THEN now() END FROM {_IMPORTED_KEYS}"
+    " ON CONFLICT (aggregate_id) DO NOTHING RETURNING 1"
+)
+# A forgotten aggregate stays forgotten: an imported tombstone forgets a
+# live key, as FORGET_DATA_KEY does (its snapshots and claims go too).
+IMPORT_TOMBSTONES = (
+    "WITH gone AS (UPDATE chronicle.data_keys d SET master_key_id = NULL, wrapped_key = NULL, forgotten_at = now()"
+    f" FROM {_IMPORTED_KEYS} WHERE d.aggregate_id = n.a AND n.w IS NULL AND d.wrapped_key IS NOT NULL"
+    " RETURNING d.aggregate_id),"
+    " snapshots AS (DELETE FROM chronicle.snapshots WHERE aggregate_id IN (SELECT aggregate_id FROM gone)),"
+    " claims AS (DELETE FROM chronicle.claims WHERE aggregate_id IN (SELECT aggregate_id FROM gone))"
+    " SELECT 1 FROM gone"
+)
+REMOVE_EVENTS = "DELETE FROM chronicle.events WHERE aggregate_id = $1"
+REMOVE_CLAIMS = "DELETE FROM chronicle.claims WHERE aggregate_id = $1"

@@ -9,6 +9,7 @@ loop, every method one operation, one round trip, one transaction).
     projections.py  ProjectionStore
     audit.py        AuditRecorder
     keys.py         KeyStore
+    transfer.py     Transfer         (export and import)
     sql.py          every statement; why positions never skip
 
 Differs from the contract only in what it adds: the database may be
@@ -31,9 +32,10 @@ from service.store.postgres.keys import KeysRole
 from service.store.postgres.log import LogRole
 from service.store.postgres.projections import ProjectionsRole
 from service.store.postgres.snapshots import SnapshotsRole
+from service.store.postgres.transfer import TransferRole
 
 
-class PostgresStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole):
+class PostgresStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, TransferRole):
     """Every role of a store, on PostgreSQL; tables in the ``chronicle`` schema.
 
     ``pool_size``: connections per server process (pipelined: each carries

@@ -50,10 +50,16 @@ def _load(db: sqlite3.Connection, aggregate_id: str) -> DataKey | None:
 
 def _forget(db: sqlite3.Connection, aggregate_id: str) -> bool:
     with writing(db):
-        erased = db.execute(sql.FORGET_DATA_KEY, (_now_us(), aggregate_id)).rowcount
-        db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
-        db.execute(sql.RELEASE_CLAIMS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
-    return bool(erased == 1)
+        return forget(db, aggregate_id) == 1
+
+
+def forget(db: sqlite3.Connection, aggregate_id: str) -> int:
+    """Forget the aggregate inside the caller's write transaction: its key
+    erased (1 if it had a live one), its snapshots and claims gone."""
+    erased = db.execute(sql.FORGET_DATA_KEY, (_now_us(), aggregate_id)).rowcount
+    db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
+    db.execute(sql.RELEASE_CLAIMS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+    return int(erased)
 
 
 def _now_us() -> int:

@@ -169,3 +169,36 @@ REWRAP_DATA_KEY = (
     "UPDATE data_keys SET master_key_id = ?, wrapped_key = ?"
     " WHERE aggregate_id = ? AND master_key_id = ? AND wrapped_key = ?"
 )
+
+# -- transfer (export and import) ------------------------------------------------------
+
+DATA_KEYS_PAGE = (
+    "SELECT aggregate_id, master_key_id, wrapped_key FROM data_keys WHERE aggregate_id > ?"
+    " ORDER BY aggregate_id LIMIT ?"
+)
+SNAPSHOTS_PAGE = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE (aggregate_id, version) > (?, ?)"
+    " ORDER BY aggregate_id, version LIMIT ?"
+)
+SNAPSHOTS_OF_PAGE = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE aggregate_id = ? AND (aggregate_id, version) > (?, ?)"
+    " ORDER BY version LIMIT ?"
+)
+CLAIMS_PAGE = (
+    "SELECT scope, value, aggregate_id FROM claims WHERE (scope, value) > (?, ?) ORDER BY scope, value LIMIT ?"
+)
+CLAIMS_OF_PAGE = (
+    "SELECT scope, value, aggregate_id FROM claims WHERE aggregate_id = ? AND (scope, value) > (?, ?)"
+    " ORDER BY scope, value LIMIT ?"
+)
+COMMANDS_PAGE = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id > ? ORDER BY command_id LIMIT ?"
+# Where an event id is held, if anywhere (the unique index on event_id).
+EVENT_PLACE = "SELECT aggregate_id, version FROM events WHERE event_id = ?"
+IMPORT_SNAPSHOT = f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) {_values(SNAPSHOT_COLUMNS)} ON CONFLICT DO NOTHING"
+IMPORT_COMMAND = f"INSERT INTO commands ({COMMAND_COLUMNS}) {_values(COMMAND_COLUMNS)} ON CONFLICT DO NOTHING"
+IMPORT_DATA_KEY = (
+    "INSERT INTO data_keys (aggregate_id, master_key_id, wrapped_key, created_at_us, forgotten_at_us)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (aggregate_id) DO NOTHING"
+)
+REMOVE_EVENTS = "DELETE FROM events WHERE aggregate_id = ?"
+REMOVE_CLAIMS = "DELETE FROM claims WHERE aggregate_id = ?"

@@ -1,0 +1,154 @@
+"""``Transfer`` on SQLite: everything the file holds, read out in pages, and
+imports written one batch per write transaction (so an interrupted import
+leaves whole batches, and running it again writes only what is missing)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from service.store.importing import claim_conflict, data_key_conflict, events_to_write
+from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot
+from service.store.serialization import dump_metadata
+from service.store.sql_common import (
+    claim_from_row,
+    command_from_row,
+    command_params,
+    data_key_from_row,
+    snapshot_from_row,
+    snapshot_params,
+)
+from service.store.sqlite import sql
+from service.store.sqlite.keys import forget
+from service.store.sqlite.writer import Writer, writing
+
+
+class TransferRole:
+    _writer: Writer
+
+    async def data_keys_page(self, after: str, limit: int) -> list[DataKey]:
+        rows = await self._writer.run(lambda db: db.execute(sql.DATA_KEYS_PAGE, (after, limit)).fetchall())
+        return [data_key_from_row(row) for row in rows]
+
+    async def snapshots_page(
+        self, after: tuple[str, int], limit: int, *, aggregate_id: str | None = None
+    ) -> list[Snapshot]:
+        params: tuple[object, ...]
+        if aggregate_id is None:
+            statement, params = sql.SNAPSHOTS_PAGE, (*after, limit)
+        else:
+            statement, params = sql.SNAPSHOTS_OF_PAGE, (aggregate_id, *after, limit)
+        rows = await self._writer.run(lambda db: db.execute(statement, params).fetchall())
+        return [snapshot_from_row(row) for row in rows]
+
+    async def claims_page(
+        self, after: tuple[str, str], limit: int, *, aggregate_id: str | None = None
+    ) -> list[HeldClaim]:
+        params: tuple[object, ...]
+        if aggregate_id is None:
+            statement, params = sql.CLAIMS_PAGE, (*after, limit)
+        else:
+            statement, params = sql.CLAIMS_OF_PAGE, (aggregate_id, *after, limit)
+        rows = await self._writer.run(lambda db: db.execute(statement, params).fetchall())
+        return [claim_from_row(row) for row in rows]
+
+    async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
+        rows = await self._writer.run(lambda db: db.execute(sql.COMMANDS_PAGE, (after, limit)).fetchall())
+        return [command_from_row(row) for row in rows]
+
+    async def import_events(self, events: Sequence[RecordedEvent]) -> int:
+        return await self._writer.run(_import_events, events)
+
+    async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
+        return await self._writer.run(_insert_each, sql.IMPORT_SNAPSHOT, [snapshot_params(s) for s in snapshots])
+
+    async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
+        return await self._writer.run(_import_claims, claims)
+
+    async def import_commands(self, commands: Sequence[CommandRecord]) -> int:
+        return await self._writer.run(_insert_each, sql.IMPORT_COMMAND, [command_params(c) for c in commands])
+
+    async def import_data_keys(self, keys: Sequence[DataKey]) -> int:
+        return await self._writer.run(_import_data_keys, keys)
+
+    async def remove_aggregate(self, aggregate_id: str) -> int:
+        return await self._writer.run(_remove_aggregate, aggregate_id)
+
+
+def _import_events(db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> int:
+    def stored_at(event_id: str) -> tuple[str, int] | None:
+        row = db.execute(sql.EVENT_PLACE, (event_id,)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def current_version(aggregate_id: str) -> int:
+        (version,) = db.execute(sql.CURRENT_VERSION, (aggregate_id,)).fetchone()
+        return int(version)
+
+    with writing(db):
+        fresh = events_to_write(events, stored_at=stored_at, current_version=current_version)
+        for event in fresh:
+            db.execute(sql.INSERT_EVENT, _event_params(event)).fetchone()
+    return len(fresh)
+
+
+def _event_params(event: RecordedEvent) -> tuple[object, ...]:
+    """The values of ``sql.INSERT_EVENT``, in order."""
+    return (
+        event.event_id,
+        event.aggregate_id,
+        event.aggregate_type,
+        event.version,
+        event.event_type,
+        event.schema_version,
+        event.payload,
+        dump_metadata(event.metadata),
+        event.command_id,
+        event.user_id,
+        event.origin,
+        event.correlation_id,
+        event.causation_id,
+        event.timestamp_us,
+    )
+
+
+def _insert_each(db: sqlite3.Connection, statement: str, rows: Sequence[tuple[object, ...]]) -> int:
+    with writing(db):
+        return sum(db.execute(statement, row).rowcount for row in rows)
+
+
+def _import_claims(db: sqlite3.Connection, claims: Sequence[HeldClaim]) -> int:
+    taken = 0
+    with writing(db):
+        for claim in claims:
+            taken += db.execute(sql.TAKE_CLAIM, (claim.scope, claim.value, claim.aggregate_id)).rowcount
+            (holder,) = db.execute(sql.CLAIM_OWNER, (claim.scope, claim.value)).fetchone()
+            if holder != claim.aggregate_id:
+                raise claim_conflict(claim.scope, claim.aggregate_id, str(holder))
+    return taken
+
+
+def _import_data_keys(db: sqlite3.Connection, keys: Sequence[DataKey]) -> int:
+    written = 0
+    now = time.time_ns() // 1000
+    with writing(db):
+        for key in keys:
+            row = db.execute(sql.LOAD_DATA_KEY, (key.aggregate_id,)).fetchone()
+            held = None if row is None else data_key_from_row(row)
+            if held is None:
+                forgotten_at = now if key.forgotten else None
+                params = (key.aggregate_id, key.master_key_id, key.wrapped, now, forgotten_at)
+                written += db.execute(sql.IMPORT_DATA_KEY, params).rowcount
+            elif key.forgotten and not held.forgotten:
+                written += forget(db, key.aggregate_id)
+            elif not key.forgotten and not held.forgotten and held != key:
+                raise data_key_conflict(key.aggregate_id)
+    return written
+
+
+def _remove_aggregate(db: sqlite3.Connection, aggregate_id: str) -> int:
+    with writing(db):
+        removed = db.execute(sql.REMOVE_EVENTS, (aggregate_id,)).rowcount
+        db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
+        db.execute(sql.REMOVE_CLAIMS, (aggregate_id,))
+    return int(removed)
