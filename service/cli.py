@@ -16,6 +16,7 @@
     chronicle masterkey ID                   # a new master key line for --master-key-file
     chronicle export [FILE] [--snapshots] [--commands] [--aggregate ID] [--format binary|jsonl]
     chronicle import FILE [--overwrite] [--restore-deleted]
+    chronicle convert-eventsourcing FILE --from-url URL --table T --mapping MODULE:FUNCTION
                                              # the store's contents out and in (admin), through the
                                              # server, or with --database-url straight on a store
 
@@ -41,8 +42,8 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, BinaryIO
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import grpc
 from google.protobuf import any_pb2, json_format
@@ -497,6 +498,55 @@ async def _import_local(url: str, path: str, options: ImportOptions, quiet: bool
     return _import_counts(response(summary))
 
 
+def _convert_eventsourcing(args: argparse.Namespace) -> int:
+    from service.app import build_registry
+    from service.transfer.eventsourcing import eventsourcing_export
+    from service.transfer.files import STDIO, format_for, output
+    from service.transfer.progress import Reporter
+    from service.transfer.stream import Writer
+
+    registry = build_registry(load_settings(None, os.environ))
+    mapping = _load_callable(args.mapping)
+    export_format = format_for(args.file, args.format)
+
+    async def convert(out: BinaryIO) -> dict[str, int]:
+        writer = Writer(out, export_format)
+        reporter: Reporter | None = None
+        events = 0
+        records = eventsourcing_export(
+            args.from_url, table=args.table, schema=args.schema, mapping=mapping, registry=registry
+        )
+        async for record in records:
+            writer.write(record)
+            if record.HasField("header"):
+                reporter = Reporter("convert", total=record.header.log_head, unit="notifications", quiet=args.quiet)
+            elif record.HasField("event") and reporter is not None:
+                events += 1
+                reporter.update(record.event.event.position)
+        if reporter is not None:
+            reporter.close(f"done: {events:,} events")
+        return {"events": events}
+
+    with output(args.file) as out:
+        counts = asyncio.run(convert(out))
+    summary = {"file": args.file, "format": export_format, **counts}
+    print(json.dumps(summary), file=sys.stderr if args.file == STDIO else sys.stdout)
+    return EXIT_OK
+
+
+def _load_callable(path: str) -> Callable[..., Any]:
+    """``package.module:name``, which must be callable."""
+    import importlib
+
+    module_name, _, name = path.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"expected module:function, got {path!r}")
+    found = getattr(importlib.import_module(module_name), name, None)
+    if not callable(found):
+        raise ValueError(f"{path} is not a function")
+    return found  # type: ignore[no-any-return]
+
+
 def _masterkey(args: argparse.Namespace) -> int:
     from service.store.encryption import new_master_key
 
@@ -730,6 +780,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--restore-deleted", action="store_true", help="replace only deleted aggregates' tombstones (a restore)"
     )
     import_.set_defaults(run=_import, remote=True)
+
+    convert = commands.add_parser(
+        "convert-eventsourcing",
+        help="write the events of a Python eventsourcing application's PostgreSQL table as an export"
+        " (docs/migration.md)",
+    )
+    convert.add_argument("file", help="the export to write (- for standard output)")
+    convert.add_argument("--from-url", required=True, help="the PostgreSQL the eventsourcing application uses")
+    convert.add_argument("--table", required=True, help="its events table: <application name>_events, e.g. bank_events")
+    convert.add_argument("--schema", default="public", help="the table's schema (POSTGRES_SCHEMA; default public)")
+    convert.add_argument(
+        "--mapping",
+        required=True,
+        help="module:function turning each of the library's events into a plugin's event (or None to leave it)",
+    )
+    convert.add_argument("--format", choices=("binary", "jsonl"), help="as for export")
+    convert.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    convert.set_defaults(run=_convert_eventsourcing, remote=False)
 
     for sub in (export, import_):
         sub.add_argument(

@@ -288,6 +288,11 @@ class ProjectionRunner:
             batch = _Batch(self.projection.name, self._documents, self._cache)
             try:
                 for stored in page.events:
+                    if stored.redacted:
+                        # A forgotten aggregate's event: its content is gone for
+                        # good, so a read model built after the forgetting (a
+                        # new projection, a moved store) goes without it.
+                        continue
                     for event in self._reader.decode(stored):
                         await self._apply(batch, event.record, event.message)
                 await self._documents.commit_projection(
