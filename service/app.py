@@ -43,6 +43,7 @@ from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
 from service.processing.middleware import Pipeline
 from service.processing.projections import ProjectionRunner, Projections
+from service.processing.retention import Pruner
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.subscriptions import Subscriptions
@@ -118,6 +119,7 @@ class Application:
     watchdog: LoopLagWatchdog | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
+    pruner: Pruner | None = None
 
     @property
     def address(self) -> str:
@@ -140,6 +142,8 @@ class Application:
         await self.server.stop(grace)
         await self.router.close(grace=grace)
         await self.projections.stop()  # an uncommitted batch is simply applied again later
+        if self.pruner is not None:
+            await self.pruner.stop()  # a batch is one transaction: done or not
         await self.store.lifecycle.close()
         if self.watchdog is not None:
             await self.watchdog.stop()
@@ -303,6 +307,13 @@ async def start(
     await monitor.check()
     monitor.start()
     projections.start()
+    pruner = Pruner(
+        roles.retention,
+        command_retention=settings.command_retention,
+        refusal_retention=settings.refusal_retention,
+        interval=settings.retention_interval,
+    )
+    pruner.start()
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
@@ -324,6 +335,7 @@ async def start(
         watchdog=watchdog,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
+        pruner=pruner,
     )
 
 

@@ -10,6 +10,7 @@
     AuditRecorder    audit entries no command record carries, and reading the audit log
     KeyStore         per-aggregate data keys (encryption at rest)
     Transfer         everything above as stored, read out in pages and written in (export, import)
+    Retention        pruning command records and refusals older than a window
 
 Each role has its own contract test file in ``tests/contract``. Three
 adapters (memory, SQLite, PostgreSQL) implement every role
@@ -355,6 +356,26 @@ class Transfer(Protocol):
         command records and its data key stay. How many events went."""
 
 
+class Retention(Protocol):
+    """Records kept for a while only: command records make retries
+    idempotent (and audit the commands), and are needed only as long as a
+    client may retry; the audit's entries of refused commands are needed as
+    long as someone may look. Each call prunes one small batch, oldest
+    first, in one transaction that takes no lock an append waits for."""
+
+    async def prune_commands(self, recorded_before_us: int, limit: int) -> int:
+        """Delete up to ``limit`` command records decided before
+        ``recorded_before_us`` (microseconds since the epoch), oldest first;
+        how many went. A pruned command id is unknown from then on: a retry
+        of it is a new command."""
+
+    async def prune_refusals(self, recorded_before_us: int, limit: int) -> int:
+        """Delete up to ``limit`` of the audit's own entries of refused
+        commands (``record_audit_entry`` with outcome refused) recorded
+        before ``recorded_before_us``, oldest first; how many went.
+        Administrators' actions that were done are kept."""
+
+
 class StoreAdapter(
     Lifecycle,
     EventRecorder,
@@ -365,6 +386,7 @@ class StoreAdapter(
     AuditRecorder,
     KeyStore,
     Transfer,
+    Retention,
     Protocol,
 ):
     """A store that plays every role itself (each of Chronicle's adapters)."""
@@ -385,10 +407,11 @@ class Store:
     audit: AuditRecorder
     keys: KeyStore
     transfer: Transfer
+    retention: Retention
 
     @classmethod
     def of(cls, adapter: StoreAdapter) -> Store:
-        return cls(adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter)
+        return cls(adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter)
 
     def replacing(
         self,

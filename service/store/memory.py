@@ -18,6 +18,7 @@ from service.store.importing import claim_conflict, data_key_conflict, events_to
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
+    REFUSED,
     AggregateHead,
     AuditEntry,
     ClaimChange,
@@ -350,3 +351,23 @@ class MemoryStore:
         self._snapshots.pop(aggregate_id, None)
         self._claims = {key: owner for key, owner in self._claims.items() if owner != aggregate_id}
         return len(removed)
+
+    # -- Retention -------------------------------------------------------------
+
+    async def prune_commands(self, recorded_before_us: int, limit: int) -> int:
+        old = sorted(
+            (c for c in self._commands.values() if c.recorded_at_us < recorded_before_us),
+            key=lambda c: c.recorded_at_us,
+        )[:limit]
+        for command in old:
+            del self._commands[command.command_id]
+        return len(old)
+
+    async def prune_refusals(self, recorded_before_us: int, limit: int) -> int:
+        old = sorted(
+            (i for i, e in enumerate(self._refusals) if e.outcome == REFUSED and e.recorded_at_us < recorded_before_us),
+            key=lambda i: self._refusals[i].recorded_at_us,
+        )[:limit]
+        gone = set(old)
+        self._refusals = [e for i, e in enumerate(self._refusals) if i not in gone]
+        return len(gone)

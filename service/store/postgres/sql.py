@@ -399,3 +399,21 @@ IMPORT_TOMBSTONES = (
 )
 REMOVE_EVENTS = "DELETE FROM chronicle.events WHERE aggregate_id = $1"
 REMOVE_CLAIMS = "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
+
+# -- retention ----------------------------------------------------------------
+#
+# Oldest first, a batch per operation, found by the time indexes. SKIP LOCKED:
+# replicas pruning at once take different rows instead of waiting for each
+# other. No statement here touches log_head or the events: appends never
+# wait for a prune.
+
+PRUNE_COMMANDS = (
+    "DELETE FROM chronicle.commands WHERE command_id IN (SELECT command_id FROM chronicle.commands"
+    " WHERE recorded_at < " + _AT.format("$1::bigint") + " ORDER BY recorded_at LIMIT $2::bigint"
+    " FOR UPDATE SKIP LOCKED)"
+)
+PRUNE_REFUSALS = (
+    "DELETE FROM chronicle.refusals WHERE id IN (SELECT id FROM chronicle.refusals"
+    " WHERE outcome = 'refused' AND recorded_at < " + _AT.format("$1::bigint") + " ORDER BY recorded_at"
+    " LIMIT $2::bigint FOR UPDATE SKIP LOCKED)"
+)

@@ -10,6 +10,7 @@ loop, every method one operation, one round trip, one transaction).
     audit.py        AuditRecorder
     keys.py         KeyStore
     transfer.py     Transfer         (export and import)
+    retention.py    Retention        (pruning old command records and refusals)
     sql.py          every statement; why positions never skip
 
 Differs from the contract only in what it adds: the database may be
@@ -31,11 +32,14 @@ from service.store.postgres.group_commit import BatchCounts, GroupCommitter
 from service.store.postgres.keys import KeysRole
 from service.store.postgres.log import LogRole
 from service.store.postgres.projections import ProjectionsRole
+from service.store.postgres.retention import RetentionRole
 from service.store.postgres.snapshots import SnapshotsRole
 from service.store.postgres.transfer import TransferRole
 
 
-class PostgresStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, TransferRole):
+class PostgresStore(
+    EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, TransferRole, RetentionRole
+):
     """Every role of a store, on PostgreSQL; tables in the ``chronicle`` schema.
 
     ``pool_size``: connections per server process (pipelined: each carries

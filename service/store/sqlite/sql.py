@@ -202,3 +202,15 @@ IMPORT_DATA_KEY = (
 )
 REMOVE_EVENTS = "DELETE FROM events WHERE aggregate_id = ?"
 REMOVE_CLAIMS = "DELETE FROM claims WHERE aggregate_id = ?"
+
+# -- retention ----------------------------------------------------------------------
+
+# Oldest first, a batch at a time, by the time indexes.
+PRUNE_COMMANDS = (
+    "DELETE FROM commands WHERE command_id IN"
+    " (SELECT command_id FROM commands WHERE recorded_at_us < ? ORDER BY recorded_at_us LIMIT ?)"
+)
+PRUNE_REFUSALS = (
+    "DELETE FROM refusals WHERE id IN"
+    " (SELECT id FROM refusals WHERE outcome = 'refused' AND recorded_at_us < ? ORDER BY recorded_at_us LIMIT ?)"
+)
