@@ -17,6 +17,9 @@
     chronicle export [FILE] [--snapshots] [--commands] [--aggregate ID] [--format binary|jsonl]
     chronicle import FILE [--overwrite] [--restore-deleted]
     chronicle convert-eventsourcing FILE --from-url URL --table T --mapping MODULE:FUNCTION
+    chronicle delete ACCOUNT [--expected-version N] [--reason TEXT]   # tombstone it (admin)
+    chronicle archive FOLDER --type Account [--last-event T] [--untouched-for 365d] [--limit N]
+    chronicle restore FILE [--aggregate ID]  # bring archived aggregates back (admin)
                                              # the store's contents out and in (admin), through the
                                              # server, or with --database-url straight on a store
 
@@ -136,16 +139,19 @@ def _report(code: str, reason: str, details: str, metadata: dict[str, str]) -> i
     return EXIT_REFUSED
 
 
+def _error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason and metadata of a failed call ("" and {} if none)."""
+    status = rpc_status.from_call(error)  # grpc raises the call itself
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason, dict(info.metadata)
+    return "", {}
+
+
 def _report_rpc_error(error: grpc.RpcError) -> int:
     call = error  # grpc raises the call itself
-    status = rpc_status.from_call(call)
-    reason = ""
-    metadata: dict[str, str] = {}
-    if status is not None:
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                reason, metadata = info.reason, dict(info.metadata)
+    reason, metadata = _error_info(error)
     code = call.code().name if hasattr(call, "code") else "UNKNOWN"
     details = call.details() if hasattr(call, "details") else str(error)
     return _report(code, reason, details, metadata)
@@ -534,6 +540,102 @@ def _convert_eventsourcing(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _delete(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    request = admin_service_pb2.DeleteAggregateRequest(aggregate_id=args.aggregate_id, reason=args.reason or "")
+    if args.expected_version is not None:
+        request.expected_version = args.expected_version
+    response = admin_service_pb2_grpc.AdminServiceStub(channel).DeleteAggregate(request, timeout=args.timeout)
+    _print(
+        {
+            "aggregate_id": args.aggregate_id,
+            "already_deleted": response.already_deleted,
+            "events_deleted": response.events_deleted,
+            "tombstone_version": response.tombstone.version,
+        }
+    )
+    return EXIT_OK
+
+
+def _archive(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    """Export the aggregates a rule picks to one file (complete and synced
+    before anything is deleted), then delete each at the version archived:
+    one that changed meanwhile is kept, and said so."""
+    import datetime
+    from pathlib import Path
+
+    from service.settings import seconds
+    from service.transfer.files import output
+    from service.transfer.stream import BINARY, Writer
+
+    rule = admin_service_pb2.ArchiveRule(
+        aggregate_type=args.type, last_event_types=args.last_event or (), limit=args.limit
+    )
+    if args.untouched_since:
+        rule.untouched_since.FromJsonString(args.untouched_since)
+    elif args.untouched_for:
+        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds(args.untouched_for))
+        rule.untouched_since.FromDatetime(since)
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    path = folder / f"archive-{args.type}-{stamp}.chronicle"
+    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    versions: dict[str, int] = {}
+    with output(str(path)) as out:
+        writer = Writer(out, BINARY)
+        request = admin_service_pb2.ExportLogRequest(include_snapshots=True, rule=rule)
+        for record in stub.ExportLog(request):
+            writer.write(record)
+            if record.HasField("header"):
+                versions = dict.fromkeys(record.header.aggregate_ids, 0)
+            elif record.HasField("event"):
+                versions[record.event.event.aggregate_id] = record.event.event.version
+    if not versions:
+        path.unlink()
+        _print({"file": None, "archived": [], "changed": []})
+        return EXIT_OK
+    archived, changed = [], []
+    for aggregate_id, version in versions.items():
+        delete = admin_service_pb2.DeleteAggregateRequest(
+            aggregate_id=aggregate_id,
+            expected_version=version,
+            reason=args.reason or f"archived to {path.name}",
+            archive=path.name,
+        )
+        try:
+            stub.DeleteAggregate(delete, timeout=args.timeout)
+            archived.append(aggregate_id)
+        except grpc.RpcError as error:
+            if _error_info(error)[0] != "WRONG_EXPECTED_VERSION":
+                raise
+            changed.append(aggregate_id)  # a command came after the export: it stays, live
+    _print({"file": str(path), "archived": archived, "changed": changed})
+    return EXIT_OK
+
+
+def _restore(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    """Import an archive's records of the chosen aggregates (all by
+    default), replacing their tombstones."""
+    from service.transfer.files import Source
+    from service.transfer.restoring import only_aggregates
+
+    source = Source(args.file, pool=RemoteTypes(channel).pool)
+
+    def requests() -> Iterator[admin_service_pb2.ImportLogRequest]:
+        for index, record in enumerate(only_aggregates(source.records(), set(args.aggregate or ()))):
+            request = admin_service_pb2.ImportLogRequest(record=record)
+            if index == 0:
+                request.options.restore_deleted = True
+            yield request
+
+    try:
+        response = admin_service_pb2_grpc.AdminServiceStub(channel).ImportLog(requests())
+    finally:
+        source.close()
+    _print(_import_counts(response))
+    return EXIT_OK
+
+
 def _load_callable(path: str) -> Callable[..., Any]:
     """``package.module:name``, which must be callable."""
     import importlib
@@ -781,6 +883,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     import_.set_defaults(run=_import, remote=True)
 
+    delete = commands.add_parser(
+        "delete", help="delete an aggregate: its events go, its tombstone stays (admin; see archive)"
+    )
+    delete.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate to delete")
+    delete.add_argument("--expected-version", type=int, help="only if the aggregate is at this version")
+    delete.add_argument("--reason", help="why, kept in the tombstone and the audit log")
+    delete.set_defaults(run=_delete, remote=True)
+
+    archive = commands.add_parser(
+        "archive",
+        help="export the aggregates a rule picks to a file in FOLDER, then delete them (admin; restore brings"
+        " one back)",
+    )
+    archive.add_argument("folder", help="where the archive file goes")
+    archive.add_argument("--type", required=True, help="the aggregate type, e.g. Account")
+    archive.add_argument(
+        "--last-event", action="append", help="only aggregates whose last event is of this type (closed); repeatable"
+    )
+    untouched = archive.add_mutually_exclusive_group()
+    untouched.add_argument("--untouched-since", help="only aggregates with no event since this RFC 3339 time")
+    untouched.add_argument("--untouched-for", help="only aggregates with no event for this long, e.g. 365d")
+    archive.add_argument("--limit", type=int, default=100, help="at most this many aggregates (up to 1000)")
+    archive.add_argument("--reason", help="why, kept in each tombstone (default: the archive's file name)")
+    archive.set_defaults(run=_archive, remote=True)
+
+    restore = commands.add_parser("restore", help="bring archived aggregates back from an archive file (admin)")
+    restore.add_argument("file", help="the archive file")
+    restore.add_argument("--aggregate", action="append", type=_aggregate_id, help="only this one; repeatable")
+    restore.set_defaults(run=_restore, remote=True)
+
     convert = commands.add_parser(
         "convert-eventsourcing",
         help="write the events of a Python eventsourcing application's PostgreSQL table as an export"
@@ -830,7 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--until-caught-up", action="store_true", help="exit once the past has been printed")
     tail.set_defaults(run=_tail, remote=True)
 
-    for sub in (submit, read, get, audit, forget, rewrap, tail, projection, export, import_):
+    for sub in (submit, read, get, audit, forget, rewrap, tail, projection, export, import_, delete, archive, restore):
         _client_arguments(sub)
     _client_arguments(health, local_by_default=True)
     for sub in commands.choices.values():

@@ -25,6 +25,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── Unauthenticated         no credentials, or credentials that do not verify
     ├── PermissionDenied        the caller may not do this
     ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
+    ├── AggregateDeleted        the aggregate was deleted; its tombstone stands for it
     ├── NotEncrypted            forgetting needs encryption (on, and a key for the aggregate)
     ├── PayloadNotDecryptable   a sealed payload its key does not open (tampering)
     ├── ImportConflict          an imported record does not fit what the store holds
@@ -318,6 +319,20 @@ class AggregateForgotten(ChronicleError):
     def __init__(self, aggregate_id: str) -> None:
         super().__init__(
             f"aggregate {aggregate_id!r} was forgotten: its payloads are redacted and its state cannot be rebuilt",
+            metadata={"aggregate_id": aggregate_id},
+        )
+
+
+class AggregateDeleted(ChronicleError):
+    """The aggregate was deleted (AdminService.DeleteAggregate): its events
+    are gone and its tombstone stands where they were; it takes no commands
+    unless it is restored."""
+
+    default_reason = "AGGREGATE_DELETED"
+
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__(
+            f"aggregate {aggregate_id!r} was deleted: its events are gone (restore it from its archive to use it)",
             metadata={"aggregate_id": aggregate_id},
         )
 

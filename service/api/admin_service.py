@@ -16,7 +16,7 @@ import grpc
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
 from chronicle.v1 import export_pb2
-from service.api.codec import check_id, micros_of, timestamp
+from service.api.codec import check_id, encode_event, micros_of, timestamp
 from service.api.transfers import Transfers, described
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, NotEncrypted, StoreUnavailable
@@ -29,6 +29,7 @@ from service.store.records import ACCEPTED, REFUSED, AuditEntry
 log = logging.getLogger(__name__)
 SERVICE = "chronicle.v1.AdminService"
 MAX_AUDIT_ENTRIES = 1000
+MAX_TEXT = 1000
 _OUTCOMES = {pb.AUDIT_OUTCOME_ACCEPTED: ACCEPTED, pb.AUDIT_OUTCOME_REFUSED: REFUSED}
 _OUTCOME_CODES = {name: code for code, name in _OUTCOMES.items()}
 
@@ -139,6 +140,37 @@ class AdminService(pb_grpc.AdminServiceServicer):
             outcome.message = described(summary)
             log.warning("import by %r: %s", current_principal.get().name, outcome.message)
             return response
+
+    async def DeleteAggregate(
+        self, request: pb.DeleteAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteAggregateResponse:
+        outcome = _Outcome()
+        async with self._audited("DeleteAggregate", aggregate_id=request.aggregate_id[:200], outcome=outcome):
+            principal = current_principal.get()
+            self._authorizer.check_admin(principal, "delete aggregates")
+            aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+            for name in ("reason", "archive"):
+                if len(getattr(request, name)) > MAX_TEXT:
+                    raise InvalidInput.for_field(name, f"at most {MAX_TEXT} characters", reason="TEXT_TOO_LONG")
+            deletion = await self._transfer().delete(
+                aggregate_id,
+                expected_version=request.expected_version if request.HasField("expected_version") else None,
+                principal=principal.name,
+                reason=request.reason,
+                archive=request.archive,
+            )
+            if deletion.already_deleted:
+                outcome.message = "already deleted"
+            else:
+                outcome.message = f"{deletion.events_deleted} events deleted" + (
+                    f": {request.reason}" if request.reason else ""
+                )
+                log.warning("aggregate %s deleted by %r (%s)", aggregate_id, principal.name, outcome.message)
+            return pb.DeleteAggregateResponse(
+                tombstone=encode_event(deletion.tombstone),
+                already_deleted=deletion.already_deleted,
+                events_deleted=deletion.events_deleted,
+            )
 
     @contextlib.asynccontextmanager
     async def _audited(

@@ -39,6 +39,7 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.AggregateForgotten: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.AggregateDeleted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotEncrypted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PayloadNotDecryptable: grpc.StatusCode.DATA_LOSS,
     errors.ImportConflict: grpc.StatusCode.FAILED_PRECONDITION,

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import export_pb2
-from service.api.codec import check_names
+from service.api.codec import check_id, check_names, micros_of
 from service.errors import InvalidInput
 from service.store.base import Store
-from service.transfer.exporter import Exporter, ExportSelection
+from service.transfer.deleting import Deletion, delete_aggregate
+from service.transfer.exporter import ArchiveRule, Exporter, ExportSelection
 from service.transfer.importer import Importer, ImportOptions, ImportSummary
 
 MAX_EXPORTED_AGGREGATES = 1000
@@ -36,7 +37,8 @@ class Transfers:
                 "aggregate_ids", f"at most {MAX_EXPORTED_AGGREGATES} aggregates", reason="TOO_MANY_AGGREGATES"
             )
         chosen = check_names("aggregate_ids", request.aggregate_ids, reason="INVALID_AGGREGATE_ID")
-        if chosen and request.include_commands:
+        rule = _rule(request.rule) if request.HasField("rule") else None
+        if (chosen or rule) and request.include_commands:
             raise InvalidInput.for_field(
                 "include_commands", "command records are exported for a whole store only", reason="INVALID_SELECTION"
             )
@@ -44,7 +46,22 @@ class Transfers:
             snapshots=request.include_snapshots,
             commands=request.include_commands,
             aggregate_ids=tuple(dict.fromkeys(chosen)),
+            rule=rule,
         )
+
+    async def delete(
+        self, aggregate_id: str, *, expected_version: int | None, principal: str, reason: str, archive: str
+    ) -> Deletion:
+        deletion = await delete_aggregate(
+            self.store,
+            aggregate_id,
+            expected_version=expected_version,
+            principal=principal,
+            reason=reason,
+            archive=archive,
+        )
+        self.evict(aggregate_id)  # its worker's state is of events that are gone
+        return deletion
 
     def export(self, selection: ExportSelection) -> AsyncIterator[export_pb2.ExportRecord]:
         return Exporter(self.store, source=self.kind).records(selection)
@@ -63,6 +80,21 @@ class Transfers:
             raise InvalidInput("the stream is empty: an export begins with its header", reason="NOT_AN_EXPORT")
         await importer.finish()
         return response(importer.summary), importer.summary
+
+
+def _rule(rule: pb.ArchiveRule) -> ArchiveRule:
+    if rule.limit > MAX_EXPORTED_AGGREGATES:
+        raise InvalidInput.for_field(
+            "rule.limit", f"must be at most {MAX_EXPORTED_AGGREGATES}", reason="LIMIT_TOO_LARGE"
+        )
+    return ArchiveRule(
+        aggregate_type=check_id("rule.aggregate_type", rule.aggregate_type, reason="INVALID_RULE"),
+        last_event_types=frozenset(check_names("rule.last_event_types", rule.last_event_types, reason="INVALID_RULE")),
+        untouched_since_us=micros_of(rule.untouched_since, "rule.untouched_since")
+        if rule.HasField("untouched_since")
+        else None,
+        limit=rule.limit or 100,
+    )
 
 
 def response(summary: ImportSummary) -> pb.ImportLogResponse:

@@ -32,11 +32,12 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
+from chronicle.v1 import event_pb2
 from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed
 from service.plugins.projections import ProjectedEvent, Projection
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
-from service.store.records import DocumentWrite, LogFilter, RecordedEvent
+from service.store.records import DocumentWrite, LogFilter, RecordedEvent, is_tombstone
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -292,6 +293,10 @@ class ProjectionRunner:
                         # A forgotten aggregate's event: its content is gone for
                         # good, so a read model built after the forgetting (a
                         # new projection, a moved store) goes without it.
+                        continue
+                    if is_tombstone(stored):
+                        # Read only by a projection that handles deletions.
+                        await self._apply(batch, stored, event_pb2.AggregateDeleted.FromString(stored.payload))
                         continue
                     for event in self._reader.decode(stored):
                         await self._apply(batch, event.record, event.message)

@@ -28,6 +28,7 @@ from typing import Protocol
 
 from service.store.records import (
     AggregateHead,
+    AggregateSummary,
     AuditEntry,
     ClaimChange,
     CommandRecord,
@@ -354,6 +355,22 @@ class Transfer(Protocol):
         """Remove the aggregate's events, snapshots and claims in one
         transaction, leaving no trace in the log (an import replacing it);
         command records and its data key stay. How many events went."""
+
+    async def delete_aggregate(
+        self, aggregate_id: str, tombstone: NewEvent, *, expected_version: int | None = None
+    ) -> RecordedEvent | None:
+        """In one transaction: remove the aggregate's events, snapshots and
+        claims, and append ``tombstone`` as the version after its last, at
+        the end of the log; the tombstone as recorded. An append racing the
+        deletion is either before it (and deleted with the rest) or refused
+        after it. An aggregate deleted before is left as it is and its
+        tombstone returned; one with no events is None.
+        ``ConcurrencyConflict``, and nothing done, when ``expected_version``
+        is set and the aggregate is at another."""
+
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateSummary]:
+        """Up to ``limit`` aggregates whose id sorts after ``after``, in id
+        order, each as its last event shows it."""
 
 
 class Retention(Protocol):

@@ -20,6 +20,7 @@ from service.store.records import (
     HIDDEN_CLAIM_MARK,
     REFUSED,
     AggregateHead,
+    AggregateSummary,
     AuditEntry,
     ClaimChange,
     CommandRecord,
@@ -32,6 +33,7 @@ from service.store.records import (
     RecordedEvent,
     Snapshot,
     StoredDocument,
+    is_tombstone,
 )
 from service.store.selection import select_events
 
@@ -352,6 +354,31 @@ class MemoryStore:
         self._claims = {key: owner for key, owner in self._claims.items() if owner != aggregate_id}
         return len(removed)
 
+    async def delete_aggregate(
+        self, aggregate_id: str, tombstone: NewEvent, *, expected_version: int | None = None
+    ) -> RecordedEvent | None:
+        stream = self._streams.get(aggregate_id)
+        if not stream:
+            return None
+        last = stream[-1]
+        if is_tombstone(last):
+            return last
+        if expected_version is not None and last.version != expected_version:
+            raise ConcurrencyConflict(aggregate_id, expected_version, current=last.version)
+        await self.remove_aggregate(aggregate_id)
+        recorded = RecordedEvent.committed(
+            replace(tombstone, aggregate_type=last.aggregate_type),
+            aggregate_id=aggregate_id,
+            version=last.version + 1,
+            position=self._last_position + 1,
+        )
+        self._add([recorded])
+        return recorded
+
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateSummary]:
+        chosen = sorted(a for a, stream in self._streams.items() if a > after and stream)[:limit]
+        return [_summary(self._streams[a][-1]) for a in chosen]
+
     # -- Retention -------------------------------------------------------------
 
     async def prune_commands(self, recorded_before_us: int, limit: int) -> int:
@@ -371,3 +398,7 @@ class MemoryStore:
         gone = set(old)
         self._refusals = [e for i, e in enumerate(self._refusals) if i not in gone]
         return len(gone)
+
+
+def _summary(last: RecordedEvent) -> AggregateSummary:
+    return AggregateSummary(last.aggregate_id, last.aggregate_type, last.version, last.event_type, last.timestamp_us)

@@ -234,6 +234,17 @@ class AggregateHead:
 
 
 @dataclass(frozen=True, slots=True)
+class AggregateSummary:
+    """An aggregate as its last event shows it (for choosing what to archive)."""
+
+    aggregate_id: str
+    aggregate_type: str
+    version: int
+    last_event_type: str
+    last_timestamp_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class LogFilter:
     """Which events of the global log a reader wants. Fields combine with
     AND; entries of one set with OR; empty means any."""

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from service.errors import ImportConflict
+from service.errors import ConcurrencyConflict, ImportConflict
 from service.store.base import StoreAdapter
 from service.store.records import (
     TOMBSTONE_EVENT_TYPE,
@@ -17,6 +17,7 @@ from service.store.records import (
     DataKey,
     HeldClaim,
     LogFilter,
+    NewEvent,
     RecordedEvent,
     Snapshot,
 )
@@ -211,3 +212,62 @@ async def test_removing_an_aggregate_leaves_the_others_and_the_log_moves_on(stor
     assert await log_of(store) == [other]
     (again,) = await store.append("a-1", [new_event()], 0)
     assert again.position > head
+
+
+def tombstone() -> NewEvent:
+    return replace(new_event(TOMBSTONE_EVENT_TYPE, aggregate_type=""), payload=b"\x1a\x03why")
+
+
+async def test_deleting_an_aggregate_leaves_its_tombstone_at_the_end_of_the_log(store: StoreAdapter) -> None:
+    record = command_record("a-1", 1, 3)
+    await store.append("a-1", [new_event() for _ in range(3)], 0, commands=[record], claims=[ClaimChange("s", "v")])
+    (other,) = await store.append("a-2", [new_event()], 0)
+    await store.save_snapshot(snapshot("a-1", 3))
+    head = await store.log_head()
+    marker = tombstone()
+    recorded = await store.delete_aggregate("a-1", marker)
+    assert recorded is not None
+    assert (recorded.version, recorded.event_id, recorded.event_type) == (4, marker.event_id, TOMBSTONE_EVENT_TYPE)
+    assert recorded.aggregate_type == "Thing"  # the aggregate's, whatever the tombstone said
+    assert recorded.position > head
+    assert await store.read_aggregate("a-1") == [recorded]
+    assert await log_of(store) == [other, recorded]
+    assert await store.log_head() == recorded.position
+    assert (await store.load_snapshot("a-1"), await store.claim_owner("s", "v")) == (None, None)
+    assert await store.find_command(record.command_id) == record
+    with pytest.raises(ConcurrencyConflict):
+        await store.append("a-1", [new_event()], 3)  # a writer that decided before the deletion
+
+
+async def test_deleting_at_another_version_conflicts_and_changes_nothing(store: StoreAdapter) -> None:
+    await store.append("a-1", [new_event(), new_event()], 0)
+    before = await contents(store)
+    with pytest.raises(ConcurrencyConflict) as conflict:
+        await store.delete_aggregate("a-1", tombstone(), expected_version=1)
+    assert conflict.value.metadata["current_version"] == "2"
+    assert (await contents(store)).changes_since(before) == {}
+    assert await store.delete_aggregate("a-1", tombstone(), expected_version=2) is not None
+
+
+async def test_deleting_again_or_what_has_no_events_changes_nothing(store: StoreAdapter) -> None:
+    await store.append("a-1", [new_event()], 0)
+    first = await store.delete_aggregate("a-1", tombstone())
+    before = await contents(store)
+    assert await store.delete_aggregate("a-1", tombstone()) == first
+    assert await store.delete_aggregate("a-1", tombstone(), expected_version=1) == first
+    assert await store.delete_aggregate("nobody", tombstone()) is None
+    assert (await contents(store)).changes_since(before) == {}
+
+
+async def test_aggregates_are_listed_by_id_with_their_last_event(store: StoreAdapter) -> None:
+    await store.append("b", [new_event("x.v1.One")], 0)
+    await store.append("a", [new_event("x.v1.One"), new_event("x.v1.Two", timestamp_us=5_000)], 0)
+    await store.append("c", [new_event("x.v1.Three")], 0)
+    first = await store.aggregates_page("", 2)
+    assert [(s.aggregate_id, s.version, s.last_event_type) for s in first] == [
+        ("a", 2, "x.v1.Two"),
+        ("b", 1, "x.v1.One"),
+    ]
+    assert first[0].last_timestamp_us == 5_000 and first[0].aggregate_type == "Thing"
+    rest = await store.aggregates_page("b", 2)
+    assert [s.aggregate_id for s in rest] == ["c"]

@@ -399,6 +399,56 @@ IMPORT_TOMBSTONES = (
 )
 REMOVE_EVENTS = "DELETE FROM chronicle.events WHERE aggregate_id = $1"
 REMOVE_CLAIMS = "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
+# Deleting an aggregate takes the position lock first (its own statement, so
+# that the next ones read after it): an append holding it commits before the
+# deletion looks at the aggregate (and is deleted with it); one that comes
+# later waits, then finds its expected version gone and is refused. Then one
+# statement looks at the aggregate's last event and, unless it is a
+# tombstone already or not at the expected version ($2; -1: any), deletes
+# the events and appends the tombstone ($3, as IMPORT_EVENTS' JSON; $4 its
+# type) at the next version and position; it says what it found.
+LOCK_LOG_HEAD = "UPDATE chronicle.log_head SET last_position = last_position"
+DELETE_AGGREGATE = (
+    "WITH last AS (SELECT version, event_type, aggregate_type FROM chronicle.events WHERE aggregate_id = $1"
+    " ORDER BY version DESC LIMIT 1),"
+    " chosen AS (SELECT version, aggregate_type FROM last WHERE event_type <> $4"
+    " AND ($2::bigint < 0 OR version = $2::bigint)),"
+    " gone AS (DELETE FROM chronicle.events WHERE aggregate_id = $1 AND EXISTS (SELECT 1 FROM chosen) RETURNING 1),"
+    " head AS (UPDATE chronicle.log_head SET last_position = last_position + 1 WHERE EXISTS (SELECT 1 FROM chosen)"
+    " RETURNING last_position),"
+    " tomb AS (INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
+    " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at)"
+    " SELECT head.last_position, t.id, $1, chosen.aggregate_type, chosen.version + 1, t.e, t.s, decode(t.p, 'hex'),"
+    " coalesce(t.m, '{}'::jsonb), t.c, t.u, t.o, t.r, t.k, " + _AT.format("t.at") + " FROM head, chosen,"
+    " jsonb_to_recordset($3::jsonb) AS t(id uuid, e text, s int, p text, m jsonb, c text, u text, o text, r text,"
+    " k text, at bigint) RETURNING position)"
+    " SELECT (SELECT version FROM last), (SELECT event_type FROM last), (SELECT aggregate_type FROM last),"
+    " (SELECT position FROM tomb)"
+)
+LAST_EVENT = f"SELECT {EVENT_COLUMNS} FROM chronicle.events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1"
+# The aggregate's snapshots and claims, if its tombstone ($2) was just written.
+DELETE_SNAPSHOTS_OF_DELETED = (
+    "DELETE FROM chronicle.snapshots WHERE aggregate_id = $1"
+    " AND EXISTS (SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 AND event_id = $2::uuid)"
+)
+REMOVE_CLAIMS_OF_DELETED = (
+    "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
+    " AND EXISTS (SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 AND event_id = $2::uuid)"
+)
+# Each aggregate's last event, a page of aggregates at a time: the next id
+# found by one index probe each (a loose index scan), not by reading every
+# event.
+AGGREGATES_PAGE = (
+    "WITH RECURSIVE ids(id) AS ("
+    " (SELECT aggregate_id FROM chronicle.events WHERE aggregate_id > $1 ORDER BY aggregate_id LIMIT 1)"
+    " UNION ALL SELECT (SELECT e.aggregate_id FROM chronicle.events e WHERE e.aggregate_id > ids.id"
+    " ORDER BY e.aggregate_id LIMIT 1) FROM ids WHERE ids.id IS NOT NULL)"
+    " SELECT l.aggregate_id, l.aggregate_type, l.version, l.event_type, "
+    + _MICROS.format("l.recorded_at")
+    + " FROM (SELECT id FROM ids WHERE id IS NOT NULL LIMIT $2::bigint) i"
+    " CROSS JOIN LATERAL (SELECT * FROM chronicle.events e WHERE e.aggregate_id = i.id ORDER BY e.version DESC"
+    " LIMIT 1) l ORDER BY l.aggregate_id"
+)
 
 # -- retention ----------------------------------------------------------------
 #

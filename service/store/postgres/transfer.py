@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
-from service.errors import ImportConflict
+from service.errors import ConcurrencyConflict, ImportConflict
 from service.store.importing import DATA_KEY_CONFLICT, claim_conflict, data_key_conflict, import_conflict
 from service.store.postgres import sql
 from service.store.postgres.appends import commands_json
@@ -16,14 +18,29 @@ from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.errors import Refused, UniqueViolation
 from service.store.postgres.rows import rows
-from service.store.records import TOMBSTONE_EVENT_TYPE, CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot
-from service.store.sql_common import claim_from_row, command_from_row, data_key_from_row, snapshot_from_row
+from service.store.records import (
+    TOMBSTONE_EVENT_TYPE,
+    AggregateSummary,
+    CommandRecord,
+    DataKey,
+    HeldClaim,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+)
+from service.store.sql_common import (
+    claim_from_row,
+    command_from_row,
+    data_key_from_row,
+    event_from_row,
+    snapshot_from_row,
+)
 
 
 class TransferRole:
     _db: Database
 
-    async def _page(self, what: str, statement: str, params: Sequence[object]) -> list[tuple[object, ...]]:
+    async def _page(self, what: str, statement: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         (result,) = await self._db.run(what, [Statement(statement.encode(), params, binary=True)], read_only=True)
         return rows(result)
 
@@ -149,6 +166,42 @@ class TransferRole:
             assert reason == DATA_KEY_CONFLICT
             raise data_key_conflict(keys[int(index)].aggregate_id) from None
         return int(inserted.ntuples + forgotten.ntuples)
+
+    async def delete_aggregate(
+        self, aggregate_id: str, tombstone: NewEvent, *, expected_version: int | None = None
+    ) -> RecordedEvent | None:
+        recorded = RecordedEvent.committed(tombstone, aggregate_id=aggregate_id, version=0, position=0)
+        _, found, _, _ = await self._db.run(
+            "delete_aggregate",
+            [
+                Statement(sql.LOCK_LOG_HEAD.encode()),
+                Statement(
+                    sql.DELETE_AGGREGATE.encode(),
+                    (
+                        aggregate_id,
+                        -1 if expected_version is None else expected_version,
+                        _events_json([recorded]),
+                        TOMBSTONE_EVENT_TYPE,
+                    ),
+                ),
+                Statement(sql.DELETE_SNAPSHOTS_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+                Statement(sql.REMOVE_CLAIMS_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+            ],
+        )
+        version, event_type, aggregate_type, position = rows(found)[0]
+        if version is None:
+            return None
+        if event_type == TOMBSTONE_EVENT_TYPE:
+            (existing,) = await self._page("delete_aggregate", sql.LAST_EVENT, (aggregate_id,))
+            return event_from_row(existing)
+        if position is None:
+            raise ConcurrencyConflict(aggregate_id, expected_version or 0, current=int(version))
+        self._db.commits.notify(int(position))
+        return replace(recorded, aggregate_type=str(aggregate_type), version=int(version) + 1, position=int(position))
+
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateSummary]:
+        found = await self._page("aggregates", sql.AGGREGATES_PAGE, (after, limit))
+        return [AggregateSummary(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in found]
 
     async def remove_aggregate(self, aggregate_id: str) -> int:
         removed, _, _ = await self._db.run(

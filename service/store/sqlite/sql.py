@@ -201,6 +201,13 @@ IMPORT_DATA_KEY = (
     " VALUES (?, ?, ?, ?, ?) ON CONFLICT (aggregate_id) DO NOTHING"
 )
 REMOVE_EVENTS = "DELETE FROM events WHERE aggregate_id = ?"
+LAST_EVENT = f"SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
+# Each aggregate's last event, by the (aggregate_id, version) index.
+AGGREGATES_PAGE = (
+    "SELECT aggregate_id, aggregate_type, version, event_type, recorded_at_us FROM events e"
+    " WHERE aggregate_id > ? AND version = (SELECT MAX(version) FROM events m WHERE m.aggregate_id = e.aggregate_id)"
+    " ORDER BY aggregate_id LIMIT ?"
+)
 REMOVE_CLAIMS = "DELETE FROM claims WHERE aggregate_id = ?"
 
 # -- retention ----------------------------------------------------------------------

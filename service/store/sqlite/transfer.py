@@ -7,15 +7,28 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
+from service.errors import ConcurrencyConflict
 from service.store.importing import claim_conflict, data_key_conflict, events_to_write
-from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot
+from service.store.notifier import CommitNotifier
+from service.store.records import (
+    AggregateSummary,
+    CommandRecord,
+    DataKey,
+    HeldClaim,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+    is_tombstone,
+)
 from service.store.serialization import dump_metadata
 from service.store.sql_common import (
     claim_from_row,
     command_from_row,
     command_params,
     data_key_from_row,
+    event_from_row,
     snapshot_from_row,
     snapshot_params,
 )
@@ -26,6 +39,7 @@ from service.store.sqlite.writer import Writer, writing
 
 class TransferRole:
     _writer: Writer
+    _commits: CommitNotifier
 
     async def data_keys_page(self, after: str, limit: int) -> list[DataKey]:
         rows = await self._writer.run(lambda db: db.execute(sql.DATA_KEYS_PAGE, (after, limit)).fetchall())
@@ -58,7 +72,10 @@ class TransferRole:
         return [command_from_row(row) for row in rows]
 
     async def import_events(self, events: Sequence[RecordedEvent]) -> int:
-        return await self._writer.run(_import_events, events)
+        written, last = await self._writer.run(_import_events, events)
+        if last:
+            self._commits.notify(last)
+        return written
 
     async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
         return await self._writer.run(_insert_each, sql.IMPORT_SNAPSHOT, [snapshot_params(s) for s in snapshots])
@@ -75,8 +92,22 @@ class TransferRole:
     async def remove_aggregate(self, aggregate_id: str) -> int:
         return await self._writer.run(_remove_aggregate, aggregate_id)
 
+    async def delete_aggregate(
+        self, aggregate_id: str, tombstone: NewEvent, *, expected_version: int | None = None
+    ) -> RecordedEvent | None:
+        recorded = await self._writer.run(_delete_aggregate, aggregate_id, tombstone, expected_version)
+        if recorded is not None and recorded.event_id == tombstone.event_id:
+            self._commits.notify(recorded.position)
+        return recorded
 
-def _import_events(db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> int:
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateSummary]:
+        rows = await self._writer.run(lambda db: db.execute(sql.AGGREGATES_PAGE, (after, limit)).fetchall())
+        return [AggregateSummary(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in rows]
+
+
+def _import_events(db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> tuple[int, int]:
+    """How many were written, and the last position written (0: none)."""
+
     def stored_at(event_id: str) -> tuple[str, int] | None:
         row = db.execute(sql.EVENT_PLACE, (event_id,)).fetchone()
         return None if row is None else (str(row[0]), int(row[1]))
@@ -85,11 +116,12 @@ def _import_events(db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> i
         (version,) = db.execute(sql.CURRENT_VERSION, (aggregate_id,)).fetchone()
         return int(version)
 
+    last = 0
     with writing(db):
         fresh = events_to_write(events, stored_at=stored_at, current_version=current_version)
         for event in fresh:
-            db.execute(sql.INSERT_EVENT, _event_params(event)).fetchone()
-    return len(fresh)
+            (last,) = db.execute(sql.INSERT_EVENT, _event_params(event)).fetchone()
+    return len(fresh), int(last)
 
 
 def _event_params(event: RecordedEvent) -> tuple[object, ...]:
@@ -148,7 +180,34 @@ def _import_data_keys(db: sqlite3.Connection, keys: Sequence[DataKey]) -> int:
 
 def _remove_aggregate(db: sqlite3.Connection, aggregate_id: str) -> int:
     with writing(db):
-        removed = db.execute(sql.REMOVE_EVENTS, (aggregate_id,)).rowcount
-        db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
-        db.execute(sql.REMOVE_CLAIMS, (aggregate_id,))
+        return _remove(db, aggregate_id)
+
+
+def _remove(db: sqlite3.Connection, aggregate_id: str) -> int:
+    removed = db.execute(sql.REMOVE_EVENTS, (aggregate_id,)).rowcount
+    db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
+    db.execute(sql.REMOVE_CLAIMS, (aggregate_id,))
     return int(removed)
+
+
+def _delete_aggregate(
+    db: sqlite3.Connection, aggregate_id: str, tombstone: NewEvent, expected_version: int | None
+) -> RecordedEvent | None:
+    with writing(db):
+        row = db.execute(sql.LAST_EVENT, (aggregate_id,)).fetchone()
+        if row is None:
+            return None
+        last = event_from_row(row)
+        if is_tombstone(last):
+            return last
+        if expected_version is not None and last.version != expected_version:
+            raise ConcurrencyConflict(aggregate_id, expected_version, current=last.version)
+        _remove(db, aggregate_id)
+        recorded = RecordedEvent.committed(
+            replace(tombstone, aggregate_type=last.aggregate_type),
+            aggregate_id=aggregate_id,
+            version=last.version + 1,
+            position=0,
+        )
+        (position,) = db.execute(sql.INSERT_EVENT, _event_params(recorded)).fetchone()
+    return replace(recorded, position=int(position))
