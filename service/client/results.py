@@ -62,6 +62,12 @@ class Event:
         return bool(self.envelope.redacted)
 
     @property
+    def deleted(self) -> bool:
+        """A deleted aggregate's tombstone: its payload is a
+        ``chronicle.v1.AggregateDeleted``, its events are gone."""
+        return bool(self.envelope.deleted)
+
+    @property
     def aggregate_id(self) -> str:
         return str(self.envelope.aggregate_id)
 

@@ -18,6 +18,8 @@ from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import projection_service_pb2 as proj
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
+from service.client import ChronicleClient
+from service.plugins import AggregateDeleted
 from service.store.base import StoreAdapter
 from tests.support.contents import at_rest
 from tests.support.grpc_client import Client, command, details_of, running_server
@@ -65,7 +67,7 @@ async def subscribed_until_deleted(
 
 
 async def test_a_deleted_aggregate_is_a_tombstone_to_readers_subscribers_and_commands(sql_store: StoreAdapter) -> None:
-    async with running_server(sql_store, anonymous_admin=True) as (_, client):
+    async with running_server(sql_store, anonymous_admin=True) as (app, client):
         deposit = command("acc-1", bank.Deposit(amount=10))
         for built in (
             command("acc-1", bank.OpenAccount(owner="ann")),
@@ -100,6 +102,9 @@ async def test_a_deleted_aggregate_is_a_tombstone_to_readers_subscribers_and_com
         # Readers: the tombstone alone, at its position.
         read = [e async for e in client.events.ReadAggregate(ev.ReadAggregateRequest(aggregate_id="acc-1"))]
         assert read == [tombstone]
+        async with ChronicleClient.connect(app.address) as typed:  # the Python client says so too
+            (typed_tombstone,) = await typed.read_all("acc-1")
+        assert typed_tombstone.deleted and typed_tombstone.payload_as(AggregateDeleted).reason == "the customer asked"
         # Subscribers: the aggregate's events, then its tombstone, in log order.
         seen = await asyncio.wait_for(subscriber, timeout=30)
         mine = [(e.version, e.deleted) for e in seen if e.aggregate_id == "acc-1"]
