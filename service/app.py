@@ -42,6 +42,7 @@ from service.plugins.middleware import Middleware
 from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
 from service.processing.middleware import Pipeline
+from service.processing.payload_json import payload_json
 from service.processing.projections import ProjectionRunner, Projections
 from service.processing.retention import Pruner
 from service.processing.router import Router
@@ -174,7 +175,12 @@ async def start(
     adapter = (
         store
         if store is not None
-        else open_store(settings.database_url, pool_size=settings.db_pool_size, keep_snapshots=settings.keep_snapshots)
+        else open_store(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            keep_snapshots=settings.keep_snapshots,
+            json_of=payload_json(registry) if settings.postgres_json_events else None,
+        )
     )
     roles = Store.of(adapter)
     authenticator, authorizer = build_authentication(settings)

@@ -37,6 +37,13 @@ class Settings:
     snapshot_every: int = field(
         default=0, metadata={"help": "default snapshot interval in events for aggregate types that set none (0: off)"}
     )
+    postgres_json_events: bool = field(
+        default=False,
+        metadata={
+            "help": "PostgreSQL: also keep each event's payload as JSON (column payload_json) to query in SQL;"
+            " not with encryption at rest"
+        },
+    )
     command_retention: float = field(
         default=0.0,
         metadata={
@@ -190,6 +197,12 @@ class Settings:
         if self.auth and self.anonymous_admin:
             raise ConfigurationError(
                 "--anonymous-admin is for servers with --auth off; with --auth the policy grants admin",
+                reason="BAD_SETTING",
+            )
+        if self.postgres_json_events and (self.master_key_file or self.master_keys):
+            raise ConfigurationError(
+                "--postgres-json-events would keep payloads in the clear beside their encrypted copies: not with"
+                " encryption at rest",
                 reason="BAD_SETTING",
             )
         if self.master_key_file and self.master_keys:

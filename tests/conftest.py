@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from service.store.base import StoreAdapter
+from service.store_contract.contents import ContentsOf
+from tests.support.contents import contents as read_contents
 from tests.support.load import Followers
 from tests.support.postgres import Cluster, start_cluster
 from tests.support.stores import STORES, StoreSite
@@ -35,6 +37,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     site = StoreSite(tmp=tmp_path, postgres_url=lambda: request.getfixturevalue("postgres_url"))
     async with STORES[request.param](site) as opened:
         yield opened
+
+
+@pytest.fixture
+def contents(store: StoreAdapter) -> ContentsOf:
+    """What ``store`` holds, read from underneath it (its tables), for the
+    contract's "nothing else changed" checks."""
+    return lambda: read_contents(store)
 
 
 @pytest.fixture

@@ -82,24 +82,36 @@ _INSERT_COMMANDS_FROM_JSON = (
     + " FROM jsonb_to_recordset($1::jsonb) AS c(id text, a text, t text, f text, first bigint, last bigint,"
     " rejection jsonb, p text, u text, o text, at bigint)"
 )
-APPEND_BATCH = (
-    "WITH commands AS (" + _INSERT_COMMANDS_FROM_JSON + " RETURNING 1),"
-    " head AS (UPDATE chronicle.log_head"
-    " SET last_position = last_position + $2::bigint + 0 * (SELECT count(*) FROM commands)"
-    " RETURNING last_position - $2::bigint AS base),"
-    " appended AS ("
-    " INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
-    " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at)"
-    " SELECT head.base + e.i, e.id, e.a, e.t, e.v, e.e, e.s, decode(e.p, 'hex'), coalesce(e.m, '{}'::jsonb),"
-    " e.c, e.u, e.o, e.r, e.k, " + _AT.format("e.at") + " FROM head, jsonb_to_recordset($3::jsonb) AS e(i bigint,"
-    " id uuid, a text, t text, v bigint, x bigint, e text, s int, p text, m jsonb, c text, u text, o text, r text,"
-    " k text, at bigint)"
-    " WHERE e.x = 0 OR (SELECT y.version FROM chronicle.events y WHERE y.aggregate_id = e.a AND y.version = e.x)"
-    " IS NOT NULL"
-    " RETURNING position)"
-    " SELECT CASE WHEN count(*) = $2::bigint THEN min(position)"
-    f" ELSE chronicle.refuse('{VERSION_MOVED}', 'an aggregate is not at its expected version') END FROM appended"
-)
+
+
+def _append_batch(json_copy: bool) -> str:
+    """The batch append; with ``json_copy`` it also writes each event's
+    payload as JSON (``j``, computed by the store) into ``payload_json``."""
+    json_column, json_value, json_field = (", payload_json", ", e.j", ", j jsonb") if json_copy else ("", "", "")
+    return (
+        "WITH commands AS (" + _INSERT_COMMANDS_FROM_JSON + " RETURNING 1),"
+        " head AS (UPDATE chronicle.log_head"
+        " SET last_position = last_position + $2::bigint + 0 * (SELECT count(*) FROM commands)"
+        " RETURNING last_position - $2::bigint AS base),"
+        " appended AS ("
+        " INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
+        " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at"
+        + json_column
+        + ") SELECT head.base + e.i, e.id, e.a, e.t, e.v, e.e, e.s, decode(e.p, 'hex'), coalesce(e.m, '{}'::jsonb),"
+        " e.c, e.u, e.o, e.r, e.k, " + _AT.format("e.at") + json_value + " FROM head, jsonb_to_recordset($3::jsonb)"
+        " AS e(i bigint, id uuid, a text, t text, v bigint, x bigint, e text, s int, p text, m jsonb, c text, u text,"
+        " o text, r text, k text, at bigint" + json_field + ")"
+        " WHERE e.x = 0 OR (SELECT y.version FROM chronicle.events y WHERE y.aggregate_id = e.a AND y.version = e.x)"
+        " IS NOT NULL"
+        " RETURNING position)"
+        " SELECT CASE WHEN count(*) = $2::bigint THEN min(position)"
+        f" ELSE chronicle.refuse('{VERSION_MOVED}', 'an aggregate is not at its expected version') END FROM appended"
+    )
+
+
+APPEND_BATCH = _append_batch(json_copy=False)
+APPEND_BATCH_JSON = _append_batch(json_copy=True)
+APPEND_BATCH_JSON_NAME = b"chronicle_append_batch_json"
 APPEND_BATCH_NAME = b"chronicle_append_batch"
 # Command records on their own, before claims are taken (the precise path).
 INSERT_COMMANDS = _INSERT_COMMANDS_FROM_JSON
@@ -321,7 +333,7 @@ COMMANDS_PAGE = (
 
 _IMPORTED_EVENTS = (
     "jsonb_to_recordset($1::jsonb) AS e(i bigint, id uuid, a text, t text, v bigint, e text, s int, p text,"
-    " m jsonb, c text, u text, o text, r text, k text, at bigint)"
+    " m jsonb, c text, u text, o text, r text, k text, at bigint, j jsonb)"
 )
 # The rule of service/store/importing.py: an event held already at its
 # aggregate and version is skipped; any other must come right after its
@@ -353,9 +365,10 @@ IMPORT_EVENTS = (
     " head AS (UPDATE chronicle.log_head SET last_position = last_position + (SELECT count(*) FROM fresh)"
     " WHERE EXISTS (SELECT 1 FROM fresh) RETURNING last_position - (SELECT count(*) FROM fresh) AS base)"
     " INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
-    " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at)"
+    " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at,"
+    " payload_json)"
     " SELECT head.base + f.rn, f.id, f.a, f.t, f.v, f.e, f.s, decode(f.p, 'hex'), coalesce(f.m, '{}'::jsonb),"
-    " f.c, f.u, f.o, f.r, f.k, " + _AT.format("f.at") + " FROM head, fresh f RETURNING position"
+    " f.c, f.u, f.o, f.r, f.k, " + _AT.format("f.at") + ", f.j FROM head, fresh f RETURNING position"
 )
 IMPORT_SNAPSHOTS = (
     f"INSERT INTO chronicle.snapshots ({SNAPSHOT_COLUMNS})"

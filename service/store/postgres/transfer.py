@@ -13,7 +13,7 @@ from typing import Any
 from service.errors import ConcurrencyConflict, ImportConflict
 from service.store.importing import DATA_KEY_CONFLICT, claim_conflict, data_key_conflict, import_conflict
 from service.store.postgres import sql
-from service.store.postgres.appends import commands_json
+from service.store.postgres.appends import JsonOf, commands_json
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.errors import Refused, UniqueViolation
@@ -39,6 +39,7 @@ from service.store.sql_common import (
 
 class TransferRole:
     _db: Database
+    _json_of: JsonOf | None
 
     async def _page(self, what: str, statement: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         (result,) = await self._db.run(what, [Statement(statement.encode(), params, binary=True)], read_only=True)
@@ -71,7 +72,7 @@ class TransferRole:
     async def import_events(self, events: Sequence[RecordedEvent]) -> int:
         if not events:
             return 0
-        batch = _events_json(events)
+        batch = _events_json(events, self._json_of)
         try:
             *_, written = await self._db.run(
                 "import",
@@ -223,7 +224,7 @@ def _refusal(refused: Refused) -> tuple[str, list[str]]:
     return reason, arguments
 
 
-def _events_json(events: Sequence[RecordedEvent]) -> str:
+def _events_json(events: Sequence[RecordedEvent], json_of: JsonOf | None = None) -> str:
     return json.dumps(
         [
             {
@@ -242,6 +243,7 @@ def _events_json(events: Sequence[RecordedEvent]) -> str:
                 "r": e.correlation_id,
                 "k": e.causation_id,
                 "at": e.timestamp_us,
+                "j": None if json_of is None else json_of(e.event_type, e.payload),
             }
             for i, e in enumerate(events)
         ],
