@@ -41,11 +41,12 @@ def postgres_versions(pg_cluster: Cluster) -> Iterator[PostgresVersions]:
 @pytest.fixture
 def postgres_at(pg_cluster: Cluster, postgres_versions: PostgresVersions) -> Iterator[DatabaseAt]:
     """``await postgres_at(version, filled=…)``: a new database at that schema
-    version (``filled``: with every kind of row it can hold), for this test."""
+    version (``filled``: with every kind of row it can hold; ``migrated=True``:
+    then migrated by the current store), for this test."""
     made: list[str] = []
 
-    async def at(version: int, *, filled: bool) -> str:
-        made.append(await postgres_versions.copy(version, filled=filled))
+    async def at(version: int, *, filled: bool, migrated: bool = False) -> str:
+        made.append(await postgres_versions.copy(version, filled=filled, migrated=migrated))
         return made[-1]
 
     yield at

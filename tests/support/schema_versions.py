@@ -186,22 +186,30 @@ async def build_postgres(url: str, version: int, *, filled: bool) -> None:
 
 class PostgresVersions:
     """Databases at each schema version on the suite's cluster: each built
-    once per session (empty, or filled), then copied for each test that asks
-    (``CREATE DATABASE … TEMPLATE``: a file copy, no SQL replayed)."""
+    once per session (empty, or filled; migrated by the current store, or
+    not), then copied for each test that asks (``CREATE DATABASE …
+    TEMPLATE``: a file copy, no SQL replayed)."""
 
     def __init__(self, cluster: Cluster) -> None:
         self._cluster = cluster
         self._tag = uuid.uuid4().hex[:8]
-        self._templates: dict[tuple[int, bool], str] = {}
+        self._templates: dict[tuple[int, bool, bool], str] = {}
         self._fresh_schema: Counter[str] | None = None
 
-    async def _template(self, version: int, filled: bool) -> str:
-        name = self._templates.get((version, filled))
+    async def _template(self, version: int, filled: bool, migrated: bool = False) -> str:
+        name = self._templates.get((version, filled, migrated))
         if name is None:
-            name = f"chronicle_v{version}_{'filled' if filled else 'empty'}_{self._tag}"
-            self._create(name)
-            await build_postgres(self._cluster.url_for(name), version, filled=filled)
-            self._templates[(version, filled)] = name
+            state = f"{'filled' if filled else 'empty'}{'_migrated' if migrated else ''}"
+            name = f"chronicle_v{version}_{state}_{self._tag}"
+            if migrated:
+                self._create(name, await self._template(version, filled))
+                store = PostgresStore(self._cluster.url_for(name), pool_size=1)
+                await store.open()  # the current store migrates it
+                await store.close()
+            else:
+                self._create(name)
+                await build_postgres(self._cluster.url_for(name), version, filled=filled)
+            self._templates[(version, filled, migrated)] = name
         return name
 
     def _create(self, name: str, template: str | None = None) -> None:
@@ -211,9 +219,10 @@ class PostgresVersions:
         with psycopg.connect(self._cluster.admin_url, autocommit=True) as conn:
             conn.execute(query)
 
-    async def copy(self, version: int, *, filled: bool) -> str:
-        """A new database at schema ``version``; the caller drops it."""
-        template = await self._template(version, filled)
+    async def copy(self, version: int, *, filled: bool, migrated: bool = False) -> str:
+        """A new database at schema ``version`` (``migrated``: then migrated
+        by the current store, once for every copy); the caller drops it."""
+        template = await self._template(version, filled, migrated)
         name = f"chronicle_test_{uuid.uuid4().hex[:12]}"
         self._create(name, template)
         return self._cluster.url_for(name)

@@ -1,8 +1,9 @@
 """The stores the shared contract suite runs against, by name: each adapter
 on a new database, and the SQL adapters once more on a database that the
 code's first migration made and the store then migrated (``-migrated``), as
-one an earlier Chronicle left. That database is empty: the contract's tests
-expect a store of their own; rows surviving the migrations is
+one an earlier Chronicle left (on PostgreSQL migrated once per run, each
+test on a copy). That database is empty: the contract's tests expect a store
+of their own; rows surviving the migrations is
 ``tests/integration/test_migrations_over_data.py``'s job."""
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ class StoreSite:
 
     tmp: Path
     postgres_url: Callable[[], str]
-    # A new database at an earlier schema version (``conftest.postgres_at``).
-    postgres_at: Callable[[int], Awaitable[str]]
+    # A new database made at an earlier schema version, then migrated by the
+    # current store (``conftest.postgres_at``).
+    postgres_migrated_from: Callable[[int], Awaitable[str]]
     keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS
 
 
@@ -37,7 +39,9 @@ def store_site(request: pytest.FixtureRequest, tmp: Path, *, keep_snapshots: int
     return StoreSite(
         tmp=tmp,
         postgres_url=lambda: request.getfixturevalue("postgres_url"),
-        postgres_at=lambda version: request.getfixturevalue("postgres_at")(version, filled=False),
+        postgres_migrated_from=lambda version: request.getfixturevalue("postgres_at")(
+            version, filled=False, migrated=True
+        ),
         keep_snapshots=keep_snapshots,
     )
 
@@ -79,7 +83,7 @@ async def postgres_store(site: StoreSite) -> AsyncIterator[StoreAdapter]:
 
 @asynccontextmanager
 async def postgres_store_migrated(site: StoreSite) -> AsyncIterator[StoreAdapter]:
-    async with _opened_postgres(await site.postgres_at(1), site) as store:
+    async with _opened_postgres(await site.postgres_migrated_from(1), site) as store:
         yield store
 
 
