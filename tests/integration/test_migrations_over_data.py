@@ -5,10 +5,11 @@ through the current store, with the same content, and still behaves.
 The versions are the migration files the code has: a new migration is
 tested from every version before it without a change here, and the filler
 (``tests/support/old_rows.py``, ``schema_versions.py``) must keep up with it:
-``test_the_filler_holds_every_table_and_column_at`` fails when a version has
-a table or a column no row fills, and
-``test_at_the_latest_version_the_filler_writes_what_the_store_writes`` when
-the newest SQL of the filler no longer matches what the store writes.
+``test_the_filler_holds_every_table_and_column_of_*`` fails when a version
+has a table or a column no row fills, and
+``test_at_the_latest_version_the_filler_writes_what_the_*_store_writes``
+when the newest SQL of the filler no longer matches what the store writes
+(docs/testing.md, "How a new migration is tested").
 """
 
 from __future__ import annotations
