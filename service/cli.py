@@ -67,7 +67,7 @@ from chronicle.v1 import (
     projection_service_pb2_grpc,
 )
 from service.api.codec import check_id
-from service.errors import ChronicleError, InvalidInput
+from service.errors import ChronicleError, ConfigurationError, InvalidInput
 from service.remote_types import RemoteTypes, UnknownType
 from service.settings import add_arguments, load_settings
 
@@ -119,7 +119,8 @@ EXIT_STATUS_HELP = f"""exit status (every command):
   {EXIT_OK}    done
   {EXIT_REFUSED}    the server refused or failed the call (the gRPC code, reason and
        message on stderr, e.g. "error: NOT_FOUND AGGREGATE_NOT_FOUND: ..."),
-       or could not be reached; health: the server is not serving
+       or could not be reached (with --database-url: the store refused, e.g.
+       an import's AGGREGATE_NOT_EMPTY); health: the server is not serving
   {EXIT_USAGE}    the command line, a setting or the input is wrong (bad arguments, a
        payload that is not a JSON object, a type the server does not know):
        nothing was sent
@@ -1070,11 +1071,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChronicleError as error:
         # The reason first, as for a refused RPC: what a script can match on.
         print(f"error: {error.reason}: {error.message}", file=sys.stderr)
+        if isinstance(error, InvalidInput | ConfigurationError):
+            return EXIT_USAGE  # the command line, a setting or the input (a malformed file) is wrong
+        # A store that refused what it was given (an import on it, say) has
+        # refused, as a server would: said the same way.
         if error.metadata:
             print(f"  {json.dumps(error.metadata, sort_keys=True)}", file=sys.stderr)
-        # Bad input (a malformed file, say) is the user's to fix; a store
-        # that refuses what it is given has refused, as a server would.
-        return EXIT_USAGE if isinstance(error, InvalidInput) else EXIT_REFUSED
+        return EXIT_REFUSED
     except (UnknownType, json_format.ParseError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
