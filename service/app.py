@@ -259,6 +259,7 @@ async def start(
                 documents=roles.projections,
                 reader=executor.loader.reader,
                 poll_interval=settings.poll_seconds,
+                page_bytes=page_bytes,
             )
             for projection in registry.projections
         ]
