@@ -150,14 +150,20 @@ class MemoryStore:
                 raise NotUnique(claim.scope, claim.value)
         return {key: owner for key, owner in changed.items() if owner is not None or key in self._claims}
 
-    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+    async def read_log(
+        self, after_position: int, log_filter: LogFilter, limit: int, *, max_bytes: int | None = None
+    ) -> LogPage:
+        # Positions rise but have gaps where an aggregate was deleted.
         found: list[RecordedEvent] = []
+        size = 0
         start = bisect.bisect_right(self._log, after_position, key=lambda e: e.position)
         for event in self._log[start:]:
             if log_filter.matches(event):
                 found.append(event)
-                if len(found) == limit:
-                    return LogPage(tuple(found), event.position)
+                if max_bytes is not None:
+                    size += event.stored_size()
+                if len(found) == limit or (max_bytes is not None and size >= max_bytes):
+                    return LogPage(tuple(found), event.position, more=True)
         return LogPage(tuple(found), max(self._last_position, after_position))
 
     async def log_head(self) -> int:

@@ -15,13 +15,29 @@ def lost(details: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> g
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
+def _events_in(message: Any) -> Any:
+    """The repeated events a paged message carries (an EventPage, or a
+    SubscribeResponse holding one), or None for a message of one item."""
+    if message.DESCRIPTOR.name == "EventPage":
+        return message.events
+    if message.DESCRIPTOR.name == "SubscribeResponse" and message.WhichOneof("kind") == "page":
+        return message.page.events
+    return None
+
+
 async def _broken_after(call: Any, after: int, code: grpc.StatusCode) -> AsyncIterator[Any]:
-    """The call's messages, then ``code`` after the ``after``-th."""
+    """The call's items, then ``code`` after the ``after``-th. Items are
+    messages, or the events of a page: a page that would go past ``after``
+    arrives cut short, as if the server had sent smaller pages, so a test's
+    break falls between the same two events whether the stream is paged or not."""
     received = 0
     async for message in call:
+        events = _events_in(message)
+        if events is not None and received + len(events) > after:
+            del events[after - received :]
+        received += 1 if events is None else len(events)
         yield message
-        received += 1
-        if received == after:
+        if received >= after:
             call.cancel()
             raise lost("stream broken (simulated)", code)
 
@@ -48,12 +64,18 @@ class BreakFirstStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[m
     """Records every request; the first stream breaks (with ``code``) after
     ``after`` messages."""
 
-    def __init__(self, after: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+    def __init__(
+        self, after: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, *, method: str | None = None
+    ) -> None:
         self.after = after
         self.code = code
+        self.method = method  # only calls of this method (its last part), if given
         self.requests: list[Any] = []
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        called = details.method.decode() if isinstance(details.method, bytes) else details.method
+        if self.method is not None and called.rpartition("/")[2] != self.method:
+            return await continuation(details, request)
         self.requests.append(request)
         call = await continuation(details, request)
         if len(self.requests) > 1:
@@ -82,3 +104,19 @@ class BreakFirstCommandStream(grpc.aio.StreamStreamClientInterceptor):  # type: 
         if len(self.calls) > 1:
             return call
         return _broken_after(call, self.after, grpc.StatusCode.UNAVAILABLE)
+
+
+class WithoutPagedReads(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Sends ReadAggregatePages to a method the server does not have, so the
+    server answers UNIMPLEMENTED as one from before paged reads would.
+    Records the methods called."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        self.methods.append(method.rpartition("/")[2])
+        if method.endswith("/ReadAggregatePages"):
+            details = details._replace(method=b"/chronicle.v1.EventService/NoSuchMethod")
+        return await continuation(details, request)

@@ -119,3 +119,13 @@ def test_durations_take_a_unit() -> None:
     assert settings.idle_timeout == 0.25
     assert settings_from(["--slow-handler-seconds", "30s"], {}).slow_handler_seconds == 30
     assert Settings().command_retention == 0  # forever
+
+
+def test_events_are_limited_to_a_quarter_of_a_message() -> None:
+    assert settings_from(["--max-message-bytes", "8000000", "--max-event-bytes", "2000000"], {}).max_event_bytes == (
+        2_000_000
+    )
+    with pytest.raises(ConfigurationError, match="a quarter of max_message_bytes"):
+        settings_from(["--max-message-bytes", "8000000", "--max-event-bytes", "2000001"], {})
+    with pytest.raises(ConfigurationError, match="a quarter"):
+        Settings(max_message_bytes=1024 * 1024)  # the default 1 MiB events would not fit
