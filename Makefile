@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
 
-.PHONY: run test test-node soak lint lint-api format protos bench profile clean lock
+.PHONY: run test test-node soak lint lint-api format protos bench bench-scale profile clean lock
 
 run: protos
 	$(BIN)/chronicle serve $(ARGS)
@@ -82,6 +82,14 @@ clean:
 bench: protos
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Stores that grow (docs/benchmarks.md, "Stores that grow"): appends, aggregate
+# loads and catch-up with the log at 0, 1 M and 10 M events, on PostgreSQL and
+# SQLite (about an hour, most of it filling 10 M rows); for a quick try:
+# make bench-scale GROWTH_ARGS=--sizes=0,1000000
+bench-scale: protos
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.growth $(GROWTH_ARGS)
 
 # Where the server's event loop spends its CPU under the benchmark's load
 # (cProfile over the measured window; see docs/performance.md).

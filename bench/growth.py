@@ -1,0 +1,439 @@
+"""Stores that grow (issue 17, item 5): appends, aggregate loads and
+subscription catch-up with the log already holding 0, 1 M and 10 M events,
+on PostgreSQL and on SQLite.
+
+    python -m bench.growth                    # 0, 1 M and 10 M on both stores (about an hour)
+    python -m bench.growth --sizes 0,1000000  # the quick run (a few minutes)
+    python -m bench.growth --stores sqlite    # one store
+
+For each store and size the log is filled in the database itself (INSERT …
+SELECT of bank and box events, 50 per aggregate: not through the API, the
+point is what a big log does to what comes after), followed by the same
+100,000 "probe" events at every size (2,000 aggregates of 50 events). Then,
+with a server started on that store (the bank and box plugins):
+
+* start-up: seconds from the process's start to SERVING;
+* catch-up: a plain gRPC stub subscribing (pages) from the start of the
+  probe events to the end of the log, unfiltered and filtered to the box
+  aggregates (a tenth);
+* aggregate loads: GetAggregate of 200 probe accounts of 50 events, each
+  loaded once (not cached, no snapshot), p50 and p99;
+* appends through the API: Deposit commands over 1,000 accounts the bench
+  opens, at 1 and at 64 in flight (rate, p50, p99);
+
+and, with the server stopped, appends straight on the store (one event per
+append, 1 and 64 in flight over 1,000 aggregates, the store's own
+group commit), where the database's share of the time is not hidden behind
+the server's CPU. The database's size is reported too.
+
+Writes its table into docs/benchmarks.md (the section "Stores that grow")
+and the raw figures to docs/benchmarks-growth.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg
+
+from bench import bank, load, machine, reads, report, servers
+from chronicle.v1 import event_service_pb2 as ev
+from chronicle.v1 import event_service_pb2_grpc as ev_grpc
+from service.store.factory import open_store
+from service.store.records import NewEvent
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = [0, 1_000_000, 10_000_000]
+STORES = ["postgresql", "sqlite"]
+# Every aggregate of the filled log holds this many events (so an aggregate
+# load reads the same amount whatever the log's size), every tenth is a box.
+EVENTS_PER_AGGREGATE = 50
+PROBE_AGGREGATES = 2_000
+PROBE_PREFIX = "probe-"
+LOADS = 200
+APPEND_ACCOUNTS = 1_000
+APPEND_SECONDS = float(os.environ.get("GROWTH_APPEND_SECONDS", "8"))
+STORE_APPEND_SECONDS = float(os.environ.get("GROWTH_STORE_SECONDS", "5"))
+PROJECTION = bank.PROJECTION
+SECTION = report.KEPT_SECTIONS[0]
+
+
+# -- filling the log --------------------------------------------------------------
+
+# SQLite's form of bench/reads.py's fill: the i-th event goes to aggregate
+# i % aggregates at version i / aggregates + 1 (event ids random, as the API
+# makes them; payloads the plugins decode).
+_SQLITE_FILL = """
+WITH RECURSIVE n(i) AS (SELECT :start UNION ALL SELECT i + 1 FROM n WHERE i + 1 < :stop),
+s AS (SELECT i, i % :aggregates AS a, i / :aggregates + 1 AS v, lower(hex(randomblob(16))) AS h FROM n)
+INSERT INTO events (position, event_id, aggregate_id, aggregate_type, version, event_type, schema_version,
+                    payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at_us)
+SELECT i + 1 + :offset,
+       substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-4' || substr(h, 14, 3) || '-8' || substr(h, 18, 3)
+           || '-' || substr(h, 21, 12),
+       :prefix || CASE WHEN a % 10 = 0 THEN 'box-' ELSE 'acc-' END || a,
+       CASE WHEN a % 10 = 0 THEN 'Box' ELSE 'Account' END,
+       v,
+       CASE WHEN a % 10 = 0 THEN (CASE WHEN v = 1 THEN 'box.v1.BoxCreated' ELSE 'box.v1.BoxRenamed' END)
+            ELSE (CASE WHEN v = 1 THEN 'bank.v1.AccountOpened' ELSE 'bank.v1.MoneyDeposited' END) END,
+       1,
+       CASE WHEN a % 10 = 0 THEN x'0a0178'
+            WHEN v = 1 THEN CAST(char(10, length('owner-' || (a % 1000))) || 'owner-' || (a % 1000) AS BLOB)
+            ELSE x'0801' END,
+       '{}', 'c-' || (i + :offset), 'bench', '', 'c-' || (i + :offset), 'c-' || (i + :offset), :now
+FROM s
+"""
+
+
+def _aggregates(events: int) -> int:
+    return max(1, events // EVENTS_PER_AGGREGATE)
+
+
+def fill_postgres(url: str, size: int, *, probes: int = PROBE_AGGREGATES) -> None:
+    """``size`` events, then the probe aggregates' (``probes`` of them)."""
+    if size:
+        reads.fill(url, offset=0, start=0, stop=size, aggregates=_aggregates(size), prefix="")
+    events = probes * EVENTS_PER_AGGREGATE
+    reads.fill(url, offset=reads.log_head(url), start=0, stop=events, aggregates=probes, prefix=PROBE_PREFIX)
+    with psycopg.connect(url, autocommit=True) as conn:
+        # The read model is taken as up to date with what was filled: its
+        # rebuild is bench/reads.py's business, not this one's.
+        conn.execute(
+            "INSERT INTO chronicle.projection_checkpoints (name, position) SELECT %s, last_position"
+            " FROM chronicle.log_head ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            (PROJECTION,),
+        )
+    servers.settle(url)
+
+
+def _sqlite_path(url: str) -> str:
+    return url.removeprefix("sqlite:///")
+
+
+def fill_sqlite(url: str, size: int, *, probes: int = PROBE_AGGREGATES) -> None:
+    """``size`` events, then the probe aggregates' (``probes`` of them)."""
+    db = sqlite3.connect(_sqlite_path(url), isolation_level=None)
+    try:
+        db.execute("PRAGMA cache_size = -2000000")  # 2 GB: the indexes' random inserts stay in memory
+        now = time.time_ns() // 1000
+
+        def chunked(offset: int, stop: int, aggregates: int, prefix: str) -> None:
+            step = 500_000
+            for first in range(0, stop, step):
+                db.execute("BEGIN")
+                params = {"start": first, "stop": min(stop, first + step), "aggregates": aggregates}
+                db.execute(_SQLITE_FILL, {**params, "offset": offset, "prefix": prefix, "now": now})
+                db.execute("COMMIT")
+
+        if size:
+            chunked(0, size, _aggregates(size), "")
+        head = db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
+        chunked(head, probes * EVENTS_PER_AGGREGATE, probes, PROBE_PREFIX)
+        head = db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
+        db.execute(
+            "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            (PROJECTION, head),
+        )
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+
+
+def head_of(kind: str, url: str) -> int:
+    if kind == "postgresql":
+        return reads.log_head(url)
+    db = sqlite3.connect(_sqlite_path(url))
+    try:
+        return int(db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0])
+    finally:
+        db.close()
+
+
+def size_bytes(kind: str, url: str) -> int:
+    if kind == "postgresql":
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else 0
+    path = Path(_sqlite_path(url))
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+# -- measuring through a server ---------------------------------------------------
+
+
+async def catch_up(address: str, after: int, aggregate_types: tuple[str, ...] = ()) -> dict[str, float]:
+    seen, seconds = await reads.stub_catch_up(address, after, aggregate_types)
+    return {"events": seen, "seconds": seconds, "rate": seen / seconds}
+
+
+async def aggregate_loads(address: str) -> dict[str, float]:
+    """GetAggregate of probe accounts, each once (so read from the store)."""
+    accounts = [a for a in range(PROBE_AGGREGATES) if a % 10][:LOADS]
+    took = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = ev_grpc.EventServiceStub(channel)
+        for a in accounts:
+            began = time.perf_counter()
+            response = await stub.GetAggregate(ev.GetAggregateRequest(aggregate_id=f"{PROBE_PREFIX}acc-{a}"))
+            took.append(time.perf_counter() - began)
+            assert response.version == EVENTS_PER_AGGREGATE, response.version
+    return _latencies(took)
+
+
+def _latencies(took: list[float]) -> dict[str, float]:
+    ordered = sorted(took)
+    return {
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+    }
+
+
+def api_appends(address: str, concurrency: int) -> dict[str, float]:
+    spec = load.LoadSpec(
+        address=address,
+        mode="unary",
+        concurrency=concurrency,
+        seconds=APPEND_SECONDS,
+        aggregates=APPEND_ACCOUNTS,
+        prefix="g",
+        domain="bank",
+        processes=1 if concurrency == 1 else 2,
+    )
+    result = load.run(spec)
+    if result.errors:
+        raise RuntimeError(f"appends failed: {result.error_reasons}")
+    return {"rate": result.rate, "p50_ms": result.percentile(0.5) * 1000, "p99_ms": result.percentile(0.99) * 1000}
+
+
+def through_server(kind: str, url: str, probes_from: int) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    began = time.perf_counter()
+    with servers.chronicle(url, *reads.PLUGIN_ARGS, "--idle-timeout", "600") as server:
+        row["startup_s"] = time.perf_counter() - began
+        row["catch_up"] = asyncio.run(catch_up(server.address, probes_from))
+        row["catch_up_filtered"] = asyncio.run(catch_up(server.address, probes_from, ("Box",)))
+        row["load"] = asyncio.run(aggregate_loads(server.address))
+        asyncio.run(bank.open_accounts(server.address, APPEND_ACCOUNTS, "g"))
+        row["api_append_1"] = api_appends(server.address, 1)
+        row["api_append_64"] = api_appends(server.address, 64)
+    return row
+
+
+# -- measuring on the store itself ------------------------------------------------
+
+
+def deposit(n: int) -> NewEvent:
+    return NewEvent(
+        event_id=str(uuid.uuid4()),
+        aggregate_type="Account",
+        event_type="bank.v1.MoneyDeposited",
+        schema_version=1,
+        payload=b"\x08" + bytes([n % 100 + 1]),
+        timestamp_us=time.time_ns() // 1000,
+        command_id=str(uuid.uuid4()),
+        origin="bench",
+    )
+
+
+async def store_appends(url: str, in_flight: int) -> dict[str, float]:
+    """Appends of one event straight on the store for a few seconds: each
+    lane has aggregates of its own (one append per aggregate in flight, as
+    an aggregate's worker makes them)."""
+    store = open_store(url, pool_size=4)
+    await store.open()
+    run = uuid.uuid4().hex[:6]
+    versions = dict.fromkeys(range(APPEND_ACCOUNTS), 0)
+    took: list[float] = []
+    stop = time.perf_counter() + STORE_APPEND_SECONDS
+
+    async def lane(number: int) -> None:
+        mine = list(range(number, APPEND_ACCOUNTS, in_flight))
+        n = 0
+        while time.perf_counter() < stop:
+            account = mine[n % len(mine)]
+            began = time.perf_counter()
+            await store.append(f"s{run}-{account}", [deposit(n)], versions[account])
+            took.append(time.perf_counter() - began)
+            versions[account] += 1
+            n += 1
+
+    try:
+        await store.append(f"s{run}-warm", [deposit(0)], 0)  # connections and statements ready
+        began = time.perf_counter()
+        await asyncio.gather(*(lane(i) for i in range(in_flight)))
+        elapsed = time.perf_counter() - began
+    finally:
+        await store.close()
+    return {"rate": len(took) / elapsed, **_latencies(took)}
+
+
+# -- a run -------------------------------------------------------------------------
+
+
+@contextmanager
+def database(kind: str, cluster: Any, folder: Path) -> Iterator[str]:
+    if kind == "postgresql":
+        url = cluster.create_database()
+        try:
+            yield url
+        finally:
+            name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+            with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    else:
+        path = folder / f"growth-{uuid.uuid4().hex[:6]}.db"
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            for file in folder.glob(path.name + "*"):
+                file.unlink()
+
+
+def measure(kind: str, size: int, cluster: Any, folder: Path) -> dict[str, Any]:
+    with database(kind, cluster, folder) as url:
+        with servers.chronicle(url, *reads.PLUGIN_ARGS):
+            pass  # the schema, made by the server as it would be
+        began = time.perf_counter()
+        (fill_postgres if kind == "postgresql" else fill_sqlite)(url, size)
+        row: dict[str, Any] = {"store": kind, "size": size, "fill_s": time.perf_counter() - began}
+        row["head"] = head_of(kind, url)
+        row["bytes"] = size_bytes(kind, url)
+        row["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        row.update(through_server(kind, url, probes_from=size))
+        row["store_append_1"] = asyncio.run(store_appends(url, 1))
+        row["store_append_64"] = asyncio.run(store_appends(url, 64))
+    print(
+        f"  {kind:10} {size:>11,}: start {row['startup_s']:.1f} s, catch-up {row['catch_up']['rate']:,.0f}/s"
+        f" (Box {row['catch_up_filtered']['rate']:,.0f}/s), load p50 {row['load']['p50_ms']:.2f} ms,"
+        f" API appends {row['api_append_1']['p50_ms']:.2f} ms / {row['api_append_64']['rate']:,.0f}/s,"
+        f" store appends {row['store_append_1']['p50_ms']:.2f} ms / {row['store_append_64']['rate']:,.0f}/s"
+        f" (filled in {row['fill_s']:.0f} s)",
+        flush=True,
+    )
+    return row
+
+
+# -- the report ----------------------------------------------------------------------
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}" if base else "-"
+
+
+# Each line of the table: its title, and how to get its figure from a row.
+_FIGURES: list[tuple[str, Any]] = [
+    ("start-up s", lambda r: r["startup_s"]),
+    ("catch-up events/s", lambda r: r["catch_up"]["rate"]),
+    ("filtered catch-up events/s", lambda r: r["catch_up_filtered"]["rate"]),
+    ("GetAggregate p50 ms", lambda r: r["load"]["p50_ms"]),
+    ("GetAggregate p99 ms", lambda r: r["load"]["p99_ms"]),
+    ("Submit, 1 in flight, p50 ms", lambda r: r["api_append_1"]["p50_ms"]),
+    ("Submit, 64 in flight, commands/s", lambda r: r["api_append_64"]["rate"]),
+    ("Submit, 64 in flight, p99 ms", lambda r: r["api_append_64"]["p99_ms"]),
+    ("store append, 1 in flight, p50 ms", lambda r: r["store_append_1"]["p50_ms"]),
+    ("store append, 64 in flight, appends/s", lambda r: r["store_append_64"]["rate"]),
+    ("store append, 64 in flight, p99 ms", lambda r: r["store_append_64"]["p99_ms"]),
+]
+
+
+def section(rows: list[dict[str, Any]], command: str, described: dict[str, str]) -> str:
+    lines = [
+        SECTION,
+        "",
+        "What a log that has grown does to what comes after it (issue 17): the same measurements with"
+        " the log already holding 0, 1 M and 10 M events (filled in the database with INSERT … SELECT,"
+        f" {EVENTS_PER_AGGREGATE} events per aggregate, then the same {PROBE_AGGREGATES * EVENTS_PER_AGGREGATE:,}"
+        " probe events at every size). Catch-up: a plain gRPC stub subscribing (pages) over the probe events,"
+        " unfiltered and to the box aggregates (a tenth); GetAggregate: 200 probe accounts of"
+        f" {EVENTS_PER_AGGREGATE} events loaded once each; Submit: bank deposits over {APPEND_ACCOUNTS:,} accounts"
+        f" for {APPEND_SECONDS:.0f} s; store append: one event per append straight on the store (no server),"
+        f" {STORE_APPEND_SECONDS:.0f} s. The ratio columns divide by the figure at 0 (for rates, below 1 is"
+        " slower; for times, above 1 is slower).",
+        "",
+        f"- Command: `{command}`",
+        f"- Date: {time.strftime('%Y-%m-%d')}",
+        *(f"- {key}: {value}" for key, value in described.items()),
+        "",
+    ]
+    for kind in dict.fromkeys(row["store"] for row in rows):
+        mine = [row for row in rows if row["store"] == kind]
+        sizes = [f"{row['size']:,}" for row in mine]
+        lines.append(f"### {'PostgreSQL' if kind == 'postgresql' else 'SQLite'}")
+        lines.append("")
+        heading = ["log before"] + [f"{s} events" for s in sizes] + [f"x at {s}" for s in sizes[1:]]
+        lines.append("| " + " | ".join(heading) + " |")
+        lines.append("|" + "---|" * len(heading))
+        for title, get in _FIGURES:
+            values = [get(row) for row in mine]
+            shown = [f"{v:,.0f}" if v >= 100 else f"{v:.2f}" for v in values]
+            lines.append("| " + " | ".join([title, *shown, *(_ratio(v, values[0]) for v in values[1:])]) + " |")
+        database = [f"{row['bytes'] / 2**20:,.0f} MiB" for row in mine]
+        lines.append("| database size | " + " | ".join(database) + " |" + " |" * (len(mine) - 1))
+        fills = [f"{row['fill_s']:.0f} s" for row in mine]
+        lines.append("| (filled in) | " + " | ".join(fills) + " |" + " |" * (len(mine) - 1))
+        loads = [row["load_average"] for row in mine]
+        lines.append("| (load average before) | " + " | ".join(loads) + " |" + " |" * (len(mine) - 1))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(markdown: Path, text: str) -> None:
+    """Replace the section in docs/benchmarks.md (or add it at the end); the
+    rest of the document is ``make bench``'s, which keeps this section."""
+    current = markdown.read_text() if markdown.exists() else "# Benchmarks\n"
+    markdown.write_text(report.replace_section(current, SECTION, text))
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _stores(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = set(chosen) - set(STORES)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown stores {sorted(unknown)}; choose among {STORES}")
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.growth", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=_sizes, default=SIZES, help="log sizes to measure at, comma-separated")
+    parser.add_argument("--stores", type=_stores, default=STORES, help="postgresql, sqlite or both")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "docs" / "benchmarks.md", help="the document the table goes into"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print the figures only")
+    args = parser.parse_args(argv)
+    described = machine.describe()
+    print(f"machine: {described}", flush=True)
+    rows = []
+    with servers.postgres() as (cluster, _), tempfile.TemporaryDirectory(prefix="growth-") as folder:
+        for kind in args.stores:
+            for size in args.sizes:
+                rows.append(measure(kind, size, cluster, Path(folder)))
+    print(json.dumps(rows, indent=2))
+    if not args.no_write:
+        command = "python -m bench.growth " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_section(args.out, section(rows, command.strip(), described))
+        args.out.with_name("benchmarks-growth.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
