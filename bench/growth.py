@@ -7,15 +7,16 @@ on PostgreSQL and on SQLite.
     python -m bench.growth --stores sqlite    # one store
 
 For each store and size the log is filled in the database itself (INSERT …
-SELECT of bank and box events, 50 per aggregate: not through the API, the
-point is what a big log does to what comes after), followed by the same
+SELECT of bank and box events, 50 per aggregate, and a command record for
+each, as the server keeps: not through the API, the point is what a big
+log does to what comes after), followed by the same
 100,000 "probe" events at every size (2,000 aggregates of 50 events). Then,
 with a server started on that store (the bank and box plugins):
 
 * start-up: seconds from the process's start to SERVING;
 * catch-up: a plain gRPC stub subscribing (pages) from the start of the
   probe events to the end of the log, unfiltered and filtered to the box
-  aggregates (a tenth);
+  aggregates (a tenth), the median of three;
 * aggregate loads: GetAggregate of 200 probe accounts of 50 events, each
   loaded once (not cached, no snapshot), p50 and p99;
 * appends through the API: Deposit commands over 1,000 accounts the bench
@@ -53,8 +54,9 @@ import psycopg
 from bench import bank, load, machine, reads, report, servers
 from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import event_service_pb2_grpc as ev_grpc
+from service.processing.ids import new_event_id
 from service.store.factory import open_store
-from service.store.records import NewEvent
+from service.store.records import CommandRecord, NewEvent
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [0, 1_000_000, 10_000_000]
@@ -65,6 +67,7 @@ EVENTS_PER_AGGREGATE = 50
 PROBE_AGGREGATES = 2_000
 PROBE_PREFIX = "probe-"
 LOADS = 200
+CATCH_UPS = 3
 APPEND_ACCOUNTS = 1_000
 APPEND_SECONDS = float(os.environ.get("GROWTH_APPEND_SECONDS", "8"))
 STORE_APPEND_SECONDS = float(os.environ.get("GROWTH_STORE_SECONDS", "5"))
@@ -99,6 +102,26 @@ FROM s
 """
 
 
+# A command record for each filled event, as the server keeps one per
+# command: random command ids, as clients make them (the commands table's
+# primary key grows with the log unless --command-retention prunes it).
+_POSTGRES_COMMANDS = """
+INSERT INTO chronicle.commands (command_id, aggregate_id, command_type, fingerprint, first_version, last_version,
+                                user_id, origin, recorded_at)
+SELECT gen_random_uuid()::text, aggregate_id, 'bank.v1.Deposit', sha256(convert_to(event_id::text, 'UTF8')),
+       version, version, '', 'bench', recorded_at
+FROM chronicle.events WHERE position > %(after)s AND position <= %(until)s
+"""
+_SQLITE_COMMANDS = """
+INSERT INTO commands (command_id, aggregate_id, command_type, fingerprint, first_version, last_version,
+                      user_id, origin, recorded_at_us)
+SELECT lower(hex(randomblob(16))), aggregate_id, 'bank.v1.Deposit', randomblob(32), version, version, '', 'bench',
+       recorded_at_us
+FROM events WHERE position > :after AND position <= :until
+"""
+_STEP = 500_000  # rows per transaction
+
+
 def _aggregates(events: int) -> int:
     return max(1, events // EVENTS_PER_AGGREGATE)
 
@@ -110,6 +133,9 @@ def fill_postgres(url: str, size: int, *, probes: int = PROBE_AGGREGATES) -> Non
     events = probes * EVENTS_PER_AGGREGATE
     reads.fill(url, offset=reads.log_head(url), start=0, stop=events, aggregates=probes, prefix=PROBE_PREFIX)
     with psycopg.connect(url, autocommit=True) as conn:
+        head = reads.log_head(url)
+        for after in range(0, head, _STEP):
+            conn.execute(_POSTGRES_COMMANDS, {"after": after, "until": after + _STEP})
         # The read model is taken as up to date with what was filled: its
         # rebuild is bench/reads.py's business, not this one's.
         conn.execute(
@@ -132,10 +158,9 @@ def fill_sqlite(url: str, size: int, *, probes: int = PROBE_AGGREGATES) -> None:
         now = time.time_ns() // 1000
 
         def chunked(offset: int, stop: int, aggregates: int, prefix: str) -> None:
-            step = 500_000
-            for first in range(0, stop, step):
+            for first in range(0, stop, _STEP):
                 db.execute("BEGIN")
-                params = {"start": first, "stop": min(stop, first + step), "aggregates": aggregates}
+                params = {"start": first, "stop": min(stop, first + _STEP), "aggregates": aggregates}
                 db.execute(_SQLITE_FILL, {**params, "offset": offset, "prefix": prefix, "now": now})
                 db.execute("COMMIT")
 
@@ -144,6 +169,10 @@ def fill_sqlite(url: str, size: int, *, probes: int = PROBE_AGGREGATES) -> None:
         head = db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
         chunked(head, probes * EVENTS_PER_AGGREGATE, probes, PROBE_PREFIX)
         head = db.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()[0]
+        for after in range(0, head, _STEP):
+            db.execute("BEGIN")
+            db.execute(_SQLITE_COMMANDS, {"after": after, "until": after + _STEP})
+            db.execute("COMMIT")
         db.execute(
             "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
             " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
@@ -177,7 +206,10 @@ def size_bytes(kind: str, url: str) -> int:
 
 
 async def catch_up(address: str, after: int, aggregate_types: tuple[str, ...] = ()) -> dict[str, float]:
-    seen, seconds = await reads.stub_catch_up(address, after, aggregate_types)
+    """The median of three catch-ups (the machine is shared: one can be
+    unlucky)."""
+    runs = [await reads.stub_catch_up(address, after, aggregate_types) for _ in range(CATCH_UPS)]
+    seen, seconds = sorted(runs, key=lambda run: run[1])[len(runs) // 2]
     return {"events": seen, "seconds": seconds, "rate": seen / seconds}
 
 
@@ -238,8 +270,10 @@ def through_server(kind: str, url: str, probes_from: int) -> dict[str, Any]:
 
 
 def deposit(n: int) -> NewEvent:
+    """A deposit as the server makes it (a UUIDv7 event id; the command id
+    random, as clients make them)."""
     return NewEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=new_event_id(),
         aggregate_type="Account",
         event_type="bank.v1.MoneyDeposited",
         schema_version=1,
@@ -267,19 +301,45 @@ async def store_appends(url: str, in_flight: int) -> dict[str, float]:
         while time.perf_counter() < stop:
             account = mine[n % len(mine)]
             began = time.perf_counter()
-            await store.append(f"s{run}-{account}", [deposit(n)], versions[account])
+            aggregate_id, version = f"s{run}-{account}", versions[account] + 1
+            record = CommandRecord(str(uuid.uuid4()), aggregate_id, "bank.v1.Deposit", os.urandom(32), version, version)
+            await store.append(aggregate_id, [deposit(n)], versions[account], commands=[record])
             took.append(time.perf_counter() - began)
             versions[account] += 1
             n += 1
 
     try:
         await store.append(f"s{run}-warm", [deposit(0)], 0)  # connections and statements ready
+        wal_from = _wal_position(url)
         began = time.perf_counter()
         await asyncio.gather(*(lane(i) for i in range(in_flight)))
         elapsed = time.perf_counter() - began
+        wal = _wal_since(url, wal_from)
     finally:
         await store.close()
-    return {"rate": len(took) / elapsed, **_latencies(took)}
+    figures = {"rate": len(took) / elapsed, **_latencies(took)}
+    if wal is not None:
+        figures["wal_bytes"] = wal / len(took)
+    return figures
+
+
+def _wal_position(url: str) -> str | None:
+    """PostgreSQL's WAL position (None on SQLite)."""
+    if not url.startswith("postgresql"):
+        return None
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    return str(row[0]) if row else None
+
+
+def _wal_since(url: str, position: str | None) -> int | None:
+    """Bytes of WAL written since ``position`` (every session's: during a
+    measurement only the store's appends write)."""
+    if position is None:
+        return None
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), %s::pg_lsn)", (position,)).fetchone()
+    return int(row[0]) if row else None
 
 
 # -- a run -------------------------------------------------------------------------
@@ -348,6 +408,7 @@ _FIGURES: list[tuple[str, Any]] = [
     ("store append, 1 in flight, p50 ms", lambda r: r["store_append_1"]["p50_ms"]),
     ("store append, 64 in flight, appends/s", lambda r: r["store_append_64"]["rate"]),
     ("store append, 64 in flight, p99 ms", lambda r: r["store_append_64"]["p99_ms"]),
+    ("store append, 64 in flight, WAL bytes per append", lambda r: r["store_append_64"]["wal_bytes"]),
 ]
 
 
@@ -379,7 +440,10 @@ def section(rows: list[dict[str, Any]], command: str, described: dict[str, str])
         lines.append("| " + " | ".join(heading) + " |")
         lines.append("|" + "---|" * len(heading))
         for title, get in _FIGURES:
-            values = [get(row) for row in mine]
+            try:
+                values = [get(row) for row in mine]
+            except KeyError:
+                continue  # a figure only one store has (PostgreSQL's WAL)
             shown = [f"{v:,.0f}" if v >= 100 else f"{v:.2f}" for v in values]
             lines.append("| " + " | ".join([title, *shown, *(_ratio(v, values[0]) for v in values[1:])]) + " |")
         database = [f"{row['bytes'] / 2**20:,.0f} MiB" for row in mine]

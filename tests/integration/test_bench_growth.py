@@ -1,15 +1,19 @@
 """What `make bench-scale` (bench/growth.py) relies on: the log it fills in
 the database, on either store, is a log the server serves as if the events
 had come through the API (ids, versions, positions, payloads the plugins
-decode, the read model's checkpoint at the end); and its table goes into
+decode, a command record for each, the read model's checkpoint at the
+end); and its table goes into
 docs/benchmarks.md without taking `make bench`'s part, nor `make bench`
 taking it."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from bench import growth, report
@@ -50,11 +54,24 @@ async def test_the_filled_log_is_a_log_the_store_serves(filled_url: str) -> None
         assert (probe[0].aggregate_type, probe[0].event_type) == ("Box", "box.v1.BoxCreated")
         assert probe[0].position == SIZE + 1  # the probes come after the filled log
         box.BoxCreated.FromString(probe[0].payload)
+        # a command record for each event, as the server keeps one per command
+        assert commands_in(filled_url) == total
         # the next append goes after them, at the next position
         (appended,) = await store.append("acc-1", [growth.deposit(1)], growth.EVENTS_PER_AGGREGATE)
         assert (appended.version, appended.position) == (growth.EVENTS_PER_AGGREGATE + 1, total + 1)
     finally:
         await store.close()
+
+
+def commands_in(url: str) -> int:
+    if url.startswith("postgresql"):
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SELECT count(DISTINCT command_id) FROM chronicle.commands").fetchone()
+    else:
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as db:
+            row = db.execute("SELECT count(DISTINCT command_id) FROM commands").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def test_the_growth_table_replaces_its_section_and_make_bench_keeps_it(tmp_path: Path) -> None:
