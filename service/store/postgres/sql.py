@@ -353,11 +353,16 @@ _IMPORTED_EVENTS = (
 # tombstone ($2 is its type) stands alone: on an aggregate with no events, at
 # any version. The latest version is a
 # scalar subquery: an index probe per aggregate, evaluated only for the
-# first new event of each (COALESCE stops at the previous one's).
+# first new event of each (COALESCE stops at the previous one's). Events
+# held already are found by a probe of the event_id index per incoming
+# event (a LATERAL with LIMIT, which the planner cannot turn into a join):
+# as a plain join it hashed the whole events table once per batch whenever
+# the table looked small (tests/integration/test_postgres_plans.py).
 IMPORT_EVENTS_CHECK = (
     f"WITH incoming AS (SELECT * FROM {_IMPORTED_EVENTS}),"
-    " found AS (SELECT n.i, n.a, n.v, n.e, x.aggregate_id AS xa, x.version AS xv"
-    " FROM incoming n LEFT JOIN chronicle.events x ON x.event_id = n.id),"
+    " found AS (SELECT n.i, n.a, n.v, n.e, x.aggregate_id AS xa, x.version AS xv FROM incoming n"
+    " LEFT JOIN LATERAL (SELECT y.aggregate_id, y.version FROM chronicle.events y WHERE y.event_id = n.id LIMIT 1) x"
+    " ON true),"
     " fresh AS (SELECT f.i, f.v, f.e, coalesce(lag(f.v) OVER (PARTITION BY f.a ORDER BY f.i),"
     " (SELECT coalesce(max(y.version), 0) FROM chronicle.events y WHERE y.aggregate_id = f.a)) + 1 AS expected"
     " FROM found f WHERE f.xa IS NULL),"
@@ -369,11 +374,13 @@ IMPORT_EVENTS_CHECK = (
     " FROM (SELECT i, why FROM problems ORDER BY i LIMIT 1) p"
 )
 # The new events at the end of the log, in the batch's order, under the
-# position lock (taken only when there is something to write).
+# position lock (taken only when there is something to write). Held ones
+# are skipped by a scalar subquery per incoming event (an index probe; as
+# NOT EXISTS it could become an anti-join over the whole table).
 IMPORT_EVENTS = (
     f"WITH incoming AS (SELECT * FROM {_IMPORTED_EVENTS}),"
     " fresh AS (SELECT n.*, row_number() OVER (ORDER BY n.i) AS rn FROM incoming n"
-    " WHERE NOT EXISTS (SELECT 1 FROM chronicle.events x WHERE x.event_id = n.id)),"
+    " WHERE (SELECT 1 FROM chronicle.events x WHERE x.event_id = n.id) IS NULL),"
     " head AS (UPDATE chronicle.log_head SET last_position = last_position + (SELECT count(*) FROM fresh)"
     " WHERE EXISTS (SELECT 1 FROM fresh) RETURNING last_position - (SELECT count(*) FROM fresh) AS base)"
     " INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
@@ -479,16 +486,18 @@ AGGREGATES_PAGE = (
 #
 # Oldest first, a batch per operation, found by the time indexes. SKIP LOCKED:
 # replicas pruning at once take different rows instead of waiting for each
-# other. No statement here touches log_head or the events: appends never
+# other. The batch's keys are gathered into an array first, then deleted
+# through the primary key: written as ``IN (SELECT …)`` it became a hash
+# semi-join that read the whole table for every batch of 500. No statement here touches log_head or the events: appends never
 # wait for a prune.
 
 PRUNE_COMMANDS = (
-    "DELETE FROM chronicle.commands WHERE command_id IN (SELECT command_id FROM chronicle.commands"
+    "DELETE FROM chronicle.commands WHERE command_id = ANY (ARRAY(SELECT command_id FROM chronicle.commands"
     " WHERE recorded_at < " + _AT.format("$1::bigint") + " ORDER BY recorded_at LIMIT $2::bigint"
-    " FOR UPDATE SKIP LOCKED)"
+    " FOR UPDATE SKIP LOCKED))"
 )
 PRUNE_REFUSALS = (
-    "DELETE FROM chronicle.refusals WHERE id IN (SELECT id FROM chronicle.refusals"
+    "DELETE FROM chronicle.refusals WHERE id = ANY (ARRAY(SELECT id FROM chronicle.refusals"
     " WHERE outcome = 'refused' AND recorded_at < " + _AT.format("$1::bigint") + " ORDER BY recorded_at"
-    " LIMIT $2::bigint FOR UPDATE SKIP LOCKED)"
+    " LIMIT $2::bigint FOR UPDATE SKIP LOCKED))"
 )
