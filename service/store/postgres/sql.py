@@ -488,8 +488,8 @@ AGGREGATES_PAGE = (
 # replicas pruning at once take different rows instead of waiting for each
 # other. The batch's keys are gathered into an array first, then deleted
 # through the primary key: written as ``IN (SELECT …)`` it became a hash
-# semi-join that read the whole table for every batch of 500. No statement here touches log_head or the events: appends never
-# wait for a prune.
+# semi-join that read the whole table for every batch of 500. No statement
+# here touches log_head or the events: appends never wait for a prune.
 
 PRUNE_COMMANDS = (
     "DELETE FROM chronicle.commands WHERE command_id = ANY (ARRAY(SELECT command_id FROM chronicle.commands"
