@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import uuid
 from dataclasses import dataclass
 
 import grpc
@@ -25,6 +26,9 @@ from service.api.health import Health, StoreMonitor
 from service.api.projection_service import ProjectionService
 from service.api.server import build_server
 from service.audit import AuditLog, AuditMiddleware
+from service.cluster.addresses import advertised_address
+from service.cluster.leases import LeaseKeeper
+from service.cluster.ownership import Ownership, partition_group
 from service.errors import ConfigurationError
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
@@ -52,6 +56,7 @@ from service.settings import Settings
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.factory import open_store
+from service.store.leasing import LeaseMember
 
 log = logging.getLogger("chronicle")
 
@@ -109,6 +114,8 @@ class Application:
     monitor: StoreMonitor
     subscriptions: Subscriptions
     projections: Projections
+    leases: LeaseKeeper
+    ownership: Ownership
     watchdog: LoopLagWatchdog | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
@@ -125,6 +132,9 @@ class Application:
         if self.lag_sampler is not None:
             await self.lag_sampler.stop()
         await self.health.set(False)
+        # Partitions first: routing clients move to the replicas that take
+        # them over while this one drains.
+        await self.leases.leave(self.ownership.group.name)
         self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
         # gRPC's stop refuses new calls at once. A load balancer that polls
         # health would never see NOT_SERVING, only a server that is gone, and
@@ -134,6 +144,7 @@ class Application:
         await self.server.stop(grace)
         await self.router.close(grace=grace)
         await self.projections.stop()  # an uncommitted batch is simply applied again later
+        await self.leases.stop(leave=True)
         await self.store.lifecycle.close()
         if self.watchdog is not None:
             await self.watchdog.stop()
@@ -285,6 +296,17 @@ async def start(
         if isinstance(error, ConfigurationError):
             raise
         raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error
+    # Leases: this replica's share of the partitions (and of the projections)
+    # is known before it serves, when the store answers at once.
+    member = LeaseMember(
+        str(uuid.uuid4()),
+        advertised_address(listen=settings.listen, port=port, advertise=settings.advertise_address),
+    )
+    ownership_group = partition_group(settings.partitions)
+    leases = LeaseKeeper(roles.leases, member=member, groups=[ownership_group], ttl=settings.lease_seconds)
+    ownership = Ownership(leases, settings.partitions)
+    await leases.beat_safely()
+    leases.start()
     await server.start()
     monitor = StoreMonitor(roles.lifecycle, health, interval=settings.health_interval)
     await monitor.check()
@@ -308,6 +330,8 @@ async def start(
         monitor=monitor,
         subscriptions=subscriptions,
         projections=projections,
+        leases=leases,
+        ownership=ownership,
         watchdog=watchdog,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
@@ -327,6 +351,11 @@ def describe(app: Application) -> str:
         )
         + (", TLS" if settings.tls_cert_file else ", plaintext")
         + (", payloads encrypted at rest" if settings.master_key_file or settings.master_keys else "")
+    )
+    owned = len(app.ownership.owned())
+    lines.append(
+        f"  advertised to routing clients as {app.leases.member.address};"
+        f" owns {owned} of {settings.partitions} partitions now (leases of {settings.lease_seconds:g} s)"
     )
     if app.metrics_server is not None:
         lines.append(f"  metrics on http://{app.metrics_server.address}/metrics")

@@ -8,6 +8,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
+from service.cluster.hashing import check_partition_count
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS
 
@@ -61,6 +62,18 @@ class Settings:
     )
     reuse_port: bool = field(
         default=False, metadata={"help": "bind with SO_REUSEPORT, so that several servers share one port"}
+    )
+    partitions: int = field(
+        default=64,
+        metadata={"help": "partitions of the aggregate hash space that replicas share out (a power of two)"},
+    )
+    advertise_address: str = field(
+        default="",
+        metadata={"help": "host:port routing clients should use for this replica (empty: the listen address)"},
+    )
+    lease_seconds: float = field(
+        default=3.0,
+        metadata={"help": "seconds after a replica's last heartbeat before others take its partitions and projections"},
     )
     shutdown_drain: float = field(
         default=1.0,
@@ -134,6 +147,7 @@ class Settings:
             "db_pool_size",
             "keep_snapshots",
             "processes",
+            "partitions",
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
@@ -147,6 +161,13 @@ class Settings:
         )
         if min(self.idle_timeout, self.health_interval, self.poll_seconds) <= 0 or min(durations) < 0:
             raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
+        check_partition_count(self.partitions)
+        if self.lease_seconds <= 0:
+            raise ConfigurationError("lease_seconds must be positive", reason="BAD_SETTING")
+        if self.advertise_address and not self.advertise_address.rpartition(":")[2].isdigit():
+            raise ConfigurationError(
+                f"advertise_address must be host:port, got {self.advertise_address!r}", reason="BAD_SETTING"
+            )
         if self.log_format not in ("text", "json"):
             raise ConfigurationError("log_format must be text or json", reason="BAD_SETTING")
         if self.metrics_listen and not self.metrics_listen.rpartition(":")[2].isdigit():

@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, StoreUnavailable
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
+from service.store.leasing import Fencing
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     ACCEPTED,
@@ -39,6 +40,7 @@ from service.store.records import (
     StoredDocument,
 )
 from service.store.serialization import dump_metadata, dump_rejection, load_metadata, load_rejection
+from service.store.sole_owner import SoleOwnerLeases
 
 T = TypeVar("T")
 # Migration i brings the schema from version i to i + 1 (PRAGMA user_version).
@@ -139,7 +141,7 @@ def _command(row: sqlite3.Row) -> CommandRecord:
     )
 
 
-class SqliteStore:
+class SqliteStore(SoleOwnerLeases):
     def __init__(self, path: str | Path, *, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> None:
         self._path = str(path)
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
@@ -418,7 +420,13 @@ class SqliteStore:
         return None if row is None else StoredDocument(row[0], row[1], bytes(row[2]))
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
         def commit() -> None:
             db = self._db

@@ -22,6 +22,7 @@ from service.processing.executor import CommandExecutor
 from service.processing.projections import ProjectionRunner
 from service.processing.upcasting import EventReader
 from service.store.base import Store
+from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite
 from tests.support.contents import contents
@@ -95,13 +96,19 @@ class CrashingStore(MemoryStore):
         self.crashes = crashes
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
         if self.crashes:
             self.crashes -= 1
             raise RuntimeError("killed before commit")
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes
+            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
         )
 
 

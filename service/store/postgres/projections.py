@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 from service.errors import ConcurrencyConflict
+from service.store.leasing import Fencing
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
@@ -33,9 +34,20 @@ class ProjectionsRole:
         return None if row is None else document_from_row(row)
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
-        statements = [
+        statements = []
+        if fencing is not None:
+            # First, so that a stale runner writes nothing at all.
+            fenced = (fencing.group, fencing.name, fencing.member_id, fencing.epoch)
+            statements.append(Statement(sql.CHECK_FENCING.encode(), fenced))
+        statements += [
             Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)),
             Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)),
         ]
@@ -47,5 +59,5 @@ class ProjectionsRole:
             statements.append(Statement(sql.PUT_DOCUMENTS.encode(), (name, json.dumps(puts, separators=(",", ":")))))
         try:
             await self._db.run("commit_projection", statements)
-        except Refused:
+        except Refused:  # the checkpoint moved, or (fencing) the lease changed holder
             raise ConcurrencyConflict(f"projection:{name}", expected_position) from None
