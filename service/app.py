@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import grpc
 
 from service.api.admin_service import AdminService
+from service.api.cluster_service import ClusterService
 from service.api.command_service import CommandService, audit_refused_rpc
 from service.api.event_service import EventService
 from service.api.gate import RpcGate, refused_rpc_hooks
@@ -116,9 +117,11 @@ class Application:
     projections: Projections
     leases: LeaseKeeper
     ownership: Ownership
+    cluster: ClusterService
     watchdog: LoopLagWatchdog | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
+    stopped: bool = False
 
     @property
     def address(self) -> str:
@@ -126,6 +129,9 @@ class Application:
         return f"{host}:{self.port}"
 
     async def stop(self, grace: float | None = None, *, drain: float | None = None) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         grace = self.settings.shutdown_grace if grace is None else grace
         drain = self.settings.shutdown_drain if drain is None else drain
         await self.monitor.stop()
@@ -136,6 +142,7 @@ class Application:
         # them over while this one drains.
         await self.leases.leave(self.ownership.group.name)
         self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
+        self.cluster.close()  # topology watchers too: they watch another member
         # gRPC's stop refuses new calls at once. A load balancer that polls
         # health would never see NOT_SERVING, only a server that is gone, and
         # health watchers might hear of it after their calls were refused;
@@ -258,8 +265,17 @@ async def start(
             for projection in registry.projections
         ]
     )
+    # The address is known once the port is bound (below).
+    leases = LeaseKeeper(
+        roles.leases,
+        member=LeaseMember(str(uuid.uuid4()), ""),
+        groups=[partition_group(settings.partitions)],
+        ttl=settings.lease_seconds,
+    )
+    ownership = Ownership(leases, settings.partitions)
+    cluster = ClusterService(ownership)
     server = build_server(
-        commands=CommandService(registry, pipeline, audit),
+        commands=CommandService(registry, pipeline, audit, ownership=ownership),
         events=EventService(roles.events, executor.loader, authorizer, subscriptions, registry, tracker),
         admin=AdminService(audit, authorizer, keyring),
         projections=ProjectionService(
@@ -269,6 +285,7 @@ async def start(
             projections=projections,
             authorizer=authorizer,
         ),
+        cluster=cluster,
         health=health,
         max_message_bytes=settings.max_message_bytes,
         gate=gate,
@@ -298,13 +315,10 @@ async def start(
         raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error
     # Leases: this replica's share of the partitions (and of the projections)
     # is known before it serves, when the store answers at once.
-    member = LeaseMember(
-        str(uuid.uuid4()),
+    leases.member = LeaseMember(
+        leases.member_id,
         advertised_address(listen=settings.listen, port=port, advertise=settings.advertise_address),
     )
-    ownership_group = partition_group(settings.partitions)
-    leases = LeaseKeeper(roles.leases, member=member, groups=[ownership_group], ttl=settings.lease_seconds)
-    ownership = Ownership(leases, settings.partitions)
     await leases.beat_safely()
     leases.start()
     await server.start()
@@ -332,6 +346,7 @@ async def start(
         projections=projections,
         leases=leases,
         ownership=ownership,
+        cluster=cluster,
         watchdog=watchdog,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,

@@ -17,10 +17,12 @@ from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
 from service.api import guard
+from service.api.cluster_service import not_owner_hint
 from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event, type_name
 from service.api.gate import OnRefused
 from service.api.status import command_error
 from service.audit import AuditLog, refusal
+from service.cluster.ownership import Ownership
 from service.errors import ChronicleError, InvalidInput
 from service.plugins.registry import Registry
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
@@ -39,10 +41,21 @@ _AUDITED_LENGTH = 200
 
 
 class CommandService(pb_grpc.CommandServiceServicer):
-    def __init__(self, registry: Registry, pipeline: Pipeline, audit: AuditLog) -> None:
+    def __init__(
+        self, registry: Registry, pipeline: Pipeline, audit: AuditLog, *, ownership: Ownership | None = None
+    ) -> None:
         self._registry = registry
         self._pipeline = pipeline
         self._audit = audit
+        self._ownership = ownership
+
+    def _hint(self, context: grpc.aio.ServicerContext[Any, Any], aggregate_id: str) -> None:
+        """Tell a routing client when this member does not own the
+        aggregate's partition (service/api/cluster_service.py)."""
+        if self._ownership is not None:
+            hint = not_owner_hint(self._ownership, aggregate_id)
+            if hint is not None:
+                context.set_trailing_metadata(hint)
 
     def _start(self, request: pb.SubmitRequest, principal: Principal) -> Awaitable[BatchResult]:
         """One Submit, as a unary call or one message of a stream, under way.
@@ -75,7 +88,9 @@ class CommandService(pb_grpc.CommandServiceServicer):
 
     @guard.unary
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
-        return _response((await self._start(request, current_principal.get())).results[0])
+        response = _response((await self._start(request, current_principal.get())).results[0])
+        self._hint(context, request.command.aggregate_id)
+        return response
 
     @guard.streaming
     async def SubmitStream(
@@ -120,6 +135,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
             raise
         batch = replace(batch, commands=tuple(_as_principal(c, principal) for c in batch.commands))
         result = await self._pipeline.submit_batch(batch, principal)
+        self._hint(context, batch.aggregate_id)
         return pb.SubmitBatchResponse(
             results=[_response(r) for r in result.results], version=result.version, replayed=result.replayed
         )

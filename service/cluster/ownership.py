@@ -45,6 +45,7 @@ class Ownership:
         self.group = partition_group(partition_count)
         self._keeper = keeper
         self._names = self.group.keys  # str(partition), made once
+        self._epoch = (-1, 0)  # (keeper version, topology epoch) cached for hints
 
     @property
     def version(self) -> int:
@@ -62,6 +63,15 @@ class Ownership:
 
     def owns(self, aggregate_id: str) -> bool:
         return self.owns_partition(partition_of(aggregate_id, self.partition_count))
+
+    @property
+    def epoch(self) -> int:
+        """The topology's epoch, without building the topology each time."""
+        version, epoch = self._epoch
+        if version != self._keeper.version:
+            version, epoch = self._keeper.version, self.topology().epoch
+            self._epoch = (version, epoch)
+        return epoch
 
     def owned(self) -> list[int]:
         return sorted(int(name) for name in self._keeper.held(self.group.name))
