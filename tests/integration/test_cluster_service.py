@@ -6,9 +6,7 @@ PostgreSQL database (real leases, short ones so that changes come quickly)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import replace
+from contextlib import AsyncExitStack
 from typing import Any
 
 import grpc
@@ -18,14 +16,11 @@ from chronicle.v1 import cluster_service_pb2 as pb
 from chronicle.v1 import cluster_service_pb2_grpc as pb_grpc
 from chronicle.v1 import command_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.app import Application, start
 from service.cluster.hashing import partition_of
 from service.store.memory import MemoryStore
-from service.store.postgres import PostgresStore
-from tests.support.grpc_client import TEST_SETTINGS, Client, command, connect, running_server
+from tests.support.cluster import replica
+from tests.support.grpc_client import Client, command, running_server
 from tests.support.waiting import eventually
-
-LEASE = 0.6  # a heartbeat every 0.2 s
 
 
 def topology_stub(client: Client) -> pb_grpc.ClusterServiceStub:
@@ -47,17 +42,6 @@ async def test_a_lone_server_owns_every_partition_and_says_where_it_is() -> None
     assert member.member_id == topology.answered_by == app.leases.member_id
     assert list(topology.partition_owners) == [member.member_id] * 16
     assert topology.epoch == 16
-
-
-@asynccontextmanager
-async def replica(postgres_url: str) -> AsyncIterator[tuple[Application, Client]]:
-    settings = replace(TEST_SETTINGS, lease_seconds=LEASE, database_url=postgres_url, poll_seconds=0.2)
-    app = await start(settings, store=PostgresStore(postgres_url, pool_size=4))
-    try:
-        async with connect(app.address) as client:
-            yield app, client
-    finally:
-        await app.stop(grace=1.0, drain=0.0)
 
 
 def owners(topology: pb.Topology) -> dict[str, int]:
