@@ -27,7 +27,7 @@ from service.api.health import Health, StoreMonitor
 from service.api.projection_service import ProjectionService
 from service.api.server import build_server
 from service.audit import AuditLog, AuditMiddleware
-from service.cluster.addresses import advertised_address
+from service.cluster.addresses import advertised_address, with_port
 from service.cluster.leases import LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
 from service.errors import ConfigurationError
@@ -302,10 +302,11 @@ async def start(
                 subscriptions=lambda: tracker.count,
             )
             metrics_server = MetricsServer(metrics, settings.metrics_listen)
-        if credentials is not None:
-            port = server.add_secure_port(settings.listen, credentials)
-        else:
-            port = server.add_insecure_port(settings.listen)
+        port = _bind(server, settings.listen, credentials)
+        # One of several processes (--processes) also listens on a port of
+        # its own, which it advertises: routing clients reach it directly,
+        # while plain clients keep the shared port.
+        own_port = _bind(server, settings.process_listen, credentials) if settings.process_listen else None
     except (RuntimeError, ConfigurationError) as error:
         if metrics_server is not None:
             metrics_server.stop()
@@ -315,10 +316,12 @@ async def start(
         raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error
     # Leases: this replica's share of the partitions (and of the projections)
     # is known before it serves, when the store answers at once.
-    leases.member = LeaseMember(
-        leases.member_id,
-        advertised_address(listen=settings.listen, port=port, advertise=settings.advertise_address),
-    )
+    if own_port is not None:
+        advertise = with_port(settings.advertise_address, own_port) if settings.advertise_address else ""
+        address = advertised_address(listen=settings.process_listen, port=own_port, advertise=advertise)
+    else:
+        address = advertised_address(listen=settings.listen, port=port, advertise=settings.advertise_address)
+    leases.member = LeaseMember(leases.member_id, address)
     await leases.beat_safely()
     leases.start()
     await server.start()
@@ -351,6 +354,12 @@ async def start(
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
     )
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    if credentials is not None:
+        return int(server.add_secure_port(address, credentials))
+    return int(server.add_insecure_port(address))
 
 
 def describe(app: Application) -> str:

@@ -71,6 +71,13 @@ class Settings:
         default="",
         metadata={"help": "host:port routing clients should use for this replica (empty: the listen address)"},
     )
+    process_listen: str = field(
+        default="",
+        metadata={
+            "help": "host:port this process also serves on and advertises to routing clients"
+            " (--processes gives each process one; port 0: any free port)"
+        },
+    )
     lease_seconds: float = field(
         default=3.0,
         metadata={"help": "seconds after a replica's last heartbeat before others take its partitions and projections"},
@@ -164,6 +171,10 @@ class Settings:
         check_partition_count(self.partitions)
         if self.lease_seconds <= 0:
             raise ConfigurationError("lease_seconds must be positive", reason="BAD_SETTING")
+        if self.process_listen and not self.process_listen.rpartition(":")[2].isdigit():
+            raise ConfigurationError(
+                f"process_listen must be host:port, got {self.process_listen!r}", reason="BAD_SETTING"
+            )
         if self.advertise_address and not self.advertise_address.rpartition(":")[2].isdigit():
             raise ConfigurationError(
                 f"advertise_address must be host:port, got {self.advertise_address!r}", reason="BAD_SETTING"

@@ -76,6 +76,7 @@ class Routes:
         self._refresh: asyncio.Task[None] | None = None
         self._unsupported = False
         self.changes = 0  # topologies adopted
+        self.not_owner = 0  # responses whose member said it does not own the partition
         self._changed = asyncio.Event()
 
     # -- where a command goes --------------------------------------------------
@@ -144,6 +145,7 @@ class Routes:
         found = {key: value for key, value in trailing_metadata if key in (NOT_OWNER_KEY, TOPOLOGY_EPOCH_KEY)}
         if NOT_OWNER_KEY not in found:
             return
+        self.not_owner += 1
         epoch = str(found.get(TOPOLOGY_EPOCH_KEY, "0"))
         known = self.topology.epoch if self.topology is not None else -1
         if epoch.isdigit() and int(epoch) > known:

@@ -18,3 +18,9 @@ def advertised_address(*, listen: str, port: int, advertise: str = "") -> str:
     if host in _WILDCARDS:
         host = socket.gethostname()
     return f"{host}:{port}"
+
+
+def with_port(address: str, port: int) -> str:
+    """``address`` (host:port) with another port: a process of several
+    advertises the host it was given with a port of its own."""
+    return f"{address.rpartition(':')[0]}:{port}"

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from service.cluster.addresses import advertised_address
+from service.cluster.addresses import advertised_address, with_port
 from service.cluster.hashing import check_partition_count, partition_of
 from service.cluster.leases import LeaseKeeper, fair_shares, plan_changes, preference
 from service.cluster.ownership import Ownership, partition_group
@@ -88,6 +88,8 @@ def test_the_advertised_address_is_the_listen_address_with_the_bound_port() -> N
     assert advertised_address(listen="0.0.0.0:50051", port=50051, advertise="chronicle-2.internal:443") == (
         "chronicle-2.internal:443"
     )
+    # one process of several: the host it was given, its own port
+    assert with_port("chronicle-2.internal:50051", 40123) == "chronicle-2.internal:40123"
 
 
 def test_scale_out_settings_are_checked() -> None:
@@ -99,6 +101,8 @@ def test_scale_out_settings_are_checked() -> None:
         Settings(lease_seconds=0.0)
     with pytest.raises(ConfigurationError):
         Settings(advertise_address="a.internal")
+    with pytest.raises(ConfigurationError):
+        Settings(process_listen="127.0.0.1")
 
 
 async def test_on_a_store_of_one_process_the_process_owns_every_partition() -> None:
