@@ -15,6 +15,7 @@ import logging
 import signal
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -44,6 +45,7 @@ from service.processing.middleware import Middleware, Pipeline
 from service.processing.projections import ProjectionRunner, Projections
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
+from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
@@ -58,6 +60,9 @@ from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.factory import open_store
 from service.store.leasing import LeaseMember
+
+if TYPE_CHECKING:
+    from service.store.postgres.standby import StandbyStore
 
 log = logging.getLogger("chronicle")
 
@@ -121,6 +126,7 @@ class Application:
     watchdog: LoopLagWatchdog | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
+    standby: StandbyStore | None = None
     stopped: bool = False
 
     @property
@@ -153,6 +159,8 @@ class Application:
         await self.projections.stop()  # an uncommitted batch is simply applied again later
         await self.leases.stop(leave=True)
         await self.store.lifecycle.close()
+        if self.standby is not None:
+            await self.standby.close()
         if self.watchdog is not None:
             await self.watchdog.stop()
         if self.metrics_server is not None:
@@ -209,6 +217,18 @@ async def start(
         keyring = Keyring(roles.keys, master_keys)
         roles = encrypted(roles, keyring)
     await roles.lifecycle.open()
+    # Reads (ReadAggregate, GetAggregate, Subscribe) from a hot standby,
+    # wrapped like the primary's roles; commands, claims and projections
+    # stay on the primary.
+    read_roles, standby = roles, None
+    if settings.read_database_url:
+        standby = _standby(settings, adapter)
+        read_roles = Store.of(adapter).replacing(events=standby, log=standby, snapshots=standby)
+        if metrics is not None:
+            read_roles = timed(read_roles, metrics.store_duration, metrics.conflicts)
+        if keyring is not None:
+            read_roles = encrypted(read_roles, keyring)
+        await standby.open()
     executor = CommandExecutor(
         roles,
         registry,
@@ -248,7 +268,7 @@ async def start(
     health = Health()
     tracker = SubscriptionTracker()
     subscriptions = Subscriptions(
-        roles.log,
+        read_roles.log,
         executor.loader.reader,
         checkpoint_interval=settings.checkpoint_seconds,
         poll_interval=settings.poll_seconds,
@@ -276,7 +296,16 @@ async def start(
     cluster = ClusterService(ownership)
     server = build_server(
         commands=CommandService(registry, pipeline, audit, ownership=ownership),
-        events=EventService(roles.events, executor.loader, authorizer, subscriptions, registry, tracker),
+        events=EventService(
+            read_roles.events,
+            executor.loader if standby is None else AggregateLoader(read_roles, registry),
+            authorizer,
+            subscriptions,
+            registry,
+            tracker,
+            log=read_roles.log,
+            read_wait=settings.read_wait_seconds,
+        ),
         admin=AdminService(audit, authorizer, keyring),
         projections=ProjectionService(
             documents=roles.projections,
@@ -353,7 +382,19 @@ async def start(
         watchdog=watchdog,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
+        standby=standby,
     )
+
+
+def _standby(settings: Settings, adapter: StoreAdapter) -> StandbyStore:
+    from service.store.postgres import PostgresStore
+    from service.store.postgres.standby import StandbyStore
+
+    if not isinstance(adapter, PostgresStore):
+        raise ConfigurationError(
+            "--read-database-url names a standby of a PostgreSQL --database-url", reason="BAD_SETTING"
+        )
+    return StandbyStore(settings.read_database_url, primary=adapter, pool_size=settings.db_pool_size)
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -376,6 +417,9 @@ def describe(app: Application) -> str:
         + (", TLS" if settings.tls_cert_file else ", plaintext")
         + (", payloads encrypted at rest" if settings.master_key_file or settings.master_keys else "")
     )
+    if settings.read_database_url:
+        standby = _store_name(settings.read_database_url)
+        lines.append(f"  reads (ReadAggregate, GetAggregate, Subscribe) from the standby {standby}")
     owned = len(app.ownership.owned())
     lines.append(
         f"  advertised to routing clients as {app.leases.member.address};"

@@ -22,6 +22,17 @@ class Settings:
         default=DEFAULT_DATABASE_URL,
         metadata={"help": "sqlite:///relative.db, sqlite:////absolute.db, memory:// or postgresql://…"},
     )
+    read_database_url: str = field(
+        default="",
+        metadata={
+            "help": "postgresql://… of a hot standby of --database-url: ReadAggregate, GetAggregate and Subscribe"
+            " read from it (empty: from the primary)"
+        },
+    )
+    read_wait_seconds: float = field(
+        default=5.0,
+        metadata={"help": "how long a read with min_position waits for the reads to reach that position"},
+    )
     db_pool_size: int = field(default=10, metadata={"help": "PostgreSQL connections per server process"})
     plugins: tuple[str, ...] = field(
         default=(),
@@ -169,6 +180,14 @@ class Settings:
         if min(self.idle_timeout, self.health_interval, self.poll_seconds) <= 0 or min(durations) < 0:
             raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
         check_partition_count(self.partitions)
+        if self.read_database_url and not self.database_url.startswith(("postgresql:", "postgres:")):
+            raise ConfigurationError(
+                "--read-database-url names a standby of a PostgreSQL --database-url", reason="BAD_SETTING"
+            )
+        if self.read_database_url and not self.read_database_url.startswith(("postgresql:", "postgres:")):
+            raise ConfigurationError("--read-database-url must be a postgresql:// URL", reason="BAD_SETTING")
+        if self.read_wait_seconds < 0:
+            raise ConfigurationError("read_wait_seconds must not be negative", reason="BAD_SETTING")
         if self.lease_seconds <= 0:
             raise ConfigurationError("lease_seconds must be positive", reason="BAD_SETTING")
         if self.process_listen and not self.process_listen.rpartition(":")[2].isdigit():

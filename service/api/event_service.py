@@ -17,12 +17,13 @@ from service.api.subscribe import decode_subscribe, encode_item, restrict_to_per
 from service.errors import InvalidInput
 from service.observability.subscriptions import SubscriptionTracker
 from service.plugins.registry import Registry
+from service.processing.freshness import wait_for_position
 from service.processing.history import EventRange, History
 from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.security.policy import Authorizer
 from service.security.principal import current_principal
-from service.store.base import EventRecorder
+from service.store.base import EventRecorder, LogReader
 
 
 class EventService(pb_grpc.EventServiceServicer):
@@ -34,14 +35,24 @@ class EventService(pb_grpc.EventServiceServicer):
         subscriptions: Subscriptions,
         registry: Registry,
         tracker: SubscriptionTracker | None = None,
+        *,
+        log: LogReader | None = None,
+        read_wait: float = 5.0,
     ) -> None:
         self._store = store
+        self._log = log  # for min_position: the log these reads come from
+        self._read_wait = read_wait
         self._loader = loader
         self._authorizer = authorizer
         self._subscriptions = subscriptions
         self._registry = registry
         self._tracker = tracker or SubscriptionTracker()
         self._history = History(store, loader)
+
+    async def _caught_up(self, min_position: int) -> None:
+        """Read your writes: hold the read until it includes ``min_position``."""
+        if min_position and self._log is not None:
+            await wait_for_position(self._log, min_position, max_wait=self._read_wait)
 
     async def _check_read(self, aggregate_id: str) -> None:
         """PERMISSION_DENIED unless the caller may read this aggregate's type.
@@ -78,6 +89,7 @@ class EventService(pb_grpc.EventServiceServicer):
             origin=check_id("origin", request.origin, reason="INVALID_FILTER") if request.origin else None,
             event_types=frozenset(check_names("event_types", request.event_types, reason="INVALID_FILTER")),
         )
+        await self._caught_up(request.min_position)
         async for event in self._history.events(aggregate_id, wanted):
             yield encode_event(event)
 
@@ -86,6 +98,7 @@ class EventService(pb_grpc.EventServiceServicer):
         self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAggregateResponse:
         aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        await self._caught_up(request.min_position)
         await self._check_read(aggregate_id)
         at = request.WhichOneof("at")
         if at == "at_version":

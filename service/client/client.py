@@ -283,6 +283,7 @@ class ChronicleClient:
         backwards: bool = False,
         event_types: Sequence[str] = (),
         origin: str = "",
+        min_position: int = 0,
     ) -> AsyncIterator[Event]:
         """The aggregate's events in version order from ``from_version``
         (default 1), or with ``backwards`` newest first from ``from_version``
@@ -294,6 +295,9 @@ class ChronicleClient:
         from the last version received + 1 (backwards: - 1); a page shorter
         than ``limit`` is the last. A stream broken by a retryable error is
         reopened where it broke, so no event is missed or repeated.
+        ``min_position``: read your writes from a server that reads from a
+        standby: the read includes at least the log up to this position
+        (the server waits for it, or answers UNAVAILABLE, which is retried).
         """
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be at least 1 (or None: no limit), got {limit}")
@@ -313,6 +317,7 @@ class ChronicleClient:
                 origin=origin,
                 limit=remaining,
                 backwards=backwards,
+                min_position=min_position,
             )
             return self._events.ReadAggregate(request, timeout=self._attempt_timeout, metadata=self._call_metadata)
 
@@ -336,6 +341,7 @@ class ChronicleClient:
         backwards: bool = False,
         event_types: Sequence[str] = (),
         origin: str = "",
+        min_position: int = 0,
     ) -> list[Event]:
         """``read`` into a list."""
         events = self.read(
@@ -345,6 +351,7 @@ class ChronicleClient:
             backwards=backwards,
             event_types=event_types,
             origin=origin,
+            min_position=min_position,
         )
         return [event async for event in events]
 
@@ -389,6 +396,7 @@ class ChronicleClient:
         *,
         at_version: int | None = None,
         at_time: datetime | None = None,
+        min_position: int = 0,
     ) -> AggregateState[M]:
         """The aggregate's state as a ``state_type`` message: now, or right
         after version ``at_version``, or as it was at ``at_time`` (a
@@ -399,11 +407,12 @@ class ChronicleClient:
         none at ``at_time``), ``OutOfRange`` (VERSION_NOT_REACHED, metadata
         ``current_version``) if it has not reached ``at_version``,
         ``InvalidArgument`` (INVALID_VERSION) for an ``at_version`` of 0,
-        TypeError if its state is another message type.
+        TypeError if its state is another message type. ``min_position``:
+        read your writes, as for ``read``.
         """
         if at_version is not None and at_time is not None:
             raise ValueError("give at_version or at_time, not both")
-        request = event_service_pb2.GetAggregateRequest(aggregate_id=aggregate_id)
+        request = event_service_pb2.GetAggregateRequest(aggregate_id=aggregate_id, min_position=min_position)
         if at_version is not None:
             request.at_version = at_version
         if at_time is not None:

@@ -18,6 +18,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,71 @@ class Cluster:
             with contextlib.suppress(subprocess.CalledProcessError):
                 self.stop("immediate")
             shutil.rmtree(self.datadir.parent, ignore_errors=True)  # type: ignore[union-attr]
+
+
+@dataclass
+class StandbyPair:
+    """A primary and a hot standby streaming from it (``pg_basebackup -R``)."""
+
+    primary: Cluster
+    standby: Cluster
+
+    def create_database(self, timeout: float = 30.0) -> tuple[str, str]:
+        """A fresh database on the primary, once the standby has it too:
+        (its URL on the primary, its URL on the standby)."""
+        primary_url = self.primary.create_database()
+        standby_url = self.standby.url_for(urlsplit(primary_url).path.lstrip("/"))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(standby_url, connect_timeout=2).close()
+                return primary_url, standby_url
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def shutdown(self) -> None:
+        # The standby's folder lies inside the primary's, which goes last.
+        if self.standby.controllable:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self.standby.stop("immediate")
+        self.primary.shutdown()
+
+
+def start_standby_pair() -> StandbyPair:
+    """A new primary (as ``start_cluster(own=True)``) and a streaming
+    replication standby of it on another port, made the way an operator
+    would: ``pg_basebackup -R`` as the postgres user, then started."""
+    primary = start_cluster(own=True)
+    assert primary.bindir is not None and primary.datadir is not None
+    port = urlsplit(primary.admin_url).port
+    standby_dir = primary.datadir.parent / "standby"
+    prefix = ["runuser", "-u", primary.run_as, "--"] if primary.run_as else []
+    try:
+        subprocess.run(
+            [
+                *prefix, str(primary.bindir / "pg_basebackup"), "-D", str(standby_dir), "-R", "-X", "stream",
+                "-c", "fast", "-d", f"host=127.0.0.1 port={port} user=postgres",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )  # fmt: skip
+        standby_port = free_port()
+        with (standby_dir / "postgresql.conf").open("a") as conf:
+            conf.write(f"\nport = {standby_port}\n")
+        standby = Cluster(
+            admin_url=f"postgresql://postgres@127.0.0.1:{standby_port}/postgres",
+            bindir=primary.bindir,
+            datadir=standby_dir,
+            run_as=primary.run_as,
+        )
+        standby.start()
+    except BaseException:
+        primary.shutdown()
+        raise
+    return StandbyPair(primary, standby)
 
 
 def start_cluster(*, own: bool = False) -> Cluster:

@@ -119,3 +119,12 @@ async def test_on_a_store_of_one_process_the_process_owns_every_partition() -> N
     assert ownership.owned() == []
     assert ownership.topology().owners == ("",) * 8
     assert ownership.topology().members == ()
+
+
+def test_a_read_database_is_a_postgresql_standby_of_a_postgresql_primary() -> None:
+    with pytest.raises(ConfigurationError):
+        Settings(read_database_url="postgresql://standby/db")  # the primary is SQLite
+    with pytest.raises(ConfigurationError):
+        Settings(database_url="postgresql://primary/db", read_database_url="sqlite:///x.db")
+    settings = Settings(database_url="postgresql://primary/db", read_database_url="postgresql://standby/db")
+    assert settings.read_wait_seconds == 5.0
