@@ -5,13 +5,18 @@
     python -m bench --aggregates 1000 --concurrency 8,32 --out /tmp/mine.md
 
 Starts a throwaway PostgreSQL with default durability, then measures, in
-this order: the no-op gRPC ceiling; Chronicle's unary Submit over 1, 100
-and 10,000 aggregates at concurrency 1, 16, 64 and 256; SubmitStream with
-64 and 256 commands in flight; several events per command; the bank example
-(with its projection); pgbench's single-row insert rate at the same
-concurrency; aggregate load time with and without a snapshot; the server's
-memory with 100,000 aggregates touched once and after eviction. Writes
-docs/benchmarks.md, docs/benchmarks.png and docs/benchmarks.json.
+this order: the no-op gRPC ceiling (unary and stream); Chronicle's unary
+Submit over 10,000 aggregates at concurrency 1, 16, 64 and 256 (and over 1
+and 100 aggregates at 64); SubmitStream with 64 and 256 commands in flight;
+several events per command; the bank example with its read model (deposits
+over 1,000 accounts, unary and stream); pgbench's single-row inserts at the
+same concurrencies, with PostgreSQL's CPU per insert; the peer (the Python
+``eventsourcing`` library, the same bank deposits in-process); aggregate load
+time with and without a snapshot; the server's memory with 100,000
+aggregates touched once and after eviction. Every Chronicle point checks
+that each acknowledged command is stored; the bank point that the read
+model's balances equal the deposits in the log. Writes docs/benchmarks.md,
+docs/benchmarks.png and docs/benchmarks.json.
 """
 
 from __future__ import annotations
@@ -23,22 +28,35 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import load, machine, memory, pgbench, replay, report, servers
+from bench import bank, checks, load, machine, memory, peer, pgbench, replay, report, servers
 
 ROOT = Path(__file__).resolve().parent.parent
+# The bank point and its peer: deposits over this many accounts, one owner each.
+BANK_ACCOUNTS = 1000
+# The peer runs at each of these thread counts; the best counts.
+PEER_THREADS = (4, 16)
 
 
-def measure(spec: load.LoadSpec, server_pid: int, postmaster: int | None) -> dict[str, Any]:
-    def sample() -> tuple[float, float]:
-        return machine.cpu_seconds(server_pid), machine.tree_cpu_seconds(postmaster) if postmaster else 0.0
+def measure(
+    spec: load.LoadSpec, server_pid: int, postmaster: int | None, *, database_url: str | None = None
+) -> dict[str, Any]:
+    """One point: the load, each side's CPU over its measured window, and,
+    on Chronicle, the check that every acknowledged command is stored."""
+
+    def sample() -> tuple[float, float, int]:
+        lag = bank.projection_lag(database_url) if spec.domain == "bank" and database_url else 0
+        return (
+            machine.cpu_seconds(server_pid),
+            machine.tree_cpu_seconds(postmaster) if postmaster else 0.0,
+            lag,
+        )
 
     result = load.run(spec, sample)
     assert result.window is not None
     before, after = result.window
-    server_before, db_before = before
-    server_after, db_after = after
     row = {
         "mode": spec.mode,
+        "domain": spec.domain,
         "concurrency": spec.concurrency,
         "aggregates": spec.aggregates,
         "events_per_command": spec.events_per_command,
@@ -49,16 +67,28 @@ def measure(spec: load.LoadSpec, server_pid: int, postmaster: int | None) -> dic
         "errors": result.errors,
         "error_reasons": result.error_reasons,
         # CPU seconds of each side over the measured window only
-        "server_cpu": server_after - server_before,
-        "db_cpu": db_after - db_before,
+        "server_cpu": after[0] - before[0],
+        "db_cpu": after[1] - before[1],
         "client_cpu": result.client_cpu,
         "wall": spec.seconds,
     }
+    if database_url is not None:
+        point = f"{spec.domain} {spec.mode} c={spec.concurrency}"
+        row["check"] = checks.acknowledged_are_stored(database_url, result.acknowledged, point=point)
+        if spec.domain == "bank":
+            row["projection_lag_at_end"] = after[2]
+            row["projection_catch_up_s"] = bank.caught_up(database_url)
+            row["balances"] = bank.balances_agree(database_url, spec.prefix, len(result.acknowledged))
+    projection = (
+        f"  lag {row['projection_lag_at_end']} caught up in {row['projection_catch_up_s']:.2f} s"
+        if "projection_lag_at_end" in row
+        else ""
+    )
     print(
-        f"  {spec.mode:6} c={spec.concurrency:<4} aggs={spec.aggregates:<6} ev={spec.events_per_command}"
-        f"  {row['rate']:8.0f}/s  p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms"
-        f"  cpu s/db/c {row['server_cpu']:.1f}/{row['db_cpu']:.1f}/{row['client_cpu']:.1f}"
-        + (f"  errors {result.error_reasons}" if result.errors else ""),
+        f"  {spec.domain:5} {spec.mode:6} c={spec.concurrency:<4} aggs={spec.aggregates:<6}"
+        f" ev={spec.events_per_command}  {row['rate']:8.0f}/s  p50 {row['p50_ms']:6.1f} ms"
+        f"  p99 {row['p99_ms']:6.1f} ms  cpu s/db/c {row['server_cpu']:.1f}/{row['db_cpu']:.1f}"
+        f"/{row['client_cpu']:.1f}{projection}" + (f"  errors {result.error_reasons}" if result.errors else ""),
         flush=True,
     )
     return row
@@ -109,27 +139,55 @@ def main(argv: list[str] | None = None) -> int:
             for count in aggregate_counts:
                 asyncio.run(memory.touch(server.address, count, prefix="agg"))
             servers.settle(database_url)
+
+            def point(spec: load.LoadSpec) -> dict[str, Any]:
+                return measure(spec, server.pid, postmaster, database_url=database_url)
+
             results["unary"] = [
-                measure(load.LoadSpec(server.address, "unary", c, seconds, aggregates=n), server.pid, postmaster)
+                point(load.LoadSpec(server.address, "unary", c, seconds, aggregates=n))
                 for n in aggregate_counts
-                for c in concurrencies
+                for c in (concurrencies if n == max(aggregate_counts) else [64])
             ]
-            results["stream"] = [
-                measure(load.LoadSpec(server.address, "stream", c, seconds), server.pid, postmaster) for c in (64, 256)
-            ]
+            results["stream"] = [point(load.LoadSpec(server.address, "stream", c, seconds)) for c in (64, 256)]
             results["events"] = [
+                point(load.LoadSpec(server.address, "unary", 64, seconds, events_per_command=n)) for n in (5, 20)
+            ]
+
+        print("Chronicle (bank example with its read model, PostgreSQL):", flush=True)
+        with servers.chronicle(database_url, *bank.BANK_PLUGIN_ARGS, "--idle-timeout", "600") as server:
+            asyncio.run(bank.open_accounts(server.address, BANK_ACCOUNTS, "acct"))
+            bank.caught_up(database_url)
+            servers.settle(database_url)
+            results["bank"] = [
                 measure(
-                    load.LoadSpec(server.address, "unary", 64, seconds, events_per_command=n), server.pid, postmaster
+                    load.LoadSpec(
+                        server.address, mode, 64, seconds, aggregates=BANK_ACCOUNTS, domain="bank", prefix="acct"
+                    ),
+                    server.pid,
+                    postmaster,
+                    database_url=database_url,
                 )
-                for n in (1, 5, 20)
+                for mode in ("unary", "stream")
             ]
 
         print("pgbench (single-row durable inserts):", flush=True)
         results["pgbench"] = [
-            {"concurrency": c, "rate": pgbench.insert_rate(cluster, database_url, c, seconds)} for c in concurrencies
+            pgbench.insert_point(cluster, database_url, c, seconds, postmaster) for c in concurrencies
         ]
         for row in results["pgbench"]:
-            print(f"  pgbench c={row['concurrency']:<4} {row['rate']:8.0f}/s", flush=True)
+            print(
+                f"  pgbench c={row['concurrency']:<4} {row['rate']:8.0f}/s"
+                f"  PostgreSQL {row['db_cpu'] / max(row['completed'], 1) * 1e6:.0f} µs per insert",
+                flush=True,
+            )
+
+        print("peer (the eventsourcing library, bank deposits, in-process):", flush=True)
+        results["peer"] = [
+            peer.deposits(database_url, postmaster, accounts=BANK_ACCOUNTS, threads=t, seconds=seconds)
+            for t in PEER_THREADS
+        ]
+        for row in results["peer"]:
+            print(f"  eventsourcing threads={row['threads']:<3} {row['rate']:8.0f}/s", flush=True)
 
         print("aggregate load time:", flush=True)
         results["replay"] = asyncio.run(replay.load_times(database_url))

@@ -38,6 +38,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 
 from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 
 SUBMIT = "/chronicle.v1.CommandService/Submit"
 SUBMIT_STREAM = "/chronicle.v1.CommandService/SubmitStream"
@@ -55,6 +56,10 @@ class LoadSpec:
     events_per_command: int = 1
     prefix: str = "agg"
     processes: int = 2
+    # "tally": the bench plugin's counter (UInt32Value(n) appends n events);
+    # "bank": a deposit of 1 to one of ``aggregates`` accounts named
+    # ``prefix-N``, opened beforehand (new_share is ignored).
+    domain: str = "tally"
 
 
 @dataclass
@@ -67,6 +72,9 @@ class LoadResult:
     client_cpu: float = 0.0
     # what ``sample`` returned at the start and the end of the measured window
     window: tuple[Any, Any] | None = None
+    # every command id acknowledged (warm-up and after the window included):
+    # each must be in the database afterwards
+    acknowledged: list[str] = field(default_factory=list)
 
     def merge(self, other: LoadResult) -> None:
         self.completed += other.completed
@@ -76,6 +84,7 @@ class LoadResult:
         self.latencies.extend(other.latencies)
         self.seconds = max(self.seconds, other.seconds)
         self.client_cpu += other.client_cpu
+        self.acknowledged.extend(other.acknowledged)
 
     @property
     def rate(self) -> float:
@@ -93,7 +102,8 @@ _PREBUILT_RATE = 6000
 
 
 class _Commands:
-    """Serialized SubmitRequests, built before the measurement."""
+    """Serialized SubmitRequests, built before the measurement, with their
+    command ids (sent as bytes, remembered as text)."""
 
     def __init__(self, spec: LoadSpec, worker: int) -> None:
         self._spec = spec
@@ -102,17 +112,28 @@ class _Commands:
         self._worker = worker
         self._run = uuid.uuid4().hex[:6]
         count = int(_PREBUILT_RATE * (spec.warmup + spec.seconds + 1))
-        self._ready = [self._build().SerializeToString() for _ in range(count)]
+        self._ready = [self._built() for _ in range(count)]
         self._next = 0
 
-    def next(self) -> bytes:
+    def next(self) -> tuple[str, bytes]:
         if self._next < len(self._ready):
             self._next += 1
             return self._ready[self._next - 1]
-        return self._build().SerializeToString()  # faster than foreseen: build on the fly
+        return self._built()  # faster than foreseen: build on the fly
+
+    def _built(self) -> tuple[str, bytes]:
+        request = self._build()
+        return request.command.command_id, request.SerializeToString()
 
     def _build(self) -> pb.SubmitRequest:
         spec = self._spec
+        if spec.domain == "bank":
+            payload = any_pb2.Any()
+            payload.Pack(bank.Deposit(amount=1))
+            aggregate_id = f"{spec.prefix}-{self._random.randrange(spec.aggregates)}"
+            return pb.SubmitRequest(
+                command=command_pb2.Command(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, payload=payload)
+            )
         if self._random.random() < spec.new_share:
             aggregate_id = f"{spec.prefix}-new-{self._run}-{self._worker}-{next(self._fresh)}"
         else:
@@ -153,13 +174,15 @@ async def _unary(spec: LoadSpec, share: int, commands: _Commands, result: LoadRe
         async def loop() -> None:
             while (now := time.monotonic()) < stop:
                 sent = time.perf_counter()
+                command_id, request = commands.next()
                 try:
-                    await submit(commands.next(), timeout=30)
+                    await submit(request, timeout=30)
                     ok = True
+                    result.acknowledged.append(command_id)
                 except grpc.aio.AioRpcError as error:
                     ok = False
                     reason = error.code().name
-                if now >= measure_from:
+                if now >= measure_from and time.monotonic() <= stop:
                     if ok:
                         result.completed += 1
                         result.latencies.append(time.perf_counter() - sent)
@@ -178,7 +201,7 @@ async def _stream(spec: LoadSpec, share: int, commands: _Commands, result: LoadR
             SUBMIT_STREAM, request_serializer=None, response_deserializer=pb.SubmitStreamResponse.FromString
         )()
         in_flight = asyncio.Semaphore(share)
-        sent_at: deque[float] = deque()
+        sent_at: deque[tuple[float, str]] = deque()
         start = time.monotonic()
         measure_from = start + spec.warmup
         stop = measure_from + spec.seconds
@@ -186,15 +209,20 @@ async def _stream(spec: LoadSpec, share: int, commands: _Commands, result: LoadR
         async def send() -> None:
             while time.monotonic() < stop:
                 await in_flight.acquire()
-                sent_at.append(time.perf_counter())
-                await call.write(commands.next())
+                command_id, request = commands.next()
+                sent_at.append((time.perf_counter(), command_id))
+                await call.write(request)
             await call.done_writing()
 
         async def receive() -> None:
             async for response in call:
-                sent = sent_at.popleft()
+                sent, command_id = sent_at.popleft()
                 in_flight.release()
-                if time.monotonic() < measure_from:
+                if response.HasField("ok"):
+                    result.acknowledged.append(command_id)
+                # Counted: answers heard inside the measured window only (the
+                # answers to what was in flight when it closed come after).
+                if not measure_from <= time.monotonic() <= stop:
                     continue
                 if response.HasField("ok"):
                     result.completed += 1

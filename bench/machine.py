@@ -19,6 +19,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def cpu_seconds_self() -> float:
+    """User + system CPU seconds of this process, all its threads."""
+    times = os.times()
+    return times.user + times.system
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -34,8 +40,15 @@ def children(pid: int) -> list[int]:
 
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds of a process and its direct children (a PostgreSQL
-    postmaster and its backends)."""
-    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children(pid))
+    postmaster and its backends), those that have exited included (the
+    kernel adds a child's CPU to its parent's once the parent has waited
+    for it)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    waited_for = (int(fields[13]) + int(fields[14])) / CLOCK_TICKS
+    return cpu_seconds(pid) + waited_for + sum(cpu_seconds(child) for child in children(pid))
 
 
 def rss_bytes(pid: int) -> int:

@@ -23,7 +23,8 @@ python3 -m venv "$work/build"
 python3 -m venv "$work/runtime"
 "$work/runtime/bin/pip" install --quiet --no-index --find-links "$work/wheels" chronicle
 unzip -l "$work"/wheels/chronicle-*.whl >"$work/wheel-files"
-for file in chronicle/protos/chronicle/v1/command.proto service/templates/plugin/domain.py.tmpl service/py.typed; do
+for file in chronicle/protos/chronicle/v1/command.proto service/templates/plugin/domain.py.tmpl service/py.typed \
+    service/store/postgres/migrations/0001_initial.sql service/store/sqlite/migrations/0001_initial.sql; do
     grep -q "$file" "$work/wheel-files" || { echo "the wheel does not carry $file"; exit 1; }
 done
 

@@ -24,7 +24,6 @@ import asyncio
 import logging
 import random
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ from service.plugins.context import LookupNeeded
 from service.plugins.registry import Registry
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.deciding import Decided, Decider, Decision
+from service.processing.ids import new_event_id
 from service.processing.replay import Replayer
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import Aggregate, AggregateLoader
@@ -312,7 +312,7 @@ class CommandExecutor:
         now_us = time.time_ns() // 1000
         return [
             NewEvent(
-                event_id=str(uuid.uuid4()),
+                event_id=new_event_id(),
                 aggregate_type=aggregate.type.name,
                 event_type=spec.name,
                 schema_version=spec.schema_version,

@@ -1,22 +1,30 @@
 """What the two SQL adapters (SQLite, PostgreSQL) share: the order of the
-columns they read, turning rows into records, and the WHERE conditions of
-filtered reads. Each adapter's SQL selects the columns in the order given
-here; the dialects differ only in how a parameter is written (``Dialect``).
+columns they read and write, turning rows into records and records into
+parameters, the WHERE conditions of filtered reads, putting a page of the
+log or of the audit together, and finding the migration scripts. Each
+adapter's SQL selects the columns in the order given here; the dialects
+differ only in how a parameter is written (``Dialect``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
+from service.errors import ConfigurationError
 from service.store.base import AggregateQuery, AuditQuery
 from service.store.records import (
+    ACCEPTED,
+    REFUSED,
     AuditEntry,
     CommandRecord,
     DataKey,
     HeldClaim,
     LogFilter,
+    LogPage,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -145,6 +153,51 @@ def data_key_from_row(row: Row) -> DataKey:
     return DataKey(str(row[0]), None if row[1] is None else str(row[1]), None if wrapped is None else bytes(wrapped))
 
 
+def snapshot_params(snapshot: Snapshot) -> tuple[object, ...]:
+    """The values of ``SNAPSHOT_FIELDS``, in order, to write ``snapshot``."""
+    return (
+        snapshot.aggregate_id,
+        snapshot.aggregate_type,
+        snapshot.version,
+        snapshot.state_type,
+        snapshot.schema_version,
+        snapshot.state,
+    )
+
+
+def audit_entry_params(entry: AuditEntry) -> tuple[object, ...]:
+    """The values of the audit table's row (as ``audit_entry_from_row``
+    reads it), in order, to write ``entry``."""
+    return (
+        entry.recorded_at_us,
+        entry.command_id,
+        entry.command_type,
+        entry.aggregate_id,
+        entry.principal,
+        entry.user_id,
+        entry.origin,
+        entry.reason,
+        entry.message,
+        entry.outcome,
+    )
+
+
+def log_page(events: tuple[RecordedEvent, ...], *, head: int, after_position: int, limit: int) -> LogPage:
+    """A page of the log read with ``limit``, ``head`` being the log's end
+    as of the same read: a full page was examined up to its last event (more
+    may follow), a shorter one up to the end."""
+    return LogPage(events, events[-1].position if len(events) == limit else max(head, after_position))
+
+
+def newest_audit_entries(commands: Iterable[Row], others: Iterable[Row], limit: int) -> list[AuditEntry]:
+    """One page of the audit, newest first, from a page of command records
+    and a page of the audit's own entries (each already newest first)."""
+    entries = [command_from_row(row).audit_entry() for row in commands]
+    entries += [audit_entry_from_row(row) for row in others]
+    entries.sort(key=lambda e: e.recorded_at_us, reverse=True)
+    return entries[:limit]
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
     """How a SQL adapter writes parameters, lists and times."""
@@ -221,6 +274,30 @@ def aggregate_conditions(dialect: Dialect, aggregate_id: str, query: AggregateQu
     return conditions
 
 
+# A command record's outcome is whether it carries a rejection.
+_COMMAND_OUTCOMES = {None: None, ACCEPTED: "rejection IS NULL", REFUSED: "rejection IS NOT NULL"}
+
+
+def audited_command_conditions(dialect: Dialect, query: AuditQuery, *, time_column: str) -> Conditions | None:
+    """The command records ``query`` asks for; None when its outcome is one
+    only the audit's own entries have (an administrator's action, say)."""
+    if query.outcome not in _COMMAND_OUTCOMES:
+        return None
+    conditions = audit_conditions(dialect, query, time_column=time_column)
+    outcome = _COMMAND_OUTCOMES[query.outcome]
+    if outcome is not None:
+        conditions.clauses.append(outcome)
+    return conditions
+
+
+def audit_entry_conditions(dialect: Dialect, query: AuditQuery, *, time_column: str) -> Conditions:
+    """The audit's own entries (its table) ``query`` asks for."""
+    conditions = audit_conditions(dialect, query, time_column=time_column)
+    if query.outcome is not None:
+        conditions.add("outcome = {}", query.outcome)
+    return conditions
+
+
 def audit_conditions(dialect: Dialect, query: AuditQuery, *, time_column: str) -> Conditions:
     """The conditions both audit tables share (they have these columns)."""
     conditions = Conditions(dialect)
@@ -236,3 +313,27 @@ def audit_conditions(dialect: Dialect, query: AuditQuery, *, time_column: str) -
     if query.until_us is not None:
         conditions.add(f"{time_column} < {dialect.micros}", query.until_us)
     return conditions
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+def known_migrations(package: str) -> list[Migration]:
+    """The scripts ``migrations/NNNN_name.sql`` of an adapter's ``package``,
+    in order: script N brings the schema from version N - 1 to N."""
+    found = []
+    for entry in resources.files(package).joinpath("migrations").iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise ConfigurationError(f"the migrations of {package} must be numbered 0001, 0002, … without gaps")
+    return found

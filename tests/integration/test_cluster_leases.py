@@ -158,10 +158,14 @@ async def test_concurrent_heartbeats_converge_without_a_lease_held_twice(
     stores: Callable[[], PostgresStore], postgres_url: str
 ) -> None:
     keepers = [keeper(stores(), n) for n in range(8)]
-    for _ in range(6):
+    # Members racing for the last free leases may need a few rounds (each
+    # round, the database gives every contested lease to one of them).
+    for _ in range(20):
         await asyncio.gather(*(k.beat() for k in keepers))
         held = [name for k in keepers for name in k.held(PARTITIONS.name)]
         assert len(held) == len(set(held)), "a partition held by two replicas at once"
+        if shares(keepers) == [8] * 8:
+            break
     assert shares(keepers) == [8] * 8
 
 

@@ -135,6 +135,45 @@ async def test_a_second_runner_of_the_same_projection_never_doubles_an_event() -
     assert (await owner(store, "ann")).balance == 90
 
 
+async def test_cached_documents_are_dropped_when_another_runner_moved_the_projection_on() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    first, second = runner(store, batch_size=3), runner(store, batch_size=3)
+    position = await first.step(0)  # the first caches ann's documents as of the whole history
+    await run(store, "acc-1", bank.Deposit(amount=1000))
+    await second.step(position)  # the second applies the deposit: ann's balance moves on
+    await run(store, "acc-2", bank.Deposit(amount=5))
+    # the first, still at its old checkpoint, conflicts; from the checkpoint it
+    # reloads, it must not apply the next deposit to the balance it cached
+    with pytest.raises(ConcurrencyConflict):
+        await first.step(position)
+    await first.step(await store.projection_position("bank.balances_by_owner"))
+    assert (await owner(store, "ann")).balance == 90 + 1000 + 5
+
+
+async def test_a_runner_reads_each_document_from_the_store_once() -> None:
+    store = CountingDocuments()
+    await bank_history(store)
+    projection_runner = runner(store, batch_size=2)
+    await projection_runner.step(0)
+    loads = store.loads
+    await run(store, "acc-1", bank.Deposit(amount=1))
+    await run(store, "acc-3", bank.Deposit(amount=1))
+    await projection_runner.step(await store.projection_position("bank.balances_by_owner"))
+    assert store.loads == loads  # both accounts and owners were read already
+    assert (await owner(store, "ann")).balance == 91
+
+
+class CountingDocuments(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    async def load_document(self, projection: str, key: str) -> Any:
+        self.loads += 1
+        return await super().load_document(projection, key)
+
+
 sloppy = Plugin("sloppy")
 counted = sloppy.projection("sloppy.counts", aggregate_types=["Account"])
 

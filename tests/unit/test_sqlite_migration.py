@@ -8,13 +8,16 @@ from pathlib import Path
 
 from service.store.base import AuditQuery
 from service.store.records import ACCEPTED
-from service.store.sqlite import SCHEMA_VERSION, SqliteStore
+from service.store.sqlite import SqliteStore
+from service.store.sqlite.migrations import SCHEMA_VERSION
 
 
 async def test_a_version_1_database_is_migrated_and_its_commands_are_audited(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as old:
-        old.executescript(resources.files("service.store").joinpath("sqlite_schema.sql").read_text())
+        old.executescript(
+            resources.files("service.store.sqlite").joinpath("migrations", "0001_initial.sql").read_text()
+        )
         old.execute("PRAGMA user_version=1")
         old.execute(
             "INSERT INTO commands VALUES (?,?,?,?,?,?,?)", ("c-1", "a-1", "test.v1.Do", b"\x01" * 32, 1, 1, None)

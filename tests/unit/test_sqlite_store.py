@@ -7,13 +7,14 @@ from importlib import resources
 from pathlib import Path
 
 from service.store.records import ClaimChange, Snapshot
-from service.store.sqlite import SCHEMA_VERSION, SqliteStore
+from service.store.sqlite import SqliteStore
+from service.store.sqlite.migrations import SCHEMA_VERSION
 from tests.support.contents import contents
 from tests.support.events import command_record, new_event
 
 
 def _version_one_file(path: Path) -> None:
-    schema = resources.files("service.store").joinpath("sqlite_schema.sql").read_text()
+    schema = resources.files("service.store.sqlite").joinpath("migrations", "0001_initial.sql").read_text()
     conn = sqlite3.connect(path)
     conn.executescript(f"{schema};PRAGMA user_version=1;")
     conn.execute(

@@ -56,9 +56,7 @@ class Database:
         self.url = self._url = url
         self._size = max(1, connections)
         self._connect_timeout = connect_timeout
-        # A statement waiting on a lock (the position lock behind a stuck
-        # transaction) must not stall every writer.
-        self._options = f"-c lock_timeout={int(lock_timeout * 1000)}"
+        self._options = session_options(lock_timeout=lock_timeout)
         self._pools = {True: _Pool(max(1, self._size - _WRITERS)), False: _Pool(min(_WRITERS, self._size))}
         self._schema_ready = False
         self._schema_lock: asyncio.Lock | None = None
@@ -216,6 +214,19 @@ class Database:
                     await connection.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def session_options(*, lock_timeout: float) -> str:
+    """Settings of every connection the store opens (libpq ``options``).
+
+    ``lock_timeout``: a statement waiting on a lock (the position lock behind
+    a stuck transaction) must not stall every writer. ``jit=off``: the store's
+    statements are short, and a plan whose estimated cost crosses the JIT
+    threshold (a log page's, whose sorting is priced out on purpose: see
+    sql.LOG_PAGE_SETTINGS) would spend ~100 ms compiling itself for a
+    sub-millisecond query.
+    """
+    return f"-c lock_timeout={int(lock_timeout * 1000)} -c jit=off"
 
 
 class _Pool:

@@ -8,7 +8,7 @@ from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.rows import rows, scalar
 from service.store.records import LogFilter, LogPage
-from service.store.sql_common import POSTGRES, event_from_row, log_conditions
+from service.store.sql_common import POSTGRES, event_from_row, log_conditions, log_page
 
 
 class LogRole:
@@ -18,14 +18,15 @@ class LogRole:
         conditions = log_conditions(POSTGRES, after_position, log_filter)
         statement = sql.read_log(conditions.where, conditions.next_placeholder(limit) + "::bigint")
         # One statement, one snapshot: the log's end and the page agree.
-        (result,) = await self._db.run(
-            "read_log", [Statement(statement.encode(), conditions.params, binary=True)], read_only=True
+        filtered = log_filter.aggregate_types or log_filter.event_types or log_filter.origin is not None
+        settings = [Statement(sql.LOG_PAGE_SETTINGS.encode())] if filtered and log_filter.aggregate_id is None else []
+        *_, result = await self._db.run(
+            "read_log", [*settings, Statement(statement.encode(), conditions.params, binary=True)], read_only=True
         )
         loaded = rows(result)
         head = int(loaded[0][0]) if loaded else 0
         events = tuple(event_from_row(row[1:]) for row in loaded if row[1] is not None)
-        scanned_to = events[-1].position if len(events) == limit else max(head, after_position)
-        return LogPage(events, scanned_to)
+        return log_page(events, head=head, after_position=after_position, limit=limit)
 
     async def log_head(self) -> int:
         (result,) = await self._db.run("log_head", [Statement(sql.LOG_HEAD.encode())], read_only=True)

@@ -10,39 +10,21 @@ code knows is refused: running old code on a new schema could corrupt it.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
-from importlib import resources
 
 import psycopg
 
 from service.errors import ConfigurationError
+from service.store import sql_common
+from service.store.sql_common import Migration
 
 log = logging.getLogger(__name__)
 SCHEMA = "chronicle"
 # pg_advisory_xact_lock key: any constant unlikely to collide with an application's.
 MIGRATION_LOCK = 0x43_48_52_4F_4E  # "CHRON"
-_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
 
 
 def known_migrations() -> list[Migration]:
-    folder = resources.files(__package__).joinpath("migrations")
-    found = []
-    for entry in folder.iterdir():
-        match = _NAME.match(entry.name)
-        if match:
-            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
-    found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise ConfigurationError("PostgreSQL migrations must be numbered 0001, 0002, … without gaps")
-    return found
+    return sql_common.known_migrations("service.store.postgres")
 
 
 async def migrate(conn: psycopg.AsyncConnection[object]) -> int:

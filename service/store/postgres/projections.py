@@ -47,10 +47,11 @@ class ProjectionsRole:
             # First, so that a stale runner writes nothing at all.
             fenced = (fencing.group, fencing.name, fencing.member_id, fencing.epoch)
             statements.append(Statement(sql.CHECK_FENCING.encode(), fenced))
-        statements += [
-            Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)),
-            Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)),
-        ]
+        # The checkpoint's row is made by the first commit (from 0) and never
+        # deleted, so later commits only move it.
+        if expected_position == 0:
+            statements.append(Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)))
+        statements.append(Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)))
         deletes = [w.key for w in writes if w.data is None]
         puts = [{"key": w.key, "type_name": w.type_name, "data": w.data.hex()} for w in writes if w.data is not None]
         if deletes:

@@ -8,7 +8,7 @@ from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.rows import first
 from service.store.records import Snapshot
-from service.store.sql_common import snapshot_from_row
+from service.store.sql_common import snapshot_from_row, snapshot_params
 
 
 class SnapshotsRole:
@@ -19,17 +19,7 @@ class SnapshotsRole:
         await self._db.run(
             "save_snapshot",
             [
-                Statement(
-                    sql.SAVE_SNAPSHOT.encode(),
-                    (
-                        snapshot.aggregate_id,
-                        snapshot.aggregate_type,
-                        snapshot.version,
-                        snapshot.state_type,
-                        snapshot.schema_version,
-                        snapshot.state,
-                    ),
-                ),
+                Statement(sql.SAVE_SNAPSHOT.encode(), snapshot_params(snapshot)),
                 Statement(sql.PRUNE_SNAPSHOTS.encode(), (snapshot.aggregate_id, self._keep_snapshots - 1)),
             ],
         )

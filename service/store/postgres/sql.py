@@ -67,6 +67,11 @@ SNAPSHOT_COLUMNS = "aggregate_id, aggregate_type, version, state_type, schema_ve
 # whose row lock is held to the commit; then the events, each inserted only
 # if its aggregate is at the expected version (version ``expected`` exists,
 # or expected is 0; ``expected + 1`` onward are guarded by the unique key).
+# That check is a scalar subquery, which PostgreSQL runs per row as an index
+# probe: written as EXISTS, it became a semi-join that read the whole events
+# table once per batch whenever the table looked small to the planner (below
+# ~10,000 rows: a new deployment was slowest). tests/integration/
+# test_postgres_plans.py holds it to the index.
 # If any event was left out, the statement refuses itself (VERSION_MOVED):
 # nothing of it commits.
 _INSERT_COMMANDS_FROM_JSON = (
@@ -89,7 +94,8 @@ APPEND_BATCH = (
     " e.c, e.u, e.o, e.r, e.k, " + _AT.format("e.at") + " FROM head, jsonb_to_recordset($3::jsonb) AS e(i bigint,"
     " id uuid, a text, t text, v bigint, x bigint, e text, s int, p text, m jsonb, c text, u text, o text, r text,"
     " k text, at bigint)"
-    " WHERE e.x = 0 OR EXISTS (SELECT 1 FROM chronicle.events y WHERE y.aggregate_id = e.a AND y.version = e.x)"
+    " WHERE e.x = 0 OR (SELECT y.version FROM chronicle.events y WHERE y.aggregate_id = e.a AND y.version = e.x)"
+    " IS NOT NULL"
     " RETURNING position)"
     " SELECT CASE WHEN count(*) = $2::bigint THEN min(position)"
     f" ELSE chronicle.refuse('{VERSION_MOVED}', 'an aggregate is not at its expected version') END FROM appended"
@@ -160,6 +166,14 @@ def read_log(where: str, limit: str) -> str:
     )
 
 
+# A page of the log comes from an index in position order (the primary key,
+# or (aggregate_type, position), or (event_type, position)), reading only the
+# page. Without this, when the planner's statistics lag behind the table (a
+# log that grew since the last ANALYZE), it reads every remaining match of a
+# filter and sorts them to return the first hundred: at millions of events,
+# each page read the rest of the log. Not for a read of one aggregate, whose
+# (aggregate_id, version) index needs the sort. Local to the read's operation.
+LOG_PAGE_SETTINGS = "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)"
 LOG_HEAD = "SELECT last_position FROM chronicle.log_head"
 LISTEN = "LISTEN chronicle_events"
 NOTIFY_CHANNEL = "chronicle_events"
@@ -292,11 +306,8 @@ RECORD_AUDIT_ENTRY = (
 )
 
 
-def audited_commands(where: str, outcome: str, limit: str) -> str:
-    return (
-        f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE {where}{outcome}"
-        f" ORDER BY recorded_at DESC LIMIT {limit}"
-    )
+def audited_commands(where: str, limit: str) -> str:
+    return f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE {where} ORDER BY recorded_at DESC LIMIT {limit}"
 
 
 def audited_others(where: str, limit: str) -> str:

@@ -54,9 +54,12 @@ class PostgresStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsR
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._db = Database(url, connections=pool_size, connect_timeout=connect_timeout, lock_timeout=lock_timeout)
         self._appends = AppendWriter(self._db)
-        # Two batches in flight: one commits (its WAL flush) while the next
-        # is being sent, and the next batch waits on the position lock.
-        self._group = GroupCommitter(self._appends.write, in_flight=2)
+        # One batch in flight: the appends made while it commits form the
+        # next one. A second batch in flight would only wait for the position
+        # lock, and halving the batches cost PostgreSQL about half again as
+        # much CPU per command (measured: bank deposits at 64 unary calls in
+        # flight, 292 against 164 µs; the server's CPU fell too).
+        self._group = GroupCommitter(self._appends.write, in_flight=1)
 
     @property
     def url(self) -> str:

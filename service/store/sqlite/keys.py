@@ -1,0 +1,60 @@
+"""``KeyStore`` on SQLite: per-aggregate data keys; forgetting one leaves a
+tombstone and removes the aggregate's snapshots and claims in the same
+transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from service.store.records import DataKey
+from service.store.sql_common import data_key_from_row
+from service.store.sqlite import sql
+from service.store.sqlite.writer import Writer, writing
+
+
+class KeysRole:
+    _writer: Writer
+
+    async def create_data_key(self, key: DataKey) -> DataKey:
+        stored = await self._writer.run(_create, key)
+        assert stored is not None
+        return stored
+
+    async def load_data_key(self, aggregate_id: str) -> DataKey | None:
+        return await self._writer.run(_load, aggregate_id)
+
+    async def forget_data_key(self, aggregate_id: str) -> bool:
+        return await self._writer.run(_forget, aggregate_id)
+
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
+        params = (active_master_key_id, limit)
+        rows = await self._writer.run(lambda db: db.execute(sql.DATA_KEYS_TO_REWRAP, params).fetchall())
+        return [data_key_from_row(row) for row in rows]
+
+    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
+        params = (new.master_key_id, new.wrapped, old.aggregate_id, old.master_key_id, old.wrapped)
+        cursor = await self._writer.run(lambda db: db.execute(sql.REWRAP_DATA_KEY, params))
+        return bool(cursor.rowcount == 1)
+
+
+def _create(db: sqlite3.Connection, key: DataKey) -> DataKey | None:
+    db.execute(sql.CREATE_DATA_KEY, (key.aggregate_id, key.master_key_id, key.wrapped, _now_us()))
+    return _load(db, key.aggregate_id)
+
+
+def _load(db: sqlite3.Connection, aggregate_id: str) -> DataKey | None:
+    row = db.execute(sql.LOAD_DATA_KEY, (aggregate_id,)).fetchone()
+    return None if row is None else data_key_from_row(row)
+
+
+def _forget(db: sqlite3.Connection, aggregate_id: str) -> bool:
+    with writing(db):
+        erased = db.execute(sql.FORGET_DATA_KEY, (_now_us(), aggregate_id)).rowcount
+        db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
+        db.execute(sql.RELEASE_CLAIMS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+    return bool(erased == 1)
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000

@@ -1,0 +1,45 @@
+"""``LogReader`` on SQLite: the global log by position, never skipping (one
+writer at a time: positions commit in order, see sql.py), woken by this
+store's own appends."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from service.store.notifier import CommitNotifier
+from service.store.records import LogFilter, LogPage
+from service.store.sql_common import SQLITE, Row, event_from_row, log_conditions, log_page
+from service.store.sqlite import sql
+from service.store.sqlite.writer import Writer, reading
+
+
+class LogRole:
+    _writer: Writer
+    _commits: CommitNotifier
+
+    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+        conditions = log_conditions(SQLITE, after_position, log_filter)
+        statement = sql.read_log(conditions.where)
+        rows, head = await self._writer.run(_page_and_head, statement, [*conditions.params, limit])
+        events = tuple(event_from_row(row) for row in rows)
+        return log_page(events, head=head, after_position=after_position, limit=limit)
+
+    async def log_head(self) -> int:
+        (head,) = await self._writer.run(lambda db: db.execute(sql.LOG_HEAD).fetchone())
+        return int(head)
+
+    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
+        # Appends through this store wake readers at once; appends by another
+        # process on the same file are found when max_wait expires.
+        await self._commits.wait_beyond(after_position, max_wait)
+
+
+def _page_and_head(db: sqlite3.Connection, statement: str, params: list[object]) -> tuple[list[Row], int]:
+    # One read transaction: the page and the log's end from the same
+    # snapshot (another process may be writing the file). SQLite has one
+    # writer at a time, so positions commit in order: never a gap that
+    # fills in later.
+    with reading(db):
+        rows = db.execute(statement, params).fetchall()
+        (head,) = db.execute(sql.LOG_HEAD).fetchone()
+    return rows, int(head)

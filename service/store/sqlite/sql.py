@@ -1,0 +1,171 @@
+"""Every SQL statement of the SQLite store, in one place.
+
+Parameters are ``?``, in order; a statement built around a WHERE condition
+(``sql_common``) takes the condition's parameters, then its LIMIT if it has
+one. Identifiers are constants of this module, values are always
+parameters. Tables hold what the records hold: times as microseconds
+since the epoch, ids and JSON as text, bytes as blobs, so rows are read in
+the columns' order of ``sql_common`` with no conversion in SQL.
+
+Positions and readers. SQLite lets one writer into the file at a time, and
+a write that checks something before it writes takes the write lock first
+(``BEGIN IMMEDIATE``): positions are assigned and committed in the same
+order, so a reader by position can never skip an event that commits later
+with a lower position.
+"""
+
+from __future__ import annotations
+
+from service.store.sql_common import AUDIT_FIELDS, COMMAND_FIELDS, EVENT_FIELDS, SNAPSHOT_FIELDS
+
+# -- the connection -----------------------------------------------------------
+
+# Durability: a commit is on disk when it returns (WAL journal, fsync at
+# every commit). A writer from another process is waited for, up to 5 s,
+# before the file counts as locked.
+CONNECTION_SETUP = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000")
+PING = "SELECT 1"
+# A write takes the file's write lock at once, before it reads what it
+# checks; a read sees one snapshot of the file until it ends.
+BEGIN_WRITE = "BEGIN IMMEDIATE"
+BEGIN_READ = "BEGIN"
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+SCHEMA_VERSION = "PRAGMA user_version"
+
+
+def set_schema_version(version: int) -> str:
+    """PRAGMA takes no parameters; ``version`` is an int, written as one."""
+    return f"PRAGMA user_version = {int(version)}"
+
+
+EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
+COMMAND_COLUMNS = ", ".join(COMMAND_FIELDS)
+AUDIT_COLUMNS = ", ".join((*AUDIT_FIELDS, "reason", "message", "outcome"))
+SNAPSHOT_COLUMNS = ", ".join(SNAPSHOT_FIELDS)
+
+
+def _values(columns: str) -> str:
+    """``VALUES (?, ?, …)``, one parameter per column of ``columns``."""
+    return f"VALUES ({', '.join('?' for _ in columns.split(','))})"
+
+
+# -- appends --------------------------------------------------------------------
+
+CURRENT_VERSION = "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_id = ?"
+_NEW_EVENT_COLUMNS = (
+    "event_id, aggregate_id, aggregate_type, version, event_type, schema_version, payload, metadata,"
+    " command_id, user_id, origin, correlation_id, causation_id, recorded_at_us"
+)
+# The position is the table's INTEGER PRIMARY KEY AUTOINCREMENT.
+INSERT_EVENT = f"INSERT INTO events ({_NEW_EVENT_COLUMNS}) {_values(_NEW_EVENT_COLUMNS)} RETURNING position"
+# What the unique key on (aggregate_id, version) says when it refuses a row.
+VERSION_TAKEN = "events.aggregate_id, events.version"
+INSERT_COMMAND = f"INSERT INTO commands ({COMMAND_COLUMNS}) {_values(COMMAND_COLUMNS)}"
+# Claims: the primary key (scope, value) decides; holding it already is fine.
+TAKE_CLAIM = "INSERT INTO claims (scope, value, aggregate_id) VALUES (?, ?, ?) ON CONFLICT (scope, value) DO NOTHING"
+RELEASE_CLAIM = "DELETE FROM claims WHERE scope = ? AND value = ? AND aggregate_id = ?"
+
+# -- reads of one aggregate ----------------------------------------------------
+
+FIND_COMMAND = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id = ?"
+HEAD = "SELECT aggregate_type, version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
+VERSION_AT = (
+    "SELECT COALESCE("
+    " (SELECT MIN(version) - 1 FROM events WHERE aggregate_id = ? AND recorded_at_us > ?),"
+    " (SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_id = ?))"
+)
+
+
+def read_aggregate(where: str, *, backwards: bool, limited: bool) -> str:
+    order = " DESC" if backwards else ""
+    limit = " LIMIT ?" if limited else ""
+    return f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY version{order}{limit}"
+
+
+# -- the global log ---------------------------------------------------------------
+
+
+def read_log(where: str) -> str:
+    return f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY position LIMIT ?"
+
+
+LOG_HEAD = "SELECT COALESCE(MAX(position), 0) FROM events"
+
+# -- claims -------------------------------------------------------------------------
+
+CLAIM_OWNER = "SELECT aggregate_id FROM claims WHERE scope = ? AND value = ?"
+CLAIMS_IN_CLEAR = "SELECT scope, value, aggregate_id FROM claims WHERE substr(value, 1, 1) <> ? LIMIT ?"
+
+# -- snapshots ----------------------------------------------------------------------
+
+SAVE_SNAPSHOT = (
+    f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) {_values(SNAPSHOT_COLUMNS)}"
+    " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
+    " state_type = excluded.state_type, schema_version = excluded.schema_version, state = excluded.state"
+)
+# Below the newest ``keep`` (the OFFSET is keep - 1); with fewer, the
+# subquery is NULL and nothing goes.
+PRUNE_SNAPSHOTS = (
+    "DELETE FROM snapshots WHERE aggregate_id = ? AND version <"
+    " (SELECT version FROM snapshots WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1 OFFSET ?)"
+)
+# The newest at or below a version (any version when it is NULL).
+LOAD_SNAPSHOT = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE aggregate_id = ?"
+    " AND version <= COALESCE(?, version) ORDER BY version DESC LIMIT 1"
+)
+
+# -- projections --------------------------------------------------------------------
+
+PROJECTION_POSITION = "SELECT position FROM projection_checkpoints WHERE name = ?"
+LOAD_DOCUMENT = "SELECT key, type_name, data FROM projection_documents WHERE projection = ? AND key = ?"
+DELETE_DOCUMENT = "DELETE FROM projection_documents WHERE projection = ? AND key = ?"
+PUT_DOCUMENT = (
+    "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name, data = excluded.data"
+)
+MOVE_CHECKPOINT = (
+    "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+)
+
+# -- audit --------------------------------------------------------------------------
+
+RECORD_AUDIT_ENTRY = f"INSERT INTO refusals ({AUDIT_COLUMNS}) {_values(AUDIT_COLUMNS)}"
+
+
+def audited_commands(where: str) -> str:
+    return f"SELECT {COMMAND_COLUMNS} FROM commands WHERE {where} ORDER BY recorded_at_us DESC LIMIT ?"
+
+
+def audited_others(where: str) -> str:
+    return f"SELECT {AUDIT_COLUMNS} FROM refusals WHERE {where} ORDER BY recorded_at_us DESC LIMIT ?"
+
+
+# -- data keys ----------------------------------------------------------------------
+
+# Every creator reads back the key that won (LOAD_DATA_KEY).
+CREATE_DATA_KEY = (
+    "INSERT INTO data_keys (aggregate_id, master_key_id, wrapped_key, created_at_us)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT (aggregate_id) DO NOTHING"
+)
+LOAD_DATA_KEY = "SELECT aggregate_id, master_key_id, wrapped_key FROM data_keys WHERE aggregate_id = ?"
+FORGET_DATA_KEY = (
+    "UPDATE data_keys SET master_key_id = NULL, wrapped_key = NULL, forgotten_at_us = ?"
+    " WHERE aggregate_id = ? AND wrapped_key IS NOT NULL"
+)
+DELETE_SNAPSHOTS = "DELETE FROM snapshots WHERE aggregate_id = ?"
+# Only an aggregate with a key (or its tombstone) is forgotten; one that
+# never had a key keeps its claims.
+RELEASE_CLAIMS_OF_FORGOTTEN = (
+    "DELETE FROM claims WHERE aggregate_id = ? AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+)
+DATA_KEYS_TO_REWRAP = (
+    "SELECT aggregate_id, master_key_id, wrapped_key FROM data_keys"
+    " WHERE wrapped_key IS NOT NULL AND master_key_id <> ? LIMIT ?"
+)
+REWRAP_DATA_KEY = (
+    "UPDATE data_keys SET master_key_id = ?, wrapped_key = ?"
+    " WHERE aggregate_id = ? AND master_key_id = ? AND wrapped_key = ?"
+)

@@ -1,0 +1,81 @@
+"""The embedded default store: one SQLite file, no server to install.
+
+Laid out like the PostgreSQL store (postgres/store.py): one module per role
+of base.py (events, log, claims, snapshots, projections, audit, keys; the
+leases are the process's own, sole_owner.py), every
+statement in sql.py, the schema's versions in migrations.py (scripts in
+migrations/). What differs is how it talks to the database: writer.py, one
+thread with one connection to the file.
+
+SQLite serializes writers, so positions are assigned and committed in the
+same order and a reader by position can never skip an event. All work runs
+on one dedicated thread with one connection; the event loop never blocks on
+the file. Durability: WAL journal with ``synchronous=FULL``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from service.errors import StoreUnavailable
+from service.store.base import DEFAULT_KEEP_SNAPSHOTS, check_keep_snapshots
+from service.store.notifier import CommitNotifier
+from service.store.sole_owner import SoleOwnerLeases
+from service.store.sqlite import sql
+from service.store.sqlite.audit import AuditRole
+from service.store.sqlite.claims import ClaimsRole
+from service.store.sqlite.events import EventsRole
+from service.store.sqlite.keys import KeysRole
+from service.store.sqlite.log import LogRole
+from service.store.sqlite.migrations import SCHEMA_VERSION, migrate, schema_version
+from service.store.sqlite.projections import ProjectionsRole
+from service.store.sqlite.snapshots import SnapshotsRole
+from service.store.sqlite.writer import Writer
+
+
+class SqliteStore(
+    EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, SoleOwnerLeases
+):
+    """Every role of a store, in the SQLite file at ``path`` (made, with its
+    folder, if missing; ``":memory:"`` for a database that lives as long as
+    the store)."""
+
+    def __init__(self, path: str | Path, *, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> None:
+        self._path = str(path)
+        self._keep_snapshots = check_keep_snapshots(keep_snapshots)
+        self._writer = Writer()
+        self._commits = CommitNotifier()
+
+    async def open(self) -> None:
+        await self._writer.open(self._connect)
+
+    async def close(self) -> None:
+        await self._writer.close()
+
+    async def ping(self) -> None:
+        await self._writer.run(lambda db: db.execute(sql.PING).fetchone())
+
+    def _connect(self) -> sqlite3.Connection:
+        """The connection, durable, its schema brought up to date."""
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            for statement in sql.CONNECTION_SETUP:
+                conn.execute(statement)
+            version = schema_version(conn)
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"cannot open SQLite database {self._path}: {error}") from error
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise StoreUnavailable(
+                f"{self._path} has schema version {version}; this Chronicle knows up to {SCHEMA_VERSION}"
+            )
+        try:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                migrate(conn, target)
+        except sqlite3.Error as error:
+            conn.close()
+            raise StoreUnavailable(f"cannot migrate {self._path} to schema {SCHEMA_VERSION}: {error}") from error
+        return conn

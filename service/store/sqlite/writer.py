@@ -1,0 +1,83 @@
+"""The SQLite store's one thread and its one connection.
+
+Every call to the file, read or write, runs on one dedicated thread with one
+connection, in the order it was made: the event loop never blocks on the
+file, and the connection is never used by two threads at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Concatenate, ParamSpec, TypeVar
+
+from service.errors import StoreUnavailable
+from service.store.sqlite import sql
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Writer:
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chronicle-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        """Make the connection with ``connect``, on the thread; once."""
+
+        def open_once() -> None:
+            if self._conn is None:
+                self._conn = connect()
+
+        await self._call(open_once)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._call(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    async def run(self, work: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``work(connection, *args)``, on the thread."""
+        return await self._call(lambda: work(self._connection(), *args, **kwargs))
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except sqlite3.OperationalError as error:
+            # Locked or unreadable file, full disk: the store cannot serve now.
+            raise StoreUnavailable(f"SQLite: {error}") from error
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreUnavailable("the SQLite store is not open")
+        return self._conn
+
+
+@contextmanager
+def writing(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction, holding the file's write lock from its start:
+    committed if the block ends, rolled back if it raises."""
+    db.execute(sql.BEGIN_WRITE)
+    try:
+        yield
+        db.execute(sql.COMMIT)
+    except BaseException:
+        db.execute(sql.ROLLBACK)
+        raise
+
+
+@contextmanager
+def reading(db: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction: its reads see one snapshot of the file (another
+    process may be writing it meanwhile)."""
+    db.execute(sql.BEGIN_READ)
+    try:
+        yield
+    finally:
+        db.execute(sql.COMMIT)

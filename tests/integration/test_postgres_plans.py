@@ -1,0 +1,129 @@
+"""The hot statements use their indexes whatever the size of the log: the
+planner must not fall back to reading the whole events table, neither for a
+small table (where a scan looks cheap) nor in a generic plan (prepared
+statements are planned once, for any parameters)."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from service.store.base import AggregateQuery
+from service.store.postgres import PostgresStore, sql
+from service.store.postgres.database import session_options
+from service.store.records import LogFilter
+from service.store.sql_common import POSTGRES, aggregate_conditions, log_conditions
+
+pytestmark = pytest.mark.postgres
+
+
+def populate(url: str, events: int, *, analyze: bool) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
+            " schema_version, payload, command_id, user_id, origin, correlation_id, causation_id, recorded_at)"
+            " SELECT g, gen_random_uuid(), 'agg-' || (g %% 1000),"
+            " CASE WHEN g %% 100 = 0 THEN 'Account' ELSE 'Tally' END, g / 1000 + 1, 'x', 1, '\\x08'::bytea,"
+            " 'c', '', '', '', '', now() FROM generate_series(1, %s) g",
+            (events,),
+        )
+        conn.execute("UPDATE chronicle.log_head SET last_position = %s", (events,))
+        if analyze:
+            conn.execute("ANALYZE chronicle.events")
+
+
+def plan(url: str, statement: str, params: list[Any], *, mode: str, settings: str = "") -> str:
+    """EXPLAIN of ``statement`` (with ``$n`` parameters) under a plan cache mode
+    and ``settings`` (as the store sends them first), run and rolled back."""
+    with psycopg.connect(url, options=session_options(lock_timeout=5)) as conn:
+        conn.execute(f"SET plan_cache_mode = {mode}")
+        if settings:
+            conn.execute(settings)
+        cursor = psycopg.RawCursor(conn)
+        cursor.execute(("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + statement).encode(), params, prepare=True)
+        text = "\n".join(row[0] for row in cursor.fetchall())
+        conn.rollback()
+    return text
+
+
+def version_of(aggregate: int, events: int) -> int:
+    """The version ``populate`` left aggregate ``agg-N`` at."""
+    return (events - aggregate) // 1000 + 1
+
+
+def batch_of(count: int, events: int) -> list[Any]:
+    """A batch of ``count`` appends, one to each of agg-1 … at its version."""
+    rows = [
+        {"i": i, "id": str(uuid.uuid4()), "a": f"agg-{i}", "t": "Tally", "x": version_of(i, events), "e": "x"}
+        | {"v": version_of(i, events) + 1, "s": 1, "p": "08", "m": None, "c": "c", "u": "", "o": "", "r": ""}
+        | {"k": "", "at": 1}
+        for i in range(1, count + 1)
+    ]
+    return ["[]", count, json.dumps(rows)]
+
+
+@pytest.fixture(params=[(300, False), (20_000, False), (20_000, True)], ids=["300", "20000-unanalyzed", "20000"])
+async def log(request: pytest.FixtureRequest, postgres_url: str) -> tuple[str, int]:
+    """A database whose log holds some events (and the planner's statistics
+    about them, or none yet): its URL and how many events."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    await store.close()
+    events, analyze = request.param
+    populate(postgres_url, events, analyze=analyze)
+    return postgres_url, events
+
+
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+def test_the_batch_append_checks_versions_through_the_index(log: tuple[str, int], mode: str) -> None:
+    url, events = log
+    explained = plan(url, sql.APPEND_BATCH, batch_of(16, events), mode=mode)
+    assert "Index Only Scan using events_aggregate_version_key on events y (actual rows=1 loops=16)" in explained
+    assert "Seq Scan on events" not in explained, explained
+    assert "events_aggregate_version_key" in explained, explained
+
+
+@pytest.mark.parametrize("name", ["head", "check_version", "version_at"])
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+def test_reads_of_one_aggregate_use_its_index(log: tuple[str, int], mode: str, name: str) -> None:
+    url, events = log
+    cases: dict[str, tuple[str, list[Any]]] = {
+        "head": (sql.HEAD, ["agg-7"]),
+        "check_version": (sql.CHECK_VERSION, ["agg-7", version_of(7, events)]),
+        "version_at": (sql.VERSION_AT, ["agg-7", 1]),
+    }
+    statement, params = cases[name]
+    explained = plan(url, statement, params, mode=mode)
+    assert "Seq Scan on events" not in explained, f"{name}: {explained}"
+
+
+def test_reading_an_aggregate_uses_its_index(log: tuple[str, int]) -> None:
+    url, _ = log
+    conditions = aggregate_conditions(POSTGRES, "agg-7", AggregateQuery())
+    explained = plan(
+        url, sql.read_aggregate(conditions.where, backwards=False, limit=None), conditions.params, mode="auto"
+    )
+    assert "Seq Scan on events" not in explained, explained
+
+
+def test_a_log_page_of_a_rare_aggregate_type_comes_in_position_order_from_its_index(log: tuple[str, int]) -> None:
+    url, _ = log
+    conditions = log_conditions(POSTGRES, 0, LogFilter(aggregate_types=frozenset({"Account"})))
+    explained = plan(
+        url,
+        sql.read_log(conditions.where, conditions.next_placeholder(100) + "::bigint"),
+        conditions.params,
+        mode="auto",
+        settings=sql.LOG_PAGE_SETTINGS,
+    )
+    # The page comes straight from the (aggregate_type, position) index, in
+    # order: nothing sorts more than the page to find its events.
+    assert "Index Scan using events_by_aggregate_type on events" in explained, explained
+    assert "JIT" not in explained, explained
+    sorted_rows = [int(rows) for rows in re.findall(r"Sort \(actual rows=(\d+)", explained)]
+    assert all(rows <= 100 for rows in sorted_rows), explained
