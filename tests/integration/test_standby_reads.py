@@ -20,12 +20,13 @@ import pytest
 from chronicle.v1 import event_service_pb2 as pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.client import ChronicleClient, RetryPolicy
-from service.errors import ChronicleError
+from service.errors import ChronicleError, StoreUnavailable
 from service.store.postgres import PostgresStore
 from service.store.postgres.standby import StandbyStore
 from service.store.records import LogFilter, RecordedEvent, Snapshot
 from tests.support.events import new_event
 from tests.support.grpc_client import TEST_SETTINGS, command, details_of, running_server
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
 
@@ -37,9 +38,25 @@ async def stores(standby_urls: tuple[str, str]) -> AsyncIterator[tuple[PostgresS
     await primary.open()
     standby = StandbyStore(standby_url, primary=primary, pool_size=4)
     await standby.open()
+    await replicated(standby)
     yield primary, standby
     await standby.close()
     await primary.close()
+
+
+async def replicated(standby: StandbyStore) -> None:
+    """Wait until the schema the primary made has reached the standby
+    (until then its reads are UNAVAILABLE, READ_DATABASE_NOT_READY)."""
+
+    async def ready() -> bool:
+        try:
+            await standby.ping()
+            await standby.log_head()
+        except StoreUnavailable:
+            return False
+        return True
+
+    await eventually(ready, within=20, what="the schema replicated to the standby")
 
 
 @contextmanager
@@ -125,6 +142,8 @@ async def standby_server(
         TEST_SETTINGS, database_url=primary_url, read_database_url=standby_url, read_wait_seconds=0.5, poll_seconds=0.2
     )
     async with running_server(PostgresStore(primary_url, pool_size=4), settings=settings) as (app, client):
+        assert app.standby is not None
+        await replicated(app.standby)
         yield app, client, standby_url
 
 

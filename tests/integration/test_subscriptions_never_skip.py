@@ -20,6 +20,7 @@ from service.store.postgres.group_commit import Append
 from service.store.records import LogFilter, NewEvent
 from tests.support.events import new_event
 from tests.support.grpc_client import Client, command, connect, running_server, submit_retrying
+from tests.support.postgres import schema_on_standby
 from tests.support.processes import server_process
 from tests.support.waiting import eventually
 
@@ -162,6 +163,8 @@ async def test_thousands_of_events_from_two_replicas_reach_every_subscriber_exac
     """Subscribers on the standby too: it replays the primary's commits in
     order, so what it shows is a prefix of the log, never one with a hole."""
     postgres_url, reading = reads_from
+    if reading:
+        await schema_on_standby(postgres_url, reading[1])
     rng = random.Random(3)
     with ExitStack() as processes:
         servers = [

@@ -197,3 +197,30 @@ def start_cluster(*, own: bool = False) -> Cluster:
     )
     cluster.start()
     return cluster
+
+
+async def schema_on_standby(primary_url: str, standby_url: str, *, within: float = 20.0) -> None:
+    """Create Chronicle's schema on the primary and wait until its standby
+    has replayed it (until then, reads from the standby are UNAVAILABLE)."""
+    import asyncio
+
+    from service.store.postgres import PostgresStore
+    from service.store.postgres.migrations import known_migrations
+
+    primary = PostgresStore(primary_url, pool_size=1)
+    await primary.open()
+    await primary.close()
+    newest = known_migrations()[-1].version
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(standby_url) as conn:
+                cursor = await conn.execute("SELECT max(version) FROM chronicle.schema_migrations")
+                row = await cursor.fetchone()
+                if row is not None and row[0] == newest:
+                    return
+        except psycopg.errors.UndefinedTable:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the standby did not get the schema within {within}s")
+        await asyncio.sleep(0.05)
