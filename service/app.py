@@ -29,7 +29,7 @@ from service.api.projection_service import ProjectionService
 from service.api.server import build_server
 from service.audit import AuditLog, AuditMiddleware
 from service.cluster.addresses import advertised_address, with_port
-from service.cluster.leases import LeaseKeeper
+from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
 from service.errors import ConfigurationError
 from service.observability.logs import LoggingMiddleware
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from service.store.postgres.standby import StandbyStore
 
 log = logging.getLogger("chronicle")
+PROJECTIONS_GROUP = "projections"
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -273,6 +274,15 @@ async def start(
         checkpoint_interval=settings.checkpoint_seconds,
         poll_interval=settings.poll_seconds,
     )
+    # Leases: the partitions this replica owns, and the projections it runs
+    # (one replica runs each). The address is known once the port is bound.
+    projection_group = LeaseGroup(PROJECTIONS_GROUP, tuple(p.name for p in registry.projections))
+    leases = LeaseKeeper(
+        roles.leases,
+        member=LeaseMember(str(uuid.uuid4()), ""),
+        groups=[partition_group(settings.partitions), *([projection_group] if projection_group.keys else [])],
+        ttl=settings.lease_seconds,
+    )
     projections = Projections(
         [
             ProjectionRunner(
@@ -281,16 +291,10 @@ async def start(
                 documents=roles.projections,
                 reader=executor.loader.reader,
                 poll_interval=settings.poll_seconds,
+                lease=KeeperLease(leases, PROJECTIONS_GROUP, projection.name),
             )
             for projection in registry.projections
         ]
-    )
-    # The address is known once the port is bound (below).
-    leases = LeaseKeeper(
-        roles.leases,
-        member=LeaseMember(str(uuid.uuid4()), ""),
-        groups=[partition_group(settings.partitions)],
-        ttl=settings.lease_seconds,
     )
     ownership = Ownership(leases, settings.partitions)
     cluster = ClusterService(ownership)

@@ -314,3 +314,16 @@ class LeaseKeeper:
         if leave:
             for group in list(self._groups):
                 await self.leave(group)
+
+
+class KeeperLease:
+    """One lease of a group, as a worker asks about it before each piece of
+    work (a projection's runner before each batch)."""
+
+    def __init__(self, keeper: LeaseKeeper, group: str, name: str) -> None:
+        self._keeper = keeper
+        self._group = group
+        self._name = name
+
+    def fencing(self) -> Fencing | None:
+        return self._keeper.fencing(self._group, self._name)

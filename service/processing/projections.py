@@ -9,6 +9,12 @@ crash after it finds the new checkpoint. Two replicas running one projection
 cannot both commit a move from P: the loser reloads the checkpoint and goes
 on from there (its work is wasted, never doubled).
 
+Work done once: with a ``lease`` (``service/cluster/leases.py``), a runner
+applies a batch only while its replica holds the projection's lease, so in
+a cluster one replica runs each projection; the commit carries the lease's
+fencing token, and the store refuses it (a conflict) if the lease has moved
+meanwhile. A runner that gains the lease starts from the stored checkpoint.
+
 A handler that raises stops its projection (others go on): the error is
 logged and reported by ``status``, and the runner tries the batch again after
 a pause, so a fixed plugin or a transient fault resumes it.
@@ -28,7 +34,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -36,6 +42,7 @@ from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed
 from service.plugins.projections import ProjectedEvent, Projection
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
+from service.store.leasing import Fencing
 from service.store.records import DocumentWrite, LogFilter, RecordedEvent
 
 log = logging.getLogger(__name__)
@@ -198,6 +205,13 @@ class ProjectionStatus:
 BATCH_DELAY = 0.02
 
 
+class ProjectionLease(Protocol):
+    """The lease that says whether this replica runs the projection."""
+
+    def fencing(self) -> Fencing | None:
+        """The token to commit under while this replica holds the lease, else None."""
+
+
 class ProjectionRunner:
     def __init__(
         self,
@@ -209,8 +223,11 @@ class ProjectionRunner:
         poll_interval: float = 1.0,
         retry_interval: float = 5.0,
         batch_delay: float = BATCH_DELAY,
+        lease: ProjectionLease | None = None,
     ) -> None:
         self.projection = projection
+        self._lease = lease
+        self._fencing: Fencing | None = None  # the token of the last batch
         self._log = log
         self._documents = documents
         self._reader = reader
@@ -282,6 +299,14 @@ class ProjectionRunner:
         """Apply the next batch after ``position`` and commit it; return the
         new checkpoint. Catches up fully before returning when it can."""
         while True:
+            fencing = self._lease.fencing() if self._lease is not None else None
+            if self._lease is not None:
+                if fencing is None:
+                    return position  # another replica runs it now
+                if fencing != self._fencing:  # (again) ours: from the stored checkpoint
+                    self._fencing = fencing
+                    self._cache.clear()
+                    position = self.status.position = await self._documents.projection_position(self.projection.name)
             page = await self._log.read_log(position, self._filter, self.projection.batch_size)
             if page.scanned_to == position:
                 return position
@@ -295,6 +320,7 @@ class ProjectionRunner:
                     expected_position=position,
                     new_position=page.scanned_to,
                     writes=list(batch.writes.values()),
+                    fencing=fencing,
                 )
             except BaseException:
                 # Another runner may have moved on (a conflict), or the commit's
@@ -307,6 +333,11 @@ class ProjectionRunner:
             self.status.error = ""
             if len(page.events) < self.projection.batch_size:
                 return position
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this replica runs the projection now (always, without a lease)."""
+        return self._lease is None or self._lease.fencing() is not None
 
     async def _apply(self, batch: _Batch, record: RecordedEvent, message: Message) -> None:
         registered = self.projection.handlers.get(record.event_type)
