@@ -299,7 +299,9 @@ class LeaseKeeper:
             state.view = _left(state.view, self.member.member_id)
         self._changed()
         try:
-            await self._store.leave_group(group, self.member.member_id)
+            # Bounded: a store that does not answer must not hold up a
+            # shutdown; the leases then lapse on their own.
+            await asyncio.wait_for(self._store.leave_group(group, self.member.member_id), self.interval)
         except Exception as error:
             log.warning("could not leave lease group %s (%s); its leases lapse within %g s", group, error, self.ttl)
 

@@ -24,6 +24,8 @@ from service.store.leasing import LeaseMember
 from service.store.postgres import PostgresStore
 from service.store.records import DocumentWrite
 from tests.support.contents import contents
+from tests.support.events import new_event
+from tests.support.faults import appends_blocked, wait_for_waiters
 
 pytestmark = pytest.mark.postgres
 
@@ -274,3 +276,19 @@ async def test_the_version_moves_when_the_owners_change_and_wakes_a_waiter(
     await second.beat()
     await first.beat()  # it sees the newcomer and gives up half
     assert await asyncio.wait_for(waiter, 5) > version
+
+
+async def test_heartbeats_are_not_held_up_by_appends_waiting_for_the_position_lock(
+    stores: Callable[[], PostgresStore], postgres_url: str
+) -> None:
+    store = stores()
+    alone = keeper(store, 1)
+    await alone.beat()
+    with appends_blocked(postgres_url):
+        blocked = asyncio.ensure_future(store.append("a-1", [new_event()], 0))
+        await asyncio.to_thread(wait_for_waiters, postgres_url)
+        # Queued behind the append, the heartbeat would wait for the lock
+        # timeout (5 s); on a connection of its own it does not wait at all.
+        await asyncio.wait_for(alone.beat(), 2)
+        assert not blocked.done()
+    await asyncio.wait_for(blocked, 10)

@@ -21,7 +21,7 @@ def _millis(seconds: float) -> int:
 
 
 class LeasesRole:
-    _db: Database
+    _lease_db: Database  # a connection of its own (store.py says why)
 
     async def renew_leases(self, group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> LeaseView:
         ttl_ms = _millis(ttl)
@@ -33,7 +33,7 @@ class LeasesRole:
             Statement(sql.LIVE_MEMBERS.encode(), (group,)),
             Statement(sql.GROUP_LEASES.encode(), (group,)),
         ]
-        results = await self._db.run("renew_leases", statements)
+        results = await self._lease_db.run("renew_leases", statements)
         members = tuple(LeaseMember(str(row[0]), str(row[1])) for row in rows(results[4]))
         leases = tuple(
             Lease(str(row[0]), None if row[1] is None else str(row[1]), int(row[2])) for row in rows(results[5])
@@ -47,11 +47,11 @@ class LeasesRole:
             Statement(sql.RELEASE_LEASES.encode(), (group, member_id, list(release))),
             Statement(sql.ACQUIRE_LEASES.encode(), (group, member_id, list(acquire), _millis(ttl))),
         ]
-        results = await self._db.run("change_leases", statements)
+        results = await self._lease_db.run("change_leases", statements)
         return [Lease(str(row[0]), member_id, int(row[1])) for row in rows(results[1])]
 
     async def leave_group(self, group: str, member_id: str) -> None:
-        await self._db.run(
+        await self._lease_db.run(
             "leave_group",
             [
                 Statement(sql.LEAVE_GROUP.encode(), (group, member_id)),
