@@ -273,6 +273,7 @@ async def start(
         executor.loader.reader,
         checkpoint_interval=settings.checkpoint_seconds,
         poll_interval=settings.poll_seconds,
+        primary=roles.log,
     )
     # Leases: the partitions this replica owns, and the projections it runs
     # (one replica runs each). The address is known once the port is bound.
@@ -308,6 +309,7 @@ async def start(
             registry,
             tracker,
             log=read_roles.log,
+            primary_log=roles.log,
             read_wait=settings.read_wait_seconds,
         ),
         admin=AdminService(audit, authorizer, keyring),

@@ -37,10 +37,14 @@ class EventService(pb_grpc.EventServiceServicer):
         tracker: SubscriptionTracker | None = None,
         *,
         log: LogReader | None = None,
+        primary_log: LogReader | None = None,
         read_wait: float = 5.0,
     ) -> None:
         self._store = store
-        self._log = log  # for min_position: the log these reads come from
+        # For min_position: the log these reads come from, and the primary's
+        # (the same one unless reads come from a standby).
+        self._log = log
+        self._primary_log = primary_log or log
         self._read_wait = read_wait
         self._loader = loader
         self._authorizer = authorizer
@@ -51,8 +55,8 @@ class EventService(pb_grpc.EventServiceServicer):
 
     async def _caught_up(self, min_position: int) -> None:
         """Read your writes: hold the read until it includes ``min_position``."""
-        if min_position and self._log is not None:
-            await wait_for_position(self._log, min_position, max_wait=self._read_wait)
+        if min_position and self._log is not None and self._primary_log is not None:
+            await wait_for_position(self._log, min_position, primary=self._primary_log, max_wait=self._read_wait)
 
     async def _check_read(self, aggregate_id: str) -> None:
         """PERMISSION_DENIED unless the caller may read this aggregate's type.

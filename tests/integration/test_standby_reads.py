@@ -85,8 +85,10 @@ async def follow(log: StandbyStore, until: int) -> list[RecordedEvent]:
 
 async def test_the_standby_reads_what_the_primary_wrote(stores: tuple[PostgresStore, StandbyStore]) -> None:
     primary, standby = stores
-    written = await primary.append("a-1", [new_event(), new_event()], 0)
+    # The snapshot first: once the standby shows the events committed after
+    # it, it has replayed the snapshot too (it replays commits in order).
     await primary.save_snapshot(Snapshot("a-1", "Thing", 2, "t.State", 1, b"\x01"))
+    written = await primary.append("a-1", [new_event(), new_event()], 0)
     await asyncio.wait_for(follow(standby, written[-1].position), 20)
     assert [e.event_id for e in await standby.read_aggregate("a-1")] == [e.event_id for e in written]
     head = await standby.head("a-1")
@@ -190,3 +192,34 @@ async def test_reads_come_from_the_standby_and_min_position_reads_your_writes(
 
 async def _read_all(stream: Any) -> list[Any]:
     return [item async for item in stream]
+
+
+async def test_a_position_beyond_the_end_of_the_log_is_refused_at_once(
+    standby_server: tuple[Any, Any, str],
+) -> None:
+    _, client, _ = standby_server
+    await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await client.events.GetAggregate(pb.GetAggregateRequest(aggregate_id="acc-1", min_position=10**9))
+    details = details_of(refused.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "POSITION_BEYOND_END")
+    assert details.metadata == {"min_position": str(10**9), "log_head": "1"}
+
+
+async def test_a_subscriber_resuming_after_a_position_the_standby_lacks_waits_for_it(
+    standby_server: tuple[Any, Any, str],
+) -> None:
+    _, client, standby_url = standby_server
+    first = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    with replay_paused(standby_url):
+        second = await client.submit(command("acc-1", bank.Deposit(amount=1)))
+        third = await client.submit(command("acc-1", bank.Deposit(amount=2)))
+        # It heard of the second event from another replica, which reads the
+        # primary; the standby has only the first. Not beyond the end: wait.
+        stream = client.events.Subscribe(pb.SubscribeRequest(after_position=second.events[0].position))
+        opened = await asyncio.wait_for(stream.read(), 10)
+        assert opened.HasField("caught_up") and opened.caught_up.position == second.events[0].position
+    live = await asyncio.wait_for(stream.read(), 10)
+    assert live.event.event_id == third.events[0].event_id
+    assert first.events[0].position < second.events[0].position
+    stream.cancel()
