@@ -77,6 +77,7 @@ class Routes:
         self._unsupported = False
         self.changes = 0  # topologies adopted
         self.not_owner = 0  # responses whose member said it does not own the partition
+        self.failovers = 0  # calls that found their member unavailable (then sent elsewhere)
         self._changed = asyncio.Event()
 
     # -- where a command goes --------------------------------------------------
@@ -133,6 +134,7 @@ class Routes:
     def unreachable(self, address: str | None) -> None:
         """A call to member ``address`` failed with UNAVAILABLE."""
         if address is not None:
+            self.failovers += 1
             self._down[address] = self._clock() + DOWN_SECONDS
             self._refresh_soon()
 

@@ -223,3 +223,17 @@ async def test_a_subscriber_resuming_after_a_position_the_standby_lacks_waits_fo
     assert live.event.event_id == third.events[0].event_id
     assert first.events[0].position < second.events[0].position
     stream.cancel()
+
+
+async def test_a_standby_without_the_schema_yet_is_unavailable_not_wrong(standby_urls: tuple[str, str]) -> None:
+    primary_url, standby_url = standby_urls
+    primary = PostgresStore(primary_url, pool_size=1)  # never opened: no schema on either side
+    standby = StandbyStore(standby_url, primary=primary, pool_size=1)
+    await standby.open()  # starts all the same, as a server does
+    try:
+        with pytest.raises(StoreUnavailable) as unavailable:
+            await standby.read_log(0, LogFilter(), 10)
+        assert unavailable.value.reason == "READ_DATABASE_NOT_READY"
+    finally:
+        await standby.close()
+        await primary.close()

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 
 from service.app import Application, start
+from service.cluster.leases import fair_shares
 from service.plugins.registry import Registry
 from service.store.postgres import PostgresStore
 from tests.support.grpc_client import TEST_SETTINGS, Client, connect
@@ -38,9 +39,11 @@ async def replica(
 
 
 def fair(apps: Sequence[Application], partitions: int = 64) -> bool:
-    """Every partition owned, the shares within one of each other."""
-    counts = [len(app.ownership.owned()) for app in apps]
-    return sum(counts) == partitions and max(counts) - min(counts) <= 1
+    """Every replica holds exactly its fair share (so no partition moves
+    any more while the replicas stay): shares within one of each other is
+    not enough, the larger ones must be where every replica expects them."""
+    shares = fair_shares([app.leases.member_id for app in apps], partitions)
+    return [len(app.ownership.owned()) for app in apps] == [shares[app.leases.member_id] for app in apps]
 
 
 async def settled(apps: Sequence[Application], partitions: int = 64) -> None:
