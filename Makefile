@@ -38,6 +38,7 @@ lint: protos lint-api
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The public Protobuf API: buf lint (style, every element documented) and
 # buf breaking (tools/check_api_breaking.sh says against what). buf comes

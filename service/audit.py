@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable
 
 from service.errors import ChronicleError, recorded_with_command
-from service.processing.middleware import CommandCall, Middleware
+from service.plugins.middleware import CommandCall, Middleware
 from service.store.base import AuditQuery, AuditRecorder
 from service.store.records import ACCEPTED, REFUSED, AuditEntry
 

@@ -323,7 +323,7 @@ def _rewrap_keys(args: argparse.Namespace, channel: grpc.Channel) -> int:
 
 
 def _masterkey(args: argparse.Namespace) -> int:
-    from service.security.encryption import new_master_key
+    from service.store.encryption import new_master_key
 
     print(f"{args.key_id}:{new_master_key()}")
     return EXIT_OK

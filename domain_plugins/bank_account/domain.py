@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.plugins import (
-    AlreadyExistsError,
     CommandContext,
     InvalidArgumentError,
-    NotFoundError,
     Plugin,
     ValidationError,
 )
 
 plugin = Plugin("bank_account", description="Bank accounts: the example every test and client may rely on.")
-account = plugin.aggregate("Account", state=bank.Account, snapshot_every=100)
+account = plugin.aggregate(
+    "Account",
+    state=bank.Account,
+    snapshot_every=100,
+    not_found="ACCOUNT_NOT_FOUND",
+    already_exists="ACCOUNT_ALREADY_OPEN",
+)
 
 # The most an account may hold. Balances are int64: without a limit a deposit
 # could be accepted whose event no apply function can apply (the account
@@ -23,8 +27,6 @@ MAX_BALANCE = 10**15
 
 
 def _require_open(state: bank.Account, context: CommandContext) -> None:
-    if context.is_new:
-        raise NotFoundError(f"account {context.aggregate_id!r} does not exist", reason="ACCOUNT_NOT_FOUND")
     if state.closed:
         raise ValidationError(f"account {context.aggregate_id!r} is closed", reason="ACCOUNT_CLOSED")
 
@@ -34,16 +36,14 @@ def _require_positive(amount: int) -> None:
         raise InvalidArgumentError(f"amount must be positive, got {amount}", reason="INVALID_AMOUNT", field="amount")
 
 
-@account.command(bank.OpenAccount)
+@account.command(bank.OpenAccount, creates=True)
 def open_account(command: bank.OpenAccount, state: bank.Account, context: CommandContext) -> bank.AccountOpened:
-    if not context.is_new:
-        raise AlreadyExistsError(f"account {context.aggregate_id!r} is already open", reason="ACCOUNT_ALREADY_OPEN")
     if not command.owner.strip():
         raise InvalidArgumentError("owner must not be empty", reason="OWNER_REQUIRED", field="owner")
     return bank.AccountOpened(owner=command.owner)
 
 
-@account.command(bank.Deposit)
+@account.command(bank.Deposit, requires_existing=True)
 def deposit(command: bank.Deposit, state: bank.Account, context: CommandContext) -> bank.MoneyDeposited:
     _require_positive(command.amount)
     _require_open(state, context)
@@ -56,7 +56,7 @@ def deposit(command: bank.Deposit, state: bank.Account, context: CommandContext)
     return bank.MoneyDeposited(amount=command.amount)
 
 
-@account.command(bank.Withdraw)
+@account.command(bank.Withdraw, requires_existing=True)
 def withdraw(command: bank.Withdraw, state: bank.Account, context: CommandContext) -> bank.MoneyWithdrawn:
     _require_positive(command.amount)
     _require_open(state, context)
@@ -69,7 +69,7 @@ def withdraw(command: bank.Withdraw, state: bank.Account, context: CommandContex
     return bank.MoneyWithdrawn(amount=command.amount)
 
 
-@account.command(bank.CloseAccount)
+@account.command(bank.CloseAccount, requires_existing=True)
 def close_account(command: bank.CloseAccount, state: bank.Account, context: CommandContext) -> bank.AccountClosed:
     _require_open(state, context)
     if state.balance > 0:

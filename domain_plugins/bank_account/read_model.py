@@ -1,6 +1,6 @@
 """Balances by owner: the bank's example read model.
 
-A projection (see ``service.plugins.projections``): the server applies each
+A projection (``service.plugins``: Projection, Documents, ProjectedEvent): the server applies each
 account event once, in log order, and commits the documents together with
 its checkpoint. Documents: ``owner:<owner>`` (OwnerBalance) and
 ``account:<id>`` (AccountBalance, so that a deposit finds its owner).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from domain_plugins.bank_account.domain import plugin
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.plugins.projections import Documents, ProjectedEvent
+from service.plugins import Documents, ProjectedEvent
 
 balances_by_owner = plugin.projection("bank.balances_by_owner", aggregate_types=["Account"])
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from domain_plugins.box.protos.box.v1 import box_pb2 as pb
 from service.plugins import (
-    AlreadyExistsError,
     CommandContext,
     InvalidArgumentError,
-    NotFoundError,
     Plugin,
     ValidationError,
 )
@@ -25,32 +23,28 @@ def _valid_name(name: str) -> str:
     return name
 
 
-def _modifiable(state: pb.Box, context: CommandContext) -> None:
-    if context.is_new:
-        raise NotFoundError(f"box {context.aggregate_id!r} does not exist", reason="BOX_NOT_FOUND")
+def _modifiable(state: pb.Box) -> None:
     if state.archived:
         raise ValidationError("Cannot modify an archived box", reason="BOX_ARCHIVED")
 
 
-@box.command(pb.CreateBox)
+@box.command(pb.CreateBox, creates=True)
 def create_box(command: pb.CreateBox, state: pb.Box, context: CommandContext) -> pb.BoxCreated:
-    if not context.is_new:
-        raise AlreadyExistsError(f"box {context.aggregate_id!r} already exists", reason="BOX_ALREADY_EXISTS")
     return pb.BoxCreated(name=_valid_name(command.name))
 
 
-@box.command(pb.RenameBox)
+@box.command(pb.RenameBox, requires_existing=True)
 def rename_box(command: pb.RenameBox, state: pb.Box, context: CommandContext) -> pb.BoxRenamed | None:
-    _modifiable(state, context)
+    _modifiable(state)
     name = _valid_name(command.name)
     if name == state.name:
         return None  # already so named: nothing changes, nothing is appended
     return pb.BoxRenamed(name=name)
 
 
-@box.command(pb.ArchiveBox)
+@box.command(pb.ArchiveBox, requires_existing=True)
 def archive_box(command: pb.ArchiveBox, state: pb.Box, context: CommandContext) -> pb.BoxArchived:
-    _modifiable(state, context)
+    _modifiable(state)
     return pb.BoxArchived()
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from domain_plugins.users.protos.users.v1 import users_pb2 as pb
 from service.plugins import (
-    AlreadyExistsError,
     CommandContext,
     InvalidArgumentError,
-    NotFoundError,
     Plugin,
     ValidationError,
 )
@@ -17,7 +15,7 @@ MAX_EMAIL = 254
 MAX_NAME = 200
 
 plugin = Plugin("users", description="Users with a unique e-mail address: the example of uniqueness claims.")
-user = plugin.aggregate("User", state=pb.User)
+user = plugin.aggregate("User", state=pb.User, already_exists="USER_ALREADY_REGISTERED")
 
 
 def normalised_email(email: str) -> str:
@@ -39,24 +37,16 @@ def _valid_name(name: str) -> str:
     return name
 
 
-def _require_user(context: CommandContext) -> None:
-    if context.is_new:
-        raise NotFoundError(f"user {context.aggregate_id!r} does not exist", reason="USER_NOT_FOUND")
-
-
-@user.command(pb.RegisterUser)
+@user.command(pb.RegisterUser, creates=True)
 def register_user(command: pb.RegisterUser, state: pb.User, context: CommandContext) -> pb.UserRegistered:
-    if not context.is_new:
-        raise AlreadyExistsError(f"user {context.aggregate_id!r} is registered", reason="USER_ALREADY_REGISTERED")
     email = normalised_email(command.email)
     name = _valid_name(command.name)
     context.claim(EMAIL_SCOPE, email)
     return pb.UserRegistered(email=email, name=name)
 
 
-@user.command(pb.ChangeEmail)
+@user.command(pb.ChangeEmail, requires_existing=True)
 def change_email(command: pb.ChangeEmail, state: pb.User, context: CommandContext) -> pb.EmailChanged | None:
-    _require_user(context)
     if not state.active:
         raise ValidationError(f"user {context.aggregate_id!r} is deactivated", reason="USER_DEACTIVATED")
     email = normalised_email(command.email)
@@ -67,9 +57,8 @@ def change_email(command: pb.ChangeEmail, state: pb.User, context: CommandContex
     return pb.EmailChanged(email=email, previous_email=state.email)
 
 
-@user.command(pb.DeactivateUser)
+@user.command(pb.DeactivateUser, requires_existing=True)
 def deactivate_user(command: pb.DeactivateUser, state: pb.User, context: CommandContext) -> pb.UserDeactivated | None:
-    _require_user(context)
     if not state.active:
         return None
     context.release(EMAIL_SCOPE, state.email)

@@ -13,14 +13,13 @@ import grpc
 
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
-from service.api import guard
 from service.api.codec import check_id, micros_of, timestamp
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, NotEncrypted
-from service.security.encryption import Keyring
+from service.principal import current_principal
 from service.security.policy import Authorizer
-from service.security.principal import current_principal
 from service.store.base import AuditQuery
+from service.store.encryption import Keyring
 from service.store.records import ACCEPTED, REFUSED, AuditEntry
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ class AdminService(pb_grpc.AdminServiceServicer):
             raise NotEncrypted("encryption at rest is off (no master key is configured)", reason="ENCRYPTION_OFF")
         return self._keyring
 
-    @guard.unary
     async def QueryAudit(
         self, request: pb.QueryAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.QueryAuditResponse:
@@ -65,7 +63,6 @@ class AdminService(pb_grpc.AdminServiceServicer):
         entries = await self._audit.query(query)
         return pb.QueryAuditResponse(entries=[_entry(e) for e in entries])
 
-    @guard.unary
     async def ForgetAggregate(
         self, request: pb.ForgetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ForgetAggregateResponse:
@@ -87,7 +84,6 @@ class AdminService(pb_grpc.AdminServiceServicer):
             metadata={"aggregate_id": aggregate_id},
         )
 
-    @guard.unary
     async def RewrapKeys(
         self, request: pb.RewrapKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.RewrapKeysResponse:

@@ -13,7 +13,6 @@ import grpc
 
 from chronicle.v1 import cluster_service_pb2 as pb
 from chronicle.v1 import cluster_service_pb2_grpc as pb_grpc
-from service.api import guard
 from service.cluster.hashing import HASH_NAME
 from service.cluster.ownership import Ownership, Topology
 from service.errors import StoreUnavailable
@@ -56,13 +55,11 @@ class ClusterService(pb_grpc.ClusterServiceServicer):
         stopping server does not wait for its watchers to hang up."""
         self._closing.set()
 
-    @guard.unary
     async def GetTopology(
         self, request: pb.GetTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetTopologyResponse:
         return pb.GetTopologyResponse(topology=encode_topology(self._ownership.topology()))
 
-    @guard.streaming
     async def WatchTopology(
         self, request: pb.WatchTopologyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchTopologyResponse]:

@@ -1,6 +1,6 @@
 """``chronicle.v1.CommandService``: decode, hand to the pipeline, encode. No
-business logic. Refusals before the pipeline (malformed input, and through
-``audit_refused_rpc`` authentication and limits) are audited here."""
+business logic. A command that does not decode is audited through
+``RefusedCommands``, as the gate's refusals are."""
 
 from __future__ import annotations
 
@@ -8,45 +8,35 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import replace
 from typing import Any
 
 import grpc
 
-from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
-from service.api import guard
 from service.api.cluster_service import not_owner_hint
-from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event, type_name
-from service.api.gate import OnRefused
+from service.api.codec import decode_batch, decode_command, encode_event_into
+from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands
 from service.api.status import command_error
-from service.audit import AuditLog, refusal
 from service.cluster.ownership import Ownership
 from service.errors import ChronicleError, InvalidInput
 from service.plugins.registry import Registry
+from service.principal import Principal, current_principal
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.middleware import Pipeline
-from service.security.principal import Principal, current_principal
-from service.store.records import AuditEntry
 
 log = logging.getLogger(__name__)
-SUBMIT_METHOD = "/chronicle.v1.CommandService/Submit"
 # Commands of one SubmitStream started and not yet answered.
 STREAM_IN_FLIGHT = 256
-SUBMIT_BATCH_METHOD = "/chronicle.v1.CommandService/SubmitBatch"
-# Audit entries keep what the client sent, cut to a bounded size: a refused
-# request may be malformed in any way.
-_AUDITED_LENGTH = 200
 
 
 class CommandService(pb_grpc.CommandServiceServicer):
     def __init__(
-        self, registry: Registry, pipeline: Pipeline, audit: AuditLog, *, ownership: Ownership | None = None
+        self, registry: Registry, pipeline: Pipeline, refused: RefusedCommands, *, ownership: Ownership | None = None
     ) -> None:
         self._registry = registry
         self._pipeline = pipeline
-        self._audit = audit
+        self._refused = refused
         self._ownership = ownership
 
     def _hint(self, context: grpc.aio.ServicerContext[Any, Any], aggregate_id: str) -> None:
@@ -79,20 +69,18 @@ class CommandService(pb_grpc.CommandServiceServicer):
         return self._submitted(command, principal)
 
     async def _refuse(self, request: pb.SubmitRequest, principal: Principal, error: ChronicleError) -> BatchResult:
-        await self._audit.refused(_refusal(request, principal, error))
+        await self._refused(SUBMIT_METHOD, request, error, principal)
         raise error
 
     async def _submitted(self, command: CommandRequest, principal: Principal) -> BatchResult:
         result = await self._pipeline.submit(command, principal)
         return BatchResult((result,), result.version, replayed=result.replayed)
 
-    @guard.unary
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
         response = _response((await self._start(request, current_principal.get())).results[0])
         self._hint(context, request.command.aggregate_id)
         return response
 
-    @guard.streaming
     async def SubmitStream(
         self, requests: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
@@ -116,24 +104,30 @@ class CommandService(pb_grpc.CommandServiceServicer):
         try:
             while (item := await window.next()) is not None:
                 command_id, outcome = item
-                yield await _stream_response(command_id, outcome)
+                answer = pb.SubmitStreamResponse(command_id=command_id)
+                try:
+                    _response((await outcome).results[0], answer.ok)
+                except ChronicleError as error:
+                    answer.error.CopyFrom(command_error(error))
+                except Exception:
+                    log.exception("command %s of a stream failed", command_id)
+                    internal = ChronicleError("internal error", reason="INTERNAL")
+                    answer.error.CopyFrom(command_error(internal))
+                yield answer
             await reader  # the client's half ended: surface a read error, if any
         finally:
             reader.cancel()
             window.abandon()
 
-    @guard.unary
     async def SubmitBatch(
         self, request: pb.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SubmitBatchResponse:
         principal = current_principal.get()
         try:
-            batch = decode_batch(request.commands, self._registry, dry_run=request.dry_run)
+            batch = decode_batch(request.commands, self._registry, dry_run=request.dry_run, principal=principal.name)
         except ChronicleError as error:
-            for entry in _batch_refusals(request, principal, error):
-                await self._audit.refused(entry)
+            await self._refused(SUBMIT_BATCH_METHOD, request, error, principal)
             raise
-        batch = replace(batch, commands=tuple(_as_principal(c, principal) for c in batch.commands))
         result = await self._pipeline.submit_batch(batch, principal)
         self._hint(context, batch.aggregate_id)
         return pb.SubmitBatchResponse(
@@ -197,64 +191,16 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
-async def _stream_response(command_id: str, outcome: Awaitable[BatchResult]) -> pb.SubmitStreamResponse:
-    try:
-        return pb.SubmitStreamResponse(command_id=command_id, ok=_response((await outcome).results[0]))
-    except ChronicleError as error:
-        return pb.SubmitStreamResponse(command_id=command_id, error=command_error(error))
-    except Exception:
-        log.exception("command %s of a stream failed", command_id)
-        internal = ChronicleError("internal error", reason="INTERNAL")
-        return pb.SubmitStreamResponse(command_id=command_id, error=command_error(internal))
-
-
-def _as_principal(command: CommandRequest, principal: Principal) -> CommandRequest:
-    # The caller acts as itself unless it names another user (which the
-    # authorization middleware allows only with an impersonation grant).
-    return replace(command, principal=principal.name, user_id=command.user_id or principal.name)
-
-
-def _response(result: CommandResult) -> pb.SubmitResponse:
-    return pb.SubmitResponse(
-        events=[encode_event(e) for e in result.events], version=result.version, replayed=result.replayed
-    )
-
-
-def _batch_refusals(request: object, principal: Principal | None, error: ChronicleError) -> list[AuditEntry]:
-    """One audit entry per command of a refused batch (one in all when the
-    batch is too large to list)."""
-    commands = list(request.commands) if isinstance(request, pb.SubmitBatchRequest) else []
-    if not commands or len(commands) > MAX_BATCH_COMMANDS:
-        commands = [command_pb2.Command()]
-    return [_refusal(pb.SubmitRequest(command=command), principal, error) for command in commands]
-
-
-def _refusal(request: object, principal: Principal | None, error: ChronicleError) -> AuditEntry:
-    command = request.command if isinstance(request, pb.SubmitRequest) else command_pb2.Command()
-
-    def cut(text: str) -> str:
-        return text[:_AUDITED_LENGTH]
-
-    return refusal(
-        error,
-        command_id=cut(command.command_id),
-        command_type=cut(type_name(command.payload)),
-        aggregate_id=cut(command.aggregate_id),
-        principal=principal.name if principal is not None else "",
-        user_id=cut(command.user_id),
-        origin=cut(command.origin),
-    )
-
-
-def audit_refused_rpc(audit: AuditLog) -> OnRefused:
-    """The interceptors' ``on_refused`` hook: a Submit refused before the
-    servicer ran (no or bad credentials, too many calls) is audited."""
-
-    async def on_refused(method: str, request: object, error: ChronicleError) -> None:
-        if method == SUBMIT_METHOD:
-            await audit.refused(_refusal(request, None, error))
-        elif method == SUBMIT_BATCH_METHOD:
-            for entry in _batch_refusals(request, None, error):
-                await audit.refused(entry)
-
-    return on_refused
+def _response(result: CommandResult, response: pb.SubmitResponse | None = None) -> pb.SubmitResponse:
+    """``result`` as a SubmitResponse (filled in ``response`` if given: the
+    ``ok`` of a stream's answer, built in place)."""
+    if response is None:
+        response = pb.SubmitResponse()
+    response.SetInParent()  # an empty result is still an answer of its own
+    response.version = result.version
+    if result.replayed:
+        response.replayed = True
+    add = response.events.add
+    for event in result.events:
+        encode_event_into(add(), event)
+    return response

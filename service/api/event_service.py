@@ -11,18 +11,17 @@ from google.protobuf import any_pb2
 from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as pb
 from chronicle.v1 import event_service_pb2_grpc as pb_grpc
-from service.api import guard
 from service.api.codec import TYPE_URL_PREFIX, check_id, check_names, check_version, encode_event, micros_of
 from service.api.subscribe import decode_subscribe, encode_item, restrict_to_permitted
 from service.errors import InvalidInput
 from service.observability.subscriptions import SubscriptionTracker
 from service.plugins.registry import Registry
+from service.principal import current_principal
 from service.processing.freshness import wait_for_position
 from service.processing.history import EventRange, History
 from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.security.policy import Authorizer
-from service.security.principal import current_principal
 from service.store.base import EventRecorder, LogReader
 
 
@@ -67,7 +66,6 @@ class EventService(pb_grpc.EventServiceServicer):
         if head is not None:
             self._authorizer.check_read(current_principal.get(), head.aggregate_type)
 
-    @guard.streaming
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SubscribeResponse]:
@@ -80,7 +78,6 @@ class EventService(pb_grpc.EventServiceServicer):
                 yield encode_item(item)
                 self._tracker.moved(handle, item.position)
 
-    @guard.streaming
     async def ReadAggregate(
         self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[event_pb2.Event]:
@@ -97,7 +94,6 @@ class EventService(pb_grpc.EventServiceServicer):
         async for event in self._history.events(aggregate_id, wanted):
             yield encode_event(event)
 
-    @guard.unary
     async def GetAggregate(
         self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAggregateResponse:

@@ -1,18 +1,21 @@
-"""What happens to every RPC before its servicer, in one place.
+"""What happens to every RPC around its servicer, in one place.
 
-In order: the concurrency limit (too many RPCs in flight, or too many open
+Before it, in order: the concurrency limit (too many RPCs in flight, or too many open
 subscriptions: RESOURCE_EXHAUSTED), authentication (with ``--auth``: the
 caller's ``Principal`` in ``current_principal``, or UNAUTHENTICATED), and
 request decoding (bytes that do not parse: INVALID_ARGUMENT /
 MALFORMED_REQUEST, where gRPC alone would say UNKNOWN). A refusal uses the
 rich status of ``service.api.status`` and is reported to ``on_refused`` (the
-audit log records refused commands through it).
+audit log records refused commands through it). Around it: what the servicer
+raises becomes a status, a Chronicle error its own (``service.api.status``),
+anything else INTERNAL without internals (the bug is logged with its
+traceback).
 
 ``RpcGate.wrap`` is applied to each method handler once, when the server is
 built (``service.api.server``), not as gRPC interceptors: gRPC's aio server
 runs its interceptor chain for every call (a coroutine per interceptor, and
 a wrapped handler looked up again), which cost every RPC about 60 µs of the
-event loop's time. Here a call pays one wrapper coroutine.
+event loop's time. Here a call pays one wrapper coroutine (or generator).
 
 The health service is exempt: load balancers probe it without credentials,
 and it must answer when the server is busy.
@@ -20,6 +23,8 @@ and it must answer when the server is busy.
 
 from __future__ import annotations
 
+import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
@@ -27,11 +32,12 @@ import grpc
 
 from service.api.decoding import Undecodable, tolerant
 from service.api.interceptors import produce
-from service.api.status import rich_status
+from service.api.status import internal_status, rich_status
 from service.errors import ChronicleError, Overloaded, Unauthenticated
+from service.principal import current_principal
 from service.security.credentials import Authenticator
-from service.security.principal import current_principal
 
+log = logging.getLogger(__name__)
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 SUBSCRIBE_METHOD = "/chronicle.v1.EventService/Subscribe"
 
@@ -113,6 +119,14 @@ class RpcGate:
         # Each RPC runs in a task of its own, so the value ends with the RPC.
         current_principal.set(principal)
 
+    @staticmethod
+    async def _fail(method: str, context: Context, error: Exception) -> None:
+        """What the servicer raised, as the RPC's status (abort raises)."""
+        if isinstance(error, ChronicleError):
+            await context.abort_with_status(rich_status(error))
+        log.exception("unexpected error in %s", method, exc_info=error)
+        await context.abort_with_status(internal_status())
+
     async def _refuse(self, method: str, request: object, context: Context, error: ChronicleError) -> None:
         if self._on_refused is not None:
             await self._on_refused(method, None if isinstance(request, Undecodable) else request, error)
@@ -129,7 +143,7 @@ class RpcGate:
             "request_deserializer": tolerant(handler.request_deserializer, method),
             "response_serializer": handler.response_serializer,
         }
-        admit, leave, refuse = self._admit, self._leave, self._refuse
+        admit, leave, refuse, fail = self._admit, self._leave, self._refuse, self._fail
         # grpc.aio tells coroutine and async-generator behaviours from plain
         # ones by inspecting the function, so each shape is a real ``async def``.
         if handler.unary_unary is not None:
@@ -142,12 +156,17 @@ class RpcGate:
                     await refuse(method, request, context, error)
                 try:
                     return await inner_uu(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await fail(method, context, error)
                 finally:
                     leave(subscription)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
+            items_us = _items_of(inner_us)
 
             async def unary_stream(request: object, context: Context) -> AsyncIterator[Any]:
                 try:
@@ -155,14 +174,18 @@ class RpcGate:
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
-                    async for item in produce(inner_us(request, context)):
+                    async for item in items_us(inner_us(request, context)):
                         yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await fail(method, context, error)
                 finally:
                     leave(subscription)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
         # Streamed requests: the gate sees None, and each message is checked
-        # as it is read (the servicer's guard turns the error into the status).
+        # as it is read (its error becomes the status like the servicer's own).
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
 
@@ -173,11 +196,16 @@ class RpcGate:
                     await refuse(method, None, context, error)
                 try:
                     return await inner_su(_checked(requests), context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as error:
+                    await fail(method, context, error)
                 finally:
                     leave(subscription)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
         inner_ss = handler.stream_stream
+        items_ss = _items_of(inner_ss)
 
         async def stream_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             try:
@@ -185,12 +213,30 @@ class RpcGate:
             except ChronicleError as error:
                 await refuse(method, None, context, error)
             try:
-                async for item in produce(inner_ss(_checked(requests), context)):
+                async for item in items_ss(inner_ss(_checked(requests), context)):
                     yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:
+                await fail(method, context, error)
             finally:
                 leave(subscription)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
+
+
+def _items_of(behaviour: Callable[..., Any]) -> Callable[[Any], AsyncIterator[Any]]:
+    """How to iterate what a streaming behaviour returns: an async generator
+    as it is (no generator in between: every message would pass through
+    it), anything else (a coroutine that writes with ``context.write``)
+    through ``produce``."""
+    if inspect.isasyncgenfunction(behaviour):
+        return _as_is
+    return produce
+
+
+def _as_is(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    return items
 
 
 async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -9,14 +9,13 @@ from google.protobuf import any_pb2
 
 from chronicle.v1 import projection_service_pb2 as pb
 from chronicle.v1 import projection_service_pb2_grpc as pb_grpc
-from service.api import guard
 from service.api.codec import TYPE_URL_PREFIX, check_id
 from service.errors import ResourceNotFound
 from service.plugins.projections import Projection
 from service.plugins.registry import Registry
+from service.principal import current_principal
 from service.processing.projections import Projections
 from service.security.policy import Authorizer
-from service.security.principal import current_principal
 from service.store.base import LogReader, ProjectionStore
 
 
@@ -51,7 +50,6 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             self._authorizer.check_read(principal, aggregate_type)
         return projection
 
-    @guard.unary
     async def GetDocument(
         self, request: pb.GetDocumentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetDocumentResponse:
@@ -71,7 +69,6 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             position=position,
         )
 
-    @guard.unary
     async def GetProjection(
         self, request: pb.GetProjectionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetProjectionResponse:

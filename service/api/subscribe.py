@@ -10,9 +10,9 @@ from chronicle.v1 import event_service_pb2 as pb
 from service.api.codec import check_id, check_names, encode_event
 from service.errors import FieldViolation, InvalidInput
 from service.plugins.registry import Registry
+from service.principal import Principal
 from service.processing.subscriptions import CaughtUp, Checkpoint, SubscriptionItem, SubscriptionRequest
 from service.security.policy import Authorizer
-from service.security.principal import Principal
 from service.store.records import LogFilter
 
 

@@ -9,33 +9,13 @@ retry) names the command without passing it around.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
 import logging
-from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from types import MappingProxyType
 
 from service.errors import ChronicleError
-from service.processing.middleware import CommandCall, Middleware
-
-_NO_COMMAND: Mapping[str, str] = MappingProxyType({})
-command_log_context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
-    "chronicle_command_log_context", default=_NO_COMMAND
-)
-
-
-@contextlib.contextmanager
-def logging_command(*, command_id: str, correlation_id: str, aggregate_id: str) -> Iterator[None]:
-    token = command_log_context.set(
-        {"command_id": command_id, "correlation_id": correlation_id or command_id, "aggregate_id": aggregate_id}
-    )
-    try:
-        yield
-    finally:
-        command_log_context.reset(token)
-
+from service.plugins.middleware import CommandCall, Middleware
+from service.processing.log_context import command_log_context
 
 # LogRecord attributes that are not "extra" fields.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -76,6 +56,13 @@ class LoggingMiddleware(Middleware):
     Accepted commands log at DEBUG, refusals at INFO, failures at WARNING."""
 
     name = "logging"
+
+    def wants(self, hook: str) -> bool:
+        # Accepted commands are logged at DEBUG only: with the level above
+        # that (set once, at start), the after hook would never write a line.
+        if hook == "after":
+            return log.isEnabledFor(logging.DEBUG)
+        return super().wants(hook)
 
     def before(self, call: CommandCall) -> None:
         command_log_context.set(

@@ -38,9 +38,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from service.api.status import status_code
 from service.errors import ChronicleError, ConfigurationError
-from service.processing.middleware import CommandCall, Middleware
+from service.plugins.middleware import CommandCall, Middleware
 
 if TYPE_CHECKING:  # only PostgreSQL has group commit: no import of it for the others
     from service.store.postgres.group_commit import BatchCounts
@@ -128,13 +127,18 @@ class _BatchCollector(Collector):
         )
 
 
-def outcome(call: CommandCall) -> str:
+# What a refused command counts as: the lower-case name of its gRPC code
+# (``service.api.status`` knows it; the composition root passes it in).
+CodeName = Callable[[ChronicleError], str]
+
+
+def outcome(call: CommandCall, code_name: CodeName) -> str:
     if call.error is None:
         if call.dry_run:
             return "dry_run"
         return "replayed" if call.result is not None and call.result.replayed else "ok"
     if isinstance(call.error, ChronicleError):
-        return str(status_code(call.error).name.lower())
+        return code_name(call.error)
     if isinstance(call.error, asyncio.CancelledError):
         return "cancelled"
     return "internal"
@@ -143,11 +147,12 @@ def outcome(call: CommandCall) -> str:
 class MetricsMiddleware(Middleware):
     name = "metrics"
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, *, code_name: CodeName) -> None:
         self._metrics = metrics
+        self._code_name = code_name
 
     def _count(self, call: CommandCall) -> None:
-        self._metrics.commands.labels(command_type=call.command_type, outcome=outcome(call)).inc()
+        self._metrics.commands.labels(command_type=call.command_type, outcome=outcome(call, self._code_name)).inc()
         self._metrics.command_duration.labels(command_type=call.command_type).observe(call.elapsed)
 
     def after(self, call: CommandCall) -> None:

@@ -1,9 +1,10 @@
 """OpenTelemetry tracing of the command path, when the packages are installed
 (``pip install chronicle[otel]``); without them this module does nothing.
 
-Each RPC gets a SERVER span whose parent is the client's trace context, read
-from the W3C ``traceparent``/``tracestate`` metadata (the globally
-configured propagator); each command gets a child span ``command <type>``
+Each RPC gets a SERVER span (``service.api.tracing``) whose parent is the
+client's trace context, read from the W3C ``traceparent``/``tracestate``
+metadata (the globally configured propagator); each command gets a child
+span ``command <type>`` (``TracingMiddleware``, here)
 with its id, type, aggregate type and outcome. Spans go to the tracer
 provider the process configured (e.g. with the OpenTelemetry SDK and an OTLP
 exporter, or ``opentelemetry-instrument``). With none configured, the spans
@@ -16,14 +17,10 @@ from __future__ import annotations
 
 import contextvars
 import importlib.util
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
-
-from service.api.interceptors import HandlerCache, gated
 from service.errors import ChronicleError
-from service.processing.middleware import CommandCall, Middleware
+from service.plugins.middleware import CommandCall, Middleware
 
 INSTRUMENTATION = "chronicle"
 
@@ -45,46 +42,6 @@ def wanted(tracer_provider: object | None) -> bool:
     return not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
-class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """A SERVER span per RPC, continuing the client's trace."""
-
-    def __init__(self, tracer_provider: Any = None) -> None:
-        from opentelemetry import trace
-
-        self._tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=tracer_provider)
-        self._handlers = HandlerCache()
-
-    async def _gate(
-        self, method: str, request: object, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Callable[[], None]:
-        from opentelemetry import context as otel_context
-        from opentelemetry import propagate, trace
-
-        carrier = {k.lower(): v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        parent = propagate.extract(carrier)
-        service, _, rpc = method.lstrip("/").partition("/")
-        span = self._tracer.start_span(
-            method.lstrip("/"),
-            context=parent,
-            kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc},
-        )
-        # The RPC runs in a task of its own: what it attaches ends with it.
-        otel_context.attach(trace.set_span_in_context(span, parent))
-        return span.end
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        return self._handlers.get(method, handler, lambda: gated(handler, method, self._gate, None))
-
-
 # Spans of the commands in flight in this RPC's task, by command id (a batch
 # has several at once).
 _command_spans: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -101,7 +58,6 @@ class TracingMiddleware(Middleware):
         from opentelemetry import trace
 
         self._tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=tracer_provider)
-        self._handlers = HandlerCache()
 
     def before(self, call: CommandCall) -> None:
         span = self._tracer.start_span(

@@ -3,7 +3,8 @@
 from service.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, NotUnique, ValidationError
 from service.plugins.api import AggregateType, CommandSpec, EventSpec, OldEvent, Plugin, UpcasterSpec
 from service.plugins.context import CommandContext, Effects
-from service.processing.middleware import CommandCall, Middleware
+from service.plugins.middleware import CommandCall, Middleware
+from service.plugins.projections import Documents, ProjectedEvent, Projection
 
 __all__ = [
     "AggregateType",
@@ -11,6 +12,7 @@ __all__ = [
     "CommandCall",
     "CommandContext",
     "CommandSpec",
+    "Documents",
     "Effects",
     "EventSpec",
     "InvalidArgumentError",
@@ -19,6 +21,8 @@ __all__ = [
     "NotUnique",
     "OldEvent",
     "Plugin",
+    "ProjectedEvent",
+    "Projection",
     "UpcasterSpec",
     "ValidationError",
 ]

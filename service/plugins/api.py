@@ -31,22 +31,33 @@ plugin reads today; stored events are never rewritten.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 from google.protobuf.message import Message
 
+from service.errors import AlreadyExistsError, NotFoundError
 from service.plugins.context import CommandContext
 from service.plugins.projections import Projection
 
 if TYPE_CHECKING:
-    from service.processing.middleware import Middleware
+    from service.plugins.middleware import Middleware
 
-Handler = Callable[[Any, Any, CommandContext], "Message | Iterable[Message] | None"]
-Applier = Callable[[Any, Any], "Message | None"]
-Upcaster = Callable[["OldEvent"], "Message | Iterable[Message] | None"]
+S = TypeVar("S", bound=Message)  # an aggregate's state
+C = TypeVar("C", bound=Message)  # a command
+E = TypeVar("E", bound=Message)  # an event
 H = TypeVar("H", bound=Callable[..., Any])
 M = TypeVar("M", bound=Message)
+
+# What a handler returns: an event, several, or none.
+Decided: TypeAlias = "Message | Iterable[Message] | None"
+# A handler of commands C on states S, and an apply function of events E:
+# the decorators check the decorated function against them (mypy).
+HandlerOf: TypeAlias = Callable[[C, S, CommandContext], Decided]
+ApplierOf: TypeAlias = Callable[[S, E], "S | None"]
+Handler = Callable[[Any, Any, CommandContext], Decided]
+Applier = Callable[[Any, Any], "Message | None"]
+Upcaster = Callable[["OldEvent"], "Message | Iterable[Message] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +66,24 @@ class CommandSpec:
 
     message_type: type[Message]
     handler: Handler
-    aggregate: AggregateType
+    aggregate: AggregateType[Any]
+    # The handler runs only if the aggregate does not exist yet (creates) or
+    # only if it does (requires_existing); the framework refuses otherwise.
+    creates: bool = False
+    requires_existing: bool = False
+    # The message's full name, read once: every command asks for it.
+    name: str = field(init=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return str(self.message_type.DESCRIPTOR.full_name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", str(self.message_type.DESCRIPTOR.full_name))
+
+    def check_existence(self, context: CommandContext) -> None:
+        """Refuse the command if the aggregate's existence is not what the
+        handler was declared for (before the handler runs)."""
+        if self.creates and not context.is_new:
+            raise self.aggregate.already_exists(context.aggregate_id)
+        if self.requires_existing and context.is_new:
+            raise self.aggregate.not_found(context.aggregate_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +93,12 @@ class EventSpec:
     message_type: type[Message]
     apply: Applier
     schema_version: int
-    aggregate: AggregateType
+    aggregate: AggregateType[Any]
+    # The message's full name, read once: every event asks for it.
+    name: str = field(init=False, compare=False)
 
-    @property
-    def name(self) -> str:
-        return str(self.message_type.DESCRIPTOR.full_name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", str(self.message_type.DESCRIPTOR.full_name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,24 +132,33 @@ class UpcasterSpec:
     event_type: str
     from_version: int
     upcast: Upcaster
-    aggregate: AggregateType
+    aggregate: AggregateType[Any]
 
     @property
     def name(self) -> str:
         return f"{self.event_type} v{self.from_version}"
 
 
-class AggregateType:
-    """One kind of aggregate: its state message, commands and events."""
+class AggregateType(Generic[S]):
+    """One kind of aggregate: its state message ``S``, commands and events.
+
+    Handlers registered with ``command(C)`` are checked (by mypy) to take a
+    ``C`` and an ``S``; apply functions registered with ``apply(E)`` to take
+    an ``S`` and an ``E``. ``not_found`` and ``already_exists`` are the
+    reasons of the refusals ``requires_existing`` and ``creates`` make
+    (default: ``<NAME>_NOT_FOUND``, ``<NAME>_ALREADY_EXISTS``).
+    """
 
     def __init__(
         self,
         plugin: Plugin,
         name: str,
         *,
-        state: type[Message],
+        state: type[S],
         snapshot_every: int | None,
         state_schema_version: int,
+        not_found: str | None = None,
+        already_exists: str | None = None,
     ) -> None:
         if not name or not name.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"aggregate type name {name!r} must be letters, digits, '_' or '.'")
@@ -132,7 +166,10 @@ class AggregateType:
             raise ValueError("snapshot_every must be a positive number of events")
         self.plugin = plugin
         self.name = name
-        self.state_type = state
+        self.state_type: type[S] = state
+        reason = _snake(name)
+        self._not_found = not_found or f"{reason}_NOT_FOUND"
+        self._already_exists = already_exists or f"{reason}_ALREADY_EXISTS"
         self.snapshot_every = snapshot_every
         self.state_schema_version = state_schema_version
         self.commands: dict[str, CommandSpec] = {}
@@ -143,14 +180,29 @@ class AggregateType:
     def state_type_name(self) -> str:
         return str(self.state_type.DESCRIPTOR.full_name)
 
-    def new_state(self) -> Message:
+    def new_state(self) -> S:
         return self.state_type()
 
-    def command(self, message_type: type[Message]) -> Callable[[H], H]:
-        """Register the decorated function as the handler of ``message_type``."""
+    def not_found(self, aggregate_id: str) -> NotFoundError:
+        return NotFoundError(f"{self.name} {aggregate_id!r} does not exist", reason=self._not_found)
 
-        def register(handler: H) -> H:
-            spec = CommandSpec(message_type, handler, self)
+    def already_exists(self, aggregate_id: str) -> AlreadyExistsError:
+        return AlreadyExistsError(f"{self.name} {aggregate_id!r} already exists", reason=self._already_exists)
+
+    def command(
+        self, message_type: type[C], *, creates: bool = False, requires_existing: bool = False
+    ) -> Callable[[HandlerOf[C, S]], HandlerOf[C, S]]:
+        """Register the decorated function as the handler of ``message_type``.
+
+        ``creates=True``: the command makes the aggregate; on one that exists
+        it is refused (ALREADY_EXISTS, reason ``already_exists``) before the
+        handler runs. ``requires_existing=True``: refused on an aggregate
+        with no events yet (NOT_FOUND, reason ``not_found``)."""
+        if creates and requires_existing:
+            raise ValueError(f"{self.plugin.name}: a command cannot both create {self.name} and require one")
+
+        def register(handler: HandlerOf[C, S]) -> HandlerOf[C, S]:
+            spec = CommandSpec(message_type, handler, self, creates=creates, requires_existing=requires_existing)
             if spec.name in self.commands:
                 raise ValueError(f"{self.plugin.name}: command {spec.name} has two handlers")
             self.commands[spec.name] = spec
@@ -158,10 +210,11 @@ class AggregateType:
 
         return register
 
-    def apply(self, message_type: type[Message], *, schema_version: int = 1) -> Callable[[H], H]:
-        """Register the decorated function to apply ``message_type`` to the state."""
+    def apply(self, message_type: type[E], *, schema_version: int = 1) -> Callable[[ApplierOf[S, E]], ApplierOf[S, E]]:
+        """Register the decorated function to apply ``message_type`` to the
+        state (in place, returning None, or returning a new state)."""
 
-        def register(applier: H) -> H:
+        def register(applier: ApplierOf[S, E]) -> ApplierOf[S, E]:
             spec = EventSpec(message_type, applier, schema_version, self)
             if spec.name in self.events:
                 raise ValueError(f"{self.plugin.name}: event {spec.name} has two apply functions")
@@ -200,7 +253,7 @@ class Plugin:
     def __init__(self, name: str, *, description: str = "") -> None:
         self.name = name
         self.description = description
-        self.aggregates: list[AggregateType] = []
+        self.aggregates: list[AggregateType[Any]] = []
         self.middleware: list[Middleware] = []
         self.projections: list[Projection] = []
 
@@ -208,19 +261,29 @@ class Plugin:
         self,
         name: str,
         *,
-        state: type[Message],
+        state: type[S],
         snapshot_every: int | None = None,
         state_schema_version: int = 1,
-    ) -> AggregateType:
+        not_found: str | None = None,
+        already_exists: str | None = None,
+    ) -> AggregateType[S]:
         """Declare an aggregate type whose state is a ``state`` message.
 
         ``snapshot_every``: save a snapshot each time the version crosses a
         multiple of it (None: the server's default). Bump
         ``state_schema_version`` when the meaning of the state changes, so
-        that snapshots taken before are rebuilt from events.
+        that snapshots taken before are rebuilt from events. ``not_found``
+        and ``already_exists``: the reasons of the refusals that
+        ``command(..., requires_existing=True)`` and ``creates=True`` make.
         """
         aggregate = AggregateType(
-            self, name, state=state, snapshot_every=snapshot_every, state_schema_version=state_schema_version
+            self,
+            name,
+            state=state,
+            snapshot_every=snapshot_every,
+            state_schema_version=state_schema_version,
+            not_found=not_found,
+            already_exists=already_exists,
         )
         self.aggregates.append(aggregate)
         return aggregate
@@ -244,3 +307,13 @@ class Plugin:
 
     def __repr__(self) -> str:
         return f"Plugin({self.name!r})"
+
+
+def _snake(name: str) -> str:
+    """``BankAccount`` → ``BANK_ACCOUNT`` (for default reasons)."""
+    out = []
+    for index, char in enumerate(name.replace(".", "_")):
+        if char.isupper() and index and name[index - 1].islower():
+            out.append("_")
+        out.append(char.upper())
+    return "".join(out)

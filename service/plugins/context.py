@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.errors import InvalidArgumentError
 
@@ -91,7 +91,7 @@ class CommandContext:
     def is_new(self) -> bool:
         return self.version == 0
 
-    def exists(self, aggregate_type: str | AggregateType, aggregate_id: str) -> bool:
+    def exists(self, aggregate_type: str | AggregateType[Any], aggregate_id: str) -> bool:
         """Whether ``aggregate_id`` has events and is of ``aggregate_type``
         (a name or the ``AggregateType``), as of now."""
         key = (aggregate_type if isinstance(aggregate_type, str) else aggregate_type.name, aggregate_id)

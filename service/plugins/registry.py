@@ -7,20 +7,20 @@ command type, event type or upcaster step, and names both in the error.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.errors import ConfigurationError
 from service.plugins.api import AggregateType, CommandSpec, EventSpec, Plugin, UpcasterSpec
 from service.plugins.projections import Projection
 
 if TYPE_CHECKING:
-    from service.processing.middleware import Middleware
+    from service.plugins.middleware import Middleware
 
 
 class Registry:
     def __init__(self, plugins: Iterable[Plugin]) -> None:
         self.plugins: list[Plugin] = []
-        self._aggregates: dict[str, AggregateType] = {}
+        self._aggregates: dict[str, AggregateType[Any]] = {}
         self._commands: dict[str, CommandSpec] = {}
         self._events: dict[str, EventSpec] = {}
         self._upcasters: dict[str, UpcasterSpec] = {}
@@ -54,7 +54,7 @@ class Registry:
 
     @staticmethod
     def _claim(
-        index: dict[str, AggregateType] | dict[str, CommandSpec] | dict[str, EventSpec] | dict[str, UpcasterSpec],
+        index: dict[str, AggregateType[Any]] | dict[str, CommandSpec] | dict[str, EventSpec] | dict[str, UpcasterSpec],
         name: str,
         value: object,
         what: str,
@@ -82,7 +82,7 @@ class Registry:
                 )
 
     @property
-    def aggregates(self) -> list[AggregateType]:
+    def aggregates(self) -> list[AggregateType[Any]]:
         return list(self._aggregates.values())
 
     @property
@@ -94,7 +94,7 @@ class Registry:
     def commands(self) -> list[CommandSpec]:
         return list(self._commands.values())
 
-    def aggregate(self, name: str) -> AggregateType | None:
+    def aggregate(self, name: str) -> AggregateType[Any] | None:
         return self._aggregates.get(name)
 
     def command(self, type_name: str) -> CommandSpec | None:

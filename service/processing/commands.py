@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from google.protobuf.message import Message
 
 from service.plugins.api import CommandSpec
 from service.store.records import RecordedEvent
+from service.values import value
 
 
 def fingerprint(aggregate_id: str, command: Message) -> bytes:
@@ -27,7 +28,7 @@ def fingerprint(aggregate_id: str, command: Message) -> bytes:
     return digest.digest()
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class CommandRequest:
     """A decoded, well-formed command, bound to its registered handler."""
 
@@ -49,7 +50,7 @@ class CommandRequest:
         return fingerprint(self.aggregate_id, self.message)
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class CommandResult:
     """The events a command appended and the aggregate's version after it.
     ``replayed`` is true when this is a recorded result returned again."""
@@ -59,7 +60,7 @@ class CommandResult:
     replayed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class CommandBatch:
     """Commands for one aggregate, run in order, each on the state the one
     before left, and appended together: all or none. A single command is a
@@ -84,7 +85,7 @@ class CommandBatch:
         return self.commands[0].aggregate_id
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class BatchResult:
     """One result per command of a batch, in order, and the aggregate's
     version after the last. ``replayed``: every command id had been

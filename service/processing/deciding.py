@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 
 from google.protobuf.message import Message
@@ -29,6 +28,7 @@ from service.processing.state import Aggregate, apply_messages
 from service.processing.watchdog import SlowHandlerAlarm
 from service.store.base import EventRecorder
 from service.store.records import ClaimChange
+from service.values import value
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ MAX_LOOKUPS = 32
 _NO_ANSWERS: Mapping[tuple[str, str], bool] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class Decided:
     """What one command of a batch decided, on the aggregate at ``version``."""
 
@@ -47,7 +47,7 @@ class Decided:
     claims: tuple[ClaimChange, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class Decision:
     """What a whole batch decided, and the state after it."""
 
@@ -117,6 +117,22 @@ class Decider:
             version += len(events)
         return Decision(tuple(decided), state)
 
+    def decide_one(
+        self,
+        request: CommandRequest,
+        aggregate: Aggregate,
+        answers: Mapping[tuple[str, str], bool] = _NO_ANSWERS,
+    ) -> tuple[tuple[tuple[EventSpec, Message], ...], tuple[ClaimChange, ...], Message]:
+        """``decide_now`` for a command alone: its events, its claims and the
+        state after them (the aggregate's own state when there are none)."""
+        try:
+            events, claims = self._run(request, aggregate, aggregate.state, aggregate.version, answers)
+        except LookupNeeded as needed:
+            needed.command_type = request.spec.name
+            raise
+        state = self._apply(request, aggregate, aggregate.state, events) if events else aggregate.state
+        return tuple(events), claims, state
+
     def _run(
         self,
         request: CommandRequest,
@@ -139,6 +155,9 @@ class Decider:
             metadata=request.metadata,
             effects=effects,
         )
+        spec = request.spec
+        if spec.creates or spec.requires_existing:
+            spec.check_existence(context)
         produced = self._call(request, state, context)
         claims = tuple(ClaimChange(c.scope, c.value, c.release) for c in effects.claims) if effects.claims else ()
         return self._events_of(request.spec.name, aggregate, produced), claims

@@ -25,7 +25,8 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from google.protobuf.message import Message
 
 from service.errors import (
     ChronicleError,
@@ -34,6 +35,7 @@ from service.errors import (
     NotUnique,
     record_kind,
 )
+from service.plugins.api import EventSpec
 from service.plugins.context import LookupNeeded
 from service.plugins.registry import Registry
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
@@ -45,11 +47,12 @@ from service.processing.state import Aggregate, AggregateLoader
 from service.processing.watchdog import SlowHandlerAlarm
 from service.store.base import Store
 from service.store.records import CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
+from service.values import value
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class InlineSeries:
     """Commands decided in their caller's task, their append in flight.
     ``outcomes``: what each decided (or its recorded refusal); ``end``: the
@@ -62,7 +65,7 @@ class InlineSeries:
     appended: asyncio.Future[list[RecordedEvent]]
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class Failed:
     """A lone command that failed in a way no retry in the async path changes."""
 
@@ -78,6 +81,50 @@ def conflict_backoff(attempt: int) -> float:
     race against one that must reload first; a pause lets a burst on the
     winning side pass instead of losing the same race again at once."""
     return random.uniform(0, min(0.05, 0.002 * 2 ** (attempt - 1)))
+
+
+def _record(
+    request: CommandRequest, version: int, events: int, now_us: int, rejection: Rejection | None = None
+) -> CommandRecord:
+    """What ``request``'s command id produced: ``events`` events after ``version``
+    (none: a command that changed nothing, or was refused with ``rejection``)."""
+    return CommandRecord(
+        request.command_id,
+        request.aggregate_id,
+        request.spec.name,
+        request.fingerprint,
+        version + 1,
+        version + events,
+        rejection,
+        request.principal,
+        request.user_id,
+        request.origin,
+        now_us,
+    )
+
+
+def _new_events(
+    aggregate_type: str, request: CommandRequest, events: Sequence[tuple[EventSpec, Message]], now_us: int
+) -> list[NewEvent]:
+    correlation_id = request.correlation_id or request.command_id
+    causation_id = request.causation_id or request.command_id
+    return [
+        NewEvent(
+            new_event_id(),
+            aggregate_type,
+            spec.name,
+            spec.schema_version,
+            message.SerializeToString(),
+            now_us,
+            request.command_id,
+            request.user_id,
+            request.origin,
+            correlation_id,
+            causation_id,
+            request.metadata,
+        )
+        for spec, message in events
+    ]
 
 
 def _rejection(error: ChronicleError) -> Rejection:
@@ -189,26 +236,29 @@ class CommandExecutor:
         if any(r.spec.aggregate is not aggregate_type for r in requests):
             return None
         outcomes: list[Decided | ChronicleError] = []
+        records: list[CommandRecord] = []
+        new_events: list[NewEvent] = []
         current = cached
+        now_us = time.time_ns() // 1000
         for request in requests:
+            version = current.version
             try:
-                decision = self._decider.decide_now([request], current)
+                events, claims, state = self._decider.decide_one(request, current)
             except LookupNeeded:
                 return None
             except ChronicleError as error:
                 if not error.recorded:
                     return Failed(error) if len(requests) == 1 else None
                 outcomes.append(error)
+                records.append(_record(request, version, 0, now_us, _rejection(error)))
                 continue
-            decided = decision.commands[0]
-            if decided.claims:
+            if claims:
                 return None
-            outcomes.append(decided)
-            if decided.events:
-                current = Aggregate(
-                    current.aggregate_id, aggregate_type, current.version + len(decided.events), decision.state
-                )
-        records, new_events = self._series_records(requests, outcomes, cached)
+            outcomes.append(Decided(request, version, events, claims))
+            records.append(_record(request, version, len(events), now_us))
+            if events:
+                new_events.extend(_new_events(aggregate_type.name, request, events, now_us))
+                current = Aggregate(current.aggregate_id, aggregate_type, version + len(events), state)
         appended = asyncio.ensure_future(
             self._events.append(cached.aggregate_id, new_events, cached.version, commands=records)
         )
@@ -253,22 +303,6 @@ class CommandExecutor:
         results: list[CommandResult | BaseException] = list(self.finish_series(started))
         return results, started.end
 
-    def _series_records(
-        self, requests: Sequence[CommandRequest], outcomes: Sequence[Decided | ChronicleError], start: Aggregate
-    ) -> tuple[list[CommandRecord], list[NewEvent]]:
-        records: list[CommandRecord] = []
-        events: list[NewEvent] = []
-        version = start.version
-        for request, outcome in zip(requests, outcomes, strict=True):
-            if isinstance(outcome, ChronicleError):
-                rejection = _rejection(outcome)
-                records.append(self._record(Decided(request, version, (), ()), rejection))
-                continue
-            records.append(self._record(outcome))
-            events.extend(self._new_events(start, Decision((outcome,), start.state)))
-            version += len(outcome.events)
-        return records, events
-
     async def _one_by_one(
         self, requests: Sequence[CommandRequest], cached: Aggregate | None
     ) -> tuple[list[CommandResult | BaseException], Aggregate | None]:
@@ -308,25 +342,13 @@ class CommandExecutor:
         ]
         return self._result(decision, previews, dry_run=True), aggregate
 
-    def _new_events(self, aggregate: Aggregate, decision: Decision) -> list[NewEvent]:
+    @staticmethod
+    def _new_events(aggregate: Aggregate, decision: Decision) -> list[NewEvent]:
         now_us = time.time_ns() // 1000
         return [
-            NewEvent(
-                event_id=new_event_id(),
-                aggregate_type=aggregate.type.name,
-                event_type=spec.name,
-                schema_version=spec.schema_version,
-                payload=message.SerializeToString(),
-                timestamp_us=now_us,
-                command_id=decided.request.command_id,
-                user_id=decided.request.user_id,
-                origin=decided.request.origin,
-                correlation_id=decided.request.correlation_id or decided.request.command_id,
-                causation_id=decided.request.causation_id or decided.request.command_id,
-                metadata=decided.request.metadata,
-            )
+            new
             for decided in decision.commands
-            for spec, message in decided.events
+            for new in _new_events(aggregate.type.name, decided.request, decided.events, now_us)
         ]
 
     @staticmethod
@@ -338,28 +360,12 @@ class CommandExecutor:
             offset += count
         return BatchResult(tuple(results), results[-1].version, dry_run=dry_run)
 
-    @staticmethod
-    def _record(decided: Decided, rejection: Rejection | None = None) -> CommandRecord:
-        request = decided.request
-        return CommandRecord(
-            command_id=request.command_id,
-            aggregate_id=request.aggregate_id,
-            command_type=request.spec.name,
-            fingerprint=request.fingerprint,
-            first_version=decided.version + 1,
-            last_version=decided.version + len(decided.events),
-            rejection=rejection,
-            principal=request.principal,
-            user_id=request.user_id,
-            origin=request.origin,
-            recorded_at_us=time.time_ns() // 1000,
-        )
-
     async def _record_rejection(self, batch: CommandBatch, aggregate: Aggregate, error: ChronicleError) -> None:
         """Record the refusal under every command id of the batch, so that a
         retry of the batch (or of any of its commands) is refused alike."""
         rejection = _rejection(error)
-        records = [self._record(Decided(request, aggregate.version, (), ()), rejection) for request in batch.commands]
+        now_us = time.time_ns() // 1000
+        records = [_record(request, aggregate.version, 0, now_us, rejection) for request in batch.commands]
         # Checked against the version the decision was made on: a refusal
         # decided on a stale cache must be decided again, not recorded.
         await self._events.append(batch.aggregate_id, (), aggregate.version, commands=records)
@@ -372,7 +378,10 @@ class CommandExecutor:
             batch.aggregate_id,
             new_events,
             aggregate.version,
-            commands=[self._record(decided) for decided in decision.commands],
+            commands=[
+                _record(decided.request, decided.version, len(decided.events), time.time_ns() // 1000)
+                for decided in decision.commands
+            ],
             claims=decision.claims,
         )
         result = self._result(decision, recorded)

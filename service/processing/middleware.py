@@ -1,31 +1,9 @@
-"""Middleware: behaviour around the processing of every command.
+"""The pipeline that runs commands inside their middleware.
 
-As gRPC interceptors wrap an RPC, middleware wraps a command: its hooks run
-before the command is queued for its aggregate's worker, and after it
-finished (``after``) or failed (``on_error``). Logging, metrics, tracing,
-audit and authorization are middleware; a plugin can add its own with
-``Plugin.add_middleware``.
-
-Order is explicit and onion-shaped: ``before`` hooks run in pipeline order,
-``after`` and ``on_error`` hooks in reverse order, and only for the
-middleware whose ``before`` ran. A ``before`` hook refuses a command by
-raising a ``ChronicleError`` (e.g. ``PermissionDenied``): nothing is queued,
-the outer middleware's ``on_error`` hooks see the refusal. An exception in an
-``after`` or ``on_error`` hook is logged and ignored: the command's outcome
-is already decided and may be committed.
-
-A batch (``SubmitBatch``) passes every hook once per command, in the
-batch's order: ``before`` hooks of one middleware for all its commands, then
-the next middleware's; a refusal of any command refuses the batch (the error
-names the command: ``batch_index``, ``command_id``) and the ``on_error`` hooks
-run for every (middleware, command) whose ``before`` ran. A dry run passes
-the hooks like a real command, with ``call.dry_run`` set.
-
-Each hook receives one frozen ``CommandCall``, so adding a field to it breaks
-no middleware. A hook is a plain method or a coroutine: plain ones run
-inline and cost the command nothing more, so built-in middleware is plain;
-a coroutine is awaited. ``before`` hooks run in the caller's asyncio task,
-so a middleware may keep per-call state in a ``contextvars.ContextVar``.
+What middleware is and the order its hooks run in: ``service.plugins.middleware``
+(part of the plugin API). A hook that is a plain method runs inline; a
+coroutine is awaited. ``Pipeline.start`` runs a command without a coroutine
+of its own when the hooks around its success are plain.
 """
 
 from __future__ import annotations
@@ -34,91 +12,41 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from functools import partial
 
-from google.protobuf.message import Message
-
 from service.errors import ChronicleError
+from service.plugins.middleware import CommandCall, Middleware
+from service.principal import ANONYMOUS, Principal
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
-from service.security.principal import ANONYMOUS, Principal
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CommandCall:
-    """One command passing through the pipeline, as middleware sees it.
-
-    ``message`` is the decoded command; middleware must not change it.
-    ``principal`` is who sent it (anonymous when authentication is off).
-    ``result`` is set for ``after`` hooks, ``error`` for ``on_error``
-    hooks, and ``elapsed`` (seconds since the pipeline took the command) for
-    both. ``refused_by`` names the middleware whose ``before`` hook refused
-    the command (empty when processing itself failed). ``dry_run``: the
-    command is decided but nothing is written.
-    """
-
-    command_id: str
-    command_type: str
-    aggregate_id: str
-    aggregate_type: str
-    message: Message
-    principal: Principal = ANONYMOUS
-    user_id: str = ""
-    origin: str = ""
-    correlation_id: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    expected_version: int | None = None
-    result: CommandResult | None = None
-    error: BaseException | None = None
-    elapsed: float = 0.0
-    refused_by: str = ""
-    dry_run: bool = False
-
-    @classmethod
-    def of(cls, request: CommandRequest, principal: Principal, *, dry_run: bool = False) -> CommandCall:
-        return cls(
-            command_id=request.command_id,
-            command_type=request.spec.name,
-            aggregate_id=request.aggregate_id,
-            aggregate_type=request.spec.aggregate.name,
-            message=request.message,
-            principal=principal,
-            user_id=request.user_id,
-            origin=request.origin,
-            correlation_id=request.correlation_id or request.command_id,
-            metadata=request.metadata,
-            expected_version=request.expected_version,
-            dry_run=dry_run,
-        )
-
-
-class Middleware:
-    """Base class: override the hooks you need; each defaults to nothing.
-    Override with ``def`` (runs inline) or ``async def`` (awaited)."""
-
-    #: Shown in logs when a hook fails.
-    name = "middleware"
-
-    def before(self, call: CommandCall) -> Awaitable[None] | None:
-        """Runs before the command is queued. Raise a ChronicleError to refuse it."""
-        return None
-
-    def after(self, call: CommandCall) -> Awaitable[None] | None:
-        """Runs after the command succeeded (``call.result`` is set)."""
-        return None
-
-    def on_error(self, call: CommandCall) -> Awaitable[None] | None:
-        """Runs after the command failed or was refused (``call.error`` is set)."""
-        return None
+def call_for(request: CommandRequest, principal: Principal, *, dry_run: bool = False) -> CommandCall:
+    """The ``CommandCall`` middleware sees for ``request``."""
+    return CommandCall(
+        command_id=request.command_id,
+        command_type=request.spec.name,
+        aggregate_id=request.aggregate_id,
+        aggregate_type=request.spec.aggregate.name,
+        message=request.message,
+        principal=principal,
+        user_id=request.user_id,
+        origin=request.origin,
+        correlation_id=request.correlation_id or request.command_id,
+        metadata=request.metadata,
+        expected_version=request.expected_version,
+        dry_run=dry_run,
+    )
 
 
 Submit = Callable[[CommandRequest], Awaitable[CommandResult]]
 SubmitBatch = Callable[[CommandBatch], Awaitable[BatchResult]]
-# The router's ``start``: the future of a batch's result, without a coroutine.
-Start = Callable[[CommandBatch], "asyncio.Future[BatchResult]"]
+# The router's ``start``: the future of a batch's result, without a coroutine;
+# ``finish`` completes that future instead of the worker (worker.Finish).
+Start = Callable[..., "asyncio.Future[BatchResult]"]
 
 
 class Pipeline:
@@ -140,9 +68,9 @@ class Pipeline:
         # Hooks left as the base class's no-op are not called at all: most
         # middleware needs one or two of the three, and the hot path pays
         # for every call.
-        self._befores = tuple(m for m in self.middleware if _overrides(m, "before"))
-        self._afters = tuple(m for m in self.middleware if _overrides(m, "after"))
-        self._on_errors = tuple(m for m in self.middleware if _overrides(m, "on_error"))
+        self._befores = tuple(m for m in self.middleware if m.wants("before"))
+        self._afters = tuple(m for m in self.middleware if m.wants("after"))
+        self._on_errors = tuple(m for m in self.middleware if m.wants("on_error"))
         self._position = {id(m): i for i, m in enumerate(self.middleware)}
         # ``start`` runs a command without a coroutine when the hooks around
         # its success are plain functions (on_error hooks may be coroutines).
@@ -155,7 +83,7 @@ class Pipeline:
     async def submit_batch(self, batch: CommandBatch, principal: Principal = ANONYMOUS) -> BatchResult:
         if self._submit_batch is None:
             raise RuntimeError("this pipeline was built without submit_batch")
-        calls = [CommandCall.of(request, principal, dry_run=batch.dry_run) for request in batch.commands]
+        calls = [call_for(request, principal, dry_run=batch.dry_run) for request in batch.commands]
         started = time.perf_counter()
         entered: list[tuple[Middleware, CommandCall]] = []
         refused_by = ""
@@ -183,7 +111,7 @@ class Pipeline:
     async def submit(self, request: CommandRequest, principal: Principal = ANONYMOUS) -> CommandResult:
         if not self.middleware:
             return await self._submit(request)
-        call = CommandCall.of(request, principal)
+        call = call_for(request, principal)
         started = time.perf_counter()
         # ``after`` and ``on_error`` run for the middleware whose ``before``
         # ran (or that has none) up to the one that refused, innermost first.
@@ -225,7 +153,7 @@ class Pipeline:
         so commands started in turn run in turn."""
         if not self._can_inline or self._start is None:
             return None
-        call = CommandCall.of(request, principal, dry_run=dry_run)
+        call = call_for(request, principal, dry_run=dry_run)
         started = time.perf_counter()
         refusing: Middleware | None = None
         try:
@@ -233,14 +161,10 @@ class Pipeline:
                 refusing = middleware
                 middleware.before(call)
             refusing = None
-            reply = self._start(CommandBatch((request,), dry_run=dry_run))
+            finish = partial(self._finish, call, started) if self._afters or self._on_errors else None
+            return self._start(CommandBatch((request,), dry_run=dry_run), finish=finish)
         except BaseException as error:
             return asyncio.ensure_future(self._refused(call, started, error, refusing))
-        if not self._afters and not self._on_errors:
-            return reply
-        outcome: asyncio.Future[BatchResult] = reply.get_loop().create_future()
-        reply.add_done_callback(partial(self._finish, call, started, outcome))
-        return outcome
 
     async def _refused(
         self, call: CommandCall, started: float, error: BaseException, refusing: Middleware | None
@@ -252,31 +176,28 @@ class Pipeline:
         self,
         call: CommandCall,
         started: float,
-        outcome: asyncio.Future[BatchResult],
         reply: asyncio.Future[BatchResult],
+        outcome: BatchResult | BaseException,
     ) -> None:
-        if reply.cancelled():
-            outcome.cancel()
-            return
-        error = reply.exception()
-        if error is not None:
-            failed = replace(call, error=error, elapsed=time.perf_counter() - started)
+        """Called by the worker with the command's outcome: the hooks, then
+        the reply (after every on_error hook, a coroutine's included)."""
+        if isinstance(outcome, BaseException):
+            failed = replace(call, error=outcome, elapsed=time.perf_counter() - started)
             rest = self._on_errors_inline(failed)
             if rest is None:
-                outcome.set_exception(error)
+                reply.set_exception(outcome)
             else:  # a hook is a coroutine: the rest of them run in a task, then the caller hears
-                failing = asyncio.ensure_future(_then_raise(rest, error))
-                failing.add_done_callback(partial(_relay, outcome))
+                failing = asyncio.ensure_future(_then_raise(rest, outcome))
+                failing.add_done_callback(partial(_relay, reply))
             return
-        result = reply.result()
-        done = replace(call, result=result.results[0], elapsed=time.perf_counter() - started)
-        for middleware in reversed(self._afters):
-            try:
-                middleware.after(done)
-            except Exception:
-                log.exception("middleware %s failed in after for command %s", middleware.name, call.command_id)
-        if not outcome.done():
-            outcome.set_result(result)
+        if self._afters:
+            done = replace(call, result=outcome.results[0], elapsed=time.perf_counter() - started)
+            for middleware in reversed(self._afters):
+                try:
+                    middleware.after(done)
+                except Exception:
+                    log.exception("middleware %s failed in after for command %s", middleware.name, call.command_id)
+        reply.set_result(outcome)
 
     def _on_errors_inline(self, failed: CommandCall) -> Awaitable[None] | None:
         """Every on_error hook, innermost first, as long as they are plain
@@ -306,10 +227,6 @@ async def _rest_of(pending: Awaitable[None], hooks: Sequence[Middleware], failed
 async def _then_raise(pending: Awaitable[None], error: BaseException) -> BatchResult:
     await pending
     raise error
-
-
-def _overrides(middleware: Middleware, hook: str) -> bool:
-    return getattr(type(middleware), hook) is not getattr(Middleware, hook)
 
 
 async def _awaited(outcome: Awaitable[None] | None) -> None:

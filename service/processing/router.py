@@ -20,7 +20,7 @@ import logging
 from service.errors import Overloaded, StoreUnavailable
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.executor import CommandExecutor
-from service.processing.worker import AggregateWorker, Job
+from service.processing.worker import AggregateWorker, Finish, Job
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,11 @@ class Router:
         """Queue ``batch`` on its aggregate's worker and wait for its result."""
         return await self.start(batch)
 
-    def start(self, batch: CommandBatch) -> asyncio.Future[BatchResult]:
+    def start(self, batch: CommandBatch, *, finish: Finish | None = None) -> asyncio.Future[BatchResult]:
         """Queue ``batch`` on its aggregate's worker; the future of its result.
         Refusals of the router itself (shutting down, too many aggregates, a
-        full queue) are raised at once."""
+        full queue) are raised at once. ``finish``: called with that future
+        and the outcome, to complete the future itself (see worker.Finish)."""
         if self._closing:
             raise StoreUnavailable("the server is shutting down", reason="SHUTTING_DOWN")
         loop = self._loop
@@ -96,7 +97,7 @@ class Router:
             if self._sweeper is None:
                 self._sweeper = loop.create_task(self._sweep(), name="aggregate-sweeper")
         reply: asyncio.Future[BatchResult] = loop.create_future()
-        worker.enqueue(Job(batch, reply))
+        worker.enqueue(Job(batch, reply, finish))
         return reply
 
     def _worker_idle(self) -> None:

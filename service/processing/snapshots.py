@@ -9,6 +9,7 @@ so that a command appending several events cannot step over the point.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from service.plugins.api import AggregateType
 
@@ -17,9 +18,9 @@ from service.plugins.api import AggregateType
 class SnapshotPolicy:
     default_every: int | None = None
 
-    def interval(self, aggregate_type: AggregateType) -> int | None:
+    def interval(self, aggregate_type: AggregateType[Any]) -> int | None:
         return aggregate_type.snapshot_every or self.default_every or None
 
-    def due(self, aggregate_type: AggregateType, before: int, after: int) -> bool:
+    def due(self, aggregate_type: AggregateType[Any], before: int, after: int) -> bool:
         every = self.interval(aggregate_type)
         return every is not None and before // every != after // every

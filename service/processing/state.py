@@ -5,7 +5,7 @@ current schema) and applied by the plugin's apply function."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -15,17 +15,18 @@ from service.plugins.registry import Registry
 from service.processing.upcasting import EventReader
 from service.store.base import AggregateQuery, Store
 from service.store.records import Snapshot
+from service.values import value
 
 __all__ = ["Aggregate", "AggregateLoader", "EventNotReadable", "apply_messages"]
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class Aggregate:
     """An aggregate's state at ``version``. ``state`` belongs to whoever
     holds this value and must not be changed; apply works on a copy."""
 
     aggregate_id: str
-    type: AggregateType
+    type: AggregateType[Any]
     version: int
     state: Message
 
@@ -35,10 +36,10 @@ class Aggregate:
 
 
 def apply_messages(
-    aggregate_type: AggregateType, state: Message, messages: Iterable[tuple[EventSpec, Message]]
+    aggregate_type: AggregateType[Any], state: Message, messages: Iterable[tuple[EventSpec, Message]]
 ) -> Message:
     """Apply decoded events to a copy of ``state`` and return the copy."""
-    working = aggregate_type.state_type()
+    working: Message = aggregate_type.state_type()
     working.CopyFrom(state)
     for spec, message in messages:
         replaced = spec.apply(working, message)
@@ -54,7 +55,7 @@ class AggregateLoader:
         self._registry = registry
         self.reader = EventReader(registry)
 
-    def _usable(self, snapshot: Snapshot | None, aggregate_type: AggregateType, to_version: int | None) -> bool:
+    def _usable(self, snapshot: Snapshot | None, aggregate_type: AggregateType[Any], to_version: int | None) -> bool:
         return (
             snapshot is not None
             and snapshot.aggregate_type == aggregate_type.name
@@ -64,7 +65,7 @@ class AggregateLoader:
         )
 
     async def load(
-        self, aggregate_id: str, aggregate_type: AggregateType, *, to_version: int | None = None
+        self, aggregate_id: str, aggregate_type: AggregateType[Any], *, to_version: int | None = None
     ) -> Aggregate:
         """The aggregate as of ``to_version`` (default: latest).
 

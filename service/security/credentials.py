@@ -35,8 +35,8 @@ import jwt
 from cryptography import x509
 
 from service.errors import ConfigurationError, Unauthenticated
+from service.principal import Principal
 from service.security.jwt_keys import PublicKey, load_jwt_key
-from service.security.principal import Principal
 
 
 def hash_api_key(key: str) -> str:

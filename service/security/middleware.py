@@ -3,7 +3,7 @@ are the ``Authorizer``'s (``service.security.policy``)."""
 
 from __future__ import annotations
 
-from service.processing.middleware import CommandCall, Middleware
+from service.plugins.middleware import CommandCall, Middleware
 from service.security.policy import Authorizer
 
 

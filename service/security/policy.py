@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import ConfigurationError, PermissionDenied
-from service.security.principal import Principal
+from service.principal import Principal
 
 ANY = "*"
 _ROLE_KEYS = {"submit", "read", "subscribe", "impersonate", "admin"}

@@ -4,7 +4,7 @@ values, wrapped so that they seal on the way in and open on the way out.
 ``encrypted(store, keyring)`` returns the store with its events, log,
 claims, snapshots and projections roles wrapped; the others (audit, data
 keys, lifecycle) are the adapter's own. Wraps any adapter: event payloads and snapshot states are encrypted on the
-way in and decrypted on the way out (``service.security.encryption``), so
+way in and decrypted on the way out (``service.store.encryption``), so
 the database holds ciphertext while every caller above sees plaintext. The
 envelope (ids, types, versions, metadata, user, origin) stays in the clear:
 the store needs it to order, filter and check.
@@ -34,7 +34,16 @@ from dataclasses import replace
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.errors import NotUnique
-from service.security.encryption import (
+from service.store.base import (
+    AggregateQuery,
+    ClaimRegistry,
+    EventRecorder,
+    LogReader,
+    ProjectionStore,
+    SnapshotStore,
+    Store,
+)
+from service.store.encryption import (
     Keyring,
     claims_key_id,
     document_context,
@@ -46,15 +55,6 @@ from service.security.encryption import (
     projection_key_id,
     seal,
     snapshot_context,
-)
-from service.store.base import (
-    AggregateQuery,
-    ClaimRegistry,
-    EventRecorder,
-    LogReader,
-    ProjectionStore,
-    SnapshotStore,
-    Store,
 )
 from service.store.leasing import Fencing
 from service.store.records import (

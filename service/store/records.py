@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service.values import value
 
-@dataclass(frozen=True, slots=True)
+
+@value(frozen=True, slots=True)
 class NewEvent:
     """An event to append. The store assigns its version and position."""
 
@@ -25,7 +27,7 @@ class NewEvent:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class RecordedEvent:
     """An event as committed: ``version`` is its place in the aggregate
     (1-based, gapless), ``position`` its place in the global log.
@@ -70,7 +72,7 @@ class RecordedEvent:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class Rejection:
     """A recorded refusal: enough to raise the same error again."""
 
@@ -80,7 +82,7 @@ class Rejection:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class CommandRecord:
     """What a command id produced, kept so a retry gets the same answer.
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import pytest
 
 from service.errors import AggregateForgotten, NotUnique
-from service.security.encryption import Keyring, MasterKeys, is_sealed, new_master_key
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
+from service.store.encryption import Keyring, MasterKeys, is_sealed, new_master_key
 from service.store.records import ClaimChange, Snapshot
 from tests.support.events import new_event
 

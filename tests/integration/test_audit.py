@@ -14,6 +14,8 @@ import pytest
 from google.protobuf import any_pb2
 
 from chronicle.v1 import admin_service_pb2 as admin
+from chronicle.v1 import command_service_pb2 as cs
+from chronicle.v1 import event_service_pb2 as ev
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.store.base import StoreAdapter
@@ -120,6 +122,35 @@ async def test_a_command_refused_for_a_nul_in_its_aggregate_id_is_audited_on_eve
         await attempt(alice, command("acc\x001", bank.OpenAccount(owner="ann"), user_id=""))
     (entry,) = await audited.entries()
     assert (entry.aggregate_id, entry.reason) == ("acc\N{REPLACEMENT CHARACTER}1", "INVALID_AGGREGATE_ID")
+
+
+async def test_submit_and_submit_batch_attach_and_audit_the_principal_alike(audited: Audited) -> None:
+    single = command("acc-1", bank.OpenAccount(owner="ann"), user_id="")
+    batched = [command("acc-2", bank.OpenAccount(owner="ann"), user_id=""), command("acc-2", bank.Deposit(amount=5))]
+    batched[1].user_id = ""
+    async with audited.as_("alice") as alice:
+        await alice.submit(single)
+        await alice.commands.SubmitBatch(cs.SubmitBatchRequest(commands=batched))
+        read = [event async for event in alice.events.ReadAggregate(ev.ReadAggregateRequest(aggregate_id="acc-2"))]
+    # the events of a batch are the caller's, as a single command's are
+    assert [event.user_id for event in read] == ["alice", "alice"]
+    entries = await audited.entries(outcome=admin.AUDIT_OUTCOME_ACCEPTED)
+    assert sorted((e.command_id, e.principal, e.user_id) for e in entries) == sorted(
+        (c.command_id, "alice", "alice") for c in [single, *batched]
+    )
+
+
+async def test_a_malformed_batch_is_audited_once_per_command_as_its_sender(audited: Audited) -> None:
+    good = command("acc-3", bank.OpenAccount(owner="ann"), user_id="")
+    unknown = command("acc-3", bank.Deposit(amount=1), user_id="")
+    unknown.payload.CopyFrom(any_pb2.Any(type_url="type.googleapis.com/nobody.v1.Knows", value=b""))
+    async with audited.as_("alice") as alice:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await alice.commands.SubmitBatch(cs.SubmitBatchRequest(commands=[good, unknown]))
+    entries = await audited.entries(outcome=admin.AUDIT_OUTCOME_REFUSED)
+    assert sorted((e.command_id, e.principal, e.reason) for e in entries) == sorted(
+        (c.command_id, "alice", "UNKNOWN_COMMAND_TYPE") for c in (good, unknown)
+    )
 
 
 async def test_the_audit_log_filters_by_principal_and_aggregate(audited: Audited) -> None:

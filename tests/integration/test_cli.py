@@ -155,7 +155,7 @@ def test_apikey_prints_a_key_and_its_hashed_entry() -> None:
 
 
 def test_an_operator_forgets_an_aggregate_and_its_events_read_redacted(tmp_path: Path) -> None:
-    from service.security.encryption import new_master_key
+    from service.store.encryption import new_master_key
     from tests.support.security import write
 
     keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
@@ -173,7 +173,7 @@ def test_an_operator_forgets_an_aggregate_and_its_events_read_redacted(tmp_path:
 def test_an_operator_rotates_the_master_key_with_rewrap_keys(tmp_path: Path) -> None:
     """As docs/security.md says: the new key first, the old one after it,
     rewrap-keys, then the old key removed; the events still read."""
-    from service.security.encryption import new_master_key
+    from service.store.encryption import new_master_key
 
     old, new = f"old:{new_master_key()}", f"new:{new_master_key()}"
     url, keys = f"sqlite:///{tmp_path}/events.db", tmp_path / "master.keys"

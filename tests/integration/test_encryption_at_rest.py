@@ -13,7 +13,7 @@ from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
-from service.security.encryption import new_master_key
+from service.store.encryption import new_master_key
 from service.store.memory import MemoryStore
 from service.store.sqlite import SqliteStore
 from tests.support.contents import at_rest

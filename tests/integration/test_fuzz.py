@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from chronicle.v1 import command_service_pb2, command_service_pb2_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import build_registry
-from service.security.encryption import new_master_key
 from service.settings import Settings
+from service.store.encryption import new_master_key
 from tests.support.fuzzing import Answer, Rpc, Values, call, chronicle_rpcs, corrupted, with_invalid_utf8
 from tests.support.grpc_client import command
 from tests.support.postgres import Cluster

@@ -18,7 +18,7 @@ from chronicle.v1 import projection_service_pb2 as projection
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.plugins.registry import Registry
-from service.security.encryption import new_master_key
+from service.store.encryption import new_master_key
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.plugins import openings

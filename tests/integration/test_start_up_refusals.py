@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from service.errors import ConfigurationError
-from service.security.encryption import new_master_key
+from service.store.encryption import new_master_key
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import running_server
 from tests.support.processes import serve_until_exit, server_process

@@ -20,7 +20,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from chronicle.v1 import command_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.observability import tracing
-from service.observability.logs import JsonFormatter, logging_command
+from service.observability.logs import JsonFormatter
+from service.processing.log_context import logging_command
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import command, running_server
 from tests.support.processes import cli, server_process

@@ -17,8 +17,8 @@ from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import event_service_pb2
 from domain_plugins.users import EMAIL_SCOPE
 from domain_plugins.users.protos.users.v1 import users_pb2 as pb
-from service.security.encryption import new_master_key
 from service.store.base import StoreAdapter
+from service.store.encryption import new_master_key
 from tests.support.contents import EVENT_TABLES, at_rest
 from tests.support.grpc_client import Client, command, connect, details_of, running_server
 from tests.support.processes import server_process

@@ -29,6 +29,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import psycopg
@@ -221,7 +222,7 @@ def check_invariants(
 
 def _aggregate_type(
     registry: Registry, stream: Sequence[StoredEvent], commands: Sequence[StoredCommand], history: History
-) -> AggregateType:
+) -> AggregateType[Any]:
     if stream:
         found = registry.aggregate(stream[0].aggregate_type)
     else:  # only refusals: the type the commands were for
@@ -232,7 +233,7 @@ def _aggregate_type(
 
 
 def _serial_replay(
-    aggregate: AggregateType,
+    aggregate: AggregateType[Any],
     aggregate_id: str,
     stream: Sequence[StoredEvent],
     commands: Sequence[StoredCommand],
@@ -245,7 +246,8 @@ def _serial_replay(
     by_first_version: dict[int, list[StoredCommand]] = defaultdict(list)
     for record in commands:
         by_first_version[record.first_version].append(record)
-    state, version, replayed = aggregate.new_state(), 0, 0
+    state: Message = aggregate.new_state()
+    version, replayed = 0, 0
     while True:
         # Commands decided on the state at ``version`` that appended nothing
         # (refusals, handlers returning no event), then the one whose events
@@ -285,14 +287,15 @@ def _serial_replay(
             spec = registry.event(event.event_type)
             assert spec is not None, f"unknown event type {event.event_type}"
             decoded.append((spec, spec.message_type.FromString(event.payload)))
-        state, version = apply_messages(aggregate, state, decoded), record.last_version
+        state = apply_messages(aggregate, state, decoded)
+        version = record.last_version
         if version in snapshots:
             snapshot = aggregate.state_type.FromString(snapshots[version])
             assert snapshot == state, f"{aggregate_id}: the snapshot at v{version} differs from the replayed state"
 
 
 def _decide(
-    aggregate: AggregateType, aggregate_id: str, version: int, op: Operation, state: Message
+    aggregate: AggregateType[Any], aggregate_id: str, version: int, op: Operation, state: Message
 ) -> tuple[list[Message], str | None]:
     """The handler's answer for ``op`` on ``state``: events, or a refusal's reason."""
     spec = aggregate.commands[op.message.DESCRIPTOR.full_name]

@@ -6,8 +6,17 @@ from google.protobuf.message import Message
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
-from service.plugins import CommandCall, CommandContext, Middleware, NotFoundError, OldEvent, Plugin, ValidationError
-from service.plugins.projections import Documents, ProjectedEvent
+from service.plugins import (
+    CommandCall,
+    CommandContext,
+    Documents,
+    Middleware,
+    NotFoundError,
+    OldEvent,
+    Plugin,
+    ProjectedEvent,
+    ValidationError,
+)
 
 FAIL_AMOUNT = 13
 

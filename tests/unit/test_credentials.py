@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from service.errors import Unauthenticated
+from service.principal import Principal
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier, hash_api_key
-from service.security.principal import Principal
 
 # SHA-256 of "abc", the FIPS 180-2 test vector: the key file holds the hex
 # SHA-256 of the key's UTF-8 bytes (docs/security.md), so an operator's

@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from service.errors import ConfigurationError, PayloadNotDecryptable
-from service.security.encryption import (
+from service.store.encryption import (
     MasterKeys,
     event_context,
     is_sealed,

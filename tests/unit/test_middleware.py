@@ -9,10 +9,11 @@ import pytest
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.errors import PermissionDenied, ValidationError
+from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.registry import Registry
+from service.principal import Principal
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
-from service.processing.middleware import CommandCall, Middleware, Pipeline
-from service.security.principal import Principal
+from service.processing.middleware import Pipeline
 
 REGISTRY = Registry([bank_account.plugin])
 ALICE = Principal("alice", "jwt")

@@ -76,3 +76,51 @@ def test_a_missing_module_is_refused() -> None:
 def test_discovery_can_be_limited_to_named_modules() -> None:
     plugins = discover_plugins(["domain_plugins.box"], entry_point_group=None)
     assert [p.name for p in plugins] == ["box"]
+
+
+def test_existence_is_declared_and_refused_before_the_handler_runs() -> None:
+    from service.errors import AlreadyExistsError, NotFoundError
+    from service.testing import Scenario
+
+    calls: list[str] = []
+    plugin = Plugin("ledgers")
+    ledger = plugin.aggregate("BankAccount", state=bank.Account)
+
+    @ledger.command(bank.OpenAccount, creates=True)
+    def open_account(command: bank.OpenAccount, state: bank.Account, context: object) -> bank.AccountOpened:
+        calls.append("open")
+        return bank.AccountOpened(owner=command.owner)
+
+    @ledger.command(bank.Deposit, requires_existing=True)
+    def deposit(command: bank.Deposit, state: bank.Account, context: object) -> bank.MoneyDeposited:
+        calls.append("deposit")
+        return bank.MoneyDeposited(amount=command.amount)
+
+    ledger.apply(bank.AccountOpened)(lambda state, event: None)
+    ledger.apply(bank.MoneyDeposited)(lambda state, event: None)
+
+    # the default reasons are the aggregate's name in capitals, words apart
+    Scenario(plugin, aggregate_id="a").when(bank.Deposit(amount=5)).then_fails(
+        NotFoundError, reason="BANK_ACCOUNT_NOT_FOUND"
+    )
+    Scenario(plugin, aggregate_id="a").given(bank.AccountOpened(owner="x")).when(
+        bank.OpenAccount(owner="y")
+    ).then_fails(AlreadyExistsError, reason="BANK_ACCOUNT_ALREADY_EXISTS")
+    assert calls == []
+    Scenario(plugin, aggregate_id="a").when(bank.OpenAccount(owner="y")).then(bank.AccountOpened(owner="y"))
+    Scenario(plugin, aggregate_id="a").given(bank.AccountOpened(owner="x")).when(bank.Deposit(amount=5)).then(
+        bank.MoneyDeposited(amount=5)
+    )
+    assert calls == ["open", "deposit"]
+
+
+def test_reasons_can_be_named_and_a_command_cannot_both_create_and_require() -> None:
+    from service.errors import NotFoundError
+    from service.testing import Scenario
+
+    plugin = Plugin("named")
+    account = plugin.aggregate("Account", state=bank.Account, not_found="NO_SUCH_ACCOUNT")
+    account.command(bank.Deposit, requires_existing=True)(lambda c, s, ctx: None)
+    Scenario(plugin, aggregate_id="a").when(bank.Deposit(amount=1)).then_fails(NotFoundError, reason="NO_SUCH_ACCOUNT")
+    with pytest.raises(ValueError, match="cannot both"):
+        account.command(bank.Withdraw, creates=True, requires_existing=True)

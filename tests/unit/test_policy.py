@@ -7,8 +7,8 @@ import tomllib
 import pytest
 
 from service.errors import ConfigurationError, PermissionDenied
+from service.principal import ANONYMOUS, Principal
 from service.security.policy import Authorizer, Policy
-from service.security.principal import ANONYMOUS, Principal
 from tests.support.security import POLICY
 
 AUTHORIZER = Authorizer(Policy.parse(tomllib.loads(POLICY)))

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from functools import partial
 
 from service.store.records import CommandRecord, NewEvent, RecordedEvent
+from service.values import value
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class Append:
     """One append waiting for its batch."""
 

@@ -1,0 +1,30 @@
+"""``value``: the dataclass decorator for Chronicle's internal values.
+
+The type checker sees ``dataclass(frozen=True, slots=True)``: assigning to a
+field is an error (mypy --strict runs on all of service/). At run time the
+class is a slots dataclass that is not frozen, because a frozen dataclass's
+``__init__`` sets each field through ``object.__setattr__``, about four times
+the cost of a plain assignment (measured: 1.6 µs against 0.4 µs for sixteen
+fields), and the command path makes a dozen such values per command. Values
+stay hashable (``unsafe_hash``) as frozen ones are.
+
+Only for values that plugin code never holds: what plugins are given
+(contexts, envelopes, middleware calls) is frozen for real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+__all__ = ["value"]
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from dataclasses import dataclass as value
+else:
+
+    def value(*, frozen: bool = True, slots: bool = True, **options: Any) -> Callable[[type[T]], type[T]]:
+        return dataclass(slots=slots, unsafe_hash=frozen, **options)
