@@ -115,6 +115,13 @@ def fair(found: cluster_service_pb2.Topology, members: int) -> bool:
     return len(found.members) == members and all(owners.count(m) == n for m, n in expected.items())
 
 
+def agreed(servers: Sequence[Replica]) -> bool:
+    """Every replica's topology fair and the same: a client seeded on any of
+    them routes alike (a replica's view is up to a heartbeat old)."""
+    found = [topology(server.address) for server in servers]
+    return all(fair(t, len(servers)) for t in found) and len({tuple(t.partition_owners) for t in found}) == 1
+
+
 def wait_for(check: Callable[[], bool], *, within: float, poll: float = 0.05) -> float:
     """Seconds until ``check()`` held (polled), or raise after ``within``."""
     started = time.monotonic()
@@ -239,7 +246,7 @@ def routing_point(cluster: Any, logs: Path, *, seconds: float) -> dict[str, Any]
     for mode in ("routing", "round-robin"):
         database_url = cluster.create_database()
         with replicas(database_url, 3, logs / mode, metrics=True) as three:
-            wait_for(lambda: fair(topology(three[0].address), 3), within=60)
+            wait_for(lambda: agreed(three), within=60)
             aggregates = [f"{mode}-{n}" for n in range(256)]
             # Routing: one client per caller, each with a channel per replica.
             # Plain: caller i on replica i mod 3, as a connection balancer spreads them.
@@ -270,7 +277,7 @@ def routing_point(cluster: Any, logs: Path, *, seconds: float) -> dict[str, Any]
 def kill_point(cluster: Any, logs: Path, *, seconds: float, lease: float) -> dict[str, Any]:
     database_url = cluster.create_database()
     with replicas(database_url, 3, logs / "kill", "--lease-seconds", str(lease)) as three:
-        wait_for(lambda: fair(topology(three[0].address), 3), within=60)
+        wait_for(lambda: agreed(three), within=60)
         victim, survivors = three[2], three[:2]
         victim_id = topology(victim.address).answered_by
         history = History()
@@ -372,7 +379,7 @@ def projection_point(cluster: Any, logs: Path, *, lease: float) -> dict[str, Any
     os.environ["CHRONICLE_BENCH_COUNT_DIR"] = str(folder)  # the replicas inherit it
     extra = ("--plugin", "bench.counted", "--lease-seconds", str(lease), "--poll-seconds", "0.2")
     with replicas(database_url, 3, logs / "projection", *extra) as three:
-        wait_for(lambda: fair(topology(three[0].address), 3), within=60)
+        wait_for(lambda: agreed(three), within=60)
 
         async def write(count: int, prefix: str, address: str) -> None:
             clients = await open_clients([address] * 8, routing=True)
@@ -492,16 +499,21 @@ def _machine(described: dict[str, str]) -> str:
     return ", ".join(described[key] for key in ("cpu", "memory", "postgresql") if key in described)
 
 
+def _counts(shares: list[int]) -> str:
+    counted = Counter(shares)
+    parts = [f"{replicas} replicas {share} each" for share, replicas in sorted(counted.items(), reverse=True)]
+    return " and ".join(parts)
+
+
 def report(results: dict[str, Any]) -> str:
     routing, plain = results["routing"]["routing"], results["routing"]["round-robin"]
     kill, projection, sixteen = results["kill"], results["projection"], results["sixteen"]
     lines = [
         BEGIN,
         "",
-        f"Measured by `make scale` ({results['date']}; {_machine(results['machine'])}); one PostgreSQL",
-        "with default durability, every replica a server process on the same two cores",
-        "(figures of throughput are the machine's, not the design's: three replicas, PostgreSQL",
-        "and the clients share two cores).",
+        f"Measured by `make scale` ({results['date']}; {_machine(results['machine'])}):",
+        "one PostgreSQL with default durability, every replica a server process, all on the same two",
+        "cores as the clients (throughput is this machine's, not the design's).",
         "",
         f"**Routing.** Three replicas, 64 clients on {routing['aggregates']} shared aggregates, each",
         f"client one command at a time for {results['seconds']:g} s, from cold replicas:",
@@ -520,7 +532,8 @@ def report(results: dict[str, Any]) -> str:
         f"With routing each aggregate is loaded once, by its owner ({routing['aggregates']} aggregates).",
         "",
         f"**A replica killed under load** (SIGKILL, leases of {kill['lease_s']:g} s, 32 routing clients):",
-        f"its partitions were owned by the survivors {kill['takeover_s']:.2f} s after the kill, and",
+        f"its partitions were owned by the survivors {kill['takeover_s']:.2f} s after the kill (the lease, plus",
+        "up to a heartbeat, after its last heartbeat), and",
         f"every client's topology had followed after {kill['clients_followed_s']:.2f} s. Of",
         f"{kill['acknowledged']:,} commands acknowledged, {kill['sent_again_to_another_member']} had found their"
         " owner dead and were",
@@ -528,23 +541,25 @@ def report(results: dict[str, Any]) -> str:
         f"checker over every command holds: nothing acknowledged lost or doubled; {kill['failed']} commands",
         "failed after their retries.",
         "",
-        f"**A projection in three replicas** ({projection['events']:,} events, its runner's replica",
-        f"killed halfway): {projection['handler_calls']:,} handler calls in the whole cluster;",
-        f"{projection['events_applied_once']:,} events applied once, {projection['events_applied_more_than_once']}"
-        f" more than once, {projection['events_never_applied']} never.",
-        f"Before the kill one replica ran it ({projection['replicas_that_ran_it_before_the_kill']} wrote calls);",
-        f"killed while events were being written, it was running on another replica"
-        f" {projection['taken_over_after_s']:.2f} s later",
-        f"(leases of {projection['lease_s']:g} s), and caught up {projection['caught_up_after_the_last_write_s']:.2f} s"
-        " after the last write. (An event is applied twice only if it was in the batch the",
-        "killed runner had applied and not committed: its successor applies that batch again from the",
-        "checkpoint, and the read model holds each event once either way.)",
+        f"**A projection in three replicas** ({projection['events']:,} events; the replica running it",
+        "killed with SIGKILL while the second half was being written):",
+        f"{projection['handler_calls']:,} handler calls in the whole cluster, {projection['events_applied_once']:,}"
+        f" events applied once, {projection['events_applied_more_than_once']} more than once,"
+        f" {projection['events_never_applied']} never.",
+        f"Before the kill one replica ran it ({projection['replicas_that_ran_it_before_the_kill']} wrote calls);"
+        f" another ran it {projection['taken_over_after_s']:.2f} s after the kill",
+        f"(leases of {projection['lease_s']:g} s), and had caught up"
+        f" {projection['caught_up_after_the_last_write_s']:.2f} s after the last write.",
+        "An event is applied twice only if it was in a batch the killed runner had applied and not",
+        "committed: its successor applies that batch again from the checkpoint (the read model holds",
+        "each event once either way).",
         "",
-        f"**Sixteen replicas** (leases of {sixteen['lease_s']:g} s): shares of the 64 partitions"
-        f" {sixteen['shares_of_16']},",
-        f"fair {sixteen['fair_after_serving_s']:.1f} s after the last of the sixteen reported SERVING"
-        f" ({sixteen['serving_after_s']:.0f} s after they were started, on two cores); four stopped at once (SIGTERM):",
-        f"shares {sixteen['shares_of_12']} within {sixteen['rebalanced_after_leaving_s']:.1f} s.",
+        f"**Sixteen replicas** (leases of {sixteen['lease_s']:g} s) share the 64 partitions as"
+        f" {_counts(sixteen['shares_of_16'])}: fair",
+        f"{sixteen['fair_after_serving_s']:.1f} s after the last of the sixteen reported SERVING (they took"
+        f" {sixteen['serving_after_s']:.0f} s to start, on two cores).",
+        f"Four stopped at once (SIGTERM): the twelve share them as {_counts(sixteen['shares_of_12'])}"
+        f" {sixteen['rebalanced_after_leaving_s']:.1f} s later.",
         "",
         END,
     ]
