@@ -496,7 +496,10 @@ def sixteen_point(cluster: Any, logs: Path, *, lease: float) -> dict[str, Any]:
 
 
 def _machine(described: dict[str, str]) -> str:
-    return ", ".join(described[key] for key in ("cpu", "memory", "postgresql") if key in described)
+    parts = [described[key] for key in ("cpu", "memory", "postgresql") if key in described]
+    if "load average at start" in described:
+        parts.append(f"load average {described['load average at start']} at the start")
+    return ", ".join(parts)
 
 
 def _counts(shares: list[int]) -> str:
