@@ -3,7 +3,7 @@
     python -m tests.support.node_cluster --replicas 2
 
 Starts a PostgreSQL cluster of its own (``tests/support/postgres.py``) and
-the replicas (server processes with one-second leases), waits until they
+the replicas (server processes with two-second leases), waits until they
 share the partitions, prints one JSON line (each replica's address and
 process id), and shuts everything down when its standard input closes (the
 Node test ends, or dies).
@@ -48,7 +48,7 @@ def main() -> int:
         url = cluster.create_database()
         logs = Path(tempfile.mkdtemp(prefix="chronicle-node-cluster-"))
         for n in range(args.replicas):
-            server = Replica(url, log_path=logs / f"replica-{n}.log", extra=["--lease-seconds", "1"])
+            server = Replica(url, log_path=logs / f"replica-{n}.log", extra=["--lease-seconds", "2"])
             server.start(wait=False)
             replicas.append(server)
         for server in replicas:

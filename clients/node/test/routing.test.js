@@ -52,7 +52,7 @@ test('commands go to their owners, and around a replica that was killed', async 
     assert.deepEqual([...owners].sort(), [first.address, second.address].sort()); // both replicas were used
     assert.equal(client.routes.notOwner, 0); // and every command reached its owner
 
-    // Kill the second replica (no goodbye: its leases lapse after a second).
+    // Kill the second replica (no goodbye: its leases lapse after two seconds).
     process.kill(second.pid, 'SIGKILL');
     const orphan = accounts.find((account) => client.routes.ownerOf(account) === second.address);
     const deposited = await client.submit(orphan, 'bank.v1.Deposit', { amount: 5 });
