@@ -241,6 +241,10 @@ async def start(
         max_attempts=settings.conflict_retries,
         snapshots=SnapshotPolicy(settings.snapshot_every or None),
         slow_handler_seconds=settings.slow_handler_seconds,
+        max_event_bytes=settings.max_event_bytes,
+        # A Submit's or SubmitBatch's answer carries every event: half the
+        # message limit leaves room for the envelopes' encoding.
+        max_result_bytes=settings.max_message_bytes // 2,
     )
     router = Router(
         executor,
@@ -274,9 +278,15 @@ async def start(
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
     health = Health()
     tracker = SubscriptionTracker()
+    # A page of events ends with the one that brings it to a quarter of the
+    # message limit; events being at most a quarter too, a page is at most
+    # half of it.
+    page_bytes = settings.max_message_bytes // 4
     subscriptions = Subscriptions(
         read_roles.log,
         executor.loader.reader,
+        page_size=settings.read_page_events,
+        page_bytes=page_bytes,
         checkpoint_interval=settings.checkpoint_seconds,
         poll_interval=settings.poll_seconds,
         primary=roles.log,
@@ -299,6 +309,7 @@ async def start(
                 reader=executor.loader.reader,
                 poll_interval=settings.poll_seconds,
                 lease=KeeperLease(leases, PROJECTIONS_GROUP, projection.name),
+                page_bytes=page_bytes,
             )
             for projection in registry.projections
         ]
@@ -314,6 +325,7 @@ async def start(
             subscriptions,
             registry,
             tracker,
+            page_bytes=page_bytes,
             log=read_roles.log,
             primary_log=roles.log,
             read_wait=settings.read_wait_seconds,
