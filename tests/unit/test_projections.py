@@ -134,14 +134,20 @@ class FailingLaterCommit(MemoryStore):
         self.commits: list[tuple[int, int]] = []
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
         self.commits.append((expected_position, new_position))
         await asyncio.sleep(0)  # the runner applies the next batch meanwhile
         if len(self.commits) == self.fail_at:
             raise RuntimeError("the database went away mid-commit")
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes
+            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
         )
 
 
