@@ -16,6 +16,10 @@ import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 
+import { Routes } from './routing.js';
+
+export { crc32, partitionOf } from './routing.js';
+
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repository = path.resolve(here, '..', '..', '..');
 
@@ -27,7 +31,11 @@ export const INCLUDE_DIRS = [
   path.join(here, '..', 'third_party', 'googleapis'),
 ];
 
-const API_FILES = ['chronicle/v1/command_service.proto', 'chronicle/v1/event_service.proto'];
+const API_FILES = [
+  'chronicle/v1/command_service.proto',
+  'chronicle/v1/event_service.proto',
+  'chronicle/v1/cluster_service.proto',
+];
 const MESSAGE_FILES = [
   'bank/v1/bank_account.proto',
   'google/rpc/status.proto',
@@ -55,7 +63,11 @@ messages.loadSync([...MESSAGE_FILES, ...API_FILES], { keepCase: true });
 const TYPE_URL_PREFIX = 'type.googleapis.com/';
 
 // The service definitions, for tests that stand in for a server.
-export const services = { CommandService: api.CommandService.service, EventService: api.EventService.service };
+export const services = {
+  CommandService: api.CommandService.service,
+  EventService: api.EventService.service,
+  ClusterService: api.ClusterService.service,
+};
 
 // How a subscription's stream may end and still be reopened where it was.
 const RESUMABLE = new Set(['UNAVAILABLE', 'CANCELLED']);
@@ -124,15 +136,22 @@ function call(stub, method, request, { timeoutSeconds = 10 } = {}) {
   });
 }
 
-/** A client of one Chronicle server; every call returns a promise. */
+/**
+ * A client of Chronicle; every call returns a promise. With `routing: true`
+ * each command goes to the replica that owns its aggregate (routing.js),
+ * found from `address` and followed; reads go to `address`.
+ */
 export class ChronicleClient {
-  constructor(address, { origin = 'node-example', userId = '' } = {}) {
+  constructor(address, { origin = 'node-example', userId = '', routing = false } = {}) {
     const credentials = grpc.credentials.createInsecure();
     this.commands = new api.CommandService(address, credentials);
     // One connection for both services.
     this.events = new api.EventService(address, credentials, { channelOverride: this.commands.getChannel() });
     this.origin = origin;
     this.userId = userId;
+    this.routes = routing
+      ? new Routes(address, { api, credentials, callError: (error) => new ChronicleError(error) })
+      : null;
   }
 
   /**
@@ -155,7 +174,9 @@ export class ChronicleClient {
       metadata,
     };
     if (expectedVersion !== undefined) command.expected_version = expectedVersion;
-    const response = await call(this.commands, 'Submit', { command });
+    const response = this.routes
+      ? await this.routes.send('Submit', { command }, aggregateId)
+      : await call(this.commands, 'Submit', { command });
     return { command_id: commandId, ...response, events: response.events.map(decodeEvent) };
   }
 
@@ -237,6 +258,7 @@ export class ChronicleClient {
   }
 
   close() {
+    this.routes?.close();
     this.commands.close();
     this.events.close();
   }
