@@ -14,9 +14,11 @@ import grpc
 
 from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
+from service.api.cluster_service import not_owner_hint
 from service.api.codec import decode_batch, decode_command, encode_event_into
 from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands
 from service.api.status import command_error
+from service.cluster.ownership import Ownership
 from service.errors import ChronicleError, InvalidInput
 from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
@@ -29,10 +31,21 @@ STREAM_IN_FLIGHT = 256
 
 
 class CommandService(pb_grpc.CommandServiceServicer):
-    def __init__(self, registry: Registry, pipeline: Pipeline, refused: RefusedCommands) -> None:
+    def __init__(
+        self, registry: Registry, pipeline: Pipeline, refused: RefusedCommands, *, ownership: Ownership | None = None
+    ) -> None:
         self._registry = registry
         self._pipeline = pipeline
         self._refused = refused
+        self._ownership = ownership
+
+    def _hint(self, context: grpc.aio.ServicerContext[Any, Any], aggregate_id: str) -> None:
+        """Tell a routing client when this member does not own the
+        aggregate's partition (service/api/cluster_service.py)."""
+        if self._ownership is not None:
+            hint = not_owner_hint(self._ownership, aggregate_id)
+            if hint is not None:
+                context.set_trailing_metadata(hint)
 
     def _start(self, request: pb.SubmitRequest, principal: Principal) -> Awaitable[BatchResult]:
         """One Submit, as a unary call or one message of a stream, under way.
@@ -64,7 +77,9 @@ class CommandService(pb_grpc.CommandServiceServicer):
         return BatchResult((result,), result.version, replayed=result.replayed)
 
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
-        return _response((await self._start(request, current_principal.get())).results[0])
+        response = _response((await self._start(request, current_principal.get())).results[0])
+        self._hint(context, request.command.aggregate_id)
+        return response
 
     async def SubmitStream(
         self, requests: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -114,6 +129,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
             await self._refused(SUBMIT_BATCH_METHOD, request, error, principal)
             raise
         result = await self._pipeline.submit_batch(batch, principal)
+        self._hint(context, batch.aggregate_id)
         return pb.SubmitBatchResponse(
             results=[_response(r) for r in result.results], version=result.version, replayed=result.replayed
         )

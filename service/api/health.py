@@ -15,7 +15,13 @@ import logging
 
 from grpc_health.v1 import health, health_pb2
 
-from chronicle.v1 import admin_service_pb2, command_service_pb2, event_service_pb2, projection_service_pb2
+from chronicle.v1 import (
+    admin_service_pb2,
+    cluster_service_pb2,
+    command_service_pb2,
+    event_service_pb2,
+    projection_service_pb2,
+)
 from service.errors import ChronicleError
 from service.store.base import Lifecycle
 
@@ -26,6 +32,7 @@ SERVICE_NAMES = (
     event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     projection_service_pb2.DESCRIPTOR.services_by_name["ProjectionService"].full_name,
+    cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
 )
 
 

@@ -56,6 +56,7 @@ from service.store.encryption import (
     seal,
     snapshot_context,
 )
+from service.store.leasing import Fencing
 from service.store.records import (
     AggregateHead,
     ClaimChange,
@@ -280,7 +281,13 @@ class SealedProjections:
         return StoredDocument(key, stored.type_name, data)
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
         cipher = await self.keyring.for_writing(projection_key_id(name))
         sealed = [
@@ -292,5 +299,5 @@ class SealedProjections:
             for w in writes
         ]
         await self.inner.commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=sealed
+            name, expected_position=expected_position, new_position=new_position, writes=sealed, fencing=fencing
         )

@@ -26,6 +26,9 @@ and the other does not can shift them):
        a projection's key with hidden document keys)
     6  audit entries' outcome (an administrator's accepted action)
     7  claims stored as keyed hashes (encryption at rest)
+    10 lease groups' members and leases (PostgreSQL only: a SQLite store's
+       one process holds every lease and writes none): a live member, a
+       lease it holds, one taken and given up, free ones
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -49,6 +52,7 @@ from service.errors import AggregateForgotten, CommandAlreadyRecorded, NotUnique
 from service.store.base import AuditQuery, ProjectionStore, SnapshotStore, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
+from service.store.leasing import Lease, LeaseMember
 from service.store.records import (
     ACCEPTED,
     REFUSED,
@@ -76,10 +80,15 @@ _FIRST = {
     "projections": 5,
     "audit_outcome": 6,
     "hidden_claims": 7,
+    "leases": 10,
 }
-SINCE: dict[str, dict[str, int]] = {"postgres": dict(_FIRST), "sqlite": dict(_FIRST)}
-# PostgreSQL's JSON copy of payloads (--postgres-json-events); SQLite has none.
-SINCE["postgres"]["payload_json"] = 10
+SINCE: dict[str, dict[str, int]] = {
+    "postgres": dict(_FIRST),
+    # SQLite keeps no leases (service/store/sole_owner.py): never.
+    "sqlite": {**_FIRST, "leases": 1 << 30},
+}
+# PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 11); SQLite has none.
+SINCE["postgres"]["payload_json"] = 11
 SINCE["sqlite"]["payload_json"] = 1 << 30
 
 # Master keys: "current" wraps new data keys; "retired" wrapped some in the
@@ -93,6 +102,11 @@ EMAIL = "users.email"
 HIDDEN_CLAIM_MARK = "\x1f"
 PROJECTION_KEY_PREFIX = "\x1fprojection:"
 CLAIMS_KEY_PREFIX = "\x1fclaims:"
+LEASE_GROUP = "partitions/4"
+LEASE_NAMES = ("0", "1", "2", "3")
+# Long enough that the member is still live when a test reads the rows back
+# from a database filled earlier in the run.
+LEASE_SECONDS = 86_400.0
 
 
 # -- the sealed formats, as databases hold them ----------------------------------
@@ -195,6 +209,8 @@ class OldRows:
     forgotten: set[str] = field(default_factory=set)
     checkpoints: dict[str, int] = field(default_factory=dict)
     documents: list[OldDocument] = field(default_factory=list)
+    lease_members: list[LeaseMember] = field(default_factory=list)  # of LEASE_GROUP, live
+    leases: list[Lease] = field(default_factory=list)  # of LEASE_GROUP, by name
 
     def holds(self, kind: str) -> bool:
         return self.version >= SINCE[self.dialect][kind]
@@ -395,6 +411,15 @@ def rows_at(dialect: str, version: int) -> OldRows:
         )
         rows.add_command("c-register-bob", "user-bob", 1, 1)
         rows.claims.append(OldClaim(HeldClaim(EMAIL, hidden, "user-bob"), "bob@", hidden=True))
+
+    if rows.holds("leases"):
+        rows.lease_members.append(LeaseMember("member-old", "10.0.0.1:50051"))
+        rows.leases += [
+            Lease("0", "member-old", 1),  # held
+            Lease("1", None, 2),  # taken, then given up
+            Lease("2", None, 0),  # never taken
+            Lease("3", None, 0),
+        ]
     return rows
 
 
@@ -446,6 +471,12 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
             if d.projection == name
         ]
         await store.commit_projection(name, expected_position=0, new_position=position, writes=writes)
+    for member in rows.lease_members:
+        await store.renew_leases(LEASE_GROUP, member, LEASE_NAMES, LEASE_SECONDS)
+        held = [lease.name for lease in rows.leases if lease.epoch > 0]
+        await store.change_leases(LEASE_GROUP, member.member_id, release=(), acquire=held, ttl=LEASE_SECONDS)
+        given_up = [lease.name for lease in rows.leases if lease.owner is None and lease.epoch > 0]
+        await store.change_leases(LEASE_GROUP, member.member_id, release=given_up, acquire=(), ttl=LEASE_SECONDS)
 
 
 # -- reading them back through the current store ------------------------------------
@@ -694,6 +725,22 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         await roles.audit.record_audit_entry(entry)
         same("a new audit entry", (await roles.audit.read_audit(AuditQuery(command_id="c-new")))[:1], [entry])
 
+    async def leases() -> None:
+        # A replica of the new version joins the group the old one left.
+        newcomer = LeaseMember("member-new", "10.0.0.2:50051")
+        view = await store.renew_leases(LEASE_GROUP, newcomer, LEASE_NAMES, 5.0)
+        same("lease members", list(view.members), sorted([*rows.lease_members, newcomer], key=lambda m: m.member_id))
+        same("leases", list(view.leases), rows.leases)
+        free = [lease for lease in rows.leases if lease.owner is None]
+        taken = await store.change_leases(
+            LEASE_GROUP, newcomer.member_id, release=(), acquire=[lease.name for lease in free], ttl=5.0
+        )
+        same(
+            "leases taken after the old ones",
+            sorted(taken, key=lambda lease: lease.name),
+            [Lease(lease.name, newcomer.member_id, lease.epoch + 1) for lease in free],
+        )
+
     for kind, body in (
         ("events", events),
         ("log", log),
@@ -708,6 +755,7 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         ("rewrapping", rewrap),
         ("appends after the old events", appends_go_on),
         ("snapshots, checkpoints and audit after the old ones", history_goes_on),
+        *((("leases", leases),) if rows.holds("leases") else ()),
     ):
         await check(kind, body)
     return failures

@@ -11,6 +11,7 @@ loop, every method one operation, one round trip, one transaction).
     keys.py         KeyStore
     transfer.py     Transfer         (export and import)
     retention.py    Retention        (pruning old command records and refusals)
+    leases.py       LeaseStore
     sql.py          every statement; why positions never skip
 
 Differs from the contract only in what it adds: the database may be
@@ -30,6 +31,7 @@ from service.store.postgres.database import Database
 from service.store.postgres.events import EventsRole
 from service.store.postgres.group_commit import BatchCounts, GroupCommitter
 from service.store.postgres.keys import KeysRole
+from service.store.postgres.leases import LeasesRole
 from service.store.postgres.log import LogRole
 from service.store.postgres.projections import ProjectionsRole
 from service.store.postgres.retention import RetentionRole
@@ -38,7 +40,16 @@ from service.store.postgres.transfer import TransferRole
 
 
 class PostgresStore(
-    EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, TransferRole, RetentionRole
+    EventsRole,
+    LogRole,
+    ClaimsRole,
+    SnapshotsRole,
+    ProjectionsRole,
+    AuditRole,
+    KeysRole,
+    TransferRole,
+    RetentionRole,
+    LeasesRole,
 ):
     """Every role of a store, on PostgreSQL; tables in the ``chronicle`` schema.
 
@@ -68,6 +79,11 @@ class PostgresStore(
         # much CPU per command (measured: bank deposits at 64 unary calls in
         # flight, 292 against 164 µs; the server's CPU fell too).
         self._group = GroupCommitter(self._appends.write, in_flight=1)
+        # Heartbeats on a connection of their own: operations on one
+        # connection run in order, and an append waiting for the position
+        # lock (up to lock_timeout) must not hold up the heartbeat that
+        # keeps this replica's leases.
+        self._lease_db = Database(url, connections=1, connect_timeout=connect_timeout, lock_timeout=lock_timeout)
 
     @property
     def url(self) -> str:
@@ -79,6 +95,7 @@ class PostgresStore(
 
     async def close(self) -> None:
         await self._db.close()
+        await self._lease_db.close()
 
     async def ping(self) -> None:
         await self._db.ping()

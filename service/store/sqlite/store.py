@@ -2,7 +2,7 @@
 
 Laid out like the PostgreSQL store (postgres/store.py): one module per role
 of base.py (events, log, claims, snapshots, projections, audit, keys,
-transfer, retention), every
+transfer, retention; the leases are the process's own, sole_owner.py), every
 statement in sql.py, the schema's versions in migrations.py (scripts in
 migrations/). What differs is how it talks to the database: writer.py, one
 thread with one connection to the file.
@@ -21,6 +21,7 @@ from pathlib import Path
 from service.errors import ConfigurationError, StoreUnavailable
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, check_keep_snapshots
 from service.store.notifier import CommitNotifier
+from service.store.sole_owner import SoleOwnerLeases
 from service.store.sqlite import sql
 from service.store.sqlite.audit import AuditRole
 from service.store.sqlite.claims import ClaimsRole
@@ -36,7 +37,16 @@ from service.store.sqlite.writer import Writer
 
 
 class SqliteStore(
-    EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, TransferRole, RetentionRole
+    EventsRole,
+    LogRole,
+    ClaimsRole,
+    SnapshotsRole,
+    ProjectionsRole,
+    AuditRole,
+    KeysRole,
+    TransferRole,
+    RetentionRole,
+    SoleOwnerLeases,
 ):
     """Every role of a store, in the SQLite file at ``path`` (made, with its
     folder, if missing; ``":memory:"`` for a database that lives as long as
