@@ -210,7 +210,7 @@ async def catch_up(address: str, after: int, aggregate_types: tuple[str, ...] = 
     unlucky)."""
     runs = [await reads.stub_catch_up(address, after, aggregate_types) for _ in range(CATCH_UPS)]
     seen, seconds = sorted(runs, key=lambda run: run[1])[len(runs) // 2]
-    return {"events": seen, "seconds": seconds, "rate": seen / seconds}
+    return {"events": seen, "seconds": seconds, "rate": seen / seconds, "all_events": sum(run[0] for run in runs)}
 
 
 async def aggregate_loads(address: str) -> dict[str, float]:
@@ -235,7 +235,7 @@ def _latencies(took: list[float]) -> dict[str, float]:
     }
 
 
-def api_appends(address: str, concurrency: int) -> dict[str, float]:
+def api_appends(address: str, concurrency: int, cpu: Cpu) -> dict[str, float]:
     spec = load.LoadSpec(
         address=address,
         mode="unary",
@@ -246,23 +246,50 @@ def api_appends(address: str, concurrency: int) -> dict[str, float]:
         domain="bank",
         processes=1 if concurrency == 1 else 2,
     )
-    result = load.run(spec)
+    result = load.run(spec, sample=cpu.now)
     if result.errors:
         raise RuntimeError(f"appends failed: {result.error_reasons}")
-    return {"rate": result.rate, "p50_ms": result.percentile(0.5) * 1000, "p99_ms": result.percentile(0.99) * 1000}
+    assert result.window is not None
+    first, last = result.window
+    return {
+        "rate": result.rate,
+        "p50_ms": result.percentile(0.5) * 1000,
+        "p99_ms": result.percentile(0.99) * 1000,
+        "cpu_us": (last - first) / result.completed * 1e6,
+    }
 
 
-def through_server(kind: str, url: str, probes_from: int) -> dict[str, Any]:
+class Cpu:
+    """CPU seconds the server process and the database have used so far
+    (PostgreSQL: the postmaster and its backends; SQLite runs inside the
+    server, or inside this process for the store's own appends). CPU per
+    operation is what to compare on a shared machine: wall times there
+    also measure everyone else's load."""
+
+    def __init__(self, server_pid: int | None, postmaster: int | None) -> None:
+        self.server_pid, self.postmaster = server_pid, postmaster
+
+    def now(self) -> float:
+        server = machine.cpu_seconds(self.server_pid) if self.server_pid else machine.cpu_seconds_self()
+        return server + (machine.tree_cpu_seconds(self.postmaster) if self.postmaster else 0.0)
+
+
+def through_server(url: str, probes_from: int, postmaster: int | None) -> dict[str, Any]:
     row: dict[str, Any] = {}
     began = time.perf_counter()
     with servers.chronicle(url, *reads.PLUGIN_ARGS, "--idle-timeout", "600") as server:
         row["startup_s"] = time.perf_counter() - began
-        row["catch_up"] = asyncio.run(catch_up(server.address, probes_from))
-        row["catch_up_filtered"] = asyncio.run(catch_up(server.address, probes_from, ("Box",)))
+        cpu = Cpu(server.pid, postmaster)
+        for key, types in (("catch_up", ()), ("catch_up_filtered", ("Box",))):
+            before = cpu.now()
+            row[key] = asyncio.run(catch_up(server.address, probes_from, types))
+            row[key]["cpu_us"] = (cpu.now() - before) / row[key]["all_events"] * 1e6
+        before = cpu.now()
         row["load"] = asyncio.run(aggregate_loads(server.address))
+        row["load"]["cpu_ms"] = (cpu.now() - before) / LOADS * 1000
         asyncio.run(bank.open_accounts(server.address, APPEND_ACCOUNTS, "g"))
-        row["api_append_1"] = api_appends(server.address, 1)
-        row["api_append_64"] = api_appends(server.address, 64)
+        row["api_append_1"] = api_appends(server.address, 1, cpu)
+        row["api_append_64"] = api_appends(server.address, 64, cpu)
     return row
 
 
@@ -284,7 +311,7 @@ def deposit(n: int) -> NewEvent:
     )
 
 
-async def store_appends(url: str, in_flight: int) -> dict[str, float]:
+async def store_appends(url: str, in_flight: int, postmaster: int | None) -> dict[str, float]:
     """Appends of one event straight on the store for a few seconds: each
     lane has aggregates of its own (one append per aggregate in flight, as
     an aggregate's worker makes them)."""
@@ -311,13 +338,16 @@ async def store_appends(url: str, in_flight: int) -> dict[str, float]:
     try:
         await store.append(f"s{run}-warm", [deposit(0)], 0)  # connections and statements ready
         wal_from = _wal_position(url)
+        cpu = Cpu(None, postmaster)
+        cpu_from = cpu.now()
         began = time.perf_counter()
         await asyncio.gather(*(lane(i) for i in range(in_flight)))
         elapsed = time.perf_counter() - began
+        spent = cpu.now() - cpu_from
         wal = _wal_since(url, wal_from)
     finally:
         await store.close()
-    figures = {"rate": len(took) / elapsed, **_latencies(took)}
+    figures = {"rate": len(took) / elapsed, **_latencies(took), "cpu_us": spent / len(took) * 1e6}
     if wal is not None:
         figures["wal_bytes"] = wal / len(took)
     return figures
@@ -374,9 +404,10 @@ def measure(kind: str, size: int, cluster: Any, folder: Path) -> dict[str, Any]:
         row["head"] = head_of(kind, url)
         row["bytes"] = size_bytes(kind, url)
         row["load_average"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-        row.update(through_server(kind, url, probes_from=size))
-        row["store_append_1"] = asyncio.run(store_appends(url, 1))
-        row["store_append_64"] = asyncio.run(store_appends(url, 64))
+        postmaster = servers.postmaster_pid(cluster) if kind == "postgresql" else None
+        row.update(through_server(url, size, postmaster))
+        row["store_append_1"] = asyncio.run(store_appends(url, 1, postmaster))
+        row["store_append_64"] = asyncio.run(store_appends(url, 64, postmaster))
     print(
         f"  {kind:10} {size:>11,}: start {row['startup_s']:.1f} s, catch-up {row['catch_up']['rate']:,.0f}/s"
         f" (Box {row['catch_up_filtered']['rate']:,.0f}/s), load p50 {row['load']['p50_ms']:.2f} ms,"
@@ -399,15 +430,22 @@ def _ratio(value: float, base: float) -> str:
 _FIGURES: list[tuple[str, Any]] = [
     ("start-up s", lambda r: r["startup_s"]),
     ("catch-up events/s", lambda r: r["catch_up"]["rate"]),
+    ("catch-up, CPU µs per event", lambda r: r["catch_up"]["cpu_us"]),
     ("filtered catch-up events/s", lambda r: r["catch_up_filtered"]["rate"]),
+    ("filtered catch-up, CPU µs per event", lambda r: r["catch_up_filtered"]["cpu_us"]),
     ("GetAggregate p50 ms", lambda r: r["load"]["p50_ms"]),
     ("GetAggregate p99 ms", lambda r: r["load"]["p99_ms"]),
+    ("GetAggregate, CPU ms per load", lambda r: r["load"]["cpu_ms"]),
     ("Submit, 1 in flight, p50 ms", lambda r: r["api_append_1"]["p50_ms"]),
+    ("Submit, 1 in flight, CPU µs per command", lambda r: r["api_append_1"]["cpu_us"]),
     ("Submit, 64 in flight, commands/s", lambda r: r["api_append_64"]["rate"]),
     ("Submit, 64 in flight, p99 ms", lambda r: r["api_append_64"]["p99_ms"]),
+    ("Submit, 64 in flight, CPU µs per command", lambda r: r["api_append_64"]["cpu_us"]),
     ("store append, 1 in flight, p50 ms", lambda r: r["store_append_1"]["p50_ms"]),
+    ("store append, 1 in flight, CPU µs per append", lambda r: r["store_append_1"]["cpu_us"]),
     ("store append, 64 in flight, appends/s", lambda r: r["store_append_64"]["rate"]),
     ("store append, 64 in flight, p99 ms", lambda r: r["store_append_64"]["p99_ms"]),
+    ("store append, 64 in flight, CPU µs per append", lambda r: r["store_append_64"]["cpu_us"]),
     ("store append, 64 in flight, WAL bytes per append", lambda r: r["store_append_64"]["wal_bytes"]),
 ]
 
@@ -423,8 +461,11 @@ def section(rows: list[dict[str, Any]], command: str, described: dict[str, str])
         " unfiltered and to the box aggregates (a tenth); GetAggregate: 200 probe accounts of"
         f" {EVENTS_PER_AGGREGATE} events loaded once each; Submit: bank deposits over {APPEND_ACCOUNTS:,} accounts"
         f" for {APPEND_SECONDS:.0f} s; store append: one event per append straight on the store (no server),"
-        f" {STORE_APPEND_SECONDS:.0f} s. The ratio columns divide by the figure at 0 (for rates, below 1 is"
-        " slower; for times, above 1 is slower).",
+        f" {STORE_APPEND_SECONDS:.0f} s. CPU per operation: the server's and the database's (PostgreSQL's"
+        " postmaster and backends; SQLite works inside the server, or inside the bench's process for the store's"
+        " own appends), the figure to compare on a shared machine, where wall times also measure everyone"
+        " else's load. The ratio columns divide by the figure at 0 (for rates, below 1 is slower; for times"
+        " and CPU, above 1 is slower).",
         "",
         f"- Command: `{command}`",
         f"- Date: {time.strftime('%Y-%m-%d')}",
