@@ -249,9 +249,11 @@ class Conditions:
         self.params.append(value)
         self.clauses.append(template.format(self.dialect.placeholder(len(self.params))))
 
-    def member(self, column: str, values: Iterable[str]) -> None:
+    def member(self, column: str, values: Iterable[str], *, indexed: bool = True) -> None:
         """``column`` is one of ``values``. One value is written as ``=``, so
-        an index on the column keeps returning rows in its order."""
+        an index on the column keeps returning rows in its order. Not
+        ``indexed``: several values are written so that SQLite uses no index
+        for them (``+column``, which changes nothing else)."""
         chosen = sorted(values)
         if len(chosen) == 1:
             self.add(f"{column} = {{}}", chosen[0])
@@ -259,7 +261,7 @@ class Conditions:
             self.add(f"{column} = ANY({{}}::text[])", chosen)
         else:
             marks = ", ".join(self.next_placeholder(value) for value in chosen)
-            self.clauses.append(f"{column} IN ({marks})")
+            self.clauses.append(f"{'' if indexed else '+'}{column} IN ({marks})")
 
     def next_placeholder(self, value: object) -> str:
         """A parameter outside the WHERE (a LIMIT, say)."""
@@ -272,12 +274,21 @@ class Conditions:
 
 
 def log_conditions(dialect: Dialect, after_position: int, log_filter: LogFilter) -> Conditions:
+    """A page of the log must come in position order without reading past
+    the page. An index on (type, position) gives that order for one type;
+    for several, SQLite read every later match from the index and sorted
+    them all to return one page, so that each page of a catch-up (a
+    projection rebuilt, a subscriber filtered to a few event types) read the
+    rest of the log. Such a list is kept off the indexes there: the rows
+    come from the primary key in position order, filtered, and the read
+    stops at the page's end. (PostgreSQL: LOG_PAGE_SETTINGS turns sorting
+    off, to the same effect.)"""
     conditions = Conditions(dialect)
     conditions.add("position > {}", after_position)
     if log_filter.aggregate_types:
-        conditions.member("aggregate_type", log_filter.aggregate_types)
+        conditions.member("aggregate_type", log_filter.aggregate_types, indexed=False)
     if log_filter.event_types:
-        conditions.member("event_type", log_filter.event_types)
+        conditions.member("event_type", log_filter.event_types, indexed=False)
     if log_filter.aggregate_id is not None:
         conditions.add("aggregate_id = {}", log_filter.aggregate_id)
     if log_filter.origin is not None:

@@ -195,3 +195,35 @@ async def test_retention_finds_the_oldest_command_records_by_their_time_index(
     assert "Index Scan using commands_by_time on commands" in explained, explained
     assert "Seq Scan on commands" not in explained, explained
     assert "Index Cond: (command_id = ANY" in explained, explained
+
+
+@pytest.mark.parametrize(
+    "log_filter",
+    [
+        LogFilter(aggregate_types=frozenset({"Account", "Other"})),
+        LogFilter(event_types=frozenset({"x", "y", "z"})),
+        LogFilter(aggregate_types=frozenset({"Account"}), event_types=frozenset({"x", "y"})),
+    ],
+    ids=["two-types", "three-event-types", "type-and-event-types"],
+)
+def test_a_log_page_filtered_to_several_types_sorts_no_more_than_the_page(
+    log: tuple[str, int], log_filter: LogFilter
+) -> None:
+    # A projection's filter names several event types: each page of its
+    # catch-up must not read (and sort) every later match.
+    url, _ = log
+    conditions = log_conditions(POSTGRES, 0, log_filter)
+    explained = plan(
+        url,
+        sql.read_log(
+            conditions.where,
+            conditions.next_placeholder(100) + "::bigint",
+            conditions.next_placeholder(1024 * 1024) + "::bigint",
+        ),
+        conditions.params,
+        mode="auto",
+        settings=sql.LOG_PAGE_SETTINGS,
+    )
+    assert "Seq Scan on events" not in explained, explained
+    sorted_rows = [int(rows) for rows in re.findall(r"Sort \(actual rows=(\d+)", explained)]
+    assert all(rows <= 100 for rows in sorted_rows), explained
