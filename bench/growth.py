@@ -532,7 +532,9 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.stores:
             for size in args.sizes:
                 rows.append(measure(kind, size, cluster, Path(folder)))
-    print(json.dumps(rows, indent=2))
+                # Each row as soon as it is measured: a long run stopped
+                # half-way keeps what it measured.
+                print(json.dumps(rows[-1]), flush=True)
     if not args.no_write:
         command = "python -m bench.growth " + " ".join(argv if argv is not None else sys.argv[1:])
         write_section(args.out, section(rows, command.strip(), described))
