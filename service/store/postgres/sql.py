@@ -138,6 +138,14 @@ FIND_COMMANDS = f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE command
 # -- reads of one aggregate -----------------------------------------------
 
 HEAD = "SELECT aggregate_type, version FROM chronicle.events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1"
+# The (aggregate_id, version) index walked in order of ids, stopping after
+# $3 aggregates. No range start from the prefix: under the database's
+# collation an id may sort before a prefix of itself.
+LIST_AGGREGATES = (
+    "SELECT aggregate_id, min(aggregate_type), max(version) FROM chronicle.events"
+    " WHERE starts_with(aggregate_id, $1) AND aggregate_id > $2"
+    " GROUP BY aggregate_id ORDER BY aggregate_id LIMIT $3::bigint"
+)
 FIND_COMMAND = f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE command_id = $1"
 VERSION_AT = (
     "SELECT coalesce("
