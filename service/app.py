@@ -370,7 +370,8 @@ async def start(
                 rpcs_in_flight=lambda: gate.in_flight,
                 subscriptions=lambda: tracker.count,
             )
-            metrics_server = MetricsServer(metrics, settings.metrics_listen)
+            if settings.metrics_listen:
+                metrics_server = MetricsServer(metrics, settings.metrics_listen)
         port = _bind(server, settings.listen, credentials)
         # One of several processes (--processes) also listens on a port of
         # its own, which it advertises: routing clients reach it directly,
