@@ -75,7 +75,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Application, HeldProject
         auth=True,
         policy_file=write(tmp_path / "policy.toml", POLICY),
         api_keys_file=api_key_file(
-            tmp_path / "keys.toml", [(ROOT_KEY, "root", []), (ALICE_KEY, "alice", []), (BOB_KEY, "bob", [])]
+            tmp_path / "keys.toml", [(ROOT_KEY, "root", ["teller", "boxer"]), (ALICE_KEY, "alice", []), (BOB_KEY, "bob", [])]
         ),
         console_listen="127.0.0.1:0",
         console_sample_seconds=0.2,
@@ -127,7 +127,7 @@ async def test_an_operator_logs_in_finds_an_aggregate_and_reads_its_events(brows
     assert await browser.texts("#events tbody td:first-child") == ["1", "2"]
     payloads = await browser.texts("#events pre.payload")
     # The hostile owner is shown as the text it is, and nothing of it ran.
-    assert HOSTILE_OWNER.replace("'", "\\u0027") in payloads[0] or HOSTILE_OWNER in payloads[0]
+    assert HOSTILE_OWNER in payloads[0]
     assert '"amount": "70"' in payloads[1]
     assert await browser.run(lambda: browser.driver.execute_script("return window.pwned")) is None
     assert await browser.find_all("#events img") == []
