@@ -182,7 +182,11 @@ class Console:
             "/load": lambda: views.load_page(parts),
             "/cluster": lambda: views.cluster_page(parts),
         }
-        refresh = {"/projections": 2, "/cluster": 2, "/load": max(1, round(parts.load.interval)) if parts.load else None}
+        refresh = {
+            "/projections": 2,
+            "/cluster": 2,
+            "/load": max(1, round(parts.load.interval)) if parts.load else None,
+        }
         if path == "/":
             return _redirect("/log")
         if path == "/tail/events":

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from service.errors import ChronicleError
 from service.principal import Principal
 from service.security.credentials import Authenticator
 
@@ -72,7 +73,7 @@ class Sessions:
             return None
         try:
             session.principal = self._authenticate(session.credential)
-        except Exception:
+        except ChronicleError:  # the credential no longer verifies (a JWT expired)
             del self._by_id[session_id]
             return None
         session.last_seen = now

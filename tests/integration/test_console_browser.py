@@ -20,8 +20,8 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.app import Application, start
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
@@ -75,7 +75,8 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Application, HeldProject
         auth=True,
         policy_file=write(tmp_path / "policy.toml", POLICY),
         api_keys_file=api_key_file(
-            tmp_path / "keys.toml", [(ROOT_KEY, "root", ["teller", "boxer"]), (ALICE_KEY, "alice", []), (BOB_KEY, "bob", [])]
+            tmp_path / "keys.toml",
+            [(ROOT_KEY, "root", ["teller", "boxer"]), (ALICE_KEY, "alice", []), (BOB_KEY, "bob", [])],
         ),
         console_listen="127.0.0.1:0",
         console_sample_seconds=0.2,
@@ -89,9 +90,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Application, HeldProject
 
 
 @pytest.fixture
-async def browser(
-    driver: webdriver.Chrome, served: tuple[Application, HeldProjections]
-) -> AsyncIterator[Browser]:
+async def browser(driver: webdriver.Chrome, served: tuple[Application, HeldProjections]) -> AsyncIterator[Browser]:
     app, _ = served
     assert app.console is not None
     opened = Browser(driver, f"http://{app.console.address}")
@@ -157,9 +156,7 @@ async def test_a_wrong_key_is_refused_and_logging_out_ends_the_session(browser: 
     assert await browser.path() == "/login"
 
 
-async def test_a_principal_without_a_read_grant_sees_nothing_it_may_not_read(
-    browser: Browser, root: Client
-) -> None:
+async def test_a_principal_without_a_read_grant_sees_nothing_it_may_not_read(browser: Browser, root: Client) -> None:
     await root.submit(command("acc-1", bank.OpenAccount(owner="secret owner")))
     await root.submit(command("box-1", box.CreateBox(name="bobs box")))
     await browser.log_in(BOB_KEY)  # bob may read boxes, not accounts, and subscribe to nothing

@@ -153,7 +153,8 @@ async def test_a_jwt_logs_in_and_its_session_ends_when_the_token_expires(
 async def test_an_unreadable_aggregate_is_refused_as_the_api_refuses_it(tmp_path: Path) -> None:
     settings = authenticated(tmp_path)
     settings = replace(
-        settings, api_keys_file=api_key_file(tmp_path / "k.toml", [(KEY, "alice", []), ("bob-key-0123456789", "bob", [])])
+        settings,
+        api_keys_file=api_key_file(tmp_path / "k.toml", [(KEY, "alice", []), ("bob-key-0123456789", "bob", [])]),
     )
     app = await start(settings, store=MemoryStore())
     try:

@@ -87,7 +87,9 @@ class Browser:
     async def click(self, css: str) -> None:
         await self.run(lambda: self.driver.find_element(By.CSS_SELECTOR, css).click())
 
-    async def wait_until(self, check: Callable[[webdriver.Chrome], object], *, within: float = 20.0, what: str = "") -> None:
+    async def wait_until(
+        self, check: Callable[[webdriver.Chrome], object], *, within: float = 20.0, what: str = ""
+    ) -> None:
         """Until ``check(driver)`` is truthy (exceptions count as not yet)."""
 
         def waiting() -> None:
