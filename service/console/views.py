@@ -220,7 +220,11 @@ def _number(text: str, *, default: int) -> int:
 async def tail_page(parts: Parts) -> tuple[str, list[Content]]:
     head = await parts.log.log_head()
     return "Live log", [
-        tag("p", "The newest events, as they are written (the last ", TAIL_BACKLOG, " first).", class_="summary"),
+        tag(
+            "p",
+            f"Events as they are written, the newest on top, from the {TAIL_BACKLOG} before this page opened.",
+            class_="summary",
+        ),
         tag("p", "connecting…", id="tail-status", class_="status"),
         table(
             ["position", "aggregate", "version", "type", "recorded", "payload"],
@@ -345,11 +349,13 @@ async def load_page(parts: Parts) -> tuple[str, list[Content]]:
         return "Load", [tag("p", "Metrics are off on this server.", class_="empty")]
     samples = list(sampler.samples)
     minutes = sampler.window / 60
-    span = f"-{minutes:g} min"
-    padding: list[None] = [None] * max(0, (sampler.samples.maxlen or 0) - len(samples))
+    # The charts span the samples there are: up to the window, less on a
+    # server that started a moment ago.
+    covered = sum(s.seconds for s in samples)
+    span = f"-{covered / 60:.0f} min" if covered >= 120 else f"-{covered:.0f} s"
 
     def values(pick: Any) -> list[float | None]:
-        return [*padding, *(pick(s) for s in samples)]
+        return [pick(s) for s in samples]
 
     charts = [
         line_chart(
@@ -387,7 +393,7 @@ async def load_page(parts: Parts) -> tuple[str, list[Content]]:
     return "Load", [
         tag(
             "p",
-            f"The last {minutes:g} minutes, one sample every {sampler.interval:g} s: {commands:.0f} commands"
+            f"Up to the last {minutes:g} minutes, one sample every {sampler.interval:g} s: {commands:.0f} commands"
             f" in {total_seconds:.0f} s.",
             class_="summary",
             id="load-summary",
@@ -461,12 +467,12 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
         tag("h2", "Partition owners"),
         tag("p", legend, class_="legend-text"),
         tag("ol", *cells, class_="partitions", id="partitions"),
-        tag("h2", "This replica's partition leases"),
-        table(
-            ["partition", "lapses in (unless renewed)"],
-            [(name, _seconds(left)) for name, left in sorted(remaining.items(), key=lambda kv: int(kv[0]))],
-            empty="holds none",
-            id="leases",
+        tag(
+            "p",
+            f"This replica holds {len(remaining)} partition leases; the soonest lapses in"
+            f" {_seconds(min(remaining.values(), default=None))} unless renewed.",
+            class_="summary",
+            id="own-leases",
         ),
         tag("h2", "Projection leases"),
         tag("p", f"Last heard {_seconds(projection_age)} ago.", class_="summary") if projection_view else "",
