@@ -6,6 +6,7 @@ beyond loopback without --auth."""
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from service.store.memory import MemoryStore
 from tests.support.grpc_client import TEST_SETTINGS, command, connect
 from tests.support.http import Answer, request, send_raw
 from tests.support.processes import serve_until_exit
-from tests.support.security import ISSUER, POLICY, JwtIssuer, api_key_file, bearer, write
+from tests.support.security import ISSUER, POLICY, Authority, JwtIssuer, api_key_file, bearer, write
 from tests.support.waiting import eventually
 
 KEY = "console-http-key-0123456789"
@@ -85,6 +86,8 @@ async def test_every_answer_carries_the_security_headers(app: Application) -> No
         assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
         assert answer.header("x-frame-options") == "DENY"
         assert answer.header("x-content-type-options") == "nosniff"
+        assert answer.header("referrer-policy") == "same-origin"
+        assert answer.all("cache-control") == ["no-store"]
 
 
 async def test_pages_need_a_session_and_the_login_sets_a_strict_http_only_cookie(app: Application) -> None:
@@ -100,6 +103,22 @@ async def test_pages_need_a_session_and_the_login_sets_a_strict_http_only_cookie
     assert page.status == 200 and '<span class="principal">root</span>' in page.text
     # No inline script anywhere: every script element names its file.
     assert not re.search(r"<script(?![^>]*\bsrc=)", page.text)
+
+
+async def test_aggregates_are_listed_fifty_to_a_page(app: Application) -> None:
+    async with connect(app.address, interceptors=bearer(KEY)) as client:
+        for number in range(60):
+            await client.submit(command(f"acc-{number:02d}", bank.OpenAccount(owner="ann"), user_id="root"))
+    address = console(app)
+    cookie = session_cookie(await log_in(address, KEY))
+    first = await request(address, "GET", "/log?q=acc-", headers={"Cookie": cookie})
+    listed = re.findall(r'<a href="/aggregates/(acc-\d+)">', first.text)
+    assert listed == [f"acc-{number:02d}" for number in range(50)]
+    next_page = re.search(r'<a href="(/log\?[^"]+)" class="next">', first.text)
+    assert next_page is not None
+    rest = await request(address, "GET", next_page.group(1).replace("&amp;", "&"), headers={"Cookie": cookie})
+    assert re.findall(r'<a href="/aggregates/(acc-\d+)">', rest.text) == [f"acc-{n}" for n in range(50, 60)]
+    assert 'class="next"' not in rest.text
 
 
 async def test_a_wrong_credential_is_refused_with_its_reason(app: Application) -> None:
@@ -228,3 +247,27 @@ async def test_a_console_address_in_use_is_a_clear_start_up_error(app: Applicati
     with pytest.raises(ConfigurationError) as refused:
         await start(authenticated(tmp_path, console_listen=console(app)), store=MemoryStore())
     assert refused.value.reason == "BIND_FAILED"
+
+
+async def test_with_tls_the_console_serves_https_and_its_cookie_is_secure(tmp_path: Path) -> None:
+    ca = Authority()
+    server = ca.issue("localhost", server=True)
+    settings = authenticated(
+        tmp_path,
+        tls_cert_file=write(tmp_path / "server.pem", server.certificate),
+        tls_key_file=write(tmp_path / "server.key", server.key),
+    )
+    app = await start(settings, store=MemoryStore())
+    try:
+        address = console(app)
+        trusting = ssl.create_default_context(cadata=ca.certificate.decode())
+        body = urlencode({"credential": KEY}).encode()
+        headers = {**FORM, "Origin": f"https://{address}"}
+        answer = await request(address, "POST", "/login", headers=headers, body=body, tls=trusting)
+        assert answer.status == 303
+        (cookie,) = answer.all("set-cookie")
+        assert cookie.endswith("; HttpOnly; SameSite=Strict; Secure")
+        with pytest.raises(ConnectionError):  # plaintext gets no page
+            await request(address, "GET", "/login")
+    finally:
+        await app.stop(grace=0.5, drain=0)

@@ -5,6 +5,7 @@ requests) to the console."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass
 
 
@@ -26,15 +27,17 @@ class Answer:
         return self.body.decode()
 
 
-async def send_raw(address: str, data: bytes) -> Answer:
+async def send_raw(address: str, data: bytes, *, tls: ssl.SSLContext | None = None) -> Answer:
     host, _, port = address.rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=tls)
     try:
         writer.write(data)
         await writer.drain()
         raw = await asyncio.wait_for(reader.read(), 10)
     finally:
         writer.close()
+    if not raw:
+        raise ConnectionError("the server closed the connection without an answer")
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ")[1])
@@ -50,9 +53,10 @@ async def request(
     headers: dict[str, str] | None = None,
     body: bytes = b"",
     host: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Answer:
     wanted = {"Host": host or address, **(headers or {})}
     if body or method == "POST":
         wanted["Content-Length"] = str(len(body))
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in wanted.items()) + "\r\n"
-    return await send_raw(address, head.encode("latin-1") + body)
+    return await send_raw(address, head.encode("latin-1") + body, tls=tls)

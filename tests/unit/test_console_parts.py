@@ -11,8 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from service.console.charts import Series, line_chart, nice_maximum
 from service.console.html import Html, escape, page, table, tag
 from service.console.load import LoadSampler, quantile
+from service.console.server import check_console_exposure
 from service.console.sessions import Sessions
-from service.errors import Unauthenticated
+from service.errors import ConfigurationError, Unauthenticated
 from service.security.credentials import ApiKeyEntry, ApiKeys, Authenticator, hash_api_key
 
 HOSTILE = "<script>alert(1)</script>\"'&"
@@ -114,3 +115,13 @@ def test_the_oldest_session_goes_when_there_are_too_many() -> None:
     third, _ = sessions.log_in("k" * 20)
     assert sessions.find(first) is None
     assert sessions.find(second) is not None and sessions.find(third) is not None
+
+
+def test_the_console_beyond_loopback_needs_auth_and_warns_without_tls() -> None:
+    assert check_console_exposure(listen="127.0.0.1:8080", auth=False, tls=False) == []
+    with pytest.raises(ConfigurationError) as refused:
+        check_console_exposure(listen="0.0.0.0:8080", auth=False, tls=False)
+    assert refused.value.reason == "INSECURE_LISTEN"
+    (warning,) = check_console_exposure(listen="0.0.0.0:8080", auth=True, tls=False)
+    assert "plaintext" in warning
+    assert check_console_exposure(listen="0.0.0.0:8080", auth=True, tls=True) == []
