@@ -24,6 +24,8 @@ from urllib.parse import parse_qs, urlsplit
 log = logging.getLogger("chronicle.console")
 
 MAX_HEAD_BYTES = 16 * 1024
+# Live tails hold their connection open: this many at once, then 503.
+MAX_CONNECTIONS = 100
 MAX_BODY_BYTES = 64 * 1024
 REQUEST_SECONDS = 10.0
 
@@ -118,8 +120,15 @@ def _head(response: Response, *, length: int | None) -> bytes:
 class HttpServer:
     """Serves ``handler`` on ``host:port`` until ``stop``."""
 
-    def __init__(self, handler: Handler, *, base_headers: list[tuple[str, str]] | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        base_headers: list[tuple[str, str]] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self._handler = handler
+        self._max_connections = max_connections
         self._base_headers = base_headers or []
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -143,8 +152,19 @@ class HttpServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        busy = len(self._connections) >= self._max_connections
         self._connections.add(task)
         try:
+            if busy:
+                # Read the request first: closing a socket with unread bytes
+                # resets it, and the browser would never see the answer.
+                with contextlib.suppress(_BadRequest, TimeoutError):
+                    await asyncio.wait_for(_read_request(reader), REQUEST_SECONDS)
+                refusal = Response(503, b"Too many connections to the console", "text/plain; charset=utf-8")
+                refusal.headers = [*self._base_headers, ("Retry-After", "5")]
+                writer.write(_head(refusal, length=len(refusal.body)) + refusal.body)
+                await writer.drain()
+                return
             await self._serve(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass  # the browser went away

@@ -3,18 +3,22 @@ load's percentiles and rates from histogram buckets, sessions that go idle."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from service.console.charts import Series, line_chart, nice_maximum
 from service.console.html import Html, escape, page, table, tag
+from service.console.http import HttpServer, Request, Response
 from service.console.load import LoadSampler, quantile
 from service.console.server import check_console_exposure
 from service.console.sessions import Sessions
 from service.errors import ConfigurationError, Unauthenticated
 from service.security.credentials import ApiKeyEntry, ApiKeys, Authenticator, hash_api_key
+from tests.support.http import request
 
 HOSTILE = "<script>alert(1)</script>\"'&"
 
@@ -125,3 +129,31 @@ def test_the_console_beyond_loopback_needs_auth_and_warns_without_tls() -> None:
     (warning,) = check_console_exposure(listen="0.0.0.0:8080", auth=True, tls=False)
     assert "plaintext" in warning
     assert check_console_exposure(listen="0.0.0.0:8080", auth=True, tls=True) == []
+
+
+async def test_connections_beyond_the_limit_are_refused_until_one_ends() -> None:
+    held = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        async def stream() -> AsyncIterator[bytes]:
+            yield b"open"
+            await held.wait()
+
+        return Response(200, stream=stream())
+
+    server = HttpServer(handler, max_connections=1)
+    await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readuntil(b"open")).startswith(b"HTTP/1.1 200 OK")
+        refused = await request(f"127.0.0.1:{server.port}", "GET", "/")
+        assert refused.status == 503 and refused.header("retry-after") == "5"
+        held.set()
+        await reader.read()
+        writer.close()
+        answered = await request(f"127.0.0.1:{server.port}", "GET", "/")
+        assert answered.status == 200
+    finally:
+        held.set()
+        await server.stop()
