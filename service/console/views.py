@@ -144,7 +144,7 @@ async def log_page(parts: Parts, query: dict[str, str]) -> tuple[str, list[Conte
     if shown and not exhausted:
         more.append(link(url("/log", q=prefix, after=shown[-1].aggregate_id), "Next page →", class_="next"))
     return "Log", [
-        tag("p", f"The log holds {head} events.", class_="summary"),
+        tag("p", f"The log's head is at position {head}.", class_="summary"),
         search,
         table(["aggregate", "type", "version"], rows, empty="no aggregate you may read matches", id="aggregates"),
         *more,
