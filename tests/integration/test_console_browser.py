@@ -11,9 +11,10 @@ logs in afresh after the cookies of the one before are cleared.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,9 +24,7 @@ from selenium.webdriver.common.by import By
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.app import Application, start
-from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
-from service.store.records import DocumentWrite
 from tests.support.browser import Browser, start_chromium
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, connect
 from tests.support.security import POLICY, api_key_file, bearer, write
@@ -45,19 +44,9 @@ class HeldProjections(MemoryStore):
         self.released = asyncio.Event()
         self.released.set()
 
-    async def commit_projection(
-        self,
-        name: str,
-        *,
-        expected_position: int,
-        new_position: int,
-        writes: Sequence[DocumentWrite],
-        fencing: Fencing | None = None,
-    ) -> None:
+    async def commit_projection(self, *args: Any, **kwargs: Any) -> None:
         await self.released.wait()
-        await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
-        )
+        await super().commit_projection(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
