@@ -118,7 +118,9 @@ def test_a_prefix_ends_before_the_first_key_that_does_not_start_with_it() -> Non
 
 
 def _parked(position: int, event_id: str = "e", projection: str = "p") -> ParkedEvent:
-    return ParkedEvent(projection, position, event_id, "t.Happened", "agg-1", "ValueError: no", 3, 1_700_000_000_000_000)
+    return ParkedEvent(
+        projection, position, event_id, "t.Happened", "agg-1", "ValueError: no", 3, 1_700_000_000_000_000
+    )
 
 
 async def test_a_reset_clears_documents_parked_events_and_the_checkpoint_together(store: StoreAdapter) -> None:
