@@ -278,9 +278,9 @@ class ProjectionRunner:
         self.progress = Progress()
         self._task: asyncio.Task[None] | None = None
         self._cache = DocumentCache()
-        # Failed tries per event (position, id) of a projection that parks;
-        # forgotten once the runner gets past them.
-        self._attempts: dict[tuple[int, str], int] = {}
+        # Failed tries per event (position, id) of a projection that parks,
+        # and the last error; forgotten once the runner gets past them.
+        self._failures: dict[tuple[int, str], tuple[int, str]] = {}
         self._nudged = asyncio.Event()
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
@@ -433,7 +433,7 @@ class ProjectionRunner:
                 self.progress.committed()
             self.status.position = position
             self.status.error = ""
-            self._attempts.clear()
+            self._failures.clear()
             return position
         except BaseException:
             # Another runner may have moved on (a conflict), or a commit's
@@ -460,38 +460,43 @@ class ProjectionRunner:
 
     def _apply_or_park(self, batch: _Batch, record: RecordedEvent, message: Message) -> str | None:
         """``_apply``; for a projection that parks, an event whose handler
-        failed ``max_attempts`` times is parked in ``batch`` instead."""
-        try:
-            return self._apply(batch, record, message)
-        except ChronicleError as error:
-            if self.projection.on_failure != "park":
-                raise
-            event = (record.position, record.event_id)
-            attempts = self._attempts.get(event, 0) + 1
-            self._attempts[event] = attempts
-            if attempts < self.projection.max_attempts:
-                raise
-            log.warning(
-                "projection %s parks %s at position %d after %d attempts: %s",
+        failed ``max_attempts`` times is parked in ``batch`` instead (and
+        not tried again when a later event fails the batch before it
+        commits)."""
+        event = (record.position, record.event_id)
+        failed = self._failures.get(event)
+        if failed is None or failed[0] < self.projection.max_attempts:
+            try:
+                return self._apply(batch, record, message)
+            except ChronicleError as error:
+                if self.projection.on_failure != "park":
+                    raise
+                failed = (failed[0] + 1 if failed else 1, f"{error.reason}: {error.message}")
+                self._failures[event] = failed
+                if failed[0] < self.projection.max_attempts:
+                    raise
+        attempts, error_text = failed
+        log.warning(
+            "projection %s parks %s at position %d after %d attempts: %s",
+            self.projection.name,
+            record.event_type,
+            record.position,
+            attempts,
+            error_text,
+        )
+        batch.parked.append(
+            ParkedEvent(
                 self.projection.name,
-                record.event_type,
                 record.position,
+                record.event_id,
+                record.event_type,
+                record.aggregate_id,
+                error_text,
                 attempts,
-                error.message,
+                time.time_ns() // 1000,
             )
-            batch.parked.append(
-                ParkedEvent(
-                    self.projection.name,
-                    record.position,
-                    record.event_id,
-                    record.event_type,
-                    record.aggregate_id,
-                    f"{error.reason}: {error.message}",
-                    attempts,
-                    time.time_ns() // 1000,
-                )
-            )
-            return None
+        )
+        return None
 
     @property
     def holds_lease(self) -> bool:
