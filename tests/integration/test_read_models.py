@@ -373,7 +373,7 @@ async def test_a_projection_parks_an_event_its_handler_keeps_failing_on_and_goes
     UNLUCKY.clear()
     UNLUCKY.add(13)
     await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
-    positions = {}
+    positions: dict[int, list[Any]] = {}
     for amount in (5, 13, 7, 13, 1):
         deposited = await client.submit(command("acc-1", bank.Deposit(amount=amount)))
         positions.setdefault(amount, []).append(deposited.events[-1])
