@@ -134,7 +134,7 @@ def test_a_log_page_of_a_rare_aggregate_type_comes_in_position_order_from_its_in
     assert all(rows <= 100 for rows in sorted_rows), explained
 
 
-@pytest.fixture(params=[(300, False), (20_000, True)], ids=["300", "20000"])
+@pytest.fixture(params=[(300, False), (50_000, False), (50_000, True)], ids=["300", "50000-unanalyzed", "50000"])
 async def documents(request: pytest.FixtureRequest, postgres_url: str) -> str:
     """A database holding a projection's documents (and another's)."""
     store = PostgresStore(postgres_url)
@@ -160,7 +160,7 @@ def test_documents_are_listed_by_prefix_from_the_primary_key_in_order(documents:
         lower, inclusive, upper = listing.bounds()
         statement = sql.list_documents(lower_inclusive=inclusive, upper=upper is not None, descending=descending)
         params: list[Any] = ["p", lower, *(() if upper is None else (upper,)), 100]
-        explained = plan(documents, statement, params, mode=mode)
+        explained = plan(documents, statement, params, mode=mode, settings=sql.DOCUMENT_PAGE_SETTINGS)
         assert "projection_documents_pkey" in explained, explained
         assert "Seq Scan" not in explained and "Sort" not in explained, explained
         # The range is the prefix's: no key outside it is read and filtered out.

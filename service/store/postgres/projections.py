@@ -72,8 +72,10 @@ class ProjectionsRole:
             lower_inclusive=inclusive, upper=upper is not None, descending=listing.descending
         )
         parameters = (projection, lower, *(() if upper is None else (upper,)), listing.limit)
-        (result,) = await self._db.run(
-            "list_documents", [Statement(statement.encode(), parameters, binary=True)], read_only=True
+        _, result = await self._db.run(
+            "list_documents",
+            [Statement(sql.DOCUMENT_PAGE_SETTINGS.encode()), Statement(statement.encode(), parameters, binary=True)],
+            read_only=True,
         )
         return [document_from_row(row) for row in rows(result)]
 

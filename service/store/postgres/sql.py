@@ -289,6 +289,13 @@ RESET_DOCUMENTS = "DELETE FROM chronicle.projection_documents WHERE projection =
 RESET_PARKED_EVENTS = "DELETE FROM chronicle.projection_parked_events WHERE projection = $1"
 
 
+# A page of documents comes from the primary key in key order, reading only
+# the page, for the same reason as a page of the log: without statistics
+# (documents written since the last ANALYZE) the planner reads every key of
+# the range and sorts them for the first hundred.
+DOCUMENT_PAGE_SETTINGS = LOG_PAGE_SETTINGS
+
+
 @functools.cache
 def list_documents(*, lower_inclusive: bool, upper: bool, descending: bool) -> str:
     """A page of documents by key range (``DocumentRange.bounds``): an index
