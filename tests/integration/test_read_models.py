@@ -20,6 +20,7 @@ from chronicle.v1 import projection_service_pb2 as pb
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
+from service.cli import main as cli
 from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
 from service.plugins.registry import Registry
@@ -43,6 +44,8 @@ UNLUCKY = {13}
 CALLS: Counter[str] = Counter()
 tally = Plugin("tally")
 tallied = tally.projection("tally.deposits", aggregate_types=["Account"])
+# A projection of every aggregate type: only administrators may read it.
+everything = tally.projection("tally.everything")
 # A projection that never gets past a deposit (it stops there).
 stuck = Plugin("stuck")
 stuck_deposits = stuck.projection("stuck.deposits", aggregate_types=["Account"])
@@ -63,6 +66,11 @@ def _tally(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Docu
     total.balance += event.amount
     documents.put("total", total)
     CALLS[envelope.event_id] += 1  # once it has what it needs (see test_projection_leases)
+
+
+@everything.on(bank.MoneyDeposited)
+def _seen(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+    documents.put(envelope.aggregate_id, event)
 
 
 @stuck_deposits.on(bank.MoneyDeposited)
@@ -366,6 +374,25 @@ async def test_a_rebuild_asked_of_one_replica_is_done_by_the_one_that_runs_the_p
         assert found.document.Unpack(total) and total.balance == 55
 
 
+async def test_chronicle_projection_rebuild_ends_when_the_projection_stops_on_an_error(
+    server: tuple[Application, Client], capsys: pytest.CaptureFixture[str]
+) -> None:
+    app, client = server
+    await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    await client.submit(command("acc-1", bank.Deposit(amount=5)))
+
+    async def stopped() -> bool:
+        status = await client.projections.GetProjection(pb.GetProjectionRequest(name="stuck.deposits"))
+        return "this handler never works" in status.error
+
+    await eventually(stopped, what="stuck.deposits stopping")
+    exit_code = await asyncio.to_thread(cli, ["projection", "rebuild", "stuck.deposits", "--server", app.address])
+    shown = capsys.readouterr()
+    assert exit_code == 1
+    assert "error: projection stuck.deposits stopped at position" in shown.err
+    assert "this handler never works" in shown.err and shown.out == ""
+
+
 # -- parked events ------------------------------------------------------------------------
 
 
@@ -402,6 +429,25 @@ async def test_a_projection_parks_an_event_its_handler_keeps_failing_on_and_goes
     status = await caught_up(client, "picky.deposits")
     found = await client.projections.GetDocument(pb.GetDocumentRequest(projection="picky.deposits", key="total"))
     assert found.document.Unpack(total) and (total.balance, status.parked_events) == (39, 0)
+
+
+async def test_projections_are_listed_for_those_who_may_read_them(sql_store: StoreAdapter) -> None:
+    async with running_server(sql_store, registry=REGISTRY) as (_, client):
+        listed = await client.projections.ListProjections(pb.ListProjectionsRequest())
+        names = [p.name for p in listed.projections]
+        # Anonymous callers are no administrators: a projection of every
+        # aggregate type is left out, as GetProjection refuses it.
+        assert names == sorted(p.name for p in REGISTRY.projections if p.aggregate_types)
+        code, reason, _ = await rpc_error(
+            client.projections.GetProjection(pb.GetProjectionRequest(name="tally.everything"))
+        )
+        assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "ANONYMOUS_ADMIN_DENIED")
+
+
+async def test_every_projection_is_listed_for_an_administrator(client: Client) -> None:
+    listed = await client.projections.ListProjections(pb.ListProjectionsRequest())
+    assert [p.name for p in listed.projections] == sorted(p.name for p in REGISTRY.projections)
+    assert all(p.log_head == 0 and p.on_failure in ("stop", "park") for p in listed.projections)
 
 
 async def test_a_bad_parked_page_token_is_refused(client: Client) -> None:
