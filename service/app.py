@@ -347,6 +347,9 @@ async def start(
         registry=registry,
         projections=projections,
         authorizer=authorizer,
+        audit=audit,
+        read_wait=settings.read_wait_seconds,
+        page_bytes=page_bytes,
     )
     server = build_server(
         commands=CommandService(registry, pipeline, refused_commands, ownership=ownership),

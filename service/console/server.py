@@ -25,7 +25,7 @@ from importlib import resources
 from urllib.parse import unquote
 
 from service.console import views
-from service.console.html import Content, Html, page, tag, void
+from service.console.html import Content, Html, page, tag, url, void
 from service.console.http import HttpServer, Request, Response
 from service.console.sessions import COOKIE, Session, Sessions, same_token
 from service.errors import (
@@ -172,13 +172,23 @@ class Console:
             if self._sessions is not None:
                 self._sessions.log_out(request.cookies.get(COOKIE, ""))
             return _redirect("/login", clear_cookie=True, secure=self._secure_cookie)
+        if request.method == "POST" and path.startswith("/projections/") and path.endswith("/rebuild"):
+            name = unquote(path.removeprefix("/projections/").removesuffix("/rebuild"))
+            try:
+                await views.rebuild_projection(parts, name)
+            except ChronicleError as error:
+                return self._page(
+                    _status_of(error), "Refused", [views.error_box(error)], session, principal, "/projections"
+                )
+            return _redirect(url("/projections", rebuilt=name))
         if request.method != "GET":
             return _plain(405, "method not allowed")
         query = dict(request.query)
+        csrf_token = session.csrf_token if session is not None else ""
         pages: dict[str, Callable[[], Awaitable[tuple[str, list[Content]]]]] = {
             "/log": lambda: views.log_page(parts, query),
             "/tail": lambda: views.tail_page(parts),
-            "/projections": lambda: views.projections_page(parts),
+            "/projections": lambda: views.projections_page(parts, query, csrf_token),
             "/load": lambda: views.load_page(parts),
             "/cluster": lambda: views.cluster_page(parts),
         }

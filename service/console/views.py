@@ -29,7 +29,7 @@ from service.cluster.ownership import Ownership
 from service.console.charts import Series, line_chart
 from service.console.html import Content, Html, link, segment, table, tag, url, void
 from service.console.load import LoadSampler
-from service.errors import ChronicleError, PermissionDenied
+from service.errors import ChronicleError
 from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.processing.projections import Projections
@@ -298,15 +298,24 @@ async def tail_stream(parts: Parts, after: int, *, keepalive: float = 15.0) -> A
 # -- projections ----------------------------------------------------------------
 
 
-async def projections_page(parts: Parts) -> tuple[str, list[Content]]:
+async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str) -> tuple[str, list[Content]]:
+    # ListProjections lists what the caller may read, as the RPC does.
+    listed = await parts.projections.ListProjections(projections_pb.ListProjectionsRequest(), _NO_CONTEXT)
+    admin = parts.authorizer.grant(current_principal.get()).admin
+
+    def rebuild_form(name: str) -> Html:
+        return tag(
+            "form",
+            void("input", type="hidden", name="csrf_token", value=csrf_token),
+            tag("button", "Rebuild", type="submit"),
+            method="post",
+            action=url("/projections/" + segment(name) + "/rebuild"),
+            class_="rebuild",
+            data_projection=name,
+        )
+
     rows = []
-    for projection in parts.registry.projections:
-        try:
-            status = await parts.projections.GetProjection(
-                projections_pb.GetProjectionRequest(name=projection.name), _NO_CONTEXT
-            )
-        except PermissionDenied:
-            continue  # what the caller may not read, it does not see
+    for status in listed.projections:
         if status.error:
             state = "failed"
         elif status.running:
@@ -314,26 +323,35 @@ async def projections_page(parts: Parts) -> tuple[str, list[Content]]:
         else:
             state = "not running here"
         lag = max(0, status.log_head - status.position)
-        rows.append(
-            (
-                status.name,
-                ", ".join(status.aggregate_types) or "(all)",
-                status.position,
-                status.log_head,
-                tag("span", lag, class_="lag", data_projection=status.name),
-                tag("span", state, class_="state-" + state.split()[0]),
-                tag("pre", status.error, class_="error") if status.error else "",
-            )
+        row: list[Content] = [
+            status.name,
+            ", ".join(status.aggregate_types) or "(all)",
+            status.position,
+            status.log_head,
+            tag("span", lag, class_="lag", data_projection=status.name),
+            tag("span", state, class_="state-" + state.split()[0]),
+            status.parked_events,
+            tag("pre", status.error, class_="error") if status.error else "",
+        ]
+        if admin:
+            row.append(rebuild_form(status.name))
+        rows.append(row)
+    headings = ["projection", "aggregate types", "position", "log head", "lag", "status", "parked", "last error"]
+    content: list[Content] = []
+    if query.get("rebuilt"):
+        content.append(
+            tag("p", f"Rebuilding {query['rebuilt']} from the start of the log.", class_="notice", id="notice")
         )
-    return "Projections", [
+    content += [
         tag("p", "Refreshed every two seconds. A projection runs in one replica at a time.", class_="summary"),
-        table(
-            ["projection", "aggregate types", "position", "log head", "lag", "status", "last error"],
-            rows,
-            empty="no projection you may read",
-            id="projections",
-        ),
+        table(headings + ([""] if admin else []), rows, empty="no projection you may read", id="projections"),
     ]
+    return "Projections", content
+
+
+async def rebuild_projection(parts: Parts, name: str) -> None:
+    """RebuildProjection as the RPC runs it: the admin grant, audited."""
+    await parts.projections.RebuildProjection(projections_pb.RebuildProjectionRequest(name=name), _NO_CONTEXT)
 
 
 # -- load -----------------------------------------------------------------------

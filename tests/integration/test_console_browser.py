@@ -11,6 +11,7 @@ logs in afresh after the cookies of the one before are cleared.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from selenium.webdriver.common.by import By
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.app import Application, start
+from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from tests.support.browser import Browser, start_chromium
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, connect
@@ -214,3 +216,50 @@ async def test_the_load_and_the_cluster(browser: Browser, root: Client) -> None:
     members = await browser.texts("#members tbody tr")
     assert len(members) == 1 and "this replica" in members[0]
     assert len(await browser.find_all("#partitions li.mine")) == TEST_SETTINGS.partitions
+
+
+async def test_an_administrator_rebuilds_a_projection_and_it_is_audited(
+    browser: Browser, root: Client, served: tuple[Application, HeldProjections]
+) -> None:
+    app, store = served
+    for number in range(3):
+        await root.submit(command(f"acc-{number}", bank.OpenAccount(owner="ann")))
+    await browser.log_in(ROOT_KEY)
+    await browser.get("/projections")
+    lag = "#projections span.lag[data-projection='bank.balances_by_owner']"
+    await browser.wait_for_text(lag, "0")
+    store.released.clear()  # the rebuild's catching up waits, so that it can be seen
+    await browser.click("form.rebuild[data-projection='bank.balances_by_owner'] button")
+    await browser.wait_for_text("#notice", "Rebuilding bank.balances_by_owner")
+    assert int(await browser.text(lag)) == 3  # back to the start of the log
+    store.released.set()
+    await browser.wait_for_text(lag, "0")
+    audit = await app.store.audit.read_audit(AuditQuery())
+    assert [(e.principal, e.aggregate_id, e.reason) for e in audit if e.command_type.endswith("RebuildProjection")] == [
+        ("root", "projection:bank.balances_by_owner", "")
+    ]
+
+
+async def test_rebuilding_takes_the_admin_grant(browser: Browser, served: tuple[Application, HeldProjections]) -> None:
+    app, _ = served
+    await browser.log_in(ALICE_KEY)  # alice reads accounts and may not administer
+    await browser.get("/projections")
+    assert await browser.texts("#projections tbody td:first-child") == ["bank.balances_by_owner"]
+    assert await browser.find_all("form.rebuild") == []  # no button she could not use
+    page = await browser.run(lambda: browser.driver.page_source)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token is not None
+    await browser.run(
+        lambda: browser.driver.execute_script(
+            "const f = document.createElement('form'); f.method = 'post';"
+            " f.action = '/projections/bank.balances_by_owner/rebuild';"
+            "const i = document.createElement('input'); i.name = 'csrf_token'; i.value = arguments[0];"
+            "f.appendChild(i); document.body.appendChild(f); f.submit();",
+            token.group(1),
+        )
+    )
+    await browser.wait_for_text("p.error", "ADMIN_DENIED")
+    audit = await app.store.audit.read_audit(AuditQuery())
+    assert [(e.principal, e.reason) for e in audit if e.command_type.endswith("RebuildProjection")] == [
+        ("alice", "ADMIN_DENIED")
+    ]
