@@ -18,7 +18,11 @@ documents are read from the store once, not once per event. The cache is
 exact because only a commit that moved the checkpoint from where this runner
 left it can have written them: every commit of this runner updates the cache
 with what it wrote, and anything else (a conflict with another runner, an
-error) empties it.
+error) empties it. Forgetting an aggregate deletes the documents that name
+it as a subject behind the runner's back: the store refuses a commit that
+would put one again (``SubjectsForgotten``), and the runner empties its
+cache and applies the batch again with those documents deleted, so what it
+writes does not depend on what it happened to cache.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed
+from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed, SubjectsForgotten
 from service.plugins.projections import ProjectedEvent, Projection
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
@@ -99,10 +103,17 @@ class _Batch:
     again, so a handler never sees its own half-applied writes twice.
     """
 
-    def __init__(self, projection: str, store: ProjectionStore, cache: DocumentCache) -> None:
+    def __init__(
+        self,
+        projection: str,
+        store: ProjectionStore,
+        cache: DocumentCache,
+        forgotten: ForgottenSubjects | None = None,
+    ) -> None:
         self.projection = projection
         self._store = store
         self._cache = cache
+        self.forgotten = forgotten or ForgottenSubjects()
         self.current: dict[str, Message | None] = {}
         self.writes: dict[str, DocumentWrite] = {}
 
@@ -128,12 +139,14 @@ class _Batch:
                 f"document {key!r} of projection {self.projection} does not parse", reason="CORRUPT_DOCUMENT"
             ) from error
 
-    def write(self, key: str, document: Message | None) -> None:
+    def write(self, key: str, document: Message | None, subjects: tuple[str, ...] = ()) -> None:
         self.current[key] = document
         if document is None:
             self.writes[key] = DocumentWrite(key)
         else:
-            self.writes[key] = DocumentWrite(key, str(document.DESCRIPTOR.full_name), document.SerializeToString())
+            self.writes[key] = DocumentWrite(
+                key, str(document.DESCRIPTOR.full_name), document.SerializeToString(), subjects
+            )
 
     def committed(self) -> None:
         """The batch's writes are in the store: the cache now holds them too."""
@@ -146,25 +159,58 @@ class _Scope:
 
     def __init__(self, batch: _Batch) -> None:
         self._batch = batch
-        self._writes: dict[str, Message | None] = {}
+        self._writes: dict[str, tuple[Message | None, tuple[str, ...]]] = {}
 
     def get(self, key: str, message_type: type[M]) -> M | None:
         if key in self._writes:
-            found = self._writes[key]
+            found = self._writes[key][0]
             return None if found is None else _copy_as(found, message_type, key, self._batch.projection)
         return self._batch.read(key, message_type)
 
-    def put(self, key: str, document: Message) -> None:
+    def put(self, key: str, document: Message, *, subject: str | Iterable[str] | None = None) -> None:
+        subjects = _subjects(subject)
+        if subjects and self._batch.forgotten.any_of(subjects):
+            # Derived from a forgotten aggregate: it must not exist.
+            self._writes[key] = (None, ())
+            return
         copy = type(document)()
         copy.CopyFrom(document)
-        self._writes[key] = copy
+        self._writes[key] = (copy, subjects)
 
     def delete(self, key: str) -> None:
-        self._writes[key] = None
+        self._writes[key] = (None, ())
 
     def commit(self) -> None:
-        for key, document in self._writes.items():
-            self._batch.write(key, document)
+        for key, (document, subjects) in self._writes.items():
+            self._batch.write(key, document, subjects)
+
+
+class ForgottenSubjects:
+    """Aggregates a runner learned were forgotten (from a refused commit),
+    the most recent ``size``: a put naming one becomes a delete. One that
+    left this memory is learned again from the next refusal."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, subjects: Iterable[str]) -> None:
+        for subject in subjects:
+            self._ids[subject] = None
+            self._ids.move_to_end(subject)
+        while len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def any_of(self, subjects: Iterable[str]) -> bool:
+        return any(subject in self._ids for subject in subjects)
+
+
+def _subjects(subject: str | Iterable[str] | None) -> tuple[str, ...]:
+    if subject is None:
+        return ()
+    if isinstance(subject, str):
+        return (subject,)
+    return tuple(sorted(set(subject)))
 
 
 def _copy_as(found: Message, message_type: type[M], key: str, projection: str) -> M:
@@ -220,6 +266,7 @@ class ProjectionRunner:
         self.status = ProjectionStatus(projection.name)
         self._task: asyncio.Task[None] | None = None
         self._cache = DocumentCache()
+        self._forgotten = ForgottenSubjects()
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
 
@@ -285,9 +332,13 @@ class ProjectionRunner:
             page = await self._log.read_log(position, self._filter, self.projection.batch_size)
             if page.scanned_to == position:
                 return position
-            batch = _Batch(self.projection.name, self._documents, self._cache)
+            batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
             try:
                 for stored in page.events:
+                    if stored.redacted:
+                        # Forgotten: nothing to read, and what was derived
+                        # from it went with it (documents name their subjects).
+                        continue
                     for event in self._reader.decode(stored):
                         await self._apply(batch, event.record, event.message)
                 await self._documents.commit_projection(
@@ -296,6 +347,13 @@ class ProjectionRunner:
                     new_position=page.scanned_to,
                     writes=list(batch.writes.values()),
                 )
+            except SubjectsForgotten as forgotten:
+                # Nothing was written. Documents the batch read may have been
+                # deleted with their subject since they were cached: apply it
+                # again from the store, with those subjects' documents deleted.
+                self._cache.clear()
+                self._forgotten.add(forgotten.subjects)
+                continue
             except BaseException:
                 # Another runner may have moved on (a conflict), or the commit's
                 # fate is unknown: what the cache holds can no longer be trusted.

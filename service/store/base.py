@@ -316,6 +316,7 @@ class Store:
         claims: ClaimRegistry | None = None,
         snapshots: SnapshotStore | None = None,
         projections: ProjectionStore | None = None,
+        audit: AuditRecorder | None = None,
     ) -> Store:
         """This store with some roles played by others (a wrapper's)."""
         return replace(
@@ -325,4 +326,5 @@ class Store:
             claims=claims or self.claims,
             snapshots=snapshots or self.snapshots,
             projections=projections or self.projections,
+            audit=audit or self.audit,
         )

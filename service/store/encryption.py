@@ -63,6 +63,14 @@ def snapshot_context(aggregate_id: str, version: int) -> bytes:
     return b"snapshot\0" + aggregate_id.encode() + b"\0" + str(version).encode()
 
 
+def fingerprint_context(aggregate_id: str, command_id: str) -> bytes:
+    return b"fingerprint\0" + aggregate_id.encode() + b"\0" + command_id.encode()
+
+
+def refusal_context(aggregate_id: str, command_id: str) -> bytes:
+    return b"refusal\0" + aggregate_id.encode() + b"\0" + command_id.encode()
+
+
 @dataclass(frozen=True, slots=True)
 class MasterKeys:
     """Master keys by id; ``active`` wraps new data keys, all unwrap."""
@@ -214,6 +222,39 @@ def open_sealed(cipher: AESGCM, sealed: bytes, context: bytes) -> bytes:
         return cipher.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], context)
     except InvalidTag:
         raise PayloadNotDecryptable("a stored payload does not decrypt with its aggregate's key") from None
+
+
+# A command record's fingerprint (SHA-256 of the command's aggregate, type
+# and payload: 32 bytes) is stored sealed (63 bytes). A fingerprint in the
+# clear, written before encryption was on, is 32 bytes long, so the two are
+# told apart by length as well as by the mark (a digest may start with it).
+TAG_BYTES = 16
+SEALED_FINGERPRINT_BYTES = len(MAGIC) + NONCE_BYTES + 32 + TAG_BYTES
+
+
+def is_sealed_fingerprint(fingerprint: bytes) -> bool:
+    return len(fingerprint) == SEALED_FINGERPRINT_BYTES and is_sealed(fingerprint)
+
+
+# Text columns (a refusal's message) hold sealed bytes as this mark and
+# their base64. Chronicle's own texts never start with a control character.
+SEALED_TEXT_MARK = "\x1fsealed:"
+
+
+def is_sealed_text(text: str) -> bool:
+    return text.startswith(SEALED_TEXT_MARK)
+
+
+def seal_text(cipher: AESGCM, text: str, context: bytes) -> str:
+    return SEALED_TEXT_MARK + base64.b64encode(seal(cipher, text.encode(), context)).decode()
+
+
+def open_text(cipher: AESGCM, sealed: str, context: bytes) -> str:
+    try:
+        body = base64.b64decode(sealed[len(SEALED_TEXT_MARK) :], validate=True)
+    except binascii.Error:
+        raise PayloadNotDecryptable("a stored sealed text is not base64") from None
+    return open_sealed(cipher, body, context).decode()
 
 
 # Projection documents are sealed under one data key per projection, kept

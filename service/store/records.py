@@ -263,8 +263,11 @@ class StoredDocument:
 
 @dataclass(frozen=True, slots=True)
 class DocumentWrite:
-    """A change to a projection's document: ``data`` None deletes it."""
+    """A change to a projection's document: ``data`` None deletes it.
+    ``subjects``: the aggregates the document is derived from; forgetting
+    any of them deletes it (a put replaces the document's subjects)."""
 
     key: str
     type_name: str = ""
     data: bytes | None = None
+    subjects: tuple[str, ...] = ()

@@ -59,3 +59,15 @@ async def test_opening_a_current_file_again_changes_nothing(tmp_path: Path) -> N
         assert await reopened.load_snapshot("u-1") == Snapshot("u-1", "User", 1, "users.v1.User", 1, b"x")
     finally:
         await reopened.close()
+
+
+async def test_deleted_content_is_zeroed_whatever_sqlite_was_built_with(tmp_path: Path) -> None:
+    """Forgetting relies on it (free space must not keep a wrapped key or a
+    document); some builds of SQLite default to it, others do not."""
+    store = SqliteStore(tmp_path / "events.db")
+    await store.open()
+    try:
+        (secure_delete,) = await store._writer.run(lambda db: db.execute("PRAGMA secure_delete").fetchone())
+    finally:
+        await store.close()
+    assert secure_delete == 1

@@ -1,12 +1,13 @@
 """``ProjectionStore`` on PostgreSQL: a projection's checkpoint and its
-documents, moved and written in one operation (so one transaction)."""
+documents (with their subjects), moved and written in one operation (so one
+transaction)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 
-from service.errors import ConcurrencyConflict
+from service.errors import ConcurrencyConflict, SubjectsForgotten
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
@@ -41,11 +42,23 @@ class ProjectionsRole:
         statements.append(Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)))
         deletes = [w.key for w in writes if w.data is None]
         puts = [{"key": w.key, "type_name": w.type_name, "data": w.data.hex()} for w in writes if w.data is not None]
+        subjects = [{"key": w.key, "subject": s} for w in writes if w.data is not None for s in w.subjects]
+        if subjects:
+            named = sorted({entry["subject"] for entry in subjects})
+            statements.append(Statement(sql.CHECK_SUBJECTS.encode(), (named,)))
+        if writes:
+            statements.append(Statement(sql.DELETE_DOCUMENT_SUBJECTS.encode(), (name, [w.key for w in writes])))
         if deletes:
             statements.append(Statement(sql.DELETE_DOCUMENTS.encode(), (name, deletes)))
         if puts:
             statements.append(Statement(sql.PUT_DOCUMENTS.encode(), (name, json.dumps(puts, separators=(",", ":")))))
+        if subjects:
+            statements.append(
+                Statement(sql.PUT_DOCUMENT_SUBJECTS.encode(), (name, json.dumps(subjects, separators=(",", ":"))))
+            )
         try:
             await self._db.run("commit_projection", statements)
-        except Refused:
+        except Refused as refused:
+            if refused.code == sql.SUBJECTS_FORGOTTEN:
+                raise SubjectsForgotten(refused.detail.split("\n")) from None
             raise ConcurrencyConflict(f"projection:{name}", expected_position) from None

@@ -30,6 +30,7 @@ from service.store.sql_common import COMMAND_FIELDS
 # SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
 VERSION_MOVED = "CH001"  # an aggregate is not at the version the append expected
 CLAIM_HELD = "CH002"  # a claimed value is held by another aggregate (message: the claim's index)
+SUBJECTS_FORGOTTEN = "CH003"  # documents name forgotten aggregates (message: their ids, one per line)
 
 EVENTS_VERSION_KEY = "events_aggregate_version_key"
 COMMANDS_KEY = "commands_pkey"
@@ -233,6 +234,26 @@ MOVE_CHECKPOINT = (
     f" SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 0 ELSE chronicle.refuse('{VERSION_MOVED}', $1) END"
 )
 DELETE_DOCUMENTS = "DELETE FROM chronicle.projection_documents WHERE projection = $1 AND key = ANY($2::text[])"
+# Documents derived from aggregates (their subjects) are not written once one
+# of them is forgotten. FOR SHARE on the subjects' keys orders this commit
+# with a forget of one of them: a forget that took its key's row first is
+# waited for and then seen (its tombstone, and the deletions that follow it,
+# committed); one that comes later waits for this commit and then deletes
+# what it wrote.
+CHECK_SUBJECTS = (
+    "SELECT CASE WHEN count(*) FILTER (WHERE k.wrapped_key IS NULL) = 0 THEN 0"
+    f" ELSE chronicle.refuse('{SUBJECTS_FORGOTTEN}',"
+    " string_agg(k.aggregate_id, E'\\n') FILTER (WHERE k.wrapped_key IS NULL)) END"
+    " FROM (SELECT aggregate_id, wrapped_key FROM chronicle.data_keys WHERE aggregate_id = ANY($1::text[])"
+    " ORDER BY aggregate_id FOR SHARE) AS k"
+)
+# A document's subjects are replaced with every write of it.
+DELETE_DOCUMENT_SUBJECTS = "DELETE FROM chronicle.projection_subjects WHERE projection = $1 AND key = ANY($2::text[])"
+PUT_DOCUMENT_SUBJECTS = (
+    "INSERT INTO chronicle.projection_subjects (projection, key, subject)"
+    " SELECT $1, d.key, d.subject FROM jsonb_to_recordset($2::jsonb) AS d(key text, subject text)"
+    " ON CONFLICT DO NOTHING"
+)
 PUT_DOCUMENTS = (
     "INSERT INTO chronicle.projection_documents (projection, key, type_name, data)"
     " SELECT $1, d.key, d.type_name, decode(d.data, 'hex')"
@@ -272,10 +293,19 @@ FORGET_DATA_KEY = (
 )
 DELETE_SNAPSHOTS = "DELETE FROM chronicle.snapshots WHERE aggregate_id = $1"
 # Only an aggregate with a key (or its tombstone) is forgotten; one that
-# never had a key keeps its claims.
+# never had a key keeps its claims and its documents.
 RELEASE_CLAIMS_OF_FORGOTTEN = (
     "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
     " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
+)
+# The documents that name the forgotten aggregate as a subject, and every
+# subject row of those documents.
+DELETE_DOCUMENTS_OF_FORGOTTEN = (
+    "WITH gone AS (DELETE FROM chronicle.projection_documents d USING chronicle.projection_subjects s"
+    " WHERE s.subject = $1 AND d.projection = s.projection AND d.key = s.key"
+    " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
+    " RETURNING d.projection, d.key)"
+    " DELETE FROM chronicle.projection_subjects s USING gone WHERE s.projection = gone.projection AND s.key = gone.key"
 )
 DATA_KEYS_TO_REWRAP = (
     "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys"

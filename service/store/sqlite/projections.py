@@ -1,12 +1,13 @@
 """``ProjectionStore`` on SQLite: a projection's checkpoint and its
-documents, moved and written in one transaction."""
+documents (with their subjects), moved and written in one transaction."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 
-from service.errors import ConcurrencyConflict
+from service.errors import ConcurrencyConflict, SubjectsForgotten
 from service.store.records import DocumentWrite, StoredDocument
 from service.store.sql_common import document_from_row
 from service.store.sqlite import sql
@@ -43,9 +44,17 @@ def _commit(
         current = _position(db, name)
         if current != expected_position:
             raise ConcurrencyConflict(f"projection:{name}", expected_position, current=current)
+        subjects = sorted({subject for write in writes if write.data is not None for subject in write.subjects})
+        if subjects:
+            forgotten = [row[0] for row in db.execute(sql.FORGOTTEN_SUBJECTS, (json.dumps(subjects),))]
+            if forgotten:
+                raise SubjectsForgotten(forgotten)
         for write in writes:
+            db.execute(sql.DELETE_DOCUMENT_SUBJECTS, (name, write.key))
             if write.data is None:
                 db.execute(sql.DELETE_DOCUMENT, (name, write.key))
-            else:
-                db.execute(sql.PUT_DOCUMENT, (name, write.key, write.type_name, write.data))
+                continue
+            db.execute(sql.PUT_DOCUMENT, (name, write.key, write.type_name, write.data))
+            for subject in write.subjects:
+                db.execute(sql.PUT_DOCUMENT_SUBJECT, (name, write.key, subject))
         db.execute(sql.MOVE_CHECKPOINT, (name, new_position))

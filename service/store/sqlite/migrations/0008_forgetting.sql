@@ -1,0 +1,12 @@
+-- Chronicle's SQLite schema, version 7 -> 8: what forgetting an aggregate
+-- reaches beyond its key.
+
+-- The aggregates each read-model document is derived from (its subjects):
+-- forgetting one deletes the document, in the forget's transaction.
+CREATE TABLE IF NOT EXISTS projection_subjects (
+    projection      TEXT    NOT NULL,
+    key             TEXT    NOT NULL,
+    subject         TEXT    NOT NULL,
+    PRIMARY KEY (projection, key, subject)
+);
+CREATE INDEX IF NOT EXISTS projection_subjects_by_subject ON projection_subjects (subject);
