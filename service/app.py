@@ -20,6 +20,8 @@ import grpc
 
 from service.api.admin_service import AdminService
 from service.api.command_service import CommandService
+from service.api.disclosure import Disclosure
+from service.api.dry_runs import DryRunAudit
 from service.api.event_service import EventService
 from service.api.gate import RpcGate, refused_rpc_hooks
 from service.api.health import Health, StoreMonitor
@@ -254,7 +256,9 @@ async def start(
         ]
     )
     server = build_server(
-        commands=CommandService(registry, pipeline, refused_commands),
+        commands=CommandService(
+            registry, pipeline, refused_commands, Disclosure(authorizer, registry), DryRunAudit(audit)
+        ),
         events=EventService(roles.events, executor.loader, authorizer, subscriptions, registry, tracker),
         admin=AdminService(audit, authorizer, keyring),
         projections=ProjectionService(

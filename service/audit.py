@@ -10,6 +10,8 @@ Where each outcome is written:
   handler): ``AuditLog.refused`` writes an entry of its own, through
   ``AuditRecorder.record_audit_entry``. The API layer calls it for refusals
   before the pipeline; ``AuditMiddleware`` for refusals inside it.
+- dry runs, accepted or refused: the API layer (``service.api.dry_runs``),
+  one entry each, marked ``dry_run``.
 - administrators' actions (``AdminService``): forgetting an aggregate and
   rewrapping keys, done or refused, and any refused admin call; the entry's
   ``command_type`` is the RPC's full name (``chronicle.v1.AdminService/…``)
@@ -45,10 +47,15 @@ class AuditLog:
     async def refused(self, entry: AuditEntry) -> None:
         """Record a refusal. A failure to record is logged, never raised: the
         caller is already answering with the refusal itself."""
+        await self.record(entry)
+
+    async def record(self, entry: AuditEntry) -> None:
+        """Record ``entry`` (a refusal, a dry run's outcome); a failure to
+        record is logged, never raised."""
         try:
             await self._store.record_audit_entry(entry)
         except Exception:
-            log.exception("could not record the refusal of command %s in the audit log", entry.command_id)
+            log.exception("could not record the outcome of command %s in the audit log", entry.command_id)
 
     async def admin_action(
         self, action: str, *, principal: str, aggregate_id: str = "", error: BaseException | None = None
@@ -93,6 +100,8 @@ def refusal(
     principal: str = "",
     user_id: str = "",
     origin: str = "",
+    dry_run: bool = False,
+    peer: str = "",
 ) -> AuditEntry:
     if isinstance(error, ChronicleError):
         reason, message = error.reason, error.message
@@ -109,6 +118,8 @@ def refusal(
         outcome=REFUSED,
         reason=reason,
         message=storable(message),
+        dry_run=dry_run,
+        peer=storable(peer),
     )
 
 
@@ -134,9 +145,9 @@ class AuditMiddleware(Middleware):
             return None
         if recorded_with_command(error) and not call.refused_by:
             return None
-        # A dry run writes nothing; only a middleware's refusal of it (the
-        # policy, say) is worth an entry.
-        if call.dry_run and not call.refused_by:
+        # Dry runs are audited around the pipeline, whatever their outcome
+        # (service.api.dry_runs), where the caller's address is known.
+        if call.dry_run:
             return None
         return self._audit.refused(
             refusal(

@@ -375,17 +375,25 @@ class SealedProjections:
 
 
 class OpenedAudit:
-    """``AuditRecorder``: the audit log read with the refusal messages that
-    command records keep sealed opened again; a forgotten aggregate's read
-    empty (its reason stays). Entries of the audit's own table are written
-    and read as they are: Chronicle makes their texts (a policy's refusal, a
-    malformed request), which quote no payload."""
+    """``AuditRecorder``: refusal messages sealed under their aggregate's key.
+    Command records carry theirs sealed (``sealed_record``); an entry of the
+    audit's own table (a dry run's refusal may quote the state, a plugin
+    middleware's refusal anything) is sealed here when its aggregate has a
+    key, and left as it is otherwise (an aggregate without a key has nothing
+    to forget). Read back, they are opened again; a forgotten aggregate's
+    read empty (the reason stays)."""
 
     def __init__(self, inner: AuditRecorder, keyring: Keyring) -> None:
         self.inner = inner
         self.keyring = keyring
 
     async def record_audit_entry(self, entry: AuditEntry) -> None:
+        if entry.message and entry.aggregate_id:
+            cipher = await self.keyring.for_reading(entry.aggregate_id)
+            if cipher is not None:
+                detail = json.dumps({"message": entry.message}, separators=(",", ":"))
+                context = refusal_context(entry.aggregate_id, entry.command_id)
+                entry = replace(entry, message=seal_text(cipher, detail, context))
         await self.inner.record_audit_entry(entry)
 
     async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:
@@ -401,7 +409,7 @@ class OpenedAudit:
         cipher = ciphers.get(entry.aggregate_id)
         if cipher is None:
             return replace(entry, message="")
-        rejection = Rejection("", entry.reason, entry.message)
-        return replace(
-            entry, message=_opened_rejection(cipher, entry.aggregate_id, entry.command_id, rejection).message
+        opened = _opened_rejection(
+            cipher, entry.aggregate_id, entry.command_id, Rejection("", entry.reason, entry.message)
         )
+        return replace(entry, message=opened.message)

@@ -152,6 +152,12 @@ class AuditEntry:
     outcome: str  # ACCEPTED or REFUSED
     reason: str = ""
     message: str = ""
+    # A dry run's outcome (nothing was written); the caller's network
+    # address as gRPC saw it (entries of the audit's own table); how many
+    # refusals this entry stands for (more than 1: a flood, sampled).
+    dry_run: bool = False
+    peer: str = ""
+    occurrences: int = 1
 
 
 @dataclass(frozen=True, slots=True)

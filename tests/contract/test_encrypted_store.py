@@ -11,7 +11,7 @@ from service.errors import AggregateForgotten, NotUnique, PayloadNotDecryptable
 from service.store.base import AuditQuery, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, is_sealed, new_master_key
-from service.store.records import ClaimChange, Rejection, Snapshot
+from service.store.records import AuditEntry, ClaimChange, Rejection, Snapshot
 from tests.support.events import command_record, new_event
 
 OLD = f"old:{new_master_key()}"
@@ -222,3 +222,31 @@ async def test_records_written_before_encryption_still_read(store: StoreAdapter)
     plain = command_record("a-1", 1, 1, rejection=REFUSAL)
     await store.append("a-1", [new_event()], 0, commands=[plain])
     assert await encrypting(store).roles.events.find_command(plain.command_id) == plain
+
+
+async def test_the_audits_own_entries_of_an_aggregate_with_a_key_are_sealed_too(store: StoreAdapter) -> None:
+    sealed = encrypting(store)
+    await sealed.roles.events.append("a-1", [new_event()], 0)
+    refused = AuditEntry(
+        recorded_at_us=1,
+        command_id="c-1",
+        command_type="test.v1.Do",
+        aggregate_id="a-1",
+        principal="p",
+        user_id="p",
+        origin="o",
+        outcome="refused",
+        reason="INSUFFICIENT_FUNDS",
+        message="the balance is 1234",
+        dry_run=True,
+    )
+    no_key = replace(refused, aggregate_id="a-404", command_id="c-2", message="a-404 does not exist")
+    await sealed.roles.audit.record_audit_entry(refused)
+    await sealed.roles.audit.record_audit_entry(no_key)
+    raw = {e.command_id: e for e in await store.read_audit(AuditQuery())}
+    assert "1234" not in raw["c-1"].message
+    assert raw["c-2"] == no_key  # nothing to forget: kept as it came
+    assert sorted(await sealed.roles.audit.read_audit(AuditQuery()), key=lambda e: e.command_id) == [refused, no_key]
+    await sealed.keyring.forget("a-1")
+    opened = {e.command_id: e for e in await sealed.roles.audit.read_audit(AuditQuery())}
+    assert opened["c-1"] == replace(refused, message="")

@@ -48,7 +48,8 @@ EVENT_COLUMNS = (
 COMMAND_COLUMNS = ", ".join(COMMAND_FIELDS).replace("recorded_at_us", _MICROS.format("recorded_at"))
 AUDIT_COLUMNS = (
     _MICROS.format("recorded_at")
-    + ", command_id, command_type, aggregate_id, principal, user_id, origin, reason, message, outcome"
+    + ", command_id, command_type, aggregate_id, principal, user_id, origin, reason, message, outcome,"
+    " dry_run, peer, occurrences"
 )
 SNAPSHOT_COLUMNS = "aggregate_id, aggregate_type, version, state_type, schema_version, state"
 
@@ -266,7 +267,9 @@ PUT_DOCUMENTS = (
 
 RECORD_AUDIT_ENTRY = (
     "INSERT INTO chronicle.refusals (recorded_at, command_id, command_type, aggregate_id, principal, user_id,"
-    " origin, reason, message, outcome) VALUES (" + _AT.format("$1::bigint") + ", $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    " origin, reason, message, outcome, dry_run, peer, occurrences) VALUES ("
+    + _AT.format("$1::bigint")
+    + ", $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::boolean, $12, $13::bigint)"
 )
 
 

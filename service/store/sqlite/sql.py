@@ -52,7 +52,7 @@ def set_schema_version(version: int) -> str:
 
 EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
 COMMAND_COLUMNS = ", ".join(COMMAND_FIELDS)
-AUDIT_COLUMNS = ", ".join((*AUDIT_FIELDS, "reason", "message", "outcome"))
+AUDIT_COLUMNS = ", ".join((*AUDIT_FIELDS, "reason", "message", "outcome", "dry_run", "peer", "occurrences"))
 SNAPSHOT_COLUMNS = ", ".join(SNAPSHOT_FIELDS)
 
 
