@@ -30,7 +30,7 @@ from service.api.refused_commands import RefusedCommands
 from service.api.server import build_server
 from service.api.status import status_code
 from service.api.tracing import TracingInterceptor
-from service.audit import AuditLog, AuditMiddleware
+from service.audit import AuditLog, AuditMiddleware, SampledRefusals
 from service.errors import ConfigurationError
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
@@ -119,6 +119,7 @@ class Application:
     watchdog: LoopLagWatchdog | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
+    refused: RefusedCommands | None = None
 
     @property
     def address(self) -> str:
@@ -141,6 +142,8 @@ class Application:
         await self.server.stop(grace)
         await self.router.close(grace=grace)
         await self.projections.stop()  # an uncommitted batch is simply applied again later
+        if self.refused is not None:
+            await self.refused.close()  # the refusals counted in the last second
         await self.store.lifecycle.close()
         if self.watchdog is not None:
             await self.watchdog.stop()
@@ -212,7 +215,9 @@ async def start(
         max_workers=settings.max_workers,
     )
     audit = AuditLog(roles.audit)
-    refused_commands = RefusedCommands(audit)
+    refused_commands = RefusedCommands(
+        audit, sampled=SampledRefusals(audit, on_sampled=metrics.audit_sampled if metrics is not None else None)
+    )
     tracing = tracing_wanted(tracer_provider)
     # Outermost first: logging, tracing, metrics and audit see every outcome,
     # authorization's refusals included; plugin middleware sees only
@@ -233,6 +238,7 @@ async def start(
         max_subscriptions=settings.max_subscriptions,
         authenticator=authenticator,
         on_refused=on_refused,
+        on_denied=refused_commands.denied,
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
     health = Health()
@@ -321,6 +327,7 @@ async def start(
         watchdog=watchdog,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
+        refused=refused_commands,
     )
 
 

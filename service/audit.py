@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from service.errors import ChronicleError, recorded_with_command
 from service.plugins.middleware import CommandCall, Middleware
@@ -81,6 +82,82 @@ class AuditLog:
 
     async def query(self, query: AuditQuery) -> list[AuditEntry]:
         return await self._store.read_audit(query)
+
+
+class SampledRefusals:
+    """Refusals of callers the server could not hold to account (no or bad
+    credentials; with authentication off, anyone), recorded at most
+    ``rate`` a second for each reason, after a burst of ``burst``: a flood
+    of them cannot grow the audit log faster than that. The others are
+    counted, and every ``interval`` seconds one entry stands for those of
+    each reason (the last of them, its ``occurrences`` saying how many);
+    ``on_sampled`` hears of each one counted (a metric)."""
+
+    # Reasons are Chronicle's own (a bounded set); the bound is a safeguard.
+    MAX_REASONS = 1000
+
+    def __init__(
+        self,
+        audit: AuditLog,
+        *,
+        rate: float = 10.0,
+        burst: int = 50,
+        interval: float = 1.0,
+        on_sampled: Callable[[str], None] | None = None,
+    ) -> None:
+        self._audit = audit
+        self._rate = rate
+        self._burst = burst
+        self._interval = interval
+        self._on_sampled = on_sampled
+        # reason -> (tokens, when last refilled)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        # reason -> (refusals counted, the last of them)
+        self._pending: dict[str, tuple[int, AuditEntry]] = {}
+        self._flushing: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def record(self, entry: AuditEntry) -> None:
+        if self._take(entry.reason):
+            await self._audit.refused(entry)
+            return
+        counted, _ = self._pending.get(entry.reason, (0, entry))
+        self._pending[entry.reason] = (counted + 1, entry)
+        if self._on_sampled is not None:
+            self._on_sampled(entry.reason)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().call_later(self._interval, self._flush_later)
+
+    def _take(self, reason: str) -> bool:
+        now = time.monotonic()
+        tokens, then = self._buckets.get(reason, (float(self._burst), now))
+        tokens = min(float(self._burst), tokens + (now - then) * self._rate)
+        if len(self._buckets) >= self.MAX_REASONS and reason not in self._buckets:
+            self._buckets.clear()
+        if tokens >= 1.0:
+            self._buckets[reason] = (tokens - 1.0, now)
+            return True
+        self._buckets[reason] = (tokens, now)
+        return False
+
+    def _flush_later(self) -> None:
+        self._flushing = None
+        task = asyncio.ensure_future(self.flush())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self) -> None:
+        """Record one entry for the refusals counted of each reason."""
+        pending, self._pending = self._pending, {}
+        for counted, last in pending.values():
+            await self._audit.refused(replace(last, occurrences=counted))
+
+    async def close(self) -> None:
+        """Record what is counted, and stop."""
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
+        await self.flush()
 
 
 def storable(text: str) -> str:

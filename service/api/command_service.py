@@ -60,7 +60,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
                 raise InvalidInput.for_field("command", "is required", reason="MISSING_COMMAND")
             command = decode_command(request.command, self._registry, principal=principal.name)
         except ChronicleError as error:
-            return self._refuse(request, principal, error)
+            return self._refuse(request, principal, error, context)
         if request.dry_run:
             batch = CommandBatch((command,), dry_run=True)
             return self._dry_runs.audited(
@@ -71,8 +71,10 @@ class CommandService(pb_grpc.CommandServiceServicer):
             return started
         return self._submitted(command, principal)
 
-    async def _refuse(self, request: pb.SubmitRequest, principal: Principal, error: ChronicleError) -> BatchResult:
-        await self._refused(SUBMIT_METHOD, request, error, principal)
+    async def _refuse(
+        self, request: pb.SubmitRequest, principal: Principal, error: ChronicleError, context: Context
+    ) -> BatchResult:
+        await self._refused(SUBMIT_METHOD, request, error, principal, context.peer())
         raise error
 
     async def _submitted(self, command: CommandRequest, principal: Principal) -> BatchResult:
@@ -135,7 +137,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         try:
             batch = decode_batch(request.commands, self._registry, dry_run=request.dry_run, principal=principal.name)
         except ChronicleError as error:
-            await self._refused(SUBMIT_BATCH_METHOD, request, error, principal)
+            await self._refused(SUBMIT_BATCH_METHOD, request, error, principal, context.peer())
             raise
         try:
             outcome = self._pipeline.submit_batch(batch, principal)

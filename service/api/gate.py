@@ -6,10 +6,11 @@ caller's ``Principal`` in ``current_principal``, or UNAUTHENTICATED), and
 request decoding (bytes that do not parse: INVALID_ARGUMENT /
 MALFORMED_REQUEST, where gRPC alone would say UNKNOWN). A refusal uses the
 rich status of ``service.api.status`` and is reported to ``on_refused`` (the
-audit log records refused commands through it). Around it: what the servicer
-raises becomes a status, a Chronicle error its own (``service.api.status``),
-anything else INTERNAL without internals (the bug is logged with its
-traceback).
+audit log records refused calls through it, with the caller's address).
+Around it: what the servicer raises becomes a status, a Chronicle error its
+own (``service.api.status``), anything else INTERNAL without internals (the
+bug is logged with its traceback); a PERMISSION_DENIED the servicer raised
+is reported to ``on_denied`` first (the audit log records denied reads).
 
 ``RpcGate.wrap`` is applied to each method handler once, when the server is
 built (``service.api.server``), not as gRPC interceptors: gRPC's aio server
@@ -33,26 +34,28 @@ import grpc
 from service.api.decoding import Undecodable, tolerant
 from service.api.interceptors import produce
 from service.api.status import internal_status, rich_status
-from service.errors import ChronicleError, Overloaded, Unauthenticated
-from service.principal import current_principal
+from service.errors import ChronicleError, Overloaded, PermissionDenied, Unauthenticated
+from service.principal import Principal, current_principal
 from service.security.credentials import Authenticator
 
 log = logging.getLogger(__name__)
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 SUBSCRIBE_METHOD = "/chronicle.v1.EventService/Subscribe"
 
-# Called with (method, request or None, error) when the gate refuses an RPC.
-OnRefused = Callable[[str, object, ChronicleError], Awaitable[None]]
+# Called with (method, request or None, error, the caller if it was
+# authenticated, its address as gRPC gives it) when the gate refuses an RPC,
+# or (``on_denied``) the servicer denies it.
+OnRefused = Callable[[str, object, ChronicleError, Principal | None, str], Awaitable[None]]
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def refused_rpc_hooks(*hooks: OnRefused | None) -> OnRefused:
     """One ``on_refused`` hook that calls each of ``hooks`` in turn."""
 
-    async def each(method: str, request: object, error: ChronicleError) -> None:
+    async def each(method: str, request: object, error: ChronicleError, principal: Principal | None, peer: str) -> None:
         for hook in hooks:
             if hook is not None:
-                await hook(method, request, error)
+                await hook(method, request, error, principal, peer)
 
     return each
 
@@ -70,6 +73,7 @@ class RpcGate:
         max_subscriptions: int,
         authenticator: Authenticator | None = None,
         on_refused: OnRefused | None = None,
+        on_denied: OnRefused | None = None,
     ) -> None:
         self.max_rpcs = max_rpcs
         self.max_subscriptions = max_subscriptions
@@ -77,6 +81,7 @@ class RpcGate:
         self.subscriptions = 0
         self._authenticator = authenticator
         self._on_refused = on_refused
+        self._on_denied = on_denied
 
     # -- per call ------------------------------------------------------------
 
@@ -119,17 +124,19 @@ class RpcGate:
         # Each RPC runs in a task of its own, so the value ends with the RPC.
         current_principal.set(principal)
 
-    @staticmethod
-    async def _fail(method: str, context: Context, error: Exception) -> None:
+    async def _fail(self, method: str, request: object, context: Context, error: Exception) -> None:
         """What the servicer raised, as the RPC's status (abort raises)."""
         if isinstance(error, ChronicleError):
+            if isinstance(error, PermissionDenied) and self._on_denied is not None:
+                await self._on_denied(method, request, error, _authenticated(), context.peer())
             await context.abort_with_status(rich_status(error))
         log.exception("unexpected error in %s", method, exc_info=error)
         await context.abort_with_status(internal_status())
 
     async def _refuse(self, method: str, request: object, context: Context, error: ChronicleError) -> None:
         if self._on_refused is not None:
-            await self._on_refused(method, None if isinstance(request, Undecodable) else request, error)
+            decoded = None if isinstance(request, Undecodable) else request
+            await self._on_refused(method, decoded, error, _authenticated(), context.peer())
         await context.abort_with_status(rich_status(error))
 
     # -- at registration ---------------------------------------------------------
@@ -159,7 +166,7 @@ class RpcGate:
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
-                    await fail(method, context, error)
+                    await fail(method, request, context, error)
                 finally:
                     leave(subscription)
 
@@ -179,7 +186,7 @@ class RpcGate:
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
-                    await fail(method, context, error)
+                    await fail(method, request, context, error)
                 finally:
                     leave(subscription)
 
@@ -199,7 +206,7 @@ class RpcGate:
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
-                    await fail(method, context, error)
+                    await fail(method, None, context, error)
                 finally:
                     leave(subscription)
 
@@ -218,7 +225,7 @@ class RpcGate:
             except grpc.aio.AbortError:
                 raise
             except Exception as error:
-                await fail(method, context, error)
+                await fail(method, None, context, error)
             finally:
                 leave(subscription)
 
@@ -246,6 +253,13 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         if isinstance(request, Undecodable):
             raise request.error()
         yield request
+
+
+def _authenticated() -> Principal | None:
+    """The caller, if this RPC authenticated it (None: authentication is
+    off, or failed, or was not reached)."""
+    principal = current_principal.get()
+    return principal if principal.authenticated else None
 
 
 def _metadata(context: Context) -> dict[str, str]:
