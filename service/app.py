@@ -120,6 +120,7 @@ class Application:
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
     refused: RefusedCommands | None = None
+    gate: RpcGate | None = None
 
     @property
     def address(self) -> str:
@@ -236,12 +237,14 @@ async def start(
     gate = RpcGate(
         max_rpcs=settings.max_concurrent_rpcs,
         max_subscriptions=settings.max_subscriptions,
+        max_rpcs_per_principal=settings.max_rpcs_per_principal,
+        max_subscriptions_per_principal=settings.max_subscriptions_per_principal,
         authenticator=authenticator,
         on_refused=on_refused,
         on_denied=refused_commands.denied,
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
-    health = Health()
+    health = Health(max_watches=settings.max_health_watches)
     tracker = SubscriptionTracker()
     subscriptions = Subscriptions(
         roles.log,
@@ -328,6 +331,7 @@ async def start(
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
         refused=refused_commands,
+        gate=gate,
     )
 
 

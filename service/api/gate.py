@@ -64,29 +64,46 @@ class RpcGate:
     """At most ``max_rpcs`` RPCs in flight (subscriptions, which live as long
     as their clients want, counted apart up to ``max_subscriptions``, so that
     open subscribers never leave no room for commands); each caller
-    authenticated when ``authenticator`` is set; each request parsed."""
+    authenticated when ``authenticator`` is set, and then held to quotas of
+    its own: ``max_rpcs_per_principal`` RPCs and
+    ``max_subscriptions_per_principal`` subscriptions at once, so that one
+    principal cannot take every place; each request parsed.
+
+    With authentication off every caller is the same anonymous one, and the
+    server-wide limits are its only bounds. Per call, a quota costs a dict
+    lookup on the way in and one on the way out."""
 
     def __init__(
         self,
         *,
         max_rpcs: int,
         max_subscriptions: int,
+        max_rpcs_per_principal: int | None = None,
+        max_subscriptions_per_principal: int | None = None,
         authenticator: Authenticator | None = None,
         on_refused: OnRefused | None = None,
         on_denied: OnRefused | None = None,
     ) -> None:
         self.max_rpcs = max_rpcs
         self.max_subscriptions = max_subscriptions
+        self.max_rpcs_per_principal = max_rpcs_per_principal or max_rpcs
+        self.max_subscriptions_per_principal = max_subscriptions_per_principal or max_subscriptions
         self.in_flight = 0
         self.subscriptions = 0
+        # Principal name -> its RPCs (subscriptions apart) and subscriptions
+        # in flight; a name leaves when its count is back to 0.
+        self.rpcs_of: dict[str, int] = {}
+        self.subscriptions_of: dict[str, int] = {}
         self._authenticator = authenticator
         self._on_refused = on_refused
         self._on_denied = on_denied
 
     # -- per call ------------------------------------------------------------
 
-    def _admit(self, subscription: bool, request: object, context: Context) -> None:
-        """Raise the refusal, or count the call in (the caller counts it out)."""
+    def _admit(self, subscription: bool, request: object, context: Context) -> str | None:
+        """Raise the refusal, or count the call in and return the principal
+        it is counted against (None: authentication is off); the caller
+        counts it out."""
         if subscription:
             if self.subscriptions >= self.max_subscriptions:
                 raise Overloaded(
@@ -100,22 +117,54 @@ class RpcGate:
                 reason="TOO_MANY_REQUESTS",
                 metadata={"max_concurrent_rpcs": str(self.max_rpcs)},
             )
+        name = None
         if self._authenticator is not None:
-            self._authenticate(context)
+            name = self._authenticate(context)
+            held = (self.subscriptions_of if subscription else self.rpcs_of).get(name, 0)
+            if held >= (self.max_subscriptions_per_principal if subscription else self.max_rpcs_per_principal):
+                raise self._over_quota(subscription)
         if isinstance(request, Undecodable):
             raise request.error()
         if subscription:
             self.subscriptions += 1
+            if name is not None:
+                self.subscriptions_of[name] = held + 1
         else:
             self.in_flight += 1
+            if name is not None:
+                self.rpcs_of[name] = held + 1
+        return name
 
-    def _leave(self, subscription: bool) -> None:
+    def _over_quota(self, subscription: bool) -> Overloaded:
+        if subscription:
+            limit = self.max_subscriptions_per_principal
+            return Overloaded(
+                f"this principal has {limit} open subscriptions, its most; close one or retry later",
+                reason="PRINCIPAL_TOO_MANY_SUBSCRIPTIONS",
+                metadata={"max_subscriptions_per_principal": str(limit)},
+            )
+        limit = self.max_rpcs_per_principal
+        return Overloaded(
+            f"this principal has {limit} calls in flight, its most; retry later",
+            reason="PRINCIPAL_TOO_MANY_REQUESTS",
+            metadata={"max_rpcs_per_principal": str(limit)},
+        )
+
+    def _leave(self, subscription: bool, name: str | None) -> None:
         if subscription:
             self.subscriptions -= 1
+            counts = self.subscriptions_of
         else:
             self.in_flight -= 1
+            counts = self.rpcs_of
+        if name is not None:
+            held = counts[name] - 1
+            if held:
+                counts[name] = held
+            else:
+                del counts[name]
 
-    def _authenticate(self, context: Context) -> None:
+    def _authenticate(self, context: Context) -> str:
         assert self._authenticator is not None
         try:
             principal = self._authenticator.authenticate(_metadata(context), _peer_certificate(context))
@@ -123,6 +172,7 @@ class RpcGate:
             raise Unauthenticated(f"the client certificate is unusable: {error}", reason="BAD_CERTIFICATE") from None
         # Each RPC runs in a task of its own, so the value ends with the RPC.
         current_principal.set(principal)
+        return principal.name
 
     async def _fail(self, method: str, request: object, context: Context, error: Exception) -> None:
         """What the servicer raised, as the RPC's status (abort raises)."""
@@ -158,7 +208,7 @@ class RpcGate:
 
             async def unary_unary(request: object, context: Context) -> Any:
                 try:
-                    admit(subscription, request, context)
+                    name = admit(subscription, request, context)
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
@@ -168,7 +218,7 @@ class RpcGate:
                 except Exception as error:
                     await fail(method, request, context, error)
                 finally:
-                    leave(subscription)
+                    leave(subscription, name)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
         if handler.unary_stream is not None:
@@ -177,7 +227,7 @@ class RpcGate:
 
             async def unary_stream(request: object, context: Context) -> AsyncIterator[Any]:
                 try:
-                    admit(subscription, request, context)
+                    name = admit(subscription, request, context)
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
@@ -188,7 +238,7 @@ class RpcGate:
                 except Exception as error:
                     await fail(method, request, context, error)
                 finally:
-                    leave(subscription)
+                    leave(subscription, name)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
         # Streamed requests: the gate sees None, and each message is checked
@@ -198,7 +248,7 @@ class RpcGate:
 
             async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
                 try:
-                    admit(subscription, None, context)
+                    name = admit(subscription, None, context)
                 except ChronicleError as error:
                     await refuse(method, None, context, error)
                 try:
@@ -208,7 +258,7 @@ class RpcGate:
                 except Exception as error:
                     await fail(method, None, context, error)
                 finally:
-                    leave(subscription)
+                    leave(subscription, name)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
         inner_ss = handler.stream_stream
@@ -216,7 +266,7 @@ class RpcGate:
 
         async def stream_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             try:
-                admit(subscription, None, context)
+                name = admit(subscription, None, context)
             except ChronicleError as error:
                 await refuse(method, None, context, error)
             try:
@@ -227,7 +277,7 @@ class RpcGate:
             except Exception as error:
                 await fail(method, None, context, error)
             finally:
-                leave(subscription)
+                leave(subscription, name)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
 
