@@ -12,8 +12,8 @@ from chronicle.v1 import command_pb2, command_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users import EMAIL_SCOPE
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
-from service.store.base import AuditQuery, StoreAdapter
-from tests.support.contents import Contents, at_rest
+from service.store.base import StoreAdapter
+from tests.support.contents import at_rest, audited_dry_runs_only
 from tests.support.grpc_client import Client, ErrorDetails, command, details_of, running_server
 
 
@@ -35,17 +35,6 @@ async def dry_run_refusal(client: Client, sent: command_pb2.Command) -> ErrorDet
     return details_of(raised.value)
 
 
-async def only_audited(store: StoreAdapter, before: Contents, *outcomes: str) -> None:
-    """Nothing changed but the audit's own table, which gained one dry run's
-    entry per outcome given, newest first."""
-    changes = (await at_rest(store)).changes_since(before)
-    assert list(changes) == ["refusals"], changes
-    assert len(changes["refusals"].added) == len(outcomes) and not changes["refusals"].removed
-    entries = [e for e in await store.read_audit(AuditQuery(limit=len(outcomes))) if e.dry_run]
-    assert [e.outcome for e in entries] == list(outcomes)
-    assert all(e.peer.startswith("ipv") for e in entries)
-
-
 async def test_a_dry_run_returns_the_events_and_appends_nothing(client: Client, store: StoreAdapter) -> None:
     await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
     before = await at_rest(store)
@@ -55,7 +44,7 @@ async def test_a_dry_run_returns_the_events_and_appends_nothing(client: Client, 
     deposited = bank.MoneyDeposited()
     assert event.payload.Unpack(deposited) and deposited.amount == 5
     assert (event.version, event.position, response.version, response.replayed) == (2, 0, 2, False)
-    await only_audited(store, before, "accepted")
+    await audited_dry_runs_only(store, before, "accepted")
 
 
 async def test_the_command_can_be_submitted_for_real_after_its_dry_run(client: Client) -> None:
@@ -71,7 +60,7 @@ async def test_a_dry_run_refusal_is_the_real_one_and_is_not_recorded(client: Cli
     withdraw = command("acc-1", bank.Withdraw(amount=5))
     details = await dry_run_refusal(client, withdraw)
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")
-    await only_audited(store, before, "refused")
+    await audited_dry_runs_only(store, before, "refused")
     await client.submit(command("acc-1", bank.Deposit(amount=5)))
     assert (await client.submit(withdraw)).version == 3  # not refused again: the dry run recorded nothing
 
@@ -88,7 +77,7 @@ async def test_a_dry_run_takes_no_claim_but_reports_a_taken_value(client: Client
     register = command("user-1", users.RegisterUser(email="ann@example.com", name="Ann"))
     before = await at_rest(store)
     assert (await dry_run(client, register)).version == 1
-    await only_audited(store, before, "accepted")
+    await audited_dry_runs_only(store, before, "accepted")
     assert await store.claim_owner(EMAIL_SCOPE, "ann@example.com") is None
     await client.submit(command("user-2", users.RegisterUser(email="ann@example.com", name="Ann")))
     details = await dry_run_refusal(client, register)
@@ -112,4 +101,4 @@ async def test_a_dry_run_batch_returns_every_result_and_appends_nothing(client: 
     before = await at_rest(store)
     response = await client.commands.SubmitBatch(request, timeout=30)
     assert [r.version for r in response.results] == [1, 2]
-    await only_audited(store, before, "accepted", "accepted")
+    await audited_dry_runs_only(store, before, "accepted", "accepted")
