@@ -79,8 +79,13 @@ class RefusedCommands:
     ) -> None:
         """Record a read or a subscription the policy denied (READ_DENIED,
         SUBSCRIBE_DENIED, …): the gate's ``on_denied`` hook."""
-        if method.startswith(READ_SERVICES):
-            await self._audit.refused(call_entry(method, request, error, principal, peer))
+        if not method.startswith(READ_SERVICES):
+            return
+        entry = call_entry(method, request, error, principal, peer)
+        if principal is not None and principal.authenticated:
+            await self._audit.refused(entry)
+        else:  # anonymous callers denied a projection only administrators may read
+            await self._sampled.record(entry)
 
     async def close(self) -> None:
         """Record the refusals counted and not yet recorded."""
