@@ -41,21 +41,20 @@ class ProjectionsRole:
         statements = [Statement(sql.ENSURE_CHECKPOINT.encode(), (name,))] if expected_position == 0 else []
         statements.append(Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)))
         deletes = [w.key for w in writes if w.data is None]
-        puts = [{"key": w.key, "type_name": w.type_name, "data": w.data.hex()} for w in writes if w.data is not None]
-        subjects = [{"key": w.key, "subject": s} for w in writes if w.data is not None for s in w.subjects]
+        puts = [
+            {"key": w.key, "type_name": w.type_name, "data": w.data.hex(), "subjects": w.subjects}
+            if w.subjects
+            else {"key": w.key, "type_name": w.type_name, "data": w.data.hex()}
+            for w in writes
+            if w.data is not None
+        ]
+        subjects = sorted({s for w in writes if w.data is not None for s in w.subjects})
         if subjects:
-            named = sorted({entry["subject"] for entry in subjects})
-            statements.append(Statement(sql.CHECK_SUBJECTS.encode(), (named,)))
-        if writes:
-            statements.append(Statement(sql.DELETE_DOCUMENT_SUBJECTS.encode(), (name, [w.key for w in writes])))
+            statements.append(Statement(sql.CHECK_SUBJECTS.encode(), (subjects,)))
         if deletes:
             statements.append(Statement(sql.DELETE_DOCUMENTS.encode(), (name, deletes)))
         if puts:
             statements.append(Statement(sql.PUT_DOCUMENTS.encode(), (name, json.dumps(puts, separators=(",", ":")))))
-        if subjects:
-            statements.append(
-                Statement(sql.PUT_DOCUMENT_SUBJECTS.encode(), (name, json.dumps(subjects, separators=(",", ":"))))
-            )
         try:
             await self._db.run("commit_projection", statements)
         except Refused as refused:

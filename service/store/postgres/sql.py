@@ -248,19 +248,14 @@ CHECK_SUBJECTS = (
     " FROM (SELECT aggregate_id, wrapped_key FROM chronicle.data_keys WHERE aggregate_id = ANY($1::text[])"
     " ORDER BY aggregate_id FOR SHARE) AS k"
 )
-# A document's subjects are replaced with every write of it.
-DELETE_DOCUMENT_SUBJECTS = "DELETE FROM chronicle.projection_subjects WHERE projection = $1 AND key = ANY($2::text[])"
-PUT_DOCUMENT_SUBJECTS = (
-    "INSERT INTO chronicle.projection_subjects (projection, key, subject)"
-    " SELECT $1, d.key, d.subject FROM jsonb_to_recordset($2::jsonb) AS d(key text, subject text)"
-    " ON CONFLICT DO NOTHING"
-)
+# A document's subjects (the aggregates it is derived from) are in its row,
+# as its last write gave them.
 PUT_DOCUMENTS = (
-    "INSERT INTO chronicle.projection_documents (projection, key, type_name, data)"
-    " SELECT $1, d.key, d.type_name, decode(d.data, 'hex')"
-    " FROM jsonb_to_recordset($2::jsonb) AS d(key text, type_name text, data text)"
+    "INSERT INTO chronicle.projection_documents (projection, key, type_name, data, subjects)"
+    " SELECT $1, d.key, d.type_name, decode(d.data, 'hex'), coalesce(d.subjects, '{}')"
+    " FROM jsonb_to_recordset($2::jsonb) AS d(key text, type_name text, data text, subjects text[])"
     " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name,"
-    " data = excluded.data, updated_at = now()"
+    " data = excluded.data, subjects = excluded.subjects, updated_at = now()"
 )
 
 # -- audit --------------------------------------------------------------------
@@ -301,14 +296,10 @@ RELEASE_CLAIMS_OF_FORGOTTEN = (
     "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
     " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
 )
-# The documents that name the forgotten aggregate as a subject, and every
-# subject row of those documents.
+# The documents that name the forgotten aggregate as a subject (the GIN index).
 DELETE_DOCUMENTS_OF_FORGOTTEN = (
-    "WITH gone AS (DELETE FROM chronicle.projection_documents d USING chronicle.projection_subjects s"
-    " WHERE s.subject = $1 AND d.projection = s.projection AND d.key = s.key"
+    "DELETE FROM chronicle.projection_documents WHERE subjects @> ARRAY[$1::text]"
     " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
-    " RETURNING d.projection, d.key)"
-    " DELETE FROM chronicle.projection_subjects s USING gone WHERE s.projection = gone.projection AND s.key = gone.key"
 )
 DATA_KEYS_TO_REWRAP = (
     "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys"

@@ -50,7 +50,7 @@ def _commit(
             if forgotten:
                 raise SubjectsForgotten(forgotten)
         for write in writes:
-            db.execute(sql.DELETE_DOCUMENT_SUBJECTS, (name, write.key))
+            db.execute(sql.DELETE_STALE_SUBJECTS, (name, write.key, json.dumps(write.subjects)))
             if write.data is None:
                 db.execute(sql.DELETE_DOCUMENT, (name, write.key))
                 continue

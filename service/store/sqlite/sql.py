@@ -140,9 +140,13 @@ MOVE_CHECKPOINT = (
     "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
     " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
 )
-# A document's subjects: replaced with every write of it. The subjects a
-# batch names that are forgotten (a JSON array of ids as the parameter).
-DELETE_DOCUMENT_SUBJECTS = "DELETE FROM projection_subjects WHERE projection = ? AND key = ?"
+# A document's subjects are those of its last write (the stale ones go, new
+# ones are added: the same ones again write nothing). The subjects a batch
+# names that are forgotten. JSON arrays of ids as parameters.
+DELETE_STALE_SUBJECTS = (
+    "DELETE FROM projection_subjects WHERE projection = ? AND key = ?"
+    " AND subject NOT IN (SELECT value FROM json_each(?))"
+)
 PUT_DOCUMENT_SUBJECT = "INSERT OR IGNORE INTO projection_subjects (projection, key, subject) VALUES (?, ?, ?)"
 FORGOTTEN_SUBJECTS = (
     "SELECT aggregate_id FROM data_keys WHERE wrapped_key IS NULL AND aggregate_id IN (SELECT value FROM json_each(?))"
