@@ -232,7 +232,11 @@ class ProjectionStore(Protocol):
         """Apply ``writes`` and move the projection's checkpoint from
         ``expected_position`` to ``new_position``, in one transaction.
         ``ConcurrencyConflict`` (and nothing written) if the checkpoint is no
-        longer at ``expected_position``: someone else applied those events."""
+        longer at ``expected_position``: someone else applied those events.
+        A document is kept with its ``subjects`` (those of its last write);
+        ``SubjectsForgotten`` (and nothing written) if a write puts a
+        document naming an aggregate that was forgotten, even one forgotten
+        while this commit runs (a forget and a commit are ordered)."""
 
 
 class AuditRecorder(Protocol):
@@ -262,7 +266,8 @@ class KeyStore(Protocol):
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
         """Erase the aggregate's key, leaving a tombstone, delete its
-        snapshots and release every claim it holds, in one transaction.
+        snapshots and the projections' documents that name it as a subject,
+        and release every claim it holds, in one transaction.
         False if it had no key to erase. An aggregate already forgotten (a
         tombstone) still has its snapshots and claims removed, so forgetting
         again finishes what an older version left behind; one that never had

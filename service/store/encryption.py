@@ -12,7 +12,9 @@ or an environment variable and never reach the database.
   rewrap-keys``), then drop the old keys.
 - Crypto-shredding: forgetting an aggregate erases its data key (the row
   stays as a tombstone), after which its payloads cannot be decrypted by
-  anyone, in any backup taken afterwards, on any replica.
+  anyone, in any backup taken afterwards, on any replica. Its command
+  records' fingerprints and refusal texts are sealed under the same key
+  (``fingerprint_context``, ``refusal_context``), so they go with it.
 
 A sealed payload is ``0x00 'C' '1' || nonce (12 bytes) || ciphertext+tag``.
 No serialized Protobuf message starts with a zero byte (field number 0 is
