@@ -10,7 +10,8 @@ import pytest
 from service.store.base import StoreAdapter
 from tests.support.load import Followers
 from tests.support.postgres import Cluster, start_cluster
-from tests.support.stores import STORES, StoreSite
+from tests.support.schema_versions import DatabaseAt, PostgresVersions
+from tests.support.stores import STORES, store_site
 
 
 @pytest.fixture(scope="session")
@@ -29,11 +30,35 @@ def postgres_url(pg_cluster: Cluster) -> Iterator[str]:
     pg_cluster.drop_database(url)
 
 
+@pytest.fixture(scope="session")
+def postgres_versions(pg_cluster: Cluster) -> Iterator[PostgresVersions]:
+    """Databases at each earlier schema version, built once, copied per test."""
+    versions = PostgresVersions(pg_cluster)
+    yield versions
+    versions.drop_all()
+
+
+@pytest.fixture
+def postgres_at(pg_cluster: Cluster, postgres_versions: PostgresVersions) -> Iterator[DatabaseAt]:
+    """``await postgres_at(version, filled=…)``: a new database at that schema
+    version (``filled``: with every kind of row it can hold; ``migrated=True``:
+    then migrated by the current store), for this test."""
+    made: list[str] = []
+
+    async def at(version: int, *, filled: bool, migrated: bool = False) -> str:
+        made.append(await postgres_versions.copy(version, filled=filled, migrated=migrated))
+        return made[-1]
+
+    yield at
+    for url in made:
+        pg_cluster.drop_database(url)
+
+
 @pytest.fixture(params=sorted(STORES))
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreAdapter]:
-    """Each store adapter in turn: the contract suite runs once per store."""
-    site = StoreSite(tmp=tmp_path, postgres_url=lambda: request.getfixturevalue("postgres_url"))
-    async with STORES[request.param](site) as opened:
+    """Each store adapter in turn: the contract suite runs once per store
+    (and on the SQL stores once more, on a database migrated from version 1)."""
+    async with STORES[request.param](store_site(request, tmp_path)) as opened:
         yield opened
 
 

@@ -10,14 +10,13 @@ import pytest
 
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, StoreAdapter
 from service.store.records import Snapshot
-from tests.support.stores import STORES, StoreSite
+from tests.support.stores import STORES, store_site
 
 
 @pytest.fixture(params=sorted(STORES))
 async def keeping_two(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreAdapter]:
     """Each store adapter in turn, told to keep two snapshots per aggregate."""
-    site = StoreSite(tmp=tmp_path, postgres_url=lambda: request.getfixturevalue("postgres_url"), keep_snapshots=2)
-    async with STORES[request.param](site) as opened:
+    async with STORES[request.param](store_site(request, tmp_path, keep_snapshots=2)) as opened:
         yield opened
 
 

@@ -1,5 +1,7 @@
-"""Operating on PostgreSQL: migrations from several replicas, bad URLs, a
-database that is missing at start-up, or goes away and comes back."""
+"""Operating on PostgreSQL: opening an up-to-date or a too new schema, bad
+URLs, a database that is missing at start-up, or goes away and comes back.
+(Migrating an older database, also from several replicas at once:
+test_migrations_over_data.py.)"""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import start
 from service.errors import ConfigurationError, StoreUnavailable, SubjectsForgotten
 from service.store.postgres import PostgresStore, sql
-from service.store.postgres.migrations import known_migrations
 from service.store.records import ClaimChange, DataKey, DocumentWrite, LogFilter, Snapshot
 from tests.support.contents import contents
 from tests.support.events import command_record, new_event
@@ -25,17 +26,6 @@ from tests.support.processes import serve_until_exit
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
-
-
-async def test_replicas_starting_together_apply_each_migration_once(postgres_url: str) -> None:
-    stores = [PostgresStore(postgres_url, pool_size=2) for _ in range(4)]
-    await asyncio.gather(*(s.open() for s in stores))
-    await asyncio.gather(*(s.ping() for s in stores))
-    with psycopg.connect(postgres_url) as conn:
-        applied = conn.execute("SELECT version FROM chronicle.schema_migrations ORDER BY version").fetchall()
-    assert [v for (v,) in applied] == [m.version for m in known_migrations()]
-    for store in stores:
-        await store.close()
 
 
 async def test_opening_an_up_to_date_schema_changes_nothing(postgres_url: str) -> None:

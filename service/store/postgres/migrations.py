@@ -27,8 +27,10 @@ def known_migrations() -> list[Migration]:
     return sql_common.known_migrations("service.store.postgres")
 
 
-async def migrate(conn: psycopg.AsyncConnection[object]) -> int:
-    """Bring the schema up to date; return its version."""
+async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None = None) -> int:
+    """Bring the schema up to date (or, for the tests that build a database
+    as an earlier Chronicle left it, up to version ``target``); return its
+    version."""
     migrations = known_migrations()
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
@@ -47,11 +49,12 @@ async def migrate(conn: psycopg.AsyncConnection[object]) -> int:
                 "upgrade Chronicle before pointing it at this database",
                 reason="SCHEMA_TOO_NEW",
             )
-        for migration in migrations[current:]:
+        wanted = newest if target is None else min(target, newest)
+        for migration in migrations[current:wanted]:
             log.info("applying PostgreSQL migration %04d_%s", migration.version, migration.name)
             await conn.execute(migration.sql.encode())
             await conn.execute(
                 f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)",
                 (migration.version, migration.name),
             )
-        return newest
+        return max(current, wanted)

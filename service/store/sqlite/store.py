@@ -17,7 +17,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from service.errors import StoreUnavailable
+from service.errors import ConfigurationError, StoreUnavailable
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, check_keep_snapshots
 from service.store.notifier import CommitNotifier
 from service.store.sqlite import sql
@@ -64,9 +64,13 @@ class SqliteStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRol
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot open SQLite database {self._path}: {error}") from error
         if version > SCHEMA_VERSION:
+            # Not "unavailable": retrying cannot help, and running old code
+            # on a new schema could corrupt it (as PostgreSQL's migrations.py).
             conn.close()
-            raise StoreUnavailable(
-                f"{self._path} has schema version {version}; this Chronicle knows up to {SCHEMA_VERSION}"
+            raise ConfigurationError(
+                f"{self._path} has schema version {version}, newer than this Chronicle knows ({SCHEMA_VERSION});"
+                " upgrade Chronicle before pointing it at this file",
+                reason="SCHEMA_TOO_NEW",
             )
         try:
             for target in range(version + 1, SCHEMA_VERSION + 1):

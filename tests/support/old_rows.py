@@ -1,0 +1,693 @@
+"""Every kind of row a Chronicle database holds, as an earlier Chronicle left
+it at each schema version, and whether the current store still reads it.
+
+``rows_at(dialect, version)`` is what a database at that schema version
+holds (``schema_versions.py`` writes it with that version's SQL): the rows
+of every kind the schema could hold then, in the shapes the code of that
+version wrote. ``unreadable(store, rows)`` then asks the current store,
+through its public roles only, whether each kind still reads back as it was
+written, and still behaves (a recorded refusal replays, a claim still
+refuses another holder, sealed payloads open with the same master keys, new
+appends go after the old positions); it returns one line per kind that
+does not.
+
+Kinds by the schema version that first holds them (the same numbers on both
+stores so far; ``SINCE`` is per store so that a migration one store needs
+and the other does not can shift them):
+
+    1  events in the clear (one with metadata), command records (events
+       appended, nothing changed, refused with a rejection), one snapshot
+       per aggregate
+    2  uniqueness claims (in the clear), a snapshot history per aggregate
+    3  command records' audit columns, audit entries (refusals before a
+       handler), data keys (live, wrapped by a retired master key, a
+       forgotten aggregate's tombstone), sealed events and snapshots
+    5  projection checkpoints and documents (in the clear, and sealed under
+       a projection's key with hidden document keys)
+    6  audit entries' outcome (an administrator's accepted action)
+    7  claims stored as keyed hashes (encryption at rest)
+
+The sealed formats (payloads, wrapped keys, keyed hashes) are written here
+with ``cryptography``'s primitives, not with ``service.store.encryption``: they
+are what databases hold, so a change to the code that stopped reading them
+must fail these tests rather than move the rows along with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, is_dataclass, replace
+from dataclasses import fields as dataclass_fields
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap
+
+from service.errors import AggregateForgotten, CommandAlreadyRecorded, NotUnique, rebuild_rejection
+from service.store.base import AuditQuery, ProjectionStore, SnapshotStore, Store, StoreAdapter
+from service.store.encrypted import encrypted
+from service.store.encryption import Keyring, MasterKeys
+from service.store.records import (
+    ACCEPTED,
+    REFUSED,
+    AggregateHead,
+    AuditEntry,
+    ClaimChange,
+    CommandRecord,
+    DataKey,
+    DocumentWrite,
+    HeldClaim,
+    LogFilter,
+    NewEvent,
+    RecordedEvent,
+    Rejection,
+    Snapshot,
+    StoredDocument,
+)
+
+# The schema version that first holds each kind of row, per store.
+_FIRST = {
+    "claims": 2,
+    "snapshot_history": 2,
+    "audit": 3,
+    "encryption": 3,
+    "projections": 5,
+    "audit_outcome": 6,
+    "hidden_claims": 7,
+}
+SINCE: dict[str, dict[str, int]] = {"postgres": dict(_FIRST), "sqlite": dict(_FIRST)}
+
+# Master keys: "current" wraps new data keys; "retired" wrapped some in the
+# past and is still configured, so they open until rewrapped.
+CURRENT_MASTER_KEY = hashlib.sha256(b"chronicle test master key: current").digest()
+RETIRED_MASTER_KEY = hashlib.sha256(b"chronicle test master key: retired").digest()
+MASTER_KEYS = MasterKeys({"current": CURRENT_MASTER_KEY, "retired": RETIRED_MASTER_KEY}, "current")
+
+T0 = 1_767_225_600_000_000  # 2026-01-01, microseconds since the epoch
+EMAIL = "users.email"
+HIDDEN_CLAIM_MARK = "\x1f"
+PROJECTION_KEY_PREFIX = "\x1fprojection:"
+CLAIMS_KEY_PREFIX = "\x1fclaims:"
+
+
+# -- the sealed formats, as databases hold them ----------------------------------
+
+
+def _data_key(name: str) -> bytes:
+    return hashlib.sha256(b"chronicle test data key: " + name.encode()).digest()
+
+
+def _seal(key: bytes, plaintext: bytes, context: bytes) -> bytes:
+    """``0x00 'C' '1' || nonce || AES-256-GCM(plaintext, associated data = context)``,
+    with a nonce derived from the context so that the rows are the same each run."""
+    nonce = hashlib.sha256(b"nonce\0" + context).digest()[:12]
+    return b"\x00C1" + nonce + AESGCM(key).encrypt(nonce, plaintext, context)
+
+
+def _event_context(aggregate_id: str, event_id: str) -> bytes:
+    return b"event\0" + aggregate_id.encode() + b"\0" + event_id.encode()
+
+
+def _snapshot_context(aggregate_id: str, version: int) -> bytes:
+    return b"snapshot\0" + aggregate_id.encode() + b"\0" + str(version).encode()
+
+
+def _document_context(projection: str, key: str) -> bytes:
+    return b"document\0" + projection.encode() + b"\0" + key.encode()
+
+
+def _keyed_hash(key: bytes, purpose: bytes, namespace: str, value: str) -> str:
+    secret = AESGCM(key).encrypt(b"\0" * 12, purpose, namespace.encode())
+    return hmac.new(secret, value.encode(), hashlib.sha256).hexdigest()
+
+
+def _wrapped(key_id: str, master_key_id: str = "current") -> DataKey:
+    return DataKey(key_id, master_key_id, aes_key_wrap(MASTER_KEYS.keys[master_key_id], _data_key(key_id)))
+
+
+# -- what a database at a version holds ------------------------------------------
+
+
+@dataclass(frozen=True)
+class OldEvent:
+    """An event as stored (``stored.payload`` sealed or clear) and the
+    payload the store gives back (``redacted``: its aggregate was forgotten)."""
+
+    stored: RecordedEvent
+    payload: bytes
+    redacted: bool = False
+
+    @property
+    def read_back(self) -> RecordedEvent:
+        return replace(self.stored, payload=b"" if self.redacted else self.payload, redacted=self.redacted)
+
+
+@dataclass(frozen=True)
+class OldSnapshot:
+    stored: Snapshot
+    state: bytes
+
+    @property
+    def read_back(self) -> Snapshot:
+        return replace(self.stored, state=self.state)
+
+
+@dataclass(frozen=True)
+class OldDocument:
+    """A projection's document as stored (its key hidden and data sealed
+    under the projection's key, or both in the clear) and as read back."""
+
+    projection: str
+    stored: StoredDocument
+    key: str
+    data: bytes
+    sealed: bool
+
+
+@dataclass(frozen=True)
+class OldClaim:
+    stored: HeldClaim
+    value: str  # the value claimed (``stored.value`` is its keyed hash when hidden)
+    hidden: bool
+
+
+@dataclass
+class OldRows:
+    """The rows a database at ``version`` of ``dialect``'s schema holds, as
+    the current store must read them back once it has migrated it."""
+
+    dialect: str
+    version: int
+    events: list[OldEvent] = field(default_factory=list)
+    # As read back: the audit columns are empty (and, on SQLite, the time 0)
+    # when written before the schema had them.
+    commands: list[CommandRecord] = field(default_factory=list)
+    snapshots: list[OldSnapshot] = field(default_factory=list)
+    claims: list[OldClaim] = field(default_factory=list)
+    audit_entries: list[AuditEntry] = field(default_factory=list)  # the audit log's own table
+    data_keys: list[DataKey] = field(default_factory=list)
+    forgotten: set[str] = field(default_factory=set)
+    checkpoints: dict[str, int] = field(default_factory=dict)
+    documents: list[OldDocument] = field(default_factory=list)
+
+    def holds(self, kind: str) -> bool:
+        return self.version >= SINCE[self.dialect][kind]
+
+    @property
+    def last_position(self) -> int:
+        return self.events[-1].stored.position
+
+    def events_of(self, aggregate_id: str) -> list[OldEvent]:
+        return [e for e in self.events if e.stored.aggregate_id == aggregate_id]
+
+    def aggregates(self) -> list[str]:
+        return list(dict.fromkeys(e.stored.aggregate_id for e in self.events))
+
+    # -- building --
+
+    def add_event(
+        self,
+        aggregate_id: str,
+        event_type: str,
+        payload: bytes,
+        *,
+        command_id: str,
+        sealed_by: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        position = len(self.events) + 1
+        version = len(self.events_of(aggregate_id)) + 1
+        event_id = f"00000000-0000-4000-8000-{position:012d}"
+        stored = payload
+        if sealed_by is not None:
+            stored = _seal(_data_key(sealed_by), payload, _event_context(aggregate_id, event_id))
+        event = RecordedEvent(
+            event_id=event_id,
+            aggregate_id=aggregate_id,
+            aggregate_type=aggregate_id.split("-")[0].title(),
+            version=version,
+            position=position,
+            event_type=event_type,
+            schema_version=1,
+            payload=stored,
+            timestamp_us=T0 + position * 1_000,
+            command_id=command_id,
+            user_id="ann",
+            origin="web",
+            correlation_id=f"corr-{command_id}",
+            causation_id=command_id,
+            metadata=metadata or {},
+        )
+        self.events.append(OldEvent(event, payload, redacted=aggregate_id in self.forgotten))
+
+    def add_command(
+        self, command_id: str, aggregate_id: str, first: int, last: int, *, rejection: Rejection | None = None
+    ) -> None:
+        audited = self.holds("audit")
+        # PostgreSQL's commands had their recorded_at from the first schema;
+        # SQLite's came with the audit columns.
+        timed = audited or self.dialect == "postgres"
+        self.commands.append(
+            CommandRecord(
+                command_id=command_id,
+                aggregate_id=aggregate_id,
+                command_type="bank.v1.Do",
+                fingerprint=hashlib.sha256(command_id.encode()).digest(),
+                first_version=first,
+                last_version=last,
+                rejection=rejection,
+                principal="alice" if audited else "",
+                user_id="ann" if audited else "",
+                origin="web" if audited else "",
+                recorded_at_us=T0 + 100_000 + len(self.commands) * 1_000 if timed else 0,
+            )
+        )
+
+    def add_snapshot(self, aggregate_id: str, version: int, state: bytes, *, sealed_by: str | None = None) -> None:
+        stored = (
+            state if sealed_by is None else _seal(_data_key(sealed_by), state, _snapshot_context(aggregate_id, version))
+        )
+        snapshot = Snapshot(aggregate_id, aggregate_id.split("-")[0].title(), version, "bank.v1.State", 1, stored)
+        self.snapshots.append(OldSnapshot(snapshot, state))
+
+    def add_document(self, projection: str, key: str, data: bytes, *, sealed: bool) -> None:
+        if sealed:
+            projection_key = _data_key(PROJECTION_KEY_PREFIX + projection)
+            stored_key = "k:" + _keyed_hash(projection_key, b"chronicle document keys", projection, key)
+            stored = _seal(projection_key, data, _document_context(projection, key))
+        else:
+            stored_key, stored = key, data
+        self.documents.append(
+            OldDocument(projection, StoredDocument(stored_key, "bank.v1.Summary", stored), key, data, sealed)
+        )
+
+
+def rows_at(dialect: str, version: int) -> OldRows:
+    """What a database at schema ``version`` holds: one or more rows of every
+    kind that schema could hold, in the shapes its code wrote."""
+    rows = OldRows(dialect, version)
+    refusal = Rejection("ValidationError", "INSUFFICIENT_FUNDS", "the balance is 5", {"balance": "5"})
+
+    rows.add_event("account-plain", "bank.v1.Opened", b"\x0a\x03ann", command_id="c-open", metadata={"tenant": "t-1"})
+    rows.add_event("account-plain", "bank.v1.Deposited", b"\x08\x0a", command_id="c-deposit")
+    rows.add_event("account-plain", "bank.v1.Deposited", b"\x08\x14", command_id="c-deposit")
+    rows.add_command("c-open", "account-plain", 1, 1)
+    rows.add_command("c-deposit", "account-plain", 2, 3)
+    rows.add_command("c-nothing", "account-plain", 4, 3)
+    rows.add_command("c-refused", "account-plain", 4, 3, rejection=refusal)
+    if rows.holds("snapshot_history"):
+        rows.add_snapshot("account-plain", 2, b"\x08\x0a")
+    rows.add_snapshot("account-plain", 3, b"\x08\x1e")
+
+    if rows.holds("claims"):
+        rows.add_event("user-ann", "users.v1.Registered", b"\x0a\x0fann@example.com", command_id="c-register-ann")
+        rows.add_command("c-register-ann", "user-ann", 1, 1)
+        rows.claims.append(OldClaim(HeldClaim(EMAIL, "ann@example.com", "user-ann"), "ann@example.com", hidden=False))
+
+    if rows.holds("encryption"):
+        rows.data_keys += [_wrapped("account-sealed"), _wrapped("account-rotating", "retired")]
+        rows.data_keys.append(DataKey("account-forgotten", None, None))
+        rows.forgotten.add("account-forgotten")
+        rows.add_event(
+            "account-sealed", "bank.v1.Opened", b"\x0a\x03bob", command_id="c-sealed", sealed_by="account-sealed"
+        )
+        rows.add_event(
+            "account-sealed", "bank.v1.Deposited", b"\x08\x07", command_id="c-sealed", sealed_by="account-sealed"
+        )
+        rows.add_command("c-sealed", "account-sealed", 1, 2)
+        rows.add_snapshot("account-sealed", 2, b"\x08\x07", sealed_by="account-sealed")
+        rows.add_event(
+            "account-rotating", "bank.v1.Opened", b"\x0a\x03cat", command_id="c-rotating", sealed_by="account-rotating"
+        )
+        rows.add_command("c-rotating", "account-rotating", 1, 1)
+        rows.add_event(
+            "account-forgotten",
+            "bank.v1.Opened",
+            b"\x0a\x03dan",
+            command_id="c-forgotten",
+            sealed_by="account-forgotten",
+        )
+        rows.add_command("c-forgotten", "account-forgotten", 1, 1)
+        rows.audit_entries.append(
+            AuditEntry(
+                recorded_at_us=T0 + 500_000,
+                command_id="c-denied",
+                command_type="bank.v1.Withdraw",
+                aggregate_id="account-plain",
+                principal="mallory",
+                user_id="",
+                origin="web",
+                outcome=REFUSED,
+                reason="PERMISSION_DENIED",
+                message="mallory may not withdraw",
+            )
+        )
+
+    if rows.holds("projections"):
+        rows.checkpoints["balances"] = 3
+        rows.add_document("balances", "account-plain", b"\x08\x1e", sealed=False)
+        rows.checkpoints["owners"] = rows.last_position
+        rows.data_keys.append(_wrapped(PROJECTION_KEY_PREFIX + "owners"))
+        rows.add_document("owners", "owner:bob", b"\x0a\x0eaccount-sealed", sealed=True)
+
+    if rows.holds("audit_outcome"):
+        rows.audit_entries.append(
+            AuditEntry(
+                recorded_at_us=T0 + 600_000,
+                command_id="",
+                command_type="ForgetAggregate",
+                aggregate_id="account-forgotten",
+                principal="admin",
+                user_id="",
+                origin="cli",
+                outcome=ACCEPTED,
+            )
+        )
+
+    if rows.holds("hidden_claims"):
+        claims_key_id = CLAIMS_KEY_PREFIX + EMAIL
+        rows.data_keys += [_wrapped(claims_key_id), _wrapped("user-bob")]
+        hidden = HIDDEN_CLAIM_MARK + _keyed_hash(_data_key(claims_key_id), b"chronicle claim values", EMAIL, "bob@")
+        rows.add_event(
+            "user-bob", "users.v1.Registered", b"\x0a\x04bob@", command_id="c-register-bob", sealed_by="user-bob"
+        )
+        rows.add_command("c-register-bob", "user-bob", 1, 1)
+        rows.claims.append(OldClaim(HeldClaim(EMAIL, hidden, "user-bob"), "bob@", hidden=True))
+    return rows
+
+
+# -- writing the same rows through the current store -------------------------------
+
+
+async def write_through(store: StoreAdapter, rows: OldRows) -> None:
+    """Write ``rows`` (of the latest version) with the current store's own
+    methods, the payloads, keys and claims already in their stored form: what
+    ``schema_versions.py`` writes in SQL at the latest version must be what
+    this leaves in the database (``test_migrations_over_data.py`` compares)."""
+    for key in rows.data_keys:
+        await store.create_data_key(_wrapped(key.aggregate_id) if key.wrapped is None else key)
+        if key.wrapped is None:
+            await store.forget_data_key(key.aggregate_id)
+    for command in rows.commands:
+        events = [e.stored for e in rows.events if e.stored.command_id == command.command_id]
+        claims = [
+            ClaimChange(c.stored.scope, c.stored.value)
+            for c in rows.claims
+            if c.stored.aggregate_id == command.aggregate_id
+        ]
+        new = [
+            NewEvent(
+                event_id=e.event_id,
+                aggregate_type=e.aggregate_type,
+                event_type=e.event_type,
+                schema_version=e.schema_version,
+                payload=e.payload,
+                timestamp_us=e.timestamp_us,
+                command_id=e.command_id,
+                user_id=e.user_id,
+                origin=e.origin,
+                correlation_id=e.correlation_id,
+                causation_id=e.causation_id,
+                metadata=e.metadata,
+            )
+            for e in events
+        ]
+        await store.append(command.aggregate_id, new, command.first_version - 1, commands=[command], claims=claims)
+    for snapshot in rows.snapshots:
+        await store.save_snapshot(snapshot.stored)
+    for entry in rows.audit_entries:
+        await store.record_audit_entry(entry)
+    for name, position in rows.checkpoints.items():
+        writes = [
+            DocumentWrite(d.stored.key, d.stored.type_name, d.stored.data)
+            for d in rows.documents
+            if d.projection == name
+        ]
+        await store.commit_projection(name, expected_position=0, new_position=position, writes=writes)
+
+
+# -- reading them back through the current store ------------------------------------
+
+
+class Mismatch(Exception):
+    """A kind of row that no longer reads back as it was written."""
+
+
+def same(what: str, got: object, expected: object) -> None:
+    if got != expected:
+        raise Mismatch(f"{what}: {_difference(got, expected)}")
+
+
+def _difference(got: object, expected: object) -> str:
+    """Where ``got`` and ``expected`` differ: the first differing item of two
+    lists, the differing fields of two records, or both whole."""
+    if isinstance(got, list) and isinstance(expected, list):
+        for index, (one, other) in enumerate(zip(got, expected, strict=False)):
+            if one != other:
+                return f"item {index}: {_difference(one, other)}"
+        return f"{len(got)} items, expected {len(expected)}: {got[len(expected) :] or expected[len(got) :]!r}"
+    if is_dataclass(got) and type(got) is type(expected):
+        fields_ = [f.name for f in dataclass_fields(got) if getattr(got, f.name) != getattr(expected, f.name)]
+        named = ", ".join(f"{n}={getattr(got, n)!r} (expected {getattr(expected, n)!r})" for n in fields_)
+        return f"{type(got).__name__} with {named}"
+    return f"got {got!r}, expected {expected!r}"
+
+
+async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
+    """Each kind of ``rows`` that the current ``store`` (opened on the
+    migrated database) does not give back as written, or that no longer
+    behaves as it did, with what went wrong; empty when every kind survived.
+    Reads first, then writes that depend on the old rows (the last checks
+    change the database)."""
+    roles = encrypted(Store.of(store), Keyring(store, MASTER_KEYS))
+    failures: dict[str, str] = {}
+
+    async def check(kind: str, body: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await body()
+        except Exception as error:
+            detail = str(error) if isinstance(error, Mismatch) else traceback.format_exc(limit=-3)
+            failures[kind] = detail
+
+    async def events() -> None:
+        for aggregate_id in rows.aggregates():
+            expected = [e.read_back for e in rows.events_of(aggregate_id)]
+            same(f"events of {aggregate_id}", await roles.events.read_aggregate(aggregate_id), expected)
+            head = await roles.events.head(aggregate_id)
+            same(f"head of {aggregate_id}", head, AggregateHead(expected[-1].aggregate_type, expected[-1].version))
+        second = rows.events[1].stored
+        same(
+            "version as of the second event's time",
+            await roles.events.version_at(second.aggregate_id, second.timestamp_us),
+            2,
+        )
+
+    async def log() -> None:
+        page = await roles.log.read_log(0, LogFilter(), 1_000)
+        same("the log", list(page.events), [e.read_back for e in rows.events])
+        same("the log's head", (page.scanned_to, await roles.log.log_head()), (rows.last_position, rows.last_position))
+        sealed_only = await roles.log.read_log(0, LogFilter(aggregate_types=frozenset({"User"})), 1_000)
+        same(
+            "the log by aggregate type",
+            [e.aggregate_id for e in sealed_only.events],
+            [a for a in rows.aggregates() if a.startswith("user-")],
+        )
+
+    async def command_records() -> None:
+        for command in rows.commands:
+            same(f"command record {command.command_id}", await roles.events.find_command(command.command_id), command)
+
+    async def snapshots() -> None:
+        by_aggregate: dict[str, list[OldSnapshot]] = {}
+        for snapshot in rows.snapshots:
+            by_aggregate.setdefault(snapshot.stored.aggregate_id, []).append(snapshot)
+        for aggregate_id, kept in by_aggregate.items():
+            same(
+                f"latest snapshot of {aggregate_id}",
+                await roles.snapshots.load_snapshot(aggregate_id),
+                kept[-1].read_back,
+            )
+            for snapshot in kept:
+                loaded = await roles.snapshots.load_snapshot(aggregate_id, at_most=snapshot.stored.version)
+                same(f"snapshot of {aggregate_id} at {snapshot.stored.version}", loaded, snapshot.read_back)
+            same(
+                f"snapshot of {aggregate_id} below the oldest",
+                await roles.snapshots.load_snapshot(aggregate_id, at_most=kept[0].stored.version - 1),
+                None,
+            )
+
+    async def claims_in_clear() -> None:
+        # Read under the adapter: the encrypted roles hide clear claims first.
+        for claim in rows.claims:
+            same(
+                f"holder of {claim.stored.value!r} as stored",
+                await store.claim_owner(EMAIL, claim.stored.value),
+                claim.stored.aggregate_id,
+            )
+        clear = [c.stored for c in rows.claims if not c.hidden]
+        same("claims in the clear", await store.claims_in_clear(100), clear)
+
+    async def data_keys() -> None:
+        for key in rows.data_keys:
+            same(f"data key of {key.aggregate_id!r}", await store.load_data_key(key.aggregate_id), key)
+        retired = [k for k in rows.data_keys if k.master_key_id == "retired"]
+        same("keys to rewrap", await store.data_keys_to_rewrap("current", 100), retired)
+
+    async def projections() -> None:
+        for name, position in rows.checkpoints.items():
+            same(f"checkpoint of {name}", await roles.projections.projection_position(name), position)
+        for document in rows.documents:
+            raw = await store.load_document(document.projection, document.stored.key)
+            same(f"stored document {document.key} of {document.projection}", raw, document.stored)
+            readable: ProjectionStore = roles.projections if document.sealed else store
+            loaded = await readable.load_document(document.projection, document.key)
+            same(
+                f"document {document.key} of {document.projection}",
+                loaded,
+                StoredDocument(document.key, document.stored.type_name, document.data),
+            )
+
+    async def audit() -> None:
+        entries = await roles.audit.read_audit(AuditQuery(limit=1_000))
+        expected = [c.audit_entry() for c in rows.commands] + rows.audit_entries
+        same("audit entries", sorted(entries, key=repr), sorted(expected, key=repr))
+        times = [e.recorded_at_us for e in entries]
+        same("audit entries newest first", times, sorted(times, reverse=True))
+        refused = await roles.audit.read_audit(AuditQuery(outcome=REFUSED, limit=1_000))
+        same(
+            "refused audit entries",
+            sorted(refused, key=repr),
+            sorted((e for e in expected if e.outcome == REFUSED), key=repr),
+        )
+
+    async def claims_hold() -> None:
+        for index, claim in enumerate(rows.claims):
+            same(
+                f"holder of {claim.value!r}",
+                await roles.claims.claim_owner(EMAIL, claim.value),
+                claim.stored.aggregate_id,
+            )
+            late = NewEvent(f"00000000-0000-4000-9000-{index:012d}", "User", "users.v1.Registered", 1, b"", T0)
+            try:
+                await roles.events.append("user-late", [late], 0, claims=[ClaimChange(EMAIL, claim.value)])
+            except NotUnique:
+                continue
+            raise Mismatch(f"claim on {claim.value!r} did not refuse another holder")
+
+    async def refusals_replay() -> None:
+        # The executor replays a command id it finds recorded: the store must
+        # still say so, with the record (and the refusal) as written.
+        for command in rows.commands:
+            try:
+                await store.append(command.aggregate_id, [], command.last_version, commands=[command])
+            except CommandAlreadyRecorded as already:
+                same(f"recorded {command.command_id}", already.record, command)
+                if command.rejection is not None:
+                    r = command.rejection
+                    replayed = rebuild_rejection(r.kind, r.message, r.reason, r.metadata)
+                    same(
+                        f"the refusal of {command.command_id}, replayed",
+                        (type(replayed).__name__, replayed.reason, replayed.message, replayed.metadata),
+                        (r.kind, r.reason, r.message, dict(r.metadata)),
+                    )
+                continue
+            raise Mismatch(f"command id {command.command_id} was not recognised as recorded")
+
+    async def appends_go_on() -> None:
+        for aggregate_id in rows.aggregates():
+            if aggregate_id in rows.forgotten:
+                continue
+            last = rows.events_of(aggregate_id)[-1].stored
+            event = NewEvent(
+                f"00000000-0000-4000-a000-{last.position:012d}",
+                last.aggregate_type,
+                "bank.v1.Later",
+                1,
+                b"\x08\x01",
+                T0 + 10_000_000,
+            )
+            (written,) = await roles.events.append(aggregate_id, [event], last.version)
+            same(
+                f"a new event of {aggregate_id}",
+                (written.version, written.position > rows.last_position),
+                (last.version + 1, True),
+            )
+            same(
+                f"the new event of {aggregate_id}, read back",
+                (await roles.events.read_aggregate(aggregate_id))[-1],
+                written,
+            )
+        for aggregate_id in rows.forgotten:
+            try:
+                await roles.events.append(
+                    aggregate_id,
+                    [NewEvent("00000000-0000-4000-b000-000000000001", "Account", "bank.v1.Later", 1, b"", T0)],
+                    1,
+                )
+            except AggregateForgotten:
+                continue
+            raise Mismatch(f"{aggregate_id} took an event after it was forgotten")
+
+    async def rewrap() -> None:
+        retired = [k for k in rows.data_keys if k.master_key_id == "retired"]
+        same("keys rewrapped", await Keyring(store, MASTER_KEYS).rewrap(), len(retired))
+        only_current = encrypted(
+            Store.of(store), Keyring(store, MasterKeys({"current": CURRENT_MASTER_KEY}, "current"))
+        )
+        for key in retired:
+            events = await only_current.events.read_aggregate(key.aggregate_id)
+            same(
+                f"events of {key.aggregate_id} after the rewrap",
+                events,
+                [e.read_back for e in rows.events_of(key.aggregate_id)],
+            )
+
+    async def history_goes_on() -> None:
+        latest = rows.snapshots[-1]
+        newer = replace(latest.read_back, version=latest.stored.version + 100)
+        sealed = latest.stored.state != latest.state
+        saving: SnapshotStore = roles.snapshots if sealed else store
+        await saving.save_snapshot(newer)
+        same("a new snapshot", await roles.snapshots.load_snapshot(newer.aggregate_id), newer)
+        same(
+            "the old one beside it",
+            await roles.snapshots.load_snapshot(newer.aggregate_id, at_most=latest.stored.version),
+            latest.read_back,
+        )
+        for name, position in rows.checkpoints.items():
+            await roles.projections.commit_projection(
+                name, expected_position=position, new_position=position + 1, writes=[]
+            )
+        entry = AuditEntry(
+            recorded_at_us=T0 + 900_000,
+            command_id="c-new",
+            command_type="bank.v1.Do",
+            aggregate_id="account-plain",
+            principal="alice",
+            user_id="",
+            origin="web",
+            outcome=REFUSED,
+            reason="LATER",
+        )
+        await roles.audit.record_audit_entry(entry)
+        same("a new audit entry", (await roles.audit.read_audit(AuditQuery(command_id="c-new")))[:1], [entry])
+
+    for kind, body in (
+        ("events", events),
+        ("log", log),
+        ("command records", command_records),
+        ("snapshots", snapshots),
+        ("claims as stored", claims_in_clear),
+        ("data keys", data_keys),
+        ("projections", projections),
+        ("audit", audit),
+        ("claims", claims_hold),
+        ("refusals replay", refusals_replay),
+        ("rewrapping", rewrap),
+        ("appends after the old events", appends_go_on),
+        ("snapshots, checkpoints and audit after the old ones", history_goes_on),
+    ):
+        await check(kind, body)
+    return failures

@@ -1,0 +1,477 @@
+"""Databases as an earlier Chronicle left them: at schema version N, with
+every kind of row that version could hold.
+
+The schema comes from the code's own migrations, applied up to N by the
+code's own runners (PostgreSQL: ``migrate(conn, target=N)``; SQLite:
+``migrate(conn, target)`` for each version up to N), so a migration added
+later is picked up without a change here. The rows (``old_rows.rows_at``)
+are written in SQL shaped like what the code of version N wrote: the
+columns that version's tables had, its encodings (times, JSON, bytes), its
+way of handing out positions. At the latest version the same rows written
+through the current store must leave the same database behind
+(``test_migrations_over_data.py``), which keeps this file's newest SQL
+honest; the older shapes are history and do not change.
+
+``empty_places`` names what a database holds no data in (a table without a
+row, a column never set, or never set to anything but its default): run on
+a freshly filled database, it is how a migration that adds a table or a
+column the filler does not write yet makes a test fail.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from service.store.postgres import PostgresStore
+from service.store.postgres import migrations as postgres_migrations
+from service.store.sqlite import migrations as sqlite_migrations
+from service.store.sqlite import sql as sqlite_sql
+from service.store.sqlite.writer import writing
+from tests.support.contents import contents
+from tests.support.old_rows import OldRows, rows_at
+from tests.support.postgres import Cluster
+
+POSTGRES_VERSIONS = [m.version for m in postgres_migrations.known_migrations()]
+SQLITE_VERSIONS = [m.version for m in sqlite_migrations.MIGRATIONS]
+
+# Columns the database fills in itself (the time a row was written): two
+# databases written alike differ there and nowhere else.
+DATABASE_TIMES = frozenset(
+    {
+        "applied_at",
+        "taken_at",
+        "claimed_at",
+        "created_at",
+        "created_at_us",
+        "forgotten_at",
+        "forgotten_at_us",
+        "updated_at",
+    }
+)
+# Columns whose default is the only value they can hold.
+ALWAYS_DEFAULT = frozenset({("log_head", "id")})  # the one row of PostgreSQL's log head
+
+_AT = "'epoch'::timestamptz + %s * interval '1 microsecond'"
+
+
+def _rejection(record_rejection: object) -> str | None:
+    """A rejection as every version stored it: JSON, keys in this order."""
+    if record_rejection is None:
+        return None
+    kind, reason, message, metadata = (getattr(record_rejection, f) for f in ("kind", "reason", "message", "metadata"))
+    return json.dumps(
+        {"kind": kind, "reason": reason, "message": message, "metadata": dict(metadata)}, separators=(",", ":")
+    )
+
+
+def _metadata(metadata: Mapping[str, str]) -> str:
+    return json.dumps(dict(metadata), separators=(",", ":"), sort_keys=True)
+
+
+# -- PostgreSQL -------------------------------------------------------------------
+
+
+def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
+    """``rows`` as the code of ``rows.version`` wrote them, in one transaction."""
+    for event in rows.events:
+        e = event.stored
+        conn.execute(
+            "INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
+            " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id,"
+            f" recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, {_AT})",
+            (
+                e.position,
+                e.event_id,
+                e.aggregate_id,
+                e.aggregate_type,
+                e.version,
+                e.event_type,
+                e.schema_version,
+                e.payload,
+                _metadata(e.metadata),
+                e.command_id,
+                e.user_id,
+                e.origin,
+                e.correlation_id,
+                e.causation_id,
+                e.timestamp_us,
+            ),
+        )
+    # Positions came from the log head, under its row lock.
+    conn.execute("UPDATE chronicle.log_head SET last_position = %s", (rows.last_position,))
+    for c in rows.commands:
+        columns = "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection"
+        values: tuple[object, ...] = (
+            c.command_id,
+            c.aggregate_id,
+            c.command_type,
+            c.fingerprint,
+            c.first_version,
+            c.last_version,
+            _rejection(c.rejection),
+        )
+        if rows.holds("audit"):
+            columns += ", principal, user_id, origin"
+            values += (c.principal, c.user_id, c.origin)
+        conn.execute(
+            f"INSERT INTO chronicle.commands ({columns}, recorded_at) VALUES ({_marks(columns)}, {_AT})",
+            (*values, c.recorded_at_us),
+        )
+    for snapshot in rows.snapshots:
+        s = snapshot.stored
+        conn.execute(
+            "INSERT INTO chronicle.snapshots (aggregate_id, aggregate_type, version, state_type, schema_version, state)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (s.aggregate_id, s.aggregate_type, s.version, s.state_type, s.schema_version, s.state),
+        )
+    for claim in rows.claims:
+        conn.execute(
+            "INSERT INTO chronicle.claims (scope, value, aggregate_id) VALUES (%s, %s, %s)",
+            (claim.stored.scope, claim.stored.value, claim.stored.aggregate_id),
+        )
+    for a in rows.audit_entries:
+        columns = "command_id, command_type, aggregate_id, principal, user_id, origin, reason, message"
+        values = (a.command_id, a.command_type, a.aggregate_id, a.principal, a.user_id, a.origin, a.reason, a.message)
+        if rows.holds("audit_outcome"):
+            columns += ", outcome"
+            values += (a.outcome,)
+        conn.execute(
+            f"INSERT INTO chronicle.refusals ({columns}, recorded_at) VALUES ({_marks(columns)}, {_AT})",
+            (*values, a.recorded_at_us),
+        )
+    for key in rows.data_keys:
+        if key.wrapped is None:  # a forgotten aggregate's tombstone
+            conn.execute(
+                "INSERT INTO chronicle.data_keys (aggregate_id, master_key_id, wrapped_key, forgotten_at)"
+                " VALUES (%s, NULL, NULL, now())",
+                (key.aggregate_id,),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO chronicle.data_keys (aggregate_id, master_key_id, wrapped_key) VALUES (%s, %s, %s)",
+                (key.aggregate_id, key.master_key_id, key.wrapped),
+            )
+    for name, position in rows.checkpoints.items():
+        conn.execute("INSERT INTO chronicle.projection_checkpoints (name, position) VALUES (%s, %s)", (name, position))
+    for document in rows.documents:
+        d = document.stored
+        conn.execute(
+            "INSERT INTO chronicle.projection_documents (projection, key, type_name, data) VALUES (%s, %s, %s, %s)",
+            (document.projection, d.key, d.type_name, d.data),
+        )
+
+
+def _marks(columns: str) -> str:
+    return ", ".join("%s::jsonb" if c.strip() == "rejection" else "%s" for c in columns.split(","))
+
+
+async def build_postgres(url: str, version: int, *, filled: bool) -> None:
+    """The empty database at ``url`` brought to schema ``version`` by the
+    code's migrations, then (``filled``) given every kind of row it can hold."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        reached = await postgres_migrations.migrate(conn, target=version)
+    assert reached == version, f"migrated to {reached}, not {version}"
+    if filled:
+        with psycopg.connect(url) as conn:
+            write_postgres(conn, rows_at("postgres", version))
+
+
+class PostgresVersions:
+    """Databases at each schema version on the suite's cluster: each built
+    once per session (empty, or filled; migrated by the current store, or
+    not), then copied for each test that asks (``CREATE DATABASE …
+    TEMPLATE``: a file copy, no SQL replayed)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._tag = uuid.uuid4().hex[:8]
+        self._templates: dict[tuple[int, bool, bool], str] = {}
+        self._fresh_schema: Counter[str] | None = None
+
+    async def _template(self, version: int, filled: bool, migrated: bool = False) -> str:
+        name = self._templates.get((version, filled, migrated))
+        if name is None:
+            state = f"{'filled' if filled else 'empty'}{'_migrated' if migrated else ''}"
+            name = f"chronicle_v{version}_{state}_{self._tag}"
+            if migrated:
+                self._create(name, await self._template(version, filled))
+                store = PostgresStore(self._cluster.url_for(name), pool_size=1)
+                await store.open()  # the current store migrates it
+                await store.close()
+            else:
+                self._create(name)
+                await build_postgres(self._cluster.url_for(name), version, filled=filled)
+            self._templates[(version, filled, migrated)] = name
+        return name
+
+    def _create(self, name: str, template: str | None = None) -> None:
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        with psycopg.connect(self._cluster.admin_url, autocommit=True) as conn:
+            conn.execute(query)
+
+    async def copy(self, version: int, *, filled: bool, migrated: bool = False) -> str:
+        """A new database at schema ``version`` (``migrated``: then migrated
+        by the current store, once for every copy); the caller drops it."""
+        template = await self._template(version, filled, migrated)
+        name = f"chronicle_test_{uuid.uuid4().hex[:12]}"
+        self._create(name, template)
+        return self._cluster.url_for(name)
+
+    async def fresh_schema(self) -> Counter[str]:
+        """The schema the current store creates in an empty database, as
+        ``contents`` lists it."""
+        if self._fresh_schema is None:
+            url = self._cluster.create_database()
+            try:
+                store = PostgresStore(url, pool_size=1)
+                await store.open()
+                await store.close()
+                self._fresh_schema = (await contents(store)).tables["schema"]
+            finally:
+                self._cluster.drop_database(url)
+        return self._fresh_schema
+
+    def drop_all(self) -> None:
+        for name in self._templates.values():
+            self._cluster.drop_database(self._cluster.url_for(name))
+        self._templates.clear()
+
+
+DatabaseAt = Callable[..., Awaitable[str]]
+
+
+def empty_places_postgres(url: str) -> list[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT relname FROM pg_class WHERE relnamespace = 'chronicle'::regnamespace AND relkind IN ('r', 'p')"
+                " ORDER BY relname"
+            )
+        ]
+        found = []
+        for table in tables:
+            relation = sql.SQL("chronicle.{}").format(sql.Identifier(table))
+            if not _holds(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(relation)):
+                found.append(f"table {table} holds no row")
+                continue
+            columns = conn.execute(
+                "SELECT column_name, column_default FROM information_schema.columns"
+                " WHERE table_schema = 'chronicle' AND table_name = %s ORDER BY ordinal_position",
+                (table,),
+            ).fetchall()
+            for column, default in columns:
+                found += _column_places(conn, table, relation, column, default)
+    return found
+
+
+def _column_places(
+    conn: psycopg.Connection[object], table: str, relation: sql.Composed, column: str, default: str | None
+) -> list[str]:
+    name = sql.Identifier(column)
+    if not _holds(conn, sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL)").format(relation, name)):
+        return [f"column {table}.{column} is NULL in every row"]
+    # A constant default (not now(), not a sequence): some row must hold
+    # another value, or the filler never wrote the column.
+    if default is None or "(" in default or (table, column) in ALWAYS_DEFAULT:
+        return []
+    differs = sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS DISTINCT FROM ({}))").format(
+        relation,
+        name,
+        sql.SQL(default),
+    )
+    if not _holds(conn, differs):
+        return [f"column {table}.{column} holds its default {default} in every row"]
+    return []
+
+
+def _holds(conn: psycopg.Connection[object], query: sql.Composed) -> bool:
+    row = conn.execute(query).fetchone()
+    return row is not None and bool(row[0])  # type: ignore[index]
+
+
+def comparable_rows_postgres(url: str) -> dict[str, list[str]]:
+    """Each table's rows as text, without the columns the database fills in itself."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT relname FROM pg_class WHERE relnamespace = 'chronicle'::regnamespace AND relkind IN ('r', 'p')"
+            )
+        ]
+        return {
+            table: sorted(
+                text
+                for (text,) in conn.execute(
+                    sql.SQL("SELECT (to_jsonb(t) - %s::text[])::text FROM chronicle.{} AS t").format(
+                        sql.Identifier(table)
+                    ),
+                    (sorted(DATABASE_TIMES),),
+                )
+            )
+            for table in tables
+        }
+
+
+# -- SQLite -----------------------------------------------------------------------------
+
+
+def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
+    """``rows`` as the code of ``rows.version`` wrote them (the caller holds a transaction)."""
+    for event in rows.events:
+        e = event.stored
+        # The position is the table's AUTOINCREMENT key, handed out in order.
+        (position,) = conn.execute(
+            "INSERT INTO events (event_id, aggregate_id, aggregate_type, version, event_type, schema_version,"
+            " payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at_us)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position",
+            (
+                e.event_id,
+                e.aggregate_id,
+                e.aggregate_type,
+                e.version,
+                e.event_type,
+                e.schema_version,
+                e.payload,
+                _metadata(e.metadata),
+                e.command_id,
+                e.user_id,
+                e.origin,
+                e.correlation_id,
+                e.causation_id,
+                e.timestamp_us,
+            ),
+        ).fetchone()
+        assert position == e.position, f"SQLite gave position {position} to the event the rows place at {e.position}"
+    for c in rows.commands:
+        values: tuple[object, ...] = (
+            c.command_id,
+            c.aggregate_id,
+            c.command_type,
+            c.fingerprint,
+            c.first_version,
+            c.last_version,
+            _rejection(c.rejection),
+        )
+        columns = "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection"
+        if rows.holds("audit"):
+            columns += ", principal, user_id, origin, recorded_at_us"
+            values += (c.principal, c.user_id, c.origin, c.recorded_at_us)
+        conn.execute(f"INSERT INTO commands ({columns}) VALUES ({', '.join('?' * len(values))})", values)
+    for snapshot in rows.snapshots:
+        s = snapshot.stored
+        conn.execute(
+            "INSERT INTO snapshots (aggregate_id, aggregate_type, version, state_type, schema_version, state)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (s.aggregate_id, s.aggregate_type, s.version, s.state_type, s.schema_version, s.state),
+        )
+    for claim in rows.claims:
+        conn.execute(
+            "INSERT INTO claims (scope, value, aggregate_id) VALUES (?, ?, ?)",
+            (claim.stored.scope, claim.stored.value, claim.stored.aggregate_id),
+        )
+    for a in rows.audit_entries:
+        columns = "recorded_at_us, command_id, command_type, aggregate_id, principal, user_id, origin, reason, message"
+        values = (
+            a.recorded_at_us,
+            a.command_id,
+            a.command_type,
+            a.aggregate_id,
+            a.principal,
+            a.user_id,
+            a.origin,
+            a.reason,
+            a.message,
+        )
+        if rows.holds("audit_outcome"):
+            columns += ", outcome"
+            values += (a.outcome,)
+        conn.execute(f"INSERT INTO refusals ({columns}) VALUES ({', '.join('?' * len(values))})", values)
+    for key in rows.data_keys:
+        written_at = 1_767_225_600_000_000
+        conn.execute(
+            "INSERT INTO data_keys (aggregate_id, master_key_id, wrapped_key, created_at_us, forgotten_at_us)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key.aggregate_id, key.master_key_id, key.wrapped, written_at, written_at if key.wrapped is None else None),
+        )
+    for name, position in rows.checkpoints.items():
+        conn.execute("INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)", (name, position))
+    for document in rows.documents:
+        d = document.stored
+        conn.execute(
+            "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?, ?, ?, ?)",
+            (document.projection, d.key, d.type_name, d.data),
+        )
+
+
+def build_sqlite(path: Path, version: int, *, filled: bool) -> None:
+    """A new file at ``path`` at schema ``version`` (the code's migrations
+    and connection settings), then (``filled``) with every kind of row it can hold."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in sqlite_sql.CONNECTION_SETUP:
+            conn.execute(statement)
+        for target in range(1, version + 1):
+            sqlite_migrations.migrate(conn, target)
+        assert sqlite_migrations.schema_version(conn) == version
+        if filled:
+            with writing(conn):
+                write_sqlite(conn, rows_at("sqlite", version))
+    finally:
+        conn.close()
+
+
+def _sqlite_tables(conn: sqlite3.Connection, *, internal: bool = False) -> list[str]:
+    pattern = "" if internal else " AND name NOT LIKE 'sqlite_%'"
+    return [
+        name for (name,) in conn.execute(f"SELECT name FROM sqlite_master WHERE type = 'table'{pattern} ORDER BY name")
+    ]
+
+
+def empty_places_sqlite(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        found = []
+        for table in _sqlite_tables(conn):
+            if not conn.execute(f'SELECT EXISTS (SELECT 1 FROM "{table}")').fetchone()[0]:
+                found.append(f"table {table} holds no row")
+                continue
+            for _, column, _, _, default, _ in conn.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if not conn.execute(f'SELECT EXISTS (SELECT 1 FROM "{table}" WHERE "{column}" IS NOT NULL)').fetchone()[
+                    0
+                ]:
+                    found.append(f"column {table}.{column} is NULL in every row")
+                elif default is not None and (table, column) not in ALWAYS_DEFAULT:
+                    differs = f'SELECT EXISTS (SELECT 1 FROM "{table}" WHERE "{column}" IS NOT ({default}))'
+                    if not conn.execute(differs).fetchone()[0]:
+                        found.append(f"column {table}.{column} holds its default {default} in every row")
+        return found
+    finally:
+        conn.close()
+
+
+def comparable_rows_sqlite(path: Path) -> dict[str, list[str]]:
+    """Each table's rows as text (the positions' sequence too), without the
+    columns the store fills in with the time of writing."""
+    conn = sqlite3.connect(path)
+    try:
+        result = {}
+        for table in _sqlite_tables(conn, internal=True):
+            if table == "sqlite_stat1":
+                continue
+            columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")') if row[1] not in DATABASE_TIMES]
+            listed = ", ".join(f'"{c}"' for c in columns)
+            result[table] = sorted(repr(row) for row in conn.execute(f'SELECT {listed} FROM "{table}"'))
+        return result
+    finally:
+        conn.close()
