@@ -208,6 +208,10 @@ async def start(
         max_attempts=settings.conflict_retries,
         snapshots=SnapshotPolicy(settings.snapshot_every or None),
         slow_handler_seconds=settings.slow_handler_seconds,
+        max_event_bytes=settings.max_event_bytes,
+        # A Submit's or SubmitBatch's answer carries every event: half the
+        # message limit leaves room for the envelopes' encoding.
+        max_result_bytes=settings.max_message_bytes // 2,
     )
     router = Router(
         executor,
@@ -246,9 +250,15 @@ async def start(
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
     health = Health(max_watches=settings.max_health_watches)
     tracker = SubscriptionTracker()
+    # A page of events ends with the one that brings it to a quarter of the
+    # message limit; events being at most a quarter too, a page is at most
+    # half of it.
+    page_bytes = settings.max_message_bytes // 4
     subscriptions = Subscriptions(
         roles.log,
         executor.loader.reader,
+        page_size=settings.read_page_events,
+        page_bytes=page_bytes,
         checkpoint_interval=settings.checkpoint_seconds,
         poll_interval=settings.poll_seconds,
     )
@@ -268,7 +278,9 @@ async def start(
         commands=CommandService(
             registry, pipeline, refused_commands, Disclosure(authorizer, registry), DryRunAudit(audit)
         ),
-        events=EventService(roles.events, executor.loader, authorizer, subscriptions, registry, tracker),
+        events=EventService(
+            roles.events, executor.loader, authorizer, subscriptions, registry, tracker, page_bytes=page_bytes
+        ),
         admin=AdminService(audit, authorizer, keyring),
         projections=ProjectionService(
             documents=roles.projections,

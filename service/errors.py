@@ -9,6 +9,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── InvalidInput            malformed request; names the offending fields
     ├── ValidationError         a plugin's rule refused the command
     │   ├── InvalidArgumentError    ...because of the command's input
+    │   │   └── EventTooLarge       ...whose events would be too large to send back
     │   ├── NotFoundError           ...because the aggregate does not exist
     │   ├── AlreadyExistsError      ...because it exists already
     │   └── NotUnique               ...because another aggregate holds a claimed value
@@ -151,6 +152,14 @@ class InvalidArgumentError(ValidationError):
     """The command's own input breaks a rule (``INVALID_ARGUMENT``)."""
 
     default_reason = "INVALID_ARGUMENT"
+
+
+class EventTooLarge(InvalidArgumentError):
+    """A command would produce an event, or events, too large to send back
+    (reasons EVENT_TOO_LARGE, RESULT_TOO_LARGE): refused before anything is
+    written. Raised by the server, not by plugins."""
+
+    default_reason = "EVENT_TOO_LARGE"
 
 
 class NotFoundError(ValidationError):

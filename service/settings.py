@@ -30,6 +30,16 @@ class Settings:
         default=True, metadata={"help": "load the plugins of the 'chronicle.plugins' entry-point group"}
     )
     max_message_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
+    max_event_bytes: int = field(
+        default=1024 * 1024,
+        metadata={
+            "help": "largest event a command may produce (payload and metadata; at most a quarter of"
+            " --max-message-bytes); a larger one is refused, EVENT_TOO_LARGE"
+        },
+    )
+    read_page_events: int = field(
+        default=1000, metadata={"help": "events per message of a paged read or a subscription's catch-up, at most"}
+    )
     queue_depth: int = field(default=64, metadata={"help": "commands that may wait per aggregate"})
     idle_timeout: float = field(default=30.0, metadata={"help": "seconds before an idle aggregate worker leaves"})
     max_workers: int = field(default=100_000, metadata={"help": "aggregates that may be live at once"})
@@ -144,9 +154,17 @@ class Settings:
             "db_pool_size",
             "keep_snapshots",
             "processes",
+            "max_event_bytes",
+            "read_page_events",
         ):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
+        if self.max_event_bytes * 4 > self.max_message_bytes:
+            raise ConfigurationError(
+                f"max_event_bytes ({self.max_event_bytes}) must be at most a quarter of max_message_bytes"
+                f" ({self.max_message_bytes}), so that every event and every result can be sent back",
+                reason="BAD_SETTING",
+            )
         durations = (
             self.checkpoint_seconds,
             self.shutdown_drain,

@@ -12,14 +12,21 @@ from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as pb
 from chronicle.v1 import event_service_pb2_grpc as pb_grpc
 from service.api.codec import TYPE_URL_PREFIX, check_id, check_names, check_version, encode_event, micros_of
-from service.api.subscribe import decode_subscribe, encode_item, restrict_to_permitted
+from service.api.subscribe import (
+    decode_subscribe,
+    encode_event_pages,
+    encode_events,
+    encode_marker,
+    encode_page,
+    restrict_to_permitted,
+)
 from service.errors import InvalidInput
 from service.observability.subscriptions import SubscriptionTracker
 from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.processing.history import EventRange, History
 from service.processing.state import AggregateLoader
-from service.processing.subscriptions import Subscriptions
+from service.processing.subscriptions import Page, Subscriptions
 from service.security.policy import Authorizer
 from service.store.base import EventRecorder
 
@@ -33,6 +40,8 @@ class EventService(pb_grpc.EventServiceServicer):
         subscriptions: Subscriptions,
         registry: Registry,
         tracker: SubscriptionTracker | None = None,
+        *,
+        page_bytes: int = 1024 * 1024,
     ) -> None:
         self._store = store
         self._loader = loader
@@ -41,6 +50,7 @@ class EventService(pb_grpc.EventServiceServicer):
         self._registry = registry
         self._tracker = tracker or SubscriptionTracker()
         self._history = History(store, loader)
+        self._page_bytes = page_bytes
 
     async def _check_read(self, aggregate_id: str) -> None:
         """PERMISSION_DENIED (READ_DENIED) unless the caller may read this
@@ -63,25 +73,45 @@ class EventService(pb_grpc.EventServiceServicer):
         if self._authorizer.enforcing:
             wanted = restrict_to_permitted(wanted, self._registry, self._authorizer, current_principal.get())
         stream = await self._subscriptions.open(wanted)
+        pages = request.pages
         with self._tracker.tracking(wanted.after_position) as handle:
             async for item in stream:
-                yield encode_item(item)
+                if not isinstance(item, Page):
+                    yield encode_marker(item)
+                elif pages:
+                    yield encode_page(item)
+                else:
+                    for response in encode_events(item):
+                        yield response
                 self._tracker.moved(handle, item.position)
 
-    async def ReadAggregate(
-        self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[event_pb2.Event]:
+    def _event_range(self, request: pb.ReadAggregateRequest) -> tuple[str, EventRange]:
         aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
-        await self._check_read(aggregate_id)
-        wanted = EventRange(
+        return aggregate_id, EventRange(
             start=check_version("from_version", request.from_version),
             backwards=request.backwards,
             limit=request.limit or None,
             origin=check_id("origin", request.origin, reason="INVALID_FILTER") if request.origin else None,
             event_types=frozenset(check_names("event_types", request.event_types, reason="INVALID_FILTER")),
         )
-        async for event in self._history.events(aggregate_id, wanted):
-            yield encode_event(event)
+
+    async def ReadAggregate(
+        self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[event_pb2.Event]:
+        aggregate_id, wanted = self._event_range(request)
+        await self._check_read(aggregate_id)
+        async for page in self._history.pages(aggregate_id, wanted):
+            for event in page:
+                yield encode_event(event)
+
+    async def ReadAggregatePages(
+        self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[event_pb2.EventPage]:
+        aggregate_id, wanted = self._event_range(request)
+        await self._check_read(aggregate_id)
+        async for page in self._history.pages(aggregate_id, wanted):
+            for response in encode_event_pages(page, self._page_bytes):
+                yield response
 
     async def GetAggregate(
         self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]

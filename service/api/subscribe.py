@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
+from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as pb
-from service.api.codec import check_id, check_names, encode_event
+from service.api.codec import check_id, check_names, encode_event, encode_event_into
 from service.errors import FieldViolation, InvalidInput
 from service.plugins.registry import Registry
 from service.principal import Principal
-from service.processing.subscriptions import CaughtUp, Checkpoint, SubscriptionItem, SubscriptionRequest
+from service.processing.subscriptions import CaughtUp, Checkpoint, Page, SubscriptionRequest
 from service.security.policy import Authorizer
-from service.store.records import LogFilter
+from service.store.records import LogFilter, RecordedEvent
 
 
 def _names(field: str, values: Iterable[str], known: frozenset[str], what: str) -> frozenset[str]:
@@ -53,12 +54,45 @@ def decode_subscribe(request: pb.SubscribeRequest, registry: Registry) -> Subscr
     )
 
 
-def encode_item(item: SubscriptionItem) -> pb.SubscribeResponse:
+def encode_marker(item: Checkpoint | CaughtUp) -> pb.SubscribeResponse:
     if isinstance(item, Checkpoint):
         return pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=item.position))
-    if isinstance(item, CaughtUp):
-        return pb.SubscribeResponse(caught_up=pb.CaughtUp(position=item.position))
-    return pb.SubscribeResponse(event=encode_event(item))
+    return pb.SubscribeResponse(caught_up=pb.CaughtUp(position=item.position))
+
+
+def encode_page(page: Page) -> pb.SubscribeResponse:
+    """The page as one message (for clients that asked for pages)."""
+    response = pb.SubscribeResponse()
+    add = response.page.events.add
+    for event in page.events:
+        encode_event_into(add(), event)
+    return response
+
+
+def encode_event_pages(events: list[RecordedEvent], max_bytes: int) -> list[event_pb2.EventPage]:
+    """``events`` as EventPages, each ending with the event that brings the
+    events' ``stored_size()`` to ``max_bytes`` (so one event larger than
+    that is a page of its own)."""
+    pages = []
+    page = event_pb2.EventPage()
+    add = page.events.add
+    size = 0
+    for event in events:
+        encode_event_into(add(), event)
+        size += event.stored_size()
+        if size >= max_bytes:
+            pages.append(page)
+            page = event_pb2.EventPage()
+            add = page.events.add
+            size = 0
+    if page.events:
+        pages.append(page)
+    return pages
+
+
+def encode_events(page: Page) -> list[pb.SubscribeResponse]:
+    """The page as one message per event (for clients that did not ask)."""
+    return [pb.SubscribeResponse(event=encode_event(event)) for event in page.events]
 
 
 def restrict_to_permitted(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -14,11 +14,13 @@ from chronicle.v1 import (
     command_pb2,
     command_service_pb2,
     command_service_pb2_grpc,
+    event_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
 )
 from service.client.checkpoints import CheckpointStore
 from service.client.commands import Command, new_command_id
+from service.client.errors import RemoteError
 from service.client.results import AggregateState, Event, M, StreamResult, Submitted, SubmittedBatch, unpack_as
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
 from service.client.streaming import CommandStream, commands_of
@@ -67,6 +69,8 @@ class ChronicleClient:
         self._attempt_timeout = attempt_timeout
         self._call_metadata = tuple(call_metadata)
         self._owns_channel = owns_channel
+        # Whether the server has ReadAggregatePages (None: not asked yet).
+        self._paged_reads: bool | None = None
 
     @classmethod
     def connect(
@@ -253,11 +257,11 @@ class ChronicleClient:
         cursor = from_version if from_version is not None else (0 if backwards else 1)
         at_cursor = delivered = skip = 0
 
-        def open_stream() -> Any:
+        def request() -> event_service_pb2.ReadAggregateRequest:
             nonlocal skip
             skip = at_cursor
             remaining = 0 if limit is None else limit - delivered + at_cursor
-            request = event_service_pb2.ReadAggregateRequest(
+            return event_service_pb2.ReadAggregateRequest(
                 aggregate_id=aggregate_id,
                 from_version=cursor,
                 event_types=event_types,
@@ -265,9 +269,8 @@ class ChronicleClient:
                 limit=remaining,
                 backwards=backwards,
             )
-            return self._events.ReadAggregate(request, timeout=self._attempt_timeout, metadata=self._call_metadata)
 
-        async for envelope in resuming(self._retry, f"read {aggregate_id!r}", open_stream):
+        async for envelope in self._read_envelopes(aggregate_id, request):
             if skip and envelope.version == cursor:
                 skip -= 1
                 continue
@@ -276,7 +279,30 @@ class ChronicleClient:
             else:
                 cursor, at_cursor = envelope.version, 1
             delivered += 1
-            yield Event.of(envelope)
+            yield Event(envelope)
+
+    async def _read_envelopes(
+        self, aggregate_id: str, request: Callable[[], event_service_pb2.ReadAggregateRequest]
+    ) -> AsyncIterator[event_pb2.Event]:
+        """ReadAggregate's events, in pages (ReadAggregatePages) from a server
+        that has them, else one by one; ``request()`` is called at each
+        (re)opening, after the last event taken."""
+        what = f"read {aggregate_id!r}"
+        options = {"timeout": self._attempt_timeout, "metadata": self._call_metadata}
+        if self._paged_reads is not False:
+            pages = resuming(self._retry, what, lambda: self._events.ReadAggregatePages(request(), **options))
+            try:
+                async for page in pages:
+                    self._paged_reads = True
+                    for envelope in page.events:
+                        yield envelope
+                return
+            except RemoteError as error:
+                if error.code != grpc.StatusCode.UNIMPLEMENTED or self._paged_reads:
+                    raise
+                self._paged_reads = False  # a server from before pages
+        async for envelope in resuming(self._retry, what, lambda: self._events.ReadAggregate(request(), **options)):
+            yield envelope
 
     async def read_all(
         self,

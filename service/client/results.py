@@ -35,18 +35,40 @@ def unpack_as(packed: any_pb2.Any, message_type: type[M]) -> M:
     return message
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
     """One committed event: the envelope as sent (``envelope``, every field
     of ``chronicle.v1.Event``) and its payload, decoded when its type is known
-    here (else the packed ``Any``)."""
+    here (else the packed ``Any``). The payload is decoded when first asked
+    for: a consumer that looks only at envelopes (positions, types) of a long
+    catch-up pays nothing for payloads."""
 
-    envelope: event_pb2.Event
-    payload: Message
+    __slots__ = ("_payload", "envelope")
+
+    def __init__(self, envelope: event_pb2.Event, payload: Message | None = None) -> None:
+        self.envelope = envelope
+        self._payload = payload
 
     @classmethod
     def of(cls, envelope: event_pb2.Event) -> Event:
-        return cls(envelope, unpack(envelope.payload))
+        return cls(envelope)
+
+    @property
+    def payload(self) -> Message:
+        if self._payload is None:
+            self._payload = unpack(self.envelope.payload)
+        return self._payload
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and self.envelope == other.envelope
+
+    def __hash__(self) -> int:
+        return hash((self.envelope.event_id, self.envelope.position))
+
+    def __repr__(self) -> str:
+        return (
+            f"Event({self.envelope.event_type} {self.envelope.aggregate_id!r} v{self.envelope.version}"
+            f" @{self.envelope.position})"
+        )
 
     def payload_as(self, message_type: type[M]) -> M:
         """The payload as ``message_type``; TypeError if it is another type."""

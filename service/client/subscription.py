@@ -89,6 +89,7 @@ class Subscription:
             event_types=self._filter.event_types,
             aggregate_id=self._filter.aggregate_id,
             origin=self._filter.origin,
+            pages=True,
         )
 
     async def _events(self) -> AsyncGenerator[Event, None]:
@@ -100,15 +101,16 @@ class Subscription:
         try:
             async for message in resuming(self._retry, "subscribe", lambda: self._open_call(self._request())):
                 kind = message.WhichOneof("kind")
-                if kind == "event":
-                    event = Event.of(message.event)
-                    yield event
-                    # Back here: the consumer is done with it.
-                    self.position, self._from_end = event.position, False
-                    unsaved += 1
-                    if unsaved >= self._save_every:
-                        await self._save()
-                        unsaved = 0
+                if kind == "page" or kind == "event":
+                    for envelope in message.page.events if kind == "page" else (message.event,):
+                        yield Event(envelope)
+                        # Back here: the consumer is done with it.
+                        self.position, self._from_end = envelope.position, False
+                        if self._checkpoints is not None:
+                            unsaved += 1
+                            if unsaved >= self._save_every:
+                                await self._save()
+                                unsaved = 0
                     continue
                 # A checkpoint, or the caught-up mark (itself a checkpoint).
                 marker = message.checkpoint if kind == "checkpoint" else message.caught_up

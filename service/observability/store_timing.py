@@ -110,8 +110,12 @@ class TimedLog:
         self._inner = inner
         self._clock = clock
 
-    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
-        return await self._clock.time("read_log", lambda: self._inner.read_log(after_position, log_filter, limit))
+    async def read_log(
+        self, after_position: int, log_filter: LogFilter, limit: int, *, max_bytes: int | None = None
+    ) -> LogPage:
+        return await self._clock.time(
+            "read_log", lambda: self._inner.read_log(after_position, log_filter, limit, max_bytes=max_bytes)
+        )
 
     async def log_head(self) -> int:
         return await self._clock.time("log_head", self._inner.log_head)

@@ -19,7 +19,7 @@ from types import MappingProxyType
 
 from google.protobuf.message import Message
 
-from service.errors import ChronicleError, HandlerFailed, WrongExpectedVersion
+from service.errors import ChronicleError, EventTooLarge, HandlerFailed, WrongExpectedVersion
 from service.plugins.api import EventSpec
 from service.plugins.context import CommandContext, Effects, LookupNeeded
 from service.plugins.registry import Registry
@@ -27,13 +27,16 @@ from service.processing.commands import CommandRequest
 from service.processing.state import Aggregate, apply_messages
 from service.processing.watchdog import SlowHandlerAlarm
 from service.store.base import EventRecorder
-from service.store.records import ClaimChange
+from service.store.records import EVENT_ENVELOPE_BYTES, ClaimChange
 from service.values import value
 
 log = logging.getLogger(__name__)
 
 # Aggregates one command may ask about; each costs a read and a re-run.
 MAX_LOOKUPS = 32
+# The largest event a command may produce, unless the server says otherwise
+# (--max-event-bytes).
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _NO_ANSWERS: Mapping[tuple[str, str], bool] = MappingProxyType({})
 
 
@@ -67,10 +70,26 @@ class Decision:
 
 
 class Decider:
-    def __init__(self, store: EventRecorder, registry: Registry, *, slow: SlowHandlerAlarm) -> None:
+    """``max_event_bytes``: the largest event (``RecordedEvent.stored_size``)
+    a command may produce; ``max_result_bytes``: the most a command's, or a
+    batch's, events may add up to. Both keep every result and every stored
+    event small enough to be sent back (below the gRPC message limit): a
+    command that would break them is refused before anything is written."""
+
+    def __init__(
+        self,
+        store: EventRecorder,
+        registry: Registry,
+        *,
+        slow: SlowHandlerAlarm,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_result_bytes: int = 2 * DEFAULT_MAX_EVENT_BYTES,
+    ) -> None:
         self._store = store
         self._registry = registry
         self._slow = slow
+        self._max_event_bytes = max_event_bytes
+        self._max_result_bytes = max_result_bytes
 
     async def decide(self, commands: Sequence[CommandRequest], aggregate: Aggregate) -> Decision:
         """``decide_now``, answering the handlers' lookups (a read each) until
@@ -101,10 +120,12 @@ class Decider:
         when a handler asks about an aggregate ``answers`` says nothing of."""
         state, version = aggregate.state, aggregate.version
         decided = []
+        size = 0
         for index, request in enumerate(commands):
             try:
                 events, claims = self._run(request, aggregate, state, version, answers)
                 if events:
+                    size += self._sized(request, events, size)
                     state = self._apply(request, aggregate, state, events)
             except ChronicleError as error:
                 if len(commands) > 1:
@@ -130,7 +151,10 @@ class Decider:
         except LookupNeeded as needed:
             needed.command_type = request.spec.name
             raise
-        state = self._apply(request, aggregate, aggregate.state, events) if events else aggregate.state
+        if not events:
+            return (), claims, aggregate.state
+        self._sized(request, events, 0)
+        state = self._apply(request, aggregate, aggregate.state, events)
         return tuple(events), claims, state
 
     def _run(
@@ -180,6 +204,35 @@ class Decider:
         finally:
             self._slow.check(spec.name, request.aggregate_id, started)
 
+    def _sized(self, request: CommandRequest, events: list[tuple[EventSpec, Message]], before: int) -> int:
+        """The events' size, or EventTooLarge if one of them, or all of them
+        with the ``before`` bytes of the batch's earlier commands, would be
+        too large to send back."""
+        envelope = EVENT_ENVELOPE_BYTES + (_metadata_size(request.metadata) if request.metadata else 0)
+        total = 0
+        for spec, message in events:
+            size = envelope + message.ByteSize()
+            if size > self._max_event_bytes:
+                raise EventTooLarge(
+                    f"the handler for {request.spec.name} produced a {spec.name} of {size} bytes (payload and"
+                    f" metadata); events are limited to {self._max_event_bytes} bytes",
+                    reason="EVENT_TOO_LARGE",
+                    metadata={
+                        "event_type": spec.name,
+                        "size": str(size),
+                        "max_event_bytes": str(self._max_event_bytes),
+                    },
+                )
+            total += size
+        if before + total > self._max_result_bytes:
+            raise EventTooLarge(
+                f"the events of {request.spec.name} add up to {before + total} bytes; a command's (or a batch's)"
+                f" events are limited to {self._max_result_bytes} bytes together",
+                reason="RESULT_TOO_LARGE",
+                metadata={"size": str(before + total), "max_result_bytes": str(self._max_result_bytes)},
+            )
+        return total
+
     async def _exists(self, aggregate_type: str, aggregate_id: str) -> bool:
         head = await self._store.head(aggregate_id)
         return head is not None and head.aggregate_type == aggregate_type
@@ -214,3 +267,9 @@ class Decider:
                 )
             result.append((spec, item))
         return result
+
+
+def _metadata_size(metadata: Mapping[str, str]) -> int:
+    """What a command's metadata adds to each of its events (as
+    ``RecordedEvent.stored_size`` counts it)."""
+    return sum(len(key) + len(text) + 6 for key, text in metadata.items())

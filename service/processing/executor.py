@@ -39,7 +39,7 @@ from service.plugins.api import EventSpec
 from service.plugins.context import LookupNeeded
 from service.plugins.registry import Registry
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
-from service.processing.deciding import Decided, Decider, Decision
+from service.processing.deciding import DEFAULT_MAX_EVENT_BYTES, Decided, Decider, Decision
 from service.processing.ids import new_event_id
 from service.processing.replay import Replayer
 from service.processing.snapshots import SnapshotPolicy
@@ -148,6 +148,8 @@ class CommandExecutor:
         max_attempts: int = 5,
         snapshots: SnapshotPolicy | None = None,
         slow_handler_seconds: float = 0.1,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        max_result_bytes: int = 2 * DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self._events = store.events
         self._snapshot_store = store.snapshots
@@ -156,7 +158,13 @@ class CommandExecutor:
         self._loader = AggregateLoader(store, registry)
         self._max_attempts = max_attempts
         self._snapshots = snapshots or SnapshotPolicy()
-        self._decider = Decider(store.events, registry, slow=SlowHandlerAlarm(threshold=slow_handler_seconds))
+        self._decider = Decider(
+            store.events,
+            registry,
+            slow=SlowHandlerAlarm(threshold=slow_handler_seconds),
+            max_event_bytes=max_event_bytes,
+            max_result_bytes=max_result_bytes,
+        )
         self._replayer = Replayer(store.events, self._loader.reader)
 
     @property

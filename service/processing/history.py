@@ -45,6 +45,12 @@ class History:
 
     async def events(self, aggregate_id: str, wanted: EventRange) -> AsyncIterator[RecordedEvent]:
         """The aggregate's events in ``wanted``, upcast and filtered."""
+        async for page in self.pages(aggregate_id, wanted):
+            for event in page:
+                yield event
+
+    async def pages(self, aggregate_id: str, wanted: EventRange) -> AsyncIterator[list[RecordedEvent]]:
+        """``events`` as they are read, a store page at a time (never empty)."""
         reader = self._loader.reader
         # The store filters by stored type; a type some upcaster reads may
         # become a wanted one, so it is read too and filtered once upcast.
@@ -60,14 +66,18 @@ class History:
         sent = 0
         while True:
             page = await self._store.read_aggregate(aggregate_id, query)
+            out: list[RecordedEvent] = []
+            reached_limit = False
             for stored in page:
                 if wanted.limit is not None and sent >= wanted.limit:
-                    return  # only ever between stored versions
+                    reached_limit = True  # only ever between stored versions
+                    break
                 current = [e for e in reader.records(stored) if _matches(e, wanted)]
-                for event in reversed(current) if wanted.backwards else current:
-                    yield event
-                    sent += 1
-            if len(page) < PAGE:
+                out.extend(reversed(current) if wanted.backwards else current)
+                sent += len(current)
+            if out:
+                yield out
+            if reached_limit or len(page) < PAGE:
                 return
             last = page[-1].version
             if wanted.backwards:

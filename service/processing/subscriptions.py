@@ -4,29 +4,43 @@ A subscription reads the log in pages after the position the client gave,
 passes each stored event through the upcasters (so subscribers see events as
 today's plugins read them), and yields:
 
-* events, in position order;
+* pages of events, in position order (each at most ``page_size`` events and
+  about ``page_bytes`` of them: see ``LogReader.read_log``);
 * ``CaughtUp`` once, when it has read everything committed when it got there;
 * ``Checkpoint``\\ s: a position the client may resume after, sent when the
   log moved on past the last thing the client heard of, at most every
   ``checkpoint_interval`` seconds, so a subscriber whose filter matches
   nothing does not re-read the world after a reconnect.
 
-It never holds more than one page: the caller's ``async for`` only asks for
-the next item when the client has taken the previous one (gRPC flow
-control), so a slow subscriber slows only itself.
+While catching up it reads the next page while the caller sends this one
+(the database works while Python encodes), and no further: the caller's
+``async for`` only asks for the next item when the client has taken the
+previous one (gRPC flow control), so a subscriber holds at most the page
+being sent and the one read ahead, and a slow one slows only itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from service.errors import InvalidInput, StoreUnavailable
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader
-from service.store.records import LogFilter, RecordedEvent
+from service.store.records import LogFilter, LogPage, RecordedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Matching events, in position order (never empty)."""
+
+    events: list[RecordedEvent]
+
+    @property
+    def position(self) -> int:
+        return self.events[-1].position
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +53,7 @@ class CaughtUp:
     position: int
 
 
-SubscriptionItem = RecordedEvent | Checkpoint | CaughtUp
+SubscriptionItem = Page | Checkpoint | CaughtUp
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +71,8 @@ class Subscriptions:
         store: LogReader,
         reader: EventReader,
         *,
-        page_size: int = 256,
+        page_size: int = 1000,
+        page_bytes: int = 1024 * 1024,
         checkpoint_interval: float = 1.0,
         poll_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
@@ -65,6 +80,7 @@ class Subscriptions:
         self._store = store
         self._reader = reader
         self._page_size = page_size
+        self._page_bytes = page_bytes
         self._checkpoint_interval = checkpoint_interval
         self._poll_interval = poll_interval
         self._clock = clock
@@ -106,18 +122,27 @@ class Subscriptions:
         told = position  # the client can resume after this
         caught_up = False
         last_checkpoint = self._clock()
+        records = self._reader.records
+        wanted_types = wanted.event_types
+        ahead: asyncio.Future[LogPage] | None = None
         self.active += 1
         try:
             while True:
-                page = await self._store.read_log(position, stored_filter, self._page_size)
-                for stored in page.events:
-                    for event in self._reader.records(stored):
-                        if not wanted.event_types or event.event_type in wanted.event_types:
-                            yield event
-                    told = stored.position
+                page = await (ahead or self._read(position, stored_filter))
+                # More is waiting: read it while this page is sent.
+                ahead = asyncio.ensure_future(self._read(page.scanned_to, stored_filter)) if page.more else None
+                if page.events:
+                    events = []
+                    for stored in page.events:
+                        for event in records(stored):
+                            if not wanted_types or event.event_type in wanted_types:
+                                events.append(event)
+                    told = page.events[-1].position
+                    if events:
+                        yield Page(events)
                 position = page.scanned_to
-                if len(page.events) == self._page_size:
-                    continue  # more is waiting: keep catching up
+                if ahead is not None:
+                    continue  # catching up
                 now = self._clock()
                 if not caught_up:
                     caught_up, told, last_checkpoint = True, position, now
@@ -127,7 +152,12 @@ class Subscriptions:
                     yield Checkpoint(position)
                 await self._wait(position)
         finally:
+            if ahead is not None:
+                ahead.cancel()
             self.active -= 1
+
+    def _read(self, position: int, stored_filter: LogFilter) -> Awaitable[LogPage]:
+        return self._store.read_log(position, stored_filter, self._page_size, max_bytes=self._page_bytes)
 
     async def _wait(self, position: int) -> None:
         """Until something commits after ``position``, the poll interval

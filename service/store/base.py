@@ -166,11 +166,17 @@ class EventRecorder(Protocol):
 class LogReader(Protocol):
     """The global log, in position order, for subscribers and projections."""
 
-    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+    async def read_log(
+        self, after_position: int, log_filter: LogFilter, limit: int, *, max_bytes: int | None = None
+    ) -> LogPage:
         """Up to ``limit`` events matching ``log_filter`` with positions
         greater than ``after_position``, in position order, and the position
         the log was examined up to (the last event's when the page is full,
-        else the log's end as of the same read).
+        else the log's end as of the same read). With ``max_bytes``, the page
+        also ends with the first event that brings the total of the events'
+        ``stored_size()`` to ``max_bytes`` (so it is full then too, and never
+        empty while an event matches: one event larger than ``max_bytes``
+        is a page of its own).
 
         Never skips: an event with a lower position than one already returned
         can not commit later (each store's own reason is in its docstring)."""

@@ -271,8 +271,10 @@ class SealedLog:
         self.inner = inner
         self.keyring = keyring
 
-    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
-        page = await self.inner.read_log(after_position, log_filter, limit)
+    async def read_log(
+        self, after_position: int, log_filter: LogFilter, limit: int, *, max_bytes: int | None = None
+    ) -> LogPage:
+        page = await self.inner.read_log(after_position, log_filter, limit, max_bytes=max_bytes)
         sealed_for = {e.aggregate_id for e in page.events if is_sealed(e.payload)}
         if not sealed_for:
             return page

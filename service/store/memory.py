@@ -133,14 +133,19 @@ class MemoryStore:
                 raise NotUnique(claim.scope, claim.value)
         return {key: owner for key, owner in changed.items() if owner is not None or key in self._claims}
 
-    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+    async def read_log(
+        self, after_position: int, log_filter: LogFilter, limit: int, *, max_bytes: int | None = None
+    ) -> LogPage:
         # Positions are 1..n, the index + 1 of each event in the log.
         found: list[RecordedEvent] = []
+        size = 0
         for event in self._log[max(after_position, 0) :]:
             if log_filter.matches(event):
                 found.append(event)
-                if len(found) == limit:
-                    return LogPage(tuple(found), event.position)
+                if max_bytes is not None:
+                    size += event.stored_size()
+                if len(found) == limit or (max_bytes is not None and size >= max_bytes):
+                    return LogPage(tuple(found), event.position, more=True)
         return LogPage(tuple(found), max(len(self._log), after_position))
 
     async def log_head(self) -> int:

@@ -27,6 +27,12 @@ class NewEvent:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
+# What one event counts for when a reader pages by size (``LogReader.read_log``'s
+# ``max_bytes``): its payload and its metadata as stored, plus this much for the
+# rest of its envelope (ids and names, each a few hundred bytes at most).
+EVENT_ENVELOPE_BYTES = 256
+
+
 @value(frozen=True, slots=True)
 class RecordedEvent:
     """An event as committed: ``version`` is its place in the aggregate
@@ -50,6 +56,13 @@ class RecordedEvent:
     causation_id: str
     metadata: Mapping[str, str]
     redacted: bool = False
+
+    def stored_size(self) -> int:
+        """This event's size for paging by size (see ``EVENT_ENVELOPE_BYTES``)."""
+        size = EVENT_ENVELOPE_BYTES + len(self.payload)
+        if self.metadata:
+            size += sum(len(key) + len(text) + 6 for key, text in self.metadata.items())
+        return size
 
     @classmethod
     def committed(cls, new: NewEvent, *, aggregate_id: str, version: int, position: int) -> RecordedEvent:
@@ -255,6 +268,9 @@ class LogPage:
 
     events: tuple[RecordedEvent, ...]
     scanned_to: int
+    # The page reached its limit (of events or of bytes): more may follow
+    # at once. False: the log was examined to its end.
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)

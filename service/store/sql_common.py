@@ -189,11 +189,17 @@ def audit_entry_params(entry: AuditEntry) -> tuple[object, ...]:
     )
 
 
-def log_page(events: tuple[RecordedEvent, ...], *, head: int, after_position: int, limit: int) -> LogPage:
-    """A page of the log read with ``limit``, ``head`` being the log's end
-    as of the same read: a full page was examined up to its last event (more
-    may follow), a shorter one up to the end."""
-    return LogPage(events, events[-1].position if len(events) == limit else max(head, after_position))
+def log_page(events: tuple[RecordedEvent, ...], *, head: int, after_position: int, full: bool) -> LogPage:
+    """A page of the log, ``head`` being the log's end as of the same read:
+    a ``full`` page (it reached its limit of events or bytes) was examined up
+    to its last event (more may follow), a shorter one up to the end."""
+    if full and events:
+        return LogPage(events, events[-1].position, more=True)
+    return LogPage(events, max(head, after_position))
+
+
+# "No limit" for a page's size: larger than any log page can be.
+UNLIMITED_BYTES = 2**62
 
 
 def newest_audit_entries(commands: Iterable[Row], others: Iterable[Row], limit: int) -> list[AuditEntry]:

@@ -39,6 +39,36 @@ async def test_a_full_page_was_scanned_up_to_its_last_event(store: StoreAdapter)
     assert page.scanned_to == page.events[-1].position
 
 
+async def test_a_page_ends_with_the_event_that_reaches_its_size(store: StoreAdapter) -> None:
+    # Events of 10 KB and 2 KB; a page takes whole events until
+    # their sizes reach the limit (22,000), the event that reaches it included.
+    sizes = [10_000, 2_000, 10_000, 2_000, 10_000, 2_000]
+    await store.append("a-1", [new_event(payload=b"x" * n) for n in sizes], 0)
+    page = await store.read_log(0, EVERYTHING, 100, max_bytes=22_000)
+    counted = [e.stored_size() for e in page.events]
+    assert [len(e.payload) for e in page.events] == [10_000, 2_000, 10_000]
+    assert sum(counted[:-1]) < 22_000 <= sum(counted)
+    # a page cut by size is full: it was examined up to its last event only
+    assert page.scanned_to == page.events[-1].position < await store.log_head()
+    rest = await store.read_log(page.scanned_to, EVERYTHING, 100, max_bytes=22_000)
+    assert [e.version for e in rest.events] == [4, 5, 6]
+    assert rest.scanned_to == await store.log_head()
+
+
+async def test_an_event_larger_than_the_page_is_a_page_of_its_own(store: StoreAdapter) -> None:
+    await store.append("a-1", [new_event(payload=b"x" * 50_000), new_event()], 0)
+    page = await store.read_log(0, EVERYTHING, 100, max_bytes=1_000)
+    assert [e.version for e in page.events] == [1]
+    assert page.scanned_to == page.events[0].position
+
+
+async def test_metadata_counts_toward_a_page_s_size(store: StoreAdapter) -> None:
+    heavy = {f"key-{i}": "v" * 1_000 for i in range(10)}
+    await store.append("a-1", [new_event(metadata=heavy) for _ in range(4)], 0)
+    page = await store.read_log(0, EVERYTHING, 100, max_bytes=15_000)
+    assert [e.version for e in page.events] == [1, 2]
+
+
 async def test_a_filter_that_matches_nothing_still_reports_how_far_it_looked(store: StoreAdapter) -> None:
     await store.append("a-1", [new_event("t.A") for _ in range(4)], 0)
     page = await store.read_log(0, LogFilter(event_types=frozenset({"t.Nope"})), 10)

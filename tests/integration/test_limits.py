@@ -44,7 +44,7 @@ async def test_one_rpc_over_the_concurrency_limit_is_resource_exhausted() -> Non
 
 async def test_a_message_over_the_size_limit_is_resource_exhausted() -> None:
     store = MemoryStore()
-    async with running_server(store, max_message_bytes=64 * 1024) as (_, client):
+    async with running_server(store, max_message_bytes=64 * 1024, max_event_bytes=16 * 1024) as (_, client):
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await client.submit(command("acc-1", bank.OpenAccount(owner="x" * 100_000)))
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -116,7 +116,11 @@ def test_a_log_page_of_a_rare_aggregate_type_comes_in_position_order_from_its_in
     conditions = log_conditions(POSTGRES, 0, LogFilter(aggregate_types=frozenset({"Account"})))
     explained = plan(
         url,
-        sql.read_log(conditions.where, conditions.next_placeholder(100) + "::bigint"),
+        sql.read_log(
+            conditions.where,
+            conditions.next_placeholder(100) + "::bigint",
+            conditions.next_placeholder(1024 * 1024) + "::bigint",
+        ),
         conditions.params,
         mode="auto",
         settings=sql.LOG_PAGE_SETTINGS,

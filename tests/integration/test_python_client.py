@@ -19,6 +19,7 @@ from service.api.status import RETRY_AFTER_SECONDS
 from service.client import (
     NO_RETRIES,
     ChronicleClient,
+    Command,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -30,7 +31,7 @@ from service.errors import StoreUnavailable
 from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
-from tests.support.broken_calls import BreakFirstStream, LoseFirstAnswers
+from tests.support.broken_calls import BreakFirstStream, LoseFirstAnswers, WithoutPagedReads
 from tests.support.grpc_client import TEST_SETTINGS, running_server
 from tests.support.processes import free_port
 from tests.support.security import POLICY, Authority, api_key_file, write
@@ -225,17 +226,36 @@ async def test_no_retries_gives_up_on_the_first_lost_answer(address: str) -> Non
 
 
 async def test_a_broken_read_resumes_after_the_last_event_received(address: str) -> None:
+    # 601 events: the server sends them in two pages (its store reads 500
+    # at a time); the first stream breaks after the first page.
+    async with ChronicleClient.connect(address) as writer:
+        await writer.submit("acc-1", bank.OpenAccount(owner="ann"))
+        for first in range(0, 600, 100):
+            await writer.submit_batch([Command("acc-1", bank.Deposit(amount=1)) for _ in range(first, first + 100)])
+    breaking = BreakFirstStream(after=1)
+    channel = grpc.aio.insecure_channel(address, interceptors=[breaking])
+    async with ChronicleClient(channel, retry=FAST, owns_channel=True) as client:
+        versions = [e.version for e in await client.read_all("acc-1")]
+    assert versions == list(range(1, 602))
+    assert [r.from_version for r in breaking.requests] == [1, 500]  # at the last version, its event skipped
+    assert isinstance(breaking.requests[0], event_service_pb2.ReadAggregateRequest)
+
+
+async def test_a_server_without_paged_reads_is_read_one_event_at_a_time(address: str) -> None:
     async with ChronicleClient.connect(address) as writer:
         await writer.submit("acc-1", bank.OpenAccount(owner="ann"))
         for amount in range(1, 5):
             await writer.submit("acc-1", bank.Deposit(amount=amount))
-    breaking = BreakFirstStream(after=2)
-    channel = grpc.aio.insecure_channel(address, interceptors=[breaking])
+    older = WithoutPagedReads()
+    breaking = BreakFirstStream(after=2, method="ReadAggregate")
+    channel = grpc.aio.insecure_channel(address, interceptors=[older, breaking])
     async with ChronicleClient(channel, retry=FAST, owns_channel=True) as client:
-        versions = [e.version for e in await client.read_all("acc-1")]
-    assert versions == [1, 2, 3, 4, 5]
-    assert [r.from_version for r in breaking.requests] == [1, 2]  # at the last version, its event skipped
-    assert isinstance(breaking.requests[0], event_service_pb2.ReadAggregateRequest)
+        assert [e.version for e in await client.read_all("acc-1")] == [1, 2, 3, 4, 5]
+        assert [e.version for e in await client.read_all("acc-1", from_version=4)] == [4, 5]
+    # asked for pages once, then read event by event (and resumed after the
+    # second event of the broken stream, at its version, that event skipped)
+    assert older.methods == ["ReadAggregatePages", "ReadAggregate", "ReadAggregate", "ReadAggregate"]
+    assert [r.from_version for r in breaking.requests] == [1, 2, 4]
 
 
 # -- credentials ---------------------------------------------------------

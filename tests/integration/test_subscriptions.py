@@ -23,15 +23,27 @@ async def client(store: StoreAdapter) -> AsyncIterator[Client]:
 
 
 class Stream:
-    """A subscription read one message at a time."""
+    """A subscription read one message at a time. Every test runs twice: with
+    events one per message, and with the request asking for pages."""
+
+    pages = False
 
     def __init__(self, client: Client, **request: Any) -> None:
-        self.call = client.events.Subscribe(pb.SubscribeRequest(**request))
+        self.call = client.events.Subscribe(pb.SubscribeRequest(pages=self.pages, **request))
 
     async def next(self) -> pb.SubscribeResponse:
         response: pb.SubscribeResponse = await asyncio.wait_for(self.call.read(), timeout=20)
         assert response is not grpc.aio.EOF
+        # each kind of stream carries its own kind of event message only
+        assert not response.HasField("page" if not self.pages else "event"), response
         return response
+
+    @staticmethod
+    def carried(response: pb.SubscribeResponse) -> list[Any]:
+        if response.HasField("page"):
+            assert response.page.events  # a page is never empty
+            return list(response.page.events)
+        return [response.event] if response.HasField("event") else []
 
     async def until_caught_up(self) -> tuple[list[Any], int]:
         events: list[Any] = []
@@ -39,23 +51,26 @@ class Stream:
             response = await self.next()
             if response.HasField("caught_up"):
                 return events, response.caught_up.position
-            if response.HasField("event"):
-                events.append(response.event)
+            events += self.carried(response)
 
     async def events(self, count: int) -> list[Any]:
         found: list[Any] = []
         while len(found) < count:
-            response = await self.next()
-            if response.HasField("event"):
-                found.append(response.event)
+            found += self.carried(await self.next())
         return found
 
     async def checkpoint(self) -> int:
         while True:
             response = await self.next()
-            assert not response.HasField("event"), f"unexpected event {response.event.event_type}"
+            assert not self.carried(response), f"unexpected events {self.carried(response)}"
             if response.HasField("checkpoint"):
                 return int(response.checkpoint.position)
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["events", "pages"])
+def pages(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    monkeypatch.setattr(Stream, "pages", request.param)
+    return bool(request.param)
 
 
 async def deposit(client: Client, account: str, amount: int, **options: Any) -> None:

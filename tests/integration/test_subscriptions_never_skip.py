@@ -204,24 +204,34 @@ async def test_thousands_of_events_from_two_replicas_reach_every_subscriber_exac
                 assert len(positions) == len(set(positions))
 
 
-async def test_a_slow_subscriber_reads_ahead_one_page_and_slows_no_one(postgres_url: str) -> None:
+@pytest.mark.parametrize("pages", [False, True], ids=["events", "pages"])
+async def test_a_slow_subscriber_reads_ahead_one_page_and_slows_no_one(postgres_url: str, pages: bool) -> None:
+    # Messages of at most 1 MiB make pages of about 256 KiB (a quarter).
+    page_bytes = 256 * 1024
     store = PostgresStore(postgres_url, pool_size=8)
     observed: Any = ObservedReads(store)
-    async with running_server(observed, poll_seconds=0.2) as (_, client):
-        slow = client.events.Subscribe(pb.SubscribeRequest(aggregate_types=["Account"]))
+    settings = {"poll_seconds": 0.2, "max_message_bytes": 4 * page_bytes, "max_event_bytes": page_bytes}
+    # The slow client's flow-control window stays at its initial 64 KiB
+    # (gRPC would otherwise grow it to megabytes for a fast link): what the
+    # transport holds for it is then small and known.
+    small_window = [("grpc.http2.bdp_probe", 0)]
+    async with (
+        running_server(observed, **settings) as (app, client),  # type: ignore[arg-type]
+        connect(app.address, options=small_window) as slow_client,
+    ):
+        slow = slow_client.events.Subscribe(pb.SubscribeRequest(aggregate_types=["Account"], pages=pages))
         first = await slow.read()  # then it stops reading
         assert first.HasField("caught_up")
         fast_seen: list[Any] = []
 
         async def fast() -> None:
-            async for response in client.events.Subscribe(pb.SubscribeRequest()):
-                if response.HasField("event"):
-                    fast_seen.append(response.event)
+            async for response in client.events.Subscribe(pb.SubscribeRequest(pages=True)):
+                fast_seen.extend(response.page.events)
 
         fast_task = asyncio.create_task(fast())
         accounts = [f"acc-{i}" for i in range(50)]
         # Events of ~8 KiB (metadata is copied to every event): 16 MiB in all,
-        # far more than transport windows and socket buffers hold.
+        # far more than a page, the transport's window and socket buffers hold.
         padding = {"pad1": "x" * 4000, "pad2": "y" * 4000}
         await asyncio.gather(
             *(client.submit(command(a, bank.OpenAccount(owner="o"), metadata=padding)) for a in accounts)
@@ -231,15 +241,19 @@ async def test_a_slow_subscriber_reads_ahead_one_page_and_slows_no_one(postgres_
                 *(client.submit(command(a, bank.Deposit(amount=round_ + 1), metadata=padding)) for a in accounts)
             )
         total = 50 * 41
-        for _ in range(200):
+        for _ in range(400):
             if len(fast_seen) >= total:
                 break
             await asyncio.sleep(0.05)
         assert len(fast_seen) == total  # the fast subscriber was not held back
         # The slow one stopped reading after its first message: the server
-        # read ahead for it only as far as flow control let it send.
+        # read for it the page it is sending and one more, and the transport
+        # took what the client's window and the sockets hold (a few hundred
+        # kilobytes here). Without flow control it would read all 16 MiB.
+        event_bytes = 8 * 1024 + 300
         slow_reads = observed.events_read_for(LogFilter(aggregate_types=frozenset({"Account"})))
-        assert slow_reads < total / 3, f"read {slow_reads} events for a subscriber that took none"
+        bound = (2 * page_bytes + 256 * 1024) // event_bytes
+        assert slow_reads <= bound, f"read {slow_reads} events (bound {bound}) for a subscriber that took none"
         slow.cancel()
         fast_task.cancel()
 
@@ -254,8 +268,8 @@ class ObservedReads:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> Any:
-        page = await self.inner.read_log(after_position, log_filter, limit)
+    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int, **options: Any) -> Any:
+        page = await self.inner.read_log(after_position, log_filter, limit, **options)
         self.reads[log_filter] = self.reads.get(log_filter, 0) + len(page.events)
         return page
 

@@ -48,12 +48,18 @@ class BreakFirstStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[m
     """Records every request; the first stream breaks (with ``code``) after
     ``after`` messages."""
 
-    def __init__(self, after: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> None:
+    def __init__(
+        self, after: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE, *, method: str | None = None
+    ) -> None:
         self.after = after
         self.code = code
+        self.method = method  # only calls of this method (its last part), if given
         self.requests: list[Any] = []
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        called = details.method.decode() if isinstance(details.method, bytes) else details.method
+        if self.method is not None and called.rpartition("/")[2] != self.method:
+            return await continuation(details, request)
         self.requests.append(request)
         call = await continuation(details, request)
         if len(self.requests) > 1:
@@ -82,3 +88,19 @@ class BreakFirstCommandStream(grpc.aio.StreamStreamClientInterceptor):  # type: 
         if len(self.calls) > 1:
             return call
         return _broken_after(call, self.after, grpc.StatusCode.UNAVAILABLE)
+
+
+class WithoutPagedReads(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Sends ReadAggregatePages to a method the server does not have, so the
+    server answers UNIMPLEMENTED as one from before paged reads would.
+    Records the methods called."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        self.methods.append(method.rpartition("/")[2])
+        if method.endswith("/ReadAggregatePages"):
+            details = details._replace(method=b"/chronicle.v1.EventService/NoSuchMethod")
+        return await continuation(details, request)

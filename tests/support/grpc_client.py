@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
@@ -112,12 +113,13 @@ async def connect(
     *,
     credentials: grpc.ChannelCredentials | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    options: Sequence[tuple[str, Any]] = (),
 ) -> AsyncIterator[Client]:
     """A client of ``address``: plaintext, or TLS with ``credentials``."""
     channel = (
-        grpc.aio.secure_channel(address, credentials, interceptors=list(interceptors))
+        grpc.aio.secure_channel(address, credentials, options=list(options), interceptors=list(interceptors))
         if credentials is not None
-        else grpc.aio.insecure_channel(address, interceptors=list(interceptors))
+        else grpc.aio.insecure_channel(address, options=list(options), interceptors=list(interceptors))
     )
     async with channel:
         yield Client(

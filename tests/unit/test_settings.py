@@ -102,3 +102,13 @@ def test_authentication_is_off_by_default_and_on_with_one_setting() -> None:
         ).auth
         is True
     )
+
+
+def test_events_are_limited_to_a_quarter_of_a_message() -> None:
+    assert settings_from(["--max-message-bytes", "8000000", "--max-event-bytes", "2000000"], {}).max_event_bytes == (
+        2_000_000
+    )
+    with pytest.raises(ConfigurationError, match="a quarter of max_message_bytes"):
+        settings_from(["--max-message-bytes", "8000000", "--max-event-bytes", "2000001"], {})
+    with pytest.raises(ConfigurationError, match="a quarter"):
+        Settings(max_message_bytes=1024 * 1024)  # the default 1 MiB events would not fit

@@ -8,15 +8,21 @@ from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.rows import rows, scalar
 from service.store.records import LogFilter, LogPage
-from service.store.sql_common import POSTGRES, event_from_row, log_conditions, log_page
+from service.store.sql_common import POSTGRES, UNLIMITED_BYTES, event_from_row, log_conditions, log_page
 
 
 class LogRole:
     _db: Database
 
-    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+    async def read_log(
+        self, after_position: int, log_filter: LogFilter, limit: int, *, max_bytes: int | None = None
+    ) -> LogPage:
         conditions = log_conditions(POSTGRES, after_position, log_filter)
-        statement = sql.read_log(conditions.where, conditions.next_placeholder(limit) + "::bigint")
+        statement = sql.read_log(
+            conditions.where,
+            conditions.next_placeholder(limit) + "::bigint",
+            conditions.next_placeholder(max_bytes or UNLIMITED_BYTES) + "::bigint",
+        )
         # One statement, one snapshot: the log's end and the page agree.
         filtered = log_filter.aggregate_types or log_filter.event_types or log_filter.origin is not None
         settings = [Statement(sql.LOG_PAGE_SETTINGS.encode())] if filtered and log_filter.aggregate_id is None else []
@@ -24,9 +30,10 @@ class LogRole:
             "read_log", [*settings, Statement(statement.encode(), conditions.params, binary=True)], read_only=True
         )
         loaded = rows(result)
-        head = int(loaded[0][0]) if loaded else 0
-        events = tuple(event_from_row(row[1:]) for row in loaded if row[1] is not None)
-        return log_page(events, head=head, after_position=after_position, limit=limit)
+        head, fetched = (int(loaded[0][0]), int(loaded[0][1])) if loaded else (0, 0)
+        events = tuple(event_from_row(row[2:]) for row in loaded if row[2] is not None)
+        full = len(events) == limit or len(events) < fetched
+        return log_page(events, head=head, after_position=after_position, full=full)
 
     async def log_head(self) -> int:
         (result,) = await self._db.run("log_head", [Statement(sql.LOG_HEAD.encode())], read_only=True)

@@ -157,13 +157,25 @@ def read_aggregate(where: str, *, backwards: bool, limit: str | None) -> str:
 # -- the global log ------------------------------------------------------
 
 
-def read_log(where: str, limit: str) -> str:
+# An event's size for paging by size (records.EVENT_ENVELOPE_BYTES).
+_EVENT_SIZE = (
+    "256 + octet_length(payload) + CASE WHEN metadata = '{}'::jsonb THEN 0 ELSE octet_length(metadata::text) END"
+)
+
+
+def read_log(where: str, limit: str, max_bytes: str) -> str:
     """A page of the log and, from the same snapshot, the log's end: every
     position up to that end is committed and visible (positions are handed
-    out under log_head's row lock)."""
+    out under log_head's row lock). The page holds at most ``limit`` events
+    and ends with the first that brings their size to ``max_bytes``; the
+    second column says how many events the limit alone allowed, so the
+    reader knows whether the page was cut."""
     return (
-        f"WITH page AS (SELECT {EVENT_COLUMNS} FROM chronicle.events WHERE {where} ORDER BY position LIMIT {limit})"
-        " SELECT h.last_position, page.* FROM chronicle.log_head h LEFT JOIN page ON true ORDER BY page.position"
+        f"WITH page AS (SELECT {EVENT_COLUMNS}, {_EVENT_SIZE} AS size FROM chronicle.events WHERE {where}"
+        f" ORDER BY position LIMIT {limit}),"
+        " sized AS (SELECT page.*, sum(size) OVER (ORDER BY position) - size AS before FROM page)"
+        " SELECT h.last_position, (SELECT count(*) FROM page), sized.* FROM chronicle.log_head h"
+        f" LEFT JOIN sized ON sized.before < {max_bytes} ORDER BY sized.position"
     )
 
 

@@ -8,7 +8,7 @@ import sqlite3
 
 from service.store.notifier import CommitNotifier
 from service.store.records import LogFilter, LogPage
-from service.store.sql_common import SQLITE, Row, event_from_row, log_conditions, log_page
+from service.store.sql_common import SQLITE, UNLIMITED_BYTES, Row, event_from_row, log_conditions, log_page
 from service.store.sqlite import sql
 from service.store.sqlite.writer import Writer, reading
 
@@ -17,12 +17,16 @@ class LogRole:
     _writer: Writer
     _commits: CommitNotifier
 
-    async def read_log(self, after_position: int, log_filter: LogFilter, limit: int) -> LogPage:
+    async def read_log(
+        self, after_position: int, log_filter: LogFilter, limit: int, *, max_bytes: int | None = None
+    ) -> LogPage:
         conditions = log_conditions(SQLITE, after_position, log_filter)
         statement = sql.read_log(conditions.where)
-        rows, head = await self._writer.run(_page_and_head, statement, [*conditions.params, limit])
+        params = [*conditions.params, limit, max_bytes or UNLIMITED_BYTES]
+        rows, head = await self._writer.run(_page_and_head, statement, params)
         events = tuple(event_from_row(row) for row in rows)
-        return log_page(events, head=head, after_position=after_position, limit=limit)
+        full = len(events) == limit or (bool(rows) and len(events) < rows[0][-1])
+        return log_page(events, head=head, after_position=after_position, full=full)
 
     async def log_head(self) -> int:
         (head,) = await self._writer.run(lambda db: db.execute(sql.LOG_HEAD).fetchone())

@@ -97,8 +97,21 @@ def read_aggregate(where: str, *, backwards: bool, limited: bool) -> str:
 # -- the global log ---------------------------------------------------------------
 
 
+# An event's size for paging by size (records.EVENT_ENVELOPE_BYTES).
+_EVENT_SIZE = "256 + length(payload) + CASE WHEN metadata = '{}' THEN 0 ELSE length(metadata) END"
+
+
 def read_log(where: str) -> str:
-    return f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY position LIMIT ?"
+    """At most ``?`` events after the conditions' (the limit), ending with the
+    first that brings their size to ``?`` (the bytes); the last column says
+    how many events the limit alone allowed, so the reader knows whether the
+    page was cut."""
+    return (
+        f"WITH page AS (SELECT {EVENT_COLUMNS}, {_EVENT_SIZE} AS size FROM events WHERE {where}"
+        " ORDER BY position LIMIT ?),"
+        " sized AS (SELECT page.*, sum(size) OVER (ORDER BY position) - size AS before FROM page)"
+        " SELECT *, (SELECT count(*) FROM page) FROM sized WHERE before < ? ORDER BY position"
+    )
 
 
 LOG_HEAD = "SELECT COALESCE(MAX(position), 0) FROM events"

@@ -1,0 +1,272 @@
+"""The read path against the database's own speed, with the log at several sizes.
+
+    python -m bench.reads                     # log sizes 0, 1M, 5M (about ten minutes)
+    python -m bench.reads --sizes 0,1000000   # fewer sizes
+
+For each size the log is filled in the database itself (one INSERT … SELECT
+of bank and box events, not through the API: the point is reading), then,
+in one run on one machine:
+
+* the baseline: a plain psycopg client reading the same rows (the same
+  columns the store reads, binary, one server-side cursor) as fast as
+  PostgreSQL and the driver go;
+* Subscribe's catch-up of the last ``--window`` events, to the project's own
+  Python client (``ChronicleClient.subscribe``) and to a plain gRPC stub,
+  unfiltered and filtered to one aggregate type (a tenth of the events);
+* ReadAggregate of a 100-event aggregate against GetAggregate of another
+  like it (no snapshot: both read the 100 events), p50 over many;
+* once, at the first size of a million events or more, the bank read model
+  rebuilt from the start by a server that finds the log already there.
+
+Rates are events per second of wall time; the ratios are what to compare
+across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import psycopg
+
+from bench import bank, machine, servers
+from chronicle.v1 import event_service_pb2 as ev
+from chronicle.v1 import event_service_pb2_grpc as ev_grpc
+from service.client import ChronicleClient
+from service.store.postgres.sql import EVENT_COLUMNS
+
+# Every tenth aggregate is a box: the filtered catch-up reads a tenth of the log.
+BOX_EVERY = 10
+# Aggregates the filled log spreads over (so each has log-size / this events).
+FILL_AGGREGATES = 10_000
+# ReadAggregate against GetAggregate: this many aggregates of this many events.
+READ_AGGREGATES = 40
+READ_EVENTS = 100
+# The plugins the reading server loads (bank's read model runs in it).
+PLUGIN_ARGS = (
+    "--no-discover-plugins",
+    "--plugin",
+    "domain_plugins.bank_account",
+    "--plugin",
+    "domain_plugins.box",
+)
+
+# Each stored event's payload, built in SQL: the i-th event of the log goes
+# to aggregate i % aggregates at version i / aggregates + 1.
+_FILL = f"""
+INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,
+                              schema_version, payload, command_id, user_id, origin, correlation_id,
+                              causation_id, recorded_at)
+SELECT i + 1 + %(offset)s, gen_random_uuid(),
+       CASE WHEN a %% {BOX_EVERY} = 0 THEN %(prefix)s || 'box-' ELSE %(prefix)s || 'acc-' END || a,
+       CASE WHEN a %% {BOX_EVERY} = 0 THEN 'Box' ELSE 'Account' END,
+       v,
+       CASE WHEN a %% {BOX_EVERY} = 0 THEN (CASE WHEN v = 1 THEN 'box.v1.BoxCreated' ELSE 'box.v1.BoxRenamed' END)
+            ELSE (CASE WHEN v = 1 THEN 'bank.v1.AccountOpened' ELSE 'bank.v1.MoneyDeposited' END) END,
+       1,
+       CASE WHEN a %% {BOX_EVERY} = 0 THEN '\\x0a0178'::bytea
+            WHEN v = 1 THEN '\\x0a'::bytea || set_byte('\\x00'::bytea, 0, length('owner-' || a %% 1000))
+                                           || convert_to('owner-' || a %% 1000, 'UTF8')
+            ELSE '\\x0801'::bytea END,
+       'c-' || (i + %(offset)s), 'bench', '', 'c-' || (i + %(offset)s), 'c-' || (i + %(offset)s), now()
+FROM (SELECT i, i %% %(aggregates)s AS a, i / %(aggregates)s + 1 AS v
+      FROM generate_series(%(start)s::bigint, %(stop)s::bigint - 1) AS i) AS s
+"""
+
+
+def fill(database_url: str, *, offset: int, start: int, stop: int, aggregates: int, prefix: str) -> None:
+    """Events ``start`` … ``stop - 1`` of a log over ``aggregates``
+    aggregates named ``prefix…``, at positions after ``offset``."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        step = 500_000  # one transaction per half a million rows
+        for first in range(start, stop, step):
+            last = min(stop, first + step)
+            params = {"offset": offset, "start": first, "stop": last, "aggregates": aggregates, "prefix": prefix}
+            conn.execute(_FILL, params)
+        conn.execute("UPDATE chronicle.log_head SET last_position = (SELECT max(position) FROM chronicle.events)")
+
+
+def log_head(database_url: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT last_position FROM chronicle.log_head").fetchone()
+    return int(row[0]) if row else 0
+
+
+def psycopg_rate(database_url: str, after: int, count: int) -> float:
+    """Rows per second a plain psycopg client reads the log at (binary, one
+    server-side cursor, the store's own columns)."""
+    with psycopg.connect(database_url) as conn, conn.cursor(name="reads", binary=True) as cursor:
+        cursor.itersize = 10_000
+        began = time.perf_counter()
+        cursor.execute(
+            f"SELECT {EVENT_COLUMNS} FROM chronicle.events WHERE position > %s ORDER BY position LIMIT %s",
+            (after, count),
+        )
+        read = sum(1 for _ in cursor)
+        elapsed = time.perf_counter() - began
+    assert read == count, (read, count)
+    return read / elapsed
+
+
+async def client_catch_up(
+    address: str, after: int, until: int, aggregate_types: tuple[str, ...] = ()
+) -> tuple[int, float]:
+    """Events the project's client delivered from ``after`` to ``until``, and
+    the seconds it took."""
+    seen = 0
+    async with ChronicleClient.connect(address) as client:
+        subscription = client.subscribe(after_position=after, aggregate_types=aggregate_types)
+        began = time.perf_counter()
+        async for event in subscription:
+            seen += 1
+            if event.position >= until:
+                break
+        return seen, time.perf_counter() - began
+
+
+async def stub_catch_up(address: str, after: int, aggregate_types: tuple[str, ...] = ()) -> tuple[int, float]:
+    """Events a plain gRPC stub received until the caught-up mark, and the
+    seconds it took (pages, if the server sends them, counted by event)."""
+    seen = 0
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = ev_grpc.EventServiceStub(channel).Subscribe(
+            ev.SubscribeRequest(after_position=after, aggregate_types=aggregate_types, pages=True)
+        )
+        began = time.perf_counter()
+        async for message in call:
+            kind = message.WhichOneof("kind")
+            if kind == "event":
+                seen += 1
+            elif kind == "page":
+                seen += len(message.page.events)
+            elif kind == "caught_up":
+                break
+        elapsed = time.perf_counter() - began
+        call.cancel()
+        return seen, elapsed
+
+
+async def read_against_get(address: str, prefix: str) -> dict[str, float]:
+    """p50 of ReadAggregate (all 100 events) and of GetAggregate, each on
+    aggregates no other call touched (nothing cached, no snapshot)."""
+    reads, gets = [], []
+    async with ChronicleClient.connect(address) as client:
+        for i in range(READ_AGGREGATES):
+            began = time.perf_counter()
+            events = [event async for event in client.read(f"{prefix}acc-{2 * i + 1}")]
+            reads.append(time.perf_counter() - began)
+            assert len(events) == READ_EVENTS, len(events)
+            began = time.perf_counter()
+            await client.get_aggregate(f"{prefix}acc-{2 * i + 3}", bank_state())
+            gets.append(time.perf_counter() - began)
+    read_ms, get_ms = statistics.median(reads) * 1000, statistics.median(gets) * 1000
+    return {"read_aggregate_ms": read_ms, "get_aggregate_ms": get_ms, "ratio": read_ms / get_ms}
+
+
+def bank_state() -> Any:
+    from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2
+
+    return bank_account_pb2.Account
+
+
+def rebuild_rate(database_url: str, server_pid: int) -> dict[str, float]:
+    """The bank read model, started on a log it has not read: events per
+    second until it has applied everything (documents written included)."""
+    began = time.perf_counter()
+    cpu_before = machine.cpu_seconds(server_pid)
+    lag = to_apply = bank.projection_lag(database_url)
+    while lag > 0:
+        time.sleep(0.2)
+        lag = bank.projection_lag(database_url)
+    elapsed = time.perf_counter() - began
+    return {
+        "events": to_apply,
+        "seconds": elapsed,
+        "rate": to_apply / elapsed,
+        "server_cpu": machine.cpu_seconds(server_pid) - cpu_before,
+    }
+
+
+@dataclass
+class SizePoint:
+    size: int
+    results: dict[str, Any]
+
+
+def measure_size(database_url: str, size: int, window: int, *, rebuild: bool) -> dict[str, Any]:
+    """Fill the log to ``size`` events (at least ``window``), then measure."""
+    total = max(size, window)
+    bench_prefix = f"r{uuid.uuid4().hex[:6]}-"
+    fill(database_url, offset=0, start=0, stop=total, aggregates=FILL_AGGREGATES, prefix="")
+    # Aggregates of exactly READ_EVENTS events for ReadAggregate/GetAggregate.
+    fill(
+        database_url,
+        offset=log_head(database_url),
+        start=0,
+        stop=READ_EVENTS * (2 * READ_AGGREGATES + 3),
+        aggregates=2 * READ_AGGREGATES + 3,
+        prefix=bench_prefix,
+    )
+    servers.settle(database_url)
+    head = log_head(database_url)
+    after = head - window - READ_EVENTS * (2 * READ_AGGREGATES + 3)
+    row: dict[str, Any] = {"size": size, "head": head, "window": window}
+    with servers.chronicle(database_url, *PLUGIN_ARGS, "--idle-timeout", "600") as server:
+        if rebuild:
+            row["rebuild"] = rebuild_rate(database_url, server.pid)
+            print(f"    read model rebuilt: {row['rebuild']['rate']:,.0f} events/s", flush=True)
+        else:  # out of the way of the measurements below
+            while bank.projection_lag(database_url) > 0:
+                time.sleep(0.5)
+        row["psycopg"] = psycopg_rate(database_url, after, window)
+        seen, seconds = asyncio.run(client_catch_up(server.address, after, after + window))
+        row["client"] = seen / seconds
+        seen, seconds = asyncio.run(stub_catch_up(server.address, after))
+        row["stub"] = seen / seconds
+        seen, seconds = asyncio.run(stub_catch_up(server.address, after, ("Box",)))
+        row["stub_filtered"] = seen / seconds
+        row["filtered_events"] = seen
+        row.update(asyncio.run(read_against_get(server.address, bench_prefix)))
+    print(
+        f"  log {size:>9,}: psycopg {row['psycopg']:9,.0f}/s  client {row['client']:9,.0f}/s"
+        f" ({row['client'] / row['psycopg']:.2f}x)  stub {row['stub']:9,.0f}/s"
+        f"  filtered {row['stub_filtered']:9,.0f}/s  ReadAggregate {row['read_aggregate_ms']:.1f} ms"
+        f" / GetAggregate {row['get_aggregate_ms']:.1f} ms = {row['ratio']:.2f}x",
+        flush=True,
+    )
+    return row
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.reads")
+    parser.add_argument("--sizes", type=_sizes, default=[0, 1_000_000, 5_000_000])
+    parser.add_argument("--window", type=int, default=200_000, help="events each catch-up reads")
+    args = parser.parse_args(argv)
+    print(f"machine: {machine.describe()}", flush=True)
+    rows = []
+    rebuilt = False
+    for size in args.sizes:
+        with servers.postgres() as (_, database_url):
+            # The schema, made by the server as it would be.
+            with servers.chronicle(database_url, *PLUGIN_ARGS):
+                pass
+            wants_rebuild = not rebuilt and size >= 1_000_000
+            rows.append(measure_size(database_url, size, args.window, rebuild=wants_rebuild))
+            rebuilt = rebuilt or wants_rebuild
+    print(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
