@@ -301,7 +301,7 @@ async def test_malformed_commands_are_invalid_argument_and_write_nothing(
 
 
 async def test_an_oversized_message_is_resource_exhausted_and_writes_nothing(store: StoreAdapter) -> None:
-    async with running_server(store, max_message_bytes=10_000) as (_, client):
+    async with running_server(store, max_message_bytes=10_000, max_event_bytes=2_500) as (_, client):
         before = await at_rest(store)
         huge = command("acc-1", bank.OpenAccount(owner="x" * 20_000))
         error = await rpc_error(client.submit(huge))
