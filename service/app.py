@@ -168,7 +168,11 @@ async def start(
     the OpenTelemetry packages are installed.
     """
     for warning in check_exposure(
-        listen=settings.listen, auth=settings.auth, tls=bool(settings.tls_cert_file), insecure=settings.insecure
+        listen=settings.listen,
+        auth=settings.auth,
+        tls=bool(settings.tls_cert_file),
+        insecure=settings.insecure,
+        anonymous_admin=settings.anonymous_admin,
     ):
         log.warning("%s", warning)
     registry = registry if registry is not None else build_registry(settings)

@@ -111,7 +111,7 @@ class Settings:
     anonymous_admin: bool = field(
         default=False,
         metadata={
-            "help": "with authentication off, let anonymous callers administer (forget, audit): local development"
+            "help": "with authentication off, let anonymous callers administer (forget, audit): on loopback only"
         },
     )
     policy_file: str = field(default="", metadata={"help": "TOML policy: roles, their grants, principals' roles"})
