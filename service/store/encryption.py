@@ -36,7 +36,7 @@ import hmac
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,24 +140,31 @@ class Keyring:
     """Data keys of aggregates: made on first write, cached, forgotten."""
 
     def __init__(
-        self, store: KeyStore, master_keys: MasterKeys, *, cache_seconds: float = 30.0, cache_size: int = 10_000
+        self,
+        store: KeyStore,
+        master_keys: MasterKeys,
+        *,
+        cache_seconds: float = 30.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._master = master_keys
         self._cache_seconds = cache_seconds
+        self._clock = clock
         self._cache_size = cache_size
         # aggregate id -> (AESGCM or None when forgotten, when cached)
         self._cache: OrderedDict[str, tuple[AESGCM | None, float]] = OrderedDict()
 
     def _cached(self, aggregate_id: str) -> tuple[AESGCM | None] | None:
         hit = self._cache.get(aggregate_id)
-        if hit is None or time.monotonic() - hit[1] > self._cache_seconds:
+        if hit is None or self._clock() - hit[1] > self._cache_seconds:
             return None
         self._cache.move_to_end(aggregate_id)
         return (hit[0],)
 
     def _remember(self, aggregate_id: str, cipher: AESGCM | None) -> None:
-        self._cache[aggregate_id] = (cipher, time.monotonic())
+        self._cache[aggregate_id] = (cipher, self._clock())
         self._cache.move_to_end(aggregate_id)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

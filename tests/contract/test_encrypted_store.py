@@ -76,13 +76,22 @@ async def test_a_forgotten_aggregate_reads_redacted_and_takes_no_more_events(sto
 
 
 async def test_another_replica_sees_the_redaction_once_its_cache_expires(store: StoreAdapter) -> None:
+    """docs/security.md: each server caches unwrapped keys for 30 s, and
+    notices another replica's forget within that time."""
     keys = MasterKeys.parse(OLD, source="test")
+    now = [1000.0]
     here = sealed_over(store, Keyring(store, keys))
-    there = sealed_over(store, Keyring(store, keys, cache_seconds=0))
+    there = sealed_over(store, Keyring(store, keys, clock=lambda: now[0]))  # the default cache time
     await here.roles.events.append("a-1", [new_event()], 0)
     assert not (await there.roles.events.read_aggregate("a-1"))[0].redacted
     await here.keyring.forget("a-1")
-    assert (await there.roles.events.read_aggregate("a-1"))[0].redacted
+    now[0] += 30
+    assert not (await there.roles.events.read_aggregate("a-1"))[0].redacted  # still cached there
+    await there.roles.events.append("a-1", [new_event()], 1)  # and a command there could still append
+    now[0] += 0.001
+    assert [e.redacted for e in await there.roles.events.read_aggregate("a-1")] == [True, True]
+    with pytest.raises(AggregateForgotten):
+        await there.roles.events.append("a-1", [new_event()], 2)
 
 
 async def test_rotating_the_master_key_rewraps_keys_and_leaves_events_alone(store: StoreAdapter) -> None:

@@ -127,6 +127,28 @@ async def test_an_expired_jwt_is_unauthenticated(secured: Secured) -> None:
     assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
 
 
+@pytest.mark.parametrize(("expired_ago", "outcome"), [(10, "alice"), (60, "TOKEN_EXPIRED")])
+async def test_a_jwt_expired_less_than_30_seconds_ago_still_verifies(
+    secured: Secured, expired_ago: int, outcome: str
+) -> None:
+    """30 s of leeway for clocks that disagree, and no more."""
+    async with secured.as_("alice", expires_in=-expired_ago) as alice:
+        opening = alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+        if outcome == "alice":
+            assert (await opening).events[0].user_id == "alice"
+        else:
+            assert await refused(opening) == (grpc.StatusCode.UNAUTHENTICATED, outcome)
+
+
+@pytest.mark.parametrize("missing", ["exp", "sub", "iss"])
+async def test_a_jwt_without_a_required_claim_is_unauthenticated(secured: Secured, missing: str) -> None:
+    claims = {"sub": "root", "iss": secured.issuer.issuer, "exp": int(time.time()) + 300}
+    del claims[missing]
+    async with secured.client(secured.issuer.sign(claims)) as caller:
+        outcome = await refused(caller.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
 async def test_a_jwt_from_another_issuer_is_unauthenticated(secured: Secured) -> None:
     token = secured.issuer.token("alice", issuer="https://elsewhere.test")
     async with secured.client(token) as alice:

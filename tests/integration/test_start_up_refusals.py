@@ -185,3 +185,13 @@ def test_a_readable_master_key_file_stops_the_server_unless_allowed(tmp_path: Pa
         assert server.process.stdout is not None
         output = server.process.stdout.read()
     assert f"the master-key file {keys} is open to its group or to others (mode 0640); allowed by" in output
+
+
+def test_a_refused_start_has_not_opened_the_store(tmp_path: Path) -> None:
+    """The checks run before the store is opened: a refused server leaves
+    no database behind (nor migrates one)."""
+    database = tmp_path / "data" / "events.db"
+    database.parent.mkdir()
+    result = serve_until_exit("--database-url", f"sqlite:///{database}", *with_jwt_key(tmp_path, "too-short"))
+    assert (result.returncode, result.stderr.split(":")[1].strip()) == (2, "WEAK_KEY")
+    assert list(database.parent.iterdir()) == []
