@@ -13,7 +13,8 @@ over 1,000 accounts, unary and stream); pgbench's single-row inserts at the
 same concurrencies, with PostgreSQL's CPU per insert; the peer (the Python
 ``eventsourcing`` library, the same bank deposits in-process); aggregate load
 time with and without a snapshot; the server's memory with 100,000
-aggregates touched once and after eviction. Every Chronicle point checks
+aggregates touched once and after eviction; the read path with the log at 0,
+1 M and 5 M events (``bench/reads.py``). Every Chronicle point checks
 that each acknowledged command is stored; the bank point that the read
 model's balances equal the deposits in the log. Writes docs/benchmarks.md,
 docs/benchmarks.png and docs/benchmarks.json.
@@ -28,13 +29,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import bank, checks, load, machine, memory, peer, pgbench, replay, report, servers
+from bench import bank, checks, load, machine, memory, peer, pgbench, reads, replay, report, servers
 
 ROOT = Path(__file__).resolve().parent.parent
 # The bank point and its peer: deposits over this many accounts, one owner each.
 BANK_ACCOUNTS = 1000
 # The peer runs at each of these thread counts; the best counts.
 PEER_THREADS = (4, 16)
+# The read path, with the log at these sizes (full run, --quick), each
+# catch-up reading this many events.
+READ_SIZES = {False: [0, 1_000_000, 5_000_000], True: [0, 1_000_000]}
+READ_WINDOW = 200_000
 
 
 def measure(
@@ -101,12 +106,17 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def _sizes(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="fewer points and shorter runs")
     parser.add_argument("--seconds", type=float, help="measured seconds per point")
     parser.add_argument("--aggregates", type=_counts, help="aggregate counts, comma-separated (1,100,10000)")
     parser.add_argument("--concurrency", type=_counts, help="concurrencies, comma-separated (1,16,64,256)")
+    parser.add_argument("--read-sizes", type=_sizes, help="log sizes for the read path, comma-separated")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
     seconds = args.seconds or (4.0 if args.quick else 8.0)
@@ -192,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         print("aggregate load time:", flush=True)
         results["replay"] = asyncio.run(replay.load_times(database_url))
         print(f"  {results['replay']}", flush=True)
+
+        print("reads (catch-up, paged reads, the read model rebuilt):", flush=True)
+        results["reads"] = reads.run(cluster, args.read_sizes or READ_SIZES[args.quick], READ_WINDOW)
 
         print("memory:", flush=True)
         results["memory"] = memory.memory_profile(database_url, 30_000 if args.quick else 100_000)

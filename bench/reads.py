@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -194,16 +194,28 @@ def rebuild_rate(database_url: str, server_pid: int) -> dict[str, float]:
     }
 
 
-@dataclass
-class SizePoint:
-    size: int
-    results: dict[str, Any]
+def _timed_catch_up(server_pid: int, run: Any) -> dict[str, float]:
+    """Run a catch-up (``run()`` gives (events, seconds)), with the server's
+    and this process's (the client's) CPU per event over it."""
+    server_before, client_before = machine.cpu_seconds(server_pid), machine.cpu_seconds_self()
+    seen, seconds = asyncio.run(run())
+    server, client = machine.cpu_seconds(server_pid) - server_before, machine.cpu_seconds_self() - client_before
+    return {
+        "events": seen,
+        "rate": seen / seconds,
+        "server_us": server / seen * 1e6,
+        "client_us": client / seen * 1e6,
+    }
 
 
 def measure_size(database_url: str, size: int, window: int, *, rebuild: bool) -> dict[str, Any]:
     """Fill the log to ``size`` events (at least ``window``), then measure."""
     total = max(size, window)
     bench_prefix = f"r{uuid.uuid4().hex[:6]}-"
+    # The schema, made by the server as it would be.
+    with servers.chronicle(database_url, *PLUGIN_ARGS):
+        pass
+    began = time.perf_counter()
     fill(database_url, offset=0, start=0, stop=total, aggregates=FILL_AGGREGATES, prefix="")
     # Aggregates of exactly READ_EVENTS events for ReadAggregate/GetAggregate.
     fill(
@@ -217,7 +229,7 @@ def measure_size(database_url: str, size: int, window: int, *, rebuild: bool) ->
     servers.settle(database_url)
     head = log_head(database_url)
     after = head - window - READ_EVENTS * (2 * READ_AGGREGATES + 3)
-    row: dict[str, Any] = {"size": size, "head": head, "window": window}
+    row: dict[str, Any] = {"size": size, "head": head, "window": window, "fill_s": time.perf_counter() - began}
     with servers.chronicle(database_url, *PLUGIN_ARGS, "--idle-timeout", "600") as server:
         if rebuild:
             row["rebuild"] = rebuild_rate(database_url, server.pid)
@@ -226,22 +238,35 @@ def measure_size(database_url: str, size: int, window: int, *, rebuild: bool) ->
             while bank.projection_lag(database_url) > 0:
                 time.sleep(0.5)
         row["psycopg"] = psycopg_rate(database_url, after, window)
-        seen, seconds = asyncio.run(client_catch_up(server.address, after, after + window))
-        row["client"] = seen / seconds
-        seen, seconds = asyncio.run(stub_catch_up(server.address, after))
-        row["stub"] = seen / seconds
-        seen, seconds = asyncio.run(stub_catch_up(server.address, after, ("Box",)))
-        row["stub_filtered"] = seen / seconds
-        row["filtered_events"] = seen
+        row["client"] = _timed_catch_up(server.pid, lambda: client_catch_up(server.address, after, after + window))
+        row["stub"] = _timed_catch_up(server.pid, lambda: stub_catch_up(server.address, after))
+        row["stub_filtered"] = _timed_catch_up(server.pid, lambda: stub_catch_up(server.address, after, ("Box",)))
         row.update(asyncio.run(read_against_get(server.address, bench_prefix)))
     print(
-        f"  log {size:>9,}: psycopg {row['psycopg']:9,.0f}/s  client {row['client']:9,.0f}/s"
-        f" ({row['client'] / row['psycopg']:.2f}x)  stub {row['stub']:9,.0f}/s"
-        f"  filtered {row['stub_filtered']:9,.0f}/s  ReadAggregate {row['read_aggregate_ms']:.1f} ms"
-        f" / GetAggregate {row['get_aggregate_ms']:.1f} ms = {row['ratio']:.2f}x",
+        f"  log {size:>9,}: psycopg {row['psycopg']:9,.0f}/s  client {row['client']['rate']:9,.0f}/s"
+        f" ({row['client']['rate'] / row['psycopg']:.2f}x, server {row['client']['server_us']:.1f} µs/event)"
+        f"  stub {row['stub']['rate']:9,.0f}/s  filtered {row['stub_filtered']['rate']:9,.0f}/s"
+        f"  ReadAggregate {row['read_aggregate_ms']:.1f} ms / GetAggregate {row['get_aggregate_ms']:.1f} ms"
+        f" = {row['ratio']:.2f}x",
         flush=True,
     )
     return row
+
+
+def run(cluster: Any, sizes: list[int], window: int) -> list[dict[str, Any]]:
+    """Each size on a database of its own in ``cluster``; the read model is
+    rebuilt once, at the first size of a million events or more."""
+    rows = []
+    rebuilt = False
+    for size in sizes:
+        wants_rebuild = not rebuilt and size >= 1_000_000
+        database_url = cluster.create_database()
+        rows.append(measure_size(database_url, size, window, rebuild=wants_rebuild))
+        rebuilt = rebuilt or wants_rebuild
+        with psycopg.connect(cluster.admin_url, autocommit=True) as conn:  # the disk back for the next size
+            name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    return rows
 
 
 def _sizes(text: str) -> list[int]:
@@ -254,17 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=200_000, help="events each catch-up reads")
     args = parser.parse_args(argv)
     print(f"machine: {machine.describe()}", flush=True)
-    rows = []
-    rebuilt = False
-    for size in args.sizes:
-        with servers.postgres() as (_, database_url):
-            # The schema, made by the server as it would be.
-            with servers.chronicle(database_url, *PLUGIN_ARGS):
-                pass
-            wants_rebuild = not rebuilt and size >= 1_000_000
-            rows.append(measure_size(database_url, size, args.window, rebuild=wants_rebuild))
-            rebuilt = rebuilt or wants_rebuild
-    print(rows)
+    with servers.postgres() as (cluster, _):
+        rows = run(cluster, args.sizes, args.window)
+    print(json.dumps(rows, indent=2))
     return 0
 
 

@@ -186,6 +186,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
                 speedup >= 20,
             )
         )
+    checks += read_targets(results.get("reads", []))
     mem = results.get("memory")
     if mem:
         growth = mem["rss_after_eviction_mib"] / mem["rss_before_mib"] - 1
@@ -233,6 +234,107 @@ def chart(results: dict[str, Any], path: Path) -> None:
     rate_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def read_targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
+    """Issue 19's targets for the read path, from ``bench/reads.py``'s rows."""
+    if not rows:
+        return []
+    checks: list[tuple[str, str, bool]] = []
+    largest = max(rows, key=lambda r: r["size"])
+    for who, key in (("the Python client", "client"), ("a plain gRPC client (pages)", "stub")):
+        worst = min(rows, key=lambda r: r[key]["rate"])
+        checks.append(
+            (
+                f"Catch-up from a position to {who} ≥ 100,000 events/s (slowest log size)",
+                f"{worst[key]['rate']:,.0f}/s at {worst['size']:,} events",
+                worst[key]["rate"] >= 100_000,
+            )
+        )
+    ratios = [(r["client"]["rate"] / r["psycopg"], r) for r in rows]
+    ratio, row = min(ratios, key=lambda pair: pair[0])
+    checks.append(
+        (
+            "…and ≥ 0.3 x a psycopg server-side cursor reading the same rows (same run)",
+            f"{row['client']['rate']:,.0f} / {row['psycopg']:,.0f} = {ratio:.2f} x at {row['size']:,} events",
+            ratio >= 0.3,
+        )
+    )
+    filtered = min(rows, key=lambda r: r["stub_filtered"]["rate"] / r["stub"]["rate"])
+    checks.append(
+        (
+            "A filtered catch-up (one aggregate type in ten) at least as fast per matching event",
+            f"{filtered['stub_filtered']['rate']:,.0f} against {filtered['stub']['rate']:,.0f} events/s",
+            filtered["stub_filtered"]["rate"] >= filtered["stub"]["rate"],
+        )
+    )
+    worst_read = max(rows, key=lambda r: r["ratio"])
+    checks.append(
+        (
+            "ReadAggregate of 100 events ≤ 2 x GetAggregate of the same (p50)",
+            f"{worst_read['read_aggregate_ms']:.1f} / {worst_read['get_aggregate_ms']:.1f} ms"
+            f" = {worst_read['ratio']:.2f} x",
+            worst_read["ratio"] <= 2,
+        )
+    )
+    rebuilt = [r for r in rows if "rebuild" in r]
+    if rebuilt:
+        rebuild = rebuilt[0]["rebuild"]
+        checks.append(
+            (
+                "The bank read model rebuilt from the start ≥ 30,000 events/s",
+                f"{rebuild['events']:,} events in {rebuild['seconds']:.1f} s: {rebuild['rate']:,.0f}/s",
+                rebuild["rate"] >= 30_000,
+            )
+        )
+    smallest = min(rows, key=lambda r: r["size"])
+    flat = largest["client"]["rate"] / smallest["client"]["rate"]
+    checks.append(
+        (
+            "Catch-up flat as the log grows (largest log against the smallest, within 25 %)",
+            f"{smallest['client']['rate']:,.0f}/s at {smallest['size']:,}, {largest['client']['rate']:,.0f}/s at"
+            f" {largest['size']:,} events: {flat:.2f} x",
+            flat >= 0.75,
+        )
+    )
+    return checks
+
+
+def read_lines(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Reading the log",
+        "",
+        "The log filled in the database (bank and box events over 10,000 aggregates, a tenth boxes), then,",
+        f"for each size, a catch-up of the newest {rows[0]['window']:,} events: a plain psycopg client (binary,",
+        "one server-side cursor, the store's own columns) as the ceiling; the Python client",
+        "(`ChronicleClient.subscribe`, pages); a plain gRPC stub asking for pages, unfiltered and filtered to",
+        "boxes; ReadAggregate (the client's `read`, pages) and GetAggregate of 100-event aggregates (p50",
+        "of 40 each). CPU columns: microseconds per event of the server and of the client process.",
+        "",
+        "| log size | psycopg rows/s | Python client events/s | server / client µs per event"
+        " | stub events/s | stub, filtered | ReadAggregate ms | GetAggregate ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        client = row["client"]
+        lines.append(
+            f"| {row['size']:,} | {row['psycopg']:,.0f} | {client['rate']:,.0f} | {client['server_us']:.1f} /"
+            f" {client['client_us']:.1f} | {row['stub']['rate']:,.0f} | {row['stub_filtered']['rate']:,.0f}"
+            f" | {row['read_aggregate_ms']:.1f} | {row['get_aggregate_ms']:.1f} |"
+        )
+    for row in rows:
+        if "rebuild" in row:
+            rebuild = row["rebuild"]
+            lines += [
+                "",
+                f"The bank read model, started by a server on a log of {rebuild['events']:,} events it had not read,"
+                f" applied them in {rebuild['seconds']:.1f} s ({rebuild['rate']:,.0f} events/s, documents written"
+                f" included; the server's CPU {rebuild['server_cpu'] / rebuild['events'] * 1e6:.0f} µs per event).",
+            ]
+    return lines
 
 
 def write(results: dict[str, Any], markdown: Path, png: Path) -> None:
@@ -330,6 +432,7 @@ def write(results: dict[str, Any], markdown: Path, png: Path) -> None:
             f"{replay['events']:,} events: full replay {replay['full_replay_ms']:.1f} ms, from a snapshot"
             f" {replay['with_snapshot_ms']:.2f} ms (median of 7 loads each).",
         ]
+    lines += read_lines(results.get("reads", []))
     mem = results.get("memory")
     if mem:
         lines += [

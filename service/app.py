@@ -274,6 +274,7 @@ async def start(
                 documents=roles.projections,
                 reader=executor.loader.reader,
                 poll_interval=settings.poll_seconds,
+                page_bytes=page_bytes,
             )
             for projection in registry.projections
         ]

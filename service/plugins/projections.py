@@ -25,16 +25,18 @@ aggregate then deletes the document too. Events of a forgotten aggregate
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
+
+from service.values import value
 
 M = TypeVar("M", bound=Message)
 H = TypeVar("H", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class ProjectedEvent:
     """The envelope of the event a projection handler is given."""
 

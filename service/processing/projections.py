@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -40,7 +40,7 @@ from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed
 from service.plugins.projections import ProjectedEvent, Projection
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
-from service.store.records import DocumentWrite, LogFilter, RecordedEvent
+from service.store.records import DocumentWrite, LogFilter, LogPage, RecordedEvent
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -114,8 +114,12 @@ class _Batch:
         self._store = store
         self._cache = cache
         self.forgotten = forgotten or ForgottenSubjects()
+        # What the batch's handlers wrote, by key (None: deleted), and the
+        # subjects each document names; encoded once, when the batch
+        # commits, however often a key was written.
         self.current: dict[str, Message | None] = {}
-        self.writes: dict[str, DocumentWrite] = {}
+        self._subjects: dict[str, tuple[str, ...]] = {}
+        self._writes: list[DocumentWrite] | None = None
 
     async def load(self, key: str) -> None:
         stored = await self._store.load_document(self.projection, key)
@@ -141,17 +145,26 @@ class _Batch:
 
     def write(self, key: str, document: Message | None, subjects: tuple[str, ...] = ()) -> None:
         self.current[key] = document
-        if document is None:
-            self.writes[key] = DocumentWrite(key)
-        else:
-            self.writes[key] = DocumentWrite(
-                key, str(document.DESCRIPTOR.full_name), document.SerializeToString(), subjects
-            )
+        self._subjects[key] = subjects
+        self._writes = None
+
+    @property
+    def writes(self) -> list[DocumentWrite]:
+        if self._writes is None:
+            self._writes = [
+                DocumentWrite(key)
+                if document is None
+                else DocumentWrite(
+                    key, str(document.DESCRIPTOR.full_name), document.SerializeToString(), self._subjects[key]
+                )
+                for key, document in self.current.items()
+            ]
+        return self._writes
 
     def committed(self) -> None:
         """The batch's writes are in the store: the cache now holds them too."""
-        for key, write in self.writes.items():
-            self._cache.put(key, None if write.data is None else _Raw(write.type_name, write.data))
+        for write in self.writes:
+            self._cache.put(write.key, None if write.data is None else _Raw(write.type_name, write.data))
 
 
 class _Scope:
@@ -255,8 +268,10 @@ class ProjectionRunner:
         poll_interval: float = 1.0,
         retry_interval: float = 5.0,
         batch_delay: float = BATCH_DELAY,
+        page_bytes: int = 1024 * 1024,
     ) -> None:
         self.projection = projection
+        self._page_bytes = page_bytes
         self._log = log
         self._documents = documents
         self._reader = reader
@@ -327,85 +342,133 @@ class ProjectionRunner:
 
     async def step(self, position: int) -> int:
         """Apply the next batch after ``position`` and commit it; return the
-        new checkpoint. Catches up fully before returning when it can."""
+        new checkpoint. Catches up fully before returning when it can.
+
+        A commit the store refuses because a document names an aggregate
+        forgotten meanwhile (``SubjectsForgotten``) wrote nothing, and no
+        batch after it committed (commits follow one another): the runner
+        learns those subjects and applies the batches again from the stored
+        checkpoint, with an empty cache (documents it read may have been
+        deleted with their subject since) and those subjects' documents
+        deleted."""
         while True:
-            page = await self._log.read_log(position, self._filter, self.projection.batch_size)
-            if page.scanned_to == position:
-                return position
-            batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
             try:
+                return await self._catch_up(position)
+            except SubjectsForgotten as forgotten:
+                self._forgotten.add(forgotten.subjects)
+                position = await self._documents.projection_position(self.projection.name)
+
+    async def _catch_up(self, position: int) -> int:
+        """While catching up, three things overlap: the next batch is read while
+        this one is applied, and this one is applied while the one before
+        commits (PostgreSQL and Python each work while the other does). A
+        batch is applied on what the batches before it wrote (the cache holds
+        their writes); the commits still follow one another, each from the
+        checkpoint the one before moved to, so if one fails nothing after it
+        commits, and the runner starts again from the stored checkpoint with
+        an empty cache."""
+        ahead: asyncio.Future[LogPage] | None = None
+        committing: asyncio.Future[None] | None = None
+        committed_to = position
+        try:
+            while True:
+                page = await (ahead or self._read(position))
+                ahead = None
+                if page.scanned_to == position:
+                    break
+                if page.more:
+                    ahead = asyncio.ensure_future(self._read(page.scanned_to))
+                batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
                 for stored in page.events:
                     if stored.redacted:
                         # Forgotten: nothing to read, and what was derived
                         # from it went with it (documents name their subjects).
                         continue
                     for event in self._reader.decode(stored):
-                        await self._apply(batch, event.record, event.message)
-                await self._documents.commit_projection(
-                    self.projection.name,
-                    expected_position=position,
-                    new_position=page.scanned_to,
-                    writes=list(batch.writes.values()),
+                        while (missing := self._apply(batch, event.record, event.message)) is not None:
+                            # Handlers are synchronous, loading is not; and the
+                            # store must hold what earlier batches wrote first.
+                            if committing is not None:
+                                await committing
+                                committing = None
+                            await batch.load(missing)
+                if committing is not None:
+                    await committing
+                    self.status.position = committed_to
+                committing = asyncio.ensure_future(
+                    self._documents.commit_projection(
+                        self.projection.name,
+                        expected_position=position,
+                        new_position=page.scanned_to,
+                        writes=batch.writes,
+                    )
                 )
-            except SubjectsForgotten as forgotten:
-                # Nothing was written. Documents the batch read may have been
-                # deleted with their subject since they were cached: apply it
-                # again from the store, with those subjects' documents deleted.
-                self._cache.clear()
-                self._forgotten.add(forgotten.subjects)
-                continue
-            except BaseException:
-                # Another runner may have moved on (a conflict), or the commit's
-                # fate is unknown: what the cache holds can no longer be trusted.
-                self._cache.clear()
-                raise
-            batch.committed()
-            self.status.applied += len(page.events)
-            position = self.status.position = page.scanned_to
+                batch.committed()  # the next batch reads what this one wrote
+                self.status.applied += len(page.events)
+                position = committed_to = page.scanned_to
+                if ahead is None:
+                    break
+            if committing is not None:
+                await committing
+                committing = None
+            self.status.position = position
             self.status.error = ""
-            if len(page.events) < self.projection.batch_size:
-                return position
+            return position
+        except BaseException:
+            # Another runner may have moved on (a conflict), a commit's fate
+            # is unknown, or the store refused one (a forgotten subject):
+            # what the cache holds can no longer be trusted.
+            self._cache.clear()
+            raise
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+            if committing is not None:
+                committing.cancel()
 
-    async def _apply(self, batch: _Batch, record: RecordedEvent, message: Message) -> None:
+    def _read(self, position: int) -> Awaitable[LogPage]:
+        return self._log.read_log(position, self._filter, self.projection.batch_size, max_bytes=self._page_bytes)
+
+    def _apply(self, batch: _Batch, record: RecordedEvent, message: Message) -> str | None:
+        """Run the event's handler; the key of a document it needs that is
+        not loaded yet (nothing applied then: load it and call again)."""
         registered = self.projection.handlers.get(record.event_type)
         if registered is None:
-            return  # a type read only because an upcaster turns it into one of ours
+            return None  # a type read only because an upcaster turns it into one of ours
         envelope = ProjectedEvent(
-            event_id=record.event_id,
-            aggregate_id=record.aggregate_id,
-            aggregate_type=record.aggregate_type,
-            version=record.version,
-            position=record.position,
-            event_type=record.event_type,
-            timestamp_us=record.timestamp_us,
-            user_id=record.user_id,
-            origin=record.origin,
-            correlation_id=record.correlation_id,
-            metadata=record.metadata,
+            record.event_id,
+            record.aggregate_id,
+            record.aggregate_type,
+            record.version,
+            record.position,
+            record.event_type,
+            record.timestamp_us,
+            record.user_id,
+            record.origin,
+            record.correlation_id,
+            record.metadata,
         )
-        while True:
-            scope = _Scope(batch)
-            try:
-                registered[1](message, envelope, scope)
-            except _NeedsDocument as need:
-                await batch.load(need.key)
-                continue
-            except ChronicleError:
-                raise
-            except Exception as error:
-                log.exception(
-                    "projection %s failed on %s at position %d",
-                    self.projection.name,
-                    record.event_type,
-                    record.position,
-                )
-                raise ProjectionFailed(
-                    f"projection {self.projection.name} failed on {record.event_type} at position"
-                    f" {record.position}: {type(error).__name__}: {error}",
-                    metadata={"projection": self.projection.name, "position": str(record.position)},
-                ) from error
-            scope.commit()
-            return
+        scope = _Scope(batch)
+        try:
+            registered[1](message, envelope, scope)
+        except _NeedsDocument as need:
+            return need.key
+        except ChronicleError:
+            raise
+        except Exception as error:
+            log.exception(
+                "projection %s failed on %s at position %d",
+                self.projection.name,
+                record.event_type,
+                record.position,
+            )
+            raise ProjectionFailed(
+                f"projection {self.projection.name} failed on {record.event_type} at position"
+                f" {record.position}: {type(error).__name__}: {error}",
+                metadata={"projection": self.projection.name, "position": str(record.position)},
+            ) from error
+        scope.commit()
+        return None
 
 
 class Projections:

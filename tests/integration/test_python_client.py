@@ -226,13 +226,13 @@ async def test_no_retries_gives_up_on_the_first_lost_answer(address: str) -> Non
 
 
 async def test_a_broken_read_resumes_after_the_last_event_received(address: str) -> None:
-    # 601 events: the server sends them in two pages (its store reads 500
-    # at a time); the first stream breaks after the first page.
+    # 601 events: the server reads them in two pages (its store reads 500
+    # at a time); the first stream breaks after the first 500 events.
     async with ChronicleClient.connect(address) as writer:
         await writer.submit("acc-1", bank.OpenAccount(owner="ann"))
         for first in range(0, 600, 100):
             await writer.submit_batch([Command("acc-1", bank.Deposit(amount=1)) for _ in range(first, first + 100)])
-    breaking = BreakFirstStream(after=1)
+    breaking = BreakFirstStream(after=500)
     channel = grpc.aio.insecure_channel(address, interceptors=[breaking])
     async with ChronicleClient(channel, retry=FAST, owns_channel=True) as client:
         versions = [e.version for e in await client.read_all("acc-1")]

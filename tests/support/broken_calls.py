@@ -15,13 +15,29 @@ def lost(details: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> g
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
+def _events_in(message: Any) -> Any:
+    """The repeated events a paged message carries (an EventPage, or a
+    SubscribeResponse holding one), or None for a message of one item."""
+    if message.DESCRIPTOR.name == "EventPage":
+        return message.events
+    if message.DESCRIPTOR.name == "SubscribeResponse" and message.WhichOneof("kind") == "page":
+        return message.page.events
+    return None
+
+
 async def _broken_after(call: Any, after: int, code: grpc.StatusCode) -> AsyncIterator[Any]:
-    """The call's messages, then ``code`` after the ``after``-th."""
+    """The call's items, then ``code`` after the ``after``-th. Items are
+    messages, or the events of a page: a page that would go past ``after``
+    arrives cut short, as if the server had sent smaller pages, so a test's
+    break falls between the same two events whether the stream is paged or not."""
     received = 0
     async for message in call:
+        events = _events_in(message)
+        if events is not None and received + len(events) > after:
+            del events[after - received :]
+        received += 1 if events is None else len(events)
         yield message
-        received += 1
-        if received == after:
+        if received >= after:
             call.cancel()
             raise lost("stream broken (simulated)", code)
 

@@ -119,6 +119,48 @@ async def test_a_crash_before_the_commit_applies_the_batch_again_not_twice() -> 
     assert (await owner(store, "bob")).balance == 7
 
 
+class FailingLaterCommit(MemoryStore):
+    """The ``fail_at``-th commit fails (after the batches before it, and
+    while the next one is being applied)."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+        self.commits: list[tuple[int, int]] = []
+
+    async def commit_projection(
+        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    ) -> None:
+        self.commits.append((expected_position, new_position))
+        await asyncio.sleep(0)  # the runner applies the next batch meanwhile
+        if len(self.commits) == self.fail_at:
+            raise RuntimeError("the database went away mid-commit")
+        await super().commit_projection(
+            name, expected_position=expected_position, new_position=new_position, writes=writes
+        )
+
+
+async def test_a_failed_commit_while_the_next_batch_is_applied_commits_nothing_after_it() -> None:
+    store = FailingLaterCommit(fail_at=2)
+    await bank_history(store)
+    catching_up = runner(store, batch_size=2)
+    with pytest.raises(RuntimeError):
+        await catching_up.step(0)
+    # the first batch committed; the second failed; nothing after it did
+    assert await store.projection_position("bank.balances_by_owner") == store.commits[0][1]
+    assert [start for start, _ in store.commits] == [0, store.commits[0][1]]
+    # the same runner (its cache emptied) goes on from the stored checkpoint
+    await catching_up.step(await store.projection_position("bank.balances_by_owner"))
+    assert (await owner(store, "ann")).balance == 90
+    assert (await owner(store, "bob")).balance == 7
+    # the failed batch again, from the stored checkpoint, then each commit
+    # from where the one before ended: none skipped or doubled
+    starts, ends = [a for a, _ in store.commits], [b for _, b in store.commits]
+    assert starts[2] == ends[0]
+    assert starts[3:] == ends[2:-1]
+    assert ends[-1] == await store.log_head()
+
+
 async def test_a_second_runner_of_the_same_projection_never_doubles_an_event() -> None:
     store = MemoryStore()
     await bank_history(store)
@@ -245,7 +287,8 @@ async def test_stopping_a_runner_whose_store_failed_under_it_does_not_stop_the_s
 # -- forgetting: documents named after their subjects ----------------------------
 
 
-async def test_a_forgotten_accounts_documents_do_not_come_back_from_a_runners_cache() -> None:
+@pytest.mark.parametrize("batch_size", [None, 1], ids=["one batch", "commits overlapping the next batch"])
+async def test_a_forgotten_accounts_documents_do_not_come_back_from_a_runners_cache(batch_size: int | None) -> None:
     raw = MemoryStore()
     keyring = Keyring(raw, MasterKeys.parse(f"k1:{new_master_key()}", source="test"))
     roles = encrypted(Store.of(raw), keyring)
@@ -273,11 +316,19 @@ async def test_a_forgotten_accounts_documents_do_not_come_back_from_a_runners_ca
     assert await roles.projections.load_document(projection.name, owner_key("ann")) is None
     assert await roles.projections.load_document(projection.name, account_key("acc-2")) is not None
 
+    if batch_size is not None:
+        projection.batch_size = batch_size
     await submit("acc-2", bank.Deposit(amount=5))
-    await cached.step(position)
+    await submit("acc-3", bank.OpenAccount(owner="bob"))
+    await submit("acc-2", bank.Deposit(amount=1))
+    # The commit of ann's stale document is refused (SubjectsForgotten): the
+    # batches are applied again from the stored checkpoint, without the cache.
+    assert await cached.step(position) == await raw.log_head()
     # Started again from acc-2's next event, as a runner without a cache would have.
-    assert await owner(roles.projections, "ann") == bank.OwnerBalance(owner="ann", balance=5, account_ids=["acc-2"])
+    assert await owner(roles.projections, "ann") == bank.OwnerBalance(owner="ann", balance=6, account_ids=["acc-2"])
+    assert await owner(roles.projections, "bob") == bank.OwnerBalance(owner="bob", balance=0, account_ids=["acc-3"])
     assert await roles.projections.load_document(projection.name, account_key("acc-1")) is None
+    assert cached.status.error == ""
 
 
 async def test_a_projection_rebuilt_after_a_forget_skips_the_redacted_events() -> None:
