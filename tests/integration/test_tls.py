@@ -4,6 +4,7 @@ subject as the principal. Certificates are made in the test."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from service.settings import Settings
 from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of, running_server
-from tests.support.processes import run_healthcheck
+from tests.support.processes import cli, run_healthcheck
 from tests.support.security import POLICY, Authority, Issued, api_key_file, bearer, write
 
 
@@ -131,6 +132,38 @@ async def test_a_client_without_a_certificate_fails_the_handshake(pki: Pki, mtls
             await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE  # a valid API key does not make up for it
     assert await audited_after_a_call_that_is(pki, mtls) == ["acc-2"]
+
+
+async def test_the_cli_speaks_mutual_tls_and_sends_a_token_by_flags_or_by_the_environment(
+    pki: Pki, mtls: Application
+) -> None:
+    batch = pki.ca.issue("batch")
+    files = {
+        "--tls-ca": write(pki.tmp / "ca.pem", pki.ca.certificate),
+        "--tls-cert": write(pki.tmp / "batch.pem", batch.certificate),
+        "--tls-key": write(pki.tmp / "batch.key", batch.key),
+    }
+    flags = [part for flag, path in files.items() for part in (flag, path)]
+    environment = {"CHRONICLE_" + flag.removeprefix("--").replace("-", "_").upper(): p for flag, p in files.items()}
+
+    async def chronicle(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+        result = await asyncio.to_thread(cli, *args, server=mtls.address, env=env)
+        return dict(json.loads(result.stdout))
+
+    by_flags = await chronicle("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', *flags)
+    assert by_flags["events"][0]["user_id"] == "CN=batch,O=Chronicle Tests"  # the certificate's subject
+    by_environment = await chronicle("get", "acc-1", env=environment)
+    assert by_environment["state"]["owner"] == "ann"
+    with_token = await chronicle("submit", "acc-1", "bank.v1.Deposit", '{"amount": 5}', "--token", ALICE_KEY, *flags)
+    assert with_token["events"][0]["user_id"] == "alice"
+    token_from_environment = await chronicle(
+        "submit", "acc-1", "bank.v1.Deposit", '{"amount": 5}', env={**environment, "CHRONICLE_TOKEN": ALICE_KEY}
+    )
+    assert token_from_environment["events"][0]["user_id"] == "alice"
+    no_certificate = await asyncio.to_thread(
+        cli, "get", "acc-1", "--tls-ca", files["--tls-ca"], "--timeout", "2", server=mtls.address, check=False
+    )
+    assert no_certificate.returncode != 0 and "UNAVAILABLE" in no_certificate.stderr
 
 
 # -- the image's health check runs beside the server with its environment ---

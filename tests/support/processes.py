@@ -221,12 +221,16 @@ def serve_until_exit(
     )
 
 
-def cli(*args: str, server: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, server: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``chronicle ARGS --server SERVER``, with ``env`` added to ours."""
     result = subprocess.run(
         [sys.executable, "-m", "service", *args, "--server", server],
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, **env} if env else None,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"chronicle {' '.join(args)} failed ({result.returncode}): {result.stderr}")
