@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
 
-.PHONY: run test test-node soak lint lint-api format protos bench profile clean lock
+.PHONY: run test test-node soak lint lint-api format protos bench scale profile clean lock
 
 run: protos
 	$(BIN)/chronicle serve $(ARGS)
@@ -82,6 +82,13 @@ clean:
 bench: protos
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The scale-out figures (docs/scaling.md): routing against round-robin
+# clients on three replicas, a replica killed under load, a projection in
+# three replicas, sixteen replicas sharing the partitions. Starts its own
+# PostgreSQL and servers; writes docs/scaling.md's figures and docs/scaling.json.
+scale: protos
+	$(BIN)/python -m bench.scale $(SCALE_ARGS)
 
 # Where the server's event loop spends its CPU under the benchmark's load
 # (cProfile over the measured window; see docs/performance.md).

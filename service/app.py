@@ -14,11 +14,14 @@ import asyncio
 import gc
 import logging
 import signal
+import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
 from service.api.admin_service import AdminService
+from service.api.cluster_service import ClusterService
 from service.api.command_service import CommandService
 from service.api.disclosure import Disclosure
 from service.api.dry_runs import DryRunAudit
@@ -31,6 +34,9 @@ from service.api.server import build_server
 from service.api.status import status_code
 from service.api.tracing import TracingInterceptor
 from service.audit import AuditLog, AuditMiddleware, SampledRefusals
+from service.cluster.addresses import advertised_address, with_port
+from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
+from service.cluster.ownership import Ownership, partition_group
 from service.errors import ConfigurationError
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
@@ -46,6 +52,7 @@ from service.processing.middleware import Pipeline
 from service.processing.projections import ProjectionRunner, Projections
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
+from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
@@ -59,8 +66,13 @@ from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
 from service.store.factory import open_store
+from service.store.leasing import LeaseMember
+
+if TYPE_CHECKING:
+    from service.store.postgres.standby import StandbyStore
 
 log = logging.getLogger("chronicle")
+PROJECTIONS_GROUP = "projections"
 
 
 def build_registry(settings: Settings) -> Registry:
@@ -116,11 +128,16 @@ class Application:
     monitor: StoreMonitor
     subscriptions: Subscriptions
     projections: Projections
+    leases: LeaseKeeper
+    ownership: Ownership
+    cluster: ClusterService
     watchdog: LoopLagWatchdog | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
     refused: RefusedCommands | None = None
     gate: RpcGate | None = None
+    standby: StandbyStore | None = None
+    stopped: bool = False
 
     @property
     def address(self) -> str:
@@ -128,13 +145,20 @@ class Application:
         return f"{host}:{self.port}"
 
     async def stop(self, grace: float | None = None, *, drain: float | None = None) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         grace = self.settings.shutdown_grace if grace is None else grace
         drain = self.settings.shutdown_drain if drain is None else drain
         await self.monitor.stop()
         if self.lag_sampler is not None:
             await self.lag_sampler.stop()
         await self.health.set(False)
+        # Partitions first: routing clients move to the replicas that take
+        # them over while this one drains.
+        await self.leases.leave(self.ownership.group.name)
         self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
+        self.cluster.close()  # topology watchers too: they watch another member
         # gRPC's stop refuses new calls at once. A load balancer that polls
         # health would never see NOT_SERVING, only a server that is gone, and
         # health watchers might hear of it after their calls were refused;
@@ -145,7 +169,10 @@ class Application:
         await self.projections.stop()  # an uncommitted batch is simply applied again later
         if self.refused is not None:
             await self.refused.close()  # the refusals counted in the last second
+        await self.leases.stop(leave=True)
         await self.store.lifecycle.close()
+        if self.standby is not None:
+            await self.standby.close()
         if self.watchdog is not None:
             await self.watchdog.stop()
         if self.metrics_server is not None:
@@ -206,6 +233,18 @@ async def start(
         keyring = Keyring(roles.keys, master_keys)
         roles = encrypted(roles, keyring)
     await roles.lifecycle.open()
+    # Reads (ReadAggregate, GetAggregate, Subscribe) from a hot standby,
+    # wrapped like the primary's roles; commands, claims and projections
+    # stay on the primary.
+    read_roles, standby = roles, None
+    if settings.read_database_url:
+        standby = _standby(settings, adapter)
+        read_roles = Store.of(adapter).replacing(events=standby, log=standby, snapshots=standby)
+        if metrics is not None:
+            read_roles = timed(read_roles, metrics.store_duration, metrics.conflicts)
+        if keyring is not None:
+            read_roles = encrypted(read_roles, keyring)
+        await standby.open()
     executor = CommandExecutor(
         roles,
         registry,
@@ -259,12 +298,22 @@ async def start(
     # half of it.
     page_bytes = settings.max_message_bytes // 4
     subscriptions = Subscriptions(
-        roles.log,
+        read_roles.log,
         executor.loader.reader,
         page_size=settings.read_page_events,
         page_bytes=page_bytes,
         checkpoint_interval=settings.checkpoint_seconds,
         poll_interval=settings.poll_seconds,
+        primary=roles.log,
+    )
+    # Leases: the partitions this replica owns, and the projections it runs
+    # (one replica runs each). The address is known once the port is bound.
+    projection_group = LeaseGroup(PROJECTIONS_GROUP, tuple(p.name for p in registry.projections))
+    leases = LeaseKeeper(
+        roles.leases,
+        member=LeaseMember(str(uuid.uuid4()), ""),
+        groups=[partition_group(settings.partitions), *([projection_group] if projection_group.keys else [])],
+        ttl=settings.lease_seconds,
     )
     projections = Projections(
         [
@@ -274,17 +323,34 @@ async def start(
                 documents=roles.projections,
                 reader=executor.loader.reader,
                 poll_interval=settings.poll_seconds,
+                lease=KeeperLease(leases, PROJECTIONS_GROUP, projection.name),
                 page_bytes=page_bytes,
             )
             for projection in registry.projections
         ]
     )
+    ownership = Ownership(leases, settings.partitions)
+    cluster = ClusterService(ownership)
     server = build_server(
         commands=CommandService(
-            registry, pipeline, refused_commands, Disclosure(authorizer, registry), DryRunAudit(audit)
+            registry,
+            pipeline,
+            refused_commands,
+            Disclosure(authorizer, registry),
+            DryRunAudit(audit),
+            ownership=ownership,
         ),
         events=EventService(
-            roles.events, executor.loader, authorizer, subscriptions, registry, tracker, page_bytes=page_bytes
+            read_roles.events,
+            executor.loader if standby is None else AggregateLoader(read_roles, registry),
+            authorizer,
+            subscriptions,
+            registry,
+            tracker,
+            page_bytes=page_bytes,
+            log=read_roles.log,
+            primary_log=roles.log,
+            read_wait=settings.read_wait_seconds,
         ),
         admin=AdminService(audit, authorizer, keyring),
         projections=ProjectionService(
@@ -294,6 +360,7 @@ async def start(
             projections=projections,
             authorizer=authorizer,
         ),
+        cluster=cluster,
         health=health,
         max_message_bytes=settings.max_message_bytes,
         gate=gate,
@@ -310,10 +377,11 @@ async def start(
                 subscriptions=lambda: tracker.count,
             )
             metrics_server = MetricsServer(metrics, settings.metrics_listen)
-        if credentials is not None:
-            port = server.add_secure_port(settings.listen, credentials)
-        else:
-            port = server.add_insecure_port(settings.listen)
+        port = _bind(server, settings.listen, credentials)
+        # One of several processes (--processes) also listens on a port of
+        # its own, which it advertises: routing clients reach it directly,
+        # while plain clients keep the shared port.
+        own_port = _bind(server, settings.process_listen, credentials) if settings.process_listen else None
     except (RuntimeError, ConfigurationError) as error:
         if metrics_server is not None:
             metrics_server.stop()
@@ -321,6 +389,16 @@ async def start(
         if isinstance(error, ConfigurationError):
             raise
         raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error
+    # Leases: this replica's share of the partitions (and of the projections)
+    # is known before it serves, when the store answers at once.
+    if own_port is not None:
+        advertise = with_port(settings.advertise_address, own_port) if settings.advertise_address else ""
+        address = advertised_address(listen=settings.process_listen, port=own_port, advertise=advertise)
+    else:
+        address = advertised_address(listen=settings.listen, port=port, advertise=settings.advertise_address)
+    leases.member = LeaseMember(leases.member_id, address)
+    await leases.beat_safely()
+    leases.start()
     await server.start()
     monitor = StoreMonitor(roles.lifecycle, health, interval=settings.health_interval)
     await monitor.check()
@@ -344,12 +422,33 @@ async def start(
         monitor=monitor,
         subscriptions=subscriptions,
         projections=projections,
+        leases=leases,
+        ownership=ownership,
+        cluster=cluster,
         watchdog=watchdog,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
         refused=refused_commands,
         gate=gate,
+        standby=standby,
     )
+
+
+def _standby(settings: Settings, adapter: StoreAdapter) -> StandbyStore:
+    from service.store.postgres import PostgresStore
+    from service.store.postgres.standby import StandbyStore
+
+    if not isinstance(adapter, PostgresStore):
+        raise ConfigurationError(
+            "--read-database-url names a standby of a PostgreSQL --database-url", reason="BAD_SETTING"
+        )
+    return StandbyStore(settings.read_database_url, primary=adapter, pool_size=settings.db_pool_size)
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    if credentials is not None:
+        return int(server.add_secure_port(address, credentials))
+    return int(server.add_insecure_port(address))
 
 
 def describe(app: Application) -> str:
@@ -365,6 +464,14 @@ def describe(app: Application) -> str:
         )
         + (", TLS" if settings.tls_cert_file else ", plaintext")
         + (", payloads encrypted at rest" if settings.master_key_file or settings.master_keys else "")
+    )
+    if settings.read_database_url:
+        standby = _store_name(settings.read_database_url)
+        lines.append(f"  reads (ReadAggregate, GetAggregate, Subscribe) from the standby {standby}")
+    owned = len(app.ownership.owned())
+    lines.append(
+        f"  advertised to routing clients as {app.leases.member.address};"
+        f" owns {owned} of {settings.partitions} partitions now (leases of {settings.lease_seconds:g} s)"
     )
     if app.metrics_server is not None:
         lines.append(f"  metrics on http://{app.metrics_server.address}/metrics")

@@ -8,6 +8,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
+from service.cluster.hashing import check_partition_count
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS
 
@@ -20,6 +21,17 @@ class Settings:
     database_url: str = field(
         default=DEFAULT_DATABASE_URL,
         metadata={"help": "sqlite:///relative.db, sqlite:////absolute.db, memory:// or postgresql://…"},
+    )
+    read_database_url: str = field(
+        default="",
+        metadata={
+            "help": "postgresql://… of a hot standby of --database-url: ReadAggregate, GetAggregate and Subscribe"
+            " read from it (empty: from the primary)"
+        },
+    )
+    read_wait_seconds: float = field(
+        default=5.0,
+        metadata={"help": "how long a read with min_position waits for the reads to reach that position"},
     )
     db_pool_size: int = field(default=10, metadata={"help": "PostgreSQL connections per server process"})
     plugins: tuple[str, ...] = field(
@@ -71,6 +83,25 @@ class Settings:
     )
     reuse_port: bool = field(
         default=False, metadata={"help": "bind with SO_REUSEPORT, so that several servers share one port"}
+    )
+    partitions: int = field(
+        default=64,
+        metadata={"help": "partitions of the aggregate hash space that replicas share out (a power of two)"},
+    )
+    advertise_address: str = field(
+        default="",
+        metadata={"help": "host:port routing clients should use for this replica (empty: the listen address)"},
+    )
+    process_listen: str = field(
+        default="",
+        metadata={
+            "help": "host:port this process also serves on and advertises to routing clients"
+            " (--processes gives each process one; port 0: any free port)"
+        },
+    )
+    lease_seconds: float = field(
+        default=3.0,
+        metadata={"help": "seconds after a replica's last heartbeat before others take its partitions and projections"},
     )
     shutdown_drain: float = field(
         default=1.0,
@@ -154,6 +185,7 @@ class Settings:
             "db_pool_size",
             "keep_snapshots",
             "processes",
+            "partitions",
             "max_event_bytes",
             "read_page_events",
         ):
@@ -175,6 +207,25 @@ class Settings:
         )
         if min(self.idle_timeout, self.health_interval, self.poll_seconds) <= 0 or min(durations) < 0:
             raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
+        check_partition_count(self.partitions)
+        if self.read_database_url and not self.database_url.startswith(("postgresql:", "postgres:")):
+            raise ConfigurationError(
+                "--read-database-url names a standby of a PostgreSQL --database-url", reason="BAD_SETTING"
+            )
+        if self.read_database_url and not self.read_database_url.startswith(("postgresql:", "postgres:")):
+            raise ConfigurationError("--read-database-url must be a postgresql:// URL", reason="BAD_SETTING")
+        if self.read_wait_seconds < 0:
+            raise ConfigurationError("read_wait_seconds must not be negative", reason="BAD_SETTING")
+        if self.lease_seconds <= 0:
+            raise ConfigurationError("lease_seconds must be positive", reason="BAD_SETTING")
+        if self.process_listen and not self.process_listen.rpartition(":")[2].isdigit():
+            raise ConfigurationError(
+                f"process_listen must be host:port, got {self.process_listen!r}", reason="BAD_SETTING"
+            )
+        if self.advertise_address and not self.advertise_address.rpartition(":")[2].isdigit():
+            raise ConfigurationError(
+                f"advertise_address must be host:port, got {self.advertise_address!r}", reason="BAD_SETTING"
+            )
         if self.log_format not in ("text", "json"):
             raise ConfigurationError("log_format must be text or json", reason="BAD_SETTING")
         if self.metrics_listen and not self.metrics_listen.rpartition(":")[2].isdigit():

@@ -9,7 +9,7 @@ import pytest
 
 from service.store.base import StoreAdapter
 from tests.support.load import Followers
-from tests.support.postgres import Cluster, start_cluster
+from tests.support.postgres import Cluster, StandbyPair, start_cluster, start_standby_pair
 from tests.support.schema_versions import DatabaseAt, PostgresVersions
 from tests.support.stores import STORES, store_site
 
@@ -60,6 +60,22 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     (and on the SQL stores once more, on a database migrated from version 1)."""
     async with STORES[request.param](store_site(request, tmp_path)) as opened:
         yield opened
+
+
+@pytest.fixture(scope="session")
+def standby_pair() -> Iterator[StandbyPair]:
+    """A primary and its hot standby, for the suite: started on first use."""
+    pair = start_standby_pair()
+    yield pair
+    pair.shutdown()
+
+
+@pytest.fixture
+def standby_urls(standby_pair: StandbyPair) -> Iterator[tuple[str, str]]:
+    """A fresh database on the primary, and the same database on its standby."""
+    primary_url, standby_url = standby_pair.create_database()
+    yield primary_url, standby_url
+    standby_pair.primary.drop_database(primary_url)
 
 
 @pytest.fixture

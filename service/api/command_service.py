@@ -15,11 +15,13 @@ import grpc
 from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
 from chronicle.v1.command_pb2 import Command
+from service.api.cluster_service import not_owner_hint
 from service.api.codec import decode_batch, decode_command, encode_event_into, type_name
 from service.api.disclosure import Disclosure
 from service.api.dry_runs import DryRunAudit
 from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands
 from service.api.status import command_error
+from service.cluster.ownership import Ownership
 from service.errors import ChronicleError, InvalidInput
 from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
@@ -40,12 +42,23 @@ class CommandService(pb_grpc.CommandServiceServicer):
         refused: RefusedCommands,
         disclosure: Disclosure,
         dry_runs: DryRunAudit,
+        *,
+        ownership: Ownership | None = None,
     ) -> None:
         self._registry = registry
         self._pipeline = pipeline
         self._refused = refused
         self._disclosure = disclosure
         self._dry_runs = dry_runs
+        self._ownership = ownership
+
+    def _hint(self, context: grpc.aio.ServicerContext[Any, Any], aggregate_id: str) -> None:
+        """Tell a routing client when this member does not own the
+        aggregate's partition (service/api/cluster_service.py)."""
+        if self._ownership is not None:
+            hint = not_owner_hint(self._ownership, aggregate_id)
+            if hint is not None:
+                context.set_trailing_metadata(hint)
 
     def _start(self, request: pb.SubmitRequest, principal: Principal, context: Context) -> Awaitable[BatchResult]:
         """One Submit, as a unary call or one message of a stream, under way.
@@ -84,9 +97,11 @@ class CommandService(pb_grpc.CommandServiceServicer):
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
         principal = current_principal.get()
         try:
-            return _response((await self._start(request, principal, context)).results[0])
+            response = _response((await self._start(request, principal, context)).results[0])
         except ChronicleError as error:
             raise self._disclosed(error, principal, request.command) from None
+        self._hint(context, request.command.aggregate_id)
+        return response
 
     def _disclosed(self, error: ChronicleError, principal: Principal, command: Command) -> ChronicleError:
         """What the caller may hear of ``error`` (``service.api.disclosure``)."""
@@ -146,6 +161,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
             result = await outcome
         except ChronicleError as error:
             raise self._disclosed(error, principal, request.commands[0]) from None
+        self._hint(context, batch.aggregate_id)
         return pb.SubmitBatchResponse(
             results=[_response(r) for r in result.results], version=result.version, replayed=result.replayed
         )

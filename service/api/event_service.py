@@ -24,11 +24,12 @@ from service.errors import InvalidInput
 from service.observability.subscriptions import SubscriptionTracker
 from service.plugins.registry import Registry
 from service.principal import current_principal
+from service.processing.freshness import wait_for_position
 from service.processing.history import EventRange, History
 from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Page, Subscriptions
 from service.security.policy import Authorizer
-from service.store.base import EventRecorder
+from service.store.base import EventRecorder, LogReader
 
 
 class EventService(pb_grpc.EventServiceServicer):
@@ -42,8 +43,16 @@ class EventService(pb_grpc.EventServiceServicer):
         tracker: SubscriptionTracker | None = None,
         *,
         page_bytes: int = 1024 * 1024,
+        log: LogReader | None = None,
+        primary_log: LogReader | None = None,
+        read_wait: float = 5.0,
     ) -> None:
         self._store = store
+        # For min_position: the log these reads come from, and the primary's
+        # (the same one unless reads come from a standby).
+        self._log = log
+        self._primary_log = primary_log or log
+        self._read_wait = read_wait
         self._loader = loader
         self._authorizer = authorizer
         self._subscriptions = subscriptions
@@ -51,6 +60,11 @@ class EventService(pb_grpc.EventServiceServicer):
         self._tracker = tracker or SubscriptionTracker()
         self._history = History(store, loader)
         self._page_bytes = page_bytes
+
+    async def _caught_up(self, min_position: int) -> None:
+        """Read your writes: hold the read until it includes ``min_position``."""
+        if min_position and self._log is not None and self._primary_log is not None:
+            await wait_for_position(self._log, min_position, primary=self._primary_log, max_wait=self._read_wait)
 
     async def _check_read(self, aggregate_id: str) -> None:
         """PERMISSION_DENIED (READ_DENIED) unless the caller may read this
@@ -99,6 +113,7 @@ class EventService(pb_grpc.EventServiceServicer):
         self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[event_pb2.Event]:
         aggregate_id, wanted = self._event_range(request)
+        await self._caught_up(request.min_position)
         await self._check_read(aggregate_id)
         async for page in self._history.pages(aggregate_id, wanted):
             for event in page:
@@ -108,6 +123,7 @@ class EventService(pb_grpc.EventServiceServicer):
         self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[event_pb2.EventPage]:
         aggregate_id, wanted = self._event_range(request)
+        await self._caught_up(request.min_position)
         await self._check_read(aggregate_id)
         async for page in self._history.pages(aggregate_id, wanted):
             for response in encode_event_pages(page, self._page_bytes):
@@ -117,6 +133,7 @@ class EventService(pb_grpc.EventServiceServicer):
         self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAggregateResponse:
         aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        await self._caught_up(request.min_position)
         await self._check_read(aggregate_id)
         at = request.WhichOneof("at")
         if at == "at_version":

@@ -16,7 +16,13 @@ from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
-from chronicle.v1 import admin_service_pb2, command_service_pb2, event_service_pb2, projection_service_pb2
+from chronicle.v1 import (
+    admin_service_pb2,
+    cluster_service_pb2,
+    command_service_pb2,
+    event_service_pb2,
+    projection_service_pb2,
+)
 from service.api.status import rich_status
 from service.errors import ChronicleError, Overloaded
 from service.store.base import Lifecycle
@@ -28,6 +34,7 @@ SERVICE_NAMES = (
     event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     projection_service_pb2.DESCRIPTOR.services_by_name["ProjectionService"].full_name,
+    cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
 )
 
 

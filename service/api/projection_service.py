@@ -78,7 +78,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             name=projection.name,
             position=await self._documents.projection_position(projection.name),
             log_head=await self._log.log_head(),
-            running=bool(runner and runner.status.running),
+            running=bool(runner and runner.status.running and runner.holds_lease),
             error=runner.status.error if runner else "",
             aggregate_types=sorted(projection.aggregate_types),
             event_types=sorted(projection.event_types),

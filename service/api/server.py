@@ -14,11 +14,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from chronicle.v1 import (
     admin_service_pb2_grpc,
+    cluster_service_pb2_grpc,
     command_service_pb2_grpc,
     event_service_pb2_grpc,
     projection_service_pb2_grpc,
 )
 from service.api.admin_service import AdminService
+from service.api.cluster_service import ClusterService
 from service.api.command_service import CommandService
 from service.api.event_service import EventService
 from service.api.gate import RpcGate
@@ -32,6 +34,7 @@ def build_server(
     events: EventService,
     admin: AdminService,
     projections: ProjectionService,
+    cluster: ClusterService,
     health: Health,
     max_message_bytes: int,
     gate: RpcGate,
@@ -52,6 +55,7 @@ def build_server(
     event_service_pb2_grpc.add_EventServiceServicer_to_server(events, gated)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, gated)
     projection_service_pb2_grpc.add_ProjectionServiceServicer_to_server(projections, gated)
+    cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, gated)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     # Reflection too is behind the gate: the API's shape is for callers the
     # server lets in.

@@ -23,6 +23,8 @@ from service.client.commands import Command, new_command_id
 from service.client.errors import RemoteError
 from service.client.results import AggregateState, Event, M, StreamResult, Submitted, SubmittedBatch, unpack_as
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
+from service.client.routed_stream import RoutedStream
+from service.client.routing import Routes
 from service.client.streaming import CommandStream, commands_of
 from service.client.subscription import LogFilter, Subscription
 
@@ -47,6 +49,11 @@ class ChronicleClient:
     ``attempt_timeout`` bounds each attempt, in seconds (bound a whole call,
     retries included, with ``asyncio.timeout``); ``call_metadata`` is sent
     with every call (an ``authorization`` header, say).
+
+    With ``routes`` (``connect(..., routing=True)``) commands go to the
+    replica that owns their aggregate's partition, over a channel per
+    replica, and to any replica when it cannot be reached
+    (``service.client.routing``); reads go to the address given.
     """
 
     def __init__(
@@ -59,8 +66,10 @@ class ChronicleClient:
         attempt_timeout: float | None = DEFAULT_ATTEMPT_TIMEOUT,
         call_metadata: Sequence[tuple[str, str]] = (),
         owns_channel: bool = False,
+        routes: Routes | None = None,
     ) -> None:
         self._channel = channel
+        self.routes = routes
         self._commands = command_service_pb2_grpc.CommandServiceStub(channel)
         self._events = event_service_pb2_grpc.EventServiceStub(channel)
         self._origin = origin
@@ -84,19 +93,27 @@ class ChronicleClient:
         retry: RetryPolicy = DEFAULT_RETRY,
         attempt_timeout: float | None = DEFAULT_ATTEMPT_TIMEOUT,
         call_metadata: Sequence[tuple[str, str]] = (),
+        routing: bool = False,
     ) -> ChronicleClient:
         """A client over a new channel to ``address`` (host:port), closed
         with the client: plaintext, or TLS with ``credentials``
         (``grpc.ssl_channel_credentials(ca, key, cert)``, with a client
         certificate for mutual TLS). ``token`` (a JWT or an API key) is sent
-        as ``authorization: Bearer <token>`` with every call."""
-        channel = (
-            grpc.aio.secure_channel(address, credentials)
-            if credentials is not None
-            else grpc.aio.insecure_channel(address)
-        )
+        as ``authorization: Bearer <token>`` with every call. ``routing``:
+        send each command to the replica that owns its aggregate (found
+        from ``address``, then followed; see ``service.client.routing``),
+        with the same credentials; use it inside ``async with``, which
+        fetches the topology before the first command."""
+
+        def open_channel(target: str) -> grpc.aio.Channel:
+            if credentials is not None:
+                return grpc.aio.secure_channel(target, credentials)
+            return grpc.aio.insecure_channel(target)
+
+        channel = open_channel(address)
         if token is not None:
             call_metadata = (*call_metadata, ("authorization", f"Bearer {token}"))
+        routes = Routes(channel, open_channel=open_channel, call_metadata=call_metadata) if routing else None
         return cls(
             channel,
             origin=origin,
@@ -105,13 +122,18 @@ class ChronicleClient:
             attempt_timeout=attempt_timeout,
             call_metadata=call_metadata,
             owns_channel=True,
+            routes=routes,
         )
 
     async def close(self) -> None:
+        if self.routes is not None:
+            await self.routes.close()
         if self._owns_channel:
             await self._channel.close()
 
     async def __aenter__(self) -> ChronicleClient:
+        if self.routes is not None:
+            await self.routes.first_topology()
         return self
 
     async def __aexit__(
@@ -154,8 +176,9 @@ class ChronicleClient:
         request = command_service_pb2.SubmitRequest(command=self._encode(command), dry_run=dry_run)
 
         async def attempt() -> command_service_pb2.SubmitResponse:
-            response: command_service_pb2.SubmitResponse = await self._commands.Submit(
-                request, timeout=self._attempt_timeout, metadata=self._call_metadata
+            response: command_service_pb2.SubmitResponse = await self._routed(
+                aggregate_id,
+                lambda stub: stub.Submit(request, timeout=self._attempt_timeout, metadata=self._call_metadata),
             )
             return response
 
@@ -179,8 +202,9 @@ class ChronicleClient:
         )
 
         async def attempt() -> command_service_pb2.SubmitBatchResponse:
-            response: command_service_pb2.SubmitBatchResponse = await self._commands.SubmitBatch(
-                request, timeout=self._attempt_timeout, metadata=self._call_metadata
+            response: command_service_pb2.SubmitBatchResponse = await self._routed(
+                commands[0].aggregate_id if commands else "",
+                lambda stub: stub.SubmitBatch(request, timeout=self._attempt_timeout, metadata=self._call_metadata),
             )
             return response
 
@@ -223,8 +247,33 @@ class ChronicleClient:
         def encode(command: Command) -> command_service_pb2.SubmitRequest:
             return command_service_pb2.SubmitRequest(command=self._encode(command), dry_run=dry_run)
 
+        if self.routes is not None:
+            routes = self.routes
+
+            def open_on(stub: command_service_pb2_grpc.CommandServiceStub) -> Any:
+                return stub.SubmitStream(metadata=self._call_metadata)
+
+            routed = RoutedStream(routes, open_on, commands_of(commands), encode, retry=self._retry, dry_run=dry_run)
+            return routed.results()
         stream = CommandStream(open_call, commands_of(commands), encode, retry=self._retry, dry_run=dry_run)
         return stream.results()
+
+    async def _routed(
+        self, aggregate_id: str, send: Callable[[command_service_pb2_grpc.CommandServiceStub], Any]
+    ) -> Any:
+        """One attempt at a command: on the owner's channel when routing."""
+        if self.routes is None:
+            return await send(self._commands)
+        stub, address = self.routes.route(aggregate_id)
+        call = send(stub)
+        try:
+            response = await call
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                self.routes.unreachable(address)
+            raise
+        self.routes.hinted(await call.trailing_metadata())
+        return response
 
     def _encode(self, command: Command) -> command_pb2.Command:
         return command.encode(user_id=self._user_id, origin=self._origin)
@@ -238,6 +287,7 @@ class ChronicleClient:
         backwards: bool = False,
         event_types: Sequence[str] = (),
         origin: str = "",
+        min_position: int = 0,
     ) -> AsyncIterator[Event]:
         """The aggregate's events in version order from ``from_version``
         (default 1), or with ``backwards`` newest first from ``from_version``
@@ -249,6 +299,9 @@ class ChronicleClient:
         from the last version received + 1 (backwards: - 1); a page shorter
         than ``limit`` is the last. A stream broken by a retryable error is
         reopened where it broke, so no event is missed or repeated.
+        ``min_position``: read your writes from a server that reads from a
+        standby: the read includes at least the log up to this position
+        (the server waits for it, or answers UNAVAILABLE, which is retried).
         """
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be at least 1 (or None: no limit), got {limit}")
@@ -268,6 +321,7 @@ class ChronicleClient:
                 origin=origin,
                 limit=remaining,
                 backwards=backwards,
+                min_position=min_position,
             )
 
         async for envelope in self._read_envelopes(aggregate_id, request):
@@ -313,6 +367,7 @@ class ChronicleClient:
         backwards: bool = False,
         event_types: Sequence[str] = (),
         origin: str = "",
+        min_position: int = 0,
     ) -> list[Event]:
         """``read`` into a list."""
         events = self.read(
@@ -322,6 +377,7 @@ class ChronicleClient:
             backwards=backwards,
             event_types=event_types,
             origin=origin,
+            min_position=min_position,
         )
         return [event async for event in events]
 
@@ -366,6 +422,7 @@ class ChronicleClient:
         *,
         at_version: int | None = None,
         at_time: datetime | None = None,
+        min_position: int = 0,
     ) -> AggregateState[M]:
         """The aggregate's state as a ``state_type`` message: now, or right
         after version ``at_version``, or as it was at ``at_time`` (a
@@ -376,11 +433,12 @@ class ChronicleClient:
         none at ``at_time``), ``OutOfRange`` (VERSION_NOT_REACHED, metadata
         ``current_version``) if it has not reached ``at_version``,
         ``InvalidArgument`` (INVALID_VERSION) for an ``at_version`` of 0,
-        TypeError if its state is another message type.
+        TypeError if its state is another message type. ``min_position``:
+        read your writes, as for ``read``.
         """
         if at_version is not None and at_time is not None:
             raise ValueError("give at_version or at_time, not both")
-        request = event_service_pb2.GetAggregateRequest(aggregate_id=aggregate_id)
+        request = event_service_pb2.GetAggregateRequest(aggregate_id=aggregate_id, min_position=min_position)
         if at_version is not None:
             request.at_version = at_version
         if at_time is not None:

@@ -19,6 +19,7 @@ from prometheus_client import Counter, Histogram
 
 from service.errors import ConcurrencyConflict
 from service.store.base import AggregateQuery, EventRecorder, LogReader, ProjectionStore, SnapshotStore, Store
+from service.store.leasing import Fencing
 from service.store.records import (
     AggregateHead,
     ClaimChange,
@@ -149,11 +150,17 @@ class TimedProjections:
         return await self._clock.time("load_document", lambda: self._inner.load_document(projection, key))
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
         await self._clock.time(
             "commit_projection",
             lambda: self._inner.commit_projection(
-                name, expected_position=expected_position, new_position=new_position, writes=writes
+                name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
             ),
         )

@@ -9,6 +9,12 @@ crash after it finds the new checkpoint. Two replicas running one projection
 cannot both commit a move from P: the loser reloads the checkpoint and goes
 on from there (its work is wasted, never doubled).
 
+Work done once: with a ``lease`` (``service/cluster/leases.py``), a runner
+applies a batch only while its replica holds the projection's lease, so in
+a cluster one replica runs each projection; the commit carries the lease's
+fencing token, and the store refuses it (a conflict) if the lease has moved
+meanwhile. A runner that gains the lease starts from the stored checkpoint.
+
 A handler that raises stops its projection (others go on): the error is
 logged and reported by ``status``, and the runner tries the batch again after
 a pause, so a fixed plugin or a transient fault resumes it.
@@ -32,7 +38,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -40,6 +46,7 @@ from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed
 from service.plugins.projections import ProjectedEvent, Projection
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
+from service.store.leasing import Fencing
 from service.store.records import DocumentWrite, LogFilter, LogPage, RecordedEvent
 
 log = logging.getLogger(__name__)
@@ -257,6 +264,13 @@ class ProjectionStatus:
 BATCH_DELAY = 0.02
 
 
+class ProjectionLease(Protocol):
+    """The lease that says whether this replica runs the projection."""
+
+    def fencing(self) -> Fencing | None:
+        """The token to commit under while this replica holds the lease, else None."""
+
+
 class ProjectionRunner:
     def __init__(
         self,
@@ -269,9 +283,12 @@ class ProjectionRunner:
         retry_interval: float = 5.0,
         batch_delay: float = BATCH_DELAY,
         page_bytes: int = 1024 * 1024,
+        lease: ProjectionLease | None = None,
     ) -> None:
         self.projection = projection
         self._page_bytes = page_bytes
+        self._lease = lease
+        self._fencing: Fencing | None = None  # the token of the last step
         self._log = log
         self._documents = documents
         self._reader = reader
@@ -366,7 +383,19 @@ class ProjectionRunner:
         their writes); the commits still follow one another, each from the
         checkpoint the one before moved to, so if one fails nothing after it
         commits, and the runner starts again from the stored checkpoint with
-        an empty cache."""
+        an empty cache.
+
+        With a lease: nothing while another replica holds it; from the stored
+        checkpoint when this one has (again) taken it; each batch only while
+        it still holds it, committed under its fencing token."""
+        fencing = self._lease.fencing() if self._lease is not None else None
+        if self._lease is not None:
+            if fencing is None:
+                return position  # another replica runs it now
+            if fencing != self._fencing:  # (again) ours: from the stored checkpoint
+                self._fencing = fencing
+                self._cache.clear()
+                position = self.status.position = await self._documents.projection_position(self.projection.name)
         ahead: asyncio.Future[LogPage] | None = None
         committing: asyncio.Future[None] | None = None
         committed_to = position
@@ -376,6 +405,8 @@ class ProjectionRunner:
                 ahead = None
                 if page.scanned_to == position:
                     break
+                if self._lease is not None and self._lease.fencing() != fencing:
+                    break  # the lease moved: the next step starts over
                 if page.more:
                     ahead = asyncio.ensure_future(self._read(page.scanned_to))
                 batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
@@ -401,6 +432,7 @@ class ProjectionRunner:
                         expected_position=position,
                         new_position=page.scanned_to,
                         writes=batch.writes,
+                        fencing=fencing,
                     )
                 )
                 batch.committed()  # the next batch reads what this one wrote
@@ -425,6 +457,11 @@ class ProjectionRunner:
                 ahead.cancel()
             if committing is not None:
                 committing.cancel()
+
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this replica runs the projection now (always, without a lease)."""
+        return self._lease is None or self._lease.fencing() is not None
 
     def _read(self, position: int) -> Awaitable[LogPage]:
         return self._log.read_log(position, self._filter, self.projection.batch_size, max_bytes=self._page_bytes)

@@ -76,8 +76,13 @@ class Subscriptions:
         checkpoint_interval: float = 1.0,
         poll_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        primary: LogReader | None = None,
     ) -> None:
         self._store = store
+        # Where the log ends: the primary's, when ``store`` is a standby that
+        # may be behind it (a position the standby has not replayed yet is
+        # one to wait for, not one beyond the end).
+        self._end = primary or store
         self._reader = reader
         self._page_size = page_size
         self._page_bytes = page_bytes
@@ -95,7 +100,7 @@ class Subscriptions:
     async def open(self, request: SubscriptionRequest) -> AsyncIterator[SubscriptionItem]:
         if self._closing.is_set():
             raise _shutting_down()
-        head = await self._store.log_head()
+        head = await self._end.log_head()
         if request.from_end:
             start = head
         elif request.after_position > head:

@@ -9,6 +9,7 @@
     ProjectionStore  projection checkpoints and documents, committed together
     AuditRecorder    audit entries no command record carries, and reading the audit log
     KeyStore         per-aggregate data keys (encryption at rest)
+    LeaseStore       leases that share work among live replicas (partitions, projections)
 
 Each role has its own contract test file in ``tests/contract``. Three
 adapters (memory, SQLite, PostgreSQL) implement every role
@@ -24,6 +25,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.records import (
     AggregateHead,
     AuditEntry,
@@ -233,12 +235,22 @@ class ProjectionStore(Protocol):
         """Projection ``projection``'s document under ``key``, or None."""
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
         """Apply ``writes`` and move the projection's checkpoint from
         ``expected_position`` to ``new_position``, in one transaction.
         ``ConcurrencyConflict`` (and nothing written) if the checkpoint is no
-        longer at ``expected_position``: someone else applied those events.
+        longer at ``expected_position``: someone else applied those events;
+        or if ``fencing`` is given and its lease is no longer held by its
+        member at its epoch (``LeaseStore``): the runner lost the projection
+        to another replica. A store whose process is the one owner of every
+        lease (memory, SQLite) has nothing to check the token against.
         A document is kept with its ``subjects`` (those of its last write);
         ``SubjectsForgotten`` (and nothing written) if a write puts a
         document naming an aggregate that was forgotten, even one forgotten
@@ -286,6 +298,38 @@ class KeyStore(Protocol):
         """Replace ``old`` by ``new`` if the stored key is still ``old``."""
 
 
+class LeaseStore(Protocol):
+    """Leases that live replicas share out (``service/cluster/leases.py``
+    decides who takes what; this role only records it, atomically).
+
+    A member is live in a group until ``ttl`` seconds after its last
+    ``renew_leases``; a lease is held until ``ttl`` seconds after its
+    holder's last renewal. Times are the database's, so replicas' clocks do
+    not matter. Each change of a lease's holder (taken, given up, taken
+    over) adds one to its epoch. The memory and SQLite stores serve one
+    process, which is therefore the one member and holds every lease (at
+    epoch 1)."""
+
+    async def renew_leases(self, group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> LeaseView:
+        """In one transaction: record ``member`` as live in ``group`` for
+        ``ttl`` seconds (with its address), make sure a lease exists for each
+        of ``names`` (free if new), extend every lease of the group that
+        ``member`` holds by ``ttl`` from now; then return the group: its live
+        members and all its leases, an expired lease shown without owner."""
+
+    async def change_leases(
+        self, group: str, member_id: str, *, release: Sequence[str], acquire: Sequence[str], ttl: float
+    ) -> list[Lease]:
+        """In one transaction: give up the leases ``release`` that
+        ``member_id`` holds, and take each lease of ``acquire`` that is free
+        or expired, for ``ttl`` seconds. Return the leases taken (a lease
+        another member took first is not among them), with their new epochs."""
+
+    async def leave_group(self, group: str, member_id: str) -> None:
+        """``member_id`` leaves ``group`` and gives up every lease it holds
+        there, in one transaction."""
+
+
 class StoreAdapter(
     Lifecycle,
     EventRecorder,
@@ -295,6 +339,7 @@ class StoreAdapter(
     ProjectionStore,
     AuditRecorder,
     KeyStore,
+    LeaseStore,
     Protocol,
 ):
     """A store that plays every role itself (each of Chronicle's adapters)."""
@@ -314,10 +359,11 @@ class Store:
     projections: ProjectionStore
     audit: AuditRecorder
     keys: KeyStore
+    leases: LeaseStore
 
     @classmethod
     def of(cls, adapter: StoreAdapter) -> Store:
-        return cls(adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter)
+        return cls(adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter)
 
     def replacing(
         self,

@@ -73,6 +73,7 @@ from service.store.encryption import (
     seal_text,
     snapshot_context,
 )
+from service.store.leasing import Fencing
 from service.store.records import (
     AggregateHead,
     AuditEntry,
@@ -359,7 +360,13 @@ class SealedProjections:
         return StoredDocument(key, stored.type_name, data)
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
         cipher = await self.keyring.for_writing(projection_key_id(name))
         sealed = [
@@ -372,7 +379,7 @@ class SealedProjections:
             for w in writes
         ]
         await self.inner.commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=sealed
+            name, expected_position=expected_position, new_position=new_position, writes=sealed, fencing=fencing
         )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Sequence
 
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, SubjectsForgotten
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
+from service.store.leasing import Fencing
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
@@ -31,9 +32,10 @@ from service.store.records import (
     StoredDocument,
 )
 from service.store.selection import select_events
+from service.store.sole_owner import SoleOwnerLeases
 
 
-class MemoryStore:
+class MemoryStore(SoleOwnerLeases):
     def __init__(self, *, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> None:
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._streams: dict[str, list[RecordedEvent]] = {}
@@ -161,7 +163,13 @@ class MemoryStore:
         return self._documents.get((projection, key))
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
         current = self._projection_positions.get(name, 0)
         if current != expected_position:

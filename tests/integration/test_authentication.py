@@ -20,7 +20,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chronicle.v1 import admin_service_pb2, command_service_pb2, event_service_pb2
+from chronicle.v1 import (
+    admin_service_pb2,
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
+    command_service_pb2,
+    event_service_pb2,
+)
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
 from service.app import Application
@@ -359,3 +365,16 @@ async def test_a_caller_who_may_subscribe_to_nothing_is_permission_denied(secure
     async with secured.as_("bob") as bob:
         stream = bob.events.Subscribe(event_service_pb2.SubscribeRequest())
         assert await refused(stream.read()) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")
+
+
+async def test_the_topology_is_for_authenticated_callers(secured: Secured) -> None:
+    async with secured.client() as anonymous:
+        stub = cluster_service_pb2_grpc.ClusterServiceStub(anonymous.channel)
+        assert await refused(stub.GetTopology(cluster_service_pb2.GetTopologyRequest())) == (
+            grpc.StatusCode.UNAUTHENTICATED,
+            "NO_CREDENTIALS",
+        )
+    async with secured.client(ALICE_KEY) as alice:
+        stub = cluster_service_pb2_grpc.ClusterServiceStub(alice.channel)
+        response = await stub.GetTopology(cluster_service_pb2.GetTopologyRequest())
+        assert response.topology.answered_by == secured.app.leases.member_id

@@ -100,6 +100,7 @@ async def test_at_the_latest_version_the_filler_writes_what_the_postgres_store_w
         ("projections", "UPDATE chronicle.projection_documents SET data = data || '\\x00'::bytea"),
         ("events", "UPDATE chronicle.data_keys SET wrapped_key = NULL, master_key_id = NULL, forgotten_at = now()"),
         ("audit", "DELETE FROM chronicle.refusals"),
+        ("leases", "UPDATE chronicle.leases SET epoch = 0"),
     ],
 )
 async def test_a_migration_that_loses_a_kind_of_row_is_caught(kind: str, damage: str, postgres_at: DatabaseAt) -> None:

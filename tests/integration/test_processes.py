@@ -7,11 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
+from chronicle.v1 import cluster_service_pb2, cluster_service_pb2_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.client import ChronicleClient
 from tests.support.grpc_client import command, connect
 from tests.support.processes import free_port, serve_until_exit, wait_until_serving
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
@@ -79,3 +83,45 @@ def test_without_reuse_port_a_second_server_cannot_take_the_port() -> None:
     finally:
         first.terminate()
         first.wait(20)
+
+
+async def test_each_process_is_a_member_on_a_port_of_its_own_and_routing_clients_reach_it(postgres_url: str) -> None:
+    shared = f"127.0.0.1:{free_port()}"
+    # Leases of 10 s: nothing here is taken over, and a 3 s lease lapsed
+    # (leaving partitions without an owner mid-test) when the machine was
+    # busy enough to hold a process's heartbeats back.
+    parent = _serve(shared, postgres_url, "--processes", "2", "--lease-seconds", "10")
+    try:
+        wait_until_serving(shared)
+
+        def split() -> bool:
+            with grpc.insecure_channel(shared) as channel:
+                stub = cluster_service_pb2_grpc.ClusterServiceStub(channel)
+                topology = stub.GetTopology(cluster_service_pb2.GetTopologyRequest(), timeout=5).topology
+            owners = list(topology.partition_owners)
+            return len(topology.members) == 2 and sorted(owners.count(m.member_id) for m in topology.members) == [
+                32,
+                32,
+            ]
+
+        await eventually(split, within=30, what="two processes owning 32 partitions each")
+        client = ChronicleClient.connect(shared, routing=True)
+        async with client:
+            routes = client.routes
+            assert routes is not None and routes.topology is not None
+            addresses = {m.address for m in routes.topology.members}
+            # Each process advertises its own port, not the shared one.
+            assert len(addresses) == 2 and shared not in addresses
+            for n in range(40):
+                await client.submit(f"acc-{n}", bank.OpenAccount(owner="ann"))
+            assert {routes.owner_of(f"acc-{n}") for n in range(40)} == addresses
+            assert routes.not_owner == 0  # every command went straight to its owner
+        # Plain clients keep the shared port.
+        async with connect(shared) as plain:
+            assert (await plain.submit(command("acc-0", bank.Deposit(amount=1)))).version == 2
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(30) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)

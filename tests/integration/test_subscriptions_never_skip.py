@@ -20,6 +20,7 @@ from service.store.postgres.group_commit import Append
 from service.store.records import LogFilter, NewEvent
 from tests.support.events import new_event
 from tests.support.grpc_client import Client, command, connect, running_server, submit_retrying
+from tests.support.postgres import schema_on_standby
 from tests.support.processes import server_process
 from tests.support.waiting import eventually
 
@@ -145,12 +146,30 @@ async def stopped(followers: list[asyncio.Task[Any]]) -> list[BaseException]:
     return [o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError)]
 
 
+@pytest.fixture(params=["primary", "standby"])
+def reads_from(request: pytest.FixtureRequest) -> tuple[str, list[str]]:
+    """Where servers read: the primary itself, or (``--read-database-url``)
+    a hot standby of it; the database URL and the servers' extra flags."""
+    if request.param == "primary":
+        return request.getfixturevalue("postgres_url"), []
+    primary_url, standby_url = request.getfixturevalue("standby_urls")
+    return primary_url, ["--read-database-url", standby_url]
+
+
 @pytest.mark.slow
-async def test_thousands_of_events_from_two_replicas_reach_every_subscriber_exactly_once(postgres_url: str) -> None:
+async def test_thousands_of_events_from_two_replicas_reach_every_subscriber_exactly_once(
+    reads_from: tuple[str, list[str]],
+) -> None:
+    """Subscribers on the standby too: it replays the primary's commits in
+    order, so what it shows is a prefix of the log, never one with a hole."""
+    postgres_url, reading = reads_from
+    if reading:
+        await schema_on_standby(postgres_url, reading[1])
     rng = random.Random(3)
     with ExitStack() as processes:
         servers = [
-            processes.enter_context(server_process(postgres_url, extra=["--poll-seconds", "0.5"])) for _ in range(2)
+            processes.enter_context(server_process(postgres_url, extra=["--poll-seconds", "0.5", *reading]))
+            for _ in range(2)
         ]
         async with AsyncExitStack() as stack:
             clients = [await stack.enter_async_context(connect(s.address)) for s in servers]
@@ -194,6 +213,13 @@ async def test_thousands_of_events_from_two_replicas_reach_every_subscriber_exac
                     return all(set(r) == committed for r in (on_first, on_second, resumer))
 
                 await eventually(all_received, within=20, what="every subscriber receiving every event")
+                if reading:  # and the servers did read from the standby
+                    with psycopg.connect(reading[1]) as standby:
+                        (readers,) = standby.execute(
+                            "SELECT count(*) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        ).fetchone() or (0,)
+                    assert readers > 0
             finally:
                 failures = await stopped(followers)
             if failures:  # a check that failed after the last event arrived

@@ -26,7 +26,10 @@ and the other does not can shift them):
        a projection's key with hidden document keys)
     6  audit entries' outcome (an administrator's accepted action)
     7  claims stored as keyed hashes (encryption at rest)
-    PostgreSQL 10, SQLite 8 ("forgetting_and_audit"): read-model documents
+    10 lease groups' members and leases (PostgreSQL only: a SQLite store's
+       one process holds every lease and writes none): a live member, a
+       lease it holds, one taken and given up, free ones
+    PostgreSQL 11, SQLite 8 ("forgetting_and_audit"): read-model documents
        with subjects (forgetting one deletes them), audit entries' dry_run,
        peer and occurrences, and command records whose fingerprint and
        refusal are sealed under their aggregate's key
@@ -55,6 +58,7 @@ from service.errors import AggregateForgotten, CommandAlreadyRecorded, NotUnique
 from service.store.base import AuditQuery, ProjectionStore, SnapshotStore, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
+from service.store.leasing import Lease, LeaseMember
 from service.store.records import (
     ACCEPTED,
     REFUSED,
@@ -82,10 +86,12 @@ _FIRST = {
     "projections": 5,
     "audit_outcome": 6,
     "hidden_claims": 7,
+    "leases": 10,
 }
 SINCE: dict[str, dict[str, int]] = {
-    "postgres": {**_FIRST, "forgetting_and_audit": 10},
-    "sqlite": {**_FIRST, "forgetting_and_audit": 8},
+    "postgres": {**_FIRST, "forgetting_and_audit": 11},
+    # SQLite keeps no leases (service/store/sole_owner.py): never.
+    "sqlite": {**_FIRST, "leases": 1 << 30, "forgetting_and_audit": 8},
 }
 
 # Master keys: "current" wraps new data keys; "retired" wrapped some in the
@@ -99,6 +105,11 @@ EMAIL = "users.email"
 HIDDEN_CLAIM_MARK = "\x1f"
 PROJECTION_KEY_PREFIX = "\x1fprojection:"
 CLAIMS_KEY_PREFIX = "\x1fclaims:"
+LEASE_GROUP = "partitions/4"
+LEASE_NAMES = ("0", "1", "2", "3")
+# Long enough that the member is still live when a test reads the rows back
+# from a database filled earlier in the run.
+LEASE_SECONDS = 86_400.0
 
 
 # -- the sealed formats, as databases hold them ----------------------------------
@@ -224,6 +235,8 @@ class OldRows:
     checkpoints: dict[str, int] = field(default_factory=dict)
     documents: list[OldDocument] = field(default_factory=list)
     sealed_commands: list[SealedCommand] = field(default_factory=list)
+    lease_members: list[LeaseMember] = field(default_factory=list)  # of LEASE_GROUP, live
+    leases: list[Lease] = field(default_factory=list)  # of LEASE_GROUP, by name
 
     def holds(self, kind: str) -> bool:
         return self.version >= SINCE[self.dialect][kind]
@@ -461,6 +474,15 @@ def rows_at(dialect: str, version: int) -> OldRows:
         )
         rows.add_command("c-register-bob", "user-bob", 1, 1)
         rows.claims.append(OldClaim(HeldClaim(EMAIL, hidden, "user-bob"), "bob@", hidden=True))
+
+    if rows.holds("leases"):
+        rows.lease_members.append(LeaseMember("member-old", "10.0.0.1:50051"))
+        rows.leases += [
+            Lease("0", "member-old", 1),  # held
+            Lease("1", None, 2),  # taken, then given up
+            Lease("2", None, 0),  # never taken
+            Lease("3", None, 0),
+        ]
     return rows
 
 
@@ -515,6 +537,12 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
             if d.projection == name
         ]
         await store.commit_projection(name, expected_position=0, new_position=position, writes=writes)
+    for member in rows.lease_members:
+        await store.renew_leases(LEASE_GROUP, member, LEASE_NAMES, LEASE_SECONDS)
+        held = [lease.name for lease in rows.leases if lease.epoch > 0]
+        await store.change_leases(LEASE_GROUP, member.member_id, release=(), acquire=held, ttl=LEASE_SECONDS)
+        given_up = [lease.name for lease in rows.leases if lease.owner is None and lease.epoch > 0]
+        await store.change_leases(LEASE_GROUP, member.member_id, release=given_up, acquire=(), ttl=LEASE_SECONDS)
 
 
 # -- reading them back through the current store ------------------------------------
@@ -780,6 +808,22 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
                 f"document {document.key} of {document.projection} after its subject was forgotten", raw is None, named
             )
 
+    async def leases() -> None:
+        # A replica of the new version joins the group the old one left.
+        newcomer = LeaseMember("member-new", "10.0.0.2:50051")
+        view = await store.renew_leases(LEASE_GROUP, newcomer, LEASE_NAMES, 5.0)
+        same("lease members", list(view.members), sorted([*rows.lease_members, newcomer], key=lambda m: m.member_id))
+        same("leases", list(view.leases), rows.leases)
+        free = [lease for lease in rows.leases if lease.owner is None]
+        taken = await store.change_leases(
+            LEASE_GROUP, newcomer.member_id, release=(), acquire=[lease.name for lease in free], ttl=5.0
+        )
+        same(
+            "leases taken after the old ones",
+            sorted(taken, key=lambda lease: lease.name),
+            [Lease(lease.name, newcomer.member_id, lease.epoch + 1) for lease in free],
+        )
+
     for kind, body in (
         ("events", events),
         ("log", log),
@@ -794,6 +838,7 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         ("rewrapping", rewrap),
         ("appends after the old events", appends_go_on),
         ("snapshots, checkpoints and audit after the old ones", history_goes_on),
+        *((("leases", leases),) if rows.holds("leases") else ()),
         ("documents of a forgotten subject", forgetting_deletes_documents),
     ):
         await check(kind, body)

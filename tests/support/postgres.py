@@ -18,6 +18,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,71 @@ class Cluster:
             shutil.rmtree(self.datadir.parent, ignore_errors=True)  # type: ignore[union-attr]
 
 
+@dataclass
+class StandbyPair:
+    """A primary and a hot standby streaming from it (``pg_basebackup -R``)."""
+
+    primary: Cluster
+    standby: Cluster
+
+    def create_database(self, timeout: float = 30.0) -> tuple[str, str]:
+        """A fresh database on the primary, once the standby has it too:
+        (its URL on the primary, its URL on the standby)."""
+        primary_url = self.primary.create_database()
+        standby_url = self.standby.url_for(urlsplit(primary_url).path.lstrip("/"))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                psycopg.connect(standby_url, connect_timeout=2).close()
+                return primary_url, standby_url
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def shutdown(self) -> None:
+        # The standby's folder lies inside the primary's, which goes last.
+        if self.standby.controllable:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self.standby.stop("immediate")
+        self.primary.shutdown()
+
+
+def start_standby_pair() -> StandbyPair:
+    """A new primary (as ``start_cluster(own=True)``) and a streaming
+    replication standby of it on another port, made the way an operator
+    would: ``pg_basebackup -R`` as the postgres user, then started."""
+    primary = start_cluster(own=True)
+    assert primary.bindir is not None and primary.datadir is not None
+    port = urlsplit(primary.admin_url).port
+    standby_dir = primary.datadir.parent / "standby"
+    prefix = ["runuser", "-u", primary.run_as, "--"] if primary.run_as else []
+    try:
+        subprocess.run(
+            [
+                *prefix, str(primary.bindir / "pg_basebackup"), "-D", str(standby_dir), "-R", "-X", "stream",
+                "-c", "fast", "-d", f"host=127.0.0.1 port={port} user=postgres",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )  # fmt: skip
+        standby_port = free_port()
+        with (standby_dir / "postgresql.conf").open("a") as conf:
+            conf.write(f"\nport = {standby_port}\n")
+        standby = Cluster(
+            admin_url=f"postgresql://postgres@127.0.0.1:{standby_port}/postgres",
+            bindir=primary.bindir,
+            datadir=standby_dir,
+            run_as=primary.run_as,
+        )
+        standby.start()
+    except BaseException:
+        primary.shutdown()
+        raise
+    return StandbyPair(primary, standby)
+
+
 def start_cluster(*, own: bool = False) -> Cluster:
     """The suite's server: the one named by CHRONICLE_TEST_DATABASE_URL, or a
     new cluster. ``own``: always a new cluster, which the caller may stop."""
@@ -131,3 +197,30 @@ def start_cluster(*, own: bool = False) -> Cluster:
     )
     cluster.start()
     return cluster
+
+
+async def schema_on_standby(primary_url: str, standby_url: str, *, within: float = 20.0) -> None:
+    """Create Chronicle's schema on the primary and wait until its standby
+    has replayed it (until then, reads from the standby are UNAVAILABLE)."""
+    import asyncio
+
+    from service.store.postgres import PostgresStore
+    from service.store.postgres.migrations import known_migrations
+
+    primary = PostgresStore(primary_url, pool_size=1)
+    await primary.open()
+    await primary.close()
+    newest = known_migrations()[-1].version
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(standby_url) as conn:
+                cursor = await conn.execute("SELECT max(version) FROM chronicle.schema_migrations")
+                row = await cursor.fetchone()
+                if row is not None and row[0] == newest:
+                    return
+        except psycopg.errors.UndefinedTable:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the standby did not get the schema within {within}s")
+        await asyncio.sleep(0.05)

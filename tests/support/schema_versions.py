@@ -36,7 +36,7 @@ from service.store.sqlite import migrations as sqlite_migrations
 from service.store.sqlite import sql as sqlite_sql
 from service.store.sqlite.writer import writing
 from tests.support.contents import contents
-from tests.support.old_rows import OldRows, rows_at
+from tests.support.old_rows import LEASE_GROUP, LEASE_SECONDS, OldRows, rows_at
 from tests.support.postgres import Cluster
 
 POSTGRES_VERSIONS = [m.version for m in postgres_migrations.known_migrations()]
@@ -54,6 +54,8 @@ DATABASE_TIMES = frozenset(
         "forgotten_at",
         "forgotten_at_us",
         "updated_at",
+        "joined_at",
+        "expires_at",  # a lease's or a member's: now() plus the lease time
     }
 )
 # Columns whose default is the only value they can hold.
@@ -176,6 +178,20 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
         conn.execute(
             "INSERT INTO chronicle.projection_documents (projection, key, type_name, data) VALUES (%s, %s, %s, %s)",
             (document.projection, d.key, d.type_name, d.data),
+        )
+    for member in rows.lease_members:
+        conn.execute(
+            "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at)"
+            " VALUES (%s, %s, %s, now() + %s * interval '1 second')",
+            (LEASE_GROUP, member.member_id, member.address, LEASE_SECONDS),
+        )
+    for lease in rows.leases:
+        # A lease given up (or never taken) expired at '-infinity'; a held one
+        # when its holder stops renewing it.
+        conn.execute(
+            "INSERT INTO chronicle.leases (lease_group, name, owner, epoch, expires_at) VALUES (%s, %s, %s, %s,"
+            " CASE WHEN %s THEN now() + %s * interval '1 second' ELSE '-infinity' END)",
+            (LEASE_GROUP, lease.name, lease.owner, lease.epoch, lease.owner is not None, LEASE_SECONDS),
         )
 
 

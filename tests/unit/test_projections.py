@@ -24,6 +24,7 @@ from service.processing.upcasting import EventReader
 from service.store.base import Store
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, new_master_key
+from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite
 from tests.support.contents import contents
@@ -97,13 +98,19 @@ class CrashingStore(MemoryStore):
         self.crashes = crashes
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
         if self.crashes:
             self.crashes -= 1
             raise RuntimeError("killed before commit")
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes
+            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
         )
 
 
@@ -129,14 +136,20 @@ class FailingLaterCommit(MemoryStore):
         self.commits: list[tuple[int, int]] = []
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
         self.commits.append((expected_position, new_position))
         await asyncio.sleep(0)  # the runner applies the next batch meanwhile
         if len(self.commits) == self.fail_at:
             raise RuntimeError("the database went away mid-commit")
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes
+            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
         )
 
 
@@ -352,3 +365,64 @@ async def test_a_projection_rebuilt_after_a_forget_skips_the_redacted_events() -
     )
     assert await rebuilt.step(0) == await raw.log_head()  # not stuck on acc-1's redacted events
     assert await owner(roles.projections, "ann") == bank.OwnerBalance(owner="ann", balance=20, account_ids=["acc-2"])
+
+
+class HandLease:
+    """A projection lease the test hands out and takes back."""
+
+    def __init__(self) -> None:
+        self.token: Fencing | None = None
+
+    def fencing(self) -> Fencing | None:
+        return self.token
+
+
+class FencedCommits(MemoryStore):
+    """Records the fencing token of every commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens: list[Fencing | None] = []
+
+    async def commit_projection(
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
+    ) -> None:
+        self.tokens.append(fencing)
+        await super().commit_projection(
+            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
+        )
+
+
+async def test_without_its_lease_a_runner_applies_nothing_and_with_it_commits_under_the_token() -> None:
+    store = FencedCommits()
+    await bank_history(store)
+    lease = HandLease()
+    held = ProjectionRunner(bank_account.balances_by_owner, log=store, documents=store, reader=READER, lease=lease)
+    assert not held.holds_lease
+    assert await held.step(0) == 0  # another replica runs it
+    assert await store.projection_position("bank.balances_by_owner") == 0
+    lease.token = Fencing("projections", "bank.balances_by_owner", "me", 3)
+    assert held.holds_lease
+    head = await held.step(0)
+    assert head == await store.log_head()
+    assert store.tokens == [lease.token]
+
+
+async def test_a_runner_that_gains_its_lease_starts_from_the_stored_checkpoint() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    lease = HandLease()
+    lease.token = Fencing("projections", "bank.balances_by_owner", "me", 1)
+    first = ProjectionRunner(bank_account.balances_by_owner, log=store, documents=store, reader=READER, lease=lease)
+    # Another replica ran the projection to the end while this one did not hold it.
+    await runner(store).step(0)
+    lease.token = Fencing("projections", "bank.balances_by_owner", "me", 3)
+    # Given a stale position, it reads the checkpoint instead of applying again.
+    assert await first.step(0) == await store.log_head()
+    assert await owner(store, "ann") == bank.OwnerBalance(owner="ann", balance=90, account_ids=["acc-1", "acc-2"])

@@ -47,3 +47,31 @@ export async function startServer({ timeoutMs = 30_000 } = {}) {
     });
   return { address, stop };
 }
+
+// Replicas of one cluster on a throwaway PostgreSQL (the repository's
+// tests/support/node_cluster.py starts them): [{ address, pid }, ...], and
+// stop() to shut them and the database down.
+export async function startCluster({ replicas = 2, timeoutMs = 90_000 } = {}) {
+  const child = spawn(python(), ['-m', 'tests.support.node_cluster', '--replicas', String(replicas)], {
+    cwd: repository,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const output = [];
+  child.stderr.on('data', (chunk) => output.push(chunk.toString()));
+  const lines = readline.createInterface({ input: child.stdout });
+  const started = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no cluster after ${timeoutMs} ms: ${output.join('')}`)), timeoutMs);
+    child.on('exit', (code) => reject(new Error(`the cluster helper exited with ${code}: ${output.join('')}`)));
+    lines.on('line', (line) => {
+      clearTimeout(timer);
+      resolve(JSON.parse(line));
+    });
+  });
+  const stop = () =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null) return resolve();
+      child.on('exit', () => resolve());
+      child.stdin.end();
+    });
+  return { replicas: started.replicas, stop };
+}

@@ -8,6 +8,7 @@ import json
 from collections.abc import Sequence
 
 from service.errors import ConcurrencyConflict, SubjectsForgotten
+from service.store.leasing import Fencing
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
@@ -34,11 +35,23 @@ class ProjectionsRole:
         return None if row is None else document_from_row(row)
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
     ) -> None:
+        statements = []
+        if fencing is not None:
+            # First, so that a stale runner writes nothing at all.
+            fenced = (fencing.group, fencing.name, fencing.member_id, fencing.epoch)
+            statements.append(Statement(sql.CHECK_FENCING.encode(), fenced))
         # The checkpoint's row is made by the first commit (from 0) and never
         # deleted, so later commits only move it.
-        statements = [Statement(sql.ENSURE_CHECKPOINT.encode(), (name,))] if expected_position == 0 else []
+        if expected_position == 0:
+            statements.append(Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)))
         statements.append(Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)))
         deletes = [w.key for w in writes if w.data is None]
         puts = [
@@ -60,4 +73,5 @@ class ProjectionsRole:
         except Refused as refused:
             if refused.code == sql.SUBJECTS_FORGOTTEN:
                 raise SubjectsForgotten(refused.detail.split("\n")) from None
+            # the checkpoint moved, or (fencing) the lease changed holder
             raise ConcurrencyConflict(f"projection:{name}", expected_position) from None

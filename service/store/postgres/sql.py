@@ -30,7 +30,8 @@ from service.store.sql_common import COMMAND_FIELDS
 # SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
 VERSION_MOVED = "CH001"  # an aggregate is not at the version the append expected
 CLAIM_HELD = "CH002"  # a claimed value is held by another aggregate (message: the claim's index)
-SUBJECTS_FORGOTTEN = "CH003"  # documents name forgotten aggregates (message: their ids, one per line)
+LEASE_LOST = "CH003"  # a fencing token is no longer current: its lease changed holder
+SUBJECTS_FORGOTTEN = "CH004"  # documents name forgotten aggregates (message: their ids, one per line)
 
 EVENTS_VERSION_KEY = "events_aggregate_version_key"
 COMMANDS_KEY = "commands_pkey"
@@ -246,6 +247,15 @@ MOVE_CHECKPOINT = (
     " WHERE name = $1 AND position = $3::bigint RETURNING 1)"
     f" SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 0 ELSE chronicle.refuse('{VERSION_MOVED}', $1) END"
 )
+# A projection's commit under a fencing token: the lease must still be held
+# by the token's member at the token's epoch. FOR SHARE holds the lease row
+# until the commit, so a replica taking the lease over (an UPDATE of that
+# row) waits for this commit and then reads a checkpoint that includes it.
+CHECK_FENCING = (
+    "SELECT CASE WHEN EXISTS (SELECT 1 FROM chronicle.leases WHERE lease_group = $1 AND name = $2"
+    " AND owner = $3 AND epoch = $4::bigint FOR SHARE)"
+    f" THEN 0 ELSE chronicle.refuse('{LEASE_LOST}', $2) END"
+)
 DELETE_DOCUMENTS = "DELETE FROM chronicle.projection_documents WHERE projection = $1 AND key = ANY($2::text[])"
 # Documents derived from aggregates (their subjects) are not written once one
 # of them is forgotten. FOR SHARE on the subjects' keys orders this commit
@@ -268,6 +278,53 @@ PUT_DOCUMENTS = (
     " FROM jsonb_to_recordset($2::jsonb) AS d(key text, type_name text, data text, subjects text[])"
     " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name,"
     " data = excluded.data, subjects = excluded.subjects, updated_at = now()"
+)
+
+# -- leases (service/cluster/leases.py) ----------------------------------
+#
+# Times are the database's (now(): the transaction's start), durations are
+# milliseconds. A lease whose expires_at has passed is free to take, and is
+# shown without owner; its epoch goes up by one each time its holder changes.
+
+_LEASE_EXPIRY = "now() + $4::bigint * interval '1 millisecond'"
+UPSERT_LEASE_MEMBER = (
+    "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at)"
+    f" VALUES ($1, $2, $3, {_LEASE_EXPIRY}) ON CONFLICT (lease_group, member_id)"
+    " DO UPDATE SET address = excluded.address, expires_at = excluded.expires_at"
+)
+# Members dead for long are forgotten, so the table follows the live set.
+FORGET_DEAD_MEMBERS = (
+    "DELETE FROM chronicle.lease_members WHERE lease_group = $1 AND expires_at < now() - interval '1 hour'"
+)
+ENSURE_LEASES = (
+    "INSERT INTO chronicle.leases (lease_group, name) SELECT $1, n FROM unnest($2::text[]) AS n"
+    " ON CONFLICT (lease_group, name) DO NOTHING"
+)
+RENEW_LEASES = (
+    "UPDATE chronicle.leases SET expires_at = now() + $3::bigint * interval '1 millisecond'"
+    " WHERE lease_group = $1 AND owner = $2"
+)
+LIVE_MEMBERS = (
+    "SELECT member_id, address FROM chronicle.lease_members WHERE lease_group = $1 AND expires_at > now()"
+    " ORDER BY member_id"
+)
+GROUP_LEASES = (
+    "SELECT name, CASE WHEN expires_at > now() THEN owner END, epoch FROM chronicle.leases"
+    " WHERE lease_group = $1 ORDER BY name"
+)
+RELEASE_LEASES = (
+    "UPDATE chronicle.leases SET owner = NULL, epoch = epoch + 1, expires_at = '-infinity'"
+    " WHERE lease_group = $1 AND owner = $2 AND name = ANY($3::text[])"
+)
+ACQUIRE_LEASES = (
+    f"UPDATE chronicle.leases SET owner = $2, epoch = epoch + 1, expires_at = {_LEASE_EXPIRY}"
+    " WHERE lease_group = $1 AND name = ANY($3::text[]) AND (owner IS NULL OR expires_at <= now())"
+    " RETURNING name, epoch"
+)
+LEAVE_GROUP = "DELETE FROM chronicle.lease_members WHERE lease_group = $1 AND member_id = $2"
+RELEASE_ALL_LEASES = (
+    "UPDATE chronicle.leases SET owner = NULL, epoch = epoch + 1, expires_at = '-infinity'"
+    " WHERE lease_group = $1 AND owner = $2"
 )
 
 # -- audit --------------------------------------------------------------------

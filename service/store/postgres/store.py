@@ -9,6 +9,7 @@ loop, every method one operation, one round trip, one transaction).
     projections.py  ProjectionStore
     audit.py        AuditRecorder
     keys.py         KeyStore
+    leases.py       LeaseStore
     sql.py          every statement; why positions never skip
 
 Differs from the contract only in what it adds: the database may be
@@ -28,12 +29,13 @@ from service.store.postgres.database import Database
 from service.store.postgres.events import EventsRole
 from service.store.postgres.group_commit import BatchCounts, GroupCommitter
 from service.store.postgres.keys import KeysRole
+from service.store.postgres.leases import LeasesRole
 from service.store.postgres.log import LogRole
 from service.store.postgres.projections import ProjectionsRole
 from service.store.postgres.snapshots import SnapshotsRole
 
 
-class PostgresStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole):
+class PostgresStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, LeasesRole):
     """Every role of a store, on PostgreSQL; tables in the ``chronicle`` schema.
 
     ``pool_size``: connections per server process (pipelined: each carries
@@ -58,6 +60,11 @@ class PostgresStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsR
         # much CPU per command (measured: bank deposits at 64 unary calls in
         # flight, 292 against 164 µs; the server's CPU fell too).
         self._group = GroupCommitter(self._appends.write, in_flight=1)
+        # Heartbeats on a connection of their own: operations on one
+        # connection run in order, and an append waiting for the position
+        # lock (up to lock_timeout) must not hold up the heartbeat that
+        # keeps this replica's leases.
+        self._lease_db = Database(url, connections=1, connect_timeout=connect_timeout, lock_timeout=lock_timeout)
 
     @property
     def url(self) -> str:
@@ -69,6 +76,7 @@ class PostgresStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsR
 
     async def close(self) -> None:
         await self._db.close()
+        await self._lease_db.close()
 
     async def ping(self) -> None:
         await self._db.ping()

@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from service.errors import ConcurrencyConflict, SubjectsForgotten
+from service.store.leasing import Fencing
 from service.store.records import DocumentWrite, StoredDocument
 from service.store.sql_common import document_from_row
 from service.store.sqlite import sql
@@ -25,7 +26,13 @@ class ProjectionsRole:
         return None if row is None else document_from_row(row)
 
     async def commit_projection(
-        self, name: str, *, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,  # one process, the one holder: nothing to check
     ) -> None:
         await self._writer.run(_commit, name, expected_position, new_position, writes)
 

@@ -1,7 +1,8 @@
 """The embedded default store: one SQLite file, no server to install.
 
 Laid out like the PostgreSQL store (postgres/store.py): one module per role
-of base.py (events, log, claims, snapshots, projections, audit, keys), every
+of base.py (events, log, claims, snapshots, projections, audit, keys; the
+leases are the process's own, sole_owner.py), every
 statement in sql.py, the schema's versions in migrations.py (scripts in
 migrations/). What differs is how it talks to the database: writer.py, one
 thread with one connection to the file.
@@ -20,6 +21,7 @@ from pathlib import Path
 from service.errors import ConfigurationError, StoreUnavailable
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, check_keep_snapshots
 from service.store.notifier import CommitNotifier
+from service.store.sole_owner import SoleOwnerLeases
 from service.store.sqlite import sql
 from service.store.sqlite.audit import AuditRole
 from service.store.sqlite.claims import ClaimsRole
@@ -32,7 +34,9 @@ from service.store.sqlite.snapshots import SnapshotsRole
 from service.store.sqlite.writer import Writer
 
 
-class SqliteStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole):
+class SqliteStore(
+    EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, SoleOwnerLeases
+):
     """Every role of a store, in the SQLite file at ``path`` (made, with its
     folder, if missing; ``":memory:"`` for a database that lives as long as
     the store)."""

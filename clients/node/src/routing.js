@@ -1,0 +1,268 @@
+// Sending each command to the replica that owns its aggregate
+// (chronicle.v1.ClusterService; docs/scaling.md in the repository).
+//
+// The replicas of a cluster share the aggregate ids out by partition:
+//   partition = CRC-32(UTF-8 bytes of the aggregate id) mod partition_count
+// and each partition has one owner, which keeps its aggregates warm. A
+// routing client keeps the topology (members, the owner of each partition),
+// a channel per member, and sends each command to its owner; to another
+// member when the owner does not answer (every member executes every
+// command: only the warm cache is lost), or to the address it was given
+// while it knows no topology. It follows WatchTopology, and fetches the
+// topology again when a response's trailing metadata says the member was
+// not the owner and knows a newer epoch.
+
+import grpc from '@grpc/grpc-js';
+
+const NOT_OWNER_KEY = 'chronicle-not-owner';
+const TOPOLOGY_EPOCH_KEY = 'chronicle-topology-epoch';
+// A member that did not answer is tried again after this long.
+const DOWN_MS = 1000;
+
+// CRC-32 of IEEE 802.3 / zlib / PNG: reflected polynomial 0xEDB88320,
+// initial value and final XOR 0xFFFFFFFF; crc32('123456789') === 0xcbf43926.
+const TABLE = (() => {
+  const table = new Uint32Array(256);
+  for (let n = 0; n < 256; n += 1) {
+    let c = n;
+    for (let k = 0; k < 8; k += 1) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[n] = c >>> 0;
+  }
+  return table;
+})();
+
+/** The CRC-32 of `bytes` (a Buffer or Uint8Array), as an unsigned number. */
+export function crc32(bytes) {
+  let crc = 0xffffffff;
+  for (const byte of bytes) crc = TABLE[(crc ^ byte) & 0xff] ^ (crc >>> 8);
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+/** The partition of `aggregateId` among `partitionCount` (a power of two). */
+export function partitionOf(aggregateId, partitionCount) {
+  return crc32(Buffer.from(aggregateId, 'utf8')) % partitionCount;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export class Routes {
+  /**
+   * `seed`: the address the client was given; `api`: the loaded
+   * chronicle.v1 package; `credentials`: for every member's channel.
+   */
+  constructor(seed, { api, credentials, callError = (error) => error }) {
+    this.seed = seed;
+    this.api = api;
+    this.credentials = credentials;
+    this.callError = callError;
+    this.stubs = new Map(); // address → { commands, cluster }
+    this.topology = null;
+    this.owners = []; // address by partition, '' for none
+    this.addresses = [];
+    this.down = new Map(); // address → until (ms)
+    this.turn = 0;
+    this.closed = false;
+    this.watchCall = null;
+    this.refreshing = null;
+    this.waiters = new Set();
+    this.unsupported = false;
+    this.notOwner = 0; // responses whose member said it was not the owner
+    // The first topology, asked for at once; commands wait for it briefly.
+    this.ready = this.refresh().catch(() => {});
+    this.watching = this.watch();
+  }
+
+  stubsOf(address) {
+    let stubs = this.stubs.get(address);
+    if (!stubs) {
+      const commands = new this.api.CommandService(address, this.credentials);
+      const cluster = new this.api.ClusterService(address, this.credentials, {
+        channelOverride: commands.getChannel(),
+      });
+      stubs = { commands, cluster };
+      this.stubs.set(address, stubs);
+    }
+    return stubs;
+  }
+
+  isDown(address) {
+    const until = this.down.get(address);
+    if (until === undefined) return false;
+    if (until <= Date.now()) {
+      this.down.delete(address);
+      return false;
+    }
+    return true;
+  }
+
+  /** The owner's address of `aggregateId`'s partition, or null. */
+  ownerOf(aggregateId) {
+    if (this.owners.length === 0) return null;
+    return this.owners[partitionOf(aggregateId, this.owners.length)] || null;
+  }
+
+  /** Where to send `aggregateId`'s command now. */
+  route(aggregateId) {
+    const owner = this.ownerOf(aggregateId);
+    if (owner && !this.isDown(owner)) return owner;
+    const live = this.addresses.filter((address) => !this.isDown(address));
+    if (live.length === 0) return this.seed;
+    this.turn = (this.turn + 1) % live.length;
+    return live[this.turn];
+  }
+
+  /**
+   * A unary command call (Submit, SubmitBatch) on the owner's channel; sent
+   * again with the same command ids to another member when the owner is
+   * unavailable (the server runs each command id once).
+   */
+  async send(method, request, aggregateId, { timeoutSeconds = 10, attempts = 3 } = {}) {
+    await this.ready;
+    for (let attempt = 1; ; attempt += 1) {
+      const address = this.route(aggregateId);
+      try {
+        const { response, trailers } = await unaryWithTrailers(
+          this.stubsOf(address).commands,
+          method,
+          request,
+          timeoutSeconds,
+        );
+        this.hinted(trailers);
+        return response;
+      } catch (error) {
+        if (error.code !== grpc.status.UNAVAILABLE || attempt >= attempts) throw this.callError(error);
+        this.unreachable(address);
+      }
+    }
+  }
+
+  unreachable(address) {
+    if (address === this.seed && this.addresses.length === 0) return;
+    this.down.set(address, Date.now() + DOWN_MS);
+    this.refreshSoon();
+  }
+
+  /** Trailing metadata of a command: refresh on a hint with a newer epoch. */
+  hinted(trailers) {
+    if (!trailers || trailers.get(NOT_OWNER_KEY).length === 0) return;
+    this.notOwner += 1;
+    const [epoch] = trailers.get(TOPOLOGY_EPOCH_KEY);
+    const known = this.topology ? this.topology.epoch : -1;
+    if (Number(epoch) > known) this.refreshSoon();
+  }
+
+  adopt(topology) {
+    if (this.topology && topology.epoch < this.topology.epoch) return;
+    const count = topology.partition_count;
+    if (count < 1 || count & (count - 1) || topology.partition_owners.length !== count) return;
+    if (topology.hash !== 'PARTITION_HASH_CRC32') return;
+    const addresses = new Map(topology.members.map((member) => [member.member_id, member.address]));
+    this.topology = topology;
+    this.owners = topology.partition_owners.map((owner) => addresses.get(owner) ?? '');
+    this.addresses = [...addresses.values()].sort();
+    for (const waiter of this.waiters) waiter();
+  }
+
+  /** Resolves once a topology satisfying `check` is adopted. */
+  waitFor(check, { timeoutMs = 20_000 } = {}) {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiters.delete(test);
+        reject(new Error(`no such topology within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const test = () => {
+        if (this.topology && check(this.topology)) {
+          clearTimeout(timer);
+          this.waiters.delete(test);
+          resolve(this.topology);
+        }
+      };
+      this.waiters.add(test);
+      test();
+    });
+  }
+
+  candidates() {
+    return [this.seed, ...this.addresses.filter((address) => address !== this.seed && !this.isDown(address))];
+  }
+
+  refreshSoon() {
+    if (!this.refreshing && !this.unsupported) {
+      this.refreshing = this.refresh()
+        .catch(() => {})
+        .finally(() => {
+          this.refreshing = null;
+        });
+    }
+  }
+
+  /** GetTopology from the seed, or any member that answers. */
+  async refresh() {
+    let last = null;
+    for (const address of this.candidates()) {
+      try {
+        const { response } = await unaryWithTrailers(this.stubsOf(address).cluster, 'GetTopology', {}, 2);
+        this.adopt(response.topology);
+        return;
+      } catch (error) {
+        if (error.code === grpc.status.UNIMPLEMENTED) this.unsupported = true;
+        last = error;
+      }
+    }
+    throw last;
+  }
+
+  async watch() {
+    let delay = 200;
+    for (let turn = 0; !this.closed && !this.unsupported; turn += 1) {
+      const candidates = this.candidates();
+      const address = candidates[turn % candidates.length];
+      this.watchCall = this.stubsOf(address).cluster.WatchTopology({});
+      try {
+        for await (const message of this.watchCall) {
+          this.adopt(message.topology);
+          delay = 200;
+        }
+      } catch (error) {
+        if (error.code === grpc.status.UNIMPLEMENTED) this.unsupported = true;
+      }
+      if (this.closed) return;
+      await sleep(delay);
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+
+  close() {
+    this.closed = true;
+    this.watchCall?.cancel();
+    for (const { commands } of this.stubs.values()) commands.close();
+    this.stubs.clear();
+  }
+}
+
+// A unary call that resolves with the response and the trailing metadata.
+function unaryWithTrailers(stub, method, request, timeoutSeconds) {
+  return new Promise((resolve, reject) => {
+    const deadline = new Date(Date.now() + timeoutSeconds * 1000);
+    let response;
+    let trailers;
+    let failed = false;
+    const settle = () => {
+      if (response !== undefined && trailers !== undefined) resolve({ response, trailers });
+    };
+    const call = stub[method](request, { deadline }, (error, answer) => {
+      if (error) {
+        failed = true;
+        reject(error);
+        return;
+      }
+      response = answer;
+      settle();
+    });
+    call.on('status', (status) => {
+      if (failed) return;
+      trailers = status.metadata;
+      settle();
+    });
+  });
+}

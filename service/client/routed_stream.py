@@ -1,0 +1,154 @@
+"""``submit_stream`` for a routing client: each command over a stream to the
+replica that owns its aggregate, the results in the order the commands were
+taken, as with one stream.
+
+One lane per member: a ``CommandStream`` (streaming.py: a window of
+unanswered commands, a broken call reopened and its pending commands sent
+again with their ids) fed from a queue. A lane whose call breaks reopens on
+its member unless it is marked down, else on another member
+(``Routes.stub_for``). The commands of one aggregate stay in one lane for as
+long as any of them is unanswered, even if the topology changes meanwhile:
+the server runs one stream's commands for one aggregate in the order sent,
+two streams' in no particular order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import Any
+
+from chronicle.v1 import command_service_pb2, command_service_pb2_grpc
+from service.client.commands import Command
+from service.client.results import StreamResult
+from service.client.retry import RetryPolicy
+from service.client.routing import Routes
+from service.client.streaming import DEFAULT_WINDOW, CommandStream
+
+Lane = str | None  # a member's address; None: the seed
+_END = object()
+
+
+class RoutedStream:
+    def __init__(
+        self,
+        routes: Routes,
+        open_call: Callable[[command_service_pb2_grpc.CommandServiceStub], Any],
+        commands: AsyncIterator[Command],
+        encode: Callable[[Command], command_service_pb2.SubmitRequest],
+        *,
+        retry: RetryPolicy,
+        dry_run: bool,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        self._routes = routes
+        self._open_call = open_call
+        self._commands = commands
+        self._encode = encode
+        self._retry = retry
+        self._dry_run = dry_run
+        self._window = asyncio.Semaphore(window)
+        self._inputs: dict[Lane, asyncio.Queue[object]] = {}
+        self._outputs: dict[Lane, asyncio.Queue[StreamResult | BaseException]] = {}
+        self._lanes: list[asyncio.Task[None]] = []
+        self._order: deque[tuple[Lane, str]] = deque()  # lane and aggregate of each command taken
+        self._pinned: dict[str, tuple[Lane, int]] = {}  # aggregate → its lane, commands unanswered
+        self._taken = asyncio.Event()  # set when a command was taken, or the caller's were all taken
+        self._exhausted = False
+
+    async def results(self) -> AsyncGenerator[StreamResult, None]:
+        feeder = asyncio.create_task(self._feed())
+        try:
+            while True:
+                while not self._order:
+                    if self._exhausted:
+                        return
+                    await self._wait(asyncio.ensure_future(self._taken.wait()), feeder)
+                    self._taken.clear()
+                lane, aggregate_id = self._order[0]
+                outcome = await self._wait(asyncio.ensure_future(self._outputs[lane].get()), feeder)
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                self._order.popleft()
+                self._release(aggregate_id)
+                self._window.release()
+                yield outcome
+        finally:
+            feeder.cancel()
+            for task in (feeder, *self._lanes):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _wait(self, waiting: asyncio.Future[Any], feeder: asyncio.Task[None]) -> Any:
+        """``waiting``'s result; the caller's error instead if taking its
+        next command failed."""
+        if not feeder.done():
+            await asyncio.wait({waiting, feeder}, return_when=asyncio.FIRST_COMPLETED)
+        if feeder.done() and not feeder.cancelled() and (failure := feeder.exception()) is not None:
+            waiting.cancel()
+            raise failure
+        return await waiting
+
+    async def _feed(self) -> None:
+        async for command in self._commands:
+            await self._window.acquire()
+            lane = self._lane_of(command.aggregate_id)
+            self._order.append((lane, command.aggregate_id))
+            await self._input(lane).put(command)
+            self._taken.set()
+        for queue in self._inputs.values():
+            await queue.put(_END)
+        self._exhausted = True
+        self._taken.set()
+
+    def _lane_of(self, aggregate_id: str) -> Lane:
+        pinned = self._pinned.get(aggregate_id)
+        if pinned is not None:
+            lane, unanswered = pinned
+        else:
+            _, lane = self._routes.route(aggregate_id)
+            unanswered = 0
+        self._pinned[aggregate_id] = (lane, unanswered + 1)
+        return lane
+
+    def _release(self, aggregate_id: str) -> None:
+        lane, unanswered = self._pinned[aggregate_id]
+        if unanswered > 1:
+            self._pinned[aggregate_id] = (lane, unanswered - 1)
+        else:
+            del self._pinned[aggregate_id]
+
+    def _input(self, lane: Lane) -> asyncio.Queue[object]:
+        queue = self._inputs.get(lane)
+        if queue is None:
+            queue = self._inputs[lane] = asyncio.Queue()
+            self._outputs[lane] = asyncio.Queue()
+            self._lanes.append(asyncio.create_task(self._run_lane(lane, queue), name=f"stream lane {lane}"))
+        return queue
+
+    async def _run_lane(self, lane: Lane, queue: asyncio.Queue[object]) -> None:
+        output = self._outputs[lane]
+        opened = 0
+
+        def open_call() -> Any:
+            nonlocal opened
+            opened += 1
+            if opened > 1:  # the lane's call broke: its member may be gone
+                self._routes.unreachable(lane)
+            stub, _ = self._routes.stub_for(lane)
+            return self._open_call(stub)
+
+        async def commands() -> AsyncIterator[Command]:
+            while (item := await queue.get()) is not _END:
+                assert isinstance(item, Command)
+                yield item
+
+        stream = CommandStream(open_call, commands(), self._encode, retry=self._retry, dry_run=self._dry_run)
+        try:
+            async for result in stream.results():
+                await output.put(result)
+        except Exception as error:
+            await output.put(error)

@@ -1,0 +1,262 @@
+"""Sending each command to the replica that owns its aggregate.
+
+A cluster's replicas share the aggregate ids out by partition
+(``chronicle.v1.ClusterService``; docs/scaling.md): the owner of a
+partition has its aggregates warm and meets no concurrent writer. ``Routes``
+keeps the topology (members, the owner of each partition), one channel per
+member, and chooses where each command goes:
+
+* to the owner of the command's partition;
+* to another member when the partition has no owner, or its owner just
+  failed to answer (UNAVAILABLE: it is marked down for a second and the
+  topology refreshed), or to the address the client was given (the seed)
+  when no member is known. Every member executes every command, so this
+  only costs the warm cache, never correctness;
+* the topology follows ``WatchTopology`` (from the seed, or any member when
+  the seed's stream breaks), and is fetched again when a response says its
+  member is not the owner (the hint in trailing metadata) with a newer
+  epoch than the client's.
+
+A server that does not offer ``ClusterService`` (UNIMPLEMENTED) makes this
+a plain client of the seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from chronicle.v1 import cluster_service_pb2, cluster_service_pb2_grpc, command_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+NOT_OWNER_KEY = "chronicle-not-owner"
+TOPOLOGY_EPOCH_KEY = "chronicle-topology-epoch"
+# A member that did not answer is tried again after this long.
+DOWN_SECONDS = 1.0
+# Reconnecting a broken topology watch waits this long at first, doubling.
+_WATCH_BACKOFF = (0.2, 5.0)
+_FETCH_TIMEOUT = 2.0
+
+
+def partition_of(aggregate_id: str, partition_count: int) -> int:
+    """CRC-32 of the id's UTF-8 bytes, modulo the (power-of-two) count."""
+    return zlib.crc32(aggregate_id.encode("utf-8")) & (partition_count - 1)
+
+
+class Routes:
+    def __init__(
+        self,
+        seed: grpc.aio.Channel,
+        *,
+        open_channel: Callable[[str], grpc.aio.Channel],
+        call_metadata: Sequence[tuple[str, str]] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._seed = seed
+        self._seed_commands = command_service_pb2_grpc.CommandServiceStub(seed)
+        self._open_channel = open_channel
+        self._metadata = tuple(call_metadata)
+        self._clock = clock
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._commands: dict[str, command_service_pb2_grpc.CommandServiceStub] = {}
+        self.topology: cluster_service_pb2.Topology | None = None
+        self._owners: list[str] = []  # address by partition, "" for none
+        self._addresses: list[str] = []  # every member's
+        self._down: dict[str, float] = {}
+        self._turn = 0
+        self._watcher: asyncio.Task[None] | None = None
+        self._refresh: asyncio.Task[None] | None = None
+        self._unsupported = False
+        self.changes = 0  # topologies adopted
+        self.not_owner = 0  # responses whose member said it does not own the partition
+        self.failovers = 0  # calls that found their member unavailable (then sent elsewhere)
+        self._changed = asyncio.Event()
+
+    # -- where a command goes --------------------------------------------------
+
+    def owner_of(self, aggregate_id: str) -> str | None:
+        """The address of the owner of ``aggregate_id``'s partition, if known."""
+        if not self._owners:
+            return None
+        return self._owners[partition_of(aggregate_id, len(self._owners))] or None
+
+    def route(self, aggregate_id: str) -> tuple[command_service_pb2_grpc.CommandServiceStub, str | None]:
+        """The stub to send ``aggregate_id``'s command on, and the member
+        address it reaches (None: the seed)."""
+        self.start()
+        owner = self.owner_of(aggregate_id)
+        if owner is not None and not self.is_down(owner):
+            return self._stub(owner), owner
+        return self._any_member()
+
+    def stub_for(self, address: str | None) -> tuple[command_service_pb2_grpc.CommandServiceStub, str | None]:
+        """The stub of member ``address`` unless it is down (then another
+        member's): for a stream that was pinned to it."""
+        if address is not None and not self.is_down(address):
+            return self._stub(address), address
+        return self._any_member()
+
+    def _any_member(self) -> tuple[command_service_pb2_grpc.CommandServiceStub, str | None]:
+        live = [address for address in self._addresses if not self.is_down(address)]
+        if not live:
+            return self._seed_commands, None
+        self._turn = (self._turn + 1) % len(live)
+        address = live[self._turn]
+        return self._stub(address), address
+
+    def _stub(self, address: str) -> command_service_pb2_grpc.CommandServiceStub:
+        stub = self._commands.get(address)
+        if stub is None:
+            channel = self._channels[address] = self._open_channel(address)
+            stub = self._commands[address] = command_service_pb2_grpc.CommandServiceStub(channel)
+        return stub
+
+    def is_down(self, address: str) -> bool:
+        """Whether ``address`` failed to answer less than ``DOWN_SECONDS`` ago."""
+        until = self._down.get(address)
+        if until is None:
+            return False
+        if until <= self._clock():
+            del self._down[address]
+            return False
+        return True
+
+    # -- what answers tell -------------------------------------------------------
+
+    def unreachable(self, address: str | None) -> None:
+        """A call to member ``address`` failed with UNAVAILABLE."""
+        if address is not None:
+            self.failovers += 1
+            self._down[address] = self._clock() + DOWN_SECONDS
+            self._refresh_soon()
+
+    def hinted(self, trailing_metadata: Any) -> None:
+        """Look at a command's trailing metadata: a member that executed it
+        without owning its partition, knowing a newer topology than this
+        client's, makes the client fetch it."""
+        if not trailing_metadata:
+            return
+        found = {key: value for key, value in trailing_metadata if key in (NOT_OWNER_KEY, TOPOLOGY_EPOCH_KEY)}
+        if NOT_OWNER_KEY not in found:
+            return
+        self.not_owner += 1
+        epoch = str(found.get(TOPOLOGY_EPOCH_KEY, "0"))
+        known = self.topology.epoch if self.topology is not None else -1
+        if epoch.isdigit() and int(epoch) > known:
+            self._refresh_soon()
+
+    # -- the topology --------------------------------------------------------------
+
+    def adopt(self, topology: cluster_service_pb2.Topology) -> None:
+        """Use ``topology`` unless the client knows a newer one."""
+        if self.topology is not None and topology.epoch < self.topology.epoch:
+            return
+        count = topology.partition_count
+        if count < 1 or count & (count - 1) or len(topology.partition_owners) != count:
+            log.warning(
+                "ignoring a malformed topology (%d partitions, %d owners)", count, len(topology.partition_owners)
+            )
+            return
+        if topology.hash != cluster_service_pb2.PARTITION_HASH_CRC32:
+            log.warning("ignoring a topology with an unknown partition hash (%d)", topology.hash)
+            return
+        addresses = {member.member_id: member.address for member in topology.members}
+        self.topology = topology
+        self._owners = [addresses.get(owner, "") for owner in topology.partition_owners]
+        self._addresses = sorted(addresses.values())
+        self.changes += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for_topology(self, check: Callable[[cluster_service_pb2.Topology], bool]) -> None:
+        """Return once a topology for which ``check`` holds is adopted."""
+        while self.topology is None or not check(self.topology):
+            await self._changed.wait()
+
+    def start(self) -> None:
+        """Start following the topology (once; needs a running event loop)."""
+        if self._watcher is None and not self._unsupported:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="chronicle-topology")
+
+    async def first_topology(self) -> None:
+        """Fetch the topology once, briefly (a client that cannot get it
+        sends to the seed until the watch gets it), and start watching."""
+        self.start()
+        with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+            await self._fetch(self._seed)
+
+    async def _fetch(self, channel: grpc.aio.Channel) -> None:
+        stub = cluster_service_pb2_grpc.ClusterServiceStub(channel)
+        try:
+            response = await stub.GetTopology(
+                cluster_service_pb2.GetTopologyRequest(), timeout=_FETCH_TIMEOUT, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._unsupported = True
+            raise
+        self.adopt(response.topology)
+
+    def _refresh_soon(self) -> None:
+        if self._unsupported or (self._refresh is not None and not self._refresh.done()):
+            return
+        self._refresh = asyncio.get_running_loop().create_task(self._refresh_once(), name="chronicle-topology-refresh")
+
+    async def _refresh_once(self) -> None:
+        for channel in self._candidates():
+            try:
+                await self._fetch(channel)
+                return
+            except grpc.aio.AioRpcError:
+                continue
+
+    def _candidates(self) -> list[grpc.aio.Channel]:
+        """Where to ask for the topology: the seed, then the members not down."""
+        members = [address for address in self._addresses if not self.is_down(address)]
+        for address in members:
+            self._stub(address)
+        return [self._seed, *(self._channels[address] for address in members)]
+
+    async def _watch(self) -> None:
+        delay = _WATCH_BACKOFF[0]
+        turn = 0
+        while not self._unsupported:
+            candidates = self._candidates()
+            channel = candidates[turn % len(candidates)]
+            call = cluster_service_pb2_grpc.ClusterServiceStub(channel).WatchTopology(
+                cluster_service_pb2.WatchTopologyRequest(), metadata=self._metadata
+            )
+            try:
+                async for message in call:
+                    self.adopt(message.topology)
+                    delay = _WATCH_BACKOFF[0]
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    log.info("the server offers no ClusterService: commands go to %s only", "the address given")
+                    self._unsupported = True
+                    return
+                log.debug("topology watch broke (%s); watching another member", error.code().name)
+            finally:
+                call.cancel()
+            turn += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _WATCH_BACKOFF[1])
+
+    async def close(self) -> None:
+        for task in (self._watcher, self._refresh):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._commands.clear()

@@ -1,0 +1,331 @@
+"""Sharing work among live replicas by leases in the store.
+
+A replica is a *member* of each lease group it takes part in (the
+partitions, the projections). Every ``interval`` seconds (a third of the
+lease time ``ttl``) its ``LeaseKeeper`` sends one heartbeat per group, one
+store operation: "I am alive, at this address; here are the leases I can
+take; extend those I hold" (``LeaseStore.renew_leases``), and gets back the
+group as the database sees it: the live members and every lease with its
+holder. From that view alone the keeper decides what to change:
+
+* **Fair share.** Each live member's share of the group's leases is as even
+  as whole numbers allow (they differ by one at most), the larger shares to
+  the first members in member-id order: every member computes the same
+  shares from the same view, with no leader and no vote (``fair_shares``).
+* **Rebalancing.** A member above its share gives up its least preferred
+  leases; a member below it takes free (or expired) ones, most preferred
+  first (``change_leases``, a second operation, only when there is
+  something to change). Preferences are rendezvous hashes of member and
+  lease, so members that go looking at the same moment mostly want
+  different leases, and the database settles the rest (one UPDATE wins a
+  lease, the other finds it taken). A member joining lowers everyone's
+  share: the others give up leases at their next heartbeat, it takes them
+  at its next. A member leaving (``leave``) gives up all of its leases at
+  once; a member that dies stops renewing, and its leases are free to take
+  ``ttl`` seconds after its last heartbeat.
+* **Fencing.** Every change of a lease's holder adds one to its epoch; the
+  epoch a member took a lease at is its fencing token (``fencing``). Work
+  whose commit checks the token (a projection's batch) cannot commit once
+  the lease moved, however late the old holder wakes up.
+* **Holding locally.** A member treats a lease as its own from the moment
+  it sent the heartbeat that renewed (or took) it, for ``ttl`` seconds by
+  its own monotonic clock: the database's expiry, counted from a later
+  moment, is later still, so a member stops acting as holder before anyone
+  else can take the lease. If heartbeats fail (the database is away), its
+  leases lapse on their own.
+
+Leases are an optimisation wherever correctness is the database's job:
+partitions only tell clients where an aggregate's cache is warm, and a
+projection's exactly-once rests on its checkpoint (the fencing token only
+stops a stale runner's batch earlier).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from service.store.base import LeaseStore
+from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGroup:
+    """A group this replica takes part in, and the leases of it that it can
+    hold (a replica without a projection's plugin cannot run it)."""
+
+    name: str
+    keys: tuple[str, ...]
+
+
+def fair_shares(member_ids: Sequence[str], total: int) -> dict[str, int]:
+    """How many of ``total`` leases each member should hold: ``total //
+    members`` each, and one more for the first ``total % members`` members
+    in member-id order."""
+    ordered = sorted(member_ids)
+    if not ordered:
+        return {}
+    base, extra = divmod(total, len(ordered))
+    return {member: base + (1 if rank < extra else 0) for rank, member in enumerate(ordered)}
+
+
+def preference(member_id: str, name: str) -> int:
+    """How much ``member_id`` wants lease ``name`` (rendezvous hashing):
+    each member orders the leases its own way."""
+    # Not CRC-32: it is linear, so two members' orders would be one order
+    # XORed with a constant, and they would want the same leases.
+    digest = hashlib.blake2b(f"{member_id}\x00{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one member changes after a heartbeat."""
+
+    release: tuple[str, ...] = ()
+    acquire: tuple[str, ...] = ()
+
+
+def plan_changes(view: LeaseView, member_id: str, known: frozenset[str]) -> Plan:
+    """Toward ``member_id``'s fair share of ``view``: the leases to give up
+    (above the share) or to take (below it, among the free ones it knows)."""
+    target = fair_shares([m.member_id for m in view.members], len(view.leases)).get(member_id, 0)
+    mine = [lease.name for lease in view.leases if lease.owner == member_id]
+    if len(mine) > target:
+        least_wanted = sorted(mine, key=lambda name: preference(member_id, name))
+        return Plan(release=tuple(least_wanted[: len(mine) - target]))
+    free = [lease.name for lease in view.leases if lease.owner is None and lease.name in known]
+    most_wanted = sorted(free, key=lambda name: preference(member_id, name), reverse=True)
+    return Plan(acquire=tuple(most_wanted[: target - len(mine)]))
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    epoch: int
+    until: float  # monotonic clock
+
+
+@dataclass(slots=True)
+class _GroupState:
+    group: LeaseGroup
+    known: frozenset[str]
+    held: dict[str, _Held] = field(default_factory=dict)
+    view: LeaseView | None = None
+    active: bool = True  # False once this replica left the group
+
+
+def _owners(view: LeaseView | None) -> object:
+    if view is None:
+        return None
+    return (view.members, tuple((lease.name, lease.owner) for lease in view.leases))
+
+
+def _patched(view: LeaseView, member_id: str, released: Sequence[str], taken: Sequence[Lease]) -> LeaseView:
+    """``view`` after this member's own changes (the database's next view
+    will show them too)."""
+    gone = set(released)
+    new = {lease.name: lease for lease in taken}
+    leases = []
+    for lease in view.leases:
+        if lease.name in new:
+            leases.append(new[lease.name])
+        elif lease.name in gone:
+            leases.append(Lease(lease.name, None, lease.epoch + 1))
+        else:
+            leases.append(lease)
+    return LeaseView(view.members, tuple(leases))
+
+
+def _left(view: LeaseView, member_id: str) -> LeaseView:
+    members = tuple(m for m in view.members if m.member_id != member_id)
+    leases = tuple(
+        Lease(lease.name, None, lease.epoch + 1) if lease.owner == member_id else lease for lease in view.leases
+    )
+    return LeaseView(members, leases)
+
+
+class LeaseKeeper:
+    """One replica's leases in every group it takes part in (see the module
+    docstring). ``start`` runs the heartbeats; ``holds`` and ``fencing``
+    answer from memory, without a store call; ``version`` goes up whenever
+    a group's members or holders, as this replica knows them, change
+    (``wait_for_change``)."""
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        *,
+        member: LeaseMember,
+        groups: Sequence[LeaseGroup],
+        ttl: float,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError(f"the lease time must be positive, got {ttl}")
+        self.member = member
+        self.ttl = ttl
+        self.interval = interval if interval is not None else ttl / 3
+        self._store = store
+        self._clock = clock
+        self._groups = {g.name: _GroupState(g, frozenset(g.keys)) for g in groups}
+        self.version = 0
+        self._wakeup: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._failing = False
+
+    @property
+    def member_id(self) -> str:
+        return self.member.member_id
+
+    # -- answers from memory -------------------------------------------------
+
+    def holds(self, group: str, name: str) -> bool:
+        state = self._groups.get(group)
+        held = state.held.get(name) if state is not None else None
+        return held is not None and held.until > self._clock()
+
+    def fencing(self, group: str, name: str) -> Fencing | None:
+        """The token of lease ``name`` while this replica holds it, else None."""
+        state = self._groups.get(group)
+        held = state.held.get(name) if state is not None else None
+        if held is None or held.until <= self._clock():
+            return None
+        return Fencing(group, name, self.member.member_id, held.epoch)
+
+    def held(self, group: str) -> list[str]:
+        """The leases of ``group`` this replica holds now."""
+        state = self._groups.get(group)
+        if state is None:
+            return []
+        now = self._clock()
+        return sorted(name for name, held in state.held.items() if held.until > now)
+
+    def view(self, group: str) -> LeaseView | None:
+        """The group as the last heartbeat saw it, with this replica's own
+        changes since (leaving it included); None before the first heartbeat."""
+        state = self._groups.get(group)
+        return state.view if state is not None else None
+
+    async def wait_for_change(self, version: int, max_wait: float | None = None) -> int:
+        """Return the current ``version`` once it differs from ``version``
+        (at once if it already does), or after ``max_wait`` seconds."""
+        if self.version == version:
+            if self._wakeup is None or self._wakeup.done():
+                self._wakeup = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._wakeup), max_wait)
+        return self.version
+
+    def _changed(self) -> None:
+        self.version += 1
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    # -- heartbeats ------------------------------------------------------------
+
+    async def beat(self) -> None:
+        """One heartbeat of every group, the groups concurrently."""
+        await asyncio.gather(*(self._beat(state) for state in self._groups.values() if state.active))
+
+    async def _beat(self, state: _GroupState) -> None:
+        me = self.member.member_id
+        sent = self._clock()
+        view = await self._store.renew_leases(state.group.name, self.member, state.group.keys, self.ttl)
+        held = {lease.name: _Held(lease.epoch, sent + self.ttl) for lease in view.leases if lease.owner == me}
+        plan = plan_changes(view, me, state.known)
+        if plan.release or plan.acquire:
+            for name in plan.release:  # no longer ours from the moment we decide to give them up
+                held.pop(name, None)
+            state.held = held
+            sent = self._clock()
+            taken = await self._store.change_leases(
+                state.group.name, me, release=plan.release, acquire=plan.acquire, ttl=self.ttl
+            )
+            for lease in taken:
+                held[lease.name] = _Held(lease.epoch, sent + self.ttl)
+            view = _patched(view, me, plan.release, taken)
+        if not state.active:
+            return  # left the group meanwhile
+        state.held = held
+        changed = _owners(state.view) != _owners(view)
+        state.view = view
+        if changed:
+            self._changed()
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="lease-heartbeats")
+
+    async def _run(self) -> None:
+        while True:
+            await self.beat_safely()
+            await asyncio.sleep(self.interval)
+
+    async def beat_safely(self) -> None:
+        """``beat``, logging a failure (once until the next success) instead
+        of raising it: the leases then lapse on their own."""
+        try:
+            await self.beat()
+        except Exception as error:
+            if not self._failing:
+                log.warning(
+                    "lease heartbeat failed (%s: %s); this replica's leases lapse within %g s unless one succeeds",
+                    type(error).__name__,
+                    error,
+                    self.ttl,
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.info("lease heartbeats succeed again")
+            self._failing = False
+
+    async def leave(self, group: str) -> None:
+        """Give up every lease of ``group`` and stop taking part in it."""
+        state = self._groups.get(group)
+        if state is None or not state.active:
+            return
+        state.active = False
+        state.held.clear()
+        if state.view is not None:
+            state.view = _left(state.view, self.member.member_id)
+        self._changed()
+        try:
+            # Bounded: a store that does not answer must not hold up a
+            # shutdown; the leases then lapse on their own.
+            await asyncio.wait_for(self._store.leave_group(group, self.member.member_id), self.interval)
+        except Exception as error:
+            log.warning("could not leave lease group %s (%s); its leases lapse within %g s", group, error, self.ttl)
+
+    async def stop(self, *, leave: bool = True) -> None:
+        """Stop the heartbeats; with ``leave``, give up every lease at once
+        (without: they lapse after ``ttl``, as when a replica dies)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if leave:
+            for group in list(self._groups):
+                await self.leave(group)
+
+
+class KeeperLease:
+    """One lease of a group, as a worker asks about it before each piece of
+    work (a projection's runner before each batch)."""
+
+    def __init__(self, keeper: LeaseKeeper, group: str, name: str) -> None:
+        self._keeper = keeper
+        self._group = group
+        self._name = name
+
+    def fencing(self) -> Fencing | None:
+        return self._keeper.fencing(self._group, self._name)

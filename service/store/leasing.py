@@ -1,0 +1,54 @@
+"""What the lease role (``base.LeaseStore``) reads and writes.
+
+A *lease group* is a set of named leases that live replicas share out among
+themselves (``service/cluster/leases.py``): the partitions of the aggregate
+hash space, the projections. A member of a group is a replica that has said
+recently that it is alive (a heartbeat); a lease is held by at most one
+member at a time, until it expires unless renewed. Every change of a lease's
+holder increases its ``epoch``: the epoch a holder took a lease at is its
+*fencing token*, and work committed under a token that is no longer current
+is refused (``Fencing``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseMember:
+    """A live member of a lease group and the address clients reach it at."""
+
+    member_id: str
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One lease of a group: who holds it (None: nobody, or its holder let it
+    expire) and how many times its holder changed."""
+
+    name: str
+    owner: str | None
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseView:
+    """A group as one transaction saw it: its live members (by member id)
+    and every one of its leases (by name)."""
+
+    members: tuple[LeaseMember, ...]
+    leases: tuple[Lease, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Fencing:
+    """A fencing token: the lease ``name`` of ``group`` as ``member_id`` took
+    it, at ``epoch``. A write guarded by it commits only while that lease is
+    still held by that member at that epoch."""
+
+    group: str
+    name: str
+    member_id: str
+    epoch: int

@@ -1,0 +1,60 @@
+"""``LeaseStore`` on PostgreSQL: members and leases of each group in two
+tables (migration 0010), every method one operation. Expiry is judged by
+the database's clock alone (``now()``), so replicas' clocks never disagree
+about it. Two replicas taking one free lease at once: both UPDATEs match the
+row, the second waits for the first to commit, finds the lease held and
+leaves it (PostgreSQL re-checks the condition on the row it waited for)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.store.leasing import Lease, LeaseMember, LeaseView
+from service.store.postgres import sql
+from service.store.postgres.connection import Statement
+from service.store.postgres.database import Database
+from service.store.postgres.rows import rows
+
+
+def _millis(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class LeasesRole:
+    _lease_db: Database  # a connection of its own (store.py says why)
+
+    async def renew_leases(self, group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> LeaseView:
+        ttl_ms = _millis(ttl)
+        statements = [
+            Statement(sql.UPSERT_LEASE_MEMBER.encode(), (group, member.member_id, member.address, ttl_ms)),
+            Statement(sql.FORGET_DEAD_MEMBERS.encode(), (group,)),
+            Statement(sql.ENSURE_LEASES.encode(), (group, list(names))),
+            Statement(sql.RENEW_LEASES.encode(), (group, member.member_id, ttl_ms)),
+            Statement(sql.LIVE_MEMBERS.encode(), (group,)),
+            Statement(sql.GROUP_LEASES.encode(), (group,)),
+        ]
+        results = await self._lease_db.run("renew_leases", statements)
+        members = tuple(LeaseMember(str(row[0]), str(row[1])) for row in rows(results[4]))
+        leases = tuple(
+            Lease(str(row[0]), None if row[1] is None else str(row[1]), int(row[2])) for row in rows(results[5])
+        )
+        return LeaseView(members, leases)
+
+    async def change_leases(
+        self, group: str, member_id: str, *, release: Sequence[str], acquire: Sequence[str], ttl: float
+    ) -> list[Lease]:
+        statements = [
+            Statement(sql.RELEASE_LEASES.encode(), (group, member_id, list(release))),
+            Statement(sql.ACQUIRE_LEASES.encode(), (group, member_id, list(acquire), _millis(ttl))),
+        ]
+        results = await self._lease_db.run("change_leases", statements)
+        return [Lease(str(row[0]), member_id, int(row[1])) for row in rows(results[1])]
+
+    async def leave_group(self, group: str, member_id: str) -> None:
+        await self._lease_db.run(
+            "leave_group",
+            [
+                Statement(sql.LEAVE_GROUP.encode(), (group, member_id)),
+                Statement(sql.RELEASE_ALL_LEASES.encode(), (group, member_id)),
+            ],
+        )
