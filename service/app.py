@@ -56,7 +56,7 @@ from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
-from service.security.exposure import check_exposure
+from service.security.exposure import check_exposure, is_loopback
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
@@ -194,8 +194,11 @@ async def start(
     one set for the process, if any: without one nothing is traced), when
     the OpenTelemetry packages are installed.
     """
+    # Reachable from the network if any address it binds is (a process of
+    # several also listens on a port of its own, --process-listen).
+    addresses = [address for address in (settings.listen, settings.process_listen) if address]
     for warning in check_exposure(
-        listen=settings.listen,
+        listen=next((address for address in addresses if not is_loopback(address)), settings.listen),
         auth=settings.auth,
         tls=bool(settings.tls_cert_file),
         insecure=settings.insecure,

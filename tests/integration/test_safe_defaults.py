@@ -50,6 +50,14 @@ def test_the_server_refuses_to_listen_beyond_loopback_without_auth(listen: str) 
     assert "Traceback" not in result.stderr
 
 
+def test_a_port_of_its_own_beyond_loopback_is_refused_too() -> None:
+    """One of several processes also listens on --process-listen: that
+    address counts as much as --listen."""
+    result = serve_until_exit("--database-url", "memory://", "--process-listen", "0.0.0.0:0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: INSECURE_LISTEN: refusing to listen on 0.0.0.0:0 with authentication off")
+
+
 def test_the_environment_alone_cannot_expose_an_unauthenticated_server() -> None:
     """CHRONICLE_LISTEN=0.0.0.0:… and no other setting."""
     result = serve_until_exit(listen=None, env={"CHRONICLE_LISTEN": "0.0.0.0:0", "CHRONICLE_DATABASE_URL": "memory://"})
