@@ -42,7 +42,7 @@ from dataclasses import replace
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.errors import AggregateForgotten, NotUnique
+from service.errors import AggregateForgotten, NotAvailableHere, NotUnique
 from service.store.base import (
     AggregateQuery,
     AuditQuery,
@@ -79,11 +79,13 @@ from service.store.records import (
     AuditEntry,
     ClaimChange,
     CommandRecord,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Rejection,
     Snapshot,
@@ -367,6 +369,7 @@ class SealedProjections:
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         cipher = await self.keyring.for_writing(projection_key_id(name))
         sealed = [
@@ -379,8 +382,35 @@ class SealedProjections:
             for w in writes
         ]
         await self.inner.commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=sealed, fencing=fencing
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=sealed,
+            fencing=fencing,
+            parked=parked,
         )
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        raise NotAvailableHere(
+            f"projection {projection}'s document keys are stored as keyed hashes (encryption at rest):"
+            " they cannot be listed by prefix or in order",
+            reason="DOCUMENT_KEYS_HIDDEN",
+            metadata={"projection": projection},
+        )
+
+    async def reset_projection(self, name: str) -> None:
+        await self.inner.reset_projection(name)
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        # What a parked event records is ids, a type and an error message,
+        # not sealed; the message may quote the payload, so forgetting the
+        # aggregate deletes its parked events.
+        return await self.inner.parked_events(projection, after=after, limit=limit)
+
+    async def count_parked_events(self, projection: str) -> int:
+        return await self.inner.count_parked_events(projection)
 
 
 class OpenedAudit:

@@ -9,7 +9,7 @@ import pytest
 
 from service.errors import SubjectsForgotten
 from service.store.base import StoreAdapter
-from service.store.records import ClaimChange, DataKey, DocumentWrite, Snapshot, StoredDocument
+from service.store.records import ClaimChange, DataKey, DocumentWrite, ParkedEvent, Snapshot, StoredDocument
 from tests.support.contents import contents
 from tests.support.events import new_event
 
@@ -167,3 +167,17 @@ async def test_documents_of_an_aggregate_without_a_key_are_kept(store: StoreAdap
     await store.commit_projection("p", expected_position=0, new_position=1, writes=[document("k", b"1", "acc-1")])
     assert await store.forget_data_key("acc-1") is False
     assert await store.load_document("p", "k") == StoredDocument("k", "t.Doc", b"1")
+
+
+def parked(aggregate_id: str, position: int) -> ParkedEvent:
+    return ParkedEvent("p", position, f"e-{position}", "t.Event", aggregate_id, f"no: {aggregate_id}'s secret", 3, 1)
+
+
+async def test_forgetting_deletes_the_events_a_projection_parked_for_the_aggregate(store: StoreAdapter) -> None:
+    """A parked event keeps its handler's error, which may quote the payload."""
+    await store.create_data_key(key("acc-1"))
+    await store.commit_projection(
+        "p", expected_position=0, new_position=2, writes=[], parked=[parked("acc-1", 1), parked("acc-2", 2)]
+    )
+    await store.forget_data_key("acc-1")
+    assert await store.parked_events("p") == [parked("acc-2", 2)]

@@ -48,6 +48,7 @@ _MEMORY_TABLES = {
     "_projection_positions": "projection_checkpoints",
     "_documents": "projection_documents",
     "_subjects": "projection_subjects",
+    "_parked": "projection_parked_events",
 }
 
 # Where appending events shows, and nothing else: the events themselves

@@ -42,6 +42,7 @@ class KeysRole:
                 Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
                 Statement(sql.RELEASE_CLAIMS_OF_FORGOTTEN.encode(), (aggregate_id,)),
                 Statement(sql.DELETE_DOCUMENTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
+                Statement(sql.DELETE_PARKED_OF_FORGOTTEN.encode(), (aggregate_id,)),
             ],
         )
         return results[0].ntuples == 1

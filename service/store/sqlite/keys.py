@@ -59,6 +59,7 @@ def _forget(db: sqlite3.Connection, aggregate_id: str) -> bool:
         db.execute(sql.RELEASE_CLAIMS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
         db.execute(sql.DELETE_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
         db.execute(sql.DELETE_SUBJECTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+        db.execute(sql.DELETE_PARKED_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     # The pages as they were before (the wrapped key, the snapshots) are in
     # the WAL until a checkpoint copies the new ones over them: empty it now.
     busy, _, _ = db.execute(sql.CHECKPOINT_TRUNCATE).fetchone()

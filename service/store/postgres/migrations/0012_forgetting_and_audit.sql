@@ -1,4 +1,4 @@
--- Migration 11: what forgetting an aggregate reaches beyond its key.
+-- Migration 12: what forgetting an aggregate reaches beyond its key.
 
 -- The aggregates each read-model document is derived from (its subjects):
 -- forgetting one deletes the documents that name it, in the forget's

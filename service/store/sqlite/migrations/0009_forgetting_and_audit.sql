@@ -1,4 +1,4 @@
--- Chronicle's SQLite schema, version 7 -> 8: what forgetting an aggregate
+-- Chronicle's SQLite schema, version 8 -> 9: what forgetting an aggregate
 -- reaches beyond its key.
 
 -- The aggregates each read-model document is derived from (its subjects):
