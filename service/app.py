@@ -14,6 +14,7 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,6 +38,9 @@ from service.audit import AuditLog, AuditMiddleware, SampledRefusals
 from service.cluster.addresses import advertised_address, with_port
 from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
+from service.console.load import LoadSampler
+from service.console.server import Console, check_console_exposure
+from service.console.views import Parts
 from service.errors import ConfigurationError
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
@@ -132,6 +136,7 @@ class Application:
     ownership: Ownership
     cluster: ClusterService
     watchdog: LoopLagWatchdog | None = None
+    console: Console | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
     refused: RefusedCommands | None = None
@@ -159,6 +164,8 @@ class Application:
         await self.leases.leave(self.ownership.group.name)
         self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
         self.cluster.close()  # topology watchers too: they watch another member
+        if self.console is not None:
+            await self.console.stop()  # its live tails ended with the subscriptions
         # gRPC's stop refuses new calls at once. A load balancer that polls
         # health would never see NOT_SERVING, only a server that is gone, and
         # health watchers might hear of it after their calls were refused;
@@ -205,6 +212,11 @@ async def start(
         anonymous_admin=settings.anonymous_admin,
     ):
         log.warning("%s", warning)
+    if settings.console_listen:
+        for warning in check_console_exposure(
+            listen=settings.console_listen, auth=settings.auth, tls=bool(settings.tls_cert_file)
+        ):
+            log.warning("%s", warning)
     registry = registry if registry is not None else build_registry(settings)
     adapter = (
         store
@@ -224,7 +236,8 @@ async def start(
         if settings.tls_cert_file
         else None
     )
-    metrics = Metrics() if settings.metrics_listen else None
+    # The console's load page draws the same metrics: they are kept for it too.
+    metrics = Metrics() if settings.metrics_listen or settings.console_listen else None
     if metrics is not None:
         batch_counts = getattr(adapter, "batch_counts", None)
         if batch_counts is not None:
@@ -334,6 +347,28 @@ async def start(
     )
     ownership = Ownership(leases, settings.partitions)
     cluster = ClusterService(ownership)
+    events = EventService(
+        read_roles.events,
+        executor.loader if standby is None else AggregateLoader(read_roles, registry),
+        authorizer,
+        subscriptions,
+        registry,
+        tracker,
+        page_bytes=page_bytes,
+        log=read_roles.log,
+        primary_log=roles.log,
+        read_wait=settings.read_wait_seconds,
+    )
+    projection_service = ProjectionService(
+        documents=roles.projections,
+        log=roles.log,
+        registry=registry,
+        projections=projections,
+        authorizer=authorizer,
+        audit=audit,
+        read_wait=settings.read_wait_seconds,
+        page_bytes=page_bytes,
+    )
     server = build_server(
         commands=CommandService(
             registry,
@@ -343,29 +378,9 @@ async def start(
             DryRunAudit(audit),
             ownership=ownership,
         ),
-        events=EventService(
-            read_roles.events,
-            executor.loader if standby is None else AggregateLoader(read_roles, registry),
-            authorizer,
-            subscriptions,
-            registry,
-            tracker,
-            page_bytes=page_bytes,
-            log=read_roles.log,
-            primary_log=roles.log,
-            read_wait=settings.read_wait_seconds,
-        ),
+        events=events,
         admin=AdminService(audit, authorizer, keyring),
-        projections=ProjectionService(
-            documents=roles.projections,
-            log=roles.log,
-            registry=registry,
-            projections=projections,
-            authorizer=authorizer,
-            audit=audit,
-            read_wait=settings.read_wait_seconds,
-            page_bytes=page_bytes,
-        ),
+        projections=projection_service,
         cluster=cluster,
         health=health,
         max_message_bytes=settings.max_message_bytes,
@@ -374,6 +389,7 @@ async def start(
         reuse_port=settings.reuse_port,
     )
     metrics_server = None
+    console = None
     try:
         if metrics is not None:
             metrics.watch(
@@ -382,12 +398,36 @@ async def start(
                 rpcs_in_flight=lambda: gate.in_flight,
                 subscriptions=lambda: tracker.count,
             )
-            metrics_server = MetricsServer(metrics, settings.metrics_listen)
+            if settings.metrics_listen:
+                metrics_server = MetricsServer(metrics, settings.metrics_listen)
         port = _bind(server, settings.listen, credentials)
         # One of several processes (--processes) also listens on a port of
         # its own, which it advertises: routing clients reach it directly,
         # while plain clients keep the shared port.
         own_port = _bind(server, settings.process_listen, credentials) if settings.process_listen else None
+        if settings.console_listen:
+            # The console reads through the servicers above, as the caller
+            # it logged in: the RPCs' authorization, not a copy of it.
+            console = Console(
+                Parts(
+                    registry=registry,
+                    authorizer=authorizer,
+                    events=events,
+                    projections=projection_service,
+                    cluster=cluster,
+                    aggregates=read_roles.events,
+                    log=read_roles.log,
+                    runners=projections,
+                    ownership=ownership,
+                    leases=leases,
+                    load=LoadSampler(metrics.registry, interval=settings.console_sample_seconds)
+                    if metrics is not None
+                    else None,
+                    projections_group=PROJECTIONS_GROUP,
+                ),
+                authenticator=authenticator,
+            )
+            await console.start(settings.console_listen, tls=_console_tls(settings))
     except (RuntimeError, ConfigurationError) as error:
         if metrics_server is not None:
             metrics_server.stop()
@@ -432,6 +472,7 @@ async def start(
         ownership=ownership,
         cluster=cluster,
         watchdog=watchdog,
+        console=console,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
         refused=refused_commands,
@@ -449,6 +490,15 @@ def _standby(settings: Settings, adapter: StoreAdapter) -> StandbyStore:
             "--read-database-url names a standby of a PostgreSQL --database-url", reason="BAD_SETTING"
         )
     return StandbyStore(settings.read_database_url, primary=adapter, pool_size=settings.db_pool_size)
+
+
+def _console_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The console serves TLS with the API's certificate when the API does."""
+    if not settings.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -481,6 +531,9 @@ def describe(app: Application) -> str:
     )
     if app.metrics_server is not None:
         lines.append(f"  metrics on http://{app.metrics_server.address}/metrics")
+    if app.console is not None:
+        scheme = "https" if settings.tls_cert_file else "http"
+        lines.append(f"  console on {scheme}://{app.console.address}/")
     for plugin in app.registry.plugins:
         lines.append(f"  plugin {plugin.name}")
         for aggregate in plugin.aggregates:

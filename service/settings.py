@@ -113,6 +113,16 @@ class Settings:
     metrics_listen: str = field(
         default="", metadata={"help": "host:port to serve Prometheus metrics on (/metrics); empty: off"}
     )
+    console_listen: str = field(
+        default="",
+        metadata={
+            "help": "host:port to serve the operators' web console on (docs/console.md); empty: off. Beyond"
+            " loopback it needs --auth"
+        },
+    )
+    console_sample_seconds: float = field(
+        default=5.0, metadata={"help": "seconds between the console's samples of the load (15 minutes are kept)"}
+    )
     max_concurrent_rpcs: int = field(
         default=1000, metadata={"help": "RPCs handled at once; one more is RESOURCE_EXHAUSTED (health checks exempt)"}
     )
@@ -232,6 +242,12 @@ class Settings:
             raise ConfigurationError(
                 f"metrics_listen must be host:port, got {self.metrics_listen!r}", reason="BAD_SETTING"
             )
+        if self.console_listen and not self.console_listen.rpartition(":")[2].isdigit():
+            raise ConfigurationError(
+                f"console_listen must be host:port, got {self.console_listen!r}", reason="BAD_SETTING"
+            )
+        if self.console_sample_seconds <= 0:
+            raise ConfigurationError("console_sample_seconds must be positive", reason="BAD_SETTING")
         limits = (
             "max_concurrent_rpcs",
             "max_subscriptions",

@@ -9,6 +9,10 @@ registered, status codes, store operations): never aggregate ids.
   (``failed_precondition``, ``permission_denied``, ``aborted``, …).
 - ``chronicle_command_duration_seconds{command_type}``: from taking a command
   to its result, queue wait included (histogram).
+- ``chronicle_command_refusals_total{reason}``: commands refused, by the
+  error's machine-readable reason (``INSUFFICIENT_FUNDS``,
+  ``WRONG_EXPECTED_VERSION``, ``SUBMIT_DENIED``, …): the plugins' and the
+  server's reasons, a bounded set.
 - ``chronicle_rpc_refusals_total{reason}``: RPCs refused before their request
   was read (``NO_CREDENTIALS``, ``TOKEN_EXPIRED``, ``TOO_MANY_REQUESTS``, …).
 - ``chronicle_audit_refusals_sampled_total{reason}``: refusals of callers
@@ -65,6 +69,9 @@ class Metrics:
             ["command_type"],
             buckets=LATENCY_BUCKETS,
             registry=r,
+        )
+        self.command_refusals = Counter(
+            "chronicle_command_refusals", "Commands refused, by the error's reason", ["reason"], registry=r
         )
         self.rpc_refusals = Counter(
             "chronicle_rpc_refusals", "RPCs refused before their request was read, by reason", ["reason"], registry=r
@@ -175,6 +182,8 @@ class MetricsMiddleware(Middleware):
 
     def on_error(self, call: CommandCall) -> None:
         self._count(call)
+        if isinstance(call.error, ChronicleError):
+            self._metrics.command_refusals.labels(reason=call.error.reason).inc()
 
 
 class MetricsServer:

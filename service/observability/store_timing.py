@@ -22,6 +22,7 @@ from service.store.base import AggregateQuery, EventRecorder, LogReader, Project
 from service.store.leasing import Fencing
 from service.store.records import (
     AggregateHead,
+    AggregateSummary,
     ClaimChange,
     CommandRecord,
     DocumentRange,
@@ -106,6 +107,11 @@ class TimedEvents:
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         return await self._clock.time("version_at", lambda: self._inner.version_at(aggregate_id, timestamp_us))
+
+    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+        return await self._clock.time(
+            "list_aggregates", lambda: self._inner.list_aggregates(prefix, after=after, limit=limit)
+        )
 
 
 class TimedLog:

@@ -28,6 +28,7 @@ from typing import Protocol
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.records import (
     AggregateHead,
+    AggregateSummary,
     AuditEntry,
     ClaimChange,
     CommandRecord,
@@ -165,6 +166,12 @@ class EventRecorder(Protocol):
         event is later (or there is none). Defined over the prefix because
         clocks of different writers may disagree: versions, not timestamps,
         order an aggregate's events."""
+
+    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+        """Up to ``limit`` aggregates whose id starts with ``prefix`` (every
+        one for ""), and is greater than ``after``, in the store's order of
+        ids (``after``: the last id of the page before). For browsing (the
+        console), not for the command path: it walks the index of ids."""
 
 
 class LogReader(Protocol):

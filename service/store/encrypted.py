@@ -76,6 +76,7 @@ from service.store.encryption import (
 from service.store.leasing import Fencing
 from service.store.records import (
     AggregateHead,
+    AggregateSummary,
     AuditEntry,
     ClaimChange,
     CommandRecord,
@@ -265,6 +266,9 @@ class SealedEvents:
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         return await self.inner.version_at(aggregate_id, timestamp_us)
+
+    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+        return await self.inner.list_aggregates(prefix, after=after, limit=limit)  # ids and types are not sealed
 
 
 class SealedLog:

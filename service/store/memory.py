@@ -18,6 +18,7 @@ from service.store.notifier import CommitNotifier
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
     AggregateHead,
+    AggregateSummary,
     AuditEntry,
     ClaimChange,
     CommandRecord,
@@ -239,6 +240,12 @@ class MemoryStore(SoleOwnerLeases):
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         return select_events(self._streams.get(aggregate_id, []), query)
+
+    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+        ids = sorted(i for i, stream in self._streams.items() if stream and i.startswith(prefix) and i > after)
+        return [
+            AggregateSummary(i, self._streams[i][-1].aggregate_type, self._streams[i][-1].version) for i in ids[:limit]
+        ]
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         version = 0

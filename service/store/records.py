@@ -242,6 +242,15 @@ class AggregateHead:
 
 
 @dataclass(frozen=True, slots=True)
+class AggregateSummary:
+    """One aggregate of a listing: its id, type and latest version."""
+
+    aggregate_id: str
+    aggregate_type: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class LogFilter:
     """Which events of the global log a reader wants. Fields combine with
     AND; entries of one set with OR; empty means any."""

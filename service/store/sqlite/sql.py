@@ -83,6 +83,14 @@ RELEASE_CLAIM = "DELETE FROM claims WHERE scope = ? AND value = ? AND aggregate_
 
 FIND_COMMAND = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id = ?"
 HEAD = "SELECT aggregate_type, version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
+# Ids compare as bytes (BINARY collation), so every id starting with the
+# prefix is at or after it: the range start lets the (aggregate_id, version)
+# index begin there, and the walk stops after ``limit`` aggregates.
+LIST_AGGREGATES = (
+    "SELECT aggregate_id, min(aggregate_type), max(version) FROM events"
+    " WHERE aggregate_id >= ?1 AND substr(aggregate_id, 1, length(?1)) = ?1 AND aggregate_id > ?2"
+    " GROUP BY aggregate_id ORDER BY aggregate_id LIMIT ?3"
+)
 VERSION_AT = (
     "SELECT COALESCE("
     " (SELECT MIN(version) - 1 FROM events WHERE aggregate_id = ? AND recorded_at_us > ?),"
