@@ -32,11 +32,13 @@ from service.store.records import (
     StoredDocument,
 )
 from service.store.selection import select_events
+from service.store.memory_groups import MemoryGroups
 from service.store.sole_owner import SoleOwnerLeases
 
 
-class MemoryStore(SoleOwnerLeases):
+class MemoryStore(SoleOwnerLeases, MemoryGroups):
     def __init__(self, *, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> None:
+        MemoryGroups.__init__(self)
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._log: list[RecordedEvent] = []
