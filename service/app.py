@@ -25,6 +25,7 @@ from service.api.cluster_service import ClusterService
 from service.api.command_service import CommandService
 from service.api.event_service import EventService
 from service.api.gate import RpcGate, refused_rpc_hooks
+from service.api.group_service import SubscriptionGroupService
 from service.api.health import Health, StoreMonitor
 from service.api.projection_service import ProjectionService
 from service.api.refused_commands import RefusedCommands
@@ -46,6 +47,7 @@ from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
 from service.plugins.middleware import Middleware
 from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
+from service.processing.groups import SubscriptionGroups
 from service.processing.middleware import Pipeline
 from service.processing.projections import ProjectionRunner, Projections
 from service.processing.router import Router
@@ -125,6 +127,7 @@ class Application:
     port: int
     monitor: StoreMonitor
     subscriptions: Subscriptions
+    groups: SubscriptionGroups
     projections: Projections
     leases: LeaseKeeper
     ownership: Ownership
@@ -154,6 +157,7 @@ class Application:
         # them over while this one drains.
         await self.leases.leave(self.ownership.group.name)
         self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
+        self.groups.close()  # consumers too: they connect again, to any replica
         self.cluster.close()  # topology watchers too: they watch another member
         # gRPC's stop refuses new calls at once. A load balancer that polls
         # health would never see NOT_SERVING, only a server that is gone, and
@@ -316,6 +320,17 @@ async def start(
     )
     ownership = Ownership(leases, settings.partitions)
     cluster = ClusterService(ownership)
+    # Subscription groups read the primary's log: their checkpoints are
+    # written there, and must never run ahead of what a consumer was sent.
+    groups = SubscriptionGroups(
+        roles.groups,
+        roles.log,
+        executor.loader.reader,
+        lease_seconds=settings.lease_seconds,
+        poll_interval=settings.poll_seconds,
+        page_size=settings.read_page_events,
+        page_bytes=page_bytes,
+    )
     server = build_server(
         commands=CommandService(registry, pipeline, refused_commands, ownership=ownership),
         events=EventService(
@@ -339,6 +354,9 @@ async def start(
             authorizer=authorizer,
         ),
         cluster=cluster,
+        groups=SubscriptionGroupService(
+            groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit
+        ),
         health=health,
         max_message_bytes=settings.max_message_bytes,
         gate=gate,
@@ -399,6 +417,7 @@ async def start(
         port=port,
         monitor=monitor,
         subscriptions=subscriptions,
+        groups=groups,
         projections=projections,
         leases=leases,
         ownership=ownership,

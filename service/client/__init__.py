@@ -44,6 +44,7 @@ from service.client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from service.client.groups import Delivery, GroupConsumer, GroupInfo, Groups, ParkedEvent
 from service.client.results import AggregateState, Event, StreamResult, Submitted, SubmittedBatch
 from service.client.retry import NO_RETRIES, RetryPolicy
 from service.client.subscription import LogFilter, Subscription
@@ -57,15 +58,20 @@ __all__ = [
     "ChronicleClient",
     "Command",
     "DeadlineExceeded",
+    "Delivery",
     "Event",
     "FailedPrecondition",
     "FileCheckpoints",
+    "GroupConsumer",
+    "GroupInfo",
+    "Groups",
     "Internal",
     "InvalidArgument",
     "LogFilter",
     "MemoryCheckpoints",
     "NotFound",
     "OutOfRange",
+    "ParkedEvent",
     "PermissionDenied",
     "RemoteError",
     "ResourceExhausted",

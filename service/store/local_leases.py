@@ -79,11 +79,7 @@ class LocalLeases:
         """The group now: its live members, its leases (an expired one
         without owner)."""
         now = self._clock()
-        members = tuple(
-            m.member
-            for _, m in sorted(self._members.get(group, {}).items())
-            if m.expires_at > now
-        )
+        members = tuple(m.member for _, m in sorted(self._members.get(group, {}).items()) if m.expires_at > now)
         leases = tuple(
             Lease(name, lease.owner if lease.expires_at > now else None, lease.epoch)
             for name, lease in sorted(self._leases.get(group, {}).items())

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Sequence
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.leasing import Fencing
+from service.store.memory_groups import MemoryGroups
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
@@ -32,7 +33,6 @@ from service.store.records import (
     StoredDocument,
 )
 from service.store.selection import select_events
-from service.store.memory_groups import MemoryGroups
 from service.store.sole_owner import SoleOwnerLeases
 
 

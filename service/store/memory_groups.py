@@ -21,7 +21,9 @@ from service.store.local_leases import LocalLeases
 
 
 def group_exists(name: str) -> ResourceExists:
-    return ResourceExists(f"subscription group {name!r} exists already", reason="GROUP_EXISTS", metadata={"group": name})
+    return ResourceExists(
+        f"subscription group {name!r} exists already", reason="GROUP_EXISTS", metadata={"group": name}
+    )
 
 
 @dataclass(slots=True)

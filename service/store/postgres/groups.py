@@ -13,8 +13,8 @@ from service.errors import ConcurrencyConflict
 from service.store.base import LeaseStore
 from service.store.grouping import (
     GROUP_LEASE_PREFIX,
-    GroupState,
     GroupSpec,
+    GroupState,
     ParkedEvent,
     SegmentCheckpoint,
     consumer_group,

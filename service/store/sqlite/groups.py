@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from service.errors import ConcurrencyConflict
 from service.store.grouping import (
-    GroupState,
     GroupSpec,
+    GroupState,
     ParkedEvent,
     SegmentCheckpoint,
     consumer_group,

@@ -220,6 +220,5 @@ LIST_PARKED = (
 REPLAY_ALL_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ?"
 REPLAY_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ? AND event_id = ?"
 PARKED_TO_REPLAY = (
-    f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND replaying = 1"
-    " ORDER BY position, event_id"
+    f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND replaying = 1 ORDER BY position, event_id"
 )
