@@ -271,9 +271,7 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
                 yield _deliveries(batch)
         finally:
             listening.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await listening
-            await self._groups.release(session)
+            self._groups.release(session)
 
 
 async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerSession) -> None:

@@ -148,6 +148,10 @@ class GroupConsumer:
                         continue
                     for item in message.deliveries.deliveries:
                         yield Delivery(self, item)
+            except asyncio.CancelledError:
+                if self._closed and call.cancelled():
+                    return  # closed by ``close``, from another task
+                raise
             except grpc.aio.AioRpcError as failed:
                 if self._closed:
                     return

@@ -206,11 +206,11 @@ class ConsumerSession:
         the segments (another consumer takes them at its next heartbeat)."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._poll)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._commit_round(), self._poll)
+            async with asyncio.timeout(self._poll):
+                await self._commit_round()
         await self.keeper.stop(leave=True)
 
     def fail(self, error: BaseException) -> None:
@@ -328,8 +328,11 @@ class ConsumerSession:
                 return batch
             wake = [d for d, _, x in self._deadlines[:1]] + [d for d, _, x in self._retries[:1]]
             timeout = max(0.0, min(wake) - now) if wake else None
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can
+            # swallow a cancellation that meets the awaited event's setting.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -446,7 +449,8 @@ class ConsumerSession:
             if not reading or self._queued >= self._max_queued:
                 self._reader_wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._reader_wake.wait(), self._poll)
+                    async with asyncio.timeout(self._poll):
+                        await self._reader_wake.wait()
                 continue
             start = min(s.read_to for s in reading)
             page = await self._log.read_log(start, self._stored_filter, self._page_size, max_bytes=self._page_bytes)
@@ -566,6 +570,7 @@ class SubscriptionGroups:
         self._page_size = page_size
         self._page_bytes = page_bytes
         self._sessions: set[ConsumerSession] = set()
+        self._closing_sessions: set[asyncio.Future[None]] = set()
         self._closing = False
 
     @property
@@ -591,9 +596,13 @@ class SubscriptionGroups:
         self._sessions.add(session)
         return session
 
-    async def release(self, session: ConsumerSession) -> None:
+    def release(self, session: ConsumerSession) -> None:
+        """End ``session`` in the background: the stream's status goes out
+        at once, while the session commits and gives its segments up."""
         self._sessions.discard(session)
-        await session.close()
+        closing = asyncio.ensure_future(session.close())
+        self._closing_sessions.add(closing)
+        closing.add_done_callback(self._closing_sessions.discard)
 
     def close(self) -> None:
         """End every consumer's stream with UNAVAILABLE (SHUTTING_DOWN):

@@ -15,7 +15,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.client import ChronicleClient, Command, Delivery
 from service.client.results import Event
 from tests.support.cluster import replica
-from tests.support.groups import ConsumerRecord, GroupLedger, consume_into
+from tests.support.groups import GroupLedger, consume_into
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
