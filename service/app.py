@@ -37,6 +37,7 @@ from service.cluster.addresses import advertised_address, with_port
 from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
 from service.errors import ConfigurationError
+from service.groups import SubscriptionGroups
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
 from service.observability.store_timing import timed
@@ -47,7 +48,6 @@ from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
 from service.plugins.middleware import Middleware
 from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
-from service.processing.groups import SubscriptionGroups
 from service.processing.middleware import Pipeline
 from service.processing.projections import ProjectionRunner, Projections
 from service.processing.router import Router

@@ -1,5 +1,5 @@
 """``chronicle.v1.SubscriptionGroupService``: subscription groups, their
-consumers' streams, and their parked events (``processing/groups.py``).
+consumers' streams, and their parked events (``service/groups.py``).
 
 Creating and deleting groups and replaying parked events take the admin
 grant and are audited; consuming a group, listing groups and listing
@@ -24,9 +24,9 @@ from service.api.codec import check_id, check_names, check_version, encode_event
 from service.api.subscribe import known_names
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, PermissionDenied
+from service.groups import ConsumerSession, Delivery, SubscriptionGroups, group_not_found
 from service.plugins.registry import Registry
 from service.principal import current_principal
-from service.processing.groups import ConsumerSession, Delivery, SubscriptionGroups, group_not_found
 from service.security.policy import Authorizer
 from service.store.base import LogReader
 from service.store.grouping import GroupSpec, GroupState, ParkedEvent

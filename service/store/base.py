@@ -330,7 +330,7 @@ class LeaseStore(Protocol):
 
 class GroupStore(Protocol):
     """Subscription groups (``service/store/grouping.py`` says what they
-    are; ``service/processing/groups.py`` delivers their events).
+    are; ``service/groups.py`` delivers their events).
 
     ``consumer_leases`` is the ``LeaseStore`` by which a group's consumers
     share its segments (lease group ``grouping.consumer_group(name)``, one

@@ -1,7 +1,7 @@
 """What the subscription-group role (``base.GroupStore``) reads and writes.
 
 A *subscription group* reads the log through a filter from a start
-position; its consumers share the events (``service/processing/groups.py``).
+position; its consumers share the events (``service/groups.py``).
 The aggregate ids are cut into ``segments`` by the partition hash
 (``service/cluster/hashing.py``); each segment has a checkpoint of its own:
 the position up to which every event of the segment was acknowledged or
