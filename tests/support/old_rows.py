@@ -29,6 +29,9 @@ and the other does not can shift them):
     10 lease groups' members and leases (PostgreSQL only: a SQLite store's
        one process holds every lease and writes none): a live member, a
        lease it holds, one taken and given up, free ones
+    11 (SQLite: 8) subscription groups: a group with a filter, its segments'
+       checkpoints (moved, with acknowledged counts, and at the start), its
+       parked events (one to replay)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -52,6 +55,7 @@ from service.errors import AggregateForgotten, CommandAlreadyRecorded, NotUnique
 from service.store.base import AuditQuery, ProjectionStore, SnapshotStore, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
+from service.store.grouping import GroupSpec, GroupState, ParkedEvent, SegmentCheckpoint
 from service.store.leasing import Lease, LeaseMember
 from service.store.records import (
     ACCEPTED,
@@ -81,11 +85,13 @@ _FIRST = {
     "audit_outcome": 6,
     "hidden_claims": 7,
     "leases": 10,
+    "groups": 11,
 }
 SINCE: dict[str, dict[str, int]] = {
     "postgres": dict(_FIRST),
-    # SQLite keeps no leases (service/store/sole_owner.py): never.
-    "sqlite": {**_FIRST, "leases": 1 << 30},
+    # SQLite keeps no leases (service/store/sole_owner.py): never; its
+    # migrations went without the lease one, so groups came at 8.
+    "sqlite": {**_FIRST, "leases": 1 << 30, "groups": 8},
 }
 
 # Master keys: "current" wraps new data keys; "retired" wrapped some in the
@@ -104,6 +110,18 @@ LEASE_NAMES = ("0", "1", "2", "3")
 # Long enough that the member is still live when a test reads the rows back
 # from a database filled earlier in the run.
 LEASE_SECONDS = 86_400.0
+GROUP_SPEC = GroupSpec(
+    name="billing",
+    log_filter=LogFilter(aggregate_types=frozenset({"Account"}), event_types=frozenset({"bank.v1.MoneyDeposited"})),
+    start_position=0,
+    segments=4,
+    max_attempts=3,
+    retry_backoff_ms=250,
+    max_retry_backoff_ms=4000,
+    ack_timeout_ms=1500,
+)
+# The filter as the stores keep it (GroupSpec.filter_json).
+GROUP_FILTER = '{"aggregate_types":["Account"],"event_types":["bank.v1.MoneyDeposited"],"origin":null}'
 
 
 # -- the sealed formats, as databases hold them ----------------------------------
@@ -207,6 +225,8 @@ class OldRows:
     documents: list[OldDocument] = field(default_factory=list)
     lease_members: list[LeaseMember] = field(default_factory=list)  # of LEASE_GROUP, live
     leases: list[Lease] = field(default_factory=list)  # of LEASE_GROUP, by name
+    groups: list[GroupState] = field(default_factory=list)  # by name (consumers: none)
+    parked: list[ParkedEvent] = field(default_factory=list)  # of GROUP_SPEC, by position
 
     def holds(self, kind: str) -> bool:
         return self.version >= SINCE[self.dialect][kind]
@@ -400,6 +420,28 @@ def rows_at(dialect: str, version: int) -> OldRows:
             Lease("2", None, 0),  # never taken
             Lease("3", None, 0),
         ]
+
+    if rows.holds("groups"):
+        rows.groups.append(
+            GroupState(
+                spec=GROUP_SPEC,
+                checkpoints=(
+                    SegmentCheckpoint(0, 3, 2),
+                    SegmentCheckpoint(1, 2, 1),
+                    SegmentCheckpoint(2, 0, 0),
+                    SegmentCheckpoint(3, 0, 0),
+                ),
+                parked=2,
+            )
+        )
+        rows.parked += [
+            ParkedEvent(
+                event_id="p-1", position=2, segment=1, aggregate_id="acc-1", attempts=3, reason="boom", replaying=False
+            ),
+            ParkedEvent(
+                event_id="p-2", position=3, segment=0, aggregate_id="acc-2", attempts=3, reason="bad", replaying=True
+            ),
+        ]
     return rows
 
 
@@ -457,6 +499,19 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
         await store.change_leases(LEASE_GROUP, member.member_id, release=(), acquire=held, ttl=LEASE_SECONDS)
         given_up = [lease.name for lease in rows.leases if lease.owner is None and lease.epoch > 0]
         await store.change_leases(LEASE_GROUP, member.member_id, release=given_up, acquire=(), ttl=LEASE_SECONDS)
+    for group in rows.groups:
+        await store.create_group(group.spec)
+        for checkpoint in group.checkpoints:
+            if checkpoint.position != group.spec.start_position:
+                await store.commit_segment(
+                    group.spec.name,
+                    checkpoint.segment,
+                    expected_position=group.spec.start_position,
+                    new_position=checkpoint.position,
+                    acknowledged=checkpoint.acknowledged,
+                    parked=[p for p in rows.parked if p.segment == checkpoint.segment],
+                )
+        await store.replay_parked(group.spec.name, [p.event_id for p in rows.parked if p.replaying])
 
 
 # -- reading them back through the current store ------------------------------------
@@ -721,6 +776,28 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
             [Lease(lease.name, newcomer.member_id, lease.epoch + 1) for lease in free],
         )
 
+    async def groups() -> None:
+        # A consumer of the new version goes on from the old checkpoints.
+        same("groups", await store.list_groups(), rows.groups)
+        (group,) = rows.groups
+        name = group.spec.name
+        same("parked events", await store.list_parked(name), rows.parked)
+        same(
+            "parked events to replay",
+            await store.parked_to_replay(name, list(range(group.spec.segments)), 10),
+            [p for p in rows.parked if p.replaying],
+        )
+        moved = group.checkpoint(0)
+        await store.commit_segment(
+            name, 0, expected_position=moved.position, new_position=moved.position + 5, acknowledged=4
+        )
+        loaded = await store.load_group(name)
+        same(
+            "a checkpoint moved after the old one",
+            loaded.checkpoint(0) if loaded is not None else None,
+            SegmentCheckpoint(0, moved.position + 5, moved.acknowledged + 4),
+        )
+
     for kind, body in (
         ("events", events),
         ("log", log),
@@ -736,6 +813,7 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         ("appends after the old events", appends_go_on),
         ("snapshots, checkpoints and audit after the old ones", history_goes_on),
         *((("leases", leases),) if rows.holds("leases") else ()),
+        *((("groups", groups),) if rows.holds("groups") else ()),
     ):
         await check(kind, body)
     return failures

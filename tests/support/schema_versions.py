@@ -36,7 +36,7 @@ from service.store.sqlite import migrations as sqlite_migrations
 from service.store.sqlite import sql as sqlite_sql
 from service.store.sqlite.writer import writing
 from tests.support.contents import contents
-from tests.support.old_rows import LEASE_GROUP, LEASE_SECONDS, OldRows, rows_at
+from tests.support.old_rows import GROUP_FILTER, LEASE_GROUP, LEASE_SECONDS, OldRows, rows_at
 from tests.support.postgres import Cluster
 
 POSTGRES_VERSIONS = [m.version for m in postgres_migrations.known_migrations()]
@@ -56,6 +56,7 @@ DATABASE_TIMES = frozenset(
         "updated_at",
         "joined_at",
         "expires_at",  # a lease's or a member's: now() plus the lease time
+        "parked_at",
     }
 )
 # Columns whose default is the only value they can hold.
@@ -182,6 +183,43 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
             "INSERT INTO chronicle.leases (lease_group, name, owner, epoch, expires_at) VALUES (%s, %s, %s, %s,"
             " CASE WHEN %s THEN now() + %s * interval '1 second' ELSE '-infinity' END)",
             (LEASE_GROUP, lease.name, lease.owner, lease.epoch, lease.owner is not None, LEASE_SECONDS),
+        )
+    for group in rows.groups:
+        spec = group.spec
+        conn.execute(
+            "INSERT INTO chronicle.subscription_groups (name, filter, start_position, segments, max_attempts,"
+            " retry_backoff_ms, max_retry_backoff_ms, ack_timeout_ms) VALUES (%s, %s::jsonb, %s, %s, %s, %s, %s, %s)",
+            (
+                spec.name,
+                GROUP_FILTER,
+                spec.start_position,
+                spec.segments,
+                spec.max_attempts,
+                spec.retry_backoff_ms,
+                spec.max_retry_backoff_ms,
+                spec.ack_timeout_ms,
+            ),
+        )
+        for checkpoint in group.checkpoints:
+            conn.execute(
+                "INSERT INTO chronicle.group_segments (group_name, segment, position, acknowledged)"
+                " VALUES (%s, %s, %s, %s)",
+                (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
+            )
+    for parked in rows.parked:
+        conn.execute(
+            "INSERT INTO chronicle.group_parked (group_name, event_id, position, segment, aggregate_id, attempts,"
+            " reason, replaying) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                rows.groups[0].spec.name,
+                parked.event_id,
+                parked.position,
+                parked.segment,
+                parked.aggregate_id,
+                parked.attempts,
+                parked.reason,
+                parked.replaying,
+            ),
         )
 
 
@@ -427,6 +465,42 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
         conn.execute(
             "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?, ?, ?, ?)",
             (document.projection, d.key, d.type_name, d.data),
+        )
+    for group in rows.groups:
+        spec = group.spec
+        conn.execute(
+            "INSERT INTO subscription_groups (name, filter, start_position, segments, max_attempts, retry_backoff_ms,"
+            " max_retry_backoff_ms, ack_timeout_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                spec.name,
+                GROUP_FILTER,
+                spec.start_position,
+                spec.segments,
+                spec.max_attempts,
+                spec.retry_backoff_ms,
+                spec.max_retry_backoff_ms,
+                spec.ack_timeout_ms,
+            ),
+        )
+        for checkpoint in group.checkpoints:
+            conn.execute(
+                "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, ?)",
+                (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
+            )
+    for parked in rows.parked:
+        conn.execute(
+            "INSERT INTO group_parked (group_name, event_id, position, segment, aggregate_id, attempts, reason,"
+            " replaying) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rows.groups[0].spec.name,
+                parked.event_id,
+                parked.position,
+                parked.segment,
+                parked.aggregate_id,
+                parked.attempts,
+                parked.reason,
+                int(parked.replaying),
+            ),
         )
 
 
