@@ -71,7 +71,10 @@ class GroupConsumer:
     in ``async with`` (which ends the stream, giving this consumer's
     segments to the others at once) and iterate it for ``Delivery``\\ s. A
     stream broken by UNAVAILABLE (a server stopping) is opened again after
-    ``reconnect_delay`` seconds; other errors are raised as ``RemoteError``."""
+    ``reconnect_delay`` seconds; other errors are raised as ``RemoteError``.
+    Each iteration (``aiter``) is one stream, open as long as its iterator:
+    keep iterating one, rather than starting a loop again after a ``break``
+    (which joins the group anew)."""
 
     def __init__(
         self,

@@ -366,3 +366,41 @@ async def test_a_consumer_that_closes_its_side_ends_the_stream_cleanly(client: C
         return not (await client.groups.get("billing")).consumers
 
     await eventually(gone, what="the consumer gone from the group")
+
+
+async def test_a_consumer_beyond_the_segment_count_waits_and_takes_over_when_the_holder_leaves(
+    client: ChronicleClient, server: Application
+) -> None:
+    await write(client, accounts(["acc-1", "acc-2"]))
+    await client.groups.create("single", segments=1)
+    async with ChronicleClient.connect(server.address) as other:
+        holder = client.consume("single", consumer="holder")
+        waiter = other.consume("single", consumer="waiter")
+        holding = aiter(holder)  # the stream lives as long as its iterator
+        held = await take(holding, 2, ack=True)
+        waiting = asyncio.ensure_future(take(aiter(waiter), 1, ack=True))
+        await asyncio.wait_for(waiter.joined.wait(), 20)
+        group = await client.groups.get("single")
+        assert sorted(len(c.segments) for c in group.consumers) == [0, 1]
+        assert not waiting.done()
+        await holder.close()
+        await write(client, [Command("acc-1", bank.Deposit(amount=3))])
+        (taken_over,) = await asyncio.wait_for(waiting, 20)
+        await waiter.close()
+    assert sorted(d.event.aggregate_id for d in held) == ["acc-1", "acc-2"]
+    assert (taken_over.event.aggregate_id, taken_over.event.version) == ("acc-1", 2)
+
+
+async def test_a_stopping_server_ends_consumers_streams_with_unavailable(tmp_path: Path) -> None:
+    async with running_server(MemoryStore(), anonymous_admin=True) as (app, _):
+        async with ChronicleClient.connect(app.address) as client:
+            await client.groups.create("billing")
+        async with grpc.aio.insecure_channel(app.address) as channel:
+            call = pb_grpc.SubscriptionGroupServiceStub(channel).Consume()
+            await call.write(start())
+            assert (await call.read()).HasField("joined")
+            stopping = asyncio.ensure_future(app.stop(grace=1.0, drain=0.0))
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await call.read()
+            await stopping
+    assert (ended.value.code(), reason_of(ended.value)) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
