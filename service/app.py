@@ -41,7 +41,7 @@ from service.groups import SubscriptionGroups
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
 from service.observability.store_timing import timed
-from service.observability.subscriptions import LagSampler, SubscriptionTracker
+from service.observability.subscriptions import GroupSampler, LagSampler, SubscriptionTracker
 from service.observability.tracing import TracingMiddleware
 from service.observability.tracing import wanted as tracing_wanted
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
@@ -135,6 +135,7 @@ class Application:
     watchdog: LoopLagWatchdog | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
+    group_sampler: GroupSampler | None = None
     standby: StandbyStore | None = None
     stopped: bool = False
 
@@ -152,6 +153,8 @@ class Application:
         await self.monitor.stop()
         if self.lag_sampler is not None:
             await self.lag_sampler.stop()
+        if self.group_sampler is not None:
+            await self.group_sampler.stop()
         await self.health.set(False)
         # Partitions first: routing clients move to the replicas that take
         # them over while this one drains.
@@ -372,6 +375,7 @@ async def start(
                 rpcs_in_flight=lambda: gate.in_flight,
                 subscriptions=lambda: tracker.count,
             )
+            metrics.group_consumers.set_function(lambda: groups.active)
             metrics_server = MetricsServer(metrics, settings.metrics_listen)
         port = _bind(server, settings.listen, credentials)
         # One of several processes (--processes) also listens on a port of
@@ -403,10 +407,12 @@ async def start(
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
-    lag_sampler = None
+    lag_sampler = group_sampler = None
     if metrics is not None:
         lag_sampler = LagSampler(roles.log, tracker, metrics.subscription_lag)
         lag_sampler.start()
+        group_sampler = GroupSampler(roles.groups, roles.log, lag=metrics.group_lag, parked=metrics.group_parked)
+        group_sampler.start()
     return Application(
         settings=settings,
         registry=registry,
@@ -425,6 +431,7 @@ async def start(
         watchdog=watchdog,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
+        group_sampler=group_sampler,
         standby=standby,
     )
 
