@@ -183,11 +183,13 @@ class ConsumerSession:
         self._queued = 0
         self._settled_ids: OrderedDict[str, None] = OrderedDict()
         self._unparks: list[str] = []
+        self._unparking: set[str] = set()  # acked replays whose removal is being written
         self._replay_parks: list[ParkedEvent] = []
         self._order = itertools.count()
         self._changed = asyncio.Event()  # for next_batch
         self._reader_wake = asyncio.Event()  # room in the queues, or other segments
         self._commit_wanted = asyncio.Event()
+        self._committing = asyncio.Lock()
         self._failure: BaseException | None = None
         self._ended = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -208,8 +210,9 @@ class ConsumerSession:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=self._poll)
+        # The last round: the acks the consumer sent before it left.
         with contextlib.suppress(Exception):
-            async with asyncio.timeout(self._poll):
+            async with asyncio.timeout(max(self._poll, 1.0)):
                 await self._commit_round()
         await self.keeper.stop(leave=True)
 
@@ -428,7 +431,10 @@ class ConsumerSession:
         self._reader_wake.set()
 
     async def _find_replays(self) -> None:
+        # Not again: replays in flight, and acked ones still listed until
+        # their removal is written.
         replaying = {d.event.event_id for d in self._pending.values() if d.segment is None}
+        replaying |= self._unparking | set(self._unparks)
         wanted = await self._groups.parked_to_replay(self.spec.name, sorted(self._segments), self._max_in_flight)
         for parked in wanted:
             if parked.event_id in replaying:
@@ -501,20 +507,34 @@ class ConsumerSession:
         while True:
             await self._commit_wanted.wait()
             self._commit_wanted.clear()
-            await self._commit_round()
+            # Shielded: cancelling the session lets a round in progress
+            # finish (the last round waits for it).
+            await asyncio.shield(self._commit_round())
 
     async def _commit_round(self) -> None:
         """Every segment whose checkpoint moved (or that parked events),
-        concurrently; replays' settlements."""
+        concurrently; replays' settlements. One round at a time: a round
+        cut short (cancelled) would leave its segments' stored checkpoints
+        unknown, so rounds are only ever cancelled with the session, whose
+        last round waits for any round in progress."""
+        async with self._committing:
+            await self._commit_once()
+
+    async def _commit_once(self) -> None:
         work = [self._commit_segment(s) for s in list(self._segments.values()) if s.dirty()]
+        unparks: list[str] = []
         if self._unparks:
             unparks, self._unparks = self._unparks, []
+            self._unparking.update(unparks)
             work.append(self._groups.unpark(self.spec.name, unparks))
         if self._replay_parks:
             parks, self._replay_parks = self._replay_parks, []
             work.append(self._groups.park(self.spec.name, parks))
-        if work:
-            await asyncio.gather(*work)
+        try:
+            if work:
+                await asyncio.gather(*work)
+        finally:
+            self._unparking.difference_update(unparks)
 
     async def _commit_segment(self, segment: _Segment) -> None:
         new_position = segment.checkpoint()

@@ -84,8 +84,10 @@ class GroupConsumer:
         consumer: str,
         max_in_flight: int = 100,
         reconnect_delay: float = 0.5,
+        close_timeout: float = 5.0,
     ) -> None:
         self._open_call = open_call
+        self._close_timeout = close_timeout
         self.group = group
         self.consumer = consumer
         self._max_in_flight = max_in_flight
@@ -112,6 +114,11 @@ class GroupConsumer:
         if call is not None:
             with contextlib.suppress(Exception):
                 await call.done_writing()
+                # The server reads every ack sent before the end of the
+                # stream, then ends it: wait for that (briefly), so that no
+                # ack is cut off by the cancel.
+                async with asyncio.timeout(self._close_timeout):
+                    await call.code()
             call.cancel()
 
     def __aiter__(self) -> AsyncGenerator[Delivery, None]:
