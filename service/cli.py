@@ -266,7 +266,10 @@ def _received(call: Iterator[Any]) -> Iterator[Any]:
     """A stream's messages, read by a thread of its own. Ctrl-C then
     interrupts this thread's wait on a queue, never gRPC's iterator: a
     KeyboardInterrupt raised inside it can leave the call's lock held, and
-    the cancel that follows would hang."""
+    the cancel that follows would hang. The wait wakes up every quarter of
+    a second: a SIGINT the kernel delivers to one of gRPC's threads does not
+    interrupt the main thread's wait, and Python raises KeyboardInterrupt
+    only when the main thread runs again."""
     received: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     def read() -> None:
@@ -279,7 +282,13 @@ def _received(call: Iterator[Any]) -> Iterator[Any]:
             received.put(_STREAM_ENDED)
 
     threading.Thread(target=read, name="chronicle-stream", daemon=True).start()
-    while (item := received.get()) is not _STREAM_ENDED:
+    while True:
+        try:
+            item = received.get(timeout=0.25)
+        except queue.Empty:
+            continue
+        if item is _STREAM_ENDED:
+            return
         if isinstance(item, BaseException):
             raise item
         yield item
