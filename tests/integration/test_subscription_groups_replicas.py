@@ -1,18 +1,21 @@
 """Subscription groups across replicas on PostgreSQL: three consumers of
-one group over two replicas share 5,000 events on 200 aggregates; one is
-killed mid-stream, and what it held goes to the others. Checked by the
+one group over two replicas share 5,000 events on 200 aggregates; one, a
+process of its own, is killed (SIGKILL) mid-stream, and what it held
+unacknowledged goes to the others. Checked by the
 group ledger (tests/support/groups.py): nothing skipped, each event counted
 once by the group, every aggregate in order at each consumer."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
+import sys
+from dataclasses import dataclass
 
 import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.client import ChronicleClient, Command, Delivery
+from service.client import ChronicleClient, Command
 from service.client.results import Event
 from tests.support.cluster import replica
 from tests.support.groups import GroupLedger, consume_into
@@ -34,28 +37,39 @@ async def test_three_consumers_on_two_replicas_share_a_group_and_a_killed_one_lo
         ChronicleClient.connect(first.address) as admin,
         ChronicleClient.connect(first.address) as on_first,
         ChronicleClient.connect(second.address) as on_second,
-        ChronicleClient.connect(second.address) as doomed_client,
     ):
         await admin.groups.create("ledger", aggregate_types=["Account"], segments=SEGMENTS, ack_timeout=30)
         ledger = GroupLedger()
         doomed = ledger.consumer("doomed")
-        kill_now = asyncio.Event()
-
-        async def hold_after_300(delivery: Delivery) -> bool:
-            # The doomed consumer acks its first 300 events, then keeps
-            # what it receives unacknowledged until it is killed.
-            if len(doomed.acked) >= 300:
-                kill_now.set()
-                return False
-            return True
-
         tasks = [
             asyncio.ensure_future(consume_into(on_first, "ledger", ledger.consumer("one"), ledger)),
             asyncio.ensure_future(consume_into(on_second, "ledger", ledger.consumer("two"), ledger)),
         ]
-        doomed_task = asyncio.ensure_future(
-            consume_into(doomed_client, "ledger", doomed, ledger, handle=hold_after_300)
+        # The doomed consumer is a process of its own on the second replica:
+        # it acks its first 300 events, then holds what it receives.
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.support.group_consumer",
+            second.address,
+            "ledger",
+            "doomed",
+            "300",
+            stdout=asyncio.subprocess.PIPE,
         )
+        held_enough = asyncio.Event()
+
+        async def follow_doomed() -> None:
+            assert process.stdout is not None
+            async for line in process.stdout:
+                seen = json.loads(line)
+                doomed.received.append(_Seen(seen["event_id"], seen["aggregate_id"], seen["version"]))
+                if seen["acked"]:
+                    doomed.acked.add(seen["event_id"])
+                elif len(doomed.unacked()) >= 20:
+                    held_enough.set()
+
+        following = asyncio.ensure_future(follow_doomed())
 
         async def shared_fairly() -> bool:
             group = await admin.groups.get("ledger")
@@ -71,14 +85,12 @@ async def test_three_consumers_on_two_replicas_share_a_group_and_a_killed_one_lo
             return built
 
         writer = asyncio.ensure_future(_write(admin, await commands()))
-        await asyncio.wait_for(kill_now.wait(), 60)
-        # Killed: the stream is cut with the channel (no goodbye), as when
-        # the consumer's process dies.
-        doomed_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await doomed_task
+        await asyncio.wait_for(held_enough.wait(), 60)
+        process.kill()  # SIGKILL mid-stream, holding events it did not ack
+        await process.wait()
+        await following
         held = doomed.unacked()
-        assert held, "the doomed consumer held nothing unacknowledged when it was killed"
+        assert len(held) >= 20
         await writer
 
         expected = {e.event_id: e for e in await _all_events(admin)}
@@ -106,6 +118,15 @@ async def test_three_consumers_on_two_replicas_share_a_group_and_a_killed_one_lo
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """An event as the doomed consumer's process reported it."""
+
+    event_id: str
+    aggregate_id: str
+    version: int
 
 
 async def _write(client: ChronicleClient, commands: list[Command]) -> None:

@@ -18,9 +18,24 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from service.client import ChronicleClient, Delivery, GroupInfo
 from service.client.results import Event
+
+
+class Seen(Protocol):
+    """What the checks need of an event a consumer received (a client's
+    ``Event``, or a line a consumer in another process wrote)."""
+
+    @property
+    def event_id(self) -> str: ...
+
+    @property
+    def aggregate_id(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
 
 
 @dataclass
@@ -28,7 +43,7 @@ class ConsumerRecord:
     """One consumer's deliveries (in arrival order) and acknowledgements."""
 
     name: str
-    received: list[Event] = field(default_factory=list)
+    received: list[Seen] = field(default_factory=list)
     acked: set[str] = field(default_factory=set)
 
     def unacked(self) -> set[str]:
@@ -93,7 +108,7 @@ async def consume_into(
             ledger.changed.set()
 
 
-def by_aggregate(events: list[Event]) -> dict[str, list[int]]:
+def by_aggregate(events: list[Seen]) -> dict[str, list[int]]:
     versions: dict[str, list[int]] = defaultdict(list)
     for event in events:
         versions[event.aggregate_id].append(event.version)
