@@ -94,6 +94,8 @@ class GroupConsumer:
         self._reconnect_delay = reconnect_delay
         self._call: Any = None
         self._writing = asyncio.Lock()
+        self._acks: list[str] = []
+        self._flushing: asyncio.Future[None] | None = None
         self.joined = asyncio.Event()
         self.member = ""  # the name the server gave this stream in the group
         self._closed = False
@@ -109,6 +111,9 @@ class GroupConsumer:
     async def close(self) -> None:
         """End the stream: the server gives this consumer's segments (and
         its unacknowledged events) to the group's other consumers."""
+        if self._flushing is not None:
+            with contextlib.suppress(Exception):
+                await self._flushing  # the acks made so far go out first
         self._closed = True
         call, self._call = self._call, None
         if call is not None:
@@ -125,7 +130,17 @@ class GroupConsumer:
         return self._deliveries()
 
     async def ack(self, event_ids: Sequence[str]) -> None:
-        await self._write(pb.ConsumeRequest(ack=pb.Ack(event_ids=event_ids)))
+        """Queue acks: the ones made while a message is being written go
+        out together in the next one (one message per ack would cost more
+        than the event itself)."""
+        self._acks.extend(event_ids)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks, []
+            await self._write(pb.ConsumeRequest(ack=pb.Ack(event_ids=batch)))
 
     async def nack(self, event_ids: Sequence[str], reason: str = "") -> None:
         await self._write(pb.ConsumeRequest(nack=pb.Nack(event_ids=event_ids, reason=reason)))
@@ -170,6 +185,7 @@ class GroupConsumer:
                 log.info("group %s: stream broken (%s); consuming again", self.group, failed.details())
             finally:
                 self.joined.clear()
+                self._acks.clear()  # the events of a broken stream go out again anyway
                 if self._call is call:
                     self._call = None
                     call.cancel()
