@@ -355,6 +355,9 @@ async def start(
             registry=registry,
             projections=projections,
             authorizer=authorizer,
+            audit=audit,
+            read_wait=settings.read_wait_seconds,
+            page_bytes=page_bytes,
         ),
         cluster=cluster,
         groups=SubscriptionGroupService(

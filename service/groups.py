@@ -50,7 +50,7 @@ from service.cluster.leases import LeaseGroup, LeaseKeeper
 from service.errors import ChronicleError, ConcurrencyConflict, InvalidInput, ResourceNotFound, StoreUnavailable
 from service.processing.upcasting import EventReader
 from service.store.base import GroupStore, LogReader
-from service.store.grouping import GroupSpec, ParkedEvent, consumer_group, segment_lease
+from service.store.grouping import GroupParkedEvent, GroupSpec, consumer_group, segment_lease
 from service.store.leasing import Fencing, LeaseMember
 from service.store.records import LogFilter, RecordedEvent
 
@@ -82,7 +82,7 @@ class Delivery:
     attempt: int = 0
     deadline: float = 0.0
     settled: bool = False
-    parked: ParkedEvent | None = None  # a replay's entry
+    parked: GroupParkedEvent | None = None  # a replay's entry
 
 
 @dataclass(slots=True)
@@ -102,7 +102,7 @@ class _Segment:
     queues: dict[str, deque[RecordedEvent]] = field(default_factory=dict)
     busy: set[str] = field(default_factory=set)
     acked_passed: int = 0  # acks behind the checkpoint, not committed yet
-    parks: list[ParkedEvent] = field(default_factory=list)  # not committed yet
+    parks: list[GroupParkedEvent] = field(default_factory=list)  # not committed yet
 
     def checkpoint(self) -> int:
         for entry in self.outstanding.values():
@@ -184,7 +184,7 @@ class ConsumerSession:
         self._settled_ids: OrderedDict[str, None] = OrderedDict()
         self._unparks: list[str] = []
         self._unparking: set[str] = set()  # acked replays whose removal is being written
-        self._replay_parks: list[ParkedEvent] = []
+        self._replay_parks: list[GroupParkedEvent] = []
         self._order = itertools.count()
         self._changed = asyncio.Event()  # for next_batch
         self._reader_wake = asyncio.Event()  # room in the queues, or other segments
@@ -292,7 +292,7 @@ class ConsumerSession:
         if delivery.attempt >= self.spec.max_attempts:
             event = delivery.event
             segment = delivery.segment
-            parked = ParkedEvent(
+            parked = GroupParkedEvent(
                 event_id=event.event_id,
                 position=event.position,
                 segment=segment.number if segment is not None else _segment_of(delivery),

@@ -29,7 +29,7 @@ from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.security.policy import Authorizer
 from service.store.base import LogReader
-from service.store.grouping import GroupSpec, GroupState, ParkedEvent
+from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState
 from service.store.records import LogFilter
 
 SERVICE = "chronicle.v1.SubscriptionGroupService"
@@ -336,7 +336,7 @@ def _info(state: GroupState, head: int) -> pb.GroupInfo:
     )
 
 
-def _parked(parked: ParkedEvent) -> pb.GroupParkedEvent:
+def _parked(parked: GroupParkedEvent) -> pb.GroupParkedEvent:
     return pb.GroupParkedEvent(
         event_id=parked.event_id,
         position=parked.position,

@@ -44,7 +44,7 @@ from service.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from service.client.groups import Delivery, GroupConsumer, GroupInfo, Groups, ParkedEvent
+from service.client.groups import Delivery, GroupConsumer, GroupInfo, GroupParkedEvent, Groups
 from service.client.results import AggregateState, Event, StreamResult, Submitted, SubmittedBatch
 from service.client.retry import NO_RETRIES, RetryPolicy
 from service.client.subscription import LogFilter, Subscription
@@ -64,6 +64,7 @@ __all__ = [
     "FileCheckpoints",
     "GroupConsumer",
     "GroupInfo",
+    "GroupParkedEvent",
     "Groups",
     "Internal",
     "InvalidArgument",
@@ -71,7 +72,6 @@ __all__ = [
     "MemoryCheckpoints",
     "NotFound",
     "OutOfRange",
-    "ParkedEvent",
     "PermissionDenied",
     "RemoteError",
     "ResourceExhausted",

@@ -38,7 +38,7 @@ from service.client.retry import RetryPolicy, call_with_retries
 log = logging.getLogger(__name__)
 
 GroupInfo = pb.GroupInfo
-ParkedEvent = pb.GroupParkedEvent
+GroupParkedEvent = pb.GroupParkedEvent
 
 
 class Delivery:
@@ -278,7 +278,7 @@ class Groups:
                 return group
         raise LookupError(f"no subscription group {name!r}")
 
-    async def parked(self, group: str, *, after_position: int = 0, limit: int = 100) -> builtins.list[ParkedEvent]:
+    async def parked(self, group: str, *, after_position: int = 0, limit: int = 100) -> builtins.list[GroupParkedEvent]:
         """The group's parked events, by position."""
 
         async def attempt() -> pb.ListParkedResponse:
@@ -299,4 +299,4 @@ class Groups:
         return response.replaying
 
 
-__all__ = ["Delivery", "GroupConsumer", "GroupInfo", "Groups", "ParkedEvent", "RemoteError"]
+__all__ = ["Delivery", "GroupConsumer", "GroupInfo", "GroupParkedEvent", "Groups", "RemoteError"]

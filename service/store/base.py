@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from service.store.grouping import GroupSpec, GroupState, ParkedEvent
+from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.records import (
     AggregateHead,
@@ -35,11 +35,13 @@ from service.store.records import (
     ClaimChange,
     CommandRecord,
     DataKey,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -229,7 +231,7 @@ class SnapshotStore(Protocol):
 
 
 class ProjectionStore(Protocol):
-    """Read models: each projection's checkpoint and documents."""
+    """Read models: each projection's checkpoint, documents and parked events."""
 
     async def projection_position(self, name: str) -> int:
         """The log position projection ``name`` has applied up to (0: none)."""
@@ -245,15 +247,39 @@ class ProjectionStore(Protocol):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
-        """Apply ``writes`` and move the projection's checkpoint from
-        ``expected_position`` to ``new_position``, in one transaction.
+        """Apply ``writes``, record ``parked`` (events the batch skipped) and
+        move the projection's checkpoint from ``expected_position`` to
+        ``new_position``, in one transaction.
         ``ConcurrencyConflict`` (and nothing written) if the checkpoint is no
         longer at ``expected_position``: someone else applied those events;
         or if ``fencing`` is given and its lease is no longer held by its
         member at its epoch (``LeaseStore``): the runner lost the projection
         to another replica. A store whose process is the one owner of every
         lease (memory, SQLite) has nothing to check the token against."""
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        """Up to ``listing.limit`` of the projection's documents whose keys
+        start with ``listing.prefix``, after ``listing.after``, in key order
+        (code point order; descending if asked), read from one snapshot.
+        Served by an index range on the key, never by a scan of the
+        projection's documents."""
+
+    async def reset_projection(self, name: str) -> None:
+        """Delete the projection's documents and parked events and move its
+        checkpoint back to 0, in one transaction: it is applied again from
+        the start of the log. A commit from the checkpoint before (a runner
+        that was applying a batch) then conflicts and writes nothing."""
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        """Up to ``limit`` of the projection's parked events after ``after``
+        (a position and an event id), in log order (position, then id)."""
+
+    async def count_parked_events(self, projection: str) -> int:
+        """How many events the projection has parked."""
 
 
 class AuditRecorder(Protocol):
@@ -368,7 +394,7 @@ class GroupStore(Protocol):
         expected_position: int,
         new_position: int,
         acknowledged: int,
-        parked: Sequence[ParkedEvent] = (),
+        parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
     ) -> None:
         """In one transaction: park ``parked`` (as ``park`` does), move the
@@ -378,7 +404,7 @@ class GroupStore(Protocol):
         ``expected_position``, the group is gone, or ``fencing`` is given
         and its lease is no longer held by its member at its epoch."""
 
-    async def park(self, name: str, events: Sequence[ParkedEvent]) -> None:
+    async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         """Keep ``events`` among the group's parked events (an event parked
         again replaces its earlier entry, ``replaying`` false). Nothing if
         the group is gone."""
@@ -386,7 +412,7 @@ class GroupStore(Protocol):
     async def unpark(self, name: str, event_ids: Sequence[str]) -> None:
         """Remove these parked events (their replay was acknowledged)."""
 
-    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[ParkedEvent]:
+    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         """Up to ``limit`` parked events of the group with positions greater
         than ``after_position``, by position (event id within one)."""
 
@@ -394,7 +420,7 @@ class GroupStore(Protocol):
         """Mark these parked events (none given: all the group's) to be
         delivered again; return how many are marked now."""
 
-    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[ParkedEvent]:
+    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
         """Up to ``limit`` parked events marked for replay in these
         segments, by position."""
 

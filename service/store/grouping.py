@@ -108,7 +108,7 @@ class GroupState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ParkedEvent:
+class GroupParkedEvent:
     """An event a group gave up delivering after ``attempts`` deliveries;
     ``replaying`` while a replay was asked for and not acknowledged."""
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field, replace
 
 from service.errors import ConcurrencyConflict, ResourceExists
 from service.store.grouping import (
+    GroupParkedEvent,
     GroupSpec,
     GroupState,
-    ParkedEvent,
     SegmentCheckpoint,
     consumer_group,
     consumers_of,
@@ -30,7 +30,7 @@ def group_exists(name: str) -> ResourceExists:
 class _Group:
     spec: GroupSpec
     checkpoints: list[SegmentCheckpoint]
-    parked: dict[str, ParkedEvent] = field(default_factory=dict)
+    parked: dict[str, GroupParkedEvent] = field(default_factory=dict)
 
 
 class MemoryGroups:
@@ -76,7 +76,7 @@ class MemoryGroups:
         expected_position: int,
         new_position: int,
         acknowledged: int,
-        parked: Sequence[ParkedEvent] = (),
+        parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
     ) -> None:
         group = self._groups.get(name)
@@ -89,13 +89,13 @@ class MemoryGroups:
         self._park(group, parked)
         group.checkpoints[segment] = SegmentCheckpoint(segment, new_position, current.acknowledged + acknowledged)
 
-    async def park(self, name: str, events: Sequence[ParkedEvent]) -> None:
+    async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         group = self._groups.get(name)
         if group is not None:
             self._park(group, events)
 
     @staticmethod
-    def _park(group: _Group, events: Sequence[ParkedEvent]) -> None:
+    def _park(group: _Group, events: Sequence[GroupParkedEvent]) -> None:
         for event in events:
             group.parked[event.event_id] = replace(event, replaying=False)
 
@@ -105,13 +105,13 @@ class MemoryGroups:
             for event_id in event_ids:
                 group.parked.pop(event_id, None)
 
-    def _sorted_parked(self, name: str) -> list[ParkedEvent]:
+    def _sorted_parked(self, name: str) -> list[GroupParkedEvent]:
         group = self._groups.get(name)
         if group is None:
             return []
         return sorted(group.parked.values(), key=lambda p: (p.position, p.event_id))
 
-    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[ParkedEvent]:
+    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         return [p for p in self._sorted_parked(name) if p.position > after_position][:limit]
 
     async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
@@ -126,6 +126,6 @@ class MemoryGroups:
                 marked += 1
         return marked
 
-    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[ParkedEvent]:
+    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
         held = set(segments)
         return [p for p in self._sorted_parked(name) if p.replaying and p.segment in held][:limit]

@@ -17,7 +17,7 @@ from typing import Any
 
 from service.errors import ConfigurationError
 from service.store.base import AggregateQuery, AuditQuery
-from service.store.grouping import GroupSpec, ParkedEvent, filter_from_json
+from service.store.grouping import GroupParkedEvent, GroupSpec, filter_from_json
 from service.store.records import (
     ACCEPTED,
     REFUSED,
@@ -27,6 +27,7 @@ from service.store.records import (
     HeldClaim,
     LogFilter,
     LogPage,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -143,6 +144,26 @@ def snapshot_from_row(row: Row) -> Snapshot:
 
 def document_from_row(row: Row) -> StoredDocument:
     return StoredDocument(str(row[0]), str(row[1]), bytes(row[2]))
+
+
+def parked_event_row(event: ParkedEvent) -> tuple[str, int, str, str, str, str, int, int]:
+    """A parked event in the columns' order (``PARKED_EVENT_COLUMNS``)."""
+    return (
+        event.projection,
+        event.position,
+        event.event_id,
+        event.event_type,
+        event.aggregate_id,
+        event.error,
+        event.attempts,
+        event.parked_at_us,
+    )
+
+
+def parked_event_from_row(row: Row) -> ParkedEvent:
+    return ParkedEvent(
+        str(row[0]), int(row[1]), str(row[2]), str(row[3]), str(row[4]), str(row[5]), int(row[6]), int(row[7])
+    )
 
 
 def claim_from_row(row: Row) -> HeldClaim:
@@ -389,8 +410,8 @@ def group_spec_from_row(row: Row) -> GroupSpec:
     )
 
 
-def parked_from_row(row: Row) -> ParkedEvent:
-    return ParkedEvent(
+def parked_from_row(row: Row) -> GroupParkedEvent:
+    return GroupParkedEvent(
         event_id=str(row[0]),
         position=int(row[1]),
         segment=int(row[2]),

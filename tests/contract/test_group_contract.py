@@ -9,7 +9,7 @@ import pytest
 
 from service.errors import ConcurrencyConflict, ResourceExists
 from service.store.base import StoreAdapter
-from service.store.grouping import GroupConsumer, GroupSpec, ParkedEvent, consumer_group, segment_lease
+from service.store.grouping import GroupConsumer, GroupParkedEvent, GroupSpec, consumer_group, segment_lease
 from service.store.leasing import Fencing, LeaseMember
 from service.store.records import LogFilter
 from tests.support.contents import contents
@@ -26,8 +26,8 @@ SPEC = GroupSpec(
 )
 
 
-def parked(event_id: str, position: int, *, segment: int = 1, attempts: int = 3) -> ParkedEvent:
-    return ParkedEvent(
+def parked(event_id: str, position: int, *, segment: int = 1, attempts: int = 3) -> GroupParkedEvent:
+    return GroupParkedEvent(
         event_id=event_id, position=position, segment=segment, aggregate_id="acc-1", attempts=attempts, reason="boom"
     )
 

@@ -166,7 +166,7 @@ async def test_group_consumers_lag_and_parked_events_are_measured() -> None:
 
     from service.client import ChronicleClient
     from service.observability.subscriptions import GroupSampler
-    from service.store.grouping import GroupSpec, ParkedEvent
+    from service.store.grouping import GroupParkedEvent, GroupSpec
     from tests.support.events import new_event
 
     store = MemoryStore()
@@ -174,7 +174,7 @@ async def test_group_consumers_lag_and_parked_events_are_measured() -> None:
     await store.create_group(GroupSpec(name="billing", segments=2))
     await store.create_group(GroupSpec(name="audit", segments=1, start_position=3))
     await store.commit_segment("billing", 0, expected_position=0, new_position=2, acknowledged=2)
-    parked = ParkedEvent(event_id="e", position=1, segment=1, aggregate_id="a-1", attempts=5, reason="x")
+    parked = GroupParkedEvent(event_id="e", position=1, segment=1, aggregate_id="a-1", attempts=5, reason="x")
     await store.park("billing", [parked])
     registry = CollectorRegistry()
     lag = Gauge("lag", "test", ["group"], registry=registry)

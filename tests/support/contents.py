@@ -47,6 +47,7 @@ _MEMORY_TABLES = {
     "_keys": "data_keys",
     "_projection_positions": "projection_checkpoints",
     "_documents": "projection_documents",
+    "_parked": "projection_parked_events",
     "_groups": "subscription_groups",
 }
 

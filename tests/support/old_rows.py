@@ -29,7 +29,10 @@ and the other does not can shift them):
     10 lease groups' members and leases (PostgreSQL only: a SQLite store's
        one process holds every lease and writes none): a live member, a
        lease it holds, one taken and given up, free ones
-    11 (SQLite: 8) subscription groups: a group with a filter, its segments'
+    11 (SQLite 8) events a projection parked, two at one position (an
+       upcast event's parts); PostgreSQL's document keys in the "C"
+       collation (listed by prefix)
+    12 (SQLite 9) subscription groups: a group with a filter, its segments'
        checkpoints (moved, with acknowledged counts, and at the start), its
        parked events (one to replay)
 
@@ -55,7 +58,7 @@ from service.errors import AggregateForgotten, CommandAlreadyRecorded, NotUnique
 from service.store.base import AuditQuery, ProjectionStore, SnapshotStore, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
-from service.store.grouping import GroupSpec, GroupState, ParkedEvent, SegmentCheckpoint
+from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState, SegmentCheckpoint
 from service.store.leasing import Lease, LeaseMember
 from service.store.records import (
     ACCEPTED,
@@ -65,10 +68,12 @@ from service.store.records import (
     ClaimChange,
     CommandRecord,
     DataKey,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Rejection,
     Snapshot,
@@ -85,13 +90,14 @@ _FIRST = {
     "audit_outcome": 6,
     "hidden_claims": 7,
     "leases": 10,
-    "groups": 11,
+    "parked_events": 11,
+    "groups": 12,
 }
 SINCE: dict[str, dict[str, int]] = {
     "postgres": dict(_FIRST),
-    # SQLite keeps no leases (service/store/sole_owner.py): never; its
-    # migrations went without the lease one, so groups came at 8.
-    "sqlite": {**_FIRST, "leases": 1 << 30, "groups": 8},
+    # SQLite keeps no leases (service/store/sole_owner.py): never; and its
+    # migrations 8 and later are PostgreSQL's 11 and later.
+    "sqlite": {**_FIRST, "leases": 1 << 30, "parked_events": 8, "groups": 9},
 }
 
 # Master keys: "current" wraps new data keys; "retired" wrapped some in the
@@ -223,10 +229,11 @@ class OldRows:
     forgotten: set[str] = field(default_factory=set)
     checkpoints: dict[str, int] = field(default_factory=dict)
     documents: list[OldDocument] = field(default_factory=list)
+    parked: list[ParkedEvent] = field(default_factory=list)  # of the projection "balances"
     lease_members: list[LeaseMember] = field(default_factory=list)  # of LEASE_GROUP, live
     leases: list[Lease] = field(default_factory=list)  # of LEASE_GROUP, by name
     groups: list[GroupState] = field(default_factory=list)  # by name (consumers: none)
-    parked: list[ParkedEvent] = field(default_factory=list)  # of GROUP_SPEC, by position
+    group_parked: list[GroupParkedEvent] = field(default_factory=list)  # of GROUP_SPEC, by position
 
     def holds(self, kind: str) -> bool:
         return self.version >= SINCE[self.dialect][kind]
@@ -388,6 +395,13 @@ def rows_at(dialect: str, version: int) -> OldRows:
         rows.data_keys.append(_wrapped(PROJECTION_KEY_PREFIX + "owners"))
         rows.add_document("owners", "owner:bob", b"\x0a\x0eaccount-sealed", sealed=True)
 
+    if rows.holds("parked_events"):
+        rows.parked += [
+            ParkedEvent("balances", 2, "event-2", "bank.v1.Deposited", "account-plain", "PROJECTION_FAILED: no", 3, T0),
+            ParkedEvent("balances", 3, "event-3a", "bank.v1.Deposited", "account-plain", "ValueError: x", 1, T0 + 1),
+            ParkedEvent("balances", 3, "event-3b", "bank.v1.Deposited", "account-plain", "ValueError: y", 1, T0 + 2),
+        ]
+
     if rows.holds("audit_outcome"):
         rows.audit_entries.append(
             AuditEntry(
@@ -434,11 +448,11 @@ def rows_at(dialect: str, version: int) -> OldRows:
                 parked=2,
             )
         )
-        rows.parked += [
-            ParkedEvent(
+        rows.group_parked += [
+            GroupParkedEvent(
                 event_id="p-1", position=2, segment=1, aggregate_id="acc-1", attempts=3, reason="boom", replaying=False
             ),
-            ParkedEvent(
+            GroupParkedEvent(
                 event_id="p-2", position=3, segment=0, aggregate_id="acc-2", attempts=3, reason="bad", replaying=True
             ),
         ]
@@ -492,7 +506,8 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
             for d in rows.documents
             if d.projection == name
         ]
-        await store.commit_projection(name, expected_position=0, new_position=position, writes=writes)
+        parked = [p for p in rows.parked if p.projection == name]
+        await store.commit_projection(name, expected_position=0, new_position=position, writes=writes, parked=parked)
     for member in rows.lease_members:
         await store.renew_leases(LEASE_GROUP, member, LEASE_NAMES, LEASE_SECONDS)
         held = [lease.name for lease in rows.leases if lease.epoch > 0]
@@ -509,9 +524,9 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
                     expected_position=group.spec.start_position,
                     new_position=checkpoint.position,
                     acknowledged=checkpoint.acknowledged,
-                    parked=[p for p in rows.parked if p.segment == checkpoint.segment],
+                    parked=[p for p in rows.group_parked if p.segment == checkpoint.segment],
                 )
-        await store.replay_parked(group.spec.name, [p.event_id for p in rows.parked if p.replaying])
+        await store.replay_parked(group.spec.name, [p.event_id for p in rows.group_parked if p.replaying])
 
 
 # -- reading them back through the current store ------------------------------------
@@ -634,6 +649,14 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
                 loaded,
                 StoredDocument(document.key, document.stored.type_name, document.data),
             )
+        for document in rows.documents:
+            if not document.sealed:  # sealed ones' keys are hashes: they are not listed
+                listed = await store.list_documents(document.projection, DocumentRange(prefix=document.key[:3]))
+                same(f"documents of {document.projection} listed by prefix", listed, [document.stored])
+        for name in rows.checkpoints:
+            parked = [p for p in rows.parked if p.projection == name]
+            same(f"parked events of {name}", await store.parked_events(name), parked)
+            same(f"parked events of {name} counted", await store.count_parked_events(name), len(parked))
 
     async def audit() -> None:
         entries = await roles.audit.read_audit(AuditQuery(limit=1_000))
@@ -781,11 +804,11 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         same("groups", await store.list_groups(), rows.groups)
         (group,) = rows.groups
         name = group.spec.name
-        same("parked events", await store.list_parked(name), rows.parked)
+        same("parked events", await store.list_parked(name), rows.group_parked)
         same(
             "parked events to replay",
             await store.parked_to_replay(name, list(range(group.spec.segments)), 10),
-            [p for p in rows.parked if p.replaying],
+            [p for p in rows.group_parked if p.replaying],
         )
         moved = group.checkpoint(0)
         await store.commit_segment(

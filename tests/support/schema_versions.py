@@ -32,6 +32,7 @@ from psycopg import sql
 
 from service.store.postgres import PostgresStore
 from service.store.postgres import migrations as postgres_migrations
+from service.store.sql_common import parked_event_row
 from service.store.sqlite import migrations as sqlite_migrations
 from service.store.sqlite import sql as sqlite_sql
 from service.store.sqlite.writer import writing
@@ -170,6 +171,12 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
             "INSERT INTO chronicle.projection_documents (projection, key, type_name, data) VALUES (%s, %s, %s, %s)",
             (document.projection, d.key, d.type_name, d.data),
         )
+    for parked in rows.parked:
+        conn.execute(
+            "INSERT INTO chronicle.projection_parked_events (projection, position, event_id, event_type,"
+            " aggregate_id, error, attempts, parked_at_us) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            parked_event_row(parked),
+        )
     for member in rows.lease_members:
         conn.execute(
             "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at)"
@@ -206,19 +213,19 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 " VALUES (%s, %s, %s, %s)",
                 (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
             )
-    for parked in rows.parked:
+    for entry in rows.group_parked:
         conn.execute(
             "INSERT INTO chronicle.group_parked (group_name, event_id, position, segment, aggregate_id, attempts,"
             " reason, replaying) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 rows.groups[0].spec.name,
-                parked.event_id,
-                parked.position,
-                parked.segment,
-                parked.aggregate_id,
-                parked.attempts,
-                parked.reason,
-                parked.replaying,
+                entry.event_id,
+                entry.position,
+                entry.segment,
+                entry.aggregate_id,
+                entry.attempts,
+                entry.reason,
+                entry.replaying,
             ),
         )
 
@@ -466,6 +473,12 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
             "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?, ?, ?, ?)",
             (document.projection, d.key, d.type_name, d.data),
         )
+    for parked in rows.parked:
+        conn.execute(
+            "INSERT INTO projection_parked_events (projection, position, event_id, event_type, aggregate_id,"
+            " error, attempts, parked_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            parked_event_row(parked),
+        )
     for group in rows.groups:
         spec = group.spec
         conn.execute(
@@ -487,19 +500,19 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
                 "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, ?)",
                 (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
             )
-    for parked in rows.parked:
+    for entry in rows.group_parked:
         conn.execute(
             "INSERT INTO group_parked (group_name, event_id, position, segment, aggregate_id, attempts, reason,"
             " replaying) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 rows.groups[0].spec.name,
-                parked.event_id,
-                parked.position,
-                parked.segment,
-                parked.aggregate_id,
-                parked.attempts,
-                parked.reason,
-                int(parked.replaying),
+                entry.event_id,
+                entry.position,
+                entry.segment,
+                entry.aggregate_id,
+                entry.attempts,
+                entry.reason,
+                int(entry.replaying),
             ),
         )
 

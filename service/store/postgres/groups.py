@@ -1,5 +1,5 @@
 """``GroupStore`` on PostgreSQL: settings, segment checkpoints and parked
-events in three tables (migration 0011), every method one operation; the
+events in three tables (migration 0012), every method one operation; the
 consumers hold segments by the store's own leases (``leases.py``), so the
 consumers of one group may be connected to different replicas."""
 
@@ -13,9 +13,9 @@ from service.errors import ConcurrencyConflict
 from service.store.base import LeaseStore
 from service.store.grouping import (
     GROUP_LEASE_PREFIX,
+    GroupParkedEvent,
     GroupSpec,
     GroupState,
-    ParkedEvent,
     SegmentCheckpoint,
     consumer_group,
     consumers_of,
@@ -30,7 +30,7 @@ from service.store.postgres.rows import rows, scalar
 from service.store.sql_common import group_params, group_spec_from_row, parked_from_row
 
 
-def _parked_json(events: Sequence[ParkedEvent]) -> str:
+def _parked_json(events: Sequence[GroupParkedEvent]) -> str:
     return json.dumps(
         [
             {
@@ -124,7 +124,7 @@ class GroupsRole:
         expected_position: int,
         new_position: int,
         acknowledged: int,
-        parked: Sequence[ParkedEvent] = (),
+        parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
     ) -> None:
         statements = []
@@ -140,7 +140,7 @@ class GroupsRole:
         except Refused:  # the checkpoint moved, the group is gone, or the lease changed holder
             raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position) from None
 
-    async def park(self, name: str, events: Sequence[ParkedEvent]) -> None:
+    async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         if events:
             await self._db.run("park", [Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(events)))])
 
@@ -148,7 +148,7 @@ class GroupsRole:
         if event_ids:
             await self._db.run("unpark", [Statement(sql.UNPARK_EVENTS.encode(), (name, list(event_ids)))])
 
-    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[ParkedEvent]:
+    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         (result,) = await self._db.run(
             "list_parked", [Statement(sql.LIST_PARKED.encode(), (name, after_position, limit))], read_only=True
         )
@@ -160,7 +160,7 @@ class GroupsRole:
         )
         return int(scalar(result) or 0)
 
-    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[ParkedEvent]:
+    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
         (result,) = await self._db.run(
             "parked_to_replay",
             [Statement(sql.PARKED_TO_REPLAY.encode(), (name, list(segments), limit))],

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 from service.errors import ConcurrencyConflict
 from service.store.grouping import (
+    GroupParkedEvent,
     GroupSpec,
     GroupState,
-    ParkedEvent,
     SegmentCheckpoint,
     consumer_group,
     consumers_of,
@@ -62,7 +62,7 @@ class GroupsRole:
         expected_position: int,
         new_position: int,
         acknowledged: int,
-        parked: Sequence[ParkedEvent] = (),
+        parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
     ) -> None:
         # The lease is the process's own: checked here, on the event loop,
@@ -73,20 +73,20 @@ class GroupsRole:
         if not moved:
             raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
 
-    async def park(self, name: str, events: Sequence[ParkedEvent]) -> None:
+    async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         await self._writer.run(_park_alone, name, events)
 
     async def unpark(self, name: str, event_ids: Sequence[str]) -> None:
         await self._writer.run(_unpark, name, event_ids)
 
-    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[ParkedEvent]:
+    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         rows = await self._writer.run(lambda db: db.execute(sql.LIST_PARKED, (name, after_position, limit)).fetchall())
         return [parked_from_row(row) for row in rows]
 
     async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
         return await self._writer.run(_replay, name, event_ids)
 
-    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[ParkedEvent]:
+    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
         rows = await self._writer.run(lambda db: db.execute(sql.PARKED_TO_REPLAY, (name,)).fetchall())
         held = set(segments)
         return [p for p in (parked_from_row(row) for row in rows) if p.segment in held][:limit]
@@ -129,14 +129,14 @@ def _load_all(db: sqlite3.Connection) -> list[GroupState]:
     return [state for state in states if state is not None]
 
 
-def _park(db: sqlite3.Connection, name: str, events: Sequence[ParkedEvent]) -> None:
+def _park(db: sqlite3.Connection, name: str, events: Sequence[GroupParkedEvent]) -> None:
     db.executemany(
         sql.PARK_EVENT,
         [(name, e.event_id, e.position, e.segment, e.aggregate_id, e.attempts, e.reason) for e in events],
     )
 
 
-def _park_alone(db: sqlite3.Connection, name: str, events: Sequence[ParkedEvent]) -> None:
+def _park_alone(db: sqlite3.Connection, name: str, events: Sequence[GroupParkedEvent]) -> None:
     with writing(db):
         if db.execute(sql.LOAD_GROUP, (name,)).fetchone() is not None:
             _park(db, name, events)
@@ -149,7 +149,7 @@ def _commit(
     expected: int,
     new: int,
     acknowledged: int,
-    parked: Sequence[ParkedEvent],
+    parked: Sequence[GroupParkedEvent],
 ) -> bool:
     with writing(db):
         if db.execute(sql.MOVE_SEGMENT, (new, acknowledged, name, segment, expected)).rowcount != 1:
