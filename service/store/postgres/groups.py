@@ -134,7 +134,7 @@ class GroupsRole:
         moved = (name, segment, expected_position, new_position, acknowledged)
         statements.append(Statement(sql.MOVE_SEGMENT.encode(), moved))
         if parked:
-            statements.append(Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(parked))))
+            statements.append(Statement(sql.PARK_GROUP_EVENTS.encode(), (name, _parked_json(parked))))
         try:
             await self._db.run("commit_segment", statements)
         except Refused:  # the checkpoint moved, the group is gone, or the lease changed holder
@@ -142,28 +142,28 @@ class GroupsRole:
 
     async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         if events:
-            await self._db.run("park", [Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(events)))])
+            await self._db.run("park", [Statement(sql.PARK_GROUP_EVENTS.encode(), (name, _parked_json(events)))])
 
     async def unpark(self, name: str, event_ids: Sequence[str]) -> None:
         if event_ids:
-            await self._db.run("unpark", [Statement(sql.UNPARK_EVENTS.encode(), (name, list(event_ids)))])
+            await self._db.run("unpark", [Statement(sql.UNPARK_GROUP_EVENTS.encode(), (name, list(event_ids)))])
 
     async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         (result,) = await self._db.run(
-            "list_parked", [Statement(sql.LIST_PARKED.encode(), (name, after_position, limit))], read_only=True
+            "list_parked", [Statement(sql.LIST_GROUP_PARKED.encode(), (name, after_position, limit))], read_only=True
         )
         return [parked_from_row(row) for row in rows(result)]
 
     async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
         (result,) = await self._db.run(
-            "replay_parked", [Statement(sql.REPLAY_PARKED.encode(), (name, list(event_ids)))]
+            "replay_parked", [Statement(sql.REPLAY_GROUP_PARKED.encode(), (name, list(event_ids)))]
         )
         return int(scalar(result) or 0)
 
     async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
         (result,) = await self._db.run(
             "parked_to_replay",
-            [Statement(sql.PARKED_TO_REPLAY.encode(), (name, list(segments), limit))],
+            [Statement(sql.GROUP_PARKED_TO_REPLAY.encode(), (name, list(segments), limit))],
             read_only=True,
         )
         return [parked_from_row(row) for row in rows(result)]

@@ -455,7 +455,7 @@ MOVE_SEGMENT = (
     " WHERE group_name = $1 AND segment = $2::integer AND position = $3::bigint RETURNING 1)"
     f" SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 0 ELSE chronicle.refuse('{VERSION_MOVED}', $1) END"
 )
-PARK_EVENTS = (
+PARK_GROUP_EVENTS = (
     f"INSERT INTO chronicle.group_parked (group_name, {_PARKED_COLUMNS})"
     " SELECT $1, p.event_id, p.position, p.segment, p.aggregate_id, p.attempts, p.reason, false"
     " FROM jsonb_to_recordset($2::jsonb)"
@@ -464,16 +464,16 @@ PARK_EVENTS = (
     " ON CONFLICT (group_name, event_id) DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason,"
     " replaying = false, parked_at = now()"
 )
-UNPARK_EVENTS = "DELETE FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
-LIST_PARKED = (
+UNPARK_GROUP_EVENTS = "DELETE FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
+LIST_GROUP_PARKED = (
     f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND position > $2::bigint"
     " ORDER BY position, event_id LIMIT $3::bigint"
 )
-REPLAY_PARKED = (
+REPLAY_GROUP_PARKED = (
     "WITH marked AS (UPDATE chronicle.group_parked SET replaying = true WHERE group_name = $1"
     " AND (cardinality($2::text[]) = 0 OR event_id = ANY($2::text[])) RETURNING 1) SELECT count(*) FROM marked"
 )
-PARKED_TO_REPLAY = (
+GROUP_PARKED_TO_REPLAY = (
     f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND replaying"
     " AND segment = ANY($2::integer[]) ORDER BY position, event_id LIMIT $3::bigint"
 )

@@ -80,14 +80,16 @@ class GroupsRole:
         await self._writer.run(_unpark, name, event_ids)
 
     async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
-        rows = await self._writer.run(lambda db: db.execute(sql.LIST_PARKED, (name, after_position, limit)).fetchall())
+        rows = await self._writer.run(
+            lambda db: db.execute(sql.LIST_GROUP_PARKED, (name, after_position, limit)).fetchall()
+        )
         return [parked_from_row(row) for row in rows]
 
     async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
         return await self._writer.run(_replay, name, event_ids)
 
     async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
-        rows = await self._writer.run(lambda db: db.execute(sql.PARKED_TO_REPLAY, (name,)).fetchall())
+        rows = await self._writer.run(lambda db: db.execute(sql.GROUP_PARKED_TO_REPLAY, (name,)).fetchall())
         held = set(segments)
         return [p for p in (parked_from_row(row) for row in rows) if p.segment in held][:limit]
 
@@ -131,7 +133,7 @@ def _load_all(db: sqlite3.Connection) -> list[GroupState]:
 
 def _park(db: sqlite3.Connection, name: str, events: Sequence[GroupParkedEvent]) -> None:
     db.executemany(
-        sql.PARK_EVENT,
+        sql.PARK_GROUP_EVENT,
         [(name, e.event_id, e.position, e.segment, e.aggregate_id, e.attempts, e.reason) for e in events],
     )
 
@@ -160,11 +162,11 @@ def _commit(
 
 def _unpark(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> None:
     with writing(db):
-        db.executemany(sql.UNPARK_EVENT, [(name, event_id) for event_id in event_ids])
+        db.executemany(sql.UNPARK_GROUP_EVENT, [(name, event_id) for event_id in event_ids])
 
 
 def _replay(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> int:
     with writing(db):
         if not event_ids:
-            return int(db.execute(sql.REPLAY_ALL_PARKED, (name,)).rowcount)
-        return sum(int(db.execute(sql.REPLAY_PARKED, (name, event_id)).rowcount) for event_id in event_ids)
+            return int(db.execute(sql.REPLAY_ALL_GROUP_PARKED, (name,)).rowcount)
+        return sum(int(db.execute(sql.REPLAY_GROUP_PARKED, (name, event_id)).rowcount) for event_id in event_ids)

@@ -234,18 +234,18 @@ MOVE_SEGMENT = (
     "UPDATE group_segments SET position = ?, acknowledged = acknowledged + ?"
     " WHERE group_name = ? AND segment = ? AND position = ?"
 )
-PARK_EVENT = (
+PARK_GROUP_EVENT = (
     f"INSERT INTO group_parked (group_name, {_PARKED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
     " ON CONFLICT (group_name, event_id) DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason,"
     " replaying = 0"
 )
-UNPARK_EVENT = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ?"
-LIST_PARKED = (
+UNPARK_GROUP_EVENT = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ?"
+LIST_GROUP_PARKED = (
     f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND position > ?"
     " ORDER BY position, event_id LIMIT ?"
 )
-REPLAY_ALL_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ?"
-REPLAY_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ? AND event_id = ?"
-PARKED_TO_REPLAY = (
+REPLAY_ALL_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ?"
+REPLAY_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ? AND event_id = ?"
+GROUP_PARKED_TO_REPLAY = (
     f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND replaying = 1 ORDER BY position, event_id"
 )
