@@ -23,6 +23,8 @@ import grpc
 from service.api.admin_service import AdminService
 from service.api.cluster_service import ClusterService
 from service.api.command_service import CommandService
+from service.api.disclosure import Disclosure
+from service.api.dry_runs import DryRunAudit
 from service.api.event_service import EventService
 from service.api.gate import RpcGate, refused_rpc_hooks
 from service.api.group_service import SubscriptionGroupService
@@ -32,7 +34,7 @@ from service.api.refused_commands import RefusedCommands
 from service.api.server import build_server
 from service.api.status import status_code
 from service.api.tracing import TracingInterceptor
-from service.audit import AuditLog, AuditMiddleware
+from service.audit import AuditLog, AuditMiddleware, SampledRefusals
 from service.cluster.addresses import advertised_address, with_port
 from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
@@ -56,7 +58,7 @@ from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
-from service.security.exposure import check_exposure
+from service.security.exposure import check_exposure, is_loopback
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
@@ -135,6 +137,8 @@ class Application:
     watchdog: LoopLagWatchdog | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
+    refused: RefusedCommands | None = None
+    gate: RpcGate | None = None
     group_sampler: GroupSampler | None = None
     standby: StandbyStore | None = None
     stopped: bool = False
@@ -170,6 +174,8 @@ class Application:
         await self.server.stop(grace)
         await self.router.close(grace=grace)
         await self.projections.stop()  # an uncommitted batch is simply applied again later
+        if self.refused is not None:
+            await self.refused.close()  # the refusals counted in the last second
         await self.leases.stop(leave=True)
         await self.store.lifecycle.close()
         if self.standby is not None:
@@ -195,8 +201,15 @@ async def start(
     one set for the process, if any: without one nothing is traced), when
     the OpenTelemetry packages are installed.
     """
+    # Reachable from the network if any address it binds is (a process of
+    # several also listens on a port of its own, --process-listen).
+    addresses = [address for address in (settings.listen, settings.process_listen) if address]
     for warning in check_exposure(
-        listen=settings.listen, auth=settings.auth, tls=bool(settings.tls_cert_file), insecure=settings.insecure
+        listen=next((address for address in addresses if not is_loopback(address)), settings.listen),
+        auth=settings.auth,
+        tls=bool(settings.tls_cert_file),
+        insecure=settings.insecure,
+        anonymous_admin=settings.anonymous_admin,
     ):
         log.warning("%s", warning)
     registry = registry if registry is not None else build_registry(settings)
@@ -260,7 +273,9 @@ async def start(
         max_workers=settings.max_workers,
     )
     audit = AuditLog(roles.audit)
-    refused_commands = RefusedCommands(audit)
+    refused_commands = RefusedCommands(
+        audit, sampled=SampledRefusals(audit, on_sampled=metrics.audit_sampled if metrics is not None else None)
+    )
     tracing = tracing_wanted(tracer_provider)
     # Outermost first: logging, tracing, metrics and audit see every outcome,
     # authorization's refusals included; plugin middleware sees only
@@ -279,11 +294,14 @@ async def start(
     gate = RpcGate(
         max_rpcs=settings.max_concurrent_rpcs,
         max_subscriptions=settings.max_subscriptions,
+        max_rpcs_per_principal=settings.max_rpcs_per_principal,
+        max_subscriptions_per_principal=settings.max_subscriptions_per_principal,
         authenticator=authenticator,
         on_refused=on_refused,
+        on_denied=refused_commands.denied,
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
-    health = Health()
+    health = Health(max_watches=settings.max_health_watches)
     tracker = SubscriptionTracker()
     # A page of events ends with the one that brings it to a quarter of the
     # message limit; events being at most a quarter too, a page is at most
@@ -335,7 +353,14 @@ async def start(
         page_bytes=page_bytes,
     )
     server = build_server(
-        commands=CommandService(registry, pipeline, refused_commands, ownership=ownership),
+        commands=CommandService(
+            registry,
+            pipeline,
+            refused_commands,
+            Disclosure(authorizer, registry),
+            DryRunAudit(audit),
+            ownership=ownership,
+        ),
         events=EventService(
             read_roles.events,
             executor.loader if standby is None else AggregateLoader(read_roles, registry),
@@ -434,6 +459,8 @@ async def start(
         watchdog=watchdog,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
+        refused=refused_commands,
+        gate=gate,
         group_sampler=group_sampler,
         standby=standby,
     )

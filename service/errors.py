@@ -27,6 +27,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── Unauthenticated         no credentials, or credentials that do not verify
     ├── PermissionDenied        the caller may not do this
     ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
+    ├── SubjectsForgotten       a read model's commit named forgotten aggregates (internal: applied again)
     ├── NotEncrypted            forgetting needs encryption (on, and a key for the aggregate)
     ├── PayloadNotDecryptable   a sealed payload its key does not open (tampering)
     ├── NotAvailableHere        a read this server's configuration cannot serve (listing hidden keys)
@@ -55,7 +56,7 @@ family (and so the same gRPC status) whatever plugin raised it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -336,6 +337,22 @@ class AggregateForgotten(ChronicleError):
         super().__init__(
             f"aggregate {aggregate_id!r} was forgotten: its payloads are redacted and its state cannot be rebuilt",
             metadata={"aggregate_id": aggregate_id},
+        )
+
+
+class SubjectsForgotten(ChronicleError):
+    """A projection's commit put documents derived from aggregates that were
+    forgotten (``subjects``): nothing was written. A signal between the store
+    and the projection runner, which applies the batch again with those
+    documents deleted instead; a client never sees it."""
+
+    default_reason = "SUBJECTS_FORGOTTEN"
+
+    def __init__(self, subjects: Iterable[str]) -> None:
+        self.subjects = frozenset(subjects)
+        super().__init__(
+            f"documents name {len(self.subjects)} forgotten aggregates as their subjects",
+            metadata={"subjects": str(len(self.subjects))},
         )
 
 

@@ -119,6 +119,16 @@ class Settings:
     max_subscriptions: int = field(
         default=1000, metadata={"help": "subscriptions open at once; one more is RESOURCE_EXHAUSTED"}
     )
+    max_rpcs_per_principal: int = field(
+        default=500,
+        metadata={"help": "RPCs one authenticated principal may have in flight at once (subscriptions apart)"},
+    )
+    max_subscriptions_per_principal: int = field(
+        default=100, metadata={"help": "subscriptions one authenticated principal may have open at once"}
+    )
+    max_health_watches: int = field(
+        default=1000, metadata={"help": "health Watch streams open at once (they need no credentials)"}
+    )
     # -- security (docs/security.md) -------------------------------------
     auth: bool = field(
         default=False, metadata={"help": "require credentials on every RPC and enforce --policy-file (deny by default)"}
@@ -132,7 +142,7 @@ class Settings:
     anonymous_admin: bool = field(
         default=False,
         metadata={
-            "help": "with authentication off, let anonymous callers administer (forget, audit): local development"
+            "help": "with authentication off, let anonymous callers administer (forget, audit): on loopback only"
         },
     )
     policy_file: str = field(default="", metadata={"help": "TOML policy: roles, their grants, principals' roles"})
@@ -222,10 +232,16 @@ class Settings:
             raise ConfigurationError(
                 f"metrics_listen must be host:port, got {self.metrics_listen!r}", reason="BAD_SETTING"
             )
-        if self.max_concurrent_rpcs < 1 or self.max_subscriptions < 1:
-            raise ConfigurationError(
-                "max_concurrent_rpcs and max_subscriptions must be at least 1", reason="BAD_SETTING"
-            )
+        limits = (
+            "max_concurrent_rpcs",
+            "max_subscriptions",
+            "max_rpcs_per_principal",
+            "max_subscriptions_per_principal",
+            "max_health_watches",
+        )
+        for name in limits:
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigurationError("TLS needs both --tls-cert-file and --tls-key-file", reason="BAD_SETTING")
         if self.tls_client_ca_file and not self.tls_cert_file:

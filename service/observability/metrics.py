@@ -11,6 +11,9 @@ registered, status codes, store operations): never aggregate ids.
   to its result, queue wait included (histogram).
 - ``chronicle_rpc_refusals_total{reason}``: RPCs refused before their request
   was read (``NO_CREDENTIALS``, ``TOKEN_EXPIRED``, ``TOO_MANY_REQUESTS``, …).
+- ``chronicle_audit_refusals_sampled_total{reason}``: refusals of callers
+  that were not authenticated beyond the audit log's rate for them, counted
+  in a sampled entry (its ``occurrences``) instead of one of their own.
 - ``chronicle_queued_commands``, ``chronicle_live_workers``,
   ``chronicle_rpcs_in_flight``: gauges read at scrape time.
 - ``chronicle_concurrency_conflicts_total``: appends that lost a version
@@ -74,6 +77,12 @@ class Metrics:
         self.conflicts = Counter(
             "chronicle_concurrency_conflicts", "Appends that lost a version race (then retried)", registry=r
         )
+        self.audit_refusals_sampled = Counter(
+            "chronicle_audit_refusals_sampled",
+            "Refusals of unauthenticated callers counted in a sampled audit entry, not recorded one by one, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.store_duration = Histogram(
             "chronicle_store_operation_duration_seconds",
             "Time spent in the store, by operation",
@@ -123,9 +132,15 @@ class Metrics:
         """Group commit's counters, read at scrape time."""
         self.registry.register(_BatchCollector(counts))
 
-    async def rpc_refused(self, method: str, request: object, error: ChronicleError) -> None:
-        """An ``OnRefused`` hook for the interceptors."""
+    async def rpc_refused(
+        self, method: str, request: object, error: ChronicleError, principal: object, peer: str
+    ) -> None:
+        """An ``OnRefused`` hook for the gate."""
         self.rpc_refusals.labels(reason=error.reason).inc()
+
+    def audit_sampled(self, reason: str) -> None:
+        """A refusal counted in a sampled audit entry instead of one of its own."""
+        self.audit_refusals_sampled.labels(reason=reason).inc()
 
 
 class _BatchCollector(Collector):

@@ -13,10 +13,13 @@ handler could be sent twice.
     @balances.on(bank_pb2.MoneyDeposited)
     def deposited(event, envelope, documents):
         ...
-        documents.put(owner, bank_pb2.OwnerBalance(owner=owner, balance=total))
+        documents.put(owner, bank_pb2.OwnerBalance(owner=owner, balance=total), subject=envelope.aggregate_id)
 
 Documents are Protobuf messages under string keys, in the projection's own
-namespace, stored in the same database as the events.
+namespace, stored in the same database as the events. A document that holds
+an aggregate's personal data names it as its ``subject``: forgetting the
+aggregate then deletes the document too. Events of a forgotten aggregate
+(redacted) are not given to handlers: there is nothing left to read.
 """
 
 from __future__ import annotations
@@ -56,8 +59,15 @@ class Documents(Protocol):
     def get(self, key: str, message_type: type[M]) -> M | None:
         """The document under ``key`` (None if there is none)."""
 
-    def put(self, key: str, document: Message) -> None:
-        """Write ``document`` under ``key`` (replacing what was there)."""
+    def put(self, key: str, document: Message, *, subject: str | Iterable[str] | None = None) -> None:
+        """Write ``document`` under ``key`` (replacing what was there).
+
+        ``subject``: the aggregate id (or ids) whose events the document is
+        derived from, when it holds their personal data. Forgetting any of
+        them (``AdminService.ForgetAggregate``) deletes the document, and
+        it is not written again once one of them is forgotten. Each put
+        says the document's whole set of subjects; none (the default): the
+        document outlives every forgetting."""
 
     def delete(self, key: str) -> None:
         """Remove the document under ``key``, if any."""

@@ -35,7 +35,11 @@ documents are read from the store once, not once per event. The cache is
 exact because only a commit that moved the checkpoint from where this runner
 left it can have written them: every commit of this runner updates the cache
 with what it wrote, and anything else (a conflict with another runner, an
-error) empties it.
+error) empties it. Forgetting an aggregate deletes the documents that name
+it as a subject behind the runner's back: the store refuses a commit that
+would put one again (``SubjectsForgotten``), and the runner empties its
+cache and applies the batch again with those documents deleted, so what it
+writes does not depend on what it happened to cache.
 """
 
 from __future__ import annotations
@@ -44,13 +48,13 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed
+from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed, SubjectsForgotten
 from service.plugins.projections import ProjectedEvent, Projection
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
@@ -118,13 +122,22 @@ class _Batch:
     again, so a handler never sees its own half-applied writes twice.
     """
 
-    def __init__(self, projection: str, store: ProjectionStore, cache: DocumentCache) -> None:
+    def __init__(
+        self,
+        projection: str,
+        store: ProjectionStore,
+        cache: DocumentCache,
+        forgotten: ForgottenSubjects | None = None,
+    ) -> None:
         self.projection = projection
         self._store = store
         self._cache = cache
-        # What the batch's handlers wrote, by key (None: deleted); encoded
-        # once, when the batch commits, however often a key was written.
+        self.forgotten = forgotten or ForgottenSubjects()
+        # What the batch's handlers wrote, by key (None: deleted), and the
+        # subjects each document names; encoded once, when the batch
+        # commits, however often a key was written.
         self.current: dict[str, Message | None] = {}
+        self._subjects: dict[str, tuple[str, ...]] = {}
         self._writes: list[DocumentWrite] | None = None
         self.parked: list[ParkedEvent] = []
 
@@ -150,8 +163,10 @@ class _Batch:
                 f"document {key!r} of projection {self.projection} does not parse", reason="CORRUPT_DOCUMENT"
             ) from error
 
-    def write(self, key: str, document: Message | None) -> None:
+    def write(self, key: str, document: Message | None, subjects: tuple[str, ...] = ()) -> None:
         self.current[key] = document
+        self._subjects[key] = subjects
+        self._writes = None
 
     @property
     def writes(self) -> list[DocumentWrite]:
@@ -159,7 +174,9 @@ class _Batch:
             self._writes = [
                 DocumentWrite(key)
                 if document is None
-                else DocumentWrite(key, str(document.DESCRIPTOR.full_name), document.SerializeToString())
+                else DocumentWrite(
+                    key, str(document.DESCRIPTOR.full_name), document.SerializeToString(), self._subjects[key]
+                )
                 for key, document in self.current.items()
             ]
         return self._writes
@@ -175,25 +192,58 @@ class _Scope:
 
     def __init__(self, batch: _Batch) -> None:
         self._batch = batch
-        self._writes: dict[str, Message | None] = {}
+        self._writes: dict[str, tuple[Message | None, tuple[str, ...]]] = {}
 
     def get(self, key: str, message_type: type[M]) -> M | None:
         if key in self._writes:
-            found = self._writes[key]
+            found = self._writes[key][0]
             return None if found is None else _copy_as(found, message_type, key, self._batch.projection)
         return self._batch.read(key, message_type)
 
-    def put(self, key: str, document: Message) -> None:
+    def put(self, key: str, document: Message, *, subject: str | Iterable[str] | None = None) -> None:
+        subjects = _subjects(subject)
+        if subjects and self._batch.forgotten.any_of(subjects):
+            # Derived from a forgotten aggregate: it must not exist.
+            self._writes[key] = (None, ())
+            return
         copy = type(document)()
         copy.CopyFrom(document)
-        self._writes[key] = copy
+        self._writes[key] = (copy, subjects)
 
     def delete(self, key: str) -> None:
-        self._writes[key] = None
+        self._writes[key] = (None, ())
 
     def commit(self) -> None:
-        for key, document in self._writes.items():
-            self._batch.write(key, document)
+        for key, (document, subjects) in self._writes.items():
+            self._batch.write(key, document, subjects)
+
+
+class ForgottenSubjects:
+    """Aggregates a runner learned were forgotten (from a refused commit),
+    the most recent ``size``: a put naming one becomes a delete. One that
+    left this memory is learned again from the next refusal."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, subjects: Iterable[str]) -> None:
+        for subject in subjects:
+            self._ids[subject] = None
+            self._ids.move_to_end(subject)
+        while len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def any_of(self, subjects: Iterable[str]) -> bool:
+        return any(subject in self._ids for subject in subjects)
+
+
+def _subjects(subject: str | Iterable[str] | None) -> tuple[str, ...]:
+    if subject is None:
+        return ()
+    if isinstance(subject, str):
+        return (subject,)
+    return tuple(sorted(set(subject)))
 
 
 def _copy_as(found: Message, message_type: type[M], key: str, projection: str) -> M:
@@ -278,6 +328,7 @@ class ProjectionRunner:
         self.progress = Progress()
         self._task: asyncio.Task[None] | None = None
         self._cache = DocumentCache()
+        self._forgotten = ForgottenSubjects()
         # Failed tries per event (position, id) of a projection that parks,
         # and the last error; forgotten once the runner gets past them.
         self._failures: dict[tuple[int, str], tuple[int, str]] = {}
@@ -362,7 +413,22 @@ class ProjectionRunner:
         """Apply the next batch after ``position`` and commit it; return the
         new checkpoint. Catches up fully before returning when it can.
 
-        While catching up, three things overlap: the next batch is read while
+        A commit the store refuses because a document names an aggregate
+        forgotten meanwhile (``SubjectsForgotten``) wrote nothing, and no
+        batch after it committed (commits follow one another): the runner
+        learns those subjects and applies the batches again from the stored
+        checkpoint, with an empty cache (documents it read may have been
+        deleted with their subject since) and those subjects' documents
+        deleted."""
+        while True:
+            try:
+                return await self._catch_up(position)
+            except SubjectsForgotten as forgotten:
+                self._forgotten.add(forgotten.subjects)
+                position = await self._documents.projection_position(self.projection.name)
+
+    async def _catch_up(self, position: int) -> int:
+        """While catching up, three things overlap: the next batch is read while
         this one is applied, and this one is applied while the one before
         commits (PostgreSQL and Python each work while the other does). A
         batch is applied on what the batches before it wrote (the cache holds
@@ -397,8 +463,12 @@ class ProjectionRunner:
                     break  # the lease moved: the next step starts over
                 if page.more:
                     ahead = asyncio.ensure_future(self._read(page.scanned_to))
-                batch = _Batch(self.projection.name, self._documents, self._cache)
+                batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
                 for stored in page.events:
+                    if stored.redacted:
+                        # Forgotten: nothing to read, and what was derived
+                        # from it went with it (documents name their subjects).
+                        continue
                     for event in self._reader.decode(stored):
                         while (missing := self._apply_or_park(batch, event.record, event.message)) is not None:
                             # Handlers are synchronous, loading is not; and the
@@ -436,8 +506,9 @@ class ProjectionRunner:
             self._failures.clear()
             return position
         except BaseException:
-            # Another runner may have moved on (a conflict), or a commit's
-            # fate is unknown: what the cache holds can no longer be trusted.
+            # Another runner may have moved on (a conflict), a commit's fate
+            # is unknown, or the store refused one (a forgotten subject):
+            # what the cache holds can no longer be trusted.
             self._cache.clear()
             raise
         finally:

@@ -257,7 +257,11 @@ class ProjectionStore(Protocol):
         or if ``fencing`` is given and its lease is no longer held by its
         member at its epoch (``LeaseStore``): the runner lost the projection
         to another replica. A store whose process is the one owner of every
-        lease (memory, SQLite) has nothing to check the token against."""
+        lease (memory, SQLite) has nothing to check the token against.
+        A document is kept with its ``subjects`` (those of its last write);
+        ``SubjectsForgotten`` (and nothing written) if a write puts a
+        document naming an aggregate that was forgotten, even one forgotten
+        while this commit runs (a forget and a commit are ordered)."""
 
     async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
         """Up to ``listing.limit`` of the projection's documents whose keys
@@ -309,7 +313,8 @@ class KeyStore(Protocol):
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
         """Erase the aggregate's key, leaving a tombstone, delete its
-        snapshots and release every claim it holds, in one transaction.
+        snapshots and the projections' documents that name it as a subject,
+        and release every claim it holds, in one transaction.
         False if it had no key to erase. An aggregate already forgotten (a
         tombstone) still has its snapshots and claims removed, so forgetting
         again finishes what an older version left behind; one that never had
@@ -470,6 +475,7 @@ class Store:
         claims: ClaimRegistry | None = None,
         snapshots: SnapshotStore | None = None,
         projections: ProjectionStore | None = None,
+        audit: AuditRecorder | None = None,
     ) -> Store:
         """This store with some roles played by others (a wrapper's)."""
         return replace(
@@ -479,4 +485,5 @@ class Store:
             claims=claims or self.claims,
             snapshots=snapshots or self.snapshots,
             projections=projections or self.projections,
+            audit=audit or self.audit,
         )

@@ -11,7 +11,7 @@ import asyncio
 import bisect
 from collections.abc import Awaitable, Sequence
 
-from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique
+from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, SubjectsForgotten
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.leasing import Fencing
 from service.store.memory_groups import MemoryGroups
@@ -54,6 +54,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         self._commits = CommitNotifier()
         self._projection_positions: dict[str, int] = {}
         self._documents: dict[tuple[str, str], StoredDocument] = {}
+        self._subjects: dict[tuple[str, str], tuple[str, ...]] = {}
         self._parked: dict[tuple[str, int, str], ParkedEvent] = {}
 
     async def open(self) -> None:
@@ -179,11 +180,23 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         current = self._projection_positions.get(name, 0)
         if current != expected_position:
             raise ConcurrencyConflict(f"projection:{name}", expected_position, current=current)
+        forgotten = {
+            subject
+            for write in writes
+            if write.data is not None
+            for subject in write.subjects
+            if (key := self._keys.get(subject)) is not None and key.forgotten
+        }
+        if forgotten:
+            raise SubjectsForgotten(forgotten)
         for write in writes:
+            self._subjects.pop((name, write.key), None)
             if write.data is None:
                 self._documents.pop((name, write.key), None)
             else:
                 self._documents[(name, write.key)] = StoredDocument(write.key, write.type_name, write.data)
+                if write.subjects:
+                    self._subjects[(name, write.key)] = write.subjects
         for event in parked:
             self._parked[(name, event.position, event.event_id)] = event
         self._projection_positions[name] = new_position
@@ -198,6 +211,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
     async def reset_projection(self, name: str) -> None:
         for key in [k for k in self._documents if k[0] == name]:
             del self._documents[key]
+            self._subjects.pop(key, None)
         for parked in [k for k in self._parked if k[0] == name]:
             del self._parked[parked]
         if name in self._projection_positions:
@@ -291,6 +305,11 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         self._keys[aggregate_id] = DataKey(aggregate_id, None, None)
         self._snapshots.pop(aggregate_id, None)
         self._claims = {key: owner for key, owner in self._claims.items() if owner != aggregate_id}
+        for document in [d for d, subjects in self._subjects.items() if aggregate_id in subjects]:
+            del self._subjects[document]
+            self._documents.pop(document, None)
+        for parked in [key for key, event in self._parked.items() if event.aggregate_id == aggregate_id]:
+            del self._parked[parked]
         return not current.forgotten
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:

@@ -165,6 +165,12 @@ class AuditEntry:
     outcome: str  # ACCEPTED or REFUSED
     reason: str = ""
     message: str = ""
+    # A dry run's outcome (nothing was written); the caller's network
+    # address as gRPC saw it (entries of the audit's own table); how many
+    # refusals this entry stands for (more than 1: a flood, sampled).
+    dry_run: bool = False
+    peer: str = ""
+    occurrences: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,11 +285,14 @@ class StoredDocument:
 
 @dataclass(frozen=True, slots=True)
 class DocumentWrite:
-    """A change to a projection's document: ``data`` None deletes it."""
+    """A change to a projection's document: ``data`` None deletes it.
+    ``subjects``: the aggregates the document is derived from; forgetting
+    any of them deletes it (a put replaces the document's subjects)."""
 
     key: str
     type_name: str = ""
     data: bytes | None = None
+    subjects: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,7 +116,8 @@ def command_from_row(row: Row) -> CommandRecord:
 
 
 def audit_entry_from_row(row: Row) -> AuditEntry:
-    """A row of the audit table: ``AUDIT_FIELDS``, then reason, message, outcome."""
+    """A row of the audit table: ``AUDIT_FIELDS``, then reason, message,
+    outcome, dry_run, peer, occurrences."""
     return AuditEntry(
         recorded_at_us=int(row[0]),
         command_id=str(row[1]),
@@ -128,6 +129,9 @@ def audit_entry_from_row(row: Row) -> AuditEntry:
         reason=str(row[7]),
         message=str(row[8]),
         outcome=str(row[9]),
+        dry_run=bool(row[10]),
+        peer=str(row[11]),
+        occurrences=int(row[12]),
     )
 
 
@@ -202,6 +206,9 @@ def audit_entry_params(entry: AuditEntry) -> tuple[object, ...]:
         entry.reason,
         entry.message,
         entry.outcome,
+        entry.dry_run,
+        entry.peer,
+        entry.occurrences,
     )
 
 

@@ -129,10 +129,20 @@ def test_the_audit_log_is_read_with_a_token_and_a_refusal_shows_its_reason(tmp_p
             json.loads(line)
             for line in cli("audit", "--outcome", "refused", *token, server=server.address).stdout.splitlines()
         ]
-    # The anonymous CLI was stopped at its reflection call: no command reached the service.
-    (entry,) = entries
-    assert (entry["principal"], entry["reason"], entry["aggregate_id"]) == ("root", "SUBMIT_DENIED", "acc-1")
-    assert entry["command_type"] == "bank.v1.OpenAccount"
+    # The anonymous CLI was stopped at its reflection call (audited as such):
+    # no command of it reached the service.
+    denied_entry, anonymous_entry = entries
+    assert (denied_entry["principal"], denied_entry["reason"], denied_entry["aggregate_id"]) == (
+        "root",
+        "SUBMIT_DENIED",
+        "acc-1",
+    )
+    assert denied_entry["command_type"] == "bank.v1.OpenAccount"
+    assert (anonymous_entry["command_type"], anonymous_entry["reason"]) == (
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "NO_CREDENTIALS",
+    )
+    assert anonymous_entry["peer"].startswith("ipv")
 
 
 def test_apikey_prints_a_key_and_its_hashed_entry() -> None:

@@ -161,6 +161,35 @@ async def test_stores_without_group_commit_do_not_report_batches(served: tuple[A
     assert "chronicle_store_batches" not in await scrape(app)
 
 
+async def test_refusals_sampled_out_of_the_audit_log_are_counted() -> None:
+    from google.protobuf import any_pb2
+
+    from chronicle.v1 import command_service_pb2
+    from service.store.base import AuditQuery
+    from service.store.records import AuditEntry
+    from tests.support.waiting import eventually
+
+    store = MemoryStore()
+    async with running_server(store, metrics_listen="127.0.0.1:0") as (app, client):
+        unknown = command("acc-1", bank.OpenAccount(owner="ann"))
+        unknown.payload.CopyFrom(any_pb2.Any(type_url="type.googleapis.com/nobody.v1.Knows"))
+        request = command_service_pb2.SubmitRequest(command=unknown)
+        # With authentication off every caller is anonymous: a flood of them is sampled.
+        outcomes = await asyncio.gather(*(client.commands.Submit(request) for _ in range(200)), return_exceptions=True)
+        assert all(isinstance(o, grpc.aio.AioRpcError) for o in outcomes)
+
+        async def entries() -> list[AuditEntry]:
+            return await store.read_audit(AuditQuery(limit=1000))
+
+        async def all_counted() -> bool:
+            return sum(e.occurrences for e in await entries()) == 200
+
+        await eventually(all_counted, what="every refusal counted in the audit log")
+        text = await scrape(app)
+    sampled = sample(text, "chronicle_audit_refusals_sampled_total", reason="UNKNOWN_COMMAND_TYPE")
+    assert sampled == sum(e.occurrences for e in await entries() if e.occurrences > 1) > 100
+
+
 async def test_group_consumers_lag_and_parked_events_are_measured() -> None:
     from prometheus_client import CollectorRegistry, Gauge
 

@@ -32,7 +32,11 @@ and the other does not can shift them):
     11 (SQLite 8) events a projection parked, two at one position (an
        upcast event's parts); PostgreSQL's document keys in the "C"
        collation (listed by prefix)
-    12 (SQLite 9) subscription groups: a group with a filter, its segments'
+    12 (SQLite 9) "forgetting_and_audit": read-model documents with
+       subjects (forgetting one deletes them), audit entries' dry_run,
+       peer and occurrences, and command records whose fingerprint and
+       refusal are sealed under their aggregate's key
+    13 (SQLite 10) subscription groups: a group with a filter, its segments'
        checkpoints (moved, with acknowledged counts, and at the start), its
        parked events (one to replay)
 
@@ -44,8 +48,10 @@ must fail these tests rather than move the rows along with it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, is_dataclass, replace
@@ -91,13 +97,13 @@ _FIRST = {
     "hidden_claims": 7,
     "leases": 10,
     "parked_events": 11,
-    "groups": 12,
+    "groups": 13,
 }
 SINCE: dict[str, dict[str, int]] = {
-    "postgres": dict(_FIRST),
+    "postgres": {**_FIRST, "forgetting_and_audit": 12},
     # SQLite keeps no leases (service/store/sole_owner.py): never; and its
     # migrations 8 and later are PostgreSQL's 11 and later.
-    "sqlite": {**_FIRST, "leases": 1 << 30, "parked_events": 8, "groups": 9},
+    "sqlite": {**_FIRST, "leases": 1 << 30, "parked_events": 8, "forgetting_and_audit": 9, "groups": 10},
 }
 
 # Master keys: "current" wraps new data keys; "retired" wrapped some in the
@@ -156,6 +162,19 @@ def _document_context(projection: str, key: str) -> bytes:
     return b"document\0" + projection.encode() + b"\0" + key.encode()
 
 
+def _fingerprint_context(aggregate_id: str, command_id: str) -> bytes:
+    return b"fingerprint\0" + aggregate_id.encode() + b"\0" + command_id.encode()
+
+
+def _refusal_context(aggregate_id: str, command_id: str) -> bytes:
+    return b"refusal\0" + aggregate_id.encode() + b"\0" + command_id.encode()
+
+
+def _sealed_text(key: bytes, text: str, context: bytes) -> str:
+    """A sealed text in a text column: a mark, then the sealed bytes in base64."""
+    return "\x1fsealed:" + base64.b64encode(_seal(key, text.encode(), context)).decode()
+
+
 def _keyed_hash(key: bytes, purpose: bytes, namespace: str, value: str) -> str:
     secret = AESGCM(key).encrypt(b"\0" * 12, purpose, namespace.encode())
     return hmac.new(secret, value.encode(), hashlib.sha256).hexdigest()
@@ -202,6 +221,16 @@ class OldDocument:
     key: str
     data: bytes
     sealed: bool
+    subjects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SealedCommand:
+    """A command record as stored with encryption at rest (its fingerprint
+    and refusal sealed under its aggregate's key) and as read back."""
+
+    stored: CommandRecord
+    read_back: CommandRecord
 
 
 @dataclass(frozen=True)
@@ -229,6 +258,7 @@ class OldRows:
     forgotten: set[str] = field(default_factory=set)
     checkpoints: dict[str, int] = field(default_factory=dict)
     documents: list[OldDocument] = field(default_factory=list)
+    sealed_commands: list[SealedCommand] = field(default_factory=list)
     parked: list[ParkedEvent] = field(default_factory=list)  # of the projection "balances"
     lease_members: list[LeaseMember] = field(default_factory=list)  # of LEASE_GROUP, live
     leases: list[Lease] = field(default_factory=list)  # of LEASE_GROUP, by name
@@ -315,7 +345,9 @@ class OldRows:
         snapshot = Snapshot(aggregate_id, aggregate_id.split("-")[0].title(), version, "bank.v1.State", 1, stored)
         self.snapshots.append(OldSnapshot(snapshot, state))
 
-    def add_document(self, projection: str, key: str, data: bytes, *, sealed: bool) -> None:
+    def add_document(
+        self, projection: str, key: str, data: bytes, *, sealed: bool, subjects: tuple[str, ...] = ()
+    ) -> None:
         if sealed:
             projection_key = _data_key(PROJECTION_KEY_PREFIX + projection)
             stored_key = "k:" + _keyed_hash(projection_key, b"chronicle document keys", projection, key)
@@ -323,8 +355,36 @@ class OldRows:
         else:
             stored_key, stored = key, data
         self.documents.append(
-            OldDocument(projection, StoredDocument(stored_key, "bank.v1.Summary", stored), key, data, sealed)
+            OldDocument(projection, StoredDocument(stored_key, "bank.v1.Summary", stored), key, data, sealed, subjects)
         )
+
+    def add_sealed_command(self, command_id: str, aggregate_id: str, version: int, rejection: Rejection) -> None:
+        """A refusal recorded at ``version`` by a server with encryption at rest."""
+        key = _data_key(aggregate_id)
+        read_back = CommandRecord(
+            command_id=command_id,
+            aggregate_id=aggregate_id,
+            command_type="bank.v1.Do",
+            fingerprint=hashlib.sha256(command_id.encode()).digest(),
+            first_version=version + 1,
+            last_version=version,
+            rejection=rejection,
+            principal="alice",
+            user_id="ann",
+            origin="web",
+            recorded_at_us=T0 + 400_000 + len(self.sealed_commands) * 1_000,
+        )
+        detail = json.dumps({"message": rejection.message, "metadata": dict(rejection.metadata)}, separators=(",", ":"))
+        stored = replace(
+            read_back,
+            fingerprint=_seal(key, read_back.fingerprint, _fingerprint_context(aggregate_id, command_id)),
+            rejection=Rejection(
+                rejection.kind,
+                rejection.reason,
+                _sealed_text(key, detail, _refusal_context(aggregate_id, command_id)),
+            ),
+        )
+        self.sealed_commands.append(SealedCommand(stored, read_back))
 
 
 def rows_at(dialect: str, version: int) -> OldRows:
@@ -416,6 +476,29 @@ def rows_at(dialect: str, version: int) -> OldRows:
             )
         )
 
+    if rows.holds("forgetting_and_audit"):
+        rows.add_sealed_command("c-sealed-refused", "account-sealed", 2, refusal)
+        rows.data_keys.append(_wrapped("account-subject"))
+        rows.add_document("owners", "owner:eve", b"\x0a\x0faccount-subject", sealed=True, subjects=("account-subject",))
+        rows.add_document("balances", "eve", b"\x08\x2a", sealed=False, subjects=("account-plain", "account-subject"))
+        rows.audit_entries.append(
+            AuditEntry(
+                recorded_at_us=T0 + 700_000,
+                command_id="c-dry",
+                command_type="bank.v1.Withdraw",
+                aggregate_id="account-plain",
+                principal="",
+                user_id="",
+                origin="web",
+                outcome=REFUSED,
+                reason="NO_CREDENTIALS",
+                message="credentials are required",
+                dry_run=True,
+                peer="ipv4:10.0.0.7:51544",
+                occurrences=3,
+            )
+        )
+
     if rows.holds("hidden_claims"):
         claims_key_id = CLAIMS_KEY_PREFIX + EMAIL
         rows.data_keys += [_wrapped(claims_key_id), _wrapped("user-bob")]
@@ -496,13 +579,16 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
             for e in events
         ]
         await store.append(command.aggregate_id, new, command.first_version - 1, commands=[command], claims=claims)
+    for sealed in rows.sealed_commands:
+        stored = sealed.stored
+        await store.append(stored.aggregate_id, [], stored.last_version, commands=[stored])
     for snapshot in rows.snapshots:
         await store.save_snapshot(snapshot.stored)
     for entry in rows.audit_entries:
         await store.record_audit_entry(entry)
     for name, position in rows.checkpoints.items():
         writes = [
-            DocumentWrite(d.stored.key, d.stored.type_name, d.stored.data)
+            DocumentWrite(d.stored.key, d.stored.type_name, d.stored.data, d.subjects)
             for d in rows.documents
             if d.projection == name
         ]
@@ -599,6 +685,10 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
     async def command_records() -> None:
         for command in rows.commands:
             same(f"command record {command.command_id}", await roles.events.find_command(command.command_id), command)
+        for sealed in rows.sealed_commands:
+            command_id = sealed.stored.command_id
+            same(f"sealed command record {command_id}", await roles.events.find_command(command_id), sealed.read_back)
+            same(f"sealed command record {command_id} as stored", await store.find_command(command_id), sealed.stored)
 
     async def snapshots() -> None:
         by_aggregate: dict[str, list[OldSnapshot]] = {}
@@ -661,6 +751,7 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
     async def audit() -> None:
         entries = await roles.audit.read_audit(AuditQuery(limit=1_000))
         expected = [c.audit_entry() for c in rows.commands] + rows.audit_entries
+        expected += [s.read_back.audit_entry() for s in rows.sealed_commands]
         same("audit entries", sorted(entries, key=repr), sorted(expected, key=repr))
         times = [e.recorded_at_us for e in entries]
         same("audit entries newest first", times, sorted(times, reverse=True))
@@ -783,6 +874,18 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         await roles.audit.record_audit_entry(entry)
         same("a new audit entry", (await roles.audit.read_audit(AuditQuery(command_id="c-new")))[:1], [entry])
 
+    async def forgetting_deletes_documents() -> None:
+        subjects = {s for d in rows.documents for s in d.subjects}
+        for subject in sorted(subjects):
+            if await store.load_data_key(subject) is not None:
+                await Keyring(store, MASTER_KEYS).forget(subject)
+        for document in rows.documents:
+            raw = await store.load_document(document.projection, document.stored.key)
+            named = bool(set(document.subjects) & {k.aggregate_id for k in rows.data_keys})
+            same(
+                f"document {document.key} of {document.projection} after its subject was forgotten", raw is None, named
+            )
+
     async def leases() -> None:
         # A replica of the new version joins the group the old one left.
         newcomer = LeaseMember("member-new", "10.0.0.2:50051")
@@ -836,6 +939,7 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         ("appends after the old events", appends_go_on),
         ("snapshots, checkpoints and audit after the old ones", history_goes_on),
         *((("leases", leases),) if rows.holds("leases") else ()),
+        ("documents of a forgotten subject", forgetting_deletes_documents),
         *((("groups", groups),) if rows.holds("groups") else ()),
     ):
         await check(kind, body)

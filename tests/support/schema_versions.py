@@ -111,7 +111,7 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
         )
     # Positions came from the log head, under its row lock.
     conn.execute("UPDATE chronicle.log_head SET last_position = %s", (rows.last_position,))
-    for c in rows.commands:
+    for c in [*rows.commands, *(s.stored for s in rows.sealed_commands)]:
         columns = "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection"
         values: tuple[object, ...] = (
             c.command_id,
@@ -147,6 +147,9 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
         if rows.holds("audit_outcome"):
             columns += ", outcome"
             values += (a.outcome,)
+        if rows.holds("forgetting_and_audit"):
+            columns += ", dry_run, peer, occurrences"
+            values += (a.dry_run, a.peer, a.occurrences)
         conn.execute(
             f"INSERT INTO chronicle.refusals ({columns}, recorded_at) VALUES ({_marks(columns)}, {_AT})",
             (*values, a.recorded_at_us),
@@ -167,6 +170,13 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
         conn.execute("INSERT INTO chronicle.projection_checkpoints (name, position) VALUES (%s, %s)", (name, position))
     for document in rows.documents:
         d = document.stored
+        if rows.holds("forgetting_and_audit"):  # the aggregates it is derived from, in its row
+            conn.execute(
+                "INSERT INTO chronicle.projection_documents (projection, key, type_name, data, subjects)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (document.projection, d.key, d.type_name, d.data, list(document.subjects)),
+            )
+            continue
         conn.execute(
             "INSERT INTO chronicle.projection_documents (projection, key, type_name, data) VALUES (%s, %s, %s, %s)",
             (document.projection, d.key, d.type_name, d.data),
@@ -414,7 +424,7 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
             ),
         ).fetchone()
         assert position == e.position, f"SQLite gave position {position} to the event the rows place at {e.position}"
-    for c in rows.commands:
+    for c in [*rows.commands, *(s.stored for s in rows.sealed_commands)]:
         values: tuple[object, ...] = (
             c.command_id,
             c.aggregate_id,
@@ -457,6 +467,9 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
         if rows.holds("audit_outcome"):
             columns += ", outcome"
             values += (a.outcome,)
+        if rows.holds("forgetting_and_audit"):
+            columns += ", dry_run, peer, occurrences"
+            values += (int(a.dry_run), a.peer, a.occurrences)
         conn.execute(f"INSERT INTO refusals ({columns}) VALUES ({', '.join('?' * len(values))})", values)
     for key in rows.data_keys:
         written_at = 1_767_225_600_000_000
@@ -473,6 +486,11 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
             "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?, ?, ?, ?)",
             (document.projection, d.key, d.type_name, d.data),
         )
+        for subject in document.subjects:  # the aggregates it is derived from, a row each
+            conn.execute(
+                "INSERT INTO projection_subjects (projection, key, subject) VALUES (?, ?, ?)",
+                (document.projection, d.key, subject),
+            )
     for parked in rows.parked:
         conn.execute(
             "INSERT INTO projection_parked_events (projection, position, event_id, event_type, aggregate_id,"

@@ -177,6 +177,10 @@ class JwtIssuer:
     def token(self, subject: str, *, expires_in: float = 300, issuer: str | None = None, **claims: Any) -> str:
         now = int(time.time())
         payload = {"sub": subject, "iss": issuer or self.issuer, "iat": now, "exp": now + int(expires_in), **claims}
+        return self.sign(payload)
+
+    def sign(self, payload: dict[str, Any]) -> str:
+        """A token of exactly these claims."""
         return jwt.encode(payload, self._key, algorithm="ES256")
 
 

@@ -22,6 +22,8 @@ from service.processing.executor import CommandExecutor
 from service.processing.projections import ProjectionRunner
 from service.processing.upcasting import EventReader
 from service.store.base import Store
+from service.store.encrypted import encrypted
+from service.store.encryption import Keyring, MasterKeys, new_master_key
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite, ParkedEvent
@@ -305,6 +307,76 @@ async def test_stopping_a_runner_whose_store_failed_under_it_does_not_stop_the_s
     await store.failed.wait()
     await stopping.stop()  # logs the failure; the rest of the shutdown goes on
     assert not stopping.status.running
+
+
+# -- forgetting: documents named after their subjects ----------------------------
+
+
+@pytest.mark.parametrize("batch_size", [None, 1], ids=["one batch", "commits overlapping the next batch"])
+async def test_a_forgotten_accounts_documents_do_not_come_back_from_a_runners_cache(batch_size: int | None) -> None:
+    raw = MemoryStore()
+    keyring = Keyring(raw, MasterKeys.parse(f"k1:{new_master_key()}", source="test"))
+    roles = encrypted(Store.of(raw), keyring)
+
+    async def submit(aggregate_id: str, message: Any) -> None:
+        spec = REGISTRY.command(message.DESCRIPTOR.full_name)
+        assert spec is not None
+        request = CommandRequest(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, spec=spec, message=message)
+        await CommandExecutor(roles, REGISTRY).execute(request, None)
+
+    for aggregate_id, message in [
+        ("acc-1", bank.OpenAccount(owner="ann")),
+        ("acc-2", bank.OpenAccount(owner="ann")),
+        ("acc-1", bank.Deposit(amount=100)),
+        ("acc-2", bank.Deposit(amount=20)),
+    ]:
+        await submit(aggregate_id, message)
+    projection = bank_account.balances_by_owner
+    cached = ProjectionRunner(projection, log=roles.log, documents=roles.projections, reader=READER)
+    position = await cached.step(0)  # holds ann's documents, acc-1's balance in them, in its cache
+    assert (await owner(roles.projections, "ann")).balance == 120
+
+    await keyring.forget("acc-1")
+    assert await roles.projections.load_document(projection.name, account_key("acc-1")) is None
+    assert await roles.projections.load_document(projection.name, owner_key("ann")) is None
+    assert await roles.projections.load_document(projection.name, account_key("acc-2")) is not None
+
+    if batch_size is not None:
+        projection.batch_size = batch_size
+    await submit("acc-2", bank.Deposit(amount=5))
+    await submit("acc-3", bank.OpenAccount(owner="bob"))
+    await submit("acc-2", bank.Deposit(amount=1))
+    # The commit of ann's stale document is refused (SubjectsForgotten): the
+    # batches are applied again from the stored checkpoint, without the cache.
+    assert await cached.step(position) == await raw.log_head()
+    # Started again from acc-2's next event, as a runner without a cache would have.
+    assert await owner(roles.projections, "ann") == bank.OwnerBalance(owner="ann", balance=6, account_ids=["acc-2"])
+    assert await owner(roles.projections, "bob") == bank.OwnerBalance(owner="bob", balance=0, account_ids=["acc-3"])
+    assert await roles.projections.load_document(projection.name, account_key("acc-1")) is None
+    assert cached.status.error == ""
+
+
+async def test_a_projection_rebuilt_after_a_forget_skips_the_redacted_events() -> None:
+    raw = MemoryStore()
+    keyring = Keyring(raw, MasterKeys.parse(f"k1:{new_master_key()}", source="test"))
+    roles = encrypted(Store.of(raw), keyring)
+    executor = CommandExecutor(roles, REGISTRY)
+    for aggregate_id, message in [
+        ("acc-1", bank.OpenAccount(owner="ann")),
+        ("acc-2", bank.OpenAccount(owner="ann")),
+        ("acc-1", bank.Deposit(amount=100)),
+        ("acc-2", bank.Deposit(amount=20)),
+    ]:
+        spec = REGISTRY.command(message.DESCRIPTOR.full_name)
+        assert spec is not None
+        request = CommandRequest(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, spec=spec, message=message)
+        await executor.execute(request, None)
+    await keyring.forget("acc-1")
+    rebuilt = ProjectionRunner(
+        bank_account.balances_by_owner, log=roles.log, documents=roles.projections, reader=READER
+    )
+    assert await rebuilt.step(0) == await raw.log_head()  # not stuck on acc-1's redacted events
+    assert await owner(roles.projections, "ann") == bank.OwnerBalance(owner="ann", balance=20, account_ids=["acc-2"])
 
 
 class HandLease:

@@ -1,5 +1,5 @@
 """``GroupStore`` on PostgreSQL: settings, segment checkpoints and parked
-events in three tables (migration 0012), every method one operation; the
+events in three tables (migration 0013), every method one operation; the
 consumers hold segments by the store's own leases (``leases.py``), so the
 consumers of one group may be connected to different replicas."""
 

@@ -1,12 +1,13 @@
 """``ProjectionStore`` on PostgreSQL: a projection's checkpoint and its
-documents, moved and written in one operation (so one transaction)."""
+documents (with their subjects), moved and written in one operation (so one
+transaction)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 
-from service.errors import ConcurrencyConflict
+from service.errors import ConcurrencyConflict, SubjectsForgotten
 from service.store.leasing import Fencing
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
@@ -54,7 +55,16 @@ class ProjectionsRole:
             statements.append(Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)))
         statements.append(Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)))
         deletes = [w.key for w in writes if w.data is None]
-        puts = [{"key": w.key, "type_name": w.type_name, "data": w.data.hex()} for w in writes if w.data is not None]
+        puts = [
+            {"key": w.key, "type_name": w.type_name, "data": w.data.hex(), "subjects": w.subjects}
+            if w.subjects
+            else {"key": w.key, "type_name": w.type_name, "data": w.data.hex()}
+            for w in writes
+            if w.data is not None
+        ]
+        subjects = sorted({s for w in writes if w.data is not None for s in w.subjects})
+        if subjects:
+            statements.append(Statement(sql.CHECK_SUBJECTS.encode(), (subjects,)))
         if deletes:
             statements.append(Statement(sql.DELETE_DOCUMENTS.encode(), (name, deletes)))
         if puts:
@@ -63,7 +73,10 @@ class ProjectionsRole:
             statements.append(Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(parked))))
         try:
             await self._db.run("commit_projection", statements)
-        except Refused:  # the checkpoint moved, or (fencing) the lease changed holder
+        except Refused as refused:
+            if refused.code == sql.SUBJECTS_FORGOTTEN:
+                raise SubjectsForgotten(refused.detail.split("\n")) from None
+            # the checkpoint moved, or (fencing) the lease changed holder
             raise ConcurrencyConflict(f"projection:{name}", expected_position) from None
 
     async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:

@@ -33,6 +33,7 @@ from service.store.sql_common import COMMAND_FIELDS, GROUP_FIELDS, PARKED_FIELDS
 VERSION_MOVED = "CH001"  # an aggregate is not at the version the append expected
 CLAIM_HELD = "CH002"  # a claimed value is held by another aggregate (message: the claim's index)
 LEASE_LOST = "CH003"  # a fencing token is no longer current: its lease changed holder
+SUBJECTS_FORGOTTEN = "CH004"  # documents name forgotten aggregates (message: their ids, one per line)
 
 EVENTS_VERSION_KEY = "events_aggregate_version_key"
 COMMANDS_KEY = "commands_pkey"
@@ -50,7 +51,8 @@ EVENT_COLUMNS = (
 COMMAND_COLUMNS = ", ".join(COMMAND_FIELDS).replace("recorded_at_us", _MICROS.format("recorded_at"))
 AUDIT_COLUMNS = (
     _MICROS.format("recorded_at")
-    + ", command_id, command_type, aggregate_id, principal, user_id, origin, reason, message, outcome"
+    + ", command_id, command_type, aggregate_id, principal, user_id, origin, reason, message, outcome,"
+    " dry_run, peer, occurrences"
 )
 SNAPSHOT_COLUMNS = "aggregate_id, aggregate_type, version, state_type, schema_version, state"
 
@@ -257,12 +259,27 @@ CHECK_FENCING = (
     f" THEN 0 ELSE chronicle.refuse('{LEASE_LOST}', $2) END"
 )
 DELETE_DOCUMENTS = "DELETE FROM chronicle.projection_documents WHERE projection = $1 AND key = ANY($2::text[])"
+# Documents derived from aggregates (their subjects) are not written once one
+# of them is forgotten. FOR SHARE on the subjects' keys orders this commit
+# with a forget of one of them: a forget that took its key's row first is
+# waited for and then seen (its tombstone, and the deletions that follow it,
+# committed); one that comes later waits for this commit and then deletes
+# what it wrote.
+CHECK_SUBJECTS = (
+    "SELECT CASE WHEN count(*) FILTER (WHERE k.wrapped_key IS NULL) = 0 THEN 0"
+    f" ELSE chronicle.refuse('{SUBJECTS_FORGOTTEN}',"
+    " string_agg(k.aggregate_id, E'\\n') FILTER (WHERE k.wrapped_key IS NULL)) END"
+    " FROM (SELECT aggregate_id, wrapped_key FROM chronicle.data_keys WHERE aggregate_id = ANY($1::text[])"
+    " ORDER BY aggregate_id FOR SHARE) AS k"
+)
+# A document's subjects (the aggregates it is derived from) are in its row,
+# as its last write gave them.
 PUT_DOCUMENTS = (
-    "INSERT INTO chronicle.projection_documents (projection, key, type_name, data)"
-    " SELECT $1, d.key, d.type_name, decode(d.data, 'hex')"
-    " FROM jsonb_to_recordset($2::jsonb) AS d(key text, type_name text, data text)"
+    "INSERT INTO chronicle.projection_documents (projection, key, type_name, data, subjects)"
+    " SELECT $1, d.key, d.type_name, decode(d.data, 'hex'), coalesce(d.subjects, '{}')"
+    " FROM jsonb_to_recordset($2::jsonb) AS d(key text, type_name text, data text, subjects text[])"
     " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name,"
-    " data = excluded.data, updated_at = now()"
+    " data = excluded.data, subjects = excluded.subjects, updated_at = now()"
 )
 
 # Parked events travel as one JSON document (like PUT_DOCUMENTS' writes).
@@ -361,7 +378,9 @@ RELEASE_ALL_LEASES = (
 
 RECORD_AUDIT_ENTRY = (
     "INSERT INTO chronicle.refusals (recorded_at, command_id, command_type, aggregate_id, principal, user_id,"
-    " origin, reason, message, outcome) VALUES (" + _AT.format("$1::bigint") + ", $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    " origin, reason, message, outcome, dry_run, peer, occurrences) VALUES ("
+    + _AT.format("$1::bigint")
+    + ", $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::boolean, $12, $13::bigint)"
 )
 
 
@@ -388,9 +407,20 @@ FORGET_DATA_KEY = (
 )
 DELETE_SNAPSHOTS = "DELETE FROM chronicle.snapshots WHERE aggregate_id = $1"
 # Only an aggregate with a key (or its tombstone) is forgotten; one that
-# never had a key keeps its claims.
+# never had a key keeps its claims and its documents.
 RELEASE_CLAIMS_OF_FORGOTTEN = (
     "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
+    " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
+)
+# The documents that name the forgotten aggregate as a subject (the GIN index).
+DELETE_DOCUMENTS_OF_FORGOTTEN = (
+    "DELETE FROM chronicle.projection_documents WHERE subjects @> ARRAY[$1::text]"
+    " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
+)
+# A parked event's error is a handler's exception text, which may quote the
+# event's payload. Parked events are few (no index: a forget is rare).
+DELETE_PARKED_OF_FORGOTTEN = (
+    "DELETE FROM chronicle.projection_parked_events WHERE aggregate_id = $1"
     " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
 )
 DATA_KEYS_TO_REWRAP = (

@@ -1,9 +1,11 @@
 """``KeyStore`` on SQLite: per-aggregate data keys; forgetting one leaves a
-tombstone and removes the aggregate's snapshots and claims in the same
-transaction."""
+tombstone and removes the aggregate's snapshots, claims and the documents
+derived from it in the same transaction, then empties the WAL (the file
+zeroes what it deletes: ``secure_delete``)."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 
@@ -11,6 +13,8 @@ from service.store.records import DataKey
 from service.store.sql_common import data_key_from_row
 from service.store.sqlite import sql
 from service.store.sqlite.writer import Writer, writing
+
+log = logging.getLogger(__name__)
 
 
 class KeysRole:
@@ -53,6 +57,18 @@ def _forget(db: sqlite3.Connection, aggregate_id: str) -> bool:
         erased = db.execute(sql.FORGET_DATA_KEY, (_now_us(), aggregate_id)).rowcount
         db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
         db.execute(sql.RELEASE_CLAIMS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+        db.execute(sql.DELETE_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+        db.execute(sql.DELETE_SUBJECTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+        db.execute(sql.DELETE_PARKED_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+    # The pages as they were before (the wrapped key, the snapshots) are in
+    # the WAL until a checkpoint copies the new ones over them: empty it now.
+    busy, _, _ = db.execute(sql.CHECKPOINT_TRUNCATE).fetchone()
+    if busy:
+        log.warning(
+            "forgot %s, but a reader of the SQLite file held back the WAL checkpoint: the WAL keeps the"
+            " old pages (the wrapped key) until the next checkpoint",
+            aggregate_id,
+        )
     return bool(erased == 1)
 
 

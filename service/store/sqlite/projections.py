@@ -1,12 +1,13 @@
 """``ProjectionStore`` on SQLite: a projection's checkpoint and its
-documents, moved and written in one transaction."""
+documents (with their subjects), moved and written in one transaction."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 
-from service.errors import ConcurrencyConflict
+from service.errors import ConcurrencyConflict, SubjectsForgotten
 from service.store.leasing import Fencing
 from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, StoredDocument
 from service.store.sql_common import document_from_row, parked_event_from_row, parked_event_row
@@ -81,11 +82,19 @@ def _commit(
         current = _position(db, name)
         if current != expected_position:
             raise ConcurrencyConflict(f"projection:{name}", expected_position, current=current)
+        subjects = sorted({subject for write in writes if write.data is not None for subject in write.subjects})
+        if subjects:
+            forgotten = [row[0] for row in db.execute(sql.FORGOTTEN_SUBJECTS, (json.dumps(subjects),))]
+            if forgotten:
+                raise SubjectsForgotten(forgotten)
         for write in writes:
+            db.execute(sql.DELETE_STALE_SUBJECTS, (name, write.key, json.dumps(write.subjects)))
             if write.data is None:
                 db.execute(sql.DELETE_DOCUMENT, (name, write.key))
             else:
                 db.execute(sql.PUT_DOCUMENT, (name, write.key, write.type_name, write.data))
+                for subject in write.subjects:
+                    db.execute(sql.PUT_DOCUMENT_SUBJECT, (name, write.key, subject))
         for event in parked:
             db.execute(sql.PARK_EVENT, parked_event_row(event))
         db.execute(sql.MOVE_CHECKPOINT, (name, new_position))
@@ -94,5 +103,6 @@ def _commit(
 def _reset(db: sqlite3.Connection, name: str) -> None:
     with writing(db):
         db.execute(sql.RESET_DOCUMENTS, (name,))
+        db.execute(sql.RESET_SUBJECTS, (name,))
         db.execute(sql.RESET_PARKED_EVENTS, (name,))
         db.execute(sql.RESET_CHECKPOINT, (name,))

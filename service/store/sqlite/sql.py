@@ -31,8 +31,19 @@ from service.store.sql_common import (
 
 # Durability: a commit is on disk when it returns (WAL journal, fsync at
 # every commit). A writer from another process is waited for, up to 5 s,
-# before the file counts as locked.
-CONNECTION_SETUP = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000")
+# before the file counts as locked. Deleted and overwritten content is
+# zeroed in the file (secure_delete), so that forgetting an aggregate leaves
+# none of its wrapped key, snapshots or documents in free space.
+CONNECTION_SETUP = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA secure_delete=ON",
+)
+# After a forget: copy the WAL into the file and empty it, so that the old
+# pages (which held the wrapped key) are not left in the WAL file. Returns
+# (busy, WAL frames, frames copied); busy: a reader elsewhere held it back.
+CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 PING = "SELECT 1"
 # A write takes the file's write lock at once, before it reads what it
 # checks; a read sees one snapshot of the file until it ends.
@@ -50,7 +61,7 @@ def set_schema_version(version: int) -> str:
 
 EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
 COMMAND_COLUMNS = ", ".join(COMMAND_FIELDS)
-AUDIT_COLUMNS = ", ".join((*AUDIT_FIELDS, "reason", "message", "outcome"))
+AUDIT_COLUMNS = ", ".join((*AUDIT_FIELDS, "reason", "message", "outcome", "dry_run", "peer", "occurrences"))
 SNAPSHOT_COLUMNS = ", ".join(SNAPSHOT_FIELDS)
 
 
@@ -151,6 +162,17 @@ MOVE_CHECKPOINT = (
     "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
     " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
 )
+# A document's subjects are those of its last write (the stale ones go, new
+# ones are added: the same ones again write nothing). The subjects a batch
+# names that are forgotten. JSON arrays of ids as parameters.
+DELETE_STALE_SUBJECTS = (
+    "DELETE FROM projection_subjects WHERE projection = ? AND key = ?"
+    " AND subject NOT IN (SELECT value FROM json_each(?))"
+)
+PUT_DOCUMENT_SUBJECT = "INSERT OR IGNORE INTO projection_subjects (projection, key, subject) VALUES (?, ?, ?)"
+FORGOTTEN_SUBJECTS = (
+    "SELECT aggregate_id FROM data_keys WHERE wrapped_key IS NULL AND aggregate_id IN (SELECT value FROM json_each(?))"
+)
 PARKED_EVENT_COLUMNS = "projection, position, event_id, event_type, aggregate_id, error, attempts, parked_at_us"
 PARK_EVENT = (
     f"INSERT INTO projection_parked_events ({PARKED_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
@@ -162,6 +184,7 @@ PARKED_EVENTS = (
 )
 COUNT_PARKED_EVENTS = "SELECT count(*) FROM projection_parked_events WHERE projection = ?"
 RESET_DOCUMENTS = "DELETE FROM projection_documents WHERE projection = ?"
+RESET_SUBJECTS = "DELETE FROM projection_subjects WHERE projection = ?"
 RESET_PARKED_EVENTS = "DELETE FROM projection_parked_events WHERE projection = ?"
 RESET_CHECKPOINT = "UPDATE projection_checkpoints SET position = 0 WHERE name = ?"
 
@@ -204,9 +227,27 @@ FORGET_DATA_KEY = (
 )
 DELETE_SNAPSHOTS = "DELETE FROM snapshots WHERE aggregate_id = ?"
 # Only an aggregate with a key (or its tombstone) is forgotten; one that
-# never had a key keeps its claims.
+# never had a key keeps its claims and its documents.
 RELEASE_CLAIMS_OF_FORGOTTEN = (
     "DELETE FROM claims WHERE aggregate_id = ? AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+)
+# The documents that name the forgotten aggregate as a subject, then every
+# subject of those documents (parameters: the aggregate id, twice each).
+DELETE_DOCUMENTS_OF_FORGOTTEN = (
+    "DELETE FROM projection_documents WHERE (projection, key) IN"
+    " (SELECT projection, key FROM projection_subjects WHERE subject = ?)"
+    " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+)
+# A parked event's error is a handler's exception text, which may quote the
+# event's payload. Parked events are few (no index: a forget is rare).
+DELETE_PARKED_OF_FORGOTTEN = (
+    "DELETE FROM projection_parked_events WHERE aggregate_id = ?"
+    " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+)
+DELETE_SUBJECTS_OF_FORGOTTEN = (
+    "DELETE FROM projection_subjects WHERE (projection, key) IN"
+    " (SELECT projection, key FROM projection_subjects WHERE subject = ?)"
+    " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
 )
 DATA_KEYS_TO_REWRAP = (
     "SELECT aggregate_id, master_key_id, wrapped_key FROM data_keys"

@@ -1,4 +1,4 @@
--- Chronicle's SQLite schema, version 8 -> 9: subscription groups
+-- Chronicle's SQLite schema, version 9 -> 10: subscription groups
 -- (service/store/grouping.py): each group's settings, one checkpoint per
 -- segment (the contiguous acknowledged prefix and how many events it
 -- acknowledged), and the events it parked. The leases by which consumers

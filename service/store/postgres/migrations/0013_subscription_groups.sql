@@ -1,4 +1,4 @@
--- Migration 12: subscription groups (service/store/grouping.py): each
+-- Migration 13: subscription groups (service/store/grouping.py): each
 -- group's settings, one checkpoint per segment (the contiguous
 -- acknowledged prefix and how many events it acknowledged), and the events
 -- it parked. Consumers hold segments by the leases of migration 10 (lease
