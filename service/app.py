@@ -28,6 +28,7 @@ from service.api.disclosure import Disclosure
 from service.api.dry_runs import DryRunAudit
 from service.api.event_service import EventService
 from service.api.gate import RpcGate, refused_rpc_hooks
+from service.api.group_service import SubscriptionGroupService
 from service.api.health import Health, StoreMonitor
 from service.api.projection_service import ProjectionService
 from service.api.refused_commands import RefusedCommands
@@ -42,10 +43,11 @@ from service.console.load import LoadSampler
 from service.console.server import Console, check_console_exposure
 from service.console.views import Parts
 from service.errors import ConfigurationError
+from service.groups import SubscriptionGroups
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
 from service.observability.store_timing import timed
-from service.observability.subscriptions import LagSampler, SubscriptionTracker
+from service.observability.subscriptions import GroupSampler, LagSampler, SubscriptionTracker
 from service.observability.tracing import TracingMiddleware
 from service.observability.tracing import wanted as tracing_wanted
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
@@ -131,6 +133,7 @@ class Application:
     port: int
     monitor: StoreMonitor
     subscriptions: Subscriptions
+    groups: SubscriptionGroups
     projections: Projections
     leases: LeaseKeeper
     ownership: Ownership
@@ -141,6 +144,7 @@ class Application:
     lag_sampler: LagSampler | None = None
     refused: RefusedCommands | None = None
     gate: RpcGate | None = None
+    group_sampler: GroupSampler | None = None
     standby: StandbyStore | None = None
     stopped: bool = False
 
@@ -158,11 +162,14 @@ class Application:
         await self.monitor.stop()
         if self.lag_sampler is not None:
             await self.lag_sampler.stop()
+        if self.group_sampler is not None:
+            await self.group_sampler.stop()
         await self.health.set(False)
         # Partitions first: routing clients move to the replicas that take
         # them over while this one drains.
         await self.leases.leave(self.ownership.group.name)
         self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
+        self.groups.close()  # consumers too: they connect again, to any replica
         self.cluster.close()  # topology watchers too: they watch another member
         if self.console is not None:
             await self.console.stop()  # its live tails ended with the subscriptions
@@ -369,6 +376,17 @@ async def start(
         read_wait=settings.read_wait_seconds,
         page_bytes=page_bytes,
     )
+    # Subscription groups read the primary's log: their checkpoints are
+    # written there, and must never run ahead of what a consumer was sent.
+    groups = SubscriptionGroups(
+        roles.groups,
+        roles.log,
+        executor.loader.reader,
+        lease_seconds=settings.lease_seconds,
+        poll_interval=settings.poll_seconds,
+        page_size=settings.read_page_events,
+        page_bytes=page_bytes,
+    )
     server = build_server(
         commands=CommandService(
             registry,
@@ -382,6 +400,9 @@ async def start(
         admin=AdminService(audit, authorizer, keyring),
         projections=projection_service,
         cluster=cluster,
+        groups=SubscriptionGroupService(
+            groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit
+        ),
         health=health,
         max_message_bytes=settings.max_message_bytes,
         gate=gate,
@@ -398,6 +419,7 @@ async def start(
                 rpcs_in_flight=lambda: gate.in_flight,
                 subscriptions=lambda: tracker.count,
             )
+            metrics.group_consumers.set_function(lambda: groups.active)
             if settings.metrics_listen:
                 metrics_server = MetricsServer(metrics, settings.metrics_listen)
         port = _bind(server, settings.listen, credentials)
@@ -453,10 +475,12 @@ async def start(
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
-    lag_sampler = None
+    lag_sampler = group_sampler = None
     if metrics is not None:
         lag_sampler = LagSampler(roles.log, tracker, metrics.subscription_lag)
         lag_sampler.start()
+        group_sampler = GroupSampler(roles.groups, roles.log, lag=metrics.group_lag, parked=metrics.group_parked)
+        group_sampler.start()
     return Application(
         settings=settings,
         registry=registry,
@@ -467,6 +491,7 @@ async def start(
         port=port,
         monitor=monitor,
         subscriptions=subscriptions,
+        groups=groups,
         projections=projections,
         leases=leases,
         ownership=ownership,
@@ -477,6 +502,7 @@ async def start(
         lag_sampler=lag_sampler,
         refused=refused_commands,
         gate=gate,
+        group_sampler=group_sampler,
         standby=standby,
     )
 

@@ -16,6 +16,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── AggregateNotFound       a read of an aggregate that has no events
     ├── VersionNotReached       a read at a version the aggregate has not reached
     ├── ResourceNotFound        a read of something else that does not exist (projection, document)
+    ├── ResourceExists          something a request would create exists already (a subscription group)
     ├── ProjectionFailed        a projection's handler failed; the projection waits and retries
     ├── EventNotReadable        a stored event no loaded plugin can read (never skipped)
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
@@ -228,6 +229,13 @@ class EventNotReadable(ChronicleError):
 
 class ResourceNotFound(ChronicleError):
     default_reason = "NOT_FOUND"
+
+
+class ResourceExists(ChronicleError):
+    """Something the request would create exists already (a subscription
+    group of that name): ``ALREADY_EXISTS``."""
+
+    default_reason = "ALREADY_EXISTS"
 
 
 class ProjectionFailed(ChronicleError):

@@ -41,6 +41,8 @@ from service.security.credentials import Authenticator
 log = logging.getLogger(__name__)
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 SUBSCRIBE_METHOD = "/chronicle.v1.EventService/Subscribe"
+# Streams that live as long as their clients want: counted as subscriptions.
+SUBSCRIPTION_METHODS = frozenset({SUBSCRIBE_METHOD, "/chronicle.v1.SubscriptionGroupService/Consume"})
 
 # Called with (method, request or None, error, the caller if it was
 # authenticated, its address as gRPC gives it) when the gate refuses an RPC,
@@ -195,7 +197,7 @@ class RpcGate:
         """``handler`` behind the gate, for each of the four RPC shapes."""
         if method.startswith(EXEMPT_PREFIXES) or handler.request_deserializer is None:
             return handler
-        subscription = method == SUBSCRIBE_METHOD
+        subscription = method in SUBSCRIPTION_METHODS
         options = {
             "request_deserializer": tolerant(handler.request_deserializer, method),
             "response_serializer": handler.response_serializer,

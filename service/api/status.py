@@ -31,6 +31,7 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.AggregateNotFound: grpc.StatusCode.NOT_FOUND,
     errors.VersionNotReached: grpc.StatusCode.OUT_OF_RANGE,
     errors.ResourceNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.ResourceExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.ProjectionFailed: grpc.StatusCode.INTERNAL,
     errors.AggregateTypeMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.WrongExpectedVersion: grpc.StatusCode.FAILED_PRECONDITION,

@@ -25,6 +25,11 @@ registered, status codes, store operations): never aggregate ids.
   with outcome ``aborted``), so retries = conflicts - aborted.
 - ``chronicle_subscriptions``, ``chronicle_subscription_lag_positions``:
   subscriptions open, and how far the slowest is behind the log's head.
+- ``chronicle_group_consumers``: subscription-group consumer streams open
+  on this replica; ``chronicle_group_lag_positions{group}``,
+  ``chronicle_group_parked_events{group}``: how far each group's lowest
+  checkpoint is behind the log's head, and its parked events (sampled
+  every few seconds from the store; the same for every replica).
 - ``chronicle_store_operation_duration_seconds{operation}``: time in the
   store per operation (``append``, ``read_aggregate``, …; histogram).
 - ``chronicle_store_batches_total``, ``chronicle_store_batched_appends_total``,
@@ -100,6 +105,19 @@ class Metrics:
             "chronicle_subscription_lag_positions",
             "How far the slowest open subscription is behind the log's head, in positions",
             registry=r,
+        )
+
+        self.group_consumers = Gauge(
+            "chronicle_group_consumers", "Subscription-group consumer streams open on this replica", registry=r
+        )
+        self.group_lag = Gauge(
+            "chronicle_group_lag_positions",
+            "How far a subscription group's lowest checkpoint is behind the log's head, in positions",
+            ["group"],
+            registry=r,
+        )
+        self.group_parked = Gauge(
+            "chronicle_group_parked_events", "Events a subscription group parked", ["group"], registry=r
         )
 
     def watch(

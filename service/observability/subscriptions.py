@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from prometheus_client import Gauge
 
-from service.store.base import LogReader
+from service.store.base import GroupStore, LogReader
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,48 @@ class LagSampler:
                 await self.sample()
             except Exception:  # the store may be away; the health monitor reports that
                 log.debug("could not sample subscription lag", exc_info=True)
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class GroupSampler:
+    """Sets each subscription group's lag (its lowest checkpoint's distance
+    from the log's head, in positions) and parked count, every
+    ``interval`` seconds; a deleted group's gauges go with it."""
+
+    def __init__(
+        self, groups: GroupStore, store: LogReader, *, lag: Gauge, parked: Gauge, interval: float = 5.0
+    ) -> None:
+        self._groups = groups
+        self._store = store
+        self._lag = lag
+        self._parked = parked
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    async def sample(self) -> None:
+        states = await self._groups.list_groups()
+        head = await self._store.log_head()
+        self._lag.clear()
+        self._parked.clear()
+        for state in states:
+            self._lag.labels(group=state.spec.name).set(max(0, head - state.position))
+            self._parked.labels(group=state.spec.name).set(state.parked)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-lag")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except Exception:  # the store may be away; the health monitor reports that
+                log.debug("could not sample subscription groups", exc_info=True)
             await asyncio.sleep(self._interval)
 
     async def stop(self) -> None:

@@ -10,6 +10,8 @@
     AuditRecorder    audit entries no command record carries, and reading the audit log
     KeyStore         per-aggregate data keys (encryption at rest)
     LeaseStore       leases that share work among live replicas (partitions, projections)
+    GroupStore       subscription groups: settings, segment checkpoints, parked events, and the
+                     leases by which consumers hold segments
 
 Each role has its own contract test file in ``tests/contract``. Three
 adapters (memory, SQLite, PostgreSQL) implement every role
@@ -25,6 +27,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.records import (
     AggregateHead,
@@ -363,6 +366,77 @@ class LeaseStore(Protocol):
         there, in one transaction."""
 
 
+class GroupStore(Protocol):
+    """Subscription groups (``service/store/grouping.py`` says what they
+    are; ``service/groups.py`` delivers their events).
+
+    ``consumer_leases`` is the ``LeaseStore`` by which a group's consumers
+    share its segments (lease group ``grouping.consumer_group(name)``, one
+    lease per segment, named by its number): the store's own leases on
+    PostgreSQL, where consumers of one group may be connected to different
+    replicas; the process's own on memory and SQLite, whose one process
+    serves every consumer (``local_leases.LocalLeases``, shared among them
+    for real, unlike the replicas' ``SoleOwnerLeases``)."""
+
+    @property
+    def consumer_leases(self) -> LeaseStore: ...
+
+    async def create_group(self, spec: GroupSpec) -> None:
+        """Create the group and its ``spec.segments`` checkpoints (each at
+        ``spec.start_position``, nothing acknowledged), in one transaction.
+        ``ResourceExists`` (GROUP_EXISTS), and nothing written, if a group
+        of that name exists."""
+
+    async def delete_group(self, name: str) -> bool:
+        """Delete the group, its checkpoints, its parked events and its
+        consumers' leases, in one transaction. False if there was none."""
+
+    async def load_group(self, name: str) -> GroupState | None:
+        """The group (settings, checkpoints, parked count, live consumers
+        with their segments) as one read sees it, or None."""
+
+    async def list_groups(self) -> list[GroupState]:
+        """Every group, by name, as ``load_group`` reads each."""
+
+    async def commit_segment(
+        self,
+        name: str,
+        segment: int,
+        *,
+        expected_position: int,
+        new_position: int,
+        acknowledged: int,
+        parked: Sequence[GroupParkedEvent] = (),
+        fencing: Fencing | None = None,
+    ) -> None:
+        """In one transaction: park ``parked`` (as ``park`` does), move the
+        segment's checkpoint from ``expected_position`` to ``new_position``
+        and add ``acknowledged`` to its count. ``ConcurrencyConflict``, and
+        nothing written, if the checkpoint is no longer at
+        ``expected_position``, the group is gone, or ``fencing`` is given
+        and its lease is no longer held by its member at its epoch."""
+
+    async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
+        """Keep ``events`` among the group's parked events (an event parked
+        again replaces its earlier entry, ``replaying`` false). Nothing if
+        the group is gone."""
+
+    async def unpark(self, name: str, event_ids: Sequence[str]) -> None:
+        """Remove these parked events (their replay was acknowledged)."""
+
+    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
+        """Up to ``limit`` parked events of the group with positions greater
+        than ``after_position``, by position (event id within one)."""
+
+    async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
+        """Mark these parked events (none given: all the group's) to be
+        delivered again; return how many are marked now."""
+
+    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
+        """Up to ``limit`` parked events marked for replay in these
+        segments, by position."""
+
+
 class StoreAdapter(
     Lifecycle,
     EventRecorder,
@@ -373,6 +447,7 @@ class StoreAdapter(
     AuditRecorder,
     KeyStore,
     LeaseStore,
+    GroupStore,
     Protocol,
 ):
     """A store that plays every role itself (each of Chronicle's adapters)."""
@@ -393,10 +468,11 @@ class Store:
     audit: AuditRecorder
     keys: KeyStore
     leases: LeaseStore
+    groups: GroupStore
 
     @classmethod
     def of(cls, adapter: StoreAdapter) -> Store:
-        return cls(adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter)
+        return cls(adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter)
 
     def replacing(
         self,

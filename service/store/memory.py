@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Sequence
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, SubjectsForgotten
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.leasing import Fencing
+from service.store.memory_groups import MemoryGroups
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
@@ -38,8 +39,9 @@ from service.store.selection import select_events
 from service.store.sole_owner import SoleOwnerLeases
 
 
-class MemoryStore(SoleOwnerLeases):
+class MemoryStore(SoleOwnerLeases, MemoryGroups):
     def __init__(self, *, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> None:
+        MemoryGroups.__init__(self)
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._streams: dict[str, list[RecordedEvent]] = {}
         self._log: list[RecordedEvent] = []

@@ -8,6 +8,7 @@ differ only in how a parameter is written (``Dialect``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from service.errors import ConfigurationError
 from service.store.base import AggregateQuery, AuditQuery
+from service.store.grouping import GroupParkedEvent, GroupSpec, filter_from_json
 from service.store.records import (
     ACCEPTED,
     REFUSED,
@@ -371,3 +373,57 @@ def known_migrations(package: str) -> list[Migration]:
     if [m.version for m in found] != list(range(1, len(found) + 1)):
         raise ConfigurationError(f"the migrations of {package} must be numbered 0001, 0002, … without gaps")
     return found
+
+
+# -- subscription groups (grouping.py) ----------------------------------------
+
+GROUP_FIELDS = (
+    "name",
+    "filter",
+    "start_position",
+    "segments",
+    "max_attempts",
+    "retry_backoff_ms",
+    "max_retry_backoff_ms",
+    "ack_timeout_ms",
+)
+PARKED_FIELDS = ("event_id", "position", "segment", "aggregate_id", "attempts", "reason", "replaying")
+
+
+def group_params(spec: GroupSpec) -> tuple[object, ...]:
+    return (
+        spec.name,
+        spec.filter_json(),
+        spec.start_position,
+        spec.segments,
+        spec.max_attempts,
+        spec.retry_backoff_ms,
+        spec.max_retry_backoff_ms,
+        spec.ack_timeout_ms,
+    )
+
+
+def group_spec_from_row(row: Row) -> GroupSpec:
+    filter_text = row[1] if isinstance(row[1], str) else json.dumps(row[1])
+    return GroupSpec(
+        name=str(row[0]),
+        log_filter=filter_from_json(filter_text),
+        start_position=int(row[2]),
+        segments=int(row[3]),
+        max_attempts=int(row[4]),
+        retry_backoff_ms=int(row[5]),
+        max_retry_backoff_ms=int(row[6]),
+        ack_timeout_ms=int(row[7]),
+    )
+
+
+def parked_from_row(row: Row) -> GroupParkedEvent:
+    return GroupParkedEvent(
+        event_id=str(row[0]),
+        position=int(row[1]),
+        segment=int(row[2]),
+        aggregate_id=str(row[3]),
+        attempts=int(row[4]),
+        reason=str(row[5]),
+        replaying=row[6] in (True, 1, "t", "true", "1"),
+    )

@@ -26,6 +26,8 @@ from chronicle.v1 import (
     cluster_service_pb2_grpc,
     command_service_pb2,
     event_service_pb2,
+    subscription_group_service_pb2,
+    subscription_group_service_pb2_grpc,
 )
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
@@ -378,3 +380,54 @@ async def test_the_topology_is_for_authenticated_callers(secured: Secured) -> No
         stub = cluster_service_pb2_grpc.ClusterServiceStub(alice.channel)
         response = await stub.GetTopology(cluster_service_pb2.GetTopologyRequest())
         assert response.topology.answered_by == secured.app.leases.member_id
+
+
+# -- subscription groups ---------------------------------------------------------
+
+
+def groups_of(client: Client) -> subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub:
+    return subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub(client.channel)
+
+
+async def consume_first(client: Client, group: str) -> subscription_group_service_pb2.ConsumeResponse:
+    """The first message of a Consume stream of ``group`` (joined, or the refusal)."""
+    call = groups_of(client).Consume()
+    await call.write(
+        subscription_group_service_pb2.ConsumeRequest(
+            start=subscription_group_service_pb2.ConsumeStart(group=group, consumer="worker")
+        )
+    )
+    try:
+        response: subscription_group_service_pb2.ConsumeResponse = await call.read()
+        return response
+    finally:
+        call.cancel()
+
+
+async def test_groups_are_created_by_admins_and_consumed_with_the_subscribe_grant(secured: Secured) -> None:
+    groups = subscription_group_service_pb2
+    async with secured.as_("alice") as alice:
+        create = groups_of(alice).CreateGroup(groups.CreateGroupRequest(name="tellers"))
+        assert await refused(create) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
+    async with secured.as_("root") as root:
+        accounts = groups.GroupFilter(aggregate_types=["Account"])
+        await groups_of(root).CreateGroup(groups.CreateGroupRequest(name="tellers", filter=accounts))
+        await groups_of(root).CreateGroup(groups.CreateGroupRequest(name="everything"))
+        replay = groups_of(root).ReplayParked(groups.ReplayParkedRequest(group="tellers"))
+        assert (await replay).replaying == 0
+    async with secured.as_("alice") as alice:
+        # Alice may subscribe to accounts, not to boxes: a group of every
+        # type is not hers to consume (nor to see), one of accounts is.
+        assert (await consume_first(alice, "tellers")).joined.consumer.startswith("worker#")
+        assert await refused(consume_first(alice, "everything")) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "SUBSCRIBE_DENIED",
+        )
+        listed = await groups_of(alice).ListGroups(groups.ListGroupsRequest())
+        assert [g.name for g in listed.groups] == ["tellers"]
+        parked = groups_of(alice).ListParked(groups.ListParkedRequest(group="everything"))
+        assert await refused(parked) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")
+        replay = groups_of(alice).ReplayParked(groups.ReplayParkedRequest(group="tellers"))
+        assert await refused(replay) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
+    async with secured.as_("bob") as bob:
+        assert await refused(consume_first(bob, "tellers")) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")

@@ -188,3 +188,43 @@ async def test_refusals_sampled_out_of_the_audit_log_are_counted() -> None:
         text = await scrape(app)
     sampled = sample(text, "chronicle_audit_refusals_sampled_total", reason="UNKNOWN_COMMAND_TYPE")
     assert sampled == sum(e.occurrences for e in await entries() if e.occurrences > 1) > 100
+
+
+async def test_group_consumers_lag_and_parked_events_are_measured() -> None:
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from service.client import ChronicleClient
+    from service.observability.subscriptions import GroupSampler
+    from service.store.grouping import GroupParkedEvent, GroupSpec
+    from tests.support.events import new_event
+
+    store = MemoryStore()
+    await store.append("a-1", [new_event(), new_event(), new_event()], 0)
+    await store.create_group(GroupSpec(name="billing", segments=2))
+    await store.create_group(GroupSpec(name="audit", segments=1, start_position=3))
+    await store.commit_segment("billing", 0, expected_position=0, new_position=2, acknowledged=2)
+    parked = GroupParkedEvent(event_id="e", position=1, segment=1, aggregate_id="a-1", attempts=5, reason="x")
+    await store.park("billing", [parked])
+    registry = CollectorRegistry()
+    lag = Gauge("lag", "test", ["group"], registry=registry)
+    parked_gauge = Gauge("parked", "test", ["group"], registry=registry)
+    sampler = GroupSampler(store, store, lag=lag, parked=parked_gauge)
+    await sampler.sample()
+    assert registry.get_sample_value("lag", {"group": "billing"}) == 3  # segment 1 is still at 0
+    assert registry.get_sample_value("lag", {"group": "audit"}) == 0
+    assert registry.get_sample_value("parked", {"group": "billing"}) == 1
+    await store.delete_group("billing")
+    await sampler.sample()
+    assert registry.get_sample_value("lag", {"group": "billing"}) is None
+
+    async with (
+        running_server(MemoryStore(), metrics_listen="127.0.0.1:0", anonymous_admin=True) as (app, _),
+        ChronicleClient.connect(app.address) as client,
+    ):
+        await client.groups.create("billing")
+        async with client.consume("billing", consumer="worker") as consumer:
+            deliveries = aiter(consumer)
+            waiting = asyncio.ensure_future(anext(deliveries))
+            await asyncio.wait_for(consumer.joined.wait(), 20)
+            assert sample(await scrape(app), "chronicle_group_consumers") == 1
+            waiting.cancel()

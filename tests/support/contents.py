@@ -49,6 +49,7 @@ _MEMORY_TABLES = {
     "_documents": "projection_documents",
     "_subjects": "projection_subjects",
     "_parked": "projection_parked_events",
+    "_groups": "subscription_groups",
 }
 
 # Where appending events shows, and nothing else: the events themselves

@@ -36,6 +36,9 @@ and the other does not can shift them):
        subjects (forgetting one deletes them), audit entries' dry_run,
        peer and occurrences, and command records whose fingerprint and
        refusal are sealed under their aggregate's key
+    13 (SQLite 10) subscription groups: a group with a filter, its segments'
+       checkpoints (moved, with acknowledged counts, and at the start), its
+       parked events (one to replay)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -61,6 +64,7 @@ from service.errors import AggregateForgotten, CommandAlreadyRecorded, NotUnique
 from service.store.base import AuditQuery, ProjectionStore, SnapshotStore, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
+from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState, SegmentCheckpoint
 from service.store.leasing import Lease, LeaseMember
 from service.store.records import (
     ACCEPTED,
@@ -93,12 +97,13 @@ _FIRST = {
     "hidden_claims": 7,
     "leases": 10,
     "parked_events": 11,
+    "groups": 13,
 }
 SINCE: dict[str, dict[str, int]] = {
     "postgres": {**_FIRST, "forgetting_and_audit": 12},
     # SQLite keeps no leases (service/store/sole_owner.py): never; and its
     # migrations 8 and later are PostgreSQL's 11 and later.
-    "sqlite": {**_FIRST, "leases": 1 << 30, "parked_events": 8, "forgetting_and_audit": 9},
+    "sqlite": {**_FIRST, "leases": 1 << 30, "parked_events": 8, "forgetting_and_audit": 9, "groups": 10},
 }
 
 # Master keys: "current" wraps new data keys; "retired" wrapped some in the
@@ -117,6 +122,18 @@ LEASE_NAMES = ("0", "1", "2", "3")
 # Long enough that the member is still live when a test reads the rows back
 # from a database filled earlier in the run.
 LEASE_SECONDS = 86_400.0
+GROUP_SPEC = GroupSpec(
+    name="billing",
+    log_filter=LogFilter(aggregate_types=frozenset({"Account"}), event_types=frozenset({"bank.v1.MoneyDeposited"})),
+    start_position=0,
+    segments=4,
+    max_attempts=3,
+    retry_backoff_ms=250,
+    max_retry_backoff_ms=4000,
+    ack_timeout_ms=1500,
+)
+# The filter as the stores keep it (GroupSpec.filter_json).
+GROUP_FILTER = '{"aggregate_types":["Account"],"event_types":["bank.v1.MoneyDeposited"],"origin":null}'
 
 
 # -- the sealed formats, as databases hold them ----------------------------------
@@ -245,6 +262,8 @@ class OldRows:
     parked: list[ParkedEvent] = field(default_factory=list)  # of the projection "balances"
     lease_members: list[LeaseMember] = field(default_factory=list)  # of LEASE_GROUP, live
     leases: list[Lease] = field(default_factory=list)  # of LEASE_GROUP, by name
+    groups: list[GroupState] = field(default_factory=list)  # by name (consumers: none)
+    group_parked: list[GroupParkedEvent] = field(default_factory=list)  # of GROUP_SPEC, by position
 
     def holds(self, kind: str) -> bool:
         return self.version >= SINCE[self.dialect][kind]
@@ -498,6 +517,28 @@ def rows_at(dialect: str, version: int) -> OldRows:
             Lease("2", None, 0),  # never taken
             Lease("3", None, 0),
         ]
+
+    if rows.holds("groups"):
+        rows.groups.append(
+            GroupState(
+                spec=GROUP_SPEC,
+                checkpoints=(
+                    SegmentCheckpoint(0, 3, 2),
+                    SegmentCheckpoint(1, 2, 1),
+                    SegmentCheckpoint(2, 0, 0),
+                    SegmentCheckpoint(3, 0, 0),
+                ),
+                parked=2,
+            )
+        )
+        rows.group_parked += [
+            GroupParkedEvent(
+                event_id="p-1", position=2, segment=1, aggregate_id="acc-1", attempts=3, reason="boom", replaying=False
+            ),
+            GroupParkedEvent(
+                event_id="p-2", position=3, segment=0, aggregate_id="acc-2", attempts=3, reason="bad", replaying=True
+            ),
+        ]
     return rows
 
 
@@ -559,6 +600,19 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
         await store.change_leases(LEASE_GROUP, member.member_id, release=(), acquire=held, ttl=LEASE_SECONDS)
         given_up = [lease.name for lease in rows.leases if lease.owner is None and lease.epoch > 0]
         await store.change_leases(LEASE_GROUP, member.member_id, release=given_up, acquire=(), ttl=LEASE_SECONDS)
+    for group in rows.groups:
+        await store.create_group(group.spec)
+        for checkpoint in group.checkpoints:
+            if checkpoint.position != group.spec.start_position:
+                await store.commit_segment(
+                    group.spec.name,
+                    checkpoint.segment,
+                    expected_position=group.spec.start_position,
+                    new_position=checkpoint.position,
+                    acknowledged=checkpoint.acknowledged,
+                    parked=[p for p in rows.group_parked if p.segment == checkpoint.segment],
+                )
+        await store.replay_parked(group.spec.name, [p.event_id for p in rows.group_parked if p.replaying])
 
 
 # -- reading them back through the current store ------------------------------------
@@ -848,6 +902,28 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
             [Lease(lease.name, newcomer.member_id, lease.epoch + 1) for lease in free],
         )
 
+    async def groups() -> None:
+        # A consumer of the new version goes on from the old checkpoints.
+        same("groups", await store.list_groups(), rows.groups)
+        (group,) = rows.groups
+        name = group.spec.name
+        same("parked events", await store.list_parked(name), rows.group_parked)
+        same(
+            "parked events to replay",
+            await store.parked_to_replay(name, list(range(group.spec.segments)), 10),
+            [p for p in rows.group_parked if p.replaying],
+        )
+        moved = group.checkpoint(0)
+        await store.commit_segment(
+            name, 0, expected_position=moved.position, new_position=moved.position + 5, acknowledged=4
+        )
+        loaded = await store.load_group(name)
+        same(
+            "a checkpoint moved after the old one",
+            loaded.checkpoint(0) if loaded is not None else None,
+            SegmentCheckpoint(0, moved.position + 5, moved.acknowledged + 4),
+        )
+
     for kind, body in (
         ("events", events),
         ("log", log),
@@ -864,6 +940,7 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         ("snapshots, checkpoints and audit after the old ones", history_goes_on),
         *((("leases", leases),) if rows.holds("leases") else ()),
         ("documents of a forgotten subject", forgetting_deletes_documents),
+        *((("groups", groups),) if rows.holds("groups") else ()),
     ):
         await check(kind, body)
     return failures

@@ -37,7 +37,7 @@ from service.store.sqlite import migrations as sqlite_migrations
 from service.store.sqlite import sql as sqlite_sql
 from service.store.sqlite.writer import writing
 from tests.support.contents import contents
-from tests.support.old_rows import LEASE_GROUP, LEASE_SECONDS, OldRows, rows_at
+from tests.support.old_rows import GROUP_FILTER, LEASE_GROUP, LEASE_SECONDS, OldRows, rows_at
 from tests.support.postgres import Cluster
 
 POSTGRES_VERSIONS = [m.version for m in postgres_migrations.known_migrations()]
@@ -57,6 +57,7 @@ DATABASE_TIMES = frozenset(
         "updated_at",
         "joined_at",
         "expires_at",  # a lease's or a member's: now() plus the lease time
+        "parked_at",
     }
 )
 # Columns whose default is the only value they can hold.
@@ -199,6 +200,43 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
             "INSERT INTO chronicle.leases (lease_group, name, owner, epoch, expires_at) VALUES (%s, %s, %s, %s,"
             " CASE WHEN %s THEN now() + %s * interval '1 second' ELSE '-infinity' END)",
             (LEASE_GROUP, lease.name, lease.owner, lease.epoch, lease.owner is not None, LEASE_SECONDS),
+        )
+    for group in rows.groups:
+        spec = group.spec
+        conn.execute(
+            "INSERT INTO chronicle.subscription_groups (name, filter, start_position, segments, max_attempts,"
+            " retry_backoff_ms, max_retry_backoff_ms, ack_timeout_ms) VALUES (%s, %s::jsonb, %s, %s, %s, %s, %s, %s)",
+            (
+                spec.name,
+                GROUP_FILTER,
+                spec.start_position,
+                spec.segments,
+                spec.max_attempts,
+                spec.retry_backoff_ms,
+                spec.max_retry_backoff_ms,
+                spec.ack_timeout_ms,
+            ),
+        )
+        for checkpoint in group.checkpoints:
+            conn.execute(
+                "INSERT INTO chronicle.group_segments (group_name, segment, position, acknowledged)"
+                " VALUES (%s, %s, %s, %s)",
+                (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
+            )
+    for entry in rows.group_parked:
+        conn.execute(
+            "INSERT INTO chronicle.group_parked (group_name, event_id, position, segment, aggregate_id, attempts,"
+            " reason, replaying) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                rows.groups[0].spec.name,
+                entry.event_id,
+                entry.position,
+                entry.segment,
+                entry.aggregate_id,
+                entry.attempts,
+                entry.reason,
+                entry.replaying,
+            ),
         )
 
 
@@ -458,6 +496,42 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
             "INSERT INTO projection_parked_events (projection, position, event_id, event_type, aggregate_id,"
             " error, attempts, parked_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             parked_event_row(parked),
+        )
+    for group in rows.groups:
+        spec = group.spec
+        conn.execute(
+            "INSERT INTO subscription_groups (name, filter, start_position, segments, max_attempts, retry_backoff_ms,"
+            " max_retry_backoff_ms, ack_timeout_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                spec.name,
+                GROUP_FILTER,
+                spec.start_position,
+                spec.segments,
+                spec.max_attempts,
+                spec.retry_backoff_ms,
+                spec.max_retry_backoff_ms,
+                spec.ack_timeout_ms,
+            ),
+        )
+        for checkpoint in group.checkpoints:
+            conn.execute(
+                "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, ?)",
+                (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
+            )
+    for entry in rows.group_parked:
+        conn.execute(
+            "INSERT INTO group_parked (group_name, event_id, position, segment, aggregate_id, attempts, reason,"
+            " replaying) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rows.groups[0].spec.name,
+                entry.event_id,
+                entry.position,
+                entry.segment,
+                entry.aggregate_id,
+                entry.attempts,
+                entry.reason,
+                int(entry.replaying),
+            ),
         )
 
 

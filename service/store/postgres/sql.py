@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 
-from service.store.sql_common import COMMAND_FIELDS
+from service.store.sql_common import COMMAND_FIELDS, GROUP_FIELDS, PARKED_FIELDS
 
 # SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
 VERSION_MOVED = "CH001"  # an aggregate is not at the version the append expected
@@ -441,4 +441,80 @@ DATA_KEYS_TO_REWRAP = (
 REWRAP_DATA_KEY = (
     "UPDATE chronicle.data_keys SET master_key_id = $1, wrapped_key = $2"
     " WHERE aggregate_id = $3 AND master_key_id = $4 AND wrapped_key = $5 RETURNING 1"
+)
+
+# -- subscription groups (grouping.py) ------------------------------------------
+#
+# A group's row and its segments are created by one statement (the segments
+# only if the group row was inserted); deleting the group row cascades to
+# its segments and parked events. A segment's checkpoint moves from the
+# position its holder read (VERSION_MOVED otherwise: another holder moved
+# it, or the group is gone), after CHECK_FENCING when the holder gives its
+# lease's token. Consumers' leases are migration 10's, in the lease group
+# GROUP_LEASE_PREFIX || name.
+
+_GROUP_COLUMNS = ", ".join(GROUP_FIELDS)
+_PARKED_COLUMNS = ", ".join(PARKED_FIELDS)
+CREATE_GROUP = (
+    f"WITH g AS (INSERT INTO chronicle.subscription_groups ({_GROUP_COLUMNS})"
+    " VALUES ($1, $2::jsonb, $3::bigint, $4::integer, $5::integer, $6::bigint, $7::bigint, $8::bigint)"
+    " ON CONFLICT (name) DO NOTHING RETURNING name, start_position, segments)"
+    " INSERT INTO chronicle.group_segments (group_name, segment, position)"
+    " SELECT g.name, s, g.start_position FROM g, generate_series(0, g.segments - 1) AS s"
+)
+# $1: a group's name, or NULL for every group.
+_ONE_OR_ALL = "($1::text IS NULL OR {} = $1)"
+LOAD_GROUPS = (
+    f"SELECT {_GROUP_COLUMNS.replace('filter', 'filter::text')} FROM chronicle.subscription_groups"
+    f" WHERE {_ONE_OR_ALL.format('name')} ORDER BY name"
+)
+LOAD_GROUP_SEGMENTS = (
+    "SELECT group_name, segment, position, acknowledged FROM chronicle.group_segments"
+    f" WHERE {_ONE_OR_ALL.format('group_name')} ORDER BY group_name, segment"
+)
+COUNT_GROUP_PARKED = (
+    f"SELECT group_name, count(*) FROM chronicle.group_parked WHERE {_ONE_OR_ALL.format('group_name')}"
+    " GROUP BY group_name"
+)
+_CONSUMER_GROUPS = (
+    "(CASE WHEN $1::text IS NULL THEN left(lease_group, length($2)) = $2 ELSE lease_group = $2 || $1 END)"
+)
+LOAD_GROUP_CONSUMERS = (
+    f"SELECT substr(lease_group, length($2) + 1), member_id FROM chronicle.lease_members WHERE {_CONSUMER_GROUPS}"
+    " AND expires_at > now()"
+)
+LOAD_GROUP_HOLDERS = (
+    f"SELECT substr(lease_group, length($2) + 1), name, owner FROM chronicle.leases WHERE {_CONSUMER_GROUPS}"
+    " AND owner IS NOT NULL AND expires_at > now()"
+)
+DELETE_GROUP = "DELETE FROM chronicle.subscription_groups WHERE name = $1 RETURNING 1"
+DELETE_GROUP_LEASES = "DELETE FROM chronicle.leases WHERE lease_group = $1"
+DELETE_GROUP_MEMBERS = "DELETE FROM chronicle.lease_members WHERE lease_group = $1"
+MOVE_SEGMENT = (
+    "WITH moved AS (UPDATE chronicle.group_segments SET position = $4::bigint,"
+    " acknowledged = acknowledged + $5::bigint, updated_at = now()"
+    " WHERE group_name = $1 AND segment = $2::integer AND position = $3::bigint RETURNING 1)"
+    f" SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 0 ELSE chronicle.refuse('{VERSION_MOVED}', $1) END"
+)
+PARK_GROUP_EVENTS = (
+    f"INSERT INTO chronicle.group_parked (group_name, {_PARKED_COLUMNS})"
+    " SELECT $1, p.event_id, p.position, p.segment, p.aggregate_id, p.attempts, p.reason, false"
+    " FROM jsonb_to_recordset($2::jsonb)"
+    " AS p(event_id text, position bigint, segment integer, aggregate_id text, attempts integer, reason text)"
+    " WHERE EXISTS (SELECT 1 FROM chronicle.subscription_groups WHERE name = $1)"
+    " ON CONFLICT (group_name, event_id) DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason,"
+    " replaying = false, parked_at = now()"
+)
+UNPARK_GROUP_EVENTS = "DELETE FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
+LIST_GROUP_PARKED = (
+    f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND position > $2::bigint"
+    " ORDER BY position, event_id LIMIT $3::bigint"
+)
+REPLAY_GROUP_PARKED = (
+    "WITH marked AS (UPDATE chronicle.group_parked SET replaying = true WHERE group_name = $1"
+    " AND (cardinality($2::text[]) = 0 OR event_id = ANY($2::text[])) RETURNING 1) SELECT count(*) FROM marked"
+)
+GROUP_PARKED_TO_REPLAY = (
+    f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND replaying"
+    " AND segment = ANY($2::integer[]) ORDER BY position, event_id LIMIT $3::bigint"
 )

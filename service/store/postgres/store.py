@@ -10,6 +10,7 @@ loop, every method one operation, one round trip, one transaction).
     audit.py        AuditRecorder
     keys.py         KeyStore
     leases.py       LeaseStore
+    groups.py       GroupStore       (consumers' leases: leases.py)
     sql.py          every statement; why positions never skip
 
 Differs from the contract only in what it adds: the database may be
@@ -28,6 +29,7 @@ from service.store.postgres.claims import ClaimsRole
 from service.store.postgres.database import Database
 from service.store.postgres.events import EventsRole
 from service.store.postgres.group_commit import BatchCounts, GroupCommitter
+from service.store.postgres.groups import GroupsRole
 from service.store.postgres.keys import KeysRole
 from service.store.postgres.leases import LeasesRole
 from service.store.postgres.log import LogRole
@@ -35,7 +37,9 @@ from service.store.postgres.projections import ProjectionsRole
 from service.store.postgres.snapshots import SnapshotsRole
 
 
-class PostgresStore(EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, LeasesRole):
+class PostgresStore(
+    EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, LeasesRole, GroupsRole
+):
     """Every role of a store, on PostgreSQL; tables in the ``chronicle`` schema.
 
     ``pool_size``: connections per server process (pipelined: each carries

@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import functools
 
-from service.store.sql_common import AUDIT_FIELDS, COMMAND_FIELDS, EVENT_FIELDS, SNAPSHOT_FIELDS
+from service.store.sql_common import (
+    AUDIT_FIELDS,
+    COMMAND_FIELDS,
+    EVENT_FIELDS,
+    GROUP_FIELDS,
+    PARKED_FIELDS,
+    SNAPSHOT_FIELDS,
+)
 
 # -- the connection -----------------------------------------------------------
 
@@ -257,4 +264,37 @@ DATA_KEYS_TO_REWRAP = (
 REWRAP_DATA_KEY = (
     "UPDATE data_keys SET master_key_id = ?, wrapped_key = ?"
     " WHERE aggregate_id = ? AND master_key_id = ? AND wrapped_key = ?"
+)
+
+# -- subscription groups (grouping.py) ----------------------------------------------
+
+_GROUP_COLUMNS = ", ".join(GROUP_FIELDS)
+_PARKED_COLUMNS = ", ".join(PARKED_FIELDS)
+CREATE_GROUP = f"INSERT INTO subscription_groups ({_GROUP_COLUMNS}) {_values(_GROUP_COLUMNS)} ON CONFLICT DO NOTHING"
+CREATE_SEGMENT = "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, 0)"
+LOAD_GROUP = f"SELECT {_GROUP_COLUMNS} FROM subscription_groups WHERE name = ?"
+GROUP_NAMES = "SELECT name FROM subscription_groups ORDER BY name"
+GROUP_SEGMENTS = "SELECT segment, position, acknowledged FROM group_segments WHERE group_name = ? ORDER BY segment"
+PARKED_COUNT = "SELECT count(*) FROM group_parked WHERE group_name = ?"
+DELETE_GROUP = "DELETE FROM subscription_groups WHERE name = ?"
+DELETE_GROUP_SEGMENTS = "DELETE FROM group_segments WHERE group_name = ?"
+DELETE_GROUP_PARKED = "DELETE FROM group_parked WHERE group_name = ?"
+MOVE_SEGMENT = (
+    "UPDATE group_segments SET position = ?, acknowledged = acknowledged + ?"
+    " WHERE group_name = ? AND segment = ? AND position = ?"
+)
+PARK_GROUP_EVENT = (
+    f"INSERT INTO group_parked (group_name, {_PARKED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
+    " ON CONFLICT (group_name, event_id) DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason,"
+    " replaying = 0"
+)
+UNPARK_GROUP_EVENT = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ?"
+LIST_GROUP_PARKED = (
+    f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND position > ?"
+    " ORDER BY position, event_id LIMIT ?"
+)
+REPLAY_ALL_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ?"
+REPLAY_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ? AND event_id = ?"
+GROUP_PARKED_TO_REPLAY = (
+    f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND replaying = 1 ORDER BY position, event_id"
 )
