@@ -15,7 +15,7 @@ PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
 run: protos
 	$(BIN)/chronicle serve $(ARGS)
 
-test: protos node_modules/.installed
+test: protos node_modules/.installed browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-node
 
