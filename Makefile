@@ -10,14 +10,24 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
 
-.PHONY: run test test-node soak lint lint-api format protos bench bench-scale scale profile clean lock
+.PHONY: run test test-node soak lint lint-api format protos bench bench-scale scale profile clean lock browser console-screenshots
 
 run: protos
 	$(BIN)/chronicle serve $(ARGS)
 
-test: protos node_modules/.installed
+test: protos node_modules/.installed browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-node
+
+# The console's tests drive a real headless browser: Debian's chromium and
+# its chromedriver (system packages, so apt-get, as root; CI runs this).
+browser:
+	command -v chromedriver >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
+# docs/images/console-*.png for docs/console.md: three replicas on a
+# throwaway PostgreSQL under a little load, photographed by headless chromium.
+console-screenshots: protos
+	$(BIN)/python tools/console_screenshots.py
 
 # Minutes of load at 64 clients with a fault every few seconds, then the
 # invariant checker (docs/reliability.md). SOAK_SECONDS: the fault phase.

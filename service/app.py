@@ -14,6 +14,7 @@ import asyncio
 import gc
 import logging
 import signal
+import ssl
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -23,8 +24,11 @@ import grpc
 from service.api.admin_service import AdminService
 from service.api.cluster_service import ClusterService
 from service.api.command_service import CommandService
+from service.api.disclosure import Disclosure
+from service.api.dry_runs import DryRunAudit
 from service.api.event_service import EventService
 from service.api.gate import RpcGate, refused_rpc_hooks
+from service.api.group_service import SubscriptionGroupService
 from service.api.health import Health, StoreMonitor
 from service.api.projection_service import ProjectionService
 from service.api.refused_commands import RefusedCommands
@@ -32,15 +36,19 @@ from service.api.server import build_server
 from service.api.status import status_code
 from service.api.tracing import TracingInterceptor
 from service.api.transfers import Transfers
-from service.audit import AuditLog, AuditMiddleware
+from service.audit import AuditLog, AuditMiddleware, SampledRefusals
 from service.cluster.addresses import advertised_address, with_port
 from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
+from service.console.load import LoadSampler
+from service.console.server import Console, check_console_exposure
+from service.console.views import Parts
 from service.errors import ConfigurationError
+from service.groups import SubscriptionGroups
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
 from service.observability.store_timing import timed
-from service.observability.subscriptions import LagSampler, SubscriptionTracker
+from service.observability.subscriptions import GroupSampler, LagSampler, SubscriptionTracker
 from service.observability.tracing import TracingMiddleware
 from service.observability.tracing import wanted as tracing_wanted
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
@@ -57,7 +65,7 @@ from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
-from service.security.exposure import check_exposure
+from service.security.exposure import check_exposure, is_loopback
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
@@ -128,14 +136,19 @@ class Application:
     port: int
     monitor: StoreMonitor
     subscriptions: Subscriptions
+    groups: SubscriptionGroups
     projections: Projections
     leases: LeaseKeeper
     ownership: Ownership
     cluster: ClusterService
     watchdog: LoopLagWatchdog | None = None
+    console: Console | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
     pruner: Pruner | None = None
+    refused: RefusedCommands | None = None
+    gate: RpcGate | None = None
+    group_sampler: GroupSampler | None = None
     standby: StandbyStore | None = None
     stopped: bool = False
 
@@ -153,12 +166,17 @@ class Application:
         await self.monitor.stop()
         if self.lag_sampler is not None:
             await self.lag_sampler.stop()
+        if self.group_sampler is not None:
+            await self.group_sampler.stop()
         await self.health.set(False)
         # Partitions first: routing clients move to the replicas that take
         # them over while this one drains.
         await self.leases.leave(self.ownership.group.name)
         self.subscriptions.close()  # streams end with UNAVAILABLE: clients resume elsewhere
+        self.groups.close()  # consumers too: they connect again, to any replica
         self.cluster.close()  # topology watchers too: they watch another member
+        if self.console is not None:
+            await self.console.stop()  # its live tails ended with the subscriptions
         # gRPC's stop refuses new calls at once. A load balancer that polls
         # health would never see NOT_SERVING, only a server that is gone, and
         # health watchers might hear of it after their calls were refused;
@@ -169,6 +187,8 @@ class Application:
         await self.projections.stop()  # an uncommitted batch is simply applied again later
         if self.pruner is not None:
             await self.pruner.stop()  # a batch is one transaction: done or not
+        if self.refused is not None:
+            await self.refused.close()  # the refusals counted in the last second
         await self.leases.stop(leave=True)
         await self.store.lifecycle.close()
         if self.standby is not None:
@@ -194,10 +214,22 @@ async def start(
     one set for the process, if any: without one nothing is traced), when
     the OpenTelemetry packages are installed.
     """
+    # Reachable from the network if any address it binds is (a process of
+    # several also listens on a port of its own, --process-listen).
+    addresses = [address for address in (settings.listen, settings.process_listen) if address]
     for warning in check_exposure(
-        listen=settings.listen, auth=settings.auth, tls=bool(settings.tls_cert_file), insecure=settings.insecure
+        listen=next((address for address in addresses if not is_loopback(address)), settings.listen),
+        auth=settings.auth,
+        tls=bool(settings.tls_cert_file),
+        insecure=settings.insecure,
+        anonymous_admin=settings.anonymous_admin,
     ):
         log.warning("%s", warning)
+    if settings.console_listen:
+        for warning in check_console_exposure(
+            listen=settings.console_listen, auth=settings.auth, tls=bool(settings.tls_cert_file)
+        ):
+            log.warning("%s", warning)
     registry = registry if registry is not None else build_registry(settings)
     adapter = (
         store
@@ -222,7 +254,8 @@ async def start(
         if settings.tls_cert_file
         else None
     )
-    metrics = Metrics() if settings.metrics_listen else None
+    # The console's load page draws the same metrics: they are kept for it too.
+    metrics = Metrics() if settings.metrics_listen or settings.console_listen else None
     if metrics is not None:
         batch_counts = getattr(adapter, "batch_counts", None)
         if batch_counts is not None:
@@ -264,7 +297,9 @@ async def start(
         max_workers=settings.max_workers,
     )
     audit = AuditLog(roles.audit)
-    refused_commands = RefusedCommands(audit)
+    refused_commands = RefusedCommands(
+        audit, sampled=SampledRefusals(audit, on_sampled=metrics.audit_sampled if metrics is not None else None)
+    )
     tracing = tracing_wanted(tracer_provider)
     # Outermost first: logging, tracing, metrics and audit see every outcome,
     # authorization's refusals included; plugin middleware sees only
@@ -283,11 +318,14 @@ async def start(
     gate = RpcGate(
         max_rpcs=settings.max_concurrent_rpcs,
         max_subscriptions=settings.max_subscriptions,
+        max_rpcs_per_principal=settings.max_rpcs_per_principal,
+        max_subscriptions_per_principal=settings.max_subscriptions_per_principal,
         authenticator=authenticator,
         on_refused=on_refused,
+        on_denied=refused_commands.denied,
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
-    health = Health()
+    health = Health(max_watches=settings.max_health_watches)
     tracker = SubscriptionTracker()
     # A page of events ends with the one that brings it to a quarter of the
     # message limit; events being at most a quarter too, a page is at most
@@ -327,20 +365,49 @@ async def start(
     )
     ownership = Ownership(leases, settings.partitions)
     cluster = ClusterService(ownership)
+    events = EventService(
+        read_roles.events,
+        executor.loader if standby is None else AggregateLoader(read_roles, registry),
+        authorizer,
+        subscriptions,
+        registry,
+        tracker,
+        page_bytes=page_bytes,
+        log=read_roles.log,
+        primary_log=roles.log,
+        read_wait=settings.read_wait_seconds,
+    )
+    projection_service = ProjectionService(
+        documents=roles.projections,
+        log=roles.log,
+        registry=registry,
+        projections=projections,
+        authorizer=authorizer,
+        audit=audit,
+        read_wait=settings.read_wait_seconds,
+        page_bytes=page_bytes,
+    )
+    # Subscription groups read the primary's log: their checkpoints are
+    # written there, and must never run ahead of what a consumer was sent.
+    groups = SubscriptionGroups(
+        roles.groups,
+        roles.log,
+        executor.loader.reader,
+        lease_seconds=settings.lease_seconds,
+        poll_interval=settings.poll_seconds,
+        page_size=settings.read_page_events,
+        page_bytes=page_bytes,
+    )
     server = build_server(
-        commands=CommandService(registry, pipeline, refused_commands, ownership=ownership),
-        events=EventService(
-            read_roles.events,
-            executor.loader if standby is None else AggregateLoader(read_roles, registry),
-            authorizer,
-            subscriptions,
+        commands=CommandService(
             registry,
-            tracker,
-            page_bytes=page_bytes,
-            log=read_roles.log,
-            primary_log=roles.log,
-            read_wait=settings.read_wait_seconds,
+            pipeline,
+            refused_commands,
+            Disclosure(authorizer, registry),
+            DryRunAudit(audit),
+            ownership=ownership,
         ),
+        events=events,
         admin=AdminService(
             audit,
             authorizer,
@@ -348,14 +415,11 @@ async def start(
             # Exports and imports move what is stored: the adapter's own roles.
             transfers=Transfers(Store.of(adapter), store_kind(adapter), evict=router.evict),
         ),
-        projections=ProjectionService(
-            documents=roles.projections,
-            log=roles.log,
-            registry=registry,
-            projections=projections,
-            authorizer=authorizer,
-        ),
+        projections=projection_service,
         cluster=cluster,
+        groups=SubscriptionGroupService(
+            groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit
+        ),
         health=health,
         max_message_bytes=settings.max_message_bytes,
         gate=gate,
@@ -363,6 +427,7 @@ async def start(
         reuse_port=settings.reuse_port,
     )
     metrics_server = None
+    console = None
     try:
         if metrics is not None:
             metrics.watch(
@@ -371,12 +436,37 @@ async def start(
                 rpcs_in_flight=lambda: gate.in_flight,
                 subscriptions=lambda: tracker.count,
             )
-            metrics_server = MetricsServer(metrics, settings.metrics_listen)
+            metrics.group_consumers.set_function(lambda: groups.active)
+            if settings.metrics_listen:
+                metrics_server = MetricsServer(metrics, settings.metrics_listen)
         port = _bind(server, settings.listen, credentials)
         # One of several processes (--processes) also listens on a port of
         # its own, which it advertises: routing clients reach it directly,
         # while plain clients keep the shared port.
         own_port = _bind(server, settings.process_listen, credentials) if settings.process_listen else None
+        if settings.console_listen:
+            # The console reads through the servicers above, as the caller
+            # it logged in: the RPCs' authorization, not a copy of it.
+            console = Console(
+                Parts(
+                    registry=registry,
+                    authorizer=authorizer,
+                    events=events,
+                    projections=projection_service,
+                    cluster=cluster,
+                    aggregates=read_roles.events,
+                    log=read_roles.log,
+                    runners=projections,
+                    ownership=ownership,
+                    leases=leases,
+                    load=LoadSampler(metrics.registry, interval=settings.console_sample_seconds)
+                    if metrics is not None
+                    else None,
+                    projections_group=PROJECTIONS_GROUP,
+                ),
+                authenticator=authenticator,
+            )
+            await console.start(settings.console_listen, tls=_console_tls(settings))
     except (RuntimeError, ConfigurationError) as error:
         if metrics_server is not None:
             metrics_server.stop()
@@ -409,10 +499,12 @@ async def start(
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
-    lag_sampler = None
+    lag_sampler = group_sampler = None
     if metrics is not None:
         lag_sampler = LagSampler(roles.log, tracker, metrics.subscription_lag)
         lag_sampler.start()
+        group_sampler = GroupSampler(roles.groups, roles.log, lag=metrics.group_lag, parked=metrics.group_parked)
+        group_sampler.start()
     return Application(
         settings=settings,
         registry=registry,
@@ -423,14 +515,19 @@ async def start(
         port=port,
         monitor=monitor,
         subscriptions=subscriptions,
+        groups=groups,
         projections=projections,
         leases=leases,
         ownership=ownership,
         cluster=cluster,
         watchdog=watchdog,
+        console=console,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
         pruner=pruner,
+        refused=refused_commands,
+        gate=gate,
+        group_sampler=group_sampler,
         standby=standby,
     )
 
@@ -444,6 +541,15 @@ def _standby(settings: Settings, adapter: StoreAdapter) -> StandbyStore:
             "--read-database-url names a standby of a PostgreSQL --database-url", reason="BAD_SETTING"
         )
     return StandbyStore(settings.read_database_url, primary=adapter, pool_size=settings.db_pool_size)
+
+
+def _console_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The console serves TLS with the API's certificate when the API does."""
+    if not settings.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -476,6 +582,9 @@ def describe(app: Application) -> str:
     )
     if app.metrics_server is not None:
         lines.append(f"  metrics on http://{app.metrics_server.address}/metrics")
+    if app.console is not None:
+        scheme = "https" if settings.tls_cert_file else "http"
+        lines.append(f"  console on {scheme}://{app.console.address}/")
     for plugin in app.registry.plugins:
         lines.append(f"  plugin {plugin.name}")
         for aggregate in plugin.aggregates:

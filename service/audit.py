@@ -10,6 +10,8 @@ Where each outcome is written:
   handler): ``AuditLog.refused`` writes an entry of its own, through
   ``AuditRecorder.record_audit_entry``. The API layer calls it for refusals
   before the pipeline; ``AuditMiddleware`` for refusals inside it.
+- dry runs, accepted or refused: the API layer (``service.api.dry_runs``),
+  one entry each, marked ``dry_run``.
 - administrators' actions (``AdminService``): forgetting, deleting an
   aggregate, rewrapping keys, exporting and importing, done or refused, and
   any refused admin call; the entry's
@@ -25,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from service.errors import ChronicleError, recorded_with_command
 from service.plugins.middleware import CommandCall, Middleware
@@ -46,10 +49,15 @@ class AuditLog:
     async def refused(self, entry: AuditEntry) -> None:
         """Record a refusal. A failure to record is logged, never raised: the
         caller is already answering with the refusal itself."""
+        await self.record(entry)
+
+    async def record(self, entry: AuditEntry) -> None:
+        """Record ``entry`` (a refusal, a dry run's outcome); a failure to
+        record is logged, never raised."""
         try:
             await self._store.record_audit_entry(entry)
         except Exception:
-            log.exception("could not record the refusal of command %s in the audit log", entry.command_id)
+            log.exception("could not record the outcome of command %s in the audit log", entry.command_id)
 
     async def admin_action(
         self,
@@ -84,6 +92,82 @@ class AuditLog:
         return await self._store.read_audit(query)
 
 
+class SampledRefusals:
+    """Refusals of callers the server could not hold to account (no or bad
+    credentials; with authentication off, anyone), recorded at most
+    ``rate`` a second for each reason, after a burst of ``burst``: a flood
+    of them cannot grow the audit log faster than that. The others are
+    counted, and every ``interval`` seconds one entry stands for those of
+    each reason (the last of them, its ``occurrences`` saying how many);
+    ``on_sampled`` hears of each one counted (a metric)."""
+
+    # Reasons are Chronicle's own (a bounded set); the bound is a safeguard.
+    MAX_REASONS = 1000
+
+    def __init__(
+        self,
+        audit: AuditLog,
+        *,
+        rate: float = 10.0,
+        burst: int = 50,
+        interval: float = 1.0,
+        on_sampled: Callable[[str], None] | None = None,
+    ) -> None:
+        self._audit = audit
+        self._rate = rate
+        self._burst = burst
+        self._interval = interval
+        self._on_sampled = on_sampled
+        # reason -> (tokens, when last refilled)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        # reason -> (refusals counted, the last of them)
+        self._pending: dict[str, tuple[int, AuditEntry]] = {}
+        self._flushing: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def record(self, entry: AuditEntry) -> None:
+        if self._take(entry.reason):
+            await self._audit.refused(entry)
+            return
+        counted, _ = self._pending.get(entry.reason, (0, entry))
+        self._pending[entry.reason] = (counted + 1, entry)
+        if self._on_sampled is not None:
+            self._on_sampled(entry.reason)
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().call_later(self._interval, self._flush_later)
+
+    def _take(self, reason: str) -> bool:
+        now = time.monotonic()
+        tokens, then = self._buckets.get(reason, (float(self._burst), now))
+        tokens = min(float(self._burst), tokens + (now - then) * self._rate)
+        if len(self._buckets) >= self.MAX_REASONS and reason not in self._buckets:
+            self._buckets.clear()
+        if tokens >= 1.0:
+            self._buckets[reason] = (tokens - 1.0, now)
+            return True
+        self._buckets[reason] = (tokens, now)
+        return False
+
+    def _flush_later(self) -> None:
+        self._flushing = None
+        task = asyncio.ensure_future(self.flush())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def flush(self) -> None:
+        """Record one entry for the refusals counted of each reason."""
+        pending, self._pending = self._pending, {}
+        for counted, last in pending.values():
+            await self._audit.refused(replace(last, occurrences=counted))
+
+    async def close(self) -> None:
+        """Record what is counted, and stop."""
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
+        await self.flush()
+
+
 def storable(text: str) -> str:
     """``text`` as every store can keep it. A refusal may quote what the
     caller sent, which was refused precisely because it is malformed (an
@@ -101,6 +185,8 @@ def refusal(
     principal: str = "",
     user_id: str = "",
     origin: str = "",
+    dry_run: bool = False,
+    peer: str = "",
 ) -> AuditEntry:
     if isinstance(error, ChronicleError):
         reason, message = error.reason, error.message
@@ -117,6 +203,8 @@ def refusal(
         outcome=REFUSED,
         reason=reason,
         message=storable(message),
+        dry_run=dry_run,
+        peer=storable(peer),
     )
 
 
@@ -142,9 +230,9 @@ class AuditMiddleware(Middleware):
             return None
         if recorded_with_command(error) and not call.refused_by:
             return None
-        # A dry run writes nothing; only a middleware's refusal of it (the
-        # policy, say) is worth an entry.
-        if call.dry_run and not call.refused_by:
+        # Dry runs are audited around the pipeline, whatever their outcome
+        # (service.api.dry_runs), where the caller's address is known.
+        if call.dry_run:
             return None
         return self._audit.refused(
             refusal(

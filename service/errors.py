@@ -16,6 +16,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── AggregateNotFound       a read of an aggregate that has no events
     ├── VersionNotReached       a read at a version the aggregate has not reached
     ├── ResourceNotFound        a read of something else that does not exist (projection, document)
+    ├── ResourceExists          something a request would create exists already (a subscription group)
     ├── ProjectionFailed        a projection's handler failed; the projection waits and retries
     ├── EventNotReadable        a stored event no loaded plugin can read (never skipped)
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
@@ -27,9 +28,11 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── PermissionDenied        the caller may not do this
     ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
     ├── AggregateDeleted        the aggregate was deleted; its tombstone stands for it
+    ├── SubjectsForgotten       a read model's commit named forgotten aggregates (internal: applied again)
     ├── NotEncrypted            forgetting needs encryption (on, and a key for the aggregate)
     ├── PayloadNotDecryptable   a sealed payload its key does not open (tampering)
     ├── ImportConflict          an imported record does not fit what the store holds
+    ├── NotAvailableHere        a read this server's configuration cannot serve (listing hidden keys)
     ├── Overloaded              a bounded queue or limit is full
     ├── StoreUnavailable        the store cannot be reached
     ├── HandlerFailed           a plugin's handler raised something unexpected
@@ -55,7 +58,7 @@ family (and so the same gRPC status) whatever plugin raised it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -230,6 +233,13 @@ class ResourceNotFound(ChronicleError):
     default_reason = "NOT_FOUND"
 
 
+class ResourceExists(ChronicleError):
+    """Something the request would create exists already (a subscription
+    group of that name): ``ALREADY_EXISTS``."""
+
+    default_reason = "ALREADY_EXISTS"
+
+
 class ProjectionFailed(ChronicleError):
     default_reason = "PROJECTION_FAILED"
 
@@ -346,6 +356,22 @@ class AggregateDeleted(ChronicleError):
         )
 
 
+class SubjectsForgotten(ChronicleError):
+    """A projection's commit put documents derived from aggregates that were
+    forgotten (``subjects``): nothing was written. A signal between the store
+    and the projection runner, which applies the batch again with those
+    documents deleted instead; a client never sees it."""
+
+    default_reason = "SUBJECTS_FORGOTTEN"
+
+    def __init__(self, subjects: Iterable[str]) -> None:
+        self.subjects = frozenset(subjects)
+        super().__init__(
+            f"documents name {len(self.subjects)} forgotten aggregates as their subjects",
+            metadata={"subjects": str(len(self.subjects))},
+        )
+
+
 class NotEncrypted(ChronicleError):
     """An aggregate cannot be forgotten: encryption at rest is off
     (reason ENCRYPTION_OFF) or the aggregate has no key (NOT_ENCRYPTED)."""
@@ -370,6 +396,14 @@ class ImportConflict(ChronicleError):
     store holds for the aggregate (DATA_KEY_CONFLICT)."""
 
     default_reason = "IMPORT_CONFLICT"
+
+
+class NotAvailableHere(ChronicleError):
+    """A read that the server's configuration rules out: listing a
+    projection's documents by key when encryption at rest stores the keys
+    as keyed hashes (DOCUMENT_KEYS_HIDDEN)."""
+
+    default_reason = "NOT_AVAILABLE_HERE"
 
 
 class Overloaded(ChronicleError):

@@ -134,11 +134,31 @@ class Settings:
     metrics_listen: str = field(
         default="", metadata={"help": "host:port to serve Prometheus metrics on (/metrics); empty: off"}
     )
+    console_listen: str = field(
+        default="",
+        metadata={
+            "help": "host:port to serve the operators' web console on (docs/console.md); empty: off. Beyond"
+            " loopback it needs --auth"
+        },
+    )
+    console_sample_seconds: float = field(
+        default=5.0, metadata={"help": "seconds between the console's samples of the load (15 minutes are kept)"}
+    )
     max_concurrent_rpcs: int = field(
         default=1000, metadata={"help": "RPCs handled at once; one more is RESOURCE_EXHAUSTED (health checks exempt)"}
     )
     max_subscriptions: int = field(
         default=1000, metadata={"help": "subscriptions open at once; one more is RESOURCE_EXHAUSTED"}
+    )
+    max_rpcs_per_principal: int = field(
+        default=500,
+        metadata={"help": "RPCs one authenticated principal may have in flight at once (subscriptions apart)"},
+    )
+    max_subscriptions_per_principal: int = field(
+        default=100, metadata={"help": "subscriptions one authenticated principal may have open at once"}
+    )
+    max_health_watches: int = field(
+        default=1000, metadata={"help": "health Watch streams open at once (they need no credentials)"}
     )
     # -- security (docs/security.md) -------------------------------------
     auth: bool = field(
@@ -153,7 +173,7 @@ class Settings:
     anonymous_admin: bool = field(
         default=False,
         metadata={
-            "help": "with authentication off, let anonymous callers administer (forget, audit): local development"
+            "help": "with authentication off, let anonymous callers administer (forget, audit): on loopback only"
         },
     )
     policy_file: str = field(default="", metadata={"help": "TOML policy: roles, their grants, principals' roles"})
@@ -248,10 +268,22 @@ class Settings:
             raise ConfigurationError(
                 f"metrics_listen must be host:port, got {self.metrics_listen!r}", reason="BAD_SETTING"
             )
-        if self.max_concurrent_rpcs < 1 or self.max_subscriptions < 1:
+        if self.console_listen and not self.console_listen.rpartition(":")[2].isdigit():
             raise ConfigurationError(
-                "max_concurrent_rpcs and max_subscriptions must be at least 1", reason="BAD_SETTING"
+                f"console_listen must be host:port, got {self.console_listen!r}", reason="BAD_SETTING"
             )
+        if self.console_sample_seconds <= 0:
+            raise ConfigurationError("console_sample_seconds must be positive", reason="BAD_SETTING")
+        limits = (
+            "max_concurrent_rpcs",
+            "max_subscriptions",
+            "max_rpcs_per_principal",
+            "max_subscriptions_per_principal",
+            "max_health_watches",
+        )
+        for name in limits:
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigurationError("TLS needs both --tls-cert-file and --tls-key-file", reason="BAD_SETTING")
         if self.tls_client_ca_file and not self.tls_cert_file:

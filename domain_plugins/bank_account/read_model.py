@@ -6,6 +6,11 @@ its checkpoint. Documents: ``owner:<owner>`` (OwnerBalance) and
 ``account:<id>`` (AccountBalance, so that a deposit finds its owner). A
 deleted account (its tombstone, AggregateDeleted) leaves its owner's
 documents; restored, its events come again and it is counted again.
+
+Both hold personal data (the owner's name, balances), so each names the
+accounts it is derived from as its subjects: forgetting an account deletes
+its ``account:`` document and its owner's ``owner:`` document (which also
+summed the owner's other accounts: it starts again from their next event).
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ def account_key(account_id: str) -> str:
 
 @balances_by_owner.on(bank.AccountOpened)
 def _opened(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
-    documents.put(account_key(envelope.aggregate_id), bank.AccountBalance(owner=event.owner))
+    account_id = envelope.aggregate_id
+    documents.put(account_key(account_id), bank.AccountBalance(owner=event.owner), subject=account_id)
     holder = documents.get(owner_key(event.owner), bank.OwnerBalance) or bank.OwnerBalance(owner=event.owner)
-    holder.account_ids.append(envelope.aggregate_id)
-    documents.put(owner_key(event.owner), holder)
+    holder.account_ids.append(account_id)
+    documents.put(owner_key(event.owner), holder, subject=holder.account_ids)
 
 
 def _move(account_id: str, amount: int, documents: Documents) -> None:
@@ -38,10 +44,12 @@ def _move(account_id: str, amount: int, documents: Documents) -> None:
     if account is None:
         return  # opened before this projection knew of it: cannot happen from position 0
     account.balance += amount
-    documents.put(account_key(account_id), account)
-    holder = documents.get(owner_key(account.owner), bank.OwnerBalance) or bank.OwnerBalance(owner=account.owner)
+    documents.put(account_key(account_id), account, subject=account_id)
+    holder = documents.get(owner_key(account.owner), bank.OwnerBalance)
+    if holder is None:  # deleted when another of the owner's accounts was forgotten
+        holder = bank.OwnerBalance(owner=account.owner, account_ids=[account_id])
     holder.balance += amount
-    documents.put(owner_key(account.owner), holder)
+    documents.put(owner_key(account.owner), holder, subject=holder.account_ids)
 
 
 @balances_by_owner.on(bank.MoneyDeposited)

@@ -218,4 +218,7 @@ def _entry(entry: AuditEntry) -> pb.AuditEntry:
         outcome=_OUTCOME_CODES.get(entry.outcome, pb.AUDIT_OUTCOME_UNSPECIFIED),
         reason=entry.reason,
         message=entry.message,
+        dry_run=entry.dry_run,
+        peer=entry.peer,
+        occurrences=entry.occurrences,
     )

@@ -8,14 +8,17 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
 from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
+from chronicle.v1.command_pb2 import Command
 from service.api.cluster_service import not_owner_hint
-from service.api.codec import decode_batch, decode_command, encode_event_into
+from service.api.codec import decode_batch, decode_command, encode_event_into, type_name
+from service.api.disclosure import Disclosure
+from service.api.dry_runs import DryRunAudit
 from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands
 from service.api.status import command_error
 from service.cluster.ownership import Ownership
@@ -26,17 +29,27 @@ from service.processing.commands import BatchResult, CommandBatch, CommandReques
 from service.processing.middleware import Pipeline
 
 log = logging.getLogger(__name__)
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # Commands of one SubmitStream started and not yet answered.
 STREAM_IN_FLIGHT = 256
 
 
 class CommandService(pb_grpc.CommandServiceServicer):
     def __init__(
-        self, registry: Registry, pipeline: Pipeline, refused: RefusedCommands, *, ownership: Ownership | None = None
+        self,
+        registry: Registry,
+        pipeline: Pipeline,
+        refused: RefusedCommands,
+        disclosure: Disclosure,
+        dry_runs: DryRunAudit,
+        *,
+        ownership: Ownership | None = None,
     ) -> None:
         self._registry = registry
         self._pipeline = pipeline
         self._refused = refused
+        self._disclosure = disclosure
+        self._dry_runs = dry_runs
         self._ownership = ownership
 
     def _hint(self, context: grpc.aio.ServicerContext[Any, Any], aggregate_id: str) -> None:
@@ -47,7 +60,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
             if hint is not None:
                 context.set_trailing_metadata(hint)
 
-    def _start(self, request: pb.SubmitRequest, principal: Principal) -> Awaitable[BatchResult]:
+    def _start(self, request: pb.SubmitRequest, principal: Principal, context: Context) -> Awaitable[BatchResult]:
         """One Submit, as a unary call or one message of a stream, under way.
 
         A well-formed command on a warm aggregate is decided before this
@@ -60,16 +73,21 @@ class CommandService(pb_grpc.CommandServiceServicer):
                 raise InvalidInput.for_field("command", "is required", reason="MISSING_COMMAND")
             command = decode_command(request.command, self._registry, principal=principal.name)
         except ChronicleError as error:
-            return self._refuse(request, principal, error)
-        started = self._pipeline.start(command, principal, dry_run=request.dry_run)
+            return self._refuse(request, principal, error, context)
+        if request.dry_run:
+            batch = CommandBatch((command,), dry_run=True)
+            return self._dry_runs.audited(
+                self._pipeline.submit_batch(batch, principal), batch, principal, context.peer()
+            )
+        started = self._pipeline.start(command, principal)
         if started is not None:
             return started
-        if request.dry_run:
-            return self._pipeline.submit_batch(CommandBatch((command,), dry_run=True), principal)
         return self._submitted(command, principal)
 
-    async def _refuse(self, request: pb.SubmitRequest, principal: Principal, error: ChronicleError) -> BatchResult:
-        await self._refused(SUBMIT_METHOD, request, error, principal)
+    async def _refuse(
+        self, request: pb.SubmitRequest, principal: Principal, error: ChronicleError, context: Context
+    ) -> BatchResult:
+        await self._refused(SUBMIT_METHOD, request, error, principal, context.peer())
         raise error
 
     async def _submitted(self, command: CommandRequest, principal: Principal) -> BatchResult:
@@ -77,9 +95,17 @@ class CommandService(pb_grpc.CommandServiceServicer):
         return BatchResult((result,), result.version, replayed=result.replayed)
 
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
-        response = _response((await self._start(request, current_principal.get())).results[0])
+        principal = current_principal.get()
+        try:
+            response = _response((await self._start(request, principal, context)).results[0])
+        except ChronicleError as error:
+            raise self._disclosed(error, principal, request.command) from None
         self._hint(context, request.command.aggregate_id)
         return response
+
+    def _disclosed(self, error: ChronicleError, principal: Principal, command: Command) -> ChronicleError:
+        """What the caller may hear of ``error`` (``service.api.disclosure``)."""
+        return self._disclosure.refusal(error, principal, type_name(command.payload))
 
     async def SubmitStream(
         self, requests: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -96,21 +122,21 @@ class CommandService(pb_grpc.CommandServiceServicer):
                         await window.room()
                     # Started now, whatever path it takes: commands for one
                     # aggregate reach its worker in the order they came.
-                    window.put((request.command.command_id, asyncio.ensure_future(self._start(request, principal))))
+                    window.put((request.command, asyncio.ensure_future(self._start(request, principal, context))))
             finally:
                 window.close()
 
         reader = asyncio.ensure_future(read())
         try:
             while (item := await window.next()) is not None:
-                command_id, outcome = item
-                answer = pb.SubmitStreamResponse(command_id=command_id)
+                command, outcome = item
+                answer = pb.SubmitStreamResponse(command_id=command.command_id)
                 try:
                     _response((await outcome).results[0], answer.ok)
                 except ChronicleError as error:
-                    answer.error.CopyFrom(command_error(error))
+                    answer.error.CopyFrom(command_error(self._disclosed(error, principal, command)))
                 except Exception:
-                    log.exception("command %s of a stream failed", command_id)
+                    log.exception("command %s of a stream failed", command.command_id)
                     internal = ChronicleError("internal error", reason="INTERNAL")
                     answer.error.CopyFrom(command_error(internal))
                 yield answer
@@ -126,16 +152,22 @@ class CommandService(pb_grpc.CommandServiceServicer):
         try:
             batch = decode_batch(request.commands, self._registry, dry_run=request.dry_run, principal=principal.name)
         except ChronicleError as error:
-            await self._refused(SUBMIT_BATCH_METHOD, request, error, principal)
+            await self._refused(SUBMIT_BATCH_METHOD, request, error, principal, context.peer())
             raise
-        result = await self._pipeline.submit_batch(batch, principal)
+        try:
+            outcome = self._pipeline.submit_batch(batch, principal)
+            if batch.dry_run:
+                outcome = self._dry_runs.audited(outcome, batch, principal, context.peer())
+            result = await outcome
+        except ChronicleError as error:
+            raise self._disclosed(error, principal, request.commands[0]) from None
         self._hint(context, batch.aggregate_id)
         return pb.SubmitBatchResponse(
             results=[_response(r) for r in result.results], version=result.version, replayed=result.replayed
         )
 
 
-Started = tuple[str, "asyncio.Future[BatchResult]"]
+Started = tuple[Command, "asyncio.Future[BatchResult]"]
 
 
 class _Window:

@@ -67,13 +67,18 @@ class EventService(pb_grpc.EventServiceServicer):
             await wait_for_position(self._log, min_position, primary=self._primary_log, max_wait=self._read_wait)
 
     async def _check_read(self, aggregate_id: str) -> None:
-        """PERMISSION_DENIED unless the caller may read this aggregate's type.
-        An aggregate that does not exist reveals nothing and is not refused."""
+        """PERMISSION_DENIED (READ_DENIED) unless the caller may read this
+        aggregate's type; for one that does not exist, unless it may read
+        every type (otherwise the answer would tell the two apart)."""
         if not self._authorizer.enforcing:
             return
         head = await self._store.head(aggregate_id)
-        if head is not None:
-            self._authorizer.check_read(current_principal.get(), head.aggregate_type)
+        self._authorizer.check_read_aggregate(
+            current_principal.get(),
+            aggregate_id,
+            head.aggregate_type if head is not None else None,
+            (aggregate.name for aggregate in self._registry.aggregates),
+        )
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]

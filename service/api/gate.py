@@ -6,10 +6,11 @@ caller's ``Principal`` in ``current_principal``, or UNAUTHENTICATED), and
 request decoding (bytes that do not parse: INVALID_ARGUMENT /
 MALFORMED_REQUEST, where gRPC alone would say UNKNOWN). A refusal uses the
 rich status of ``service.api.status`` and is reported to ``on_refused`` (the
-audit log records refused commands through it). Around it: what the servicer
-raises becomes a status, a Chronicle error its own (``service.api.status``),
-anything else INTERNAL without internals (the bug is logged with its
-traceback).
+audit log records refused calls through it, with the caller's address).
+Around it: what the servicer raises becomes a status, a Chronicle error its
+own (``service.api.status``), anything else INTERNAL without internals (the
+bug is logged with its traceback); a PERMISSION_DENIED the servicer raised
+is reported to ``on_denied`` first (the audit log records denied reads).
 
 ``RpcGate.wrap`` is applied to each method handler once, when the server is
 built (``service.api.server``), not as gRPC interceptors: gRPC's aio server
@@ -33,26 +34,30 @@ import grpc
 from service.api.decoding import Undecodable, tolerant
 from service.api.interceptors import produce
 from service.api.status import internal_status, rich_status
-from service.errors import ChronicleError, Overloaded, Unauthenticated
-from service.principal import current_principal
+from service.errors import ChronicleError, Overloaded, PermissionDenied, Unauthenticated
+from service.principal import Principal, current_principal
 from service.security.credentials import Authenticator
 
 log = logging.getLogger(__name__)
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 SUBSCRIBE_METHOD = "/chronicle.v1.EventService/Subscribe"
+# Streams that live as long as their clients want: counted as subscriptions.
+SUBSCRIPTION_METHODS = frozenset({SUBSCRIBE_METHOD, "/chronicle.v1.SubscriptionGroupService/Consume"})
 
-# Called with (method, request or None, error) when the gate refuses an RPC.
-OnRefused = Callable[[str, object, ChronicleError], Awaitable[None]]
+# Called with (method, request or None, error, the caller if it was
+# authenticated, its address as gRPC gives it) when the gate refuses an RPC,
+# or (``on_denied``) the servicer denies it.
+OnRefused = Callable[[str, object, ChronicleError, Principal | None, str], Awaitable[None]]
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 def refused_rpc_hooks(*hooks: OnRefused | None) -> OnRefused:
     """One ``on_refused`` hook that calls each of ``hooks`` in turn."""
 
-    async def each(method: str, request: object, error: ChronicleError) -> None:
+    async def each(method: str, request: object, error: ChronicleError, principal: Principal | None, peer: str) -> None:
         for hook in hooks:
             if hook is not None:
-                await hook(method, request, error)
+                await hook(method, request, error, principal, peer)
 
     return each
 
@@ -61,27 +66,46 @@ class RpcGate:
     """At most ``max_rpcs`` RPCs in flight (subscriptions, which live as long
     as their clients want, counted apart up to ``max_subscriptions``, so that
     open subscribers never leave no room for commands); each caller
-    authenticated when ``authenticator`` is set; each request parsed."""
+    authenticated when ``authenticator`` is set, and then held to quotas of
+    its own: ``max_rpcs_per_principal`` RPCs and
+    ``max_subscriptions_per_principal`` subscriptions at once, so that one
+    principal cannot take every place; each request parsed.
+
+    With authentication off every caller is the same anonymous one, and the
+    server-wide limits are its only bounds. Per call, a quota costs a dict
+    lookup on the way in and one on the way out."""
 
     def __init__(
         self,
         *,
         max_rpcs: int,
         max_subscriptions: int,
+        max_rpcs_per_principal: int | None = None,
+        max_subscriptions_per_principal: int | None = None,
         authenticator: Authenticator | None = None,
         on_refused: OnRefused | None = None,
+        on_denied: OnRefused | None = None,
     ) -> None:
         self.max_rpcs = max_rpcs
         self.max_subscriptions = max_subscriptions
+        self.max_rpcs_per_principal = max_rpcs_per_principal or max_rpcs
+        self.max_subscriptions_per_principal = max_subscriptions_per_principal or max_subscriptions
         self.in_flight = 0
         self.subscriptions = 0
+        # Principal name -> its RPCs (subscriptions apart) and subscriptions
+        # in flight; a name leaves when its count is back to 0.
+        self.rpcs_of: dict[str, int] = {}
+        self.subscriptions_of: dict[str, int] = {}
         self._authenticator = authenticator
         self._on_refused = on_refused
+        self._on_denied = on_denied
 
     # -- per call ------------------------------------------------------------
 
-    def _admit(self, subscription: bool, request: object, context: Context) -> None:
-        """Raise the refusal, or count the call in (the caller counts it out)."""
+    def _admit(self, subscription: bool, request: object, context: Context) -> str | None:
+        """Raise the refusal, or count the call in and return the principal
+        it is counted against (None: authentication is off); the caller
+        counts it out."""
         if subscription:
             if self.subscriptions >= self.max_subscriptions:
                 raise Overloaded(
@@ -95,22 +119,54 @@ class RpcGate:
                 reason="TOO_MANY_REQUESTS",
                 metadata={"max_concurrent_rpcs": str(self.max_rpcs)},
             )
+        name = None
         if self._authenticator is not None:
-            self._authenticate(context)
+            name = self._authenticate(context)
+            held = (self.subscriptions_of if subscription else self.rpcs_of).get(name, 0)
+            if held >= (self.max_subscriptions_per_principal if subscription else self.max_rpcs_per_principal):
+                raise self._over_quota(subscription)
         if isinstance(request, Undecodable):
             raise request.error()
         if subscription:
             self.subscriptions += 1
+            if name is not None:
+                self.subscriptions_of[name] = held + 1
         else:
             self.in_flight += 1
+            if name is not None:
+                self.rpcs_of[name] = held + 1
+        return name
 
-    def _leave(self, subscription: bool) -> None:
+    def _over_quota(self, subscription: bool) -> Overloaded:
+        if subscription:
+            limit = self.max_subscriptions_per_principal
+            return Overloaded(
+                f"this principal has {limit} open subscriptions, its most; close one or retry later",
+                reason="PRINCIPAL_TOO_MANY_SUBSCRIPTIONS",
+                metadata={"max_subscriptions_per_principal": str(limit)},
+            )
+        limit = self.max_rpcs_per_principal
+        return Overloaded(
+            f"this principal has {limit} calls in flight, its most; retry later",
+            reason="PRINCIPAL_TOO_MANY_REQUESTS",
+            metadata={"max_rpcs_per_principal": str(limit)},
+        )
+
+    def _leave(self, subscription: bool, name: str | None) -> None:
         if subscription:
             self.subscriptions -= 1
+            counts = self.subscriptions_of
         else:
             self.in_flight -= 1
+            counts = self.rpcs_of
+        if name is not None:
+            held = counts[name] - 1
+            if held:
+                counts[name] = held
+            else:
+                del counts[name]
 
-    def _authenticate(self, context: Context) -> None:
+    def _authenticate(self, context: Context) -> str:
         assert self._authenticator is not None
         try:
             principal = self._authenticator.authenticate(_metadata(context), _peer_certificate(context))
@@ -118,18 +174,21 @@ class RpcGate:
             raise Unauthenticated(f"the client certificate is unusable: {error}", reason="BAD_CERTIFICATE") from None
         # Each RPC runs in a task of its own, so the value ends with the RPC.
         current_principal.set(principal)
+        return principal.name
 
-    @staticmethod
-    async def _fail(method: str, context: Context, error: Exception) -> None:
+    async def _fail(self, method: str, request: object, context: Context, error: Exception) -> None:
         """What the servicer raised, as the RPC's status (abort raises)."""
         if isinstance(error, ChronicleError):
+            if isinstance(error, PermissionDenied) and self._on_denied is not None:
+                await self._on_denied(method, request, error, _authenticated(), context.peer())
             await context.abort_with_status(rich_status(error))
         log.exception("unexpected error in %s", method, exc_info=error)
         await context.abort_with_status(internal_status())
 
     async def _refuse(self, method: str, request: object, context: Context, error: ChronicleError) -> None:
         if self._on_refused is not None:
-            await self._on_refused(method, None if isinstance(request, Undecodable) else request, error)
+            decoded = None if isinstance(request, Undecodable) else request
+            await self._on_refused(method, decoded, error, _authenticated(), context.peer())
         await context.abort_with_status(rich_status(error))
 
     # -- at registration ---------------------------------------------------------
@@ -138,7 +197,7 @@ class RpcGate:
         """``handler`` behind the gate, for each of the four RPC shapes."""
         if method.startswith(EXEMPT_PREFIXES) or handler.request_deserializer is None:
             return handler
-        subscription = method == SUBSCRIBE_METHOD
+        subscription = method in SUBSCRIPTION_METHODS
         options = {
             "request_deserializer": tolerant(handler.request_deserializer, method),
             "response_serializer": handler.response_serializer,
@@ -151,7 +210,7 @@ class RpcGate:
 
             async def unary_unary(request: object, context: Context) -> Any:
                 try:
-                    admit(subscription, request, context)
+                    name = admit(subscription, request, context)
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
@@ -159,9 +218,9 @@ class RpcGate:
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
-                    await fail(method, context, error)
+                    await fail(method, request, context, error)
                 finally:
-                    leave(subscription)
+                    leave(subscription, name)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
         if handler.unary_stream is not None:
@@ -170,7 +229,7 @@ class RpcGate:
 
             async def unary_stream(request: object, context: Context) -> AsyncIterator[Any]:
                 try:
-                    admit(subscription, request, context)
+                    name = admit(subscription, request, context)
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
@@ -179,9 +238,9 @@ class RpcGate:
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
-                    await fail(method, context, error)
+                    await fail(method, request, context, error)
                 finally:
-                    leave(subscription)
+                    leave(subscription, name)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
         # Streamed requests: the gate sees None, and each message is checked
@@ -191,7 +250,7 @@ class RpcGate:
 
             async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
                 try:
-                    admit(subscription, None, context)
+                    name = admit(subscription, None, context)
                 except ChronicleError as error:
                     await refuse(method, None, context, error)
                 try:
@@ -199,9 +258,9 @@ class RpcGate:
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
-                    await fail(method, context, error)
+                    await fail(method, None, context, error)
                 finally:
-                    leave(subscription)
+                    leave(subscription, name)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
         inner_ss = handler.stream_stream
@@ -209,7 +268,7 @@ class RpcGate:
 
         async def stream_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
             try:
-                admit(subscription, None, context)
+                name = admit(subscription, None, context)
             except ChronicleError as error:
                 await refuse(method, None, context, error)
             try:
@@ -218,9 +277,9 @@ class RpcGate:
             except grpc.aio.AbortError:
                 raise
             except Exception as error:
-                await fail(method, context, error)
+                await fail(method, None, context, error)
             finally:
-                leave(subscription)
+                leave(subscription, name)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
 
@@ -246,6 +305,13 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         if isinstance(request, Undecodable):
             raise request.error()
         yield request
+
+
+def _authenticated() -> Principal | None:
+    """The caller, if this RPC authenticated it (None: authentication is
+    off, or failed, or was not reached)."""
+    principal = current_principal.get()
+    return principal if principal.authenticated else None
 
 
 def _metadata(context: Context) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
@@ -21,8 +22,10 @@ from chronicle.v1 import (
     command_service_pb2,
     event_service_pb2,
     projection_service_pb2,
+    subscription_group_service_pb2,
 )
-from service.errors import ChronicleError
+from service.api.status import rich_status
+from service.errors import ChronicleError, Overloaded
 from service.store.base import Lifecycle
 
 log = logging.getLogger(__name__)
@@ -33,14 +36,42 @@ SERVICE_NAMES = (
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     projection_service_pb2.DESCRIPTOR.services_by_name["ProjectionService"].full_name,
     cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
+    subscription_group_service_pb2.DESCRIPTOR.services_by_name["SubscriptionGroupService"].full_name,
 )
+
+
+class LimitedWatches(health.aio.HealthServicer):  # type: ignore[misc]
+    """The standard health servicer with at most ``max_watches`` Watch
+    streams open at once: they need no credentials and live as long as the
+    caller wants, so unbounded they let anyone hold the server's memory (a
+    stream costs about as much as a subscription). One more is
+    RESOURCE_EXHAUSTED, TOO_MANY_HEALTH_WATCHES; Check stays unlimited."""
+
+    def __init__(self, *, max_watches: int) -> None:
+        super().__init__()
+        self.max_watches = max_watches
+        self.watches = 0
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        if self.watches >= self.max_watches:
+            refusal = Overloaded(
+                f"the server has {self.max_watches} health Watch streams open; use Check, or retry later",
+                reason="TOO_MANY_HEALTH_WATCHES",
+                metadata={"max_health_watches": str(self.max_watches)},
+            )
+            await context.abort_with_status(rich_status(refusal))
+        self.watches += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self.watches -= 1
 
 
 class Health:
     """The health service and the one switch for every name it reports."""
 
-    def __init__(self) -> None:
-        self.servicer = health.aio.HealthServicer()
+    def __init__(self, *, max_watches: int = 1000) -> None:
+        self.servicer = LimitedWatches(max_watches=max_watches)
         self.serving = False
 
     async def set(self, serving: bool) -> None:

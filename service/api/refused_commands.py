@@ -1,4 +1,5 @@
-"""The audit entries of commands refused before the pipeline, in one place.
+"""The audit entries of calls refused before they reached the pipeline, in
+one place.
 
 A Submit or SubmitBatch can be refused at three points: by the gate (too
 many calls, no or bad credentials, bytes that do not parse), by decoding (a
@@ -7,7 +8,16 @@ and inside the pipeline (the policy, the handler, a conflict). The last is
 audited by the audit middleware or recorded with the command
 (``service.audit``); the first two come here, as the gate's ``on_refused``
 hook and from the command service, so that every such refusal is one entry
-per command, built the same way.
+per command, built the same way. Any other RPC refused for want of valid
+credentials is recorded here too (one entry naming the RPC), and so are
+reads and subscriptions the policy denied (the gate's ``on_denied`` hook).
+
+Every entry carries the caller's network address (``peer``). A user id the
+caller claimed is recorded only with a principal that claim was made by:
+a caller that was not authenticated is recorded with neither. Refusals of
+callers that were not authenticated (no or bad credentials, or
+authentication off) are recorded through ``SampledRefusals``: a flood of
+them cannot grow the audit log faster than its rate.
 """
 
 from __future__ import annotations
@@ -15,8 +25,8 @@ from __future__ import annotations
 from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from service.api.codec import MAX_BATCH_COMMANDS, type_name
-from service.audit import AuditLog, refusal
-from service.errors import ChronicleError
+from service.audit import AuditLog, SampledRefusals, refusal
+from service.errors import ChronicleError, Unauthenticated
 from service.principal import Principal
 from service.store.records import AuditEntry
 
@@ -24,30 +34,71 @@ SUBMIT_METHOD = "/chronicle.v1.CommandService/Submit"
 SUBMIT_STREAM_METHOD = "/chronicle.v1.CommandService/SubmitStream"
 SUBMIT_BATCH_METHOD = "/chronicle.v1.CommandService/SubmitBatch"
 COMMAND_METHODS = frozenset({SUBMIT_METHOD, SUBMIT_STREAM_METHOD, SUBMIT_BATCH_METHOD})
+# Where a denial the servicer raised is audited here (the command service's
+# are audited by the pipeline, the admin service's by itself).
+READ_SERVICES = ("/chronicle.v1.EventService/", "/chronicle.v1.ProjectionService/")
 # What the client sent, cut to a bounded size: a refused request may be
 # malformed in any way.
 AUDITED_LENGTH = 200
 
 
 class RefusedCommands:
-    """Audits commands refused before they reached the pipeline."""
+    """Audits calls refused before they reached the pipeline."""
 
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: AuditLog, *, sampled: SampledRefusals | None = None) -> None:
         self._audit = audit
+        self._sampled = sampled or SampledRefusals(audit)
 
     async def __call__(
-        self, method: str, request: object, error: ChronicleError, principal: Principal | None = None
+        self,
+        method: str,
+        request: object,
+        error: ChronicleError,
+        principal: Principal | None = None,
+        peer: str = "",
     ) -> None:
         """Record ``error`` for each command of ``request`` (a SubmitRequest
-        or SubmitBatchRequest; None when its bytes did not parse), as the
-        caller ``principal`` (None: not known, the gate refused it first)."""
-        if method not in COMMAND_METHODS:
+        or SubmitBatchRequest; None when its bytes did not parse), or for
+        any other RPC refused for want of credentials, as the caller
+        ``principal`` (None: not authenticated) at ``peer``."""
+        if method in COMMAND_METHODS:
+            entries = refused_entries(request, principal, error, peer)
+        elif isinstance(error, Unauthenticated):
+            entries = [call_entry(method, request, error, principal, peer)]
+        else:
             return
-        for entry in refused_entries(request, principal, error):
+        accountable = principal is not None and principal.authenticated
+        for entry in entries:
+            if accountable:
+                await self._audit.refused(entry)
+            else:
+                await self._sampled.record(entry)
+
+    async def denied(
+        self, method: str, request: object, error: ChronicleError, principal: Principal | None, peer: str
+    ) -> None:
+        """Record a read or a subscription the policy denied (READ_DENIED,
+        SUBSCRIBE_DENIED, …): the gate's ``on_denied`` hook."""
+        if not method.startswith(READ_SERVICES):
+            return
+        entry = call_entry(method, request, error, principal, peer)
+        if principal is not None and principal.authenticated:
             await self._audit.refused(entry)
+        else:  # anonymous callers denied a projection only administrators may read
+            await self._sampled.record(entry)
+
+    async def close(self) -> None:
+        """Record the refusals counted and not yet recorded."""
+        await self._sampled.close()
 
 
-def refused_entries(request: object, principal: Principal | None, error: ChronicleError) -> list[AuditEntry]:
+def _cut(text: str) -> str:
+    return text[:AUDITED_LENGTH]
+
+
+def refused_entries(
+    request: object, principal: Principal | None, error: ChronicleError, peer: str = ""
+) -> list[AuditEntry]:
     """One entry per command of ``request`` (one in all, naming no command,
     when there is none to name or the batch is too large to list)."""
     if isinstance(request, pb.SubmitBatchRequest) and 0 < len(request.commands) <= MAX_BATCH_COMMANDS:
@@ -56,20 +107,40 @@ def refused_entries(request: object, principal: Principal | None, error: Chronic
         commands = [request.command]
     else:
         commands = [command_pb2.Command()]
-    name = principal.name if principal is not None else ""
-    return [_entry(command, name, error) for command in commands]
+    dry_run = isinstance(request, pb.SubmitRequest | pb.SubmitBatchRequest) and request.dry_run
+    return [_entry(command, principal, error, peer, dry_run) for command in commands]
 
 
-def _entry(command: command_pb2.Command, principal: str, error: ChronicleError) -> AuditEntry:
-    def cut(text: str) -> str:
-        return text[:AUDITED_LENGTH]
-
+def _entry(
+    command: command_pb2.Command, principal: Principal | None, error: ChronicleError, peer: str, dry_run: bool
+) -> AuditEntry:
     return refusal(
         error,
-        command_id=cut(command.command_id),
-        command_type=cut(type_name(command.payload)),
-        aggregate_id=cut(command.aggregate_id),
-        principal=principal,
-        user_id=cut(command.user_id),
-        origin=cut(command.origin),
+        command_id=_cut(command.command_id),
+        command_type=_cut(type_name(command.payload)),
+        aggregate_id=_cut(command.aggregate_id),
+        principal=principal.name if principal is not None else "",
+        # A claim is recorded only beside the principal that made it.
+        user_id=_cut(command.user_id) if principal is not None else "",
+        origin=_cut(command.origin),
+        dry_run=dry_run,
+        peer=peer,
+    )
+
+
+def call_entry(
+    method: str, request: object, error: ChronicleError, principal: Principal | None, peer: str
+) -> AuditEntry:
+    """The entry of an RPC other than a command's: its full name as the
+    command type (as administrators' actions are), the aggregate it named,
+    if any."""
+    aggregate_id = getattr(request, "aggregate_id", "")
+    name = principal.name if principal is not None else ""
+    return refusal(
+        error,
+        command_type=method.lstrip("/"),
+        aggregate_id=_cut(aggregate_id) if isinstance(aggregate_id, str) else "",
+        principal=name,
+        user_id=name,
+        peer=peer,
     )

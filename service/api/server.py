@@ -18,12 +18,14 @@ from chronicle.v1 import (
     command_service_pb2_grpc,
     event_service_pb2_grpc,
     projection_service_pb2_grpc,
+    subscription_group_service_pb2_grpc,
 )
 from service.api.admin_service import AdminService
 from service.api.cluster_service import ClusterService
 from service.api.command_service import CommandService
 from service.api.event_service import EventService
 from service.api.gate import RpcGate
+from service.api.group_service import SubscriptionGroupService
 from service.api.health import SERVICE_NAMES, Health
 from service.api.projection_service import ProjectionService
 
@@ -35,6 +37,7 @@ def build_server(
     admin: AdminService,
     projections: ProjectionService,
     cluster: ClusterService,
+    groups: SubscriptionGroupService,
     health: Health,
     max_message_bytes: int,
     gate: RpcGate,
@@ -56,6 +59,7 @@ def build_server(
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, gated)
     projection_service_pb2_grpc.add_ProjectionServiceServicer_to_server(projections, gated)
     cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, gated)
+    subscription_group_service_pb2_grpc.add_SubscriptionGroupServiceServicer_to_server(groups, gated)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     # Reflection too is behind the gate: the API's shape is for callers the
     # server lets in.

@@ -17,7 +17,7 @@ from service.security.policy import Authorizer
 from service.store.records import LogFilter, RecordedEvent
 
 
-def _names(field: str, values: Iterable[str], known: frozenset[str], what: str) -> frozenset[str]:
+def known_names(field: str, values: Iterable[str], known: frozenset[str], what: str) -> frozenset[str]:
     names = check_names(field, list(values), reason="INVALID_FILTER")
     unknown = sorted(set(names) - known)
     if unknown:
@@ -37,13 +37,13 @@ def decode_subscribe(request: pb.SubscribeRequest, registry: Registry) -> Subscr
         after_position=request.after_position,
         from_end=request.from_end,
         log_filter=LogFilter(
-            aggregate_types=_names(
+            aggregate_types=known_names(
                 "aggregate_types",
                 request.aggregate_types,
                 frozenset(a.name for a in registry.aggregates),
                 "aggregate type",
             ),
-            event_types=_names(
+            event_types=known_names(
                 "event_types", request.event_types, frozenset(event_types) | registry.upcast_types, "event type"
             ),
             aggregate_id=check_id("aggregate_id", request.aggregate_id, reason="INVALID_FILTER")

@@ -44,6 +44,7 @@ from service.client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from service.client.groups import Delivery, GroupConsumer, GroupInfo, GroupParkedEvent, Groups
 from service.client.results import AggregateState, Event, StreamResult, Submitted, SubmittedBatch
 from service.client.retry import NO_RETRIES, RetryPolicy
 from service.client.subscription import LogFilter, Subscription
@@ -57,9 +58,14 @@ __all__ = [
     "ChronicleClient",
     "Command",
     "DeadlineExceeded",
+    "Delivery",
     "Event",
     "FailedPrecondition",
     "FileCheckpoints",
+    "GroupConsumer",
+    "GroupInfo",
+    "GroupParkedEvent",
+    "Groups",
     "Internal",
     "InvalidArgument",
     "LogFilter",

@@ -17,10 +17,12 @@ from chronicle.v1 import (
     event_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
+    subscription_group_service_pb2_grpc,
 )
 from service.client.checkpoints import CheckpointStore
 from service.client.commands import Command, new_command_id
 from service.client.errors import RemoteError
+from service.client.groups import GroupConsumer, Groups
 from service.client.results import AggregateState, Event, M, StreamResult, Submitted, SubmittedBatch, unpack_as
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
 from service.client.routed_stream import RoutedStream
@@ -72,6 +74,7 @@ class ChronicleClient:
         self.routes = routes
         self._commands = command_service_pb2_grpc.CommandServiceStub(channel)
         self._events = event_service_pb2_grpc.EventServiceStub(channel)
+        self._groups = subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub(channel)
         self._origin = origin
         self._user_id = user_id
         self._retry = retry
@@ -80,6 +83,9 @@ class ChronicleClient:
         self._owns_channel = owns_channel
         # Whether the server has ReadAggregatePages (None: not asked yet).
         self._paged_reads: bool | None = None
+        self.groups = Groups(
+            self._groups, retry=retry, attempt_timeout=attempt_timeout, call_metadata=self._call_metadata
+        )
 
     @classmethod
     def connect(
@@ -413,6 +419,24 @@ class ChronicleClient:
             from_end=from_end,
             checkpoints=checkpoints,
             save_every=save_every,
+        )
+
+    def consume(
+        self, group: str, *, consumer: str, max_in_flight: int = 100, reconnect_delay: float = 0.5
+    ) -> GroupConsumer:
+        """Consume subscription group ``group`` as ``consumer``: an async
+        iterator of deliveries to ack or nack, shared with the group's other
+        consumers (see ``service.client.groups``). Use it in ``async with``."""
+
+        def open_call() -> Any:
+            return self._groups.Consume(metadata=self._call_metadata)  # a stream: no deadline
+
+        return GroupConsumer(
+            open_call,
+            group=group,
+            consumer=consumer,
+            max_in_flight=max_in_flight,
+            reconnect_delay=reconnect_delay,
         )
 
     async def get_aggregate(

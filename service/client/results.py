@@ -90,6 +90,10 @@ class Event:
         return bool(self.envelope.deleted)
 
     @property
+    def event_id(self) -> str:
+        return str(self.envelope.event_id)
+
+    @property
     def aggregate_id(self) -> str:
         return str(self.envelope.aggregate_id)
 

@@ -118,6 +118,7 @@ class _GroupState:
     known: frozenset[str]
     held: dict[str, _Held] = field(default_factory=dict)
     view: LeaseView | None = None
+    seen_at: float | None = None  # monotonic clock: when the store last showed us the group
     active: bool = True  # False once this replica left the group
 
 
@@ -214,6 +215,18 @@ class LeaseKeeper:
         state = self._groups.get(group)
         return state.view if state is not None else None
 
+    def ages(self, group: str) -> tuple[float | None, dict[str, float]]:
+        """For an operator: seconds since the store last showed this
+        replica the group (None before the first heartbeat), and for each
+        lease this replica holds, the seconds left before it would lapse
+        without a renewal."""
+        state = self._groups.get(group)
+        if state is None:
+            return None, {}
+        now = self._clock()
+        age = None if state.seen_at is None else now - state.seen_at
+        return age, {name: held.until - now for name, held in sorted(state.held.items()) if held.until > now}
+
     async def wait_for_change(self, version: int, max_wait: float | None = None) -> int:
         """Return the current ``version`` once it differs from ``version``
         (at once if it already does), or after ``max_wait`` seconds."""
@@ -257,6 +270,7 @@ class LeaseKeeper:
         state.held = held
         changed = _owners(state.view) != _owners(view)
         state.view = view
+        state.seen_at = sent
         if changed:
             self._changed()
 

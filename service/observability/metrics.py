@@ -9,8 +9,15 @@ registered, status codes, store operations): never aggregate ids.
   (``failed_precondition``, ``permission_denied``, ``aborted``, …).
 - ``chronicle_command_duration_seconds{command_type}``: from taking a command
   to its result, queue wait included (histogram).
+- ``chronicle_command_refusals_total{reason}``: commands refused, by the
+  error's machine-readable reason (``INSUFFICIENT_FUNDS``,
+  ``WRONG_EXPECTED_VERSION``, ``SUBMIT_DENIED``, …): the plugins' and the
+  server's reasons, a bounded set.
 - ``chronicle_rpc_refusals_total{reason}``: RPCs refused before their request
   was read (``NO_CREDENTIALS``, ``TOKEN_EXPIRED``, ``TOO_MANY_REQUESTS``, …).
+- ``chronicle_audit_refusals_sampled_total{reason}``: refusals of callers
+  that were not authenticated beyond the audit log's rate for them, counted
+  in a sampled entry (its ``occurrences``) instead of one of their own.
 - ``chronicle_queued_commands``, ``chronicle_live_workers``,
   ``chronicle_rpcs_in_flight``: gauges read at scrape time.
 - ``chronicle_concurrency_conflicts_total``: appends that lost a version
@@ -18,6 +25,11 @@ registered, status codes, store operations): never aggregate ids.
   with outcome ``aborted``), so retries = conflicts - aborted.
 - ``chronicle_subscriptions``, ``chronicle_subscription_lag_positions``:
   subscriptions open, and how far the slowest is behind the log's head.
+- ``chronicle_group_consumers``: subscription-group consumer streams open
+  on this replica; ``chronicle_group_lag_positions{group}``,
+  ``chronicle_group_parked_events{group}``: how far each group's lowest
+  checkpoint is behind the log's head, and its parked events (sampled
+  every few seconds from the store; the same for every replica).
 - ``chronicle_store_operation_duration_seconds{operation}``: time in the
   store per operation (``append``, ``read_aggregate``, …; histogram).
 - ``chronicle_store_batches_total``, ``chronicle_store_batched_appends_total``,
@@ -63,11 +75,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.command_refusals = Counter(
+            "chronicle_command_refusals", "Commands refused, by the error's reason", ["reason"], registry=r
+        )
         self.rpc_refusals = Counter(
             "chronicle_rpc_refusals", "RPCs refused before their request was read, by reason", ["reason"], registry=r
         )
         self.conflicts = Counter(
             "chronicle_concurrency_conflicts", "Appends that lost a version race (then retried)", registry=r
+        )
+        self.audit_refusals_sampled = Counter(
+            "chronicle_audit_refusals_sampled",
+            "Refusals of unauthenticated callers counted in a sampled audit entry, not recorded one by one, by reason",
+            ["reason"],
+            registry=r,
         )
         self.store_duration = Histogram(
             "chronicle_store_operation_duration_seconds",
@@ -84,6 +105,19 @@ class Metrics:
             "chronicle_subscription_lag_positions",
             "How far the slowest open subscription is behind the log's head, in positions",
             registry=r,
+        )
+
+        self.group_consumers = Gauge(
+            "chronicle_group_consumers", "Subscription-group consumer streams open on this replica", registry=r
+        )
+        self.group_lag = Gauge(
+            "chronicle_group_lag_positions",
+            "How far a subscription group's lowest checkpoint is behind the log's head, in positions",
+            ["group"],
+            registry=r,
+        )
+        self.group_parked = Gauge(
+            "chronicle_group_parked_events", "Events a subscription group parked", ["group"], registry=r
         )
 
     def watch(
@@ -105,9 +139,15 @@ class Metrics:
         """Group commit's counters, read at scrape time."""
         self.registry.register(_BatchCollector(counts))
 
-    async def rpc_refused(self, method: str, request: object, error: ChronicleError) -> None:
-        """An ``OnRefused`` hook for the interceptors."""
+    async def rpc_refused(
+        self, method: str, request: object, error: ChronicleError, principal: object, peer: str
+    ) -> None:
+        """An ``OnRefused`` hook for the gate."""
         self.rpc_refusals.labels(reason=error.reason).inc()
+
+    def audit_sampled(self, reason: str) -> None:
+        """A refusal counted in a sampled audit entry instead of one of its own."""
+        self.audit_refusals_sampled.labels(reason=reason).inc()
 
 
 class _BatchCollector(Collector):
@@ -160,6 +200,8 @@ class MetricsMiddleware(Middleware):
 
     def on_error(self, call: CommandCall) -> None:
         self._count(call)
+        if isinstance(call.error, ChronicleError):
+            self._metrics.command_refusals.labels(reason=call.error.reason).inc()
 
 
 class MetricsServer:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from prometheus_client import Gauge
 
-from service.store.base import LogReader
+from service.store.base import GroupStore, LogReader
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,48 @@ class SubscriptionTracker:
         return list(self._positions.values())
 
 
-class LagSampler:
+class _Sampler:
+    """Calls ``sample`` every ``interval`` seconds on the event loop until
+    stopped; a failed sample is logged at debug level (the store may be
+    away; the health monitor reports that) and the next one tried."""
+
+    _interval: float
+    _task: asyncio.Task[None] | None = None
+    _what = "sample"
+
+    async def sample(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self._what)
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except Exception:
+                log.debug("could not %s", self._what, exc_info=True)
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class LagSampler(_Sampler):
     """Sets ``lag`` to how far the slowest open subscription is behind the
     log's head, in positions (positions are increasing but may have gaps,
     so this bounds the number of events from above)."""
+
+    _what = "sample subscription lag"
 
     def __init__(self, store: LogReader, tracker: SubscriptionTracker, lag: Gauge, *, interval: float = 5.0) -> None:
         self._store = store
         self._tracker = tracker
         self._lag = lag
         self._interval = interval
-        self._task: asyncio.Task[None] | None = None
 
     async def sample(self) -> None:
         positions = self._tracker.positions()
@@ -68,19 +99,28 @@ class LagSampler:
         head = await self._store.log_head()
         self._lag.set(max(0, head - min(positions)))
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="subscription-lag")
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.sample()
-            except Exception:  # the store may be away; the health monitor reports that
-                log.debug("could not sample subscription lag", exc_info=True)
-            await asyncio.sleep(self._interval)
+class GroupSampler(_Sampler):
+    """Sets each subscription group's lag (its lowest checkpoint's distance
+    from the log's head, in positions) and parked count, every
+    ``interval`` seconds; a deleted group's gauges go with it."""
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    _what = "sample subscription groups"
+
+    def __init__(
+        self, groups: GroupStore, store: LogReader, *, lag: Gauge, parked: Gauge, interval: float = 5.0
+    ) -> None:
+        self._groups = groups
+        self._store = store
+        self._lag = lag
+        self._parked = parked
+        self._interval = interval
+
+    async def sample(self) -> None:
+        states = await self._groups.list_groups()
+        head = await self._store.log_head()
+        self._lag.clear()
+        self._parked.clear()
+        for state in states:
+            self._lag.labels(group=state.spec.name).set(max(0, head - state.position))
+            self._parked.labels(group=state.spec.name).set(state.parked)

@@ -13,17 +13,20 @@ handler could be sent twice.
     @balances.on(bank_pb2.MoneyDeposited)
     def deposited(event, envelope, documents):
         ...
-        documents.put(owner, bank_pb2.OwnerBalance(owner=owner, balance=total))
+        documents.put(owner, bank_pb2.OwnerBalance(owner=owner, balance=total), subject=envelope.aggregate_id)
 
 Documents are Protobuf messages under string keys, in the projection's own
-namespace, stored in the same database as the events.
+namespace, stored in the same database as the events. A document that holds
+an aggregate's personal data names it as its ``subject``: forgetting the
+aggregate then deletes the document too. Events of a forgotten aggregate
+(redacted) are not given to handlers: there is nothing left to read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 from google.protobuf.message import Message
 
@@ -56,8 +59,15 @@ class Documents(Protocol):
     def get(self, key: str, message_type: type[M]) -> M | None:
         """The document under ``key`` (None if there is none)."""
 
-    def put(self, key: str, document: Message) -> None:
-        """Write ``document`` under ``key`` (replacing what was there)."""
+    def put(self, key: str, document: Message, *, subject: str | Iterable[str] | None = None) -> None:
+        """Write ``document`` under ``key`` (replacing what was there).
+
+        ``subject``: the aggregate id (or ids) whose events the document is
+        derived from, when it holds their personal data. Forgetting any of
+        them (``AdminService.ForgetAggregate``) deletes the document, and
+        it is not written again once one of them is forgotten. Each put
+        says the document's whole set of subjects; none (the default): the
+        document outlives every forgetting."""
 
     def delete(self, key: str) -> None:
         """Remove the document under ``key``, if any."""
@@ -65,19 +75,41 @@ class Documents(Protocol):
 
 ProjectionHandler = Callable[[Any, ProjectedEvent, Documents], None]
 
+# What a projection does when a handler raises on an event: "stop" there
+# (and try again every retry_seconds), or "park" the event after
+# max_attempts tries and go on without it.
+OnFailure = Literal["stop", "park"]
+
 
 class Projection:
     def __init__(
-        self, plugin_name: str, name: str, *, aggregate_types: Iterable[str] = (), batch_size: int = 200
+        self,
+        plugin_name: str,
+        name: str,
+        *,
+        aggregate_types: Iterable[str] = (),
+        batch_size: int = 200,
+        on_failure: OnFailure = "stop",
+        max_attempts: int = 3,
+        retry_seconds: float = 5.0,
     ) -> None:
         if not name or not name.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"projection name {name!r} must be letters, digits, '_' or '.'")
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
+        if on_failure not in get_args(OnFailure):
+            raise ValueError(f"projection {name}: on_failure must be 'stop' or 'park', not {on_failure!r}")
+        if max_attempts < 1:
+            raise ValueError(f"projection {name}: max_attempts must be at least 1")
+        if not retry_seconds > 0:
+            raise ValueError(f"projection {name}: retry_seconds must be positive")
         self.plugin_name = plugin_name
         self.name = name
         self.aggregate_types = frozenset(aggregate_types)
         self.batch_size = batch_size
+        self.on_failure: OnFailure = on_failure
+        self.max_attempts = max_attempts
+        self.retry_seconds = retry_seconds
         self.handlers: dict[str, tuple[type[Message], ProjectionHandler]] = {}
 
     def on(self, event_type: type[Message]) -> Callable[[H], H]:

@@ -17,20 +17,36 @@ meanwhile. A runner that gains the lease starts from the stored checkpoint.
 
 A handler that raises stops its projection (others go on): the error is
 logged and reported by ``status``, and the runner tries the batch again after
-a pause, so a fixed plugin or a transient fault resumes it.
+a pause (the projection's ``retry_seconds``), so a fixed plugin or a
+transient fault resumes it. A projection declared with ``on_failure="park"``
+counts the tries on each event; at its ``max_attempts``-th failure the event
+is parked instead: recorded (``ParkedEvent``) in the commit that moves the
+checkpoint past it, with the handler's writes for it dropped.
+
+A rebuild (``ProjectionStore.reset_projection``, from any replica) moves the
+checkpoint back to 0: a runner with a commit in flight finds it moved (a
+conflict: it reloads), and an idle runner, whose read finds nothing new,
+compares the stored checkpoint with its own and starts again from the stored
+one. ``progress`` signals every commit of this runner, for readers waiting
+for a position (``min_position``).
 
 Documents are cached between batches (``DocumentCache``): a read model's hot
 documents are read from the store once, not once per event. The cache is
 exact because only a commit that moved the checkpoint from where this runner
 left it can have written them: every commit of this runner updates the cache
 with what it wrote, and anything else (a conflict with another runner, an
-error) empties it.
+error) empties it. Forgetting an aggregate deletes the documents that name
+it as a subject behind the runner's back: the store refuses a commit that
+would put one again (``SubjectsForgotten``), and the runner empties its
+cache and applies the batch again with those documents deleted, so what it
+writes does not depend on what it happened to cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,12 +55,12 @@ from typing import Protocol, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from chronicle.v1 import event_pb2
-from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed
+from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed, SubjectsForgotten
 from service.plugins.projections import ProjectedEvent, Projection
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
 from service.store.leasing import Fencing
-from service.store.records import DocumentWrite, LogFilter, LogPage, RecordedEvent, is_tombstone
+from service.store.records import DocumentWrite, LogFilter, LogPage, ParkedEvent, RecordedEvent, is_tombstone
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -107,14 +123,24 @@ class _Batch:
     again, so a handler never sees its own half-applied writes twice.
     """
 
-    def __init__(self, projection: str, store: ProjectionStore, cache: DocumentCache) -> None:
+    def __init__(
+        self,
+        projection: str,
+        store: ProjectionStore,
+        cache: DocumentCache,
+        forgotten: ForgottenSubjects | None = None,
+    ) -> None:
         self.projection = projection
         self._store = store
         self._cache = cache
-        # What the batch's handlers wrote, by key (None: deleted); encoded
-        # once, when the batch commits, however often a key was written.
+        self.forgotten = forgotten or ForgottenSubjects()
+        # What the batch's handlers wrote, by key (None: deleted), and the
+        # subjects each document names; encoded once, when the batch
+        # commits, however often a key was written.
         self.current: dict[str, Message | None] = {}
+        self._subjects: dict[str, tuple[str, ...]] = {}
         self._writes: list[DocumentWrite] | None = None
+        self.parked: list[ParkedEvent] = []
 
     async def load(self, key: str) -> None:
         stored = await self._store.load_document(self.projection, key)
@@ -138,8 +164,10 @@ class _Batch:
                 f"document {key!r} of projection {self.projection} does not parse", reason="CORRUPT_DOCUMENT"
             ) from error
 
-    def write(self, key: str, document: Message | None) -> None:
+    def write(self, key: str, document: Message | None, subjects: tuple[str, ...] = ()) -> None:
         self.current[key] = document
+        self._subjects[key] = subjects
+        self._writes = None
 
     @property
     def writes(self) -> list[DocumentWrite]:
@@ -147,7 +175,9 @@ class _Batch:
             self._writes = [
                 DocumentWrite(key)
                 if document is None
-                else DocumentWrite(key, str(document.DESCRIPTOR.full_name), document.SerializeToString())
+                else DocumentWrite(
+                    key, str(document.DESCRIPTOR.full_name), document.SerializeToString(), self._subjects[key]
+                )
                 for key, document in self.current.items()
             ]
         return self._writes
@@ -163,25 +193,58 @@ class _Scope:
 
     def __init__(self, batch: _Batch) -> None:
         self._batch = batch
-        self._writes: dict[str, Message | None] = {}
+        self._writes: dict[str, tuple[Message | None, tuple[str, ...]]] = {}
 
     def get(self, key: str, message_type: type[M]) -> M | None:
         if key in self._writes:
-            found = self._writes[key]
+            found = self._writes[key][0]
             return None if found is None else _copy_as(found, message_type, key, self._batch.projection)
         return self._batch.read(key, message_type)
 
-    def put(self, key: str, document: Message) -> None:
+    def put(self, key: str, document: Message, *, subject: str | Iterable[str] | None = None) -> None:
+        subjects = _subjects(subject)
+        if subjects and self._batch.forgotten.any_of(subjects):
+            # Derived from a forgotten aggregate: it must not exist.
+            self._writes[key] = (None, ())
+            return
         copy = type(document)()
         copy.CopyFrom(document)
-        self._writes[key] = copy
+        self._writes[key] = (copy, subjects)
 
     def delete(self, key: str) -> None:
-        self._writes[key] = None
+        self._writes[key] = (None, ())
 
     def commit(self) -> None:
-        for key, document in self._writes.items():
-            self._batch.write(key, document)
+        for key, (document, subjects) in self._writes.items():
+            self._batch.write(key, document, subjects)
+
+
+class ForgottenSubjects:
+    """Aggregates a runner learned were forgotten (from a refused commit),
+    the most recent ``size``: a put naming one becomes a delete. One that
+    left this memory is learned again from the next refusal."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, subjects: Iterable[str]) -> None:
+        for subject in subjects:
+            self._ids[subject] = None
+            self._ids.move_to_end(subject)
+        while len(self._ids) > self._size:
+            self._ids.popitem(last=False)
+
+    def any_of(self, subjects: Iterable[str]) -> bool:
+        return any(subject in self._ids for subject in subjects)
+
+
+def _subjects(subject: str | Iterable[str] | None) -> tuple[str, ...]:
+    if subject is None:
+        return ()
+    if isinstance(subject, str):
+        return (subject,)
+    return tuple(sorted(set(subject)))
 
 
 def _copy_as(found: Message, message_type: type[M], key: str, projection: str) -> M:
@@ -197,6 +260,22 @@ def _type_mismatch(key: str, projection: str, stored: str, wanted: type[Message]
         f"document {key!r} of projection {projection} is a {stored}, not a {wanted.DESCRIPTOR.full_name}",
         reason="DOCUMENT_TYPE_MISMATCH",
     )
+
+
+class Progress:
+    """Signals that a runner committed (its checkpoint moved), for readers
+    waiting for a position. Take ``next()`` before reading the checkpoint,
+    then wait on it: a commit in between is not missed."""
+
+    def __init__(self) -> None:
+        self._signal = asyncio.Event()
+
+    def next(self) -> asyncio.Event:
+        return self._signal
+
+    def committed(self) -> None:
+        self._signal.set()
+        self._signal = asyncio.Event()
 
 
 @dataclass
@@ -231,7 +310,7 @@ class ProjectionRunner:
         documents: ProjectionStore,
         reader: EventReader,
         poll_interval: float = 1.0,
-        retry_interval: float = 5.0,
+        retry_interval: float | None = None,
         batch_delay: float = BATCH_DELAY,
         page_bytes: int = 1024 * 1024,
         lease: ProjectionLease | None = None,
@@ -245,10 +324,16 @@ class ProjectionRunner:
         self._reader = reader
         self._poll_interval = poll_interval
         self._batch_delay = batch_delay
-        self._retry_interval = retry_interval
+        self._retry_interval = projection.retry_seconds if retry_interval is None else retry_interval
         self.status = ProjectionStatus(projection.name)
+        self.progress = Progress()
         self._task: asyncio.Task[None] | None = None
         self._cache = DocumentCache()
+        self._forgotten = ForgottenSubjects()
+        # Failed tries per event (position, id) of a projection that parks,
+        # and the last error; forgotten once the runner gets past them.
+        self._failures: dict[tuple[int, str], tuple[int, str]] = {}
+        self._nudged = asyncio.Event()
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
 
@@ -284,12 +369,30 @@ class ProjectionRunner:
                     await asyncio.sleep(self._retry_interval)
                     position = await self._load_position()
                     continue
-                await self._log.wait_for_commit(position, self._poll_interval)
+                await self._wait_for_work(position)
                 # Let the commits of the next few milliseconds join the batch:
                 # a read and a commit per handful of events, not per event.
                 await asyncio.sleep(self._batch_delay)
         finally:
             self.status.running = False
+
+    def nudge(self) -> None:
+        """Look at the log and the checkpoint now (a rebuild was asked for
+        here), not at the next commit or poll."""
+        self._nudged.set()
+
+    async def _wait_for_work(self, position: int) -> None:
+        if self._nudged.is_set():
+            self._nudged.clear()
+            return
+        commit = asyncio.ensure_future(self._log.wait_for_commit(position, self._poll_interval))
+        nudge = asyncio.ensure_future(self._nudged.wait())
+        try:
+            await asyncio.wait((commit, nudge), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            commit.cancel()
+            nudge.cancel()
+        self._nudged.clear()
 
     async def _load_position(self) -> int:
         while True:
@@ -311,7 +414,22 @@ class ProjectionRunner:
         """Apply the next batch after ``position`` and commit it; return the
         new checkpoint. Catches up fully before returning when it can.
 
-        While catching up, three things overlap: the next batch is read while
+        A commit the store refuses because a document names an aggregate
+        forgotten meanwhile (``SubjectsForgotten``) wrote nothing, and no
+        batch after it committed (commits follow one another): the runner
+        learns those subjects and applies the batches again from the stored
+        checkpoint, with an empty cache (documents it read may have been
+        deleted with their subject since) and those subjects' documents
+        deleted."""
+        while True:
+            try:
+                return await self._catch_up(position)
+            except SubjectsForgotten as forgotten:
+                self._forgotten.add(forgotten.subjects)
+                position = await self._documents.projection_position(self.projection.name)
+
+    async def _catch_up(self, position: int) -> int:
+        """While catching up, three things overlap: the next batch is read while
         this one is applied, and this one is applied while the one before
         commits (PostgreSQL and Python each work while the other does). A
         batch is applied on what the batches before it wrote (the cache holds
@@ -339,17 +457,20 @@ class ProjectionRunner:
                 page = await (ahead or self._read(position))
                 ahead = None
                 if page.scanned_to == position:
+                    if committing is None and committed_to == position:
+                        position = committed_to = await self._stored_checkpoint(position)
                     break
                 if self._lease is not None and self._lease.fencing() != fencing:
                     break  # the lease moved: the next step starts over
                 if page.more:
                     ahead = asyncio.ensure_future(self._read(page.scanned_to))
-                batch = _Batch(self.projection.name, self._documents, self._cache)
+                batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
                 for stored in page.events:
                     if stored.redacted:
-                        # A forgotten aggregate's event: its content is gone for
-                        # good, so a read model built after the forgetting (a
-                        # new projection, a moved store) goes without it.
+                        # Forgotten: nothing to read, and what was derived
+                        # from it went with it (documents name their subjects);
+                        # a read model built after the forgetting (a new
+                        # projection, a moved store) goes without it.
                         continue
                     if is_tombstone(stored):
                         # Read only by a projection that handles deletions.
@@ -359,16 +480,18 @@ class ProjectionRunner:
                     else:
                         decoded = ((event.record, event.message) for event in self._reader.decode(stored))
                     for record, message in decoded:
-                        while (missing := self._apply(batch, record, message)) is not None:
+                        while (missing := self._apply_or_park(batch, record, message)) is not None:
                             # Handlers are synchronous, loading is not; and the
                             # store must hold what earlier batches wrote first.
                             if committing is not None:
                                 await committing
                                 committing = None
+                                self.progress.committed()
                             await batch.load(missing)
                 if committing is not None:
                     await committing
                     self.status.position = committed_to
+                    self.progress.committed()
                 committing = asyncio.ensure_future(
                     self._documents.commit_projection(
                         self.projection.name,
@@ -376,6 +499,7 @@ class ProjectionRunner:
                         new_position=page.scanned_to,
                         writes=batch.writes,
                         fencing=fencing,
+                        parked=batch.parked,
                     )
                 )
                 batch.committed()  # the next batch reads what this one wrote
@@ -386,12 +510,15 @@ class ProjectionRunner:
             if committing is not None:
                 await committing
                 committing = None
+                self.progress.committed()
             self.status.position = position
             self.status.error = ""
+            self._failures.clear()
             return position
         except BaseException:
-            # Another runner may have moved on (a conflict), or a commit's
-            # fate is unknown: what the cache holds can no longer be trusted.
+            # Another runner may have moved on (a conflict), a commit's fate
+            # is unknown, or the store refused one (a forgotten subject):
+            # what the cache holds can no longer be trusted.
             self._cache.clear()
             raise
         finally:
@@ -399,6 +526,58 @@ class ProjectionRunner:
                 ahead.cancel()
             if committing is not None:
                 committing.cancel()
+
+    async def _stored_checkpoint(self, position: int) -> int:
+        """Nothing new after ``position``: the checkpoint as stored, which
+        differs only when the projection was rebuilt (moved back to 0) or
+        another runner moved it. Then the cache is stale and goes."""
+        stored = await self._documents.projection_position(self.projection.name)
+        if stored != position:
+            log.info("projection %s: checkpoint moved from %d to %d (rebuilt)", self.projection.name, position, stored)
+            self._cache.clear()
+            self.status.position = stored
+            self.progress.committed()
+        return stored
+
+    def _apply_or_park(self, batch: _Batch, record: RecordedEvent, message: Message) -> str | None:
+        """``_apply``; for a projection that parks, an event whose handler
+        failed ``max_attempts`` times is parked in ``batch`` instead (and
+        not tried again when a later event fails the batch before it
+        commits)."""
+        event = (record.position, record.event_id)
+        failed = self._failures.get(event)
+        if failed is None or failed[0] < self.projection.max_attempts:
+            try:
+                return self._apply(batch, record, message)
+            except ChronicleError as error:
+                if self.projection.on_failure != "park":
+                    raise
+                failed = (failed[0] + 1 if failed else 1, f"{error.reason}: {error.message}")
+                self._failures[event] = failed
+                if failed[0] < self.projection.max_attempts:
+                    raise
+        attempts, error_text = failed
+        log.warning(
+            "projection %s parks %s at position %d after %d attempts: %s",
+            self.projection.name,
+            record.event_type,
+            record.position,
+            attempts,
+            error_text,
+        )
+        batch.parked.append(
+            ParkedEvent(
+                self.projection.name,
+                record.position,
+                record.event_id,
+                record.event_type,
+                record.aggregate_id,
+                error_text,
+                attempts,
+                time.time_ns() // 1000,
+            )
+        )
+        return None
 
     @property
     def holds_lease(self) -> bool:

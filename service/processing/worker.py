@@ -64,6 +64,7 @@ class AggregateWorker:
         "_loop",
         "_on_idle",
         "_queue_depth",
+        "_saving",
         "_snapshots",
         "aggregate_id",
         "busy",
@@ -88,6 +89,7 @@ class AggregateWorker:
         self._loop = loop
         self._cached: Aggregate | None = None
         self._snapshots = snapshots  # the router's: snapshot saves in flight, kept from the collector
+        self._saving: asyncio.Task[None] | None = None  # this aggregate's latest snapshot save
         self._on_idle = on_idle
         # True from taking a command until its outcome is known (inline or in ``task``).
         self.busy = False
@@ -205,9 +207,18 @@ class AggregateWorker:
 
     def _snapshot_if_due(self, before: int, aggregate: Aggregate) -> None:
         if self._executor.snapshot_due(before, aggregate):
-            saving = self._loop.create_task(self._executor.save_snapshot(aggregate))
+            saving = self._loop.create_task(self._save_after(self._saving, aggregate))
+            self._saving = saving
             self._snapshots.add(saving)
             saving.add_done_callback(self._snapshots.discard)
+
+    async def _save_after(self, previous: asyncio.Task[None] | None, aggregate: Aggregate) -> None:
+        """Save after the aggregate's previous snapshot, so that saves run one
+        at a time in version order: two at once would each prune the older
+        snapshots without seeing the other's, and leave one too many."""
+        if previous is not None and not previous.done():
+            await asyncio.wait((previous,))  # its failure is its own (save_snapshot logs it)
+        await self._executor.save_snapshot(aggregate)
 
     # -- the async path -------------------------------------------------------------
 

@@ -7,7 +7,11 @@ means that anyone who can connect may submit, read and subscribe to
 everything: the server refuses to start that way unless the operator says
 ``--insecure``. With authentication on but no TLS, credentials cross the
 network in the clear: the server starts (a TLS-terminating proxy may be in
-front) but warns. Host names count as reachable even when they resolve to
+front) but warns. Anonymous callers may administer (forget, rewrap keys,
+read the audit log) only with ``--anonymous-admin``, and only on loopback:
+beyond it the server refuses that setting even with ``--insecure``, since
+forgetting is irreversible and must take a principal the policy names.
+Host names count as reachable even when they resolve to
 loopback: what a name resolves to can change, and the safe answer must not.
 """
 
@@ -30,12 +34,21 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
-def check_exposure(*, listen: str, auth: bool, tls: bool, insecure: bool) -> list[str]:
+def check_exposure(*, listen: str, auth: bool, tls: bool, insecure: bool, anonymous_admin: bool = False) -> list[str]:
     """Refuse (``INSECURE_LISTEN``) to serve beyond loopback with
-    authentication off unless ``insecure``; return the warnings the
-    server should log about what it is about to do."""
+    authentication off unless ``insecure``, and (``ANONYMOUS_ADMIN_EXPOSED``)
+    with anonymous administrators at all; return the warnings the server
+    should log about what it is about to do."""
     if is_loopback(listen):
         return []
+    if anonymous_admin:
+        raise ConfigurationError(
+            f"refusing to listen on {listen} with --anonymous-admin: anyone who can reach it could forget"
+            " aggregates irreversibly, rotate keys and read the audit log. --anonymous-admin is for a developer's"
+            " own machine (listen on 127.0.0.1); elsewhere turn on --auth and grant admin in the policy",
+            reason="ANONYMOUS_ADMIN_EXPOSED",
+            metadata={"listen": listen},
+        )
     if not auth and not insecure:
         raise ConfigurationError(
             f"refusing to listen on {listen} with authentication off: anyone who can reach it could submit,"

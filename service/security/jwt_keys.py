@@ -110,5 +110,7 @@ def _public_key(path: str | Path, pem: bytes) -> JwtKey:
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         return JwtKey(key, ("EdDSA",))
     raise _refuse(
-        path, f"holds a {type(key).__name__.removeprefix('_')} key, which does not sign JWTs: use RSA, EC or EdDSA"
+        path,
+        f"holds a key of type {type(key).__name__.removeprefix('_').removesuffix('PublicKey')}, which signs no JWT:"
+        " use RSA, EC or EdDSA",
     )

@@ -192,6 +192,26 @@ class Authorizer:
                 principal, f"may not read {aggregate_type} aggregates", "READ_DENIED", aggregate_type=aggregate_type
             )
 
+    def check_read_aggregate(
+        self, principal: Principal, aggregate_id: str, aggregate_type: str | None, known: Iterable[str]
+    ) -> None:
+        """May ``principal`` read aggregate ``aggregate_id``, of
+        ``aggregate_type`` (None: it does not exist)? One that does not
+        exist may be read (there is nothing in it) only by a principal that
+        may read every type in ``known``; to any other, it is refused exactly
+        as an aggregate of a type it may not read, so that the refusal does
+        not tell which of the two it is (nor the type)."""
+        if aggregate_type is not None and self.may_read(principal, aggregate_type):
+            return
+        if aggregate_type is None and all(self.may_read(principal, name) for name in known):
+            return
+        who = principal.name or "an anonymous caller"
+        raise PermissionDenied(
+            f"{who} may not read aggregate {aggregate_id!r}: it does not exist, or is of a type {who} may not read",
+            reason="READ_DENIED",
+            metadata={"principal": principal.name, "aggregate_id": aggregate_id},
+        )
+
     def may_subscribe(self, principal: Principal, aggregate_type: str) -> bool:
         """For subscriptions: events of aggregate types this is False for are
         left out of the caller's stream."""

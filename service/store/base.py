@@ -12,6 +12,8 @@
     Transfer         everything above as stored, read out in pages and written in (export, import)
     Retention        pruning command records and refusals older than a window
     LeaseStore       leases that share work among live replicas (partitions, projections)
+    GroupStore       subscription groups: settings, segment checkpoints, parked events, and the
+                     leases by which consumers hold segments
 
 Each role has its own contract test file in ``tests/contract``. Three
 adapters (memory, SQLite, PostgreSQL) implement every role
@@ -27,19 +29,23 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
+from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.records import (
     AggregateHead,
+    AggregateLastEvent,
     AggregateSummary,
     AuditEntry,
     ClaimChange,
     CommandRecord,
     DataKey,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -167,6 +173,12 @@ class EventRecorder(Protocol):
         clocks of different writers may disagree: versions, not timestamps,
         order an aggregate's events."""
 
+    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+        """Up to ``limit`` aggregates whose id starts with ``prefix`` (every
+        one for ""), and is greater than ``after``, in the store's order of
+        ids (``after``: the last id of the page before). For browsing (the
+        console), not for the command path: it walks the index of ids."""
+
 
 class LogReader(Protocol):
     """The global log, in position order, for subscribers and projections."""
@@ -229,7 +241,7 @@ class SnapshotStore(Protocol):
 
 
 class ProjectionStore(Protocol):
-    """Read models: each projection's checkpoint and documents."""
+    """Read models: each projection's checkpoint, documents and parked events."""
 
     async def projection_position(self, name: str) -> int:
         """The log position projection ``name`` has applied up to (0: none)."""
@@ -245,15 +257,43 @@ class ProjectionStore(Protocol):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
-        """Apply ``writes`` and move the projection's checkpoint from
-        ``expected_position`` to ``new_position``, in one transaction.
+        """Apply ``writes``, record ``parked`` (events the batch skipped) and
+        move the projection's checkpoint from ``expected_position`` to
+        ``new_position``, in one transaction.
         ``ConcurrencyConflict`` (and nothing written) if the checkpoint is no
         longer at ``expected_position``: someone else applied those events;
         or if ``fencing`` is given and its lease is no longer held by its
         member at its epoch (``LeaseStore``): the runner lost the projection
         to another replica. A store whose process is the one owner of every
-        lease (memory, SQLite) has nothing to check the token against."""
+        lease (memory, SQLite) has nothing to check the token against.
+        A document is kept with its ``subjects`` (those of its last write);
+        ``SubjectsForgotten`` (and nothing written) if a write puts a
+        document naming an aggregate that was forgotten, even one forgotten
+        while this commit runs (a forget and a commit are ordered)."""
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        """Up to ``listing.limit`` of the projection's documents whose keys
+        start with ``listing.prefix``, after ``listing.after``, in key order
+        (code point order; descending if asked), read from one snapshot.
+        Served by an index range on the key, never by a scan of the
+        projection's documents."""
+
+    async def reset_projection(self, name: str) -> None:
+        """Delete the projection's documents and parked events and move its
+        checkpoint back to 0, in one transaction: it is applied again from
+        the start of the log. A commit from the checkpoint before (a runner
+        that was applying a batch) then conflicts and writes nothing."""
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        """Up to ``limit`` of the projection's parked events after ``after``
+        (a position and an event id), in log order (position, then id)."""
+
+    async def count_parked_events(self, projection: str) -> int:
+        """How many events the projection has parked."""
 
 
 class AuditRecorder(Protocol):
@@ -283,7 +323,8 @@ class KeyStore(Protocol):
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
         """Erase the aggregate's key, leaving a tombstone, delete its
-        snapshots and release every claim it holds, in one transaction.
+        snapshots and the projections' documents that name it as a subject,
+        and release every claim it holds, in one transaction.
         False if it had no key to erase. An aggregate already forgotten (a
         tombstone) still has its snapshots and claims removed, so forgetting
         again finishes what an older version left behind; one that never had
@@ -386,7 +427,7 @@ class Transfer(Protocol):
         ``ConcurrencyConflict``, and nothing done, when ``expected_version``
         is set and the aggregate is at another."""
 
-    async def aggregates_page(self, after: str, limit: int) -> list[AggregateSummary]:
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateLastEvent]:
         """Up to ``limit`` aggregates whose id sorts after ``after``, in id
         order, each as its last event shows it."""
 
@@ -443,6 +484,77 @@ class LeaseStore(Protocol):
         there, in one transaction."""
 
 
+class GroupStore(Protocol):
+    """Subscription groups (``service/store/grouping.py`` says what they
+    are; ``service/groups.py`` delivers their events).
+
+    ``consumer_leases`` is the ``LeaseStore`` by which a group's consumers
+    share its segments (lease group ``grouping.consumer_group(name)``, one
+    lease per segment, named by its number): the store's own leases on
+    PostgreSQL, where consumers of one group may be connected to different
+    replicas; the process's own on memory and SQLite, whose one process
+    serves every consumer (``local_leases.LocalLeases``, shared among them
+    for real, unlike the replicas' ``SoleOwnerLeases``)."""
+
+    @property
+    def consumer_leases(self) -> LeaseStore: ...
+
+    async def create_group(self, spec: GroupSpec) -> None:
+        """Create the group and its ``spec.segments`` checkpoints (each at
+        ``spec.start_position``, nothing acknowledged), in one transaction.
+        ``ResourceExists`` (GROUP_EXISTS), and nothing written, if a group
+        of that name exists."""
+
+    async def delete_group(self, name: str) -> bool:
+        """Delete the group, its checkpoints, its parked events and its
+        consumers' leases, in one transaction. False if there was none."""
+
+    async def load_group(self, name: str) -> GroupState | None:
+        """The group (settings, checkpoints, parked count, live consumers
+        with their segments) as one read sees it, or None."""
+
+    async def list_groups(self) -> list[GroupState]:
+        """Every group, by name, as ``load_group`` reads each."""
+
+    async def commit_segment(
+        self,
+        name: str,
+        segment: int,
+        *,
+        expected_position: int,
+        new_position: int,
+        acknowledged: int,
+        parked: Sequence[GroupParkedEvent] = (),
+        fencing: Fencing | None = None,
+    ) -> None:
+        """In one transaction: park ``parked`` (as ``park`` does), move the
+        segment's checkpoint from ``expected_position`` to ``new_position``
+        and add ``acknowledged`` to its count. ``ConcurrencyConflict``, and
+        nothing written, if the checkpoint is no longer at
+        ``expected_position``, the group is gone, or ``fencing`` is given
+        and its lease is no longer held by its member at its epoch."""
+
+    async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
+        """Keep ``events`` among the group's parked events (an event parked
+        again replaces its earlier entry, ``replaying`` false). Nothing if
+        the group is gone."""
+
+    async def unpark(self, name: str, event_ids: Sequence[str]) -> None:
+        """Remove these parked events (their replay was acknowledged)."""
+
+    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
+        """Up to ``limit`` parked events of the group with positions greater
+        than ``after_position``, by position (event id within one)."""
+
+    async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
+        """Mark these parked events (none given: all the group's) to be
+        delivered again; return how many are marked now."""
+
+    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
+        """Up to ``limit`` parked events marked for replay in these
+        segments, by position."""
+
+
 class StoreAdapter(
     Lifecycle,
     EventRecorder,
@@ -455,6 +567,7 @@ class StoreAdapter(
     Transfer,
     Retention,
     LeaseStore,
+    GroupStore,
     Protocol,
 ):
     """A store that plays every role itself (each of Chronicle's adapters)."""
@@ -477,6 +590,7 @@ class Store:
     transfer: Transfer
     retention: Retention
     leases: LeaseStore
+    groups: GroupStore
 
     @classmethod
     def of(cls, adapter: StoreAdapter) -> Store:
@@ -490,6 +604,7 @@ class Store:
         claims: ClaimRegistry | None = None,
         snapshots: SnapshotStore | None = None,
         projections: ProjectionStore | None = None,
+        audit: AuditRecorder | None = None,
     ) -> Store:
         """This store with some roles played by others (a wrapper's)."""
         return replace(
@@ -499,4 +614,5 @@ class Store:
             claims=claims or self.claims,
             snapshots=snapshots or self.snapshots,
             projections=projections or self.projections,
+            audit=audit or self.audit,
         )

@@ -2,12 +2,20 @@
 values, wrapped so that they seal on the way in and open on the way out.
 
 ``encrypted(store, keyring)`` returns the store with its events, log,
-claims, snapshots and projections roles wrapped; the others (audit, data
-keys, lifecycle) are the adapter's own. Wraps any adapter: event payloads and snapshot states are encrypted on the
-way in and decrypted on the way out (``service.store.encryption``), so
-the database holds ciphertext while every caller above sees plaintext. The
-envelope (ids, types, versions, metadata, user, origin) stays in the clear:
-the store needs it to order, filter and check.
+claims, snapshots, projections and audit roles wrapped; the others (data
+keys, lifecycle) are the adapter's own. Wraps any adapter: event payloads,
+snapshot states and read-model documents are encrypted on the way in and
+decrypted on the way out (``service.store.encryption``), so the database
+holds ciphertext while every caller above sees plaintext. The envelope
+(ids, types, versions, metadata, user, origin) stays in the clear: the store
+needs it to order, filter and check.
+
+Command records keep what would let someone with the database confirm a
+guess of a command's content sealed under the aggregate's key too: the
+fingerprint that tells a retry from a reused id (a plain hash of the
+aggregate, type and payload: a guess list or a loop over amounts finds the
+payload in seconds) and a refusal's message and metadata ("the balance is
+1234"). Forgetting the aggregate erases both with its key.
 
 Events of a forgotten aggregate read as ``redacted`` (empty payload), its
 snapshots as absent, and appending to it raises ``AggregateForgotten``.
@@ -27,15 +35,18 @@ so a new method in a role that carries payloads cannot be forgotten.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.errors import NotUnique
+from service.errors import AggregateForgotten, NotAvailableHere, NotUnique
 from service.store.base import (
     AggregateQuery,
+    AuditQuery,
+    AuditRecorder,
     ClaimRegistry,
     EventRecorder,
     LogReader,
@@ -48,25 +59,36 @@ from service.store.encryption import (
     claims_key_id,
     document_context,
     event_context,
+    fingerprint_context,
     hidden_claim_value,
     hidden_document_key,
     is_sealed,
+    is_sealed_fingerprint,
+    is_sealed_text,
     open_sealed,
+    open_text,
     projection_key_id,
+    refusal_context,
     seal,
+    seal_text,
     snapshot_context,
 )
 from service.store.leasing import Fencing
 from service.store.records import (
     AggregateHead,
+    AggregateSummary,
+    AuditEntry,
     ClaimChange,
     CommandRecord,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
+    Rejection,
     Snapshot,
     StoredDocument,
 )
@@ -86,7 +108,56 @@ def encrypted(store: Store, keyring: Keyring) -> Store:
         claims=HiddenClaims(store.claims, hider),
         snapshots=SealedSnapshots(store.snapshots, keyring),
         projections=SealedProjections(store.projections, keyring),
+        audit=OpenedAudit(store.audit, keyring),
     )
+
+
+def sealed_record(cipher: AESGCM, record: CommandRecord) -> CommandRecord:
+    """``record`` as stored: its fingerprint and its refusal's message and
+    metadata (which may quote the state: "the balance is 1234") sealed under
+    the aggregate's key, so that the database alone cannot confirm a guess
+    of the command's content, and forgetting the aggregate erases both. The
+    refusal's kind and reason stay readable (the audit log shows them)."""
+    rejection = record.rejection
+    if rejection is not None:
+        detail = json.dumps({"message": rejection.message, "metadata": dict(rejection.metadata)}, separators=(",", ":"))
+        context = refusal_context(record.aggregate_id, record.command_id)
+        rejection = Rejection(rejection.kind, rejection.reason, seal_text(cipher, detail, context))
+    return CommandRecord(
+        record.command_id,
+        record.aggregate_id,
+        record.command_type,
+        seal(cipher, record.fingerprint, fingerprint_context(record.aggregate_id, record.command_id)),
+        record.first_version,
+        record.last_version,
+        rejection,
+        record.principal,
+        record.user_id,
+        record.origin,
+        record.recorded_at_us,
+    )
+
+
+def is_sealed_record(record: CommandRecord) -> bool:
+    return is_sealed_fingerprint(record.fingerprint) or (
+        record.rejection is not None and is_sealed_text(record.rejection.message)
+    )
+
+
+def opened_record(cipher: AESGCM, record: CommandRecord) -> CommandRecord:
+    fingerprint = record.fingerprint
+    if is_sealed_fingerprint(fingerprint):
+        fingerprint = open_sealed(cipher, fingerprint, fingerprint_context(record.aggregate_id, record.command_id))
+    rejection = record.rejection
+    if rejection is not None and is_sealed_text(rejection.message):
+        rejection = _opened_rejection(cipher, record.aggregate_id, record.command_id, rejection)
+    return replace(record, fingerprint=fingerprint, rejection=rejection)
+
+
+def _opened_rejection(cipher: AESGCM, aggregate_id: str, command_id: str, rejection: Rejection) -> Rejection:
+    detail = json.loads(open_text(cipher, rejection.message, refusal_context(aggregate_id, command_id)))
+    metadata = {str(k): str(v) for k, v in dict(detail.get("metadata") or {}).items()}
+    return Rejection(rejection.kind, rejection.reason, str(detail.get("message", "")), metadata)
 
 
 def _opened(cipher: AESGCM | None, event: RecordedEvent) -> RecordedEvent:
@@ -152,14 +223,16 @@ class SealedEvents:
         claims: Sequence[ClaimChange] = (),
     ) -> list[RecordedEvent]:
         sealed: list[NewEvent] = []
-        if events or any(not c.release for c in claims):
-            # Also for claims alone: a forgotten aggregate takes no claims
-            # (AggregateForgotten), and one that holds some has a key, so
-            # forgetting it can release them.
+        if events or commands or any(not c.release for c in claims):
+            # Also for command records alone (a refusal): their fingerprints
+            # and refusal texts are sealed too. Also for claims alone: a
+            # forgotten aggregate takes no claims (AggregateForgotten), and one
+            # that holds some has a key, so forgetting it can release them.
             cipher = await self.keyring.for_writing(aggregate_id)
             sealed = [
                 replace(e, payload=seal(cipher, e.payload, event_context(aggregate_id, e.event_id))) for e in events
             ]
+            commands = [sealed_record(cipher, c) for c in commands]
         hidden = [replace(c, value=await self._hider.hidden(c.scope, c.value)) for c in claims]
         try:
             recorded = await self.inner.append(aggregate_id, sealed, expected_version, commands=commands, claims=hidden)
@@ -171,7 +244,15 @@ class SealedEvents:
         return [replace(r, payload=e.payload) for r, e in zip(recorded, events, strict=True)]
 
     async def find_command(self, command_id: str) -> CommandRecord | None:
-        return await self.inner.find_command(command_id)
+        record = await self.inner.find_command(command_id)
+        if record is None or not is_sealed_record(record):
+            return record
+        cipher = await self.keyring.for_reading(record.aggregate_id)
+        if cipher is None:
+            # Sealed, so the aggregate had a key: it was forgotten, and what
+            # the command was and how it ended can no longer be told.
+            raise AggregateForgotten(record.aggregate_id)
+        return opened_record(cipher, record)
 
     async def head(self, aggregate_id: str) -> AggregateHead | None:
         return await self.inner.head(aggregate_id)
@@ -185,6 +266,9 @@ class SealedEvents:
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         return await self.inner.version_at(aggregate_id, timestamp_us)
+
+    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+        return await self.inner.list_aggregates(prefix, after=after, limit=limit)  # ids and types are not sealed
 
 
 class SealedLog:
@@ -260,8 +344,9 @@ class SealedSnapshots:
 class SealedProjections:
     """``ProjectionStore``: documents are derived from payloads, so they are
     sealed too, under a key per projection, and their keys (often personal:
-    an owner's name) stored as keyed hashes. Forgetting an aggregate does
-    not reach into read models: a projection that must forget handles it."""
+    an owner's name) stored as keyed hashes. A document's subjects (the
+    aggregates it is derived from) are stored as they are, like aggregate
+    ids everywhere: forgetting one deletes the document."""
 
     def __init__(self, inner: ProjectionStore, keyring: Keyring) -> None:
         self.inner = inner
@@ -288,6 +373,7 @@ class SealedProjections:
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         cipher = await self.keyring.for_writing(projection_key_id(name))
         sealed = [
@@ -295,9 +381,78 @@ class SealedProjections:
                 hidden_document_key(cipher, name, w.key),
                 w.type_name,
                 None if w.data is None else seal(cipher, w.data, document_context(name, w.key)),
+                w.subjects,
             )
             for w in writes
         ]
         await self.inner.commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=sealed, fencing=fencing
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=sealed,
+            fencing=fencing,
+            parked=parked,
         )
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        raise NotAvailableHere(
+            f"projection {projection}'s document keys are stored as keyed hashes (encryption at rest):"
+            " they cannot be listed by prefix or in order",
+            reason="DOCUMENT_KEYS_HIDDEN",
+            metadata={"projection": projection},
+        )
+
+    async def reset_projection(self, name: str) -> None:
+        await self.inner.reset_projection(name)
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        # What a parked event records is ids, a type and an error message,
+        # not sealed; the message may quote the payload, so forgetting the
+        # aggregate deletes its parked events.
+        return await self.inner.parked_events(projection, after=after, limit=limit)
+
+    async def count_parked_events(self, projection: str) -> int:
+        return await self.inner.count_parked_events(projection)
+
+
+class OpenedAudit:
+    """``AuditRecorder``: refusal messages sealed under their aggregate's key.
+    Command records carry theirs sealed (``sealed_record``); an entry of the
+    audit's own table (a dry run's refusal may quote the state, a plugin
+    middleware's refusal anything) is sealed here when its aggregate has a
+    key, and left as it is otherwise (an aggregate without a key has nothing
+    to forget). Read back, they are opened again; a forgotten aggregate's
+    read empty (the reason stays)."""
+
+    def __init__(self, inner: AuditRecorder, keyring: Keyring) -> None:
+        self.inner = inner
+        self.keyring = keyring
+
+    async def record_audit_entry(self, entry: AuditEntry) -> None:
+        if entry.message and entry.aggregate_id:
+            cipher = await self.keyring.for_reading(entry.aggregate_id)
+            if cipher is not None:
+                detail = json.dumps({"message": entry.message}, separators=(",", ":"))
+                context = refusal_context(entry.aggregate_id, entry.command_id)
+                entry = replace(entry, message=seal_text(cipher, detail, context))
+        await self.inner.record_audit_entry(entry)
+
+    async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        entries = await self.inner.read_audit(query)
+        sealed_for = {e.aggregate_id for e in entries if is_sealed_text(e.message)}
+        if not sealed_for:
+            return entries
+        ciphers = {aggregate_id: await self.keyring.for_reading(aggregate_id) for aggregate_id in sealed_for}
+        return [self._opened(ciphers, e) if is_sealed_text(e.message) else e for e in entries]
+
+    @staticmethod
+    def _opened(ciphers: dict[str, AESGCM | None], entry: AuditEntry) -> AuditEntry:
+        cipher = ciphers.get(entry.aggregate_id)
+        if cipher is None:
+            return replace(entry, message="")
+        opened = _opened_rejection(
+            cipher, entry.aggregate_id, entry.command_id, Rejection("", entry.reason, entry.message)
+        )
+        return replace(entry, message=opened.message)

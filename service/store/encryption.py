@@ -12,7 +12,9 @@ or an environment variable and never reach the database.
   rewrap-keys``), then drop the old keys.
 - Crypto-shredding: forgetting an aggregate erases its data key (the row
   stays as a tombstone), after which its payloads cannot be decrypted by
-  anyone, in any backup taken afterwards, on any replica.
+  anyone, in any backup taken afterwards, on any replica. Its command
+  records' fingerprints and refusal texts are sealed under the same key
+  (``fingerprint_context``, ``refusal_context``), so they go with it.
 
 A sealed payload is ``0x00 'C' '1' || nonce (12 bytes) || ciphertext+tag``.
 No serialized Protobuf message starts with a zero byte (field number 0 is
@@ -34,7 +36,7 @@ import hmac
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,14 @@ def event_context(aggregate_id: str, event_id: str) -> bytes:
 
 def snapshot_context(aggregate_id: str, version: int) -> bytes:
     return b"snapshot\0" + aggregate_id.encode() + b"\0" + str(version).encode()
+
+
+def fingerprint_context(aggregate_id: str, command_id: str) -> bytes:
+    return b"fingerprint\0" + aggregate_id.encode() + b"\0" + command_id.encode()
+
+
+def refusal_context(aggregate_id: str, command_id: str) -> bytes:
+    return b"refusal\0" + aggregate_id.encode() + b"\0" + command_id.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,24 +140,31 @@ class Keyring:
     """Data keys of aggregates: made on first write, cached, forgotten."""
 
     def __init__(
-        self, store: KeyStore, master_keys: MasterKeys, *, cache_seconds: float = 30.0, cache_size: int = 10_000
+        self,
+        store: KeyStore,
+        master_keys: MasterKeys,
+        *,
+        cache_seconds: float = 30.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._master = master_keys
         self._cache_seconds = cache_seconds
+        self._clock = clock
         self._cache_size = cache_size
         # aggregate id -> (AESGCM or None when forgotten, when cached)
         self._cache: OrderedDict[str, tuple[AESGCM | None, float]] = OrderedDict()
 
     def _cached(self, aggregate_id: str) -> tuple[AESGCM | None] | None:
         hit = self._cache.get(aggregate_id)
-        if hit is None or time.monotonic() - hit[1] > self._cache_seconds:
+        if hit is None or self._clock() - hit[1] > self._cache_seconds:
             return None
         self._cache.move_to_end(aggregate_id)
         return (hit[0],)
 
     def _remember(self, aggregate_id: str, cipher: AESGCM | None) -> None:
-        self._cache[aggregate_id] = (cipher, time.monotonic())
+        self._cache[aggregate_id] = (cipher, self._clock())
         self._cache.move_to_end(aggregate_id)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -214,6 +231,39 @@ def open_sealed(cipher: AESGCM, sealed: bytes, context: bytes) -> bytes:
         return cipher.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], context)
     except InvalidTag:
         raise PayloadNotDecryptable("a stored payload does not decrypt with its aggregate's key") from None
+
+
+# A command record's fingerprint (SHA-256 of the command's aggregate, type
+# and payload: 32 bytes) is stored sealed (63 bytes). A fingerprint in the
+# clear, written before encryption was on, is 32 bytes long, so the two are
+# told apart by length as well as by the mark (a digest may start with it).
+TAG_BYTES = 16
+SEALED_FINGERPRINT_BYTES = len(MAGIC) + NONCE_BYTES + 32 + TAG_BYTES
+
+
+def is_sealed_fingerprint(fingerprint: bytes) -> bool:
+    return len(fingerprint) == SEALED_FINGERPRINT_BYTES and is_sealed(fingerprint)
+
+
+# Text columns (a refusal's message) hold sealed bytes as this mark and
+# their base64. Chronicle's own texts never start with a control character.
+SEALED_TEXT_MARK = "\x1fsealed:"
+
+
+def is_sealed_text(text: str) -> bool:
+    return text.startswith(SEALED_TEXT_MARK)
+
+
+def seal_text(cipher: AESGCM, text: str, context: bytes) -> str:
+    return SEALED_TEXT_MARK + base64.b64encode(seal(cipher, text.encode(), context)).decode()
+
+
+def open_text(cipher: AESGCM, sealed: str, context: bytes) -> str:
+    try:
+        body = base64.b64decode(sealed[len(SEALED_TEXT_MARK) :], validate=True)
+    except binascii.Error:
+        raise PayloadNotDecryptable("a stored sealed text is not base64") from None
+    return open_sealed(cipher, body, context).decode()
 
 
 # Projection documents are sealed under one data key per projection, kept

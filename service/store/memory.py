@@ -12,25 +12,29 @@ import bisect
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 
-from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique
+from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, SubjectsForgotten
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
 from service.store.importing import claim_conflict, data_key_conflict, events_to_write
 from service.store.leasing import Fencing
+from service.store.memory_groups import MemoryGroups
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
     REFUSED,
     AggregateHead,
+    AggregateLastEvent,
     AggregateSummary,
     AuditEntry,
     ClaimChange,
     CommandRecord,
     DataKey,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -40,8 +44,9 @@ from service.store.selection import select_events
 from service.store.sole_owner import SoleOwnerLeases
 
 
-class MemoryStore(SoleOwnerLeases):
+class MemoryStore(SoleOwnerLeases, MemoryGroups):
     def __init__(self, *, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> None:
+        MemoryGroups.__init__(self)
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._streams: dict[str, list[RecordedEvent]] = {}
         # In position order; positions have gaps where events were removed.
@@ -57,6 +62,8 @@ class MemoryStore(SoleOwnerLeases):
         self._commits = CommitNotifier()
         self._projection_positions: dict[str, int] = {}
         self._documents: dict[tuple[str, str], StoredDocument] = {}
+        self._subjects: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._parked: dict[tuple[str, int, str], ParkedEvent] = {}
 
     async def open(self) -> None:
         return None
@@ -188,16 +195,60 @@ class MemoryStore(SoleOwnerLeases):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         current = self._projection_positions.get(name, 0)
         if current != expected_position:
             raise ConcurrencyConflict(f"projection:{name}", expected_position, current=current)
+        forgotten = {
+            subject
+            for write in writes
+            if write.data is not None
+            for subject in write.subjects
+            if (key := self._keys.get(subject)) is not None and key.forgotten
+        }
+        if forgotten:
+            raise SubjectsForgotten(forgotten)
         for write in writes:
+            self._subjects.pop((name, write.key), None)
             if write.data is None:
                 self._documents.pop((name, write.key), None)
             else:
                 self._documents[(name, write.key)] = StoredDocument(write.key, write.type_name, write.data)
+                if write.subjects:
+                    self._subjects[(name, write.key)] = write.subjects
+        for event in parked:
+            self._parked[(name, event.position, event.event_id)] = event
         self._projection_positions[name] = new_position
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        keys = sorted(
+            (key for name, key in self._documents if name == projection and listing.matches(key)),
+            reverse=listing.descending,
+        )
+        return [self._documents[(projection, key)] for key in keys[: listing.limit]]
+
+    async def reset_projection(self, name: str) -> None:
+        for key in [k for k in self._documents if k[0] == name]:
+            del self._documents[key]
+            self._subjects.pop(key, None)
+        for parked in [k for k in self._parked if k[0] == name]:
+            del self._parked[parked]
+        if name in self._projection_positions:
+            self._projection_positions[name] = 0
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        found = sorted(
+            (position, event_id)
+            for name, position, event_id in self._parked
+            if name == projection and (after is None or (position, event_id) > after)
+        )
+        return [self._parked[(projection, *key)] for key in found[:limit]]
+
+    async def count_parked_events(self, projection: str) -> int:
+        return sum(1 for key in self._parked if key[0] == projection)
 
     async def find_command(self, command_id: str) -> CommandRecord | None:
         return self._commands.get(command_id)
@@ -210,6 +261,12 @@ class MemoryStore(SoleOwnerLeases):
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         return select_events(self._streams.get(aggregate_id, []), query)
+
+    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+        ids = sorted(i for i, stream in self._streams.items() if stream and i.startswith(prefix) and i > after)
+        return [
+            AggregateSummary(i, self._streams[i][-1].aggregate_type, self._streams[i][-1].version) for i in ids[:limit]
+        ]
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         version = 0
@@ -274,6 +331,11 @@ class MemoryStore(SoleOwnerLeases):
         self._keys[aggregate_id] = DataKey(aggregate_id, None, None)
         self._snapshots.pop(aggregate_id, None)
         self._claims = {key: owner for key, owner in self._claims.items() if owner != aggregate_id}
+        for document in [d for d, subjects in self._subjects.items() if aggregate_id in subjects]:
+            del self._subjects[document]
+            self._documents.pop(document, None)
+        for parked in [key for key, event in self._parked.items() if event.aggregate_id == aggregate_id]:
+            del self._parked[parked]
         return not current.forgotten
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
@@ -389,7 +451,7 @@ class MemoryStore(SoleOwnerLeases):
         self._add([recorded])
         return recorded
 
-    async def aggregates_page(self, after: str, limit: int) -> list[AggregateSummary]:
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateLastEvent]:
         chosen = sorted(a for a, stream in self._streams.items() if a > after and stream)[:limit]
         return [_summary(self._streams[a][-1]) for a in chosen]
 
@@ -414,5 +476,5 @@ class MemoryStore(SoleOwnerLeases):
         return len(gone)
 
 
-def _summary(last: RecordedEvent) -> AggregateSummary:
-    return AggregateSummary(last.aggregate_id, last.aggregate_type, last.version, last.event_type, last.timestamp_us)
+def _summary(last: RecordedEvent) -> AggregateLastEvent:
+    return AggregateLastEvent(last.aggregate_id, last.aggregate_type, last.version, last.event_type, last.timestamp_us)

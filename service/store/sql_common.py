@@ -8,6 +8,7 @@ differ only in how a parameter is written (``Dialect``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from service.errors import ConfigurationError
 from service.store.base import AggregateQuery, AuditQuery
+from service.store.grouping import GroupParkedEvent, GroupSpec, filter_from_json
 from service.store.records import (
     ACCEPTED,
     REFUSED,
@@ -25,6 +27,7 @@ from service.store.records import (
     HeldClaim,
     LogFilter,
     LogPage,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -113,7 +116,8 @@ def command_from_row(row: Row) -> CommandRecord:
 
 
 def audit_entry_from_row(row: Row) -> AuditEntry:
-    """A row of the audit table: ``AUDIT_FIELDS``, then reason, message, outcome."""
+    """A row of the audit table: ``AUDIT_FIELDS``, then reason, message,
+    outcome, dry_run, peer, occurrences."""
     return AuditEntry(
         recorded_at_us=int(row[0]),
         command_id=str(row[1]),
@@ -125,6 +129,9 @@ def audit_entry_from_row(row: Row) -> AuditEntry:
         reason=str(row[7]),
         message=str(row[8]),
         outcome=str(row[9]),
+        dry_run=bool(row[10]),
+        peer=str(row[11]),
+        occurrences=int(row[12]),
     )
 
 
@@ -141,6 +148,26 @@ def snapshot_from_row(row: Row) -> Snapshot:
 
 def document_from_row(row: Row) -> StoredDocument:
     return StoredDocument(str(row[0]), str(row[1]), bytes(row[2]))
+
+
+def parked_event_row(event: ParkedEvent) -> tuple[str, int, str, str, str, str, int, int]:
+    """A parked event in the columns' order (``PARKED_EVENT_COLUMNS``)."""
+    return (
+        event.projection,
+        event.position,
+        event.event_id,
+        event.event_type,
+        event.aggregate_id,
+        event.error,
+        event.attempts,
+        event.parked_at_us,
+    )
+
+
+def parked_event_from_row(row: Row) -> ParkedEvent:
+    return ParkedEvent(
+        str(row[0]), int(row[1]), str(row[2]), str(row[3]), str(row[4]), str(row[5]), int(row[6]), int(row[7])
+    )
 
 
 def claim_from_row(row: Row) -> HeldClaim:
@@ -197,6 +224,9 @@ def audit_entry_params(entry: AuditEntry) -> tuple[object, ...]:
         entry.reason,
         entry.message,
         entry.outcome,
+        entry.dry_run,
+        entry.peer,
+        entry.occurrences,
     )
 
 
@@ -372,3 +402,57 @@ def known_migrations(package: str) -> list[Migration]:
     if [m.version for m in found] != list(range(1, len(found) + 1)):
         raise ConfigurationError(f"the migrations of {package} must be numbered 0001, 0002, … without gaps")
     return found
+
+
+# -- subscription groups (grouping.py) ----------------------------------------
+
+GROUP_FIELDS = (
+    "name",
+    "filter",
+    "start_position",
+    "segments",
+    "max_attempts",
+    "retry_backoff_ms",
+    "max_retry_backoff_ms",
+    "ack_timeout_ms",
+)
+PARKED_FIELDS = ("event_id", "position", "segment", "aggregate_id", "attempts", "reason", "replaying")
+
+
+def group_params(spec: GroupSpec) -> tuple[object, ...]:
+    return (
+        spec.name,
+        spec.filter_json(),
+        spec.start_position,
+        spec.segments,
+        spec.max_attempts,
+        spec.retry_backoff_ms,
+        spec.max_retry_backoff_ms,
+        spec.ack_timeout_ms,
+    )
+
+
+def group_spec_from_row(row: Row) -> GroupSpec:
+    filter_text = row[1] if isinstance(row[1], str) else json.dumps(row[1])
+    return GroupSpec(
+        name=str(row[0]),
+        log_filter=filter_from_json(filter_text),
+        start_position=int(row[2]),
+        segments=int(row[3]),
+        max_attempts=int(row[4]),
+        retry_backoff_ms=int(row[5]),
+        max_retry_backoff_ms=int(row[6]),
+        ack_timeout_ms=int(row[7]),
+    )
+
+
+def parked_from_row(row: Row) -> GroupParkedEvent:
+    return GroupParkedEvent(
+        event_id=str(row[0]),
+        position=int(row[1]),
+        segment=int(row[2]),
+        aggregate_id=str(row[3]),
+        attempts=int(row[4]),
+        reason=str(row[5]),
+        replaying=row[6] in (True, 1, "t", "true", "1"),
+    )

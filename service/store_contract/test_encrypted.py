@@ -3,16 +3,16 @@ redaction after forgetting, master-key rotation without rewriting events."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
-from service.errors import AggregateForgotten, NotUnique
-from service.store.base import Store, StoreAdapter
+from service.errors import AggregateForgotten, NotUnique, PayloadNotDecryptable
+from service.store.base import AuditQuery, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, is_sealed, new_master_key
-from service.store.records import ClaimChange, Snapshot
-from service.store_contract.records import new_event
+from service.store.records import AuditEntry, ClaimChange, Rejection, Snapshot
+from service.store_contract.records import command_record, new_event
 
 # Every test here is a coroutine (the plugin runs them on pytest-asyncio).
 pytestmark = pytest.mark.asyncio
@@ -79,13 +79,22 @@ async def test_a_forgotten_aggregate_reads_redacted_and_takes_no_more_events(sto
 
 
 async def test_another_replica_sees_the_redaction_once_its_cache_expires(store: StoreAdapter) -> None:
+    """docs/security.md: each server caches unwrapped keys for 30 s, and
+    notices another replica's forget within that time."""
     keys = MasterKeys.parse(OLD, source="test")
+    now = [1000.0]
     here = sealed_over(store, Keyring(store, keys))
-    there = sealed_over(store, Keyring(store, keys, cache_seconds=0))
+    there = sealed_over(store, Keyring(store, keys, clock=lambda: now[0]))  # the default cache time
     await here.roles.events.append("a-1", [new_event()], 0)
     assert not (await there.roles.events.read_aggregate("a-1"))[0].redacted
     await here.keyring.forget("a-1")
-    assert (await there.roles.events.read_aggregate("a-1"))[0].redacted
+    now[0] += 30
+    assert not (await there.roles.events.read_aggregate("a-1"))[0].redacted  # still cached there
+    await there.roles.events.append("a-1", [new_event()], 1)  # and a command there could still append
+    now[0] += 0.001
+    assert [e.redacted for e in await there.roles.events.read_aggregate("a-1")] == [True, True]
+    with pytest.raises(AggregateForgotten):
+        await there.roles.events.append("a-1", [new_event()], 2)
 
 
 async def test_rotating_the_master_key_rewraps_keys_and_leaves_events_alone(store: StoreAdapter) -> None:
@@ -169,3 +178,87 @@ async def test_a_forgotten_aggregate_takes_no_claim_even_without_events(store: S
     with pytest.raises(AggregateForgotten):
         await sealed.roles.events.append("u-1", [], 1, claims=[take("ann@example.com")])
     assert await sealed.roles.claims.claim_owner(EMAIL, "ann@example.com") is None
+
+
+# -- command records: fingerprints and refusals sealed ---------------------------
+
+REFUSAL = Rejection("ValidationError", "INSUFFICIENT_FUNDS", "the balance is 1234", {"balance": "1234"})
+
+
+async def test_a_command_records_fingerprint_and_refusal_are_sealed_below_and_open_above(store: StoreAdapter) -> None:
+    sealed = encrypting(store)
+    accepted = command_record("a-1", 1, 1)
+    await sealed.roles.events.append("a-1", [new_event()], 0, commands=[accepted])
+    refused = command_record("a-1", 2, 1, rejection=REFUSAL)
+    await sealed.roles.events.append("a-1", [], 1, commands=[refused])
+    for record in (accepted, refused):
+        raw = await store.find_command(record.command_id)
+        assert raw is not None
+        assert record.fingerprint not in raw.fingerprint
+        assert await sealed.roles.events.find_command(record.command_id) == record
+    raw_refusal = (await store.find_command(refused.command_id)).rejection  # type: ignore[union-attr]
+    assert raw_refusal is not None
+    assert (raw_refusal.kind, raw_refusal.reason, raw_refusal.metadata) == ("ValidationError", "INSUFFICIENT_FUNDS", {})
+    assert "1234" not in raw_refusal.message
+    (raw_entry,) = [e for e in await store.read_audit(AuditQuery()) if e.command_id == refused.command_id]
+    assert "1234" not in raw_entry.message
+    (entry,) = [e for e in await sealed.roles.audit.read_audit(AuditQuery()) if e.command_id == refused.command_id]
+    assert (entry.reason, entry.message) == ("INSUFFICIENT_FUNDS", "the balance is 1234")
+
+
+async def test_a_sealed_refusal_does_not_open_under_another_command_id(store: StoreAdapter) -> None:
+    sealed = encrypting(store)
+    refused = command_record("a-1", 1, 0, rejection=REFUSAL)
+    await sealed.roles.events.append("a-1", [], 0, commands=[refused])
+    raw = await store.find_command(refused.command_id)
+    assert raw is not None
+    await store.append("a-1", [], 0, commands=[replace(raw, command_id="copied")])
+    with pytest.raises(PayloadNotDecryptable):
+        await sealed.roles.events.find_command("copied")
+
+
+async def test_a_forgotten_aggregates_records_can_no_longer_be_read_or_compared(store: StoreAdapter) -> None:
+    sealed = encrypting(store)
+    opened = command_record("a-1", 1, 1)
+    await sealed.roles.events.append("a-1", [new_event()], 0, commands=[opened])
+    refused = command_record("a-1", 2, 1, rejection=REFUSAL)
+    await sealed.roles.events.append("a-1", [], 1, commands=[refused])
+    await sealed.keyring.forget("a-1")
+    with pytest.raises(AggregateForgotten):
+        await sealed.roles.events.find_command(refused.command_id)
+    (entry,) = [e for e in await sealed.roles.audit.read_audit(AuditQuery()) if e.command_id == refused.command_id]
+    assert (entry.outcome, entry.reason, entry.message) == ("refused", "INSUFFICIENT_FUNDS", "")
+
+
+async def test_records_written_before_encryption_still_read(store: StoreAdapter) -> None:
+    plain = command_record("a-1", 1, 1, rejection=REFUSAL)
+    await store.append("a-1", [new_event()], 0, commands=[plain])
+    assert await encrypting(store).roles.events.find_command(plain.command_id) == plain
+
+
+async def test_the_audits_own_entries_of_an_aggregate_with_a_key_are_sealed_too(store: StoreAdapter) -> None:
+    sealed = encrypting(store)
+    await sealed.roles.events.append("a-1", [new_event()], 0)
+    refused = AuditEntry(
+        recorded_at_us=1,
+        command_id="c-1",
+        command_type="test.v1.Do",
+        aggregate_id="a-1",
+        principal="p",
+        user_id="p",
+        origin="o",
+        outcome="refused",
+        reason="INSUFFICIENT_FUNDS",
+        message="the balance is 1234",
+        dry_run=True,
+    )
+    no_key = replace(refused, aggregate_id="a-404", command_id="c-2", message="a-404 does not exist")
+    await sealed.roles.audit.record_audit_entry(refused)
+    await sealed.roles.audit.record_audit_entry(no_key)
+    raw = {e.command_id: e for e in await store.read_audit(AuditQuery())}
+    assert "1234" not in raw["c-1"].message
+    assert raw["c-2"] == no_key  # nothing to forget: kept as it came
+    assert sorted(await sealed.roles.audit.read_audit(AuditQuery()), key=lambda e: e.command_id) == [refused, no_key]
+    await sealed.keyring.forget("a-1")
+    opened = {e.command_id: e for e in await sealed.roles.audit.read_audit(AuditQuery())}
+    assert opened["c-1"] == replace(refused, message="")

@@ -9,7 +9,7 @@ import pytest
 
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict
 from service.store.base import AggregateQuery, StoreAdapter
-from service.store.records import AggregateHead, LogFilter, Rejection, Snapshot
+from service.store.records import AggregateHead, AggregateSummary, LogFilter, Rejection, Snapshot
 from service.store_contract.contents import ContentsOf
 from service.store_contract.records import command_record, new_event
 
@@ -85,6 +85,41 @@ async def test_head_is_the_type_and_latest_version(store: StoreAdapter) -> None:
     assert await store.head("a-1") is None
     await store.append("a-1", [new_event(aggregate_type="Account"), new_event(aggregate_type="Account")], 0)
     assert await store.head("a-1") == AggregateHead("Account", 2)
+
+
+async def test_aggregates_are_listed_by_prefix_in_pages(store: StoreAdapter) -> None:
+    for aggregate_id, count in [("acc-2", 2), ("acc-10", 1), ("box-1", 3), ("acc-1", 1), ("ac", 1)]:
+        await store.append(
+            aggregate_id,
+            [new_event(aggregate_type="Box" if aggregate_id.startswith("box") else "Account") for _ in range(count)],
+            0,
+        )
+    await store.append("acc-2", [new_event(aggregate_type="Account")], 2)
+    listed = await store.list_aggregates("acc-", limit=10)
+    assert listed == [
+        AggregateSummary("acc-1", "Account", 1),
+        AggregateSummary("acc-10", "Account", 1),
+        AggregateSummary("acc-2", "Account", 3),
+    ]
+    first = await store.list_aggregates("", limit=2)
+    assert [a.aggregate_id for a in first] == ["ac", "acc-1"]
+    rest = await store.list_aggregates("", after=first[-1].aggregate_id, limit=10)
+    assert [a.aggregate_id for a in rest] == ["acc-10", "acc-2", "box-1"]
+    assert rest[-1] == AggregateSummary("box-1", "Box", 3)
+    assert await store.list_aggregates("zzz", limit=10) == []
+    assert await store.list_aggregates("acc-1", limit=10) == [
+        AggregateSummary("acc-1", "Account", 1),
+        AggregateSummary("acc-10", "Account", 1),
+    ]
+
+
+async def test_a_prefix_is_matched_literally(store: StoreAdapter) -> None:
+    """Characters that are wildcards in LIKE or GLOB match only themselves."""
+    for aggregate_id in ["a%1", "a_1", "ab1", "a*1", "a[1"]:
+        await store.append(aggregate_id, [new_event()], 0)
+    assert [a.aggregate_id for a in await store.list_aggregates("a%", limit=10)] == ["a%1"]
+    assert [a.aggregate_id for a in await store.list_aggregates("a_", limit=10)] == ["a_1"]
+    assert [a.aggregate_id for a in await store.list_aggregates("a*", limit=10)] == ["a*1"]
 
 
 async def test_read_of_an_unknown_aggregate_is_empty(store: StoreAdapter) -> None:

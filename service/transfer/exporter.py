@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from chronicle.v1 import export_pb2
 from service.store.base import AggregateQuery, Store
-from service.store.records import TOMBSTONE_EVENT_TYPE, AggregateSummary, LogFilter
+from service.store.records import TOMBSTONE_EVENT_TYPE, AggregateLastEvent, LogFilter
 from service.transfer.records import (
     exported_claim,
     exported_command,
@@ -44,7 +44,7 @@ class ArchiveRule:
     untouched_since_us: int | None = None
     limit: int = 100
 
-    def matches(self, aggregate: AggregateSummary) -> bool:
+    def matches(self, aggregate: AggregateLastEvent) -> bool:
         return (
             aggregate.aggregate_type == self.aggregate_type
             and aggregate.last_event_type != TOMBSTONE_EVENT_TYPE

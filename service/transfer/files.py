@@ -15,8 +15,8 @@ from typing import BinaryIO
 from google.protobuf import descriptor_pool
 
 from chronicle.v1 import export_pb2
+from service.progress import Reporter
 from service.transfer import stream
-from service.transfer.progress import Reporter
 
 STDIO = "-"
 

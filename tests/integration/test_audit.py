@@ -3,8 +3,9 @@ refusals at every stage, read back through AdminService.QueryAudit."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,13 @@ from google.protobuf import any_pb2
 from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import command_service_pb2 as cs
 from chronicle.v1 import event_service_pb2 as ev
+from chronicle.v1 import projection_service_pb2 as pj
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.store.base import StoreAdapter
 from tests.support.grpc_client import Client, command, connect, running_server
 from tests.support.security import POLICY, JwtIssuer, bearer, write
+from tests.support.waiting import eventually
 
 
 @dataclass
@@ -162,3 +165,80 @@ async def test_the_audit_log_filters_by_principal_and_aggregate(audited: Audited
     assert [e.principal for e in await audited.entries(aggregate_id="acc-1")] == ["bob", "alice"]
     assert [e.aggregate_id for e in await audited.entries(principal="alice")] == ["acc-2", "acc-1"]
     assert len(await audited.entries(limit=1)) == 1
+
+
+# -- every RPC, with the caller's address; floods sampled -------------------------
+
+
+async def test_failed_authentication_on_every_rpc_is_audited_with_the_callers_address(audited: Audited) -> None:
+    async with connect(audited.app.address) as anonymous:
+        calls = [
+            anonymous.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acc-9")),
+            anonymous.events.ReadAggregate(ev.ReadAggregateRequest(aggregate_id="acc-9")).read(),
+            anonymous.events.Subscribe(ev.SubscribeRequest()).read(),
+            anonymous.admin.QueryAudit(admin.QueryAuditRequest()),
+            anonymous.projections.GetDocument(pj.GetDocumentRequest(projection="bank.balances_by_owner", key="k")),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A user id the caller claims is not its identity: it is not recorded.
+        await attempt(anonymous, command("acc-1", bank.OpenAccount(owner="ann"), user_id="root"))
+    entries = await audited.entries()
+    assert sorted(e.command_type for e in entries) == [
+        "bank.v1.OpenAccount",
+        "chronicle.v1.AdminService/QueryAudit",
+        "chronicle.v1.EventService/GetAggregate",
+        "chronicle.v1.EventService/ReadAggregate",
+        "chronicle.v1.EventService/Subscribe",
+        "chronicle.v1.ProjectionService/GetDocument",
+    ]
+    assert {(e.reason, e.principal, e.user_id, e.outcome) for e in entries} == {
+        ("NO_CREDENTIALS", "", "", admin.AUDIT_OUTCOME_REFUSED)
+    }
+    assert {e.aggregate_id for e in entries if "Aggregate" in e.command_type} == {"acc-9"}
+    assert all(e.peer.startswith("ipv4:127.0.0.1:") for e in entries), [e.peer for e in entries]
+
+
+async def test_denied_reads_and_subscriptions_are_audited_with_the_callers_address(audited: Audited) -> None:
+    async with audited.as_("alice") as alice:
+        await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+        subscribe = alice.events.Subscribe(ev.SubscribeRequest(aggregate_types=["Box"]))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await subscribe.read()
+    async with audited.as_("bob") as bob:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await bob.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acc-1"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await bob.projections.GetDocument(pj.GetDocumentRequest(projection="bank.balances_by_owner", key="k"))
+    denied = await audited.entries(outcome=admin.AUDIT_OUTCOME_REFUSED)
+    assert sorted((e.principal, e.command_type, e.reason, e.aggregate_id) for e in denied) == [
+        ("alice", "chronicle.v1.EventService/Subscribe", "SUBSCRIBE_DENIED", ""),
+        ("bob", "chronicle.v1.EventService/GetAggregate", "READ_DENIED", "acc-1"),
+        ("bob", "chronicle.v1.ProjectionService/GetDocument", "READ_DENIED", ""),
+    ]
+    assert all(e.peer.startswith("ipv4:127.0.0.1:") for e in denied)
+
+
+async def test_an_unauthenticated_flood_is_sampled_into_entries_that_count_it(audited: Audited) -> None:
+    flood = 400
+    async with connect(audited.app.address) as anonymous:
+        for _ in range(flood // 50):
+            calls = [anonymous.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="x")) for _ in range(50)]
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            assert all(isinstance(o, grpc.aio.AioRpcError) for o in outcomes)
+
+    async def counted() -> list[admin.AuditEntry]:
+        return await audited.entries(limit=1000)
+
+    await eventually(lambda: _occurrences(counted()), what="the sampled refusals' count recorded")
+    entries = await counted()
+    assert sum(e.occurrences for e in entries) == flood
+    # 50 at once, then 10 a second, and one entry a second for the rest.
+    assert len(entries) < flood // 4
+    assert max(e.occurrences for e in entries) > 1
+
+
+async def _occurrences(entries: Awaitable[list[admin.AuditEntry]]) -> bool:
+    return sum(e.occurrences for e in await entries) >= 400

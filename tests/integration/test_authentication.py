@@ -3,6 +3,11 @@ and API keys), the policy, impersonation, reads, and the admin grant."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -12,6 +17,7 @@ from typing import Any
 import grpc
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chronicle.v1 import (
@@ -20,6 +26,8 @@ from chronicle.v1 import (
     cluster_service_pb2_grpc,
     command_service_pb2,
     event_service_pb2,
+    subscription_group_service_pb2,
+    subscription_group_service_pb2_grpc,
 )
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
@@ -127,6 +135,28 @@ async def test_an_expired_jwt_is_unauthenticated(secured: Secured) -> None:
     assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
 
 
+@pytest.mark.parametrize(("expired_ago", "outcome"), [(10, "alice"), (60, "TOKEN_EXPIRED")])
+async def test_a_jwt_expired_less_than_30_seconds_ago_still_verifies(
+    secured: Secured, expired_ago: int, outcome: str
+) -> None:
+    """30 s of leeway for clocks that disagree, and no more."""
+    async with secured.as_("alice", expires_in=-expired_ago) as alice:
+        opening = alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+        if outcome == "alice":
+            assert (await opening).events[0].user_id == "alice"
+        else:
+            assert await refused(opening) == (grpc.StatusCode.UNAUTHENTICATED, outcome)
+
+
+@pytest.mark.parametrize("missing", ["exp", "sub", "iss"])
+async def test_a_jwt_without_a_required_claim_is_unauthenticated(secured: Secured, missing: str) -> None:
+    claims = {"sub": "root", "iss": secured.issuer.issuer, "exp": int(time.time()) + 300}
+    del claims[missing]
+    async with secured.client(secured.issuer.sign(claims)) as caller:
+        outcome = await refused(caller.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
 async def test_a_jwt_from_another_issuer_is_unauthenticated(secured: Secured) -> None:
     token = secured.issuer.token("alice", issuer="https://elsewhere.test")
     async with secured.client(token) as alice:
@@ -144,6 +174,37 @@ async def test_a_jwt_signed_with_another_key_is_unauthenticated(secured: Secured
 async def test_an_unsigned_none_algorithm_jwt_is_unauthenticated(secured: Secured) -> None:
     unsigned = jwt.encode({"sub": "root", "iss": secured.issuer.issuer, "exp": 4102444800}, "", algorithm="none")
     async with secured.client(unsigned) as mallory:
+        outcome = await refused(mallory.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
+def hmac_token(claims: dict[str, Any], secret: bytes) -> str:
+    """An HS256 JWT made by hand: PyJWT refuses to sign with a PEM key as
+    the HMAC secret, which is what an attacker would do."""
+
+    def encoded(part: bytes) -> bytes:
+        return base64.urlsafe_b64encode(part).rstrip(b"=")
+
+    header = encoded(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = encoded(json.dumps(claims).encode())
+    signature = encoded(hmac.new(secret, header + b"." + body, hashlib.sha256).digest())
+    return (header + b"." + body + b"." + signature).decode()
+
+
+async def test_a_jwt_signed_with_hmac_under_the_servers_public_key_is_unauthenticated(secured: Secured) -> None:
+    """Algorithm confusion: the public key is public, so a token "signed"
+    with it as an HMAC secret would be anyone's to make."""
+    claims = {"sub": "root", "iss": secured.issuer.issuer, "exp": int(time.time()) + 300}
+    for secret in (secured.issuer.public_key, secured.issuer.public_key.strip()):
+        async with secured.client(hmac_token(claims, secret)) as mallory:
+            outcome = await refused(mallory.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+        assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
+async def test_a_jwt_of_another_key_type_is_unauthenticated_not_an_internal_error(secured: Secured) -> None:
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    claims = {"sub": "root", "iss": secured.issuer.issuer, "exp": int(time.time()) + 300}
+    async with secured.client(jwt.encode(claims, signer, algorithm="RS256")) as mallory:
         outcome = await refused(mallory.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
     assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
 
@@ -319,3 +380,54 @@ async def test_the_topology_is_for_authenticated_callers(secured: Secured) -> No
         stub = cluster_service_pb2_grpc.ClusterServiceStub(alice.channel)
         response = await stub.GetTopology(cluster_service_pb2.GetTopologyRequest())
         assert response.topology.answered_by == secured.app.leases.member_id
+
+
+# -- subscription groups ---------------------------------------------------------
+
+
+def groups_of(client: Client) -> subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub:
+    return subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub(client.channel)
+
+
+async def consume_first(client: Client, group: str) -> subscription_group_service_pb2.ConsumeResponse:
+    """The first message of a Consume stream of ``group`` (joined, or the refusal)."""
+    call = groups_of(client).Consume()
+    await call.write(
+        subscription_group_service_pb2.ConsumeRequest(
+            start=subscription_group_service_pb2.ConsumeStart(group=group, consumer="worker")
+        )
+    )
+    try:
+        response: subscription_group_service_pb2.ConsumeResponse = await call.read()
+        return response
+    finally:
+        call.cancel()
+
+
+async def test_groups_are_created_by_admins_and_consumed_with_the_subscribe_grant(secured: Secured) -> None:
+    groups = subscription_group_service_pb2
+    async with secured.as_("alice") as alice:
+        create = groups_of(alice).CreateGroup(groups.CreateGroupRequest(name="tellers"))
+        assert await refused(create) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
+    async with secured.as_("root") as root:
+        accounts = groups.GroupFilter(aggregate_types=["Account"])
+        await groups_of(root).CreateGroup(groups.CreateGroupRequest(name="tellers", filter=accounts))
+        await groups_of(root).CreateGroup(groups.CreateGroupRequest(name="everything"))
+        replay = groups_of(root).ReplayParked(groups.ReplayParkedRequest(group="tellers"))
+        assert (await replay).replaying == 0
+    async with secured.as_("alice") as alice:
+        # Alice may subscribe to accounts, not to boxes: a group of every
+        # type is not hers to consume (nor to see), one of accounts is.
+        assert (await consume_first(alice, "tellers")).joined.consumer.startswith("worker#")
+        assert await refused(consume_first(alice, "everything")) == (
+            grpc.StatusCode.PERMISSION_DENIED,
+            "SUBSCRIBE_DENIED",
+        )
+        listed = await groups_of(alice).ListGroups(groups.ListGroupsRequest())
+        assert [g.name for g in listed.groups] == ["tellers"]
+        parked = groups_of(alice).ListParked(groups.ListParkedRequest(group="everything"))
+        assert await refused(parked) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")
+        replay = groups_of(alice).ReplayParked(groups.ReplayParkedRequest(group="tellers"))
+        assert await refused(replay) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
+    async with secured.as_("bob") as bob:
+        assert await refused(consume_first(bob, "tellers")) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")

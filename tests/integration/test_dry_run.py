@@ -1,5 +1,5 @@
 """Dry runs over a real socket on every store: the decision a real
-submission would get, and nothing written."""
+submission would get, and nothing written but the audit entry."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users import EMAIL_SCOPE
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.store.base import StoreAdapter
-from tests.support.contents import at_rest
+from tests.support.contents import at_rest, audited_dry_runs_only
 from tests.support.grpc_client import Client, ErrorDetails, command, details_of, running_server
 
 
@@ -44,7 +44,7 @@ async def test_a_dry_run_returns_the_events_and_appends_nothing(client: Client, 
     deposited = bank.MoneyDeposited()
     assert event.payload.Unpack(deposited) and deposited.amount == 5
     assert (event.version, event.position, response.version, response.replayed) == (2, 0, 2, False)
-    assert (await at_rest(store)).changes_since(before) == {}
+    await audited_dry_runs_only(store, before, "accepted")
 
 
 async def test_the_command_can_be_submitted_for_real_after_its_dry_run(client: Client) -> None:
@@ -60,7 +60,7 @@ async def test_a_dry_run_refusal_is_the_real_one_and_is_not_recorded(client: Cli
     withdraw = command("acc-1", bank.Withdraw(amount=5))
     details = await dry_run_refusal(client, withdraw)
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")
-    assert (await at_rest(store)).changes_since(before) == {}
+    await audited_dry_runs_only(store, before, "refused")
     await client.submit(command("acc-1", bank.Deposit(amount=5)))
     assert (await client.submit(withdraw)).version == 3  # not refused again: the dry run recorded nothing
 
@@ -77,7 +77,7 @@ async def test_a_dry_run_takes_no_claim_but_reports_a_taken_value(client: Client
     register = command("user-1", users.RegisterUser(email="ann@example.com", name="Ann"))
     before = await at_rest(store)
     assert (await dry_run(client, register)).version == 1
-    assert (await at_rest(store)).changes_since(before) == {}
+    await audited_dry_runs_only(store, before, "accepted")
     assert await store.claim_owner(EMAIL_SCOPE, "ann@example.com") is None
     await client.submit(command("user-2", users.RegisterUser(email="ann@example.com", name="Ann")))
     details = await dry_run_refusal(client, register)
@@ -101,4 +101,4 @@ async def test_a_dry_run_batch_returns_every_result_and_appends_nothing(client: 
     before = await at_rest(store)
     response = await client.commands.SubmitBatch(request, timeout=30)
     assert [r.version for r in response.results] == [1, 2]
-    assert (await at_rest(store)).changes_since(before) == {}
+    await audited_dry_runs_only(store, before, "accepted", "accepted")

@@ -106,6 +106,24 @@ async def test_an_aggregate_without_a_key_cannot_be_forgotten(client: Client) ->
     assert await refusal(call) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_ENCRYPTED")
 
 
+async def test_an_aggregate_that_only_ever_refused_commands_can_be_forgotten(client: Client) -> None:
+    """Its refusals are sealed under a key made for them, which forgetting erases."""
+    withdrawal = client.submit(command("acc-9", bank.Withdraw(amount=5)))
+    code, reason = await refusal(withdrawal)
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "ACCOUNT_NOT_FOUND")  # the handler's refusal
+    assert await read(client, "acc-9") == []  # no event, yet a key
+
+    async def refusals_audited() -> list[tuple[str, str]]:
+        audit = await client.admin.QueryAudit(admin.QueryAuditRequest(aggregate_id="acc-9"))
+        return [(e.reason, e.message) for e in audit.entries if e.command_type == "bank.v1.Withdraw"]
+
+    ((_, message),) = await refusals_audited()
+    assert message
+    forgotten = await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-9"))
+    assert not forgotten.already_forgotten
+    assert await refusals_audited() == [(reason, "")]  # its text went with the key
+
+
 async def test_forgetting_needs_encryption() -> None:
     async with running_server(MemoryStore(), anonymous_admin=True) as (_, plain):
         call = plain.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
@@ -148,6 +166,10 @@ async def test_read_models_are_sealed_too_but_read_in_the_clear(client: Client, 
     on_disk = b"".join(path.read_bytes() for path in (tmp_path / "db").iterdir())
     assert b"bank.balances_by_owner" in on_disk  # the read model is in this file
     assert SECRET_OWNER.encode() not in on_disk
+    # The keys are keyed hashes: there is no order or prefix to list them by.
+    assert await refusal(
+        client.projections.ListDocuments(projections.ListDocumentsRequest(projection="bank.balances_by_owner"))
+    ) == (grpc.StatusCode.FAILED_PRECONDITION, "DOCUMENT_KEYS_HIDDEN")
 
 
 async def test_forgetting_is_audited_with_who_and_what(tmp_path: Path) -> None:
@@ -297,3 +319,19 @@ async def test_a_master_key_whose_bytes_changed_under_its_id_is_a_clear_error(tm
             grpc.StatusCode.INTERNAL,
             "MASTER_KEY_MISMATCH",
         )
+
+
+async def test_turning_encryption_off_again_breaks_reads_and_unique_values(tmp_path: Path) -> None:
+    """What docs/security.md warns about: a server started without the
+    master keys over a store written with them."""
+    path = tmp_path / "events.db"
+    async with running_server(SqliteStore(path), master_keys=f"k1:{new_master_key()}") as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+        await client.submit(command("user-1", users.RegisterUser(email="zelda@quartermain.example", name="Z")))
+    async with running_server(SqliteStore(path)) as (_, client):
+        state = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+        assert await refusal(state) == (grpc.StatusCode.INTERNAL, "CORRUPT_EVENT")
+        (event,) = await read(client, "acc-1")
+        assert SECRET_OWNER.encode() not in event.payload.value  # type: ignore[attr-defined]
+        twice = await client.submit(command("user-2", users.RegisterUser(email="zelda@quartermain.example", name="Z")))
+        assert twice.version == 1  # the address claimed under encryption is not recognised in the clear

@@ -4,16 +4,23 @@ nothing written."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from chronicle.v1 import event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.memory import MemoryStore
 from tests.support.blocking import GatedStore
 from tests.support.contents import at_rest
-from tests.support.grpc_client import command, details_of, running_server
+from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of, running_server
+from tests.support.security import POLICY, JwtIssuer, bearer, write
 from tests.support.waiting import eventually
 
 
@@ -99,3 +106,91 @@ async def test_one_aggregate_over_the_live_aggregate_cap_is_resource_exhausted_u
     )
     assert list(changes) == ["refusals"]  # its audit entry, nothing written for a-3
     assert "TOO_MANY_AGGREGATES" in changes["refusals"].added[0]
+
+
+# -- quotas: per principal, and health watches -----------------------------------
+
+
+@contextlib.asynccontextmanager
+async def secured(store: Any, tmp_path: Path, **limits: Any) -> AsyncIterator[tuple[Any, JwtIssuer]]:
+    issuer = JwtIssuer()
+    async with running_server(
+        store,
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+        settings=replace(TEST_SETTINGS, **limits),
+    ) as (app, _):
+        yield app, issuer
+
+
+async def test_one_principal_cannot_take_every_rpc_slot(tmp_path: Path) -> None:
+    store = GatedStore(MemoryStore())
+    async with secured(store, tmp_path, max_rpcs_per_principal=1) as (app, issuer):
+        async with connect(app.address, interceptors=bearer(issuer.token("alice"))) as alice:
+            holding = asyncio.ensure_future(alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id="")))
+            await store.entered.wait()  # alice's one call in flight
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await alice.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+            async with connect(app.address, interceptors=bearer(issuer.token("root"))) as root:
+                with pytest.raises(grpc.aio.AioRpcError) as other:  # another principal is let in
+                    await root.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-9"))
+            store.gate.set()
+            await holding
+            state = await alice.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+        assert (app.gate.rpcs_of, app.gate.subscriptions_of) == ({}, {})  # every call counted out
+    details = details_of(raised.value)
+    assert (details.code, details.reason, details.retry) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "PRINCIPAL_TOO_MANY_REQUESTS",
+        True,
+    )
+    assert details.metadata == {"max_rpcs_per_principal": "1"}
+    assert details_of(other.value).reason == "AGGREGATE_NOT_FOUND"
+    assert state.version == 1
+
+
+async def test_one_principal_cannot_take_every_subscription(tmp_path: Path) -> None:
+    async with (
+        secured(MemoryStore(), tmp_path, max_subscriptions_per_principal=1) as (app, issuer),
+        connect(app.address, interceptors=bearer(issuer.token("alice"))) as alice,
+    ):
+        first = alice.events.Subscribe(event_service_pb2.SubscribeRequest())
+        assert (await first.read()).HasField("caught_up")
+        second = alice.events.Subscribe(event_service_pb2.SubscribeRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await second.read()
+        # another principal (a teller too) is let in
+        async with connect(app.address, interceptors=bearer(issuer.token("CN=batch,O=Chronicle Tests"))) as batch:
+            others = batch.events.Subscribe(event_service_pb2.SubscribeRequest())
+            assert (await others.read()).HasField("caught_up")
+            others.cancel()
+        first.cancel()
+        await eventually(lambda: "alice" not in app.gate.subscriptions_of, what="alice's subscription counted out")
+        again = alice.events.Subscribe(event_service_pb2.SubscribeRequest())
+        assert (await again.read()).HasField("caught_up")
+        again.cancel()
+    details = details_of(raised.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "PRINCIPAL_TOO_MANY_SUBSCRIPTIONS")
+
+
+async def test_health_watches_have_a_limit_of_their_own() -> None:
+    async with running_server(MemoryStore(), max_health_watches=2) as (app, client):
+        health = health_pb2_grpc.HealthStub(client.channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
+        for watch in watches:
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        third = health.Watch(health_pb2.HealthCheckRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await third.read()
+        checked = await health.Check(health_pb2.HealthCheckRequest())  # Check is not limited
+        watches[0].cancel()
+        await eventually(lambda: app.health.servicer.watches < 2, what="a watch closed")
+        fourth = health.Watch(health_pb2.HealthCheckRequest())
+        assert (await fourth.read()).status == health_pb2.HealthCheckResponse.SERVING
+        fourth.cancel()
+        watches[1].cancel()
+    details = details_of(raised.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_HEALTH_WATCHES")
+    assert checked.status == health_pb2.HealthCheckResponse.SERVING

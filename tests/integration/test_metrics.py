@@ -159,3 +159,72 @@ async def test_stores_without_group_commit_do_not_report_batches(served: tuple[A
     app, client, _ = served
     await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
     assert "chronicle_store_batches" not in await scrape(app)
+
+
+async def test_refusals_sampled_out_of_the_audit_log_are_counted() -> None:
+    from google.protobuf import any_pb2
+
+    from chronicle.v1 import command_service_pb2
+    from service.store.base import AuditQuery
+    from service.store.records import AuditEntry
+    from tests.support.waiting import eventually
+
+    store = MemoryStore()
+    async with running_server(store, metrics_listen="127.0.0.1:0") as (app, client):
+        unknown = command("acc-1", bank.OpenAccount(owner="ann"))
+        unknown.payload.CopyFrom(any_pb2.Any(type_url="type.googleapis.com/nobody.v1.Knows"))
+        request = command_service_pb2.SubmitRequest(command=unknown)
+        # With authentication off every caller is anonymous: a flood of them is sampled.
+        outcomes = await asyncio.gather(*(client.commands.Submit(request) for _ in range(200)), return_exceptions=True)
+        assert all(isinstance(o, grpc.aio.AioRpcError) for o in outcomes)
+
+        async def entries() -> list[AuditEntry]:
+            return await store.read_audit(AuditQuery(limit=1000))
+
+        async def all_counted() -> bool:
+            return sum(e.occurrences for e in await entries()) == 200
+
+        await eventually(all_counted, what="every refusal counted in the audit log")
+        text = await scrape(app)
+    sampled = sample(text, "chronicle_audit_refusals_sampled_total", reason="UNKNOWN_COMMAND_TYPE")
+    assert sampled == sum(e.occurrences for e in await entries() if e.occurrences > 1) > 100
+
+
+async def test_group_consumers_lag_and_parked_events_are_measured() -> None:
+    from prometheus_client import CollectorRegistry, Gauge
+
+    from service.client import ChronicleClient
+    from service.observability.subscriptions import GroupSampler
+    from service.store.grouping import GroupParkedEvent, GroupSpec
+    from tests.support.events import new_event
+
+    store = MemoryStore()
+    await store.append("a-1", [new_event(), new_event(), new_event()], 0)
+    await store.create_group(GroupSpec(name="billing", segments=2))
+    await store.create_group(GroupSpec(name="audit", segments=1, start_position=3))
+    await store.commit_segment("billing", 0, expected_position=0, new_position=2, acknowledged=2)
+    parked = GroupParkedEvent(event_id="e", position=1, segment=1, aggregate_id="a-1", attempts=5, reason="x")
+    await store.park("billing", [parked])
+    registry = CollectorRegistry()
+    lag = Gauge("lag", "test", ["group"], registry=registry)
+    parked_gauge = Gauge("parked", "test", ["group"], registry=registry)
+    sampler = GroupSampler(store, store, lag=lag, parked=parked_gauge)
+    await sampler.sample()
+    assert registry.get_sample_value("lag", {"group": "billing"}) == 3  # segment 1 is still at 0
+    assert registry.get_sample_value("lag", {"group": "audit"}) == 0
+    assert registry.get_sample_value("parked", {"group": "billing"}) == 1
+    await store.delete_group("billing")
+    await sampler.sample()
+    assert registry.get_sample_value("lag", {"group": "billing"}) is None
+
+    async with (
+        running_server(MemoryStore(), metrics_listen="127.0.0.1:0", anonymous_admin=True) as (app, _),
+        ChronicleClient.connect(app.address) as client,
+    ):
+        await client.groups.create("billing")
+        async with client.consume("billing", consumer="worker") as consumer:
+            deliveries = aiter(consumer)
+            waiting = asyncio.ensure_future(anext(deliveries))
+            await asyncio.wait_for(consumer.joined.wait(), 20)
+            assert sample(await scrape(app), "chronicle_group_consumers") == 1
+            waiting.cancel()

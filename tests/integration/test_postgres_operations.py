@@ -5,6 +5,7 @@ test_migrations_over_data.py.)"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import grpc
@@ -14,9 +15,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import start
-from service.errors import ConfigurationError, StoreUnavailable
-from service.store.postgres import PostgresStore
-from service.store.records import ClaimChange, LogFilter, Snapshot
+from service.errors import ConfigurationError, StoreUnavailable, SubjectsForgotten
+from service.store.postgres import PostgresStore, sql
+from service.store.records import ClaimChange, DataKey, DocumentWrite, LogFilter, Snapshot
 from tests.support.contents import contents
 from tests.support.events import command_record, new_event
 from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of
@@ -153,3 +154,45 @@ async def test_calls_on_an_unreachable_database_raise_store_unavailable() -> Non
     with pytest.raises(StoreUnavailable):
         await store.read_aggregate("a-1")
     await store.close()
+
+
+async def test_a_read_model_commit_racing_a_forget_does_not_bring_the_document_back(postgres_url: str) -> None:
+    """A forget that has taken its key's row when a projection's commit comes:
+    the commit waits for it, then sees the tombstone and writes nothing, so the
+    document the forget deletes is not written again behind its back."""
+    store = PostgresStore(postgres_url, pool_size=2)
+    await store.open()
+    try:
+        await store.create_data_key(DataKey("acc-1", "m1", b"w" * 40))
+        document = DocumentWrite("owner:ann", "t.Doc", b"ann", ("acc-1",))
+        await store.commit_projection("p", expected_position=0, new_position=1, writes=[document])
+        with psycopg.connect(postgres_url) as forget:
+            # The forget's first statement, its transaction still open.
+            forget.execute(
+                "UPDATE chronicle.data_keys SET master_key_id = NULL, wrapped_key = NULL, forgotten_at = now()"
+                " WHERE aggregate_id = 'acc-1'"
+            )
+            commit = asyncio.ensure_future(
+                store.commit_projection("p", expected_position=1, new_position=2, writes=[document])
+            )
+            await _waiting_for_a_lock(postgres_url)
+            assert not commit.done()
+            forget.execute(sql.DELETE_DOCUMENTS_OF_FORGOTTEN.replace("$1", "'acc-1'"))
+            forget.commit()
+            with pytest.raises(SubjectsForgotten):
+                await commit
+        assert await store.load_document("p", "owner:ann") is None
+        assert await store.projection_position("p") == 1
+    finally:
+        await store.close()
+
+
+async def _waiting_for_a_lock(url: str) -> None:
+    async def blocked() -> bool:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ).fetchone()
+        return bool(row and row[0] > 0)
+
+    await eventually(blocked, what="the commit waiting for the forget's lock")

@@ -25,7 +25,7 @@ from service.client import (
 from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
 from tests.support.broken_calls import BreakFirstCommandStream
-from tests.support.contents import at_rest
+from tests.support.contents import at_rest, audited_dry_runs_only
 from tests.support.grpc_client import TEST_SETTINGS, running_server
 from tests.support.processes import free_port
 
@@ -52,7 +52,7 @@ async def collect(results: AsyncIterator[StreamResult]) -> list[StreamResult]:
 # -- dry runs ------------------------------------------------------------------
 
 
-async def test_a_dry_run_says_what_would_be_appended_and_writes_nothing(
+async def test_a_dry_run_says_what_would_be_appended_and_writes_nothing_but_its_audit_entry(
     client: ChronicleClient, store: StoreAdapter
 ) -> None:
     await client.submit("acc-1", bank.OpenAccount(owner="ann"))
@@ -61,7 +61,7 @@ async def test_a_dry_run_says_what_would_be_appended_and_writes_nothing(
     preview = await client.submit("acc-1", deposit.message, command_id=deposit.command_id, dry_run=True)
     assert (preview.dry_run, preview.version, preview.replayed) == (True, 2, False)
     assert [(e.version, e.position, e.payload) for e in preview.events] == [(2, 0, bank.MoneyDeposited(amount=5))]
-    assert (await at_rest(store)).changes_since(before) == {}
+    await audited_dry_runs_only(store, before, "accepted")
     done = await client.submit("acc-1", deposit.message, command_id=deposit.command_id)  # the id is still free
     assert (done.dry_run, done.replayed, done.version) == (False, False, 2)
 
@@ -118,7 +118,7 @@ async def test_a_batch_for_two_aggregates_is_invalid(client: ChronicleClient) ->
     assert [v.field for v in refused.value.field_violations] == ["commands[1].aggregate_id"]
 
 
-async def test_a_dry_run_batch_writes_nothing(client: ChronicleClient, store: StoreAdapter) -> None:
+async def test_a_dry_run_batch_writes_nothing_but_its_audit_entry(client: ChronicleClient, store: StoreAdapter) -> None:
     before = await at_rest(store)
     batch = await client.submit_batch(
         [Command("acc-1", bank.OpenAccount(owner="ann"), expected_version=0), Command("acc-1", bank.Deposit(amount=1))],
@@ -126,7 +126,7 @@ async def test_a_dry_run_batch_writes_nothing(client: ChronicleClient, store: St
     )
     assert (batch.dry_run, batch.version) == (True, 2)
     assert all(r.dry_run for r in batch.results)
-    assert (await at_rest(store)).changes_since(before) == {}
+    await audited_dry_runs_only(store, before, "accepted", "accepted")
 
 
 # -- streams -------------------------------------------------------------------
@@ -182,11 +182,13 @@ async def test_commands_can_come_from_a_generator_that_waits_for_results(client:
     assert [r.result().version for r in results] == [1, 2, 3, 4, 5, 6]
 
 
-async def test_a_dry_run_stream_writes_nothing(client: ChronicleClient, store: StoreAdapter) -> None:
+async def test_a_dry_run_stream_writes_nothing_but_its_audit_entry(
+    client: ChronicleClient, store: StoreAdapter
+) -> None:
     before = await at_rest(store)
     results = await collect(client.submit_stream([Command("acc-1", bank.OpenAccount(owner="ann"))], dry_run=True))
     assert [(r.result().dry_run, r.result().version) for r in results] == [(True, 1)]
-    assert (await at_rest(store)).changes_since(before) == {}
+    await audited_dry_runs_only(store, before, "accepted")
 
 
 async def test_an_error_raised_by_the_commands_ends_the_stream_and_is_raised(client: ChronicleClient) -> None:

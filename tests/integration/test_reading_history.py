@@ -3,7 +3,7 @@ upcast; aggregates at a past version or time; pages forwards and backwards."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import grpc
 import pytest
@@ -133,6 +133,10 @@ async def test_get_aggregate_at_a_past_version(bank_client: Client) -> None:
     assert (response.version, balance(response)) == (4, 1 + 2 + 3)
 
 
+async def _equal(got: Awaitable[object], expected: object) -> bool:
+    return await got == expected
+
+
 async def test_get_aggregate_at_every_past_version_while_old_snapshots_are_pruned(store: StoreAdapter) -> None:
     # The users plugin sets no snapshot interval, so the server's applies:
     # snapshots at versions 2, 4, …, 12, of which the store keeps the newest 3.
@@ -142,16 +146,13 @@ async def test_get_aggregate_at_every_past_version_while_old_snapshots_are_prune
         for email in emails[1:]:
             await client.submit(command("user-1", users.ChangeEmail(email=email)))
 
-        # Snapshots are saved in the background, in any order; once all are,
-        # the newest three are kept (a late older one is not kept over them).
+        # Snapshots are saved beside the commands, not before the next one
+        # (worker.py): wait for the one at 12, which prunes the one at 6.
         async def kept() -> list[int | None]:
-            found = [await store.load_snapshot("user-1", at_most=v) for v in (7, 8, 12)]
-            return [None if s is None else s.version for s in found]
+            snapshots = [await store.load_snapshot("user-1", at_most=v) for v in (7, 8, 12)]
+            return [None if s is None else s.version for s in snapshots]
 
-        async def all_saved() -> bool:
-            return await kept() == [None, 8, 12]
-
-        await eventually(all_saved, what="the newest three snapshots kept")
+        await eventually(lambda: _equal(kept(), [None, 8, 12]), what="the snapshot at 12, and 6 pruned")
         for version, email in enumerate(emails, start=1):
             request = event_service_pb2.GetAggregateRequest(aggregate_id="user-1", at_version=version)
             state = users.User()

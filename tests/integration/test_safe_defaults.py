@@ -5,7 +5,11 @@ the operator says so, and anonymous callers are never administrators."""
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +26,16 @@ from service.store.encryption import new_master_key
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.plugins import openings
-from tests.support.processes import cli, free_port, serve_until_exit, server_process
+from tests.support.processes import (
+    ROOT,
+    cli,
+    dockerfile_command,
+    dockerfile_environment,
+    free_port,
+    serve_until_exit,
+    server_process,
+    wait_until_serving,
+)
 from tests.support.security import POLICY, api_key_file, write
 
 # -- listening beyond loopback ------------------------------------------------
@@ -37,8 +50,16 @@ def test_the_server_refuses_to_listen_beyond_loopback_without_auth(listen: str) 
     assert "Traceback" not in result.stderr
 
 
+def test_a_port_of_its_own_beyond_loopback_is_refused_too() -> None:
+    """One of several processes also listens on --process-listen: that
+    address counts as much as --listen."""
+    result = serve_until_exit("--database-url", "memory://", "--process-listen", "0.0.0.0:0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: INSECURE_LISTEN: refusing to listen on 0.0.0.0:0 with authentication off")
+
+
 def test_the_environment_alone_cannot_expose_an_unauthenticated_server() -> None:
-    """As in the Docker image: CHRONICLE_LISTEN=0.0.0.0:… and no other setting."""
+    """CHRONICLE_LISTEN=0.0.0.0:… and no other setting."""
     result = serve_until_exit(listen=None, env={"CHRONICLE_LISTEN": "0.0.0.0:0", "CHRONICLE_DATABASE_URL": "memory://"})
     assert result.returncode == 2
     assert "INSECURE_LISTEN" in result.stderr
@@ -76,6 +97,105 @@ def test_the_environment_variable_says_insecure_too() -> None:
     port = free_port()
     output = output_of_a_served_start("--listen", f"0.0.0.0:{port}", port=port, env={"CHRONICLE_INSECURE": "true"})
     assert "--insecure: authentication is off" in output
+
+
+def test_anonymous_administrators_are_refused_beyond_loopback_even_with_insecure() -> None:
+    """--anonymous-admin is for a developer's own machine: on the network,
+    anyone could forget aggregates irreversibly."""
+    result = serve_until_exit("--database-url", "memory://", "--insecure", "--anonymous-admin", listen="0.0.0.0:0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ANONYMOUS_ADMIN_EXPOSED: refusing to listen on 0.0.0.0:0 with")
+    assert "Traceback" not in result.stderr
+    with server_process("memory://", extra=["--anonymous-admin", "--shutdown-drain", "0"]) as server:
+        assert server.stop(signal.SIGTERM) == 0  # on loopback it serves
+
+
+# -- the Docker image -----------------------------------------------------------
+
+
+def run_as_the_image(
+    command: list[str], home: Path, port: int, *, mounts: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``command`` (the image's, or ``chronicle …`` as the docs run it) in a
+    process with the Dockerfile's environment and none of ours, in a home
+    with the image's ``data`` directory, its port 50051 moved to ``port``
+    and its mounts' container paths moved to their host folders."""
+    (home / "data").mkdir(parents=True, exist_ok=True)
+    image = {name: value.replace(":50051", f":{port}") for name, value in dockerfile_environment().items()}
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("CHRONICLE_")}
+    arguments = []
+    for argument in command[1:]:
+        for container_path, host_path in (mounts or {}).items():
+            argument = argument.replace(container_path, host_path)
+        arguments.append(argument)
+    assert command[0] == "chronicle", command
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", *arguments],
+        cwd=home,
+        env={**clean, **image},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_the_docker_images_default_command_refuses_to_start(tmp_path: Path) -> None:
+    """A bare ``docker run chronicle``: the Dockerfile's ENV, ENTRYPOINT and CMD."""
+    assert dockerfile_environment()["CHRONICLE_LISTEN"].startswith("0.0.0.0:")  # a published port must reach it
+    process = run_as_the_image(dockerfile_command(), tmp_path, free_port())
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 2, output
+    assert output.startswith("error: INSECURE_LISTEN: refusing to listen on 0.0.0.0:")
+
+
+def the_documented_docker_run_line() -> tuple[list[str], dict[str, str]]:
+    """docs/deployment.md's one line that serves beyond loopback with
+    authentication: the image's arguments (ENTRYPOINT first) and its
+    bind mounts (container path: host path relative to the working directory)."""
+    markdown = (ROOT / "docs" / "deployment.md").read_text()
+    (line,) = [line for line in markdown.splitlines() if line.startswith("docker run") and "--auth" in line]
+    words = shlex.split(line)[2:]
+    mounts = {}
+    while words[0].startswith("-"):
+        option = words.pop(0)
+        if option in ("-p", "-v", "-e"):
+            value = words.pop(0)
+            if option == "-v" and value.startswith("$PWD/"):
+                host, container = value.removeprefix("$PWD/").split(":")[:2]
+                mounts[container] = host
+    assert words[0] == "chronicle", line  # the image, whose entry point is `chronicle`
+    return ["chronicle", *words[1:]], mounts
+
+
+def test_the_documented_line_serves_the_image_beyond_loopback_with_authentication(tmp_path: Path) -> None:
+    command, mounts = the_documented_docker_run_line()
+    assert "--insecure" not in command and "--auth" in command
+    (secrets,) = mounts.values()
+    (tmp_path / secrets).mkdir()
+    write(tmp_path / secrets / "policy.toml", "[roles.operator]\nsubmit = ['*']\nread = ['*']\nadmin = true\n")
+    made = subprocess.run(  # `chronicle apikey ops --role operator >secrets/keys.toml`, as the docs make it
+        [sys.executable, "-m", "service", "apikey", "ops", "--role", "operator"], capture_output=True, text=True
+    )
+    write(tmp_path / secrets / "keys.toml", made.stdout)
+    key = made.stderr.rsplit(": ", 1)[1].strip()
+    port = free_port()
+    server = run_as_the_image(
+        command, tmp_path, port, mounts={container: str(tmp_path / host) for container, host in mounts.items()}
+    )
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_until_serving(address, process=server)
+        anonymous = cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=address, check=False)
+        assert "UNAUTHENTICATED NO_CREDENTIALS" in anonymous.stderr
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', "--token", key, server=address)
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate(timeout=10)
+    assert f"authentication is on but 0.0.0.0:{port} serves plaintext beyond loopback" in output
+    assert (tmp_path / "data" / "chronicle.db").exists()  # the image's SQLite, in the mounted volume
 
 
 # -- anonymous callers --------------------------------------------------------

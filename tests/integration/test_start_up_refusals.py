@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from jwt.algorithms import ECAlgorithm
 
 from service.errors import ConfigurationError
@@ -51,6 +52,43 @@ def test_a_short_hmac_secret_is_refused_at_start_up(tmp_path: Path) -> None:
     assert "at 11 bytes it is too short" in line
 
 
+PUBLIC = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def jwt_key_of_kind(kind: str) -> bytes:
+    if kind == "a private key":
+        private = ec.generate_private_key(ec.SECP256R1())
+        return private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    if kind == "a certificate":
+        return Authority().certificate
+    if kind == "an SSH key":
+        public = ed25519.Ed25519PrivateKey.generate().public_key()
+        return public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    if kind == "an X25519 key":
+        return x25519.X25519PrivateKey.generate().public_key().public_bytes(*PUBLIC)
+    assert kind == "a 1024-bit RSA key"
+    return rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key().public_bytes(*PUBLIC)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason", "says"),
+    [
+        ("a private key", "BAD_JWT_KEY", "holds a private key: the server only verifies tokens"),
+        ("a certificate", "BAD_JWT_KEY", "holds a certificate: give its public key (openssl x509"),
+        ("an SSH key", "BAD_JWT_KEY", "holds an SSH public key: give it as PEM"),
+        ("an X25519 key", "BAD_JWT_KEY", "holds a key of type X25519, which signs no JWT"),
+        ("a 1024-bit RSA key", "WEAK_KEY", "holds a 1024-bit RSA key: at least 2048 bits are needed"),
+    ],
+)
+def test_a_jwt_key_of_a_kind_that_cannot_verify_tokens_is_refused_at_start_up(
+    tmp_path: Path, kind: str, reason: str, says: str
+) -> None:
+    line = refused(*with_jwt_key(tmp_path, jwt_key_of_kind(kind).decode()))
+    assert line.startswith(f"error: {reason}: JWT key file {tmp_path / 'jwt.key'}: {says}")
+
+
 def with_tls(tmp_path: Path, certificate: Issued, key: Issued) -> list[str]:
     return [
         "--tls-cert-file", write(tmp_path / "server.pem", certificate.certificate),
@@ -70,6 +108,31 @@ def test_an_expired_certificate_is_refused_at_start_up(tmp_path: Path) -> None:
     expired = Authority().issue("localhost", server=True, valid_from=-2 * day, valid_until=-day)
     line = refused(*with_tls(tmp_path, expired, expired))
     assert line.startswith(f"error: TLS_CERTIFICATE_EXPIRED: {tmp_path / 'server.pem'}: the certificate")
+    assert "expired on" in line
+
+
+def test_a_certificate_not_valid_yet_is_refused_at_start_up(tmp_path: Path) -> None:
+    day = datetime.timedelta(days=1)
+    early = Authority().issue("localhost", server=True, valid_from=day, valid_until=2 * day)
+    line = refused(*with_tls(tmp_path, early, early))
+    assert line.startswith(f"error: TLS_CERTIFICATE_NOT_YET_VALID: {tmp_path / 'server.pem'}: the certificate")
+
+
+def test_a_certificate_of_a_1024_bit_rsa_key_is_refused_at_start_up(tmp_path: Path) -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    weak = Authority().issue("localhost", server=True, key=small)
+    line = refused(*with_tls(tmp_path, weak, weak))
+    assert line == (
+        f"error: WEAK_KEY: {tmp_path / 'server.key'}: the TLS key is a 1024-bit RSA key: at least 2048 bits are needed"
+    )
+
+
+def test_a_tls_key_that_is_no_key_is_refused_naming_its_file(tmp_path: Path) -> None:
+    issued = Authority().issue("localhost", server=True)
+    line = refused(*with_tls(tmp_path, issued, Issued(b"", issued.certificate)))
+    assert line == (
+        f"error: BAD_TLS_FILE: {tmp_path / 'server.key'}: holds no PEM private key, so it cannot be the TLS key"
+    )
 
 
 # -- key files open to group or others ---------------------------------------
@@ -122,3 +185,13 @@ def test_a_readable_master_key_file_stops_the_server_unless_allowed(tmp_path: Pa
         assert server.process.stdout is not None
         output = server.process.stdout.read()
     assert f"the master-key file {keys} is open to its group or to others (mode 0640); allowed by" in output
+
+
+def test_a_refused_start_has_not_opened_the_store(tmp_path: Path) -> None:
+    """The checks run before the store is opened: a refused server leaves
+    no database behind (nor migrates one)."""
+    database = tmp_path / "data" / "events.db"
+    database.parent.mkdir()
+    result = serve_until_exit("--database-url", f"sqlite:///{database}", *with_jwt_key(tmp_path, "too-short"))
+    assert (result.returncode, result.stderr.split(":")[1].strip()) == (2, "WEAK_KEY")
+    assert list(database.parent.iterdir()) == []

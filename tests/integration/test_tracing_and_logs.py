@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from service.observability.logs import JsonFormatter
 from service.processing.log_context import logging_command
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import command, running_server
-from tests.support.processes import cli, server_process
+from tests.support.processes import cli, free_port, server_process
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN_ID = "00f067aa0ba902b7"
@@ -96,6 +97,30 @@ def test_the_server_logs_each_command_as_json(tmp_path: Path) -> None:
     (done,) = [line for line in lines if line.get("logger") == "chronicle.commands"]
     assert (done["command_id"], done["correlation_id"], done["aggregate_id"]) == (command_id, command_id, "acc-1")
     assert (done["command_type"], done["outcome"]) == ("bank.v1.OpenAccount", "ok")
+
+
+def test_logs_and_metrics_name_no_payload_and_no_refusals_details(tmp_path: Path) -> None:
+    """docs/security.md: the logs name aggregate ids and command types, not
+    payloads, and the metrics port (no authentication) names command types
+    and reasons; neither carries an owner's name, an amount or a balance."""
+    metrics = f"127.0.0.1:{free_port()}"
+    extra = ["--log-format", "json", "--log-level", "DEBUG", "--metrics-listen", metrics]
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "Zelda Quartermain"}', server=server.address)
+        cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 424242}', server=server.address)
+        withdrawal = cli(
+            "submit", "acc-1", "bank.v1.Withdraw", '{"amount": 987654}', server=server.address, check=False
+        )
+        assert "the balance is 424242" in withdrawal.stderr  # the caller is told, the logs are not
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
+            scraped = response.read().decode()
+        server.stop()
+        logged = server.process.stdout.read() if server.process.stdout else ""
+    assert 'command_type="bank.v1.Withdraw",outcome="failed_precondition"' in scraped  # they saw the refusal
+    assert "command bank.v1.Withdraw refused: INSUFFICIENT_FUNDS" in logged
+    for secret in ("Zelda", "Quartermain", "424242", "987654"):
+        assert secret not in logged
+        assert secret not in scraped
 
 
 async def test_each_command_of_a_batch_gets_its_own_span(exporter: InMemorySpanExporter) -> None:

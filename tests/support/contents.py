@@ -25,7 +25,7 @@ from psycopg import sql
 
 from service.app import build_registry
 from service.plugins.registry import Registry
-from service.store.base import StoreAdapter
+from service.store.base import AuditQuery, StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
@@ -46,6 +46,9 @@ _MEMORY_TABLES = {
     "_keys": "data_keys",
     "_projection_positions": "projection_checkpoints",
     "_documents": "projection_documents",
+    "_subjects": "projection_subjects",
+    "_parked": "projection_parked_events",
+    "_groups": "subscription_groups",
 }
 
 
@@ -82,6 +85,18 @@ async def at_rest(store: StoreAdapter, *, registry: Registry | None = None) -> C
 
 
 LIVENESS_TABLES = frozenset({"lease_members", "leases"})
+
+
+async def audited_dry_runs_only(store: StoreAdapter, before: Contents, *outcomes: str) -> None:
+    """Since ``before``, nothing changed but the audit's own table, which
+    gained one dry run's entry per outcome given, newest first: what a dry
+    run leaves (it writes nothing, and is audited)."""
+    changes = (await at_rest(store)).changes_since(before)
+    assert list(changes) == ["refusals"], changes
+    assert len(changes["refusals"].added) == len(outcomes) and not changes["refusals"].removed
+    entries = [e for e in await store.read_audit(AuditQuery(limit=len(outcomes))) if e.dry_run]
+    assert [e.outcome for e in entries] == list(outcomes)
+    assert all(e.peer.startswith("ipv") for e in entries)
 
 
 def _memory(store: MemoryStore) -> Contents:

@@ -29,6 +29,16 @@ and the other does not can shift them):
     10 lease groups' members and leases (PostgreSQL only: a SQLite store's
        one process holds every lease and writes none): a live member, a
        lease it holds, one taken and given up, free ones
+    11 (SQLite 8) events a projection parked, two at one position (an
+       upcast event's parts); PostgreSQL's document keys in the "C"
+       collation (listed by prefix)
+    12 (SQLite 9) "forgetting_and_audit": read-model documents with
+       subjects (forgetting one deletes them), audit entries' dry_run,
+       peer and occurrences, and command records whose fingerprint and
+       refusal are sealed under their aggregate's key
+    13 (SQLite 10) subscription groups: a group with a filter, its segments'
+       checkpoints (moved, with acknowledged counts, and at the start), its
+       parked events (one to replay)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -38,8 +48,10 @@ must fail these tests rather than move the rows along with it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, is_dataclass, replace
@@ -52,6 +64,7 @@ from service.errors import AggregateForgotten, CommandAlreadyRecorded, NotUnique
 from service.store.base import AuditQuery, ProjectionStore, SnapshotStore, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
+from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState, SegmentCheckpoint
 from service.store.leasing import Lease, LeaseMember
 from service.store.records import (
     ACCEPTED,
@@ -61,10 +74,12 @@ from service.store.records import (
     ClaimChange,
     CommandRecord,
     DataKey,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Rejection,
     Snapshot,
@@ -81,14 +96,17 @@ _FIRST = {
     "audit_outcome": 6,
     "hidden_claims": 7,
     "leases": 10,
+    "parked_events": 11,
+    "groups": 13,
 }
 SINCE: dict[str, dict[str, int]] = {
-    "postgres": dict(_FIRST),
-    # SQLite keeps no leases (service/store/sole_owner.py): never.
-    "sqlite": {**_FIRST, "leases": 1 << 30},
+    "postgres": {**_FIRST, "forgetting_and_audit": 12},
+    # SQLite keeps no leases (service/store/sole_owner.py): never; and its
+    # migrations 8 and later are PostgreSQL's 11 and later.
+    "sqlite": {**_FIRST, "leases": 1 << 30, "parked_events": 8, "forgetting_and_audit": 9, "groups": 10},
 }
-# PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 11); SQLite has none.
-SINCE["postgres"]["payload_json"] = 11
+# PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
+SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
 
 # Master keys: "current" wraps new data keys; "retired" wrapped some in the
@@ -107,6 +125,18 @@ LEASE_NAMES = ("0", "1", "2", "3")
 # Long enough that the member is still live when a test reads the rows back
 # from a database filled earlier in the run.
 LEASE_SECONDS = 86_400.0
+GROUP_SPEC = GroupSpec(
+    name="billing",
+    log_filter=LogFilter(aggregate_types=frozenset({"Account"}), event_types=frozenset({"bank.v1.MoneyDeposited"})),
+    start_position=0,
+    segments=4,
+    max_attempts=3,
+    retry_backoff_ms=250,
+    max_retry_backoff_ms=4000,
+    ack_timeout_ms=1500,
+)
+# The filter as the stores keep it (GroupSpec.filter_json).
+GROUP_FILTER = '{"aggregate_types":["Account"],"event_types":["bank.v1.MoneyDeposited"],"origin":null}'
 
 
 # -- the sealed formats, as databases hold them ----------------------------------
@@ -133,6 +163,19 @@ def _snapshot_context(aggregate_id: str, version: int) -> bytes:
 
 def _document_context(projection: str, key: str) -> bytes:
     return b"document\0" + projection.encode() + b"\0" + key.encode()
+
+
+def _fingerprint_context(aggregate_id: str, command_id: str) -> bytes:
+    return b"fingerprint\0" + aggregate_id.encode() + b"\0" + command_id.encode()
+
+
+def _refusal_context(aggregate_id: str, command_id: str) -> bytes:
+    return b"refusal\0" + aggregate_id.encode() + b"\0" + command_id.encode()
+
+
+def _sealed_text(key: bytes, text: str, context: bytes) -> str:
+    """A sealed text in a text column: a mark, then the sealed bytes in base64."""
+    return "\x1fsealed:" + base64.b64encode(_seal(key, text.encode(), context)).decode()
 
 
 def _keyed_hash(key: bytes, purpose: bytes, namespace: str, value: str) -> str:
@@ -182,6 +225,16 @@ class OldDocument:
     key: str
     data: bytes
     sealed: bool
+    subjects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SealedCommand:
+    """A command record as stored with encryption at rest (its fingerprint
+    and refusal sealed under its aggregate's key) and as read back."""
+
+    stored: CommandRecord
+    read_back: CommandRecord
 
 
 @dataclass(frozen=True)
@@ -209,8 +262,12 @@ class OldRows:
     forgotten: set[str] = field(default_factory=set)
     checkpoints: dict[str, int] = field(default_factory=dict)
     documents: list[OldDocument] = field(default_factory=list)
+    sealed_commands: list[SealedCommand] = field(default_factory=list)
+    parked: list[ParkedEvent] = field(default_factory=list)  # of the projection "balances"
     lease_members: list[LeaseMember] = field(default_factory=list)  # of LEASE_GROUP, live
     leases: list[Lease] = field(default_factory=list)  # of LEASE_GROUP, by name
+    groups: list[GroupState] = field(default_factory=list)  # by name (consumers: none)
+    group_parked: list[GroupParkedEvent] = field(default_factory=list)  # of GROUP_SPEC, by position
 
     def holds(self, kind: str) -> bool:
         return self.version >= SINCE[self.dialect][kind]
@@ -301,7 +358,9 @@ class OldRows:
         snapshot = Snapshot(aggregate_id, aggregate_id.split("-")[0].title(), version, "bank.v1.State", 1, stored)
         self.snapshots.append(OldSnapshot(snapshot, state))
 
-    def add_document(self, projection: str, key: str, data: bytes, *, sealed: bool) -> None:
+    def add_document(
+        self, projection: str, key: str, data: bytes, *, sealed: bool, subjects: tuple[str, ...] = ()
+    ) -> None:
         if sealed:
             projection_key = _data_key(PROJECTION_KEY_PREFIX + projection)
             stored_key = "k:" + _keyed_hash(projection_key, b"chronicle document keys", projection, key)
@@ -309,8 +368,36 @@ class OldRows:
         else:
             stored_key, stored = key, data
         self.documents.append(
-            OldDocument(projection, StoredDocument(stored_key, "bank.v1.Summary", stored), key, data, sealed)
+            OldDocument(projection, StoredDocument(stored_key, "bank.v1.Summary", stored), key, data, sealed, subjects)
         )
+
+    def add_sealed_command(self, command_id: str, aggregate_id: str, version: int, rejection: Rejection) -> None:
+        """A refusal recorded at ``version`` by a server with encryption at rest."""
+        key = _data_key(aggregate_id)
+        read_back = CommandRecord(
+            command_id=command_id,
+            aggregate_id=aggregate_id,
+            command_type="bank.v1.Do",
+            fingerprint=hashlib.sha256(command_id.encode()).digest(),
+            first_version=version + 1,
+            last_version=version,
+            rejection=rejection,
+            principal="alice",
+            user_id="ann",
+            origin="web",
+            recorded_at_us=T0 + 400_000 + len(self.sealed_commands) * 1_000,
+        )
+        detail = json.dumps({"message": rejection.message, "metadata": dict(rejection.metadata)}, separators=(",", ":"))
+        stored = replace(
+            read_back,
+            fingerprint=_seal(key, read_back.fingerprint, _fingerprint_context(aggregate_id, command_id)),
+            rejection=Rejection(
+                rejection.kind,
+                rejection.reason,
+                _sealed_text(key, detail, _refusal_context(aggregate_id, command_id)),
+            ),
+        )
+        self.sealed_commands.append(SealedCommand(stored, read_back))
 
 
 def rows_at(dialect: str, version: int) -> OldRows:
@@ -388,6 +475,13 @@ def rows_at(dialect: str, version: int) -> OldRows:
         rows.data_keys.append(_wrapped(PROJECTION_KEY_PREFIX + "owners"))
         rows.add_document("owners", "owner:bob", b"\x0a\x0eaccount-sealed", sealed=True)
 
+    if rows.holds("parked_events"):
+        rows.parked += [
+            ParkedEvent("balances", 2, "event-2", "bank.v1.Deposited", "account-plain", "PROJECTION_FAILED: no", 3, T0),
+            ParkedEvent("balances", 3, "event-3a", "bank.v1.Deposited", "account-plain", "ValueError: x", 1, T0 + 1),
+            ParkedEvent("balances", 3, "event-3b", "bank.v1.Deposited", "account-plain", "ValueError: y", 1, T0 + 2),
+        ]
+
     if rows.holds("audit_outcome"):
         rows.audit_entries.append(
             AuditEntry(
@@ -399,6 +493,29 @@ def rows_at(dialect: str, version: int) -> OldRows:
                 user_id="",
                 origin="cli",
                 outcome=ACCEPTED,
+            )
+        )
+
+    if rows.holds("forgetting_and_audit"):
+        rows.add_sealed_command("c-sealed-refused", "account-sealed", 2, refusal)
+        rows.data_keys.append(_wrapped("account-subject"))
+        rows.add_document("owners", "owner:eve", b"\x0a\x0faccount-subject", sealed=True, subjects=("account-subject",))
+        rows.add_document("balances", "eve", b"\x08\x2a", sealed=False, subjects=("account-plain", "account-subject"))
+        rows.audit_entries.append(
+            AuditEntry(
+                recorded_at_us=T0 + 700_000,
+                command_id="c-dry",
+                command_type="bank.v1.Withdraw",
+                aggregate_id="account-plain",
+                principal="",
+                user_id="",
+                origin="web",
+                outcome=REFUSED,
+                reason="NO_CREDENTIALS",
+                message="credentials are required",
+                dry_run=True,
+                peer="ipv4:10.0.0.7:51544",
+                occurrences=3,
             )
         )
 
@@ -419,6 +536,28 @@ def rows_at(dialect: str, version: int) -> OldRows:
             Lease("1", None, 2),  # taken, then given up
             Lease("2", None, 0),  # never taken
             Lease("3", None, 0),
+        ]
+
+    if rows.holds("groups"):
+        rows.groups.append(
+            GroupState(
+                spec=GROUP_SPEC,
+                checkpoints=(
+                    SegmentCheckpoint(0, 3, 2),
+                    SegmentCheckpoint(1, 2, 1),
+                    SegmentCheckpoint(2, 0, 0),
+                    SegmentCheckpoint(3, 0, 0),
+                ),
+                parked=2,
+            )
+        )
+        rows.group_parked += [
+            GroupParkedEvent(
+                event_id="p-1", position=2, segment=1, aggregate_id="acc-1", attempts=3, reason="boom", replaying=False
+            ),
+            GroupParkedEvent(
+                event_id="p-2", position=3, segment=0, aggregate_id="acc-2", attempts=3, reason="bad", replaying=True
+            ),
         ]
     return rows
 
@@ -460,23 +599,40 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
             for e in events
         ]
         await store.append(command.aggregate_id, new, command.first_version - 1, commands=[command], claims=claims)
+    for sealed in rows.sealed_commands:
+        stored = sealed.stored
+        await store.append(stored.aggregate_id, [], stored.last_version, commands=[stored])
     for snapshot in rows.snapshots:
         await store.save_snapshot(snapshot.stored)
     for entry in rows.audit_entries:
         await store.record_audit_entry(entry)
     for name, position in rows.checkpoints.items():
         writes = [
-            DocumentWrite(d.stored.key, d.stored.type_name, d.stored.data)
+            DocumentWrite(d.stored.key, d.stored.type_name, d.stored.data, d.subjects)
             for d in rows.documents
             if d.projection == name
         ]
-        await store.commit_projection(name, expected_position=0, new_position=position, writes=writes)
+        parked = [p for p in rows.parked if p.projection == name]
+        await store.commit_projection(name, expected_position=0, new_position=position, writes=writes, parked=parked)
     for member in rows.lease_members:
         await store.renew_leases(LEASE_GROUP, member, LEASE_NAMES, LEASE_SECONDS)
         held = [lease.name for lease in rows.leases if lease.epoch > 0]
         await store.change_leases(LEASE_GROUP, member.member_id, release=(), acquire=held, ttl=LEASE_SECONDS)
         given_up = [lease.name for lease in rows.leases if lease.owner is None and lease.epoch > 0]
         await store.change_leases(LEASE_GROUP, member.member_id, release=given_up, acquire=(), ttl=LEASE_SECONDS)
+    for group in rows.groups:
+        await store.create_group(group.spec)
+        for checkpoint in group.checkpoints:
+            if checkpoint.position != group.spec.start_position:
+                await store.commit_segment(
+                    group.spec.name,
+                    checkpoint.segment,
+                    expected_position=group.spec.start_position,
+                    new_position=checkpoint.position,
+                    acknowledged=checkpoint.acknowledged,
+                    parked=[p for p in rows.group_parked if p.segment == checkpoint.segment],
+                )
+        await store.replay_parked(group.spec.name, [p.event_id for p in rows.group_parked if p.replaying])
 
 
 # -- reading them back through the current store ------------------------------------
@@ -549,6 +705,10 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
     async def command_records() -> None:
         for command in rows.commands:
             same(f"command record {command.command_id}", await roles.events.find_command(command.command_id), command)
+        for sealed in rows.sealed_commands:
+            command_id = sealed.stored.command_id
+            same(f"sealed command record {command_id}", await roles.events.find_command(command_id), sealed.read_back)
+            same(f"sealed command record {command_id} as stored", await store.find_command(command_id), sealed.stored)
 
     async def snapshots() -> None:
         by_aggregate: dict[str, list[OldSnapshot]] = {}
@@ -599,10 +759,19 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
                 loaded,
                 StoredDocument(document.key, document.stored.type_name, document.data),
             )
+        for document in rows.documents:
+            if not document.sealed:  # sealed ones' keys are hashes: they are not listed
+                listed = await store.list_documents(document.projection, DocumentRange(prefix=document.key[:3]))
+                same(f"documents of {document.projection} listed by prefix", listed, [document.stored])
+        for name in rows.checkpoints:
+            parked = [p for p in rows.parked if p.projection == name]
+            same(f"parked events of {name}", await store.parked_events(name), parked)
+            same(f"parked events of {name} counted", await store.count_parked_events(name), len(parked))
 
     async def audit() -> None:
         entries = await roles.audit.read_audit(AuditQuery(limit=1_000))
         expected = [c.audit_entry() for c in rows.commands] + rows.audit_entries
+        expected += [s.read_back.audit_entry() for s in rows.sealed_commands]
         same("audit entries", sorted(entries, key=repr), sorted(expected, key=repr))
         times = [e.recorded_at_us for e in entries]
         same("audit entries newest first", times, sorted(times, reverse=True))
@@ -725,6 +894,18 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         await roles.audit.record_audit_entry(entry)
         same("a new audit entry", (await roles.audit.read_audit(AuditQuery(command_id="c-new")))[:1], [entry])
 
+    async def forgetting_deletes_documents() -> None:
+        subjects = {s for d in rows.documents for s in d.subjects}
+        for subject in sorted(subjects):
+            if await store.load_data_key(subject) is not None:
+                await Keyring(store, MASTER_KEYS).forget(subject)
+        for document in rows.documents:
+            raw = await store.load_document(document.projection, document.stored.key)
+            named = bool(set(document.subjects) & {k.aggregate_id for k in rows.data_keys})
+            same(
+                f"document {document.key} of {document.projection} after its subject was forgotten", raw is None, named
+            )
+
     async def leases() -> None:
         # A replica of the new version joins the group the old one left.
         newcomer = LeaseMember("member-new", "10.0.0.2:50051")
@@ -739,6 +920,28 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
             "leases taken after the old ones",
             sorted(taken, key=lambda lease: lease.name),
             [Lease(lease.name, newcomer.member_id, lease.epoch + 1) for lease in free],
+        )
+
+    async def groups() -> None:
+        # A consumer of the new version goes on from the old checkpoints.
+        same("groups", await store.list_groups(), rows.groups)
+        (group,) = rows.groups
+        name = group.spec.name
+        same("parked events", await store.list_parked(name), rows.group_parked)
+        same(
+            "parked events to replay",
+            await store.parked_to_replay(name, list(range(group.spec.segments)), 10),
+            [p for p in rows.group_parked if p.replaying],
+        )
+        moved = group.checkpoint(0)
+        await store.commit_segment(
+            name, 0, expected_position=moved.position, new_position=moved.position + 5, acknowledged=4
+        )
+        loaded = await store.load_group(name)
+        same(
+            "a checkpoint moved after the old one",
+            loaded.checkpoint(0) if loaded is not None else None,
+            SegmentCheckpoint(0, moved.position + 5, moved.acknowledged + 4),
         )
 
     for kind, body in (
@@ -756,6 +959,8 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         ("appends after the old events", appends_go_on),
         ("snapshots, checkpoints and audit after the old ones", history_goes_on),
         *((("leases", leases),) if rows.holds("leases") else ()),
+        ("documents of a forgotten subject", forgetting_deletes_documents),
+        *((("groups", groups),) if rows.holds("groups") else ()),
     ):
         await check(kind, body)
     return failures

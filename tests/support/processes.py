@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -220,12 +221,16 @@ def serve_until_exit(
     )
 
 
-def cli(*args: str, server: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, server: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``chronicle ARGS --server SERVER``, with ``env`` added to ours."""
     result = subprocess.run(
         [sys.executable, "-m", "service", *args, "--server", server],
         capture_output=True,
         text=True,
         timeout=30,
+        env={**os.environ, **env} if env else None,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"chronicle {' '.join(args)} failed ({result.returncode}): {result.stderr}")
@@ -235,18 +240,50 @@ def cli(*args: str, server: str, check: bool = True) -> subprocess.CompletedProc
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def dockerfile_instructions(keyword: str) -> list[str]:
+    """The arguments of every ``keyword`` instruction of the Dockerfile's
+    runtime stage (from its last FROM on), continuation lines joined."""
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    runtime = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    found, instruction = [], None
+    for line in lines[runtime:]:
+        if instruction is None and line.startswith(keyword + " "):
+            instruction = line.removeprefix(keyword + " ")
+        elif instruction is not None:
+            instruction += " " + line.strip()
+        else:
+            continue
+        if instruction.rstrip().endswith("\\"):
+            instruction = instruction.rstrip().removesuffix("\\")
+        else:
+            found.append(instruction.strip())
+            instruction = None
+    return found
+
+
 def dockerfile_healthcheck() -> list[str]:
     """The Dockerfile's HEALTHCHECK command, as Docker would run it."""
-    lines = (ROOT / "Dockerfile").read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("HEALTHCHECK"))
-    instruction = ""
-    for line in lines[start:]:
-        instruction += line.rstrip().removesuffix("\\") + " "
-        if not line.rstrip().endswith("\\"):
-            break
+    (instruction,) = dockerfile_instructions("HEALTHCHECK")
     command = json.loads(instruction.split(" CMD ", 1)[1])
     assert isinstance(command, list) and command[0] == "chronicle", instruction
     return [str(part) for part in command]
+
+
+def dockerfile_environment() -> dict[str, str]:
+    """The variables the image's ENV instructions set (``NAME=value`` forms)."""
+    environment: dict[str, str] = {}
+    for instruction in dockerfile_instructions("ENV"):
+        for assignment in shlex.split(instruction):
+            name, _, value = assignment.partition("=")
+            environment[name] = value
+    return environment
+
+
+def dockerfile_command() -> list[str]:
+    """What a bare ``docker run IMAGE`` runs: ENTRYPOINT then CMD (exec forms)."""
+    (entrypoint,) = dockerfile_instructions("ENTRYPOINT")
+    (default,) = dockerfile_instructions("CMD")
+    return [str(part) for part in json.loads(entrypoint) + json.loads(default)]
 
 
 def run_healthcheck(env: dict[str, str], *, timeout: float = 30) -> subprocess.CompletedProcess[str]:

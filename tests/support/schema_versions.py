@@ -32,11 +32,12 @@ from psycopg import sql
 
 from service.store.postgres import PostgresStore
 from service.store.postgres import migrations as postgres_migrations
+from service.store.sql_common import parked_event_row
 from service.store.sqlite import migrations as sqlite_migrations
 from service.store.sqlite import sql as sqlite_sql
 from service.store.sqlite.writer import writing
 from tests.support.contents import contents
-from tests.support.old_rows import LEASE_GROUP, LEASE_SECONDS, OldRows, rows_at
+from tests.support.old_rows import GROUP_FILTER, LEASE_GROUP, LEASE_SECONDS, OldRows, rows_at
 from tests.support.postgres import Cluster
 
 POSTGRES_VERSIONS = [m.version for m in postgres_migrations.known_migrations()]
@@ -56,6 +57,7 @@ DATABASE_TIMES = frozenset(
         "updated_at",
         "joined_at",
         "expires_at",  # a lease's or a member's: now() plus the lease time
+        "parked_at",
     }
 )
 # Columns whose default is the only value they can hold.
@@ -85,7 +87,7 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
     """``rows`` as the code of ``rows.version`` wrote them, in one transaction."""
     for event in rows.events:
         e = event.stored
-        # The JSON copy of payloads came with schema version 11.
+        # The JSON copy of payloads came with schema version 15.
         json_column, json_value = (", payload_json", ", %s::jsonb") if rows.holds("payload_json") else ("", "")
         conn.execute(
             "INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
@@ -113,7 +115,7 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
         )
     # Positions came from the log head, under its row lock.
     conn.execute("UPDATE chronicle.log_head SET last_position = %s", (rows.last_position,))
-    for c in rows.commands:
+    for c in [*rows.commands, *(s.stored for s in rows.sealed_commands)]:
         columns = "command_id, aggregate_id, command_type, fingerprint, first_version, last_version, rejection"
         values: tuple[object, ...] = (
             c.command_id,
@@ -149,6 +151,9 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
         if rows.holds("audit_outcome"):
             columns += ", outcome"
             values += (a.outcome,)
+        if rows.holds("forgetting_and_audit"):
+            columns += ", dry_run, peer, occurrences"
+            values += (a.dry_run, a.peer, a.occurrences)
         conn.execute(
             f"INSERT INTO chronicle.refusals ({columns}, recorded_at) VALUES ({_marks(columns)}, {_AT})",
             (*values, a.recorded_at_us),
@@ -169,9 +174,22 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
         conn.execute("INSERT INTO chronicle.projection_checkpoints (name, position) VALUES (%s, %s)", (name, position))
     for document in rows.documents:
         d = document.stored
+        if rows.holds("forgetting_and_audit"):  # the aggregates it is derived from, in its row
+            conn.execute(
+                "INSERT INTO chronicle.projection_documents (projection, key, type_name, data, subjects)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (document.projection, d.key, d.type_name, d.data, list(document.subjects)),
+            )
+            continue
         conn.execute(
             "INSERT INTO chronicle.projection_documents (projection, key, type_name, data) VALUES (%s, %s, %s, %s)",
             (document.projection, d.key, d.type_name, d.data),
+        )
+    for parked in rows.parked:
+        conn.execute(
+            "INSERT INTO chronicle.projection_parked_events (projection, position, event_id, event_type,"
+            " aggregate_id, error, attempts, parked_at_us) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            parked_event_row(parked),
         )
     for member in rows.lease_members:
         conn.execute(
@@ -186,6 +204,43 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
             "INSERT INTO chronicle.leases (lease_group, name, owner, epoch, expires_at) VALUES (%s, %s, %s, %s,"
             " CASE WHEN %s THEN now() + %s * interval '1 second' ELSE '-infinity' END)",
             (LEASE_GROUP, lease.name, lease.owner, lease.epoch, lease.owner is not None, LEASE_SECONDS),
+        )
+    for group in rows.groups:
+        spec = group.spec
+        conn.execute(
+            "INSERT INTO chronicle.subscription_groups (name, filter, start_position, segments, max_attempts,"
+            " retry_backoff_ms, max_retry_backoff_ms, ack_timeout_ms) VALUES (%s, %s::jsonb, %s, %s, %s, %s, %s, %s)",
+            (
+                spec.name,
+                GROUP_FILTER,
+                spec.start_position,
+                spec.segments,
+                spec.max_attempts,
+                spec.retry_backoff_ms,
+                spec.max_retry_backoff_ms,
+                spec.ack_timeout_ms,
+            ),
+        )
+        for checkpoint in group.checkpoints:
+            conn.execute(
+                "INSERT INTO chronicle.group_segments (group_name, segment, position, acknowledged)"
+                " VALUES (%s, %s, %s, %s)",
+                (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
+            )
+    for entry in rows.group_parked:
+        conn.execute(
+            "INSERT INTO chronicle.group_parked (group_name, event_id, position, segment, aggregate_id, attempts,"
+            " reason, replaying) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                rows.groups[0].spec.name,
+                entry.event_id,
+                entry.position,
+                entry.segment,
+                entry.aggregate_id,
+                entry.attempts,
+                entry.reason,
+                entry.replaying,
+            ),
         )
 
 
@@ -373,7 +428,7 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
             ),
         ).fetchone()
         assert position == e.position, f"SQLite gave position {position} to the event the rows place at {e.position}"
-    for c in rows.commands:
+    for c in [*rows.commands, *(s.stored for s in rows.sealed_commands)]:
         values: tuple[object, ...] = (
             c.command_id,
             c.aggregate_id,
@@ -416,6 +471,9 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
         if rows.holds("audit_outcome"):
             columns += ", outcome"
             values += (a.outcome,)
+        if rows.holds("forgetting_and_audit"):
+            columns += ", dry_run, peer, occurrences"
+            values += (int(a.dry_run), a.peer, a.occurrences)
         conn.execute(f"INSERT INTO refusals ({columns}) VALUES ({', '.join('?' * len(values))})", values)
     for key in rows.data_keys:
         written_at = 1_767_225_600_000_000
@@ -431,6 +489,53 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
         conn.execute(
             "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?, ?, ?, ?)",
             (document.projection, d.key, d.type_name, d.data),
+        )
+        for subject in document.subjects:  # the aggregates it is derived from, a row each
+            conn.execute(
+                "INSERT INTO projection_subjects (projection, key, subject) VALUES (?, ?, ?)",
+                (document.projection, d.key, subject),
+            )
+    for parked in rows.parked:
+        conn.execute(
+            "INSERT INTO projection_parked_events (projection, position, event_id, event_type, aggregate_id,"
+            " error, attempts, parked_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            parked_event_row(parked),
+        )
+    for group in rows.groups:
+        spec = group.spec
+        conn.execute(
+            "INSERT INTO subscription_groups (name, filter, start_position, segments, max_attempts, retry_backoff_ms,"
+            " max_retry_backoff_ms, ack_timeout_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                spec.name,
+                GROUP_FILTER,
+                spec.start_position,
+                spec.segments,
+                spec.max_attempts,
+                spec.retry_backoff_ms,
+                spec.max_retry_backoff_ms,
+                spec.ack_timeout_ms,
+            ),
+        )
+        for checkpoint in group.checkpoints:
+            conn.execute(
+                "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, ?)",
+                (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
+            )
+    for entry in rows.group_parked:
+        conn.execute(
+            "INSERT INTO group_parked (group_name, event_id, position, segment, aggregate_id, attempts, reason,"
+            " replaying) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                rows.groups[0].spec.name,
+                entry.event_id,
+                entry.position,
+                entry.segment,
+                entry.aggregate_id,
+                entry.attempts,
+                entry.reason,
+                int(entry.replaying),
+            ),
         )
 
 

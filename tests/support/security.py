@@ -177,6 +177,10 @@ class JwtIssuer:
     def token(self, subject: str, *, expires_in: float = 300, issuer: str | None = None, **claims: Any) -> str:
         now = int(time.time())
         payload = {"sub": subject, "iss": issuer or self.issuer, "iat": now, "exp": now + int(expires_in), **claims}
+        return self.sign(payload)
+
+    def sign(self, payload: dict[str, Any]) -> str:
+        """A token of exactly these claims."""
         return jwt.encode(payload, self._key, algorithm="ES256")
 
 
@@ -224,6 +228,16 @@ class _BearerStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc
         return await continuation(_with_token(details, self._token), request)
 
 
+class _BearerDuplex(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_token(details, self._token), request_iterator)
+
+
 def bearer(token: str) -> list[Any]:
     """Client interceptors that send ``authorization: Bearer <token>``."""
-    return [_BearerUnary(token), _BearerStream(token)]
+    return [_BearerUnary(token), _BearerStream(token), _BearerDuplex(token)]

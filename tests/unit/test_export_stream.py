@@ -13,9 +13,9 @@ from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-d
 from chronicle.v1 import export_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.errors import InvalidInput
+from service.progress import Reporter
 from service.store.records import DataKey, HeldClaim
 from service.transfer import stream
-from service.transfer.progress import Reporter
 from service.transfer.records import exported_claim, exported_data_key, exported_event
 from tests.support.events import recorded_event
 
@@ -128,6 +128,6 @@ def test_progress_without_a_terminal_is_plain_lines() -> None:
     reporter.update(250)
     reporter.close("done: 3 events written")
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("import: 250 B of 1,000 B, ") and "25%" in lines[0] and "s left" in lines[0]
+    assert lines[0].startswith("import: 250 B of 1,000 B, ") and "25%" in lines[0] and "ETA 0:" in lines[0]
     assert lines[-1] == "import: done: 3 events written"
     assert "\x1b" not in out.getvalue()

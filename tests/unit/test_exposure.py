@@ -48,3 +48,15 @@ def test_authentication_over_tls_beyond_loopback_needs_no_warning() -> None:
 
 def test_authentication_over_plaintext_on_loopback_needs_no_warning() -> None:
     assert check_exposure(listen="127.0.0.1:50051", auth=True, tls=False, insecure=False) == []
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_anonymous_administrators_beyond_loopback_are_refused_even_with_insecure(insecure: bool) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        check_exposure(listen="[::]:50051", auth=False, tls=False, insecure=insecure, anonymous_admin=True)
+    assert refused.value.reason == "ANONYMOUS_ADMIN_EXPOSED"
+    assert "forget" in refused.value.message
+
+
+def test_anonymous_administrators_on_loopback_are_the_developers_choice() -> None:
+    assert check_exposure(listen="localhost:50051", auth=False, tls=False, insecure=False, anonymous_admin=True) == []

@@ -100,7 +100,7 @@ def test_a_small_rsa_key_is_refused(tmp_path: Path) -> None:
     ("content", "complaint"),
     [
         (ec.generate_private_key(ec.SECP256K1()).public_key().public_bytes(*PUBLIC), "on secp256k1"),
-        (x25519.X25519PrivateKey.generate().public_key().public_bytes(*PUBLIC), "does not sign JWTs"),
+        (x25519.X25519PrivateKey.generate().public_key().public_bytes(*PUBLIC), "of type X25519, which signs no"),
         (b"-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n", "not a PEM public key"),
     ],
     ids=["secp256k1", "x25519", "garbage"],

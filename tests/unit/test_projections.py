@@ -22,9 +22,11 @@ from service.processing.executor import CommandExecutor
 from service.processing.projections import ProjectionRunner
 from service.processing.upcasting import EventReader
 from service.store.base import Store
+from service.store.encrypted import encrypted
+from service.store.encryption import Keyring, MasterKeys, new_master_key
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
-from service.store.records import DocumentWrite
+from service.store.records import DocumentWrite, ParkedEvent
 from tests.support.contents import contents
 
 REGISTRY = Registry([bank_account.plugin])
@@ -103,12 +105,18 @@ class CrashingStore(MemoryStore):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         if self.crashes:
             self.crashes -= 1
             raise RuntimeError("killed before commit")
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
         )
 
 
@@ -141,13 +149,19 @@ class FailingLaterCommit(MemoryStore):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         self.commits.append((expected_position, new_position))
         await asyncio.sleep(0)  # the runner applies the next batch meanwhile
         if len(self.commits) == self.fail_at:
             raise RuntimeError("the database went away mid-commit")
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
         )
 
 
@@ -295,6 +309,76 @@ async def test_stopping_a_runner_whose_store_failed_under_it_does_not_stop_the_s
     assert not stopping.status.running
 
 
+# -- forgetting: documents named after their subjects ----------------------------
+
+
+@pytest.mark.parametrize("batch_size", [None, 1], ids=["one batch", "commits overlapping the next batch"])
+async def test_a_forgotten_accounts_documents_do_not_come_back_from_a_runners_cache(batch_size: int | None) -> None:
+    raw = MemoryStore()
+    keyring = Keyring(raw, MasterKeys.parse(f"k1:{new_master_key()}", source="test"))
+    roles = encrypted(Store.of(raw), keyring)
+
+    async def submit(aggregate_id: str, message: Any) -> None:
+        spec = REGISTRY.command(message.DESCRIPTOR.full_name)
+        assert spec is not None
+        request = CommandRequest(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, spec=spec, message=message)
+        await CommandExecutor(roles, REGISTRY).execute(request, None)
+
+    for aggregate_id, message in [
+        ("acc-1", bank.OpenAccount(owner="ann")),
+        ("acc-2", bank.OpenAccount(owner="ann")),
+        ("acc-1", bank.Deposit(amount=100)),
+        ("acc-2", bank.Deposit(amount=20)),
+    ]:
+        await submit(aggregate_id, message)
+    projection = bank_account.balances_by_owner
+    cached = ProjectionRunner(projection, log=roles.log, documents=roles.projections, reader=READER)
+    position = await cached.step(0)  # holds ann's documents, acc-1's balance in them, in its cache
+    assert (await owner(roles.projections, "ann")).balance == 120
+
+    await keyring.forget("acc-1")
+    assert await roles.projections.load_document(projection.name, account_key("acc-1")) is None
+    assert await roles.projections.load_document(projection.name, owner_key("ann")) is None
+    assert await roles.projections.load_document(projection.name, account_key("acc-2")) is not None
+
+    if batch_size is not None:
+        projection.batch_size = batch_size
+    await submit("acc-2", bank.Deposit(amount=5))
+    await submit("acc-3", bank.OpenAccount(owner="bob"))
+    await submit("acc-2", bank.Deposit(amount=1))
+    # The commit of ann's stale document is refused (SubjectsForgotten): the
+    # batches are applied again from the stored checkpoint, without the cache.
+    assert await cached.step(position) == await raw.log_head()
+    # Started again from acc-2's next event, as a runner without a cache would have.
+    assert await owner(roles.projections, "ann") == bank.OwnerBalance(owner="ann", balance=6, account_ids=["acc-2"])
+    assert await owner(roles.projections, "bob") == bank.OwnerBalance(owner="bob", balance=0, account_ids=["acc-3"])
+    assert await roles.projections.load_document(projection.name, account_key("acc-1")) is None
+    assert cached.status.error == ""
+
+
+async def test_a_projection_rebuilt_after_a_forget_skips_the_redacted_events() -> None:
+    raw = MemoryStore()
+    keyring = Keyring(raw, MasterKeys.parse(f"k1:{new_master_key()}", source="test"))
+    roles = encrypted(Store.of(raw), keyring)
+    executor = CommandExecutor(roles, REGISTRY)
+    for aggregate_id, message in [
+        ("acc-1", bank.OpenAccount(owner="ann")),
+        ("acc-2", bank.OpenAccount(owner="ann")),
+        ("acc-1", bank.Deposit(amount=100)),
+        ("acc-2", bank.Deposit(amount=20)),
+    ]:
+        spec = REGISTRY.command(message.DESCRIPTOR.full_name)
+        assert spec is not None
+        request = CommandRequest(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, spec=spec, message=message)
+        await executor.execute(request, None)
+    await keyring.forget("acc-1")
+    rebuilt = ProjectionRunner(
+        bank_account.balances_by_owner, log=roles.log, documents=roles.projections, reader=READER
+    )
+    assert await rebuilt.step(0) == await raw.log_head()  # not stuck on acc-1's redacted events
+    assert await owner(roles.projections, "ann") == bank.OwnerBalance(owner="ann", balance=20, account_ids=["acc-2"])
+
+
 class HandLease:
     """A projection lease the test hands out and takes back."""
 
@@ -320,10 +404,16 @@ class FencedCommits(MemoryStore):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         self.tokens.append(fencing)
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
         )
 
 
@@ -354,3 +444,130 @@ async def test_a_runner_that_gains_its_lease_starts_from_the_stored_checkpoint()
     # Given a stale position, it reads the checkpoint instead of applying again.
     assert await first.step(0) == await store.log_head()
     assert await owner(store, "ann") == bank.OwnerBalance(owner="ann", balance=90, account_ids=["acc-1", "acc-2"])
+
+
+# -- parking events a handler keeps failing on -----------------------------------
+
+picky = Plugin("picky")
+parking = picky.projection(
+    "picky.deposits", aggregate_types=["Account"], on_failure="park", max_attempts=2, retry_seconds=0.01
+)
+stopping = picky.projection("picky.stops", aggregate_types=["Account"])
+
+
+def _count_deposit(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+    if event.amount == 20:
+        raise ValueError("twenty is unlucky")
+    total = documents.get("total", bank.OwnerBalance) or bank.OwnerBalance(owner="all")
+    total.balance += event.amount
+    documents.put("total", total)
+
+
+parking.on(bank.MoneyDeposited)(_count_deposit)
+stopping.on(bank.MoneyDeposited)(_count_deposit)
+
+
+async def test_a_projection_that_parks_skips_an_event_after_its_attempts_and_goes_on() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    head = await store.log_head()
+    parks = ProjectionRunner(parking, log=store, documents=store, reader=READER)
+    with pytest.raises(ProjectionFailed):
+        await parks.step(0)  # the first attempt fails and stops the batch
+    assert await store.count_parked_events("picky.deposits") == 0
+    assert await parks.step(await store.projection_position("picky.deposits")) == head  # the second parks it
+    total = await store.load_document("picky.deposits", "total")
+    assert total is not None and bank.OwnerBalance.FromString(total.data).balance == 107
+    (parked,) = await store.parked_events("picky.deposits")
+    deposit = next(e for e in await store.read_aggregate("acc-2") if e.event_type == "bank.v1.MoneyDeposited")
+    assert (parked.position, parked.event_id, parked.event_type, parked.aggregate_id, parked.attempts) == (
+        deposit.position,
+        deposit.event_id,
+        "bank.v1.MoneyDeposited",
+        "acc-2",
+        2,
+    )
+    assert "ValueError: twenty is unlucky" in parked.error
+
+
+async def test_a_projection_that_stops_never_parks() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    stops = ProjectionRunner(stopping, log=store, documents=store, reader=READER)
+    for _ in range(4):
+        with pytest.raises(ProjectionFailed):
+            await stops.step(await store.projection_position("picky.stops"))
+    assert await store.count_parked_events("picky.stops") == 0
+    assert await store.projection_position("picky.stops") < await store.log_head()
+
+
+def test_a_projection_declares_how_it_fails() -> None:
+    with pytest.raises(ValueError, match="on_failure"):
+        Plugin("x").projection("x.p", on_failure="skip")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_attempts"):
+        Plugin("x").projection("x.p", on_failure="park", max_attempts=0)
+
+
+# -- rebuilding ---------------------------------------------------------------------
+
+
+async def test_an_idle_runner_finds_its_projection_rebuilt_and_applies_the_log_again() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    idle = runner(store)
+    head = await idle.step(0)
+    before = await contents(store)
+    await store.reset_projection("bank.balances_by_owner")
+    assert await owner_or_none(store, "ann") is None
+    # Nothing new in the log: the runner looks at the checkpoint, finds 0,
+    # forgets its cache and starts again.
+    assert await idle.step(head) == 0
+    assert await idle.step(0) == head
+    assert (await contents(store)).changes_since(before) == {}
+
+
+async def test_a_batch_applied_before_a_rebuild_is_not_committed_after_it() -> None:
+    store = ResetDuringCommit()
+    await bank_history(store)
+    racing = runner(store, batch_size=3)
+    position = await racing.step(0)
+    await run(store, "acc-1", bank.Deposit(amount=1000))
+    store.reset_before_next_commit = True
+    with pytest.raises(ConcurrencyConflict):
+        await racing.step(position)
+    assert await store.projection_position("bank.balances_by_owner") == 0
+    assert await owner_or_none(store, "ann") is None
+    assert await racing.step(0) == await store.log_head()
+    assert (await owner(store, "ann")).balance == 1090
+
+
+async def owner_or_none(store: Any, name: str) -> Any:
+    return await store.load_document("bank.balances_by_owner", owner_key(name))
+
+
+class ResetDuringCommit(MemoryStore):
+    """An administrator rebuilds the projection while a batch is applied."""
+
+    reset_before_next_commit = False
+
+    async def commit_projection(
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
+    ) -> None:
+        if self.reset_before_next_commit:
+            self.reset_before_next_commit = False
+            await self.reset_projection(name)
+        await super().commit_projection(
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
+        )

@@ -5,12 +5,14 @@ and its log pages come in position order from an index, whatever the filter."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from service.store.records import ClaimChange, LogFilter, Snapshot
+from service.store.records import ClaimChange, DataKey, LogFilter, Snapshot
 from service.store.sql_common import SQLITE, log_conditions
 from service.store.sqlite import SqliteStore, sql
 from tests.support.contents import contents
@@ -70,3 +72,53 @@ async def test_a_page_of_the_log_is_read_in_position_order_and_stops_at_its_end(
     assert len(page) == 1, steps
     assert page[0].startswith("SEARCH events USING"), steps
     assert "position>?" in page[0] or "rowid>?" in page[0], steps
+
+
+async def test_deleted_content_is_zeroed_whatever_sqlite_was_built_with(tmp_path: Path) -> None:
+    """Forgetting relies on it (free space must not keep a wrapped key or a
+    document); some builds of SQLite default to it, others do not."""
+    store = SqliteStore(tmp_path / "events.db")
+    await store.open()
+    try:
+        (secure_delete,) = await store._writer.run(lambda db: db.execute("PRAGMA secure_delete").fetchone())
+    finally:
+        await store.close()
+    assert secure_delete == 1
+
+
+def on_disk(path: Path | str) -> bytes:
+    return Path(path).read_bytes()
+
+
+async def test_a_reader_holding_the_file_delays_the_checkpoint_after_a_forget_and_it_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/security.md: the WAL keeps the wrapped key until a checkpoint,
+    which a reader in another process can hold back; the server says so,
+    and the next forget's checkpoint empties it."""
+    path = tmp_path / "events.db"
+    wrapped = os.urandom(40)
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await store.create_data_key(DataKey(aggregate_id="acc-1", master_key_id="k1", wrapped=wrapped))
+        reader = sqlite3.connect(path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM data_keys").fetchone()  # a snapshot of the file as it is now
+        # The checkpoint waits for the reader as long as the busy timeout
+        # (5 s); the test need not.
+        await store._writer.run(lambda db: db.execute("PRAGMA busy_timeout = 50"))
+        with caplog.at_level(logging.WARNING, logger="chronicle"):
+            assert await store.forget_data_key("acc-1")
+        assert "forgot acc-1, but a reader of the SQLite file held back the WAL checkpoint" in caplog.text
+        assert wrapped in on_disk(f"{path}-wal")
+        reader.execute("COMMIT")
+        reader.close()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="chronicle"):
+            await store.forget_data_key("acc-1")  # forgetting again: its checkpoint is not held back
+        assert "held back" not in caplog.text
+        assert on_disk(f"{path}-wal") == b""
+        assert wrapped not in on_disk(path)
+    finally:
+        await store.close()

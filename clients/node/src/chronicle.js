@@ -35,6 +35,7 @@ const API_FILES = [
   'chronicle/v1/command_service.proto',
   'chronicle/v1/event_service.proto',
   'chronicle/v1/cluster_service.proto',
+  'chronicle/v1/subscription_group_service.proto',
 ];
 const MESSAGE_FILES = [
   'bank/v1/bank_account.proto',
@@ -67,6 +68,7 @@ export const services = {
   CommandService: api.CommandService.service,
   EventService: api.EventService.service,
   ClusterService: api.ClusterService.service,
+  SubscriptionGroupService: api.SubscriptionGroupService.service,
 };
 
 // How a subscription's stream may end and still be reopened where it was.
@@ -147,6 +149,9 @@ export class ChronicleClient {
     this.commands = new api.CommandService(address, credentials);
     // One connection for both services.
     this.events = new api.EventService(address, credentials, { channelOverride: this.commands.getChannel() });
+    this.groups = new api.SubscriptionGroupService(address, credentials, {
+      channelOverride: this.commands.getChannel(),
+    });
     this.origin = origin;
     this.userId = userId;
     // Whether the server has ReadAggregatePages: undefined until known.
@@ -287,11 +292,125 @@ export class ChronicleClient {
     return { ...response, state: unpack(response.state) };
   }
 
+  /**
+   * Creates subscription group `name` (needs the admin grant): the events
+   * matching the filter, after `afterPosition` (or only new ones with
+   * `fromEnd`), shared among the group's consumers. Durations in seconds;
+   * 0 or undefined: the server's defaults. Resolves to the GroupInfo;
+   * rejects with ChronicleError (ALREADY_EXISTS GROUP_EXISTS, …).
+   */
+  async createGroup(
+    name,
+    {
+      aggregateTypes = [],
+      eventTypes = [],
+      origin = '',
+      afterPosition = 0,
+      fromEnd = false,
+      maxDeliveryAttempts = 0,
+      retryBackoffSeconds,
+      maxRetryBackoffSeconds,
+      ackTimeoutSeconds,
+      segments = 0,
+    } = {},
+  ) {
+    const request = {
+      name,
+      filter: { aggregate_types: aggregateTypes, event_types: eventTypes, origin },
+      after_position: afterPosition,
+      from_end: fromEnd,
+      max_delivery_attempts: maxDeliveryAttempts,
+      segments,
+    };
+    if (retryBackoffSeconds !== undefined) request.retry_backoff = duration(retryBackoffSeconds);
+    if (maxRetryBackoffSeconds !== undefined) request.max_retry_backoff = duration(maxRetryBackoffSeconds);
+    if (ackTimeoutSeconds !== undefined) request.ack_timeout = duration(ackTimeoutSeconds);
+    return (await call(this.groups, 'CreateGroup', request)).group;
+  }
+
+  /** Every group the caller may consume: position, lag, acknowledged, parked, consumers. */
+  async listGroups() {
+    return (await call(this.groups, 'ListGroups', {})).groups;
+  }
+
+  async deleteGroup(name) {
+    await call(this.groups, 'DeleteGroup', { name });
+  }
+
+  /** The group's parked events (delivered `max_delivery_attempts` times and given up). */
+  async listParked(group, { afterPosition = 0, limit = 100 } = {}) {
+    return (await call(this.groups, 'ListParked', { group, after_position: afterPosition, limit })).parked;
+  }
+
+  /** Delivers parked events again (none named: all of the group's); resolves to how many. */
+  async replayParked(group, eventIds = []) {
+    return (await call(this.groups, 'ReplayParked', { group, event_ids: eventIds })).replaying;
+  }
+
+  /**
+   * Consumes subscription group `group` as `consumer`. `deliveries` yields
+   * { event, attempt, replayed, ack(), nack(reason) }: every event of the
+   * group goes to one of its consumers, all events of one aggregate to the
+   * same one, in order, the next only once the one before is acked (or
+   * parked). Ack or nack each one; a nacked event (or one not acked within
+   * the group's ack timeout) comes again after the backoff. `close()`
+   * leaves the group: its unacked events go to the other consumers.
+   */
+  consume(group, consumer, { maxInFlight = 100 } = {}) {
+    const stream = this.groups.Consume();
+    const state = { closed: false, member: '' };
+    stream.write({ start: { group, consumer, max_in_flight: maxInFlight } });
+    const send = (request) => {
+      if (!state.closed) stream.write(request);
+    };
+    async function* deliveries() {
+      try {
+        for await (const message of stream) {
+          if (message.kind === 'joined') {
+            state.member = message.joined.consumer;
+            continue;
+          }
+          for (const delivery of message.deliveries.deliveries) {
+            const event = decodeEvent(delivery.event);
+            yield {
+              event,
+              attempt: delivery.attempt,
+              replayed: delivery.replayed,
+              ack: () => send({ ack: { event_ids: [event.event_id] } }),
+              nack: (reason = '') => send({ nack: { event_ids: [event.event_id], reason } }),
+            };
+          }
+        }
+      } catch (error) {
+        if (state.closed) return;
+        throw new ChronicleError(error);
+      }
+    }
+    return {
+      deliveries: deliveries(),
+      get member() {
+        return state.member;
+      },
+      close() {
+        if (state.closed) return;
+        state.closed = true;
+        stream.end(); // the server ends the stream and gives this consumer's segments to the others
+        stream.cancel();
+      },
+    };
+  }
+
   close() {
     this.routes?.close();
     this.commands.close();
     this.events.close();
+    this.groups.close();
   }
+}
+
+function duration(seconds) {
+  const whole = Math.floor(seconds);
+  return { seconds: whole, nanos: Math.round((seconds - whole) * 1e9) };
 }
 
 function decodeEvent(event) {

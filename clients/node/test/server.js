@@ -22,7 +22,8 @@ export async function startServer({ timeoutMs = 30_000 } = {}) {
   if (process.env.CHRONICLE_SERVER) return { address: process.env.CHRONICLE_SERVER, stop: async () => {} };
   const child = spawn(
     python(),
-    ['-m', 'service', 'serve', '--listen', '127.0.0.1:0', '--database-url', 'memory://'],
+    // --anonymous-admin: the group tests create groups (an admin action).
+    ['-m', 'service', 'serve', '--listen', '127.0.0.1:0', '--database-url', 'memory://', '--anonymous-admin'],
     { cwd: repository, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   const output = [];

@@ -12,7 +12,7 @@ from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.group_commit import Append, GroupCommitter
 from service.store.postgres.rows import first, rows, scalar
-from service.store.records import AggregateHead, ClaimChange, CommandRecord, NewEvent, RecordedEvent
+from service.store.records import AggregateHead, AggregateSummary, ClaimChange, CommandRecord, NewEvent, RecordedEvent
 from service.store.sql_common import POSTGRES, aggregate_conditions, command_from_row, event_from_row
 
 
@@ -57,6 +57,12 @@ class EventsRole:
             "read_aggregate", [Statement(statement.encode(), conditions.params, binary=True)], read_only=True
         )
         return [event_from_row(row) for row in rows(result)]
+
+    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+        (result,) = await self._db.run(
+            "list_aggregates", [Statement(sql.LIST_AGGREGATES.encode(), (prefix, after, limit))], read_only=True
+        )
+        return [AggregateSummary(row[0], row[1], int(row[2])) for row in rows(result)]
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         (result,) = await self._db.run(

@@ -1,6 +1,6 @@
 """``KeyStore`` on PostgreSQL: per-aggregate data keys; forgetting one
-leaves a tombstone and removes the aggregate's snapshots and claims in the
-same operation."""
+leaves a tombstone and removes the aggregate's snapshots, claims and the
+documents derived from it in the same operation."""
 
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ class KeysRole:
                 Statement(sql.FORGET_DATA_KEY.encode(), (aggregate_id,)),
                 Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
                 Statement(sql.RELEASE_CLAIMS_OF_FORGOTTEN.encode(), (aggregate_id,)),
+                Statement(sql.DELETE_DOCUMENTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
+                Statement(sql.DELETE_PARKED_OF_FORGOTTEN.encode(), (aggregate_id,)),
             ],
         )
         return results[0].ntuples == 1

@@ -12,6 +12,7 @@ loop, every method one operation, one round trip, one transaction).
     transfer.py     Transfer         (export and import)
     retention.py    Retention        (pruning old command records and refusals)
     leases.py       LeaseStore
+    groups.py       GroupStore       (consumers' leases: leases.py)
     sql.py          every statement; why positions never skip
 
 Differs from the contract only in what it adds: the database may be
@@ -30,6 +31,7 @@ from service.store.postgres.claims import ClaimsRole
 from service.store.postgres.database import Database
 from service.store.postgres.events import EventsRole
 from service.store.postgres.group_commit import BatchCounts, GroupCommitter
+from service.store.postgres.groups import GroupsRole
 from service.store.postgres.keys import KeysRole
 from service.store.postgres.leases import LeasesRole
 from service.store.postgres.log import LogRole
@@ -50,6 +52,7 @@ class PostgresStore(
     TransferRole,
     RetentionRole,
     LeasesRole,
+    GroupsRole,
 ):
     """Every role of a store, on PostgreSQL; tables in the ``chronicle`` schema.
 

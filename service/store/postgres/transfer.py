@@ -20,7 +20,7 @@ from service.store.postgres.errors import Refused, UniqueViolation
 from service.store.postgres.rows import rows
 from service.store.records import (
     TOMBSTONE_EVENT_TYPE,
-    AggregateSummary,
+    AggregateLastEvent,
     CommandRecord,
     DataKey,
     HeldClaim,
@@ -200,9 +200,9 @@ class TransferRole:
         self._db.commits.notify(int(position))
         return replace(recorded, aggregate_type=str(aggregate_type), version=int(version) + 1, position=int(position))
 
-    async def aggregates_page(self, after: str, limit: int) -> list[AggregateSummary]:
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateLastEvent]:
         found = await self._page("aggregates", sql.AGGREGATES_PAGE, (after, limit))
-        return [AggregateSummary(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in found]
+        return [AggregateLastEvent(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in found]
 
     async def remove_aggregate(self, aggregate_id: str) -> int:
         removed, _, _ = await self._db.run(

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique
 from service.store.base import AggregateQuery
 from service.store.notifier import CommitNotifier
-from service.store.records import AggregateHead, ClaimChange, CommandRecord, NewEvent, RecordedEvent
+from service.store.records import AggregateHead, AggregateSummary, ClaimChange, CommandRecord, NewEvent, RecordedEvent
 from service.store.serialization import dump_metadata
 from service.store.sql_common import SQLITE, Row, aggregate_conditions, command_from_row, command_params, event_from_row
 from service.store.sqlite import sql
@@ -49,6 +49,11 @@ class EventsRole:
         params = conditions.params if query.limit is None else [*conditions.params, query.limit]
         rows = await self._writer.run(lambda db: db.execute(statement, params).fetchall())
         return [event_from_row(row) for row in rows]
+
+    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+        params = (prefix, after, limit)
+        rows = await self._writer.run(lambda db: db.execute(sql.LIST_AGGREGATES, params).fetchall())
+        return [AggregateSummary(row[0], row[1], int(row[2])) for row in rows]
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         params = (aggregate_id, timestamp_us, aggregate_id)

@@ -16,14 +16,34 @@ with a lower position.
 
 from __future__ import annotations
 
-from service.store.sql_common import AUDIT_FIELDS, COMMAND_FIELDS, EVENT_FIELDS, SNAPSHOT_FIELDS
+import functools
+
+from service.store.sql_common import (
+    AUDIT_FIELDS,
+    COMMAND_FIELDS,
+    EVENT_FIELDS,
+    GROUP_FIELDS,
+    PARKED_FIELDS,
+    SNAPSHOT_FIELDS,
+)
 
 # -- the connection -----------------------------------------------------------
 
 # Durability: a commit is on disk when it returns (WAL journal, fsync at
 # every commit). A writer from another process is waited for, up to 5 s,
-# before the file counts as locked.
-CONNECTION_SETUP = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000")
+# before the file counts as locked. Deleted and overwritten content is
+# zeroed in the file (secure_delete), so that forgetting an aggregate leaves
+# none of its wrapped key, snapshots or documents in free space.
+CONNECTION_SETUP = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=5000",
+    "PRAGMA secure_delete=ON",
+)
+# After a forget: copy the WAL into the file and empty it, so that the old
+# pages (which held the wrapped key) are not left in the WAL file. Returns
+# (busy, WAL frames, frames copied); busy: a reader elsewhere held it back.
+CHECKPOINT_TRUNCATE = "PRAGMA wal_checkpoint(TRUNCATE)"
 PING = "SELECT 1"
 # A write takes the file's write lock at once, before it reads what it
 # checks; a read sees one snapshot of the file until it ends.
@@ -41,7 +61,7 @@ def set_schema_version(version: int) -> str:
 
 EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
 COMMAND_COLUMNS = ", ".join(COMMAND_FIELDS)
-AUDIT_COLUMNS = ", ".join((*AUDIT_FIELDS, "reason", "message", "outcome"))
+AUDIT_COLUMNS = ", ".join((*AUDIT_FIELDS, "reason", "message", "outcome", "dry_run", "peer", "occurrences"))
 SNAPSHOT_COLUMNS = ", ".join(SNAPSHOT_FIELDS)
 
 
@@ -70,6 +90,14 @@ RELEASE_CLAIM = "DELETE FROM claims WHERE scope = ? AND value = ? AND aggregate_
 
 FIND_COMMAND = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id = ?"
 HEAD = "SELECT aggregate_type, version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
+# Ids compare as bytes (BINARY collation), so every id starting with the
+# prefix is at or after it: the range start lets the (aggregate_id, version)
+# index begin there, and the walk stops after ``limit`` aggregates.
+LIST_AGGREGATES = (
+    "SELECT aggregate_id, min(aggregate_type), max(version) FROM events"
+    " WHERE aggregate_id >= ?1 AND substr(aggregate_id, 1, length(?1)) = ?1 AND aggregate_id > ?2"
+    " GROUP BY aggregate_id ORDER BY aggregate_id LIMIT ?3"
+)
 VERSION_AT = (
     "SELECT COALESCE("
     " (SELECT MIN(version) - 1 FROM events WHERE aggregate_id = ? AND recorded_at_us > ?),"
@@ -142,6 +170,43 @@ MOVE_CHECKPOINT = (
     "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
     " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
 )
+# A document's subjects are those of its last write (the stale ones go, new
+# ones are added: the same ones again write nothing). The subjects a batch
+# names that are forgotten. JSON arrays of ids as parameters.
+DELETE_STALE_SUBJECTS = (
+    "DELETE FROM projection_subjects WHERE projection = ? AND key = ?"
+    " AND subject NOT IN (SELECT value FROM json_each(?))"
+)
+PUT_DOCUMENT_SUBJECT = "INSERT OR IGNORE INTO projection_subjects (projection, key, subject) VALUES (?, ?, ?)"
+FORGOTTEN_SUBJECTS = (
+    "SELECT aggregate_id FROM data_keys WHERE wrapped_key IS NULL AND aggregate_id IN (SELECT value FROM json_each(?))"
+)
+PARKED_EVENT_COLUMNS = "projection, position, event_id, event_type, aggregate_id, error, attempts, parked_at_us"
+PARK_EVENT = (
+    f"INSERT INTO projection_parked_events ({PARKED_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (projection, position, event_id) DO NOTHING"
+)
+PARKED_EVENTS = (
+    f"SELECT {PARKED_EVENT_COLUMNS} FROM projection_parked_events WHERE projection = ?"
+    " AND (position, event_id) > (?, ?) ORDER BY position, event_id LIMIT ?"
+)
+COUNT_PARKED_EVENTS = "SELECT count(*) FROM projection_parked_events WHERE projection = ?"
+RESET_DOCUMENTS = "DELETE FROM projection_documents WHERE projection = ?"
+RESET_SUBJECTS = "DELETE FROM projection_subjects WHERE projection = ?"
+RESET_PARKED_EVENTS = "DELETE FROM projection_parked_events WHERE projection = ?"
+RESET_CHECKPOINT = "UPDATE projection_checkpoints SET position = 0 WHERE name = ?"
+
+
+@functools.cache
+def list_documents(*, lower_inclusive: bool, upper: bool, descending: bool) -> str:
+    """A page of documents by key range (``DocumentRange.bounds``), served
+    by the primary key's index: (projection, lower[, upper], limit)."""
+    bounds = f"key {'>=' if lower_inclusive else '>'} ?" + (" AND key < ?" if upper else "")
+    return (
+        f"SELECT key, type_name, data FROM projection_documents WHERE projection = ? AND {bounds}"
+        f" ORDER BY key {'DESC' if descending else 'ASC'} LIMIT ?"
+    )
+
 
 # -- audit --------------------------------------------------------------------------
 
@@ -170,9 +235,27 @@ FORGET_DATA_KEY = (
 )
 DELETE_SNAPSHOTS = "DELETE FROM snapshots WHERE aggregate_id = ?"
 # Only an aggregate with a key (or its tombstone) is forgotten; one that
-# never had a key keeps its claims.
+# never had a key keeps its claims and its documents.
 RELEASE_CLAIMS_OF_FORGOTTEN = (
     "DELETE FROM claims WHERE aggregate_id = ? AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+)
+# The documents that name the forgotten aggregate as a subject, then every
+# subject of those documents (parameters: the aggregate id, twice each).
+DELETE_DOCUMENTS_OF_FORGOTTEN = (
+    "DELETE FROM projection_documents WHERE (projection, key) IN"
+    " (SELECT projection, key FROM projection_subjects WHERE subject = ?)"
+    " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+)
+# A parked event's error is a handler's exception text, which may quote the
+# event's payload. Parked events are few (no index: a forget is rare).
+DELETE_PARKED_OF_FORGOTTEN = (
+    "DELETE FROM projection_parked_events WHERE aggregate_id = ?"
+    " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+)
+DELETE_SUBJECTS_OF_FORGOTTEN = (
+    "DELETE FROM projection_subjects WHERE (projection, key) IN"
+    " (SELECT projection, key FROM projection_subjects WHERE subject = ?)"
+    " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
 )
 DATA_KEYS_TO_REWRAP = (
     "SELECT aggregate_id, master_key_id, wrapped_key FROM data_keys"
@@ -233,4 +316,37 @@ PRUNE_COMMANDS = (
 PRUNE_REFUSALS = (
     "DELETE FROM refusals WHERE id IN"
     " (SELECT id FROM refusals WHERE outcome = 'refused' AND recorded_at_us < ? ORDER BY recorded_at_us LIMIT ?)"
+)
+
+# -- subscription groups (grouping.py) ----------------------------------------------
+
+_GROUP_COLUMNS = ", ".join(GROUP_FIELDS)
+_PARKED_COLUMNS = ", ".join(PARKED_FIELDS)
+CREATE_GROUP = f"INSERT INTO subscription_groups ({_GROUP_COLUMNS}) {_values(_GROUP_COLUMNS)} ON CONFLICT DO NOTHING"
+CREATE_SEGMENT = "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, 0)"
+LOAD_GROUP = f"SELECT {_GROUP_COLUMNS} FROM subscription_groups WHERE name = ?"
+GROUP_NAMES = "SELECT name FROM subscription_groups ORDER BY name"
+GROUP_SEGMENTS = "SELECT segment, position, acknowledged FROM group_segments WHERE group_name = ? ORDER BY segment"
+PARKED_COUNT = "SELECT count(*) FROM group_parked WHERE group_name = ?"
+DELETE_GROUP = "DELETE FROM subscription_groups WHERE name = ?"
+DELETE_GROUP_SEGMENTS = "DELETE FROM group_segments WHERE group_name = ?"
+DELETE_GROUP_PARKED = "DELETE FROM group_parked WHERE group_name = ?"
+MOVE_SEGMENT = (
+    "UPDATE group_segments SET position = ?, acknowledged = acknowledged + ?"
+    " WHERE group_name = ? AND segment = ? AND position = ?"
+)
+PARK_GROUP_EVENT = (
+    f"INSERT INTO group_parked (group_name, {_PARKED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
+    " ON CONFLICT (group_name, event_id) DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason,"
+    " replaying = 0"
+)
+UNPARK_GROUP_EVENT = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ?"
+LIST_GROUP_PARKED = (
+    f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND position > ?"
+    " ORDER BY position, event_id LIMIT ?"
+)
+REPLAY_ALL_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ?"
+REPLAY_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ? AND event_id = ?"
+GROUP_PARKED_TO_REPLAY = (
+    f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND replaying = 1 ORDER BY position, event_id"
 )

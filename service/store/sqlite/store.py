@@ -2,7 +2,8 @@
 
 Laid out like the PostgreSQL store (postgres/store.py): one module per role
 of base.py (events, log, claims, snapshots, projections, audit, keys,
-transfer, retention; the leases are the process's own, sole_owner.py), every
+transfer, retention, groups; the leases are the process's own, sole_owner.py
+and local_leases.py), every
 statement in sql.py, the schema's versions in migrations.py (scripts in
 migrations/). What differs is how it talks to the database: writer.py, one
 thread with one connection to the file.
@@ -20,12 +21,14 @@ from pathlib import Path
 
 from service.errors import ConfigurationError, StoreUnavailable
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, check_keep_snapshots
+from service.store.local_leases import LocalLeases
 from service.store.notifier import CommitNotifier
 from service.store.sole_owner import SoleOwnerLeases
 from service.store.sqlite import sql
 from service.store.sqlite.audit import AuditRole
 from service.store.sqlite.claims import ClaimsRole
 from service.store.sqlite.events import EventsRole
+from service.store.sqlite.groups import GroupsRole
 from service.store.sqlite.keys import KeysRole
 from service.store.sqlite.log import LogRole
 from service.store.sqlite.migrations import SCHEMA_VERSION, migrate, schema_version
@@ -47,6 +50,7 @@ class SqliteStore(
     TransferRole,
     RetentionRole,
     SoleOwnerLeases,
+    GroupsRole,
 ):
     """Every role of a store, in the SQLite file at ``path`` (made, with its
     folder, if missing; ``":memory:"`` for a database that lives as long as
@@ -57,6 +61,7 @@ class SqliteStore(
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._writer = Writer()
         self._commits = CommitNotifier()
+        self._consumer_leases = LocalLeases()
 
     async def open(self) -> None:
         await self._writer.open(self._connect)

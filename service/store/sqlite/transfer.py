@@ -13,7 +13,7 @@ from service.errors import ConcurrencyConflict
 from service.store.importing import claim_conflict, data_key_conflict, events_to_write
 from service.store.notifier import CommitNotifier
 from service.store.records import (
-    AggregateSummary,
+    AggregateLastEvent,
     CommandRecord,
     DataKey,
     HeldClaim,
@@ -33,7 +33,7 @@ from service.store.sql_common import (
     snapshot_params,
 )
 from service.store.sqlite import sql
-from service.store.sqlite.keys import forget
+from service.store.sqlite.keys import empty_wal, forget
 from service.store.sqlite.writer import Writer, writing
 
 
@@ -100,9 +100,9 @@ class TransferRole:
             self._commits.notify(recorded.position)
         return recorded
 
-    async def aggregates_page(self, after: str, limit: int) -> list[AggregateSummary]:
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateLastEvent]:
         rows = await self._writer.run(lambda db: db.execute(sql.AGGREGATES_PAGE, (after, limit)).fetchall())
-        return [AggregateSummary(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in rows]
+        return [AggregateLastEvent(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in rows]
 
 
 def _import_events(db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> tuple[int, int]:
@@ -162,6 +162,7 @@ def _import_claims(db: sqlite3.Connection, claims: Sequence[HeldClaim]) -> int:
 
 def _import_data_keys(db: sqlite3.Connection, keys: Sequence[DataKey]) -> int:
     written = 0
+    erased = 0
     now = time.time_ns() // 1000
     with writing(db):
         for key in keys:
@@ -172,10 +173,12 @@ def _import_data_keys(db: sqlite3.Connection, keys: Sequence[DataKey]) -> int:
                 params = (key.aggregate_id, key.master_key_id, key.wrapped, now, forgotten_at)
                 written += db.execute(sql.IMPORT_DATA_KEY, params).rowcount
             elif key.forgotten and not held.forgotten:
-                written += forget(db, key.aggregate_id)
+                erased += forget(db, key.aggregate_id)
             elif not key.forgotten and not held.forgotten and held != key:
                 raise data_key_conflict(key.aggregate_id)
-    return written
+    if erased:
+        empty_wal(db, f"imported {erased} forgotten aggregates")
+    return written + erased
 
 
 def _remove_aggregate(db: sqlite3.Connection, aggregate_id: str) -> int:

@@ -1,0 +1,347 @@
+"""``chronicle.v1.SubscriptionGroupService``: subscription groups, their
+consumers' streams, and their parked events (``service/groups.py``).
+
+Creating and deleting groups and replaying parked events take the admin
+grant and are audited; consuming a group, listing groups and listing
+parked events take the subscribe grant for every aggregate type the group
+reads (a group is shared: it cannot be narrowed to what one caller may see,
+as Subscribe is)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from chronicle.v1 import subscription_group_service_pb2 as pb
+from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
+from service.api.codec import check_id, check_names, check_version, encode_event_into
+from service.api.subscribe import known_names
+from service.audit import AuditLog
+from service.errors import ChronicleError, InvalidInput, PermissionDenied
+from service.groups import ConsumerSession, Delivery, SubscriptionGroups, group_not_found
+from service.plugins.registry import Registry
+from service.principal import current_principal
+from service.security.policy import Authorizer
+from service.store.base import LogReader
+from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState
+from service.store.records import LogFilter
+
+SERVICE = "chronicle.v1.SubscriptionGroupService"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MAX_ATTEMPTS = 100
+MAX_DURATION_MS = 3_600_000
+MIN_ACK_TIMEOUT_MS = 10
+MAX_SEGMENTS = 1024
+MAX_IN_FLIGHT = 10_000
+MAX_PARKED_PAGE = 1000
+MAX_REASON = 1000
+
+
+def _name(field: str, value: str, reason: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise InvalidInput.for_field(
+            field, "must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit", reason=reason
+        )
+    return value
+
+
+def group_name(field: str, value: str) -> str:
+    return _name(field, value, "BAD_GROUP_NAME")
+
+
+def _setting(field: str, description: str) -> InvalidInput:
+    return InvalidInput.for_field(field, description, reason="BAD_GROUP_SETTING")
+
+
+def _millis(request: Any, field: str, default: int, *, minimum: int = 0) -> int:
+    if not request.HasField(field):
+        return default
+    value: duration_pb2.Duration = getattr(request, field)
+    if value.seconds < 0 or value.nanos < 0:
+        raise _setting(field, "must not be negative")
+    ms = value.seconds * 1000 + value.nanos // 1_000_000
+    if ms < minimum or ms > MAX_DURATION_MS:
+        raise _setting(field, f"must be from {minimum} ms to 1 hour")
+    return ms
+
+
+def _duration(ms: int) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromMilliseconds(ms)
+    return duration
+
+
+class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
+    def __init__(
+        self,
+        *,
+        groups: SubscriptionGroups,
+        log: LogReader,
+        registry: Registry,
+        authorizer: Authorizer,
+        audit: AuditLog,
+    ) -> None:
+        self._groups = groups
+        self._store = groups.store
+        self._log = log
+        self._registry = registry
+        self._authorizer = authorizer
+        self._audit = audit
+
+    # -- checks ----------------------------------------------------------------
+
+    def _known_aggregate_types(self) -> frozenset[str]:
+        return frozenset(a.name for a in self._registry.aggregates)
+
+    def _may_consume(self, spec: GroupSpec) -> bool:
+        try:
+            self._check_consume(spec)
+        except PermissionDenied:
+            return False
+        return True
+
+    def _check_consume(self, spec: GroupSpec) -> None:
+        """The subscribe grant for every aggregate type the group reads
+        (every known one, for a group that names none)."""
+        if not self._authorizer.enforcing:
+            return
+        principal = current_principal.get()
+        known = self._known_aggregate_types()
+        asked = spec.log_filter.aggregate_types
+        permitted = self._authorizer.subscribable(principal, asked, known)
+        if not asked and permitted != known:
+            missing = sorted(known - permitted)[0]
+            self._authorizer.subscribable(principal, frozenset({missing}), known)  # raises, naming it
+
+    async def _group(self, field: str, name: str) -> GroupState:
+        state = await self._store.load_group(group_name(field, name))
+        if state is None:
+            raise group_not_found(name)
+        return state
+
+    @contextlib.asynccontextmanager
+    async def _admin(self, rpc: str, action: str, target: str) -> AsyncIterator[None]:
+        """The admin grant, and the call audited (done or refused)."""
+        principal = current_principal.get().name
+        what = f"{SERVICE}/{rpc}"
+        try:
+            self._authorizer.check_admin(current_principal.get(), action)
+            yield
+        except ChronicleError as error:
+            await self._audit.admin_action(what, principal=principal, aggregate_id=target, error=error)
+            raise
+        await self._audit.admin_action(what, principal=principal, aggregate_id=target)
+
+    # -- RPCs -------------------------------------------------------------------
+
+    async def CreateGroup(
+        self, request: pb.CreateGroupRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateGroupResponse:
+        async with self._admin("CreateGroup", "create subscription groups", "group:" + request.name[:100]):
+            spec = await self._decode_spec(request)
+            await self._store.create_group(spec)
+        state = await self._group("name", spec.name)
+        return pb.CreateGroupResponse(group=await self._info(state))
+
+    async def _decode_spec(self, request: pb.CreateGroupRequest) -> GroupSpec:
+        name = group_name("name", request.name)
+        event_types = {spec.name for aggregate in self._registry.aggregates for spec in aggregate.events.values()}
+        log_filter = LogFilter(
+            aggregate_types=known_names(
+                "filter.aggregate_types",
+                request.filter.aggregate_types,
+                self._known_aggregate_types(),
+                "aggregate type",
+            ),
+            event_types=known_names(
+                "filter.event_types",
+                request.filter.event_types,
+                frozenset(event_types) | self._registry.upcast_types,
+                "event type",
+            ),
+            origin=check_id("filter.origin", request.filter.origin, reason="INVALID_FILTER")
+            if request.filter.origin
+            else None,
+        )
+        attempts = request.max_delivery_attempts or 5
+        if attempts > MAX_ATTEMPTS:
+            raise _setting("max_delivery_attempts", f"must be at most {MAX_ATTEMPTS}")
+        segments = request.segments or 16
+        if segments > MAX_SEGMENTS or segments & (segments - 1):
+            raise _setting("segments", f"must be a power of two from 1 to {MAX_SEGMENTS}")
+        backoff = _millis(request, "retry_backoff", 1000)
+        max_backoff = _millis(request, "max_retry_backoff", max(60_000, backoff))
+        if max_backoff < backoff:
+            raise _setting("max_retry_backoff", "must not be shorter than retry_backoff")
+        ack_timeout = _millis(request, "ack_timeout", 30_000, minimum=MIN_ACK_TIMEOUT_MS)
+        head = await self._log.log_head()
+        if request.from_end:
+            start = head
+        else:
+            start = check_version("after_position", request.after_position, reason="POSITION_BEYOND_END")
+            if start > head:
+                raise InvalidInput(
+                    f"position {start} is beyond the end of the log ({head})",
+                    reason="POSITION_BEYOND_END",
+                    metadata={"after_position": str(start), "log_head": str(head)},
+                )
+        spec = GroupSpec(
+            name=name,
+            log_filter=log_filter,
+            start_position=start,
+            segments=segments,
+            max_attempts=attempts,
+            retry_backoff_ms=backoff,
+            max_retry_backoff_ms=max_backoff,
+            ack_timeout_ms=ack_timeout,
+        )
+        return spec
+
+    async def DeleteGroup(
+        self, request: pb.DeleteGroupRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteGroupResponse:
+        async with self._admin("DeleteGroup", "delete subscription groups", "group:" + request.name[:100]):
+            name = group_name("name", request.name)
+            if not await self._store.delete_group(name):
+                raise group_not_found(name)
+        return pb.DeleteGroupResponse()
+
+    async def ListGroups(
+        self, request: pb.ListGroupsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListGroupsResponse:
+        states = await self._store.list_groups()
+        head = await self._log.log_head()
+        return pb.ListGroupsResponse(groups=[_info(s, head) for s in states if self._may_consume(s.spec)])
+
+    async def _info(self, state: GroupState) -> pb.GroupInfo:
+        return _info(state, await self._log.log_head())
+
+    async def ListParked(
+        self, request: pb.ListParkedRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListParkedResponse:
+        if request.limit > MAX_PARKED_PAGE:
+            raise InvalidInput.for_field("limit", f"must be at most {MAX_PARKED_PAGE}", reason="LIMIT_TOO_LARGE")
+        state = await self._group("group", request.group)
+        self._check_consume(state.spec)
+        parked = await self._store.list_parked(
+            state.spec.name, after_position=request.after_position, limit=request.limit or 100
+        )
+        return pb.ListParkedResponse(parked=[_parked(p) for p in parked])
+
+    async def ReplayParked(
+        self, request: pb.ReplayParkedRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReplayParkedResponse:
+        async with self._admin("ReplayParked", "replay parked events", "group:" + request.group[:100]):
+            event_ids = check_names("event_ids", list(request.event_ids), reason="INVALID_EVENT_ID")
+            for event_id in event_ids:
+                check_id("event_ids", event_id, reason="INVALID_EVENT_ID")
+            state = await self._group("group", request.group)
+            replaying = await self._store.replay_parked(state.spec.name, event_ids)
+        return pb.ReplayParkedResponse(replaying=replaying)
+
+    async def Consume(
+        self, request_iterator: AsyncIterator[pb.ConsumeRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ConsumeResponse]:
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("kind") != "start":
+            raise _start_expected("the first request of Consume must be a start")
+        start = first.start
+        state = await self._group("start.group", start.group)
+        consumer = _name("start.consumer", start.consumer, "BAD_CONSUMER_NAME")
+        if start.max_in_flight > MAX_IN_FLIGHT:
+            raise InvalidInput.for_field(
+                "start.max_in_flight", f"must be at most {MAX_IN_FLIGHT}", reason="BAD_GROUP_SETTING"
+            )
+        self._check_consume(state.spec)
+        session = await self._groups.open(state.spec, consumer=consumer, max_in_flight=start.max_in_flight or 100)
+        listening = asyncio.ensure_future(_listen(requests, session))
+        try:
+            yield pb.ConsumeResponse(joined=pb.Joined(consumer=session.member_id, segments=state.spec.segments))
+            while True:
+                batch = await session.next_batch()
+                if batch is None:
+                    return
+                yield _deliveries(batch)
+        finally:
+            listening.cancel()
+            self._groups.release(session)
+
+
+async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerSession) -> None:
+    """The consumer's acks and nacks, into its session; the end of its
+    side of the stream ends the session."""
+    try:
+        async for request in requests:
+            kind = request.WhichOneof("kind")
+            if kind == "ack":
+                session.ack(list(request.ack.event_ids))
+            elif kind == "nack":
+                session.nack(list(request.nack.event_ids), request.nack.reason[:MAX_REASON] or "NACKED")
+            else:
+                raise _start_expected("a Consume stream has one start, its first request")
+    except asyncio.CancelledError:
+        raise
+    except ChronicleError as error:
+        session.fail(error)
+        return
+    except Exception as error:  # the call itself broke (the client went away)
+        session.fail(error)
+        return
+    session.end()
+
+
+def _start_expected(message: str) -> InvalidInput:
+    return InvalidInput.for_field("start", message, reason="START_EXPECTED")
+
+
+def _deliveries(batch: Iterable[Delivery]) -> pb.ConsumeResponse:
+    response = pb.ConsumeResponse()
+    add = response.deliveries.deliveries.add
+    for delivery in batch:
+        item = add()
+        encode_event_into(item.event, delivery.event)
+        item.attempt = delivery.attempt
+        item.replayed = delivery.segment is None
+    return response
+
+
+def _info(state: GroupState, head: int) -> pb.GroupInfo:
+    spec = state.spec
+    position = state.position
+    return pb.GroupInfo(
+        name=spec.name,
+        filter=pb.GroupFilter(
+            aggregate_types=sorted(spec.log_filter.aggregate_types),
+            event_types=sorted(spec.log_filter.event_types),
+            origin=spec.log_filter.origin or "",
+        ),
+        max_delivery_attempts=spec.max_attempts,
+        retry_backoff=_duration(spec.retry_backoff_ms),
+        max_retry_backoff=_duration(spec.max_retry_backoff_ms),
+        ack_timeout=_duration(spec.ack_timeout_ms),
+        segments=spec.segments,
+        position=position,
+        log_head=head,
+        lag=max(0, head - position),
+        acknowledged=state.acknowledged,
+        parked=state.parked,
+        consumers=[pb.GroupConsumer(consumer=c.consumer, segments=list(c.segments)) for c in state.consumers],
+    )
+
+
+def _parked(parked: GroupParkedEvent) -> pb.GroupParkedEvent:
+    return pb.GroupParkedEvent(
+        event_id=parked.event_id,
+        position=parked.position,
+        aggregate_id=parked.aggregate_id,
+        attempts=parked.attempts,
+        reason=parked.reason,
+        replaying=parked.replaying,
+    )

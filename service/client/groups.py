@@ -1,0 +1,302 @@
+"""Subscription groups from the client's side: consuming a group (an async
+iterator of deliveries to ack or nack) and administering groups.
+
+    async with ChronicleClient.connect(address) as client:
+        await client.groups.create("billing", aggregate_types=["Account"], max_delivery_attempts=3)
+        async with client.consume("billing", consumer="worker-1") as deliveries:
+            async for delivery in deliveries:
+                handle(delivery.event)
+                await delivery.ack()          # or: await delivery.nack("why")
+
+The server keeps the group's position: a consumer that stops (or dies) has
+its unacknowledged events delivered to the group's other consumers, and one
+that connects again goes on where the group stands. Each consumer gets all
+of one aggregate's events, in order, one at a time: ack (or nack) an event
+before its aggregate's next one comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2
+
+from chronicle.v1 import subscription_group_service_pb2 as pb
+from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
+from service.client.errors import RemoteError, remote_error
+from service.client.results import Event
+from service.client.retry import RetryPolicy, call_with_retries
+
+log = logging.getLogger(__name__)
+
+GroupInfo = pb.GroupInfo
+GroupParkedEvent = pb.GroupParkedEvent
+
+
+class Delivery:
+    """One delivery of an event from a group: ``ack`` or ``nack`` it."""
+
+    __slots__ = ("_consumer", "attempt", "event", "replayed")
+
+    def __init__(self, consumer: GroupConsumer, message: pb.Delivery) -> None:
+        self._consumer = consumer
+        self.event = Event(message.event)
+        self.attempt = message.attempt
+        self.replayed = message.replayed
+
+    async def ack(self) -> None:
+        """Processed: the group will not deliver it again (barring a
+        consumer that dies before the ack reaches the server)."""
+        await self._consumer.ack([self.event.event_id])
+
+    async def nack(self, reason: str = "") -> None:
+        """Not processed: deliver it again after the group's backoff, or
+        park it after its maximum attempts."""
+        await self._consumer.nack([self.event.event_id], reason)
+
+    def __repr__(self) -> str:
+        return f"Delivery({self.event!r}, attempt={self.attempt}, replayed={self.replayed})"
+
+
+class GroupConsumer:
+    """One consumer's stream of a group (``ChronicleClient.consume``). Use it
+    in ``async with`` (which ends the stream, giving this consumer's
+    segments to the others at once) and iterate it for ``Delivery``\\ s. A
+    stream broken by UNAVAILABLE (a server stopping) is opened again after
+    ``reconnect_delay`` seconds; other errors are raised as ``RemoteError``.
+    Each iteration (``aiter``) is one stream, open as long as its iterator:
+    keep iterating one, rather than starting a loop again after a ``break``
+    (which joins the group anew)."""
+
+    def __init__(
+        self,
+        open_call: Callable[[], Any],
+        *,
+        group: str,
+        consumer: str,
+        max_in_flight: int = 100,
+        reconnect_delay: float = 0.5,
+        close_timeout: float = 5.0,
+    ) -> None:
+        self._open_call = open_call
+        self._close_timeout = close_timeout
+        self.group = group
+        self.consumer = consumer
+        self._max_in_flight = max_in_flight
+        self._reconnect_delay = reconnect_delay
+        self._call: Any = None
+        self._writing = asyncio.Lock()
+        self._acks: list[str] = []
+        self._flushing: asyncio.Future[None] | None = None
+        self.joined = asyncio.Event()
+        self.member = ""  # the name the server gave this stream in the group
+        self._closed = False
+
+    async def __aenter__(self) -> GroupConsumer:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """End the stream: the server gives this consumer's segments (and
+        its unacknowledged events) to the group's other consumers."""
+        if self._flushing is not None:
+            with contextlib.suppress(Exception):
+                await self._flushing  # the acks made so far go out first
+        self._closed = True
+        call, self._call = self._call, None
+        if call is not None:
+            with contextlib.suppress(Exception):
+                await call.done_writing()
+                # The server reads every ack sent before the end of the
+                # stream, then ends it: wait for that (briefly), so that no
+                # ack is cut off by the cancel.
+                async with asyncio.timeout(self._close_timeout):
+                    await call.code()
+            call.cancel()
+
+    def __aiter__(self) -> AsyncGenerator[Delivery, None]:
+        return self._deliveries()
+
+    async def ack(self, event_ids: Sequence[str]) -> None:
+        """Queue acks: the ones made while a message is being written go
+        out together in the next one (one message per ack would cost more
+        than the event itself)."""
+        self._acks.extend(event_ids)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        while self._acks:
+            batch, self._acks = self._acks, []
+            await self._write(pb.ConsumeRequest(ack=pb.Ack(event_ids=batch)))
+
+    async def nack(self, event_ids: Sequence[str], reason: str = "") -> None:
+        await self._write(pb.ConsumeRequest(nack=pb.Nack(event_ids=event_ids, reason=reason)))
+
+    async def _write(self, request: pb.ConsumeRequest) -> None:
+        call = self._call
+        if call is None:
+            return  # the stream broke: its events go to another consumer (or to this one again)
+        async with self._writing:
+            # A broken stream: the reading side reports why it ended.
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await call.write(request)
+
+    async def _deliveries(self) -> AsyncGenerator[Delivery, None]:
+        start = pb.ConsumeRequest(
+            start=pb.ConsumeStart(group=self.group, consumer=self.consumer, max_in_flight=self._max_in_flight)
+        )
+        while not self._closed:
+            call = self._call = self._open_call()
+            try:
+                await call.write(start)
+                while True:
+                    message = await call.read()
+                    if message is grpc.aio.EOF:
+                        return
+                    kind = message.WhichOneof("kind")
+                    if kind == "joined":
+                        self.member = message.joined.consumer
+                        self.joined.set()
+                        continue
+                    for item in message.deliveries.deliveries:
+                        yield Delivery(self, item)
+            except asyncio.CancelledError:
+                if self._closed and call.cancelled():
+                    return  # closed by ``close``, from another task
+                raise
+            except grpc.aio.AioRpcError as failed:
+                if self._closed:
+                    return
+                if failed.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise remote_error(failed) from failed
+                log.info("group %s: stream broken (%s); consuming again", self.group, failed.details())
+            finally:
+                self.joined.clear()
+                self._acks.clear()  # the events of a broken stream go out again anyway
+                if self._call is call:
+                    self._call = None
+                    call.cancel()
+            await asyncio.sleep(self._reconnect_delay)
+
+
+def _duration(value: timedelta | float | None) -> duration_pb2.Duration | None:
+    if value is None:
+        return None
+    duration = duration_pb2.Duration()
+    duration.FromTimedelta(value if isinstance(value, timedelta) else timedelta(seconds=value))
+    return duration
+
+
+class Groups:
+    """Administering subscription groups (``ChronicleClient.groups``).
+    Creating, deleting and replaying take the admin grant."""
+
+    def __init__(
+        self,
+        stub: pb_grpc.SubscriptionGroupServiceStub,
+        *,
+        retry: RetryPolicy,
+        attempt_timeout: float | None,
+        call_metadata: Sequence[tuple[str, str]],
+    ) -> None:
+        self._stub = stub
+        self._retry = retry
+        self._timeout = attempt_timeout
+        self._metadata = tuple(call_metadata)
+
+    async def _once(self, method: Callable[..., Any], request: Any) -> Any:
+        try:
+            return await method(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.aio.AioRpcError as failed:
+            raise remote_error(failed) from failed
+
+    async def create(
+        self,
+        name: str,
+        *,
+        aggregate_types: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        origin: str = "",
+        after_position: int = 0,
+        from_end: bool = False,
+        max_delivery_attempts: int = 0,
+        retry_backoff: timedelta | float | None = None,
+        max_retry_backoff: timedelta | float | None = None,
+        ack_timeout: timedelta | float | None = None,
+        segments: int = 0,
+    ) -> GroupInfo:
+        """Create group ``name`` (durations as ``timedelta`` or seconds; 0 and
+        None: the server's defaults). ``AlreadyExists`` (GROUP_EXISTS) if
+        it exists."""
+        request = pb.CreateGroupRequest(
+            name=name,
+            filter=pb.GroupFilter(aggregate_types=aggregate_types, event_types=event_types, origin=origin),
+            after_position=after_position,
+            from_end=from_end,
+            max_delivery_attempts=max_delivery_attempts,
+            retry_backoff=_duration(retry_backoff),
+            max_retry_backoff=_duration(max_retry_backoff),
+            ack_timeout=_duration(ack_timeout),
+            segments=segments,
+        )
+        response: pb.CreateGroupResponse = await self._once(self._stub.CreateGroup, request)
+        return response.group
+
+    async def delete(self, name: str) -> None:
+        """Delete group ``name``; ``NotFound`` (GROUP_NOT_FOUND) if there is none."""
+        await self._once(self._stub.DeleteGroup, pb.DeleteGroupRequest(name=name))
+
+    async def list(self) -> builtins.list[GroupInfo]:
+        """Every group this caller may consume, with position, lag, consumers
+        and parked count."""
+
+        async def attempt() -> pb.ListGroupsResponse:
+            response: pb.ListGroupsResponse = await self._stub.ListGroups(
+                pb.ListGroupsRequest(), timeout=self._timeout, metadata=self._metadata
+            )
+            return response
+
+        return list((await call_with_retries(self._retry, "list groups", attempt)).groups)
+
+    async def get(self, name: str) -> GroupInfo:
+        """One group, as ``list`` shows it; ``LookupError`` if not listed."""
+        for group in await self.list():
+            if group.name == name:
+                return group
+        raise LookupError(f"no subscription group {name!r}")
+
+    async def parked(self, group: str, *, after_position: int = 0, limit: int = 100) -> builtins.list[GroupParkedEvent]:
+        """The group's parked events, by position."""
+
+        async def attempt() -> pb.ListParkedResponse:
+            response: pb.ListParkedResponse = await self._stub.ListParked(
+                pb.ListParkedRequest(group=group, after_position=after_position, limit=limit),
+                timeout=self._timeout,
+                metadata=self._metadata,
+            )
+            return response
+
+        return list((await call_with_retries(self._retry, f"list parked events of {group}", attempt)).parked)
+
+    async def replay(self, group: str, event_ids: Sequence[str] = ()) -> int:
+        """Deliver parked events again (none named: all the group's); how many."""
+        response: pb.ReplayParkedResponse = await self._once(
+            self._stub.ReplayParked, pb.ReplayParkedRequest(group=group, event_ids=event_ids)
+        )
+        return response.replaying
+
+
+__all__ = ["Delivery", "GroupConsumer", "GroupInfo", "GroupParkedEvent", "Groups", "RemoteError"]

@@ -1,0 +1,131 @@
+"""Building the console's HTML: every value is escaped on the way in.
+
+``Html`` marks markup that is already safe; everything else that reaches a
+page goes through ``escape``. There is no template language: pages are
+small functions of their data, and the only way to put text on a page is
+through these helpers, so a payload holding ``<script>`` is shown as text.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from urllib.parse import quote, urlencode
+
+
+class Html(str):
+    """Markup that is safe as it is (built by this module from escaped parts)."""
+
+    __slots__ = ()
+
+
+Content = Html | str | int | float | None
+
+
+def escape(value: Content) -> Html:
+    if isinstance(value, Html):
+        return value
+    return Html(html.escape("" if value is None else str(value), quote=True))
+
+
+def join(parts: Iterable[Content]) -> Html:
+    return Html("".join(escape(part) for part in parts))
+
+
+def tag(element: str, /, *children: Content, **attributes: str | int | None) -> Html:
+    """``<name attr="…">children</name>``; attribute names ending in ``_``
+    lose it (``class_``), None attributes are left out."""
+    attrs = "".join(
+        f' {key.rstrip("_").replace("_", "-")}="{escape(value)}"'
+        for key, value in attributes.items()
+        if value is not None
+    )
+    return Html(f"<{element}{attrs}>{join(children)}</{element}>")
+
+
+def void(element: str, /, **attributes: str | int | None) -> Html:
+    attrs = "".join(
+        f' {key.rstrip("_").replace("_", "-")}="{escape(value)}"'
+        for key, value in attributes.items()
+        if value is not None
+    )
+    return Html(f"<{element}{attrs}>")
+
+
+def link(href: str, text: Content, /, **attributes: str | None) -> Html:
+    return tag("a", text, href=href, **attributes)
+
+
+def url(path: str, **query: str | int) -> str:
+    """A console URL: path segments are quoted by the caller with ``segment``."""
+    wanted = {key: value for key, value in query.items() if value not in ("", None)}
+    return path + ("?" + urlencode(wanted) if wanted else "")
+
+
+def segment(text: str) -> str:
+    return quote(text, safe="")
+
+
+def table(
+    headings: Sequence[str], rows: Iterable[Sequence[Content]], *, empty: str = "nothing to show", **attributes: str
+) -> Html:
+    body = [tag("tr", *(tag("td", cell) for cell in row)) for row in rows]
+    if not body:
+        body = [tag("tr", tag("td", empty, colspan=len(headings), class_="empty"))]
+    return tag(
+        "table",
+        tag("thead", tag("tr", *(tag("th", heading) for heading in headings))),
+        tag("tbody", *body),
+        **attributes,
+    )
+
+
+def page(
+    title: str,
+    *content: Content,
+    principal: str = "",
+    csrf_token: str = "",
+    current: str = "",
+    refresh: int | None = None,
+    scripts: Sequence[str] = (),
+) -> Html:
+    """A whole page: the navigation, who is logged in, ``content``."""
+    nav = [
+        link(href, label, class_="current" if href == current else None)
+        for href, label in (
+            ("/log", "Log"),
+            ("/tail", "Live"),
+            ("/projections", "Projections"),
+            ("/load", "Load"),
+            ("/cluster", "Cluster"),
+        )
+    ]
+    who: list[Content] = []
+    if principal:
+        who = [tag("span", principal, class_="principal")]
+        if csrf_token:
+            who.append(
+                tag(
+                    "form",
+                    void("input", type="hidden", name="csrf_token", value=csrf_token),
+                    tag("button", "Log out", type="submit"),
+                    method="post",
+                    action="/logout",
+                    class_="logout",
+                )
+            )
+    head = [
+        void("meta", charset="utf-8"),
+        void("meta", name="viewport", content="width=device-width, initial-scale=1"),
+        tag("title", f"{title} · Chronicle console"),
+        void("link", rel="stylesheet", href="/static/console.css"),
+    ]
+    if refresh:
+        head.append(void("meta", http_equiv="refresh", content=refresh))
+    head.extend(tag("script", src=src, defer="") for src in scripts)
+    body = tag(
+        "body",
+        tag("header", tag("strong", "Chronicle"), tag("nav", *nav), tag("div", *who, class_="who")),
+        tag("main", tag("h1", title), *content),
+    )
+    return Html("<!doctype html>\n" + tag("html", tag("head", *head), body, lang="en"))

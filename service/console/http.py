@@ -1,0 +1,205 @@
+"""A small HTTP/1.1 server on asyncio, for the console and nothing else.
+
+One request per connection (``Connection: close``): the console serves a
+handful of operators, and without keep-alive there is no pipelining, no
+chunked request bodies and no connection reuse to get wrong. Requests are
+bounded (head 16 KiB, body 64 KiB, 10 s to send them); anything else is
+refused with a plain status. A response is either bytes or a stream of
+them (server-sent events), which ends when the handler's iterator ends, the
+browser goes away or the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qs, urlsplit
+
+log = logging.getLogger("chronicle.console")
+
+MAX_HEAD_BYTES = 16 * 1024
+# Live tails hold their connection open: this many at once, then 503.
+MAX_CONNECTIONS = 100
+MAX_BODY_BYTES = 64 * 1024
+REQUEST_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]  # names in lower case
+    body: bytes = b""
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        jar: SimpleCookie = SimpleCookie()
+        with contextlib.suppress(CookieError):
+            jar.load(self.headers.get("cookie", ""))
+        return {name: morsel.value for name, morsel in jar.items()}
+
+    @property
+    def form(self) -> dict[str, str]:
+        """A POSTed urlencoded form, the first value of each field."""
+        if self.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+            return {}
+        return _first_values(self.body.decode("utf-8", "replace"))
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/html; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    stream: AsyncIterator[bytes] | None = None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _first_values(text: str) -> dict[str, str]:
+    return {name: values[0] for name, values in parse_qs(text, keep_blank_values=True).items()}
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: HTTPStatus) -> None:
+        super().__init__(status.phrase)
+        self.status = status
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Request:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.LimitOverrunError:
+        raise _BadRequest(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) from None
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequest(HTTPStatus.BAD_REQUEST)
+    method, target, _ = parts
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, colon, value = line.partition(":")
+        if not colon or not name or name != name.strip():
+            raise _BadRequest(HTTPStatus.BAD_REQUEST)
+        headers[name.lower()] = value.strip()
+    if "transfer-encoding" in headers:
+        raise _BadRequest(HTTPStatus.LENGTH_REQUIRED)
+    length_text = headers.get("content-length", "0")
+    if not length_text.isdigit():
+        raise _BadRequest(HTTPStatus.BAD_REQUEST)
+    length = int(length_text)
+    if length > MAX_BODY_BYTES:
+        raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
+    body = await reader.readexactly(length) if length else b""
+    url = urlsplit(target)
+    if not url.path.startswith("/"):
+        raise _BadRequest(HTTPStatus.BAD_REQUEST)
+    return Request(method=method, path=url.path, query=_first_values(url.query), headers=headers, body=body)
+
+
+def _head(response: Response, *, length: int | None) -> bytes:
+    phrase = HTTPStatus(response.status).phrase
+    lines = [f"HTTP/1.1 {response.status} {phrase}", f"Content-Type: {response.content_type}", "Connection: close"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    lines.extend(f"{name}: {value}" for name, value in response.headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class HttpServer:
+    """Serves ``handler`` on ``host:port`` until ``stop``."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        base_headers: list[tuple[str, str]] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        self._handler = handler
+        self._max_connections = max_connections
+        self._base_headers = base_headers or []
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
+        self._server = await asyncio.start_server(
+            self._connection, host.strip("[]"), port, ssl=tls, limit=MAX_HEAD_BYTES
+        )
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for task in list(self._connections):  # open event streams too
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        busy = len(self._connections) >= self._max_connections
+        self._connections.add(task)
+        try:
+            if busy:
+                # Read the request first: closing a socket with unread bytes
+                # resets it, and the browser would never see the answer.
+                with contextlib.suppress(_BadRequest, TimeoutError):
+                    await asyncio.wait_for(_read_request(reader), REQUEST_SECONDS)
+                refusal = Response(503, b"Too many connections to the console", "text/plain; charset=utf-8")
+                refusal.headers = [*self._base_headers, ("Retry-After", "5")]
+                writer.write(_head(refusal, length=len(refusal.body)) + refusal.body)
+                await writer.drain()
+                return
+            await self._serve(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass  # the browser went away
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(_read_request(reader), REQUEST_SECONDS)
+        except _BadRequest as bad:
+            response = Response(bad.status, bad.status.phrase.encode(), "text/plain; charset=utf-8")
+        except TimeoutError:
+            return
+        else:
+            try:
+                response = await self._handler(request)
+            except Exception:
+                log.exception("console: %s %s failed", request.method, request.path)
+                response = Response(500, b"Internal Server Error", "text/plain; charset=utf-8")
+        response.headers = [*self._base_headers, *response.headers]
+        if response.stream is None:
+            writer.write(_head(response, length=len(response.body)) + response.body)
+            await writer.drain()
+            return
+        stream = response.stream
+        try:
+            writer.write(_head(response, length=None))
+            await writer.drain()
+            async for chunk in stream:
+                writer.write(chunk)
+                await writer.drain()
+        finally:
+            closing = getattr(stream, "aclose", None)
+            if closing is not None:
+                await closing()

@@ -1,0 +1,314 @@
+"""The operators' console: an HTTP server of its own (``--console-listen``)
+in the server process, with the API's authentication and policy.
+
+With ``--auth`` every page but the login needs a session: the operator
+logs in with an API key or a JWT, as a client would send it, and gets an
+opaque session id in an HttpOnly, SameSite=Strict cookie (see
+``sessions``). Forms that change something carry the session's CSRF token
+and must come from the console's own origin. Without ``--auth`` (loopback
+only: the console refuses to start elsewhere) the caller is anonymous, as
+on the API, and the console answers only requests addressed to a loopback
+host name, so that a web page that rebinds its own name to 127.0.0.1
+cannot read it through the operator's browser.
+
+Every response carries a Content-Security-Policy that allows only the
+console's own script and style files (no inline script, no framing).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
+from importlib import resources
+from urllib.parse import unquote
+
+from service.console import views
+from service.console.html import Content, Html, page, tag, url, void
+from service.console.http import HttpServer, Request, Response
+from service.console.sessions import COOKIE, Session, Sessions, same_token
+from service.errors import (
+    AggregateNotFound,
+    ChronicleError,
+    ConfigurationError,
+    InvalidInput,
+    PermissionDenied,
+    ResourceNotFound,
+    Unauthenticated,
+)
+from service.principal import ANONYMOUS, Principal, current_principal
+from service.security.credentials import Authenticator
+from service.security.exposure import is_loopback
+
+log = logging.getLogger("chronicle.console")
+
+SECURITY_HEADERS = [
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self';"
+        " form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with
+    # the console's own form posts, and the origin check could not tell them apart.
+    ("Referrer-Policy", "same-origin"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+    ("Cache-Control", "no-store"),
+]
+_STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+Page = Callable[[Request], Awaitable[tuple[str, list[Content]]]]
+
+
+def check_console_exposure(*, listen: str, auth: bool, tls: bool) -> list[str]:
+    """The console beyond loopback needs ``--auth`` (``INSECURE_LISTEN``;
+    ``--insecure`` does not stretch to it: a browser console without a login
+    is open to every page the operator's browser visits). Returns warnings."""
+    if is_loopback(listen):
+        return []
+    if not auth:
+        raise ConfigurationError(
+            f"refusing to serve the console on {listen} with authentication off: anyone who can reach it could"
+            " read everything. Turn on --auth, or serve the console on 127.0.0.1",
+            reason="INSECURE_LISTEN",
+            metadata={"listen": listen},
+        )
+    if not tls:
+        return [
+            f"the console on {listen} serves plaintext beyond loopback: the credential typed at its login and"
+            " its session cookie cross the network in the clear; serve TLS (--tls-cert-file, --tls-key-file)"
+            " unless a TLS-terminating proxy in front is its only client"
+        ]
+    return []
+
+
+def _host_of(header: str) -> str:
+    if header.startswith("["):
+        return header.partition("]")[0] + "]"
+    return header.rpartition(":")[0] if ":" in header else header
+
+
+def _status_of(error: ChronicleError) -> int:
+    if isinstance(error, PermissionDenied):
+        return 403
+    if isinstance(error, (ResourceNotFound, AggregateNotFound)):
+        return 404
+    if isinstance(error, InvalidInput):
+        return 400
+    if isinstance(error, Unauthenticated):
+        return 401
+    return 503
+
+
+class Console:
+    def __init__(
+        self,
+        parts: views.Parts,
+        *,
+        authenticator: Authenticator | None,
+        session_idle_seconds: float = 3600.0,
+    ) -> None:
+        self._parts = parts
+        self._sessions = Sessions(authenticator, idle_seconds=session_idle_seconds) if authenticator else None
+        self._http = HttpServer(self._handle, base_headers=SECURITY_HEADERS)
+        self._secure_cookie = False
+        self.address = ""
+
+    async def start(self, listen: str, *, tls: ssl.SSLContext | None = None) -> None:
+        host, _, port = listen.rpartition(":")
+        try:
+            await self._http.start(host, int(port), tls=tls)
+        except OSError as error:
+            raise ConfigurationError(f"cannot serve the console on {listen}: {error}", reason="BIND_FAILED") from error
+        self._secure_cookie = tls is not None
+        self.address = f"{host}:{self._http.port}"
+        if self._parts.load is not None:
+            self._parts.load.start()
+
+    async def stop(self) -> None:
+        if self._parts.load is not None:
+            await self._parts.load.stop()
+        await self._http.stop()
+
+    # -- requests ------------------------------------------------------------
+
+    async def _handle(self, request: Request) -> Response:
+        if self._sessions is None and _host_of(request.headers.get("host", "")) not in _LOOPBACK_HOSTS:
+            return _plain(421, "this console answers only requests addressed to a loopback host")
+        if request.path.startswith("/static/"):
+            return _static(request.path.removeprefix("/static/"))
+        session: Session | None = None
+        if self._sessions is not None:
+            if request.path == "/login":
+                return await self._login(request)
+            session = self._sessions.find(request.cookies.get(COOKIE, ""))
+            if session is None:
+                return _redirect("/login")
+        if request.method == "POST" and not self._post_allowed(request, session):
+            return _plain(403, "this form did not come from this console (its origin or CSRF token is wrong)")
+        principal = session.principal if session is not None and session.principal is not None else ANONYMOUS
+        token = current_principal.set(principal)
+        try:
+            return await self._route(request, session, principal)
+        finally:
+            current_principal.reset(token)
+
+    def _post_allowed(self, request: Request, session: Session | None) -> bool:
+        origin = request.headers.get("origin")
+        if origin is not None and origin.partition("://")[2] != request.headers.get("host", ""):
+            return False
+        if session is None:  # auth off: no cookie to ride on; the origin check stands
+            return origin is not None
+        return same_token(request.form.get("csrf_token", ""), session.csrf_token)
+
+    async def _route(self, request: Request, session: Session | None, principal: Principal) -> Response:
+        path = request.path
+        parts = self._parts
+        if request.method == "POST" and path == "/logout":
+            if self._sessions is not None:
+                self._sessions.log_out(request.cookies.get(COOKIE, ""))
+            return _redirect("/login", clear_cookie=True, secure=self._secure_cookie)
+        if request.method == "POST" and path.startswith("/projections/") and path.endswith("/rebuild"):
+            name = unquote(path.removeprefix("/projections/").removesuffix("/rebuild"))
+            try:
+                await views.rebuild_projection(parts, name)
+            except ChronicleError as error:
+                return self._page(
+                    _status_of(error), "Refused", [views.error_box(error)], session, principal, "/projections"
+                )
+            return _redirect(url("/projections", rebuilt=name))
+        if request.method != "GET":
+            return _plain(405, "method not allowed")
+        query = dict(request.query)
+        csrf_token = session.csrf_token if session is not None else ""
+        pages: dict[str, Callable[[], Awaitable[tuple[str, list[Content]]]]] = {
+            "/log": lambda: views.log_page(parts, query),
+            "/tail": lambda: views.tail_page(parts),
+            "/projections": lambda: views.projections_page(parts, query, csrf_token),
+            "/load": lambda: views.load_page(parts),
+            "/cluster": lambda: views.cluster_page(parts),
+        }
+        refresh = {
+            "/projections": 2,
+            "/cluster": 2,
+            "/load": max(1, round(parts.load.interval)) if parts.load else None,
+        }
+        if path == "/":
+            return _redirect("/log")
+        if path == "/tail/events":
+            after = query.get("after", "0")
+            stream = views.tail_stream(parts, int(after) if after.isdigit() and len(after) < 19 else 0)
+            # The stream runs in the connection's task: the principal is set there.
+            return Response(200, content_type="text/event-stream", stream=_with_principal(stream, principal))
+        render = pages.get(path)
+        current = path
+        if render is None and path.startswith("/aggregates/") and len(path) > len("/aggregates/"):
+            aggregate_id = unquote(path.removeprefix("/aggregates/"))
+            render = lambda: views.aggregate_page(parts, aggregate_id, query)  # noqa: E731
+            current = "/log"
+        if render is None:
+            return self._page(404, "Not found", [tag("p", "There is no such page.")], session, principal, current)
+        try:
+            title, content = await render()
+        except ChronicleError as error:
+            return self._page(_status_of(error), "Refused", [views.error_box(error)], session, principal, current)
+        scripts = ["/static/console.js"] if path == "/tail" else []
+        return self._page(200, title, content, session, principal, current, refresh.get(path), scripts)
+
+    def _page(
+        self,
+        status: int,
+        title: str,
+        content: list[Content],
+        session: Session | None,
+        principal: Principal,
+        current: str,
+        refresh: int | None = None,
+        scripts: list[str] | None = None,
+    ) -> Response:
+        who = principal.name if principal.authenticated else "anonymous (authentication is off)"
+        body = page(
+            title,
+            *content,
+            principal=who,
+            csrf_token=session.csrf_token if session is not None else "",
+            current=current,
+            refresh=refresh,
+            scripts=scripts or [],
+        )
+        return Response(status, body.encode())
+
+    # -- logging in -------------------------------------------------------------
+
+    async def _login(self, request: Request) -> Response:
+        assert self._sessions is not None
+        if request.method == "GET":
+            return Response(200, _login_page().encode())
+        if request.method != "POST":
+            return _plain(405, "method not allowed")
+        origin = request.headers.get("origin")
+        if origin is None or origin.partition("://")[2] != request.headers.get("host", ""):
+            return _plain(403, "this form did not come from this console")
+        credential = request.form.get("credential", "").strip()
+        try:
+            session_id, principal = self._sessions.log_in(credential)
+        except Unauthenticated as error:
+            log.warning("console login refused: %s", error.reason)
+            return Response(401, _login_page(error).encode())
+        log.info("console login: %s (%s)", principal.name, principal.method)
+        return _redirect("/log", cookie=session_id, secure=self._secure_cookie)
+
+
+async def _with_principal(stream: AsyncIterator[bytes], principal: Principal) -> AsyncIterator[bytes]:
+    """``stream`` as ``principal``: the response is sent after the handler
+    returned (and reset the principal), in the connection's own task."""
+    current_principal.set(principal)
+    try:
+        async for chunk in stream:
+            yield chunk
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+def _login_page(error: ChronicleError | None = None) -> Html:
+    form = tag(
+        "form",
+        tag(
+            "label",
+            "API key or JWT",
+            void("input", type="password", name="credential", autocomplete="off", required="", autofocus=""),
+        ),
+        tag("button", "Log in", type="submit"),
+        method="post",
+        action="/login",
+        class_="login",
+    )
+    return page("Log in", *([views.error_box(error)] if error else []), form)
+
+
+def _plain(status: int, text: str) -> Response:
+    return Response(status, text.encode(), "text/plain; charset=utf-8")
+
+
+def _redirect(
+    location: str, *, cookie: str | None = None, clear_cookie: bool = False, secure: bool = False
+) -> Response:
+    headers = [("Location", location)]
+    flags = "; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
+    if cookie is not None:
+        headers.append(("Set-Cookie", f"{COOKIE}={cookie}{flags}"))
+    if clear_cookie:
+        headers.append(("Set-Cookie", f"{COOKIE}={flags}; Max-Age=0"))
+    return Response(int(HTTPStatus.SEE_OTHER), b"", headers=headers)
+
+
+def _static(name: str) -> Response:
+    content_type = _STATIC.get(name)
+    if content_type is None:
+        return _plain(404, "not found")
+    data = resources.files("service.console").joinpath("static", name).read_bytes()
+    return Response(200, data, content_type)

@@ -1,0 +1,95 @@
+"""Console sessions: who is logged in, kept on the server.
+
+The browser holds only an opaque session id (a random 256-bit value in an
+HttpOnly, SameSite=Strict cookie). The server keeps, per id, the credential
+the operator logged in with (an API key or a JWT, never sent back to the
+browser) and a CSRF token for the forms. Each request authenticates that
+credential again through the server's ``Authenticator``, exactly as an RPC
+would: a JWT that expires ends the session, and the principal's roles are
+the credential's as the API sees them. Sessions end after ``idle_seconds``
+without a request, at logout, and with the process (they live in memory).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service.errors import ChronicleError
+from service.principal import Principal
+from service.security.credentials import Authenticator
+
+COOKIE = "chronicle_console"
+
+
+@dataclass(slots=True)
+class Session:
+    credential: str = ""
+    csrf_token: str = ""
+    last_seen: float = 0.0
+    principal: Principal | None = None
+
+
+class Sessions:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        idle_seconds: float = 3600.0,
+        max_sessions: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._authenticator = authenticator
+        self._idle = idle_seconds
+        self._max = max_sessions
+        self._clock = clock
+        self._by_id: dict[str, Session] = {}
+
+    def log_in(self, credential: str) -> tuple[str, Principal]:
+        """A new session for ``credential`` (raises ``Unauthenticated`` as
+        the API would when it does not verify): its id and principal."""
+        principal = self._authenticate(credential)
+        self._expire()
+        while len(self._by_id) >= self._max:  # the least recently used goes
+            oldest = min(self._by_id, key=lambda key: self._by_id[key].last_seen)
+            del self._by_id[oldest]
+        session_id = secrets.token_urlsafe(32)
+        self._by_id[session_id] = Session(credential, secrets.token_urlsafe(32), self._clock(), principal)
+        return session_id, principal
+
+    def find(self, session_id: str) -> Session | None:
+        """The live session of ``session_id``, its principal established
+        anew; None when there is none, it went idle or its credential no
+        longer verifies (then it ends)."""
+        session = self._by_id.get(session_id) if session_id else None
+        if session is None:
+            return None
+        now = self._clock()
+        if now - session.last_seen > self._idle:
+            del self._by_id[session_id]
+            return None
+        try:
+            session.principal = self._authenticate(session.credential)
+        except ChronicleError:  # the credential no longer verifies (a JWT expired)
+            del self._by_id[session_id]
+            return None
+        session.last_seen = now
+        return session
+
+    def log_out(self, session_id: str) -> None:
+        self._by_id.pop(session_id, None)
+
+    def _authenticate(self, credential: str) -> Principal:
+        return self._authenticator.authenticate({"authorization": f"Bearer {credential}"}, None)
+
+    def _expire(self) -> None:
+        now = self._clock()
+        for key in [key for key, session in self._by_id.items() if now - session.last_seen > self._idle]:
+            del self._by_id[key]
+
+
+def same_token(given: str, expected: str) -> bool:
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())

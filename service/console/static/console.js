@@ -1,0 +1,72 @@
+// The live tail: server-sent events from /tail/events, shown newest first.
+// Rows are built with textContent only: nothing from an event is parsed as HTML.
+"use strict";
+(function () {
+  const table = document.getElementById("tail");
+  if (!table) return;
+  const body = table.querySelector("tbody");
+  const status = document.getElementById("tail-status");
+  const keep = 200;
+  let after = table.dataset.after || "0";
+  let source = null;
+
+  function cell(row, text, className) {
+    const td = document.createElement("td");
+    if (className) {
+      const pre = document.createElement("pre");
+      pre.className = className;
+      pre.textContent = text;
+      td.appendChild(pre);
+    } else {
+      td.textContent = text;
+    }
+    row.appendChild(td);
+    return td;
+  }
+
+  function show(event) {
+    const empty = body.querySelector("td.empty");
+    if (empty) empty.parentNode.remove();
+    const row = document.createElement("tr");
+    row.dataset.position = String(event.position);
+    cell(row, String(event.position));
+    const link = document.createElement("a");
+    link.href = "/aggregates/" + encodeURIComponent(event.aggregate_id);
+    link.textContent = event.aggregate_id;
+    cell(row, "").appendChild(link);
+    cell(row, String(event.version));
+    cell(row, event.event_type);
+    cell(row, event.recorded);
+    cell(row, event.payload, "json payload");
+    body.insertBefore(row, body.firstChild);
+    while (body.rows.length > keep) body.deleteRow(body.rows.length - 1);
+  }
+
+  function connect() {
+    source = new EventSource("/tail/events?after=" + encodeURIComponent(after));
+    source.addEventListener("open", function () { status.textContent = "live"; });
+    source.addEventListener("event", function (message) {
+      const event = JSON.parse(message.data);
+      after = String(event.position);
+      show(event);
+    });
+    source.addEventListener("checkpoint", function (message) { after = String(JSON.parse(message.data)); });
+    source.addEventListener("refused", function (message) {
+      status.textContent = JSON.parse(message.data);
+      status.className = "status error";
+      source.close();
+    });
+    source.addEventListener("end", function () {
+      status.textContent = "the server closed the stream; reconnecting…";
+      source.close();
+      setTimeout(connect, 3000);
+    });
+    source.addEventListener("error", function () {
+      // Reconnect from the last event shown, not from where the page began.
+      status.textContent = "reconnecting…";
+      source.close();
+      setTimeout(connect, 3000);
+    });
+  }
+  connect();
+})();

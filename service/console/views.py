@@ -1,0 +1,503 @@
+"""The console's pages: each reads through the same servicers the gRPC
+API runs (``EventService``, ``ProjectionService``, ``ClusterService``),
+with the logged-in principal as the caller, so the same authorizer decides
+what it may see; a listing the API does not have (aggregates by prefix)
+asks the ``Authorizer`` the RPCs ask, and leaves out what may not be read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, cast
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from chronicle.v1 import event_pb2
+from chronicle.v1 import event_service_pb2 as events_pb
+from chronicle.v1 import projection_service_pb2 as projections_pb
+from service.api.cluster_service import ClusterService
+from service.api.event_service import EventService
+from service.api.projection_service import ProjectionService
+from service.cluster.leases import LeaseKeeper
+from service.cluster.ownership import Ownership
+from service.console.charts import Series, line_chart
+from service.console.html import Content, Html, link, segment, table, tag, url, void
+from service.console.load import LoadSampler
+from service.errors import ChronicleError
+from service.plugins.registry import Registry
+from service.principal import current_principal
+from service.processing.projections import Projections
+from service.security.policy import Authorizer
+from service.store.base import EventRecorder, LogReader
+
+PAGE_SIZE = 50
+EVENTS_PER_PAGE = 100
+TAIL_BACKLOG = 50
+# The servicers take gRPC's context and do not use it on these paths.
+_NO_CONTEXT = cast(Any, None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parts:
+    """What the pages read from: the servicers and the parts behind them."""
+
+    registry: Registry
+    authorizer: Authorizer
+    events: EventService
+    projections: ProjectionService
+    cluster: ClusterService
+    aggregates: EventRecorder  # aggregates by prefix (no RPC lists them)
+    log: LogReader
+    runners: Projections
+    ownership: Ownership
+    leases: LeaseKeeper
+    load: LoadSampler | None
+    projections_group: str
+
+
+def to_json(message: Message) -> str:
+    """A message as indented JSON, an ``Any`` resolved through the
+    descriptors the plugins registered (an unknown type: its bytes in base64)."""
+    try:
+        data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    except (TypeError, KeyError):  # a type no loaded plugin declares
+        data = {"undecodable_base64": base64.b64encode(message.SerializeToString()).decode()}
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def payload_json(event: event_pb2.Event) -> str:
+    if event.redacted:
+        return "(forgotten: the aggregate's key was erased)"
+    try:
+        return json.dumps(
+            json_format.MessageToDict(event.payload, preserving_proto_field_name=True),
+            indent=2,
+            ensure_ascii=False,
+        )
+    except (TypeError, KeyError):
+        return json.dumps(
+            {"@type": event.payload.type_url, "undecodable_base64": base64.b64encode(event.payload.value).decode()}
+        )
+
+
+def envelope_json(event: event_pb2.Event) -> str:
+    envelope = event_pb2.Event()
+    envelope.CopyFrom(event)
+    envelope.ClearField("payload")
+    return json.dumps(
+        json_format.MessageToDict(envelope, preserving_proto_field_name=True), indent=2, ensure_ascii=False
+    )
+
+
+def when(event: event_pb2.Event) -> str:
+    return event.timestamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def error_box(error: ChronicleError) -> Html:
+    return tag("p", tag("strong", error.reason), ": ", error.message, class_="error")
+
+
+# -- the log ------------------------------------------------------------------
+
+
+async def log_page(parts: Parts, query: dict[str, str]) -> tuple[str, list[Content]]:
+    prefix = query.get("q", "").strip()
+    after = query.get("after", "")
+    principal = current_principal.get()
+    shown = []
+    last_seen = after
+    exhausted = False
+    # Aggregates the caller may not read are left out; a page that held only
+    # those is skipped over, a bounded number of times.
+    for _ in range(20):
+        batch = await parts.aggregates.list_aggregates(prefix, after=last_seen, limit=PAGE_SIZE)
+        for aggregate in batch:
+            if parts.authorizer.may_read(principal, aggregate.aggregate_type):
+                shown.append(aggregate)
+        if len(batch) < PAGE_SIZE:
+            exhausted = True
+            break
+        last_seen = batch[-1].aggregate_id
+        if len(shown) >= PAGE_SIZE:
+            break
+    shown = shown[:PAGE_SIZE]
+    head = await parts.log.log_head()
+    search = tag(
+        "form",
+        tag("label", "Aggregate id or prefix ", void("input", type="search", name="q", value=prefix, autofocus="")),
+        tag("button", "Find", type="submit"),
+        method="get",
+        action="/log",
+        class_="search",
+    )
+    rows = [
+        (link(url("/aggregates/" + segment(a.aggregate_id)), a.aggregate_id), a.aggregate_type, a.version)
+        for a in shown
+    ]
+    more: list[Content] = []
+    if shown and not exhausted:
+        more.append(link(url("/log", q=prefix, after=shown[-1].aggregate_id), "Next page →", class_="next"))
+    return "Log", [
+        tag("p", f"The log's head is at position {head}.", class_="summary"),
+        search,
+        table(["aggregate", "type", "version"], rows, empty="no aggregate you may read matches", id="aggregates"),
+        *more,
+    ]
+
+
+async def aggregate_page(parts: Parts, aggregate_id: str, query: dict[str, str]) -> tuple[str, list[Content]]:
+    from_version = _number(query.get("from", ""), default=1)
+    at_version = _number(query.get("version", ""), default=0)
+    request = events_pb.ReadAggregateRequest(
+        aggregate_id=aggregate_id, from_version=from_version, limit=EVENTS_PER_PAGE + 1
+    )
+    events = [event async for event in parts.events.ReadAggregate(request, _NO_CONTEXT)]
+    if not events and from_version == 1:
+        return aggregate_id, [tag("p", "No aggregate has this id (it has no events).", class_="empty")]
+    more = len(events) > EVENTS_PER_PAGE
+    events = events[:EVENTS_PER_PAGE]
+    state_request = events_pb.GetAggregateRequest(aggregate_id=aggregate_id)
+    if at_version:
+        state_request.at_version = at_version
+    try:
+        state = await parts.events.GetAggregate(state_request, _NO_CONTEXT)
+        state_view: list[Content] = [
+            tag("p", f"{state.aggregate_type} at version {state.version}"),
+            tag("pre", to_json(state.state), class_="json", id="state"),
+        ]
+    except ChronicleError as error:
+        state_view = [error_box(error)]
+    version_form = tag(
+        "form",
+        tag(
+            "label",
+            "State at version ",
+            void("input", type="number", name="version", min="1", value=at_version or None),
+        ),
+        tag("button", "Show", type="submit"),
+        method="get",
+        action=url("/aggregates/" + segment(aggregate_id)),
+    )
+    rows = [
+        (
+            event.version,
+            event.event_type,
+            event.position,
+            when(event),
+            tag("pre", payload_json(event), class_="json payload"),
+            tag("details", tag("summary", "envelope"), tag("pre", envelope_json(event), class_="json")),
+        )
+        for event in events
+    ]
+    content: list[Content] = [
+        tag("section", tag("h2", "State"), version_form, *state_view),
+        tag(
+            "section",
+            tag("h2", "Events"),
+            table(["version", "type", "position", "recorded", "payload", ""], rows, id="events"),
+        ),
+    ]
+    if more:
+        content.append(
+            link(url("/aggregates/" + segment(aggregate_id), **{"from": events[-1].version + 1}), "Later events →")
+        )
+    return aggregate_id, content
+
+
+def _number(text: str, *, default: int) -> int:
+    return int(text) if text.isdigit() and 0 < len(text) < 19 else default
+
+
+# -- the live tail ------------------------------------------------------------
+
+
+async def tail_page(parts: Parts) -> tuple[str, list[Content]]:
+    head = await parts.log.log_head()
+    return "Live log", [
+        tag(
+            "p",
+            f"Events as they are written, the newest on top, from the {TAIL_BACKLOG} before this page opened.",
+            class_="summary",
+        ),
+        tag("p", "connecting…", id="tail-status", class_="status"),
+        table(
+            ["position", "aggregate", "version", "type", "recorded", "payload"],
+            [],
+            empty="no events yet",
+            id="tail",
+            data_after=str(max(0, head - TAIL_BACKLOG)),
+        ),
+    ]
+
+
+def _sse(event: str, data: object) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+async def tail_stream(parts: Parts, after: int, *, keepalive: float = 15.0) -> AsyncIterator[bytes]:
+    """Server-sent events: each event of the log after ``after`` that the
+    caller may subscribe to (Subscribe's own rule), as JSON; a comment now
+    and then so that a browser that left is noticed."""
+    request = events_pb.SubscribeRequest(after_position=after, pages=True)
+    stream = parts.events.Subscribe(request, _NO_CONTEXT)
+    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=4)
+
+    async def pump() -> None:
+        try:
+            async for item in stream:
+                await queue.put(item)
+            await queue.put(None)
+        except ChronicleError as error:
+            await queue.put(error)
+
+    task = asyncio.get_running_loop().create_task(pump(), name="console-tail")
+    try:
+        yield b"retry: 3000\n\n"
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), keepalive)
+            except TimeoutError:
+                yield b": still here\n\n"
+                continue
+            if item is None:
+                yield _sse("end", "the server is closing this stream")
+                return
+            if isinstance(item, ChronicleError):
+                yield _sse("refused", f"{item.reason}: {item.message}")
+                return
+            response = cast(events_pb.SubscribeResponse, item)
+            if response.HasField("page"):
+                for event in response.page.events:
+                    yield _sse(
+                        "event",
+                        {
+                            "position": event.position,
+                            "aggregate_id": event.aggregate_id,
+                            "aggregate_type": event.aggregate_type,
+                            "version": event.version,
+                            "event_type": event.event_type,
+                            "recorded": when(event),
+                            "payload": payload_json(event),
+                        },
+                    )
+            elif response.HasField("checkpoint"):
+                yield _sse("checkpoint", response.checkpoint.position)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        await cast(Any, stream).aclose()
+
+
+# -- projections ----------------------------------------------------------------
+
+
+async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str) -> tuple[str, list[Content]]:
+    # ListProjections lists what the caller may read, as the RPC does.
+    listed = await parts.projections.ListProjections(projections_pb.ListProjectionsRequest(), _NO_CONTEXT)
+    admin = parts.authorizer.grant(current_principal.get()).admin
+
+    def rebuild_form(name: str) -> Html:
+        return tag(
+            "form",
+            void("input", type="hidden", name="csrf_token", value=csrf_token),
+            tag("button", "Rebuild", type="submit"),
+            method="post",
+            action=url("/projections/" + segment(name) + "/rebuild"),
+            class_="rebuild",
+            data_projection=name,
+        )
+
+    rows = []
+    for status in listed.projections:
+        if status.error:
+            state = "failed"
+        elif status.running:
+            state = "running here"
+        else:
+            state = "not running here"
+        lag = max(0, status.log_head - status.position)
+        row: list[Content] = [
+            status.name,
+            ", ".join(status.aggregate_types) or "(all)",
+            status.position,
+            status.log_head,
+            tag("span", lag, class_="lag", data_projection=status.name),
+            tag("span", state, class_="state-" + state.split()[0]),
+            status.parked_events,
+            tag("pre", status.error, class_="error") if status.error else "",
+        ]
+        if admin:
+            row.append(rebuild_form(status.name))
+        rows.append(row)
+    headings = ["projection", "aggregate types", "position", "log head", "lag", "status", "parked", "last error"]
+    content: list[Content] = []
+    if query.get("rebuilt"):
+        content.append(
+            tag("p", f"Rebuilding {query['rebuilt']} from the start of the log.", class_="notice", id="notice")
+        )
+    content += [
+        tag("p", "Refreshed every two seconds. A projection runs in one replica at a time.", class_="summary"),
+        table(headings + ([""] if admin else []), rows, empty="no projection you may read", id="projections"),
+    ]
+    return "Projections", content
+
+
+async def rebuild_projection(parts: Parts, name: str) -> None:
+    """RebuildProjection as the RPC runs it: the admin grant, audited."""
+    await parts.projections.RebuildProjection(projections_pb.RebuildProjectionRequest(name=name), _NO_CONTEXT)
+
+
+# -- load -----------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000
+
+
+async def load_page(parts: Parts) -> tuple[str, list[Content]]:
+    sampler = parts.load
+    if sampler is None:
+        return "Load", [tag("p", "Metrics are off on this server.", class_="empty")]
+    samples = list(sampler.samples)
+    minutes = sampler.window / 60
+    # The charts span the samples there are: up to the window, less on a
+    # server that started a moment ago.
+    covered = sum(s.seconds for s in samples)
+    span = f"-{covered / 60:.0f} min" if covered >= 120 else f"-{covered:.0f} s"
+
+    def values(pick: Any) -> list[float | None]:
+        return [pick(s) for s in samples]
+
+    charts = [
+        line_chart(
+            "Commands",
+            [Series("commands/s", values(lambda s: s.commands_per_second))],
+            unit="per second",
+            span_label=span,
+        ),
+        line_chart(
+            "Command latency",
+            [
+                Series("p50", values(lambda s: _ms(s.p50))),
+                Series("p95", values(lambda s: _ms(s.p95))),
+                Series("p99", values(lambda s: _ms(s.p99))),
+            ],
+            unit="ms",
+            span_label=span,
+        ),
+        line_chart(
+            "Conflicts and refusals",
+            [
+                Series("conflicts/s", values(lambda s: s.conflicts_per_second)),
+                Series("refusals/s", values(lambda s: s.refusals_per_second)),
+            ],
+            unit="per second",
+            span_label=span,
+        ),
+    ]
+    by_reason: dict[str, float] = {}
+    for sample in samples:
+        for reason, count in sample.refusals.items():
+            by_reason[reason] = by_reason.get(reason, 0) + count
+    total_seconds = sum(s.seconds for s in samples)
+    commands = sum(s.commands_per_second * s.seconds for s in samples)
+    return "Load", [
+        tag(
+            "p",
+            f"Up to the last {minutes:g} minutes, one sample every {sampler.interval:g} s: {commands:.0f} commands"
+            f" in {total_seconds:.0f} s.",
+            class_="summary",
+            id="load-summary",
+        ),
+        tag("div", *charts, class_="charts"),
+        tag("h2", "Refusals by reason"),
+        table(
+            ["reason", "count"],
+            [(reason, f"{count:.0f}") for reason, count in sorted(by_reason.items(), key=lambda kv: -kv[1])],
+            empty="none in this window",
+            id="refusals",
+        ),
+    ]
+
+
+# -- cluster --------------------------------------------------------------------
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} s"
+
+
+async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
+    topology = parts.ownership.topology()
+    me = parts.leases.member_id
+    counts: dict[str, int] = {}
+    for owner in topology.owners:
+        counts[owner] = counts.get(owner, 0) + 1
+    members = [
+        (
+            tag("code", member.member_id),
+            member.address,
+            counts.get(member.member_id, 0),
+            "this replica" if member.member_id == me else "",
+        )
+        for member in topology.members
+    ]
+    short = {member.member_id: f"r{index + 1}" for index, member in enumerate(topology.members)}
+    cells = [
+        tag(
+            "li",
+            tag("span", partition, class_="partition"),
+            tag("span", short.get(owner, "—") if owner else "—", class_="owner"),
+            class_="mine" if owner == me else ("free" if not owner else None),
+            title=owner or "no owner",
+        )
+        for partition, owner in enumerate(topology.owners)
+    ]
+    age, remaining = parts.leases.ages(parts.ownership.group.name)
+    projection_age, projection_remaining = parts.leases.ages(parts.projections_group)
+    projection_view = parts.leases.view(parts.projections_group)
+    projection_rows = [
+        (
+            lease.name,
+            tag("code", lease.owner) if lease.owner else "nobody",
+            lease.epoch,
+            _seconds(projection_remaining.get(lease.name)) if lease.owner == me else "",
+        )
+        for lease in (projection_view.leases if projection_view is not None else ())
+    ]
+    legend = ", ".join(f"{name} = {member_id[:8]}" for member_id, name in short.items())
+    return "Cluster", [
+        tag(
+            "p",
+            f"Topology epoch {topology.epoch}, {topology.partition_count} partitions; this replica last heard"
+            f" from the store {_seconds(age)} ago.",
+            class_="summary",
+        ),
+        tag("h2", "Replicas"),
+        table(["member", "address", "partitions", ""], members, empty="no live member", id="members"),
+        tag("h2", "Partition owners"),
+        tag("p", legend, class_="legend-text"),
+        tag("ol", *cells, class_="partitions", id="partitions"),
+        tag(
+            "p",
+            f"This replica holds {len(remaining)} partition leases; the soonest lapses in"
+            f" {_seconds(min(remaining.values(), default=None))} unless renewed.",
+            class_="summary",
+            id="own-leases",
+        ),
+        tag("h2", "Projection leases"),
+        tag("p", f"Last heard {_seconds(projection_age)} ago.", class_="summary") if projection_view else "",
+        table(
+            ["projection", "held by", "epoch", "lapses in"],
+            projection_rows,
+            empty="no projections",
+            id="projection-leases",
+        ),
+    ]

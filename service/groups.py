@@ -1,0 +1,636 @@
+"""Subscription groups: competing consumers whose position the store keeps.
+
+A group's aggregate ids are cut into a fixed number of segments by the
+partition hash (``service/cluster/hashing.py``: CRC-32 of the id, modulo
+the segment count). Each segment has its own checkpoint in the store and is
+held by one consumer at a time, by a lease (``LeaseKeeper``: heartbeats,
+fair shares among the group's live consumers, wherever each is connected);
+so one aggregate's events always go to one consumer. A ``ConsumerSession``
+is one consumer's stream on this replica:
+
+* it reads the log after the lowest checkpoint of the segments it holds,
+  through the group's filter and the upcasters, and queues each event in
+  its segment, per aggregate, in log order;
+* it delivers an aggregate's next event only once the one before is
+  settled (acked, or parked), so each consumer sees each aggregate in
+  order; different aggregates go out together, up to the consumer's window
+  (``max_in_flight``);
+* a nack, or no answer within the ack timeout, sends the event again after
+  the backoff (doubling per attempt, capped); after ``max_attempts``
+  deliveries it is parked and the aggregate's next event goes out: a
+  poison event must not stop its aggregate for good (ListParked shows it,
+  ReplayParked delivers it again, out of order and marked ``replayed``);
+* a segment's checkpoint is its contiguous settled prefix: the position
+  before its oldest unsettled event (or how far the log was read, when
+  none is unsettled). One commit round at a time writes every segment's
+  new checkpoint, with the count of acks it passes and the events parked,
+  under the segment lease's fencing token. A segment that moves to another
+  consumer is read again there from its checkpoint: at-least-once, and the
+  count of acknowledged events counts each event once.
+
+Attempts are counted by the session that delivers: a segment that moves
+starts its events' count afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from service.cluster.hashing import partition_of
+from service.cluster.leases import LeaseGroup, LeaseKeeper
+from service.errors import ChronicleError, ConcurrencyConflict, InvalidInput, ResourceNotFound, StoreUnavailable
+from service.processing.upcasting import EventReader
+from service.store.base import GroupStore, LogReader
+from service.store.grouping import GroupParkedEvent, GroupSpec, consumer_group, segment_lease
+from service.store.leasing import Fencing, LeaseMember
+from service.store.records import LogFilter, RecordedEvent
+
+log = logging.getLogger(__name__)
+
+ACK_TIMEOUT = "ACK_TIMEOUT"
+# Ids of events this session delivered and settled, remembered so that a
+# second ack of one (a consumer that retries) is not an unknown id.
+_REMEMBERED_IDS = 100_000
+
+
+def group_not_found(name: str) -> ResourceNotFound:
+    return ResourceNotFound(
+        f"subscription group {name!r} does not exist", reason="GROUP_NOT_FOUND", metadata={"group": name}
+    )
+
+
+def backoff_ms(spec: GroupSpec, attempt: int) -> int:
+    """The wait before delivery ``attempt + 1`` of an event."""
+    return min(spec.retry_backoff_ms << max(0, min(attempt - 1, 30)), spec.max_retry_backoff_ms)
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """One event delivered (or to be delivered again) to this session."""
+
+    event: RecordedEvent
+    segment: _Segment | None  # None: a replay of a parked event
+    attempt: int = 0
+    deadline: float = 0.0
+    settled: bool = False
+    parked: GroupParkedEvent | None = None  # a replay's entry
+
+
+@dataclass(slots=True)
+class _Entry:
+    position: int
+    done: bool = False
+    acked: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Segment:
+    number: int
+    stored: int  # the checkpoint in the store
+    read_to: int  # the log was read up to here for this segment
+    fencing: Fencing | None
+    outstanding: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
+    queues: dict[str, deque[RecordedEvent]] = field(default_factory=dict)
+    busy: set[str] = field(default_factory=set)
+    acked_passed: int = 0  # acks behind the checkpoint, not committed yet
+    parks: list[GroupParkedEvent] = field(default_factory=list)  # not committed yet
+
+    def checkpoint(self) -> int:
+        for entry in self.outstanding.values():
+            return entry.position - 1
+        return self.read_to
+
+    def settle(self, event_id: str, *, acked: bool) -> None:
+        entry = self.outstanding.get(event_id)
+        if entry is None:
+            return
+        entry.done, entry.acked = True, acked
+        while self.outstanding:
+            first_id, first = next(iter(self.outstanding.items()))
+            if not first.done:
+                break
+            del self.outstanding[first_id]
+            if first.acked:
+                self.acked_passed += 1
+
+    def dirty(self) -> bool:
+        return self.checkpoint() != self.stored or bool(self.parks)
+
+
+class ConsumerSession:
+    """One consumer's stream of one group on this replica (module docstring)."""
+
+    def __init__(
+        self,
+        spec: GroupSpec,
+        *,
+        consumer: str,
+        max_in_flight: int,
+        groups: GroupStore,
+        log_reader: LogReader,
+        reader: EventReader,
+        lease_seconds: float,
+        poll_interval: float,
+        page_size: int,
+        page_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.member_id = f"{consumer}#{uuid.uuid4().hex[:8]}"
+        self._max_in_flight = max_in_flight
+        self._max_queued = max(1000, 10 * max_in_flight)
+        self._groups = groups
+        self._log = log_reader
+        self._reader = reader
+        self._poll = poll_interval
+        self._page_size = page_size
+        self._page_bytes = page_bytes
+        self._clock = clock
+        self._lease_group = consumer_group(spec.name)
+        self.keeper = LeaseKeeper(
+            groups.consumer_leases,
+            member=LeaseMember(self.member_id, ""),
+            groups=[LeaseGroup(self._lease_group, tuple(segment_lease(s) for s in range(spec.segments)))],
+            ttl=lease_seconds,
+        )
+        wanted = spec.log_filter
+        self._wanted_types = wanted.event_types
+        self._stored_filter = (
+            LogFilter(
+                aggregate_types=wanted.aggregate_types,
+                event_types=wanted.event_types | reader.upcast_types,
+                origin=wanted.origin,
+            )
+            if wanted.event_types
+            else wanted
+        )
+        self._segments: dict[int, _Segment] = {}
+        self._pending: dict[str, Delivery] = {}  # delivered, not settled (in flight or waiting to go again)
+        self._in_flight = 0
+        self._deadlines: list[tuple[float, int, Delivery]] = []
+        self._retries: list[tuple[float, int, Delivery]] = []
+        self._ready: deque[tuple[_Segment, str]] = deque()
+        self._replays: deque[Delivery] = deque()
+        self._queued = 0
+        self._settled_ids: OrderedDict[str, None] = OrderedDict()
+        self._unparks: list[str] = []
+        self._unparking: set[str] = set()  # acked replays whose removal is being written
+        self._replay_parks: list[GroupParkedEvent] = []
+        self._order = itertools.count()
+        self._changed = asyncio.Event()  # for next_batch
+        self._reader_wake = asyncio.Event()  # room in the queues, or other segments
+        self._commit_wanted = asyncio.Event()
+        self._committing = asyncio.Lock()
+        self._failure: BaseException | None = None
+        self._ended = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- life ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.keeper.beat()
+        self.keeper.start()
+        loop = asyncio.get_running_loop()
+        for work, name in ((self._follow_segments, "segments"), (self._read, "reads"), (self._commit, "commits")):
+            self._tasks.append(loop.create_task(self._guarded(work), name=f"group-{self.spec.name}-{name}"))
+
+    async def close(self) -> None:
+        """End the session: stop reading, commit what is settled, give up
+        the segments (another consumer takes them at its next heartbeat)."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self._poll)
+        # The last round: the acks the consumer sent before it left.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(max(self._poll, 1.0)):
+                await self._commit_round()
+        await self.keeper.stop(leave=True)
+
+    def fail(self, error: BaseException) -> None:
+        """End the stream with ``error`` (at the next ``next_batch``)."""
+        if self._failure is None:
+            self._failure = error
+        self._changed.set()
+
+    def end(self) -> None:
+        """The consumer is done (it closed its side of the stream)."""
+        self._ended = True
+        self._changed.set()
+
+    async def _guarded(self, work: Callable[[], object]) -> None:
+        try:
+            await work()  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except ChronicleError as error:
+            self.fail(error)
+        except Exception as error:
+            log.exception("subscription group %s: consumer %s failed", self.spec.name, self.member_id)
+            self.fail(error)
+
+    # -- what the consumer says -------------------------------------------------
+
+    def _delivery(self, event_id: str) -> Delivery | None:
+        delivery = self._pending.get(event_id)
+        if delivery is None and event_id not in self._settled_ids:
+            raise InvalidInput(
+                f"event {event_id!r} was not delivered on this stream",
+                reason="UNKNOWN_EVENT_ID",
+                metadata={"event_id": event_id[:200]},
+            )
+        return delivery
+
+    def ack(self, event_ids: Sequence[str]) -> None:
+        for event_id in event_ids:
+            delivery = self._delivery(event_id)
+            if delivery is None:
+                continue  # acked before, or its segment moved on
+            self._settle(delivery)
+            if delivery.segment is None:
+                self._unparks.append(event_id)
+            else:
+                delivery.segment.settle(event_id, acked=True)
+        self._commit_wanted.set()
+        self._changed.set()
+
+    def nack(self, event_ids: Sequence[str], reason: str) -> None:
+        for event_id in event_ids:
+            delivery = self._delivery(event_id)
+            if delivery is not None and delivery.deadline:  # in flight (not already waiting to go again)
+                self._failed(delivery, reason)
+        self._changed.set()
+
+    def _settle(self, delivery: Delivery) -> None:
+        event_id = delivery.event.event_id
+        if delivery.deadline:
+            self._in_flight -= 1
+        delivery.settled = True
+        delivery.deadline = 0.0
+        self._pending.pop(event_id, None)
+        self._settled_ids[event_id] = None
+        if len(self._settled_ids) > _REMEMBERED_IDS:
+            self._settled_ids.popitem(last=False)
+        segment = delivery.segment
+        if segment is not None and self._segments.get(segment.number) is segment:
+            aggregate = delivery.event.aggregate_id
+            segment.busy.discard(aggregate)
+            if segment.queues.get(aggregate):
+                self._ready.append((segment, aggregate))
+
+    def _failed(self, delivery: Delivery, reason: str) -> None:
+        """A nack or a timeout: deliver again after the backoff, or park."""
+        if delivery.attempt >= self.spec.max_attempts:
+            event = delivery.event
+            segment = delivery.segment
+            parked = GroupParkedEvent(
+                event_id=event.event_id,
+                position=event.position,
+                segment=segment.number if segment is not None else _segment_of(delivery),
+                aggregate_id=event.aggregate_id,
+                attempts=delivery.attempt,
+                reason=reason[:1000],
+            )
+            self._settle(delivery)
+            if segment is None:
+                self._replay_parks.append(parked)
+            else:
+                segment.parks.append(parked)
+                segment.settle(event.event_id, acked=False)
+            self._commit_wanted.set()
+            return
+        self._in_flight -= 1
+        delivery.deadline = 0.0
+        due = self._clock() + backoff_ms(self.spec, delivery.attempt) / 1000
+        heapq.heappush(self._retries, (due, next(self._order), delivery))
+
+    # -- what goes out ------------------------------------------------------------
+
+    async def next_batch(self) -> list[Delivery] | None:
+        """The next deliveries, as soon as there are any (None: the consumer
+        ended the stream). Raises what ended the session."""
+        while True:
+            self._changed.clear()
+            if self._failure is not None:
+                raise self._failure
+            if self._ended:
+                return None
+            now = self._clock()
+            self._expire(now)
+            batch = self._take(now)
+            if batch:
+                return batch
+            wake = [d for d, _, x in self._deadlines[:1]] + [d for d, _, x in self._retries[:1]]
+            timeout = max(0.0, min(wake) - now) if wake else None
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can
+            # swallow a cancellation that meets the awaited event's setting.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
+
+    def _expire(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, _, delivery = heapq.heappop(self._deadlines)
+            if delivery.settled or delivery.deadline != deadline or not self._live(delivery):
+                continue  # settled, or sent again since (a later deadline)
+            self._failed(delivery, ACK_TIMEOUT)
+
+    def _live(self, delivery: Delivery) -> bool:
+        segment = delivery.segment
+        return segment is None or self._segments.get(segment.number) is segment
+
+    def _take(self, now: float) -> list[Delivery]:
+        batch: list[Delivery] = []
+        room = self._max_in_flight - self._in_flight
+        while room > 0 and self._retries and self._retries[0][0] <= now:
+            _, _, delivery = heapq.heappop(self._retries)
+            if delivery.settled or not self._live(delivery):
+                continue
+            batch.append(self._send(delivery, now))
+            room -= 1
+        while room > 0 and self._replays:
+            batch.append(self._send(self._replays.popleft(), now))
+            room -= 1
+        while room > 0 and self._ready:
+            segment, aggregate = self._ready.popleft()
+            queue = segment.queues.get(aggregate)
+            if self._segments.get(segment.number) is not segment or aggregate in segment.busy or not queue:
+                continue
+            event = queue.popleft()
+            if not queue:
+                del segment.queues[aggregate]
+            self._queued -= 1
+            segment.busy.add(aggregate)
+            delivery = Delivery(event, segment)
+            self._pending[event.event_id] = delivery
+            batch.append(self._send(delivery, now))
+            room -= 1
+        if batch and self._queued < self._max_queued:
+            self._reader_wake.set()  # the reader may go on
+        return batch
+
+    def _send(self, delivery: Delivery, now: float) -> Delivery:
+        delivery.attempt += 1
+        delivery.deadline = now + self.spec.ack_timeout_ms / 1000
+        self._in_flight += 1
+        heapq.heappush(self._deadlines, (delivery.deadline, next(self._order), delivery))
+        return delivery
+
+    # -- segments held -------------------------------------------------------------
+
+    async def _follow_segments(self) -> None:
+        version = -1
+        last_check = float("-inf")
+        while True:
+            version = await self.keeper.wait_for_change(version, self._poll)
+            held = {int(name) for name in self.keeper.held(self._lease_group)}
+            for number in sorted(set(self._segments) - held):
+                self._drop(number)
+            gained = sorted(held - set(self._segments))
+            now = self._clock()
+            if gained or now - last_check >= self._poll:
+                last_check = now
+                state = await self._groups.load_group(self.spec.name)
+                if state is None:
+                    raise group_not_found(self.spec.name)
+                for number in gained:
+                    fencing = self.keeper.fencing(self._lease_group, segment_lease(number))
+                    if fencing is None or number in self._segments:
+                        continue
+                    position = state.checkpoint(number).position
+                    self._segments[number] = _Segment(number, position, position, fencing)
+                if state.parked:
+                    await self._find_replays()
+                self._changed.set()
+                self._reader_wake.set()
+
+    def _drop(self, number: int) -> None:
+        """This session no longer holds segment ``number``: its unsettled
+        events are the next holder's to deliver."""
+        segment = self._segments.pop(number, None)
+        if segment is None:
+            return
+        for event_id in list(segment.outstanding):
+            delivery = self._pending.pop(event_id, None)
+            if delivery is not None:
+                if delivery.deadline:
+                    self._in_flight -= 1
+                delivery.settled = True
+                self._settled_ids[event_id] = None  # a late ack is no error
+        self._queued -= sum(len(queue) for queue in segment.queues.values())
+        self._changed.set()
+        self._reader_wake.set()
+
+    async def _find_replays(self) -> None:
+        # Not again: replays in flight, and acked ones still listed until
+        # their removal is written.
+        replaying = {d.event.event_id for d in self._pending.values() if d.segment is None}
+        replaying |= self._unparking | set(self._unparks)
+        wanted = await self._groups.parked_to_replay(self.spec.name, sorted(self._segments), self._max_in_flight)
+        for parked in wanted:
+            if parked.event_id in replaying:
+                continue
+            page = await self._log.read_log(parked.position - 1, LogFilter(aggregate_id=parked.aggregate_id), 1)
+            for stored in page.events:
+                for event in self._reader.records(stored):
+                    if event.event_id == parked.event_id:
+                        delivery = Delivery(event, None, parked=parked)
+                        self._pending[event.event_id] = delivery
+                        self._replays.append(delivery)
+
+    # -- reading the log -----------------------------------------------------------
+
+    async def _read(self) -> None:
+        while True:
+            reading = [s for s in self._segments.values()]
+            if not reading or self._queued >= self._max_queued:
+                self._reader_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll):
+                        await self._reader_wake.wait()
+                continue
+            start = min(s.read_to for s in reading)
+            page = await self._log.read_log(start, self._stored_filter, self._page_size, max_bytes=self._page_bytes)
+            self._take_page(page.events, reading)
+            for segment in reading:
+                if self._segments.get(segment.number) is segment and page.scanned_to > segment.read_to:
+                    segment.read_to = page.scanned_to
+                    if not segment.outstanding:
+                        self._commit_wanted.set()
+            self._changed.set()
+            if not page.more:
+                await self._wait_for_log(page.scanned_to)
+
+    def _take_page(self, stored_events: Sequence[RecordedEvent], reading: list[_Segment]) -> None:
+        count = self.spec.segments
+        wanted_types = self._wanted_types
+        for stored in stored_events:
+            segment = self._segments.get(partition_of(stored.aggregate_id, count))
+            if segment is None or stored.position <= segment.read_to or segment not in reading:
+                continue
+            for event in self._reader.records(stored):
+                if wanted_types and event.event_type not in wanted_types:
+                    continue
+                segment.outstanding[event.event_id] = _Entry(event.position)
+                queue = segment.queues.get(event.aggregate_id)
+                if queue is None:
+                    queue = segment.queues[event.aggregate_id] = deque()
+                    if event.aggregate_id not in segment.busy:
+                        self._ready.append((segment, event.aggregate_id))
+                queue.append(event)
+                self._queued += 1
+
+    async def _wait_for_log(self, position: int) -> None:
+        """Until something commits after ``position``, the segments change,
+        or the poll interval passes."""
+        version = self.keeper.version
+        committed = asyncio.ensure_future(self._log.wait_for_commit(position, self._poll))
+        changed = asyncio.ensure_future(self.keeper.wait_for_change(version, self._poll))
+        try:
+            await asyncio.wait((committed, changed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            committed.cancel()
+            changed.cancel()
+
+    # -- checkpoints -------------------------------------------------------------
+
+    async def _commit(self) -> None:
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            # Shielded: cancelling the session lets a round in progress
+            # finish (the last round waits for it).
+            await asyncio.shield(self._commit_round())
+
+    async def _commit_round(self) -> None:
+        """Every segment whose checkpoint moved (or that parked events),
+        concurrently; replays' settlements. One round at a time: a round
+        cut short (cancelled) would leave its segments' stored checkpoints
+        unknown, so rounds are only ever cancelled with the session, whose
+        last round waits for any round in progress."""
+        async with self._committing:
+            await self._commit_once()
+
+    async def _commit_once(self) -> None:
+        work = [self._commit_segment(s) for s in list(self._segments.values()) if s.dirty()]
+        unparks: list[str] = []
+        if self._unparks:
+            unparks, self._unparks = self._unparks, []
+            self._unparking.update(unparks)
+            work.append(self._groups.unpark(self.spec.name, unparks))
+        if self._replay_parks:
+            parks, self._replay_parks = self._replay_parks, []
+            work.append(self._groups.park(self.spec.name, parks))
+        try:
+            if work:
+                await asyncio.gather(*work)
+        finally:
+            self._unparking.difference_update(unparks)
+
+    async def _commit_segment(self, segment: _Segment) -> None:
+        new_position = segment.checkpoint()
+        acknowledged, parks = segment.acked_passed, list(segment.parks)
+        try:
+            await self._groups.commit_segment(
+                self.spec.name,
+                segment.number,
+                expected_position=segment.stored,
+                new_position=new_position,
+                acknowledged=acknowledged,
+                parked=parks,
+                fencing=segment.fencing,
+            )
+        except ConcurrencyConflict:
+            # The lease moved on (or the group is gone): the segment is the
+            # next holder's, from its stored checkpoint.
+            if await self._groups.load_group(self.spec.name) is None:
+                raise group_not_found(self.spec.name) from None
+            self._drop(segment.number)
+            return
+        except StoreUnavailable:
+            self._commit_wanted.set()  # try again with the next round
+            raise
+        segment.stored = new_position
+        segment.acked_passed -= acknowledged
+        del segment.parks[: len(parks)]
+
+
+def _segment_of(delivery: Delivery) -> int:
+    return delivery.parked.segment if delivery.parked is not None else 0
+
+
+class SubscriptionGroups:
+    """Opens consumer sessions and ends them all when the server shuts down."""
+
+    def __init__(
+        self,
+        groups: GroupStore,
+        log_reader: LogReader,
+        reader: EventReader,
+        *,
+        lease_seconds: float,
+        poll_interval: float = 1.0,
+        page_size: int = 1000,
+        page_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.store = groups
+        self._log = log_reader
+        self._reader = reader
+        self._lease_seconds = lease_seconds
+        self._poll = poll_interval
+        self._page_size = page_size
+        self._page_bytes = page_bytes
+        self._sessions: set[ConsumerSession] = set()
+        self._closing_sessions: set[asyncio.Future[None]] = set()
+        self._closing = False
+
+    @property
+    def active(self) -> int:
+        return len(self._sessions)
+
+    async def open(self, spec: GroupSpec, *, consumer: str, max_in_flight: int) -> ConsumerSession:
+        if self._closing:
+            raise shutting_down()
+        session = ConsumerSession(
+            spec,
+            consumer=consumer,
+            max_in_flight=max_in_flight,
+            groups=self.store,
+            log_reader=self._log,
+            reader=self._reader,
+            lease_seconds=self._lease_seconds,
+            poll_interval=self._poll,
+            page_size=self._page_size,
+            page_bytes=self._page_bytes,
+        )
+        await session.start()
+        self._sessions.add(session)
+        return session
+
+    def release(self, session: ConsumerSession) -> None:
+        """End ``session`` in the background: the stream's status goes out
+        at once, while the session commits and gives its segments up."""
+        self._sessions.discard(session)
+        closing = asyncio.ensure_future(session.close())
+        self._closing_sessions.add(closing)
+        closing.add_done_callback(self._closing_sessions.discard)
+
+    def close(self) -> None:
+        """End every consumer's stream with UNAVAILABLE (SHUTTING_DOWN):
+        consumers connect again, to any replica."""
+        self._closing = True
+        for session in list(self._sessions):
+            session.fail(shutting_down())
+
+
+def shutting_down() -> StoreUnavailable:
+    return StoreUnavailable("the server is shutting down; consume again (from any server)", reason="SHUTTING_DOWN")

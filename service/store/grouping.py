@@ -1,0 +1,137 @@
+"""What the subscription-group role (``base.GroupStore``) reads and writes.
+
+A *subscription group* reads the log through a filter from a start
+position; its consumers share the events (``service/groups.py``).
+The aggregate ids are cut into ``segments`` by the partition hash
+(``service/cluster/hashing.py``); each segment has a checkpoint of its own:
+the position up to which every event of the segment was acknowledged or
+parked (its contiguous acknowledged prefix). Consumers hold segments by
+leases of the lease group ``consumer_group(name)``; a segment's checkpoint
+moves only under its holder's fencing token. Events that failed too often
+are *parked*: kept aside, listed, replayed on request.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from service.store.leasing import LeaseView
+from service.store.records import LogFilter
+
+GROUP_LEASE_PREFIX = "subscription-group:"
+
+
+def consumer_group(name: str) -> str:
+    """The lease group whose members are the consumers of group ``name``
+    and whose leases (named by segment number) are its segments."""
+    return GROUP_LEASE_PREFIX + name
+
+
+def segment_lease(segment: int) -> str:
+    return str(segment)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSpec:
+    """A group's settings, fixed when it is created. Durations in
+    milliseconds."""
+
+    name: str
+    log_filter: LogFilter = LogFilter()
+    start_position: int = 0
+    segments: int = 16
+    max_attempts: int = 5
+    retry_backoff_ms: int = 1000
+    max_retry_backoff_ms: int = 60_000
+    ack_timeout_ms: int = 30_000
+
+    def filter_json(self) -> str:
+        """The filter as the SQL stores keep it."""
+        return json.dumps(
+            {
+                "aggregate_types": sorted(self.log_filter.aggregate_types),
+                "event_types": sorted(self.log_filter.event_types),
+                "origin": self.log_filter.origin,
+            },
+            separators=(",", ":"),
+        )
+
+
+def filter_from_json(text: str) -> LogFilter:
+    data = json.loads(text)
+    return LogFilter(
+        aggregate_types=frozenset(data.get("aggregate_types") or ()),
+        event_types=frozenset(data.get("event_types") or ()),
+        origin=data.get("origin") or None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentCheckpoint:
+    """Where one segment of a group stands: every event of the segment up
+    to ``position`` was acknowledged or parked; ``acknowledged`` counts the
+    acknowledged ones (each once, when the checkpoint passed it)."""
+
+    segment: int
+    position: int
+    acknowledged: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConsumer:
+    """A live consumer of a group and the segments it holds."""
+
+    consumer: str
+    segments: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupState:
+    """A group as one read saw it."""
+
+    spec: GroupSpec
+    checkpoints: tuple[SegmentCheckpoint, ...]
+    parked: int = 0
+    consumers: tuple[GroupConsumer, ...] = ()
+
+    @property
+    def position(self) -> int:
+        return min((c.position for c in self.checkpoints), default=self.spec.start_position)
+
+    @property
+    def acknowledged(self) -> int:
+        return sum(c.acknowledged for c in self.checkpoints)
+
+    def checkpoint(self, segment: int) -> SegmentCheckpoint:
+        return self.checkpoints[segment]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupParkedEvent:
+    """An event a group gave up delivering after ``attempts`` deliveries;
+    ``replaying`` while a replay was asked for and not acknowledged."""
+
+    event_id: str
+    position: int
+    segment: int
+    aggregate_id: str
+    attempts: int
+    reason: str
+    replaying: bool = False
+
+
+def consumers_of(members: tuple[str, ...], owners: dict[int, str]) -> tuple[GroupConsumer, ...]:
+    """The live ``members`` (member ids) with the segments each holds
+    (``owners``: segment → member id)."""
+    held: dict[str, list[int]] = {member: [] for member in members}
+    for segment, owner in sorted(owners.items()):
+        if owner in held:
+            held[owner].append(segment)
+    return tuple(GroupConsumer(member, tuple(segments)) for member, segments in sorted(held.items()))
+
+
+def owners_from_view(view: LeaseView) -> tuple[tuple[str, ...], dict[int, str]]:
+    """A consumer group's lease view as ``consumers_of`` takes it."""
+    owners = {int(lease.name): lease.owner for lease in view.leases if lease.owner is not None and lease.name.isdigit()}
+    return tuple(m.member_id for m in view.members), owners

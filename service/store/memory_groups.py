@@ -1,0 +1,131 @@
+"""``GroupStore`` in memory (the reference implementation, with
+``MemoryStore``): dicts, and the process's own consumer leases."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from service.errors import ConcurrencyConflict, ResourceExists
+from service.store.grouping import (
+    GroupParkedEvent,
+    GroupSpec,
+    GroupState,
+    SegmentCheckpoint,
+    consumer_group,
+    consumers_of,
+    owners_from_view,
+)
+from service.store.leasing import Fencing
+from service.store.local_leases import LocalLeases
+
+
+def group_exists(name: str) -> ResourceExists:
+    return ResourceExists(
+        f"subscription group {name!r} exists already", reason="GROUP_EXISTS", metadata={"group": name}
+    )
+
+
+@dataclass(slots=True)
+class _Group:
+    spec: GroupSpec
+    checkpoints: list[SegmentCheckpoint]
+    parked: dict[str, GroupParkedEvent] = field(default_factory=dict)
+
+
+class MemoryGroups:
+    def __init__(self) -> None:
+        self._groups: dict[str, _Group] = {}
+        self._consumer_leases = LocalLeases()
+
+    @property
+    def consumer_leases(self) -> LocalLeases:
+        return self._consumer_leases
+
+    async def create_group(self, spec: GroupSpec) -> None:
+        if spec.name in self._groups:
+            raise group_exists(spec.name)
+        checkpoints = [SegmentCheckpoint(s, spec.start_position) for s in range(spec.segments)]
+        self._groups[spec.name] = _Group(spec, checkpoints)
+
+    async def delete_group(self, name: str) -> bool:
+        self._consumer_leases.drop_group(consumer_group(name))
+        return self._groups.pop(name, None) is not None
+
+    async def load_group(self, name: str) -> GroupState | None:
+        group = self._groups.get(name)
+        if group is None:
+            return None
+        members, owners = owners_from_view(self._consumer_leases.view(consumer_group(name)))
+        return GroupState(
+            spec=group.spec,
+            checkpoints=tuple(group.checkpoints),
+            parked=len(group.parked),
+            consumers=consumers_of(members, owners),
+        )
+
+    async def list_groups(self) -> list[GroupState]:
+        states = [await self.load_group(name) for name in sorted(self._groups)]
+        return [state for state in states if state is not None]
+
+    async def commit_segment(
+        self,
+        name: str,
+        segment: int,
+        *,
+        expected_position: int,
+        new_position: int,
+        acknowledged: int,
+        parked: Sequence[GroupParkedEvent] = (),
+        fencing: Fencing | None = None,
+    ) -> None:
+        group = self._groups.get(name)
+        current = group.checkpoints[segment] if group is not None and segment < len(group.checkpoints) else None
+        if current is None or current.position != expected_position:
+            raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
+        if fencing is not None and not self._consumer_leases.holds(fencing):
+            raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
+        assert group is not None
+        self._park(group, parked)
+        group.checkpoints[segment] = SegmentCheckpoint(segment, new_position, current.acknowledged + acknowledged)
+
+    async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
+        group = self._groups.get(name)
+        if group is not None:
+            self._park(group, events)
+
+    @staticmethod
+    def _park(group: _Group, events: Sequence[GroupParkedEvent]) -> None:
+        for event in events:
+            group.parked[event.event_id] = replace(event, replaying=False)
+
+    async def unpark(self, name: str, event_ids: Sequence[str]) -> None:
+        group = self._groups.get(name)
+        if group is not None:
+            for event_id in event_ids:
+                group.parked.pop(event_id, None)
+
+    def _sorted_parked(self, name: str) -> list[GroupParkedEvent]:
+        group = self._groups.get(name)
+        if group is None:
+            return []
+        return sorted(group.parked.values(), key=lambda p: (p.position, p.event_id))
+
+    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
+        return [p for p in self._sorted_parked(name) if p.position > after_position][:limit]
+
+    async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
+        group = self._groups.get(name)
+        if group is None:
+            return 0
+        wanted = set(event_ids)
+        marked = 0
+        for event_id, event in group.parked.items():
+            if not wanted or event_id in wanted:
+                group.parked[event_id] = replace(event, replaying=True)
+                marked += 1
+        return marked
+
+    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
+        held = set(segments)
+        return [p for p in self._sorted_parked(name) if p.replaying and p.segment in held][:limit]

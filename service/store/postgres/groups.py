@@ -1,0 +1,169 @@
+"""``GroupStore`` on PostgreSQL: settings, segment checkpoints and parked
+events in three tables (migration 0013), every method one operation; the
+consumers hold segments by the store's own leases (``leases.py``), so the
+consumers of one group may be connected to different replicas."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import cast
+
+from service.errors import ConcurrencyConflict
+from service.store.base import LeaseStore
+from service.store.grouping import (
+    GROUP_LEASE_PREFIX,
+    GroupParkedEvent,
+    GroupSpec,
+    GroupState,
+    SegmentCheckpoint,
+    consumer_group,
+    consumers_of,
+)
+from service.store.leasing import Fencing
+from service.store.memory_groups import group_exists
+from service.store.postgres import sql
+from service.store.postgres.connection import Statement
+from service.store.postgres.database import Database
+from service.store.postgres.errors import Refused
+from service.store.postgres.rows import rows, scalar
+from service.store.sql_common import group_params, group_spec_from_row, parked_from_row
+
+
+def _parked_json(events: Sequence[GroupParkedEvent]) -> str:
+    return json.dumps(
+        [
+            {
+                "event_id": e.event_id,
+                "position": e.position,
+                "segment": e.segment,
+                "aggregate_id": e.aggregate_id,
+                "attempts": e.attempts,
+                "reason": e.reason,
+            }
+            for e in events
+        ],
+        separators=(",", ":"),
+    )
+
+
+class GroupsRole:
+    _db: Database
+
+    @property
+    def consumer_leases(self) -> LeaseStore:
+        return cast(LeaseStore, self)  # PostgresStore's LeasesRole: the leases every replica sees
+
+    async def create_group(self, spec: GroupSpec) -> None:
+        (result,) = await self._db.run("create_group", [Statement(sql.CREATE_GROUP.encode(), group_params(spec))])
+        if not int(result.command_tuples or 0):
+            raise group_exists(spec.name)
+
+    async def delete_group(self, name: str) -> bool:
+        lease_group = consumer_group(name)
+        results = await self._db.run(
+            "delete_group",
+            [
+                Statement(sql.DELETE_GROUP.encode(), (name,)),
+                Statement(sql.DELETE_GROUP_LEASES.encode(), (lease_group,)),
+                Statement(sql.DELETE_GROUP_MEMBERS.encode(), (lease_group,)),
+            ],
+        )
+        return bool(results[0].ntuples)
+
+    async def load_group(self, name: str) -> GroupState | None:
+        states = await self._load(name)
+        return states[0] if states else None
+
+    async def list_groups(self) -> list[GroupState]:
+        return await self._load(None)
+
+    async def _load(self, name: str | None) -> list[GroupState]:
+        one = (name,)
+        both = (name, GROUP_LEASE_PREFIX)
+        results = await self._db.run(
+            "load_groups",
+            [
+                Statement(sql.LOAD_GROUPS.encode(), one),
+                Statement(sql.LOAD_GROUP_SEGMENTS.encode(), one),
+                Statement(sql.COUNT_GROUP_PARKED.encode(), one),
+                Statement(sql.LOAD_GROUP_CONSUMERS.encode(), both),
+                Statement(sql.LOAD_GROUP_HOLDERS.encode(), both),
+            ],
+            read_only=True,
+        )
+        checkpoints: dict[str, list[SegmentCheckpoint]] = {}
+        for group, segment, position, acknowledged in rows(results[1]):
+            checkpoints.setdefault(group, []).append(SegmentCheckpoint(int(segment), int(position), int(acknowledged)))
+        parked = {str(group): int(count) for group, count in rows(results[2])}
+        members: dict[str, list[str]] = {}
+        for group, member in rows(results[3]):
+            members.setdefault(group, []).append(str(member))
+        owners: dict[str, dict[int, str]] = {}
+        for group, lease, owner in rows(results[4]):
+            if str(lease).isdigit():
+                owners.setdefault(group, {})[int(lease)] = str(owner)
+        states = []
+        for row in rows(results[0]):
+            spec = group_spec_from_row(row)
+            states.append(
+                GroupState(
+                    spec=spec,
+                    checkpoints=tuple(checkpoints.get(spec.name, ())),
+                    parked=parked.get(spec.name, 0),
+                    consumers=consumers_of(tuple(sorted(members.get(spec.name, ()))), owners.get(spec.name, {})),
+                )
+            )
+        return states
+
+    async def commit_segment(
+        self,
+        name: str,
+        segment: int,
+        *,
+        expected_position: int,
+        new_position: int,
+        acknowledged: int,
+        parked: Sequence[GroupParkedEvent] = (),
+        fencing: Fencing | None = None,
+    ) -> None:
+        statements = []
+        if fencing is not None:
+            fenced = (fencing.group, fencing.name, fencing.member_id, fencing.epoch)
+            statements.append(Statement(sql.CHECK_FENCING.encode(), fenced))
+        moved = (name, segment, expected_position, new_position, acknowledged)
+        statements.append(Statement(sql.MOVE_SEGMENT.encode(), moved))
+        if parked:
+            statements.append(Statement(sql.PARK_GROUP_EVENTS.encode(), (name, _parked_json(parked))))
+        try:
+            await self._db.run("commit_segment", statements)
+        except Refused:  # the checkpoint moved, the group is gone, or the lease changed holder
+            raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position) from None
+
+    async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
+        if events:
+            await self._db.run("park", [Statement(sql.PARK_GROUP_EVENTS.encode(), (name, _parked_json(events)))])
+
+    async def unpark(self, name: str, event_ids: Sequence[str]) -> None:
+        if event_ids:
+            await self._db.run("unpark", [Statement(sql.UNPARK_GROUP_EVENTS.encode(), (name, list(event_ids)))])
+
+    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
+        (result,) = await self._db.run(
+            "list_parked", [Statement(sql.LIST_GROUP_PARKED.encode(), (name, after_position, limit))], read_only=True
+        )
+        return [parked_from_row(row) for row in rows(result)]
+
+    async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
+        (result,) = await self._db.run(
+            "replay_parked", [Statement(sql.REPLAY_GROUP_PARKED.encode(), (name, list(event_ids)))]
+        )
+        return int(scalar(result) or 0)
+
+    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
+        (result,) = await self._db.run(
+            "parked_to_replay",
+            [Statement(sql.GROUP_PARKED_TO_REPLAY.encode(), (name, list(segments), limit))],
+            read_only=True,
+        )
+        return [parked_from_row(row) for row in rows(result)]

@@ -1,0 +1,172 @@
+"""``GroupStore`` on SQLite: settings, segment checkpoints and parked
+events in the file; the consumers' leases in the process (its one
+process serves every consumer: ``local_leases.py``)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from service.errors import ConcurrencyConflict
+from service.store.grouping import (
+    GroupParkedEvent,
+    GroupSpec,
+    GroupState,
+    SegmentCheckpoint,
+    consumer_group,
+    consumers_of,
+    owners_from_view,
+)
+from service.store.leasing import Fencing
+from service.store.local_leases import LocalLeases
+from service.store.memory_groups import group_exists
+from service.store.sql_common import group_params, group_spec_from_row, parked_from_row
+from service.store.sqlite import sql
+from service.store.sqlite.writer import Writer, reading, writing
+
+
+class GroupsRole:
+    _writer: Writer
+    _consumer_leases: LocalLeases
+
+    @property
+    def consumer_leases(self) -> LocalLeases:
+        return self._consumer_leases
+
+    async def create_group(self, spec: GroupSpec) -> None:
+        if not await self._writer.run(_create, spec):
+            raise group_exists(spec.name)
+
+    async def delete_group(self, name: str) -> bool:
+        self._consumer_leases.drop_group(consumer_group(name))
+        return await self._writer.run(_delete, name)
+
+    async def load_group(self, name: str) -> GroupState | None:
+        loaded = await self._writer.run(_load, name)
+        return None if loaded is None else self._with_consumers(loaded)
+
+    async def list_groups(self) -> list[GroupState]:
+        return [self._with_consumers(loaded) for loaded in await self._writer.run(_load_all)]
+
+    def _with_consumers(self, state: GroupState) -> GroupState:
+        members, owners = owners_from_view(self._consumer_leases.view(consumer_group(state.spec.name)))
+        return GroupState(
+            spec=state.spec, checkpoints=state.checkpoints, parked=state.parked, consumers=consumers_of(members, owners)
+        )
+
+    async def commit_segment(
+        self,
+        name: str,
+        segment: int,
+        *,
+        expected_position: int,
+        new_position: int,
+        acknowledged: int,
+        parked: Sequence[GroupParkedEvent] = (),
+        fencing: Fencing | None = None,
+    ) -> None:
+        # The lease is the process's own: checked here, on the event loop,
+        # where its holders change; the checkpoint guards the write itself.
+        if fencing is not None and not self._consumer_leases.holds(fencing):
+            raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
+        moved = await self._writer.run(_commit, name, segment, expected_position, new_position, acknowledged, parked)
+        if not moved:
+            raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
+
+    async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
+        await self._writer.run(_park_alone, name, events)
+
+    async def unpark(self, name: str, event_ids: Sequence[str]) -> None:
+        await self._writer.run(_unpark, name, event_ids)
+
+    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
+        rows = await self._writer.run(
+            lambda db: db.execute(sql.LIST_GROUP_PARKED, (name, after_position, limit)).fetchall()
+        )
+        return [parked_from_row(row) for row in rows]
+
+    async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
+        return await self._writer.run(_replay, name, event_ids)
+
+    async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
+        rows = await self._writer.run(lambda db: db.execute(sql.GROUP_PARKED_TO_REPLAY, (name,)).fetchall())
+        held = set(segments)
+        return [p for p in (parked_from_row(row) for row in rows) if p.segment in held][:limit]
+
+
+def _create(db: sqlite3.Connection, spec: GroupSpec) -> bool:
+    with writing(db):
+        if db.execute(sql.CREATE_GROUP, group_params(spec)).rowcount == 0:
+            return False
+        db.executemany(sql.CREATE_SEGMENT, [(spec.name, s, spec.start_position) for s in range(spec.segments)])
+        return True
+
+
+def _delete(db: sqlite3.Connection, name: str) -> bool:
+    with writing(db):
+        db.execute(sql.DELETE_GROUP_SEGMENTS, (name,))
+        db.execute(sql.DELETE_GROUP_PARKED, (name,))
+        return bool(db.execute(sql.DELETE_GROUP, (name,)).rowcount)
+
+
+def _read(db: sqlite3.Connection, name: str) -> GroupState | None:
+    row = db.execute(sql.LOAD_GROUP, (name,)).fetchone()
+    if row is None:
+        return None
+    checkpoints = tuple(
+        SegmentCheckpoint(int(s), int(p), int(a)) for s, p, a in db.execute(sql.GROUP_SEGMENTS, (name,)).fetchall()
+    )
+    (parked,) = db.execute(sql.PARKED_COUNT, (name,)).fetchone()
+    return GroupState(spec=group_spec_from_row(row), checkpoints=checkpoints, parked=int(parked))
+
+
+def _load(db: sqlite3.Connection, name: str) -> GroupState | None:
+    with reading(db):
+        return _read(db, name)
+
+
+def _load_all(db: sqlite3.Connection) -> list[GroupState]:
+    with reading(db):
+        states = [_read(db, str(name)) for (name,) in db.execute(sql.GROUP_NAMES).fetchall()]
+    return [state for state in states if state is not None]
+
+
+def _park(db: sqlite3.Connection, name: str, events: Sequence[GroupParkedEvent]) -> None:
+    db.executemany(
+        sql.PARK_GROUP_EVENT,
+        [(name, e.event_id, e.position, e.segment, e.aggregate_id, e.attempts, e.reason) for e in events],
+    )
+
+
+def _park_alone(db: sqlite3.Connection, name: str, events: Sequence[GroupParkedEvent]) -> None:
+    with writing(db):
+        if db.execute(sql.LOAD_GROUP, (name,)).fetchone() is not None:
+            _park(db, name, events)
+
+
+def _commit(
+    db: sqlite3.Connection,
+    name: str,
+    segment: int,
+    expected: int,
+    new: int,
+    acknowledged: int,
+    parked: Sequence[GroupParkedEvent],
+) -> bool:
+    with writing(db):
+        if db.execute(sql.MOVE_SEGMENT, (new, acknowledged, name, segment, expected)).rowcount != 1:
+            return False
+        _park(db, name, parked)
+        return True
+
+
+def _unpark(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> None:
+    with writing(db):
+        db.executemany(sql.UNPARK_GROUP_EVENT, [(name, event_id) for event_id in event_ids])
+
+
+def _replay(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> int:
+    with writing(db):
+        if not event_ids:
+            return int(db.execute(sql.REPLAY_ALL_GROUP_PARKED, (name,)).rowcount)
+        return sum(int(db.execute(sql.REPLAY_GROUP_PARKED, (name, event_id)).rowcount) for event_id in event_ids)

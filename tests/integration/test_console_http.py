@@ -1,0 +1,273 @@
+"""The console over plain HTTP, byte for byte: its security headers, the
+login and its session cookie, CSRF-safe forms, the loopback-only answer
+with authentication off, malformed requests, and the refusal to serve
+beyond loopback without --auth."""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.app import Application, start
+from service.console.http import MAX_BODY_BYTES, MAX_HEAD_BYTES
+from service.errors import ConfigurationError
+from service.settings import Settings
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import TEST_SETTINGS, command, connect
+from tests.support.http import Answer, request, send_raw
+from tests.support.processes import serve_until_exit
+from tests.support.security import ISSUER, POLICY, Authority, JwtIssuer, api_key_file, bearer, write
+from tests.support.waiting import eventually
+
+KEY = "console-http-key-0123456789"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def authenticated(tmp_path: Path, **overrides: object) -> Settings:
+    issuer = JwtIssuer()
+    return replace(
+        TEST_SETTINGS,
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        api_keys_file=api_key_file(tmp_path / "keys.toml", [(KEY, "root", ["teller"])]),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=ISSUER,
+        **{"console_listen": "127.0.0.1:0", **overrides},  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def jwt_issuer() -> JwtIssuer:
+    return JwtIssuer()
+
+
+@pytest.fixture
+async def app(tmp_path: Path, jwt_issuer: JwtIssuer) -> AsyncIterator[Application]:
+    settings = replace(authenticated(tmp_path), jwt_key_file=write(tmp_path / "jwt.pem", jwt_issuer.public_key))
+    started = await start(settings, store=MemoryStore())
+    try:
+        yield started
+    finally:
+        await started.stop(grace=0.5, drain=0)
+
+
+def console(app: Application) -> str:
+    assert app.console is not None
+    return app.console.address
+
+
+async def log_in(address: str, credential: str) -> Answer:
+    return await request(
+        address,
+        "POST",
+        "/login",
+        headers={**FORM, "Origin": f"http://{address}"},
+        body=urlencode({"credential": credential}).encode(),
+    )
+
+
+def session_cookie(answer: Answer) -> str:
+    (cookie,) = answer.all("set-cookie")
+    return cookie.split(";")[0]
+
+
+async def test_every_answer_carries_the_security_headers(app: Application) -> None:
+    address = console(app)
+    for path in ("/login", "/log", "/static/console.css", "/nowhere"):
+        answer = await request(address, "GET", path)
+        policy = answer.header("content-security-policy") or ""
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
+        assert answer.header("x-frame-options") == "DENY"
+        assert answer.header("x-content-type-options") == "nosniff"
+        assert answer.header("referrer-policy") == "same-origin"
+        assert answer.all("cache-control") == ["no-store"]
+
+
+async def test_pages_need_a_session_and_the_login_sets_a_strict_http_only_cookie(app: Application) -> None:
+    address = console(app)
+    anonymous = await request(address, "GET", "/log")
+    assert (anonymous.status, anonymous.header("location")) == (303, "/login")
+    logged_in = await log_in(address, KEY)
+    assert (logged_in.status, logged_in.header("location")) == (303, "/log")
+    (cookie,) = logged_in.all("set-cookie")
+    assert re.fullmatch(r"chronicle_console=[A-Za-z0-9_-]{43}; Path=/; HttpOnly; SameSite=Strict", cookie)
+    assert KEY not in cookie  # the cookie is an opaque id, never the credential
+    page = await request(address, "GET", "/log", headers={"Cookie": session_cookie(logged_in)})
+    assert page.status == 200 and '<span class="principal">root</span>' in page.text
+    # No inline script anywhere: every script element names its file.
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page.text)
+
+
+async def test_aggregates_are_listed_fifty_to_a_page(app: Application) -> None:
+    async with connect(app.address, interceptors=bearer(KEY)) as client:
+        for number in range(60):
+            await client.submit(command(f"acc-{number:02d}", bank.OpenAccount(owner="ann"), user_id="root"))
+    address = console(app)
+    cookie = session_cookie(await log_in(address, KEY))
+    first = await request(address, "GET", "/log?q=acc-", headers={"Cookie": cookie})
+    listed = re.findall(r'<a href="/aggregates/(acc-\d+)">', first.text)
+    assert listed == [f"acc-{number:02d}" for number in range(50)]
+    next_page = re.search(r'<a href="(/log\?[^"]+)" class="next">', first.text)
+    assert next_page is not None
+    rest = await request(address, "GET", next_page.group(1).replace("&amp;", "&"), headers={"Cookie": cookie})
+    assert re.findall(r'<a href="/aggregates/(acc-\d+)">', rest.text) == [f"acc-{n}" for n in range(50, 60)]
+    assert 'class="next"' not in rest.text
+
+
+async def test_a_wrong_credential_is_refused_with_its_reason(app: Application) -> None:
+    answer = await log_in(console(app), "wrong")
+    assert answer.status == 401
+    assert "UNKNOWN_API_KEY" in answer.text and answer.all("set-cookie") == []
+
+
+async def test_a_login_from_another_origin_is_refused(app: Application) -> None:
+    address = console(app)
+    body = urlencode({"credential": KEY}).encode()
+    foreign = await request(address, "POST", "/login", headers={**FORM, "Origin": "http://evil.example"}, body=body)
+    assert foreign.status == 403 and foreign.all("set-cookie") == []
+    missing = await request(address, "POST", "/login", headers=FORM, body=body)
+    assert missing.status == 403
+
+
+async def test_a_form_without_the_sessions_csrf_token_is_refused(app: Application) -> None:
+    address = console(app)
+    cookie = session_cookie(await log_in(address, KEY))
+    headers = {**FORM, "Cookie": cookie, "Origin": f"http://{address}"}
+    forged = await request(address, "POST", "/logout", headers=headers, body=b"csrf_token=guess")
+    assert forged.status == 403
+    page = await request(address, "GET", "/log", headers={"Cookie": cookie})
+    assert page.status == 200  # the session survived the forged form
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token is not None
+    logged_out = await request(
+        address, "POST", "/logout", headers=headers, body=urlencode({"csrf_token": token.group(1)}).encode()
+    )
+    assert logged_out.status == 303
+    assert (await request(address, "GET", "/log", headers={"Cookie": cookie})).status == 303
+
+
+async def test_a_jwt_logs_in_and_its_session_ends_when_the_token_expires(
+    app: Application, jwt_issuer: JwtIssuer
+) -> None:
+    address = console(app)
+    # Expired 28 s ago: the verifier's 30 s leeway accepts it for 2 s more.
+    token = jwt_issuer.token("root", expires_in=-28)
+    cookie = session_cookie(await log_in(address, token))
+    page = await request(address, "GET", "/log", headers={"Cookie": cookie})
+    assert page.status == 200 and "root" in page.text
+
+    async def ended() -> bool:
+        return (await request(address, "GET", "/log", headers={"Cookie": cookie})).status == 303
+
+    await eventually(ended, within=15, what="the session to end with its token")
+
+
+async def test_an_unreadable_aggregate_is_refused_as_the_api_refuses_it(tmp_path: Path) -> None:
+    settings = authenticated(tmp_path)
+    settings = replace(
+        settings,
+        api_keys_file=api_key_file(tmp_path / "k.toml", [(KEY, "alice", []), ("bob-key-0123456789", "bob", [])]),
+    )
+    app = await start(settings, store=MemoryStore())
+    try:
+        async with connect(app.address, interceptors=bearer(KEY)) as alice:
+            await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id="alice"))
+        address = console(app)
+        cookie = session_cookie(await log_in(address, "bob-key-0123456789"))
+        denied = await request(address, "GET", "/aggregates/acc-1", headers={"Cookie": cookie})
+        assert denied.status == 403 and "READ_DENIED" in denied.text and "ann" not in denied.text
+        listed = await request(address, "GET", "/log?q=acc", headers={"Cookie": cookie})
+        assert "acc-1" not in listed.text
+    finally:
+        await app.stop(grace=0.5, drain=0)
+
+
+async def test_without_auth_the_console_answers_only_loopback_host_names() -> None:
+    app = await start(replace(TEST_SETTINGS, console_listen="127.0.0.1:0"), store=MemoryStore())
+    try:
+        address = console(app)
+        port = address.rpartition(":")[2]
+        assert (await request(address, "GET", "/log")).status == 200
+        assert (await request(address, "GET", "/log", host=f"localhost:{port}")).status == 200
+        rebound = await request(address, "GET", "/log", host=f"attacker.example:{port}")
+        assert rebound.status == 421
+        # No session to carry a CSRF token: a form must at least come from here.
+        assert (await request(address, "POST", "/logout", headers=FORM)).status == 403
+    finally:
+        await app.stop(grace=0.5, drain=0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", 400),
+        (b"GET /log HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 411),
+        (b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1), 413),
+        (b"GET /log HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * MAX_HEAD_BYTES + b"\r\n\r\n", 431),
+        (b"GET /log HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+    ],
+)
+async def test_malformed_requests_get_a_plain_status(app: Application, raw: bytes, status: int) -> None:
+    assert (await send_raw(console(app), raw)).status == status
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:0", "[::]:0", "console.internal:0"])
+def test_the_console_refuses_to_serve_beyond_loopback_without_auth(listen: str) -> None:
+    result = serve_until_exit("--database-url", "memory://", "--console-listen", listen)
+    assert result.returncode == 2
+    assert "error: INSECURE_LISTEN: refusing to serve the console on" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_insecure_does_not_stretch_to_the_console() -> None:
+    result = serve_until_exit(
+        "--database-url", "memory://", "--insecure", "--console-listen", "0.0.0.0:0", listen="0.0.0.0:0"
+    )
+    assert result.returncode == 2
+    assert "refusing to serve the console on 0.0.0.0:0" in result.stderr
+
+
+async def test_beyond_loopback_with_auth_the_console_starts(tmp_path: Path) -> None:
+    app = await start(authenticated(tmp_path, console_listen="0.0.0.0:0"), store=MemoryStore())
+    try:
+        port = console(app).rpartition(":")[2]
+        assert (await request(f"127.0.0.1:{port}", "GET", "/login")).status == 200
+    finally:
+        await app.stop(grace=0.5, drain=0)
+
+
+async def test_a_console_address_in_use_is_a_clear_start_up_error(app: Application, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        await start(authenticated(tmp_path, console_listen=console(app)), store=MemoryStore())
+    assert refused.value.reason == "BIND_FAILED"
+
+
+async def test_with_tls_the_console_serves_https_and_its_cookie_is_secure(tmp_path: Path) -> None:
+    ca = Authority()
+    server = ca.issue("localhost", server=True)
+    settings = authenticated(
+        tmp_path,
+        tls_cert_file=write(tmp_path / "server.pem", server.certificate),
+        tls_key_file=write(tmp_path / "server.key", server.key),
+    )
+    app = await start(settings, store=MemoryStore())
+    try:
+        address = console(app)
+        trusting = ssl.create_default_context(cadata=ca.certificate.decode())
+        body = urlencode({"credential": KEY}).encode()
+        headers = {**FORM, "Origin": f"https://{address}"}
+        answer = await request(address, "POST", "/login", headers=headers, body=body, tls=trusting)
+        assert answer.status == 303
+        (cookie,) = answer.all("set-cookie")
+        assert cookie.endswith("; HttpOnly; SameSite=Strict; Secure")
+        with pytest.raises(ConnectionError):  # plaintext gets no page
+            await request(address, "GET", "/login")
+    finally:
+        await app.stop(grace=0.5, drain=0)

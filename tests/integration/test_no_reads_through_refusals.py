@@ -1,0 +1,238 @@
+"""A caller that may not read an aggregate learns nothing of its state from
+refusals, over a real socket: INSUFFICIENT_FUNDS without the balance,
+NOT_UNIQUE without the scope, WRONG_EXPECTED_VERSION without the current
+version, AGGREGATE_TYPE_MISMATCH without the type, and READ_DENIED the same
+for an aggregate it may not read as for one that does not exist. Callers
+that may read get every detail. Dry runs are audited like submissions."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from chronicle.v1 import admin_service_pb2 as admin
+from chronicle.v1 import command_service_pb2, event_service_pb2
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.box.protos.box.v1 import box_pb2
+from domain_plugins.users.protos.users.v1 import users_pb2 as users
+from service.store.base import StoreAdapter
+from tests.support.grpc_client import Client, ErrorDetails, command, connect, details_of, running_server
+from tests.support.security import JwtIssuer, bearer, write
+
+POLICY = """
+[roles.teller]      # moves money and may read accounts
+submit = ["bank.v1.OpenAccount", "bank.v1.Deposit", "bank.v1.Withdraw"]
+read = ["Account"]
+
+[roles.cashier]     # moves money, may not read accounts
+submit = ["bank.v1.OpenAccount", "bank.v1.Deposit", "bank.v1.Withdraw"]
+
+[roles.registrar]   # registers users, may not read them
+submit = ["users.v1.RegisterUser"]
+
+[roles.boxer]
+submit = ["box.v1.CreateBox"]
+read = ["Box"]
+
+[roles.operator]
+submit = ["*"]
+read = ["*"]
+admin = true
+
+[principals.alice]
+roles = ["teller"]
+[principals.carol]
+roles = ["cashier"]
+[principals.reg]
+roles = ["registrar"]
+[principals.bob]
+roles = ["boxer"]
+[principals.root]
+roles = ["operator"]
+"""
+
+BALANCE = 7_919
+
+
+@dataclass
+class Server:
+    address: str
+    issuer: JwtIssuer
+
+    def as_(self, principal: str) -> AbstractAsyncContextManager[Client]:
+        return connect(self.address, interceptors=bearer(self.issuer.token(principal)))
+
+
+@pytest.fixture
+async def server(store: StoreAdapter, tmp_path: Path) -> AsyncIterator[Server]:
+    issuer = JwtIssuer()
+    async with running_server(
+        store,
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    ) as (app, _):
+        running = Server(app.address, issuer)
+        async with running.as_("alice") as alice:
+            await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+            await alice.submit(command("acc-1", bank.Deposit(amount=BALANCE), user_id=""))
+        yield running
+
+
+async def refusal(call: object) -> ErrorDetails:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    return details_of(raised.value)
+
+
+def reveals_nothing(details: ErrorDetails, *secrets: str) -> bool:
+    return not any(secret in details.message or secret in str(details.metadata) for secret in secrets)
+
+
+async def test_insufficient_funds_shows_the_balance_only_to_callers_that_may_read_it(server: Server) -> None:
+    too_much = command("acc-1", bank.Withdraw(amount=BALANCE + 1), user_id="")
+    async with server.as_("carol") as carol:
+        withheld = await refusal(carol.submit(too_much))
+        retried = await refusal(carol.submit(too_much))  # the recorded refusal, replayed
+        dry = await refusal(carol.commands.Submit(command_service_pb2.SubmitRequest(command=too_much, dry_run=True)))
+        batch = await refusal(
+            carol.commands.SubmitBatch(
+                command_service_pb2.SubmitBatchRequest(
+                    commands=[
+                        command("acc-1", bank.Deposit(amount=1), user_id=""),
+                        command("acc-1", bank.Withdraw(amount=BALANCE + 2), user_id=""),
+                    ]
+                )
+            )
+        )
+        token = (("authorization", f"Bearer {server.issuer.token('carol')}"),)
+        stream = carol.commands.SubmitStream(metadata=token)
+        await stream.write(command_service_pb2.SubmitRequest(command=too_much))
+        await stream.done_writing()
+        (streamed,) = [answer async for answer in stream]
+    for details in (withheld, retried, dry):
+        assert (details.code, details.reason, details.metadata) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "INSUFFICIENT_FUNDS",
+            {},
+        )
+        assert reveals_nothing(details, str(BALANCE))
+    assert (batch.reason, batch.metadata["batch_index"]) == ("INSUFFICIENT_FUNDS", "1")
+    assert reveals_nothing(batch, str(BALANCE))
+    assert (streamed.error.reason, dict(streamed.error.metadata)) == ("INSUFFICIENT_FUNDS", {})
+    assert str(BALANCE) not in streamed.error.message
+    async with server.as_("alice") as alice:
+        shown = await refusal(alice.submit(command("acc-1", bank.Withdraw(amount=BALANCE + 1), user_id="")))
+    assert shown.metadata == {"balance": str(BALANCE), "amount": str(BALANCE + 1)}
+    assert str(BALANCE) in shown.message
+
+
+async def test_not_unique_does_not_say_which_value_is_taken(server: Server) -> None:
+    async with server.as_("reg") as reg:
+        await reg.submit(command("user-1", users.RegisterUser(email="ann@example.com", name="Ann"), user_id=""))
+        taken = await refusal(
+            reg.submit(command("user-2", users.RegisterUser(email="ann@example.com", name="A"), user_id=""))
+        )
+    assert (taken.code, taken.reason, taken.metadata) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_UNIQUE", {})
+    assert reveals_nothing(taken, "users.email")
+    async with server.as_("root") as root:
+        shown = await refusal(
+            root.submit(command("user-3", users.RegisterUser(email="ann@example.com", name="A"), user_id=""))
+        )
+    assert shown.metadata == {"scope": "users.email"}
+
+
+async def test_a_wrong_expected_version_does_not_say_the_current_one(server: Server) -> None:
+    deposit = command("acc-1", bank.Deposit(amount=1), user_id="", expected_version=9)
+    async with server.as_("carol") as carol:
+        withheld = await refusal(carol.submit(deposit))
+    assert (withheld.reason, withheld.metadata) == (
+        "WRONG_EXPECTED_VERSION",
+        {"aggregate_id": "acc-1", "expected_version": "9"},
+    )
+    assert reveals_nothing(withheld, "version 2")
+    async with server.as_("alice") as alice:
+        shown = await refusal(alice.submit(command("acc-1", bank.Deposit(amount=1), user_id="", expected_version=9)))
+    assert shown.metadata["current_version"] == "2"
+
+
+async def test_a_type_mismatch_does_not_say_the_type_to_callers_that_may_not_read_it(server: Server) -> None:
+    async with server.as_("bob") as bob:
+        await bob.submit(command("box-1", box_pb2.CreateBox(name="tools"), user_id=""))
+    outcomes: dict[str, ErrorDetails] = {}
+    for principal in ("carol", "alice", "root"):
+        async with server.as_(principal) as caller:
+            outcomes[principal] = await refusal(caller.submit(command("box-1", bank.Deposit(amount=1), user_id="")))
+    for principal in ("carol", "alice"):  # alice may read accounts, not boxes
+        assert outcomes[principal].reason == "AGGREGATE_TYPE_MISMATCH"
+        assert "aggregate_type" not in outcomes[principal].metadata
+        assert reveals_nothing(outcomes[principal], "Box")
+    assert outcomes["root"].metadata["aggregate_type"] == "Box"
+
+
+async def read_outcome(client: Client, aggregate_id: str) -> tuple[ErrorDetails | None, ErrorDetails | list[int]]:
+    """(GetAggregate's refusal or None, ReadAggregate's refusal or versions)."""
+    try:
+        await client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id=aggregate_id))
+        got = None
+    except grpc.aio.AioRpcError as error:
+        got = details_of(error)
+    try:
+        request = event_service_pb2.ReadAggregateRequest(aggregate_id=aggregate_id)
+        read: ErrorDetails | list[int] = [e.version async for e in client.events.ReadAggregate(request)]
+    except grpc.aio.AioRpcError as error:
+        read = details_of(error)
+    return got, read
+
+
+async def test_read_denied_is_the_same_for_an_unreadable_aggregate_and_one_that_does_not_exist(server: Server) -> None:
+    def unnamed(details: ErrorDetails | list[int] | None, aggregate_id: str) -> object:
+        assert isinstance(details, ErrorDetails)
+        metadata = {key: value.replace(aggregate_id, "ID") for key, value in details.metadata.items()}
+        return details.code, details.reason, details.message.replace(aggregate_id, "ID"), metadata
+
+    async with server.as_("bob") as bob:  # may read boxes only
+        exists = await read_outcome(bob, "acc-1")
+        missing = await read_outcome(bob, "acc-404")
+    for answer_to_existing, answer_to_missing in zip(exists, missing, strict=True):
+        assert unnamed(answer_to_existing, "acc-1") == unnamed(answer_to_missing, "acc-404")
+        assert isinstance(answer_to_missing, ErrorDetails)
+        assert (answer_to_missing.code, answer_to_missing.reason) == (grpc.StatusCode.PERMISSION_DENIED, "READ_DENIED")
+        assert reveals_nothing(answer_to_missing, "Account", "Box")
+    async with server.as_("root") as root:  # may read every type: nothing to hide
+        got, read = await read_outcome(root, "acc-404")
+    assert got is not None and got.reason == "AGGREGATE_NOT_FOUND"
+    assert read == []
+    async with server.as_("alice") as alice:
+        assert (await read_outcome(alice, "acc-1"))[1] == [1, 2]
+
+
+async def test_dry_runs_are_audited_like_submissions(server: Server) -> None:
+    async with server.as_("carol") as carol:
+        for amount in (BALANCE + 1, BALANCE):  # is the balance at least ...?
+            request = command_service_pb2.SubmitRequest(
+                command=command("acc-1", bank.Withdraw(amount=amount), user_id=""), dry_run=True
+            )
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await carol.commands.Submit(request)
+    async with server.as_("root") as root:
+        audit = await root.admin.QueryAudit(admin.QueryAuditRequest(principal="carol"))
+    accepted, refused = audit.entries
+    assert [(e.dry_run, e.command_type, e.user_id) for e in audit.entries] == [
+        (True, "bank.v1.Withdraw", "carol"),
+        (True, "bank.v1.Withdraw", "carol"),
+    ]
+    assert (accepted.outcome, refused.outcome, refused.reason) == (
+        admin.AUDIT_OUTCOME_ACCEPTED,
+        admin.AUDIT_OUTCOME_REFUSED,
+        "INSUFFICIENT_FUNDS",
+    )
+    assert str(BALANCE) in refused.message  # the audit keeps every detail, for administrators
+    assert accepted.peer.startswith("ipv") and accepted.peer == refused.peer
