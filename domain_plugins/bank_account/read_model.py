@@ -76,6 +76,6 @@ def _deleted(event: AggregateDeleted, envelope: ProjectedEvent, documents: Docum
     del holder.account_ids[:]
     holder.account_ids.extend(remaining)
     if remaining:
-        documents.put(owner_key(account.owner), holder)
+        documents.put(owner_key(account.owner), holder, subject=holder.account_ids)
     else:
         documents.delete(owner_key(account.owner))

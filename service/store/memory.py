@@ -428,6 +428,10 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         self._event_ids -= gone
         self._snapshots.pop(aggregate_id, None)
         self._claims = {key: owner for key, owner in self._claims.items() if owner != aggregate_id}
+        # What projections and groups parked of its events, which are gone.
+        for parked in [key for key, event in self._parked.items() if event.aggregate_id == aggregate_id]:
+            del self._parked[parked]
+        self._unpark_aggregate(aggregate_id)
         return len(removed)
 
     async def delete_aggregate(

@@ -11,15 +11,19 @@ import pytest
 
 from service.errors import ConcurrencyConflict, ImportConflict
 from service.store.base import StoreAdapter
+from service.store.grouping import GroupParkedEvent, GroupSpec
 from service.store.records import (
     TOMBSTONE_EVENT_TYPE,
     ClaimChange,
     DataKey,
+    DocumentWrite,
     HeldClaim,
     LogFilter,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
+    StoredDocument,
 )
 from service.store_contract.contents import ContentsOf
 from service.store_contract.records import command_record, new_event, recorded_event
@@ -242,6 +246,42 @@ async def test_deleting_an_aggregate_leaves_its_tombstone_at_the_end_of_the_log(
     assert await store.find_command(record.command_id) == record
     with pytest.raises(ConcurrencyConflict):
         await store.append("a-1", [new_event()], 3)  # a writer that decided before the deletion
+
+
+def _parked_by_projection(aggregate_id: str, position: int) -> ParkedEvent:
+    return ParkedEvent("p", position, f"00000000-0000-4000-8000-{position:012}", "t.A", aggregate_id, "boom", 3, 1)
+
+
+def _parked_by_group(aggregate_id: str, position: int) -> GroupParkedEvent:
+    return GroupParkedEvent(
+        event_id=f"00000000-0000-4000-8000-{position:012}",
+        position=position,
+        segment=0,
+        aggregate_id=aggregate_id,
+        attempts=3,
+        reason="boom",
+    )
+
+
+async def test_deleting_an_aggregate_drops_what_projections_and_groups_parked_of_it(store: StoreAdapter) -> None:
+    # Its events are gone, so a parked one can never be replayed, and a
+    # parked event's error may quote its payload. Documents stay: a read
+    # model learns of the deletion from the tombstone (and may keep what
+    # other aggregates contributed to a document).
+    await store.append("a-1", [new_event(), new_event()], 0)
+    await store.append("a-2", [new_event()], 0)
+    await store.create_group(GroupSpec(name="g", log_filter=LogFilter(), start_position=0, segments=1))
+    await store.park("g", [_parked_by_group("a-1", 1), _parked_by_group("a-2", 3)])
+    document = DocumentWrite("k", "t.Doc", b"1", ("a-1",))
+    parked = [_parked_by_projection("a-1", 2), _parked_by_projection("a-2", 3)]
+    await store.commit_projection("p", expected_position=0, new_position=3, writes=[document], parked=parked)
+    with pytest.raises(ConcurrencyConflict):
+        await store.delete_aggregate("a-1", tombstone(), expected_version=1)
+    assert len(await store.parked_events("p")) == len(await store.list_parked("g")) == 2  # refused: kept
+    await store.delete_aggregate("a-1", tombstone())
+    assert [e.aggregate_id for e in await store.parked_events("p")] == ["a-2"]
+    assert [e.aggregate_id for e in await store.list_parked("g")] == ["a-2"]
+    assert await store.load_document("p", "k") == StoredDocument("k", "t.Doc", b"1")
 
 
 async def test_deleting_at_another_version_conflicts_and_changes_nothing(

@@ -580,6 +580,11 @@ IMPORT_TOMBSTONES = (
 )
 REMOVE_EVENTS = "DELETE FROM chronicle.events WHERE aggregate_id = $1"
 REMOVE_CLAIMS = "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
+# What projections and subscription groups parked of the aggregate's events,
+# which are gone (a parked event's error may quote its payload). Parked events
+# are few: no index.
+REMOVE_PARKED = "DELETE FROM chronicle.projection_parked_events WHERE aggregate_id = $1"
+REMOVE_GROUP_PARKED = "DELETE FROM chronicle.group_parked WHERE aggregate_id = $1"
 # Deleting an aggregate takes the position lock first (its own statement, so
 # that the next ones read after it): an append holding it commits before the
 # deletion looks at the aggregate (and is deleted with it); one that comes
@@ -607,13 +612,20 @@ DELETE_AGGREGATE = (
     " (SELECT position FROM tomb)"
 )
 LAST_EVENT = f"SELECT {EVENT_COLUMNS} FROM chronicle.events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1"
-# The aggregate's snapshots and claims, if its tombstone ($2) was just written.
+# The aggregate's snapshots, claims and parked events, if its tombstone ($2)
+# was just written.
 DELETE_SNAPSHOTS_OF_DELETED = (
     "DELETE FROM chronicle.snapshots WHERE aggregate_id = $1"
     " AND EXISTS (SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 AND event_id = $2::uuid)"
 )
 REMOVE_CLAIMS_OF_DELETED = (
     "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
+    " AND EXISTS (SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 AND event_id = $2::uuid)"
+)
+REMOVE_PARKED_OF_DELETED = REMOVE_PARKED + (
+    " AND EXISTS (SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 AND event_id = $2::uuid)"
+)
+REMOVE_GROUP_PARKED_OF_DELETED = REMOVE_GROUP_PARKED + (
     " AND EXISTS (SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 AND event_id = $2::uuid)"
 )
 # Each aggregate's last event, a page of aggregates at a time: the next id

@@ -172,7 +172,7 @@ class TransferRole:
         self, aggregate_id: str, tombstone: NewEvent, *, expected_version: int | None = None
     ) -> RecordedEvent | None:
         recorded = RecordedEvent.committed(tombstone, aggregate_id=aggregate_id, version=0, position=0)
-        _, found, _, _ = await self._db.run(
+        _, found, *_ = await self._db.run(
             "delete_aggregate",
             [
                 Statement(sql.LOCK_LOG_HEAD.encode()),
@@ -187,6 +187,8 @@ class TransferRole:
                 ),
                 Statement(sql.DELETE_SNAPSHOTS_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
                 Statement(sql.REMOVE_CLAIMS_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+                Statement(sql.REMOVE_PARKED_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+                Statement(sql.REMOVE_GROUP_PARKED_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
             ],
         )
         version, event_type, aggregate_type, position = rows(found)[0]
@@ -205,12 +207,14 @@ class TransferRole:
         return [AggregateLastEvent(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in found]
 
     async def remove_aggregate(self, aggregate_id: str) -> int:
-        removed, _, _ = await self._db.run(
+        removed, *_ = await self._db.run(
             "remove_aggregate",
             [
                 Statement(sql.REMOVE_EVENTS.encode(), (aggregate_id,)),
                 Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
                 Statement(sql.REMOVE_CLAIMS.encode(), (aggregate_id,)),
+                Statement(sql.REMOVE_PARKED.encode(), (aggregate_id,)),
+                Statement(sql.REMOVE_GROUP_PARKED.encode(), (aggregate_id,)),
             ],
         )
         return int(removed.command_tuples or 0)

@@ -305,6 +305,11 @@ AGGREGATES_PAGE = (
     " ORDER BY aggregate_id LIMIT ?"
 )
 REMOVE_CLAIMS = "DELETE FROM claims WHERE aggregate_id = ?"
+# What projections and subscription groups parked of the aggregate's events,
+# which are gone (a parked event's error may quote its payload). Parked events
+# are few: no index.
+REMOVE_PARKED = "DELETE FROM projection_parked_events WHERE aggregate_id = ?"
+REMOVE_GROUP_PARKED = "DELETE FROM group_parked WHERE aggregate_id = ?"
 
 # -- retention ----------------------------------------------------------------------
 

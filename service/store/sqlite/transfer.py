@@ -190,6 +190,8 @@ def _remove(db: sqlite3.Connection, aggregate_id: str) -> int:
     removed = db.execute(sql.REMOVE_EVENTS, (aggregate_id,)).rowcount
     db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
     db.execute(sql.REMOVE_CLAIMS, (aggregate_id,))
+    db.execute(sql.REMOVE_PARKED, (aggregate_id,))
+    db.execute(sql.REMOVE_GROUP_PARKED, (aggregate_id,))
     return int(removed)
 
 
