@@ -75,7 +75,10 @@ class Settings:
     )
     refusal_retention: float = field(
         default=0.0,
-        metadata={"help": "keep the audit's entries of commands refused before a handler this long; 0: forever"},
+        metadata={
+            "help": "keep the audit's entries of commands refused before a handler, and of dry runs, this long;"
+            " 0: forever"
+        },
     )
     retention_interval: float = field(
         default=60.0, metadata={"help": "seconds between rounds of pruning records past their retention"}

@@ -447,9 +447,10 @@ class Retention(Protocol):
 
     async def prune_refusals(self, recorded_before_us: int, limit: int) -> int:
         """Delete up to ``limit`` of the audit's own entries of refused
-        commands (``record_audit_entry`` with outcome refused) recorded
-        before ``recorded_before_us``, oldest first; how many went.
-        Administrators' actions that were done are kept."""
+        commands (``record_audit_entry`` with outcome refused) and of dry
+        runs, which wrote nothing, recorded before ``recorded_before_us``,
+        oldest first; how many went. Administrators' actions that were done
+        are kept."""
 
 
 class LeaseStore(Protocol):

@@ -472,7 +472,11 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
 
     async def prune_refusals(self, recorded_before_us: int, limit: int) -> int:
         old = sorted(
-            (i for i, e in enumerate(self._refusals) if e.outcome == REFUSED and e.recorded_at_us < recorded_before_us),
+            (
+                i
+                for i, e in enumerate(self._refusals)
+                if (e.outcome == REFUSED or e.dry_run) and e.recorded_at_us < recorded_before_us
+            ),
             key=lambda i: self._refusals[i].recorded_at_us,
         )[:limit]
         gone = set(old)

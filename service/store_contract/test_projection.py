@@ -6,7 +6,7 @@ import pytest
 
 from service.errors import ConcurrencyConflict
 from service.store.base import StoreAdapter
-from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, StoredDocument, prefix_end
+from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, StoredDocument
 from service.store_contract.contents import ContentsOf
 
 # Every test here is a coroutine (the plugin runs them on pytest-asyncio).
@@ -107,14 +107,6 @@ async def test_listing_stays_in_its_projection_and_sees_deletes(store: StoreAdap
     assert listed == [StoredDocument("a1", "t.Doc", b"a1"), StoredDocument("a3", "t.Doc", b"a3")]
     assert await _listed(store, DocumentRange(), projection="q") == ["a0", "a4"]
     assert await _listed(store, DocumentRange(), projection="none") == []
-
-
-def test_a_prefix_ends_before_the_first_key_that_does_not_start_with_it() -> None:
-    assert prefix_end("") is None
-    assert prefix_end("ab") == "ac"
-    assert prefix_end("a\U0010ffff") == "b"
-    assert prefix_end("\U0010ffff\U0010ffff") is None
-    assert prefix_end("\ud7ff") == "\ue000"
 
 
 # -- rebuilding from the start --------------------------------------------------------

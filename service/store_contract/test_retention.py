@@ -54,8 +54,9 @@ async def test_refusals_older_than_the_cutoff_go_and_administrators_actions_stay
     for recorded in (entry(200, command_id="late"), entry(100, command_id="early"), entry(500, command_id="new")):
         await store.record_audit_entry(recorded)
     await store.record_audit_entry(entry(50, ACCEPTED, command_id=""))  # an administrator's action
+    await store.record_audit_entry(replace(entry(150, ACCEPTED, command_id="tried"), dry_run=True))  # wrote nothing
     assert await store.prune_refusals(300, 1) == 1
-    assert await store.prune_refusals(300, 10) == 1
+    assert await store.prune_refusals(300, 10) == 2
     assert await store.prune_refusals(300, 10) == 0
     left = await store.read_audit(AuditQuery(limit=10))
     assert [(e.command_id, e.outcome) for e in left] == [("new", REFUSED), ("", ACCEPTED)]

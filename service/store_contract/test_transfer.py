@@ -179,6 +179,10 @@ async def test_data_keys_are_imported_and_forgotten_ones_stay_forgotten(store: S
     await store.forget_data_key("gone")
     await store.append("live", [new_event()], 0, claims=[ClaimChange("s", "v")])
     await store.save_snapshot(snapshot("live", 1))
+    # What a read model derived from it, and what a projection parked of it.
+    documents = [DocumentWrite("k", "t.Doc", b"1", ("live",)), DocumentWrite("other", "t.Doc", b"2", ("new",))]
+    parked = [_parked_by_projection("live", 1)]
+    await store.commit_projection("p", expected_position=0, new_position=1, writes=documents, parked=parked)
     written = await store.import_data_keys(
         [
             DataKey("new", "m1", b"n" * 40),
@@ -194,6 +198,9 @@ async def test_data_keys_are_imported_and_forgotten_ones_stay_forgotten(store: S
     assert (await store.load_data_key("new-gone")) == DataKey("new-gone", None, None)
     assert await store.load_snapshot("live") is None
     assert await store.claim_owner("s", "v") is None
+    assert await store.load_document("p", "k") is None
+    assert await store.load_document("p", "other") == StoredDocument("other", "t.Doc", b"2")
+    assert await store.parked_events("p") == []
 
 
 async def test_another_live_data_key_refuses_the_batch(store: StoreAdapter, contents: ContentsOf) -> None:

@@ -659,7 +659,7 @@ PRUNE_COMMANDS = (
 )
 PRUNE_REFUSALS = (
     "DELETE FROM chronicle.refusals WHERE id = ANY (ARRAY(SELECT id FROM chronicle.refusals"
-    " WHERE outcome = 'refused' AND recorded_at < " + _AT.format("$1::bigint") + " ORDER BY recorded_at"
+    " WHERE (outcome = 'refused' OR dry_run) AND recorded_at < " + _AT.format("$1::bigint") + " ORDER BY recorded_at"
     " LIMIT $2::bigint FOR UPDATE SKIP LOCKED))"
 )
 

@@ -320,7 +320,8 @@ PRUNE_COMMANDS = (
 )
 PRUNE_REFUSALS = (
     "DELETE FROM refusals WHERE id IN"
-    " (SELECT id FROM refusals WHERE outcome = 'refused' AND recorded_at_us < ? ORDER BY recorded_at_us LIMIT ?)"
+    " (SELECT id FROM refusals WHERE (outcome = 'refused' OR dry_run) AND recorded_at_us < ?"
+    " ORDER BY recorded_at_us LIMIT ?)"
 )
 
 # -- subscription groups (grouping.py) ----------------------------------------------
