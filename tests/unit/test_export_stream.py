@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.internal.encoder import _VarintBytes  # type: ignore[attr-defined]
 
 from chronicle.v1 import export_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.errors import InvalidInput
 from service.progress import Reporter
-from service.store.records import DataKey, HeldClaim
+from service.store.encrypted import sealed_record
+from service.store.encryption import is_sealed_fingerprint, is_sealed_text
+from service.store.records import DataKey, HeldClaim, Rejection
 from service.transfer import stream
-from service.transfer.records import exported_claim, exported_data_key, exported_event
-from tests.support.events import recorded_event
+from service.transfer.records import exported_claim, exported_command, exported_data_key, exported_event, stored_command
+from tests.support.events import command_record, recorded_event
 
 
 def records() -> list[export_pb2.ExportRecord]:
@@ -131,3 +135,23 @@ def test_progress_without_a_terminal_is_plain_lines() -> None:
     assert lines[0].startswith("import: 250 B of 1,000 B, ") and "25%" in lines[0] and "ETA 0:" in lines[0]
     assert lines[-1] == "import: done: 3 events written"
     assert "\x1b" not in out.getvalue()
+
+
+@pytest.mark.parametrize("format", [stream.BINARY, stream.JSON_LINES])
+def test_a_command_record_sealed_at_rest_travels_exactly_as_stored(format: str) -> None:
+    # With encryption at rest its fingerprint and its refusal's text are
+    # sealed under the aggregate's key; they must come back byte for byte,
+    # or the target cannot open them (and tell a retry from a reused id).
+    cipher = AESGCM(os.urandom(32))
+    record = sealed_record(
+        cipher,
+        command_record(
+            "acc-1", 3, 2, rejection=Rejection("ValidationError", "INSUFFICIENT_FUNDS", "balance 12", {"b": "12"})
+        ),
+    )
+    assert is_sealed_fingerprint(record.fingerprint) and record.rejection is not None
+    assert is_sealed_text(record.rejection.message)
+    out = io.BytesIO()
+    stream.Writer(out, format).write(exported_command(record))
+    (back,) = read_back(out.getvalue())
+    assert stored_command(back.command, "record[0].command") == record
