@@ -66,9 +66,9 @@ async def test_a_store_with_every_kind_of_content_moves_from_sqlite_to_postgresq
     with psycopg.connect(postgres_url) as conn:
         payloads = [bytes(p) for (p,) in conn.execute("SELECT payload FROM chronicle.events").fetchall()]
         documents = conn.execute("SELECT count(*) FROM chronicle.projection_documents").fetchone()
-        (fingerprint,) = conn.execute(
-            "SELECT fingerprint FROM chronicle.commands WHERE command_id = %s", (retried_id,)
-        ).fetchone()
+        row = conn.execute("SELECT fingerprint FROM chronicle.commands WHERE command_id = %s", (retried_id,)).fetchone()
+        assert row is not None
+        (fingerprint,) = row
     assert all(p.startswith(b"\x00C1") for p in payloads)  # still sealed at rest
     assert is_sealed_fingerprint(bytes(fingerprint))  # the command's fingerprint too
     assert documents == (0,)  # read models are rebuilt, not moved

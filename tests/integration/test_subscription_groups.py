@@ -22,9 +22,10 @@ from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.client import ChronicleClient, Command, Delivery, GroupConsumer, RemoteError
+from service.client.results import Event
 from service.store.memory import MemoryStore
 from service.store.sqlite import SqliteStore
-from tests.support.groups import GroupLedger, by_aggregate, consume_into
+from tests.support.groups import ConsumerRecord, GroupLedger, by_aggregate, consume_into
 from tests.support.grpc_client import reason_of, running_server
 from tests.support.waiting import eventually
 
@@ -407,6 +408,10 @@ async def test_a_stopping_server_ends_consumers_streams_with_unavailable(tmp_pat
     assert (ended.value.code(), reason_of(ended.value)) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
 
 
+def delivered(record: ConsumerRecord) -> list[Event]:
+    return [e for e in record.received if isinstance(e, Event)]
+
+
 async def test_a_deleted_aggregate_s_tombstone_is_delivered_and_its_parked_events_go(tmp_path: Path) -> None:
     async with (
         running_server(
@@ -437,12 +442,12 @@ async def test_a_deleted_aggregate_s_tombstone_is_delivered_and_its_parked_event
 
             async def tombstone_acknowledged() -> bool:
                 return (
-                    any(e.aggregate_id == "acc-1" and e.deleted for e in record.received)
+                    any(e.aggregate_id == "acc-1" and e.deleted for e in delivered(record))
                     and (await client.groups.get("erasing")).acknowledged == 4
                 )
 
             await eventually(tombstone_acknowledged, what="the tombstone delivered and acknowledged")
-            (tombstone,) = [e for e in record.received if e.deleted]
+            (tombstone,) = [e for e in delivered(record) if e.deleted]
             assert (tombstone.aggregate_id, tombstone.version) == ("acc-1", 3)
             # What the group parked of the deleted events went with them.
             assert (await client.groups.get("erasing")).parked == 0
