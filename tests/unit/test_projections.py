@@ -562,7 +562,7 @@ async def test_a_rare_miss_in_a_warm_cache_looks_only_a_little_way_ahead() -> No
         probes += 1
         return probe(*args)
 
-    warm._probe = counted  # type: ignore[method-assign]
+    warm._probe = counted  # type: ignore[method-assign,assignment]
     await warm.step(position)
 
     # acc-0, then ann (known once acc-0 is read), then acc-1: its deposit
