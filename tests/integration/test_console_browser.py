@@ -1,8 +1,10 @@
 """The operators' console in a real headless browser (Debian's chromium
 through chromedriver), against a server with authentication on: log in
 with an API key, find an aggregate and read its events, watch a
-projection's lag fall to zero and the log tail live, and see that a
-principal without a read grant is shown nothing it may not read.
+projection's lag fall to zero and the log tail live, see a group's
+parked event and replay it, and see that a principal without a read grant
+is shown nothing it may not read and one without the admin grant can
+neither rebuild nor replay.
 
 One browser for the module (it takes about a second to start); each test
 logs in afresh after the cookies of the one before are cleared.
