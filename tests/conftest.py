@@ -56,7 +56,9 @@ def postgres_at(pg_cluster: Cluster, postgres_versions: PostgresVersions) -> Ite
 
 
 @pytest.fixture
-def postgres_current(pg_cluster: Cluster, postgres_versions: PostgresVersions) -> Iterator[Callable[[], Awaitable[str]]]:
+def postgres_current(
+    pg_cluster: Cluster, postgres_versions: PostgresVersions
+) -> Iterator[Callable[[], Awaitable[str]]]:
     """``await postgres_current()``: a new database already at the current
     schema (a copy of one the current store migrated once per session:
     a file copy instead of every migration's SQL per test), for this test."""
