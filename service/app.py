@@ -398,6 +398,9 @@ async def start(
         page_size=settings.read_page_events,
         page_bytes=page_bytes,
     )
+    group_service = SubscriptionGroupService(
+        groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit
+    )
     server = build_server(
         commands=CommandService(
             registry,
@@ -417,9 +420,7 @@ async def start(
         ),
         projections=projection_service,
         cluster=cluster,
-        groups=SubscriptionGroupService(
-            groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit
-        ),
+        groups=group_service,
         health=health,
         max_message_bytes=settings.max_message_bytes,
         gate=gate,
@@ -454,6 +455,7 @@ async def start(
                     events=events,
                     projections=projection_service,
                     cluster=cluster,
+                    groups=group_service,
                     aggregates=read_roles.events,
                     log=read_roles.log,
                     runners=projections,
