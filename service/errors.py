@@ -53,7 +53,7 @@ family (and so the same gRPC status) whatever plugin raised it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -126,7 +126,13 @@ class ValidationError(ChronicleError):
     Raise it (or a subclass) from a command handler. The base class means the
     state does not allow the command (``FAILED_PRECONDITION``), e.g.
     ``ValidationError("insufficient funds", reason="INSUFFICIENT_FUNDS")``.
-    ``field`` names the command field at fault, if one is.
+    ``field`` names the command field at fault, if one is; ``violations``
+    lists several at once, as ``(field, description)`` pairs (the client gets
+    a ``google.rpc.BadRequest`` with each, recorded and replayed like the
+    rest of the refusal)::
+
+        raise InvalidArgumentError("the transfer is not well formed", reason="INVALID_TRANSFER",
+                                   violations=[("amount", "must be positive"), ("target", "is required")])
     """
 
     default_reason = "VALIDATION_FAILED"
@@ -139,12 +145,14 @@ class ValidationError(ChronicleError):
         *,
         reason: str | None = None,
         field: str | None = None,
+        violations: Iterable[tuple[str, str] | FieldViolation] = (),
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         if field is not None:
             metadata = {**(metadata or {}), "field": field}
         super().__init__(message, reason=reason, metadata=metadata)
         self.field = field
+        self.violations = tuple(v if isinstance(v, FieldViolation) else FieldViolation(*v) for v in violations)
 
 
 class InvalidArgumentError(ValidationError):
@@ -389,11 +397,18 @@ def record_kind(error: ChronicleError) -> str:
     return ValidationError.__name__
 
 
-def rebuild_rejection(kind: str, message: str, reason: str, metadata: Mapping[str, str]) -> ChronicleError:
+def rebuild_rejection(
+    kind: str,
+    message: str,
+    reason: str,
+    metadata: Mapping[str, str],
+    violations: Iterable[tuple[str, str]] = (),
+) -> ChronicleError:
     """Recreate a recorded rejection without running its constructor."""
     cls = _RECORDED_KINDS.get(kind, ValidationError)
     error = cls.__new__(cls)
     ChronicleError.__init__(error, message, reason=reason, metadata=metadata)
     if isinstance(error, ValidationError):
         error.field = metadata.get("field")
+        error.violations = tuple(FieldViolation(*v) for v in violations)
     return error

@@ -21,6 +21,7 @@ from chronicle.v1 import (
     command_service_pb2,
     event_service_pb2,
     projection_service_pb2,
+    reaction_service_pb2,
 )
 from service.errors import ChronicleError
 from service.store.base import Lifecycle
@@ -32,6 +33,7 @@ SERVICE_NAMES = (
     event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     projection_service_pb2.DESCRIPTOR.services_by_name["ProjectionService"].full_name,
+    reaction_service_pb2.DESCRIPTOR.services_by_name["ReactionService"].full_name,
     cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
 )
 

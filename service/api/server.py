@@ -18,6 +18,7 @@ from chronicle.v1 import (
     command_service_pb2_grpc,
     event_service_pb2_grpc,
     projection_service_pb2_grpc,
+    reaction_service_pb2_grpc,
 )
 from service.api.admin_service import AdminService
 from service.api.cluster_service import ClusterService
@@ -26,6 +27,7 @@ from service.api.event_service import EventService
 from service.api.gate import RpcGate
 from service.api.health import SERVICE_NAMES, Health
 from service.api.projection_service import ProjectionService
+from service.api.reaction_service import ReactionService
 
 
 def build_server(
@@ -34,6 +36,7 @@ def build_server(
     events: EventService,
     admin: AdminService,
     projections: ProjectionService,
+    reactions: ReactionService,
     cluster: ClusterService,
     health: Health,
     max_message_bytes: int,
@@ -55,6 +58,7 @@ def build_server(
     event_service_pb2_grpc.add_EventServiceServicer_to_server(events, gated)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, gated)
     projection_service_pb2_grpc.add_ProjectionServiceServicer_to_server(projections, gated)
+    reaction_service_pb2_grpc.add_ReactionServiceServicer_to_server(reactions, gated)
     cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, gated)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
     # Reflection too is behind the gate: the API's shape is for callers the

@@ -93,6 +93,8 @@ class Rejection:
     reason: str
     message: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # The fields at fault, as (field, description) pairs, when a handler named several.
+    violations: tuple[tuple[str, str], ...] = ()
 
 
 @value(frozen=True, slots=True)
