@@ -75,6 +75,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             handled=status.handled if status else 0,
             accepted=status.accepted if status else 0,
             refused=status.refused if status else 0,
+            replayed=status.replayed if status else 0,
         )
 
     async def ListReactions(

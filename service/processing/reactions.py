@@ -90,6 +90,7 @@ class ReactionStatus:
     handled: int = 0  # events handed to the reaction's functions
     accepted: int = 0  # commands that appended (or were answered from their record)
     refused: int = 0
+    replayed: int = 0  # accepted commands answered from their record (sent before a crash)
     parked: int = 0
     conflicts: int = 0
 
@@ -289,6 +290,8 @@ class ReactionRunner:
                 await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds)
                 continue
             self.status.accepted += 1
+            if result.replayed:
+                self.status.replayed += 1
             self._count("replayed" if result.replayed else "accepted")
 
     async def _refused(
