@@ -100,6 +100,7 @@ def _record(
         request.user_id,
         request.origin,
         now_us,
+        request.timestamp_us,
     )
 
 

@@ -121,6 +121,10 @@ class CommandRecord:
     user_id: str = ""
     origin: str = ""
     recorded_at_us: int = 0
+    # When the command was made: its client's timestamp, else when the server
+    # received it (microseconds since the epoch; 0: not known, as for records
+    # written before it was kept).
+    issued_at_us: int = 0
 
     @property
     def event_count(self) -> int:
@@ -139,6 +143,7 @@ class CommandRecord:
             outcome=REFUSED if refused else ACCEPTED,
             reason=self.rejection.reason if self.rejection is not None else "",
             message=self.rejection.message if self.rejection is not None else "",
+            issued_at_us=self.issued_at_us,
         )
 
 
@@ -167,6 +172,8 @@ class AuditEntry:
     outcome: str  # ACCEPTED or REFUSED
     reason: str = ""
     message: str = ""
+    # When the command was made (its record's ``issued_at_us``; 0: not known).
+    issued_at_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)

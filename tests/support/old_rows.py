@@ -29,6 +29,9 @@ and the other does not can shift them):
     10 lease groups' members and leases (PostgreSQL only: a SQLite store's
        one process holds every lease and writes none): a live member, a
        lease it holds, one taken and given up, free ones
+    11 (PostgreSQL; SQLite 8) command records' issued_at (when the command
+       was made), and a refusal naming several fields (its violations in
+       the rejection's JSON)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -83,9 +86,9 @@ _FIRST = {
     "leases": 10,
 }
 SINCE: dict[str, dict[str, int]] = {
-    "postgres": dict(_FIRST),
+    "postgres": {**_FIRST, "issued_at": 11},
     # SQLite keeps no leases (service/store/sole_owner.py): never.
-    "sqlite": {**_FIRST, "leases": 1 << 30},
+    "sqlite": {**_FIRST, "leases": 1 << 30, "issued_at": 8},
 }
 
 # Master keys: "current" wraps new data keys; "retired" wrapped some in the
@@ -278,6 +281,7 @@ class OldRows:
                 user_id="ann" if audited else "",
                 origin="web" if audited else "",
                 recorded_at_us=T0 + 100_000 + len(self.commands) * 1_000 if timed else 0,
+                issued_at_us=T0 + 90_000 + len(self.commands) * 1_000 if self.holds("issued_at") else 0,
             )
         )
 
@@ -391,6 +395,15 @@ def rows_at(dialect: str, version: int) -> OldRows:
         )
         rows.add_command("c-register-bob", "user-bob", 1, 1)
         rows.claims.append(OldClaim(HeldClaim(EMAIL, hidden, "user-bob"), "bob@", hidden=True))
+
+    if rows.holds("issued_at"):
+        fields = Rejection(
+            "InvalidArgumentError",
+            "INVALID_TRANSFER",
+            "the transfer is not well formed",
+            violations=(("amount", "must be positive"), ("target_account_id", "is required")),
+        )
+        rows.add_command("c-refused-fields", "account-plain", 4, 3, rejection=fields)
 
     if rows.holds("leases"):
         rows.lease_members.append(LeaseMember("member-old", "10.0.0.1:50051"))
@@ -617,11 +630,17 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
                 same(f"recorded {command.command_id}", already.record, command)
                 if command.rejection is not None:
                     r = command.rejection
-                    replayed = rebuild_rejection(r.kind, r.message, r.reason, r.metadata)
+                    replayed = rebuild_rejection(r.kind, r.message, r.reason, r.metadata, r.violations)
                     same(
                         f"the refusal of {command.command_id}, replayed",
-                        (type(replayed).__name__, replayed.reason, replayed.message, replayed.metadata),
-                        (r.kind, r.reason, r.message, dict(r.metadata)),
+                        (
+                            type(replayed).__name__,
+                            replayed.reason,
+                            replayed.message,
+                            replayed.metadata,
+                            [(v.field, v.description) for v in getattr(replayed, "violations", ())],
+                        ),
+                        (r.kind, r.reason, r.message, dict(r.metadata), [tuple(v) for v in r.violations]),
                     )
                 continue
             raise Mismatch(f"command id {command.command_id} was not recognised as recorded")
