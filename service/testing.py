@@ -168,6 +168,11 @@ class Scenario:
             raise ScenarioFailed(f"expected events {_show(expected)}, got {_show(events)}")
         return events
 
+    def appended(self) -> list[Message]:
+        """The events the command appends, for assertions of your own (a
+        refusal is raised)."""
+        return asyncio.run(self._run())
+
     def then_fails(self, error: type[ChronicleError], *, reason: str | None = None) -> ChronicleError:
         """Assert the command is refused with ``error`` (and ``reason``). On a
         server, the refusal must carry ``error``'s gRPC status code."""
@@ -282,8 +287,8 @@ class Scenario:
                 except RemoteError as error:
                     name = past.DESCRIPTOR.full_name
                     raise ScenarioFailed(f"given command {name} was refused: {error}") from error
-            if self._now is not None:
-                raise ScenarioFailed("at(): a server keeps its own clock; test time in process")
+            if self._now is not None or self._timestamp_us:
+                raise ScenarioFailed("at() and when(timestamp=) test time in process: a server keeps its own clock")
             submitted = await client.submit(aggregate_id, command, expected_version=self._expected_version)
             return [self._decode(e.event_type, e.envelope.payload.value) for e in submitted.events]
 

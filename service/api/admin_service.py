@@ -117,4 +117,5 @@ def _entry(entry: AuditEntry) -> pb.AuditEntry:
         outcome=_OUTCOME_CODES.get(entry.outcome, pb.AUDIT_OUTCOME_UNSPECIFIED),
         reason=entry.reason,
         message=entry.message,
+        issued_at=timestamp(entry.issued_at_us) if entry.issued_at_us else None,
     )
