@@ -372,6 +372,7 @@ async def start(
             registry=registry,
             reactions=reactions,
             authorizer=authorizer,
+            audit=audit,
         ),
         cluster=cluster,
         health=health,

@@ -3,6 +3,9 @@ the commands they parked."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -10,13 +13,18 @@ import grpc
 from chronicle.v1 import reaction_service_pb2 as pb
 from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
 from service.api.codec import check_id
-from service.errors import ResourceNotFound
+from service.audit import AuditLog
+from service.errors import ChronicleError, ResourceNotFound
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.principal import current_principal
-from service.processing.reactions import PARKED_KEY, Reactions
+from service.processing.reactions import PARKED_KEY, ReactionRunner, Reactions
 from service.security.policy import Authorizer
 from service.store.base import LogReader, ProjectionStore
+
+
+log = logging.getLogger(__name__)
+SERVICE = pb.DESCRIPTOR.services_by_name["ReactionService"].full_name
 
 
 class ReactionService(pb_grpc.ReactionServiceServicer):
@@ -28,12 +36,14 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         registry: Registry,
         reactions: Reactions,
         authorizer: Authorizer,
+        audit: AuditLog,
     ) -> None:
         self._documents = documents
         self._log = log
         self._registry = registry
         self._reactions = reactions
         self._authorizer = authorizer
+        self._audit = audit
 
     def _check(self, reaction: Reaction[Any]) -> None:
         # Parked commands hold payloads of the aggregates the reaction reads
@@ -92,6 +102,59 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     ) -> pb.ReactionStatus:
         reaction = self._reaction("name", request.name)
         return await self._status(reaction, await self._log.log_head())
+
+    async def ReplayParkedCommand(
+        self, request: pb.ReplayParkedCommandRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReplayParkedCommandResponse:
+        async with self._audited("ReplayParkedCommand"):
+            runner, command_id = self._parked_command(request.reaction, request.command_id)
+            replayed = await runner.replay(command_id)
+            log.warning(
+                "parked command %s of reaction %s replayed by %r: %s",
+                command_id,
+                runner.reaction.name,
+                current_principal.get().name,
+                "accepted" if replayed.accepted else f"refused again ({replayed.reason})",
+            )
+            return pb.ReplayParkedCommandResponse(
+                accepted=replayed.accepted,
+                command_id=replayed.command_id,
+                reason=replayed.reason,
+                message=replayed.message,
+            )
+
+    async def DismissParkedCommand(
+        self, request: pb.DismissParkedCommandRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DismissParkedCommandResponse:
+        async with self._audited("DismissParkedCommand"):
+            runner, command_id = self._parked_command(request.reaction, request.command_id)
+            await runner.dismiss(command_id)
+            log.warning(
+                "parked command %s of reaction %s dismissed by %r",
+                command_id,
+                runner.reaction.name,
+                current_principal.get().name,
+            )
+            return pb.DismissParkedCommandResponse()
+
+    def _parked_command(self, reaction_name: str, command_id: str) -> tuple[ReactionRunner, str]:
+        """The runner of the reaction, for an administrator, and the command id."""
+        self._authorizer.check_admin(current_principal.get(), "replay or dismiss parked commands")
+        reaction = self._reaction("reaction", reaction_name)
+        command_id = check_id("command_id", command_id, reason="INVALID_COMMAND_ID")
+        return self._reactions.runners[reaction.name], command_id
+
+    @contextlib.asynccontextmanager
+    async def _audited(self, rpc: str) -> AsyncIterator[None]:
+        """An administrator's action, audited: refused (any ChronicleError), or done."""
+        action = f"{SERVICE}/{rpc}"
+        principal = current_principal.get().name
+        try:
+            yield
+        except ChronicleError as error:
+            await self._audit.admin_action(action, principal=principal, error=error)
+            raise
+        await self._audit.admin_action(action, principal=principal)
 
     async def ListParkedCommands(
         self, request: pb.ListParkedCommandsRequest, context: grpc.aio.ServicerContext[Any, Any]

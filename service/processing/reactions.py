@@ -35,9 +35,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
@@ -49,6 +49,8 @@ from service.errors import (
     CommandIdReused,
     ConcurrencyConflict,
     ProjectionFailed,
+    ResourceNotFound,
+    ValidationError,
 )
 from service.plugins.projections import ProjectedEvent
 from service.plugins.reactions import MAX_ROUNDS, Reacted, Reaction, Refusal, Send, command_id_for, sends
@@ -79,6 +81,32 @@ class ReactionFailed(ProjectionFailed):
     command: the reaction stops (others go on) and retries."""
 
     default_reason = "REACTION_FAILED"
+
+
+class ReactionLease(ProjectionLease, Protocol):
+    """The lease that says whether this replica runs the reaction."""
+
+    def holder(self) -> str:
+        """The address of the replica that holds it ("" if unknown)."""
+
+
+class RunsElsewhere(ValidationError):
+    """A parked command can only be replayed or dismissed by the replica
+    that runs its reaction (FAILED_PRECONDITION, its address in "runner")."""
+
+    default_reason = "REACTION_RUNS_ELSEWHERE"
+    recorded = False
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What a replayed parked command met: accepted (and no longer parked),
+    or refused again (and still parked, with this refusal)."""
+
+    command_id: str
+    accepted: bool
+    reason: str = ""
+    message: str = ""
 
 
 @dataclass
@@ -115,7 +143,7 @@ class ReactionRunner:
         retry_interval: float = 5.0,
         batch_delay: float = BATCH_DELAY,
         page_bytes: int = 1024 * 1024,
-        lease: ProjectionLease | None = None,
+        lease: ReactionLease | None = None,
         outcomes: Outcomes | None = None,
     ) -> None:
         self.reaction = reaction
@@ -137,6 +165,9 @@ class ReactionRunner:
         wanted = reaction.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=reaction.aggregate_types, event_types=frozenset(wanted))
         self._origin = f"reaction:{reaction.name}"
+        # Held by each step and by an operator's replay or dismissal: both
+        # write the reaction's documents at its checkpoint, one at a time.
+        self._lock = asyncio.Lock()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"reaction:{self.reaction.name}")
@@ -197,6 +228,10 @@ class ReactionRunner:
         committed before the next is read; return the new checkpoint. With a
         lease: nothing while another replica holds it, from the stored
         checkpoint when this one has (again) taken it."""
+        async with self._lock:
+            return await self._step(position)
+
+    async def _step(self, position: int) -> int:
         fencing = self._lease.fencing() if self._lease is not None else None
         if self._lease is not None:
             if fencing is None:
@@ -236,6 +271,88 @@ class ReactionRunner:
         except BaseException:
             self._cache.clear()  # what the batch left in it was never committed
             raise
+
+    async def replay(self, command_id: str) -> Replayed:
+        """Send the parked command ``command_id`` again, under the id
+        ``command_id_for("<parked id>/replay", <replays so far>)``: a replay
+        whose outcome was lost (a crash before it was written down) is sent
+        again under the same id, so it too happens once."""
+        return await self._settle(command_id, replay=True)
+
+    async def dismiss(self, command_id: str) -> None:
+        """Forget the parked command ``command_id`` without sending it."""
+        await self._settle(command_id, replay=False)
+
+    async def _settle(self, command_id: str, *, replay: bool) -> Replayed:
+        async with self._lock:
+            fencing = self._lease.fencing() if self._lease is not None else None
+            if self._lease is not None and fencing is None:
+                runner = self._lease.holder()
+                raise RunsElsewhere(
+                    f"reaction {self.reaction.name} runs on another replica ({runner or 'not known yet'}): ask it",
+                    metadata={"reaction": self.reaction.name, "runner": runner},
+                )
+            # The checkpoint does not move: the commit only rewrites the
+            # parked commands, from a cache of its own.
+            position = await self._documents.projection_position(self.reaction.name)
+            batch = _Batch(self.reaction.name, self._documents, DocumentCache())
+            parked = await load_parked(batch)
+            index = next((i for i, p in enumerate(parked.commands) if p.command_id == command_id), None)
+            if index is None:
+                raise ResourceNotFound(
+                    f"reaction {self.reaction.name} has no parked command {command_id}",
+                    reason="PARKED_COMMAND_NOT_FOUND",
+                    metadata={"reaction": self.reaction.name, "command_id": command_id},
+                )
+            entry = parked.commands[index]
+            outcome = Replayed(command_id, accepted=True)
+            if replay:
+                outcome = await self._send_again(entry)
+            if outcome.accepted:
+                del parked.commands[index]
+            batch.write(PARKED_KEY, parked)
+            await self._documents.commit_projection(
+                self.reaction.name,
+                expected_position=position,
+                new_position=position,
+                writes=batch.writes,
+                fencing=fencing,
+            )
+            self._cache.clear()  # the runner reads the parked commands afresh
+            self.status.parked = len(parked.commands)
+            return outcome
+
+    async def _send_again(self, entry: reaction_pb.ParkedCommand) -> Replayed:
+        name = entry.command.type_url.rpartition("/")[2]
+        spec = self._registry.command(name)
+        if spec is None:
+            raise ResourceNotFound(f"no handler is registered for command type {name!r}", reason="UNKNOWN_COMMAND_TYPE")
+        message = spec.message_type.FromString(entry.command.value)
+        command_id = command_id_for(f"{entry.command_id}/replay", entry.replays)
+        request = CommandRequest(
+            command_id=command_id,
+            aggregate_id=entry.aggregate_id,
+            spec=spec,
+            message=message,
+            user_id=entry.user_id,
+            origin=self._origin,
+            correlation_id=entry.correlation_id,
+            causation_id=entry.event_id,
+            metadata=dict(entry.command_metadata),
+            principal=self._origin,
+            timestamp_us=time.time_ns() // 1000,
+        )
+        try:
+            await self._submit(request)
+        except ChronicleError as error:
+            if not _refusal(error):
+                raise
+            entry.replays += 1
+            entry.reason, entry.message = error.reason, error.message
+            entry.metadata.clear()
+            entry.metadata.update(error.metadata)
+            return Replayed(command_id, accepted=False, reason=error.reason, message=error.message)
+        return Replayed(command_id, accepted=True)
 
     def _read(self, position: int) -> Awaitable[LogPage]:
         return self._log.read_log(position, self._filter, self.reaction.batch_size, max_bytes=self._page_bytes)
@@ -323,7 +440,7 @@ class ReactionRunner:
             error.reason,
             error.message,
         )
-        await parked.add(self.reaction.name, refusal, envelope)
+        await parked.add(self.reaction.name, refusal, envelope, _metadata(send, envelope))
         self._count("parked")
 
     def _request(self, command_id: str, send: Send, envelope: ProjectedEvent) -> CommandRequest:
@@ -337,7 +454,6 @@ class ReactionRunner:
                 f"aggregate id {aggregate_id!r} must be 1 to {_MAX_AGGREGATE_ID} printable characters",
                 reason="INVALID_AGGREGATE_ID",
             )
-        metadata = {**envelope.metadata, **send.metadata} if send.metadata else envelope.metadata
         return CommandRequest(
             command_id=command_id,
             aggregate_id=aggregate_id,
@@ -347,7 +463,7 @@ class ReactionRunner:
             origin=self._origin,
             correlation_id=envelope.correlation_id,
             causation_id=envelope.event_id,
-            metadata=metadata,
+            metadata=_metadata(send, envelope),
             principal=self._origin,
             timestamp_us=envelope.timestamp_us,
         )
@@ -355,6 +471,11 @@ class ReactionRunner:
     def _count(self, outcome: str) -> None:
         if self._outcomes is not None:
             self._outcomes(self.reaction.name, outcome)
+
+
+def _metadata(send: Send, envelope: ProjectedEvent) -> Mapping[str, str]:
+    """A command's metadata: the event's, with what the reaction added."""
+    return {**envelope.metadata, **send.metadata} if send.metadata else envelope.metadata
 
 
 class _NotSendable(ChronicleError):
@@ -410,7 +531,9 @@ class _Parked:
         self._document: reaction_pb.ParkedCommands | None = None
         self.count: int | None = None  # known once read
 
-    async def add(self, reaction: str, refusal: Refusal, envelope: ProjectedEvent) -> None:
+    async def add(
+        self, reaction: str, refusal: Refusal, envelope: ProjectedEvent, metadata: Mapping[str, str]
+    ) -> None:
         document = await self._load()
         if len(document.commands) >= MAX_PARKED:
             raise ReactionFailed(
@@ -426,7 +549,8 @@ class _Parked:
                 command=any_pb2.Any(
                     type_url=TYPE_URL_PREFIX + command.DESCRIPTOR.full_name, value=command.SerializeToString()
                 ),
-                command_metadata=dict(refusal.send.metadata),
+                command_metadata=dict(metadata),
+                user_id=envelope.user_id,
                 reason=refusal.reason,
                 message=refusal.message,
                 metadata=dict(refusal.metadata),
