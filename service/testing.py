@@ -63,7 +63,6 @@ from service.store.base import Store
 from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, NewEvent
 
-
 M = TypeVar("M", bound=Message)
 
 

@@ -22,7 +22,6 @@ from service.processing.reactions import PARKED_KEY, ReactionRunner, Reactions
 from service.security.policy import Authorizer
 from service.store.base import LogReader, ProjectionStore
 
-
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["ReactionService"].full_name
 

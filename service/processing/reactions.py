@@ -531,9 +531,7 @@ class _Parked:
         self._document: reaction_pb.ParkedCommands | None = None
         self.count: int | None = None  # known once read
 
-    async def add(
-        self, reaction: str, refusal: Refusal, envelope: ProjectedEvent, metadata: Mapping[str, str]
-    ) -> None:
+    async def add(self, reaction: str, refusal: Refusal, envelope: ProjectedEvent, metadata: Mapping[str, str]) -> None:
         document = await self._load()
         if len(document.commands) >= MAX_PARKED:
             raise ReactionFailed(

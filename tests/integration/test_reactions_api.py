@@ -54,10 +54,10 @@ def _through(state: box.Box, event: box.BoxRenamed) -> None:
     state.name = event.name
 
 
-relay = gates.reaction("gates.relay", aggregate_types=["Gate"])
+relaying = gates.reaction("gates.relay", aggregate_types=["Gate"])
 
 
-@relay.on(box.BoxRenamed)
+@relaying.on(box.BoxRenamed)
 def pass_on(event: box.BoxRenamed, envelope: ProjectedEvent, state: None) -> Send | None:
     if envelope.aggregate_id != "source":
         return None

@@ -61,14 +61,19 @@ def _checkpoint_and_head(database_url: str) -> tuple[int, int]:
             checkpoint = conn.execute(
                 "SELECT position FROM chronicle.projection_checkpoints WHERE name = 'bank.transfers'"
             ).fetchone()
-            (head,) = conn.execute("SELECT last_position FROM chronicle.log_head").fetchone()
+            row = conn.execute("SELECT last_position FROM chronicle.log_head").fetchone()
+            assert row is not None
+            (head,) = row
     return (int(checkpoint[0]) if checkpoint else 0), int(head)
 
 
 async def _reaction(address: str) -> reaction_pb.ReactionStatus:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = reaction_grpc.ReactionServiceStub(channel)
-        return await stub.GetReaction(reaction_pb.GetReactionRequest(name="bank.transfers"), timeout=5)
+        status: reaction_pb.ReactionStatus = await stub.GetReaction(
+            reaction_pb.GetReactionRequest(name="bank.transfers"), timeout=5
+        )
+        return status
 
 
 async def _events(client: ChronicleClient, aggregate_id: str) -> list[Event]:

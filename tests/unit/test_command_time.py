@@ -46,4 +46,4 @@ def test_without_a_timestamp_the_command_is_stamped_when_it_is_run() -> None:
 
 def test_the_clock_takes_an_aware_time() -> None:
     with pytest.raises(ScenarioFailed):
-        Scenario(clocked).at(datetime(2026, 1, 1))  # noqa: DTZ001 (the mistake under test)
+        Scenario(clocked).at(datetime(2026, 1, 1))  # naive: the mistake under test
