@@ -33,13 +33,10 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import signal
 import sys
-import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import grpc
 from google.protobuf import any_pb2, json_format
@@ -244,7 +241,7 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
     )
     call = stub.Subscribe(request)
     try:
-        for response in _received(call):
+        for response in call:
             if response.HasField("event"):
                 _print(_event_json(types, response.event))
             elif response.HasField("caught_up"):
@@ -257,32 +254,6 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
     finally:
         call.cancel()
     return EXIT_OK
-
-
-_STREAM_ENDED = object()
-
-
-def _received(call: Iterator[Any]) -> Iterator[Any]:
-    """A stream's messages, read by a thread of its own. Ctrl-C then
-    interrupts this thread's wait on a queue, never gRPC's iterator: a
-    KeyboardInterrupt raised inside it can leave the call's lock held, and
-    the cancel that follows would hang."""
-    received: queue.SimpleQueue[Any] = queue.SimpleQueue()
-
-    def read() -> None:
-        try:
-            for message in call:
-                received.put(message)
-        except BaseException as error:  # handed to the caller, who decides
-            received.put(error)
-        else:
-            received.put(_STREAM_ENDED)
-
-    threading.Thread(target=read, name="chronicle-stream", daemon=True).start()
-    while (item := received.get()) is not _STREAM_ENDED:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
 
 
 def _get(args: argparse.Namespace, channel: grpc.Channel) -> int:

@@ -292,6 +292,10 @@ def test_read_of_an_aggregate_with_no_events_says_not_found_and_exits_one_like_g
     assert (none_match.returncode, none_match.stdout) == (0, "")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_ends_a_tail_quietly_with_130(tmp_path: Path) -> None:
     with server_process(f"sqlite:///{tmp_path}/events.db") as server:
         cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
@@ -300,6 +304,10 @@ def test_ctrl_c_ends_a_tail_quietly_with_130(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # SIGINT as a terminal delivers it: a suite started in the
+            # background by a shell inherits SIGINT ignored, and so would
+            # the tail (it then never saw the Ctrl-C).
+            preexec_fn=_default_sigint,
         )
         assert tail.stdout is not None and tail.stderr is not None
         try:

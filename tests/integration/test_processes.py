@@ -87,9 +87,10 @@ def test_without_reuse_port_a_second_server_cannot_take_the_port() -> None:
 
 async def test_each_process_is_a_member_on_a_port_of_its_own_and_routing_clients_reach_it(postgres_url: str) -> None:
     shared = f"127.0.0.1:{free_port()}"
-    # The default lease (3 s): a second one lapsed once when the machine was
+    # Leases of 10 s: nothing here is taken over, and a 3 s lease lapsed
+    # (leaving partitions without an owner mid-test) when the machine was
     # busy enough to hold a process's heartbeats back.
-    parent = _serve(shared, postgres_url, "--processes", "2")
+    parent = _serve(shared, postgres_url, "--processes", "2", "--lease-seconds", "10")
     try:
         wait_until_serving(shared)
 

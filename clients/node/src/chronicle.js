@@ -149,6 +149,8 @@ export class ChronicleClient {
     this.events = new api.EventService(address, credentials, { channelOverride: this.commands.getChannel() });
     this.origin = origin;
     this.userId = userId;
+    // Whether the server has ReadAggregatePages: undefined until known.
+    this.pagedReads = undefined;
     this.routes = routing
       ? new Routes(address, { api, credentials, callError: (error) => new ChronicleError(error) })
       : null;
@@ -180,12 +182,29 @@ export class ChronicleClient {
     return { command_id: commandId, ...response, events: response.events.map(decodeEvent) };
   }
 
-  /** The aggregate's events in version order, payloads decoded. */
+  /**
+   * The aggregate's events in version order, payloads decoded. Read in
+   * pages (ReadAggregatePages: several events per message); a server from
+   * before pages answers UNIMPLEMENTED, and then the events come one per
+   * message (ReadAggregate), as they did.
+   */
   async read(aggregateId, { fromVersion = 1, eventTypes = [] } = {}) {
-    const stream = this.events.ReadAggregate({ aggregate_id: aggregateId, from_version: fromVersion, event_types: eventTypes });
+    const request = { aggregate_id: aggregateId, from_version: fromVersion, event_types: eventTypes };
     const events = [];
     try {
-      for await (const event of stream) events.push(decodeEvent(event));
+      if (this.pagedReads !== false) {
+        try {
+          for await (const page of this.events.ReadAggregatePages(request)) {
+            for (const event of page.events) events.push(decodeEvent(event));
+          }
+          this.pagedReads = true;
+          return events;
+        } catch (error) {
+          if (error.code !== grpc.status.UNIMPLEMENTED || this.pagedReads) throw error;
+          this.pagedReads = false; // an older server: remembered for this client's life
+        }
+      }
+      for await (const event of this.events.ReadAggregate(request)) events.push(decodeEvent(event));
     } catch (error) {
       throw new ChronicleError(error);
     }
@@ -196,7 +215,9 @@ export class ChronicleClient {
    * Every committed event matching the filter, in log order: the catch-up
    * first, then live events, without end. `messages` yields
    * { kind: 'event', event }, { kind: 'checkpoint', position } and, once,
-   * { kind: 'caught_up', position }. A stream ended by UNAVAILABLE (a
+   * { kind: 'caught_up', position }. Events arrive from the server in
+   * pages (several per message) and are handed out one at a time; the
+   * position moves with each event handed out. A stream ended by UNAVAILABLE (a
    * replica shutting down, a lost connection) or by a CANCELLED we did not
    * ask for (a server that stops cancels the calls it had not started) is
    * reopened after the last position received, so nothing is skipped or
@@ -213,12 +234,21 @@ export class ChronicleClient {
     const filter = { aggregate_types: aggregateTypes, event_types: eventTypes, aggregate_id: aggregateId, origin };
     async function* messages() {
       for (let attempt = 1; ; attempt += 1) {
-        state.call = events.Subscribe({ ...filter, after_position: state.position, from_end: state.fromEnd });
+        // pages: true asks for EventPage messages; a server from before
+        // pages ignores the field and sends events one per message.
+        const request = { ...filter, after_position: state.position, from_end: state.fromEnd, pages: true };
+        state.call = events.Subscribe(request);
         try {
           for await (const message of state.call) {
             attempt = 1;
             state.fromEnd = false;
-            if (message.kind === 'event') {
+            if (message.kind === 'page') {
+              for (const stored of message.page.events) {
+                const event = decodeEvent(stored);
+                state.position = event.position;
+                yield { kind: 'event', event };
+              }
+            } else if (message.kind === 'event') {
               const event = decodeEvent(message.event);
               state.position = event.position;
               yield { kind: 'event', event };

@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 
 import grpc from '@grpc/grpc-js';
 
-import { ChronicleClient, ChronicleError, services } from '../src/chronicle.js';
+import { ChronicleClient, ChronicleError, pack, services } from '../src/chronicle.js';
 import { walkthrough } from '../src/example.js';
 import { startServer } from './server.js';
 
@@ -168,4 +168,113 @@ test('a subscription the server cancels (as a stopping server does) is reopened 
     subscriber.close();
     standIn.forceShutdown();
   }
+});
+
+// A stand-in EventService on a real socket; `handlers` are its methods.
+async function standInServer(handlers) {
+  const server = new grpc.Server();
+  server.addService(services.EventService, handlers);
+  const port = await new Promise((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
+      error ? reject(error) : resolve(bound),
+    ),
+  );
+  return { address: `127.0.0.1:${port}`, stop: () => server.forceShutdown() };
+}
+
+function deposited(position) {
+  return {
+    event_id: randomUUID(),
+    aggregate_id: 'acc-1',
+    aggregate_type: 'Account',
+    version: position,
+    position,
+    event_type: 'bank.v1.MoneyDeposited',
+    payload: pack('bank.v1.MoneyDeposited', { amount: position }),
+  };
+}
+
+test('a subscription asks for pages and hands out their events one by one, resuming after the last one', async () => {
+  const asked = [];
+  const standIn = await standInServer({
+    Subscribe(call) {
+      asked.push({ after: Number(call.request.after_position), pages: call.request.pages });
+      if (asked.length === 1) {
+        call.write({ page: { events: [deposited(1), deposited(2), deposited(3)] } });
+        setImmediate(() => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'dropped (test)' }));
+      } else {
+        call.write({ page: { events: [deposited(4)] } });
+      }
+    },
+  });
+  const subscriber = new ChronicleClient(standIn.address);
+  try {
+    const subscription = subscriber.subscribe();
+    const seen = [];
+    for await (const message of subscription.messages) {
+      seen.push([message.event.position, message.event.payload.amount]);
+      if (seen.length === 4) break;
+    }
+    assert.deepEqual(seen, [
+      [1, 1],
+      [2, 2],
+      [3, 3],
+      [4, 4],
+    ]);
+    assert.deepEqual(asked, [
+      { after: 0, pages: true },
+      { after: 3, pages: true },
+    ]);
+  } finally {
+    subscriber.close();
+    standIn.stop();
+  }
+});
+
+test('read takes the events from pages, and from single events where the server has no pages', async () => {
+  const paged = await standInServer({
+    ReadAggregatePages(call) {
+      call.write({ events: [deposited(1), deposited(2)] });
+      call.write({ events: [deposited(3)] });
+      call.end();
+    },
+  });
+  const older = await standInServer({
+    ReadAggregate(call) {
+      for (const position of [1, 2, 3]) call.write(deposited(position));
+      call.end();
+    },
+  });
+  const reader = new ChronicleClient(paged.address);
+  const olderReader = new ChronicleClient(older.address);
+  try {
+    const versions = (events) => events.map((e) => [e.version, e.payload.amount]);
+    const expected = [
+      [1, 1],
+      [2, 2],
+      [3, 3],
+    ];
+    assert.deepEqual(versions(await reader.read('acc-1')), expected);
+    assert.equal(reader.pagedReads, true);
+    assert.deepEqual(versions(await olderReader.read('acc-1')), expected); // UNIMPLEMENTED, then ReadAggregate
+    assert.equal(olderReader.pagedReads, false);
+    assert.deepEqual(versions(await olderReader.read('acc-1')), expected);
+  } finally {
+    reader.close();
+    olderReader.close();
+    paged.stop();
+    older.stop();
+  }
+});
+
+test('a history of sixty events reads back whole and in order from a real server, through ReadAggregatePages', async () => {
+  const accountId = `acc-${randomUUID()}`;
+  await client.submit(accountId, 'bank.v1.OpenAccount', { owner: 'pam' });
+  for (let amount = 1; amount <= 60; amount += 1) await client.submit(accountId, 'bank.v1.Deposit', { amount });
+  const events = await client.read(accountId, { fromVersion: 2 });
+  assert.deepEqual(
+    events.map((e) => e.version),
+    Array.from({ length: 60 }, (_, i) => i + 2),
+  );
+  assert.equal(client.pagedReads, true);
 });
