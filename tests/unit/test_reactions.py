@@ -16,11 +16,12 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.errors import ConfigurationError
 from service.plugins import Plugin, ProjectedEvent, Refusal, Send, ValidationError
-from service.plugins.reactions import REACTION_NAMESPACE, command_id_for
+from service.plugins.reactions import MAX_ROUNDS, REACTION_NAMESPACE, command_id_for
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.processing.reactions import PARKED_KEY, ReactionFailed, ReactionRunner
+from service.processing import reactions
+from service.processing.reactions import PARKED_KEY, ReactionFailed, ReactionRunner, RunsElsewhere
 from service.processing.router import Router
 from service.store.base import Store
 from service.store.leasing import Fencing
@@ -85,6 +86,20 @@ def spill(refusal: Refusal, envelope: ProjectedEvent, state: bank.OwnerBalance) 
     if refusal.aggregate_id == "limited":
         return Send("spill", AddItem(name=f"spilled:{refusal.reason}"))
     return None  # a refused spill: parked
+
+
+# Refused for ever: every compensation is refused again.
+stubborn = plugin.reaction("counters.stubborn", aggregate_types=["Counter"])
+
+
+@stubborn.on(ItemAdded)
+def insist(event: box.BoxRenamed, envelope: ProjectedEvent, state: None) -> Send | None:
+    return Send("limited", AddItem(name="refuse")) if envelope.aggregate_id == "source" else None
+
+
+@stubborn.on_refused
+def insist_again(refusal: Refusal, envelope: ProjectedEvent, state: None) -> Send:
+    return Send("limited", AddItem(name="refuse"))
 
 
 REGISTRY = Registry([plugin])
@@ -270,3 +285,53 @@ async def test_a_reaction_cannot_take_a_projection_s_name() -> None:
     with pytest.raises(ConfigurationError) as refused:
         Registry([plugin, other])
     assert refused.value.reason == "DUPLICATE_REGISTRATION"
+
+
+async def test_compensations_refused_in_a_row_end_parked() -> None:
+    run = Harness()
+    await run.add("source", "a")
+    runner = run.runner("counters.stubborn")
+    await runner.step(0)
+    assert runner.status.refused == MAX_ROUNDS + 1  # the command, then each compensation
+    (parked,) = await run.parked("counters.stubborn")
+    assert parked.reason == "REFUSED_ON_PURPOSE"
+
+
+async def test_a_reaction_with_too_many_parked_commands_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reactions, "MAX_PARKED", 2)
+    run = Harness()
+    for item in ("a", "b", "c", "d", "e", "f"):  # the copy takes three; three are parked
+        await run.add("source", item)
+    with pytest.raises(ReactionFailed) as stopped:
+        await run.runner("counters.copier").step(0)
+    assert stopped.value.reason == "TOO_MANY_PARKED"
+    assert await run.store.projection_position("counters.copier") == 0  # nothing of the batch committed
+
+
+class ElsewhereLease:
+    """Another replica holds the reaction's lease."""
+
+    def fencing(self) -> Fencing | None:
+        return None
+
+    def holder(self) -> str:
+        return "10.0.0.9:50051"
+
+
+async def test_only_the_replica_that_runs_a_reaction_replays_its_parked_commands() -> None:
+    run = Harness()
+    reaction = REGISTRY.reaction("counters.copier")
+    assert reaction is not None
+    runner = ReactionRunner(
+        reaction,
+        registry=REGISTRY,
+        submit=run.router.submit,
+        log=run.store,
+        documents=run.store,
+        reader=run.executor.loader.reader,
+        lease=ElsewhereLease(),
+    )
+    assert await runner.step(0) == 0  # it runs nothing here
+    with pytest.raises(RunsElsewhere) as elsewhere:
+        await runner.replay(str(uuid.uuid4()))
+    assert elsewhere.value.metadata["runner"] == "10.0.0.9:50051"
