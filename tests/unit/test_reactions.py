@@ -18,9 +18,9 @@ from service.errors import ConfigurationError
 from service.plugins import Plugin, ProjectedEvent, Refusal, Send, ValidationError
 from service.plugins.reactions import MAX_ROUNDS, REACTION_NAMESPACE, command_id_for
 from service.plugins.registry import Registry
+from service.processing import reactions
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.processing import reactions
 from service.processing.reactions import PARKED_KEY, ReactionFailed, ReactionRunner, RunsElsewhere
 from service.processing.router import Router
 from service.store.base import Store
