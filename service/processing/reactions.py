@@ -197,7 +197,12 @@ class ReactionRunner:
                     self.status.conflicts += 1  # another replica committed these events first
                     position = await self._load_position()
                     continue
-                except ChronicleError as error:
+                except Exception as error:
+                    # A ChronicleError says what failed; anything else is a
+                    # bug below, and must not end the reaction for good.
+                    if not isinstance(error, ChronicleError):
+                        log.exception("reaction %s met an unexpected error", self.reaction.name)
+                        error = ReactionFailed(f"{type(error).__name__}: {error}", reason="REACTION_FAILED")
                     self._failed(error)
                     await asyncio.sleep(self._retry_interval)
                     position = await self._load_position()

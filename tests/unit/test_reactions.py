@@ -27,6 +27,7 @@ from service.store.base import Store
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite, RecordedEvent
+from tests.support.waiting import eventually
 
 # A small domain of its own: lists that hold three items at most (but the
 # "source" list, which the reactions follow), and
@@ -335,3 +336,28 @@ async def test_only_the_replica_that_runs_a_reaction_replays_its_parked_commands
     with pytest.raises(RunsElsewhere) as elsewhere:
         await runner.replay(str(uuid.uuid4()))
     assert elsewhere.value.metadata["runner"] == "10.0.0.9:50051"
+
+
+async def test_a_running_reaction_survives_an_unexpected_failure_and_goes_on() -> None:
+    run = Harness(CrashingStore(crashes=1))  # a bug's exception, not a ChronicleError
+    for item in ("a", "b"):
+        await run.add("source", item)
+    reaction = REGISTRY.reaction("counters.copier")
+    assert reaction is not None
+    runner = ReactionRunner(
+        reaction,
+        registry=REGISTRY,
+        submit=run.router.submit,
+        log=run.store,
+        documents=run.store,
+        reader=run.executor.loader.reader,
+        retry_interval=0.01,
+        poll_interval=0.01,
+    )
+    runner.start()
+    try:
+        await eventually(lambda: runner.status.position >= 4 and not runner.status.error, what="caught up")
+    finally:
+        await runner.stop()
+    assert await run.items("copy") == ["copied:a", "copied:b"]
+    assert runner.status.replayed == 2  # sent before the failed commit, sent again: answered from their records
