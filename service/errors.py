@@ -17,6 +17,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── VersionNotReached       a read at a version the aggregate has not reached
     ├── ResourceNotFound        a read of something else that does not exist (projection, document)
     ├── ProjectionFailed        a projection's handler failed; the projection waits and retries
+    │   └── ReactionFailed          ...a reaction's function (or too many parked commands)
     ├── EventNotReadable        a stored event no loaded plugin can read (never skipped)
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
     ├── WrongExpectedVersion    the client's expected version does not hold
@@ -238,6 +239,14 @@ class ResourceNotFound(ChronicleError):
 
 class ProjectionFailed(ChronicleError):
     default_reason = "PROJECTION_FAILED"
+
+
+class ReactionFailed(ProjectionFailed):
+    """A reaction's function raised, or returned something that is not a
+    command, or it has too many parked commands: the reaction stops (others
+    go on) and retries."""
+
+    default_reason = "REACTION_FAILED"
 
 
 class AggregateTypeMismatch(ChronicleError):

@@ -57,7 +57,8 @@ from service.plugins.api import Plugin
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.processing.reactions import PARKED_KEY, ReactionRunner
+from service.processing.reaction_documents import PARKED_KEY
+from service.processing.reactions import ReactionRunner
 from service.processing.router import Router
 from service.store.base import Store
 from service.store.memory import MemoryStore

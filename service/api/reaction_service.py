@@ -18,7 +18,8 @@ from service.errors import ChronicleError, ResourceNotFound
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.principal import current_principal
-from service.processing.reactions import PARKED_KEY, ReactionRunner, Reactions
+from service.processing.reaction_documents import PARKED_KEY
+from service.processing.reactions import ReactionRunner, Reactions
 from service.security.policy import Authorizer
 from service.store.base import LogReader, ProjectionStore
 

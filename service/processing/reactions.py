@@ -22,10 +22,9 @@ A command refused by its aggregate (a recorded refusal; or a command no
 aggregate can take: an unknown type, a bad aggregate id, an aggregate of
 another type) goes to the reaction's ``on_refused``; what it returns is sent
 in turn. Parked (no ``on_refused``, nothing returned, or ``MAX_ROUNDS``
-compensations refused in a row): kept in the reaction's documents under
-``PARKED_KEY`` (one ``chronicle.v1.ParkedCommands``, at most ``MAX_PARKED``:
-parking is for an operator's attention, and more of them stop the reaction
-with its status). Any other failure (the store unavailable, an overloaded
+compensations refused in a row): kept in the reaction's documents
+(``processing/reaction_documents.py``), for an operator to replay or
+dismiss (``replay``, ``dismiss``). Any other failure (the store unavailable, an overloaded
 queue, a handler that raised) stops the batch: it is tried again from P
 after a pause, and reported by ``status``.
 """
@@ -39,7 +38,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
@@ -48,7 +46,7 @@ from service.errors import (
     ChronicleError,
     CommandIdReused,
     ConcurrencyConflict,
-    ProjectionFailed,
+    ReactionFailed,
     ResourceNotFound,
     ValidationError,
 )
@@ -56,7 +54,8 @@ from service.plugins.projections import ProjectedEvent
 from service.plugins.reactions import MAX_ROUNDS, Reacted, Reaction, Refusal, Send, command_id_for, sends
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest, CommandResult
-from service.processing.projections import BATCH_DELAY, DocumentCache, ProjectionLease, _Batch, _NeedsDocument
+from service.processing.projections import BATCH_DELAY, DocumentCache, ProjectionLease, _Batch
+from service.processing.reaction_documents import PARKED_KEY, ParkedList, ProcessState, load_parked
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
 from service.store.leasing import Fencing
@@ -64,23 +63,11 @@ from service.store.records import LogFilter, LogPage, RecordedEvent
 
 log = logging.getLogger(__name__)
 
-PARKED_KEY = "parked"  # the reaction's document of parked commands
-STATE_PREFIX = "state:"  # + the state key: one state document per process
-MAX_PARKED = 1000
 # The longest aggregate id a command may name (as the codec checks a client's).
 _MAX_AGGREGATE_ID = 200
-TYPE_URL_PREFIX = "type.googleapis.com/"
-
 Submit = Callable[[CommandRequest], Awaitable[CommandResult]]
 # Told of each command's outcome: (reaction, "accepted" | "replayed" | "refused" | "parked").
 Outcomes = Callable[[str, str], None]
-
-
-class ReactionFailed(ProjectionFailed):
-    """A reaction's function raised, or returned something that is not a
-    command: the reaction stops (others go on) and retries."""
-
-    default_reason = "REACTION_FAILED"
 
 
 class ReactionLease(ProjectionLease, Protocol):
@@ -253,7 +240,7 @@ class ReactionRunner:
                 if self._lease is not None and self._lease.fencing() != fencing:
                     break  # the lease moved: the next step starts over
                 batch = _Batch(self.reaction.name, self._documents, self._cache)
-                parked = _Parked(batch)
+                parked = ParkedList(batch)
                 for stored in page.events:
                     for event in self._reader.decode(stored):
                         await self._react(batch, parked, event.record, event.message)
@@ -362,7 +349,7 @@ class ReactionRunner:
     def _read(self, position: int) -> Awaitable[LogPage]:
         return self._log.read_log(position, self._filter, self.reaction.batch_size, max_bytes=self._page_bytes)
 
-    async def _react(self, batch: _Batch, parked: _Parked, record: RecordedEvent, message: Message) -> None:
+    async def _react(self, batch: _Batch, parked: ParkedList, record: RecordedEvent, message: Message) -> None:
         registered = self.reaction.handlers.get(record.event_type)
         if registered is None:
             return  # a type read only because an upcaster turns it into one of ours
@@ -379,7 +366,7 @@ class ReactionRunner:
             record.correlation_id,
             record.metadata,
         )
-        state = await _State.load(self.reaction, batch, envelope)
+        state = await ProcessState.load(self.reaction, batch, envelope)
         self.status.handled += 1
         reacted = self._call(lambda: registered[1](message, envelope, state.message), envelope)
         await self._send(reacted, f"{self.reaction.name}/{record.event_id}", envelope, state, parked, rounds=0)
@@ -400,7 +387,14 @@ class ReactionRunner:
             ) from error
 
     async def _send(
-        self, commands: list[Send], seed: str, envelope: ProjectedEvent, state: _State, parked: _Parked, *, rounds: int
+        self,
+        commands: list[Send],
+        seed: str,
+        envelope: ProjectedEvent,
+        state: ProcessState,
+        parked: ParkedList,
+        *,
+        rounds: int,
     ) -> None:
         for index, send in enumerate(commands):
             command_id = command_id_for(seed, index)
@@ -422,8 +416,8 @@ class ReactionRunner:
         command_id: str,
         error: ChronicleError,
         envelope: ProjectedEvent,
-        state: _State,
-        parked: _Parked,
+        state: ProcessState,
+        parked: ParkedList,
         *,
         rounds: int,
     ) -> None:
@@ -488,103 +482,6 @@ class _NotSendable(ChronicleError):
     refusal for good, handed back to the reaction like any other."""
 
     recorded = True
-
-
-class _State:
-    """A reaction's state for one event: loaded from the batch's overlay (so
-    from what earlier events of the batch left), saved back into it."""
-
-    def __init__(self, key: str, message: Message | None, stored: Message | None) -> None:
-        self.key = key
-        self.message = message
-        self._stored = stored
-
-    @classmethod
-    async def load(cls, reaction: Reaction[Any], batch: _Batch, envelope: ProjectedEvent) -> _State:
-        state_type = reaction.state_type
-        if state_type is None:
-            return cls("", None, None)
-        key = reaction.state_key(envelope)
-        if not key:
-            return cls("", state_type(), None)
-        document_key = STATE_PREFIX + key
-        try:
-            stored = batch.read(document_key, state_type)
-        except _NeedsDocument:
-            await batch.load(document_key)
-            stored = batch.read(document_key, state_type)
-        message = state_type()
-        if stored is not None:
-            message.CopyFrom(stored)
-        return cls(document_key, message, stored)
-
-    def save(self, batch: _Batch) -> None:
-        if not self.key or self.message is None:
-            return
-        if self.message == type(self.message)():
-            if self._stored is not None:
-                batch.write(self.key, None)  # the process is over: nothing left behind
-        elif self.message != self._stored:
-            batch.write(self.key, self.message)
-
-
-class _Parked:
-    """The reaction's parked commands, as this batch changes them."""
-
-    def __init__(self, batch: _Batch) -> None:
-        self._batch = batch
-        self._document: reaction_pb.ParkedCommands | None = None
-        self.count: int | None = None  # known once read
-
-    async def add(self, reaction: str, refusal: Refusal, envelope: ProjectedEvent, metadata: Mapping[str, str]) -> None:
-        document = await self._load()
-        if len(document.commands) >= MAX_PARKED:
-            raise ReactionFailed(
-                f"reaction {reaction} has {MAX_PARKED} parked commands: replay or dismiss them first",
-                reason="TOO_MANY_PARKED",
-                metadata={"reaction": reaction},
-            )
-        command = refusal.send.command
-        document.commands.append(
-            reaction_pb.ParkedCommand(
-                command_id=refusal.command_id,
-                aggregate_id=refusal.send.aggregate_id,
-                command=any_pb2.Any(
-                    type_url=TYPE_URL_PREFIX + command.DESCRIPTOR.full_name, value=command.SerializeToString()
-                ),
-                command_metadata=dict(metadata),
-                user_id=envelope.user_id,
-                reason=refusal.reason,
-                message=refusal.message,
-                metadata=dict(refusal.metadata),
-                event_id=envelope.event_id,
-                position=envelope.position,
-                correlation_id=envelope.correlation_id,
-                parked_at_us=time.time_ns() // 1000,
-            )
-        )
-        self.count = len(document.commands)
-
-    async def _load(self) -> reaction_pb.ParkedCommands:
-        if self._document is None:
-            self._document = await load_parked(self._batch)
-        return self._document
-
-    def write(self) -> None:
-        if self._document is not None:
-            self._batch.write(PARKED_KEY, self._document)
-
-
-async def load_parked(batch: _Batch) -> reaction_pb.ParkedCommands:
-    try:
-        stored = batch.read(PARKED_KEY, reaction_pb.ParkedCommands)
-    except _NeedsDocument:
-        await batch.load(PARKED_KEY)
-        stored = batch.read(PARKED_KEY, reaction_pb.ParkedCommands)
-    document = reaction_pb.ParkedCommands()
-    if stored is not None:
-        document.CopyFrom(stored)
-    return document
 
 
 class Reactions:

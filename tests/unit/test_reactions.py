@@ -14,14 +14,15 @@ import pytest
 from chronicle.v1 import reaction_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
-from service.errors import ConfigurationError
+from service.errors import ConfigurationError, ReactionFailed
 from service.plugins import Plugin, ProjectedEvent, Refusal, Send, ValidationError
 from service.plugins.reactions import MAX_ROUNDS, REACTION_NAMESPACE, command_id_for
 from service.plugins.registry import Registry
-from service.processing import reactions
+from service.processing import reaction_documents
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.processing.reactions import PARKED_KEY, ReactionFailed, ReactionRunner, RunsElsewhere
+from service.processing.reaction_documents import PARKED_KEY
+from service.processing.reactions import ReactionRunner, RunsElsewhere
 from service.processing.router import Router
 from service.store.base import Store
 from service.store.leasing import Fencing
@@ -299,7 +300,7 @@ async def test_compensations_refused_in_a_row_end_parked() -> None:
 
 
 async def test_a_reaction_with_too_many_parked_commands_stops(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reactions, "MAX_PARKED", 2)
+    monkeypatch.setattr(reaction_documents, "MAX_PARKED", 2)
     run = Harness()
     for item in ("a", "b", "c", "d", "e", "f"):  # the copy takes three; three are parked
         await run.add("source", item)
