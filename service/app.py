@@ -365,6 +365,9 @@ async def start(
             registry=registry,
             projections=projections,
             authorizer=authorizer,
+            audit=audit,
+            read_wait=settings.read_wait_seconds,
+            page_bytes=page_bytes,
         ),
         reactions=ReactionService(
             documents=roles.projections,

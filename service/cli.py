@@ -4,7 +4,10 @@
     chronicle submit ACCOUNT bank.v1.OpenAccount '{"owner": "alice"}' [--dry-run]
     chronicle read ACCOUNT [--from-version N] [--type T] [--origin O] [--limit N] [--backwards]
     chronicle get ACCOUNT [--at-version N | --at-time 2026-01-31T12:00:00Z]
-    chronicle projection NAME [KEY]
+    chronicle projection NAME [KEY]          # progress, or one document
+    chronicle projection documents NAME [--prefix P] [--descending]
+    chronicle projection rebuild NAME        # from the start, with its progress (admin)
+    chronicle projection parked NAME         # events its handler kept failing on
     chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID]
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins
@@ -36,6 +39,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 
@@ -61,6 +65,7 @@ from chronicle.v1 import (
 )
 from service.api.codec import check_id
 from service.errors import ChronicleError, InvalidInput
+from service.progress import Reporter
 from service.remote_types import RemoteTypes, UnknownType
 from service.settings import add_arguments, load_settings
 
@@ -208,22 +213,109 @@ def _exists(stub: event_service_pb2_grpc.EventServiceStub, aggregate_id: str, *,
     return any(True for _ in stub.ReadAggregate(first, timeout=timeout))
 
 
+# The first word of ``chronicle projection`` that names an action on the
+# projection named next, rather than a projection.
+_PROJECTION_ACTIONS = ("documents", "parked", "rebuild")
+# How often ``projection rebuild`` asks how far the projection has got.
+_REBUILD_POLL_SECONDS = 0.2
+
+
 def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = projection_service_pb2_grpc.ProjectionServiceStub(channel)
-    if args.key is None:
-        status = stub.GetProjection(projection_service_pb2.GetProjectionRequest(name=args.name), timeout=args.timeout)
+    words = args.words
+    if len(words) > 2:
+        raise ValueError("chronicle projection takes NAME [KEY], or documents|parked|rebuild NAME")
+    if len(words) == 2 and words[0] in _PROJECTION_ACTIONS:
+        action, name = words
+        if action == "rebuild":
+            return _rebuild(stub, name, args)
+        if action == "parked":
+            return _parked(stub, name, args)
+        return _documents(stub, name, args, RemoteTypes(channel))
+    if len(words) == 1:
+        status = stub.GetProjection(projection_service_pb2.GetProjectionRequest(name=words[0]), timeout=args.timeout)
         _print(
             json_format.MessageToDict(
                 status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
         )
         return EXIT_OK
+    name, key = words
     types = RemoteTypes(channel)
-    found = stub.GetDocument(
-        projection_service_pb2.GetDocumentRequest(projection=args.name, key=args.key), timeout=args.timeout
+    found = stub.GetDocument(projection_service_pb2.GetDocumentRequest(projection=name, key=key), timeout=args.timeout)
+    _print({"projection": name, "key": key, "position": found.position, "document": types.unpack(found.document)})
+    return EXIT_OK
+
+
+def _documents(
+    stub: projection_service_pb2_grpc.ProjectionServiceStub, name: str, args: argparse.Namespace, types: RemoteTypes
+) -> int:
+    order = (
+        projection_service_pb2.DOCUMENT_ORDER_KEY_DESCENDING
+        if args.descending
+        else projection_service_pb2.DOCUMENT_ORDER_KEY_ASCENDING
     )
+    token = ""
+    while True:
+        page = stub.ListDocuments(
+            projection_service_pb2.ListDocumentsRequest(
+                projection=name, key_prefix=args.prefix, page_token=token, order=order, page_size=1000
+            ),
+            timeout=args.timeout,
+        )
+        for document in page.documents:
+            _print({"key": document.key, "position": page.position, "document": types.unpack(document.document)})
+        token = page.next_page_token
+        if not token:
+            return EXIT_OK
+
+
+def _parked(stub: projection_service_pb2_grpc.ProjectionServiceStub, name: str, args: argparse.Namespace) -> int:
+    token = ""
+    while True:
+        page = stub.ListParkedEvents(
+            projection_service_pb2.ListParkedEventsRequest(projection=name, page_token=token, page_size=1000),
+            timeout=args.timeout,
+        )
+        for event in page.events:
+            _print(json_format.MessageToDict(event, preserving_proto_field_name=True))
+        token = page.next_page_token
+        if not token:
+            return EXIT_OK
+
+
+def _rebuild(stub: projection_service_pb2_grpc.ProjectionServiceStub, name: str, args: argparse.Namespace) -> int:
+    """Clear the projection and follow it applying the log again: its
+    position against the log's head, until it reaches the head as of the
+    rebuild. A projection that reports an error (its handler fails and it
+    stops) ends the wait: the server goes on trying."""
+    started = stub.RebuildProjection(projection_service_pb2.RebuildProjectionRequest(name=name), timeout=args.timeout)
+    if args.no_wait:
+        _print({"projection": name, "rebuilding": True, "log_head": started.log_head})
+        return EXIT_OK
+    reporter = Reporter(f"rebuilding {name}", unit="positions")
+    while True:
+        status = stub.GetProjection(projection_service_pb2.GetProjectionRequest(name=name), timeout=args.timeout)
+        reporter.update(status.position, status.log_head)
+        if status.position >= started.log_head:
+            break
+        if status.error:
+            reporter.close(f"stopped at position {status.position}: {status.error}")
+            print(
+                f"error: projection {name} stopped at position {status.position}: {status.error}"
+                f" (the server retries it; follow it with `chronicle projection {name}`)",
+                file=sys.stderr,
+            )
+            return EXIT_REFUSED
+        time.sleep(_REBUILD_POLL_SECONDS)
+    reporter.close(f"rebuilt up to position {status.position}")
     _print(
-        {"projection": args.name, "key": args.key, "position": found.position, "document": types.unpack(found.document)}
+        {
+            "projection": name,
+            "position": status.position,
+            "log_head": status.log_head,
+            "parked_events": status.parked_events,
+        }
     )
     return EXIT_OK
 
@@ -569,9 +661,22 @@ def build_parser() -> argparse.ArgumentParser:
     masterkey.add_argument("key_id", help="a name for the key, e.g. 2026-01")
     masterkey.set_defaults(run=_masterkey, remote=False)
 
-    projection = commands.add_parser("projection", help="a projection's progress, or one of its documents")
-    projection.add_argument("name", help="e.g. bank.balances_by_owner")
-    projection.add_argument("key", nargs="?", help="a document key, e.g. owner:ann")
+    projection = commands.add_parser(
+        "projection",
+        help="a projection's progress or documents; rebuild it; list its parked events",
+        description="NAME: its progress; NAME KEY: one document; documents NAME: its documents as JSON lines"
+        " (--prefix, --descending); parked NAME: the events it parked, as JSON lines; rebuild NAME: apply the"
+        " log again from the start (admin), showing its progress and the time left",
+    )
+    projection.add_argument(
+        "words",
+        nargs="+",
+        metavar="NAME [KEY] | documents NAME | parked NAME | rebuild NAME",
+        help="e.g. bank.balances_by_owner owner:ann",
+    )
+    projection.add_argument("--prefix", default="", help="documents: only keys starting with this")
+    projection.add_argument("--descending", action="store_true", help="documents: in descending key order")
+    projection.add_argument("--no-wait", action="store_true", help="rebuild: return once the rebuild has started")
     projection.set_defaults(run=_projection, remote=True)
 
     tail = commands.add_parser("tail", help="follow the global event stream as JSON lines")

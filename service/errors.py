@@ -29,6 +29,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
     ├── NotEncrypted            forgetting needs encryption (on, and a key for the aggregate)
     ├── PayloadNotDecryptable   a sealed payload its key does not open (tampering)
+    ├── NotAvailableHere        a read this server's configuration cannot serve (listing hidden keys)
     ├── Overloaded              a bounded queue or limit is full
     ├── StoreUnavailable        the store cannot be reached
     ├── HandlerFailed           a plugin's handler raised something unexpected
@@ -359,6 +360,14 @@ class PayloadNotDecryptable(ChronicleError):
     with, or copied from another row. Never returned as data."""
 
     default_reason = "PAYLOAD_NOT_DECRYPTABLE"
+
+
+class NotAvailableHere(ChronicleError):
+    """A read that the server's configuration rules out: listing a
+    projection's documents by key when encryption at rest stores the keys
+    as keyed hashes (DOCUMENT_KEYS_HIDDEN)."""
+
+    default_reason = "NOT_AVAILABLE_HERE"
 
 
 class Overloaded(ChronicleError):

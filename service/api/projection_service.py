@@ -1,4 +1,6 @@
-"""``chronicle.v1.ProjectionService``: reading plugins' read models."""
+"""``chronicle.v1.ProjectionService``: reading plugins' read models (one
+document, pages of them by key prefix, optionally once the projection has
+reached a position), their progress and parked events, and rebuilding one."""
 
 from __future__ import annotations
 
@@ -9,14 +11,25 @@ from google.protobuf import any_pb2
 
 from chronicle.v1 import projection_service_pb2 as pb
 from chronicle.v1 import projection_service_pb2_grpc as pb_grpc
-from service.api.codec import TYPE_URL_PREFIX, check_id
-from service.errors import ResourceNotFound
+from service.api.codec import MAX_ID_LENGTH, TYPE_URL_PREFIX, check_id, check_version, timestamp
+from service.api.page_tokens import fingerprint, make_token, read_token
+from service.audit import AuditLog
+from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
 from service.plugins.projections import Projection
 from service.plugins.registry import Registry
 from service.principal import current_principal
+from service.processing.freshness import wait_for_projection
 from service.processing.projections import Projections
 from service.security.policy import Authorizer
 from service.store.base import LogReader, ProjectionStore
+from service.store.records import DocumentRange, ParkedEvent, StoredDocument
+
+SERVICE = "chronicle.v1.ProjectionService"
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# An answer sent before the call's deadline runs out says why (PROJECTION_BEHIND)
+# where the deadline itself would not.
+_DEADLINE_MARGIN = 0.05
 
 
 class ProjectionService(pb_grpc.ProjectionServiceServicer):
@@ -28,27 +41,55 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         registry: Registry,
         projections: Projections,
         authorizer: Authorizer,
+        audit: AuditLog | None = None,
+        read_wait: float = 5.0,
+        page_bytes: int = 1024 * 1024,
     ) -> None:
         self._documents = documents
         self._log = log
         self._registry = registry
         self._projections = projections
         self._authorizer = authorizer
+        self._audit = audit
+        self._read_wait = read_wait
+        self._page_bytes = page_bytes
 
     def _projection(self, field: str, name: str) -> Projection:
         check_id(field, name, reason="INVALID_PROJECTION")
         projection = self._registry.projection(name)
         if projection is None:
             raise ResourceNotFound(f"no loaded plugin declares projection {name!r}", reason="PROJECTION_NOT_FOUND")
+        self._check_read(projection)
+        return projection
+
+    def _check_read(self, projection: Projection) -> None:
         # A read model is as secret as the aggregates it is made of; one that
         # names none may hold anything, so it takes an administrator (with
         # authentication off too: anonymous callers are never one).
         principal = current_principal.get()
         if not projection.aggregate_types:
-            self._authorizer.check_admin(principal, f"read projection {name}")
+            self._authorizer.check_admin(principal, f"read projection {projection.name}")
         for aggregate_type in sorted(projection.aggregate_types):
             self._authorizer.check_read(principal, aggregate_type)
-        return projection
+
+    async def _reached(
+        self, projection: Projection, min_position: int, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> int:
+        """The projection's checkpoint, once at or past ``min_position``."""
+        check_version("min_position", min_position, reason="INVALID_POSITION")
+        runner = self._projections.runners.get(projection.name)
+        max_wait = self._read_wait
+        remaining = context.time_remaining()
+        if remaining is not None:
+            max_wait = min(max_wait, max(0.0, remaining - min(_DEADLINE_MARGIN, remaining / 10)))
+        return await wait_for_projection(
+            self._documents,
+            projection.name,
+            min_position,
+            log=self._log,
+            progress=runner.progress if runner is not None else None,
+            max_wait=max_wait,
+        )
 
     async def GetDocument(
         self, request: pb.GetDocumentRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -56,7 +97,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         projection = self._projection("projection", request.projection)
         key = check_id("key", request.key, reason="INVALID_KEY")
         # The checkpoint first: the document read next is at least that new.
-        position = await self._documents.projection_position(projection.name)
+        position = await self._reached(projection, request.min_position, context)
         document = await self._documents.load_document(projection.name, key)
         if document is None:
             raise ResourceNotFound(
@@ -64,15 +105,54 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
                 reason="DOCUMENT_NOT_FOUND",
                 metadata={"projection": projection.name, "key": key},
             )
-        return pb.GetDocumentResponse(
-            document=any_pb2.Any(type_url=TYPE_URL_PREFIX + document.type_name, value=document.data),
+        return pb.GetDocumentResponse(document=_packed(document), position=position)
+
+    async def ListDocuments(
+        self, request: pb.ListDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListDocumentsResponse:
+        projection = self._projection("projection", request.projection)
+        prefix = _key_prefix(request.key_prefix)
+        page_size = _page_size(request.page_size)
+        if request.order not in pb.DocumentOrder.values():
+            raise InvalidInput.for_field("order", f"unknown order {request.order}", reason="INVALID_ORDER")
+        descending = request.order == pb.DOCUMENT_ORDER_KEY_DESCENDING
+        listing = fingerprint("documents", projection.name, prefix, "desc" if descending else "asc")
+        after = None
+        if request.page_token:
+            token = read_token(request.page_token, listing)
+            after = token.get("k")
+            if not isinstance(after, str) or not after.startswith(prefix):
+                raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
+        position = await self._reached(projection, request.min_position, context)
+        found = await self._documents.list_documents(
+            projection.name, DocumentRange(prefix=prefix, after=after, descending=descending, limit=page_size + 1)
+        )
+        page = _within(found[:page_size], self._page_bytes)
+        more = len(page) < len(found)
+        return pb.ListDocumentsResponse(
+            documents=[pb.Document(key=d.key, document=_packed(d)) for d in page],
+            next_page_token=make_token(listing, k=page[-1].key) if more and page else "",
             position=position,
         )
 
     async def GetProjection(
         self, request: pb.GetProjectionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetProjectionResponse:
-        projection = self._projection("name", request.name)
+        return await self._status(self._projection("name", request.name))
+
+    async def ListProjections(
+        self, request: pb.ListProjectionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListProjectionsResponse:
+        readable = []
+        for projection in sorted(self._registry.projections, key=lambda p: p.name):
+            try:
+                self._check_read(projection)
+            except PermissionDenied:
+                continue
+            readable.append(await self._status(projection))
+        return pb.ListProjectionsResponse(projections=readable)
+
+    async def _status(self, projection: Projection) -> pb.GetProjectionResponse:
         runner = self._projections.runners.get(projection.name)
         return pb.GetProjectionResponse(
             name=projection.name,
@@ -82,4 +162,95 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             error=runner.status.error if runner else "",
             aggregate_types=sorted(projection.aggregate_types),
             event_types=sorted(projection.event_types),
+            parked_events=await self._documents.count_parked_events(projection.name),
+            on_failure=projection.on_failure,
+            max_attempts=projection.max_attempts if projection.on_failure == "park" else 0,
         )
+
+    async def ListParkedEvents(
+        self, request: pb.ListParkedEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListParkedEventsResponse:
+        projection = self._projection("projection", request.projection)
+        page_size = _page_size(request.page_size)
+        listing = fingerprint("parked", projection.name)
+        after = None
+        if request.page_token:
+            token = read_token(request.page_token, listing)
+            position, event_id = token.get("p"), token.get("e")
+            if not isinstance(position, int) or not isinstance(event_id, str):
+                raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
+            after = (position, event_id)
+        found = await self._documents.parked_events(projection.name, after=after, limit=page_size + 1)
+        page = found[:page_size]
+        more = len(found) > page_size
+        return pb.ListParkedEventsResponse(
+            events=[_parked(e) for e in page],
+            next_page_token=make_token(listing, p=page[-1].position, e=page[-1].event_id) if more else "",
+        )
+
+    async def RebuildProjection(
+        self, request: pb.RebuildProjectionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RebuildProjectionResponse:
+        principal = current_principal.get()
+        action = f"{SERVICE}/RebuildProjection"
+        # Audited under the projection's name, where QueryAudit's aggregate_id
+        # filter finds it: "projection:NAME".
+        target = f"projection:{request.name[:MAX_ID_LENGTH]}"
+        try:
+            self._authorizer.check_admin(principal, "rebuild projections")
+            projection = self._projection("name", request.name)
+            head = await self._log.log_head()
+            await self._documents.reset_projection(projection.name)
+        except ChronicleError as error:
+            if self._audit is not None:
+                await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, error=error)
+            raise
+        if self._audit is not None:
+            await self._audit.admin_action(action, principal=principal.name, aggregate_id=target)
+        runner = self._projections.runners.get(projection.name)
+        if runner is not None:
+            runner.nudge()  # here: at once; on another replica, at its next look
+        return pb.RebuildProjectionResponse(log_head=head)
+
+
+def _packed(document: StoredDocument) -> any_pb2.Any:
+    return any_pb2.Any(type_url=TYPE_URL_PREFIX + document.type_name, value=document.data)
+
+
+def _key_prefix(prefix: str) -> str:
+    if len(prefix) > MAX_ID_LENGTH:
+        raise InvalidInput.for_field(
+            "key_prefix", f"must be at most {MAX_ID_LENGTH} characters", reason="INVALID_KEY_PREFIX"
+        )
+    if not prefix.isprintable():
+        raise InvalidInput.for_field("key_prefix", "must not contain control characters", reason="INVALID_KEY_PREFIX")
+    return prefix
+
+
+def _page_size(asked: int) -> int:
+    if asked > MAX_PAGE_SIZE:
+        raise InvalidInput.for_field("page_size", f"must be at most {MAX_PAGE_SIZE}", reason="PAGE_SIZE_TOO_LARGE")
+    return asked or DEFAULT_PAGE_SIZE
+
+
+def _within(documents: list[StoredDocument], max_bytes: int) -> list[StoredDocument]:
+    """The documents up to the one that brings their size to ``max_bytes``
+    (at least one), so that a page always fits in a message."""
+    total = 0
+    for count, document in enumerate(documents, start=1):
+        total += len(document.data) + len(document.key) + len(document.type_name) + 32
+        if total >= max_bytes:
+            return documents[:count]
+    return documents
+
+
+def _parked(event: ParkedEvent) -> pb.ParkedEvent:
+    return pb.ParkedEvent(
+        position=event.position,
+        event_id=event.event_id,
+        event_type=event.event_type,
+        aggregate_id=event.aggregate_id,
+        error=event.error,
+        attempts=event.attempts,
+        parked_at=timestamp(event.parked_at_us),
+    )

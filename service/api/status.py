@@ -41,6 +41,7 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.AggregateForgotten: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotEncrypted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PayloadNotDecryptable: grpc.StatusCode.DATA_LOSS,
+    errors.NotAvailableHere: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.HandlerFailed: grpc.StatusCode.INTERNAL,

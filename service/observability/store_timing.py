@@ -24,10 +24,12 @@ from service.store.records import (
     AggregateHead,
     ClaimChange,
     CommandRecord,
+    DocumentRange,
     DocumentWrite,
     LogFilter,
     LogPage,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -157,10 +159,32 @@ class TimedProjections:
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         await self._clock.time(
             "commit_projection",
             lambda: self._inner.commit_projection(
-                name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
+                name,
+                expected_position=expected_position,
+                new_position=new_position,
+                writes=writes,
+                fencing=fencing,
+                parked=parked,
             ),
         )
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        return await self._clock.time("list_documents", lambda: self._inner.list_documents(projection, listing))
+
+    async def reset_projection(self, name: str) -> None:
+        await self._clock.time("reset_projection", lambda: self._inner.reset_projection(name))
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        return await self._clock.time(
+            "parked_events", lambda: self._inner.parked_events(projection, after=after, limit=limit)
+        )
+
+    async def count_parked_events(self, projection: str) -> int:
+        return await self._clock.time("count_parked_events", lambda: self._inner.count_parked_events(projection))

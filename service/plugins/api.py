@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 
 from service.errors import AlreadyExistsError, NotFoundError
 from service.plugins.context import CommandContext
-from service.plugins.projections import ProjectedEvent, Projection
+from service.plugins.projections import OnFailure, ProjectedEvent, Projection
 from service.plugins.reactions import Reaction, by_correlation
 
 if TYPE_CHECKING:
@@ -290,12 +290,35 @@ class Plugin:
         self.aggregates.append(aggregate)
         return aggregate
 
-    def projection(self, name: str, *, aggregate_types: Iterable[str] = (), batch_size: int = 200) -> Projection:
+    def projection(
+        self,
+        name: str,
+        *,
+        aggregate_types: Iterable[str] = (),
+        batch_size: int = 200,
+        on_failure: OnFailure = "stop",
+        max_attempts: int = 3,
+        retry_seconds: float = 5.0,
+    ) -> Projection:
         """Declare a read model kept up to date from the log (see
         ``service.plugins.projections``). ``aggregate_types`` narrows which
         events are read; handlers are registered with ``@projection.on(T)``.
-        The name is the read model's identity: renaming it rebuilds it."""
-        projection = Projection(self.name, name, aggregate_types=aggregate_types, batch_size=batch_size)
+        The name is the read model's identity: renaming it rebuilds it.
+
+        A handler that raises on an event: with ``on_failure="stop"`` the
+        projection stops there and tries again every ``retry_seconds`` until
+        the plugin is fixed; with ``"park"``, after ``max_attempts`` tries
+        the event is parked (recorded, listed by ListParkedEvents) and the
+        projection goes on without it."""
+        projection = Projection(
+            self.name,
+            name,
+            aggregate_types=aggregate_types,
+            batch_size=batch_size,
+            on_failure=on_failure,
+            max_attempts=max_attempts,
+            retry_seconds=retry_seconds,
+        )
         self.projections.append(projection)
         return projection
 

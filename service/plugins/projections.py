@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 from google.protobuf.message import Message
 
@@ -65,19 +65,41 @@ class Documents(Protocol):
 
 ProjectionHandler = Callable[[Any, ProjectedEvent, Documents], None]
 
+# What a projection does when a handler raises on an event: "stop" there
+# (and try again every retry_seconds), or "park" the event after
+# max_attempts tries and go on without it.
+OnFailure = Literal["stop", "park"]
+
 
 class Projection:
     def __init__(
-        self, plugin_name: str, name: str, *, aggregate_types: Iterable[str] = (), batch_size: int = 200
+        self,
+        plugin_name: str,
+        name: str,
+        *,
+        aggregate_types: Iterable[str] = (),
+        batch_size: int = 200,
+        on_failure: OnFailure = "stop",
+        max_attempts: int = 3,
+        retry_seconds: float = 5.0,
     ) -> None:
         if not name or not name.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"projection name {name!r} must be letters, digits, '_' or '.'")
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
+        if on_failure not in get_args(OnFailure):
+            raise ValueError(f"projection {name}: on_failure must be 'stop' or 'park', not {on_failure!r}")
+        if max_attempts < 1:
+            raise ValueError(f"projection {name}: max_attempts must be at least 1")
+        if not retry_seconds > 0:
+            raise ValueError(f"projection {name}: retry_seconds must be positive")
         self.plugin_name = plugin_name
         self.name = name
         self.aggregate_types = frozenset(aggregate_types)
         self.batch_size = batch_size
+        self.on_failure: OnFailure = on_failure
+        self.max_attempts = max_attempts
+        self.retry_seconds = retry_seconds
         self.handlers: dict[str, tuple[type[Message], ProjectionHandler]] = {}
 
     def on(self, event_type: type[Message]) -> Callable[[H], H]:

@@ -6,14 +6,23 @@ whose reads come from a hot standby may find the standby not yet at P.
 reaches P, or refuses it (UNAVAILABLE, READS_BEHIND, with RetryInfo) after
 ``max_wait`` seconds, so that the client retries rather than reading stale
 state without knowing. A position beyond the end of the primary's log is
-refused at once (INVALID_ARGUMENT, POSITION_BEYOND_END, as for Subscribe)."""
+refused at once (INVALID_ARGUMENT, POSITION_BEYOND_END, as for Subscribe).
+
+``wait_for_projection`` does the same for a read model: a document read
+with ``min_position`` waits until its projection has applied the log that
+far (PROJECTION_BEHIND when it does not in time)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import TYPE_CHECKING
 
 from service.errors import InvalidInput, StoreUnavailable
-from service.store.base import LogReader
+from service.store.base import LogReader, ProjectionStore
+
+if TYPE_CHECKING:
+    from service.processing.projections import Progress
 
 # Between looks at the log's end while waiting (wait_for_commit wakes
 # earlier when a commit is announced).
@@ -47,3 +56,61 @@ async def wait_for_position(log: LogReader, position: int, *, primary: LogReader
                 metadata={"position": str(head), "min_position": str(position)},
             )
         await log.wait_for_commit(head, min(remaining, _LOOK_EVERY))
+
+
+# A projection run by another replica commits where this one cannot hear
+# it: its checkpoint is read again after these pauses (doubling from the
+# first to the last), one small indexed read each.
+_FIRST_LOOK = 0.005
+_LAST_LOOK = 0.1
+
+
+async def wait_for_projection(
+    documents: ProjectionStore,
+    name: str,
+    position: int,
+    *,
+    log: LogReader,
+    progress: Progress | None,
+    max_wait: float,
+) -> int:
+    """The checkpoint of projection ``name`` once it is at or past
+    ``position`` (0: at once), so that a document read next reflects every
+    event up to it. ``progress`` (this replica's runner of it) wakes the wait
+    at each of its commits; when another replica runs it, the stored
+    checkpoint is polled. After ``max_wait`` seconds: UNAVAILABLE,
+    PROJECTION_BEHIND (with RetryInfo). A position beyond the end of the log
+    is INVALID_ARGUMENT, POSITION_BEYOND_END, at once."""
+    signal = progress.next() if progress is not None else None
+    checkpoint = await documents.projection_position(name)
+    if checkpoint >= position:
+        return checkpoint
+    head = await log.log_head()
+    if position > head:
+        raise InvalidInput(
+            f"min_position {position} is beyond the end of the log ({head})",
+            reason="POSITION_BEYOND_END",
+            metadata={"min_position": str(position), "log_head": str(head)},
+        )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_wait
+    pause = _FIRST_LOOK
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise StoreUnavailable(
+                f"projection {name} has applied the log up to position {checkpoint}, not yet {position}; retry shortly",
+                reason="PROJECTION_BEHIND",
+                metadata={"projection": name, "position": str(checkpoint), "min_position": str(position)},
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(remaining, pause)):
+                if signal is not None:
+                    await signal.wait()
+                else:
+                    await asyncio.sleep(pause)
+        pause = min(pause * 2, _LAST_LOOK)
+        signal = progress.next() if progress is not None else None
+        checkpoint = await documents.projection_position(name)
+        if checkpoint >= position:
+            return checkpoint

@@ -17,7 +17,18 @@ meanwhile. A runner that gains the lease starts from the stored checkpoint.
 
 A handler that raises stops its projection (others go on): the error is
 logged and reported by ``status``, and the runner tries the batch again after
-a pause, so a fixed plugin or a transient fault resumes it.
+a pause (the projection's ``retry_seconds``), so a fixed plugin or a
+transient fault resumes it. A projection declared with ``on_failure="park"``
+counts the tries on each event; at its ``max_attempts``-th failure the event
+is parked instead: recorded (``ParkedEvent``) in the commit that moves the
+checkpoint past it, with the handler's writes for it dropped.
+
+A rebuild (``ProjectionStore.reset_projection``, from any replica) moves the
+checkpoint back to 0: a runner with a commit in flight finds it moved (a
+conflict: it reloads), and an idle runner, whose read finds nothing new,
+compares the stored checkpoint with its own and starts again from the stored
+one. ``progress`` signals every commit of this runner, for readers waiting
+for a position (``min_position``).
 
 Documents are cached between batches (``DocumentCache``): a read model's hot
 documents are read from the store once, not once per event. The cache is
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +55,7 @@ from service.plugins.projections import ProjectedEvent, Projection
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
 from service.store.leasing import Fencing
-from service.store.records import DocumentWrite, LogFilter, LogPage, RecordedEvent
+from service.store.records import DocumentWrite, LogFilter, LogPage, ParkedEvent, RecordedEvent
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -114,6 +126,7 @@ class _Batch:
         # once, when the batch commits, however often a key was written.
         self.current: dict[str, Message | None] = {}
         self._writes: list[DocumentWrite] | None = None
+        self.parked: list[ParkedEvent] = []
 
     async def load(self, key: str) -> None:
         stored = await self._store.load_document(self.projection, key)
@@ -198,6 +211,22 @@ def _type_mismatch(key: str, projection: str, stored: str, wanted: type[Message]
     )
 
 
+class Progress:
+    """Signals that a runner committed (its checkpoint moved), for readers
+    waiting for a position. Take ``next()`` before reading the checkpoint,
+    then wait on it: a commit in between is not missed."""
+
+    def __init__(self) -> None:
+        self._signal = asyncio.Event()
+
+    def next(self) -> asyncio.Event:
+        return self._signal
+
+    def committed(self) -> None:
+        self._signal.set()
+        self._signal = asyncio.Event()
+
+
 @dataclass
 class ProjectionStatus:
     name: str
@@ -230,7 +259,7 @@ class ProjectionRunner:
         documents: ProjectionStore,
         reader: EventReader,
         poll_interval: float = 1.0,
-        retry_interval: float = 5.0,
+        retry_interval: float | None = None,
         batch_delay: float = BATCH_DELAY,
         page_bytes: int = 1024 * 1024,
         lease: ProjectionLease | None = None,
@@ -244,10 +273,15 @@ class ProjectionRunner:
         self._reader = reader
         self._poll_interval = poll_interval
         self._batch_delay = batch_delay
-        self._retry_interval = retry_interval
+        self._retry_interval = projection.retry_seconds if retry_interval is None else retry_interval
         self.status = ProjectionStatus(projection.name)
+        self.progress = Progress()
         self._task: asyncio.Task[None] | None = None
         self._cache = DocumentCache()
+        # Failed tries per event (position, id) of a projection that parks,
+        # and the last error; forgotten once the runner gets past them.
+        self._failures: dict[tuple[int, str], tuple[int, str]] = {}
+        self._nudged = asyncio.Event()
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
 
@@ -283,12 +317,30 @@ class ProjectionRunner:
                     await asyncio.sleep(self._retry_interval)
                     position = await self._load_position()
                     continue
-                await self._log.wait_for_commit(position, self._poll_interval)
+                await self._wait_for_work(position)
                 # Let the commits of the next few milliseconds join the batch:
                 # a read and a commit per handful of events, not per event.
                 await asyncio.sleep(self._batch_delay)
         finally:
             self.status.running = False
+
+    def nudge(self) -> None:
+        """Look at the log and the checkpoint now (a rebuild was asked for
+        here), not at the next commit or poll."""
+        self._nudged.set()
+
+    async def _wait_for_work(self, position: int) -> None:
+        if self._nudged.is_set():
+            self._nudged.clear()
+            return
+        commit = asyncio.ensure_future(self._log.wait_for_commit(position, self._poll_interval))
+        nudge = asyncio.ensure_future(self._nudged.wait())
+        try:
+            await asyncio.wait((commit, nudge), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            commit.cancel()
+            nudge.cancel()
+        self._nudged.clear()
 
     async def _load_position(self) -> int:
         while True:
@@ -338,6 +390,8 @@ class ProjectionRunner:
                 page = await (ahead or self._read(position))
                 ahead = None
                 if page.scanned_to == position:
+                    if committing is None and committed_to == position:
+                        position = committed_to = await self._stored_checkpoint(position)
                     break
                 if self._lease is not None and self._lease.fencing() != fencing:
                     break  # the lease moved: the next step starts over
@@ -346,16 +400,18 @@ class ProjectionRunner:
                 batch = _Batch(self.projection.name, self._documents, self._cache)
                 for stored in page.events:
                     for event in self._reader.decode(stored):
-                        while (missing := self._apply(batch, event.record, event.message)) is not None:
+                        while (missing := self._apply_or_park(batch, event.record, event.message)) is not None:
                             # Handlers are synchronous, loading is not; and the
                             # store must hold what earlier batches wrote first.
                             if committing is not None:
                                 await committing
                                 committing = None
+                                self.progress.committed()
                             await batch.load(missing)
                 if committing is not None:
                     await committing
                     self.status.position = committed_to
+                    self.progress.committed()
                 committing = asyncio.ensure_future(
                     self._documents.commit_projection(
                         self.projection.name,
@@ -363,6 +419,7 @@ class ProjectionRunner:
                         new_position=page.scanned_to,
                         writes=batch.writes,
                         fencing=fencing,
+                        parked=batch.parked,
                     )
                 )
                 batch.committed()  # the next batch reads what this one wrote
@@ -373,8 +430,10 @@ class ProjectionRunner:
             if committing is not None:
                 await committing
                 committing = None
+                self.progress.committed()
             self.status.position = position
             self.status.error = ""
+            self._failures.clear()
             return position
         except BaseException:
             # Another runner may have moved on (a conflict), or a commit's
@@ -386,6 +445,58 @@ class ProjectionRunner:
                 ahead.cancel()
             if committing is not None:
                 committing.cancel()
+
+    async def _stored_checkpoint(self, position: int) -> int:
+        """Nothing new after ``position``: the checkpoint as stored, which
+        differs only when the projection was rebuilt (moved back to 0) or
+        another runner moved it. Then the cache is stale and goes."""
+        stored = await self._documents.projection_position(self.projection.name)
+        if stored != position:
+            log.info("projection %s: checkpoint moved from %d to %d (rebuilt)", self.projection.name, position, stored)
+            self._cache.clear()
+            self.status.position = stored
+            self.progress.committed()
+        return stored
+
+    def _apply_or_park(self, batch: _Batch, record: RecordedEvent, message: Message) -> str | None:
+        """``_apply``; for a projection that parks, an event whose handler
+        failed ``max_attempts`` times is parked in ``batch`` instead (and
+        not tried again when a later event fails the batch before it
+        commits)."""
+        event = (record.position, record.event_id)
+        failed = self._failures.get(event)
+        if failed is None or failed[0] < self.projection.max_attempts:
+            try:
+                return self._apply(batch, record, message)
+            except ChronicleError as error:
+                if self.projection.on_failure != "park":
+                    raise
+                failed = (failed[0] + 1 if failed else 1, f"{error.reason}: {error.message}")
+                self._failures[event] = failed
+                if failed[0] < self.projection.max_attempts:
+                    raise
+        attempts, error_text = failed
+        log.warning(
+            "projection %s parks %s at position %d after %d attempts: %s",
+            self.projection.name,
+            record.event_type,
+            record.position,
+            attempts,
+            error_text,
+        )
+        batch.parked.append(
+            ParkedEvent(
+                self.projection.name,
+                record.position,
+                record.event_id,
+                record.event_type,
+                record.aggregate_id,
+                error_text,
+                attempts,
+                time.time_ns() // 1000,
+            )
+        )
+        return None
 
     @property
     def holds_lease(self) -> bool:

@@ -32,11 +32,13 @@ from service.store.records import (
     ClaimChange,
     CommandRecord,
     DataKey,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -226,7 +228,7 @@ class SnapshotStore(Protocol):
 
 
 class ProjectionStore(Protocol):
-    """Read models: each projection's checkpoint and documents."""
+    """Read models: each projection's checkpoint, documents and parked events."""
 
     async def projection_position(self, name: str) -> int:
         """The log position projection ``name`` has applied up to (0: none)."""
@@ -242,15 +244,39 @@ class ProjectionStore(Protocol):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
-        """Apply ``writes`` and move the projection's checkpoint from
-        ``expected_position`` to ``new_position``, in one transaction.
+        """Apply ``writes``, record ``parked`` (events the batch skipped) and
+        move the projection's checkpoint from ``expected_position`` to
+        ``new_position``, in one transaction.
         ``ConcurrencyConflict`` (and nothing written) if the checkpoint is no
         longer at ``expected_position``: someone else applied those events;
         or if ``fencing`` is given and its lease is no longer held by its
         member at its epoch (``LeaseStore``): the runner lost the projection
         to another replica. A store whose process is the one owner of every
         lease (memory, SQLite) has nothing to check the token against."""
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        """Up to ``listing.limit`` of the projection's documents whose keys
+        start with ``listing.prefix``, after ``listing.after``, in key order
+        (code point order; descending if asked), read from one snapshot.
+        Served by an index range on the key, never by a scan of the
+        projection's documents."""
+
+    async def reset_projection(self, name: str) -> None:
+        """Delete the projection's documents and parked events and move its
+        checkpoint back to 0, in one transaction: it is applied again from
+        the start of the log. A commit from the checkpoint before (a runner
+        that was applying a batch) then conflicts and writes nothing."""
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        """Up to ``limit`` of the projection's parked events after ``after``
+        (a position and an event id), in log order (position, then id)."""
+
+    async def count_parked_events(self, projection: str) -> int:
+        """How many events the projection has parked."""
 
 
 class AuditRecorder(Protocol):

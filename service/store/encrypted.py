@@ -33,7 +33,7 @@ from dataclasses import replace
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.errors import NotUnique
+from service.errors import NotAvailableHere, NotUnique
 from service.store.base import (
     AggregateQuery,
     ClaimRegistry,
@@ -61,11 +61,13 @@ from service.store.records import (
     AggregateHead,
     ClaimChange,
     CommandRecord,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -288,6 +290,7 @@ class SealedProjections:
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         cipher = await self.keyring.for_writing(projection_key_id(name))
         sealed = [
@@ -299,5 +302,31 @@ class SealedProjections:
             for w in writes
         ]
         await self.inner.commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=sealed, fencing=fencing
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=sealed,
+            fencing=fencing,
+            parked=parked,
         )
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        raise NotAvailableHere(
+            f"projection {projection}'s document keys are stored as keyed hashes (encryption at rest):"
+            " they cannot be listed by prefix or in order",
+            reason="DOCUMENT_KEYS_HIDDEN",
+            metadata={"projection": projection},
+        )
+
+    async def reset_projection(self, name: str) -> None:
+        await self.inner.reset_projection(name)
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        # What a parked event records is ids, a type and an error message:
+        # nothing of the payload, so nothing is sealed.
+        return await self.inner.parked_events(projection, after=after, limit=limit)
+
+    async def count_parked_events(self, projection: str) -> int:
+        return await self.inner.count_parked_events(projection)

@@ -22,11 +22,13 @@ from service.store.records import (
     ClaimChange,
     CommandRecord,
     DataKey,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     LogPage,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -50,6 +52,7 @@ class MemoryStore(SoleOwnerLeases):
         self._commits = CommitNotifier()
         self._projection_positions: dict[str, int] = {}
         self._documents: dict[tuple[str, str], StoredDocument] = {}
+        self._parked: dict[tuple[str, int, str], ParkedEvent] = {}
 
     async def open(self) -> None:
         return None
@@ -169,6 +172,7 @@ class MemoryStore(SoleOwnerLeases):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         current = self._projection_positions.get(name, 0)
         if current != expected_position:
@@ -178,7 +182,37 @@ class MemoryStore(SoleOwnerLeases):
                 self._documents.pop((name, write.key), None)
             else:
                 self._documents[(name, write.key)] = StoredDocument(write.key, write.type_name, write.data)
+        for event in parked:
+            self._parked[(name, event.position, event.event_id)] = event
         self._projection_positions[name] = new_position
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        keys = sorted(
+            (key for name, key in self._documents if name == projection and listing.matches(key)),
+            reverse=listing.descending,
+        )
+        return [self._documents[(projection, key)] for key in keys[: listing.limit]]
+
+    async def reset_projection(self, name: str) -> None:
+        for key in [k for k in self._documents if k[0] == name]:
+            del self._documents[key]
+        for parked in [k for k in self._parked if k[0] == name]:
+            del self._parked[parked]
+        if name in self._projection_positions:
+            self._projection_positions[name] = 0
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        found = sorted(
+            (position, event_id)
+            for name, position, event_id in self._parked
+            if name == projection and (after is None or (position, event_id) > after)
+        )
+        return [self._parked[(projection, *key)] for key in found[:limit]]
+
+    async def count_parked_events(self, projection: str) -> int:
+        return sum(1 for key in self._parked if key[0] == projection)
 
     async def find_command(self, command_id: str) -> CommandRecord | None:
         return self._commands.get(command_id)

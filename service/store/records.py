@@ -293,3 +293,63 @@ class DocumentWrite:
     key: str
     type_name: str = ""
     data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedEvent:
+    """An event a projection skipped because its handler kept failing on
+    it (its plugin declared ``on_failure="park"``): recorded in the commit
+    that moves the checkpoint past it."""
+
+    projection: str
+    position: int
+    event_id: str
+    event_type: str
+    aggregate_id: str
+    error: str
+    attempts: int
+    parked_at_us: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DocumentRange:
+    """Which of a projection's documents to list: keys starting with
+    ``prefix``, after ``after`` (exclusive, in the listing's order; None: from
+    the first), ascending by Unicode code point unless ``descending``."""
+
+    prefix: str = ""
+    after: str | None = None
+    descending: bool = False
+    limit: int = 100
+
+    def bounds(self) -> tuple[str, bool, str | None]:
+        """``(lower, lower_inclusive, upper)``: the listing is the keys with
+        ``lower <= key`` (``<`` when not inclusive) and ``key < upper``
+        (no upper bound when None), so that an index on the key serves it."""
+        upper = prefix_end(self.prefix)
+        if self.after is None:
+            return self.prefix, True, upper
+        if self.descending:
+            return self.prefix, True, self.after
+        return self.after, False, upper
+
+    def matches(self, key: str) -> bool:
+        lower, inclusive, upper = self.bounds()
+        return (key >= lower if inclusive else key > lower) and (upper is None or key < upper)
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string after every string that starts with ``prefix``, in
+    code point order (None: there is none, as for the empty prefix): the
+    prefix with its last character that can grow grown by one. Code point
+    order is byte order in UTF-8, which SQLite's BINARY and PostgreSQL's
+    "C" collation compare by."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            following = last + 1
+            if 0xD800 <= following <= 0xDFFF:  # surrogates are no characters: skip them
+                following = 0xE000
+            return "".join(chars) + chr(following)
+    return None

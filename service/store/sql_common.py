@@ -25,6 +25,7 @@ from service.store.records import (
     HeldClaim,
     LogFilter,
     LogPage,
+    ParkedEvent,
     RecordedEvent,
     Snapshot,
     StoredDocument,
@@ -143,6 +144,26 @@ def snapshot_from_row(row: Row) -> Snapshot:
 
 def document_from_row(row: Row) -> StoredDocument:
     return StoredDocument(str(row[0]), str(row[1]), bytes(row[2]))
+
+
+def parked_event_row(event: ParkedEvent) -> tuple[str, int, str, str, str, str, int, int]:
+    """A parked event in the columns' order (``PARKED_EVENT_COLUMNS``)."""
+    return (
+        event.projection,
+        event.position,
+        event.event_id,
+        event.event_type,
+        event.aggregate_id,
+        event.error,
+        event.attempts,
+        event.parked_at_us,
+    )
+
+
+def parked_event_from_row(row: Row) -> ParkedEvent:
+    return ParkedEvent(
+        str(row[0]), int(row[1]), str(row[2]), str(row[3]), str(row[4]), str(row[5]), int(row[6]), int(row[7])
+    )
 
 
 def claim_from_row(row: Row) -> HeldClaim:

@@ -255,6 +255,34 @@ def test_projection_prints_progress_and_documents(tmp_path: Path) -> None:
         assert "NOT_FOUND DOCUMENT_NOT_FOUND" in missing.stderr
 
 
+def test_projection_lists_documents_rebuilds_with_progress_and_lists_parked_events(tmp_path: Path) -> None:
+    extra = ["--poll-seconds", "0.1", "--anonymous-admin"]
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
+        for account, owner in (("acc-1", "ann"), ("acc-2", "anna"), ("acc-3", "bob")):
+            cli("submit", account, "bank.v1.OpenAccount", json.dumps({"owner": owner}), server=server.address)
+            cli("submit", account, "bank.v1.Deposit", '{"amount": 7}', server=server.address)
+        rebuilt = cli("projection", "rebuild", "bank.balances_by_owner", server=server.address)
+        # Not a terminal: plain lines, the last one saying where it got to.
+        assert rebuilt.stderr.splitlines()[-1].startswith("rebuilding bank.balances_by_owner: rebuilt up to position")
+        assert "\x1b" not in rebuilt.stderr
+        assert json.loads(rebuilt.stdout)["position"] >= 6
+        listed = cli(
+            "projection",
+            "documents",
+            "bank.balances_by_owner",
+            "--prefix",
+            "owner:an",
+            "--descending",
+            server=server.address,
+        )
+        documents = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert [(d["key"], d["document"]["balance"]) for d in documents] == [("owner:anna", "7"), ("owner:ann", "7")]
+        parked = cli("projection", "parked", "bank.balances_by_owner", server=server.address)
+        assert parked.stdout == ""
+        denied = cli("projection", "rebuild", "no.such", server=server.address, check=False)
+        assert "NOT_FOUND PROJECTION_NOT_FOUND" in denied.stderr
+
+
 def cli_into_a_closed_pipe(*args: str, server: str) -> subprocess.CompletedProcess[str]:
     """``chronicle ARGS | head -0``: the reader closes its end before the first line."""
     process = subprocess.Popen(

@@ -250,6 +250,23 @@ async def test_a_stale_fencing_token_cannot_commit_a_projection_batch(
         "bank.balances_by_owner", expected_position=3, new_position=9, writes=[], fencing=current
     )
     assert await store.projection_position("bank.balances_by_owner") == 9
+    # A rebuild moves the checkpoint back to 0: the stale runner, finding it
+    # there, applies the log from the start with its old cache; its commit
+    # from 0 is refused by its token all the same, and writes nothing back.
+    await store.reset_projection("bank.balances_by_owner")
+    before = await contents(store)
+    with pytest.raises(ConcurrencyConflict):
+        await store.commit_projection(
+            "bank.balances_by_owner",
+            expected_position=0,
+            new_position=9,
+            writes=[DocumentWrite("owner:ann", "bank.v1.OwnerBalance", b"\x08\x01")],
+            fencing=stale,
+        )
+    assert (await contents(store)).changes_since(before) == {}
+    await store.commit_projection(
+        "bank.balances_by_owner", expected_position=0, new_position=9, writes=[], fencing=current
+    )
 
 
 async def test_replicas_configured_with_another_partition_count_form_a_group_of_their_own(

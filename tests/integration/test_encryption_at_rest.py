@@ -148,6 +148,10 @@ async def test_read_models_are_sealed_too_but_read_in_the_clear(client: Client, 
     on_disk = b"".join(path.read_bytes() for path in (tmp_path / "db").iterdir())
     assert b"bank.balances_by_owner" in on_disk  # the read model is in this file
     assert SECRET_OWNER.encode() not in on_disk
+    # The keys are keyed hashes: there is no order or prefix to list them by.
+    assert await refusal(
+        client.projections.ListDocuments(projections.ListDocumentsRequest(projection="bank.balances_by_owner"))
+    ) == (grpc.StatusCode.FAILED_PRECONDITION, "DOCUMENT_KEYS_HIDDEN")
 
 
 async def test_forgetting_is_audited_with_who_and_what(tmp_path: Path) -> None:

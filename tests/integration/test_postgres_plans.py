@@ -5,6 +5,7 @@ statements are planned once, for any parameters)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import uuid
@@ -16,7 +17,7 @@ import pytest
 from service.store.base import AggregateQuery
 from service.store.postgres import PostgresStore, sql
 from service.store.postgres.database import session_options
-from service.store.records import LogFilter
+from service.store.records import DocumentRange, LogFilter
 from service.store.sql_common import POSTGRES, aggregate_conditions, log_conditions
 
 pytestmark = pytest.mark.postgres
@@ -131,3 +132,36 @@ def test_a_log_page_of_a_rare_aggregate_type_comes_in_position_order_from_its_in
     assert "JIT" not in explained, explained
     sorted_rows = [int(rows) for rows in re.findall(r"Sort \(actual rows=(\d+)", explained)]
     assert all(rows <= 100 for rows in sorted_rows), explained
+
+
+@pytest.fixture(params=[(300, False), (50_000, False), (50_000, True)], ids=["300", "50000-unanalyzed", "50000"])
+async def documents(request: pytest.FixtureRequest, postgres_url: str) -> str:
+    """A database holding a projection's documents (and another's)."""
+    store = PostgresStore(postgres_url)
+    await store.open()
+    await store.close()
+    count, analyze = request.param
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO chronicle.projection_documents (projection, key, type_name, data)"
+            " SELECT CASE WHEN g %% 2 = 0 THEN 'p' ELSE 'q' END, 'owner:' || g, 't.Doc', '\\x08'::bytea"
+            " FROM generate_series(1, %s) g",
+            (count,),
+        )
+        if analyze:
+            conn.execute("ANALYZE chronicle.projection_documents")
+    return postgres_url
+
+
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+def test_documents_are_listed_by_prefix_from_the_primary_key_in_order(documents: str, mode: str) -> None:
+    for prefix, after, descending in itertools.product(["owner:1", ""], [None, "owner:1"], [False, True]):
+        listing = DocumentRange(prefix=prefix, after=after, descending=descending, limit=100)
+        lower, inclusive, upper = listing.bounds()
+        statement = sql.list_documents(lower_inclusive=inclusive, upper=upper is not None, descending=descending)
+        params: list[Any] = ["p", lower, *(() if upper is None else (upper,)), 100]
+        explained = plan(documents, statement, params, mode=mode, settings=sql.DOCUMENT_PAGE_SETTINGS)
+        assert "projection_documents_pkey" in explained, explained
+        assert "Seq Scan" not in explained and "Sort" not in explained, explained
+        # The range is the prefix's: no key outside it is read and filtered out.
+        assert "Rows Removed by Filter" not in explained, explained

@@ -94,15 +94,28 @@ async def test_each_process_is_a_member_on_a_port_of_its_own_and_routing_clients
     try:
         wait_until_serving(shared)
 
-        def split() -> bool:
-            with grpc.insecure_channel(shared) as channel:
+        def topology_at(address: str) -> cluster_service_pb2.Topology:
+            with grpc.insecure_channel(address) as channel:
                 stub = cluster_service_pb2_grpc.ClusterServiceStub(channel)
-                topology = stub.GetTopology(cluster_service_pb2.GetTopologyRequest(), timeout=5).topology
-            owners = list(topology.partition_owners)
-            return len(topology.members) == 2 and sorted(owners.count(m.member_id) for m in topology.members) == [
-                32,
-                32,
-            ]
+                response: cluster_service_pb2.GetTopologyResponse = stub.GetTopology(
+                    cluster_service_pb2.GetTopologyRequest(), timeout=5
+                )
+                return response.topology
+
+        def split() -> bool:
+            # As each process sees it, at its own port: a process's view is
+            # up to a heartbeat (a third of the lease) old, and the routing
+            # client may take its topology from either.
+            members = topology_at(shared).members
+            if len(members) != 2:
+                return False
+            for member in members:
+                topology = topology_at(member.address)
+                owners = list(topology.partition_owners)
+                counts = sorted(owners.count(m.member_id) for m in topology.members)
+                if len(topology.members) != 2 or counts != [32, 32]:
+                    return False
+            return True
 
         await eventually(split, within=30, what="two processes owning 32 partitions each")
         client = ChronicleClient.connect(shared, routing=True)

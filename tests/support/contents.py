@@ -47,6 +47,7 @@ _MEMORY_TABLES = {
     "_keys": "data_keys",
     "_projection_positions": "projection_checkpoints",
     "_documents": "projection_documents",
+    "_parked": "projection_parked_events",
 }
 
 # Where appending events shows, and nothing else: the events themselves

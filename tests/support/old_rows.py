@@ -29,9 +29,12 @@ and the other does not can shift them):
     10 lease groups' members and leases (PostgreSQL only: a SQLite store's
        one process holds every lease and writes none): a live member, a
        lease it holds, one taken and given up, free ones
-    11 (PostgreSQL; SQLite 8) command records' issued_at (when the command
-       was made), and a refusal naming several fields (its violations in
-       the rejection's JSON)
+    11 (SQLite 8) events a projection parked, two at one position (an
+       upcast event's parts); PostgreSQL's document keys in the "C"
+       collation (listed by prefix)
+    12 (SQLite 9) command records' issued_at (when the command was made),
+       and a refusal naming several fields (its violations in the
+       rejection's JSON)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -64,10 +67,12 @@ from service.store.records import (
     ClaimChange,
     CommandRecord,
     DataKey,
+    DocumentRange,
     DocumentWrite,
     HeldClaim,
     LogFilter,
     NewEvent,
+    ParkedEvent,
     RecordedEvent,
     Rejection,
     Snapshot,
@@ -84,11 +89,13 @@ _FIRST = {
     "audit_outcome": 6,
     "hidden_claims": 7,
     "leases": 10,
+    "parked_events": 11,
 }
 SINCE: dict[str, dict[str, int]] = {
-    "postgres": {**_FIRST, "issued_at": 11},
-    # SQLite keeps no leases (service/store/sole_owner.py): never.
-    "sqlite": {**_FIRST, "leases": 1 << 30, "issued_at": 8},
+    "postgres": {**_FIRST, "issued_at": 12},
+    # SQLite keeps no leases (service/store/sole_owner.py): never; and its
+    # migrations 8 and later are PostgreSQL's 11 and later.
+    "sqlite": {**_FIRST, "leases": 1 << 30, "parked_events": 8, "issued_at": 9},
 }
 
 # Master keys: "current" wraps new data keys; "retired" wrapped some in the
@@ -208,6 +215,7 @@ class OldRows:
     forgotten: set[str] = field(default_factory=set)
     checkpoints: dict[str, int] = field(default_factory=dict)
     documents: list[OldDocument] = field(default_factory=list)
+    parked: list[ParkedEvent] = field(default_factory=list)  # of the projection "balances"
     lease_members: list[LeaseMember] = field(default_factory=list)  # of LEASE_GROUP, live
     leases: list[Lease] = field(default_factory=list)  # of LEASE_GROUP, by name
 
@@ -372,6 +380,13 @@ def rows_at(dialect: str, version: int) -> OldRows:
         rows.data_keys.append(_wrapped(PROJECTION_KEY_PREFIX + "owners"))
         rows.add_document("owners", "owner:bob", b"\x0a\x0eaccount-sealed", sealed=True)
 
+    if rows.holds("parked_events"):
+        rows.parked += [
+            ParkedEvent("balances", 2, "event-2", "bank.v1.Deposited", "account-plain", "PROJECTION_FAILED: no", 3, T0),
+            ParkedEvent("balances", 3, "event-3a", "bank.v1.Deposited", "account-plain", "ValueError: x", 1, T0 + 1),
+            ParkedEvent("balances", 3, "event-3b", "bank.v1.Deposited", "account-plain", "ValueError: y", 1, T0 + 2),
+        ]
+
     if rows.holds("audit_outcome"):
         rows.audit_entries.append(
             AuditEntry(
@@ -463,7 +478,8 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
             for d in rows.documents
             if d.projection == name
         ]
-        await store.commit_projection(name, expected_position=0, new_position=position, writes=writes)
+        parked = [p for p in rows.parked if p.projection == name]
+        await store.commit_projection(name, expected_position=0, new_position=position, writes=writes, parked=parked)
     for member in rows.lease_members:
         await store.renew_leases(LEASE_GROUP, member, LEASE_NAMES, LEASE_SECONDS)
         held = [lease.name for lease in rows.leases if lease.epoch > 0]
@@ -592,6 +608,14 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
                 loaded,
                 StoredDocument(document.key, document.stored.type_name, document.data),
             )
+        for document in rows.documents:
+            if not document.sealed:  # sealed ones' keys are hashes: they are not listed
+                listed = await store.list_documents(document.projection, DocumentRange(prefix=document.key[:3]))
+                same(f"documents of {document.projection} listed by prefix", listed, [document.stored])
+        for name in rows.checkpoints:
+            parked = [p for p in rows.parked if p.projection == name]
+            same(f"parked events of {name}", await store.parked_events(name), parked)
+            same(f"parked events of {name} counted", await store.count_parked_events(name), len(parked))
 
     async def audit() -> None:
         entries = await roles.audit.read_audit(AuditQuery(limit=1_000))

@@ -32,6 +32,7 @@ from psycopg import sql
 
 from service.store.postgres import PostgresStore
 from service.store.postgres import migrations as postgres_migrations
+from service.store.sql_common import parked_event_row
 from service.store.sqlite import migrations as sqlite_migrations
 from service.store.sqlite import sql as sqlite_sql
 from service.store.sqlite.writer import writing
@@ -177,6 +178,12 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
         conn.execute(
             "INSERT INTO chronicle.projection_documents (projection, key, type_name, data) VALUES (%s, %s, %s, %s)",
             (document.projection, d.key, d.type_name, d.data),
+        )
+    for parked in rows.parked:
+        conn.execute(
+            "INSERT INTO chronicle.projection_parked_events (projection, position, event_id, event_type,"
+            " aggregate_id, error, attempts, parked_at_us) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            parked_event_row(parked),
         )
     for member in rows.lease_members:
         conn.execute(
@@ -439,6 +446,12 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
         conn.execute(
             "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?, ?, ?, ?)",
             (document.projection, d.key, d.type_name, d.data),
+        )
+    for parked in rows.parked:
+        conn.execute(
+            "INSERT INTO projection_parked_events (projection, position, event_id, event_type, aggregate_id,"
+            " error, attempts, parked_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            parked_event_row(parked),
         )
 
 

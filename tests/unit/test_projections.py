@@ -24,7 +24,7 @@ from service.processing.upcasting import EventReader
 from service.store.base import Store
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
-from service.store.records import DocumentWrite
+from service.store.records import DocumentWrite, ParkedEvent
 from tests.support.contents import contents
 
 REGISTRY = Registry([bank_account.plugin])
@@ -103,12 +103,18 @@ class CrashingStore(MemoryStore):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         if self.crashes:
             self.crashes -= 1
             raise RuntimeError("killed before commit")
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
         )
 
 
@@ -141,13 +147,19 @@ class FailingLaterCommit(MemoryStore):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         self.commits.append((expected_position, new_position))
         await asyncio.sleep(0)  # the runner applies the next batch meanwhile
         if len(self.commits) == self.fail_at:
             raise RuntimeError("the database went away mid-commit")
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
         )
 
 
@@ -320,10 +332,16 @@ class FencedCommits(MemoryStore):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         self.tokens.append(fencing)
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
         )
 
 
@@ -354,3 +372,130 @@ async def test_a_runner_that_gains_its_lease_starts_from_the_stored_checkpoint()
     # Given a stale position, it reads the checkpoint instead of applying again.
     assert await first.step(0) == await store.log_head()
     assert await owner(store, "ann") == bank.OwnerBalance(owner="ann", balance=90, account_ids=["acc-1", "acc-2"])
+
+
+# -- parking events a handler keeps failing on -----------------------------------
+
+picky = Plugin("picky")
+parking = picky.projection(
+    "picky.deposits", aggregate_types=["Account"], on_failure="park", max_attempts=2, retry_seconds=0.01
+)
+stopping = picky.projection("picky.stops", aggregate_types=["Account"])
+
+
+def _count_deposit(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+    if event.amount == 20:
+        raise ValueError("twenty is unlucky")
+    total = documents.get("total", bank.OwnerBalance) or bank.OwnerBalance(owner="all")
+    total.balance += event.amount
+    documents.put("total", total)
+
+
+parking.on(bank.MoneyDeposited)(_count_deposit)
+stopping.on(bank.MoneyDeposited)(_count_deposit)
+
+
+async def test_a_projection_that_parks_skips_an_event_after_its_attempts_and_goes_on() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    head = await store.log_head()
+    parks = ProjectionRunner(parking, log=store, documents=store, reader=READER)
+    with pytest.raises(ProjectionFailed):
+        await parks.step(0)  # the first attempt fails and stops the batch
+    assert await store.count_parked_events("picky.deposits") == 0
+    assert await parks.step(await store.projection_position("picky.deposits")) == head  # the second parks it
+    total = await store.load_document("picky.deposits", "total")
+    assert total is not None and bank.OwnerBalance.FromString(total.data).balance == 107
+    (parked,) = await store.parked_events("picky.deposits")
+    deposit = next(e for e in await store.read_aggregate("acc-2") if e.event_type == "bank.v1.MoneyDeposited")
+    assert (parked.position, parked.event_id, parked.event_type, parked.aggregate_id, parked.attempts) == (
+        deposit.position,
+        deposit.event_id,
+        "bank.v1.MoneyDeposited",
+        "acc-2",
+        2,
+    )
+    assert "ValueError: twenty is unlucky" in parked.error
+
+
+async def test_a_projection_that_stops_never_parks() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    stops = ProjectionRunner(stopping, log=store, documents=store, reader=READER)
+    for _ in range(4):
+        with pytest.raises(ProjectionFailed):
+            await stops.step(await store.projection_position("picky.stops"))
+    assert await store.count_parked_events("picky.stops") == 0
+    assert await store.projection_position("picky.stops") < await store.log_head()
+
+
+def test_a_projection_declares_how_it_fails() -> None:
+    with pytest.raises(ValueError, match="on_failure"):
+        Plugin("x").projection("x.p", on_failure="skip")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_attempts"):
+        Plugin("x").projection("x.p", on_failure="park", max_attempts=0)
+
+
+# -- rebuilding ---------------------------------------------------------------------
+
+
+async def test_an_idle_runner_finds_its_projection_rebuilt_and_applies_the_log_again() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    idle = runner(store)
+    head = await idle.step(0)
+    before = await contents(store)
+    await store.reset_projection("bank.balances_by_owner")
+    assert await owner_or_none(store, "ann") is None
+    # Nothing new in the log: the runner looks at the checkpoint, finds 0,
+    # forgets its cache and starts again.
+    assert await idle.step(head) == 0
+    assert await idle.step(0) == head
+    assert (await contents(store)).changes_since(before) == {}
+
+
+async def test_a_batch_applied_before_a_rebuild_is_not_committed_after_it() -> None:
+    store = ResetDuringCommit()
+    await bank_history(store)
+    racing = runner(store, batch_size=3)
+    position = await racing.step(0)
+    await run(store, "acc-1", bank.Deposit(amount=1000))
+    store.reset_before_next_commit = True
+    with pytest.raises(ConcurrencyConflict):
+        await racing.step(position)
+    assert await store.projection_position("bank.balances_by_owner") == 0
+    assert await owner_or_none(store, "ann") is None
+    assert await racing.step(0) == await store.log_head()
+    assert (await owner(store, "ann")).balance == 1090
+
+
+async def owner_or_none(store: Any, name: str) -> Any:
+    return await store.load_document("bank.balances_by_owner", owner_key(name))
+
+
+class ResetDuringCommit(MemoryStore):
+    """An administrator rebuilds the projection while a batch is applied."""
+
+    reset_before_next_commit = False
+
+    async def commit_projection(
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
+    ) -> None:
+        if self.reset_before_next_commit:
+            self.reset_before_next_commit = False
+            await self.reset_projection(name)
+        await super().commit_projection(
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
+        )

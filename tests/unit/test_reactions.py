@@ -27,7 +27,7 @@ from service.processing.router import Router
 from service.store.base import Store
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
-from service.store.records import DocumentWrite, RecordedEvent
+from service.store.records import DocumentWrite, ParkedEvent, RecordedEvent
 from tests.support.waiting import eventually
 
 # A small domain of its own: lists that hold three items at most (but the
@@ -123,12 +123,18 @@ class CrashingStore(MemoryStore):
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         if self.crashes:
             self.crashes -= 1
             raise RuntimeError("killed before commit")
         await super().commit_projection(
-            name, expected_position=expected_position, new_position=new_position, writes=writes, fencing=fencing
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
         )
 
 

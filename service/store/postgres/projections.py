@@ -12,9 +12,9 @@ from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.errors import Refused
-from service.store.postgres.rows import first, scalar
-from service.store.records import DocumentWrite, StoredDocument
-from service.store.sql_common import document_from_row
+from service.store.postgres.rows import first, rows, scalar
+from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, StoredDocument
+from service.store.sql_common import document_from_row, parked_event_from_row
 
 
 class ProjectionsRole:
@@ -41,6 +41,7 @@ class ProjectionsRole:
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
         statements = []
         if fencing is not None:
@@ -58,7 +59,67 @@ class ProjectionsRole:
             statements.append(Statement(sql.DELETE_DOCUMENTS.encode(), (name, deletes)))
         if puts:
             statements.append(Statement(sql.PUT_DOCUMENTS.encode(), (name, json.dumps(puts, separators=(",", ":")))))
+        if parked:
+            statements.append(Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(parked))))
         try:
             await self._db.run("commit_projection", statements)
         except Refused:  # the checkpoint moved, or (fencing) the lease changed holder
             raise ConcurrencyConflict(f"projection:{name}", expected_position) from None
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        lower, inclusive, upper = listing.bounds()
+        statement = sql.list_documents(
+            lower_inclusive=inclusive, upper=upper is not None, descending=listing.descending
+        )
+        parameters = (projection, lower, *(() if upper is None else (upper,)), listing.limit)
+        _, result = await self._db.run(
+            "list_documents",
+            [Statement(sql.DOCUMENT_PAGE_SETTINGS.encode()), Statement(statement.encode(), parameters, binary=True)],
+            read_only=True,
+        )
+        return [document_from_row(row) for row in rows(result)]
+
+    async def reset_projection(self, name: str) -> None:
+        await self._db.run(
+            "reset_projection",
+            [
+                Statement(sql.RESET_CHECKPOINT.encode(), (name,)),
+                Statement(sql.RESET_DOCUMENTS.encode(), (name,)),
+                Statement(sql.RESET_PARKED_EVENTS.encode(), (name,)),
+            ],
+        )
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        position, event_id = after if after is not None else (-1, "")
+        (result,) = await self._db.run(
+            "parked_events",
+            [Statement(sql.PARKED_EVENTS.encode(), (projection, position, event_id, limit), binary=True)],
+            read_only=True,
+        )
+        return [parked_event_from_row(row) for row in rows(result)]
+
+    async def count_parked_events(self, projection: str) -> int:
+        (result,) = await self._db.run(
+            "count_parked_events", [Statement(sql.COUNT_PARKED_EVENTS.encode(), (projection,))], read_only=True
+        )
+        return int(scalar(result) or 0)
+
+
+def _parked_json(parked: Sequence[ParkedEvent]) -> str:
+    return json.dumps(
+        [
+            {
+                "position": p.position,
+                "event_id": p.event_id,
+                "event_type": p.event_type,
+                "aggregate_id": p.aggregate_id,
+                "error": p.error,
+                "attempts": p.attempts,
+                "parked_at_us": p.parked_at_us,
+            }
+            for p in parked
+        ],
+        separators=(",", ":"),
+    )

@@ -25,6 +25,8 @@ and becomes ``ConcurrencyConflict``.
 
 from __future__ import annotations
 
+import functools
+
 from service.store.sql_common import COMMAND_FIELDS
 
 # SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
@@ -268,6 +270,51 @@ PUT_DOCUMENTS = (
     " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name,"
     " data = excluded.data, updated_at = now()"
 )
+
+# Parked events travel as one JSON document (like PUT_DOCUMENTS' writes).
+PARKED_EVENT_COLUMNS = "projection, position, event_id, event_type, aggregate_id, error, attempts, parked_at_us"
+PARK_EVENTS = (
+    f"INSERT INTO chronicle.projection_parked_events ({PARKED_EVENT_COLUMNS})"
+    " SELECT $1, p.position, p.event_id, p.event_type, p.aggregate_id, p.error, p.attempts, p.parked_at_us"
+    " FROM jsonb_to_recordset($2::jsonb) AS p(position bigint, event_id text, event_type text,"
+    " aggregate_id text, error text, attempts integer, parked_at_us bigint)"
+    " ON CONFLICT (projection, position, event_id) DO NOTHING"
+)
+PARKED_EVENTS = (
+    f"SELECT {PARKED_EVENT_COLUMNS} FROM chronicle.projection_parked_events WHERE projection = $1"
+    " AND (position, event_id) > ($2::bigint, $3::text) ORDER BY position, event_id LIMIT $4::bigint"
+)
+COUNT_PARKED_EVENTS = "SELECT count(*) FROM chronicle.projection_parked_events WHERE projection = $1"
+# A rebuild: the documents, the parked events and the checkpoint's move back
+# to 0 commit together. The checkpoint's row lock (the UPDATE) waits for a
+# runner's commit in flight, whose move from its checkpoint then cannot
+# happen again: a runner that applied a batch before the reset cannot write
+# it after (its commit finds the checkpoint at 0, not where it started).
+RESET_CHECKPOINT = "UPDATE chronicle.projection_checkpoints SET position = 0, updated_at = now() WHERE name = $1"
+RESET_DOCUMENTS = "DELETE FROM chronicle.projection_documents WHERE projection = $1"
+RESET_PARKED_EVENTS = "DELETE FROM chronicle.projection_parked_events WHERE projection = $1"
+
+
+# A page of documents comes from the primary key in key order, reading only
+# the page, for the same reason as a page of the log: without statistics
+# (documents written since the last ANALYZE) the planner reads every key of
+# the range and sorts them for the first hundred.
+DOCUMENT_PAGE_SETTINGS = LOG_PAGE_SETTINGS
+
+
+@functools.cache
+def list_documents(*, lower_inclusive: bool, upper: bool, descending: bool) -> str:
+    """A page of documents by key range (``DocumentRange.bounds``): an index
+    range scan of the primary key (keys compare in the "C" collation, so the
+    range is the prefix's), in its order or backwards. Parameters: the
+    projection, the lower bound, the upper bound if any, the limit."""
+    bounds = f"key {'>=' if lower_inclusive else '>'} $2" + (" AND key < $3" if upper else "")
+    limit = "$4" if upper else "$3"
+    return (
+        f"SELECT key, type_name, data FROM chronicle.projection_documents WHERE projection = $1 AND {bounds}"
+        f" ORDER BY key {'DESC' if descending else 'ASC'} LIMIT {limit}::bigint"
+    )
+
 
 # -- leases (service/cluster/leases.py) ----------------------------------
 #

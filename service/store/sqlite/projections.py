@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from service.errors import ConcurrencyConflict
 from service.store.leasing import Fencing
-from service.store.records import DocumentWrite, StoredDocument
-from service.store.sql_common import document_from_row
+from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, StoredDocument
+from service.store.sql_common import document_from_row, parked_event_from_row, parked_event_row
 from service.store.sqlite import sql
 from service.store.sqlite.writer import Writer, writing
 
@@ -32,8 +32,34 @@ class ProjectionsRole:
         new_position: int,
         writes: Sequence[DocumentWrite],
         fencing: Fencing | None = None,  # one process, the one holder: nothing to check
+        parked: Sequence[ParkedEvent] = (),
     ) -> None:
-        await self._writer.run(_commit, name, expected_position, new_position, writes)
+        await self._writer.run(_commit, name, expected_position, new_position, writes, parked)
+
+    async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
+        lower, inclusive, upper = listing.bounds()
+        statement = sql.list_documents(
+            lower_inclusive=inclusive, upper=upper is not None, descending=listing.descending
+        )
+        parameters = (projection, lower, *(() if upper is None else (upper,)), listing.limit)
+        rows = await self._writer.run(lambda db: db.execute(statement, parameters).fetchall())
+        return [document_from_row(row) for row in rows]
+
+    async def reset_projection(self, name: str) -> None:
+        await self._writer.run(_reset, name)
+
+    async def parked_events(
+        self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[ParkedEvent]:
+        position, event_id = after if after is not None else (-1, "")
+        rows = await self._writer.run(
+            lambda db: db.execute(sql.PARKED_EVENTS, (projection, position, event_id, limit)).fetchall()
+        )
+        return [parked_event_from_row(row) for row in rows]
+
+    async def count_parked_events(self, projection: str) -> int:
+        row = await self._writer.run(lambda db: db.execute(sql.COUNT_PARKED_EVENTS, (projection,)).fetchone())
+        return int(row[0])
 
 
 def _position(db: sqlite3.Connection, name: str) -> int:
@@ -42,7 +68,12 @@ def _position(db: sqlite3.Connection, name: str) -> int:
 
 
 def _commit(
-    db: sqlite3.Connection, name: str, expected_position: int, new_position: int, writes: Sequence[DocumentWrite]
+    db: sqlite3.Connection,
+    name: str,
+    expected_position: int,
+    new_position: int,
+    writes: Sequence[DocumentWrite],
+    parked: Sequence[ParkedEvent],
 ) -> None:
     """The checkpoint is the guard: read under the write lock, so of two
     runners of one projection the second finds it moved."""
@@ -55,4 +86,13 @@ def _commit(
                 db.execute(sql.DELETE_DOCUMENT, (name, write.key))
             else:
                 db.execute(sql.PUT_DOCUMENT, (name, write.key, write.type_name, write.data))
+        for event in parked:
+            db.execute(sql.PARK_EVENT, parked_event_row(event))
         db.execute(sql.MOVE_CHECKPOINT, (name, new_position))
+
+
+def _reset(db: sqlite3.Connection, name: str) -> None:
+    with writing(db):
+        db.execute(sql.RESET_DOCUMENTS, (name,))
+        db.execute(sql.RESET_PARKED_EVENTS, (name,))
+        db.execute(sql.RESET_CHECKPOINT, (name,))

@@ -16,6 +16,8 @@ with a lower position.
 
 from __future__ import annotations
 
+import functools
+
 from service.store.sql_common import AUDIT_FIELDS, COMMAND_FIELDS, EVENT_FIELDS, SNAPSHOT_FIELDS
 
 # -- the connection -----------------------------------------------------------
@@ -142,6 +144,31 @@ MOVE_CHECKPOINT = (
     "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
     " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
 )
+PARKED_EVENT_COLUMNS = "projection, position, event_id, event_type, aggregate_id, error, attempts, parked_at_us"
+PARK_EVENT = (
+    f"INSERT INTO projection_parked_events ({PARKED_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (projection, position, event_id) DO NOTHING"
+)
+PARKED_EVENTS = (
+    f"SELECT {PARKED_EVENT_COLUMNS} FROM projection_parked_events WHERE projection = ?"
+    " AND (position, event_id) > (?, ?) ORDER BY position, event_id LIMIT ?"
+)
+COUNT_PARKED_EVENTS = "SELECT count(*) FROM projection_parked_events WHERE projection = ?"
+RESET_DOCUMENTS = "DELETE FROM projection_documents WHERE projection = ?"
+RESET_PARKED_EVENTS = "DELETE FROM projection_parked_events WHERE projection = ?"
+RESET_CHECKPOINT = "UPDATE projection_checkpoints SET position = 0 WHERE name = ?"
+
+
+@functools.cache
+def list_documents(*, lower_inclusive: bool, upper: bool, descending: bool) -> str:
+    """A page of documents by key range (``DocumentRange.bounds``), served
+    by the primary key's index: (projection, lower[, upper], limit)."""
+    bounds = f"key {'>=' if lower_inclusive else '>'} ?" + (" AND key < ?" if upper else "")
+    return (
+        f"SELECT key, type_name, data FROM projection_documents WHERE projection = ? AND {bounds}"
+        f" ORDER BY key {'DESC' if descending else 'ASC'} LIMIT ?"
+    )
+
 
 # -- audit --------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
--- Chronicle's SQLite schema, version 7 -> 8: a command record keeps when the
+-- Chronicle's SQLite schema, version 8 -> 9: a command record keeps when the
 -- command was made (its client's Command.timestamp, else when the server
 -- received it; microseconds since the epoch), for the audit. NULL for
 -- records written before.

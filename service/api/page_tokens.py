@@ -1,0 +1,53 @@
+"""Opaque page tokens for listings: what a page ended at, bound to the
+listing it came from.
+
+A token is base64url of a small JSON object: the listing's fingerprint (a
+hash of the projection, the key prefix and the order, so a token cannot
+continue another listing) and where the page ended. Clients treat it as
+opaque; the server checks it as input like any other: a token that does not
+decode is INVALID_PAGE_TOKEN, one from another listing PAGE_TOKEN_MISMATCH.
+Tokens carry nothing secret (keys the caller has read already).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from service.errors import InvalidInput
+
+# Tokens hold a document key, which a plugin chooses: generous, but bounded.
+MAX_TOKEN_LENGTH = 64 * 1024
+
+
+def fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def make_token(listing: str, **after: Any) -> str:
+    body = json.dumps({"l": listing, **after}, separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+
+
+def read_token(token: str, listing: str, *, field: str = "page_token") -> dict[str, Any]:
+    """The token's fields (``make_token``'s keywords); raises InvalidInput."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise InvalidInput.for_field(field, f"at most {MAX_TOKEN_LENGTH} characters", reason="INVALID_PAGE_TOKEN")
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        decoded = None
+    if not isinstance(decoded, dict) or not isinstance(decoded.get("l"), str):
+        raise InvalidInput.for_field(
+            field, "is not a page token this server made (pass next_page_token as it came)", reason="INVALID_PAGE_TOKEN"
+        )
+    if decoded["l"] != listing:
+        raise InvalidInput.for_field(
+            field,
+            "continues another listing: pass it with the projection, prefix and order of the request it came from",
+            reason="PAGE_TOKEN_MISMATCH",
+        )
+    return decoded
