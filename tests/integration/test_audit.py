@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -165,6 +166,21 @@ async def test_the_audit_log_filters_by_principal_and_aggregate(audited: Audited
     assert [e.principal for e in await audited.entries(aggregate_id="acc-1")] == ["bob", "alice"]
     assert [e.aggregate_id for e in await audited.entries(principal="alice")] == ["acc-2", "acc-1"]
     assert len(await audited.entries(limit=1)) == 1
+
+
+async def test_a_command_record_keeps_when_the_command_was_issued(audited: Audited) -> None:
+    stamped = command("acc-1", bank.OpenAccount(owner="ann"), user_id="")
+    stamped.timestamp.FromMicroseconds(1_767_225_600_123_456)  # the client's clock: 2026-01-01
+    unstamped = command("acc-1", bank.Deposit(amount=5), user_id="")
+    async with audited.as_("alice") as alice:
+        await alice.submit(stamped)
+        before = time.time_ns() // 1000
+        await alice.submit(unstamped)
+        after = time.time_ns() // 1000
+    entries = {e.command_id: e for e in await audited.entries()}
+    assert entries[stamped.command_id].issued_at.ToMicroseconds() == 1_767_225_600_123_456
+    # Without one, the server's receipt.
+    assert before <= entries[unstamped.command_id].issued_at.ToMicroseconds() <= after
 
 
 # -- every RPC, with the caller's address; floods sampled -------------------------

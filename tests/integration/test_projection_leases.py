@@ -58,9 +58,10 @@ def runners_of(apps: list[Application]) -> list[Application]:
 
 
 def settled(apps: list[Application]) -> bool:
-    """Every projection held, each replica at its fair share of them: the
-    leases stay where they are from now on."""
-    shares = fair_shares([app.leases.member_id for app in apps], 2)
+    """Every projection (and reaction) held, each replica at its fair share
+    of them: the leases stay where they are from now on."""
+    # The group's leases: every projection and every reaction (the bank's transfers).
+    shares = fair_shares([app.leases.member_id for app in apps], len(REGISTRY.projections) + len(REGISTRY.reactions))
     held = [app.leases.held("projections") for app in apps]
     return [len(h) for h in held] == [shares[app.leases.member_id] for app in apps] and len(runners_of(apps)) == 1
 
