@@ -41,7 +41,7 @@ and the other does not can shift them):
        parked events (one to replay)
     14 (SQLite 11) command records' issued_at (when the command was made),
        and a refusal naming several fields (its violations in the
-       rejection's JSON)
+       rejection's JSON; sealed with its message under encryption at rest)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -385,8 +385,12 @@ class OldRows:
             user_id="ann",
             origin="web",
             recorded_at_us=T0 + 400_000 + len(self.sealed_commands) * 1_000,
+            issued_at_us=T0 + 390_000 + len(self.sealed_commands) * 1_000 if self.holds("issued_at") else 0,
         )
-        detail = json.dumps({"message": rejection.message, "metadata": dict(rejection.metadata)}, separators=(",", ":"))
+        fields: dict[str, object] = {"message": rejection.message, "metadata": dict(rejection.metadata)}
+        if rejection.violations:  # sealed with the message (since PostgreSQL 14 / SQLite 11)
+            fields["violations"] = [list(v) for v in rejection.violations]
+        detail = json.dumps(fields, separators=(",", ":"))
         stored = replace(
             read_back,
             fingerprint=_seal(key, read_back.fingerprint, _fingerprint_context(aggregate_id, command_id)),
@@ -529,6 +533,7 @@ def rows_at(dialect: str, version: int) -> OldRows:
             violations=(("amount", "must be positive"), ("target_account_id", "is required")),
         )
         rows.add_command("c-refused-fields", "account-plain", 4, 3, rejection=fields)
+        rows.add_sealed_command("c-sealed-fields", "account-sealed", 2, fields)
 
     if rows.holds("leases"):
         rows.lease_members.append(LeaseMember("member-old", "10.0.0.1:50051"))
