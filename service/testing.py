@@ -57,7 +57,7 @@ from service.plugins.api import Plugin
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.processing.reaction_documents import PARKED_KEY
+from service.processing.reaction_documents import list_parked
 from service.processing.reactions import ReactionRunner
 from service.processing.router import Router
 from service.store.base import Store
@@ -399,10 +399,7 @@ class ReactionRun:
 
     def parked(self, reaction: str) -> list[reaction_service_pb2.ParkedCommand]:
         """The commands ``reaction`` parked, oldest first."""
-        stored = self._loop.run_until_complete(self.store.load_document(reaction, PARKED_KEY))
-        if stored is None:
-            return []
-        return list(reaction_service_pb2.ParkedCommands.FromString(stored.data).commands)
+        return self._loop.run_until_complete(list_parked(self.store, reaction))
 
     def _decode(self, event_type: str, payload: bytes) -> Message:
         spec = self.registry.event(event_type)

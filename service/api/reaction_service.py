@@ -18,7 +18,7 @@ from service.errors import ChronicleError, ResourceNotFound
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.principal import current_principal
-from service.processing.reaction_documents import PARKED_KEY
+from service.processing.reaction_documents import list_parked
 from service.processing.reactions import ReactionRunner, Reactions
 from service.security.policy import Authorizer
 from service.store.base import LogReader, ProjectionStore
@@ -64,11 +64,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         return reaction
 
     async def _parked(self, reaction: Reaction[Any]) -> pb.ParkedCommands:
-        parked = pb.ParkedCommands()
-        stored = await self._documents.load_document(reaction.name, PARKED_KEY)
-        if stored is not None:
-            parked.ParseFromString(stored.data)
-        return parked
+        return pb.ParkedCommands(commands=await list_parked(self._documents, reaction.name))
 
     async def _status(self, reaction: Reaction[Any], log_head: int) -> pb.ReactionStatus:
         runner = self._reactions.runners.get(reaction.name)

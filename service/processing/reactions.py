@@ -48,14 +48,25 @@ from service.errors import (
     ConcurrencyConflict,
     ReactionFailed,
     ResourceNotFound,
+    SubjectsForgotten,
     ValidationError,
 )
 from service.plugins.projections import ProjectedEvent
 from service.plugins.reactions import MAX_ROUNDS, Reacted, Reaction, Refusal, Send, command_id_for, sends
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest, CommandResult
-from service.processing.projections import BATCH_DELAY, DocumentCache, ProjectionLease, _Batch
-from service.processing.reaction_documents import PARKED_KEY, ParkedList, ProcessState, load_parked
+from service.processing.projections import BATCH_DELAY, DocumentCache, ForgottenSubjects, ProjectionLease, _Batch
+from service.processing.reaction_documents import (
+    PARKED_KEY,
+    PARKED_PREFIX,
+    ParkedList,
+    ProcessState,
+    load_index,
+    load_parked_command,
+    prune,
+    subjects_of,
+    write_parked,
+)
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
 from service.store.leasing import Fencing
@@ -147,6 +158,7 @@ class ReactionRunner:
         self._outcomes = outcomes
         self._fencing: Fencing | None = None
         self._cache = DocumentCache()
+        self._forgotten = ForgottenSubjects()
         self._task: asyncio.Task[None] | None = None
         self.status = ReactionStatus(reaction.name)
         wanted = reaction.event_types | reader.upcast_types
@@ -221,7 +233,16 @@ class ReactionRunner:
         lease: nothing while another replica holds it, from the stored
         checkpoint when this one has (again) taken it."""
         async with self._lock:
-            return await self._step(position)
+            while True:
+                try:
+                    return await self._step(position)
+                except SubjectsForgotten as forgotten:
+                    # A document the batch wrote names an aggregate forgotten
+                    # meanwhile: nothing was written. The batch runs again from
+                    # the checkpoint with those documents deleted (its commands
+                    # answered from their records, as after a crash).
+                    self._forgotten.add(forgotten.subjects)
+                    position = self.status.position = await self._documents.projection_position(self.reaction.name)
 
     async def _step(self, position: int) -> int:
         fencing = self._lease.fencing() if self._lease is not None else None
@@ -239,9 +260,13 @@ class ReactionRunner:
                     break
                 if self._lease is not None and self._lease.fencing() != fencing:
                     break  # the lease moved: the next step starts over
-                batch = _Batch(self.reaction.name, self._documents, self._cache)
+                batch = _Batch(self.reaction.name, self._documents, self._cache, self._forgotten)
                 parked = ParkedList(batch)
                 for stored in page.events:
+                    if stored.redacted:
+                        # Forgotten: nothing to read, nothing to react to (what
+                        # was derived from it went with it).
+                        continue
                     for event in self._reader.decode(stored):
                         await self._react(batch, parked, event.record, event.message)
                 parked.write()
@@ -284,25 +309,37 @@ class ReactionRunner:
                     f"reaction {self.reaction.name} runs on another replica ({runner or 'not known yet'}): ask it",
                     metadata={"reaction": self.reaction.name, "runner": runner},
                 )
-            # The checkpoint does not move: the commit only rewrites the
-            # parked commands, from a cache of its own.
-            position = await self._documents.projection_position(self.reaction.name)
-            batch = _Batch(self.reaction.name, self._documents, DocumentCache())
-            parked = await load_parked(batch)
-            index = next((i for i, p in enumerate(parked.commands) if p.command_id == command_id), None)
-            if index is None:
-                raise ResourceNotFound(
-                    f"reaction {self.reaction.name} has no parked command {command_id}",
-                    reason="PARKED_COMMAND_NOT_FOUND",
-                    metadata={"reaction": self.reaction.name, "command_id": command_id},
-                )
-            entry = parked.commands[index]
-            outcome = Replayed(command_id, accepted=True)
-            if replay:
-                outcome = await self._send_again(entry)
-            if outcome.accepted:
-                del parked.commands[index]
-            batch.write(PARKED_KEY, parked)
+            while True:
+                try:
+                    return await self._settle_at(command_id, replay=replay, fencing=fencing)
+                except SubjectsForgotten as forgotten:
+                    self._forgotten.add(forgotten.subjects)  # the command goes: it is not found again
+
+    async def _settle_at(self, command_id: str, *, replay: bool, fencing: Fencing | None) -> Replayed:
+        # The checkpoint does not move: the commit only rewrites the parked
+        # commands, from a cache of its own.
+        position = await self._documents.projection_position(self.reaction.name)
+        batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+        index = await load_index(batch)
+        await prune(batch, index)  # the entries of forgotten commands leave with this commit
+        entry = await load_parked_command(batch, command_id)
+        at = next((i for i, p in enumerate(index.commands) if p.command_id == command_id), None)
+        if at is None or entry is None or self._forgotten.any_of(subjects_of(entry)):
+            raise ResourceNotFound(
+                f"reaction {self.reaction.name} has no parked command {command_id}",
+                reason="PARKED_COMMAND_NOT_FOUND",
+                metadata={"reaction": self.reaction.name, "command_id": command_id},
+            )
+        outcome = Replayed(command_id, accepted=True)
+        if replay:
+            outcome = await self._send_again(entry)
+        if outcome.accepted:
+            del index.commands[at]
+            batch.write(PARKED_PREFIX + command_id, None)
+        else:
+            write_parked(batch, entry)  # with its new refusal
+        batch.write(PARKED_KEY, index)
+        try:
             await self._documents.commit_projection(
                 self.reaction.name,
                 expected_position=position,
@@ -310,9 +347,10 @@ class ReactionRunner:
                 writes=batch.writes,
                 fencing=fencing,
             )
+        finally:
             self._cache.clear()  # the runner reads the parked commands afresh
-            self.status.parked = len(parked.commands)
-            return outcome
+        self.status.parked = len(index.commands)
+        return outcome
 
     async def _send_again(self, entry: reaction_pb.ParkedCommand) -> Replayed:
         name = entry.command.type_url.rpartition("/")[2]
@@ -398,6 +436,7 @@ class ReactionRunner:
     ) -> None:
         for index, send in enumerate(commands):
             command_id = command_id_for(seed, index)
+            state.subjects.add(send.aggregate_id)  # the process is derived from it too
             try:
                 result = await self._submit(self._request(command_id, send, envelope))
             except ChronicleError as error:

@@ -14,17 +14,19 @@ import pytest
 from chronicle.v1 import reaction_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
-from service.errors import ConfigurationError, ReactionFailed
+from service.errors import ConfigurationError, ReactionFailed, ResourceNotFound
 from service.plugins import Plugin, ProjectedEvent, Refusal, Send, ValidationError
 from service.plugins.reactions import MAX_ROUNDS, REACTION_NAMESPACE, command_id_for
 from service.plugins.registry import Registry
 from service.processing import reaction_documents
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.processing.reaction_documents import PARKED_KEY
+from service.processing.reaction_documents import list_parked
 from service.processing.reactions import ReactionRunner, RunsElsewhere
 from service.processing.router import Router
 from service.store.base import Store
+from service.store.encrypted import encrypted
+from service.store.encryption import Keyring, MasterKeys, new_master_key
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite, ParkedEvent, RecordedEvent
@@ -104,6 +106,20 @@ def insist_again(refusal: Refusal, envelope: ProjectedEvent, state: None) -> Sen
     return Send("limited", AddItem(name="refuse"))
 
 
+# Forwards each item added to a "from-<x>" list to "to-<x>" as "refuse",
+# which is refused (so parked), keeping per correlation id the items it
+# forwarded: its states and parked commands are derived from both lists.
+forwarder = plugin.reaction("counters.forwarder", aggregate_types=["Counter"], state=Items)
+
+
+@forwarder.on(ItemAdded)
+def forward(event: box.BoxRenamed, envelope: ProjectedEvent, state: bank.OwnerBalance) -> Send | None:
+    if not envelope.aggregate_id.startswith("from-"):
+        return None
+    state.account_ids.append(event.name)
+    return Send("to-" + envelope.aggregate_id.removeprefix("from-"), AddItem(name="refuse"))
+
+
 REGISTRY = Registry([plugin])
 
 
@@ -139,9 +155,11 @@ class CrashingStore(MemoryStore):
 
 
 class Harness:
-    def __init__(self, store: MemoryStore | None = None) -> None:
+    def __init__(self, store: MemoryStore | None = None, *, keyring: Keyring | None = None) -> None:
         self.store = store or MemoryStore()
-        self.executor = CommandExecutor(Store.of(self.store), REGISTRY)
+        # With a keyring: encryption at rest, so an aggregate can be forgotten.
+        self.roles = Store.of(self.store) if keyring is None else encrypted(Store.of(self.store), keyring)
+        self.executor = CommandExecutor(self.roles, REGISTRY)
         self.router = Router(self.executor)
 
     async def add(self, aggregate_id: str, item: str, *, correlation_id: str = "") -> None:
@@ -164,8 +182,8 @@ class Harness:
             reaction,
             registry=REGISTRY,
             submit=self.router.submit,
-            log=self.store,
-            documents=self.store,
+            log=self.roles.log,
+            documents=self.roles.projections,
             reader=self.executor.loader.reader,
         )
 
@@ -176,8 +194,7 @@ class Harness:
         return [ItemAdded.FromString(e.payload).name for e in await self.events(aggregate_id)]
 
     async def parked(self, reaction: str) -> list[reaction_service_pb2.ParkedCommand]:
-        stored = await self.store.load_document(reaction, PARKED_KEY)
-        return [] if stored is None else list(reaction_service_pb2.ParkedCommands.FromString(stored.data).commands)
+        return await list_parked(self.roles.projections, reaction)
 
 
 async def test_commands_carry_the_event_as_cause_and_ids_derived_from_it() -> None:
@@ -255,7 +272,11 @@ async def test_the_state_is_kept_per_correlation_and_deleted_when_empty() -> Non
     position = await runner.step(0)
     one = await run.store.load_document("counters.counting", "state:one")
     assert one is not None
-    assert Items.FromString(one.data).account_ids == ["a", "c"]
+    kept = reaction_service_pb2.ProcessState.FromString(one.data)
+    state = Items()
+    assert kept.state.Unpack(state)
+    assert state.account_ids == ["a", "c"]
+    assert list(kept.subjects) == ["limited", "source"]  # the events' aggregate and the commands'
     await run.add("source", "done", correlation_id="one")
     await runner.step(position)
     assert await run.store.load_document("counters.counting", "state:one") is None
@@ -345,6 +366,71 @@ async def test_only_the_replica_that_runs_a_reaction_replays_its_parked_commands
     assert elsewhere.value.metadata["runner"] == "10.0.0.9:50051"
 
 
+class HandLease:
+    """A reaction lease the test hands out and takes back."""
+
+    def __init__(self) -> None:
+        self.token: Fencing | None = None
+
+    def fencing(self) -> Fencing | None:
+        return self.token
+
+    def holder(self) -> str:
+        return "" if self.token is None else "here"
+
+
+class FencedCommits(MemoryStore):
+    """Records the fencing token of every commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens: list[Fencing | None] = []
+
+    async def commit_projection(
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
+    ) -> None:
+        self.tokens.append(fencing)
+        await super().commit_projection(
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
+        )
+
+
+async def test_without_its_lease_a_reaction_sends_nothing_and_with_it_commits_under_the_token() -> None:
+    store = FencedCommits()
+    run = Harness(store)
+    await run.add("source", "a")
+    reaction = REGISTRY.reaction("counters.copier")
+    assert reaction is not None
+    lease = HandLease()
+    runner = ReactionRunner(
+        reaction,
+        registry=REGISTRY,
+        submit=run.router.submit,
+        log=run.store,
+        documents=run.store,
+        reader=run.executor.loader.reader,
+        lease=lease,
+    )
+    assert await runner.step(0) == 0
+    assert await run.items("copy") == [] and store.tokens == []  # another replica's work
+    lease.token = Fencing("projections", "counters.copier", "me", 3)
+    assert await runner.step(0) == 1  # the source's event (its copy came after the batch was read)
+    assert await run.items("copy") == ["copied:a"]
+    assert store.tokens == [lease.token]
+
+
 async def test_a_running_reaction_survives_an_unexpected_failure_and_goes_on() -> None:
     run = Harness(CrashingStore(crashes=1))  # a bug's exception, not a ChronicleError
     for item in ("a", "b"):
@@ -368,3 +454,78 @@ async def test_a_running_reaction_survives_an_unexpected_failure_and_goes_on() -
         await runner.stop()
     assert await run.items("copy") == ["copied:a", "copied:b"]
     assert runner.status.replayed == 2  # sent before the failed commit, sent again: answered from their records
+
+
+# -- forgetting: what a reaction derived from an aggregate goes with it ------------
+
+
+def forgetting() -> tuple[Harness, Keyring]:
+    raw = MemoryStore()
+    keyring = Keyring(raw, MasterKeys.parse(f"k1:{new_master_key()}", source="test"))
+    return Harness(raw, keyring=keyring), keyring
+
+
+async def test_forgetting_an_aggregate_deletes_the_states_and_parked_commands_derived_from_it() -> None:
+    run, keyring = forgetting()
+    await run.add("from-a", "x", correlation_id="journey-a")
+    await run.add("from-b", "y", correlation_id="journey-b")
+    runner = run.runner("counters.forwarder")
+    position = await runner.step(0)
+    parked = {p.aggregate_id: p for p in await run.parked("counters.forwarder")}
+    assert sorted(parked) == ["to-a", "to-b"]
+    assert parked["to-a"].event_aggregate_id == "from-a"
+    documents = run.roles.projections
+    assert await documents.load_document("counters.forwarder", "state:journey-a") is not None
+
+    await keyring.forget("from-a")
+    # The command's payload and refusal, and the process's state, went with it; b's stayed.
+    assert [p.aggregate_id for p in await run.parked("counters.forwarder")] == ["to-b"]
+    assert await documents.load_document("counters.forwarder", "parked:" + parked["to-a"].command_id) is None
+    assert await documents.load_document("counters.forwarder", "state:journey-a") is None
+    assert await documents.load_document("counters.forwarder", "state:journey-b") is not None
+    with pytest.raises(ResourceNotFound):
+        await runner.replay(parked["to-a"].command_id)
+    await runner.dismiss(parked["to-b"].command_id)
+    assert await run.parked("counters.forwarder") == []
+    assert runner.status.parked == 0  # the forgotten command's entry left the index too
+
+    await run.add("from-b", "z", correlation_id="journey-b")
+    assert await runner.step(position) == await run.store.log_head()
+    assert [p.aggregate_id for p in await run.parked("counters.forwarder")] == ["to-b"]
+
+
+async def test_a_reaction_skips_a_forgotten_aggregates_events() -> None:
+    run, keyring = forgetting()
+    await run.add("from-a", "x", correlation_id="journey-a")
+    await run.add("from-b", "y", correlation_id="journey-b")
+    await keyring.forget("from-a")
+    runner = run.runner("counters.forwarder")
+    # Not stuck on the redacted event, and nothing sent for it.
+    assert await runner.step(0) == await run.store.log_head()
+    assert runner.status.error == ""
+    assert [p.aggregate_id for p in await run.parked("counters.forwarder")] == ["to-b"]
+    assert runner.status.handled == 1
+
+
+async def test_a_state_cached_before_a_forget_is_not_written_back_naming_the_forgotten_aggregate() -> None:
+    run, keyring = forgetting()
+    # One process (one correlation id) over two lists.
+    await run.add("from-a", "x", correlation_id="journey")
+    await run.add("from-c", "y", correlation_id="journey")
+    runner = run.runner("counters.forwarder")
+    position = await runner.step(0)  # the process's state (x, y) is in the runner's cache
+    await keyring.forget("from-a")
+    documents = run.roles.projections
+    assert await documents.load_document("counters.forwarder", "state:journey") is None
+
+    await run.add("from-c", "z", correlation_id="journey")
+    # The commit of the cached state, which names from-a, is refused; the
+    # batch runs again from the checkpoint without it.
+    assert await runner.step(position) == await run.store.log_head()
+    stored = await documents.load_document("counters.forwarder", "state:journey")
+    assert stored is not None
+    kept = reaction_service_pb2.ProcessState.FromString(stored.data)
+    state = Items()
+    assert kept.state.Unpack(state)
+    assert (list(state.account_ids), list(kept.subjects)) == (["z"], ["from-c", "to-c"])
+    assert runner.status.error == ""
