@@ -296,6 +296,7 @@ class Plugin:
         *,
         aggregate_types: Iterable[str] = (),
         batch_size: int = 200,
+        catch_up_batch_size: int | None = None,
         on_failure: OnFailure = "stop",
         max_attempts: int = 3,
         retry_seconds: float = 5.0,
@@ -304,6 +305,12 @@ class Plugin:
         ``service.plugins.projections``). ``aggregate_types`` narrows which
         events are read; handlers are registered with ``@projection.on(T)``.
         The name is the read model's identity: renaming it rebuilds it.
+
+        A batch (its documents' writes and the new checkpoint, committed in
+        one transaction) holds up to ``batch_size`` events while the
+        projection keeps up, and up to ``catch_up_batch_size`` (default: the
+        larger of ``batch_size`` and 2,000) while it catches up, after a
+        rebuild or a long stop.
 
         A handler that raises on an event: with ``on_failure="stop"`` the
         projection stops there and tries again every ``retry_seconds`` until
@@ -315,6 +322,7 @@ class Plugin:
             name,
             aggregate_types=aggregate_types,
             batch_size=batch_size,
+            catch_up_batch_size=catch_up_batch_size,
             on_failure=on_failure,
             max_attempts=max_attempts,
             retry_seconds=retry_seconds,

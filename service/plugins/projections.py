@@ -80,6 +80,10 @@ ProjectionHandler = Callable[[Any, ProjectedEvent, Documents], None]
 # max_attempts tries and go on without it.
 OnFailure = Literal["stop", "park"]
 
+# Events per batch while a projection catches up (the page before was full);
+# pages are bounded in bytes too, so large events make smaller batches.
+CATCH_UP_BATCH_SIZE = 2_000
+
 
 class Projection:
     def __init__(
@@ -89,6 +93,7 @@ class Projection:
         *,
         aggregate_types: Iterable[str] = (),
         batch_size: int = 200,
+        catch_up_batch_size: int | None = None,
         on_failure: OnFailure = "stop",
         max_attempts: int = 3,
         retry_seconds: float = 5.0,
@@ -97,6 +102,8 @@ class Projection:
             raise ValueError(f"projection name {name!r} must be letters, digits, '_' or '.'")
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
+        if catch_up_batch_size is not None and catch_up_batch_size < batch_size:
+            raise ValueError(f"projection {name}: catch_up_batch_size must be at least batch_size")
         if on_failure not in get_args(OnFailure):
             raise ValueError(f"projection {name}: on_failure must be 'stop' or 'park', not {on_failure!r}")
         if max_attempts < 1:
@@ -107,6 +114,12 @@ class Projection:
         self.name = name
         self.aggregate_types = frozenset(aggregate_types)
         self.batch_size = batch_size
+        # Far behind (a rebuild, a new read model, a long stop), a batch is
+        # bigger: each commit's fixed cost is shared by more events, and a
+        # document written by several of them is written once.
+        self.catch_up_batch_size = (
+            max(batch_size, CATCH_UP_BATCH_SIZE) if catch_up_batch_size is None else catch_up_batch_size
+        )
         self.on_failure: OnFailure = on_failure
         self.max_attempts = max_attempts
         self.retry_seconds = retry_seconds

@@ -235,6 +235,8 @@ class ForgottenSubjects:
             self._ids.popitem(last=False)
 
     def any_of(self, subjects: Iterable[str]) -> bool:
+        if not self._ids:  # the usual case: nothing forgotten lately
+            return False
         return any(subject in self._ids for subject in subjects)
 
 
@@ -243,7 +245,9 @@ def _subjects(subject: str | Iterable[str] | None) -> tuple[str, ...]:
         return ()
     if isinstance(subject, str):
         return (subject,)
-    return tuple(sorted(set(subject)))
+    # In the order given, repeats dropped: the same list stays the same
+    # array in the row (so an update that does not change it stays HOT).
+    return tuple(dict.fromkeys(subject))
 
 
 def _copy_as(found: Message, message_type: type[M], key: str, projection: str) -> M:
@@ -462,7 +466,7 @@ class ProjectionRunner:
                 if self._lease is not None and self._lease.fencing() != fencing:
                     break  # the lease moved: the next step starts over
                 if page.more:
-                    ahead = asyncio.ensure_future(self._read(page.scanned_to))
+                    ahead = asyncio.ensure_future(self._read(page.scanned_to, self.projection.catch_up_batch_size))
                 batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
                 for stored in page.events:
                     if stored.redacted:
@@ -574,8 +578,11 @@ class ProjectionRunner:
         """Whether this replica runs the projection now (always, without a lease)."""
         return self._lease is None or self._lease.fencing() is not None
 
-    def _read(self, position: int) -> Awaitable[LogPage]:
-        return self._log.read_log(position, self._filter, self.projection.batch_size, max_bytes=self._page_bytes)
+    def _read(self, position: int, limit: int | None = None) -> Awaitable[LogPage]:
+        """The page after ``position``: ``limit`` events (the projection's
+        batch size unless told) and at most ``page_bytes``."""
+        size = self.projection.batch_size if limit is None else limit
+        return self._log.read_log(position, self._filter, size, max_bytes=self._page_bytes)
 
     def _apply(self, batch: _Batch, record: RecordedEvent, message: Message) -> str | None:
         """Run the event's handler; the key of a document it needs that is

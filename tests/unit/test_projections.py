@@ -61,15 +61,18 @@ async def owner(store: Any, name: str) -> bank.OwnerBalance:
 def runner(store: Any, *, batch_size: int | None = None) -> ProjectionRunner:
     projection = bank_account.balances_by_owner
     if batch_size is not None:
-        projection.batch_size = batch_size
+        # Small batches throughout (catching up too): the tests below need
+        # several commits, one overlapping the next batch.
+        projection.batch_size = projection.catch_up_batch_size = batch_size
     return ProjectionRunner(projection, log=store, documents=store, reader=READER, retry_interval=0.01)
 
 
 @pytest.fixture(autouse=True)
 def _restore_batch_size() -> Any:
-    size = bank_account.balances_by_owner.batch_size
+    projection = bank_account.balances_by_owner
+    sizes = projection.batch_size, projection.catch_up_batch_size
     yield
-    bank_account.balances_by_owner.batch_size = size
+    projection.batch_size, projection.catch_up_batch_size = sizes
 
 
 async def test_the_read_model_follows_the_log() -> None:
@@ -342,7 +345,7 @@ async def test_a_forgotten_accounts_documents_do_not_come_back_from_a_runners_ca
     assert await roles.projections.load_document(projection.name, account_key("acc-2")) is not None
 
     if batch_size is not None:
-        projection.batch_size = batch_size
+        projection.batch_size = projection.catch_up_batch_size = batch_size
     await submit("acc-2", bank.Deposit(amount=5))
     await submit("acc-3", bank.OpenAccount(owner="bob"))
     await submit("acc-2", bank.Deposit(amount=1))
@@ -499,6 +502,49 @@ async def test_a_projection_that_stops_never_parks() -> None:
             await stops.step(await store.projection_position("picky.stops"))
     assert await store.count_parked_events("picky.stops") == 0
     assert await store.projection_position("picky.stops") < await store.log_head()
+
+
+class CommitSizes(MemoryStore):
+    """Records how far each projection commit moved the checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.moves: list[int] = []
+
+    async def commit_projection(self, name: str, *, expected_position: int, new_position: int, **rest: Any) -> None:
+        await super().commit_projection(name, expected_position=expected_position, new_position=new_position, **rest)
+        self.moves.append(new_position - expected_position)
+
+
+async def test_a_projection_far_behind_commits_in_catch_up_batches_then_in_its_own() -> None:
+    store = CommitSizes()
+    for n in range(1, 6):
+        await run(store, f"acc-{n}", bank.OpenAccount(owner=f"owner-{n % 2}"))
+    for _ in range(9):
+        for n in range(1, 6):
+            await run(store, f"acc-{n}", bank.Deposit(amount=n))
+    projection = bank_account.balances_by_owner
+    projection.batch_size, projection.catch_up_batch_size = 4, 20
+    catching_up = ProjectionRunner(projection, log=store, documents=store, reader=READER)
+
+    position = await catching_up.step(0)
+
+    # The first page is a live one; the pages after a full one are bigger.
+    assert store.moves == [4, 20, 20, 6]
+    assert (await owner(store, "owner-1")).balance == 9 * (1 + 3 + 5)
+    store.moves.clear()
+    await run(store, "acc-1", bank.Deposit(amount=1))
+    await run(store, "acc-2", bank.Deposit(amount=1))
+    assert await catching_up.step(position) == await store.log_head()
+    assert store.moves == [2]
+
+
+def test_a_projection_s_catch_up_batches_are_no_smaller_than_its_batches() -> None:
+    assert Plugin("x").projection("x.p", batch_size=500).catch_up_batch_size == 2_000
+    assert Plugin("x").projection("x.p", batch_size=5_000).catch_up_batch_size == 5_000
+    assert Plugin("x").projection("x.p", catch_up_batch_size=300).catch_up_batch_size == 300
+    with pytest.raises(ValueError, match="catch_up_batch_size"):
+        Plugin("x").projection("x.p", batch_size=100, catch_up_batch_size=50)
 
 
 def test_a_projection_declares_how_it_fails() -> None:
