@@ -63,6 +63,11 @@ from service.store.records import DocumentWrite, LogFilter, LogPage, ParkedEvent
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
+# A handler that needs a document not loaded makes the runner look ahead for
+# the others the batch will need: until this many events in a row need none
+# it has not found yet, or it has found this many.
+PROBE_QUIET = 32
+PROBE_KEYS = 500
 
 
 class _NeedsDocument(BaseException):
@@ -141,9 +146,13 @@ class _Batch:
         self._writes: list[DocumentWrite] | None = None
         self.parked: list[ParkedEvent] = []
 
-    async def load(self, key: str) -> None:
-        stored = await self._store.load_document(self.projection, key)
-        self._cache.put(key, None if stored is None else _Raw(stored.type_name, stored.data))
+    async def load(self, keys: Iterable[str]) -> None:
+        """Read ``keys`` from the store into the cache, all at once (on
+        PostgreSQL the reads share one round trip)."""
+        wanted = list(keys)
+        found = await asyncio.gather(*(self._store.load_document(self.projection, key) for key in wanted))
+        for key, stored in zip(wanted, found, strict=True):
+            self._cache.put(key, None if stored is None else _Raw(stored.type_name, stored.data))
 
     def read(self, key: str, message_type: type[M]) -> M | None:
         if key in self.current:
@@ -468,20 +477,24 @@ class ProjectionRunner:
                 if page.more:
                     ahead = asyncio.ensure_future(self._read(page.scanned_to, self.projection.catch_up_batch_size))
                 batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
-                for stored in page.events:
-                    if stored.redacted:
-                        # Forgotten: nothing to read, and what was derived
-                        # from it went with it (documents name their subjects).
-                        continue
-                    for event in self._reader.decode(stored):
-                        while (missing := self._apply_or_park(batch, event.record, event.message)) is not None:
-                            # Handlers are synchronous, loading is not; and the
-                            # store must hold what earlier batches wrote first.
-                            if committing is not None:
-                                await committing
-                                committing = None
-                                self.progress.committed()
-                            await batch.load(missing)
+                events = [
+                    (event.record, event.message)
+                    for stored in page.events
+                    # Forgotten (redacted): nothing to read, and what was
+                    # derived from it went with it (documents name their subjects).
+                    if not stored.redacted
+                    for event in self._reader.decode(stored)
+                ]
+                for index, (record, message) in enumerate(events):
+                    while (missing := self._apply_or_park(batch, record, message)) is not None:
+                        # Handlers are synchronous, loading is not; and the
+                        # store must hold what earlier batches wrote first.
+                        wanted = self._needed_ahead(batch, events, index + 1, missing)
+                        if committing is not None:
+                            await committing
+                            committing = None
+                            self.progress.committed()
+                        await batch.load(wanted)
                 if committing is not None:
                     await committing
                     self.status.position = committed_to
@@ -584,13 +597,47 @@ class ProjectionRunner:
         size = self.projection.batch_size if limit is None else limit
         return self._log.read_log(position, self._filter, size, max_bytes=self._page_bytes)
 
-    def _apply(self, batch: _Batch, record: RecordedEvent, message: Message) -> str | None:
-        """Run the event's handler; the key of a document it needs that is
-        not loaded yet (nothing applied then: load it and call again)."""
+    def _needed_ahead(
+        self, batch: _Batch, events: Sequence[tuple[RecordedEvent, Message]], start: int, missing: str
+    ) -> set[str]:
+        """``missing`` and the documents the next events' handlers will ask
+        for that are not loaded either, to load them in one go rather than
+        one round trip each (a cold cache: a rebuild, a read model larger
+        than the cache). Found by trying the handlers on what is loaded, their
+        writes thrown away: the handlers run again, in order, once loaded
+        (a handler may be run several times; only its last run counts). Stops
+        after ``PROBE_QUIET`` events in a row that need nothing new, so a
+        rare miss in a warm cache costs a few handler calls, not a page."""
+        wanted = {missing}
+        quiet = 0
+        for record, message in events[start:]:
+            if quiet >= PROBE_QUIET or len(wanted) >= PROBE_KEYS:
+                break
+            key = self._probe(batch, record, message)
+            if key is None or key in wanted:
+                quiet += 1
+            else:
+                wanted.add(key)
+                quiet = 0
+        return wanted
+
+    def _probe(self, batch: _Batch, record: RecordedEvent, message: Message) -> str | None:
+        """The document ``record``'s handler would need loaded first, if any;
+        nothing it writes is kept and nothing it raises counts."""
         registered = self.projection.handlers.get(record.event_type)
         if registered is None:
-            return None  # a type read only because an upcaster turns it into one of ours
-        envelope = ProjectedEvent(
+            return None
+        try:
+            registered[1](message, self._envelope(record), _Scope(batch))
+        except _NeedsDocument as need:
+            return need.key
+        except Exception:
+            return None  # it may fail for real later, applied in order; not our business here
+        return None
+
+    @staticmethod
+    def _envelope(record: RecordedEvent) -> ProjectedEvent:
+        return ProjectedEvent(
             record.event_id,
             record.aggregate_id,
             record.aggregate_type,
@@ -603,6 +650,14 @@ class ProjectionRunner:
             record.correlation_id,
             record.metadata,
         )
+
+    def _apply(self, batch: _Batch, record: RecordedEvent, message: Message) -> str | None:
+        """Run the event's handler; the key of a document it needs that is
+        not loaded yet (nothing applied then: load it and call again)."""
+        registered = self.projection.handlers.get(record.event_type)
+        if registered is None:
+            return None  # a type read only because an upcaster turns it into one of ours
+        envelope = self._envelope(record)
         scope = _Scope(batch)
         try:
             registered[1](message, envelope, scope)

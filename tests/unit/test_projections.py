@@ -504,6 +504,74 @@ async def test_a_projection_that_stops_never_parks() -> None:
     assert await store.projection_position("picky.stops") < await store.log_head()
 
 
+class LoadRounds(MemoryStore):
+    """Counts document loads, and rounds of them (loads made together)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = self.rounds = self._in_flight = 0
+
+    async def load_document(self, projection: str, key: str) -> Any:
+        if self._in_flight == 0:
+            self.rounds += 1
+        self._in_flight += 1
+        self.loads += 1
+        try:
+            await asyncio.sleep(0)  # a round trip: the others of its round start meanwhile
+            return await super().load_document(projection, key)
+        finally:
+            self._in_flight -= 1
+
+
+async def test_a_runner_with_a_cold_cache_loads_a_batch_s_documents_in_a_few_rounds() -> None:
+    store = LoadRounds()
+    accounts = [f"acc-{n}" for n in range(60)]
+    for n, account in enumerate(accounts):
+        await run(store, account, bank.OpenAccount(owner=f"owner-{n}"))
+    opened = await runner(store).step(0)
+    for account in accounts:
+        await run(store, account, bank.Deposit(amount=3))
+    cold = runner(store)  # a new runner (a restart): nothing cached
+    store.loads = store.rounds = 0
+
+    await cold.step(opened)
+
+    # 60 accounts, then their 60 owners (known once the accounts are read):
+    # each document read once, in a few rounds rather than one per document.
+    assert store.loads == 120
+    assert store.rounds <= 3
+    assert [(await owner(store, f"owner-{n}")).balance for n in range(60)] == [3] * 60
+
+
+async def test_a_rare_miss_in_a_warm_cache_looks_only_a_little_way_ahead() -> None:
+    store = LoadRounds()
+    for n in range(3):
+        await run(store, f"acc-{n}", bank.OpenAccount(owner="ann"))
+    warm = runner(store)
+    position = await warm.step(0)
+    for _ in range(100):
+        await run(store, "acc-0", bank.Deposit(amount=1))
+    await run(store, "acc-1", bank.Deposit(amount=1))
+    warm._cache.clear()  # as if acc-0 and ann had left the cache
+    store.loads = store.rounds = 0
+    probes = 0
+    probe = warm._probe
+
+    def counted(*args: Any) -> Any:
+        nonlocal probes
+        probes += 1
+        return probe(*args)
+
+    warm._probe = counted  # type: ignore[method-assign,assignment]
+    await warm.step(position)
+
+    # acc-0, then ann (known once acc-0 is read), then acc-1: its deposit
+    # comes 100 events later, beyond the look-ahead, and is read on its own.
+    assert (store.loads, store.rounds) == (3, 3)
+    assert probes == 2 * 32  # two looks ahead, each stopped after 32 events that needed nothing new
+    assert (await owner(store, "ann")).balance == 101
+
+
 class CommitSizes(MemoryStore):
     """Records how far each projection commit moved the checkpoint."""
 
