@@ -196,6 +196,7 @@ async def load_parked_command(batch: _Batch, command_id: str) -> reaction_pb.Par
 
 async def prune(batch: _Batch, index: reaction_pb.ParkedCommands) -> None:
     """Drop from ``index`` the entries whose command was forgotten."""
+    await batch.load(PARKED_PREFIX + entry.command_id for entry in index.commands)  # at once
     kept = [entry for entry in index.commands if await load_parked_command(batch, entry.command_id) is not None]
     if len(kept) != len(index.commands):
         del index.commands[:]
@@ -218,5 +219,5 @@ async def _read(batch: _Batch, key: str, message_type: type[M]) -> M | None:
     try:
         return batch.read(key, message_type)
     except _NeedsDocument:
-        await batch.load(key)
+        await batch.load((key,))
         return batch.read(key, message_type)
