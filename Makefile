@@ -15,8 +15,13 @@ PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
 run: protos
 	$(BIN)/chronicle serve $(ARGS)
 
+# Two pytest workers (pytest-xdist), a test file to a worker: the suite
+# mostly waits (servers starting, databases made, events awaited), so two
+# overlap well on two cores. Each worker has its own PostgreSQL cluster.
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: protos node_modules/.installed browser
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-node
 
 # The console's tests drive a real headless browser: Debian's chromium and

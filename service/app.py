@@ -415,6 +415,9 @@ async def start(
         page_size=settings.read_page_events,
         page_bytes=page_bytes,
     )
+    group_service = SubscriptionGroupService(
+        groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit
+    )
     server = build_server(
         commands=CommandService(
             registry,
@@ -436,9 +439,7 @@ async def start(
             audit=audit,
         ),
         cluster=cluster,
-        groups=SubscriptionGroupService(
-            groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit
-        ),
+        groups=group_service,
         health=health,
         max_message_bytes=settings.max_message_bytes,
         gate=gate,
@@ -473,6 +474,7 @@ async def start(
                     events=events,
                     projections=projection_service,
                     cluster=cluster,
+                    groups=group_service,
                     aggregates=read_roles.events,
                     log=read_roles.log,
                     runners=projections,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,8 @@ def postgres_versions(pg_cluster: Cluster) -> Iterator[PostgresVersions]:
     """Databases at each earlier schema version, built once, copied per test."""
     versions = PostgresVersions(pg_cluster)
     yield versions
-    versions.drop_all()
+    if not pg_cluster.controllable:  # the suite's own cluster is removed whole, its databases with it
+        versions.drop_all()
 
 
 @pytest.fixture
@@ -50,6 +51,24 @@ def postgres_at(pg_cluster: Cluster, postgres_versions: PostgresVersions) -> Ite
         return made[-1]
 
     yield at
+    for url in made:
+        pg_cluster.drop_database(url)
+
+
+@pytest.fixture
+def postgres_current(
+    pg_cluster: Cluster, postgres_versions: PostgresVersions
+) -> Iterator[Callable[[], Awaitable[str]]]:
+    """``await postgres_current()``: a new database already at the current
+    schema (a copy of one the current store migrated once per session:
+    a file copy instead of every migration's SQL per test), for this test."""
+    made: list[str] = []
+
+    async def copy() -> str:
+        made.append(await postgres_versions.copy_current())
+        return made[-1]
+
+    yield copy
     for url in made:
         pg_cluster.drop_database(url)
 

@@ -5,8 +5,9 @@ Starts a throwaway PostgreSQL (or uses CHRONICLE_TEST_DATABASE_URL's
 server, as the test suite does), three replicas in this process sharing
 it, the console on the first with authentication on, a little load from
 a few clients (accounts opened, deposits, withdrawals some of which are
-refused), then Debian's headless chromium to log in and photograph each
-page.
+refused), two subscription groups (one consumed by two workers that park
+one account's deposits, one nobody consumes), then Debian's headless
+chromium to log in and photograph each page.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank  # noqa: E402
 from domain_plugins.box.protos.box.v1 import box_pb2 as box  # noqa: E402
 from service.app import Application, start  # noqa: E402
+from service.client import ChronicleClient, Delivery  # noqa: E402
 from tests.support.browser import Browser, start_chromium  # noqa: E402
 from tests.support.cluster import settled  # noqa: E402
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, connect  # noqa: E402
@@ -53,6 +55,21 @@ async def load(client: Client, stop: asyncio.Event) -> None:
         await asyncio.sleep(rng.uniform(0.005, 0.03))
 
 
+async def consume(client: ChronicleClient, group: str, consumer: str) -> None:
+    """Acknowledge everything but acc-03's deposits, which it cannot take:
+    they are parked after their third delivery."""
+    async with client.consume(group, consumer=consumer) as deliveries:
+        async for delivery in deliveries:
+            await handle(delivery)
+
+
+async def handle(delivery: Delivery) -> None:
+    if delivery.event.aggregate_id == "acc-03" and delivery.event.event_type == "bank.v1.MoneyDeposited":
+        await delivery.nack("the ledger refuses deposits to a frozen account")
+    else:
+        await delivery.ack()
+
+
 async def main() -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     cluster = start_cluster()
@@ -76,7 +93,10 @@ async def main() -> None:
     stop = asyncio.Event()
     try:
         await settled(apps)
-        async with connect(apps[0].address, interceptors=bearer(KEY)) as client:
+        async with (
+            connect(apps[0].address, interceptors=bearer(KEY)) as client,
+            ChronicleClient.connect(apps[0].address, token=KEY) as groups_client,
+        ):
             for number in range(24):
                 owner = OWNERS[number % len(OWNERS)]
                 await client.submit(command(f"acc-{number:02d}", bank.OpenAccount(owner=owner), user_id="root"))
@@ -92,6 +112,13 @@ async def main() -> None:
             )
             for number in range(5):
                 await client.submit(command(f"box-{number}", box.CreateBox(name=f"box {number}"), user_id="root"))
+            await groups_client.groups.create(
+                "billing", aggregate_types=["Account"], segments=4, max_delivery_attempts=3, retry_backoff=0.05
+            )
+            await groups_client.groups.create("statements", aggregate_types=["Account"], segments=8)
+            consumers = [
+                asyncio.ensure_future(consume(groups_client, "billing", worker)) for worker in ("worker-1", "worker-2")
+            ]
             loaders = [asyncio.ensure_future(load(client, stop)) for _ in range(4)]
             await asyncio.sleep(40)  # forty samples of the load
             assert apps[0].console is not None
@@ -113,6 +140,10 @@ async def main() -> None:
             await shoot("tail")
             await browser.get("/projections")
             await shoot("projections")
+            await browser.get("/groups")
+            await shoot("groups")
+            await browser.get("/groups/billing")
+            await shoot("group")
             await browser.get("/load")
             await shoot("load")
             await browser.get("/cluster")
@@ -120,6 +151,9 @@ async def main() -> None:
             await browser.run(lambda: driver.get("about:blank"))
             stop.set()
             await asyncio.gather(*loaders)
+            for consumer in consumers:
+                consumer.cancel()
+            await asyncio.gather(*consumers, return_exceptions=True)
     finally:
         driver.quit()
         for app in apps:

@@ -96,6 +96,7 @@ def page(
             ("/log", "Log"),
             ("/tail", "Live"),
             ("/projections", "Projections"),
+            ("/groups", "Groups"),
             ("/load", "Load"),
             ("/cluster", "Cluster"),
         )

@@ -25,7 +25,7 @@ from importlib import resources
 from urllib.parse import unquote
 
 from service.console import views
-from service.console.html import Content, Html, page, tag, url, void
+from service.console.html import Content, Html, page, segment, tag, url, void
 from service.console.http import HttpServer, Request, Response
 from service.console.sessions import COOKIE, Session, Sessions, same_token
 from service.errors import (
@@ -181,6 +181,13 @@ class Console:
                     _status_of(error), "Refused", [views.error_box(error)], session, principal, "/projections"
                 )
             return _redirect(url("/projections", rebuilt=name))
+        if request.method == "POST" and path.startswith("/groups/") and path.endswith("/replay"):
+            name = unquote(path.removeprefix("/groups/").removesuffix("/replay"))
+            try:
+                replaying = await views.replay_parked(parts, name, request.form.get("event_id", ""))
+            except ChronicleError as error:
+                return self._page(_status_of(error), "Refused", [views.error_box(error)], session, principal, "/groups")
+            return _redirect(url("/groups/" + segment(name), replayed=replaying))
         if request.method != "GET":
             return _plain(405, "method not allowed")
         query = dict(request.query)
@@ -191,9 +198,11 @@ class Console:
             "/projections": lambda: views.projections_page(parts, query, csrf_token),
             "/load": lambda: views.load_page(parts),
             "/cluster": lambda: views.cluster_page(parts),
+            "/groups": lambda: views.groups_page(parts),
         }
         refresh = {
             "/projections": 2,
+            "/groups": 2,
             "/cluster": 2,
             "/load": max(1, round(parts.load.interval)) if parts.load else None,
         }
@@ -210,6 +219,10 @@ class Console:
             aggregate_id = unquote(path.removeprefix("/aggregates/"))
             render = lambda: views.aggregate_page(parts, aggregate_id, query)  # noqa: E731
             current = "/log"
+        if render is None and path.startswith("/groups/") and len(path) > len("/groups/"):
+            group = unquote(path.removeprefix("/groups/"))
+            render = lambda: views.group_page(parts, group, query, csrf_token)  # noqa: E731
+            current = "/groups"
         if render is None:
             return self._page(404, "Not found", [tag("p", "There is no such page.")], session, principal, current)
         try:

@@ -1,5 +1,6 @@
 """The console's pages: each reads through the same servicers the gRPC
-API runs (``EventService``, ``ProjectionService``, ``ClusterService``),
+API runs (``EventService``, ``ProjectionService``, ``ClusterService``,
+``SubscriptionGroupService``),
 with the logged-in principal as the caller, so the same authorizer decides
 what it may see; a listing the API does not have (aggregates by prefix)
 asks the ``Authorizer`` the RPCs ask, and leaves out what may not be read.
@@ -21,8 +22,10 @@ from google.protobuf.message import Message
 from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as events_pb
 from chronicle.v1 import projection_service_pb2 as projections_pb
+from chronicle.v1 import subscription_group_service_pb2 as groups_pb
 from service.api.cluster_service import ClusterService
 from service.api.event_service import EventService
+from service.api.group_service import SubscriptionGroupService
 from service.api.projection_service import ProjectionService
 from service.cluster.leases import LeaseKeeper
 from service.cluster.ownership import Ownership
@@ -52,6 +55,7 @@ class Parts:
     events: EventService
     projections: ProjectionService
     cluster: ClusterService
+    groups: SubscriptionGroupService
     aggregates: EventRecorder  # aggregates by prefix (no RPC lists them)
     log: LogReader
     runners: Projections
@@ -352,6 +356,110 @@ async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str)
 async def rebuild_projection(parts: Parts, name: str) -> None:
     """RebuildProjection as the RPC runs it: the admin grant, audited."""
     await parts.projections.RebuildProjection(projections_pb.RebuildProjectionRequest(name=name), _NO_CONTEXT)
+
+
+# -- subscription groups ------------------------------------------------------
+
+
+async def groups_page(parts: Parts) -> tuple[str, list[Content]]:
+    listed = await parts.groups.ListGroups(groups_pb.ListGroupsRequest(), _NO_CONTEXT)
+    rows = [
+        (
+            link(url("/groups/" + segment(group.name)), group.name),
+            group.position,
+            group.log_head,
+            tag("span", group.lag, class_="lag", data_group=group.name),
+            group.acknowledged,
+            tag("span", group.parked, class_="parked" + (" error" if group.parked else ""), data_group=group.name),
+            ", ".join(f"{c.consumer} ({len(c.segments)})" for c in group.consumers) or "none",
+        )
+        for group in listed.groups
+    ]
+    return "Groups", [
+        tag(
+            "p",
+            "Subscription groups the server keeps the position of, shared by their consumers; refreshed every two"
+            " seconds. Only groups whose every aggregate type you may subscribe to are listed.",
+            class_="summary",
+        ),
+        table(
+            ["group", "position", "log head", "lag", "acknowledged", "parked", "consumers (segments)"],
+            rows,
+            empty="no group you may consume",
+            id="groups",
+        ),
+    ]
+
+
+async def group_page(parts: Parts, name: str, query: dict[str, str], csrf_token: str) -> tuple[str, list[Content]]:
+    # ListParked first: it refuses a group that does not exist or that the
+    # caller may not consume, as the RPC does.
+    parked = await parts.groups.ListParked(groups_pb.ListParkedRequest(group=name, limit=100), _NO_CONTEXT)
+    listed = await parts.groups.ListGroups(groups_pb.ListGroupsRequest(), _NO_CONTEXT)
+    admin = parts.authorizer.grant(current_principal.get()).admin
+    content: list[Content] = []
+    replayed = query.get("replayed", "")
+    if replayed.isdigit():
+        content.append(tag("p", f"Replaying {int(replayed)} parked event(s).", class_="notice", id="notice"))
+    for group in listed.groups:
+        if group.name != name:
+            continue
+        content.append(
+            tag(
+                "p",
+                f"At position {group.position} of {group.log_head} (lag {group.lag}); {group.acknowledged}"
+                f" acknowledged, {group.parked} parked; at most {group.max_delivery_attempts} deliveries of an"
+                f" event; {group.segments} segments.",
+                class_="summary",
+                id="group-summary",
+            )
+        )
+        content.append(tag("h2", "Consumers"))
+        content.append(
+            table(
+                ["consumer", "segments"],
+                [(c.consumer, ", ".join(str(s) for s in c.segments)) for c in group.consumers],
+                empty="no live consumer",
+                id="consumers",
+            )
+        )
+
+    def replay_form(event_id: str) -> Html:
+        return tag(
+            "form",
+            void("input", type="hidden", name="csrf_token", value=csrf_token),
+            void("input", type="hidden", name="event_id", value=event_id),
+            tag("button", "Replay", type="submit"),
+            method="post",
+            action=url("/groups/" + segment(name) + "/replay"),
+            class_="replay",
+            data_event=event_id,
+        )
+
+    rows = []
+    for event in parked.parked:
+        row: list[Content] = [
+            event.position,
+            link(url("/aggregates/" + segment(event.aggregate_id)), event.aggregate_id),
+            tag("code", event.event_id),
+            event.attempts,
+            event.reason,
+        ]
+        if admin:
+            row.append("replaying" if event.replaying else replay_form(event.event_id))
+        rows.append(row)
+    headings = ["position", "aggregate", "event id", "attempts", "last reason"]
+    content.append(tag("h2", "Parked events"))
+    content.append(table(headings + ([""] if admin else []), rows, empty="none parked", id="parked"))
+    return name, content
+
+
+async def replay_parked(parts: Parts, name: str, event_id: str) -> int:
+    """ReplayParked of one event as the RPC runs it: the admin grant, audited."""
+    answer = await parts.groups.ReplayParked(
+        groups_pb.ReplayParkedRequest(group=name, event_ids=[event_id]), _NO_CONTEXT
+    )
+    return int(answer.replaying)
 
 
 # -- load -----------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """The operators' console in a real headless browser (Debian's chromium
 through chromedriver), against a server with authentication on: log in
 with an API key, find an aggregate and read its events, watch a
-projection's lag fall to zero and the log tail live, and see that a
-principal without a read grant is shown nothing it may not read.
+projection's lag fall to zero and the log tail live, see a group's
+parked event and replay it, and see that a principal without a read grant
+is shown nothing it may not read and one without the admin grant can
+neither rebuild nor replay.
 
 One browser for the module (it takes about a second to start); each test
 logs in afresh after the cookies of the one before are cleared.
@@ -11,6 +13,7 @@ logs in afresh after the cookies of the one before are cleared.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -25,11 +28,14 @@ from selenium.webdriver.common.by import By
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.app import Application, start
+from service.client import ChronicleClient, Delivery
 from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from tests.support.browser import Browser, start_chromium
+from tests.support.groups import GroupLedger, consume_into
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, connect
 from tests.support.security import POLICY, api_key_file, bearer, write
+from tests.support.waiting import eventually
 
 ROOT_KEY = "console-root-key-0123456789"
 ALICE_KEY = "console-alice-key-0123456789"
@@ -240,26 +246,147 @@ async def test_an_administrator_rebuilds_a_projection_and_it_is_audited(
     ]
 
 
+async def forge_post(browser: Browser, action: str, fields: dict[str, str]) -> None:
+    """Post a form the page does not offer, with the session's own CSRF
+    token (the logout form carries it on every page): only the grant
+    stands between it and the action."""
+    page = await browser.run(lambda: browser.driver.page_source)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token is not None
+    await browser.run(
+        lambda: browser.driver.execute_script(
+            "const f = document.createElement('form'); f.method = 'post'; f.action = arguments[0];"
+            "for (const [k, v] of Object.entries(arguments[1])) {"
+            " const i = document.createElement('input'); i.name = k; i.value = v; f.appendChild(i); }"
+            "document.body.appendChild(f); f.submit();",
+            action,
+            {"csrf_token": token.group(1), **fields},
+        )
+    )
+
+
 async def test_rebuilding_takes_the_admin_grant(browser: Browser, served: tuple[Application, HeldProjections]) -> None:
     app, _ = served
     await browser.log_in(ALICE_KEY)  # alice reads accounts and may not administer
     await browser.get("/projections")
     assert await browser.texts("#projections tbody td:first-child") == ["bank.balances_by_owner"]
     assert await browser.find_all("form.rebuild") == []  # no button she could not use
-    page = await browser.run(lambda: browser.driver.page_source)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
-    assert token is not None
-    await browser.run(
-        lambda: browser.driver.execute_script(
-            "const f = document.createElement('form'); f.method = 'post';"
-            " f.action = '/projections/bank.balances_by_owner/rebuild';"
-            "const i = document.createElement('input'); i.name = 'csrf_token'; i.value = arguments[0];"
-            "f.appendChild(i); document.body.appendChild(f); f.submit();",
-            token.group(1),
-        )
-    )
+    await forge_post(browser, "/projections/bank.balances_by_owner/rebuild", {})
     await browser.wait_for_text("p.error", "ADMIN_DENIED")
     audit = await app.store.audit.read_audit(AuditQuery())
     assert [(e.principal, e.reason) for e in audit if e.command_type.endswith("RebuildProjection")] == [
         ("alice", "ADMIN_DENIED")
     ]
+
+
+async def test_a_groups_parked_event_is_seen_and_replayed(
+    browser: Browser, root: Client, served: tuple[Application, HeldProjections]
+) -> None:
+    app, _ = served
+    await root.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    deposited = await root.submit(command("acc-1", bank.Deposit(amount=5)))
+    await root.submit(command("acc-2", bank.OpenAccount(owner="bob")))
+    async with ChronicleClient.connect(app.address, token=ROOT_KEY) as client:
+        await client.groups.create(
+            "billing", aggregate_types=["Account"], max_delivery_attempts=2, retry_backoff=0.01, segments=1
+        )
+        fixed = asyncio.Event()
+
+        async def handle(delivery: Delivery) -> bool:
+            if delivery.event.event_type == "bank.v1.MoneyDeposited" and not fixed.is_set():
+                await delivery.nack("cannot read the amount")
+                return False
+            return True
+
+        ledger = GroupLedger()
+        record = ledger.consumer("worker")
+        consuming = asyncio.ensure_future(consume_into(client, "billing", record, ledger, handle=handle))
+        try:
+            await browser.log_in(ROOT_KEY)
+            await browser.get("/groups")
+            parked = "#groups span.parked[data-group='billing']"
+            lag = "#groups span.lag[data-group='billing']"
+            # The page refreshes itself (every two seconds) until it is parked.
+            await browser.wait_until(lambda d: d.find_element(By.CSS_SELECTOR, parked).text == "1", what="parked")
+            # A parked event does not hold the group's position back.
+            await browser.wait_until(lambda d: d.find_element(By.CSS_SELECTOR, lag).text == "0", what="no lag")
+            await browser.wait_for_text("#groups tbody tr", "worker#")  # the live consumer, by the name it gave
+            await browser.click_when_there("#groups a[href='/groups/billing']")
+            await browser.wait_for_text("h1", "billing")
+            assert "1 parked" in await browser.text("#group-summary")
+            (consumer,) = await browser.texts("#consumers tbody td:first-child")
+            assert consumer.startswith("worker#")
+            event_id = deposited.events[0].event_id
+            cells = await browser.texts("#parked tbody tr:first-child td")
+            assert cells[1:5] == ["acc-1", event_id, "2", "cannot read the amount"]
+            fixed.set()
+            await browser.click(f"#parked form.replay[data-event='{event_id}'] button")
+            await browser.wait_for_text("#notice", "Replaying 1 parked event")
+            await browser.get("/groups")
+            # Redelivered, acknowledged, no longer parked.
+            await browser.wait_until(lambda d: d.find_element(By.CSS_SELECTOR, parked).text == "0", what="replayed")
+            assert event_id in record.acked
+        finally:
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+    # The replay is audited as its RPC is: by whom, on which group.
+    audit = await app.store.audit.read_audit(AuditQuery())
+    assert [
+        (e.command_type, e.principal, e.aggregate_id, e.reason)
+        for e in audit
+        if e.command_type.endswith("ReplayParked")
+    ] == [("chronicle.v1.SubscriptionGroupService/ReplayParked", "root", "group:billing", "")]
+
+
+async def test_groups_are_shown_only_to_who_may_consume_them_and_replaying_takes_the_admin_grant(
+    browser: Browser, root: Client, served: tuple[Application, HeldProjections]
+) -> None:
+    app, _ = served
+    opened = await root.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    event_id = opened.events[0].event_id
+    async with ChronicleClient.connect(app.address, token=ROOT_KEY) as client:
+        await client.groups.create("accounts", aggregate_types=["Account"], max_delivery_attempts=1, segments=1)
+        await client.groups.create("boxes", aggregate_types=["Box"])
+
+        async def refuse(delivery: Delivery) -> bool:
+            await delivery.nack("not today")
+            return False
+
+        ledger = GroupLedger()
+        consuming = asyncio.ensure_future(consume_into(client, "accounts", ledger.consumer("w"), ledger, handle=refuse))
+        try:
+            await eventually(lambda: _parked(client, "accounts", 1), what="the event parked")
+        finally:
+            consuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consuming
+    # bob reads boxes and subscribes to nothing: no group is his to see.
+    await browser.log_in(BOB_KEY)
+    await browser.get("/groups")
+    assert await browser.texts("#groups tbody td:first-child") == ["no group you may consume"]
+    await browser.get("/groups/accounts")
+    assert "SUBSCRIBE_DENIED" in await browser.text("p.error")
+    assert await browser.find_all("#parked") == []
+    await browser.log_out()
+
+    await browser.log_in(ALICE_KEY)  # alice may subscribe to accounts, not to boxes, and not administer
+    await browser.get("/groups")
+    assert await browser.texts("#groups tbody td:first-child") == ["accounts"]
+    await browser.get("/groups/accounts")
+    cells = await browser.texts("#parked tbody tr td")
+    assert cells == ["1", "acc-1", event_id, "1", "not today"]  # seen, with no button she could not use
+    assert await browser.find_all("form.replay") == []
+    await forge_post(browser, "/groups/accounts/replay", {"event_id": event_id})
+    await browser.wait_for_text("p.error", "ADMIN_DENIED")
+    audit = await app.store.audit.read_audit(AuditQuery())
+    assert [(e.principal, e.aggregate_id, e.reason) for e in audit if e.command_type.endswith("ReplayParked")] == [
+        ("alice", "group:accounts", "ADMIN_DENIED")
+    ]
+    async with ChronicleClient.connect(app.address, token=ROOT_KEY) as client:
+        (still,) = await client.groups.parked("accounts")
+        assert still.event_id == event_id and not still.replaying
+
+
+async def _parked(client: ChronicleClient, group: str, count: int) -> bool:
+    return (await client.groups.get(group)).parked == count

@@ -9,6 +9,7 @@ import itertools
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ from service.store.postgres import PostgresStore, sql
 from service.store.postgres.database import session_options
 from service.store.records import DocumentRange, LogFilter
 from service.store.sql_common import POSTGRES, aggregate_conditions, log_conditions
+from tests.support.postgres import Cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -68,16 +70,43 @@ def batch_of(count: int, events: int) -> list[Any]:
     return ["[]", count, json.dumps(rows)]
 
 
-@pytest.fixture(params=[(300, False), (20_000, False), (20_000, True)], ids=["300", "20000-unanalyzed", "20000"])
-async def log(request: pytest.FixtureRequest, postgres_url: str) -> tuple[str, int]:
+@pytest.fixture(scope="module")
+async def module_databases(pg_cluster: Cluster) -> AsyncIterator[Callable[[], Awaitable[str]]]:
+    """New databases at the current schema, dropped when the module ends:
+    the tests below only EXPLAIN (their statements rolled back), so one
+    database serves every test of a size."""
+    made: list[str] = []
+
+    async def new() -> str:
+        made.append(pg_cluster.create_database())
+        store = PostgresStore(made[-1])
+        await store.open()
+        await store.close()
+        return made[-1]
+
+    yield new
+    for url in made:
+        pg_cluster.drop_database(url)
+
+
+def without_autovacuum(url: str, table: str) -> None:
+    """The table keeps no planner statistics for as long as the module uses
+    it (autovacuum would ANALYZE it after a while): "unanalyzed" stays so."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"ALTER TABLE chronicle.{table} SET (autovacuum_enabled = false)")
+
+
+@pytest.fixture(
+    scope="module", params=[(300, False), (20_000, False), (20_000, True)], ids=["300", "20000-unanalyzed", "20000"]
+)
+async def log(request: pytest.FixtureRequest, module_databases: Callable[[], Awaitable[str]]) -> tuple[str, int]:
     """A database whose log holds some events (and the planner's statistics
     about them, or none yet): its URL and how many events."""
-    store = PostgresStore(postgres_url)
-    await store.open()
-    await store.close()
+    url = await module_databases()
     events, analyze = request.param
-    populate(postgres_url, events, analyze=analyze)
-    return postgres_url, events
+    without_autovacuum(url, "events")
+    populate(url, events, analyze=analyze)
+    return url, events
 
 
 @pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
@@ -134,12 +163,13 @@ def test_a_log_page_of_a_rare_aggregate_type_comes_in_position_order_from_its_in
     assert all(rows <= 100 for rows in sorted_rows), explained
 
 
-@pytest.fixture(params=[(300, False), (50_000, False), (50_000, True)], ids=["300", "50000-unanalyzed", "50000"])
-async def documents(request: pytest.FixtureRequest, postgres_url: str) -> str:
+@pytest.fixture(
+    scope="module", params=[(300, False), (50_000, False), (50_000, True)], ids=["300", "50000-unanalyzed", "50000"]
+)
+async def documents(request: pytest.FixtureRequest, module_databases: Callable[[], Awaitable[str]]) -> str:
     """A database holding a projection's documents (and another's)."""
-    store = PostgresStore(postgres_url)
-    await store.open()
-    await store.close()
+    postgres_url = await module_databases()
+    without_autovacuum(postgres_url, "projection_documents")
     count, analyze = request.param
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(

@@ -87,6 +87,16 @@ class Browser:
     async def click(self, css: str) -> None:
         await self.run(lambda: self.driver.find_element(By.CSS_SELECTOR, css).click())
 
+    async def click_when_there(self, css: str, *, within: float = 20.0) -> None:
+        """Click ``css`` on a page that reloads itself: a click that met the
+        page between two loads is tried again."""
+
+        def clicked(driver: webdriver.Chrome) -> bool:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return True
+
+        await self.wait_until(clicked, within=within, what=f"a click on {css}")
+
     async def wait_until(
         self, check: Callable[[webdriver.Chrome], object], *, within: float = 20.0, what: str = ""
     ) -> None:

@@ -264,6 +264,10 @@ async def build_postgres(url: str, version: int, *, filled: bool) -> None:
             write_postgres(conn, rows_at("postgres", version))
 
 
+# The key of the template copy_current copies (no schema version is 0).
+CURRENT = (0, False, True)
+
+
 class PostgresVersions:
     """Databases at each schema version on the suite's cluster: each built
     once per session (empty, or filled; migrated by the current store, or
@@ -306,6 +310,22 @@ class PostgresVersions:
         name = f"chronicle_test_{uuid.uuid4().hex[:12]}"
         self._create(name, template)
         return self._cluster.url_for(name)
+
+    async def copy_current(self) -> str:
+        """A new database as the current store leaves an empty one after
+        opening it (its migrations applied, no rows): built once, copied
+        for each test; the caller drops it."""
+        name = self._templates.get(CURRENT)
+        if name is None:
+            name = f"chronicle_current_{self._tag}"
+            self._create(name)
+            store = PostgresStore(self._cluster.url_for(name), pool_size=1)
+            await store.open()
+            await store.close()
+            self._templates[CURRENT] = name
+        copied = f"chronicle_test_{uuid.uuid4().hex[:12]}"
+        self._create(copied, name)
+        return self._cluster.url_for(copied)
 
     async def fresh_schema(self) -> Counter[str]:
         """The schema the current store creates in an empty database, as
