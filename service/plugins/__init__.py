@@ -5,6 +5,7 @@ from service.plugins.api import AggregateType, CommandSpec, EventSpec, OldEvent,
 from service.plugins.context import CommandContext, Effects
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.projections import Documents, ProjectedEvent, Projection
+from service.plugins.reactions import Reaction, Refusal, Send
 
 __all__ = [
     "AggregateType",
@@ -23,6 +24,9 @@ __all__ = [
     "Plugin",
     "ProjectedEvent",
     "Projection",
+    "Reaction",
+    "Refusal",
+    "Send",
     "UpcasterSpec",
     "ValidationError",
 ]

@@ -152,4 +152,5 @@ def _command_params(command: CommandRecord) -> tuple[object, ...]:
         command.user_id,
         command.origin,
         command.recorded_at_us,
+        command.issued_at_us or None,
     )
