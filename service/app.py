@@ -31,6 +31,7 @@ from service.api.gate import RpcGate, refused_rpc_hooks
 from service.api.group_service import SubscriptionGroupService
 from service.api.health import Health, StoreMonitor
 from service.api.projection_service import ProjectionService
+from service.api.reaction_service import ReactionService
 from service.api.refused_commands import RefusedCommands
 from service.api.server import build_server
 from service.api.status import status_code
@@ -58,6 +59,7 @@ from service.processing.executor import CommandExecutor
 from service.processing.middleware import Pipeline
 from service.processing.payload_json import payload_json
 from service.processing.projections import ProjectionRunner, Projections
+from service.processing.reactions import ReactionRunner, Reactions
 from service.processing.retention import Pruner
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
@@ -138,6 +140,7 @@ class Application:
     subscriptions: Subscriptions
     groups: SubscriptionGroups
     projections: Projections
+    reactions: Reactions
     leases: LeaseKeeper
     ownership: Ownership
     cluster: ClusterService
@@ -183,6 +186,7 @@ class Application:
         # so keep serving a moment while health says we are leaving.
         await asyncio.sleep(drain)
         await self.server.stop(grace)
+        await self.reactions.stop()  # before the router: a reaction's command in flight is sent again later
         await self.router.close(grace=grace)
         await self.projections.stop()  # an uncommitted batch is simply applied again later
         if self.pruner is not None:
@@ -314,6 +318,10 @@ async def start(
         middleware.append(AuthorizationMiddleware(authorizer))
     middleware.extend(registry.middleware)
     pipeline = Pipeline(router.submit, middleware, submit_batch=router.submit_batch, start=router.start)
+    # Reactions send their commands through the same pipeline but for
+    # authorization: a plugin's reaction is part of the server, and its
+    # commands act on behalf of the event's user, which no policy names.
+    reaction_pipeline = Pipeline(router.submit, [m for m in middleware if not isinstance(m, AuthorizationMiddleware)])
     on_refused = refused_rpc_hooks(refused_commands, metrics.rpc_refused if metrics is not None else None)
     gate = RpcGate(
         max_rpcs=settings.max_concurrent_rpcs,
@@ -342,7 +350,10 @@ async def start(
     )
     # Leases: the partitions this replica owns, and the projections it runs
     # (one replica runs each). The address is known once the port is bound.
-    projection_group = LeaseGroup(PROJECTIONS_GROUP, tuple(p.name for p in registry.projections))
+    # (reactions too: their names share the projections' namespace and group).
+    projection_group = LeaseGroup(
+        PROJECTIONS_GROUP, (*(p.name for p in registry.projections), *(r.name for r in registry.reactions))
+    )
     leases = LeaseKeeper(
         roles.leases,
         member=LeaseMember(str(uuid.uuid4()), ""),
@@ -361,6 +372,23 @@ async def start(
                 page_bytes=page_bytes,
             )
             for projection in registry.projections
+        ]
+    )
+    reactions = Reactions(
+        [
+            ReactionRunner(
+                reaction,
+                registry=registry,
+                submit=reaction_pipeline.submit,
+                log=roles.log,
+                documents=roles.projections,
+                reader=executor.loader.reader,
+                poll_interval=settings.poll_seconds,
+                lease=KeeperLease(leases, PROJECTIONS_GROUP, reaction.name),
+                page_bytes=page_bytes,
+                outcomes=metrics.reaction_outcome if metrics is not None else None,
+            )
+            for reaction in registry.reactions
         ]
     )
     ownership = Ownership(leases, settings.partitions)
@@ -419,6 +447,14 @@ async def start(
             transfers=Transfers(Store.of(adapter), store_kind(adapter), evict=router.evict),
         ),
         projections=projection_service,
+        reactions=ReactionService(
+            documents=roles.projections,
+            log=roles.log,
+            registry=registry,
+            reactions=reactions,
+            authorizer=authorizer,
+            audit=audit,
+        ),
         cluster=cluster,
         groups=group_service,
         health=health,
@@ -498,6 +534,7 @@ async def start(
         interval=settings.retention_interval,
     )
     pruner.start()
+    reactions.start()
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
@@ -519,6 +556,7 @@ async def start(
         subscriptions=subscriptions,
         groups=groups,
         projections=projections,
+        reactions=reactions,
         leases=leases,
         ownership=ownership,
         cluster=cluster,

@@ -8,6 +8,7 @@
     chronicle projection documents NAME [--prefix P] [--descending]
     chronicle projection rebuild NAME        # from the start, with its progress (admin)
     chronicle projection parked NAME         # events its handler kept failing on
+    chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID]
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins
     chronicle new-plugin library
@@ -69,6 +70,8 @@ from chronicle.v1 import (
     event_service_pb2_grpc,
     projection_service_pb2,
     projection_service_pb2_grpc,
+    reaction_service_pb2,
+    reaction_service_pb2_grpc,
 )
 from service.api.codec import check_id
 from service.errors import ChronicleError, ConfigurationError, InvalidInput
@@ -333,6 +336,44 @@ def _rebuild(stub: projection_service_pb2_grpc.ProjectionServiceStub, name: str,
         }
     )
     return EXIT_OK
+
+
+def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    stub = reaction_service_pb2_grpc.ReactionServiceStub(channel)
+    if args.name is None:
+        listed = stub.ListReactions(reaction_service_pb2.ListReactionsRequest(), timeout=args.timeout)
+        for status in listed.reactions:
+            _print(_as_dict(status))
+        return EXIT_OK
+    if args.replay:
+        replay = reaction_service_pb2.ReplayParkedCommandRequest(reaction=args.name, command_id=args.replay)
+        _print(_as_dict(stub.ReplayParkedCommand(replay, timeout=args.timeout)))
+        return EXIT_OK
+    if args.dismiss:
+        dismiss = reaction_service_pb2.DismissParkedCommandRequest(reaction=args.name, command_id=args.dismiss)
+        stub.DismissParkedCommand(dismiss, timeout=args.timeout)
+        _print({"reaction": args.name, "dismissed": args.dismiss})
+        return EXIT_OK
+    if args.parked:
+        types = RemoteTypes(channel)
+        request = reaction_service_pb2.ListParkedCommandsRequest(reaction=args.name)
+        for parked in stub.ListParkedCommands(request, timeout=args.timeout).commands:
+            shown = _as_dict(parked)
+            shown["command"] = types.unpack(parked.command)
+            _print(shown)
+        return EXIT_OK
+    status = stub.GetReaction(reaction_service_pb2.GetReactionRequest(name=args.name), timeout=args.timeout)
+    _print(_as_dict(status))
+    return EXIT_OK
+
+
+def _as_dict(message: object) -> dict[str, object]:
+    shown: dict[str, object] = json_format.MessageToDict(
+        message,  # type: ignore[arg-type]
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+    return shown
 
 
 def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -1063,7 +1104,32 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--until-caught-up", action="store_true", help="exit once the past has been printed")
     tail.set_defaults(run=_tail, remote=True)
 
-    for sub in (submit, read, get, audit, forget, rewrap, tail, projection, export, import_, delete, archive, restore):
+    reaction = commands.add_parser(
+        "reaction", help="reactions' progress, a reaction's parked commands; replay or dismiss one (admin)"
+    )
+    reaction.add_argument("name", nargs="?", help="e.g. bank.transfers (none: every reaction)")
+    chosen = reaction.add_mutually_exclusive_group()
+    chosen.add_argument("--parked", action="store_true", help="list the reaction's parked commands")
+    chosen.add_argument("--replay", metavar="COMMAND_ID", help="send a parked command again (admin)")
+    chosen.add_argument("--dismiss", metavar="COMMAND_ID", help="forget a parked command without sending it (admin)")
+    reaction.set_defaults(run=_reaction, remote=True)
+
+    for sub in (
+        submit,
+        read,
+        get,
+        audit,
+        forget,
+        rewrap,
+        tail,
+        projection,
+        reaction,
+        export,
+        import_,
+        delete,
+        archive,
+        restore,
+    ):
         _client_arguments(sub)
     _client_arguments(health, local_by_default=True)
     for sub in commands.choices.values():

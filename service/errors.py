@@ -18,6 +18,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── ResourceNotFound        a read of something else that does not exist (projection, document)
     ├── ResourceExists          something a request would create exists already (a subscription group)
     ├── ProjectionFailed        a projection's handler failed; the projection waits and retries
+    │   └── ReactionFailed          ...a reaction's function (or too many parked commands)
     ├── EventNotReadable        a stored event no loaded plugin can read (never skipped)
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
     ├── WrongExpectedVersion    the client's expected version does not hold
@@ -131,7 +132,13 @@ class ValidationError(ChronicleError):
     Raise it (or a subclass) from a command handler. The base class means the
     state does not allow the command (``FAILED_PRECONDITION``), e.g.
     ``ValidationError("insufficient funds", reason="INSUFFICIENT_FUNDS")``.
-    ``field`` names the command field at fault, if one is.
+    ``field`` names the command field at fault, if one is; ``violations``
+    lists several at once, as ``(field, description)`` pairs (the client gets
+    a ``google.rpc.BadRequest`` with each, recorded and replayed like the
+    rest of the refusal)::
+
+        raise InvalidArgumentError("the transfer is not well formed", reason="INVALID_TRANSFER",
+                                   violations=[("amount", "must be positive"), ("target", "is required")])
     """
 
     default_reason = "VALIDATION_FAILED"
@@ -144,12 +151,14 @@ class ValidationError(ChronicleError):
         *,
         reason: str | None = None,
         field: str | None = None,
+        violations: Iterable[tuple[str, str] | FieldViolation] = (),
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         if field is not None:
             metadata = {**(metadata or {}), "field": field}
         super().__init__(message, reason=reason, metadata=metadata)
         self.field = field
+        self.violations = tuple(v if isinstance(v, FieldViolation) else FieldViolation(*v) for v in violations)
 
 
 class InvalidArgumentError(ValidationError):
@@ -242,6 +251,14 @@ class ResourceExists(ChronicleError):
 
 class ProjectionFailed(ChronicleError):
     default_reason = "PROJECTION_FAILED"
+
+
+class ReactionFailed(ProjectionFailed):
+    """A reaction's function raised, or returned something that is not a
+    command, or it has too many parked commands: the reaction stops (others
+    go on) and retries."""
+
+    default_reason = "REACTION_FAILED"
 
 
 class AggregateTypeMismatch(ChronicleError):
@@ -451,11 +468,18 @@ def record_kind(error: ChronicleError) -> str:
     return ValidationError.__name__
 
 
-def rebuild_rejection(kind: str, message: str, reason: str, metadata: Mapping[str, str]) -> ChronicleError:
+def rebuild_rejection(
+    kind: str,
+    message: str,
+    reason: str,
+    metadata: Mapping[str, str],
+    violations: Iterable[tuple[str, str]] = (),
+) -> ChronicleError:
     """Recreate a recorded rejection without running its constructor."""
     cls = _RECORDED_KINDS.get(kind, ValidationError)
     error = cls.__new__(cls)
     ChronicleError.__init__(error, message, reason=reason, metadata=metadata)
     if isinstance(error, ValidationError):
         error.field = metadata.get("field")
+        error.violations = tuple(FieldViolation(*v) for v in violations)
     return error

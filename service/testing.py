@@ -18,6 +18,15 @@ and ``given_claim``; ``owner_of`` tells who holds a value afterwards;
 ``given_stored`` gives an event as an older plugin stored it, to test
 upcasters.
 
+``.at(datetime)`` sets the clock ``context.now()`` reads, and
+``.when(command, timestamp=datetime)`` the command's own timestamp
+(``context.timestamp``), so handlers that look at time are tested exactly.
+
+``ReactionRun`` tests reactions (process managers): commands submitted
+through the real executor on a memory store, then every reaction of the
+plugins run until nothing more happens (``settle``), then the aggregates'
+states, their events and the parked commands to look at.
+
 ``.on_server()`` runs the same scenario end to end instead: a real server
 in this process, on a real socket, over a memory store seeded with the
 given events, and the command sent by the Python client, so that encoding,
@@ -36,21 +45,36 @@ import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import TypeVar
 
 from google.protobuf.message import Message
 
+from chronicle.v1 import reaction_service_pb2
 from service.errors import ChronicleError
 from service.plugins.api import Plugin
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
+from service.processing.reaction_documents import list_parked
+from service.processing.reactions import ReactionRunner
+from service.processing.router import Router
 from service.store.base import Store
 from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, NewEvent
 
+M = TypeVar("M", bound=Message)
+
 
 class ScenarioFailed(AssertionError):
     pass
+
+
+def _micros(when: datetime) -> int:
+    if when.tzinfo is None:
+        raise ScenarioFailed(f"give an aware datetime (with a time zone), got {when!r}")
+    return round(when.timestamp() * 1_000_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +92,8 @@ class Scenario:
         self._command: Message | None = None
         self._expected_version: int | None = None
         self._server: _OnServer | None = None
+        self._now: float | None = None
+        self._timestamp_us = 0
         self.store = MemoryStore()
 
     def given(self, *events: Message) -> Scenario:
@@ -113,9 +139,20 @@ class Scenario:
         self._given_commands.extend(commands)
         return self
 
-    def when(self, command: Message, *, expected_version: int | None = None) -> Scenario:
+    def at(self, now: datetime) -> Scenario:
+        """Run with the clock at ``now``: what ``context.now()`` returns (in
+        process only: a server keeps its own time)."""
+        self._now = _micros(now) / 1_000_000
+        return self
+
+    def when(
+        self, command: Message, *, expected_version: int | None = None, timestamp: datetime | None = None
+    ) -> Scenario:
+        """The command under test; ``timestamp``: the one its client stamped it
+        with (``context.timestamp``; default: when it is run)."""
         self._command = command
         self._expected_version = expected_version
+        self._timestamp_us = 0 if timestamp is None else _micros(timestamp)
         return self
 
     def on_server(self, address: str | None = None) -> Scenario:
@@ -130,6 +167,11 @@ class Scenario:
         if events != list(expected):
             raise ScenarioFailed(f"expected events {_show(expected)}, got {_show(events)}")
         return events
+
+    def appended(self) -> list[Message]:
+        """The events the command appends, for assertions of your own (a
+        refusal is raised)."""
+        return asyncio.run(self._run())
 
     def then_fails(self, error: type[ChronicleError], *, reason: str | None = None) -> ChronicleError:
         """Assert the command is refused with ``error`` (and ``reason``). On a
@@ -163,7 +205,8 @@ class Scenario:
         if self._server is not None:
             return await self._run_on_server(command, self._server.address)
         store = await self._seeded_store()
-        executor = CommandExecutor(Store.of(store), self.registry)
+        now = self._now
+        executor = CommandExecutor(Store.of(store), self.registry, clock=time.time if now is None else lambda: now)
         for past in self._given_commands:
             await self._execute(executor, past, None, given=True)
         return await self._execute(executor, command, self._expected_version)
@@ -205,6 +248,7 @@ class Scenario:
             spec=spec,
             message=command,
             expected_version=expected_version,
+            timestamp_us=(self._timestamp_us if not given else 0) or time.time_ns() // 1000,
         )
         try:
             result, _ = await executor.execute(request, None)
@@ -243,6 +287,8 @@ class Scenario:
                 except RemoteError as error:
                     name = past.DESCRIPTOR.full_name
                     raise ScenarioFailed(f"given command {name} was refused: {error}") from error
+            if self._now is not None or self._timestamp_us:
+                raise ScenarioFailed("at() and when(timestamp=) test time in process: a server keeps its own clock")
             submitted = await client.submit(aggregate_id, command, expected_version=self._expected_version)
             return [self._decode(e.event_type, e.envelope.payload.value) for e in submitted.events]
 
@@ -250,6 +296,115 @@ class Scenario:
         spec = self.registry.event(event_type)
         if spec is None:
             raise ScenarioFailed(f"the command appended {event_type}, which is not an event of these plugins")
+        return spec.message_type.FromString(payload)
+
+
+class ReactionRun:
+    """The plugins' reactions run in process, over a memory store, through
+    the real executor and the real reaction runner::
+
+        with ReactionRun(bank_account.plugin) as run:
+            run.submit("acc-1", bank.OpenAccount(owner="ann"))
+            run.submit("t-1", bank.TransferMoney(source_account_id="acc-1", ...))
+            run.settle()
+            assert run.state("t-1", bank.Transfer).status == bank.TRANSFER_STATUS_FAILED
+
+    ``settle`` runs every reaction until none has anything left to do (the
+    commands they send make events they may react to in turn).
+    """
+
+    def __init__(self, *plugins: Plugin) -> None:
+        self.registry = Registry(plugins)
+        self.store = MemoryStore()
+        self._loop = asyncio.new_event_loop()
+        roles = Store.of(self.store)
+        self._executor = CommandExecutor(roles, self.registry)
+        self._router = Router(self._executor)
+        self.runners = {
+            reaction.name: ReactionRunner(
+                reaction,
+                registry=self.registry,
+                submit=self._router.submit,
+                log=roles.log,
+                documents=roles.projections,
+                reader=self._executor.loader.reader,
+            )
+            for reaction in self.registry.reactions
+        }
+        self._positions = dict.fromkeys(self.runners, 0)
+
+    def __enter__(self) -> ReactionRun:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._router.close(grace=1.0))
+        self._loop.close()
+
+    def submit(self, aggregate_id: str, command: Message) -> list[Message]:
+        """Run ``command`` on ``aggregate_id`` (a refusal is raised); its events."""
+        spec = self.registry.command(command.DESCRIPTOR.full_name)
+        if spec is None:
+            raise ScenarioFailed(f"no handler for {command.DESCRIPTOR.full_name}")
+        request = CommandRequest(
+            command_id=str(uuid.uuid4()),
+            aggregate_id=aggregate_id,
+            spec=spec,
+            message=command,
+            timestamp_us=time.time_ns() // 1000,
+        )
+        result = self._loop.run_until_complete(self._router.submit(request))
+        return [self._decode(e.event_type, e.payload) for e in result.events]
+
+    def step(self) -> bool:
+        """Run every reaction over the events there are now (not over those
+        the commands they send make); whether any had something to do."""
+
+        async def step() -> bool:
+            moved = False
+            for name, runner in self.runners.items():
+                position = await runner.step(self._positions[name])
+                moved = moved or position != self._positions[name]
+                self._positions[name] = position
+            return moved
+
+        return self._loop.run_until_complete(step())
+
+    def settle(self, *, rounds: int = 100) -> None:
+        """Run every reaction until none has anything left to do."""
+        for _ in range(rounds):
+            if not self.step():
+                return
+        raise ScenarioFailed(f"the reactions were still busy after {rounds} rounds")
+
+    def state(self, aggregate_id: str, state_type: type[M]) -> M:
+        """The aggregate's current state."""
+        name = state_type.DESCRIPTOR.full_name
+        kind = next((a for a in self.registry.aggregates if a.state_type_name == name), None)
+        if kind is None:
+            raise ScenarioFailed(f"no aggregate type of these plugins has state {name}")
+        aggregate = self._loop.run_until_complete(self._executor.loader.load(aggregate_id, kind))
+        if not isinstance(aggregate.state, state_type):
+            raise ScenarioFailed(f"{aggregate_id} holds a {type(aggregate.state).__name__}, not a {name}")
+        return aggregate.state
+
+    def events(self, aggregate_id: str) -> list[Message]:
+        """The aggregate's events, oldest first."""
+        stored = self._loop.run_until_complete(self.store.read_aggregate(aggregate_id))
+        return [self._decode(e.event_type, e.payload) for e in stored]
+
+    def parked(self, reaction: str) -> list[reaction_service_pb2.ParkedCommand]:
+        """The commands ``reaction`` parked, oldest first."""
+        return self._loop.run_until_complete(list_parked(self.store, reaction))
+
+    def _decode(self, event_type: str, payload: bytes) -> Message:
+        spec = self.registry.event(event_type)
+        if spec is None:
+            raise ScenarioFailed(f"{event_type} is not an event of these plugins")
         return spec.message_type.FromString(payload)
 
 

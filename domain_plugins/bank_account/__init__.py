@@ -5,9 +5,14 @@ takes the balance below zero; nothing but OpenAccount on an account that does
 not exist; nothing at all on a closed account.
 
 Read model: ``balances_by_owner`` (a projection) keeps each owner's total.
+
+Transfers: ``TransferMoney`` on a transfer aggregate; the ``bank.transfers``
+reaction (a process manager) debits the source, credits the target, and
+refunds the source when the credit is refused (``transfers.py``).
 """
 
 from domain_plugins.bank_account.domain import account, plugin
 from domain_plugins.bank_account.read_model import balances_by_owner
+from domain_plugins.bank_account.transfers import transfer, transfers
 
-__all__ = ["account", "balances_by_owner", "plugin"]
+__all__ = ["account", "balances_by_owner", "plugin", "transfer", "transfers"]

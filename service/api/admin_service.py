@@ -221,4 +221,5 @@ def _entry(entry: AuditEntry) -> pb.AuditEntry:
         dry_run=entry.dry_run,
         peer=entry.peer,
         occurrences=entry.occurrences,
+        issued_at=timestamp(entry.issued_at_us) if entry.issued_at_us else None,
     )

@@ -5,6 +5,7 @@ lives here, and every refusal names the field at fault."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
@@ -160,7 +161,16 @@ def decode_command(
         causation_id=_check_text(field, "causation_id", command.causation_id),
         metadata=_check_metadata(command.metadata, field) if command.metadata else _NO_METADATA,
         expected_version=command.expected_version if command.HasField("expected_version") else None,
+        timestamp_us=_timestamp_us(command),
     )
+
+
+def _timestamp_us(command: command_pb2.Command) -> int:
+    """When the command was made: the client's timestamp, else now (its receipt)."""
+    if command.HasField("timestamp"):
+        stamp = command.timestamp
+        return stamp.seconds * 1_000_000 + stamp.nanos // 1000
+    return time.time_ns() // 1000
 
 
 def decode_batch(

@@ -22,6 +22,7 @@ from chronicle.v1 import (
     command_service_pb2,
     event_service_pb2,
     projection_service_pb2,
+    reaction_service_pb2,
     subscription_group_service_pb2,
 )
 from service.api.status import rich_status
@@ -35,6 +36,7 @@ SERVICE_NAMES = (
     event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
     projection_service_pb2.DESCRIPTOR.services_by_name["ProjectionService"].full_name,
+    reaction_service_pb2.DESCRIPTOR.services_by_name["ReactionService"].full_name,
     cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
     subscription_group_service_pb2.DESCRIPTOR.services_by_name["SubscriptionGroupService"].full_name,
 )

@@ -18,6 +18,7 @@ from chronicle.v1 import (
     command_service_pb2_grpc,
     event_service_pb2_grpc,
     projection_service_pb2_grpc,
+    reaction_service_pb2_grpc,
     subscription_group_service_pb2_grpc,
 )
 from service.api.admin_service import AdminService
@@ -28,6 +29,7 @@ from service.api.gate import RpcGate
 from service.api.group_service import SubscriptionGroupService
 from service.api.health import SERVICE_NAMES, Health
 from service.api.projection_service import ProjectionService
+from service.api.reaction_service import ReactionService
 
 
 def build_server(
@@ -36,6 +38,7 @@ def build_server(
     events: EventService,
     admin: AdminService,
     projections: ProjectionService,
+    reactions: ReactionService,
     cluster: ClusterService,
     groups: SubscriptionGroupService,
     health: Health,
@@ -58,6 +61,7 @@ def build_server(
     event_service_pb2_grpc.add_EventServiceServicer_to_server(events, gated)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, gated)
     projection_service_pb2_grpc.add_ProjectionServiceServicer_to_server(projections, gated)
+    reaction_service_pb2_grpc.add_ReactionServiceServicer_to_server(reactions, gated)
     cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, gated)
     subscription_group_service_pb2_grpc.add_SubscriptionGroupServiceServicer_to_server(groups, gated)
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)

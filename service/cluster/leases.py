@@ -343,3 +343,12 @@ class KeeperLease:
 
     def fencing(self) -> Fencing | None:
         return self._keeper.fencing(self._group, self._name)
+
+    def holder(self) -> str:
+        """The address of the replica that holds the lease, as the last
+        heartbeat saw it ("" if nobody does, or it is not known yet)."""
+        view = self._keeper.view(self._group)
+        if view is None:
+            return ""
+        owner = next((lease.owner for lease in view.leases if lease.name == self._name), None)
+        return next((m.address for m in view.members if m.member_id == owner), "")

@@ -101,6 +101,12 @@ class Metrics:
         self.live_workers = Gauge("chronicle_live_workers", "Aggregate workers alive", registry=r)
         self.rpcs_in_flight = Gauge("chronicle_rpcs_in_flight", "RPCs being handled", registry=r)
         self.subscriptions = Gauge("chronicle_subscriptions", "Subscriptions open", registry=r)
+        self.reaction_commands = Counter(
+            "chronicle_reaction_commands",
+            "Commands reactions sent, by reaction and outcome (accepted, replayed, refused, parked)",
+            ["reaction", "outcome"],
+            registry=r,
+        )
         self.subscription_lag = Gauge(
             "chronicle_subscription_lag_positions",
             "How far the slowest open subscription is behind the log's head, in positions",
@@ -138,6 +144,10 @@ class Metrics:
     def watch_batches(self, counts: Callable[[], BatchCounts]) -> None:
         """Group commit's counters, read at scrape time."""
         self.registry.register(_BatchCollector(counts))
+
+    def reaction_outcome(self, reaction: str, outcome: str) -> None:
+        """A reaction's ``Outcomes`` hook."""
+        self.reaction_commands.labels(reaction=reaction, outcome=outcome).inc()
 
     async def rpc_refused(
         self, method: str, request: object, error: ChronicleError, principal: object, peer: str

@@ -6,6 +6,7 @@ from service.plugins.api import AggregateType, CommandSpec, EventSpec, OldEvent,
 from service.plugins.context import CommandContext, Effects
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.projections import Documents, ProjectedEvent, Projection
+from service.plugins.reactions import Reaction, Refusal, Send
 
 __all__ = [
     "AggregateDeleted",
@@ -25,6 +26,9 @@ __all__ = [
     "Plugin",
     "ProjectedEvent",
     "Projection",
+    "Reaction",
+    "Refusal",
+    "Send",
     "UpcasterSpec",
     "ValidationError",
 ]

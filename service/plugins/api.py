@@ -32,13 +32,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 
 from google.protobuf.message import Message
 
 from service.errors import AlreadyExistsError, NotFoundError
 from service.plugins.context import CommandContext
-from service.plugins.projections import OnFailure, Projection
+from service.plugins.projections import OnFailure, ProjectedEvent, Projection
+from service.plugins.reactions import Reaction, by_correlation
 
 if TYPE_CHECKING:
     from service.plugins.middleware import Middleware
@@ -256,6 +257,7 @@ class Plugin:
         self.aggregates: list[AggregateType[Any]] = []
         self.middleware: list[Middleware] = []
         self.projections: list[Projection] = []
+        self.reactions: list[Reaction[Any]] = []
 
     def aggregate(
         self,
@@ -327,6 +329,48 @@ class Plugin:
         )
         self.projections.append(projection)
         return projection
+
+    @overload
+    def reaction(
+        self,
+        name: str,
+        *,
+        aggregate_types: Iterable[str] = (),
+        state: type[M],
+        state_key: Callable[[ProjectedEvent], str] = by_correlation,
+        batch_size: int = 100,
+    ) -> Reaction[M]: ...
+
+    @overload
+    def reaction(
+        self,
+        name: str,
+        *,
+        aggregate_types: Iterable[str] = (),
+        state: None = None,
+        batch_size: int = 100,
+    ) -> Reaction[None]: ...
+
+    def reaction(
+        self,
+        name: str,
+        *,
+        aggregate_types: Iterable[str] = (),
+        state: type[Message] | None = None,
+        state_key: Callable[[ProjectedEvent], str] = by_correlation,
+        batch_size: int = 100,
+    ) -> Reaction[Any]:
+        """Declare a process manager run from the log (see
+        ``service.plugins.reactions``): handlers registered with
+        ``@reaction.on(T)`` return the commands to send; ``state``, if given,
+        is a message kept per ``state_key(envelope)`` and handed to them.
+        The name is the reaction's identity (its checkpoint and state): a
+        name shared with a projection is refused."""
+        reaction: Reaction[Any] = Reaction(
+            self.name, name, aggregate_types=aggregate_types, state=state, state_key=state_key, batch_size=batch_size
+        )
+        self.reactions.append(reaction)
+        return reaction
 
     def add_middleware(self, middleware: Middleware) -> Middleware:
         """Run ``middleware`` around every command the server processes (not

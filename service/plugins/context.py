@@ -21,8 +21,10 @@ aggregate, and each is shaped so that it stays correct across replicas:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from service.errors import InvalidArgumentError
@@ -58,14 +60,20 @@ class Claim:
     release: bool = False
 
 
+# Seconds since the Unix epoch, as ``time.time``: what ``CommandContext.now`` reads.
+Clock = Callable[[], float]
+
+
 class Effects:
     """What the framework tells a handler's context and what the handler
     asked for. Owned by the executor: one per run of a handler, sharing the
-    lookups already answered (for tests: ``Effects(exists={("Account", "a-1"): True})``)."""
+    lookups already answered, with the clock ``now()`` reads (for tests:
+    ``Effects(exists={("Account", "a-1"): True}, clock=lambda: 1_700_000_000.0)``)."""
 
-    def __init__(self, exists: Mapping[tuple[str, str], bool] | None = None) -> None:
+    def __init__(self, exists: Mapping[tuple[str, str], bool] | None = None, *, clock: Clock = time.time) -> None:
         self.exists: dict[tuple[str, str], bool] = dict(exists or {})
         self.claims: list[Claim] = []
+        self.clock = clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +82,9 @@ class CommandContext:
 
     One object, so that fields can be added without breaking handlers.
     ``version`` is the aggregate's version before the command; 0 means the
-    aggregate does not exist yet.
+    aggregate does not exist yet. ``timestamp_us``: when the command was
+    made (the client's ``Command.timestamp``, else when the server received
+    it), microseconds since the Unix epoch; 0 when unknown.
     """
 
     aggregate_id: str
@@ -85,11 +95,24 @@ class CommandContext:
     origin: str = ""
     correlation_id: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    timestamp_us: int = 0
     effects: Effects = field(default_factory=Effects, repr=False, compare=False)
 
     @property
     def is_new(self) -> bool:
         return self.version == 0
+
+    @property
+    def timestamp(self) -> datetime:
+        """``timestamp_us`` as an aware UTC datetime."""
+        return datetime.fromtimestamp(self.timestamp_us / 1_000_000, UTC)
+
+    def now(self) -> datetime:
+        """The server's time now, as an aware UTC datetime, from the clock the
+        server (or a test: ``Scenario.at``) gives. Prefer the command's
+        ``timestamp`` for what the command says happened; ``now`` for
+        deadlines the server decides (a hold that expires, say)."""
+        return datetime.fromtimestamp(self.effects.clock(), UTC)
 
     def exists(self, aggregate_type: str | AggregateType[Any], aggregate_id: str) -> bool:
         """Whether ``aggregate_id`` has events and is of ``aggregate_type``

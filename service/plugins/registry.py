@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from service.errors import ConfigurationError
 from service.plugins.api import AggregateType, CommandSpec, EventSpec, Plugin, UpcasterSpec
 from service.plugins.projections import Projection
+from service.plugins.reactions import Reaction
 
 if TYPE_CHECKING:
     from service.plugins.middleware import Middleware
@@ -25,6 +26,7 @@ class Registry:
         self._events: dict[str, EventSpec] = {}
         self._upcasters: dict[str, UpcasterSpec] = {}
         self._projections: dict[str, Projection] = {}
+        self._reactions: dict[str, Reaction[Any]] = {}
         for plugin in plugins:
             self._add(plugin)
         self._check_upcasters()
@@ -41,7 +43,9 @@ class Registry:
             for upcaster in aggregate.upcasters.values():
                 self._claim(self._upcasters, upcaster.name, upcaster, "upcaster", plugin)
         for projection in plugin.projections:
-            existing = self._projections.get(projection.name)
+            existing: Projection | Reaction[Any] | None = self._projections.get(projection.name) or self._reactions.get(
+                projection.name
+            )
             if existing is not None:
                 raise ConfigurationError(
                     f"projection {projection.name!r} is declared by both plugin {existing.plugin_name!r}"
@@ -50,6 +54,17 @@ class Registry:
                     metadata={"name": projection.name, "plugins": f"{existing.plugin_name},{plugin.name}"},
                 )
             self._projections[projection.name] = projection
+        for reaction in plugin.reactions:
+            # One namespace with projections: a reaction's checkpoint, state
+            # and parked commands are kept like a projection's.
+            holder = self._projections.get(reaction.name) or self._reactions.get(reaction.name)
+            if holder is not None:
+                raise ConfigurationError(
+                    f"reaction {reaction.name!r} of plugin {plugin.name!r} has the name of {holder!r}",
+                    reason="DUPLICATE_REGISTRATION",
+                    metadata={"name": reaction.name, "plugins": f"{holder.plugin_name},{plugin.name}"},
+                )
+            self._reactions[reaction.name] = reaction
         self.plugins.append(plugin)
 
     @staticmethod
@@ -118,3 +133,10 @@ class Registry:
 
     def projection(self, name: str) -> Projection | None:
         return self._projections.get(name)
+
+    @property
+    def reactions(self) -> list[Reaction[Any]]:
+        return list(self._reactions.values())
+
+    def reaction(self, name: str) -> Reaction[Any] | None:
+        return self._reactions.get(name)

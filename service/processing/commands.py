@@ -44,6 +44,9 @@ class CommandRequest:
     expected_version: int | None = None
     # Who sent it (the authenticated principal's name; empty with auth off).
     principal: str = ""
+    # When it was made: the client's Command.timestamp, else when the server
+    # received it (microseconds since the epoch; 0: unknown).
+    timestamp_us: int = 0
 
     @property
     def fingerprint(self) -> bytes:

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 
 from service.errors import ChronicleError, EventTooLarge, HandlerFailed, WrongExpectedVersion
 from service.plugins.api import EventSpec
-from service.plugins.context import CommandContext, Effects, LookupNeeded
+from service.plugins.context import Clock, CommandContext, Effects, LookupNeeded
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.state import Aggregate, apply_messages
@@ -84,10 +84,12 @@ class Decider:
         slow: SlowHandlerAlarm,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_result_bytes: int = 2 * DEFAULT_MAX_EVENT_BYTES,
+        clock: Clock = time.time,
     ) -> None:
         self._store = store
         self._registry = registry
         self._slow = slow
+        self._clock = clock
         self._max_event_bytes = max_event_bytes
         self._max_result_bytes = max_result_bytes
 
@@ -167,7 +169,7 @@ class Decider:
     ) -> tuple[list[tuple[EventSpec, Message]], tuple[ClaimChange, ...]]:
         if request.expected_version is not None and request.expected_version != version:
             raise WrongExpectedVersion(request.aggregate_id, request.expected_version, version)
-        effects = Effects(answers)
+        effects = Effects(answers, clock=self._clock)
         context = CommandContext(
             aggregate_id=request.aggregate_id,
             aggregate_type=aggregate.type.name,
@@ -177,6 +179,7 @@ class Decider:
             origin=request.origin,
             correlation_id=request.correlation_id or request.command_id,
             metadata=request.metadata,
+            timestamp_us=request.timestamp_us,
             effects=effects,
         )
         spec = request.spec

@@ -36,7 +36,7 @@ from service.errors import (
     record_kind,
 )
 from service.plugins.api import EventSpec
-from service.plugins.context import LookupNeeded
+from service.plugins.context import Clock, LookupNeeded
 from service.plugins.registry import Registry
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.deciding import DEFAULT_MAX_EVENT_BYTES, Decided, Decider, Decision
@@ -100,6 +100,7 @@ def _record(
         request.user_id,
         request.origin,
         now_us,
+        request.timestamp_us,
     )
 
 
@@ -128,7 +129,14 @@ def _new_events(
 
 
 def _rejection(error: ChronicleError) -> Rejection:
-    return Rejection(record_kind(error), error.reason, error.message, error.metadata)
+    violations = getattr(error, "violations", ())
+    return Rejection(
+        record_kind(error),
+        error.reason,
+        error.message,
+        error.metadata,
+        tuple((v.field, v.description) for v in violations),
+    )
 
 
 def _name_the_claimant(error: NotUnique, decision: Decision) -> None:
@@ -150,6 +158,7 @@ class CommandExecutor:
         slow_handler_seconds: float = 0.1,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_result_bytes: int = 2 * DEFAULT_MAX_EVENT_BYTES,
+        clock: Clock = time.time,
     ) -> None:
         self._events = store.events
         self._snapshot_store = store.snapshots
@@ -164,6 +173,7 @@ class CommandExecutor:
             slow=SlowHandlerAlarm(threshold=slow_handler_seconds),
             max_event_bytes=max_event_bytes,
             max_result_bytes=max_result_bytes,
+            clock=clock,
         )
         self._replayer = Replayer(store.events, self._loader.reader)
 

@@ -40,7 +40,7 @@ class Replayer:
         for record in found:
             if record.rejection is not None:
                 r = record.rejection
-                raise rebuild_rejection(r.kind, r.message, r.reason, r.metadata)
+                raise rebuild_rejection(r.kind, r.message, r.reason, r.metadata, r.violations)
         results = [await self._result(request, record) for request, record in zip(commands, found, strict=True)]
         return BatchResult(tuple(results), max(r.version for r in results), replayed=True)
 

@@ -117,24 +117,21 @@ def sealed_record(cipher: AESGCM, record: CommandRecord) -> CommandRecord:
     metadata (which may quote the state: "the balance is 1234") sealed under
     the aggregate's key, so that the database alone cannot confirm a guess
     of the command's content, and forgetting the aggregate erases both. The
-    refusal's kind and reason stay readable (the audit log shows them)."""
+    refusal's kind and reason stay readable (the audit log shows them). Its
+    field violations are sealed with the message (a description may quote the
+    command: "must be at most 1234")."""
     rejection = record.rejection
     if rejection is not None:
-        detail = json.dumps({"message": rejection.message, "metadata": dict(rejection.metadata)}, separators=(",", ":"))
+        detail: dict[str, object] = {"message": rejection.message, "metadata": dict(rejection.metadata)}
+        if rejection.violations:
+            detail["violations"] = [list(v) for v in rejection.violations]
         context = refusal_context(record.aggregate_id, record.command_id)
-        rejection = Rejection(rejection.kind, rejection.reason, seal_text(cipher, detail, context))
-    return CommandRecord(
-        record.command_id,
-        record.aggregate_id,
-        record.command_type,
-        seal(cipher, record.fingerprint, fingerprint_context(record.aggregate_id, record.command_id)),
-        record.first_version,
-        record.last_version,
-        rejection,
-        record.principal,
-        record.user_id,
-        record.origin,
-        record.recorded_at_us,
+        sealed_detail = seal_text(cipher, json.dumps(detail, separators=(",", ":")), context)
+        rejection = Rejection(rejection.kind, rejection.reason, sealed_detail)
+    return replace(
+        record,
+        fingerprint=seal(cipher, record.fingerprint, fingerprint_context(record.aggregate_id, record.command_id)),
+        rejection=rejection,
     )
 
 
@@ -157,7 +154,8 @@ def opened_record(cipher: AESGCM, record: CommandRecord) -> CommandRecord:
 def _opened_rejection(cipher: AESGCM, aggregate_id: str, command_id: str, rejection: Rejection) -> Rejection:
     detail = json.loads(open_text(cipher, rejection.message, refusal_context(aggregate_id, command_id)))
     metadata = {str(k): str(v) for k, v in dict(detail.get("metadata") or {}).items()}
-    return Rejection(rejection.kind, rejection.reason, str(detail.get("message", "")), metadata)
+    violations = tuple((str(f), str(d)) for f, d in detail.get("violations") or ())
+    return Rejection(rejection.kind, rejection.reason, str(detail.get("message", "")), metadata, violations)
 
 
 def _opened(cipher: AESGCM | None, event: RecordedEvent) -> RecordedEvent:

@@ -104,6 +104,8 @@ class Rejection:
     reason: str
     message: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # The fields at fault, as (field, description) pairs, when a handler named several.
+    violations: tuple[tuple[str, str], ...] = ()
 
 
 @value(frozen=True, slots=True)
@@ -130,6 +132,10 @@ class CommandRecord:
     user_id: str = ""
     origin: str = ""
     recorded_at_us: int = 0
+    # When the command was made: its client's timestamp, else when the server
+    # received it (microseconds since the epoch; 0: not known, as for records
+    # written before it was kept).
+    issued_at_us: int = 0
 
     @property
     def event_count(self) -> int:
@@ -148,6 +154,7 @@ class CommandRecord:
             outcome=REFUSED if refused else ACCEPTED,
             reason=self.rejection.reason if self.rejection is not None else "",
             message=self.rejection.message if self.rejection is not None else "",
+            issued_at_us=self.issued_at_us,
         )
 
 
@@ -182,6 +189,8 @@ class AuditEntry:
     dry_run: bool = False
     peer: str = ""
     occurrences: int = 1
+    # When the command was made (its record's ``issued_at_us``; 0: not known).
+    issued_at_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,15 @@ def load_metadata(text: str | Mapping[str, str] | None) -> dict[str, str]:
 
 
 def rejection_dict(rejection: Rejection) -> dict[str, object]:
-    return {
+    data: dict[str, object] = {
         "kind": rejection.kind,
         "reason": rejection.reason,
         "message": rejection.message,
         "metadata": dict(rejection.metadata),
     }
+    if rejection.violations:  # only then: a refusal without them is stored as it always was
+        data["violations"] = [list(v) for v in rejection.violations]
+    return data
 
 
 def dump_rejection(rejection: Rejection | None) -> str | None:
@@ -41,9 +44,12 @@ def load_rejection(value: str | Mapping[str, object] | None) -> Rejection | None
     data = json.loads(value) if isinstance(value, str) else dict(value)
     metadata = data.get("metadata") or {}
     assert isinstance(metadata, dict)
+    violations = data.get("violations") or []
+    assert isinstance(violations, list)
     return Rejection(
         kind=str(data["kind"]),
         reason=str(data["reason"]),
         message=str(data["message"]),
         metadata={str(k): str(v) for k, v in metadata.items()},
+        violations=tuple((str(f), str(d)) for f, d in violations),
     )

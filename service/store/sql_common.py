@@ -69,6 +69,7 @@ COMMAND_FIELDS = (
     "user_id",
     "origin",
     "recorded_at_us",
+    "issued_at_us",
 )
 # The columns the audit's own table shares with the command records.
 AUDIT_FIELDS = ("recorded_at_us", "command_id", "command_type", "aggregate_id", "principal", "user_id", "origin")
@@ -112,6 +113,7 @@ def command_from_row(row: Row) -> CommandRecord:
         user_id=str(row[8]),
         origin=str(row[9]),
         recorded_at_us=int(row[10]),
+        issued_at_us=int(row[11] or 0),
     )
 
 
@@ -207,6 +209,7 @@ def command_params(command: CommandRecord) -> tuple[object, ...]:
         command.user_id,
         command.origin,
         command.recorded_at_us,
+        command.issued_at_us or None,
     )
 
 

@@ -206,6 +206,24 @@ async def test_a_command_records_fingerprint_and_refusal_are_sealed_below_and_op
     assert (entry.reason, entry.message) == ("INSUFFICIENT_FUNDS", "the balance is 1234")
 
 
+async def test_a_sealed_record_keeps_when_it_was_issued_and_seals_its_field_violations(store: StoreAdapter) -> None:
+    sealed = encrypting(store)
+    fields = Rejection(
+        "ValidationError",
+        "INVALID_TRANSFER",
+        "the transfer is not well formed",
+        violations=(("amount", "must be at most 1234"), ("target_account_id", "is required")),
+    )
+    refused = replace(command_record("a-1", 1, 0, rejection=fields), issued_at_us=1_767_225_600_123_456)
+    await sealed.roles.events.append("a-1", [], 0, commands=[refused])
+    raw = await store.find_command(refused.command_id)
+    assert raw is not None and raw.rejection is not None
+    assert raw.issued_at_us == 1_767_225_600_123_456
+    assert raw.rejection.violations == ()  # sealed with the message, not beside it
+    assert "1234" not in raw.rejection.message and "target_account_id" not in raw.rejection.message
+    assert await sealed.roles.events.find_command(refused.command_id) == refused
+
+
 async def test_a_sealed_refusal_does_not_open_under_another_command_id(store: StoreAdapter) -> None:
     sealed = encrypting(store)
     refused = command_record("a-1", 1, 0, rejection=REFUSAL)

@@ -22,6 +22,7 @@ from service.store.records import (
     NewEvent,
     ParkedEvent,
     RecordedEvent,
+    Rejection,
     Snapshot,
     StoredDocument,
 )
@@ -145,7 +146,11 @@ async def test_a_tombstone_stands_alone_above_the_versions_it_replaced(store: St
 
 async def test_snapshots_and_command_records_are_imported_once(store: StoreAdapter, contents: ContentsOf) -> None:
     snapshots = [snapshot("a-1", 1), snapshot("a-1", 2), snapshot("a-2", 5)]
-    records = [command_record("a-1", 1, 1, command_id="c-1"), command_record("a-2", 1, 0, command_id="c-2")]
+    fields = Rejection("ValidationError", "INVALID", "two fields", {}, (("amount", "negative"), ("to", "empty")))
+    records = [
+        command_record("a-1", 1, 1, command_id="c-1"),
+        replace(command_record("a-2", 1, 0, command_id="c-2", rejection=fields), issued_at_us=1_767_225_600_000_001),
+    ]
     assert await store.import_snapshots(snapshots) == 3
     assert await store.import_commands(records) == 2
     before = await contents()
@@ -153,7 +158,7 @@ async def test_snapshots_and_command_records_are_imported_once(store: StoreAdapt
     assert await store.import_commands(records) == 0
     assert (await contents()).changes_since(before) == {}
     assert await store.load_snapshot("a-1") == snapshot("a-1", 2)
-    assert await store.find_command("c-2") == records[1]
+    assert await store.find_command("c-2") == records[1]  # when it was issued, the fields at fault
 
 
 async def test_claims_are_imported_unless_another_aggregate_holds_one(

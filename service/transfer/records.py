@@ -89,11 +89,17 @@ def exported_command(command: CommandRecord) -> export_pb2.ExportRecord:
         origin=command.origin,
         recorded_at=timestamp(command.recorded_at_us),
     )
+    if command.issued_at_us:
+        exported.issued_at.CopyFrom(timestamp(command.issued_at_us))
     if command.rejection is not None:
         rejection = command.rejection
         exported.rejection.CopyFrom(
             export_pb2.ExportedRejection(
-                kind=rejection.kind, reason=rejection.reason, message=rejection.message, metadata=rejection.metadata
+                kind=rejection.kind,
+                reason=rejection.reason,
+                message=rejection.message,
+                metadata=rejection.metadata,
+                violations=[export_pb2.ExportedViolation(field=f, description=d) for f, d in rejection.violations],
             )
         )
     return export_pb2.ExportRecord(command=exported)
@@ -199,6 +205,7 @@ def stored_command(exported: export_pb2.ExportedCommand, where: str) -> CommandR
             reason=r.reason,
             message=r.message,
             metadata=dict(r.metadata),
+            violations=tuple((v.field, v.description) for v in r.violations),
         )
     if exported.first_version > exported.last_version + 1 or exported.last_version >= 2**63:
         raise _bad(f"{where}.first_version", "must be at most last_version + 1")
@@ -214,6 +221,7 @@ def stored_command(exported: export_pb2.ExportedCommand, where: str) -> CommandR
         user_id=exported.user_id,
         origin=exported.origin,
         recorded_at_us=_micros(f"{where}.recorded_at", exported.recorded_at),
+        issued_at_us=_micros(f"{where}.issued_at", exported.issued_at) if exported.HasField("issued_at") else 0,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -167,6 +168,21 @@ async def test_the_audit_log_filters_by_principal_and_aggregate(audited: Audited
     assert len(await audited.entries(limit=1)) == 1
 
 
+async def test_a_command_record_keeps_when_the_command_was_issued(audited: Audited) -> None:
+    stamped = command("acc-1", bank.OpenAccount(owner="ann"), user_id="")
+    stamped.timestamp.FromMicroseconds(1_767_225_600_123_456)  # the client's clock: 2026-01-01
+    unstamped = command("acc-1", bank.Deposit(amount=5), user_id="")
+    async with audited.as_("alice") as alice:
+        await alice.submit(stamped)
+        before = time.time_ns() // 1000
+        await alice.submit(unstamped)
+        after = time.time_ns() // 1000
+    entries = {e.command_id: e for e in await audited.entries()}
+    assert entries[stamped.command_id].issued_at.ToMicroseconds() == 1_767_225_600_123_456
+    # Without one, the server's receipt.
+    assert before <= entries[unstamped.command_id].issued_at.ToMicroseconds() <= after
+
+
 # -- every RPC, with the caller's address; floods sampled -------------------------
 
 
@@ -242,3 +258,64 @@ async def test_an_unauthenticated_flood_is_sampled_into_entries_that_count_it(au
 
 async def _occurrences(entries: Awaitable[list[admin.AuditEntry]]) -> bool:
     return sum(e.occurrences for e in await entries) >= 400
+
+
+# -- a reaction's commands: the server's own, on the event's user's behalf -----------
+
+PAYERS = """
+[roles.payer]
+submit = ["bank.v1.OpenAccount", "bank.v1.Deposit", "bank.v1.TransferMoney"]
+read = ["Account", "Transfer"]
+
+[roles.operator]
+read = ["*"]
+admin = true
+
+[principals."carol"]
+roles = ["payer"]
+
+[principals."root"]
+roles = ["operator"]
+"""
+
+
+async def test_a_reactions_commands_pass_the_policy_as_the_servers_own_and_are_audited_as_such(
+    store: StoreAdapter, tmp_path: Path
+) -> None:
+    issuer = JwtIssuer()
+    async with running_server(
+        store,
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", PAYERS),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+        poll_seconds=0.05,
+    ) as (app, _):
+        audited = Audited(app, issuer)
+        async with audited.as_("carol") as carol:
+            for account in ("acc-a", "acc-b"):
+                await carol.submit(command(account, bank.OpenAccount(owner="carol"), user_id=""))
+            await carol.submit(command("acc-a", bank.Deposit(amount=50), user_id=""))
+            # Carol may not withdraw: the policy says so to her.
+            with pytest.raises(grpc.aio.AioRpcError) as denied:
+                await carol.submit(command("acc-a", bank.Withdraw(amount=1), user_id=""))
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            transfer = bank.TransferMoney(source_account_id="acc-a", target_account_id="acc-b", amount=20)
+            await carol.submit(command("t-1", transfer, user_id=""))
+
+            async def completed() -> bool:
+                response = await carol.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="t-1"))
+                state = bank.Transfer()
+                response.state.Unpack(state)
+                return bool(state.status == bank.TRANSFER_STATUS_COMPLETED)
+
+            await eventually(completed, what="the transfer completed")
+        # The reaction's debit is a Withdraw, which the policy denies carol:
+        # the reaction is part of the server, acting on her behalf.
+        sent = [e for e in await audited.entries() if e.principal == "reaction:bank.transfers"]
+        assert sorted((e.command_type, e.aggregate_id, e.outcome) for e in sent) == [
+            ("bank.v1.CompleteTransfer", "t-1", admin.AUDIT_OUTCOME_ACCEPTED),
+            ("bank.v1.Deposit", "acc-b", admin.AUDIT_OUTCOME_ACCEPTED),
+            ("bank.v1.Withdraw", "acc-a", admin.AUDIT_OUTCOME_ACCEPTED),
+        ]
+        assert {(e.user_id, e.origin) for e in sent} == {("carol", "reaction:bank.transfers")}

@@ -357,3 +357,26 @@ def test_ctrl_c_ends_a_tail_quietly_with_130(tmp_path: Path) -> None:
             tail.wait(10)
             tail.stdout.close()
             tail.stderr.close()
+
+
+def test_a_user_follows_the_transfers_reaction_and_its_parked_commands(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=["--anonymous-admin"]) as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 40}', server=server.address)
+        cli("submit", "acc-2", "bank.v1.OpenAccount", '{"owner": "bob"}', server=server.address)
+        transfer = '{"source_account_id": "acc-1", "target_account_id": "acc-2", "amount": 15}'
+        cli("submit", "t-1", "bank.v1.TransferMoney", transfer, server=server.address)
+        deadline = time.monotonic() + 20
+        while (
+            json.loads(cli("get", "t-1", server=server.address).stdout)["state"]["status"] == "TRANSFER_STATUS_PENDING"
+        ):
+            assert time.monotonic() < deadline, "the transfer never completed"
+            time.sleep(0.1)
+        (listed,) = [json.loads(line) for line in cli("reaction", server=server.address).stdout.splitlines()]
+        assert (listed["name"], listed["running"], listed["parked"]) == ("bank.transfers", True, "0")
+        status = json.loads(cli("reaction", "bank.transfers", server=server.address).stdout)
+        assert int(status["accepted"]) == 3  # the debit, the credit, the completion
+        assert cli("reaction", "bank.transfers", "--parked", server=server.address).stdout == ""
+        missing = cli("reaction", "bank.transfers", "--replay", str(uuid.uuid4()), server=server.address, check=False)
+        assert missing.returncode == 1
+        assert "NOT_FOUND PARKED_COMMAND_NOT_FOUND" in missing.stderr

@@ -16,6 +16,7 @@ from service.app import Application
 from service.store.memory import MemoryStore
 from tests.support.blocking import ConflictOnce
 from tests.support.grpc_client import Client, command, connect, running_server
+from tests.support.waiting import eventually
 
 
 def _get(url: str) -> str:
@@ -161,13 +162,33 @@ async def test_stores_without_group_commit_do_not_report_batches(served: tuple[A
     assert "chronicle_store_batches" not in await scrape(app)
 
 
+async def test_a_reaction_s_commands_are_counted_by_outcome() -> None:
+    async with running_server(MemoryStore(), metrics_listen="127.0.0.1:0", poll_seconds=0.05) as (app, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        await client.submit(command("acc-1", bank.Deposit(amount=10)))
+        await client.submit(command("closed", bank.OpenAccount(owner="bob")))
+        await client.submit(command("closed", bank.CloseAccount()))
+        transfer = bank.TransferMoney(source_account_id="acc-1", target_account_id="closed", amount=5)
+        await client.submit(command("t-1", transfer))
+        counted = {"reaction": "bank.transfers"}
+
+        async def refunded() -> bool:
+            text = await scrape(app)
+            # The debit, the refund and the record of it; the credit refused.
+            return (
+                sample(text, "chronicle_reaction_commands_total", **counted, outcome="accepted") == 3
+                and sample(text, "chronicle_reaction_commands_total", **counted, outcome="refused") == 1
+            )
+
+        await eventually(refunded, what="the transfer refunded")
+
+
 async def test_refusals_sampled_out_of_the_audit_log_are_counted() -> None:
     from google.protobuf import any_pb2
 
     from chronicle.v1 import command_service_pb2
     from service.store.base import AuditQuery
     from service.store.records import AuditEntry
-    from tests.support.waiting import eventually
 
     store = MemoryStore()
     async with running_server(store, metrics_listen="127.0.0.1:0") as (app, client):

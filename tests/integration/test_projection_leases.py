@@ -1,7 +1,8 @@
 """Work done once: with three replicas on one PostgreSQL, a projection runs
 in one of them (by lease), so its handler runs once per event in the whole
 cluster; when that replica dies, another takes the projection over after
-the lease time and goes on from the checkpoint, applying each event once."""
+the lease time and goes on from the checkpoint, applying each event once.
+A plugin's reaction (the bank's transfers) likewise."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from contextlib import AsyncExitStack
 
 import pytest
 
+from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import projection_service_pb2 as pb
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
@@ -58,9 +61,10 @@ def runners_of(apps: list[Application]) -> list[Application]:
 
 
 def settled(apps: list[Application]) -> bool:
-    """Every projection held, each replica at its fair share of them: the
-    leases stay where they are from now on."""
-    shares = fair_shares([app.leases.member_id for app in apps], 2)
+    """Every projection (and reaction) held, each replica at its fair share
+    of them: the leases stay where they are from now on."""
+    # The group's leases: every projection and every reaction (the bank's transfers).
+    shares = fair_shares([app.leases.member_id for app in apps], len(REGISTRY.projections) + len(REGISTRY.reactions))
     held = [app.leases.held("projections") for app in apps]
     return [len(h) for h in held] == [shares[app.leases.member_id] for app in apps] and len(runners_of(apps)) == 1
 
@@ -111,3 +115,63 @@ async def test_one_replica_runs_a_projection_and_another_resumes_it_when_that_on
     total = bank.AccountBalance()
     document.document.Unpack(total)
     assert total.balance == 20 * 1 + 20 * 2
+
+
+def reaction_runners_of(apps: list[Application]) -> list[Application]:
+    """The replicas running the bank's transfers now."""
+    return [app for app in apps if app.reactions.runners["bank.transfers"].holds_lease]
+
+
+async def transfer_status(client: Client, transfer_id: str) -> int:
+    response = await client.events.GetAggregate(ev.GetAggregateRequest(aggregate_id=transfer_id))
+    state = bank.Transfer()
+    response.state.Unpack(state)
+    return int(state.status)
+
+
+async def balance(client: Client, account: str) -> int:
+    response = await client.events.GetAggregate(ev.GetAggregateRequest(aggregate_id=account))
+    state = bank.Account()
+    response.state.Unpack(state)
+    return int(state.balance)
+
+
+async def test_one_replica_runs_a_reaction_and_another_resumes_it_when_that_one_dies(
+    cluster: list[tuple[Application, Client]],
+) -> None:
+    apps = [app for app, _ in cluster]
+    await eventually(lambda: settled(apps), within=20, what="the projections and reactions shared out")
+    (holder,) = reaction_runners_of(apps)
+    survivors = [(app, client) for app, client in cluster if app is not holder]
+    _, writer = survivors[0]
+    for account in ("acc-a", "acc-b"):
+        await submit_retrying(writer, command(account, bank.OpenAccount(owner="o")))
+    await submit_retrying(writer, command("acc-a", bank.Deposit(amount=100)))
+    transfer = bank.TransferMoney(source_account_id="acc-a", target_account_id="acc-b", amount=30)
+    await submit_retrying(writer, command("t-1", transfer))
+
+    async def completed(transfer_id: str) -> bool:
+        return await transfer_status(writer, transfer_id) == bank.TRANSFER_STATUS_COMPLETED
+
+    await eventually(lambda: completed("t-1"), within=20, what="the transfer completed")
+    # Its events were handled, and its commands sent, by the holder alone.
+    handled = {app is holder: app.reactions.runners["bank.transfers"].status.handled for app in apps}
+    assert handled[True] > 0
+    assert all(app.reactions.runners["bank.transfers"].status.handled == 0 for app in apps if app is not holder)
+    statuses = [
+        await c.reactions.GetReaction(reaction_pb.GetReactionRequest(name="bank.transfers")) for _, c in cluster
+    ]
+    assert [s.running for s in statuses] == [app is holder for app in apps]
+
+    # The holder dies without giving its leases up; another replica takes the
+    # reaction over after the lease time, from its checkpoint.
+    await holder.reactions.stop()
+    await holder.projections.stop()
+    await holder.leases.stop(leave=False)
+    await holder.server.stop(0)
+    await submit_retrying(writer, command("t-2", transfer))
+    await eventually(lambda: completed("t-2"), within=20, what="the second transfer completed elsewhere")
+    (successor,) = reaction_runners_of([app for app, _ in survivors])
+    assert successor.reactions.runners["bank.transfers"].status.handled > 0
+    # Each debit and credit once: nothing sent twice by the two runners.
+    assert (await balance(writer, "acc-a"), await balance(writer, "acc-b")) == (40, 60)

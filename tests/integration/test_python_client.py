@@ -144,6 +144,21 @@ async def test_invalid_input_names_the_field(client: ChronicleClient) -> None:
     assert [v.field for v in refused.value.field_violations] == ["amount"]
 
 
+async def test_a_refusal_naming_several_fields_lists_each_and_is_replayed_alike(client: ChronicleClient) -> None:
+    malformed = bank.TransferMoney(target_account_id="acc-2", amount=-5)
+    refusals = []
+    for _ in range(2):  # the second time, the same command id: the recorded refusal
+        with pytest.raises(InvalidArgument) as refused:
+            await client.submit("t-1", malformed, command_id="5b0b6a1e-0000-4000-8000-000000000001")
+        refusals.append(refused.value)
+    for error in refusals:
+        assert error.reason == "INVALID_TRANSFER"
+        assert [(v.field, v.description) for v in error.field_violations] == [
+            ("source_account_id", "must name the account to debit"),
+            ("amount", "must be positive, got -5"),
+        ]
+
+
 async def test_a_wrong_expected_version_says_the_current_one(client: ChronicleClient) -> None:
     await client.submit("acc-1", bank.OpenAccount(owner="ann"), expected_version=0)
     with pytest.raises(FailedPrecondition) as refused:

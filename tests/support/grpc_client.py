@@ -21,6 +21,7 @@ from chronicle.v1 import (
     command_service_pb2_grpc,
     event_service_pb2_grpc,
     projection_service_pb2_grpc,
+    reaction_service_pb2_grpc,
 )
 from service.app import Application, start
 from service.plugins.registry import Registry
@@ -99,6 +100,7 @@ class Client:
     events: event_service_pb2_grpc.EventServiceStub
     admin: admin_service_pb2_grpc.AdminServiceStub
     projections: projection_service_pb2_grpc.ProjectionServiceStub
+    reactions: reaction_service_pb2_grpc.ReactionServiceStub
 
     async def submit(self, built: command_pb2.Command) -> command_service_pb2.SubmitResponse:
         response: command_service_pb2.SubmitResponse = await self.commands.Submit(
@@ -128,6 +130,7 @@ async def connect(
             event_service_pb2_grpc.EventServiceStub(channel),
             admin_service_pb2_grpc.AdminServiceStub(channel),
             projection_service_pb2_grpc.ProjectionServiceStub(channel),
+            reaction_service_pb2_grpc.ReactionServiceStub(channel),
         )
 
 

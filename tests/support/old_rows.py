@@ -39,6 +39,9 @@ and the other does not can shift them):
     13 (SQLite 10) subscription groups: a group with a filter, its segments'
        checkpoints (moved, with acknowledged counts, and at the start), its
        parked events (one to replay)
+    14 (SQLite 11) command records' issued_at (when the command was made),
+       and a refusal naming several fields (its violations in the
+       rejection's JSON; sealed with its message under encryption at rest)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -98,12 +101,20 @@ _FIRST = {
     "leases": 10,
     "parked_events": 11,
     "groups": 13,
+    "issued_at": 14,
 }
 SINCE: dict[str, dict[str, int]] = {
     "postgres": {**_FIRST, "forgetting_and_audit": 12},
     # SQLite keeps no leases (service/store/sole_owner.py): never; and its
     # migrations 8 and later are PostgreSQL's 11 and later.
-    "sqlite": {**_FIRST, "leases": 1 << 30, "parked_events": 8, "forgetting_and_audit": 9, "groups": 10},
+    "sqlite": {
+        **_FIRST,
+        "leases": 1 << 30,
+        "parked_events": 8,
+        "forgetting_and_audit": 9,
+        "groups": 10,
+        "issued_at": 11,
+    },
 }
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
@@ -348,6 +359,7 @@ class OldRows:
                 user_id="ann" if audited else "",
                 origin="web" if audited else "",
                 recorded_at_us=T0 + 100_000 + len(self.commands) * 1_000 if timed else 0,
+                issued_at_us=T0 + 90_000 + len(self.commands) * 1_000 if self.holds("issued_at") else 0,
             )
         )
 
@@ -386,8 +398,12 @@ class OldRows:
             user_id="ann",
             origin="web",
             recorded_at_us=T0 + 400_000 + len(self.sealed_commands) * 1_000,
+            issued_at_us=T0 + 390_000 + len(self.sealed_commands) * 1_000 if self.holds("issued_at") else 0,
         )
-        detail = json.dumps({"message": rejection.message, "metadata": dict(rejection.metadata)}, separators=(",", ":"))
+        fields: dict[str, object] = {"message": rejection.message, "metadata": dict(rejection.metadata)}
+        if rejection.violations:  # sealed with the message (since PostgreSQL 14 / SQLite 11)
+            fields["violations"] = [list(v) for v in rejection.violations]
+        detail = json.dumps(fields, separators=(",", ":"))
         stored = replace(
             read_back,
             fingerprint=_seal(key, read_back.fingerprint, _fingerprint_context(aggregate_id, command_id)),
@@ -528,6 +544,16 @@ def rows_at(dialect: str, version: int) -> OldRows:
         )
         rows.add_command("c-register-bob", "user-bob", 1, 1)
         rows.claims.append(OldClaim(HeldClaim(EMAIL, hidden, "user-bob"), "bob@", hidden=True))
+
+    if rows.holds("issued_at"):
+        fields = Rejection(
+            "InvalidArgumentError",
+            "INVALID_TRANSFER",
+            "the transfer is not well formed",
+            violations=(("amount", "must be positive"), ("target_account_id", "is required")),
+        )
+        rows.add_command("c-refused-fields", "account-plain", 4, 3, rejection=fields)
+        rows.add_sealed_command("c-sealed-fields", "account-sealed", 2, fields)
 
     if rows.holds("leases"):
         rows.lease_members.append(LeaseMember("member-old", "10.0.0.1:50051"))
@@ -806,11 +832,17 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
                 same(f"recorded {command.command_id}", already.record, command)
                 if command.rejection is not None:
                     r = command.rejection
-                    replayed = rebuild_rejection(r.kind, r.message, r.reason, r.metadata)
+                    replayed = rebuild_rejection(r.kind, r.message, r.reason, r.metadata, r.violations)
                     same(
                         f"the refusal of {command.command_id}, replayed",
-                        (type(replayed).__name__, replayed.reason, replayed.message, replayed.metadata),
-                        (r.kind, r.reason, r.message, dict(r.metadata)),
+                        (
+                            type(replayed).__name__,
+                            replayed.reason,
+                            replayed.message,
+                            replayed.metadata,
+                            [(v.field, v.description) for v in getattr(replayed, "violations", ())],
+                        ),
+                        (r.kind, r.reason, r.message, dict(r.metadata), [tuple(v) for v in r.violations]),
                     )
                 continue
             raise Mismatch(f"command id {command.command_id} was not recognised as recorded")

@@ -71,9 +71,11 @@ def _rejection(record_rejection: object) -> str | None:
     if record_rejection is None:
         return None
     kind, reason, message, metadata = (getattr(record_rejection, f) for f in ("kind", "reason", "message", "metadata"))
-    return json.dumps(
-        {"kind": kind, "reason": reason, "message": message, "metadata": dict(metadata)}, separators=(",", ":")
-    )
+    data: dict[str, object] = {"kind": kind, "reason": reason, "message": message, "metadata": dict(metadata)}
+    violations = getattr(record_rejection, "violations", ())
+    if violations:  # written only when there are some (since PostgreSQL 14 / SQLite 11)
+        data["violations"] = [list(v) for v in violations]
+    return json.dumps(data, separators=(",", ":"))
 
 
 def _metadata(metadata: Mapping[str, str]) -> str:
@@ -129,9 +131,16 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
         if rows.holds("audit"):
             columns += ", principal, user_id, origin"
             values += (c.principal, c.user_id, c.origin)
+        times, time_values = f"{_AT}", [c.recorded_at_us]
+        if rows.holds("issued_at"):
+            columns_at = ", recorded_at, issued_at"
+            times += f", {_AT}"
+            time_values.append(c.issued_at_us)
+        else:
+            columns_at = ", recorded_at"
         conn.execute(
-            f"INSERT INTO chronicle.commands ({columns}, recorded_at) VALUES ({_marks(columns)}, {_AT})",
-            (*values, c.recorded_at_us),
+            f"INSERT INTO chronicle.commands ({columns}{columns_at}) VALUES ({_marks(columns)}, {times})",
+            (*values, *time_values),
         )
     for snapshot in rows.snapshots:
         s = snapshot.stored
@@ -462,6 +471,9 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
         if rows.holds("audit"):
             columns += ", principal, user_id, origin, recorded_at_us"
             values += (c.principal, c.user_id, c.origin, c.recorded_at_us)
+        if rows.holds("issued_at"):
+            columns += ", issued_at_us"
+            values += (c.issued_at_us,)
         conn.execute(f"INSERT INTO commands ({columns}) VALUES ({', '.join('?' * len(values))})", values)
     for snapshot in rows.snapshots:
         s = snapshot.stored

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -155,3 +156,18 @@ def test_a_command_record_sealed_at_rest_travels_exactly_as_stored(format: str) 
     stream.Writer(out, format).write(exported_command(record))
     (back,) = read_back(out.getvalue())
     assert stored_command(back.command, "record[0].command") == record
+
+
+@pytest.mark.parametrize("format", [stream.BINARY, stream.JSON_LINES])
+def test_a_command_record_keeps_when_it_was_issued_and_the_fields_its_refusal_named(format: str) -> None:
+    refused = Rejection("ValidationError", "INVALID", "two fields", {}, (("amount", "negative"), ("to", "empty")))
+    record = replace(command_record("acc-1", 3, 2, rejection=refused), recorded_at_us=2_000_000, issued_at_us=1_500_001)
+    unknown = replace(command_record("acc-1", 1, 1), recorded_at_us=2_000_000)  # written before it was kept
+    out = io.BytesIO()
+    writer = stream.Writer(out, format)
+    writer.write(exported_command(record))
+    writer.write(exported_command(unknown))
+    first, second = read_back(out.getvalue())
+    assert stored_command(first.command, "record[0].command") == record
+    assert not second.command.HasField("issued_at")
+    assert stored_command(second.command, "record[1].command") == unknown

@@ -112,6 +112,20 @@ test('bad input is INVALID_ARGUMENT naming the field', async () => {
   });
 });
 
+test('a refusal naming several fields lists each of them', async () => {
+  const transferId = `t-${randomUUID()}`;
+  const malformed = { target_account_id: 'acc-x', amount: -5 };
+  await assert.rejects(client.submit(transferId, 'bank.v1.TransferMoney', malformed), (error) => {
+    assert.equal(error.code, 'INVALID_ARGUMENT');
+    assert.equal(error.reason, 'INVALID_TRANSFER');
+    assert.deepEqual(
+      error.fieldViolations.map((v) => v.field),
+      ['source_account_id', 'amount'],
+    );
+    return true;
+  });
+});
+
 test('a stale expected version is refused with the current version', async () => {
   const accountId = `acc-${randomUUID()}`;
   await client.submit(accountId, 'bank.v1.OpenAccount', { owner: 'dee' }, { expectedVersion: 0 });

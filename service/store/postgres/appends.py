@@ -90,6 +90,7 @@ def commands_json(commands: Sequence[CommandRecord]) -> str:
                 "u": c.user_id,
                 "o": c.origin,
                 "at": c.recorded_at_us,
+                "iss": c.issued_at_us,
             }
             for c in commands
         ],

@@ -49,7 +49,11 @@ EVENT_COLUMNS = (
     + _MICROS.format("recorded_at")
     + ", command_id, user_id, origin, correlation_id, causation_id, NULLIF(metadata, '{}'::jsonb)"
 )
-COMMAND_COLUMNS = ", ".join(COMMAND_FIELDS).replace("recorded_at_us", _MICROS.format("recorded_at"))
+COMMAND_COLUMNS = (
+    ", ".join(COMMAND_FIELDS)
+    .replace("recorded_at_us", _MICROS.format("recorded_at"))
+    .replace("issued_at_us", _MICROS.format("issued_at"))
+)
 AUDIT_COLUMNS = (
     _MICROS.format("recorded_at")
     + ", command_id, command_type, aggregate_id, principal, user_id, origin, reason, message, outcome,"
@@ -81,11 +85,13 @@ SNAPSHOT_COLUMNS = "aggregate_id, aggregate_type, version, state_type, schema_ve
 # nothing of it commits.
 _INSERT_COMMANDS_FROM_JSON = (
     "INSERT INTO chronicle.commands (command_id, aggregate_id, command_type, fingerprint, first_version,"
-    " last_version, rejection, principal, user_id, origin, recorded_at)"
+    " last_version, rejection, principal, user_id, origin, recorded_at, issued_at)"
     " SELECT c.id, c.a, c.t, decode(c.f, 'hex'), c.first, c.last, c.rejection, c.p, c.u, c.o, "
     + _AT.format("c.at")
+    + ", "
+    + _AT.format("NULLIF(c.iss, 0)")
     + " FROM jsonb_to_recordset($1::jsonb) AS c(id text, a text, t text, f text, first bigint, last bigint,"
-    " rejection jsonb, p text, u text, o text, at bigint)"
+    " rejection jsonb, p text, u text, o text, at bigint, iss bigint)"
 )
 
 

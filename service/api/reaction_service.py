@@ -1,0 +1,159 @@
+"""``chronicle.v1.ReactionService``: where plugins' reactions stand, and
+the commands they parked."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from chronicle.v1 import reaction_service_pb2 as pb
+from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
+from service.api.codec import check_id
+from service.audit import AuditLog
+from service.errors import ChronicleError, ResourceNotFound
+from service.plugins.reactions import Reaction
+from service.plugins.registry import Registry
+from service.principal import current_principal
+from service.processing.reaction_documents import list_parked
+from service.processing.reactions import ReactionRunner, Reactions
+from service.security.policy import Authorizer
+from service.store.base import LogReader, ProjectionStore
+
+log = logging.getLogger(__name__)
+SERVICE = pb.DESCRIPTOR.services_by_name["ReactionService"].full_name
+
+
+class ReactionService(pb_grpc.ReactionServiceServicer):
+    def __init__(
+        self,
+        *,
+        documents: ProjectionStore,
+        log: LogReader,
+        registry: Registry,
+        reactions: Reactions,
+        authorizer: Authorizer,
+        audit: AuditLog,
+    ) -> None:
+        self._documents = documents
+        self._log = log
+        self._registry = registry
+        self._reactions = reactions
+        self._authorizer = authorizer
+        self._audit = audit
+
+    def _check(self, reaction: Reaction[Any]) -> None:
+        # Parked commands hold payloads of the aggregates the reaction reads
+        # (and writes): readable by those who may read those; a reaction of
+        # every type takes an administrator, like such a projection.
+        principal = current_principal.get()
+        if not reaction.aggregate_types:
+            self._authorizer.check_admin(principal, f"read reaction {reaction.name}")
+        for aggregate_type in sorted(reaction.aggregate_types):
+            self._authorizer.check_read(principal, aggregate_type)
+
+    def _reaction(self, field: str, name: str) -> Reaction[Any]:
+        check_id(field, name, reason="INVALID_REACTION")
+        reaction = self._registry.reaction(name)
+        if reaction is None:
+            raise ResourceNotFound(f"no loaded plugin declares reaction {name!r}", reason="REACTION_NOT_FOUND")
+        self._check(reaction)
+        return reaction
+
+    async def _parked(self, reaction: Reaction[Any]) -> pb.ParkedCommands:
+        return pb.ParkedCommands(commands=await list_parked(self._documents, reaction.name))
+
+    async def _status(self, reaction: Reaction[Any], log_head: int) -> pb.ReactionStatus:
+        runner = self._reactions.runners.get(reaction.name)
+        status = runner.status if runner is not None else None
+        return pb.ReactionStatus(
+            name=reaction.name,
+            position=await self._documents.projection_position(reaction.name),
+            log_head=log_head,
+            running=bool(runner and runner.status.running and runner.holds_lease),
+            error=status.error if status else "",
+            aggregate_types=sorted(reaction.aggregate_types),
+            event_types=sorted(reaction.event_types),
+            parked=len((await self._parked(reaction)).commands),
+            handled=status.handled if status else 0,
+            accepted=status.accepted if status else 0,
+            refused=status.refused if status else 0,
+            replayed=status.replayed if status else 0,
+        )
+
+    async def ListReactions(
+        self, request: pb.ListReactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListReactionsResponse:
+        reactions = sorted(self._registry.reactions, key=lambda r: r.name)
+        for reaction in reactions:
+            self._check(reaction)
+        log_head = await self._log.log_head()
+        return pb.ListReactionsResponse(reactions=[await self._status(r, log_head) for r in reactions])
+
+    async def GetReaction(
+        self, request: pb.GetReactionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReactionStatus:
+        reaction = self._reaction("name", request.name)
+        return await self._status(reaction, await self._log.log_head())
+
+    async def ReplayParkedCommand(
+        self, request: pb.ReplayParkedCommandRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReplayParkedCommandResponse:
+        async with self._audited("ReplayParkedCommand"):
+            runner, command_id = self._parked_command(request.reaction, request.command_id)
+            replayed = await runner.replay(command_id)
+            log.warning(
+                "parked command %s of reaction %s replayed by %r: %s",
+                command_id,
+                runner.reaction.name,
+                current_principal.get().name,
+                "accepted" if replayed.accepted else f"refused again ({replayed.reason})",
+            )
+            return pb.ReplayParkedCommandResponse(
+                accepted=replayed.accepted,
+                command_id=replayed.command_id,
+                reason=replayed.reason,
+                message=replayed.message,
+            )
+
+    async def DismissParkedCommand(
+        self, request: pb.DismissParkedCommandRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DismissParkedCommandResponse:
+        async with self._audited("DismissParkedCommand"):
+            runner, command_id = self._parked_command(request.reaction, request.command_id)
+            await runner.dismiss(command_id)
+            log.warning(
+                "parked command %s of reaction %s dismissed by %r",
+                command_id,
+                runner.reaction.name,
+                current_principal.get().name,
+            )
+            return pb.DismissParkedCommandResponse()
+
+    def _parked_command(self, reaction_name: str, command_id: str) -> tuple[ReactionRunner, str]:
+        """The runner of the reaction, for an administrator, and the command id."""
+        self._authorizer.check_admin(current_principal.get(), "replay or dismiss parked commands")
+        reaction = self._reaction("reaction", reaction_name)
+        command_id = check_id("command_id", command_id, reason="INVALID_COMMAND_ID")
+        return self._reactions.runners[reaction.name], command_id
+
+    @contextlib.asynccontextmanager
+    async def _audited(self, rpc: str) -> AsyncIterator[None]:
+        """An administrator's action, audited: refused (any ChronicleError), or done."""
+        action = f"{SERVICE}/{rpc}"
+        principal = current_principal.get().name
+        try:
+            yield
+        except ChronicleError as error:
+            await self._audit.admin_action(action, principal=principal, error=error)
+            raise
+        await self._audit.admin_action(action, principal=principal)
+
+    async def ListParkedCommands(
+        self, request: pb.ListParkedCommandsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListParkedCommandsResponse:
+        reaction = self._reaction("reaction", request.reaction)
+        return pb.ListParkedCommandsResponse(commands=(await self._parked(reaction)).commands)

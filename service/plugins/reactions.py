@@ -1,0 +1,185 @@
+"""Reactions: process managers a plugin runs from the event log.
+
+A reaction is a function of an event that returns commands. The server runs
+it after commit, in log order, once per cluster (like a projection, under a
+lease), and submits the commands it returns through the normal command
+pipeline, so idempotency, uniqueness claims and encryption all apply::
+
+    transfers = plugin.reaction("bank.transfers", aggregate_types=["Transfer", "Account"],
+                                state=bank.TransferProgress, state_key=transfer_of)
+
+    @transfers.on(bank.TransferRequested)
+    def requested(event, envelope, state) -> Send:
+        state.stage = bank.TransferProgress.DEBITING
+        return Send(event.source_account_id, bank.Withdraw(amount=event.amount))
+
+    @transfers.on_refused
+    def refused(refusal, envelope, state) -> Send | None:
+        ...  # compensate: return commands; return None to park the refused command
+
+Each command goes out with ``causation_id`` = the event's id, the event's
+``correlation_id`` and ``user_id``, origin ``reaction:<name>``, and a command
+id derived from the event: ``uuid5(REACTION_NAMESPACE, "<reaction>/<event
+id>/<index>")`` for the handler's commands, ``uuid5(REACTION_NAMESPACE,
+"<refused command id>/<index>")`` for what ``on_refused`` returns. A
+reaction that runs again over the same events (after a crash, before its
+checkpoint moved) therefore sends the same commands under the same ids, and
+the command records answer with what happened the first time: nothing
+changes twice. For that, handlers must be deterministic functions of the
+event, the envelope and the state (no clock, no random ids, no I/O).
+
+State: a reaction may declare a ``state`` message, kept in the store per
+``state_key(envelope)`` (default: the event's correlation id, which every
+command a reaction sends passes on, so one process shares one state). The
+handler receives the stored state (or a new, empty message) and changes it
+in place; the change is committed with the reaction's checkpoint. A state
+left empty (equal to a new message) is deleted: a finished process leaves
+nothing behind. An empty key means no state: the handler gets a new message
+that is not kept.
+
+A refused command (the handler of its aggregate refused it, recorded like any
+refusal) is handed to ``on_refused`` with the state; the commands it returns
+are sent in turn (their refusals handed back again, up to ``MAX_ROUNDS``).
+Without ``on_refused``, or when it returns nothing, the refused command is
+parked: kept in the store with its refusal, listed by
+``ReactionService.ListParkedCommands`` (see docs/plugins.md for replaying).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeAlias, TypeVar
+
+from google.protobuf.message import Message
+
+from service.plugins.projections import ProjectedEvent
+
+S = TypeVar("S")  # the reaction's state message, or None without one
+E = TypeVar("E", bound=Message)
+
+# The namespace of the command ids reactions derive (uuid5): fixed forever,
+# or a reaction run again after an upgrade would send its commands anew.
+REACTION_NAMESPACE = uuid.UUID("6c1b8d0e-4a51-5f0e-9c7e-2d4b3a1f0c8e")
+
+# How many times in a row a refusal may be compensated by commands that are
+# refused again before the last one is parked.
+MAX_ROUNDS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A command a reaction issues: ``command`` for ``aggregate_id``, with
+    ``metadata`` added to the event's (and copied to the events it makes)."""
+
+    aggregate_id: str
+    command: Message
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A command of the reaction that its aggregate refused, as ``on_refused``
+    gets it: what was sent, under which id, and the refusal's reason,
+    message and metadata (as a client would see them)."""
+
+    send: Send
+    command_id: str
+    reason: str
+    message: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def aggregate_id(self) -> str:
+        return self.send.aggregate_id
+
+    @property
+    def command(self) -> Message:
+        return self.send.command
+
+
+# What a reaction's function returns: a command, several, or none.
+Reacted: TypeAlias = "Send | Iterable[Send] | None"
+ReactionHandlerOf: TypeAlias = Callable[[E, ProjectedEvent, S], Reacted]
+RefusalHandlerOf: TypeAlias = Callable[[Refusal, ProjectedEvent, S], Reacted]
+ReactionHandler = Callable[[Any, ProjectedEvent, Any], Reacted]
+RefusalHandler = Callable[[Refusal, ProjectedEvent, Any], Reacted]
+
+
+def by_correlation(envelope: ProjectedEvent) -> str:
+    """The default state key: one state per correlation id."""
+    return envelope.correlation_id
+
+
+def command_id_for(seed: str, index: int) -> str:
+    """The id of the ``index``-th command sent for ``seed``: "<reaction>/<event
+    id>" for an event's commands, the refused command's id for what
+    ``on_refused`` returns."""
+    return str(uuid.uuid5(REACTION_NAMESPACE, f"{seed}/{index}"))
+
+
+def sends(reacted: Reacted) -> list[Send]:
+    """What a reaction's function returned, as a list (checked)."""
+    if reacted is None:
+        return []
+    found = [reacted] if isinstance(reacted, Send) else list(reacted)
+    for item in found:
+        if not isinstance(item, Send):
+            raise TypeError(f"a reaction returns Send values, got {type(item).__name__}")
+    return found
+
+
+class Reaction(Generic[S]):
+    """One reaction: its handlers by event type, its ``on_refused`` and its
+    state's type (None: stateless; handlers then get ``None`` as state)."""
+
+    def __init__(
+        self,
+        plugin_name: str,
+        name: str,
+        *,
+        aggregate_types: Iterable[str] = (),
+        state: type[Message] | None = None,
+        state_key: Callable[[ProjectedEvent], str] = by_correlation,
+        batch_size: int = 100,
+    ) -> None:
+        if not name or not name.replace("_", "").replace(".", "").isalnum():
+            raise ValueError(f"reaction name {name!r} must be letters, digits, '_' or '.'")
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self.plugin_name = plugin_name
+        self.name = name
+        self.aggregate_types = frozenset(aggregate_types)
+        self.state_type = state
+        self.state_key = state_key
+        self.batch_size = batch_size
+        self.handlers: dict[str, tuple[type[Message], ReactionHandler]] = {}
+        self.refused_handler: RefusalHandler | None = None
+
+    def on(self, event_type: type[E]) -> Callable[[ReactionHandlerOf[E, S]], ReactionHandlerOf[E, S]]:
+        """Register the decorated function for events of ``event_type``."""
+
+        def register(handler: ReactionHandlerOf[E, S]) -> ReactionHandlerOf[E, S]:
+            name = str(event_type.DESCRIPTOR.full_name)
+            if name in self.handlers:
+                raise ValueError(f"reaction {self.name}: {name} has two handlers")
+            self.handlers[name] = (event_type, handler)
+            return handler
+
+        return register
+
+    def on_refused(self, handler: RefusalHandlerOf[S]) -> RefusalHandlerOf[S]:
+        """Register the decorated function as the one that gets this
+        reaction's refused commands (to compensate; nothing returned: park)."""
+        if self.refused_handler is not None:
+            raise ValueError(f"reaction {self.name} has two on_refused functions")
+        self.refused_handler = handler
+        return handler
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        return frozenset(self.handlers)
+
+    def __repr__(self) -> str:
+        return f"Reaction({self.name!r}, plugin={self.plugin_name!r})"

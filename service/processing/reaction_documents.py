@@ -1,0 +1,223 @@
+"""What a reaction keeps besides its checkpoint, among its documents (the
+projections' table, under the reaction's name, sealed like a projection's
+with encryption at rest), written in the transaction that moves its
+checkpoint:
+
+- ``state:<key>``: the state of one process (the reaction's ``state``
+  message, per ``state_key``), in a ``chronicle.v1.ProcessState`` with the
+  aggregates it was derived from as its subjects; deleted when the process
+  leaves it empty;
+- ``parked:<command id>``: a command it parked (``chronicle.v1.ParkedCommand``:
+  the command's payload, its refusal's text), naming the command's aggregate
+  and its event's as subjects;
+- ``parked``: the index of those, oldest first (``chronicle.v1.ParkedCommands``
+  with ids and positions only), at most ``MAX_PARKED`` (parking asks for an
+  operator's attention; more stop the reaction with its status). An index,
+  not a listing by key prefix: with encryption at rest document keys are
+  keyed hashes, which cannot be listed.
+
+Forgetting an aggregate (``AdminService.ForgetAggregate``) deletes the
+documents naming it, as it does a projection's: the states and parked
+commands derived from it go, the others stay. An index entry whose document
+is gone is dropped when the index is next written.
+
+All are read through the batch's overlay (``processing/projections.py``),
+so an event sees what the events before it in its batch left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
+from service.errors import ReactionFailed
+from service.plugins.projections import ProjectedEvent
+from service.plugins.reactions import Reaction, Refusal
+from service.processing.projections import _Batch, _NeedsDocument
+from service.store.base import ProjectionStore
+
+M = TypeVar("M", bound=Message)
+
+PARKED_KEY = "parked"
+PARKED_PREFIX = "parked:"
+STATE_PREFIX = "state:"
+MAX_PARKED = 1000
+TYPE_URL_PREFIX = "type.googleapis.com/"
+
+
+class ProcessState:
+    """A reaction's state for one event: loaded from the batch's overlay,
+    saved back into it with its subjects (those it had, the event's
+    aggregate, and the aggregates of the commands sent for it)."""
+
+    def __init__(
+        self, key: str, message: Message | None, stored: Message | None, subjects: frozenset[str] = frozenset()
+    ) -> None:
+        self.key = key
+        self.message = message
+        self._stored = stored
+        self._stored_subjects = subjects
+        self.subjects = set(subjects)
+
+    @classmethod
+    async def load(cls, reaction: Reaction[Any], batch: _Batch, envelope: ProjectedEvent) -> ProcessState:
+        state_type = reaction.state_type
+        if state_type is None:
+            return cls("", None, None)
+        key = reaction.state_key(envelope)
+        if not key:
+            return cls("", state_type(), None)  # no process: a new state, not kept
+        document_key = STATE_PREFIX + key
+        wrapped = await _read(batch, document_key, reaction_pb.ProcessState)
+        message = state_type()
+        stored: Message | None = None
+        subjects: frozenset[str] = frozenset()
+        if wrapped is not None:
+            if not wrapped.state.Unpack(message):
+                raise ReactionFailed(
+                    f"the state {key!r} of reaction {reaction.name} is a {wrapped.state.type_url},"
+                    f" not a {state_type.DESCRIPTOR.full_name}",
+                    reason="DOCUMENT_TYPE_MISMATCH",
+                )
+            stored = state_type()
+            stored.CopyFrom(message)
+            subjects = frozenset(wrapped.subjects)
+        state = cls(document_key, message, stored, subjects)
+        state.subjects.add(envelope.aggregate_id)
+        return state
+
+    def save(self, batch: _Batch) -> None:
+        if not self.key or self.message is None:
+            return
+        if self.message == type(self.message)() or batch.forgotten.any_of(self.subjects):
+            # The process is over (nothing left behind), or it was derived
+            # from a forgotten aggregate (it must not exist).
+            if self._stored is not None:
+                batch.write(self.key, None)
+        elif self.message != self._stored or self.subjects != self._stored_subjects:
+            wrapped = reaction_pb.ProcessState(subjects=sorted(self.subjects))
+            wrapped.state.Pack(self.message)
+            batch.write(self.key, wrapped, tuple(sorted(self.subjects)))
+
+
+class ParkedList:
+    """The reaction's parked commands, as one batch changes them (the index
+    read once, when the batch first parks one; each command written at once,
+    the index with the batch)."""
+
+    def __init__(self, batch: _Batch) -> None:
+        self._batch = batch
+        self._index: reaction_pb.ParkedCommands | None = None
+        self.count: int | None = None  # known once read
+
+    async def add(self, reaction: str, refusal: Refusal, envelope: ProjectedEvent, metadata: Mapping[str, str]) -> None:
+        """Park ``refusal``'s command, sent with ``metadata`` because of ``envelope``'s event."""
+        command = refusal.send.command
+        parked = reaction_pb.ParkedCommand(
+            command_id=refusal.command_id,
+            aggregate_id=refusal.send.aggregate_id,
+            command=any_pb2.Any(
+                type_url=TYPE_URL_PREFIX + command.DESCRIPTOR.full_name, value=command.SerializeToString()
+            ),
+            command_metadata=dict(metadata),
+            user_id=envelope.user_id,
+            reason=refusal.reason,
+            message=refusal.message,
+            metadata=dict(refusal.metadata),
+            event_id=envelope.event_id,
+            position=envelope.position,
+            correlation_id=envelope.correlation_id,
+            parked_at_us=time.time_ns() // 1000,
+            event_aggregate_id=envelope.aggregate_id,
+        )
+        if self._batch.forgotten.any_of(subjects_of(parked)):
+            return  # derived from a forgotten aggregate: nothing of it is kept
+        index = await self._load()
+        if len(index.commands) >= MAX_PARKED:
+            await prune(self._batch, index)  # some may have been forgotten
+        if len(index.commands) >= MAX_PARKED:
+            raise ReactionFailed(
+                f"reaction {reaction} has {MAX_PARKED} parked commands: replay or dismiss them first",
+                reason="TOO_MANY_PARKED",
+                metadata={"reaction": reaction},
+            )
+        write_parked(self._batch, parked)
+        index.commands.append(_entry(parked))
+        self.count = len(index.commands)
+
+    async def _load(self) -> reaction_pb.ParkedCommands:
+        if self._index is None:
+            self._index = await load_index(self._batch)
+        return self._index
+
+    def write(self) -> None:
+        if self._index is not None:
+            self._batch.write(PARKED_KEY, self._index)
+
+
+def subjects_of(parked: reaction_pb.ParkedCommand) -> tuple[str, ...]:
+    """The aggregates a parked command is derived from: its own and its event's."""
+    return tuple(sorted({parked.aggregate_id, parked.event_aggregate_id} - {""}))
+
+
+def write_parked(batch: _Batch, parked: reaction_pb.ParkedCommand) -> None:
+    batch.write(PARKED_PREFIX + parked.command_id, parked, subjects_of(parked))
+
+
+def _entry(parked: reaction_pb.ParkedCommand) -> reaction_pb.ParkedCommand:
+    """``parked``'s index entry: ids and positions, nothing of its content."""
+    return reaction_pb.ParkedCommand(
+        command_id=parked.command_id,
+        event_id=parked.event_id,
+        position=parked.position,
+        parked_at_us=parked.parked_at_us,
+    )
+
+
+async def load_index(batch: _Batch) -> reaction_pb.ParkedCommands:
+    """The index of the reaction's parked commands as ``batch`` sees it (a copy to change)."""
+    stored = await _read(batch, PARKED_KEY, reaction_pb.ParkedCommands)
+    index = reaction_pb.ParkedCommands()
+    if stored is not None:
+        index.CopyFrom(stored)
+    return index
+
+
+async def load_parked_command(batch: _Batch, command_id: str) -> reaction_pb.ParkedCommand | None:
+    """The parked command ``command_id`` (None: not parked, or forgotten)."""
+    return await _read(batch, PARKED_PREFIX + command_id, reaction_pb.ParkedCommand)
+
+
+async def prune(batch: _Batch, index: reaction_pb.ParkedCommands) -> None:
+    """Drop from ``index`` the entries whose command was forgotten."""
+    await batch.load(PARKED_PREFIX + entry.command_id for entry in index.commands)  # at once
+    kept = [entry for entry in index.commands if await load_parked_command(batch, entry.command_id) is not None]
+    if len(kept) != len(index.commands):
+        del index.commands[:]
+        index.commands.extend(kept)
+
+
+async def list_parked(documents: ProjectionStore, reaction: str) -> list[reaction_pb.ParkedCommand]:
+    """The commands ``reaction`` parked, oldest first (the forgotten left out)."""
+    stored = await documents.load_document(reaction, PARKED_KEY)
+    if stored is None:
+        return []
+    index = reaction_pb.ParkedCommands.FromString(stored.data)
+    found = await asyncio.gather(
+        *(documents.load_document(reaction, PARKED_PREFIX + e.command_id) for e in index.commands)
+    )
+    return [reaction_pb.ParkedCommand.FromString(document.data) for document in found if document is not None]
+
+
+async def _read(batch: _Batch, key: str, message_type: type[M]) -> M | None:
+    try:
+        return batch.read(key, message_type)
+    except _NeedsDocument:
+        await batch.load((key,))
+        return batch.read(key, message_type)

@@ -1,0 +1,548 @@
+"""Running reactions: each follows the log after its checkpoint, sends the
+commands its plugin's functions return, and commits its state, its parked
+commands and the new checkpoint together.
+
+Like a projection (``processing/projections.py``, whose document overlay and
+cache this reuses): a batch of events is read after checkpoint P, handled in
+log order, and its state changes committed with the checkpoint moved from P to
+the batch's end, in one transaction, under the reaction's lease (one replica
+runs each reaction in a cluster; the commit carries the lease's fencing
+token).
+
+Unlike a projection, a reaction acts outside its documents: it submits
+commands, through the pipeline (router → worker → executor), one after
+the other in the order returned, before the batch commits. A crash between
+a command and the commit runs the batch again from P, and sends the same
+commands again; their ids are derived from the event (see
+``service.plugins.reactions``), so each is answered from its command record
+(the same result, or the same recorded refusal) and nothing happens twice.
+The state the functions see is the one committed at P, so they decide alike.
+
+A command refused by its aggregate (a recorded refusal; or a command no
+aggregate can take: an unknown type, a bad aggregate id, an aggregate of
+another type) goes to the reaction's ``on_refused``; what it returns is sent
+in turn. Parked (no ``on_refused``, nothing returned, or ``MAX_ROUNDS``
+compensations refused in a row): kept in the reaction's documents
+(``processing/reaction_documents.py``), for an operator to replay or
+dismiss (``replay``, ``dismiss``). Any other failure (the store unavailable, an overloaded
+queue, a handler that raised) stops the batch: it is tried again from P
+after a pause, and reported by ``status``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from google.protobuf.message import Message
+
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
+from service.errors import (
+    AggregateDeleted,
+    AggregateTypeMismatch,
+    ChronicleError,
+    CommandIdReused,
+    ConcurrencyConflict,
+    ReactionFailed,
+    ResourceNotFound,
+    SubjectsForgotten,
+    ValidationError,
+)
+from service.plugins.projections import ProjectedEvent
+from service.plugins.reactions import MAX_ROUNDS, Reacted, Reaction, Refusal, Send, command_id_for, sends
+from service.plugins.registry import Registry
+from service.processing.commands import CommandRequest, CommandResult
+from service.processing.projections import (
+    BATCH_DELAY,
+    DocumentCache,
+    ForgottenSubjects,
+    ProjectionLease,
+    _Batch,
+    readable,
+)
+from service.processing.reaction_documents import (
+    PARKED_KEY,
+    PARKED_PREFIX,
+    ParkedList,
+    ProcessState,
+    load_index,
+    load_parked_command,
+    prune,
+    subjects_of,
+    write_parked,
+)
+from service.processing.upcasting import EventReader
+from service.store.base import LogReader, ProjectionStore
+from service.store.leasing import Fencing
+from service.store.records import LogFilter, LogPage, RecordedEvent
+
+log = logging.getLogger(__name__)
+
+# The longest aggregate id a command may name (as the codec checks a client's).
+_MAX_AGGREGATE_ID = 200
+Submit = Callable[[CommandRequest], Awaitable[CommandResult]]
+# Told of each command's outcome: (reaction, "accepted" | "replayed" | "refused" | "parked").
+Outcomes = Callable[[str, str], None]
+
+
+class ReactionLease(ProjectionLease, Protocol):
+    """The lease that says whether this replica runs the reaction."""
+
+    def holder(self) -> str:
+        """The address of the replica that holds it ("" if unknown)."""
+
+
+class RunsElsewhere(ValidationError):
+    """A parked command can only be replayed or dismissed by the replica
+    that runs its reaction (FAILED_PRECONDITION, its address in "runner")."""
+
+    default_reason = "REACTION_RUNS_ELSEWHERE"
+    recorded = False
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What a replayed parked command met: accepted (and no longer parked),
+    or refused again (and still parked, with this refusal)."""
+
+    command_id: str
+    accepted: bool
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass
+class ReactionStatus:
+    name: str
+    position: int = 0
+    running: bool = False
+    error: str = ""
+    handled: int = 0  # events handed to the reaction's functions
+    accepted: int = 0  # commands that appended (or were answered from their record)
+    refused: int = 0
+    replayed: int = 0  # accepted commands answered from their record (sent before a crash)
+    parked: int = 0
+    conflicts: int = 0
+
+
+def _refusal(error: ChronicleError) -> bool:
+    """Whether the command itself was refused (for good: handed back to the
+    reaction), as opposed to a failure that trying again may cure. A deleted
+    aggregate takes no command until it is restored: the reaction's to
+    compensate, or an operator's to replay once it is back."""
+    return error.recorded or isinstance(error, AggregateTypeMismatch | CommandIdReused | AggregateDeleted)
+
+
+class ReactionRunner:
+    def __init__(
+        self,
+        reaction: Reaction[Any],
+        *,
+        registry: Registry,
+        submit: Submit,
+        log: LogReader,
+        documents: ProjectionStore,
+        reader: EventReader,
+        poll_interval: float = 1.0,
+        retry_interval: float = 5.0,
+        batch_delay: float = BATCH_DELAY,
+        page_bytes: int = 1024 * 1024,
+        lease: ReactionLease | None = None,
+        outcomes: Outcomes | None = None,
+    ) -> None:
+        self.reaction = reaction
+        self._registry = registry
+        self._submit = submit
+        self._log = log
+        self._documents = documents
+        self._reader = reader
+        self._poll_interval = poll_interval
+        self._retry_interval = retry_interval
+        self._batch_delay = batch_delay
+        self._page_bytes = page_bytes
+        self._lease = lease
+        self._outcomes = outcomes
+        self._fencing: Fencing | None = None
+        self._cache = DocumentCache()
+        self._forgotten = ForgottenSubjects()
+        self._task: asyncio.Task[None] | None = None
+        self.status = ReactionStatus(reaction.name)
+        wanted = reaction.event_types | reader.upcast_types
+        self._filter = LogFilter(aggregate_types=reaction.aggregate_types, event_types=frozenset(wanted))
+        self._origin = f"reaction:{reaction.name}"
+        # Held by each step and by an operator's replay or dismissal: both
+        # write the reaction's documents at its checkpoint, one at a time.
+        self._lock = asyncio.Lock()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"reaction:{self.reaction.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("reaction %s failed while stopping", self.reaction.name)
+
+    @property
+    def holds_lease(self) -> bool:
+        return self._lease is None or self._lease.fencing() is not None
+
+    async def _run(self) -> None:
+        self.status.running = True
+        try:
+            position = await self._load_position()
+            while True:
+                try:
+                    position = await self.step(position)
+                except ConcurrencyConflict:
+                    self.status.conflicts += 1  # another replica committed these events first
+                    position = await self._load_position()
+                    continue
+                except Exception as error:
+                    # A ChronicleError says what failed; anything else is a
+                    # bug below, and must not end the reaction for good.
+                    if not isinstance(error, ChronicleError):
+                        log.exception("reaction %s met an unexpected error", self.reaction.name)
+                        error = ReactionFailed(f"{type(error).__name__}: {error}", reason="REACTION_FAILED")
+                    self._failed(error)
+                    await asyncio.sleep(self._retry_interval)
+                    position = await self._load_position()
+                    continue
+                await self._log.wait_for_commit(position, self._poll_interval)
+                await asyncio.sleep(self._batch_delay)
+        finally:
+            self.status.running = False
+
+    async def _load_position(self) -> int:
+        while True:
+            try:
+                position = await self._documents.projection_position(self.reaction.name)
+                self.status.position = position
+                return position
+            except ChronicleError as error:
+                self._failed(error)
+                await asyncio.sleep(self._retry_interval)
+
+    def _failed(self, error: ChronicleError) -> None:
+        self.status.error = f"{error.reason}: {error.message}"
+        log.error(
+            "reaction %s failed: %s; retrying in %g s", self.reaction.name, self.status.error, self._retry_interval
+        )
+
+    async def step(self, position: int) -> int:
+        """Handle the events after ``position`` a batch at a time, each batch
+        committed before the next is read; return the new checkpoint. With a
+        lease: nothing while another replica holds it, from the stored
+        checkpoint when this one has (again) taken it."""
+        async with self._lock:
+            while True:
+                try:
+                    return await self._step(position)
+                except SubjectsForgotten as forgotten:
+                    # A document the batch wrote names an aggregate forgotten
+                    # meanwhile: nothing was written. The batch runs again from
+                    # the checkpoint with those documents deleted (its commands
+                    # answered from their records, as after a crash).
+                    self._forgotten.add(forgotten.subjects)
+                    position = self.status.position = await self._documents.projection_position(self.reaction.name)
+
+    async def _step(self, position: int) -> int:
+        fencing = self._lease.fencing() if self._lease is not None else None
+        if self._lease is not None:
+            if fencing is None:
+                return position
+            if fencing != self._fencing:
+                self._fencing = fencing
+                self._cache.clear()
+                position = self.status.position = await self._documents.projection_position(self.reaction.name)
+        try:
+            while True:
+                page = await self._read(position)
+                if page.scanned_to == position:
+                    break
+                if self._lease is not None and self._lease.fencing() != fencing:
+                    break  # the lease moved: the next step starts over
+                batch = _Batch(self.reaction.name, self._documents, self._cache, self._forgotten)
+                parked = ParkedList(batch)
+                for stored in page.events:
+                    if stored.redacted:
+                        # Forgotten: nothing to read, nothing to react to (what
+                        # was derived from it went with it).
+                        continue
+                    for record, message in readable(self._reader, stored):
+                        await self._react(batch, parked, record, message)
+                parked.write()
+                await self._documents.commit_projection(
+                    self.reaction.name,
+                    expected_position=position,
+                    new_position=page.scanned_to,
+                    writes=batch.writes,
+                    fencing=fencing,
+                )
+                batch.committed()
+                position = self.status.position = page.scanned_to
+                if parked.count is not None:
+                    self.status.parked = parked.count
+                if not page.more:
+                    break
+            self.status.error = ""
+            return position
+        except BaseException:
+            self._cache.clear()  # what the batch left in it was never committed
+            raise
+
+    async def replay(self, command_id: str) -> Replayed:
+        """Send the parked command ``command_id`` again, under the id
+        ``command_id_for("<parked id>/replay", <replays so far>)``: a replay
+        whose outcome was lost (a crash before it was written down) is sent
+        again under the same id, so it too happens once."""
+        return await self._settle(command_id, replay=True)
+
+    async def dismiss(self, command_id: str) -> None:
+        """Forget the parked command ``command_id`` without sending it."""
+        await self._settle(command_id, replay=False)
+
+    async def _settle(self, command_id: str, *, replay: bool) -> Replayed:
+        async with self._lock:
+            fencing = self._lease.fencing() if self._lease is not None else None
+            if self._lease is not None and fencing is None:
+                runner = self._lease.holder()
+                raise RunsElsewhere(
+                    f"reaction {self.reaction.name} runs on another replica ({runner or 'not known yet'}): ask it",
+                    metadata={"reaction": self.reaction.name, "runner": runner},
+                )
+            while True:
+                try:
+                    return await self._settle_at(command_id, replay=replay, fencing=fencing)
+                except SubjectsForgotten as forgotten:
+                    self._forgotten.add(forgotten.subjects)  # the command goes: it is not found again
+
+    async def _settle_at(self, command_id: str, *, replay: bool, fencing: Fencing | None) -> Replayed:
+        # The checkpoint does not move: the commit only rewrites the parked
+        # commands, from a cache of its own.
+        position = await self._documents.projection_position(self.reaction.name)
+        batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+        index = await load_index(batch)
+        await prune(batch, index)  # the entries of forgotten commands leave with this commit
+        entry = await load_parked_command(batch, command_id)
+        at = next((i for i, p in enumerate(index.commands) if p.command_id == command_id), None)
+        if at is None or entry is None or self._forgotten.any_of(subjects_of(entry)):
+            raise ResourceNotFound(
+                f"reaction {self.reaction.name} has no parked command {command_id}",
+                reason="PARKED_COMMAND_NOT_FOUND",
+                metadata={"reaction": self.reaction.name, "command_id": command_id},
+            )
+        outcome = Replayed(command_id, accepted=True)
+        if replay:
+            outcome = await self._send_again(entry)
+        if outcome.accepted:
+            del index.commands[at]
+            batch.write(PARKED_PREFIX + command_id, None)
+        else:
+            write_parked(batch, entry)  # with its new refusal
+        batch.write(PARKED_KEY, index)
+        try:
+            await self._documents.commit_projection(
+                self.reaction.name,
+                expected_position=position,
+                new_position=position,
+                writes=batch.writes,
+                fencing=fencing,
+            )
+        finally:
+            self._cache.clear()  # the runner reads the parked commands afresh
+        self.status.parked = len(index.commands)
+        return outcome
+
+    async def _send_again(self, entry: reaction_pb.ParkedCommand) -> Replayed:
+        name = entry.command.type_url.rpartition("/")[2]
+        spec = self._registry.command(name)
+        if spec is None:
+            raise ResourceNotFound(f"no handler is registered for command type {name!r}", reason="UNKNOWN_COMMAND_TYPE")
+        message = spec.message_type.FromString(entry.command.value)
+        command_id = command_id_for(f"{entry.command_id}/replay", entry.replays)
+        request = CommandRequest(
+            command_id=command_id,
+            aggregate_id=entry.aggregate_id,
+            spec=spec,
+            message=message,
+            user_id=entry.user_id,
+            origin=self._origin,
+            correlation_id=entry.correlation_id,
+            causation_id=entry.event_id,
+            metadata=dict(entry.command_metadata),
+            principal=self._origin,
+            timestamp_us=time.time_ns() // 1000,
+        )
+        try:
+            await self._submit(request)
+        except ChronicleError as error:
+            if not _refusal(error):
+                raise
+            entry.replays += 1
+            entry.reason, entry.message = error.reason, error.message
+            entry.metadata.clear()
+            entry.metadata.update(error.metadata)
+            return Replayed(command_id, accepted=False, reason=error.reason, message=error.message)
+        return Replayed(command_id, accepted=True)
+
+    def _read(self, position: int) -> Awaitable[LogPage]:
+        return self._log.read_log(position, self._filter, self.reaction.batch_size, max_bytes=self._page_bytes)
+
+    async def _react(self, batch: _Batch, parked: ParkedList, record: RecordedEvent, message: Message) -> None:
+        registered = self.reaction.handlers.get(record.event_type)
+        if registered is None:
+            return  # a type read only because an upcaster turns it into one of ours
+        envelope = ProjectedEvent(
+            record.event_id,
+            record.aggregate_id,
+            record.aggregate_type,
+            record.version,
+            record.position,
+            record.event_type,
+            record.timestamp_us,
+            record.user_id,
+            record.origin,
+            record.correlation_id,
+            record.metadata,
+        )
+        state = await ProcessState.load(self.reaction, batch, envelope)
+        self.status.handled += 1
+        reacted = self._call(lambda: registered[1](message, envelope, state.message), envelope)
+        await self._send(reacted, f"{self.reaction.name}/{record.event_id}", envelope, state, parked, rounds=0)
+        state.save(batch)
+
+    def _call(self, function: Callable[[], Reacted], envelope: ProjectedEvent) -> list[Send]:
+        """Run one of the reaction's functions; what it returned, as commands."""
+        try:
+            return sends(function())
+        except ChronicleError:
+            raise
+        except Exception as error:
+            where = f"{envelope.event_type} at position {envelope.position}"
+            log.exception("reaction %s failed on %s", self.reaction.name, where)
+            raise ReactionFailed(
+                f"reaction {self.reaction.name} failed on {where}: {type(error).__name__}: {error}",
+                metadata={"reaction": self.reaction.name, "position": str(envelope.position)},
+            ) from error
+
+    async def _send(
+        self,
+        commands: list[Send],
+        seed: str,
+        envelope: ProjectedEvent,
+        state: ProcessState,
+        parked: ParkedList,
+        *,
+        rounds: int,
+    ) -> None:
+        for index, send in enumerate(commands):
+            command_id = command_id_for(seed, index)
+            state.subjects.add(send.aggregate_id)  # the process is derived from it too
+            try:
+                result = await self._submit(self._request(command_id, send, envelope))
+            except ChronicleError as error:
+                if not _refusal(error):
+                    raise
+                await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds)
+                continue
+            self.status.accepted += 1
+            if result.replayed:
+                self.status.replayed += 1
+            self._count("replayed" if result.replayed else "accepted")
+
+    async def _refused(
+        self,
+        send: Send,
+        command_id: str,
+        error: ChronicleError,
+        envelope: ProjectedEvent,
+        state: ProcessState,
+        parked: ParkedList,
+        *,
+        rounds: int,
+    ) -> None:
+        self.status.refused += 1
+        self._count("refused")
+        refusal = Refusal(send, command_id, error.reason, error.message, dict(error.metadata))
+        handler = self.reaction.refused_handler
+        if handler is not None and rounds < MAX_ROUNDS:
+            compensation = self._call(lambda: handler(refusal, envelope, state.message), envelope)
+            if compensation:
+                await self._send(compensation, command_id, envelope, state, parked, rounds=rounds + 1)
+                return
+        log.warning(
+            "reaction %s parked command %s (%s for %s): %s %s",
+            self.reaction.name,
+            command_id,
+            send.command.DESCRIPTOR.full_name,
+            send.aggregate_id,
+            error.reason,
+            error.message,
+        )
+        await parked.add(self.reaction.name, refusal, envelope, _metadata(send, envelope))
+        self._count("parked")
+
+    def _request(self, command_id: str, send: Send, envelope: ProjectedEvent) -> CommandRequest:
+        name = str(send.command.DESCRIPTOR.full_name)
+        spec = self._registry.command(name)
+        if spec is None:
+            raise _NotSendable(f"no handler is registered for command type {name!r}", reason="UNKNOWN_COMMAND_TYPE")
+        aggregate_id = send.aggregate_id
+        if not aggregate_id or len(aggregate_id) > _MAX_AGGREGATE_ID or not aggregate_id.isprintable():
+            raise _NotSendable(
+                f"aggregate id {aggregate_id!r} must be 1 to {_MAX_AGGREGATE_ID} printable characters",
+                reason="INVALID_AGGREGATE_ID",
+            )
+        return CommandRequest(
+            command_id=command_id,
+            aggregate_id=aggregate_id,
+            spec=spec,
+            message=send.command,
+            user_id=envelope.user_id,
+            origin=self._origin,
+            correlation_id=envelope.correlation_id,
+            causation_id=envelope.event_id,
+            metadata=_metadata(send, envelope),
+            principal=self._origin,
+            timestamp_us=envelope.timestamp_us,
+        )
+
+    def _count(self, outcome: str) -> None:
+        if self._outcomes is not None:
+            self._outcomes(self.reaction.name, outcome)
+
+
+def _metadata(send: Send, envelope: ProjectedEvent) -> Mapping[str, str]:
+    """A command's metadata: the event's, with what the reaction added."""
+    return {**envelope.metadata, **send.metadata} if send.metadata else envelope.metadata
+
+
+class _NotSendable(ChronicleError):
+    """A command no aggregate can take (unknown type, bad aggregate id): a
+    refusal for good, handed back to the reaction like any other."""
+
+    recorded = True
+
+
+class Reactions:
+    """Every loaded plugin's reactions, started and stopped together."""
+
+    def __init__(self, runners: Sequence[ReactionRunner]) -> None:
+        self.runners = {runner.reaction.name: runner for runner in runners}
+
+    def start(self) -> None:
+        for runner in self.runners.values():
+            runner.start()
+
+    async def stop(self) -> None:
+        for runner in self.runners.values():
+            await runner.stop()

@@ -1,0 +1,171 @@
+"""ReactionService over a real socket, on every store: where a reaction
+stands, the commands it parked, and an administrator replaying or
+dismissing them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+
+from chronicle.v1 import admin_service_pb2 as admin
+from chronicle.v1 import event_pb2
+from chronicle.v1 import event_service_pb2 as ev
+from chronicle.v1 import reaction_service_pb2 as pb
+from domain_plugins import bank_account
+from domain_plugins.box.protos.box.v1 import box_pb2 as box
+from service.app import Application
+from service.plugins import CommandContext, Plugin, ProjectedEvent, Send, ValidationError
+from service.plugins.registry import Registry
+from service.store.base import StoreAdapter
+from tests.support.grpc_client import Client, command, details_of, running_server
+
+# A gate that lets names through only once it is open; a reaction that sends
+# every name the "source" gate lets through on to the "gated" one (refused
+# while that is shut: parked, for an operator to replay once it is open).
+gates = Plugin("gates")
+gate = gates.aggregate("Gate", state=box.Box)  # Box.archived: the gate is open
+
+
+@gate.command(box.ArchiveBox)
+def open_gate(command: box.ArchiveBox, state: box.Box, context: CommandContext) -> box.BoxArchived:
+    return box.BoxArchived()
+
+
+@gate.command(box.RenameBox)
+def let_through(command: box.RenameBox, state: box.Box, context: CommandContext) -> box.BoxRenamed:
+    if not state.archived:
+        raise ValidationError(f"gate {context.aggregate_id} is shut", reason="GATE_SHUT")
+    return box.BoxRenamed(name=command.name)
+
+
+@gate.apply(box.BoxArchived)
+def _opened(state: box.Box, event: box.BoxArchived) -> None:
+    state.archived = True
+
+
+@gate.apply(box.BoxRenamed)
+def _through(state: box.Box, event: box.BoxRenamed) -> None:
+    state.name = event.name
+
+
+relaying = gates.reaction("gates.relay", aggregate_types=["Gate"])
+
+
+@relaying.on(box.BoxRenamed)
+def pass_on(event: box.BoxRenamed, envelope: ProjectedEvent, state: None) -> Send | None:
+    if envelope.aggregate_id != "source":
+        return None
+    return Send("gated", box.RenameBox(name=event.name), metadata={"relayed": "yes"})
+
+
+REGISTRY = Registry([bank_account.plugin, gates])
+
+
+@dataclass
+class Relay:
+    app: Application
+    client: Client
+
+    async def let_through(self, name: str) -> None:
+        await self.client.submit(command("source", box.RenameBox(name=name)))
+
+    async def status(self) -> pb.ReactionStatus:
+        status: pb.ReactionStatus = await self.client.reactions.GetReaction(pb.GetReactionRequest(name="gates.relay"))
+        return status
+
+    async def caught_up(self) -> pb.ReactionStatus:
+        deadline = time.monotonic() + 20
+        while True:
+            status = await self.status()
+            if status.position == status.log_head:
+                return status
+            assert time.monotonic() < deadline, status
+            await asyncio.sleep(0.02)
+
+    async def parked(self) -> list[pb.ParkedCommand]:
+        response = await self.client.reactions.ListParkedCommands(pb.ListParkedCommandsRequest(reaction="gates.relay"))
+        return list(response.commands)
+
+
+@pytest.fixture
+async def relay(store: StoreAdapter) -> AsyncIterator[Relay]:
+    async with running_server(store, registry=REGISTRY, anonymous_admin=True, poll_seconds=0.05) as (app, client):
+        await client.submit(command("source", box.ArchiveBox()))
+        yield Relay(app, client)
+
+
+async def test_reactions_are_listed_with_where_they_stand(relay: Relay) -> None:
+    await relay.let_through("ann")
+    status = await relay.caught_up()
+    listed = await relay.client.reactions.ListReactions(pb.ListReactionsRequest())
+    assert [r.name for r in listed.reactions] == ["bank.transfers", "gates.relay"]
+    assert status.running and not status.error
+    assert (list(status.aggregate_types), list(status.event_types)) == (["Gate"], ["box.v1.BoxRenamed"])
+    assert (status.handled, status.refused, status.parked) == (1, 1, 1)
+
+
+async def test_an_unknown_reaction_is_not_found(relay: Relay) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await relay.client.reactions.GetReaction(pb.GetReactionRequest(name="no.such"))
+    details = details_of(missing.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "REACTION_NOT_FOUND")
+
+
+async def test_a_parked_command_is_listed_replayed_once_its_cause_is_fixed(relay: Relay) -> None:
+    await relay.let_through("ann")
+    await relay.caught_up()
+    (parked,) = await relay.parked()
+    (cause,) = [e async for e in _events(relay.client, "source") if e.event_type == "box.v1.BoxRenamed"]
+    assert (parked.aggregate_id, parked.reason, parked.event_id) == ("gated", "GATE_SHUT", cause.event_id)
+    assert box.RenameBox.FromString(parked.command.value).name == "ann"
+    assert parked.command_metadata["relayed"] == "yes"
+
+    # Still shut: refused again, still parked.
+    request = pb.ReplayParkedCommandRequest(reaction="gates.relay", command_id=parked.command_id)
+    again = await relay.client.reactions.ReplayParkedCommand(request)
+    assert (again.accepted, again.reason) == (False, "GATE_SHUT")
+    (still,) = await relay.parked()
+    assert still.replays == 1
+
+    await relay.client.submit(command("gated", box.ArchiveBox()))
+    replayed = await relay.client.reactions.ReplayParkedCommand(request)
+    assert replayed.accepted and replayed.command_id != again.command_id
+    assert await relay.parked() == []
+    (through,) = [e async for e in _events(relay.client, "gated") if e.event_type == "box.v1.BoxRenamed"]
+    assert (through.command_id, through.causation_id) == (replayed.command_id, cause.event_id)
+    assert (await relay.status()).parked == 0
+
+
+async def test_a_parked_command_can_be_dismissed_and_is_then_gone(relay: Relay) -> None:
+    await relay.let_through("bob")
+    await relay.caught_up()
+    (parked,) = await relay.parked()
+    request = pb.DismissParkedCommandRequest(reaction="gates.relay", command_id=parked.command_id)
+    await relay.client.reactions.DismissParkedCommand(request)
+    assert await relay.parked() == []
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await relay.client.reactions.DismissParkedCommand(request)
+    assert details_of(gone.value).reason == "PARKED_COMMAND_NOT_FOUND"
+    # Audited as an administrator's action.
+    entries = await relay.client.admin.QueryAudit(admin.QueryAuditRequest())
+    assert "chronicle.v1.ReactionService/DismissParkedCommand" in [e.command_type for e in entries.entries]
+
+
+async def test_replaying_takes_an_administrator(store: StoreAdapter) -> None:
+    async with running_server(store, registry=REGISTRY) as (_, client):
+        request = pb.ReplayParkedCommandRequest(reaction="gates.relay", command_id=str(uuid.uuid4()))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.reactions.ReplayParkedCommand(request)
+    details = details_of(refused.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ANONYMOUS_ADMIN_DENIED")
+
+
+async def _events(client: Client, aggregate_id: str) -> AsyncIterator[event_pb2.Event]:
+    async for event in client.events.ReadAggregate(ev.ReadAggregateRequest(aggregate_id=aggregate_id)):
+        yield event
