@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 PROTO_SOURCES := $(shell find protos domain_plugins -name '*.proto')
 
-.PHONY: run test test-node soak lint lint-api format protos bench scale profile clean lock browser console-screenshots
+.PHONY: run test test-node soak lint lint-api format protos bench bench-scale scale profile clean lock browser console-screenshots
 
 run: protos
 	$(BIN)/chronicle serve $(ARGS)
@@ -97,6 +97,14 @@ clean:
 bench: protos
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Stores that grow (docs/benchmarks.md, "Stores that grow"): appends, aggregate
+# loads and catch-up with the log at 0, 1 M and 10 M events, on PostgreSQL and
+# SQLite (about an hour, most of it filling 10 M rows); for a quick try:
+# make bench-scale GROWTH_ARGS=--sizes=0,1000000
+bench-scale: protos
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.growth $(GROWTH_ARGS)
 
 # The scale-out figures (docs/scaling.md): routing against round-robin
 # clients on three replicas, a replica killed under load, a projection in

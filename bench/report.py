@@ -337,8 +337,31 @@ def read_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# Sections of docs/benchmarks.md that other runs write (bench/growth.py):
+# ``make bench`` rewrites the document and keeps them as they are.
+KEPT_SECTIONS = ("## Stores that grow",)
+
+
+def section_of(text: str, heading: str) -> str:
+    """The section under ``heading`` (to the next ``## ``), or ''."""
+    _, found, after = text.partition("\n" + heading + "\n")
+    if not found:
+        return ""
+    return heading + "\n" + after.split("\n## ", 1)[0].rstrip("\n") + "\n"
+
+
+def replace_section(text: str, heading: str, section: str) -> str:
+    """``text`` with the section under ``heading`` replaced by ``section``
+    (added at the end if it had none)."""
+    old = section_of(text, heading)
+    if old:
+        return text.replace(old, section.rstrip("\n") + "\n", 1)
+    return text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+
+
 def write(results: dict[str, Any], markdown: Path, png: Path) -> None:
     chart(results, png)
+    previous = markdown.read_text() if markdown.exists() else ""
     m = results["machine"]
     lines = [
         "# Benchmarks",
@@ -444,4 +467,13 @@ def write(results: dict[str, Any], markdown: Path, png: Path) -> None:
             f" ({mem['touch_seconds']:.0f} s over SubmitStream);"
             f" {mem['rss_after_eviction_mib']:.0f} MiB once their workers left (idle timeout 5 s).",
         ]
-    markdown.write_text("\n".join(lines) + "\n")
+    markdown.write_text(keep_sections("\n".join(lines) + "\n", previous=previous))
+
+
+def keep_sections(text: str, *, previous: str) -> str:
+    """``text`` with the KEPT_SECTIONS ``previous`` had."""
+    for heading in KEPT_SECTIONS:
+        kept = section_of(previous, heading)
+        if kept:
+            text = replace_section(text, heading, kept)
+    return text

@@ -36,6 +36,7 @@ from service.api.refused_commands import RefusedCommands
 from service.api.server import build_server
 from service.api.status import status_code
 from service.api.tracing import TracingInterceptor
+from service.api.transfers import Transfers
 from service.audit import AuditLog, AuditMiddleware, SampledRefusals
 from service.cluster.addresses import advertised_address, with_port
 from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
@@ -56,8 +57,10 @@ from service.plugins.middleware import Middleware
 from service.plugins.registry import Registry
 from service.processing.executor import CommandExecutor
 from service.processing.middleware import Pipeline
+from service.processing.payload_json import payload_json
 from service.processing.projections import ProjectionRunner, Projections
 from service.processing.reactions import ReactionRunner, Reactions
+from service.processing.retention import Pruner
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import AggregateLoader
@@ -73,7 +76,7 @@ from service.settings import Settings
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
-from service.store.factory import open_store
+from service.store.factory import open_store, store_kind
 from service.store.leasing import LeaseMember
 
 if TYPE_CHECKING:
@@ -145,6 +148,7 @@ class Application:
     console: Console | None = None
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
+    pruner: Pruner | None = None
     refused: RefusedCommands | None = None
     gate: RpcGate | None = None
     group_sampler: GroupSampler | None = None
@@ -185,6 +189,8 @@ class Application:
         await self.reactions.stop()  # before the router: a reaction's command in flight is sent again later
         await self.router.close(grace=grace)
         await self.projections.stop()  # an uncommitted batch is simply applied again later
+        if self.pruner is not None:
+            await self.pruner.stop()  # a batch is one transaction: done or not
         if self.refused is not None:
             await self.refused.close()  # the refusals counted in the last second
         await self.leases.stop(leave=True)
@@ -232,7 +238,12 @@ async def start(
     adapter = (
         store
         if store is not None
-        else open_store(settings.database_url, pool_size=settings.db_pool_size, keep_snapshots=settings.keep_snapshots)
+        else open_store(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            keep_snapshots=settings.keep_snapshots,
+            json_of=payload_json(registry) if settings.postgres_json_events else None,
+        )
     )
     roles = Store.of(adapter)
     authenticator, authorizer = build_authentication(settings)
@@ -428,7 +439,13 @@ async def start(
             ownership=ownership,
         ),
         events=events,
-        admin=AdminService(audit, authorizer, keyring),
+        admin=AdminService(
+            audit,
+            authorizer,
+            keyring,
+            # Exports and imports move what is stored: the adapter's own roles.
+            transfers=Transfers(Store.of(adapter), store_kind(adapter), evict=router.evict),
+        ),
         projections=projection_service,
         reactions=ReactionService(
             documents=roles.projections,
@@ -510,6 +527,13 @@ async def start(
     await monitor.check()
     monitor.start()
     projections.start()
+    pruner = Pruner(
+        roles.retention,
+        command_retention=settings.command_retention,
+        refusal_retention=settings.refusal_retention,
+        interval=settings.retention_interval,
+    )
+    pruner.start()
     reactions.start()
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
@@ -540,6 +564,7 @@ async def start(
         console=console,
         metrics_server=metrics_server,
         lag_sampler=lag_sampler,
+        pruner=pruner,
         refused=refused_commands,
         gate=gate,
         group_sampler=group_sampler,

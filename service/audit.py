@@ -12,8 +12,9 @@ Where each outcome is written:
   before the pipeline; ``AuditMiddleware`` for refusals inside it.
 - dry runs, accepted or refused: the API layer (``service.api.dry_runs``),
   one entry each, marked ``dry_run``.
-- administrators' actions (``AdminService``): forgetting an aggregate and
-  rewrapping keys, done or refused, and any refused admin call; the entry's
+- administrators' actions (``AdminService``): forgetting, deleting an
+  aggregate, rewrapping keys, exporting and importing, done or refused, and
+  any refused admin call; the entry's
   ``command_type`` is the RPC's full name (``chronicle.v1.AdminService/…``)
   and its ``command_id`` is empty.
 
@@ -59,12 +60,18 @@ class AuditLog:
             log.exception("could not record the outcome of command %s in the audit log", entry.command_id)
 
     async def admin_action(
-        self, action: str, *, principal: str, aggregate_id: str = "", error: BaseException | None = None
+        self,
+        action: str,
+        *,
+        principal: str,
+        aggregate_id: str = "",
+        error: BaseException | None = None,
+        message: str = "",
     ) -> None:
-        """Record what an administrator did (``error`` None) or was refused.
-        An action that was done must be audited, so a failure to record it
-        is raised (the action itself has happened: the caller learns the
-        audit log is unavailable)."""
+        """Record what an administrator did (``error`` None; ``message`` says
+        what came of it) or was refused. An action that was done must be
+        audited, so a failure to record it is raised (the action itself has
+        happened: the caller learns the audit log is unavailable)."""
         if error is not None:
             await self.refused(refusal(error, command_type=action, aggregate_id=aggregate_id, principal=principal))
             return
@@ -77,6 +84,7 @@ class AuditLog:
             user_id=principal,
             origin="admin",
             outcome=ACCEPTED,
+            message=storable(message),
         )
         await self._store.record_audit_entry(entry)
 

@@ -18,6 +18,14 @@
     chronicle forget ACCOUNT                 # crypto-shred an aggregate (admin; irreversible)
     chronicle rewrap-keys                    # after adding a new master key (admin)
     chronicle masterkey ID                   # a new master key line for --master-key-file
+    chronicle export [FILE] [--snapshots] [--commands] [--aggregate ID] [--format binary|jsonl]
+    chronicle import FILE [--overwrite] [--restore-deleted]
+    chronicle convert-eventsourcing FILE --from-url URL --table T --mapping MODULE:FUNCTION
+    chronicle delete ACCOUNT [--expected-version N] [--reason TEXT]   # tombstone it (admin)
+    chronicle archive FOLDER --type Account [--last-event T] [--untouched-for 365d] [--limit N]
+    chronicle restore FILE [--aggregate ID]  # bring archived aggregates back (admin)
+                                             # the store's contents out and in (admin), through the
+                                             # server, or with --database-url straight on a store
 
 Against a server with authentication on, pass ``--token`` (or
 CHRONICLE_TOKEN); against TLS, ``--tls-ca`` (and for mutual TLS
@@ -34,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -41,7 +50,8 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import grpc
 from google.protobuf import any_pb2, json_format
@@ -64,10 +74,14 @@ from chronicle.v1 import (
     reaction_service_pb2_grpc,
 )
 from service.api.codec import check_id
-from service.errors import ChronicleError, InvalidInput
+from service.errors import ChronicleError, ConfigurationError, InvalidInput
 from service.progress import Reporter
 from service.remote_types import RemoteTypes, UnknownType
 from service.settings import add_arguments, load_settings
+
+if TYPE_CHECKING:
+    from service.transfer.exporter import ExportSelection
+    from service.transfer.importer import ImportOptions
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -113,7 +127,8 @@ EXIT_STATUS_HELP = f"""exit status (every command):
   {EXIT_OK}    done
   {EXIT_REFUSED}    the server refused or failed the call (the gRPC code, reason and
        message on stderr, e.g. "error: NOT_FOUND AGGREGATE_NOT_FOUND: ..."),
-       or could not be reached; health: the server is not serving
+       or could not be reached (with --database-url: the store refused, e.g.
+       an import's AGGREGATE_NOT_EMPTY); health: the server is not serving
   {EXIT_USAGE}    the command line, a setting or the input is wrong (bad arguments, a
        payload that is not a JSON object, a type the server does not know):
        nothing was sent
@@ -133,16 +148,19 @@ def _report(code: str, reason: str, details: str, metadata: dict[str, str]) -> i
     return EXIT_REFUSED
 
 
+def _error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason and metadata of a failed call ("" and {} if none)."""
+    status = rpc_status.from_call(error)  # grpc raises the call itself
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason, dict(info.metadata)
+    return "", {}
+
+
 def _report_rpc_error(error: grpc.RpcError) -> int:
     call = error  # grpc raises the call itself
-    status = rpc_status.from_call(call)
-    reason = ""
-    metadata: dict[str, str] = {}
-    if status is not None:
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                reason, metadata = info.reason, dict(info.metadata)
+    reason, metadata = _error_info(error)
     code = call.code().name if hasattr(call, "code") else "UNKNOWN"
     details = call.details() if hasattr(call, "details") else str(error)
     return _report(code, reason, details, metadata)
@@ -455,6 +473,311 @@ def _rewrap_keys(args: argparse.Namespace, channel: grpc.Channel) -> int:
     return EXIT_OK
 
 
+def _export(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    from service.transfer.exporter import ExportSelection
+    from service.transfer.files import STDIO, format_for, output, write_all
+    from service.transfer.stream import Writer
+
+    selection = ExportSelection(
+        snapshots=args.snapshots, commands=args.commands, aggregate_ids=tuple(dict.fromkeys(args.aggregate or ()))
+    )
+    export_format = format_for(args.file, args.format)
+    with output(args.file) as out:
+        if args.database_url:
+            counts = asyncio.run(_export_local(args.database_url, selection, out, export_format, args.quiet))
+        else:
+            types = RemoteTypes(channel)
+            request = admin_service_pb2.ExportLogRequest(
+                include_snapshots=selection.snapshots,
+                include_commands=selection.commands,
+                aggregate_ids=selection.aggregate_ids,
+            )
+            call = admin_service_pb2_grpc.AdminServiceStub(channel).ExportLog(request)
+            records = iter(call)
+            header = next(records)
+            reporter = Reporter("export", total=header.header.log_head, unit="positions", quiet=args.quiet)
+            writer = Writer(out, export_format, pool=types.pool)
+            writer.write(header)
+            counts = write_all(records, writer, reporter)
+            reporter.close(_counted(counts))
+    summary = {
+        "file": args.file,
+        "format": export_format,
+        **{f"{kind}s": n for kind, n in sorted(counts.items()) if kind not in ("header", "end")},
+    }
+    if args.file == STDIO:
+        print(json.dumps(summary), file=sys.stderr)
+    else:
+        _print(summary)
+    return EXIT_OK
+
+
+async def _export_local(
+    url: str, selection: ExportSelection, out: BinaryIO, export_format: str, quiet: bool
+) -> dict[str, int]:
+    """An export read straight from the store at ``url`` (the server may be stopped)."""
+    from service.app import build_registry
+    from service.store.base import Store
+    from service.store.factory import open_store, store_kind
+    from service.transfer.exporter import Exporter
+    from service.transfer.stream import Writer
+
+    build_registry(load_settings(None, os.environ))  # the plugins' payload types, for JSON
+    adapter = open_store(url, pool_size=2)
+    await adapter.open()
+    try:
+        writer = Writer(out, export_format)
+        counts: dict[str, int] = {}
+        reporter: Reporter | None = None
+        async for record in Exporter(Store.of(adapter), source=store_kind(adapter)).records(selection):
+            writer.write(record)
+            kind = record.WhichOneof("record") or ""
+            counts[kind] = counts.get(kind, 0) + 1
+            if kind == "header":
+                reporter = Reporter("export", total=record.header.log_head, unit="positions", quiet=quiet)
+            elif kind == "event" and reporter is not None:
+                reporter.update(record.event.event.position)
+        if reporter is not None:
+            reporter.close(_counted(counts))
+        return counts
+    finally:
+        await adapter.close()
+
+
+def _counted(counts: dict[str, int]) -> str:
+    shown = [f"{n:,} {kind.replace('_', ' ')}s" for kind, n in sorted(counts.items()) if kind not in ("header", "end")]
+    return ("done: " + ", ".join(shown)) if shown else "done: empty"
+
+
+def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    from service.transfer.files import Source
+    from service.transfer.importer import ImportOptions
+
+    options = ImportOptions(overwrite=args.overwrite, restore_deleted=args.restore_deleted)
+    if args.database_url:
+        summary = asyncio.run(_import_local(args.database_url, args.file, options, args.quiet))
+        _print(summary)
+        return EXIT_OK
+    types = RemoteTypes(channel)
+    source = Source(args.file, pool=types.pool)
+    reporter = Reporter("import", total=source.total, unit="bytes" if source.total else "records", quiet=args.quiet)
+
+    unreadable: list[ChronicleError] = []
+
+    def requests() -> Iterator[admin_service_pb2.ImportLogRequest]:
+        records = source.records()
+        for sent in itertools.count(1):
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except ChronicleError as error:
+                # The file is at fault, not the server: say so once the call ends.
+                unreadable.append(error)
+                return
+
+            request = admin_service_pb2.ImportLogRequest(record=record)
+            if sent == 1:
+                request.options.overwrite = options.overwrite
+                request.options.restore_deleted = options.restore_deleted
+            yield request
+            reporter.update(source.position if source.total else sent)
+
+    try:
+        response = admin_service_pb2_grpc.AdminServiceStub(channel).ImportLog(requests())
+    except grpc.RpcError:
+        if unreadable:
+            raise unreadable[0] from None
+        raise
+    finally:
+        source.close()
+    if unreadable:
+        raise unreadable[0]
+    reporter.close(f"done: {response.events_written:,} events written, {response.events_skipped:,} already there")
+    _print(_import_counts(response))
+    return EXIT_OK
+
+
+def _import_counts(response: admin_service_pb2.ImportLogResponse) -> dict[str, int]:
+    return {field.name: int(getattr(response, field.name)) for field in response.DESCRIPTOR.fields}
+
+
+async def _import_local(url: str, path: str, options: ImportOptions, quiet: bool) -> dict[str, int]:
+    """An import written straight into the store at ``url``."""
+    from service.app import build_registry
+    from service.store.base import Store
+    from service.store.factory import open_store
+    from service.transfer.files import Source
+    from service.transfer.importer import Importer
+
+    build_registry(load_settings(None, os.environ))  # the plugins' payload types, for JSON lines
+    source = Source(path)
+    reporter = Reporter("import", total=source.total, unit="bytes" if source.total else "records", quiet=quiet)
+    adapter = open_store(url, pool_size=2)
+    await adapter.open()
+    try:
+        importer = Importer(
+            Store.of(adapter),
+            options=options,
+            on_progress=lambda summary: reporter.update(source.position if source.total else summary.records),
+        )
+        for record in source.records():
+            await importer.add(record)
+        await importer.finish()
+    finally:
+        source.close()
+        await adapter.close()
+    from service.api.transfers import response
+
+    summary = importer.summary
+    reporter.close(f"done: {summary.written['event']:,} events written, {summary.events_skipped:,} already there")
+    return _import_counts(response(summary))
+
+
+def _convert_eventsourcing(args: argparse.Namespace) -> int:
+    from service.app import build_registry
+    from service.transfer.eventsourcing import eventsourcing_export
+    from service.transfer.files import STDIO, format_for, output
+    from service.transfer.stream import Writer
+
+    registry = build_registry(load_settings(None, os.environ))
+    mapping = _load_callable(args.mapping)
+    export_format = format_for(args.file, args.format)
+
+    async def convert(out: BinaryIO) -> dict[str, int]:
+        writer = Writer(out, export_format)
+        reporter: Reporter | None = None
+        events = 0
+        records = eventsourcing_export(
+            args.from_url, table=args.table, schema=args.schema, mapping=mapping, registry=registry
+        )
+        async for record in records:
+            writer.write(record)
+            if record.HasField("header"):
+                reporter = Reporter("convert", total=record.header.log_head, unit="notifications", quiet=args.quiet)
+            elif record.HasField("event") and reporter is not None:
+                events += 1
+                reporter.update(record.event.event.position)
+        if reporter is not None:
+            reporter.close(f"done: {events:,} events")
+        return {"events": events}
+
+    with output(args.file) as out:
+        counts = asyncio.run(convert(out))
+    summary = {"file": args.file, "format": export_format, **counts}
+    print(json.dumps(summary), file=sys.stderr if args.file == STDIO else sys.stdout)
+    return EXIT_OK
+
+
+def _delete(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    request = admin_service_pb2.DeleteAggregateRequest(aggregate_id=args.aggregate_id, reason=args.reason or "")
+    if args.expected_version is not None:
+        request.expected_version = args.expected_version
+    response = admin_service_pb2_grpc.AdminServiceStub(channel).DeleteAggregate(request, timeout=args.timeout)
+    _print(
+        {
+            "aggregate_id": args.aggregate_id,
+            "already_deleted": response.already_deleted,
+            "events_deleted": response.events_deleted,
+            "tombstone_version": response.tombstone.version,
+        }
+    )
+    return EXIT_OK
+
+
+def _archive(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    """Export the aggregates a rule picks to one file (complete and synced
+    before anything is deleted), then delete each at the version archived:
+    one that changed meanwhile is kept, and said so."""
+    import datetime
+    from pathlib import Path
+
+    from service.settings import seconds
+    from service.transfer.files import output
+    from service.transfer.stream import BINARY, Writer
+
+    rule = admin_service_pb2.ArchiveRule(
+        aggregate_type=args.type, last_event_types=args.last_event or (), limit=args.limit
+    )
+    if args.untouched_since:
+        rule.untouched_since.FromJsonString(args.untouched_since)
+    elif args.untouched_for:
+        since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds(args.untouched_for))
+        rule.untouched_since.FromDatetime(since)
+    folder = Path(args.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    path = folder / f"archive-{args.type}-{stamp}.chronicle"
+    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    versions: dict[str, int] = {}
+    with output(str(path)) as out:
+        writer = Writer(out, BINARY)
+        request = admin_service_pb2.ExportLogRequest(include_snapshots=True, rule=rule)
+        for record in stub.ExportLog(request):
+            writer.write(record)
+            if record.HasField("header"):
+                versions = dict.fromkeys(record.header.aggregate_ids, 0)
+            elif record.HasField("event"):
+                versions[record.event.event.aggregate_id] = record.event.event.version
+    if not versions:
+        path.unlink()
+        _print({"file": None, "archived": [], "changed": []})
+        return EXIT_OK
+    archived, changed = [], []
+    for aggregate_id, version in versions.items():
+        delete = admin_service_pb2.DeleteAggregateRequest(
+            aggregate_id=aggregate_id,
+            expected_version=version,
+            reason=args.reason or f"archived to {path.name}",
+            archive=path.name,
+        )
+        try:
+            stub.DeleteAggregate(delete, timeout=args.timeout)
+            archived.append(aggregate_id)
+        except grpc.RpcError as error:
+            if _error_info(error)[0] != "WRONG_EXPECTED_VERSION":
+                raise
+            changed.append(aggregate_id)  # a command came after the export: it stays, live
+    _print({"file": str(path), "archived": archived, "changed": changed})
+    return EXIT_OK
+
+
+def _restore(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    """Import an archive's records of the chosen aggregates (all by
+    default), replacing their tombstones."""
+    from service.transfer.files import Source
+    from service.transfer.restoring import only_aggregates
+
+    source = Source(args.file, pool=RemoteTypes(channel).pool)
+
+    def requests() -> Iterator[admin_service_pb2.ImportLogRequest]:
+        for index, record in enumerate(only_aggregates(source.records(), set(args.aggregate or ()))):
+            request = admin_service_pb2.ImportLogRequest(record=record)
+            if index == 0:
+                request.options.restore_deleted = True
+            yield request
+
+    try:
+        response = admin_service_pb2_grpc.AdminServiceStub(channel).ImportLog(requests())
+    finally:
+        source.close()
+    _print(_import_counts(response))
+    return EXIT_OK
+
+
+def _load_callable(path: str) -> Callable[..., Any]:
+    """``package.module:name``, which must be callable."""
+    import importlib
+
+    module_name, _, name = path.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"expected module:function, got {path!r}")
+    found = getattr(importlib.import_module(module_name), name, None)
+    if not callable(found):
+        raise ValueError(f"{path} is not a function")
+    return found  # type: ignore[no-any-return]
+
+
 def _masterkey(args: argparse.Namespace) -> int:
     from service.store.encryption import new_master_key
 
@@ -657,6 +980,93 @@ def build_parser() -> argparse.ArgumentParser:
     rewrap = commands.add_parser("rewrap-keys", help="rewrap data keys under the active master key (admin)")
     rewrap.set_defaults(run=_rewrap_keys, remote=True)
 
+    export = commands.add_parser(
+        "export", help="write the store's contents to an export file (admin; docs/export-format.md)"
+    )
+    export.add_argument("file", nargs="?", default="-", help="where to write it (default -: standard output)")
+    export.add_argument(
+        "--format",
+        choices=("binary", "jsonl"),
+        help="binary (length-delimited Protobuf, exact: for moving stores) or jsonl (JSON lines, for reading);"
+        " default: jsonl for a .jsonl file, else binary",
+    )
+    export.add_argument("--snapshots", action="store_true", help="include the aggregates' snapshots")
+    export.add_argument(
+        "--commands", action="store_true", help="include the command records (idempotency, the audit of commands)"
+    )
+    export.add_argument(
+        "--aggregate", action="append", type=_aggregate_id, help="only this aggregate; repeatable (an archive)"
+    )
+    export.set_defaults(run=_export, remote=True)
+
+    import_ = commands.add_parser("import", help="write an export file into the store (admin; resumable)")
+    import_.add_argument("file", help="the export, binary or JSON lines (- reads standard input)")
+    import_.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace aggregates the store holds other events for (their events, snapshots and claims);"
+        " only for aggregates no server is using",
+    )
+    import_.add_argument(
+        "--restore-deleted", action="store_true", help="replace only deleted aggregates' tombstones (a restore)"
+    )
+    import_.set_defaults(run=_import, remote=True)
+
+    delete = commands.add_parser(
+        "delete", help="delete an aggregate: its events go, its tombstone stays (admin; see archive)"
+    )
+    delete.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate to delete")
+    delete.add_argument("--expected-version", type=int, help="only if the aggregate is at this version")
+    delete.add_argument("--reason", help="why, kept in the tombstone and the audit log")
+    delete.set_defaults(run=_delete, remote=True)
+
+    archive = commands.add_parser(
+        "archive",
+        help="export the aggregates a rule picks to a file in FOLDER, then delete them (admin; restore brings"
+        " one back)",
+    )
+    archive.add_argument("folder", help="where the archive file goes")
+    archive.add_argument("--type", required=True, help="the aggregate type, e.g. Account")
+    archive.add_argument(
+        "--last-event", action="append", help="only aggregates whose last event is of this type (closed); repeatable"
+    )
+    untouched = archive.add_mutually_exclusive_group()
+    untouched.add_argument("--untouched-since", help="only aggregates with no event since this RFC 3339 time")
+    untouched.add_argument("--untouched-for", help="only aggregates with no event for this long, e.g. 365d")
+    archive.add_argument("--limit", type=int, default=100, help="at most this many aggregates (up to 1000)")
+    archive.add_argument("--reason", help="why, kept in each tombstone (default: the archive's file name)")
+    archive.set_defaults(run=_archive, remote=True)
+
+    restore = commands.add_parser("restore", help="bring archived aggregates back from an archive file (admin)")
+    restore.add_argument("file", help="the archive file")
+    restore.add_argument("--aggregate", action="append", type=_aggregate_id, help="only this one; repeatable")
+    restore.set_defaults(run=_restore, remote=True)
+
+    convert = commands.add_parser(
+        "convert-eventsourcing",
+        help="write the events of a Python eventsourcing application's PostgreSQL table as an export"
+        " (docs/migration.md)",
+    )
+    convert.add_argument("file", help="the export to write (- for standard output)")
+    convert.add_argument("--from-url", required=True, help="the PostgreSQL the eventsourcing application uses")
+    convert.add_argument("--table", required=True, help="its events table: <application name>_events, e.g. bank_events")
+    convert.add_argument("--schema", default="public", help="the table's schema (POSTGRES_SCHEMA; default public)")
+    convert.add_argument(
+        "--mapping",
+        required=True,
+        help="module:function turning each of the library's events into a plugin's event (or None to leave it)",
+    )
+    convert.add_argument("--format", choices=("binary", "jsonl"), help="as for export")
+    convert.add_argument("--quiet", action="store_true", help="no progress on standard error")
+    convert.set_defaults(run=_convert_eventsourcing, remote=False)
+
+    for sub in (export, import_):
+        sub.add_argument(
+            "--database-url",
+            help="work straight on the store at this URL (the server may be stopped) instead of through --server",
+        )
+        sub.add_argument("--quiet", action="store_true", help="no progress on standard error")
+
     masterkey = commands.add_parser("masterkey", help="print a new master key entry 'ID:base64'")
     masterkey.add_argument("key_id", help="a name for the key, e.g. 2026-01")
     masterkey.set_defaults(run=_masterkey, remote=False)
@@ -704,7 +1114,22 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--dismiss", metavar="COMMAND_ID", help="forget a parked command without sending it (admin)")
     reaction.set_defaults(run=_reaction, remote=True)
 
-    for sub in (submit, read, get, audit, forget, rewrap, tail, projection, reaction):
+    for sub in (
+        submit,
+        read,
+        get,
+        audit,
+        forget,
+        rewrap,
+        tail,
+        projection,
+        reaction,
+        export,
+        import_,
+        delete,
+        archive,
+        restore,
+    ):
         _client_arguments(sub)
     _client_arguments(health, local_by_default=True)
     for sub in commands.choices.values():
@@ -812,7 +1237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ChronicleError as error:
         # The reason first, as for a refused RPC: what a script can match on.
         print(f"error: {error.reason}: {error.message}", file=sys.stderr)
-        return 2
+        if isinstance(error, InvalidInput | ConfigurationError):
+            return EXIT_USAGE  # the command line, a setting or the input (a malformed file) is wrong
+        # A store that refused what it was given (an import on it, say) has
+        # refused, as a server would: said the same way.
+        if error.metadata:
+            print(f"  {json.dumps(error.metadata, sort_keys=True)}", file=sys.stderr)
+        return EXIT_REFUSED
     except (UnknownType, json_format.ParseError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -28,9 +28,11 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── Unauthenticated         no credentials, or credentials that do not verify
     ├── PermissionDenied        the caller may not do this
     ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
+    ├── AggregateDeleted        the aggregate was deleted; its tombstone stands for it
     ├── SubjectsForgotten       a read model's commit named forgotten aggregates (internal: applied again)
     ├── NotEncrypted            forgetting needs encryption (on, and a key for the aggregate)
     ├── PayloadNotDecryptable   a sealed payload its key does not open (tampering)
+    ├── ImportConflict          an imported record does not fit what the store holds
     ├── NotAvailableHere        a read this server's configuration cannot serve (listing hidden keys)
     ├── Overloaded              a bounded queue or limit is full
     ├── StoreUnavailable        the store cannot be reached
@@ -357,6 +359,20 @@ class AggregateForgotten(ChronicleError):
         )
 
 
+class AggregateDeleted(ChronicleError):
+    """The aggregate was deleted (AdminService.DeleteAggregate): its events
+    are gone and its tombstone stands where they were; it takes no commands
+    unless it is restored."""
+
+    default_reason = "AGGREGATE_DELETED"
+
+    def __init__(self, aggregate_id: str) -> None:
+        super().__init__(
+            f"aggregate {aggregate_id!r} was deleted: its events are gone (restore it from its archive to use it)",
+            metadata={"aggregate_id": aggregate_id},
+        )
+
+
 class SubjectsForgotten(ChronicleError):
     """A projection's commit put documents derived from aggregates that were
     forgotten (``subjects``): nothing was written. A signal between the store
@@ -385,6 +401,18 @@ class PayloadNotDecryptable(ChronicleError):
     with, or copied from another row. Never returned as data."""
 
     default_reason = "PAYLOAD_NOT_DECRYPTABLE"
+
+
+class ImportConflict(ChronicleError):
+    """An imported record does not fit what the store holds, and nothing of
+    its batch was written: its event id is another event's
+    (EVENT_ID_TAKEN), its aggregate holds other events at its version
+    (AGGREGATE_NOT_EMPTY: import with overwriting to replace them), a
+    version before it is missing (VERSION_GAP), a value it claims is held by
+    another aggregate (CLAIM_HELD), or its data key differs from the one the
+    store holds for the aggregate (DATA_KEY_CONFLICT)."""
+
+    default_reason = "IMPORT_CONFLICT"
 
 
 class NotAvailableHere(ChronicleError):

@@ -23,6 +23,11 @@ class RemoteTypes:
     def __init__(self, channel: grpc.Channel) -> None:
         self._pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
 
+    @property
+    def pool(self) -> descriptor_pool.DescriptorPool:
+        """The server's types, for Protobuf's JSON mapping of ``Any``."""
+        return self._pool
+
     def message_class(self, full_name: str) -> type[Message]:
         try:
             descriptor = self._pool.FindMessageTypeByName(full_name)

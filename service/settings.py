@@ -59,6 +59,30 @@ class Settings:
     snapshot_every: int = field(
         default=0, metadata={"help": "default snapshot interval in events for aggregate types that set none (0: off)"}
     )
+    postgres_json_events: bool = field(
+        default=False,
+        metadata={
+            "help": "PostgreSQL: also keep each event's payload as JSON (column payload_json) to query in SQL;"
+            " not with encryption at rest"
+        },
+    )
+    command_retention: float = field(
+        default=0.0,
+        metadata={
+            "help": "keep command records this long (seconds, or 90d, 12h, 30m): a retry of a command older than"
+            " this runs again; 0: forever"
+        },
+    )
+    refusal_retention: float = field(
+        default=0.0,
+        metadata={
+            "help": "keep the audit's entries of commands refused before a handler, and of dry runs, this long;"
+            " 0: forever"
+        },
+    )
+    retention_interval: float = field(
+        default=60.0, metadata={"help": "seconds between rounds of pruning records past their retention"}
+    )
     keep_snapshots: int = field(
         default=DEFAULT_KEEP_SNAPSHOTS,
         metadata={"help": "snapshots kept per aggregate, the newest (older past versions replay from the start)"},
@@ -214,8 +238,13 @@ class Settings:
             self.snapshot_every,
             self.slow_handler_seconds,
             self.loop_lag_seconds,
+            self.command_retention,
+            self.refusal_retention,
         )
-        if min(self.idle_timeout, self.health_interval, self.poll_seconds) <= 0 or min(durations) < 0:
+        if (
+            min(self.idle_timeout, self.health_interval, self.poll_seconds, self.retention_interval) <= 0
+            or min(durations) < 0
+        ):
             raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
         check_partition_count(self.partitions)
         if self.read_database_url and not self.database_url.startswith(("postgresql:", "postgres:")):
@@ -274,6 +303,12 @@ class Settings:
                 "--anonymous-admin is for servers with --auth off; with --auth the policy grants admin",
                 reason="BAD_SETTING",
             )
+        if self.postgres_json_events and (self.master_key_file or self.master_keys):
+            raise ConfigurationError(
+                "--postgres-json-events would keep payloads in the clear beside their encrypted copies: not with"
+                " encryption at rest",
+                reason="BAD_SETTING",
+            )
         if self.master_key_file and self.master_keys:
             raise ConfigurationError("give master keys in a file or inline, not both", reason="BAD_SETTING")
         if self.jwt_key_file and not self.jwt_issuer:
@@ -293,6 +328,19 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def seconds(text: str) -> float:
+    """A duration: seconds (``2.5``), or a number and a unit: ``250ms``,
+    ``30s``, ``15m``, ``12h``, ``90d``, ``2w``."""
+    stripped = text.strip().lower()
+    for unit in sorted(_UNITS, key=len, reverse=True):
+        if stripped.endswith(unit) and stripped[: -len(unit)].strip():
+            return float(stripped[: -len(unit)]) * _UNITS[unit]
+    return float(stripped)
+
+
 def _convert(name: str, kind: str, text: str) -> object:
     try:
         if kind == "bool":
@@ -300,7 +348,7 @@ def _convert(name: str, kind: str, text: str) -> object:
         if kind == "int":
             return int(text)
         if kind == "float":
-            return float(text)
+            return seconds(text)
         if kind == "tuple[str, ...]":
             return tuple(part.strip() for part in text.split(",") if part.strip())
         return text

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from service.store.base import StoreAdapter
+from service.store_contract.contents import ContentsOf
+from tests.support.contents import contents as read_contents
 from tests.support.load import Followers
 from tests.support.postgres import Cluster, StandbyPair, start_cluster, start_standby_pair
 from tests.support.schema_versions import DatabaseAt, PostgresVersions
@@ -95,6 +97,13 @@ def standby_urls(standby_pair: StandbyPair) -> Iterator[tuple[str, str]]:
     primary_url, standby_url = standby_pair.create_database()
     yield primary_url, standby_url
     standby_pair.primary.drop_database(primary_url)
+
+
+@pytest.fixture
+def contents(store: StoreAdapter) -> ContentsOf:
+    """What ``store`` holds, read from underneath it (its tables), for the
+    contract's "nothing else changed" checks."""
+    return lambda: read_contents(store)
 
 
 @pytest.fixture

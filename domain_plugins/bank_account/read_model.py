@@ -3,7 +3,9 @@
 A projection (``service.plugins``: Projection, Documents, ProjectedEvent): the server applies each
 account event once, in log order, and commits the documents together with
 its checkpoint. Documents: ``owner:<owner>`` (OwnerBalance) and
-``account:<id>`` (AccountBalance, so that a deposit finds its owner).
+``account:<id>`` (AccountBalance, so that a deposit finds its owner). A
+deleted account (its tombstone, AggregateDeleted) leaves its owner's
+documents; restored, its events come again and it is counted again.
 
 Both hold personal data (the owner's name, balances), so each names the
 accounts it is derived from as its subjects: forgetting an account deletes
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from domain_plugins.bank_account.domain import plugin
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.plugins import Documents, ProjectedEvent
+from service.plugins import AggregateDeleted, Documents, ProjectedEvent
 
 balances_by_owner = plugin.projection("bank.balances_by_owner", aggregate_types=["Account"])
 
@@ -58,3 +60,22 @@ def _deposited(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: 
 @balances_by_owner.on(bank.MoneyWithdrawn)
 def _withdrawn(event: bank.MoneyWithdrawn, envelope: ProjectedEvent, documents: Documents) -> None:
     _move(envelope.aggregate_id, -event.amount, documents)
+
+
+@balances_by_owner.on(AggregateDeleted)
+def _deleted(event: AggregateDeleted, envelope: ProjectedEvent, documents: Documents) -> None:
+    account = documents.get(account_key(envelope.aggregate_id), bank.AccountBalance)
+    if account is None:
+        return
+    documents.delete(account_key(envelope.aggregate_id))
+    holder = documents.get(owner_key(account.owner), bank.OwnerBalance)
+    if holder is None:
+        return
+    holder.balance -= account.balance
+    remaining = [a for a in holder.account_ids if a != envelope.aggregate_id]
+    del holder.account_ids[:]
+    holder.account_ids.extend(remaining)
+    if remaining:
+        documents.put(owner_key(account.owner), holder, subject=holder.account_ids)
+    else:
+        documents.delete(owner_key(account.owner))

@@ -1,6 +1,8 @@
-"""``chronicle.v1.AdminService``: the audit log, forgetting aggregates and
-rewrapping keys. Every RPC needs the admin grant; with authentication off,
-anonymous callers have it only on a server started with --anonymous-admin."""
+"""``chronicle.v1.AdminService``: the audit log, forgetting aggregates,
+rewrapping keys, exporting and importing the store. Every RPC needs the
+admin grant; with authentication off, anonymous callers have it only on a
+server started with --anonymous-admin. Every call is audited, refused or
+done (reading the audit log only when refused)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import grpc
 
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
-from service.api.codec import check_id, micros_of, timestamp
+from chronicle.v1 import export_pb2
+from service.api.codec import check_id, encode_event, micros_of, timestamp
+from service.api.transfers import Transfers, described
 from service.audit import AuditLog
-from service.errors import ChronicleError, InvalidInput, NotEncrypted
+from service.errors import ChronicleError, InvalidInput, NotEncrypted, StoreUnavailable
 from service.principal import current_principal
 from service.security.policy import Authorizer
 from service.store.base import AuditQuery
@@ -25,15 +29,29 @@ from service.store.records import ACCEPTED, REFUSED, AuditEntry
 log = logging.getLogger(__name__)
 SERVICE = "chronicle.v1.AdminService"
 MAX_AUDIT_ENTRIES = 1000
+MAX_TEXT = 1000
 _OUTCOMES = {pb.AUDIT_OUTCOME_ACCEPTED: ACCEPTED, pb.AUDIT_OUTCOME_REFUSED: REFUSED}
 _OUTCOME_CODES = {name: code for code, name in _OUTCOMES.items()}
 
 
 class AdminService(pb_grpc.AdminServiceServicer):
-    def __init__(self, audit: AuditLog, authorizer: Authorizer, keyring: Keyring | None = None) -> None:
+    def __init__(
+        self,
+        audit: AuditLog,
+        authorizer: Authorizer,
+        keyring: Keyring | None = None,
+        *,
+        transfers: Transfers | None = None,
+    ) -> None:
         self._audit = audit
         self._authorizer = authorizer
         self._keyring = keyring
+        self._transfers = transfers
+
+    def _transfer(self) -> Transfers:
+        if self._transfers is None:
+            raise StoreUnavailable("this server cannot export or import its store", reason="TRANSFER_UNAVAILABLE")
+        return self._transfers
 
     def _keys(self) -> Keyring:
         if self._keyring is None:
@@ -91,9 +109,75 @@ class AdminService(pb_grpc.AdminServiceServicer):
             self._authorizer.check_admin(current_principal.get(), "rewrap keys")
             return pb.RewrapKeysResponse(rewrapped=await self._keys().rewrap())
 
+    async def ExportLog(
+        self, request: pb.ExportLogRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[export_pb2.ExportRecord]:
+        outcome = _Outcome()
+        async with self._audited("ExportLog", outcome=outcome):
+            self._authorizer.check_admin(current_principal.get(), "export the store")
+            transfers = self._transfer()
+            selection = transfers.selection(request)
+            exported = 0
+            async for record in transfers.export(selection):
+                exported += 1
+                yield record
+            outcome.message = f"{exported} records exported" + (
+                f" of {len(selection.aggregate_ids)} aggregates" if selection.aggregate_ids else ""
+            )
+
+    async def ImportLog(
+        self, request_iterator: AsyncIterator[pb.ImportLogRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ImportLogResponse:
+        outcome = _Outcome()
+        async with self._audited("ImportLog", outcome=outcome):
+            # The first message is read before the grant is checked, as a
+            # unary request is decoded first: a malformed one is that.
+            requests = aiter(request_iterator)
+            first = await anext(requests, None)
+            self._authorizer.check_admin(current_principal.get(), "import into the store")
+            transfers = self._transfer()
+            response, summary = await transfers.import_(_chained(first, requests))
+            outcome.message = described(summary)
+            log.warning("import by %r: %s", current_principal.get().name, outcome.message)
+            return response
+
+    async def DeleteAggregate(
+        self, request: pb.DeleteAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteAggregateResponse:
+        outcome = _Outcome()
+        async with self._audited("DeleteAggregate", aggregate_id=request.aggregate_id[:200], outcome=outcome):
+            principal = current_principal.get()
+            self._authorizer.check_admin(principal, "delete aggregates")
+            aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+            for name in ("reason", "archive"):
+                if len(getattr(request, name)) > MAX_TEXT:
+                    raise InvalidInput.for_field(name, f"at most {MAX_TEXT} characters", reason="TEXT_TOO_LONG")
+            deletion = await self._transfer().delete(
+                aggregate_id,
+                expected_version=request.expected_version if request.HasField("expected_version") else None,
+                principal=principal.name,
+                reason=request.reason,
+                archive=request.archive,
+            )
+            if deletion.already_deleted:
+                outcome.message = "already deleted"
+            else:
+                outcome.message = f"{deletion.events_deleted} events deleted" + (
+                    f": {request.reason}" if request.reason else ""
+                )
+                log.warning("aggregate %s deleted by %r (%s)", aggregate_id, principal.name, outcome.message)
+            return pb.DeleteAggregateResponse(
+                tombstone=encode_event(deletion.tombstone),
+                already_deleted=deletion.already_deleted,
+                events_deleted=deletion.events_deleted,
+            )
+
     @contextlib.asynccontextmanager
-    async def _audited(self, rpc: str, *, aggregate_id: str = "", record_success: bool = True) -> AsyncIterator[None]:
-        """Audit the admin call: refused (any ChronicleError), or done."""
+    async def _audited(
+        self, rpc: str, *, aggregate_id: str = "", record_success: bool = True, outcome: _Outcome | None = None
+    ) -> AsyncIterator[None]:
+        """Audit the admin call: refused (any ChronicleError), or done (with
+        what ``outcome`` says came of it)."""
         action = f"{SERVICE}/{rpc}"
         principal = current_principal.get().name
         try:
@@ -102,7 +186,24 @@ class AdminService(pb_grpc.AdminServiceServicer):
             await self._audit.admin_action(action, principal=principal, aggregate_id=aggregate_id, error=error)
             raise
         if record_success:
-            await self._audit.admin_action(action, principal=principal, aggregate_id=aggregate_id)
+            message = outcome.message if outcome is not None else ""
+            await self._audit.admin_action(action, principal=principal, aggregate_id=aggregate_id, message=message)
+
+
+async def _chained(
+    first: pb.ImportLogRequest | None, rest: AsyncIterator[pb.ImportLogRequest]
+) -> AsyncIterator[pb.ImportLogRequest]:
+    if first is None:
+        return
+    yield first
+    async for request in rest:
+        yield request
+
+
+class _Outcome:
+    """What an audited call reports when it is done."""
+
+    message = ""
 
 
 def _entry(entry: AuditEntry) -> pb.AuditEntry:

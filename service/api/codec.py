@@ -17,7 +17,7 @@ from chronicle.v1 import command_pb2, event_pb2
 from service.errors import InvalidInput
 from service.plugins.registry import Registry
 from service.processing.commands import CommandBatch, CommandRequest
-from service.store.records import RecordedEvent
+from service.store.records import TOMBSTONE_EVENT_TYPE, RecordedEvent
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
 MAX_ID_LENGTH = 200
@@ -257,5 +257,7 @@ def encode_event_into(encoded: event_pb2.Event, event: RecordedEvent) -> None:
     if event.redacted:
         encoded.redacted = True
     else:
+        if event.event_type == TOMBSTONE_EVENT_TYPE:
+            encoded.deleted = True
         encoded.payload.type_url = TYPE_URL_PREFIX + event.event_type
         encoded.payload.value = event.payload

@@ -84,6 +84,12 @@ class Event:
         return bool(self.envelope.redacted)
 
     @property
+    def deleted(self) -> bool:
+        """A deleted aggregate's tombstone: its payload is a
+        ``chronicle.v1.AggregateDeleted``, its events are gone."""
+        return bool(self.envelope.deleted)
+
+    @property
     def event_id(self) -> str:
         return str(self.envelope.event_id)
 

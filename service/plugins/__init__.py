@@ -1,5 +1,6 @@
 """The plugin API: everything a domain plugin imports from Chronicle."""
 
+from chronicle.v1.event_pb2 import AggregateDeleted
 from service.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, NotUnique, ValidationError
 from service.plugins.api import AggregateType, CommandSpec, EventSpec, OldEvent, Plugin, UpcasterSpec
 from service.plugins.context import CommandContext, Effects
@@ -8,6 +9,7 @@ from service.plugins.projections import Documents, ProjectedEvent, Projection
 from service.plugins.reactions import Reaction, Refusal, Send
 
 __all__ = [
+    "AggregateDeleted",
     "AggregateType",
     "AlreadyExistsError",
     "CommandCall",

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from service.errors import AggregateNotFound, VersionNotReached
+from service.errors import AggregateDeleted, AggregateNotFound, VersionNotReached
 from service.processing.state import Aggregate, AggregateLoader
 from service.store.base import AggregateQuery, EventRecorder
-from service.store.records import RecordedEvent
+from service.store.records import RecordedEvent, is_tombstone
 
 # Stored events read from the store at once: bounds a long read's memory.
 PAGE = 500
@@ -95,6 +95,9 @@ class History:
         if aggregate is None:
             raise AggregateNotFound(aggregate_id)
         if at_version is not None and aggregate.version < at_version:
+            last = await self._store.read_aggregate(aggregate_id, AggregateQuery(backwards=True, limit=1))
+            if last and is_tombstone(last[0]):
+                raise AggregateDeleted(aggregate_id)  # the versions asked for were deleted
             raise VersionNotReached(aggregate_id, at_version, aggregate.version)
         return aggregate
 

@@ -54,12 +54,13 @@ from typing import Protocol, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
+from chronicle.v1 import event_pb2
 from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed, SubjectsForgotten
 from service.plugins.projections import ProjectedEvent, Projection
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
 from service.store.leasing import Fencing
-from service.store.records import DocumentWrite, LogFilter, LogPage, ParkedEvent, RecordedEvent
+from service.store.records import DocumentWrite, LogFilter, LogPage, ParkedEvent, RecordedEvent, is_tombstone
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -313,6 +314,15 @@ class ProjectionLease(Protocol):
         """The token to commit under while this replica holds the lease, else None."""
 
 
+def readable(reader: EventReader, stored: RecordedEvent) -> Iterable[tuple[RecordedEvent, Message]]:
+    """``stored`` as a runner's handlers get it: today's events it reads as
+    (upcast), or a deleted aggregate's tombstone as its ``AggregateDeleted``
+    (read only by a runner that handles deletions: its filter names the type)."""
+    if is_tombstone(stored):
+        return ((stored, event_pb2.AggregateDeleted.FromString(stored.payload)),)
+    return ((event.record, event.message) for event in reader.decode(stored))
+
+
 class ProjectionRunner:
     def __init__(
         self,
@@ -478,12 +488,14 @@ class ProjectionRunner:
                     ahead = asyncio.ensure_future(self._read(page.scanned_to, self.projection.catch_up_batch_size))
                 batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
                 events = [
-                    (event.record, event.message)
+                    pair
                     for stored in page.events
                     # Forgotten (redacted): nothing to read, and what was
-                    # derived from it went with it (documents name their subjects).
+                    # derived from it went with it (documents name their
+                    # subjects); a read model built after the forgetting (a
+                    # new projection, a moved store) goes without it.
                     if not stored.redacted
-                    for event in self._reader.decode(stored)
+                    for pair in readable(self._reader, stored)
                 ]
                 for index, (record, message) in enumerate(events):
                     while (missing := self._apply_or_park(batch, record, message)) is not None:

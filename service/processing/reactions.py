@@ -42,6 +42,7 @@ from google.protobuf.message import Message
 
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from service.errors import (
+    AggregateDeleted,
     AggregateTypeMismatch,
     ChronicleError,
     CommandIdReused,
@@ -55,7 +56,14 @@ from service.plugins.projections import ProjectedEvent
 from service.plugins.reactions import MAX_ROUNDS, Reacted, Reaction, Refusal, Send, command_id_for, sends
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest, CommandResult
-from service.processing.projections import BATCH_DELAY, DocumentCache, ForgottenSubjects, ProjectionLease, _Batch
+from service.processing.projections import (
+    BATCH_DELAY,
+    DocumentCache,
+    ForgottenSubjects,
+    ProjectionLease,
+    _Batch,
+    readable,
+)
 from service.processing.reaction_documents import (
     PARKED_KEY,
     PARKED_PREFIX,
@@ -123,8 +131,10 @@ class ReactionStatus:
 
 def _refusal(error: ChronicleError) -> bool:
     """Whether the command itself was refused (for good: handed back to the
-    reaction), as opposed to a failure that trying again may cure."""
-    return error.recorded or isinstance(error, AggregateTypeMismatch | CommandIdReused)
+    reaction), as opposed to a failure that trying again may cure. A deleted
+    aggregate takes no command until it is restored: the reaction's to
+    compensate, or an operator's to replay once it is back."""
+    return error.recorded or isinstance(error, AggregateTypeMismatch | CommandIdReused | AggregateDeleted)
 
 
 class ReactionRunner:
@@ -267,8 +277,8 @@ class ReactionRunner:
                         # Forgotten: nothing to read, nothing to react to (what
                         # was derived from it went with it).
                         continue
-                    for event in self._reader.decode(stored):
-                        await self._react(batch, parked, event.record, event.message)
+                    for record, message in readable(self._reader, stored):
+                        await self._react(batch, parked, record, message)
                 parked.write()
                 await self._documents.commit_projection(
                     self.reaction.name,

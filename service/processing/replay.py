@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.errors import CommandIdReused, rebuild_rejection
+from service.errors import AggregateDeleted, CommandIdReused, rebuild_rejection
 from service.processing.commands import BatchResult, CommandRequest, CommandResult
 from service.processing.upcasting import EventReader
 from service.store.base import AggregateQuery, EventRecorder
@@ -58,5 +58,7 @@ class Replayer:
                 request.aggregate_id,
                 AggregateQuery(from_version=record.first_version, to_version=record.last_version),
             )
+            if len(stored) < record.event_count:
+                raise AggregateDeleted(request.aggregate_id)  # its events are gone; the tombstone says why
             events = [current for event in stored for current in self._reader.records(event)]
         return CommandResult(tuple(events), record.last_version, replayed=True)

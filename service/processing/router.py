@@ -127,6 +127,19 @@ class Router:
             self._workers = dict(self._workers)
         return len(idle)
 
+    def evict(self, aggregate_id: str) -> None:
+        """Forget the cached state of an aggregate whose stored events were
+        replaced under it (an import overwriting it): its next command loads
+        it again. A busy worker keeps going (what it is deciding is decided
+        on the old events: an import must not overwrite aggregates in use)."""
+        worker = self._workers.get(aggregate_id)
+        if worker is None:
+            return
+        if worker.busy:
+            worker.drop_cache()
+        else:
+            del self._workers[aggregate_id]
+
     async def close(self, grace: float = 30.0) -> None:
         """Refuse new commands, let queued ones finish."""
         self._closing = True

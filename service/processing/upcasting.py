@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
 
-from service.errors import AggregateForgotten, EventNotReadable
+from service.errors import AggregateDeleted, AggregateForgotten, EventNotReadable
 from service.plugins.api import EventSpec, OldEvent, UpcasterSpec
 from service.plugins.registry import Registry
-from service.store.records import RecordedEvent
+from service.store.records import RecordedEvent, is_tombstone
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,12 @@ class EventReader:
 
     def decode(self, event: RecordedEvent) -> list[CurrentEvent]:
         """``event`` as today's plugin reads it: zero, one or several events.
-        A redacted event (its aggregate was forgotten) cannot be read."""
+        A redacted event (its aggregate was forgotten) cannot be read, nor
+        rebuilt from a deleted aggregate's tombstone."""
         if event.redacted:
             raise AggregateForgotten(event.aggregate_id)
+        if is_tombstone(event):
+            raise AggregateDeleted(event.aggregate_id)
         start = _Step(event.event_type, event.schema_version, event.payload, None)
         pieces = self._current(event, start, steps=0)
         if len(pieces) == 1 and pieces[0][1] is None:
@@ -102,8 +105,9 @@ class EventReader:
 
     def records(self, event: RecordedEvent) -> list[RecordedEvent]:
         """Like ``decode``, for readers that pass events on: an event that is
-        already current, or redacted, is returned without parsing its payload."""
-        if event.redacted:
+        already current, redacted, or a deleted aggregate's tombstone is
+        returned without parsing its payload."""
+        if event.redacted or is_tombstone(event):
             return [event]
         spec = self._registry.event(event.event_type)
         if spec is not None and spec.schema_version == event.schema_version:

@@ -101,6 +101,10 @@ class AggregateWorker:
         """Commands waiting (not counting those running)."""
         return len(self._jobs)
 
+    def drop_cache(self) -> None:
+        """Forget the cached state: its stored events were replaced (an import)."""
+        self._cached = None
+
     def enqueue(self, job: Job) -> None:
         if len(self._jobs) >= self._queue_depth:
             raise Overloaded(

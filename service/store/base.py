@@ -9,6 +9,8 @@
     ProjectionStore  projection checkpoints and documents, committed together
     AuditRecorder    audit entries no command record carries, and reading the audit log
     KeyStore         per-aggregate data keys (encryption at rest)
+    Transfer         everything above as stored, read out in pages and written in (export, import)
+    Retention        pruning command records and refusals older than a window
     LeaseStore       leases that share work among live replicas (partitions, projections)
     GroupStore       subscription groups: settings, segment checkpoints, parked events, and the
                      leases by which consumers hold segments
@@ -24,13 +26,14 @@ document only where they differ from what is written here.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
 from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.records import (
     AggregateHead,
+    AggregateLastEvent,
     AggregateSummary,
     AuditEntry,
     ClaimChange,
@@ -334,6 +337,122 @@ class KeyStore(Protocol):
         """Replace ``old`` by ``new`` if the stored key is still ``old``."""
 
 
+class Transfer(Protocol):
+    """What a store holds, exactly as stored, read out in pages and written
+    in again: export and import, moving a store to another. Payloads,
+    snapshot states and claimed values are as the adapter keeps them (sealed
+    and hidden with encryption at rest: this role is never wrapped, so an
+    export carries ciphertext and the data keys that open it, wrapped by the
+    master keys). Events are read out through ``LogReader.read_log`` and
+    ``EventRecorder.read_aggregate`` of the same adapter.
+
+    Every write is one transaction and idempotent: a record the store holds
+    already is left as it is, so an import interrupted anywhere can be run
+    again from the start and only writes what is missing."""
+
+    async def data_keys_page(self, after: str, limit: int) -> list[DataKey]:
+        """Up to ``limit`` data keys (tombstones of forgotten aggregates
+        included) whose aggregate id sorts after ``after``, in id order."""
+
+    async def snapshots_page(
+        self, after: tuple[str, int], limit: int, *, aggregate_id: str | None = None
+    ) -> list[Snapshot]:
+        """Up to ``limit`` snapshots after ``after`` in (aggregate id,
+        version) order (``("", 0)``: from the first); only ``aggregate_id``'s
+        when it is set."""
+
+    async def claims_page(
+        self, after: tuple[str, str], limit: int, *, aggregate_id: str | None = None
+    ) -> list[HeldClaim]:
+        """Up to ``limit`` claims after ``after`` in (scope, value) order;
+        only those ``aggregate_id`` holds when it is set."""
+
+    async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
+        """Up to ``limit`` command records whose id sorts after ``after``, in id order."""
+
+    async def import_events(self, events: Sequence[RecordedEvent]) -> int:
+        """Write ``events`` as they were recorded elsewhere, in one
+        transaction: each keeps its event id, aggregate, version, timestamp
+        and envelope, and takes a new position at the end of the log, in the
+        order given (so the log's order is kept; positions themselves are
+        this store's). An event whose id the store holds at the same
+        aggregate and version is skipped (written before). Returns how many
+        were written.
+
+        ``ImportConflict``, and nothing written, when an event's id is held
+        by another event (EVENT_ID_TAKEN), its aggregate has another event at
+        its version (AGGREGATE_NOT_EMPTY), or its version is not the one
+        after its aggregate's last (VERSION_GAP), except for a deleted
+        aggregate's tombstone, which stands alone at the version after the
+        events it replaced: only on an aggregate with no events
+        (AGGREGATE_NOT_EMPTY otherwise)."""
+
+    async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
+        """Write the snapshots the store does not hold (by aggregate and
+        version), in one transaction, without pruning; how many were written."""
+
+    async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
+        """Take the claims, in one transaction; one the same aggregate holds
+        already is left as it is. ``ImportConflict`` (CLAIM_HELD), and
+        nothing written, when another aggregate holds one of the values.
+        How many were taken."""
+
+    async def import_commands(self, commands: Sequence[CommandRecord]) -> int:
+        """Write the command records whose ids the store does not hold, in
+        one transaction; how many were written."""
+
+    async def import_data_keys(self, keys: Sequence[DataKey]) -> int:
+        """Write the data keys of aggregates that have none, in one
+        transaction. A forgotten aggregate stays forgotten: a tombstone
+        (``wrapped`` None) is never replaced, and an imported tombstone
+        forgets the aggregate's live key (and, as ``forget_data_key``, drops
+        its snapshots and claims). ``ImportConflict`` (DATA_KEY_CONFLICT),
+        and nothing written, when the store holds another live key for an
+        aggregate. How many rows were written or turned into tombstones."""
+
+    async def remove_aggregate(self, aggregate_id: str) -> int:
+        """Remove the aggregate's events, snapshots and claims in one
+        transaction, leaving no trace in the log (an import replacing it);
+        command records and its data key stay. How many events went."""
+
+    async def delete_aggregate(
+        self, aggregate_id: str, tombstone: NewEvent, *, expected_version: int | None = None
+    ) -> RecordedEvent | None:
+        """In one transaction: remove the aggregate's events, snapshots and
+        claims, and append ``tombstone`` as the version after its last, at
+        the end of the log; the tombstone as recorded. An append racing the
+        deletion is either before it (and deleted with the rest) or refused
+        after it. An aggregate deleted before is left as it is and its
+        tombstone returned; one with no events is None.
+        ``ConcurrencyConflict``, and nothing done, when ``expected_version``
+        is set and the aggregate is at another."""
+
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateLastEvent]:
+        """Up to ``limit`` aggregates whose id sorts after ``after``, in id
+        order, each as its last event shows it."""
+
+
+class Retention(Protocol):
+    """Records kept for a while only: command records make retries
+    idempotent (and audit the commands), and are needed only as long as a
+    client may retry; the audit's entries of refused commands are needed as
+    long as someone may look. Each call prunes one small batch, oldest
+    first, in one transaction that takes no lock an append waits for."""
+
+    async def prune_commands(self, recorded_before_us: int, limit: int) -> int:
+        """Delete up to ``limit`` command records decided before
+        ``recorded_before_us`` (microseconds since the epoch), oldest first;
+        how many went. A pruned command id is unknown from then on: a retry
+        of it is a new command."""
+
+    async def prune_refusals(self, recorded_before_us: int, limit: int) -> int:
+        """Delete up to ``limit`` of the audit's own entries of refused
+        commands (``record_audit_entry`` with outcome refused) and of dry
+        runs, which wrote nothing, recorded before ``recorded_before_us``,
+        oldest first; how many went. Administrators' actions that were done
+        are kept."""
+
+
 class LeaseStore(Protocol):
     """Leases that live replicas share out (``service/cluster/leases.py``
     decides who takes what; this role only records it, atomically).
@@ -446,6 +565,8 @@ class StoreAdapter(
     ProjectionStore,
     AuditRecorder,
     KeyStore,
+    Transfer,
+    Retention,
     LeaseStore,
     GroupStore,
     Protocol,
@@ -467,12 +588,14 @@ class Store:
     projections: ProjectionStore
     audit: AuditRecorder
     keys: KeyStore
+    transfer: Transfer
+    retention: Retention
     leases: LeaseStore
     groups: GroupStore
 
     @classmethod
     def of(cls, adapter: StoreAdapter) -> Store:
-        return cls(adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter, adapter)
+        return cls(*[adapter] * len(fields(cls)))
 
     def replacing(
         self,

@@ -1,27 +1,57 @@
-"""Choosing a store from a database URL."""
+"""Choosing a store from a database URL: the built-in schemes, and any
+other scheme a package registers in the ``chronicle.stores`` entry-point
+group (docs/stores.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, StoreAdapter
 
+STORE_ENTRY_POINT_GROUP = "chronicle.stores"
+BUILT_IN_SCHEMES = ("sqlite", "memory", "postgresql", "postgres")
 
-def open_store(url: str, *, pool_size: int = 10, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> StoreAdapter:
+
+class StoreFactory(Protocol):
+    """What a ``chronicle.stores`` entry point names: the store for a URL of
+    its scheme, not yet opened. ``pool_size`` is how many connections a
+    server process may use; ``keep_snapshots`` how many snapshots each
+    aggregate keeps (``SnapshotStore.save_snapshot``)."""
+
+    def __call__(self, url: str, *, pool_size: int, keep_snapshots: int) -> StoreAdapter: ...
+
+
+def open_store(
+    url: str,
+    *,
+    pool_size: int = 10,
+    keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
+    json_of: Callable[[str, bytes], object] | None = None,
+) -> StoreAdapter:
     """The store a URL names; not yet opened.
 
-    ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` (as in
+    A scheme other than the built-in ones is looked up in the
+    ``chronicle.stores`` entry points. ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` (as in
     SQLAlchemy), ``memory://``, and ``postgresql://…`` (or ``postgres://…``,
     any libpq URL: ``?sslmode=require`` and the like pass through).
     ``pool_size`` bounds PostgreSQL connections per server process;
-    ``keep_snapshots`` is how many snapshots each aggregate keeps.
+    ``keep_snapshots`` is how many snapshots each aggregate keeps;
+    ``json_of`` makes PostgreSQL keep a JSON copy of each payload (other
+    stores refuse it).
     """
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
         from service.store.postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=pool_size, keep_snapshots=keep_snapshots)
+        return PostgresStore(url, pool_size=pool_size, keep_snapshots=keep_snapshots, json_of=json_of)
+    if json_of is not None:
+        raise ConfigurationError(
+            "only PostgreSQL keeps a JSON copy of events (--postgres-json-events)", reason="BAD_SETTING"
+        )
     if scheme == "memory":
         from service.store.memory import MemoryStore
 
@@ -36,10 +66,32 @@ def open_store(url: str, *, pool_size: int = 10, keep_snapshots: int = DEFAULT_K
         from service.store.sqlite import SqliteStore
 
         return SqliteStore(path, keep_snapshots=keep_snapshots)
-    raise ConfigurationError(
-        f"unsupported database URL {_redacted(url)!r}: use sqlite:///…, memory:// or postgresql://…",
-        reason="BAD_DATABASE_URL",
-    )
+    entry = {e.name: e for e in entry_points(group=STORE_ENTRY_POINT_GROUP)}.get(scheme)
+    if entry is None:
+        others = sorted(e.name for e in entry_points(group=STORE_ENTRY_POINT_GROUP))
+        installed = f" (installed: {', '.join(s + '://' for s in others)})" if others else ""
+        raise ConfigurationError(
+            f"unsupported database URL {_redacted(url)!r}: use sqlite:///…, memory:// or postgresql://…,"
+            f" or a scheme a package registers in the {STORE_ENTRY_POINT_GROUP!r} entry points{installed}",
+            reason="BAD_DATABASE_URL",
+        )
+    try:
+        factory = entry.load()
+    except Exception as error:  # a broken third-party store must say which one
+        raise ConfigurationError(
+            f"the store of scheme {scheme!r} ({entry.value}) failed to load: {error}", reason="STORE_IMPORT_FAILED"
+        ) from error
+    store: StoreAdapter = factory(url, pool_size=pool_size, keep_snapshots=keep_snapshots)
+    return store
+
+
+_KINDS = {"MemoryStore": "memory", "SqliteStore": "sqlite", "PostgresStore": "postgresql"}
+
+
+def store_kind(adapter: object) -> str:
+    """The kind of store an adapter is, as export headers name it."""
+    name = type(adapter).__name__
+    return _KINDS.get(name, name)
 
 
 def _redacted(url: str) -> str:

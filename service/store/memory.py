@@ -10,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections.abc import Awaitable, Sequence
+from dataclasses import replace
 
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, SubjectsForgotten
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
+from service.store.importing import claim_conflict, data_key_conflict, events_to_write
 from service.store.leasing import Fencing
 from service.store.memory_groups import MemoryGroups
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
+    REFUSED,
     AggregateHead,
+    AggregateLastEvent,
     AggregateSummary,
     AuditEntry,
     ClaimChange,
@@ -34,6 +38,7 @@ from service.store.records import (
     RecordedEvent,
     Snapshot,
     StoredDocument,
+    is_tombstone,
 )
 from service.store.selection import select_events
 from service.store.sole_owner import SoleOwnerLeases
@@ -44,7 +49,9 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         MemoryGroups.__init__(self)
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._streams: dict[str, list[RecordedEvent]] = {}
+        # In position order; positions have gaps where events were removed.
         self._log: list[RecordedEvent] = []
+        self._last_position = 0
         self._event_ids: set[str] = set()
         self._commands: dict[str, CommandRecord] = {}
         self._claims: dict[tuple[str, str], str] = {}
@@ -96,9 +103,9 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         for command in commands:
             if command.command_id in self._commands:
                 raise CommandAlreadyRecorded(self._commands[command.command_id])
-        stream = self._streams.get(aggregate_id, [])
-        if len(stream) != expected_version:
-            raise ConcurrencyConflict(aggregate_id, expected_version, current=len(stream))
+        current = self._version(aggregate_id)
+        if current != expected_version:
+            raise ConcurrencyConflict(aggregate_id, expected_version, current=current)
         if any(e.event_id in self._event_ids for e in events):
             raise ValueError("duplicate event id")
         claimed = self._claims_after(aggregate_id, claims)
@@ -107,15 +114,11 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
                 new,
                 aggregate_id=aggregate_id,
                 version=expected_version + offset,
-                position=len(self._log) + offset,
+                position=self._last_position + offset,
             )
             for offset, new in enumerate(events, start=1)
         ]
-        if recorded:
-            self._streams.setdefault(aggregate_id, []).extend(recorded)
-            self._log.extend(recorded)
-            self._event_ids.update(e.event_id for e in recorded)
-            self._commits.notify(recorded[-1].position)
+        self._add(recorded)
         for command in commands:
             self._commands[command.command_id] = command
         for key, owner in claimed.items():
@@ -124,6 +127,21 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             else:
                 self._claims[key] = owner
         return recorded
+
+    def _version(self, aggregate_id: str) -> int:
+        stream = self._streams.get(aggregate_id)
+        return stream[-1].version if stream else 0
+
+    def _add(self, recorded: Sequence[RecordedEvent]) -> None:
+        """Events as committed, at the end of the log."""
+        if not recorded:
+            return
+        for event in recorded:
+            self._streams.setdefault(event.aggregate_id, []).append(event)
+        self._log.extend(recorded)
+        self._event_ids.update(e.event_id for e in recorded)
+        self._last_position = recorded[-1].position
+        self._commits.notify(recorded[-1].position)
 
     def _claims_after(self, aggregate_id: str, claims: Sequence[ClaimChange]) -> dict[tuple[str, str], str | None]:
         """The holders ``claims`` would leave (None: released), checked
@@ -144,20 +162,21 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
     async def read_log(
         self, after_position: int, log_filter: LogFilter, limit: int, *, max_bytes: int | None = None
     ) -> LogPage:
-        # Positions are 1..n, the index + 1 of each event in the log.
+        # Positions rise but have gaps where an aggregate was deleted.
         found: list[RecordedEvent] = []
         size = 0
-        for event in self._log[max(after_position, 0) :]:
+        start = bisect.bisect_right(self._log, after_position, key=lambda e: e.position)
+        for event in self._log[start:]:
             if log_filter.matches(event):
                 found.append(event)
                 if max_bytes is not None:
                     size += event.stored_size()
                 if len(found) == limit or (max_bytes is not None and size >= max_bytes):
                     return LogPage(tuple(found), event.position, more=True)
-        return LogPage(tuple(found), max(len(self._log), after_position))
+        return LogPage(tuple(found), max(self._last_position, after_position))
 
     async def log_head(self) -> int:
-        return len(self._log)
+        return self._last_position
 
     async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
         await self._commits.wait_beyond(after_position, max_wait)
@@ -328,3 +347,142 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             return False
         self._keys[old.aggregate_id] = new
         return True
+
+    # -- Transfer ------------------------------------------------------------
+
+    async def data_keys_page(self, after: str, limit: int) -> list[DataKey]:
+        return [self._keys[k] for k in sorted(k for k in self._keys if k > after)[:limit]]
+
+    async def snapshots_page(
+        self, after: tuple[str, int], limit: int, *, aggregate_id: str | None = None
+    ) -> list[Snapshot]:
+        chosen = sorted(
+            (s for kept in self._snapshots.values() for s in kept if aggregate_id in (None, s.aggregate_id)),
+            key=lambda s: (s.aggregate_id, s.version),
+        )
+        return [s for s in chosen if (s.aggregate_id, s.version) > after][:limit]
+
+    async def claims_page(
+        self, after: tuple[str, str], limit: int, *, aggregate_id: str | None = None
+    ) -> list[HeldClaim]:
+        chosen = sorted(key for key, owner in self._claims.items() if key > after and aggregate_id in (None, owner))
+        return [HeldClaim(scope, value, self._claims[(scope, value)]) for scope, value in chosen[:limit]]
+
+    async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
+        return [self._commands[c] for c in sorted(c for c in self._commands if c > after)[:limit]]
+
+    async def import_events(self, events: Sequence[RecordedEvent]) -> int:
+        fresh = events_to_write(events, stored_at=self._place, current_version=self._version)
+        self._add([replace(e, position=self._last_position + offset) for offset, e in enumerate(fresh, start=1)])
+        return len(fresh)
+
+    def _place(self, event_id: str) -> tuple[str, int] | None:
+        if event_id not in self._event_ids:
+            return None
+        return next((e.aggregate_id, e.version) for e in self._log if e.event_id == event_id)
+
+    async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
+        written = 0
+        for snapshot in snapshots:
+            kept = self._snapshots.setdefault(snapshot.aggregate_id, [])
+            if all(s.version != snapshot.version for s in kept):
+                bisect.insort(kept, snapshot, key=lambda s: s.version)
+                written += 1
+        return written
+
+    async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
+        for claim in claims:
+            holder = self._claims.get((claim.scope, claim.value))
+            if holder is not None and holder != claim.aggregate_id:
+                raise claim_conflict(claim.scope, claim.aggregate_id, holder)
+        taken = [c for c in claims if (c.scope, c.value) not in self._claims]
+        for claim in taken:
+            self._claims[(claim.scope, claim.value)] = claim.aggregate_id
+        return len(taken)
+
+    async def import_commands(self, commands: Sequence[CommandRecord]) -> int:
+        fresh = {c.command_id: c for c in commands if c.command_id not in self._commands}
+        self._commands.update(fresh)
+        return len(fresh)
+
+    async def import_data_keys(self, keys: Sequence[DataKey]) -> int:
+        for key in keys:
+            held = self._keys.get(key.aggregate_id)
+            if held is not None and not held.forgotten and not key.forgotten and held != key:
+                raise data_key_conflict(key.aggregate_id)
+        written = 0
+        for key in keys:
+            held = self._keys.get(key.aggregate_id)
+            if held is None:
+                self._keys[key.aggregate_id] = key
+                written += 1
+            elif key.forgotten and not held.forgotten:
+                await self.forget_data_key(key.aggregate_id)
+                written += 1
+        return written
+
+    async def remove_aggregate(self, aggregate_id: str) -> int:
+        removed = self._streams.pop(aggregate_id, [])
+        gone = {e.event_id for e in removed}
+        self._log = [e for e in self._log if e.event_id not in gone]
+        self._event_ids -= gone
+        self._snapshots.pop(aggregate_id, None)
+        self._claims = {key: owner for key, owner in self._claims.items() if owner != aggregate_id}
+        # What projections and groups parked of its events, which are gone.
+        for parked in [key for key, event in self._parked.items() if event.aggregate_id == aggregate_id]:
+            del self._parked[parked]
+        self._unpark_aggregate(aggregate_id)
+        return len(removed)
+
+    async def delete_aggregate(
+        self, aggregate_id: str, tombstone: NewEvent, *, expected_version: int | None = None
+    ) -> RecordedEvent | None:
+        stream = self._streams.get(aggregate_id)
+        if not stream:
+            return None
+        last = stream[-1]
+        if is_tombstone(last):
+            return last
+        if expected_version is not None and last.version != expected_version:
+            raise ConcurrencyConflict(aggregate_id, expected_version, current=last.version)
+        await self.remove_aggregate(aggregate_id)
+        recorded = RecordedEvent.committed(
+            replace(tombstone, aggregate_type=last.aggregate_type),
+            aggregate_id=aggregate_id,
+            version=last.version + 1,
+            position=self._last_position + 1,
+        )
+        self._add([recorded])
+        return recorded
+
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateLastEvent]:
+        chosen = sorted(a for a, stream in self._streams.items() if a > after and stream)[:limit]
+        return [_summary(self._streams[a][-1]) for a in chosen]
+
+    # -- Retention -------------------------------------------------------------
+
+    async def prune_commands(self, recorded_before_us: int, limit: int) -> int:
+        old = sorted(
+            (c for c in self._commands.values() if c.recorded_at_us < recorded_before_us),
+            key=lambda c: c.recorded_at_us,
+        )[:limit]
+        for command in old:
+            del self._commands[command.command_id]
+        return len(old)
+
+    async def prune_refusals(self, recorded_before_us: int, limit: int) -> int:
+        old = sorted(
+            (
+                i
+                for i, e in enumerate(self._refusals)
+                if (e.outcome == REFUSED or e.dry_run) and e.recorded_at_us < recorded_before_us
+            ),
+            key=lambda i: self._refusals[i].recorded_at_us,
+        )[:limit]
+        gone = set(old)
+        self._refusals = [e for i, e in enumerate(self._refusals) if i not in gone]
+        return len(gone)
+
+
+def _summary(last: RecordedEvent) -> AggregateLastEvent:
+    return AggregateLastEvent(last.aggregate_id, last.aggregate_type, last.version, last.event_type, last.timestamp_us)

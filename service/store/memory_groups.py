@@ -48,6 +48,12 @@ class MemoryGroups:
         checkpoints = [SegmentCheckpoint(s, spec.start_position) for s in range(spec.segments)]
         self._groups[spec.name] = _Group(spec, checkpoints)
 
+    def _unpark_aggregate(self, aggregate_id: str) -> None:
+        """Drop every group's parked events of the aggregate (deleted)."""
+        for group in self._groups.values():
+            for event_id in [e for e, parked in group.parked.items() if parked.aggregate_id == aggregate_id]:
+                del group.parked[event_id]
+
     async def delete_group(self, name: str) -> bool:
         self._consumer_leases.drop_group(consumer_group(name))
         return self._groups.pop(name, None) is not None

@@ -85,6 +85,17 @@ class RecordedEvent:
         )
 
 
+# A deleted aggregate's events are replaced by one event of this type (its
+# payload a chronicle.v1.AggregateDeleted), at the version after its last and
+# a new position: the tombstone that readers and subscribers see, and that
+# refuses new commands.
+TOMBSTONE_EVENT_TYPE = "chronicle.v1.AggregateDeleted"
+
+
+def is_tombstone(event: RecordedEvent | NewEvent) -> bool:
+    return event.event_type == TOMBSTONE_EVENT_TYPE
+
+
 @value(frozen=True, slots=True)
 class Rejection:
     """A recorded refusal: enough to raise the same error again."""
@@ -257,6 +268,17 @@ class AggregateSummary:
     aggregate_id: str
     aggregate_type: str
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateLastEvent:
+    """An aggregate as its last event shows it (for choosing what to archive)."""
+
+    aggregate_id: str
+    aggregate_type: str
+    version: int
+    last_event_type: str
+    last_timestamp_us: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from service.store.records import (
     Snapshot,
     StoredDocument,
 )
-from service.store.serialization import load_metadata, load_rejection
+from service.store.serialization import dump_rejection, load_metadata, load_rejection
 
 # A database row: its values' types are the adapter's to know.
 Row = Sequence[Any]
@@ -194,6 +194,25 @@ def snapshot_params(snapshot: Snapshot) -> tuple[object, ...]:
     )
 
 
+def command_params(command: CommandRecord) -> tuple[object, ...]:
+    """The values of ``COMMAND_FIELDS``, in order, to write ``command`` (the
+    rejection as JSON text)."""
+    return (
+        command.command_id,
+        command.aggregate_id,
+        command.command_type,
+        command.fingerprint,
+        command.first_version,
+        command.last_version,
+        dump_rejection(command.rejection),
+        command.principal,
+        command.user_id,
+        command.origin,
+        command.recorded_at_us,
+        command.issued_at_us or None,
+    )
+
+
 def audit_entry_params(entry: AuditEntry) -> tuple[object, ...]:
     """The values of the audit table's row (as ``audit_entry_from_row``
     reads it), in order, to write ``entry``."""
@@ -263,9 +282,11 @@ class Conditions:
         self.params.append(value)
         self.clauses.append(template.format(self.dialect.placeholder(len(self.params))))
 
-    def member(self, column: str, values: Iterable[str]) -> None:
+    def member(self, column: str, values: Iterable[str], *, indexed: bool = True) -> None:
         """``column`` is one of ``values``. One value is written as ``=``, so
-        an index on the column keeps returning rows in its order."""
+        an index on the column keeps returning rows in its order. Not
+        ``indexed``: several values are written so that SQLite uses no index
+        for them (``+column``, which changes nothing else)."""
         chosen = sorted(values)
         if len(chosen) == 1:
             self.add(f"{column} = {{}}", chosen[0])
@@ -273,7 +294,7 @@ class Conditions:
             self.add(f"{column} = ANY({{}}::text[])", chosen)
         else:
             marks = ", ".join(self.next_placeholder(value) for value in chosen)
-            self.clauses.append(f"{column} IN ({marks})")
+            self.clauses.append(f"{'' if indexed else '+'}{column} IN ({marks})")
 
     def next_placeholder(self, value: object) -> str:
         """A parameter outside the WHERE (a LIMIT, say)."""
@@ -286,12 +307,21 @@ class Conditions:
 
 
 def log_conditions(dialect: Dialect, after_position: int, log_filter: LogFilter) -> Conditions:
+    """A page of the log must come in position order without reading past
+    the page. An index on (type, position) gives that order for one type;
+    for several, SQLite read every later match from the index and sorted
+    them all to return one page, so that each page of a catch-up (a
+    projection rebuilt, a subscriber filtered to a few event types) read the
+    rest of the log. Such a list is kept off the indexes there: the rows
+    come from the primary key in position order, filtered, and the read
+    stops at the page's end. (PostgreSQL: LOG_PAGE_SETTINGS turns sorting
+    off, to the same effect.)"""
     conditions = Conditions(dialect)
     conditions.add("position > {}", after_position)
     if log_filter.aggregate_types:
-        conditions.member("aggregate_type", log_filter.aggregate_types)
+        conditions.member("aggregate_type", log_filter.aggregate_types, indexed=False)
     if log_filter.event_types:
-        conditions.member("event_type", log_filter.event_types)
+        conditions.member("event_type", log_filter.event_types, indexed=False)
     if log_filter.aggregate_id is not None:
         conditions.add("aggregate_id = {}", log_filter.aggregate_id)
     if log_filter.origin is not None:

@@ -262,6 +262,7 @@ def _bad_commands() -> dict[str, tuple[command_service_pb2.SubmitRequest, str, s
         "no command id": (variant(command_id=""), "INVALID_COMMAND_ID", "command.command_id"),
         "command id not a uuid": (variant(command_id="abc"), "INVALID_COMMAND_ID", "command.command_id"),
         "empty aggregate id": (variant(aggregate_id=""), "INVALID_AGGREGATE_ID", "command.aggregate_id"),
+        "only whitespace": (variant(aggregate_id=" \t "), "INVALID_AGGREGATE_ID", "command.aggregate_id"),
         "control characters": (variant(aggregate_id="a\x00b"), "INVALID_AGGREGATE_ID", "command.aggregate_id"),
         "aggregate id too long": (variant(aggregate_id="a" * 201), "INVALID_AGGREGATE_ID", "command.aggregate_id"),
         "no payload": (variant(payload=None), "MISSING_PAYLOAD", "command.payload"),

@@ -82,10 +82,11 @@ async def test_at_the_latest_version_the_filler_writes_what_the_postgres_store_w
 ) -> None:
     latest = POSTGRES_VERSIONS[-1]
     filled = await postgres_at(latest, filled=True)
-    store = PostgresStore(postgres_url, pool_size=2)
+    rows = rows_at("postgres", latest)
+    store = PostgresStore(postgres_url, pool_size=2, json_of=rows.json_of)  # as with --postgres-json-events
     await store.open()
     try:
-        await write_through(store, rows_at("postgres", latest))
+        await write_through(store, rows)
     finally:
         await store.close()
     assert comparable_rows_postgres(filled) == comparable_rows_postgres(postgres_url)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,7 +19,7 @@ import pytest
 from service.store.base import AggregateQuery
 from service.store.postgres import PostgresStore, sql
 from service.store.postgres.database import session_options
-from service.store.records import DocumentRange, LogFilter
+from service.store.records import TOMBSTONE_EVENT_TYPE, DocumentRange, LogFilter
 from service.store.sql_common import POSTGRES, aggregate_conditions, log_conditions
 from tests.support.postgres import Cluster
 
@@ -159,6 +160,101 @@ def test_a_log_page_of_a_rare_aggregate_type_comes_in_position_order_from_its_in
     # order: nothing sorts more than the page to find its events.
     assert "Index Scan using events_by_aggregate_type on events" in explained, explained
     assert "JIT" not in explained, explained
+    sorted_rows = [int(rows) for rows in re.findall(r"Sort \(actual rows=(\d+)", explained)]
+    assert all(rows <= 100 for rows in sorted_rows), explained
+
+
+def imported_batch(count: int, events: int) -> str:
+    """``count`` events to import, each the next of agg-1 … (import's JSON)."""
+    rows = [
+        {"i": i, "id": str(uuid.uuid4()), "a": f"agg-{i}", "t": "Tally", "v": version_of(i, events) + 1, "e": "x"}
+        | {"s": 1, "p": "08", "m": None, "c": "c", "u": "", "o": "", "r": "", "k": "", "at": 1, "j": None}
+        for i in range(1, count + 1)
+    ]
+    return json.dumps(rows)
+
+
+def tombstone_json() -> str:
+    return json.dumps(
+        [
+            {"id": str(uuid.uuid4()), "e": TOMBSTONE_EVENT_TYPE, "s": 1, "p": "", "m": None}
+            | {"c": "", "u": "", "o": "admin", "r": "", "k": "", "at": 1}
+        ]
+    )
+
+
+@pytest.mark.parametrize("name", ["import_check", "import", "delete_aggregate", "aggregates_page"])
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+def test_imports_deletions_and_archive_listings_read_by_index(log: tuple[str, int], mode: str, name: str) -> None:
+    # What issue 17 added for logs that grow: none of it may read the whole
+    # events table (an import batch, deleting one aggregate, a page of
+    # aggregates for `chronicle archive`).
+    url, events = log
+    cases: dict[str, tuple[str, list[Any]]] = {
+        "import_check": (sql.IMPORT_EVENTS_CHECK, [imported_batch(16, events), TOMBSTONE_EVENT_TYPE]),
+        "import": (sql.IMPORT_EVENTS, [imported_batch(16, events)]),
+        "delete_aggregate": (sql.DELETE_AGGREGATE, ["agg-7", -1, tombstone_json(), TOMBSTONE_EVENT_TYPE]),
+        "aggregates_page": (sql.AGGREGATES_PAGE, ["agg-5", 20]),
+    }
+    statement, params = cases[name]
+    explained = plan(url, statement, params, mode=mode)
+    assert "Seq Scan on events" not in explained, f"{name}: {explained}"
+    assert "Bitmap Heap Scan on events" not in explained or name == "delete_aggregate", f"{name}: {explained}"
+
+
+@pytest.mark.parametrize("analyze", [False, True], ids=["unanalyzed", "analyzed"])
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+async def test_retention_finds_the_oldest_command_records_by_their_time_index(
+    postgres_url: str, mode: str, analyze: bool
+) -> None:
+    store = PostgresStore(postgres_url)
+    await store.open()
+    await store.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        # 20,000 command records, one a second over the last five and a half hours
+        conn.execute(
+            "INSERT INTO chronicle.commands (command_id, aggregate_id, command_type, fingerprint, first_version,"
+            " last_version, recorded_at) SELECT gen_random_uuid()::text, 'agg-' || (g % 1000), 't', '\\x00', 1, 1,"
+            " now() - make_interval(secs => g) FROM generate_series(1, 20000) g"
+        )
+        if analyze:
+            conn.execute("ANALYZE chronicle.commands")
+    an_hour_ago_us = (int(time.time()) - 3600) * 1_000_000
+    explained = plan(postgres_url, sql.PRUNE_COMMANDS, [an_hour_ago_us, 500], mode=mode)
+    # a batch: 500 found by the time index, deleted through the primary key
+    assert "Index Scan using commands_by_time on commands" in explained, explained
+    assert "Seq Scan on commands" not in explained, explained
+    assert "Index Cond: (command_id = ANY" in explained, explained
+
+
+@pytest.mark.parametrize(
+    "log_filter",
+    [
+        LogFilter(aggregate_types=frozenset({"Account", "Other"})),
+        LogFilter(event_types=frozenset({"x", "y", "z"})),
+        LogFilter(aggregate_types=frozenset({"Account"}), event_types=frozenset({"x", "y"})),
+    ],
+    ids=["two-types", "three-event-types", "type-and-event-types"],
+)
+def test_a_log_page_filtered_to_several_types_sorts_no_more_than_the_page(
+    log: tuple[str, int], log_filter: LogFilter
+) -> None:
+    # A projection's filter names several event types: each page of its
+    # catch-up must not read (and sort) every later match.
+    url, _ = log
+    conditions = log_conditions(POSTGRES, 0, log_filter)
+    explained = plan(
+        url,
+        sql.read_log(
+            conditions.where,
+            conditions.next_placeholder(100) + "::bigint",
+            conditions.next_placeholder(1024 * 1024) + "::bigint",
+        ),
+        conditions.params,
+        mode="auto",
+        settings=sql.LOG_PAGE_SETTINGS,
+    )
+    assert "Seq Scan on events" not in explained, explained
     sorted_rows = [int(rows) for rows in re.findall(r"Sort \(actual rows=(\d+)", explained)]
     assert all(rows <= 100 for rows in sorted_rows), explained
 

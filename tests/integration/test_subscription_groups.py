@@ -1,7 +1,8 @@
 """Subscription groups on one server, over a real socket with the Python
 client: positions kept by the server, one aggregate in order at a time,
 nacks and ack timeouts redelivered with backoff, a poison event parked and
-replayed, consumers sharing segments, and every bad request refused with
+replayed, consumers sharing segments, a deleted aggregate's tombstone
+delivered (its parked events gone), and every bad request refused with
 its reason. (Across replicas on PostgreSQL:
 test_subscription_groups_replicas.py.)"""
 
@@ -21,9 +22,10 @@ from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.client import ChronicleClient, Command, Delivery, GroupConsumer, RemoteError
+from service.client.results import Event
 from service.store.memory import MemoryStore
 from service.store.sqlite import SqliteStore
-from tests.support.groups import GroupLedger, by_aggregate, consume_into
+from tests.support.groups import ConsumerRecord, GroupLedger, by_aggregate, consume_into
 from tests.support.grpc_client import reason_of, running_server
 from tests.support.waiting import eventually
 
@@ -404,3 +406,52 @@ async def test_a_stopping_server_ends_consumers_streams_with_unavailable(tmp_pat
                 await call.read()
             await stopping
     assert (ended.value.code(), reason_of(ended.value)) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+
+
+def delivered(record: ConsumerRecord) -> list[Event]:
+    return [e for e in record.received if isinstance(e, Event)]
+
+
+async def test_a_deleted_aggregate_s_tombstone_is_delivered_and_its_parked_events_go(tmp_path: Path) -> None:
+    async with (
+        running_server(
+            SqliteStore(tmp_path / "groups.db"), anonymous_admin=True, poll_seconds=0.2, lease_seconds=1.5
+        ) as (app, raw),
+        ChronicleClient.connect(app.address) as client,
+    ):
+        await write(client, accounts(["acc-1", "acc-2"], deposits=1))
+        await client.groups.create("erasing", max_delivery_attempts=2, retry_backoff=0.01, segments=2)
+
+        async def handler(delivery: Delivery) -> bool:
+            if (delivery.event.aggregate_id, delivery.event.version) == ("acc-1", 2):
+                await delivery.nack("cannot parse the amount")  # parked after two attempts
+                return False
+            return True
+
+        ledger = GroupLedger()
+        record = ledger.consumer("worker")
+        task = asyncio.ensure_future(consume_into(client, "erasing", record, ledger, handle=handler))
+        try:
+
+            async def parked() -> bool:
+                group = await client.groups.get("erasing")
+                return group.parked == 1 and group.acknowledged == 3
+
+            await eventually(parked, what="acc-1's deposit parked, the rest acknowledged")
+            await raw.admin.DeleteAggregate(admin_service_pb2.DeleteAggregateRequest(aggregate_id="acc-1"))
+
+            async def tombstone_acknowledged() -> bool:
+                return (
+                    any(e.aggregate_id == "acc-1" and e.deleted for e in delivered(record))
+                    and (await client.groups.get("erasing")).acknowledged == 4
+                )
+
+            await eventually(tombstone_acknowledged, what="the tombstone delivered and acknowledged")
+            (tombstone,) = [e for e in delivered(record) if e.deleted]
+            assert (tombstone.aggregate_id, tombstone.version) == ("acc-1", 3)
+            # What the group parked of the deleted events went with them.
+            assert (await client.groups.get("erasing")).parked == 0
+            assert await client.groups.parked("erasing") == []
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)

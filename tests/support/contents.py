@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
@@ -31,6 +29,7 @@ from service.store.base import AuditQuery, StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
+from service.store_contract.contents import EVENT_TABLES, Change, Contents
 from tests.support.grpc_client import TEST_SETTINGS
 from tests.support.waiting import eventually
 
@@ -51,34 +50,6 @@ _MEMORY_TABLES = {
     "_parked": "projection_parked_events",
     "_groups": "subscription_groups",
 }
-
-# Where appending events shows, and nothing else: the events themselves
-# (the memory store's indexes of them) and PostgreSQL's head of the log.
-EVENT_TABLES = frozenset({"events", "events_by_aggregate", "event_ids", "log_head"})
-
-
-@dataclass(frozen=True)
-class Change:
-    """The rows of one table that appeared and disappeared, as text."""
-
-    added: list[str]
-    removed: list[str]
-
-
-@dataclass(frozen=True)
-class Contents:
-    """Each table's rows, as a multiset of their text."""
-
-    tables: Mapping[str, Counter[str]]
-
-    def changes_since(self, before: Contents) -> dict[str, Change]:
-        """The tables whose rows differ from ``before``'s, and how."""
-        changes = {}
-        for table in sorted(set(self.tables) | set(before.tables)):
-            now, then = self.tables.get(table, Counter()), before.tables.get(table, Counter())
-            if now != then:
-                changes[table] = Change(sorted((now - then).elements()), sorted((then - now).elements()))
-        return changes
 
 
 async def contents(store: object) -> Contents:
@@ -183,3 +154,6 @@ async def _postgres(url: str) -> Contents:
         for query_text in _POSTGRES_SCHEMA:
             schema += [repr(tuple(row)) for row in await (await conn.execute(query_text)).fetchall()]
     return Contents({**tables, "schema": Counter(schema)})
+
+
+__all__ = ["EVENT_TABLES", "Change", "Contents", "at_rest", "contents"]

@@ -1,55 +1,5 @@
-"""Building store records in tests."""
+"""Building store records in tests: the store contract's helpers."""
 
-from __future__ import annotations
+from service.store_contract.records import command_record, new_event, recorded_event
 
-import time
-import uuid
-from collections.abc import Mapping
-
-from service.store.records import CommandRecord, NewEvent, Rejection
-
-
-def new_event(
-    event_type: str = "test.v1.Happened",
-    *,
-    aggregate_type: str = "Thing",
-    payload: bytes = b"\x08\x01",
-    origin: str = "tests",
-    metadata: Mapping[str, str] | None = None,
-    command_id: str = "",
-    timestamp_us: int | None = None,
-    schema_version: int = 1,
-) -> NewEvent:
-    return NewEvent(
-        event_id=str(uuid.uuid4()),
-        aggregate_type=aggregate_type,
-        event_type=event_type,
-        schema_version=schema_version,
-        payload=payload,
-        timestamp_us=time.time_ns() // 1000 if timestamp_us is None else timestamp_us,
-        command_id=command_id,
-        user_id="tester",
-        origin=origin,
-        correlation_id="corr",
-        causation_id="cause",
-        metadata=dict(metadata or {}),
-    )
-
-
-def command_record(
-    aggregate_id: str,
-    first: int,
-    last: int,
-    *,
-    command_id: str | None = None,
-    rejection: Rejection | None = None,
-) -> CommandRecord:
-    return CommandRecord(
-        command_id=command_id or str(uuid.uuid4()),
-        aggregate_id=aggregate_id,
-        command_type="test.v1.Do",
-        fingerprint=b"\x01" * 32,
-        first_version=first,
-        last_version=last,
-        rejection=rejection,
-    )
+__all__ = ["command_record", "new_event", "recorded_event"]

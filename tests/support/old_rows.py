@@ -116,6 +116,9 @@ SINCE: dict[str, dict[str, int]] = {
         "issued_at": 11,
     },
 }
+# PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
+SINCE["postgres"]["payload_json"] = 15
+SINCE["sqlite"]["payload_json"] = 1 << 30
 
 # Master keys: "current" wraps new data keys; "retired" wrapped some in the
 # past and is still configured, so they open until rewrapped.
@@ -206,6 +209,7 @@ class OldEvent:
     stored: RecordedEvent
     payload: bytes
     redacted: bool = False
+    json: object = None  # PostgreSQL's JSON copy of the payload (payload_json), if kept
 
     @property
     def read_back(self) -> RecordedEvent:
@@ -300,6 +304,7 @@ class OldRows:
         command_id: str,
         sealed_by: str | None = None,
         metadata: dict[str, str] | None = None,
+        json: object = None,
     ) -> None:
         position = len(self.events) + 1
         version = len(self.events_of(aggregate_id)) + 1
@@ -324,7 +329,15 @@ class OldRows:
             causation_id=command_id,
             metadata=metadata or {},
         )
-        self.events.append(OldEvent(event, payload, redacted=aggregate_id in self.forgotten))
+        kept = json if self.holds("payload_json") else None
+        self.events.append(OldEvent(event, payload, redacted=aggregate_id in self.forgotten, json=kept))
+
+    def json_of(self, event_type: str, payload: bytes) -> object:
+        """The JSON copy of the event with this stored payload, as the store
+        is told to keep it (``PostgresStore(json_of=…)``)."""
+        return next(
+            (e.json for e in self.events if e.stored.event_type == event_type and e.stored.payload == payload), None
+        )
 
     def add_command(
         self, command_id: str, aggregate_id: str, first: int, last: int, *, rejection: Rejection | None = None
@@ -409,9 +422,16 @@ def rows_at(dialect: str, version: int) -> OldRows:
     rows = OldRows(dialect, version)
     refusal = Rejection("ValidationError", "INSUFFICIENT_FUNDS", "the balance is 5", {"balance": "5"})
 
-    rows.add_event("account-plain", "bank.v1.Opened", b"\x0a\x03ann", command_id="c-open", metadata={"tenant": "t-1"})
-    rows.add_event("account-plain", "bank.v1.Deposited", b"\x08\x0a", command_id="c-deposit")
-    rows.add_event("account-plain", "bank.v1.Deposited", b"\x08\x14", command_id="c-deposit")
+    rows.add_event(
+        "account-plain",
+        "bank.v1.Opened",
+        b"\x0a\x03ann",
+        command_id="c-open",
+        metadata={"tenant": "t-1"},
+        json={"owner": "ann"},
+    )
+    rows.add_event("account-plain", "bank.v1.Deposited", b"\x08\x0a", command_id="c-deposit", json={"amount": "10"})
+    rows.add_event("account-plain", "bank.v1.Deposited", b"\x08\x14", command_id="c-deposit", json={"amount": "20"})
     rows.add_command("c-open", "account-plain", 1, 1)
     rows.add_command("c-deposit", "account-plain", 2, 3)
     rows.add_command("c-nothing", "account-plain", 4, 3)

@@ -89,10 +89,13 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
     """``rows`` as the code of ``rows.version`` wrote them, in one transaction."""
     for event in rows.events:
         e = event.stored
+        # The JSON copy of payloads came with schema version 15.
+        json_column, json_value = (", payload_json", ", %s::jsonb") if rows.holds("payload_json") else ("", "")
         conn.execute(
             "INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
             " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id,"
-            f" recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, {_AT})",
+            f" recorded_at{json_column}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s,"
+            f" {_AT}{json_value})",
             (
                 e.position,
                 e.event_id,
@@ -109,6 +112,7 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 e.correlation_id,
                 e.causation_id,
                 e.timestamp_us,
+                *([None if event.json is None else json.dumps(event.json)] if json_column else []),
             ),
         )
     # Positions came from the log head, under its row lock.

@@ -27,6 +27,7 @@ from service.store.encryption import Keyring, MasterKeys, new_master_key
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite, ParkedEvent
+from service.transfer.deleting import delete_aggregate
 from tests.support.contents import contents
 
 REGISTRY = Registry([bank_account.plugin])
@@ -357,6 +358,34 @@ async def test_a_forgotten_accounts_documents_do_not_come_back_from_a_runners_ca
     assert await owner(roles.projections, "bob") == bank.OwnerBalance(owner="bob", balance=0, account_ids=["acc-3"])
     assert await roles.projections.load_document(projection.name, account_key("acc-1")) is None
     assert cached.status.error == ""
+
+
+async def test_after_a_deleted_account_its_owner_s_document_names_the_others_and_goes_with_them() -> None:
+    # The read model drops a deleted account from its owner's document; the
+    # document still names the owner's other accounts as its subjects, so
+    # that forgetting one of them deletes it.
+    raw = MemoryStore()
+    keyring = Keyring(raw, MasterKeys.parse(f"k1:{new_master_key()}", source="test"))
+    roles = encrypted(Store.of(raw), keyring)
+    for aggregate_id, message in [
+        ("acc-1", bank.OpenAccount(owner="ann")),
+        ("acc-2", bank.OpenAccount(owner="ann")),
+        ("acc-1", bank.Deposit(amount=100)),
+        ("acc-2", bank.Deposit(amount=20)),
+    ]:
+        spec = REGISTRY.command(message.DESCRIPTOR.full_name)
+        assert spec is not None
+        request = CommandRequest(command_id=str(uuid.uuid4()), aggregate_id=aggregate_id, spec=spec, message=message)
+        await CommandExecutor(roles, REGISTRY).execute(request, None)
+    projection = bank_account.balances_by_owner
+    applied = ProjectionRunner(projection, log=roles.log, documents=roles.projections, reader=READER)
+    position = await applied.step(0)
+    assert (await owner(roles.projections, "ann")).account_ids == ["acc-1", "acc-2"]
+    await delete_aggregate(Store.of(raw), "acc-1", reason="closed")
+    await applied.step(position)  # the tombstone
+    assert await owner(roles.projections, "ann") == bank.OwnerBalance(owner="ann", balance=20, account_ids=["acc-2"])
+    await keyring.forget("acc-2")
+    assert await roles.projections.load_document(projection.name, owner_key("ann")) is None
 
 
 async def test_a_projection_rebuilt_after_a_forget_skips_the_redacted_events() -> None:

@@ -15,7 +15,7 @@ from chronicle.v1 import reaction_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.errors import ConfigurationError, ReactionFailed, ResourceNotFound
-from service.plugins import Plugin, ProjectedEvent, Refusal, Send, ValidationError
+from service.plugins import AggregateDeleted, Plugin, ProjectedEvent, Refusal, Send, ValidationError
 from service.plugins.reactions import MAX_ROUNDS, REACTION_NAMESPACE, command_id_for
 from service.plugins.registry import Registry
 from service.processing import reaction_documents
@@ -30,6 +30,7 @@ from service.store.encryption import Keyring, MasterKeys, new_master_key
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite, ParkedEvent, RecordedEvent
+from service.transfer.deleting import delete_aggregate
 from tests.support.waiting import eventually
 
 # A small domain of its own: lists that hold three items at most (but the
@@ -118,6 +119,15 @@ def forward(event: box.BoxRenamed, envelope: ProjectedEvent, state: bank.OwnerBa
         return None
     state.account_ids.append(event.name)
     return Send("to-" + envelope.aggregate_id.removeprefix("from-"), AddItem(name="refuse"))
+
+
+# Notes each deleted list (its tombstone) in the "deletions" list.
+deletions = plugin.reaction("counters.deletions", aggregate_types=["Counter"])
+
+
+@deletions.on(AggregateDeleted)
+def note_deleted(event: AggregateDeleted, envelope: ProjectedEvent, state: None) -> Send:
+    return Send("deletions", AddItem(name=f"{envelope.aggregate_id}: {event.reason}"))
 
 
 REGISTRY = Registry([plugin])
@@ -529,3 +539,22 @@ async def test_a_state_cached_before_a_forget_is_not_written_back_naming_the_for
     assert kept.state.Unpack(state)
     assert (list(state.account_ids), list(kept.subjects)) == (["z"], ["from-c", "to-c"])
     assert runner.status.error == ""
+
+
+async def test_a_reaction_that_handles_deletions_gets_a_deleted_aggregate_s_tombstone() -> None:
+    run = Harness()
+    await run.add("source", "a")
+    await run.add("copy", "b")
+    await delete_aggregate(Store.of(run.store), "copy", reason="closed")
+    runner = run.runner("counters.deletions")
+    await runner.step(0)  # the tombstone is read as its AggregateDeleted, not decoded as the list's event
+    assert await run.items("deletions") == ["copy: closed"]
+    assert runner.status.error == ""
+    # The other reactions do not read tombstones (their filters name other types).
+    copier = run.runner("counters.copier")
+    await copier.step(0)
+    # A command to the deleted list is refused for good, not tried for ever:
+    # parked (the copier has no on_refused), to replay once it is restored.
+    assert copier.status.error == ""
+    (parked,) = await run.parked("counters.copier")
+    assert (parked.aggregate_id, parked.reason) == ("copy", "AGGREGATE_DELETED")

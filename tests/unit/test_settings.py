@@ -57,6 +57,9 @@ def test_flags_win_over_environment_variables() -> None:
         ("CHRONICLE_SLOW_HANDLER_SECONDS", "-0.1"),
         ("CHRONICLE_LOOP_LAG_SECONDS", "-1"),
         ("CHRONICLE_SHUTDOWN_DRAIN", "-1"),
+        ("CHRONICLE_COMMAND_RETENTION", "-1d"),
+        ("CHRONICLE_COMMAND_RETENTION", "90 days"),
+        ("CHRONICLE_RETENTION_INTERVAL", "0"),
     ],
 )
 def test_bad_values_are_configuration_errors(variable: str, value: str) -> None:
@@ -102,6 +105,20 @@ def test_authentication_is_off_by_default_and_on_with_one_setting() -> None:
         ).auth
         is True
     )
+
+
+def test_durations_take_a_unit() -> None:
+    settings = settings_from(
+        ["--command-retention", "90d", "--idle-timeout", "250ms"],
+        {"CHRONICLE_REFUSAL_RETENTION": "2w", "CHRONICLE_RETENTION_INTERVAL": "15m", "CHRONICLE_SHUTDOWN_GRACE": "12h"},
+    )
+    assert settings.command_retention == 90 * 86_400
+    assert settings.refusal_retention == 14 * 86_400
+    assert settings.retention_interval == 900
+    assert settings.shutdown_grace == 12 * 3600
+    assert settings.idle_timeout == 0.25
+    assert settings_from(["--slow-handler-seconds", "30s"], {}).slow_handler_seconds == 30
+    assert Settings().command_retention == 0  # forever
 
 
 def test_events_are_limited_to_a_quarter_of_a_message() -> None:

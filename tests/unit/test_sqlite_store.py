@@ -1,8 +1,10 @@
 """What the SQLite adapter adds to the contract: opening its file again
-changes nothing (migrating older files: tests/integration/test_migrations_over_data.py)."""
+changes nothing (migrating older files: tests/integration/test_migrations_over_data.py),
+and its log pages come in position order from an index, whatever the filter."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -10,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from service.store.records import ClaimChange, DataKey, Snapshot
-from service.store.sqlite import SqliteStore
+from service.store.records import ClaimChange, DataKey, LogFilter, Snapshot
+from service.store.sql_common import SQLITE, log_conditions
+from service.store.sqlite import SqliteStore, sql
 from tests.support.contents import contents
 from tests.support.events import command_record, new_event
 
@@ -32,6 +35,43 @@ async def test_opening_a_current_file_again_changes_nothing(tmp_path: Path) -> N
         assert await reopened.load_snapshot("u-1") == Snapshot("u-1", "User", 1, "users.v1.User", 1, b"x")
     finally:
         await reopened.close()
+
+
+@pytest.mark.parametrize(
+    "log_filter",
+    [
+        LogFilter(),
+        LogFilter(aggregate_types=frozenset({"Box"})),
+        LogFilter(aggregate_types=frozenset({"Box", "Account"})),
+        LogFilter(event_types=frozenset({"t.A", "t.B", "t.C"})),
+        LogFilter(aggregate_types=frozenset({"Box"}), event_types=frozenset({"t.A", "t.B"})),
+        LogFilter(aggregate_types=frozenset({"Box", "Account"}), event_types=frozenset({"t.A", "t.B"})),
+    ],
+    ids=["all", "one-type", "two-types", "three-event-types", "type-and-event-types", "both-lists"],
+)
+async def test_a_page_of_the_log_is_read_in_position_order_and_stops_at_its_end(
+    tmp_path: Path, log_filter: LogFilter
+) -> None:
+    # Issue 17 (stores that grow): a page filtered to several types read
+    # every later match through a type index and sorted them all, so each
+    # page of a catch-up read the rest of the log. A page must come from an
+    # index in position order: no sort before its LIMIT.
+    path = tmp_path / "events.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    conditions = log_conditions(SQLITE, 0, log_filter)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        steps = [
+            row[3]
+            for row in db.execute(
+                "EXPLAIN QUERY PLAN " + sql.read_log(conditions.where), [*conditions.params, 100, 10**6]
+            )
+        ]
+    page = steps[steps.index("MATERIALIZE page") + 1 : steps.index("SCAN page")]
+    assert len(page) == 1, steps
+    assert page[0].startswith("SEARCH events USING"), steps
+    assert "position>?" in page[0] or "rowid>?" in page[0], steps
 
 
 async def test_deleted_content_is_zeroed_whatever_sqlite_was_built_with(tmp_path: Path) -> None:

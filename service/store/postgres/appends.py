@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 from psycopg.pq.abc import PGresult
@@ -41,7 +41,12 @@ from service.store.sql_common import command_from_row
 log = logging.getLogger(__name__)
 
 
-def events_json(batch: Sequence[Append]) -> str:
+# An event's payload as JSON, from its type and bytes (None: none kept); set
+# when the store keeps a JSON copy of payloads (--postgres-json-events).
+JsonOf = Callable[[str, bytes], object]
+
+
+def events_json(batch: Sequence[Append], json_of: JsonOf | None = None) -> str:
     rows: list[dict[str, object]] = []
     for append in batch:
         for version, new in enumerate(append.events, start=append.expected_version + 1):
@@ -65,6 +70,8 @@ def events_json(batch: Sequence[Append]) -> str:
                     "at": new.timestamp_us,
                 }
             )
+            if json_of is not None:
+                rows[-1]["j"] = json_of(new.event_type, new.payload)
     return json.dumps(rows, separators=(",", ":"))
 
 
@@ -107,9 +114,17 @@ def recorded(batch: Sequence[Append], first_position: int) -> list[list[Recorded
     return result
 
 
-def append_statement(batch: Sequence[Append], *, with_commands: bool = True) -> Statement:
+def append_statement(
+    batch: Sequence[Append], *, with_commands: bool = True, json_of: JsonOf | None = None
+) -> Statement:
     commands = [command for append in batch for command in append.commands] if with_commands else []
     total = sum(len(append.events) for append in batch)
+    if json_of is not None:
+        return Statement(
+            sql.APPEND_BATCH_JSON.encode(),
+            (commands_json(commands), total, events_json(batch, json_of)),
+            name=sql.APPEND_BATCH_JSON_NAME,
+        )
     return Statement(
         sql.APPEND_BATCH.encode(),
         (commands_json(commands), total, events_json(batch)),
@@ -120,8 +135,9 @@ def append_statement(batch: Sequence[Append], *, with_commands: bool = True) -> 
 class AppendWriter:
     """Writes appends; ``write`` is group commit's one callable."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, json_of: JsonOf | None = None) -> None:
         self._db = db
+        self._json_of = json_of
         self.alone = 0  # appends written on the precise path after a refused batch
 
     # -- group commit ----------------------------------------------------------
@@ -129,7 +145,7 @@ class AppendWriter:
     def write(self, batch: Sequence[Append]) -> asyncio.Future[list[Outcome]]:
         """The batch in one statement; its outcomes, one per append."""
         written: asyncio.Future[list[Outcome]] = asyncio.get_running_loop().create_future()
-        sent = self._db.submit([append_statement(batch)])
+        sent = self._db.submit([append_statement(batch, json_of=self._json_of)])
         sent.add_done_callback(partial(self._first_try, batch, written))
         return written
 
@@ -167,7 +183,7 @@ class AppendWriter:
         for _ in range(3):
             chosen = [batch[i] for i in pending]
             try:
-                results = await self._db.run("append", [append_statement(chosen)])
+                results = await self._db.run("append", [append_statement(chosen, json_of=self._json_of)])
             except (Refused, UniqueViolation):
                 pass
             except InvalidInput:
@@ -258,7 +274,7 @@ class AppendWriter:
                     )
                 )
         if events:
-            statements.append(append_statement([append], with_commands=False))
+            statements.append(append_statement([append], with_commands=False, json_of=self._json_of))
         else:
             statements.append(Statement(sql.CHECK_VERSION.encode(), (aggregate_id, expected_version)))
         try:

@@ -34,6 +34,7 @@ VERSION_MOVED = "CH001"  # an aggregate is not at the version the append expecte
 CLAIM_HELD = "CH002"  # a claimed value is held by another aggregate (message: the claim's index)
 LEASE_LOST = "CH003"  # a fencing token is no longer current: its lease changed holder
 SUBJECTS_FORGOTTEN = "CH004"  # documents name forgotten aggregates (message: their ids, one per line)
+IMPORT_REFUSED = "CH005"  # an imported record does not fit (message: "REASON index [holder]")
 
 EVENTS_VERSION_KEY = "events_aggregate_version_key"
 COMMANDS_KEY = "commands_pkey"
@@ -92,24 +93,36 @@ _INSERT_COMMANDS_FROM_JSON = (
     + " FROM jsonb_to_recordset($1::jsonb) AS c(id text, a text, t text, f text, first bigint, last bigint,"
     " rejection jsonb, p text, u text, o text, at bigint, iss bigint)"
 )
-APPEND_BATCH = (
-    "WITH commands AS (" + _INSERT_COMMANDS_FROM_JSON + " RETURNING 1),"
-    " head AS (UPDATE chronicle.log_head"
-    " SET last_position = last_position + $2::bigint + 0 * (SELECT count(*) FROM commands)"
-    " RETURNING last_position - $2::bigint AS base),"
-    " appended AS ("
-    " INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
-    " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at)"
-    " SELECT head.base + e.i, e.id, e.a, e.t, e.v, e.e, e.s, decode(e.p, 'hex'), coalesce(e.m, '{}'::jsonb),"
-    " e.c, e.u, e.o, e.r, e.k, " + _AT.format("e.at") + " FROM head, jsonb_to_recordset($3::jsonb) AS e(i bigint,"
-    " id uuid, a text, t text, v bigint, x bigint, e text, s int, p text, m jsonb, c text, u text, o text, r text,"
-    " k text, at bigint)"
-    " WHERE e.x = 0 OR (SELECT y.version FROM chronicle.events y WHERE y.aggregate_id = e.a AND y.version = e.x)"
-    " IS NOT NULL"
-    " RETURNING position)"
-    " SELECT CASE WHEN count(*) = $2::bigint THEN min(position)"
-    f" ELSE chronicle.refuse('{VERSION_MOVED}', 'an aggregate is not at its expected version') END FROM appended"
-)
+
+
+def _append_batch(json_copy: bool) -> str:
+    """The batch append; with ``json_copy`` it also writes each event's
+    payload as JSON (``j``, computed by the store) into ``payload_json``."""
+    json_column, json_value, json_field = (", payload_json", ", e.j", ", j jsonb") if json_copy else ("", "", "")
+    return (
+        "WITH commands AS (" + _INSERT_COMMANDS_FROM_JSON + " RETURNING 1),"
+        " head AS (UPDATE chronicle.log_head"
+        " SET last_position = last_position + $2::bigint + 0 * (SELECT count(*) FROM commands)"
+        " RETURNING last_position - $2::bigint AS base),"
+        " appended AS ("
+        " INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
+        " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at"
+        + json_column
+        + ") SELECT head.base + e.i, e.id, e.a, e.t, e.v, e.e, e.s, decode(e.p, 'hex'), coalesce(e.m, '{}'::jsonb),"
+        " e.c, e.u, e.o, e.r, e.k, " + _AT.format("e.at") + json_value + " FROM head, jsonb_to_recordset($3::jsonb)"
+        " AS e(i bigint, id uuid, a text, t text, v bigint, x bigint, e text, s int, p text, m jsonb, c text, u text,"
+        " o text, r text, k text, at bigint" + json_field + ")"
+        " WHERE e.x = 0 OR (SELECT y.version FROM chronicle.events y WHERE y.aggregate_id = e.a AND y.version = e.x)"
+        " IS NOT NULL"
+        " RETURNING position)"
+        " SELECT CASE WHEN count(*) = $2::bigint THEN min(position)"
+        f" ELSE chronicle.refuse('{VERSION_MOVED}', 'an aggregate is not at its expected version') END FROM appended"
+    )
+
+
+APPEND_BATCH = _append_batch(json_copy=False)
+APPEND_BATCH_JSON = _append_batch(json_copy=True)
+APPEND_BATCH_JSON_NAME = b"chronicle_append_batch_json"
 APPEND_BATCH_NAME = b"chronicle_append_batch"
 # Command records on their own, before claims are taken (the precise path).
 INSERT_COMMANDS = _INSERT_COMMANDS_FROM_JSON
@@ -447,6 +460,213 @@ DATA_KEYS_TO_REWRAP = (
 REWRAP_DATA_KEY = (
     "UPDATE chronicle.data_keys SET master_key_id = $1, wrapped_key = $2"
     " WHERE aggregate_id = $3 AND master_key_id = $4 AND wrapped_key = $5 RETURNING 1"
+)
+
+# -- transfer (export and import) ---------------------------------------------
+#
+# Pages in key order (each table's primary key), for exports; imports as one
+# operation per batch, records travelling as JSON like appends' (bytes as
+# hex, times as microseconds). An import that does not fit refuses itself
+# (IMPORT_REFUSED) with the reason and the index of the first record at
+# fault, before anything is written.
+
+DATA_KEYS_PAGE = (
+    "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys WHERE aggregate_id > $1"
+    " ORDER BY aggregate_id LIMIT $2::bigint"
+)
+SNAPSHOTS_PAGE = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM chronicle.snapshots WHERE (aggregate_id, version) > ($1, $2::bigint)"
+    " ORDER BY aggregate_id, version LIMIT $3::bigint"
+)
+SNAPSHOTS_OF_PAGE = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM chronicle.snapshots WHERE aggregate_id = $1"
+    " AND (aggregate_id, version) > ($2, $3::bigint) ORDER BY version LIMIT $4::bigint"
+)
+CLAIMS_PAGE = (
+    "SELECT scope, value, aggregate_id FROM chronicle.claims WHERE (scope, value) > ($1, $2)"
+    " ORDER BY scope, value LIMIT $3::bigint"
+)
+CLAIMS_OF_PAGE = (
+    "SELECT scope, value, aggregate_id FROM chronicle.claims WHERE aggregate_id = $1 AND (scope, value) > ($2, $3)"
+    " ORDER BY scope, value LIMIT $4::bigint"
+)
+COMMANDS_PAGE = (
+    f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE command_id > $1 ORDER BY command_id LIMIT $2::bigint"
+)
+
+_IMPORTED_EVENTS = (
+    "jsonb_to_recordset($1::jsonb) AS e(i bigint, id uuid, a text, t text, v bigint, e text, s int, p text,"
+    " m jsonb, c text, u text, o text, r text, k text, at bigint, j jsonb)"
+)
+# The rule of service/store/importing.py: an event held already at its
+# aggregate and version is skipped; any other must come right after its
+# aggregate's last version (the batch's earlier events counted), but a
+# tombstone ($2 is its type) stands alone: on an aggregate with no events, at
+# any version. The latest version is a
+# scalar subquery: an index probe per aggregate, evaluated only for the
+# first new event of each (COALESCE stops at the previous one's). Events
+# held already are found by a probe of the event_id index per incoming
+# event (a LATERAL with LIMIT, which the planner cannot turn into a join):
+# as a plain join it hashed the whole events table once per batch whenever
+# the table looked small (tests/integration/test_postgres_plans.py).
+IMPORT_EVENTS_CHECK = (
+    f"WITH incoming AS (SELECT * FROM {_IMPORTED_EVENTS}),"
+    " found AS (SELECT n.i, n.a, n.v, n.e, x.aggregate_id AS xa, x.version AS xv FROM incoming n"
+    " LEFT JOIN LATERAL (SELECT y.aggregate_id, y.version FROM chronicle.events y WHERE y.event_id = n.id LIMIT 1) x"
+    " ON true),"
+    " fresh AS (SELECT f.i, f.v, f.e, coalesce(lag(f.v) OVER (PARTITION BY f.a ORDER BY f.i),"
+    " (SELECT coalesce(max(y.version), 0) FROM chronicle.events y WHERE y.aggregate_id = f.a)) + 1 AS expected"
+    " FROM found f WHERE f.xa IS NULL),"
+    " problems AS (SELECT i, 'EVENT_ID_TAKEN' AS why FROM found WHERE xa IS NOT NULL AND (xa <> a OR xv <> v)"
+    " UNION ALL SELECT i, 'AGGREGATE_NOT_EMPTY' FROM fresh"
+    " WHERE (v < expected AND e <> $2) OR (e = $2 AND expected <> 1)"
+    " UNION ALL SELECT i, 'VERSION_GAP' FROM fresh WHERE v > expected AND e <> $2)"
+    f" SELECT chronicle.refuse('{IMPORT_REFUSED}', why || ' ' || i)"
+    " FROM (SELECT i, why FROM problems ORDER BY i LIMIT 1) p"
+)
+# The new events at the end of the log, in the batch's order, under the
+# position lock (taken only when there is something to write). Held ones
+# are skipped by a scalar subquery per incoming event (an index probe; as
+# NOT EXISTS it could become an anti-join over the whole table).
+IMPORT_EVENTS = (
+    f"WITH incoming AS (SELECT * FROM {_IMPORTED_EVENTS}),"
+    " fresh AS (SELECT n.*, row_number() OVER (ORDER BY n.i) AS rn FROM incoming n"
+    " WHERE (SELECT 1 FROM chronicle.events x WHERE x.event_id = n.id) IS NULL),"
+    " head AS (UPDATE chronicle.log_head SET last_position = last_position + (SELECT count(*) FROM fresh)"
+    " WHERE EXISTS (SELECT 1 FROM fresh) RETURNING last_position - (SELECT count(*) FROM fresh) AS base)"
+    " INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
+    " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at,"
+    " payload_json)"
+    " SELECT head.base + f.rn, f.id, f.a, f.t, f.v, f.e, f.s, decode(f.p, 'hex'), coalesce(f.m, '{}'::jsonb),"
+    " f.c, f.u, f.o, f.r, f.k, " + _AT.format("f.at") + ", f.j FROM head, fresh f RETURNING position"
+)
+IMPORT_SNAPSHOTS = (
+    f"INSERT INTO chronicle.snapshots ({SNAPSHOT_COLUMNS})"
+    " SELECT d.a, d.t, d.v, d.st, d.s, decode(d.state, 'hex')"
+    " FROM jsonb_to_recordset($1::jsonb) AS d(a text, t text, v bigint, st text, s int, state text)"
+    " ON CONFLICT (aggregate_id, version) DO NOTHING RETURNING 1"
+)
+_IMPORTED_CLAIMS = "jsonb_to_recordset($1::jsonb) AS n(i bigint, s text, v text, a text)"
+IMPORT_CLAIMS = (
+    f"INSERT INTO chronicle.claims (scope, value, aggregate_id) SELECT n.s, n.v, n.a FROM {_IMPORTED_CLAIMS}"
+    " ON CONFLICT (scope, value) DO NOTHING RETURNING 1"
+)
+# After the insert, in the same transaction: each value held by its own aggregate?
+IMPORT_CLAIMS_CHECK = (
+    f"SELECT chronicle.refuse('{IMPORT_REFUSED}', 'CLAIM_HELD ' || n.i || ' ' || c.aggregate_id)"
+    f" FROM {_IMPORTED_CLAIMS} JOIN chronicle.claims c ON c.scope = n.s AND c.value = n.v"
+    " WHERE c.aggregate_id <> n.a LIMIT 1"
+)
+IMPORT_COMMANDS = _INSERT_COMMANDS_FROM_JSON + " ON CONFLICT (command_id) DO NOTHING RETURNING 1"
+_IMPORTED_KEYS = "jsonb_to_recordset($1::jsonb) AS n(i bigint, a text, m text, w text)"
+IMPORT_DATA_KEYS_CHECK = (
+    f"SELECT chronicle.refuse('{IMPORT_REFUSED}', 'DATA_KEY_CONFLICT ' || n.i)"
+    f" FROM {_IMPORTED_KEYS} JOIN chronicle.data_keys d ON d.aggregate_id = n.a"
+    " WHERE n.w IS NOT NULL AND d.wrapped_key IS NOT NULL"
+    " AND (d.wrapped_key <> decode(n.w, 'hex') OR d.master_key_id IS DISTINCT FROM n.m) LIMIT 1"
+)
+IMPORT_DATA_KEYS = (
+    "INSERT INTO chronicle.data_keys (aggregate_id, master_key_id, wrapped_key, forgotten_at)"
+    f" SELECT n.a, n.m, decode(n.w, 'hex'), CASE WHEN n.w IS NULL THEN now() END FROM {_IMPORTED_KEYS}"
+    " ON CONFLICT (aggregate_id) DO NOTHING RETURNING 1"
+)
+# A forgotten aggregate stays forgotten: an imported tombstone forgets a
+# live key, as a forget does (its snapshots, claims, the documents that name
+# it and the events projections parked for it go too).
+IMPORT_TOMBSTONES = (
+    "WITH gone AS (UPDATE chronicle.data_keys d SET master_key_id = NULL, wrapped_key = NULL, forgotten_at = now()"
+    f" FROM {_IMPORTED_KEYS} WHERE d.aggregate_id = n.a AND n.w IS NULL AND d.wrapped_key IS NOT NULL"
+    " RETURNING d.aggregate_id),"
+    " snapshots AS (DELETE FROM chronicle.snapshots WHERE aggregate_id IN (SELECT aggregate_id FROM gone)),"
+    " claims AS (DELETE FROM chronicle.claims WHERE aggregate_id IN (SELECT aggregate_id FROM gone)),"
+    " documents AS (DELETE FROM chronicle.projection_documents"
+    " WHERE subjects && ARRAY(SELECT aggregate_id FROM gone)),"
+    " parked AS (DELETE FROM chronicle.projection_parked_events WHERE aggregate_id IN (SELECT aggregate_id FROM gone))"
+    " SELECT 1 FROM gone"
+)
+REMOVE_EVENTS = "DELETE FROM chronicle.events WHERE aggregate_id = $1"
+REMOVE_CLAIMS = "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
+# What projections and subscription groups parked of the aggregate's events,
+# which are gone (a parked event's error may quote its payload). Parked events
+# are few: no index.
+REMOVE_PARKED = "DELETE FROM chronicle.projection_parked_events WHERE aggregate_id = $1"
+REMOVE_GROUP_PARKED = "DELETE FROM chronicle.group_parked WHERE aggregate_id = $1"
+# Deleting an aggregate takes the position lock first (its own statement, so
+# that the next ones read after it): an append holding it commits before the
+# deletion looks at the aggregate (and is deleted with it); one that comes
+# later waits, then finds its expected version gone and is refused. Then one
+# statement looks at the aggregate's last event and, unless it is a
+# tombstone already or not at the expected version ($2; -1: any), deletes
+# the events and appends the tombstone ($3, as IMPORT_EVENTS' JSON; $4 its
+# type) at the next version and position; it says what it found.
+LOCK_LOG_HEAD = "UPDATE chronicle.log_head SET last_position = last_position"
+DELETE_AGGREGATE = (
+    "WITH last AS (SELECT version, event_type, aggregate_type FROM chronicle.events WHERE aggregate_id = $1"
+    " ORDER BY version DESC LIMIT 1),"
+    " chosen AS (SELECT version, aggregate_type FROM last WHERE event_type <> $4"
+    " AND ($2::bigint < 0 OR version = $2::bigint)),"
+    " gone AS (DELETE FROM chronicle.events WHERE aggregate_id = $1 AND EXISTS (SELECT 1 FROM chosen) RETURNING 1),"
+    " head AS (UPDATE chronicle.log_head SET last_position = last_position + 1 WHERE EXISTS (SELECT 1 FROM chosen)"
+    " RETURNING last_position),"
+    " tomb AS (INSERT INTO chronicle.events (position, event_id, aggregate_id, aggregate_type, version, event_type,"
+    " schema_version, payload, metadata, command_id, user_id, origin, correlation_id, causation_id, recorded_at)"
+    " SELECT head.last_position, t.id, $1, chosen.aggregate_type, chosen.version + 1, t.e, t.s, decode(t.p, 'hex'),"
+    " coalesce(t.m, '{}'::jsonb), t.c, t.u, t.o, t.r, t.k, " + _AT.format("t.at") + " FROM head, chosen,"
+    " jsonb_to_recordset($3::jsonb) AS t(id uuid, e text, s int, p text, m jsonb, c text, u text, o text, r text,"
+    " k text, at bigint) RETURNING position)"
+    " SELECT (SELECT version FROM last), (SELECT event_type FROM last), (SELECT aggregate_type FROM last),"
+    " (SELECT position FROM tomb)"
+)
+LAST_EVENT = f"SELECT {EVENT_COLUMNS} FROM chronicle.events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1"
+# The aggregate's snapshots, claims and parked events, if its tombstone ($2)
+# was just written.
+DELETE_SNAPSHOTS_OF_DELETED = (
+    "DELETE FROM chronicle.snapshots WHERE aggregate_id = $1"
+    " AND EXISTS (SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 AND event_id = $2::uuid)"
+)
+REMOVE_CLAIMS_OF_DELETED = (
+    "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
+    " AND EXISTS (SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 AND event_id = $2::uuid)"
+)
+REMOVE_PARKED_OF_DELETED = REMOVE_PARKED + (
+    " AND EXISTS (SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 AND event_id = $2::uuid)"
+)
+REMOVE_GROUP_PARKED_OF_DELETED = REMOVE_GROUP_PARKED + (
+    " AND EXISTS (SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 AND event_id = $2::uuid)"
+)
+# Each aggregate's last event, a page of aggregates at a time: the next id
+# found by one index probe each (a loose index scan), not by reading every
+# event.
+AGGREGATES_PAGE = (
+    "WITH RECURSIVE ids(id) AS ("
+    " (SELECT aggregate_id FROM chronicle.events WHERE aggregate_id > $1 ORDER BY aggregate_id LIMIT 1)"
+    " UNION ALL SELECT (SELECT e.aggregate_id FROM chronicle.events e WHERE e.aggregate_id > ids.id"
+    " ORDER BY e.aggregate_id LIMIT 1) FROM ids WHERE ids.id IS NOT NULL)"
+    " SELECT l.aggregate_id, l.aggregate_type, l.version, l.event_type, "
+    + _MICROS.format("l.recorded_at")
+    + " FROM (SELECT id FROM ids WHERE id IS NOT NULL LIMIT $2::bigint) i"
+    " CROSS JOIN LATERAL (SELECT * FROM chronicle.events e WHERE e.aggregate_id = i.id ORDER BY e.version DESC"
+    " LIMIT 1) l ORDER BY l.aggregate_id"
+)
+
+# -- retention ----------------------------------------------------------------
+#
+# Oldest first, a batch per operation, found by the time indexes. SKIP LOCKED:
+# replicas pruning at once take different rows instead of waiting for each
+# other. The batch's keys are gathered into an array first, then deleted
+# through the primary key: written as ``IN (SELECT …)`` it became a hash
+# semi-join that read the whole table for every batch of 500. No statement
+# here touches log_head or the events: appends never wait for a prune.
+
+PRUNE_COMMANDS = (
+    "DELETE FROM chronicle.commands WHERE command_id = ANY (ARRAY(SELECT command_id FROM chronicle.commands"
+    " WHERE recorded_at < " + _AT.format("$1::bigint") + " ORDER BY recorded_at LIMIT $2::bigint"
+    " FOR UPDATE SKIP LOCKED))"
+)
+PRUNE_REFUSALS = (
+    "DELETE FROM chronicle.refusals WHERE id = ANY (ARRAY(SELECT id FROM chronicle.refusals"
+    " WHERE (outcome = 'refused' OR dry_run) AND recorded_at < " + _AT.format("$1::bigint") + " ORDER BY recorded_at"
+    " LIMIT $2::bigint FOR UPDATE SKIP LOCKED))"
 )
 
 # -- subscription groups (grouping.py) ------------------------------------------

@@ -9,6 +9,8 @@ loop, every method one operation, one round trip, one transaction).
     projections.py  ProjectionStore
     audit.py        AuditRecorder
     keys.py         KeyStore
+    transfer.py     Transfer         (export and import)
+    retention.py    Retention        (pruning old command records and refusals)
     leases.py       LeaseStore
     groups.py       GroupStore       (consumers' leases: leases.py)
     sql.py          every statement; why positions never skip
@@ -23,7 +25,7 @@ so, which the server reports as NOT_SERVING.
 from __future__ import annotations
 
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, check_keep_snapshots
-from service.store.postgres.appends import AppendWriter
+from service.store.postgres.appends import AppendWriter, JsonOf
 from service.store.postgres.audit import AuditRole
 from service.store.postgres.claims import ClaimsRole
 from service.store.postgres.database import Database
@@ -34,16 +36,30 @@ from service.store.postgres.keys import KeysRole
 from service.store.postgres.leases import LeasesRole
 from service.store.postgres.log import LogRole
 from service.store.postgres.projections import ProjectionsRole
+from service.store.postgres.retention import RetentionRole
 from service.store.postgres.snapshots import SnapshotsRole
+from service.store.postgres.transfer import TransferRole
 
 
 class PostgresStore(
-    EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, LeasesRole, GroupsRole
+    EventsRole,
+    LogRole,
+    ClaimsRole,
+    SnapshotsRole,
+    ProjectionsRole,
+    AuditRole,
+    KeysRole,
+    TransferRole,
+    RetentionRole,
+    LeasesRole,
+    GroupsRole,
 ):
     """Every role of a store, on PostgreSQL; tables in the ``chronicle`` schema.
 
     ``pool_size``: connections per server process (pipelined: each carries
-    many operations at once, so a few go far).
+    many operations at once, so a few go far). ``json_of``: also keep each
+    event's payload as JSON (column ``payload_json``), as this function
+    renders it from the event's type and bytes (--postgres-json-events).
     """
 
     def __init__(
@@ -54,10 +70,12 @@ class PostgresStore(
         connect_timeout: float = 5.0,
         lock_timeout: float = 5.0,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
+        json_of: JsonOf | None = None,
     ) -> None:
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._db = Database(url, connections=pool_size, connect_timeout=connect_timeout, lock_timeout=lock_timeout)
-        self._appends = AppendWriter(self._db)
+        self._json_of = json_of
+        self._appends = AppendWriter(self._db, json_of=json_of)
         # One batch in flight: the appends made while it commits form the
         # next one. A second batch in flight would only wait for the position
         # lock, and halving the batches cost PostgreSQL about half again as

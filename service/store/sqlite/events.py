@@ -11,8 +11,8 @@ from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUniqu
 from service.store.base import AggregateQuery
 from service.store.notifier import CommitNotifier
 from service.store.records import AggregateHead, AggregateSummary, ClaimChange, CommandRecord, NewEvent, RecordedEvent
-from service.store.serialization import dump_metadata, dump_rejection
-from service.store.sql_common import SQLITE, Row, aggregate_conditions, command_from_row, event_from_row
+from service.store.serialization import dump_metadata
+from service.store.sql_common import SQLITE, Row, aggregate_conditions, command_from_row, command_params, event_from_row
 from service.store.sqlite import sql
 from service.store.sqlite.writer import Writer, writing
 
@@ -76,7 +76,7 @@ def _append(
                 raise CommandAlreadyRecorded(command_from_row(row))
         recorded = _insert_events(db, aggregate_id, events, expected_version)
         for command in commands:
-            db.execute(sql.INSERT_COMMAND, _command_params(command))
+            db.execute(sql.INSERT_COMMAND, command_params(command))
         for claim in claims:
             _change_claim(db, aggregate_id, claim)
     return recorded
@@ -135,22 +135,4 @@ def _event_params(aggregate_id: str, version: int, new: NewEvent) -> tuple[objec
         new.correlation_id,
         new.causation_id,
         new.timestamp_us,
-    )
-
-
-def _command_params(command: CommandRecord) -> tuple[object, ...]:
-    """The values of ``sql_common.COMMAND_FIELDS``, in order."""
-    return (
-        command.command_id,
-        command.aggregate_id,
-        command.command_type,
-        command.fingerprint,
-        command.first_version,
-        command.last_version,
-        dump_rejection(command.rejection),
-        command.principal,
-        command.user_id,
-        command.origin,
-        command.recorded_at_us,
-        command.issued_at_us or None,
     )

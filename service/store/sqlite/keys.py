@@ -54,22 +54,36 @@ def _load(db: sqlite3.Connection, aggregate_id: str) -> DataKey | None:
 
 def _forget(db: sqlite3.Connection, aggregate_id: str) -> bool:
     with writing(db):
-        erased = db.execute(sql.FORGET_DATA_KEY, (_now_us(), aggregate_id)).rowcount
-        db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
-        db.execute(sql.RELEASE_CLAIMS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
-        db.execute(sql.DELETE_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
-        db.execute(sql.DELETE_SUBJECTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
-        db.execute(sql.DELETE_PARKED_OF_FORGOTTEN, (aggregate_id, aggregate_id))
-    # The pages as they were before (the wrapped key, the snapshots) are in
-    # the WAL until a checkpoint copies the new ones over them: empty it now.
+        erased = forget(db, aggregate_id)
+    empty_wal(db, f"forgot {aggregate_id}")
+    return erased == 1
+
+
+def forget(db: sqlite3.Connection, aggregate_id: str) -> int:
+    """Forget the aggregate inside the caller's write transaction: its key
+    erased (1 if it had a live one), its snapshots, claims, the documents
+    derived from it and the events projections parked for it gone. The
+    caller empties the WAL after its commit (``empty_wal``)."""
+    erased = db.execute(sql.FORGET_DATA_KEY, (_now_us(), aggregate_id)).rowcount
+    db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
+    db.execute(sql.RELEASE_CLAIMS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+    db.execute(sql.DELETE_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+    db.execute(sql.DELETE_SUBJECTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+    db.execute(sql.DELETE_PARKED_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+    return int(erased)
+
+
+def empty_wal(db: sqlite3.Connection, done: str) -> None:
+    """After an erasure (committed; ``done`` says which): the pages as they were before
+    (the wrapped key, the snapshots) are in the WAL until a checkpoint
+    copies the new ones over them: empty it now."""
     busy, _, _ = db.execute(sql.CHECKPOINT_TRUNCATE).fetchone()
     if busy:
         log.warning(
-            "forgot %s, but a reader of the SQLite file held back the WAL checkpoint: the WAL keeps the"
+            "%s, but a reader of the SQLite file held back the WAL checkpoint: the WAL keeps the"
             " old pages (the wrapped key) until the next checkpoint",
-            aggregate_id,
+            done,
         )
-    return bool(erased == 1)
 
 
 def _now_us() -> int:

@@ -266,6 +266,64 @@ REWRAP_DATA_KEY = (
     " WHERE aggregate_id = ? AND master_key_id = ? AND wrapped_key = ?"
 )
 
+# -- transfer (export and import) ------------------------------------------------------
+
+DATA_KEYS_PAGE = (
+    "SELECT aggregate_id, master_key_id, wrapped_key FROM data_keys WHERE aggregate_id > ?"
+    " ORDER BY aggregate_id LIMIT ?"
+)
+SNAPSHOTS_PAGE = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE (aggregate_id, version) > (?, ?)"
+    " ORDER BY aggregate_id, version LIMIT ?"
+)
+SNAPSHOTS_OF_PAGE = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE aggregate_id = ? AND (aggregate_id, version) > (?, ?)"
+    " ORDER BY version LIMIT ?"
+)
+CLAIMS_PAGE = (
+    "SELECT scope, value, aggregate_id FROM claims WHERE (scope, value) > (?, ?) ORDER BY scope, value LIMIT ?"
+)
+CLAIMS_OF_PAGE = (
+    "SELECT scope, value, aggregate_id FROM claims WHERE aggregate_id = ? AND (scope, value) > (?, ?)"
+    " ORDER BY scope, value LIMIT ?"
+)
+COMMANDS_PAGE = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id > ? ORDER BY command_id LIMIT ?"
+# Where an event id is held, if anywhere (the unique index on event_id).
+EVENT_PLACE = "SELECT aggregate_id, version FROM events WHERE event_id = ?"
+IMPORT_SNAPSHOT = f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) {_values(SNAPSHOT_COLUMNS)} ON CONFLICT DO NOTHING"
+IMPORT_COMMAND = f"INSERT INTO commands ({COMMAND_COLUMNS}) {_values(COMMAND_COLUMNS)} ON CONFLICT DO NOTHING"
+IMPORT_DATA_KEY = (
+    "INSERT INTO data_keys (aggregate_id, master_key_id, wrapped_key, created_at_us, forgotten_at_us)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (aggregate_id) DO NOTHING"
+)
+REMOVE_EVENTS = "DELETE FROM events WHERE aggregate_id = ?"
+LAST_EVENT = f"SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
+# Each aggregate's last event, by the (aggregate_id, version) index.
+AGGREGATES_PAGE = (
+    "SELECT aggregate_id, aggregate_type, version, event_type, recorded_at_us FROM events e"
+    " WHERE aggregate_id > ? AND version = (SELECT MAX(version) FROM events m WHERE m.aggregate_id = e.aggregate_id)"
+    " ORDER BY aggregate_id LIMIT ?"
+)
+REMOVE_CLAIMS = "DELETE FROM claims WHERE aggregate_id = ?"
+# What projections and subscription groups parked of the aggregate's events,
+# which are gone (a parked event's error may quote its payload). Parked events
+# are few: no index.
+REMOVE_PARKED = "DELETE FROM projection_parked_events WHERE aggregate_id = ?"
+REMOVE_GROUP_PARKED = "DELETE FROM group_parked WHERE aggregate_id = ?"
+
+# -- retention ----------------------------------------------------------------------
+
+# Oldest first, a batch at a time, by the time indexes.
+PRUNE_COMMANDS = (
+    "DELETE FROM commands WHERE command_id IN"
+    " (SELECT command_id FROM commands WHERE recorded_at_us < ? ORDER BY recorded_at_us LIMIT ?)"
+)
+PRUNE_REFUSALS = (
+    "DELETE FROM refusals WHERE id IN"
+    " (SELECT id FROM refusals WHERE (outcome = 'refused' OR dry_run) AND recorded_at_us < ?"
+    " ORDER BY recorded_at_us LIMIT ?)"
+)
+
 # -- subscription groups (grouping.py) ----------------------------------------------
 
 _GROUP_COLUMNS = ", ".join(GROUP_FIELDS)

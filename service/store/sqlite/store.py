@@ -1,8 +1,9 @@
 """The embedded default store: one SQLite file, no server to install.
 
 Laid out like the PostgreSQL store (postgres/store.py): one module per role
-of base.py (events, log, claims, snapshots, projections, audit, keys, groups; the
-leases are the process's own, sole_owner.py and local_leases.py), every
+of base.py (events, log, claims, snapshots, projections, audit, keys,
+transfer, retention, groups; the leases are the process's own, sole_owner.py
+and local_leases.py), every
 statement in sql.py, the schema's versions in migrations.py (scripts in
 migrations/). What differs is how it talks to the database: writer.py, one
 thread with one connection to the file.
@@ -32,12 +33,24 @@ from service.store.sqlite.keys import KeysRole
 from service.store.sqlite.log import LogRole
 from service.store.sqlite.migrations import SCHEMA_VERSION, migrate, schema_version
 from service.store.sqlite.projections import ProjectionsRole
+from service.store.sqlite.retention import RetentionRole
 from service.store.sqlite.snapshots import SnapshotsRole
+from service.store.sqlite.transfer import TransferRole
 from service.store.sqlite.writer import Writer
 
 
 class SqliteStore(
-    EventsRole, LogRole, ClaimsRole, SnapshotsRole, ProjectionsRole, AuditRole, KeysRole, SoleOwnerLeases, GroupsRole
+    EventsRole,
+    LogRole,
+    ClaimsRole,
+    SnapshotsRole,
+    ProjectionsRole,
+    AuditRole,
+    KeysRole,
+    TransferRole,
+    RetentionRole,
+    SoleOwnerLeases,
+    GroupsRole,
 ):
     """Every role of a store, in the SQLite file at ``path`` (made, with its
     folder, if missing; ``":memory:"`` for a database that lives as long as

@@ -12,7 +12,10 @@ from service.store.base import AuditQuery, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, is_sealed, new_master_key
 from service.store.records import AuditEntry, ClaimChange, Rejection, Snapshot
-from tests.support.events import command_record, new_event
+from service.store_contract.records import command_record, new_event
+
+# Every test here is a coroutine (the plugin runs them on pytest-asyncio).
+pytestmark = pytest.mark.asyncio
 
 OLD = f"old:{new_master_key()}"
 NEW = f"new:{new_master_key()}"

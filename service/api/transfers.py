@@ -1,0 +1,119 @@
+"""The store's contents over gRPC: ``AdminService.ExportLog`` streams an
+export, ``AdminService.ImportLog`` writes one (service/transfer/), on the
+store below encryption at rest. ``AdminService`` checks the grant and
+audits; this module turns requests into exports and imports."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from chronicle.v1 import admin_service_pb2 as pb
+from chronicle.v1 import export_pb2
+from service.api.codec import check_id, check_names, micros_of
+from service.errors import InvalidInput
+from service.store.base import Store
+from service.transfer.deleting import Deletion, delete_aggregate
+from service.transfer.exporter import ArchiveRule, Exporter, ExportSelection
+from service.transfer.importer import Importer, ImportOptions, ImportSummary
+
+MAX_EXPORTED_AGGREGATES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Transfers:
+    """``store``: the adapter's own roles (what is stored, not what the
+    encrypting wrapper shows); ``kind``: the store's kind for export
+    headers; ``evict``: forget this server's cached state of an aggregate
+    an import replaced."""
+
+    store: Store
+    kind: str
+    evict: Callable[[str], None] = lambda aggregate_id: None
+
+    def selection(self, request: pb.ExportLogRequest) -> ExportSelection:
+        if len(request.aggregate_ids) > MAX_EXPORTED_AGGREGATES:
+            raise InvalidInput.for_field(
+                "aggregate_ids", f"at most {MAX_EXPORTED_AGGREGATES} aggregates", reason="TOO_MANY_AGGREGATES"
+            )
+        chosen = check_names("aggregate_ids", request.aggregate_ids, reason="INVALID_AGGREGATE_ID")
+        rule = _rule(request.rule) if request.HasField("rule") else None
+        if (chosen or rule) and request.include_commands:
+            raise InvalidInput.for_field(
+                "include_commands", "command records are exported for a whole store only", reason="INVALID_SELECTION"
+            )
+        return ExportSelection(
+            snapshots=request.include_snapshots,
+            commands=request.include_commands,
+            aggregate_ids=tuple(dict.fromkeys(chosen)),
+            rule=rule,
+        )
+
+    async def delete(
+        self, aggregate_id: str, *, expected_version: int | None, principal: str, reason: str, archive: str
+    ) -> Deletion:
+        deletion = await delete_aggregate(
+            self.store,
+            aggregate_id,
+            expected_version=expected_version,
+            principal=principal,
+            reason=reason,
+            archive=archive,
+        )
+        self.evict(aggregate_id)  # its worker's state is of events that are gone
+        return deletion
+
+    def export(self, selection: ExportSelection) -> AsyncIterator[export_pb2.ExportRecord]:
+        return Exporter(self.store, source=self.kind).records(selection)
+
+    async def import_(self, requests: AsyncIterator[pb.ImportLogRequest]) -> tuple[pb.ImportLogResponse, ImportSummary]:
+        importer: Importer | None = None
+        async for request in requests:
+            if importer is None:
+                options = ImportOptions(
+                    overwrite=request.options.overwrite, restore_deleted=request.options.restore_deleted
+                )
+                importer = Importer(self.store, options=options, on_replaced=self.evict)
+            if request.HasField("record"):
+                await importer.add(request.record)
+        if importer is None:
+            raise InvalidInput("the stream is empty: an export begins with its header", reason="NOT_AN_EXPORT")
+        await importer.finish()
+        return response(importer.summary), importer.summary
+
+
+def _rule(rule: pb.ArchiveRule) -> ArchiveRule:
+    if rule.limit > MAX_EXPORTED_AGGREGATES:
+        raise InvalidInput.for_field(
+            "rule.limit", f"must be at most {MAX_EXPORTED_AGGREGATES}", reason="LIMIT_TOO_LARGE"
+        )
+    return ArchiveRule(
+        aggregate_type=check_id("rule.aggregate_type", rule.aggregate_type, reason="INVALID_RULE"),
+        last_event_types=frozenset(check_names("rule.last_event_types", rule.last_event_types, reason="INVALID_RULE")),
+        untouched_since_us=micros_of(rule.untouched_since, "rule.untouched_since")
+        if rule.HasField("untouched_since")
+        else None,
+        limit=rule.limit or 100,
+    )
+
+
+def response(summary: ImportSummary) -> pb.ImportLogResponse:
+    return pb.ImportLogResponse(
+        records=summary.records,
+        events_written=summary.written["event"],
+        events_skipped=summary.events_skipped,
+        snapshots_written=summary.written["snapshot"],
+        claims_written=summary.written["claim"],
+        commands_written=summary.written["command"],
+        data_keys_written=summary.written["data_key"],
+        aggregates_replaced=summary.aggregates_replaced,
+    )
+
+
+def described(summary: ImportSummary) -> str:
+    """An import's outcome in a line, for the audit log."""
+    written = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.written.items()) if n) or "nothing"
+    return (
+        f"{summary.records} records read; written: {written}; {summary.events_skipped} events already there;"
+        f" {summary.aggregates_replaced} aggregates replaced"
+    )

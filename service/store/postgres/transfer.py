@@ -1,0 +1,255 @@
+"""``Transfer`` on PostgreSQL: pages of every table in key order, and each
+import batch as one operation (its statements committed together, one
+round trip), refused whole (``chronicle.refuse``) before anything is
+written when a record does not fit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from service.errors import ConcurrencyConflict, ImportConflict
+from service.store.importing import DATA_KEY_CONFLICT, claim_conflict, data_key_conflict, import_conflict
+from service.store.postgres import sql
+from service.store.postgres.appends import JsonOf, commands_json
+from service.store.postgres.connection import Statement
+from service.store.postgres.database import Database
+from service.store.postgres.errors import Refused, UniqueViolation
+from service.store.postgres.rows import rows
+from service.store.records import (
+    TOMBSTONE_EVENT_TYPE,
+    AggregateLastEvent,
+    CommandRecord,
+    DataKey,
+    HeldClaim,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+)
+from service.store.sql_common import (
+    claim_from_row,
+    command_from_row,
+    data_key_from_row,
+    event_from_row,
+    snapshot_from_row,
+)
+
+
+class TransferRole:
+    _db: Database
+    _json_of: JsonOf | None
+
+    async def _page(self, what: str, statement: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
+        (result,) = await self._db.run(what, [Statement(statement.encode(), params, binary=True)], read_only=True)
+        return rows(result)
+
+    async def data_keys_page(self, after: str, limit: int) -> list[DataKey]:
+        return [data_key_from_row(row) for row in await self._page("export", sql.DATA_KEYS_PAGE, (after, limit))]
+
+    async def snapshots_page(
+        self, after: tuple[str, int], limit: int, *, aggregate_id: str | None = None
+    ) -> list[Snapshot]:
+        if aggregate_id is None:
+            found = await self._page("export", sql.SNAPSHOTS_PAGE, (*after, limit))
+        else:
+            found = await self._page("export", sql.SNAPSHOTS_OF_PAGE, (aggregate_id, *after, limit))
+        return [snapshot_from_row(row) for row in found]
+
+    async def claims_page(
+        self, after: tuple[str, str], limit: int, *, aggregate_id: str | None = None
+    ) -> list[HeldClaim]:
+        if aggregate_id is None:
+            found = await self._page("export", sql.CLAIMS_PAGE, (*after, limit))
+        else:
+            found = await self._page("export", sql.CLAIMS_OF_PAGE, (aggregate_id, *after, limit))
+        return [claim_from_row(row) for row in found]
+
+    async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
+        return [command_from_row(row) for row in await self._page("export", sql.COMMANDS_PAGE, (after, limit))]
+
+    async def import_events(self, events: Sequence[RecordedEvent]) -> int:
+        if not events:
+            return 0
+        batch = _events_json(events, self._json_of)
+        try:
+            *_, written = await self._db.run(
+                "import",
+                [
+                    Statement(sql.IMPORT_EVENTS_CHECK.encode(), (batch, TOMBSTONE_EVENT_TYPE)),
+                    Statement(sql.IMPORT_EVENTS.encode(), (batch,)),
+                ],
+            )
+        except Refused as refused:
+            reason, index = _refusal(refused)
+            raise import_conflict(reason, events[int(index[0])]) from None
+        except UniqueViolation as violation:
+            # Another writer took a version or an id between the check and
+            # the insert: nothing was written; the import can be run again.
+            raise ImportConflict(
+                f"another writer wrote to an imported aggregate meanwhile ({violation.constraint}); nothing of the"
+                " batch was written: run the import again",
+                reason="AGGREGATE_NOT_EMPTY",
+            ) from None
+        if written.ntuples:
+            self._db.commits.notify(max(int(row[0]) for row in rows(written)))
+        return int(written.ntuples)
+
+    async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
+        if not snapshots:
+            return 0
+        batch = json.dumps(
+            [
+                {
+                    "a": s.aggregate_id,
+                    "t": s.aggregate_type,
+                    "v": s.version,
+                    "st": s.state_type,
+                    "s": s.schema_version,
+                    "state": s.state.hex(),
+                }
+                for s in snapshots
+            ],
+            separators=(",", ":"),
+        )
+        (result,) = await self._db.run("import", [Statement(sql.IMPORT_SNAPSHOTS.encode(), (batch,))])
+        return int(result.ntuples)
+
+    async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
+        if not claims:
+            return 0
+        batch = json.dumps(
+            [{"i": i, "s": c.scope, "v": c.value, "a": c.aggregate_id} for i, c in enumerate(claims)],
+            separators=(",", ":"),
+        )
+        try:
+            taken, _ = await self._db.run(
+                "import",
+                [
+                    Statement(sql.IMPORT_CLAIMS.encode(), (batch,)),
+                    Statement(sql.IMPORT_CLAIMS_CHECK.encode(), (batch,)),
+                ],
+            )
+        except Refused as refused:
+            _, (index, holder) = _refusal(refused)
+            claim = claims[int(index)]
+            raise claim_conflict(claim.scope, claim.aggregate_id, holder) from None
+        return int(taken.ntuples)
+
+    async def import_commands(self, commands: Sequence[CommandRecord]) -> int:
+        if not commands:
+            return 0
+        (result,) = await self._db.run("import", [Statement(sql.IMPORT_COMMANDS.encode(), (commands_json(commands),))])
+        return int(result.ntuples)
+
+    async def import_data_keys(self, keys: Sequence[DataKey]) -> int:
+        if not keys:
+            return 0
+        batch = json.dumps(
+            [
+                {"i": i, "a": k.aggregate_id, "m": k.master_key_id, "w": None if k.wrapped is None else k.wrapped.hex()}
+                for i, k in enumerate(keys)
+            ],
+            separators=(",", ":"),
+        )
+        try:
+            _, inserted, forgotten = await self._db.run(
+                "import",
+                [
+                    Statement(sql.IMPORT_DATA_KEYS_CHECK.encode(), (batch,)),
+                    Statement(sql.IMPORT_DATA_KEYS.encode(), (batch,)),
+                    Statement(sql.IMPORT_TOMBSTONES.encode(), (batch,)),
+                ],
+            )
+        except Refused as refused:
+            reason, (index, *_) = _refusal(refused)
+            assert reason == DATA_KEY_CONFLICT
+            raise data_key_conflict(keys[int(index)].aggregate_id) from None
+        return int(inserted.ntuples + forgotten.ntuples)
+
+    async def delete_aggregate(
+        self, aggregate_id: str, tombstone: NewEvent, *, expected_version: int | None = None
+    ) -> RecordedEvent | None:
+        recorded = RecordedEvent.committed(tombstone, aggregate_id=aggregate_id, version=0, position=0)
+        _, found, *_ = await self._db.run(
+            "delete_aggregate",
+            [
+                Statement(sql.LOCK_LOG_HEAD.encode()),
+                Statement(
+                    sql.DELETE_AGGREGATE.encode(),
+                    (
+                        aggregate_id,
+                        -1 if expected_version is None else expected_version,
+                        _events_json([recorded]),
+                        TOMBSTONE_EVENT_TYPE,
+                    ),
+                ),
+                Statement(sql.DELETE_SNAPSHOTS_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+                Statement(sql.REMOVE_CLAIMS_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+                Statement(sql.REMOVE_PARKED_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+                Statement(sql.REMOVE_GROUP_PARKED_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+            ],
+        )
+        version, event_type, aggregate_type, position = rows(found)[0]
+        if version is None:
+            return None
+        if event_type == TOMBSTONE_EVENT_TYPE:
+            (existing,) = await self._page("delete_aggregate", sql.LAST_EVENT, (aggregate_id,))
+            return event_from_row(existing)
+        if position is None:
+            raise ConcurrencyConflict(aggregate_id, expected_version or 0, current=int(version))
+        self._db.commits.notify(int(position))
+        return replace(recorded, aggregate_type=str(aggregate_type), version=int(version) + 1, position=int(position))
+
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateLastEvent]:
+        found = await self._page("aggregates", sql.AGGREGATES_PAGE, (after, limit))
+        return [AggregateLastEvent(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in found]
+
+    async def remove_aggregate(self, aggregate_id: str) -> int:
+        removed, *_ = await self._db.run(
+            "remove_aggregate",
+            [
+                Statement(sql.REMOVE_EVENTS.encode(), (aggregate_id,)),
+                Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
+                Statement(sql.REMOVE_CLAIMS.encode(), (aggregate_id,)),
+                Statement(sql.REMOVE_PARKED.encode(), (aggregate_id,)),
+                Statement(sql.REMOVE_GROUP_PARKED.encode(), (aggregate_id,)),
+            ],
+        )
+        return int(removed.command_tuples or 0)
+
+
+def _refusal(refused: Refused) -> tuple[str, list[str]]:
+    """The reason and the arguments of an import's refusal ("REASON index …")."""
+    if refused.code != sql.IMPORT_REFUSED:
+        raise refused
+    reason, *arguments = refused.detail.split(" ", 2)
+    return reason, arguments
+
+
+def _events_json(events: Sequence[RecordedEvent], json_of: JsonOf | None = None) -> str:
+    return json.dumps(
+        [
+            {
+                "i": i,
+                "id": e.event_id,
+                "a": e.aggregate_id,
+                "t": e.aggregate_type,
+                "v": e.version,
+                "e": e.event_type,
+                "s": e.schema_version,
+                "p": e.payload.hex(),
+                "m": dict(e.metadata) if e.metadata else None,
+                "c": e.command_id,
+                "u": e.user_id,
+                "o": e.origin,
+                "r": e.correlation_id,
+                "k": e.causation_id,
+                "at": e.timestamp_us,
+                "j": None if json_of is None else json_of(e.event_type, e.payload),
+            }
+            for i, e in enumerate(events)
+        ],
+        separators=(",", ":"),
+    )

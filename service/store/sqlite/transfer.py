@@ -1,0 +1,218 @@
+"""``Transfer`` on SQLite: everything the file holds, read out in pages, and
+imports written one batch per write transaction (so an interrupted import
+leaves whole batches, and running it again writes only what is missing)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+from service.errors import ConcurrencyConflict
+from service.store.importing import claim_conflict, data_key_conflict, events_to_write
+from service.store.notifier import CommitNotifier
+from service.store.records import (
+    AggregateLastEvent,
+    CommandRecord,
+    DataKey,
+    HeldClaim,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+    is_tombstone,
+)
+from service.store.serialization import dump_metadata
+from service.store.sql_common import (
+    claim_from_row,
+    command_from_row,
+    command_params,
+    data_key_from_row,
+    event_from_row,
+    snapshot_from_row,
+    snapshot_params,
+)
+from service.store.sqlite import sql
+from service.store.sqlite.keys import empty_wal, forget
+from service.store.sqlite.writer import Writer, writing
+
+
+class TransferRole:
+    _writer: Writer
+    _commits: CommitNotifier
+
+    async def data_keys_page(self, after: str, limit: int) -> list[DataKey]:
+        rows = await self._writer.run(lambda db: db.execute(sql.DATA_KEYS_PAGE, (after, limit)).fetchall())
+        return [data_key_from_row(row) for row in rows]
+
+    async def snapshots_page(
+        self, after: tuple[str, int], limit: int, *, aggregate_id: str | None = None
+    ) -> list[Snapshot]:
+        params: tuple[object, ...]
+        if aggregate_id is None:
+            statement, params = sql.SNAPSHOTS_PAGE, (*after, limit)
+        else:
+            statement, params = sql.SNAPSHOTS_OF_PAGE, (aggregate_id, *after, limit)
+        rows = await self._writer.run(lambda db: db.execute(statement, params).fetchall())
+        return [snapshot_from_row(row) for row in rows]
+
+    async def claims_page(
+        self, after: tuple[str, str], limit: int, *, aggregate_id: str | None = None
+    ) -> list[HeldClaim]:
+        params: tuple[object, ...]
+        if aggregate_id is None:
+            statement, params = sql.CLAIMS_PAGE, (*after, limit)
+        else:
+            statement, params = sql.CLAIMS_OF_PAGE, (aggregate_id, *after, limit)
+        rows = await self._writer.run(lambda db: db.execute(statement, params).fetchall())
+        return [claim_from_row(row) for row in rows]
+
+    async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
+        rows = await self._writer.run(lambda db: db.execute(sql.COMMANDS_PAGE, (after, limit)).fetchall())
+        return [command_from_row(row) for row in rows]
+
+    async def import_events(self, events: Sequence[RecordedEvent]) -> int:
+        written, last = await self._writer.run(_import_events, events)
+        if last:
+            self._commits.notify(last)
+        return written
+
+    async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
+        return await self._writer.run(_insert_each, sql.IMPORT_SNAPSHOT, [snapshot_params(s) for s in snapshots])
+
+    async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
+        return await self._writer.run(_import_claims, claims)
+
+    async def import_commands(self, commands: Sequence[CommandRecord]) -> int:
+        return await self._writer.run(_insert_each, sql.IMPORT_COMMAND, [command_params(c) for c in commands])
+
+    async def import_data_keys(self, keys: Sequence[DataKey]) -> int:
+        return await self._writer.run(_import_data_keys, keys)
+
+    async def remove_aggregate(self, aggregate_id: str) -> int:
+        return await self._writer.run(_remove_aggregate, aggregate_id)
+
+    async def delete_aggregate(
+        self, aggregate_id: str, tombstone: NewEvent, *, expected_version: int | None = None
+    ) -> RecordedEvent | None:
+        recorded = await self._writer.run(_delete_aggregate, aggregate_id, tombstone, expected_version)
+        if recorded is not None and recorded.event_id == tombstone.event_id:
+            self._commits.notify(recorded.position)
+        return recorded
+
+    async def aggregates_page(self, after: str, limit: int) -> list[AggregateLastEvent]:
+        rows = await self._writer.run(lambda db: db.execute(sql.AGGREGATES_PAGE, (after, limit)).fetchall())
+        return [AggregateLastEvent(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in rows]
+
+
+def _import_events(db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> tuple[int, int]:
+    """How many were written, and the last position written (0: none)."""
+
+    def stored_at(event_id: str) -> tuple[str, int] | None:
+        row = db.execute(sql.EVENT_PLACE, (event_id,)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def current_version(aggregate_id: str) -> int:
+        (version,) = db.execute(sql.CURRENT_VERSION, (aggregate_id,)).fetchone()
+        return int(version)
+
+    last = 0
+    with writing(db):
+        fresh = events_to_write(events, stored_at=stored_at, current_version=current_version)
+        for event in fresh:
+            (last,) = db.execute(sql.INSERT_EVENT, _event_params(event)).fetchone()
+    return len(fresh), int(last)
+
+
+def _event_params(event: RecordedEvent) -> tuple[object, ...]:
+    """The values of ``sql.INSERT_EVENT``, in order."""
+    return (
+        event.event_id,
+        event.aggregate_id,
+        event.aggregate_type,
+        event.version,
+        event.event_type,
+        event.schema_version,
+        event.payload,
+        dump_metadata(event.metadata),
+        event.command_id,
+        event.user_id,
+        event.origin,
+        event.correlation_id,
+        event.causation_id,
+        event.timestamp_us,
+    )
+
+
+def _insert_each(db: sqlite3.Connection, statement: str, rows: Sequence[tuple[object, ...]]) -> int:
+    with writing(db):
+        return sum(db.execute(statement, row).rowcount for row in rows)
+
+
+def _import_claims(db: sqlite3.Connection, claims: Sequence[HeldClaim]) -> int:
+    taken = 0
+    with writing(db):
+        for claim in claims:
+            taken += db.execute(sql.TAKE_CLAIM, (claim.scope, claim.value, claim.aggregate_id)).rowcount
+            (holder,) = db.execute(sql.CLAIM_OWNER, (claim.scope, claim.value)).fetchone()
+            if holder != claim.aggregate_id:
+                raise claim_conflict(claim.scope, claim.aggregate_id, str(holder))
+    return taken
+
+
+def _import_data_keys(db: sqlite3.Connection, keys: Sequence[DataKey]) -> int:
+    written = 0
+    erased = 0
+    now = time.time_ns() // 1000
+    with writing(db):
+        for key in keys:
+            row = db.execute(sql.LOAD_DATA_KEY, (key.aggregate_id,)).fetchone()
+            held = None if row is None else data_key_from_row(row)
+            if held is None:
+                forgotten_at = now if key.forgotten else None
+                params = (key.aggregate_id, key.master_key_id, key.wrapped, now, forgotten_at)
+                written += db.execute(sql.IMPORT_DATA_KEY, params).rowcount
+            elif key.forgotten and not held.forgotten:
+                erased += forget(db, key.aggregate_id)
+            elif not key.forgotten and not held.forgotten and held != key:
+                raise data_key_conflict(key.aggregate_id)
+    if erased:
+        empty_wal(db, f"imported {erased} forgotten aggregates")
+    return written + erased
+
+
+def _remove_aggregate(db: sqlite3.Connection, aggregate_id: str) -> int:
+    with writing(db):
+        return _remove(db, aggregate_id)
+
+
+def _remove(db: sqlite3.Connection, aggregate_id: str) -> int:
+    removed = db.execute(sql.REMOVE_EVENTS, (aggregate_id,)).rowcount
+    db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
+    db.execute(sql.REMOVE_CLAIMS, (aggregate_id,))
+    db.execute(sql.REMOVE_PARKED, (aggregate_id,))
+    db.execute(sql.REMOVE_GROUP_PARKED, (aggregate_id,))
+    return int(removed)
+
+
+def _delete_aggregate(
+    db: sqlite3.Connection, aggregate_id: str, tombstone: NewEvent, expected_version: int | None
+) -> RecordedEvent | None:
+    with writing(db):
+        row = db.execute(sql.LAST_EVENT, (aggregate_id,)).fetchone()
+        if row is None:
+            return None
+        last = event_from_row(row)
+        if is_tombstone(last):
+            return last
+        if expected_version is not None and last.version != expected_version:
+            raise ConcurrencyConflict(aggregate_id, expected_version, current=last.version)
+        _remove(db, aggregate_id)
+        recorded = RecordedEvent.committed(
+            replace(tombstone, aggregate_type=last.aggregate_type),
+            aggregate_id=aggregate_id,
+            version=last.version + 1,
+            position=0,
+        )
+        (position,) = db.execute(sql.INSERT_EVENT, _event_params(recorded)).fetchone()
+    return replace(recorded, position=int(position))

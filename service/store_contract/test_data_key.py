@@ -1,0 +1,188 @@
+"""The data-key part of the store contract: one key per aggregate, made once,
+forgotten for good, rewrapped only if unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from service.errors import SubjectsForgotten
+from service.store.base import StoreAdapter
+from service.store.records import ClaimChange, DataKey, DocumentWrite, ParkedEvent, Snapshot, StoredDocument
+from service.store_contract.contents import ContentsOf
+from service.store_contract.records import new_event
+
+# Every test here is a coroutine (the plugin runs them on pytest-asyncio).
+pytestmark = pytest.mark.asyncio
+
+
+def key(aggregate_id: str = "a-1", master: str = "m1", wrapped: bytes = b"w" * 40) -> DataKey:
+    return DataKey(aggregate_id, master, wrapped)
+
+
+async def test_an_aggregate_without_a_key_has_none(store: StoreAdapter) -> None:
+    assert await store.load_data_key("a-1") is None
+
+
+async def test_the_first_key_created_wins(store: StoreAdapter) -> None:
+    assert await store.create_data_key(key(wrapped=b"first")) == key(wrapped=b"first")
+    assert await store.create_data_key(key(wrapped=b"second")) == key(wrapped=b"first")
+    assert await store.load_data_key("a-1") == key(wrapped=b"first")
+
+
+async def test_concurrent_creators_all_get_the_same_key(store: StoreAdapter) -> None:
+    created = await asyncio.gather(*(store.create_data_key(key(wrapped=bytes([n]) * 40)) for n in range(8)))
+    assert len(set(created)) == 1
+    assert await store.load_data_key("a-1") == created[0]
+
+
+async def test_forgetting_erases_the_key_and_leaves_a_tombstone(store: StoreAdapter) -> None:
+    await store.create_data_key(key())
+    assert await store.forget_data_key("a-1") is True
+    assert await store.load_data_key("a-1") == DataKey("a-1", None, None)
+    assert await store.forget_data_key("a-1") is False
+
+
+async def test_no_new_key_is_made_for_a_forgotten_aggregate(store: StoreAdapter) -> None:
+    await store.create_data_key(key())
+    await store.forget_data_key("a-1")
+    assert (await store.create_data_key(key(wrapped=b"again"))).forgotten
+
+
+async def test_forgetting_deletes_the_snapshot(store: StoreAdapter) -> None:
+    await store.create_data_key(key())
+    await store.save_snapshot(Snapshot("a-1", "Thing", 3, "test.v1.State", 1, b"secret"))
+    await store.forget_data_key("a-1")
+    assert await store.load_snapshot("a-1") is None
+
+
+async def test_an_aggregate_without_a_key_cannot_be_forgotten(store: StoreAdapter) -> None:
+    assert await store.forget_data_key("a-1") is False
+
+
+async def test_keys_wrapped_by_an_old_master_key_are_listed_for_rewrapping(store: StoreAdapter) -> None:
+    await store.create_data_key(key("a-1", "old"))
+    await store.create_data_key(key("a-2", "new"))
+    await store.create_data_key(key("a-3", "old"))
+    await store.forget_data_key("a-3")
+    assert await store.data_keys_to_rewrap("new", 10) == [key("a-1", "old")]
+    assert len(await store.data_keys_to_rewrap("other", 1)) == 1
+
+
+async def test_rewrapping_replaces_a_key_only_if_it_is_unchanged(store: StoreAdapter, contents: ContentsOf) -> None:
+    old = await store.create_data_key(key("a-1", "old"))
+    assert await store.rewrap_data_key(old, key("a-1", "new", b"n" * 40)) is True
+    before = await contents()
+    assert await store.rewrap_data_key(old, key("a-1", "newer", b"x" * 40)) is False
+    assert (await contents()).changes_since(before) == {}
+    assert await store.load_data_key("a-1") == key("a-1", "new", b"n" * 40)
+
+
+async def test_forgetting_releases_every_claim_the_aggregate_holds(store: StoreAdapter) -> None:
+    await store.create_data_key(key("u-1"))
+    claims = [ClaimChange("users.email", "ann@example.com"), ClaimChange("users.nickname", "ann")]
+    await store.append("u-1", [new_event()], 0, claims=claims)
+    await store.append("u-2", [new_event()], 0, claims=[ClaimChange("users.email", "bob@example.com")])
+    assert await store.forget_data_key("u-1") is True
+    assert await store.claim_owner("users.email", "ann@example.com") is None
+    assert await store.claim_owner("users.nickname", "ann") is None
+    assert await store.claim_owner("users.email", "bob@example.com") == "u-2"
+
+
+async def test_forgetting_again_releases_claims_left_behind(store: StoreAdapter) -> None:
+    await store.create_data_key(key("u-1"))
+    await store.forget_data_key("u-1")
+    # As an older version left it: forgotten, still holding a value.
+    await store.append("u-1", [new_event()], 0, claims=[ClaimChange("users.email", "ann@example.com")])
+    assert await store.forget_data_key("u-1") is False
+    assert await store.claim_owner("users.email", "ann@example.com") is None
+
+
+async def test_an_aggregate_without_a_key_keeps_its_claims(store: StoreAdapter) -> None:
+    await store.append("u-1", [new_event()], 0, claims=[ClaimChange("users.email", "ann@example.com")])
+    assert await store.forget_data_key("u-1") is False
+    assert await store.claim_owner("users.email", "ann@example.com") == "u-1"
+
+
+# -- read-model documents derived from a forgotten aggregate --------------------
+
+
+def document(key: str, data: bytes = b"\x0a\x03ann", *subjects: str) -> DocumentWrite:
+    return DocumentWrite(key, "t.Doc", data, subjects)
+
+
+async def test_forgetting_deletes_the_documents_that_name_the_aggregate(store: StoreAdapter) -> None:
+    await store.create_data_key(key("acc-1"))
+    await store.create_data_key(key("acc-2"))
+    writes = [
+        document("account:acc-1", b"1", "acc-1"),
+        document("owner:ann", b"2", "acc-1", "acc-2"),
+        document("account:acc-2", b"3", "acc-2"),
+        document("totals", b"4"),
+    ]
+    await store.commit_projection("p", expected_position=0, new_position=3, writes=writes)
+    await store.commit_projection("q", expected_position=0, new_position=3, writes=[document("k", b"5", "acc-1")])
+    assert await store.forget_data_key("acc-1") is True
+    assert await store.load_document("p", "account:acc-1") is None
+    assert await store.load_document("p", "owner:ann") is None  # derived from acc-1 among others
+    assert await store.load_document("q", "k") is None
+    assert await store.load_document("p", "account:acc-2") == StoredDocument("account:acc-2", "t.Doc", b"3")
+    assert await store.load_document("p", "totals") == StoredDocument("totals", "t.Doc", b"4")
+    assert await store.projection_position("p") == 3
+
+
+async def test_a_document_put_again_has_the_subjects_of_its_last_put(store: StoreAdapter) -> None:
+    await store.create_data_key(key("acc-1"))
+    await store.commit_projection("p", expected_position=0, new_position=1, writes=[document("k", b"1", "acc-1")])
+    await store.commit_projection("p", expected_position=1, new_position=2, writes=[document("k", b"2", "acc-9")])
+    await store.forget_data_key("acc-1")
+    assert await store.load_document("p", "k") == StoredDocument("k", "t.Doc", b"2")
+
+
+async def test_a_deleted_document_leaves_no_subject_behind(store: StoreAdapter) -> None:
+    await store.create_data_key(key("acc-1"))
+    await store.commit_projection("p", expected_position=0, new_position=1, writes=[document("k", b"1", "acc-1")])
+    await store.commit_projection("p", expected_position=1, new_position=2, writes=[DocumentWrite("k")])
+    await store.commit_projection("p", expected_position=2, new_position=3, writes=[document("k", b"3")])
+    await store.forget_data_key("acc-1")
+    assert await store.load_document("p", "k") == StoredDocument("k", "t.Doc", b"3")
+
+
+async def test_a_commit_that_names_a_forgotten_subject_writes_nothing(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    await store.create_data_key(key("acc-1"))
+    await store.forget_data_key("acc-1")
+    before = await contents()
+    with pytest.raises(SubjectsForgotten) as refused:
+        await store.commit_projection(
+            "p",
+            expected_position=0,
+            new_position=4,
+            writes=[document("other", b"1", "acc-2"), document("k", b"2", "acc-2", "acc-1")],
+        )
+    assert refused.value.subjects == {"acc-1"}
+    assert (await contents()).changes_since(before) == {}
+    await store.commit_projection("p", expected_position=0, new_position=4, writes=[DocumentWrite("k")])
+    assert await store.projection_position("p") == 4
+
+
+async def test_documents_of_an_aggregate_without_a_key_are_kept(store: StoreAdapter) -> None:
+    await store.commit_projection("p", expected_position=0, new_position=1, writes=[document("k", b"1", "acc-1")])
+    assert await store.forget_data_key("acc-1") is False
+    assert await store.load_document("p", "k") == StoredDocument("k", "t.Doc", b"1")
+
+
+def parked(aggregate_id: str, position: int) -> ParkedEvent:
+    return ParkedEvent("p", position, f"e-{position}", "t.Event", aggregate_id, f"no: {aggregate_id}'s secret", 3, 1)
+
+
+async def test_forgetting_deletes_the_events_a_projection_parked_for_the_aggregate(store: StoreAdapter) -> None:
+    """A parked event keeps its handler's error, which may quote the payload."""
+    await store.create_data_key(key("acc-1"))
+    await store.commit_projection(
+        "p", expected_position=0, new_position=2, writes=[], parked=[parked("acc-1", 1), parked("acc-2", 2)]
+    )
+    await store.forget_data_key("acc-1")
+    assert await store.parked_events("p") == [parked("acc-2", 2)]

@@ -1,0 +1,162 @@
+"""Subscription groups (``GroupStore``), as every store keeps them: the
+settings, one checkpoint per segment moved only from where its holder read
+it (and under its lease), the parked events, and the leases by which
+consumers share the segments."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.errors import ConcurrencyConflict, ResourceExists
+from service.store.base import StoreAdapter
+from service.store.grouping import GroupConsumer, GroupParkedEvent, GroupSpec, consumer_group, segment_lease
+from service.store.leasing import Fencing, LeaseMember
+from service.store.records import LogFilter
+from service.store_contract.contents import ContentsOf
+
+# Every test here is a coroutine (the plugin runs them on pytest-asyncio).
+pytestmark = pytest.mark.asyncio
+
+SPEC = GroupSpec(
+    name="billing",
+    log_filter=LogFilter(aggregate_types=frozenset({"Account"}), event_types=frozenset({"bank.v1.Deposited"})),
+    start_position=7,
+    segments=4,
+    max_attempts=3,
+    retry_backoff_ms=250,
+    max_retry_backoff_ms=4000,
+    ack_timeout_ms=1500,
+)
+
+
+def parked(event_id: str, position: int, *, segment: int = 1, attempts: int = 3) -> GroupParkedEvent:
+    return GroupParkedEvent(
+        event_id=event_id, position=position, segment=segment, aggregate_id="acc-1", attempts=attempts, reason="boom"
+    )
+
+
+async def test_a_group_is_created_with_a_checkpoint_per_segment_at_its_start(store: StoreAdapter) -> None:
+    assert await store.load_group("billing") is None
+    await store.create_group(SPEC)
+    group = await store.load_group("billing")
+    assert group is not None
+    assert group.spec == SPEC
+    assert [(c.segment, c.position, c.acknowledged) for c in group.checkpoints] == [(s, 7, 0) for s in range(4)]
+    assert (group.position, group.acknowledged, group.parked, group.consumers) == (7, 0, 0, ())
+    assert [g.spec.name for g in await store.list_groups()] == ["billing"]
+
+
+async def test_creating_a_group_twice_is_refused_and_writes_nothing(store: StoreAdapter, contents: ContentsOf) -> None:
+    await store.create_group(SPEC)
+    before = await contents()
+    with pytest.raises(ResourceExists) as refused:
+        await store.create_group(GroupSpec(name="billing", segments=8))
+    assert refused.value.reason == "GROUP_EXISTS"
+    assert (await contents()).changes_since(before) == {}
+    group = await store.load_group("billing")
+    assert group is not None and group.spec == SPEC
+
+
+async def test_groups_are_listed_by_name(store: StoreAdapter) -> None:
+    for name in ("zeta", "alpha", "mid"):
+        await store.create_group(GroupSpec(name=name, segments=2))
+    assert [g.spec.name for g in await store.list_groups()] == ["alpha", "mid", "zeta"]
+
+
+async def test_a_segment_moves_from_where_it_was_and_counts_its_acks_once(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    await store.create_group(SPEC)
+    await store.commit_segment("billing", 2, expected_position=7, new_position=20, acknowledged=5)
+    await store.commit_segment("billing", 2, expected_position=20, new_position=31, acknowledged=2)
+    before = await contents()
+    with pytest.raises(ConcurrencyConflict):
+        await store.commit_segment(
+            "billing", 2, expected_position=20, new_position=40, acknowledged=9, parked=[parked("e-9", 35)]
+        )
+    assert (await contents()).changes_since(before) == {}
+    group = await store.load_group("billing")
+    assert group is not None
+    assert group.checkpoint(2).position == 31 and group.checkpoint(2).acknowledged == 7
+    assert (group.position, group.acknowledged) == (7, 7)
+
+
+async def test_parked_events_commit_with_the_checkpoint(store: StoreAdapter) -> None:
+    await store.create_group(SPEC)
+    await store.commit_segment(
+        "billing", 1, expected_position=7, new_position=12, acknowledged=1, parked=[parked("e-10", 10)]
+    )
+    await store.park("billing", [parked("e-11", 11, attempts=2)])
+    group = await store.load_group("billing")
+    assert group is not None and group.parked == 2
+    assert await store.list_parked("billing") == [parked("e-10", 10), parked("e-11", 11, attempts=2)]
+    assert await store.list_parked("billing", after_position=10, limit=5) == [parked("e-11", 11, attempts=2)]
+    assert await store.list_parked("billing", limit=1) == [parked("e-10", 10)]
+
+
+async def test_parked_events_are_replayed_on_request_and_leave_when_settled(store: StoreAdapter) -> None:
+    await store.create_group(SPEC)
+    await store.park("billing", [parked("e-3", 3, segment=0), parked("e-4", 4, segment=1), parked("e-5", 5)])
+    assert await store.parked_to_replay("billing", [0, 1, 2, 3], 10) == []
+    assert await store.replay_parked("billing", ["e-4", "e-404"]) == 1
+    assert [p.event_id for p in await store.parked_to_replay("billing", [1], 10)] == ["e-4"]
+    assert await store.parked_to_replay("billing", [0], 10) == []
+    assert await store.replay_parked("billing", []) == 3
+    assert [p.event_id for p in await store.parked_to_replay("billing", [0, 1], 10)] == ["e-3", "e-4", "e-5"]
+    assert [p.event_id for p in await store.parked_to_replay("billing", [0, 1], 2)] == ["e-3", "e-4"]
+    await store.unpark("billing", ["e-3"])
+    await store.park("billing", [parked("e-4", 4, segment=1, attempts=6)])  # failed again: parked, not replaying
+    listed = await store.list_parked("billing")
+    assert [(p.event_id, p.attempts, p.replaying) for p in listed] == [("e-4", 6, False), ("e-5", 3, True)]
+
+
+async def test_deleting_a_group_deletes_its_checkpoints_parked_events_and_leases(store: StoreAdapter) -> None:
+    await store.create_group(SPEC)
+    await store.park("billing", [parked("e-1", 8)])
+    member = LeaseMember("worker#1", "")
+    leases = store.consumer_leases
+    await leases.renew_leases(consumer_group("billing"), member, [segment_lease(s) for s in range(4)], 30)
+    await leases.change_leases(consumer_group("billing"), "worker#1", release=(), acquire=("0", "1"), ttl=30)
+    assert await store.delete_group("billing") is True
+    assert await store.load_group("billing") is None
+    assert await store.list_parked("billing") == []
+    assert await store.delete_group("billing") is False
+    await store.create_group(SPEC)  # a new group of that name starts afresh
+    group = await store.load_group("billing")
+    assert group is not None and group.parked == 0 and group.consumers == ()
+    with pytest.raises(ConcurrencyConflict):  # nor can a consumer of the old group move the new one
+        await store.commit_segment(
+            "billing",
+            0,
+            expected_position=7,
+            new_position=9,
+            acknowledged=1,
+            fencing=Fencing(consumer_group("billing"), "0", "worker#1", 1),
+        )
+
+
+async def test_consumers_share_the_segments_by_leases_and_a_lost_lease_fences_its_commits(
+    store: StoreAdapter,
+) -> None:
+    await store.create_group(SPEC)
+    leases = store.consumer_leases
+    group, names = consumer_group("billing"), [segment_lease(s) for s in range(4)]
+    await leases.renew_leases(group, LeaseMember("a#1", ""), names, 30)
+    await leases.renew_leases(group, LeaseMember("b#2", ""), names, 30)
+    taken_a = await leases.change_leases(group, "a#1", release=(), acquire=("0", "1"), ttl=30)
+    taken_b = await leases.change_leases(group, "b#2", release=(), acquire=("1", "2", "3"), ttl=30)
+    assert [lease.name for lease in taken_a] == ["0", "1"] and [lease.name for lease in taken_b] == ["2", "3"]
+    state = await store.load_group("billing")
+    assert state is not None
+    assert state.consumers == (GroupConsumer("a#1", (0, 1)), GroupConsumer("b#2", (2, 3)))
+    a_token = Fencing(group, "1", "a#1", taken_a[1].epoch)
+    await store.commit_segment("billing", 1, expected_position=7, new_position=8, acknowledged=1, fencing=a_token)
+    await leases.leave_group(group, "a#1")
+    (taken,) = await leases.change_leases(group, "b#2", release=(), acquire=("1",), ttl=30)
+    with pytest.raises(ConcurrencyConflict):
+        await store.commit_segment("billing", 1, expected_position=8, new_position=9, acknowledged=1, fencing=a_token)
+    b_token = Fencing(group, "1", "b#2", taken.epoch)
+    await store.commit_segment("billing", 1, expected_position=8, new_position=9, acknowledged=1, fencing=b_token)
+    state = await store.load_group("billing")
+    assert state is not None and state.consumers == (GroupConsumer("b#2", (1, 2, 3)),)
+    assert state.checkpoint(1).acknowledged == 2

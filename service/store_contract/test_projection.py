@@ -1,0 +1,184 @@
+"""Projection checkpoints and documents, as every store keeps them."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.errors import ConcurrencyConflict
+from service.store.base import StoreAdapter
+from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, StoredDocument
+from service.store_contract.contents import ContentsOf
+
+# Every test here is a coroutine (the plugin runs them on pytest-asyncio).
+pytestmark = pytest.mark.asyncio
+
+
+async def test_a_new_projection_starts_at_zero_with_no_documents(store: StoreAdapter) -> None:
+    assert await store.projection_position("p") == 0
+    assert await store.load_document("p", "k") is None
+
+
+async def test_documents_and_checkpoint_commit_together(store: StoreAdapter) -> None:
+    await store.commit_projection(
+        "p",
+        expected_position=0,
+        new_position=7,
+        writes=[DocumentWrite("k", "t.Doc", b"\x01"), DocumentWrite("j", "t.Doc", b"")],
+    )
+    assert await store.projection_position("p") == 7
+    assert await store.load_document("p", "k") == StoredDocument("k", "t.Doc", b"\x01")
+    assert await store.load_document("p", "j") == StoredDocument("j", "t.Doc", b"")
+
+
+async def test_a_commit_from_a_stale_checkpoint_writes_nothing(store: StoreAdapter, contents: ContentsOf) -> None:
+    await store.commit_projection("p", expected_position=0, new_position=5, writes=[DocumentWrite("k", "t.Doc", b"a")])
+    before = await contents()
+    with pytest.raises(ConcurrencyConflict):
+        await store.commit_projection(
+            "p",
+            expected_position=0,
+            new_position=9,
+            writes=[DocumentWrite("k", "t.Doc", b"b"), DocumentWrite("j", "t.Doc", b"j")],
+        )
+    assert (await contents()).changes_since(before) == {}
+    assert await store.projection_position("p") == 5
+    assert await store.load_document("p", "k") == StoredDocument("k", "t.Doc", b"a")
+
+
+async def test_documents_are_replaced_and_deleted(store: StoreAdapter) -> None:
+    await store.commit_projection("p", expected_position=0, new_position=1, writes=[DocumentWrite("k", "t.A", b"a")])
+    await store.commit_projection("p", expected_position=1, new_position=2, writes=[DocumentWrite("k", "t.B", b"b")])
+    assert await store.load_document("p", "k") == StoredDocument("k", "t.B", b"b")
+    await store.commit_projection("p", expected_position=2, new_position=3, writes=[DocumentWrite("k")])
+    assert await store.load_document("p", "k") is None
+
+
+async def test_projections_are_namespaces_of_their_own(store: StoreAdapter) -> None:
+    await store.commit_projection("p", expected_position=0, new_position=4, writes=[DocumentWrite("k", "t.A", b"p")])
+    await store.commit_projection("q", expected_position=0, new_position=2, writes=[DocumentWrite("k", "t.A", b"q")])
+    assert (await store.projection_position("p"), await store.projection_position("q")) == (4, 2)
+    assert await store.load_document("q", "k") == StoredDocument("k", "t.A", b"q")
+
+
+# -- listing documents by key prefix -------------------------------------------------
+
+KEYS = ["a", "ab", "abc", "abd", "ac", "b", "b\U0010ffff", "b\U0010ffffz", "c", "é", "é1", "\ud7ff", "\ue000", "\uff5a"]
+
+
+async def _with_documents(store: StoreAdapter, keys: list[str], *, projection: str = "p") -> None:
+    writes = [DocumentWrite(key, "t.Doc", key.encode()) for key in keys]
+    await store.commit_projection(projection, expected_position=0, new_position=1, writes=writes)
+
+
+async def _listed(store: StoreAdapter, listing: DocumentRange, projection: str = "p") -> list[str]:
+    return [d.key for d in await store.list_documents(projection, listing)]
+
+
+@pytest.mark.parametrize(
+    "prefix", ["", "a", "ab", "abc", "b", "b\U0010ffff", "é", "\ud7ff", "\ue000", "z", "abcd", "\uff5a"]
+)
+async def test_documents_are_listed_by_key_prefix_in_code_point_order(store: StoreAdapter, prefix: str) -> None:
+    await _with_documents(store, KEYS)
+    expected = sorted(k for k in KEYS if k.startswith(prefix))
+    assert await _listed(store, DocumentRange(prefix=prefix, limit=100)) == expected
+    assert await _listed(store, DocumentRange(prefix=prefix, descending=True, limit=100)) == expected[::-1]
+
+
+async def test_documents_are_listed_in_pages_after_a_key(store: StoreAdapter) -> None:
+    await _with_documents(store, KEYS)
+    for descending in (False, True):
+        expected = sorted((k for k in KEYS if k.startswith("a")), reverse=descending)
+        pages, after = [], None
+        while True:
+            page = await _listed(store, DocumentRange(prefix="a", after=after, descending=descending, limit=2))
+            if not page:
+                break
+            assert len(page) <= 2
+            pages.extend(page)
+            after = page[-1]
+        assert pages == expected
+
+
+async def test_listing_stays_in_its_projection_and_sees_deletes(store: StoreAdapter) -> None:
+    await _with_documents(store, ["a1", "a2", "a3"])
+    await _with_documents(store, ["a0", "a4"], projection="q")
+    await store.commit_projection("p", expected_position=1, new_position=2, writes=[DocumentWrite("a2")])
+    listed = await store.list_documents("p", DocumentRange(prefix="a"))
+    assert listed == [StoredDocument("a1", "t.Doc", b"a1"), StoredDocument("a3", "t.Doc", b"a3")]
+    assert await _listed(store, DocumentRange(), projection="q") == ["a0", "a4"]
+    assert await _listed(store, DocumentRange(), projection="none") == []
+
+
+# -- rebuilding from the start --------------------------------------------------------
+
+
+def _parked(position: int, event_id: str = "e", projection: str = "p") -> ParkedEvent:
+    return ParkedEvent(
+        projection, position, event_id, "t.Happened", "agg-1", "ValueError: no", 3, 1_700_000_000_000_000
+    )
+
+
+async def test_a_reset_clears_documents_parked_events_and_the_checkpoint_together(store: StoreAdapter) -> None:
+    await store.commit_projection(
+        "p", expected_position=0, new_position=5, writes=[DocumentWrite("k", "t.A", b"a")], parked=[_parked(3)]
+    )
+    await store.commit_projection("q", expected_position=0, new_position=4, writes=[DocumentWrite("k", "t.A", b"q")])
+    await store.reset_projection("p")
+    assert await store.projection_position("p") == 0
+    assert await store.load_document("p", "k") is None
+    assert await store.parked_events("p") == []
+    assert await store.count_parked_events("p") == 0
+    # Other projections keep theirs.
+    assert await store.projection_position("q") == 4
+    assert await store.load_document("q", "k") == StoredDocument("k", "t.A", b"q")
+    # And it is applied again from the start.
+    await store.commit_projection("p", expected_position=0, new_position=2, writes=[DocumentWrite("j", "t.A", b"j")])
+    assert await store.load_document("p", "j") == StoredDocument("j", "t.A", b"j")
+
+
+async def test_a_commit_applied_before_a_reset_writes_nothing_after_it(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    await store.commit_projection("p", expected_position=0, new_position=5, writes=[DocumentWrite("k", "t.A", b"a")])
+    await store.reset_projection("p")
+    before = await contents()
+    with pytest.raises(ConcurrencyConflict):
+        await store.commit_projection(
+            "p", expected_position=5, new_position=9, writes=[DocumentWrite("k", "t.A", b"old")], parked=[_parked(7)]
+        )
+    assert (await contents()).changes_since(before) == {}
+
+
+async def test_a_reset_of_a_projection_that_never_ran_changes_nothing(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    before = await contents()
+    await store.reset_projection("never")
+    assert (await contents()).changes_since(before) == {}
+    assert await store.projection_position("never") == 0
+
+
+# -- parked events -------------------------------------------------------------------
+
+
+async def test_parked_events_commit_with_the_checkpoint_and_list_in_log_order(store: StoreAdapter) -> None:
+    await store.commit_projection("p", expected_position=0, new_position=4, writes=[], parked=[_parked(4), _parked(2)])
+    await store.commit_projection(
+        "p", expected_position=4, new_position=9, writes=[], parked=[_parked(7, "b"), _parked(7, "a")]
+    )
+    await store.commit_projection("q", expected_position=0, new_position=3, writes=[], parked=[_parked(3, "x", "q")])
+    everything = await store.parked_events("p")
+    assert [(e.position, e.event_id) for e in everything] == [(2, "e"), (4, "e"), (7, "a"), (7, "b")]
+    assert everything[0] == _parked(2)
+    assert await store.count_parked_events("p") == 4
+    page = await store.parked_events("p", after=(4, "e"), limit=1)
+    assert [(e.position, e.event_id) for e in page] == [(7, "a")]
+    assert [(e.position, e.event_id) for e in await store.parked_events("p", after=(7, "a"))] == [(7, "b")]
+    assert await store.parked_events("q") == [_parked(3, "x", "q")]
+
+
+async def test_a_stale_commit_parks_nothing(store: StoreAdapter) -> None:
+    await store.commit_projection("p", expected_position=0, new_position=4, writes=[])
+    with pytest.raises(ConcurrencyConflict):
+        await store.commit_projection("p", expected_position=0, new_position=6, writes=[], parked=[_parked(5)])
+    assert await store.count_parked_events("p") == 0

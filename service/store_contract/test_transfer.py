@@ -1,0 +1,332 @@
+"""The transfer part of the store contract: everything a store holds read
+out in key order, and written into another as it was (ids, versions,
+timestamps, log order), idempotently, refusing what does not fit with
+nothing written."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from service.errors import ConcurrencyConflict, ImportConflict
+from service.store.base import StoreAdapter
+from service.store.grouping import GroupParkedEvent, GroupSpec
+from service.store.records import (
+    TOMBSTONE_EVENT_TYPE,
+    ClaimChange,
+    DataKey,
+    DocumentWrite,
+    HeldClaim,
+    LogFilter,
+    NewEvent,
+    ParkedEvent,
+    RecordedEvent,
+    Rejection,
+    Snapshot,
+    StoredDocument,
+)
+from service.store_contract.contents import ContentsOf
+from service.store_contract.records import command_record, new_event, recorded_event
+
+# Every test here is a coroutine (the plugin runs them on pytest-asyncio).
+pytestmark = pytest.mark.asyncio
+
+
+def snapshot(aggregate_id: str, version: int) -> Snapshot:
+    return Snapshot(aggregate_id, "Thing", version, "test.v1.State", 1, bytes([version]) * 3)
+
+
+async def log_of(store: StoreAdapter) -> list[RecordedEvent]:
+    return list((await store.read_log(0, LogFilter(), 1000)).events)
+
+
+def without_positions(events: list[RecordedEvent]) -> list[RecordedEvent]:
+    return [replace(e, position=0) for e in events]
+
+
+async def test_pages_read_every_record_in_key_order(store: StoreAdapter) -> None:
+    for name in ("a-3", "a-1", "a-2"):
+        await store.create_data_key(DataKey(name, "m1", name.encode() * 8))
+        await store.append(name, [new_event()], 0, claims=[ClaimChange("users.email", f"{name}@x")])
+        await store.save_snapshot(snapshot(name, 1))
+    await store.forget_data_key("a-2")  # a tombstone is exported too (its snapshot and claim went)
+    records = [command_record("a-1", 1, 0, command_id=f"c-{n}") for n in (3, 1, 2)]
+    await store.append("a-1", [], 1, commands=records)
+
+    keys = await store.data_keys_page("", 2)
+    keys += await store.data_keys_page(keys[-1].aggregate_id, 2)
+    assert [(k.aggregate_id, k.forgotten) for k in keys] == [("a-1", False), ("a-2", True), ("a-3", False)]
+    snapshots = await store.snapshots_page(("", 0), 1)
+    snapshots += await store.snapshots_page((snapshots[-1].aggregate_id, snapshots[-1].version), 5)
+    assert [(s.aggregate_id, s.version) for s in snapshots] == [("a-1", 1), ("a-3", 1)]
+    claims = await store.claims_page(("", ""), 1)
+    claims += await store.claims_page((claims[-1].scope, claims[-1].value), 5)
+    assert claims == [HeldClaim("users.email", "a-1@x", "a-1"), HeldClaim("users.email", "a-3@x", "a-3")]
+    commands = await store.commands_page("", 2)
+    commands += await store.commands_page(commands[-1].command_id, 2)
+    assert [c.command_id for c in commands] == ["c-1", "c-2", "c-3"]
+
+
+async def test_pages_of_one_aggregate(store: StoreAdapter) -> None:
+    for name in ("a-1", "a-2"):
+        await store.append(
+            name, [new_event()], 0, claims=[ClaimChange("s", f"{name}-1"), ClaimChange("s", f"{name}-2")]
+        )
+        for version in (1, 2):
+            await store.save_snapshot(snapshot(name, version))
+    snapshots = await store.snapshots_page(("a-2", 1), 10, aggregate_id="a-2")
+    assert [(s.aggregate_id, s.version) for s in snapshots] == [("a-2", 2)]
+    claims = await store.claims_page(("", ""), 10, aggregate_id="a-1")
+    assert [c.value for c in claims] == ["a-1-1", "a-1-2"]
+
+
+async def test_imported_events_keep_their_envelopes_and_log_order_at_new_positions(store: StoreAdapter) -> None:
+    await store.append("local", [new_event()], 0)
+    head = await store.log_head()
+    imported = [
+        recorded_event("a-1", 1, position=10, metadata={"k": "välue"}),
+        recorded_event("a-2", 1, position=11),
+        recorded_event("a-1", 2, position=12, payload=b"\x00\xff"),
+    ]
+    assert await store.import_events(imported) == 3
+    written = (await store.read_log(head, LogFilter(), 10)).events
+    assert without_positions(list(written)) == without_positions(imported)
+    assert [e.position for e in written] == sorted(e.position for e in written)
+    assert written[0].position > head
+    assert await store.read_aggregate("a-1") == [written[0], written[2]]
+    assert await store.log_head() == written[-1].position
+
+
+async def test_importing_again_writes_nothing(store: StoreAdapter, contents: ContentsOf) -> None:
+    imported = [recorded_event("a-1", 1), recorded_event("a-1", 2), recorded_event("a-2", 1)]
+    await store.import_events(imported)
+    before = await contents()
+    assert await store.import_events(imported) == 0
+    assert (await contents()).changes_since(before) == {}
+
+
+async def test_an_import_resumed_mid_batch_writes_only_the_rest(store: StoreAdapter) -> None:
+    imported = [recorded_event("a-1", v) for v in (1, 2, 3, 4)]
+    await store.import_events(imported[:2])
+    assert await store.import_events(imported) == 2
+    assert [e.event_id for e in await store.read_aggregate("a-1")] == [e.event_id for e in imported]
+
+
+@pytest.mark.parametrize(
+    ("reason", "batch"),
+    [
+        ("VERSION_GAP", lambda held: [recorded_event("a-2", 1), recorded_event("a-2", 3)]),
+        ("VERSION_GAP", lambda held: [recorded_event("a-1", 3)]),
+        ("AGGREGATE_NOT_EMPTY", lambda held: [recorded_event("a-2", 1), recorded_event("a-1", 1)]),
+        ("EVENT_ID_TAKEN", lambda held: [recorded_event("a-2", 1), recorded_event("a-2", 2, event_id=held.event_id)]),
+        ("AGGREGATE_NOT_EMPTY", lambda held: [recorded_event("a-1", 2, event_type=TOMBSTONE_EVENT_TYPE)]),
+    ],
+)
+async def test_an_event_that_does_not_fit_refuses_its_batch_and_writes_nothing(
+    store: StoreAdapter, reason: str, batch: object, contents: ContentsOf
+) -> None:
+    (held,) = await store.append("a-1", [new_event()], 0)
+    before = await contents()
+    events = batch(held)  # type: ignore[operator]
+    with pytest.raises(ImportConflict) as refused:
+        await store.import_events(events)
+    assert refused.value.reason == reason
+    assert refused.value.metadata["aggregate_id"] == events[-1].aggregate_id
+    assert refused.value.metadata["version"] == str(events[-1].version)
+    assert (await contents()).changes_since(before) == {}
+
+
+async def test_a_tombstone_stands_alone_above_the_versions_it_replaced(store: StoreAdapter) -> None:
+    tombstone = recorded_event("a-1", 8, event_type=TOMBSTONE_EVENT_TYPE)
+    assert await store.import_events([tombstone]) == 1
+    head = await store.head("a-1")
+    assert head is not None and head.version == 8
+
+
+async def test_snapshots_and_command_records_are_imported_once(store: StoreAdapter, contents: ContentsOf) -> None:
+    snapshots = [snapshot("a-1", 1), snapshot("a-1", 2), snapshot("a-2", 5)]
+    fields = Rejection("ValidationError", "INVALID", "two fields", {}, (("amount", "negative"), ("to", "empty")))
+    records = [
+        command_record("a-1", 1, 1, command_id="c-1"),
+        replace(command_record("a-2", 1, 0, command_id="c-2", rejection=fields), issued_at_us=1_767_225_600_000_001),
+    ]
+    assert await store.import_snapshots(snapshots) == 3
+    assert await store.import_commands(records) == 2
+    before = await contents()
+    assert await store.import_snapshots(snapshots) == 0
+    assert await store.import_commands(records) == 0
+    assert (await contents()).changes_since(before) == {}
+    assert await store.load_snapshot("a-1") == snapshot("a-1", 2)
+    assert await store.find_command("c-2") == records[1]  # when it was issued, the fields at fault
+
+
+async def test_claims_are_imported_unless_another_aggregate_holds_one(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    await store.append("a-1", [new_event()], 0, claims=[ClaimChange("users.email", "ann@x")])
+    assert (
+        await store.import_claims([HeldClaim("users.email", "ann@x", "a-1"), HeldClaim("users.email", "bob@x", "a-2")])
+        == 1
+    )
+    before = await contents()
+    with pytest.raises(ImportConflict) as refused:
+        await store.import_claims([HeldClaim("users.email", "eve@x", "a-3"), HeldClaim("users.email", "ann@x", "a-3")])
+    assert refused.value.reason == "CLAIM_HELD"
+    assert refused.value.metadata == {"scope": "users.email", "aggregate_id": "a-3", "holder": "a-1"}
+    assert "ann@x" not in refused.value.message
+    assert (await contents()).changes_since(before) == {}
+
+
+async def test_data_keys_are_imported_and_forgotten_ones_stay_forgotten(store: StoreAdapter) -> None:
+    await store.create_data_key(DataKey("live", "m1", b"k" * 40))
+    await store.create_data_key(DataKey("gone", "m1", b"g" * 40))
+    await store.forget_data_key("gone")
+    await store.append("live", [new_event()], 0, claims=[ClaimChange("s", "v")])
+    await store.save_snapshot(snapshot("live", 1))
+    # What a read model derived from it, and what a projection parked of it.
+    documents = [DocumentWrite("k", "t.Doc", b"1", ("live",)), DocumentWrite("other", "t.Doc", b"2", ("new",))]
+    parked = [_parked_by_projection("live", 1)]
+    await store.commit_projection("p", expected_position=0, new_position=1, writes=documents, parked=parked)
+    written = await store.import_data_keys(
+        [
+            DataKey("new", "m1", b"n" * 40),
+            DataKey("gone", "m1", b"g" * 40),  # a forgotten key does not come back
+            DataKey("live", None, None),  # forgotten in the export: forgotten here too
+            DataKey("new-gone", None, None),
+        ]
+    )
+    assert written == 3
+    assert await store.load_data_key("new") == DataKey("new", "m1", b"n" * 40)
+    assert (await store.load_data_key("gone")) == DataKey("gone", None, None)
+    assert (await store.load_data_key("live")) == DataKey("live", None, None)
+    assert (await store.load_data_key("new-gone")) == DataKey("new-gone", None, None)
+    assert await store.load_snapshot("live") is None
+    assert await store.claim_owner("s", "v") is None
+    assert await store.load_document("p", "k") is None
+    assert await store.load_document("p", "other") == StoredDocument("other", "t.Doc", b"2")
+    assert await store.parked_events("p") == []
+
+
+async def test_another_live_data_key_refuses_the_batch(store: StoreAdapter, contents: ContentsOf) -> None:
+    await store.create_data_key(DataKey("a-1", "m1", b"k" * 40))
+    before = await contents()
+    with pytest.raises(ImportConflict) as refused:
+        await store.import_data_keys([DataKey("a-2", "m1", b"2" * 40), DataKey("a-1", "m1", b"x" * 40)])
+    assert (refused.value.reason, refused.value.metadata) == ("DATA_KEY_CONFLICT", {"aggregate_id": "a-1"})
+    assert (await contents()).changes_since(before) == {}
+    assert await store.import_data_keys([DataKey("a-1", "m1", b"k" * 40)]) == 0
+
+
+async def test_removing_an_aggregate_leaves_the_others_and_the_log_moves_on(store: StoreAdapter) -> None:
+    record = command_record("a-1", 1, 2)
+    await store.append("a-1", [new_event(), new_event()], 0, commands=[record], claims=[ClaimChange("s", "v")])
+    (other,) = await store.append("a-2", [new_event()], 0)
+    await store.save_snapshot(snapshot("a-1", 2))
+    head = await store.log_head()
+    assert await store.remove_aggregate("a-1") == 2
+    assert await store.read_aggregate("a-1") == []
+    assert await store.head("a-1") is None
+    assert await store.load_snapshot("a-1") is None
+    assert await store.claim_owner("s", "v") is None
+    assert await store.find_command(record.command_id) == record
+    assert await log_of(store) == [other]
+    (again,) = await store.append("a-1", [new_event()], 0)
+    assert again.position > head
+
+
+def tombstone() -> NewEvent:
+    return replace(new_event(TOMBSTONE_EVENT_TYPE, aggregate_type=""), payload=b"\x1a\x03why")
+
+
+async def test_deleting_an_aggregate_leaves_its_tombstone_at_the_end_of_the_log(store: StoreAdapter) -> None:
+    record = command_record("a-1", 1, 3)
+    await store.append("a-1", [new_event() for _ in range(3)], 0, commands=[record], claims=[ClaimChange("s", "v")])
+    (other,) = await store.append("a-2", [new_event()], 0)
+    await store.save_snapshot(snapshot("a-1", 3))
+    head = await store.log_head()
+    marker = tombstone()
+    recorded = await store.delete_aggregate("a-1", marker)
+    assert recorded is not None
+    assert (recorded.version, recorded.event_id, recorded.event_type) == (4, marker.event_id, TOMBSTONE_EVENT_TYPE)
+    assert recorded.aggregate_type == "Thing"  # the aggregate's, whatever the tombstone said
+    assert recorded.position > head
+    assert await store.read_aggregate("a-1") == [recorded]
+    assert await log_of(store) == [other, recorded]
+    assert await store.log_head() == recorded.position
+    assert (await store.load_snapshot("a-1"), await store.claim_owner("s", "v")) == (None, None)
+    assert await store.find_command(record.command_id) == record
+    with pytest.raises(ConcurrencyConflict):
+        await store.append("a-1", [new_event()], 3)  # a writer that decided before the deletion
+
+
+def _parked_by_projection(aggregate_id: str, position: int) -> ParkedEvent:
+    return ParkedEvent("p", position, f"00000000-0000-4000-8000-{position:012}", "t.A", aggregate_id, "boom", 3, 1)
+
+
+def _parked_by_group(aggregate_id: str, position: int) -> GroupParkedEvent:
+    return GroupParkedEvent(
+        event_id=f"00000000-0000-4000-8000-{position:012}",
+        position=position,
+        segment=0,
+        aggregate_id=aggregate_id,
+        attempts=3,
+        reason="boom",
+    )
+
+
+async def test_deleting_an_aggregate_drops_what_projections_and_groups_parked_of_it(store: StoreAdapter) -> None:
+    # Its events are gone, so a parked one can never be replayed, and a
+    # parked event's error may quote its payload. Documents stay: a read
+    # model learns of the deletion from the tombstone (and may keep what
+    # other aggregates contributed to a document).
+    await store.append("a-1", [new_event(), new_event()], 0)
+    await store.append("a-2", [new_event()], 0)
+    await store.create_group(GroupSpec(name="g", log_filter=LogFilter(), start_position=0, segments=1))
+    await store.park("g", [_parked_by_group("a-1", 1), _parked_by_group("a-2", 3)])
+    document = DocumentWrite("k", "t.Doc", b"1", ("a-1",))
+    parked = [_parked_by_projection("a-1", 2), _parked_by_projection("a-2", 3)]
+    await store.commit_projection("p", expected_position=0, new_position=3, writes=[document], parked=parked)
+    with pytest.raises(ConcurrencyConflict):
+        await store.delete_aggregate("a-1", tombstone(), expected_version=1)
+    assert len(await store.parked_events("p")) == len(await store.list_parked("g")) == 2  # refused: kept
+    await store.delete_aggregate("a-1", tombstone())
+    assert [e.aggregate_id for e in await store.parked_events("p")] == ["a-2"]
+    assert [e.aggregate_id for e in await store.list_parked("g")] == ["a-2"]
+    assert await store.load_document("p", "k") == StoredDocument("k", "t.Doc", b"1")
+
+
+async def test_deleting_at_another_version_conflicts_and_changes_nothing(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    await store.append("a-1", [new_event(), new_event()], 0)
+    before = await contents()
+    with pytest.raises(ConcurrencyConflict) as conflict:
+        await store.delete_aggregate("a-1", tombstone(), expected_version=1)
+    assert conflict.value.metadata["current_version"] == "2"
+    assert (await contents()).changes_since(before) == {}
+    assert await store.delete_aggregate("a-1", tombstone(), expected_version=2) is not None
+
+
+async def test_deleting_again_or_what_has_no_events_changes_nothing(store: StoreAdapter, contents: ContentsOf) -> None:
+    await store.append("a-1", [new_event()], 0)
+    first = await store.delete_aggregate("a-1", tombstone())
+    before = await contents()
+    assert await store.delete_aggregate("a-1", tombstone()) == first
+    assert await store.delete_aggregate("a-1", tombstone(), expected_version=1) == first
+    assert await store.delete_aggregate("nobody", tombstone()) is None
+    assert (await contents()).changes_since(before) == {}
+
+
+async def test_aggregates_are_listed_by_id_with_their_last_event(store: StoreAdapter) -> None:
+    await store.append("b", [new_event("x.v1.One")], 0)
+    await store.append("a", [new_event("x.v1.One"), new_event("x.v1.Two", timestamp_us=5_000)], 0)
+    await store.append("c", [new_event("x.v1.Three")], 0)
+    first = await store.aggregates_page("", 2)
+    assert [(s.aggregate_id, s.version, s.last_event_type) for s in first] == [
+        ("a", 2, "x.v1.Two"),
+        ("b", 1, "x.v1.One"),
+    ]
+    assert first[0].last_timestamp_us == 5_000 and first[0].aggregate_type == "Thing"
+    rest = await store.aggregates_page("b", 2)
+    assert [s.aggregate_id for s in rest] == ["c"]

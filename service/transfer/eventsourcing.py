@@ -1,0 +1,253 @@
+"""An export stream from another event store: the Python ``eventsourcing``
+library's PostgreSQL tables (https://pypi.org/project/eventsourcing/).
+
+An application of that library keeps its events in one table (``<app
+name>_events``, in the schema ``POSTGRES_SCHEMA`` names): each row an
+originator (aggregate) id and version, a topic naming the event's class,
+the event's state (JSON by default) and a notification id giving the
+application's order. This module reads such a table in notification order
+and turns each row into a Chronicle event of a plugin's types through a
+mapping function the user writes::
+
+    def mapping(event: EventsourcingEvent) -> ChronicleEvent | None:
+        if event.topic.endswith("Account.Deposited"):
+            return ChronicleEvent("Account", bank.MoneyDeposited(amount=event.state["amount"]))
+        ...
+
+The output is an ordinary export stream (header, events, end), so it is
+imported like any other, resumably (``chronicle import``). Each event gets
+an id derived from its originator id and version, so converting again
+yields the same stream and importing it again writes nothing. Versions are
+numbered 1, 2, … per aggregate over the events the mapping keeps (the
+library's own when it keeps them all, and its first version is 1);
+timestamps are the library's (its events' ``timestamp``) unless the mapping
+gives one.
+
+The state is decoded as the library's applications encode it by default:
+its JSON transcoder with the UUID, Decimal and datetime transcodings. An
+application that compresses or encrypts its events, or registers
+transcodings of its own, passes its own ``decode``. The library itself is
+needed only for that decoding (``pip install eventsourcing``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from google.protobuf.message import Message
+from psycopg import sql
+
+from chronicle.v1 import export_pb2
+from service.errors import ConfigurationError, InvalidInput
+from service.plugins.registry import Registry
+from service.store.records import RecordedEvent
+from service.transfer.exporter import FORMAT, FORMAT_VERSION
+from service.transfer.records import exported_event, timestamp
+
+# Event ids are uuid5(this, "<originator id>/<originator version>").
+EVENT_ID_NAMESPACE = uuid.UUID("5d1e7c3a-3f7b-4c55-9f5e-0c8e3b1d2a61")
+SOURCE = "eventsourcing"
+PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class EventsourcingEvent:
+    """One row of the library's events table. ``state`` is the event's
+    attributes as the library stored them (``timestamp`` a datetime, UUIDs
+    and Decimals as such); ``domain_event()`` rebuilds the library's own
+    event object, when the application's classes can be imported."""
+
+    originator_id: str
+    originator_version: int
+    topic: str
+    notification_id: int
+    state: Mapping[str, Any]
+    raw_id: object = field(repr=False, default=None)
+    raw_state: bytes = field(repr=False, default=b"")
+
+    def domain_event(self) -> object:
+        from eventsourcing.persistence import Mapper, StoredEvent
+
+        mapper: Mapper[Any] = Mapper(transcoder=default_transcoder())
+        stored = StoredEvent(
+            originator_id=self.raw_id,  # type: ignore[arg-type]
+            originator_version=self.originator_version,
+            topic=self.topic,
+            state=self.raw_state,
+        )
+        return mapper.to_domain_event(stored)
+
+
+@dataclass(frozen=True, slots=True)
+class ChronicleEvent:
+    """What a mapping makes of a library event: a Protobuf message of a
+    plugin's event type, for an aggregate of ``aggregate_type``
+    (``aggregate_id`` default: the originator id; ``timestamp_us`` default:
+    the library's timestamp)."""
+
+    aggregate_type: str
+    message: Message
+    aggregate_id: str | None = None
+    timestamp_us: int | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+EventMapping = Callable[[EventsourcingEvent], ChronicleEvent | None]
+
+
+def default_transcoder() -> Any:
+    """The library's JSON transcoder with the transcodings its applications
+    register by default."""
+    try:
+        from eventsourcing.persistence import DatetimeAsISO, DecimalAsStr, JSONTranscoder, UUIDAsHex
+    except ImportError:
+        raise ConfigurationError(
+            "reading the eventsourcing library's events needs the library: pip install eventsourcing",
+            reason="EVENTSOURCING_MISSING",
+        ) from None
+    transcoder = JSONTranscoder()
+    transcoder.register(UUIDAsHex())
+    transcoder.register(DecimalAsStr())
+    transcoder.register(DatetimeAsISO())
+    return transcoder
+
+
+def event_id(originator_id: str, originator_version: int) -> str:
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{originator_id}/{originator_version}"))
+
+
+async def eventsourcing_export(
+    url: str,
+    *,
+    table: str,
+    mapping: EventMapping,
+    schema: str = "public",
+    registry: Registry | None = None,
+    decode: Callable[[bytes], Mapping[str, Any]] | None = None,
+    page_size: int = PAGE,
+) -> AsyncIterator[export_pb2.ExportRecord]:
+    """The events of the library's table ``schema.table`` at ``url`` as an
+    export stream. With ``registry``, each message must be an event type of
+    the aggregate type the mapping names (its schema version is the
+    plugin's); without, schema version 1."""
+    decode = decode or default_transcoder().decode
+    versions: dict[str, int] = {}
+    exported = 0
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        name = sql.Identifier(schema, table)
+        head_row = await (await conn.execute(sql.SQL("SELECT max(notification_id) FROM {}").format(name))).fetchone()
+        head = int(head_row[0] or 0) if head_row else 0
+        yield export_pb2.ExportRecord(
+            header=export_pb2.ExportHeader(
+                format=FORMAT,
+                format_version=FORMAT_VERSION,
+                exported_at=timestamp(time.time_ns() // 1000),
+                log_head=head,
+                source=SOURCE,
+            )
+        )
+        query = sql.SQL(
+            "SELECT originator_id, originator_version, topic, state, notification_id FROM {}"
+            " WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id LIMIT %s"
+        ).format(name)
+        after = 0
+        while True:
+            rows = await (await conn.execute(query, (after, head, page_size))).fetchall()
+            if not rows:
+                break
+            for raw_id, version, topic, state, notification_id in rows:
+                event = EventsourcingEvent(
+                    originator_id=str(raw_id),
+                    originator_version=int(version),
+                    topic=str(topic),
+                    notification_id=int(notification_id),
+                    state=_decoded(decode, bytes(state), str(raw_id), int(version), str(topic)),
+                    raw_id=raw_id,
+                    raw_state=bytes(state),
+                )
+                mapped = mapping(event)
+                if mapped is None:
+                    continue
+                recorded = _recorded(event, mapped, registry, versions)
+                exported += 1
+                yield exported_event(recorded)
+            after = int(rows[-1][4])
+    yield export_pb2.ExportRecord(end=export_pb2.ExportEnd(events=exported))
+
+
+def _decoded(
+    decode: Callable[[bytes], Mapping[str, Any]], state: bytes, originator_id: str, version: int, topic: str
+) -> Mapping[str, Any]:
+    try:
+        return decode(state)
+    except Exception as error:
+        raise InvalidInput(
+            f"the state of {topic} ({originator_id} v{version}) does not decode as the library's default JSON"
+            f" ({type(error).__name__}: {error}); an application that compresses, encrypts or registers its own"
+            " transcodings must give its own decode",
+            reason="UNDECODABLE_EVENT",
+            metadata={"originator_id": originator_id, "originator_version": str(version), "topic": topic},
+        ) from None
+
+
+def _recorded(
+    event: EventsourcingEvent, mapped: ChronicleEvent, registry: Registry | None, versions: dict[str, int]
+) -> RecordedEvent:
+    def bad(description: str) -> InvalidInput:
+        return InvalidInput(
+            f"the mapping of {event.topic} ({event.originator_id} v{event.originator_version}) {description}",
+            reason="BAD_MAPPING",
+            metadata={
+                "originator_id": event.originator_id,
+                "originator_version": str(event.originator_version),
+                "topic": event.topic,
+            },
+        )
+
+    if not isinstance(mapped, ChronicleEvent) or not isinstance(mapped.message, Message):
+        raise bad("must return a ChronicleEvent with a Protobuf message, or None")
+    event_type = str(mapped.message.DESCRIPTOR.full_name)
+    schema_version = 1
+    if registry is not None:
+        spec = registry.event(event_type)
+        if spec is None or spec.aggregate.name != mapped.aggregate_type:
+            raise bad(f"returned {event_type}, which no loaded plugin declares for {mapped.aggregate_type!r}")
+        schema_version = spec.schema_version
+    aggregate_id = mapped.aggregate_id or event.originator_id
+    when = mapped.timestamp_us if mapped.timestamp_us is not None else _micros(event.state.get("timestamp"))
+    if when is None:
+        raise bad("gave no timestamp, and the event has no 'timestamp' datetime")
+    version = versions.get(aggregate_id, 0) + 1
+    versions[aggregate_id] = version
+    return RecordedEvent(
+        event_id=event_id(event.originator_id, event.originator_version),
+        aggregate_id=aggregate_id,
+        aggregate_type=mapped.aggregate_type,
+        version=version,
+        position=event.notification_id,
+        event_type=event_type,
+        schema_version=schema_version,
+        payload=mapped.message.SerializeToString(),
+        timestamp_us=when,
+        command_id="",
+        user_id="",
+        origin=SOURCE,
+        correlation_id="",
+        causation_id="",
+        metadata={"eventsourcing.topic": event.topic, **mapped.metadata},
+    )
+
+
+def _micros(moment: object) -> int | None:
+    if not isinstance(moment, datetime.datetime):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    delta = moment - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

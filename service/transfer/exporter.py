@@ -1,0 +1,189 @@
+"""Reading a store into an export stream (export.proto): the header, the
+data keys, the events up to the log's head when the export began (in log
+order; an archive of chosen aggregates has each one's events in version
+order), the snapshots and command records when asked for, the claims, and
+the end record that proves the stream whole.
+
+Records come from the store a page at a time, so an export of any size
+runs in bounded memory; a reader that stops reading stops the export.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from chronicle.v1 import export_pb2
+from service.store.base import AggregateQuery, Store
+from service.store.records import TOMBSTONE_EVENT_TYPE, AggregateLastEvent, LogFilter
+from service.transfer.records import (
+    exported_claim,
+    exported_command,
+    exported_data_key,
+    exported_event,
+    exported_snapshot,
+    timestamp,
+)
+
+FORMAT = "chronicle.export"
+FORMAT_VERSION = 1
+PAGE = 500
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArchiveRule:
+    """Aggregates of ``aggregate_type`` whose last event is one of
+    ``last_event_types`` (any when empty) and older than
+    ``untouched_since_us`` (any time when None); at most ``limit``, in id
+    order. Deleted aggregates never match."""
+
+    aggregate_type: str
+    last_event_types: frozenset[str] = frozenset()
+    untouched_since_us: int | None = None
+    limit: int = 100
+
+    def matches(self, aggregate: AggregateLastEvent) -> bool:
+        return (
+            aggregate.aggregate_type == self.aggregate_type
+            and aggregate.last_event_type != TOMBSTONE_EVENT_TYPE
+            and (not self.last_event_types or aggregate.last_event_type in self.last_event_types)
+            and (self.untouched_since_us is None or aggregate.last_timestamp_us < self.untouched_since_us)
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExportSelection:
+    """What an export holds besides events and claims (and the data keys
+    that open them): snapshots, command records, and with ``aggregate_ids``
+    or a ``rule`` only those aggregates (an archive; command records are for
+    whole stores only)."""
+
+    snapshots: bool = True
+    commands: bool = False
+    aggregate_ids: tuple[str, ...] = ()
+    rule: ArchiveRule | None = None
+
+
+class Exporter:
+    """Reads ``store``, the adapter's own roles (never the encrypting
+    wrapper's: an export carries what is stored). ``source`` names the kind
+    of store in the header."""
+
+    def __init__(self, store: Store, *, source: str, page_size: int = PAGE) -> None:
+        self._store = store
+        self._source = source
+        self._page = page_size
+
+    async def records(self, selection: ExportSelection) -> AsyncIterator[export_pb2.ExportRecord]:
+        head = await self._store.log.log_head()
+        # The aggregates chosen (by id, by a rule, or both), None for the whole store.
+        chosen: tuple[str, ...] | None = selection.aggregate_ids or None
+        if selection.rule is not None:
+            matching = await self.matching(selection.rule)
+            chosen = tuple(a for a in matching if chosen is None or a in chosen)
+        yield export_pb2.ExportRecord(
+            header=export_pb2.ExportHeader(
+                format=FORMAT,
+                format_version=FORMAT_VERSION,
+                exported_at=timestamp(time.time_ns() // 1000),
+                log_head=head,
+                source=self._source,
+                snapshots=selection.snapshots,
+                commands=selection.commands and chosen is None,
+                aggregate_ids=chosen or (),
+            )
+        )
+        counts: Counter[str] = Counter()
+        parts = [self._data_keys(chosen), self._events(chosen, head)]
+        if selection.snapshots:
+            parts.append(self._snapshots(chosen))
+        parts.append(self._claims(chosen))
+        if selection.commands and chosen is None:
+            parts.append(self._commands())
+        for part in parts:
+            async for record in part:
+                counts[record.WhichOneof("record") or ""] += 1
+                yield record
+        yield export_pb2.ExportRecord(
+            end=export_pb2.ExportEnd(
+                events=counts["event"],
+                snapshots=counts["snapshot"],
+                claims=counts["claim"],
+                commands=counts["command"],
+                data_keys=counts["data_key"],
+            )
+        )
+
+    async def matching(self, rule: ArchiveRule) -> list[str]:
+        """The ids of the aggregates ``rule`` picks, looking at each
+        aggregate's last event, a page at a time."""
+        chosen: list[str] = []
+        after = ""
+        while len(chosen) < rule.limit:
+            page = await self._store.transfer.aggregates_page(after, self._page)
+            if not page:
+                break
+            chosen += [a.aggregate_id for a in page if rule.matches(a)]
+            after = page[-1].aggregate_id
+        return chosen[: rule.limit]
+
+    async def _data_keys(self, chosen: tuple[str, ...] | None) -> AsyncIterator[export_pb2.ExportRecord]:
+        if chosen is not None:
+            for aggregate_id in chosen:
+                key = await self._store.keys.load_data_key(aggregate_id)
+                if key is not None:
+                    yield exported_data_key(key)
+            return
+        after = ""
+        while page := await self._store.transfer.data_keys_page(after, self._page):
+            for key in page:
+                yield exported_data_key(key)
+            after = page[-1].aggregate_id
+
+    async def _events(self, chosen: tuple[str, ...] | None, head: int) -> AsyncIterator[export_pb2.ExportRecord]:
+        if chosen is not None:
+            for aggregate_id in chosen:
+                version = 0
+                while events := await self._store.events.read_aggregate(
+                    aggregate_id, AggregateQuery(from_version=version + 1, limit=self._page)
+                ):
+                    for event in events:
+                        if event.position <= head:
+                            yield exported_event(event)
+                    version = events[-1].version
+            return
+        after = 0
+        while after < head:
+            page = await self._store.log.read_log(after, LogFilter(), self._page)
+            for event in page.events:
+                if event.position > head:
+                    return
+                yield exported_event(event)
+            if page.scanned_to <= after:
+                return
+            after = page.scanned_to
+
+    async def _snapshots(self, chosen: tuple[str, ...] | None) -> AsyncIterator[export_pb2.ExportRecord]:
+        for aggregate_id in (None,) if chosen is None else chosen:
+            after: tuple[str, int] = ("", 0)
+            while page := await self._store.transfer.snapshots_page(after, self._page, aggregate_id=aggregate_id):
+                for snapshot in page:
+                    yield exported_snapshot(snapshot)
+                after = (page[-1].aggregate_id, page[-1].version)
+
+    async def _claims(self, chosen: tuple[str, ...] | None) -> AsyncIterator[export_pb2.ExportRecord]:
+        for aggregate_id in (None,) if chosen is None else chosen:
+            after: tuple[str, str] = ("", "")
+            while page := await self._store.transfer.claims_page(after, self._page, aggregate_id=aggregate_id):
+                for claim in page:
+                    yield exported_claim(claim)
+                after = (page[-1].scope, page[-1].value)
+
+    async def _commands(self) -> AsyncIterator[export_pb2.ExportRecord]:
+        after = ""
+        while page := await self._store.transfer.commands_page(after, self._page):
+            for command in page:
+                yield exported_command(command)
+            after = page[-1].command_id

@@ -1,0 +1,101 @@
+"""Export files: writing a stream of records to one (complete or not at
+all: a file is written beside its name and renamed when its end record is
+in it, synced to disk), and reading one back with how far the reader got,
+for the progress shown."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from google.protobuf import descriptor_pool
+
+from chronicle.v1 import export_pb2
+from service.progress import Reporter
+from service.transfer import stream
+
+STDIO = "-"
+
+
+def format_for(path: str, chosen: str | None) -> str:
+    """The format asked for, else JSON lines for a ``.jsonl`` file, else binary."""
+    if chosen:
+        return chosen
+    return stream.JSON_LINES if path.endswith(".jsonl") else stream.BINARY
+
+
+@contextlib.contextmanager
+def output(path: str) -> Iterator[BinaryIO]:
+    """Standard output for ``-``; else ``path``, written as ``path.partial``
+    and renamed (after an fsync) only if the block ends without error."""
+    if path == STDIO:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    with open(partial, "wb") as out:
+        try:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        except BaseException:
+            out.close()
+            partial.unlink(missing_ok=True)
+            raise
+    partial.replace(target)
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_all(
+    records: Iterable[export_pb2.ExportRecord], writer: stream.Writer, reporter: Reporter | None
+) -> dict[str, int]:
+    """Write ``records`` and count them by kind; the reporter follows the
+    events against the header's log head."""
+    counts: dict[str, int] = {}
+    for record in records:
+        writer.write(record)
+        kind = record.WhichOneof("record") or ""
+        counts[kind] = counts.get(kind, 0) + 1
+        if reporter is not None and kind == "event":
+            reporter.update(record.event.event.position)
+    return counts
+
+
+class Source:
+    """An export being read from a file or standard input: its records, and
+    how many bytes were read so far (``total`` is None for a pipe)."""
+
+    def __init__(self, path: str, *, pool: descriptor_pool.DescriptorPool | None = None) -> None:
+        self._file: BinaryIO = sys.stdin.buffer if path == STDIO else open(path, "rb")  # noqa: SIM115
+        self._pool = pool
+        self.total: int | None = None
+        if path != STDIO:
+            self.total = os.fstat(self._file.fileno()).st_size
+
+    @property
+    def position(self) -> int:
+        try:
+            return self._file.tell()
+        except OSError:  # a pipe
+            return 0
+
+    def records(self) -> Iterator[export_pb2.ExportRecord]:
+        return stream.read(self._file, pool=self._pool)
+
+    def close(self) -> None:
+        if self._file is not sys.stdin.buffer:
+            self._file.close()

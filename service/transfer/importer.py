@@ -1,0 +1,219 @@
+"""Writing an export stream into a store, resumably.
+
+Records are written in batches of one kind, each batch one transaction of
+the store (``Transfer``), in the order the stream has them: an import
+stopped anywhere (a crash, a cut connection, an incomplete file) has
+written whole batches, and running it again from the start skips what is
+there and writes the rest. Running it again after it finished writes
+nothing.
+
+Events keep their ids, aggregates, versions, timestamps and order, and
+take new positions at the end of the target's log. An aggregate the target
+holds other events for is refused (AGGREGATE_NOT_EMPTY, from the store)
+unless ``overwrite`` is set: the target's events, snapshots and claims of it
+are then removed first, when the stream reaches the aggregate's first event
+(``restore_deleted`` does that only for an aggregate that was deleted, to
+bring an archived one back).
+
+The stream must begin with its header and end with its end record, whose
+counts must match what came: a stream cut short is EXPORT_INCOMPLETE, after
+what came was written.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from chronicle.v1 import export_pb2
+from service.errors import InvalidInput
+from service.store.base import AggregateQuery, Store
+from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
+from service.transfer.exporter import FORMAT, FORMAT_VERSION
+from service.transfer.records import (
+    BAD_RECORD,
+    stored_claim,
+    stored_command,
+    stored_data_key,
+    stored_event,
+    stored_snapshot,
+)
+
+# Records written per transaction (fewer when their payloads are large).
+BATCH = 500
+BATCH_BYTES = 4 * 1024 * 1024
+_COUNTED = ("event", "snapshot", "claim", "command", "data_key")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImportOptions:
+    overwrite: bool = False
+    restore_deleted: bool = False
+
+
+@dataclass(slots=True)
+class ImportSummary:
+    """What an import read and wrote so far."""
+
+    records: int = 0
+    written: Counter[str] = field(default_factory=Counter)  # by kind: event, snapshot, claim, command, data_key
+    events_skipped: int = 0
+    aggregates_replaced: int = 0
+    header: export_pb2.ExportHeader | None = None
+    complete: bool = False
+
+
+class Importer:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        options: ImportOptions = ImportOptions(),
+        batch_size: int = BATCH,
+        on_progress: Callable[[ImportSummary], None] | None = None,
+        on_replaced: Callable[[str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._options = options
+        self._batch_size = batch_size
+        self._on_progress = on_progress
+        self._on_replaced = on_replaced
+        self.summary = ImportSummary()
+        self._pending: list[Any] = []
+        self._pending_kind = ""
+        self._pending_bytes = 0
+        self._received: Counter[str] = Counter()
+
+    async def run(self, records: AsyncIterable[export_pb2.ExportRecord]) -> ImportSummary:
+        """Import ``records``; the summary, or an error after writing every
+        batch before the record at fault."""
+        async for record in records:
+            await self.add(record)
+        await self.finish()
+        return self.summary
+
+    async def add(self, record: export_pb2.ExportRecord) -> None:
+        index = self.summary.records
+        where = f"record[{index}]"
+        kind = record.WhichOneof("record") or ""
+        self.summary.records += 1
+        if index == 0:
+            self._check_header(record, where)
+            return
+        if self.summary.complete:
+            raise InvalidInput.for_field(where, "comes after the end record", reason=BAD_RECORD)
+        if kind == "header":
+            raise InvalidInput.for_field(where, "a second header", reason=BAD_RECORD)
+        if kind == "end":
+            await self._flush()
+            self._check_end(record.end, where)
+            self.summary.complete = True
+            return
+        stored = _stored(record, kind, where)
+        self._received[kind] += 1
+        if kind != self._pending_kind:
+            await self._flush()
+            self._pending_kind = kind
+        self._pending.append(stored)
+        self._pending_bytes += record.ByteSize()
+        if len(self._pending) >= self._batch_size or self._pending_bytes >= BATCH_BYTES:
+            await self._flush()
+
+    async def finish(self) -> None:
+        await self._flush()
+        if self.summary.records == 0:
+            raise InvalidInput("the stream is empty: an export begins with its header", reason="NOT_AN_EXPORT")
+        if not self.summary.complete:
+            raise InvalidInput(
+                f"the export ended after {self.summary.records} records, without its end record: what came was"
+                " imported; import the whole export again to finish (what is there already is skipped)",
+                reason="EXPORT_INCOMPLETE",
+            )
+
+    def _check_header(self, record: export_pb2.ExportRecord, where: str) -> None:
+        if record.WhichOneof("record") != "header" or record.header.format != FORMAT:
+            raise InvalidInput.for_field(
+                where, f"an export begins with a header of format {FORMAT!r}", reason="NOT_AN_EXPORT"
+            )
+        if record.header.format_version != FORMAT_VERSION:
+            raise InvalidInput.for_field(
+                f"{where}.header.format_version",
+                f"version {record.header.format_version} is not one this Chronicle reads ({FORMAT_VERSION})",
+                reason="UNSUPPORTED_EXPORT_VERSION",
+            )
+        self.summary.header = record.header
+
+    def _check_end(self, end: export_pb2.ExportEnd, where: str) -> None:
+        announced = {kind: getattr(end, "data_keys" if kind == "data_key" else kind + "s") for kind in _COUNTED}
+        missing = {kind: n for kind, n in announced.items() if self._received[kind] != n}
+        if missing:
+            counts = ", ".join(f"{self._received[kind]} of {n} {kind} records" for kind, n in missing.items())
+            raise InvalidInput(
+                f"{where}: the stream lacks records its end announces ({counts})", reason="EXPORT_INCOMPLETE"
+            )
+
+    async def _flush(self) -> None:
+        batch, kind = self._pending, self._pending_kind
+        if not batch:
+            return
+        self._pending, self._pending_bytes = [], 0
+        transfer = self._store.transfer
+        if kind == "event":
+            await self._make_room(batch)
+            written = await transfer.import_events(batch)
+            self.summary.events_skipped += len(batch) - written
+        elif kind == "snapshot":
+            written = await transfer.import_snapshots(batch)
+        elif kind == "claim":
+            written = await transfer.import_claims(batch)
+        elif kind == "command":
+            written = await transfer.import_commands(batch)
+        else:
+            written = await transfer.import_data_keys(batch)
+        self.summary.written[kind] += written
+        if self._on_progress is not None:
+            self._on_progress(self.summary)
+
+    async def _make_room(self, batch: Sequence[RecordedEvent]) -> None:
+        """With overwriting (or restoring a deleted aggregate), remove what
+        the target holds of an aggregate whose first event this batch has,
+        unless that event is already there (an import resumed)."""
+        if not (self._options.overwrite or self._options.restore_deleted):
+            return
+        events = self._store.events
+        for event in batch:
+            if event.version != 1 and not is_tombstone(event):
+                continue
+            aggregate_id = event.aggregate_id
+            if await events.head(aggregate_id) is None:
+                continue
+            there = await events.read_aggregate(
+                aggregate_id, AggregateQuery(from_version=event.version, to_version=event.version)
+            )
+            if there and there[0].event_id == event.event_id:
+                continue
+            last = await events.read_aggregate(aggregate_id, AggregateQuery(backwards=True, limit=1))
+            deleted = bool(last) and is_tombstone(last[0])
+            if self._options.overwrite or deleted:
+                await self._store.transfer.remove_aggregate(aggregate_id)
+                self.summary.aggregates_replaced += 1
+                if self._on_replaced is not None:
+                    self._on_replaced(aggregate_id)
+
+
+def _stored(
+    record: export_pb2.ExportRecord, kind: str, where: str
+) -> RecordedEvent | Snapshot | HeldClaim | CommandRecord | DataKey:
+    if kind == "event":
+        return stored_event(record.event, f"{where}.event")
+    if kind == "snapshot":
+        return stored_snapshot(record.snapshot, f"{where}.snapshot")
+    if kind == "claim":
+        return stored_claim(record.claim, f"{where}.claim")
+    if kind == "command":
+        return stored_command(record.command, f"{where}.command")
+    if kind == "data_key":
+        return stored_data_key(record.data_key, f"{where}.data_key")
+    raise InvalidInput.for_field(where, "carries no record", reason=BAD_RECORD)

@@ -1,0 +1,194 @@
+"""Export streams in files: length-delimited Protobuf (the format to move
+stores with: every byte as stored), or JSON lines (for people: one record
+per line in Protobuf's JSON mapping, payloads as JSON when their type is
+known). Readers tell the two apart by the first line.
+
+Length-delimited means each ``ExportRecord`` is its size as a base-128
+varint followed by its bytes, as Protobuf's ``writeDelimitedTo`` and
+``parseDelimitedFrom`` (Java, C++) and most languages' libraries do it.
+
+JSON lines encode each payload again from its JSON on the way back: equal
+in meaning, not necessarily in bytes (field order, unknown fields). A
+payload whose type the writer did not know, or a sealed one, is carried as
+``{"@type": …, "@base64": …}`` and comes back byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from google.protobuf import descriptor_pool, json_format
+from google.protobuf.message import DecodeError
+
+from chronicle.v1 import export_pb2
+from service.errors import InvalidInput
+
+BINARY = "binary"
+JSON_LINES = "jsonl"
+FORMATS = (BINARY, JSON_LINES)
+# A record larger than this is not one Chronicle wrote (a server's messages are smaller).
+MAX_RECORD_BYTES = 256 * 1024 * 1024
+
+
+class Writer:
+    """Writes records to ``out`` in ``format``; ``pool`` resolves payload
+    types for JSON (the default pool holds the loaded plugins')."""
+
+    def __init__(self, out: BinaryIO, format: str, *, pool: descriptor_pool.DescriptorPool | None = None) -> None:
+        if format not in FORMATS:
+            raise ValueError(f"unknown export format {format!r}: {' or '.join(FORMATS)}")
+        self._out = out
+        self._json = format == JSON_LINES
+        self._pool = pool or descriptor_pool.Default()
+
+    def write(self, record: export_pb2.ExportRecord) -> None:
+        if self._json:
+            self._out.write(json.dumps(to_json(record, self._pool), ensure_ascii=False).encode() + b"\n")
+        else:
+            data = record.SerializeToString()
+            self._out.write(_varint(len(data)) + data)
+
+
+def to_json(record: export_pb2.ExportRecord, pool: descriptor_pool.DescriptorPool) -> dict[str, object]:
+    """A record in Protobuf's JSON mapping, with its payload as JSON when
+    ``pool`` knows its type, else as its bytes in base64."""
+    if record.WhichOneof("record") != "event" or not record.event.event.HasField("payload"):
+        return json_format.MessageToDict(record, preserving_proto_field_name=True, descriptor_pool=pool)
+    try:
+        return json_format.MessageToDict(record, preserving_proto_field_name=True, descriptor_pool=pool)
+    except (TypeError, KeyError, json_format.Error):
+        pass  # a payload type the pool does not know
+    bare = export_pb2.ExportRecord()
+    bare.CopyFrom(record)
+    bare.event.event.ClearField("payload")
+    data = json_format.MessageToDict(bare, preserving_proto_field_name=True, descriptor_pool=pool)
+    payload = record.event.event.payload
+    data["event"]["event"]["payload"] = {
+        "@type": payload.type_url,
+        "@base64": base64.b64encode(payload.value).decode(),
+    }
+    return data
+
+
+def from_json(data: object, pool: descriptor_pool.DescriptorPool, *, where: str) -> export_pb2.ExportRecord:
+    """A record from ``to_json``'s form."""
+    if not isinstance(data, dict):
+        raise InvalidInput.for_field(where, "must be a JSON object", reason="BAD_RECORD")
+    record = export_pb2.ExportRecord()
+    raw: dict[str, Any] | None = None
+    envelope = data.get("event", {}).get("event") if isinstance(data.get("event"), dict) else None
+    if isinstance(envelope, dict) and isinstance(envelope.get("payload"), dict) and "@base64" in envelope["payload"]:
+        raw = envelope["payload"]
+        data = {**data, "event": {**data["event"], "event": {k: v for k, v in envelope.items() if k != "payload"}}}
+    try:
+        json_format.ParseDict(data, record, descriptor_pool=pool)
+        if raw is not None:
+            record.event.event.payload.type_url = str(raw.get("@type", ""))
+            record.event.event.payload.value = base64.b64decode(str(raw["@base64"]), validate=True)
+    except (json_format.ParseError, ValueError, TypeError) as error:
+        shown = " ".join(str(error).split())
+        raise InvalidInput.for_field(where, f"is not an export record: {shown}", reason="BAD_RECORD") from None
+    return record
+
+
+def read(source: BinaryIO, *, pool: descriptor_pool.DescriptorPool | None = None) -> Iterator[export_pb2.ExportRecord]:
+    """The records of ``source``, in either format (told apart by the first
+    line: JSON lines begin with a JSON object, a binary stream with a varint)."""
+    pool = pool or descriptor_pool.Default()
+    first = source.readline() if _peek(source) == b"{" else b""
+    if first:
+        try:
+            data = json.loads(first)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            yield from _json_lines(data, source, pool)
+            return
+    yield from _delimited(first, source)
+
+
+def _peek(source: BinaryIO) -> bytes:
+    peek = getattr(source, "peek", None)
+    if peek is not None:
+        return bytes(peek(1)[:1])
+    raise TypeError("reading an export needs a buffered binary file")
+
+
+def _json_lines(
+    first: dict[str, object], source: BinaryIO, pool: descriptor_pool.DescriptorPool
+) -> Iterator[export_pb2.ExportRecord]:
+    yield from_json(first, pool, where="record[0]")
+    for index, line in enumerate(source, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError as error:
+            raise InvalidInput.for_field(f"record[{index}]", f"is not JSON: {error}", reason="BAD_RECORD") from None
+        yield from_json(data, pool, where=f"record[{index}]")
+
+
+def _delimited(already: bytes, source: BinaryIO) -> Iterator[export_pb2.ExportRecord]:
+    buffer = bytearray(already)
+    index = 0
+
+    def take(count: int) -> bytes | None:
+        while len(buffer) < count:
+            chunk = source.read(max(count - len(buffer), 65536))
+            if not chunk:
+                return None
+            buffer.extend(chunk)
+        taken = bytes(buffer[:count])
+        del buffer[:count]
+        return taken
+
+    while True:
+        size, shift = 0, 0
+        while True:
+            byte = take(1)
+            if byte is None:
+                if shift:
+                    raise _cut(index)
+                return
+            size |= (byte[0] & 0x7F) << shift
+            shift += 7
+            if not byte[0] & 0x80:
+                break
+            if shift > 63:
+                raise InvalidInput.for_field(f"record[{index}]", "has no valid length", reason="BAD_RECORD")
+        if size > MAX_RECORD_BYTES:
+            raise InvalidInput.for_field(f"record[{index}]", f"is {size} bytes long, too long", reason="BAD_RECORD")
+        data = take(size)
+        if data is None:
+            raise _cut(index)
+        record = export_pb2.ExportRecord()
+        try:
+            record.ParseFromString(data)
+        except DecodeError:
+            raise InvalidInput.for_field(
+                f"record[{index}]", "does not parse as an export record", reason="BAD_RECORD"
+            ) from None
+        yield record
+        index += 1
+
+
+def _cut(index: int) -> InvalidInput:
+    return InvalidInput(
+        f"the export is cut short inside record {index}: the records before it were read; the file is incomplete",
+        reason="EXPORT_INCOMPLETE",
+    )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)

@@ -1,0 +1,75 @@
+"""`chronicle archive`, `restore` and `delete` as an operator types them:
+closed accounts go to an archive file and become tombstones, open ones
+stay, and restore brings one back as it was."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.processes import cli, server_process
+
+pytestmark = pytest.mark.slow
+
+
+def lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_closed_accounts_are_archived_and_one_is_restored(tmp_path: Path) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=["--anonymous-admin"]) as server:
+        at = server.address
+        for account in ("acc-1", "acc-2", "acc-3"):
+            cli("submit", account, "bank.v1.OpenAccount", '{"owner": "ann"}', server=at)
+            cli("submit", account, "bank.v1.Deposit", '{"amount": 5}', server=at)
+        for account in ("acc-1", "acc-3"):
+            cli("submit", account, "bank.v1.Withdraw", '{"amount": 5}', server=at)
+            cli("submit", account, "bank.v1.CloseAccount", server=at)
+        before = lines(cli("read", "acc-1", server=at).stdout)
+
+        # Untouched for a year: nothing yet.
+        none = json.loads(
+            cli("archive", str(tmp_path / "archive"), "--type", "Account", "--untouched-for", "365d", server=at).stdout
+        )
+        assert none == {"file": None, "archived": [], "changed": []}
+        done = json.loads(
+            cli(
+                "archive",
+                str(tmp_path / "archive"),
+                "--type",
+                "Account",
+                "--last-event",
+                "bank.v1.AccountClosed",
+                server=at,
+            ).stdout
+        )
+        assert (done["archived"], done["changed"]) == (["acc-1", "acc-3"], [])
+        archive = Path(done["file"])
+        assert archive.parent == tmp_path / "archive" and archive.exists()
+        (tombstone,) = lines(cli("read", "acc-1", server=at).stdout)
+        assert tombstone["deleted"] is True and tombstone["payload"]["archive"] == archive.name
+        assert lines(cli("read", "acc-2", server=at).stdout)[-1]["version"] == "2"  # open: kept
+        refused = cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 1}', server=at, check=False)
+        assert "FAILED_PRECONDITION AGGREGATE_DELETED" in refused.stderr
+
+        restored = json.loads(cli("restore", str(archive), "--aggregate", "acc-1", server=at).stdout)
+        assert (restored["events_written"], restored["aggregates_replaced"]) == (4, 1)
+        after = lines(cli("read", "acc-1", server=at).stdout)
+        unplaced = [{k: v for k, v in e.items() if k != "position"} for e in after]
+        assert unplaced == [{k: v for k, v in e.items() if k != "position"} for e in before]
+        state = json.loads(cli("get", "acc-1", server=at).stdout)
+        assert state["version"] == 4
+        assert lines(cli("read", "acc-3", server=at).stdout)[0]["deleted"] is True  # not restored
+        again = json.loads(cli("restore", str(archive), "--aggregate", "acc-1", server=at).stdout)
+        assert (again["events_written"], again["events_skipped"]) == (0, 4)
+
+        deleted = json.loads(cli("delete", "acc-2", "--reason", "test", "--expected-version", "2", server=at).stdout)
+        assert deleted == {
+            "aggregate_id": "acc-2",
+            "already_deleted": False,
+            "events_deleted": 2,
+            "tombstone_version": 3,
+        }
