@@ -152,7 +152,16 @@ class GroupConsumer:
         async with self._writing:
             # A broken stream: the reading side reports why it ended.
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                await call.write(request)
+                try:
+                    await call.write(request)
+                except asyncio.CancelledError:
+                    # The call was cancelled under this write (its iterator
+                    # was closed, ending the stream), not this task: the
+                    # acks go with the stream, as a broken one's do.
+                    task = asyncio.current_task()
+                    if call.cancelled() and not (task is not None and task.cancelling()):
+                        return
+                    raise
 
     async def _deliveries(self) -> AsyncGenerator[Delivery, None]:
         start = pb.ConsumeRequest(

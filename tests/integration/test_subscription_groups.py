@@ -455,3 +455,19 @@ async def test_a_deleted_aggregate_s_tombstone_is_delivered_and_its_parked_event
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_consumer_whose_stream_ends_under_an_ack_being_written_closes_quietly(
+    client: ChronicleClient, server: Application
+) -> None:
+    await write(client, accounts(["acc-1"]))
+    await client.groups.create("quiet", segments=1)
+    consumer = client.consume("quiet", consumer="c")
+    deliveries = aiter(consumer)
+    (delivery,) = await take(deliveries, 1)
+    await delivery.ack()  # the ack's write is scheduled...
+    await asyncio.sleep(0)  # ...and under way
+    await deliveries.aclose()  # the stream ends under it (what dropping the iterator does, later)
+    await consumer.close()  # the ack went with the stream, as a broken one's do: nothing raised
+    group = await client.groups.get("quiet")
+    assert group.consumers == [] or all(not c.segments for c in group.consumers)
