@@ -157,9 +157,11 @@ class GroupConsumer:
                 except asyncio.CancelledError:
                     # The call was cancelled under this write (its iterator
                     # was closed, ending the stream), not this task: the
-                    # acks go with the stream, as a broken one's do.
+                    # acks go with the stream, as a broken one's do. (grpc.aio
+                    # raises CancelledError for a locally cancelled call whose
+                    # status may say INTERNAL: ask whether it ended, not how.)
                     task = asyncio.current_task()
-                    if call.cancelled() and not (task is not None and task.cancelling()):
+                    if call.done() and not (task is not None and task.cancelling()):
                         return
                     raise
 

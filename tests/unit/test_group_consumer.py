@@ -33,6 +33,9 @@ class CancelledUnderWrite:
         return True
 
     def cancelled(self) -> bool:
+        return False  # what grpc.aio says of a call cancelled mid-write: its status is INTERNAL
+
+    def done(self) -> bool:
         return self._cancelled
 
     async def done_writing(self) -> None:
