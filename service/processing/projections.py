@@ -323,7 +323,44 @@ def readable(reader: EventReader, stored: RecordedEvent) -> Iterable[tuple[Recor
     return ((event.record, event.message) for event in reader.decode(stored))
 
 
-class ProjectionRunner:
+class _Status(Protocol):
+    name: str
+    position: int
+    error: str
+
+
+class CheckpointedRunner:
+    """What projection and reaction runners share: a checkpoint in the
+    projection store under the status's name, read again after a failure,
+    and failures kept in the status, logged and retried every
+    ``_retry_interval`` seconds."""
+
+    KIND = "projection"
+    _logger = log
+    status: _Status
+    _documents: ProjectionStore
+    _retry_interval: float
+
+    async def _load_position(self) -> int:
+        while True:
+            try:
+                position = await self._documents.projection_position(self.status.name)
+                self.status.position = position
+                return position
+            except ChronicleError as error:
+                self._failed(error)
+                await asyncio.sleep(self._retry_interval)
+
+    def _failed(self, error: ChronicleError) -> None:
+        self.status.error = f"{error.reason}: {error.message}"
+        self._logger.error(
+            "%s %s failed: %s; retrying in %g s", self.KIND, self.status.name, self.status.error, self._retry_interval
+        )
+
+
+class ProjectionRunner(CheckpointedRunner):
+    status: ProjectionStatus
+
     def __init__(
         self,
         projection: Projection,
@@ -415,22 +452,6 @@ class ProjectionRunner:
             commit.cancel()
             nudge.cancel()
         self._nudged.clear()
-
-    async def _load_position(self) -> int:
-        while True:
-            try:
-                position = await self._documents.projection_position(self.projection.name)
-                self.status.position = position
-                return position
-            except ChronicleError as error:
-                self._failed(error)
-                await asyncio.sleep(self._retry_interval)
-
-    def _failed(self, error: ChronicleError) -> None:
-        self.status.error = f"{error.reason}: {error.message}"
-        log.error(
-            "projection %s failed: %s; retrying in %g s", self.projection.name, self.status.error, self._retry_interval
-        )
 
     async def step(self, position: int) -> int:
         """Apply the next batch after ``position`` and commit it; return the

@@ -58,6 +58,7 @@ from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest, CommandResult
 from service.processing.projections import (
     BATCH_DELAY,
+    CheckpointedRunner,
     DocumentCache,
     ForgottenSubjects,
     ProjectionLease,
@@ -137,7 +138,11 @@ def _refusal(error: ChronicleError) -> bool:
     return error.recorded or isinstance(error, AggregateTypeMismatch | CommandIdReused | AggregateDeleted)
 
 
-class ReactionRunner:
+class ReactionRunner(CheckpointedRunner):
+    KIND = "reaction"
+    _logger = log
+    status: ReactionStatus
+
     def __init__(
         self,
         reaction: Reaction[Any],
@@ -220,22 +225,6 @@ class ReactionRunner:
                 await asyncio.sleep(self._batch_delay)
         finally:
             self.status.running = False
-
-    async def _load_position(self) -> int:
-        while True:
-            try:
-                position = await self._documents.projection_position(self.reaction.name)
-                self.status.position = position
-                return position
-            except ChronicleError as error:
-                self._failed(error)
-                await asyncio.sleep(self._retry_interval)
-
-    def _failed(self, error: ChronicleError) -> None:
-        self.status.error = f"{error.reason}: {error.message}"
-        log.error(
-            "reaction %s failed: %s; retrying in %g s", self.reaction.name, self.status.error, self._retry_interval
-        )
 
     async def step(self, position: int) -> int:
         """Handle the events after ``position`` a batch at a time, each batch
