@@ -48,7 +48,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -494,6 +494,7 @@ class ProjectionRunner(CheckpointedRunner):
                 position = self.status.position = await self._documents.projection_position(self.projection.name)
         ahead: asyncio.Future[LogPage] | None = None
         committing: asyncio.Future[None] | None = None
+        in_flight: Set[str] = frozenset()  # the keys the commit in flight writes
         committed_to = position
         try:
             while True:
@@ -523,9 +524,14 @@ class ProjectionRunner(CheckpointedRunner):
                         # Handlers are synchronous, loading is not; and the
                         # store must hold what earlier batches wrote first.
                         wanted = self._needed_ahead(batch, events, index + 1, missing)
-                        if committing is not None:
+                        if committing is not None and not in_flight.isdisjoint(wanted):
+                            # The store holds what the batch before wrote
+                            # only once its commit is in. Other keys load
+                            # meanwhile (on another connection: PostgreSQL
+                            # commits one while it reads the others).
                             await committing
                             committing = None
+                            self.status.position = committed_to
                             self.progress.committed()
                         await batch.load(wanted)
                 if committing is not None:
@@ -543,6 +549,7 @@ class ProjectionRunner(CheckpointedRunner):
                     )
                 )
                 batch.committed()  # the next batch reads what this one wrote
+                in_flight = batch.current.keys()
                 self.status.applied += len(page.events)
                 position = committed_to = page.scanned_to
                 if ahead is None:

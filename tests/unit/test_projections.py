@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -634,6 +634,75 @@ async def test_a_projection_far_behind_commits_in_catch_up_batches_then_in_its_o
     await run(store, "acc-2", bank.Deposit(amount=1))
     assert await catching_up.step(position) == await store.log_head()
     assert store.moves == [2]
+
+
+class SlowCommits(MemoryStore):
+    """Commits that take a while (several turns of the loop), counting the
+    document loads made while one is under way. Each commit empties the
+    runner's cache as it starts (``evict``), as a read model far larger than
+    the cache would: the next batch must read even what this one wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.evict: Callable[[], None] = lambda: None
+        self.committing = False
+        self.loads_during_commits = 0
+
+    async def commit_projection(self, name: str, **rest: Any) -> None:
+        self.evict()
+        self.committing = True
+        try:
+            for _ in range(20):
+                await asyncio.sleep(0)
+            await super().commit_projection(name, **rest)
+        finally:
+            self.committing = False
+
+    async def load_document(self, projection: str, key: str) -> Any:
+        self.loads_during_commits += self.committing
+        return await super().load_document(projection, key)
+
+
+async def slow_commits_runner(store: SlowCommits, accounts: int) -> tuple[ProjectionRunner, int]:
+    """A runner that has applied ``accounts`` openings, and from now on
+    finds nothing in its cache after each commit."""
+    for n in range(accounts):
+        await run(store, f"acc-{n}", bank.OpenAccount(owner=f"owner-{n}"))
+    catching_up = runner(store, batch_size=2)
+    position = await catching_up.step(0)
+    store.evict = catching_up._cache.clear
+    return catching_up, position
+
+
+async def test_a_document_the_commit_in_flight_writes_is_read_once_it_is_in() -> None:
+    store = SlowCommits()
+    catching_up, position = await slow_commits_runner(store, 6)
+    # Every batch deposits into acc-0 (written by the batch before, whose
+    # commit is still under way, and gone from the one-document cache).
+    for n in range(1, 6):
+        await run(store, "acc-0", bank.Deposit(amount=10))
+        await run(store, f"acc-{n}", bank.Deposit(amount=1))
+
+    await catching_up.step(position)
+
+    # Read before the commit that wrote it was in, acc-0's document would
+    # have lost deposits.
+    assert (await owner(store, "owner-0")).balance == 50
+    assert [(await owner(store, f"owner-{n}")).balance for n in range(1, 6)] == [1] * 5
+
+
+async def test_documents_the_commit_in_flight_does_not_write_are_read_while_it_commits() -> None:
+    store = SlowCommits()
+    catching_up, position = await slow_commits_runner(store, 10)
+    for n in range(10):
+        await run(store, f"acc-{n}", bank.Deposit(amount=n + 1))
+
+    await catching_up.step(position)
+
+    # Each batch's accounts differ from the one before: their documents are
+    # read while that one commits (PostgreSQL works on both at once).
+    assert store.loads_during_commits > 0
+    assert [(await owner(store, f"owner-{n}")).balance for n in range(10)] == list(range(1, 11))
 
 
 def test_a_projection_s_catch_up_batches_are_no_smaller_than_its_batches() -> None:

@@ -30,7 +30,7 @@ class LogRole:
             "read_log", [*settings, Statement(statement.encode(), conditions.params, binary=True)], read_only=True
         )
         loaded = rows(result)
-        head, fetched = (int(loaded[0][0]), int(loaded[0][1])) if loaded else (0, 0)
+        head, fetched = (int(loaded[0][0]), int(loaded[0][1] or 0)) if loaded else (0, 0)
         events = tuple(event_from_row(row[2:]) for row in loaded if row[2] is not None)
         full = len(events) == limit or len(events) < fetched
         return log_page(events, head=head, after_position=after_position, full=full)

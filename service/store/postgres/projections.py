@@ -54,21 +54,27 @@ class ProjectionsRole:
         if expected_position == 0:
             statements.append(Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)))
         statements.append(Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)))
-        deletes = [w.key for w in writes if w.data is None]
-        puts = [
-            {"key": w.key, "type_name": w.type_name, "data": w.data.hex(), "subjects": w.subjects}
-            if w.subjects
-            else {"key": w.key, "type_name": w.type_name, "data": w.data.hex()}
-            for w in writes
-            if w.data is not None
-        ]
-        subjects = sorted({s for w in writes if w.data is not None for s in w.subjects})
-        if subjects:
-            statements.append(Statement(sql.CHECK_SUBJECTS.encode(), (subjects,)))
+        deletes: list[str] = []
+        keys: list[str] = []
+        type_names: list[str] = []
+        data: list[str] = []
+        subjects: list[tuple[str, ...]] = []
+        for write in writes:
+            if write.data is None:
+                deletes.append(write.key)
+            else:
+                keys.append(write.key)
+                type_names.append(write.type_name)
+                data.append(write.data.hex())
+                subjects.append(write.subjects)
+        named = sorted({subject for of_one in subjects for subject in of_one})
+        if named:
+            statements.append(Statement(sql.CHECK_SUBJECTS.encode(), (named,)))
         if deletes:
             statements.append(Statement(sql.DELETE_DOCUMENTS.encode(), (name, deletes)))
-        if puts:
-            statements.append(Statement(sql.PUT_DOCUMENTS.encode(), (name, json.dumps(puts, separators=(",", ":")))))
+        if keys:
+            columns = (_json(keys), _json(type_names), _json(data), _json(subjects))
+            statements.append(Statement(sql.PUT_DOCUMENTS.encode(), (name, *columns)))
         if parked:
             statements.append(Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(parked))))
         try:
@@ -118,6 +124,10 @@ class ProjectionsRole:
             "count_parked_events", [Statement(sql.COUNT_PARKED_EVENTS.encode(), (projection,))], read_only=True
         )
         return int(scalar(result) or 0)
+
+
+def _json(values: Sequence[object]) -> str:
+    return json.dumps(values, separators=(",", ":"))
 
 
 def _parked_json(parked: Sequence[ParkedEvent]) -> str:
