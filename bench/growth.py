@@ -71,7 +71,9 @@ CATCH_UPS = 3
 APPEND_ACCOUNTS = 1_000
 APPEND_SECONDS = float(os.environ.get("GROWTH_APPEND_SECONDS", "8"))
 STORE_APPEND_SECONDS = float(os.environ.get("GROWTH_STORE_SECONDS", "5"))
-PROJECTION = bank.PROJECTION
+# What runs from the log in the measuring server: the bank read model and
+# the transfers reaction (box has neither).
+RUNNERS = (bank.PROJECTION, bank.REACTION)
 SECTION = report.KEPT_SECTIONS[0]
 
 
@@ -136,13 +138,11 @@ def fill_postgres(url: str, size: int, *, probes: int = PROBE_AGGREGATES) -> Non
         head = reads.log_head(url)
         for after in range(0, head, _STEP):
             conn.execute(_POSTGRES_COMMANDS, {"after": after, "until": after + _STEP})
-        # The read model is taken as up to date with what was filled: its
-        # rebuild is bench/reads.py's business, not this one's.
-        conn.execute(
-            "INSERT INTO chronicle.projection_checkpoints (name, position) SELECT %s, last_position"
-            " FROM chronicle.log_head ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-            (PROJECTION,),
-        )
+        # The read model and the transfers reaction are taken as up to date
+        # with what was filled: the read model's rebuild is bench/reads.py's
+        # business, not this one's.
+        for name in RUNNERS:
+            conn.execute(bank.CHECKPOINT_AT_HEAD, (name,))
     servers.settle(url)
 
 
@@ -173,11 +173,12 @@ def fill_sqlite(url: str, size: int, *, probes: int = PROBE_AGGREGATES) -> None:
             db.execute("BEGIN")
             db.execute(_SQLITE_COMMANDS, {"after": after, "until": after + _STEP})
             db.execute("COMMIT")
-        db.execute(
-            "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
-            (PROJECTION, head),
-        )
+        for name in RUNNERS:
+            db.execute(
+                "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+                (name, head),
+            )
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         db.close()

@@ -312,7 +312,8 @@ def read_lines(rows: list[dict[str, Any]]) -> list[str]:
         "one server-side cursor, the store's own columns) as the ceiling; the Python client",
         "(`ChronicleClient.subscribe`, pages); a plain gRPC stub asking for pages, unfiltered and filtered to",
         "boxes; ReadAggregate (the client's `read`, pages) and GetAggregate of 100-event aggregates (p50",
-        "of 40 each). CPU columns: microseconds per event of the server and of the client process.",
+        "of 40 each). Each catch-up figure is the median of three runs. CPU columns: microseconds per event",
+        "of the server and of the client process.",
         "",
         "| log size | psycopg rows/s | Python client events/s | server / client µs per event"
         " | stub events/s | stub, filtered | ReadAggregate ms | GetAggregate ms |",

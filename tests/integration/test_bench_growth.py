@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from bench import growth, report
+from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.store.factory import open_store
@@ -41,7 +42,12 @@ async def test_the_filled_log_is_a_log_the_store_serves(filled_url: str) -> None
         fill(filled_url, SIZE, probes=PROBES)
         total = SIZE + PROBES * growth.EVENTS_PER_AGGREGATE
         assert await store.log_head() == total
-        assert await store.projection_position(growth.PROJECTION) == total  # the read model: up to date
+        # the read model and the transfers reaction: up to date (or the
+        # reaction would work through the filled deposits under the measurements)
+        assert [await store.projection_position(name) for name in growth.RUNNERS] == [total, total]
+        assert set(growth.RUNNERS) == {p.name for p in bank_account.plugin.projections} | {
+            r.name for r in bank_account.plugin.reactions
+        }
         page = await store.read_log(0, LogFilter(), total + 1)
         assert [e.position for e in page.events] == list(range(1, total + 1))
         assert len({uuid.UUID(e.event_id) for e in page.events}) == total
