@@ -16,16 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from service.errors import Overloaded, StoreUnavailable
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.executor import CommandExecutor
+from service.processing.memory import release_free_memory
 from service.processing.worker import AggregateWorker, Finish, Job
 
 log = logging.getLogger(__name__)
 
 
-# Evicting at least this many workers, and more than remain, rebuilds the table.
+# Evicting at least this many workers in one sweep gives their memory back
+# to the operating system, and if more than remain, rebuilds the table.
 _SHRINK_AFTER = 1024
 
 
@@ -37,8 +40,10 @@ class Router:
         queue_depth: int = 64,
         idle_timeout: float = 30.0,
         max_workers: int = 100_000,
+        release_memory: Callable[[], object] = release_free_memory,
     ) -> None:
         self._executor = executor
+        self._release_memory = release_memory
         self._queue_depth = queue_depth
         self._idle_timeout = idle_timeout
         self._max_workers = max_workers
@@ -121,10 +126,14 @@ class Router:
         ]
         for aggregate_id in idle:
             del self._workers[aggregate_id]
-        if len(idle) >= _SHRINK_AFTER and len(idle) > len(self._workers):
-            # A dict never shrinks on deletes: after a burst of 100,000
-            # aggregates left, the empty table alone kept about 4 MiB.
-            self._workers = dict(self._workers)
+        if len(idle) >= _SHRINK_AFTER:
+            if len(idle) > len(self._workers):
+                # A dict never shrinks on deletes: after a burst of 100,000
+                # aggregates left, the empty table alone kept about 4 MiB.
+                self._workers = dict(self._workers)
+            # What those workers held is free now; without this the process
+            # keeps the pages (see service/processing/memory.py).
+            self._release_memory()
         return len(idle)
 
     def evict(self, aggregate_id: str) -> None:

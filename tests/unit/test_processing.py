@@ -4,6 +4,7 @@ parallel across aggregates, retries under conflicts, snapshots, eviction."""
 from __future__ import annotations
 
 import asyncio
+import platform
 import sys
 import uuid
 from collections.abc import Sequence
@@ -17,8 +18,10 @@ from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.errors import ConcurrencyConflict, HandlerFailed, Overloaded, StoreUnavailable, ValidationError
 from service.plugins.registry import Registry
+from service.processing import memory
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
+from service.processing.memory import release_free_memory
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import AggregateLoader
@@ -223,6 +226,33 @@ async def test_a_closed_router_refuses_new_commands() -> None:
     with pytest.raises(StoreUnavailable) as raised:
         await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
     assert raised.value.reason == "SHUTTING_DOWN"
+
+
+async def test_a_sweep_that_evicts_many_workers_gives_their_memory_back_and_a_small_one_does_not() -> None:
+    released = 0
+
+    def release() -> None:
+        nonlocal released
+        released += 1
+
+    router = router_over(MemoryStore(), idle_timeout=3600, release_memory=release)
+    await asyncio.gather(*(router.submit(request(f"acc-{i}", bank.OpenAccount(owner="ann"))) for i in range(1100)))
+    await router.submit(request("acc-late", bank.OpenAccount(owner="bob")))
+    assert router.drop_idle(idle_before=float("inf")) == 1101
+    assert released == 1
+    await asyncio.gather(*(router.submit(request(f"acc-{i}", bank.Deposit(amount=1))) for i in range(10)))
+    assert router.drop_idle(idle_before=float("inf")) == 10
+    assert released == 1  # ten workers: not worth a walk over the allocator
+    await router.close()
+
+
+def test_releasing_free_memory_calls_the_allocator_where_it_can() -> None:
+    # On glibc (Linux here) malloc_trim runs; elsewhere it is a no-op.
+    garbage = [bytearray(4096) for _ in range(10_000)]
+    del garbage
+    assert isinstance(release_free_memory(), bool)
+    if sys.platform.startswith("linux") and "glibc" in (platform.libc_ver()[0] or ""):
+        assert memory._TRIM is not None
 
 
 async def test_validation_errors_keep_the_cached_state() -> None:
