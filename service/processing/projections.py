@@ -57,6 +57,7 @@ from google.protobuf.message import DecodeError, Message
 from chronicle.v1 import event_pb2
 from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed, SubjectsForgotten
 from service.plugins.projections import ProjectedEvent, Projection
+from service.processing.overlap import started
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
 from service.store.leasing import Fencing
@@ -507,7 +508,7 @@ class ProjectionRunner(CheckpointedRunner):
                 if self._lease is not None and self._lease.fencing() != fencing:
                     break  # the lease moved: the next step starts over
                 if page.more:
-                    ahead = asyncio.ensure_future(self._read(page.scanned_to, self.projection.catch_up_batch_size))
+                    ahead = await started(self._read(page.scanned_to, self.projection.catch_up_batch_size))
                 batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
                 events = [
                     pair
@@ -538,7 +539,7 @@ class ProjectionRunner(CheckpointedRunner):
                     await committing
                     self.status.position = committed_to
                     self.progress.committed()
-                committing = asyncio.ensure_future(
+                committing = await started(
                     self._documents.commit_projection(
                         self.projection.name,
                         expected_position=position,

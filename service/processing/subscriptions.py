@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from service.errors import InvalidInput, StoreUnavailable
+from service.processing.overlap import started
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader
 from service.store.records import LogFilter, LogPage, RecordedEvent
@@ -135,7 +136,7 @@ class Subscriptions:
             while True:
                 page = await (ahead or self._read(position, stored_filter))
                 # More is waiting: read it while this page is sent.
-                ahead = asyncio.ensure_future(self._read(page.scanned_to, stored_filter)) if page.more else None
+                ahead = await started(self._read(page.scanned_to, stored_filter)) if page.more else None
                 if page.events:
                     events = []
                     for stored in page.events:

@@ -1,0 +1,115 @@
+"""Database work started before Python's own: a subscription's next page
+is asked for before this page reaches the caller, a projection's next page
+and its last batch's commit before the handlers run (so PostgreSQL works
+while Python does; see service/processing/overlap.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from domain_plugins import bank_account
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.plugins import Plugin
+from service.plugins.projections import Documents, ProjectedEvent
+from service.plugins.registry import Registry
+from service.processing.commands import CommandRequest
+from service.processing.executor import CommandExecutor
+from service.processing.overlap import started
+from service.processing.projections import ProjectionRunner
+from service.processing.subscriptions import Page, SubscriptionRequest, Subscriptions
+from service.processing.upcasting import EventReader
+from service.store.base import Store
+from service.store.memory import MemoryStore
+
+REGISTRY = Registry([bank_account.plugin])
+READER = EventReader(REGISTRY)
+
+
+class CountingStore(MemoryStore):
+    """Counts the log reads and projection commits begun so far (a call
+    counts when its coroutine starts running, as a statement is sent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = self.commits = 0
+
+    async def read_log(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads += 1
+        await asyncio.sleep(0)  # a round trip
+        return await super().read_log(*args, **kwargs)
+
+    async def commit_projection(self, name: str, **rest: Any) -> None:
+        self.commits += 1
+        await asyncio.sleep(0)
+        await super().commit_projection(name, **rest)
+
+
+async def deposits(store: MemoryStore, count: int) -> None:
+    executor = CommandExecutor(Store.of(store), REGISTRY)
+
+    async def run(message: Any) -> None:
+        spec = REGISTRY.command(message.DESCRIPTOR.full_name)
+        assert spec is not None
+        request = CommandRequest(command_id=str(uuid.uuid4()), aggregate_id="acc-1", spec=spec, message=message)
+        await executor.execute(request, None)
+
+    await run(bank.OpenAccount(owner="ann"))
+    for _ in range(count):
+        await run(bank.Deposit(amount=1))
+
+
+async def test_a_subscription_asks_for_the_next_page_before_it_hands_over_this_one() -> None:
+    store = CountingStore()
+    await deposits(store, 9)  # ten events: five pages of two
+    stream = await Subscriptions(store, READER, page_size=2).open(SubscriptionRequest())
+    reads_when_handed = []
+    async for item in stream:
+        if isinstance(item, Page):
+            reads_when_handed.append(store.reads)
+            if item.position == 10:
+                break
+    # Page n reached the caller with the read of page n + 1 already sent
+    # (after the last full page too: the store cannot know it is the last).
+    assert reads_when_handed == [2, 3, 4, 5, 6]
+
+
+async def test_a_projection_sends_its_next_read_and_its_commit_before_its_handlers_run() -> None:
+    store = CountingStore()
+    await deposits(store, 9)
+    seen: list[tuple[int, int, int]] = []
+    projection = Plugin("overlap").projection("overlap.counts", aggregate_types=["Account"], batch_size=2)
+    projection.catch_up_batch_size = 2
+
+    @projection.on(bank.MoneyDeposited)
+    def _deposited(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+        seen.append((envelope.position, store.reads, store.commits))
+
+    runner = ProjectionRunner(projection, log=store, documents=store, reader=READER)
+    assert await runner.step(0) == 10
+
+    # Pages of two deposits (the projection reads only those): 2-3, 4-5, 6-7,
+    # 8-9, 10. The handlers of page n ran with the read of page n + 1 sent
+    # (but after the last) and the commit of page n - 1 sent.
+    assert seen == [(2, 2, 0), (3, 2, 0), (4, 3, 1), (5, 3, 1), (6, 4, 2), (7, 4, 2), (8, 5, 3), (9, 5, 3), (10, 5, 4)]
+
+
+async def test_started_work_is_cancelled_with_the_task_that_started_it() -> None:
+    cancelled = asyncio.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    task = asyncio.ensure_future(started(work()))
+    await asyncio.sleep(0)  # the task is in started(), its work begun
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(cancelled.wait(), 5)  # not left running on its own
