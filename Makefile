@@ -100,7 +100,7 @@ bench: protos
 
 # Stores that grow (docs/benchmarks.md, "Stores that grow"): appends, aggregate
 # loads and catch-up with the log at 0, 1 M and 10 M events, on PostgreSQL and
-# SQLite (about an hour, most of it filling 10 M rows); for a quick try:
+# SQLite (about 20 minutes, most of it filling 10 M rows); for a quick try:
 # make bench-scale GROWTH_ARGS=--sizes=0,1000000
 bench-scale: protos
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

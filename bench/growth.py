@@ -2,7 +2,7 @@
 subscription catch-up with the log already holding 0, 1 M and 10 M events,
 on PostgreSQL and on SQLite.
 
-    python -m bench.growth                    # 0, 1 M and 10 M on both stores (about an hour)
+    python -m bench.growth                    # 0, 1 M and 10 M on both stores (about 20 minutes)
     python -m bench.growth --sizes 0,1000000  # the quick run (a few minutes)
     python -m bench.growth --stores sqlite    # one store
 
