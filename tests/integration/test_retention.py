@@ -71,17 +71,29 @@ async def test_a_retry_after_the_window_runs_again_and_old_refusals_leave_the_au
 
 
 class Timed:
-    """The store's retention role, noting when each batch ran (loop time)."""
+    """The store's retention role, noting each batch; after each of the
+    first ``interleaved`` batches it waits for an append to complete (one
+    that pruning blocked would not: the wait times out)."""
 
-    def __init__(self, inner: StoreAdapter) -> None:
+    def __init__(self, inner: StoreAdapter, *, interleaved: int) -> None:
         self._inner = inner
-        self.batches: list[tuple[float, float, int]] = []
+        self._interleaved = interleaved
+        self.batches: list[int] = []
+        self.appends = 0
+        self._appended = asyncio.Condition()
+
+    async def append_completed(self) -> None:
+        async with self._appended:
+            self.appends += 1
+            self._appended.notify_all()
 
     async def prune_commands(self, recorded_before_us: int, limit: int) -> int:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         done = await self._inner.prune_commands(recorded_before_us, limit)
-        self.batches.append((started, loop.time(), done))
+        self.batches.append(done)
+        if len(self.batches) <= self._interleaved:
+            async with self._appended:
+                seen = self.appends
+                await asyncio.wait_for(self._appended.wait_for(lambda: self.appends > seen), 10)
         return done
 
     async def prune_refusals(self, recorded_before_us: int, limit: int) -> int:
@@ -95,20 +107,18 @@ async def test_pruning_goes_a_batch_at_a_time_while_appends_go_on(sql_store: Sto
             for n in range(3_000)
         ]
         await sql_store.import_commands(old)
-        timed = Timed(sql_store)
+        timed = Timed(sql_store, interleaved=3)
         pruner = Pruner(timed, command_retention=3600, refusal_retention=0, batch=100)
-        loop = asyncio.get_running_loop()
-        appended: list[float] = []
-        pruning = asyncio.ensure_future(pruner.prune())
         await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        pruning = asyncio.ensure_future(pruner.prune())
         while not pruning.done():
             await client.submit(command("acc-1", bank.Deposit(amount=1)))
-            appended.append(loop.time())
+            await timed.append_completed()
+        # Appends completed between the batches (each batch its own short
+        # transaction), and the pruning went on to the end, 100 at a time.
         assert (await pruning).commands == 3_000
-    assert len(timed.batches) == 31 and max(done for _, _, done in timed.batches) == 100
-    first_start, last_end = timed.batches[0][0], timed.batches[-1][1]
-    during = [t for t in appended if first_start < t < last_end]
-    assert len(during) >= 3, f"{len(during)} appends completed while {len(timed.batches)} batches ran"
+    assert len(timed.batches) == 31 and max(timed.batches) == 100
+    assert timed.appends >= 3
 
 
 async def test_replicas_pruning_at_once_skip_the_rows_the_other_holds(postgres_url: str) -> None:
