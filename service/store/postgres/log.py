@@ -30,9 +30,11 @@ class LogRole:
             "read_log", [*settings, Statement(statement.encode(), conditions.params, binary=True)], read_only=True
         )
         loaded = rows(result)
-        head, fetched = (int(loaded[0][0]), int(loaded[0][1] or 0)) if loaded else (0, 0)
-        events = tuple(event_from_row(row[2:]) for row in loaded if row[2] is not None)
-        full = len(events) == limit or len(events) < fetched
+        head = int(loaded[0][0]) if loaded else 0
+        events = tuple(event_from_row(row[1:]) for row in loaded if row[1] is not None)
+        # Cut by size when the last event's running total reached the limit
+        # (the next one, if any, was left out); "full" only says more may follow.
+        full = len(events) == limit or (bool(events) and loaded[-1][-1] >= (max_bytes or UNLIMITED_BYTES))
         return log_page(events, head=head, after_position=after_position, full=full)
 
     async def log_head(self) -> int:

@@ -200,19 +200,20 @@ def read_log(where: str, limit: str, max_bytes: str) -> str:
     """A page of the log and, from the same snapshot, the log's end: every
     position up to that end is committed and visible (positions are handed
     out under log_head's row lock). The page holds at most ``limit`` events
-    and ends with the first that brings their size to ``max_bytes``; the
-    second column says how many events the limit alone allowed, so the
-    reader knows whether the page was cut.
+    and ends with the first that brings their size to ``max_bytes``; the last
+    column is each event's running total of sizes, so the reader knows the
+    page was cut when the last one's reached ``max_bytes``.
 
-    The window functions run over the page as the index returns it (in
+    The running total is computed over the page as the index returns it (in
     position order, which the planner knows of a subquery and not of a CTE:
-    as a CTE the page was sorted twice more)."""
+    as a CTE the page was sorted twice more), and nothing counts the page
+    (a count over the whole page made PostgreSQL keep it all aside first:
+    about a fifth of a page's time)."""
     return (
         "SELECT h.last_position, w.* FROM chronicle.log_head h LEFT JOIN LATERAL (SELECT * FROM ("
-        "SELECT count(*) OVER () AS fetched, page.*,"
-        " sum(size) OVER (ORDER BY position ROWS UNBOUNDED PRECEDING) - size AS before"
+        "SELECT page.*, sum(size) OVER (ORDER BY position ROWS UNBOUNDED PRECEDING) AS through"
         f" FROM (SELECT {EVENT_COLUMNS}, {_EVENT_SIZE} AS size FROM chronicle.events WHERE {where}"
-        f" ORDER BY position LIMIT {limit}) AS page) AS sized WHERE before < {max_bytes}) AS w ON true"
+        f" ORDER BY position LIMIT {limit}) AS page) AS sized WHERE through - size < {max_bytes}) AS w ON true"
         " ORDER BY w.position"
     )
 
