@@ -40,6 +40,15 @@ from service.store.postgres.retention import RetentionRole
 from service.store.postgres.snapshots import SnapshotsRole
 from service.store.postgres.transfer import TransferRole
 
+# After a batch of several appends, how long the next one may gather more
+# (group_commit.GroupCommitter's ``gather``). Measured with the bank example
+# at 64 unary calls in flight, back to back on one cluster: 0 -> 2 ms took
+# 2,078 -> 2,677 commands/s, PostgreSQL's CPU per command 208 -> 137 µs, the
+# server's 486 -> 388 µs, p99 52 -> 40 ms; one call at a time unchanged
+# (a lone append does not wait); SubmitStream unchanged (its batches are
+# already large).
+GATHER_SECONDS = 0.002
+
 
 class PostgresStore(
     EventsRole,
@@ -81,7 +90,7 @@ class PostgresStore(
         # lock, and halving the batches cost PostgreSQL about half again as
         # much CPU per command (measured: bank deposits at 64 unary calls in
         # flight, 292 against 164 µs; the server's CPU fell too).
-        self._group = GroupCommitter(self._appends.write, in_flight=1)
+        self._group = GroupCommitter(self._appends.write, in_flight=1, gather=GATHER_SECONDS)
         # Heartbeats on a connection of their own: operations on one
         # connection run in order, and an append waiting for the position
         # lock (up to lock_timeout) must not hold up the heartbeat that
