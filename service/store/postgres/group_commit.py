@@ -15,8 +15,9 @@ appends that queued while the previous batches were being committed form
 the next one; when a batch of several has just been written and only a few
 are queued, the next waits ``gather`` seconds for more (PostgreSQL's
 ``commit_delay`` idea): each batch's statement has a fixed cost, so fewer,
-larger ones leave the database and the server more CPU for the commands. Nothing here creates a task or awaits: an append is a future
-completed by the write's callback, so a command costs its caller one future.
+larger ones leave the database and the server more CPU for the commands.
+Nothing here creates a task or awaits: an append is a future completed by
+the write's callback, so a command costs its caller one future.
 """
 
 from __future__ import annotations
