@@ -50,7 +50,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -341,6 +341,25 @@ class CheckpointedRunner:
     status: _Status
     _documents: ProjectionStore
     _retry_interval: float
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"{self.KIND}:{self.status.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                # Whatever its last step met, the rest of the shutdown must
+                # still run; an uncommitted batch is applied again later.
+                self._logger.exception("%s %s failed while stopping", self.KIND, self.status.name)
 
     async def _load_position(self) -> int:
         while True:
@@ -387,7 +406,6 @@ class ProjectionRunner(CheckpointedRunner):
         self._retry_interval = projection.retry_seconds if retry_interval is None else retry_interval
         self.status = ProjectionStatus(projection.name)
         self.progress = Progress()
-        self._task: asyncio.Task[None] | None = None
         self._cache = DocumentCache()
         self._forgotten = ForgottenSubjects()
         # Failed tries per event (position, id) of a projection that parks,
@@ -396,21 +414,6 @@ class ProjectionRunner(CheckpointedRunner):
         self._nudged = asyncio.Event()
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"projection:{self.projection.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                # Whatever its last step met, the rest of the shutdown must
-                # still run; an uncommitted batch is applied again later.
-                log.exception("projection %s failed while stopping", self.projection.name)
 
     async def _run(self) -> None:
         self.status.running = True
@@ -722,11 +725,14 @@ class ProjectionRunner(CheckpointedRunner):
         return None
 
 
-class Projections:
-    """Every loaded plugin's projections, started and stopped together."""
+R = TypeVar("R", bound=CheckpointedRunner)
 
-    def __init__(self, runners: Sequence[ProjectionRunner]) -> None:
-        self.runners = {runner.projection.name: runner for runner in runners}
+
+class Runners(Generic[R]):
+    """Runners by name, started and stopped together."""
+
+    def __init__(self, runners: Sequence[R]) -> None:
+        self.runners = {runner.status.name: runner for runner in runners}
 
     def start(self) -> None:
         for runner in self.runners.values():
@@ -735,3 +741,7 @@ class Projections:
     async def stop(self) -> None:
         for runner in self.runners.values():
             await runner.stop()
+
+
+class Projections(Runners[ProjectionRunner]):
+    """Every loaded plugin's projections."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,6 +62,7 @@ from service.processing.projections import (
     DocumentCache,
     ForgottenSubjects,
     ProjectionLease,
+    Runners,
     _Batch,
     readable,
 )
@@ -174,7 +175,6 @@ class ReactionRunner(CheckpointedRunner):
         self._fencing: Fencing | None = None
         self._cache = DocumentCache()
         self._forgotten = ForgottenSubjects()
-        self._task: asyncio.Task[None] | None = None
         self.status = ReactionStatus(reaction.name)
         wanted = reaction.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=reaction.aggregate_types, event_types=frozenset(wanted))
@@ -182,19 +182,6 @@ class ReactionRunner(CheckpointedRunner):
         # Held by each step and by an operator's replay or dismissal: both
         # write the reaction's documents at its checkpoint, one at a time.
         self._lock = asyncio.Lock()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"reaction:{self.reaction.name}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                log.exception("reaction %s failed while stopping", self.reaction.name)
 
     @property
     def holds_lease(self) -> bool:
@@ -522,16 +509,5 @@ class _NotSendable(ChronicleError):
     recorded = True
 
 
-class Reactions:
-    """Every loaded plugin's reactions, started and stopped together."""
-
-    def __init__(self, runners: Sequence[ReactionRunner]) -> None:
-        self.runners = {runner.reaction.name: runner for runner in runners}
-
-    def start(self) -> None:
-        for runner in self.runners.values():
-            runner.start()
-
-    async def stop(self) -> None:
-        for runner in self.runners.values():
-            await runner.stop()
+class Reactions(Runners[ReactionRunner]):
+    """Every loaded plugin's reactions."""
