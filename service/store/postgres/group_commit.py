@@ -150,7 +150,7 @@ class GroupCommitter:
         if self._gather and len(batch) > 1 and len(self._queue) < self._gather_below and not self._scheduled:
             # Under load (this batch carried several appends) with few queued
             # yet: give the next batch ``gather`` seconds to fill, as
-            # PostgreSQL's commit_delay does. A millisecond of latency buys
+            # PostgreSQL's commit_delay does. A few milliseconds of latency buy
             # fewer, larger transactions; a lone append (no load) never waits.
             assert self._loop is not None
             self._scheduled = True

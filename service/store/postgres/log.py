@@ -18,10 +18,11 @@ class LogRole:
         self, after_position: int, log_filter: LogFilter, limit: int, *, max_bytes: int | None = None
     ) -> LogPage:
         conditions = log_conditions(POSTGRES, after_position, log_filter)
+        budget = max_bytes or UNLIMITED_BYTES
         statement = sql.read_log(
             conditions.where,
             conditions.next_placeholder(limit) + "::bigint",
-            conditions.next_placeholder(max_bytes or UNLIMITED_BYTES) + "::bigint",
+            conditions.next_placeholder(budget) + "::bigint",
         )
         # One statement, one snapshot: the log's end and the page agree.
         filtered = log_filter.aggregate_types or log_filter.event_types or log_filter.origin is not None
@@ -34,7 +35,7 @@ class LogRole:
         events = tuple(event_from_row(row[1:]) for row in loaded if row[1] is not None)
         # Cut by size when the last event's running total reached the limit
         # (the next one, if any, was left out); "full" only says more may follow.
-        full = len(events) == limit or (bool(events) and loaded[-1][-1] >= (max_bytes or UNLIMITED_BYTES))
+        full = len(events) == limit or (bool(events) and loaded[-1][-1] >= budget)
         return log_page(events, head=head, after_position=after_position, full=full)
 
     async def log_head(self) -> int:

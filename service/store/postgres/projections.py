@@ -131,7 +131,7 @@ def _json(values: Sequence[object]) -> str:
 
 
 def _parked_json(parked: Sequence[ParkedEvent]) -> str:
-    return json.dumps(
+    return _json(
         [
             {
                 "position": p.position,
@@ -143,6 +143,5 @@ def _parked_json(parked: Sequence[ParkedEvent]) -> str:
                 "parked_at_us": p.parked_at_us,
             }
             for p in parked
-        ],
-        separators=(",", ":"),
+        ]
     )
