@@ -29,6 +29,7 @@ from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite, ParkedEvent
 from service.transfer.deleting import delete_aggregate
 from tests.support.contents import contents
+from tests.support.fenced import FencedCommits, HandLease
 
 REGISTRY = Registry([bank_account.plugin])
 READER = EventReader(REGISTRY)
@@ -409,44 +410,6 @@ async def test_a_projection_rebuilt_after_a_forget_skips_the_redacted_events() -
     )
     assert await rebuilt.step(0) == await raw.log_head()  # not stuck on acc-1's redacted events
     assert await owner(roles.projections, "ann") == bank.OwnerBalance(owner="ann", balance=20, account_ids=["acc-2"])
-
-
-class HandLease:
-    """A projection lease the test hands out and takes back."""
-
-    def __init__(self) -> None:
-        self.token: Fencing | None = None
-
-    def fencing(self) -> Fencing | None:
-        return self.token
-
-
-class FencedCommits(MemoryStore):
-    """Records the fencing token of every commit."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tokens: list[Fencing | None] = []
-
-    async def commit_projection(
-        self,
-        name: str,
-        *,
-        expected_position: int,
-        new_position: int,
-        writes: Sequence[DocumentWrite],
-        fencing: Fencing | None = None,
-        parked: Sequence[ParkedEvent] = (),
-    ) -> None:
-        self.tokens.append(fencing)
-        await super().commit_projection(
-            name,
-            expected_position=expected_position,
-            new_position=new_position,
-            writes=writes,
-            fencing=fencing,
-            parked=parked,
-        )
 
 
 async def test_without_its_lease_a_runner_applies_nothing_and_with_it_commits_under_the_token() -> None:

@@ -31,6 +31,7 @@ from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite, ParkedEvent, RecordedEvent
 from service.transfer.deleting import delete_aggregate
+from tests.support.fenced import FencedCommits, HandLease
 from tests.support.waiting import eventually
 
 # A small domain of its own: lists that hold three items at most (but the
@@ -374,47 +375,6 @@ async def test_only_the_replica_that_runs_a_reaction_replays_its_parked_commands
     with pytest.raises(RunsElsewhere) as elsewhere:
         await runner.replay(str(uuid.uuid4()))
     assert elsewhere.value.metadata["runner"] == "10.0.0.9:50051"
-
-
-class HandLease:
-    """A reaction lease the test hands out and takes back."""
-
-    def __init__(self) -> None:
-        self.token: Fencing | None = None
-
-    def fencing(self) -> Fencing | None:
-        return self.token
-
-    def holder(self) -> str:
-        return "" if self.token is None else "here"
-
-
-class FencedCommits(MemoryStore):
-    """Records the fencing token of every commit."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tokens: list[Fencing | None] = []
-
-    async def commit_projection(
-        self,
-        name: str,
-        *,
-        expected_position: int,
-        new_position: int,
-        writes: Sequence[DocumentWrite],
-        fencing: Fencing | None = None,
-        parked: Sequence[ParkedEvent] = (),
-    ) -> None:
-        self.tokens.append(fencing)
-        await super().commit_projection(
-            name,
-            expected_position=expected_position,
-            new_position=new_position,
-            writes=writes,
-            fencing=fencing,
-            parked=parked,
-        )
 
 
 async def test_without_its_lease_a_reaction_sends_nothing_and_with_it_commits_under_the_token() -> None:
