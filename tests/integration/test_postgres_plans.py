@@ -19,8 +19,9 @@ import pytest
 from service.store.base import AggregateQuery
 from service.store.postgres import PostgresStore, sql
 from service.store.postgres.database import session_options
+from service.store.postgres.log import log_page_statements
 from service.store.records import TOMBSTONE_EVENT_TYPE, DocumentRange, LogFilter
-from service.store.sql_common import POSTGRES, aggregate_conditions, log_conditions
+from service.store.sql_common import POSTGRES, aggregate_conditions
 from tests.support.postgres import Cluster
 
 pytestmark = pytest.mark.postgres
@@ -53,6 +54,22 @@ def plan(url: str, statement: str, params: list[Any], *, mode: str, settings: st
         text = "\n".join(row[0] for row in cursor.fetchall())
         conn.rollback()
     return text
+
+
+def log_page_plan(url: str, log_filter: LogFilter, *, after: int = 0, limit: int = 100) -> str:
+    """EXPLAIN of a page of the log as the store reads it (its settings first)."""
+    *settings, page = log_page_statements(after, log_filter, limit, 1024 * 1024)
+    return plan(
+        url,
+        page.sql.decode(),
+        list(page.params),
+        mode="auto",
+        settings=";".join(statement.sql.decode() for statement in settings),
+    )
+
+
+def sorted_rows(explained: str) -> list[int]:
+    return [int(rows) for rows in re.findall(r"Sort \(actual rows=(\d+)", explained)]
 
 
 def version_of(aggregate: int, events: int) -> int:
@@ -143,25 +160,50 @@ def test_reading_an_aggregate_uses_its_index(log: tuple[str, int]) -> None:
 
 
 def test_a_log_page_of_a_rare_aggregate_type_comes_in_position_order_from_its_index(log: tuple[str, int]) -> None:
-    url, _ = log
-    conditions = log_conditions(POSTGRES, 0, LogFilter(aggregate_types=frozenset({"Account"})))
-    explained = plan(
-        url,
-        sql.read_log(
-            conditions.where,
-            conditions.next_placeholder(100) + "::bigint",
-            conditions.next_placeholder(1024 * 1024) + "::bigint",
-        ),
-        conditions.params,
-        mode="auto",
-        settings=sql.LOG_PAGE_SETTINGS,
-    )
-    # The page comes straight from the (aggregate_type, position) index, in
-    # order: nothing sorts more than the page to find its events.
+    url, events = log
+    explained = log_page_plan(url, LogFilter(aggregate_types=frozenset({"Account"})), after=events // 2)
+    # The page comes straight from the (aggregate_type, position) index, from
+    # its first event on, in order: no row of another type is read and left
+    # out, and nothing sorts.
     assert "Index Scan using events_by_aggregate_type on events" in explained, explained
+    assert "Rows Removed by Filter" not in explained, explained
     assert "JIT" not in explained, explained
-    sorted_rows = [int(rows) for rows in re.findall(r"Sort \(actual rows=(\d+)", explained)]
-    assert all(rows <= 100 for rows in sorted_rows), explained
+    assert sorted_rows(explained) == [], explained
+
+
+@pytest.mark.parametrize(
+    ("log_filter", "index"),
+    [
+        (LogFilter(event_types=frozenset({"x"})), "events_by_event_type"),
+        (LogFilter(aggregate_types=frozenset({"Tally"})), "events_by_aggregate_type"),
+        (LogFilter(aggregate_types=frozenset({"Account"}), event_types=frozenset({"x"})), "events_by_event_type"),
+        (
+            LogFilter(aggregate_types=frozenset({"Account"}), event_types=frozenset({"x", "y"})),
+            "events_by_aggregate_type",
+        ),
+        (LogFilter(aggregate_types=frozenset({"Account"}), origin="admin"), "events_by_aggregate_type"),
+    ],
+    ids=["event-type", "common-type", "type-and-event-type", "type-and-event-types", "type-and-origin"],
+)
+def test_a_log_page_of_one_type_is_a_range_of_that_types_index(
+    log: tuple[str, int], log_filter: LogFilter, index: str
+) -> None:
+    url, events = log
+    explained = log_page_plan(url, log_filter, after=events // 2)
+    assert f"Index Scan using {index} on events" in explained, explained
+    assert "Index Cond: ((ROW(" in explained, explained
+    assert sorted_rows(explained) == [], explained
+
+
+def test_an_unfiltered_log_page_is_not_sorted_again_after_the_join(log: tuple[str, int]) -> None:
+    url, events = log
+    explained = log_page_plan(url, LogFilter(), after=events // 2)
+    # The page's rows come out of the join as the page ordered them (the
+    # reader checks): no sort of the result on top.
+    assert explained.startswith("Nested Loop Left Join"), explained
+    if events >= 20_000:  # a small table may be read whole, and its page sorted
+        assert "Index Scan using events_pkey on events" in explained, explained
+        assert sorted_rows(explained) == [], explained
 
 
 def imported_batch(count: int, events: int) -> str:
@@ -242,21 +284,9 @@ def test_a_log_page_filtered_to_several_types_sorts_no_more_than_the_page(
     # A projection's filter names several event types: each page of its
     # catch-up must not read (and sort) every later match.
     url, _ = log
-    conditions = log_conditions(POSTGRES, 0, log_filter)
-    explained = plan(
-        url,
-        sql.read_log(
-            conditions.where,
-            conditions.next_placeholder(100) + "::bigint",
-            conditions.next_placeholder(1024 * 1024) + "::bigint",
-        ),
-        conditions.params,
-        mode="auto",
-        settings=sql.LOG_PAGE_SETTINGS,
-    )
+    explained = log_page_plan(url, log_filter)
     assert "Seq Scan on events" not in explained, explained
-    sorted_rows = [int(rows) for rows in re.findall(r"Sort \(actual rows=(\d+)", explained)]
-    assert all(rows <= 100 for rows in sorted_rows), explained
+    assert all(rows <= 100 for rows in sorted_rows(explained)), explained
 
 
 @pytest.fixture(

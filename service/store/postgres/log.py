@@ -7,8 +7,11 @@ from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.rows import rows, scalar
-from service.store.records import LogFilter, LogPage
-from service.store.sql_common import POSTGRES, UNLIMITED_BYTES, event_from_row, log_conditions, log_page
+from service.store.records import LogFilter, LogPage, RecordedEvent
+from service.store.sql_common import POSTGRES, UNLIMITED_BYTES, Conditions, event_from_row, log_conditions, log_page
+
+# Above every position: the upper end of a range of one type's index.
+_LAST_POSITION = 2**63 - 1
 
 
 class LogRole:
@@ -17,22 +20,13 @@ class LogRole:
     async def read_log(
         self, after_position: int, log_filter: LogFilter, limit: int, *, max_bytes: int | None = None
     ) -> LogPage:
-        conditions = log_conditions(POSTGRES, after_position, log_filter)
         budget = max_bytes or UNLIMITED_BYTES
-        statement = sql.read_log(
-            conditions.where,
-            conditions.next_placeholder(limit) + "::bigint",
-            conditions.next_placeholder(budget) + "::bigint",
-        )
+        statements = log_page_statements(after_position, log_filter, limit, budget)
         # One statement, one snapshot: the log's end and the page agree.
-        filtered = log_filter.aggregate_types or log_filter.event_types or log_filter.origin is not None
-        settings = [Statement(sql.LOG_PAGE_SETTINGS.encode())] if filtered and log_filter.aggregate_id is None else []
-        *_, result = await self._db.run(
-            "read_log", [*settings, Statement(statement.encode(), conditions.params, binary=True)], read_only=True
-        )
+        *_, result = await self._db.run("read_log", statements, read_only=True)
         loaded = rows(result)
         head = int(loaded[0][0]) if loaded else 0
-        events = tuple(event_from_row(row[1:]) for row in loaded if row[1] is not None)
+        events = _in_position_order(tuple(event_from_row(row[1:]) for row in loaded if row[1] is not None))
         # Cut by size when the last event's running total reached the limit
         # (the next one, if any, was left out); "full" only says more may follow.
         full = len(events) == limit or (bool(events) and loaded[-1][-1] >= budget)
@@ -45,3 +39,59 @@ class LogRole:
     async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
         self._db.listen()
         await self._db.commits.wait_beyond(after_position, max_wait)
+
+
+def log_page_statements(after_position: int, log_filter: LogFilter, limit: int, budget: int) -> list[Statement]:
+    """What reads a page of the log: ``sql.read_log`` with the page's
+    conditions, after the settings a filtered page needs."""
+    conditions, order = page_conditions(after_position, log_filter)
+    statement = sql.read_log(
+        conditions.where,
+        conditions.next_placeholder(limit) + "::bigint",
+        conditions.next_placeholder(budget) + "::bigint",
+        order=order,
+    )
+    filtered = log_filter.aggregate_types or log_filter.event_types or log_filter.origin is not None
+    settings = [Statement(sql.LOG_PAGE_SETTINGS.encode())] if filtered and log_filter.aggregate_id is None else []
+    return [*settings, Statement(statement.encode(), conditions.params, binary=True)]
+
+
+def page_conditions(after_position: int, log_filter: LogFilter) -> tuple[Conditions, str]:
+    """A page's WHERE and the index order that is position order under it.
+
+    A page of one aggregate type (or one event type) is a range of that
+    type's ``(type, position)`` index, written as row comparisons so that the
+    index is read from the page's first event to its last: only the page's
+    rows, each fetched from the heap. Written as ``aggregate_type = $1 AND
+    position > $2``, the planner walks the primary key instead and leaves
+    out every event of other types (nine rows in ten for a type among ten:
+    about 0.7 ms more per 1,000-event page, measured)."""
+    if log_filter.aggregate_id is None and len(log_filter.event_types) == 1:
+        column, types, other, others = "event_type", log_filter.event_types, "aggregate_type", log_filter.aggregate_types
+    elif log_filter.aggregate_id is None and len(log_filter.aggregate_types) == 1:
+        column, types, other, others = "aggregate_type", log_filter.aggregate_types, "event_type", log_filter.event_types
+    else:
+        return log_conditions(POSTGRES, after_position, log_filter), "position"
+    conditions = Conditions(POSTGRES)
+    kind = conditions.next_placeholder(next(iter(types)))
+    after = conditions.next_placeholder(after_position)
+    last = conditions.next_placeholder(_LAST_POSITION)
+    conditions.clauses.append(f"({column}, position) > ({kind}, {after}::bigint)")
+    conditions.clauses.append(f"({column}, position) <= ({kind}, {last}::bigint)")
+    if others:
+        conditions.member(other, others, indexed=False)
+    if log_filter.origin is not None:
+        conditions.add("origin = {}", log_filter.origin)
+    return conditions, f"{column}, position"
+
+
+def _in_position_order(events: tuple[RecordedEvent, ...]) -> tuple[RecordedEvent, ...]:
+    """``events`` by position. They come in that order (see ``sql.read_log``,
+    which no longer sorts them again): checked, and sorted only if a plan
+    ever returned them otherwise."""
+    previous = 0
+    for event in events:
+        if event.position < previous:
+            return tuple(sorted(events, key=lambda e: e.position))
+        previous = event.position
+    return events
