@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+import orjson
+
 from service.store.records import Rejection
+
+
+def compact_json(value: object) -> str:
+    """``value`` as compact JSON text, for the batch statements' JSON
+    parameters (a group commit's events and command records, a read model's
+    documents): orjson, several times faster than ``json.dumps`` on the
+    command path. Non-ASCII is written as UTF-8, not escaped (PostgreSQL
+    reads both alike)."""
+    return orjson.dumps(value).decode()
 
 
 def dump_metadata(metadata: Mapping[str, str]) -> str:

@@ -20,7 +20,6 @@ batch a transaction each.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -35,7 +34,7 @@ from service.store.postgres.errors import Refused, UniqueViolation, translation
 from service.store.postgres.group_commit import Append, Outcome
 from service.store.postgres.rows import rows
 from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
-from service.store.serialization import rejection_dict
+from service.store.serialization import compact_json, rejection_dict
 from service.store.sql_common import command_from_row
 
 log = logging.getLogger(__name__)
@@ -72,11 +71,11 @@ def events_json(batch: Sequence[Append], json_of: JsonOf | None = None) -> str:
             )
             if json_of is not None:
                 rows[-1]["j"] = json_of(new.event_type, new.payload)
-    return json.dumps(rows, separators=(",", ":"))
+    return compact_json(rows)
 
 
 def commands_json(commands: Sequence[CommandRecord]) -> str:
-    return json.dumps(
+    return compact_json(
         [
             {
                 "id": c.command_id,
@@ -93,8 +92,7 @@ def commands_json(commands: Sequence[CommandRecord]) -> str:
                 "iss": c.issued_at_us,
             }
             for c in commands
-        ],
-        separators=(",", ":"),
+        ]
     )
 
 

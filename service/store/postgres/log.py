@@ -66,10 +66,11 @@ def page_conditions(after_position: int, log_filter: LogFilter) -> tuple[Conditi
     position > $2``, the planner walks the primary key instead and leaves
     out every event of other types (nine rows in ten for a type among ten:
     about 0.7 ms more per 1,000-event page, measured)."""
-    if log_filter.aggregate_id is None and len(log_filter.event_types) == 1:
-        column, types, other, others = "event_type", log_filter.event_types, "aggregate_type", log_filter.aggregate_types
-    elif log_filter.aggregate_id is None and len(log_filter.aggregate_types) == 1:
-        column, types, other, others = "aggregate_type", log_filter.aggregate_types, "event_type", log_filter.event_types
+    aggregate_types, event_types = log_filter.aggregate_types, log_filter.event_types
+    if log_filter.aggregate_id is None and len(event_types) == 1:
+        column, types, other, others = "event_type", event_types, "aggregate_type", aggregate_types
+    elif log_filter.aggregate_id is None and len(aggregate_types) == 1:
+        column, types, other, others = "aggregate_type", aggregate_types, "event_type", event_types
     else:
         return log_conditions(POSTGRES, after_position, log_filter), "position"
     conditions = Conditions(POSTGRES)

@@ -4,7 +4,6 @@ transaction)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 from service.errors import ConcurrencyConflict, SubjectsForgotten
@@ -15,6 +14,7 @@ from service.store.postgres.database import Database
 from service.store.postgres.errors import Refused
 from service.store.postgres.rows import first, rows, scalar
 from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, StoredDocument
+from service.store.serialization import compact_json
 from service.store.sql_common import document_from_row, parked_event_from_row
 
 
@@ -127,7 +127,7 @@ class ProjectionsRole:
 
 
 def _json(values: Sequence[object]) -> str:
-    return json.dumps(values, separators=(",", ":"))
+    return compact_json(values)
 
 
 def _parked_json(parked: Sequence[ParkedEvent]) -> str:
