@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
@@ -238,6 +238,38 @@ class SnapshotStore(Protocol):
     async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
         """The aggregate's latest snapshot, or with ``at_most`` the latest at
         or below that version; None if there is none."""
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotKind:
+    """The snapshots an aggregate type can load from: its name, its state's
+    message type and that type's schema version (any other is stale)."""
+
+    aggregate_type: str
+    state_type: str
+    schema_version: int
+
+    def usable(self, snapshot: Snapshot) -> bool:
+        return (
+            snapshot.aggregate_type == self.aggregate_type
+            and snapshot.state_type == self.state_type
+            and snapshot.schema_version == self.schema_version
+        )
+
+
+@runtime_checkable
+class SnapshotAndEvents(Protocol):
+    """Loading an aggregate in one round trip: a store that plays both the
+    snapshot and the event roles may offer it (PostgreSQL does)."""
+
+    async def load_from_snapshot(
+        self, aggregate_id: str, kind: SnapshotKind, *, to_version: int | None = None
+    ) -> tuple[Snapshot | None, list[RecordedEvent]] | None:
+        """What ``load_snapshot(aggregate_id, at_most=to_version)`` returns,
+        and the aggregate's events after it (up to ``to_version``): after
+        its version if ``kind`` can use it, else from the first. None when
+        the two could not be read as one (a snapshot saved or pruned
+        meanwhile): the caller reads them one after the other instead."""
 
 
 class ProjectionStore(Protocol):

@@ -136,14 +136,18 @@ def test_the_batch_append_checks_versions_through_the_index(log: tuple[str, int]
     assert "events_aggregate_version_key" in explained, explained
 
 
-@pytest.mark.parametrize("name", ["head", "check_version", "version_at"])
+@pytest.mark.parametrize("name", ["head", "check_version", "version_at", "events_after_snapshot", "to_version"])
 @pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
 def test_reads_of_one_aggregate_use_its_index(log: tuple[str, int], mode: str, name: str) -> None:
+    # A load's events after its snapshot are a prepared statement: its generic
+    # plan must read the aggregate's index as the custom one does.
     url, events = log
     cases: dict[str, tuple[str, list[Any]]] = {
         "head": (sql.HEAD, ["agg-7"]),
         "check_version": (sql.CHECK_VERSION, ["agg-7", version_of(7, events)]),
         "version_at": (sql.VERSION_AT, ["agg-7", 1]),
+        "events_after_snapshot": (sql.EVENTS_AFTER_SNAPSHOT, ["agg-7", "Tally", "s", 1, None]),
+        "to_version": (sql.EVENTS_AFTER_SNAPSHOT, ["agg-7", "Tally", "s", 1, 3]),
     }
     statement, params = cases[name]
     explained = plan(url, statement, params, mode=mode)

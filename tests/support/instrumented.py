@@ -6,8 +6,8 @@ import asyncio
 from collections import Counter
 from collections.abc import Sequence
 
-from service.store.base import AggregateQuery, StoreAdapter
-from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
+from service.store.base import AggregateQuery, SnapshotAndEvents, SnapshotKind, StoreAdapter
+from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent, Snapshot
 
 
 class ObservedStore:
@@ -28,6 +28,18 @@ class ObservedStore:
         events = await self.inner.read_aggregate(aggregate_id, query)
         self.events_read += len(events)
         return events
+
+    async def load_from_snapshot(
+        self, aggregate_id: str, kind: SnapshotKind, *, to_version: int | None = None
+    ) -> tuple[Snapshot | None, list[RecordedEvent]] | None:
+        """The inner store's one-round-trip load, its events counted (None,
+        the loader's cue to read one after the other, if it has none)."""
+        if not isinstance(self.inner, SnapshotAndEvents):
+            return None
+        loaded = await self.inner.load_from_snapshot(aggregate_id, kind, to_version=to_version)
+        if loaded is not None:
+            self.events_read += len(loaded[1])
+        return loaded
 
     async def append(
         self,

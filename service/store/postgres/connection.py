@@ -24,6 +24,8 @@ exception classes (``error_from_result``), and loading binary rows
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -52,6 +54,20 @@ class Statement:
     params: Sequence[object] = ()
     name: bytes = b""
     binary: bool = False
+
+    @classmethod
+    def prepared(cls, sql: str, params: Sequence[object] = (), *, binary: bool = False) -> Statement:
+        """A statement of fixed text run often (per batch, per load):
+        parsed and planned once per connection, under a name made from its
+        text. Not for statements whose best plan depends on their
+        parameters (a log page's: see sql.py), which keep custom plans."""
+        encoded = sql.encode()
+        return cls(encoded, params, name=_prepared_name(encoded), binary=binary)
+
+
+@functools.lru_cache(maxsize=256)
+def _prepared_name(sql: bytes) -> bytes:
+    return b"chronicle_" + hashlib.blake2b(sql, digest_size=8).hexdigest().encode()
 
 
 def encode_params(params: Sequence[object]) -> tuple[list[bytes | None], list[int], list[int]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
-from service.store.postgres.rows import rows, scalar
+from service.store.postgres.rows import in_order, rows, scalar
 from service.store.records import LogFilter, LogPage, RecordedEvent
 from service.store.sql_common import POSTGRES, UNLIMITED_BYTES, Conditions, event_from_row, log_conditions, log_page
 
@@ -26,7 +26,7 @@ class LogRole:
         *_, result = await self._db.run("read_log", statements, read_only=True)
         loaded = rows(result)
         head = int(loaded[0][0]) if loaded else 0
-        events = _in_position_order(tuple(event_from_row(row[1:]) for row in loaded if row[1] is not None))
+        events = tuple(in_order([event_from_row(row[1:]) for row in loaded if row[1] is not None], _position))
         # Cut by size when the last event's running total reached the limit
         # (the next one, if any, was left out); "full" only says more may follow.
         full = len(events) == limit or (bool(events) and loaded[-1][-1] >= budget)
@@ -52,7 +52,7 @@ def log_page_statements(after_position: int, log_filter: LogFilter, limit: int, 
         order=order,
     )
     filtered = log_filter.aggregate_types or log_filter.event_types or log_filter.origin is not None
-    settings = [Statement(sql.LOG_PAGE_SETTINGS.encode())] if filtered and log_filter.aggregate_id is None else []
+    settings = [Statement.prepared(sql.LOG_PAGE_SETTINGS)] if filtered and log_filter.aggregate_id is None else []
     return [*settings, Statement(statement.encode(), conditions.params, binary=True)]
 
 
@@ -86,13 +86,5 @@ def page_conditions(after_position: int, log_filter: LogFilter) -> tuple[Conditi
     return conditions, f"{column}, position"
 
 
-def _in_position_order(events: tuple[RecordedEvent, ...]) -> tuple[RecordedEvent, ...]:
-    """``events`` by position. They come in that order (see ``sql.read_log``,
-    which no longer sorts them again): checked, and sorted only if a plan
-    ever returned them otherwise."""
-    previous = 0
-    for event in events:
-        if event.position < previous:
-            return tuple(sorted(events, key=lambda e: e.position))
-        previous = event.position
-    return events
+def _position(event: RecordedEvent) -> int:
+    return event.position

@@ -29,7 +29,7 @@ class ProjectionsRole:
 
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         (result,) = await self._db.run(
-            "load_document", [Statement(sql.LOAD_DOCUMENT.encode(), (projection, key), binary=True)], read_only=True
+            "load_document", [Statement.prepared(sql.LOAD_DOCUMENT, (projection, key), binary=True)], read_only=True
         )
         row = first(result)
         return None if row is None else document_from_row(row)
@@ -48,12 +48,12 @@ class ProjectionsRole:
         if fencing is not None:
             # First, so that a stale runner writes nothing at all.
             fenced = (fencing.group, fencing.name, fencing.member_id, fencing.epoch)
-            statements.append(Statement(sql.CHECK_FENCING.encode(), fenced))
+            statements.append(Statement.prepared(sql.CHECK_FENCING, fenced))
         # The checkpoint's row is made by the first commit (from 0) and never
         # deleted, so later commits only move it.
         if expected_position == 0:
             statements.append(Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)))
-        statements.append(Statement(sql.MOVE_CHECKPOINT.encode(), (name, new_position, expected_position)))
+        statements.append(Statement.prepared(sql.MOVE_CHECKPOINT, (name, new_position, expected_position)))
         deletes: list[str] = []
         keys: list[str] = []
         type_names: list[str] = []
@@ -69,12 +69,12 @@ class ProjectionsRole:
                 subjects.append(write.subjects)
         named = sorted({subject for of_one in subjects for subject in of_one})
         if named:
-            statements.append(Statement(sql.CHECK_SUBJECTS.encode(), (named,)))
+            statements.append(Statement.prepared(sql.CHECK_SUBJECTS, (named,)))
         if deletes:
-            statements.append(Statement(sql.DELETE_DOCUMENTS.encode(), (name, deletes)))
+            statements.append(Statement.prepared(sql.DELETE_DOCUMENTS, (name, deletes)))
         if keys:
             columns = (_json(keys), _json(type_names), _json(data), _json(subjects))
-            statements.append(Statement(sql.PUT_DOCUMENTS.encode(), (name, *columns)))
+            statements.append(Statement.prepared(sql.PUT_DOCUMENTS, (name, *columns)))
         if parked:
             statements.append(Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(parked))))
         try:

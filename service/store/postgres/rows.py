@@ -3,10 +3,24 @@ by each column's type, in text or binary as the statement asked."""
 
 from __future__ import annotations
 
-from typing import Any
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from psycopg.adapt import Transformer
 from psycopg.pq.abc import PGresult
+
+T = TypeVar("T")
+
+
+def in_order(items: Sequence[T], key: Callable[[T], int]) -> Sequence[T]:
+    """``items`` ascending by ``key``. Rows that come through a lateral join
+    keep the order its inner side gave them, which the planner does not
+    know: rather than have PostgreSQL sort them again, the reader checks,
+    and sorts only if a plan ever returned them otherwise."""
+    if all(key(earlier) < key(later) for earlier, later in itertools.pairwise(items)):
+        return items
+    return sorted(items, key=key)
 
 
 def rows(result: PGresult) -> list[tuple[Any, ...]]:

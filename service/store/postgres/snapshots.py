@@ -3,12 +3,13 @@ aggregate, pruned in the operation that saves a new one."""
 
 from __future__ import annotations
 
+from service.store.base import SnapshotKind
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
-from service.store.postgres.rows import first
-from service.store.records import Snapshot
-from service.store.sql_common import snapshot_from_row, snapshot_params
+from service.store.postgres.rows import first, in_order, rows
+from service.store.records import RecordedEvent, Snapshot
+from service.store.sql_common import event_from_row, snapshot_from_row, snapshot_params
 
 
 class SnapshotsRole:
@@ -32,3 +33,33 @@ class SnapshotsRole:
         )
         row = first(result)
         return None if row is None else snapshot_from_row(row)
+
+    async def load_from_snapshot(
+        self, aggregate_id: str, kind: SnapshotKind, *, to_version: int | None = None
+    ) -> tuple[Snapshot | None, list[RecordedEvent]] | None:
+        """The latest snapshot and the events after it in one round trip (a
+        cold aggregate's load took two: the snapshot, then what follows)."""
+        snapshot_result, events_result = await self._db.run(
+            "load_from_snapshot",
+            [
+                Statement.prepared(sql.LOAD_SNAPSHOT, (aggregate_id, to_version), binary=True),
+                Statement.prepared(
+                    sql.EVENTS_AFTER_SNAPSHOT,
+                    (aggregate_id, kind.aggregate_type, kind.state_type, kind.schema_version, to_version),
+                    binary=True,
+                ),
+            ],
+            read_only=True,
+        )
+        row = first(snapshot_result)
+        snapshot = None if row is None else snapshot_from_row(row)
+        loaded = rows(events_result)
+        floor = int(loaded[0][0])
+        if floor != (snapshot.version if snapshot is not None and kind.usable(snapshot) else 0):
+            return None  # the latest snapshot changed between the two statements
+        events = in_order([event_from_row(row[1:]) for row in loaded if row[1] is not None], _version)
+        return snapshot, list(events)
+
+
+def _version(event: RecordedEvent) -> int:
+    return event.version

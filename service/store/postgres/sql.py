@@ -214,7 +214,7 @@ def read_log(where: str, limit: str, max_bytes: str, *, order: str = "position")
     lateral join's rows are the page's, in its order, but the planner does
     not carry an order through a join whose outer side is log_head, and
     sorted the page once more (about a fifth again); the reader checks the
-    order instead."""
+    order instead (``rows.in_order``)."""
     return (
         "SELECT h.last_position, w.* FROM chronicle.log_head h LEFT JOIN LATERAL (SELECT * FROM ("
         f"SELECT page.*, sum(size) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) AS through"
@@ -272,13 +272,24 @@ LOAD_SNAPSHOT = (
     " AND version <= coalesce($2::bigint, version) ORDER BY version DESC LIMIT 1"
 )
 
+# An aggregate's events after the snapshot it loads from, sent in one
+# operation after LOAD_SNAPSHOT: the floor is the latest snapshot's version
+# (at or below $5) if it is of the kind the aggregate can use ($2 to $4), else
+# 0; every row carries it (one row of NULLs when no event follows), so the
+# reader can tell whether both statements saw the same latest snapshot
+# (they run in one transaction but, at READ COMMITTED, not one snapshot).
+EVENTS_AFTER_SNAPSHOT = (
+    "SELECT f.floor, e.* FROM (SELECT coalesce((SELECT CASE WHEN aggregate_type = $2 AND state_type = $3"
+    " AND schema_version = $4 THEN version ELSE 0 END FROM chronicle.snapshots WHERE aggregate_id = $1"
+    " AND version <= coalesce($5::bigint, version) ORDER BY version DESC LIMIT 1), 0) AS floor) AS f"
+    f" LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM chronicle.events WHERE aggregate_id = $1"
+    " AND version > f.floor AND version <= coalesce($5::bigint, version) ORDER BY version) AS e ON true"
+)
+
 # -- projections ------------------------------------------------------------
 
 PROJECTION_POSITION = "SELECT position FROM chronicle.projection_checkpoints WHERE name = $1"
 LOAD_DOCUMENT = "SELECT key, type_name, data FROM chronicle.projection_documents WHERE projection = $1 AND key = $2"
-LOAD_DOCUMENTS = (
-    "SELECT key, type_name, data FROM chronicle.projection_documents WHERE projection = $1 AND key = ANY($2::text[])"
-)
 # The checkpoint row is the guard: moving it from the expected position
 # fails (VERSION_MOVED) if another runner moved it first, and its row lock
 # serialises two runners of one projection. Documents are written in the same
