@@ -13,12 +13,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar, cast
 
 from prometheus_client import Counter, Histogram
 
 from service.errors import ConcurrencyConflict
-from service.store.base import AggregateQuery, EventRecorder, LogReader, ProjectionStore, SnapshotStore, Store
+from service.store.base import (
+    AggregateQuery,
+    EventRecorder,
+    LogReader,
+    ProjectionStore,
+    SnapshotAndEvents,
+    SnapshotKind,
+    SnapshotStore,
+    Store,
+)
 from service.store.leasing import Fencing
 from service.store.records import (
     AggregateHead,
@@ -60,12 +69,23 @@ class _Clock:
 
 def timed(store: Store, durations: Histogram, conflicts: Counter) -> Store:
     clock = _Clock(durations)
+    events: EventRecorder = TimedEvents(store.events, clock, conflicts)
+    snapshots: SnapshotStore = TimedSnapshots(store.snapshots, clock)
+    both: object = store.events
+    if both is store.snapshots and isinstance(both, SnapshotAndEvents):
+        # One wrapper for both roles: the aggregate loader loads in one round
+        # trip only from one store playing both (service/processing/state.py).
+        events = snapshots = TimedLoads(cast(_Loads, both), clock, conflicts)
     return store.replacing(
-        events=TimedEvents(store.events, clock, conflicts),
+        events=events,
         log=TimedLog(store.log, clock),
-        snapshots=TimedSnapshots(store.snapshots, clock),
+        snapshots=snapshots,
         projections=TimedProjections(store.projections, clock),
     )
+
+
+class _Loads(EventRecorder, SnapshotStore, SnapshotAndEvents, Protocol):
+    """A store that plays the event and snapshot roles and loads in one round trip."""
 
 
 class TimedEvents:
@@ -111,6 +131,29 @@ class TimedEvents:
     async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
         return await self._clock.time(
             "list_aggregates", lambda: self._inner.list_aggregates(prefix, after=after, limit=limit)
+        )
+
+
+class TimedLoads(TimedEvents):
+    """The event and the snapshot roles of a store that loads an aggregate in
+    one round trip (``SnapshotAndEvents``), timed by one wrapper."""
+
+    def __init__(self, inner: _Loads, clock: _Clock, conflicts: Counter) -> None:
+        super().__init__(inner, clock, conflicts)
+        self._loads = inner
+        self._snapshots = TimedSnapshots(inner, clock)
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        await self._snapshots.save_snapshot(snapshot)
+
+    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
+        return await self._snapshots.load_snapshot(aggregate_id, at_most=at_most)
+
+    async def load_from_snapshot(
+        self, aggregate_id: str, kind: SnapshotKind, *, to_version: int | None = None
+    ) -> tuple[Snapshot | None, list[RecordedEvent]] | None:
+        return await self._clock.time(
+            "load_from_snapshot", lambda: self._loads.load_from_snapshot(aggregate_id, kind, to_version=to_version)
         )
 
 

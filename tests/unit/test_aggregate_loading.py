@@ -13,11 +13,13 @@ from google.protobuf.message import Message
 
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.observability.metrics import Metrics
+from service.observability.store_timing import timed
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.processing.state import AggregateLoader
-from service.store.base import SnapshotKind, Store
+from service.store.base import AggregateQuery, SnapshotKind, Store
 from service.store.memory import MemoryStore
 from service.store.records import RecordedEvent, Snapshot
 
@@ -77,3 +79,41 @@ async def test_a_store_wrapped_in_one_role_only_is_read_in_two() -> None:
     wrapped = replace(Store.of(store), events=MemoryStore())
     await AggregateLoader(wrapped, REGISTRY).load("acc-1", bank_account.account)
     assert store.attempts == 0
+
+
+class OneTripStore(MemoryStore):
+    """Offers the one-round-trip load (as the snapshot, then the events
+    after it), and counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads = 0
+
+    async def load_from_snapshot(
+        self, aggregate_id: str, kind: SnapshotKind, *, to_version: int | None = None
+    ) -> tuple[Snapshot | None, list[RecordedEvent]] | None:
+        self.loads += 1
+        snapshot = await self.load_snapshot(aggregate_id, at_most=to_version)
+        after = snapshot.version if snapshot is not None and kind.usable(snapshot) else 0
+        query = AggregateQuery(from_version=after + 1, to_version=to_version)
+        return snapshot, await self.read_aggregate(aggregate_id, query)
+
+
+async def test_timing_the_store_keeps_the_one_round_trip_load() -> None:
+    # With metrics on (the server's default with a metrics or console
+    # address), the store's roles are wrapped to be timed: one wrapper must
+    # play both, or every cold load would take two round trips again.
+    store = OneTripStore()
+    metrics = Metrics()
+    roles = timed(Store.of(store), metrics.store_duration, metrics.conflicts)
+    executor = CommandExecutor(roles, REGISTRY)
+    _, cached = await executor.execute(request("acc-1", bank.OpenAccount(owner="ann")), None)
+    await executor.execute(request("acc-1", bank.Deposit(amount=5)), cached)
+    store.loads = 0
+    loaded = await AggregateLoader(roles, REGISTRY).load("acc-1", bank_account.account)
+    assert store.loads == 1
+    assert (loaded.version, loaded.state) == (2, bank.Account(owner="ann", balance=5))
+    timed_loads = metrics.registry.get_sample_value(
+        "chronicle_store_operation_duration_seconds_count", {"operation": "load_from_snapshot"}
+    )
+    assert timed_loads == 2  # the first command's load, and this one
