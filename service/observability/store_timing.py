@@ -27,6 +27,7 @@ from service.store.base import (
     SnapshotKind,
     SnapshotStore,
     Store,
+    loads_in_one_round_trip,
 )
 from service.store.leasing import Fencing
 from service.store.records import (
@@ -71,10 +72,10 @@ def timed(store: Store, durations: Histogram, conflicts: Counter) -> Store:
     clock = _Clock(durations)
     events: EventRecorder = TimedEvents(store.events, clock, conflicts)
     snapshots: SnapshotStore = TimedSnapshots(store.snapshots, clock)
-    both: object = store.events
-    if both is store.snapshots and isinstance(both, SnapshotAndEvents):
-        # One wrapper for both roles: the aggregate loader loads in one round
-        # trip only from one store playing both (service/processing/state.py).
+    both = loads_in_one_round_trip(store)
+    if both is not None:
+        # One wrapper for both roles, or the loader would make the two reads
+        # apart again (service/store/base.py).
         events = snapshots = TimedLoads(cast(_Loads, both), clock, conflicts)
     return store.replacing(
         events=events,

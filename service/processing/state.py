@@ -13,7 +13,7 @@ from service.errors import AggregateTypeMismatch, EventNotReadable
 from service.plugins.api import AggregateType, EventSpec
 from service.plugins.registry import Registry
 from service.processing.upcasting import EventReader
-from service.store.base import AggregateQuery, SnapshotAndEvents, SnapshotKind, Store
+from service.store.base import AggregateQuery, SnapshotKind, Store, loads_in_one_round_trip
 from service.store.records import RecordedEvent, Snapshot
 from service.values import value
 
@@ -54,13 +54,8 @@ class AggregateLoader:
         self._snapshots = store.snapshots
         self._registry = registry
         self.reader = EventReader(registry)
-        # One round trip for the snapshot and the events after it, where the
-        # store offers it and plays both roles itself (a wrapper of either,
-        # encryption say, must see both reads).
-        both: object = store.snapshots
-        self._in_one: SnapshotAndEvents | None = (
-            both if both is store.events and isinstance(both, SnapshotAndEvents) else None
-        )
+        # One round trip for the snapshot and the events after it, where the store offers it.
+        self._in_one = loads_in_one_round_trip(store)
 
     async def load(
         self, aggregate_id: str, aggregate_type: AggregateType[Any], *, to_version: int | None = None

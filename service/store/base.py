@@ -272,6 +272,14 @@ class SnapshotAndEvents(Protocol):
         meanwhile): the caller reads them one after the other instead."""
 
 
+def loads_in_one_round_trip(store: Store) -> SnapshotAndEvents | None:
+    """``store``'s snapshot role, if it loads an aggregate in one round trip
+    and plays the event role too: a wrapper of either role alone
+    (encryption, say) must see both reads, so then the two are made apart."""
+    both: object = store.snapshots
+    return both if both is store.events and isinstance(both, SnapshotAndEvents) else None
+
+
 class ProjectionStore(Protocol):
     """Read models: each projection's checkpoint, documents and parked events."""
 

@@ -73,7 +73,7 @@ class ProjectionsRole:
         if deletes:
             statements.append(Statement.prepared(sql.DELETE_DOCUMENTS, (name, deletes)))
         if keys:
-            columns = (_json(keys), _json(type_names), _json(data), _json(subjects))
+            columns = (compact_json(keys), compact_json(type_names), compact_json(data), compact_json(subjects))
             statements.append(Statement.prepared(sql.PUT_DOCUMENTS, (name, *columns)))
         if parked:
             statements.append(Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(parked))))
@@ -126,12 +126,8 @@ class ProjectionsRole:
         return int(scalar(result) or 0)
 
 
-def _json(values: Sequence[object]) -> str:
-    return compact_json(values)
-
-
 def _parked_json(parked: Sequence[ParkedEvent]) -> str:
-    return _json(
+    return compact_json(
         [
             {
                 "position": p.position,

@@ -204,7 +204,7 @@ def read_log(where: str, limit: str, max_bytes: str, *, order: str = "position")
     column is each event's running total of sizes, so the reader knows the
     page was cut when the last one's reached ``max_bytes``. ``order``: the
     index order that is position order for this ``where`` (``aggregate_type,
-    position`` for a page of one type: see ``LogRole``).
+    position`` for a page of one type: see ``log.page_conditions``).
 
     The running total is computed over the page as the index returns it (in
     position order, which the planner knows of a subquery and not of a CTE:
