@@ -29,6 +29,7 @@ from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite, ParkedEvent
 from service.transfer.deleting import delete_aggregate
 from tests.support.contents import contents
+from tests.support.crashing import CrashingStore
 from tests.support.fenced import FencedCommits, HandLease
 
 REGISTRY = Registry([bank_account.plugin])
@@ -92,37 +93,6 @@ async def test_small_batches_give_the_same_read_model() -> None:
     await bank_history(store)
     await runner(store, batch_size=2).step(0)
     assert (await owner(store, "ann")).balance == 90
-
-
-class CrashingStore(MemoryStore):
-    """The process dies between applying a batch and committing it: the
-    commit never happens (the first ``crashes`` times)."""
-
-    def __init__(self, crashes: int) -> None:
-        super().__init__()
-        self.crashes = crashes
-
-    async def commit_projection(
-        self,
-        name: str,
-        *,
-        expected_position: int,
-        new_position: int,
-        writes: Sequence[DocumentWrite],
-        fencing: Fencing | None = None,
-        parked: Sequence[ParkedEvent] = (),
-    ) -> None:
-        if self.crashes:
-            self.crashes -= 1
-            raise RuntimeError("killed before commit")
-        await super().commit_projection(
-            name,
-            expected_position=expected_position,
-            new_position=new_position,
-            writes=writes,
-            fencing=fencing,
-            parked=parked,
-        )
 
 
 async def test_a_crash_before_the_commit_applies_the_batch_again_not_twice() -> None:

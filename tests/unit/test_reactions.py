@@ -6,7 +6,6 @@ back or parked, its state, a failing function."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -29,8 +28,9 @@ from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, new_master_key
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
-from service.store.records import DocumentWrite, ParkedEvent, RecordedEvent
+from service.store.records import RecordedEvent
 from service.transfer.deleting import delete_aggregate
+from tests.support.crashing import CrashingStore
 from tests.support.fenced import FencedCommits, HandLease
 from tests.support.waiting import eventually
 
@@ -132,37 +132,6 @@ def note_deleted(event: AggregateDeleted, envelope: ProjectedEvent, state: None)
 
 
 REGISTRY = Registry([plugin])
-
-
-class CrashingStore(MemoryStore):
-    """The process dies between sending a batch's commands and committing
-    the reaction's checkpoint (the first ``crashes`` times)."""
-
-    def __init__(self, crashes: int) -> None:
-        super().__init__()
-        self.crashes = crashes
-
-    async def commit_projection(
-        self,
-        name: str,
-        *,
-        expected_position: int,
-        new_position: int,
-        writes: Sequence[DocumentWrite],
-        fencing: Fencing | None = None,
-        parked: Sequence[ParkedEvent] = (),
-    ) -> None:
-        if self.crashes:
-            self.crashes -= 1
-            raise RuntimeError("killed before commit")
-        await super().commit_projection(
-            name,
-            expected_position=expected_position,
-            new_position=new_position,
-            writes=writes,
-            fencing=fencing,
-            parked=parked,
-        )
 
 
 class Harness:
