@@ -10,6 +10,12 @@ MALFORMED_REQUEST) with the parser's explanation before the servicer runs.
 
 ``service.api.gate`` refuses them after the limits and authentication: a
 caller without credentials learns nothing from sending garbage.
+
+Streamed requests are parsed as the servicer reads them, and gRPC hands a
+deserializer's exception to that read: there ``raising`` raises the same
+InvalidInput at the message that does not parse (nothing wraps each message
+of the stream to look for an ``Undecodable``), and the gate turns it into the
+call's status as it does the servicer's own errors.
 """
 
 from __future__ import annotations
@@ -41,17 +47,39 @@ class Undecodable:
 
 
 def tolerant(deserializer: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
-    """``deserializer`` returning ``Undecodable`` where it would raise."""
-    owner = getattr(deserializer, "__self__", None)  # Message.FromString is a classmethod
-    descriptor = getattr(owner, "DESCRIPTOR", None)
-    message_type = str(descriptor.full_name) if descriptor is not None else f"request of {method}"
+    """``deserializer`` returning ``Undecodable`` where it would raise (for a
+    request that arrives alone, parsed before the handler runs)."""
+    message_type = _message_type(deserializer, method)
 
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except (DecodeError, ValueError, TypeError) as error:
-            # Protobuf's text repeats the message type: keep only its cause.
-            problem = str(error).rpartition(": ")[2] or type(error).__name__
-            return Undecodable(message_type, problem)
+            return Undecodable(message_type, _problem(error))
 
     return deserialize
+
+
+def raising(deserializer: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
+    """``deserializer`` raising InvalidInput (MALFORMED_REQUEST) where it
+    would raise anything else (for the messages of a request stream)."""
+    message_type = _message_type(deserializer, method)
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError, TypeError) as error:
+            raise Undecodable(message_type, _problem(error)).error() from None
+
+    return deserialize
+
+
+def _message_type(deserializer: Callable[[bytes], Any], method: str) -> str:
+    owner = getattr(deserializer, "__self__", None)  # Message.FromString is a classmethod
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return str(descriptor.full_name) if descriptor is not None else f"request of {method}"
+
+
+def _problem(error: Exception) -> str:
+    # Protobuf's text repeats the message type: keep only its cause.
+    return str(error).rpartition(": ")[2] or type(error).__name__

@@ -31,7 +31,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from service.api.decoding import Undecodable, tolerant
+from service.api.decoding import Undecodable, raising, tolerant
 from service.api.interceptors import produce
 from service.api.status import internal_status, rich_status
 from service.errors import ChronicleError, Overloaded, PermissionDenied, Unauthenticated
@@ -198,8 +198,13 @@ class RpcGate:
         if method.startswith(EXEMPT_PREFIXES) or handler.request_deserializer is None:
             return handler
         subscription = method in SUBSCRIPTION_METHODS
+        # A request that arrives alone is parsed before the handler runs: an
+        # Undecodable one is refused in ``admit``. Each message of a request
+        # stream is parsed as the servicer reads it, and one that does not
+        # parse raises there (``decoding.raising``), which ``fail`` answers.
+        streamed = handler.stream_unary is not None or handler.stream_stream is not None
         options = {
-            "request_deserializer": tolerant(handler.request_deserializer, method),
+            "request_deserializer": (raising if streamed else tolerant)(handler.request_deserializer, method),
             "response_serializer": handler.response_serializer,
         }
         admit, leave, refuse, fail = self._admit, self._leave, self._refuse, self._fail
@@ -243,8 +248,9 @@ class RpcGate:
                     leave(subscription, name)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
-        # Streamed requests: the gate sees None, and each message is checked
-        # as it is read (its error becomes the status like the servicer's own).
+        # Streamed requests: the gate sees None, and a message that does not
+        # parse raises where the servicer reads it (its error becomes the
+        # status like the servicer's own).
         if handler.stream_unary is not None:
             inner_su = handler.stream_unary
 
@@ -254,7 +260,7 @@ class RpcGate:
                 except ChronicleError as error:
                     await refuse(method, None, context, error)
                 try:
-                    return await inner_su(_checked(requests), context)
+                    return await inner_su(requests, context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
@@ -272,7 +278,7 @@ class RpcGate:
             except ChronicleError as error:
                 await refuse(method, None, context, error)
             try:
-                async for item in items_ss(inner_ss(_checked(requests), context)):
+                async for item in items_ss(inner_ss(requests, context)):
                     yield item
             except grpc.aio.AbortError:
                 raise
@@ -296,15 +302,6 @@ def _items_of(behaviour: Callable[..., Any]) -> Callable[[Any], AsyncIterator[An
 
 def _as_is(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
     return items
-
-
-async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """A request stream that ends in InvalidInput at the first message that
-    did not parse."""
-    async for request in requests:
-        if isinstance(request, Undecodable):
-            raise request.error()
-        yield request
 
 
 def _authenticated() -> Principal | None:

@@ -13,7 +13,7 @@ from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.base import StoreAdapter
-from tests.support.grpc_client import Client, command, running_server
+from tests.support.grpc_client import Client, command, details_of, running_server
 
 
 @pytest.fixture
@@ -80,6 +80,32 @@ async def test_malformed_commands_in_a_stream_are_answered_with_invalid_argument
     assert no_aggregate.error.reason == "INVALID_AGGREGATE_ID"
     assert {r.error.code for r in (missing, unknown_type, no_aggregate)} == {grpc.StatusCode.INVALID_ARGUMENT.value[0]}
     assert fine.ok.version == 1
+
+
+async def test_a_message_that_does_not_parse_ends_the_stream_after_the_answers_before_it(client: Client) -> None:
+    # Raw bytes: the second message is no SubmitRequest (a truncated field),
+    # so gRPC's parse of it fails where the server reads it.
+    call = client.channel.stream_stream(
+        "/chronicle.v1.CommandService/SubmitStream", request_serializer=None, response_deserializer=None
+    )
+    opened = submit("acc-1", bank.OpenAccount(owner="ann"))
+    never = submit("acc-1", bank.Deposit(amount=3))
+    answers = call(iter([opened.SerializeToString(), b"\x0a\x05ab", never.SerializeToString()]))
+    received: list[pb.SubmitStreamResponse] = []
+
+    async def read_all() -> None:
+        async for raw in answers:
+            received.append(pb.SubmitStreamResponse.FromString(raw))
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await read_all()
+    assert [(r.command_id, r.ok.version) for r in received] == [(opened.command.command_id, 1)]
+    details = details_of(refused.value)
+    assert (refused.value.code(), details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+    assert details.metadata["message_type"] == "chronicle.v1.SubmitRequest"
+    # nothing after the broken message ran
+    head = await client.submit(command("acc-1", bank.Deposit(amount=1)))
+    assert head.version == 2
 
 
 async def test_a_stream_sent_again_is_replayed_not_repeated(client: Client) -> None:
