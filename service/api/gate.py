@@ -16,7 +16,7 @@ is reported to ``on_denied`` first (the audit log records denied reads).
 built (``service.api.server``), not as gRPC interceptors: gRPC's aio server
 runs its interceptor chain for every call (a coroutine per interceptor, and
 a wrapped handler looked up again), which cost every RPC about 60 µs of the
-event loop's time. Here a call pays one wrapper coroutine (or generator).
+event loop's time. Here a call pays one wrapper coroutine.
 
 The health service is exempt: load balancers probe it without credentials,
 and it must answer when the server is busy.
@@ -32,7 +32,6 @@ from typing import Any, TypeAlias
 import grpc
 
 from service.api.decoding import Undecodable, raising, tolerant
-from service.api.interceptors import produce
 from service.api.status import internal_status, rich_status
 from service.errors import ChronicleError, Overloaded, PermissionDenied, Unauthenticated
 from service.principal import Principal, current_principal
@@ -230,16 +229,14 @@ class RpcGate:
             return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
         if handler.unary_stream is not None:
             inner_us = handler.unary_stream
-            items_us = _items_of(inner_us)
 
-            async def unary_stream(request: object, context: Context) -> AsyncIterator[Any]:
+            async def unary_stream(request: object, context: Context) -> None:
                 try:
                     name = admit(subscription, request, context)
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
-                    async for item in items_us(inner_us(request, context)):
-                        yield item
+                    await _write_all(inner_us(request, context), context)
                 except grpc.aio.AbortError:
                     raise
                 except Exception as error:
@@ -270,16 +267,14 @@ class RpcGate:
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
         inner_ss = handler.stream_stream
-        items_ss = _items_of(inner_ss)
 
-        async def stream_stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        async def stream_stream(requests: AsyncIterator[Any], context: Context) -> None:
             try:
                 name = admit(subscription, None, context)
             except ChronicleError as error:
                 await refuse(method, None, context, error)
             try:
-                async for item in items_ss(inner_ss(requests, context)):
-                    yield item
+                await _write_all(inner_ss(requests, context), context)
             except grpc.aio.AbortError:
                 raise
             except Exception as error:
@@ -290,18 +285,21 @@ class RpcGate:
         return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
 
 
-def _items_of(behaviour: Callable[..., Any]) -> Callable[[Any], AsyncIterator[Any]]:
-    """How to iterate what a streaming behaviour returns: an async generator
-    as it is (no generator in between: every message would pass through
-    it), anything else (a coroutine that writes with ``context.write``)
-    through ``produce``."""
-    if inspect.isasyncgenfunction(behaviour):
-        return _as_is
-    return produce
-
-
-def _as_is(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    return items
+async def _write_all(produced: Any, context: Context) -> None:
+    """Send what a streaming behaviour produces: each item of an async
+    generator with ``context.write`` (which is what gRPC does with a
+    generator behaviour: as a generator itself, the gate would add one more
+    generator step to every message), or a behaviour that writes itself
+    (a coroutine), awaited. A generator left early (an error, a cancelled
+    call) is closed at once, so its own cleanup runs now, in this call."""
+    if not inspect.isasyncgen(produced):
+        await produced
+        return
+    try:
+        async for item in produced:
+            await context.write(item)
+    finally:
+        await produced.aclose()
 
 
 def _authenticated() -> Principal | None:
