@@ -144,6 +144,10 @@ class _Batch:
         # subjects each document names; encoded once, when the batch
         # commits, however often a key was written.
         self.current: dict[str, Message | None] = {}
+        # What this batch loaded, kept for the batch whatever the cache
+        # evicts: a handler call that needs more documents than the cache
+        # holds would otherwise load, lose and load them again for ever.
+        self._loaded: dict[str, _Raw | None] = {}
         self._subjects: dict[str, tuple[str, ...]] = {}
         self._writes: list[DocumentWrite] | None = None
         self.parked: list[ParkedEvent] = []
@@ -154,13 +158,17 @@ class _Batch:
         wanted = list(keys)
         found = await asyncio.gather(*(self._store.load_document(self.projection, key) for key in wanted))
         for key, stored in zip(wanted, found, strict=True):
-            self._cache.put(key, None if stored is None else _Raw(stored.type_name, stored.data))
+            raw = None if stored is None else _Raw(stored.type_name, stored.data)
+            self._loaded[key] = raw
+            self._cache.put(key, raw)
 
     def read(self, key: str, message_type: type[M]) -> M | None:
         if key in self.current:
             found = self.current[key]
             return None if found is None else _copy_as(found, message_type, key, self.projection)
-        raw = self._cache.get(key)
+        raw = self._loaded.get(key, UNKNOWN)
+        if isinstance(raw, _Unknown):
+            raw = self._cache.get(key)
         if isinstance(raw, _Unknown):
             raise _NeedsDocument(key)
         if raw is None:

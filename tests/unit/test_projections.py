@@ -19,7 +19,7 @@ from service.plugins.projections import Documents, ProjectedEvent
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.processing.projections import ProjectionRunner
+from service.processing.projections import DocumentCache, ProjectionRunner
 from service.processing.upcasting import EventReader
 from service.store.base import Store
 from service.store.encrypted import encrypted
@@ -532,6 +532,32 @@ async def test_a_rare_miss_in_a_warm_cache_looks_only_a_little_way_ahead() -> No
     assert (store.loads, store.rounds) == (3, 3)
     assert probes == 2 * 32  # two looks ahead, each stopped after 32 events that needed nothing new
     assert (await owner(store, "ann")).balance == 101
+
+
+async def test_a_handler_that_needs_more_documents_than_the_cache_holds_is_applied() -> None:
+    # Each deposit's handler reads five documents; the cache holds two. The
+    # documents a batch loaded stay with the batch whatever the cache evicts
+    # (without that, the runner loaded, lost and loaded them for ever).
+    store = MemoryStore()
+    await run(store, "acc-1", bank.OpenAccount(owner="ann"))
+    for _ in range(3):
+        await run(store, "acc-1", bank.Deposit(amount=1))
+    projection = Plugin("wide").projection("wide.reads", aggregate_types=["Account"])
+    keys = [f"shelf-{n}" for n in range(5)]
+
+    @projection.on(bank.MoneyDeposited)
+    def _deposited(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+        seen = [documents.get(key, bank.OwnerBalance) for key in keys]
+        total = documents.get("total", bank.OwnerBalance) or bank.OwnerBalance()
+        total.balance += event.amount + sum(1 for found in seen if found is None)
+        documents.put("total", total)
+
+    wide = ProjectionRunner(projection, log=store, documents=store, reader=READER)
+    wide._cache = DocumentCache(size=2)
+    assert await asyncio.wait_for(wide.step(0), timeout=30) == 4
+    stored = await store.load_document("wide.reads", "total")
+    assert stored is not None
+    assert bank.OwnerBalance.FromString(stored.data).balance == 3 * (1 + len(keys))
 
 
 class CommitSizes(MemoryStore):
