@@ -44,7 +44,7 @@ from service.cluster.ownership import Ownership, partition_group
 from service.console.load import LoadSampler
 from service.console.server import Console, check_console_exposure
 from service.console.views import Parts
-from service.errors import ConfigurationError
+from service.errors import ConfigurationError, StoreUnavailable
 from service.groups import SubscriptionGroups
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
@@ -75,7 +75,7 @@ from service.security.tls import server_credentials
 from service.settings import Settings
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
-from service.store.encryption import Keyring, MasterKeys
+from service.store.encryption import Keyring, MasterKeys, refuse_if_sealed
 from service.store.factory import open_store, store_kind
 from service.store.leasing import LeaseMember
 
@@ -235,6 +235,7 @@ async def start(
         ):
             log.warning("%s", warning)
     registry = registry if registry is not None else build_registry(settings)
+    master_keys = build_master_keys(settings)
     adapter = (
         store
         if store is not None
@@ -243,6 +244,7 @@ async def start(
             pool_size=settings.db_pool_size,
             keep_snapshots=settings.keep_snapshots,
             json_of=payload_json(registry) if settings.postgres_json_events else None,
+            refuse_sealed=master_keys is None,
         )
     )
     roles = Store.of(adapter)
@@ -265,12 +267,13 @@ async def start(
         if batch_counts is not None:
             metrics.watch_batches(batch_counts)
         roles = timed(roles, metrics.store_duration, metrics.conflicts)
-    master_keys = build_master_keys(settings)
     keyring: Keyring | None = None
     if master_keys is not None:
         keyring = Keyring(roles.keys, master_keys)
         roles = encrypted(roles, keyring)
     await roles.lifecycle.open()
+    if master_keys is None:
+        await _refuse_sealed_store(roles)
     # Reads (ReadAggregate, GetAggregate, Subscribe) from a hot standby,
     # wrapped like the primary's roles; commands, claims and projections
     # stay on the primary.
@@ -570,6 +573,22 @@ async def start(
         group_sampler=group_sampler,
         standby=standby,
     )
+
+
+async def _refuse_sealed_store(roles: Store) -> None:
+    """Without master keys, do not start over a store written with them: it
+    could read none of what they sealed, and would write new payloads and
+    claims in the clear (a value claimed under encryption, kept as a keyed
+    hash, could be claimed again). A store that does not answer yet is
+    checked when it first does, where it can be (PostgreSQL: open_store's
+    ``refuse_sealed``)."""
+    try:
+        await refuse_if_sealed(roles.keys)
+    except StoreUnavailable:
+        return
+    except ConfigurationError:
+        await roles.lifecycle.close()
+        raise
 
 
 def _standby(settings: Settings, adapter: StoreAdapter) -> StandbyStore:

@@ -132,6 +132,28 @@ class MasterKeys:
             ) from error
 
 
+def sealed_store_without_keys() -> ConfigurationError:
+    """The refusal of a server without master keys over a store written
+    with them."""
+    return ConfigurationError(
+        "this store holds data keys sealed by master keys (it was written with encryption at rest): start the"
+        " server with those master keys (--master-key-file or CHRONICLE_MASTER_KEYS); without them it could read"
+        " none of what they sealed, and would write new payloads and claimed values in the clear",
+        reason="ENCRYPTED_STORE_WITHOUT_KEYS",
+    )
+
+
+async def refuse_if_sealed(keys: KeyStore) -> None:
+    """For a server started without master keys: raise
+    ``sealed_store_without_keys`` if the store holds a live data key. (A
+    store whose every encrypted aggregate was forgotten holds tombstones
+    only: nothing sealed is left to read, and its claims went with them.)"""
+    # Master key ids are never empty, so every live key is "wrapped by
+    # another master key than ''".
+    if await keys.data_keys_to_rewrap("", 1):
+        raise sealed_store_without_keys()
+
+
 def new_master_key() -> str:
     return base64.b64encode(os.urandom(KEY_BYTES)).decode()
 

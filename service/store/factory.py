@@ -31,6 +31,7 @@ def open_store(
     pool_size: int = 10,
     keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
     json_of: Callable[[str, bytes], object] | None = None,
+    refuse_sealed: bool = False,
 ) -> StoreAdapter:
     """The store a URL names; not yet opened.
 
@@ -41,13 +42,18 @@ def open_store(
     ``pool_size`` bounds PostgreSQL connections per server process;
     ``keep_snapshots`` is how many snapshots each aggregate keeps;
     ``json_of`` makes PostgreSQL keep a JSON copy of each payload (other
-    stores refuse it).
+    stores refuse it); ``refuse_sealed``: a server without master keys
+    (PostgreSQL refuses to serve if it holds data keys sealed by them, also
+    when it is first reached after start-up; ``service.app`` checks every
+    store at start-up).
     """
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
         from service.store.postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=pool_size, keep_snapshots=keep_snapshots, json_of=json_of)
+        return PostgresStore(
+            url, pool_size=pool_size, keep_snapshots=keep_snapshots, json_of=json_of, refuse_sealed=refuse_sealed
+        )
     if json_of is not None:
         raise ConfigurationError(
             "only PostgreSQL keeps a JSON copy of events (--postgres-json-events)", reason="BAD_SETTING"

@@ -3,24 +3,35 @@ file holds, what clients read, and what a forgotten aggregate becomes."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
 
 from chronicle.v1 import admin_service_pb2 as admin
-from chronicle.v1 import event_service_pb2
+from chronicle.v1 import command_service_pb2, event_service_pb2
+from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
+from service.app import start
+from service.errors import ConfigurationError
+from service.plugins.registry import Registry
+from service.processing.commands import CommandRequest
+from service.processing.executor import CommandExecutor
+from service.store.base import Store
 from service.store.encryption import new_master_key
 from service.store.memory import MemoryStore
+from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
-from tests.support.contents import at_rest
-from tests.support.grpc_client import Client, command, details_of, running_server
+from tests.support.contents import at_rest, contents
+from tests.support.grpc_client import TEST_SETTINGS, Client, command, details_of, running_server
 from tests.support.security import write
 
 SECRET_OWNER = "Zelda Quartermain-Oyelaran"
+REGISTRY = Registry([bank_account.plugin])
 
 
 @pytest.fixture
@@ -321,17 +332,70 @@ async def test_a_master_key_whose_bytes_changed_under_its_id_is_a_clear_error(tm
         )
 
 
-async def test_turning_encryption_off_again_breaks_reads_and_unique_values(tmp_path: Path) -> None:
-    """What docs/security.md warns about: a server started without the
-    master keys over a store written with them."""
+async def test_a_server_without_the_master_keys_does_not_start_over_a_store_written_with_them(tmp_path: Path) -> None:
+    """Without the keys it could read none of what they sealed, and would
+    write new payloads, and claimed values, in the clear (an address claimed
+    under encryption, kept as a keyed hash, could be claimed again)."""
     path = tmp_path / "events.db"
-    async with running_server(SqliteStore(path), master_keys=f"k1:{new_master_key()}") as (_, client):
+    keys = f"k1:{new_master_key()}"
+    async with running_server(SqliteStore(path), master_keys=keys) as (_, client):
         await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
         await client.submit(command("user-1", users.RegisterUser(email="zelda@quartermain.example", name="Z")))
+    before = await contents(SqliteStore(path))
+    with pytest.raises(ConfigurationError) as refused:
+        async with running_server(SqliteStore(path)):
+            pass
+    assert refused.value.reason == "ENCRYPTED_STORE_WITHOUT_KEYS"
+    assert "master keys" in refused.value.message
+    assert not (await contents(SqliteStore(path))).changes_since(before)
+    # with the keys, as before
+    async with running_server(SqliteStore(path), master_keys=keys) as (_, client):
+        again = client.commands.Submit(
+            command_service_pb2.SubmitRequest(
+                command=command("user-2", users.RegisterUser(email="zelda@quartermain.example", name="Z"))
+            )
+        )
+        assert (await refusal(again))[1] == "NOT_UNIQUE"
+
+
+async def test_a_store_whose_sealed_aggregates_were_all_forgotten_starts_without_keys(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    async with running_server(SqliteStore(path), master_keys=f"k1:{new_master_key()}", anonymous_admin=True) as (
+        _,
+        client,
+    ):
+        await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+        await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
     async with running_server(SqliteStore(path)) as (_, client):
-        state = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
-        assert await refusal(state) == (grpc.StatusCode.INTERNAL, "CORRUPT_EVENT")
-        (event,) = await read(client, "acc-1")
-        assert SECRET_OWNER.encode() not in event.payload.value  # type: ignore[attr-defined]
-        twice = await client.submit(command("user-2", users.RegisterUser(email="zelda@quartermain.example", name="Z")))
-        assert twice.version == 1  # the address claimed under encryption is not recognised in the clear
+        opened = await client.submit(command("acc-2", bank.OpenAccount(owner="ann")))
+        assert opened.version == 1
+
+
+async def test_on_postgresql_the_store_refuses_a_server_without_the_keys_at_start_and_when_first_reached(
+    postgres_url: str,
+) -> None:
+    keys = f"k1:{new_master_key()}"
+    async with running_server(PostgresStore(postgres_url, pool_size=2), master_keys=keys) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+    before = await contents(PostgresStore(postgres_url))
+    # `chronicle serve --database-url …` without the keys does not start
+    with pytest.raises(ConfigurationError) as refused:
+        await start(replace(TEST_SETTINGS, database_url=postgres_url))
+    assert refused.value.reason == "ENCRYPTED_STORE_WITHOUT_KEYS"
+    # A server that started while the database did not answer yet meets the
+    # refusal at its first operation, and at every one after it: nothing is
+    # read or written.
+    late = PostgresStore(postgres_url, pool_size=2, refuse_sealed=True)
+    spec = REGISTRY.command("bank.v1.Deposit")
+    assert spec is not None
+    for _ in range(2):
+        with pytest.raises(ConfigurationError) as refused:
+            await late.log_head()
+        assert refused.value.reason == "ENCRYPTED_STORE_WITHOUT_KEYS"
+    deposit = CommandRequest(
+        command_id=str(uuid.uuid4()), aggregate_id="acc-1", spec=spec, message=bank.Deposit(amount=1)
+    )
+    with pytest.raises(ConfigurationError):
+        await CommandExecutor(Store.of(late), REGISTRY).execute(deposit, None)
+    await late.close()
+    assert not (await contents(PostgresStore(postgres_url))).changes_since(before)

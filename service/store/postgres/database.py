@@ -36,6 +36,7 @@ import psycopg
 from psycopg.pq.abc import PGresult
 
 from service.errors import ConfigurationError, StoreUnavailable
+from service.store.encryption import sealed_store_without_keys
 from service.store.notifier import CommitNotifier
 from service.store.postgres import sql
 from service.store.postgres.connection import ConnectionLost, PipelinedConnection, Statement
@@ -52,8 +53,21 @@ _WRITERS = 2
 
 
 class Database:
-    def __init__(self, url: str, *, connections: int, connect_timeout: float, lock_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connections: int,
+        connect_timeout: float,
+        lock_timeout: float,
+        refuse_sealed: bool = False,
+    ) -> None:
         self.url = self._url = url
+        # A server without master keys: the database is not used at all if
+        # it holds data keys sealed by them (checked with the schema, before
+        # any operation, also when it is first reached after start-up).
+        self._refuse_sealed = refuse_sealed
+        self._refusal: ConfigurationError | None = None
         self._size = max(1, connections)
         self._connect_timeout = connect_timeout
         self._options = session_options(lock_timeout=lock_timeout)
@@ -91,6 +105,8 @@ class Database:
     async def _ensure_schema(self) -> None:
         if self._schema_ready:
             return
+        if self._refusal is not None:
+            raise self._refusal
         if self._schema_lock is None:
             self._schema_lock = asyncio.Lock()
         async with self._schema_lock:
@@ -104,12 +120,16 @@ class Database:
                 )
                 async with conn:
                     version = await migrate(conn)
+                    sealed = self._refuse_sealed and await (await conn.execute(sql.SEALED_DATA_KEY)).fetchone()
             except Exception as error:
                 self.unreachable = True
                 translated = translation(error, "migration")
                 if translated is None:
                     raise
                 raise translated from error
+            if sealed:
+                self._refusal = sealed_store_without_keys()
+                raise self._refusal
             log.info("PostgreSQL schema at version %d", version)
             self._schema_ready = True
 

@@ -481,6 +481,9 @@ DELETE_PARKED_OF_FORGOTTEN = (
     "DELETE FROM chronicle.projection_parked_events WHERE aggregate_id = $1"
     " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
 )
+# Whether any aggregate's data key is live (a store written with encryption
+# at rest), asked once by a server that has no master keys.
+SEALED_DATA_KEY = "SELECT 1 FROM chronicle.data_keys WHERE wrapped_key IS NOT NULL LIMIT 1"
 DATA_KEYS_TO_REWRAP = (
     "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys"
     " WHERE wrapped_key IS NOT NULL AND master_key_id <> $1 ORDER BY aggregate_id LIMIT $2::bigint"

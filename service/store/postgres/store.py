@@ -69,6 +69,10 @@ class PostgresStore(
     many operations at once, so a few go far). ``json_of``: also keep each
     event's payload as JSON (column ``payload_json``), as this function
     renders it from the event's type and bytes (--postgres-json-events).
+    ``refuse_sealed``: for a server without master keys, refuse every
+    operation (``ENCRYPTED_STORE_WITHOUT_KEYS``, at start-up if the database
+    answers then, else when it first does) if the database holds data keys
+    sealed by master keys.
     """
 
     def __init__(
@@ -80,9 +84,16 @@ class PostgresStore(
         lock_timeout: float = 5.0,
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         json_of: JsonOf | None = None,
+        refuse_sealed: bool = False,
     ) -> None:
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
-        self._db = Database(url, connections=pool_size, connect_timeout=connect_timeout, lock_timeout=lock_timeout)
+        self._db = Database(
+            url,
+            connections=pool_size,
+            connect_timeout=connect_timeout,
+            lock_timeout=lock_timeout,
+            refuse_sealed=refuse_sealed,
+        )
         self._json_of = json_of
         self._appends = AppendWriter(self._db, json_of=json_of)
         # One batch in flight: the appends made while it commits form the
