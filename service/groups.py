@@ -28,8 +28,13 @@ is one consumer's stream on this replica:
   consumer is read again there from its checkpoint: at-least-once, and the
   count of acknowledged events counts each event once.
 
-Attempts are counted by the session that delivers: a segment that moves
-starts its events' count afresh.
+Attempts are counted per replica, across the group's sessions there
+(``Deliveries``): a consumer that goes away holding events (it crashed,
+say) leaves their counts for the next holder of the segment on this
+replica, so an event that kills every consumer it reaches is parked after
+``max_attempts`` deliveries all the same (reason ``CONSUMER_LOST``). A
+segment that moves to another replica starts its events' counts afresh
+there.
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ from service.store.records import LogFilter, RecordedEvent
 log = logging.getLogger(__name__)
 
 ACK_TIMEOUT = "ACK_TIMEOUT"
+# Parked when a new holder of the segment finds the event delivered
+# ``max_attempts`` times already, to consumers that went away without an answer.
+CONSUMER_LOST = "CONSUMER_LOST"
 # Ids of events this session delivered and settled, remembered so that a
 # second ack of one (a consumer that retries) is not an unknown id.
 _REMEMBERED_IDS = 100_000
@@ -126,6 +134,31 @@ class _Segment:
         return self.checkpoint() != self.stored or bool(self.parks)
 
 
+class Deliveries:
+    """How many times each unsettled event of a group was sent, by any of
+    the group's sessions on this replica (module docstring): written as a
+    session sends, dropped as it settles (ack or park), read by the session
+    that next takes the event's segment. Bounded: the oldest counts go
+    first."""
+
+    LIMIT = 100_000
+
+    def __init__(self) -> None:
+        self._sent: OrderedDict[str, int] = OrderedDict()
+
+    def sent(self, event_id: str, attempt: int) -> None:
+        self._sent[event_id] = attempt
+        self._sent.move_to_end(event_id)
+        if len(self._sent) > self.LIMIT:
+            self._sent.popitem(last=False)
+
+    def settled(self, event_id: str) -> None:
+        self._sent.pop(event_id, None)
+
+    def count(self, event_id: str) -> int:
+        return self._sent.get(event_id, 0)
+
+
 class ConsumerSession:
     """One consumer's stream of one group on this replica (module docstring)."""
 
@@ -142,9 +175,11 @@ class ConsumerSession:
         poll_interval: float,
         page_size: int,
         page_bytes: int,
+        deliveries: Deliveries | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
+        self._deliveries = deliveries if deliveries is not None else Deliveries()
         self.member_id = f"{consumer}#{uuid.uuid4().hex[:8]}"
         self._max_in_flight = max_in_flight
         self._max_queued = max(1000, 10 * max_in_flight)
@@ -272,6 +307,8 @@ class ConsumerSession:
 
     def _settle(self, delivery: Delivery) -> None:
         event_id = delivery.event.event_id
+        if delivery.segment is not None:
+            self._deliveries.settled(event_id)
         if delivery.deadline:
             self._in_flight -= 1
         delivery.settled = True
@@ -370,8 +407,13 @@ class ConsumerSession:
                 del segment.queues[aggregate]
             self._queued -= 1
             segment.busy.add(aggregate)
-            delivery = Delivery(event, segment)
+            delivery = Delivery(event, segment, attempt=self._deliveries.count(event.event_id))
             self._pending[event.event_id] = delivery
+            if delivery.attempt >= self.spec.max_attempts:
+                # Sent that often already, to consumers that went away
+                # without an answer: parked, and the aggregate goes on.
+                self._failed(delivery, CONSUMER_LOST)
+                continue
             batch.append(self._send(delivery, now))
             room -= 1
         if batch and self._queued < self._max_queued:
@@ -380,6 +422,8 @@ class ConsumerSession:
 
     def _send(self, delivery: Delivery, now: float) -> Delivery:
         delivery.attempt += 1
+        if delivery.segment is not None:
+            self._deliveries.sent(delivery.event.event_id, delivery.attempt)
         delivery.deadline = now + self.spec.ack_timeout_ms / 1000
         self._in_flight += 1
         heapq.heappush(self._deadlines, (delivery.deadline, next(self._order), delivery))
@@ -590,6 +634,9 @@ class SubscriptionGroups:
         self._page_size = page_size
         self._page_bytes = page_bytes
         self._sessions: set[ConsumerSession] = set()
+        # Per group (its settings: a group deleted and made again differently
+        # starts afresh), what its sessions sent and did not settle.
+        self._deliveries: dict[GroupSpec, Deliveries] = {}
         self._closing_sessions: set[asyncio.Future[None]] = set()
         self._closing = False
 
@@ -611,6 +658,7 @@ class SubscriptionGroups:
             poll_interval=self._poll,
             page_size=self._page_size,
             page_bytes=self._page_bytes,
+            deliveries=self._deliveries.setdefault(spec, Deliveries()),
         )
         await session.start()
         self._sessions.add(session)

@@ -208,6 +208,34 @@ async def test_a_poison_event_is_parked_the_group_moves_on_and_it_is_replayed_on
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_an_event_whose_consumers_go_away_without_an_answer_is_parked_after_its_attempts(
+    client: ChronicleClient,
+) -> None:
+    # A poison event that kills every consumer it reaches: each dies holding
+    # it (no ack, no nack). The attempts carry over from one consumer's
+    # session to the next, so it is parked and its aggregate goes on.
+    await write(client, accounts(["acc-1"], deposits=1))
+    await client.groups.create("crashy", max_delivery_attempts=2, segments=1)
+
+    async def gone() -> bool:
+        return not (await client.groups.get("crashy")).consumers
+
+    seen = []
+    for _ in range(2):
+        consumer = client.consume("crashy", consumer="worker")
+        (delivery,) = await asyncio.wait_for(take(aiter(consumer), 1), 20)
+        seen.append((delivery.event.version, delivery.attempt))
+        await consumer.close()
+        await eventually(gone, what="the consumer gone from the group")
+    consumer = client.consume("crashy", consumer="worker")
+    (after,) = await asyncio.wait_for(take(aiter(consumer), 1, ack=True), 20)
+    await consumer.close()
+    assert seen == [(1, 1), (1, 2)]
+    assert (after.event.aggregate_id, after.event.version, after.attempt) == ("acc-1", 2, 1)
+    (parked,) = await client.groups.parked("crashy")
+    assert (parked.aggregate_id, parked.attempts, parked.reason) == ("acc-1", 2, "CONSUMER_LOST")
+
+
 async def test_consumers_share_the_segments_and_one_that_leaves_hands_its_events_over(
     client: ChronicleClient, server: Application
 ) -> None:
