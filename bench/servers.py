@@ -4,6 +4,7 @@ gRPC server, each as its own process."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -38,7 +39,12 @@ def wait_until_serving(address: str, process: subprocess.Popen[str]) -> None:
 
 
 def _wait_for_port(address: str, process: subprocess.Popen[bytes] | subprocess.Popen[str], *, health: bool) -> None:
+    """Until the server's health check says SERVING (``health``), or its port
+    accepts a connection (the no-op server has no health service: a plain
+    TCP connect, since gRPC's ``channel_ready_future`` leaves a thread
+    polling the channel that prints a traceback once the channel closes)."""
     deadline = time.monotonic() + 60
+    host, _, port = address.rpartition(":")
     with grpc.insecure_channel(address) as channel:
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -49,9 +55,9 @@ def _wait_for_port(address: str, process: subprocess.Popen[bytes] | subprocess.P
                     if response.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 else:
-                    grpc.channel_ready_future(channel).result(timeout=1)
+                    socket.create_connection((host, int(port)), timeout=1).close()
                     return
-            except (grpc.RpcError, grpc.FutureTimeoutError):
+            except (grpc.RpcError, OSError):
                 pass
             time.sleep(0.1)
     raise TimeoutError(f"nothing served on {address}")
