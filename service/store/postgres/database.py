@@ -67,7 +67,7 @@ class Database:
         # it holds data keys sealed by them (checked with the schema, before
         # any operation, also when it is first reached after start-up).
         self._refuse_sealed = refuse_sealed
-        self._refusal: ConfigurationError | None = None
+        self._sealed = False  # found so: every operation is refused
         self._size = max(1, connections)
         self._connect_timeout = connect_timeout
         self._options = session_options(lock_timeout=lock_timeout)
@@ -105,8 +105,10 @@ class Database:
     async def _ensure_schema(self) -> None:
         if self._schema_ready:
             return
-        if self._refusal is not None:
-            raise self._refusal
+        if self._sealed:
+            # A new exception each time: one instance raised again and again
+            # would grow its traceback with every operation refused.
+            raise sealed_store_without_keys()
         if self._schema_lock is None:
             self._schema_lock = asyncio.Lock()
         async with self._schema_lock:
@@ -128,8 +130,8 @@ class Database:
                     raise
                 raise translated from error
             if sealed:
-                self._refusal = sealed_store_without_keys()
-                raise self._refusal
+                self._sealed = True
+                raise sealed_store_without_keys()
             log.info("PostgreSQL schema at version %d", version)
             self._schema_ready = True
 
