@@ -12,7 +12,11 @@ in one run on one machine:
   PostgreSQL and the driver go;
 * Subscribe's catch-up of the last ``--window`` events, to the project's own
   Python client (``ChronicleClient.subscribe``) and to a plain gRPC stub,
-  unfiltered and filtered to one aggregate type (a tenth of the events);
+  unfiltered and filtered to one aggregate type (a tenth of the events),
+  and, for the filtered one to be compared with, an unfiltered catch-up of
+  as many events as it matched (the same work per run: a run's fixed costs,
+  the connection and the first page, weigh ten times more in a run of a
+  tenth of the events);
 * ReadAggregate of a 100-event aggregate against GetAggregate of another
   like it (no snapshot: both read the 100 events), p50 over many;
 * once, at the first size of a million events or more, the bank read model
@@ -133,10 +137,12 @@ async def client_catch_up(
         return seen, time.perf_counter() - began
 
 
-async def stub_catch_up(address: str, after: int, aggregate_types: tuple[str, ...] = ()) -> tuple[int, float]:
-    """Events a plain gRPC stub received until the caught-up mark, and the
-    seconds it took (pages, if the server sends them, counted by event)."""
+async def stub_catch_up(address: str, after: int, aggregate_types: tuple[str, ...] = ()) -> tuple[int, float, float]:
+    """Events a plain gRPC stub received until the caught-up mark, the
+    seconds it took (pages, if the server sends them, counted by event), and
+    the seconds until the first event arrived."""
     seen = 0
+    first = 0.0
     async with grpc.aio.insecure_channel(address) as channel:
         call = ev_grpc.EventServiceStub(channel).Subscribe(
             ev.SubscribeRequest(after_position=after, aggregate_types=aggregate_types, pages=True)
@@ -150,9 +156,11 @@ async def stub_catch_up(address: str, after: int, aggregate_types: tuple[str, ..
                 seen += len(message.page.events)
             elif kind == "caught_up":
                 break
+            if seen and not first:
+                first = time.perf_counter() - began
         elapsed = time.perf_counter() - began
         call.cancel()
-        return seen, elapsed
+        return seen, elapsed, first
 
 
 async def read_against_get(address: str, prefix: str) -> dict[str, float]:
@@ -196,15 +204,16 @@ def rebuild_rate(database_url: str, server_pid: int) -> dict[str, float]:
     }
 
 
-def _timed_catch_up(server_pid: int, run: Any) -> dict[str, float]:
-    """Run a catch-up (``run()`` gives (events, seconds)) ``CATCH_UPS`` times,
+def _timed_catch_up(server_pid: int, run: Any) -> dict[str, Any]:
+    """Run a catch-up (``run()`` gives (events, seconds[, seconds to the
+    first event])) ``CATCH_UPS`` times,
     with the server's and this process's (the client's) CPU per event over
     each; the run of median rate (one run alone swings with whatever else
     the machine does, and the first pays for what the next find cached)."""
     runs = []
     for _ in range(CATCH_UPS):
         server_before, client_before = machine.cpu_seconds(server_pid), machine.cpu_seconds_self()
-        seen, seconds = asyncio.run(run())
+        seen, seconds, *first = asyncio.run(run())
         server, client = machine.cpu_seconds(server_pid) - server_before, machine.cpu_seconds_self() - client_before
         runs.append(
             {
@@ -213,6 +222,7 @@ def _timed_catch_up(server_pid: int, run: Any) -> dict[str, float]:
                 "server_us": server / seen * 1e6,
                 "client_us": client / seen * 1e6,
             }
+            | ({"first_ms": first[0] * 1000} if first else {})
         )
     runs.sort(key=lambda r: r["rate"])
     return runs[len(runs) // 2] | {"rates": [r["rate"] for r in runs]}
@@ -254,11 +264,14 @@ def measure_size(database_url: str, size: int, window: int, *, rebuild: bool) ->
         row["client"] = _timed_catch_up(server.pid, lambda: client_catch_up(server.address, after, after + window))
         row["stub"] = _timed_catch_up(server.pid, lambda: stub_catch_up(server.address, after))
         row["stub_filtered"] = _timed_catch_up(server.pid, lambda: stub_catch_up(server.address, after, ("Box",)))
+        matched = row["stub_filtered"]["events"]
+        row["stub_as_many"] = _timed_catch_up(server.pid, lambda: stub_catch_up(server.address, head - matched))
         row.update(asyncio.run(read_against_get(server.address, bench_prefix)))
     print(
         f"  log {size:>9,}: psycopg {row['psycopg']:9,.0f}/s  client {row['client']['rate']:9,.0f}/s"
         f" ({row['client']['rate'] / row['psycopg']:.2f}x, server {row['client']['server_us']:.1f} µs/event)"
         f"  stub {row['stub']['rate']:9,.0f}/s  filtered {row['stub_filtered']['rate']:9,.0f}/s"
+        f" (unfiltered, as many: {row['stub_as_many']['rate']:9,.0f}/s)"
         f"  ReadAggregate {row['read_aggregate_ms']:.1f} ms / GetAggregate {row['get_aggregate_ms']:.1f} ms"
         f" = {row['ratio']:.2f}x",
         flush=True,

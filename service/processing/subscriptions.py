@@ -12,6 +12,11 @@ today's plugins read them), and yields:
   ``checkpoint_interval`` seconds, so a subscriber whose filter matches
   nothing does not re-read the world after a reconnect.
 
+A catch-up's first page is small (``first_page_size`` events): the
+subscriber has its first events after one short read, not after a full
+page is read, converted and encoded, and the full pages that follow are
+read while that first one is sent.
+
 While catching up it reads the next page while the caller sends this one
 (the database works while Python encodes), and no further: the caller's
 ``async for`` only asks for the next item when the client has taken the
@@ -73,6 +78,7 @@ class Subscriptions:
         reader: EventReader,
         *,
         page_size: int = 1000,
+        first_page_size: int = 100,
         page_bytes: int = 1024 * 1024,
         checkpoint_interval: float = 1.0,
         poll_interval: float = 1.0,
@@ -86,6 +92,7 @@ class Subscriptions:
         self._end = primary or store
         self._reader = reader
         self._page_size = page_size
+        self._first_page_size = min(first_page_size, page_size)
         self._page_bytes = page_bytes
         self._checkpoint_interval = checkpoint_interval
         self._poll_interval = poll_interval
@@ -131,10 +138,12 @@ class Subscriptions:
         records = self._reader.records
         wanted_types = wanted.event_types
         ahead: asyncio.Future[LogPage] | None = None
+        limit = self._first_page_size
         self.active += 1
         try:
             while True:
-                page = await (ahead or self._read(position, stored_filter))
+                page = await (ahead or self._read(position, stored_filter, limit))
+                limit = self._page_size
                 # More is waiting: read it while this page is sent.
                 ahead = await started(self._read(page.scanned_to, stored_filter)) if page.more else None
                 if page.events:
@@ -162,8 +171,9 @@ class Subscriptions:
                 ahead.cancel()
             self.active -= 1
 
-    def _read(self, position: int, stored_filter: LogFilter) -> Awaitable[LogPage]:
-        return self._store.read_log(position, stored_filter, self._page_size, max_bytes=self._page_bytes)
+    def _read(self, position: int, stored_filter: LogFilter, limit: int | None = None) -> Awaitable[LogPage]:
+        limit = limit or self._page_size
+        return self._store.read_log(position, stored_filter, limit, max_bytes=self._page_bytes)
 
     async def _wait(self, position: int) -> None:
         """Until something commits after ``position``, the poll interval

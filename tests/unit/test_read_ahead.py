@@ -77,6 +77,20 @@ async def test_a_subscription_asks_for_the_next_page_before_it_hands_over_this_o
     assert reads_when_handed == [2, 3, 4, 5, 6]
 
 
+async def test_a_catch_up_starts_with_a_short_page_then_reads_full_ones_ahead() -> None:
+    store = CountingStore()
+    await deposits(store, 9)  # ten events
+    stream = await Subscriptions(store, READER, page_size=4, first_page_size=2).open(SubscriptionRequest())
+    handed = []
+    async for item in stream:
+        if isinstance(item, Page):
+            handed.append(([event.position for event in item.events], store.reads))
+            if item.position == 10:
+                break
+    # The first events after a read of two; the full pages read ahead of it.
+    assert handed == [([1, 2], 2), ([3, 4, 5, 6], 3), ([7, 8, 9, 10], 4)]
+
+
 async def test_a_projection_sends_its_next_read_and_its_commit_before_its_handlers_run() -> None:
     store = CountingStore()
     await deposits(store, 9)
