@@ -16,6 +16,7 @@ from chronicle.v1 import command_service_pb2, event_service_pb2
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
+from service.api.health import Health, StoreMonitor
 from service.app import start
 from service.errors import ConfigurationError
 from service.plugins.registry import Registry
@@ -397,5 +398,11 @@ async def test_on_postgresql_the_store_refuses_a_server_without_the_keys_at_star
     )
     with pytest.raises(ConfigurationError):
         await CommandExecutor(Store.of(late), REGISTRY).execute(deposit, None)
+    # Its health check meets the refusal too: NOT_SERVING, so a load
+    # balancer sends it nothing.
+    health = Health()
+    await health.set(True)
+    assert not await StoreMonitor(late, health, interval=1.0).check()
+    assert not health.serving
     await late.close()
     assert not (await contents(PostgresStore(postgres_url))).changes_since(before)
