@@ -18,11 +18,11 @@ from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
-from service.cluster.leases import fair_shares
 from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
 from service.plugins.registry import Registry
-from tests.support.cluster import replica
+from tests.support.cluster import projections_settled, replica
+from tests.support.cluster import runners_of as cluster_runners_of
 from tests.support.grpc_client import Client, command, submit_retrying
 from tests.support.waiting import eventually
 
@@ -56,17 +56,11 @@ async def cluster(postgres_url: str) -> AsyncIterator[list[tuple[Application, Cl
 
 
 def runners_of(apps: list[Application]) -> list[Application]:
-    """The replicas running tally.deposits now."""
-    return [app for app in apps if app.projections.runners["tally.deposits"].holds_lease]
+    return cluster_runners_of(apps, "tally.deposits")
 
 
 def settled(apps: list[Application]) -> bool:
-    """Every projection (and reaction) held, each replica at its fair share
-    of them: the leases stay where they are from now on."""
-    # The group's leases: every projection and every reaction (the bank's transfers).
-    shares = fair_shares([app.leases.member_id for app in apps], len(REGISTRY.projections) + len(REGISTRY.reactions))
-    held = [app.leases.held("projections") for app in apps]
-    return [len(h) for h in held] == [shares[app.leases.member_id] for app in apps] and len(runners_of(apps)) == 1
+    return projections_settled(apps, REGISTRY, "tally.deposits")
 
 
 async def caught_up(client: Client) -> bool:

@@ -26,7 +26,7 @@ from service.plugins.projections import Documents, ProjectedEvent
 from service.plugins.registry import Registry
 from service.store.base import AuditQuery, StoreAdapter
 from service.store.records import REFUSED
-from tests.support.cluster import replica
+from tests.support.cluster import projections_settled, replica
 from tests.support.grpc_client import Client, command, details_of, running_server, submit_retrying
 from tests.support.stores import STORES, store_site
 from tests.support.waiting import eventually
@@ -348,13 +348,17 @@ async def test_a_rebuild_of_a_projection_no_plugin_declares_is_not_found(client:
 async def test_a_rebuild_asked_of_one_replica_is_done_by_the_one_that_runs_the_projection(postgres_url: str) -> None:
     CALLS.clear()
     async with AsyncExitStack() as stack:
+        # Until the leases settle, a replica above its fair share gives the
+        # projection up at its next heartbeat, and the next holder applies
+        # again what the first had applied but not committed (seen in CI:
+        # three calls of two): handover, not what this test is about.
         replicas = [
             await stack.enter_async_context(replica(postgres_url, registry=REGISTRY, anonymous_admin=True))
             for _ in range(2)
         ]
+        apps = [app for app, _ in replicas]
         await eventually(
-            lambda: sum(app.projections.runners["tally.deposits"].holds_lease for app, _ in replicas) == 1,
-            what="one replica running tally.deposits",
+            lambda: projections_settled(apps, REGISTRY, "tally.deposits"), within=20, what="the leases settled"
         )
         ((_, asked),) = [(a, c) for a, c in replicas if not a.projections.runners["tally.deposits"].holds_lease]
         await submit_retrying(asked, command("acc-1", bank.OpenAccount(owner="ann")))

@@ -25,14 +25,10 @@ async def replica(
     postgres_url: str, *, registry: Registry | None = None, **overrides: object
 ) -> AsyncIterator[tuple[Application, Client]]:
     """A server on a free port over its own store on ``postgres_url``, and a
-    plain client of it; stopped (leaving its leases) at the end."""
-    settings = replace(
-        TEST_SETTINGS,
-        lease_seconds=LEASE,
-        database_url=postgres_url,
-        poll_seconds=0.2,
-        **overrides,  # type: ignore[arg-type]
-    )
+    plain client of it; stopped (leaving its leases) at the end. ``overrides``
+    replace settings, the lease's length among them."""
+    chosen: dict[str, object] = {"lease_seconds": LEASE, "poll_seconds": 0.2, **overrides}
+    settings = replace(TEST_SETTINGS, database_url=postgres_url, **chosen)  # type: ignore[arg-type]
     app = await start(settings, store=PostgresStore(postgres_url, pool_size=4), registry=registry)
     try:
         async with connect(app.address) as client:
@@ -51,3 +47,21 @@ def fair(apps: Sequence[Application], partitions: int = 64) -> bool:
 
 async def settled(apps: Sequence[Application], partitions: int = 64) -> None:
     await eventually(lambda: fair(apps, partitions), within=20, what="the partitions shared out fairly")
+
+
+def runners_of(apps: Sequence[Application], projection: str) -> list[Application]:
+    """The replicas running ``projection`` now."""
+    return [app for app in apps if app.projections.runners[projection].holds_lease]
+
+
+def projections_settled(apps: Sequence[Application], registry: Registry, projection: str) -> bool:
+    """Every projection and reaction of ``registry`` held, each replica at
+    its fair share of them, one replica running ``projection``: the leases
+    stay where they are from now on. (Until then a replica above its share
+    gives one up at its next heartbeat, and a batch it applied but had not
+    committed is applied again by the next holder: handlers run at least
+    once, their writes exactly once.)"""
+    shares = fair_shares([app.leases.member_id for app in apps], len(registry.projections) + len(registry.reactions))
+    held = [app.leases.held("projections") for app in apps]
+    fair_held = [len(h) for h in held] == [shares[app.leases.member_id] for app in apps]
+    return fair_held and len(runners_of(apps, projection)) == 1
