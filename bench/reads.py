@@ -16,7 +16,8 @@ in one run on one machine:
   and, for the filtered one to be compared with, an unfiltered catch-up of
   as many events as it matched (the same work per run: a run's fixed costs,
   the connection and the first page, weigh ten times more in a run of a
-  tenth of the events);
+  tenth of the events), the two run in alternating pairs and compared by
+  the median of the pairs' ratios;
 * ReadAggregate of a 100-event aggregate against GetAggregate of another
   like it (no snapshot: both read the 100 events), p50 over many;
 * once, at the first size of a million events or more, the bank read model
@@ -52,6 +53,10 @@ BOX_EVERY = 10
 FILL_AGGREGATES = 10_000
 # Each catch-up figure is the median of this many runs.
 CATCH_UPS = 3
+# The filtered catch-up and its comparison: this many runs of each, in
+# alternating pairs (a run is a fifth of a second: its rate swings by a
+# tenth from one to the next on a shared machine).
+PAIRS = 7
 # ReadAggregate against GetAggregate: this many aggregates of this many events.
 READ_AGGREGATES = 40
 READ_EVENTS = 100
@@ -204,28 +209,50 @@ def rebuild_rate(database_url: str, server_pid: int) -> dict[str, float]:
     }
 
 
+def _one_catch_up(server_pid: int, run: Any) -> dict[str, Any]:
+    """One catch-up (``run()`` gives (events, seconds[, seconds to the first
+    event])) with the server's and this process's (the client's) CPU per
+    event over it."""
+    server_before, client_before = machine.cpu_seconds(server_pid), machine.cpu_seconds_self()
+    seen, seconds, *first = asyncio.run(run())
+    server, client = machine.cpu_seconds(server_pid) - server_before, machine.cpu_seconds_self() - client_before
+    return {
+        "events": seen,
+        "rate": seen / seconds,
+        "server_us": server / seen * 1e6,
+        "client_us": client / seen * 1e6,
+    } | ({"first_ms": first[0] * 1000} if first else {})
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median rate (one run alone swings with whatever else the
+    machine does, and the first pays for what the next find cached), with
+    every run's rate."""
+    ordered = sorted(runs, key=lambda r: r["rate"])
+    return ordered[len(ordered) // 2] | {"rates": [r["rate"] for r in runs]}
+
+
 def _timed_catch_up(server_pid: int, run: Any) -> dict[str, Any]:
-    """Run a catch-up (``run()`` gives (events, seconds[, seconds to the
-    first event])) ``CATCH_UPS`` times,
-    with the server's and this process's (the client's) CPU per event over
-    each; the run of median rate (one run alone swings with whatever else
-    the machine does, and the first pays for what the next find cached)."""
-    runs = []
-    for _ in range(CATCH_UPS):
-        server_before, client_before = machine.cpu_seconds(server_pid), machine.cpu_seconds_self()
-        seen, seconds, *first = asyncio.run(run())
-        server, client = machine.cpu_seconds(server_pid) - server_before, machine.cpu_seconds_self() - client_before
-        runs.append(
-            {
-                "events": seen,
-                "rate": seen / seconds,
-                "server_us": server / seen * 1e6,
-                "client_us": client / seen * 1e6,
-            }
-            | ({"first_ms": first[0] * 1000} if first else {})
-        )
-    runs.sort(key=lambda r: r["rate"])
-    return runs[len(runs) // 2] | {"rates": [r["rate"] for r in runs]}
+    """``CATCH_UPS`` catch-ups; the one of median rate."""
+    return _median_run([_one_catch_up(server_pid, run) for _ in range(CATCH_UPS)])
+
+
+def _paired_catch_ups(server_pid: int, first: Any, second: Any) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """``PAIRS`` catch-ups of each of two kinds, alternating (first, second,
+    then second, first, ...) so that the machine's drift and what one run
+    leaves cached for the next fall on both alike; each kind's run of
+    median rate, and the median of the pairs' rate ratios (first against
+    second), the figure to compare them by."""
+    ones, others = [], []
+    for pair in range(PAIRS):
+        if pair % 2 == 0:
+            ones.append(_one_catch_up(server_pid, first))
+            others.append(_one_catch_up(server_pid, second))
+        else:
+            others.append(_one_catch_up(server_pid, second))
+            ones.append(_one_catch_up(server_pid, first))
+    ratio = statistics.median(one["rate"] / other["rate"] for one, other in zip(ones, others, strict=True))
+    return _median_run(ones), _median_run(others), ratio
 
 
 def measure_size(database_url: str, size: int, window: int, *, rebuild: bool) -> dict[str, Any]:
@@ -263,15 +290,18 @@ def measure_size(database_url: str, size: int, window: int, *, rebuild: bool) ->
         row["psycopg"] = statistics.median(psycopg_rate(database_url, after, window) for _ in range(CATCH_UPS))
         row["client"] = _timed_catch_up(server.pid, lambda: client_catch_up(server.address, after, after + window))
         row["stub"] = _timed_catch_up(server.pid, lambda: stub_catch_up(server.address, after))
-        row["stub_filtered"] = _timed_catch_up(server.pid, lambda: stub_catch_up(server.address, after, ("Box",)))
-        matched = row["stub_filtered"]["events"]
-        row["stub_as_many"] = _timed_catch_up(server.pid, lambda: stub_catch_up(server.address, head - matched))
+        matched = asyncio.run(stub_catch_up(server.address, after, ("Box",)))[0]
+        row["stub_filtered"], row["stub_as_many"], row["filtered_ratio"] = _paired_catch_ups(
+            server.pid,
+            lambda: stub_catch_up(server.address, after, ("Box",)),
+            lambda: stub_catch_up(server.address, head - matched),
+        )
         row.update(asyncio.run(read_against_get(server.address, bench_prefix)))
     print(
         f"  log {size:>9,}: psycopg {row['psycopg']:9,.0f}/s  client {row['client']['rate']:9,.0f}/s"
         f" ({row['client']['rate'] / row['psycopg']:.2f}x, server {row['client']['server_us']:.1f} µs/event)"
         f"  stub {row['stub']['rate']:9,.0f}/s  filtered {row['stub_filtered']['rate']:9,.0f}/s"
-        f" (unfiltered, as many: {row['stub_as_many']['rate']:9,.0f}/s)"
+        f" (unfiltered, as many: {row['stub_as_many']['rate']:9,.0f}/s; paired {row['filtered_ratio']:.2f}x)"
         f"  ReadAggregate {row['read_aggregate_ms']:.1f} ms / GetAggregate {row['get_aggregate_ms']:.1f} ms"
         f" = {row['ratio']:.2f}x",
         flush=True,
