@@ -21,7 +21,11 @@ in one run on one machine:
 * ReadAggregate of a 100-event aggregate against GetAggregate of another
   like it (no snapshot: both read the 100 events), p50 over many;
 * once, at the first size of a million events or more, the bank read model
-  rebuilt from the start by a server that finds the log already there.
+  rebuilt from the start by a server that finds the log already there;
+* at the end, with a server on every size's log at once, the Python
+  client's catch-up at each size in turn, round after round: the figure
+  for flatness (sizes measured minutes apart take the machine's drift for
+  the log's growth).
 
 Rates are events per second of wall time; the ratios are what to compare
 across machines.
@@ -36,6 +40,7 @@ import statistics
 import sys
 import time
 import uuid
+from contextlib import ExitStack
 from typing import Any
 
 import grpc
@@ -57,6 +62,8 @@ CATCH_UPS = 3
 # alternating pairs (a run is a fifth of a second: its rate swings by a
 # tenth from one to the next on a shared machine).
 PAIRS = 7
+# Flatness: this many rounds of catch-ups, every size in turn.
+FLAT_ROUNDS = 5
 # ReadAggregate against GetAggregate: this many aggregates of this many events.
 READ_AGGREGATES = 40
 READ_EVENTS = 100
@@ -274,19 +281,28 @@ def measure_size(database_url: str, size: int, window: int, *, rebuild: bool) ->
         prefix=bench_prefix,
     )
     with psycopg.connect(database_url, autocommit=True) as conn:
-        # Not the read model's: its rebuild is measured (or awaited) below.
+        # The reaction and the read model up to date with what was filled,
+        # or they would work through it under the measurements below (the
+        # read model's documents are not what this bench reads); the read
+        # model from the start where its rebuild is measured.
         conn.execute(bank.CHECKPOINT_AT_HEAD, (bank.REACTION,))
+        if not rebuild:
+            conn.execute(bank.CHECKPOINT_AT_HEAD, (bank.PROJECTION,))
     servers.settle(database_url)
     head = log_head(database_url)
     after = head - window - READ_EVENTS * (2 * READ_AGGREGATES + 3)
-    row: dict[str, Any] = {"size": size, "head": head, "window": window, "fill_s": time.perf_counter() - began}
+    row: dict[str, Any] = {
+        "size": size,
+        "head": head,
+        "window": window,
+        "after": after,
+        "fill_s": time.perf_counter() - began,
+    }
     with servers.chronicle(database_url, *PLUGIN_ARGS, "--idle-timeout", "600") as server:
         if rebuild:
             row["rebuild"] = rebuild_rate(database_url, server.pid)
             print(f"    read model rebuilt: {row['rebuild']['rate']:,.0f} events/s", flush=True)
-        else:  # out of the way of the measurements below
-            while bank.projection_lag(database_url) > 0:
-                time.sleep(0.5)
+            servers.settle(database_url)  # the documents' dead rows and WAL, out of the way
         row["psycopg"] = statistics.median(psycopg_rate(database_url, after, window) for _ in range(CATCH_UPS))
         row["client"] = _timed_catch_up(server.pid, lambda: client_catch_up(server.address, after, after + window))
         row["stub"] = _timed_catch_up(server.pid, lambda: stub_catch_up(server.address, after))
@@ -309,20 +325,61 @@ def measure_size(database_url: str, size: int, window: int, *, rebuild: bool) ->
     return row
 
 
-def run(cluster: Any, sizes: list[int], window: int) -> list[dict[str, Any]]:
-    """Each size on a database of its own in ``cluster``; the read model is
-    rebuilt once, at the first size of a million events or more."""
+def flatness(urls: dict[int, str], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Python client's catch-up at every size in turn: one server per
+    size, each size's window caught up in rotating order for ``FLAT_ROUNDS``
+    rounds. Sizes measured one after the other, minutes apart, take the
+    machine's drift for the log's growth; in turn, both fall on every size
+    alike. Each size's median rate, and the median over the rounds of the
+    largest size's rate against the smallest's."""
+    by_size = {row["size"]: row for row in rows}
+    order = sorted(by_size)
+    rates: dict[int, list[float]] = {size: [] for size in order}
+    with ExitStack() as stack:
+        started = {
+            size: stack.enter_context(servers.chronicle(urls[size], *PLUGIN_ARGS, "--idle-timeout", "600"))
+            for size in order
+        }
+        for turn in range(FLAT_ROUNDS):
+            for size in order[turn % len(order) :] + order[: turn % len(order)]:
+                after, window = by_size[size]["after"], by_size[size]["window"]
+                seen, seconds = asyncio.run(client_catch_up(started[size].address, after, after + window))
+                rates[size].append(seen / seconds)
+    smallest, largest = order[0], order[-1]
+    ratio = statistics.median(big / small for big, small in zip(rates[largest], rates[smallest], strict=True))
+    return {
+        "sizes": [{"size": size, "rate": statistics.median(rates[size]), "rates": rates[size]} for size in order],
+        "ratio": ratio,
+    }
+
+
+def run(cluster: Any, sizes: list[int], window: int) -> dict[str, Any]:
+    """Each size on a database of its own in ``cluster``, measured in turn;
+    the read model is rebuilt once, at the first size of a million events or
+    more; then catch-up at every size again, the sizes in turn
+    (``flatness``)."""
     rows = []
+    urls: dict[int, str] = {}
     rebuilt = False
-    for size in sizes:
-        wants_rebuild = not rebuilt and size >= 1_000_000
-        database_url = cluster.create_database()
-        rows.append(measure_size(database_url, size, window, rebuild=wants_rebuild))
-        rebuilt = rebuilt or wants_rebuild
-        with psycopg.connect(cluster.admin_url, autocommit=True) as conn:  # the disk back for the next size
-            name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    return rows
+    try:
+        for size in sizes:
+            wants_rebuild = not rebuilt and size >= 1_000_000
+            urls[size] = cluster.create_database()
+            rows.append(measure_size(urls[size], size, window, rebuild=wants_rebuild))
+            rebuilt = rebuilt or wants_rebuild
+        flat = flatness(urls, rows)
+        print(
+            "  in turn: "
+            + ", ".join(f"{entry['size']:,} events {entry['rate']:,.0f}/s" for entry in flat["sizes"])
+            + f"; largest against smallest {flat['ratio']:.2f}x",
+            flush=True,
+        )
+    finally:
+        with psycopg.connect(cluster.admin_url, autocommit=True) as conn:  # the disk back
+            for url in urls.values():
+                name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    return {"sizes": rows, "flatness": flat}
 
 
 def _sizes(text: str) -> list[int]:
@@ -336,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(f"machine: {machine.describe()}", flush=True)
     with servers.postgres() as (cluster, _):
-        rows = run(cluster, args.sizes, args.window)
-    print(json.dumps(rows, indent=2))
+        measured = run(cluster, args.sizes, args.window)
+    print(json.dumps(measured, indent=2))
     return 0
 
 
