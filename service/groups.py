@@ -10,7 +10,8 @@ is one consumer's stream on this replica:
 
 * it reads the log after the lowest checkpoint of the segments it holds,
   through the group's filter and the upcasters, and queues each event in
-  its segment, per aggregate, in log order;
+  its segment, per aggregate, in log order (its first read is short, a
+  hundred events, so the first deliveries go out early; then full pages);
 * it delivers an aggregate's next event only once the one before is
   settled (acked, or parked), so each consumer sees each aggregate in
   order; different aggregates go out together, up to the consumer's window
@@ -175,6 +176,7 @@ class ConsumerSession:
         poll_interval: float,
         page_size: int,
         page_bytes: int,
+        first_page_size: int = 100,
         deliveries: Deliveries | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -188,6 +190,9 @@ class ConsumerSession:
         self._reader = reader
         self._poll = poll_interval
         self._page_size = page_size
+        # The session's first read is short: its first deliveries go out
+        # after a small read, not a full page (as a subscription's catch-up).
+        self._first_page_size = min(first_page_size, page_size)
         self._page_bytes = page_bytes
         self._clock = clock
         self._lease_group = consumer_group(spec.name)
@@ -494,6 +499,7 @@ class ConsumerSession:
     # -- reading the log -----------------------------------------------------------
 
     async def _read(self) -> None:
+        limit = self._first_page_size
         while True:
             reading = [s for s in self._segments.values()]
             if not reading or self._queued >= self._max_queued:
@@ -503,7 +509,8 @@ class ConsumerSession:
                         await self._reader_wake.wait()
                 continue
             start = min(s.read_to for s in reading)
-            page = await self._log.read_log(start, self._stored_filter, self._page_size, max_bytes=self._page_bytes)
+            page = await self._log.read_log(start, self._stored_filter, limit, max_bytes=self._page_bytes)
+            limit = self._page_size
             self._take_page(page.events, reading)
             for segment in reading:
                 if self._segments.get(segment.number) is segment and page.scanned_to > segment.read_to:
@@ -625,6 +632,7 @@ class SubscriptionGroups:
         poll_interval: float = 1.0,
         page_size: int = 1000,
         page_bytes: int = 1024 * 1024,
+        first_page_size: int = 100,
     ) -> None:
         self.store = groups
         self._log = log_reader
@@ -633,6 +641,7 @@ class SubscriptionGroups:
         self._poll = poll_interval
         self._page_size = page_size
         self._page_bytes = page_bytes
+        self._first_page_size = first_page_size
         self._sessions: set[ConsumerSession] = set()
         # Per group (its settings: a group deleted and made again differently
         # starts afresh), what its sessions sent and did not settle.
@@ -658,6 +667,7 @@ class SubscriptionGroups:
             poll_interval=self._poll,
             page_size=self._page_size,
             page_bytes=self._page_bytes,
+            first_page_size=self._first_page_size,
             deliveries=self._deliveries.setdefault(spec, Deliveries()),
         )
         await session.start()

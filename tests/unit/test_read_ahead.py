@@ -13,6 +13,7 @@ import pytest
 
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.groups import SubscriptionGroups
 from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
 from service.plugins.registry import Registry
@@ -23,6 +24,7 @@ from service.processing.projections import ProjectionRunner
 from service.processing.subscriptions import Page, SubscriptionRequest, Subscriptions
 from service.processing.upcasting import EventReader
 from service.store.base import Store
+from service.store.grouping import GroupSpec
 from service.store.memory import MemoryStore
 
 REGISTRY = Registry([bank_account.plugin])
@@ -31,16 +33,19 @@ READER = EventReader(REGISTRY)
 
 class CountingStore(MemoryStore):
     """Counts the log reads and projection commits begun so far (a call
-    counts when its coroutine starts running, as a statement is sent)."""
+    counts when its coroutine starts running, as a statement is sent), and
+    keeps each read's page size."""
 
     def __init__(self) -> None:
         super().__init__()
         self.reads = self.commits = 0
+        self.limits: list[int] = []
 
-    async def read_log(self, *args: Any, **kwargs: Any) -> Any:
+    async def read_log(self, after_position: int, log_filter: Any, limit: int, **rest: Any) -> Any:
         self.reads += 1
+        self.limits.append(limit)
         await asyncio.sleep(0)  # a round trip
-        return await super().read_log(*args, **kwargs)
+        return await super().read_log(after_position, log_filter, limit, **rest)
 
     async def commit_projection(self, name: str, **rest: Any) -> None:
         self.commits += 1
@@ -89,6 +94,33 @@ async def test_a_catch_up_starts_with_a_short_page_then_reads_full_ones_ahead() 
                 break
     # The first events after a read of two; the full pages read ahead of it.
     assert handed == [([1, 2], 2), ([3, 4, 5, 6], 3), ([7, 8, 9, 10], 4)]
+
+
+async def test_a_group_consumer_gets_its_first_events_from_a_short_read_then_full_pages() -> None:
+    store = CountingStore()
+    await deposits(store, 9)  # ten events
+    spec = GroupSpec(name="ledger", segments=1)
+    await store.create_group(spec)
+    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, page_size=4, first_page_size=2)
+    session = await groups.open(spec, consumer="c", max_in_flight=100)
+    try:
+        first = await session.next_batch()
+        assert first is not None
+        # One aggregate: its events go out one at a time, each once the one
+        # before is settled.
+        assert [d.event.position for d in first] == [1]
+        assert store.limits[0] == 2
+        delivered = [d.event.position for d in first]
+        while len(delivered) < 10:
+            session.ack([d.event.event_id for d in first])
+            first = await session.next_batch()
+            assert first is not None
+            delivered += [d.event.position for d in first]
+        assert delivered == list(range(1, 11))
+        # After the short read, full pages: [3-6], [7-10].
+        assert store.limits[:3] == [2, 4, 4]
+    finally:
+        await session.close()
 
 
 async def test_a_projection_sends_its_next_read_and_its_commit_before_its_handlers_run() -> None:
