@@ -61,15 +61,20 @@ class GroupsRole:
 
     async def delete_group(self, name: str) -> bool:
         lease_group = consumer_group(name)
-        results = await self._db.run(
+        # In the order a consumer session's operations take their locks
+        # (heartbeat and leaving: its member row, then leases; a commit
+        # round: the leases, then the segments' rows): against a session
+        # still at work the deletion waits its turn instead of deadlocking
+        # (tests/integration/test_group_deletion.py).
+        *_, deleted = await self._db.run(
             "delete_group",
             [
-                Statement(sql.DELETE_GROUP.encode(), (name,)),
-                Statement(sql.DELETE_GROUP_LEASES.encode(), (lease_group,)),
                 Statement(sql.DELETE_GROUP_MEMBERS.encode(), (lease_group,)),
+                Statement(sql.DELETE_GROUP_LEASES.encode(), (lease_group,)),
+                Statement(sql.DELETE_GROUP.encode(), (name,)),
             ],
         )
-        return bool(results[0].ntuples)
+        return bool(deleted.ntuples)
 
     async def load_group(self, name: str) -> GroupState | None:
         states = await self._load(name)
