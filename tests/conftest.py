@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from service.store.base import StoreAdapter
+from service.store.postgres import PostgresStore
 from service.store_contract.contents import ContentsOf
 from tests.support.contents import contents as read_contents
 from tests.support.load import Followers
@@ -73,6 +74,18 @@ def postgres_current(
     yield copy
     for url in made:
         pg_cluster.drop_database(url)
+
+
+@pytest.fixture
+async def postgres_store(postgres_url: str) -> AsyncIterator[PostgresStore]:
+    """A PostgreSQL store opened (migrated) on a fresh database, closed at the end."""
+    opened = PostgresStore(postgres_url, pool_size=4)
+    await opened.open()
+    await opened.ping()
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture(params=sorted(STORES))

@@ -10,7 +10,6 @@ session's heartbeat, release or last commit round."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
@@ -26,22 +25,12 @@ GROUP = "ledger"
 MEMBER = "worker#1"
 
 
-@pytest.fixture
-async def store(postgres_url: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(postgres_url, pool_size=2)
-    await opened.open()
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 async def test_a_group_deleted_under_a_session_s_transaction_waits_for_it(
-    store: PostgresStore, postgres_url: str
+    postgres_store: PostgresStore, postgres_url: str
 ) -> None:
-    await store.create_group(GroupSpec(name=GROUP, segments=2))
+    await postgres_store.create_group(GroupSpec(name=GROUP, segments=2))
     lease_group = consumer_group(GROUP)
-    await store.consumer_leases.renew_leases(
+    await postgres_store.consumer_leases.renew_leases(
         lease_group, LeaseMember(MEMBER, ""), [segment_lease(0), segment_lease(1)], 30.0
     )
     async with await psycopg.AsyncConnection.connect(postgres_url) as session:
@@ -54,7 +43,7 @@ async def test_a_group_deleted_under_a_session_s_transaction_waits_for_it(
             " WHERE lease_group = %s AND member_id = %s",
             (lease_group, MEMBER),
         )
-        deleting = asyncio.ensure_future(store.delete_group(GROUP))
+        deleting = asyncio.ensure_future(postgres_store.delete_group(GROUP))
         await asyncio.to_thread(wait_for_waiters, postgres_url)
         await session.execute(
             "UPDATE chronicle.leases SET expires_at = now() + interval '30 s' WHERE lease_group = %s AND owner = %s",
@@ -63,6 +52,6 @@ async def test_a_group_deleted_under_a_session_s_transaction_waits_for_it(
         await session.execute("UPDATE chronicle.group_segments SET updated_at = now() WHERE group_name = %s", (GROUP,))
         await session.commit()  # raised DeadlockDetected above, or the deletion did
     assert await deleting is True
-    assert await store.load_group(GROUP) is None
-    view = await store.consumer_leases.renew_leases(lease_group, LeaseMember("late#2", ""), [], 30.0)
+    assert await postgres_store.load_group(GROUP) is None
+    view = await postgres_store.consumer_leases.renew_leases(lease_group, LeaseMember("late#2", ""), [], 30.0)
     assert [lease.name for lease in view.leases] == []

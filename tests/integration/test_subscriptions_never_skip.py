@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, ExitStack
 from typing import Any
 
@@ -27,15 +26,6 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-async def store(postgres_url: str) -> AsyncIterator[PostgresStore]:
-    opened = PostgresStore(postgres_url, pool_size=4)
-    await opened.open()
-    await opened.ping()
-    yield opened
-    await opened.close()
-
-
 async def append_in(
     conn: psycopg.AsyncConnection[Any], aggregate_id: str, events: list[NewEvent], expected: int
 ) -> None:
@@ -49,39 +39,39 @@ async def collect(store: PostgresStore, after: int = 0) -> list[Any]:
 
 
 async def test_a_later_writer_waits_for_an_open_earlier_one_and_readers_see_both_in_order(
-    store: PostgresStore, postgres_url: str
+    postgres_store: PostgresStore, postgres_url: str
 ) -> None:
     async with await psycopg.AsyncConnection.connect(postgres_url) as slow:
         # The first writer takes its position and holds its transaction open.
         async with slow.transaction():
             await append_in(slow, "a-1", [new_event()], 0)
-            later = asyncio.ensure_future(store.append("a-2", [new_event()], 0))
+            later = asyncio.ensure_future(postgres_store.append("a-2", [new_event()], 0))
             await asyncio.sleep(0.3)
             # The later writer cannot commit first: it waits for a position.
             assert not later.done()
             # And a reader sees nothing yet, so it cannot move past the first.
-            page = await store.read_log(0, LogFilter(), 10)
+            page = await postgres_store.read_log(0, LogFilter(), 10)
             assert (page.events, page.scanned_to) == ((), 0)
         (second,) = await asyncio.wait_for(later, timeout=10)
-    events = await collect(store)
+    events = await collect(postgres_store)
     assert [(e.aggregate_id, e.position) for e in events] == [("a-1", 1), ("a-2", 2)]
     assert second.position == 2
 
 
-async def test_an_aborted_writer_leaves_no_gap_and_no_stall(store: PostgresStore, postgres_url: str) -> None:
+async def test_an_aborted_writer_leaves_no_gap_and_no_stall(postgres_store: PostgresStore, postgres_url: str) -> None:
     aborted = await psycopg.AsyncConnection.connect(postgres_url)
     async with aborted, aborted.transaction(force_rollback=True):
         await append_in(aborted, "a-1", [new_event(), new_event()], 0)
-        later = asyncio.ensure_future(store.append("a-2", [new_event()], 0))
+        later = asyncio.ensure_future(postgres_store.append("a-2", [new_event()], 0))
         await asyncio.sleep(0.1)
         assert not later.done()
     await asyncio.wait_for(later, timeout=10)
-    events = await collect(store)
+    events = await collect(postgres_store)
     # the aborted positions were given back: the log is 1..n with no hole
     assert [(e.aggregate_id, e.position) for e in events] == [("a-2", 1)]
 
 
-async def test_interleaved_writers_never_make_a_reader_skip(store: PostgresStore) -> None:
+async def test_interleaved_writers_never_make_a_reader_skip(postgres_store: PostgresStore) -> None:
     """Many concurrent appends while a reader follows the log by position:
     it sees every event exactly once, positions strictly increasing."""
     seen: list[Any] = []
@@ -90,16 +80,16 @@ async def test_interleaved_writers_never_make_a_reader_skip(store: PostgresStore
     async def reader() -> None:
         position = 0
         while True:
-            page = await store.read_log(position, LogFilter(), 50)
+            page = await postgres_store.read_log(position, LogFilter(), 50)
             seen.extend(page.events)
             position = page.scanned_to
-            if done.is_set() and not page.events and position == await store.log_head():
+            if done.is_set() and not page.events and position == await postgres_store.log_head():
                 return
-            await store.wait_for_commit(position, 0.05)
+            await postgres_store.wait_for_commit(position, 0.05)
 
     async def writer(name: str) -> None:
         for version in range(40):
-            await store.append(name, [new_event()], version)
+            await postgres_store.append(name, [new_event()], version)
 
     follower = asyncio.create_task(reader())
     await asyncio.gather(*(writer(f"w-{i}") for i in range(8)))
@@ -108,7 +98,7 @@ async def test_interleaved_writers_never_make_a_reader_skip(store: PostgresStore
     positions = [e.position for e in seen]
     assert positions == sorted(set(positions))
     assert len(seen) == 8 * 40
-    assert {e.event_id for e in seen} == {e.event_id for e in await collect(store)}
+    assert {e.event_id for e in seen} == {e.event_id for e in await collect(postgres_store)}
 
 
 async def subscribe_all(

@@ -25,10 +25,14 @@ async def replica(
     postgres_url: str, *, registry: Registry | None = None, **overrides: object
 ) -> AsyncIterator[tuple[Application, Client]]:
     """A server on a free port over its own store on ``postgres_url``, and a
-    plain client of it; stopped (leaving its leases) at the end. ``overrides``
-    replace settings, the lease's length among them."""
-    chosen: dict[str, object] = {"lease_seconds": LEASE, "poll_seconds": 0.2, **overrides}
-    settings = replace(TEST_SETTINGS, database_url=postgres_url, **chosen)  # type: ignore[arg-type]
+    plain client of it; stopped (leaving its leases) at the end."""
+    settings = replace(
+        TEST_SETTINGS,
+        lease_seconds=LEASE,
+        database_url=postgres_url,
+        poll_seconds=0.2,
+        **overrides,  # type: ignore[arg-type]
+    )
     app = await start(settings, store=PostgresStore(postgres_url, pool_size=4), registry=registry)
     try:
         async with connect(app.address) as client:
