@@ -130,6 +130,35 @@ def append_statement(
     )
 
 
+def append_one_statements(
+    append: Append, ordered_claims: Sequence[ClaimChange], *, json_of: JsonOf | None = None
+) -> list[Statement]:
+    """One append on the precise path, in the store's lock order (sql.py,
+    "Lock order"): command records, then claims in (scope, value) order,
+    then the position lock with the events (or the version check of an
+    append of none). A claim's CHECK_CLAIM refuses with the claim's index
+    in ``ordered_claims``."""
+    statements: list[Statement] = []
+    if append.commands:
+        statements.append(Statement(sql.INSERT_COMMANDS.encode(), (commands_json(append.commands),)))
+    aggregate_id, expected_version = append.aggregate_id, append.expected_version
+    for index, claim in enumerate(ordered_claims):
+        if claim.release:
+            statements.append(Statement(sql.RELEASE_CLAIM.encode(), (claim.scope, claim.value, aggregate_id)))
+        else:
+            statements.append(Statement(sql.TAKE_CLAIM.encode(), (claim.scope, claim.value, aggregate_id)))
+            statements.append(
+                Statement(
+                    sql.CHECK_CLAIM.encode(), (claim.scope, claim.value, aggregate_id, expected_version, str(index))
+                )
+            )
+    if append.events:
+        statements.append(append_statement([append], with_commands=False, json_of=json_of))
+    else:
+        statements.append(Statement(sql.CHECK_VERSION.encode(), (aggregate_id, expected_version)))
+    return statements
+
+
 class AppendWriter:
     """Writes appends; ``write`` is group commit's one callable."""
 
@@ -255,26 +284,9 @@ class AppendWriter:
         so it is never held while waiting for another transaction's claim; in
         one order, so two appends claiming the same values wait instead of
         deadlocking), then the version check or the events."""
-        statements: list[Statement] = []
         append = Append(aggregate_id, events, expected_version, commands)
-        if commands:
-            statements.append(Statement(sql.INSERT_COMMANDS.encode(), (commands_json(commands),)))
         ordered = sorted(claims, key=lambda c: (c.scope, c.value))
-        for index, claim in enumerate(ordered):
-            if claim.release:
-                statements.append(Statement(sql.RELEASE_CLAIM.encode(), (claim.scope, claim.value, aggregate_id)))
-            else:
-                statements.append(Statement(sql.TAKE_CLAIM.encode(), (claim.scope, claim.value, aggregate_id)))
-                statements.append(
-                    Statement(
-                        sql.CHECK_CLAIM.encode(),
-                        (claim.scope, claim.value, aggregate_id, expected_version, str(index)),
-                    )
-                )
-        if events:
-            statements.append(append_statement([append], with_commands=False, json_of=self._json_of))
-        else:
-            statements.append(Statement(sql.CHECK_VERSION.encode(), (aggregate_id, expected_version)))
+        statements = append_one_statements(append, ordered, json_of=self._json_of)
         try:
             results = await self._db.run("append", statements)
         except UniqueViolation as violation:

@@ -35,16 +35,7 @@ class KeysRole:
         return None if row is None else data_key_from_row(row)
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
-        results = await self._db.run(
-            "forget_data_key",
-            [
-                Statement(sql.FORGET_DATA_KEY.encode(), (aggregate_id,)),
-                Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
-                Statement(sql.RELEASE_CLAIMS_OF_FORGOTTEN.encode(), (aggregate_id,)),
-                Statement(sql.DELETE_DOCUMENTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
-                Statement(sql.DELETE_PARKED_OF_FORGOTTEN.encode(), (aggregate_id,)),
-            ],
-        )
+        results = await self._db.run("forget_data_key", forget_statements(aggregate_id))
         return results[0].ntuples == 1
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
@@ -66,3 +57,16 @@ class KeysRole:
             ],
         )
         return result.ntuples == 1
+
+
+def forget_statements(aggregate_id: str) -> list[Statement]:
+    """Forgetting an aggregate's data key, in the store's lock order
+    (sql.py, "Lock order"): its key's row, its claims, then its snapshots,
+    the documents derived from it and what projections parked of it."""
+    return [
+        Statement(sql.FORGET_DATA_KEY.encode(), (aggregate_id,)),
+        Statement(sql.RELEASE_CLAIMS_OF_FORGOTTEN.encode(), (aggregate_id,)),
+        Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
+        Statement(sql.DELETE_DOCUMENTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
+        Statement(sql.DELETE_PARKED_OF_FORGOTTEN.encode(), (aggregate_id,)),
+    ]

@@ -21,6 +21,18 @@ records and claims) and held for one insert and the commit; group commit
 Concurrency per aggregate is the unique key ``(aggregate_id, version)``:
 whichever replica inserts a version first wins; the other's statement fails
 and becomes ``ConcurrencyConflict``.
+
+Lock order. Operations that lock rows of several tables take them in one
+order, so that two of them wait for each other instead of deadlocking:
+an aggregate's data key row; its claims, in (scope, value) order; the
+position lock (``log_head``) and the events; its snapshots; documents;
+parked events. An append (command records, claims, position lock, events),
+a deletion (LOCK_CLAIMS_OF_AGGREGATE first), a forget (key, claims,
+snapshots, documents, parked) and an overwriting import's removal follow
+it; tests/integration/test_lock_order.py holds each pair of them to it by
+pausing one's transaction after each of its statements while the other
+runs. Subscription groups have an order of their own (lease members,
+leases, the group's segments: groups.py).
 """
 
 from __future__ import annotations
@@ -622,14 +634,19 @@ REMOVE_CLAIMS = "DELETE FROM chronicle.claims WHERE aggregate_id = $1"
 # are few: no index.
 REMOVE_PARKED = "DELETE FROM chronicle.projection_parked_events WHERE aggregate_id = $1"
 REMOVE_GROUP_PARKED = "DELETE FROM chronicle.group_parked WHERE aggregate_id = $1"
-# Deleting an aggregate takes the position lock first (its own statement, so
-# that the next ones read after it): an append holding it commits before the
-# deletion looks at the aggregate (and is deleted with it); one that comes
-# later waits, then finds its expected version gone and is refused. Then one
+# Deleting an aggregate first locks its claims' rows, then takes the
+# position lock: an append's order (see "Lock order" above), so that a
+# deletion and a command releasing one of the aggregate's claims wait for
+# each other (DeleteAggregate does not pass through the aggregate's worker).
+# The position lock is a statement of its own, so that the next ones read
+# after it: an append holding it commits before the deletion looks at the
+# aggregate (and is deleted with it); one that comes later waits, then finds
+# its expected version gone and is refused. Then one
 # statement looks at the aggregate's last event and, unless it is a
 # tombstone already or not at the expected version ($2; -1: any), deletes
 # the events and appends the tombstone ($3, as IMPORT_EVENTS' JSON; $4 its
 # type) at the next version and position; it says what it found.
+LOCK_CLAIMS_OF_AGGREGATE = "SELECT 1 FROM chronicle.claims WHERE aggregate_id = $1 ORDER BY scope, value FOR UPDATE"
 LOCK_LOG_HEAD = "UPDATE chronicle.log_head SET last_position = last_position"
 DELETE_AGGREGATE = (
     "WITH last AS (SELECT version, event_type, aggregate_type FROM chronicle.events WHERE aggregate_id = $1"

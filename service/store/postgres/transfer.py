@@ -172,24 +172,8 @@ class TransferRole:
         self, aggregate_id: str, tombstone: NewEvent, *, expected_version: int | None = None
     ) -> RecordedEvent | None:
         recorded = RecordedEvent.committed(tombstone, aggregate_id=aggregate_id, version=0, position=0)
-        _, found, *_ = await self._db.run(
-            "delete_aggregate",
-            [
-                Statement(sql.LOCK_LOG_HEAD.encode()),
-                Statement(
-                    sql.DELETE_AGGREGATE.encode(),
-                    (
-                        aggregate_id,
-                        -1 if expected_version is None else expected_version,
-                        _events_json([recorded]),
-                        TOMBSTONE_EVENT_TYPE,
-                    ),
-                ),
-                Statement(sql.DELETE_SNAPSHOTS_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
-                Statement(sql.REMOVE_CLAIMS_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
-                Statement(sql.REMOVE_PARKED_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
-                Statement(sql.REMOVE_GROUP_PARKED_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
-            ],
+        _, _, found, *_ = await self._db.run(
+            "delete_aggregate", delete_statements(aggregate_id, recorded, expected_version=expected_version)
         )
         version, event_type, aggregate_type, position = rows(found)[0]
         if version is None:
@@ -207,17 +191,45 @@ class TransferRole:
         return [AggregateLastEvent(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in found]
 
     async def remove_aggregate(self, aggregate_id: str) -> int:
-        removed, *_ = await self._db.run(
-            "remove_aggregate",
-            [
-                Statement(sql.REMOVE_EVENTS.encode(), (aggregate_id,)),
-                Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
-                Statement(sql.REMOVE_CLAIMS.encode(), (aggregate_id,)),
-                Statement(sql.REMOVE_PARKED.encode(), (aggregate_id,)),
-                Statement(sql.REMOVE_GROUP_PARKED.encode(), (aggregate_id,)),
-            ],
-        )
+        _, removed, *_ = await self._db.run("remove_aggregate", remove_statements(aggregate_id))
         return int(removed.command_tuples or 0)
+
+
+def delete_statements(aggregate_id: str, tombstone: RecordedEvent, *, expected_version: int | None) -> list[Statement]:
+    """Deleting an aggregate, in the store's lock order (sql.py, "Lock
+    order"): its claims' rows, the position lock, its events and tombstone,
+    then its snapshots, claims and parked events if the tombstone was
+    written. The third statement's row says what the deletion found."""
+    return [
+        Statement(sql.LOCK_CLAIMS_OF_AGGREGATE.encode(), (aggregate_id,)),
+        Statement(sql.LOCK_LOG_HEAD.encode()),
+        Statement(
+            sql.DELETE_AGGREGATE.encode(),
+            (
+                aggregate_id,
+                -1 if expected_version is None else expected_version,
+                _events_json([tombstone]),
+                TOMBSTONE_EVENT_TYPE,
+            ),
+        ),
+        Statement(sql.DELETE_SNAPSHOTS_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+        Statement(sql.REMOVE_CLAIMS_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+        Statement(sql.REMOVE_PARKED_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+        Statement(sql.REMOVE_GROUP_PARKED_OF_DELETED.encode(), (aggregate_id, tombstone.event_id)),
+    ]
+
+
+def remove_statements(aggregate_id: str) -> list[Statement]:
+    """Removing an aggregate's events and what hangs on them (an import
+    that overwrites it), in the store's lock order: its claims first. The
+    second statement's count is the events removed."""
+    return [
+        Statement(sql.REMOVE_CLAIMS.encode(), (aggregate_id,)),
+        Statement(sql.REMOVE_EVENTS.encode(), (aggregate_id,)),
+        Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
+        Statement(sql.REMOVE_PARKED.encode(), (aggregate_id,)),
+        Statement(sql.REMOVE_GROUP_PARKED.encode(), (aggregate_id,)),
+    ]
 
 
 def _refusal(refused: Refused) -> tuple[str, list[str]]:

@@ -1,0 +1,170 @@
+"""The PostgreSQL store's operations on one aggregate take their locks in one
+order (sql.py, "Lock order"), so any two of them running at once wait for
+each other and never deadlock.
+
+Each case holds one operation's transaction open after each of its
+statements in turn (the store's own statements, sent as the store sends
+them, from a connection of the test's), runs another operation through the
+store meanwhile, lets it block (or finish), then runs the held operation's
+remaining statements and commits. A deadlock shows as PostgreSQL's
+"deadlock detected" on either side; any other outcome (the second one
+refused because the first deleted the aggregate, say) is the operations'
+own business.
+
+Found this way: a deletion took the position lock before the aggregate's
+claims, the reverse of an append that releases a claim (a user changing
+their e-mail address while an administrator deletes them)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from psycopg import pq
+
+from service.errors import ChronicleError, StoreUnavailable
+from service.store.postgres import PostgresStore
+from service.store.postgres.appends import append_one_statements
+from service.store.postgres.connection import Statement, encode_params
+from service.store.postgres.group_commit import Append
+from service.store.postgres.keys import forget_statements
+from service.store.postgres.transfer import delete_statements, remove_statements
+from service.store.records import TOMBSTONE_EVENT_TYPE, ClaimChange, DataKey, RecordedEvent, Snapshot
+from tests.support.events import new_event
+from tests.support.faults import waiting_on_locks
+
+pytestmark = pytest.mark.postgres
+
+SCOPE = "users.email"
+DEADLOCK = "40P01"
+
+
+def _email(aggregate_id: str, *, release: bool = False) -> ClaimChange:
+    return ClaimChange(SCOPE, f"{aggregate_id}@example.com", release=release)
+
+
+def _tombstone(aggregate_id: str) -> RecordedEvent:
+    event = new_event(TOMBSTONE_EVENT_TYPE, aggregate_type="", payload=b"")
+    return RecordedEvent.committed(event, aggregate_id=aggregate_id, version=0, position=0)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One store operation on an aggregate: its statements (to hold it
+    open between them) and the store's method (to run it whole)."""
+
+    statements: Callable[[str], list[Statement]]
+    run: Callable[[PostgresStore, str], Awaitable[object]]
+
+
+def _release_statements(aggregate_id: str) -> list[Statement]:
+    append = Append(aggregate_id, [new_event()], 1, ())
+    return append_one_statements(append, [_email(aggregate_id, release=True)])
+
+
+async def _release(store: PostgresStore, aggregate_id: str) -> object:
+    return await store.append(aggregate_id, [new_event()], 1, claims=[_email(aggregate_id, release=True)])
+
+
+async def _delete(store: PostgresStore, aggregate_id: str) -> object:
+    tombstone = new_event(TOMBSTONE_EVENT_TYPE, aggregate_type="", payload=b"")
+    return await store.delete_aggregate(aggregate_id, tombstone)
+
+
+OPERATIONS = {
+    # A command that releases one of the aggregate's claims (precise path).
+    "release": Operation(_release_statements, _release),
+    "delete": Operation(lambda a: delete_statements(a, _tombstone(a), expected_version=None), _delete),
+    "forget": Operation(forget_statements, lambda store, a: store.forget_data_key(a)),
+    "remove": Operation(remove_statements, lambda store, a: store.remove_aggregate(a)),
+}
+# Run whole only: one statement, nothing to hold it open between.
+RUN_ONLY = {"append": lambda store, a: store.append(a, [new_event()], 1)}
+
+
+class Deadlocked(AssertionError):
+    pass
+
+
+class HeldTransaction:
+    """A transaction on a connection of its own that runs statements one at
+    a time, encoded as the store encodes them; blocking, so run it in a
+    thread."""
+
+    def __init__(self, url: str) -> None:
+        self._connection = psycopg.connect(url, autocommit=True)
+        self._pg = self._connection.pgconn
+        self.refused: str | None = None  # the SQLSTATE that ended it, if one did
+
+    def run(self, statements: Sequence[Statement]) -> None:
+        for statement in statements:
+            if self.refused is not None:
+                return
+            values, types, formats = encode_params(statement.params)
+            self._check(self._pg.exec_params(statement.sql, values, types, formats))
+
+    def begin(self) -> None:
+        self._check(self._pg.exec_(b"BEGIN"))
+
+    def commit(self) -> None:
+        self._check(self._pg.exec_(b"ROLLBACK" if self.refused else b"COMMIT"))
+
+    def _check(self, result: pq.abc.PGresult) -> None:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+            if sqlstate == DEADLOCK:
+                raise Deadlocked((result.error_message or b"").decode())
+            self.refused = sqlstate
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+async def _blocked_or_done(url: str, running: asyncio.Future[object], *, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not running.done() and await asyncio.to_thread(waiting_on_locks, url) == 0:
+        assert time.monotonic() < deadline, "the second operation neither blocked nor finished"
+        await asyncio.sleep(0.02)
+
+
+async def _prepare(store: PostgresStore, aggregate_id: str) -> None:
+    """An aggregate with an event, a claim, a snapshot and a data key."""
+    await store.append(aggregate_id, [new_event()], 0, claims=[_email(aggregate_id)])
+    await store.save_snapshot(Snapshot(aggregate_id, "Thing", 1, "test.v1.Thing", 1, b"state"))
+    await store.create_data_key(DataKey(aggregate_id, "master-1", b"wrapped key"))
+
+
+@pytest.mark.parametrize("second", sorted([*OPERATIONS, *RUN_ONLY]))
+@pytest.mark.parametrize("held", sorted(OPERATIONS))
+async def test_two_operations_on_one_aggregate_wait_for_each_other(
+    postgres_store: PostgresStore, postgres_url: str, held: str, second: str
+) -> None:
+    run_second = RUN_ONLY.get(second) or OPERATIONS[second].run
+    statements = OPERATIONS[held].statements("probe")
+    for split in range(1, len(statements)):
+        aggregate_id = f"{held}-{second}-{split}"
+        await _prepare(postgres_store, aggregate_id)
+        statements = OPERATIONS[held].statements(aggregate_id)
+        transaction = HeldTransaction(postgres_url)
+        try:
+            await asyncio.to_thread(transaction.begin)
+            await asyncio.to_thread(transaction.run, statements[:split])
+            running = asyncio.ensure_future(run_second(postgres_store, aggregate_id))
+            await _blocked_or_done(postgres_url, running)
+            try:
+                await asyncio.to_thread(transaction.run, statements[split:])
+                await asyncio.to_thread(transaction.commit)
+            except Deadlocked as deadlock:
+                raise AssertionError(f"{held} held after {split} statements deadlocked with {second}") from deadlock
+            try:
+                await running
+            except StoreUnavailable as error:
+                raise AssertionError(f"{second} under {held} held after {split} statements: {error}") from error
+            except ChronicleError:
+                pass  # refused by what the held operation did: its own business
+        finally:
+            transaction.close()
