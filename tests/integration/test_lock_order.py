@@ -13,7 +13,11 @@ own business.
 
 Found this way: a deletion took the position lock before the aggregate's
 claims, the reverse of an append that releases a claim (a user changing
-their e-mail address while an administrator deletes them)."""
+their e-mail address while an administrator deletes them).
+
+Group commit's batches take no aggregate's claims, and the position lock
+one batch at a time; what two batches may both lock before it is command
+records, when a client's retries cross on two replicas: the last test."""
 
 from __future__ import annotations
 
@@ -21,20 +25,21 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import pq
 
 from service.errors import ChronicleError, StoreUnavailable
-from service.store.postgres import PostgresStore
-from service.store.postgres.appends import append_one_statements
+from service.store.postgres import PostgresStore, sql
+from service.store.postgres.appends import append_one_statements, append_statement, commands_json
 from service.store.postgres.connection import Statement, encode_params
 from service.store.postgres.group_commit import Append
 from service.store.postgres.keys import forget_statements
 from service.store.postgres.transfer import delete_statements, remove_statements
 from service.store.records import TOMBSTONE_EVENT_TYPE, ClaimChange, DataKey, RecordedEvent, Snapshot
-from tests.support.events import new_event
+from tests.support.events import command_record, new_event
 from tests.support.faults import waiting_on_locks
 
 pytestmark = pytest.mark.postgres
@@ -124,7 +129,7 @@ class HeldTransaction:
         self._connection.close()
 
 
-async def _blocked_or_done(url: str, running: asyncio.Future[object], *, within: float = 20.0) -> None:
+async def _blocked_or_done(url: str, running: asyncio.Future[Any], *, within: float = 20.0) -> None:
     deadline = time.monotonic() + within
     while not running.done() and await asyncio.to_thread(waiting_on_locks, url) == 0:
         assert time.monotonic() < deadline, "the second operation neither blocked nor finished"
@@ -168,3 +173,31 @@ async def test_two_operations_on_one_aggregate_wait_for_each_other(
                 pass  # refused by what the held operation did: its own business
         finally:
             transaction.close()
+
+
+async def test_two_batches_carrying_the_same_commands_wait_for_each_other(
+    postgres_store: PostgresStore,  # the schema
+    postgres_url: str,
+) -> None:
+    """A batch inserts its command records in command id order, so one that
+    meets a record another batch holds has taken none the other needs.
+    Held: a batch with both commands that has inserted the first; the other
+    batch carries them in the other order of arrival."""
+    first, second = (command_record(a, 1, 1, command_id=f"cmd-{a}") for a in ("a", "b"))
+    held = HeldTransaction(postgres_url)
+    other = HeldTransaction(postgres_url)
+    try:
+        await asyncio.to_thread(held.begin)
+        await asyncio.to_thread(held.run, [Statement(sql.INSERT_COMMANDS.encode(), (commands_json([first]),))])
+        await asyncio.to_thread(other.begin)
+        batch = [Append(c.aggregate_id, [new_event()], 0, (c,)) for c in (second, first)]
+        running = asyncio.ensure_future(asyncio.to_thread(other.run, [append_statement(batch)]))
+        await _blocked_or_done(postgres_url, running)
+        assert not running.done()  # it waits for the first command, holding none
+        await asyncio.to_thread(held.run, [Statement(sql.INSERT_COMMANDS.encode(), (commands_json([second]),))])
+        await asyncio.to_thread(held.commit)
+        await running
+        assert other.refused == "23505"  # the commands are recorded: a retry's own business
+    finally:
+        held.close()
+        other.close()

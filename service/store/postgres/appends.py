@@ -75,6 +75,12 @@ def events_json(batch: Sequence[Append], json_of: JsonOf | None = None) -> str:
 
 
 def commands_json(commands: Sequence[CommandRecord]) -> str:
+    """Command records as the statements' JSON, in command id order: rows
+    are inserted in that order, so two batches carrying the same commands
+    (a client's retries crossing on two replicas) wait for each other's
+    first one instead of each holding what the other needs next."""
+    if len(commands) > 1:
+        commands = sorted(commands, key=_command_id)
     return compact_json(
         [
             {
@@ -94,6 +100,10 @@ def commands_json(commands: Sequence[CommandRecord]) -> str:
             for c in commands
         ]
     )
+
+
+def _command_id(command: CommandRecord) -> str:
+    return command.command_id
 
 
 def recorded(batch: Sequence[Append], first_position: int) -> list[list[RecordedEvent]]:

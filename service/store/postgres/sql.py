@@ -24,15 +24,16 @@ and becomes ``ConcurrencyConflict``.
 
 Lock order. Operations that lock rows of several tables take them in one
 order, so that two of them wait for each other instead of deadlocking:
-an aggregate's data key row; its claims, in (scope, value) order; the
-position lock (``log_head``) and the events; its snapshots; documents;
-parked events. An append (command records, claims, position lock, events),
-a deletion (LOCK_CLAIMS_OF_AGGREGATE first), a forget (key, claims,
-snapshots, documents, parked) and an overwriting import's removal follow
-it; tests/integration/test_lock_order.py holds each pair of them to it by
-pausing one's transaction after each of its statements while the other
-runs. Subscription groups have an order of their own (lease members,
-leases, the group's segments: groups.py).
+command records, in command id order (``commands_json`` sorts them, for two
+batches carrying the same retried commands); an aggregate's data key row;
+its claims, in (scope, value) order; the position lock (``log_head``) and
+the events; its snapshots; documents; parked events. An append (command
+records, claims, position lock, events), a deletion (LOCK_CLAIMS_OF_AGGREGATE
+first), a forget (key, claims, snapshots, documents, parked) and an
+overwriting import's removal follow it; tests/integration/test_lock_order.py
+holds each pair of them to it by pausing one's transaction after each of
+its statements while the other runs. Subscription groups have an order of
+their own (lease members, leases, the group's segments: groups.py).
 """
 
 from __future__ import annotations
