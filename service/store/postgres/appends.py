@@ -191,7 +191,6 @@ class AppendWriter:
     ) -> None:
         error = sent.exception()
         if error is None:
-            self._db.unreachable = False
             outcomes = self._committed(batch, sent.result())
             if not written.done():
                 written.set_result(list(outcomes))
@@ -201,8 +200,6 @@ class AppendWriter:
             task = asyncio.get_running_loop().create_task(self._settle(batch))
             task.add_done_callback(partial(_relay, written))
             return
-        if isinstance(meaning, StoreUnavailable):
-            self._db.unreachable = True
         if not written.done():
             written.set_exception(meaning if meaning is not None else error)
 

@@ -75,9 +75,6 @@ class Database:
         self._schema_ready = False
         self._schema_lock: asyncio.Lock | None = None
         self._closed = False
-        # Set when an operation found the database unreachable, cleared by
-        # the next one that reaches it (the health check reads it).
-        self.unreachable = False
         self.commits = CommitNotifier()
         self._listener: asyncio.Task[None] | None = None
 
@@ -124,7 +121,6 @@ class Database:
                     version = await migrate(conn)
                     sealed = self._refuse_sealed and await (await conn.execute(sql.SEALED_DATA_KEY)).fetchone()
             except Exception as error:
-                self.unreachable = True
                 translated = translation(error, "migration")
                 if translated is None:
                     raise
@@ -160,19 +156,12 @@ class Database:
             except ConnectionLost as lost:
                 if read_only and attempt == 1 and not self._closed:
                     continue  # the connection died under us (a restart): a read is safe to send again
-                self.unreachable = True
                 raise StoreUnavailable(f"PostgreSQL unavailable during {what}: {lost}") from lost
-            except StoreUnavailable:
-                self.unreachable = True
-                raise
             except Exception as error:
                 translated = translation(error, what)
                 if translated is None:
                     raise
-                if isinstance(translated, StoreUnavailable):
-                    self.unreachable = True
                 raise translated from error
-            self.unreachable = False
             return results
         raise AssertionError("unreachable")
 
@@ -188,7 +177,6 @@ class Database:
         try:
             return await asyncio.shield(pool.grow(self._connect))
         except Exception as error:
-            self.unreachable = True
             translated = translation(error, "connect")
             raise (translated or StoreUnavailable(f"PostgreSQL unavailable: {error}")) from error
 

@@ -58,13 +58,11 @@ class StandbyDatabase(Database):
                 cursor = await conn.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations")
                 row = await cursor.fetchone()
         except psycopg.errors.UndefinedTable:
-            self.unreachable = True
             raise StoreUnavailable(
                 "the read database has no Chronicle schema yet (is it a standby of the primary?)",
                 reason="READ_DATABASE_NOT_READY",
             ) from None
         except Exception as error:
-            self.unreachable = True
             translated = translation(error, "connect to the read database")
             if translated is None:
                 raise
@@ -76,7 +74,6 @@ class StandbyDatabase(Database):
                 reason="SCHEMA_TOO_NEW",
             )
         if version < newest:
-            self.unreachable = True
             raise StoreUnavailable(
                 f"the read database's schema is at version {version}, not yet {newest}: waiting for replication",
                 reason="READ_DATABASE_NOT_READY",
