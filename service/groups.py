@@ -559,8 +559,20 @@ class ConsumerSession:
             await self._commit_wanted.wait()
             self._commit_wanted.clear()
             # Shielded: cancelling the session lets a round in progress
-            # finish (the last round waits for it).
-            await asyncio.shield(self._commit_round())
+            # finish (the last round waits for it). Its error reaches this
+            # task, or, once the session is closing, ends with the session
+            # as the last round's does (close()).
+            round_ = asyncio.ensure_future(self._commit_round())
+            round_.add_done_callback(self._round_done)
+            await asyncio.shield(round_)
+
+    @staticmethod
+    def _round_done(round_: asyncio.Future[None]) -> None:
+        """Mark the round's error heard: once the commits task is cancelled
+        nobody awaits the round, and asyncio would log its error as never
+        retrieved (a group deleted under closing sessions did)."""
+        if not round_.cancelled():
+            round_.exception()
 
     async def _commit_round(self) -> None:
         """Every segment whose checkpoint moved (or that parked events),

@@ -1,0 +1,63 @@
+"""A consumer session's end while one of its checkpoint rounds is being
+written: the round finishes (it is shielded, so its segments' stored
+checkpoints stay known), and what it meets is heard, not left in a task
+nobody awaits (asyncio's "Task exception was never retrieved").
+
+Seen in a probe: a group deleted while its consumers were closing their
+streams logged that error, with the round's GROUP_NOT_FOUND, on the server."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+from service.groups import SubscriptionGroups
+from service.store.grouping import GroupSpec
+from service.store.memory import MemoryStore
+from tests.unit.test_read_ahead import READER, deposits
+
+
+class HeldCommits(MemoryStore):
+    """Holds each segment commit until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.committing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def commit_segment(self, *args: Any, **kwargs: Any) -> None:
+        self.committing.set()
+        await self.release.wait()
+        await super().commit_segment(*args, **kwargs)
+
+
+async def test_a_round_that_fails_while_its_session_closes_is_heard() -> None:
+    loop = asyncio.get_running_loop()
+    unheard: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: unheard.append(context))
+    try:
+        store = HeldCommits()
+        await deposits(store, 2)
+        spec = GroupSpec(name="ledger", segments=1)
+        await store.create_group(spec)
+        groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.2)
+        session = await groups.open(spec, consumer="c", max_in_flight=10)
+        batch = await session.next_batch()
+        assert batch
+        session.ack([d.event.event_id for d in batch])
+        await store.committing.wait()  # a round is being written
+        await store.delete_group(spec.name)  # and will find its group gone
+
+        closing = asyncio.ensure_future(session.close())
+        await asyncio.sleep(0.05)  # the session's tasks are cancelled; the round goes on
+        store.release.set()
+        await closing
+        del session, closing, groups
+        for _ in range(3):
+            gc.collect()
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert [c.get("message") for c in unheard] == []
