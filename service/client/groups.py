@@ -66,12 +66,20 @@ class Delivery:
         return f"Delivery({self.event!r}, attempt={self.attempt}, replayed={self.replayed})"
 
 
+# A stream that these end is opened again: a server stopping (UNAVAILABLE),
+# or a call that reached a server as it stopped, which gRPC cancels before
+# the server's code runs (CANCELLED; the consumer's own cancellation is
+# asyncio's CancelledError), as the client's retries and subscriptions do.
+_ENDED_BY_SERVER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
 class GroupConsumer:
     """One consumer's stream of a group (``ChronicleClient.consume``). Use it
     in ``async with`` (which ends the stream, giving this consumer's
     segments to the others at once) and iterate it for ``Delivery``\\ s. A
-    stream broken by UNAVAILABLE (a server stopping) is opened again after
-    ``reconnect_delay`` seconds; other errors are raised as ``RemoteError``.
+    stream broken by UNAVAILABLE or CANCELLED (a server stopping) is opened
+    again after ``reconnect_delay`` seconds; other errors are raised as
+    ``RemoteError``.
     Each iteration (``aiter``) is one stream, open as long as its iterator:
     keep iterating one, rather than starting a loop again after a ``break``
     (which joins the group anew)."""
@@ -191,7 +199,7 @@ class GroupConsumer:
             except grpc.aio.AioRpcError as failed:
                 if self._closed:
                     return
-                if failed.code() != grpc.StatusCode.UNAVAILABLE:
+                if failed.code() not in _ENDED_BY_SERVER:
                     raise remote_error(failed) from failed
                 log.info("group %s: stream broken (%s); consuming again", self.group, failed.details())
             finally:

@@ -8,9 +8,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import grpc
 import pytest
 
+from chronicle.v1 import event_pb2
+from chronicle.v1 import subscription_group_service_pb2 as pb
+from service.client.errors import RemoteError
 from service.client.groups import GroupConsumer
+from tests.support.broken_calls import lost
 
 
 class CancelledUnderWrite:
@@ -69,3 +74,74 @@ async def test_a_writer_that_is_itself_cancelled_stays_cancelled() -> None:
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await consumer._flushing
+
+
+class ScriptedCall:
+    """A Consume stream that answers with ``messages`` (an exception is
+    raised where it stands), then ends."""
+
+    def __init__(self, *messages: Any) -> None:
+        self._messages = list(messages)
+        self.written: list[Any] = []
+
+    async def write(self, request: Any) -> None:
+        self.written.append(request)
+
+    async def read(self) -> Any:
+        if not self._messages:
+            return grpc.aio.EOF
+        message = self._messages.pop(0)
+        if isinstance(message, BaseException):
+            raise message
+        return message
+
+    def cancel(self) -> bool:
+        return True
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return not self._messages
+
+    async def done_writing(self) -> None:
+        pass
+
+    async def code(self) -> None:
+        pass
+
+
+def _delivering(event_id: str) -> pb.ConsumeResponse:
+    delivery = pb.Delivery(event=event_pb2.Event(event_id=event_id), attempt=1)
+    return pb.ConsumeResponse(deliveries=pb.Deliveries(deliveries=[delivery]))
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED])
+async def test_a_stream_the_server_ended_without_being_asked_is_consumed_again(code: grpc.StatusCode) -> None:
+    """UNAVAILABLE (a server stopping) and CANCELLED (a call that reached a
+    server as it stopped: gRPC cancels it before the server's code runs; the
+    consumer's own cancellation is asyncio's CancelledError instead), as
+    the client's retries and subscriptions treat them."""
+    calls = [
+        ScriptedCall(pb.ConsumeResponse(joined=pb.Joined(consumer="c#1")), lost("gone", code)),
+        ScriptedCall(pb.ConsumeResponse(joined=pb.Joined(consumer="c#2")), _delivering("event-1")),
+    ]
+    consumer = GroupConsumer(lambda: calls.pop(0), group="g", consumer="c", reconnect_delay=0)
+    async with consumer:
+        delivered = [delivery.event.event_id async for delivery in consumer]
+    assert delivered == ["event-1"] and calls == []
+    assert consumer.member == "c#2"
+
+
+async def test_a_stream_refused_for_good_raises() -> None:
+    calls = [ScriptedCall(lost("no grant", grpc.StatusCode.PERMISSION_DENIED)), ScriptedCall()]
+    consumer = GroupConsumer(lambda: calls.pop(0), group="g", consumer="c", reconnect_delay=0)
+
+    async def consume() -> None:
+        async with consumer:
+            async for _ in consumer:
+                pass
+
+    with pytest.raises(RemoteError) as raised:
+        await consume()
+    assert raised.value.code == grpc.StatusCode.PERMISSION_DENIED and len(calls) == 1
