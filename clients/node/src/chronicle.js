@@ -353,37 +353,55 @@ export class ChronicleClient {
    * group goes to one of its consumers, all events of one aggregate to the
    * same one, in order, the next only once the one before is acked (or
    * parked). Ack or nack each one; a nacked event (or one not acked within
-   * the group's ack timeout) comes again after the backoff. `close()`
-   * leaves the group: its unacked events go to the other consumers.
+   * the group's ack timeout) comes again after the backoff. A stream ended
+   * by UNAVAILABLE or a CANCELLED we did not ask for (a server stopping) is
+   * opened again after `reconnectDelaySeconds`. `close()` leaves the group:
+   * its unacked events go to the other consumers.
    */
-  consume(group, consumer, { maxInFlight = 100 } = {}) {
-    const stream = this.groups.Consume();
-    const state = { closed: false, member: '' };
-    stream.write({ start: { group, consumer, max_in_flight: maxInFlight } });
-    const send = (request) => {
-      if (!state.closed) stream.write(request);
+  consume(group, consumer, { maxInFlight = 100, reconnectDelaySeconds = 0.5 } = {}) {
+    const groups = this.groups;
+    const state = { closed: false, member: '', stream: null };
+    const open = () => {
+      state.stream = groups.Consume();
+      state.stream.write({ start: { group, consumer, max_in_flight: maxInFlight } });
+      return state.stream;
+    };
+    // An ack or nack goes on the stream that delivered the event; one for a
+    // broken stream is dropped: its events are delivered again anyway.
+    const sender = (stream) => (request) => {
+      if (!state.closed && stream === state.stream) stream.write(request);
     };
     async function* deliveries() {
-      try {
-        for await (const message of stream) {
-          if (message.kind === 'joined') {
-            state.member = message.joined.consumer;
-            continue;
+      while (!state.closed) {
+        const stream = open();
+        const send = sender(stream);
+        try {
+          for await (const message of stream) {
+            if (message.kind === 'joined') {
+              state.member = message.joined.consumer;
+              continue;
+            }
+            for (const delivery of message.deliveries.deliveries) {
+              const event = decodeEvent(delivery.event);
+              yield {
+                event,
+                attempt: delivery.attempt,
+                replayed: delivery.replayed,
+                ack: () => send({ ack: { event_ids: [event.event_id] } }),
+                nack: (reason = '') => send({ nack: { event_ids: [event.event_id], reason } }),
+              };
+            }
           }
-          for (const delivery of message.deliveries.deliveries) {
-            const event = decodeEvent(delivery.event);
-            yield {
-              event,
-              attempt: delivery.attempt,
-              replayed: delivery.replayed,
-              ack: () => send({ ack: { event_ids: [event.event_id] } }),
-              nack: (reason = '') => send({ nack: { event_ids: [event.event_id], reason } }),
-            };
-          }
+          return;
+        } catch (error) {
+          if (state.closed) return;
+          const refusal = new ChronicleError(error);
+          if (!RESUMABLE.has(refusal.code)) throw refusal;
+        } finally {
+          if (state.stream === stream) state.stream = null;
+          stream.cancel();
         }
-      } catch (error) {
-        if (state.closed) return;
-        throw new ChronicleError(error);
+        await new Promise((resolve) => setTimeout(resolve, reconnectDelaySeconds * 1000));
       }
     }
     return {
@@ -394,6 +412,8 @@ export class ChronicleClient {
       close() {
         if (state.closed) return;
         state.closed = true;
+        const stream = state.stream;
+        if (stream === null) return;
         stream.end(); // the server ends the stream and gives this consumer's segments to the others
         stream.cancel();
       },

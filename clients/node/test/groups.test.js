@@ -3,7 +3,9 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { ChronicleClient } from '../src/chronicle.js';
+import grpc from '@grpc/grpc-js';
+
+import { ChronicleClient, pack, services } from '../src/chronicle.js';
 import { groupWalkthrough } from '../src/group_example.js';
 import { startServer } from './server.js';
 
@@ -50,5 +52,89 @@ test('bad group requests are refused with their reasons', async () => {
     );
   } finally {
     client.close();
+  }
+});
+
+async function standInGroups(handlers) {
+  const standIn = new grpc.Server();
+  standIn.addService(services.SubscriptionGroupService, handlers);
+  const port = await new Promise((resolve, reject) =>
+    standIn.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
+      error ? reject(error) : resolve(bound),
+    ),
+  );
+  return { address: `127.0.0.1:${port}`, stop: () => standIn.forceShutdown() };
+}
+
+test('a consumer whose stream a stopping server ended consumes again; its acks go on the new stream', async () => {
+  const streams = [];
+  const acked = [];
+  const standIn = await standInGroups({
+    Consume(call) {
+      const number = streams.push(call);
+      call.on('data', (request) => {
+        if (request.ack) acked.push([number, ...request.ack.event_ids]);
+      });
+      call.write({ joined: { consumer: `worker-1#${number}`, segments: 1 } });
+      if (number === 1) {
+        const code = grpc.status.UNAVAILABLE;
+        setImmediate(() => call.emit('error', { code, details: 'shutting down (test)' }));
+      } else if (number === 2) {
+        setImmediate(() => call.emit('error', { code: grpc.status.CANCELLED, details: 'cancelled by a stopping server (test)' }));
+      } else {
+        const event = {
+          event_id: 'event-1',
+          aggregate_id: 'acc-1',
+          aggregate_type: 'Account',
+          version: 1,
+          position: 1,
+          event_type: 'bank.v1.MoneyDeposited',
+          payload: pack('bank.v1.MoneyDeposited', { amount: 5 }),
+        };
+        call.write({ deliveries: { deliveries: [{ event, attempt: 1 }] } });
+      }
+    },
+  });
+  const client = new ChronicleClient(standIn.address);
+  const worker = client.consume('ledger', 'worker-1', { reconnectDelaySeconds: 0.01 });
+  try {
+    for await (const delivery of worker.deliveries) {
+      assert.equal(delivery.event.payload.amount, 5);
+      delivery.ack();
+      break;
+    }
+    assert.equal(streams.length, 3);
+    assert.equal(worker.member, 'worker-1#3');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.deepEqual(acked, [[3, 'event-1']]);
+  } finally {
+    worker.close();
+    client.close();
+    standIn.stop();
+  }
+});
+
+test('a consumer refused for good is not opened again', async () => {
+  let opened = 0;
+  const standIn = await standInGroups({
+    Consume(call) {
+      opened += 1;
+      setImmediate(() => call.emit('error', { code: grpc.status.PERMISSION_DENIED, details: 'no grant (test)' }));
+    },
+  });
+  const client = new ChronicleClient(standIn.address);
+  const worker = client.consume('ledger', 'worker-1', { reconnectDelaySeconds: 0.01 });
+  try {
+    await assert.rejects(
+      (async () => {
+        for await (const delivery of worker.deliveries) delivery.ack();
+      })(),
+      (error) => error.code === 'PERMISSION_DENIED',
+    );
+    assert.equal(opened, 1);
+  } finally {
+    worker.close();
+    client.close();
+    standIn.stop();
   }
 });
