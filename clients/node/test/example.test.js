@@ -9,6 +9,7 @@ import grpc from '@grpc/grpc-js';
 import { ChronicleClient, ChronicleError, pack, services } from '../src/chronicle.js';
 import { walkthrough } from '../src/example.js';
 import { startServer } from './server.js';
+import { standInServer } from './stand_in.js';
 
 let server;
 let client;
@@ -148,8 +149,7 @@ test('a subscription the server cancels (as a stopping server does) is reopened 
   // A stand-in server: the first stream sends a checkpoint, then ends with
   // CANCELLED; the second answers caught_up.
   const asked = [];
-  const standIn = new grpc.Server();
-  standIn.addService(services.EventService, {
+  const standIn = await standInServer(services.EventService, {
     Subscribe(call) {
       asked.push(Number(call.request.after_position));
       if (asked.length === 1) {
@@ -160,12 +160,7 @@ test('a subscription the server cancels (as a stopping server does) is reopened 
       }
     },
   });
-  const port = await new Promise((resolve, reject) =>
-    standIn.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
-      error ? reject(error) : resolve(bound),
-    ),
-  );
-  const subscriber = new ChronicleClient(`127.0.0.1:${port}`);
+  const subscriber = new ChronicleClient(standIn.address);
   try {
     const subscription = subscriber.subscribe();
     const seen = [];
@@ -180,21 +175,9 @@ test('a subscription the server cancels (as a stopping server does) is reopened 
     assert.deepEqual(asked, [0, 7]);
   } finally {
     subscriber.close();
-    standIn.forceShutdown();
+    standIn.stop();
   }
 });
-
-// A stand-in EventService on a real socket; `handlers` are its methods.
-async function standInServer(handlers) {
-  const server = new grpc.Server();
-  server.addService(services.EventService, handlers);
-  const port = await new Promise((resolve, reject) =>
-    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
-      error ? reject(error) : resolve(bound),
-    ),
-  );
-  return { address: `127.0.0.1:${port}`, stop: () => server.forceShutdown() };
-}
 
 function deposited(position) {
   return {
@@ -210,7 +193,7 @@ function deposited(position) {
 
 test('a subscription asks for pages and hands out their events one by one, resuming after the last one', async () => {
   const asked = [];
-  const standIn = await standInServer({
+  const standIn = await standInServer(services.EventService, {
     Subscribe(call) {
       asked.push({ after: Number(call.request.after_position), pages: call.request.pages });
       if (asked.length === 1) {
@@ -246,14 +229,14 @@ test('a subscription asks for pages and hands out their events one by one, resum
 });
 
 test('read takes the events from pages, and from single events where the server has no pages', async () => {
-  const paged = await standInServer({
+  const paged = await standInServer(services.EventService, {
     ReadAggregatePages(call) {
       call.write({ events: [deposited(1), deposited(2)] });
       call.write({ events: [deposited(3)] });
       call.end();
     },
   });
-  const older = await standInServer({
+  const older = await standInServer(services.EventService, {
     ReadAggregate(call) {
       for (const position of [1, 2, 3]) call.write(deposited(position));
       call.end();

@@ -8,6 +8,7 @@ import grpc from '@grpc/grpc-js';
 import { ChronicleClient, pack, services } from '../src/chronicle.js';
 import { groupWalkthrough } from '../src/group_example.js';
 import { startServer } from './server.js';
+import { standInServer } from './stand_in.js';
 
 let server;
 
@@ -55,21 +56,10 @@ test('bad group requests are refused with their reasons', async () => {
   }
 });
 
-async function standInGroups(handlers) {
-  const standIn = new grpc.Server();
-  standIn.addService(services.SubscriptionGroupService, handlers);
-  const port = await new Promise((resolve, reject) =>
-    standIn.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (error, bound) =>
-      error ? reject(error) : resolve(bound),
-    ),
-  );
-  return { address: `127.0.0.1:${port}`, stop: () => standIn.forceShutdown() };
-}
-
 test('a consumer whose stream a stopping server ended consumes again; its acks go on the new stream', async () => {
   const streams = [];
   const acked = [];
-  const standIn = await standInGroups({
+  const standIn = await standInServer(services.SubscriptionGroupService, {
     Consume(call) {
       const number = streams.push(call);
       call.on('data', (request) => {
@@ -116,7 +106,7 @@ test('a consumer whose stream a stopping server ended consumes again; its acks g
 
 test('a consumer refused for good is not opened again', async () => {
   let opened = 0;
-  const standIn = await standInGroups({
+  const standIn = await standInServer(services.SubscriptionGroupService, {
     Consume(call) {
       opened += 1;
       setImmediate(() => call.emit('error', { code: grpc.status.PERMISSION_DENIED, details: 'no grant (test)' }));
