@@ -440,6 +440,7 @@ async def start(
             Disclosure(authorizer, registry),
             DryRunAudit(audit),
             ownership=ownership,
+            page_bytes=page_bytes,
         ),
         events=events,
         admin=AdminService(
@@ -583,7 +584,7 @@ async def _refuse_sealed_store(roles: Store) -> None:
     checked when it first does, where it can be (PostgreSQL: open_store's
     ``refuse_sealed``)."""
     try:
-        await refuse_if_sealed(roles.keys)
+        await refuse_if_sealed(roles.keys, roles.projections, roles.transfer)
     except StoreUnavailable:
         return
     except ConfigurationError:

@@ -45,8 +45,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from service.errors import AggregateForgotten, ConfigurationError, PayloadNotDecryptable
-from service.store.base import KeyStore
-from service.store.records import HIDDEN_CLAIM_MARK, DataKey
+from service.store.base import KeyStore, ProjectionStore, Transfer
+from service.store.records import HIDDEN_CLAIM_MARK, DataKey, DocumentRange
 
 MAGIC = b"\x00C1"
 NONCE_BYTES = 12
@@ -132,6 +132,11 @@ class MasterKeys:
             ) from error
 
 
+# How many live keys a server without master keys looks at before it calls
+# the store sealed (SEALED_DATA_KEY in the PostgreSQL store asks the same).
+SEALED_CHECK_KEYS = 100
+
+
 def sealed_store_without_keys() -> ConfigurationError:
     """The refusal of a server without master keys over a store written
     with them."""
@@ -143,15 +148,37 @@ def sealed_store_without_keys() -> ConfigurationError:
     )
 
 
-async def refuse_if_sealed(keys: KeyStore) -> None:
+async def refuse_if_sealed(keys: KeyStore, projections: ProjectionStore, transfer: Transfer) -> None:
     """For a server started without master keys: raise
-    ``sealed_store_without_keys`` if the store holds a live data key. (A
-    store whose every encrypted aggregate was forgotten holds tombstones
-    only: nothing sealed is left to read, and its claims went with them.)"""
+    ``sealed_store_without_keys`` if the store holds anything sealed: a live
+    data key of an aggregate, a read model's key while the read model holds
+    documents (sealed, under hashed keys), a claims scope's key while the
+    scope holds claims (hashed values). A store whose every encrypted
+    aggregate was forgotten holds none of these: tombstones, events nobody
+    can open, and the keys of read models and claims scopes whose documents
+    and claims went with the aggregates they were derived from."""
     # Master key ids are never empty, so every live key is "wrapped by
-    # another master key than ''".
-    if await keys.data_keys_to_rewrap("", 1):
+    # another master key than ''". Read models' and scopes' keys are few:
+    # a full batch of them is taken for a store that holds something.
+    live = await keys.data_keys_to_rewrap("", SEALED_CHECK_KEYS)
+    if len(live) == SEALED_CHECK_KEYS:
         raise sealed_store_without_keys()
+    for key in live:
+        if await _still_seals(key.aggregate_id, projections, transfer):
+            raise sealed_store_without_keys()
+
+
+async def _still_seals(key_id: str, projections: ProjectionStore, transfer: Transfer) -> bool:
+    if key_id.startswith(PROJECTION_KEY_PREFIX):
+        projection = key_id.removeprefix(PROJECTION_KEY_PREFIX)
+        return bool(await projections.list_documents(projection, DocumentRange(limit=1)))
+    if key_id.startswith(CLAIMS_KEY_PREFIX):
+        scope = key_id.removeprefix(CLAIMS_KEY_PREFIX)
+        # The first claim after (scope, ""): the scope's first if it has any
+        # (a claimed value is never empty).
+        held = await transfer.claims_page((scope, ""), 1)
+        return bool(held) and held[0].scope == scope
+    return True  # an aggregate's
 
 
 def new_master_key() -> str:

@@ -22,10 +22,11 @@ from service.errors import ConfigurationError
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.store.base import Store
-from service.store.encryption import new_master_key
+from service.store.base import Store, StoreAdapter
+from service.store.encryption import claims_key_id, new_master_key, projection_key_id, refuse_if_sealed
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
+from service.store.records import DataKey, DocumentWrite, HeldClaim
 from service.store.sqlite import SqliteStore
 from tests.support.contents import at_rest, contents
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, details_of, running_server
@@ -359,17 +360,79 @@ async def test_a_server_without_the_master_keys_does_not_start_over_a_store_writ
         assert (await refusal(again))[1] == "NOT_UNIQUE"
 
 
-async def test_a_store_whose_sealed_aggregates_were_all_forgotten_starts_without_keys(tmp_path: Path) -> None:
-    path = tmp_path / "events.db"
-    async with running_server(SqliteStore(path), master_keys=f"k1:{new_master_key()}", anonymous_admin=True) as (
-        _,
-        client,
-    ):
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+async def test_a_store_whose_sealed_aggregates_were_all_forgotten_starts_without_keys(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    def opened() -> StoreAdapter:
+        if kind == "sqlite":
+            return SqliteStore(tmp_path / "events.db")
+        return PostgresStore(request.getfixturevalue("postgres_url"), pool_size=2)
+
+    store = opened()
+    async with running_server(store, master_keys=f"k1:{new_master_key()}", anonymous_admin=True) as (_, client):
         await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
-        await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
-    async with running_server(SqliteStore(path)) as (_, client):
-        opened = await client.submit(command("acc-2", bank.OpenAccount(owner="ann")))
-        assert opened.version == 1
+        await client.submit(command("user-1", users.RegisterUser(email="ann@example.com", name="Ann")))
+        # The read model has written (its key is live) and the address is
+        # claimed (its scope's key is live): both go with the aggregates.
+        held = await at_rest(store)
+        assert held.tables["projection_documents"] and held.tables["claims"]
+        for forgotten in ("acc-1", "user-1"):
+            await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id=forgotten))
+    async with running_server(opened()) as (_, client):
+        opened_again = await client.submit(command("acc-2", bank.OpenAccount(owner="ann")))
+        assert opened_again.version == 1
+
+
+async def test_a_read_models_or_a_scopes_key_seals_while_it_holds_documents_or_claims(store: StoreAdapter) -> None:
+    """What a server without master keys calls sealed, from the keys a store
+    holds (on PostgreSQL also the statement that a server which started
+    before the database answered asks at its first operation)."""
+
+    async def sealed() -> bool:
+        try:
+            await refuse_if_sealed(store, store, store)
+        except ConfigurationError:
+            return True
+        return False
+
+    async def sealed_on_first_operation() -> bool | None:
+        if not isinstance(store, PostgresStore):
+            return None
+        late = PostgresStore(store.url, pool_size=1, refuse_sealed=True)
+        try:
+            await late.log_head()
+        except ConfigurationError:
+            return True
+        finally:
+            await late.close()
+        return False
+
+    assert (await sealed(), await sealed_on_first_operation()) in {(False, False), (False, None)}
+    # The keys of a read model and of a claims scope, nothing under them yet.
+    await store.create_data_key(DataKey(projection_key_id("tally"), "k1", b"w" * 40))
+    await store.create_data_key(DataKey(claims_key_id("email"), "k1", b"w" * 40))
+    assert not await sealed()
+    assert await sealed_on_first_operation() in {False, None}
+    # A document: sealed under the read model's key.
+    await store.commit_projection(
+        "tally", expected_position=0, new_position=0, writes=[DocumentWrite("total", "T", b"sealed")]
+    )
+    assert await sealed()
+    assert await sealed_on_first_operation() in {True, None}
+    await store.commit_projection("tally", expected_position=0, new_position=0, writes=[DocumentWrite("total")])
+    assert not await sealed()
+    # A claim: a hashed value under the scope's key.
+    await store.import_claims([HeldClaim("email", "hashed-value", "user-1")])
+    assert await sealed()
+    assert await sealed_on_first_operation() in {True, None}
+    # A claim of another scope is not this key's.
+    await store.forget_data_key(claims_key_id("email"))
+    assert not await sealed()
+    # An aggregate's live key seals, whatever else there is.
+    await store.create_data_key(DataKey("acc-1", "k1", b"w" * 40))
+    assert await sealed()
+    assert await sealed_on_first_operation() in {True, None}
 
 
 async def test_on_postgresql_the_store_refuses_a_server_without_the_keys_at_start_and_when_first_reached(

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 
+from service.store.encryption import CLAIMS_KEY_PREFIX, PROJECTION_KEY_PREFIX
 from service.store.sql_common import COMMAND_FIELDS, GROUP_FIELDS, PARKED_FIELDS
 
 # SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
@@ -494,9 +495,18 @@ DELETE_PARKED_OF_FORGOTTEN = (
     "DELETE FROM chronicle.projection_parked_events WHERE aggregate_id = $1"
     " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
 )
-# Whether any aggregate's data key is live (a store written with encryption
-# at rest), asked once by a server that has no master keys.
-SEALED_DATA_KEY = "SELECT 1 FROM chronicle.data_keys WHERE wrapped_key IS NOT NULL LIMIT 1"
+# Whether the store holds anything sealed (it was written with encryption at
+# rest), asked once by a server that has no master keys: a live key of an
+# aggregate, of a read model that holds documents, of a claims scope that
+# holds claims (service.store.encryption.refuse_if_sealed asks the same).
+SEALED_DATA_KEY = (
+    "SELECT 1 FROM chronicle.data_keys k WHERE k.wrapped_key IS NOT NULL AND CASE"
+    f" WHEN starts_with(k.aggregate_id, '{PROJECTION_KEY_PREFIX}') THEN EXISTS (SELECT 1 FROM"
+    f" chronicle.projection_documents d WHERE d.projection = substr(k.aggregate_id, {len(PROJECTION_KEY_PREFIX) + 1}))"
+    f" WHEN starts_with(k.aggregate_id, '{CLAIMS_KEY_PREFIX}') THEN EXISTS (SELECT 1 FROM"
+    f" chronicle.claims c WHERE c.scope = substr(k.aggregate_id, {len(CLAIMS_KEY_PREFIX) + 1}))"
+    " ELSE true END LIMIT 1"
+)
 DATA_KEYS_TO_REWRAP = (
     "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys"
     " WHERE wrapped_key IS NOT NULL AND master_key_id <> $1 ORDER BY aggregate_id LIMIT $2::bigint"
