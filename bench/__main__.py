@@ -5,11 +5,12 @@
     python -m bench --aggregates 1000 --concurrency 8,32 --out /tmp/mine.md
 
 Starts a throwaway PostgreSQL with default durability, then measures, in
-this order: the no-op gRPC ceiling (unary and stream); Chronicle's unary
-Submit over 10,000 aggregates at concurrency 1, 16, 64 and 256 (and over 1
-and 100 aggregates at 64); SubmitStream with 64 and 256 commands in flight;
-several events per command; the bank example with its read model (deposits
-over 1,000 accounts, unary and stream); pgbench's single-row inserts at the
+this order: the no-op gRPC ceiling (unary, stream, stream in pages);
+Chronicle's unary Submit over 10,000 aggregates at concurrency 1, 16, 64
+and 256 (and over 1 and 100 aggregates at 64); SubmitStream and
+SubmitStreamPages with 64 and 256 commands in flight; several events per
+command; the bank example with its read model (deposits over 1,000
+accounts: unary, stream, stream in pages); pgbench's single-row inserts at the
 same concurrencies, with PostgreSQL's CPU per insert; the peer (the Python
 ``eventsourcing`` library, the same bank deposits in-process); aggregate load
 time with and without a snapshot; the server's memory with 100,000
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             results["ceiling_stream"] = [
                 measure(load.LoadSpec(noop.address, "stream", c, seconds), noop.pid, None) for c in (64, 256)
             ]
+            results["ceiling_pages"] = [
+                measure(load.LoadSpec(noop.address, "pages", c, seconds), noop.pid, None) for c in (64, 256)
+            ]
 
         print("Chronicle (bench plugin, PostgreSQL):", flush=True)
         with servers.chronicle(database_url, *servers.BENCH_PLUGIN_ARGS, "--idle-timeout", "600") as server:
@@ -159,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 for c in (concurrencies if n == max(aggregate_counts) else [64])
             ]
             results["stream"] = [point(load.LoadSpec(server.address, "stream", c, seconds)) for c in (64, 256)]
+            results["pages"] = [point(load.LoadSpec(server.address, "pages", c, seconds)) for c in (64, 256)]
             results["events"] = [
                 point(load.LoadSpec(server.address, "unary", 64, seconds, events_per_command=n)) for n in (5, 20)
             ]
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                     postmaster,
                     database_url=database_url,
                 )
-                for mode in ("unary", "stream")
+                for mode in ("unary", "stream", "pages")
             ]
 
         print("pgbench (single-row durable inserts):", flush=True)

@@ -42,12 +42,13 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 
 SUBMIT = "/chronicle.v1.CommandService/Submit"
 SUBMIT_STREAM = "/chronicle.v1.CommandService/SubmitStream"
+SUBMIT_STREAM_PAGES = "/chronicle.v1.CommandService/SubmitStreamPages"
 
 
 @dataclass(frozen=True)
 class LoadSpec:
     address: str
-    mode: str  # "unary" or "stream"
+    mode: str  # "unary", "stream" or "pages" (SubmitStreamPages)
     concurrency: int
     seconds: float
     warmup: float = 1.0
@@ -236,9 +237,80 @@ async def _stream(spec: LoadSpec, share: int, commands: _Commands, result: LoadR
         result.seconds = spec.seconds
 
 
+async def _pages(spec: LoadSpec, share: int, commands: _Commands, result: LoadResult) -> None:
+    """Stream mode over SubmitStreamPages: each write carries every command
+    whose place in flight came free since the last one (as the project's
+    client sends them), each answer page frees its results' places."""
+    _count_cpu_over_window(spec, result)
+    async with grpc.aio.insecure_channel(spec.address) as channel:
+        call = channel.stream_stream(
+            SUBMIT_STREAM_PAGES, request_serializer=None, response_deserializer=pb.SubmitResultPage.FromString
+        )()
+        free = share
+        freed = asyncio.Event()
+        sent_at: deque[tuple[float, str]] = deque()
+        start = time.monotonic()
+        measure_from = start + spec.warmup
+        stop = measure_from + spec.seconds
+
+        async def send() -> None:
+            nonlocal free
+            while time.monotonic() < stop:
+                while not free:
+                    freed.clear()
+                    await freed.wait()
+                parts = []
+                now = time.perf_counter()
+                for _ in range(free):
+                    command_id, request = commands.next()
+                    sent_at.append((now, command_id))
+                    parts.append(_field_one(request))
+                free = 0
+                await call.write(b"".join(parts))
+            await call.done_writing()
+
+        async def receive() -> None:
+            nonlocal free
+            async for page in call:
+                free += len(page.results)
+                freed.set()
+                counted = measure_from <= time.monotonic() <= stop
+                now = time.perf_counter()
+                for response in page.results:
+                    sent, command_id = sent_at.popleft()
+                    if response.HasField("ok"):
+                        result.acknowledged.append(command_id)
+                    if not counted:
+                        continue
+                    if response.HasField("ok"):
+                        result.completed += 1
+                        result.latencies.append(now - sent)
+                    else:
+                        result.errors += 1
+                        reason = response.error.reason or str(response.error.code)
+                        result.error_reasons[reason] = result.error_reasons.get(reason, 0) + 1
+
+        await asyncio.gather(send(), receive())
+        result.seconds = spec.seconds
+
+
+def _field_one(message: bytes) -> bytes:
+    """``message`` as field 1 of a message (a SubmitPage's ``requests``):
+    the page is the concatenation of its requests so encoded."""
+    size, prefix = len(message), bytearray(b"\x0a")
+    while size >= 0x80:
+        prefix.append(size & 0x7F | 0x80)
+        size >>= 7
+    prefix.append(size)
+    return bytes(prefix) + message
+
+
+_RUNNERS = {"unary": _unary, "stream": _stream, "pages": _pages}
+
+
 def _process(spec: LoadSpec, share: int, worker: int, ready: Barrier, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
     result = LoadResult()
-    runner = _unary if spec.mode == "unary" else _stream
+    runner = _RUNNERS[spec.mode]
     commands = _Commands(spec, worker)
     ready.wait(_READY_TIMEOUT)
     asyncio.run(runner(spec, share, commands, result))

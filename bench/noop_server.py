@@ -28,6 +28,18 @@ class NoopCommands(pb_grpc.CommandServiceServicer):
         async for request in requests:
             yield pb.SubmitStreamResponse(command_id=request.command.command_id, ok=pb.SubmitResponse())
 
+    async def SubmitStreamPages(
+        self, pages: AsyncIterator[pb.SubmitPage], context: Any
+    ) -> AsyncIterator[pb.SubmitResultPage]:
+        async for page in pages:
+            if page.requests:
+                yield pb.SubmitResultPage(
+                    results=[
+                        pb.SubmitStreamResponse(command_id=request.command.command_id, ok=pb.SubmitResponse())
+                        for request in page.requests
+                    ]
+                )
+
 
 async def serve(address: str) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeAlias
 
 import grpc
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # Commands of one SubmitStream started and not yet answered.
 STREAM_IN_FLIGHT = 256
+# A SubmitResultPage is closed once its answers pass this many bytes (the
+# server sets a quarter of its message limit).
+DEFAULT_PAGE_BYTES = 1024 * 1024
 
 
 class CommandService(pb_grpc.CommandServiceServicer):
@@ -44,6 +47,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         dry_runs: DryRunAudit,
         *,
         ownership: Ownership | None = None,
+        page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
         self._registry = registry
         self._pipeline = pipeline
@@ -51,6 +55,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self._disclosure = disclosure
         self._dry_runs = dry_runs
         self._ownership = ownership
+        self._page_bytes = page_bytes
 
     def _hint(self, context: grpc.aio.ServicerContext[Any, Any], aggregate_id: str) -> None:
         """Tell a routing client when this member does not own the
@@ -114,36 +119,83 @@ class CommandService(pb_grpc.CommandServiceServicer):
         # Started in arrival order, answered in arrival order; at most
         # STREAM_IN_FLIGHT started and unanswered, so a fast sender waits.
         window = _Window(STREAM_IN_FLIGHT)
-
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    if window.full:
-                        await window.room()
-                    # Started now, whatever path it takes: commands for one
-                    # aggregate reach its worker in the order they came.
-                    window.put((request.command, asyncio.ensure_future(self._start(request, principal, context))))
-            finally:
-                window.close()
-
-        reader = asyncio.ensure_future(read())
+        reader = asyncio.ensure_future(self._read(requests, _one_each, window, principal, context))
         try:
             while (item := await window.next()) is not None:
-                command, outcome = item
-                answer = pb.SubmitStreamResponse(command_id=command.command_id)
-                try:
-                    _response((await outcome).results[0], answer.ok)
-                except ChronicleError as error:
-                    answer.error.CopyFrom(command_error(self._disclosed(error, principal, command)))
-                except Exception:
-                    log.exception("command %s of a stream failed", command.command_id)
-                    internal = ChronicleError("internal error", reason="INTERNAL")
-                    answer.error.CopyFrom(command_error(internal))
+                answer = pb.SubmitStreamResponse()
+                await self._answer(item, answer, principal)
                 yield answer
             await reader  # the client's half ended: surface a read error, if any
         finally:
             reader.cancel()
             window.abandon()
+
+    async def SubmitStreamPages(
+        self, pages: AsyncIterator[pb.SubmitPage], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SubmitResultPage]:
+        """SubmitStream with the commands of each message started in turn,
+        and the answers that are ready together sent as one message."""
+        principal = current_principal.get()
+        window = _Window(STREAM_IN_FLIGHT)
+        reader = asyncio.ensure_future(self._read(pages, _requests_of, window, principal, context))
+        limit = self._page_bytes
+        try:
+            while (item := await window.next()) is not None:
+                page = pb.SubmitResultPage()
+                results = page.results
+                size = 0
+                while True:
+                    answer = results.add()
+                    await self._answer(item, answer, principal)
+                    size += answer.ByteSize()
+                    if size > limit and len(results) > 1:
+                        # Over the page's bytes: this answer opens the next.
+                        moved = results.pop()
+                        yield page
+                        page = pb.SubmitResultPage()
+                        results = page.results
+                        results.append(moved)
+                        size = moved.ByteSize()
+                    if (item := window.next_ready()) is None:
+                        break
+                yield page
+            await reader
+        finally:
+            reader.cancel()
+            window.abandon()
+
+    async def _read(
+        self,
+        messages: AsyncIterator[Any],
+        requests_of: Callable[[Any], Iterable[pb.SubmitRequest]],
+        window: _Window,
+        principal: Principal,
+        context: Context,
+    ) -> None:
+        """Start each command of the stream's messages, in arrival order."""
+        try:
+            async for message in messages:
+                for request in requests_of(message):
+                    if window.full:
+                        await window.room()
+                    # Started now, whatever path it takes: commands for one
+                    # aggregate reach its worker in the order they came.
+                    window.put((request.command, asyncio.ensure_future(self._start(request, principal, context))))
+        finally:
+            window.close()
+
+    async def _answer(self, item: Started, answer: pb.SubmitStreamResponse, principal: Principal) -> None:
+        """Fill ``answer`` with the outcome of the started command ``item``."""
+        command, outcome = item
+        answer.command_id = command.command_id
+        try:
+            _response((await outcome).results[0], answer.ok)
+        except ChronicleError as error:
+            answer.error.CopyFrom(command_error(self._disclosed(error, principal, command)))
+        except Exception:
+            log.exception("command %s of a stream failed", command.command_id)
+            internal = ChronicleError("internal error", reason="INTERNAL")
+            answer.error.CopyFrom(command_error(internal))
 
     async def SubmitBatch(
         self, request: pb.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -211,11 +263,27 @@ class _Window:
         _wake(self._reader_waits)
         return item
 
+    def next_ready(self) -> Started | None:
+        """The next item if its outcome is known now (None otherwise)."""
+        if not self._items or not self._items[0][1].done():
+            return None
+        item = self._items.popleft()
+        _wake(self._reader_waits)
+        return item
+
     def abandon(self) -> None:
         """The stream ended early: nobody will hear these answers."""
         while self._items:
             _, outcome = self._items.popleft()
             outcome.cancel()
+
+
+def _one_each(request: pb.SubmitRequest) -> tuple[pb.SubmitRequest]:
+    return (request,)
+
+
+def _requests_of(page: pb.SubmitPage) -> Iterable[pb.SubmitRequest]:
+    return page.requests
 
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:

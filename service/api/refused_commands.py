@@ -32,8 +32,9 @@ from service.store.records import AuditEntry
 
 SUBMIT_METHOD = "/chronicle.v1.CommandService/Submit"
 SUBMIT_STREAM_METHOD = "/chronicle.v1.CommandService/SubmitStream"
+SUBMIT_STREAM_PAGES_METHOD = "/chronicle.v1.CommandService/SubmitStreamPages"
 SUBMIT_BATCH_METHOD = "/chronicle.v1.CommandService/SubmitBatch"
-COMMAND_METHODS = frozenset({SUBMIT_METHOD, SUBMIT_STREAM_METHOD, SUBMIT_BATCH_METHOD})
+COMMAND_METHODS = frozenset({SUBMIT_METHOD, SUBMIT_STREAM_METHOD, SUBMIT_STREAM_PAGES_METHOD, SUBMIT_BATCH_METHOD})
 # Where a denial the servicer raised is audited here (the command service's
 # are audited by the pipeline, the admin service's by itself).
 READ_SERVICES = ("/chronicle.v1.EventService/", "/chronicle.v1.ProjectionService/")

@@ -27,7 +27,7 @@ from service.client.results import AggregateState, Event, M, StreamResult, Submi
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
 from service.client.routed_stream import RoutedStream
 from service.client.routing import Routes
-from service.client.streaming import CommandStream, commands_of
+from service.client.streaming import CommandStream, StreamMethod, commands_of
 from service.client.subscription import LogFilter, Subscription
 
 DEFAULT_ATTEMPT_TIMEOUT = 10.0
@@ -83,6 +83,9 @@ class ChronicleClient:
         self._owns_channel = owns_channel
         # Whether the server has ReadAggregatePages (None: not asked yet).
         self._paged_reads: bool | None = None
+        # Whether command streams go over SubmitStreamPages (until a server
+        # answers it UNIMPLEMENTED).
+        self._stream_method = StreamMethod()
         self.groups = Groups(
             self._groups, retry=retry, attempt_timeout=attempt_timeout, call_metadata=self._call_metadata
         )
@@ -232,6 +235,10 @@ class ChronicleClient:
         """Run ``commands`` (for any aggregates) over one call and yield one
         ``StreamResult`` per command, in the order taken, as results arrive.
 
+        The call is SubmitStreamPages: the commands taken while the last
+        page went out leave as one message, and results come back the same
+        way (SubmitStream on a server that predates it).
+
         Commands are taken from ``commands`` as the stream has room (at most
         256 unanswered), so it may be an endless async generator. The server
         runs commands for different aggregates concurrently and those for
@@ -247,8 +254,10 @@ class ChronicleClient:
         ``aclose()``) ends the call and stops taking commands.
         """
 
-        def open_call() -> Any:
-            return self._commands.SubmitStream(metadata=self._call_metadata)  # a stream: no deadline
+        def open_call(paged: bool) -> Any:  # a stream: no deadline
+            if paged:
+                return self._commands.SubmitStreamPages(metadata=self._call_metadata)
+            return self._commands.SubmitStream(metadata=self._call_metadata)
 
         def encode(command: Command) -> command_service_pb2.SubmitRequest:
             return command_service_pb2.SubmitRequest(command=self._encode(command), dry_run=dry_run)
@@ -256,12 +265,29 @@ class ChronicleClient:
         if self.routes is not None:
             routes = self.routes
 
-            def open_on(stub: command_service_pb2_grpc.CommandServiceStub) -> Any:
+            def open_on(stub: command_service_pb2_grpc.CommandServiceStub, paged: bool) -> Any:
+                if paged:
+                    return stub.SubmitStreamPages(metadata=self._call_metadata)
                 return stub.SubmitStream(metadata=self._call_metadata)
 
-            routed = RoutedStream(routes, open_on, commands_of(commands), encode, retry=self._retry, dry_run=dry_run)
+            routed = RoutedStream(
+                routes,
+                open_on,
+                commands_of(commands),
+                encode,
+                retry=self._retry,
+                dry_run=dry_run,
+                method=self._stream_method,
+            )
             return routed.results()
-        stream = CommandStream(open_call, commands_of(commands), encode, retry=self._retry, dry_run=dry_run)
+        stream = CommandStream(
+            open_call,
+            commands_of(commands),
+            encode,
+            retry=self._retry,
+            dry_run=dry_run,
+            method=self._stream_method,
+        )
         return stream.results()
 
     async def _routed(

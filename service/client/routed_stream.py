@@ -25,7 +25,7 @@ from service.client.commands import Command
 from service.client.results import StreamResult
 from service.client.retry import RetryPolicy
 from service.client.routing import Routes
-from service.client.streaming import DEFAULT_WINDOW, CommandStream
+from service.client.streaming import DEFAULT_WINDOW, CommandStream, StreamMethod
 
 Lane = str | None  # a member's address; None: the seed
 _END = object()
@@ -35,15 +35,17 @@ class RoutedStream:
     def __init__(
         self,
         routes: Routes,
-        open_call: Callable[[command_service_pb2_grpc.CommandServiceStub], Any],
+        open_call: Callable[[command_service_pb2_grpc.CommandServiceStub, bool], Any],
         commands: AsyncIterator[Command],
         encode: Callable[[Command], command_service_pb2.SubmitRequest],
         *,
         retry: RetryPolicy,
         dry_run: bool,
         window: int = DEFAULT_WINDOW,
+        method: StreamMethod | None = None,
     ) -> None:
         self._routes = routes
+        self._method = method or StreamMethod()
         self._open_call = open_call
         self._commands = commands
         self._encode = encode
@@ -133,20 +135,22 @@ class RoutedStream:
         output = self._outputs[lane]
         opened = 0
 
-        def open_call() -> Any:
+        def open_call(paged: bool) -> Any:
             nonlocal opened
             opened += 1
             if opened > 1:  # the lane's call broke: its member may be gone
                 self._routes.unreachable(lane)
             stub, _ = self._routes.stub_for(lane)
-            return self._open_call(stub)
+            return self._open_call(stub, paged)
 
         async def commands() -> AsyncIterator[Command]:
             while (item := await queue.get()) is not _END:
                 assert isinstance(item, Command)
                 yield item
 
-        stream = CommandStream(open_call, commands(), self._encode, retry=self._retry, dry_run=self._dry_run)
+        stream = CommandStream(
+            open_call, commands(), self._encode, retry=self._retry, dry_run=self._dry_run, method=self._method
+        )
         try:
             async for result in stream.results():
                 await output.put(result)

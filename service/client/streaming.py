@@ -1,22 +1,28 @@
-"""``CommandService.SubmitStream`` for the client: many commands over one
-call, their results in the order sent, and a broken stream resumed without
-losing or repeating a command.
+"""``CommandService.SubmitStreamPages`` (``SubmitStream`` on a server that
+predates it) for the client: many commands over one call, their results in
+the order sent, and a broken stream resumed without losing or repeating a
+command.
 
-Two tasks share one call: a pump takes the caller's commands and writes
-them (at most ``window`` unanswered, so a fast producer waits), and the
-caller's iteration reads the results. Each command stays in ``pending``
-until its result arrives. When the call breaks with an error the retry
-policy retries (a replica shutting down, a dropped connection), a new call
-is opened and the pending commands are sent again, first and in order, with
-their command ids: the server runs a command id at most once, so a command
-that had run comes back as its recorded result (``replayed``) and nothing
-is appended twice. Every result received renews the retry budget.
+Three tasks share one call: a pump takes the caller's commands (at most
+``window`` unanswered, so a fast producer waits), a writer sends what the
+pump took since its last write as one page (one message for as many
+commands as came meanwhile, bounded by bytes), and the caller's iteration
+reads the results, a page of them at a time. Each command stays in
+``pending`` until its result arrives. When the call breaks with an error the
+retry policy retries (a replica shutting down, a dropped connection), a new
+call is opened and the pending commands are sent again, first and in order,
+with their command ids: the server runs a command id at most once, so a
+command that had run comes back as its recorded result (``replayed``) and
+nothing is appended twice. Every result received renews the retry budget.
+A server that answers the paged call UNIMPLEMENTED gets the same commands
+over ``SubmitStream``, one message each, from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
@@ -35,12 +41,24 @@ log = logging.getLogger(__name__)
 # Commands sent and not yet answered: what a broken stream sends again. The
 # server starts up to 256 of one stream at once; more would only queue.
 DEFAULT_WINDOW = 256
+# A page of commands is closed once its requests pass this many bytes (a
+# quarter of gRPC's default message limit; a larger command goes alone).
+PAGE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
 class _Sent:
     command: Command
     request: command_service_pb2.SubmitRequest
+
+
+class StreamMethod:
+    """Which RPC a client's command streams use: SubmitStreamPages, until a
+    server answers it UNIMPLEMENTED (one that predates it); SubmitStream
+    from then on."""
+
+    def __init__(self, paged: bool = True) -> None:
+        self.paged = paged
 
 
 async def commands_of(commands: Iterable[Command] | AsyncIterable[Command]) -> AsyncIterator[Command]:
@@ -55,14 +73,17 @@ async def commands_of(commands: Iterable[Command] | AsyncIterable[Command]) -> A
 class CommandStream:
     def __init__(
         self,
-        open_call: Callable[[], Any],
+        open_call: Callable[[bool], Any],
         commands: AsyncIterator[Command],
         encode: Callable[[Command], command_service_pb2.SubmitRequest],
         *,
         retry: RetryPolicy,
         dry_run: bool,
         window: int = DEFAULT_WINDOW,
+        method: StreamMethod | None = None,
     ) -> None:
+        """``open_call(paged)`` opens SubmitStreamPages (True) or
+        SubmitStream (False)."""
         if window < 1:
             raise ValueError("a stream's window is at least one command")
         self._open_call = open_call
@@ -71,8 +92,12 @@ class CommandStream:
         self._retry = retry
         self._dry_run = dry_run
         self._window = window
+        self._method = method or StreamMethod()
+        self._paged = self._method.paged  # what the current call is
         self._pending: deque[_Sent] = deque()
+        self._unsent = 0  # the last this many of ``pending`` were not written yet
         self._space = asyncio.Event()  # set when a result frees a place in the window
+        self._taken = asyncio.Event()  # set when the pump took a command, or took the last
         self._writing = asyncio.Lock()  # one writer on the call; no write while the call is replaced
         self._exhausted = False  # every command was taken from the caller
         self._call: Any = None
@@ -80,13 +105,19 @@ class CommandStream:
     async def results(self) -> AsyncGenerator[StreamResult, None]:
         """The results, in the order the commands were taken."""
         pump = asyncio.create_task(self._pump())
+        writer = asyncio.create_task(self._writer())
         attempt = 1
         try:
             await self._reopen()
             while True:
                 try:
-                    response = await self._next_response(pump)
+                    message = await self._next_message(pump, writer)
                 except grpc.aio.AioRpcError as failed:
+                    if failed.code() == grpc.StatusCode.UNIMPLEMENTED and self._paged:
+                        log.info("the server has no SubmitStreamPages; using SubmitStream")
+                        self._method.paged = False
+                        await self._reopen()
+                        continue
                     cause, error = failed, remote_error(failed)
                     wait = self._retry.delay(attempt, error)
                     if wait is None:
@@ -94,27 +125,34 @@ class CommandStream:
                     log.info(
                         "command stream broke with %s; %d commands to send again in %.3fs",
                         error,
-                        len(self._pending),
+                        len(self._pending) - self._unsent,
                         wait,
                     )
                     await asyncio.sleep(wait)
                     attempt += 1
                     await self._reopen()
                     continue
-                if response is grpc.aio.EOF:
+                if message is grpc.aio.EOF:
                     if self._pending:
                         raise _protocol_error(f"the stream ended with {len(self._pending)} commands unanswered")
                     return
                 attempt = 1
-                yield self._result(response)
+                if self._paged:
+                    for response in message.results:
+                        yield self._result(response)
+                else:
+                    yield self._result(message)
         finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            for task in (pump, writer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if self._call is not None:
                 self._call.cancel()
 
     def _result(self, response: command_service_pb2.SubmitStreamResponse) -> StreamResult:
+        if len(self._pending) <= self._unsent:
+            raise _protocol_error(f"a result for {response.command_id!r}, which was not sent")
         sent = self._pending.popleft()
         self._space.set()
         if response.command_id != sent.command.command_id:
@@ -127,15 +165,16 @@ class CommandStream:
             sent.command, Submitted.of(sent.command.command_id, response.ok, dry_run=self._dry_run), None
         )
 
-    async def _next_response(self, pump: asyncio.Task[None]) -> Any:
-        """The next message of the current call (or EOF); the caller's error
-        instead if taking its next command failed."""
+    async def _next_message(self, *tasks: asyncio.Task[None]) -> Any:
+        """The next message of the current call (or EOF); instead, the
+        error of taking the caller's next command (or of the writer)."""
         read = asyncio.ensure_future(self._call.read())
-        if not pump.done():
-            await asyncio.wait({read, pump}, return_when=asyncio.FIRST_COMPLETED)
-        if pump.done() and not pump.cancelled() and (failure := pump.exception()) is not None:
-            read.cancel()
-            raise failure
+        if not any(task.done() for task in tasks):
+            await asyncio.wait({read, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done() and not task.cancelled() and (failure := task.exception()) is not None:
+                read.cancel()
+                raise failure
         return await read
 
     async def _pump(self) -> None:
@@ -143,29 +182,62 @@ class CommandStream:
             while len(self._pending) >= self._window:
                 self._space.clear()
                 await self._space.wait()
-            sent = _Sent(command, self._encode(command))
+            self._pending.append(_Sent(command, self._encode(command)))
+            self._unsent += 1
+            self._taken.set()
+        self._exhausted = True
+        self._taken.set()
+
+    async def _writer(self) -> None:
+        """Write what the pump took, as it comes: everything taken while the
+        last write went out leaves together."""
+        while True:
+            await self._taken.wait()
+            self._taken.clear()
             async with self._writing:
-                self._pending.append(sent)
-                await self._write(sent.request)
-        async with self._writing:
-            self._exhausted = True
-            await self._done_writing()
+                while self._unsent:  # the pump may take more while this writes
+                    await self._write_unsent()
+                if self._exhausted:
+                    await self._done_writing()
+                    return
 
     async def _reopen(self) -> None:
         if self._call is not None:
             self._call.cancel()  # first: a write waiting on the broken call returns
         async with self._writing:
-            self._call = self._open_call()
-            for sent in self._pending:
-                await self._write(sent.request)
+            self._paged = self._method.paged
+            self._call = self._open_call(self._paged)
+            self._unsent = len(self._pending)
+            while self._unsent:
+                await self._write_unsent()
             if self._exhausted:
                 await self._done_writing()
 
+    async def _write_unsent(self) -> None:
+        """Write the commands taken and not yet written (under ``writing``)."""
+        if not self._unsent:
+            return
+        unsent = list(itertools.islice(self._pending, len(self._pending) - self._unsent, None))
+        self._unsent = 0
+        if not self._paged:
+            for sent in unsent:
+                await self._write(sent.request)
+            return
+        page, size = command_service_pb2.SubmitPage(), 0
+        for sent in unsent:
+            request_size = sent.request.ByteSize()
+            if page.requests and size + request_size > PAGE_BYTES:
+                await self._write(page)
+                page, size = command_service_pb2.SubmitPage(), 0
+            page.requests.append(sent.request)
+            size += request_size
+        await self._write(page)
+
     # A write to a call that failed raises; the reader sees the call's status
     # and reopens, sending every pending command again.
-    async def _write(self, request: command_service_pb2.SubmitRequest) -> None:
+    async def _write(self, message: Any) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            await self._call.write(request)
+            await self._call.write(message)
 
     async def _done_writing(self) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):

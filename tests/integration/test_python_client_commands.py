@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import grpc
 import pytest
@@ -24,7 +25,7 @@ from service.client import (
 )
 from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
-from tests.support.broken_calls import BreakFirstCommandStream
+from tests.support.broken_calls import BreakFirstCommandStream, WithoutStreamPages
 from tests.support.contents import at_rest, audited_dry_runs_only
 from tests.support.grpc_client import TEST_SETTINGS, running_server
 from tests.support.processes import free_port
@@ -270,3 +271,72 @@ async def test_a_stream_goes_on_through_a_server_restart() -> None:
         await server.stop(grace=0)
     assert [r.result().version for r in results] == list(range(1, 11))
     assert [e.version for e in events] == list(range(1, 11))
+
+
+class RecordedStreams(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Records the messages each command stream sent."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[Any]]] = []
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        sent: list[Any] = []
+        self.calls.append((method.rpartition("/")[2], sent))
+
+        async def recorded() -> AsyncIterator[Any]:
+            async for message in request_iterator:
+                sent.append(message)
+                yield message
+
+        return await continuation(details, recorded())
+
+
+async def test_commands_taken_together_leave_as_one_page(address: str) -> None:
+    recorded = RecordedStreams()
+    commands = [Command(f"acc-{i}", bank.OpenAccount(owner="ann")) for i in range(50)]
+    channel = grpc.aio.insecure_channel(address, interceptors=[recorded])
+    async with ChronicleClient(channel, retry=FAST, owns_channel=True) as client:
+        results = await collect(client.submit_stream(commands))
+    assert [r.result().version for r in results] == [1] * 50
+    [(method, sent)] = recorded.calls
+    # The list is taken at once: one message carries every command.
+    assert method == "SubmitStreamPages"
+    assert [[r.command.command_id for r in page.requests] for page in sent] == [[c.command_id for c in commands]]
+
+
+async def test_commands_that_come_one_at_a_time_leave_one_at_a_time(client: ChronicleClient) -> None:
+    # Each command waits for the result before it: none may wait in the
+    # client for another to fill its page.
+    answered: asyncio.Queue[StreamResult] = asyncio.Queue()
+
+    async def one_after_another() -> AsyncIterator[Command]:
+        yield Command("acc-1", bank.OpenAccount(owner="ann"))
+        for _ in range(5):
+            await answered.get()
+            yield Command("acc-1", bank.Deposit(amount=1))
+
+    versions = []
+    async with asyncio.timeout(60):
+        async for result in client.submit_stream(one_after_another()):
+            versions.append(result.result().version)
+            answered.put_nowait(result)
+    assert versions == [1, 2, 3, 4, 5, 6]
+
+
+async def test_a_server_without_paged_streams_gets_the_commands_over_submit_stream(address: str) -> None:
+    without = WithoutStreamPages()
+    commands = [Command(f"acc-{i}", bank.OpenAccount(owner="ann")) for i in range(3)]
+    commands += [Command(f"acc-{i % 3}", bank.Deposit(amount=2)) for i in range(9)]
+    channel = grpc.aio.insecure_channel(address, interceptors=[without])
+    async with ChronicleClient(channel, retry=RetryPolicy(max_attempts=1), owns_channel=True) as client:
+        first = await collect(client.submit_stream(commands))
+        second = await collect(client.submit_stream([Command("acc-0", bank.Deposit(amount=1))]))
+        balances = [await client.read_all(f"acc-{i}") for i in range(3)]
+    assert [r.command_id for r in first] == [c.command_id for c in commands]
+    assert [r.result().version for r in first] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
+    assert second[0].result().version == 5
+    assert [len(events) for events in balances] == [5, 4, 4]  # nothing ran twice, nothing lost
+    # Asked once, refused (UNIMPLEMENTED, not retried as an error), then
+    # SubmitStream for this stream and the client's next.
+    assert without.methods == ["SubmitStreamPages", "SubmitStream", "SubmitStream"]

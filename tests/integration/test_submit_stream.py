@@ -1,9 +1,12 @@
-"""CommandService.SubmitStream over a real socket, on every store."""
+"""CommandService.SubmitStream and SubmitStreamPages over a real socket, on
+every store. The behaviour tests run through both: SubmitStreamPages with
+the requests cut into pages of uneven sizes and the answers' pages
+unpacked, which must change nothing of what comes back."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 import grpc
 import pytest
@@ -22,15 +25,42 @@ async def client(store: StoreAdapter) -> AsyncIterator[Client]:
         yield connected
 
 
-async def stream(client: Client, requests: Iterable[pb.SubmitRequest]) -> list[pb.SubmitStreamResponse]:
+# Pages of these sizes in turn (an empty one among them): a page boundary
+# falls in every position of the behaviour tests' streams.
+PAGE_SIZES = (1, 3, 0, 7, 2, 64)
+
+
+def pages_of(requests: list[pb.SubmitRequest]) -> list[pb.SubmitPage]:
+    pages, taken, turn = [], 0, 0
+    while taken < len(requests):
+        size = PAGE_SIZES[turn % len(PAGE_SIZES)]
+        pages.append(pb.SubmitPage(requests=requests[taken : taken + size]))
+        taken, turn = taken + size, turn + 1
+    return pages
+
+
+async def paged(client: Client, requests: Iterable[pb.SubmitRequest]) -> list[pb.SubmitStreamResponse]:
+    answers = client.commands.SubmitStreamPages(iter(pages_of(list(requests))))
+    return [answer async for page in answers for answer in page.results]
+
+
+async def unpaged(client: Client, requests: Iterable[pb.SubmitRequest]) -> list[pb.SubmitStreamResponse]:
     return [response async for response in client.commands.SubmitStream(iter(list(requests)))]
+
+
+Stream = Callable[[Client, Iterable[pb.SubmitRequest]], Awaitable[list[pb.SubmitStreamResponse]]]
+
+
+@pytest.fixture(params=["SubmitStream", "SubmitStreamPages"])
+def stream(request: pytest.FixtureRequest) -> Stream:
+    return unpaged if request.param == "SubmitStream" else paged
 
 
 def submit(aggregate_id: str, message: object, **options: object) -> pb.SubmitRequest:
     return pb.SubmitRequest(command=command(aggregate_id, message, **options))  # type: ignore[arg-type]
 
 
-async def test_results_come_back_in_order_with_their_command_ids(client: Client) -> None:
+async def test_results_come_back_in_order_with_their_command_ids(client: Client, stream: Stream) -> None:
     requests = [submit(f"acc-{i}", bank.OpenAccount(owner="ann")) for i in range(20)]
     requests += [submit(f"acc-{i % 20}", bank.Deposit(amount=i + 1)) for i in range(200)]
     responses = await stream(client, requests)
@@ -44,7 +74,7 @@ async def test_results_come_back_in_order_with_their_command_ids(client: Client)
         assert versions == list(range(1, len(versions) + 1))
 
 
-async def test_a_refused_command_is_an_answer_not_the_end_of_the_stream(client: Client) -> None:
+async def test_a_refused_command_is_an_answer_not_the_end_of_the_stream(client: Client, stream: Stream) -> None:
     requests = [
         submit("acc-1", bank.OpenAccount(owner="ann")),
         submit("acc-1", bank.Withdraw(amount=5)),
@@ -62,7 +92,9 @@ async def test_a_refused_command_is_an_answer_not_the_end_of_the_stream(client: 
     assert deposited.ok.version == 2
 
 
-async def test_malformed_commands_in_a_stream_are_answered_with_invalid_argument(client: Client) -> None:
+async def test_malformed_commands_in_a_stream_are_answered_with_invalid_argument(
+    client: Client, stream: Stream
+) -> None:
     unknown = command_pb2.Command(
         command_id=str(uuid.uuid4()),
         aggregate_id="acc-1",
@@ -108,7 +140,7 @@ async def test_a_message_that_does_not_parse_ends_the_stream_after_the_answers_b
     assert head.version == 2
 
 
-async def test_a_stream_sent_again_is_replayed_not_repeated(client: Client) -> None:
+async def test_a_stream_sent_again_is_replayed_not_repeated(client: Client, stream: Stream) -> None:
     requests = [submit("acc-1", bank.OpenAccount(owner="ann")), submit("acc-1", bank.Deposit(amount=3))]
     first = await stream(client, requests)
     again = await stream(client, requests)
@@ -117,5 +149,5 @@ async def test_a_stream_sent_again_is_replayed_not_repeated(client: Client) -> N
     assert [e.event_id for r in again for e in r.ok.events] == [e.event_id for r in first for e in r.ok.events]
 
 
-async def test_an_empty_stream_ends_cleanly(client: Client) -> None:
+async def test_an_empty_stream_ends_cleanly(client: Client, stream: Stream) -> None:
     assert await stream(client, []) == []

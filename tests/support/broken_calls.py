@@ -16,10 +16,13 @@ def lost(details: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> g
 
 
 def _events_in(message: Any) -> Any:
-    """The repeated events a paged message carries (an EventPage, or a
-    SubscribeResponse holding one), or None for a message of one item."""
+    """The repeated items a paged message carries (an EventPage, a
+    SubscribeResponse holding one, a SubmitResultPage's results), or None
+    for a message of one item."""
     if message.DESCRIPTOR.name == "EventPage":
         return message.events
+    if message.DESCRIPTOR.name == "SubmitResultPage":
+        return message.results
     if message.DESCRIPTOR.name == "SubscribeResponse" and message.WhichOneof("kind") == "page":
         return message.page.events
     return None
@@ -84,8 +87,9 @@ class BreakFirstStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[m
 
 
 class BreakFirstCommandStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    """Records every request sent; the first SubmitStream call breaks
-    (UNAVAILABLE) after ``after`` results, as a dropped connection would."""
+    """Records every SubmitRequest sent (each of a SubmitPage's, for
+    SubmitStreamPages); the first call breaks (UNAVAILABLE) after ``after``
+    results, as a dropped connection would."""
 
     def __init__(self, after: int) -> None:
         self.after = after
@@ -97,7 +101,7 @@ class BreakFirstCommandStream(grpc.aio.StreamStreamClientInterceptor):  # type: 
 
         async def recorded() -> AsyncIterator[Any]:
             async for request in request_iterator:
-                sent.append(request)
+                sent.extend(request.requests if request.DESCRIPTOR.name == "SubmitPage" else [request])
                 yield request
 
         call = await continuation(details, recorded())
@@ -120,3 +124,19 @@ class WithoutPagedReads(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[
         if method.endswith("/ReadAggregatePages"):
             details = details._replace(method=b"/chronicle.v1.EventService/NoSuchMethod")
         return await continuation(details, request)
+
+
+class WithoutStreamPages(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Sends SubmitStreamPages to a method the server does not have, so the
+    server answers UNIMPLEMENTED as one from before paged command streams
+    would. Records the methods called."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        self.methods.append(method.rpartition("/")[2])
+        if method.endswith("/SubmitStreamPages"):
+            details = details._replace(method=b"/chronicle.v1.CommandService/NoSuchMethod")
+        return await continuation(details, request_iterator)
