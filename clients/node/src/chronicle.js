@@ -73,6 +73,18 @@ export const services = {
 
 // How a subscription's stream may end and still be reopened where it was.
 const RESUMABLE = new Set(['UNAVAILABLE', 'CANCELLED']);
+// How a command stream may end and be opened again, its unanswered commands
+// sent again with their ids: those, and what a retried command may get past
+// (RESOURCE_EXHAUSTED too, when the server sent a RetryInfo delay: too many
+// calls, not a message over gRPC's limit).
+const STREAM_RETRYABLE = new Set([...RESUMABLE, 'ABORTED', 'DEADLINE_EXCEEDED']);
+// Commands of a stream sent and not yet answered: what a broken stream sends
+// again. The server starts up to 256 of one stream at once; more would queue.
+const STREAM_WINDOW = 256;
+// A SubmitPage is closed once its requests pass this many encoded bytes (a
+// quarter of gRPC's default message limit); a larger command goes alone.
+const PAGE_BYTES = 1024 * 1024;
+const SubmitRequest = messages.lookupType('chronicle.v1.SubmitRequest');
 
 /** Packs a message given as a plain object into a google.protobuf.Any. */
 export function pack(typeName, fields) {
@@ -156,6 +168,9 @@ export class ChronicleClient {
     this.userId = userId;
     // Whether the server has ReadAggregatePages: undefined until known.
     this.pagedReads = undefined;
+    // Whether it has SubmitStreamPages: undefined until known; command
+    // streams use SubmitStream once it answered UNIMPLEMENTED.
+    this.pagedStreams = undefined;
     this.routes = routing
       ? new Routes(address, { api, credentials, callError: (error) => new ChronicleError(error) })
       : null;
@@ -170,6 +185,223 @@ export class ChronicleClient {
    * decoded; rejects with a ChronicleError.
    */
   async submit(aggregateId, typeName, fields, { commandId = randomUUID(), expectedVersion, metadata = {} } = {}) {
+    const command = this.command({ aggregateId, typeName, fields, commandId, expectedVersion, metadata });
+    const response = this.routes
+      ? await this.routes.send('Submit', { command }, aggregateId)
+      : await call(this.commands, 'Submit', { command });
+    return { command_id: commandId, ...response, events: response.events.map(decodeEvent) };
+  }
+
+  /**
+   * Runs commands for any aggregates over one call and yields one result per
+   * command, in the order taken, as results arrive: { command, command_id,
+   * submitted, error }, with exactly one of `submitted` (what `submit`
+   * resolves to) and `error` (a ChronicleError: a refused command does not
+   * end the stream) set. `commands` is an array or an (async) iterable of
+   * { aggregateId, typeName, fields, commandId, expectedVersion, metadata }
+   * (a command id is generated unless given; `command` is the object with
+   * it). It is read as the stream has room (at most `window` unanswered), so
+   * it may be an endless generator that waits for results. Commands for one
+   * aggregate run in the order sent, others concurrently.
+   *
+   * The call is SubmitStreamPages: the commands taken while the last write
+   * went out leave together as one SubmitPage (about 1 MiB at most; a larger
+   * command goes alone), a command that comes alone leaves at once, and the
+   * results come back several to a message. A server from before pages
+   * answers UNIMPLEMENTED, and then the commands go one per message
+   * (SubmitStream), for this client's later streams too. A stream broken by
+   * UNAVAILABLE, a CANCELLED we did not ask for (a server stopping) or
+   * another code worth retrying is opened again and its unanswered commands
+   * are sent again first, in order, with their ids: the server runs each id
+   * once, so one that had run comes back as its result with `replayed`.
+   * Every result renews the `maxAttempts` budget; past it the iteration
+   * throws the stream's ChronicleError. Leaving the loop ends the call. With
+   * `routing: true` the stream still goes to `address`.
+   */
+  submitStream(commands, { dryRun = false, window = STREAM_WINDOW, maxAttempts = 5 } = {}) {
+    const client = this;
+    const source = commands[Symbol.asyncIterator]?.() ?? commands[Symbol.iterator]();
+    // Taken and not answered yet, in order: { command, request, size }. The
+    // last `unsent` of them are not written on the current call yet.
+    const pending = [];
+    const state = {
+      stream: null, // the current call: { call, paged, writing, ended, messages, outcome }
+      unsent: 0,
+      exhausted: false, // every command was taken from `commands`
+      failure: null, // what taking the next command threw
+      stopped: false,
+      scheduled: false,
+      wake: null, // resolves the results loop's wait
+      space: null, // resolves the pump's wait for room in the window
+    };
+    const signal = () => {
+      const wake = state.wake;
+      state.wake = null;
+      wake?.();
+    };
+    const free = () => {
+      const space = state.space;
+      state.space = null;
+      space?.();
+    };
+
+    // Writes the commands taken and not written yet, unless a write is going
+    // out on the call: those taken meanwhile leave together once it has.
+    const write = () => {
+      const stream = state.stream;
+      if (state.stopped || stream === null || stream.writing || stream.ended) return;
+      if (state.unsent > 0) {
+        const unsent = pending.slice(pending.length - state.unsent);
+        state.unsent = 0;
+        const outgoing = stream.paged ? pagesOf(unsent) : unsent.map((sent) => sent.request);
+        stream.writing = true;
+        let left = outgoing.length;
+        // A write to a broken call may fail or never be confirmed: the call's
+        // status comes to the results loop, which opens another.
+        const written = () => {
+          left -= 1;
+          if (left > 0) return;
+          stream.writing = false;
+          write();
+        };
+        for (const message of outgoing) stream.call.write(message, written);
+      } else if (state.exhausted) {
+        stream.ended = true;
+        stream.call.end(); // no more commands: the server ends the call once all are answered
+      }
+    };
+    // The first write after commands were taken waits for the event loop's
+    // next turn, not for more: what is taken at once (a list, a generator
+    // that yields without waiting) leaves together.
+    const schedule = () => {
+      if (state.scheduled) return;
+      state.scheduled = true;
+      setImmediate(() => {
+        state.scheduled = false;
+        write();
+      });
+    };
+
+    const open = () => {
+      state.stream?.call.cancel();
+      const paged = client.pagedStreams !== false;
+      const call = paged ? client.commands.SubmitStreamPages() : client.commands.SubmitStream();
+      const stream = { call, paged, writing: false, ended: false, messages: [], outcome: null };
+      call.on('error', () => {}); // the reader below takes the status
+      (async () => {
+        try {
+          for await (const message of call) {
+            stream.messages.push(message);
+            signal();
+          }
+          stream.outcome = 'end';
+        } catch (error) {
+          stream.outcome = error;
+        }
+        signal();
+      })();
+      state.stream = stream;
+      state.unsent = pending.length; // the unanswered commands go first, in order
+      write();
+    };
+
+    const pump = async () => {
+      try {
+        while (!state.stopped) {
+          if (pending.length >= window) {
+            await new Promise((resolve) => {
+              state.space = resolve;
+            });
+            continue;
+          }
+          const next = await source.next();
+          if (state.stopped) break;
+          if (next.done) {
+            state.exhausted = true;
+            schedule();
+            return;
+          }
+          const command = { ...next.value, commandId: next.value.commandId ?? randomUUID() };
+          pending.push({ command, request: { command: client.command(command), dry_run: dryRun }, size: undefined });
+          state.unsent += 1;
+          schedule();
+        }
+        await source.return?.();
+      } catch (error) {
+        state.failure = error;
+        signal();
+      }
+    };
+
+    const answer = (response) => {
+      if (pending.length <= state.unsent) {
+        throw protocolError(`a result for ${JSON.stringify(response.command_id)}, which was not sent`);
+      }
+      const { command } = pending.shift();
+      free();
+      if (response.command_id !== command.commandId) {
+        throw protocolError(
+          `expected the result of command ${command.commandId}, got one for ${JSON.stringify(response.command_id)}`,
+        );
+      }
+      if (response.result === 'error') {
+        return { command, command_id: command.commandId, submitted: null, error: commandError(response.error) };
+      }
+      const submitted = { command_id: command.commandId, ...response.ok, events: response.ok.events.map(decodeEvent) };
+      return { command, command_id: command.commandId, submitted, error: null };
+    };
+
+    async function* results() {
+      let attempt = 1;
+      try {
+        open();
+        pump();
+        for (;;) {
+          const stream = state.stream;
+          if (stream.messages.length > 0) {
+            const message = stream.messages.shift();
+            attempt = 1;
+            if (stream.paged) client.pagedStreams = true;
+            for (const response of stream.paged ? message.results : [message]) yield answer(response);
+            continue;
+          }
+          if (state.failure !== null) throw state.failure;
+          if (stream.outcome === null) {
+            await new Promise((resolve) => {
+              state.wake = resolve;
+            });
+            continue;
+          }
+          if (stream.outcome === 'end') {
+            if (pending.length > 0) throw protocolError(`the stream ended with ${pending.length} commands unanswered`);
+            return;
+          }
+          const refusal = new ChronicleError(stream.outcome);
+          if (refusal.code === 'UNIMPLEMENTED' && stream.paged) {
+            client.pagedStreams = false; // a server from before pages: remembered for this client's life
+            open(); // not an attempt: the same commands, one per message
+            continue;
+          }
+          const retryable =
+            STREAM_RETRYABLE.has(refusal.code) ||
+            (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null);
+          if (!retryable || attempt >= maxAttempts) throw refusal;
+          const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
+          await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+          attempt += 1;
+          open();
+        }
+      } finally {
+        state.stopped = true;
+        free();
+        state.stream?.call.cancel();
+      }
+    }
+    return results();
+  }
+
+  /** A command message (chronicle.v1.Command) from its description, as this client's user and origin. */
+  command({ aggregateId, typeName, fields, commandId, expectedVersion, metadata = {} }) {
     const now = Date.now();
     const command = {
       command_id: commandId,
@@ -181,10 +413,7 @@ export class ChronicleClient {
       metadata,
     };
     if (expectedVersion !== undefined) command.expected_version = expectedVersion;
-    const response = this.routes
-      ? await this.routes.send('Submit', { command }, aggregateId)
-      : await call(this.commands, 'Submit', { command });
-    return { command_id: commandId, ...response, events: response.events.map(decodeEvent) };
+    return command;
   }
 
   /**
@@ -435,4 +664,41 @@ function duration(seconds) {
 
 function decodeEvent(event) {
   return { ...event, payload: unpack(event.payload) };
+}
+
+/** A refusal that came as a command's result (CommandError) instead of a call's status. */
+function commandError(error) {
+  const refusal = new ChronicleError({ code: error.code, details: error.message });
+  refusal.reason = error.reason || refusal.code;
+  refusal.metadata = error.metadata;
+  refusal.fieldViolations = error.field_violations.map((v) => ({ field: v.field, description: v.description }));
+  if (error.retry_after) {
+    refusal.retryDelaySeconds = Number(error.retry_after.seconds) + error.retry_after.nanos / 1e9;
+  }
+  return refusal;
+}
+
+/** A command stream's answers that do not match what was sent. */
+function protocolError(message) {
+  const error = new ChronicleError({ code: grpc.status.INTERNAL, details: message });
+  error.reason = 'STREAM_PROTOCOL_ERROR';
+  return error;
+}
+
+/** Pending commands as SubmitPages: in order, each at most PAGE_BYTES of requests unless one alone is more. */
+function pagesOf(sent) {
+  const pages = [];
+  let page = null;
+  let bytes = 0;
+  for (const one of sent) {
+    one.size ??= SubmitRequest.encode(SubmitRequest.fromObject(one.request)).len;
+    if (page === null || (page.requests.length > 0 && bytes + one.size > PAGE_BYTES)) {
+      page = { requests: [] };
+      pages.push(page);
+      bytes = 0;
+    }
+    page.requests.push(one.request);
+    bytes += one.size;
+  }
+  return pages;
 }

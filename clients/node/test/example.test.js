@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 
 import grpc from '@grpc/grpc-js';
 
-import { ChronicleClient, ChronicleError, pack, services } from '../src/chronicle.js';
+import { ChronicleClient, ChronicleError, pack, services, unpack } from '../src/chronicle.js';
 import { walkthrough } from '../src/example.js';
 import { startServer } from './server.js';
 import { standInServer } from './stand_in.js';
@@ -274,4 +274,255 @@ test('a history of sixty events reads back whole and in order from a real server
     Array.from({ length: 60 }, (_, i) => i + 2),
   );
   assert.equal(client.pagedReads, true);
+});
+
+const deposit = (amount, more = {}) => ({ aggregateId: 'acc-1', typeName: 'bank.v1.Deposit', fields: { amount }, ...more });
+const accepted = (request, version) => ({
+  command_id: request.command.command_id,
+  ok: { events: [], version, replayed: false },
+});
+const amountOf = (request) => unpack(request.command.payload).amount;
+
+test('a command stream runs its commands on a real server, a refusal among them, through SubmitStreamPages', async () => {
+  const accountId = `acc-${randomUUID()}`;
+  const commands = [
+    { aggregateId: accountId, typeName: 'bank.v1.OpenAccount', fields: { owner: 'sal' } },
+    { aggregateId: accountId, typeName: 'bank.v1.Deposit', fields: { amount: 10 } },
+    { aggregateId: accountId, typeName: 'bank.v1.Withdraw', fields: { amount: 500 } },
+    { aggregateId: accountId, typeName: 'bank.v1.Deposit', fields: { amount: 5 }, commandId: randomUUID() },
+  ];
+  const results = [];
+  for await (const result of client.submitStream(commands)) results.push(result);
+  assert.deepEqual(
+    results.map((r) => [r.submitted?.version ?? null, r.error?.reason ?? null]),
+    [
+      [1, null],
+      [2, null],
+      [null, 'INSUFFICIENT_FUNDS'],
+      [3, null],
+    ],
+  );
+  assert.equal(results[2].error.code, 'FAILED_PRECONDITION');
+  assert.deepEqual(results[2].error.metadata, { balance: '10', amount: '500' });
+  assert.equal(results[3].command_id, commands[3].commandId);
+  assert.deepEqual(results[3].command, commands[3]);
+  assert.equal(results[0].command_id, results[0].command.commandId); // generated
+  assert.deepEqual(results[3].submitted.events[0].payload, { '@type': 'bank.v1.MoneyDeposited', amount: 5 });
+  assert.equal(client.pagedStreams, true);
+  assert.equal((await client.getAggregate(accountId)).state.balance, 15);
+});
+
+test('a command stream longer than its window takes its commands as results come back, on a real server', async () => {
+  const accountId = `acc-${randomUUID()}`;
+  async function* commands() {
+    yield { aggregateId: accountId, typeName: 'bank.v1.OpenAccount', fields: { owner: 'win' } };
+    for (let amount = 1; amount <= 120; amount += 1) {
+      yield { aggregateId: accountId, typeName: 'bank.v1.Deposit', fields: { amount } };
+    }
+  }
+  const versions = [];
+  for await (const result of client.submitStream(commands(), { window: 8 })) versions.push(result.submitted.version);
+  assert.deepEqual(
+    versions,
+    Array.from({ length: 121 }, (_, i) => i + 1),
+  );
+  assert.equal((await client.getAggregate(accountId)).state.balance, (120 * 121) / 2);
+});
+
+test('commands taken at once leave as one SubmitPage, and the results come back one by one, in order', async () => {
+  const pages = [];
+  const standIn = await standInServer(services.CommandService, {
+    SubmitStreamPages(call) {
+      const requests = [];
+      call.on('data', (page) => {
+        pages.push(page.requests.map(amountOf));
+        requests.push(...page.requests);
+        if (requests.length < 5) return;
+        // Result pages need not match request pages: two, then three.
+        call.write({ results: [accepted(requests[0], 1), accepted(requests[1], 2)] });
+        const refused = {
+          command_id: requests[3].command.command_id,
+          error: { code: grpc.status.FAILED_PRECONDITION, message: 'no (test)', reason: 'ACCOUNT_CLOSED', metadata: {} },
+        };
+        call.write({ results: [accepted(requests[2], 3), refused, accepted(requests[4], 4)] });
+      });
+      call.on('end', () => call.end());
+    },
+  });
+  const streamer = new ChronicleClient(standIn.address);
+  try {
+    const commands = [1, 2, 3, 4, 5].map((amount) => deposit(amount));
+    const results = [];
+    for await (const result of streamer.submitStream(commands)) results.push(result);
+    assert.deepEqual(pages, [[1, 2, 3, 4, 5]]);
+    assert.deepEqual(
+      results.map((r) => [r.command.fields.amount, r.submitted?.version ?? r.error.reason]),
+      [
+        [1, 1],
+        [2, 2],
+        [3, 3],
+        [4, 'ACCOUNT_CLOSED'],
+        [5, 4],
+      ],
+    );
+    assert.ok(results[3].error instanceof ChronicleError);
+    assert.equal(results[3].error.code, 'FAILED_PRECONDITION');
+    assert.deepEqual(
+      results.map((r) => r.command_id),
+      results.map((r) => r.command.commandId),
+    );
+  } finally {
+    streamer.close();
+    standIn.stop();
+  }
+});
+
+test('a command given once the one before is answered leaves at once, alone', async () => {
+  const pages = [];
+  const standIn = await standInServer(services.CommandService, {
+    SubmitStreamPages(call) {
+      let version = 0;
+      call.on('data', (page) => {
+        pages.push(page.requests.map(amountOf));
+        call.write({ results: page.requests.map((request) => accepted(request, (version += 1))) });
+      });
+      call.on('end', () => call.end());
+    },
+  });
+  const streamer = new ChronicleClient(standIn.address);
+  try {
+    let answered = () => {};
+    async function* oneAtATime() {
+      for (const amount of [1, 2, 3]) {
+        yield deposit(amount);
+        await new Promise((resolve) => {
+          answered = resolve;
+        });
+      }
+    }
+    const versions = [];
+    for await (const result of streamer.submitStream(oneAtATime())) {
+      versions.push(result.submitted.version);
+      answered();
+    }
+    assert.deepEqual(versions, [1, 2, 3]);
+    assert.deepEqual(pages, [[1], [2], [3]]);
+  } finally {
+    streamer.close();
+    standIn.stop();
+  }
+});
+
+test('a SubmitPage holds about 1 MiB of commands at most; a larger command goes alone', async () => {
+  const pages = [];
+  const standIn = await standInServer(services.CommandService, {
+    SubmitStreamPages(call) {
+      call.on('data', (page) => {
+        pages.push(page.requests.map((request) => unpack(request.command.payload).owner.length));
+        call.write({ results: page.requests.map((request) => accepted(request, 1)) });
+      });
+      call.on('end', () => call.end());
+    },
+  });
+  const streamer = new ChronicleClient(standIn.address);
+  try {
+    const sizes = [400_000, 400_000, 1_500_000, 10, 10];
+    const commands = sizes.map((size) => ({
+      aggregateId: `acc-${size}`,
+      typeName: 'bank.v1.OpenAccount',
+      fields: { owner: 'x'.repeat(size) },
+    }));
+    let answered = 0;
+    for await (const result of streamer.submitStream(commands)) answered += result.submitted ? 1 : 0;
+    assert.equal(answered, 5);
+    assert.deepEqual(pages, [[400_000, 400_000], [1_500_000], [10, 10]]);
+  } finally {
+    streamer.close();
+    standIn.stop();
+  }
+});
+
+test('a server without SubmitStreamPages gets the commands over SubmitStream, and so does the next stream', async () => {
+  let pagedCalls = 0;
+  const streamed = [];
+  const standIn = await standInServer(services.CommandService, {
+    SubmitStreamPages(call) {
+      pagedCalls += 1;
+      call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: 'an older server (test)' });
+    },
+    SubmitStream(call) {
+      const calls = streamed.push([]);
+      let version = 0;
+      call.on('data', (request) => {
+        streamed[calls - 1].push(amountOf(request));
+        call.write(accepted(request, (version += 1)));
+      });
+      call.on('end', () => call.end());
+    },
+  });
+  const streamer = new ChronicleClient(standIn.address);
+  try {
+    const versions = async (commands, options) => {
+      const seen = [];
+      for await (const result of streamer.submitStream(commands, options)) seen.push(result.submitted.version);
+      return seen;
+    };
+    // UNIMPLEMENTED is not an attempt: one attempt is enough.
+    assert.deepEqual(await versions([deposit(1), deposit(2), deposit(3)], { maxAttempts: 1 }), [1, 2, 3]);
+    assert.equal(streamer.pagedStreams, false);
+    assert.deepEqual(await versions([deposit(4), deposit(5)]), [1, 2]);
+    assert.equal(pagedCalls, 1);
+    assert.deepEqual(streamed, [
+      [1, 2, 3],
+      [4, 5],
+    ]);
+  } finally {
+    streamer.close();
+    standIn.stop();
+  }
+});
+
+test('a paged stream broken by UNAVAILABLE after some results sends only the unanswered commands again, in order', async () => {
+  const calls = [];
+  const standIn = await standInServer(services.CommandService, {
+    SubmitStreamPages(call) {
+      const received = [];
+      calls.push(received);
+      const first = calls.length === 1;
+      call.on('data', (page) => {
+        received.push(...page.requests);
+        if (first && received.length === 5) {
+          call.write({ results: [accepted(received[0], 1), accepted(received[1], 2)] });
+          setImmediate(() => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'shutting down (test)' }));
+        } else if (!first) {
+          call.write({ results: page.requests.map((request) => accepted(request, amountOf(request))) });
+        }
+      });
+      if (!first) call.on('end', () => call.end()); // the first ends with UNAVAILABLE, not on the client's end
+    },
+  });
+  const streamer = new ChronicleClient(standIn.address);
+  try {
+    const commands = [1, 2, 3, 4, 5].map((amount) => deposit(amount, { commandId: `deposit-${amount}` }));
+    const results = [];
+    for await (const result of streamer.submitStream(commands)) results.push(result);
+    assert.deepEqual(
+      results.map((r) => [r.command_id, r.submitted.version]),
+      [
+        ['deposit-1', 1],
+        ['deposit-2', 2],
+        ['deposit-3', 3],
+        ['deposit-4', 4],
+        ['deposit-5', 5],
+      ],
+    );
+    assert.equal(calls.length, 2);
+    assert.deepEqual(
+      calls[1].map((request) => request.command.command_id),
+      ['deposit-3', 'deposit-4', 'deposit-5'],
+    );
+  } finally {
+    streamer.close();
+    standIn.stop();
+  }
 });
