@@ -2,6 +2,7 @@
 
     python -m bench.profile_server                      # SubmitStream, 64 in flight
     python -m bench.profile_server --mode unary --seconds 10
+    python -m bench.profile_server --mode pages         # SubmitStreamPages
 
 Starts a throwaway PostgreSQL and a Chronicle server (the ``bench`` plugin)
 in a child process whose event-loop thread runs under cProfile, measured
@@ -124,7 +125,7 @@ def _report(stats_path: str, commands: int, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_server")
-    parser.add_argument("--mode", choices=("stream", "unary"), default="stream")
+    parser.add_argument("--mode", choices=("stream", "pages", "unary"), default="stream")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--aggregates", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=10.0)
