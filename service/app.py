@@ -23,7 +23,7 @@ import grpc
 
 from service.api.admin_service import AdminService
 from service.api.cluster_service import ClusterService
-from service.api.command_service import CommandService
+from service.api.command_service import DEFAULT_PAGE_BYTES, CommandService
 from service.api.disclosure import Disclosure
 from service.api.dry_runs import DryRunAudit
 from service.api.event_service import EventService
@@ -440,7 +440,9 @@ async def start(
             Disclosure(authorizer, registry),
             DryRunAudit(audit),
             ownership=ownership,
-            page_bytes=page_bytes,
+            # Below the 4 MiB a client receives by default, whatever the
+            # server's own limit.
+            page_bytes=min(page_bytes, DEFAULT_PAGE_BYTES),
         ),
         events=events,
         admin=AdminService(

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # Commands of one SubmitStream started and not yet answered.
 STREAM_IN_FLIGHT = 256
-# A SubmitResultPage is closed once its answers pass this many bytes (the
-# server sets a quarter of its message limit).
+# A SubmitResultPage is closed once its answers pass this many bytes: at
+# most this, below the 4 MiB a gRPC client receives by default (the server
+# sets a quarter of its own message limit when that is less).
 DEFAULT_PAGE_BYTES = 1024 * 1024
 
 

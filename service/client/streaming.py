@@ -41,9 +41,13 @@ log = logging.getLogger(__name__)
 # Commands sent and not yet answered: what a broken stream sends again. The
 # server starts up to 256 of one stream at once; more would only queue.
 DEFAULT_WINDOW = 256
-# A page of commands is closed once its requests pass this many bytes (a
-# quarter of gRPC's default message limit; a larger command goes alone).
-PAGE_BYTES = 1024 * 1024
+# A page of commands is closed before its requests pass this many bytes (a
+# larger command goes alone): far below any message limit a server would
+# set, and still a window's worth of ordinary commands.
+PAGE_BYTES = 64 * 1024
+# What a request adds to a page's size besides its own bytes: the field's
+# tag and the length, at most.
+_FRAMING_BYTES = 6
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +229,7 @@ class CommandStream:
             return
         page, size = command_service_pb2.SubmitPage(), 0
         for sent in unsent:
-            request_size = sent.request.ByteSize()
+            request_size = sent.request.ByteSize() + _FRAMING_BYTES
             if page.requests and size + request_size > PAGE_BYTES:
                 await self._write(page)
                 page, size = command_service_pb2.SubmitPage(), 0

@@ -140,6 +140,29 @@ async def test_a_message_that_does_not_parse_ends_the_stream_after_the_answers_b
     assert head.version == 2
 
 
+async def test_a_page_that_does_not_parse_ends_the_stream_after_the_answers_before_it(client: Client) -> None:
+    call = client.channel.stream_stream(
+        "/chronicle.v1.CommandService/SubmitStreamPages", request_serializer=None, response_deserializer=None
+    )
+    opened = pb.SubmitPage(requests=[submit("acc-1", bank.OpenAccount(owner="ann"))])
+    never = pb.SubmitPage(requests=[submit("acc-1", bank.Deposit(amount=3))])
+    answers = call(iter([opened.SerializeToString(), b"\x0a\x05ab", never.SerializeToString()]))
+    received: list[pb.SubmitStreamResponse] = []
+
+    async def read_all() -> None:
+        async for raw in answers:
+            received.extend(pb.SubmitResultPage.FromString(raw).results)
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await read_all()
+    assert [(r.command_id, r.ok.version) for r in received] == [(opened.requests[0].command.command_id, 1)]
+    details = details_of(refused.value)
+    assert (refused.value.code(), details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")
+    assert details.metadata["message_type"] == "chronicle.v1.SubmitPage"
+    head = await client.submit(command("acc-1", bank.Deposit(amount=1)))
+    assert head.version == 2
+
+
 async def test_a_stream_sent_again_is_replayed_not_repeated(client: Client, stream: Stream) -> None:
     requests = [submit("acc-1", bank.OpenAccount(owner="ann")), submit("acc-1", bank.Deposit(amount=3))]
     first = await stream(client, requests)

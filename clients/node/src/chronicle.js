@@ -81,9 +81,12 @@ const STREAM_RETRYABLE = new Set([...RESUMABLE, 'ABORTED', 'DEADLINE_EXCEEDED'])
 // Commands of a stream sent and not yet answered: what a broken stream sends
 // again. The server starts up to 256 of one stream at once; more would queue.
 const STREAM_WINDOW = 256;
-// A SubmitPage is closed once its requests pass this many encoded bytes (a
-// quarter of gRPC's default message limit); a larger command goes alone.
-const PAGE_BYTES = 1024 * 1024;
+// A SubmitPage is closed before its requests pass this many encoded bytes
+// (a larger command goes alone): far below any message limit a server would
+// set, and still a window's worth of ordinary commands.
+const PAGE_BYTES = 64 * 1024;
+// What a request adds to a page besides its own bytes: its tag and length.
+const FRAMING_BYTES = 6;
 const SubmitRequest = messages.lookupType('chronicle.v1.SubmitRequest');
 
 /** Packs a message given as a plain object into a google.protobuf.Any. */
@@ -205,7 +208,7 @@ export class ChronicleClient {
    * aggregate run in the order sent, others concurrently.
    *
    * The call is SubmitStreamPages: the commands taken while the last write
-   * went out leave together as one SubmitPage (about 1 MiB at most; a larger
+   * went out leave together as one SubmitPage (about 64 KiB at most; a larger
    * command goes alone), a command that comes alone leaves at once, and the
    * results come back several to a message. A server from before pages
    * answers UNIMPLEMENTED, and then the commands go one per message
@@ -691,7 +694,7 @@ function pagesOf(sent) {
   let page = null;
   let bytes = 0;
   for (const one of sent) {
-    one.size ??= SubmitRequest.encode(SubmitRequest.fromObject(one.request)).len;
+    one.size ??= SubmitRequest.encode(SubmitRequest.fromObject(one.request)).len + FRAMING_BYTES;
     if (page === null || (page.requests.length > 0 && bytes + one.size > PAGE_BYTES)) {
       page = { requests: [] };
       pages.push(page);

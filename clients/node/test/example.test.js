@@ -413,7 +413,7 @@ test('a command given once the one before is answered leaves at once, alone', as
   }
 });
 
-test('a SubmitPage holds about 1 MiB of commands at most; a larger command goes alone', async () => {
+test('a SubmitPage holds about 64 KiB of commands at most; a larger command goes alone', async () => {
   const pages = [];
   const standIn = await standInServer(services.CommandService, {
     SubmitStreamPages(call) {
@@ -426,7 +426,7 @@ test('a SubmitPage holds about 1 MiB of commands at most; a larger command goes 
   });
   const streamer = new ChronicleClient(standIn.address);
   try {
-    const sizes = [400_000, 400_000, 1_500_000, 10, 10];
+    const sizes = [30_000, 30_000, 100_000, 10, 10];
     const commands = sizes.map((size) => ({
       aggregateId: `acc-${size}`,
       typeName: 'bank.v1.OpenAccount',
@@ -435,7 +435,7 @@ test('a SubmitPage holds about 1 MiB of commands at most; a larger command goes 
     let answered = 0;
     for await (const result of streamer.submitStream(commands)) answered += result.submitted ? 1 : 0;
     assert.equal(answered, 5);
-    assert.deepEqual(pages, [[400_000, 400_000], [1_500_000], [10, 10]]);
+    assert.deepEqual(pages, [[30_000, 30_000], [100_000], [10, 10]]);
   } finally {
     streamer.close();
     standIn.stop();
