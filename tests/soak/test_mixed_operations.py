@@ -4,7 +4,8 @@ started again on the way:
 
 - users registering and changing their e-mail address (uniqueness claims
   taken and released), bank deposits, through plain clients of either
-  replica;
+  replica, and deposits over command streams (SubmitStreamPages, 16 in
+  flight, resumed when their replica goes);
 - an administrator deleting and forgetting those users meanwhile;
 - a subscription group whose consumers ack, nack (parking events), replay
   the parked ones, and whose group is deleted and made again every few
@@ -31,7 +32,7 @@ import random
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -45,6 +46,7 @@ from chronicle.v1 import projection_service_pb2_grpc as projection_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.client.client import ChronicleClient
+from service.client.commands import Command
 from service.client.errors import RemoteError, remote_error
 from service.store.encryption import new_master_key
 from tests.support.postgres import Cluster
@@ -54,6 +56,8 @@ pytestmark = [pytest.mark.soak, pytest.mark.postgres]
 
 SECONDS = float(os.environ.get("CHRONICLE_MIXED_SECONDS", "60"))
 USERS, NAMES_EACH, ACCOUNTS, OWNERS = 12, 5, 6, 3
+# Accounts acct-ACCOUNTS … whose deposits go over command streams (pages).
+STREAMED = 2
 PROJECTION = "bank.balances_by_owner"
 # What this mix may be refused with: its own doing, not the server's faults.
 EXPECTED = {
@@ -123,6 +127,42 @@ class Mix:
                 self.unknown[account] += 1  # it may have been written before the failure
             else:
                 self.acknowledged[account] += 1
+
+    async def streamed_deposits(self, number: int, until: float) -> None:
+        """Deposits over ``submit_stream`` (SubmitStreamPages), 16 in
+        flight, stream after stream: a stream that breaks past its retries
+        (its replica killed) leaves its unanswered deposits unknown."""
+        account = f"acct-{number}"
+        await self.attempt(
+            "open", lambda: self.clients[0].submit(account, bank.OpenAccount(owner=f"o{number % OWNERS}"))
+        )
+        sent = 0
+
+        async def deposits(answered: asyncio.Queue[None]) -> AsyncIterator[Command]:
+            nonlocal sent
+            for _ in range(16):
+                sent += 1
+                yield Command(account, bank.Deposit(amount=1))
+            while time.monotonic() < until:
+                await answered.get()
+                sent += 1
+                yield Command(account, bank.Deposit(amount=1))
+
+        while time.monotonic() < until:
+            sent, results, answered = 0, 0, asyncio.Queue[None]()
+            try:
+                async for result in self.client().submit_stream(deposits(answered)):
+                    results += 1
+                    answered.put_nowait(None)
+                    if result.error is None:
+                        self.acknowledged[account] += 1
+                        self.done["streamed"] += 1
+                    else:
+                        self.refused(result.error)
+                        self.unknown[account] += 1
+            except RemoteError as error:
+                self.refused(error)
+                self.unknown[account] += sent - results  # sent, maybe run, never answered
 
     async def administrator(self, until: float) -> None:
         stubs = [admin_grpc.AdminServiceStub(channel) for channel in self.channels]
@@ -225,6 +265,7 @@ async def test_everything_at_once_leaves_no_error_and_every_invariant(private_cl
         await asyncio.gather(
             *(mix.users(n, until) for n in range(USERS)),
             *(mix.deposits(n, until) for n in range(ACCOUNTS)),
+            *(mix.streamed_deposits(n, until) for n in range(ACCOUNTS, ACCOUNTS + STREAMED)),
             mix.administrator(until),
             mix.group(until),
             mix.rebuilds(until),
@@ -238,7 +279,7 @@ async def test_everything_at_once_leaves_no_error_and_every_invariant(private_cl
         await asyncio.gather(follower, return_exceptions=True)
 
         balances: dict[str, int] = {}
-        for number in range(ACCOUNTS):
+        for number in range(ACCOUNTS + STREAMED):
             account = f"acct-{number}"
             state = await mix.clients[0].get_aggregate(account, bank.Account)
             balances[account] = int(state.state.balance)
@@ -263,7 +304,9 @@ async def test_everything_at_once_leaves_no_error_and_every_invariant(private_cl
     database_log = private_cluster.datadir / "server.log"
     assert "deadlock detected" not in database_log.read_text(errors="replace")
     assert set(mix.refusals) <= EXPECTED, mix.refusals
-    assert min(mix.done[w] for w in ("register", "change", "delete", "forget", "delivered", "rebuild")) > 0, mix.done
+    assert (
+        min(mix.done[w] for w in ("register", "change", "delete", "forget", "delivered", "rebuild", "streamed")) > 0
+    ), mix.done
     assert mix.out_of_order == [] and mix.last_seen == head
     for account, balance in balances.items():
         assert mix.acknowledged[account] <= balance <= mix.acknowledged[account] + mix.unknown[account], account
