@@ -81,8 +81,9 @@ class _Methods(grpc.GenericRpcHandler):  # type: ignore[misc]
     by name as well ("registered methods"). grpc.aio's server then keeps one
     pending request per registered method and, for every call that arrives,
     waits on all of them again with ``asyncio.wait``: a callback added to
-    and removed from each of some sixty futures per call, about a fifth of
-    the event loop's time under unary load. Served as one generic handler,
+    and removed from each of the 37 futures (one per method, health and
+    reflection included) per call, about a fifth of the event loop's time
+    under unary load in ``make profile``. Served as one generic handler,
     a call costs one pending request and one dict lookup."""
 
     def __init__(self, gate: RpcGate) -> None:
