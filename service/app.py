@@ -23,7 +23,7 @@ import grpc
 
 from service.api.admin_service import AdminService
 from service.api.cluster_service import ClusterService
-from service.api.command_service import DEFAULT_PAGE_BYTES, CommandService
+from service.api.command_service import CommandService
 from service.api.disclosure import Disclosure
 from service.api.dry_runs import DryRunAudit
 from service.api.event_service import EventService
@@ -83,6 +83,9 @@ if TYPE_CHECKING:
     from service.store.postgres.standby import StandbyStore
 
 log = logging.getLogger("chronicle")
+# The most a page of events, documents or command results carries before its
+# last item (see ``start``).
+MAX_PAGE_BYTES = 1024 * 1024
 PROJECTIONS_GROUP = "projections"
 
 
@@ -340,8 +343,10 @@ async def start(
     tracker = SubscriptionTracker()
     # A page of events ends with the one that brings it to a quarter of the
     # message limit; events being at most a quarter too, a page is at most
-    # half of it.
-    page_bytes = settings.max_message_bytes // 4
+    # half of it. And at most 1 MiB before its last event, whatever the
+    # limit: a client receives 4 MiB by default, and a server allowed larger
+    # messages must not make every page larger than its clients take.
+    page_bytes = min(settings.max_message_bytes // 4, MAX_PAGE_BYTES)
     subscriptions = Subscriptions(
         read_roles.log,
         executor.loader.reader,
@@ -440,9 +445,7 @@ async def start(
             Disclosure(authorizer, registry),
             DryRunAudit(audit),
             ownership=ownership,
-            # Below the 4 MiB a client receives by default, whatever the
-            # server's own limit.
-            page_bytes=min(page_bytes, DEFAULT_PAGE_BYTES),
+            page_bytes=page_bytes,
         ),
         events=events,
         admin=AdminService(

@@ -194,3 +194,26 @@ async def test_health_watches_have_a_limit_of_their_own() -> None:
     details = details_of(raised.value)
     assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_HEALTH_WATCHES")
     assert checked.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_pages_stay_within_what_a_default_client_receives_when_the_server_allows_more() -> None:
+    # A server whose message limit is 32 MiB; a client with gRPC's default
+    # 4 MiB. Six events of 900 kB: as one page of a quarter of the server's
+    # limit they would be 5.4 MB, more than the client takes.
+    async with running_server(MemoryStore(), max_message_bytes=32 * 1024 * 1024, max_event_bytes=1024 * 1024) as (
+        _,
+        client,
+    ):
+        for i in range(6):
+            await client.submit(command(f"acc-{i}", bank.OpenAccount(owner="x" * 900_000)))
+        call = client.events.Subscribe(event_service_pb2.SubscribeRequest(pages=True))
+        received, pages = 0, 0
+        async for response in call:
+            if response.HasField("page"):
+                pages += 1
+                received += len(response.page.events)
+            if received >= 6:
+                break
+        call.cancel()
+    assert received == 6
+    assert pages > 1
