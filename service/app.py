@@ -67,7 +67,7 @@ from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
-from service.security.exposure import check_exposure, is_loopback
+from service.security.exposure import check_exposure, check_metrics_exposure, is_loopback
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
@@ -232,6 +232,9 @@ async def start(
         anonymous_admin=settings.anonymous_admin,
     ):
         log.warning("%s", warning)
+    if settings.metrics_listen:
+        for warning in check_metrics_exposure(settings.metrics_listen):
+            log.warning("%s", warning)
     if settings.console_listen:
         for warning in check_console_exposure(
             listen=settings.console_listen, auth=settings.auth, tls=bool(settings.tls_cert_file)

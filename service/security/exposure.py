@@ -11,6 +11,9 @@ front) but warns. Anonymous callers may administer (forget, rewrap keys,
 read the audit log) only with ``--anonymous-admin``, and only on loopback:
 beyond it the server refuses that setting even with ``--insecure``, since
 forgetting is irreversible and must take a principal the policy names.
+The metrics port has no authentication at all: beyond loopback the server
+warns (its figures name command types, refusal reasons and group names,
+never a payload; a scraper on a private network is the usual setup).
 Host names count as reachable even when they resolve to
 loopback: what a name resolves to can change, and the safe answer must not.
 """
@@ -70,3 +73,15 @@ def check_exposure(*, listen: str, auth: bool, tls: bool, insecure: bool, anonym
             " (--tls-cert-file, --tls-key-file) unless a TLS-terminating proxy in front is the only client"
         ]
     return []
+
+
+def check_metrics_exposure(listen: str) -> list[str]:
+    """The warning about Prometheus metrics served beyond loopback (none on
+    loopback). They are read without credentials, wherever they listen."""
+    if is_loopback(listen):
+        return []
+    return [
+        f"metrics on {listen} may be reachable from other machines and need no credentials: anyone there reads"
+        " the command types, refusal reasons, rates and subscription group names they count (never a payload);"
+        " keep --metrics-listen on 127.0.0.1 or a network only your scraper reaches"
+    ]

@@ -93,6 +93,13 @@ def test_authentication_over_plaintext_beyond_loopback_warns(tmp_path: Path) -> 
     assert "serves plaintext" not in output_of_a_served_start(*auth)  # on loopback
 
 
+def test_metrics_beyond_loopback_are_served_with_a_warning() -> None:
+    metrics = free_port()
+    beyond = output_of_a_served_start("--metrics-listen", f"0.0.0.0:{metrics}")
+    assert f"metrics on 0.0.0.0:{metrics} may be reachable from other machines and need no credentials" in beyond
+    assert "need no credentials" not in output_of_a_served_start("--metrics-listen", f"127.0.0.1:{free_port()}")
+
+
 def test_the_environment_variable_says_insecure_too() -> None:
     port = free_port()
     output = output_of_a_served_start("--listen", f"0.0.0.0:{port}", port=port, env={"CHRONICLE_INSECURE": "true"})

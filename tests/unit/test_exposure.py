@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.errors import ConfigurationError
-from service.security.exposure import check_exposure, is_loopback
+from service.security.exposure import check_exposure, check_metrics_exposure, is_loopback
 
 
 @pytest.mark.parametrize("listen", ["127.0.0.1:50051", "127.8.9.10:1", "[::1]:50051", "localhost:50051"])
@@ -60,3 +60,14 @@ def test_anonymous_administrators_beyond_loopback_are_refused_even_with_insecure
 
 def test_anonymous_administrators_on_loopback_are_the_developers_choice() -> None:
     assert check_exposure(listen="localhost:50051", auth=False, tls=False, insecure=False, anonymous_admin=True) == []
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9464", "[::1]:9464", "localhost:9464"])
+def test_metrics_on_loopback_need_no_warning(listen: str) -> None:
+    assert check_metrics_exposure(listen) == []
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9464", "[::]:9464", "10.0.0.5:9464", "metrics.internal:9464"])
+def test_metrics_beyond_loopback_are_served_with_a_warning(listen: str) -> None:
+    [warning] = check_metrics_exposure(listen)
+    assert listen in warning and "no credentials" in warning
