@@ -254,22 +254,16 @@ class ChronicleClient:
         ``aclose()``) ends the call and stops taking commands.
         """
 
-        def open_call(paged: bool) -> Any:  # a stream: no deadline
+        def open_on(stub: command_service_pb2_grpc.CommandServiceStub, paged: bool) -> Any:  # a stream: no deadline
             if paged:
-                return self._commands.SubmitStreamPages(metadata=self._call_metadata)
-            return self._commands.SubmitStream(metadata=self._call_metadata)
+                return stub.SubmitStreamPages(metadata=self._call_metadata)
+            return stub.SubmitStream(metadata=self._call_metadata)
 
         def encode(command: Command) -> command_service_pb2.SubmitRequest:
             return command_service_pb2.SubmitRequest(command=self._encode(command), dry_run=dry_run)
 
         if self.routes is not None:
             routes = self.routes
-
-            def open_on(stub: command_service_pb2_grpc.CommandServiceStub, paged: bool) -> Any:
-                if paged:
-                    return stub.SubmitStreamPages(metadata=self._call_metadata)
-                return stub.SubmitStream(metadata=self._call_metadata)
-
             routed = RoutedStream(
                 routes,
                 open_on,
@@ -281,7 +275,7 @@ class ChronicleClient:
             )
             return routed.results()
         stream = CommandStream(
-            open_call,
+            lambda paged: open_on(self._commands, paged),
             commands_of(commands),
             encode,
             retry=self._retry,
