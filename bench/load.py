@@ -219,19 +219,10 @@ async def _stream(spec: LoadSpec, share: int, commands: _Commands, result: LoadR
             async for response in call:
                 sent, command_id = sent_at.popleft()
                 in_flight.release()
-                if response.HasField("ok"):
-                    result.acknowledged.append(command_id)
                 # Counted: answers heard inside the measured window only (the
                 # answers to what was in flight when it closed come after).
-                if not measure_from <= time.monotonic() <= stop:
-                    continue
-                if response.HasField("ok"):
-                    result.completed += 1
-                    result.latencies.append(time.perf_counter() - sent)
-                else:
-                    result.errors += 1
-                    reason = response.error.reason or str(response.error.code)
-                    result.error_reasons[reason] = result.error_reasons.get(reason, 0) + 1
+                counted = measure_from <= time.monotonic() <= stop
+                _answered(result, response, command_id, time.perf_counter() - sent, counted=counted)
 
         await asyncio.gather(send(), receive())
         result.seconds = spec.seconds
@@ -278,20 +269,28 @@ async def _pages(spec: LoadSpec, share: int, commands: _Commands, result: LoadRe
                 now = time.perf_counter()
                 for response in page.results:
                     sent, command_id = sent_at.popleft()
-                    if response.HasField("ok"):
-                        result.acknowledged.append(command_id)
-                    if not counted:
-                        continue
-                    if response.HasField("ok"):
-                        result.completed += 1
-                        result.latencies.append(now - sent)
-                    else:
-                        result.errors += 1
-                        reason = response.error.reason or str(response.error.code)
-                        result.error_reasons[reason] = result.error_reasons.get(reason, 0) + 1
+                    _answered(result, response, command_id, now - sent, counted=counted)
 
         await asyncio.gather(send(), receive())
         result.seconds = spec.seconds
+
+
+def _answered(
+    result: LoadResult, response: pb.SubmitStreamResponse, command_id: str, latency: float, *, counted: bool
+) -> None:
+    """One streamed command's answer: acknowledged whenever it came; counted
+    (completed with its latency, or an error by reason) inside the window."""
+    if response.HasField("ok"):
+        result.acknowledged.append(command_id)
+    if not counted:
+        return
+    if response.HasField("ok"):
+        result.completed += 1
+        result.latencies.append(latency)
+    else:
+        result.errors += 1
+        reason = response.error.reason or str(response.error.code)
+        result.error_reasons[reason] = result.error_reasons.get(reason, 0) + 1
 
 
 def _field_one(message: bytes) -> bytes:
