@@ -110,33 +110,38 @@ class BreakFirstCommandStream(grpc.aio.StreamStreamClientInterceptor):  # type: 
         return _broken_after(call, self.after, grpc.StatusCode.UNAVAILABLE)
 
 
-class WithoutPagedReads(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """Sends ReadAggregatePages to a method the server does not have, so the
-    server answers UNIMPLEMENTED as one from before paged reads would.
-    Records the methods called."""
+class _WithoutMethod:
+    """Sends calls of ``missing`` (a method's last part) to a method the
+    server does not have, so the server answers UNIMPLEMENTED as one from
+    before it would. Records the methods called (of the shape the
+    interceptor sees: grpc.aio gives each interceptor one)."""
+
+    def __init__(self, missing: str) -> None:
+        self.missing = missing
+        self.methods: list[str] = []
+
+    def _details(self, details: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        service, _, name = method.rpartition("/")
+        self.methods.append(name)
+        return details._replace(method=f"{service}/NoSuchMethod".encode()) if name == self.missing else details
+
+
+class WithoutPagedReads(_WithoutMethod, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """A server from before ReadAggregatePages."""
 
     def __init__(self) -> None:
-        self.methods: list[str] = []
+        super().__init__("ReadAggregatePages")
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        self.methods.append(method.rpartition("/")[2])
-        if method.endswith("/ReadAggregatePages"):
-            details = details._replace(method=b"/chronicle.v1.EventService/NoSuchMethod")
-        return await continuation(details, request)
+        return await continuation(self._details(details), request)
 
 
-class WithoutStreamPages(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    """Sends SubmitStreamPages to a method the server does not have, so the
-    server answers UNIMPLEMENTED as one from before paged command streams
-    would. Records the methods called."""
+class WithoutStreamPages(_WithoutMethod, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """A server from before SubmitStreamPages."""
 
     def __init__(self) -> None:
-        self.methods: list[str] = []
+        super().__init__("SubmitStreamPages")
 
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        self.methods.append(method.rpartition("/")[2])
-        if method.endswith("/SubmitStreamPages"):
-            details = details._replace(method=b"/chronicle.v1.CommandService/NoSuchMethod")
-        return await continuation(details, request_iterator)
+        return await continuation(self._details(details), request_iterator)
