@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # Commands of one SubmitStream started and not yet answered.
 STREAM_IN_FLIGHT = 256
-# A SubmitResultPage is closed once its answers pass this many bytes: at
-# most this, below the 4 MiB a gRPC client receives by default (the server
-# sets a quarter of its own message limit when that is less).
-DEFAULT_PAGE_BYTES = 1024 * 1024
 
 
 class CommandService(pb_grpc.CommandServiceServicer):
@@ -47,9 +43,11 @@ class CommandService(pb_grpc.CommandServiceServicer):
         disclosure: Disclosure,
         dry_runs: DryRunAudit,
         *,
+        page_bytes: int,
         ownership: Ownership | None = None,
-        page_bytes: int = DEFAULT_PAGE_BYTES,
     ) -> None:
+        """``page_bytes``: a SubmitResultPage is closed once its answers pass
+        this many bytes (the application's bound of every page)."""
         self._registry = registry
         self._pipeline = pipeline
         self._refused = refused

@@ -133,7 +133,8 @@ class MasterKeys:
 
 
 # How many live keys a server without master keys looks at before it calls
-# the store sealed (SEALED_DATA_KEY in the PostgreSQL store asks the same).
+# the store sealed (PostgreSQL's SEALED_DATA_KEY applies the same rule to
+# every key, in one statement).
 SEALED_CHECK_KEYS = 100
 
 

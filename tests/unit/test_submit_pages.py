@@ -21,6 +21,7 @@ from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.api.command_service import CommandService
 from service.api.disclosure import Disclosure
+from service.app import MAX_PAGE_BYTES
 from service.errors import ChronicleError
 from service.plugins.registry import Registry
 from service.processing.commands import BatchResult, CommandRequest, CommandResult
@@ -50,7 +51,7 @@ class Undisclosing:
 
 @pytest.fixture
 async def served(request: pytest.FixtureRequest) -> AsyncIterator[pb_grpc.CommandServiceStub]:
-    page_bytes = getattr(request, "param", 1024 * 1024)
+    page_bytes = getattr(request, "param", MAX_PAGE_BYTES)
     service = CommandService(
         Registry([bank_account.plugin]),
         cast(Pipeline, ReadyPipeline()),
