@@ -431,3 +431,37 @@ async def test_groups_are_created_by_admins_and_consumed_with_the_subscribe_gran
         assert await refused(replay) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
     async with secured.as_("bob") as bob:
         assert await refused(consume_first(bob, "tellers")) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")
+
+
+# -- command streams in pages -------------------------------------------------
+
+
+async def read_pages(call: Any) -> list[command_service_pb2.SubmitStreamResponse]:
+    return [answer async for page in call for answer in page.results]
+
+
+async def test_a_paged_command_stream_without_credentials_is_unauthenticated_and_writes_nothing(
+    secured: Secured,
+) -> None:
+    before = await at_rest(secured.store)
+    page = command_service_pb2.SubmitPage(
+        requests=[command_service_pb2.SubmitRequest(command=command("acc-1", bank.OpenAccount(owner="ann")))]
+    )
+    async with secured.client() as anonymous:
+        outcome = await refused(read_pages(anonymous.commands.SubmitStreamPages(iter([page]))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS")
+    assert list((await at_rest(secured.store)).changes_since(before)) == ["refusals"]
+
+
+async def test_each_command_of_a_page_is_authorized_on_its_own(secured: Secured) -> None:
+    page = command_service_pb2.SubmitPage(
+        requests=[
+            command_service_pb2.SubmitRequest(command=command("box-1", box_pb2.CreateBox(name="x"), user_id="")),
+            command_service_pb2.SubmitRequest(command=command("acc-1", bank.OpenAccount(owner="ann"), user_id="")),
+        ]
+    )
+    async with secured.as_("alice") as alice:
+        denied, opened = await read_pages(alice.commands.SubmitStreamPages(iter([page])))
+    assert (denied.error.code, denied.error.reason) == (grpc.StatusCode.PERMISSION_DENIED.value[0], "SUBMIT_DENIED")
+    assert opened.ok.version == 1
+    assert await versions(secured, "box-1") == []

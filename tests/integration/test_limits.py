@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chronicle.v1 import event_service_pb2
+from chronicle.v1 import command_service_pb2, event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.memory import MemoryStore
 from tests.support.blocking import GatedStore
@@ -49,6 +49,24 @@ async def test_a_message_over_the_size_limit_is_resource_exhausted() -> None:
             await client.submit(command("acc-1", bank.OpenAccount(owner="x" * 100_000)))
     assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert await store.head("acc-1") is None
+
+
+async def test_a_page_of_commands_over_the_size_limit_is_resource_exhausted() -> None:
+    store = MemoryStore()
+    async with running_server(store, max_message_bytes=64 * 1024, max_event_bytes=16 * 1024) as (_, client):
+        # Each command fits; the page of them does not.
+        page = command_service_pb2.SubmitPage(
+            requests=[
+                command_service_pb2.SubmitRequest(command=command(f"acc-{i}", bank.OpenAccount(owner="x" * 10_000)))
+                for i in range(10)
+            ]
+        )
+        call = client.commands.SubmitStreamPages(iter([page]))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            async for _ in call:
+                pass
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await store.log_head() == 0
 
 
 async def test_a_full_aggregate_queue_is_resource_exhausted() -> None:
