@@ -201,6 +201,9 @@ class TimedProjections:
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         return await self._clock.time("load_document", lambda: self._inner.load_document(projection, key))
 
+    async def load_documents(self, projection: str, keys: Sequence[str]) -> list[StoredDocument]:
+        return await self._clock.time("load_documents", lambda: self._inner.load_documents(projection, keys))
+
     async def commit_projection(
         self,
         name: str,

@@ -153,11 +153,12 @@ class _Batch:
         self.parked: list[ParkedEvent] = []
 
     async def load(self, keys: Iterable[str]) -> None:
-        """Read ``keys`` from the store into the cache, all at once (on
-        PostgreSQL the reads share one round trip)."""
+        """Read ``keys`` from the store into the cache, in one read; a key
+        without a document is remembered as such."""
         wanted = list(keys)
-        found = await asyncio.gather(*(self._store.load_document(self.projection, key) for key in wanted))
-        for key, stored in zip(wanted, found, strict=True):
+        found = {stored.key: stored for stored in await self._store.load_documents(self.projection, wanted)}
+        for key in wanted:
+            stored = found.get(key)
             raw = None if stored is None else _Raw(stored.type_name, stored.data)
             self._loaded[key] = raw
             self._cache.put(key, raw)

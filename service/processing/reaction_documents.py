@@ -27,7 +27,6 @@ so an event sees what the events before it in its batch left.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -209,10 +208,9 @@ async def list_parked(documents: ProjectionStore, reaction: str) -> list[reactio
     if stored is None:
         return []
     index = reaction_pb.ParkedCommands.FromString(stored.data)
-    found = await asyncio.gather(
-        *(documents.load_document(reaction, PARKED_PREFIX + e.command_id) for e in index.commands)
-    )
-    return [reaction_pb.ParkedCommand.FromString(document.data) for document in found if document is not None]
+    keys = [PARKED_PREFIX + entry.command_id for entry in index.commands]
+    found = {document.key: document for document in await documents.load_documents(reaction, keys)}
+    return [reaction_pb.ParkedCommand.FromString(found[key].data) for key in keys if key in found]
 
 
 async def _read(batch: _Batch, key: str, message_type: type[M]) -> M | None:

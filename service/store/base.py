@@ -289,6 +289,11 @@ class ProjectionStore(Protocol):
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         """Projection ``projection``'s document under ``key``, or None."""
 
+    async def load_documents(self, projection: str, keys: Sequence[str]) -> list[StoredDocument]:
+        """Those of ``keys`` that hold a document of ``projection``, in any
+        order, read in one statement (a batch of handlers that needs
+        hundreds of documents costs one read, not hundreds)."""
+
     async def commit_projection(
         self,
         name: str,

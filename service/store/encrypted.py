@@ -363,6 +363,18 @@ class SealedProjections:
             data = open_sealed(cipher, data, document_context(projection, key))
         return StoredDocument(key, stored.type_name, data)
 
+    async def load_documents(self, projection: str, keys: Sequence[str]) -> list[StoredDocument]:
+        cipher = await self.keyring.for_writing(projection_key_id(projection))
+        hidden = {hidden_document_key(cipher, projection, key): key for key in keys}
+        found = []
+        for stored in await self.inner.load_documents(projection, list(hidden)):
+            key = hidden[stored.key]
+            data = stored.data
+            if is_sealed(data):
+                data = open_sealed(cipher, data, document_context(projection, key))
+            found.append(StoredDocument(key, stored.type_name, data))
+        return found
+
     async def commit_projection(
         self,
         name: str,

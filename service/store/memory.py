@@ -187,6 +187,10 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         return self._documents.get((projection, key))
 
+    async def load_documents(self, projection: str, keys: Sequence[str]) -> list[StoredDocument]:
+        found = (self._documents.get((projection, key)) for key in dict.fromkeys(keys))
+        return [document for document in found if document is not None]
+
     async def commit_projection(
         self,
         name: str,

@@ -30,6 +30,24 @@ async def test_documents_and_checkpoint_commit_together(store: StoreAdapter) -> 
     assert await store.load_document("p", "j") == StoredDocument("j", "t.Doc", b"")
 
 
+async def test_documents_are_read_together(store: StoreAdapter) -> None:
+    # Keys that an array literal or a JSON text must quote or escape.
+    keys = ["k", "a,b", 'quote"d', "back\\slash", "{braces}", "ünï", " spaced ", "NULL", ""]
+    writes = [DocumentWrite(key, "t.Doc", key.encode()) for key in keys]
+    await store.commit_projection("p", expected_position=0, new_position=3, writes=writes)
+    await store.commit_projection(
+        "q", expected_position=0, new_position=1, writes=[DocumentWrite("only-q", "t.Doc", b"")]
+    )
+
+    found = await store.load_documents("p", [*keys, "absent", "only-q", "k"])
+
+    assert sorted(found, key=lambda document: document.key) == sorted(
+        (StoredDocument(key, "t.Doc", key.encode()) for key in keys), key=lambda document: document.key
+    )
+    assert await store.load_documents("p", []) == []
+    assert await store.load_documents("q", keys) == []
+
+
 async def test_a_commit_from_a_stale_checkpoint_writes_nothing(store: StoreAdapter, contents: ContentsOf) -> None:
     await store.commit_projection("p", expected_position=0, new_position=5, writes=[DocumentWrite("k", "t.Doc", b"a")])
     before = await contents()

@@ -26,7 +26,7 @@ from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, new_master_key
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
-from service.store.records import DocumentWrite, ParkedEvent
+from service.store.records import DocumentWrite, ParkedEvent, StoredDocument
 from service.transfer.deleting import delete_aggregate
 from tests.support.contents import contents
 from tests.support.crashing import CrashingStore
@@ -206,9 +206,9 @@ class CountingDocuments(MemoryStore):
         super().__init__()
         self.loads = 0
 
-    async def load_document(self, projection: str, key: str) -> Any:
-        self.loads += 1
-        return await super().load_document(projection, key)
+    async def load_documents(self, projection: str, keys: Sequence[str]) -> Any:
+        self.loads += len(keys)
+        return await super().load_documents(projection, keys)
 
 
 sloppy = Plugin("sloppy")
@@ -329,6 +329,24 @@ async def test_a_forgotten_accounts_documents_do_not_come_back_from_a_runners_ca
     assert await owner(roles.projections, "bob") == bank.OwnerBalance(owner="bob", balance=0, account_ids=["acc-3"])
     assert await roles.projections.load_document(projection.name, account_key("acc-1")) is None
     assert cached.status.error == ""
+
+
+async def test_documents_read_together_through_encryption_come_back_under_their_keys_in_plaintext() -> None:
+    raw = MemoryStore()
+    keyring = Keyring(raw, MasterKeys.parse(f"k1:{new_master_key()}", source="test"))
+    roles = encrypted(Store.of(raw), keyring)
+    writes = [DocumentWrite(f"owner:{name}", "t.Doc", name.encode()) for name in ("ann", "bob")]
+    await roles.projections.commit_projection("p", expected_position=0, new_position=1, writes=writes)
+
+    found = await roles.projections.load_documents("p", ["owner:ann", "owner:bob", "owner:eve"])
+
+    assert sorted(found, key=lambda document: document.key) == [
+        StoredDocument("owner:ann", "t.Doc", b"ann"),
+        StoredDocument("owner:bob", "t.Doc", b"bob"),
+    ]
+    # Below the encryption, neither the keys nor the documents are in the clear.
+    assert await raw.load_documents("p", ["owner:ann", "owner:bob"]) == []
+    assert all(b"ann" not in document.data for document in raw._documents.values())
 
 
 async def test_after_a_deleted_account_its_owner_s_document_names_the_others_and_goes_with_them() -> None:
@@ -467,22 +485,17 @@ async def test_a_projection_that_stops_never_parks() -> None:
 
 
 class LoadRounds(MemoryStore):
-    """Counts document loads, and rounds of them (loads made together)."""
+    """Counts the documents loaded, and the reads (rounds) that loaded them."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.loads = self.rounds = self._in_flight = 0
+        self.loads = self.rounds = 0
 
-    async def load_document(self, projection: str, key: str) -> Any:
-        if self._in_flight == 0:
-            self.rounds += 1
-        self._in_flight += 1
-        self.loads += 1
-        try:
-            await asyncio.sleep(0)  # a round trip: the others of its round start meanwhile
-            return await super().load_document(projection, key)
-        finally:
-            self._in_flight -= 1
+    async def load_documents(self, projection: str, keys: Sequence[str]) -> Any:
+        self.rounds += 1
+        self.loads += len(keys)
+        await asyncio.sleep(0)  # a round trip
+        return await super().load_documents(projection, keys)
 
 
 async def test_a_runner_with_a_cold_cache_loads_a_batch_s_documents_in_a_few_rounds() -> None:
@@ -617,9 +630,9 @@ class SlowCommits(MemoryStore):
         finally:
             self.committing = False
 
-    async def load_document(self, projection: str, key: str) -> Any:
+    async def load_documents(self, projection: str, keys: Sequence[str]) -> Any:
         self.loads_during_commits += self.committing
-        return await super().load_document(projection, key)
+        return await super().load_documents(projection, keys)
 
 
 async def slow_commits_runner(store: SlowCommits, accounts: int) -> tuple[ProjectionRunner, int]:

@@ -34,6 +34,13 @@ class ProjectionsRole:
         row = first(result)
         return None if row is None else document_from_row(row)
 
+    async def load_documents(self, projection: str, keys: Sequence[str]) -> list[StoredDocument]:
+        if not keys:
+            return []
+        statement = Statement.prepared(sql.LOAD_DOCUMENTS, (projection, list(dict.fromkeys(keys))), binary=True)
+        (result,) = await self._db.run("load_documents", [statement], read_only=True)
+        return [document_from_row(row) for row in rows(result)]
+
     async def commit_projection(
         self,
         name: str,

@@ -304,6 +304,10 @@ EVENTS_AFTER_SNAPSHOT = (
 
 PROJECTION_POSITION = "SELECT position FROM chronicle.projection_checkpoints WHERE name = $1"
 LOAD_DOCUMENT = "SELECT key, type_name, data FROM chronicle.projection_documents WHERE projection = $1 AND key = $2"
+# Many keys, one statement: probes of the primary key, one per element.
+LOAD_DOCUMENTS = (
+    "SELECT key, type_name, data FROM chronicle.projection_documents WHERE projection = $1 AND key = ANY($2::text[])"
+)
 # The checkpoint row is the guard: moving it from the expected position
 # fails (VERSION_MOVED) if another runner moved it first, and its row lock
 # serialises two runners of one projection. Documents are written in the same

@@ -25,6 +25,13 @@ class ProjectionsRole:
         row = await self._writer.run(lambda db: db.execute(sql.LOAD_DOCUMENT, (projection, key)).fetchone())
         return None if row is None else document_from_row(row)
 
+    async def load_documents(self, projection: str, keys: Sequence[str]) -> list[StoredDocument]:
+        if not keys:
+            return []
+        wanted = json.dumps(list(dict.fromkeys(keys)))
+        found = await self._writer.run(lambda db: db.execute(sql.LOAD_DOCUMENTS, (projection, wanted)).fetchall())
+        return [document_from_row(row) for row in found]
+
     async def commit_projection(
         self,
         name: str,

@@ -161,6 +161,12 @@ LOAD_SNAPSHOT = (
 
 PROJECTION_POSITION = "SELECT position FROM projection_checkpoints WHERE name = ?"
 LOAD_DOCUMENT = "SELECT key, type_name, data FROM projection_documents WHERE projection = ? AND key = ?"
+# Many keys, one statement: the keys as one JSON array (no limit on their
+# number, as there is on a statement's parameters).
+LOAD_DOCUMENTS = (
+    "SELECT key, type_name, data FROM projection_documents"
+    " WHERE projection = ? AND key IN (SELECT value FROM json_each(?))"
+)
 DELETE_DOCUMENT = "DELETE FROM projection_documents WHERE projection = ? AND key = ?"
 PUT_DOCUMENT = (
     "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?, ?, ?, ?)"
