@@ -18,9 +18,15 @@ import pytest
 
 from service.store.base import AggregateQuery
 from service.store.postgres import PostgresStore, sql
+from service.store.postgres.connection import Statement
 from service.store.postgres.database import session_options
 from service.store.postgres.log import log_page_statements
-from service.store.records import TOMBSTONE_EVENT_TYPE, DocumentRange, LogFilter
+from service.store.postgres.projections import (
+    commit_projection_statements,
+    load_document_statements,
+    load_documents_statements,
+)
+from service.store.records import TOMBSTONE_EVENT_TYPE, DocumentRange, DocumentWrite, LogFilter
 from service.store.sql_common import POSTGRES, aggregate_conditions
 from tests.support.postgres import Cluster
 
@@ -325,3 +331,67 @@ def test_documents_are_listed_by_prefix_from_the_primary_key_in_order(documents:
         assert "Seq Scan" not in explained and "Sort" not in explained, explained
         # The range is the prefix's: no key outside it is read and filtered out.
         assert "Rows Removed by Filter" not in explained, explained
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(10, True), (300, False), (50_000, False), (50_000, True)],
+    ids=["10-just-begun", "300", "50000-unanalyzed", "50000"],
+)
+async def read_model(request: pytest.FixtureRequest, module_databases: Callable[[], Awaitable[str]]) -> str:
+    """A database whose read model holds some documents, and the planner's
+    statistics about them or none yet. "Just begun": a few documents and
+    statistics saying so (autovacuum's first ANALYZE), data_keys analyzed empty."""
+    postgres_url = await module_databases()
+    without_autovacuum(postgres_url, "projection_documents")
+    without_autovacuum(postgres_url, "data_keys")
+    count, analyze = request.param
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO chronicle.projection_documents (projection, key, type_name, data)"
+            " SELECT 'p', 'owner:' || g, 't.Doc', '\\x08'::bytea FROM generate_series(1, %s) g",
+            (count,),
+        )
+        if analyze:
+            conn.execute("ANALYZE chronicle.projection_documents")
+            conn.execute("ANALYZE chronicle.data_keys")
+    return postgres_url
+
+
+def commit_of(*writes: DocumentWrite) -> list[Statement]:
+    return commit_projection_statements("p", 4, 5, writes, None, ())
+
+
+@pytest.mark.parametrize("name", ["load_document", "load_documents", "delete_documents", "check_subjects"])
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+def test_documents_are_read_and_written_by_key_through_their_index(read_model: str, mode: str, name: str) -> None:
+    # A read model starts empty: a plan made then (a prepared statement's
+    # generic plan) must still probe the index once the table holds millions.
+    # The statements as the store sends them, the operation's settings first.
+    cases: dict[str, tuple[list[Statement], bytes, str]] = {
+        "load_document": (load_document_statements("p", "owner:2"), b"", "projection_documents_pkey"),
+        "load_documents": (
+            load_documents_statements("p", ["owner:2", "owner:4", "owner:9"]),
+            b"",
+            "projection_documents_pkey",
+        ),
+        "delete_documents": (
+            commit_of(DocumentWrite("owner:2"), DocumentWrite("owner:4")),
+            b"DELETE",
+            "projection_documents_pkey",
+        ),
+        "check_subjects": (
+            commit_of(DocumentWrite("owner:2", "t.Doc", b"", ("acc-1", "acc-2"))),
+            b"data_keys",
+            "data_keys_pkey",
+        ),
+    }
+    statements, marker, index = cases[name]
+    settings, *rest = statements
+    assert settings.sql.decode() == sql.DOCUMENT_KEY_SETTINGS
+    statement = next(s for s in rest if marker in s.sql) if marker else rest[-1]
+    explained = plan(
+        read_model, statement.sql.decode(), list(statement.params), mode=mode, settings=settings.sql.decode()
+    )
+    assert index in explained, f"{name}: {explained}"
+    assert "Seq Scan" not in explained, f"{name}: {explained}"

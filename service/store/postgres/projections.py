@@ -17,6 +17,9 @@ from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, Sto
 from service.store.serialization import compact_json
 from service.store.sql_common import document_from_row, parked_event_from_row
 
+# Before every operation that reads or writes documents by key (see sql.py).
+_BY_KEY = Statement.prepared(sql.DOCUMENT_KEY_SETTINGS)
+
 
 class ProjectionsRole:
     _db: Database
@@ -28,17 +31,15 @@ class ProjectionsRole:
         return int(scalar(result) or 0)
 
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
-        (result,) = await self._db.run(
-            "load_document", [Statement.prepared(sql.LOAD_DOCUMENT, (projection, key), binary=True)], read_only=True
-        )
+        *_, result = await self._db.run("load_document", load_document_statements(projection, key), read_only=True)
         row = first(result)
         return None if row is None else document_from_row(row)
 
     async def load_documents(self, projection: str, keys: Sequence[str]) -> list[StoredDocument]:
         if not keys:
             return []
-        statement = Statement.prepared(sql.LOAD_DOCUMENTS, (projection, list(dict.fromkeys(keys))), binary=True)
-        (result,) = await self._db.run("load_documents", [statement], read_only=True)
+        statements = load_documents_statements(projection, keys)
+        *_, result = await self._db.run("load_documents", statements, read_only=True)
         return [document_from_row(row) for row in rows(result)]
 
     async def commit_projection(
@@ -51,39 +52,7 @@ class ProjectionsRole:
         fencing: Fencing | None = None,
         parked: Sequence[ParkedEvent] = (),
     ) -> None:
-        statements = []
-        if fencing is not None:
-            # First, so that a stale runner writes nothing at all.
-            fenced = (fencing.group, fencing.name, fencing.member_id, fencing.epoch)
-            statements.append(Statement.prepared(sql.CHECK_FENCING, fenced))
-        # The checkpoint's row is made by the first commit (from 0) and never
-        # deleted, so later commits only move it.
-        if expected_position == 0:
-            statements.append(Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)))
-        statements.append(Statement.prepared(sql.MOVE_CHECKPOINT, (name, new_position, expected_position)))
-        deletes: list[str] = []
-        keys: list[str] = []
-        type_names: list[str] = []
-        data: list[str] = []
-        subjects: list[tuple[str, ...]] = []
-        for write in writes:
-            if write.data is None:
-                deletes.append(write.key)
-            else:
-                keys.append(write.key)
-                type_names.append(write.type_name)
-                data.append(write.data.hex())
-                subjects.append(write.subjects)
-        named = sorted({subject for of_one in subjects for subject in of_one})
-        if named:
-            statements.append(Statement.prepared(sql.CHECK_SUBJECTS, (named,)))
-        if deletes:
-            statements.append(Statement.prepared(sql.DELETE_DOCUMENTS, (name, deletes)))
-        if keys:
-            columns = (compact_json(keys), compact_json(type_names), compact_json(data), compact_json(subjects))
-            statements.append(Statement.prepared(sql.PUT_DOCUMENTS, (name, *columns)))
-        if parked:
-            statements.append(Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(parked))))
+        statements = commit_projection_statements(name, expected_position, new_position, writes, fencing, parked)
         try:
             await self._db.run("commit_projection", statements)
         except Refused as refused:
@@ -148,3 +117,57 @@ def _parked_json(parked: Sequence[ParkedEvent]) -> str:
             for p in parked
         ]
     )
+
+
+def load_document_statements(projection: str, key: str) -> list[Statement]:
+    return [_BY_KEY, Statement.prepared(sql.LOAD_DOCUMENT, (projection, key), binary=True)]
+
+
+def load_documents_statements(projection: str, keys: Sequence[str]) -> list[Statement]:
+    return [_BY_KEY, Statement.prepared(sql.LOAD_DOCUMENTS, (projection, list(dict.fromkeys(keys))), binary=True)]
+
+
+def commit_projection_statements(
+    name: str,
+    expected_position: int,
+    new_position: int,
+    writes: Sequence[DocumentWrite],
+    fencing: Fencing | None,
+    parked: Sequence[ParkedEvent],
+) -> list[Statement]:
+    """One commit of a projection: its checkpoint moved, its documents
+    written and deleted, its parked events recorded, in one transaction."""
+    statements = [_BY_KEY]
+    if fencing is not None:
+        # First, so that a stale runner writes nothing at all.
+        fenced = (fencing.group, fencing.name, fencing.member_id, fencing.epoch)
+        statements.append(Statement.prepared(sql.CHECK_FENCING, fenced))
+    # The checkpoint's row is made by the first commit (from 0) and never
+    # deleted, so later commits only move it.
+    if expected_position == 0:
+        statements.append(Statement(sql.ENSURE_CHECKPOINT.encode(), (name,)))
+    statements.append(Statement.prepared(sql.MOVE_CHECKPOINT, (name, new_position, expected_position)))
+    deletes: list[str] = []
+    keys: list[str] = []
+    type_names: list[str] = []
+    data: list[str] = []
+    subjects: list[tuple[str, ...]] = []
+    for write in writes:
+        if write.data is None:
+            deletes.append(write.key)
+        else:
+            keys.append(write.key)
+            type_names.append(write.type_name)
+            data.append(write.data.hex())
+            subjects.append(write.subjects)
+    named = sorted({subject for of_one in subjects for subject in of_one})
+    if named:
+        statements.append(Statement.prepared(sql.CHECK_SUBJECTS, (named,)))
+    if deletes:
+        statements.append(Statement.prepared(sql.DELETE_DOCUMENTS, (name, deletes)))
+    if keys:
+        columns = (compact_json(keys), compact_json(type_names), compact_json(data), compact_json(subjects))
+        statements.append(Statement.prepared(sql.PUT_DOCUMENTS, (name, *columns)))
+    if parked:
+        statements.append(Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(parked))))
+    return statements
