@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from service.store.base import AggregateQuery
+from service.store.base import AggregateQuery, SnapshotKind
 from service.store.postgres import PostgresStore, sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import session_options
@@ -26,6 +26,7 @@ from service.store.postgres.projections import (
     load_document_statements,
     load_documents_statements,
 )
+from service.store.postgres.snapshots import load_from_snapshot_statements
 from service.store.records import TOMBSTONE_EVENT_TYPE, DocumentRange, DocumentWrite, LogFilter
 from service.store.sql_common import POSTGRES, aggregate_conditions
 from tests.support.postgres import Cluster
@@ -388,10 +389,44 @@ def test_documents_are_read_and_written_by_key_through_their_index(read_model: s
     }
     statements, marker, index = cases[name]
     settings, *rest = statements
-    assert settings.sql.decode() == sql.DOCUMENT_KEY_SETTINGS
+    assert settings.sql.decode() == sql.BY_KEY_SETTINGS
     statement = next(s for s in rest if marker in s.sql) if marker else rest[-1]
     explained = plan(
         read_model, statement.sql.decode(), list(statement.params), mode=mode, settings=settings.sql.decode()
     )
     assert index in explained, f"{name}: {explained}"
     assert "Seq Scan" not in explained, f"{name}: {explained}"
+
+
+@pytest.fixture(
+    scope="module",
+    params=[(5, True), (20_000, False), (20_000, True)],
+    ids=["5-just-begun", "20000-unanalyzed", "20000"],
+)
+async def snapshots(request: pytest.FixtureRequest, module_databases: Callable[[], Awaitable[str]]) -> str:
+    """A database holding snapshots of some aggregates (a deployment that
+    has just begun: a few, and statistics saying so)."""
+    postgres_url = await module_databases()
+    without_autovacuum(postgres_url, "snapshots")
+    count, analyze = request.param
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO chronicle.snapshots (aggregate_id, aggregate_type, version, state_type, schema_version, state)"
+            " SELECT 'agg-' || g, 'Tally', 1, 's', 1, '\\x08'::bytea FROM generate_series(1, %s) g",
+            (count,),
+        )
+        if analyze:
+            conn.execute("ANALYZE chronicle.snapshots")
+    return postgres_url
+
+
+@pytest.mark.parametrize("to_version", [None, 3])
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+def test_an_aggregates_latest_snapshot_is_read_from_its_index(
+    snapshots: str, mode: str, to_version: int | None
+) -> None:
+    settings, latest, _ = load_from_snapshot_statements("agg-2", SnapshotKind("Tally", "s", 1), to_version)
+    assert settings.sql.decode() == sql.BY_KEY_SETTINGS
+    explained = plan(snapshots, latest.sql.decode(), list(latest.params), mode=mode, settings=settings.sql.decode())
+    assert "snapshots_pkey" in explained, explained
+    assert "Seq Scan" not in explained and "Sort" not in explained, explained

@@ -17,8 +17,8 @@ from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, Sto
 from service.store.serialization import compact_json
 from service.store.sql_common import document_from_row, parked_event_from_row
 
-# Before every operation that reads or writes documents by key (see sql.py).
-_BY_KEY = Statement.prepared(sql.DOCUMENT_KEY_SETTINGS)
+# First in every operation that reads or writes documents by key (see sql.py).
+_BY_KEY = Statement.prepared(sql.BY_KEY_SETTINGS)
 
 
 class ProjectionsRole:

@@ -39,17 +39,8 @@ class SnapshotsRole:
     ) -> tuple[Snapshot | None, list[RecordedEvent]] | None:
         """The latest snapshot and the events after it in one round trip (a
         cold aggregate's load took two: the snapshot, then what follows)."""
-        snapshot_result, events_result = await self._db.run(
-            "load_from_snapshot",
-            [
-                Statement.prepared(sql.LOAD_SNAPSHOT, (aggregate_id, to_version), binary=True),
-                Statement.prepared(
-                    sql.EVENTS_AFTER_SNAPSHOT,
-                    (aggregate_id, kind.aggregate_type, kind.state_type, kind.schema_version, to_version),
-                    binary=True,
-                ),
-            ],
-            read_only=True,
+        _, snapshot_result, events_result = await self._db.run(
+            "load_from_snapshot", load_from_snapshot_statements(aggregate_id, kind, to_version), read_only=True
         )
         row = first(snapshot_result)
         snapshot = None if row is None else snapshot_from_row(row)
@@ -63,3 +54,20 @@ class SnapshotsRole:
 
 def _version(event: RecordedEvent) -> int:
     return event.version
+
+
+# First in an aggregate's load (see sql.py: its prepared statements keep the
+# plan they were first given, and the snapshots table starts empty).
+_BY_KEY = Statement.prepared(sql.BY_KEY_SETTINGS)
+
+
+def load_from_snapshot_statements(aggregate_id: str, kind: SnapshotKind, to_version: int | None) -> list[Statement]:
+    return [
+        _BY_KEY,
+        Statement.prepared(sql.LOAD_SNAPSHOT, (aggregate_id, to_version), binary=True),
+        Statement.prepared(
+            sql.EVENTS_AFTER_SNAPSHOT,
+            (aggregate_id, kind.aggregate_type, kind.state_type, kind.schema_version, to_version),
+            binary=True,
+        ),
+    ]

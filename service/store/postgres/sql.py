@@ -303,16 +303,17 @@ EVENTS_AFTER_SNAPSHOT = (
 # -- projections ------------------------------------------------------------
 
 PROJECTION_POSITION = "SELECT position FROM chronicle.projection_checkpoints WHERE name = $1"
-# Documents are read and written by key, always through an index. Prepared
-# statements keep the plan they were first given, and a read model starts
-# empty: planned while its table (or data_keys) looked small, a read of a
-# batch's keys became a scan of the whole table, kept after the table had
-# grown to millions of rows until an ANALYZE happened to replan it (a rebuild
-# swung between 4,000 and 11,000 events/s with when autovacuum came by). The
-# operations that read or write documents by key run under this setting,
-# local to their transaction; tests/integration/test_postgres_plans.py holds
-# them to the index.
-DOCUMENT_KEY_SETTINGS = "SELECT set_config('enable_seqscan', 'off', true)"
+# Rows that tables gain without bound (documents, snapshots) are read and
+# written by key, always through an index. Prepared statements keep the plan
+# they were first given, and a read model (or a deployment) starts empty:
+# planned while projection_documents (or data_keys, or snapshots) looked
+# small, a read of a batch's keys became a scan of the whole table, kept after
+# the table had grown to millions of rows until an ANALYZE happened to replan
+# it (a rebuild swung between 4,000 and 11,000 events/s with when autovacuum
+# came by). The operations that read or write those rows by key run under
+# this setting, local to their transaction; tests/integration/
+# test_postgres_plans.py holds them to their indexes.
+BY_KEY_SETTINGS = "SELECT set_config('enable_seqscan', 'off', true)"
 LOAD_DOCUMENT = "SELECT key, type_name, data FROM chronicle.projection_documents WHERE projection = $1 AND key = $2"
 # Many keys, one statement: probes of the primary key, one per element.
 LOAD_DOCUMENTS = (
