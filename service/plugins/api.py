@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 
 from service.errors import AlreadyExistsError, NotFoundError
 from service.plugins.context import CommandContext
-from service.plugins.projections import OnFailure, ProjectedEvent, Projection
+from service.plugins.projections import DOCUMENT_CACHE_SIZE, OnFailure, ProjectedEvent, Projection
 from service.plugins.reactions import Reaction, by_correlation
 
 if TYPE_CHECKING:
@@ -300,6 +300,7 @@ class Plugin:
         on_failure: OnFailure = "stop",
         max_attempts: int = 3,
         retry_seconds: float = 5.0,
+        cache_size: int = DOCUMENT_CACHE_SIZE,
     ) -> Projection:
         """Declare a read model kept up to date from the log (see
         ``service.plugins.projections``). ``aggregate_types`` narrows which
@@ -311,6 +312,13 @@ class Plugin:
         projection keeps up, and up to ``catch_up_batch_size`` (default: the
         larger of ``batch_size`` and 2,000) while it catches up, after a
         rebuild or a long stop.
+
+        Up to ``cache_size`` documents (default 10,000) stay in memory
+        between batches; a handler that needs one that is not there makes
+        the batch read it (with the others the batch needs, in one
+        statement). A read model whose handlers touch more documents than
+        that reads them again and again: give it a cache its working set
+        fits in, memory allowing (each entry is the document's bytes).
 
         A handler that raises on an event: with ``on_failure="stop"`` the
         projection stops there and tries again every ``retry_seconds`` until
@@ -326,6 +334,7 @@ class Plugin:
             on_failure=on_failure,
             max_attempts=max_attempts,
             retry_seconds=retry_seconds,
+            cache_size=cache_size,
         )
         self.projections.append(projection)
         return projection

@@ -83,6 +83,7 @@ OnFailure = Literal["stop", "park"]
 # Events per batch while a projection catches up (the page before was full);
 # pages are bounded in bytes too, so large events make smaller batches.
 CATCH_UP_BATCH_SIZE = 2_000
+DOCUMENT_CACHE_SIZE = 10_000
 
 
 class Projection:
@@ -97,6 +98,7 @@ class Projection:
         on_failure: OnFailure = "stop",
         max_attempts: int = 3,
         retry_seconds: float = 5.0,
+        cache_size: int = DOCUMENT_CACHE_SIZE,
     ) -> None:
         if not name or not name.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"projection name {name!r} must be letters, digits, '_' or '.'")
@@ -110,6 +112,8 @@ class Projection:
             raise ValueError(f"projection {name}: max_attempts must be at least 1")
         if not retry_seconds > 0:
             raise ValueError(f"projection {name}: retry_seconds must be positive")
+        if cache_size < 0:
+            raise ValueError(f"projection {name}: cache_size must not be negative")
         self.plugin_name = plugin_name
         self.name = name
         self.aggregate_types = frozenset(aggregate_types)
@@ -123,6 +127,9 @@ class Projection:
         self.on_failure: OnFailure = on_failure
         self.max_attempts = max_attempts
         self.retry_seconds = retry_seconds
+        # Documents kept in memory between batches, the least recently used
+        # leaving first: one that left is read again when a handler needs it.
+        self.cache_size = cache_size
         self.handlers: dict[str, tuple[type[Message], ProjectionHandler]] = {}
 
     def on(self, event_type: type[Message]) -> Callable[[H], H]:

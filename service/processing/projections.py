@@ -56,7 +56,7 @@ from google.protobuf.message import DecodeError, Message
 
 from chronicle.v1 import event_pb2
 from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed, SubjectsForgotten
-from service.plugins.projections import ProjectedEvent, Projection
+from service.plugins.projections import DOCUMENT_CACHE_SIZE, ProjectedEvent, Projection
 from service.processing.overlap import started
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
@@ -93,7 +93,7 @@ class DocumentCache:
     them (the least recently used leave first); a key known to hold no
     document is remembered too."""
 
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(self, size: int = DOCUMENT_CACHE_SIZE) -> None:
         self._size = size
         self._documents: OrderedDict[str, _Raw | None] = OrderedDict()
 
@@ -415,7 +415,7 @@ class ProjectionRunner(CheckpointedRunner):
         self._retry_interval = projection.retry_seconds if retry_interval is None else retry_interval
         self.status = ProjectionStatus(projection.name)
         self.progress = Progress()
-        self._cache = DocumentCache()
+        self._cache = DocumentCache(projection.cache_size)
         self._forgotten = ForgottenSubjects()
         # Failed tries per event (position, id) of a projection that parks,
         # and the last error; forgotten once the runner gets past them.

@@ -755,3 +755,37 @@ class ResetDuringCommit(MemoryStore):
             fencing=fencing,
             parked=parked,
         )
+
+
+async def test_a_projection_keeps_as_many_documents_between_batches_as_its_cache_size() -> None:
+    store = LoadRounds()
+    for n in range(3):
+        await run(store, f"acc-{n}", bank.OpenAccount(owner=f"owner-{n}"))
+    plugin = Plugin("sized")
+    roomy = plugin.projection("sized.roomy", aggregate_types=["Account"])
+    tight = plugin.projection("sized.tight", aggregate_types=["Account"], cache_size=1)
+    runners = {}
+    for projection in (roomy, tight):
+
+        @projection.on(bank.MoneyDeposited)
+        def _count(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+            total = documents.get(envelope.aggregate_id, bank.AccountBalance) or bank.AccountBalance()
+            total.balance += event.amount
+            documents.put(envelope.aggregate_id, total)
+
+        runners[projection.name] = ProjectionRunner(projection, log=store, documents=store, reader=READER)
+    loads = {}
+    for round_ in range(2):
+        for n in range(3):
+            await run(store, f"acc-{n}", bank.Deposit(amount=1))
+        for name, projection_runner in runners.items():
+            store.loads = 0
+            await projection_runner.step(projection_runner.status.position)
+            loads[name, round_] = store.loads
+
+    # The first batch finds nothing either way; the second finds the three
+    # accounts' documents in a cache of 10,000, and reads them all again
+    # through a cache of one (the two it reads first push out the third).
+    assert loads == {("sized.roomy", 0): 3, ("sized.tight", 0): 3, ("sized.roomy", 1): 0, ("sized.tight", 1): 3}
+    with pytest.raises(ValueError, match="cache_size"):
+        plugin.projection("sized.negative", cache_size=-1)
