@@ -64,6 +64,10 @@ CATCH_UPS = 3
 PAIRS = 7
 # Flatness: this many rounds of catch-ups, every size in turn.
 FLAT_ROUNDS = 5
+# A read model larger than its document cache: this many events over this
+# many aggregates (nine in ten accounts), half as many owners.
+WIDE_EVENTS = 300_000
+WIDE_ACCOUNTS = 100_000
 # ReadAggregate against GetAggregate: this many aggregates of this many events.
 READ_AGGREGATES = 40
 READ_EVENTS = 100
@@ -90,8 +94,8 @@ SELECT i + 1 + %(offset)s, gen_random_uuid(),
             ELSE (CASE WHEN v = 1 THEN 'bank.v1.AccountOpened' ELSE 'bank.v1.MoneyDeposited' END) END,
        1,
        CASE WHEN a %% {BOX_EVERY} = 0 THEN '\\x0a0178'::bytea
-            WHEN v = 1 THEN '\\x0a'::bytea || set_byte('\\x00'::bytea, 0, length('owner-' || a %% 1000))
-                                           || convert_to('owner-' || a %% 1000, 'UTF8')
+            WHEN v = 1 THEN '\\x0a'::bytea || set_byte('\\x00'::bytea, 0, length('owner-' || a %% %(owners)s))
+                                           || convert_to('owner-' || a %% %(owners)s, 'UTF8')
             ELSE '\\x0801'::bytea END,
        'c-' || (i + %(offset)s), 'bench', '', 'c-' || (i + %(offset)s), 'c-' || (i + %(offset)s), now()
 FROM (SELECT i, i %% %(aggregates)s AS a, i / %(aggregates)s + 1 AS v
@@ -99,14 +103,18 @@ FROM (SELECT i, i %% %(aggregates)s AS a, i / %(aggregates)s + 1 AS v
 """
 
 
-def fill(database_url: str, *, offset: int, start: int, stop: int, aggregates: int, prefix: str) -> None:
+def fill(
+    database_url: str, *, offset: int, start: int, stop: int, aggregates: int, prefix: str, owners: int = 1_000
+) -> None:
     """Events ``start`` … ``stop - 1`` of a log over ``aggregates``
-    aggregates named ``prefix…``, at positions after ``offset``."""
+    aggregates named ``prefix…``, at positions after ``offset``; account
+    ``i`` belongs to owner ``i % owners``."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         step = 500_000  # one transaction per half a million rows
         for first in range(start, stop, step):
             last = min(stop, first + step)
             params = {"offset": offset, "start": first, "stop": last, "aggregates": aggregates, "prefix": prefix}
+            params["owners"] = owners
             conn.execute(_FILL, params)
         conn.execute("UPDATE chronicle.log_head SET last_position = (SELECT max(position) FROM chronicle.events)")
 
@@ -325,6 +333,37 @@ def measure_size(database_url: str, size: int, window: int, *, rebuild: bool) ->
     return row
 
 
+def wide_rebuild(database_url: str) -> dict[str, Any]:
+    """The bank read model rebuilt over a log whose documents do not fit the
+    runner's cache (``WIDE_ACCOUNTS`` aggregates, nine in ten of them
+    accounts, spread over half as many owners: about 140,000 documents
+    against a cache of 10,000), so most batches read their documents from
+    the database."""
+    with servers.chronicle(database_url, *PLUGIN_ARGS):
+        pass
+    fill(
+        database_url,
+        offset=0,
+        start=0,
+        stop=WIDE_EVENTS,
+        aggregates=WIDE_ACCOUNTS,
+        prefix="",
+        owners=WIDE_ACCOUNTS // 2,
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(bank.CHECKPOINT_AT_HEAD, (bank.REACTION,))
+        conn.execute("VACUUM ANALYZE chronicle.events")
+    servers.settle(database_url)
+    with servers.chronicle(database_url, *PLUGIN_ARGS) as server:
+        measured = rebuild_rate(database_url, server.pid)
+    print(
+        f"  read model larger than its cache: {measured['events']:,} events rebuilt at {measured['rate']:,.0f}/s"
+        f" (server {measured['server_cpu'] / measured['events'] * 1e6:.0f} µs per event)",
+        flush=True,
+    )
+    return measured
+
+
 def flatness(urls: dict[int, str], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The Python client's catch-up at every size in turn: one server per
     size, each size's window caught up in rotating order for ``FLAT_ROUNDS``
@@ -368,6 +407,8 @@ def run(cluster: Any, sizes: list[int], window: int) -> dict[str, Any]:
             rows.append(measure_size(urls[size], size, window, rebuild=wants_rebuild))
             rebuilt = rebuilt or wants_rebuild
         flat = flatness(urls, rows)
+        urls[-1] = cluster.create_database()
+        wide = wide_rebuild(urls[-1])
         print(
             "  in turn: "
             + ", ".join(f"{entry['size']:,} events {entry['rate']:,.0f}/s" for entry in flat["sizes"])
@@ -379,7 +420,7 @@ def run(cluster: Any, sizes: list[int], window: int) -> dict[str, Any]:
             for url in urls.values():
                 name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    return {"sizes": rows, "flatness": flat}
+    return {"sizes": rows, "flatness": flat, "wide_rebuild": wide}
 
 
 def _sizes(text: str) -> list[int]:
