@@ -16,7 +16,9 @@ import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 
+import { RoutedStream } from './routed_stream.js';
 import { Routes } from './routing.js';
+import { Signal } from './signal.js';
 
 export { crc32, partitionOf } from './routing.js';
 
@@ -218,35 +220,55 @@ export class ChronicleClient {
    * are sent again first, in order, with their ids: the server runs each id
    * once, so one that had run comes back as its result with `replayed`.
    * Every result renews the `maxAttempts` budget; past it the iteration
-   * throws the stream's ChronicleError. Leaving the loop ends the call. With
-   * `routing: true` the stream still goes to `address`.
+   * throws the stream's ChronicleError. Leaving the loop ends the call.
+   *
+   * With `routing: true` there is one such stream per replica (a lane,
+   * routed_stream.js), each fed the commands whose aggregates that replica
+   * owns; the results still come in the order taken, and `window` bounds the
+   * unanswered commands of all lanes together. The commands of one aggregate
+   * stay in one lane while any of them is unanswered, even if the topology
+   * changes meanwhile, so they still run in the order sent. A lane whose
+   * call breaks is opened again on its replica, or on another live one when
+   * that replica is marked down (it stopped answering), with its unanswered
+   * commands sent again, with their ids.
    */
   submitStream(commands, { dryRun = false, window = STREAM_WINDOW, maxAttempts = 5 } = {}) {
-    const client = this;
     const source = commands[Symbol.asyncIterator]?.() ?? commands[Symbol.iterator]();
+    const options = { dryRun, window, maxAttempts };
+    if (this.routes === null) return this.#commandStream(source, () => this.commands, options).results;
+    return new RoutedStream(this.routes, source, {
+      window,
+      openLane: (input, stubFor) => this.#commandStream(input, stubFor, options),
+    }).results();
+  }
+
+  /**
+   * One command stream over SubmitStreamPages (SubmitStream once a server
+   * answered UNIMPLEMENTED), reopened when it breaks (submitStream says how):
+   * all of `submitStream` without routing, and each lane of a routed one.
+   * `source` is an iterator of commands; `stubFor(broken)` is the
+   * CommandService stub to open the next call on, `broken` being the
+   * ChronicleError that ended the call before (null for the first call, and
+   * for the same commands again over SubmitStream). Returns { results, close }:
+   * `results` yields a result per command, in the order taken; `close()` ends
+   * it from outside, as leaving the loop does (a routed stream closes its
+   * lanes so).
+   */
+  #commandStream(source, stubFor, { dryRun, window, maxAttempts }) {
+    const client = this;
     // Taken and not answered yet, in order: { command, request, size }. The
     // last `unsent` of them are not written on the current call yet.
     const pending = [];
     const state = {
       stream: null, // the current call: { call, paged, writing, ended, messages, outcome }
       unsent: 0,
-      exhausted: false, // every command was taken from `commands`
+      exhausted: false, // every command was taken from `source`
       failure: null, // what taking the next command threw
       stopped: false,
       scheduled: false,
-      wake: null, // resolves the results loop's wait
-      space: null, // resolves the pump's wait for room in the window
     };
-    const signal = () => {
-      const wake = state.wake;
-      state.wake = null;
-      wake?.();
-    };
-    const free = () => {
-      const space = state.space;
-      state.space = null;
-      space?.();
-    };
+    const arrived = new Signal(); // wakes the results loop: a message, the call's end, a failure
+    const space = new Signal(); // wakes the pump: room in the window
 
     // Writes the commands taken and not written yet, unless a write is going
     // out on the call: those taken meanwhile leave together once it has.
@@ -285,23 +307,24 @@ export class ChronicleClient {
       });
     };
 
-    const open = () => {
+    const open = (broken) => {
       state.stream?.call.cancel();
       const paged = client.pagedStreams !== false;
-      const call = paged ? client.commands.SubmitStreamPages() : client.commands.SubmitStream();
+      const stub = stubFor(broken);
+      const call = paged ? stub.SubmitStreamPages() : stub.SubmitStream();
       const stream = { call, paged, writing: false, ended: false, messages: [], outcome: null };
       call.on('error', () => {}); // the reader below takes the status
       (async () => {
         try {
           for await (const message of call) {
             stream.messages.push(message);
-            signal();
+            arrived.notify();
           }
           stream.outcome = 'end';
         } catch (error) {
           stream.outcome = error;
         }
-        signal();
+        arrived.notify();
       })();
       state.stream = stream;
       state.unsent = pending.length; // the unanswered commands go first, in order
@@ -312,9 +335,7 @@ export class ChronicleClient {
       try {
         while (!state.stopped) {
           if (pending.length >= window) {
-            await new Promise((resolve) => {
-              state.space = resolve;
-            });
+            await space.wait();
             continue;
           }
           const next = await source.next();
@@ -332,7 +353,7 @@ export class ChronicleClient {
         await source.return?.();
       } catch (error) {
         state.failure = error;
-        signal();
+        arrived.notify();
       }
     };
 
@@ -341,7 +362,7 @@ export class ChronicleClient {
         throw protocolError(`a result for ${JSON.stringify(response.command_id)}, which was not sent`);
       }
       const { command } = pending.shift();
-      free();
+      space.notify();
       if (response.command_id !== command.commandId) {
         throw protocolError(
           `expected the result of command ${command.commandId}, got one for ${JSON.stringify(response.command_id)}`,
@@ -354,12 +375,19 @@ export class ChronicleClient {
       return { command, command_id: command.commandId, submitted, error: null };
     };
 
+    const stop = () => {
+      state.stopped = true;
+      space.notify(); // the pump sees it and stops taking commands
+      arrived.notify(); // the results loop sees it and returns
+      state.stream?.call.cancel();
+    };
+
     async function* results() {
       let attempt = 1;
       try {
-        open();
+        open(null);
         pump();
-        for (;;) {
+        while (!state.stopped) {
           const stream = state.stream;
           if (stream.messages.length > 0) {
             const message = stream.messages.shift();
@@ -370,9 +398,7 @@ export class ChronicleClient {
           }
           if (state.failure !== null) throw state.failure;
           if (stream.outcome === null) {
-            await new Promise((resolve) => {
-              state.wake = resolve;
-            });
+            await arrived.wait();
             continue;
           }
           if (stream.outcome === 'end') {
@@ -382,7 +408,7 @@ export class ChronicleClient {
           const refusal = new ChronicleError(stream.outcome);
           if (refusal.code === 'UNIMPLEMENTED' && stream.paged) {
             client.pagedStreams = false; // a server from before pages: remembered for this client's life
-            open(); // not an attempt: the same commands, one per message
+            open(null); // not an attempt: the same commands, one per message
             continue;
           }
           const retryable =
@@ -392,15 +418,13 @@ export class ChronicleClient {
           const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
           await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
           attempt += 1;
-          open();
+          if (!state.stopped) open(refusal);
         }
       } finally {
-        state.stopped = true;
-        free();
-        state.stream?.call.cancel();
+        stop();
       }
     }
-    return results();
+    return { results: results(), close: stop };
   }
 
   /** A command message (chronicle.v1.Command) from its description, as this client's user and origin. */

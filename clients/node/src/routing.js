@@ -10,7 +10,8 @@
 // command: only the warm cache is lost), or to the address it was given
 // while it knows no topology. It follows WatchTopology, and fetches the
 // topology again when a response's trailing metadata says the member was
-// not the owner and knows a newer epoch.
+// not the owner and knows a newer epoch. A routed submitStream keeps a
+// stream per member (routed_stream.js).
 
 import grpc from '@grpc/grpc-js';
 
@@ -67,6 +68,10 @@ export class Routes {
     this.waiters = new Set();
     this.unsupported = false;
     this.notOwner = 0; // responses whose member said it was not the owner
+    // Commands routed submitStreams gave to a member's lane, by the address
+    // its call was on then (routed_stream.js; a command sent again after a
+    // break is not counted again): where the streams' commands went.
+    this.streamed = new Map();
     // The first topology, asked for at once; commands wait for it briefly.
     this.ready = this.refresh().catch(() => {});
     this.watching = this.watch();
@@ -103,9 +108,17 @@ export class Routes {
 
   /** Where to send `aggregateId`'s command now. */
   route(aggregateId) {
-    const owner = this.ownerOf(aggregateId);
-    if (owner && !this.isDown(owner)) return owner;
-    const live = this.addresses.filter((address) => !this.isDown(address));
+    return this.memberFor(this.ownerOf(aggregateId));
+  }
+
+  /**
+   * Member `address` unless it is down (or null), else another live member,
+   * in turn (the seed while none is known): where a command goes, and where
+   * a routed stream's lane for that member opens its call.
+   */
+  memberFor(address) {
+    if (address && !this.isDown(address)) return address;
+    const live = this.addresses.filter((member) => !this.isDown(member));
     if (live.length === 0) return this.seed;
     this.turn = (this.turn + 1) % live.length;
     return live[this.turn];
