@@ -278,6 +278,10 @@ const accepted = (request, version) => ({
   ok: { events: [], version, replayed: false },
 });
 const amountOf = (request) => unpack(request.command.payload).amount;
+// A stand-in replica's answer to each page: every deposit accepted, at the version its amount says.
+const answerEachPage = (call, _requests, page) => {
+  call.write({ results: page.map((request) => accepted(request, amountOf(request))) });
+};
 
 test("an aggregate's commands follow a new owner only once none is unanswered", { timeout: 15_000 }, async () => {
   const cluster = standInCluster();
@@ -286,9 +290,7 @@ test("an aggregate's commands follow a new owner only once none is unanswered", 
   const a = await standInReplica(cluster, (call, requests) => {
     if (requests.length === 2) call.write({ results: requests.map((request) => accepted(request, amountOf(request))) });
   });
-  const b = await standInReplica(cluster, (call, _requests, page) => {
-    call.write({ results: page.map((request) => accepted(request, amountOf(request))) });
-  });
+  const b = await standInReplica(cluster, answerEachPage);
   cluster.topology = topologyOf(1, 'a', a, b);
   const client = new ChronicleClient(a.address, { routing: true });
   try {
@@ -331,9 +333,7 @@ test('a lane whose replica breaks its call sends its unanswered commands to anot
     (call) => setImmediate(() => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'going away (test)' })),
     () => {}, // it ends with UNAVAILABLE, not on the client's end
   );
-  const b = await standInReplica(cluster, (call, _requests, page) => {
-    call.write({ results: page.map((request) => accepted(request, amountOf(request))) });
-  });
+  const b = await standInReplica(cluster, answerEachPage);
   cluster.topology = topologyOf(1, 'a', a, b);
   const client = new ChronicleClient(a.address, { routing: true });
   try {
