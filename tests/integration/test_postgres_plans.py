@@ -301,12 +301,18 @@ def test_a_log_page_filtered_to_several_types_sorts_no_more_than_the_page(
 
 
 @pytest.fixture(
-    scope="module", params=[(300, False), (50_000, False), (50_000, True)], ids=["300", "50000-unanalyzed", "50000"]
+    scope="module",
+    params=[(10, True), (300, False), (50_000, False), (50_000, True)],
+    ids=["10-just-begun", "300", "50000-unanalyzed", "50000"],
 )
 async def documents(request: pytest.FixtureRequest, module_databases: Callable[[], Awaitable[str]]) -> str:
-    """A database holding a projection's documents (and another's)."""
+    """A database holding a projection's documents (and another's), and the
+    planner's statistics about them or none yet. "Just begun": a few
+    documents and statistics saying so (autovacuum's first ANALYZE),
+    data_keys analyzed empty."""
     postgres_url = await module_databases()
     without_autovacuum(postgres_url, "projection_documents")
+    without_autovacuum(postgres_url, "data_keys")
     count, analyze = request.param
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(
@@ -317,6 +323,7 @@ async def documents(request: pytest.FixtureRequest, module_databases: Callable[[
         )
         if analyze:
             conn.execute("ANALYZE chronicle.projection_documents")
+            conn.execute("ANALYZE chronicle.data_keys")
     return postgres_url
 
 
@@ -334,38 +341,13 @@ def test_documents_are_listed_by_prefix_from_the_primary_key_in_order(documents:
         assert "Rows Removed by Filter" not in explained, explained
 
 
-@pytest.fixture(
-    scope="module",
-    params=[(10, True), (300, False), (50_000, False), (50_000, True)],
-    ids=["10-just-begun", "300", "50000-unanalyzed", "50000"],
-)
-async def read_model(request: pytest.FixtureRequest, module_databases: Callable[[], Awaitable[str]]) -> str:
-    """A database whose read model holds some documents, and the planner's
-    statistics about them or none yet. "Just begun": a few documents and
-    statistics saying so (autovacuum's first ANALYZE), data_keys analyzed empty."""
-    postgres_url = await module_databases()
-    without_autovacuum(postgres_url, "projection_documents")
-    without_autovacuum(postgres_url, "data_keys")
-    count, analyze = request.param
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO chronicle.projection_documents (projection, key, type_name, data)"
-            " SELECT 'p', 'owner:' || g, 't.Doc', '\\x08'::bytea FROM generate_series(1, %s) g",
-            (count,),
-        )
-        if analyze:
-            conn.execute("ANALYZE chronicle.projection_documents")
-            conn.execute("ANALYZE chronicle.data_keys")
-    return postgres_url
-
-
 def commit_of(*writes: DocumentWrite) -> list[Statement]:
     return commit_projection_statements("p", 4, 5, writes, None, ())
 
 
 @pytest.mark.parametrize("name", ["load_document", "load_documents", "delete_documents", "check_subjects"])
 @pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
-def test_documents_are_read_and_written_by_key_through_their_index(read_model: str, mode: str, name: str) -> None:
+def test_documents_are_read_and_written_by_key_through_their_index(documents: str, mode: str, name: str) -> None:
     # A read model starts empty: a plan made then (a prepared statement's
     # generic plan) must still probe the index once the table holds millions.
     # The statements as the store sends them, the operation's settings first.
@@ -392,7 +374,7 @@ def test_documents_are_read_and_written_by_key_through_their_index(read_model: s
     assert settings.sql.decode() == sql.BY_KEY_SETTINGS
     statement = next(s for s in rest if marker in s.sql) if marker else rest[-1]
     explained = plan(
-        read_model, statement.sql.decode(), list(statement.params), mode=mode, settings=settings.sql.decode()
+        documents, statement.sql.decode(), list(statement.params), mode=mode, settings=settings.sql.decode()
     )
     assert index in explained, f"{name}: {explained}"
     assert "Seq Scan" not in explained, f"{name}: {explained}"
