@@ -160,13 +160,13 @@ def commit_projection_statements(
             type_names.append(write.type_name)
             data.append(write.data.hex())
             subjects.append(write.subjects)
-    named = sorted({subject for of_one in subjects for subject in of_one})
-    if named:
+    named = compact_json(subjects)
+    if any(subjects):
         statements.append(Statement.prepared(sql.CHECK_SUBJECTS, (named,)))
     if deletes:
         statements.append(Statement.prepared(sql.DELETE_DOCUMENTS, (name, deletes)))
     if keys:
-        columns = (compact_json(keys), compact_json(type_names), compact_json(data), compact_json(subjects))
+        columns = (compact_json(keys), compact_json(type_names), compact_json(data), named)
         statements.append(Statement.prepared(sql.PUT_DOCUMENTS, (name, *columns)))
     if parked:
         statements.append(Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(parked))))

@@ -346,12 +346,17 @@ DELETE_DOCUMENTS = "DELETE FROM chronicle.projection_documents WHERE projection 
 # with a forget of one of them: a forget that took its key's row first is
 # waited for and then seen (its tombstone, and the deletions that follow it,
 # committed); one that comes later waits for this commit and then deletes
-# what it wrote.
+# what it wrote. The subjects come as PUT_DOCUMENTS' own JSON (an array of
+# each document's subjects), so the client encodes them once: building a
+# distinct, sorted text array of them cost a rebuild about a twentieth of
+# its time (a document derived from ten accounts names all ten at each
+# write); PostgreSQL's ANY does not mind repeats, and ORDER BY sorts.
 CHECK_SUBJECTS = (
     "SELECT CASE WHEN count(*) FILTER (WHERE k.wrapped_key IS NULL) = 0 THEN 0"
     f" ELSE chronicle.refuse('{SUBJECTS_FORGOTTEN}',"
     " string_agg(k.aggregate_id, E'\\n') FILTER (WHERE k.wrapped_key IS NULL)) END"
-    " FROM (SELECT aggregate_id, wrapped_key FROM chronicle.data_keys WHERE aggregate_id = ANY($1::text[])"
+    " FROM (SELECT aggregate_id, wrapped_key FROM chronicle.data_keys"
+    " WHERE aggregate_id = ANY(ARRAY(SELECT jsonb_array_elements_text(jsonb_array_elements($1::jsonb))))"
     " ORDER BY aggregate_id FOR SHARE) AS k"
 )
 # A document's subjects (the aggregates it is derived from) are in its row,
