@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from operator import attrgetter
+
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
@@ -25,11 +28,15 @@ class LogRole:
         # One statement, one snapshot: the log's end and the page agree.
         *_, result = await self._db.run("read_log", statements, read_only=True)
         loaded = rows(result)
-        head = int(loaded[0][0]) if loaded else 0
-        events = tuple(in_order([event_from_row(row[1:]) for row in loaded if row[1] is not None], _position))
+        head = int(loaded[0][-1]) if loaded else 0
+        # An empty page is one row of NULLs beside the log's end (the join is
+        # a LEFT one); otherwise each row is an event's columns, then its size,
+        # the running total and the end, which event_from_row leaves aside.
+        page = loaded if loaded and loaded[0][0] is not None else []
+        events = tuple(in_order(list(map(event_from_row, page)), _position))
         # Cut by size when the last event's running total reached the limit
         # (the next one, if any, was left out); "full" only says more may follow.
-        full = len(events) == limit or (bool(events) and loaded[-1][-1] >= budget)
+        full = len(events) == limit or (bool(events) and page[-1][-2] >= budget)
         return log_page(events, head=head, after_position=after_position, full=full)
 
     async def log_head(self) -> int:
@@ -86,5 +93,5 @@ def page_conditions(after_position: int, log_filter: LogFilter) -> tuple[Conditi
     return conditions, f"{column}, position"
 
 
-def _position(event: RecordedEvent) -> int:
-    return event.position
+# The key of the order check (attrgetter: in C, as the check is).
+_position: Callable[[RecordedEvent], int] = attrgetter("position")

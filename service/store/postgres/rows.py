@@ -3,7 +3,6 @@ by each column's type, in text or binary as the statement asked."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -17,8 +16,11 @@ def in_order(items: Sequence[T], key: Callable[[T], int]) -> Sequence[T]:
     """``items`` ascending by ``key``. Rows that come through a lateral join
     keep the order its inner side gave them, which the planner does not
     know: rather than have PostgreSQL sort them again, the reader checks,
-    and sorts only if a plan ever returned them otherwise."""
-    if all(key(earlier) < key(later) for earlier, later in itertools.pairwise(items)):
+    and sorts only if a plan ever returned them otherwise. (Comparing the
+    keys with their sorted list runs in C: a page of a thousand events is
+    checked in a fraction of what a loop over its pairs took.)"""
+    keys = list(map(key, items))
+    if keys == sorted(keys):
         return items
     return sorted(items, key=key)
 

@@ -216,7 +216,8 @@ def read_log(where: str, limit: str, max_bytes: str, *, order: str = "position")
     out under log_head's row lock). The page holds at most ``limit`` events
     and ends with the first that brings their size to ``max_bytes``; the last
     column is each event's running total of sizes, so the reader knows the
-    page was cut when the last one's reached ``max_bytes``. ``order``: the
+    page was cut when the last one's reached ``max_bytes`` (the log's end
+    comes after it, so that a row is an event's row as it is). ``order``: the
     index order that is position order for this ``where`` (``aggregate_type,
     position`` for a page of one type: see ``log.page_conditions``).
 
@@ -230,7 +231,7 @@ def read_log(where: str, limit: str, max_bytes: str, *, order: str = "position")
     sorted the page once more (about a fifth again); the reader checks the
     order instead (``rows.in_order``)."""
     return (
-        "SELECT h.last_position, w.* FROM chronicle.log_head h LEFT JOIN LATERAL (SELECT * FROM ("
+        "SELECT w.*, h.last_position FROM chronicle.log_head h LEFT JOIN LATERAL (SELECT * FROM ("
         f"SELECT page.*, sum(size) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) AS through"
         f" FROM (SELECT {EVENT_COLUMNS}, {_EVENT_SIZE} AS size"
         f" FROM chronicle.events WHERE {where}"
