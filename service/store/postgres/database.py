@@ -23,6 +23,12 @@ health check (``ping``) reports it. A connection that breaks fails only the
 operations it carried; an operation that only reads is sent once more on
 another connection, one that writes is not (its outcome is unknown: the
 caller retries with the same command id and idempotency decides).
+
+Contention. An operation is one transaction (connection.py), so one that
+PostgreSQL aborts as a deadlock's victim or for a serialization failure
+(errors.rolled_back) left nothing behind and is sent again, read or write,
+after a short jittered pause: ``ROLLBACK_ATTEMPTS`` times in all, then
+``StoreUnavailable`` (reason ``CONTENTION``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
 
 import psycopg
@@ -40,7 +47,7 @@ from service.store.encryption import sealed_store_without_keys
 from service.store.notifier import CommitNotifier
 from service.store.postgres import sql
 from service.store.postgres.connection import ConnectionLost, PipelinedConnection, Statement
-from service.store.postgres.errors import translation
+from service.store.postgres.errors import contention, rolled_back, translation
 from service.store.postgres.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,18 @@ log = logging.getLogger(__name__)
 _BUSY = 2
 # Connections for writes: group commit keeps two batches in flight.
 _WRITERS = 2
+# An operation PostgreSQL rolled back whole to let others go on (a deadlock's
+# victim, a serialization failure) is sent again: the deadlock is gone with
+# the victim, and the other transaction, which goes on, is usually done
+# within milliseconds. Attempts in all, before StoreUnavailable (CONTENTION):
+# a few, so that a real lock-order cycle or a storm of conflicts reaches
+# the client (who retries later) instead of holding the caller for long.
+ROLLBACK_ATTEMPTS = 5
+# Seconds before the second attempt, doubled before each further one (4, 8,
+# 16, 32 ms: at most 60 ms in all); each pause is drawn between half and all
+# of it, so that two operations that aborted each other do not collide again
+# in step.
+ROLLBACK_BACKOFF = 0.004
 
 
 class Database:
@@ -148,22 +167,41 @@ class Database:
 
     async def run(self, what: str, statements: Sequence[Statement], *, read_only: bool = False) -> list[PGresult]:
         """One operation, its errors translated to Chronicle's. ``what``
-        names it in messages."""
-        for attempt in (1, 2):
+        names it in messages (and logs). Sent again when PostgreSQL rolled
+        it back (a deadlock, a serialization failure: see ``ROLLBACK_ATTEMPTS``),
+        and a read once more when its connection died."""
+        resent = False  # a read sent again after its connection died
+        rolled = 0  # attempts PostgreSQL rolled back (deadlock, serialization)
+        while True:
             try:
                 connection = await self._connection(read_only=read_only)
-                results = await connection.run(statements)
+                return await connection.run(statements)
             except ConnectionLost as lost:
-                if read_only and attempt == 1 and not self._closed:
+                if read_only and not resent and not self._closed:
+                    resent = True
                     continue  # the connection died under us (a restart): a read is safe to send again
                 raise StoreUnavailable(f"PostgreSQL unavailable during {what}: {lost}") from lost
             except Exception as error:
+                if rolled_back(error):
+                    rolled += 1
+                    if rolled >= ROLLBACK_ATTEMPTS:
+                        raise contention(error, what, attempts=rolled) from error
+                    pause = ROLLBACK_BACKOFF * 2 ** (rolled - 1) * random.uniform(0.5, 1.0)
+                    log.info(
+                        "PostgreSQL rolled back %s (SQLSTATE %s: %s); sending it again in %.0f ms (attempt %d of %d)",
+                        what,
+                        error.sqlstate,
+                        error.diag.message_primary,
+                        pause * 1000,
+                        rolled + 1,
+                        ROLLBACK_ATTEMPTS,
+                    )
+                    await asyncio.sleep(pause)
+                    continue
                 translated = translation(error, what)
                 if translated is None:
                     raise
                 raise translated from error
-            return results
-        raise AssertionError("unreachable")
 
     async def _connection(self, *, read_only: bool) -> PipelinedConnection:
         if self._closed:

@@ -6,6 +6,8 @@ the store's methods stay free of ``except`` chains.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import psycopg
 from psycopg import errors as pg
 
@@ -33,6 +35,34 @@ class Refused(Exception):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+# SQLSTATEs of a transaction PostgreSQL aborted whole so that others could
+# go on: a deadlock's victim (40P01) and a serialization failure (40001; on a
+# hot standby, also a read cancelled by a conflict with replay). Nothing of
+# the operation was applied, so sending it again can succeed: Database.run
+# does, a few times. Not the rest of class 40 (40002 is a constraint, 40003
+# an unknown outcome), nor a lock wait that timed out (55P03): waiting again
+# would only double the wait.
+_ROLLED_BACK = frozenset({"40P01", "40001"})
+
+CONTENTION = "CONTENTION"  # StoreUnavailable's reason when PostgreSQL kept aborting an operation
+
+
+def rolled_back(error: BaseException) -> TypeGuard[psycopg.Error]:
+    """Whether PostgreSQL rolled the operation's transaction back as a
+    deadlock's victim or for a serialization failure: safe to run again."""
+    return isinstance(error, psycopg.Error) and error.sqlstate in _ROLLED_BACK
+
+
+def contention(error: BaseException, what: str, *, attempts: int) -> StoreUnavailable:
+    """An operation PostgreSQL rolled back on each of ``attempts`` tries."""
+    tries = "once" if attempts == 1 else f"on each of {attempts} attempts"
+    return StoreUnavailable(
+        f"PostgreSQL rolled back {what} {tries} to resolve contention with concurrent transactions"
+        f" ({_first_line(error)}); nothing of it was applied: retry it",
+        reason=CONTENTION,
+    )
 
 
 # Errors that mean "the database cannot serve right now": connection lost,
@@ -65,6 +95,8 @@ def translation(error: BaseException, what: str) -> BaseException | None:
         # e.g. a NUL character, which PostgreSQL text cannot hold: such a
         # value was never stored, and cannot be.
         return InvalidInput(f"value not storable in PostgreSQL: {_first_line(error)}", reason="UNSTORABLE_VALUE")
+    if rolled_back(error):
+        return contention(error, what, attempts=1)
     if isinstance(error, _UNAVAILABLE):
         return StoreUnavailable(f"PostgreSQL unavailable during {what}: {_first_line(error)}")
     return None
