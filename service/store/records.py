@@ -313,7 +313,7 @@ class LogPage:
     more: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class StoredDocument:
     """A projection's document: a Protobuf message (its full type name and
     bytes) under a key."""
@@ -323,7 +323,7 @@ class StoredDocument:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@value(frozen=True, slots=True)
 class DocumentWrite:
     """A change to a projection's document: ``data`` None deletes it.
     ``subjects``: the aggregates the document is derived from; forgetting
