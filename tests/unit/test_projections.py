@@ -789,3 +789,38 @@ async def test_a_projection_keeps_as_many_documents_between_batches_as_its_cache
     assert loads == {("sized.roomy", 0): 3, ("sized.tight", 0): 3, ("sized.roomy", 1): 0, ("sized.tight", 1): 3}
     with pytest.raises(ValueError, match="cache_size"):
         plugin.projection("sized.negative", cache_size=-1)
+
+
+class CommitWrites(MemoryStore):
+    """Records the document writes of each projection commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[DocumentWrite] = []
+
+    async def commit_projection(self, name: str, *, writes: Sequence[DocumentWrite], **rest: Any) -> None:
+        await super().commit_projection(name, writes=writes, **rest)
+        self.writes.extend(writes)
+
+
+async def test_a_documents_subjects_are_kept_in_the_order_given_each_once() -> None:
+    store = CommitWrites()
+    await run(store, "acc-1", bank.OpenAccount(owner="ann"))
+    projection = Plugin("subjects").projection("subjects.named", aggregate_types=["Account"])
+
+    @projection.on(bank.AccountOpened)
+    def _opened(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+        # A repeated field of the document itself, with repeats; a generator; one id; none repeated.
+        listed = bank.OwnerBalance(owner="ann", account_ids=["acc-9", "acc-1", "acc-9", "acc-5", "acc-1"])
+        documents.put("listed", listed, subject=listed.account_ids)
+        documents.put("generated", listed, subject=(f"acc-{n}" for n in (3, 2, 3)))
+        documents.put("one", listed, subject="acc-1")
+        documents.put("distinct", listed, subject=["acc-2", "acc-1"])
+
+    await ProjectionRunner(projection, log=store, documents=store, reader=READER).step(0)
+    assert {write.key: write.subjects for write in store.writes} == {
+        "listed": ("acc-9", "acc-1", "acc-5"),
+        "generated": ("acc-3", "acc-2"),
+        "one": ("acc-1",),
+        "distinct": ("acc-2", "acc-1"),
+    }
