@@ -235,21 +235,33 @@ def encode_event(event: RecordedEvent) -> event_pb2.Event:
 
 
 def encode_event_into(encoded: event_pb2.Event, event: RecordedEvent) -> None:
-    """Fill ``encoded`` (often a fresh element of a response's repeated
-    field: building an Event apart and adding it would copy it) with ``event``."""
+    """Fill ``encoded``, a fresh message (often a new element of a
+    response's repeated field: building an Event apart and adding it would
+    copy it), with ``event``."""
     encoded.event_id = event.event_id
     encoded.aggregate_id = event.aggregate_id
     encoded.aggregate_type = event.aggregate_type
     encoded.version = event.version
     encoded.position = event.position
+    # Each attribute of a upb message is a lookup by name and a call: the
+    # sub-messages are taken once, and an empty string (proto3's default,
+    # not on the wire either way) is not set at all. A catch-up spends a
+    # third of its time in this function.
     seconds, micros = divmod(event.timestamp_us, 1_000_000)
-    encoded.timestamp.seconds = seconds
-    encoded.timestamp.nanos = micros * 1000
-    encoded.origin = event.origin
-    encoded.user_id = event.user_id
-    encoded.command_id = event.command_id
-    encoded.correlation_id = event.correlation_id
-    encoded.causation_id = event.causation_id
+    timestamp = encoded.timestamp
+    timestamp.seconds = seconds
+    if micros:
+        timestamp.nanos = micros * 1000
+    if event.origin:
+        encoded.origin = event.origin
+    if event.user_id:
+        encoded.user_id = event.user_id
+    if event.command_id:
+        encoded.command_id = event.command_id
+    if event.correlation_id:
+        encoded.correlation_id = event.correlation_id
+    if event.causation_id:
+        encoded.causation_id = event.causation_id
     encoded.schema_version = event.schema_version
     encoded.event_type = event.event_type
     if event.metadata:
@@ -259,5 +271,6 @@ def encode_event_into(encoded: event_pb2.Event, event: RecordedEvent) -> None:
     else:
         if event.event_type == TOMBSTONE_EVENT_TYPE:
             encoded.deleted = True
-        encoded.payload.type_url = TYPE_URL_PREFIX + event.event_type
-        encoded.payload.value = event.payload
+        payload = encoded.payload
+        payload.type_url = TYPE_URL_PREFIX + event.event_type
+        payload.value = event.payload
