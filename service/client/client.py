@@ -275,7 +275,7 @@ class ChronicleClient:
             )
             return routed.results()
         stream = CommandStream(
-            lambda paged: open_on(self._commands, paged),
+            lambda paged, _broken: open_on(self._commands, paged),  # one channel: a broken call reopens on it
             commands_of(commands),
             encode,
             retry=self._retry,

@@ -4,12 +4,22 @@ taken, as with one stream.
 
 One lane per member: a ``CommandStream`` (streaming.py: a window of
 unanswered commands, a broken call reopened and its pending commands sent
-again with their ids) fed from a queue. A lane whose call breaks reopens on
-its member unless it is marked down, else on another member
-(``Routes.stub_for``). The commands of one aggregate stay in one lane for as
-long as any of them is unanswered, even if the topology changes meanwhile:
-the server runs one stream's commands for one aggregate in the order sent,
-two streams' in no particular order.
+again with their ids) fed from a queue. Each call of a lane opens on the
+lane's member unless that member is marked down, else on another member
+(``Routes.stub_for``). A call that broke with UNAVAILABLE, or with a
+CANCELLED the client did not ask for (a server that stops cancels its
+calls), marks the member it was on down (``Routes.unreachable``, which
+unary sends heed too) before the next call opens. Nothing else marks a
+member down: a call that broke with another error the retry policy retries
+(RESOURCE_EXHAUSTED from a full queue, say), or a SubmitStreamPages the
+member answered UNIMPLEMENTED (it predates it: SubmitStream follows),
+reopens on the same member. The Node.js client (routed_stream.js) does the
+same.
+
+The commands of one aggregate stay in one lane for as long as any of them
+is unanswered, even if the topology changes meanwhile: the server runs one
+stream's commands for one aggregate in the order sent, two streams' in no
+particular order.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
+import grpc
+
 from chronicle.v1 import command_service_pb2, command_service_pb2_grpc
 from service.client.commands import Command
 from service.client.results import StreamResult
@@ -29,6 +41,14 @@ from service.client.streaming import DEFAULT_WINDOW, CommandStream, StreamMethod
 
 Lane = str | None  # a member's address; None: the seed
 _END = object()
+# How a lane's call ends when its member is gone or going (killed, the
+# connection lost, a server stopping). CANCELLED here is always the
+# server's: a call the client cancels itself ends in asyncio.CancelledError
+# (grpc.aio raises it for a locally cancelled call), never in an
+# AioRpcError, so it does not reach a reopening; and CommandStream cancels a
+# call only when it has already broken (before reopening) or when the stream
+# ends (then nothing is reopened).
+MEMBER_GONE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 
 class RoutedStream:
@@ -133,14 +153,13 @@ class RoutedStream:
 
     async def _run_lane(self, lane: Lane, queue: asyncio.Queue[object]) -> None:
         output = self._outputs[lane]
-        opened = 0
+        member: Lane = lane  # where the lane's current call is
 
-        def open_call(paged: bool) -> Any:
-            nonlocal opened
-            opened += 1
-            if opened > 1:  # the lane's call broke: its member may be gone
-                self._routes.unreachable(lane)
-            stub, _ = self._routes.stub_for(lane)
+        def open_call(paged: bool, broken: grpc.StatusCode | None) -> Any:
+            nonlocal member
+            if broken in MEMBER_GONE:
+                self._routes.unreachable(member)
+            stub, member = self._routes.stub_for(lane)
             return self._open_call(stub, paged)
 
         async def commands() -> AsyncIterator[Command]:

@@ -132,7 +132,9 @@ class Routes:
     # -- what answers tell -------------------------------------------------------
 
     def unreachable(self, address: str | None) -> None:
-        """A call to member ``address`` failed with UNAVAILABLE."""
+        """A call to member ``address`` failed with UNAVAILABLE (a routed
+        stream's call also with a CANCELLED the client did not ask for):
+        the member is gone or going."""
         if address is not None:
             self.failovers += 1
             self._down[address] = self._clock() + DOWN_SECONDS

@@ -16,6 +16,10 @@ command that had run comes back as its recorded result (``replayed``) and
 nothing is appended twice. Every result received renews the retry budget.
 A server that answers the paged call UNIMPLEMENTED gets the same commands
 over ``SubmitStream``, one message each, from then on.
+
+Each call is opened by ``open_call(paged, broken)`` (``OpenCall``), told
+which error, if any, broke the call before it: a routing client moves a
+lane to another member only when its member is gone (routed_stream.py).
 """
 
 from __future__ import annotations
@@ -74,10 +78,18 @@ async def commands_of(commands: Iterable[Command] | AsyncIterable[Command]) -> A
             yield command
 
 
+# ``open_call(paged, broken)``: a new SubmitStreamPages call (``paged``) or
+# SubmitStream call. ``broken``: the code of the error that ended the
+# previous call (one the retry policy retries); None for the first call, and
+# for the SubmitStream call that follows a SubmitStreamPages the server
+# answered UNIMPLEMENTED (the server is older, not gone).
+OpenCall = Callable[[bool, grpc.StatusCode | None], Any]
+
+
 class CommandStream:
     def __init__(
         self,
-        open_call: Callable[[bool], Any],
+        open_call: OpenCall,
         commands: AsyncIterator[Command],
         encode: Callable[[Command], command_service_pb2.SubmitRequest],
         *,
@@ -86,8 +98,7 @@ class CommandStream:
         window: int = DEFAULT_WINDOW,
         method: StreamMethod | None = None,
     ) -> None:
-        """``open_call(paged)`` opens SubmitStreamPages (True) or
-        SubmitStream (False)."""
+        """``open_call(paged, broken)`` opens each call (``OpenCall``)."""
         if window < 1:
             raise ValueError("a stream's window is at least one command")
         self._open_call = open_call
@@ -112,7 +123,7 @@ class CommandStream:
         writer = asyncio.create_task(self._writer())
         attempt = 1
         try:
-            await self._reopen()
+            await self._reopen(None)
             while True:
                 try:
                     message = await self._next_message(pump, writer)
@@ -120,7 +131,7 @@ class CommandStream:
                     if failed.code() == grpc.StatusCode.UNIMPLEMENTED and self._paged:
                         log.info("the server has no SubmitStreamPages; using SubmitStream")
                         self._method.paged = False
-                        await self._reopen()
+                        await self._reopen(None)  # the same server, only older: nothing broke
                         continue
                     cause, error = failed, remote_error(failed)
                     wait = self._retry.delay(attempt, error)
@@ -134,7 +145,7 @@ class CommandStream:
                     )
                     await asyncio.sleep(wait)
                     attempt += 1
-                    await self._reopen()
+                    await self._reopen(error.code)
                     continue
                 if message is grpc.aio.EOF:
                     if self._pending:
@@ -205,12 +216,14 @@ class CommandStream:
                     await self._done_writing()
                     return
 
-    async def _reopen(self) -> None:
+    async def _reopen(self, broken: grpc.StatusCode | None) -> None:
+        """Open the next call (``broken``: see ``OpenCall``) and send it
+        every pending command."""
         if self._call is not None:
             self._call.cancel()  # first: a write waiting on the broken call returns
         async with self._writing:
             self._paged = self._method.paged
-            self._call = self._open_call(self._paged)
+            self._call = self._open_call(self._paged, broken)
             self._unsent = len(self._pending)
             while self._unsent:
                 await self._write_unsent()
