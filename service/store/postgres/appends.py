@@ -30,7 +30,7 @@ from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, InvalidI
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
-from service.store.postgres.errors import Refused, UniqueViolation, translation
+from service.store.postgres.errors import Refused, UniqueViolation, rolled_back, translation
 from service.store.postgres.group_commit import Append, Outcome
 from service.store.postgres.rows import rows
 from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
@@ -196,7 +196,14 @@ class AppendWriter:
                 written.set_result(list(outcomes))
             return
         meaning = translation(error, "append")
-        if isinstance(meaning, Refused | UniqueViolation) or (isinstance(meaning, InvalidInput) and len(batch) > 1):
+        # Refused, or rolled back as a deadlock's victim (nothing of it
+        # written): settling sends it again through Database.run, which
+        # retries a rollback, and blames whichever appends were at fault.
+        if (
+            isinstance(meaning, Refused | UniqueViolation)
+            or rolled_back(error)
+            or (isinstance(meaning, InvalidInput) and len(batch) > 1)
+        ):
             task = asyncio.get_running_loop().create_task(self._settle(batch))
             task.add_done_callback(partial(_relay, written))
             return
