@@ -12,7 +12,10 @@ SubmitStreamPages with 64 and 256 commands in flight; several events per
 command; the bank example with its read model (deposits over 1,000
 accounts: unary, stream, stream in pages); pgbench's single-row inserts at the
 same concurrencies, with PostgreSQL's CPU per insert; the peer (the Python
-``eventsourcing`` library, the same bank deposits in-process); aggregate load
+``eventsourcing`` library, the same bank deposits in-process); the targets'
+ratios again in alternating rounds, every side of each ratio measured in
+each round (``bench/paired.py``: the report judges those targets by the
+rounds' median, since the host's speed drifts between the sweep's points); aggregate load
 time with and without a snapshot; the server's memory with 100,000
 aggregates touched once and after eviction; the read path with the log at 0,
 1 M and 5 M events (``bench/reads.py``). Every Chronicle point checks
@@ -30,74 +33,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import bank, checks, load, machine, memory, peer, pgbench, reads, replay, report, servers
+from bench import bank, load, machine, memory, paired, peer, pgbench, reads, replay, report, servers
+from bench.points import measure
 
 ROOT = Path(__file__).resolve().parent.parent
-# The bank point and its peer: deposits over this many accounts, one owner each.
-BANK_ACCOUNTS = 1000
 # The peer runs at each of these thread counts; the best counts.
 PEER_THREADS = (4, 16)
 # The read path, with the log at these sizes (full run, --quick), each
 # catch-up reading this many events.
 READ_SIZES = {False: [0, 1_000_000, 5_000_000], True: [0, 1_000_000]}
 READ_WINDOW = 200_000
-
-
-def measure(
-    spec: load.LoadSpec, server_pid: int, postmaster: int | None, *, database_url: str | None = None
-) -> dict[str, Any]:
-    """One point: the load, each side's CPU over its measured window, and,
-    on Chronicle, the check that every acknowledged command is stored."""
-
-    def sample() -> tuple[float, float, int]:
-        lag = bank.projection_lag(database_url) if spec.domain == "bank" and database_url else 0
-        return (
-            machine.cpu_seconds(server_pid),
-            machine.tree_cpu_seconds(postmaster) if postmaster else 0.0,
-            lag,
-        )
-
-    result = load.run(spec, sample)
-    assert result.window is not None
-    before, after = result.window
-    row = {
-        "mode": spec.mode,
-        "domain": spec.domain,
-        "concurrency": spec.concurrency,
-        "aggregates": spec.aggregates,
-        "events_per_command": spec.events_per_command,
-        "rate": result.rate,
-        "p50_ms": result.percentile(0.5) * 1000,
-        "p99_ms": result.percentile(0.99) * 1000,
-        "completed": result.completed,
-        "errors": result.errors,
-        "error_reasons": result.error_reasons,
-        # CPU seconds of each side over the measured window only
-        "server_cpu": after[0] - before[0],
-        "db_cpu": after[1] - before[1],
-        "client_cpu": result.client_cpu,
-        "wall": spec.seconds,
-    }
-    if database_url is not None:
-        point = f"{spec.domain} {spec.mode} c={spec.concurrency}"
-        row["check"] = checks.acknowledged_are_stored(database_url, result.acknowledged, point=point)
-        if spec.domain == "bank":
-            row["projection_lag_at_end"] = after[2]
-            row["projection_catch_up_s"] = bank.caught_up(database_url)
-            row["balances"] = bank.balances_agree(database_url, spec.prefix, len(result.acknowledged))
-    projection = (
-        f"  lag {row['projection_lag_at_end']} caught up in {row['projection_catch_up_s']:.2f} s"
-        if "projection_lag_at_end" in row
-        else ""
-    )
-    print(
-        f"  {spec.domain:5} {spec.mode:6} c={spec.concurrency:<4} aggs={spec.aggregates:<6}"
-        f" ev={spec.events_per_command}  {row['rate']:8.0f}/s  p50 {row['p50_ms']:6.1f} ms"
-        f"  p99 {row['p99_ms']:6.1f} ms  cpu s/db/c {row['server_cpu']:.1f}/{row['db_cpu']:.1f}"
-        f"/{row['client_cpu']:.1f}{projection}" + (f"  errors {result.error_reasons}" if result.errors else ""),
-        flush=True,
-    )
-    return row
 
 
 def _counts(text: str) -> list[int]:
@@ -170,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print("Chronicle (bank example with its read model, PostgreSQL):", flush=True)
         with servers.chronicle(database_url, *bank.BANK_PLUGIN_ARGS, "--idle-timeout", "600") as server:
-            asyncio.run(bank.open_accounts(server.address, BANK_ACCOUNTS, "acct"))
+            asyncio.run(bank.open_accounts(server.address, bank.ACCOUNTS, "acct"))
             bank.caught_up(database_url)
             servers.settle(database_url)
             results["bank"] = [
                 measure(
                     load.LoadSpec(
-                        server.address, mode, 64, seconds, aggregates=BANK_ACCOUNTS, domain="bank", prefix="acct"
+                        server.address, mode, 64, seconds, aggregates=bank.ACCOUNTS, domain="bank", prefix="acct"
                     ),
                     server.pid,
                     postmaster,
@@ -198,11 +143,17 @@ def main(argv: list[str] | None = None) -> int:
 
         print("peer (the eventsourcing library, bank deposits, in-process):", flush=True)
         results["peer"] = [
-            peer.deposits(database_url, postmaster, accounts=BANK_ACCOUNTS, threads=t, seconds=seconds)
+            peer.deposits(database_url, postmaster, accounts=bank.ACCOUNTS, threads=t, seconds=seconds)
             for t in PEER_THREADS
         ]
         for row in results["peer"]:
             print(f"  eventsourcing threads={row['threads']:<3} {row['rate']:8.0f}/s", flush=True)
+
+        print("the targets' ratios, in alternating rounds:", flush=True)
+        best_threads = max(results["peer"], key=lambda row: row["rate"])["threads"]
+        results["paired"] = paired.run(
+            cluster, postmaster, seconds=seconds / 2, library_threads=best_threads, rounds=2 if args.quick else 3
+        )
 
         print("aggregate load time:", flush=True)
         results["replay"] = asyncio.run(replay.load_times(database_url))

@@ -19,6 +19,8 @@ from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 
+# The bank point and its peer: deposits over this many accounts, one owner each.
+ACCOUNTS = 1000
 PROJECTION = "bank.balances_by_owner"
 # The bank plugin's process manager: it reads every deposit (a transfer's
 # credit is one). A bench that fills the log in the database marks it up to
