@@ -33,7 +33,7 @@ import psycopg
 import pytest
 from psycopg import pq
 
-from service.errors import ChronicleError, StoreUnavailable
+from service.errors import ChronicleError, NotUnique, StoreUnavailable
 from service.store.postgres import PostgresStore, database, sql
 from service.store.postgres.appends import append_one_statements, append_statement, commands_json
 from service.store.postgres.connection import Statement, encode_params
@@ -209,3 +209,34 @@ async def test_two_batches_carrying_the_same_commands_wait_for_each_other(
     finally:
         held.close()
         other.close()
+
+
+async def test_two_appends_claiming_the_same_values_in_opposite_orders_wait_for_each_other(
+    postgres_store: PostgresStore, postgres_url: str
+) -> None:
+    """An append takes its claims in (scope, value) order, whatever order
+    its command gave them in, so one that meets a value another append holds
+    has taken none the other needs. Held: an append of x and y that has
+    taken x; the store's append names y, then x. (The store contract's test
+    of the same cannot tell on PostgreSQL: each append is one pipeline,
+    over before the other's first claim arrives.)"""
+    x, y = ClaimChange(SCOPE, "x@example.com"), ClaimChange(SCOPE, "y@example.com")
+    statements = append_one_statements(Append("held", [new_event()], 0, ()), [x, y])
+    held = HeldTransaction(postgres_url)
+    try:
+        await asyncio.to_thread(held.begin)
+        await asyncio.to_thread(held.run, statements[:1])  # x taken
+        running = asyncio.ensure_future(postgres_store.append("other", [new_event()], 0, claims=[y, x]))
+        await _blocked_or_done(postgres_url, running)
+        assert not running.done()  # it waits for x, holding nothing
+        try:
+            await asyncio.to_thread(held.run, statements[1:])
+            await asyncio.to_thread(held.commit)
+        except Deadlocked as deadlock:
+            raise AssertionError("the held append deadlocked with the one claiming y, x") from deadlock
+        assert held.refused is None
+        with pytest.raises(NotUnique):  # x is held's: refused, not a deadlock's victim
+            await running
+        assert await postgres_store.claim_owner(SCOPE, y.value) == "held"
+    finally:
+        held.close()

@@ -94,23 +94,33 @@ async def test_each_process_is_a_member_on_a_port_of_its_own_and_routing_clients
     try:
         wait_until_serving(shared)
 
-        def topology_at(address: str) -> cluster_service_pb2.Topology:
+        def topology_at(address: str) -> cluster_service_pb2.Topology | None:
+            """The topology as the process at ``address`` sees it; None while
+            it does not listen yet (a process joins the cluster, and so
+            appears in the others' topology, just before it starts serving)."""
             with grpc.insecure_channel(address) as channel:
                 stub = cluster_service_pb2_grpc.ClusterServiceStub(channel)
-                response: cluster_service_pb2.GetTopologyResponse = stub.GetTopology(
-                    cluster_service_pb2.GetTopologyRequest(), timeout=5
-                )
+                try:
+                    response: cluster_service_pb2.GetTopologyResponse = stub.GetTopology(
+                        cluster_service_pb2.GetTopologyRequest(), timeout=5
+                    )
+                except grpc.RpcError as error:
+                    if error.code() is grpc.StatusCode.UNAVAILABLE:
+                        return None
+                    raise
                 return response.topology
 
         def split() -> bool:
             # As each process sees it, at its own port: a process's view is
             # up to a heartbeat (a third of the lease) old, and the routing
             # client may take its topology from either.
-            members = topology_at(shared).members
-            if len(members) != 2:
+            seen = topology_at(shared)
+            if seen is None or len(seen.members) != 2:
                 return False
-            for member in members:
+            for member in seen.members:
                 topology = topology_at(member.address)
+                if topology is None:
+                    return False
                 owners = list(topology.partition_owners)
                 counts = sorted(owners.count(m.member_id) for m in topology.members)
                 if len(topology.members) != 2 or counts != [32, 32]:
