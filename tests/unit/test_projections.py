@@ -824,3 +824,35 @@ async def test_a_documents_subjects_are_kept_in_the_order_given_each_once() -> N
         "one": ("acc-1",),
         "distinct": ("acc-2", "acc-1"),
     }
+
+
+async def test_a_document_is_stored_as_it_was_put_whatever_the_handler_does_with_its_message_after() -> None:
+    store = CommitWrites()
+    await run(store, "acc-1", bank.OpenAccount(owner="ann"))
+    await run(store, "acc-1", bank.Deposit(amount=5))
+    projection = Plugin("snapshots").projection("snapshots.put", aggregate_types=["Account"])
+    seen: list[int] = []
+
+    @projection.on(bank.AccountOpened)
+    def _opened(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+        held = bank.AccountBalance(owner="ann", balance=1)
+        documents.put("held", held)
+        held.balance = 999  # after the put: not what was put
+        read = documents.get("held", bank.AccountBalance)
+        assert read is not None
+        seen.append(read.balance)
+        read.balance = 555  # a read's message is the handler's own: not written unless put
+        documents.put("other", bank.AccountBalance(owner="bob", balance=2))
+
+    @projection.on(bank.MoneyDeposited)
+    def _deposited(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+        read = documents.get("held", bank.AccountBalance)  # from the batch (or the cache)
+        assert read is not None
+        seen.append(read.balance)
+        read.balance = 777  # not put
+
+    await ProjectionRunner(projection, log=store, documents=store, reader=READER).step(0)
+    assert seen == [1, 1]
+    held = await store.load_document("snapshots.put", "held")
+    assert held is not None and bank.AccountBalance.FromString(held.data).balance == 1
+    assert [write.key for write in store.writes] == ["held", "other"]
