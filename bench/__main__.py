@@ -1,6 +1,6 @@
 """``make bench``: Chronicle against its ceilings, in one run.
 
-    python -m bench                 # the full run (about thirteen minutes)
+    python -m bench                 # the full run (about 25 minutes)
     python -m bench --quick         # fewer points, shorter (about four)
     python -m bench --aggregates 1000 --concurrency 8,32 --out /tmp/mine.md
 
