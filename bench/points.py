@@ -57,7 +57,8 @@ def measure(
         else ""
     )
     print(
-        f"  {spec.domain:5} {spec.mode:6} c={spec.concurrency:<4} aggs={spec.aggregates:<6}"
+        # The no-op server is the one point without a database to sample.
+        f"  {spec.domain if postmaster else 'no-op':5} {spec.mode:6} c={spec.concurrency:<4} aggs={spec.aggregates:<6}"
         f" ev={spec.events_per_command}  {row['rate']:8.0f}/s  p50 {row['p50_ms']:6.1f} ms"
         f"  p99 {row['p99_ms']:6.1f} ms  cpu s/db/c {row['server_cpu']:.1f}/{row['db_cpu']:.1f}"
         f"/{row['client_cpu']:.1f}{projection}" + (f"  errors {result.error_reasons}" if result.errors else ""),
