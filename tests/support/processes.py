@@ -19,11 +19,42 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+# Ports for the servers a test starts, below the kernel's ephemeral range
+# (net.ipv4.ip_local_port_range, 32768-60999 by default). A port the kernel
+# hands out for a bind to 0 comes from that range, where every outgoing
+# connection also takes its source port: between choosing it and the
+# server's bind, another worker's connection to PostgreSQL could take it
+# ("Address already in use"; seen once with three workers). Each
+# pytest-xdist worker has a block of its own, so two workers never choose
+# the same port either; within a block, ports are handed out in turn.
+_PORT_BASE = 20_000
+_PORT_BLOCK = 1_000
+_PORT_BLOCKS = 12  # 20000-31999
+_next_port: int | None = None
+
+
+def _port_block() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    number = worker[2:]
+    index = int(number) if worker.startswith("gw") and number.isdigit() else 0
+    return _PORT_BASE + (index % _PORT_BLOCKS) * _PORT_BLOCK
+
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, for a server about to start."""
+    global _next_port
+    start = _port_block()
+    offset = 0 if _next_port is None else _next_port - start
+    for step in range(_PORT_BLOCK):
+        port = start + (offset + step) % _PORT_BLOCK
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (or in TIME_WAIT): the next one
+        _next_port = start + (port - start + 1) % _PORT_BLOCK
+        return port
+    raise RuntimeError(f"no free port in {start}-{start + _PORT_BLOCK - 1}")
 
 
 def wait_until_serving(address: str, timeout: float = 20.0, process: subprocess.Popen[str] | None = None) -> None:
