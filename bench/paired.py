@@ -20,12 +20,13 @@ import statistics
 from typing import Any
 
 from bench import bank, load, memory, peer, pgbench, servers
-from bench.points import measure
+from bench.points import measure, per_command
 from tests.support.postgres import Cluster
 
 ROUNDS = 3
 CONCURRENCY = 64
 TALLY_AGGREGATES = 10_000
+# The ways of submitting that the bench measures (bench/load.py).
 MODES = ("unary", "stream", "pages")
 # A page carries many commands each way: its floor per command is still
 # gRPC's per streamed message, what SubmitStream pays.
@@ -99,10 +100,6 @@ def run(
     return {"rounds": measured, "seconds": seconds, "library_threads": library_threads}
 
 
-def _per_command(row: dict[str, Any], side: str) -> float:
-    return float(row[side]) / max(float(row["completed"]), 1.0) * 1e6
-
-
 def ratios(rows: dict[str, Any]) -> dict[str, float]:
     """One round's ratios, by name: ``server/noop {domain} {mode}`` (the
     server's CPU per command against the no-op server's per call or
@@ -114,7 +111,7 @@ def ratios(rows: dict[str, Any]) -> dict[str, float]:
         for mode in MODES:
             row, floor = rows.get(f"{domain} {mode}"), rows.get(f"noop {FLOOR_OF[mode]}")
             if row and floor and row["completed"] and floor["completed"]:
-                found[f"server/noop {domain} {mode}"] = _per_command(row, "server_cpu") / _per_command(
+                found[f"server/noop {domain} {mode}"] = per_command(row, "server_cpu") / per_command(
                     floor, "server_cpu"
                 )
     library, inserts = rows.get("library"), rows.get("pgbench")
@@ -125,7 +122,7 @@ def ratios(rows: dict[str, Any]) -> dict[str, float]:
         if library and library["rate"]:
             found[f"rate/library bank {mode}"] = row["rate"] / library["rate"]
         if inserts and inserts.get("completed") and inserts.get("db_cpu"):
-            found[f"db/pgbench bank {mode}"] = _per_command(row, "db_cpu") / _per_command(inserts, "db_cpu")
+            found[f"db/pgbench bank {mode}"] = per_command(row, "db_cpu") / per_command(inserts, "db_cpu")
     return found
 
 

@@ -9,6 +9,12 @@ from typing import Any
 from bench import bank, checks, load, machine
 
 
+def per_command(row: dict[str, Any], side: str) -> float:
+    """Microseconds of ``side``'s CPU (``server_cpu``, ``db_cpu``,
+    ``client_cpu``) per command completed in a point's measured window."""
+    return float(row[side]) / max(float(row["completed"]), 1.0) * 1e6
+
+
 def measure(
     spec: load.LoadSpec, server_pid: int, postmaster: int | None, *, database_url: str | None = None
 ) -> dict[str, Any]:

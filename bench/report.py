@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import paired
+from bench.paired import FLOOR_OF, MODES
+from bench.points import per_command
 
 
 def _row(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -24,21 +26,13 @@ def _cpu(row: dict[str, Any]) -> str:
     return f"{row['server_cpu'] / wall:.0%} / {row['db_cpu'] / wall:.0%} / {row['client_cpu'] / wall:.0%}"
 
 
-def cpu_per_command(row: dict[str, Any]) -> tuple[float, float, float]:
+def cpuper_command(row: dict[str, Any]) -> tuple[float, float, float]:
     """Microseconds of CPU per command for the server, PostgreSQL and the
     clients: each side's CPU over the measured window divided by the
     commands completed in it."""
     commands = row["completed"] or 1
     server, db, clients = (row[side] / commands * 1e6 for side in ("server_cpu", "db_cpu", "client_cpu"))
     return server, db, clients
-
-
-# The ways of submitting that the bench measures (bench/load.py).
-MODES = ("unary", "stream", "pages")
-
-
-def _per_command(row: dict[str, Any], side: str) -> float:
-    return float(row[side]) / max(float(row["completed"]), 1.0) * 1e6
 
 
 def _cpu_budget_lines(results: dict[str, Any]) -> list[str]:
@@ -68,7 +62,7 @@ def _cpu_budget_lines(results: dict[str, Any]) -> list[str]:
     for name, row in points:
         if row is None:
             continue
-        server, db, clients = cpu_per_command(row)
+        server, db, clients = cpuper_command(row)
         total = server + db + clients
         lines.append(
             f"| {name} | {row['rate']:.0f} | {server:.0f} | {db:.0f} | {clients:.0f} | {total:.0f}"
@@ -77,27 +71,22 @@ def _cpu_budget_lines(results: dict[str, Any]) -> list[str]:
     pg64 = _row(results.get("pgbench", []), concurrency=64)
     if pg64 and pg64.get("completed"):
         lines.append(
-            f"| pgbench single-row insert, 64 clients | {pg64['rate']:.0f} | | {_per_command(pg64, 'db_cpu'):.0f}"
+            f"| pgbench single-row insert, 64 clients | {pg64['rate']:.0f} | | {per_command(pg64, 'db_cpu'):.0f}"
             " | | | |"
         )
     for row in results.get("peer", []):
         lines.append(
             f"| eventsourcing library, bank deposits, {row['threads']} threads (in-process: its CPU is the"
-            f" client's) | {row['rate']:.0f} | | {_per_command(row, 'db_cpu'):.0f}"
-            f" | {_per_command(row, 'client_cpu'):.0f} | | |"
+            f" client's) | {row['rate']:.0f} | | {per_command(row, 'db_cpu'):.0f}"
+            f" | {per_command(row, 'client_cpu'):.0f} | | |"
         )
     return lines
 
 
 def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     checks: list[tuple[str, str, bool]] = []
-    noop = {
-        "unary": _row(results["ceiling"], concurrency=64),
-        "stream": _row(results["ceiling_stream"], concurrency=64),
-        # A page carries many commands each way: its floor per command is
-        # still gRPC's per streamed message, what SubmitStream pays.
-        "pages": _row(results["ceiling_stream"], concurrency=64),
-    }
+    ceilings = {"unary": results["ceiling"], "stream": results["ceiling_stream"]}
+    noop = {mode: _row(ceilings[FLOOR_OF[mode]], concurrency=64) for mode in MODES}
     tally = {
         "unary": _row(results["unary"], concurrency=64, aggregates=10_000),
         "stream": _row(results["stream"], concurrency=64),
@@ -121,14 +110,14 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
         shown = ", ".join(f"{value:.2f}" for value in each)
         return f"{median:.2f} x (median of {len(each)} alternating rounds: {shown}; the sweep: {sweep})", passes(median)
 
-    for domain, rows in (("tally", tally), ("bank, read model included", bank)):
+    for key, domain, rows in (("tally", "tally", tally), ("bank", "bank, read model included", bank)):
         for mode in MODES:
             row, floor = rows[mode], noop[mode]
             if row is None or floor is None:
                 continue
-            ours, theirs = _per_command(row, "server_cpu"), _per_command(floor, "server_cpu")
+            ours, theirs = per_command(row, "server_cpu"), per_command(floor, "server_cpu")
             cell, ok = judged(
-                f"server/noop {domain.split(',')[0]} {mode}",
+                f"server/noop {key} {mode}",
                 f"{ours:.0f} / {theirs:.0f} µs = {ours / theirs:.2f} x",
                 ours / theirs,
                 lambda ratio: ratio <= 2,
@@ -142,12 +131,12 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
             )
     pg64 = _row(results.get("pgbench", []), concurrency=64)
     if pg64 and pg64.get("completed"):
-        insert = _per_command(pg64, "db_cpu")
+        insert = per_command(pg64, "db_cpu")
         for mode in MODES:
             row = bank[mode]
             if row is None:
                 continue
-            ours = _per_command(row, "db_cpu")
+            ours = per_command(row, "db_cpu")
             cell, ok = judged(
                 f"db/pgbench bank {mode}",
                 f"{ours:.0f} / {insert:.0f} µs = {ours / insert:.2f} x",
@@ -277,8 +266,8 @@ def paired_lines(result: dict[str, Any] | None) -> list[str]:
             if row is None or not row.get("completed"):
                 cells.append("")
                 continue
-            server = f", server {_per_command(row, 'server_cpu'):.0f} µs" if "server_cpu" in row else ""
-            database = f", PostgreSQL {_per_command(row, 'db_cpu'):.0f} µs" if row.get("db_cpu") else ""
+            server = f", server {per_command(row, 'server_cpu'):.0f} µs" if "server_cpu" in row else ""
+            database = f", PostgreSQL {per_command(row, 'db_cpu'):.0f} µs" if row.get("db_cpu") else ""
             cells.append(f"{row['rate']:,.0f}/s{server}{database}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
