@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 _PORT_BASE = 20_000
 _PORT_BLOCK = 1_000
 _PORT_BLOCKS = 12  # 20000-31999
-_next_port: int | None = None
+_next_offset = 0  # where in this worker's block the next search starts
 
 
 def _port_block() -> int:
@@ -42,18 +42,17 @@ def _port_block() -> int:
 
 def free_port() -> int:
     """A loopback port nothing listens on, for a server about to start."""
-    global _next_port
+    global _next_offset
     start = _port_block()
-    offset = 0 if _next_port is None else _next_port - start
     for step in range(_PORT_BLOCK):
-        port = start + (offset + step) % _PORT_BLOCK
+        offset = (_next_offset + step) % _PORT_BLOCK
         with socket.socket() as sock:
             try:
-                sock.bind(("127.0.0.1", port))
+                sock.bind(("127.0.0.1", start + offset))
             except OSError:
                 continue  # in use (or in TIME_WAIT): the next one
-        _next_port = start + (port - start + 1) % _PORT_BLOCK
-        return port
+        _next_offset = (offset + 1) % _PORT_BLOCK
+        return start + offset
     raise RuntimeError(f"no free port in {start}-{start + _PORT_BLOCK - 1}")
 
 
