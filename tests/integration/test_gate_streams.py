@@ -14,6 +14,7 @@ import pytest
 
 from service.api.gate import RpcGate
 from service.errors import InvalidInput
+from tests.support.waiting import eventually
 
 METHOD = "/test.v1.Streams/Count"
 
@@ -61,16 +62,11 @@ def _count(channel: grpc.aio.Channel) -> Any:
     return channel.unary_stream(METHOD, request_serializer=None, response_deserializer=None)
 
 
-async def _counted_out(gate: RpcGate) -> int:
-    """The gate's calls in flight once the server has unwound the call. A
-    status sent by an abort (an error, a cancel) can reach the client
-    before the server's wrapper leaves the gate, in its own step of the
-    loop: wait for that step (briefly), then say what is counted."""
-    for _ in range(100):
-        if gate.in_flight == 0:
-            break
-        await asyncio.sleep(0.01)
-    return gate.in_flight
+async def _counted_out(gate: RpcGate) -> None:
+    """Until the gate counts no call in flight. A status sent by an abort
+    (an error, a cancel) can reach the client before the server's wrapper
+    leaves the gate, in its own step of the loop."""
+    await eventually(lambda: gate.in_flight == 0, within=1.0, what="the call counted out of the gate")
 
 
 async def test_every_item_arrives_and_the_generator_is_closed(served: tuple[Servicer, RpcGate, Any]) -> None:
@@ -94,7 +90,7 @@ async def test_an_error_after_some_items_is_the_call_s_status(served: tuple[Serv
     assert received == [b"0", b"1"]
     assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert servicer.closed.is_set()
-    assert await _counted_out(gate) == 0
+    await _counted_out(gate)
 
 
 async def test_a_cancelled_call_closes_the_servicer_s_generator(served: tuple[Servicer, RpcGate, Any]) -> None:
@@ -104,4 +100,4 @@ async def test_a_cancelled_call_closes_the_servicer_s_generator(served: tuple[Se
     assert gate.in_flight == 1
     call.cancel()
     await asyncio.wait_for(servicer.closed.wait(), timeout=10)
-    assert await _counted_out(gate) == 0
+    await _counted_out(gate)
