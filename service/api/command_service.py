@@ -115,6 +115,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self, requests: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SubmitStreamResponse]:
         principal = current_principal.get()
+        await _accepted(context)
         # Started in arrival order, answered in arrival order; at most
         # STREAM_IN_FLIGHT started and unanswered, so a fast sender waits.
         window = _Window(STREAM_IN_FLIGHT)
@@ -135,6 +136,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         """SubmitStream with the commands of each message started in turn,
         and the answers that are ready together sent as one message."""
         principal = current_principal.get()
+        await _accepted(context)
         window = _Window(STREAM_IN_FLIGHT)
         reader = asyncio.ensure_future(self._read(pages, _requests_of, window, principal, context))
         limit = self._page_bytes
@@ -219,6 +221,14 @@ class CommandService(pb_grpc.CommandServiceServicer):
 
 
 Started = tuple[Command, "asyncio.Future[BatchResult]"]
+
+
+async def _accepted(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Tell a command stream's client at once that the call was accepted
+    (its initial metadata, otherwise sent with the first answer): a client
+    that must not write before it knows the call is alive waits for this
+    (service/client/streaming.py, a status grpc.aio lost)."""
+    await context.send_initial_metadata(())
 
 
 class _Window:

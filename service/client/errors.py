@@ -108,6 +108,22 @@ class Internal(RemoteError):
     pass
 
 
+# What grpc.aio reports for a stream call when Core refused one of the
+# client's writes because the call had already ended: the server's status
+# came in as the client wrote, and grpc.aio replaces it with this one
+# (grpc/grpc#36066). The server's status is lost, so the call's outcome is
+# unknown; it is not an error of the server's.
+_LOST_STATUS_DETAILS = "Internal error from Core"
+
+
+def status_lost(error: grpc.aio.AioRpcError) -> bool:
+    """Whether ``error`` is grpc.aio's stand-in for a stream's status it
+    lost (``_LOST_STATUS_DETAILS``), rather than a status a server sent."""
+    code: grpc.StatusCode = error.code()
+    details: str | None = error.details()
+    return code == grpc.StatusCode.INTERNAL and details == _LOST_STATUS_DETAILS
+
+
 # The one table from gRPC codes to client errors; other codes are RemoteError.
 ERROR_BY_CODE: dict[grpc.StatusCode, type[RemoteError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,

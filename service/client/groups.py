@@ -31,7 +31,7 @@ from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
-from service.client.errors import RemoteError, remote_error
+from service.client.errors import RemoteError, remote_error, status_lost
 from service.client.results import Event
 from service.client.retry import RetryPolicy, call_with_retries
 
@@ -77,9 +77,9 @@ class GroupConsumer:
     """One consumer's stream of a group (``ChronicleClient.consume``). Use it
     in ``async with`` (which ends the stream, giving this consumer's
     segments to the others at once) and iterate it for ``Delivery``\\ s. A
-    stream broken by UNAVAILABLE or CANCELLED (a server stopping) is opened
-    again after ``reconnect_delay`` seconds; other errors are raised as
-    ``RemoteError``.
+    stream broken by UNAVAILABLE or CANCELLED (a server stopping), or whose
+    status grpc.aio lost (``errors.status_lost``), is opened again after
+    ``reconnect_delay`` seconds; other errors are raised as ``RemoteError``.
     Each iteration (``aiter``) is one stream, open as long as its iterator:
     keep iterating one, rather than starting a loop again after a ``break``
     (which joins the group anew)."""
@@ -199,7 +199,10 @@ class GroupConsumer:
             except grpc.aio.AioRpcError as failed:
                 if self._closed:
                     return
-                if failed.code() not in _ENDED_BY_SERVER:
+                # A status grpc.aio lost (an ack written as the server
+                # ended the stream) says nothing of why it ended: the next
+                # stream finds out.
+                if failed.code() not in _ENDED_BY_SERVER and not status_lost(failed):
                     raise remote_error(failed) from failed
                 log.info("group %s: stream broken (%s); consuming again", self.group, failed.details())
             finally:

@@ -17,6 +17,16 @@ nothing is appended twice. Every result received renews the retry budget.
 A server that answers the paged call UNIMPLEMENTED gets the same commands
 over ``SubmitStream``, one message each, from then on.
 
+grpc.aio can lose a call's status: when the server ends the call (any
+status, UNIMPLEMENTED from an older server among them) as the client
+writes, the write fails and grpc.aio reports INTERNAL "Internal error from
+Core" instead (grpc/grpc#36066; ``errors.status_lost``). The stream then
+asks again: the same method on the same server, with the pending commands
+held back until the server has answered the new call (its initial
+metadata, which the server sends as it starts a stream) or ended it, so
+that no write races its status. What the server says then is handled as
+above.
+
 Each call is opened by ``open_call(paged, broken)`` (``OpenCall``), told
 which error, if any, broke the call before it: a routing client moves a
 lane to another member only when its member is gone (routed_stream.py).
@@ -37,7 +47,7 @@ import grpc
 
 from chronicle.v1 import command_service_pb2
 from service.client.commands import Command
-from service.client.errors import RemoteError, command_error, remote_error
+from service.client.errors import RemoteError, command_error, remote_error, status_lost
 from service.client.results import StreamResult, Submitted
 from service.client.retry import RetryPolicy
 
@@ -52,6 +62,13 @@ PAGE_BYTES = 64 * 1024
 # What a request adds to a page's size besides its own bytes: the field's
 # tag and the length, at most.
 _FRAMING_BYTES = 6
+# Statuses grpc.aio may lose in a row before the stream gives up asking.
+_MAX_LOST_STATUSES = 3
+# How long a call asked again after a lost status waits for the server's
+# answer before its commands are written anyway: a server of this project
+# from before it sent initial metadata at the start of a stream answers
+# only after the first command.
+_ANSWER_WAIT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,12 +139,18 @@ class CommandStream:
         pump = asyncio.create_task(self._pump())
         writer = asyncio.create_task(self._writer())
         attempt = 1
+        lost = 0  # statuses grpc.aio lost in a row
         try:
             await self._reopen(None)
             while True:
                 try:
                     message = await self._next_message(pump, writer)
                 except grpc.aio.AioRpcError as failed:
+                    if status_lost(failed) and lost < _MAX_LOST_STATUSES:
+                        lost += 1
+                        log.info("grpc.aio lost the command stream's status; asking the server again")
+                        await self._reopen(None, answered_first=True)  # nothing is known to have broken
+                        continue
                     if failed.code() == grpc.StatusCode.UNIMPLEMENTED and self._paged:
                         log.info("the server has no SubmitStreamPages; using SubmitStream")
                         self._method.paged = False
@@ -151,7 +174,7 @@ class CommandStream:
                     if self._pending:
                         raise _protocol_error(f"the stream ended with {len(self._pending)} commands unanswered")
                     return
-                attempt = 1
+                attempt, lost = 1, 0
                 if self._paged:
                     for response in message.results:
                         yield self._result(response)
@@ -216,14 +239,22 @@ class CommandStream:
                     await self._done_writing()
                     return
 
-    async def _reopen(self, broken: grpc.StatusCode | None) -> None:
+    async def _reopen(self, broken: grpc.StatusCode | None, *, answered_first: bool = False) -> None:
         """Open the next call (``broken``: see ``OpenCall``) and send it
-        every pending command."""
+        every pending command; with ``answered_first``, only once the server
+        has answered the call (or after ``_ANSWER_WAIT``), and nothing if it
+        has ended it."""
         if self._call is not None:
             self._call.cancel()  # first: a write waiting on the broken call returns
         async with self._writing:
             self._paged = self._method.paged
             self._call = self._open_call(self._paged, broken)
+            if answered_first:
+                with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
+                    async with asyncio.timeout(_ANSWER_WAIT):
+                        await self._call.initial_metadata()  # also returns when the call ends
+                if self._call.done():
+                    return  # the reader sees how it ended
             self._unsent = len(self._pending)
             while self._unsent:
                 await self._write_unsent()

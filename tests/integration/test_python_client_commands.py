@@ -22,10 +22,11 @@ from service.client import (
     RetryPolicy,
     StreamResult,
     Unavailable,
+    streaming,
 )
 from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
-from tests.support.broken_calls import BreakFirstCommandStream, WithoutStreamPages
+from tests.support.broken_calls import BreakFirstCommandStream, WithoutStreamPages, WritesAfterTheEnd
 from tests.support.contents import at_rest, audited_dry_runs_only
 from tests.support.grpc_client import TEST_SETTINGS, running_server
 from tests.support.processes import free_port
@@ -340,3 +341,29 @@ async def test_a_server_without_paged_streams_gets_the_commands_over_submit_stre
     # Asked once, refused (UNIMPLEMENTED, not retried as an error), then
     # SubmitStream for this stream and the client's next.
     assert without.methods == ["SubmitStreamPages", "SubmitStream", "SubmitStream"]
+
+
+async def test_an_older_server_is_found_out_when_grpc_loses_its_refusal(
+    address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server refuses SubmitStreamPages (UNIMPLEMENTED) while the client
+    # still writes pages: the write fails, and grpc.aio reports INTERNAL in
+    # place of the server's status (grpc/grpc#36066). The client asks again,
+    # hears UNIMPLEMENTED, and sends the commands over SubmitStream. The
+    # loss needs the refusal to reach gRPC's core after the first page left
+    # and before the next: a loaded machine can deliver it sooner, so a
+    # fresh client tries until one has lost it. Every try must come out right.
+    monkeypatch.setattr(streaming, "PAGE_BYTES", 1)  # a page for each command
+    for attempt in range(10):
+        without, racing = WithoutStreamPages(), WritesAfterTheEnd()
+        ids = [f"acc-{attempt}-{i}" for i in range(4)]
+        channel = grpc.aio.insecure_channel(address, interceptors=[racing, without])
+        async with ChronicleClient(channel, retry=RetryPolicy(max_attempts=1), owns_channel=True) as client:
+            results = await collect(client.submit_stream([Command(i, bank.OpenAccount(owner="ann")) for i in ids]))
+            balances = [await client.read_all(i) for i in ids]
+        assert [r.result().version for r in results] == [1, 1, 1, 1]
+        assert [len(events) for events in balances] == [1, 1, 1, 1]
+        if without.methods != ["SubmitStreamPages", "SubmitStream"]:  # the refusal was heard at once
+            break
+    # Asked twice: the first refusal was lost.
+    assert without.methods == ["SubmitStreamPages", "SubmitStreamPages", "SubmitStream"]

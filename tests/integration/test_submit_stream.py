@@ -5,6 +5,7 @@ unpacked, which must change nothing of what comes back."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
@@ -174,3 +175,19 @@ async def test_a_stream_sent_again_is_replayed_not_repeated(client: Client, stre
 
 async def test_an_empty_stream_ends_cleanly(client: Client, stream: Stream) -> None:
     assert await stream(client, []) == []
+
+
+@pytest.mark.parametrize("method", ["SubmitStream", "SubmitStreamPages"])
+async def test_a_stream_is_accepted_before_its_first_command(client: Client, method: str) -> None:
+    # The initial metadata comes before the client has written anything: a
+    # client may wait for it before writing (service/client/streaming.py).
+    call = getattr(client.commands, method)()
+    try:
+        async with asyncio.timeout(10):
+            await call.initial_metadata()
+        assert not call.done()
+        await call.done_writing()
+        assert [message async for message in call] == []
+        assert await call.code() == grpc.StatusCode.OK
+    finally:
+        call.cancel()
