@@ -75,7 +75,8 @@ class Routes:
         self._watcher: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._unsupported = False
-        self.changes = 0  # topologies adopted
+        self.changes = 0  # topologies adopted (from the watch or a fetch)
+        self.refreshes = 0  # fetches started between the watch's messages (a newer epoch hinted, a member gone)
         self.not_owner = 0  # responses whose member said it does not own the partition
         self.failovers = 0  # calls that found their member unavailable (then sent elsewhere)
         self._changed = asyncio.Event()
@@ -210,6 +211,7 @@ class Routes:
     def _refresh_soon(self) -> None:
         if self._unsupported or (self._refresh is not None and not self._refresh.done()):
             return
+        self.refreshes += 1
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_once(), name="chronicle-topology-refresh")
 
     async def _refresh_once(self) -> None:
