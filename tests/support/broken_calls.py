@@ -4,7 +4,6 @@ the call, a stream cut after some messages."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -154,27 +153,16 @@ class WritesAfterTheEnd(grpc.aio.StreamStreamClientInterceptor):  # type: ignore
     the event loop (as a busy client's loop is), so that a status the server
     sends early reaches gRPC's core before grpc.aio writes the next message:
     that write fails, and grpc.aio loses the server's status
-    (grpc/grpc#36066). Records how each call ended, as the client saw it."""
+    (grpc/grpc#36066). Counts the calls."""
 
     def __init__(self, hold: float = 0.2) -> None:
         self.hold = hold
         self.calls = 0
-        self.ended: list[tuple[grpc.StatusCode, str]] = []
-        self._watching: set[asyncio.Task[None]] = set()
-
-    def _watch(self, call: Any) -> Any:
-        async def ended() -> None:
-            self.ended.append((await call.code(), await call.details()))
-
-        task = asyncio.ensure_future(ended())
-        self._watching.add(task)
-        task.add_done_callback(self._watching.discard)
-        return call
 
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
         self.calls += 1
         if self.calls > 1:
-            return self._watch(await continuation(details, request_iterator))
+            return await continuation(details, request_iterator)
 
         async def held() -> AsyncIterator[Any]:
             first = True
@@ -184,4 +172,4 @@ class WritesAfterTheEnd(grpc.aio.StreamStreamClientInterceptor):  # type: ignore
                 first = False
                 yield request
 
-        return self._watch(await continuation(details, held()))
+        return await continuation(details, held())
