@@ -15,9 +15,11 @@ from typing import Any
 import grpc
 
 from chronicle.v1 import command_service_pb2 as pb
+from chronicle.v1 import command_service_pb2_grpc as pb_grpc
+from service.api.server import MethodTable
 
 
-class NoopCommands:
+class NoopCommands(pb_grpc.CommandServiceServicer):
     async def Submit(self, request: pb.SubmitRequest, context: Any) -> pb.SubmitResponse:
         return pb.SubmitResponse()
 
@@ -40,40 +42,15 @@ class NoopCommands:
                 )
 
 
-class _Methods(grpc.GenericRpcHandler):  # type: ignore[misc]
-    """The methods as one generic handler, as Chronicle's server serves its
-    own (service/api/server.py, ``_Methods``): grpc.aio keeps a pending
-    request per method registered by name and waits on all of them for
-    every call, a cost per call that Chronicle does not pay and the floor
-    must not either."""
-
-    def __init__(self, servicer: NoopCommands) -> None:
-        service = pb.DESCRIPTOR.services_by_name["CommandService"].full_name
-        self._handlers = {
-            f"/{service}/Submit": grpc.unary_unary_rpc_method_handler(
-                servicer.Submit,
-                request_deserializer=pb.SubmitRequest.FromString,
-                response_serializer=pb.SubmitResponse.SerializeToString,
-            ),
-            f"/{service}/SubmitStream": grpc.stream_stream_rpc_method_handler(
-                servicer.SubmitStream,
-                request_deserializer=pb.SubmitRequest.FromString,
-                response_serializer=pb.SubmitStreamResponse.SerializeToString,
-            ),
-            f"/{service}/SubmitStreamPages": grpc.stream_stream_rpc_method_handler(
-                servicer.SubmitStreamPages,
-                request_deserializer=pb.SubmitPage.FromString,
-                response_serializer=pb.SubmitResultPage.SerializeToString,
-            ),
-        }
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        return self._handlers.get(handler_call_details.method)
-
-
 async def serve(address: str) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    server.add_generic_rpc_handlers((_Methods(NoopCommands()),))
+    # Served through one generic handler, as Chronicle's server is
+    # (service.api.server.MethodTable): grpc.aio keeps a pending request per
+    # method registered by name and waits on all of them at every call, a
+    # cost Chronicle does not pay and the floor must not either.
+    methods = MethodTable()
+    pb_grpc.add_CommandServiceServicer_to_server(NoopCommands(), methods.open)
+    server.add_generic_rpc_handlers((methods,))
     server.add_insecure_port(address)
     await server.start()
     print(f"no-op gRPC server on {address}", flush=True)

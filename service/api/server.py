@@ -56,7 +56,7 @@ def build_server(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    methods = _Methods(gate)
+    methods = MethodTable(gate)
     gated = methods.gated
     command_service_pb2_grpc.add_CommandServiceServicer_to_server(commands, gated)
     event_service_pb2_grpc.add_EventServiceServicer_to_server(events, gated)
@@ -74,7 +74,7 @@ def build_server(
     return server
 
 
-class _Methods(grpc.GenericRpcHandler):  # type: ignore[misc]
+class MethodTable(grpc.GenericRpcHandler):  # type: ignore[misc]
     """Every method of the server in one table, found by its full name.
 
     The generated registration code would register each method with gRPC
@@ -86,7 +86,9 @@ class _Methods(grpc.GenericRpcHandler):  # type: ignore[misc]
     under unary load in ``make profile``. Served as one generic handler,
     a call costs one pending request and one dict lookup."""
 
-    def __init__(self, gate: RpcGate) -> None:
+    def __init__(self, gate: RpcGate | None = None) -> None:
+        """``gated``: the registrar whose methods go behind ``gate`` (none:
+        as ``open``, for the bench's no-op server)."""
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
         self.gated = _Registrar(self._handlers, gate)
         self.open = _Registrar(self._handlers, None)
