@@ -340,27 +340,90 @@ def readable(reader: EventReader, stored: RecordedEvent) -> Iterable[tuple[Recor
     return ((event.record, event.message) for event in reader.decode(stored))
 
 
+def envelope_of(record: RecordedEvent) -> ProjectedEvent:
+    """What a projection's or a reaction's handler is told of an event
+    beside its message."""
+    return ProjectedEvent(
+        record.event_id,
+        record.aggregate_id,
+        record.aggregate_type,
+        record.version,
+        record.position,
+        record.event_type,
+        record.timestamp_us,
+        record.user_id,
+        record.origin,
+        record.correlation_id,
+        record.metadata,
+    )
+
+
 class _Status(Protocol):
     name: str
     position: int
     error: str
+    running: bool
+    conflicts: int
 
 
 class CheckpointedRunner:
     """What projection and reaction runners share: a checkpoint in the
-    projection store under the status's name, read again after a failure,
-    and failures kept in the status, logged and retried every
-    ``_retry_interval`` seconds."""
+    projection store under the status's name, read again after a failure;
+    a loop that steps from it whenever the log moves on; and failures kept
+    in the status, logged and retried every ``_retry_interval`` seconds,
+    whatever raised them."""
 
     KIND = "projection"
     _logger = log
     status: _Status
+    _log: LogReader
     _documents: ProjectionStore
     _retry_interval: float
+    _poll_interval: float
+    _batch_delay: float
     _task: asyncio.Task[None] | None = None
 
-    async def _run(self) -> None:
+    async def step(self, position: int) -> int:
+        """Handle the events after ``position`` a batch at a time; return
+        the new checkpoint."""
         raise NotImplementedError
+
+    async def _run(self) -> None:
+        self.status.running = True
+        try:
+            position = await self._load_position()
+            while True:
+                try:
+                    position = await self.step(position)
+                except ConcurrencyConflict:
+                    self.status.conflicts += 1  # another replica committed these events first
+                    position = await self._load_position()
+                    continue
+                except Exception as error:
+                    # A ChronicleError says what failed; anything else is a
+                    # bug below, and must not end the runner for good (its
+                    # read model or reaction would stand still until a restart).
+                    if not isinstance(error, ChronicleError):
+                        self._logger.exception("%s %s met an unexpected error", self.KIND, self.status.name)
+                        error = self._unexpected(error)
+                    self._failed(error)
+                    await asyncio.sleep(self._retry_interval)
+                    position = await self._load_position()
+                    continue
+                await self._wait_for_work(position)
+                # Let the commits of the next few milliseconds join the batch:
+                # a read and a commit per handful of events, not per event.
+                await asyncio.sleep(self._batch_delay)
+        finally:
+            self.status.running = False
+
+    async def _wait_for_work(self, position: int) -> None:
+        """Until the log has events after ``position`` (or a poll's while)."""
+        await self._log.wait_for_commit(position, self._poll_interval)
+
+    def _unexpected(self, error: Exception) -> ChronicleError:
+        """An error that is not a ChronicleError, as the status shows it."""
+        return ProjectionFailed(f"{type(error).__name__}: {error}")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self.KIND}:{self.status.name}")
@@ -430,30 +493,6 @@ class ProjectionRunner(CheckpointedRunner):
         self._nudged = asyncio.Event()
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
-
-    async def _run(self) -> None:
-        self.status.running = True
-        try:
-            position = await self._load_position()
-            while True:
-                try:
-                    position = await self.step(position)
-                except ConcurrencyConflict:
-                    # Another replica applied these events first.
-                    self.status.conflicts += 1
-                    position = await self._load_position()
-                    continue
-                except ChronicleError as error:
-                    self._failed(error)
-                    await asyncio.sleep(self._retry_interval)
-                    position = await self._load_position()
-                    continue
-                await self._wait_for_work(position)
-                # Let the commits of the next few milliseconds join the batch:
-                # a read and a commit per handful of events, not per event.
-                await asyncio.sleep(self._batch_delay)
-        finally:
-            self.status.running = False
 
     def nudge(self) -> None:
         """Look at the log and the checkpoint now (a rebuild was asked for
@@ -688,28 +727,12 @@ class ProjectionRunner(CheckpointedRunner):
         if registered is None:
             return None
         try:
-            registered[1](message, self._envelope(record), _Scope(batch))
+            registered[1](message, envelope_of(record), _Scope(batch))
         except _NeedsDocument as need:
             return need.key
         except Exception:
             return None  # it may fail for real later, applied in order; not our business here
         return None
-
-    @staticmethod
-    def _envelope(record: RecordedEvent) -> ProjectedEvent:
-        return ProjectedEvent(
-            record.event_id,
-            record.aggregate_id,
-            record.aggregate_type,
-            record.version,
-            record.position,
-            record.event_type,
-            record.timestamp_us,
-            record.user_id,
-            record.origin,
-            record.correlation_id,
-            record.metadata,
-        )
 
     def _apply(self, batch: _Batch, record: RecordedEvent, message: Message) -> str | None:
         """Run the event's handler; the key of a document it needs that is
@@ -717,7 +740,7 @@ class ProjectionRunner(CheckpointedRunner):
         registered = self.projection.handlers.get(record.event_type)
         if registered is None:
             return None  # a type read only because an upcaster turns it into one of ours
-        envelope = self._envelope(record)
+        envelope = envelope_of(record)
         scope = _Scope(batch)
         try:
             registered[1](message, envelope, scope)

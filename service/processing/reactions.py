@@ -46,7 +46,6 @@ from service.errors import (
     AggregateTypeMismatch,
     ChronicleError,
     CommandIdReused,
-    ConcurrencyConflict,
     ReactionFailed,
     ResourceNotFound,
     SubjectsForgotten,
@@ -64,6 +63,7 @@ from service.processing.projections import (
     ProjectionLease,
     Runners,
     _Batch,
+    envelope_of,
     readable,
 )
 from service.processing.reaction_documents import (
@@ -187,31 +187,8 @@ class ReactionRunner(CheckpointedRunner):
     def holds_lease(self) -> bool:
         return self._lease is None or self._lease.fencing() is not None
 
-    async def _run(self) -> None:
-        self.status.running = True
-        try:
-            position = await self._load_position()
-            while True:
-                try:
-                    position = await self.step(position)
-                except ConcurrencyConflict:
-                    self.status.conflicts += 1  # another replica committed these events first
-                    position = await self._load_position()
-                    continue
-                except Exception as error:
-                    # A ChronicleError says what failed; anything else is a
-                    # bug below, and must not end the reaction for good.
-                    if not isinstance(error, ChronicleError):
-                        log.exception("reaction %s met an unexpected error", self.reaction.name)
-                        error = ReactionFailed(f"{type(error).__name__}: {error}", reason="REACTION_FAILED")
-                    self._failed(error)
-                    await asyncio.sleep(self._retry_interval)
-                    position = await self._load_position()
-                    continue
-                await self._log.wait_for_commit(position, self._poll_interval)
-                await asyncio.sleep(self._batch_delay)
-        finally:
-            self.status.running = False
+    def _unexpected(self, error: Exception) -> ChronicleError:
+        return ReactionFailed(f"{type(error).__name__}: {error}", reason="REACTION_FAILED")
 
     async def step(self, position: int) -> int:
         """Handle the events after ``position`` a batch at a time, each batch
@@ -377,19 +354,7 @@ class ReactionRunner(CheckpointedRunner):
         registered = self.reaction.handlers.get(record.event_type)
         if registered is None:
             return  # a type read only because an upcaster turns it into one of ours
-        envelope = ProjectedEvent(
-            record.event_id,
-            record.aggregate_id,
-            record.aggregate_type,
-            record.version,
-            record.position,
-            record.event_type,
-            record.timestamp_us,
-            record.user_id,
-            record.origin,
-            record.correlation_id,
-            record.metadata,
-        )
+        envelope = envelope_of(record)
         state = await ProcessState.load(self.reaction, batch, envelope)
         self.status.handled += 1
         reacted = self._call(lambda: registered[1](message, envelope, state.message), envelope)

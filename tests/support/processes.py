@@ -27,10 +27,25 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 # ("Address already in use"; seen once with three workers). Each
 # pytest-xdist worker has a block of its own, so two workers never choose
 # the same port either; within a block, ports are handed out in turn.
+# Processes outside pytest-xdist (two benchmarks, a probe beside a test run)
+# share block 0, and between one's check and its server's bind the other
+# could choose the same port. So each starts its turn at a place of its own,
+# spread out from its process id (``_first_offset``).
 _PORT_BASE = 20_000
 _PORT_BLOCK = 1_000
 _PORT_BLOCKS = 12  # 20000-31999
-_next_offset = 0  # where in this worker's block the next search starts
+# Of all strides, the one that keeps the turns of processes whose ids are
+# within 20 of each other (started one after another) furthest apart: at
+# least 47 ports.
+_OFFSET_STRIDE = 619
+
+
+def _first_offset(pid: int) -> int:
+    """Where in its block a process with this id starts handing out ports."""
+    return pid * _OFFSET_STRIDE % _PORT_BLOCK
+
+
+_next_offset = _first_offset(os.getpid())  # where in the block the next search starts
 
 
 def _port_block() -> int:

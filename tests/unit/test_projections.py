@@ -31,6 +31,7 @@ from service.transfer.deleting import delete_aggregate
 from tests.support.contents import contents
 from tests.support.crashing import CrashingStore
 from tests.support.fenced import FencedCommits, HandLease
+from tests.support.waiting import eventually
 
 REGISTRY = Registry([bank_account.plugin])
 READER = EventReader(REGISTRY)
@@ -103,6 +104,32 @@ async def test_a_crash_before_the_commit_applies_the_batch_again_not_twice() -> 
     # a new runner (the restarted process) starts from the stored checkpoint
     restarted = runner(store, batch_size=3)
     await restarted.step(await store.projection_position("bank.balances_by_owner"))
+    assert (await owner(store, "ann")).balance == 90
+    assert (await owner(store, "bob")).balance == 7
+
+
+async def test_a_running_projection_survives_an_unexpected_failure_and_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A bug's exception (not a ChronicleError) in a batch's commit: the
+    # runner logs it, retries from the checkpoint and catches up, rather
+    # than ending for good and leaving the read model behind until a restart.
+    store = CrashingStore(crashes=1)
+    await bank_history(store)
+    projection = ProjectionRunner(
+        bank_account.balances_by_owner,
+        log=store,
+        documents=store,
+        reader=READER,
+        retry_interval=0.01,
+        poll_interval=0.01,
+    )
+    projection.start()
+    try:
+        await eventually(lambda: projection.status.position == 7, what="caught up")
+    finally:
+        await projection.stop()
+    assert "killed before commit" in caplog.text
     assert (await owner(store, "ann")).balance == 90
     assert (await owner(store, "bob")).balance == 7
 
