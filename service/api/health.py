@@ -98,6 +98,11 @@ class StoreMonitor:
             healthy, why = True, ""
         except (ChronicleError, TimeoutError) as error:
             healthy, why = False, str(error) or type(error).__name__
+        except Exception as error:
+            # A failure the store did not translate (a driver's error of a
+            # kind it does not expect, a bug): not serving either, and the
+            # monitor must go on watching, or health would stay as it was.
+            healthy, why = False, f"{type(error).__name__}: {error}"
         if healthy != self._last:
             if not healthy:
                 log.warning("store unavailable, reporting NOT_SERVING: %s", why)

@@ -248,6 +248,11 @@ class Routes:
                     self._unsupported = True
                     return
                 log.debug("topology watch broke (%s); watching another member", error.code().name)
+            except Exception:
+                # A topology this client cannot take (a bug on either side):
+                # the watch must go on, or the client would route by a stale
+                # topology for good. Watch another member after the pause.
+                log.exception("a topology from the watch could not be adopted; watching another member")
             finally:
                 call.cancel()
             turn += 1

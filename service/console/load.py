@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections import deque
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +143,19 @@ class LoadSampler:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="console-load-sampler")
 
     async def _run(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.interval)
-            self.sample()
+            try:
+                self.sample()
+            except Exception:
+                # A metric's callback that raises must not freeze the chart
+                # for good: said once per spell of failures, sampled again.
+                if not failing:
+                    log.exception("sampling the console's load failed")
+                failing = True
+            else:
+                failing = False
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -395,27 +395,31 @@ class CheckpointedRunner:
             while True:
                 try:
                     position = await self.step(position)
+                    await self._wait_for_work(position)
                 except ConcurrencyConflict:
                     self.status.conflicts += 1  # another replica committed these events first
                     position = await self._load_position()
                     continue
                 except Exception as error:
-                    # A ChronicleError says what failed; anything else is a
-                    # bug below, and must not end the runner for good (its
-                    # read model or reaction would stand still until a restart).
-                    if not isinstance(error, ChronicleError):
-                        self._logger.exception("%s %s met an unexpected error", self.KIND, self.status.name)
-                        error = self._unexpected(error)
-                    self._failed(error)
+                    self._failed(self._chronicle_error(error))
                     await asyncio.sleep(self._retry_interval)
                     position = await self._load_position()
                     continue
-                await self._wait_for_work(position)
                 # Let the commits of the next few milliseconds join the batch:
                 # a read and a commit per handful of events, not per event.
                 await asyncio.sleep(self._batch_delay)
         finally:
             self.status.running = False
+
+    def _chronicle_error(self, error: Exception) -> ChronicleError:
+        """``error`` as the status shows it. A ChronicleError says what
+        failed; anything else is a bug below, logged with its traceback, and
+        must not end the runner for good (its read model or reaction would
+        stand still until a restart)."""
+        if isinstance(error, ChronicleError):
+            return error
+        self._logger.exception("%s %s met an unexpected error", self.KIND, self.status.name)
+        return self._unexpected(error)
 
     async def _wait_for_work(self, position: int) -> None:
         """Until the log has events after ``position`` (or a poll's while)."""
@@ -446,8 +450,8 @@ class CheckpointedRunner:
                 position = await self._documents.projection_position(self.status.name)
                 self.status.position = position
                 return position
-            except ChronicleError as error:
-                self._failed(error)
+            except Exception as error:
+                self._failed(self._chronicle_error(error))
                 await asyncio.sleep(self._retry_interval)
 
     def _failed(self, error: ChronicleError) -> None:

@@ -80,6 +80,10 @@ class Pruner:
                 pruned = await self.prune()
             except ChronicleError as error:  # the store is away: try again next round
                 log.warning("pruning old records failed: %s", error.message)
+            except Exception:
+                # A bug below must not end pruning for good (the tables would
+                # grow without bound): say so, and try again next round.
+                log.exception("pruning old records failed unexpectedly")
             else:
                 if pruned.commands or pruned.refusals:
                     log.info(

@@ -114,7 +114,12 @@ class Router:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(max(self._idle_timeout / 4, 0.01))
-            self.drop_idle(loop.time() - self._idle_timeout)
+            try:
+                self.drop_idle(loop.time() - self._idle_timeout)
+            except Exception:
+                # Without the sweep, idle workers would pile up until the
+                # server refuses new aggregates: log, and sweep again later.
+                log.exception("dropping idle aggregate workers failed")
 
     def drop_idle(self, idle_before: float) -> int:
         """Drop the workers that have had nothing to do since ``idle_before``

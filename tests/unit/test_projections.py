@@ -298,7 +298,7 @@ class ClosedUnderneath(MemoryStore):
         self.failed = asyncio.Event()
 
     async def projection_position(self, name: str) -> int:
-        self.failed.set()  # the runner's task ends with this error in the same step
+        self.failed.set()  # the runner retries until it is stopped
         raise RuntimeError("Cannot operate on a closed database.")
 
 

@@ -395,6 +395,45 @@ async def test_a_running_reaction_survives_an_unexpected_failure_and_goes_on() -
     assert runner.status.replayed == 2  # sent before the failed commit, sent again: answered from their records
 
 
+class FailingWait(MemoryStore):
+    """Waiting for commits raises a bug's exception the first time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
+        self.waits += 1
+        if self.waits == 1:
+            raise RuntimeError("a bug below")
+        await super().wait_for_commit(after_position, max_wait)
+
+
+async def test_a_running_reaction_outlives_a_failure_while_waiting_for_commits() -> None:
+    store = FailingWait()
+    run = Harness(store)
+    reaction = REGISTRY.reaction("counters.copier")
+    assert reaction is not None
+    runner = ReactionRunner(
+        reaction,
+        registry=REGISTRY,
+        submit=run.router.submit,
+        log=run.store,
+        documents=run.store,
+        reader=run.executor.loader.reader,
+        retry_interval=0.01,
+        poll_interval=0.01,
+    )
+    runner.start()
+    try:
+        await eventually(lambda: store.waits >= 2, what="waiting again")
+        await run.add("source", "a")  # after the failure: still handled
+        await eventually(lambda: runner.status.position >= 2, what="the new event handled")
+    finally:
+        await runner.stop()
+    assert await run.items("copy") == ["copied:a"]
+
+
 # -- forgetting: what a reaction derived from an aggregate goes with it ------------
 
 

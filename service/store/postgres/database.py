@@ -257,6 +257,11 @@ class Database:
                 await connection.lost()
             except (psycopg.Error, StoreUnavailable, OSError) as error:
                 log.debug("LISTEN connection lost (%s); reconnecting in %.1fs", error, delay)
+            except Exception:
+                # Anything else (a schema this server cannot use, a bug):
+                # readers fall back to polling meanwhile, so say why, and
+                # keep trying as for a lost connection.
+                log.exception("LISTEN for commits failed; trying again in %.1fs", delay)
             finally:
                 if connection is not None:
                     await connection.close()

@@ -1,0 +1,141 @@
+"""Background loops that must outlive a bug's exception: a loop that ended
+on one would leave its job undone, silently, until the server restarts
+(health stuck at its last answer, tables growing without pruning, the
+console's load chart frozen, a read model or reaction standing still)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
+
+from domain_plugins import bank_account
+from service.api.health import Health, StoreMonitor
+from service.console.load import LoadSampler
+from service.plugins.registry import Registry
+from service.processing.projections import ProjectionRunner
+from service.processing.retention import Pruner
+from service.processing.upcasting import EventReader
+from service.store.memory import MemoryStore
+from tests.support.waiting import eventually
+
+
+class FlakyPing:
+    """A store whose ping raises what no store translates, while ``broken``."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.pings = 0
+
+    async def ping(self) -> None:
+        self.pings += 1
+        if self.broken:
+            raise RuntimeError("the driver met something it did not expect")
+
+
+async def test_the_store_monitor_reports_an_untranslated_failure_and_goes_on_watching() -> None:
+    store, health = FlakyPing(), Health()
+    monitor = StoreMonitor(store, health, interval=0.01)  # type: ignore[arg-type]
+    assert await monitor.check()
+    monitor.start()
+    try:
+        store.broken = True
+        await eventually(lambda: not health.serving, what="NOT_SERVING")
+        store.broken = False
+        await eventually(lambda: health.serving, what="SERVING again")
+    finally:
+        await monitor.stop()
+
+
+class FlakyRetention:
+    """Pruning whose first round raises a bug's exception."""
+
+    def __init__(self) -> None:
+        self.rounds = 0
+
+    async def prune_commands(self, recorded_before_us: int, limit: int) -> int:
+        self.rounds += 1
+        if self.rounds == 1:
+            raise KeyError("a bug below")
+        return 0
+
+    async def prune_refusals(self, recorded_before_us: int, limit: int) -> int:
+        return 0
+
+
+async def test_the_pruner_logs_a_bug_s_exception_and_prunes_again_next_round(caplog: pytest.LogCaptureFixture) -> None:
+    retention = FlakyRetention()
+    pruner = Pruner(retention, command_retention=3600, refusal_retention=0, interval=0.01)
+    pruner.start()
+    try:
+        await eventually(lambda: retention.rounds >= 3, what="rounds after the failure")
+    finally:
+        await pruner.stop()
+    assert "pruning old records failed unexpectedly" in caplog.text
+
+
+class FailingOnce(Collector):
+    def __init__(self) -> None:
+        self.collected = 0
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        self.collected += 1
+        if self.collected == 2:  # the first is the sampler's reading at its start
+            raise ValueError("a metric's callback failed")
+        return iter(())
+
+
+async def test_the_console_s_load_sampler_goes_on_after_a_failed_sample(caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+    collector = FailingOnce()
+    registry.register(collector)
+    sampler = LoadSampler(registry, interval=0.01, window=1.0)
+    sampler.start()
+    try:
+        await eventually(lambda: len(sampler.samples) >= 2, what="samples after the failure")
+    finally:
+        await sampler.stop()
+    assert "sampling the console's load failed" in caplog.text
+
+
+REGISTRY = Registry([bank_account.plugin])
+
+
+class FlakyCheckpoints(MemoryStore):
+    """Reading the checkpoint raises a bug's exception the first time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def projection_position(self, name: str) -> int:
+        self.reads += 1
+        if self.reads == 1:
+            raise RuntimeError("a bug below")
+        return await super().projection_position(name)
+
+
+async def test_a_projection_runner_outlives_a_bug_s_exception_reading_its_checkpoint(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR)
+    store = FlakyCheckpoints()
+    runner = ProjectionRunner(
+        bank_account.balances_by_owner,
+        log=store,
+        documents=store,
+        reader=EventReader(REGISTRY),
+        poll_interval=0.01,
+        retry_interval=0.01,
+    )
+    runner.start()
+    try:
+        await eventually(lambda: store.reads >= 2, what="the checkpoint read again")
+        await asyncio.sleep(0.05)  # time for a task that ended to be seen as ended
+        assert runner.status.running
+        assert "a bug below" in caplog.text
+    finally:
+        await runner.stop()
