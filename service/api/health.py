@@ -10,7 +10,6 @@ balancers and orchestrators act on that; clients see UNAVAILABLE meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -28,6 +27,7 @@ from chronicle.v1 import (
 from service.api.status import rich_status
 from service.errors import ChronicleError, Overloaded
 from service.store.base import Lifecycle
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,4 @@ class StoreMonitor:
             await self.check()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task, "the store monitor", log)

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 from service.store.base import LeaseStore
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -322,11 +323,8 @@ class LeaseKeeper:
     async def stop(self, *, leave: bool = True) -> None:
         """Stop the heartbeats; with ``leave``, give up every lease at once
         (without: they lapse after ``ttl``, as when a replica dies)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task, "the lease heartbeat", log)
+        self._task = None
         if leave:
             for group in list(self._groups):
                 await self.leave(group)

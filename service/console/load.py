@@ -12,7 +12,6 @@ reading costs one walk over the registry, off the command path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -21,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
+
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,4 @@ class LoadSampler:
                 failing = False
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task, "the console's load sampler", log)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from prometheus_client import Gauge
 
 from service.store.base import GroupStore, LogReader
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,7 @@ class _Sampler:
             await asyncio.sleep(self._interval)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task, "a lag sampler", log)
 
 
 class LagSampler(_Sampler):

@@ -62,6 +62,7 @@ from service.processing.upcasting import EventReader
 from service.store.base import LogReader, ProjectionStore
 from service.store.leasing import Fencing
 from service.store.records import DocumentWrite, LogFilter, LogPage, ParkedEvent, RecordedEvent, is_tombstone
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)
@@ -433,16 +434,9 @@ class CheckpointedRunner:
         self._task = asyncio.create_task(self._run(), name=f"{self.KIND}:{self.status.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            except Exception:
-                # Whatever its last step met, the rest of the shutdown must
-                # still run; an uncommitted batch is applied again later.
-                self._logger.exception("%s %s failed while stopping", self.KIND, self.status.name)
+        # Whatever its last step met, the rest of the shutdown must still
+        # run; an uncommitted batch is applied again later.
+        await cancel_and_wait(self._task, f"{self.KIND} {self.status.name}", self._logger)
 
     async def _load_position(self) -> int:
         while True:

@@ -17,7 +17,6 @@ deleting what is gone deletes nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 
 from service.errors import ChronicleError
 from service.store.base import Retention
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,8 @@ class Pruner:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="chronicle-retention")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task, "the pruner", log)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -16,9 +16,10 @@ as "the service is slow":
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,8 @@ class LoopLagWatchdog:
         self._task = asyncio.create_task(self._watch(), name="loop-lag-watchdog")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task, "the loop lag watchdog", log)
+        self._task = None
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()

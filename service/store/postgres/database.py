@@ -49,6 +49,7 @@ from service.store.postgres import sql
 from service.store.postgres.connection import ConnectionLost, PipelinedConnection, Statement
 from service.store.postgres.errors import contention, rolled_back, translation
 from service.store.postgres.migrations import migrate
+from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,7 @@ class Database:
 
     async def close(self) -> None:
         self._closed = True
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+        await cancel_and_wait(self._listener, "LISTEN for commits", log)
         for pool in self._pools.values():
             await pool.close()
 
