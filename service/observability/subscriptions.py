@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from prometheus_client import Gauge
 
+from service.errors import ChronicleError
 from service.store.base import GroupStore, LogReader
 from service.tasks import cancel_and_wait
 
@@ -51,8 +52,9 @@ class SubscriptionTracker:
 
 class _Sampler:
     """Calls ``sample`` every ``interval`` seconds on the event loop until
-    stopped; a failed sample is logged at debug level (the store may be
-    away; the health monitor reports that) and the next one tried."""
+    stopped; a sample the store's absence failed is logged at debug level
+    (the health monitor reports that), any other failure with its traceback
+    once until a sample succeeds, and the next one is tried."""
 
     _interval: float
     _task: asyncio.Task[None] | None = None
@@ -65,15 +67,24 @@ class _Sampler:
         self._task = asyncio.create_task(self._run(), name=self._what)
 
     async def _run(self) -> None:
+        failing = False
         while True:
             try:
                 await self.sample()
-            except Exception:
+            except ChronicleError:
                 log.debug("could not %s", self._what, exc_info=True)
+            except Exception:
+                # Not the store being away but a bug: the gauge would stay
+                # stale with nothing said, so say it, once per spell.
+                if not failing:
+                    log.exception("could not %s", self._what)
+                failing = True
+            else:
+                failing = False
             await asyncio.sleep(self._interval)
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task, "a lag sampler", log)
+        await cancel_and_wait(self._task, self._what, log)
 
 
 class LagSampler(_Sampler):

@@ -9,12 +9,14 @@ import asyncio
 import logging
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.registry import Collector
 
 from domain_plugins import bank_account
 from service.api.health import Health, StoreMonitor
 from service.console.load import LoadSampler
+from service.errors import StoreUnavailable
+from service.observability.subscriptions import LagSampler, SubscriptionTracker
 from service.plugins.registry import Registry
 from service.processing.projections import ProjectionRunner
 from service.processing.retention import Pruner
@@ -139,3 +141,37 @@ async def test_a_projection_runner_outlives_a_bug_s_exception_reading_its_checkp
         assert "a bug below" in caplog.text
     finally:
         await runner.stop()
+
+
+class FailingHeads:
+    """A log whose head cannot be read for the first ``failures`` tries."""
+
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = failures
+        self.reads = 0
+
+    async def log_head(self) -> int:
+        self.reads += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return 42
+
+
+async def test_the_lag_sampler_says_a_bug_s_exception_once_and_sets_the_gauge_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="service.observability.subscriptions")
+    log_reader = FailingHeads([StoreUnavailable("the database is away"), RuntimeError("a bug"), RuntimeError("a bug")])
+    tracker = SubscriptionTracker()
+    registry = CollectorRegistry()
+    lag = Gauge("test_subscription_lag", "", registry=registry)
+    sampler = LagSampler(log_reader, tracker, lag, interval=0.01)  # type: ignore[arg-type]
+    with tracker.tracking(40):
+        sampler.start()
+        try:
+            await eventually(lambda: registry.get_sample_value("test_subscription_lag") == 2, what="the lag set")
+        finally:
+            await sampler.stop()
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].exc_info is not None  # the bug, once for its spell, with its traceback
+    assert any(record.levelno == logging.DEBUG and "could not" in record.getMessage() for record in caplog.records)
