@@ -69,6 +69,12 @@ CONSUMER_LOST = "CONSUMER_LOST"
 # Ids of events this session delivered and settled, remembered so that a
 # second ack of one (a consumer that retries) is not an unknown id.
 _REMEMBERED_IDS = 100_000
+# The deadline and retry heaps keep a delivery's entry until it comes up
+# (settled ones are skipped then). A fast consumer settles long before its
+# deadlines, so the heaps are cleared of settled entries once those are most
+# of them: at most about twice what is unsettled (plus this much slack),
+# not every event of the last ack timeout.
+_HEAP_SLACK = 1024
 
 
 def group_not_found(name: str) -> ResourceNotFound:
@@ -353,6 +359,8 @@ class ConsumerSession:
         self._in_flight -= 1
         delivery.deadline = 0.0
         due = self._clock() + backoff_ms(self.spec, delivery.attempt) / 1000
+        if len(self._retries) > 2 * len(self._pending) + _HEAP_SLACK:
+            self._retries = _without_stale(self._retries, lambda delivery, due: True)
         heapq.heappush(self._retries, (due, next(self._order), delivery))
 
     # -- what goes out ------------------------------------------------------------
@@ -431,6 +439,8 @@ class ConsumerSession:
             self._deliveries.sent(delivery.event.event_id, delivery.attempt)
         delivery.deadline = now + self.spec.ack_timeout_ms / 1000
         self._in_flight += 1
+        if len(self._deadlines) > 2 * self._in_flight + _HEAP_SLACK:
+            self._deadlines = _without_stale(self._deadlines, lambda delivery, deadline: delivery.deadline == deadline)
         heapq.heappush(self._deadlines, (delivery.deadline, next(self._order), delivery))
         return delivery
 
@@ -625,6 +635,17 @@ class ConsumerSession:
         segment.stored = new_position
         segment.acked_passed -= acknowledged
         del segment.parks[: len(parks)]
+
+
+_Timed = tuple[float, int, Delivery]
+
+
+def _without_stale(heap: list[_Timed], current: Callable[[Delivery, float], bool]) -> list[_Timed]:
+    """``heap`` without the entries of settled deliveries, or of those that
+    ``current`` says the entry's time no longer stands for."""
+    kept = [entry for entry in heap if not entry[2].settled and current(entry[2], entry[0])]
+    heapq.heapify(kept)
+    return kept
 
 
 def _segment_of(delivery: Delivery) -> int:

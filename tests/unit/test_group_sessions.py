@@ -61,3 +61,52 @@ async def test_a_round_that_fails_while_its_session_closes_is_heard() -> None:
     finally:
         loop.set_exception_handler(previous)
     assert [c.get("message") for c in unheard] == []
+
+
+async def test_a_consumer_that_acks_at_once_leaves_no_trail_of_deadlines() -> None:
+    # Each delivery's ack deadline waits in a heap until it comes up; a
+    # consumer that acks at once settles thousands of events per ack
+    # timeout, and the heap kept every one of them (with its event) until
+    # then. Now settled entries are cleared out once they are most of it.
+    store = MemoryStore()
+    events = 2_500
+    await deposits(store, events - 1)  # and the account's opening
+    spec = GroupSpec(name="ledger", segments=1)
+    await store.create_group(spec)
+    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.2)
+    session = await groups.open(spec, consumer="c", max_in_flight=10)
+    acked = 0
+    try:
+        while acked < events:
+            batch = await session.next_batch()
+            assert batch
+            session.ack([d.event.event_id for d in batch])
+            acked += len(batch)
+        assert len(session._deadlines) <= 2 * 10 + 1024 + 1
+    finally:
+        await session.close()
+
+
+async def test_events_nacked_then_acked_leave_no_trail_of_retries() -> None:
+    # A nacked event waits in the retry heap for its backoff (up to an hour);
+    # acked meanwhile (a consumer that retried it itself), its entry is
+    # cleared out with the others once they are most of the heap.
+    store = MemoryStore()
+    events = 2_500
+    await deposits(store, events - 1)
+    spec = GroupSpec(name="ledger", segments=1, retry_backoff_ms=3_600_000, max_retry_backoff_ms=3_600_000)
+    await store.create_group(spec)
+    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.2)
+    session = await groups.open(spec, consumer="c", max_in_flight=10)
+    settled = 0
+    try:
+        while settled < events:
+            batch = await session.next_batch()
+            assert batch
+            ids = [d.event.event_id for d in batch]
+            session.nack(ids, "not now")
+            session.ack(ids)
+            settled += len(batch)
+        assert len(session._retries) <= 2 * 10 + 1024 + 1
+    finally:
+        await session.close()
