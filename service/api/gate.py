@@ -40,8 +40,16 @@ from service.security.credentials import Authenticator
 log = logging.getLogger(__name__)
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 SUBSCRIBE_METHOD = "/chronicle.v1.EventService/Subscribe"
-# Streams that live as long as their clients want: counted as subscriptions.
-SUBSCRIPTION_METHODS = frozenset({SUBSCRIBE_METHOD, "/chronicle.v1.SubscriptionGroupService/Consume"})
+# Streams that live as long as their clients want: counted as subscriptions
+# (a routing client's topology watch too: counted as an RPC, enough idle
+# watchers would leave no room for commands).
+SUBSCRIPTION_METHODS = frozenset(
+    {
+        SUBSCRIBE_METHOD,
+        "/chronicle.v1.SubscriptionGroupService/Consume",
+        "/chronicle.v1.ClusterService/WatchTopology",
+    }
+)
 
 # Called with (method, request or None, error, the caller if it was
 # authenticated, its address as gRPC gives it) when the gate refuses an RPC,

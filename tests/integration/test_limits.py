@@ -14,7 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from chronicle.v1 import command_service_pb2, event_service_pb2
+from chronicle.v1 import cluster_service_pb2, cluster_service_pb2_grpc, command_service_pb2, event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.memory import MemoryStore
 from tests.support.blocking import GatedStore
@@ -98,6 +98,23 @@ async def test_subscriptions_have_a_limit_of_their_own_and_leave_room_for_comman
     details = details_of(raised.value)
     assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_SUBSCRIPTIONS")
     assert response.version == 1
+
+
+async def test_a_topology_watch_counts_as_a_subscription_and_leaves_room_for_commands() -> None:
+    # Every routing client keeps a WatchTopology stream open for its whole
+    # life: counted as an RPC, enough of them left no room for commands.
+    async with running_server(MemoryStore(), max_subscriptions=1, max_concurrent_rpcs=1) as (_, client):
+        watch = cluster_service_pb2_grpc.ClusterServiceStub(client.channel).WatchTopology(
+            cluster_service_pb2.WatchTopologyRequest()
+        )
+        assert (await watch.read()).HasField("topology")  # open and following
+        response = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        second = client.events.Subscribe(event_service_pb2.SubscribeRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await second.read()
+        watch.cancel()
+    assert response.version == 1
+    assert details_of(raised.value).reason == "TOO_MANY_SUBSCRIPTIONS"
 
 
 async def test_one_aggregate_over_the_live_aggregate_cap_is_resource_exhausted_until_one_leaves() -> None:
