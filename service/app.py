@@ -474,6 +474,8 @@ async def start(
         gate=gate,
         interceptors=interceptors,
         reuse_port=settings.reuse_port,
+        keepalive_seconds=settings.keepalive_seconds,
+        keepalive_timeout_seconds=settings.keepalive_timeout_seconds,
     )
     metrics_server = None
     console = None

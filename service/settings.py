@@ -132,6 +132,14 @@ class Settings:
         metadata={"help": "seconds between reporting NOT_SERVING and refusing new calls on shutdown"},
     )
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on shutdown"})
+    keepalive_seconds: float = field(
+        default=60.0,
+        metadata={"help": "seconds between the server's pings on a connection with calls open (dead peers found)"},
+    )
+    keepalive_timeout_seconds: float = field(
+        default=20.0,
+        metadata={"help": "seconds a ping waits for its answer before the connection and its calls are dropped"},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text, or json: one object per line with command ids"})
     metrics_listen: str = field(
@@ -242,7 +250,15 @@ class Settings:
             self.refusal_retention,
         )
         if (
-            min(self.idle_timeout, self.health_interval, self.poll_seconds, self.retention_interval) <= 0
+            min(
+                self.idle_timeout,
+                self.health_interval,
+                self.poll_seconds,
+                self.retention_interval,
+                self.keepalive_seconds,
+                self.keepalive_timeout_seconds,
+            )
+            <= 0
             or min(durations) < 0
         ):
             raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")

@@ -32,6 +32,23 @@ from service.api.projection_service import ProjectionService
 from service.api.reaction_service import ReactionService
 
 
+def keepalive_options(every: float, timeout: float) -> list[tuple[str, int]]:
+    """gRPC's options for pinging each client on a connection with calls
+    open, every ``every`` seconds, and dropping the connection (ending its
+    calls, freeing their places) when a ping is not answered within
+    ``timeout``: a client that vanished without closing its connection (a
+    host gone, a network cut) would otherwise hold its subscriptions for as
+    long as the kernel keeps the socket, hours. gRPC (1.85) times a keepalive
+    ping out by ``http2.ping_timeout_ms``, older versions by
+    ``keepalive_timeout_ms``: both are set. The pings go on while a call
+    sends nothing (an idle subscription; tests/integration/test_keepalive.py)."""
+    return [
+        ("grpc.keepalive_time_ms", int(every * 1000)),
+        ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
+        ("grpc.http2.ping_timeout_ms", int(timeout * 1000)),
+    ]
+
+
 def build_server(
     *,
     commands: CommandService,
@@ -46,6 +63,8 @@ def build_server(
     gate: RpcGate,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     reuse_port: bool = False,
+    keepalive_seconds: float = 60.0,
+    keepalive_timeout_seconds: float = 20.0,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=list(interceptors),
@@ -54,6 +73,7 @@ def build_server(
             ("grpc.max_send_message_length", max_message_bytes),
             # Off unless asked: two servers must not share a port by mistake.
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            *keepalive_options(keepalive_seconds, keepalive_timeout_seconds),
         ],
     )
     methods = MethodTable(gate)

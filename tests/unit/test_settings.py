@@ -60,6 +60,8 @@ def test_flags_win_over_environment_variables() -> None:
         ("CHRONICLE_COMMAND_RETENTION", "-1d"),
         ("CHRONICLE_COMMAND_RETENTION", "90 days"),
         ("CHRONICLE_RETENTION_INTERVAL", "0"),
+        ("CHRONICLE_KEEPALIVE_SECONDS", "0"),
+        ("CHRONICLE_KEEPALIVE_TIMEOUT_SECONDS", "-1"),
     ],
 )
 def test_bad_values_are_configuration_errors(variable: str, value: str) -> None:
