@@ -310,9 +310,10 @@ async def start(
         max_workers=settings.max_workers,
     )
     audit = AuditLog(roles.audit)
-    refused_commands = RefusedCommands(
-        audit, sampled=SampledRefusals(audit, on_sampled=metrics.audit_sampled if metrics is not None else None)
-    )
+    # One sampler for every refusal of a caller that was not authenticated,
+    # before the pipeline or in it: one rate per reason.
+    sampled_refusals = SampledRefusals(audit, on_sampled=metrics.audit_sampled if metrics is not None else None)
+    refused_commands = RefusedCommands(audit, sampled=sampled_refusals)
     tracing = tracing_wanted(tracer_provider)
     # Outermost first: logging, tracing, metrics and audit see every outcome,
     # authorization's refusals included; plugin middleware sees only
@@ -322,7 +323,8 @@ async def start(
         middleware.append(TracingMiddleware(tracer_provider))
     if metrics is not None:
         middleware.append(MetricsMiddleware(metrics, code_name=lambda error: status_code(error).name.lower()))
-    middleware.append(AuditMiddleware(audit))
+    audited = AuditMiddleware(audit, sampled=sampled_refusals)
+    middleware.append(audited)
     if authorizer.enforcing:
         middleware.append(AuthorizationMiddleware(authorizer))
     middleware.extend(registry.middleware)
@@ -330,7 +332,15 @@ async def start(
     # Reactions send their commands through the same pipeline but for
     # authorization: a plugin's reaction is part of the server, and its
     # commands act on behalf of the event's user, which no policy names.
-    reaction_pipeline = Pipeline(router.submit, [m for m in middleware if not isinstance(m, AuthorizationMiddleware)])
+    # Its refusals are the server's own, each audited (not sampled).
+    reaction_pipeline = Pipeline(
+        router.submit,
+        [
+            AuditMiddleware(audit) if m is audited else m
+            for m in middleware
+            if not isinstance(m, AuthorizationMiddleware)
+        ],
+    )
     on_refused = refused_rpc_hooks(refused_commands, metrics.rpc_refused if metrics is not None else None)
     gate = RpcGate(
         max_rpcs=settings.max_concurrent_rpcs,

@@ -212,13 +212,18 @@ class AuditMiddleware(Middleware):
     """Audits refusals that the executor does not record with the command.
 
     Placed outside the authorization middleware, so policy refusals pass
-    through its ``on_error``.
+    through its ``on_error``. With ``sampled``, the refusals of callers
+    that were not authenticated (anyone, with authentication off) go
+    through it, as those refused before the pipeline do: a flood of
+    commands refused for overload must not cost the database a write each
+    when it is already overloaded.
     """
 
     name = "audit"
 
-    def __init__(self, audit: AuditLog) -> None:
+    def __init__(self, audit: AuditLog, *, sampled: SampledRefusals | None = None) -> None:
         self._audit = audit
+        self._sampled = sampled
 
     def on_error(self, call: CommandCall) -> Awaitable[None] | None:
         """Plain for the refusals a command record audits; the write of an
@@ -234,14 +239,15 @@ class AuditMiddleware(Middleware):
         # (service.api.dry_runs), where the caller's address is known.
         if call.dry_run:
             return None
-        return self._audit.refused(
-            refusal(
-                error,
-                command_id=call.command_id,
-                command_type=call.command_type,
-                aggregate_id=call.aggregate_id,
-                principal=call.principal.name,
-                user_id=call.user_id,
-                origin=call.origin,
-            )
+        entry = refusal(
+            error,
+            command_id=call.command_id,
+            command_type=call.command_type,
+            aggregate_id=call.aggregate_id,
+            principal=call.principal.name,
+            user_id=call.user_id,
+            origin=call.origin,
         )
+        if self._sampled is not None and not call.principal.authenticated:
+            return self._sampled.record(entry)
+        return self._audit.refused(entry)
