@@ -94,7 +94,8 @@ class StoreMonitor:
     async def check(self) -> bool:
         """Ping the store once and report the result; return it."""
         try:
-            await asyncio.wait_for(self._store.ping(), timeout=max(self._interval, 1.0) * 2)
+            async with asyncio.timeout(max(self._interval, 1.0) * 2):
+                await self._store.ping()
             healthy, why = True, ""
         except (ChronicleError, TimeoutError) as error:
             healthy, why = False, str(error) or type(error).__name__

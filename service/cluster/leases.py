@@ -235,7 +235,8 @@ class LeaseKeeper:
             if self._wakeup is None or self._wakeup.done():
                 self._wakeup = asyncio.get_running_loop().create_future()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._wakeup), max_wait)
+                async with asyncio.timeout(max_wait):
+                    await asyncio.shield(self._wakeup)
         return self.version
 
     def _changed(self) -> None:
@@ -316,7 +317,8 @@ class LeaseKeeper:
         try:
             # Bounded: a store that does not answer must not hold up a
             # shutdown; the leases then lapse on their own.
-            await asyncio.wait_for(self._store.leave_group(group, self.member.member_id), self.interval)
+            async with asyncio.timeout(self.interval):
+                await self._store.leave_group(group, self.member.member_id)
         except Exception as error:
             log.warning("could not leave lease group %s (%s); its leases lapse within %g s", group, error, self.ttl)
 

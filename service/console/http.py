@@ -159,7 +159,8 @@ class HttpServer:
                 # Read the request first: closing a socket with unread bytes
                 # resets it, and the browser would never see the answer.
                 with contextlib.suppress(_BadRequest, TimeoutError):
-                    await asyncio.wait_for(_read_request(reader), REQUEST_SECONDS)
+                    async with asyncio.timeout(REQUEST_SECONDS):
+                        await _read_request(reader)
                 refusal = Response(503, b"Too many connections to the console", "text/plain; charset=utf-8")
                 refusal.headers = [*self._base_headers, ("Retry-After", "5")]
                 writer.write(_head(refusal, length=len(refusal.body)) + refusal.body)
@@ -176,7 +177,8 @@ class HttpServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(_read_request(reader), REQUEST_SECONDS)
+            async with asyncio.timeout(REQUEST_SECONDS):
+                request = await _read_request(reader)
         except _BadRequest as bad:
             response = Response(bad.status, bad.status.phrase.encode(), "text/plain; charset=utf-8")
         except TimeoutError:

@@ -265,7 +265,8 @@ async def tail_stream(parts: Parts, after: int, *, keepalive: float = 15.0) -> A
         yield b"retry: 3000\n\n"
         while True:
             try:
-                item = await asyncio.wait_for(queue.get(), keepalive)
+                async with asyncio.timeout(keepalive):
+                    item = await queue.get()
             except TimeoutError:
                 yield b": still here\n\n"
                 continue

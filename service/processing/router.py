@@ -166,7 +166,8 @@ class Router:
         while any(w.busy for w in self._workers.values()) and loop.time() < deadline:
             self._went_idle.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._went_idle.wait(), timeout=max(0.0, deadline - loop.time()))
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self._went_idle.wait()
         busy = [w for w in self._workers.values() if w.busy]
         for worker in busy:
             if worker.task is not None:

@@ -175,3 +175,29 @@ async def test_the_lag_sampler_says_a_bug_s_exception_once_and_sets_the_gauge_af
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is not None  # the bug, once for its spell, with its traceback
     assert any(record.levelno == logging.DEBUG and "could not" in record.getMessage() for record in caplog.records)
+
+
+class AnsweredOnCue:
+    """A store whose ping answers when the test says."""
+
+    def __init__(self) -> None:
+        self.pending: asyncio.Future[None] | None = None
+
+    async def ping(self) -> None:
+        self.pending = asyncio.get_running_loop().create_future()
+        await self.pending
+
+
+async def test_a_monitor_stopped_as_its_ping_answers_stops() -> None:
+    # asyncio.wait_for in Python 3.11 swallows a cancellation that arrives
+    # as the awaited call finishes: the monitor went on pinging, and the
+    # shutdown that stopped it waited for it for ever.
+    store = AnsweredOnCue()
+    monitor = StoreMonitor(store, Health(), interval=0.01)  # type: ignore[arg-type]
+    monitor.start()
+    await eventually(lambda: store.pending is not None, what="a ping under way")
+    assert store.pending is not None
+    store.pending.set_result(None)
+    await asyncio.sleep(0)  # the ping's answer is in; the monitor has not yet woken
+    async with asyncio.timeout(5):
+        await monitor.stop()
