@@ -75,6 +75,11 @@ _REMEMBERED_IDS = 100_000
 # of them: at most about twice what is unsettled (plus this much slack),
 # not every event of the last ack timeout.
 _HEAP_SLACK = 1024
+# The events a session reads ahead, in payload bytes (besides its count of
+# ten times max_in_flight): a log of large events must not fill the server.
+# The reader stops at this and goes on once the consumer has taken some, so
+# it holds at most this plus one page.
+MAX_READ_AHEAD_BYTES = 32 * 1024 * 1024
 
 
 def group_not_found(name: str) -> ResourceNotFound:
@@ -227,6 +232,7 @@ class ConsumerSession:
         self._ready: deque[tuple[_Segment, str]] = deque()
         self._replays: deque[Delivery] = deque()
         self._queued = 0
+        self._queued_bytes = 0
         self._settled_ids: OrderedDict[str, None] = OrderedDict()
         self._unparks: list[str] = []
         self._unparking: set[str] = set()  # acked replays whose removal is being written
@@ -419,6 +425,7 @@ class ConsumerSession:
             if not queue:
                 del segment.queues[aggregate]
             self._queued -= 1
+            self._queued_bytes -= len(event.payload)
             segment.busy.add(aggregate)
             delivery = Delivery(event, segment, attempt=self._deliveries.count(event.event_id))
             self._pending[event.event_id] = delivery
@@ -429,7 +436,7 @@ class ConsumerSession:
                 continue
             batch.append(self._send(delivery, now))
             room -= 1
-        if batch and self._queued < self._max_queued:
+        if batch and not self._read_ahead_full:
             self._reader_wake.set()  # the reader may go on
         return batch
 
@@ -485,7 +492,9 @@ class ConsumerSession:
                     self._in_flight -= 1
                 delivery.settled = True
                 self._settled_ids[event_id] = None  # a late ack is no error
-        self._queued -= sum(len(queue) for queue in segment.queues.values())
+        for queue in segment.queues.values():
+            self._queued -= len(queue)
+            self._queued_bytes -= sum(len(event.payload) for event in queue)
         self._changed.set()
         self._reader_wake.set()
 
@@ -508,11 +517,15 @@ class ConsumerSession:
 
     # -- reading the log -----------------------------------------------------------
 
+    @property
+    def _read_ahead_full(self) -> bool:
+        return self._queued >= self._max_queued or self._queued_bytes >= MAX_READ_AHEAD_BYTES
+
     async def _read(self) -> None:
         limit = self._first_page_size
         while True:
             reading = [s for s in self._segments.values()]
-            if not reading or self._queued >= self._max_queued:
+            if not reading or self._read_ahead_full:
                 self._reader_wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll):
@@ -549,6 +562,7 @@ class ConsumerSession:
                         self._ready.append((segment, event.aggregate_id))
                 queue.append(event)
                 self._queued += 1
+                self._queued_bytes += len(event.payload)
 
     async def _wait_for_log(self, position: int) -> None:
         """Until something commits after ``position``, the segments change,

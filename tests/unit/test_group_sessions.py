@@ -12,9 +12,14 @@ import asyncio
 import gc
 from typing import Any
 
+import pytest
+
+from service import groups as groups_module
 from service.groups import SubscriptionGroups
 from service.store.grouping import GroupSpec
 from service.store.memory import MemoryStore
+from service.store.records import LogFilter
+from tests.support.waiting import eventually
 from tests.unit.test_read_ahead import READER, deposits
 
 
@@ -108,5 +113,25 @@ async def test_events_nacked_then_acked_leave_no_trail_of_retries() -> None:
             session.ack(ids)
             settled += len(batch)
         assert len(session._retries) <= 2 * 10 + 1024 + 1
+    finally:
+        await session.close()
+
+
+async def test_a_session_reads_ahead_no_more_bytes_than_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read ahead by count alone (ten times max_in_flight, at least 1,000),
+    # a log of large events could fill the server for one slow consumer.
+    store = MemoryStore()
+    await deposits(store, 1_999)
+    payload = len((await store.read_log(1, LogFilter(), 1)).events[0].payload)
+    monkeypatch.setattr(groups_module, "MAX_READ_AHEAD_BYTES", 50 * payload)
+    spec = GroupSpec(name="ledger", segments=1)
+    await store.create_group(spec)
+    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.05, page_size=20)
+    session = await groups.open(spec, consumer="c", max_in_flight=1)
+    try:
+        assert await session.next_batch()  # one event in flight, never acked: the rest waits
+        await eventually(lambda: session._queued >= 50, what="the budget read ahead")
+        await asyncio.sleep(0.3)  # many polls: a reader that went on would have read on
+        assert session._queued <= 50 + 20  # the budget, and the page that crossed it
     finally:
         await session.close()
