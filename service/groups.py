@@ -80,6 +80,10 @@ _HEAP_SLACK = 1024
 # The reader stops at this and goes on once the consumer has taken some, so
 # it holds at most this plus one page.
 MAX_READ_AHEAD_BYTES = 32 * 1024 * 1024
+# The events a session has in flight, in payload bytes, besides their count
+# (the consumer's max_in_flight, up to 10,000): another is sent only while
+# fewer are out (and always one, however large).
+MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
 
 
 def group_not_found(name: str) -> ResourceNotFound:
@@ -227,6 +231,7 @@ class ConsumerSession:
         self._segments: dict[int, _Segment] = {}
         self._pending: dict[str, Delivery] = {}  # delivered, not settled (in flight or waiting to go again)
         self._in_flight = 0
+        self._in_flight_bytes = 0
         self._deadlines: list[tuple[float, int, Delivery]] = []
         self._retries: list[tuple[float, int, Delivery]] = []
         self._ready: deque[tuple[_Segment, str]] = deque()
@@ -327,7 +332,7 @@ class ConsumerSession:
         if delivery.segment is not None:
             self._deliveries.settled(event_id)
         if delivery.deadline:
-            self._in_flight -= 1
+            self._landed(delivery)
         delivery.settled = True
         delivery.deadline = 0.0
         self._pending.pop(event_id, None)
@@ -362,7 +367,7 @@ class ConsumerSession:
                 segment.settle(event.event_id, acked=False)
             self._commit_wanted.set()
             return
-        self._in_flight -= 1
+        self._landed(delivery)
         delivery.deadline = 0.0
         due = self._clock() + backoff_ms(self.spec, delivery.attempt) / 1000
         if len(self._retries) > 2 * len(self._pending) + _HEAP_SLACK:
@@ -404,19 +409,30 @@ class ConsumerSession:
         segment = delivery.segment
         return segment is None or self._segments.get(segment.number) is segment
 
+    def _landed(self, delivery: Delivery) -> None:
+        """``delivery`` is no longer in flight (answered, timed out, or its
+        segment gone)."""
+        self._in_flight -= 1
+        self._in_flight_bytes -= len(delivery.event.payload)
+
+    def _room(self, room: int) -> bool:
+        """Whether one more may be sent: fewer than ``max_in_flight`` and
+        than ``MAX_IN_FLIGHT_BYTES`` are out (or nothing is)."""
+        return room > 0 and (not self._in_flight or self._in_flight_bytes < MAX_IN_FLIGHT_BYTES)
+
     def _take(self, now: float) -> list[Delivery]:
         batch: list[Delivery] = []
         room = self._max_in_flight - self._in_flight
-        while room > 0 and self._retries and self._retries[0][0] <= now:
+        while self._room(room) and self._retries and self._retries[0][0] <= now:
             _, _, delivery = heapq.heappop(self._retries)
             if delivery.settled or not self._live(delivery):
                 continue
             batch.append(self._send(delivery, now))
             room -= 1
-        while room > 0 and self._replays:
+        while self._room(room) and self._replays:
             batch.append(self._send(self._replays.popleft(), now))
             room -= 1
-        while room > 0 and self._ready:
+        while self._room(room) and self._ready:
             segment, aggregate = self._ready.popleft()
             queue = segment.queues.get(aggregate)
             if self._segments.get(segment.number) is not segment or aggregate in segment.busy or not queue:
@@ -446,6 +462,7 @@ class ConsumerSession:
             self._deliveries.sent(delivery.event.event_id, delivery.attempt)
         delivery.deadline = now + self.spec.ack_timeout_ms / 1000
         self._in_flight += 1
+        self._in_flight_bytes += len(delivery.event.payload)
         if len(self._deadlines) > 2 * self._in_flight + _HEAP_SLACK:
             self._deadlines = _without_stale(self._deadlines, lambda delivery, deadline: delivery.deadline == deadline)
         heapq.heappush(self._deadlines, (delivery.deadline, next(self._order), delivery))
@@ -489,7 +506,7 @@ class ConsumerSession:
             delivery = self._pending.pop(event_id, None)
             if delivery is not None:
                 if delivery.deadline:
-                    self._in_flight -= 1
+                    self._landed(delivery)
                 delivery.settled = True
                 self._settled_ids[event_id] = None  # a late ack is no error
         for queue in segment.queues.values():

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import uuid
 from typing import Any
 
 import pytest
 
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service import groups as groups_module
 from service.groups import SubscriptionGroups
+from service.processing.commands import CommandRequest
+from service.processing.executor import CommandExecutor
+from service.store.base import Store
 from service.store.grouping import GroupSpec
 from service.store.memory import MemoryStore
 from service.store.records import LogFilter
 from tests.support.waiting import eventually
-from tests.unit.test_read_ahead import READER, deposits
+from tests.unit.test_read_ahead import READER, REGISTRY, deposits
 
 
 class HeldCommits(MemoryStore):
@@ -133,5 +138,39 @@ async def test_a_session_reads_ahead_no_more_bytes_than_its_budget(monkeypatch: 
         await eventually(lambda: session._queued >= 50, what="the budget read ahead")
         await asyncio.sleep(0.3)  # many polls: a reader that went on would have read on
         assert session._queued <= 50 + 20  # the budget, and the page that crossed it
+    finally:
+        await session.close()
+
+
+async def _accounts(store: MemoryStore, count: int) -> None:
+    """``count`` accounts opened: one event each, on as many aggregates."""
+    executor = CommandExecutor(Store.of(store), REGISTRY)
+    spec = REGISTRY.command(bank.OpenAccount.DESCRIPTOR.full_name)
+    assert spec is not None
+    for n in range(count):
+        request = CommandRequest(
+            command_id=str(uuid.uuid4()), aggregate_id=f"acc-{n}", spec=spec, message=bank.OpenAccount(owner="ann")
+        )
+        await executor.execute(request, None)
+
+
+async def test_a_session_sends_no_more_bytes_at_once_than_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # max_in_flight counts events (up to 10,000): with large events, one
+    # consumer that never answers could make the server hold that many.
+    store = MemoryStore()
+    await _accounts(store, 100)
+    payload = len((await store.read_log(0, LogFilter(), 1)).events[0].payload)
+    monkeypatch.setattr(groups_module, "MAX_IN_FLIGHT_BYTES", 10 * payload)
+    spec = GroupSpec(name="ledger", segments=1)
+    await store.create_group(spec)
+    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.05)
+    session = await groups.open(spec, consumer="c", max_in_flight=1_000)
+    sent = 0
+    try:
+        while sent < 100:
+            batch = await session.next_batch()
+            assert batch is not None and 0 < len(batch) <= 10  # the budget's worth, not all 100 aggregates
+            session.ack([d.event.event_id for d in batch])  # answered: the next ones go
+            sent += len(batch)
     finally:
         await session.close()
