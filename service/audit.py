@@ -125,6 +125,11 @@ class SampledRefusals:
         self._flushing: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def refused(self, entry: AuditEntry, *, accountable: bool) -> Awaitable[None]:
+        """Record a refusal: each one of a caller that answers for it (an
+        authenticated principal), the others through the sample."""
+        return self._audit.refused(entry) if accountable else self.record(entry)
+
     async def record(self, entry: AuditEntry) -> None:
         if self._take(entry.reason):
             await self._audit.refused(entry)
@@ -248,6 +253,6 @@ class AuditMiddleware(Middleware):
             user_id=call.user_id,
             origin=call.origin,
         )
-        if self._sampled is not None and not call.principal.authenticated:
-            return self._sampled.record(entry)
-        return self._audit.refused(entry)
+        if self._sampled is None:
+            return self._audit.refused(entry)
+        return self._sampled.refused(entry, accountable=call.principal.authenticated)

@@ -47,7 +47,6 @@ class RefusedCommands:
     """Audits calls refused before they reached the pipeline."""
 
     def __init__(self, audit: AuditLog, *, sampled: SampledRefusals | None = None) -> None:
-        self._audit = audit
         self._sampled = sampled or SampledRefusals(audit)
 
     async def __call__(
@@ -70,10 +69,7 @@ class RefusedCommands:
             return
         accountable = principal is not None and principal.authenticated
         for entry in entries:
-            if accountable:
-                await self._audit.refused(entry)
-            else:
-                await self._sampled.record(entry)
+            await self._sampled.refused(entry, accountable=accountable)
 
     async def denied(
         self, method: str, request: object, error: ChronicleError, principal: Principal | None, peer: str
@@ -83,10 +79,9 @@ class RefusedCommands:
         if not method.startswith(READ_SERVICES):
             return
         entry = call_entry(method, request, error, principal, peer)
-        if principal is not None and principal.authenticated:
-            await self._audit.refused(entry)
-        else:  # anonymous callers denied a projection only administrators may read
-            await self._sampled.record(entry)
+        # Anonymous callers (denied a projection only administrators may
+        # read) are sampled.
+        await self._sampled.refused(entry, accountable=principal is not None and principal.authenticated)
 
     async def close(self) -> None:
         """Record the refusals counted and not yet recorded."""
