@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service import groups as groups_module
-from service.groups import SubscriptionGroups
+from service.groups import ConsumerSession, SubscriptionGroups
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.store.base import Store
@@ -73,6 +75,24 @@ async def test_a_round_that_fails_while_its_session_closes_is_heard() -> None:
     assert [c.get("message") for c in unheard] == []
 
 
+LEDGER = GroupSpec(name="ledger", segments=1)
+
+
+@asynccontextmanager
+async def consuming(
+    store: MemoryStore, *, max_in_flight: int, spec: GroupSpec = LEDGER, **options: Any
+) -> AsyncIterator[ConsumerSession]:
+    """A session of a new group ``spec`` over ``store`` (``options``: the
+    groups' reading settings), closed after."""
+    await store.create_group(spec)
+    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, **options)
+    session = await groups.open(spec, consumer="c", max_in_flight=max_in_flight)
+    try:
+        yield session
+    finally:
+        await session.close()
+
+
 async def test_a_consumer_that_acks_at_once_leaves_no_trail_of_deadlines() -> None:
     # Each delivery's ack deadline waits in a heap until it comes up; a
     # consumer that acks at once settles thousands of events per ack
@@ -81,20 +101,14 @@ async def test_a_consumer_that_acks_at_once_leaves_no_trail_of_deadlines() -> No
     store = MemoryStore()
     events = 2_500
     await deposits(store, events - 1)  # and the account's opening
-    spec = GroupSpec(name="ledger", segments=1)
-    await store.create_group(spec)
-    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.2)
-    session = await groups.open(spec, consumer="c", max_in_flight=10)
     acked = 0
-    try:
+    async with consuming(store, max_in_flight=10, poll_interval=0.2) as session:
         while acked < events:
             batch = await session.next_batch()
             assert batch
             session.ack([d.event.event_id for d in batch])
             acked += len(batch)
         assert len(session._deadlines) <= 2 * 10 + 1024 + 1
-    finally:
-        await session.close()
 
 
 async def test_events_nacked_then_acked_leave_no_trail_of_retries() -> None:
@@ -105,11 +119,8 @@ async def test_events_nacked_then_acked_leave_no_trail_of_retries() -> None:
     events = 2_500
     await deposits(store, events - 1)
     spec = GroupSpec(name="ledger", segments=1, retry_backoff_ms=3_600_000, max_retry_backoff_ms=3_600_000)
-    await store.create_group(spec)
-    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.2)
-    session = await groups.open(spec, consumer="c", max_in_flight=10)
     settled = 0
-    try:
+    async with consuming(store, max_in_flight=10, spec=spec, poll_interval=0.2) as session:
         while settled < events:
             batch = await session.next_batch()
             assert batch
@@ -118,8 +129,6 @@ async def test_events_nacked_then_acked_leave_no_trail_of_retries() -> None:
             session.ack(ids)
             settled += len(batch)
         assert len(session._retries) <= 2 * 10 + 1024 + 1
-    finally:
-        await session.close()
 
 
 async def test_a_session_reads_ahead_no_more_bytes_than_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,17 +138,11 @@ async def test_a_session_reads_ahead_no_more_bytes_than_its_budget(monkeypatch: 
     await deposits(store, 1_999)
     payload = len((await store.read_log(1, LogFilter(), 1)).events[0].payload)
     monkeypatch.setattr(groups_module, "MAX_READ_AHEAD_BYTES", 50 * payload)
-    spec = GroupSpec(name="ledger", segments=1)
-    await store.create_group(spec)
-    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.05, page_size=20)
-    session = await groups.open(spec, consumer="c", max_in_flight=1)
-    try:
+    async with consuming(store, max_in_flight=1, poll_interval=0.05, page_size=20) as session:
         assert await session.next_batch()  # one event in flight, never acked: the rest waits
         await eventually(lambda: session._queued >= 50, what="the budget read ahead")
         await asyncio.sleep(0.3)  # many polls: a reader that went on would have read on
         assert session._queued <= 50 + 20  # the budget, and the page that crossed it
-    finally:
-        await session.close()
 
 
 async def _accounts(store: MemoryStore, count: int) -> None:
@@ -161,16 +164,10 @@ async def test_a_session_sends_no_more_bytes_at_once_than_its_budget(monkeypatch
     await _accounts(store, 100)
     payload = len((await store.read_log(0, LogFilter(), 1)).events[0].payload)
     monkeypatch.setattr(groups_module, "MAX_IN_FLIGHT_BYTES", 10 * payload)
-    spec = GroupSpec(name="ledger", segments=1)
-    await store.create_group(spec)
-    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.05)
-    session = await groups.open(spec, consumer="c", max_in_flight=1_000)
     sent = 0
-    try:
+    async with consuming(store, max_in_flight=1_000, poll_interval=0.05) as session:
         while sent < 100:
             batch = await session.next_batch()
             assert batch is not None and 0 < len(batch) <= 10  # the budget's worth, not all 100 aggregates
             session.ack([d.event.event_id for d in batch])  # answered: the next ones go
             sent += len(batch)
-    finally:
-        await session.close()

@@ -155,7 +155,8 @@ class Harness:
         )
         await self.router.submit(request)
 
-    def runner(self, name: str) -> ReactionRunner:
+    def runner(self, name: str, **options: Any) -> ReactionRunner:
+        """The reaction ``name``'s runner (``options``: its intervals)."""
         reaction = REGISTRY.reaction(name)
         assert reaction is not None
         return ReactionRunner(
@@ -165,6 +166,7 @@ class Harness:
             log=self.roles.log,
             documents=self.roles.projections,
             reader=self.executor.loader.reader,
+            **options,
         )
 
     async def events(self, aggregate_id: str) -> list[RecordedEvent]:
@@ -374,18 +376,7 @@ async def test_a_running_reaction_survives_an_unexpected_failure_and_goes_on() -
     run = Harness(CrashingStore(crashes=1))  # a bug's exception, not a ChronicleError
     for item in ("a", "b"):
         await run.add("source", item)
-    reaction = REGISTRY.reaction("counters.copier")
-    assert reaction is not None
-    runner = ReactionRunner(
-        reaction,
-        registry=REGISTRY,
-        submit=run.router.submit,
-        log=run.store,
-        documents=run.store,
-        reader=run.executor.loader.reader,
-        retry_interval=0.01,
-        poll_interval=0.01,
-    )
+    runner = run.runner("counters.copier", retry_interval=0.01, poll_interval=0.01)
     runner.start()
     try:
         await eventually(lambda: runner.status.position >= 4 and not runner.status.error, what="caught up")
@@ -412,18 +403,7 @@ class FailingWait(MemoryStore):
 async def test_a_running_reaction_outlives_a_failure_while_waiting_for_commits() -> None:
     store = FailingWait()
     run = Harness(store)
-    reaction = REGISTRY.reaction("counters.copier")
-    assert reaction is not None
-    runner = ReactionRunner(
-        reaction,
-        registry=REGISTRY,
-        submit=run.router.submit,
-        log=run.store,
-        documents=run.store,
-        reader=run.executor.loader.reader,
-        retry_interval=0.01,
-        poll_interval=0.01,
-    )
+    runner = run.runner("counters.copier", retry_interval=0.01, poll_interval=0.01)
     runner.start()
     try:
         await eventually(lambda: store.waits >= 2, what="waiting again")
