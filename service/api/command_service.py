@@ -30,8 +30,12 @@ from service.processing.middleware import Pipeline
 
 log = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
-# Commands of one SubmitStream started and not yet answered.
+# Commands of one SubmitStream started and not yet answered: at most this
+# many, and while they carry less than STREAM_IN_FLIGHT_BYTES (one always
+# goes, however large), so that one stream of large commands holds megabytes,
+# not 256 times the largest message.
 STREAM_IN_FLIGHT = 256
+STREAM_IN_FLIGHT_BYTES = 16 * 1024 * 1024
 
 
 class CommandService(pb_grpc.CommandServiceServicer):
@@ -45,9 +49,12 @@ class CommandService(pb_grpc.CommandServiceServicer):
         *,
         page_bytes: int,
         ownership: Ownership | None = None,
+        stream_bytes: int = STREAM_IN_FLIGHT_BYTES,
     ) -> None:
         """``page_bytes``: a SubmitResultPage is closed once its answers pass
-        this many bytes (the application's bound of every page)."""
+        this many bytes (the application's bound of every page).
+        ``stream_bytes``: a stream stops reading while its started,
+        unanswered commands carry this many bytes."""
         self._registry = registry
         self._pipeline = pipeline
         self._refused = refused
@@ -55,6 +62,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self._dry_runs = dry_runs
         self._ownership = ownership
         self._page_bytes = page_bytes
+        self._stream_bytes = stream_bytes
 
     def _hint(self, context: grpc.aio.ServicerContext[Any, Any], aggregate_id: str) -> None:
         """Tell a routing client when this member does not own the
@@ -117,8 +125,9 @@ class CommandService(pb_grpc.CommandServiceServicer):
         principal = current_principal.get()
         await _accepted(context)
         # Started in arrival order, answered in arrival order; at most
-        # STREAM_IN_FLIGHT started and unanswered, so a fast sender waits.
-        window = _Window(STREAM_IN_FLIGHT)
+        # STREAM_IN_FLIGHT (and stream_bytes) started and unanswered, so a
+        # fast sender waits.
+        window = _Window(STREAM_IN_FLIGHT, self._stream_bytes)
         reader = asyncio.ensure_future(self._read(requests, _one_each, window, principal, context))
         try:
             while (item := await window.next()) is not None:
@@ -137,7 +146,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         and the answers that are ready together sent as one message."""
         principal = current_principal.get()
         await _accepted(context)
-        window = _Window(STREAM_IN_FLIGHT)
+        window = _Window(STREAM_IN_FLIGHT, self._stream_bytes)
         reader = asyncio.ensure_future(self._read(pages, _requests_of, window, principal, context))
         limit = self._page_bytes
         try:
@@ -181,7 +190,8 @@ class CommandService(pb_grpc.CommandServiceServicer):
                         await window.room()
                     # Started now, whatever path it takes: commands for one
                     # aggregate reach its worker in the order they came.
-                    window.put((request.command, asyncio.ensure_future(self._start(request, principal, context))))
+                    started = asyncio.ensure_future(self._start(request, principal, context))
+                    window.put((request.command, started), request.ByteSize())
         finally:
             window.close()
 
@@ -234,12 +244,19 @@ async def _accepted(context: grpc.aio.ServicerContext[Any, Any]) -> None:
 class _Window:
     """The commands of one stream that were started and not yet answered, in
     arrival order: the reader puts, the writer takes; a full window makes
-    the reader wait, an empty one the writer. (An ``asyncio.Queue`` would do
-    the same with more machinery per command.)"""
+    the reader wait, an empty one the writer. A command the writer took is
+    in the window until the writer asks for the next one (its answer built
+    by then). Full is ``size`` commands, or ``max_bytes`` of them as they
+    arrived (so at most ``max_bytes`` and the command that crossed it: one
+    always goes, however large). (An ``asyncio.Queue`` would do the same with
+    more machinery per command.)"""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int) -> None:
         self._size = size
-        self._items: deque[Started] = deque()
+        self._max_bytes = max_bytes
+        self._items: deque[tuple[Started, int]] = deque()
+        self._bytes = 0  # of the items and of the one taken
+        self._taken: int | None = None  # the bytes of the one taken
         self._closed = False
         self._loop = asyncio.get_running_loop()
         self._reader_waits: asyncio.Future[None] | None = None
@@ -247,15 +264,17 @@ class _Window:
 
     @property
     def full(self) -> bool:
-        return len(self._items) >= self._size
+        held = len(self._items) if self._taken is None else len(self._items) + 1
+        return held >= self._size or self._bytes >= self._max_bytes
 
     async def room(self) -> None:
         while self.full:
             self._reader_waits = self._loop.create_future()
             await self._reader_waits
 
-    def put(self, item: Started) -> None:
-        self._items.append(item)
+    def put(self, item: Started, size: int) -> None:
+        self._items.append((item, size))
+        self._bytes += size
         _wake(self._writer_waits)
 
     def close(self) -> None:
@@ -263,27 +282,37 @@ class _Window:
         _wake(self._writer_waits)
 
     async def next(self) -> Started | None:
+        """The next command (the one taken before is answered)."""
+        self._answered()
         while not self._items:
             if self._closed:
                 return None
             self._writer_waits = self._loop.create_future()
             await self._writer_waits
-        item = self._items.popleft()
-        _wake(self._reader_waits)
-        return item
+        return self._take()
 
     def next_ready(self) -> Started | None:
-        """The next item if its outcome is known now (None otherwise)."""
-        if not self._items or not self._items[0][1].done():
+        """The next command if its outcome is known now, None otherwise
+        (the one taken before is answered)."""
+        self._answered()
+        if not self._items or not self._items[0][0][1].done():
             return None
-        item = self._items.popleft()
-        _wake(self._reader_waits)
+        return self._take()
+
+    def _take(self) -> Started:
+        item, self._taken = self._items.popleft()
         return item
+
+    def _answered(self) -> None:
+        if self._taken is not None:
+            self._bytes -= self._taken
+            self._taken = None
+            _wake(self._reader_waits)
 
     def abandon(self) -> None:
         """The stream ended early: nobody will hear these answers."""
         while self._items:
-            _, outcome = self._items.popleft()
+            (_, outcome), _ = self._items.popleft()
             outcome.cancel()
 
 
