@@ -84,6 +84,13 @@ MAX_READ_AHEAD_BYTES = 32 * 1024 * 1024
 # (the consumer's max_in_flight, up to 10,000): another is sent only while
 # fewer are out (and always one, however large).
 MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
+# The events a session has read and its checkpoints have not passed, settled
+# or not: while one event goes unanswered, every event after it stays listed
+# until it settles (a checkpoint cannot pass it), however fast the rest are
+# acked. The reader stops at this, so an event that is never answered holds
+# this many entries (and the page that crossed it) until it is parked, not
+# everything the log received meanwhile.
+MAX_UNCHECKPOINTED = 100_000
 
 
 def group_not_found(name: str) -> ResourceNotFound:
@@ -319,6 +326,8 @@ class ConsumerSession:
                 delivery.segment.settle(event_id, acked=True)
         self._commit_wanted.set()
         self._changed.set()
+        if not self._read_ahead_full:
+            self._reader_wake.set()  # a checkpoint may have passed what held the reader
 
     def nack(self, event_ids: Sequence[str], reason: str) -> None:
         for event_id in event_ids:
@@ -536,7 +545,11 @@ class ConsumerSession:
 
     @property
     def _read_ahead_full(self) -> bool:
-        return self._queued >= self._max_queued or self._queued_bytes >= MAX_READ_AHEAD_BYTES
+        return (
+            self._queued >= self._max_queued
+            or self._queued_bytes >= MAX_READ_AHEAD_BYTES
+            or sum(len(segment.outstanding) for segment in self._segments.values()) >= MAX_UNCHECKPOINTED
+        )
 
     async def _read(self) -> None:
         limit = self._first_page_size
@@ -732,11 +745,21 @@ class SubscriptionGroups:
             page_size=self._page_size,
             page_bytes=self._page_bytes,
             first_page_size=self._first_page_size,
-            deliveries=self._deliveries.setdefault(spec, Deliveries()),
+            deliveries=self._deliveries_of(spec),
         )
         await session.start()
         self._sessions.add(session)
         return session
+
+    def _deliveries_of(self, spec: GroupSpec) -> Deliveries:
+        deliveries = self._deliveries.get(spec)
+        if deliveries is None:
+            # The group is new here, or was made again with other settings:
+            # the counts of what it was before are of no use any more.
+            for gone in [known for known in self._deliveries if known.name == spec.name]:
+                del self._deliveries[gone]
+            deliveries = self._deliveries[spec] = Deliveries()
+        return deliveries
 
     def release(self, session: ConsumerSession) -> None:
         """End ``session`` in the background: the stream's status goes out

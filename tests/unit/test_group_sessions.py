@@ -171,3 +171,61 @@ async def test_a_session_sends_no_more_bytes_at_once_than_its_budget(monkeypatch
             assert batch is not None and 0 < len(batch) <= 10  # the budget's worth, not all 100 aggregates
             session.ack([d.event.event_id for d in batch])  # answered: the next ones go
             sent += len(batch)
+
+
+def _unpassed(session: ConsumerSession) -> int:
+    """Events the session read that its checkpoints have not passed."""
+    return sum(len(segment.outstanding) for segment in session._segments.values())
+
+
+async def _deliver_until_quiet(session: ConsumerSession, *, held: str) -> int:
+    """Take batches and ack every event but ``held`` until none comes for
+    half a second; return how many events came."""
+    delivered = 0
+    while True:
+        try:
+            async with asyncio.timeout(0.5):
+                batch = await session.next_batch()
+        except TimeoutError:
+            return delivered
+        assert batch
+        delivered += len(batch)
+        session.ack([d.event.event_id for d in batch if d.event.event_id != held])
+
+
+async def test_an_unanswered_event_holds_back_no_more_than_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The checkpoint cannot pass an event that goes unanswered, so every
+    # event after it stayed listed, acked or not, until it was parked (after
+    # its attempts' ack timeouts): at 10,000 events a second, millions.
+    store = MemoryStore()
+    await _accounts(store, 400)
+    monkeypatch.setattr(groups_module, "MAX_UNCHECKPOINTED", 50)
+    async with consuming(store, max_in_flight=1_000, poll_interval=0.05, page_size=20) as session:
+        first = await session.next_batch()
+        assert first
+        held = first[0].event.event_id  # never answered (its ack timeout is 30 s)
+        session.ack([d.event.event_id for d in first[1:]])
+        delivered = len(first) + await _deliver_until_quiet(session, held=held)
+        assert delivered <= 50 + 20  # the bound, and the page that crossed it: not all 400
+        assert _unpassed(session) <= 50 + 20
+
+        session.ack([held])  # the checkpoint passes them all: reading goes on
+        delivered += await _deliver_until_quiet(session, held=held)
+        assert delivered == 400
+        await eventually(lambda: _unpassed(session) == 0, what="the checkpoint past every event")
+
+
+async def test_a_group_made_again_leaves_nothing_of_what_it_was() -> None:
+    # What each group's sessions sent was kept per group spec, for good: a
+    # group deleted and made again with other settings left the old counts.
+    store = MemoryStore()
+    await deposits(store, 3)
+    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.05)
+    for segments in (1, 2, 3):
+        spec = GroupSpec(name="ledger", segments=segments)
+        await store.create_group(spec)
+        session = await groups.open(spec, consumer="c", max_in_flight=10)
+        assert await session.next_batch()  # sent, never settled: counted
+        await session.close()
+        await store.delete_group(spec.name)
+    assert list(groups._deliveries) == [spec]
