@@ -140,6 +140,17 @@ class Settings:
         default=20.0,
         metadata={"help": "seconds a ping waits for its answer before the connection and its calls are dropped"},
     )
+    max_connection_age_seconds: float = field(
+        default=0.0,
+        metadata={
+            "help": "seconds after which a client's connection is closed (GOAWAY: the client reconnects, behind"
+            " a load balancer perhaps to another replica); 0: never"
+        },
+    )
+    max_connection_age_grace_seconds: float = field(
+        default=30.0,
+        metadata={"help": "seconds the calls on a connection past its age get to finish"},
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text, or json: one object per line with command ids"})
     metrics_listen: str = field(
@@ -248,6 +259,8 @@ class Settings:
             self.loop_lag_seconds,
             self.command_retention,
             self.refusal_retention,
+            self.max_connection_age_seconds,
+            self.max_connection_age_grace_seconds,
         )
         if (
             min(

@@ -50,6 +50,21 @@ def keepalive_options(every: float, timeout: float) -> list[tuple[str, int]]:
     ]
 
 
+def connection_age_options(age: float, grace: float) -> list[tuple[str, int]]:
+    """gRPC's options for closing each client connection ``age`` seconds
+    after it opened (0: never): the server sends GOAWAY, the client opens a
+    new connection for its next calls, and the calls on the old one get
+    ``grace`` seconds to finish before they end UNAVAILABLE. Behind a
+    connection-level load balancer (a Kubernetes Service) that is what moves
+    long-lived clients to replicas added since they connected."""
+    if age <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(age * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(grace * 1000)),
+    ]
+
+
 def build_server(
     *,
     commands: CommandService,
@@ -66,6 +81,8 @@ def build_server(
     reuse_port: bool = False,
     keepalive_seconds: float = 60.0,
     keepalive_timeout_seconds: float = 20.0,
+    max_connection_age_seconds: float = 0.0,
+    max_connection_age_grace_seconds: float = 30.0,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=list(interceptors),
@@ -75,6 +92,7 @@ def build_server(
             # Off unless asked: two servers must not share a port by mistake.
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             *keepalive_options(keepalive_seconds, keepalive_timeout_seconds),
+            *connection_age_options(max_connection_age_seconds, max_connection_age_grace_seconds),
         ],
     )
     methods = MethodTable(gate)

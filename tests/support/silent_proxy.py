@@ -1,6 +1,7 @@
 """A TCP proxy that can fall silent: the connections stay open, nothing
 goes through any more, as when a client's host vanishes or the network
-between is cut (no FIN, no RST reaches the server)."""
+between is cut (no FIN, no RST reaches the server). It counts the
+connections it was asked for."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class SilentProxy:
         self._server: asyncio.Server | None = None
         self._pumps: set[asyncio.Task[None]] = set()
         self.port = 0
+        self.connections = 0
 
     def silence(self) -> None:
         """From now on, forward nothing (and close nothing)."""
@@ -30,6 +32,7 @@ class SilentProxy:
         sink.close()
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
         for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
             task = asyncio.ensure_future(self._pump(source, sink))
