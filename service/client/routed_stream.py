@@ -25,7 +25,6 @@ particular order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -37,6 +36,7 @@ from service.client.commands import Command
 from service.client.results import StreamResult
 from service.client.retry import RetryPolicy
 from service.client.routing import Routes
+from service.client.stopping import stop
 from service.client.streaming import DEFAULT_WINDOW, CommandStream, StreamMethod
 
 Lane = str | None  # a member's address; None: the seed
@@ -98,11 +98,8 @@ class RoutedStream:
                 self._window.release()
                 yield outcome
         finally:
-            feeder.cancel()
-            for task in (feeder, *self._lanes):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # A lane's error reached the caller through its outputs, if at all.
+            await stop(feeder, *self._lanes)
 
     async def _wait(self, waiting: asyncio.Future[Any], feeder: asyncio.Task[None]) -> Any:
         """``waiting``'s result; the caller's error instead if taking its

@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 
 from chronicle.v1 import cluster_service_pb2, cluster_service_pb2_grpc, command_service_pb2_grpc
+from service.client.stopping import stop
 
 log = logging.getLogger(__name__)
 
@@ -260,11 +261,7 @@ class Routes:
             delay = min(delay * 2, _WATCH_BACKOFF[1])
 
     async def close(self) -> None:
-        for task in (self._watcher, self._refresh):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop(*(task for task in (self._watcher, self._refresh) if task is not None))
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

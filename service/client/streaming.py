@@ -50,6 +50,7 @@ from service.client.commands import Command
 from service.client.errors import RemoteError, command_error, remote_error, status_lost
 from service.client.results import StreamResult, Submitted
 from service.client.retry import RetryPolicy
+from service.client.stopping import stop
 
 log = logging.getLogger(__name__)
 # Commands sent and not yet answered: what a broken stream sends again. The
@@ -181,12 +182,11 @@ class CommandStream:
                 else:
                     yield self._result(message)
         finally:
-            for task in (pump, writer):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if self._call is not None:
-                self._call.cancel()
+            try:
+                await stop(pump, writer)
+            finally:
+                if self._call is not None:
+                    self._call.cancel()
 
     def _result(self, response: command_service_pb2.SubmitStreamResponse) -> StreamResult:
         if len(self._pending) <= self._unsent:
