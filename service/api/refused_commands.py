@@ -37,7 +37,24 @@ SUBMIT_BATCH_METHOD = "/chronicle.v1.CommandService/SubmitBatch"
 COMMAND_METHODS = frozenset({SUBMIT_METHOD, SUBMIT_STREAM_METHOD, SUBMIT_STREAM_PAGES_METHOD, SUBMIT_BATCH_METHOD})
 # Where a denial the servicer raised is audited here (the command service's
 # are audited by the pipeline, the admin service's by itself).
-READ_SERVICES = ("/chronicle.v1.EventService/", "/chronicle.v1.ProjectionService/")
+READ_SERVICES = (
+    "/chronicle.v1.EventService/",
+    "/chronicle.v1.ProjectionService/",
+    "/chronicle.v1.ReactionService/",
+    "/chronicle.v1.SubscriptionGroupService/",
+)
+# Administrators' actions in those services, audited by their servicers
+# (done or refused): recorded here too, a refusal would be recorded twice.
+SELF_AUDITED = frozenset(
+    {
+        "/chronicle.v1.ProjectionService/RebuildProjection",
+        "/chronicle.v1.ReactionService/ReplayParkedCommand",
+        "/chronicle.v1.ReactionService/DismissParkedCommand",
+        "/chronicle.v1.SubscriptionGroupService/CreateGroup",
+        "/chronicle.v1.SubscriptionGroupService/DeleteGroup",
+        "/chronicle.v1.SubscriptionGroupService/ReplayParked",
+    }
+)
 # What the client sent, cut to a bounded size: a refused request may be
 # malformed in any way.
 AUDITED_LENGTH = 200
@@ -76,7 +93,7 @@ class RefusedCommands:
     ) -> None:
         """Record a read or a subscription the policy denied (READ_DENIED,
         SUBSCRIBE_DENIED, …): the gate's ``on_denied`` hook."""
-        if not method.startswith(READ_SERVICES):
+        if not method.startswith(READ_SERVICES) or method in SELF_AUDITED:
             return
         entry = call_entry(method, request, error, principal, peer)
         # Anonymous callers (denied a projection only administrators may

@@ -60,6 +60,9 @@ SECURITY_HEADERS = [
 ]
 _STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# A refusal (the tail shows it and stops), not an end (the tail would
+# reconnect, and be sent to the login, every few seconds).
+_SESSION_ENDED = b'event: refused\ndata: "SESSION_ENDED: the session ended; log in again"\n\n'
 
 Page = Callable[[Request], Awaitable[tuple[str, list[Content]]]]
 
@@ -212,7 +215,9 @@ class Console:
             after = query.get("after", "0")
             stream = views.tail_stream(parts, int(after) if after.isdigit() and len(after) < 19 else 0)
             # The stream runs in the connection's task: the principal is set there.
-            return Response(200, content_type="text/event-stream", stream=_with_principal(stream, principal))
+            return Response(
+                200, content_type="text/event-stream", stream=_with_principal(stream, principal, self._live(request))
+            )
         render = pages.get(path)
         current = path
         if render is None and path.startswith("/aggregates/") and len(path) > len("/aggregates/"):
@@ -255,6 +260,15 @@ class Console:
         )
         return Response(status, body.encode())
 
+    def _live(self, request: Request) -> Callable[[], bool]:
+        """Whether the session of ``request`` still lives (always, without
+        ``--auth``: there are no sessions), asked again as a stream goes on."""
+        sessions = self._sessions
+        if sessions is None:
+            return lambda: True
+        session_id = request.cookies.get(COOKIE, "")
+        return lambda: sessions.still_live(session_id) is not None
+
     # -- logging in -------------------------------------------------------------
 
     async def _login(self, request: Request) -> Response:
@@ -276,12 +290,21 @@ class Console:
         return _redirect("/log", cookie=session_id, secure=self._secure_cookie)
 
 
-async def _with_principal(stream: AsyncIterator[bytes], principal: Principal) -> AsyncIterator[bytes]:
+async def _with_principal(
+    stream: AsyncIterator[bytes], principal: Principal, live: Callable[[], bool]
+) -> AsyncIterator[bytes]:
     """``stream`` as ``principal``: the response is sent after the handler
-    returned (and reset the principal), in the connection's own task."""
+    returned (and reset the principal), in the connection's own task. It
+    ends when ``live`` says the session it was opened under has ended (a
+    logout, a JWT that expired, idleness): a tail open in a browser tab must
+    not go on showing events to a session that no longer exists (the
+    page says so and stops)."""
     current_principal.set(principal)
     try:
         async for chunk in stream:
+            if not live():
+                yield _SESSION_ENDED
+                return
             yield chunk
     finally:
         await stream.aclose()  # type: ignore[attr-defined]

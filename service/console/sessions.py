@@ -64,11 +64,19 @@ class Sessions:
         """The live session of ``session_id``, its principal established
         anew; None when there is none, it went idle or its credential no
         longer verifies (then it ends)."""
+        session = self.still_live(session_id)
+        if session is not None:
+            session.last_seen = self._clock()
+        return session
+
+    def still_live(self, session_id: str) -> Session | None:
+        """As ``find``, but not a request of the session's (it stays as idle
+        as it was): for a response that streams (the live tail) to ask, as it
+        goes, whether the session it was opened under still lives."""
         session = self._by_id.get(session_id) if session_id else None
         if session is None:
             return None
-        now = self._clock()
-        if now - session.last_seen > self._idle:
+        if self._clock() - session.last_seen > self._idle:
             del self._by_id[session_id]
             return None
         try:
@@ -76,7 +84,6 @@ class Sessions:
         except ChronicleError:  # the credential no longer verifies (a JWT expired)
             del self._by_id[session_id]
             return None
-        session.last_seen = now
         return session
 
     def log_out(self, session_id: str) -> None:

@@ -1,0 +1,457 @@
+"""Every method the server serves, with --auth on, over a real socket: a
+caller without credentials is UNAUTHENTICATED on each one, a principal the
+policy grants nothing is refused each one with PERMISSION_DENIED and the
+reason docs/security.md names (or gets what a method documents as open to
+every authenticated caller), per-principal quotas hold for every kind of
+long-lived stream, and the console's live tail ends with its session.
+
+The method lists are built from the services' descriptors, so a new RPC
+fails here until its expected answer is written down."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from chronicle.v1 import admin_service_pb2 as admin
+from chronicle.v1 import cluster_service_pb2 as cluster
+from chronicle.v1 import cluster_service_pb2_grpc as cluster_grpc
+from chronicle.v1 import command_service_pb2 as cs
+from chronicle.v1 import event_service_pb2 as ev
+from chronicle.v1 import projection_service_pb2 as pj
+from chronicle.v1 import reaction_service_pb2 as rx
+from chronicle.v1 import reaction_service_pb2_grpc as rx_grpc
+from chronicle.v1 import subscription_group_service_pb2 as groups
+from chronicle.v1 import subscription_group_service_pb2_grpc as groups_grpc
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.api.health import SERVICE_NAMES
+from service.app import Application, start
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of, running_server
+from tests.support.http import request
+from tests.support.security import ISSUER, POLICY, JwtIssuer, api_key_file, bearer, write
+from tests.support.waiting import eventually
+
+SECRET_OWNER = "ann-the-secret-owner"
+ROOT_KEY = "audit-root-key-0123456789abcdef"
+
+
+@dataclass
+class Served:
+    app: Application
+    issuer: JwtIssuer
+
+    def token(self, subject: str) -> str:
+        return self.issuer.token(subject)
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    issuer = JwtIssuer()
+    async with running_server(
+        MemoryStore(),
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    ) as (app, _):
+        served = Served(app, issuer)
+        async with connect(app.address, interceptors=bearer(served.token("alice"))) as alice:
+            await alice.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER), user_id=""))
+        async with connect(app.address, interceptors=bearer(served.token("root"))) as root:
+            await groups_grpc.SubscriptionGroupServiceStub(root.channel).CreateGroup(
+                groups.CreateGroupRequest(name="everything")
+            )
+        yield served
+
+
+def served_methods() -> dict[str, Any]:
+    """Every method behind the gate, by full name: Chronicle's services and
+    server reflection (health is open, and tested apart)."""
+    pool = descriptor_pool.Default()
+    assert reflection_pb2.DESCRIPTOR is not None  # registers reflection's service in the pool
+    methods = {}
+    for service in (*SERVICE_NAMES, reflection.SERVICE_NAME):
+        for method in pool.FindServiceByName(service).methods:
+            methods[f"/{service}/{method.name}"] = method
+    return methods
+
+
+async def call_raw(
+    channel: grpc.aio.Channel, path: str, method: Any, request: bytes, metadata: tuple[tuple[str, str], ...]
+) -> list[bytes]:
+    """One call of any shape, with ``request`` as its (only) message and
+    ``metadata`` sent as given (the tests' bearer interceptors cover no
+    stream-unary call); the messages it answered, up to the first."""
+    if method.client_streaming and method.server_streaming:
+        call = channel.stream_stream(path)(iter([request]), metadata=metadata, timeout=10)
+        async for answer in call:
+            call.cancel()
+            return [answer]
+        return []
+    if method.client_streaming:
+        return [await channel.stream_unary(path)(iter([request]), metadata=metadata, timeout=10)]
+    if method.server_streaming:
+        call = channel.unary_stream(path)(request, metadata=metadata, timeout=10)
+        async for answer in call:
+            call.cancel()
+            return [answer]
+        return []
+    return [await channel.unary_unary(path)(request, metadata=metadata, timeout=10)]
+
+
+async def test_every_method_refuses_a_caller_without_credentials(served: Served) -> None:
+    outcomes = {}
+    async with connect(served.app.address) as anonymous:
+        for path, method in served_methods().items():
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call_raw(anonymous.channel, path, method, b"", ())
+            details = details_of(raised.value)
+            outcomes[path] = (details.code, details.reason)
+        # Health alone answers without credentials, as documented.
+        health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
+    assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
+    assert len(outcomes) == 34
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# -- a principal the policy grants nothing -------------------------------------------
+
+OPEN = "open to every authenticated caller"
+
+
+def submit(message: Message) -> cs.SubmitRequest:
+    return cs.SubmitRequest(command=command("acc-1", message, user_id=""))
+
+
+def start_consuming(group: str) -> groups.ConsumeRequest:
+    return groups.ConsumeRequest(start=groups.ConsumeStart(group=group, consumer="worker"))
+
+
+# What a principal the policy does not name ("eve") sends to each method,
+# and what docs/security.md (and the protos) say it gets: a refusal's
+# reason, or OPEN.
+UNGRANTED: dict[str, tuple[Message, str]] = {
+    "/chronicle.v1.CommandService/Submit": (submit(bank.Deposit(amount=1)), "SUBMIT_DENIED"),
+    "/chronicle.v1.CommandService/SubmitBatch": (
+        cs.SubmitBatchRequest(commands=[command("acc-1", bank.Deposit(amount=1), user_id="")]),
+        "SUBMIT_DENIED",
+    ),
+    # Streams answer each command on its own: the refusal is the command's.
+    "/chronicle.v1.CommandService/SubmitStream": (submit(bank.Deposit(amount=1)), "SUBMIT_DENIED"),
+    "/chronicle.v1.CommandService/SubmitStreamPages": (
+        cs.SubmitPage(requests=[submit(bank.Deposit(amount=1))]),
+        "SUBMIT_DENIED",
+    ),
+    "/chronicle.v1.EventService/ReadAggregate": (ev.ReadAggregateRequest(aggregate_id="acc-1"), "READ_DENIED"),
+    "/chronicle.v1.EventService/ReadAggregatePages": (ev.ReadAggregateRequest(aggregate_id="acc-1"), "READ_DENIED"),
+    "/chronicle.v1.EventService/GetAggregate": (ev.GetAggregateRequest(aggregate_id="acc-1"), "READ_DENIED"),
+    "/chronicle.v1.EventService/Subscribe": (ev.SubscribeRequest(), "SUBSCRIBE_DENIED"),
+    "/chronicle.v1.AdminService/QueryAudit": (admin.QueryAuditRequest(), "ADMIN_DENIED"),
+    "/chronicle.v1.AdminService/ForgetAggregate": (admin.ForgetAggregateRequest(aggregate_id="acc-1"), "ADMIN_DENIED"),
+    "/chronicle.v1.AdminService/RewrapKeys": (admin.RewrapKeysRequest(), "ADMIN_DENIED"),
+    "/chronicle.v1.AdminService/ExportLog": (admin.ExportLogRequest(), "ADMIN_DENIED"),
+    "/chronicle.v1.AdminService/ImportLog": (admin.ImportLogRequest(), "ADMIN_DENIED"),
+    "/chronicle.v1.AdminService/DeleteAggregate": (admin.DeleteAggregateRequest(aggregate_id="acc-1"), "ADMIN_DENIED"),
+    "/chronicle.v1.ProjectionService/GetDocument": (
+        pj.GetDocumentRequest(projection="bank.balances_by_owner", key=SECRET_OWNER),
+        "READ_DENIED",
+    ),
+    "/chronicle.v1.ProjectionService/ListDocuments": (
+        pj.ListDocumentsRequest(projection="bank.balances_by_owner"),
+        "READ_DENIED",
+    ),
+    "/chronicle.v1.ProjectionService/GetProjection": (
+        pj.GetProjectionRequest(name="bank.balances_by_owner"),
+        "READ_DENIED",
+    ),
+    # Lists what the caller may read: nothing.
+    "/chronicle.v1.ProjectionService/ListProjections": (pj.ListProjectionsRequest(), OPEN),
+    "/chronicle.v1.ProjectionService/ListParkedEvents": (
+        pj.ListParkedEventsRequest(projection="bank.balances_by_owner"),
+        "READ_DENIED",
+    ),
+    "/chronicle.v1.ProjectionService/RebuildProjection": (
+        pj.RebuildProjectionRequest(name="bank.balances_by_owner"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.ReactionService/ListReactions": (rx.ListReactionsRequest(), "READ_DENIED"),
+    "/chronicle.v1.ReactionService/GetReaction": (rx.GetReactionRequest(name="bank.transfers"), "READ_DENIED"),
+    "/chronicle.v1.ReactionService/ListParkedCommands": (
+        rx.ListParkedCommandsRequest(reaction="bank.transfers"),
+        "READ_DENIED",
+    ),
+    "/chronicle.v1.ReactionService/ReplayParkedCommand": (
+        rx.ReplayParkedCommandRequest(reaction="bank.transfers", command_id="c-1"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.ReactionService/DismissParkedCommand": (
+        rx.DismissParkedCommandRequest(reaction="bank.transfers", command_id="c-1"),
+        "ADMIN_DENIED",
+    ),
+    # Routing clients of any principal follow the topology.
+    "/chronicle.v1.ClusterService/GetTopology": (cluster.GetTopologyRequest(), OPEN),
+    "/chronicle.v1.ClusterService/WatchTopology": (cluster.WatchTopologyRequest(), OPEN),
+    "/chronicle.v1.SubscriptionGroupService/CreateGroup": (groups.CreateGroupRequest(name="mine"), "ADMIN_DENIED"),
+    "/chronicle.v1.SubscriptionGroupService/DeleteGroup": (
+        groups.DeleteGroupRequest(name="everything"),
+        "ADMIN_DENIED",
+    ),
+    # Lists the groups the caller may consume: none.
+    "/chronicle.v1.SubscriptionGroupService/ListGroups": (groups.ListGroupsRequest(), OPEN),
+    "/chronicle.v1.SubscriptionGroupService/Consume": (start_consuming("everything"), "SUBSCRIBE_DENIED"),
+    "/chronicle.v1.SubscriptionGroupService/ListParked": (
+        groups.ListParkedRequest(group="everything"),
+        "SUBSCRIBE_DENIED",
+    ),
+    "/chronicle.v1.SubscriptionGroupService/ReplayParked": (
+        groups.ReplayParkedRequest(group="everything"),
+        "ADMIN_DENIED",
+    ),
+    # Reflection is behind the gate for the API's shape, not the policy.
+    f"/{reflection.SERVICE_NAME}/ServerReflectionInfo": (
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        OPEN,
+    ),
+}
+STREAMED_COMMANDS = {"/chronicle.v1.CommandService/SubmitStream", "/chronicle.v1.CommandService/SubmitStreamPages"}
+
+
+async def test_every_method_refuses_a_principal_the_policy_grants_nothing(served: Served) -> None:
+    methods = served_methods()
+    assert set(UNGRANTED) == set(methods), "a method without its expected answer to an ungranted caller"
+    metadata = (("authorization", f"Bearer {served.token('eve')}"),)
+    outcomes, leaks = {}, []
+    async with connect(served.app.address) as eve:
+        for path, (sent, _) in UNGRANTED.items():
+            try:
+                answers = await call_raw(eve.channel, path, methods[path], sent.SerializeToString(), metadata)
+            except grpc.aio.AioRpcError as error:
+                details = details_of(error)
+                outcomes[path] = details.reason if details.code == grpc.StatusCode.PERMISSION_DENIED else details
+                said = " ".join([details.message, *details.metadata.values()])
+            else:
+                outcomes[path] = OPEN
+                said = b" ".join(answers).decode("latin-1")
+                if path in STREAMED_COMMANDS:
+                    (answer,) = answers
+                    results = (
+                        cs.SubmitResultPage.FromString(answer).results
+                        if path.endswith("Pages")
+                        else [cs.SubmitStreamResponse.FromString(answer)]
+                    )
+                    (result,) = results
+                    assert result.error.code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+                    outcomes[path] = result.error.reason
+            if SECRET_OWNER in said or (path.startswith("/chronicle.v1.EventService/") and "Account" in said):
+                leaks.append(path)
+    assert outcomes == {path: expected for path, (_, expected) in UNGRANTED.items()}
+    assert leaks == []
+
+
+# -- denials in the audit log ---------------------------------------------------------
+
+
+async def audit_entries(served: Served, **fields: Any) -> list[tuple[str, str, str, str]]:
+    async with connect(served.app.address, interceptors=bearer(served.token("root"))) as root:
+        response = await root.admin.QueryAudit(admin.QueryAuditRequest(**fields))
+    return sorted((e.principal, e.command_type, e.reason, e.aggregate_id) for e in response.entries)
+
+
+async def test_denied_reads_of_reactions_and_groups_are_audited(served: Served) -> None:
+    # docs/security.md: every read or subscription the policy denied is in
+    # the audit log, whichever service answered it.
+    async with connect(served.app.address, interceptors=bearer(served.token("bob"))) as bob:
+        reactions = rx_grpc.ReactionServiceStub(bob.channel)
+        group_service = groups_grpc.SubscriptionGroupServiceStub(bob.channel)
+        for denied in (
+            reactions.GetReaction(rx.GetReactionRequest(name="bank.transfers")),
+            reactions.ListParkedCommands(rx.ListParkedCommandsRequest(reaction="bank.transfers")),
+            group_service.ListParked(groups.ListParkedRequest(group="everything")),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await denied
+        consume = group_service.Consume()
+        await consume.write(start_consuming("everything"))
+        assert await reason_of_first(consume) == "SUBSCRIBE_DENIED"
+    assert await audit_entries(served, principal="bob") == [
+        ("bob", "chronicle.v1.ReactionService/GetReaction", "READ_DENIED", ""),
+        ("bob", "chronicle.v1.ReactionService/ListParkedCommands", "READ_DENIED", ""),
+        ("bob", "chronicle.v1.SubscriptionGroupService/Consume", "SUBSCRIBE_DENIED", ""),
+        ("bob", "chronicle.v1.SubscriptionGroupService/ListParked", "SUBSCRIBE_DENIED", ""),
+    ]
+
+
+async def test_a_denied_rebuild_is_audited_once(served: Served) -> None:
+    # The servicer audits an administrator's action, done or refused; the
+    # gate's denial hook recorded the refusal a second time.
+    async with connect(served.app.address, interceptors=bearer(served.token("bob"))) as bob:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await bob.projections.RebuildProjection(pj.RebuildProjectionRequest(name="bank.balances_by_owner"))
+    assert await audit_entries(served, principal="bob") == [
+        (
+            "bob",
+            "chronicle.v1.ProjectionService/RebuildProjection",
+            "ADMIN_DENIED",
+            "projection:bank.balances_by_owner",
+        ),
+    ]
+
+
+# -- quotas on every long-lived stream ----------------------------------------------
+
+
+@pytest.fixture
+async def quota_server(tmp_path: Path) -> AsyncIterator[Served]:
+    issuer = JwtIssuer()
+    async with running_server(
+        MemoryStore(),
+        settings=replace(TEST_SETTINGS, max_subscriptions_per_principal=1, max_rpcs_per_principal=1),
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    ) as (app, _):
+        served = Served(app, issuer)
+        async with connect(app.address, interceptors=bearer(served.token("root"))) as root:
+            accounts = groups.GroupFilter(aggregate_types=["Account"])
+            await groups_grpc.SubscriptionGroupServiceStub(root.channel).CreateGroup(
+                groups.CreateGroupRequest(name="tellers", filter=accounts)
+            )
+        yield served
+
+
+async def reason_of_first(call: Any) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call.read()
+    return details_of(raised.value).reason
+
+
+async def test_a_topology_watch_a_group_consumer_and_a_subscription_share_the_principals_quota(
+    quota_server: Served,
+) -> None:
+    gate = quota_server.app.gate
+    assert gate is not None
+    async with connect(quota_server.app.address, interceptors=bearer(quota_server.token("alice"))) as alice:
+        watch = cluster_grpc.ClusterServiceStub(alice.channel).WatchTopology(cluster.WatchTopologyRequest())
+        assert (await watch.read()).HasField("topology")
+        consume = groups_grpc.SubscriptionGroupServiceStub(alice.channel).Consume()
+        await consume.write(start_consuming("tellers"))
+        subscribe = alice.events.Subscribe(ev.SubscribeRequest())
+        refused = [await reason_of_first(consume), await reason_of_first(subscribe)]
+        watch.cancel()
+        await eventually(lambda: not gate.subscriptions_of, what="the watch counted out")
+        consume = groups_grpc.SubscriptionGroupServiceStub(alice.channel).Consume()
+        await consume.write(start_consuming("tellers"))
+        joined = await consume.read()
+        consume.cancel()
+    assert refused == ["PRINCIPAL_TOO_MANY_SUBSCRIPTIONS"] * 2
+    assert joined.joined.consumer.startswith("worker")
+
+
+async def test_an_open_command_stream_holds_one_of_the_principals_calls(quota_server: Served) -> None:
+    async with connect(quota_server.app.address, interceptors=bearer(quota_server.token("alice"))) as alice:
+        stream = alice.commands.SubmitStreamPages()
+        await stream.initial_metadata()  # accepted: the call is in the gate
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await alice.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acc-1"))
+        # Subscriptions are counted apart: one is still let in.
+        subscribe = alice.events.Subscribe(ev.SubscribeRequest())
+        assert (await subscribe.read()).HasField("caught_up")
+        subscribe.cancel()
+        await stream.done_writing()
+        assert [page async for page in stream] == []
+    assert details_of(raised.value).reason == "PRINCIPAL_TOO_MANY_REQUESTS"
+
+
+# -- the console's live tail ----------------------------------------------------------
+
+
+async def open_tail(address: str, cookie: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /tail/events?after=0 HTTP/1.1\r\nHost: {address}\r\nCookie: {cookie}\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return reader, writer
+
+
+async def sse_until(reader: asyncio.StreamReader, wanted: Callable[[str], bool]) -> list[str]:
+    """The tail's messages up to the first ``wanted`` one, or to the end of
+    the stream."""
+    seen: list[str] = []
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                message = (await reader.readuntil(b"\n\n")).decode()
+            except asyncio.IncompleteReadError:
+                return seen
+            seen.append(message)
+            if wanted(message):
+                return seen
+
+
+async def test_the_console_tail_ends_with_its_session(tmp_path: Path) -> None:
+    settings = replace(
+        TEST_SETTINGS,
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        api_keys_file=api_key_file(tmp_path / "keys.toml", [(ROOT_KEY, "root", ["teller"])]),
+        jwt_key_file=write(tmp_path / "jwt.pem", JwtIssuer().public_key),
+        jwt_issuer=ISSUER,
+        console_listen="127.0.0.1:0",
+    )
+    app = await start(settings, store=MemoryStore())
+    try:
+        assert app.console is not None
+        address = app.console.address
+        logged_in = await request(
+            address,
+            "POST",
+            "/login",
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://{address}"},
+            body=urlencode({"credential": ROOT_KEY}).encode(),
+        )
+        cookie = logged_in.all("set-cookie")[0].split(";")[0]
+        page = await request(address, "GET", "/log", headers={"Cookie": cookie})
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert csrf is not None
+        reader, writer = await open_tail(address, cookie)
+        try:
+            async with connect(app.address, interceptors=bearer(ROOT_KEY)) as root:
+                await root.submit(command("acc-1", bank.OpenAccount(owner="before"), user_id=""))
+                before = await sse_until(reader, lambda message: "acc-1" in message)
+                logged_out = await request(
+                    address,
+                    "POST",
+                    "/logout",
+                    headers={
+                        "Content-Type": "application/x-www-form-urlencoded",
+                        "Origin": f"http://{address}",
+                        "Cookie": cookie,
+                    },
+                    body=urlencode({"csrf_token": csrf.group(1)}).encode(),
+                )
+                assert logged_out.status == 303
+                await root.submit(command("acc-2", bank.OpenAccount(owner=SECRET_OWNER), user_id=""))
+                after = await sse_until(reader, lambda message: "acc-2" in message or "refused" in message)
+        finally:
+            writer.close()
+    finally:
+        await app.stop(grace=0.5, drain=0)
+    assert any("acc-1" in message and "before" in message for message in before)
+    assert not any(SECRET_OWNER in message for message in after)
+    assert after[-1].startswith("event: refused") and "SESSION_ENDED" in after[-1]
