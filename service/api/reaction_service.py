@@ -14,7 +14,7 @@ from chronicle.v1 import reaction_service_pb2 as pb
 from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
 from service.api.codec import check_id
 from service.audit import AuditLog
-from service.errors import ChronicleError, ResourceNotFound
+from service.errors import ChronicleError, PermissionDenied, ResourceNotFound
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.principal import current_principal
@@ -87,11 +87,17 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     async def ListReactions(
         self, request: pb.ListReactionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListReactionsResponse:
-        reactions = sorted(self._registry.reactions, key=lambda r: r.name)
-        for reaction in reactions:
-            self._check(reaction)
+        # Those the caller may read, as ListProjections: one reaction of a
+        # type the caller may not read must not hide the others.
+        readable = []
+        for reaction in sorted(self._registry.reactions, key=lambda r: r.name):
+            try:
+                self._check(reaction)
+            except PermissionDenied:
+                continue
+            readable.append(reaction)
         log_head = await self._log.log_head()
-        return pb.ListReactionsResponse(reactions=[await self._status(r, log_head) for r in reactions])
+        return pb.ListReactionsResponse(reactions=[await self._status(r, log_head) for r in readable])
 
     async def GetReaction(
         self, request: pb.GetReactionRequest, context: grpc.aio.ServicerContext[Any, Any]

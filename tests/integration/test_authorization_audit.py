@@ -35,9 +35,14 @@ from chronicle.v1 import reaction_service_pb2 as rx
 from chronicle.v1 import reaction_service_pb2_grpc as rx_grpc
 from chronicle.v1 import subscription_group_service_pb2 as groups
 from chronicle.v1 import subscription_group_service_pb2_grpc as groups_grpc
+from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.box import plugin as box_plugin
+from domain_plugins.box.protos.box.v1 import box_pb2
 from service.api.health import SERVICE_NAMES
 from service.app import Application, start
+from service.plugins import Plugin, ProjectedEvent
+from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of, running_server
 from tests.support.http import request
@@ -187,7 +192,7 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
         pj.RebuildProjectionRequest(name="bank.balances_by_owner"),
         "ADMIN_DENIED",
     ),
-    "/chronicle.v1.ReactionService/ListReactions": (rx.ListReactionsRequest(), "READ_DENIED"),
+    "/chronicle.v1.ReactionService/ListReactions": (rx.ListReactionsRequest(), OPEN),
     "/chronicle.v1.ReactionService/GetReaction": (rx.GetReactionRequest(name="bank.transfers"), "READ_DENIED"),
     "/chronicle.v1.ReactionService/ListParkedCommands": (
         rx.ListParkedCommandsRequest(reaction="bank.transfers"),
@@ -455,3 +460,35 @@ async def test_the_console_tail_ends_with_its_session(tmp_path: Path) -> None:
     assert any("acc-1" in message and "before" in message for message in before)
     assert not any(SECRET_OWNER in message for message in after)
     assert after[-1].startswith("event: refused") and "SESSION_ENDED" in after[-1]
+
+
+# -- lists show what the caller may read -----------------------------------------------
+
+watching = Plugin("watching")
+box_watch = watching.reaction("watching.boxes", aggregate_types=["Box"])
+
+
+@box_watch.on(box_pb2.BoxCreated)
+def _noticed(event: box_pb2.BoxCreated, envelope: ProjectedEvent, state: None) -> None:
+    return None
+
+
+async def test_reactions_are_listed_as_the_caller_may_read_them(tmp_path: Path) -> None:
+    # ListReactions refused the whole list when one reaction read a type the
+    # caller may not read; ListProjections lists those it may.
+    issuer = JwtIssuer()
+    async with running_server(
+        MemoryStore(),
+        registry=Registry([bank_account.plugin, box_plugin, watching]),
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    ) as (app, _):
+        listed = {}
+        for who in ("alice", "bob", "root"):  # Account; Box; everything
+            async with connect(app.address, interceptors=bearer(issuer.token(who))) as caller:
+                response = await rx_grpc.ReactionServiceStub(caller.channel).ListReactions(rx.ListReactionsRequest())
+                listed[who] = [reaction.name for reaction in response.reactions]
+    # bank.transfers reads Transfer and Account: alice may read only Account.
+    assert listed == {"alice": [], "bob": ["watching.boxes"], "root": ["bank.transfers", "watching.boxes"]}
