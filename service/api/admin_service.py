@@ -16,7 +16,7 @@ import grpc
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
 from chronicle.v1 import export_pb2
-from service.api.codec import check_id, encode_event, micros_of, timestamp
+from service.api.codec import check_id, check_version, encode_event, micros_of, timestamp
 from service.api.transfers import Transfers, described
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, NotEncrypted, StoreUnavailable
@@ -73,7 +73,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
             command_id=check_id("command_id", request.command_id, reason="INVALID_FILTER")
             if request.command_id
             else None,
-            outcome=_OUTCOMES.get(request.outcome),
+            outcome=_outcome(request.outcome),
             since_us=micros_of(request.since, "since") if request.HasField("since") else None,
             until_us=micros_of(request.until, "until") if request.HasField("until") else None,
             limit=request.limit or 100,
@@ -154,7 +154,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
                     raise InvalidInput.for_field(name, f"at most {MAX_TEXT} characters", reason="TEXT_TOO_LONG")
             deletion = await self._transfer().delete(
                 aggregate_id,
-                expected_version=request.expected_version if request.HasField("expected_version") else None,
+                expected_version=check_version("expected_version", request.expected_version)
+                if request.HasField("expected_version")
+                else None,
                 principal=principal.name,
                 reason=request.reason,
                 archive=request.archive,
@@ -188,6 +190,18 @@ class AdminService(pb_grpc.AdminServiceServicer):
         if record_success:
             message = outcome.message if outcome is not None else ""
             await self._audit.admin_action(action, principal=principal, aggregate_id=aggregate_id, message=message)
+
+
+def _outcome(asked: pb.AuditOutcome) -> str | None:
+    """The outcome to filter on; None for any. An unknown value (a newer
+    client's, or garbage) is refused: read as "any", it would answer a
+    filter with entries that do not match it."""
+    if asked == pb.AUDIT_OUTCOME_UNSPECIFIED:
+        return None
+    outcome = _OUTCOMES.get(asked)
+    if outcome is None:
+        raise InvalidInput.for_field("outcome", f"unknown outcome {asked}", reason="INVALID_FILTER")
+    return outcome
 
 
 async def _chained(

@@ -108,10 +108,18 @@ def _check_metadata(metadata: Mapping[str, str], field: str = "command") -> dict
             f"{field}.metadata", f"at most {MAX_METADATA_ENTRIES} entries", reason="INVALID_METADATA"
         )
     for key, value in metadata.items():
-        if not key or len(key) > MAX_METADATA_KEY or not _printable(key) or len(value) > MAX_METADATA_VALUE:
+        # Values may hold any text PostgreSQL's can: not NUL (which the other
+        # stores took, so the event could not be imported there later).
+        if (
+            not key
+            or len(key) > MAX_METADATA_KEY
+            or not _printable(key)
+            or len(value) > MAX_METADATA_VALUE
+            or "\x00" in value
+        ):
             raise InvalidInput.for_field(
                 f"{field}.metadata[{key[:MAX_METADATA_KEY]!r}]",
-                f"keys 1 to {MAX_METADATA_KEY} printable characters, values up to {MAX_METADATA_VALUE}",
+                f"keys 1 to {MAX_METADATA_KEY} printable characters, values up to {MAX_METADATA_VALUE}, without NUL",
                 reason="INVALID_METADATA",
             )
     return dict(metadata)
@@ -161,15 +169,16 @@ def decode_command(
         causation_id=_check_text(field, "causation_id", command.causation_id),
         metadata=_check_metadata(command.metadata, field) if command.metadata else _NO_METADATA,
         expected_version=command.expected_version if command.HasField("expected_version") else None,
-        timestamp_us=_timestamp_us(command),
+        timestamp_us=_timestamp_us(command, field),
     )
 
 
-def _timestamp_us(command: command_pb2.Command) -> int:
-    """When the command was made: the client's timestamp, else now (its receipt)."""
+def _timestamp_us(command: command_pb2.Command, field: str) -> int:
+    """When the command was made: the client's timestamp, else now (its
+    receipt). The client's is checked: it is stored (a signed 64-bit
+    column), and one out of Timestamp's range overflowed it (INTERNAL)."""
     if command.HasField("timestamp"):
-        stamp = command.timestamp
-        return stamp.seconds * 1_000_000 + stamp.nanos // 1000
+        return micros_of(command.timestamp, f"{field}.timestamp")
     return time.time_ns() // 1000
 
 

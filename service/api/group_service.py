@@ -227,11 +227,12 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
     ) -> pb.ListParkedResponse:
         if request.limit > MAX_PARKED_PAGE:
             raise InvalidInput.for_field("limit", f"must be at most {MAX_PARKED_PAGE}", reason="LIMIT_TOO_LARGE")
+        # Bound like every position asked for: the stores hold positions as
+        # signed 64-bit integers (SQLite answered INTERNAL to one beyond).
+        after = check_version("after_position", request.after_position, reason="INVALID_POSITION")
         state = await self._group("group", request.group)
         self._check_consume(state.spec)
-        parked = await self._store.list_parked(
-            state.spec.name, after_position=request.after_position, limit=request.limit or 100
-        )
+        parked = await self._store.list_parked(state.spec.name, after_position=after, limit=request.limit or 100)
         return pb.ListParkedResponse(parked=[_parked(p) for p in parked])
 
     async def ReplayParked(
@@ -283,7 +284,7 @@ async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerS
             if kind == "ack":
                 session.ack(list(request.ack.event_ids))
             elif kind == "nack":
-                session.nack(list(request.nack.event_ids), request.nack.reason[:MAX_REASON] or "NACKED")
+                session.nack(list(request.nack.event_ids), _nack_reason(request.nack.reason))
             else:
                 raise _start_expected("a Consume stream has one start, its first request")
     except asyncio.CancelledError:
@@ -295,6 +296,14 @@ async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerS
         session.fail(error)
         return
     session.end()
+
+
+def _nack_reason(reason: str) -> str:
+    """What a parked event keeps of the nack that parked it. Not NUL: the
+    other stores kept one, PostgreSQL ended the stream (UNSTORABLE_VALUE)."""
+    if "\x00" in reason:
+        raise InvalidInput.for_field("nack.reason", "must not contain NUL", reason="BAD_NACK_REASON")
+    return reason[:MAX_REASON] or "NACKED"
 
 
 def _start_expected(message: str) -> InvalidInput:

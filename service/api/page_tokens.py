@@ -38,7 +38,10 @@ def read_token(token: str, listing: str, *, field: str = "page_token") -> dict[s
         raise InvalidInput.for_field(field, f"at most {MAX_TOKEN_LENGTH} characters", reason="INVALID_PAGE_TOKEN")
     try:
         decoded = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        # JSON escapes can spell a lone surrogate (an escaped \ud800), which no
+        # store can encode: no token this server made holds one.
+        json.dumps(decoded, ensure_ascii=False).encode()
+    except (binascii.Error, UnicodeDecodeError, UnicodeEncodeError, ValueError):
         decoded = None
     if not isinstance(decoded, dict) or not isinstance(decoded.get("l"), str):
         raise InvalidInput.for_field(

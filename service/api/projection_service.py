@@ -11,7 +11,7 @@ from google.protobuf import any_pb2
 
 from chronicle.v1 import projection_service_pb2 as pb
 from chronicle.v1 import projection_service_pb2_grpc as pb_grpc
-from service.api.codec import MAX_ID_LENGTH, TYPE_URL_PREFIX, check_id, check_version, timestamp
+from service.api.codec import MAX_ID_LENGTH, MAX_VERSION, TYPE_URL_PREFIX, check_id, check_version, timestamp
 from service.api.page_tokens import fingerprint, make_token, read_token
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
@@ -179,7 +179,9 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         if request.page_token:
             token = read_token(request.page_token, listing)
             position, event_id = token.get("p"), token.get("e")
-            if not isinstance(position, int) or not isinstance(event_id, str):
+            # A tampered token is input like any other: its position goes to
+            # the store as a signed 64-bit integer (JSON's true is no int here).
+            if type(position) is not int or not 0 <= position <= MAX_VERSION or not isinstance(event_id, str):
                 raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
             after = (position, event_id)
         found = await self._documents.parked_events(projection.name, after=after, limit=page_size + 1)
