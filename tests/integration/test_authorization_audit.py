@@ -492,3 +492,30 @@ async def test_reactions_are_listed_as_the_caller_may_read_them(tmp_path: Path) 
                 listed[who] = [reaction.name for reaction in response.reactions]
     # bank.transfers reads Transfer and Account: alice may read only Account.
     assert listed == {"alice": [], "bob": ["watching.boxes"], "root": ["bank.transfers", "watching.boxes"]}
+
+
+# -- what a wait for a position tells -------------------------------------------------
+
+
+async def test_a_caller_that_may_read_nothing_learns_nothing_from_min_position(served: Served) -> None:
+    # Reads wait for min_position before the read is checked (read your
+    # writes on a standby behind), and a position beyond the end was
+    # refused POSITION_BEYOND_END naming the log's head: to a caller that
+    # may read nothing, the size of the log it may not read.
+    async with connect(served.app.address, interceptors=bearer(served.token("eve"))) as eve:
+        for read in (
+            eve.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acc-1", min_position=10**9)),
+            eve.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acc-1", min_position=1)),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await read
+            details = details_of(refused.value)
+            assert (details.code, details.reason) == (grpc.StatusCode.PERMISSION_DENIED, "READ_DENIED")
+            assert "log_head" not in details.metadata
+    # A caller that may read the aggregate still waits for its position.
+    async with connect(served.app.address, interceptors=bearer(served.token("alice"))) as alice:
+        state = await alice.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acc-1", min_position=1))
+        assert state.version == 1
+        with pytest.raises(grpc.aio.AioRpcError) as beyond:
+            await alice.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acc-1", min_position=10**9))
+        assert details_of(beyond.value).reason == "POSITION_BEYOND_END"
