@@ -71,6 +71,7 @@ from service.security.exposure import check_exposure, check_metrics_exposure, is
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
+from service.security.reloading import SecurityReloader, WatchedFile
 from service.security.tls import server_credentials
 from service.settings import Settings
 from service.store.base import Store, StoreAdapter
@@ -101,19 +102,50 @@ def build_authentication(settings: Settings) -> tuple[Authenticator | None, Auth
     caller anonymous and never an administrator unless --anonymous-admin)."""
     if not settings.auth:
         return None, Authorizer.anonymous(admin=settings.anonymous_admin)
-    api_keys = None
-    if settings.api_keys_file:
-        _check_private(settings, settings.api_keys_file, "API-key file")
-        api_keys = ApiKeys.load(settings.api_keys_file)
-    jwt_verifier = None
-    if settings.jwt_key_file:
-        jwt_verifier = JwtVerifier.from_key_file(
-            settings.jwt_key_file, issuer=settings.jwt_issuer, audience=settings.jwt_audience or None
-        )
-        if jwt_verifier.symmetric:  # a public key is no secret
-            _check_private(settings, settings.jwt_key_file, "JWT secret")
+    api_keys = _api_keys(settings) if settings.api_keys_file else None
+    jwt_verifier = _jwt_verifier(settings) if settings.jwt_key_file else None
     authenticator = Authenticator(api_keys=api_keys, jwt_verifier=jwt_verifier, mtls=bool(settings.tls_client_ca_file))
     return authenticator, Authorizer(Policy.load(settings.policy_file))
+
+
+def _api_keys(settings: Settings) -> ApiKeys:
+    _check_private(settings, settings.api_keys_file, "API-key file")
+    return ApiKeys.load(settings.api_keys_file)
+
+
+def _jwt_verifier(settings: Settings) -> JwtVerifier:
+    verifier = JwtVerifier.from_key_file(
+        settings.jwt_key_file, issuer=settings.jwt_issuer, audience=settings.jwt_audience or None
+    )
+    if verifier.symmetric:  # a public key is no secret
+        _check_private(settings, settings.jwt_key_file, "JWT secret")
+    return verifier
+
+
+def build_security_reloader(
+    settings: Settings, authenticator: Authenticator | None, authorizer: Authorizer
+) -> SecurityReloader | None:
+    """What reads the API keys, the JWT key and the policy again when their
+    files change (``service.security.reloading``), loaded and checked as
+    at start-up."""
+    if authenticator is None or settings.auth_reload_seconds <= 0:
+        return None
+    files = [
+        WatchedFile(
+            settings.policy_file, "policy file", lambda: Policy.load(settings.policy_file), authorizer.use_policy
+        )
+    ]
+    if settings.api_keys_file:
+        files.append(
+            WatchedFile(settings.api_keys_file, "API-key file", lambda: _api_keys(settings), authenticator.use_api_keys)
+        )
+    if settings.jwt_key_file:
+        files.append(
+            WatchedFile(
+                settings.jwt_key_file, "JWT key", lambda: _jwt_verifier(settings), authenticator.use_jwt_verifier
+            )
+        )
+    return SecurityReloader(files, interval=settings.auth_reload_seconds)
 
 
 def _check_private(settings: Settings, path: str, what: str) -> None:
@@ -152,6 +184,7 @@ class Application:
     metrics_server: MetricsServer | None = None
     lag_sampler: LagSampler | None = None
     pruner: Pruner | None = None
+    security_reloader: SecurityReloader | None = None
     refused: RefusedCommands | None = None
     gate: RpcGate | None = None
     group_sampler: GroupSampler | None = None
@@ -170,6 +203,8 @@ class Application:
         grace = self.settings.shutdown_grace if grace is None else grace
         drain = self.settings.shutdown_drain if drain is None else drain
         await self.monitor.stop()
+        if self.security_reloader is not None:
+            await self.security_reloader.stop()
         if self.lag_sampler is not None:
             await self.lag_sampler.stop()
         if self.group_sampler is not None:
@@ -255,6 +290,8 @@ async def start(
     )
     roles = Store.of(adapter)
     authenticator, authorizer = build_authentication(settings)
+    # Now: a file that changes from here on is read again once it starts.
+    security_reloader = build_security_reloader(settings, authenticator, authorizer)
     if settings.tls_key_file:
         _check_private(settings, settings.tls_key_file, "TLS key")
     credentials = (
@@ -466,7 +503,7 @@ async def start(
             authorizer,
             keyring,
             # Exports and imports move what is stored: the adapter's own roles.
-            transfers=Transfers(Store.of(adapter), store_kind(adapter), evict=router.evict),
+            transfers=Transfers(Store.of(adapter), store_kind(adapter), evict=router.evict, registry=registry),
         ),
         projections=projection_service,
         reactions=ReactionService(
@@ -561,6 +598,8 @@ async def start(
     )
     pruner.start()
     reactions.start()
+    if security_reloader is not None:
+        security_reloader.start()
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
@@ -595,6 +634,7 @@ async def start(
         gate=gate,
         group_sampler=group_sampler,
         standby=standby,
+        security_reloader=security_reloader,
     )
 
 

@@ -151,6 +151,13 @@ class Settings:
         default=30.0,
         metadata={"help": "seconds the calls on a connection past its age get to finish"},
     )
+    auth_reload_seconds: float = field(
+        default=5.0,
+        metadata={
+            "help": "seconds between looks at the API-key, JWT-key and policy files: a changed one is read again"
+            " and used for new calls (a broken one is logged and the previous kept); 0: never"
+        },
+    )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
     log_format: str = field(default="text", metadata={"help": "text, or json: one object per line with command ids"})
     metrics_listen: str = field(
@@ -261,6 +268,7 @@ class Settings:
             self.refusal_retention,
             self.max_connection_age_seconds,
             self.max_connection_age_grace_seconds,
+            self.auth_reload_seconds,
         )
         if (
             min(

@@ -200,6 +200,17 @@ class Authenticator:
         self._cache_size = cache_size
         self._clock = clock
 
+    def use_api_keys(self, api_keys: ApiKeys) -> None:
+        """From the next call on, these keys (the file was read again)."""
+        self._api_keys = api_keys
+
+    def use_jwt_verifier(self, verifier: JwtVerifier) -> None:
+        """From the next call on, this key. Tokens verified with the one
+        before are forgotten: a key rotated because it leaked must not go on
+        admitting what it signed."""
+        self._jwt = verifier
+        self._verified.clear()
+
     def _from_jwt(self, verifier: JwtVerifier, token: str) -> Principal:
         hit = self._verified.get(token)
         if hit is not None and self._clock() < hit[1]:

@@ -160,6 +160,12 @@ class Authorizer:
     def enforcing(self) -> bool:
         return self._policy is not None
 
+    def use_policy(self, policy: Policy) -> None:
+        """From the next check on, this policy (its file was read again)."""
+        if self._policy is None:
+            raise ConfigurationError("authentication is off: there is no policy to replace", reason="BAD_SETTING")
+        self._policy = policy
+
     def grant(self, principal: Principal) -> Grant:
         if self._policy is None:
             return _EVERYTHING if self._anonymous_admin else _EVERYTHING_BUT_ADMIN

@@ -1,0 +1,95 @@
+"""The API-key file, the JWT key and the policy, read again when they
+change: a leaked key revoked, a signing key rotated or a grant taken away
+takes effect on every replica within seconds, without a restart.
+
+Each file is looked at every ``interval`` seconds (its modification time,
+size and inode: a Kubernetes secret or config map swaps a symbolic link,
+an editor writes a new file). A changed file is loaded and checked exactly
+as at start-up; a good one is used from the next call on, a broken one is
+logged and the one before is kept (a typo must not lock every caller out),
+until the file changes again. Calls already open keep the principal they
+were opened with (docs/security.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import ConfigurationError
+from service.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+Signature = tuple[int, int, int]
+
+
+def signature(path: str) -> Signature | None:
+    """What tells a changed file apart (None: it cannot be looked at)."""
+    try:
+        seen = os.stat(path)
+    except OSError:
+        return None
+    return (seen.st_mtime_ns, seen.st_size, seen.st_ino)
+
+
+@dataclass(slots=True)
+class WatchedFile:
+    """One file: ``load`` reads and checks it (raising ConfigurationError
+    for a broken one), ``use`` puts what it read to work."""
+
+    path: str
+    what: str
+    load: Callable[[], Any]
+    use: Callable[[Any], None]
+    seen: Signature | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.seen = signature(self.path)  # as loaded at start-up
+
+    def check(self) -> None:
+        now = signature(self.path)
+        if now == self.seen:
+            return
+        self.seen = now  # a broken file is reported once, not every interval
+        try:
+            loaded = self.load()
+        except ConfigurationError as error:
+            log.error(
+                "%s %s changed but cannot be used (%s); the previous one stays in use", self.what, self.path, error
+            )
+            return
+        self.use(loaded)
+        log.info("%s %s read again; new calls use it", self.what, self.path)
+
+
+class SecurityReloader:
+    """Looks at ``files`` every ``interval`` seconds."""
+
+    def __init__(self, files: Sequence[WatchedFile], *, interval: float) -> None:
+        self.files = list(files)
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def check(self) -> None:
+        for watched in self.files:
+            try:
+                watched.check()
+            except Exception:
+                # A bug here must not end the watch (or the other files'):
+                # revoking a key would silently stop working.
+                log.exception("reading %s %s again failed", watched.what, watched.path)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            self.check()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="security-reloader")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task, "the security files' reloader", log)

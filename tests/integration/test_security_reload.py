@@ -1,0 +1,115 @@
+"""The API-key file, the JWT key and the policy read again while the server
+runs (--auth-reload-seconds): a key revoked, a signing key rotated or a
+grant taken away holds for the next call, without a restart; a broken file
+is logged and the one before stays in use."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.app import Application
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import command, connect, details_of, running_server
+from tests.support.security import POLICY, JwtIssuer, api_key_file, bearer, write
+from tests.support.waiting import eventually
+
+ALICE_KEY = "chr_alice-reload-test-key-0123456789abcdef0123456789"
+ALICE_NEW_KEY = "chr_alice-reload-test-key-new-3456789abcdef0123456789"
+
+
+@dataclass
+class Served:
+    app: Application
+    keys: Path
+    policy: Path
+    jwt_key: Path
+    issuer: JwtIssuer
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    issuer = JwtIssuer()
+    keys, policy, jwt_key = tmp_path / "keys.toml", tmp_path / "policy.toml", tmp_path / "jwt.pem"
+    api_key_file(keys, [(ALICE_KEY, "alice", [])])
+    write(policy, POLICY)
+    write(jwt_key, issuer.public_key)
+    async with running_server(
+        MemoryStore(),
+        auth=True,
+        api_keys_file=str(keys),
+        policy_file=str(policy),
+        jwt_key_file=str(jwt_key),
+        jwt_issuer=issuer.issuer,
+        auth_reload_seconds=0.05,
+    ) as (app, _):
+        yield Served(app, keys, policy, jwt_key, issuer)
+
+
+async def reason_for(served: Served, token: str, aggregate_id: str = "acc-1") -> str:
+    """What a deposit with ``token`` gets: "" if accepted, else its reason."""
+    async with connect(served.app.address, interceptors=bearer(token)) as caller:
+        try:
+            await caller.submit(command(aggregate_id, bank.OpenAccount(owner="ann"), user_id=""))
+        except grpc.aio.AioRpcError as refused:
+            reason = details_of(refused).reason
+            return "ALREADY_EXISTS" if reason == "ACCOUNT_ALREADY_OPEN" else reason
+    return ""
+
+
+async def test_a_revoked_api_key_is_refused_and_a_new_one_admitted(served: Served) -> None:
+    assert await reason_for(served, ALICE_KEY, "acc-1") == ""
+    assert await reason_for(served, ALICE_NEW_KEY, "acc-2") == "UNKNOWN_API_KEY"
+    api_key_file(served.keys, [(ALICE_NEW_KEY, "alice", [])])  # the old key leaked: replaced
+
+    async def revoked() -> bool:
+        return await reason_for(served, ALICE_KEY, "acc-3") == "UNKNOWN_API_KEY"
+
+    await eventually(revoked, what="the old key refused")
+    assert await reason_for(served, ALICE_NEW_KEY, "acc-4") == ""
+
+
+async def test_a_grant_taken_away_is_denied(served: Served) -> None:
+    assert await reason_for(served, ALICE_KEY, "acc-1") == ""
+    write(served.policy, POLICY.replace('[principals."alice"]\nroles = ["teller"]', '[principals."alice"]\nroles = []'))
+
+    async def denied() -> bool:
+        return await reason_for(served, ALICE_KEY, "acc-2") == "SUBMIT_DENIED"
+
+    await eventually(denied, what="the grant gone")
+
+
+async def test_a_rotated_jwt_key_refuses_tokens_of_the_old_one_even_those_verified_before(served: Served) -> None:
+    old_token = served.issuer.token("alice")
+    assert await reason_for(served, old_token, "acc-1") == ""  # verified, and remembered until its exp
+    rotated = JwtIssuer()
+    write(served.jwt_key, rotated.public_key)
+
+    async def rotated_out() -> bool:
+        return await reason_for(served, old_token, "acc-2") == "INVALID_TOKEN"
+
+    await eventually(rotated_out, what="the old key's token refused")
+    assert await reason_for(served, rotated.token("alice"), "acc-3") == ""
+
+
+async def test_a_broken_file_keeps_the_one_before_until_it_is_fixed(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="service.security.reloading")
+    write(served.keys, "[[keys]\nthis is not TOML")
+    await eventually(lambda: "cannot be used" in caplog.text, what="the broken file reported")
+    assert await reason_for(served, ALICE_KEY, "acc-1") == ""  # still the keys read before
+    assert caplog.text.count("cannot be used") == 1  # once, not every look
+    api_key_file(served.keys, [(ALICE_NEW_KEY, "alice", [])])
+
+    async def fixed() -> bool:
+        return await reason_for(served, ALICE_KEY, "acc-2") == "UNKNOWN_API_KEY"
+
+    await eventually(fixed, what="the fixed file read")
+    assert await reason_for(served, ALICE_NEW_KEY, "acc-3") == ""

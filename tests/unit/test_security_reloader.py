@@ -1,0 +1,50 @@
+"""The reloader's own rules (service/security/reloading.py): only a changed
+file is read again, and a bug while one is read again neither ends the
+watch nor keeps the other files from being read."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from service.security.reloading import SecurityReloader, WatchedFile
+
+
+def test_only_a_changed_file_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text("one")
+    used: list[str] = []
+    watched = WatchedFile(str(path), "API-key file", path.read_text, used.append)
+    reloader = SecurityReloader([watched], interval=60)
+    reloader.check()
+    assert used == []  # as read at start-up
+    path.write_text("two, longer")
+    reloader.check()
+    reloader.check()
+    assert used == ["two, longer"]
+
+
+def test_a_bug_in_one_file_leaves_the_others_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first, second = tmp_path / "policy.toml", tmp_path / "keys.toml"
+    first.write_text("a")
+    second.write_text("b")
+    used: list[str] = []
+
+    def broken(_: object) -> None:
+        raise RuntimeError("a bug below")
+
+    reloader = SecurityReloader(
+        [
+            WatchedFile(str(first), "policy file", first.read_text, broken),
+            WatchedFile(str(second), "API-key file", second.read_text, used.append),
+        ],
+        interval=60,
+    )
+    first.write_text("a, changed")
+    second.write_text("b, changed")
+    with caplog.at_level(logging.ERROR):
+        reloader.check()
+    assert "reading policy file" in caplog.text and "a bug below" in caplog.text
+    assert used == ["b, changed"]
