@@ -610,7 +610,8 @@ async def _import_local(url: str, path: str, options: ImportOptions, quiet: bool
     from service.transfer.files import Source
     from service.transfer.importer import Importer
 
-    build_registry(load_settings(None, os.environ))  # the plugins' payload types, for JSON lines
+    # The plugins' payload types, for JSON lines, and state types, which snapshots must parse as.
+    registry = build_registry(load_settings(None, os.environ))
     source = Source(path)
     reporter = Reporter("import", total=source.total, unit="bytes" if source.total else "records", quiet=quiet)
     adapter = open_store(url, pool_size=2)
@@ -620,6 +621,7 @@ async def _import_local(url: str, path: str, options: ImportOptions, quiet: bool
             Store.of(adapter),
             options=options,
             on_progress=lambda summary: reporter.update(source.position if source.total else summary.records),
+            registry=registry,
         )
         for record in source.records():
             await importer.add(record)

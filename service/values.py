@@ -1,4 +1,5 @@
-"""``value``: the dataclass decorator for Chronicle's internal values.
+"""``value``: the dataclass decorator for Chronicle's internal values; and
+``id_problem``, the rule every identifier Chronicle stores is held to.
 
 The type checker sees ``dataclass(frozen=True, slots=True)``: assigning to a
 field is an error (mypy --strict runs on all of service/). At run time the
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["value"]
+__all__ = ["MAX_ID_LENGTH", "id_problem", "value"]
 
 T = TypeVar("T")
 
@@ -28,3 +29,27 @@ else:
 
     def value(*, frozen: bool = True, slots: bool = True, **options: Any) -> Callable[[type[T]], type[T]]:
         return dataclass(slots=slots, unsafe_hash=frozen, **options)
+
+
+# -- identifiers -------------------------------------------------------------------
+
+#: The longest identifier (an aggregate id, a type name, a principal filter)
+#: Chronicle takes: the API's commands (service/api/codec.py) and imports
+#: (service/transfer/records.py) apply the same rule.
+MAX_ID_LENGTH = 200
+
+
+def id_problem(value: str, *, max_length: int = MAX_ID_LENGTH) -> str:
+    """What is wrong with ``value`` as an identifier, "" if nothing: it must
+    be non-empty, not only spaces, at most ``max_length`` characters and
+    printable (no control characters). A description, not an error: this
+    layer knows no error types, each caller raises its own."""
+    if not value:
+        return "must not be empty"
+    if value.isspace():
+        return "must not be only whitespace"
+    if len(value) > max_length:
+        return f"must be at most {max_length} characters"
+    if not value.isprintable():
+        return "must not contain control characters"
+    return ""

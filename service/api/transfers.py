@@ -12,6 +12,7 @@ from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import export_pb2
 from service.api.codec import check_id, check_names, micros_of
 from service.errors import InvalidInput
+from service.plugins.registry import Registry
 from service.store.base import Store
 from service.transfer.deleting import Deletion, delete_aggregate
 from service.transfer.exporter import ArchiveRule, Exporter, ExportSelection
@@ -25,11 +26,13 @@ class Transfers:
     """``store``: the adapter's own roles (what is stored, not what the
     encrypting wrapper shows); ``kind``: the store's kind for export
     headers; ``evict``: forget this server's cached state of an aggregate
-    an import replaced."""
+    an import replaced; ``registry``: the loaded plugins, whose state types
+    an imported snapshot must parse as."""
 
     store: Store
     kind: str
     evict: Callable[[str], None] = lambda aggregate_id: None
+    registry: Registry | None = None
 
     def selection(self, request: pb.ExportLogRequest) -> ExportSelection:
         if len(request.aggregate_ids) > MAX_EXPORTED_AGGREGATES:
@@ -73,7 +76,7 @@ class Transfers:
                 options = ImportOptions(
                     overwrite=request.options.overwrite, restore_deleted=request.options.restore_deleted
                 )
-                importer = Importer(self.store, options=options, on_replaced=self.evict)
+                importer = Importer(self.store, options=options, on_replaced=self.evict, registry=self.registry)
             if request.HasField("record"):
                 await importer.add(request.record)
         if importer is None:

@@ -1,13 +1,20 @@
 """Rebuilding an aggregate's state: latest usable snapshot, then the events
 after it, each read through ``upcasting.EventReader`` (so at the plugin's
-current schema) and applied by the plugin's apply function."""
+current schema) and applied by the plugin's apply function.
+
+A snapshot is a cache of the events: one whose state does not parse as the
+plugin's state type (imported, or written by a plugin whose state message
+changed without a new ``state_schema_version``) is skipped with a warning
+and the state rebuilt from all the events, rather than failing every
+command for the aggregate."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from service.errors import AggregateTypeMismatch, EventNotReadable
 from service.plugins.api import AggregateType, EventSpec
@@ -18,6 +25,12 @@ from service.store.records import RecordedEvent, Snapshot
 from service.values import value
 
 __all__ = ["Aggregate", "AggregateLoader", "EventNotReadable", "apply_messages"]
+
+log = logging.getLogger(__name__)
+
+
+class _UnreadableSnapshot(Exception):
+    """The snapshot ``_rebuilt`` was given does not parse: load without it."""
 
 
 @value(frozen=True, slots=True)
@@ -65,16 +78,21 @@ class AggregateLoader:
         Raises AggregateTypeMismatch if its events belong to another type.
         """
         kind = SnapshotKind(aggregate_type.name, aggregate_type.state_type_name, aggregate_type.state_schema_version)
+        loaded = None
         if self._in_one is not None:
             loaded = await self._in_one.load_from_snapshot(aggregate_id, kind, to_version=to_version)
-            if loaded is not None:
-                return self._rebuilt(aggregate_id, aggregate_type, kind, *loaded)
-        snapshot = await self._snapshots.load_snapshot(aggregate_id, at_most=to_version)
-        after = snapshot.version if snapshot is not None and kind.usable(snapshot) else 0
-        events = await self._events.read_aggregate(
-            aggregate_id, AggregateQuery(from_version=after + 1, to_version=to_version)
-        )
-        return self._rebuilt(aggregate_id, aggregate_type, kind, snapshot, events)
+        if loaded is None:
+            snapshot = await self._snapshots.load_snapshot(aggregate_id, at_most=to_version)
+            after = snapshot.version if snapshot is not None and kind.usable(snapshot) else 0
+            events = await self._events.read_aggregate(
+                aggregate_id, AggregateQuery(from_version=after + 1, to_version=to_version)
+            )
+            loaded = snapshot, events
+        try:
+            return self._rebuilt(aggregate_id, aggregate_type, kind, *loaded)
+        except _UnreadableSnapshot:
+            events = await self._events.read_aggregate(aggregate_id, AggregateQuery(to_version=to_version))
+            return self._rebuilt(aggregate_id, aggregate_type, kind, None, events)
 
     def _rebuilt(
         self,
@@ -88,8 +106,19 @@ class AggregateLoader:
         events after it."""
         version, state = 0, aggregate_type.new_state()
         if snapshot is not None and kind.usable(snapshot):
+            try:
+                state = aggregate_type.state_type.FromString(snapshot.state)
+            except DecodeError as error:
+                log.warning(
+                    "the snapshot of aggregate %r at version %d does not parse as %s (%s): rebuilding its state"
+                    " from its events",
+                    aggregate_id,
+                    snapshot.version,
+                    kind.state_type,
+                    error,
+                )
+                raise _UnreadableSnapshot from None
             version = snapshot.version
-            state = aggregate_type.state_type.FromString(snapshot.state)
         elif snapshot is not None and snapshot.aggregate_type != aggregate_type.name:
             raise AggregateTypeMismatch(aggregate_id, snapshot.aggregate_type, aggregate_type.name)
         if events and events[0].aggregate_type != aggregate_type.name:

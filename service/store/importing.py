@@ -7,7 +7,14 @@ An event the store holds already, at the same aggregate and version, was
 imported before: skipped. Any other event must come right after its
 aggregate's last version (counting the batch's earlier events), except a
 deleted aggregate's tombstone, which stands alone (on an aggregate with no
-events) above the versions it replaced.
+events) above the versions it replaced; and it must be of its aggregate's
+type (AGGREGATE_TYPE_MISMATCH), or the aggregate could not be loaded.
+
+A snapshot is of an aggregate's state at one of its versions: it must be at
+most the aggregate's last version in the store (whose events an import
+writes before its snapshots), and of the aggregate's type. One ahead of the
+events (SNAPSHOT_AHEAD) would be taken for the aggregate's state, at a
+version no command can ever append after.
 """
 
 from __future__ import annotations
@@ -15,11 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from service.errors import ImportConflict
-from service.store.records import RecordedEvent, is_tombstone
+from service.store.records import RecordedEvent, Snapshot, is_tombstone
 
 EVENT_ID_TAKEN = "EVENT_ID_TAKEN"
 AGGREGATE_NOT_EMPTY = "AGGREGATE_NOT_EMPTY"
 VERSION_GAP = "VERSION_GAP"
+AGGREGATE_TYPE_MISMATCH = "AGGREGATE_TYPE_MISMATCH"
+SNAPSHOT_AHEAD = "SNAPSHOT_AHEAD"
 CLAIM_HELD = "CLAIM_HELD"
 DATA_KEY_CONFLICT = "DATA_KEY_CONFLICT"
 
@@ -28,29 +37,42 @@ def events_to_write(
     events: Sequence[RecordedEvent],
     *,
     stored_at: Callable[[str], tuple[str, int] | None],
-    current_version: Callable[[str], int],
+    head: Callable[[str], tuple[int, str] | None],
 ) -> list[RecordedEvent]:
     """The events of ``events`` the store does not hold, in order; raises
     ``ImportConflict`` for the first that does not fit. ``stored_at(event_id)``
     is where the store holds an event id (aggregate, version), if anywhere;
-    ``current_version(aggregate_id)`` the aggregate's last version (0: none)."""
+    ``head(aggregate_id)`` the aggregate's last version and its type (None:
+    no events)."""
     fresh: list[RecordedEvent] = []
-    versions: dict[str, int] = {}
+    heads: dict[str, tuple[int, str] | None] = {}
     for event in events:
         place = stored_at(event.event_id)
         if place is not None:
             if place != (event.aggregate_id, event.version):
                 raise import_conflict(EVENT_ID_TAKEN, event)
             continue
-        current = versions.get(event.aggregate_id)
-        if current is None:
-            current = current_version(event.aggregate_id)
-        problem = misfit(event, expected=current + 1)
+        current = heads[event.aggregate_id] if event.aggregate_id in heads else head(event.aggregate_id)
+        problem = misfit(event, expected=(current[0] if current else 0) + 1)
+        if not problem and current is not None and current[1] != event.aggregate_type:
+            problem = AGGREGATE_TYPE_MISMATCH
         if problem:
             raise import_conflict(problem, event)
-        versions[event.aggregate_id] = event.version
+        heads[event.aggregate_id] = (event.version, event.aggregate_type)
         fresh.append(event)
     return fresh
+
+
+def check_snapshots(snapshots: Sequence[Snapshot], *, head: Callable[[str], tuple[int, str] | None]) -> None:
+    """Raise ``ImportConflict`` for the first of ``snapshots`` that does not
+    fit its aggregate's events in the store (``head`` as for
+    ``events_to_write``)."""
+    for snapshot in snapshots:
+        current = head(snapshot.aggregate_id)
+        if current is None or snapshot.version > current[0]:
+            raise snapshot_conflict(SNAPSHOT_AHEAD, snapshot, current)
+        if snapshot.aggregate_type != current[1]:
+            raise snapshot_conflict(AGGREGATE_TYPE_MISMATCH, snapshot, current)
 
 
 def misfit(event: RecordedEvent, *, expected: int) -> str:
@@ -70,6 +92,8 @@ _WHY = {
     EVENT_ID_TAKEN: "its event id is held by another event of the store",
     AGGREGATE_NOT_EMPTY: "the aggregate holds other events at that version (import with overwriting to replace them)",
     VERSION_GAP: "the versions before it are neither in the store nor in the import",
+    AGGREGATE_TYPE_MISMATCH: "the aggregate's other events, in the store or before it in the import, are of another"
+    " type",
 }
 
 
@@ -80,6 +104,21 @@ def import_conflict(reason: str, event: RecordedEvent) -> ImportConflict:
         + _WHY[reason],
         reason=reason,
         metadata={"aggregate_id": event.aggregate_id, "version": str(event.version), "event_id": event.event_id},
+    )
+
+
+def snapshot_conflict(reason: str, snapshot: Snapshot, head: tuple[int, str] | None) -> ImportConflict:
+    """The refusal of ``snapshot`` for ``reason``; ``head``: its aggregate's
+    last version and type in the store (None: it has no events)."""
+    if reason == SNAPSHOT_AHEAD:
+        held = f"its events end at version {head[0]}" if head else "it has no events"
+        why = f"it is at version {snapshot.version} and {held}, in the store and in the import"
+    else:
+        why = f"it is of a {snapshot.aggregate_type} and the aggregate's events of a {head[1] if head else ''}"
+    return ImportConflict(
+        f"snapshot of aggregate {snapshot.aggregate_id!r} at version {snapshot.version} cannot be imported: {why}",
+        reason=reason,
+        metadata={"aggregate_id": snapshot.aggregate_id, "version": str(snapshot.version)},
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, SubjectsForgotten
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
-from service.store.importing import claim_conflict, data_key_conflict, events_to_write
+from service.store.importing import check_snapshots, claim_conflict, data_key_conflict, events_to_write
 from service.store.leasing import Fencing
 from service.store.memory_groups import MemoryGroups
 from service.store.notifier import CommitNotifier
@@ -376,7 +376,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         return [self._commands[c] for c in sorted(c for c in self._commands if c > after)[:limit]]
 
     async def import_events(self, events: Sequence[RecordedEvent]) -> int:
-        fresh = events_to_write(events, stored_at=self._place, current_version=self._version)
+        fresh = events_to_write(events, stored_at=self._place, head=self._head)
         self._add([replace(e, position=self._last_position + offset) for offset, e in enumerate(fresh, start=1)])
         return len(fresh)
 
@@ -385,7 +385,12 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             return None
         return next((e.aggregate_id, e.version) for e in self._log if e.event_id == event_id)
 
+    def _head(self, aggregate_id: str) -> tuple[int, str] | None:
+        stream = self._streams.get(aggregate_id)
+        return (stream[-1].version, stream[-1].aggregate_type) if stream else None
+
     async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
+        check_snapshots(snapshots, head=self._head)  # all of them before writing any
         written = 0
         for snapshot in snapshots:
             kept = self._snapshots.setdefault(snapshot.aggregate_id, [])

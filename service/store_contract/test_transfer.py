@@ -151,6 +151,10 @@ async def test_snapshots_and_command_records_are_imported_once(store: StoreAdapt
         command_record("a-1", 1, 1, command_id="c-1"),
         replace(command_record("a-2", 1, 0, command_id="c-2", rejection=fields), issued_at_us=1_767_225_600_000_001),
     ]
+    # A snapshot is of a version its aggregate has: the events come first.
+    await store.import_events(
+        [recorded_event("a-1", v) for v in (1, 2)] + [recorded_event("a-2", v) for v in range(1, 6)]
+    )
     assert await store.import_snapshots(snapshots) == 3
     assert await store.import_commands(records) == 2
     before = await contents()
@@ -159,6 +163,37 @@ async def test_snapshots_and_command_records_are_imported_once(store: StoreAdapt
     assert (await contents()).changes_since(before) == {}
     assert await store.load_snapshot("a-1") == snapshot("a-1", 2)
     assert await store.find_command("c-2") == records[1]  # when it was issued, the fields at fault
+
+
+async def test_a_snapshot_beyond_its_aggregates_events_or_of_another_type_is_refused_whole(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    await store.import_events([recorded_event("a-1", 1), recorded_event("a-1", 2)])
+    before = await contents()
+    for bad, reason in (
+        (snapshot("a-1", 3), "SNAPSHOT_AHEAD"),
+        (snapshot("a-2", 1), "SNAPSHOT_AHEAD"),  # an aggregate without events
+        (replace(snapshot("a-1", 2), aggregate_type="Other"), "AGGREGATE_TYPE_MISMATCH"),
+    ):
+        with pytest.raises(ImportConflict) as refused:
+            await store.import_snapshots([snapshot("a-1", 1), bad])
+        assert refused.value.reason == reason
+        assert refused.value.metadata["aggregate_id"] == bad.aggregate_id
+    assert (await contents()).changes_since(before) == {}  # not even the good snapshot at version 1
+
+
+async def test_an_event_of_another_type_than_its_aggregates_is_refused_whole(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    await store.import_events([recorded_event("a-1", 1)])
+    before = await contents()
+    other = replace(recorded_event("a-1", 2), aggregate_type="Other")
+    for batch in ([other], [recorded_event("a-2", 1), replace(recorded_event("a-2", 2), aggregate_type="Other")]):
+        with pytest.raises(ImportConflict) as refused:
+            await store.import_events(batch)
+        assert refused.value.reason == "AGGREGATE_TYPE_MISMATCH"
+        assert refused.value.metadata["event_id"] == batch[-1].event_id
+    assert (await contents()).changes_since(before) == {}
 
 
 async def test_claims_are_imported_unless_another_aggregate_holds_one(

@@ -18,6 +18,13 @@ bring an archived one back).
 The stream must begin with its header and end with its end record, whose
 counts must match what came: a stream cut short is EXPORT_INCOMPLETE, after
 what came was written.
+
+Each record is checked alone as it comes (records.py: BAD_RECORD), and,
+with a ``registry``, a snapshot of a loaded aggregate type at its current
+state type and schema must parse as that state (BAD_RECORD). What a record
+must fit in the store (versions, event ids, an aggregate's type, a
+snapshot's version) the store checks as it writes the batch, refusing the
+batch whole (ImportConflict); the refusal then names the record.
 """
 
 from __future__ import annotations
@@ -27,9 +34,13 @@ from collections.abc import AsyncIterable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from chronicle.v1 import export_pb2
-from service.errors import InvalidInput
-from service.store.base import AggregateQuery, Store
+from service.errors import ImportConflict, InvalidInput
+from service.plugins.registry import Registry
+from service.store.base import AggregateQuery, SnapshotKind, Store
+from service.store.encryption import is_sealed
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
 from service.transfer.exporter import FORMAT, FORMAT_VERSION
 from service.transfer.records import (
@@ -74,14 +85,17 @@ class Importer:
         batch_size: int = BATCH,
         on_progress: Callable[[ImportSummary], None] | None = None,
         on_replaced: Callable[[str], None] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self._store = store
+        self._registry = registry
         self._options = options
         self._batch_size = batch_size
         self._on_progress = on_progress
         self._on_replaced = on_replaced
         self.summary = ImportSummary()
         self._pending: list[Any] = []
+        self._pending_records: list[int] = []  # each pending record's index in the stream
         self._pending_kind = ""
         self._pending_bytes = 0
         self._received: Counter[str] = Counter()
@@ -112,11 +126,14 @@ class Importer:
             self.summary.complete = True
             return
         stored = _stored(record, kind, where)
+        if isinstance(stored, Snapshot):
+            self._check_state(stored, f"{where}.snapshot")
         self._received[kind] += 1
         if kind != self._pending_kind:
             await self._flush()
             self._pending_kind = kind
         self._pending.append(stored)
+        self._pending_records.append(index)
         self._pending_bytes += record.ByteSize()
         if len(self._pending) >= self._batch_size or self._pending_bytes >= BATCH_BYTES:
             await self._flush()
@@ -145,6 +162,25 @@ class Importer:
             )
         self.summary.header = record.header
 
+    def _check_state(self, snapshot: Snapshot, where: str) -> None:
+        """A snapshot the aggregate's loader would use (its plugin loaded,
+        the state type and schema its current ones) must parse: one that
+        does not would fail every command for the aggregate. Others are
+        ignored by the loader (stale), and sealed states are opened only
+        above the store."""
+        aggregate_type = self._registry.aggregate(snapshot.aggregate_type) if self._registry is not None else None
+        if aggregate_type is None or is_sealed(snapshot.state):
+            return
+        kind = SnapshotKind(aggregate_type.name, aggregate_type.state_type_name, aggregate_type.state_schema_version)
+        if not kind.usable(snapshot):
+            return
+        try:
+            aggregate_type.state_type.FromString(snapshot.state)
+        except DecodeError:
+            raise InvalidInput.for_field(
+                f"{where}.state", f"does not parse as {snapshot.state_type}", reason=BAD_RECORD
+            ) from None
+
     def _check_end(self, end: export_pb2.ExportEnd, where: str) -> None:
         announced = {kind: getattr(end, "data_keys" if kind == "data_key" else kind + "s") for kind in _COUNTED}
         missing = {kind: n for kind, n in announced.items() if self._received[kind] != n}
@@ -155,10 +191,20 @@ class Importer:
             )
 
     async def _flush(self) -> None:
-        batch, kind = self._pending, self._pending_kind
+        batch, kind, indexes = self._pending, self._pending_kind, self._pending_records
         if not batch:
             return
-        self._pending, self._pending_bytes = [], 0
+        self._pending, self._pending_bytes, self._pending_records = [], 0, []
+        try:
+            written = await self._write(kind, batch)
+        except ImportConflict as conflict:
+            _name_record(conflict, batch, indexes)
+            raise
+        self.summary.written[kind] += written
+        if self._on_progress is not None:
+            self._on_progress(self.summary)
+
+    async def _write(self, kind: str, batch: list[Any]) -> int:
         transfer = self._store.transfer
         if kind == "event":
             await self._make_room(batch)
@@ -172,9 +218,7 @@ class Importer:
             written = await transfer.import_commands(batch)
         else:
             written = await transfer.import_data_keys(batch)
-        self.summary.written[kind] += written
-        if self._on_progress is not None:
-            self._on_progress(self.summary)
+        return written
 
     async def _make_room(self, batch: Sequence[RecordedEvent]) -> None:
         """With overwriting (or restoring a deleted aggregate), remove what
@@ -201,6 +245,28 @@ class Importer:
                 self.summary.aggregates_replaced += 1
                 if self._on_replaced is not None:
                     self._on_replaced(aggregate_id)
+
+
+def _name_record(conflict: ImportConflict, batch: Sequence[Any], indexes: Sequence[int]) -> None:
+    """Add to ``conflict`` (the store's, which names the record by what it
+    holds: an event id, an aggregate and version, a claim's scope) the index
+    in the stream of the record of ``batch`` it names, if it names one."""
+    named = {key: value for key, value in conflict.metadata.items() if key in _NAMING}
+    if not named:
+        return
+    found = [
+        index
+        for stored, index in zip(batch, indexes, strict=True)
+        if all(str(getattr(stored, key, None)) == value for key, value in named.items())
+    ]
+    if len(found) == 1:  # several: a claim of the aggregate, which its value (not told) would tell apart
+        conflict.metadata["record"] = str(found[0])
+        conflict.message = f"record[{found[0]}]: {conflict.message}"
+        conflict.args = (conflict.message,)
+
+
+# What the stores' import conflicts name a record by (service/store/importing.py).
+_NAMING = ("event_id", "aggregate_id", "version", "scope")
 
 
 def _stored(

@@ -586,16 +586,19 @@ _IMPORTED_EVENTS = (
 # the table looked small (tests/integration/test_postgres_plans.py).
 IMPORT_EVENTS_CHECK = (
     f"WITH incoming AS (SELECT * FROM {_IMPORTED_EVENTS}),"
-    " found AS (SELECT n.i, n.a, n.v, n.e, x.aggregate_id AS xa, x.version AS xv FROM incoming n"
+    " found AS (SELECT n.i, n.a, n.t, n.v, n.e, x.aggregate_id AS xa, x.version AS xv FROM incoming n"
     " LEFT JOIN LATERAL (SELECT y.aggregate_id, y.version FROM chronicle.events y WHERE y.event_id = n.id LIMIT 1) x"
     " ON true),"
-    " fresh AS (SELECT f.i, f.v, f.e, coalesce(lag(f.v) OVER (PARTITION BY f.a ORDER BY f.i),"
-    " (SELECT coalesce(max(y.version), 0) FROM chronicle.events y WHERE y.aggregate_id = f.a)) + 1 AS expected"
-    " FROM found f WHERE f.xa IS NULL),"
+    " fresh AS (SELECT f.i, f.v, f.e, f.t, coalesce(lag(f.v) OVER w, h.version, 0) + 1 AS expected,"
+    " coalesce(lag(f.t) OVER w, h.aggregate_type) AS held_type"
+    " FROM found f LEFT JOIN LATERAL (SELECT y.version, y.aggregate_type FROM chronicle.events y"
+    " WHERE y.aggregate_id = f.a ORDER BY y.version DESC LIMIT 1) h ON true"
+    " WHERE f.xa IS NULL WINDOW w AS (PARTITION BY f.a ORDER BY f.i)),"
     " problems AS (SELECT i, 'EVENT_ID_TAKEN' AS why FROM found WHERE xa IS NOT NULL AND (xa <> a OR xv <> v)"
     " UNION ALL SELECT i, 'AGGREGATE_NOT_EMPTY' FROM fresh"
     " WHERE (v < expected AND e <> $2) OR (e = $2 AND expected <> 1)"
-    " UNION ALL SELECT i, 'VERSION_GAP' FROM fresh WHERE v > expected AND e <> $2)"
+    " UNION ALL SELECT i, 'VERSION_GAP' FROM fresh WHERE v > expected AND e <> $2"
+    " UNION ALL SELECT i, 'AGGREGATE_TYPE_MISMATCH' FROM fresh WHERE v = expected AND held_type <> t)"
     f" SELECT chronicle.refuse('{IMPORT_REFUSED}', why || ' ' || i)"
     " FROM (SELECT i, why FROM problems ORDER BY i LIMIT 1) p"
 )
@@ -614,6 +617,16 @@ IMPORT_EVENTS = (
     " payload_json)"
     " SELECT head.base + f.rn, f.id, f.a, f.t, f.v, f.e, f.s, decode(f.p, 'hex'), coalesce(f.m, '{}'::jsonb),"
     " f.c, f.u, f.o, f.r, f.k, " + _AT.format("f.at") + ", f.j FROM head, fresh f RETURNING position"
+)
+# The rule of service/store/importing.py for snapshots: each at most its
+# aggregate's last version, and of its type (the last event's: one probe).
+IMPORT_SNAPSHOTS_CHECK = (
+    f"SELECT chronicle.refuse('{IMPORT_REFUSED}', p.why || ' ' || p.i) FROM (SELECT d.i,"
+    " CASE WHEN h.version IS NULL OR d.v > h.version THEN 'SNAPSHOT_AHEAD' ELSE 'AGGREGATE_TYPE_MISMATCH' END AS why"
+    " FROM jsonb_to_recordset($1::jsonb) AS d(i bigint, a text, t text, v bigint)"
+    " LEFT JOIN LATERAL (SELECT y.version, y.aggregate_type FROM chronicle.events y WHERE y.aggregate_id = d.a"
+    " ORDER BY y.version DESC LIMIT 1) h ON true"
+    " WHERE h.version IS NULL OR d.v > h.version OR d.t <> h.aggregate_type ORDER BY d.i LIMIT 1) p"
 )
 IMPORT_SNAPSHOTS = (
     f"INSERT INTO chronicle.snapshots ({SNAPSHOT_COLUMNS})"

@@ -11,7 +11,13 @@ from dataclasses import replace
 from typing import Any
 
 from service.errors import ConcurrencyConflict, ImportConflict
-from service.store.importing import DATA_KEY_CONFLICT, claim_conflict, data_key_conflict, import_conflict
+from service.store.importing import (
+    DATA_KEY_CONFLICT,
+    claim_conflict,
+    data_key_conflict,
+    import_conflict,
+    snapshot_conflict,
+)
 from service.store.postgres import sql
 from service.store.postgres.appends import JsonOf, commands_json
 from service.store.postgres.connection import Statement
@@ -102,6 +108,7 @@ class TransferRole:
         batch = json.dumps(
             [
                 {
+                    "i": i,
                     "a": s.aggregate_id,
                     "t": s.aggregate_type,
                     "v": s.version,
@@ -109,12 +116,33 @@ class TransferRole:
                     "s": s.schema_version,
                     "state": s.state.hex(),
                 }
-                for s in snapshots
+                for i, s in enumerate(snapshots)
             ],
             separators=(",", ":"),
         )
-        (result,) = await self._db.run("import", [Statement(sql.IMPORT_SNAPSHOTS.encode(), (batch,))])
+        try:
+            _, result = await self._db.run(
+                "import",
+                [
+                    Statement(sql.IMPORT_SNAPSHOTS_CHECK.encode(), (batch,)),
+                    Statement(sql.IMPORT_SNAPSHOTS.encode(), (batch,)),
+                ],
+            )
+        except Refused as refused:
+            reason, (index, *_) = _refusal(refused)
+            snapshot = snapshots[int(index)]
+            head = await self._head(snapshot.aggregate_id)
+            raise snapshot_conflict(reason, snapshot, head) from None
         return int(result.ntuples)
+
+    async def _head(self, aggregate_id: str) -> tuple[int, str] | None:
+        """The aggregate's last version and type (None: no events), to say
+        why a snapshot was refused."""
+        found = await self._page("import", sql.LAST_EVENT, (aggregate_id,))
+        if not found:
+            return None
+        last = event_from_row(found[0])
+        return last.version, last.aggregate_type
 
     async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
         if not claims:

@@ -296,6 +296,7 @@ CLAIMS_OF_PAGE = (
 COMMANDS_PAGE = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id > ? ORDER BY command_id LIMIT ?"
 # Where an event id is held, if anywhere (the unique index on event_id).
 EVENT_PLACE = "SELECT aggregate_id, version FROM events WHERE event_id = ?"
+AGGREGATE_HEAD = "SELECT version, aggregate_type FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
 IMPORT_SNAPSHOT = f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) {_values(SNAPSHOT_COLUMNS)} ON CONFLICT DO NOTHING"
 IMPORT_COMMAND = f"INSERT INTO commands ({COMMAND_COLUMNS}) {_values(COMMAND_COLUMNS)} ON CONFLICT DO NOTHING"
 IMPORT_DATA_KEY = (

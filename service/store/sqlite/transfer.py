@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from service.errors import ConcurrencyConflict
-from service.store.importing import claim_conflict, data_key_conflict, events_to_write
+from service.store.importing import check_snapshots, claim_conflict, data_key_conflict, events_to_write
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     AggregateLastEvent,
@@ -78,7 +78,7 @@ class TransferRole:
         return written
 
     async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
-        return await self._writer.run(_insert_each, sql.IMPORT_SNAPSHOT, [snapshot_params(s) for s in snapshots])
+        return await self._writer.run(_import_snapshots, snapshots)
 
     async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
         return await self._writer.run(_import_claims, claims)
@@ -112,16 +112,24 @@ def _import_events(db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> t
         row = db.execute(sql.EVENT_PLACE, (event_id,)).fetchone()
         return None if row is None else (str(row[0]), int(row[1]))
 
-    def current_version(aggregate_id: str) -> int:
-        (version,) = db.execute(sql.CURRENT_VERSION, (aggregate_id,)).fetchone()
-        return int(version)
-
     last = 0
     with writing(db):
-        fresh = events_to_write(events, stored_at=stored_at, current_version=current_version)
+        fresh = events_to_write(events, stored_at=stored_at, head=lambda aggregate_id: _head(db, aggregate_id))
         for event in fresh:
             (last,) = db.execute(sql.INSERT_EVENT, _event_params(event)).fetchone()
     return len(fresh), int(last)
+
+
+def _head(db: sqlite3.Connection, aggregate_id: str) -> tuple[int, str] | None:
+    """The aggregate's last version and its type; None: no events."""
+    row = db.execute(sql.AGGREGATE_HEAD, (aggregate_id,)).fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _import_snapshots(db: sqlite3.Connection, snapshots: Sequence[Snapshot]) -> int:
+    with writing(db):
+        check_snapshots(snapshots, head=lambda aggregate_id: _head(db, aggregate_id))
+        return sum(db.execute(sql.IMPORT_SNAPSHOT, snapshot_params(s)).rowcount for s in snapshots)
 
 
 def _event_params(event: RecordedEvent) -> tuple[object, ...]:
