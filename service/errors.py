@@ -409,8 +409,10 @@ class ImportConflict(ChronicleError):
     (EVENT_ID_TAKEN), its aggregate holds other events at its version
     (AGGREGATE_NOT_EMPTY: import with overwriting to replace them), a
     version before it is missing (VERSION_GAP), a value it claims is held by
-    another aggregate (CLAIM_HELD), or its data key differs from the one the
-    store holds for the aggregate (DATA_KEY_CONFLICT)."""
+    another aggregate (CLAIM_HELD), its data key differs from the one the
+    store holds for the aggregate (DATA_KEY_CONFLICT), it is a snapshot at a
+    version its aggregate does not have (SNAPSHOT_AHEAD), or it is of
+    another aggregate type than the aggregate's (AGGREGATE_TYPE_MISMATCH)."""
 
     default_reason = "IMPORT_CONFLICT"
 

@@ -47,6 +47,7 @@ def id_problem(value: str, *, max_length: int = MAX_ID_LENGTH) -> str:
     if not value:
         return "must not be empty"
     if value.isspace():
+        # "   " would name a real aggregate no one can tell from a typo or an unset variable.
         return "must not be only whitespace"
     if len(value) > max_length:
         return f"must be at most {max_length} characters"

@@ -18,9 +18,9 @@ from service.errors import InvalidInput
 from service.plugins.registry import Registry
 from service.processing.commands import CommandBatch, CommandRequest
 from service.store.records import TOMBSTONE_EVENT_TYPE, RecordedEvent
+from service.values import MAX_ID_LENGTH, id_problem
 
 TYPE_URL_PREFIX = "type.googleapis.com/"
-MAX_ID_LENGTH = 200
 MAX_TEXT_LENGTH = 200
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY = 128
@@ -38,16 +38,10 @@ def _printable(value: str) -> bool:
 
 def check_id(field: str, value: str, *, reason: str) -> str:
     """An identifier: non-empty, not only spaces, bounded, printable (no
-    control characters)."""
-    if not value:
-        raise InvalidInput.for_field(field, "must not be empty", reason=reason)
-    if value.isspace():
-        # "   " would name a real aggregate no one can tell from a typo or an unset variable.
-        raise InvalidInput.for_field(field, "must not be only whitespace", reason=reason)
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidInput.for_field(field, f"must be at most {MAX_ID_LENGTH} characters", reason=reason)
-    if not _printable(value):
-        raise InvalidInput.for_field(field, "must not contain control characters", reason=reason)
+    control characters): ``values.id_problem``, the rule imports apply too."""
+    problem = id_problem(value)
+    if problem:
+        raise InvalidInput.for_field(field, problem, reason=reason)
     return value
 
 

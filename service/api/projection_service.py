@@ -11,7 +11,7 @@ from google.protobuf import any_pb2
 
 from chronicle.v1 import projection_service_pb2 as pb
 from chronicle.v1 import projection_service_pb2_grpc as pb_grpc
-from service.api.codec import MAX_ID_LENGTH, MAX_VERSION, TYPE_URL_PREFIX, check_id, check_version, timestamp
+from service.api.codec import MAX_VERSION, TYPE_URL_PREFIX, check_id, check_version, timestamp
 from service.api.page_tokens import fingerprint, make_token, read_token
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
@@ -23,6 +23,7 @@ from service.processing.projections import Projections
 from service.security.policy import Authorizer
 from service.store.base import LogReader, ProjectionStore
 from service.store.records import DocumentRange, ParkedEvent, StoredDocument
+from service.values import MAX_ID_LENGTH
 
 SERVICE = "chronicle.v1.ProjectionService"
 DEFAULT_PAGE_SIZE = 100
