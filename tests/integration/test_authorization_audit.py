@@ -519,3 +519,13 @@ async def test_a_caller_that_may_read_nothing_learns_nothing_from_min_position(s
         with pytest.raises(grpc.aio.AioRpcError) as beyond:
             await alice.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acc-1", min_position=10**9))
         assert details_of(beyond.value).reason == "POSITION_BEYOND_END"
+
+
+async def test_an_upload_through_the_bearer_helper_carries_its_token(served: Served) -> None:
+    # ImportLog streams its requests and gets one answer: the test helper
+    # sent no token on calls of that shape (UNAUTHENTICATED, not the policy's answer).
+    async with connect(served.app.address, interceptors=bearer(served.token("eve"))) as eve:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await eve.admin.ImportLog(iter([admin.ImportLogRequest()]))
+    details = details_of(refused.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")

@@ -238,6 +238,18 @@ class _BearerDuplex(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[mis
         return await continuation(_with_token(details, self._token), request_iterator)
 
 
+class _BearerUpload(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    async def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(_with_token(details, self._token), request_iterator)
+
+
 def bearer(token: str) -> list[Any]:
-    """Client interceptors that send ``authorization: Bearer <token>``."""
-    return [_BearerUnary(token), _BearerStream(token), _BearerDuplex(token)]
+    """Client interceptors that send ``authorization: Bearer <token>``, on
+    calls of every shape (ImportLog is the one that streams its requests
+    and gets one answer)."""
+    return [_BearerUnary(token), _BearerStream(token), _BearerDuplex(token), _BearerUpload(token)]
