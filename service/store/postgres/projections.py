@@ -164,7 +164,7 @@ def commit_projection_statements(
     if any(subjects):
         statements.append(Statement.prepared(sql.CHECK_SUBJECTS, (named,)))
     if deletes:
-        statements.append(Statement.prepared(sql.DELETE_DOCUMENTS, (name, deletes)))
+        statements.extend(Statement.prepared(sql.DELETE_DOCUMENT, (name, key)) for key in deletes)
     if keys:
         columns = (compact_json(keys), compact_json(type_names), compact_json(data), named)
         statements.append(Statement.prepared(sql.PUT_DOCUMENTS, (name, *columns)))
