@@ -448,7 +448,13 @@ async def test_a_paged_command_stream_without_credentials_is_unauthenticated_and
         requests=[command_service_pb2.SubmitRequest(command=command("acc-1", bank.OpenAccount(owner="ann")))]
     )
     async with secured.client() as anonymous:
-        outcome = await refused(read_pages(anonymous.commands.SubmitStreamPages(iter([page]))))
+        for _ in range(3):
+            outcome = await refused(read_pages(anonymous.commands.SubmitStreamPages(iter([page]))))
+            # grpc.aio loses a stream's status when the server ends the call
+            # as the client writes (grpc/grpc#36066: INTERNAL "Internal error
+            # from Core"); the project's clients ask again, and so does this.
+            if outcome != (grpc.StatusCode.INTERNAL, ""):
+                break
     assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS")
     assert list((await at_rest(secured.store)).changes_since(before)) == ["refusals"]
 
