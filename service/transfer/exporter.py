@@ -19,6 +19,7 @@ from chronicle.v1 import export_pb2
 from service.store.base import AggregateQuery, Store
 from service.store.records import TOMBSTONE_EVENT_TYPE, AggregateLastEvent, LogFilter
 from service.transfer.records import (
+    end_record,
     exported_claim,
     exported_command,
     exported_data_key,
@@ -106,15 +107,7 @@ class Exporter:
             async for record in part:
                 counts[record.WhichOneof("record") or ""] += 1
                 yield record
-        yield export_pb2.ExportRecord(
-            end=export_pb2.ExportEnd(
-                events=counts["event"],
-                snapshots=counts["snapshot"],
-                claims=counts["claim"],
-                commands=counts["command"],
-                data_keys=counts["data_key"],
-            )
-        )
+        yield end_record(counts)
 
     async def matching(self, rule: ArchiveRule) -> list[str]:
         """The ids of the aggregates ``rule`` picks, looking at each

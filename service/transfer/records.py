@@ -133,6 +133,20 @@ def exported_data_key(key: DataKey) -> export_pb2.ExportRecord:
 # -- back to store records, checked ------------------------------------------------
 
 
+def end_record(counts: Mapping[str, int]) -> export_pb2.ExportRecord:
+    """A stream's end, counting its records by kind (``WhichOneof``'s
+    names; kinds it has none of may be missing)."""
+    return export_pb2.ExportRecord(
+        end=export_pb2.ExportEnd(
+            events=counts.get("event", 0),
+            snapshots=counts.get("snapshot", 0),
+            claims=counts.get("claim", 0),
+            commands=counts.get("command", 0),
+            data_keys=counts.get("data_key", 0),
+        )
+    )
+
+
 def _bad(where: str, description: str) -> InvalidInput:
     return InvalidInput.for_field(where, description, reason=BAD_RECORD)
 

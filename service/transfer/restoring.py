@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from chronicle.v1 import export_pb2
+from service.transfer.records import end_record
 
 
 def aggregate_of(record: export_pb2.ExportRecord) -> str | None:
@@ -34,15 +35,7 @@ def only_aggregates(records: Iterable[export_pb2.ExportRecord], chosen: set[str]
                 header.header.aggregate_ids.extend(named)
             yield header
         elif kind == "end":
-            yield export_pb2.ExportRecord(
-                end=export_pb2.ExportEnd(
-                    events=counts["event"],
-                    snapshots=counts["snapshot"],
-                    claims=counts["claim"],
-                    commands=counts["command"],
-                    data_keys=counts["data_key"],
-                )
-            )
+            yield end_record(counts)
         elif not chosen or aggregate_of(record) in chosen:
             counts[kind] += 1
             yield record

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from service.store.base import StoreAdapter
 from service.store.records import RecordedEvent, Snapshot
 from service.store_contract.records import command_record
 from service.transfer.exporter import FORMAT, FORMAT_VERSION
-from service.transfer.records import exported_command, exported_event, exported_snapshot
+from service.transfer.records import end_record, exported_command, exported_event, exported_snapshot
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.stores import STORES, store_site
 from tests.support.transfer import imported
@@ -48,18 +49,7 @@ def header() -> Record:
 
 
 def end(records: list[Record]) -> Record:
-    counts = {"event": 0, "snapshot": 0, "claim": 0, "command": 0, "data_key": 0}
-    for record in records:
-        counts[record.WhichOneof("record") or ""] += 1
-    return Record(
-        end=export_pb2.ExportEnd(
-            events=counts["event"],
-            snapshots=counts["snapshot"],
-            claims=counts["claim"],
-            commands=counts["command"],
-            data_keys=counts["data_key"],
-        )
-    )
+    return end_record(Counter(record.WhichOneof("record") or "" for record in records))
 
 
 def stream(*records: Record) -> list[Record]:
