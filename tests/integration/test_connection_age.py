@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 
 import grpc
@@ -17,7 +18,7 @@ from chronicle.v1 import command_service_pb2, command_service_pb2_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.client import ChronicleClient, Command, RetryPolicy
 from service.store.memory import MemoryStore
-from tests.support.grpc_client import TEST_SETTINGS, command, running_server
+from tests.support.grpc_client import TEST_SETTINGS, Client, command, running_server
 from tests.support.silent_proxy import SilentProxy
 from tests.support.waiting import eventually
 
@@ -25,14 +26,23 @@ AGED = replace(TEST_SETTINGS, max_connection_age_seconds=0.5, max_connection_age
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
 
 
-async def test_a_connection_is_closed_at_its_age_and_the_next_call_opens_another() -> None:
+@asynccontextmanager
+async def aged() -> AsyncIterator[tuple[Client, SilentProxy, grpc.aio.Channel]]:
+    """A server whose connections age in half a second, with an account
+    opened; a client straight to it, and a channel through a proxy that
+    counts the connections made."""
     async with (
         running_server(MemoryStore(), settings=AGED) as (app, client),
         SilentProxy(app.port).running() as proxy,
         grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel,
     ):
-        stub = command_service_pb2_grpc.CommandServiceStub(channel)
         await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        yield client, proxy, channel
+
+
+async def test_a_connection_is_closed_at_its_age_and_the_next_call_opens_another() -> None:
+    async with aged() as (_, proxy, channel):
+        stub = command_service_pb2_grpc.CommandServiceStub(channel)
         versions: list[int] = []
 
         async def deposit_through_the_proxy() -> bool:
@@ -45,13 +55,7 @@ async def test_a_connection_is_closed_at_its_age_and_the_next_call_opens_another
 
 
 async def test_a_subscription_outlives_its_connections_without_missing_an_event() -> None:
-    async with (
-        running_server(MemoryStore(), settings=AGED) as (app, client),
-        SilentProxy(app.port).running() as proxy,
-        grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel,
-        ChronicleClient(channel, retry=FAST) as subscriber,
-    ):
-        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    async with aged() as (client, proxy, channel), ChronicleClient(channel, retry=FAST) as subscriber:
         received: list[int] = []
 
         async def follow() -> None:
@@ -76,13 +80,7 @@ async def test_a_subscription_outlives_its_connections_without_missing_an_event(
 
 
 async def test_a_command_stream_outlives_its_connections_and_runs_each_command_once() -> None:
-    async with (
-        running_server(MemoryStore(), settings=AGED) as (app, client),
-        SilentProxy(app.port).running() as proxy,
-        grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as channel,
-        ChronicleClient(channel, retry=FAST) as submitter,
-    ):
-        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    async with aged() as (_, proxy, channel), ChronicleClient(channel, retry=FAST) as submitter:
 
         async def deposits() -> AsyncIterator[Command]:
             for _ in range(2_000):  # a bound for a broken build; the connections end it
