@@ -115,7 +115,10 @@ def _api_keys(settings: Settings) -> ApiKeys:
 
 def _jwt_verifier(settings: Settings) -> JwtVerifier:
     verifier = JwtVerifier.from_key_file(
-        settings.jwt_key_file, issuer=settings.jwt_issuer, audience=settings.jwt_audience or None
+        settings.jwt_key_file,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience or None,
+        leeway_seconds=settings.jwt_leeway_seconds,
     )
     if verifier.symmetric:  # a public key is no secret
         _check_private(settings, settings.jwt_key_file, "JWT secret")
@@ -387,7 +390,10 @@ async def start(
         authenticator=authenticator,
         on_refused=on_refused,
         on_denied=refused_commands.denied,
+        grant_of=authorizer.grant,
     )
+    if security_reloader is not None and gate.streams is not None:
+        security_reloader.on_change.append(gate.streams.recheck)
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
     health = Health(max_watches=settings.max_health_watches)
     tracker = SubscriptionTracker()

@@ -340,6 +340,14 @@ class Unauthenticated(ChronicleError):
     default_reason = "UNAUTHENTICATED"
 
 
+class CredentialsChanged(ChronicleError):
+    """A stream's credentials or grants changed while it was open (a policy
+    or key file read again): the stream ends, and the client opens it again
+    under the ones now in force (UNAVAILABLE, worth retrying)."""
+
+    default_reason = "CREDENTIALS_CHANGED"
+
+
 class PermissionDenied(ChronicleError):
     """The authenticated caller may not do what it asked."""
 

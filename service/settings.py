@@ -214,6 +214,13 @@ class Settings:
     jwt_audience: str = field(
         default="", metadata={"help": "required 'aud' of bearer JWTs (empty: tokens must have none)"}
     )
+    jwt_leeway_seconds: float = field(
+        default=30.0,
+        metadata={
+            "help": "clock skew allowed on a JWT's exp: a token is accepted, and a stream opened with it lives,"
+            " this long past its exp"
+        },
+    )
     tls_cert_file: str = field(default="", metadata={"help": "PEM certificate chain: serve TLS (with --tls-key-file)"})
     tls_key_file: str = field(default="", metadata={"help": "PEM private key of --tls-cert-file"})
     master_key_file: str = field(
@@ -269,6 +276,7 @@ class Settings:
             self.max_connection_age_seconds,
             self.max_connection_age_grace_seconds,
             self.auth_reload_seconds,
+            self.jwt_leeway_seconds,
         )
         if (
             min(

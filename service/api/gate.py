@@ -24,6 +24,7 @@ and it must answer when the server is busy.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +33,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from service.api.decoding import Undecodable, raising, tolerant
+from service.api.live_streams import LiveStream, LiveStreams
 from service.api.status import internal_status, rich_status
 from service.errors import ChronicleError, Overloaded, PermissionDenied, Unauthenticated
 from service.principal import Principal, current_principal
@@ -92,7 +94,10 @@ class RpcGate:
         authenticator: Authenticator | None = None,
         on_refused: OnRefused | None = None,
         on_denied: OnRefused | None = None,
+        grant_of: Callable[[Principal], object] | None = None,
     ) -> None:
+        """``grant_of``: what the policy grants a principal; a stream whose
+        principal's grant changes is ended (``service.api.live_streams``)."""
         self.max_rpcs = max_rpcs
         self.max_subscriptions = max_subscriptions
         self.max_rpcs_per_principal = max_rpcs_per_principal or max_rpcs
@@ -106,13 +111,20 @@ class RpcGate:
         self._authenticator = authenticator
         self._on_refused = on_refused
         self._on_denied = on_denied
+        # Authenticated streams, ended when their credentials or grants do.
+        self.streams = (
+            LiveStreams(authenticator, grant_of or (lambda principal: None)) if authenticator is not None else None
+        )
 
     # -- per call ------------------------------------------------------------
 
-    def _admit(self, subscription: bool, request: object, context: Context) -> str | None:
+    def _admit(
+        self, subscription: bool, request: object, context: Context, stream: bool = False
+    ) -> tuple[str | None, LiveStream | None]:
         """Raise the refusal, or count the call in and return the principal
-        it is counted against (None: authentication is off); the caller
-        counts it out."""
+        it is counted against (None: authentication is off) and, for a
+        ``stream`` with authentication on, its registration in
+        ``self.streams``; the caller counts it out (``_leave``)."""
         if subscription:
             if self.subscriptions >= self.max_subscriptions:
                 raise Overloaded(
@@ -127,8 +139,10 @@ class RpcGate:
                 metadata={"max_concurrent_rpcs": str(self.max_rpcs)},
             )
         name = None
+        credentials = None
         if self._authenticator is not None:
-            name = self._authenticate(context)
+            credentials = self._authenticate(context)
+            name = credentials[0].name
             held = (self.subscriptions_of if subscription else self.rpcs_of).get(name, 0)
             if held >= (self.max_subscriptions_per_principal if subscription else self.max_rpcs_per_principal):
                 raise self._over_quota(subscription)
@@ -142,7 +156,9 @@ class RpcGate:
             self.in_flight += 1
             if name is not None:
                 self.rpcs_of[name] = held + 1
-        return name
+        if stream and credentials is not None and self.streams is not None:
+            return name, self.streams.open(*credentials)
+        return name, None
 
     def _over_quota(self, subscription: bool) -> Overloaded:
         if subscription:
@@ -159,7 +175,9 @@ class RpcGate:
             metadata={"max_rpcs_per_principal": str(limit)},
         )
 
-    def _leave(self, subscription: bool, name: str | None) -> None:
+    def _leave(self, subscription: bool, name: str | None, stream: LiveStream | None = None) -> None:
+        if stream is not None and self.streams is not None:
+            self.streams.close(stream)
         if subscription:
             self.subscriptions -= 1
             counts = self.subscriptions_of
@@ -173,15 +191,29 @@ class RpcGate:
             else:
                 del counts[name]
 
-    def _authenticate(self, context: Context) -> str:
+    def _authenticate(self, context: Context) -> tuple[Principal, float | None, dict[str, str], bytes | None]:
+        """The caller, until when its credential holds, and what it was
+        established from (the call's metadata and client certificate)."""
         assert self._authenticator is not None
+        metadata, certificate = _metadata(context), _peer_certificate(context)
         try:
-            principal = self._authenticator.authenticate(_metadata(context), _peer_certificate(context))
+            principal, until = self._authenticator.authenticate_until(metadata, certificate)
         except ValueError as error:  # an unparsable peer certificate
             raise Unauthenticated(f"the client certificate is unusable: {error}", reason="BAD_CERTIFICATE") from None
         # Each RPC runs in a task of its own, so the value ends with the RPC.
         current_principal.set(principal)
-        return principal.name
+        return principal, until, metadata, certificate
+
+    async def _ended(self, method: str, stream: LiveStream | None, context: Context) -> None:
+        """The stream's task was cancelled: if ``self.streams`` ended it
+        (its credentials expired or changed), answer why, audited as a
+        refusal; otherwise the cancellation (a client that went away, a
+        server stopping) goes on."""
+        task = asyncio.current_task()
+        if stream is None or stream.ended is None or task is None:
+            raise asyncio.CancelledError
+        task.uncancel()
+        await self._refuse(method, None, context, stream.ended)
 
     async def _fail(self, method: str, request: object, context: Context, error: Exception) -> None:
         """What the servicer raised, as the RPC's status (abort raises)."""
@@ -214,7 +246,7 @@ class RpcGate:
             "request_deserializer": (raising if streamed else tolerant)(handler.request_deserializer, method),
             "response_serializer": handler.response_serializer,
         }
-        admit, leave, refuse, fail = self._admit, self._leave, self._refuse, self._fail
+        admit, leave, refuse, fail, ended = self._admit, self._leave, self._refuse, self._fail, self._ended
         # grpc.aio tells coroutine and async-generator behaviours from plain
         # ones by inspecting the function, so each shape is a real ``async def``.
         if handler.unary_unary is not None:
@@ -222,7 +254,7 @@ class RpcGate:
 
             async def unary_unary(request: object, context: Context) -> Any:
                 try:
-                    name = admit(subscription, request, context)
+                    name, _ = admit(subscription, request, context)
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
@@ -240,17 +272,21 @@ class RpcGate:
 
             async def unary_stream(request: object, context: Context) -> None:
                 try:
-                    name = admit(subscription, request, context)
+                    name, stream = admit(subscription, request, context, True)
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
                     await _write_all(inner_us(request, context), context)
                 except grpc.aio.AbortError:
                     raise
+                except asyncio.CancelledError:
+                    if stream is None or stream.ended is None:
+                        raise  # the client went away, or the server is stopping
+                    await ended(method, stream, context)
                 except Exception as error:
                     await fail(method, request, context, error)
                 finally:
-                    leave(subscription, name)
+                    leave(subscription, name, stream)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
         # Streamed requests: the gate sees None, and a message that does not
@@ -261,34 +297,42 @@ class RpcGate:
 
             async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
                 try:
-                    name = admit(subscription, None, context)
+                    name, stream = admit(subscription, None, context, True)
                 except ChronicleError as error:
                     await refuse(method, None, context, error)
                 try:
                     return await inner_su(requests, context)
                 except grpc.aio.AbortError:
                     raise
+                except asyncio.CancelledError:
+                    if stream is None or stream.ended is None:
+                        raise  # the client went away, or the server is stopping
+                    await ended(method, stream, context)
                 except Exception as error:
                     await fail(method, None, context, error)
                 finally:
-                    leave(subscription, name)
+                    leave(subscription, name, stream)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
         inner_ss = handler.stream_stream
 
         async def stream_stream(requests: AsyncIterator[Any], context: Context) -> None:
             try:
-                name = admit(subscription, None, context)
+                name, stream = admit(subscription, None, context, True)
             except ChronicleError as error:
                 await refuse(method, None, context, error)
             try:
                 await _write_all(inner_ss(requests, context), context)
             except grpc.aio.AbortError:
                 raise
+            except asyncio.CancelledError:
+                if stream is None or stream.ended is None:
+                    raise  # the client went away, or the server is stopping
+                await ended(method, stream, context)
             except Exception as error:
                 await fail(method, None, context, error)
             finally:
-                leave(subscription, name)
+                leave(subscription, name, stream)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
 

@@ -38,6 +38,7 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.ConcurrencyConflict: grpc.StatusCode.ABORTED,
     errors.CommandIdReused: grpc.StatusCode.ALREADY_EXISTS,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.CredentialsChanged: grpc.StatusCode.UNAVAILABLE,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.AggregateForgotten: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AggregateDeleted: grpc.StatusCode.FAILED_PRECONDITION,

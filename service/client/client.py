@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -19,6 +20,7 @@ from chronicle.v1 import (
     event_service_pb2_grpc,
     subscription_group_service_pb2_grpc,
 )
+from service.client.call_metadata import CallMetadata, TokenSource
 from service.client.checkpoints import CheckpointStore
 from service.client.commands import Command, new_command_id
 from service.client.errors import RemoteError
@@ -50,7 +52,8 @@ class ChronicleClient:
 
     ``attempt_timeout`` bounds each attempt, in seconds (bound a whole call,
     retries included, with ``asyncio.timeout``); ``call_metadata`` is sent
-    with every call (an ``authorization`` header, say).
+    with every call (an ``authorization`` header, say; a ``CallMetadata``
+    asks for its token at each call).
 
     With ``routes`` (``connect(..., routing=True)``) commands go to the
     replica that owns their aggregate's partition, over a channel per
@@ -66,7 +69,7 @@ class ChronicleClient:
         user_id: str = "",
         retry: RetryPolicy = DEFAULT_RETRY,
         attempt_timeout: float | None = DEFAULT_ATTEMPT_TIMEOUT,
-        call_metadata: Sequence[tuple[str, str]] = (),
+        call_metadata: Sequence[tuple[str, str]] | CallMetadata = (),
         owns_channel: bool = False,
         routes: Routes | None = None,
     ) -> None:
@@ -79,7 +82,7 @@ class ChronicleClient:
         self._user_id = user_id
         self._retry = retry
         self._attempt_timeout = attempt_timeout
-        self._call_metadata = tuple(call_metadata)
+        self._call_metadata = CallMetadata.of(call_metadata)
         self._owns_channel = owns_channel
         # Whether the server has ReadAggregatePages (None: not asked yet).
         self._paged_reads: bool | None = None
@@ -96,7 +99,7 @@ class ChronicleClient:
         address: str,
         *,
         credentials: grpc.ChannelCredentials | None = None,
-        token: str | None = None,
+        token: TokenSource | None = None,
         origin: str = "",
         user_id: str = "",
         retry: RetryPolicy = DEFAULT_RETRY,
@@ -108,7 +111,11 @@ class ChronicleClient:
         with the client: plaintext, or TLS with ``credentials``
         (``grpc.ssl_channel_credentials(ca, key, cert)``, with a client
         certificate for mutual TLS). ``token`` (a JWT or an API key) is sent
-        as ``authorization: Bearer <token>`` with every call. ``routing``:
+        as ``authorization: Bearer <token>`` with every call; a function
+        returning the token is asked at each call, and a call or stream that
+        a stale token failed (expired, or signed with a key the server
+        rotated out) is retried with the token it returns then, so streams
+        outlive a short-lived JWT (``service.client.call_metadata``). ``routing``:
         send each command to the replica that owns its aggregate (found
         from ``address``, then followed; see ``service.client.routing``),
         with the same credentials; use it inside ``async with``, which
@@ -120,16 +127,17 @@ class ChronicleClient:
             return grpc.aio.insecure_channel(target)
 
         channel = open_channel(address)
-        if token is not None:
-            call_metadata = (*call_metadata, ("authorization", f"Bearer {token}"))
-        routes = Routes(channel, open_channel=open_channel, call_metadata=call_metadata) if routing else None
+        metadata = CallMetadata(call_metadata, token)
+        if metadata.refreshes:
+            retry = replace(retry, refresh_credentials=True)
+        routes = Routes(channel, open_channel=open_channel, call_metadata=metadata) if routing else None
         return cls(
             channel,
             origin=origin,
             user_id=user_id,
             retry=retry,
             attempt_timeout=attempt_timeout,
-            call_metadata=call_metadata,
+            call_metadata=metadata,
             owns_channel=True,
             routes=routes,
         )
@@ -187,7 +195,7 @@ class ChronicleClient:
         async def attempt() -> command_service_pb2.SubmitResponse:
             response: command_service_pb2.SubmitResponse = await self._routed(
                 aggregate_id,
-                lambda stub: stub.Submit(request, timeout=self._attempt_timeout, metadata=self._call_metadata),
+                lambda stub: stub.Submit(request, timeout=self._attempt_timeout, metadata=self._call_metadata()),
             )
             return response
 
@@ -213,7 +221,7 @@ class ChronicleClient:
         async def attempt() -> command_service_pb2.SubmitBatchResponse:
             response: command_service_pb2.SubmitBatchResponse = await self._routed(
                 commands[0].aggregate_id if commands else "",
-                lambda stub: stub.SubmitBatch(request, timeout=self._attempt_timeout, metadata=self._call_metadata),
+                lambda stub: stub.SubmitBatch(request, timeout=self._attempt_timeout, metadata=self._call_metadata()),
             )
             return response
 
@@ -256,8 +264,8 @@ class ChronicleClient:
 
         def open_on(stub: command_service_pb2_grpc.CommandServiceStub, paged: bool) -> Any:  # a stream: no deadline
             if paged:
-                return stub.SubmitStreamPages(metadata=self._call_metadata)
-            return stub.SubmitStream(metadata=self._call_metadata)
+                return stub.SubmitStreamPages(metadata=self._call_metadata())
+            return stub.SubmitStream(metadata=self._call_metadata())
 
         def encode(command: Command) -> command_service_pb2.SubmitRequest:
             return command_service_pb2.SubmitRequest(command=self._encode(command), dry_run=dry_run)
@@ -368,9 +376,12 @@ class ChronicleClient:
         that has them, else one by one; ``request()`` is called at each
         (re)opening, after the last event taken."""
         what = f"read {aggregate_id!r}"
-        options = {"timeout": self._attempt_timeout, "metadata": self._call_metadata}
+
+        def options() -> dict[str, Any]:
+            return {"timeout": self._attempt_timeout, "metadata": self._call_metadata()}
+
         if self._paged_reads is not False:
-            pages = resuming(self._retry, what, lambda: self._events.ReadAggregatePages(request(), **options))
+            pages = resuming(self._retry, what, lambda: self._events.ReadAggregatePages(request(), **options()))
             try:
                 async for page in pages:
                     self._paged_reads = True
@@ -381,7 +392,7 @@ class ChronicleClient:
                 if error.code != grpc.StatusCode.UNIMPLEMENTED or self._paged_reads:
                     raise
                 self._paged_reads = False  # a server from before pages
-        async for envelope in resuming(self._retry, what, lambda: self._events.ReadAggregate(request(), **options)):
+        async for envelope in resuming(self._retry, what, lambda: self._events.ReadAggregate(request(), **options())):
             yield envelope
 
     async def read_all(
@@ -427,7 +438,7 @@ class ChronicleClient:
         ``from_end``) and saves as it goes. See :class:`Subscription`."""
 
         def open_call(request: event_service_pb2.SubscribeRequest) -> Any:
-            return self._events.Subscribe(request, metadata=self._call_metadata)  # a stream: no deadline
+            return self._events.Subscribe(request, metadata=self._call_metadata())  # a stream: no deadline
 
         return Subscription(
             open_call,
@@ -449,7 +460,7 @@ class ChronicleClient:
         consumers (see ``service.client.groups``). Use it in ``async with``."""
 
         def open_call() -> Any:
-            return self._groups.Consume(metadata=self._call_metadata)  # a stream: no deadline
+            return self._groups.Consume(metadata=self._call_metadata())  # a stream: no deadline
 
         return GroupConsumer(
             open_call,
@@ -492,7 +503,7 @@ class ChronicleClient:
 
         async def attempt() -> event_service_pb2.GetAggregateResponse:
             response: event_service_pb2.GetAggregateResponse = await self._events.GetAggregate(
-                request, timeout=self._attempt_timeout, metadata=self._call_metadata
+                request, timeout=self._attempt_timeout, metadata=self._call_metadata()
             )
             return response
 

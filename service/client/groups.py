@@ -31,6 +31,7 @@ from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
+from service.client.call_metadata import CallMetadata
 from service.client.errors import RemoteError, remote_error, status_lost
 from service.client.results import Event
 from service.client.retry import RetryPolicy, call_with_retries
@@ -232,16 +233,16 @@ class Groups:
         *,
         retry: RetryPolicy,
         attempt_timeout: float | None,
-        call_metadata: Sequence[tuple[str, str]],
+        call_metadata: Sequence[tuple[str, str]] | CallMetadata,
     ) -> None:
         self._stub = stub
         self._retry = retry
         self._timeout = attempt_timeout
-        self._metadata = tuple(call_metadata)
+        self._metadata = CallMetadata.of(call_metadata)
 
     async def _once(self, method: Callable[..., Any], request: Any) -> Any:
         try:
-            return await method(request, timeout=self._timeout, metadata=self._metadata)
+            return await method(request, timeout=self._timeout, metadata=self._metadata())
         except grpc.aio.AioRpcError as failed:
             raise remote_error(failed) from failed
 
@@ -287,7 +288,7 @@ class Groups:
 
         async def attempt() -> pb.ListGroupsResponse:
             response: pb.ListGroupsResponse = await self._stub.ListGroups(
-                pb.ListGroupsRequest(), timeout=self._timeout, metadata=self._metadata
+                pb.ListGroupsRequest(), timeout=self._timeout, metadata=self._metadata()
             )
             return response
 
@@ -307,7 +308,7 @@ class Groups:
             response: pb.ListParkedResponse = await self._stub.ListParked(
                 pb.ListParkedRequest(group=group, after_position=after_position, limit=limit),
                 timeout=self._timeout,
-                metadata=self._metadata,
+                metadata=self._metadata(),
             )
             return response
 

@@ -36,6 +36,10 @@ RETRYABLE = frozenset(
         grpc.StatusCode.CANCELLED,
     }
 )
+# UNAUTHENTICATED reasons a fresh credential can cure: a token that expired
+# (a stream the server ended at its exp, too), or one signed with a key the
+# server rotated out. Retried only with ``refresh_credentials``.
+REFRESHABLE = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN", "UNKNOWN_API_KEY"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -48,6 +52,10 @@ class RetryPolicy:
     than the server's ``RetryInfo`` delay. ``RESOURCE_EXHAUSTED`` is retried
     only when the server sent a ``RetryInfo`` (a full queue), not when gRPC
     itself refused (a message over the size limit will not shrink).
+    ``refresh_credentials``: an expired or rotated-out credential
+    (UNAUTHENTICATED, ``REFRESHABLE``) is retried too, because each attempt
+    asks for the token again (``ChronicleClient.connect`` with a token
+    function sets it).
     """
 
     max_attempts: int = 5
@@ -55,6 +63,7 @@ class RetryPolicy:
     max_backoff: float = 2.0
     multiplier: float = 2.0
     jitter: float = 0.2
+    refresh_credentials: bool = False
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -65,7 +74,11 @@ class RetryPolicy:
     def delay(self, attempt: int, error: RemoteError) -> float | None:
         """Seconds to wait before attempt ``attempt + 1`` after ``error`` ended
         attempt ``attempt``; None: do not retry."""
-        if attempt >= self.max_attempts or error.code not in RETRYABLE:
+        if attempt >= self.max_attempts:
+            return None
+        if error.code not in RETRYABLE and not (
+            self.refresh_credentials and error.code == grpc.StatusCode.UNAUTHENTICATED and error.reason in REFRESHABLE
+        ):
             return None
         if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_delay is None:
             return None

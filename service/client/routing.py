@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 
 from chronicle.v1 import cluster_service_pb2, cluster_service_pb2_grpc, command_service_pb2_grpc
+from service.client.call_metadata import CallMetadata
 from service.client.stopping import stop
 
 log = logging.getLogger(__name__)
@@ -58,13 +59,13 @@ class Routes:
         seed: grpc.aio.Channel,
         *,
         open_channel: Callable[[str], grpc.aio.Channel],
-        call_metadata: Sequence[tuple[str, str]] = (),
+        call_metadata: Sequence[tuple[str, str]] | CallMetadata = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._seed = seed
         self._seed_commands = command_service_pb2_grpc.CommandServiceStub(seed)
         self._open_channel = open_channel
-        self._metadata = tuple(call_metadata)
+        self._metadata = CallMetadata.of(call_metadata)
         self._clock = clock
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._commands: dict[str, command_service_pb2_grpc.CommandServiceStub] = {}
@@ -201,7 +202,7 @@ class Routes:
         stub = cluster_service_pb2_grpc.ClusterServiceStub(channel)
         try:
             response = await stub.GetTopology(
-                cluster_service_pb2.GetTopologyRequest(), timeout=_FETCH_TIMEOUT, metadata=self._metadata
+                cluster_service_pb2.GetTopologyRequest(), timeout=_FETCH_TIMEOUT, metadata=self._metadata()
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -237,7 +238,7 @@ class Routes:
             candidates = self._candidates()
             channel = candidates[turn % len(candidates)]
             call = cluster_service_pb2_grpc.ClusterServiceStub(channel).WatchTopology(
-                cluster_service_pb2.WatchTopologyRequest(), metadata=self._metadata
+                cluster_service_pb2.WatchTopologyRequest(), metadata=self._metadata()
             )
             try:
                 async for message in call:

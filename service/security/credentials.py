@@ -109,7 +109,13 @@ class JwtVerifier:
 
     @classmethod
     def from_key_file(
-        cls, path: str | Path, *, issuer: str, audience: str | None, algorithms: Sequence[str] = ()
+        cls,
+        path: str | Path,
+        *,
+        issuer: str,
+        audience: str | None,
+        algorithms: Sequence[str] = (),
+        leeway_seconds: float = 30.0,
     ) -> JwtVerifier:
         """A PEM public key or an HMAC secret, checked and parsed once
         (``service.security.jwt_keys``). Only algorithms of the key's kind
@@ -123,7 +129,7 @@ class JwtVerifier:
                 f"JWT algorithms {sorted(set(chosen) - set(loaded.algorithms))} do not fit the key in {path}",
                 reason="BAD_JWT_KEY",
             )
-        return cls(key=loaded.key, issuer=issuer, algorithms=chosen, audience=audience)
+        return cls(key=loaded.key, issuer=issuer, algorithms=chosen, audience=audience, leeway_seconds=leeway_seconds)
 
     @property
     def symmetric(self) -> bool:
@@ -134,7 +140,8 @@ class JwtVerifier:
         return self.verify_until(token)[0]
 
     def verify_until(self, token: str) -> tuple[Principal, float]:
-        """The token's principal and its expiry (seconds since the epoch)."""
+        """The token's principal and its expiry (seconds since the epoch; it
+        is accepted until ``leeway_seconds`` after that)."""
         try:
             claims = jwt.decode(
                 token,
@@ -167,8 +174,10 @@ def _looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2 and token.startswith("eyJ")
 
 
-def certificate_subject(pem: bytes) -> str:
-    return x509.load_pem_x509_certificate(pem).subject.rfc4514_string()
+def _certificate_principal(pem: bytes) -> tuple[Principal, float]:
+    """A client certificate's subject, and when the certificate expires."""
+    certificate = x509.load_pem_x509_certificate(pem)
+    return Principal(certificate.subject.rfc4514_string(), "mtls"), certificate.not_valid_after_utc.timestamp()
 
 
 class Authenticator:
@@ -211,19 +220,29 @@ class Authenticator:
         self._jwt = verifier
         self._verified.clear()
 
-    def _from_jwt(self, verifier: JwtVerifier, token: str) -> Principal:
+    def _from_jwt(self, verifier: JwtVerifier, token: str) -> tuple[Principal, float]:
         hit = self._verified.get(token)
         if hit is not None and self._clock() < hit[1]:
             self._verified.move_to_end(token)
-            return hit[0]
+            return hit[0], hit[1] + verifier.leeway_seconds
         principal, expires = verifier.verify_until(token)
         self._verified[token] = (principal, expires)
         self._verified.move_to_end(token)
         while len(self._verified) > self._cache_size:
             self._verified.popitem(last=False)
-        return principal
+        return principal, expires + verifier.leeway_seconds
 
     def authenticate(self, metadata: Mapping[str, str], peer_certificate: bytes | None) -> Principal:
+        return self.authenticate_until(metadata, peer_certificate)[0]
+
+    def authenticate_until(
+        self, metadata: Mapping[str, str], peer_certificate: bytes | None
+    ) -> tuple[Principal, float | None]:
+        """The caller, and until when (seconds since the epoch) its credential
+        is accepted: a JWT's ``exp`` and the leeway, a client certificate's
+        end of validity; None for an API key, which holds until it is
+        revoked. A stream opened with the credential ends then
+        (``service.api.live_streams``)."""
         header = metadata.get("authorization")
         if header is not None:
             scheme, _, token = header.strip().partition(" ")
@@ -235,8 +254,8 @@ class Authenticator:
             if self._jwt is not None and _looks_like_jwt(token):
                 return self._from_jwt(self._jwt, token)
             if self._api_keys is not None:
-                return self._api_keys.verify(token)
+                return self._api_keys.verify(token), None
             raise Unauthenticated("the bearer token is not a valid JWT", reason="INVALID_TOKEN")
         if self._mtls and peer_certificate is not None:
-            return Principal(certificate_subject(peer_certificate), "mtls")
+            return _certificate_principal(peer_certificate)
         raise Unauthenticated("credentials are required: send 'authorization: Bearer <token>'", reason="NO_CREDENTIALS")

@@ -7,8 +7,9 @@ size and inode: a Kubernetes secret or config map swaps a symbolic link,
 an editor writes a new file). A changed file is loaded and checked exactly
 as at start-up; a good one is used from the next call on, a broken one is
 logged and the one before is kept (a typo must not lock every caller out),
-until the file changes again. Calls already open keep the principal they
-were opened with (docs/security.md)."""
+until the file changes again. After a file was read again, the
+``on_change`` callbacks run: the gate ends the streams whose credentials or
+grants no longer hold (``service.api.live_streams``)."""
 
 from __future__ import annotations
 
@@ -50,10 +51,11 @@ class WatchedFile:
     def __post_init__(self) -> None:
         self.seen = signature(self.path)  # as loaded at start-up
 
-    def check(self) -> None:
+    def check(self) -> bool:
+        """Whether the file changed and what it holds now is in use."""
         now = signature(self.path)
         if now == self.seen:
-            return
+            return False
         self.seen = now  # a broken file is reported once, not every interval
         try:
             loaded = self.load()
@@ -61,9 +63,10 @@ class WatchedFile:
             log.error(
                 "%s %s changed but cannot be used (%s); the previous one stays in use", self.what, self.path, error
             )
-            return
+            return False
         self.use(loaded)
         log.info("%s %s read again; new calls use it", self.what, self.path)
+        return True
 
 
 class SecurityReloader:
@@ -73,15 +76,25 @@ class SecurityReloader:
         self.files = list(files)
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        # Called after one or more files were read again and put in use.
+        self.on_change: list[Callable[[], object]] = []
 
     def check(self) -> None:
+        changed = False
         for watched in self.files:
             try:
-                watched.check()
+                changed = watched.check() or changed
             except Exception:
                 # A bug here must not end the watch (or the other files'):
                 # revoking a key would silently stop working.
                 log.exception("reading %s %s again failed", watched.what, watched.path)
+        if not changed:
+            return
+        for callback in self.on_change:
+            try:
+                callback()
+            except Exception:
+                log.exception("acting on the security files read again failed")
 
     async def _run(self) -> None:
         while True:

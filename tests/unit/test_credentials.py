@@ -3,6 +3,8 @@ of verified JWTs: never past their expiry, never for a token that failed."""
 
 from __future__ import annotations
 
+import datetime
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from service.errors import Unauthenticated
 from service.principal import Principal
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier, hash_api_key
+from tests.support.security import Authority
 
 # SHA-256 of "abc", the FIPS 180-2 test vector: the key file holds the hex
 # SHA-256 of the key's UTF-8 bytes (docs/security.md), so an operator's
@@ -35,6 +38,8 @@ TOKEN = {"authorization": "Bearer eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl"}
 
 class CountingVerifier:
     """Stands in for a JwtVerifier: a token for alice that expires at 100."""
+
+    leeway_seconds = 30.0
 
     def __init__(self, *, fails: bool = False) -> None:
         self.calls = 0
@@ -70,3 +75,24 @@ def test_a_token_that_fails_is_not_remembered() -> None:
         with pytest.raises(Unauthenticated):
             auth.authenticate(TOKEN, None)
     assert verifier.calls == 2
+
+
+def test_a_token_is_accepted_until_its_exp_and_the_leeway_cached_or_not() -> None:
+    verifier, now = CountingVerifier(), [0.0]
+    auth = authenticator(verifier, now)
+    assert auth.authenticate_until(TOKEN, None) == (Principal("alice", "jwt"), 130.0)
+    assert auth.authenticate_until(TOKEN, None) == (Principal("alice", "jwt"), 130.0)
+    assert verifier.calls == 1  # the second from the cache, with the same end
+
+
+def test_an_api_key_holds_until_revoked_and_a_certificate_until_it_expires(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text(f'[[keys]]\nprincipal = "bob"\nsha256 = "{hash_api_key("chr_secret")}"\n')
+    keys = Authenticator(api_keys=ApiKeys.load(path), mtls=True)
+    assert keys.authenticate_until({"authorization": "Bearer chr_secret"}, None) == (Principal("bob", "api-key"), None)
+
+    issued = Authority().issue("carol", valid_until=datetime.timedelta(hours=2))
+    principal, until = keys.authenticate_until({}, issued.certificate)
+    assert principal == Principal("CN=carol,O=Chronicle Tests", "mtls")
+    assert until is not None
+    assert abs(until - (time.time() + 7200)) < 60

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.errors import ConfigurationError
 from service.security.reloading import SecurityReloader, WatchedFile
 
 
@@ -48,3 +49,33 @@ def test_a_bug_in_one_file_leaves_the_others_read(tmp_path: Path, caplog: pytest
         reloader.check()
     assert "reading policy file" in caplog.text and "a bug below" in caplog.text
     assert used == ["b, changed"]
+
+
+def test_the_change_callbacks_run_once_per_look_that_put_a_file_to_use(tmp_path: Path) -> None:
+    good, broken = tmp_path / "keys.toml", tmp_path / "policy.toml"
+    good.write_text("one")
+    broken.write_text("fine")
+
+    def load_broken() -> str:
+        if "bad" in broken.read_text():
+            raise ConfigurationError("not TOML", reason="BAD_POLICY")
+        return broken.read_text()
+
+    reloader = SecurityReloader(
+        [
+            WatchedFile(str(good), "API-key file", good.read_text, lambda _: None),
+            WatchedFile(str(broken), "policy file", load_broken, lambda _: None),
+        ],
+        interval=60,
+    )
+    calls: list[str] = []
+    reloader.on_change.append(lambda: calls.append("changed"))
+    reloader.check()
+    assert calls == []  # nothing changed
+    broken.write_text("bad, and longer")
+    reloader.check()
+    assert calls == []  # changed, but not usable: what is in force did not change
+    good.write_text("two, longer")
+    broken.write_text("fine again, longer")
+    reloader.check()
+    assert calls == ["changed"]  # two files in one look: one call
