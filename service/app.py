@@ -572,6 +572,7 @@ async def start(
                     projections_group=PROJECTIONS_GROUP,
                 ),
                 authenticator=authenticator,
+                on_refused=refused_commands.console,
             )
             await console.start(settings.console_listen, tls=_console_tls(settings))
     except (RuntimeError, ConfigurationError) as error:

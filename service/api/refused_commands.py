@@ -55,6 +55,8 @@ SELF_AUDITED = frozenset(
         "/chronicle.v1.SubscriptionGroupService/ReplayParked",
     }
 )
+# The command type of the console's refusals, before the page's path.
+CONSOLE = "console"
 # What the client sent, cut to a bounded size: a refused request may be
 # malformed in any way.
 AUDITED_LENGTH = 200
@@ -98,6 +100,24 @@ class RefusedCommands:
         entry = call_entry(method, request, error, principal, peer)
         # Anonymous callers (denied a projection only administrators may
         # read) are sampled.
+        await self._sampled.refused(entry, accountable=principal is not None and principal.authenticated)
+
+    async def console(
+        self, path: str, error: ChronicleError, principal: Principal | None, peer: str, aggregate_id: str = ""
+    ) -> None:
+        """Record what the console refused: a login with a bad credential
+        (``/login``, sampled as the API's unauthenticated calls are), or a
+        page the policy denied its session's principal. The entry's command
+        type is ``console`` and the page's path (its actions, rebuilding a
+        projection and replaying a parked event, are audited as their RPCs)."""
+        entry = refusal(
+            error,
+            command_type=_cut(CONSOLE + path),
+            aggregate_id=_cut(aggregate_id),
+            principal=principal.name if principal is not None else "",
+            user_id=principal.name if principal is not None else "",
+            peer=peer,
+        )
         await self._sampled.refused(entry, accountable=principal is not None and principal.authenticated)
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlsplit
@@ -37,6 +37,7 @@ class Request:
     query: Mapping[str, str]
     headers: Mapping[str, str]  # names in lower case
     body: bytes = b""
+    peer: str = ""  # the client's address as gRPC spells a peer's (audited with refusals)
 
     @property
     def cookies(self) -> dict[str, str]:
@@ -178,7 +179,7 @@ class HttpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(REQUEST_SECONDS):
-                request = await _read_request(reader)
+                request = replace(await _read_request(reader), peer=_peer(writer))
         except _BadRequest as bad:
             response = Response(bad.status, bad.status.phrase.encode(), "text/plain; charset=utf-8")
         except TimeoutError:
@@ -205,3 +206,11 @@ class HttpServer:
             closing = getattr(stream, "aclose", None)
             if closing is not None:
                 await closing()
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    address = writer.get_extra_info("peername")
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"ipv6:[{host}]:{address[1]}" if ":" in host else f"ipv4:{host}:{address[1]}"
+    return ""

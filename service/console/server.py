@@ -65,6 +65,10 @@ _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 _SESSION_ENDED = b'event: refused\ndata: "SESSION_ENDED: the session ended; log in again"\n\n'
 
 Page = Callable[[Request], Awaitable[tuple[str, list[Content]]]]
+# Records a refusal in the audit log: (the page's path, the error, the
+# principal if one was authenticated, the client's address, the aggregate
+# the page named). ``RefusedCommands.console``.
+OnRefused = Callable[[str, ChronicleError, Principal | None, str, str], Awaitable[None]]
 
 
 def check_console_exposure(*, listen: str, auth: bool, tls: bool) -> list[str]:
@@ -114,8 +118,12 @@ class Console:
         *,
         authenticator: Authenticator | None,
         session_idle_seconds: float = 3600.0,
+        on_refused: OnRefused | None = None,
     ) -> None:
+        """``on_refused``: records a refused login and a page the policy
+        denied (the audit log, as the API's refusals)."""
         self._parts = parts
+        self._on_refused = on_refused
         self._sessions = Sessions(authenticator, idle_seconds=session_idle_seconds) if authenticator else None
         self._http = HttpServer(self._handle, base_headers=SECURITY_HEADERS)
         self._secure_cookie = False
@@ -220,6 +228,7 @@ class Console:
             )
         render = pages.get(path)
         current = path
+        aggregate_id = ""
         if render is None and path.startswith("/aggregates/") and len(path) > len("/aggregates/"):
             aggregate_id = unquote(path.removeprefix("/aggregates/"))
             render = lambda: views.aggregate_page(parts, aggregate_id, query)  # noqa: E731
@@ -233,6 +242,8 @@ class Console:
         try:
             title, content = await render()
         except ChronicleError as error:
+            if isinstance(error, PermissionDenied) and self._on_refused is not None:
+                await self._on_refused(path, error, principal, request.peer, aggregate_id)
             return self._page(_status_of(error), "Refused", [views.error_box(error)], session, principal, current)
         scripts = ["/static/console.js"] if path == "/tail" else []
         return self._page(200, title, content, session, principal, current, refresh.get(path), scripts)
@@ -285,6 +296,8 @@ class Console:
             session_id, principal = self._sessions.log_in(credential)
         except Unauthenticated as error:
             log.warning("console login refused: %s", error.reason)
+            if self._on_refused is not None:
+                await self._on_refused("/login", error, None, request.peer, "")
             return Response(401, _login_page(error).encode())
         log.info("console login: %s (%s)", principal.name, principal.method)
         return _redirect("/log", cookie=session_id, secure=self._secure_cookie)

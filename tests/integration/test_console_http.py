@@ -19,7 +19,9 @@ from service.app import Application, start
 from service.console.http import MAX_BODY_BYTES, MAX_HEAD_BYTES
 from service.errors import ConfigurationError
 from service.settings import Settings
+from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
+from service.store.records import REFUSED
 from tests.support.grpc_client import TEST_SETTINGS, command, connect
 from tests.support.http import Answer, request, send_raw
 from tests.support.processes import serve_until_exit
@@ -185,8 +187,23 @@ async def test_an_unreadable_aggregate_is_refused_as_the_api_refuses_it(tmp_path
         assert denied.status == 403 and "READ_DENIED" in denied.text and "ann" not in denied.text
         listed = await request(address, "GET", "/log?q=acc", headers={"Cookie": cookie})
         assert "acc-1" not in listed.text
+        # Audited as the API's denied read is, with the browser's address.
+        audited = [e for e in await app.store.audit.read_audit(AuditQuery()) if e.outcome == REFUSED]
+        assert [(e.command_type, e.aggregate_id, e.principal, e.reason) for e in audited] == [
+            ("console/aggregates/acc-1", "acc-1", "bob", "READ_DENIED")
+        ]
+        assert audited[0].peer.startswith("ipv4:127.0.0.1:")
     finally:
         await app.stop(grace=0.5, drain=0)
+
+
+async def test_a_refused_login_is_audited_with_the_browsers_address(app: Application) -> None:
+    address = console(app)
+    refused = await log_in(address, "chr_not-a-key-anyone-has-0123456789")
+    assert refused.status == 401
+    audited = [e for e in await app.store.audit.read_audit(AuditQuery()) if e.outcome == REFUSED]
+    assert [(e.command_type, e.principal, e.reason) for e in audited] == [("console/login", "", "UNKNOWN_API_KEY")]
+    assert audited[0].peer.startswith("ipv4:127.0.0.1:")
 
 
 async def test_without_auth_the_console_answers_only_loopback_host_names() -> None:
