@@ -119,6 +119,30 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
             missing = sorted(known - permitted)[0]
             self._authorizer.subscribable(principal, frozenset({missing}), known)  # raises, naming it
 
+    async def _consumable(self, field: str, name: str) -> GroupState:
+        """Group ``name``, if the caller may consume it. A caller who may not
+        subscribe to every aggregate type hears the same refusal for a group
+        it may not consume as for one that does not exist; otherwise the
+        refusals would tell it which group names exist (GROUP_NOT_FOUND) and
+        which types a group reads (the one SUBSCRIBE_DENIED named), as
+        ``check_read_aggregate`` keeps aggregates from being probed."""
+        state = await self._store.load_group(group_name(field, name))
+        if state is not None and self._may_consume(state.spec):
+            return state
+        principal = current_principal.get()
+        if state is None and (
+            not self._authorizer.enforcing
+            or all(self._authorizer.may_subscribe(principal, t) for t in self._known_aggregate_types())
+        ):
+            raise group_not_found(name)
+        who = principal.name or "an anonymous caller"
+        raise PermissionDenied(
+            f"{who} may not consume group {name!r}: it does not exist, or reads aggregate types {who} may not"
+            " subscribe to",
+            reason="SUBSCRIBE_DENIED",
+            metadata={"principal": principal.name, "group": name},
+        )
+
     async def _group(self, field: str, name: str) -> GroupState:
         state = await self._store.load_group(group_name(field, name))
         if state is None:
@@ -230,8 +254,7 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         # Bound like every position asked for: the stores hold positions as
         # signed 64-bit integers (SQLite answered INTERNAL to one beyond).
         after = check_version("after_position", request.after_position, reason="INVALID_POSITION")
-        state = await self._group("group", request.group)
-        self._check_consume(state.spec)
+        state = await self._consumable("group", request.group)
         parked = await self._store.list_parked(state.spec.name, after_position=after, limit=request.limit or 100)
         return pb.ListParkedResponse(parked=[_parked(p) for p in parked])
 
@@ -254,13 +277,12 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         if first is None or first.WhichOneof("kind") != "start":
             raise _start_expected("the first request of Consume must be a start")
         start = first.start
-        state = await self._group("start.group", start.group)
+        state = await self._consumable("start.group", start.group)
         consumer = _name("start.consumer", start.consumer, "BAD_CONSUMER_NAME")
         if start.max_in_flight > MAX_IN_FLIGHT:
             raise InvalidInput.for_field(
                 "start.max_in_flight", f"must be at most {MAX_IN_FLIGHT}", reason="BAD_GROUP_SETTING"
             )
-        self._check_consume(state.spec)
         session = await self._groups.open(state.spec, consumer=consumer, max_in_flight=start.max_in_flight or 100)
         listening = asyncio.ensure_future(_listen(requests, session))
         try:

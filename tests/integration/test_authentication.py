@@ -433,6 +433,36 @@ async def test_groups_are_created_by_admins_and_consumed_with_the_subscribe_gran
         assert await refused(consume_first(bob, "tellers")) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")
 
 
+async def refusal_of(call: object) -> tuple[grpc.StatusCode, str, str, dict[str, str]]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    details = details_of(raised.value)
+    return details.code, details.reason, raised.value.details() or "", dict(details.metadata)
+
+
+async def test_a_group_that_does_not_exist_is_refused_as_one_the_caller_may_not_consume(secured: Secured) -> None:
+    """Otherwise GROUP_NOT_FOUND would tell a caller which group names
+    exist, and the type SUBSCRIBE_DENIED named which types a group reads."""
+    groups = subscription_group_service_pb2
+    async with secured.as_("root") as root:
+        await groups_of(root).CreateGroup(groups.CreateGroupRequest(name="everything"))
+    async with secured.as_("alice") as alice:
+        for ask in (
+            lambda group: consume_first(alice, group),
+            lambda group: groups_of(alice).ListParked(groups.ListParkedRequest(group=group)),
+        ):
+            existing = await refusal_of(ask("everything"))
+            missing = await refusal_of(ask("nothing"))
+            assert existing[:2] == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")
+            assert missing == (
+                existing[0],
+                existing[1],
+                existing[2].replace("everything", "nothing"),
+                {**existing[3], "group": "nothing"},
+            )
+            assert "Box" not in existing[2] and "Box" not in existing[3].values()
+
+
 # -- command streams in pages -------------------------------------------------
 
 
