@@ -16,6 +16,7 @@ import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 
+import { bearerToken, REFRESHABLE } from './credentials.js';
 import { RoutedStream } from './routed_stream.js';
 import { Routes } from './routing.js';
 import { Signal } from './signal.js';
@@ -80,6 +81,12 @@ const RESUMABLE = new Set(['UNAVAILABLE', 'CANCELLED']);
 // (RESOURCE_EXHAUSTED too, when the server sent a RetryInfo delay: too many
 // calls, not a message over gRPC's limit).
 const STREAM_RETRYABLE = new Set([...RESUMABLE, 'ABORTED', 'DEADLINE_EXCEEDED']);
+// Attempts at a unary call (and a read) that a stale token failed, when the
+// token is a function (credentials.js): as many as a routed send makes.
+const UNARY_ATTEMPTS = 3;
+// Reopenings in a row of a group consumer's stream that a stale token ended,
+// with nothing received in between, before it gives up.
+const CONSUME_ATTEMPTS = 5;
 // Commands of a stream sent and not yet answered: what a broken stream sends
 // again. The server starts up to 256 of one stream at once; more would queue.
 const STREAM_WINDOW = 256;
@@ -155,19 +162,54 @@ function call(stub, method, request, { timeoutSeconds = 10 } = {}) {
   });
 }
 
+/** Waits before attempt `attempt + 1`, after `refusal` ended attempt `attempt`. */
+function backoff(attempt, refusal) {
+  const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
+  return new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+}
+
 /**
  * A client of Chronicle; every call returns a promise. With `routing: true`
  * each command goes to the replica that owns its aggregate (routing.js),
  * found from `address` and followed; reads go to `address`.
+ *
+ * `credentials`: the channels' ChannelCredentials (default plaintext,
+ * grpc.credentials.createInsecure()); `grpc.credentials.createSsl(ca)` for
+ * TLS, `createSsl(ca, key, cert)` for mutual TLS. `token`: a JWT or an API
+ * key, sent as `authorization: Bearer <token>` with every call (unary and
+ * streaming, the routing client's too), or a function returning one or a
+ * promise of one, asked again at every call and every reopened stream
+ * (credentials.js). With a function, a call or stream that a stale token
+ * failed (UNAUTHENTICATED: TOKEN_EXPIRED, INVALID_TOKEN, UNKNOWN_API_KEY) is
+ * tried again with the token the function returns then: a unary call or a
+ * read up to UNARY_ATTEMPTS times in all; a subscription, a command stream
+ * or a group consumer reopened and resumed as after UNAVAILABLE, within its
+ * bound. With a string, that is an error like any other.
  */
 export class ChronicleClient {
-  constructor(address, { origin = 'node-example', userId = '', routing = false } = {}) {
-    const credentials = grpc.credentials.createInsecure();
-    this.commands = new api.CommandService(address, credentials);
+  #tokenFunction;
+
+  constructor(
+    address,
+    {
+      origin = 'node-example',
+      userId = '',
+      routing = false,
+      credentials = grpc.credentials.createInsecure(),
+      token = null,
+    } = {},
+  ) {
+    const interceptors = token === null ? [] : [bearerToken(token)];
+    this.#tokenFunction = typeof token === 'function';
+    this.commands = new api.CommandService(address, credentials, { interceptors });
     // One connection for both services.
-    this.events = new api.EventService(address, credentials, { channelOverride: this.commands.getChannel() });
+    this.events = new api.EventService(address, credentials, {
+      channelOverride: this.commands.getChannel(),
+      interceptors,
+    });
     this.groups = new api.SubscriptionGroupService(address, credentials, {
       channelOverride: this.commands.getChannel(),
+      interceptors,
     });
     this.origin = origin;
     this.userId = userId;
@@ -177,8 +219,31 @@ export class ChronicleClient {
     // streams use SubmitStream once it answered UNIMPLEMENTED.
     this.pagedStreams = undefined;
     this.routes = routing
-      ? new Routes(address, { api, credentials, callError: (error) => new ChronicleError(error) })
+      ? new Routes(address, {
+          api,
+          credentials,
+          interceptors,
+          callError: (error) => new ChronicleError(error),
+          staleToken: (refusal) => this.#staleToken(refusal),
+        })
       : null;
+  }
+
+  /** Whether `refusal` came of a stale token, which asking the token function again may cure. */
+  #staleToken(refusal) {
+    return this.#tokenFunction && refusal.code === 'UNAUTHENTICATED' && REFRESHABLE.has(refusal.reason);
+  }
+
+  /** A unary call, tried again while a stale token fails it (UNARY_ATTEMPTS in all). */
+  async #call(stub, method, request) {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await call(stub, method, request);
+      } catch (refusal) {
+        if (!this.#staleToken(refusal) || attempt >= UNARY_ATTEMPTS) throw refusal;
+        await backoff(attempt, refusal);
+      }
+    }
   }
 
   /**
@@ -193,7 +258,7 @@ export class ChronicleClient {
     const command = this.command({ aggregateId, typeName, fields, commandId, expectedVersion, metadata });
     const response = this.routes
       ? await this.routes.send('Submit', { command }, aggregateId)
-      : await call(this.commands, 'Submit', { command });
+      : await this.#call(this.commands, 'Submit', { command });
     return { command_id: commandId, ...response, events: response.events.map(decodeEvent) };
   }
 
@@ -216,9 +281,11 @@ export class ChronicleClient {
    * answers UNIMPLEMENTED, and then the commands go one per message
    * (SubmitStream), for this client's later streams too. A stream broken by
    * UNAVAILABLE, a CANCELLED we did not ask for (a server stopping) or
-   * another code worth retrying is opened again and its unanswered commands
-   * are sent again first, in order, with their ids: the server runs each id
-   * once, so one that had run comes back as its result with `replayed`.
+   * another code worth retrying (a stale token too, when the token is a
+   * function: the server ends a stream at its JWT's exp) is opened again and
+   * its unanswered commands are sent again first, in order, with their ids:
+   * the server runs each id once, so one that had run comes back as its
+   * result with `replayed`.
    * Every result renews the `maxAttempts` budget; past it the iteration
    * throws the stream's ChronicleError. Leaving the loop ends the call.
    *
@@ -413,10 +480,10 @@ export class ChronicleClient {
           }
           const retryable =
             STREAM_RETRYABLE.has(refusal.code) ||
-            (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null);
+            (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null) ||
+            client.#staleToken(refusal); // the next call asks the token function again
           if (!retryable || attempt >= maxAttempts) throw refusal;
-          const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
-          await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+          await backoff(attempt, refusal);
           attempt += 1;
           if (!state.stopped) open(refusal);
         }
@@ -447,11 +514,26 @@ export class ChronicleClient {
    * The aggregate's events in version order, payloads decoded. Read in
    * pages (ReadAggregatePages: several events per message); a server from
    * before pages answers UNIMPLEMENTED, and then the events come one per
-   * message (ReadAggregate), as they did.
+   * message (ReadAggregate), as they did. A read a stale token failed is
+   * taken up again after its last event (UNARY_ATTEMPTS in all), when the
+   * token is a function.
    */
   async read(aggregateId, { fromVersion = 1, eventTypes = [] } = {}) {
-    const request = { aggregate_id: aggregateId, from_version: fromVersion, event_types: eventTypes };
     const events = [];
+    for (let attempt = 1; ; attempt += 1) {
+      const from = events.length > 0 ? events[events.length - 1].version + 1 : fromVersion;
+      try {
+        await this.#readInto(events, { aggregate_id: aggregateId, from_version: from, event_types: eventTypes });
+        return events;
+      } catch (refusal) {
+        if (!this.#staleToken(refusal) || attempt >= UNARY_ATTEMPTS) throw refusal;
+        await backoff(attempt, refusal);
+      }
+    }
+  }
+
+  /** One attempt of `read`: the events `request` asks for, decoded, onto `events`. */
+  async #readInto(events, request) {
     try {
       if (this.pagedReads !== false) {
         try {
@@ -459,7 +541,7 @@ export class ChronicleClient {
             for (const event of page.events) events.push(decodeEvent(event));
           }
           this.pagedReads = true;
-          return events;
+          return;
         } catch (error) {
           if (error.code !== grpc.status.UNIMPLEMENTED || this.pagedReads) throw error;
           this.pagedReads = false; // an older server: remembered for this client's life
@@ -469,7 +551,6 @@ export class ChronicleClient {
     } catch (error) {
       throw new ChronicleError(error);
     }
-    return events;
   }
 
   /**
@@ -482,7 +563,8 @@ export class ChronicleClient {
    * replica shutting down, a lost connection) or by a CANCELLED we did not
    * ask for (a server that stops cancels the calls it had not started) is
    * reopened after the last position received, so nothing is skipped or
-   * repeated; keep
+   * repeated (so is one a stale token ended, when the token is a function:
+   * the server ends a stream at its JWT's exp); keep
    * `subscription.position` somewhere durable to resume after a restart
    * (pass it back as `afterPosition`). `cancel()` ends it.
    */
@@ -490,6 +572,7 @@ export class ChronicleClient {
     { aggregateTypes = [], eventTypes = [], aggregateId = '', origin = '' } = {},
     { afterPosition = 0, fromEnd = false, maxAttempts = 10 } = {},
   ) {
+    const client = this;
     const events = this.events;
     const state = { position: afterPosition, fromEnd, call: null, cancelled: false };
     const filter = { aggregate_types: aggregateTypes, event_types: eventTypes, aggregate_id: aggregateId, origin };
@@ -522,9 +605,9 @@ export class ChronicleClient {
         } catch (error) {
           if (state.cancelled) return;
           const refusal = new ChronicleError(error);
-          if (!RESUMABLE.has(refusal.code) || attempt >= maxAttempts) throw refusal;
-          const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
-          await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+          const resumable = RESUMABLE.has(refusal.code) || client.#staleToken(refusal);
+          if (!resumable || attempt >= maxAttempts) throw refusal;
+          await backoff(attempt, refusal);
         } finally {
           state.call.cancel();
         }
@@ -544,7 +627,7 @@ export class ChronicleClient {
 
   /** The aggregate's current state: { aggregate_type, version, state }. */
   async getAggregate(aggregateId) {
-    const response = await call(this.events, 'GetAggregate', { aggregate_id: aggregateId });
+    const response = await this.#call(this.events, 'GetAggregate', { aggregate_id: aggregateId });
     return { ...response, state: unpack(response.state) };
   }
 
@@ -581,26 +664,26 @@ export class ChronicleClient {
     if (retryBackoffSeconds !== undefined) request.retry_backoff = duration(retryBackoffSeconds);
     if (maxRetryBackoffSeconds !== undefined) request.max_retry_backoff = duration(maxRetryBackoffSeconds);
     if (ackTimeoutSeconds !== undefined) request.ack_timeout = duration(ackTimeoutSeconds);
-    return (await call(this.groups, 'CreateGroup', request)).group;
+    return (await this.#call(this.groups, 'CreateGroup', request)).group;
   }
 
   /** Every group the caller may consume: position, lag, acknowledged, parked, consumers. */
   async listGroups() {
-    return (await call(this.groups, 'ListGroups', {})).groups;
+    return (await this.#call(this.groups, 'ListGroups', {})).groups;
   }
 
   async deleteGroup(name) {
-    await call(this.groups, 'DeleteGroup', { name });
+    await this.#call(this.groups, 'DeleteGroup', { name });
   }
 
   /** The group's parked events (delivered `max_delivery_attempts` times and given up). */
   async listParked(group, { afterPosition = 0, limit = 100 } = {}) {
-    return (await call(this.groups, 'ListParked', { group, after_position: afterPosition, limit })).parked;
+    return (await this.#call(this.groups, 'ListParked', { group, after_position: afterPosition, limit })).parked;
   }
 
   /** Delivers parked events again (none named: all of the group's); resolves to how many. */
   async replayParked(group, eventIds = []) {
-    return (await call(this.groups, 'ReplayParked', { group, event_ids: eventIds })).replaying;
+    return (await this.#call(this.groups, 'ReplayParked', { group, event_ids: eventIds })).replaying;
   }
 
   /**
@@ -611,7 +694,9 @@ export class ChronicleClient {
    * parked). Ack or nack each one; a nacked event (or one not acked within
    * the group's ack timeout) comes again after the backoff. A stream ended
    * by UNAVAILABLE or a CANCELLED we did not ask for (a server stopping) is
-   * opened again after `reconnectDelaySeconds`. `close()` leaves the group:
+   * opened again after `reconnectDelaySeconds`; so is one a stale token
+   * ended, when the token is a function (CONSUME_ATTEMPTS times in a row
+   * without a message at most). `close()` leaves the group:
    * its unacked events go to the other consumers.
    */
   consume(group, consumer, { maxInFlight = 100, reconnectDelaySeconds = 0.5 } = {}) {
@@ -627,12 +712,15 @@ export class ChronicleClient {
     const sender = (stream) => (request) => {
       if (!state.closed && stream === state.stream) stream.write(request);
     };
+    const client = this;
     async function* deliveries() {
+      let stale = 0; // streams in a row a stale token ended, nothing received
       while (!state.closed) {
         const stream = open();
         const send = sender(stream);
         try {
           for await (const message of stream) {
+            stale = 0;
             if (message.kind === 'joined') {
               state.member = message.joined.consumer;
               continue;
@@ -652,7 +740,12 @@ export class ChronicleClient {
         } catch (error) {
           if (state.closed) return;
           const refusal = new ChronicleError(error);
-          if (!RESUMABLE.has(refusal.code)) throw refusal;
+          if (client.#staleToken(refusal)) {
+            stale += 1;
+            if (stale >= CONSUME_ATTEMPTS) throw refusal;
+          } else if (!RESUMABLE.has(refusal.code)) {
+            throw refusal;
+          }
         } finally {
           if (state.stream === stream) state.stream = null;
           stream.cancel();

@@ -5,6 +5,9 @@
 //   make run                                   # in the repository root, one terminal
 //   cd clients/node && npm ci && npm run example -- 127.0.0.1:50051
 //
+// Against a server with --auth, CHRONICLE_TOKEN (a JWT or an API key, as for
+// the chronicle CLI) is sent with every call.
+//
 // `walkthrough` is also what the test runs, against a server it starts.
 
 import { randomUUID } from 'node:crypto';
@@ -12,8 +15,11 @@ import { pathToFileURL } from 'node:url';
 
 import { ChronicleClient, ChronicleError } from './chronicle.js';
 
-export async function walkthrough(address, { accountId = `acc-${randomUUID()}`, log = console.log } = {}) {
-  const client = new ChronicleClient(address, { origin: 'node-example' });
+export async function walkthrough(
+  address,
+  { accountId = `acc-${randomUUID()}`, log = console.log, token = null } = {},
+) {
+  const client = new ChronicleClient(address, { origin: 'node-example', token });
   // Subscribed before anything happens: the events arrive live as they commit.
   const subscription = client.subscribe({ aggregateId: accountId });
   const streamed = collectEvents(subscription, 2);
@@ -72,7 +78,7 @@ async function collectEvents(subscription, count, timeoutMs = 20_000) {
 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const address = process.argv[2] ?? process.env.CHRONICLE_SERVER ?? '127.0.0.1:50051';
-  walkthrough(address).catch((error) => {
+  walkthrough(address, { token: process.env.CHRONICLE_TOKEN || null }).catch((error) => {
     console.error(error instanceof ChronicleError ? `${error.code} ${error.reason}: ${error.message}` : error);
     process.exit(1);
   });

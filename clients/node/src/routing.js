@@ -49,13 +49,19 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 export class Routes {
   /**
    * `seed`: the address the client was given; `api`: the loaded
-   * chronicle.v1 package; `credentials`: for every member's channel.
+   * chronicle.v1 package; `credentials` and `interceptors` (the bearer
+   * token's, credentials.js): for every member's channel and stubs;
+   * `callError`: a failed call's error as the caller sees it;
+   * `staleToken(refusal)`: whether that error came of a stale token that a
+   * retry, asking the token function again, may cure.
    */
-  constructor(seed, { api, credentials, callError = (error) => error }) {
+  constructor(seed, { api, credentials, interceptors = [], callError = (error) => error, staleToken = () => false }) {
     this.seed = seed;
     this.api = api;
     this.credentials = credentials;
+    this.interceptors = interceptors;
     this.callError = callError;
+    this.staleToken = staleToken;
     this.stubs = new Map(); // address → { commands, cluster }
     this.topology = null;
     this.owners = []; // address by partition, '' for none
@@ -80,9 +86,11 @@ export class Routes {
   stubsOf(address) {
     let stubs = this.stubs.get(address);
     if (!stubs) {
-      const commands = new this.api.CommandService(address, this.credentials);
+      const { interceptors } = this;
+      const commands = new this.api.CommandService(address, this.credentials, { interceptors });
       const cluster = new this.api.ClusterService(address, this.credentials, {
         channelOverride: commands.getChannel(),
+        interceptors,
       });
       stubs = { commands, cluster };
       this.stubs.set(address, stubs);
@@ -127,7 +135,8 @@ export class Routes {
   /**
    * A unary command call (Submit, SubmitBatch) on the owner's channel; sent
    * again with the same command ids to another member when the owner is
-   * unavailable (the server runs each command id once).
+   * unavailable (the server runs each command id once), and again after a
+   * backoff when a stale token failed it (`staleToken`).
    */
   async send(method, request, aggregateId, { timeoutSeconds = 10, attempts = 3 } = {}) {
     await this.ready;
@@ -143,8 +152,13 @@ export class Routes {
         this.hinted(trailers);
         return response;
       } catch (error) {
-        if (error.code !== grpc.status.UNAVAILABLE || attempt >= attempts) throw this.callError(error);
-        this.unreachable(address);
+        if (error.code === grpc.status.UNAVAILABLE && attempt < attempts) {
+          this.unreachable(address);
+          continue;
+        }
+        const refusal = this.callError(error);
+        if (!this.staleToken(refusal) || attempt >= attempts) throw refusal;
+        await sleep(Math.min(50 * 2 ** attempt, 2000));
       }
     }
   }

@@ -18,14 +18,19 @@ function python() {
   return fs.existsSync(venv) ? venv : 'python3';
 }
 
-export async function startServer({ timeoutMs = 30_000 } = {}) {
-  if (process.env.CHRONICLE_SERVER) return { address: process.env.CHRONICLE_SERVER, stop: async () => {} };
-  const child = spawn(
-    python(),
-    // --anonymous-admin: the group tests create groups (an admin action).
-    ['-m', 'service', 'serve', '--listen', '127.0.0.1:0', '--database-url', 'memory://', '--anonymous-admin'],
-    { cwd: repository, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
+// `args`: the server's arguments after its address and database, instead of
+// the default --anonymous-admin (the group tests create groups, an admin
+// action; it is refused together with --auth). A server given arguments is
+// always started here, whatever CHRONICLE_SERVER says.
+export async function startServer({ args, timeoutMs = 30_000 } = {}) {
+  if (process.env.CHRONICLE_SERVER && args === undefined) {
+    return { address: process.env.CHRONICLE_SERVER, stop: async () => {} };
+  }
+  const serve = ['-m', 'service', 'serve', '--listen', '127.0.0.1:0', '--database-url', 'memory://'];
+  const child = spawn(python(), [...serve, ...(args ?? ['--anonymous-admin'])], {
+    cwd: repository,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const output = [];
   child.stderr.on('data', (chunk) => output.push(chunk.toString()));
   const lines = readline.createInterface({ input: child.stdout });
