@@ -81,9 +81,13 @@ const RESUMABLE = new Set(['UNAVAILABLE', 'CANCELLED']);
 // (RESOURCE_EXHAUSTED too, when the server sent a RetryInfo delay: too many
 // calls, not a message over gRPC's limit).
 const STREAM_RETRYABLE = new Set([...RESUMABLE, 'ABORTED', 'DEADLINE_EXCEEDED']);
-// Attempts at a unary call (and a read) that a stale token failed, when the
-// token is a function (credentials.js): as many as a routed send makes.
+// Attempts at a unary call (and a read): as many as a routed send makes.
+// Tried again after what a retry may get past (UNARY_RETRYABLE, and
+// RESOURCE_EXHAUSTED when the server sent a RetryInfo delay), and after a
+// stale token when the token is a function (credentials.js). A command keeps
+// its id across attempts, so one whose answer was lost comes back replayed.
 const UNARY_ATTEMPTS = 3;
+const UNARY_RETRYABLE = new Set(['UNAVAILABLE', 'ABORTED', 'DEADLINE_EXCEEDED', 'CANCELLED']);
 // Reopenings in a row of a group consumer's stream that a stale token ended,
 // with nothing received in between, before it gives up.
 const CONSUME_ATTEMPTS = 5;
@@ -234,13 +238,21 @@ export class ChronicleClient {
     return this.#tokenFunction && refusal.code === 'UNAUTHENTICATED' && REFRESHABLE.has(refusal.reason);
   }
 
-  /** A unary call, tried again while a stale token fails it (UNARY_ATTEMPTS in all). */
+  /**
+   * A unary call, tried again (UNARY_ATTEMPTS in all) while it fails with
+   * what a retry may get past, or a stale token the token function may
+   * replace; the request (a command's id with it) is the same each time.
+   */
   async #call(stub, method, request) {
     for (let attempt = 1; ; attempt += 1) {
       try {
         return await call(stub, method, request);
       } catch (refusal) {
-        if (!this.#staleToken(refusal) || attempt >= UNARY_ATTEMPTS) throw refusal;
+        const retryable =
+          UNARY_RETRYABLE.has(refusal.code) ||
+          (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null) ||
+          this.#staleToken(refusal);
+        if (!retryable || attempt >= UNARY_ATTEMPTS) throw refusal;
         await backoff(attempt, refusal);
       }
     }

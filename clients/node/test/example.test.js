@@ -329,6 +329,38 @@ test('a command stream longer than its window takes its commands as results come
   assert.equal((await client.getAggregate(accountId)).state.balance, (120 * 121) / 2);
 });
 
+test('a submit that meets UNAVAILABLE is sent again with the same command id; a refusal is not', async () => {
+  const ids = [];
+  let failures = 2;
+  const standIn = await standInServer(services.CommandService, {
+    Submit(call, callback) {
+      ids.push(call.request.command.command_id);
+      if (call.request.command.aggregate_id === 'refused') {
+        callback({ code: grpc.status.FAILED_PRECONDITION, details: 'no (test)' });
+      } else if (failures-- > 0) {
+        callback({ code: grpc.status.UNAVAILABLE, details: 'away (test)' });
+      } else {
+        callback(null, { version: 1, events: [] });
+      }
+    },
+  });
+  const client = new ChronicleClient(standIn.address);
+  try {
+    const done = await client.submit('acc-1', 'bank.v1.OpenAccount', { owner: 'ann' });
+    assert.equal(done.version, 1);
+    assert.deepEqual(ids, [done.command_id, done.command_id, done.command_id]);
+    ids.length = 0;
+    await assert.rejects(
+      client.submit('refused', 'bank.v1.OpenAccount', { owner: 'ann' }),
+      (error) => error.code === 'FAILED_PRECONDITION',
+    );
+    assert.equal(ids.length, 1);
+  } finally {
+    client.close();
+    standIn.stop();
+  }
+});
+
 test('commands taken at once leave as one SubmitPage, and the results come back one by one, in order', async () => {
   const pages = [];
   const standIn = await standInServer(services.CommandService, {
