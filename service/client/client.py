@@ -468,6 +468,7 @@ class ChronicleClient:
             consumer=consumer,
             max_in_flight=max_in_flight,
             reconnect_delay=reconnect_delay,
+            retry=self._retry,
         )
 
     async def get_aggregate(

@@ -80,7 +80,10 @@ class GroupConsumer:
     segments to the others at once) and iterate it for ``Delivery``\\ s. A
     stream broken by UNAVAILABLE or CANCELLED (a server stopping), or whose
     status grpc.aio lost (``errors.status_lost``), is opened again after
-    ``reconnect_delay`` seconds; other errors are raised as ``RemoteError``.
+    ``reconnect_delay`` seconds; so is one a stale token ended, when ``retry``
+    refreshes credentials (the server ends a stream at its JWT's exp), up to
+    its ``max_attempts`` times in a row without joining. Other errors are
+    raised as ``RemoteError``.
     Each iteration (``aiter``) is one stream, open as long as its iterator:
     keep iterating one, rather than starting a loop again after a ``break``
     (which joins the group anew)."""
@@ -94,8 +97,10 @@ class GroupConsumer:
         max_in_flight: int = 100,
         reconnect_delay: float = 0.5,
         close_timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self._open_call = open_call
+        self._retry = retry
         self._close_timeout = close_timeout
         self.group = group
         self.consumer = consumer
@@ -178,6 +183,7 @@ class GroupConsumer:
         start = pb.ConsumeRequest(
             start=pb.ConsumeStart(group=self.group, consumer=self.consumer, max_in_flight=self._max_in_flight)
         )
+        stale = 0  # streams in a row a stale token ended before they joined
         while not self._closed:
             call = self._call = self._open_call()
             try:
@@ -190,6 +196,7 @@ class GroupConsumer:
                     if kind == "joined":
                         self.member = message.joined.consumer
                         self.joined.set()
+                        stale = 0
                         continue
                     for item in message.deliveries.deliveries:
                         yield Delivery(self, item)
@@ -204,7 +211,14 @@ class GroupConsumer:
                 # ended the stream) says nothing of why it ended: the next
                 # stream finds out.
                 if failed.code() not in _ENDED_BY_SERVER and not status_lost(failed):
-                    raise remote_error(failed) from failed
+                    error = remote_error(failed)
+                    if (
+                        failed.code() != grpc.StatusCode.UNAUTHENTICATED
+                        or self._retry is None
+                        or self._retry.delay(stale + 1, error) is None
+                    ):
+                        raise error from failed
+                    stale += 1  # a fresh token may cure it: the next stream asks for one
                 log.info("group %s: stream broken (%s); consuming again", self.group, failed.details())
             finally:
                 self.joined.clear()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -55,7 +56,11 @@ class RetryPolicy:
     ``refresh_credentials``: an expired or rotated-out credential
     (UNAUTHENTICATED, ``REFRESHABLE``) is retried too, because each attempt
     asks for the token again (``ChronicleClient.connect`` with a token
-    function sets it).
+    function sets it). ``renew_after``: a stream that had been open this
+    many seconds when it broke counts its attempts afresh, so a long-lived
+    stream that servers end now and then (a token's expiry, a connection's
+    age, a restart) is reopened every time, even while it has nothing to
+    receive, and one that breaks as soon as it opens still gives up.
     """
 
     max_attempts: int = 5
@@ -64,6 +69,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.2
     refresh_credentials: bool = False
+    renew_after: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -117,6 +123,7 @@ async def resuming(policy: RetryPolicy, what: str, open_stream: Callable[[], Any
     number = 1
     while True:
         call = open_stream()
+        opened = time.monotonic()
         try:
             async for message in call:
                 number = 1
@@ -126,6 +133,8 @@ async def resuming(policy: RetryPolicy, what: str, open_stream: Callable[[], Any
             cause, error = failed, remote_error(failed)
         finally:
             call.cancel()  # the caller stopped early, or the call failed: free it
+        if time.monotonic() - opened >= policy.renew_after:
+            number = 1  # it lived: not a retry of the same failure
         wait = policy.delay(number, error)
         if wait is None:
             raise error from cause

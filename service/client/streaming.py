@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -134,6 +135,7 @@ class CommandStream:
         self._writing = asyncio.Lock()  # one writer on the call; no write while the call is replaced
         self._exhausted = False  # every command was taken from the caller
         self._call: Any = None
+        self._opened_at = 0.0  # when the current call was opened (time.monotonic)
 
     async def results(self) -> AsyncGenerator[StreamResult, None]:
         """The results, in the order the commands were taken."""
@@ -158,6 +160,8 @@ class CommandStream:
                         await self._reopen(None)  # the same server, only older: nothing broke
                         continue
                     cause, error = failed, remote_error(failed)
+                    if time.monotonic() - self._opened_at >= self._retry.renew_after:
+                        attempt = 1  # the call lived (a token's expiry, a connection's age): start afresh
                     wait = self._retry.delay(attempt, error)
                     if wait is None:
                         raise error from cause
@@ -249,6 +253,7 @@ class CommandStream:
         async with self._writing:
             self._paged = self._method.paged
             self._call = self._open_call(self._paged, broken)
+            self._opened_at = time.monotonic()
             if answered_first:
                 with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
                     async with asyncio.timeout(_ANSWER_WAIT):

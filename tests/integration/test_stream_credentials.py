@@ -294,3 +294,47 @@ async def test_a_static_token_that_expires_ends_the_python_clients_subscription(
                 pass
     assert (ended.value.code, ended.value.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_EXPIRED")
     assert time.time() >= expires - 0.1
+
+
+async def test_an_idle_command_stream_outlives_more_token_expiries_than_its_retries(served: Served) -> None:
+    """The server ends the stream at each token's exp while it has nothing
+    to send; a stream that lived counts its retries afresh (renew_after)."""
+    tokens = ShortTokens(served.issuer)
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.05, renew_after=1.0)
+    async with ChronicleClient.connect(served.app.address, token=tokens, retry=policy) as client:
+
+        async def commands() -> AsyncIterator[Command]:
+            yield Command("acc-1", bank.OpenAccount(owner="ann"))
+            await eventually(lambda: tokens.issued >= 4, what="three tokens expired")  # idle meanwhile
+            yield Command("acc-1", bank.Deposit(amount=5))
+
+        versions = [(result.result()).version async for result in client.submit_stream(commands())]
+    assert versions == [1, 2]
+    entries = await served.app.store.audit.read_audit(AuditQuery())
+    assert sum(e.reason == "TOKEN_EXPIRED" and e.principal == "alice" for e in entries) >= 2  # ended, reopened
+
+
+async def test_a_group_consumer_goes_on_across_short_lived_tokens(served: Served) -> None:
+    tokens = ShortTokens(served.issuer)
+    fast = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+    async with ChronicleClient.connect(served.app.address, token=ROOT_KEY) as root:
+        await root.groups.create("tellers", aggregate_types=["Account"])
+    async with ChronicleClient.connect(served.app.address, token=tokens, retry=fast) as client:
+        await client.submit("acc-1", bank.OpenAccount(owner="ann"))
+        deposits = 0
+        acked: list[int] = []
+        async with client.consume("tellers", consumer="worker", reconnect_delay=0.05) as consumer:
+            async for delivery in consumer:
+                await delivery.ack()
+                if delivery.event.position in acked:
+                    continue  # delivered again: its ack was lost with a stream a token's expiry ended
+                acked.append(delivery.event.position)
+                if tokens.issued >= 4:  # three tokens expired under the open stream
+                    break
+                await client.submit("acc-1", bank.Deposit(amount=1))
+                deposits += 1
+                await asyncio.sleep(0.1)
+    assert acked == list(range(1, deposits + 2))  # every event, in order
+    entries = await served.app.store.audit.read_audit(AuditQuery())
+    ended = [e for e in entries if e.reason == "TOKEN_EXPIRED" and e.principal == "alice"]
+    assert any(e.command_type == "chronicle.v1.SubscriptionGroupService/Consume" for e in ended)

@@ -91,6 +91,9 @@ const UNARY_RETRYABLE = new Set(['UNAVAILABLE', 'ABORTED', 'DEADLINE_EXCEEDED', 
 // Reopenings in a row of a group consumer's stream that a stale token ended,
 // with nothing received in between, before it gives up.
 const CONSUME_ATTEMPTS = 5;
+// A command stream that had been open this long (seconds) when it broke
+// counts its attempts afresh (results renew them too; an idle stream has none).
+const RENEW_AFTER_SECONDS = 10;
 // Commands of a stream sent and not yet answered: what a broken stream sends
 // again. The server starts up to 256 of one stream at once; more would queue.
 const STREAM_WINDOW = 256;
@@ -298,7 +301,9 @@ export class ChronicleClient {
    * its unanswered commands are sent again first, in order, with their ids:
    * the server runs each id once, so one that had run comes back as its
    * result with `replayed`.
-   * Every result renews the `maxAttempts` budget; past it the iteration
+   * Every result renews the `maxAttempts` budget, and so does a call that
+   * had been open `renewAfterSeconds` when it broke (an idle stream that the
+   * server ends at each token's exp, or a connection's age); past it the iteration
    * throws the stream's ChronicleError. Leaving the loop ends the call.
    *
    * With `routing: true` there is one such stream per replica (a lane,
@@ -311,9 +316,12 @@ export class ChronicleClient {
    * that replica is marked down (it stopped answering), with its unanswered
    * commands sent again, with their ids.
    */
-  submitStream(commands, { dryRun = false, window = STREAM_WINDOW, maxAttempts = 5 } = {}) {
+  submitStream(
+    commands,
+    { dryRun = false, window = STREAM_WINDOW, maxAttempts = 5, renewAfterSeconds = RENEW_AFTER_SECONDS } = {},
+  ) {
     const source = commands[Symbol.asyncIterator]?.() ?? commands[Symbol.iterator]();
-    const options = { dryRun, window, maxAttempts };
+    const options = { dryRun, window, maxAttempts, renewAfterSeconds };
     if (this.routes === null) return this.#commandStream(source, () => this.commands, options).results;
     return new RoutedStream(this.routes, source, {
       window,
@@ -333,7 +341,7 @@ export class ChronicleClient {
    * it from outside, as leaving the loop does (a routed stream closes its
    * lanes so).
    */
-  #commandStream(source, stubFor, { dryRun, window, maxAttempts }) {
+  #commandStream(source, stubFor, { dryRun, window, maxAttempts, renewAfterSeconds }) {
     const client = this;
     // Taken and not answered yet, in order: { command, request, size }. The
     // last `unsent` of them are not written on the current call yet.
@@ -391,7 +399,7 @@ export class ChronicleClient {
       const paged = client.pagedStreams !== false;
       const stub = stubFor(broken);
       const call = paged ? stub.SubmitStreamPages() : stub.SubmitStream();
-      const stream = { call, paged, writing: false, ended: false, messages: [], outcome: null };
+      const stream = { call, paged, writing: false, ended: false, messages: [], outcome: null, openedAt: Date.now() };
       call.on('error', () => {}); // the reader below takes the status
       (async () => {
         try {
@@ -494,6 +502,10 @@ export class ChronicleClient {
             STREAM_RETRYABLE.has(refusal.code) ||
             (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null) ||
             client.#staleToken(refusal); // the next call asks the token function again
+          // A call that lived (a token's expiry, a connection's age ended
+          // it) is not a retry of the same failure: an idle stream that
+          // servers end now and then is reopened every time.
+          if (Date.now() - stream.openedAt >= renewAfterSeconds * 1000) attempt = 1;
           if (!retryable || attempt >= maxAttempts) throw refusal;
           await backoff(attempt, refusal);
           attempt += 1;

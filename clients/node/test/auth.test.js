@@ -296,6 +296,43 @@ test(
 );
 
 test(
+  'an idle command stream outlives more token expiries than its retries: a call that lived counts afresh',
+  { timeout: 20_000 },
+  async () => {
+    const issued = [];
+    let held = null;
+    const token = () => {
+      const now = Date.now() / 1000;
+      if (held === null || held.exp <= now) {
+        held = { exp: Math.floor(now) + 2 };
+        held.jwt = jwt(held.exp);
+        issued.push(held.exp);
+      }
+      return held.jwt;
+    };
+    const client = new ChronicleClient(server.address, { token });
+    const streams = countCalls(client.commands, 'SubmitStreamPages');
+    const accountId = `acc-${randomUUID()}`;
+    async function* commands() {
+      yield { aggregateId: accountId, typeName: 'bank.v1.OpenAccount', fields: { owner: 'kim' } };
+      await until(() => issued.length >= 4 && streams.calls >= 4, 15_000); // idle across three expiries
+      yield { aggregateId: accountId, typeName: 'bank.v1.Deposit', fields: { amount: 5 } };
+    }
+    try {
+      const versions = [];
+      for await (const result of client.submitStream(commands(), { maxAttempts: 2, renewAfterSeconds: 1 })) {
+        assert.equal(result.error, null);
+        versions.push(result.submitted.version);
+      }
+      assert.deepEqual(versions, [1, 2]);
+      assert.ok(streams.calls >= 4, `the stream was opened ${streams.calls} times`);
+    } finally {
+      client.close();
+    }
+  },
+);
+
+test(
   'a subscription opened with a string JWT ends at its expiry: UNAUTHENTICATED TOKEN_EXPIRED',
   { timeout: 15_000 },
   async () => {
