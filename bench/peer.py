@@ -7,6 +7,7 @@ a deposit that loses a version race is retried on a reloaded account."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -47,8 +48,12 @@ class Bank(Application[UUID]):
                 return
             except IntegrityError:
                 # Another thread deposited first: the cached account is behind.
+                # (A third may have evicted it already: the cache raises
+                # KeyError then, which ended the worker and undercounted
+                # the library.)
                 if self.repository.cache is not None:
-                    self.repository.cache.get(account_id, evict=True)
+                    with contextlib.suppress(KeyError):
+                        self.repository.cache.get(account_id, evict=True)
         raise RuntimeError(f"deposit to {account_id} kept conflicting")
 
 
@@ -80,12 +85,17 @@ def deposits(
     ids = [bank.open_account(f"owner-{i}") for i in range(accounts)]
     stop = threading.Event()
     counts = [0] * threads
+    failures: list[BaseException] = []
 
     def worker(index: int) -> None:
         chooser = random.Random(index)
-        while not stop.is_set():
-            bank.deposit(ids[chooser.randrange(accounts)], 1)
-            counts[index] += 1
+        try:
+            while not stop.is_set():
+                bank.deposit(ids[chooser.randrange(accounts)], 1)
+                counts[index] += 1
+        except BaseException as failure:
+            failures.append(failure)  # a worker that died would undercount the library: the point fails
+            raise
 
     workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
     for thread in workers:
@@ -102,6 +112,8 @@ def deposits(
     for thread in workers:
         thread.join(30)
     bank.close()
+    if failures:
+        raise RuntimeError(f"{len(failures)} of the library's {threads} threads failed") from failures[0]
     return {
         "library": "eventsourcing",
         "threads": threads,
