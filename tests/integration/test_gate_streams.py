@@ -14,6 +14,8 @@ import pytest
 
 from service.api.gate import RpcGate
 from service.errors import InvalidInput
+from service.security.credentials import ApiKeys, Authenticator, hash_api_key
+from tests.support.grpc_client import reason_of
 from tests.support.waiting import eventually
 
 METHOD = "/test.v1.Streams/Count"
@@ -101,3 +103,68 @@ async def test_a_cancelled_call_closes_the_servicer_s_generator(served: tuple[Se
     call.cancel()
     await asyncio.wait_for(servicer.closed.wait(), timeout=10)
     await _counted_out(gate)
+
+
+# -- streams ended by their credentials (service/api/live_streams.py) ------------
+
+KEY = "chr_gate-streams-test-key-0123456789abcdef"
+
+
+class Endless:
+    """A stream of each shape that runs until it is ended."""
+
+    async def server_stream(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield b"open"
+        await asyncio.Event().wait()
+
+    async def upload(self, requests: AsyncIterator[bytes], context: Any) -> bytes:
+        async for _ in requests:
+            pass
+        return b"done"
+
+    async def duplex(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for request in requests:
+            yield request
+
+
+async def test_every_stream_shape_ends_when_its_credential_is_revoked(tmp_path: Any) -> None:
+    keys_file = tmp_path / "keys.toml"
+    keys_file.write_text(f'[[keys]]\nprincipal = "alice"\nsha256 = "{hash_api_key(KEY)}"\n')
+    authenticator = Authenticator(api_keys=ApiKeys.load(keys_file))
+    gate = RpcGate(max_rpcs=10, max_subscriptions=10, authenticator=authenticator)
+    endless = Endless()
+    plain = {"request_deserializer": bytes, "response_serializer": None}
+    handlers = {
+        "ServerStream": grpc.unary_stream_rpc_method_handler(endless.server_stream, **plain),
+        "Upload": grpc.stream_unary_rpc_method_handler(endless.upload, **plain),
+        "Duplex": grpc.stream_stream_rpc_method_handler(endless.duplex, **plain),
+    }
+    wrapped = {name: gate.wrap(f"/test.v1.Streams/{name}", handler) for name, handler in handlers.items()}
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Streams", wrapped),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    metadata = (("authorization", f"Bearer {KEY}"),)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            server_stream = channel.unary_stream("/test.v1.Streams/ServerStream")(b"", metadata=metadata)
+            upload = channel.stream_unary("/test.v1.Streams/Upload")(metadata=metadata)
+            duplex = channel.stream_stream("/test.v1.Streams/Duplex")(metadata=metadata)
+            assert await server_stream.read() == b"open"
+            await upload.write(b"a record")
+            await duplex.write(b"ping")
+            assert await duplex.read() == b"ping"
+            await eventually(lambda: gate.streams is not None and len(gate.streams) == 3, what="three streams open")
+            assert gate.streams is not None
+
+            authenticator.use_api_keys(ApiKeys({}))  # the key revoked, as a reload of its file does
+            assert gate.streams.recheck() == 3
+            for ending in (server_stream.read(), upload, duplex.read()):
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    await ending
+                assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert reason_of(ended.value) == "UNKNOWN_API_KEY"
+            assert len(gate.streams) == 0
+            await _counted_out(gate)
+    finally:
+        await server.stop(0)
