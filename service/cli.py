@@ -28,7 +28,10 @@
                                              # server, or with --database-url straight on a store
 
 Against a server with authentication on, pass ``--token`` (or
-CHRONICLE_TOKEN); against TLS, ``--tls-ca`` (and for mutual TLS
+CHRONICLE_TOKEN), or ``--token-file`` (CHRONICLE_TOKEN_FILE): a file read
+again at every call, which an agent or the platform renews (a Kubernetes
+projected service-account token, say), so that ``tail`` goes on across
+short-lived tokens; against TLS, ``--tls-ca`` (and for mutual TLS
 ``--tls-cert``/``--tls-key``).
 
 Client commands print JSON on stdout. A refused command prints the gRPC code,
@@ -51,6 +54,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import grpc
@@ -376,7 +380,18 @@ def _as_dict(message: object) -> dict[str, object]:
     return shown
 
 
+# A tail's stream reopened after these many failures in a row (a message
+# received starts the count again), backing off up to 2 s between them.
+TAIL_ATTEMPTS = 5
+# UNAUTHENTICATED reasons that a token file renewed meanwhile may cure.
+_STALE_TOKEN = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN", "UNKNOWN_API_KEY"})
+
+
 def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    """Print the events as they commit. A stream the server ends (a restart,
+    a connection's age, changed grants: UNAVAILABLE; with --token-file, a
+    token that expired or was revoked, read again from the file) is opened
+    again after the last position seen, so nothing is skipped or repeated."""
     types = RemoteTypes(channel)
     stub = event_service_pb2_grpc.EventServiceStub(channel)
     start = str(args.start).strip().lower()
@@ -390,21 +405,41 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
         aggregate_id=args.aggregate or "",
         origin=args.origin or "",
     )
-    call = stub.Subscribe(request)
-    try:
-        for response in call:
-            if response.HasField("event"):
-                _print(_event_json(types, response.event))
-            elif response.HasField("caught_up"):
-                if args.checkpoints:
-                    _print({"caught_up": response.caught_up.position})
-                if args.until_caught_up:
-                    return EXIT_OK
-            elif response.HasField("checkpoint") and args.checkpoints:
-                _print({"checkpoint": response.checkpoint.position})
-    finally:
-        call.cancel()
-    return EXIT_OK
+    failures = 0
+    while True:
+        call = stub.Subscribe(request)
+        try:
+            for response in call:
+                failures = 0
+                if response.HasField("event"):
+                    _print(_event_json(types, response.event))
+                    request.after_position, request.from_end = response.event.position, False
+                elif response.HasField("caught_up"):
+                    request.after_position, request.from_end = response.caught_up.position, False
+                    if args.checkpoints:
+                        _print({"caught_up": response.caught_up.position})
+                    if args.until_caught_up:
+                        return EXIT_OK
+                elif response.HasField("checkpoint"):
+                    request.after_position, request.from_end = response.checkpoint.position, False
+                    if args.checkpoints:
+                        _print({"checkpoint": response.checkpoint.position})
+            return EXIT_OK
+        except grpc.RpcError as error:
+            code = error.code() if hasattr(error, "code") else None
+            resumable = code == grpc.StatusCode.UNAVAILABLE or (
+                code == grpc.StatusCode.UNAUTHENTICATED and args.token_file and _error_info(error)[0] in _STALE_TOKEN
+            )
+            if not resumable or failures >= TAIL_ATTEMPTS:
+                raise
+            failures += 1
+            reason = _error_info(error)[0] or (code.name if code is not None else "")
+            print(
+                f"tail: the stream ended ({reason}); resuming after position {request.after_position}", file=sys.stderr
+            )
+            time.sleep(min(2.0, 0.05 * 2**failures))
+        finally:
+            call.cancel()
 
 
 def _get(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -692,7 +727,6 @@ def _archive(args: argparse.Namespace, channel: grpc.Channel) -> int:
     before anything is deleted), then delete each at the version archived:
     one that changed meanwhile is kept, and said so."""
     import datetime
-    from pathlib import Path
 
     from service.settings import seconds
     from service.transfer.files import output
@@ -826,7 +860,6 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _new_plugin(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from service.scaffold import new_plugin, next_steps
 
@@ -879,6 +912,11 @@ def _client_arguments(parser: argparse.ArgumentParser, *, local_by_default: bool
         "--token",
         default=os.environ.get("CHRONICLE_TOKEN"),
         help="bearer token: a JWT or API key (env CHRONICLE_TOKEN)",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=os.environ.get("CHRONICLE_TOKEN_FILE"),
+        help="file holding the bearer token, read again at every call: one an agent renews (env CHRONICLE_TOKEN_FILE)",
     )
     parser.add_argument(
         "--tls-ca",
@@ -1151,13 +1189,15 @@ class _BearerToken(
     grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
     grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
 ):
-    """Sends ``authorization: Bearer <token>`` with every call, reflection included."""
+    """Sends ``authorization: Bearer <token>`` with every call, reflection
+    included; ``token()`` is asked at each call (a token file read again)."""
 
-    def __init__(self, token: str) -> None:
-        self._entry = ("authorization", f"Bearer {token}")
+    def __init__(self, token: Callable[[], str]) -> None:
+        self._token = token
 
     def _details(self, details: object) -> object:
-        return details._replace(metadata=(*(getattr(details, "metadata", None) or ()), self._entry))  # type: ignore[attr-defined]
+        entry = ("authorization", f"Bearer {self._token()}")
+        return details._replace(metadata=(*(getattr(details, "metadata", None) or ()), entry))  # type: ignore[attr-defined]
 
     def intercept_unary_unary(self, continuation: object, details: object, request: object) -> object:
         return continuation(self._details(details), request)  # type: ignore[operator]
@@ -1207,9 +1247,31 @@ def _channel(args: argparse.Namespace) -> grpc.Channel:
         channel = grpc.secure_channel(args.server, credentials)
     else:
         channel = grpc.insecure_channel(args.server)
+    if args.token and args.token_file:
+        raise ValueError("give the bearer token with --token or --token-file, not both")
+    if args.token_file:
+        path = Path(args.token_file)
+        return grpc.intercept_channel(channel, _BearerToken(lambda: _token_in(path)))
     if args.token:
-        return grpc.intercept_channel(channel, _BearerToken(args.token))
+        token: str = args.token
+        return grpc.intercept_channel(channel, _BearerToken(lambda: token))
     return channel
+
+
+def _token_in(path: Path) -> str:
+    """The token in ``path`` now. Read a second time, 50 ms on, when it
+    reads empty: an agent that rewrites the file in place (not by renaming
+    a new one over it) leaves it empty for a moment."""
+    for attempt in (1, 2):
+        try:
+            token: str = path.read_text().strip()
+        except OSError as error:
+            raise ValueError(f"cannot read the token file {path}: {error.strerror}") from None
+        if token:
+            return token
+        if attempt == 1:
+            time.sleep(0.05)
+    raise ValueError(f"the token file {path} is empty")
 
 
 def _stdout_closed() -> int:

@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import cli, free_port, run_healthcheck, server_process
+from tests.support.security import POLICY, JwtIssuer, write
 
 pytestmark = pytest.mark.slow
 
@@ -387,3 +389,96 @@ def test_a_user_follows_the_transfers_reaction_and_its_parked_commands(tmp_path:
         missing = cli("reaction", "bank.transfers", "--replay", str(uuid.uuid4()), server=server.address, check=False)
         assert missing.returncode == 1
         assert "NOT_FOUND PARKED_COMMAND_NOT_FOUND" in missing.stderr
+
+
+def test_a_tail_with_a_token_file_goes_on_across_short_lived_tokens(tmp_path: Path) -> None:
+    """The server ends the tail's stream at each token's exp; the CLI reads
+    the file again (renewed meanwhile, as an agent does: at half of the last
+    token's life) and resumes after the last event it printed."""
+    issuer = JwtIssuer()
+    token_file = tmp_path / "token"
+    expiries: list[int] = []
+
+    def renew() -> None:
+        expiries.append(int(time.time()) + 2)
+        fresh = tmp_path / "token.new"
+        fresh.write_text(issuer.sign({"sub": "alice", "iss": issuer.issuer, "exp": expiries[-1]}) + "\n")
+        fresh.replace(token_file)  # at once, as agents swap a secret
+
+    stop = threading.Event()
+
+    def agent() -> None:
+        while not stop.wait(1.0):
+            renew()
+
+    renew()
+    renewing = threading.Thread(target=agent, daemon=True)
+    renewing.start()
+    extra = [
+        "--auth",
+        "--policy-file",
+        write(tmp_path / "policy.toml", POLICY),
+        "--jwt-key-file",
+        write(tmp_path / "jwt.pem", issuer.public_key),
+        "--jwt-issuer",
+        issuer.issuer,
+        "--jwt-leeway-seconds",
+        "0",
+    ]
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
+        tail = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "tail",
+                "--from",
+                "0",
+                "--token-file",
+                str(token_file),
+                "--server",
+                server.address,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            owner = issuer.token("alice", expires_in=600)
+
+            def submit(*args: str) -> subprocess.CompletedProcess[str]:
+                return cli(*args, "--token", owner, server=server.address)
+
+            submit("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}')
+            until = expiries[0] + 4  # three of the tail's tokens expire meanwhile
+            while time.time() < until:
+                submit("submit", "acc-1", "bank.v1.Deposit", '{"amount": 1}')
+            version = json.loads(submit("get", "acc-1").stdout)["version"]
+            assert tail.stdout is not None
+            lines = [tail.stdout.readline() for _ in range(version)]
+        finally:
+            stop.set()
+            tail.kill()
+            tail.wait(10)
+            assert tail.stderr is not None
+            told = tail.stderr.read()
+            for pipe in (tail.stdout, tail.stderr):
+                if pipe is not None:
+                    pipe.close()
+    assert all(lines), told  # the tail did not end
+    printed = [json.loads(line) for line in lines]
+    assert [int(event["version"]) for event in printed] == list(range(1, version + 1))  # none missed, none twice
+    assert told.count("the stream ended (TOKEN_EXPIRED); resuming after position") >= 2, told
+
+
+def test_a_token_and_a_token_file_together_or_an_unreadable_file_are_usage_errors(tmp_path: Path) -> None:
+    both = cli(
+        "get", "acc-1", "--token", "chr_x", "--token-file", str(tmp_path / "t"), server="127.0.0.1:1", check=False
+    )
+    assert (both.returncode, both.stderr) == (
+        2,
+        "error: give the bearer token with --token or --token-file, not both\n",
+    )
+    missing = cli("get", "acc-1", "--token-file", str(tmp_path / "none"), server="127.0.0.1:1", check=False)
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"error: cannot read the token file {tmp_path / 'none'}")
