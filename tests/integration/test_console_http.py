@@ -25,7 +25,7 @@ from service.store.records import REFUSED
 from tests.support.grpc_client import TEST_SETTINGS, command, connect
 from tests.support.http import Answer, request, send_raw
 from tests.support.processes import serve_until_exit
-from tests.support.security import ISSUER, POLICY, Authority, JwtIssuer, api_key_file, bearer, write
+from tests.support.security import ISSUER, POLICY, Authority, JwtIssuer, api_key_file, bearer, server_tls_files, write
 from tests.support.waiting import eventually
 
 KEY = "console-http-key-0123456789"
@@ -267,13 +267,8 @@ async def test_a_console_address_in_use_is_a_clear_start_up_error(app: Applicati
 
 
 async def test_with_tls_the_console_serves_https_and_its_cookie_is_secure(tmp_path: Path) -> None:
-    ca = Authority()
-    server = ca.issue("localhost", server=True)
-    settings = authenticated(
-        tmp_path,
-        tls_cert_file=write(tmp_path / "server.pem", server.certificate),
-        tls_key_file=write(tmp_path / "server.key", server.key),
-    )
+    cert_file, key_file = server_tls_files(tmp_path, ca := Authority())
+    settings = authenticated(tmp_path, tls_cert_file=cert_file, tls_key_file=key_file)
     app = await start(settings, store=MemoryStore())
     try:
         address = console(app)

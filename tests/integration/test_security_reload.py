@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.app import Application
-from service.store.memory import MemoryStore
-from tests.support.grpc_client import command, connect, details_of, running_server
+from tests.support.grpc_client import command, connect, details_of
+from tests.support.reloading import Served, reloading_server
 from tests.support.security import POLICY, JwtIssuer, api_key_file, bearer, write
 from tests.support.waiting import eventually
 
@@ -24,32 +22,10 @@ ALICE_KEY = "chr_alice-reload-test-key-0123456789abcdef0123456789"
 ALICE_NEW_KEY = "chr_alice-reload-test-key-new-3456789abcdef0123456789"
 
 
-@dataclass
-class Served:
-    app: Application
-    keys: Path
-    policy: Path
-    jwt_key: Path
-    issuer: JwtIssuer
-
-
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    issuer = JwtIssuer()
-    keys, policy, jwt_key = tmp_path / "keys.toml", tmp_path / "policy.toml", tmp_path / "jwt.pem"
-    api_key_file(keys, [(ALICE_KEY, "alice", [])])
-    write(policy, POLICY)
-    write(jwt_key, issuer.public_key)
-    async with running_server(
-        MemoryStore(),
-        auth=True,
-        api_keys_file=str(keys),
-        policy_file=str(policy),
-        jwt_key_file=str(jwt_key),
-        jwt_issuer=issuer.issuer,
-        auth_reload_seconds=0.05,
-    ) as (app, _):
-        yield Served(app, keys, policy, jwt_key, issuer)
+    async with reloading_server(tmp_path, keys=[(ALICE_KEY, "alice", [])], policy=POLICY) as server:
+        yield server
 
 
 async def reason_for(served: Served, token: str, aggregate_id: str = "acc-1") -> str:

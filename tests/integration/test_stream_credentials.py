@@ -11,7 +11,7 @@ import datetime
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,13 @@ import pytest
 
 from chronicle.v1 import command_service_pb2, event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.app import Application
 from service.client import ChronicleClient, Command, RemoteError, RetryPolicy
 from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from service.store.records import REFUSED
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, connect, details_of, running_server
-from tests.support.security import POLICY, Authority, JwtIssuer, api_key_file, bearer, write
+from tests.support.reloading import Served, reloading_server
+from tests.support.security import POLICY, Authority, JwtIssuer, api_key_file, bearer, server_tls_files, write
 from tests.support.waiting import eventually
 
 ALICE_KEY = "chr_alice-stream-test-key-0123456789abcdef0123456789"
@@ -36,37 +36,27 @@ ROOT_KEY = "chr_root-stream-test-key-0123456789abcdef0123456789ab"
 STREAM_POLICY = POLICY.replace('[roles.operator]\nread = ["*"]', '[roles.operator]\nread = ["*"]\nsubscribe = ["*"]')
 
 
-@dataclass
-class Served:
-    app: Application
-    keys: Path
-    policy: Path
-    jwt_key: Path
-    issuer: JwtIssuer
-
-
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    issuer = JwtIssuer()
-    keys, policy, jwt_key = tmp_path / "keys.toml", tmp_path / "policy.toml", tmp_path / "jwt.pem"
-    api_key_file(keys, [(ALICE_KEY, "alice", []), (ALICE_OTHER_KEY, "alice", []), (ROOT_KEY, "root", [])])
-    write(policy, STREAM_POLICY)
-    write(jwt_key, issuer.public_key)
-    async with running_server(
-        MemoryStore(),
-        auth=True,
-        api_keys_file=str(keys),
-        policy_file=str(policy),
-        jwt_key_file=str(jwt_key),
-        jwt_issuer=issuer.issuer,
+    async with reloading_server(
+        tmp_path,
+        keys=[(ALICE_KEY, "alice", []), (ALICE_OTHER_KEY, "alice", []), (ROOT_KEY, "root", [])],
+        policy=STREAM_POLICY,
         jwt_leeway_seconds=0.0,
-        auth_reload_seconds=0.05,
-    ) as (app, _):
-        yield Served(app, keys, policy, jwt_key, issuer)
+    ) as server:
+        yield server
 
 
 def subscribe(client: Client) -> Any:
     return client.events.Subscribe(event_service_pb2.SubscribeRequest(aggregate_types=["Account"], pages=True))
+
+
+async def opened(*clients: Client) -> list[Any]:
+    """A subscription of each client, each caught up: open."""
+    calls = [subscribe(client) for client in clients]
+    for call in calls:
+        await caught_up(call)
+    return calls
 
 
 async def caught_up(call: Any) -> None:
@@ -109,8 +99,7 @@ async def test_streams_end_when_their_token_expires_and_not_before(served: Serve
         connect(served.app.address, interceptors=bearer(served.issuer.token("alice"))) as long_lived,
         connect(served.app.address) as plain,
     ):
-        subscription = subscribe(short_lived)
-        await caught_up(subscription)
+        (subscription,) = await opened(short_lived)
         # Its token as call metadata, not through the interceptors: grpc.aio
         # runs an intercepted request stream through a task of its own,
         # which fails unheard when the server ends the call.
@@ -119,8 +108,7 @@ async def test_streams_end_when_their_token_expires_and_not_before(served: Serve
             command_service_pb2.SubmitRequest(command=command("acc-1", bank.OpenAccount(owner="a"), user_id=""))
         )
         assert (await commands.read()).WhichOneof("result") == "ok"  # open, and serving
-        beside = subscribe(long_lived)
-        await caught_up(beside)
+        (beside,) = await opened(long_lived)
 
         ended = await end_of(subscription)
         assert time.time() >= expires - 0.1  # not before its exp (no leeway here)
@@ -145,9 +133,7 @@ async def test_a_revoked_api_key_ends_its_streams_and_only_those(served: Served)
         connect(served.app.address, interceptors=bearer(ALICE_KEY)) as revoked,
         connect(served.app.address, interceptors=bearer(ALICE_OTHER_KEY)) as kept,
     ):
-        subscription, beside = subscribe(revoked), subscribe(kept)
-        await caught_up(subscription)
-        await caught_up(beside)
+        subscription, beside = await opened(revoked, kept)
         api_key_file(served.keys, [(ALICE_OTHER_KEY, "alice", []), (ROOT_KEY, "root", [])])
 
         ended = await end_of(subscription)
@@ -157,8 +143,7 @@ async def test_a_revoked_api_key_ends_its_streams_and_only_those(served: Served)
 
 async def test_a_rotated_jwt_key_ends_the_streams_its_tokens_opened(served: Served) -> None:
     async with connect(served.app.address, interceptors=bearer(served.issuer.token("alice"))) as old:
-        subscription = subscribe(old)
-        await caught_up(subscription)
+        (subscription,) = await opened(old)
         write(served.jwt_key, JwtIssuer().public_key)
 
         ended = await end_of(subscription)
@@ -170,9 +155,7 @@ async def test_a_changed_grant_ends_the_principals_streams_to_be_opened_again_un
         connect(served.app.address, interceptors=bearer(ALICE_KEY)) as alice,
         connect(served.app.address, interceptors=bearer(ROOT_KEY)) as root,
     ):
-        subscription, beside = subscribe(alice), subscribe(root)
-        await caught_up(subscription)
-        await caught_up(beside)
+        subscription, beside = await opened(alice, root)
         # Alice loses her subscribe grant; root's grants do not change.
         write(served.policy, STREAM_POLICY.replace('subscribe = ["Account"]\n', ""))
 
@@ -192,8 +175,7 @@ async def test_a_policy_change_that_leaves_a_principals_grants_alone_leaves_its_
 ) -> None:
     caplog.set_level(logging.INFO, logger="service.security.reloading")
     async with connect(served.app.address, interceptors=bearer(ALICE_KEY)) as alice:
-        subscription = subscribe(alice)
-        await caught_up(subscription)
+        (subscription,) = await opened(alice)
         write(served.policy, STREAM_POLICY + '\n[principals."carol"]\nroles = ["boxer"]\n')
         await eventually(lambda: "read again" in caplog.text, what="the policy read again")
         await still_delivers(subscription, alice, "acc-1")
@@ -204,11 +186,11 @@ FEED_PRINCIPAL = '\n[principals."CN=feed,O=Chronicle Tests"]\nroles = ["teller"]
 
 async def test_a_stream_ends_when_its_client_certificate_expires(tmp_path: Path) -> None:
     ca = Authority()
-    server = ca.issue("localhost", server=True)
+    cert_file, key_file = server_tls_files(tmp_path, ca)
     settings = replace(
         TEST_SETTINGS,
-        tls_cert_file=write(tmp_path / "server.pem", server.certificate),
-        tls_key_file=write(tmp_path / "server.key", server.key),
+        tls_cert_file=cert_file,
+        tls_key_file=key_file,
         tls_client_ca_file=write(tmp_path / "clients-ca.pem", ca.certificate),
         auth=True,
         policy_file=write(tmp_path / "policy.toml", STREAM_POLICY + FEED_PRINCIPAL),
@@ -226,9 +208,7 @@ async def test_a_stream_ends_when_its_client_certificate_expires(tmp_path: Path)
             connect(app.address, credentials=over_tls(client)) as expiring,
             connect(app.address, credentials=over_tls(lasting)) as kept,
         ):
-            subscription, beside = subscribe(expiring), subscribe(kept)
-            await caught_up(subscription)
-            await caught_up(beside)
+            subscription, beside = await opened(expiring, kept)
             ended = await end_of(subscription)
             assert (ended.code(), details_of(ended).reason) == (
                 grpc.StatusCode.UNAUTHENTICATED,

@@ -253,3 +253,10 @@ def bearer(token: str) -> list[Any]:
     calls of every shape (ImportLog is the one that streams its requests
     and gets one answer)."""
     return [_BearerUnary(token), _BearerStream(token), _BearerDuplex(token), _BearerUpload(token)]
+
+
+def server_tls_files(folder: Path, ca: Authority) -> tuple[str, str]:
+    """A server certificate for localhost that ``ca`` signed, and its key,
+    written in ``folder``: the ``tls_cert_file`` and ``tls_key_file``."""
+    server = ca.issue("localhost", server=True)
+    return write(folder / "server.pem", server.certificate), write(folder / "server.key", server.key)

@@ -92,6 +92,26 @@ function countCalls(stub, method) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * The application's token holder: a JWT living 1 to 2 s, a new one once the
+ * held one expired (`promised`: handed out as a promise). `issued` lists the
+ * expiries of the tokens made.
+ */
+function shortLivedTokens({ promised = false } = {}) {
+  const issued = [];
+  let held = null;
+  const current = () => {
+    const now = Date.now() / 1000;
+    if (held === null || held.exp <= now) {
+      held = { exp: Math.floor(now) + 2 };
+      held.jwt = jwt(held.exp);
+      issued.push(held.exp);
+    }
+    return held.jwt;
+  };
+  return { token: promised ? async () => current() : current, issued };
+}
+
 /** Resolves once `condition()` holds, looked at every 20 ms; rejects after `timeoutMs`. */
 async function until(condition, timeoutMs = 10_000) {
   const deadline = Date.now() + timeoutMs;
@@ -184,20 +204,9 @@ test(
   'short-lived JWTs from a token function: a subscription, a command stream and a group consumer go on across expiries',
   { timeout: 30_000 },
   async () => {
-    // The application's token holder: a JWT living 1 to 2 s, a new one once
-    // the held one expired. Each stream is ended by the server at its token's
-    // exp (UNAUTHENTICATED TOKEN_EXPIRED) and reopened by the client.
-    const issued = [];
-    let held = null;
-    const token = async () => {
-      const now = Date.now() / 1000;
-      if (held === null || held.exp <= now) {
-        held = { exp: Math.floor(now) + 2 };
-        held.jwt = jwt(held.exp);
-        issued.push(held.exp);
-      }
-      return held.jwt;
-    };
+    // Each stream is ended by the server at its token's exp
+    // (UNAUTHENTICATED TOKEN_EXPIRED) and reopened by the client.
+    const { token, issued } = shortLivedTokens({ promised: true });
     const origin = `node-auth-${randomUUID()}`;
     const client = new ChronicleClient(server.address, { token, origin });
     const subscriptions = countCalls(client.events, 'Subscribe');
@@ -299,17 +308,7 @@ test(
   'an idle command stream outlives more token expiries than its retries: a call that lived counts afresh',
   { timeout: 20_000 },
   async () => {
-    const issued = [];
-    let held = null;
-    const token = () => {
-      const now = Date.now() / 1000;
-      if (held === null || held.exp <= now) {
-        held = { exp: Math.floor(now) + 2 };
-        held.jwt = jwt(held.exp);
-        issued.push(held.exp);
-      }
-      return held.jwt;
-    };
+    const { token, issued } = shortLivedTokens();
     const client = new ChronicleClient(server.address, { token });
     const streams = countCalls(client.commands, 'SubmitStreamPages');
     const accountId = `acc-${randomUUID()}`;
