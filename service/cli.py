@@ -383,7 +383,9 @@ def _as_dict(message: object) -> dict[str, object]:
 # A tail's stream reopened after these many failures in a row (a message
 # received starts the count again), backing off up to 2 s between them.
 TAIL_ATTEMPTS = 5
-# UNAUTHENTICATED reasons that a token file renewed meanwhile may cure.
+# UNAUTHENTICATED reasons that a token file renewed meanwhile may cure: the
+# client SDK's ``retry.REFRESHABLE``, not imported (importing the SDK's
+# package costs every CLI call about 30 ms of start-up).
 _STALE_TOKEN = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN", "UNKNOWN_API_KEY"})
 
 

@@ -205,14 +205,15 @@ class RpcGate:
         return principal, until, metadata, certificate
 
     async def _ended(self, method: str, stream: LiveStream | None, context: Context) -> None:
-        """The stream's task was cancelled: if ``self.streams`` ended it
-        (its credentials expired or changed), answer why, audited as a
-        refusal; otherwise the cancellation (a client that went away, a
-        server stopping) goes on."""
+        """Called where the stream's task caught its cancellation: if
+        ``self.streams`` ended it (its credentials expired or changed),
+        answer why, audited as a refusal; otherwise the cancellation (a
+        client that went away, a server stopping) goes on."""
+        if stream is None or stream.ended is None:
+            raise  # the CancelledError the caller is handling
         task = asyncio.current_task()
-        if stream is None or stream.ended is None or task is None:
-            raise asyncio.CancelledError
-        task.uncancel()
+        if task is not None:
+            task.uncancel()
         await self._refuse(method, None, context, stream.ended)
 
     async def _fail(self, method: str, request: object, context: Context, error: Exception) -> None:
@@ -280,8 +281,6 @@ class RpcGate:
                 except grpc.aio.AbortError:
                     raise
                 except asyncio.CancelledError:
-                    if stream is None or stream.ended is None:
-                        raise  # the client went away, or the server is stopping
                     await ended(method, stream, context)
                 except Exception as error:
                     await fail(method, request, context, error)
@@ -305,8 +304,6 @@ class RpcGate:
                 except grpc.aio.AbortError:
                     raise
                 except asyncio.CancelledError:
-                    if stream is None or stream.ended is None:
-                        raise  # the client went away, or the server is stopping
                     await ended(method, stream, context)
                 except Exception as error:
                     await fail(method, None, context, error)
@@ -326,8 +323,6 @@ class RpcGate:
             except grpc.aio.AbortError:
                 raise
             except asyncio.CancelledError:
-                if stream is None or stream.ended is None:
-                    raise  # the client went away, or the server is stopping
                 await ended(method, stream, context)
             except Exception as error:
                 await fail(method, None, context, error)
