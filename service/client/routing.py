@@ -136,8 +136,10 @@ class Routes:
 
     def unreachable(self, address: str | None) -> None:
         """A call to member ``address`` failed with UNAVAILABLE (a routed
-        stream's call also with a CANCELLED the client did not ask for):
-        the member is gone or going."""
+        stream's call with what ``routed_stream.member_gone`` says is a
+        member gone: not a reason of a live member's, such as
+        CREDENTIALS_CHANGED, nor a connection closed at its age): the member
+        is gone or going."""
         if address is not None:
             self.failovers += 1
             self._down[address] = self._clock() + DOWN_SECONDS

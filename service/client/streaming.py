@@ -29,7 +29,8 @@ above.
 
 Each call is opened by ``open_call(paged, broken)`` (``OpenCall``), told
 which error, if any, broke the call before it: a routing client moves a
-lane to another member only when its member is gone (routed_stream.py).
+lane to another member only when that error says its member is gone
+(routed_stream.py).
 """
 
 from __future__ import annotations
@@ -98,11 +99,13 @@ async def commands_of(commands: Iterable[Command] | AsyncIterable[Command]) -> A
 
 
 # ``open_call(paged, broken)``: a new SubmitStreamPages call (``paged``) or
-# SubmitStream call. ``broken``: the code of the error that ended the
-# previous call (one the retry policy retries); None for the first call, and
-# for the SubmitStream call that follows a SubmitStreamPages the server
-# answered UNIMPLEMENTED (the server is older, not gone).
-OpenCall = Callable[[bool, grpc.StatusCode | None], Any]
+# SubmitStream call. ``broken``: the error that ended the previous call (one
+# the retry policy retries), with the status's reason and message; None for
+# the first call, for the SubmitStream call that follows a SubmitStreamPages
+# the server answered UNIMPLEMENTED (the server is older, not gone), and for
+# a call asked again after grpc.aio lost a status (nothing is known to have
+# broken).
+OpenCall = Callable[[bool, RemoteError | None], Any]
 
 
 class CommandStream:
@@ -173,7 +176,7 @@ class CommandStream:
                     )
                     await asyncio.sleep(wait)
                     attempt += 1
-                    await self._reopen(error.code)
+                    await self._reopen(error)
                     continue
                 if message is grpc.aio.EOF:
                     if self._pending:
@@ -243,7 +246,7 @@ class CommandStream:
                     await self._done_writing()
                     return
 
-    async def _reopen(self, broken: grpc.StatusCode | None, *, answered_first: bool = False) -> None:
+    async def _reopen(self, broken: RemoteError | None, *, answered_first: bool = False) -> None:
         """Open the next call (``broken``: see ``OpenCall``) and send it
         every pending command; with ``answered_first``, only once the server
         has answered the call (or after ``_ANSWER_WAIT``), and nothing if it

@@ -1,10 +1,11 @@
 """The Python client's routed command streams (``submit_stream`` with
 ``routing=True``) against stand-in members over real sockets: which of a
 lane's reopenings mark its member down and move the lane to another member
-(the call broke with UNAVAILABLE, or a CANCELLED the client did not ask
-for), and which reopen on the same member (SubmitStream after a
-SubmitStreamPages answered UNIMPLEMENTED, a retried error such as a full
-queue). Each stand-in answers every command itself and records it, so a
+(the call broke with UNAVAILABLE or a CANCELLED the client did not ask for,
+without a reason, or with SHUTTING_DOWN), and which reopen on the same
+member (SubmitStream after a SubmitStreamPages answered UNIMPLEMENTED, a
+retried error such as a full queue, an UNAVAILABLE a live member sends:
+CREDENTIALS_CHANGED, gRPC's "max connection age"). Each stand-in answers every command itself and records it, so a
 test sees which member answered which command. What the commands do on a
 real cluster is tested in test_routing_client.py."""
 
@@ -110,9 +111,9 @@ class _Recorded(grpc.GenericRpcHandler):  # type: ignore[misc]
         return handler
 
 
-def ending(code: grpc.StatusCode) -> grpc.Status:
+def ending(code: grpc.StatusCode, message: str = "") -> grpc.Status:
     """A status with no details, that a call ends with."""
-    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=f"{code.name} (simulated)"))
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message or f"{code.name} (simulated)"))
 
 
 class _Topology(cluster_service_pb2_grpc.ClusterServiceServicer):
@@ -212,11 +213,20 @@ async def test_a_member_without_paged_streams_gets_its_commands_over_submit_stre
     assert "SubmitStreamPages" in members[0].calls + members[1].calls
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED])
+@pytest.mark.parametrize(
+    "status",
+    [
+        ending(grpc.StatusCode.UNAVAILABLE),
+        ending(grpc.StatusCode.CANCELLED),
+        # A member that says it is going (with a RetryInfo of a second).
+        rich_status(errors.StoreUnavailable("the server is shutting down", reason="SHUTTING_DOWN")),
+    ],
+    ids=["UNAVAILABLE", "CANCELLED", "SHUTTING_DOWN"],
+)
 async def test_a_lane_whose_member_is_gone_marks_it_down_and_moves(
-    code: grpc.StatusCode, monkeypatch: pytest.MonkeyPatch
+    status: grpc.Status, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gone = Member("a", breaks=deque([ending(code)]))
+    gone = Member("a", breaks=deque([status]))
     members = [gone, Member("b")]
     async with cluster(members) as client:
         marked = record_marks(client.routes, monkeypatch)
@@ -246,6 +256,34 @@ async def test_a_lane_broken_by_a_retried_refusal_reopens_on_its_member(
         await submitted(client, commands)
     assert marked == []
     assert refusing.calls == ["SubmitStreamPages", "SubmitStreamPages"]
+    assert answerers(members, commands) == owners(members, commands)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        # The member read its policy again and the caller's grants changed:
+        # the caller is to open the stream again there (after a second, as
+        # its RetryInfo says).
+        rich_status(errors.CredentialsChanged("the grants this stream was opened with changed; open it again")),
+        # gRPC's own status for the calls of a connection past the server's
+        # --max-connection-age-seconds and grace (test_routed_stream_reopen.py
+        # has a real server send it).
+        ending(grpc.StatusCode.UNAVAILABLE, "max connection age"),
+    ],
+    ids=["CREDENTIALS_CHANGED", "connection-age"],
+)
+async def test_a_lane_a_live_member_ended_reopens_on_it(status: grpc.Status, monkeypatch: pytest.MonkeyPatch) -> None:
+    alive = Member("a", breaks=deque([status]))
+    members = [alive, Member("b")]
+    async with cluster(members) as client:
+        marked = record_marks(client.routes, monkeypatch)
+        commands = deposits(owned_by(members, alive, 5) + owned_by(members, members[1], 5))
+        await submitted(client, commands)
+        assert client.routes is not None
+        assert client.routes.failovers == 0
+    assert marked == []
+    assert alive.calls == ["SubmitStreamPages", "SubmitStreamPages"]
     assert answerers(members, commands) == owners(members, commands)
 
 

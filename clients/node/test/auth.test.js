@@ -453,3 +453,86 @@ test('a failing token function fails the call; a call awaiting its token still e
     standIn.stop();
   }
 });
+
+// Alice may read boxes too: her grants change, her submits stay.
+const WIDER_POLICY = POLICY.replace('read = ["Account"]', 'read = ["Account", "Box"]');
+
+/**
+ * Runs `change()` once a SubmitStreamPages call on `stub` is open (the
+ * server answered it: it is registered as a live stream) and resolves with
+ * the ChronicleError the server ends that call with.
+ */
+function endOfACallAcross(stub, change) {
+  return new Promise((resolve) => {
+    const call = stub.SubmitStreamPages();
+    call.on('metadata', () => change());
+    call.on('data', () => {});
+    call.on('error', (error) => resolve(new ChronicleError(error)));
+  });
+}
+
+test(
+  'a routed command stream whose call a changed grant ended opens it again on the same replica, which stays up',
+  { timeout: 20_000 },
+  async () => {
+    const client = new ChronicleClient(server.address, { token: apiKey, routing: true });
+    const probe = new ChronicleClient(server.address, { token: apiKey });
+    const marked = [];
+    const unreachable = client.routes.unreachable.bind(client.routes);
+    client.routes.unreachable = (address) => {
+      marked.push(address);
+      unreachable(address);
+    };
+    try {
+      await client.routes.ready;
+      const [member] = client.routes.topology.members; // the lone server
+      const streams = countCalls(client.routes.stubsOf(member.address).commands, 'SubmitStreamPages');
+      const accountId = `acc-${randomUUID()}`;
+      const ids = [];
+      const next = (typeName, fields) => {
+        ids.push(randomUUID());
+        return { aggregateId: accountId, typeName, fields, commandId: ids.at(-1) };
+      };
+      let ended = null;
+      async function* commands() {
+        yield next('bank.v1.OpenAccount', { owner: 'ann' });
+        // The server reads the policy again within 50 ms and ends alice's
+        // streams (UNAVAILABLE CREDENTIALS_CHANGED, with a RetryInfo of a
+        // second), the probe's and the lane's; deposits go on meanwhile, and
+        // one more once the lane's call was opened again.
+        ended = endOfACallAcross(probe.commands, () => privateFile('policy.toml', WIDER_POLICY));
+        for (let n = 0; n < 500 && streams.calls < 2; n += 1) {
+          yield next('bank.v1.Deposit', { amount: 1 });
+          await sleep(20);
+        }
+        yield next('bank.v1.Deposit', { amount: 1 });
+      }
+      const results = [];
+      for await (const result of client.submitStream(commands())) results.push(result);
+
+      const why = await ended;
+      assert.deepEqual([why.code, why.reason], ['UNAVAILABLE', 'CREDENTIALS_CHANGED']);
+      assert.equal(streams.calls, 2); // opened again on its own replica
+      assert.deepEqual(marked, []); // which was never marked down
+      assert.equal(client.routes.isDown(member.address), false);
+      // Every command answered once, in order.
+      assert.deepEqual(
+        results.filter((r) => r.error).map((r) => r.error.reason),
+        [],
+      );
+      assert.deepEqual(
+        results.map((r) => r.command_id),
+        ids,
+      );
+      assert.deepEqual(
+        results.map((r) => r.submitted.version),
+        ids.map((_, i) => i + 1),
+      );
+    } finally {
+      // The policy as before, read again (a probe's stream ended by it) before the next test.
+      await endOfACallAcross(probe.commands, () => privateFile('policy.toml', POLICY));
+      client.close();
+      probe.close();
+    }
+  },
+);

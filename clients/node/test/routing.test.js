@@ -3,7 +3,8 @@
 // on PostgreSQL, and a replica killed under the client's feet; a routed
 // command stream there too, and against stand-in replicas (an aggregate's
 // commands kept in one lane across a change of owner, a lane moved to
-// another member when its own breaks the call).
+// another member when its own breaks the call); and a routed stream whose
+// connection a server closes at its age, which stays on that server.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -15,7 +16,7 @@ import { after, before, test } from 'node:test';
 import grpc from '@grpc/grpc-js';
 
 import { ChronicleClient, crc32, partitionOf, services, unpack } from '../src/chronicle.js';
-import { startCluster } from './server.js';
+import { startCluster, startServer } from './server.js';
 import { standInServer } from './stand_in.js';
 
 const repository = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -353,5 +354,59 @@ test('a lane whose replica breaks its call sends its unanswered commands to anot
     client.close();
     a.stop();
     b.stop();
+  }
+});
+
+test('a routed command stream whose connection aged out opens its call again on the same replica', async () => {
+  // The server ends the calls of a connection a second after it opened and
+  // 0.2 s of grace later (gRPC's UNAVAILABLE "max connection age"): alive,
+  // it is not marked down.
+  const aging = await startServer({
+    args: ['--anonymous-admin', '--max-connection-age-seconds', '1', '--max-connection-age-grace-seconds', '0.2'],
+  });
+  const client = new ChronicleClient(aging.address, { routing: true });
+  const marked = [];
+  const unreachable = client.routes.unreachable.bind(client.routes);
+  client.routes.unreachable = (address) => {
+    marked.push(address);
+    unreachable(address);
+  };
+  try {
+    await client.routes.ready;
+    const [member] = client.routes.topology.members; // the lone server
+    const stub = client.routes.stubsOf(member.address).commands;
+    const calls = { count: 0 };
+    const open = stub.SubmitStreamPages.bind(stub);
+    stub.SubmitStreamPages = (...args) => {
+      calls.count += 1;
+      return open(...args);
+    };
+    const accountId = `acc-${randomUUID()}`;
+    const commands = [opening(accountId)];
+    async function* source() {
+      yield commands[0];
+      // Deposits until the lane's call was opened again twice, then one more.
+      for (let n = 1; n <= 500 && calls.count < 3; n += 1) {
+        commands.push(depositing(accountId, n));
+        yield commands.at(-1);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      commands.push(depositing(accountId, commands.length));
+      yield commands.at(-1);
+    }
+    const results = [];
+    for await (const result of client.submitStream(source())) results.push(result);
+    assert.equal(calls.count, 3); // each time on its own replica
+    assert.deepEqual(marked, []); // which was never marked down
+    assert.equal(client.routes.isDown(member.address), false);
+    assert.deepEqual(errorsOf(results), []);
+    assert.deepEqual(
+      results.map((r) => r.command_id),
+      commands.map((c) => c.commandId),
+    );
+    assert.deepEqual(versionsOf(results).get(accountId), Array.from({ length: commands.length }, (_, n) => n + 1));
+  } finally {
+    client.close();
+    await aging.stop();
   }
 });
