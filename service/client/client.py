@@ -23,12 +23,12 @@ from chronicle.v1 import (
 from service.client.call_metadata import CallMetadata, TokenSource
 from service.client.checkpoints import CheckpointStore
 from service.client.commands import Command, new_command_id
-from service.client.errors import RemoteError
+from service.client.errors import RemoteError, remote_error
 from service.client.groups import GroupConsumer, Groups
 from service.client.results import AggregateState, Event, M, StreamResult, Submitted, SubmittedBatch, unpack_as
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
 from service.client.routed_stream import RoutedStream
-from service.client.routing import Routes
+from service.client.routing import Routes, member_gone
 from service.client.streaming import CommandStream, StreamMethod, commands_of
 from service.client.subscription import LogFilter, Subscription
 
@@ -303,7 +303,7 @@ class ChronicleClient:
         try:
             response = await call
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNAVAILABLE:
+            if error.code() == grpc.StatusCode.UNAVAILABLE and member_gone(remote_error(error)):
                 self.routes.unreachable(address)
             raise
         self.routes.hinted(await call.trailing_metadata())

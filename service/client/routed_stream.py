@@ -7,7 +7,7 @@ unanswered commands, a broken call reopened and its pending commands sent
 again with their ids) fed from a queue. Each call of a lane opens on the
 lane's member unless that member is marked down, else on another member
 (``Routes.stub_for``). A call that broke because its member is gone or
-going (``member_gone``: UNAVAILABLE, or a CANCELLED the client did not ask
+going (``routing.member_gone``: UNAVAILABLE, or a CANCELLED the client did not ask
 for, from a connection lost or refused, a server stopping, or a server that
 says SHUTTING_DOWN) marks the member it was on down (``Routes.unreachable``,
 which unary sends heed too) before the next call opens. Nothing else marks a
@@ -33,61 +33,17 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
-import grpc
-
 from chronicle.v1 import command_service_pb2, command_service_pb2_grpc
 from service.client.commands import Command
 from service.client.errors import RemoteError
 from service.client.results import StreamResult
 from service.client.retry import RetryPolicy
-from service.client.routing import Routes
+from service.client.routing import Routes, member_gone
 from service.client.stopping import stop
 from service.client.streaming import DEFAULT_WINDOW, CommandStream, StreamMethod
 
 Lane = str | None  # a member's address; None: the seed
 _END = object()
-# How a lane's call ends when its member is gone or going (killed, the
-# connection lost, a server stopping). CANCELLED here is always the
-# server's: a call the client cancels itself ends in asyncio.CancelledError
-# (grpc.aio raises it for a locally cancelled call), never in an
-# AioRpcError, so it does not reach a reopening; and CommandStream cancels a
-# call only when it has already broken (before reopening) or when the stream
-# ends (then nothing is reopened).
-MEMBER_GONE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
-# Reasons a member gives when it is going: it ends its calls as it stops.
-GOING_REASONS = frozenset({"SHUTTING_DOWN"})
-# The status gRPC itself (the server's core, so every client sees the same
-# grpc-message) ends a call with once the call's connection outlived the
-# server's --max-connection-age-seconds and its grace: the member closed an
-# old connection (it sent GOAWAY at the age, and the channel opened a new
-# one for new calls meanwhile), and is as alive as before.
-CONNECTION_AGED = "max connection age"
-
-
-def member_gone(error: RemoteError) -> bool:
-    """Whether the member whose call ``error`` ended is gone or going, so
-    the lane moves to another member; otherwise it reopens on the same one.
-
-    A status that carries Chronicle's ErrorInfo was sent by a running
-    member, which said why it ended the call (CREDENTIALS_CHANGED: its key
-    or policy files were read again and the caller's grants changed; the
-    caller is to open the call again there): the member is gone only if its
-    reason says it is going (``GOING_REASONS``). A status without one
-    (``RemoteError.reason`` is then the code's name) is gRPC's own: the
-    connection broke or was refused, or the server stopped and cancelled
-    its calls ("Cancelling all calls"), and the member counts as gone: it
-    cannot be told from one that was killed without trying it again, and a
-    call to try it first would hold up every failover (a member that is
-    only unlucky is tried again after ``routing.DOWN_SECONDS``). Except
-    ``CONNECTION_AGED``, which only a live server sends. Should a gRPC
-    release word that status otherwise, a lane ended by a connection's age
-    moves for a second as it did before: a warm cache lost, never a
-    command."""
-    if error.code not in MEMBER_GONE:
-        return False
-    if error.reason != error.code.name:  # an ErrorInfo: the member itself answered
-        return error.reason in GOING_REASONS
-    return error.message != CONNECTION_AGED
 
 
 class RoutedStream:

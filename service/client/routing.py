@@ -35,6 +35,7 @@ import grpc
 
 from chronicle.v1 import cluster_service_pb2, cluster_service_pb2_grpc, command_service_pb2_grpc
 from service.client.call_metadata import CallMetadata
+from service.client.errors import RemoteError
 from service.client.stopping import stop
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,52 @@ DOWN_SECONDS = 1.0
 # Reconnecting a broken topology watch waits this long at first, doubling.
 _WATCH_BACKOFF = (0.2, 5.0)
 _FETCH_TIMEOUT = 2.0
+
+
+# How a call ends when its member is gone or going (killed, the connection
+# lost, a server stopping). A routed stream's CANCELLED is always the
+# server's: a call the client cancels itself ends in asyncio.CancelledError
+# (grpc.aio raises it for a locally cancelled call), never in an
+# AioRpcError, so it does not reach a reopening; and CommandStream cancels a
+# call only when it has already broken (before reopening) or when the stream
+# ends (then nothing is reopened).
+MEMBER_GONE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+# Reasons a member gives when it is going: it ends its calls as it stops.
+GOING_REASONS = frozenset({"SHUTTING_DOWN"})
+# The status gRPC itself (the server's core, so every client sees the same
+# grpc-message) ends a call with once the call's connection outlived the
+# server's --max-connection-age-seconds and its grace: the member closed an
+# old connection (it sent GOAWAY at the age, and the channel opened a new
+# one for new calls meanwhile), and is as alive as before.
+CONNECTION_AGED = "max connection age"
+
+
+def member_gone(error: RemoteError) -> bool:
+    """Whether the member whose call ``error`` ended is gone or going: it is
+    marked down (``Routes.unreachable``), and a routed stream's lane moves
+    to another member; otherwise the lane reopens on the same one, and a
+    unary send tries it again.
+
+    A status that carries Chronicle's ErrorInfo was sent by a running
+    member, which said why it ended the call (CREDENTIALS_CHANGED: its key
+    or policy files were read again and the caller's grants changed; the
+    caller is to open the call again there): the member is gone only if its
+    reason says it is going (``GOING_REASONS``). A status without one
+    (``RemoteError.reason`` is then the code's name) is gRPC's own: the
+    connection broke or was refused, or the server stopped and cancelled
+    its calls ("Cancelling all calls"), and the member counts as gone: it
+    cannot be told from one that was killed without trying it again, and a
+    call to try it first would hold up every failover (a member that is
+    only unlucky is tried again after ``DOWN_SECONDS``). Except
+    ``CONNECTION_AGED``, which only a live server sends. Should a gRPC
+    release word that status otherwise, a call ended by a connection's age
+    moves for a second as it did before: a warm cache lost, never a
+    command."""
+    if error.code not in MEMBER_GONE:
+        return False
+    if error.reason != error.code.name:  # an ErrorInfo: the member itself answered
+        return error.reason in GOING_REASONS
+    return error.message != CONNECTION_AGED
 
 
 def partition_of(aggregate_id: str, partition_count: int) -> int:
@@ -135,11 +182,8 @@ class Routes:
     # -- what answers tell -------------------------------------------------------
 
     def unreachable(self, address: str | None) -> None:
-        """A call to member ``address`` failed with UNAVAILABLE (a routed
-        stream's call with what ``routed_stream.member_gone`` says is a
-        member gone: not a reason of a live member's, such as
-        CREDENTIALS_CHANGED, nor a connection closed at its age): the member
-        is gone or going."""
+        """A call to member ``address`` ended as ``member_gone`` says a
+        call to a member gone or going does."""
         if address is not None:
             self.failovers += 1
             self._down[address] = self._clock() + DOWN_SECONDS

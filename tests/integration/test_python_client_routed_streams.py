@@ -5,9 +5,10 @@ lane's reopenings mark its member down and move the lane to another member
 without a reason, or with SHUTTING_DOWN), and which reopen on the same
 member (SubmitStream after a SubmitStreamPages answered UNIMPLEMENTED, a
 retried error such as a full queue, an UNAVAILABLE a live member sends:
-CREDENTIALS_CHANGED, gRPC's "max connection age"). Each stand-in answers every command itself and records it, so a
-test sees which member answered which command. What the commands do on a
-real cluster is tested in test_routing_client.py."""
+CREDENTIALS_CHANGED, gRPC's "max connection age"); and the same rule for
+routed unary Submits. Each stand-in answers every command itself and
+records it, so a test sees which member answered which command. What the
+commands do on a real cluster is tested in test_routing_client.py."""
 
 from __future__ import annotations
 
@@ -41,12 +42,21 @@ class Member:
     Its SubmitStreamPages calls end with the statuses in ``breaks``, one a
     call (taken when the call starts), after the call's first page and
     before answering any of it; then they answer. Members may share one
-    ``breaks``."""
+    ``breaks``. Its unary Submits end with the statuses in ``unary_breaks``,
+    one a call, then answer."""
 
-    def __init__(self, name: str, *, paged: bool = True, breaks: deque[grpc.Status] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        paged: bool = True,
+        breaks: deque[grpc.Status] | None = None,
+        unary_breaks: deque[grpc.Status] | None = None,
+    ) -> None:
         self.name = name
         self.paged = paged
         self.breaks: deque[grpc.Status] = deque() if breaks is None else breaks
+        self.unary_breaks: deque[grpc.Status] = deque() if unary_breaks is None else unary_breaks
         self.topology = cluster_service_pb2.Topology()
         self.address = ""
         self.answered: dict[str, str] = {}  # command id → aggregate id, of the commands it answered
@@ -55,11 +65,16 @@ class Member:
     async def start(self, stack: AsyncExitStack) -> None:
         server = grpc.aio.server()
         methods = {
+            "/chronicle.v1.CommandService/Submit": grpc.unary_unary_rpc_method_handler(
+                self._submit,
+                request_deserializer=pb.SubmitRequest.FromString,
+                response_serializer=pb.SubmitResponse.SerializeToString,
+            ),
             "/chronicle.v1.CommandService/SubmitStream": grpc.stream_stream_rpc_method_handler(
                 self._submit_stream,
                 request_deserializer=pb.SubmitRequest.FromString,
                 response_serializer=pb.SubmitStreamResponse.SerializeToString,
-            )
+            ),
         }
         if self.paged:
             methods["/chronicle.v1.CommandService/SubmitStreamPages"] = grpc.stream_stream_rpc_method_handler(
@@ -78,6 +93,13 @@ class Member:
         command = request.command
         self.answered[command.command_id] = command.aggregate_id
         return pb.SubmitStreamResponse(command_id=command.command_id, ok=pb.SubmitResponse(version=1))
+
+    async def _submit(self, request: pb.SubmitRequest, context: Any) -> pb.SubmitResponse:
+        self.calls.append("Submit")
+        if self.unary_breaks:
+            breaking = self.unary_breaks.popleft()
+            await context.abort(breaking.code, breaking.details, breaking.trailing_metadata)
+        return self._answer(request).ok
 
     async def _submit_stream(self, requests: AsyncIterator[pb.SubmitRequest], context: Any) -> AsyncIterator[Any]:
         self.calls.append("SubmitStream")
@@ -303,3 +325,32 @@ async def test_a_moved_lane_whose_new_member_is_gone_marks_that_one_down(monkeyp
     assert marked == [home.address, broken.address]
     assert broken.calls == ["SubmitStreamPages"]
     assert answerers(members, commands) == [[refuge.name]] * len(commands)
+
+
+@pytest.mark.parametrize(
+    ("status", "gone"),
+    [
+        (ending(grpc.StatusCode.UNAVAILABLE), True),
+        (ending(grpc.StatusCode.UNAVAILABLE, "max connection age"), False),
+    ],
+    ids=["no-reason", "connection-age"],
+)
+async def test_a_routed_submit_marks_its_member_down_only_when_it_is_gone(
+    status: grpc.Status, gone: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unary Submit that its owner ended with UNAVAILABLE is sent again
+    with the same command id: to another member when the owner is gone
+    (marked down), to the owner again when it only closed an old connection.
+    (A SHUTTING_DOWN's RetryInfo holds the retry until the member is no
+    longer marked down: the lanes' test above covers that reason.)"""
+    home = Member("a", unary_breaks=deque([status]))
+    members = [home, Member("b")]
+    async with cluster(members) as client:
+        marked = record_marks(client.routes, monkeypatch)
+        (aggregate_id,) = owned_by(members, home, 1)
+        command = Command(aggregate_id, bank.Deposit(amount=1))
+        submitted = await client.submit(aggregate_id, command.message, command_id=command.command_id)
+    assert submitted.version == 1
+    assert marked == ([home.address] if gone else [])
+    assert answerers(members, [command]) == ([["b"]] if gone else [["a"]])
+    assert home.calls == (["Submit"] if gone else ["Submit", "Submit"])

@@ -13,47 +13,8 @@
 // particular order. A command for an aggregate with nothing unanswered goes
 // to the lane of its owner now.
 
+import { memberGone } from './routing.js';
 import { Signal } from './signal.js';
-
-// How a lane's call ends when its member is gone or going (killed, the
-// connection lost, a server stopping): the member is marked down, so the
-// lane reopens on another one, and unary sends step around it too (see
-// memberGone for the statuses of a live member's that end a call so).
-const MEMBER_GONE = new Set(['UNAVAILABLE', 'CANCELLED']);
-// Reasons a member gives when it is going: it ends its calls as it stops.
-const GOING_REASONS = new Set(['SHUTTING_DOWN']);
-// The status gRPC itself (the server's core, so every client sees the same
-// grpc-message) ends a call with once the call's connection outlived the
-// server's --max-connection-age-seconds and its grace: the member closed an
-// old connection (it sent GOAWAY at the age, and the channel opened a new
-// one for new calls meanwhile), and is as alive as before.
-const CONNECTION_AGED = 'max connection age';
-
-/**
- * Whether the member whose call `broken` (a ChronicleError) ended is gone or
- * going, so the lane moves to another member; otherwise it reopens on the
- * same one, with the stream's backoff and attempts as for any break (the
- * Python client's service/client/routed_stream.py, member_gone, is the same).
- *
- * A status that carries Chronicle's ErrorInfo was sent by a running member,
- * which said why it ended the call (CREDENTIALS_CHANGED: its key or policy
- * files were read again and the caller's grants changed; the caller is to
- * open the call again there): the member is gone only if its reason says it
- * is going. A status without one (the reason is then the code) is gRPC's
- * own: the connection broke or was refused, or the server stopped and
- * cancelled its calls, and the member counts as gone: it cannot be told from
- * one that was killed without trying it again, and a call to try it first
- * would hold up every failover (a member that is only unlucky is tried again
- * after a second). Except CONNECTION_AGED, which only a live server sends.
- * Should a gRPC release word that status otherwise, a lane ended by a
- * connection's age moves for a second as it did before: a warm cache lost,
- * never a command.
- */
-function memberGone(broken) {
-  if (!MEMBER_GONE.has(broken.code)) return false;
-  if (broken.reason !== broken.code) return GOING_REASONS.has(broken.reason); // an ErrorInfo: the member answered
-  return (broken.cause?.details ?? broken.message) !== CONNECTION_AGED;
-}
 
 export class RoutedStream {
   /**

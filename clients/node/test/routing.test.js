@@ -227,13 +227,22 @@ function standInCluster() {
 
 /**
  * `onPage(call, requests, page)` for each SubmitPage, `requests` all of the
- * call's so far; `onEnd(call)` when the client has sent its last.
+ * call's so far; `onEnd(call)` when the client has sent its last;
+ * `onSubmit(request)` for each unary Submit: its status if it fails the
+ * call, else null (the deposit is accepted).
  */
-async function standInReplica(cluster, onPage, onEnd = (call) => call.end()) {
+async function standInReplica(cluster, onPage, onEnd = (call) => call.end(), onSubmit = () => null) {
   const calls = [];
+  const submits = [];
   const replica = await standInServer(
     services.CommandService,
     {
+      Submit(call, callback) {
+        submits.push(call.request.command.command_id);
+        const failure = onSubmit(call.request);
+        if (failure) callback(failure);
+        else callback(null, accepted(call.request, amountOf(call.request)).ok);
+      },
       SubmitStreamPages(call) {
         const requests = [];
         calls.push(requests);
@@ -260,7 +269,12 @@ async function standInReplica(cluster, onPage, onEnd = (call) => call.end()) {
       ],
     ],
   );
-  return { ...replica, calls, received: () => calls.flat().map((request) => request.command.command_id) };
+  return {
+    ...replica,
+    calls,
+    submits,
+    received: () => calls.flat().map((request) => request.command.command_id),
+  };
 }
 
 /** One partition, owned by member `owner` ('a' or 'b'). */
@@ -356,6 +370,35 @@ test('a lane whose replica breaks its call sends its unanswered commands to anot
     b.stop();
   }
 });
+
+for (const [ended, gone] of [
+  ['going away (test)', true],
+  ['max connection age', false],
+]) {
+  test(`a routed submit its owner failed UNAVAILABLE "${ended}" is sent again ${gone ? 'to another replica, the owner marked down' : 'to the owner, alive'}`, async () => {
+    const cluster = standInCluster();
+    let failures = 1;
+    const a = await standInReplica(cluster, answerEachPage, undefined, () =>
+      failures-- > 0 ? { code: grpc.status.UNAVAILABLE, details: ended } : null,
+    );
+    const b = await standInReplica(cluster, answerEachPage);
+    cluster.topology = topologyOf(1, 'a', a, b);
+    const client = new ChronicleClient(a.address, { routing: true });
+    try {
+      await client.routes.waitFor((t) => t.epoch === 1);
+      const commandId = randomUUID();
+      const submitted = await client.submit('acc-1', 'bank.v1.Deposit', { amount: 1 }, { commandId });
+      assert.equal(submitted.version, 1);
+      assert.deepEqual(a.submits, gone ? [commandId] : [commandId, commandId]);
+      assert.deepEqual(b.submits, gone ? [commandId] : []);
+      assert.equal(client.routes.isDown(a.address), gone);
+    } finally {
+      client.close();
+      a.stop();
+      b.stop();
+    }
+  });
+}
 
 test('a routed command stream whose connection aged out opens its call again on the same replica', async () => {
   // The server ends the calls of a connection a second after it opened and
