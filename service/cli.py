@@ -35,7 +35,11 @@ short-lived tokens; against TLS, ``--tls-ca`` (and for mutual TLS
 ``--tls-cert``/``--tls-key``).
 
 Client commands print JSON on stdout. A refused command prints the gRPC code,
-the reason and the message on stderr and exits with status 1; ``read`` of an
+the reason and the message on stderr and exits with status 1 (and, when no
+server answered or the server wants a token, a line on what to do); a
+mistake on the command line (a payload that is not JSON, a message type the
+server does not know) is said the same way, with what to give instead, and
+exits with status 2; ``read`` of an
 aggregate with no events says NOT_FOUND like ``get``. Every command exits
 with the statuses ``EXIT_STATUS_HELP`` lists (``chronicle --help``).
 """
@@ -79,6 +83,7 @@ from chronicle.v1 import (
 )
 from service.api.codec import check_id
 from service.errors import ChronicleError, ConfigurationError, InvalidInput
+from service.json_input import JsonInputError
 from service.progress import Reporter
 from service.remote_types import RemoteTypes, UnknownType
 from service.settings import add_arguments, load_settings
@@ -114,6 +119,46 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
+
+
+def _rfc3339(text: str) -> str:
+    """A time the server's ``Timestamp`` takes, checked before anything is sent."""
+    from google.protobuf import timestamp_pb2
+
+    try:
+        timestamp_pb2.Timestamp().FromJsonString(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an RFC 3339 time with its offset, e.g. 2026-01-31T12:00:00Z, got {text!r}"
+        ) from None
+    return text
+
+
+# URL schemes that people write before an address, which gRPC would take for
+# a host name ("errors resolving http://…"). gRPC's own target schemes
+# (dns:///, unix:, ipv4:, …) pass.
+_URL_SCHEMES = ("http://", "https://", "grpc://", "grpcs://")
+
+
+def _server_address(text: str) -> str:
+    """``--server`` (or CHRONICLE_SERVER): host:port, refused as a URL or with a path."""
+    if text.lower().startswith(_URL_SCHEMES):
+        address = text.partition("://")[2].rstrip("/")
+        raise argparse.ArgumentTypeError(
+            f"give the server as host:port, without a scheme: {address!r}, not {text!r} (TLS is --tls-ca, not https://)"
+        )
+    if text.endswith("/") and not text.startswith("unix"):
+        raise argparse.ArgumentTypeError(f"give the server as host:port, without a path: {text.rstrip('/')!r}")
+    return text
+
+
+class _UsageError(ValueError):
+    """A mistake on the command line, said in one line, then what to do
+    about it on the lines of ``hint``."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def _print(data: object) -> None:
@@ -162,17 +207,68 @@ def _error_info(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
     return "", {}
 
 
-def _report_rpc_error(error: grpc.RpcError) -> int:
+def _report_rpc_error(error: grpc.RpcError, args: argparse.Namespace | None = None) -> int:
     call = error  # grpc raises the call itself
     reason, metadata = _error_info(error)
     code = call.code().name if hasattr(call, "code") else "UNKNOWN"
     details = call.details() if hasattr(call, "details") else str(error)
-    return _report(code, reason, details, metadata)
+    status = _report(code, reason, details, metadata)
+    if code == "UNAVAILABLE" and not reason and args is not None:
+        # The server's own UNAVAILABLE carries a reason: without one, no
+        # server answered (not running, another port, TLS on one side only).
+        print(_unreachable_hint(details or "", args), file=sys.stderr)
+    elif reason == "NO_CREDENTIALS":
+        print(
+            "  this server has authentication on: give a token with --token TOKEN (env CHRONICLE_TOKEN)"
+            " or --token-file FILE (env CHRONICLE_TOKEN_FILE)",
+            file=sys.stderr,
+        )
+    return status
+
+
+def _unreachable_hint(details: str, args: argparse.Namespace) -> str:
+    server: str | None = getattr(args, "server", None)
+    where = f"at {server}" if server else "where this host's settings say (CHRONICLE_LISTEN)"
+    tls = bool(getattr(args, "tls_ca", None) or getattr(args, "tls_cert", None))
+    if server and ":" not in server.rpartition("]")[2]:
+        return f"  --server {server} names no port (gRPC then tries 443): give host:port, e.g. {server}:50051"
+    if "errors resolving" in details.lower():
+        return f"  the host of {server or 'the address'} is not known here: check its spelling (--server HOST:PORT)"
+    if "handshake" in details.lower() and tls:
+        return (
+            f"  the TLS handshake failed {where}: a server without TLS needs no --tls-ca;"
+            " one with it, the CA that signed its certificate"
+        )
+    if "socket closed" in details.lower() and not tls:
+        return (
+            f"  the connection {where} closed at once: is it a Chronicle server? One with TLS (--tls-cert-file)"
+            " needs --tls-ca CA_FILE (env CHRONICLE_TLS_CA)"
+        )
+    return (
+        f"  no Chronicle server answered {where}: start one (`make run` in the repository, or `chronicle serve`),"
+        " or give its address with --server HOST:PORT (env CHRONICLE_SERVER)"
+    )
 
 
 def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
     types = RemoteTypes(channel)
-    message = types.from_json(args.type, args.payload)
+    try:
+        message = types.from_json(args.type, args.payload)
+    except UnknownType as error:
+        raise _UsageError(
+            str(error),
+            "  give the command message's full name, its package included (bank.v1.Deposit, not Deposit);"
+            " the server lists its command types when it starts, and `chronicle plugins` those of the plugins"
+            " this host would load",
+        ) from None
+    except JsonInputError as error:
+        if "is not valid JSON" not in str(error):
+            raise
+        raise _UsageError(
+            str(error),
+            "  the payload is one JSON object, its keys and strings in double quotes, all of it in single quotes"
+            """ for the shell: '{"amount": 100}'""",
+        ) from None
     payload = any_pb2.Any()
     payload.Pack(message)
     command = command_pb2.Command(
@@ -203,6 +299,16 @@ def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
 
 def _read(args: argparse.Namespace, channel: grpc.Channel) -> int:
     types = RemoteTypes(channel)
+    for event_type in args.type or ():
+        # ReadAggregate takes any name and matches nothing with a wrong one:
+        # a typo would print nothing and look like "no such events".
+        try:
+            types.message_class(event_type)
+        except UnknownType as error:
+            raise _UsageError(
+                f"--type {event_type}: {error}",
+                "  give the event message's full name, its package included (bank.v1.MoneyDeposited)",
+            ) from None
     stub = event_service_pb2_grpc.EventServiceStub(channel)
     request = event_service_pb2.ReadAggregateRequest(
         aggregate_id=args.aggregate_id,
@@ -897,6 +1003,7 @@ def _client_arguments(parser: argparse.ArgumentParser, *, local_by_default: bool
     if local_by_default:
         parser.add_argument(
             "--server",
+            type=_server_address,
             default=os.environ.get("CHRONICLE_SERVER"),
             help="host:port of the server (env CHRONICLE_SERVER); default: this host's server as its settings "
             "say, for a container's health check: CHRONICLE_LISTEN (a wildcard address through loopback), TLS "
@@ -906,6 +1013,7 @@ def _client_arguments(parser: argparse.ArgumentParser, *, local_by_default: bool
     else:
         parser.add_argument(
             "--server",
+            type=_server_address,
             default=os.environ.get("CHRONICLE_SERVER", DEFAULT_SERVER),
             help=f"host:port of the server (env CHRONICLE_SERVER; default {DEFAULT_SERVER})",
         )
@@ -988,7 +1096,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate whose state to print")
     past = get.add_mutually_exclusive_group()
     past.add_argument("--at-version", type=int, help="the state right after this version")
-    past.add_argument("--at-time", help="the state at this RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
+    past.add_argument("--at-time", type=_rfc3339, help="the state at this RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
     get.set_defaults(run=_get, remote=True)
 
     health = commands.add_parser("health", help="check the server's health; exit 0 when serving")
@@ -1005,8 +1113,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--principal", help="only this principal")
     audit.add_argument("--command-id", help="only this command id")
     audit.add_argument("--outcome", choices=("accepted", "refused"), help="only accepted, or only refused, commands")
-    audit.add_argument("--since", help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
-    audit.add_argument("--until", help="RFC 3339 time")
+    audit.add_argument("--since", type=_rfc3339, help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
+    audit.add_argument("--until", type=_rfc3339, help="RFC 3339 time")
     audit.add_argument("--limit", type=int, default=100, help="at most this many entries (up to 1000)")
     audit.set_defaults(run=_audit, remote=True)
 
@@ -1073,7 +1181,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--last-event", action="append", help="only aggregates whose last event is of this type (closed); repeatable"
     )
     untouched = archive.add_mutually_exclusive_group()
-    untouched.add_argument("--untouched-since", help="only aggregates with no event since this RFC 3339 time")
+    untouched.add_argument(
+        "--untouched-since", type=_rfc3339, help="only aggregates with no event since this RFC 3339 time"
+    )
     untouched.add_argument("--untouched-for", help="only aggregates with no event for this long, e.g. 365d")
     archive.add_argument("--limit", type=int, default=100, help="at most this many aggregates (up to 1000)")
     archive.add_argument("--reason", help="why, kept in each tombstone (default: the archive's file name)")
@@ -1288,6 +1398,7 @@ def _stdout_closed() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
         if not args.remote:
@@ -1299,7 +1410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except grpc.RpcError as error:
-        return _report_rpc_error(error)
+        return _report_rpc_error(error, args)
     except ChronicleError as error:
         # The reason first, as for a refused RPC: what a script can match on.
         print(f"error: {error.reason}: {error.message}", file=sys.stderr)
@@ -1312,4 +1423,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REFUSED
     except (UnknownType, json_format.ParseError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if isinstance(error, _UsageError):
+            print(error.hint, file=sys.stderr)
         return EXIT_USAGE

@@ -67,6 +67,31 @@ def test_a_refused_command_exits_one_with_the_code_and_reason(tmp_path: Path) ->
     assert misspelt.stderr.count("\n") == 1
 
 
+def test_a_command_or_event_type_the_server_does_not_know_is_a_usage_error_saying_what_to_give(
+    tmp_path: Path,
+) -> None:
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        short = cli("submit", "acc-1", "Deposit", '{"amount": 5}', server=server.address, check=False)
+        # ReadAggregate matches nothing with a wrong name: the read printed
+        # nothing and exited 0, as if the account had no deposits.
+        unfiltered = cli("read", "acc-1", "--type", "MoneyDeposited", server=server.address, check=False)
+        known = cli("read", "acc-1", "--type", "bank.v1.AccountOpened", server=server.address)
+    assert (short.returncode, short.stdout) == (2, "")
+    assert short.stderr == (
+        "error: the server knows no message type 'Deposit'\n"
+        "  give the command message's full name, its package included (bank.v1.Deposit, not Deposit);"
+        " the server lists its command types when it starts, and `chronicle plugins` those of the plugins"
+        " this host would load\n"
+    )
+    assert (unfiltered.returncode, unfiltered.stdout) == (2, "")
+    assert unfiltered.stderr == (
+        "error: --type MoneyDeposited: the server knows no message type 'MoneyDeposited'\n"
+        "  give the event message's full name, its package included (bank.v1.MoneyDeposited)\n"
+    )
+    assert [json.loads(line)["event_type"] for line in known.stdout.splitlines()] == ["bank.v1.AccountOpened"]
+
+
 def test_the_same_command_id_twice_is_replayed(tmp_path: Path) -> None:
     command_id = str(uuid.uuid4())
     with server_process(f"sqlite:///{tmp_path}/events.db") as server:
@@ -124,6 +149,10 @@ def test_the_audit_log_is_read_with_a_token_and_a_refusal_shows_its_reason(tmp_p
     with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
         anonymous = cli("submit", "acc-1", "bank.v1.OpenAccount", "{}", server=server.address, check=False)
         assert "UNAUTHENTICATED NO_CREDENTIALS" in anonymous.stderr
+        assert anonymous.stderr.splitlines()[1] == (
+            "  this server has authentication on: give a token with --token TOKEN (env CHRONICLE_TOKEN)"
+            " or --token-file FILE (env CHRONICLE_TOKEN_FILE)"
+        )
         token = ["--token", "chr_root-key-for-the-cli-test-000000"]
         denied = cli("submit", "acc-1", "bank.v1.OpenAccount", "{}", *token, server=server.address, check=False)
         assert "PERMISSION_DENIED SUBMIT_DENIED" in denied.stderr

@@ -23,6 +23,11 @@ export async function walkthrough(
   // Subscribed before anything happens: the events arrive live as they commit.
   const subscription = client.subscribe({ aggregateId: accountId });
   const streamed = collectEvents(subscription, 2);
+  // Awaited at the end. Until then a refused subscription (no credentials,
+  // say) must not end the process as an unhandled rejection: the commands
+  // below are refused for the same cause, and their refusal is what the
+  // walkthrough throws; once they succeed, `await streamed` reports it.
+  streamed.catch(() => {});
   try {
     const opened = await client.submit(accountId, 'bank.v1.OpenAccount', { owner: 'ann' });
     log(`opened ${accountId} (version ${opened.version})`);
@@ -76,10 +81,26 @@ async function collectEvents(subscription, count, timeoutMs = 20_000) {
   return events;
 }
 
+// What the command line prints when the walkthrough fails: the refusal's
+// code, its reason when the server sent one, and the server's message; for a
+// server that could not be reached, what to do about it.
+export function describeFailure(error, address) {
+  if (!(error instanceof ChronicleError)) return String(error?.stack ?? error);
+  const reason = error.reason && error.reason !== error.code ? ` ${error.reason}` : '';
+  const lines = [`error: ${error.code}${reason}: ${error.message}`];
+  if (error.code === 'UNAVAILABLE' && !reason) {
+    lines.push(
+      `  no Chronicle server answered at ${address}: start one (\`make run\` in the repository root),` +
+        ' or give its address: npm run example -- HOST:PORT',
+    );
+  }
+  return lines.join('\n');
+}
+
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const address = process.argv[2] ?? process.env.CHRONICLE_SERVER ?? '127.0.0.1:50051';
   walkthrough(address, { token: process.env.CHRONICLE_TOKEN || null }).catch((error) => {
-    console.error(error instanceof ChronicleError ? `${error.code} ${error.reason}: ${error.message}` : error);
-    process.exit(1);
+    console.error(describeFailure(error, address));
+    process.exitCode = 1;
   });
 }

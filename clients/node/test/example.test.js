@@ -1,8 +1,12 @@
 // The Node example against a real server process.
 
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 import grpc from '@grpc/grpc-js';
 
@@ -143,6 +147,77 @@ test('an unknown aggregate is NOT_FOUND', async () => {
     assert.equal(error.reason, 'AGGREGATE_NOT_FOUND');
     return true;
   });
+});
+
+/** A refusal as the server sends it: the code, the message and an ErrorInfo with `reason`. */
+function refusal(code, reason, message) {
+  const details = [pack('google.rpc.ErrorInfo', { reason, domain: 'chronicle', metadata: {} })];
+  const metadata = new grpc.Metadata();
+  metadata.set('grpc-status-details-bin', pack('google.rpc.Status', { code, message, details }).value);
+  return { code, details: message, metadata };
+}
+
+/** `node src/example.js address`, as a user runs it: its exit code, stdout and stderr. */
+async function runExample(address) {
+  const example = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'example.js');
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [example, address], { timeout: 20_000 });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    return { code: error.code, stdout: error.stdout, stderr: error.stderr };
+  }
+}
+
+test('the example run by hand prints a refused first command by its reason, though its subscription failed first', async () => {
+  // As against a server with --auth and no token: the subscription is
+  // refused at once, the first command a moment later. The subscription's
+  // refusal used to end the process as an unhandled rejection (a stack
+  // trace) before the command's reason could be printed.
+  const standIn = await standInServer(
+    services.CommandService,
+    {
+      Submit(call, callback) {
+        const refused = refusal(grpc.status.PERMISSION_DENIED, 'SUBMIT_DENIED', 'bob may not submit (test)');
+        setTimeout(() => callback(refused), 300);
+      },
+    },
+    [
+      [
+        services.EventService,
+        {
+          Subscribe(call) {
+            call.emit('error', refusal(grpc.status.UNAUTHENTICATED, 'NO_CREDENTIALS', 'credentials are required (test)'));
+          },
+        },
+      ],
+    ],
+  );
+  try {
+    const ran = await runExample(standIn.address);
+    assert.deepEqual(ran, {
+      code: 1,
+      stdout: '',
+      stderr: 'error: PERMISSION_DENIED SUBMIT_DENIED: bob may not submit (test)\n',
+    });
+  } finally {
+    standIn.stop();
+  }
+});
+
+test('the example run by hand against no server says so and what to do', async () => {
+  const nobody = await standInServer(services.CommandService, {});
+  nobody.stop(); // a port nothing listens on now
+  const ran = await runExample(nobody.address);
+  assert.equal(ran.code, 1);
+  assert.equal(ran.stdout, '');
+  const [first, hint, ...rest] = ran.stderr.split('\n');
+  assert.match(first, /^error: UNAVAILABLE: /);
+  assert.equal(
+    hint,
+    `  no Chronicle server answered at ${nobody.address}: start one (\`make run\` in the repository root),` +
+      ' or give its address: npm run example -- HOST:PORT',
+  );
+  assert.deepEqual(rest, ['']);
 });
 
 test('a subscription the server cancels (as a stopping server does) is reopened after the last position', async () => {
