@@ -31,8 +31,15 @@ def known_names(field: str, values: Iterable[str], known: frozenset[str], what: 
     return frozenset(names)
 
 
+def known_event_types(field: str, values: Iterable[str], registry: Registry) -> frozenset[str]:
+    """``values`` as a filter of event types: each one a loaded plugin
+    declares, or one an upcaster reads (a stored name that no plugin
+    declares any more), INVALID_FILTER otherwise."""
+    declared = frozenset(spec.name for aggregate in registry.aggregates for spec in aggregate.events.values())
+    return known_names(field, values, declared | registry.upcast_types, "event type")
+
+
 def decode_subscribe(request: pb.SubscribeRequest, registry: Registry) -> SubscriptionRequest:
-    event_types = {spec.name for aggregate in registry.aggregates for spec in aggregate.events.values()}
     return SubscriptionRequest(
         after_position=request.after_position,
         from_end=request.from_end,
@@ -43,9 +50,7 @@ def decode_subscribe(request: pb.SubscribeRequest, registry: Registry) -> Subscr
                 frozenset(a.name for a in registry.aggregates),
                 "aggregate type",
             ),
-            event_types=known_names(
-                "event_types", request.event_types, frozenset(event_types) | registry.upcast_types, "event type"
-            ),
+            event_types=known_event_types("event_types", request.event_types, registry),
             aggregate_id=check_id("aggregate_id", request.aggregate_id, reason="INVALID_FILTER")
             if request.aggregate_id
             else None,

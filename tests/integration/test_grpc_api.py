@@ -6,6 +6,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -100,6 +101,24 @@ async def test_read_aggregate_filters(client: Client) -> None:
     assert [e.version for e in by_type] == [2, 4]  # type: ignore[attr-defined]
     assert [e.version for e in by_origin] == [2]  # type: ignore[attr-defined]
     assert [e.version for e in from_three] == [3, 4]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("method", ["ReadAggregate", "ReadAggregatePages"])
+async def test_read_aggregate_refuses_an_event_type_no_plugin_declares(client: Client, method: str) -> None:
+    """As Subscribe does: a typo (here the package left out) is not an
+    empty read."""
+    await open_account(client, "acc-1")
+    request = event_service_pb2.ReadAggregateRequest(
+        aggregate_id="acc-1", event_types=["bank.v1.MoneyDeposited", "MoneyDeposited"]
+    )
+    details = details_of(await rpc_error(_drained(getattr(client.events, method)(request))))
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FILTER")
+    assert details.metadata["unknown"] == "MoneyDeposited"
+    assert details.field_violations == ["event_types"]
+
+
+async def _drained(call: grpc.aio.UnaryStreamCall[Any, Any]) -> list[object]:
+    return [item async for item in call]
 
 
 async def test_reading_an_unknown_aggregate_is_an_empty_stream(client: Client) -> None:
