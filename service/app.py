@@ -581,7 +581,7 @@ async def start(
         await roles.lifecycle.close()
         if isinstance(error, ConfigurationError):
             raise
-        raise ConfigurationError(f"cannot listen on {settings.listen}: {error}", reason="BIND_FAILED") from error
+        raise bind_failed(settings.listen, error) from error
     # Leases: this replica's share of the partitions (and of the projections)
     # is known before it serves, when the store answers at once.
     if own_port is not None:
@@ -679,6 +679,18 @@ def _console_tls(settings: Settings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
     return context
+
+
+def bind_failed(listen: str, cause: object) -> ConfigurationError:
+    """BIND_FAILED: the server cannot have its gRPC address ``listen``, for
+    ``cause`` (gRPC's error, or the system's: ``chronicle serve`` finds an
+    address in use before gRPC tries it). Most often another server holds the
+    port: one started before, a ``make run`` in another terminal."""
+    return ConfigurationError(
+        f"cannot listen on {listen}: {str(cause).rstrip('.')}. Another server may hold the port (a `make run`"
+        " still running, say): stop it, or serve elsewhere with --listen HOST:PORT (env CHRONICLE_LISTEN)",
+        reason="BIND_FAILED",
+    )
 
 
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:

@@ -46,15 +46,37 @@ with the statuses ``EXIT_STATUS_HELP`` lists (``chronicle --help``).
 
 from __future__ import annotations
 
+import os
+import sys
+
+# gRPC's core writes log lines of its own to stderr, such as "I… ssl_transport_security.cc] Handshake failed"
+# when --tls-ca meets a plaintext server, before the error reaches the command, which then says it again with
+# what to do. The core reads GRPC_VERBOSITY once, as grpc is imported (below, before anything else here
+# imports it): so the command line (`chronicle`, `python -m service`) runs its commands with it NONE, unless
+# the user set it. Not `serve`: a running server's core errors (accept() out of file descriptors, say) are
+# for its operator to see; `_serve` finds its commonest start-up failure, an address in use, before gRPC's
+# bind would log it. The variable is taken out again once grpc has read it, so that nothing this process
+# starts inherits it.
+if _GRPC_CORE_QUIETED := (
+    "GRPC_VERBOSITY" not in os.environ
+    and "grpc" not in sys.modules
+    and (
+        os.path.basename(sys.argv[0]) in ("chronicle", "chronicle.exe")
+        or sys.argv[0] == os.path.join(os.path.dirname(__file__), "__main__.py")
+    )
+    and sys.argv[1:2] != ["serve"]
+):
+    os.environ["GRPC_VERBOSITY"] = "NONE"
 import argparse
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import itertools
 import json
 import logging
-import os
 import signal
-import sys
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +84,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import grpc
+
+if _GRPC_CORE_QUIETED:
+    del os.environ["GRPC_VERBOSITY"]
 from google.protobuf import any_pb2, json_format
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -977,10 +1002,14 @@ def _new_plugin(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.app import serve
+    from service.app import bind_failed, serve
     from service.observability.logs import configure as configure_logging
 
     settings = load_settings(args, os.environ)
+    # Said before gRPC's bind fails on it, which its core logs as a raw line
+    # first. Not with a port shared on purpose (--reuse-port, --processes).
+    if settings.processes == 1 and not settings.reuse_port and _address_in_use(settings.listen):
+        raise bind_failed(settings.listen, os.strerror(errno.EADDRINUSE))
     if settings.processes > 1:
         from service.processes import serve_processes
 
@@ -994,6 +1023,38 @@ def _serve(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(settings))
     return EXIT_OK
+
+
+def _address_in_use(listen: str) -> bool:
+    """Whether another socket holds ``listen`` (an IP address and a port),
+    found by binding sockets of our own there as gRPC's bind will (with
+    SO_REUSEADDR, without SO_REUSEPORT; a wildcard address as both ``[::]``
+    and ``0.0.0.0``, one of which gRPC needs), and closing them at once.
+    A host name, port 0 or any other failure says False: gRPC's bind decides."""
+    host, _, port = listen.rpartition(":")
+    try:
+        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False  # a host name (resolved by gRPC), or no host at all
+    if not port.isdigit() or int(port) == 0:
+        return False
+    if address.is_unspecified:
+        tries = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
+    else:
+        tries = [(socket.AF_INET6 if address.version == 6 else socket.AF_INET, str(address))]
+    failures: list[int | None] = []
+    for family, ip in tries:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and address.is_unspecified:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # dual-stack, as gRPC's
+                probe.bind((ip, int(port)))
+        except OSError as error:
+            failures.append(error.errno)
+            continue
+        return False  # gRPC can have it (if nothing takes it meanwhile)
+    return errno.EADDRINUSE in failures
 
 
 def _client_arguments(parser: argparse.ArgumentParser, *, local_by_default: bool = False) -> None:

@@ -57,7 +57,10 @@ class RemoteError(ChronicleError):
         self.retry_delay = retry_delay
 
     def __str__(self) -> str:
-        return f"{self.code.name} {self.reason}: {self.message}"
+        """'CODE REASON: message'; the reason left out when the server sent
+        none (it is then the code's name: 'UNAVAILABLE: ...')."""
+        reason = f" {self.reason}" if self.reason != self.code.name else ""
+        return f"{self.code.name}{reason}: {self.message}"
 
 
 class InvalidArgument(RemoteError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import cli, free_port, run_healthcheck, server_process
-from tests.support.security import POLICY, JwtIssuer, write
+from tests.support.security import POLICY, Authority, JwtIssuer, write
 
 pytestmark = pytest.mark.slow
 
@@ -511,3 +512,34 @@ def test_a_token_and_a_token_file_together_or_an_unreadable_file_are_usage_error
     missing = cli("get", "acc-1", "--token-file", str(tmp_path / "none"), server="127.0.0.1:1", check=False)
     assert missing.returncode == 2
     assert missing.stderr.startswith(f"error: cannot read the token file {tmp_path / 'none'}")
+
+
+def test_a_client_command_says_a_failure_once_without_grpcs_own_log_lines(tmp_path: Path) -> None:
+    """--tls-ca against a plaintext server: gRPC's core logs the failed
+    handshake itself ("I… ssl_transport_security.cc] Handshake failed …")
+    before the command says it, with what to do. Not by default, by either
+    entry point; a GRPC_VERBOSITY the user set is theirs."""
+    ca = write(tmp_path / "ca.pem", Authority().certificate)
+    environment = {name: value for name, value in os.environ.items() if name != "GRPC_VERBOSITY"}
+    entry_points = {
+        "chronicle": [str(Path(sys.executable).with_name("chronicle"))],
+        "-m": [sys.executable, "-m", "service"],
+    }
+
+    def get(entry_point: str, **env: str) -> subprocess.CompletedProcess[str]:
+        command = [*entry_points[entry_point], "get", "acc-1", "--server", server.address, "--tls-ca", ca]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, env={**environment, **env})
+
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        quiet = {entry_point: get(entry_point) for entry_point in entry_points}
+        asked = get("chronicle", GRPC_VERBOSITY="INFO")
+    for ran in quiet.values():
+        assert (ran.returncode, ran.stdout) == (1, "")
+        error, hint = ran.stderr.splitlines()
+        assert error.startswith("error: UNAVAILABLE: failed to connect to all addresses") and "handshake" in error
+        assert hint == (
+            f"  the TLS handshake failed at {server.address}: a server without TLS needs no --tls-ca;"
+            " one with it, the CA that signed its certificate"
+        )
+    assert asked.returncode == 1
+    assert "ssl_transport_security.cc" in asked.stderr

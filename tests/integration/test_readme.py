@@ -1,4 +1,5 @@
-"""The README's Python example runs as printed, against a real server."""
+"""The Python examples of the README and of docs/clients.md run as printed,
+against a real server."""
 
 from __future__ import annotations
 
@@ -21,15 +22,42 @@ def python_blocks(markdown: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```$", markdown, flags=re.MULTILINE | re.DOTALL)
 
 
+def output_after(markdown: str, code: str) -> str:
+    """The first plain block after ``code``'s: what the text says it prints."""
+    rest = markdown[markdown.index(code) + len(code) :].removeprefix("```\n")  # the example's own end
+    found = re.search(r"^```\n(.*?)^```$", rest, flags=re.MULTILINE | re.DOTALL)
+    assert found is not None, "no output block after the example"
+    return found.group(1)
+
+
+def run_twice(example: str, address: str, tmp_path: Path) -> list[subprocess.CompletedProcess[str]]:
+    """``example`` saved as a script, on ``address`` instead of the printed
+    one, run twice in ``tmp_path``: as a user runs it again while `make run`
+    serves the same store."""
+    assert example.count(PRINTED_ADDRESS) == 1  # the only thing the test changes
+    script = tmp_path / "example.py"
+    script.write_text(example.replace(PRINTED_ADDRESS, address))
+    return [
+        subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        for _ in range(2)
+    ]
+
+
 def test_the_readme_python_example_runs_as_a_script_and_prints_the_refusal_reason(tmp_path: Path) -> None:
     (example,) = python_blocks((ROOT / "README.md").read_text())
-    assert example.count(PRINTED_ADDRESS) == 1  # the only thing the test changes
     with server_process(f"sqlite:///{tmp_path}/events.db") as server:
-        script = tmp_path / "example.py"
-        script.write_text(example.replace(PRINTED_ADDRESS, server.address))
-        # Twice against one store, as a user runs it again while `make run` serves.
-        runs = [
-            subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-            for _ in range(2)
-        ]
+        runs = run_twice(example, server.address, tmp_path)
     assert [(ran.returncode, ran.stderr, ran.stdout) for ran in runs] == [(0, "", "INSUFFICIENT_FUNDS\n")] * 2
+
+
+def test_the_clients_doc_python_tour_runs_as_a_script_and_prints_what_the_doc_says(tmp_path: Path) -> None:
+    """A complete script (its imports, no names left undefined), and new
+    accounts at every run: run twice on one store, it prints the same, its
+    greeter going on from its checkpoint file."""
+    doc = (ROOT / "docs" / "clients.md").read_text()
+    (tour,) = python_blocks(doc)
+    with server_process(f"sqlite:///{tmp_path}/events.db") as server:
+        runs = run_twice(tour, server.address, tmp_path)
+    assert [(ran.returncode, ran.stderr) for ran in runs] == [(0, "")] * 2
+    assert [ran.stdout for ran in runs] == [output_after(doc, tour)] * 2
+    assert (tmp_path / "greeted.pos").exists()

@@ -102,6 +102,7 @@ def test_an_error_without_details_is_typed_by_its_code() -> None:
     refused = remote_error(bare)
     assert type(refused) is RemoteError
     assert (refused.reason, refused.message, refused.metadata) == ("DATA_LOSS", "gone", {})
+    assert str(refused) == "DATA_LOSS: gone"  # the code once, not "DATA_LOSS DATA_LOSS"
 
 
 def test_an_error_info_without_a_reason_falls_back_to_the_code() -> None:

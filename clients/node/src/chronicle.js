@@ -126,6 +126,12 @@ export function unpack(any) {
  * machine-readable reason and metadata, the fields at fault (BadRequest) and
  * the delay before a retry may succeed (RetryInfo), all decoded from the
  * google.rpc.Status in the grpc-status-details-bin trailer.
+ *
+ * `reason` is the code's name when the status carried no ErrorInfo (a
+ * transport failure, say), as in the Python client (service/client/errors.py):
+ * a switch on `reason` then still has a value to match. To print one, use
+ * `String(error)` (`toString`), which names the code and the reason only once
+ * when they are the same: 'PERMISSION_DENIED SUBMIT_DENIED: …', 'UNAVAILABLE: …'.
  */
 export class ChronicleError extends Error {
   constructor(grpcError) {
@@ -144,7 +150,7 @@ export class ChronicleError extends Error {
       const fields = unpack(detail);
       switch (fields['@type']) {
         case 'google.rpc.ErrorInfo':
-          this.reason = fields.reason;
+          this.reason = fields.reason || this.code; // an empty reason is none, as in the Python client
           this.metadata = fields.metadata;
           break;
         case 'google.rpc.BadRequest':
@@ -157,6 +163,12 @@ export class ChronicleError extends Error {
           break; // details this client does not know: ignore them
       }
     }
+  }
+
+  /** The code, the reason when the server sent one, and the message: 'CODE REASON: message'. */
+  toString() {
+    const reason = this.reason && this.reason !== this.code ? ` ${this.reason}` : '';
+    return `${this.code}${reason}: ${this.message}`;
   }
 }
 

@@ -81,17 +81,19 @@ async function collectEvents(subscription, count, timeoutMs = 20_000) {
   return events;
 }
 
-// What the command line prints when the walkthrough fails: the refusal's
-// code, its reason when the server sent one, and the server's message; for a
-// server that could not be reached, what to do about it.
-export function describeFailure(error, address) {
+// What the command line prints when an example fails: the refusal's code,
+// its reason when the server sent one, and the server's message
+// (ChronicleError's toString); for a server that could not be reached, what
+// to do about it, `usage` saying how to give the example another address.
+// group_example.js prints its failures with it too.
+export function describeFailure(error, address, { usage = 'npm run example -- HOST:PORT' } = {}) {
   if (!(error instanceof ChronicleError)) return String(error?.stack ?? error);
-  const reason = error.reason && error.reason !== error.code ? ` ${error.reason}` : '';
-  const lines = [`error: ${error.code}${reason}: ${error.message}`];
-  if (error.code === 'UNAVAILABLE' && !reason) {
+  const lines = [`error: ${error}`];
+  if (error.code === 'UNAVAILABLE' && error.reason === error.code) {
+    // The server's own UNAVAILABLE carries a reason: without one, nothing answered.
     lines.push(
       `  no Chronicle server answered at ${address}: start one (\`make run\` in the repository root),` +
-        ' or give its address: npm run example -- HOST:PORT',
+        ` or give its address: ${usage}`,
     );
   }
   return lines.join('\n');

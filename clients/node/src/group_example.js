@@ -10,7 +10,8 @@
 import { randomUUID } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 
-import { ChronicleClient, ChronicleError } from './chronicle.js';
+import { ChronicleClient } from './chronicle.js';
+import { describeFailure } from './example.js';
 
 export async function groupWalkthrough(address, { log = console.log, accounts = 3, deposits = 2 } = {}) {
   const client = new ChronicleClient(address, { origin: 'node-example' });
@@ -62,7 +63,7 @@ export async function groupWalkthrough(address, { log = console.log, accounts = 
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const address = process.argv[2] ?? process.env.CHRONICLE_SERVER ?? '127.0.0.1:50051';
   groupWalkthrough(address).catch((error) => {
-    console.error(error instanceof ChronicleError ? `${error.code} ${error.reason}: ${error.message}` : error);
+    console.error(describeFailure(error, address, { usage: 'node src/group_example.js HOST:PORT' }));
     process.exit(1);
   });
 }

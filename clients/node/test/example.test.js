@@ -157,6 +157,40 @@ function refusal(code, reason, message) {
   return { code, details: message, metadata };
 }
 
+test('a refusal prints its code, and its reason only when the server sent one', async () => {
+  // Without an ErrorInfo the reason is the code's name (as in the Python
+  // client), which printing 'code reason' used to show twice.
+  const answers = [
+    { code: grpc.status.INTERNAL, details: 'the handler failed (test)' },
+    refusal(grpc.status.PERMISSION_DENIED, '', 'no grant (test)'),
+    refusal(grpc.status.FAILED_PRECONDITION, 'INSUFFICIENT_FUNDS', 'balance 0 (test)'),
+  ];
+  const standIn = await standInServer(services.CommandService, {
+    Submit(call, callback) {
+      callback(answers.shift());
+    },
+  });
+  const refused = new ChronicleClient(standIn.address);
+  try {
+    const seen = [];
+    for (let n = 0; n < 3; n += 1) {
+      await assert.rejects(refused.submit('acc-1', 'bank.v1.Deposit', { amount: 1 }), (error) => {
+        assert.ok(error instanceof ChronicleError);
+        seen.push([error.code, error.reason, String(error)]);
+        return true;
+      });
+    }
+    assert.deepEqual(seen, [
+      ['INTERNAL', 'INTERNAL', 'INTERNAL: the handler failed (test)'],
+      ['PERMISSION_DENIED', 'PERMISSION_DENIED', 'PERMISSION_DENIED: no grant (test)'],
+      ['FAILED_PRECONDITION', 'INSUFFICIENT_FUNDS', 'FAILED_PRECONDITION INSUFFICIENT_FUNDS: balance 0 (test)'],
+    ]);
+  } finally {
+    refused.close();
+    standIn.stop();
+  }
+});
+
 /** `node src/example.js address`, as a user runs it: its exit code, stdout and stderr. */
 async function runExample(address) {
   const example = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'example.js');

@@ -1,7 +1,11 @@
 // Consuming a subscription group from Node against a real server process.
 
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import path from 'node:path';
 import { after, before, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 import grpc from '@grpc/grpc-js';
 
@@ -125,6 +129,58 @@ test('a consumer refused for good is not opened again', async () => {
   } finally {
     worker.close();
     client.close();
+    standIn.stop();
+  }
+});
+
+/** `node src/group_example.js address`, as a user runs it: its exit code, stdout and stderr. */
+async function runGroupExample(address) {
+  const example = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'src', 'group_example.js');
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [example, address], { timeout: 20_000 });
+    return { code: 0, stdout, stderr };
+  } catch (error) {
+    return { code: error.code, stdout: error.stdout, stderr: error.stderr };
+  }
+}
+
+test('the group example run by hand against no server says UNAVAILABLE once and what to do', async () => {
+  const nobody = await standInServer(services.SubscriptionGroupService, {});
+  nobody.stop(); // a port nothing listens on now
+  const ran = await runGroupExample(nobody.address);
+  assert.equal(ran.code, 1);
+  assert.equal(ran.stdout, '');
+  const [first, hint, ...rest] = ran.stderr.split('\n');
+  assert.match(first, /^error: UNAVAILABLE: /);
+  assert.doesNotMatch(first, /UNAVAILABLE UNAVAILABLE/);
+  assert.equal(
+    hint,
+    `  no Chronicle server answered at ${nobody.address}: start one (\`make run\` in the repository root),` +
+      ' or give its address: node src/group_example.js HOST:PORT',
+  );
+  assert.deepEqual(rest, ['']);
+});
+
+test('the group example run by hand prints a refusal by its code and reason', async () => {
+  const standIn = await standInServer(services.SubscriptionGroupService, {
+    CreateGroup(call, callback) {
+      // As a server without --anonymous-admin refuses it.
+      const code = grpc.status.PERMISSION_DENIED;
+      const message = 'anonymous callers may not create a group (test)';
+      const details = [pack('google.rpc.ErrorInfo', { reason: 'ANONYMOUS_ADMIN_DENIED', domain: 'chronicle' })];
+      const metadata = new grpc.Metadata();
+      metadata.set('grpc-status-details-bin', pack('google.rpc.Status', { code, message, details }).value);
+      callback({ code, details: message, metadata });
+    },
+  });
+  try {
+    const ran = await runGroupExample(standIn.address);
+    assert.deepEqual(ran, {
+      code: 1,
+      stdout: '',
+      stderr: 'error: PERMISSION_DENIED ANONYMOUS_ADMIN_DENIED: anonymous callers may not create a group (test)\n',
+    });
+  } finally {
     standIn.stop();
   }
 });
