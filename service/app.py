@@ -534,6 +534,7 @@ async def start(
     )
     metrics_server = None
     console = None
+    binding = settings.listen  # the gRPC address being bound, named if it fails
     try:
         if metrics is not None:
             metrics.watch(
@@ -549,6 +550,7 @@ async def start(
         # One of several processes (--processes) also listens on a port of
         # its own, which it advertises: routing clients reach it directly,
         # while plain clients keep the shared port.
+        binding = settings.process_listen
         own_port = _bind(server, settings.process_listen, credentials) if settings.process_listen else None
         if settings.console_listen:
             # The console reads through the servicers above, as the caller
@@ -581,7 +583,7 @@ async def start(
         await roles.lifecycle.close()
         if isinstance(error, ConfigurationError):
             raise
-        raise bind_failed(settings.listen, error) from error
+        raise bind_failed(binding, error) from error
     # Leases: this replica's share of the partitions (and of the projections)
     # is known before it serves, when the store answers at once.
     if own_port is not None:

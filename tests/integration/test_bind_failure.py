@@ -101,3 +101,16 @@ def test_an_ipv6_address_is_probed_as_gRPC_binds_it() -> None:
         assert not _address_in_use(f"0.0.0.0:{port}")
     with held("0.0.0.0", port):
         assert _address_in_use(f"[::]:{port}")  # neither a dual-stack [::] nor 0.0.0.0
+
+
+@pytest.mark.slow
+def test_a_process_address_it_cannot_have_is_the_one_named() -> None:
+    """--process-listen (each process of --processes has one) taken: the
+    refusal names that address, not the shared --listen one that bound."""
+    listen, own = f"127.0.0.1:{free_port()}", free_port()
+    with held("127.0.0.1", own):
+        refused = serve_until_exit("--database-url", "memory://", "--process-listen", f"127.0.0.1:{own}", listen=listen)
+    assert refused.returncode == 2
+    last = refused.stderr.splitlines()[-1]
+    assert last.startswith(f"error: BIND_FAILED: cannot listen on 127.0.0.1:{own}: ")
+    assert last.endswith(HINT)
