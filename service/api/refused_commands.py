@@ -26,7 +26,7 @@ from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
 from service.api.codec import MAX_BATCH_COMMANDS, type_name
 from service.audit import AuditLog, SampledRefusals, refusal
-from service.errors import ChronicleError, Unauthenticated
+from service.errors import ChronicleError, CredentialsChanged, Unauthenticated
 from service.principal import Principal
 from service.store.records import AuditEntry
 
@@ -78,11 +78,14 @@ class RefusedCommands:
     ) -> None:
         """Record ``error`` for each command of ``request`` (a SubmitRequest
         or SubmitBatchRequest; None when its bytes did not parse), or for
-        any other RPC refused for want of credentials, as the caller
+        any other RPC refused for want of credentials or ended because they
+        or their grants changed, as the caller
         ``principal`` (None: not authenticated) at ``peer``."""
         if method in COMMAND_METHODS:
             entries = refused_entries(request, principal, error, peer)
-        elif isinstance(error, Unauthenticated):
+        elif isinstance(error, Unauthenticated | CredentialsChanged):
+            # Calls refused for want of credentials, and streams ended
+            # because their credentials or grants changed (live_streams.py).
             entries = [call_entry(method, request, error, principal, peer)]
         else:
             return

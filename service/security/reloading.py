@@ -3,7 +3,7 @@ change: a leaked key revoked, a signing key rotated or a grant taken away
 takes effect on every replica within seconds, without a restart.
 
 Each file is looked at every ``interval`` seconds (its modification time,
-size and inode: a Kubernetes secret or config map swaps a symbolic link,
+size, inode and mode: a Kubernetes secret or config map swaps a symbolic link,
 an editor writes a new file). A changed file is loaded and checked exactly
 as at start-up; a good one is used from the next call on, a broken one is
 logged and the one before is kept (a typo must not lock every caller out),
@@ -25,16 +25,18 @@ from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-Signature = tuple[int, int, int]
+Signature = tuple[int, int, int, int]
 
 
 def signature(path: str) -> Signature | None:
-    """What tells a changed file apart (None: it cannot be looked at)."""
+    """What tells a changed file apart (None: it cannot be looked at). The
+    mode too: a key file refused because others may read it is fixed by
+    ``chmod 600``, which changes nothing else."""
     try:
         seen = os.stat(path)
     except OSError:
         return None
-    return (seen.st_mtime_ns, seen.st_size, seen.st_ino)
+    return (seen.st_mtime_ns, seen.st_size, seen.st_ino, seen.st_mode)
 
 
 @dataclass(slots=True)
