@@ -14,7 +14,7 @@ from service.plugins.registry import Registry
 from service.principal import Principal
 from service.processing.subscriptions import CaughtUp, Checkpoint, Page, SubscriptionRequest
 from service.security.policy import Authorizer
-from service.store.records import LogFilter, RecordedEvent
+from service.store.records import TOMBSTONE_EVENT_TYPE, LogFilter, RecordedEvent
 
 
 def known_names(field: str, values: Iterable[str], known: frozenset[str], what: str) -> frozenset[str]:
@@ -33,10 +33,11 @@ def known_names(field: str, values: Iterable[str], known: frozenset[str], what: 
 
 def known_event_types(field: str, values: Iterable[str], registry: Registry) -> frozenset[str]:
     """``values`` as a filter of event types: each one a loaded plugin
-    declares, or one an upcaster reads (a stored name that no plugin
-    declares any more), INVALID_FILTER otherwise."""
+    declares, one an upcaster reads (a stored name that no plugin declares
+    any more), or the tombstone a deleted aggregate ends with; INVALID_FILTER
+    otherwise."""
     declared = frozenset(spec.name for aggregate in registry.aggregates for spec in aggregate.events.values())
-    return known_names(field, values, declared | registry.upcast_types, "event type")
+    return known_names(field, values, declared | registry.upcast_types | {TOMBSTONE_EVENT_TYPE}, "event type")
 
 
 def decode_subscribe(request: pb.SubscribeRequest, registry: Registry) -> SubscriptionRequest:
