@@ -299,6 +299,9 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         return holder == claim.aggregate_id
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
+        stream = self._streams.get(snapshot.aggregate_id)
+        if stream and is_tombstone(stream[-1]):
+            return  # saved in the background after a deletion: the state is gone
         kept = self._snapshots.setdefault(snapshot.aggregate_id, [])
         versions = [s.version for s in kept]
         at = bisect.bisect_left(versions, snapshot.version)

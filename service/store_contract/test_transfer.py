@@ -365,3 +365,16 @@ async def test_aggregates_are_listed_by_id_with_their_last_event(store: StoreAda
     assert first[0].last_timestamp_us == 5_000 and first[0].aggregate_type == "Thing"
     rest = await store.aggregates_page("b", 2)
     assert [s.aggregate_id for s in rest] == ["c"]
+
+
+async def test_a_snapshot_saved_after_a_deletion_does_not_bring_the_state_back(store: StoreAdapter) -> None:
+    """Snapshots are saved in the background after the append they follow:
+    one that arrives after the aggregate was deleted is not kept (on
+    PostgreSQL a save under way and a deletion also wait for each other:
+    sql.SNAPSHOT_LOCK_LAST_EVENT)."""
+    await store.append("a-1", [new_event() for _ in range(3)], 0)
+    assert await store.delete_aggregate("a-1", tombstone()) is not None
+    await store.save_snapshot(snapshot("a-1", 3))
+    assert await store.load_snapshot("a-1") is None
+    await store.save_snapshot(snapshot("a-2", 1))  # an aggregate with no events keeps its own
+    assert await store.load_snapshot("a-2") == snapshot("a-2", 1)

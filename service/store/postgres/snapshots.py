@@ -8,7 +8,7 @@ from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.rows import first, in_order, rows
-from service.store.records import RecordedEvent, Snapshot
+from service.store.records import TOMBSTONE_EVENT_TYPE, RecordedEvent, Snapshot
 from service.store.sql_common import event_from_row, snapshot_from_row, snapshot_params
 
 
@@ -20,7 +20,8 @@ class SnapshotsRole:
         await self._db.run(
             "save_snapshot",
             [
-                Statement(sql.SAVE_SNAPSHOT.encode(), snapshot_params(snapshot)),
+                Statement(sql.SNAPSHOT_LOCK_LAST_EVENT.encode(), (snapshot.aggregate_id,)),
+                Statement(sql.SAVE_SNAPSHOT.encode(), (*snapshot_params(snapshot), TOMBSTONE_EVENT_TYPE)),
                 Statement(sql.PRUNE_SNAPSHOTS.encode(), (snapshot.aggregate_id, self._keep_snapshots - 1)),
             ],
         )

@@ -269,8 +269,23 @@ HIDE_CLAIM = (
 
 # -- snapshots ----------------------------------------------------------------
 
+# A snapshot is saved in the background after the append it follows, so it
+# can arrive after the aggregate was deleted: it must not put the deleted
+# state back. The save first takes a share lock on the aggregate's last
+# event (SNAPSHOT_LOCK_LAST_EVENT): a deletion under way holds that row, and
+# the save waits for it to commit; a deletion that comes after waits for the
+# save's commit and then deletes its snapshot with the others. The insert,
+# a statement of its own (under READ COMMITTED it sees what committed while
+# the lock was awaited), then writes nothing when the last event is a
+# tombstone ($7).
+SNAPSHOT_LOCK_LAST_EVENT = (
+    "SELECT 1 FROM chronicle.events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1 FOR SHARE"
+)
 SAVE_SNAPSHOT = (
-    f"INSERT INTO chronicle.snapshots ({SNAPSHOT_COLUMNS}) VALUES ($1, $2, $3::bigint, $4, $5::int, $6)"
+    f"INSERT INTO chronicle.snapshots ({SNAPSHOT_COLUMNS})"
+    " SELECT $1::text, $2::text, $3::bigint, $4::text, $5::int, $6::bytea"
+    " WHERE (SELECT event_type FROM chronicle.events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1)"
+    " IS DISTINCT FROM $7::text"
     " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
     " state_type = excluded.state_type, schema_version = excluded.schema_version,"
     " state = excluded.state, taken_at = now()"

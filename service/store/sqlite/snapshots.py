@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from service.store.records import Snapshot
+from service.store.records import TOMBSTONE_EVENT_TYPE, Snapshot
 from service.store.sql_common import snapshot_from_row, snapshot_params
 from service.store.sqlite import sql
 from service.store.sqlite.writer import Writer, writing
@@ -25,5 +25,5 @@ class SnapshotsRole:
 
 def _save_snapshot(db: sqlite3.Connection, snapshot: Snapshot, keep: int) -> None:
     with writing(db):
-        db.execute(sql.SAVE_SNAPSHOT, snapshot_params(snapshot))
+        db.execute(sql.SAVE_SNAPSHOT, (*snapshot_params(snapshot), snapshot.aggregate_id, TOMBSTONE_EVENT_TYPE))
         db.execute(sql.PRUNE_SNAPSHOTS, (snapshot.aggregate_id, snapshot.aggregate_id, keep - 1))

@@ -140,8 +140,12 @@ CLAIMS_IN_CLEAR = "SELECT scope, value, aggregate_id FROM claims WHERE substr(va
 
 # -- snapshots ----------------------------------------------------------------------
 
+# Nothing is written once the aggregate's last event is a tombstone (the
+# last parameter): a snapshot saved in the background after a deletion must
+# not put the deleted state back (the writer's transactions run one at a time).
 SAVE_SNAPSHOT = (
-    f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) {_values(SNAPSHOT_COLUMNS)}"
+    f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) SELECT {', '.join('?' for _ in SNAPSHOT_FIELDS)}"
+    " WHERE (SELECT event_type FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1) IS NOT ?"
     " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
     " state_type = excluded.state_type, schema_version = excluded.schema_version, state = excluded.state"
 )
