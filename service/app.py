@@ -43,8 +43,9 @@ from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
 from service.console.load import LoadSampler
 from service.console.server import Console, check_console_exposure
+from service.console.server import OnRefused as ConsoleRefused
 from service.console.views import Parts
-from service.errors import ConfigurationError, StoreUnavailable
+from service.errors import ChronicleError, ConfigurationError, StoreUnavailable
 from service.groups import SubscriptionGroups
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
@@ -55,6 +56,7 @@ from service.observability.tracing import wanted as tracing_wanted
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
 from service.plugins.middleware import Middleware
 from service.plugins.registry import Registry
+from service.principal import Principal
 from service.processing.executor import CommandExecutor
 from service.processing.middleware import Pipeline
 from service.processing.payload_json import payload_json
@@ -574,7 +576,7 @@ async def start(
                     projections_group=PROJECTIONS_GROUP,
                 ),
                 authenticator=authenticator,
-                on_refused=refused_commands.console,
+                on_refused=_console_refusals(refused_commands, metrics),
             )
             await console.start(settings.console_listen, tls=_console_tls(settings))
     except (RuntimeError, ConfigurationError) as error:
@@ -681,6 +683,21 @@ def _console_tls(settings: Settings) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
     return context
+
+
+def _console_refusals(refused: RefusedCommands, metrics: Metrics | None) -> ConsoleRefused:
+    """What the console refused: audited, and counted when there are metrics
+    (``chronicle_console_refusals_total``), as the API's refusals are both."""
+    if metrics is None:
+        return refused.console
+
+    async def refused_and_counted(
+        path: str, error: ChronicleError, principal: Principal | None, peer: str, aggregate_id: str
+    ) -> None:
+        metrics.console_refused(error)
+        await refused.console(path, error, principal, peer, aggregate_id)
+
+    return refused_and_counted
 
 
 def bind_failed(listen: str, cause: object) -> ConfigurationError:

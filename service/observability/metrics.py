@@ -15,6 +15,10 @@ registered, status codes, store operations): never aggregate ids.
   server's reasons, a bounded set.
 - ``chronicle_rpc_refusals_total{reason}``: RPCs refused before their request
   was read (``NO_CREDENTIALS``, ``TOKEN_EXPIRED``, ``TOO_MANY_REQUESTS``, …).
+- ``chronicle_console_refusals_total{reason}``: what the operators' console
+  refused: logins with a bad credential (``UNKNOWN_API_KEY``,
+  ``INVALID_TOKEN``, ``TOKEN_EXPIRED``, …) and pages the policy denied its
+  session's principal (``READ_DENIED``, …); the audit log has each one.
 - ``chronicle_audit_refusals_sampled_total{reason}``: refusals of callers
   that were not authenticated beyond the audit log's rate for them, counted
   in a sampled entry (its ``occurrences``) instead of one of their own.
@@ -80,6 +84,12 @@ class Metrics:
         )
         self.rpc_refusals = Counter(
             "chronicle_rpc_refusals", "RPCs refused before their request was read, by reason", ["reason"], registry=r
+        )
+        self.console_refusals = Counter(
+            "chronicle_console_refusals",
+            "Logins and pages the operators' console refused, by reason",
+            ["reason"],
+            registry=r,
         )
         self.conflicts = Counter(
             "chronicle_concurrency_conflicts", "Appends that lost a version race (then retried)", registry=r
@@ -154,6 +164,11 @@ class Metrics:
     ) -> None:
         """An ``OnRefused`` hook for the gate."""
         self.rpc_refusals.labels(reason=error.reason).inc()
+
+    def console_refused(self, error: ChronicleError) -> None:
+        """A login or a page the console refused (its ``on_refused`` hook
+        counts it here and audits it)."""
+        self.console_refusals.labels(reason=error.reason).inc()
 
     def audit_sampled(self, reason: str) -> None:
         """A refusal counted in a sampled audit entry instead of one of its own."""

@@ -22,6 +22,7 @@ from service.settings import Settings
 from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from service.store.records import REFUSED
+from tests.integration.test_metrics import sample, scrape
 from tests.support.grpc_client import TEST_SETTINGS, command, connect
 from tests.support.http import Answer, request, send_raw
 from tests.support.processes import serve_until_exit
@@ -204,6 +205,23 @@ async def test_a_refused_login_is_audited_with_the_browsers_address(app: Applica
     audited = [e for e in await app.store.audit.read_audit(AuditQuery()) if e.outcome == REFUSED]
     assert [(e.command_type, e.principal, e.reason) for e in audited] == [("console/login", "", "UNKNOWN_API_KEY")]
     assert audited[0].peer.startswith("ipv4:127.0.0.1:")
+
+
+async def test_refused_logins_are_counted_in_the_metrics_by_reason(tmp_path: Path) -> None:
+    """As the API's refusals are (chronicle_rpc_refusals_total), the
+    console's are in chronicle_console_refusals_total, beside the audit."""
+    settings = authenticated(tmp_path, metrics_listen="127.0.0.1:0")
+    app = await start(settings, store=MemoryStore())
+    try:
+        address = console(app)
+        for _ in range(2):
+            assert (await log_in(address, "chr_not-a-key-anyone-has-0123456789")).status == 401
+        assert (await log_in(address, KEY)).status == 303
+        scraped = await scrape(app)
+    finally:
+        await app.stop(grace=0.5, drain=0)
+    assert sample(scraped, "chronicle_console_refusals_total", reason="UNKNOWN_API_KEY") == 2
+    assert sample(scraped, "chronicle_rpc_refusals_total", reason="UNKNOWN_API_KEY") == 0  # not an RPC
 
 
 async def test_without_auth_the_console_answers_only_loopback_host_names() -> None:
