@@ -251,7 +251,14 @@ class _BearerUpload(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc
 def bearer(token: str) -> list[Any]:
     """Client interceptors that send ``authorization: Bearer <token>``, on
     calls of every shape (ImportLog is the one that streams its requests
-    and gets one answer)."""
+    and gets one answer).
+
+    Not for a request stream the server may end (a SubmitStream whose
+    credentials expire or change): grpc.aio feeds an intercepted request
+    stream through a task of its own, which then fails unheard, and the
+    session-wide test loop reports it in a later test on the same worker
+    (test_group_sessions checks for such errors). Open those on a channel
+    without interceptors, with the token as call metadata."""
     return [_BearerUnary(token), _BearerStream(token), _BearerDuplex(token), _BearerUpload(token)]
 
 
