@@ -33,10 +33,16 @@ NAME = health_pb2.HealthCheckResponse.ServingStatus.Name
 
 
 async def watch_until_not_serving(client: Client, seen: list[str]) -> None:
-    async for update in health_pb2_grpc.HealthStub(client.channel).Watch(health_pb2.HealthCheckRequest()):
-        if update.status == health_pb2.HealthCheckResponse.NOT_SERVING:
-            seen.append("NOT_SERVING")
-            return
+    call = health_pb2_grpc.HealthStub(client.channel).Watch(health_pb2.HealthCheckRequest())
+    try:
+        async for update in call:
+            if update.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                seen.append("NOT_SERVING")
+                return
+    finally:
+        # Ended here, not whenever the call is collected: an open Watch is an
+        # RPC the server's stop waits for, up to its grace.
+        call.cancel()
 
 
 async def poll_until_gone(address: str) -> list[str]:
