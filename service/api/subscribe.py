@@ -3,7 +3,7 @@ engine: validating the filter, encoding what the stream yields."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import replace
 
 from chronicle.v1 import event_pb2
@@ -31,11 +31,13 @@ def known_names(field: str, values: Iterable[str], known: frozenset[str], what: 
     return frozenset(names)
 
 
-def known_event_types(field: str, values: Iterable[str], registry: Registry) -> frozenset[str]:
+def known_event_types(field: str, values: Collection[str], registry: Registry) -> frozenset[str]:
     """``values`` as a filter of event types: each one a loaded plugin
     declares, one an upcaster reads (a stored name that no plugin declares
     any more), or the tombstone a deleted aggregate ends with; INVALID_FILTER
     otherwise."""
+    if not values:
+        return frozenset()  # no filter (most reads): nothing to look up
     declared = frozenset(spec.name for aggregate in registry.aggregates for spec in aggregate.events.values())
     return known_names(field, values, declared | registry.upcast_types | {TOMBSTONE_EVENT_TYPE}, "event type")
 
