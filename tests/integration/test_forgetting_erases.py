@@ -12,15 +12,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-import sqlite3
-import subprocess
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
-import psycopg
 import pytest
 from google.protobuf.message import Message
 
@@ -29,12 +24,9 @@ from chronicle.v1 import projection_service_pb2 as projections
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.processing.commands import fingerprint
-from service.store.base import StoreAdapter
 from service.store.encryption import new_master_key
-from service.store.postgres import PostgresStore
-from service.store.sqlite import SqliteStore
+from tests.support.at_rest import DataAtRest, Site, site_for
 from tests.support.grpc_client import Client, command, details_of, running_server
-from tests.support.postgres import find_bindir
 from tests.support.security import write
 from tests.support.waiting import eventually
 
@@ -48,75 +40,9 @@ MAX_GUESSED_AMOUNT = 200_000
 PROJECTION = "bank.balances_by_owner"
 
 
-@dataclass
-class DataAtRest:
-    """What someone who took the database holds: every byte of it, and the
-    command records read from it directly."""
-
-    read_bytes: Callable[[], bytes]
-    read_fingerprints: Callable[[], list[bytes]]
-    read_wrapped_key: Callable[[str], bytes | None]
-    read_documents: Callable[[], set[bytes]]
-
-
-def sqlite_at_rest(folder: Path) -> DataAtRest:
-    path = folder / "events.db"
-
-    def every_file() -> bytes:
-        # The database file, its WAL and its shared memory: the whole directory.
-        return b"".join(p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file())
-
-    def query(statement: str, *params: object) -> list[tuple[Any, ...]]:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-            return db.execute(statement, params).fetchall()
-
-    return DataAtRest(
-        every_file,
-        lambda: [bytes(row[0]) for row in query("SELECT fingerprint FROM commands")],
-        lambda aggregate_id: _first_bytes(
-            query("SELECT wrapped_key FROM data_keys WHERE aggregate_id = ?", aggregate_id)
-        ),
-        lambda: {bytes(row[0]) for row in query("SELECT data FROM projection_documents")},
-    )
-
-
-def postgres_at_rest(url: str) -> DataAtRest:
-    def dump() -> bytes:
-        pg_dump = find_bindir() / "pg_dump"
-        return subprocess.run([str(pg_dump), "--dbname", url], check=True, capture_output=True, timeout=60).stdout
-
-    def query(statement: str, *params: object) -> list[tuple[Any, ...]]:
-        with psycopg.connect(url) as db:
-            return db.execute(statement.encode(), params).fetchall()
-
-    return DataAtRest(
-        dump,
-        lambda: [bytes(row[0]) for row in query("SELECT fingerprint FROM chronicle.commands")],
-        lambda aggregate_id: _first_bytes(
-            query("SELECT wrapped_key FROM chronicle.data_keys WHERE aggregate_id = %s", aggregate_id)
-        ),
-        lambda: {bytes(row[0]) for row in query("SELECT data FROM chronicle.projection_documents")},
-    )
-
-
-def _first_bytes(rows: list[tuple[Any, ...]]) -> bytes | None:
-    value = rows[0][0] if rows else None
-    return None if value is None else bytes(value)
-
-
-@dataclass
-class Site:
-    store: StoreAdapter
-    at_rest: DataAtRest
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
-    if request.param == "sqlite":
-        folder = tmp_path / "data"
-        return Site(SqliteStore(folder / "events.db"), sqlite_at_rest(folder))
-    url = request.getfixturevalue("postgres_url")
-    return Site(PostgresStore(url, pool_size=4), postgres_at_rest(url))
+    return site_for(request, tmp_path)
 
 
 @pytest.fixture

@@ -25,11 +25,8 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service import cli
 from service.processing.commands import fingerprint
-from service.store.base import StoreAdapter
-from service.store.postgres import PostgresStore
-from service.store.sqlite import SqliteStore
 from service.transfer.restoring import only_aggregates
-from tests.integration.test_forgetting_erases import DataAtRest, postgres_at_rest, sqlite_at_rest
+from tests.support.at_rest import Site, site_for
 from tests.support.contents import at_rest
 from tests.support.grpc_client import command, details_of, running_server
 from tests.support.transfer import exported, imported
@@ -42,19 +39,9 @@ EMAIL = "ysolde@pemberton.example"
 NEW_EMAIL = "ysolde.pa@pemberton.example"
 
 
-class Site:
-    def __init__(self, store: StoreAdapter, data: DataAtRest) -> None:
-        self.store = store
-        self.data = data
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
-    if request.param == "sqlite":
-        folder = tmp_path / "data"
-        return Site(SqliteStore(folder / "events.db"), sqlite_at_rest(folder))
-    url = request.getfixturevalue("postgres_url")
-    return Site(PostgresStore(url, pool_size=4), postgres_at_rest(url))
+    return site_for(request, tmp_path)
 
 
 async def refusal(call: object) -> tuple[grpc.StatusCode, str]:
@@ -96,12 +83,12 @@ async def test_deleting_removes_payloads_snapshots_and_claims_from_the_files_and
         # Its id stays taken: registering it again is refused, not a new user.
         again = command("u-1", users.RegisterUser(email="other@example.com", name="Other"))
         assert await refusal(client.submit(again)) == (grpc.StatusCode.FAILED_PRECONDITION, "AGGREGATE_DELETED")
-    everything = site.data.read_bytes()  # the server stopped: SQLite's WAL is checkpointed
+    everything = site.at_rest.read_bytes()  # the server stopped: SQLite's WAL is checkpointed
     for secret in (NAME, EMAIL, NEW_EMAIL):
         assert secret.encode() not in everything
     # What the docs warn of: the records' fingerprints, plain SHA-256 of the
     # command without encryption at rest, still confirm a guess.
-    assert fingerprint("u-1", users.RegisterUser(email=EMAIL, name=NAME)) in site.data.read_fingerprints()
+    assert fingerprint("u-1", users.RegisterUser(email=EMAIL, name=NAME)) in site.at_rest.read_fingerprints()
 
 
 async def test_a_subscription_by_event_type_sees_tombstones_only_if_it_names_them(site: Site) -> None:

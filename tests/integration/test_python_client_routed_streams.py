@@ -29,7 +29,8 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service import errors
 from service.api.status import rich_status
 from service.client import ChronicleClient, Command, RetryPolicy
-from service.client.routing import Routes, partition_of
+from service.client.routing import partition_of
+from tests.support.routes import record_marks
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, max_attempts=10)
 PARTITIONS = 4
@@ -171,20 +172,6 @@ async def cluster(members: Sequence[Member]) -> AsyncIterator[ChronicleClient]:
         assert client.routes is not None
         assert client.routes.topology == topology
         yield client
-
-
-def record_marks(routes: Routes | None, monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
-    """The addresses ``routes`` is told are unreachable, in order, from now."""
-    assert routes is not None
-    marked: list[str | None] = []
-    unreachable = routes.unreachable
-
-    def recorded(address: str | None) -> None:
-        marked.append(address)
-        unreachable(address)
-
-    monkeypatch.setattr(routes, "unreachable", recorded)
-    return marked
 
 
 def owned_by(members: Sequence[Member], member: Member, count: int) -> list[str]:

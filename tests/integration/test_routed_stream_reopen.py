@@ -28,6 +28,7 @@ from service.app import Application
 from service.client import ChronicleClient, Command, RetryPolicy
 from service.client.routing import Routes
 from tests.support.cluster import replica, settled
+from tests.support.routes import record_marks
 from tests.support.security import POLICY, api_key_file, write
 
 pytestmark = pytest.mark.postgres
@@ -79,20 +80,6 @@ def record_calls(routes: Routes | None, monkeypatch: pytest.MonkeyPatch) -> list
 
     monkeypatch.setattr(routes, "stub_for", recorded)
     return opened
-
-
-def record_marks(routes: Routes | None, monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
-    """The members ``routes`` is told are unreachable, from now on."""
-    assert routes is not None
-    marked: list[str | None] = []
-    unreachable = routes.unreachable
-
-    def recorded(address: str | None) -> None:
-        marked.append(address)
-        unreachable(address)
-
-    monkeypatch.setattr(routes, "unreachable", recorded)
-    return marked
 
 
 def accounts_of(apps: Sequence[Application]) -> list[str]:

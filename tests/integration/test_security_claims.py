@@ -5,7 +5,6 @@ what the audit log records when an open stream's credential ends."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import logging
@@ -28,7 +27,7 @@ from service.store.records import AuditEntry
 from service.store.sqlite import SqliteStore
 from tests.support.grpc_client import Client, command, connect, details_of, running_server
 from tests.support.processes import serve_until_exit
-from tests.support.reloading import Served, reloading_server
+from tests.support.reloading import Served, caught_up, end_of, reloading_server
 from tests.support.security import POLICY, JwtIssuer, api_key_file, bearer, write
 from tests.support.waiting import eventually
 
@@ -261,24 +260,6 @@ async def test_a_symbolic_link_swapped_to_a_file_of_the_same_size_and_time_is_se
 
 
 # -- an open stream's end, audited ------------------------------------------------
-
-
-async def caught_up(call: Any) -> None:
-    async with asyncio.timeout(20):
-        while (message := await call.read()) is not grpc.aio.EOF:
-            if message.WhichOneof("kind") == "caught_up":
-                return
-    raise AssertionError("the subscription ended before it caught up")
-
-
-async def end_of(call: Any) -> grpc.aio.AioRpcError:
-    async with asyncio.timeout(20):
-        try:
-            while await call.read() is not grpc.aio.EOF:
-                pass
-        except grpc.aio.AioRpcError as ended:
-            return ended
-    raise AssertionError("the stream ended without an error")
 
 
 def command_stream(plain: Client, key: str) -> Any:

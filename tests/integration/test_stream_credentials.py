@@ -25,7 +25,7 @@ from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from service.store.records import REFUSED
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, connect, details_of, running_server
-from tests.support.reloading import Served, reloading_server
+from tests.support.reloading import Served, caught_up, end_of, reloading_server
 from tests.support.security import POLICY, Authority, JwtIssuer, api_key_file, bearer, server_tls_files, write
 from tests.support.waiting import eventually
 
@@ -57,26 +57,6 @@ async def opened(*clients: Client) -> list[Any]:
     for call in calls:
         await caught_up(call)
     return calls
-
-
-async def caught_up(call: Any) -> None:
-    """Read until the subscription reports it has caught up: it is open."""
-    async with asyncio.timeout(20):
-        while (message := await call.read()) is not grpc.aio.EOF:
-            if message.WhichOneof("kind") == "caught_up":
-                return
-    raise AssertionError("the subscription ended before it caught up")
-
-
-async def end_of(call: Any) -> grpc.aio.AioRpcError:
-    """Read ``call`` to its end, which must be an error status."""
-    async with asyncio.timeout(20):
-        try:
-            while await call.read() is not grpc.aio.EOF:
-                pass
-        except grpc.aio.AioRpcError as ended:
-            return ended
-    raise AssertionError("the stream ended without an error")
 
 
 async def still_delivers(call: Any, submitter: Client, aggregate_id: str) -> None:

@@ -1,12 +1,17 @@
 """A server whose key files and policy are read again every 50 ms
-(--auth-reload-seconds), with the files in the test's folder to change."""
+(--auth-reload-seconds), with the files in the test's folder to change; and
+readers of the streams such a change ends."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import grpc
 
 from service.app import Application
 from service.store.memory import MemoryStore
@@ -49,3 +54,23 @@ async def reloading_server(
         jwt_leeway_seconds=jwt_leeway_seconds,
     ) as (app, _):
         yield Served(app, keys_file, policy_file, jwt_key, issuer)
+
+
+async def caught_up(call: Any) -> None:
+    """Read until the subscription ``call`` reports it has caught up: it is open."""
+    async with asyncio.timeout(20):
+        while (message := await call.read()) is not grpc.aio.EOF:
+            if message.WhichOneof("kind") == "caught_up":
+                return
+    raise AssertionError("the subscription ended before it caught up")
+
+
+async def end_of(call: Any) -> grpc.aio.AioRpcError:
+    """Read ``call`` to its end, which must be an error status."""
+    async with asyncio.timeout(20):
+        try:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        except grpc.aio.AioRpcError as ended:
+            return ended
+    raise AssertionError("the stream ended without an error")

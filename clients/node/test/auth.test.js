@@ -14,6 +14,7 @@ import grpc from '@grpc/grpc-js';
 
 import { ChronicleClient, ChronicleError, services } from '../src/chronicle.js';
 import { startServer } from './server.js';
+import { recordMarks } from './routes.js';
 import { standInServer } from './stand_in.js';
 
 const ISSUER = 'https://issuer.test';
@@ -477,12 +478,7 @@ test(
   async () => {
     const client = new ChronicleClient(server.address, { token: apiKey, routing: true });
     const probe = new ChronicleClient(server.address, { token: apiKey });
-    const marked = [];
-    const unreachable = client.routes.unreachable.bind(client.routes);
-    client.routes.unreachable = (address) => {
-      marked.push(address);
-      unreachable(address);
-    };
+    const marked = recordMarks(client.routes);
     try {
       await client.routes.ready;
       const [member] = client.routes.topology.members; // the lone server

@@ -17,6 +17,7 @@ import grpc from '@grpc/grpc-js';
 
 import { ChronicleClient, crc32, partitionOf, services, unpack } from '../src/chronicle.js';
 import { startCluster, startServer } from './server.js';
+import { recordMarks } from './routes.js';
 import { standInServer } from './stand_in.js';
 
 const repository = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -408,12 +409,7 @@ test('a routed command stream whose connection aged out opens its call again on 
     args: ['--anonymous-admin', '--max-connection-age-seconds', '1', '--max-connection-age-grace-seconds', '0.2'],
   });
   const client = new ChronicleClient(aging.address, { routing: true });
-  const marked = [];
-  const unreachable = client.routes.unreachable.bind(client.routes);
-  client.routes.unreachable = (address) => {
-    marked.push(address);
-    unreachable(address);
-  };
+  const marked = recordMarks(client.routes);
   try {
     await client.routes.ready;
     const [member] = client.routes.topology.members; // the lone server
