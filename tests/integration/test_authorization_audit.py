@@ -44,7 +44,7 @@ from service.app import Application, start
 from service.plugins import Plugin, ProjectedEvent
 from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
-from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of, running_server
+from tests.support.grpc_client import TEST_SETTINGS, asking_again_if_lost, command, connect, details_of, running_server
 from tests.support.http import request
 from tests.support.security import ISSUER, POLICY, JwtIssuer, api_key_file, bearer, write
 from tests.support.waiting import eventually
@@ -99,7 +99,14 @@ async def call_raw(
 ) -> list[bytes]:
     """One call of any shape, with ``request`` as its (only) message and
     ``metadata`` sent as given (the tests' bearer interceptors cover no
-    stream-unary call); the messages it answered, up to the first."""
+    stream-unary call); the messages it answered, up to the first. Asked
+    again if grpc.aio lost the server's status (``asking_again_if_lost``)."""
+    return await asking_again_if_lost(lambda: _call_once(channel, path, method, request, metadata))
+
+
+async def _call_once(
+    channel: grpc.aio.Channel, path: str, method: Any, request: bytes, metadata: tuple[tuple[str, str], ...]
+) -> list[bytes]:
     if method.client_streaming and method.server_streaming:
         call = channel.stream_stream(path)(iter([request]), metadata=metadata, timeout=10)
         async for answer in call:
@@ -526,6 +533,6 @@ async def test_an_upload_through_the_bearer_helper_carries_its_token(served: Ser
     # sent no token on calls of that shape (UNAUTHENTICATED, not the policy's answer).
     async with connect(served.app.address, interceptors=bearer(served.token("eve"))) as eve:
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await eve.admin.ImportLog(iter([admin.ImportLogRequest()]))
+            await asking_again_if_lost(lambda: eve.admin.ImportLog(iter([admin.ImportLogRequest()])))
     details = details_of(refused.value)
     assert (details.code, details.reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
