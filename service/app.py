@@ -228,6 +228,9 @@ class Application:
         # health watchers might hear of it after their calls were refused;
         # so keep serving a moment while health says we are leaving.
         await asyncio.sleep(drain)
+        # Health watchers have heard NOT_SERVING: their streams end now, or
+        # gRPC's stop would wait the whole grace for them to hang up.
+        self.health.close()
         await self.server.stop(grace)
         await self.reactions.stop()  # before the router: a reaction's command in flight is sent again later
         await self.router.close(grace=grace)

@@ -25,7 +25,7 @@ from chronicle.v1 import (
     subscription_group_service_pb2,
 )
 from service.api.status import rich_status
-from service.errors import ChronicleError, Overloaded
+from service.errors import ChronicleError, Overloaded, StoreUnavailable
 from service.store.base import Lifecycle
 from service.tasks import cancel_and_wait
 
@@ -47,14 +47,23 @@ class LimitedWatches(health.aio.HealthServicer):  # type: ignore[misc]
     streams open at once: they need no credentials and live as long as the
     caller wants, so unbounded they let anyone hold the server's memory (a
     stream costs about as much as a subscription). One more is
-    RESOURCE_EXHAUSTED, TOO_MANY_HEALTH_WATCHES; Check stays unlimited."""
+    RESOURCE_EXHAUSTED, TOO_MANY_HEALTH_WATCHES; Check stays unlimited.
+
+    ``close`` ends every Watch stream (UNAVAILABLE, SHUTTING_DOWN) and
+    refuses new ones: an open Watch is an RPC that gRPC's ``stop`` waits for,
+    so a load balancer that holds one would hold a stopping server for its
+    whole grace period."""
 
     def __init__(self, *, max_watches: int) -> None:
         super().__init__()
         self.max_watches = max_watches
         self.watches = 0
+        self._watching: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        if self._closed:
+            await context.abort_with_status(rich_status(_shutting_down()))
         if self.watches >= self.max_watches:
             refusal = Overloaded(
                 f"the server has {self.max_watches} health Watch streams open; use Check, or retry later",
@@ -62,11 +71,31 @@ class LimitedWatches(health.aio.HealthServicer):  # type: ignore[misc]
                 metadata={"max_health_watches": str(self.max_watches)},
             )
             await context.abort_with_status(rich_status(refusal))
+        # Each RPC runs in a task of its own: ``close`` ends the stream by
+        # cancelling it, and the cancellation becomes the status here.
+        task = asyncio.current_task()
+        assert task is not None
         self.watches += 1
+        self._watching.add(task)
         try:
             await super().Watch(request, context)
+        except asyncio.CancelledError:
+            if not self._closed:
+                raise  # the caller went away, or gRPC is cancelling its calls
+            task.uncancel()
+            await context.abort_with_status(rich_status(_shutting_down()))
         finally:
             self.watches -= 1
+            self._watching.discard(task)
+
+    def close(self) -> None:
+        self._closed = True
+        for task in self._watching:
+            task.cancel()
+
+
+def _shutting_down() -> StoreUnavailable:
+    return StoreUnavailable("the server is shutting down; watch another member", reason="SHUTTING_DOWN")
 
 
 class Health:
@@ -75,6 +104,10 @@ class Health:
     def __init__(self, *, max_watches: int = 1000) -> None:
         self.servicer = LimitedWatches(max_watches=max_watches)
         self.serving = False
+
+    def close(self) -> None:
+        """End every health Watch stream (after they heard NOT_SERVING)."""
+        self.servicer.close()
 
     async def set(self, serving: bool) -> None:
         self.serving = serving
