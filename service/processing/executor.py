@@ -276,7 +276,9 @@ class CommandExecutor:
             records.append(_record(request, version, len(events), now_us))
             if events:
                 new_events.extend(_new_events(aggregate_type.name, request, events, now_us))
-                current = Aggregate(current.aggregate_id, aggregate_type, version + len(events), state)
+                current = Aggregate(
+                    current.aggregate_id, aggregate_type, version + len(events), state, new_events[-1].event_id
+                )
         appended = asyncio.ensure_future(
             self._events.append(cached.aggregate_id, new_events, cached.version, commands=records)
         )
@@ -403,7 +405,8 @@ class CommandExecutor:
             claims=decision.claims,
         )
         result = self._result(decision, recorded)
-        return result, Aggregate(batch.aggregate_id, aggregate.type, result.version, decision.state)
+        last_event_id = new_events[-1].event_id if new_events else aggregate.last_event_id
+        return result, Aggregate(batch.aggregate_id, aggregate.type, result.version, decision.state, last_event_id)
 
     async def replay(self, request: CommandRequest) -> CommandResult:
         """The recorded outcome of ``request``'s command id (raised again if
@@ -429,6 +432,7 @@ class CommandExecutor:
             state_type=aggregate.type.state_type_name,
             schema_version=aggregate.type.state_schema_version,
             state=aggregate.state.SerializeToString(),
+            through_event_id=aggregate.last_event_id,
         )
         try:
             await self._snapshot_store.save_snapshot(snapshot)

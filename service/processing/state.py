@@ -42,6 +42,9 @@ class Aggregate:
     type: AggregateType[Any]
     version: int
     state: Message
+    # The id of the event at ``version``, when known (after an append, or a
+    # load that read events): what a snapshot of this state is taken through.
+    last_event_id: str | None = None
 
     @property
     def exists(self) -> bool:
@@ -126,6 +129,7 @@ class AggregateLoader:
         if events:
             state = apply_messages(aggregate_type, state, self.reader.messages(events))
             version = events[-1].version
+            return Aggregate(aggregate_id, aggregate_type, version, state, events[-1].event_id)
         return Aggregate(aggregate_id, aggregate_type, version, state)
 
     async def load_any(self, aggregate_id: str, *, to_version: int | None = None) -> Aggregate | None:

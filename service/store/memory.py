@@ -302,6 +302,11 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         stream = self._streams.get(snapshot.aggregate_id)
         if stream and is_tombstone(stream[-1]):
             return  # saved in the background after a deletion: the state is gone
+        if snapshot.through_event_id is not None and not any(
+            e.version == snapshot.version and e.event_id == snapshot.through_event_id for e in reversed(stream or ())
+        ):
+            return  # built through an event that is no longer there (an import replaced the history)
+        snapshot = replace(snapshot, through_event_id=None)  # what it was built through is not kept
         kept = self._snapshots.setdefault(snapshot.aggregate_id, [])
         versions = [s.version for s in kept]
         at = bisect.bisect_left(versions, snapshot.version)

@@ -228,6 +228,13 @@ class Snapshot:
     ``schema_version`` is the plugin's state schema version when the
     snapshot was taken; a snapshot whose type or schema version differs from
     the plugin's current one is ignored and the state rebuilt from events.
+
+    ``through_event_id``, when saving: the id of the event at ``version``
+    that the state was built through. A store then keeps the snapshot only
+    if that event is still the aggregate's event at ``version``: a save that
+    runs in the background after the append it follows must not land on a
+    history an import replaced meanwhile (its events have other ids, and
+    the state would be wrong for them). Not stored; None on what is loaded.
     """
 
     aggregate_id: str
@@ -236,6 +243,7 @@ class Snapshot:
     state_type: str
     schema_version: int
     state: bytes
+    through_event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

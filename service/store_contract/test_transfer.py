@@ -378,3 +378,24 @@ async def test_a_snapshot_saved_after_a_deletion_does_not_bring_the_state_back(s
     assert await store.load_snapshot("a-1") is None
     await store.save_snapshot(snapshot("a-2", 1))  # an aggregate with no events keeps its own
     assert await store.load_snapshot("a-2") == snapshot("a-2", 1)
+
+
+async def test_a_snapshot_is_kept_only_through_the_event_it_was_built_through(store: StoreAdapter) -> None:
+    """A save in the background after an append names the event it was
+    built through (``through_event_id``): when an import replaced the
+    aggregate's history meanwhile (other events, other ids at the same
+    versions), the snapshot would be the old history's state over the new
+    one, and is not kept."""
+    old = await store.append("a-1", [new_event() for _ in range(3)], 0)
+    assert await store.remove_aggregate("a-1") == 3
+    replacing = [recorded_event("a-1", version) for version in (1, 2, 3)]
+    await store.import_events(replacing)
+    await store.save_snapshot(replace(snapshot("a-1", 3), through_event_id=old[-1].event_id))
+    assert await store.load_snapshot("a-1") is None
+    await store.save_snapshot(replace(snapshot("a-1", 2), through_event_id=replacing[2].event_id))
+    assert await store.load_snapshot("a-1") is None  # the event at its version is another
+    through = replace(snapshot("a-1", 3), through_event_id=replacing[2].event_id)
+    await store.save_snapshot(through)
+    assert await store.load_snapshot("a-1") == replace(through, through_event_id=None)
+    await store.save_snapshot(snapshot("a-2", 1))  # none named: only the deletion's rule applies
+    assert await store.load_snapshot("a-2") == snapshot("a-2", 1)

@@ -27,7 +27,8 @@ from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import AggregateLoader
 from service.store.base import Store, StoreAdapter
 from service.store.memory import MemoryStore
-from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent
+from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent, Snapshot
+from service.store_contract.records import recorded_event
 from tests.support import plugins
 from tests.support.contents import contents
 from tests.support.instrumented import ObservedStore
@@ -217,6 +218,43 @@ async def test_a_snapshot_with_another_state_schema_version_is_ignored() -> None
     loaded = await AggregateLoader(Store.of(store), REGISTRY).load("acc-1", bank_account.account)
     assert store.events_read == 121
     assert loaded.state == bank.Account(owner="ann", balance=120)
+    await router.close()
+
+
+class HeldSnapshots(MemoryStore):
+    """Holds each snapshot save until ``release`` is set (a save runs in the
+    background after the append it follows, and can be slow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saving: list[Snapshot] = []
+        self.release = asyncio.Event()
+        self.saves_done = 0
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        self.saving.append(snapshot)
+        await self.release.wait()
+        await super().save_snapshot(snapshot)
+        self.saves_done += 1
+
+
+async def test_a_snapshot_saved_after_an_import_replaced_the_history_is_not_kept() -> None:
+    store = HeldSnapshots()
+    router = router_over(store, snapshots=SnapshotPolicy())  # bank_account snapshots every 100
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    for _ in range(99):
+        await router.submit(request("acc-1", bank.Deposit(amount=2)))
+    await eventually(lambda: len(store.saving) == 1, what="the snapshot at version 100 being saved")
+    (held,) = store.saving
+    stored = await store.read_aggregate("acc-1")
+    assert (held.version, held.through_event_id) == (100, stored[-1].event_id)
+    # Meanwhile an import overwrites the aggregate with another history.
+    assert await store.remove_aggregate("acc-1") == 100
+    await store.import_events([replace(recorded_event("acc-1", v), aggregate_type="Account") for v in range(1, 101)])
+    router.evict("acc-1")
+    store.release.set()
+    await eventually(lambda: store.saves_done == 1, what="the held save finished")
+    assert await store.load_snapshot("acc-1") is None  # the old history's state is not kept over the new one
     await router.close()
 
 

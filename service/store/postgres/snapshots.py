@@ -21,7 +21,10 @@ class SnapshotsRole:
             "save_snapshot",
             [
                 Statement(sql.SNAPSHOT_LOCK_LAST_EVENT.encode(), (snapshot.aggregate_id,)),
-                Statement(sql.SAVE_SNAPSHOT.encode(), (*snapshot_params(snapshot), TOMBSTONE_EVENT_TYPE)),
+                Statement(
+                    sql.SAVE_SNAPSHOT.encode(),
+                    (*snapshot_params(snapshot), TOMBSTONE_EVENT_TYPE, snapshot.through_event_id),
+                ),
                 Statement(sql.PRUNE_SNAPSHOTS.encode(), (snapshot.aggregate_id, self._keep_snapshots - 1)),
             ],
         )

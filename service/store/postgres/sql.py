@@ -286,6 +286,9 @@ SAVE_SNAPSHOT = (
     " SELECT $1::text, $2::text, $3::bigint, $4::text, $5::int, $6::bytea"
     " WHERE (SELECT event_type FROM chronicle.events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1)"
     " IS DISTINCT FROM $7::text"
+    # Built through the event that is still there (Snapshot.through_event_id).
+    " AND ($8::uuid IS NULL OR EXISTS (SELECT 1 FROM chronicle.events"
+    " WHERE aggregate_id = $1 AND version = $3 AND event_id = $8::uuid))"
     " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
     " state_type = excluded.state_type, schema_version = excluded.schema_version,"
     " state = excluded.state, taken_at = now()"

@@ -25,5 +25,17 @@ class SnapshotsRole:
 
 def _save_snapshot(db: sqlite3.Connection, snapshot: Snapshot, keep: int) -> None:
     with writing(db):
-        db.execute(sql.SAVE_SNAPSHOT, (*snapshot_params(snapshot), snapshot.aggregate_id, TOMBSTONE_EVENT_TYPE))
+        through = snapshot.through_event_id
+        db.execute(
+            sql.SAVE_SNAPSHOT,
+            (
+                *snapshot_params(snapshot),
+                snapshot.aggregate_id,
+                TOMBSTONE_EVENT_TYPE,
+                through,
+                snapshot.aggregate_id,
+                snapshot.version,
+                through,
+            ),
+        )
         db.execute(sql.PRUNE_SNAPSHOTS, (snapshot.aggregate_id, snapshot.aggregate_id, keep - 1))

@@ -146,6 +146,8 @@ CLAIMS_IN_CLEAR = "SELECT scope, value, aggregate_id FROM claims WHERE substr(va
 SAVE_SNAPSHOT = (
     f"INSERT INTO snapshots ({SNAPSHOT_COLUMNS}) SELECT {', '.join('?' for _ in SNAPSHOT_FIELDS)}"
     " WHERE (SELECT event_type FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1) IS NOT ?"
+    # Built through the event that is still there (Snapshot.through_event_id).
+    " AND (? IS NULL OR EXISTS (SELECT 1 FROM events WHERE aggregate_id = ? AND version = ? AND event_id = ?))"
     " ON CONFLICT (aggregate_id, version) DO UPDATE SET aggregate_type = excluded.aggregate_type,"
     " state_type = excluded.state_type, schema_version = excluded.schema_version, state = excluded.state"
 )
