@@ -131,14 +131,21 @@ class GroupConsumer:
         self._closed = True
         call, self._call = self._call, None
         if call is not None:
+            await self._leave(call)
+
+    async def _leave(self, call: Any) -> None:
+        """End ``call`` as a consumer that leaves: after the acks made so far
+        went out, the client's half ends; the server reads every ack sent
+        before that, then ends the stream: wait for that (briefly), so that
+        no ack is cut off by the cancel."""
+        if self._flushing is not None:
             with contextlib.suppress(Exception):
-                await call.done_writing()
-                # The server reads every ack sent before the end of the
-                # stream, then ends it: wait for that (briefly), so that no
-                # ack is cut off by the cancel.
-                async with asyncio.timeout(self._close_timeout):
-                    await call.code()
-            call.cancel()
+                await self._flushing
+        with contextlib.suppress(Exception):
+            await call.done_writing()
+            async with asyncio.timeout(self._close_timeout):
+                await call.code()
+        call.cancel()
 
     def __aiter__(self) -> AsyncGenerator[Delivery, None]:
         return self._deliveries()
@@ -184,6 +191,7 @@ class GroupConsumer:
             start=pb.ConsumeStart(group=self.group, consumer=self.consumer, max_in_flight=self._max_in_flight)
         )
         stale = 0  # streams in a row a stale token ended before they joined
+        leaving = False
         while not self._closed:
             call = self._call = self._open_call()
             try:
@@ -204,6 +212,17 @@ class GroupConsumer:
                 if self._closed and call.cancelled():
                     return  # closed by ``close``, from another task
                 raise
+            except GeneratorExit:
+                # The caller left its loop (a ``break``; the generator is
+                # closed when it is collected, which may come before or after
+                # ``close``): the stream ends as a consumer's that leaves,
+                # the acks made so far sent first, not cancelled under them.
+                leaving = True
+                if self._call is call:
+                    await self._leave(call)
+                    if self._call is call:
+                        self._call = None
+                raise
             except grpc.aio.AioRpcError as failed:
                 if self._closed:
                     return
@@ -222,7 +241,8 @@ class GroupConsumer:
                 log.info("group %s: stream broken (%s); consuming again", self.group, failed.details())
             finally:
                 self.joined.clear()
-                self._acks.clear()  # the events of a broken stream go out again anyway
+                if not leaving:
+                    self._acks.clear()  # the events of a broken stream go out again anyway
                 if self._call is call:
                     self._call = None
                     call.cancel()

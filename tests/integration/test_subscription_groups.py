@@ -95,6 +95,29 @@ async def test_a_group_keeps_its_position_between_consumers(client: ChronicleCli
     assert (group.acknowledged, group.position, group.lag, group.parked) == (16, 16, 0, 0)
 
 
+async def test_acks_made_before_the_loop_was_left_are_counted_whenever_its_generator_is_closed(
+    client: ChronicleClient,
+) -> None:
+    """Leaving a consumer's loop (a ``break``) leaves its generator to be
+    closed when it is collected, before or after the consumer's ``close``.
+    Closed first, it used to drop the acks not sent yet and cancel the
+    stream under the one being written: those events came again."""
+    await write(client, accounts(["acc-1", "acc-2"], deposits=2))
+    await client.groups.create("billing", segments=2)
+    async with client.consume("billing", consumer="first") as consumer:
+        deliveries = aiter(consumer)
+        taken = await take(deliveries, 6, ack=True)
+        await deliveries.aclose()  # as the collection of the left generator does
+    assert len(taken) == 6
+
+    async def all_counted() -> bool:
+        return (await client.groups.get("billing")).acknowledged == 6
+
+    await eventually(all_counted, what="every ack counted")
+    group = await client.groups.get("billing")
+    assert (group.acknowledged, group.lag) == (6, 0)
+
+
 async def test_an_aggregates_next_event_waits_until_the_one_before_is_acked(client: ChronicleClient) -> None:
     await write(client, accounts(["slow"], deposits=1) + accounts(["quick"], deposits=3))
     await client.groups.create("orders", segments=1)
