@@ -5,6 +5,7 @@ what the audit log records when an open stream's credential ends."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -25,6 +26,7 @@ from service.store.encryption import new_master_key
 from service.store.memory import MemoryStore
 from service.store.records import AuditEntry
 from service.store.sqlite import SqliteStore
+from tests.support.blocking import GatedStore
 from tests.support.grpc_client import Client, command, connect, details_of, running_server
 from tests.support.processes import serve_until_exit
 from tests.support.reloading import Served, caught_up, end_of, reloading_server
@@ -257,6 +259,34 @@ async def test_a_symbolic_link_swapped_to_a_file_of_the_same_size_and_time_is_se
 
         await eventually(swapped_in, what="the swapped file read")
         assert await reason_for(served, ALICE_NEW_KEY) == ""
+
+
+async def test_a_unary_call_under_way_finishes_under_the_key_that_admitted_it(tmp_path: Path) -> None:
+    """ "Unary calls already under way finish under what admitted them": a
+    Submit held inside the store while its key is revoked is answered, and
+    its command recorded under its principal; a call after the revocation
+    is refused."""
+    store = GatedStore(MemoryStore())
+    keys: list[tuple[str, str, list[str]]] = [(ALICE_KEY, "alice", []), (ROOT_KEY, "root", [])]
+    async with reloading_server(tmp_path, keys=keys, policy=POLICY, store=store) as served:
+        async with connect(served.app.address, interceptors=bearer(ALICE_KEY)) as alice:
+            sent = command("acc-held", bank.OpenAccount(owner="ann"), user_id="")
+            held = asyncio.ensure_future(alice.submit(sent))
+            await store.entered.wait()  # admitted, decided, and waiting on its append
+            write(served.keys, keys_file_text((ROOT_KEY, "root")))
+
+            async def revoked() -> bool:
+                with pytest.raises(grpc.aio.AioRpcError) as refused_now:
+                    await alice.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-held"))
+                return details_of(refused_now.value).reason == "UNKNOWN_API_KEY"
+
+            await eventually(revoked, what="the revoked key refused")
+            assert not held.done()
+            store.gate.set()
+            answered = await asyncio.wait_for(held, 10)
+        assert answered.version == 1
+        record = await store.inner.find_command(sent.command_id)
+        assert record is not None and record.principal == "alice"
 
 
 # -- an open stream's end, audited ------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from service.app import Application
+from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import running_server
 from tests.support.security import JwtIssuer, api_key_file, write
@@ -35,16 +36,17 @@ async def reloading_server(
     keys: Sequence[tuple[str, str, Sequence[str]]],
     policy: str,
     jwt_leeway_seconds: float = 30.0,
+    store: StoreAdapter | None = None,
 ) -> AsyncIterator[Served]:
-    """A server on a memory store, authenticating ``keys`` (key, principal,
-    roles) and JWTs of a new issuer, under ``policy``."""
+    """A server on ``store`` (a new memory store), authenticating ``keys``
+    (key, principal, roles) and JWTs of a new issuer, under ``policy``."""
     issuer = JwtIssuer()
     keys_file, policy_file, jwt_key = tmp_path / "keys.toml", tmp_path / "policy.toml", tmp_path / "jwt.pem"
     api_key_file(keys_file, keys)
     write(policy_file, policy)
     write(jwt_key, issuer.public_key)
     async with running_server(
-        MemoryStore(),
+        MemoryStore() if store is None else store,
         auth=True,
         api_keys_file=str(keys_file),
         policy_file=str(policy_file),
