@@ -249,6 +249,7 @@ class ConsumerSession:
         self._unparks: list[str] = []
         self._unparking: set[str] = set()  # acked replays whose removal is being written
         self._replay_parks: list[GroupParkedEvent] = []
+        self._reparking: set[str] = set()  # replays failed again whose park is being written
         self._order = itertools.count()
         self._changed = asyncio.Event()  # for next_batch
         self._reader_wake = asyncio.Event()  # room in the queues, or other segments
@@ -525,10 +526,12 @@ class ConsumerSession:
         self._reader_wake.set()
 
     async def _find_replays(self) -> None:
-        # Not again: replays in flight, and acked ones still listed until
-        # their removal is written.
+        # Not again: replays in flight, acked ones still listed until their
+        # removal is written, and failed ones still marked for replay until
+        # their park is written.
         replaying = {d.event.event_id for d in self._pending.values() if d.segment is None}
         replaying |= self._unparking | set(self._unparks)
+        replaying |= self._reparking | {parked.event_id for parked in self._replay_parks}
         wanted = await self._groups.parked_to_replay(self.spec.name, sorted(self._segments), self._max_in_flight)
         for parked in wanted:
             if parked.event_id in replaying:
@@ -644,14 +647,18 @@ class ConsumerSession:
             unparks, self._unparks = self._unparks, []
             self._unparking.update(unparks)
             work.append(self._groups.unpark(self.spec.name, unparks))
+        reparks: list[str] = []
         if self._replay_parks:
             parks, self._replay_parks = self._replay_parks, []
+            reparks = [parked.event_id for parked in parks]
+            self._reparking.update(reparks)
             work.append(self._groups.park(self.spec.name, parks))
         try:
             if work:
                 await asyncio.gather(*work)
         finally:
             self._unparking.difference_update(unparks)
+            self._reparking.difference_update(reparks)
 
     async def _commit_segment(self, segment: _Segment) -> None:
         new_position = segment.checkpoint()
