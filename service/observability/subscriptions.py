@@ -124,12 +124,20 @@ class GroupSampler(_Sampler):
         self._lag = lag
         self._parked = parked
         self._interval = interval
+        self._sampled: set[str] = set()  # the groups whose series are set
 
     async def sample(self) -> None:
         states = await self._groups.list_groups()
         head = await self._store.log_head()
-        self._lag.clear()
-        self._parked.clear()
+        # Set in place, then drop deleted groups' series: clearing first would
+        # let a scrape (on the metrics server's thread) see no groups at all.
+        names = set()
         for state in states:
-            self._lag.labels(group=state.spec.name).set(max(0, head - state.position))
-            self._parked.labels(group=state.spec.name).set(state.parked)
+            name = state.spec.name
+            self._lag.labels(group=name).set(max(0, head - state.position))
+            self._parked.labels(group=name).set(state.parked)
+            names.add(name)
+        for gone in self._sampled - names:
+            self._lag.remove(gone)
+            self._parked.remove(gone)
+        self._sampled = names

@@ -234,6 +234,19 @@ async def test_group_consumers_lag_and_parked_events_are_measured() -> None:
     assert registry.get_sample_value("lag", {"group": "billing"}) == 3  # segment 1 is still at 0
     assert registry.get_sample_value("lag", {"group": "audit"}) == 0
     assert registry.get_sample_value("parked", {"group": "billing"}) == 1
+    # A scrape (on the metrics server's thread) may come at any moment of a
+    # sample: at each, every group still has its value.
+    seen: list[float | None] = []
+    setting = lag.labels
+
+    def watched(**labels: str) -> Any:
+        seen.extend(registry.get_sample_value("lag", {"group": name}) for name in ("billing", "audit"))
+        return setting(**labels)
+
+    lag.labels = watched  # type: ignore[method-assign,assignment]
+    await sampler.sample()
+    lag.labels = setting  # type: ignore[method-assign]
+    assert len(seen) == 4 and None not in seen, seen
     await store.delete_group("billing")
     await sampler.sample()
     assert registry.get_sample_value("lag", {"group": "billing"}) is None
