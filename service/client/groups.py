@@ -295,9 +295,11 @@ class Groups:
         ack_timeout: timedelta | float | None = None,
         segments: int = 0,
     ) -> GroupInfo:
-        """Create group ``name`` (durations as ``timedelta`` or seconds; 0 and
-        None: the server's defaults). ``AlreadyExists`` (GROUP_EXISTS) if
-        it exists."""
+        """Create group ``name`` (durations as ``timedelta`` or seconds).
+        A count of 0 and a duration of None take the server's defaults; a
+        duration of 0 is sent as 0 (a ``retry_backoff`` of 0 retries at
+        once; an ``ack_timeout`` under 10 ms is BAD_GROUP_SETTING).
+        ``AlreadyExists`` (GROUP_EXISTS) if it exists."""
         request = pb.CreateGroupRequest(
             name=name,
             filter=pb.GroupFilter(aggregate_types=aggregate_types, event_types=event_types, origin=origin),
