@@ -24,8 +24,11 @@ the hooks like a real command, with ``call.dry_run`` set.
 Each hook receives one frozen ``CommandCall``, so adding a field to it breaks
 no middleware. A hook is a plain method or a coroutine: plain ones run
 inline and cost the command nothing more, so built-in middleware is plain;
-a coroutine is awaited. ``before`` hooks run in the caller's asyncio task,
-so a middleware may keep per-call state in a ``contextvars.ContextVar``.
+a coroutine is awaited. The hooks of one call run in that call's
+``contextvars`` context, so a middleware may keep per-call state in a
+``contextvars.ContextVar``: ``before`` in the caller's task, ``after`` and
+``on_error`` there too or, plain ones run inline, where the aggregate's
+worker finishes the command, in a copy of the context ``before`` left.
 """
 
 from __future__ import annotations

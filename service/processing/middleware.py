@@ -9,6 +9,7 @@ of its own when the hooks around its success are plain.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
@@ -161,7 +162,13 @@ class Pipeline:
                 refusing = middleware
                 middleware.before(call)
             refusing = None
-            finish = partial(self._finish, call, started) if self._afters or self._on_errors else None
+            finish = None
+            if self._afters or self._on_errors:
+                # The worker calls ``finish`` in its own context, which serves
+                # other callers' commands too: the hooks after run in this
+                # call's, as its ``before`` hooks left it (a ContextVar a
+                # middleware set there, the span tracing keeps).
+                finish = partial(self._finish_in, contextvars.copy_context(), call, started)
             return self._start(CommandBatch((request,), dry_run=dry_run), finish=finish)
         except BaseException as error:
             return asyncio.ensure_future(self._refused(call, started, error, refusing))
@@ -171,6 +178,16 @@ class Pipeline:
     ) -> BatchResult:
         await self._failed(call, started, error, refusing)
         raise error
+
+    def _finish_in(
+        self,
+        context: contextvars.Context,
+        call: CommandCall,
+        started: float,
+        reply: asyncio.Future[BatchResult],
+        outcome: BatchResult | BaseException,
+    ) -> None:
+        context.run(self._finish, call, started, reply, outcome)
 
     def _finish(
         self,
