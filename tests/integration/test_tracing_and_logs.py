@@ -3,12 +3,14 @@ the client's trace; structured JSON logs naming the command."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -144,3 +146,26 @@ def test_spans_are_made_only_when_someone_collects_them(monkeypatch: pytest.Monk
     # A provider set for the process (the SDK, opentelemetry-instrument).
     monkeypatch.setattr(trace, "get_tracer_provider", TracerProvider)
     assert tracing.wanted(None)
+
+
+async def test_every_command_span_ends_when_many_callers_share_an_aggregate(exporter: InMemorySpanExporter) -> None:
+    """The tracing middleware's hooks after a command run where the
+    aggregate's worker finishes it, in the call's own context: with many
+    callers on one worker, each command's span is the one that ends."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with running_server(MemoryStore(), tracer_provider=provider) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        sent = [command("acc-1", bank.Deposit(amount=1)) for _ in range(30)]
+        sent += [command("acc-1", bank.Withdraw(amount=10**9)) for _ in range(5)]  # refused
+        await asyncio.gather(*(client.submit(c) for c in sent), return_exceptions=True)
+    provider.shutdown()
+    ended = [s for s in exporter.get_finished_spans() if s.name.startswith("command ")]
+    ids = sorted(str(s.attributes["chronicle.command_id"]) for s in ended if s.attributes is not None)
+    assert ids == sorted([c.command_id for c in sent] + [ids_of_open(ended)])
+
+
+def ids_of_open(spans: list[Any]) -> str:
+    """The command id of the account's opening, among ``spans``."""
+    (opening,) = [s for s in spans if s.name == "command bank.v1.OpenAccount"]
+    return str(opening.attributes["chronicle.command_id"])
