@@ -21,9 +21,10 @@
             project(event)  # every event once, in log order; resumes where it stopped
 
 Commands get a command id (UUID 4) of their own and are retried with it on
-UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED and DEADLINE_EXCEEDED, honouring
-the server's RetryInfo: the server runs a command id at most once, so a
-retry never appends twice.
+UNAVAILABLE, ABORTED, DEADLINE_EXCEEDED, a CANCELLED the client did not ask
+for, and RESOURCE_EXHAUSTED with the server's RetryInfo (whose delay is
+waited for): the server runs a command id at most once, so a retry never
+appends twice.
 """
 
 from service.client.checkpoints import CheckpointStore, FileCheckpoints, MemoryCheckpoints

@@ -107,8 +107,13 @@ class RoutedStream:
         return await waiting
 
     async def _feed(self) -> None:
-        async for command in self._commands:
-            await self._window.acquire()
+        while True:
+            await self._window.acquire()  # room first, as in CommandStream._pump
+            try:
+                command = await anext(self._commands)
+            except StopAsyncIteration:
+                self._window.release()
+                break
             lane = self._lane_of(command.aggregate_id)
             self._order.append((lane, command.aggregate_id))
             await self._input(lane).put(command)

@@ -223,10 +223,16 @@ class CommandStream:
         return await read
 
     async def _pump(self) -> None:
-        async for command in self._commands:
+        while True:
+            # Room first: no command is taken from the caller that could not
+            # be sent (a generator waiting for results is not asked early).
             while len(self._pending) >= self._window:
                 self._space.clear()
                 await self._space.wait()
+            try:
+                command = await anext(self._commands)
+            except StopAsyncIteration:
+                break
             self._pending.append(_Sent(command, self._encode(command)))
             self._unsent += 1
             self._taken.set()

@@ -172,6 +172,18 @@ export class ChronicleError extends Error {
   }
 }
 
+/**
+ * Whether a unary call that `refusal` failed may succeed when made again
+ * (UNARY_RETRYABLE, and RESOURCE_EXHAUSTED when the server sent a RetryInfo
+ * delay: a full queue, not a message over gRPC's limit). A routed send
+ * (routing.js) asks the same.
+ */
+function worthRetrying(refusal) {
+  return (
+    UNARY_RETRYABLE.has(refusal.code) || (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null)
+  );
+}
+
 function call(stub, method, request, { timeoutSeconds = 10 } = {}) {
   return new Promise((resolve, reject) => {
     const deadline = new Date(Date.now() + timeoutSeconds * 1000);
@@ -244,6 +256,7 @@ export class ChronicleClient {
           interceptors,
           callError: (error) => new ChronicleError(error),
           staleToken: (refusal) => this.#staleToken(refusal),
+          retryable: worthRetrying,
         })
       : null;
   }
@@ -263,10 +276,7 @@ export class ChronicleClient {
       try {
         return await call(stub, method, request);
       } catch (refusal) {
-        const retryable =
-          UNARY_RETRYABLE.has(refusal.code) ||
-          (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null) ||
-          this.#staleToken(refusal);
+        const retryable = worthRetrying(refusal) || this.#staleToken(refusal);
         if (!retryable || attempt >= UNARY_ATTEMPTS) throw refusal;
         await backoff(attempt, refusal);
       }

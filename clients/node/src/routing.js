@@ -94,15 +94,27 @@ export class Routes {
    * token's, credentials.js): for every member's channel and stubs;
    * `callError`: a failed call's error as the caller sees it;
    * `staleToken(refusal)`: whether that error came of a stale token that a
-   * retry, asking the token function again, may cure.
+   * retry, asking the token function again, may cure; `retryable(refusal)`:
+   * whether a command it failed may succeed when sent again (ABORTED, say).
    */
-  constructor(seed, { api, credentials, interceptors = [], callError = (error) => error, staleToken = () => false }) {
+  constructor(
+    seed,
+    {
+      api,
+      credentials,
+      interceptors = [],
+      callError = (error) => error,
+      staleToken = () => false,
+      retryable = () => false,
+    },
+  ) {
     this.seed = seed;
     this.api = api;
     this.credentials = credentials;
     this.interceptors = interceptors;
     this.callError = callError;
     this.staleToken = staleToken;
+    this.retryable = retryable;
     this.stubs = new Map(); // address → { commands, cluster }
     this.topology = null;
     this.owners = []; // address by partition, '' for none
@@ -175,9 +187,11 @@ export class Routes {
 
   /**
    * A unary command call (Submit, SubmitBatch) on the owner's channel; sent
-   * again with the same command ids to another member when the owner is
-   * unavailable (the server runs each command id once), and again after a
-   * backoff when a stale token failed it (`staleToken`).
+   * again with the same command ids (the server runs each command id once):
+   * at once to another member when the owner is gone (`memberGone`), else
+   * after a backoff, at least the server's RetryInfo delay, when what failed
+   * it may pass (`retryable`: UNAVAILABLE from a live member, ABORTED, …) or
+   * a stale token failed it (`staleToken`); `attempts` in all.
    */
   async send(method, request, aggregateId, { timeoutSeconds = 10, attempts = 3 } = {}) {
     await this.ready;
@@ -194,12 +208,13 @@ export class Routes {
         return response;
       } catch (error) {
         const refusal = this.callError(error);
-        if (error.code === grpc.status.UNAVAILABLE && attempt < attempts) {
-          if (memberGone(refusal)) this.unreachable(address);
-          continue;
+        if (attempt >= attempts) throw refusal;
+        if (error.code === grpc.status.UNAVAILABLE && memberGone(refusal)) {
+          this.unreachable(address);
+          continue; // to another member, at once
         }
-        if (!this.staleToken(refusal) || attempt >= attempts) throw refusal;
-        await sleep(Math.min(50 * 2 ** attempt, 2000));
+        if (!this.retryable(refusal) && !this.staleToken(refusal)) throw refusal;
+        await sleep(Math.max((refusal.retryDelaySeconds ?? 0) * 1000, Math.min(50 * 2 ** attempt, 2000)));
       }
     }
   }
