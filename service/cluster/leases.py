@@ -259,7 +259,9 @@ class LeaseKeeper:
         if plan.release or plan.acquire:
             for name in plan.release:  # no longer ours from the moment we decide to give them up
                 held.pop(name, None)
-            state.held = held
+            # A copy: a ``leave`` while the change is under way clears what
+            # the state holds, and what the change takes must not go in it.
+            state.held = dict(held)
             sent = self._clock()
             taken = await self._store.change_leases(
                 state.group.name, me, release=plan.release, acquire=plan.acquire, ttl=self.ttl
