@@ -1,0 +1,416 @@
+"""docs/deployment.md and the README's settings table are promises: each
+setting's flag, environment variable and default as the table states them,
+the numbers the deployment guide quotes, the Docker image it describes and
+what `make run` does, checked against the code (the parser of `chronicle
+serve`, Settings, the Dockerfile, the Makefile). A new setting, a changed
+default or a changed image fails here until the documents say so."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+import pytest
+
+from service.api.server import connection_age_options, keepalive_options
+from service.app import _store_name
+from service.cli import build_parser
+from service.processing import retention
+from service.settings import DEFAULT_DATABASE_URL, Settings, env_name, load_settings, seconds, settings_from
+from tests.support.processes import dockerfile_command, dockerfile_environment, dockerfile_healthcheck
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+DEPLOYMENT = ROOT / "docs" / "deployment.md"
+FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def flowing(path: Path) -> str:
+    """A document's text with every run of white space one space, so that a
+    sentence matches however its lines are wrapped."""
+    return " ".join(path.read_text().split())
+
+
+# -- the README's settings table ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    flags: tuple[str, ...]
+    variables: tuple[tuple[str, str], ...]  # (CHRONICLE_NAME, value the row gives it, if any)
+    more_variables: bool  # the cell ends with "…": the other flags' variables are implied
+    default: str
+    line: str
+
+
+ROW = re.compile(r"^\| (?P<flags>`--[^|]*) \| (?P<variables>[^|]*) \| (?P<default>.*) \|$")
+
+
+def settings_rows(markdown: str) -> list[Row]:
+    section = markdown.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        match = ROW.match(line)
+        if match is None:
+            assert not line.startswith("| `--"), f"a settings row this test cannot read: {line}"
+            continue
+        rows.append(
+            Row(
+                flags=tuple(re.findall(r"`(--[a-z0-9-]+)`", match["flags"])),
+                variables=tuple(re.findall(r"`(CHRONICLE_[A-Z0-9_]+)(?:=([a-z0-9]+))?`", match["variables"])),
+                more_variables=match["variables"].rstrip().endswith("…"),
+                default=match["default"].strip(),
+                line=line,
+            )
+        )
+    return rows
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    (commands,) = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+    serve = commands.choices["serve"]
+    assert isinstance(serve, argparse.ArgumentParser)
+    return serve
+
+
+def serve_flags() -> dict[str, argparse.Action]:
+    """Every option string of `chronicle serve`, to the action that takes it."""
+    return {flag: action for action in serve_parser()._actions for flag in action.option_strings}
+
+
+def default_of(field_name: str) -> object:
+    default = FIELDS[field_name].default
+    assert default is not MISSING, field_name
+    return default
+
+
+NUMBER = re.compile(r"(?P<number>[0-9][0-9,]*(?:\.[0-9]+)?)(?P<unit> ?MiB)?(?=[\s:;(]|$)")
+# Defaults the table gives in words, as they start a cell.
+WORDS: dict[str, object] = {
+    "none": "",
+    "off": "",
+    "the listen address": "",
+    "the same keys inline": "",
+}
+
+
+def documented_default(cell: str, field_name: str) -> object:
+    """The default a row's third cell states, as a value of the setting's type."""
+    kind = str(FIELDS[field_name].type)
+    if cell.startswith("`"):
+        text: object = cell[1:].split("`", 1)[0]
+    elif (number := NUMBER.match(cell)) is not None:
+        value = float(number["number"].replace(",", "")) * (1024 * 1024 if number["unit"] else 1)
+        text = int(value) if kind == "int" else value
+    elif kind == "bool" and cell.startswith(("off", "on")):
+        return cell.startswith("on")
+    elif kind == "bool" and cell.startswith("entry points are loaded"):
+        return True
+    else:
+        words = [word for word in WORDS if re.match(re.escape(word) + r"\b", cell)]
+        if not words:
+            raise ValueError(f"no default this test can read in {cell!r}")
+        text = WORDS[words[0]]
+    if kind == "tuple[str, ...]":
+        return tuple(part for part in str(text).split(",") if part)
+    if kind == "float":
+        return float(str(text))
+    if kind == "int":
+        return int(str(text))
+    return text
+
+
+def test_the_settings_table_is_read_as_a_table() -> None:
+    rows = settings_rows(README.read_text())
+    assert len(rows) >= 50
+    assert rows[0].flags == ("--listen",) and rows[0].variables == (("CHRONICLE_LISTEN", ""),)
+    assert documented_default("4 MiB", "max_message_bytes") == 4 * 1024 * 1024
+    assert documented_default("100,000 aggregates live at once", "max_workers") == 100_000
+    assert documented_default("0 (never): a client's …", "max_connection_age_seconds") == 0.0
+    assert documented_default("off; on: …", "reuse_port") is False
+    assert documented_default("none besides entry points", "plugins") == ()
+    assert documented_default("`text`; `json`: …", "log_format") == "text"
+    with pytest.raises(ValueError, match="no default this test can read"):
+        documented_default("eventually", "max_workers")
+
+
+def test_every_row_of_the_settings_table_is_a_serve_flag_with_that_variable_and_that_default() -> None:
+    flags = serve_flags()
+    help_text = " ".join(serve_parser().format_help().split())
+    wrong = []
+    for row in settings_rows(README.read_text()):
+        assert row.flags, row.line
+        assert len(row.variables) == len(row.flags) or (row.more_variables and row.variables), row.line
+        for index, flag in enumerate(row.flags):
+            if flag not in flags:
+                wrong.append(f"{flag}: not a flag of `chronicle serve`")
+                continue
+            name = flags[flag].dest
+            if index < len(row.variables) and row.variables[index][0] != env_name(name):
+                wrong.append(f"{flag}: the table says {row.variables[index][0]}, the server reads {env_name(name)}")
+            if f"env {env_name(name)}; default" not in help_text:
+                wrong.append(f"{flag}: `chronicle serve --help` does not give its variable and default")
+            stated = documented_default(row.default, name)
+            if stated != default_of(name):
+                wrong.append(f"{flag}: the table says {stated!r}, the default is {default_of(name)!r}")
+    assert wrong == []
+
+
+def test_every_setting_has_a_row_in_the_settings_table() -> None:
+    """ "`chronicle serve --help` lists them all"; the table should too."""
+    flags = serve_flags()
+    documented = {flags[flag].dest for row in settings_rows(README.read_text()) for flag in row.flags if flag in flags}
+    assert sorted(set(FIELDS) - documented) == []
+
+
+# -- every setting is a flag and a variable, the flag winning ----------------------
+
+# Settings that cannot be set alone: what else a valid sample needs.
+COMPANIONS: dict[str, dict[str, str]] = {
+    "read_database_url": {"CHRONICLE_DATABASE_URL": "postgresql://u@primary/db"},
+    "auth": {"CHRONICLE_POLICY_FILE": "/p.toml", "CHRONICLE_API_KEYS_FILE": "/k.toml"},
+    "tls_cert_file": {"CHRONICLE_TLS_KEY_FILE": "/k.pem"},
+    "tls_key_file": {"CHRONICLE_TLS_CERT_FILE": "/c.pem"},
+    "tls_client_ca_file": {"CHRONICLE_TLS_CERT_FILE": "/c.pem", "CHRONICLE_TLS_KEY_FILE": "/k.pem"},
+    "jwt_key_file": {"CHRONICLE_JWT_ISSUER": "issuer"},
+}
+SAMPLES: dict[str, tuple[str, object]] = {  # text: value, for settings whose type alone gives no valid sample
+    "listen": ("127.0.0.1:6000", "127.0.0.1:6000"),
+    "database_url": ("memory://", "memory://"),
+    "read_database_url": ("postgresql://u@standby/db", "postgresql://u@standby/db"),
+    "advertise_address": ("replica-1:50051", "replica-1:50051"),
+    "process_listen": ("127.0.0.1:0", "127.0.0.1:0"),
+    "metrics_listen": ("127.0.0.1:9100", "127.0.0.1:9100"),
+    "console_listen": ("127.0.0.1:8080", "127.0.0.1:8080"),
+    "log_level": ("DEBUG", "DEBUG"),
+    "log_format": ("json", "json"),
+    "partitions": ("128", 128),
+    "max_event_bytes": ("65536", 65536),
+    "plugins": ("a.b, c.d:plugin", ("a.b", "c.d:plugin")),
+}
+
+
+def sample(name: str) -> tuple[str, object]:
+    """A valid value other than the default, as text and as the setting holds it."""
+    if name in SAMPLES:
+        return SAMPLES[name]
+    default = default_of(name)
+    if isinstance(default, bool):
+        return ("false", False) if default else ("true", True)
+    if isinstance(default, int):
+        return str(default + 1), default + 1
+    if isinstance(default, float):
+        return str(default + 1.5), default + 1.5
+    return "/some/file", "/some/file"
+
+
+@pytest.mark.parametrize("name", sorted(FIELDS))
+def test_every_setting_is_read_from_its_variable_and_its_flag_wins(name: str) -> None:
+    text, value = sample(name)
+    assert value != default_of(name)
+    environ = {**COMPANIONS.get(name, {}), env_name(name): text}
+    assert getattr(settings_from([], environ), name) == value
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        arguments = [flag if value else "--no-" + flag.removeprefix("--")]
+        environ[env_name(name)] = str(not value).lower()
+    elif isinstance(value, tuple):
+        arguments = [argument for part in value for argument in ("--plugin", part)]
+        environ[env_name(name)] = "x.y"
+    else:
+        arguments = [flag, text]
+        environ[env_name(name)] = str(default_of(name))
+    assert getattr(settings_from(arguments, environ), name) == value
+    assert getattr(load_settings(None, {}), name) == default_of(name)
+
+
+def test_settings_in_seconds_take_the_units_the_guide_lists() -> None:
+    text = flowing(DEPLOYMENT)
+    (listed,) = re.findall(r"Settings in seconds also take a unit: ((?:`[^`]+`(?:, )?)+)\.", text)
+    units = re.findall(r"`([0-9]+)([a-z]+)`", listed)
+    assert {unit for _, unit in units} == {"ms", "s", "m", "h", "d", "w"}
+    per_unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+    for number, unit in units:
+        assert seconds(number + unit) == int(number) * per_unit[unit]
+    for name, f in FIELDS.items():  # every setting of the float kind is one in seconds
+        if str(f.type) == "float":
+            assert getattr(settings_from([], {env_name(name): "2w"}), name) == 2 * 604_800, name
+            assert getattr(settings_from(["--" + name.replace("_", "-"), "250ms"], {}), name) == 0.25, name
+
+
+# -- the numbers docs/deployment.md quotes -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sentence", "name", "value"),
+    [
+        ("The default `127.0.0.1:50051` accepts local clients only", "listen", "127.0.0.1:50051"),
+        ("`sqlite:///data/chronicle.db` (relative to the working directory)", "database_url", DEFAULT_DATABASE_URL),
+        ("`--auth-reload-seconds` (5)", "auth_reload_seconds", 5.0),
+        ("`--jwt-leeway-seconds` (30)", "jwt_leeway_seconds", 30.0),
+        ("`--lease-seconds` 3", "lease_seconds", 3.0),
+        ("`--retention-interval` (60 s)", "retention_interval", 60.0),
+        ("it keeps serving new calls for `--shutdown-drain` seconds (1 by default)", "shutdown_drain", 1.0),
+        ("the server pings the client every 60 s", "keepalive_seconds", 60.0),
+        ("drops the connection when a ping goes unanswered for 20 s", "keepalive_timeout_seconds", 20.0),
+        ("Calls still open get the grace (30 s)", "max_connection_age_grace_seconds", 30.0),
+        ("`--command-retention`, `--refusal-retention`: how long records are kept", "command_retention", 0.0),
+        ("([below](#retention)); forever by default", "refusal_retention", 0.0),
+    ],
+)
+def test_a_default_the_guide_quotes_is_the_default(sentence: str, name: str, value: object) -> None:
+    assert sentence in flowing(DEPLOYMENT)
+    assert default_of(name) == value
+
+
+def test_connections_are_pinged_by_default_and_never_aged() -> None:
+    """ "on a connection with calls open, the server pings the client every
+    60 s and drops the connection when a ping goes unanswered for 20 s";
+    the connection age "off by default"."""
+    defaults = Settings()
+    options = dict(keepalive_options(defaults.keepalive_seconds, defaults.keepalive_timeout_seconds))
+    assert options["grpc.keepalive_time_ms"] == 60_000
+    assert options["grpc.keepalive_timeout_ms"] == 20_000
+    assert "`--max-connection-age-seconds`, `--max-connection-age-grace-seconds`: off by default" in flowing(DEPLOYMENT)
+    assert connection_age_options(defaults.max_connection_age_seconds, defaults.max_connection_age_grace_seconds) == []
+    assert connection_age_options(300, 30) != []
+
+
+def test_pruning_goes_in_the_batches_the_guide_says() -> None:
+    (size,) = re.findall(r"in batches of ([0-9]+) records, oldest first", flowing(DEPLOYMENT))
+    assert int(size) == retention.BATCH
+
+
+def test_the_kubernetes_grace_period_outlasts_the_drain_and_the_grace() -> None:
+    text = DEPLOYMENT.read_text()
+    (period, drain, grace) = re.findall(
+        r"terminationGracePeriodSeconds: ([0-9]+) +"
+        r"# more than --shutdown-drain \+ --shutdown-grace \(([0-9]+) \+ ([0-9]+) s\)",
+        text,
+    )[0]
+    defaults = Settings()
+    assert (float(drain), float(grace)) == (defaults.shutdown_drain, defaults.shutdown_grace)
+    assert int(period) > defaults.shutdown_drain + defaults.shutdown_grace
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://chronicle:s3cr%40t@db:5432/chronicle", "postgres://u:hunter2hunter2@[::1]/db"]
+)
+def test_the_password_of_a_database_url_is_not_printed(url: str) -> None:
+    """ "The password in the URL is redacted in what the server prints": its
+    first line names the store with `_store_name`."""
+    password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+    shown = _store_name(url)
+    assert password not in shown
+    assert shown.split("@", 1)[1] == url.split("@", 1)[1]  # the rest is shown as it is
+
+
+# -- the Docker image ------------------------------------------------------------------
+
+
+def dockerfile() -> list[str]:
+    return (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+
+
+def test_the_image_is_built_and_run_as_the_guide_describes() -> None:
+    """Wheels built in one stage, installed without an index in a
+    `python:3.11-slim` stage that runs as `chronicle` (uid 10001) in
+    /var/lib/chronicle, whose `data` folder it owns."""
+    text = flowing(DEPLOYMENT)
+    assert "installs them without an index in a `python:3.11-slim` stage" in text
+    assert "runs as the non-root user `chronicle` (uid 10001) in `/var/lib/chronicle`" in text
+    lines = dockerfile()
+    stages = [line.split()[1] for line in lines if line.startswith("FROM ")]
+    assert stages == ["python:3.11-slim", "python:3.11-slim"]
+    runtime = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    assert any(line.startswith("RUN pip wheel ") for line in lines[:runtime])
+    run = lines[runtime:]
+    (install,) = [line for line in run if line.startswith("RUN pip install")]
+    assert "--no-index" in shlex.split(install)
+    (user,) = [shlex.split(line) for line in run if line.startswith("RUN useradd")]
+    assert user[-1] == "chronicle" and user[user.index("--uid") + 1] == "10001"
+    assert user[user.index("--home-dir") + 1] == "/var/lib/chronicle"
+    assert [line for line in run if line.startswith(("USER ", "WORKDIR "))] == [
+        "USER chronicle",
+        "WORKDIR /var/lib/chronicle",
+    ]
+    made = [i for i, line in enumerate(run) if line == "RUN mkdir -p data"]
+    assert made and made[0] > run.index("USER chronicle")  # owned by the runtime user
+
+
+def test_the_image_listens_everywhere_and_keeps_sqlite_in_its_data_folder() -> None:
+    """ "The image listens on `0.0.0.0:50051`" and "defaults to SQLite in
+    `/var/lib/chronicle/data`", where the documented line mounts its volume."""
+    text = flowing(DEPLOYMENT)
+    assert "The image listens on `0.0.0.0:50051`" in text
+    assert "It defaults to SQLite in `/var/lib/chronicle/data`" in text
+    environment = dockerfile_environment()
+    assert environment["CHRONICLE_LISTEN"] == "0.0.0.0:50051"
+    assert "EXPOSE 50051" in dockerfile()
+    url = environment["CHRONICLE_DATABASE_URL"]
+    assert url.startswith("sqlite:///") and not url.startswith("sqlite:////")  # relative to WORKDIR
+    (workdir,) = [line.split()[1] for line in dockerfile() if line.startswith("WORKDIR ") and "chronicle" in line]
+    folder = str(Path(workdir) / Path(url.removeprefix("sqlite:///")).parent)
+    assert folder == "/var/lib/chronicle/data"
+    (line,) = [
+        line for line in DEPLOYMENT.read_text().splitlines() if line.startswith("docker run") and "--auth" in line
+    ]
+    volumes = [word.split(":") for word in shlex.split(line) if word.count(":") >= 1 and not word.startswith("-")]
+    assert ["chronicle-data", folder] in volumes
+
+
+def test_the_image_runs_chronicle_serve_and_checks_its_health_by_its_own_settings() -> None:
+    """The entry point is `chronicle` (so `docker run chronicle plugins`
+    works), a bare run is `serve`, and the HEALTHCHECK names no server: it
+    checks the one the container's environment describes."""
+    assert "The entry point is the `chronicle` command" in flowing(DEPLOYMENT)
+    assert dockerfile_command() == ["chronicle", "serve"]
+    health = dockerfile_healthcheck()
+    assert health[:2] == ["chronicle", "health"]
+    assert not any(word.startswith("--server") for word in health)
+
+
+def test_the_guide_gives_the_images_uid_to_own_the_secrets() -> None:
+    (uid,) = re.findall(r"private to the image's user, uid ([0-9]+)", flowing(DEPLOYMENT))
+    assert f"sudo chown -R {uid} secrets" in DEPLOYMENT.read_text()
+    (user,) = [shlex.split(line) for line in dockerfile() if line.startswith("RUN useradd")]
+    assert user[user.index("--uid") + 1] == uid
+
+
+# -- make run ----------------------------------------------------------------------------
+
+
+def makefile_rule(target: str) -> tuple[list[str], list[str]]:
+    """A Makefile rule's prerequisites and recipe lines."""
+    lines = (ROOT / "Makefile").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(target + ":"))
+    prerequisites = lines[start].split(":", 1)[1].split()
+    recipe = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("\t"):
+            break
+        recipe.append(line.strip())
+    return prerequisites, recipe
+
+
+def test_make_run_makes_the_venv_and_the_protobuf_code_then_serves_with_the_arguments_given() -> None:
+    """README: "make run  # creates .venv, generates the Protobuf code,
+    serves 127.0.0.1:50051 on SQLite (./data/)", and `make run ARGS=…`
+    passes its arguments to `chronicle serve`."""
+    assert "make run     # creates .venv, generates the Protobuf code, serves 127.0.0.1:50051" in README.read_text()
+    assert "`make run ARGS=--anonymous-admin`" in README.read_text()
+    prerequisites, recipe = makefile_rule("run")
+    assert recipe == ["$(BIN)/chronicle serve $(ARGS)"]  # no flags of its own: the defaults below hold
+    assert prerequisites == ["protos"]
+    protos, _ = makefile_rule("protos")
+    assert protos == ["$(STAMP)", "chronicle/.generated"]
+    _, venv = makefile_rule("$(STAMP)")
+    assert any("-m venv $(VENV)" in line for line in venv)
+    _, generated = makefile_rule("chronicle/.generated")
+    assert any("tools/gen_protos.py" in line for line in generated)
+    assert Settings().listen == "127.0.0.1:50051"
+    assert DEFAULT_DATABASE_URL == "sqlite:///data/chronicle.db"
