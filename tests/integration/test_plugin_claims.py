@@ -816,21 +816,6 @@ class PerCall(Middleware):
         self.seen.append((call.command_id, call_id.get()))
 
 
-async def test_coroutine_hooks_of_one_call_share_its_context_variables() -> None:
-    plugin = Plugin("per_call")
-    per_call = plugin.add_middleware(PerCall())
-    assert isinstance(per_call, PerCall)
-    async with running_server(MemoryStore(), registry=Registry([bank_account.plugin, plugin])) as (_, client):
-        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
-        sent = [command("acc-1", bank.Deposit(amount=1)) for _ in range(40)]
-        sent += [command(f"acc-{i}", bank.OpenAccount(owner="bob")) for i in range(2, 22)]
-        sent += [command("acc-1", bank.Withdraw(amount=1_000_000)) for _ in range(5)]  # refused
-        outcomes = await asyncio.gather(*(client.submit(c) for c in sent), return_exceptions=True)
-    assert sum(isinstance(o, grpc.aio.AioRpcError) for o in outcomes) == 5
-    assert len(per_call.seen) == 66
-    assert [(mine, seen) for mine, seen in per_call.seen if mine != seen] == []
-
-
 class PlainPerCall(PerCall):
     """The same with plain hooks, which the server runs inline: ``after``
     and ``on_error`` where the aggregate's worker finishes the command."""
@@ -847,10 +832,11 @@ class PlainPerCall(PerCall):
         self.seen.append((call.command_id, call_id.get()))
 
 
-async def test_plain_hooks_of_one_call_share_its_context_variables() -> None:
-    plugin = Plugin("plain_per_call")
-    per_call = plugin.add_middleware(PlainPerCall())
-    assert isinstance(per_call, PlainPerCall)
+@pytest.mark.parametrize("kind", [PerCall, PlainPerCall], ids=["coroutine hooks", "plain hooks"])
+async def test_the_hooks_of_one_call_share_its_context_variables(kind: type[PerCall]) -> None:
+    plugin = Plugin(kind.name)
+    per_call = plugin.add_middleware(kind())
+    assert isinstance(per_call, kind)
     async with running_server(MemoryStore(), registry=Registry([bank_account.plugin, plugin])) as (_, client):
         await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
         sent = [command("acc-1", bank.Deposit(amount=1)) for _ in range(40)]
