@@ -42,14 +42,7 @@ def sqlite_at_rest(folder: Path) -> DataAtRest:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
             return db.execute(statement, params).fetchall()
 
-    return DataAtRest(
-        every_file,
-        lambda: [bytes(row[0]) for row in query("SELECT fingerprint FROM commands")],
-        lambda aggregate_id: _first_bytes(
-            query("SELECT wrapped_key FROM data_keys WHERE aggregate_id = ?", aggregate_id)
-        ),
-        lambda: {bytes(row[0]) for row in query("SELECT data FROM projection_documents")},
-    )
+    return _read_with(every_file, query, tables="", placeholder="?")
 
 
 def postgres_at_rest(url: str) -> DataAtRest:
@@ -61,13 +54,22 @@ def postgres_at_rest(url: str) -> DataAtRest:
         with psycopg.connect(url) as db:
             return db.execute(statement.encode(), params).fetchall()
 
+    return _read_with(dump, query, tables="chronicle.", placeholder="%s")
+
+
+Query = Callable[..., list[tuple[Any, ...]]]
+
+
+def _read_with(read_bytes: Callable[[], bytes], query: Query, *, tables: str, placeholder: str) -> DataAtRest:
+    """The records read directly through ``query``, the store's tables
+    named with ``tables`` before them and its driver's ``placeholder``."""
     return DataAtRest(
-        dump,
-        lambda: [bytes(row[0]) for row in query("SELECT fingerprint FROM chronicle.commands")],
+        read_bytes,
+        lambda: [bytes(row[0]) for row in query(f"SELECT fingerprint FROM {tables}commands")],
         lambda aggregate_id: _first_bytes(
-            query("SELECT wrapped_key FROM chronicle.data_keys WHERE aggregate_id = %s", aggregate_id)
+            query(f"SELECT wrapped_key FROM {tables}data_keys WHERE aggregate_id = {placeholder}", aggregate_id)
         ),
-        lambda: {bytes(row[0]) for row in query("SELECT data FROM chronicle.projection_documents")},
+        lambda: {bytes(row[0]) for row in query(f"SELECT data FROM {tables}projection_documents")},
     )
 
 
