@@ -614,18 +614,24 @@ class Subscriptions(event_service_pb2_grpc.EventServiceServicer):
 DROPPED = rich(grpc.StatusCode.UNAVAILABLE, "dropped (simulated)")
 
 
+async def first_of(subscription: Any, count: int) -> list[Any]:
+    """The first ``count`` events of ``subscription`` (bounded in time, so a
+    broken build fails), then its loop left, as a subscriber stopping does."""
+    events = aiter(subscription)
+    try:
+        async with asyncio.timeout(30):
+            return [await anext(events) for _ in range(count)]
+    finally:
+        await events.aclose()
+
+
 async def test_a_subscription_that_receives_between_breaks_is_reopened_more_often_than_its_attempts() -> None:
     # Call n sends the event at position n, then breaks; from the sixth, it stays open.
     server = Subscriptions(lambda n: ([event("acc-1", n)], DROPPED if n < 6 else None))
     policy = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01)
     async with serving(server) as address, ChronicleClient.connect(address, retry=policy) as subscriber:
         subscription = subscriber.subscribe()
-        events = aiter(subscription)
-        try:
-            async with asyncio.timeout(30):
-                received = [await anext(events) for _ in range(6)]
-        finally:
-            await events.aclose()
+        received = await first_of(subscription, 6)
     assert [e.position for e in received] == [1, 2, 3, 4, 5, 6]
     assert [r.after_position for r in server.requests] == [0, 1, 2, 3, 4, 5]  # after the last processed
     assert subscription.position == 5  # the sixth was being processed when the loop stopped
@@ -696,12 +702,7 @@ async def test_a_subscription_of_a_server_from_before_pages_takes_events_one_per
         channel = grpc.aio.insecure_channel(app.address, interceptors=[kinds, WithoutPages()])
         async with ChronicleClient(channel, retry=FAST, owns_channel=True) as subscriber:
             subscription = subscriber.subscribe(aggregate_id="acc-1")
-            events = aiter(subscription)
-            try:
-                async with asyncio.timeout(30):
-                    received = [await anext(events) for _ in range(4)]
-            finally:
-                await events.aclose()
+            received = await first_of(subscription, 4)
     assert [e.version for e in received] == [1, 2, 3, 4]
     assert "page" not in kinds.kinds and kinds.kinds.count("event") == 4
     assert subscription.position == received[2].position  # the fourth is being processed
