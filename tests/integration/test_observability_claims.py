@@ -37,7 +37,6 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.errors import ConcurrencyConflict, StoreUnavailable
 from service.observability.logs import JsonFormatter
-from service.plugins import CommandContext, Plugin, ProjectedEvent, Send, ValidationError
 from service.plugins.registry import Registry
 from service.settings import Settings
 from service.store.grouping import GroupParkedEvent, GroupSpec
@@ -45,6 +44,7 @@ from service.store.memory import MemoryStore
 from service.store.records import LogFilter, LogPage, NewEvent, RecordedEvent
 from tests.integration.test_console_http import authenticated, console, log_in, session_cookie
 from tests.integration.test_metrics import sample, scrape
+from tests.support import plugins
 from tests.support.blocking import GatedStore
 from tests.support.events import new_event
 from tests.support.grpc_client import TEST_SETTINGS, command, details_of, running_server
@@ -349,56 +349,16 @@ async def test_on_postgresql_a_retried_command_id_is_appended_alone_and_loads_ar
 
 # -- reactions (and a plugin's bug) ---------------------------------------------------------------------------
 
-# A gate that lets names through once it is open, and a reaction (with no
-# on_refused) that relays every name let through at "source" to "gated".
-gates = Plugin("claims_gates")
-gate = gates.aggregate("ClaimsGate", state=box.Box)
-
-
-@gate.command(box.ArchiveBox)
-def open_gate(command: box.ArchiveBox, state: box.Box, context: CommandContext) -> box.BoxArchived:
-    return box.BoxArchived()
-
-
-@gate.command(box.RenameBox)
-def let_through(command: box.RenameBox, state: box.Box, context: CommandContext) -> box.BoxRenamed:
-    if not state.archived:
-        raise ValidationError(f"gate {context.aggregate_id} is shut", reason="GATE_SHUT")
-    return box.BoxRenamed(name=command.name)
-
-
-@gate.command(box.CreateBox)
-def crash(command: box.CreateBox, state: box.Box, context: CommandContext) -> box.BoxCreated:
-    raise RuntimeError("a bug in the plugin")
-
-
-@gate.apply(box.BoxArchived)
-def _opened(state: box.Box, event: box.BoxArchived) -> None:
-    state.archived = True
-
-
-@gate.apply(box.BoxRenamed)
-def _through(state: box.Box, event: box.BoxRenamed) -> None:
-    state.name = event.name
-
-
-relaying = gates.reaction("claims.relay", aggregate_types=["ClaimsGate"])
-
-
-@relaying.on(box.BoxRenamed)
-def pass_on(event: box.BoxRenamed, envelope: ProjectedEvent, state: None) -> Send | None:
-    return Send("gated", box.RenameBox(name=event.name)) if envelope.aggregate_id == "source" else None
-
 
 async def test_a_parked_reaction_command_is_counted_refused_and_parked() -> None:
-    registry = Registry([bank_account.plugin, gates])
+    registry = Registry([bank_account.plugin, plugins.gates])
     async with running_server(MemoryStore(), registry=registry, metrics_listen="127.0.0.1:0", poll_seconds=0.05) as (
         app,
         client,
     ):
         await client.submit(command("source", box.ArchiveBox()))
         await client.submit(command("source", box.RenameBox(name="ann")))
-        relay = {"reaction": "claims.relay"}
+        relay = {"reaction": "gates.relay"}
 
         async def parked() -> bool:
             return sample(await scrape(app), "chronicle_reaction_commands_total", **relay, outcome="parked") == 1
@@ -534,10 +494,10 @@ async def test_each_command_is_one_line_at_the_level_of_its_outcome_and_worker_l
 
 
 async def test_a_failing_handler_is_logged_as_a_refusal_with_its_reason() -> None:
-    registry = Registry([bank_account.plugin, gates])
+    registry = Registry([plugins.faulty])  # its handler raises on a deposit of FAIL_AMOUNT
     with json_lines("chronicle.commands") as logged:
         async with running_server(MemoryStore(), registry=registry) as (_, client):
-            crashing = command("box-1", box.CreateBox(name="ann"))
+            crashing = command("w-1", bank.Deposit(amount=plugins.FAIL_AMOUNT))
             with pytest.raises(grpc.aio.AioRpcError) as raised:
                 await client.submit(crashing)
     assert details_of(raised.value).code == grpc.StatusCode.INTERNAL

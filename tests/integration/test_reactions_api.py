@@ -20,51 +20,12 @@ from chronicle.v1 import reaction_service_pb2 as pb
 from domain_plugins import bank_account
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.app import Application
-from service.plugins import CommandContext, Plugin, ProjectedEvent, Send, ValidationError
 from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
+from tests.support import plugins
 from tests.support.grpc_client import Client, command, details_of, running_server
 
-# A gate that lets names through only once it is open; a reaction that sends
-# every name the "source" gate lets through on to the "gated" one (refused
-# while that is shut: parked, for an operator to replay once it is open).
-gates = Plugin("gates")
-gate = gates.aggregate("Gate", state=box.Box)  # Box.archived: the gate is open
-
-
-@gate.command(box.ArchiveBox)
-def open_gate(command: box.ArchiveBox, state: box.Box, context: CommandContext) -> box.BoxArchived:
-    return box.BoxArchived()
-
-
-@gate.command(box.RenameBox)
-def let_through(command: box.RenameBox, state: box.Box, context: CommandContext) -> box.BoxRenamed:
-    if not state.archived:
-        raise ValidationError(f"gate {context.aggregate_id} is shut", reason="GATE_SHUT")
-    return box.BoxRenamed(name=command.name)
-
-
-@gate.apply(box.BoxArchived)
-def _opened(state: box.Box, event: box.BoxArchived) -> None:
-    state.archived = True
-
-
-@gate.apply(box.BoxRenamed)
-def _through(state: box.Box, event: box.BoxRenamed) -> None:
-    state.name = event.name
-
-
-relaying = gates.reaction("gates.relay", aggregate_types=["Gate"])
-
-
-@relaying.on(box.BoxRenamed)
-def pass_on(event: box.BoxRenamed, envelope: ProjectedEvent, state: None) -> Send | None:
-    if envelope.aggregate_id != "source":
-        return None
-    return Send("gated", box.RenameBox(name=event.name), metadata={"relayed": "yes"})
-
-
-REGISTRY = Registry([bank_account.plugin, gates])
+REGISTRY = Registry([bank_account.plugin, plugins.gates])
 
 
 @dataclass

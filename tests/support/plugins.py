@@ -15,6 +15,7 @@ from service.plugins import (
     OldEvent,
     Plugin,
     ProjectedEvent,
+    Send,
     ValidationError,
 )
 
@@ -197,3 +198,42 @@ every_opening = openings.projection("openings.every_opening")
 @every_opening.on(bank.AccountOpened)
 def _an_opening(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
     documents.put(envelope.aggregate_id, bank.AccountBalance(owner=event.owner))
+
+
+# A gate that lets names through only once it is open; a reaction that sends
+# every name the "source" gate lets through on to the "gated" one (refused
+# while that is shut: parked, for an operator to replay once it is open).
+gates = Plugin("gates")
+gate = gates.aggregate("Gate", state=box_pb2.Box)  # Box.archived: the gate is open
+
+
+@gate.command(box_pb2.ArchiveBox)
+def open_gate(command: box_pb2.ArchiveBox, state: box_pb2.Box, context: CommandContext) -> box_pb2.BoxArchived:
+    return box_pb2.BoxArchived()
+
+
+@gate.command(box_pb2.RenameBox)
+def let_through(command: box_pb2.RenameBox, state: box_pb2.Box, context: CommandContext) -> box_pb2.BoxRenamed:
+    if not state.archived:
+        raise ValidationError(f"gate {context.aggregate_id} is shut", reason="GATE_SHUT")
+    return box_pb2.BoxRenamed(name=command.name)
+
+
+@gate.apply(box_pb2.BoxArchived)
+def _opened(state: box_pb2.Box, event: box_pb2.BoxArchived) -> None:
+    state.archived = True
+
+
+@gate.apply(box_pb2.BoxRenamed)
+def _through(state: box_pb2.Box, event: box_pb2.BoxRenamed) -> None:
+    state.name = event.name
+
+
+relaying = gates.reaction("gates.relay", aggregate_types=["Gate"])
+
+
+@relaying.on(box_pb2.BoxRenamed)
+def pass_on(event: box_pb2.BoxRenamed, envelope: ProjectedEvent, state: None) -> Send | None:
+    if envelope.aggregate_id != "source":
+        return None
+    return Send("gated", box_pb2.RenameBox(name=event.name), metadata={"relayed": "yes"})
