@@ -534,6 +534,7 @@ async def start(
         reuse_port=settings.reuse_port,
         keepalive_seconds=settings.keepalive_seconds,
         keepalive_timeout_seconds=settings.keepalive_timeout_seconds,
+        min_client_ping_seconds=settings.min_client_ping_seconds,
         max_connection_age_seconds=settings.max_connection_age_seconds,
         max_connection_age_grace_seconds=settings.max_connection_age_grace_seconds,
     )

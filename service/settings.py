@@ -140,6 +140,13 @@ class Settings:
         default=20.0,
         metadata={"help": "seconds a ping waits for its answer before the connection and its calls are dropped"},
     )
+    min_client_ping_seconds: float = field(
+        default=5.0,
+        metadata={
+            "help": "shortest interval between a client's keepalive pings that the server accepts (more often:"
+            " GOAWAY too_many_pings, the connection's calls end)"
+        },
+    )
     max_connection_age_seconds: float = field(
         default=0.0,
         metadata={
@@ -273,6 +280,7 @@ class Settings:
             self.loop_lag_seconds,
             self.command_retention,
             self.refusal_retention,
+            self.min_client_ping_seconds,
             self.max_connection_age_seconds,
             self.max_connection_age_grace_seconds,
             self.auth_reload_seconds,

@@ -21,6 +21,7 @@ from chronicle.v1 import (
     subscription_group_service_pb2_grpc,
 )
 from service.client.call_metadata import CallMetadata, TokenSource
+from service.client.channels import DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TIMEOUT, keepalive_options, open_channel
 from service.client.checkpoints import CheckpointStore
 from service.client.commands import Command, new_command_id
 from service.client.errors import RemoteError, remote_error
@@ -28,7 +29,7 @@ from service.client.groups import GroupConsumer, Groups
 from service.client.results import AggregateState, Event, M, StreamResult, Submitted, SubmittedBatch, unpack_as
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
 from service.client.routed_stream import RoutedStream
-from service.client.routing import Routes, member_gone
+from service.client.routing import Routes, member_gone, unanswered
 from service.client.streaming import CommandStream, StreamMethod, commands_of
 from service.client.subscription import LogFilter, Subscription
 
@@ -106,6 +107,8 @@ class ChronicleClient:
         attempt_timeout: float | None = DEFAULT_ATTEMPT_TIMEOUT,
         call_metadata: Sequence[tuple[str, str]] = (),
         routing: bool = False,
+        keepalive: float | None = DEFAULT_KEEPALIVE,
+        keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
     ) -> ChronicleClient:
         """A client over a new channel to ``address`` (host:port), closed
         with the client: plaintext, or TLS with ``credentials``
@@ -119,18 +122,22 @@ class ChronicleClient:
         send each command to the replica that owns its aggregate (found
         from ``address``, then followed; see ``service.client.routing``),
         with the same credentials; use it inside ``async with``, which
-        fetches the topology before the first command."""
+        fetches the topology before the first command. ``keepalive``: while
+        calls are open, ping the server every so many seconds and drop a
+        connection whose ping goes unanswered for ``keepalive_timeout``, so
+        a connection that died silently ends its calls UNAVAILABLE (then
+        retried, resumed, or sent to another member) rather than holding
+        them; None: no pings (``service.client.channels``)."""
+        keepalive_options(keepalive, keepalive_timeout)  # a bad value fails here, not at the first call
 
-        def open_channel(target: str) -> grpc.aio.Channel:
-            if credentials is not None:
-                return grpc.aio.secure_channel(target, credentials)
-            return grpc.aio.insecure_channel(target)
+        def open_member_channel(target: str) -> grpc.aio.Channel:
+            return open_channel(target, credentials, keepalive=keepalive, keepalive_timeout=keepalive_timeout)
 
-        channel = open_channel(address)
+        channel = open_member_channel(address)
         metadata = CallMetadata(call_metadata, token)
         if metadata.refreshes:
             retry = replace(retry, refresh_credentials=True)
-        routes = Routes(channel, open_channel=open_channel, call_metadata=metadata) if routing else None
+        routes = Routes(channel, open_channel=open_member_channel, call_metadata=metadata) if routing else None
         return cls(
             channel,
             origin=origin,
@@ -303,9 +310,11 @@ class ChronicleClient:
         try:
             response = await call
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.UNAVAILABLE and member_gone(remote_error(error)):
+            failed = remote_error(error)
+            if member_gone(failed) or unanswered(failed):
                 self.routes.unreachable(address)
             raise
+        self.routes.answered(address)
         self.routes.hinted(await call.trailing_metadata())
         return response
 

@@ -10,7 +10,10 @@ lane's member unless that member is marked down, else on another member
 going (``routing.member_gone``: UNAVAILABLE, or a CANCELLED the client did not ask
 for, from a connection lost or refused, a server stopping, or a server that
 says SHUTTING_DOWN) marks the member it was on down (``Routes.unreachable``,
-which unary sends heed too) before the next call opens. Nothing else marks a
+which unary sends heed too) before the next call opens. A connection that
+died silently (a member the client can no longer reach) ends its calls
+UNAVAILABLE once the channel's keepalive ping goes unanswered
+(``service.client.channels``), and moves the same way. Nothing else marks a
 member down; the lane reopens on the same member, with the retry policy's
 backoff and attempts as for any break: a call a live member ended (its
 reason says why: CREDENTIALS_CHANGED after the member read its key or
@@ -169,6 +172,7 @@ class RoutedStream:
         )
         try:
             async for result in stream.results():
+                self._routes.answered(member)
                 await output.put(result)
         except Exception as error:
             await output.put(error)

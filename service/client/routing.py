@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 
 NOT_OWNER_KEY = "chronicle-not-owner"
 TOPOLOGY_EPOCH_KEY = "chronicle-topology-epoch"
-# A member that did not answer is tried again after this long.
+# A member that did not answer is tried again after this long; each time
+# it fails again before answering anything, twice as long, up to the most.
 DOWN_SECONDS = 1.0
+MOST_DOWN_SECONDS = 30.0
 # Reconnecting a broken topology watch waits this long at first, doubling.
 _WATCH_BACKOFF = (0.2, 5.0)
 _FETCH_TIMEOUT = 2.0
@@ -95,6 +97,17 @@ def member_gone(error: RemoteError) -> bool:
     return error.message != CONNECTION_AGED
 
 
+def unanswered(error: RemoteError) -> bool:
+    """Whether ``error`` is the client's own deadline passing on a routed
+    command (DEADLINE_EXCEEDED with no ErrorInfo: no member said it): the
+    member did not answer within the attempt's time, as one that a client
+    can no longer reach does not (its connection silently dead, or a new
+    one not getting through). The member is marked down and the retry goes
+    elsewhere; a member that was only slow loses its warm cache for a
+    moment, never a command (a retry keeps the command's id)."""
+    return bool(error.code == grpc.StatusCode.DEADLINE_EXCEEDED and error.reason == error.code.name)
+
+
 def partition_of(aggregate_id: str, partition_count: int) -> int:
     """CRC-32 of the id's UTF-8 bytes, modulo the (power-of-two) count."""
     return zlib.crc32(aggregate_id.encode("utf-8")) & (partition_count - 1)
@@ -120,6 +133,7 @@ class Routes:
         self._owners: list[str] = []  # address by partition, "" for none
         self._addresses: list[str] = []  # every member's
         self._down: dict[str, float] = {}
+        self._strikes: dict[str, int] = {}  # failures since the member last answered
         self._turn = 0
         self._watcher: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
@@ -170,7 +184,7 @@ class Routes:
         return stub
 
     def is_down(self, address: str) -> bool:
-        """Whether ``address`` failed to answer less than ``DOWN_SECONDS`` ago."""
+        """Whether ``address`` is marked down (``unreachable``) still."""
         until = self._down.get(address)
         if until is None:
             return False
@@ -183,11 +197,23 @@ class Routes:
 
     def unreachable(self, address: str | None) -> None:
         """A call to member ``address`` ended as ``member_gone`` says a
-        call to a member gone or going does."""
+        call to a member gone or going does, or ``unanswered``: it is
+        marked down for ``DOWN_SECONDS``, doubled for each failure since it
+        last answered (``answered``), up to ``MOST_DOWN_SECONDS``. A member
+        the client cannot reach but that keeps its partitions (it is alive
+        to the database) so costs one attempt now and then, not one a
+        second."""
         if address is not None:
             self.failovers += 1
-            self._down[address] = self._clock() + DOWN_SECONDS
+            strikes = self._strikes[address] = self._strikes.get(address, 0) + 1
+            self._down[address] = self._clock() + min(DOWN_SECONDS * 2 ** (strikes - 1), MOST_DOWN_SECONDS)
             self._refresh_soon()
+
+    def answered(self, address: str | None) -> None:
+        """A call to member ``address`` was answered: its next failure
+        marks it down for ``DOWN_SECONDS`` again."""
+        if address is not None and self._strikes:
+            self._strikes.pop(address, None)
 
     def hinted(self, trailing_metadata: Any) -> None:
         """Look at a command's trailing metadata: a member that executed it

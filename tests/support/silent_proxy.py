@@ -1,7 +1,8 @@
 """A TCP proxy that can fall silent: the connections stay open, nothing
 goes through any more, as when a client's host vanishes or the network
 between is cut (no FIN, no RST reaches the server). It counts the
-connections it was asked for."""
+connections it was asked for. ``target_port`` may be set after it
+started (a server that advertises the proxy's address starts after it)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from collections.abc import AsyncIterator
 
 
 class SilentProxy:
-    def __init__(self, target_port: int) -> None:
-        self._target_port = target_port
+    def __init__(self, target_port: int = 0) -> None:
+        self.target_port = target_port
         self._open = asyncio.Event()
         self._open.set()
         self._server: asyncio.Server | None = None
@@ -33,7 +34,7 @@ class SilentProxy:
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
             task = asyncio.ensure_future(self._pump(source, sink))
             self._pumps.add(task)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from service.api.server import connection_age_options, keepalive_options
+from service.api.server import client_ping_options, connection_age_options, keepalive_options
 from service.app import _store_name
 from service.cli import build_parser
+from service.client.channels import DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TIMEOUT
+from service.client.channels import keepalive_options as client_keepalive_options
 from service.processing import retention
 from service.settings import DEFAULT_DATABASE_URL, Settings, env_name, load_settings, seconds, settings_from
 from tests.support.processes import dockerfile_command, dockerfile_environment, dockerfile_healthcheck
@@ -257,6 +259,7 @@ def test_settings_in_seconds_take_the_units_the_guide_lists() -> None:
         ("it keeps serving new calls for `--shutdown-drain` seconds (1 by default)", "shutdown_drain", 1.0),
         ("the server pings the client every 60 s", "keepalive_seconds", 60.0),
         ("drops the connection when a ping goes unanswered for 20 s", "keepalive_timeout_seconds", 20.0),
+        ("The server accepts a client's pings as often as every 5 s", "min_client_ping_seconds", 5.0),
         ("Calls still open get the grace (30 s)", "max_connection_age_grace_seconds", 30.0),
         ("`--command-retention`, `--refusal-retention`: how long records are kept", "command_retention", 0.0),
         ("([below](#retention)); forever by default", "refusal_retention", 0.0),
@@ -278,6 +281,21 @@ def test_connections_are_pinged_by_default_and_never_aged() -> None:
     assert "`--max-connection-age-seconds`, `--max-connection-age-grace-seconds`: off by default" in flowing(DEPLOYMENT)
     assert connection_age_options(defaults.max_connection_age_seconds, defaults.max_connection_age_grace_seconds) == []
     assert connection_age_options(300, 30) != []
+
+
+def test_the_clients_ping_as_the_guide_says_and_the_server_lets_them() -> None:
+    """ "Chronicle's Python and Node.js clients ping the server every 10 s
+    while they have calls open and drop a connection whose ping goes
+    unanswered for 10 s"; the server accepts that (the Node.js client's
+    defaults: clients/node/test/claims.test.js)."""
+    assert "ping the server every 10 s while they have calls open" in flowing(DEPLOYMENT)
+    assert "whose ping goes unanswered for 10 s" in flowing(DEPLOYMENT)
+    pings = dict(client_keepalive_options(DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TIMEOUT))
+    assert pings["grpc.keepalive_time_ms"] == 10_000
+    assert pings["grpc.keepalive_timeout_ms"] == pings["grpc.http2.ping_timeout_ms"] == 10_000
+    assert pings["grpc.http2.max_pings_without_data"] == 0  # an idle stream is pinged too
+    accepted = dict(client_ping_options(Settings().min_client_ping_seconds))
+    assert accepted["grpc.http2.min_ping_interval_without_data_ms"] <= pings["grpc.keepalive_time_ms"]
 
 
 def test_pruning_goes_in_the_batches_the_guide_says() -> None:

@@ -193,6 +193,25 @@ function call(stub, method, request, { timeoutSeconds = 10 } = {}) {
   });
 }
 
+export const DEFAULT_KEEPALIVE_SECONDS = 10;
+export const DEFAULT_KEEPALIVE_TIMEOUT_SECONDS = 10;
+
+/**
+ * grpc-js's channel options for pinging every `seconds` while calls are open
+ * (null: never), a ping unanswered for `timeoutSeconds` dropping the
+ * connection and ending its calls UNAVAILABLE.
+ */
+export function keepaliveOptions(seconds, timeoutSeconds) {
+  if (seconds === null) return {};
+  if (!(seconds > 0) || !(timeoutSeconds > 0)) {
+    throw new RangeError('keepaliveSeconds and keepaliveTimeoutSeconds must be positive (null: no pings)');
+  }
+  return {
+    'grpc.keepalive_time_ms': Math.round(seconds * 1000),
+    'grpc.keepalive_timeout_ms': Math.round(timeoutSeconds * 1000),
+  };
+}
+
 /** Waits before attempt `attempt + 1`, after `refusal` ended attempt `attempt`. */
 function backoff(attempt, refusal) {
   const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
@@ -216,6 +235,16 @@ function backoff(attempt, refusal) {
  * read up to UNARY_ATTEMPTS times in all; a subscription, a command stream
  * or a group consumer reopened and resumed as after UNAVAILABLE, within its
  * bound. With a string, that is an error like any other.
+ *
+ * `keepaliveSeconds` (10; null: none): while calls are open, ping the server
+ * this often, and drop a connection whose ping goes unanswered for
+ * `keepaliveTimeoutSeconds` (10): a connection that died silently (a
+ * replica's host gone, a network cut) then ends its calls UNAVAILABLE, which
+ * is retried, resumed or routed elsewhere, instead of holding them for ever.
+ * Chronicle's servers accept pings every 5 s or more
+ * (--min-client-ping-seconds). `attemptTimeoutSeconds` (10) bounds each
+ * attempt of a unary call; a routed command whose owner did not answer
+ * within it is sent to another member, the owner marked down (routing.js).
  */
 export class ChronicleClient {
   #tokenFunction;
@@ -228,11 +257,15 @@ export class ChronicleClient {
       routing = false,
       credentials = grpc.credentials.createInsecure(),
       token = null,
+      keepaliveSeconds = DEFAULT_KEEPALIVE_SECONDS,
+      keepaliveTimeoutSeconds = DEFAULT_KEEPALIVE_TIMEOUT_SECONDS,
+      attemptTimeoutSeconds = 10,
     } = {},
   ) {
     const interceptors = token === null ? [] : [bearerToken(token)];
+    const channelOptions = keepaliveOptions(keepaliveSeconds, keepaliveTimeoutSeconds);
     this.#tokenFunction = typeof token === 'function';
-    this.commands = new api.CommandService(address, credentials, { interceptors });
+    this.commands = new api.CommandService(address, credentials, { interceptors, ...channelOptions });
     // One connection for both services.
     this.events = new api.EventService(address, credentials, {
       channelOverride: this.commands.getChannel(),
@@ -244,6 +277,7 @@ export class ChronicleClient {
     });
     this.origin = origin;
     this.userId = userId;
+    this.attemptTimeoutSeconds = attemptTimeoutSeconds;
     // Whether the server has ReadAggregatePages: undefined until known.
     this.pagedReads = undefined;
     // Whether it has SubmitStreamPages: undefined until known; command
@@ -254,6 +288,7 @@ export class ChronicleClient {
           api,
           credentials,
           interceptors,
+          channelOptions,
           callError: (error) => new ChronicleError(error),
           staleToken: (refusal) => this.#staleToken(refusal),
           retryable: worthRetrying,
@@ -274,7 +309,7 @@ export class ChronicleClient {
   async #call(stub, method, request) {
     for (let attempt = 1; ; attempt += 1) {
       try {
-        return await call(stub, method, request);
+        return await call(stub, method, request, { timeoutSeconds: this.attemptTimeoutSeconds });
       } catch (refusal) {
         const retryable = worthRetrying(refusal) || this.#staleToken(refusal);
         if (!retryable || attempt >= UNARY_ATTEMPTS) throw refusal;
@@ -294,7 +329,7 @@ export class ChronicleClient {
   async submit(aggregateId, typeName, fields, { commandId = randomUUID(), expectedVersion, metadata = {} } = {}) {
     const command = this.command({ aggregateId, typeName, fields, commandId, expectedVersion, metadata });
     const response = this.routes
-      ? await this.routes.send('Submit', { command }, aggregateId)
+      ? await this.routes.send('Submit', { command }, aggregateId, { timeoutSeconds: this.attemptTimeoutSeconds })
       : await this.#call(this.commands, 'Submit', { command });
     return { command_id: commandId, ...response, events: response.events.map(decodeEvent) };
   }

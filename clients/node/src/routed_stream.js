@@ -155,6 +155,7 @@ export class RoutedStream {
   async drain(lane) {
     try {
       for await (const result of lane.stream.results) {
+        this.routes.answered(lane.address);
         lane.results.push(result);
         this.changed.notify();
       }

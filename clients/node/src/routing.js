@@ -17,8 +17,10 @@ import grpc from '@grpc/grpc-js';
 
 const NOT_OWNER_KEY = 'chronicle-not-owner';
 const TOPOLOGY_EPOCH_KEY = 'chronicle-topology-epoch';
-// A member that did not answer is tried again after this long.
-const DOWN_MS = 1000;
+// A member that did not answer is tried again after this long; each time it
+// fails again before answering anything, twice as long, up to the most.
+export const DOWN_MS = 1000;
+export const MOST_DOWN_MS = 30000;
 
 // CRC-32 of IEEE 802.3 / zlib / PNG: reflected polynomial 0xEDB88320,
 // initial value and final XOR 0xFFFFFFFF; crc32('123456789') === 0xcbf43926.
@@ -87,11 +89,25 @@ export function memberGone(broken) {
   return (broken.cause?.details ?? broken.message) !== CONNECTION_AGED;
 }
 
+/**
+ * Whether `refusal` is the client's own deadline passing on a routed command
+ * (DEADLINE_EXCEEDED with no ErrorInfo: no member said it): the member did
+ * not answer within the attempt's time, as one the client can no longer
+ * reach does not (its connection silently dead, or a new one not getting
+ * through). It is marked down and the retry goes elsewhere; a member that
+ * was only slow loses its warm cache for a moment, never a command (a retry
+ * keeps the command's id). The Python client's `unanswered` is the same.
+ */
+export function unanswered(refusal) {
+  return refusal.code === 'DEADLINE_EXCEEDED' && refusal.reason === refusal.code;
+}
+
 export class Routes {
   /**
    * `seed`: the address the client was given; `api`: the loaded
-   * chronicle.v1 package; `credentials` and `interceptors` (the bearer
-   * token's, credentials.js): for every member's channel and stubs;
+   * chronicle.v1 package; `credentials`, `interceptors` (the bearer
+   * token's, credentials.js) and `channelOptions` (keepalive's): for every
+   * member's channel and stubs;
    * `callError`: a failed call's error as the caller sees it;
    * `staleToken(refusal)`: whether that error came of a stale token that a
    * retry, asking the token function again, may cure; `retryable(refusal)`:
@@ -103,6 +119,7 @@ export class Routes {
       api,
       credentials,
       interceptors = [],
+      channelOptions = {},
       callError = (error) => error,
       staleToken = () => false,
       retryable = () => false,
@@ -112,6 +129,7 @@ export class Routes {
     this.api = api;
     this.credentials = credentials;
     this.interceptors = interceptors;
+    this.channelOptions = channelOptions;
     this.callError = callError;
     this.staleToken = staleToken;
     this.retryable = retryable;
@@ -120,6 +138,7 @@ export class Routes {
     this.owners = []; // address by partition, '' for none
     this.addresses = [];
     this.down = new Map(); // address → until (ms)
+    this.strikes = new Map(); // address → failures since it last answered
     this.turn = 0;
     this.closed = false;
     this.watchCall = null;
@@ -140,7 +159,10 @@ export class Routes {
     let stubs = this.stubs.get(address);
     if (!stubs) {
       const { interceptors } = this;
-      const commands = new this.api.CommandService(address, this.credentials, { interceptors });
+      const commands = new this.api.CommandService(address, this.credentials, {
+        interceptors,
+        ...this.channelOptions,
+      });
       const cluster = new this.api.ClusterService(address, this.credentials, {
         channelOverride: commands.getChannel(),
         interceptors,
@@ -204,25 +226,39 @@ export class Routes {
           request,
           timeoutSeconds,
         );
+        this.answered(address);
         this.hinted(trailers);
         return response;
       } catch (error) {
         const refusal = this.callError(error);
+        const gone = memberGone(refusal) || unanswered(refusal);
+        if (gone) this.unreachable(address);
         if (attempt >= attempts) throw refusal;
-        if (error.code === grpc.status.UNAVAILABLE && memberGone(refusal)) {
-          this.unreachable(address);
-          continue; // to another member, at once
-        }
+        if (gone) continue; // to another member, at once
         if (!this.retryable(refusal) && !this.staleToken(refusal)) throw refusal;
         await sleep(Math.max((refusal.retryDelaySeconds ?? 0) * 1000, Math.min(50 * 2 ** attempt, 2000)));
       }
     }
   }
 
+  /**
+   * A call to `address` ended as memberGone or unanswered say a call to a
+   * member gone, going or out of reach does: it is marked down for DOWN_MS,
+   * doubled for each failure since it last answered, up to MOST_DOWN_MS. A
+   * member the client cannot reach but that keeps its partitions (it is
+   * alive to the database) so costs one attempt now and then.
+   */
   unreachable(address) {
     if (address === this.seed && this.addresses.length === 0) return;
-    this.down.set(address, Date.now() + DOWN_MS);
+    const strikes = (this.strikes.get(address) ?? 0) + 1;
+    this.strikes.set(address, strikes);
+    this.down.set(address, Date.now() + Math.min(DOWN_MS * 2 ** (strikes - 1), MOST_DOWN_MS));
     this.refreshSoon();
+  }
+
+  /** A call to `address` was answered: its next failure marks it down for DOWN_MS again. */
+  answered(address) {
+    if (this.strikes.size > 0) this.strikes.delete(address);
   }
 
   /** Trailing metadata of a command: refresh on a hint with a newer epoch. */
