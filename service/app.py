@@ -79,7 +79,7 @@ from service.settings import Settings
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, refuse_if_sealed
-from service.store.factory import open_store, store_kind
+from service.store.factory import open_store, redacted_url, store_kind
 from service.store.leasing import LeaseMember
 
 if TYPE_CHECKING:
@@ -723,7 +723,7 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
 
 
 def describe(app: Application) -> str:
-    lines = [f"Chronicle serving gRPC on {app.address} (store: {_store_name(app.settings.database_url)})"]
+    lines = [f"Chronicle serving gRPC on {app.address} (store: {redacted_url(app.settings.database_url)})"]
     settings = app.settings
     lines.append(
         "  authentication "
@@ -737,7 +737,7 @@ def describe(app: Application) -> str:
         + (", payloads encrypted at rest" if settings.master_key_file or settings.master_keys else "")
     )
     if settings.read_database_url:
-        standby = _store_name(settings.read_database_url)
+        standby = redacted_url(settings.read_database_url)
         lines.append(f"  reads (ReadAggregate, GetAggregate, Subscribe) from the standby {standby}")
     owned = len(app.ownership.owned())
     lines.append(
@@ -757,12 +757,6 @@ def describe(app: Application) -> str:
     if not app.registry.plugins:
         lines.append("  no plugins loaded: every command will be refused as UNKNOWN_COMMAND_TYPE")
     return "\n".join(lines)
-
-
-def _store_name(url: str) -> str:
-    from service.store.factory import _redacted
-
-    return _redacted(url)
 
 
 # The collector's first generation runs after this many new objects. Python's

@@ -77,7 +77,7 @@ def open_store(
         others = sorted(e.name for e in entry_points(group=STORE_ENTRY_POINT_GROUP))
         installed = f" (installed: {', '.join(s + '://' for s in others)})" if others else ""
         raise ConfigurationError(
-            f"unsupported database URL {_redacted(url)!r}: use sqlite:///…, memory:// or postgresql://…,"
+            f"unsupported database URL {redacted_url(url)!r}: use sqlite:///…, memory:// or postgresql://…,"
             f" or a scheme a package registers in the {STORE_ENTRY_POINT_GROUP!r} entry points{installed}",
             reason="BAD_DATABASE_URL",
         )
@@ -100,7 +100,7 @@ def store_kind(adapter: object) -> str:
     return _KINDS.get(name, name)
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     """The URL without its password, for messages and logs."""
     try:
         parts = urlsplit(url)

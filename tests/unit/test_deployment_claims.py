@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from service.api.server import client_ping_options, connection_age_options, keepalive_options
-from service.app import _store_name
 from service.cli import build_parser
 from service.client.channels import DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TIMEOUT
 from service.client.channels import keepalive_options as client_keepalive_options
 from service.processing import retention
 from service.settings import DEFAULT_DATABASE_URL, Settings, env_name, load_settings, seconds, settings_from
+from service.store.factory import redacted_url
 from tests.support.processes import dockerfile_command, dockerfile_environment, dockerfile_healthcheck
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -322,7 +322,7 @@ def test_the_password_of_a_database_url_is_not_printed(url: str) -> None:
     """ "The password in the URL is redacted in what the server prints": its
     first line names the store with `_store_name`."""
     password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
-    shown = _store_name(url)
+    shown = redacted_url(url)
     assert password not in shown
     assert shown.split("@", 1)[1] == url.split("@", 1)[1]  # the rest is shown as it is
 
