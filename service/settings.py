@@ -271,34 +271,35 @@ class Settings:
                 f" ({self.max_message_bytes}), so that every event and every result can be sent back",
                 reason="BAD_SETTING",
             )
-        durations = (
-            self.checkpoint_seconds,
-            self.shutdown_drain,
-            self.shutdown_grace,
-            self.snapshot_every,
-            self.slow_handler_seconds,
-            self.loop_lag_seconds,
-            self.command_retention,
-            self.refusal_retention,
-            self.min_client_ping_seconds,
-            self.max_connection_age_seconds,
-            self.max_connection_age_grace_seconds,
-            self.auth_reload_seconds,
-            self.jwt_leeway_seconds,
-        )
-        if (
-            min(
-                self.idle_timeout,
-                self.health_interval,
-                self.poll_seconds,
-                self.retention_interval,
-                self.keepalive_seconds,
-                self.keepalive_timeout_seconds,
-            )
-            <= 0
-            or min(durations) < 0
+        for name in (
+            "idle_timeout",
+            "health_interval",
+            "poll_seconds",
+            "retention_interval",
+            "keepalive_seconds",
+            "keepalive_timeout_seconds",
+            "lease_seconds",
         ):
-            raise ConfigurationError("timeouts and intervals must not be negative", reason="BAD_SETTING")
+            if not getattr(self, name) > 0:  # NaN too
+                raise ConfigurationError(f"{name} must be positive", reason="BAD_SETTING")
+        for name in (
+            "checkpoint_seconds",
+            "shutdown_drain",
+            "shutdown_grace",
+            "snapshot_every",
+            "slow_handler_seconds",
+            "loop_lag_seconds",
+            "command_retention",
+            "refusal_retention",
+            "min_client_ping_seconds",
+            "max_connection_age_seconds",
+            "max_connection_age_grace_seconds",
+            "auth_reload_seconds",
+            "jwt_leeway_seconds",
+            "read_wait_seconds",
+        ):
+            if not getattr(self, name) >= 0:  # NaN too
+                raise ConfigurationError(f"{name} must not be negative", reason="BAD_SETTING")
         check_partition_count(self.partitions)
         if self.read_database_url and not self.database_url.startswith(("postgresql:", "postgres:")):
             raise ConfigurationError(
@@ -306,10 +307,6 @@ class Settings:
             )
         if self.read_database_url and not self.read_database_url.startswith(("postgresql:", "postgres:")):
             raise ConfigurationError("--read-database-url must be a postgresql:// URL", reason="BAD_SETTING")
-        if self.read_wait_seconds < 0:
-            raise ConfigurationError("read_wait_seconds must not be negative", reason="BAD_SETTING")
-        if self.lease_seconds <= 0:
-            raise ConfigurationError("lease_seconds must be positive", reason="BAD_SETTING")
         if self.process_listen and not self.process_listen.rpartition(":")[2].isdigit():
             raise ConfigurationError(
                 f"process_listen must be host:port, got {self.process_listen!r}", reason="BAD_SETTING"
@@ -328,7 +325,7 @@ class Settings:
             raise ConfigurationError(
                 f"console_listen must be host:port, got {self.console_listen!r}", reason="BAD_SETTING"
             )
-        if self.console_sample_seconds <= 0:
+        if not self.console_sample_seconds > 0:  # NaN too
             raise ConfigurationError("console_sample_seconds must be positive", reason="BAD_SETTING")
         limits = (
             "max_concurrent_rpcs",

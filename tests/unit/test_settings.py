@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import fields, replace
+
 import pytest
 
 from service.errors import ConfigurationError
@@ -131,3 +134,23 @@ def test_events_are_limited_to_a_quarter_of_a_message() -> None:
         settings_from(["--max-message-bytes", "8000000", "--max-event-bytes", "2000001"], {})
     with pytest.raises(ConfigurationError, match="a quarter"):
         Settings(max_message_bytes=1024 * 1024)  # the default 1 MiB events would not fit
+
+
+NUMBERS = [
+    f.name
+    for f in fields(Settings)
+    if isinstance(getattr(Settings(), f.name), int | float) and not isinstance(getattr(Settings(), f.name), bool)
+]
+
+
+@pytest.mark.parametrize("name", NUMBERS)
+def test_a_negative_number_is_refused_and_the_refusal_names_the_setting(name: str) -> None:
+    with pytest.raises(ConfigurationError, match=name) as refused:
+        replace(Settings(), **{name: -1})
+    assert refused.value.reason == "BAD_SETTING"
+
+
+@pytest.mark.parametrize("name", [name for name in NUMBERS if isinstance(getattr(Settings(), name), float)])
+def test_a_duration_that_is_not_a_number_is_refused(name: str) -> None:
+    with pytest.raises(ConfigurationError, match=name):
+        replace(Settings(), **{name: math.nan})
