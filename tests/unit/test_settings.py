@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields, replace
+from typing import Any
 
 import pytest
 
@@ -136,6 +137,10 @@ def test_events_are_limited_to_a_quarter_of_a_message() -> None:
         Settings(max_message_bytes=1024 * 1024)  # the default 1 MiB events would not fit
 
 
+def _with(name: str, value: float) -> dict[str, Any]:
+    return {name: value}
+
+
 NUMBERS = [
     f.name
     for f in fields(Settings)
@@ -146,11 +151,11 @@ NUMBERS = [
 @pytest.mark.parametrize("name", NUMBERS)
 def test_a_negative_number_is_refused_and_the_refusal_names_the_setting(name: str) -> None:
     with pytest.raises(ConfigurationError, match=name) as refused:
-        replace(Settings(), **{name: -1})
+        replace(Settings(), **_with(name, -1))
     assert refused.value.reason == "BAD_SETTING"
 
 
 @pytest.mark.parametrize("name", [name for name in NUMBERS if isinstance(getattr(Settings(), name), float)])
 def test_a_duration_that_is_not_a_number_is_refused(name: str) -> None:
     with pytest.raises(ConfigurationError, match=name):
-        replace(Settings(), **{name: math.nan})
+        replace(Settings(), **_with(name, math.nan))
