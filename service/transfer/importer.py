@@ -241,10 +241,38 @@ class Importer:
             last = await events.read_aggregate(aggregate_id, AggregateQuery(backwards=True, limit=1))
             deleted = bool(last) and is_tombstone(last[0])
             if self._options.overwrite or deleted:
-                await self._store.transfer.remove_aggregate(aggregate_id)
-                self.summary.aggregates_replaced += 1
-                if self._on_replaced is not None:
-                    self._on_replaced(aggregate_id)
+                await self._replace(aggregate_id)
+        if self._options.overwrite:
+            await self._replace_parted(batch)
+
+    async def _replace_parted(self, batch: Sequence[RecordedEvent]) -> None:
+        """With overwriting, an aggregate whose first events in the target
+        are the stream's (an earlier import wrote them) but whose history
+        then parts from the stream's (the target took other commands since)
+        is replaced too: its events before the version where they part, the
+        stream's own, are written back after the removal."""
+        events = self._store.events
+        ids: dict[str, dict[int, str]] = {}
+        for event in batch:
+            if event.version != 1 and not is_tombstone(event):
+                ids.setdefault(event.aggregate_id, {})[event.version] = event.event_id
+        for aggregate_id, versions in ids.items():
+            there = await events.read_aggregate(
+                aggregate_id, AggregateQuery(from_version=min(versions), to_version=max(versions))
+            )
+            parted = next((e.version for e in there if versions.get(e.version, e.event_id) != e.event_id), None)
+            if parted is None:
+                continue
+            same = await events.read_aggregate(aggregate_id, AggregateQuery(to_version=parted - 1))
+            await self._replace(aggregate_id)
+            if same:
+                await self._store.transfer.import_events(same)
+
+    async def _replace(self, aggregate_id: str) -> None:
+        await self._store.transfer.remove_aggregate(aggregate_id)
+        self.summary.aggregates_replaced += 1
+        if self._on_replaced is not None:
+            self._on_replaced(aggregate_id)
 
 
 def _name_record(conflict: ImportConflict, batch: Sequence[Any], indexes: Sequence[int]) -> None:
