@@ -5,9 +5,11 @@ business logic. A command that does not decode is audited through
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from functools import partial
 from typing import Any, TypeAlias
 
 import grpc
@@ -88,9 +90,11 @@ class CommandService(pb_grpc.CommandServiceServicer):
             return self._refuse(request, principal, error, context)
         if request.dry_run:
             batch = CommandBatch((command,), dry_run=True)
-            return self._dry_runs.audited(
-                self._pipeline.submit_batch(batch, principal), batch, principal, context.peer()
-            )
+            # Queued now where the middleware allows, as a command is: a dry
+            # run decides on what the commands before it in a stream left.
+            deciding = self._pipeline.start(command, principal, dry_run=True)
+            outcome = self._pipeline.submit_batch(batch, principal) if deciding is None else deciding
+            return self._dry_runs.audited(outcome, batch, principal, context.peer())
         started = self._pipeline.start(command, principal)
         if started is not None:
             return started
@@ -183,14 +187,24 @@ class CommandService(pb_grpc.CommandServiceServicer):
         context: Context,
     ) -> None:
         """Start each command of the stream's messages, in arrival order."""
+        # Per aggregate, the last command that could not be queued at once
+        # (middleware whose hooks are coroutines): the next one waits for it.
+        waiting: dict[str, asyncio.Future[BatchResult]] = {}
         try:
             async for message in messages:
                 for request in requests_of(message):
                     if window.full:
                         await window.room()
-                    # Started now, whatever path it takes: commands for one
-                    # aggregate reach its worker in the order they came.
-                    started = asyncio.ensure_future(self._start(request, principal, context))
+                    # Started now: commands for one aggregate reach its
+                    # worker in the order they came.
+                    outcome = self._start(request, principal, context)
+                    if isinstance(outcome, asyncio.Future):
+                        started = outcome  # queued on its worker already (or refused)
+                    else:
+                        aggregate_id = request.command.aggregate_id
+                        started = asyncio.ensure_future(_in_turn(waiting.get(aggregate_id), outcome))
+                        waiting[aggregate_id] = started
+                        started.add_done_callback(partial(_forget, waiting, aggregate_id))
                     window.put((request.command, started), request.ByteSize())
         finally:
             window.close()
@@ -314,6 +328,24 @@ class _Window:
         while self._items:
             (_, outcome), _ = self._items.popleft()
             outcome.cancel()
+
+
+async def _in_turn(before: asyncio.Future[BatchResult] | None, outcome: Awaitable[BatchResult]) -> BatchResult:
+    """``outcome`` once the stream's command ``before`` it (for the same
+    aggregate) is done: its hooks may wait, and must not let it overtake."""
+    try:
+        if before is not None and not before.done():
+            await asyncio.wait((before,))
+    except asyncio.CancelledError:
+        if inspect.iscoroutine(outcome):
+            outcome.close()  # never started: nothing to await
+        raise
+    return await outcome
+
+
+def _forget(waiting: dict[str, asyncio.Future[BatchResult]], aggregate_id: str, done: object) -> None:
+    if waiting.get(aggregate_id) is done:
+        del waiting[aggregate_id]
 
 
 def _one_each(request: pb.SubmitRequest) -> tuple[pb.SubmitRequest]:

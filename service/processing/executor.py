@@ -247,12 +247,15 @@ class CommandExecutor:
 
         Returns the append in flight (``InlineSeries``), the failure of a lone
         command (``Failed``), or None: something out of the ordinary (a lookup
-        to make, claims, another aggregate type, an error that is not a
-        recordable refusal) that the async path handles exactly.
+        to make, claims, another aggregate type, one command id twice, an
+        error that is not a recordable refusal) that the async path handles
+        exactly.
         """
         aggregate_type = cached.type
         if any(r.spec.aggregate is not aggregate_type for r in requests):
             return None
+        if len(requests) > 1 and len({r.command_id for r in requests}) < len(requests):
+            return None  # a command id sent again while it queued: one at a time, the second replayed
         outcomes: list[Decided | ChronicleError] = []
         records: list[CommandRecord] = []
         new_events: list[NewEvent] = []
