@@ -17,6 +17,7 @@ import signal
 import ssl
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import grpc
@@ -448,7 +449,8 @@ async def start(
             ReactionRunner(
                 reaction,
                 registry=registry,
-                submit=reaction_pipeline.submit,
+                # As the reaction: the audit, and middleware, see who sent it.
+                submit=partial(reaction_pipeline.submit, principal=Principal(f"reaction:{reaction.name}", "reaction")),
                 log=roles.log,
                 documents=roles.projections,
                 reader=executor.loader.reader,
