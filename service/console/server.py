@@ -169,11 +169,12 @@ class Console:
             current_principal.reset(token)
 
     def _post_allowed(self, request: Request, session: Session | None) -> bool:
+        # The console's own origin, always: a form that names none is refused, as the login is.
         origin = request.headers.get("origin")
-        if origin is not None and origin.partition("://")[2] != request.headers.get("host", ""):
+        if origin is None or origin.partition("://")[2] != request.headers.get("host", ""):
             return False
         if session is None:  # auth off: no cookie to ride on; the origin check stands
-            return origin is not None
+            return True
         return same_token(request.form.get("csrf_token", ""), session.csrf_token)
 
     async def _route(self, request: Request, session: Session | None, principal: Principal) -> Response:
@@ -221,7 +222,15 @@ class Console:
             return _redirect("/log")
         if path == "/tail/events":
             after = query.get("after", "0")
-            stream = views.tail_stream(parts, int(after) if after.isdigit() and len(after) < 19 else 0)
+
+            async def audit_refusal(error: ChronicleError) -> None:
+                # A tail the policy refused is audited as a refused page is (and a denied Subscribe).
+                if isinstance(error, PermissionDenied) and self._on_refused is not None:
+                    await self._on_refused(path, error, principal, request.peer, "")
+
+            stream = views.tail_stream(
+                parts, int(after) if after.isdigit() and len(after) < 19 else 0, on_refused=audit_refusal
+            )
             # The stream runs in the connection's task: the principal is set there.
             return Response(
                 200, content_type="text/event-stream", stream=_with_principal(stream, principal, self._live(request))

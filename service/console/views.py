@@ -12,7 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -244,10 +244,17 @@ def _sse(event: str, data: object) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def tail_stream(parts: Parts, after: int, *, keepalive: float = 15.0) -> AsyncIterator[bytes]:
+async def tail_stream(
+    parts: Parts,
+    after: int,
+    *,
+    keepalive: float = 15.0,
+    on_refused: Callable[[ChronicleError], Awaitable[None]] | None = None,
+) -> AsyncIterator[bytes]:
     """Server-sent events: each event of the log after ``after`` that the
     caller may subscribe to (Subscribe's own rule), as JSON; a comment now
-    and then so that a browser that left is noticed."""
+    and then so that a browser that left is noticed. ``on_refused`` hears of
+    the refusal that ends it (the audit log)."""
     request = events_pb.SubscribeRequest(after_position=after, pages=True)
     stream = parts.events.Subscribe(request, _NO_CONTEXT)
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=4)
@@ -274,6 +281,8 @@ async def tail_stream(parts: Parts, after: int, *, keepalive: float = 15.0) -> A
                 yield _sse("end", "the server is closing this stream")
                 return
             if isinstance(item, ChronicleError):
+                if on_refused is not None:
+                    await on_refused(item)
                 yield _sse("refused", f"{item.reason}: {item.message}")
                 return
             response = cast(events_pb.SubscribeResponse, item)
