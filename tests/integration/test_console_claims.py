@@ -85,8 +85,8 @@ from service.settings import Settings
 from service.store.base import AuditQuery, StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.records import REFUSED
-from tests.integration.test_console_http import FORM, log_in, session_cookie
 from tests.support.browser import Browser, start_chromium
+from tests.support.console import FORM, log_in, session_cookie
 from tests.support.grpc_client import TEST_SETTINGS, command, connect
 from tests.support.http import Answer, request, send_raw
 from tests.support.plugins import openings

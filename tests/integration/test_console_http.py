@@ -18,32 +18,16 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application, start
 from service.console.http import MAX_BODY_BYTES, MAX_HEAD_BYTES
 from service.errors import ConfigurationError
-from service.settings import Settings
 from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from service.store.records import REFUSED
-from tests.integration.test_metrics import sample, scrape
+from tests.support.console import FORM, KEY, authenticated, console, log_in, session_cookie
 from tests.support.grpc_client import TEST_SETTINGS, command, connect
-from tests.support.http import Answer, request, send_raw
+from tests.support.http import request, send_raw
+from tests.support.metrics import sample, scrape
 from tests.support.processes import serve_until_exit
-from tests.support.security import ISSUER, POLICY, Authority, JwtIssuer, api_key_file, bearer, server_tls_files, write
+from tests.support.security import Authority, JwtIssuer, api_key_file, bearer, server_tls_files, write
 from tests.support.waiting import eventually
-
-KEY = "console-http-key-0123456789"
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-
-
-def authenticated(tmp_path: Path, **overrides: object) -> Settings:
-    issuer = JwtIssuer()
-    return replace(
-        TEST_SETTINGS,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        api_keys_file=api_key_file(tmp_path / "keys.toml", [(KEY, "root", ["teller"])]),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=ISSUER,
-        **{"console_listen": "127.0.0.1:0", **overrides},  # type: ignore[arg-type]
-    )
 
 
 @pytest.fixture
@@ -59,26 +43,6 @@ async def app(tmp_path: Path, jwt_issuer: JwtIssuer) -> AsyncIterator[Applicatio
         yield started
     finally:
         await started.stop(grace=0.5, drain=0)
-
-
-def console(app: Application) -> str:
-    assert app.console is not None
-    return app.console.address
-
-
-async def log_in(address: str, credential: str) -> Answer:
-    return await request(
-        address,
-        "POST",
-        "/login",
-        headers={**FORM, "Origin": f"http://{address}"},
-        body=urlencode({"credential": credential}).encode(),
-    )
-
-
-def session_cookie(answer: Answer) -> str:
-    (cookie,) = answer.all("set-cookie")
-    return cookie.split(";")[0]
 
 
 async def test_every_answer_carries_the_security_headers(app: Application) -> None:

@@ -42,13 +42,13 @@ from service.settings import Settings
 from service.store.grouping import GroupParkedEvent, GroupSpec
 from service.store.memory import MemoryStore
 from service.store.records import LogFilter, LogPage, NewEvent, RecordedEvent
-from tests.integration.test_console_http import authenticated, console, log_in, session_cookie
-from tests.integration.test_metrics import sample, scrape
 from tests.support import plugins
 from tests.support.blocking import GatedStore
+from tests.support.console import authenticated, console, log_in, session_cookie
 from tests.support.events import new_event
 from tests.support.grpc_client import TEST_SETTINGS, command, details_of, running_server
 from tests.support.http import request
+from tests.support.metrics import sample, scrape
 from tests.support.processes import free_port, wait_until_serving
 from tests.support.security import POLICY, JwtIssuer, write
 from tests.support.waiting import eventually

@@ -46,10 +46,10 @@ from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
 from service.store.records import DocumentWrite, ParkedEvent, RecordedEvent
 from service.store.sqlite import SqliteStore
-from tests.integration.test_metrics import sample, scrape
 from tests.support import plugins
 from tests.support.cluster import replica
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, connect, details_of, running_server
+from tests.support.metrics import sample, scrape
 from tests.support.security import JwtIssuer, bearer, write
 from tests.support.waiting import eventually
 

@@ -26,8 +26,8 @@ from service.store.base import Store
 from service.store.grouping import GroupSpec
 from service.store.memory import MemoryStore
 from service.store.records import LogFilter
+from tests.support.bank_log import READER, REGISTRY, deposits
 from tests.support.waiting import eventually
-from tests.unit.test_read_ahead import READER, REGISTRY, deposits
 
 
 class HeldCommits(MemoryStore):

@@ -6,29 +6,20 @@ while Python does; see service/processing/overlap.py)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import pytest
 
-from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.groups import SubscriptionGroups
 from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
-from service.plugins.registry import Registry
-from service.processing.commands import CommandRequest
-from service.processing.executor import CommandExecutor
 from service.processing.overlap import started
 from service.processing.projections import ProjectionRunner
 from service.processing.subscriptions import Page, SubscriptionRequest, Subscriptions
-from service.processing.upcasting import EventReader
-from service.store.base import Store
 from service.store.grouping import GroupSpec
 from service.store.memory import MemoryStore
-
-REGISTRY = Registry([bank_account.plugin])
-READER = EventReader(REGISTRY)
+from tests.support.bank_log import READER, deposits
 
 
 class CountingStore(MemoryStore):
@@ -51,20 +42,6 @@ class CountingStore(MemoryStore):
         self.commits += 1
         await asyncio.sleep(0)
         await super().commit_projection(name, **rest)
-
-
-async def deposits(store: MemoryStore, count: int) -> None:
-    executor = CommandExecutor(Store.of(store), REGISTRY)
-
-    async def run(message: Any) -> None:
-        spec = REGISTRY.command(message.DESCRIPTOR.full_name)
-        assert spec is not None
-        request = CommandRequest(command_id=str(uuid.uuid4()), aggregate_id="acc-1", spec=spec, message=message)
-        await executor.execute(request, None)
-
-    await run(bank.OpenAccount(owner="ann"))
-    for _ in range(count):
-        await run(bank.Deposit(amount=1))
 
 
 async def test_a_subscription_asks_for_the_next_page_before_it_hands_over_this_one() -> None:
