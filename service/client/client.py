@@ -287,6 +287,7 @@ class ChronicleClient:
                 retry=self._retry,
                 dry_run=dry_run,
                 method=self._stream_method,
+                answer_timeout=self._attempt_timeout,
             )
             return routed.results()
         stream = CommandStream(
@@ -296,6 +297,7 @@ class ChronicleClient:
             retry=self._retry,
             dry_run=dry_run,
             method=self._stream_method,
+            answer_timeout=self._attempt_timeout,
         )
         return stream.results()
 

@@ -13,7 +13,10 @@ says SHUTTING_DOWN) marks the member it was on down (``Routes.unreachable``,
 which unary sends heed too) before the next call opens. A connection that
 died silently (a member the client can no longer reach) ends its calls
 UNAVAILABLE once the channel's keepalive ping goes unanswered
-(``service.client.channels``), and moves the same way. Nothing else marks a
+(``service.client.channels``), and moves the same way; so does a call whose
+member kept its commands waiting for the client's attempt timeout without a
+message (a process that hung while its connection still answers pings:
+DEADLINE_EXCEEDED, the client's own; streaming.py). Nothing else marks a
 member down; the lane reopens on the same member, with the retry policy's
 backoff and attempts as for any break: a call a live member ended (its
 reason says why: CREDENTIALS_CHANGED after the member read its key or
@@ -41,7 +44,7 @@ from service.client.commands import Command
 from service.client.errors import RemoteError
 from service.client.results import StreamResult
 from service.client.retry import RetryPolicy
-from service.client.routing import Routes, member_gone
+from service.client.routing import Routes, member_gone, unanswered
 from service.client.stopping import stop
 from service.client.streaming import DEFAULT_WINDOW, CommandStream, StreamMethod
 
@@ -61,6 +64,7 @@ class RoutedStream:
         dry_run: bool,
         window: int = DEFAULT_WINDOW,
         method: StreamMethod | None = None,
+        answer_timeout: float | None = None,
     ) -> None:
         self._routes = routes
         self._method = method or StreamMethod()
@@ -69,6 +73,7 @@ class RoutedStream:
         self._encode = encode
         self._retry = retry
         self._dry_run = dry_run
+        self._answer_timeout = answer_timeout
         self._window = asyncio.Semaphore(window)
         self._inputs: dict[Lane, asyncio.Queue[object]] = {}
         self._outputs: dict[Lane, asyncio.Queue[StreamResult | BaseException]] = {}
@@ -157,7 +162,7 @@ class RoutedStream:
 
         def open_call(paged: bool, broken: RemoteError | None) -> Any:
             nonlocal member
-            if broken is not None and member_gone(broken):
+            if broken is not None and (member_gone(broken) or unanswered(broken)):
                 self._routes.unreachable(member)
             stub, member = self._routes.stub_for(lane)
             return self._open_call(stub, paged)
@@ -168,7 +173,13 @@ class RoutedStream:
                 yield item
 
         stream = CommandStream(
-            open_call, commands(), self._encode, retry=self._retry, dry_run=self._dry_run, method=self._method
+            open_call,
+            commands(),
+            self._encode,
+            retry=self._retry,
+            dry_run=self._dry_run,
+            method=self._method,
+            answer_timeout=self._answer_timeout,
         )
         try:
             async for result in stream.results():

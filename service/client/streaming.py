@@ -27,10 +27,16 @@ metadata, which the server sends as it starts a stream) or ended it, so
 that no write races its status. What the server says then is handled as
 above.
 
+A call whose server stops answering while commands wait for their results
+(``answer_timeout`` without a message: a server whose process hung, its
+connection still answering pings) is treated as broken with
+DEADLINE_EXCEEDED, the client's own (no ErrorInfo), and reopened as above;
+a routing client moves the lane off that member.
+
 Each call is opened by ``open_call(paged, broken)`` (``OpenCall``), told
 which error, if any, broke the call before it: a routing client moves a
-lane to another member only when that error says its member is gone
-(routed_stream.py).
+lane to another member only when that error says its member is gone or
+did not answer (routed_stream.py).
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ import grpc
 
 from chronicle.v1 import command_service_pb2
 from service.client.commands import Command
-from service.client.errors import RemoteError, command_error, remote_error, status_lost
+from service.client.errors import DeadlineExceeded, RemoteError, command_error, remote_error, status_lost
 from service.client.results import StreamResult, Submitted
 from service.client.retry import RetryPolicy
 from service.client.stopping import stop
@@ -119,10 +125,20 @@ class CommandStream:
         dry_run: bool,
         window: int = DEFAULT_WINDOW,
         method: StreamMethod | None = None,
+        answer_timeout: float | None = None,
     ) -> None:
-        """``open_call(paged, broken)`` opens each call (``OpenCall``)."""
+        """``open_call(paged, broken)`` opens each call (``OpenCall``);
+        ``answer_timeout``: the longest wait for a message while commands
+        written on the call are unanswered (None: no bound)."""
         if window < 1:
             raise ValueError("a stream's window is at least one command")
+        if answer_timeout is not None and not answer_timeout > 0:
+            raise ValueError("a stream's answer timeout is positive (None: no bound)")
+        self._answer_timeout = answer_timeout
+        # Since when the stream has waited for a message with commands
+        # written and unanswered (time.monotonic): the last message, or the
+        # write that ended a time with none outstanding.
+        self._waiting_since = 0.0
         self._open_call = open_call
         self._commands = commands
         self._encode = encode
@@ -151,6 +167,20 @@ class CommandStream:
             while True:
                 try:
                     message = await self._next_message(pump, writer)
+                except _Unanswered as stalled:
+                    wait = self._retry.delay(attempt, stalled.error)
+                    if wait is None:
+                        raise stalled.error from None
+                    log.info(
+                        "command stream unanswered for %.1fs with %d commands waiting; opening it again in %.3fs",
+                        self._answer_timeout,
+                        self._outstanding(),
+                        wait,
+                    )
+                    await asyncio.sleep(wait)
+                    attempt += 1
+                    await self._reopen(stalled.error)
+                    continue
                 except grpc.aio.AioRpcError as failed:
                     if status_lost(failed) and lost < _MAX_LOST_STATUSES:
                         lost += 1
@@ -212,15 +242,32 @@ class CommandStream:
 
     async def _next_message(self, *tasks: asyncio.Task[None]) -> Any:
         """The next message of the current call (or EOF); instead, the
-        error of taking the caller's next command (or of the writer)."""
+        error of taking the caller's next command (or of the writer), or
+        ``_Unanswered`` once the call kept commands waiting for
+        ``answer_timeout`` without a message."""
         read = asyncio.ensure_future(self._call.read())
-        if not any(task.done() for task in tasks):
-            await asyncio.wait({read, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task.done() and not task.cancelled() and (failure := task.exception()) is not None:
-                read.cancel()
-                raise failure
-        return await read
+        running = {task for task in tasks if not task.done()}
+        while not read.done():
+            _raise_failure(tasks, read)
+            timeout = self._answer_timeout
+            if timeout is not None and self._outstanding():
+                waited = time.monotonic() - self._waiting_since
+                if waited >= timeout:
+                    read.cancel()
+                    raise _Unanswered(timeout, self._outstanding())
+                timeout -= waited
+            # With nothing outstanding the wait is looked at again after a
+            # timeout: a command written meanwhile starts its own clock.
+            await asyncio.wait({read, *running}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            running = {task for task in running if not task.done()}
+        _raise_failure(tasks, read)
+        message = await read
+        self._waiting_since = time.monotonic()
+        return message
+
+    def _outstanding(self) -> int:
+        """Commands written on the current call and not answered."""
+        return len(self._pending) - self._unsent
 
     async def _pump(self) -> None:
         while True:
@@ -262,7 +309,7 @@ class CommandStream:
         async with self._writing:
             self._paged = self._method.paged
             self._call = self._open_call(self._paged, broken)
-            self._opened_at = time.monotonic()
+            self._opened_at = self._waiting_since = time.monotonic()
             if answered_first:
                 with contextlib.suppress(TimeoutError, grpc.aio.AioRpcError):
                     async with asyncio.timeout(_ANSWER_WAIT):
@@ -280,6 +327,8 @@ class CommandStream:
         if not self._unsent:
             return
         unsent = list(itertools.islice(self._pending, len(self._pending) - self._unsent, None))
+        if not self._outstanding():
+            self._waiting_since = time.monotonic()  # the first outstanding: its clock starts
         self._unsent = 0
         if not self._paged:
             for sent in unsent:
@@ -304,6 +353,28 @@ class CommandStream:
     async def _done_writing(self) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
             await self._call.done_writing()
+
+
+def _raise_failure(tasks: tuple[asyncio.Task[None], ...], read: asyncio.Future[Any]) -> None:
+    """Raise the error of a task that failed (the read is not wanted then)."""
+    for task in tasks:
+        if task.done() and not task.cancelled() and (failure := task.exception()) is not None:
+            read.cancel()
+            raise failure
+
+
+class _Unanswered(Exception):
+    """The call kept commands waiting ``seconds`` without a message."""
+
+    def __init__(self, seconds: float, waiting: int) -> None:
+        super().__init__(seconds, waiting)
+        # DEADLINE_EXCEEDED with no ErrorInfo, as gRPC reports a deadline
+        # the client set: the client's own, not a member's answer.
+        self.error = DeadlineExceeded(
+            f"no answer on the command stream for {seconds:g}s with {waiting} commands waiting",
+            code=grpc.StatusCode.DEADLINE_EXCEEDED,
+            reason=grpc.StatusCode.DEADLINE_EXCEEDED.name,
+        )
 
 
 def _protocol_error(message: str) -> RemoteError:
