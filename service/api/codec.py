@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from chronicle.v1 import command_pb2, event_pb2
-from service.errors import InvalidInput
+from service.errors import FieldViolation, InvalidInput
 from service.plugins.registry import Registry
 from service.processing.commands import CommandBatch, CommandRequest
 from service.store.records import TOMBSTONE_EVENT_TYPE, RecordedEvent
@@ -141,7 +141,7 @@ def decode_command(
         raise InvalidInput(
             f"no handler is registered for command type {name!r}",
             reason="UNKNOWN_COMMAND_TYPE",
-            violations=(),
+            violations=(FieldViolation(f"{field}.payload.type_url", f"no handler is registered for {name!r}"),),
             metadata={"command_type": name},
         )
     message = spec.message_type()
