@@ -212,6 +212,15 @@ export function keepaliveOptions(seconds, timeoutSeconds) {
   };
 }
 
+/** Resolves once `signal` is notified, or after `ms` (null: only then). */
+function arrivedOrAfter(signal, ms) {
+  if (ms === null) return signal.wait();
+  let timer;
+  return Promise.race([signal.wait(), new Promise((resolve) => (timer = setTimeout(resolve, ms)))]).finally(() =>
+    clearTimeout(timer),
+  );
+}
+
 /** Waits before attempt `attempt + 1`, after `refusal` ended attempt `attempt`. */
 function backoff(attempt, refusal) {
   const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
@@ -242,9 +251,12 @@ function backoff(attempt, refusal) {
  * replica's host gone, a network cut) then ends its calls UNAVAILABLE, which
  * is retried, resumed or routed elsewhere, instead of holding them for ever.
  * Chronicle's servers accept pings every 5 s or more
- * (--min-client-ping-seconds). `attemptTimeoutSeconds` (10) bounds each
- * attempt of a unary call; a routed command whose owner did not answer
- * within it is sent to another member, the owner marked down (routing.js).
+ * (--min-client-ping-seconds). `attemptTimeoutSeconds` (10; null: none)
+ * bounds each attempt of a unary call, and in a command stream the wait for
+ * an answer while commands are unanswered (a server that hung): the stream
+ * is reopened as a broken one is. A routed command, or a routed stream's
+ * lane, whose member did not answer within it goes to another member, the
+ * member marked down (routing.js).
  */
 export class ChronicleClient {
   #tokenFunction;
@@ -400,6 +412,7 @@ export class ChronicleClient {
    */
   #commandStream(source, stubFor, { dryRun, window, maxAttempts, renewAfterSeconds }) {
     const client = this;
+    const answerTimeoutMs = this.attemptTimeoutSeconds === null ? null : this.attemptTimeoutSeconds * 1000;
     // Taken and not answered yet, in order: { command, request, size }. The
     // last `unsent` of them are not written on the current call yet.
     const pending = [];
@@ -421,6 +434,7 @@ export class ChronicleClient {
       if (state.stopped || stream === null || stream.writing || stream.ended) return;
       if (state.unsent > 0) {
         const unsent = pending.slice(pending.length - state.unsent);
+        if (pending.length === state.unsent) stream.waitingSince = Date.now(); // the first outstanding: its clock starts
         state.unsent = 0;
         const outgoing = stream.paged ? pagesOf(unsent) : unsent.map((sent) => sent.request);
         stream.writing = true;
@@ -456,11 +470,15 @@ export class ChronicleClient {
       const paged = client.pagedStreams !== false;
       const stub = stubFor(broken);
       const call = paged ? stub.SubmitStreamPages() : stub.SubmitStream();
-      const stream = { call, paged, writing: false, ended: false, messages: [], outcome: null, openedAt: Date.now() };
+      const openedAt = Date.now();
+      const stream = { call, paged, writing: false, ended: false, messages: [], outcome: null, openedAt };
+      // Since when the call has kept written commands waiting without a message.
+      stream.waitingSince = openedAt;
       call.on('error', () => {}); // the reader below takes the status
       (async () => {
         try {
           for await (const message of call) {
+            stream.waitingSince = Date.now();
             stream.messages.push(message);
             arrived.notify();
           }
@@ -542,8 +560,22 @@ export class ChronicleClient {
           }
           if (state.failure !== null) throw state.failure;
           if (stream.outcome === null) {
-            await arrived.wait();
-            continue;
+            // Commands written and unanswered for the attempt timeout: the
+            // call is broken (a server that hung while its connection still
+            // answers pings), as with DEADLINE_EXCEEDED of the client's own.
+            const outstanding = pending.length - state.unsent;
+            const waited = Date.now() - stream.waitingSince;
+            if (answerTimeoutMs === null || outstanding === 0 || waited < answerTimeoutMs) {
+              const left = answerTimeoutMs === null ? null : outstanding > 0 ? answerTimeoutMs - waited : answerTimeoutMs;
+              await arrivedOrAfter(arrived, left);
+              continue;
+            }
+            stream.outcome = {
+              code: grpc.status.DEADLINE_EXCEEDED,
+              details: `no answer on the command stream for ${answerTimeoutMs / 1000} s with ${outstanding} commands waiting`,
+              metadata: new grpc.Metadata(),
+            };
+            stream.call.cancel();
           }
           if (stream.outcome === 'end') {
             if (pending.length > 0) throw protocolError(`the stream ended with ${pending.length} commands unanswered`);

@@ -13,7 +13,7 @@
 // particular order. A command for an aggregate with nothing unanswered goes
 // to the lane of its owner now.
 
-import { memberGone } from './routing.js';
+import { memberGone, unanswered } from './routing.js';
 import { Signal } from './signal.js';
 
 export class RoutedStream {
@@ -141,7 +141,7 @@ export class RoutedStream {
    */
   stubFor(lane, broken) {
     if (broken !== null) {
-      if (memberGone(broken)) this.routes.unreachable(lane.address);
+      if (memberGone(broken) || unanswered(broken)) this.routes.unreachable(lane.address);
       lane.address = this.routes.memberFor(lane.home);
     }
     return this.routes.stubsOf(lane.address).commands;

@@ -187,3 +187,107 @@ test('a routed submit whose owner does not answer in time goes to another replic
     b.stop();
   }
 });
+
+/**
+ * A stand-in replica whose first `hungCalls` SubmitStreamPages calls take
+ * commands and never answer (a hung process whose connection still answers
+ * pings); later calls answer each deposit at the version its amount says.
+ */
+async function standInStreams(hungCalls, topology = () => null) {
+  const replica = { calls: 0, received: [] };
+  const server = await standInServer(
+    services.CommandService,
+    {
+      SubmitStreamPages(call) {
+        replica.calls += 1;
+        const hung = replica.calls <= hungCalls;
+        call.on('data', (page) => {
+          replica.received.push(...page.requests.map((request) => request.command.command_id));
+          if (hung) return;
+          call.write({
+            results: page.requests.map((request) => ({
+              command_id: request.command.command_id,
+              ok: { events: [], version: unpack(request.command.payload).amount, replayed: false },
+            })),
+          });
+        });
+        call.on('end', () => hung || call.end());
+        call.on('error', () => {});
+      },
+    },
+    [
+      [
+        services.ClusterService,
+        {
+          GetTopology: (_call, callback) => callback(null, { topology: topology() }),
+          WatchTopology: (call) => call.write({ topology: topology() }),
+        },
+      ],
+    ],
+  );
+  return Object.assign(replica, server);
+}
+
+const deposits = (count) =>
+  Array.from({ length: count }, (_, n) => ({
+    aggregateId: 'acc-1',
+    typeName: 'bank.v1.Deposit',
+    fields: { amount: n + 1 },
+    commandId: randomUUID(),
+  }));
+
+test('a command stream its server stopped answering is opened again, its commands sent again', { timeout: 15_000 }, async () => {
+  const replica = await standInStreams(1);
+  const client = new ChronicleClient(replica.address, { attemptTimeoutSeconds: PING });
+  try {
+    const commands = deposits(3);
+    const results = [];
+    for await (const result of client.submitStream(commands)) results.push(result);
+    assert.deepEqual(
+      results.map((r) => [r.command_id, r.submitted.version]),
+      commands.map((c) => [c.commandId, c.fields.amount]),
+    );
+    assert.equal(replica.calls, 2);
+    const ids = commands.map((c) => c.commandId);
+    assert.deepEqual(replica.received, [...ids, ...ids]); // the same ids, again
+  } finally {
+    client.close();
+    replica.stop();
+  }
+});
+
+test('a routed lane whose member stopped answering moves to another member, marked down', { timeout: 15_000 }, async () => {
+  let a;
+  let b;
+  const topology = () => ({
+    epoch: 1,
+    partition_count: 1,
+    hash: 'PARTITION_HASH_CRC32',
+    members: [
+      { member_id: 'a', address: a.address },
+      { member_id: 'b', address: b.address },
+    ],
+    partition_owners: ['a'],
+  });
+  a = await standInStreams(1_000, topology);
+  b = await standInStreams(0, topology);
+  const client = new ChronicleClient(b.address, { routing: true, attemptTimeoutSeconds: PING });
+  try {
+    await client.routes.waitFor((t) => t.epoch === 1);
+    const commands = deposits(3);
+    const results = [];
+    for await (const result of client.submitStream(commands)) results.push(result);
+    assert.deepEqual(
+      results.map((r) => r.submitted.version),
+      commands.map((c) => c.fields.amount),
+    );
+    const ids = commands.map((c) => c.commandId);
+    assert.deepEqual(a.received, ids);
+    assert.deepEqual(b.received, ids);
+    assert.equal(client.routes.isDown(a.address), true);
+  } finally {
+    client.close();
+    a.stop();
+    b.stop();
+  }
+});
