@@ -16,7 +16,7 @@ import grpc
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
 from chronicle.v1 import export_pb2
-from service.api.codec import check_id, check_version, encode_event, micros_of, timestamp
+from service.api.codec import canonical_command_id, check_id, check_version, encode_event, micros_of, timestamp
 from service.api.transfers import Transfers, described
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, NotEncrypted, StoreUnavailable
@@ -70,7 +70,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
             if request.aggregate_id
             else None,
             principal=check_id("principal", request.principal, reason="INVALID_FILTER") if request.principal else None,
-            command_id=check_id("command_id", request.command_id, reason="INVALID_FILTER")
+            command_id=canonical_command_id(check_id("command_id", request.command_id, reason="INVALID_FILTER"))
             if request.command_id
             else None,
             outcome=_outcome(request.outcome),

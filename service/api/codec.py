@@ -87,6 +87,17 @@ def _command_id(field: str, value: str) -> str:
         ) from None
 
 
+def canonical_command_id(value: str) -> str:
+    """A command id as the service keeps it: a UUID in its canonical form
+    (as ``decode_command`` makes it), anything else unchanged."""
+    if _CANONICAL_UUID.fullmatch(value):
+        return value
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return value
+
+
 def _aggregate_id(field: str, value: str) -> str:
     if value and len(value) <= MAX_ID_LENGTH and value.isprintable() and not value.isspace():
         return value

@@ -79,7 +79,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         self, projection: Projection, min_position: int, context: grpc.aio.ServicerContext[Any, Any]
     ) -> int:
         """The projection's checkpoint, once at or past ``min_position``."""
-        check_version("min_position", min_position, reason="INVALID_POSITION")
+        check_version("min_position", min_position, reason="POSITION_BEYOND_END")
         runner = self._projections.runners.get(projection.name)
         max_wait = self._read_wait
         remaining = context.time_remaining()

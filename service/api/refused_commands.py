@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as pb
-from service.api.codec import MAX_BATCH_COMMANDS, type_name
+from service.api.codec import MAX_BATCH_COMMANDS, canonical_command_id, type_name
 from service.audit import AuditLog, SampledRefusals, refusal
 from service.errors import ChronicleError, CredentialsChanged, Unauthenticated
 from service.principal import Principal
@@ -152,7 +152,7 @@ def _entry(
 ) -> AuditEntry:
     return refusal(
         error,
-        command_id=_cut(command.command_id),
+        command_id=canonical_command_id(_cut(command.command_id)),
         command_type=_cut(type_name(command.payload)),
         aggregate_id=_cut(command.aggregate_id),
         principal=principal.name if principal is not None else "",
