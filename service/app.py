@@ -185,6 +185,7 @@ class Application:
     leases: LeaseKeeper
     ownership: Ownership
     cluster: ClusterService
+    commands: CommandService
     watchdog: LoopLagWatchdog | None = None
     console: Console | None = None
     metrics_server: MetricsServer | None = None
@@ -232,6 +233,10 @@ class Application:
         # Health watchers have heard NOT_SERVING: their streams end now, or
         # gRPC's stop would wait the whole grace for them to hang up.
         self.health.close()
+        # Command streams take no more commands, answer those they started
+        # (within the grace) and end SHUTTING_DOWN: their clients send the
+        # rest elsewhere now, not when the grace runs out.
+        self.commands.close()
         await self.server.stop(grace)
         await self.reactions.stop()  # before the router: a reaction's command in flight is sent again later
         await self.router.close(grace=grace)
@@ -500,16 +505,17 @@ async def start(
     group_service = SubscriptionGroupService(
         groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit
     )
+    commands = CommandService(
+        registry,
+        pipeline,
+        refused_commands,
+        Disclosure(authorizer, registry),
+        DryRunAudit(audit),
+        ownership=ownership,
+        page_bytes=page_bytes,
+    )
     server = build_server(
-        commands=CommandService(
-            registry,
-            pipeline,
-            refused_commands,
-            Disclosure(authorizer, registry),
-            DryRunAudit(audit),
-            ownership=ownership,
-            page_bytes=page_bytes,
-        ),
+        commands=commands,
         events=events,
         admin=AdminService(
             audit,
@@ -642,6 +648,7 @@ async def start(
         leases=leases,
         ownership=ownership,
         cluster=cluster,
+        commands=commands,
         watchdog=watchdog,
         console=console,
         metrics_server=metrics_server,

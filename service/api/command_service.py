@@ -8,7 +8,7 @@ import asyncio
 import inspect
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from functools import partial
 from typing import Any, TypeAlias
 
@@ -24,7 +24,7 @@ from service.api.dry_runs import DryRunAudit
 from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands
 from service.api.status import command_error
 from service.cluster.ownership import Ownership
-from service.errors import ChronicleError, InvalidInput
+from service.errors import ChronicleError, InvalidInput, StoreUnavailable
 from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
@@ -65,6 +65,19 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self._ownership = ownership
         self._page_bytes = page_bytes
         self._stream_bytes = stream_bytes
+        # The readers of the command streams open now; ``close`` stops them.
+        self._readers: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    def close(self) -> None:
+        """The server stops (after its drain): every command stream takes no
+        more commands, answers those it started, and ends UNAVAILABLE
+        (SHUTTING_DOWN), so its client sends the rest to another member
+        now rather than when the shutdown grace runs out; a stream opened
+        from now on is refused so."""
+        self._closing = True
+        for reader in list(self._readers):
+            reader.cancel()
 
     def _hint(self, context: grpc.aio.ServicerContext[Any, Any], aggregate_id: str) -> None:
         """Tell a routing client when this member does not own the
@@ -132,14 +145,15 @@ class CommandService(pb_grpc.CommandServiceServicer):
         # STREAM_IN_FLIGHT (and stream_bytes) started and unanswered, so a
         # fast sender waits.
         window = _Window(STREAM_IN_FLIGHT, self._stream_bytes)
-        reader = asyncio.ensure_future(self._read(requests, _one_each, window, principal, context))
+        reader = self._reader(self._read(requests, _one_each, window, principal, context))
         try:
             while (item := await window.next()) is not None:
                 answer = pb.SubmitStreamResponse()
                 await self._answer(item, answer, principal)
                 yield answer
-            await reader  # the client's half ended: surface a read error, if any
+            await self._ended(reader)
         finally:
+            self._readers.discard(reader)
             reader.cancel()
             window.abandon()
 
@@ -151,7 +165,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         principal = current_principal.get()
         await _accepted(context)
         window = _Window(STREAM_IN_FLIGHT, self._stream_bytes)
-        reader = asyncio.ensure_future(self._read(pages, _requests_of, window, principal, context))
+        reader = self._reader(self._read(pages, _requests_of, window, principal, context))
         limit = self._page_bytes
         try:
             while (item := await window.next()) is not None:
@@ -173,10 +187,28 @@ class CommandService(pb_grpc.CommandServiceServicer):
                     if (item := window.next_ready()) is None:
                         break
                 yield page
-            await reader
+            await self._ended(reader)
         finally:
+            self._readers.discard(reader)
             reader.cancel()
             window.abandon()
+
+    def _reader(self, reading: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A stream's reader, as a task ``close`` can stop."""
+        if self._closing:
+            reading.close()
+            raise _shutting_down()
+        reader = asyncio.ensure_future(reading)
+        self._readers.add(reader)
+        return reader
+
+    async def _ended(self, reader: asyncio.Task[None]) -> None:
+        """Every command the stream started is answered: end the call. Its
+        client's half ended (a read error, if any, is raised), or the server
+        stops (``close`` stopped the reader)."""
+        if reader.cancelled() or (self._closing and not reader.done()):
+            raise _shutting_down()
+        await reader
 
     async def _read(
         self,
@@ -346,6 +378,14 @@ async def _in_turn(before: asyncio.Future[BatchResult] | None, outcome: Awaitabl
 def _forget(waiting: dict[str, asyncio.Future[BatchResult]], aggregate_id: str, done: object) -> None:
     if waiting.get(aggregate_id) is done:
         del waiting[aggregate_id]
+
+
+def _shutting_down() -> StoreUnavailable:
+    return StoreUnavailable(
+        "the server is shutting down; the commands it did not answer did not run here: send them again, with"
+        " their command ids, to any member",
+        reason="SHUTTING_DOWN",
+    )
 
 
 def _one_each(request: pb.SubmitRequest) -> tuple[pb.SubmitRequest]:

@@ -32,7 +32,7 @@ CommandService
 - ``SubmitStream``: each answer names the command id as sent ("" for a
   request without a command), and ``CommandError.retry_after`` is set for
   a refusal worth retrying (ABORTED); a command stream (and a paged one)
-  still open when its server stops ends UNAVAILABLE, the answers it gave
+  still open when its server stops ends UNAVAILABLE SHUTTING_DOWN, the answers it gave
   standing.
 
 EventService
@@ -370,7 +370,8 @@ async def test_a_command_stream_ends_unavailable_when_its_server_stops_and_its_a
             while await call.read() is not grpc.aio.EOF:
                 pass
 
-        assert (await refusal(to_the_end())).code == grpc.StatusCode.UNAVAILABLE
+        ended = await refusal(to_the_end())
+        assert (ended.code, ended.reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
     head = await store.head("acc-1")
     assert head is not None and head.version == 1
 
