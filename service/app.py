@@ -57,7 +57,7 @@ from service.observability.tracing import wanted as tracing_wanted
 from service.plugins.discovery import ENTRY_POINT_GROUP, discover_plugins
 from service.plugins.middleware import Middleware
 from service.plugins.registry import Registry
-from service.principal import Principal
+from service.principal import Principal, reaction_principal
 from service.processing.executor import CommandExecutor
 from service.processing.middleware import Pipeline
 from service.processing.payload_json import payload_json
@@ -455,7 +455,7 @@ async def start(
                 reaction,
                 registry=registry,
                 # As the reaction: the audit, and middleware, see who sent it.
-                submit=partial(reaction_pipeline.submit, principal=Principal(f"reaction:{reaction.name}", "reaction")),
+                submit=partial(reaction_pipeline.submit, principal=reaction_principal(reaction.name)),
                 log=roles.log,
                 documents=roles.projections,
                 reader=executor.loader.reader,

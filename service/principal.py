@@ -29,6 +29,22 @@ class Principal:
 
 ANONYMOUS = Principal("", "anonymous")
 
+# A plugin's reaction sends its commands as ``reaction:<name>`` (the audit
+# records that principal); no credential may stand for a name so spelt, or
+# a caller could pass for a reaction in the audit.
+REACTION_PREFIX = "reaction:"
+
+
+def reaction_principal(name: str) -> Principal:
+    """The principal a reaction's commands run as."""
+    return Principal(f"{REACTION_PREFIX}{name}", "reaction")
+
+
+def reserved(name: str) -> bool:
+    """Whether ``name`` is kept for the server's own principals."""
+    return name.startswith(REACTION_PREFIX)
+
+
 # Set by the authentication interceptor for the duration of one RPC; the RPC
 # runs in one task, so servicers read the caller from here.
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("chronicle_principal", default=ANONYMOUS)

@@ -54,6 +54,7 @@ from service.errors import (
 from service.plugins.projections import ProjectedEvent
 from service.plugins.reactions import MAX_ROUNDS, Reacted, Reaction, Refusal, Send, command_id_for, sends
 from service.plugins.registry import Registry
+from service.principal import REACTION_PREFIX
 from service.processing.commands import CommandRequest, CommandResult
 from service.processing.projections import (
     BATCH_DELAY,
@@ -178,7 +179,7 @@ class ReactionRunner(CheckpointedRunner):
         self.status = ReactionStatus(reaction.name)
         wanted = reaction.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=reaction.aggregate_types, event_types=frozenset(wanted))
-        self._origin = f"reaction:{reaction.name}"
+        self._origin = f"{REACTION_PREFIX}{reaction.name}"
         # Held by each step and by an operator's replay or dismissal: both
         # write the reaction's documents at its checkpoint, one at a time.
         self._lock = asyncio.Lock()

@@ -35,7 +35,7 @@ import jwt
 from cryptography import x509
 
 from service.errors import ConfigurationError, Unauthenticated
-from service.principal import Principal
+from service.principal import REACTION_PREFIX, Principal, reserved
 from service.security.jwt_keys import PublicKey, load_jwt_key
 
 
@@ -87,6 +87,12 @@ class ApiKeys:
             ):
                 raise ConfigurationError(
                     f"{path}: key {number} needs principal, a 64-hex-digit sha256 and optional roles",
+                    reason="BAD_API_KEYS",
+                )
+            if reserved(principal):
+                raise ConfigurationError(
+                    f"{path}: key {number}'s principal {principal!r} starts with {REACTION_PREFIX!r}, which is"
+                    " kept for reactions",
                     reason="BAD_API_KEYS",
                 )
             entries[digest] = ApiKeyEntry(principal, frozenset(str(r) for r in roles))
@@ -243,6 +249,18 @@ class Authenticator:
         end of validity; None for an API key, which holds until it is
         revoked. A stream opened with the credential ends then
         (``service.api.live_streams``)."""
+        principal, until = self._credential(metadata, peer_certificate)
+        if reserved(principal.name):
+            raise Unauthenticated(
+                f"the credential names {principal.name!r}: principals starting with {REACTION_PREFIX!r} are kept"
+                " for the server's reactions",
+                reason="RESERVED_PRINCIPAL",
+            )
+        return principal, until
+
+    def _credential(
+        self, metadata: Mapping[str, str], peer_certificate: bytes | None
+    ) -> tuple[Principal, float | None]:
         header = metadata.get("authorization")
         if header is not None:
             scheme, _, token = header.strip().partition(" ")

@@ -32,6 +32,9 @@ from chronicle.v1 import (
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
 from service.app import Application
+from service.errors import ConfigurationError
+from service.security.credentials import ApiKeys
+from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from tests.support.contents import at_rest
 from tests.support.grpc_client import Client, asking_again_if_lost, command, connect, details_of, running_server
@@ -105,6 +108,26 @@ async def test_an_unknown_api_key_is_unauthenticated(secured: Secured) -> None:
     async with secured.client("chr_not-a-key") as stranger:
         outcome = await refused(stranger.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
     assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "UNKNOWN_API_KEY")
+
+
+async def test_a_token_naming_a_reaction_s_principal_is_unauthenticated_and_audited_as_no_reaction(
+    secured: Secured,
+) -> None:
+    """Reactions send their commands as ``reaction:<name>``, and the audit
+    records that principal: no credential may stand for such a name."""
+    async with secured.as_("reaction:bank.transfers", roles=["teller"]) as impostor:
+        outcome = await refused(impostor.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "RESERVED_PRINCIPAL")
+    assert await secured.store.head("acc-1") is None
+    refusals = await secured.store.read_audit(AuditQuery(principal="reaction:bank.transfers"))
+    assert refusals == []  # the refusal is audited as the unauthenticated caller's, not the reaction's
+
+
+def test_an_api_key_file_naming_a_reaction_s_principal_is_refused(tmp_path: Path) -> None:
+    path = api_key_file(tmp_path / "keys.toml", [("chr_some-key-0123456789abcdef", "reaction:bank.transfers", [])])
+    with pytest.raises(ConfigurationError, match="kept for reactions") as refused_file:
+        ApiKeys.load(path)
+    assert refused_file.value.reason == "BAD_API_KEYS"
 
 
 async def test_authorization_metadata_must_be_a_bearer_token(secured: Secured) -> None:
