@@ -221,6 +221,37 @@ function arrivedOrAfter(signal, ms) {
   );
 }
 
+// How long a consumer that leaves waits for the server to end its stream.
+const LEAVE_TIMEOUT_MS = 5000;
+
+/**
+ * Ends a group consumer's live stream as a consumer leaving: the acks and
+ * nacks written go out first, then the client's half of the call; the
+ * server ends the call (giving the consumer's segments to the others) and
+ * this resolves. A stream the server has not ended within LEAVE_TIMEOUT_MS
+ * is cancelled. Cancelling at once, as before, could drop the acks written
+ * just before (the RST_STREAM overtaking them): their events would come
+ * again to another consumer. The Python client (groups.py) does the same.
+ */
+function leave(stream) {
+  if (stream.leaving === undefined) {
+    stream.leaving = new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        stream.cancel();
+        resolve();
+      }, LEAVE_TIMEOUT_MS);
+      stream.ended.then(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      stream.on('error', () => {}); // its status is what ends the wait
+      stream.resume(); // deliveries still coming are not wanted: read on to the status
+      stream.end();
+    });
+  }
+  return stream.leaving;
+}
+
 /** Waits before attempt `attempt + 1`, after `refusal` ended attempt `attempt`. */
 function backoff(attempt, refusal) {
   const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
@@ -816,9 +847,11 @@ export class ChronicleClient {
     const groups = this.groups;
     const state = { closed: false, member: '', stream: null };
     const open = () => {
-      state.stream = groups.Consume();
-      state.stream.write({ start: { group, consumer, max_in_flight: maxInFlight } });
-      return state.stream;
+      const stream = groups.Consume();
+      stream.ended = new Promise((resolve) => stream.once('status', resolve));
+      stream.write({ start: { group, consumer, max_in_flight: maxInFlight } });
+      state.stream = stream;
+      return stream;
     };
     // An ack or nack goes on the stream that delivered the event; one for a
     // broken stream is dropped: its events are delivered again anyway.
@@ -831,14 +864,18 @@ export class ChronicleClient {
       while (!state.closed) {
         const stream = open();
         const send = sender(stream);
+        let live = true; // the call has not ended: leaving it ends it gracefully
         try {
-          for await (const message of stream) {
+          // Not destroyed when the caller leaves the loop: the acks written
+          // go out before the call ends (leave).
+          for await (const message of stream.iterator({ destroyOnReturn: false })) {
             stale = 0;
             if (message.kind === 'joined') {
               state.member = message.joined.consumer;
               continue;
             }
             for (const delivery of message.deliveries.deliveries) {
+              if (state.closed) return; // left: what came after is the other consumers' now
               const event = decodeEvent(delivery.event);
               yield {
                 event,
@@ -849,8 +886,10 @@ export class ChronicleClient {
               };
             }
           }
+          live = false;
           return;
         } catch (error) {
+          live = false;
           if (state.closed) return;
           const refusal = new ChronicleError(error);
           if (client.#staleToken(refusal)) {
@@ -861,7 +900,8 @@ export class ChronicleClient {
           }
         } finally {
           if (state.stream === stream) state.stream = null;
-          stream.cancel();
+          if (live) await leave(stream);
+          else stream.cancel();
         }
         await new Promise((resolve) => setTimeout(resolve, reconnectDelaySeconds * 1000));
       }
@@ -871,13 +911,11 @@ export class ChronicleClient {
       get member() {
         return state.member;
       },
+      /** Leaves the group; resolves once the server ended the stream (its acks counted). */
       close() {
-        if (state.closed) return;
         state.closed = true;
         const stream = state.stream;
-        if (stream === null) return;
-        stream.end(); // the server ends the stream and gives this consumer's segments to the others
-        stream.cancel();
+        return stream === null ? Promise.resolve() : leave(stream);
       },
     };
   }

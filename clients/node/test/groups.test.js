@@ -184,3 +184,78 @@ test('the group example run by hand prints a refusal by its code and reason', as
     standIn.stop();
   }
 });
+
+/**
+ * A stand-in group server: one consumer's stream gets `count` deliveries;
+ * it records, in order, the acks and the client's end of its half of the
+ * call (then it ends the call, OK, as Chronicle does). (grpc-js reports
+ * 'cancelled' on the server for every call that closes, so that tells
+ * nothing.)
+ */
+async function standInGroup(count) {
+  const seen = [];
+  const standIn = await standInServer(services.SubscriptionGroupService, {
+    Consume(call) {
+      call.on('data', (request) => {
+        if (request.ack) seen.push(...request.ack.event_ids.map((id) => `ack ${id}`));
+      });
+      call.on('end', () => {
+        seen.push('end');
+        call.end();
+      });
+      call.on('error', () => {});
+      call.write({ joined: { consumer: 'worker-1', segments: 1 } });
+      const deliveries = Array.from({ length: count }, (_, n) => ({
+        event: {
+          event_id: `event-${n + 1}`,
+          aggregate_id: `acc-${n + 1}`,
+          aggregate_type: 'Account',
+          version: 1,
+          position: n + 1,
+          event_type: 'bank.v1.MoneyDeposited',
+          payload: pack('bank.v1.MoneyDeposited', { amount: 5 }),
+        },
+        attempt: 1,
+      }));
+      call.write({ deliveries: { deliveries } });
+    },
+  });
+  return { ...standIn, seen };
+}
+
+test('a consumer that leaves its loop right after an ack ends its stream gracefully: the ack counts', async () => {
+  const group = await standInGroup(3);
+  const client = new ChronicleClient(group.address);
+  try {
+    const worker = client.consume('billing', 'worker-1');
+    let handled = 0;
+    for await (const delivery of worker.deliveries) {
+      delivery.ack();
+      handled += 1;
+      if (handled === 3) break; // the last ack written, then the loop left at once
+    }
+    // Leaving the loop waited for the server to end the stream: every ack
+    // reached it, then the end of the client's half (not a cancellation).
+    assert.deepEqual(group.seen, ['ack event-1', 'ack event-2', 'ack event-3', 'end']);
+  } finally {
+    client.close();
+    group.stop();
+  }
+});
+
+test('close() sends the acks made, ends the stream, and resolves once the server ended it', async () => {
+  const group = await standInGroup(2);
+  const client = new ChronicleClient(group.address);
+  try {
+    const worker = client.consume('billing', 'worker-1');
+    const deliveries = worker.deliveries[Symbol.asyncIterator]();
+    const first = await deliveries.next();
+    first.value.ack();
+    await worker.close();
+    assert.deepEqual(group.seen, ['ack event-1', 'end']);
+    assert.equal((await deliveries.next()).done, true); // the loop ends
+  } finally {
+    client.close();
+    group.stop();
+  }
+});
