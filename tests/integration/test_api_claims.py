@@ -47,7 +47,8 @@ ProjectionService
   reach (above 2^63 - 1) are POSITION_BEYOND_END, as ``ReadAggregate`` is
   (they were INVALID_POSITION);
 - ``ListDocuments``' ``page_size`` 0 means 100; ``ListParkedEvents``'
-  ``page_size`` is at most 1000 (PAGE_SIZE_TOO_LARGE).
+  ``page_size`` is at most 1000 (PAGE_SIZE_TOO_LARGE); a malformed
+  projection name or key is INVALID_PROJECTION / INVALID_KEY.
 
 ReactionService
 - ``ListParkedCommands``: oldest first, ``parked_at_us`` in microseconds
@@ -60,7 +61,9 @@ ClusterService
 SubscriptionGroupService
 - a consumer's name starts with a letter or digit (BAD_CONSUMER_NAME), of
   1 to 100 characters;
-- ``ListGroups`` lists the groups by name.
+- ``ListGroups`` lists the groups by name;
+- ``ListParked``'s ``after_position`` past 2^63-1 is INVALID_POSITION;
+- an event nacked without a reason is parked with the reason "NACKED".
 
 Where a test waits, it waits for an outcome (``eventually``); the bounds
 only make a broken build fail rather than hang."""
@@ -69,7 +72,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -556,3 +559,50 @@ async def test_groups_are_listed_by_name(client: Client) -> None:
         await stub.CreateGroup(groups.CreateGroupRequest(name=name), timeout=10)
     listed = await stub.ListGroups(groups.ListGroupsRequest(), timeout=10)
     assert [g.name for g in listed.groups] == ["alpha", "beta", "gamma"]
+
+
+async def test_a_document_read_refuses_a_malformed_projection_name_or_key(client: Client) -> None:
+    for projection, key, reason, field in (
+        ("", "owner:ann", "INVALID_PROJECTION", "projection"),
+        ("bad\x00name", "owner:ann", "INVALID_PROJECTION", "projection"),
+        (BALANCES, "", "INVALID_KEY", "key"),
+        (BALANCES, "k" * 201, "INVALID_KEY", "key"),
+        (BALANCES, "owner:\x07", "INVALID_KEY", "key"),
+    ):
+        call = client.projections.GetDocument(pj.GetDocumentRequest(projection=projection, key=key), timeout=10)
+        assert said(await refusal(call)) == (INVALID, reason, [field]), (projection, key)
+
+
+async def test_parked_events_of_a_group_after_a_position_past_2_63_are_invalid_position(client: Client) -> None:
+    stub = groups_grpc.SubscriptionGroupServiceStub(client.channel)
+    await stub.CreateGroup(groups.CreateGroupRequest(name="g"), timeout=10)
+    await stub.ListParked(groups.ListParkedRequest(group="g", after_position=2**63 - 1), timeout=10)
+    call = stub.ListParked(groups.ListParkedRequest(group="g", after_position=2**63), timeout=10)
+    assert said(await refusal(call)) == (INVALID, "INVALID_POSITION", ["after_position"])
+
+
+async def test_an_event_nacked_without_a_reason_is_parked_as_nacked(client: Client) -> None:
+    stub = groups_grpc.SubscriptionGroupServiceStub(client.channel)
+    await stub.CreateGroup(groups.CreateGroupRequest(name="g", max_delivery_attempts=1), timeout=10)
+    await open_accounts(client, ["acc-1"])
+    call = stub.Consume(timeout=10)
+    try:
+        await call.write(groups.ConsumeRequest(start=groups.ConsumeStart(group="g", consumer="w")))
+        while not (response := await call.read()).HasField("deliveries"):
+            pass
+        (delivery,) = response.deliveries.deliveries
+        await call.write(groups.ConsumeRequest(nack=groups.Nack(event_ids=[delivery.event.event_id])))
+
+        async def parked() -> list[groups.GroupParkedEvent]:
+            listed = await stub.ListParked(groups.ListParkedRequest(group="g"), timeout=10)
+            return list(listed.parked)
+
+        await eventually(lambda: _nonempty(parked()), what="the nacked event parked")
+    finally:
+        call.cancel()
+    (event,) = await parked()
+    assert (event.event_id, event.reason) == (delivery.event.event_id, "NACKED")
+
+
+async def _nonempty(listing: Awaitable[list[Any]]) -> bool:
+    return bool(await listing)
