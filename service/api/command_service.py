@@ -203,10 +203,11 @@ class CommandService(pb_grpc.CommandServiceServicer):
         return reader
 
     async def _ended(self, reader: asyncio.Task[None]) -> None:
-        """Every command the stream started is answered: end the call. Its
-        client's half ended (a read error, if any, is raised), or the server
-        stops (``close`` stopped the reader)."""
-        if reader.cancelled() or (self._closing and not reader.done()):
+        """Every command the stream started is answered (the reader closed
+        the window as it ended): end the call. Its client's half ended (a
+        read error, if any, is raised), or the server stops (``close``
+        cancelled the reader)."""
+        if reader.cancelled():
             raise _shutting_down()
         await reader
 
