@@ -168,18 +168,9 @@ class CommandStream:
                 try:
                     message = await self._next_message(pump, writer)
                 except _Unanswered as stalled:
-                    wait = self._retry.delay(attempt, stalled.error)
-                    if wait is None:
-                        raise stalled.error from None
-                    log.info(
-                        "command stream unanswered for %.1fs with %d commands waiting; opening it again in %.3fs",
-                        self._answer_timeout,
-                        self._outstanding(),
-                        wait,
-                    )
-                    await asyncio.sleep(wait)
-                    attempt += 1
-                    await self._reopen(stalled.error)
+                    # Never a fresh start, however long the call was open: a
+                    # server that never answers spends the attempts.
+                    attempt = await self._reopen_after(attempt, stalled.error, None)
                     continue
                 except grpc.aio.AioRpcError as failed:
                     if status_lost(failed) and lost < _MAX_LOST_STATUSES:
@@ -192,21 +183,9 @@ class CommandStream:
                         self._method.paged = False
                         await self._reopen(None)  # the same server, only older: nothing broke
                         continue
-                    cause, error = failed, remote_error(failed)
                     if time.monotonic() - self._opened_at >= self._retry.renew_after:
                         attempt = 1  # the call lived (a token's expiry, a connection's age): start afresh
-                    wait = self._retry.delay(attempt, error)
-                    if wait is None:
-                        raise error from cause
-                    log.info(
-                        "command stream broke with %s; %d commands to send again in %.3fs",
-                        error,
-                        len(self._pending) - self._unsent,
-                        wait,
-                    )
-                    await asyncio.sleep(wait)
-                    attempt += 1
-                    await self._reopen(error)
+                    attempt = await self._reopen_after(attempt, remote_error(failed), failed)
                     continue
                 if message is grpc.aio.EOF:
                     if self._pending:
@@ -224,6 +203,19 @@ class CommandStream:
             finally:
                 if self._call is not None:
                     self._call.cancel()
+
+    async def _reopen_after(self, attempt: int, error: RemoteError, cause: BaseException | None) -> int:
+        """After ``error`` broke attempt ``attempt``: wait the retry
+        policy's delay and open the call again, its pending commands sent
+        again; the next attempt's number. Raise ``error`` once the policy
+        gives up."""
+        wait = self._retry.delay(attempt, error)
+        if wait is None:
+            raise error from cause
+        log.info("command stream broke with %s; %d commands to send again in %.3fs", error, self._outstanding(), wait)
+        await asyncio.sleep(wait)
+        await self._reopen(error)
+        return attempt + 1
 
     def _result(self, response: command_service_pb2.SubmitStreamResponse) -> StreamResult:
         if len(self._pending) <= self._unsent:

@@ -27,7 +27,7 @@ from chronicle.v1 import (
     command_service_pb2_grpc,
 )
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.client import ChronicleClient, Command, RetryPolicy
+from service.client import ChronicleClient, Command, DeadlineExceeded, RetryPolicy
 from service.client.streaming import CommandStream
 
 FAST = RetryPolicy(initial_backoff=0.02, max_backoff=0.2, max_attempts=5)
@@ -101,6 +101,21 @@ async def test_a_stream_its_server_stopped_answering_is_opened_again_and_its_com
     assert stand_in.calls == 2
     ids = [c.command_id for c in commands]
     assert stand_in.received == ids + ids  # the same commands, the same ids, again
+
+
+async def test_a_server_that_never_answers_spends_the_attempts_however_long_each_call_was_open() -> None:
+    """An unanswered call never counts as one that lived (``renew_after``):
+    the stream raises DeadlineExceeded once the policy's attempts are spent."""
+    stand_in = StandIn(hung_calls=1_000)
+    twice = RetryPolicy(initial_backoff=0.02, max_backoff=0.2, max_attempts=2, renew_after=TIMEOUT / 5)
+    async with (
+        serving(stand_in) as address,
+        ChronicleClient.connect(address, retry=twice, attempt_timeout=TIMEOUT) as client,
+    ):
+        async with asyncio.timeout(20):  # were each call counted as one that lived: for ever
+            with pytest.raises(DeadlineExceeded, match="no answer on the command stream"):
+                [result async for result in client.submit_stream(deposits(2))]
+    assert stand_in.calls == 2
 
 
 async def test_without_an_attempt_timeout_the_stream_waits() -> None:
