@@ -601,6 +601,7 @@ export class ChronicleClient {
               await arrivedOrAfter(arrived, left);
               continue;
             }
+            stream.unanswered = true;
             stream.outcome = {
               code: grpc.status.DEADLINE_EXCEEDED,
               details: `no answer on the command stream for ${answerTimeoutMs / 1000} s with ${outstanding} commands waiting`,
@@ -624,8 +625,10 @@ export class ChronicleClient {
             client.#staleToken(refusal); // the next call asks the token function again
           // A call that lived (a token's expiry, a connection's age ended
           // it) is not a retry of the same failure: an idle stream that
-          // servers end now and then is reopened every time.
-          if (Date.now() - stream.openedAt >= renewAfterSeconds * 1000) attempt = 1;
+          // servers end now and then is reopened every time. One left
+          // unanswered never lived: a server that never answers spends the
+          // attempts (as in the Python client).
+          if (!stream.unanswered && Date.now() - stream.openedAt >= renewAfterSeconds * 1000) attempt = 1;
           if (!retryable || attempt >= maxAttempts) throw refusal;
           await backoff(attempt, refusal);
           attempt += 1;

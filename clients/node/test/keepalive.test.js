@@ -256,6 +256,24 @@ test('a command stream its server stopped answering is opened again, its command
   }
 });
 
+test('a server that never answers spends the attempts, however long each call was open', { timeout: 15_000 }, async () => {
+  const replica = await standInStreams(1_000);
+  const client = new ChronicleClient(replica.address, { attemptTimeoutSeconds: PING });
+  try {
+    const stream = client.submitStream(deposits(2), { maxAttempts: 2, renewAfterSeconds: PING / 5 });
+    await assert.rejects(
+      (async () => {
+        for await (const _ of stream) assert.fail('no result was expected');
+      })(),
+      (error) => error.code === 'DEADLINE_EXCEEDED' && /no answer on the command stream/.test(error.message),
+    );
+    assert.equal(replica.calls, 2);
+  } finally {
+    client.close();
+    replica.stop();
+  }
+});
+
 test('a routed lane whose member stopped answering moves to another member, marked down', { timeout: 15_000 }, async () => {
   let a;
   let b;
