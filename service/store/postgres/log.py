@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import attrgetter
+from operator import attrgetter, itemgetter
+from typing import Any
 
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
@@ -36,7 +37,8 @@ class LogRole:
         events = tuple(in_order(list(map(event_from_row, page)), _position))
         # Cut by size when the last event's running total reached the limit
         # (the next one, if any, was left out); "full" only says more may follow.
-        full = len(events) == limit or (bool(events) and page[-1][-2] >= budget)
+        # The last event's total is the page's largest, whatever the rows' order.
+        full = len(events) == limit or (bool(events) and max(map(_through, page)) >= budget)
         return log_page(events, head=head, after_position=after_position, full=full)
 
     async def log_head(self) -> int:
@@ -95,3 +97,5 @@ def page_conditions(after_position: int, log_filter: LogFilter) -> tuple[Conditi
 
 # The key of the order check (attrgetter: in C, as the check is).
 _position: Callable[[RecordedEvent], int] = attrgetter("position")
+# A row's running total of sizes (the column before the log's end).
+_through: Callable[[tuple[Any, ...]], int] = itemgetter(-2)
