@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import platform
 import sys
+import tracemalloc
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -25,6 +26,7 @@ from service.processing.memory import release_free_memory
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import AggregateLoader
+from service.processing.worker import AggregateWorker
 from service.store.base import Store, StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent, Snapshot
@@ -316,4 +318,46 @@ async def test_a_mass_eviction_gives_the_workers_table_back() -> None:
     assert sys.getsizeof(router._workers) < peak / 100
     # and the router goes on serving
     assert (await router.submit(request("acc-7", bank.Deposit(amount=1)))).version == 2
+    await router.close()
+
+
+async def test_an_idle_worker_holds_its_cached_state_and_no_queue() -> None:
+    # Most cached aggregates are idle, so what an idle worker keeps besides its
+    # state is paid per aggregate in memory: no command queue (an empty deque
+    # is 760 bytes, more than the worker and its state's value together).
+    router = router_over(MemoryStore(), idle_timeout=3600)
+    count = 2000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        await asyncio.gather(*(router.submit(request(f"acc-{i}", bank.OpenAccount(owner="ann"))) for i in range(count)))
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert router.live_workers == count
+    assert all(not worker.busy and worker.depth == 0 for worker in router._workers.values())
+    worker_file = [tracemalloc.Filter(True, sys.modules[AggregateWorker.__module__].__file__ or "")]
+    held = sum(
+        stat.size_diff
+        for stat in after.filter_traces(worker_file).compare_to(before.filter_traces(worker_file), "filename")
+    )
+    assert held / count < 100, f"{held / count:.0f} bytes per idle worker"
+    # and an idle worker takes a command as before
+    assert (await router.submit(request("acc-7", bank.Deposit(amount=1)))).version == 2
+    await router.close()
+
+
+async def test_a_worker_keeps_no_finished_snapshot_save() -> None:
+    store: Any = ObservedStore(MemoryStore())
+    router = router_over(store, snapshots=SnapshotPolicy())  # bank_account snapshots every 100
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    for _ in range(99):
+        await router.submit(request("acc-1", bank.Deposit(amount=2)))
+    worker = router._workers["acc-1"]
+    saving = worker._saving
+    assert saving is not None  # the save at version 100 was started
+    await asyncio.wait((saving,))
+    await asyncio.sleep(0)  # its done callbacks
+    assert (await store.load_snapshot("acc-1")) is not None
+    assert worker._saving is None
     await router.close()
