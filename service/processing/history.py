@@ -11,10 +11,12 @@ fewer than ``limit`` events is the last.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from service.errors import AggregateDeleted, AggregateNotFound, VersionNotReached
+from service.processing.overlap import started
 from service.processing.state import Aggregate, AggregateLoader
 from service.store.base import AggregateQuery, EventRecorder
 from service.store.records import RecordedEvent, is_tombstone
@@ -64,30 +66,32 @@ class History:
             backwards=wanted.backwards,
         )
         sent = 0
-        while True:
+        ahead: asyncio.Future[list[RecordedEvent]] | None = None
+        try:
             page = await self._store.read_aggregate(aggregate_id, query)
-            out: list[RecordedEvent] = []
-            reached_limit = False
-            for stored in page:
-                if wanted.limit is not None and sent >= wanted.limit:
-                    reached_limit = True  # only ever between stored versions
-                    break
-                current = [e for e in reader.records(stored) if _matches(e, wanted)]
-                out.extend(reversed(current) if wanted.backwards else current)
-                sent += len(current)
-            if out:
-                yield out
-            if reached_limit or len(page) < PAGE:
-                return
-            last = page[-1].version
-            if wanted.backwards:
-                if last <= 1:
+            while True:
+                out: list[RecordedEvent] = []
+                reached_limit = False
+                for stored in page:
+                    if wanted.limit is not None and sent >= wanted.limit:
+                        reached_limit = True  # only ever between stored versions
+                        break
+                    current = [e for e in reader.records(stored) if _matches(e, wanted)]
+                    out.extend(reversed(current) if wanted.backwards else current)
+                    sent += len(current)
+                following = None if reached_limit or len(page) < PAGE else _following(query, page[-1].version)
+                if following is not None:
+                    # More may follow: read it while this page is sent.
+                    query = following
+                    ahead = await started(self._store.read_aggregate(aggregate_id, query))
+                if out:
+                    yield out
+                if ahead is None:
                     return
-                query = AggregateQuery(
-                    to_version=last - 1, origin=query.origin, event_types=stored_types, limit=PAGE, backwards=True
-                )
-            else:
-                query = AggregateQuery(from_version=last + 1, origin=query.origin, event_types=stored_types, limit=PAGE)
+                page, ahead = await ahead, None
+        finally:
+            if ahead is not None:
+                ahead.cancel()
 
     async def state(self, aggregate_id: str, *, at_version: int | None = None) -> Aggregate:
         """The aggregate as of ``at_version`` (None: now)."""
@@ -109,6 +113,17 @@ class History:
         if version == 0:
             raise AggregateNotFound(aggregate_id, at_time=shown_as or str(timestamp_us))
         return await self.state(aggregate_id, at_version=version)
+
+
+def _following(query: AggregateQuery, last: int) -> AggregateQuery | None:
+    """The page after a full one ending at version ``last``; None: none."""
+    if not query.backwards:
+        return AggregateQuery(from_version=last + 1, origin=query.origin, event_types=query.event_types, limit=PAGE)
+    if last <= 1:
+        return None
+    return AggregateQuery(
+        to_version=last - 1, origin=query.origin, event_types=query.event_types, limit=PAGE, backwards=True
+    )
 
 
 def _matches(event: RecordedEvent, wanted: EventRange) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -13,10 +15,10 @@ from service.errors import AggregateNotFound, VersionNotReached
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.processing.history import History
+from service.processing.history import EventRange, History
 from service.processing.router import Router
 from service.processing.state import AggregateLoader
-from service.store.base import Store
+from service.store.base import AggregateQuery, Store
 from service.store.memory import MemoryStore
 from tests.support.instrumented import ObservedStore
 
@@ -82,3 +84,61 @@ async def test_a_version_older_than_every_kept_snapshot_is_replayed_from_the_fir
         aggregate = await reader.state("acc-1", at_version=version)
         assert aggregate.state == bank.Account(owner="ann", balance=balance_at(version))
         assert store.events_read == events_read
+
+
+class CountedReads:
+    """The store's ``read_aggregate``, counting the reads started."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self.started = 0
+
+    def read_aggregate(self, aggregate_id: str, query: AggregateQuery) -> Any:
+        self.started += 1
+        return self._store.read_aggregate(aggregate_id, query)
+
+
+async def twelve_hundred_events() -> tuple[History, CountedReads]:
+    store = MemoryStore()
+    router = Router(CommandExecutor(Store.of(store), REGISTRY))
+    spec = REGISTRY.command("bank.v1.OpenAccount")
+    assert spec is not None
+    await router.submit(CommandRequest(str(uuid.uuid4()), "acc-1", spec, bank.OpenAccount(owner="ann")))
+    for _ in range(1199):
+        await router.submit(deposit(1))
+    await router.close()
+    counted = CountedReads(store)
+    return History(counted, AggregateLoader(Store.of(store), REGISTRY)), counted  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backwards", [False, True], ids=["forwards", "backwards"])
+async def test_the_next_page_of_an_aggregate_is_read_while_this_one_is_sent(backwards: bool) -> None:
+    history, reads = await twelve_hundred_events()
+    versions: list[int] = []
+    started_when_handed = []
+    async for page in history.pages("acc-1", EventRange(backwards=backwards)):
+        started_when_handed.append(reads.started)
+        versions.extend(event.version for event in page)
+    # Pages of 500: the second read is under way when the first page is
+    # handed over, the third with the second; the last, short, starts none.
+    assert started_when_handed == [2, 3, 3]
+    assert versions == (list(range(1200, 0, -1)) if backwards else list(range(1, 1201)))
+
+
+async def test_a_read_that_ends_within_its_page_reads_nothing_ahead() -> None:
+    history, reads = await twelve_hundred_events()
+    pages = [page async for page in history.pages("acc-1", EventRange(limit=10))]
+    assert [event.version for page in pages for event in page] == list(range(1, 11))
+    assert reads.started == 1
+
+
+async def test_a_reader_that_stops_early_leaves_no_read_running() -> None:
+    history, reads = await twelve_hundred_events()
+    before = asyncio.all_tasks()
+    pages = history.pages("acc-1", EventRange())
+    assert isinstance(pages, AsyncGenerator)
+    first = await anext(pages)
+    assert len(first) == 500 and reads.started == 2
+    await pages.aclose()  # the client went away after one page
+    await asyncio.sleep(0)
+    assert all(task.done() for task in asyncio.all_tasks() - before)
