@@ -40,11 +40,13 @@ import service
 from chronicle.v1 import command_service_pb2 as pb
 from domain_plugins import box
 from domain_plugins.box.protos.box.v1 import box_pb2
+from service.errors import ConcurrencyConflict, InvalidInput
 from service.plugins.registry import Registry
 from service.store.base import SnapshotKind
 from service.store.postgres import PostgresStore, sql
 from service.store.postgres.connection import PipelinedConnection, Statement
 from service.store.postgres.database import session_options
+from service.store.postgres.group_commit import Append
 from service.store.postgres.log import log_page_statements
 from service.store.records import DocumentWrite, LogFilter, Snapshot
 from tests.support.events import new_event
@@ -320,3 +322,33 @@ async def test_a_log_page_whose_rows_come_out_of_order_is_sorted_and_still_knows
     read_log = sql.read_log
     monkeypatch.setattr(sql, "read_log", lambda *a, **k: read_log(*a, **k) + " ORDER BY w.position DESC")
     assert await page() == as_planned
+
+
+async def test_a_refused_batch_is_not_sent_again_before_the_read_that_names_its_culprits(
+    postgres_store: PostgresStore, operations: Operations
+) -> None:
+    await postgres_store.append("stale", [new_event()], 0)
+    operations.sent.clear()
+    batch = [Append(f"b-{n}", [new_event()], 0, ()) for n in range(4)] + [Append("stale", [new_event()], 0, ())]
+    outcomes = await postgres_store._appends.write(batch)
+    assert all(isinstance(o, list) for o in outcomes[:4]), outcomes
+    assert isinstance(outcomes[4], ConcurrencyConflict)
+    # The refused batch, the one read, the innocent appends together: the
+    # batch as it was would only be refused again.
+    sent = [sent.statements for sent in operations.sent]
+    assert sent == [(sql.APPEND_BATCH.encode(),), (sql.DIAGNOSE.encode(),), (sql.APPEND_BATCH.encode(),)]
+
+
+async def test_a_batch_holding_a_value_postgresql_cannot_store_goes_one_append_at_a_time_at_once(
+    postgres_store: PostgresStore, operations: Operations
+) -> None:
+    batch = [Append(f"c-{n}", [new_event()], 0, ()) for n in range(3)]
+    batch.insert(1, Append("nul", [new_event(metadata={"note": "a\x00b"})], 0, ()))
+    before = postgres_store._appends.alone
+    outcomes = await postgres_store._appends.write(batch)
+    assert isinstance(outcomes[1], InvalidInput) and outcomes[1].reason == "UNSTORABLE_VALUE"
+    assert all(isinstance(outcomes[i], list) for i in (0, 2, 3)), outcomes
+    # The batch once, then each append on its own: no second try of the
+    # whole batch, which the same value would fail again.
+    assert len(operations.sent) == 1 + len(batch)
+    assert postgres_store._appends.alone - before == len(batch)

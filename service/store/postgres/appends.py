@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 
 from psycopg.pq.abc import PGresult
@@ -196,19 +196,24 @@ class AppendWriter:
                 written.set_result(list(outcomes))
             return
         meaning = translation(error, "append")
-        # Refused, or rolled back as a deadlock's victim (nothing of it
-        # written): settling sends it again through Database.run, which
-        # retries a rollback, and blames whichever appends were at fault.
-        if (
-            isinstance(meaning, Refused | UniqueViolation)
-            or rolled_back(error)
-            or (isinstance(meaning, InvalidInput) and len(batch) > 1)
-        ):
-            task = asyncio.get_running_loop().create_task(self._settle(batch))
-            task.add_done_callback(partial(_relay, written))
+        # Nothing of the batch was written. Rolled back as a deadlock's
+        # victim: settling sends it again through Database.run, which retries
+        # a rollback. Refused (a stale version, a command id seen before):
+        # the same batch would be refused again, so settling starts with the
+        # read that names the appends at fault. A value PostgreSQL cannot
+        # store: each append goes alone, and the one at fault hears it.
+        if rolled_back(error):
+            settling = self._settle(batch, refused=False)
+        elif isinstance(meaning, Refused | UniqueViolation):
+            settling = self._settle(batch, refused=True)
+        elif isinstance(meaning, InvalidInput) and len(batch) > 1:
+            settling = self._each_alone(batch, range(len(batch)), {})
+        else:
+            if not written.done():
+                written.set_exception(meaning if meaning is not None else error)
             return
-        if not written.done():
-            written.set_exception(meaning if meaning is not None else error)
+        task = asyncio.get_running_loop().create_task(settling)
+        task.add_done_callback(partial(_relay, written))
 
     def _committed(self, batch: Sequence[Append], results: list[PGresult]) -> list[list[RecordedEvent]]:
         first_position = int(results[0].get_value(0, 0) or b"0")
@@ -216,24 +221,27 @@ class AppendWriter:
         self._db.commits.notify(first_position + sum(len(a.events) for a in batch) - 1)
         return appended
 
-    async def _settle(self, batch: Sequence[Append]) -> list[Outcome]:
-        """After a refused batch: blame the appends at fault, write the rest."""
+    async def _settle(self, batch: Sequence[Append], *, refused: bool) -> list[Outcome]:
+        """After a batch that wrote nothing: blame the appends at fault,
+        write the rest. ``refused``: it was refused (not rolled back), so
+        the first step is the read that names the culprits, not a resend."""
         outcomes: dict[int, Outcome] = {}
         pending = list(range(len(batch)))
         alone: list[int] = []
-        for _ in range(3):
+        for attempt in range(3):
             chosen = [batch[i] for i in pending]
-            try:
-                results = await self._db.run("append", [append_statement(chosen, json_of=self._json_of)])
-            except (Refused, UniqueViolation):
-                pass
-            except InvalidInput:
-                break  # a value PostgreSQL cannot store: the precise path names the append
-            else:
-                for i, events in zip(pending, self._committed(chosen, results), strict=True):
-                    outcomes[i] = events
-                pending = []
-                break
+            if attempt > 0 or not refused:
+                try:
+                    results = await self._db.run("append", [append_statement(chosen, json_of=self._json_of)])
+                except (Refused, UniqueViolation):
+                    pass
+                except InvalidInput:
+                    break  # a value PostgreSQL cannot store: the precise path names the append
+                else:
+                    for i, events in zip(pending, self._committed(chosen, results), strict=True):
+                        outcomes[i] = events
+                    pending = []
+                    break
             current, recorded_ids = await self._diagnose(chosen)
             still = []
             for i in pending:
@@ -249,7 +257,14 @@ class AppendWriter:
             if still == pending:
                 break  # nothing to blame (a race with another replica): each goes alone
             pending = still
-        for i in [*alone, *pending]:
+        return await self._each_alone(batch, [*alone, *pending], outcomes)
+
+    async def _each_alone(
+        self, batch: Sequence[Append], indexes: Iterable[int], outcomes: dict[int, Outcome]
+    ) -> list[Outcome]:
+        """The appends at ``indexes`` on the precise path, one at a time;
+        every append's outcome (``outcomes`` holds the others')."""
+        for i in indexes:
             self.alone += 1
             append = batch[i]
             try:
