@@ -170,12 +170,17 @@ class Console:
 
     def _post_allowed(self, request: Request, session: Session | None) -> bool:
         # The console's own origin, always: a form that names none is refused, as the login is.
-        origin = request.headers.get("origin")
-        if origin is None or origin.partition("://")[2] != request.headers.get("host", ""):
+        if not self._own_origin(request):
             return False
         if session is None:  # auth off: no cookie to ride on; the origin check stands
             return True
         return same_token(request.form.get("csrf_token", ""), session.csrf_token)
+
+    def _own_origin(self, request: Request) -> bool:
+        """The request's Origin is this console: its scheme (https when it
+        serves TLS) and the host and port the request was addressed to."""
+        scheme = "https" if self._secure_cookie else "http"
+        return request.headers.get("origin") == f"{scheme}://{request.headers.get('host', '')}"
 
     async def _route(self, request: Request, session: Session | None, principal: Principal) -> Response:
         path = request.path
@@ -297,8 +302,7 @@ class Console:
             return Response(200, _login_page().encode())
         if request.method != "POST":
             return _plain(405, "method not allowed")
-        origin = request.headers.get("origin")
-        if origin is None or origin.partition("://")[2] != request.headers.get("host", ""):
+        if not self._own_origin(request):
             return _plain(403, "this form did not come from this console")
         credential = request.form.get("credential", "").strip()
         try:

@@ -40,6 +40,7 @@ from service.security.policy import Authorizer
 from service.store.base import EventRecorder, LogReader
 
 PAGE_SIZE = 50
+PARKED_PAGE_SIZE = 100  # a group's parked events, a page at a time (by position)
 EVENTS_PER_PAGE = 100
 TAIL_BACKLOG = 50
 # The servicers take gRPC's context and do not use it on these paths.
@@ -130,6 +131,10 @@ async def log_page(parts: Parts, query: dict[str, str]) -> tuple[str, list[Conte
         last_seen = batch[-1].aggregate_id
         if len(shown) >= PAGE_SIZE:
             break
+    # The next page starts after the last aggregate shown on a full page, or,
+    # when the bounded scan gave up short of one, after the last one it read:
+    # a run of aggregates the caller may not read never ends the listing.
+    resume_after = shown[PAGE_SIZE - 1].aggregate_id if len(shown) >= PAGE_SIZE else last_seen
     shown = shown[:PAGE_SIZE]
     head = await parts.log.log_head()
     search = tag(
@@ -145,8 +150,8 @@ async def log_page(parts: Parts, query: dict[str, str]) -> tuple[str, list[Conte
         for a in shown
     ]
     more: list[Content] = []
-    if shown and not exhausted:
-        more.append(link(url("/log", q=prefix, after=shown[-1].aggregate_id), "Next page →", class_="next"))
+    if not exhausted:
+        more.append(link(url("/log", q=prefix, after=resume_after), "Next page →", class_="next"))
     return "Log", [
         tag("p", f"The log's head is at position {head}.", class_="summary"),
         search,
@@ -404,7 +409,10 @@ async def groups_page(parts: Parts) -> tuple[str, list[Content]]:
 async def group_page(parts: Parts, name: str, query: dict[str, str], csrf_token: str) -> tuple[str, list[Content]]:
     # ListParked first: it refuses a group that does not exist or that the
     # caller may not consume, as the RPC does.
-    parked = await parts.groups.ListParked(groups_pb.ListParkedRequest(group=name, limit=100), _NO_CONTEXT)
+    after = _number(query.get("after", ""), default=0)
+    parked = await parts.groups.ListParked(
+        groups_pb.ListParkedRequest(group=name, after_position=after, limit=PARKED_PAGE_SIZE), _NO_CONTEXT
+    )
     listed = await parts.groups.ListGroups(groups_pb.ListGroupsRequest(), _NO_CONTEXT)
     admin = parts.authorizer.grant(current_principal.get()).admin
     content: list[Content] = []
@@ -461,6 +469,9 @@ async def group_page(parts: Parts, name: str, query: dict[str, str], csrf_token:
     headings = ["position", "aggregate", "event id", "attempts", "last reason"]
     content.append(tag("h2", "Parked events"))
     content.append(table(headings + ([""] if admin else []), rows, empty="none parked", id="parked"))
+    if len(parked.parked) == PARKED_PAGE_SIZE:
+        following = url("/groups/" + segment(name), after=parked.parked[-1].position)
+        content.append(link(following, "Next page →", class_="next"))
     return name, content
 
 

@@ -432,6 +432,42 @@ async def test_groups_show_the_events_acknowledged_and_each_consumers_segments_r
     assert first_column(alice.text, "groups") == ["accounts"]
 
 
+async def test_a_groups_parked_events_are_listed_a_hundred_to_a_page(tmp_path: Path) -> None:
+    async with served(with_auth(tmp_path)) as app:
+        address = address_of(app)
+        async with ChronicleClient.connect(app.address, token=ROOT_KEY) as client:
+            await client.groups.create("accounts", aggregate_types=["Account"], max_delivery_attempts=1)
+            async with connect(app.address, interceptors=bearer(ROOT_KEY)) as root:
+                for number in range(105):
+                    await root.submit(command(f"acc-{number}", bank.OpenAccount(owner="ann"), user_id="root"))
+
+            async def refuse_each() -> None:
+                async with client.consume("accounts", consumer="worker") as deliveries:
+                    async for delivery in deliveries:
+                        await delivery.nack("no")
+
+            consuming = asyncio.ensure_future(refuse_each())
+            try:
+
+                async def all_parked() -> bool:
+                    return len(await client.groups.parked("accounts", limit=1000)) == 105
+
+                await eventually(all_parked, what="105 events parked")
+            finally:
+                consuming.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consuming
+        cookie = await cookie_of(address, ROOT_KEY)
+        first = (await get(address, "/groups/accounts", cookie)).text
+        following = re.search(r'<a href="(/groups/accounts\?[^"]+)" class="next">', first)
+        assert following is not None
+        rest = (await get(address, html.unescape(following.group(1)), cookie)).text
+    positions = [int(text_of(row[0])) for row in rows(first, "parked") + rows(rest, "parked")]
+    assert len(rows(first, "parked")) == 100 and len(positions) == 105
+    assert positions == sorted(set(positions))  # every one once, in order
+    assert 'class="next"' not in rest
+
+
 # -- refusals are audited ----------------------------------------------------------------------
 
 

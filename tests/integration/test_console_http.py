@@ -22,6 +22,7 @@ from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from service.store.records import REFUSED
 from tests.support.console import FORM, KEY, authenticated, console, log_in, session_cookie
+from tests.support.events import new_event
 from tests.support.grpc_client import TEST_SETTINGS, command, connect
 from tests.support.http import request, send_raw
 from tests.support.metrics import sample, scrape
@@ -101,6 +102,9 @@ async def test_a_login_from_another_origin_is_refused(app: Application) -> None:
     assert foreign.status == 403 and foreign.all("set-cookie") == []
     missing = await request(address, "POST", "/login", headers=FORM, body=body)
     assert missing.status == 403
+    # Its host and port, another scheme: another origin.
+    secure = await request(address, "POST", "/login", headers={**FORM, "Origin": f"https://{address}"}, body=body)
+    assert secure.status == 403 and secure.all("set-cookie") == []
 
 
 async def test_a_form_without_the_sessions_csrf_token_is_refused(app: Application) -> None:
@@ -256,6 +260,11 @@ async def test_with_tls_the_console_serves_https_and_its_cookie_is_secure(tmp_pa
         address = console(app)
         trusting = ssl.create_default_context(cadata=ca.certificate.decode())
         body = urlencode({"credential": KEY}).encode()
+        # The origin is the console's scheme, host and port: the same host
+        # and port over plain http is another origin.
+        plain_origin = {**FORM, "Origin": f"http://{address}"}
+        refused = await request(address, "POST", "/login", headers=plain_origin, body=body, tls=trusting)
+        assert refused.status == 403 and refused.all("set-cookie") == []
         headers = {**FORM, "Origin": f"https://{address}"}
         answer = await request(address, "POST", "/login", headers=headers, body=body, tls=trusting)
         assert answer.status == 303
@@ -263,5 +272,34 @@ async def test_with_tls_the_console_serves_https_and_its_cookie_is_secure(tmp_pa
         assert cookie.endswith("; HttpOnly; SameSite=Strict; Secure")
         with pytest.raises(ConnectionError):  # plaintext gets no page
             await request(address, "GET", "/login")
+    finally:
+        await app.stop(grace=0.5, drain=0)
+
+
+async def test_a_long_run_of_aggregates_the_caller_may_not_read_does_not_end_the_listing(tmp_path: Path) -> None:
+    # The Log page reads a bounded number of batches per page; when every
+    # aggregate in them is one the caller may not read, the page is empty but
+    # still links on, or what comes after the run could never be reached.
+    store = MemoryStore()
+    for number in range(1050):
+        await store.append(f"k-{number:04d}", [new_event(aggregate_type="Account")], 0)
+    await store.append("k-9999", [new_event(aggregate_type="Box")], 0)
+    settings = replace(
+        authenticated(tmp_path),
+        api_keys_file=api_key_file(tmp_path / "k.toml", [("bob-key-0123456789", "bob", [])]),  # reads boxes only
+    )
+    app = await start(settings, store=store)
+    try:
+        address = console(app)
+        cookie = session_cookie(await log_in(address, "bob-key-0123456789"))
+        path, pages = "/log?q=k-", []
+        while True:
+            page = await request(address, "GET", path, headers={"Cookie": cookie})
+            pages.append(re.findall(r'<a href="/aggregates/(k-\d+)">', page.text))
+            following = re.search(r'<a href="(/log\?[^"]+)" class="next">', page.text)
+            if following is None:
+                break
+            path = following.group(1).replace("&amp;", "&")
+        assert pages == [[], ["k-9999"]]
     finally:
         await app.stop(grace=0.5, drain=0)
