@@ -336,16 +336,21 @@ class ReactionRunner(CheckpointedRunner):
             principal=self._origin,
             timestamp_us=time.time_ns() // 1000,
         )
+        # Counted as the reaction's own commands are: "accepted" ("replayed"
+        # when answered from its record: a replay whose outcome a crash
+        # lost), or "refused"; still parked, it is not counted "parked" again.
         try:
-            await self._submit(request)
+            result = await self._submit(request)
         except ChronicleError as error:
             if not _refusal(error):
                 raise
+            self._count("refused")
             entry.replays += 1
             entry.reason, entry.message = error.reason, error.message
             entry.metadata.clear()
             entry.metadata.update(error.metadata)
             return Replayed(command_id, accepted=False, reason=error.reason, message=error.message)
+        self._count("replayed" if result.replayed else "accepted")
         return Replayed(command_id, accepted=True)
 
     def _read(self, position: int) -> Awaitable[LogPage]:

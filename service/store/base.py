@@ -560,7 +560,8 @@ class GroupStore(Protocol):
         with their segments) as one read sees it, or None."""
 
     async def list_groups(self) -> list[GroupState]:
-        """Every group, by name, as ``load_group`` reads each."""
+        """Every group, by name in code point order (byte order in UTF-8,
+        whatever the database's collation), as ``load_group`` reads each."""
 
     async def commit_segment(
         self,

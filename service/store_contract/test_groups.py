@@ -63,6 +63,21 @@ async def test_groups_are_listed_by_name(store: StoreAdapter) -> None:
     assert [g.spec.name for g in await store.list_groups()] == ["alpha", "mid", "zeta"]
 
 
+# Names a linguistic collation sorts otherwise: ICU's root locale, for one,
+# folds case and weighs punctuation apart ("a_1", "a-1", "a.1", "b", "B", "Z").
+UNORDERED_NAMES = ("b", "B", "a_1", "a-1", "a.1", "a1", "Z", "0z")
+
+
+async def test_groups_are_listed_in_code_point_order(store: StoreAdapter) -> None:
+    for name in UNORDERED_NAMES:
+        await store.create_group(GroupSpec(name=name, segments=1))
+    # Code point order (byte order in UTF-8: SQLite's BINARY, PostgreSQL's
+    # "C"), whatever the database's collation: '-' < '.' < digits < upper
+    # case < '_' < lower case.
+    listed = [g.spec.name for g in await store.list_groups()]
+    assert listed == ["0z", "B", "Z", "a-1", "a.1", "a1", "a_1", "b"]
+
+
 async def test_a_segment_moves_from_where_it_was_and_counts_its_acks_once(
     store: StoreAdapter, contents: ContentsOf
 ) -> None:

@@ -32,21 +32,24 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 from prometheus_client.parser import text_string_to_metric_families
 
 from chronicle.v1 import command_service_pb2, command_service_pb2_grpc, event_service_pb2
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
+from service.app import Application
 from service.errors import ConcurrencyConflict, StoreUnavailable
 from service.observability.logs import JsonFormatter
 from service.plugins.registry import Registry
 from service.settings import Settings
 from service.store.grouping import GroupParkedEvent, GroupSpec
+from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
-from service.store.records import LogFilter, LogPage, NewEvent, RecordedEvent
+from service.store.records import DocumentWrite, LogFilter, LogPage, NewEvent, ParkedEvent, RecordedEvent
 from tests.support import plugins
 from tests.support.blocking import GatedStore
 from tests.support.console import authenticated, console, log_in, session_cookie
 from tests.support.events import new_event
-from tests.support.grpc_client import TEST_SETTINGS, command, details_of, running_server
+from tests.support.grpc_client import TEST_SETTINGS, Client, command, details_of, running_server
 from tests.support.http import request
 from tests.support.metrics import sample, scrape
 from tests.support.processes import free_port, wait_until_serving
@@ -368,6 +371,107 @@ async def test_a_parked_reaction_command_is_counted_refused_and_parked() -> None
     # No on_refused handler: the refusal is counted as refused, and parked.
     assert sample(text, "chronicle_reaction_commands_total", **relay, outcome="refused") == 1
     assert sample(text, "chronicle_reaction_commands_total", **relay, outcome="accepted") == 0
+
+
+REACTION_OUTCOMES = ("accepted", "replayed", "refused", "parked")
+
+
+def relay_counts(text: str) -> dict[str, float]:
+    """``chronicle_reaction_commands_total`` of the relay, by outcome."""
+    return {
+        o: sample(text, "chronicle_reaction_commands_total", reaction="gates.relay", outcome=o)
+        for o in REACTION_OUTCOMES
+    }
+
+
+async def parked_relay_command(app: Application, client: Client) -> reaction_pb.ReplayParkedCommandRequest:
+    """The relay's command to the gate "gated" (never opened), refused and
+    parked; the request that replays it."""
+    await client.submit(command("source", box.ArchiveBox()))
+    await client.submit(command("source", box.RenameBox(name="ann")))
+
+    async def parked() -> bool:
+        return relay_counts(await scrape(app))["parked"] == 1
+
+    await eventually(parked, what="the relayed command parked")
+    listed = await client.reactions.ListParkedCommands(reaction_pb.ListParkedCommandsRequest(reaction="gates.relay"))
+    (entry,) = listed.commands
+    return reaction_pb.ReplayParkedCommandRequest(reaction="gates.relay", command_id=entry.command_id)
+
+
+async def test_an_administrator_s_replays_of_a_parked_reaction_command_are_counted_by_outcome() -> None:
+    registry = Registry([plugins.gates])
+    async with running_server(
+        MemoryStore(), registry=registry, metrics_listen="127.0.0.1:0", poll_seconds=0.05, anonymous_admin=True
+    ) as (app, client):
+        replay = await parked_relay_command(app, client)
+        assert relay_counts(await scrape(app)) == {"accepted": 0, "replayed": 0, "refused": 1, "parked": 1}
+
+        # The gate still shut: refused again, still parked (not parked twice).
+        again = await client.reactions.ReplayParkedCommand(replay)
+        assert (again.accepted, again.reason) == (False, "GATE_SHUT")
+        after_refused = await scrape(app)
+
+        await client.submit(command("gated", box.ArchiveBox()))
+        through = await client.reactions.ReplayParkedCommand(replay)
+        assert through.accepted
+        after_accepted = await scrape(app)
+    assert relay_counts(after_refused) == {"accepted": 0, "replayed": 0, "refused": 2, "parked": 1}
+    assert relay_counts(after_accepted) == {"accepted": 1, "replayed": 0, "refused": 2, "parked": 1}
+
+
+class LosesAReplaysOutcome(MemoryStore):
+    """A memory store that fails the first commit of the relay's parked
+    commands without its checkpoint moving (what a replay writes after its
+    command ran), as if the server died between the replayed command and
+    writing down its outcome."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = 0
+
+    async def commit_projection(
+        self,
+        name: str,
+        *,
+        expected_position: int,
+        new_position: int,
+        writes: Sequence[DocumentWrite],
+        fencing: Fencing | None = None,
+        parked: Sequence[ParkedEvent] = (),
+    ) -> None:
+        if name == "gates.relay" and new_position == expected_position and not self.lost:
+            self.lost += 1
+            raise StoreUnavailable("the server died before the replay's outcome was written down")
+        await super().commit_projection(
+            name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=writes,
+            fencing=fencing,
+            parked=parked,
+        )
+
+
+async def test_a_replay_sent_again_after_its_outcome_was_lost_is_counted_replayed() -> None:
+    store = LosesAReplaysOutcome()
+    async with running_server(
+        store, registry=Registry([plugins.gates]), metrics_listen="127.0.0.1:0", poll_seconds=0.05, anonymous_admin=True
+    ) as (app, client):
+        replay = await parked_relay_command(app, client)
+        await client.submit(command("gated", box.ArchiveBox()))
+        with pytest.raises(grpc.aio.AioRpcError) as lost:
+            await client.reactions.ReplayParkedCommand(replay)
+        assert lost.value.code() == grpc.StatusCode.UNAVAILABLE and store.lost == 1
+        after_lost = await scrape(app)
+        # Sent again under the same id: answered from its command record.
+        again = await client.reactions.ReplayParkedCommand(replay)
+        assert again.accepted
+        after_again = await scrape(app)
+        renamed = [e for e in await store.read_aggregate("gated") if e.event_type == "box.v1.BoxRenamed"]
+    assert len(renamed) == 1 and renamed[0].command_id == again.command_id  # run once
+    assert relay_counts(after_lost) == {"accepted": 1, "replayed": 0, "refused": 1, "parked": 1}
+    assert relay_counts(after_again) == {"accepted": 1, "replayed": 1, "refused": 1, "parked": 1}
 
 
 # -- labels ---------------------------------------------------------------------------------

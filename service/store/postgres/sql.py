@@ -814,11 +814,14 @@ CREATE_GROUP = (
     " INSERT INTO chronicle.group_segments (group_name, segment, position)"
     " SELECT g.name, s, g.start_position FROM g, generate_series(0, g.segments - 1) AS s"
 )
-# $1: a group's name, or NULL for every group.
+# $1: a group's name, or NULL for every group. Groups are listed in code
+# point order ("C": byte order in UTF-8), as the other stores list them,
+# whatever the database's collation (a linguistic one puts "a_1" before
+# "a-1" and "b" before "B").
 _ONE_OR_ALL = "($1::text IS NULL OR {} = $1)"
 LOAD_GROUPS = (
     f"SELECT {_GROUP_COLUMNS.replace('filter', 'filter::text')} FROM chronicle.subscription_groups"
-    f" WHERE {_ONE_OR_ALL.format('name')} ORDER BY name"
+    f' WHERE {_ONE_OR_ALL.format("name")} ORDER BY name COLLATE "C"'
 )
 LOAD_GROUP_SEGMENTS = (
     "SELECT group_name, segment, position, acknowledged FROM chronicle.group_segments"
