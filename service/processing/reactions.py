@@ -336,21 +336,21 @@ class ReactionRunner(CheckpointedRunner):
             principal=self._origin,
             timestamp_us=time.time_ns() // 1000,
         )
-        # Counted as the reaction's own commands are: "accepted" ("replayed"
+        # Counted as the reaction's own commands are: accepted ("replayed"
         # when answered from its record: a replay whose outcome a crash
-        # lost), or "refused"; still parked, it is not counted "parked" again.
+        # lost), or refused; still parked, it is not counted parked again.
         try:
             result = await self._submit(request)
         except ChronicleError as error:
             if not _refusal(error):
                 raise
-            self._count("refused")
+            self._refused_once()
             entry.replays += 1
             entry.reason, entry.message = error.reason, error.message
             entry.metadata.clear()
             entry.metadata.update(error.metadata)
             return Replayed(command_id, accepted=False, reason=error.reason, message=error.message)
-        self._count("replayed" if result.replayed else "accepted")
+        self._accepted(replayed=result.replayed)
         return Replayed(command_id, accepted=True)
 
     def _read(self, position: int) -> Awaitable[LogPage]:
@@ -401,10 +401,20 @@ class ReactionRunner(CheckpointedRunner):
                     raise
                 await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds)
                 continue
-            self.status.accepted += 1
-            if result.replayed:
-                self.status.replayed += 1
-            self._count("replayed" if result.replayed else "accepted")
+            self._accepted(replayed=result.replayed)
+
+    def _accepted(self, *, replayed: bool) -> None:
+        """A command of the reaction's (its own, or a parked one an operator
+        replayed) accepted: in its status and its metric alike."""
+        self.status.accepted += 1
+        if replayed:
+            self.status.replayed += 1
+        self._count("replayed" if replayed else "accepted")
+
+    def _refused_once(self) -> None:
+        """A command of the reaction's refused: in its status and its metric."""
+        self.status.refused += 1
+        self._count("refused")
 
     async def _refused(
         self,
@@ -417,8 +427,7 @@ class ReactionRunner(CheckpointedRunner):
         *,
         rounds: int,
     ) -> None:
-        self.status.refused += 1
-        self._count("refused")
+        self._refused_once()
         refusal = Refusal(send, command_id, error.reason, error.message, dict(error.metadata))
         handler = self.reaction.refused_handler
         if handler is not None and rounds < MAX_ROUNDS:

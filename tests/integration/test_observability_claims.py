@@ -416,8 +416,11 @@ async def test_an_administrator_s_replays_of_a_parked_reaction_command_are_count
         through = await client.reactions.ReplayParkedCommand(replay)
         assert through.accepted
         after_accepted = await scrape(app)
+        status = await client.reactions.GetReaction(reaction_pb.GetReactionRequest(name="gates.relay"))
     assert relay_counts(after_refused) == {"accepted": 0, "replayed": 0, "refused": 2, "parked": 1}
     assert relay_counts(after_accepted) == {"accepted": 1, "replayed": 0, "refused": 2, "parked": 1}
+    # GetReaction's counts say the same as the metric.
+    assert (status.accepted, status.refused, status.replayed) == (1, 2, 0)
 
 
 class LosesAReplaysOutcome(MemoryStore):
