@@ -80,7 +80,7 @@ from service.settings import Settings
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, refuse_if_sealed
-from service.store.factory import open_store, redacted_url, store_kind
+from service.store.factory import check_shared_by_processes, open_store, redacted_url, store_kind
 from service.store.leasing import LeaseMember
 
 if TYPE_CHECKING:
@@ -302,6 +302,8 @@ async def start(
             refuse_sealed=master_keys is None,
         )
     )
+    if settings.reuse_port:  # each of --processes N's processes has it too
+        check_shared_by_processes(adapter, settings.database_url)
     roles = Store.of(adapter)
     authenticator, authorizer = build_authentication(settings)
     # Now: a file that changes from here on is read again once it starts.

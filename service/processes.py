@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 from service.errors import ConfigurationError
 from service.settings import Settings
+from service.store.factory import check_shared_by_processes, open_store
 
 
 def serve_processes(settings: Settings, argv: Sequence[str]) -> int:
@@ -33,6 +34,8 @@ def serve_processes(settings: Settings, argv: Sequence[str]) -> int:
         raise ConfigurationError(
             "several processes need a fixed port to share (--listen host:port, not port 0)", reason="BAD_SETTING"
         )
+    # Said once here, rather than by every process as it starts.
+    check_shared_by_processes(open_store(settings.database_url), settings.database_url)
     host = settings.listen.rpartition(":")[0]
     command = [
         sys.executable, "-m", "service", *argv,

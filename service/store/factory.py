@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, StoreAdapter
+from service.store.sole_owner import SoleOwnerLeases
 
 STORE_ENTRY_POINT_GROUP = "chronicle.stores"
 BUILT_IN_SCHEMES = ("sqlite", "memory", "postgresql", "postgres")
@@ -89,6 +90,20 @@ def open_store(
         ) from error
     store: StoreAdapter = factory(url, pool_size=pool_size, keep_snapshots=keep_snapshots)
     return store
+
+
+def check_shared_by_processes(adapter: object, url: str) -> None:
+    """Several server processes on one port (``--processes``,
+    ``--reuse-port``) share the work out through the store's leases. A store
+    that serves one process (memory, SQLite: each process would hold every
+    lease, and ``memory://`` would give each process data of its own, so one
+    aggregate could be opened twice) cannot be shared: refused."""
+    if isinstance(adapter, SoleOwnerLeases):
+        raise ConfigurationError(
+            f"the store {redacted_url(url)!r} serves one process: several processes on one port"
+            " (--processes, --reuse-port) need a store they share through leases (postgresql://…)",
+            reason="ONE_PROCESS_STORE",
+        )
 
 
 _KINDS = {"MemoryStore": "memory", "SqliteStore": "sqlite", "PostgresStore": "postgresql"}

@@ -63,6 +63,20 @@ def test_several_processes_need_a_fixed_port() -> None:
     assert "fixed port" in result.stderr
 
 
+@pytest.mark.parametrize("store", ["memory://", "sqlite:///{tmp}/events.db"], ids=["memory", "sqlite"])
+@pytest.mark.parametrize("sharing", [("--processes", "2"), ("--reuse-port",)], ids=["processes", "reuse-port"])
+def test_several_processes_on_a_store_that_serves_one_are_refused(
+    tmp_path: Path, store: str, sharing: tuple[str, ...]
+) -> None:
+    # Each process would hold every lease: memory:// would even give each
+    # process data of its own, and one aggregate could be opened twice.
+    url = store.format(tmp=tmp_path)
+    result = serve_until_exit("--database-url", url, *sharing, listen=f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2, result.stderr
+    assert "ONE_PROCESS_STORE" in result.stderr and "serves one process" in result.stderr
+    assert result.stderr.count("ONE_PROCESS_STORE") == 1  # said once, not by each process
+
+
 def test_without_reuse_port_a_second_server_cannot_take_the_port() -> None:
     address = f"127.0.0.1:{free_port()}"
     first = subprocess.Popen(
