@@ -13,8 +13,10 @@ whatever its name's length; the tests generate one and check that.
 
 from __future__ import annotations
 
+import contextlib
 import keyword
 import re
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -112,11 +114,12 @@ def next_steps(name: str, into: Path, written: list[Path]) -> str:
         ]
     else:
         protos = f"{folder}/protos"
+        python, tools = _environment()
         lines += [
-            f"  python -m grpc_tools.protoc -I {protos} --python_out={protos} --pyi_out={protos} "
+            f"  {python} -m grpc_tools.protoc -I {protos} --python_out={protos} --pyi_out={protos} "
             f"{name}/v1/{name}.proto",
-            f"  pytest {folder}",
-            f"  PYTHONPATH=. chronicle serve --plugin {names.module}",
+            f"  {tools}pytest {folder}",
+            f"  PYTHONPATH=. {tools}chronicle serve --plugin {names.module}",
         ]
     lines += [
         "",
@@ -126,3 +129,15 @@ def next_steps(name: str, into: Path, written: list[Path]) -> str:
         f"  - path: {folder}/protos",
     ]
     return "\n".join(lines)
+
+
+def _environment() -> tuple[str, str]:
+    """The interpreter this command runs on and the folder of its
+    environment's commands (with its slash; relative to the working
+    directory when inside it), so that the next steps work as printed
+    whether or not that environment is activated."""
+    executable = Path(sys.executable)
+    with contextlib.suppress(ValueError):
+        executable = executable.relative_to(Path.cwd())
+    folder = executable.parent.as_posix()
+    return executable.as_posix(), ("" if folder == "." else folder + "/")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,19 @@ def test_in_domain_plugins_the_next_steps_are_make_targets(tmp_path: Path) -> No
     assert 'make run ARGS="--plugin domain_plugins.library"' in steps
     assert "domain_plugins/library/protos/library/v1/library.proto" in steps
     assert "  - path: domain_plugins/library/protos" in steps
+
+
+def test_elsewhere_the_next_steps_run_as_printed_without_an_activated_environment(tmp_path: Path) -> None:
+    made = run(sys.executable, "-m", "service", "new-plugin", "shelf", "--into", "my_plugins", cwd=tmp_path)
+    steps = made.stdout.partition("next:\n")[2].split("\n\n")[0].splitlines()
+    protoc, tests = shlex.split(steps[0]), shlex.split(steps[1])
+    assert steps[2].strip().startswith("PYTHONPATH=. ") and steps[2].strip().endswith(
+        "chronicle serve --plugin my_plugins.shelf"
+    )
+    # A shell that has not activated Chronicle's environment: its tools are
+    # not on PATH, so the printed commands must name them.
+    plain = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+    for command in (protoc, tests):
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=plain)
+        assert result.returncode == 0, f"{command}:\n{result.stdout}\n{result.stderr}"
+    assert (tmp_path / "my_plugins/shelf/protos/shelf/v1/shelf_pb2.py").exists()

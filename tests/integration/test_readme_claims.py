@@ -97,15 +97,15 @@ def backticked(cell: str) -> list[str]:
 
 def tour() -> list[tuple[list[str], str]]:
     """The shell block after "From another terminal": each command's
-    arguments after `.venv/bin/chronicle`, with the output its comment line
-    shows ("" when none)."""
+    arguments after `.venv/bin/chronicle`, with the output its comment lines
+    show, one line each ("" when none)."""
     text = README.read_text()
     block = text.split("From another terminal:\n\n```sh\n", 1)[1].split("```", 1)[0]
     steps: list[tuple[list[str], str]] = []
     for line in block.splitlines():
         if line.startswith("# "):
-            arguments, _ = steps[-1]
-            steps[-1] = (arguments, line.removeprefix("# "))
+            arguments, shown = steps[-1]
+            steps[-1] = (arguments, "\n".join(filter(None, (shown, line.removeprefix("# ")))))
         else:
             program, *arguments = shlex.split(line, comments=True)
             assert program == ".venv/bin/chronicle", line
@@ -131,7 +131,7 @@ def test_the_tour_runs_as_printed_and_the_events_stay_in_data_across_a_restart(t
     assert [r.returncode for r in (opened, deposited, read, got)] == [0] * 4, [r.stderr for r in ran]
     (refusal,) = [shown for _, shown in steps if shown.startswith("error:")]
     assert withdrawn.returncode == 1
-    assert withdrawn.stderr.splitlines()[0] == refusal  # its metadata follows on a line of its own
+    assert withdrawn.stderr.splitlines() == refusal.splitlines()  # its metadata on a line of its own
     events = [json.loads(line) for line in read.stdout.splitlines()]  # "the events, one JSON line each"
     assert [e["event_type"] for e in events] == ["bank.v1.AccountOpened", "bank.v1.MoneyDeposited"]
     state = json.loads(got.stdout)  # "the current state"
