@@ -1360,6 +1360,7 @@ def _read_file(path: str | None) -> bytes | None:
 class _BearerToken(
     grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
     grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
     grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
 ):
     """Sends ``authorization: Bearer <token>`` with every call, reflection
@@ -1377,6 +1378,10 @@ class _BearerToken(
 
     def intercept_unary_stream(self, continuation: object, details: object, request: object) -> object:
         return continuation(self._details(details), request)  # type: ignore[operator]
+
+    def intercept_stream_unary(self, continuation: object, details: object, requests: object) -> object:
+        # ImportLog (chronicle import --server, chronicle restore) streams its requests.
+        return continuation(self._details(details), requests)  # type: ignore[operator]
 
     def intercept_stream_stream(self, continuation: object, details: object, requests: object) -> object:
         return continuation(self._details(details), requests)  # type: ignore[operator]

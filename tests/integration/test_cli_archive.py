@@ -73,3 +73,33 @@ def test_closed_accounts_are_archived_and_one_is_restored(tmp_path: Path) -> Non
             "events_deleted": 2,
             "tombstone_version": 3,
         }
+
+
+def test_with_authentication_on_restore_and_import_send_the_token(tmp_path: Path) -> None:
+    # Both stream their requests (ImportLog): the CLI's token must ride on a
+    # client-streaming call too, or an operator could archive an aggregate
+    # and never restore it over the API.
+    from tests.support.security import POLICY, api_key_file, write
+
+    key = "chr_root-key-for-the-cli-test-0000000000"
+    keys = api_key_file(tmp_path / "keys.toml", [(key, "root", ["teller"])])  # operator (admin) and teller
+    extra = ["--auth", "--policy-file", write(tmp_path / "policy.toml", POLICY), "--api-keys-file", keys]
+    token = ("--token", key)
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
+        at = server.address
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', *token, server=at)
+        cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 5}', *token, server=at)
+        archived = json.loads(
+            cli(
+                "archive", str(tmp_path / "archive"), "--type", "Account", "--untouched-for", "0s", *token, server=at
+            ).stdout
+        )
+        assert archived["archived"] == ["acc-1"]
+        restored = json.loads(cli("restore", archived["file"], "--aggregate", "acc-1", *token, server=at).stdout)
+        assert restored["events_written"] == 2
+        cli("export", str(tmp_path / "all.chronicle"), *token, server=at)
+    with server_process(f"sqlite:///{tmp_path}/other.db", extra=extra) as other:
+        imported = json.loads(cli("import", str(tmp_path / "all.chronicle"), *token, server=other.address).stdout)
+        assert imported["events_written"] >= 2
+        state = json.loads(cli("get", "acc-1", *token, server=other.address).stdout)
+    assert state["version"] == 2
