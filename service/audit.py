@@ -32,6 +32,7 @@ from dataclasses import replace
 
 from service.errors import ChronicleError, recorded_with_command
 from service.plugins.middleware import CommandCall, Middleware
+from service.principal import current_peer
 from service.store.base import AuditQuery, AuditRecorder
 from service.store.records import ACCEPTED, REFUSED, AuditEntry
 
@@ -72,8 +73,11 @@ class AuditLog:
         what came of it) or was refused. An action that was done must be
         audited, so a failure to record it is raised (the action itself has
         happened: the caller learns the audit log is unavailable)."""
+        peer = current_peer.get()()  # the administrator's address, as the gate's entries carry it
         if error is not None:
-            await self.refused(refusal(error, command_type=action, aggregate_id=aggregate_id, principal=principal))
+            await self.refused(
+                refusal(error, command_type=action, aggregate_id=aggregate_id, principal=principal, peer=peer)
+            )
             return
         entry = AuditEntry(
             recorded_at_us=now_us(),
@@ -85,6 +89,7 @@ class AuditLog:
             origin="admin",
             outcome=ACCEPTED,
             message=storable(message),
+            peer=storable(peer),
         )
         await self._store.record_audit_entry(entry)
 
@@ -252,6 +257,7 @@ class AuditMiddleware(Middleware):
             principal=call.principal.name,
             user_id=call.user_id,
             origin=call.origin,
+            peer=current_peer.get()(),
         )
         if self._sampled is None:
             return self._audit.refused(entry)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -48,3 +49,14 @@ def reserved(name: str) -> bool:
 # Set by the authentication interceptor for the duration of one RPC; the RPC
 # runs in one task, so servicers read the caller from here.
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("chronicle_principal", default=ANONYMOUS)
+
+
+def _no_peer() -> str:
+    return ""
+
+
+# Set by the gate for the duration of one RPC: how to ask gRPC for the
+# caller's network address (``ipv4:host:port``), asked only when an audit
+# entry is written deep in the command pipeline. Outside an RPC (a reaction's
+# own commands) there is none.
+current_peer: contextvars.ContextVar[Callable[[], str]] = contextvars.ContextVar("chronicle_peer", default=_no_peer)

@@ -36,7 +36,7 @@ from service.api.decoding import Undecodable, raising, tolerant
 from service.api.live_streams import LiveStream, LiveStreams
 from service.api.status import internal_status, rich_status
 from service.errors import ChronicleError, Overloaded, PermissionDenied, Unauthenticated
-from service.principal import Principal, current_principal
+from service.principal import Principal, current_peer, current_principal
 from service.security.credentials import Authenticator
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ class RpcGate:
         it is counted against (None: authentication is off) and, for a
         ``stream`` with authentication on, its registration in
         ``self.streams``; the caller counts it out (``_leave``)."""
+        current_peer.set(context.peer)  # for audit entries written in the pipeline
         if subscription:
             if self.subscriptions >= self.max_subscriptions:
                 raise Overloaded(

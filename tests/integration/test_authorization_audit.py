@@ -271,6 +271,13 @@ async def test_every_method_refuses_a_principal_the_policy_grants_nothing(served
                 leaks.append(path)
     assert outcomes == {path: expected for path, (_, expected) in UNGRANTED.items()}
     assert leaks == []
+    # Every one audited with eve's address, those refused inside the command
+    # pipeline (Submit and its streams) as those the gate refused.
+    async with connect(served.app.address, interceptors=bearer(served.token("root"))) as root:
+        entries = (await root.admin.QueryAudit(admin.QueryAuditRequest(principal="eve"))).entries
+    submitted = [e for e in entries if e.reason == "SUBMIT_DENIED"]
+    assert len(submitted) >= 3, entries  # Submit, SubmitStream, SubmitStreamPages at least
+    assert all(e.peer.startswith("ipv4:127.0.0.1:") for e in entries), [(e.reason, e.peer) for e in entries]
 
 
 # -- denials in the audit log ---------------------------------------------------------

@@ -170,6 +170,10 @@ def test_the_audit_log_is_read_with_a_token_and_a_refusal_shows_its_reason(tmp_p
         "acc-1",
     )
     assert denied_entry["command_type"] == "bank.v1.OpenAccount"
+    # A policy refusal is audited inside the command pipeline, with the
+    # caller's address all the same, as the gate's own refusals are.
+    assert denied_entry["peer"].startswith("ipv4:127.0.0.1:"), denied_entry
+    assert anonymous_entry["peer"].startswith("ipv4:127.0.0.1:"), anonymous_entry
     assert (anonymous_entry["command_type"], anonymous_entry["reason"]) == (
         "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         "NO_CREDENTIALS",

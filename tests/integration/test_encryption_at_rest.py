@@ -217,6 +217,8 @@ async def test_forgetting_is_audited_with_who_and_what(tmp_path: Path) -> None:
         "ADMIN_DENIED",
     )
     assert opened.command_type == "bank.v1.OpenAccount"
+    # The administrator's address, as every entry of a call carries it.
+    assert done.peer.startswith("ipv4:127.0.0.1:") and refused.peer.startswith("ipv4:127.0.0.1:")
 
 
 # -- rotating the master key: RewrapKeys ----------------------------------------
