@@ -16,6 +16,7 @@ import logging
 import signal
 import ssl
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -129,18 +130,28 @@ def _jwt_verifier(settings: Settings) -> JwtVerifier:
 
 
 def build_security_reloader(
-    settings: Settings, authenticator: Authenticator | None, authorizer: Authorizer
+    settings: Settings,
+    authenticator: Authenticator | None,
+    authorizer: Authorizer,
+    use_master_keys: Callable[[MasterKeys], None] | None = None,
 ) -> SecurityReloader | None:
-    """What reads the API keys, the JWT key and the policy again when their
-    files change (``service.security.reloading``), loaded and checked as
-    at start-up."""
-    if authenticator is None or settings.auth_reload_seconds <= 0:
+    """What reads the API keys, the JWT key, the policy and the master-key
+    file again when they change (``service.security.reloading``), loaded and
+    checked as at start-up. ``use_master_keys``: where new master keys go."""
+    if settings.auth_reload_seconds <= 0:
         return None
-    files = [
+    files = []
+    if settings.master_key_file and use_master_keys is not None:
+        files.append(
+            WatchedFile(settings.master_key_file, "master-key file", lambda: _master_keys(settings), use_master_keys)
+        )
+    if authenticator is None:
+        return SecurityReloader(files, interval=settings.auth_reload_seconds) if files else None
+    files.append(
         WatchedFile(
             settings.policy_file, "policy file", lambda: Policy.load(settings.policy_file), authorizer.use_policy
         )
-    ]
+    )
     if settings.api_keys_file:
         files.append(
             WatchedFile(settings.api_keys_file, "API-key file", lambda: _api_keys(settings), authenticator.use_api_keys)
@@ -154,6 +165,11 @@ def build_security_reloader(
     return SecurityReloader(files, interval=settings.auth_reload_seconds)
 
 
+def _master_keys(settings: Settings) -> MasterKeys:
+    _check_private(settings, settings.master_key_file, "master-key file")
+    return MasterKeys.load(settings.master_key_file)
+
+
 def _check_private(settings: Settings, path: str, what: str) -> None:
     check_private(path, what=what, allow_readable=settings.allow_readable_keys)
 
@@ -161,8 +177,7 @@ def _check_private(settings: Settings, path: str, what: str) -> None:
 def build_master_keys(settings: Settings) -> MasterKeys | None:
     """The master keys that turn on encryption at rest, if any are configured."""
     if settings.master_key_file:
-        _check_private(settings, settings.master_key_file, "master-key file")
-        return MasterKeys.load(settings.master_key_file)
+        return _master_keys(settings)
     if settings.master_keys:
         return MasterKeys.parse(settings.master_keys, source="CHRONICLE_MASTER_KEYS")
     return None
@@ -306,8 +321,14 @@ async def start(
         check_shared_by_processes(adapter, settings.database_url)
     roles = Store.of(adapter)
     authenticator, authorizer = build_authentication(settings)
+    keyring: Keyring | None = None
+
+    def use_master_keys(keys: MasterKeys) -> None:  # the master-key file read again
+        if keyring is not None:
+            keyring.use_master_keys(keys)
+
     # Now: a file that changes from here on is read again once it starts.
-    security_reloader = build_security_reloader(settings, authenticator, authorizer)
+    security_reloader = build_security_reloader(settings, authenticator, authorizer, use_master_keys)
     if settings.tls_key_file:
         _check_private(settings, settings.tls_key_file, "TLS key")
     credentials = (
@@ -326,7 +347,6 @@ async def start(
         if batch_counts is not None:
             metrics.watch_batches(batch_counts)
         roles = timed(roles, metrics.store_duration, metrics.conflicts)
-    keyring: Keyring | None = None
     if master_keys is not None:
         keyring = Keyring(roles.keys, master_keys)
         roles = encrypted(roles, keyring)

@@ -161,7 +161,7 @@ class Settings:
     auth_reload_seconds: float = field(
         default=5.0,
         metadata={
-            "help": "seconds between looks at the API-key, JWT-key and policy files: a changed one is read again"
+            "help": "seconds between looks at the API-key, JWT-key, policy and master-key files: a changed one is read again"
             " and used for new calls (a broken one is logged and the previous kept); 0: never"
         },
     )

@@ -206,6 +206,12 @@ class Keyring:
         # aggregate id -> (AESGCM or None when forgotten, when cached)
         self._cache: OrderedDict[str, tuple[AESGCM | None, float]] = OrderedDict()
 
+    def use_master_keys(self, master_keys: MasterKeys) -> None:
+        """From now on, wrap new data keys with ``master_keys``' active key
+        and unwrap with any of them (the master-key file read again): keys
+        already unwrapped stay cached."""
+        self._master = master_keys
+
     def _cached(self, aggregate_id: str) -> tuple[AESGCM | None] | None:
         hit = self._cache.get(aggregate_id)
         if hit is None or self._clock() - hit[1] > self._cache_seconds:

@@ -3,6 +3,8 @@ file holds, what clients read, and what a forgotten aggregate becomes."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -31,6 +33,7 @@ from service.store.sqlite import SqliteStore
 from tests.support.contents import at_rest, contents
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, details_of, running_server
 from tests.support.security import write
+from tests.support.waiting import eventually
 
 SECRET_OWNER = "Zelda Quartermain-Oyelaran"
 REGISTRY = Registry([bank_account.plugin])
@@ -271,6 +274,51 @@ async def test_rewrapping_moves_every_key_to_the_new_master_key_and_the_old_one_
     ):  # only the retired key
         get = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
         assert await refusal(get) == (grpc.StatusCode.INTERNAL, "MASTER_KEY_MISSING")
+
+
+def write_keys(path: Path, text: str) -> None:
+    """The master-key file replaced as an operator's editor or a secret
+    store does: a new file, private, moved into place."""
+    written = path.with_suffix(".new")
+    written.write_text(text)
+    written.chmod(0o600)
+    os.replace(written, path)
+
+
+async def test_the_master_key_file_is_read_again_so_a_rotation_needs_no_restart(tmp_path: Path) -> None:
+    path, keys = tmp_path / "events.db", tmp_path / "master.keys"
+    write_keys(keys, f"{OLD}\n")
+    served = running_server(
+        SqliteStore(path), master_key_file=str(keys), auth_reload_seconds=0.05, anonymous_admin=True
+    )
+    async with served as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+        write_keys(keys, f"{NEW}\n{OLD}\n")  # the new key first, the old one after it
+        rewrapped = 0
+
+        async def all_rewrapped() -> bool:
+            nonlocal rewrapped
+            done = int((await client.admin.RewrapKeys(admin.RewrapKeysRequest())).rewrapped)
+            rewrapped += done
+            return rewrapped > 0 and done == 0
+
+        await eventually(all_rewrapped, what="the new master key read and every data key rewrapped with it")
+        write_keys(keys, f"{NEW}\n")  # then the old one dropped, still without a restart
+        await asyncio.sleep(0.3)  # a few looks at the file: nothing may need the old key now
+        await client.submit(command("acc-2", bank.OpenAccount(owner="bob")))
+        (opened,) = await read(client, "acc-1")
+    assert rewrapped >= 1
+    assert await stale_keys(path, "new") == 0
+    event = bank.AccountOpened()
+    assert opened.payload.Unpack(event) and event.owner == SECRET_OWNER  # type: ignore[attr-defined]
+    # The old key is gone for good: a server with the new one alone reads all.
+    async with running_server(SqliteStore(path), master_keys=NEW, anonymous_admin=True) as (_, client):
+        owners = []
+        for aggregate_id in ("acc-1", "acc-2"):
+            (stored,) = await read(client, aggregate_id)
+            assert stored.payload.Unpack(event)  # type: ignore[attr-defined]
+            owners.append(event.owner)
+    assert owners == [SECRET_OWNER, "bob"]
 
 
 async def test_rewrapping_needs_the_admin_grant_and_both_outcomes_are_audited(tmp_path: Path) -> None:
