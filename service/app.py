@@ -818,5 +818,5 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    log.info("shutting down (grace %.1fs)", settings.shutdown_grace)
+    log.info("shutting down (grace %gs)", settings.shutdown_grace)
     await app.stop()

@@ -38,6 +38,11 @@ def local_server(*, listen: str, tls_cert_file: str = "", trusted_ca_file: str =
         raise ValueError(f"the server listens on {listen} (any free port): name its address with --server")
     address = f"{_LOOPBACK.get(host, host)}:{port}"
     if not tls_cert_file:
+        if trusted_ca_file:
+            # A CA named but not the server's certificate (its settings are
+            # not in this environment): TLS all the same, trusting that CA,
+            # rather than a plaintext probe that a TLS server never answers.
+            return LocalServer(address, tls=True, root_certificates=_read(trusted_ca_file, "the CA to trust"))
         return LocalServer(address)
     certificate = _read(tls_cert_file, "the server's TLS certificate")
     trusted = _read(trusted_ca_file, "the CA to trust") if trusted_ca_file else certificate

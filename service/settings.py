@@ -161,8 +161,8 @@ class Settings:
     auth_reload_seconds: float = field(
         default=5.0,
         metadata={
-            "help": "seconds between looks at the API-key, JWT-key, policy and master-key files: a changed one is read again"
-            " and used for new calls (a broken one is logged and the previous kept); 0: never"
+            "help": "seconds between looks at the API-key, JWT-key, policy and master-key files: a changed one is"
+            " read again and used for new calls (a broken one is logged and the previous kept); 0: never"
         },
     )
     log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})

@@ -31,14 +31,18 @@ def format_for(path: str, chosen: str | None) -> str:
 @contextlib.contextmanager
 def output(path: str) -> Iterator[BinaryIO]:
     """Standard output for ``-``; else ``path``, written as ``path.partial``
-    and renamed (after an fsync) only if the block ends without error."""
+    and renamed (after an fsync) only if the block ends without error. The
+    file is its owner's alone (0600): an export holds every payload, in the
+    clear where the store does not encrypt them, and its users' ids."""
     if path == STDIO:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
-    with open(partial, "wb") as out:
+    partial.unlink(missing_ok=True)  # a partial file left by a crash keeps its mode otherwise
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as out:
         try:
             yield out
             out.flush()

@@ -37,6 +37,8 @@ def test_a_store_goes_out_through_a_server_and_into_another_file(tmp_path: Path)
         readable = cli("export", str(tmp_path / "all.jsonl"), "--quiet", server=old.address)
         assert json.loads(readable.stdout)["format"] == "jsonl"
         assert readable.stderr == ""
+    # Each file holds every payload: its owner's alone, whatever the umask.
+    assert {oct((tmp_path / name).stat().st_mode & 0o777) for name in ("all.chronicle", "all.jsonl")} == {"0o600"}
     lines = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
     assert lines[1]["event"]["event"]["payload"] == {
         "@type": "type.googleapis.com/bank.v1.AccountOpened",

@@ -66,3 +66,12 @@ def test_the_name_checked_is_the_certificate_s_first_dns_name(
 ) -> None:
     issued = Authority().issue("chronicle-cn", server=True, dns_names=dns_names, ip_addresses=ip_addresses)
     assert certificate_name(issued.certificate) == name
+
+
+def test_a_ca_to_trust_without_the_servers_certificate_still_means_tls(tmp_path: Path) -> None:
+    # chronicle health --tls-ca CA, the server's own TLS settings not in the
+    # probe's environment: a TLS probe trusting that CA, not plaintext.
+    authority = Authority()
+    ca_file = write(tmp_path / "ca.pem", authority.certificate)
+    found = local_server(listen="0.0.0.0:6000", trusted_ca_file=ca_file)
+    assert found == LocalServer("127.0.0.1:6000", tls=True, root_certificates=authority.certificate)
