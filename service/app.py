@@ -253,6 +253,7 @@ class Application:
         # rest elsewhere now, not when the grace runs out.
         self.commands.close()
         await self.server.stop(grace)
+        await self.health.ended()
         await self.reactions.stop()  # before the router: a reaction's command in flight is sent again later
         await self.router.close(grace=grace)
         await self.projections.stop()  # an uncommitted batch is simply applied again later

@@ -93,6 +93,14 @@ class LimitedWatches(health.aio.HealthServicer):  # type: ignore[misc]
         for task in self._watching:
             task.cancel()
 
+    async def ended(self, *, within: float = 5.0) -> None:
+        """Until the Watch streams ``close`` ended have finished (at most
+        ``within`` seconds): gRPC counts a call done once its status is sent,
+        which can be before its task has run the rest of its handler."""
+        running = set(self._watching)
+        if running:
+            await asyncio.wait(running, timeout=within)
+
 
 def _shutting_down() -> StoreUnavailable:
     return StoreUnavailable("the server is shutting down; watch another member", reason="SHUTTING_DOWN")
@@ -108,6 +116,10 @@ class Health:
     def close(self) -> None:
         """End every health Watch stream (after they heard NOT_SERVING)."""
         self.servicer.close()
+
+    async def ended(self) -> None:
+        """Until the Watch streams ``close`` ended are over."""
+        await self.servicer.ended()
 
     async def set(self, serving: bool) -> None:
         self.serving = serving
