@@ -813,7 +813,10 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
     app = await start(settings)
     tune_garbage_collection()
-    print(describe(app), flush=True)
+    if settings.log_format == "json":
+        log.info("%s", describe(app))  # one JSON record, as every other line of the log
+    else:
+        print(describe(app), flush=True)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

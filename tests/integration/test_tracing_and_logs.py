@@ -96,6 +96,11 @@ def test_the_server_logs_each_command_as_json(tmp_path: Path) -> None:
         server.stop()
         output = server.process.stdout.read() if server.process.stdout else ""
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    # What the server says as it starts is a record of the log too, not text
+    # among the JSON a log shipper parses.
+    (started,) = [line for line in lines if line["message"].startswith("Chronicle serving gRPC on")]
+    assert f"serving gRPC on {server.address}" in started["message"] and "plugin bank_account" in started["message"]
+    assert not any(line.startswith("Chronicle serving") for line in output.splitlines())
     (done,) = [line for line in lines if line.get("logger") == "chronicle.commands"]
     assert (done["command_id"], done["correlation_id"], done["aggregate_id"]) == (command_id, command_id, "acc-1")
     assert (done["command_type"], done["outcome"]) == ("bank.v1.OpenAccount", "ok")
