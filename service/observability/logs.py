@@ -70,12 +70,15 @@ class LoggingMiddleware(Middleware):
         )
 
     def _fields(self, call: CommandCall, outcome: str) -> dict[str, object]:
-        return {
+        fields: dict[str, object] = {
             "command_type": call.command_type,
             "principal": call.principal.name,
             "outcome": outcome,
             "duration_ms": round(call.elapsed * 1000, 3),
         }
+        if call.dry_run:
+            fields["dry_run"] = True  # decided, nothing written: as the metrics count it apart
+        return fields
 
     def after(self, call: CommandCall) -> None:
         if not log.isEnabledFor(logging.DEBUG):

@@ -93,15 +93,22 @@ def test_the_server_logs_each_command_as_json(tmp_path: Path) -> None:
             command_id,
             server=server.address,
         )
+        tried = cli(
+            "submit", "acc-1", "bank.v1.Withdraw", '{"amount": 5}', "--dry-run", server=server.address, check=False
+        )
+        assert "INSUFFICIENT_FUNDS" in tried.stderr
         server.stop()
         output = server.process.stdout.read() if server.process.stdout else ""
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    # A dry run's refusal is told apart from a command's: nothing was written.
+    (dry,) = [line for line in lines if line.get("command_type") == "bank.v1.Withdraw"]
+    assert (dry["outcome"], dry["reason"], dry["dry_run"]) == ("refused", "INSUFFICIENT_FUNDS", True)
     # What the server says as it starts is a record of the log too, not text
     # among the JSON a log shipper parses.
     (started,) = [line for line in lines if line["message"].startswith("Chronicle serving gRPC on")]
     assert f"serving gRPC on {server.address}" in started["message"] and "plugin bank_account" in started["message"]
     assert not any(line.startswith("Chronicle serving") for line in output.splitlines())
-    (done,) = [line for line in lines if line.get("logger") == "chronicle.commands"]
+    (done,) = [line for line in lines if line.get("logger") == "chronicle.commands" and "dry_run" not in line]
     assert (done["command_id"], done["correlation_id"], done["aggregate_id"]) == (command_id, command_id, "acc-1")
     assert (done["command_type"], done["outcome"]) == ("bank.v1.OpenAccount", "ok")
 
