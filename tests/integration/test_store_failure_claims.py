@@ -48,6 +48,7 @@ from service.store.postgres import PostgresStore
 from service.store.records import TOMBSTONE_EVENT_TYPE, ClaimChange, NewEvent, RecordedEvent, Snapshot
 from tests.support.events import command_record, new_event, recorded_event
 from tests.support.faults import appends_blocked, terminate_backends, waiting_on_locks
+from tests.support.silent_proxy import SilentProxy
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
@@ -162,67 +163,6 @@ async def _settled_or_waiting_again(running: asyncio.Future[Any], url: str, kill
     return running.done() or bool(await _waiting_backends(url) - killed)
 
 
-class AnswerHoldingProxy:
-    """A TCP proxy between the store and PostgreSQL that can hold back what
-    PostgreSQL answers (what the store sends still reaches it, and commits)
-    and then cut every connection through it, both sides closed, the held
-    answers never delivered: a network that fails after the commit. It
-    counts the connections it was asked for."""
-
-    def __init__(self, target_port: int) -> None:
-        self._target_port = target_port
-        self._answering = asyncio.Event()
-        self._answering.set()
-        self._server: asyncio.Server | None = None
-        self._links: list[asyncio.StreamWriter] = []
-        self._pumps: set[asyncio.Task[None]] = set()
-        self.port = 0
-        self.connections = 0
-
-    def hold_answers(self) -> None:
-        self._answering.clear()
-
-    async def cut(self) -> None:
-        """Close every connection through the proxy; later ones go through."""
-        for writer in self._links:
-            writer.transport.abort()
-        self._links.clear()
-        pumps = list(self._pumps)
-        for task in pumps:
-            task.cancel()
-        await asyncio.gather(*pumps, return_exceptions=True)
-        self._answering.set()
-
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, answers: bool) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await source.read(65536):
-                if answers:
-                    await self._answering.wait()
-                sink.write(data)
-                await sink.drain()
-        sink.transport.abort()
-
-    async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
-        self._links += [writer, upstream_writer]
-        for source, sink, answers in ((reader, upstream_writer, False), (upstream_reader, writer, True)):
-            task = asyncio.ensure_future(self._pump(source, sink, answers=answers))
-            self._pumps.add(task)
-            task.add_done_callback(self._pumps.discard)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[AnswerHoldingProxy]:
-        self._server = await asyncio.start_server(self._connected, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        try:
-            yield self
-        finally:
-            self._server.close()
-            await self.cut()
-            await self._server.wait_closed()
-
-
 def _through(url: str, port: int) -> str:
     parts = urlsplit(url)
     user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
@@ -248,7 +188,7 @@ async def test_a_committed_append_whose_answer_is_lost_is_unknown_and_its_retry_
     port = urlsplit(postgres_url).port
     assert port is not None
     async with (
-        AnswerHoldingProxy(port).running() as proxy,
+        SilentProxy(port).running() as proxy,
         _opened(_through(postgres_url, proxy.port)) as store,
     ):
         router = Router(CommandExecutor(Store.of(store), REGISTRY))
