@@ -269,6 +269,19 @@ def _unreachable_hint(details: str, args: argparse.Namespace) -> str:
             f"  the connection {where} closed at once: is it a Chronicle server? One with TLS (--tls-cert-file)"
             " needs --tls-ca CA_FILE (env CHRONICLE_TLS_CA)"
         )
+    if "socket closed" in details.lower():
+        # The client trusted the server's certificate (a failed check is a
+        # handshake error on this side); the server then closed the
+        # connection: it wants a client certificate that its CA signed.
+        if getattr(args, "tls_cert", None):
+            return (
+                f"  the server {where} closed the connection during TLS: it did not accept --tls-cert;"
+                " it takes certificates signed by the CA of its --tls-client-ca-file"
+            )
+        return (
+            f"  the server {where} closed the connection during TLS: it asks for a client certificate"
+            " (mutual TLS): give --tls-cert CERT_FILE --tls-key KEY_FILE (env CHRONICLE_TLS_CERT, CHRONICLE_TLS_KEY)"
+        )
     return (
         f"  no Chronicle server answered {where}: start one (`make run` in the repository, or `chronicle serve`),"
         " or give its address with --server HOST:PORT (env CHRONICLE_SERVER)"
