@@ -393,9 +393,10 @@ class ReactionRun:
         return aggregate.state
 
     def events(self, aggregate_id: str) -> list[Message]:
-        """The aggregate's events, oldest first."""
+        """The aggregate's events, oldest first, as the plugins read them now
+        (stored at an older schema version: upcast, as the server reads them)."""
         stored = self._loop.run_until_complete(self.store.read_aggregate(aggregate_id))
-        return [self._decode(e.event_type, e.payload) for e in stored]
+        return [message for _, message in self._executor.loader.reader.messages(stored)]
 
     def parked(self, reaction: str) -> list[reaction_service_pb2.ParkedCommand]:
         """The commands ``reaction`` parked, oldest first."""

@@ -24,7 +24,7 @@ from service.plugins.api import EventSpec
 from service.plugins.context import Clock, CommandContext, Effects, LookupNeeded
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
-from service.processing.state import Aggregate, apply_messages
+from service.processing.state import Aggregate, ApplyFailed, apply_messages
 from service.processing.watchdog import SlowHandlerAlarm
 from service.store.base import EventRecorder
 from service.store.records import EVENT_ENVELOPE_BYTES, ClaimChange
@@ -193,6 +193,10 @@ class Decider:
         self, request: CommandRequest, state: Message, context: CommandContext
     ) -> Message | Iterable[Message] | None:
         spec = request.spec
+        # The state is the cached aggregate's own (a copy per command would
+        # cost more than this check): a handler that changes it would change
+        # what later commands decide on, and the next snapshot.
+        given = state.SerializeToString()
         started = time.perf_counter()
         try:
             return spec.handler(request.message, state, context)
@@ -206,6 +210,17 @@ class Decider:
             ) from error
         finally:
             self._slow.check(spec.name, request.aggregate_id, started)
+            if state.SerializeToString() != given:
+                state.Clear()
+                state.MergeFromString(given)  # as it was: the command is refused, the cache kept
+                log.error("the handler for %s changed the state of %s it was given", spec.name, request.aggregate_id)
+                # Raised over whatever the handler raised or returned: its outcome came from a state it broke.
+                raise HandlerFailed(
+                    f"the handler for {spec.name} changed the state it was given: a handler returns events"
+                    " and leaves the state to the apply functions",
+                    reason="STATE_CHANGED_BY_HANDLER",
+                    metadata={"command_type": spec.name},
+                )
 
     def _sized(self, request: CommandRequest, events: list[tuple[EventSpec, Message]], before: int) -> int:
         """The events' size, or EventTooLarge if one of them, or all of them
@@ -238,26 +253,42 @@ class Decider:
 
     async def _exists(self, aggregate_type: str, aggregate_id: str) -> bool:
         head = await self._store.head(aggregate_id)
-        return head is not None and head.aggregate_type == aggregate_type
+        return head is not None and head.aggregate_type == aggregate_type and not head.deleted
 
     def _apply(
         self, request: CommandRequest, aggregate: Aggregate, state: Message, events: list[tuple[EventSpec, Message]]
     ) -> Message:
         try:
             return apply_messages(aggregate.type, state, events)
-        except Exception as error:
-            log.exception("applying events of %s to %s failed", request.spec.name, request.aggregate_id)
+        except ApplyFailed as failed:
+            log.error(
+                "applying the events of %s to %s failed: %s",
+                request.spec.name,
+                request.aggregate_id,
+                failed,
+                exc_info=failed.__cause__,
+            )
             raise HandlerFailed(
-                f"applying the events of {request.spec.name} failed: {type(error).__name__}",
-                metadata={"command_type": request.spec.name},
-            ) from error
+                f"the events of {request.spec.name} cannot be applied: {failed}",
+                metadata={"command_type": request.spec.name, "event_type": failed.event_type},
+            ) from failed
 
     def _events_of(
         self, command_type: str, aggregate: Aggregate, produced: Message | Iterable[Message] | None
     ) -> list[tuple[EventSpec, Message]]:
         if produced is None:
             return []
-        items: Sequence[object] = [produced] if isinstance(produced, Message) else list(produced)
+        if isinstance(produced, Message):
+            items: Sequence[object] = [produced]
+        elif isinstance(produced, Iterable) and not isinstance(produced, (str, bytes, Mapping)):
+            items = list(produced)
+        else:
+            raise HandlerFailed(
+                f"the handler for {command_type} returned {type(produced).__name__}: a handler returns an event"
+                f" of {aggregate.type.name}, a list of them, or None",
+                reason="UNREGISTERED_EVENT",
+                metadata={"command_type": command_type, "event_type": type(produced).__name__},
+            )
         result = []
         for item in items:
             name = item.DESCRIPTOR.full_name if isinstance(item, Message) else type(item).__name__

@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
-from service.errors import AggregateTypeMismatch, EventNotReadable
+from service.errors import AggregateTypeMismatch, EventNotReadable, HandlerFailed
 from service.plugins.api import AggregateType, EventSpec
 from service.plugins.registry import Registry
 from service.processing.upcasting import EventReader
@@ -24,7 +24,7 @@ from service.store.base import AggregateQuery, SnapshotKind, Store, loads_in_one
 from service.store.records import RecordedEvent, Snapshot
 from service.values import value
 
-__all__ = ["Aggregate", "AggregateLoader", "EventNotReadable", "apply_messages"]
+__all__ = ["Aggregate", "AggregateLoader", "ApplyFailed", "EventNotReadable", "apply_messages"]
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +51,38 @@ class Aggregate:
         return self.version > 0
 
 
+class ApplyFailed(Exception):
+    """An apply function raised, or returned something that is not the
+    aggregate's state: the state after the event is not known."""
+
+    def __init__(self, event_type: str, cause: str) -> None:
+        super().__init__(f"applying a {event_type} failed: {cause}")
+        self.event_type = event_type
+        self.cause = cause
+
+
 def apply_messages(
     aggregate_type: AggregateType[Any], state: Message, messages: Iterable[tuple[EventSpec, Message]]
 ) -> Message:
-    """Apply decoded events to a copy of ``state`` and return the copy."""
-    working: Message = aggregate_type.state_type()
+    """Apply decoded events to a copy of ``state`` and return the copy;
+    ``ApplyFailed`` if an apply function raises or returns anything but
+    ``None`` or a state message (which would be taken as the state, and
+    break every later use of it)."""
+    state_type = aggregate_type.state_type
+    working: Message = state_type()
     working.CopyFrom(state)
     for spec, message in messages:
-        replaced = spec.apply(working, message)
+        try:
+            replaced = spec.apply(working, message)
+        except Exception as error:
+            raise ApplyFailed(spec.name, f"{type(error).__name__}: {error}") from error
         if replaced is not None:
+            if not isinstance(replaced, state_type):
+                raise ApplyFailed(
+                    spec.name,
+                    f"its apply function returned {type(replaced).__name__}; an apply function changes the state"
+                    f" in place and returns None, or returns a new {state_type.DESCRIPTOR.full_name}",
+                )
             working = replaced
     return working
 
@@ -127,7 +150,17 @@ class AggregateLoader:
         if events and events[0].aggregate_type != aggregate_type.name:
             raise AggregateTypeMismatch(aggregate_id, events[0].aggregate_type, aggregate_type.name)
         if events:
-            state = apply_messages(aggregate_type, state, self.reader.messages(events))
+            try:
+                state = apply_messages(aggregate_type, state, self.reader.messages(events))
+            except ApplyFailed as failed:
+                # A stored event the plugin's apply function cannot take:
+                # every command and read of the aggregate fails alike until
+                # the plugin is fixed. Named, so the operator knows which.
+                log.error("aggregate %r cannot be rebuilt: %s", aggregate_id, failed, exc_info=failed.__cause__)
+                raise HandlerFailed(
+                    f"aggregate {aggregate_id!r} cannot be rebuilt: {failed}",
+                    metadata={"aggregate_id": aggregate_id, "event_type": failed.event_type},
+                ) from None
             version = events[-1].version
             return Aggregate(aggregate_id, aggregate_type, version, state, events[-1].event_id)
         return Aggregate(aggregate_id, aggregate_type, version, state)

@@ -261,7 +261,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         stream = self._streams.get(aggregate_id)
         if not stream:
             return None
-        return AggregateHead(stream[-1].aggregate_type, stream[-1].version)
+        return AggregateHead(stream[-1].aggregate_type, stream[-1].version, is_tombstone(stream[-1]))
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         return select_events(self._streams.get(aggregate_id, []), query)

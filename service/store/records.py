@@ -263,10 +263,12 @@ class DataKey:
 
 @dataclass(frozen=True, slots=True)
 class AggregateHead:
-    """Where an aggregate stands: its type and latest version."""
+    """Where an aggregate stands: its type and latest version, and whether
+    that version is the tombstone of its deletion."""
 
     aggregate_type: str
     version: int
+    deleted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from service.store.base import StoreAdapter
 from service.store.grouping import GroupParkedEvent, GroupSpec
 from service.store.records import (
     TOMBSTONE_EVENT_TYPE,
+    AggregateHead,
     ClaimChange,
     DataKey,
     DocumentWrite,
@@ -141,7 +142,7 @@ async def test_a_tombstone_stands_alone_above_the_versions_it_replaced(store: St
     tombstone = recorded_event("a-1", 8, event_type=TOMBSTONE_EVENT_TYPE)
     assert await store.import_events([tombstone]) == 1
     head = await store.head("a-1")
-    assert head is not None and head.version == 8
+    assert head is not None and (head.version, head.deleted) == (8, True)
 
 
 async def test_snapshots_and_command_records_are_imported_once(store: StoreAdapter, contents: ContentsOf) -> None:
@@ -287,6 +288,7 @@ async def test_deleting_an_aggregate_leaves_its_tombstone_at_the_end_of_the_log(
     assert recorded.aggregate_type == "Thing"  # the aggregate's, whatever the tombstone said
     assert recorded.position > head
     assert await store.read_aggregate("a-1") == [recorded]
+    assert await store.head("a-1") == AggregateHead("Thing", 4, deleted=True)
     assert await log_of(store) == [other, recorded]
     assert await store.log_head() == recorded.position
     assert (await store.load_snapshot("a-1"), await store.claim_owner("s", "v")) == (None, None)

@@ -20,6 +20,7 @@ from service.processing.executor import CommandExecutor
 from service.processing.router import Router
 from service.store.base import Store
 from service.store.memory import MemoryStore
+from service.transfer.deleting import delete_aggregate
 from tests.support import plugins
 from tests.support.contents import contents
 from tests.support.events import new_event
@@ -59,6 +60,13 @@ async def test_a_handler_sees_whether_another_aggregate_exists(router: Router, s
 async def test_an_aggregate_of_another_type_does_not_exist(router: Router) -> None:
     with pytest.raises(NotFoundError):
         await router.submit(request("card-1", bank.OpenAccount(owner="box-1")))
+
+
+async def test_a_deleted_aggregate_does_not_exist(router: Router, store: MemoryStore) -> None:
+    deleted = await delete_aggregate(Store.of(store), "acc-1", principal="root")
+    assert deleted.tombstone.aggregate_type == "Account"  # its tombstone keeps the type
+    with pytest.raises(NotFoundError):
+        await router.submit(request("card-1", bank.OpenAccount(owner="acc-1")))
 
 
 async def test_a_lookup_runs_the_handler_once_more_with_the_answer(router: Router) -> None:

@@ -12,7 +12,15 @@ from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.group_commit import Append, GroupCommitter
 from service.store.postgres.rows import first, rows, scalar
-from service.store.records import AggregateHead, AggregateSummary, ClaimChange, CommandRecord, NewEvent, RecordedEvent
+from service.store.records import (
+    TOMBSTONE_EVENT_TYPE,
+    AggregateHead,
+    AggregateSummary,
+    ClaimChange,
+    CommandRecord,
+    NewEvent,
+    RecordedEvent,
+)
 from service.store.sql_common import POSTGRES, aggregate_conditions, command_from_row, event_from_row
 
 
@@ -46,7 +54,7 @@ class EventsRole:
     async def head(self, aggregate_id: str) -> AggregateHead | None:
         (result,) = await self._db.run("head", [Statement(sql.HEAD.encode(), (aggregate_id,))], read_only=True)
         row = first(result)
-        return None if row is None else AggregateHead(row[0], int(row[1]))
+        return None if row is None else AggregateHead(row[0], int(row[1]), row[2] == TOMBSTONE_EVENT_TYPE)
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         conditions = aggregate_conditions(POSTGRES, aggregate_id, query)

@@ -174,7 +174,10 @@ FIND_COMMANDS = f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE command
 
 # -- reads of one aggregate -----------------------------------------------
 
-HEAD = "SELECT aggregate_type, version FROM chronicle.events WHERE aggregate_id = $1 ORDER BY version DESC LIMIT 1"
+HEAD = (
+    "SELECT aggregate_type, version, event_type FROM chronicle.events WHERE aggregate_id = $1"
+    " ORDER BY version DESC LIMIT 1"
+)
 # The (aggregate_id, version) index walked in order of ids from the prefix
 # on, stopping after $3 aggregates. ``aggregate_id >= $1`` is where the walk
 # starts: it relies on the database's collation sorting a string after its

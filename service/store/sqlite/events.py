@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique
 from service.store.base import AggregateQuery
 from service.store.notifier import CommitNotifier
-from service.store.records import AggregateHead, AggregateSummary, ClaimChange, CommandRecord, NewEvent, RecordedEvent
+from service.store.records import (
+    TOMBSTONE_EVENT_TYPE,
+    AggregateHead,
+    AggregateSummary,
+    ClaimChange,
+    CommandRecord,
+    NewEvent,
+    RecordedEvent,
+)
 from service.store.serialization import dump_metadata
 from service.store.sql_common import SQLITE, Row, aggregate_conditions, command_from_row, command_params, event_from_row
 from service.store.sqlite import sql
@@ -41,7 +49,7 @@ class EventsRole:
 
     async def head(self, aggregate_id: str) -> AggregateHead | None:
         row = await self._writer.run(lambda db: db.execute(sql.HEAD, (aggregate_id,)).fetchone())
-        return None if row is None else AggregateHead(row[0], row[1])
+        return None if row is None else AggregateHead(row[0], row[1], row[2] == TOMBSTONE_EVENT_TYPE)
 
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         conditions = aggregate_conditions(SQLITE, aggregate_id, query)

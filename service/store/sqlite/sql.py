@@ -89,7 +89,7 @@ RELEASE_CLAIM = "DELETE FROM claims WHERE scope = ? AND value = ? AND aggregate_
 # -- reads of one aggregate ----------------------------------------------------
 
 FIND_COMMAND = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id = ?"
-HEAD = "SELECT aggregate_type, version FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
+HEAD = "SELECT aggregate_type, version, event_type FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
 # Ids compare as bytes (BINARY collation), so every id starting with the
 # prefix is at or after it: the range start lets the (aggregate_id, version)
 # index begin there, and the walk stops after ``limit`` aggregates.
