@@ -72,13 +72,20 @@ class History:
             while True:
                 out: list[RecordedEvent] = []
                 reached_limit = False
-                for stored in page:
-                    if wanted.limit is not None and sent >= wanted.limit:
-                        reached_limit = True  # only ever between stored versions
-                        break
-                    current = [e for e in reader.records(stored) if _matches(e, wanted)]
-                    out.extend(reversed(current) if wanted.backwards else current)
-                    sent += len(current)
+                try:
+                    for stored in page:
+                        if wanted.limit is not None and sent >= wanted.limit:
+                            reached_limit = True  # only ever between stored versions
+                            break
+                        current = [e for e in reader.records(stored) if _matches(e, wanted)]
+                        out.extend(reversed(current) if wanted.backwards else current)
+                        sent += len(current)
+                except Exception:
+                    # An event the plugins cannot read ends the read, never
+                    # skipped; the page's events before it go first.
+                    if out:
+                        yield out
+                    raise
                 following = None if reached_limit or len(page) < PAGE else _following(query, page[-1].version)
                 if following is not None:
                     # More may follow: read it while this page is sent.

@@ -148,10 +148,18 @@ class Subscriptions:
                 ahead = await started(self._read(page.scanned_to, stored_filter)) if page.more else None
                 if page.events:
                     events = []
-                    for stored in page.events:
-                        for event in records(stored):
-                            if not wanted_types or event.event_type in wanted_types:
-                                events.append(event)
+                    try:
+                        for stored in page.events:
+                            for event in records(stored):
+                                if not wanted_types or event.event_type in wanted_types:
+                                    events.append(event)
+                    except Exception:
+                        # An event the plugins cannot read ends the stream,
+                        # never skipped; the page's events before it go first,
+                        # so the subscriber stops just before it.
+                        if events:
+                            yield Page(events)
+                        raise
                     told = page.events[-1].position
                     if events:
                         yield Page(events)
