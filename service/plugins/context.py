@@ -74,6 +74,9 @@ class Effects:
         self.exists: dict[tuple[str, str], bool] = dict(exists or {})
         self.claims: list[Claim] = []
         self.clock = clock
+        # The first lookup the handler raised for: still owed if the handler
+        # caught it (``except BaseException``) and returned as if answered.
+        self.unanswered: LookupNeeded | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,10 @@ class CommandContext:
         (a name or the ``AggregateType``), as of now."""
         key = (aggregate_type if isinstance(aggregate_type, str) else aggregate_type.name, aggregate_id)
         if key not in self.effects.exists:
-            raise LookupNeeded(*key)
+            needed = LookupNeeded(*key)
+            if self.effects.unanswered is None:
+                self.effects.unanswered = needed
+            raise needed
         return self.effects.exists[key]
 
     def claim(self, scope: str, value: str) -> None:

@@ -186,6 +186,8 @@ class Decider:
         if spec.creates or spec.requires_existing:
             spec.check_existence(context)
         produced = self._call(request, state, context)
+        if effects.unanswered is not None:
+            raise effects.unanswered  # the handler caught its lookup: it decided without the answer
         claims = tuple(ClaimChange(c.scope, c.value, c.release) for c in effects.claims) if effects.claims else ()
         return self._events_of(request.spec.name, aggregate, produced), claims
 

@@ -53,6 +53,22 @@ def withdraw_returns_a_number(command: bank.Withdraw, state: bank.Account, conte
     return 42
 
 
+@slate.command(bank.CloseAccount)
+def close_if_the_other_exists(
+    command: bank.CloseAccount, state: bank.Account, context: CommandContext
+) -> bank.AccountClosed | None:
+    try:
+        found = context.exists("Slate", "s-other")
+    except BaseException:  # the mistake: this catches the lookup too
+        found = False
+    return bank.AccountClosed() if found else None
+
+
+@slate.apply(bank.AccountClosed)
+def closed(state: bank.Account, event: bank.AccountClosed) -> None:
+    state.closed = True
+
+
 @slate.apply(bank.AccountOpened)
 def opened(state: bank.Account, event: bank.AccountOpened) -> Any:
     if event.owner == RETURNS_TEXT:
@@ -151,4 +167,14 @@ async def test_a_stored_event_its_apply_function_cannot_take_names_the_aggregate
     assert raised.value.reason == "HANDLER_FAILED"
     assert raised.value.metadata == {"aggregate_id": "s-9", "event_type": "bank.v1.AccountOpened"}
     assert "KeyError" in str(raised.value)
+    await router.close()
+
+
+async def test_a_handler_that_catches_its_lookup_still_decides_with_the_answer() -> None:
+    store = MemoryStore()
+    router = router_over(store)
+    await router.submit(request("s-other", bank.OpenAccount(owner="bob")))
+    await router.submit(request("s-1", bank.OpenAccount(owner="ann")))
+    closed = await router.submit(request("s-1", bank.CloseAccount()))
+    assert [event.event_type for event in closed.events] == ["bank.v1.AccountClosed"]
     await router.close()

@@ -27,7 +27,8 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const repository = path.resolve(here, '..', '..', '..');
 
 // Where .proto imports are looked up, like protoc's -I. A client of another
-// domain adds that plugin's protos/ folder here.
+// domain adds that plugin's protos/ folder here, and its .proto file to
+// MESSAGE_FILES below (loaded when this module is imported).
 export const INCLUDE_DIRS = [
   path.join(repository, 'protos'),
   path.join(repository, 'domain_plugins', 'bank_account', 'protos'),
