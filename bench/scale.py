@@ -549,7 +549,7 @@ def report(results: dict[str, Any]) -> str:
         f"{projection['handler_calls']:,} handler calls in the whole cluster, {projection['events_applied_once']:,}"
         f" events applied once, {projection['events_applied_more_than_once']} more than once,"
         f" {projection['events_never_applied']} never.",
-        f"Before the kill one replica ran it ({projection['replicas_that_ran_it_before_the_kill']} wrote calls);"
+        f"Before the kill {projection['replicas_that_ran_it_before_the_kill']} replica(s) ran it;"
         f" another ran it {projection['taken_over_after_s']:.2f} s after the kill",
         f"(leases of {projection['lease_s']:g} s), and had caught up"
         f" {projection['caught_up_after_the_last_write_s']:.2f} s after the last write.",

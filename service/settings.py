@@ -5,12 +5,16 @@ default. Only the composition root reads the environment."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 from service.cluster.hashing import check_partition_count
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS
+
+MIN_LEASE_SECONDS = 0.5
+MAX_PROCESSES = 256
 
 DEFAULT_DATABASE_URL = "sqlite:///data/chronicle.db"
 
@@ -300,6 +304,17 @@ class Settings:
         ):
             if not getattr(self, name) >= 0:  # NaN too
                 raise ConfigurationError(f"{name} must not be negative", reason="BAD_SETTING")
+        for item in fields(self):
+            if item.type == "float" and not math.isfinite(getattr(self, item.name)):
+                raise ConfigurationError(f"{item.name} must be a finite number of seconds", reason="BAD_SETTING")
+        if self.lease_seconds < MIN_LEASE_SECONDS:
+            # A heartbeat is a third of it, and a round trip to the database.
+            raise ConfigurationError(
+                f"lease_seconds must be at least {MIN_LEASE_SECONDS:g}, got {self.lease_seconds:g}",
+                reason="BAD_SETTING",
+            )
+        if self.processes > MAX_PROCESSES:
+            raise ConfigurationError(f"processes must be at most {MAX_PROCESSES}", reason="BAD_SETTING")
         check_partition_count(self.partitions)
         if self.read_database_url and not self.database_url.startswith(("postgresql:", "postgres:")):
             raise ConfigurationError(
@@ -311,10 +326,13 @@ class Settings:
             raise ConfigurationError(
                 f"process_listen must be host:port, got {self.process_listen!r}", reason="BAD_SETTING"
             )
-        if self.advertise_address and not self.advertise_address.rpartition(":")[2].isdigit():
-            raise ConfigurationError(
-                f"advertise_address must be host:port, got {self.advertise_address!r}", reason="BAD_SETTING"
-            )
+        if self.advertise_address:
+            host, _, port = self.advertise_address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigurationError(
+                    f"advertise_address must be a host:port clients can dial, got {self.advertise_address!r}",
+                    reason="BAD_SETTING",
+                )
         if self.log_format not in ("text", "json"):
             raise ConfigurationError("log_format must be text or json", reason="BAD_SETTING")
         if self.metrics_listen and not self.metrics_listen.rpartition(":")[2].isdigit():

@@ -56,6 +56,10 @@ from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
+# Looks at a group per heartbeat at most, when another member took leases
+# this one went for (each look is one store operation more).
+TAKE_ROUNDS = 3
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseGroup:
@@ -252,11 +256,13 @@ class LeaseKeeper:
 
     async def _beat(self, state: _GroupState) -> None:
         me = self.member.member_id
-        sent = self._clock()
-        view = await self._store.renew_leases(state.group.name, self.member, state.group.keys, self.ttl)
-        held = {lease.name: _Held(lease.epoch, sent + self.ttl) for lease in view.leases if lease.owner == me}
-        plan = plan_changes(view, me, state.known)
-        if plan.release or plan.acquire:
+        for _ in range(TAKE_ROUNDS):
+            sent = self._clock()
+            view = await self._store.renew_leases(state.group.name, self.member, state.group.keys, self.ttl)
+            held = {lease.name: _Held(lease.epoch, sent + self.ttl) for lease in view.leases if lease.owner == me}
+            plan = plan_changes(view, me, state.known)
+            if not (plan.release or plan.acquire):
+                break
             for name in plan.release:  # no longer ours from the moment we decide to give them up
                 held.pop(name, None)
             # A copy: a ``leave`` while the change is under way clears what
@@ -269,6 +275,13 @@ class LeaseKeeper:
             for lease in taken:
                 held[lease.name] = _Held(lease.epoch, sent + self.ttl)
             view = _patched(view, me, plan.release, taken)
+            if len(taken) == len(plan.acquire) or not state.active:
+                break
+            # Another member took some of the free leases first (survivors
+            # of a member that died want about the same ones): look again
+            # now rather than a heartbeat later, so a dead member's leases
+            # are all taken within one heartbeat of their expiry.
+            state.held = held
         if not state.active:
             return  # left the group meanwhile
         state.held = held

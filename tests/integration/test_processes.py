@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -13,6 +16,7 @@ import pytest
 from chronicle.v1 import cluster_service_pb2, cluster_service_pb2_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.client import ChronicleClient
+from service.processes import START_SECONDS
 from tests.support.grpc_client import command, connect
 from tests.support.processes import free_port, serve_until_exit, wait_until_serving
 from tests.support.waiting import eventually
@@ -162,3 +166,70 @@ async def test_each_process_is_a_member_on_a_port_of_its_own_and_routing_clients
         if parent.poll() is None:
             parent.kill()
             parent.wait(10)
+
+
+def test_settings_every_process_would_refuse_are_refused_once_before_any_starts(postgres_url: str) -> None:
+    result = serve_until_exit("--database-url", postgres_url, "--processes", "3", listen=f"0.0.0.0:{free_port()}")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("INSECURE_LISTEN") == 1
+
+
+def _wait_for_children(parent: subprocess.Popen[bytes], count: int, without: int | None = None) -> list[int]:
+    def there() -> list[int] | None:
+        children = _children(parent.pid)
+        return children if len(children) == count and without not in children else None
+
+    found = wait_for(there, timeout=30.0)
+    assert found is not None, (_children(parent.pid), parent.poll())
+    return found
+
+
+def wait_for(probe: Callable[[], list[int] | None], *, timeout: float) -> list[int] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.1)
+    return None
+
+
+def test_a_process_that_dies_is_replaced_and_the_port_serves_on(postgres_url: str) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    parent = _serve(address, postgres_url, "--processes", "2")
+    try:
+        wait_until_serving(address)
+        victim, _ = _wait_for_children(parent, 2)
+        # Past START_SECONDS: it served, so it is replaced, not a failed start.
+        time.sleep(max(0.0, START_SECONDS + 0.5 - _age(victim)))
+        os.kill(victim, signal.SIGKILL)
+        _wait_for_children(parent, 2, without=victim)
+        wait_until_serving(address)
+        assert parent.poll() is None
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(30) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
+def test_a_process_that_ends_right_after_its_start_stops_the_others(postgres_url: str) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    parent = _serve(address, postgres_url, "--processes", "2")
+    try:
+        victim, other = _wait_for_children(parent, 2)
+        os.kill(victim, signal.SIGKILL)
+        assert parent.wait(30) == 1  # not started again and again: the supervisor gives up
+        assert not Path(f"/proc/{other}").exists()  # stopped and reaped
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
+def _age(pid: int) -> float:
+    """Seconds since process ``pid`` started."""
+    ticks = int((Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[19])
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - ticks / os.sysconf("SC_CLK_TCK")

@@ -4,8 +4,10 @@ lone replica on a store that serves one process."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from service.cluster.ownership import Ownership, partition_group
 from service.errors import ConfigurationError
 from service.settings import Settings, settings_from
 from service.store.leasing import Lease, LeaseMember, LeaseView
+from service.store.local_leases import LocalLeases
 from service.store.memory import MemoryStore
 
 
@@ -97,10 +100,19 @@ def test_scale_out_settings_are_checked() -> None:
     assert (settings.partitions, settings.advertise_address, settings.lease_seconds) == (16, "a.internal:50051", 3.0)
     with pytest.raises(ConfigurationError):
         Settings(partitions=48)
-    with pytest.raises(ConfigurationError):
-        Settings(lease_seconds=0.0)
-    with pytest.raises(ConfigurationError):
-        Settings(advertise_address="a.internal")
+    for bad in (
+        {"lease_seconds": 0.0},
+        {"lease_seconds": 0.1},  # a heartbeat every 33 ms
+        {"lease_seconds": float("inf")},  # heartbeats could not say when their leases lapse
+        {"shutdown_grace": float("inf")},
+        {"partitions": 8192},  # a heartbeat renews every lease of the group
+        {"processes": 1000},
+        {"advertise_address": "a.internal"},
+        {"advertise_address": ":50051"},
+        {"advertise_address": "a.internal:0"},
+    ):
+        with pytest.raises(ConfigurationError):
+            Settings(**bad)
     with pytest.raises(ConfigurationError):
         Settings(process_listen="127.0.0.1")
 
@@ -128,3 +140,30 @@ def test_a_read_database_is_a_postgresql_standby_of_a_postgresql_primary() -> No
         Settings(database_url="postgresql://primary/db", read_database_url="sqlite:///x.db")
     settings = Settings(database_url="postgresql://primary/db", read_database_url="postgresql://standby/db")
     assert settings.read_wait_seconds == 5.0
+
+
+class TakingTurns(LocalLeases):
+    """Leases whose changes wait for the loop once, as a round trip does:
+    members beating at once all read the group before any of them changes it."""
+
+    async def change_leases(self, group: str, member_id: str, **changes: Any) -> list[Lease]:
+        await asyncio.sleep(0)
+        return await super().change_leases(group, member_id, **changes)
+
+
+async def test_survivors_take_a_dead_members_leases_within_one_heartbeat_though_they_want_the_same() -> None:
+    now = [0.0]
+    store = TakingTurns(clock=lambda: now[0])
+    group = partition_group(64)
+    keepers = [
+        LeaseKeeper(store, member=LeaseMember(name, f"{name}:1"), groups=[group], ttl=3.0, clock=lambda: now[0])
+        for name in ("a", "b", "c")
+    ]
+    for _ in range(10):  # everyone at its share
+        await asyncio.gather(*(keeper.beat() for keeper in keepers))
+    assert sorted(len(keeper.held(group.name)) for keeper in keepers) == [21, 21, 22]
+    for _ in range(3):  # c stopped beating; a and b go on, a heartbeat a second
+        now[0] += 1.0
+        await asyncio.gather(*(keeper.beat() for keeper in keepers[:2]))
+    # c's leases lapsed at 3 s: the first heartbeat after takes them all.
+    assert sorted(len(keeper.held(group.name)) for keeper in keepers[:2]) == [32, 32]

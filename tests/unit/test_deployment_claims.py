@@ -241,7 +241,7 @@ def test_settings_in_seconds_take_the_units_the_guide_lists() -> None:
     for name, f in FIELDS.items():  # every setting of the float kind is one in seconds
         if str(f.type) == "float":
             assert getattr(settings_from([], {env_name(name): "2w"}), name) == 2 * 604_800, name
-            assert getattr(settings_from(["--" + name.replace("_", "-"), "250ms"], {}), name) == 0.25, name
+            assert getattr(settings_from(["--" + name.replace("_", "-"), "750ms"], {}), name) == 0.75, name
 
 
 # -- the numbers docs/deployment.md quotes -------------------------------------------
