@@ -384,6 +384,12 @@ def _exists(stub: event_service_pb2_grpc.EventServiceStub, aggregate_id: str, *,
 _PROJECTION_ACTIONS = ("documents", "parked", "rebuild")
 # How often ``projection rebuild`` asks how far the projection has got.
 _REBUILD_POLL_SECONDS = 0.2
+# What ``projection rebuild`` allows each try of a projection that parks to
+# take (reading and applying its batch), beyond the wait between tries.
+_REBUILD_TRY_SECONDS = 10.0
+# A projection's wait between tries when the server does not say
+# (``retry_seconds``' default in ``service.plugins``).
+_DEFAULT_RETRY = 5.0
 
 
 def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -453,19 +459,30 @@ def _parked(stub: projection_service_pb2_grpc.ProjectionServiceStub, name: str, 
 def _rebuild(stub: projection_service_pb2_grpc.ProjectionServiceStub, name: str, args: argparse.Namespace) -> int:
     """Clear the projection and follow it applying the log again: its
     position against the log's head, until it reaches the head as of the
-    rebuild. A projection that reports an error (its handler fails and it
-    stops) ends the wait: the server goes on trying."""
+    rebuild. A projection that stops on an error ends the wait (the server
+    goes on trying): one that stops (``on_failure="stop"``) as soon as it
+    reports one; one that parks an event its handler keeps failing on is
+    waited for while it tries again, and only once the same error has held
+    it at one position for longer than its tries would take to park the
+    event (a failure that parking does not get past: a store that keeps
+    failing) is it stopped."""
     started = stub.RebuildProjection(projection_service_pb2.RebuildProjectionRequest(name=name), timeout=args.timeout)
     if args.no_wait:
         _print({"projection": name, "rebuilding": True, "log_head": started.log_head})
         return EXIT_OK
     reporter = Reporter(f"rebuilding {name}", unit="positions")
+    failing: tuple[int, str] | None = None  # (position, error) the projection has been failing at
+    failing_since = 0.0
     while True:
         status = stub.GetProjection(projection_service_pb2.GetProjectionRequest(name=name), timeout=args.timeout)
         reporter.update(status.position, status.log_head)
         if status.position >= started.log_head:
             break
-        if status.error:
+        if not status.error:
+            failing = None
+        elif failing != (status.position, status.error):
+            failing, failing_since = (status.position, status.error), time.monotonic()
+        if failing is not None and time.monotonic() - failing_since >= _parking_takes(status):
             reporter.close(f"stopped at position {status.position}: {status.error}")
             print(
                 f"error: projection {name} stopped at position {status.position}: {status.error}"
@@ -486,6 +503,17 @@ def _rebuild(stub: projection_service_pb2_grpc.ProjectionServiceStub, name: str,
     return EXIT_OK
 
 
+def _parking_takes(status: projection_service_pb2.GetProjectionResponse) -> float:
+    """How long an error may last before ``projection rebuild`` stops
+    waiting: 0 for a projection that stops on one; for one that parks, its
+    ``max_attempts`` tries ``retry_interval`` apart (the plugins' default
+    from a server that does not say), and what the tries themselves take."""
+    if status.on_failure != "park":
+        return 0.0
+    retry = status.retry_interval.ToNanoseconds() / 1e9 if status.HasField("retry_interval") else _DEFAULT_RETRY
+    return max(status.max_attempts, 1) * (retry + _REBUILD_TRY_SECONDS)
+
+
 def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = reaction_service_pb2_grpc.ReactionServiceStub(channel)
     if args.name is None:
@@ -495,8 +523,20 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
         return EXIT_OK
     if args.replay:
         replay = reaction_service_pb2.ReplayParkedCommandRequest(reaction=args.name, command_id=args.replay)
-        _print(_as_dict(stub.ReplayParkedCommand(replay, timeout=args.timeout)))
-        return EXIT_OK
+        replayed = stub.ReplayParkedCommand(replay, timeout=args.timeout)
+        _print(_as_dict(replayed))
+        if replayed.accepted:
+            return EXIT_OK
+        # Sent again and refused again: still parked. A refusal like any
+        # other, though the call itself was answered (no gRPC code to say).
+        print(
+            f"error: {replayed.reason or 'REFUSED'}: parked command {args.replay} was refused again"
+            f" and stays parked: {replayed.message}",
+            file=sys.stderr,
+        )
+        where = {"reaction": args.name, "command_id": args.replay, "replayed_as": replayed.command_id}
+        print(f"  {json.dumps(where, sort_keys=True)}", file=sys.stderr)
+        return EXIT_REFUSED
     if args.dismiss:
         dismiss = reaction_service_pb2.DismissParkedCommandRequest(reaction=args.name, command_id=args.dismiss)
         stub.DismissParkedCommand(dismiss, timeout=args.timeout)
@@ -506,13 +546,23 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
         types = RemoteTypes(channel)
         request = reaction_service_pb2.ListParkedCommandsRequest(reaction=args.name)
         for parked in stub.ListParkedCommands(request, timeout=args.timeout).commands:
-            shown = _as_dict(parked)
-            shown["command"] = types.unpack(parked.command)
-            _print(shown)
+            _print(_parked_command_json(types, parked))
         return EXIT_OK
     status = stub.GetReaction(reaction_service_pb2.GetReactionRequest(name=args.name), timeout=args.timeout)
     _print(_as_dict(status))
     return EXIT_OK
+
+
+def _parked_command_json(types: RemoteTypes, parked: reaction_service_pb2.ParkedCommand) -> dict[str, object]:
+    """A parked command as JSON, its command unpacked with the server's
+    types (Protobuf's JSON mapping of the Any would look its type up in this
+    process's own, which knows no plugin's messages)."""
+    envelope = reaction_service_pb2.ParkedCommand()
+    envelope.CopyFrom(parked)
+    envelope.ClearField("command")
+    shown = _as_dict(envelope)
+    shown["command"] = types.unpack(parked.command)
+    return shown
 
 
 def _as_dict(message: object) -> dict[str, object]:
@@ -1000,8 +1050,30 @@ def _plugins(args: argparse.Namespace) -> int:
                     }
                     for aggregate in plugin.aggregates
                 ],
+                "projections": [
+                    {
+                        "projection": projection.name,
+                        "aggregate_types": sorted(projection.aggregate_types),
+                        "handlers": {name: handler.__qualname__ for name, (_, handler) in projection.handlers.items()},
+                        "on_failure": projection.on_failure,
+                    }
+                    for projection in plugin.projections
+                ],
+                "reactions": [
+                    {
+                        "reaction": reaction.name,
+                        "aggregate_types": sorted(reaction.aggregate_types),
+                        "handlers": {name: handler.__qualname__ for name, (_, handler) in reaction.handlers.items()},
+                        "on_refused": reaction.refused_handler.__qualname__ if reaction.refused_handler else None,
+                        "state": str(reaction.state_type.DESCRIPTOR.full_name) if reaction.state_type else None,
+                    }
+                    for reaction in plugin.reactions
+                ],
+                "middleware": [{"name": m.name, "class": type(m).__qualname__} for m in plugin.middleware],
             }
         )
+    for warning in registry.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -1023,11 +1095,11 @@ def _serve(args: argparse.Namespace) -> int:
     # first. Not with a port shared on purpose (--reuse-port, --processes).
     if settings.processes == 1 and not settings.reuse_port and _address_in_use(settings.listen):
         raise bind_failed(settings.listen, os.strerror(errno.EADDRINUSE))
+    configure_logging(level=settings.log_level, json_format=settings.log_format == "json")
     if settings.processes > 1:
         from service.processes import serve_processes
 
         return serve_processes(settings, sys.argv[1:])
-    configure_logging(level=settings.log_level, json_format=settings.log_format == "json")
     if args.master_keys is not None:  # the flag, not the environment variable
         logging.getLogger("chronicle").warning(
             "--master-keys on the command line is visible to every user of this machine (ps, /proc/PID/cmdline):"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 
 from chronicle.v1 import projection_service_pb2 as pb
 from chronicle.v1 import projection_service_pb2_grpc as pb_grpc
@@ -168,6 +168,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             parked_events=await self._documents.count_parked_events(projection.name),
             on_failure=projection.on_failure,
             max_attempts=projection.max_attempts if projection.on_failure == "park" else 0,
+            retry_interval=_seconds(projection.retry_seconds),
         )
 
     async def ListParkedEvents(
@@ -216,6 +217,12 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         if runner is not None:
             runner.nudge()  # here: at once; on another replica, at its next look
         return pb.RebuildProjectionResponse(log_head=head)
+
+
+def _seconds(seconds: float) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
 
 
 def _packed(document: StoredDocument) -> any_pb2.Any:

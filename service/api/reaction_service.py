@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -22,9 +23,17 @@ from service.processing.reaction_documents import list_parked
 from service.processing.reactions import ReactionRunner, Reactions
 from service.security.policy import Authorizer
 from service.store.base import LogReader, ProjectionStore
+from service.values import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["ReactionService"].full_name
+
+
+@dataclass
+class _Outcome:
+    """What came of an administrator's action, for its audit entry."""
+
+    message: str = ""
 
 
 class ReactionService(pb_grpc.ReactionServiceServicer):
@@ -108,14 +117,17 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     async def ReplayParkedCommand(
         self, request: pb.ReplayParkedCommandRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReplayParkedCommandResponse:
-        async with self._audited("ReplayParkedCommand"):
+        async with self._audited("ReplayParkedCommand", request.reaction) as outcome:
             runner, command_id = self._parked_command(request.reaction, request.command_id)
             replayed = await runner.replay(command_id)
+            what = "accepted" if replayed.accepted else f"refused again: {replayed.reason or 'no reason given'}"
+            outcome.message = f"parked command {command_id} replayed as {replayed.command_id}: {what}"
             log.warning(
-                "parked command %s of reaction %s replayed by %r: %s",
+                "parked command %s of reaction %s replayed by %r as %s: %s",
                 command_id,
                 runner.reaction.name,
                 current_principal.get().name,
+                replayed.command_id,
                 "accepted" if replayed.accepted else f"refused again ({replayed.reason})",
             )
             return pb.ReplayParkedCommandResponse(
@@ -128,9 +140,10 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     async def DismissParkedCommand(
         self, request: pb.DismissParkedCommandRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DismissParkedCommandResponse:
-        async with self._audited("DismissParkedCommand"):
+        async with self._audited("DismissParkedCommand", request.reaction) as outcome:
             runner, command_id = self._parked_command(request.reaction, request.command_id)
             await runner.dismiss(command_id)
+            outcome.message = f"parked command {command_id} dismissed"
             log.warning(
                 "parked command %s of reaction %s dismissed by %r",
                 command_id,
@@ -147,16 +160,29 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         return self._reactions.runners[reaction.name], command_id
 
     @contextlib.asynccontextmanager
-    async def _audited(self, rpc: str) -> AsyncIterator[None]:
-        """An administrator's action, audited: refused (any ChronicleError), or done."""
+    async def _audited(self, rpc: str, reaction: str) -> AsyncIterator[_Outcome]:
+        """An administrator's action on a reaction's parked command, audited
+        under the reaction's name (QueryAudit's aggregate_id
+        "reaction:NAME", as a rebuild's is "projection:NAME"): refused (any
+        ChronicleError, with its reason and message), or done, with what
+        came of it in the message: the command's id, and for a replay the id
+        it was sent under and whether it was accepted or refused again (with
+        the refusal's reason). A replay refused again was done (the audit
+        keeps administrators' actions that were done, and may prune
+        refusals): the command was sent, and its refusal, message included,
+        is the record of the id it was sent under. The refusal's message
+        stays out of this entry, which is kept in the clear: it may quote
+        personal data, which forgetting the aggregate must erase."""
         action = f"{SERVICE}/{rpc}"
         principal = current_principal.get().name
+        target = f"reaction:{reaction[:MAX_ID_LENGTH]}"
+        outcome = _Outcome()
         try:
-            yield
+            yield outcome
         except ChronicleError as error:
-            await self._audit.admin_action(action, principal=principal, error=error)
+            await self._audit.admin_action(action, principal=principal, aggregate_id=target, error=error)
             raise
-        await self._audit.admin_action(action, principal=principal)
+        await self._audit.admin_action(action, principal=principal, aggregate_id=target, message=outcome.message)
 
     async def ListParkedCommands(
         self, request: pb.ListParkedCommandsRequest, context: grpc.aio.ServicerContext[Any, Any]

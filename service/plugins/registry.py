@@ -2,6 +2,10 @@
 
 Built once at start-up; refuses two plugins claiming one aggregate type,
 command type, event type or upcaster step, and names both in the error.
+Also refuses, naming the plugin: a message type that is both a command and
+an event, an upcaster chain with a missing step, and a projection or
+reaction that names an aggregate type no plugin declares or has a handler
+for a command type (it only ever gets events).
 """
 
 from __future__ import annotations
@@ -29,7 +33,12 @@ class Registry:
         self._reactions: dict[str, Reaction[Any]] = {}
         for plugin in plugins:
             self._add(plugin)
+        self._check_commands_are_not_events()
         self._check_upcasters()
+        self._check_upcaster_chains()
+        followers: list[Projection | Reaction[Any]] = [*self._projections.values(), *self._reactions.values()]
+        for follower in followers:
+            self._check_follower(follower)
 
     def _add(self, plugin: Plugin) -> None:
         if any(p.name == plugin.name for p in self.plugins):
@@ -95,6 +104,110 @@ class Registry:
                     reason="BAD_UPCASTER",
                     metadata={"name": upcaster.name},
                 )
+
+    def _check_commands_are_not_events(self) -> None:
+        """A message type is a command or an event, never both: the server
+        tells them apart by type (a Submit's payload, a stored event)."""
+        for name, command in self._commands.items():
+            event = self._events.get(name)
+            if event is None:
+                continue
+            command_owner, event_owner = command.aggregate.plugin.name, event.aggregate.plugin.name
+            raise ConfigurationError(
+                f"{name} is registered as a command (of {command.aggregate.name}, plugin {command_owner!r})"
+                f" and as an event (of {event.aggregate.name}, plugin {event_owner!r}): a message type is one or"
+                " the other; give the event its own message (say, the command's name in the past tense)",
+                reason="DUPLICATE_REGISTRATION",
+                metadata={"name": name, "plugins": f"{command_owner},{event_owner}"},
+            )
+
+    def _check_upcaster_chains(self) -> None:
+        """Upcasters go one version at a time: from the lowest version some
+        upcaster reads, every version up to the current one (or, for a type
+        no plugin applies any more, up to the highest upcaster) needs one,
+        or events stored at the missing version cannot be read. A type with
+        no upcaster at all is taken to have no older versions stored."""
+        versions: dict[str, dict[int, UpcasterSpec]] = {}
+        for upcaster in self._upcasters.values():
+            versions.setdefault(upcaster.event_type, {})[upcaster.from_version] = upcaster
+        for event_type, steps in sorted(versions.items()):
+            event = self._events.get(event_type)
+            top = event.schema_version if event is not None else max(steps) + 1
+            missing = [version for version in range(min(steps), top) if version not in steps]
+            if not missing:
+                continue
+            owners = sorted({u.aggregate.plugin.name for u in steps.values()})
+            if len(owners) == 1:
+                upcasts = f"plugin {owners[0]!r} upcasts"
+            else:
+                upcasts = f"plugins {', '.join(repr(owner) for owner in owners)} upcast"
+            if event is not None:
+                reader = event.aggregate.plugin.name
+                chain = f"plugin {reader!r} reads {event_type} at schema version {top} and " + (
+                    f"upcasts it from v{min(steps)}" if owners == [reader] else f"{upcasts} it from v{min(steps)}"
+                )
+                owners = sorted({*owners, reader})
+            else:
+                chain = f"{upcasts} {event_type} (which no plugin applies) from v{min(steps)} and from v{max(steps)}"
+            gaps = ", ".join(f"v{version}" for version in missing)
+            wanted = " and ".join(f"from_version={version}" for version in missing)
+            raise ConfigurationError(
+                f"{chain}, but no upcaster reads {gaps}: an event stored at (or upcast to) {gaps} could not be"
+                f" read (UNSUPPORTED_SCHEMA_VERSION); register an upcaster of {event_type} with {wanted}",
+                reason="BAD_UPCASTER",
+                metadata={
+                    "event_type": event_type,
+                    "missing": ",".join(str(version) for version in missing),
+                    "plugins": ",".join(owners),
+                },
+            )
+
+    def _check_follower(self, follower: Projection | Reaction[Any]) -> None:
+        """A projection or reaction reads events of the loaded plugins'
+        aggregate types: one it names must be declared, and a handler for a
+        command type would never be called."""
+        what = "projection" if isinstance(follower, Projection) else "reaction"
+        unknown = sorted(follower.aggregate_types - self._aggregates.keys())
+        if unknown:
+            known = ", ".join(sorted(self._aggregates)) or "none"
+            raise ConfigurationError(
+                f"{what} {follower.name!r} of plugin {follower.plugin_name!r} follows aggregate type"
+                f" {', '.join(unknown)}, which no loaded plugin declares (known: {known}): correct the name"
+                " in aggregate_types, or load the plugin that declares it",
+                reason="UNKNOWN_AGGREGATE_TYPE",
+                metadata={"name": follower.name, "plugins": follower.plugin_name, "aggregate_types": ",".join(unknown)},
+            )
+        for event_type in sorted(follower.event_types):
+            command = self._commands.get(event_type)
+            if command is None:
+                continue
+            raise ConfigurationError(
+                f"{what} {follower.name!r} of plugin {follower.plugin_name!r} has a handler for {event_type},"
+                f" a command type (of {command.aggregate.name}, plugin {command.aggregate.plugin.name!r}): it"
+                " only ever gets events; register the handler for the event the command's handler returns",
+                reason="NOT_AN_EVENT",
+                metadata={
+                    "name": follower.name,
+                    "plugins": f"{follower.plugin_name},{command.aggregate.plugin.name}",
+                    "event_type": event_type,
+                },
+            )
+
+    @property
+    def warnings(self) -> list[str]:
+        """What is allowed but often a mistake, for ``chronicle plugins`` to
+        say: an event type past schema version 1 with no upcaster (fine if no
+        event of an older version was ever stored)."""
+        found = []
+        upcast = self.upcast_types
+        for name, event in self._events.items():
+            if event.schema_version > 1 and name not in upcast:
+                found.append(
+                    f"plugin {event.aggregate.plugin.name!r} applies {name} at schema version {event.schema_version}"
+                    " and no upcaster reads an older version: a stored event of an older version would fail"
+                    " its read (UNSUPPORTED_SCHEMA_VERSION); fine if none was ever stored"
+                )
+        return found
 
     @property
     def aggregates(self) -> list[AggregateType[Any]]:
