@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from functools import partial
 
-from service.errors import ChronicleError
+from service.errors import ChronicleError, HandlerFailed
 from service.plugins.middleware import CommandCall, Middleware
 from service.principal import ANONYMOUS, Principal
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
@@ -123,9 +123,12 @@ class Pipeline:
                 await _awaited(middleware.before(call))
             refusing = None
             result = await self._submit(request)
-        except BaseException as error:
+        except BaseException as raised:
+            error = _as_refusal(refusing, call, raised)
             await self._failed(call, started, error, refusing)
-            raise
+            if error is raised:
+                raise
+            raise error from raised
         if self._afters:
             done = replace(call, result=result, elapsed=time.perf_counter() - started)
             for middleware in reversed(self._afters):
@@ -171,7 +174,7 @@ class Pipeline:
                 finish = partial(self._finish_in, contextvars.copy_context(), call, started)
             return self._start(CommandBatch((request,), dry_run=dry_run), finish=finish)
         except BaseException as error:
-            return asyncio.ensure_future(self._refused(call, started, error, refusing))
+            return asyncio.ensure_future(self._refused(call, started, _as_refusal(refusing, call, error), refusing))
 
     async def _refused(
         self, call: CommandCall, started: float, error: BaseException, refusing: Middleware | None
@@ -269,6 +272,25 @@ async def _before(middleware: Middleware, call: CommandCall, index: int | None) 
         if index is not None:
             error.metadata.update(batch_index=str(index), command_id=call.command_id)
         raise
+    except Exception as error:
+        raise _as_refusal(middleware, call, error) from error
+
+
+def _as_refusal(middleware: Middleware | None, call: CommandCall, error: BaseException) -> BaseException:
+    """What the client hears of ``error``, raised by ``middleware``'s
+    ``before`` (None: not by a hook): a refusal it raised as it is, and its
+    own bug as MIDDLEWARE_FAILED naming it (logged), rather than a bare
+    INTERNAL no one can trace to a middleware."""
+    if middleware is None or isinstance(error, ChronicleError) or not isinstance(error, Exception):
+        return error
+    log.error("middleware %s failed in before for command %s", middleware.name, call.command_id, exc_info=error)
+    refusal = HandlerFailed(
+        f"middleware {middleware.name} failed before the command: {type(error).__name__}",
+        reason="MIDDLEWARE_FAILED",
+        metadata={"middleware": middleware.name, "command_type": call.command_type},
+    )
+    refusal.__cause__ = error
+    return refusal
 
 
 async def _quietly(

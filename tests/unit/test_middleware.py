@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.errors import PermissionDenied, ValidationError
+from service.errors import HandlerFailed, PermissionDenied, ValidationError
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.registry import Registry
 from service.principal import Principal
@@ -145,3 +146,50 @@ async def test_a_refused_command_refuses_its_batch_naming_the_command() -> None:
     assert raised.value.metadata["batch_index"] == "1"
     assert log == ["outer.before", "outer.before", "outer.on_error", "outer.on_error"]
     assert {c.refused_by for c in outer.calls} == {"gate"}
+
+
+class Buggy(Middleware):
+    """A ``before`` hook with a bug of its own (a plain function, so the
+    pipeline may also start commands inline)."""
+
+    name = "buggy"
+
+    def before(self, call: CommandCall) -> None:
+        raise KeyError("a bug in a hook")
+
+
+class Outer(Middleware):
+    name = "outer"
+
+    def __init__(self) -> None:
+        self.failed: list[CommandCall] = []
+
+    def on_error(self, call: CommandCall) -> None:
+        self.failed.append(call)
+
+
+def started_inline(batch: CommandBatch, *, finish: object = None) -> asyncio.Future[BatchResult]:
+    raise AssertionError("a refused command never reaches its worker")
+
+
+@pytest.mark.parametrize("path", ["submit", "start", "submit_batch"])
+async def test_a_before_hook_that_fails_refuses_the_command_naming_the_middleware(path: str) -> None:
+    outer = Outer()
+    pipeline = Pipeline(succeed, [outer, Buggy()], submit_batch=succeed_batch, start=started_inline)
+
+    async def send() -> object:
+        if path == "submit":
+            return await pipeline.submit(request(), ALICE)
+        if path == "submit_batch":
+            return await pipeline.submit_batch(CommandBatch((request(),)), ALICE)
+        started = pipeline.start(request(), ALICE)
+        assert started is not None
+        return await started
+
+    with pytest.raises(HandlerFailed) as raised:
+        await send()
+    assert raised.value.reason == "MIDDLEWARE_FAILED"
+    assert raised.value.metadata["middleware"] == "buggy"
+    assert isinstance(raised.value.__cause__, KeyError)
+    # The outer middleware's on_error sees what the client does.
+    assert [(type(call.error), call.refused_by) for call in outer.failed] == [(HandlerFailed, "buggy")]
