@@ -468,6 +468,7 @@ async def start(
                 poll_interval=settings.poll_seconds,
                 lease=KeeperLease(leases, PROJECTIONS_GROUP, projection.name),
                 page_bytes=page_bytes,
+                slow_handler_seconds=settings.slow_handler_seconds,
             )
             for projection in registry.projections
         ]
@@ -486,6 +487,7 @@ async def start(
                 lease=KeeperLease(leases, PROJECTIONS_GROUP, reaction.name),
                 page_bytes=page_bytes,
                 outcomes=metrics.reaction_outcome if metrics is not None else None,
+                slow_handler_seconds=settings.slow_handler_seconds,
             )
             for reaction in registry.reactions
         ]

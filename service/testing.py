@@ -54,6 +54,7 @@ from google.protobuf.message import Message
 from chronicle.v1 import reaction_service_pb2
 from service.errors import ChronicleError
 from service.plugins.api import Plugin
+from service.plugins.reactions import DEFAULT_MAX_HOPS
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
@@ -374,7 +375,7 @@ class ReactionRun:
 
         return self._loop.run_until_complete(step())
 
-    def settle(self, *, rounds: int = 100) -> None:
+    def settle(self, *, rounds: int = DEFAULT_MAX_HOPS + 10) -> None:
         """Run every reaction until none has anything left to do."""
         for _ in range(rounds):
             if not self.step():

@@ -15,6 +15,7 @@ from google.protobuf.message import DecodeError
 
 from chronicle.v1 import command_pb2, event_pb2
 from service.errors import FieldViolation, InvalidInput
+from service.plugins.reactions import HOPS_KEY
 from service.plugins.registry import Registry
 from service.processing.commands import CommandBatch, CommandRequest
 from service.store.records import TOMBSTONE_EVENT_TYPE, RecordedEvent
@@ -114,6 +115,15 @@ def _check_metadata(metadata: Mapping[str, str], field: str = "command") -> dict
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidInput.for_field(
             f"{field}.metadata", f"at most {MAX_METADATA_ENTRIES} entries", reason="INVALID_METADATA"
+        )
+    if HOPS_KEY in metadata:
+        # The count of reaction hops that stops a reaction loop is the
+        # server's to set: a client's could start a chain at (or past) its
+        # reactions' limit, and have their commands parked.
+        raise InvalidInput.for_field(
+            f"{field}.metadata[{HOPS_KEY!r}]",
+            "is reserved: the server sets it on the commands reactions send",
+            reason="INVALID_METADATA",
         )
     for key, value in metadata.items():
         # Values may hold any text PostgreSQL's can: not NUL (which the other

@@ -39,7 +39,7 @@ from google.protobuf.message import Message
 from service.errors import AlreadyExistsError, NotFoundError
 from service.plugins.context import CommandContext
 from service.plugins.projections import DOCUMENT_CACHE_SIZE, OnFailure, ProjectedEvent, Projection
-from service.plugins.reactions import Reaction, by_correlation
+from service.plugins.reactions import DEFAULT_MAX_HOPS, Reaction, by_correlation
 
 if TYPE_CHECKING:
     from service.plugins.middleware import Middleware
@@ -348,6 +348,7 @@ class Plugin:
         state: type[M],
         state_key: Callable[[ProjectedEvent], str] = by_correlation,
         batch_size: int = 100,
+        max_hops: int = DEFAULT_MAX_HOPS,
     ) -> Reaction[M]: ...
 
     @overload
@@ -358,6 +359,7 @@ class Plugin:
         aggregate_types: Iterable[str] = (),
         state: None = None,
         batch_size: int = 100,
+        max_hops: int = DEFAULT_MAX_HOPS,
     ) -> Reaction[None]: ...
 
     def reaction(
@@ -368,15 +370,27 @@ class Plugin:
         state: type[Message] | None = None,
         state_key: Callable[[ProjectedEvent], str] = by_correlation,
         batch_size: int = 100,
+        max_hops: int = DEFAULT_MAX_HOPS,
     ) -> Reaction[Any]:
         """Declare a process manager run from the log (see
         ``service.plugins.reactions``): handlers registered with
         ``@reaction.on(T)`` return the commands to send; ``state``, if given,
         is a message kept per ``state_key(envelope)`` and handed to them.
         The name is the reaction's identity (its checkpoint and state): a
-        name shared with a projection is refused."""
+        name shared with a projection is refused.
+
+        A command it sends that would make its cause chain longer than
+        ``max_hops`` reaction hops (a reaction reacting to what its own
+        commands caused, without end) is parked as ``REACTION_LOOP``
+        instead of sent."""
         reaction: Reaction[Any] = Reaction(
-            self.name, name, aggregate_types=aggregate_types, state=state, state_key=state_key, batch_size=batch_size
+            self.name,
+            name,
+            aggregate_types=aggregate_types,
+            state=state,
+            state_key=state_key,
+            batch_size=batch_size,
+            max_hops=max_hops,
         )
         self.reactions.append(reaction)
         return reaction

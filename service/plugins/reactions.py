@@ -37,6 +37,15 @@ left empty (equal to a new message) is deleted: a finished process leaves
 nothing behind. An empty key means no state: the handler gets a new message
 that is not kept.
 
+Loops: every command a reaction sends carries, under the metadata key
+``HOPS_KEY``, the number of reaction hops of its cause chain (its event's
+plus one; a client's command, and so its events, has none: 0), and the
+events it makes carry it on. A command that would go past its reaction's
+``max_hops`` (``DEFAULT_MAX_HOPS``) is not sent: it is parked with the
+reason ``REACTION_LOOP``, so a reaction that keeps reacting to what its own
+commands cause stops instead of running for ever. Clients cannot set the
+key (the codec refuses it).
+
 A refused command (the handler of its aggregate refused it, recorded like any
 refusal) is handed to ``on_refused`` with the state; the commands it returns
 are sent in turn (their refusals handed back again, up to ``MAX_ROUNDS``).
@@ -66,6 +75,14 @@ REACTION_NAMESPACE = uuid.UUID("6c1b8d0e-4a51-5f0e-9c7e-2d4b3a1f0c8e")
 # How many times in a row a refusal may be compensated by commands that are
 # refused again before the last one is parked.
 MAX_ROUNDS = 8
+
+# The metadata key that carries a command's (and so its events') number of
+# reaction hops: set by the reaction runner on every command it sends,
+# refused on a client's (``service.api.codec``).
+HOPS_KEY = "chronicle.reaction_hops"
+# How many reaction hops a cause chain may take before its next command is
+# parked (REACTION_LOOP) instead of sent; ``plugin.reaction(max_hops=…)``.
+DEFAULT_MAX_HOPS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +136,38 @@ def command_id_for(seed: str, index: int) -> str:
     return str(uuid.uuid5(REACTION_NAMESPACE, f"{seed}/{index}"))
 
 
+def hops_of(envelope: ProjectedEvent) -> int:
+    """The number of reaction hops of the cause chain that led to
+    ``envelope``'s event (0: a client's command made it; anything but a
+    count reads as 0)."""
+    text = envelope.metadata.get(HOPS_KEY, "")
+    if not (text.isascii() and text.isdecimal()):
+        return 0
+    return int(text) if len(text) <= 18 else 10**18  # so long a count is past any limit: not parsed
+
+
+_EXPECTED = "Send(aggregate_id, command), a list of Send values, or None"
+
+
+def _what(value: object) -> str:
+    if isinstance(value, Message):
+        return f"a {value.DESCRIPTOR.full_name} message (a bare command: wrap it as Send(aggregate_id, command))"
+    return f"a {type(value).__name__}"
+
+
 def sends(reacted: Reacted) -> list[Send]:
-    """What a reaction's function returned, as a list (checked)."""
+    """What a reaction's function returned, as a list (checked: a
+    ``TypeError`` says what came back instead)."""
     if reacted is None:
         return []
-    found = [reacted] if isinstance(reacted, Send) else list(reacted)
-    for item in found:
+    if isinstance(reacted, Send):
+        return [reacted]
+    if isinstance(reacted, Message | str | bytes | Mapping) or not isinstance(reacted, Iterable):
+        raise TypeError(f"returned {_what(reacted)}; a reaction returns {_EXPECTED}")
+    found = list(reacted)
+    for index, item in enumerate(found):
         if not isinstance(item, Send):
-            raise TypeError(f"a reaction returns Send values, got {type(item).__name__}")
+            raise TypeError(f"returned a list whose item {index} is {_what(item)}; a reaction returns {_EXPECTED}")
     return found
 
 
@@ -143,17 +184,22 @@ class Reaction(Generic[S]):
         state: type[Message] | None = None,
         state_key: Callable[[ProjectedEvent], str] = by_correlation,
         batch_size: int = 100,
+        max_hops: int = DEFAULT_MAX_HOPS,
     ) -> None:
         if not name or not name.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"reaction name {name!r} must be letters, digits, '_' or '.'")
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
+        if max_hops < 1:
+            raise ValueError("max_hops must be positive")
         self.plugin_name = plugin_name
         self.name = name
         self.aggregate_types = frozenset(aggregate_types)
         self.state_type = state
         self.state_key = state_key
         self.batch_size = batch_size
+        # The most reaction hops a command it sends may take its chain to (see HOPS_KEY).
+        self.max_hops = max_hops
         self.handlers: dict[str, tuple[type[Message], ReactionHandler]] = {}
         self.refused_handler: RefusalHandler | None = None
 

@@ -40,12 +40,18 @@ it as a subject behind the runner's back: the store refuses a commit that
 would put one again (``SubjectsForgotten``), and the runner empties its
 cache and applies the batch again with those documents deleted, so what it
 writes does not depend on what it happened to cache.
+
+Handlers run on the event loop, as command handlers do: one that blocks
+holds up every command of the server. ``SlowCalls`` warns of a call slower
+than ``slow_handler_seconds`` (the server's ``--slow-handler-seconds``),
+naming the projection (or reaction) and the event type.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable, Sequence, Set
@@ -293,6 +299,45 @@ def _type_mismatch(key: str, projection: str, stored: str, wanted: type[Message]
     )
 
 
+class SlowCalls:
+    """Warns when one call of a projection's handler or a reaction's
+    function took longer than ``threshold`` seconds (0: never), naming the
+    projection or reaction and the event type: as the executor does for
+    command handlers, these run on the event loop, and stall every command
+    of the server while they run."""
+
+    def __init__(self, kind: str, name: str, *, threshold: float, logger: logging.Logger = log) -> None:
+        self.kind = kind
+        self.name = name
+        # Compared with each call's time: infinity when off, so that the
+        # usual case costs one comparison.
+        self.threshold = threshold if threshold > 0 else math.inf
+        self._logger = logger
+
+    def check(self, event_type: str, position: int, started: float, *, what: str = "") -> None:
+        """The call that began at ``started`` (``time.perf_counter()``) was
+        on ``event_type`` at ``position`` (``what``: which function, if not
+        the event's handler)."""
+        elapsed = time.perf_counter() - started
+        if elapsed > self.threshold:
+            self.report(event_type, position, elapsed, what=what)
+
+    def report(self, event_type: str, position: int, elapsed: float, *, what: str = "") -> None:
+        self._logger.warning(
+            "slow %s handler: %s %s%s on %s at position %d took %.3fs (threshold %.3fs); it blocked the event"
+            " loop, and every command of the server with it: keep handlers free of I/O and heavy work",
+            self.kind,
+            self.kind,
+            self.name,
+            f" ({what})" if what else "",
+            event_type,
+            position,
+            elapsed,
+            self.threshold,
+            extra={self.kind: self.name, "event_type": event_type, "position": position, "elapsed_seconds": elapsed},
+        )
+
+
 class Progress:
     """Signals that a runner committed (its checkpoint moved), for readers
     waiting for a position. Take ``next()`` before reading the checkpoint,
@@ -470,8 +515,10 @@ class ProjectionRunner(CheckpointedRunner):
         batch_delay: float = BATCH_DELAY,
         page_bytes: int = 1024 * 1024,
         lease: ProjectionLease | None = None,
+        slow_handler_seconds: float = 0.1,
     ) -> None:
         self.projection = projection
+        self._slow = SlowCalls("projection", projection.name, threshold=slow_handler_seconds)
         self._page_bytes = page_bytes
         self._lease = lease
         self._fencing: Fencing | None = None  # the token of the last step
@@ -740,6 +787,7 @@ class ProjectionRunner(CheckpointedRunner):
             return None  # a type read only because an upcaster turns it into one of ours
         envelope = envelope_of(record)
         scope = _Scope(batch)
+        started = time.perf_counter()
         try:
             registered[1](message, envelope, scope)
         except _NeedsDocument as need:
@@ -758,6 +806,9 @@ class ProjectionRunner(CheckpointedRunner):
                 f" {record.position}: {type(error).__name__}: {error}",
                 metadata={"projection": self.projection.name, "position": str(record.position)},
             ) from error
+        finally:
+            # Handlers run on the event loop: a slow one held up every command.
+            self._slow.check(record.event_type, record.position, started)
         scope.commit()
         return None
 

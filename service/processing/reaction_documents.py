@@ -12,7 +12,8 @@ checkpoint:
   and its event's as subjects;
 - ``parked``: the index of those, oldest first (``chronicle.v1.ParkedCommands``
   with ids and positions only), at most ``MAX_PARKED`` (parking asks for an
-  operator's attention; more stop the reaction with its status). An index,
+  operator's attention; more stop the reaction with its status, just before
+  the event that would park one too many: see ``TooManyParked``). An index,
   not a listing by key prefix: with encryption at rest document keys are
   keyed hashes, which cannot be listed.
 
@@ -22,7 +23,10 @@ commands derived from it go, the others stay. An index entry whose document
 is gone is dropped when the index is next written.
 
 All are read through the batch's overlay (``processing/projections.py``),
-so an event sees what the events before it in its batch left.
+so an event sees what the events before it in its batch left; a
+``ReactionBatch`` and its ``ParkedList`` can be taken back to what they
+held before an event (``savepoint``, ``rollback``), so that a batch can
+commit the events before the one that cannot be handled yet.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from service.errors import ReactionFailed
 from service.plugins.projections import ProjectedEvent
 from service.plugins.reactions import Reaction, Refusal
-from service.processing.projections import _Batch, _NeedsDocument
+from service.processing.projections import DocumentCache, ForgottenSubjects, _Batch, _NeedsDocument
 from service.store.base import ProjectionStore
 
 M = TypeVar("M", bound=Message)
@@ -48,6 +52,52 @@ PARKED_PREFIX = "parked:"
 STATE_PREFIX = "state:"
 MAX_PARKED = 1000
 TYPE_URL_PREFIX = "type.googleapis.com/"
+
+
+class TooManyParked(ReactionFailed):
+    """Parking one more command would make more than the reaction's limit:
+    the reaction stops before the event that parks it, until an operator
+    replays or dismisses some."""
+
+
+class ReactionBatch(_Batch):
+    """A reaction's batch: the projections' overlay, with savepoints. Each
+    write notes what it replaced, so ``rollback`` can take the batch back to
+    what it held at a ``savepoint`` (before an event), its earlier events'
+    writes kept."""
+
+    def __init__(
+        self, reaction: str, store: ProjectionStore, cache: DocumentCache, forgotten: ForgottenSubjects
+    ) -> None:
+        super().__init__(reaction, store, cache, forgotten)
+        # Per write: its key, and the document and subjects it replaced.
+        self._undo: list[tuple[str, Message | _Absent | None, tuple[str, ...]]] = []
+
+    def write(self, key: str, document: Message | None, subjects: tuple[str, ...] = ()) -> None:
+        self._undo.append((key, self.current.get(key, ABSENT), self._subjects.get(key, ())))
+        super().write(key, document, subjects)
+
+    def savepoint(self) -> int:
+        return len(self._undo)
+
+    def rollback(self, savepoint: int) -> None:
+        """Undo the writes made since ``savepoint``, the last first."""
+        while len(self._undo) > savepoint:
+            key, document, subjects = self._undo.pop()
+            if isinstance(document, _Absent):
+                del self.current[key]
+                self._subjects.pop(key, None)
+            else:
+                self.current[key] = document
+                self._subjects[key] = subjects
+        self._writes = None
+
+
+class _Absent:
+    """Not written by the batch (yet)."""
+
+
+ABSENT = _Absent()
 
 
 class ProcessState:
@@ -108,12 +158,26 @@ class ProcessState:
 class ParkedList:
     """The reaction's parked commands, as one batch changes them (the index
     read once, when the batch first parks one; each command written at once,
-    the index with the batch)."""
+    the index with the batch), at most ``limit`` of them."""
 
-    def __init__(self, batch: _Batch) -> None:
+    def __init__(self, batch: _Batch, limit: int = MAX_PARKED) -> None:
         self._batch = batch
+        self._limit = limit
         self._index: reaction_pb.ParkedCommands | None = None
         self.count: int | None = None  # known once read
+        self.added = 0  # parked by this batch
+
+    def savepoint(self) -> int:
+        return self.added
+
+    def rollback(self, savepoint: int) -> None:
+        """Forget the commands parked since ``savepoint`` (their documents
+        go with the batch's rollback). They are the index's last entries:
+        pruning drops only forgotten commands, never one the batch wrote."""
+        if self._index is not None and self.added > savepoint:
+            del self._index.commands[savepoint - self.added :]
+            self.count = len(self._index.commands)
+        self.added = savepoint
 
     async def add(self, reaction: str, refusal: Refusal, envelope: ProjectedEvent, metadata: Mapping[str, str]) -> None:
         """Park ``refusal``'s command, sent with ``metadata`` because of ``envelope``'s event."""
@@ -138,17 +202,20 @@ class ParkedList:
         if self._batch.forgotten.any_of(subjects_of(parked)):
             return  # derived from a forgotten aggregate: nothing of it is kept
         index = await self._load()
-        if len(index.commands) >= MAX_PARKED:
+        if len(index.commands) >= self._limit:
             await prune(self._batch, index)  # some may have been forgotten
-        if len(index.commands) >= MAX_PARKED:
-            raise ReactionFailed(
-                f"reaction {reaction} has {MAX_PARKED} parked commands: replay or dismiss them first",
+        if len(index.commands) >= self._limit:
+            raise TooManyParked(
+                f"reaction {reaction} has {len(index.commands)} parked commands, its limit: it stopped before the"
+                f" {envelope.event_type} at position {envelope.position}, which parks one more; replay or dismiss"
+                " some (each lets it go on past one such event)",
                 reason="TOO_MANY_PARKED",
-                metadata={"reaction": reaction},
+                metadata={"reaction": reaction, "position": str(envelope.position)},
             )
         write_parked(self._batch, parked)
         index.commands.append(_entry(parked))
         self.count = len(index.commands)
+        self.added += 1
 
     async def _load(self) -> reaction_pb.ParkedCommands:
         if self._index is None:

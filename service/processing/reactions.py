@@ -27,6 +27,23 @@ compensations refused in a row): kept in the reaction's documents
 dismiss (``replay``, ``dismiss``). Any other failure (the store unavailable, an overloaded
 queue, a handler that raised) stops the batch: it is tried again from P
 after a pause, and reported by ``status``.
+
+Too many parked commands (``TooManyParked``: the limit reached by an event
+of the batch, E) stop the batch at E, but what came before E is committed:
+the batch's writes are taken back to what they were before E (a savepoint
+per event) and committed with the checkpoint moved to the event before E.
+E's commands sent before the one that could not be parked are sent again
+when the reaction goes on, under the same ids (answered from their
+records), as after a crash. So each parked command an operator replays or
+dismisses lets the reaction go on by one event that parks.
+
+Loops: each command carries its cause chain's number of reaction hops
+(``HOPS_KEY``: its event's plus one). One that would exceed the reaction's
+``max_hops`` is not sent but parked, reason ``REACTION_LOOP``.
+
+A function of the reaction (or a projection's handler) runs on the event
+loop: a call slower than ``slow_handler_seconds`` is logged, naming the
+reaction and the event type.
 """
 
 from __future__ import annotations
@@ -52,9 +69,20 @@ from service.errors import (
     ValidationError,
 )
 from service.plugins.projections import ProjectedEvent
-from service.plugins.reactions import MAX_ROUNDS, Reacted, Reaction, Refusal, Send, command_id_for, sends
+from service.plugins.reactions import (
+    HOPS_KEY,
+    MAX_ROUNDS,
+    Reacted,
+    Reaction,
+    Refusal,
+    Send,
+    command_id_for,
+    hops_of,
+    sends,
+)
 from service.plugins.registry import Registry
 from service.principal import REACTION_PREFIX
+from service.processing import reaction_documents
 from service.processing.commands import CommandRequest, CommandResult
 from service.processing.projections import (
     BATCH_DELAY,
@@ -63,6 +91,7 @@ from service.processing.projections import (
     ForgottenSubjects,
     ProjectionLease,
     Runners,
+    SlowCalls,
     _Batch,
     envelope_of,
     readable,
@@ -72,6 +101,8 @@ from service.processing.reaction_documents import (
     PARKED_PREFIX,
     ParkedList,
     ProcessState,
+    ReactionBatch,
+    TooManyParked,
     load_index,
     load_parked_command,
     prune,
@@ -160,6 +191,8 @@ class ReactionRunner(CheckpointedRunner):
         page_bytes: int = 1024 * 1024,
         lease: ReactionLease | None = None,
         outcomes: Outcomes | None = None,
+        max_parked: int | None = None,
+        slow_handler_seconds: float = 0.1,
     ) -> None:
         self.reaction = reaction
         self._registry = registry
@@ -173,6 +206,10 @@ class ReactionRunner(CheckpointedRunner):
         self._page_bytes = page_bytes
         self._lease = lease
         self._outcomes = outcomes
+        # How many parked commands stop it (TOO_MANY_PARKED): the module's
+        # limit unless told (tests park a few).
+        self._max_parked = reaction_documents.MAX_PARKED if max_parked is None else max_parked
+        self._slow = SlowCalls("reaction", reaction.name, threshold=slow_handler_seconds)
         self._fencing: Fencing | None = None
         self._cache = DocumentCache()
         self._forgotten = ForgottenSubjects()
@@ -224,27 +261,29 @@ class ReactionRunner(CheckpointedRunner):
                     break
                 if self._lease is not None and self._lease.fencing() != fencing:
                     break  # the lease moved: the next step starts over
-                batch = _Batch(self.reaction.name, self._documents, self._cache, self._forgotten)
-                parked = ParkedList(batch)
-                for stored in page.events:
-                    if stored.redacted:
-                        # Forgotten: nothing to read, nothing to react to (what
-                        # was derived from it went with it).
-                        continue
-                    for record, message in readable(self._reader, stored):
-                        await self._react(batch, parked, record, message)
+                batch = ReactionBatch(self.reaction.name, self._documents, self._cache, self._forgotten)
+                parked = ParkedList(batch, self._max_parked)
+                end, full = await self._handle(page, position, batch, parked)
+                if full is not None and end == position:
+                    # Its first event cannot park: nothing to commit.
+                    self.status.parked = parked.count or self.status.parked
+                    raise full
                 parked.write()
                 await self._documents.commit_projection(
                     self.reaction.name,
                     expected_position=position,
-                    new_position=page.scanned_to,
+                    new_position=end,
                     writes=batch.writes,
                     fencing=fencing,
                 )
                 batch.committed()
-                position = self.status.position = page.scanned_to
+                position = self.status.position = end
                 if parked.count is not None:
                     self.status.parked = parked.count
+                for _ in range(parked.added):
+                    self._count("parked")
+                if full is not None:
+                    raise full  # reported; tried again (from here) after a pause
                 if not page.more:
                     break
             self.status.error = ""
@@ -252,6 +291,29 @@ class ReactionRunner(CheckpointedRunner):
         except BaseException:
             self._cache.clear()  # what the batch left in it was never committed
             raise
+
+    async def _handle(
+        self, page: LogPage, position: int, batch: ReactionBatch, parked: ParkedList
+    ) -> tuple[int, TooManyParked | None]:
+        """React to the events of ``page`` (read after ``position``) in
+        ``batch``; the position to commit up to (the page's end), and, when
+        an event would park a command past the limit, the position of the
+        event before it (``position`` for the first) and the error, the
+        batch taken back to what it was before that event."""
+        for index, stored in enumerate(page.events):
+            if stored.redacted:
+                # Forgotten: nothing to read, nothing to react to (what
+                # was derived from it went with it).
+                continue
+            savepoint = batch.savepoint(), parked.savepoint()
+            try:
+                for record, message in readable(self._reader, stored):
+                    await self._react(batch, parked, record, message)
+            except TooManyParked as full:
+                batch.rollback(savepoint[0])
+                parked.rollback(savepoint[1])
+                return (page.events[index - 1].position if index else position), full
+        return page.scanned_to, None
 
     async def replay(self, command_id: str) -> Replayed:
         """Send the parked command ``command_id`` again, under the id
@@ -363,22 +425,50 @@ class ReactionRunner(CheckpointedRunner):
         envelope = envelope_of(record)
         state = await ProcessState.load(self.reaction, batch, envelope)
         self.status.handled += 1
-        reacted = self._call(lambda: registered[1](message, envelope, state.message), envelope)
+        function = registered[1]
+        reacted = self._call(function, lambda: function(message, envelope, state.message), envelope)
         await self._send(reacted, f"{self.reaction.name}/{record.event_id}", envelope, state, parked, rounds=0)
         state.save(batch)
 
-    def _call(self, function: Callable[[], Reacted], envelope: ProjectedEvent) -> list[Send]:
-        """Run one of the reaction's functions; what it returned, as commands."""
+    def _call(
+        self,
+        function: Callable[..., Reacted],
+        call: Callable[[], Reacted],
+        envelope: ProjectedEvent,
+        refusal: Refusal | None = None,
+    ) -> list[Send]:
+        """Run one of the reaction's functions (``function``, by ``call``,
+        for ``refusal`` if given), timed; what it returned, as commands."""
+        started = time.perf_counter()
         try:
-            return sends(function())
+            reacted = call()
         except ChronicleError:
             raise
         except Exception as error:
             where = f"{envelope.event_type} at position {envelope.position}"
-            log.exception("reaction %s failed on %s", self.reaction.name, where)
+            log.exception("reaction %s failed on %s (%s)", self.reaction.name, where, _named(function, refusal))
             raise ReactionFailed(
                 f"reaction {self.reaction.name} failed on {where}: {type(error).__name__}: {error}",
                 metadata={"reaction": self.reaction.name, "position": str(envelope.position)},
+            ) from error
+        finally:
+            # Run on the event loop: a slow one held up every command.
+            elapsed = time.perf_counter() - started
+            if elapsed > self._slow.threshold:
+                self._slow.report(envelope.event_type, envelope.position, elapsed, what=_named(function, refusal))
+        try:
+            return sends(reacted)
+        except TypeError as error:
+            # A bug of the plugin's, as a raise is: said so that it can be
+            # fixed (the status shows it, and the runner logs it).
+            raise ReactionFailed(
+                f"reaction {self.reaction.name}: {_named(function, refusal)} (on {envelope.event_type} at position"
+                f" {envelope.position}) {error}",
+                metadata={
+                    "reaction": self.reaction.name,
+                    "event_type": envelope.event_type,
+                    "position": str(envelope.position),
+                },
             ) from error
 
     async def _send(
@@ -391,17 +481,59 @@ class ReactionRunner(CheckpointedRunner):
         *,
         rounds: int,
     ) -> None:
+        hops = hops_of(envelope) + 1  # the chain's reaction hops, with this one
         for index, send in enumerate(commands):
             command_id = command_id_for(seed, index)
             state.subjects.add(send.aggregate_id)  # the process is derived from it too
+            if hops > self.reaction.max_hops:
+                await self._loop_parked(send, command_id, envelope, parked, hops)
+                continue
             try:
-                result = await self._submit(self._request(command_id, send, envelope))
+                result = await self._submit(self._request(command_id, send, envelope, hops))
             except ChronicleError as error:
                 if not _refusal(error):
                     raise
-                await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds)
+                await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds, hops=hops)
                 continue
             self._accepted(replayed=result.replayed)
+
+    async def _loop_parked(
+        self, send: Send, command_id: str, envelope: ProjectedEvent, parked: ParkedList, hops: int
+    ) -> None:
+        """``send`` would take its chain past the reaction's ``max_hops``:
+        parked (REACTION_LOOP), not sent, nor handed to ``on_refused``."""
+        limit = self.reaction.max_hops
+        log.warning(
+            "reaction %s did not send %s to %s: it would be hop %d of the reactions' chain of correlation id"
+            " %r, past the reaction's max_hops (%d): a reaction that reacts to what its own commands cause, without"
+            " end? Parked as REACTION_LOOP (command %s, caused by %s %s at position %d)",
+            self.reaction.name,
+            send.command.DESCRIPTOR.full_name,
+            send.aggregate_id,
+            hops,
+            envelope.correlation_id,
+            limit,
+            command_id,
+            envelope.event_type,
+            envelope.event_id,
+            envelope.position,
+            extra={
+                "reaction": self.reaction.name,
+                "event_type": envelope.event_type,
+                "event_id": envelope.event_id,
+                "correlation_id": envelope.correlation_id,
+                "hops": hops,
+            },
+        )
+        refusal = Refusal(
+            send,
+            command_id,
+            "REACTION_LOOP",
+            f"not sent: it would be reaction hop {hops} of its chain (correlation id {envelope.correlation_id!r}),"
+            f" more than reaction {self.reaction.name}'s max_hops ({limit})",
+            {"hops": str(hops), "max_hops": str(limit), "correlation_id": envelope.correlation_id},
+        )
+        await parked.add(self.reaction.name, refusal, envelope, _metadata(send, envelope, hops))
 
     def _accepted(self, *, replayed: bool) -> None:
         """A command of the reaction's (its own, or a parked one an operator
@@ -426,12 +558,13 @@ class ReactionRunner(CheckpointedRunner):
         parked: ParkedList,
         *,
         rounds: int,
+        hops: int,
     ) -> None:
         self._refused_once()
         refusal = Refusal(send, command_id, error.reason, error.message, dict(error.metadata))
         handler = self.reaction.refused_handler
         if handler is not None and rounds < MAX_ROUNDS:
-            compensation = self._call(lambda: handler(refusal, envelope, state.message), envelope)
+            compensation = self._call(handler, lambda: handler(refusal, envelope, state.message), envelope, refusal)
             if compensation:
                 await self._send(compensation, command_id, envelope, state, parked, rounds=rounds + 1)
                 return
@@ -444,10 +577,9 @@ class ReactionRunner(CheckpointedRunner):
             error.reason,
             error.message,
         )
-        await parked.add(self.reaction.name, refusal, envelope, _metadata(send, envelope))
-        self._count("parked")
+        await parked.add(self.reaction.name, refusal, envelope, _metadata(send, envelope, hops))
 
-    def _request(self, command_id: str, send: Send, envelope: ProjectedEvent) -> CommandRequest:
+    def _request(self, command_id: str, send: Send, envelope: ProjectedEvent, hops: int) -> CommandRequest:
         name = str(send.command.DESCRIPTOR.full_name)
         spec = self._registry.command(name)
         if spec is None:
@@ -467,7 +599,7 @@ class ReactionRunner(CheckpointedRunner):
             origin=self._origin,
             correlation_id=envelope.correlation_id,
             causation_id=envelope.event_id,
-            metadata=_metadata(send, envelope),
+            metadata=_metadata(send, envelope, hops),
             principal=self._origin,
             timestamp_us=envelope.timestamp_us,
         )
@@ -477,9 +609,18 @@ class ReactionRunner(CheckpointedRunner):
             self._outcomes(self.reaction.name, outcome)
 
 
-def _metadata(send: Send, envelope: ProjectedEvent) -> Mapping[str, str]:
-    """A command's metadata: the event's, with what the reaction added."""
-    return {**envelope.metadata, **send.metadata} if send.metadata else envelope.metadata
+def _metadata(send: Send, envelope: ProjectedEvent, hops: int) -> Mapping[str, str]:
+    """A command's metadata: the event's, with what the reaction added, and
+    the chain's reaction hops (which the reaction cannot set)."""
+    return {**envelope.metadata, **send.metadata, HOPS_KEY: str(hops)}
+
+
+def _named(function: Callable[..., Reacted], refusal: Refusal | None) -> str:
+    """A reaction's function as its messages name it."""
+    name = str(getattr(function, "__qualname__", None) or repr(function))
+    if refusal is not None:
+        name += f" on the refusal of {refusal.command.DESCRIPTOR.full_name}"
+    return name
 
 
 class _NotSendable(ChronicleError):

@@ -564,8 +564,9 @@ def test_a_reaction_s_command_carries_the_event_s_metadata_plus_the_send_s() -> 
         run.settle()
         (middle,) = asyncio.run(run.store.read_aggregate("middle"))
         (end,) = asyncio.run(run.store.read_aggregate("end"))
-    assert dict(middle.metadata) == {"first": "1"}
-    assert dict(end.metadata) == {"first": "1", "second": "2"}
+    # And the chain's reaction hops (docs/plugins.md, "Loops").
+    assert dict(middle.metadata) == {"first": "1", "chronicle.reaction_hops": "1"}
+    assert dict(end.metadata) == {"first": "1", "second": "2", "chronicle.reaction_hops": "2"}
 
 
 async def test_a_full_queue_pauses_a_reaction_which_sends_its_batch_again() -> None:

@@ -191,7 +191,8 @@ async def test_commands_carry_the_event_as_cause_and_ids_derived_from_it() -> No
     assert ItemAdded.FromString(copied.payload).name == "copied:a"
     assert copied.causation_id == cause.event_id
     assert (copied.correlation_id, copied.user_id, copied.origin) == ("journey-1", "ann", "reaction:counters.copier")
-    assert copied.metadata == {"copied": "yes"}
+    # The event's metadata, the Send's, and the chain's reaction hops (one).
+    assert copied.metadata == {"copied": "yes", "chronicle.reaction_hops": "1"}
     # Documented: uuid5 of "<reaction>/<event id>/<index>".
     expected = uuid.uuid5(REACTION_NAMESPACE, f"counters.copier/{cause.event_id}/0")
     assert copied.command_id == str(expected) == command_id_for(f"counters.copier/{cause.event_id}", 0)
@@ -316,7 +317,13 @@ async def test_a_reaction_with_too_many_parked_commands_stops(monkeypatch: pytes
     with pytest.raises(ReactionFailed) as stopped:
         await run.runner("counters.copier").step(0)
     assert stopped.value.reason == "TOO_MANY_PARKED"
-    assert await run.store.projection_position("counters.copier") == 0  # nothing of the batch committed
+    # The events before the one that would park a third are committed (see
+    # tests/unit/test_reaction_limits.py); "f" (position 6) waits.
+    assert await run.store.projection_position("counters.copier") == 5
+    assert [AddItem.FromString(p.command.value).name for p in await run.parked("counters.copier")] == [
+        "copied:d",
+        "copied:e",
+    ]
 
 
 class ElsewhereLease:
