@@ -308,13 +308,14 @@ class ChronicleClient:
         if self.routes is None:
             return await send(self._commands)
         stub, address = self.routes.route(aggregate_id)
+        sent = self.routes.now()
         call = send(stub)
         try:
             response = await call
         except grpc.aio.AioRpcError as error:
             failed = remote_error(error)
             if member_gone(failed) or unanswered(failed):
-                self.routes.unreachable(address)
+                self.routes.unreachable(address, sent)
             raise
         self.routes.answered(address)
         self.routes.hinted(await call.trailing_metadata())

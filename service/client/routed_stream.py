@@ -159,12 +159,14 @@ class RoutedStream:
     async def _run_lane(self, lane: Lane, queue: asyncio.Queue[object]) -> None:
         output = self._outputs[lane]
         member: Lane = lane  # where the lane's current call is
+        heard = self._routes.now()  # when that call opened or last answered
 
         def open_call(paged: bool, broken: RemoteError | None) -> Any:
-            nonlocal member
+            nonlocal member, heard
             if broken is not None and (member_gone(broken) or unanswered(broken)):
-                self._routes.unreachable(member)
+                self._routes.unreachable(member, heard)
             stub, member = self._routes.stub_for(lane)
+            heard = self._routes.now()
             return self._open_call(stub, paged)
 
         async def commands() -> AsyncIterator[Command]:
@@ -184,6 +186,7 @@ class RoutedStream:
         try:
             async for result in stream.results():
                 self._routes.answered(member)
+                heard = self._routes.now()
                 await output.put(result)
         except Exception as error:
             await output.put(error)

@@ -15,7 +15,8 @@ member, and chooses where each command goes:
 * the topology follows ``WatchTopology`` (from the seed, or any member when
   the seed's stream breaks), and is fetched again when a response says its
   member is not the owner (the hint in trailing metadata) with a newer
-  epoch than the client's.
+  epoch than the client's, or, once a second at most, with an older one
+  (``Routes.adopt`` says when an older topology is taken).
 
 A server that does not offer ``ClusterService`` (UNIMPLEMENTED) makes this
 a plain client of the seed.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -42,10 +44,17 @@ log = logging.getLogger(__name__)
 
 NOT_OWNER_KEY = "chronicle-not-owner"
 TOPOLOGY_EPOCH_KEY = "chronicle-topology-epoch"
-# A member that did not answer is tried again after this long; each time
-# it fails again before answering anything, twice as long, up to the most.
+# A member that did not answer is tried again after this long; each time a
+# call sent to it after that (a probe) fails before it answered anything,
+# twice as long, up to the most.
 DOWN_SECONDS = 1.0
 MOST_DOWN_SECONDS = 30.0
+# A topology of the client's partition count with a lower epoch than its own
+# is taken only once fetches returned a lower one this many times in a row,
+# each at least BEHIND_SECONDS after the one counted before (``Routes.adopt``);
+# a hint with a lower epoch fetches the topology once per BEHIND_SECONDS at most.
+BEHIND_FETCHES = 3
+BEHIND_SECONDS = 1.0
 # Reconnecting a broken topology watch waits this long at first, doubling.
 _WATCH_BACKOFF = (0.2, 5.0)
 _FETCH_TIMEOUT = 2.0
@@ -132,14 +141,22 @@ class Routes:
         self.topology: cluster_service_pb2.Topology | None = None
         self._owners: list[str] = []  # address by partition, "" for none
         self._addresses: list[str] = []  # every member's
+        # When each member's latest down period ends (kept once it has ended:
+        # ``unreachable`` tells a probe's failure from an older call's by it).
         self._down: dict[str, float] = {}
-        self._strikes: dict[str, int] = {}  # failures since the member last answered
+        self._strikes: dict[str, int] = {}  # down periods since the member last answered
+        # Fetched topologies in a row of the held partition count with a lower
+        # epoch than the held one (counted at most once per BEHIND_SECONDS),
+        # when the last was counted, and when a lower hint may fetch again.
+        self._behind = 0
+        self._behind_at = -math.inf
+        self._behind_hint_at = -math.inf
         self._turn = 0
         self._watcher: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._unsupported = False
         self.changes = 0  # topologies adopted (from the watch or a fetch)
-        self.refreshes = 0  # fetches started between the watch's messages (a newer epoch hinted, a member gone)
+        self.refreshes = 0  # fetches started between the watch's messages (a hint, a member gone)
         self.not_owner = 0  # responses whose member said it does not own the partition
         self.failovers = 0  # calls that found their member unavailable (then sent elsewhere)
         self._changed = asyncio.Event()
@@ -185,29 +202,41 @@ class Routes:
 
     def is_down(self, address: str) -> bool:
         """Whether ``address`` is marked down (``unreachable``) still."""
-        until = self._down.get(address)
-        if until is None:
-            return False
-        if until <= self._clock():
-            del self._down[address]
-            return False
-        return True
+        return self._down.get(address, -math.inf) > self._clock()
+
+    def now(self) -> float:
+        """The routes' clock: what ``unreachable`` is told a call was sent at."""
+        return self._clock()
 
     # -- what answers tell -------------------------------------------------------
 
-    def unreachable(self, address: str | None) -> None:
+    def unreachable(self, address: str | None, sent: float | None = None) -> None:
         """A call to member ``address`` ended as ``member_gone`` says a
-        call to a member gone or going does, or ``unanswered``: it is
-        marked down for ``DOWN_SECONDS``, doubled for each failure since it
-        last answered (``answered``), up to ``MOST_DOWN_SECONDS``. A member
-        the client cannot reach but that keeps its partitions (it is alive
-        to the database) so costs one attempt now and then, not one a
-        second."""
-        if address is not None:
-            self.failovers += 1
-            strikes = self._strikes[address] = self._strikes.get(address, 0) + 1
-            self._down[address] = self._clock() + min(DOWN_SECONDS * 2 ** (strikes - 1), MOST_DOWN_SECONDS)
-            self._refresh_soon()
+        call to a member gone or going does, or ``unanswered``. ``sent``
+        (``now()``; None: now) is when the call was sent, or for a stream,
+        the later of its opening and its last answer.
+
+        A call sent after the member's latest down period ended (or when it
+        had none) marks it down: for ``DOWN_SECONDS``, doubled for each
+        earlier down period since it last answered (``answered``), up to
+        ``MOST_DOWN_SECONDS``. A call sent before that period ended adds
+        nothing: it was in flight when the member was marked down, or sent
+        to it all the same while it was (a stream pinned to it, the address
+        given), and its failure is the outage already counted. So one
+        outage seen by many calls at once is one second down, and only
+        probes, the calls sent once the member is no longer marked down,
+        double it: a member the client cannot reach but that keeps its
+        partitions (it is alive to the database) costs one attempt now and
+        then, not one a second."""
+        if address is None:
+            return
+        self.failovers += 1
+        now = self._clock()
+        if (now if sent is None else sent) < self._down.get(address, -math.inf):
+            return
+        strikes = self._strikes[address] = self._strikes.get(address, 0) + 1
+        self._down[address] = now + min(DOWN_SECONDS * 2 ** (strikes - 1), MOST_DOWN_SECONDS)
+        self._refresh_soon()
 
     def answered(self, address: str | None) -> None:
         """A call to member ``address`` was answered: its next failure
@@ -218,7 +247,9 @@ class Routes:
     def hinted(self, trailing_metadata: Any) -> None:
         """Look at a command's trailing metadata: a member that executed it
         without owning its partition, knowing a newer topology than this
-        client's, makes the client fetch it."""
+        client's, makes the client fetch it; one knowing an older topology
+        does too, once per ``BEHIND_SECONDS`` at most (the member's view may
+        lag, or the epochs went back: ``adopt``)."""
         if not trailing_metadata:
             return
         found = {key: value for key, value in trailing_metadata if key in (NOT_OWNER_KEY, TOPOLOGY_EPOCH_KEY)}
@@ -227,15 +258,37 @@ class Routes:
         self.not_owner += 1
         epoch = str(found.get(TOPOLOGY_EPOCH_KEY, "0"))
         known = self.topology.epoch if self.topology is not None else -1
-        if epoch.isdigit() and int(epoch) > known:
+        if not epoch.isdigit():
+            return
+        if int(epoch) > known:
+            self._refresh_soon()
+        elif int(epoch) < known and self._clock() >= self._behind_hint_at:
+            self._behind_hint_at = self._clock() + BEHIND_SECONDS
             self._refresh_soon()
 
     # -- the topology --------------------------------------------------------------
 
-    def adopt(self, topology: cluster_service_pb2.Topology) -> None:
-        """Use ``topology`` unless the client knows a newer one."""
-        if self.topology is not None and topology.epoch < self.topology.epoch:
-            return
+    def adopt(self, topology: cluster_service_pb2.Topology, *, fetched: bool = False) -> None:
+        """Use ``topology`` unless the client knows a newer one.
+
+        Epochs order the topologies of one partition group only (an epoch is
+        the sum of the group's lease epochs): a topology with another
+        partition count is another group's (the replicas were restarted with
+        another ``--partitions``) and is taken whatever its epoch. Of the
+        client's group, one with a lower epoch is a view behind the
+        client's: a member's view lags the database by up to a heartbeat,
+        and a client that took whatever the member it asked last answered
+        would flip between two members' views; it is not taken. Unless the
+        database's epochs went back (a fresh or restored database), when
+        every member's view is lower for good: a lower topology that a fetch
+        (``fetched``: GetTopology, not the watch) returned is counted, once
+        per ``BEHIND_SECONDS`` at most, and the ``BEHIND_FETCHES``-th in a
+        row (with nothing of the held epoch or newer between them) is taken.
+        They span two seconds at least: a view a heartbeat behind (a second,
+        at the default lease time) has caught up by then, and answers the
+        held epoch or a newer one, which ends the count. A client that a
+        lower epoch's hint tells it routed wrong fetches (``hinted``), so it
+        gets there."""
         count = topology.partition_count
         if count < 1 or count & (count - 1) or len(topology.partition_owners) != count:
             log.warning(
@@ -245,6 +298,23 @@ class Routes:
         if topology.hash != cluster_service_pb2.PARTITION_HASH_CRC32:
             log.warning("ignoring a topology with an unknown partition hash (%d)", topology.hash)
             return
+        held = self.topology
+        if held is not None and count == held.partition_count and topology.epoch < held.epoch:
+            if not fetched:
+                return
+            if self._clock() - self._behind_at >= BEHIND_SECONDS:
+                self._behind += 1
+                self._behind_at = self._clock()
+            if self._behind < BEHIND_FETCHES:
+                return
+            log.info(
+                "the topology's epoch went back (%d after %d, %d fetches in a row): taking the lower one",
+                topology.epoch,
+                held.epoch,
+                self._behind,
+            )
+        self._behind = 0
+        self._behind_at = -math.inf
         addresses = {member.member_id: member.address for member in topology.members}
         self.topology = topology
         self._owners = [addresses.get(owner, "") for owner in topology.partition_owners]
@@ -280,7 +350,7 @@ class Routes:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self._unsupported = True
             raise
-        self.adopt(response.topology)
+        self.adopt(response.topology, fetched=True)
 
     def _refresh_soon(self) -> None:
         if self._unsupported or (self._refresh is not None and not self._refresh.done()):

@@ -13,9 +13,9 @@ def record_marks(routes: Routes | None, monkeypatch: pytest.MonkeyPatch) -> list
     marked: list[str | None] = []
     unreachable = routes.unreachable
 
-    def recorded(address: str | None) -> None:
+    def recorded(address: str | None, sent: float | None = None) -> None:
         marked.append(address)
-        unreachable(address)
+        unreachable(address, sent)
 
     monkeypatch.setattr(routes, "unreachable", recorded)
     return marked

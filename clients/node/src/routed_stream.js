@@ -29,7 +29,9 @@ export class RoutedStream {
     this.source = source;
     this.window = window;
     this.openLane = openLane;
-    this.lanes = new Map(); // member address → { home, address, input, stream, results, failure }
+    // member address → { home, address, heard, input, stream, results, failure }: `address` is
+    // where the lane's call is, `heard` when that call opened or last answered (routes.now()).
+    this.lanes = new Map();
     this.order = []; // { lane, aggregateId } of each command taken and not handed back, in order
     this.pinned = new Map(); // aggregate id → { lane, unanswered }
     this.exhausted = false; // every command was taken from `source`
@@ -125,7 +127,7 @@ export class RoutedStream {
   laneFor(home) {
     let lane = this.lanes.get(home);
     if (lane === undefined) {
-      lane = { home, address: home, input: new Inbox(), stream: null, results: [], failure: null };
+      lane = { home, address: home, heard: null, input: new Inbox(), stream: null, results: [], failure: null };
       lane.stream = this.openLane(lane.input.take(), (broken) => this.stubFor(lane, broken));
       this.lanes.set(home, lane);
       this.drain(lane);
@@ -137,13 +139,16 @@ export class RoutedStream {
    * The CommandService stub for `lane`'s next call: its own member's, unless
    * that member is down, then another live member's. `broken`: how the
    * lane's last call ended (its ChronicleError; null: none did); it marks
-   * the member the call was on down when memberGone says so.
+   * the member the call was on down when memberGone says so (a call that
+   * last heard from it before its latest down period ended adds nothing:
+   * Routes.unreachable).
    */
   stubFor(lane, broken) {
     if (broken !== null) {
-      if (memberGone(broken) || unanswered(broken)) this.routes.unreachable(lane.address);
+      if (memberGone(broken) || unanswered(broken)) this.routes.unreachable(lane.address, lane.heard);
       lane.address = this.routes.memberFor(lane.home);
     }
+    lane.heard = this.routes.now();
     return this.routes.stubsOf(lane.address).commands;
   }
 
@@ -156,6 +161,7 @@ export class RoutedStream {
     try {
       for await (const result of lane.stream.results) {
         this.routes.answered(lane.address);
+        lane.heard = this.routes.now();
         lane.results.push(result);
         this.changed.notify();
       }

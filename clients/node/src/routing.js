@@ -10,17 +10,25 @@
 // command: only the warm cache is lost), or to the address it was given
 // while it knows no topology. It follows WatchTopology, and fetches the
 // topology again when a response's trailing metadata says the member was
-// not the owner and knows a newer epoch. A routed submitStream keeps a
-// stream per member (routed_stream.js).
+// not the owner and knows a newer epoch (or an older one: once a second at
+// most; `adopt` says when an older topology is taken). A routed
+// submitStream keeps a stream per member (routed_stream.js).
 
 import grpc from '@grpc/grpc-js';
 
 const NOT_OWNER_KEY = 'chronicle-not-owner';
 const TOPOLOGY_EPOCH_KEY = 'chronicle-topology-epoch';
-// A member that did not answer is tried again after this long; each time it
-// fails again before answering anything, twice as long, up to the most.
+// A member that did not answer is tried again after this long; each time a
+// call sent to it after that (a probe) fails before it answered anything,
+// twice as long, up to the most.
 export const DOWN_MS = 1000;
 export const MOST_DOWN_MS = 30000;
+// A topology of the client's partition count with a lower epoch than its own
+// is taken only once fetches returned a lower one this many times in a row,
+// each at least BEHIND_MS after the one counted before (`adopt`); a hint
+// with a lower epoch fetches the topology once per BEHIND_MS at most.
+export const BEHIND_FETCHES = 3;
+export const BEHIND_MS = 1000;
 
 // CRC-32 of IEEE 802.3 / zlib / PNG: reflected polynomial 0xEDB88320,
 // initial value and final XOR 0xFFFFFFFF; crc32('123456789') === 0xcbf43926.
@@ -111,7 +119,8 @@ export class Routes {
    * `callError`: a failed call's error as the caller sees it;
    * `staleToken(refusal)`: whether that error came of a stale token that a
    * retry, asking the token function again, may cure; `retryable(refusal)`:
-   * whether a command it failed may succeed when sent again (ABORTED, say).
+   * whether a command it failed may succeed when sent again (ABORTED, say);
+   * `clock`: milliseconds, as Date.now (a test's own).
    */
   constructor(
     seed,
@@ -123,6 +132,7 @@ export class Routes {
       callError = (error) => error,
       staleToken = () => false,
       retryable = () => false,
+      clock = Date.now,
     },
   ) {
     this.seed = seed;
@@ -133,12 +143,21 @@ export class Routes {
     this.callError = callError;
     this.staleToken = staleToken;
     this.retryable = retryable;
+    this.clock = clock;
     this.stubs = new Map(); // address → { commands, cluster }
     this.topology = null;
     this.owners = []; // address by partition, '' for none
     this.addresses = [];
-    this.down = new Map(); // address → until (ms)
-    this.strikes = new Map(); // address → failures since it last answered
+    // address → when its latest down period ends (ms), kept once it has
+    // ended: `unreachable` tells a probe's failure from an older call's by it.
+    this.down = new Map();
+    this.strikes = new Map(); // address → down periods since it last answered
+    // Fetched topologies in a row of the held partition count with a lower
+    // epoch than the held one (counted at most once per BEHIND_MS), when the
+    // last was counted, and when a lower hint may fetch again.
+    this.behind = 0;
+    this.behindAt = -Infinity;
+    this.behindHintAt = -Infinity;
     this.turn = 0;
     this.closed = false;
     this.watchCall = null;
@@ -174,13 +193,12 @@ export class Routes {
   }
 
   isDown(address) {
-    const until = this.down.get(address);
-    if (until === undefined) return false;
-    if (until <= Date.now()) {
-      this.down.delete(address);
-      return false;
-    }
-    return true;
+    return (this.down.get(address) ?? -Infinity) > this.clock();
+  }
+
+  /** The routes' clock (ms): what `unreachable` is told a call was sent at. */
+  now() {
+    return this.clock();
   }
 
   /** The owner's address of `aggregateId`'s partition, or null. */
@@ -219,6 +237,7 @@ export class Routes {
     await this.ready;
     for (let attempt = 1; ; attempt += 1) {
       const address = this.route(aggregateId);
+      const sent = this.now();
       try {
         const { response, trailers } = await unaryWithTrailers(
           this.stubsOf(address).commands,
@@ -232,7 +251,7 @@ export class Routes {
       } catch (error) {
         const refusal = this.callError(error);
         const gone = memberGone(refusal) || unanswered(refusal);
-        if (gone) this.unreachable(address);
+        if (gone) this.unreachable(address, sent);
         if (attempt >= attempts) throw refusal;
         if (gone) continue; // to another member, at once
         if (!this.retryable(refusal) && !this.staleToken(refusal)) throw refusal;
@@ -243,16 +262,29 @@ export class Routes {
 
   /**
    * A call to `address` ended as memberGone or unanswered say a call to a
-   * member gone, going or out of reach does: it is marked down for DOWN_MS,
-   * doubled for each failure since it last answered, up to MOST_DOWN_MS. A
+   * member gone, going or out of reach does. `sent` (`now()`; undefined:
+   * now) is when the call was sent, or for a stream, the later of its
+   * opening and its last answer.
+   *
+   * A call sent after the member's latest down period ended (or when it had
+   * none) marks it down: for DOWN_MS, doubled for each earlier down period
+   * since it last answered, up to MOST_DOWN_MS. A call sent before that
+   * period ended adds nothing: it was in flight when the member was marked
+   * down, or sent to it all the same while it was (a lane's call, the
+   * address given), and its failure is the outage already counted. So one
+   * outage seen by many calls at once is one second down, and only probes,
+   * the calls sent once the member is no longer marked down, double it: a
    * member the client cannot reach but that keeps its partitions (it is
-   * alive to the database) so costs one attempt now and then.
+   * alive to the database) costs one attempt now and then. The Python
+   * client's Routes.unreachable is the same.
    */
-  unreachable(address) {
+  unreachable(address, sent = undefined) {
     if (address === this.seed && this.addresses.length === 0) return;
+    const now = this.clock();
+    if ((sent ?? now) < (this.down.get(address) ?? -Infinity)) return;
     const strikes = (this.strikes.get(address) ?? 0) + 1;
     this.strikes.set(address, strikes);
-    this.down.set(address, Date.now() + Math.min(DOWN_MS * 2 ** (strikes - 1), MOST_DOWN_MS));
+    this.down.set(address, now + Math.min(DOWN_MS * 2 ** (strikes - 1), MOST_DOWN_MS));
     this.refreshSoon();
   }
 
@@ -261,20 +293,61 @@ export class Routes {
     if (this.strikes.size > 0) this.strikes.delete(address);
   }
 
-  /** Trailing metadata of a command: refresh on a hint with a newer epoch. */
+  /**
+   * Trailing metadata of a command: refresh on a hint with a newer epoch,
+   * and on one with an older epoch once per BEHIND_MS at most (the member's
+   * view may lag, or the epochs went back: `adopt`).
+   */
   hinted(trailers) {
     if (!trailers || trailers.get(NOT_OWNER_KEY).length === 0) return;
     this.notOwner += 1;
     const [epoch] = trailers.get(TOPOLOGY_EPOCH_KEY);
-    const known = this.topology ? this.topology.epoch : -1;
-    if (Number(epoch) > known) this.refreshSoon();
+    const known = this.topology ? Number(this.topology.epoch) : -1;
+    if (Number(epoch) > known) {
+      this.refreshSoon();
+    } else if (Number(epoch) < known && this.clock() >= this.behindHintAt) {
+      this.behindHintAt = this.clock() + BEHIND_MS;
+      this.refreshSoon();
+    }
   }
 
-  adopt(topology) {
-    if (this.topology && topology.epoch < this.topology.epoch) return;
+  /**
+   * Use `topology` unless the client knows a newer one.
+   *
+   * Epochs order the topologies of one partition group only (an epoch is
+   * the sum of the group's lease epochs): a topology with another partition
+   * count is another group's (the replicas were restarted with another
+   * --partitions) and is taken whatever its epoch. Of the client's group,
+   * one with a lower epoch is a view behind the client's: a member's view
+   * lags the database by up to a heartbeat, and a client that took whatever
+   * the member it asked last answered would flip between two members'
+   * views; it is not taken. Unless the database's epochs went back (a fresh
+   * or restored database), when every member's view is lower for good: a
+   * lower topology that a fetch (`fetched`: GetTopology, not the watch)
+   * returned is counted, once per BEHIND_MS at most, and the
+   * BEHIND_FETCHES-th in a row (with nothing of the held epoch or newer
+   * between them) is taken. They span two seconds at least: a view a
+   * heartbeat behind (a second, at the default lease time) has caught up by
+   * then, and answers the held epoch or a newer one, which ends the count.
+   * A client that a lower epoch's hint tells it routed wrong fetches
+   * (`hinted`), so it gets there. The Python client's Routes.adopt is the
+   * same.
+   */
+  adopt(topology, { fetched = false } = {}) {
     const count = topology.partition_count;
     if (count < 1 || count & (count - 1) || topology.partition_owners.length !== count) return;
     if (topology.hash !== 'PARTITION_HASH_CRC32') return;
+    const held = this.topology;
+    if (held && count === held.partition_count && Number(topology.epoch) < Number(held.epoch)) {
+      if (!fetched) return;
+      if (this.clock() - this.behindAt >= BEHIND_MS) {
+        this.behind += 1;
+        this.behindAt = this.clock();
+      }
+      if (this.behind < BEHIND_FETCHES) return;
+    }
+    this.behind = 0;
+    this.behindAt = -Infinity;
     const addresses = new Map(topology.members.map((member) => [member.member_id, member.address]));
     this.topology = topology;
     this.owners = topology.partition_owners.map((owner) => addresses.get(owner) ?? '');
@@ -321,7 +394,7 @@ export class Routes {
     for (const address of this.candidates()) {
       try {
         const { response } = await unaryWithTrailers(this.stubsOf(address).cluster, 'GetTopology', {}, 2);
-        this.adopt(response.topology);
+        this.adopt(response.topology, { fetched: true });
         return;
       } catch (error) {
         if (error.code === grpc.status.UNIMPLEMENTED) this.unsupported = true;

@@ -174,12 +174,16 @@ test('a routed submit whose owner does not answer in time goes to another replic
     const routes = client.routes;
     const downFor = () => routes.down.get(a.address) - Date.now();
     assert.ok(downFor() > 0 && downFor() <= DOWN_MS, `down for ${downFor()} ms`);
-    routes.unreachable(a.address); // failing again before it answered anything
+    routes.unreachable(a.address); // another call failing while it is down: the same outage
+    assert.ok(downFor() > 0 && downFor() <= DOWN_MS, `down for ${downFor()} ms`);
+    // A probe: a call sent as its down period ended, that fails before it answered anything.
+    const probeFails = () => routes.unreachable(a.address, routes.down.get(a.address));
+    probeFails();
     assert.ok(downFor() > DOWN_MS && downFor() <= 2 * DOWN_MS, `down for ${downFor()} ms`);
-    for (let n = 0; n < 10; n += 1) routes.unreachable(a.address);
+    for (let n = 0; n < 10; n += 1) probeFails();
     assert.ok(downFor() > MOST_DOWN_MS - 1000 && downFor() <= MOST_DOWN_MS, `down for ${downFor()} ms`);
     routes.answered(a.address);
-    routes.unreachable(a.address);
+    probeFails();
     assert.ok(downFor() <= DOWN_MS, `down for ${downFor()} ms`); // back to a second
   } finally {
     client.close();

@@ -4,9 +4,9 @@
 export function recordMarks(routes) {
   const marked = [];
   const unreachable = routes.unreachable.bind(routes);
-  routes.unreachable = (address) => {
+  routes.unreachable = (address, ...rest) => {
     marked.push(address);
-    unreachable(address);
+    unreachable(address, ...rest);
   };
   return marked;
 }
