@@ -365,7 +365,12 @@ async def start(
             read_roles = timed(read_roles, metrics.store_duration, metrics.conflicts)
         if keyring is not None:
             read_roles = encrypted(read_roles, keyring)
-        await standby.open()
+        try:
+            await standby.open()  # refuses a read database that is not the primary's (READ_DATABASE_MISMATCH)
+        except ConfigurationError:
+            await standby.close()
+            await roles.lifecycle.close()
+            raise
     executor = CommandExecutor(
         roles,
         registry,
@@ -711,7 +716,12 @@ def _standby(settings: Settings, adapter: StoreAdapter) -> StandbyStore:
         raise ConfigurationError(
             "--read-database-url names a standby of a PostgreSQL --database-url", reason="BAD_SETTING"
         )
-    return StandbyStore(settings.read_database_url, primary=adapter, pool_size=settings.db_pool_size)
+    return StandbyStore(
+        settings.read_database_url,
+        primary=adapter,
+        pool_size=settings.db_pool_size,
+        watch_interval=settings.health_interval,  # its losses and returns are logged, health is the primary's
+    )
 
 
 def _console_tls(settings: Settings) -> ssl.SSLContext | None:

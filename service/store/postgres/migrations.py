@@ -5,6 +5,9 @@ transaction that first takes an advisory lock, so several replicas starting
 at the same moment migrate exactly once and the others wait and then find
 nothing to do. A database whose schema is newer than every migration this
 code knows is refused: running old code on a new schema could corrupt it.
+So is one that takes no writes (a hot standby, in recovery, or a database
+read only by default): it cannot be the store, only a read database
+(``--read-database-url``, standby.py).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None =
     version."""
     migrations = known_migrations()
     async with conn.transaction():
+        await _refuse_read_only(conn)
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         await conn.execute(
@@ -58,3 +62,34 @@ async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None =
                 (migration.version, migration.name),
             )
         return max(current, wanted)
+
+
+async def _refuse_read_only(conn: psycopg.AsyncConnection[object]) -> None:
+    """Refuse a database that takes no writes, before the first DDL would
+    fail with PostgreSQL's own words (``ReadOnlySqlTransaction``). In a
+    transaction: ``transaction_read_only`` is then what it would be for the
+    migrations (``default_transaction_read_only``, or on during recovery)."""
+    cursor = await conn.execute("SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'")
+    row = await cursor.fetchone()
+    in_recovery, read_only = (bool(row[0]), bool(row[1])) if row else (False, False)  # type: ignore[index]
+    if not (in_recovery or read_only):
+        return
+    why = (
+        "is a hot standby (in recovery)"
+        if in_recovery
+        else "is read only (default_transaction_read_only is on for this database or user)"
+    )
+    raise ConfigurationError(
+        f"the database {described(conn)} {why}: it takes no writes, so Chronicle cannot keep its store there."
+        " --database-url must name the primary; a hot standby of it belongs in --read-database-url",
+        reason="DATABASE_READ_ONLY",
+    )
+
+
+def described(conn: psycopg.AsyncConnection[object]) -> str:
+    """Where ``conn`` is connected, as a URL without its password."""
+    info = conn.info
+    if info.host.startswith("/"):  # a Unix-domain socket's folder
+        return f"postgresql://{info.user}@/{info.dbname}?host={info.host}&port={info.port}"
+    host = f"[{info.host}]" if ":" in info.host else info.host
+    return f"postgresql://{info.user}@{host}:{info.port}/{info.dbname}"
