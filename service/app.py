@@ -252,10 +252,15 @@ class Application:
         # (within the grace) and end SHUTTING_DOWN: their clients send the
         # rest elsewhere now, not when the grace runs out.
         self.commands.close()
+        # One grace for the calls and the commands they wait for: the router's
+        # share is what the server's stop left (a stop bounded by drain +
+        # grace, as an orchestrator's termination period assumes).
+        loop = asyncio.get_running_loop()
+        graced_until = loop.time() + grace
         await self.server.stop(grace)
         await self.health.ended()
         await self.reactions.stop()  # before the router: a reaction's command in flight is sent again later
-        await self.router.close(grace=grace)
+        await self.router.close(grace=max(0.0, graced_until - loop.time()))
         await self.projections.stop()  # an uncommitted batch is simply applied again later
         if self.pruner is not None:
             await self.pruner.stop()  # a batch is one transaction: done or not

@@ -46,6 +46,9 @@ def now_us() -> int:
 class AuditLog:
     def __init__(self, store: AuditRecorder) -> None:
         self._store = store
+        # Entries the store could not take since it last took one (an
+        # outage refuses every command, and each refusal is an entry).
+        self._unrecorded = 0
 
     async def refused(self, entry: AuditEntry) -> None:
         """Record a refusal. A failure to record is logged, never raised: the
@@ -57,8 +60,24 @@ class AuditLog:
         record is logged, never raised."""
         try:
             await self._store.record_audit_entry(entry)
+        except ChronicleError as error:
+            # The store cannot take it (unavailable, a lock timeout): said once
+            # for the outage, not with a traceback for every command it refuses.
+            self._unrecorded += 1
+            if self._unrecorded == 1:
+                log.warning(
+                    "could not record the outcome of command %s in the audit log (%s: %s); audit entries are"
+                    " lost until the store takes them again",
+                    entry.command_id,
+                    error.reason,
+                    error,
+                )
         except Exception:
             log.exception("could not record the outcome of command %s in the audit log", entry.command_id)
+        else:
+            if self._unrecorded:
+                log.warning("the audit log takes entries again; %d could not be recorded meanwhile", self._unrecorded)
+                self._unrecorded = 0
 
     async def admin_action(
         self,

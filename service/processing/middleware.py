@@ -255,11 +255,16 @@ async def _awaited(outcome: Awaitable[None] | None) -> None:
 
 
 def _relay(target: asyncio.Future[BatchResult], source: asyncio.Future[BatchResult]) -> None:
+    if source.cancelled():
+        if not target.done():
+            target.cancel()
+        return
+    # Retrieved even when no one waits any more (the caller left): an error
+    # never retrieved is logged by asyncio as if it were a bug.
+    error = source.exception()
     if target.done():
         return
-    if source.cancelled():
-        target.cancel()
-    elif (error := source.exception()) is not None:
+    if error is not None:
         target.set_exception(error)
     else:
         target.set_result(source.result())

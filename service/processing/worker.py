@@ -281,9 +281,13 @@ class AggregateWorker:
         requests = [job.batch.commands[0] for job in jobs]
         try:
             outcomes, self._cached = await self._executor.execute_series(requests, self._cached)
-        except Exception as error:  # only a bug gets here: the series handles command errors itself
+        except Exception as error:
+            # The series answers its commands' own refusals itself; what gets
+            # here failed them all: the store (unavailable, a lock timeout),
+            # which the callers hear as any command's, or a bug.
             self._cached = None
-            log.exception("a series of %d commands on %s failed", len(jobs), self.aggregate_id)
+            if not isinstance(error, ChronicleError):
+                log.exception("a series of %d commands on %s failed", len(jobs), self.aggregate_id)
             for job in jobs:
                 _fail(job, error)
             return

@@ -84,3 +84,26 @@ async def test_a_command_started_before_the_stop_is_answered_before_the_stream_e
     assert (ended.code(), details_of(ended).reason) == (grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
     head = await store.inner.head("acc-1")
     assert head is not None and head.version == 1
+
+
+async def test_one_grace_bounds_the_stop_for_calls_and_the_commands_they_wait_for() -> None:
+    """gRPC's stop waits its grace for a call whose command is held; the
+    router then gets what is left of the same grace, not a second one (a
+    stop took drain + 2 x grace, past the termination period deployment.md
+    gives an orchestrator)."""
+    store = GatedStore(MemoryStore())
+    async with running_server(store) as (app, client):
+        held = asyncio.ensure_future(client.commands.Submit(opening("acc-1")))
+        async with asyncio.timeout(20):
+            await store.entered.wait()
+            given: list[float] = []
+            close = app.router.close
+
+            async def recorded_close(grace: float = 30.0) -> None:
+                given.append(grace)
+                await close(grace=grace)
+
+            app.router.close = recorded_close  # type: ignore[method-assign]
+            await app.stop(grace=1.0, drain=0.0)
+        held.cancel()
+    assert len(given) == 1 and given[0] < 0.5  # before: the whole second again
