@@ -40,6 +40,10 @@ from psycopg.pq.abc import PGresult
 log = logging.getLogger(__name__)
 
 _OK = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK, pq.ExecStatus.EMPTY_QUERY)
+_MISSING_STATEMENT = "26000"  # invalid_sql_statement_name: a prepared statement that does not exist
+# Errors of a preparation that say nothing is wrong with the statement (a
+# lock wait, a statement timeout, the server going away): logged as warnings.
+_TRANSIENT = (psycopg.OperationalError,)
 BYTEA_OID = 17
 
 
@@ -122,12 +126,17 @@ def text_array(items: Sequence[object]) -> str:
     return "{" + ",".join(parts) + "}"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Operation:
     reply: asyncio.Future[list[PGresult]] | None  # None: a statement being prepared
     results: list[PGresult] = field(default_factory=list)
     error: psycopg.Error | None = None
     prepared: bytes = b""
+    # A statement being prepared: the error result PostgreSQL refused it with.
+    refusal: PGresult | None = None
+    # An operation: the preparations still in flight when it was sent, of
+    # statements it uses (it fails on the missing statement if one fails).
+    after: tuple[_Operation, ...] = ()
 
 
 class ConnectionLost(psycopg.OperationalError):
@@ -153,7 +162,8 @@ class PipelinedConnection:
         self._loop = loop
         self._socket = self._pg.socket
         self._in_flight: deque[_Operation] = deque()
-        self._prepared: set[bytes] = set()
+        self._prepared: set[bytes] = set()  # prepared, or being prepared
+        self._preparing: dict[bytes, _Operation] = {}  # being prepared: its operation
         self._on_notify = on_notify
         self._writing = False
         self.broken = False
@@ -190,12 +200,17 @@ class PipelinedConnection:
         if self.broken:
             reply.set_exception(ConnectionLost("the connection to PostgreSQL is closed"))
             return reply
-        operation = _Operation(reply)
         pg = self._pg
+        after: list[_Operation] = []
         try:
             for statement in statements:
-                if statement.name and statement.name not in self._prepared:
-                    self._prepare(statement)
+                if statement.name:
+                    if statement.name not in self._prepared:
+                        self._prepare(statement)
+                    preparing = self._preparing.get(statement.name)
+                    if preparing is not None and preparing not in after:
+                        after.append(preparing)
+            operation = _Operation(reply, after=tuple(after))
             for statement in statements:
                 values, types, formats = encode_params(statement.params)
                 result_format = 1 if statement.binary else 0
@@ -219,8 +234,10 @@ class PipelinedConnection:
         _, types, _ = encode_params(statement.params)
         self._pg.send_prepare(statement.name, statement.sql, types)
         self._pg.pipeline_sync()
+        preparing = _Operation(None, prepared=statement.name)
         self._prepared.add(statement.name)
-        self._in_flight.append(_Operation(None, prepared=statement.name))
+        self._preparing[statement.name] = preparing
+        self._in_flight.append(preparing)
 
     def _flush(self) -> None:
         try:
@@ -267,23 +284,59 @@ class PipelinedConnection:
         if status not in _OK:
             if operation.error is None:
                 operation.error = error_from_result(result, encoding="utf-8")
+                if operation.reply is None:
+                    operation.refusal = result
             return
         operation.results.append(result)
 
     def _finish(self, operation: _Operation) -> None:
         if operation.reply is None:
+            if self._preparing.get(operation.prepared) is operation:
+                del self._preparing[operation.prepared]
             if operation.error is not None:
-                # Every operation sent since fails on the missing statement;
-                # the next use parses it again.
+                # The operations sent since that use the statement fail on
+                # it missing (see _failure); the next use prepares it again.
                 self._prepared.discard(operation.prepared)
-                log.error("PostgreSQL refused to prepare %s: %s", operation.prepared.decode(), operation.error)
+                level = logging.WARNING if isinstance(operation.error, _TRANSIENT) else logging.ERROR
+                log.log(level, "PostgreSQL refused to prepare %s: %s", operation.prepared.decode(), operation.error)
             return
         if operation.reply.done():
             return  # the caller gave up waiting; the outcome stands all the same
         if operation.error is not None:
-            operation.reply.set_exception(operation.error)
+            operation.reply.set_exception(self._failure(operation, operation.error))
         else:
             operation.reply.set_result(operation.results)
+
+    def _failure(self, operation: _Operation, error: psycopg.Error) -> psycopg.Error:
+        """What ``operation`` failed with, told as it is to the caller.
+
+        An operation that uses a statement whose preparation PostgreSQL
+        refused (a lock wait that timed out while parsing it, say) fails on
+        the statement missing (``InvalidSqlStatementName``, 26000): it fails
+        as the preparation did instead, so that the caller hears why (a lock
+        timeout is StoreUnavailable, errors.py), never a missing statement.
+
+        Why not send it again once the statement is prepared: that would be
+        safe, even for an append (nothing of it ran: the statement it lacked
+        failed inside its implicit transaction, which PostgreSQL rolled back
+        whole, so it cannot have committed), but its preparation would wait
+        on the same lock again, doubling the wait (errors.py: a lock wait
+        that timed out is not retried). The caller retries later, an append
+        with its command id.
+        """
+        if error.sqlstate != _MISSING_STATEMENT:
+            return error
+        for preparing in operation.after:
+            if preparing.refusal is not None:
+                # A new exception for each operation (and not the preparation's
+                # own): one instance raised in many tasks grows one traceback.
+                return error_from_result(preparing.refusal, encoding="utf-8")
+        # Missing, though this connection prepared it (nothing Chronicle does
+        # drops a statement; a pooler in transaction mode would): forget it,
+        # so that its next use prepares it again on this connection.
+        message = error.diag.message_primary or ""
+        self._prepared.difference_update([name for name in self._prepared if name.decode() in message])
+        return error
 
     async def lost(self) -> None:
         """Return when the connection breaks (or is closed)."""

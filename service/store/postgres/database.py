@@ -22,7 +22,11 @@ once (one connection attempt at a time is made on their behalf), and the
 health check (``ping``) reports it. A connection that breaks fails only the
 operations it carried; an operation that only reads is sent once more on
 another connection, one that writes is not (its outcome is unknown: the
-caller retries with the same command id and idempotency decides).
+caller retries with the same command id and idempotency decides). A
+database that stops taking writes after start-up (a primary demoted,
+``default_transaction_read_only`` turned on) is unavailable for writes
+(``STORE_READ_ONLY``, errors.py), and ``ping(writable=True)``, the store's
+health check, says so until it takes them again.
 
 Contention. An operation is one transaction (connection.py), so one that
 PostgreSQL aborts as a deadlock's victim or for a serialization failure
@@ -47,7 +51,7 @@ from service.store.encryption import sealed_store_without_keys
 from service.store.notifier import CommitNotifier
 from service.store.postgres import sql
 from service.store.postgres.connection import ConnectionLost, PipelinedConnection, Statement
-from service.store.postgres.errors import contention, rolled_back, translation
+from service.store.postgres.errors import READ_ONLY, contention, rolled_back, translation
 from service.store.postgres.migrations import migrate
 from service.tasks import cancel_and_wait
 
@@ -70,6 +74,10 @@ ROLLBACK_ATTEMPTS = 5
 # of it, so that two operations that aborted each other do not collide again
 # in step.
 ROLLBACK_BACKOFF = 0.004
+# Whether the database takes writes, as the store's own transactions would
+# find it: in recovery (a standby) or read only by default (the setting is
+# read inside the ping's transaction, after any configuration reload).
+_TAKES_WRITES = b"SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'"
 
 
 class Database:
@@ -113,8 +121,24 @@ class Database:
         for pool in self._pools.values():
             await pool.close()
 
-    async def ping(self) -> None:
-        await self.run("ping", [Statement(b"SELECT 1")], read_only=True)
+    async def ping(self, *, writable: bool = False) -> None:
+        """Return if the database answers; raise StoreUnavailable if not.
+        ``writable``: and takes writes (the store's database, not a standby
+        read from): one that turned read only after start-up (a primary
+        demoted, ``default_transaction_read_only`` set on) is
+        ``StoreUnavailable`` with reason ``STORE_READ_ONLY``, so health says
+        NOT_SERVING until it takes writes again. Still one round trip."""
+        if not writable:
+            await self.run("ping", [Statement(b"SELECT 1")], read_only=True)
+            return
+        (result,) = await self.run("ping", [Statement(_TAKES_WRITES)], read_only=True)
+        if result.get_value(0, 0) == b"t":
+            why = "it is in recovery (a hot standby: was the primary demoted?)"
+        elif result.get_value(0, 1) == b"t":
+            why = "its transactions are read only (default_transaction_read_only is on)"
+        else:
+            return
+        raise StoreUnavailable(f"PostgreSQL takes no writes: {why}", reason=READ_ONLY)
 
     async def _ensure_schema(self) -> None:
         if self._schema_ready:

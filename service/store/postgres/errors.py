@@ -65,6 +65,23 @@ def contention(error: BaseException, what: str, *, attempts: int) -> StoreUnavai
     )
 
 
+# StoreUnavailable's reason while PostgreSQL takes no writes: the database
+# turned read only after start-up (``default_transaction_read_only`` set on,
+# a primary demoted to a standby). A write it refused (SQLSTATE 25006) wrote
+# nothing, and Database.ping says so (health NOT_SERVING); the same call
+# succeeds once it takes writes again, without a restart. (At start-up such
+# a database is refused instead: DATABASE_READ_ONLY, migrations.py.)
+READ_ONLY = "STORE_READ_ONLY"
+
+
+def no_writes(error: BaseException, what: str) -> StoreUnavailable:
+    """A write PostgreSQL refused because it takes no writes."""
+    return StoreUnavailable(
+        f"PostgreSQL takes no writes, so {what} wrote nothing ({_first_line(error)}); retry once it takes writes again",
+        reason=READ_ONLY,
+    )
+
+
 # Errors that mean "the database cannot serve right now": connection lost,
 # server shutting down or restarting, too many clients, a lock wait or
 # statement that timed out.
@@ -97,6 +114,16 @@ def translation(error: BaseException, what: str) -> BaseException | None:
         return InvalidInput(f"value not storable in PostgreSQL: {_first_line(error)}", reason="UNSTORABLE_VALUE")
     if rolled_back(error):
         return contention(error, what, attempts=1)
+    if isinstance(error, pg.ReadOnlySqlTransaction):  # 25006: the transaction is read only
+        return no_writes(error, what)
+    if isinstance(error, pg.InvalidSqlStatementName):
+        # 26000: a prepared statement missing on its connection (the
+        # connection prepares it again at its next use: connection.py). The
+        # operation failed inside its transaction, so nothing of it was
+        # applied: retrying it is safe.
+        return StoreUnavailable(
+            f"PostgreSQL unavailable during {what}: {_first_line(error)}; nothing of it was applied"
+        )
     if isinstance(error, _UNAVAILABLE):
         return StoreUnavailable(f"PostgreSQL unavailable during {what}: {_first_line(error)}")
     return None

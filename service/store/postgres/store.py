@@ -121,7 +121,7 @@ class PostgresStore(
         await self._lease_db.close()
 
     async def ping(self) -> None:
-        await self._db.ping()
+        await self._db.ping(writable=True)  # a database that takes no writes cannot serve commands
 
     def batch_counts(self) -> BatchCounts:
         """Group commit's counters (for metrics)."""

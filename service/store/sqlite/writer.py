@@ -62,13 +62,23 @@ class Writer:
 @contextmanager
 def writing(db: sqlite3.Connection) -> Iterator[None]:
     """One write transaction, holding the file's write lock from its start:
-    committed if the block ends, rolled back if it raises."""
+    committed if the block ends, rolled back if it raises.
+
+    Rolled back only if still active: after some errors (SQLITE_FULL or
+    SQLITE_IOERR on a COMMIT, or on a statement that had to undo the whole
+    transaction) SQLite has rolled it back itself, and a ROLLBACK would fail
+    ("cannot rollback - no transaction is active") and hide the error that
+    says what happened (the disk is full)."""
     db.execute(sql.BEGIN_WRITE)
     try:
         yield
         db.execute(sql.COMMIT)
-    except BaseException:
-        db.execute(sql.ROLLBACK)
+    except BaseException as error:
+        if db.in_transaction:
+            try:
+                db.execute(sql.ROLLBACK)
+            except sqlite3.Error as failed:
+                error.add_note(f"and the ROLLBACK after it failed too: {failed}")
         raise
 
 
@@ -80,4 +90,5 @@ def reading(db: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     finally:
-        db.execute(sql.COMMIT)
+        if db.in_transaction:  # not if an error made SQLite end it (as for writing)
+            db.execute(sql.COMMIT)
