@@ -24,7 +24,10 @@ Commands get a command id (UUID 4) of their own and are retried with it on
 UNAVAILABLE, ABORTED, DEADLINE_EXCEEDED, a CANCELLED the client did not ask
 for, and RESOURCE_EXHAUSTED with the server's RetryInfo (whose delay is
 waited for): the server runs a command id at most once, so a retry never
-appends twice.
+appends twice. By default (``RetryPolicy()``) a unary call or a read is
+retried for 30 seconds, and a subscription, a command stream or a group
+consumer is reopened for as long as it is iterated, the backoff growing to
+2 seconds: a server restart or a database outage is waited out.
 """
 
 from service.client.checkpoints import CheckpointStore, FileCheckpoints, MemoryCheckpoints

@@ -11,6 +11,15 @@ the client already answers (a unary command is tried again, a stream is
 reopened and resumed, a routing client marks the member down and sends
 elsewhere), and the channel connects afresh for the next call.
 
+A channel whose server went away (a restart, a crash) tries to connect
+again after gRPC's connection backoff, which grows from 1 s to 2 minutes by
+default; until it connects, every call on it fails UNAVAILABLE at once, so
+a subscriber would notice a server that came back after a long outage only
+minutes later, and a command could spend its retries on a server that is
+up. So the client caps that backoff at ``reconnect_backoff`` seconds (the
+retry policy's ``max_backoff``, 2 s by default): a channel connects again
+at most that long after its server is back.
+
 Chronicle's servers accept a client's pings every 5 s or more
 (``--min-client-ping-seconds``); a server that accepts fewer (gRPC's
 default: one in five minutes while it sends nothing) answers an idle
@@ -25,6 +34,11 @@ import grpc
 
 DEFAULT_KEEPALIVE = 10.0
 DEFAULT_KEEPALIVE_TIMEOUT = 10.0
+DEFAULT_RECONNECT_BACKOFF = 2.0
+# gRPC's first wait before connecting again (its own default), and the
+# shortest cap this client sets.
+_FIRST_RECONNECT_BACKOFF = 1.0
+_LEAST_RECONNECT_BACKOFF = 0.1
 
 
 def keepalive_options(keepalive: float | None, timeout: float = DEFAULT_KEEPALIVE_TIMEOUT) -> list[tuple[str, int]]:
@@ -47,15 +61,29 @@ def keepalive_options(keepalive: float | None, timeout: float = DEFAULT_KEEPALIV
     ]
 
 
+def reconnect_options(backoff: float | None) -> list[tuple[str, int]]:
+    """gRPC's channel options for connecting again at most ``backoff``
+    seconds apart (at least 0.1 s) after the server went away; None:
+    gRPC's own backoff (up to 2 minutes)."""
+    if backoff is None:
+        return []
+    most = max(backoff, _LEAST_RECONNECT_BACKOFF)
+    return [
+        ("grpc.initial_reconnect_backoff_ms", int(min(_FIRST_RECONNECT_BACKOFF, most) * 1000)),
+        ("grpc.max_reconnect_backoff_ms", int(most * 1000)),
+    ]
+
+
 def open_channel(
     target: str,
     credentials: grpc.ChannelCredentials | None = None,
     *,
     keepalive: float | None = DEFAULT_KEEPALIVE,
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
+    reconnect_backoff: float | None = DEFAULT_RECONNECT_BACKOFF,
 ) -> grpc.aio.Channel:
     """A channel to ``target``: plaintext, or TLS with ``credentials``."""
-    options = keepalive_options(keepalive, keepalive_timeout)
+    options = keepalive_options(keepalive, keepalive_timeout) + reconnect_options(reconnect_backoff)
     if credentials is not None:
         return grpc.aio.secure_channel(target, credentials, options=options)
     return grpc.aio.insecure_channel(target, options=options)

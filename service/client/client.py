@@ -47,14 +47,18 @@ class ChronicleClient:
 
     Commands get a fresh command id (UUID 4) unless one is given; failed
     attempts that may succeed later are retried with the *same* id, which the
-    server executes at most once (see ``retry.RetryPolicy``). Errors are
+    server executes at most once (see ``retry.RetryPolicy``). By default a
+    unary call or a read is retried for 30 seconds (``retry_for``), and a
+    subscription, a command stream or a group consumer is reopened for as
+    long as it is iterated, the backoff growing to 2 seconds: a server
+    restart or a database outage is waited out. Errors are
     :class:`~service.client.errors.RemoteError` subclasses carrying the
     server's code, reason and metadata.
 
     ``attempt_timeout`` bounds each attempt, in seconds (bound a whole call,
-    retries included, with ``asyncio.timeout``); ``call_metadata`` is sent
-    with every call (an ``authorization`` header, say; a ``CallMetadata``
-    asks for its token at each call).
+    retries included, more tightly with ``asyncio.timeout``);
+    ``call_metadata`` is sent with every call (an ``authorization`` header,
+    say; a ``CallMetadata`` asks for its token at each call).
 
     With ``routes`` (``connect(..., routing=True)``) commands go to the
     replica that owns their aggregate's partition, over a channel per
@@ -127,11 +131,20 @@ class ChronicleClient:
         connection whose ping goes unanswered for ``keepalive_timeout``, so
         a connection that died silently ends its calls UNAVAILABLE (then
         retried, resumed, or sent to another member) rather than holding
-        them; None: no pings (``service.client.channels``)."""
+        them; None: no pings. A channel whose server went away connects
+        again at most ``retry.max_backoff`` seconds apart (gRPC's own
+        backoff grows to 2 minutes), so a server that is back is found
+        within that (``service.client.channels``)."""
         keepalive_options(keepalive, keepalive_timeout)  # a bad value fails here, not at the first call
 
         def open_member_channel(target: str) -> grpc.aio.Channel:
-            return open_channel(target, credentials, keepalive=keepalive, keepalive_timeout=keepalive_timeout)
+            return open_channel(
+                target,
+                credentials,
+                keepalive=keepalive,
+                keepalive_timeout=keepalive_timeout,
+                reconnect_backoff=retry.max_backoff,
+            )
 
         channel = open_member_channel(address)
         metadata = CallMetadata(call_metadata, token)
@@ -186,7 +199,8 @@ class ChronicleClient:
         decides on the current state and writes nothing: the result says
         what the command would append (``Submitted.dry_run``), and a refusal
         is raised as it would be. Raises a ``RemoteError`` when the command
-        is refused or the retries are spent.
+        is refused or the retries are spent (by default, once an error worth
+        retrying has kept failing it for 30 seconds: ``RetryPolicy.retry_for``).
         """
         command = Command(
             aggregate_id,
@@ -263,8 +277,9 @@ class ChronicleClient:
         ``Unavailable``, ``ResourceExhausted`` with a ``retry_delay``) may be
         submitted again with the same command id. A broken stream is
         reopened and the unanswered commands sent again with their ids, so
-        none runs twice; when the retries are spent, the iteration raises
-        the stream's ``RemoteError``. An error raised by ``commands`` ends
+        none runs twice, for as long as the stream is iterated (with the
+        default policy; a ``max_attempts`` bounds the reopenings in a row,
+        and then the iteration raises the stream's ``RemoteError``). An error raised by ``commands`` ends
         the stream and is raised here; leaving the iteration early (``break``,
         ``aclose()``) ends the call and stops taking commands.
         """
@@ -393,7 +408,9 @@ class ChronicleClient:
             return {"timeout": self._attempt_timeout, "metadata": self._call_metadata()}
 
         if self._paged_reads is not False:
-            pages = resuming(self._retry, what, lambda: self._events.ReadAggregatePages(request(), **options()))
+            pages = resuming(
+                self._retry, what, lambda: self._events.ReadAggregatePages(request(), **options()), bounded=True
+            )
             try:
                 async for page in pages:
                     self._paged_reads = True
@@ -404,7 +421,10 @@ class ChronicleClient:
                 if error.code != grpc.StatusCode.UNIMPLEMENTED or self._paged_reads:
                     raise
                 self._paged_reads = False  # a server from before pages
-        async for envelope in resuming(self._retry, what, lambda: self._events.ReadAggregate(request(), **options())):
+        envelopes = resuming(
+            self._retry, what, lambda: self._events.ReadAggregate(request(), **options()), bounded=True
+        )
+        async for envelope in envelopes:
             yield envelope
 
     async def read_all(
@@ -445,7 +465,9 @@ class ChronicleClient:
         """Every committed event matching the filter, in log order: those
         after ``after_position`` (or, with ``from_end``, only new ones), then
         live ones, for as long as you iterate. A broken stream is resumed
-        after the last event processed; with ``checkpoints`` the subscription
+        after the last event processed, however often and long the server is
+        away (with the default policy: no ``max_attempts``, the backoff
+        growing to 2 seconds); with ``checkpoints`` the subscription
         starts after the saved position (ignoring ``after_position`` and
         ``from_end``) and saves as it goes. See :class:`Subscription`."""
 

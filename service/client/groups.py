@@ -34,7 +34,7 @@ from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
 from service.client.call_metadata import CallMetadata
 from service.client.errors import RemoteError, remote_error, status_lost
 from service.client.results import Event
-from service.client.retry import RetryPolicy, call_with_retries
+from service.client.retry import RetryPolicy, call_with_retries, log_retry
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,14 @@ class GroupConsumer:
     in ``async with`` (which ends the stream, giving this consumer's
     segments to the others at once) and iterate it for ``Delivery``\\ s. A
     stream broken by UNAVAILABLE or CANCELLED (a server stopping), or whose
-    status grpc.aio lost (``errors.status_lost``), is opened again after
-    ``reconnect_delay`` seconds; so is one a stale token ended, when ``retry``
-    refreshes credentials (the server ends a stream at its JWT's exp), up to
-    its ``max_attempts`` times in a row without joining. Other errors are
-    raised as ``RemoteError``.
+    status grpc.aio lost (``errors.status_lost``), is opened again, without
+    a bound: after ``reconnect_delay`` seconds, doubled for each stream in a
+    row that broke before it joined, up to ``retry.max_backoff`` (2 s by
+    default), never less than the server's ``RetryInfo``; so is one a stale
+    token ended, when ``retry`` refreshes credentials (the server ends a
+    stream at its JWT's exp), up to its ``max_attempts`` times in a row
+    without joining (``retry.STALE_TOKEN_ATTEMPTS``, 5, when it has none).
+    Other errors are raised as ``RemoteError``.
     Each iteration (``aiter``) is one stream, open as long as its iterator:
     keep iterating one, rather than starting a loop again after a ``break``
     (which joins the group anew)."""
@@ -191,6 +194,7 @@ class GroupConsumer:
             start=pb.ConsumeStart(group=self.group, consumer=self.consumer, max_in_flight=self._max_in_flight)
         )
         stale = 0  # streams in a row a stale token ended before they joined
+        broken = 0  # streams in a row that broke before they joined
         leaving = False
         while not self._closed:
             call = self._call = self._open_call()
@@ -204,7 +208,7 @@ class GroupConsumer:
                     if kind == "joined":
                         self.member = message.joined.consumer
                         self.joined.set()
-                        stale = 0
+                        stale = broken = 0
                         continue
                     for item in message.deliveries.deliveries:
                         yield Delivery(self, item)
@@ -226,11 +230,11 @@ class GroupConsumer:
             except grpc.aio.AioRpcError as failed:
                 if self._closed:
                     return
+                error = remote_error(failed)
                 # A status grpc.aio lost (an ack written as the server
                 # ended the stream) says nothing of why it ended: the next
                 # stream finds out.
                 if failed.code() not in _ENDED_BY_SERVER and not status_lost(failed):
-                    error = remote_error(failed)
                     if (
                         failed.code() != grpc.StatusCode.UNAUTHENTICATED
                         or self._retry is None
@@ -238,7 +242,16 @@ class GroupConsumer:
                     ):
                         raise error from failed
                     stale += 1  # a fresh token may cure it: the next stream asks for one
-                log.info("group %s: stream broken (%s); consuming again", self.group, failed.details())
+                broken += 1
+                wait = self._reconnect_wait(broken, error)
+                log_retry(
+                    broken,
+                    "group %s: stream broken (%s, retry %d); consuming again in %.3fs",
+                    self.group,
+                    failed.details(),
+                    broken,
+                    wait,
+                )
             finally:
                 self.joined.clear()
                 if not leaving:
@@ -246,7 +259,16 @@ class GroupConsumer:
                 if self._call is call:
                     self._call = None
                     call.cancel()
-            await asyncio.sleep(self._reconnect_delay)
+            await asyncio.sleep(wait)
+
+    def _reconnect_wait(self, broken: int, error: RemoteError) -> float:
+        """How long to wait before opening the stream again after ``broken``
+        streams in a row broke without joining: ``reconnect_delay``, doubled
+        each time, up to the retry policy's ``max_backoff`` (or
+        ``reconnect_delay`` if longer), and never less than the server's
+        ``RetryInfo`` delay."""
+        most = max(self._reconnect_delay, self._retry.max_backoff if self._retry is not None else 2.0)
+        return max(min(most, self._reconnect_delay * 2.0 ** min(broken - 1, 32)), error.retry_delay or 0.0)
 
 
 def _duration(value: timedelta | float | None) -> duration_pb2.Duration | None:

@@ -5,6 +5,18 @@ most once: the client keeps the command id across attempts, so an attempt
 whose answer was lost (the command did run) comes back as the original
 result (``replayed``), and nothing is appended twice. Reads are safe to
 retry by nature.
+
+Two kinds of call, two bounds, as gRPC's own retry policy and the event
+stores' and brokers' clients have them. A unary call (a command, a batch,
+a state) and a read are tried again for ``retry_for`` seconds (30) and no
+longer, so that their caller is never held for ever. A stream that follows
+the log without end (a subscription; a command stream, which takes
+commands as they come) is reopened after every error worth retrying, for
+as long as its caller iterates it: a server that restarts, a database that
+is away for a while, end it only for a moment. The backoff between
+attempts grows to ``max_backoff`` (2 s) and stays there, never shorter
+than the server's ``RetryInfo``; each retry is logged, at INFO for the
+first ``QUIET_RETRIES`` in a row and at WARNING from then on.
 """
 
 from __future__ import annotations
@@ -41,11 +53,19 @@ RETRYABLE = frozenset(
 # (a stream the server ended at its exp, too), or one signed with a key the
 # server rotated out. Retried only with ``refresh_credentials``.
 REFRESHABLE = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN", "UNKNOWN_API_KEY"})
+# Attempts in a row that a stale credential may fail, when the policy sets
+# no ``max_attempts``: a token function that keeps returning a stale token
+# will not be cured by asking it again for ever.
+STALE_TOKEN_ATTEMPTS = 5
+# Retries in a row logged at INFO; the ones after them at WARNING (a server
+# or database that has been away for a while).
+QUIET_RETRIES = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
-    """Bounded retries with exponential backoff.
+    """Retries with exponential backoff: bounded in time for a unary call,
+    without a bound for a stream.
 
     Attempt ``n`` (n ≥ 2) waits ``initial_backoff * multiplier**(n-2)``,
     capped at ``max_backoff``, stretched by up to ``jitter`` (a fraction) so
@@ -53,17 +73,31 @@ class RetryPolicy:
     than the server's ``RetryInfo`` delay. ``RESOURCE_EXHAUSTED`` is retried
     only when the server sent a ``RetryInfo`` (a full queue), not when gRPC
     itself refused (a message over the size limit will not shrink).
+
+    ``retry_for``: a unary call (and a read) is not tried again once the
+    next attempt would begin more than this many seconds after its first
+    began (a read: after it began or last received an event); each attempt
+    is bounded by the client's ``attempt_timeout``. None: no bound in time.
+    ``max_attempts``: attempts in all at a unary call, and reopenings in a
+    row of a stream (with nothing received between them); None (the
+    default): no count, so a unary call is bounded by ``retry_for`` and a
+    stream (a subscription, a command stream, a group consumer) is reopened
+    for as long as it is iterated. Streams do not heed ``retry_for``.
+
     ``refresh_credentials``: an expired or rotated-out credential
     (UNAUTHENTICATED, ``REFRESHABLE``) is retried too, because each attempt
     asks for the token again (``ChronicleClient.connect`` with a token
-    function sets it). ``renew_after``: a stream that had been open this
-    many seconds when it broke counts its attempts afresh, so a long-lived
-    stream that servers end now and then (a token's expiry, a connection's
-    age, a restart) is reopened every time, even while it has nothing to
-    receive, and one that breaks as soon as it opens still gives up.
+    function sets it), up to ``max_attempts`` times in a row, or
+    ``STALE_TOKEN_ATTEMPTS`` (5) when it is None. ``renew_after``: a stream
+    that had been open this many seconds when it broke counts its attempts
+    afresh, so a long-lived stream that servers end now and then (a token's
+    expiry, a connection's age, a restart) is reopened every time, even
+    with a ``max_attempts``, while one that breaks as soon as it opens
+    spends them.
     """
 
-    max_attempts: int = 5
+    max_attempts: int | None = None
+    retry_for: float | None = 30.0
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
     multiplier: float = 2.0
@@ -72,72 +106,113 @@ class RetryPolicy:
     renew_after: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1 (None: no count)")
+        if self.retry_for is not None and self.retry_for < 0:
+            raise ValueError("retry_for must not be negative (None: no bound in time)")
         if min(self.initial_backoff, self.max_backoff, self.jitter) < 0 or self.multiplier < 1:
             raise ValueError("backoffs and jitter must not be negative, the multiplier at least 1")
 
-    def delay(self, attempt: int, error: RemoteError) -> float | None:
+    def delay(self, attempt: int, error: RemoteError, *, elapsed: float | None = None) -> float | None:
         """Seconds to wait before attempt ``attempt + 1`` after ``error`` ended
-        attempt ``attempt``; None: do not retry."""
-        if attempt >= self.max_attempts:
-            return None
-        if error.code not in RETRYABLE and not (
+        attempt ``attempt``; None: do not retry. ``elapsed``: seconds since a
+        unary call's first attempt began (``retry_for`` bounds it); None for
+        a stream, which only ``max_attempts`` bounds."""
+        stale = (
             self.refresh_credentials and error.code == grpc.StatusCode.UNAUTHENTICATED and error.reason in REFRESHABLE
-        ):
+        )
+        if error.code not in RETRYABLE and not stale:
             return None
         if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_delay is None:
             return None
-        backoff = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        limit = self.max_attempts if self.max_attempts is not None else STALE_TOKEN_ATTEMPTS if stale else None
+        if limit is not None and attempt >= limit:
+            return None
+        try:
+            backoff = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        except OverflowError:  # a stream reopened very many times: long past the cap
+            backoff = self.max_backoff if self.initial_backoff > 0 else 0.0
         backoff *= 1 + self.jitter * random.random()
-        return max(backoff, error.retry_delay or 0.0)
+        wait = max(backoff, error.retry_delay or 0.0)
+        if elapsed is not None and self.retry_for is not None and elapsed + wait > self.retry_for:
+            return None
+        return wait
 
 
 DEFAULT_RETRY = RetryPolicy()
 NO_RETRIES = RetryPolicy(max_attempts=1)
 
 
-async def call_with_retries(policy: RetryPolicy, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-    """Await ``attempt()`` until it succeeds or ``policy`` gives up; raise the
-    last error as a :class:`RemoteError`."""
+def log_retry(retry: int, message: str, *args: object) -> None:
+    """Log a retry (the ``retry``-th in a row): INFO for the first
+    ``QUIET_RETRIES``, WARNING after them."""
+    log.log(logging.INFO if retry <= QUIET_RETRIES else logging.WARNING, message, *args)
+
+
+async def call_with_retries(
+    policy: RetryPolicy,
+    what: str,
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Await ``attempt()`` until it succeeds or ``policy`` gives up (after
+    ``retry_for`` seconds, or ``max_attempts``); raise the last error as a
+    :class:`RemoteError`. ``clock`` and ``sleep``: a test's own."""
     number = 1
+    started = clock()
     while True:
         try:
             return await attempt()
         except grpc.aio.AioRpcError as failed:
             cause, error = failed, remote_error(failed)
-        wait = policy.delay(number, error)
+        elapsed = clock() - started
+        wait = policy.delay(number, error, elapsed=elapsed)
         if wait is None:
             raise error from cause
-        log.info("%s: attempt %d failed with %s; retrying in %.3fs", what, number, error, wait)
-        await asyncio.sleep(wait)
+        log_retry(
+            number, "%s: attempt %d failed with %s (%.1fs in); retrying in %.3fs", what, number, error, elapsed, wait
+        )
+        await sleep(wait)
         number += 1
 
 
-async def resuming(policy: RetryPolicy, what: str, open_stream: Callable[[], Any]) -> AsyncIterator[Any]:
+async def resuming(
+    policy: RetryPolicy,
+    what: str,
+    open_stream: Callable[[], Any],
+    *,
+    bounded: bool = False,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> AsyncIterator[Any]:
     """The messages of a server stream, reopened after an error ``policy``
     retries. ``open_stream()`` starts a call (a ``grpc.aio`` stream call)
     that begins after the last message the caller took: the caller keeps that
     cursor. Every message received renews the retry budget, so a long stream
-    survives any number of separate interruptions."""
+    survives any number of separate interruptions. ``bounded``: a read,
+    given up ``retry_for`` seconds after it began or last received a
+    message; otherwise (a subscription) only ``max_attempts`` bounds it."""
     number = 1
+    alive = clock()  # when the stream began or last received a message
     while True:
         call = open_stream()
-        opened = time.monotonic()
+        opened = clock()
         try:
             async for message in call:
-                number = 1
+                number, alive = 1, clock()
                 yield message
             return
         except grpc.aio.AioRpcError as failed:
             cause, error = failed, remote_error(failed)
         finally:
             call.cancel()  # the caller stopped early, or the call failed: free it
-        if time.monotonic() - opened >= policy.renew_after:
-            number = 1  # it lived: not a retry of the same failure
-        wait = policy.delay(number, error)
+        if clock() - opened >= policy.renew_after:
+            number, alive = 1, opened  # it lived: not a retry of the same failure
+        wait = policy.delay(number, error, elapsed=clock() - alive if bounded else None)
         if wait is None:
             raise error from cause
-        log.info("%s: stream broke with %s; reopening in %.3fs", what, error, wait)
-        await asyncio.sleep(wait)
+        log_retry(number, "%s: stream broke with %s (retry %d); reopening in %.3fs", what, error, number, wait)
+        await sleep(wait)
         number += 1

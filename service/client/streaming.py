@@ -13,7 +13,9 @@ retry policy retries (a replica shutting down, a dropped connection), a new
 call is opened and the pending commands are sent again, first and in order,
 with their command ids: the server runs a command id at most once, so a
 command that had run comes back as its recorded result (``replayed``) and
-nothing is appended twice. Every result received renews the retry budget.
+nothing is appended twice. The default policy reopens the call for as long
+as the stream is iterated (no ``max_attempts``); one that sets it counts
+the reopenings in a row, and every result received renews them.
 A server that answers the paged call UNIMPLEMENTED gets the same commands
 over ``SubmitStream``, one message each, from then on.
 
@@ -57,7 +59,7 @@ from chronicle.v1 import command_service_pb2
 from service.client.commands import Command
 from service.client.errors import DeadlineExceeded, RemoteError, command_error, remote_error, status_lost
 from service.client.results import StreamResult, Submitted
-from service.client.retry import RetryPolicy
+from service.client.retry import RetryPolicy, log_retry
 from service.client.stopping import stop
 
 log = logging.getLogger(__name__)
@@ -209,10 +211,17 @@ class CommandStream:
         policy's delay and open the call again, its pending commands sent
         again; the next attempt's number. Raise ``error`` once the policy
         gives up."""
-        wait = self._retry.delay(attempt, error)
+        wait = self._retry.delay(attempt, error)  # a stream: no bound in time, only max_attempts if set
         if wait is None:
             raise error from cause
-        log.info("command stream broke with %s; %d commands to send again in %.3fs", error, self._outstanding(), wait)
+        log_retry(
+            attempt,
+            "command stream broke with %s (retry %d); %d commands to send again in %.3fs",
+            error,
+            attempt,
+            self._outstanding(),
+            wait,
+        )
         await asyncio.sleep(wait)
         await self._reopen(error)
         return attempt + 1

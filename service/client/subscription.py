@@ -4,9 +4,12 @@
 checkpoints while nothing matching commits and one ``caught_up`` when the
 catch-up reaches the live end. This side remembers the position of the last
 event (or checkpoint) the consumer finished with; when the stream breaks
-with an error worth retrying (a replica shutting down, a lost connection) it
-reopens after that position, on whichever replica answers, so the consumer
-sees every event once, in order. With a :class:`CheckpointStore` the
+with an error worth retrying (a replica shutting down, a lost connection, a
+server restarting, a database away) it reopens after that position, on
+whichever replica answers, so the consumer sees every event once, in order:
+with the default ``RetryPolicy`` as often and for as long as it takes, the
+backoff growing to ``max_backoff`` (2 s); a policy with ``max_attempts``
+gives up after that many reopenings in a row with nothing received. With a :class:`CheckpointStore` the
 position also outlives the process: a restarted subscriber resumes after the
 last saved one.
 """

@@ -240,7 +240,13 @@ def opening(aggregate_id: str, owner: str = "ann") -> Command:
 
 def test_the_retry_policy_and_attempt_timeout_default_as_documented() -> None:
     assert RetryPolicy() == RetryPolicy(
-        max_attempts=5, initial_backoff=0.05, max_backoff=2.0, multiplier=2.0, jitter=0.2, renew_after=10.0
+        max_attempts=None,
+        retry_for=30.0,
+        initial_backoff=0.05,
+        max_backoff=2.0,
+        multiplier=2.0,
+        jitter=0.2,
+        renew_after=10.0,
     )
     assert client.DEFAULT_ATTEMPT_TIMEOUT == 10.0
 

@@ -7,7 +7,7 @@ import grpc
 
 from service.client.call_metadata import CallMetadata
 from service.client.errors import RemoteError
-from service.client.retry import RetryPolicy
+from service.client.retry import STALE_TOKEN_ATTEMPTS, RetryPolicy
 
 
 def test_a_static_token_is_sent_as_given_and_a_function_is_asked_at_each_call() -> None:
@@ -31,6 +31,8 @@ def test_a_stale_credential_is_retried_only_when_the_token_is_asked_for_again() 
     for reason in ("TOKEN_EXPIRED", "INVALID_TOKEN", "UNKNOWN_API_KEY"):
         assert fixed.delay(1, unauthenticated(reason)) is None
         assert refreshing.delay(1, unauthenticated(reason)) == fixed.initial_backoff
-        assert refreshing.delay(refreshing.max_attempts, unauthenticated(reason)) is None  # bounded all the same
+        # Bounded all the same, though the policy sets no max_attempts.
+        assert refreshing.delay(STALE_TOKEN_ATTEMPTS - 1, unauthenticated(reason)) is not None
+        assert refreshing.delay(STALE_TOKEN_ATTEMPTS, unauthenticated(reason)) is None
     for reason in ("NO_CREDENTIALS", "BAD_AUTHORIZATION_METADATA", "CERTIFICATE_EXPIRED"):
         assert refreshing.delay(1, unauthenticated(reason)) is None  # a new token would not help

@@ -17,11 +17,13 @@ import protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 
 import { bearerToken, REFRESHABLE } from './credentials.js';
+import { logRetry, retryDelay, retryPolicy, sleepSeconds, STALE_TOKEN_ATTEMPTS } from './retry.js';
 import { RoutedStream } from './routed_stream.js';
 import { Routes } from './routing.js';
 import { Signal } from './signal.js';
 
 export { crc32, partitionOf } from './routing.js';
+export { DEFAULT_RETRY, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repository = path.resolve(here, '..', '..', '..');
@@ -82,16 +84,13 @@ const RESUMABLE = new Set(['UNAVAILABLE', 'CANCELLED']);
 // (RESOURCE_EXHAUSTED too, when the server sent a RetryInfo delay: too many
 // calls, not a message over gRPC's limit).
 const STREAM_RETRYABLE = new Set([...RESUMABLE, 'ABORTED', 'DEADLINE_EXCEEDED']);
-// Attempts at a unary call (and a read): as many as a routed send makes.
-// Tried again after what a retry may get past (UNARY_RETRYABLE, and
-// RESOURCE_EXHAUSTED when the server sent a RetryInfo delay), and after a
-// stale token when the token is a function (credentials.js). A command keeps
-// its id across attempts, so one whose answer was lost comes back replayed.
-const UNARY_ATTEMPTS = 3;
+// A unary call (and a read) is tried again after what a retry may get past
+// (UNARY_RETRYABLE, and RESOURCE_EXHAUSTED when the server sent a RetryInfo
+// delay), and after a stale token when the token is a function
+// (credentials.js), for the retry policy's retryForSeconds (retry.js). A
+// command keeps its id across attempts, so one whose answer was lost comes
+// back replayed.
 const UNARY_RETRYABLE = new Set(['UNAVAILABLE', 'ABORTED', 'DEADLINE_EXCEEDED', 'CANCELLED']);
-// Reopenings in a row of a group consumer's stream that a stale token ended,
-// with nothing received in between, before it gives up.
-const CONSUME_ATTEMPTS = 5;
 // A command stream that had been open this long (seconds) when it broke
 // counts its attempts afresh (results renew them too; an idle stream has none).
 const RENEW_AFTER_SECONDS = 10;
@@ -213,6 +212,22 @@ export function keepaliveOptions(seconds, timeoutSeconds) {
   };
 }
 
+/**
+ * grpc-js's channel options for connecting again at most `seconds` apart
+ * (at least 0.1 s) after the server went away: its own backoff grows from
+ * 1 s to 2 minutes, and every call on a channel waiting to connect again
+ * fails UNAVAILABLE at once, so after a long outage a subscriber would find
+ * the server back only minutes later. The Python client's channels.py
+ * does the same.
+ */
+export function reconnectOptions(seconds) {
+  const most = Math.max(seconds, 0.1);
+  return {
+    'grpc.initial_reconnect_backoff_ms': Math.round(Math.min(1, most) * 1000),
+    'grpc.max_reconnect_backoff_ms': Math.round(most * 1000),
+  };
+}
+
 /** Resolves once `signal` is notified, or after `ms` (null: only then). */
 function arrivedOrAfter(signal, ms) {
   if (ms === null) return signal.wait();
@@ -253,12 +268,6 @@ function leave(stream) {
   return stream.leaving;
 }
 
-/** Waits before attempt `attempt + 1`, after `refusal` ended attempt `attempt`. */
-function backoff(attempt, refusal) {
-  const seconds = Math.max(refusal.retryDelaySeconds ?? 0, Math.min(0.05 * 2 ** attempt, 2));
-  return new Promise((resolve) => setTimeout(resolve, seconds * 1000));
-}
-
 /**
  * A client of Chronicle; every call returns a promise. With `routing: true`
  * each command goes to the replica that owns its aggregate (routing.js),
@@ -272,10 +281,24 @@ function backoff(attempt, refusal) {
  * promise of one, asked again at every call and every reopened stream
  * (credentials.js). With a function, a call or stream that a stale token
  * failed (UNAUTHENTICATED: TOKEN_EXPIRED, INVALID_TOKEN, UNKNOWN_API_KEY) is
- * tried again with the token the function returns then: a unary call or a
- * read up to UNARY_ATTEMPTS times in all; a subscription, a command stream
- * or a group consumer reopened and resumed as after UNAVAILABLE, within its
- * bound. With a string, that is an error like any other.
+ * tried again with the token the function returns then, up to
+ * STALE_TOKEN_ATTEMPTS (5) times in a row: a unary call or a read retried, a
+ * subscription, a command stream or a group consumer reopened and resumed as
+ * after UNAVAILABLE. With a string, that is an error like any other.
+ *
+ * `retry` (retry.js; fields left out keep DEFAULT_RETRY's): a unary call
+ * (`submit`, `getAggregate`, the group calls, a routed send) and a `read`
+ * are tried again, with the same command id, for `retryForSeconds` (30;
+ * null: no bound) and `maxAttempts` attempts (Infinity by default); a
+ * subscription, a command stream and a group consumer are reopened without
+ * a bound (their own `maxAttempts` option sets one), so a server restart
+ * or a database outage is waited out; the backoff grows from 0.05 s to
+ * `maxBackoffSeconds` (2), never shorter than the server's RetryInfo.
+ * `logger` (null: silent; `console` will do): each retry and reopening is
+ * reported, to `logger.info` for the first three in a row, then to
+ * `logger.warn`. A channel whose server went away connects again at most
+ * `maxBackoffSeconds` apart (grpc-js's own backoff grows to 2 minutes), so
+ * a server that is back is found within that.
  *
  * `keepaliveSeconds` (10; null: none): while calls are open, ping the server
  * this often, and drop a connection whose ping goes unanswered for
@@ -304,10 +327,17 @@ export class ChronicleClient {
       keepaliveSeconds = DEFAULT_KEEPALIVE_SECONDS,
       keepaliveTimeoutSeconds = DEFAULT_KEEPALIVE_TIMEOUT_SECONDS,
       attemptTimeoutSeconds = 10,
+      retry = {},
+      logger = null,
     } = {},
   ) {
     const interceptors = token === null ? [] : [bearerToken(token)];
-    const channelOptions = keepaliveOptions(keepaliveSeconds, keepaliveTimeoutSeconds);
+    this.retry = retryPolicy(retry);
+    this.logger = logger;
+    const channelOptions = {
+      ...keepaliveOptions(keepaliveSeconds, keepaliveTimeoutSeconds),
+      ...reconnectOptions(this.retry.maxBackoffSeconds),
+    };
     this.#tokenFunction = typeof token === 'function';
     this.commands = new api.CommandService(address, credentials, { interceptors, ...channelOptions });
     // One connection for both services.
@@ -336,6 +366,8 @@ export class ChronicleClient {
           callError: (error) => new ChronicleError(error),
           staleToken: (refusal) => this.#staleToken(refusal),
           retryable: worthRetrying,
+          retry: this.retry,
+          logRetry: (attempt, message) => logRetry(this.logger, attempt, message),
         })
       : null;
   }
@@ -346,20 +378,30 @@ export class ChronicleClient {
   }
 
   /**
-   * A unary call, tried again (UNARY_ATTEMPTS in all) while it fails with
-   * what a retry may get past, or a stale token the token function may
-   * replace; the request (a command's id with it) is the same each time.
+   * A unary call, tried again while it fails with what a retry may get
+   * past, or a stale token the token function may replace, for the retry
+   * policy's `retryForSeconds` (and `maxAttempts`); the request (a command's
+   * id with it) is the same each time.
    */
   async #call(stub, method, request) {
+    const started = Date.now();
     for (let attempt = 1; ; attempt += 1) {
       try {
         return await call(stub, method, request, { timeoutSeconds: this.attemptTimeoutSeconds });
       } catch (refusal) {
-        const retryable = worthRetrying(refusal) || this.#staleToken(refusal);
-        if (!retryable || attempt >= UNARY_ATTEMPTS) throw refusal;
-        await backoff(attempt, refusal);
+        const stale = this.#staleToken(refusal);
+        const elapsedSeconds = (Date.now() - started) / 1000;
+        const retryable = worthRetrying(refusal) || stale;
+        const wait = retryable ? retryDelay(this.retry, attempt, refusal, { stale, elapsedSeconds }) : null;
+        if (wait === null) throw refusal;
+        this.#logRetry(attempt, `${method}: attempt ${attempt} failed with ${refusal}; again in ${wait.toFixed(3)} s`);
+        await sleepSeconds(wait);
       }
     }
+  }
+
+  #logRetry(retry, message) {
+    logRetry(this.logger, retry, message);
   }
 
   /**
@@ -402,10 +444,13 @@ export class ChronicleClient {
    * its unanswered commands are sent again first, in order, with their ids:
    * the server runs each id once, so one that had run comes back as its
    * result with `replayed`.
-   * Every result renews the `maxAttempts` budget, and so does a call that
-   * had been open `renewAfterSeconds` when it broke (an idle stream that the
-   * server ends at each token's exp, or a connection's age); past it the iteration
-   * throws the stream's ChronicleError. Leaving the loop ends the call.
+   * By default it is reopened for as long as it is iterated (`maxAttempts`:
+   * the client's retry policy's, Infinity), the backoff growing to 2 s. A
+   * finite `maxAttempts` bounds the reopenings in a row: every result renews
+   * it, and so does a call that had been open `renewAfterSeconds` when it
+   * broke (an idle stream that the server ends at each token's exp, or a
+   * connection's age); past it the iteration throws the stream's
+   * ChronicleError. Leaving the loop ends the call.
    *
    * With `routing: true` there is one such stream per replica (a lane,
    * routed_stream.js), each fed the commands whose aggregates that replica
@@ -419,7 +464,12 @@ export class ChronicleClient {
    */
   submitStream(
     commands,
-    { dryRun = false, window = STREAM_WINDOW, maxAttempts = 5, renewAfterSeconds = RENEW_AFTER_SECONDS } = {},
+    {
+      dryRun = false,
+      window = STREAM_WINDOW,
+      maxAttempts = this.retry.maxAttempts,
+      renewAfterSeconds = RENEW_AFTER_SECONDS,
+    } = {},
   ) {
     const source = commands[Symbol.asyncIterator]?.() ?? commands[Symbol.iterator]();
     const options = { dryRun, window, maxAttempts, renewAfterSeconds };
@@ -620,18 +670,25 @@ export class ChronicleClient {
             open(null); // not an attempt: the same commands, one per message
             continue;
           }
+          const stale = client.#staleToken(refusal); // the next call asks the token function again
           const retryable =
             STREAM_RETRYABLE.has(refusal.code) ||
             (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null) ||
-            client.#staleToken(refusal); // the next call asks the token function again
+            stale;
           // A call that lived (a token's expiry, a connection's age ended
           // it) is not a retry of the same failure: an idle stream that
           // servers end now and then is reopened every time. One left
           // unanswered never lived: a server that never answers spends the
           // attempts (as in the Python client).
           if (!stream.unanswered && Date.now() - stream.openedAt >= renewAfterSeconds * 1000) attempt = 1;
-          if (!retryable || attempt >= maxAttempts) throw refusal;
-          await backoff(attempt, refusal);
+          const wait = retryable ? retryDelay(client.retry, attempt, refusal, { stale, maxAttempts }) : null;
+          if (wait === null) throw refusal;
+          client.#logRetry(
+            attempt,
+            `command stream broke with ${refusal} (retry ${attempt}); ` +
+              `${pending.length} commands to send again in ${wait.toFixed(3)} s`,
+          );
+          await sleepSeconds(wait);
           attempt += 1;
           if (!state.stopped) open(refusal);
         }
@@ -662,31 +719,60 @@ export class ChronicleClient {
    * The aggregate's events in version order, payloads decoded. Read in
    * pages (ReadAggregatePages: several events per message); a server from
    * before pages answers UNIMPLEMENTED, and then the events come one per
-   * message (ReadAggregate), as they did. A read a stale token failed is
-   * taken up again after its last event (UNARY_ATTEMPTS in all), when the
-   * token is a function.
+   * message (ReadAggregate), as they did. A read broken by what a retry may
+   * get past (as for a unary call), or by a stale token when the token is a
+   * function, is taken up again where it broke (at the last version
+   * received, skipping the events of it already received: an upcaster may
+   * have split one stored event into several of one version), for the
+   * retry policy's `retryForSeconds` after it began or last received an
+   * event.
    */
   async read(aggregateId, { fromVersion = 1, eventTypes = [] } = {}) {
     const events = [];
+    let alive = Date.now(); // when the read began or last received an event
     for (let attempt = 1; ; attempt += 1) {
-      const from = events.length > 0 ? events[events.length - 1].version + 1 : fromVersion;
+      const before = events.length;
+      let from = fromVersion;
+      let skip = 0; // events of version `from` received already
+      if (before > 0) {
+        from = events[before - 1].version;
+        while (skip < before && events[before - 1 - skip].version === from) skip += 1;
+      }
       try {
-        await this.#readInto(events, { aggregate_id: aggregateId, from_version: from, event_types: eventTypes });
+        const request = { aggregate_id: aggregateId, from_version: from, event_types: eventTypes };
+        await this.#readInto(events, request, skip);
         return events;
       } catch (refusal) {
-        if (!this.#staleToken(refusal) || attempt >= UNARY_ATTEMPTS) throw refusal;
-        await backoff(attempt, refusal);
+        if (events.length > before) {
+          attempt = 1;
+          alive = Date.now();
+        }
+        const stale = this.#staleToken(refusal);
+        const elapsedSeconds = (Date.now() - alive) / 1000;
+        const retryable = worthRetrying(refusal) || stale;
+        const wait = retryable ? retryDelay(this.retry, attempt, refusal, { stale, elapsedSeconds }) : null;
+        if (wait === null) throw refusal;
+        this.#logRetry(attempt, `read ${aggregateId}: broke with ${refusal}; reading on in ${wait.toFixed(3)} s`);
+        await sleepSeconds(wait);
       }
     }
   }
 
-  /** One attempt of `read`: the events `request` asks for, decoded, onto `events`. */
-  async #readInto(events, request) {
+  /**
+   * One attempt of `read`: the events `request` asks for, decoded, onto
+   * `events`, but for the first `skip` of version `request.from_version`.
+   */
+  async #readInto(events, request, skip = 0) {
+    let skipping = skip;
+    const take = (event) => {
+      if (skipping > 0 && Number(event.version) === request.from_version) skipping -= 1;
+      else events.push(decodeEvent(event));
+    };
     try {
       if (this.pagedReads !== false) {
         try {
           for await (const page of this.events.ReadAggregatePages(request)) {
-            for (const event of page.events) events.push(decodeEvent(event));
+            for (const event of page.events) take(event);
           }
           this.pagedReads = true;
           return;
@@ -695,7 +781,7 @@ export class ChronicleClient {
           this.pagedReads = false; // an older server: remembered for this client's life
         }
       }
-      for await (const event of this.events.ReadAggregate(request)) events.push(decodeEvent(event));
+      for await (const event of this.events.ReadAggregate(request)) take(event);
     } catch (error) {
       throw new ChronicleError(error);
     }
@@ -712,13 +798,16 @@ export class ChronicleClient {
    * ask for (a server that stops cancels the calls it had not started) is
    * reopened after the last position received, so nothing is skipped or
    * repeated (so is one a stale token ended, when the token is a function:
-   * the server ends a stream at its JWT's exp); keep
-   * `subscription.position` somewhere durable to resume after a restart
-   * (pass it back as `afterPosition`). `cancel()` ends it.
+   * the server ends a stream at its JWT's exp), however often and long the
+   * server is away: `maxAttempts` (the client's retry policy's, Infinity by
+   * default) bounds the reopenings in a row with nothing received, the
+   * backoff growing to 2 s. Keep `subscription.position` somewhere durable
+   * to resume after a restart (pass it back as `afterPosition`). `cancel()`
+   * ends it.
    */
   subscribe(
     { aggregateTypes = [], eventTypes = [], aggregateId = '', origin = '' } = {},
-    { afterPosition = 0, fromEnd = false, maxAttempts = 10 } = {},
+    { afterPosition = 0, fromEnd = false, maxAttempts = this.retry.maxAttempts } = {},
   ) {
     const client = this;
     const events = this.events;
@@ -753,9 +842,16 @@ export class ChronicleClient {
         } catch (error) {
           if (state.cancelled) return;
           const refusal = new ChronicleError(error);
-          const resumable = RESUMABLE.has(refusal.code) || client.#staleToken(refusal);
-          if (!resumable || attempt >= maxAttempts) throw refusal;
-          await backoff(attempt, refusal);
+          const stale = client.#staleToken(refusal);
+          const resumable = RESUMABLE.has(refusal.code) || stale;
+          const wait = resumable ? retryDelay(client.retry, attempt, refusal, { stale, maxAttempts }) : null;
+          if (wait === null) throw refusal;
+          client.#logRetry(
+            attempt,
+            `subscribe: stream broke with ${refusal} (retry ${attempt}); reopening in ${wait.toFixed(3)} s`,
+          );
+          await sleepSeconds(wait);
+          if (state.cancelled) return;
         } finally {
           state.call.cancel();
         }
@@ -842,10 +938,14 @@ export class ChronicleClient {
    * parked). Ack or nack each one; a nacked event (or one not acked within
    * the group's ack timeout) comes again after the backoff. A stream ended
    * by UNAVAILABLE or a CANCELLED we did not ask for (a server stopping) is
-   * opened again after `reconnectDelaySeconds`; so is one a stale token
-   * ended, when the token is a function (CONSUME_ATTEMPTS times in a row
-   * without a message at most). `close()` leaves the group:
-   * its unacked events go to the other consumers.
+   * opened again, without a bound: after `reconnectDelaySeconds`, doubled
+   * for each stream in a row that broke with nothing received, up to the
+   * retry policy's `maxBackoffSeconds` (2; or `reconnectDelaySeconds` if
+   * longer), never less than the server's RetryInfo delay; so is one a
+   * stale token ended, when the token is a function (STALE_TOKEN_ATTEMPTS
+   * times in a row without a message at most, or the retry policy's
+   * `maxAttempts` when it sets one). `close()` leaves the group: its
+   * unacked events go to the other consumers.
    */
   consume(group, consumer, { maxInFlight = 100, reconnectDelaySeconds = 0.5 } = {}) {
     const groups = this.groups;
@@ -863,9 +963,13 @@ export class ChronicleClient {
       if (!state.closed && stream === state.stream) stream.write(request);
     };
     const client = this;
+    const staleBound = Number.isFinite(this.retry.maxAttempts) ? this.retry.maxAttempts : STALE_TOKEN_ATTEMPTS;
+    const mostWait = Math.max(reconnectDelaySeconds, this.retry.maxBackoffSeconds);
     async function* deliveries() {
       let stale = 0; // streams in a row a stale token ended, nothing received
+      let broken = 0; // streams in a row that broke, nothing received
       while (!state.closed) {
+        let wait = reconnectDelaySeconds;
         const stream = open();
         const send = sender(stream);
         let live = true; // the call has not ended: leaving it ends it gracefully
@@ -874,6 +978,7 @@ export class ChronicleClient {
           // go out before the call ends (leave).
           for await (const message of stream.iterator({ destroyOnReturn: false })) {
             stale = 0;
+            broken = 0;
             if (message.kind === 'joined') {
               state.member = message.joined.consumer;
               continue;
@@ -898,16 +1003,23 @@ export class ChronicleClient {
           const refusal = new ChronicleError(error);
           if (client.#staleToken(refusal)) {
             stale += 1;
-            if (stale >= CONSUME_ATTEMPTS) throw refusal;
+            if (stale >= staleBound) throw refusal;
           } else if (!RESUMABLE.has(refusal.code)) {
             throw refusal;
           }
+          broken += 1;
+          const backoff = Math.min(mostWait, reconnectDelaySeconds * 2 ** (broken - 1) || 0);
+          wait = Math.max(backoff, refusal.retryDelaySeconds ?? 0);
+          client.#logRetry(
+            broken,
+            `group ${group}: stream broke with ${refusal} (retry ${broken}); consuming again in ${wait.toFixed(3)} s`,
+          );
         } finally {
           if (state.stream === stream) state.stream = null;
           if (live) await leave(stream);
           else stream.cancel();
         }
-        await new Promise((resolve) => setTimeout(resolve, reconnectDelaySeconds * 1000));
+        await sleepSeconds(wait);
       }
     }
     return {

@@ -19,7 +19,10 @@ export async function walkthrough(
   address,
   { accountId = `acc-${randomUUID()}`, log = console.log, token = null } = {},
 ) {
-  const client = new ChronicleClient(address, { origin: 'node-example', token });
+  // A command is retried for 30 s by default (a server restarting, a
+  // database away); an example run by hand says within seconds that
+  // nothing answers.
+  const client = new ChronicleClient(address, { origin: 'node-example', token, retry: { retryForSeconds: 5 } });
   // Subscribed before anything happens: the events arrive live as they commit.
   const subscription = client.subscribe({ aggregateId: accountId });
   const streamed = collectEvents(subscription, 2);

@@ -14,7 +14,8 @@ import { ChronicleClient } from './chronicle.js';
 import { describeFailure } from './example.js';
 
 export async function groupWalkthrough(address, { log = console.log, accounts = 3, deposits = 2 } = {}) {
-  const client = new ChronicleClient(address, { origin: 'node-example' });
+  // Retried for 5 s, not the default 30: run by hand, it says soon that nothing answers.
+  const client = new ChronicleClient(address, { origin: 'node-example', retry: { retryForSeconds: 5 } });
   const group = `billing-${randomUUID().slice(0, 8)}`;
   const ids = Array.from({ length: accounts }, () => `acc-${randomUUID()}`);
   try {

@@ -16,6 +16,8 @@
 
 import grpc from '@grpc/grpc-js';
 
+import { DEFAULT_RETRY, retryDelay, sleepSeconds } from './retry.js';
+
 const NOT_OWNER_KEY = 'chronicle-not-owner';
 const TOPOLOGY_EPOCH_KEY = 'chronicle-topology-epoch';
 // A member that did not answer is tried again after this long; each time a
@@ -120,7 +122,9 @@ export class Routes {
    * `staleToken(refusal)`: whether that error came of a stale token that a
    * retry, asking the token function again, may cure; `retryable(refusal)`:
    * whether a command it failed may succeed when sent again (ABORTED, say);
-   * `clock`: milliseconds, as Date.now (a test's own).
+   * `retry`: the retry policy (retry.js) of `send`; `logRetry(attempt,
+   * message)`: reports a retry; `clock`: milliseconds, as Date.now (a
+   * test's own).
    */
   constructor(
     seed,
@@ -132,6 +136,8 @@ export class Routes {
       callError = (error) => error,
       staleToken = () => false,
       retryable = () => false,
+      retry = DEFAULT_RETRY,
+      logRetry = () => {},
       clock = Date.now,
     },
   ) {
@@ -143,6 +149,8 @@ export class Routes {
     this.callError = callError;
     this.staleToken = staleToken;
     this.retryable = retryable;
+    this.retry = retry;
+    this.logRetry = logRetry;
     this.clock = clock;
     this.stubs = new Map(); // address → { commands, cluster }
     this.topology = null;
@@ -228,13 +236,17 @@ export class Routes {
   /**
    * A unary command call (Submit, SubmitBatch) on the owner's channel; sent
    * again with the same command ids (the server runs each command id once):
-   * at once to another member when the owner is gone (`memberGone`), else
-   * after a backoff, at least the server's RetryInfo delay, when what failed
-   * it may pass (`retryable`: UNAVAILABLE from a live member, ABORTED, …) or
-   * a stale token failed it (`staleToken`); `attempts` in all.
+   * at once to another member when the owner is gone (`memberGone`; each
+   * known member once in a row at most), else after a backoff, at least the
+   * server's RetryInfo delay, when what failed it may pass (`retryable`:
+   * UNAVAILABLE from a live member, ABORTED, …) or a stale token failed it
+   * (`staleToken`); for the retry policy's `retryForSeconds` (30 by default)
+   * and `maxAttempts` (`attempts`: another bound, none by default).
    */
-  async send(method, request, aggregateId, { timeoutSeconds = 10, attempts = 3 } = {}) {
+  async send(method, request, aggregateId, { timeoutSeconds = 10, attempts = Infinity } = {}) {
     await this.ready;
+    const started = Date.now();
+    let atOnce = 0; // failovers sent at once, without a backoff
     for (let attempt = 1; ; attempt += 1) {
       const address = this.route(aggregateId);
       const sent = this.now();
@@ -253,9 +265,20 @@ export class Routes {
         const gone = memberGone(refusal) || unanswered(refusal);
         if (gone) this.unreachable(address, sent);
         if (attempt >= attempts) throw refusal;
-        if (gone) continue; // to another member, at once
-        if (!this.retryable(refusal) && !this.staleToken(refusal)) throw refusal;
-        await sleep(Math.max((refusal.retryDelaySeconds ?? 0) * 1000, Math.min(50 * 2 ** attempt, 2000)));
+        const stale = this.staleToken(refusal);
+        if (!gone && !this.retryable(refusal) && !stale) throw refusal;
+        if (gone && atOnce < this.addresses.length && attempt < this.retry.maxAttempts) {
+          atOnce += 1;
+          continue; // to another member, at once
+        }
+        const elapsedSeconds = (Date.now() - started) / 1000;
+        const wait = retryDelay(this.retry, attempt, refusal, { stale, elapsedSeconds });
+        if (wait === null) throw refusal;
+        this.logRetry(
+          attempt,
+          `${method} to ${address}: attempt ${attempt} failed with ${refusal}; again in ${wait.toFixed(3)} s`,
+        );
+        await sleepSeconds(wait);
       }
     }
   }

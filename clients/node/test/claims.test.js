@@ -185,12 +185,14 @@ test('a submit is sent again with the same command id after each code the README
   }
 });
 
-test("a unary call waits the server's RetryInfo delay, is tried three times in all, and RESOURCE_EXHAUSTED without a delay is final", async () => {
+test("a unary call waits the server's RetryInfo delay, is tried retry.maxAttempts times in all, and RESOURCE_EXHAUSTED without a delay is final", async () => {
   const waited = rich(grpc.status.RESOURCE_EXHAUSTED, 'queue full (test)', { retryDelaySeconds: 0.5 });
   const away = () => ({ code: grpc.status.UNAVAILABLE, details: 'away (test)' });
   const conflict = () => rich(grpc.status.ABORTED, 'conflict (test)', { reason: 'CONCURRENCY_CONFLICT', retryDelaySeconds: 0.01 });
   const standIn = await standInSubmits([waited, null, away(), away(), away(), TOO_LARGE(), conflict(), conflict(), conflict()]);
-  const client = new ChronicleClient(standIn.address);
+  // A bound on the count (by default there is none: a unary call is retried
+  // for 30 s, test/default_retries.test.js).
+  const client = new ChronicleClient(standIn.address, { retry: { maxAttempts: 3 } });
   try {
     await client.submit('acc-1', 'bank.v1.Deposit', { amount: 1 });
     // The second attempt came at least the delay after the first was refused
