@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, StoreAdapter
@@ -123,5 +123,17 @@ def redacted_url(url: str) -> str:
         return "<unparsable URL>"
     if parts.password:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+        parts = parts._replace(netloc=netloc)
+    if parts.query:
+        # libpq takes a password as a parameter too (?password=…, ?sslpassword=…).
+        query = "&".join(
+            f"{key}=***" if unquote(key).lower() in _SECRET_PARAMETERS else f"{key}={value}" if sep else key
+            for key, sep, value in (item.partition("=") for item in parts.query.split("&"))
+        )
+        parts = parts._replace(query=query)
+    shown = parts.geturl()
+    # Rebuilt only when something was hidden (geturl writes sqlite:/// as sqlite:/).
+    return url if shown == urlsplit(url).geturl() else shown
+
+
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})

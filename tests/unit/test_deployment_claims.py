@@ -327,6 +327,25 @@ def test_the_password_of_a_database_url_is_not_printed(url: str) -> None:
     assert shown.split("@", 1)[1] == url.split("@", 1)[1]  # the rest is shown as it is
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql://chronicle@db/chronicle?password=hunter2hunter2&sslmode=require",
+            "postgresql://chronicle@db/chronicle?password=***&sslmode=require",
+        ),
+        (
+            "postgresql://u:s3cret@db/c?sslmode=verify-full&sslpassword=k3ypass",
+            "postgresql://u:***@db/c?sslmode=verify-full&sslpassword=***",
+        ),
+        ("sqlite:///data/chronicle.db", "sqlite:///data/chronicle.db"),
+    ],
+)
+def test_a_password_given_as_a_url_parameter_is_not_printed_either(url: str, shown: str) -> None:
+    """libpq takes the password as a query parameter too."""
+    assert redacted_url(url) == shown
+
+
 # -- the Docker image ------------------------------------------------------------------
 
 
