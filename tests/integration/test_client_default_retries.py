@@ -40,7 +40,7 @@ from service.client import ChronicleClient, Command, Event, RetryPolicy, StreamR
 from service.client.errors import RemoteError
 from service.client.groups import GroupConsumer
 from service.client.retry import DEFAULT_RETRY, call_with_retries, resuming
-from tests.support.broken_calls import lost
+from tests.support.broken_calls import ScriptedCall, lost
 from tests.support.processes import Replica
 from tests.support.waiting import eventually
 
@@ -207,53 +207,21 @@ async def test_a_read_with_the_default_policy_is_given_up_30_seconds_after_its_l
     assert 130.0 - MOST_WAIT <= time.now <= 130.0 and opened > 10
 
 
-class ScriptedConsume:
+def scripted_consume(error: BaseException | None) -> ScriptedCall:
     """A Consume call that fails with ``error``, or joins and delivers one event."""
-
-    def __init__(self, error: BaseException | None) -> None:
-        self._messages: list[Any] = (
-            [error]
-            if error is not None
-            else [
-                pb.ConsumeResponse(joined=pb.Joined(consumer="c#1")),
-                pb.ConsumeResponse(
-                    deliveries=pb.Deliveries(deliveries=[pb.Delivery(event=event_pb2.Event(event_id="e-1"))])
-                ),
-            ]
-        )
-
-    async def write(self, request: Any) -> None:
-        pass
-
-    async def read(self) -> Any:
-        if not self._messages:
-            return grpc.aio.EOF
-        message = self._messages.pop(0)
-        if isinstance(message, BaseException):
-            raise message
-        return message
-
-    def cancel(self) -> bool:
-        return True
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return not self._messages
-
-    async def done_writing(self) -> None:
-        pass
-
-    async def code(self) -> None:
-        pass
+    if error is not None:
+        return ScriptedCall(error)
+    return ScriptedCall(
+        pb.ConsumeResponse(joined=pb.Joined(consumer="c#1")),
+        pb.ConsumeResponse(deliveries=pb.Deliveries(deliveries=[pb.Delivery(event=event_pb2.Event(event_id="e-1"))])),
+    )
 
 
 async def test_a_group_consumer_backs_off_from_its_reconnect_delay_up_to_the_cap(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     policy = RetryPolicy(max_backoff=0.08)
-    calls = [ScriptedConsume(lost("connection refused (simulated)")) for _ in range(6)] + [ScriptedConsume(None)]
+    calls = [scripted_consume(lost("connection refused (simulated)")) for _ in range(6)] + [scripted_consume(None)]
     consumer = GroupConsumer(lambda: calls.pop(0), group="g", consumer="c", reconnect_delay=0.01, retry=policy)
     with caplog.at_level(logging.INFO, logger="service.client.retry"):
         async with asyncio.timeout(10), consumer:

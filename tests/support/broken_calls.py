@@ -1,6 +1,7 @@
 """Client interceptors that break calls the way a network does, for the
 Python client's retry and resume tests: an answer lost after the server ran
-the call, a stream cut after some messages."""
+the call, a stream cut after some messages, a stream call that answers as
+scripted."""
 
 from __future__ import annotations
 
@@ -14,6 +15,41 @@ import grpc
 def lost(details: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> grpc.aio.AioRpcError:
     """What a client sees when a connection drops before the answer arrives."""
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+class ScriptedCall:
+    """A Consume stream that answers with ``messages`` (an exception is
+    raised where it stands), then ends."""
+
+    def __init__(self, *messages: Any) -> None:
+        self._messages = list(messages)
+        self.written: list[Any] = []
+
+    async def write(self, request: Any) -> None:
+        self.written.append(request)
+
+    async def read(self) -> Any:
+        if not self._messages:
+            return grpc.aio.EOF
+        message = self._messages.pop(0)
+        if isinstance(message, BaseException):
+            raise message
+        return message
+
+    def cancel(self) -> bool:
+        return True
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return not self._messages
+
+    async def done_writing(self) -> None:
+        pass
+
+    async def code(self) -> None:
+        pass
 
 
 def _events_in(message: Any) -> Any:

@@ -15,7 +15,7 @@ from chronicle.v1 import event_pb2
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from service.client.errors import RemoteError
 from service.client.groups import GroupConsumer
-from tests.support.broken_calls import lost
+from tests.support.broken_calls import ScriptedCall, lost
 
 
 class CancelledUnderWrite:
@@ -74,41 +74,6 @@ async def test_a_writer_that_is_itself_cancelled_stays_cancelled() -> None:
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await consumer._flushing
-
-
-class ScriptedCall:
-    """A Consume stream that answers with ``messages`` (an exception is
-    raised where it stands), then ends."""
-
-    def __init__(self, *messages: Any) -> None:
-        self._messages = list(messages)
-        self.written: list[Any] = []
-
-    async def write(self, request: Any) -> None:
-        self.written.append(request)
-
-    async def read(self) -> Any:
-        if not self._messages:
-            return grpc.aio.EOF
-        message = self._messages.pop(0)
-        if isinstance(message, BaseException):
-            raise message
-        return message
-
-    def cancel(self) -> bool:
-        return True
-
-    def cancelled(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return not self._messages
-
-    async def done_writing(self) -> None:
-        pass
-
-    async def code(self) -> None:
-        pass
 
 
 def _delivering(event_id: str) -> pb.ConsumeResponse:
