@@ -54,7 +54,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Iterable, Sequence, Set
+from collections.abc import Awaitable, Callable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
@@ -314,13 +314,13 @@ class SlowCalls:
         self.threshold = threshold if threshold > 0 else math.inf
         self._logger = logger
 
-    def check(self, event_type: str, position: int, started: float, *, what: str = "") -> None:
+    def check(self, event_type: str, position: int, started: float, *, what: Callable[[], str] | None = None) -> None:
         """The call that began at ``started`` (``time.perf_counter()``) was
         on ``event_type`` at ``position`` (``what``: which function, if not
-        the event's handler)."""
+        the event's handler; asked only for a slow call)."""
         elapsed = time.perf_counter() - started
         if elapsed > self.threshold:
-            self.report(event_type, position, elapsed, what=what)
+            self.report(event_type, position, elapsed, what=what() if what is not None else "")
 
     def report(self, event_type: str, position: int, elapsed: float, *, what: str = "") -> None:
         self._logger.warning(

@@ -453,9 +453,7 @@ class ReactionRunner(CheckpointedRunner):
             ) from error
         finally:
             # Run on the event loop: a slow one held up every command.
-            elapsed = time.perf_counter() - started
-            if elapsed > self._slow.threshold:
-                self._slow.report(envelope.event_type, envelope.position, elapsed, what=_named(function, refusal))
+            self._slow.check(envelope.event_type, envelope.position, started, what=lambda: _named(function, refusal))
         try:
             return sends(reacted)
         except TypeError as error:
