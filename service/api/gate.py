@@ -278,7 +278,7 @@ class RpcGate:
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
-                    await _write_all(inner_us(request, context), context)
+                    await _write_all(inner_us(request, context), context, stream)
                 except grpc.aio.AbortError:
                     raise
                 except asyncio.CancelledError:
@@ -320,7 +320,7 @@ class RpcGate:
             except ChronicleError as error:
                 await refuse(method, None, context, error)
             try:
-                await _write_all(inner_ss(requests, context), context)
+                await _write_all(inner_ss(requests, context), context, stream)
             except grpc.aio.AbortError:
                 raise
             except asyncio.CancelledError:
@@ -333,19 +333,34 @@ class RpcGate:
         return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
 
 
-async def _write_all(produced: Any, context: Context) -> None:
+async def _write_all(produced: Any, context: Context, live: LiveStream | None) -> None:
     """Send what a streaming behaviour produces: each item of an async
     generator with ``context.write`` (which is what gRPC does with a
     generator behaviour: as a generator itself, the gate would add one more
     generator step to every message), or a behaviour that writes itself
     (a coroutine), awaited. A generator left early (an error, a cancelled
-    call) is closed at once, so its own cleanup runs now, in this call."""
+    call) is closed at once, so its own cleanup runs now, in this call.
+
+    ``live`` (an authenticated stream) is not cancelled by ``LiveStreams``
+    while a write is in flight: one cancelled there leaves its send pending
+    in gRPC's core, which then refuses the status. Ended meanwhile, it is
+    ended here, as soon as that write completes."""
     if not inspect.isasyncgen(produced):
         await produced
         return
     try:
-        async for item in produced:
-            await context.write(item)
+        if live is None:
+            async for item in produced:
+                await context.write(item)
+        else:
+            async for item in produced:
+                live.writing = True
+                try:
+                    await context.write(item)
+                finally:
+                    live.writing = False
+                if live.ended is not None:
+                    raise asyncio.CancelledError  # what ``LiveStreams`` would have done: ``ended`` answers it
     finally:
         await produced.aclose()
 

@@ -23,7 +23,14 @@ and a stream ends:
 Ending costs nothing per message: a timer per stream whose credential
 expires, and a pass over the open streams when a file changed. A stream is
 ended by cancelling its task; the gate turns that cancellation into the
-status (``RpcGate``), as it does for a client that cancels.
+status (``RpcGate``), as it does for a client that cancels. Never while a
+message is being sent, though: a write cancelled half-way leaves its send
+operation pending in gRPC's core, which then refuses the status
+(``GRPC_CALL_ERROR_TOO_MANY_OPERATIONS``), and the client would wait for
+it for ever. A stream ended during a write is ended when that write
+completes (the gate's writer looks), so nothing more is sent after the
+message already on its way, and the status follows it: at once, or, for a
+client that is not reading, as soon as it takes that message in.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ class LiveStream:
     certificate: bytes | None
     ended: ChronicleError | None = None
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # True while the gate awaits ``context.write`` for this stream.
+    writing: bool = False
 
 
 class LiveStreams:
@@ -139,4 +148,5 @@ class LiveStreams:
             return
         self.close(stream)
         stream.ended = error
-        stream.task.cancel()
+        if not stream.writing:  # else the writer ends it once its message is sent
+            stream.task.cancel()
