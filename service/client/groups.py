@@ -296,11 +296,17 @@ class Groups:
         self._timeout = attempt_timeout
         self._metadata = CallMetadata.of(call_metadata)
 
-    async def _once(self, method: Callable[..., Any], request: Any) -> Any:
-        try:
+    async def _call(self, what: str, method: Callable[..., Any], request: Any) -> Any:
+        """One administrative call, retried as a unary call is (a server
+        restarting, a database away). Creating and deleting are not
+        idempotent: when an attempt's answer was lost after the server acted,
+        the retry answers ``AlreadyExists`` (GROUP_EXISTS) or ``NotFound``
+        (GROUP_NOT_FOUND), which says the group is as asked."""
+
+        async def attempt() -> Any:
             return await method(request, timeout=self._timeout, metadata=self._metadata())
-        except grpc.aio.AioRpcError as failed:
-            raise remote_error(failed) from failed
+
+        return await call_with_retries(self._retry, what, attempt)
 
     async def create(
         self,
@@ -333,12 +339,12 @@ class Groups:
             ack_timeout=_duration(ack_timeout),
             segments=segments,
         )
-        response: pb.CreateGroupResponse = await self._once(self._stub.CreateGroup, request)
+        response: pb.CreateGroupResponse = await self._call(f"create group {name}", self._stub.CreateGroup, request)
         return response.group
 
     async def delete(self, name: str) -> None:
         """Delete group ``name``; ``NotFound`` (GROUP_NOT_FOUND) if there is none."""
-        await self._once(self._stub.DeleteGroup, pb.DeleteGroupRequest(name=name))
+        await self._call(f"delete group {name}", self._stub.DeleteGroup, pb.DeleteGroupRequest(name=name))
 
     async def list(self) -> builtins.list[GroupInfo]:
         """Every group this caller may consume, with position, lag, consumers
@@ -374,8 +380,10 @@ class Groups:
 
     async def replay(self, group: str, event_ids: Sequence[str] = ()) -> int:
         """Deliver parked events again (none named: all the group's); how many."""
-        response: pb.ReplayParkedResponse = await self._once(
-            self._stub.ReplayParked, pb.ReplayParkedRequest(group=group, event_ids=event_ids)
+        response: pb.ReplayParkedResponse = await self._call(
+            f"replay parked events of {group}",
+            self._stub.ReplayParked,
+            pb.ReplayParkedRequest(group=group, event_ids=event_ids),
         )
         return response.replaying
 

@@ -336,3 +336,40 @@ async def test_a_command_stream_with_the_default_policy_outlasts_a_stopped_and_r
     assert [r.result().version for r in results] == list(range(1, 12))
     assert [e.version for e in history] == list(range(1, 12))  # each appended once
     assert [e.envelope.command_id for e in history] == [r.command_id for r in results]
+
+
+@pytest.mark.slow
+async def test_group_administration_with_the_default_policy_outlasts_a_killed_and_restarted_server(
+    tmp_path: Path,
+) -> None:
+    """Creating, deleting and replaying a group are retried as the lists are
+    (and as the Node client's are): an operator's call made while the server
+    restarts is done once it is back."""
+    server = Replica(f"sqlite:///{tmp_path}/events.db", log_path=tmp_path / "server.log", extra=["--anonymous-admin"])
+    server.start()
+    try:
+        await _administer_groups_across_a_restart(server)
+    finally:
+        server.close()
+
+
+async def _administer_groups_across_a_restart(server: Replica) -> None:
+    async with ChronicleClient.connect(server.address) as client:  # the default RetryPolicy
+        await client.groups.create("going")
+        await client.groups.create("kept")
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+        calls = {
+            "create": asyncio.create_task(client.groups.create("new", aggregate_types=["Account"])),
+            "delete": asyncio.create_task(client.groups.delete("going")),
+            "replay": asyncio.create_task(client.groups.replay("kept")),
+        }
+        await asyncio.sleep(DOWN_SECONDS)
+        assert not await gave_up(**calls), "gave up while the server was down"
+        server.start()  # the same port and database
+        created = await within(calls["create"])
+        await within(calls["delete"])
+        assert await within(calls["replay"]) == 0  # nothing parked
+        groups = {group.name: group for group in await client.groups.list()}
+    assert created.name == "new"
+    assert sorted(groups) == ["kept", "new"]
+    assert list(groups["new"].filter.aggregate_types) == ["Account"]
