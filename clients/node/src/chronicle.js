@@ -77,10 +77,12 @@ export const services = {
   SubscriptionGroupService: api.SubscriptionGroupService.service,
 };
 
-// How a subscription's stream may end and still be reopened where it was.
+// How a group consumer's stream may end and still be opened again.
 const RESUMABLE = new Set(['UNAVAILABLE', 'CANCELLED']);
-// How a command stream may end and be opened again, its unanswered commands
-// sent again with their ids: those, and what a retried command may get past
+// How a subscription or a command stream may end and be opened again (a
+// subscription after its last position, a command stream with its
+// unanswered commands sent again with their ids): those, and what a retried
+// command may get past
 // (RESOURCE_EXHAUSTED too, when the server sent a RetryInfo delay: too many
 // calls, not a message over gRPC's limit).
 const STREAM_RETRYABLE = new Set([...RESUMABLE, 'ABORTED', 'DEADLINE_EXCEEDED']);
@@ -843,7 +845,13 @@ export class ChronicleClient {
           if (state.cancelled) return;
           const refusal = new ChronicleError(error);
           const stale = client.#staleToken(refusal);
-          const resumable = RESUMABLE.has(refusal.code) || stale;
+          // What the Python client reopens a subscription after: what a
+          // command stream is reopened after (a full server's
+          // TOO_MANY_SUBSCRIPTIONS among them, which carries a RetryInfo).
+          const resumable =
+            STREAM_RETRYABLE.has(refusal.code) ||
+            (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null) ||
+            stale;
           const wait = resumable ? retryDelay(client.retry, attempt, refusal, { stale, maxAttempts }) : null;
           if (wait === null) throw refusal;
           client.#logRetry(

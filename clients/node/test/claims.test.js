@@ -185,6 +185,50 @@ test('a submit is sent again with the same command id after each code the README
   }
 });
 
+test('a subscription is reopened after its last position after each code the README names, and not after a message too large', async () => {
+  for (const [name, failure] of WORTH_RETRYING) {
+    const asked = [];
+    const standIn = await standInServer(services.EventService, {
+      Subscribe(call) {
+        asked.push(Number(call.request.after_position));
+        if (asked.length === 1) {
+          call.write({ checkpoint: { position: 7 } });
+          setImmediate(() => call.emit('error', failure()));
+        } else {
+          call.write({ caught_up: { position: 9 } });
+        }
+      },
+    });
+    const client = new ChronicleClient(standIn.address);
+    try {
+      const seen = [];
+      for await (const message of client.subscribe().messages) {
+        seen.push([message.kind, message.position]);
+        if (message.kind === 'caught_up') break;
+      }
+      assert.deepEqual(seen, [['checkpoint', 7], ['caught_up', 9]], name);
+      assert.deepEqual(asked, [0, 7], name);
+    } finally {
+      client.close();
+      standIn.stop();
+    }
+  }
+  const standIn = await standInServer(services.EventService, {
+    Subscribe(call) {
+      call.emit('error', TOO_LARGE());
+    },
+  });
+  const client = new ChronicleClient(standIn.address);
+  try {
+    await assert.rejects(async () => {
+      for await (const message of client.subscribe().messages) assert.fail(`no message expected: ${message.kind}`);
+    }, (error) => error.code === 'RESOURCE_EXHAUSTED');
+  } finally {
+    client.close();
+    standIn.stop();
+  }
+});
+
 test("a unary call waits the server's RetryInfo delay, is tried retry.maxAttempts times in all, and RESOURCE_EXHAUSTED without a delay is final", async () => {
   const waited = rich(grpc.status.RESOURCE_EXHAUSTED, 'queue full (test)', { retryDelaySeconds: 0.5 });
   const away = () => ({ code: grpc.status.UNAVAILABLE, details: 'away (test)' });
