@@ -25,8 +25,9 @@ from chronicle.v1 import (
     subscription_group_service_pb2,
 )
 from service.api.status import rich_status
-from service.errors import ChronicleError, Overloaded, StoreUnavailable
+from service.errors import Overloaded, StoreUnavailable
 from service.store.base import Lifecycle
+from service.store.probing import probe, why
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -138,20 +139,11 @@ class StoreMonitor:
 
     async def check(self) -> bool:
         """Ping the store once and report the result; return it."""
-        try:
-            async with asyncio.timeout(max(self._interval, 1.0) * 2):
-                await self._store.ping()
-            healthy, why = True, ""
-        except (ChronicleError, TimeoutError) as error:
-            healthy, why = False, str(error) or type(error).__name__
-        except Exception as error:
-            # A failure the store did not translate (a driver's error of a
-            # kind it does not expect, a bug): not serving either, and the
-            # monitor must go on watching, or health would stay as it was.
-            healthy, why = False, f"{type(error).__name__}: {error}"
+        failure = await probe(self._store.ping, within=max(self._interval, 1.0) * 2)
+        healthy, reason = failure is None, "" if failure is None else why(failure)
         if healthy != self._last:
             if not healthy:
-                log.warning("store unavailable, reporting NOT_SERVING: %s", why)
+                log.warning("store unavailable, reporting NOT_SERVING: %s", reason)
             elif self._last is not None:
                 log.info("store available again, reporting SERVING")
             self._last = healthy

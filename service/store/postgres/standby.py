@@ -52,6 +52,7 @@ from service.store.postgres.log import LogRole
 from service.store.postgres.migrations import SCHEMA, described, known_migrations
 from service.store.postgres.snapshots import SnapshotsRole
 from service.store.postgres.store import PostgresStore
+from service.store.probing import probe, why
 from service.store.records import ClaimChange, CommandRecord, NewEvent, RecordedEvent, Snapshot
 from service.tasks import cancel_and_wait
 
@@ -278,20 +279,16 @@ class StandbyStore(EventsRole, LogRole, SnapshotsRole):
 
     async def check(self) -> bool:
         """Ping the read database once, log what changed; return whether it answered."""
-        interval = self._watch_interval or 1.0
-        try:
-            async with asyncio.timeout(max(interval, 1.0) * 2):
-                await self.ping()
-        except ConfigurationError as error:
-            if self._said != error.reason:
-                self._said = error.reason
-                log.error("the read database is refused, and with it every read: %s: %s", error.reason, error.message)
+        failure = await probe(self.ping, within=max(self._watch_interval or 1.0, 1.0) * 2)
+        if isinstance(failure, ConfigurationError):
+            if self._said != failure.reason:
+                self._said = failure.reason
+                log.error(
+                    "the read database is refused, and with it every read: %s: %s", failure.reason, failure.message
+                )
             return False
-        except (ChronicleError, TimeoutError) as error:
-            self._lost(str(error) or type(error).__name__)
-            return False
-        except Exception as error:  # a failure nothing translated (a bug): unavailable too, and watch on
-            self._lost(f"{type(error).__name__}: {error}")
+        if failure is not None:
+            self._lost(why(failure))
             return False
         if self._said is not True:
             if self._said is False:
