@@ -165,7 +165,8 @@ class Registry:
     def _check_follower(self, follower: Projection | Reaction[Any]) -> None:
         """A projection or reaction reads events of the loaded plugins'
         aggregate types: one it names must be declared, and a handler for a
-        command type would never be called."""
+        command type, or for an event of an aggregate type it does not
+        follow, would never be called."""
         what = "projection" if isinstance(follower, Projection) else "reaction"
         unknown = sorted(follower.aggregate_types - self._aggregates.keys())
         if unknown:
@@ -190,6 +191,25 @@ class Registry:
                     "name": follower.name,
                     "plugins": f"{follower.plugin_name},{command.aggregate.plugin.name}",
                     "event_type": event_type,
+                },
+            )
+        if not follower.aggregate_types:
+            return  # follows every aggregate type
+        for event_type in sorted(follower.event_types):
+            event = self._events.get(event_type)
+            if event is None or event.aggregate.name in follower.aggregate_types:
+                continue
+            raise ConfigurationError(
+                f"{what} {follower.name!r} of plugin {follower.plugin_name!r} has a handler for {event_type},"
+                f" an event of {event.aggregate.name} (plugin {event.aggregate.plugin.name!r}), but follows"
+                f" only {', '.join(sorted(follower.aggregate_types))}: the handler would never be called; add"
+                f" {event.aggregate.name} to its aggregate_types, or remove the handler",
+                reason="NOT_FOLLOWED",
+                metadata={
+                    "name": follower.name,
+                    "plugins": f"{follower.plugin_name},{event.aggregate.plugin.name}",
+                    "event_type": event_type,
+                    "aggregate_type": event.aggregate.name,
                 },
             )
 

@@ -159,6 +159,26 @@ def test_a_reaction_handler_for_a_command_type_is_refused() -> None:
     assert "reaction 'relay.renames'" in error.message and "box.v1.RenameBox" in error.message
 
 
+def test_a_handler_for_an_event_of_an_aggregate_type_not_followed_is_refused() -> None:
+    views = Plugin("views")
+    boxes = views.projection("views.boxes", aggregate_types=["Box"])
+    boxes.on(bank.MoneyDeposited)(nothing)  # an Account's event: never delivered to this projection
+    error = refused(bank_account.plugin, box.plugin, views)
+    assert error.reason == "NOT_FOLLOWED"
+    assert "'views.boxes'" in error.message and "bank.v1.MoneyDeposited" in error.message
+    assert "add Account to its aggregate_types" in error.message
+    assert error.metadata["aggregate_type"] == "Account"
+
+
+def test_a_handler_for_any_event_loads_where_every_aggregate_type_is_followed() -> None:
+    views = Plugin("views")
+    everything = views.projection("views.everything")
+    everything.on(bank.MoneyDeposited)(nothing)
+    relay = views.reaction("views.relay", aggregate_types=["Account"])
+    relay.on(bank.MoneyDeposited)(nothing)
+    Registry([bank_account.plugin, box.plugin, views])
+
+
 def test_a_handler_of_the_deletion_tombstone_is_still_allowed() -> None:
     # The bank's read model handles chronicle.v1.AggregateDeleted, which no
     # plugin registers: only command types are refused.
