@@ -311,6 +311,8 @@ async def start(
         ):
             log.warning("%s", warning)
     registry = registry if registry is not None else build_registry(settings)
+    for warning in registry.warnings:  # what `chronicle plugins` prints as warning: lines
+        log.warning("plugins: %s", warning)
     master_keys = build_master_keys(settings)
     adapter = (
         store

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -335,6 +336,18 @@ async def test_two_plugins_claiming_one_event_type_are_refused_at_start_up_namin
     assert refused.value.reason == "DUPLICATE_REGISTRATION"
     assert "box.v1.BoxCreated" in refused.value.message
     assert "'box'" in refused.value.message and "'box_copycat'" in refused.value.message
+
+
+async def test_a_server_logs_the_warnings_chronicle_plugins_prints(caplog: pytest.LogCaptureFixture) -> None:
+    settings = settings_from(
+        ["--listen=127.0.0.1:0", "--no-discover-plugins", "--plugin=tests.support.plugins:ledger"], {}
+    )
+    with caplog.at_level(logging.WARNING, logger="chronicle"):
+        app = await start(settings, store=MemoryStore())
+        await app.stop()
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("plugins: ")]
+    assert len(warned) == 1
+    assert "plugin 'ledger' applies bank.v1.AccountClosed at schema version 2" in warned[0]
 
 
 def test_two_plugins_declaring_one_projection_are_refused_naming_both() -> None:
