@@ -133,6 +133,31 @@ async def test_the_store_refuses_writes_as_read_only_and_takes_them_again_withou
         await store.close()
 
 
+async def test_a_database_first_reached_read_only_after_start_is_unavailable_until_it_takes_writes(
+    cluster: Cluster, url: str
+) -> None:
+    """A server that started while its database was away migrates at its
+    first operation. A database read only then is not a setting to fix before
+    start (DATABASE_READ_ONLY refuses that at start-up) but a state that
+    passes: the operation is UNAVAILABLE with the same reason (clients retry),
+    not INTERNAL, and the next one after it takes writes migrates and goes on."""
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    store = PostgresStore(url, pool_size=2)  # not opened: as after an open that found no database
+    try:
+        refused = await _refused(store.append("acc-1", [new_event()], 0))
+        assert refused is not None
+        assert refused.reason == "DATABASE_READ_ONLY", refused
+        assert "read only" in refused.message
+        with psycopg.connect(cluster.admin_url, autocommit=True) as conn:
+            conn.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+        await store.append("acc-1", [new_event()], 0)
+        assert [e.version for e in await store.read_aggregate("acc-1")] == [1]
+    finally:
+        await store.close()
+
+
 async def _serving(address: str) -> bool:
     async with grpc.aio.insecure_channel(address) as channel:
         response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)

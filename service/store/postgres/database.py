@@ -111,7 +111,7 @@ class Database:
     async def open(self) -> None:
         _check_url(self._url)
         try:
-            await self._ensure_schema()
+            await self._ensure_schema(at_open=True)
         except StoreUnavailable as error:
             log.warning("PostgreSQL is not reachable yet (%s); serving NOT_SERVING until it is", error.message)
 
@@ -140,7 +140,13 @@ class Database:
             return
         raise StoreUnavailable(f"PostgreSQL takes no writes: {why}", reason=READ_ONLY)
 
-    async def _ensure_schema(self) -> None:
+    async def _ensure_schema(self, *, at_open: bool = False) -> None:
+        """Migrate the schema, once. A database that takes no writes is a
+        mistake in the settings at ``open`` (DATABASE_READ_ONLY, the server
+        does not start); reached only later (it was not reachable at start),
+        it is refused as unavailable with the same reason, so clients retry
+        and health says NOT_SERVING until it takes writes (a failover in
+        progress, a primary still read only)."""
         if self._schema_ready:
             return
         if self._sealed:
@@ -161,6 +167,10 @@ class Database:
                 async with conn:
                     version = await migrate(conn)
                     sealed = self._refuse_sealed and await (await conn.execute(sql.SEALED_DATA_KEY)).fetchone()
+            except ConfigurationError as error:
+                if at_open or error.reason != "DATABASE_READ_ONLY":
+                    raise
+                raise StoreUnavailable(error.message, reason=error.reason) from error
             except Exception as error:
                 translated = translation(error, "migration")
                 if translated is None:
