@@ -61,7 +61,7 @@ from typing import Generic, NamedTuple, Protocol, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from chronicle.v1 import event_pb2
-from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed, SubjectsForgotten
+from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed, StoreUnavailable, SubjectsForgotten
 from service.plugins.projections import DOCUMENT_CACHE_SIZE, ProjectedEvent, Projection
 from service.processing.overlap import started
 from service.processing.upcasting import EventReader
@@ -428,6 +428,11 @@ class CheckpointedRunner:
     _poll_interval: float
     _batch_delay: float
     _task: asyncio.Task[None] | None = None
+    # The failure last logged, and the failed attempts since the last step
+    # that went through: a database away for a minute is one line per
+    # runner, not one every retry interval.
+    _said: str = ""
+    _failed_attempts: int = 0
 
     async def step(self, position: int) -> int:
         """Handle the events after ``position`` a batch at a time; return
@@ -441,6 +446,7 @@ class CheckpointedRunner:
             while True:
                 try:
                     position = await self.step(position)
+                    self._going_again()
                     await self._wait_for_work(position)
                 except ConcurrencyConflict:
                     self.status.conflicts += 1  # another replica committed these events first
@@ -494,10 +500,35 @@ class CheckpointedRunner:
                 await asyncio.sleep(self._retry_interval)
 
     def _failed(self, error: ChronicleError) -> None:
+        """Kept in the status every time; logged when it is not the failure
+        logged last (a store away: by its reason, its message varies), as an
+        ERROR, or a WARNING for a store that is away (health says so too);
+        the retries of the same failure at DEBUG."""
         self.status.error = f"{error.reason}: {error.message}"
-        self._logger.error(
-            "%s %s failed: %s; retrying in %g s", self.KIND, self.status.name, self.status.error, self._retry_interval
+        self._failed_attempts += 1
+        away = isinstance(error, StoreUnavailable)
+        said = error.reason if away else self.status.error
+        if said == self._said:
+            level = logging.DEBUG
+        else:
+            level = logging.WARNING if away else logging.ERROR
+            self._said = said
+        self._logger.log(
+            level,
+            "%s %s failed: %s; retrying every %g s",
+            self.KIND,
+            self.status.name,
+            self.status.error,
+            self._retry_interval,
         )
+
+    def _going_again(self) -> None:
+        """After a step that went through: say so once, if it had failed."""
+        if self._failed_attempts:
+            self._logger.info(
+                "%s %s is going again after %d failed attempts", self.KIND, self.status.name, self._failed_attempts
+            )
+            self._failed_attempts, self._said = 0, ""
 
 
 class ProjectionRunner(CheckpointedRunner):

@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 from domain_plugins import bank_account
 from service.api.health import Health, StoreMonitor
 from service.console.load import LoadSampler
-from service.errors import StoreUnavailable
+from service.errors import ProjectionFailed, StoreUnavailable
 from service.observability.subscriptions import LagSampler, SubscriptionTracker
 from service.plugins.registry import Registry
 from service.processing.projections import ProjectionRunner
@@ -141,6 +141,55 @@ async def test_a_projection_runner_outlives_a_bug_s_exception_reading_its_checkp
         assert "a bug below" in caplog.text
     finally:
         await runner.stop()
+
+
+class AwayCheckpoints(MemoryStore):
+    """A database away for the first ``away`` checkpoint reads (each
+    failure's message different, as a driver's are), then a handler's bug
+    twice, then back."""
+
+    def __init__(self, away: int) -> None:
+        super().__init__()
+        self.away = away
+        self.reads = 0
+
+    async def projection_position(self, name: str) -> int:
+        self.reads += 1
+        if self.reads <= self.away:
+            raise StoreUnavailable(f"PostgreSQL unavailable during a read: attempt {self.reads}")
+        if self.reads <= self.away + 2:
+            raise ProjectionFailed("the same bug", reason="PROJECTION_FAILED")
+        return await super().projection_position(name)
+
+
+async def test_a_runner_says_a_failure_once_while_it_lasts_and_once_that_it_goes_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="service.processing.projections")
+    store = AwayCheckpoints(away=5)
+    runner = ProjectionRunner(
+        bank_account.balances_by_owner,
+        log=store,
+        documents=store,
+        reader=EventReader(REGISTRY),
+        poll_interval=0.01,
+        retry_interval=0.01,
+    )
+    runner.start()
+    try:
+        await eventually(
+            lambda: any("going again" in r.getMessage() for r in caplog.records), what="the runner going again"
+        )
+    finally:
+        await runner.stop()
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "balances_by_owner" in r.getMessage()]
+    loud = [(level, message) for level, message in said if level > logging.DEBUG]
+    assert [level for level, _ in loud] == [logging.WARNING, logging.ERROR, logging.INFO], loud
+    assert "STORE_UNAVAILABLE" in loud[0][1] and "attempt 1" in loud[0][1]
+    assert "PROJECTION_FAILED: the same bug" in loud[1][1]
+    assert loud[2][1].endswith("is going again after 7 failed attempts")
+    assert len(said) - len(loud) == 5  # the repeats, at DEBUG
+    assert runner.status.error == ""
 
 
 class FailingHeads:
