@@ -129,7 +129,9 @@ class StandbyDatabase(Database):
         _check_url(self._url)
         await self._ensure_schema()
 
-    async def _ensure_schema(self) -> None:
+    async def _ensure_schema(self, *, at_open: bool = False) -> None:
+        """Check, once, that the read database is the primary's (it
+        migrates nothing: ``at_open`` changes nothing here)."""
         if self._schema_ready:
             return
         if self._mismatch is not None:
