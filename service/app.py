@@ -550,6 +550,7 @@ async def start(
         DryRunAudit(audit),
         ownership=ownership,
         page_bytes=page_bytes,
+        room_for=router.room_for,
     )
     server = build_server(
         commands=commands,

@@ -52,11 +52,14 @@ class CommandService(pb_grpc.CommandServiceServicer):
         page_bytes: int,
         ownership: Ownership | None = None,
         stream_bytes: int = STREAM_IN_FLIGHT_BYTES,
+        room_for: Callable[[str], asyncio.Future[None] | None] | None = None,
     ) -> None:
         """``page_bytes``: a SubmitResultPage is closed once its answers pass
         this many bytes (the application's bound of every page).
         ``stream_bytes``: a stream stops reading while its started,
-        unanswered commands carry this many bytes."""
+        unanswered commands carry this many bytes. ``room_for``: None while
+        an aggregate's queue has room, else a future done once it has (the
+        router's): a stream waits on it before it starts a command."""
         self._registry = registry
         self._pipeline = pipeline
         self._refused = refused
@@ -65,6 +68,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self._ownership = ownership
         self._page_bytes = page_bytes
         self._stream_bytes = stream_bytes
+        self._room_for = room_for
         # The readers of the command streams open now; ``close`` stops them.
         self._readers: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -223,11 +227,21 @@ class CommandService(pb_grpc.CommandServiceServicer):
         # Per aggregate, the last command that could not be queued at once
         # (middleware whose hooks are coroutines): the next one waits for it.
         waiting: dict[str, asyncio.Future[BatchResult]] = {}
+        room_for = self._room_for
         try:
             async for message in messages:
                 for request in requests_of(message):
                     if window.full:
                         await window.room()
+                    # A full queue on the command's aggregate is waited out,
+                    # not refused (AGGREGATE_QUEUE_FULL): a stream reads up
+                    # to STREAM_IN_FLIGHT commands ahead, more than a queue
+                    # holds, and a refused command's successors for the same
+                    # aggregate would run before it. Nothing is awaited from
+                    # here to the start, so the room is still there.
+                    if room_for is not None:
+                        while (room := room_for(request.command.aggregate_id)) is not None:
+                            await room
                     # Started now: commands for one aggregate reach its
                     # worker in the order they came.
                     outcome = self._start(request, principal, context)

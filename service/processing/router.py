@@ -105,6 +105,12 @@ class Router:
         worker.enqueue(Job(batch, reply, finish))
         return reply
 
+    def room_for(self, aggregate_id: str) -> asyncio.Future[None] | None:
+        """None while ``aggregate_id``'s queue has room for a command; else a
+        future done once it has (``AggregateWorker.room``)."""
+        worker = self._workers.get(aggregate_id)
+        return None if worker is None else worker.room()
+
     def _worker_idle(self) -> None:
         if self._closing:
             self._went_idle.set()

@@ -64,6 +64,7 @@ class AggregateWorker:
         "_loop",
         "_on_idle",
         "_queue_depth",
+        "_room",
         "_saving",
         "_snapshots",
         "aggregate_id",
@@ -89,6 +90,8 @@ class AggregateWorker:
         # aggregate costs, and most cached aggregates are idle.
         self._jobs: deque[Job] | None = None
         self._queue_depth = queue_depth
+        # Command streams waiting for room in a full queue (``room``).
+        self._room: list[asyncio.Future[None]] | None = None
         self._loop = loop
         self._cached: Aggregate | None = None
         self._snapshots = snapshots  # the router's: snapshot saves in flight, kept from the collector
@@ -108,6 +111,27 @@ class AggregateWorker:
     def drop_cache(self) -> None:
         """Forget the cached state: its stored events were replaced (an import)."""
         self._cached = None
+
+    def room(self) -> asyncio.Future[None] | None:
+        """None while the queue has room for one more command; else a future
+        done once it has (a command stream waits on it instead of being
+        refused AGGREGATE_QUEUE_FULL, which would let its later commands
+        for this aggregate run before the refused one)."""
+        jobs = self._jobs
+        if jobs is None or len(jobs) < self._queue_depth:
+            return None
+        waiter = self._loop.create_future()
+        if self._room is None:
+            self._room = []
+        self._room.append(waiter)
+        return waiter
+
+    def _roomy(self) -> None:
+        """Wake the streams waiting for room, now that there is some."""
+        waiting, self._room = self._room, None
+        for waiter in waiting or ():
+            if not waiter.done():
+                waiter.set_result(None)
 
     def enqueue(self, job: Job) -> None:
         jobs = self._jobs
@@ -135,15 +159,20 @@ class AggregateWorker:
             queued.popleft()
         if not queued:
             self._jobs = None  # idle: see __init__
+            if self._room is not None:
+                self._roomy()
             return []
         first = queued.popleft()
         if _alone(first):
-            return [first]
-        series = [first]
-        while queued and len(series) < MAX_SERIES and not _alone(queued[0]):
-            job = queued.popleft()
-            if not job.reply.done():
-                series.append(job)
+            series = [first]
+        else:
+            series = [first]
+            while queued and len(series) < MAX_SERIES and not _alone(queued[0]):
+                job = queued.popleft()
+                if not job.reply.done():
+                    series.append(job)
+        if self._room is not None:
+            self._roomy()
         return series
 
     def _next(self) -> None:

@@ -75,6 +75,23 @@ async def test_results_come_back_in_order_with_their_command_ids(client: Client,
         assert versions == list(range(1, len(versions) + 1))
 
 
+async def test_a_stream_of_more_commands_for_one_aggregate_than_its_queue_holds_runs_them_all_in_order(
+    client: Client, stream: Stream
+) -> None:
+    """A stream reads up to 256 commands ahead; an aggregate's queue holds 64
+    (--queue-depth). The stream waits for room: before, commands 65 to 255
+    were refused AGGREGATE_QUEUE_FULL while later ones ran, so the withdrawal
+    at the end was refused for a balance that in order would have covered it,
+    and that refusal stays recorded against its command id."""
+    requests = [submit("acc-1", bank.OpenAccount(owner="ann"))]
+    requests += [submit("acc-1", bank.Deposit(amount=1)) for _ in range(299)]
+    requests.append(submit("acc-1", bank.Withdraw(amount=250)))
+    responses = await stream(client, requests)
+    refused = [(i, r.error.reason) for i, r in enumerate(responses) if r.HasField("error")]
+    assert refused == []
+    assert [r.ok.version for r in responses] == list(range(1, 302))
+
+
 async def test_a_refused_command_is_an_answer_not_the_end_of_the_stream(client: Client, stream: Stream) -> None:
     requests = [
         submit("acc-1", bank.OpenAccount(owner="ann")),

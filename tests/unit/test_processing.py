@@ -108,6 +108,23 @@ async def test_a_full_aggregate_queue_is_overloaded() -> None:
     await router.close()
 
 
+async def test_room_in_a_full_queue_is_promised_and_given_as_it_drains() -> None:
+    store: Any = ObservedStore(MemoryStore(), append_delay=0.05)
+    router = router_over(store, queue_depth=2)
+    assert router.room_for("acc-1") is None  # no worker yet
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    assert router.room_for("acc-1") is None  # an idle worker
+    running = [asyncio.ensure_future(router.submit(request("acc-1", bank.Deposit(amount=1)))) for _ in range(3)]
+    await asyncio.sleep(0)  # each reached the worker: one runs, two wait
+    room = router.room_for("acc-1")
+    assert room is not None and not room.done()
+    await asyncio.wait_for(room, timeout=10)  # the running command finished, the next one left the queue
+    assert router.room_for("acc-1") is None
+    await router.submit(request("acc-1", bank.Deposit(amount=1)))  # not refused
+    assert [r.version for r in await asyncio.gather(*running)] == [2, 3, 4]
+    await router.close()
+
+
 async def test_a_failing_handler_writes_nothing_and_the_worker_keeps_serving() -> None:
     store = MemoryStore()
     router = router_over(store, registry=FAULTY)
