@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
+from grpc._cython.cygrpc import ExecuteBatchError
 
 from service.api.decoding import Undecodable, raising, tolerant
 from service.api.live_streams import LiveStream, LiveStreams
@@ -40,6 +41,11 @@ from service.principal import Principal, current_peer, current_principal
 from service.security.credentials import Authenticator
 
 log = logging.getLogger(__name__)
+
+# What a write raises when its call ended under it (the client cancelled
+# while the write waited for flow control): grpc.aio's own handler treats it
+# so. Not a public name of grpc's; an ExecuteBatchError is an Exception.
+CallGone: type[Exception] = ExecuteBatchError
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 SUBSCRIBE_METHOD = "/chronicle.v1.EventService/Subscribe"
 # Streams that live as long as their clients want: counted as subscriptions
@@ -218,7 +224,13 @@ class RpcGate:
         await self._refuse(method, None, context, stream.ended)
 
     async def _fail(self, method: str, request: object, context: Context, error: Exception) -> None:
-        """What the servicer raised, as the RPC's status (abort raises)."""
+        """What the servicer raised, as the RPC's status (abort raises). A
+        call whose client cancelled it under a pending write gets none: the
+        write failed inside gRPC (``CallGone``), the client went away, which
+        is no error of the server's, and no status could be sent."""
+        if isinstance(error, CallGone):
+            log.debug("%s: the call ended under a write (%s): its client went away", method, error)
+            return
         if isinstance(error, ChronicleError):
             if isinstance(error, PermissionDenied) and self._on_denied is not None:
                 await self._on_denied(method, request, error, _authenticated(), context.peer())

@@ -6,6 +6,7 @@ and is counted out of the gate's limits."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -241,3 +242,40 @@ async def test_a_stream_ended_while_its_first_message_is_on_its_way_gets_its_sta
             await _counted_out(gate)
     finally:
         await server.stop(0)
+
+
+async def test_a_client_that_cancels_while_a_write_waits_for_it_is_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A stream held by flow control (its client not reading) and cancelled
+    by that client: the pending write fails inside gRPC (ExecuteBatchError),
+    which is a client going away, as ordinary as a cancel, not an
+    "unexpected error" with a traceback in the server's log."""
+    gate = RpcGate(max_rpcs=10, max_subscriptions=10)
+    flood = Flood()
+    handler = grpc.unary_stream_rpc_method_handler(flood.server_stream, request_deserializer=bytes)
+    wrapped = {"ServerStream": gate.wrap("/test.v1.Streams/ServerStream", handler)}
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", 8 * 1024 * 1024)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Streams", wrapped),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    options = [
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", 64 * 1024),
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            call = channel.unary_stream("/test.v1.Streams/ServerStream")(b"")
+            assert len(await call.read()) == 4 * 1024 * 1024
+            seen: list[int] = []
+
+            def stalled() -> bool:
+                seen.append(flood.produced)
+                return len(seen) >= 5 and len(set(seen[-5:])) == 1
+
+            await eventually(stalled, what="the server's write held by flow control")
+            call.cancel()
+            await _counted_out(gate)
+    finally:
+        await server.stop(0)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
