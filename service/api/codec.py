@@ -234,7 +234,7 @@ def decode_batch(
                 reason="DUPLICATE_COMMAND_ID",
             )
         seen[request.command_id] = i
-    return CommandBatch(tuple(decoded), dry_run=dry_run)
+    return CommandBatch(tuple(decoded), dry_run=dry_run, numbered=True)
 
 
 # What google.protobuf.Timestamp allows: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.

@@ -72,6 +72,9 @@ class CommandBatch:
 
     commands: tuple[CommandRequest, ...]
     dry_run: bool = False
+    # Sent as a batch (SubmitBatch): a refusal names its command
+    # (batch_index, command_id) even in a batch of one, as the API says.
+    numbered: bool = False
 
     def __post_init__(self) -> None:
         # The codec refuses such input with a clear status; here it is a bug.

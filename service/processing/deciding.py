@@ -93,14 +93,16 @@ class Decider:
         self._max_event_bytes = max_event_bytes
         self._max_result_bytes = max_result_bytes
 
-    async def decide(self, commands: Sequence[CommandRequest], aggregate: Aggregate) -> Decision:
+    async def decide(
+        self, commands: Sequence[CommandRequest], aggregate: Aggregate, *, numbered: bool = False
+    ) -> Decision:
         """``decide_now``, answering the handlers' lookups (a read each) until
         they need none."""
         answers: dict[tuple[str, str], bool] = {}
         asked: dict[str, int] = {}
         while True:
             try:
-                return self.decide_now(commands, aggregate, answers)
+                return self.decide_now(commands, aggregate, answers, numbered=numbered)
             except LookupNeeded as needed:
                 asked[needed.command_type] = asked.get(needed.command_type, 0) + 1
                 if asked[needed.command_type] > MAX_LOOKUPS:
@@ -116,9 +118,12 @@ class Decider:
         commands: Sequence[CommandRequest],
         aggregate: Aggregate,
         answers: Mapping[tuple[str, str], bool] = _NO_ANSWERS,
+        *,
+        numbered: bool = False,
     ) -> Decision:
         """Run each command's handler in turn; raise the first refusal (with
-        its place in the batch when there are several), or ``LookupNeeded``
+        its place in the batch when there are several, or when ``numbered``),
+        or ``LookupNeeded``
         when a handler asks about an aggregate ``answers`` says nothing of."""
         state, version = aggregate.state, aggregate.version
         decided = []
@@ -130,7 +135,7 @@ class Decider:
                     size += self._sized(request, events, size)
                     state = self._apply(request, aggregate, state, events)
             except ChronicleError as error:
-                if len(commands) > 1:
+                if numbered or len(commands) > 1:
                     error.metadata.update(batch_index=str(index), command_id=request.command_id)
                 raise
             except LookupNeeded as needed:

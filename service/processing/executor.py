@@ -205,7 +205,7 @@ class CommandExecutor:
                 aggregate = await self._loader.load(batch.aggregate_id, aggregate_type)
             decision: Decision | None = None
             try:
-                decision = await self._decider.decide(batch.commands, aggregate)
+                decision = await self._decider.decide(batch.commands, aggregate, numbered=batch.numbered)
                 return await self._append(batch, aggregate, decision)
             except ConcurrencyConflict as stale:
                 log.debug("conflict on %s (attempt %d)", batch.aggregate_id, attempt)
@@ -353,7 +353,7 @@ class CommandExecutor:
         aggregate = cached
         if aggregate is None or aggregate.version != (head.version if head else 0):
             aggregate = await self._loader.load(batch.aggregate_id, batch.commands[0].spec.aggregate)
-        decision = await self._decider.decide(batch.commands, aggregate)
+        decision = await self._decider.decide(batch.commands, aggregate, numbered=batch.numbered)
         for claim in decision.claims:
             holder = None if claim.release else await self._claims.claim_owner(claim.scope, claim.value)
             if holder is not None and holder != batch.aggregate_id:

@@ -92,7 +92,7 @@ class Pipeline:
             for middleware in self.middleware:
                 refused_by = middleware.name
                 for index, call in enumerate(calls):
-                    await _before(middleware, call, index if len(calls) > 1 else None)
+                    await _before(middleware, call, index if len(calls) > 1 or batch.numbered else None)
                     entered.append((middleware, call))
             refused_by = ""
             result = await self._submit_batch(batch)

@@ -329,8 +329,10 @@ class AggregateWorker:
 
 
 def _alone(job: Job) -> bool:
-    """Jobs that run on their own: batches (all or none) and dry runs."""
-    return len(job.batch.commands) > 1 or job.batch.dry_run
+    """Jobs that run on their own: batches (all or none; a SubmitBatch of
+    one too, whose refusal names its command) and dry runs."""
+    batch = job.batch
+    return len(batch.commands) > 1 or batch.dry_run or batch.numbered
 
 
 def _complete(job: Job, outcome: CommandResult | BaseException) -> None:

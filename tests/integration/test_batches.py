@@ -74,6 +74,19 @@ async def test_one_refused_command_refuses_the_batch_and_nothing_is_appended(
     assert len(changes["commands"].added) == 3
 
 
+async def test_a_refused_batch_of_one_names_its_command_too(client: Client) -> None:
+    """SubmitBatch's contract names the refused command in every batch; a
+    batch of one got only the handler's metadata, like a Submit."""
+    overdraw = command("acc-9", bank.Withdraw(amount=5))
+    details = await refusal(client, overdraw)
+    assert details.reason == "ACCOUNT_NOT_FOUND" or details.reason.endswith("NOT_FOUND")
+    assert (details.metadata["batch_index"], details.metadata["command_id"]) == ("0", overdraw.command_id)
+    await submit_batch(client, command("acc-9", bank.OpenAccount(owner="ann")))
+    details = await refusal(client, overdraw_again := command("acc-9", bank.Withdraw(amount=5)))
+    assert details.reason == "INSUFFICIENT_FUNDS"
+    assert (details.metadata["batch_index"], details.metadata["command_id"]) == ("0", overdraw_again.command_id)
+
+
 async def test_a_retried_batch_returns_the_original_results(client: Client, store: StoreAdapter) -> None:
     sent = open_and_deposit()
     first = await submit_batch(client, *sent)
