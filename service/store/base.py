@@ -368,10 +368,13 @@ class KeyStore(Protocol):
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
         """Erase the aggregate's key, leaving a tombstone, delete its
-        snapshots and the projections' documents that name it as a subject,
-        and release every claim it holds, in one transaction.
+        snapshots, the projections' documents that name it as a subject and
+        the events projections parked of it, erase the fingerprints and
+        refusal texts of its command records (``encryption.erased_record``)
+        and the messages of its audit entries, sealed or in the clear, and
+        release every claim it holds, in one transaction.
         False if it had no key to erase. An aggregate already forgotten (a
-        tombstone) still has its snapshots and claims removed, so forgetting
+        tombstone) still has all of these removed, so forgetting
         again finishes what an older version left behind; one that never had
         a key is left alone."""
 

@@ -37,7 +37,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from service.errors import AggregateForgotten, ConfigurationError, PayloadNotDecryptable
 from service.store.base import KeyStore, ProjectionStore, Transfer
-from service.store.records import HIDDEN_CLAIM_MARK, DataKey, DocumentRange
+from service.store.records import HIDDEN_CLAIM_MARK, CommandRecord, DataKey, DocumentRange, Rejection
 
 MAGIC = b"\x00C1"
 NONCE_BYTES = 12
@@ -299,6 +299,24 @@ SEALED_FINGERPRINT_BYTES = len(MAGIC) + NONCE_BYTES + 32 + TAG_BYTES
 
 def is_sealed_fingerprint(fingerprint: bytes) -> bool:
     return len(fingerprint) == SEALED_FINGERPRINT_BYTES and is_sealed(fingerprint)
+
+
+# What forgetting leaves of every fingerprint of the aggregate's command
+# records, sealed or in the clear (written before encryption was on, or
+# imported): the form of a sealed one, holding nothing. It reads as sealed
+# under a key that is gone (a retry: AGGREGATE_FORGOTTEN), and no guess can
+# be checked against it.
+ERASED_FINGERPRINT = MAGIC + bytes(SEALED_FINGERPRINT_BYTES - len(MAGIC))
+
+
+def erased_record(record: CommandRecord) -> CommandRecord:
+    """``record`` as forgetting its aggregate leaves it: its fingerprint
+    erased, its refusal's kind and reason kept, its text, metadata and field
+    violations gone (the SQL stores do the same in SQL)."""
+    rejection = record.rejection
+    if rejection is not None:
+        rejection = Rejection(rejection.kind, rejection.reason, "")
+    return replace(record, fingerprint=ERASED_FINGERPRINT, rejection=rejection)
 
 
 # Text columns (a refusal's message) hold sealed bytes as this mark and

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, SubjectsForgotten
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
+from service.store.encryption import erased_record
 from service.store.importing import check_snapshots, claim_conflict, data_key_conflict, events_to_write
 from service.store.leasing import Fencing
 from service.store.memory_groups import MemoryGroups
@@ -348,6 +349,12 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             self._documents.pop(document, None)
         for parked in [key for key, event in self._parked.items() if event.aggregate_id == aggregate_id]:
             del self._parked[parked]
+        for command_id, record in self._commands.items():
+            if record.aggregate_id == aggregate_id:
+                self._commands[command_id] = erased_record(record)
+        self._refusals = [
+            replace(e, message="") if e.aggregate_id == aggregate_id and e.message else e for e in self._refusals
+        ]
         return not current.forgotten
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:

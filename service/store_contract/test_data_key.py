@@ -8,10 +8,21 @@ import asyncio
 import pytest
 
 from service.errors import SubjectsForgotten
-from service.store.base import StoreAdapter
-from service.store.records import ClaimChange, DataKey, DocumentWrite, ParkedEvent, Snapshot, StoredDocument
+from service.store.base import AuditQuery, StoreAdapter
+from service.store.encryption import ERASED_FINGERPRINT
+from service.store.records import (
+    REFUSED,
+    AuditEntry,
+    ClaimChange,
+    DataKey,
+    DocumentWrite,
+    ParkedEvent,
+    Rejection,
+    Snapshot,
+    StoredDocument,
+)
 from service.store_contract.contents import ContentsOf
-from service.store_contract.records import new_event
+from service.store_contract.records import command_record, new_event
 
 # Every test here is a coroutine (the plugin runs them on pytest-asyncio).
 pytestmark = pytest.mark.asyncio
@@ -186,3 +197,87 @@ async def test_forgetting_deletes_the_events_a_projection_parked_for_the_aggrega
     )
     await store.forget_data_key("acc-1")
     assert await store.parked_events("p") == [parked("acc-2", 2)]
+
+
+# -- what forgetting erases of the command records and the audit -------------------
+
+
+def _refusal_text(aggregate_id: str, at: int) -> AuditEntry:
+    return AuditEntry(
+        recorded_at_us=at,
+        command_id=f"cmd-{aggregate_id}-{at}",
+        command_type="test.v1.Do",
+        aggregate_id=aggregate_id,
+        principal="eve",
+        user_id="eve",
+        origin="tests",
+        outcome=REFUSED,
+        reason="MIDDLEWARE_REFUSED",
+        message=f"{aggregate_id}: Mallory may not",
+    )
+
+
+async def _commands_and_audit_of(store: StoreAdapter, aggregate_id: str) -> None:
+    """An accepted command, a refused one and an audit entry of the
+    aggregate's, all in the clear (as written before encryption was on, or
+    imported from a store without it)."""
+    accepted = command_record(aggregate_id, 1, 1, command_id=f"ok-{aggregate_id}")
+    refusal = Rejection("ValidationError", "INSUFFICIENT_FUNDS", "Mallory has 12", {"balance": "12"}, (("a", "b"),))
+    refused = command_record(aggregate_id, 2, 1, command_id=f"no-{aggregate_id}", rejection=refusal)
+    await store.append(aggregate_id, [new_event()], 0, commands=[accepted])
+    await store.append(aggregate_id, [], 1, commands=[refused])
+    await store.record_audit_entry(_refusal_text(aggregate_id, 10))
+
+
+async def test_forgetting_erases_the_fingerprints_and_refusal_texts_of_its_commands_and_audit(
+    store: StoreAdapter,
+) -> None:
+    """A command record's fingerprint (a hash of its payload: a guess list
+    confirms it) and a refusal's text (which may quote the state) are sealed
+    under the aggregate's key with encryption on, so forgetting makes them
+    unreadable; those stored in the clear are erased by the forget itself.
+    Kinds and reasons stay, like the envelope."""
+    await store.create_data_key(key("acc-1"))
+    await _commands_and_audit_of(store, "acc-1")
+    await _commands_and_audit_of(store, "acc-2")  # another aggregate's: kept
+    assert await store.forget_data_key("acc-1") is True
+    for command_id in ("ok-acc-1", "no-acc-1"):
+        record = await store.find_command(command_id)
+        assert record is not None
+        assert record.fingerprint == ERASED_FINGERPRINT
+    refused = await store.find_command("no-acc-1")
+    assert refused is not None and refused.rejection == Rejection("ValidationError", "INSUFFICIENT_FUNDS", "")
+    audited = await store.read_audit(AuditQuery(aggregate_id="acc-1"))
+    assert sorted((e.reason, e.message) for e in audited) == [
+        ("", ""),
+        ("INSUFFICIENT_FUNDS", ""),
+        ("MIDDLEWARE_REFUSED", ""),
+    ]
+    kept = await store.find_command("no-acc-2")
+    assert kept is not None and kept.fingerprint == b"\x01" * 32
+    assert kept.rejection is not None and kept.rejection.message == "Mallory has 12"
+    assert kept.rejection.metadata == {"balance": "12"}
+    assert {e.message for e in await store.read_audit(AuditQuery(aggregate_id="acc-2"))} == {
+        "",
+        "Mallory has 12",
+        "acc-2: Mallory may not",
+    }
+
+
+async def test_forgetting_again_erases_command_texts_left_behind(store: StoreAdapter) -> None:
+    await store.create_data_key(key("acc-1"))
+    await store.forget_data_key("acc-1")
+    await _commands_and_audit_of(store, "acc-1")  # as an older version left it
+    assert await store.forget_data_key("acc-1") is False
+    record = await store.find_command("no-acc-1")
+    assert record is not None and record.fingerprint == ERASED_FINGERPRINT
+    assert record.rejection is not None and (record.rejection.message, record.rejection.metadata) == ("", {})
+    assert {e.message for e in await store.read_audit(AuditQuery(aggregate_id="acc-1"))} == {""}
+
+
+async def test_an_aggregate_without_a_key_keeps_its_command_texts(store: StoreAdapter) -> None:
+    await _commands_and_audit_of(store, "acc-1")
+    assert await store.forget_data_key("acc-1") is False
+    record = await store.find_command("no-acc-1")
+    assert record is not None and record.fingerprint == b"\x01" * 32
+    assert record.rejection is not None and record.rejection.message == "Mallory has 12"

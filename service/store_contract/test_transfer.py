@@ -11,6 +11,7 @@ import pytest
 
 from service.errors import ConcurrencyConflict, ImportConflict
 from service.store.base import StoreAdapter
+from service.store.encryption import ERASED_FINGERPRINT
 from service.store.grouping import GroupParkedEvent, GroupSpec
 from service.store.records import (
     TOMBSTONE_EVENT_TYPE,
@@ -401,3 +402,15 @@ async def test_a_snapshot_is_kept_only_through_the_event_it_was_built_through(st
     assert await store.load_snapshot("a-1") == replace(through, through_event_id=None)
     await store.save_snapshot(snapshot("a-2", 1))  # none named: only the deletion's rule applies
     assert await store.load_snapshot("a-2") == snapshot("a-2", 1)
+
+
+async def test_an_imported_tombstone_erases_the_aggregates_command_texts_as_a_forget_does(store: StoreAdapter) -> None:
+    refusal = Rejection("ValidationError", "INSUFFICIENT_FUNDS", "Mallory has 12", {"balance": "12"})
+    await store.create_data_key(DataKey("live", "m1", b"k" * 40))
+    await store.append("live", [], 0, commands=[command_record("live", 1, 0, command_id="c-1", rejection=refusal)])
+    await store.append("kept", [], 0, commands=[command_record("kept", 1, 0, command_id="c-2", rejection=refusal)])
+    assert await store.import_data_keys([DataKey("live", None, None)]) == 1
+    erased = await store.find_command("c-1")
+    assert erased is not None and erased.fingerprint == ERASED_FINGERPRINT
+    assert erased.rejection == Rejection("ValidationError", "INSUFFICIENT_FUNDS", "")
+    assert await store.find_command("c-2") == command_record("kept", 1, 0, command_id="c-2", rejection=refusal)

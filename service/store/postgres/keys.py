@@ -1,6 +1,7 @@
 """``KeyStore`` on PostgreSQL: per-aggregate data keys; forgetting one
-leaves a tombstone and removes the aggregate's snapshots, claims and the
-documents derived from it in the same operation."""
+leaves a tombstone, removes the aggregate's snapshots, claims, the documents
+derived from it and what projections parked of it, and erases its command
+records' fingerprints and refusal texts, in the same operation."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ class KeysRole:
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
         results = await self._db.run("forget_data_key", forget_statements(aggregate_id))
-        return results[0].ntuples == 1
+        return results[FORGET_KEY_STATEMENT].ntuples == 1
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         (result,) = await self._db.run(
@@ -59,11 +60,19 @@ class KeysRole:
         return result.ntuples == 1
 
 
+# Which of forget_statements erases the key (and says whether it did).
+FORGET_KEY_STATEMENT = 2
+
+
 def forget_statements(aggregate_id: str) -> list[Statement]:
     """Forgetting an aggregate's data key, in the store's lock order
-    (sql.py, "Lock order"): its key's row, its claims, then its snapshots,
-    the documents derived from it and what projections parked of it."""
+    (sql.py, "Lock order"): the fingerprints and refusal texts of its
+    command records and audit entries erased, its key's row, its claims,
+    then its snapshots, the documents derived from it and what projections
+    parked of it."""
     return [
+        Statement(sql.ERASE_COMMAND_TEXTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
+        Statement(sql.ERASE_AUDIT_TEXTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
         Statement(sql.FORGET_DATA_KEY.encode(), (aggregate_id,)),
         Statement(sql.RELEASE_CLAIMS_OF_FORGOTTEN.encode(), (aggregate_id,)),
         Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),

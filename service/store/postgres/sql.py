@@ -29,7 +29,8 @@ batches carrying the same retried commands); an aggregate's data key row;
 its claims, in (scope, value) order; the position lock (``log_head``) and
 the events; its snapshots; documents; parked events. An append (command
 records, claims, position lock, events), a deletion (LOCK_CLAIMS_OF_AGGREGATE
-first), a forget (key, claims, snapshots, documents, parked) and an
+first), a forget (command records, audit entries, key, claims, snapshots,
+documents, parked) and an
 overwriting import's removal follow it; tests/integration/test_lock_order.py
 holds each pair of them to it by pausing one's transaction after each of
 its statements while the other runs. Subscription groups have an order of
@@ -40,7 +41,7 @@ from __future__ import annotations
 
 import functools
 
-from service.store.encryption import CLAIMS_KEY_PREFIX, PROJECTION_KEY_PREFIX
+from service.store.encryption import CLAIMS_KEY_PREFIX, ERASED_FINGERPRINT, PROJECTION_KEY_PREFIX
 from service.store.sql_common import COMMAND_FIELDS, GROUP_FIELDS, PARKED_FIELDS
 
 # SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
@@ -552,6 +553,29 @@ DELETE_PARKED_OF_FORGOTTEN = (
     "DELETE FROM chronicle.projection_parked_events WHERE aggregate_id = $1"
     " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
 )
+# A command record's fingerprint (a hash of its payload, which a guess list
+# confirms) and a refusal's text, metadata and field violations (which may
+# quote the state): sealed under the aggregate's key with encryption on, but
+# in the clear if written before it was, or imported so. Forgetting erases
+# them all; the refusal's kind and reason stay, as the audit shows them.
+# Command records come first in the lock order. No index by aggregate: a
+# forget reads the table through (not blocking writers).
+_ERASED = f"'\\x{ERASED_FINGERPRINT.hex()}'::bytea"
+_ERASED_TEXTS = (
+    f"fingerprint = {_ERASED}, rejection = CASE WHEN rejection IS NULL THEN NULL ELSE"
+    " jsonb_build_object('kind', rejection->'kind', 'reason', rejection->'reason', 'message', '',"
+    " 'metadata', '{}'::jsonb) END"
+)
+ERASE_COMMAND_TEXTS_OF_FORGOTTEN = (
+    f"UPDATE chronicle.commands SET {_ERASED_TEXTS} WHERE aggregate_id = $1 AND fingerprint <> {_ERASED}"
+    " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
+)
+# The audit's own entries of the aggregate (a dry run's refusal, a plugin
+# middleware's) keep their reason; their message goes.
+ERASE_AUDIT_TEXTS_OF_FORGOTTEN = (
+    "UPDATE chronicle.refusals SET message = '' WHERE aggregate_id = $1 AND message <> ''"
+    " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
+)
 # Whether the store holds anything sealed (it was written with encryption at
 # rest), asked once by a server that has no master keys: a live key of an
 # aggregate, of a read model that holds documents, of a claims scope that
@@ -696,7 +720,8 @@ IMPORT_DATA_KEYS = (
 )
 # A forgotten aggregate stays forgotten: an imported tombstone forgets a
 # live key, as a forget does (its snapshots, claims, the documents that name
-# it and the events projections parked for it go too).
+# it and the events projections parked for it go too, and its command
+# records' fingerprints and refusal texts are erased).
 IMPORT_TOMBSTONES = (
     "WITH gone AS (UPDATE chronicle.data_keys d SET master_key_id = NULL, wrapped_key = NULL, forgotten_at = now()"
     f" FROM {_IMPORTED_KEYS} WHERE d.aggregate_id = n.a AND n.w IS NULL AND d.wrapped_key IS NOT NULL"
@@ -705,7 +730,11 @@ IMPORT_TOMBSTONES = (
     " claims AS (DELETE FROM chronicle.claims WHERE aggregate_id IN (SELECT aggregate_id FROM gone)),"
     " documents AS (DELETE FROM chronicle.projection_documents"
     " WHERE subjects && ARRAY(SELECT aggregate_id FROM gone)),"
-    " parked AS (DELETE FROM chronicle.projection_parked_events WHERE aggregate_id IN (SELECT aggregate_id FROM gone))"
+    " parked AS (DELETE FROM chronicle.projection_parked_events WHERE aggregate_id IN (SELECT aggregate_id FROM gone)),"
+    f" commands AS (UPDATE chronicle.commands SET {_ERASED_TEXTS}"
+    f" WHERE aggregate_id IN (SELECT aggregate_id FROM gone) AND fingerprint <> {_ERASED}),"
+    " audit AS (UPDATE chronicle.refusals SET message = ''"
+    " WHERE aggregate_id IN (SELECT aggregate_id FROM gone) AND message <> '')"
     " SELECT 1 FROM gone"
 )
 REMOVE_EVENTS = "DELETE FROM chronicle.events WHERE aggregate_id = $1"

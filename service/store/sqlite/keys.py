@@ -1,6 +1,7 @@
 """``KeyStore`` on SQLite: per-aggregate data keys; forgetting one leaves a
-tombstone and removes the aggregate's snapshots, claims and the documents
-derived from it in the same transaction, then empties the WAL (the file
+tombstone and removes the aggregate's snapshots, claims, the documents
+derived from it and what projections parked of it, and erases its command
+records' fingerprints and refusal texts, in the same transaction, then empties the WAL (the file
 zeroes what it deletes: ``secure_delete``)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import logging
 import sqlite3
 import time
 
+from service.store.encryption import ERASED_FINGERPRINT
 from service.store.records import DataKey
 from service.store.sql_common import data_key_from_row
 from service.store.sqlite import sql
@@ -62,14 +64,18 @@ def _forget(db: sqlite3.Connection, aggregate_id: str) -> bool:
 def forget(db: sqlite3.Connection, aggregate_id: str) -> int:
     """Forget the aggregate inside the caller's write transaction: its key
     erased (1 if it had a live one), its snapshots, claims, the documents
-    derived from it and the events projections parked for it gone. The
-    caller empties the WAL after its commit (``empty_wal``)."""
+    derived from it and the events projections parked for it gone, the
+    fingerprints and refusal texts of its command records and audit entries
+    erased. The caller empties the WAL after its commit (``empty_wal``)."""
     erased = db.execute(sql.FORGET_DATA_KEY, (_now_us(), aggregate_id)).rowcount
     db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
     db.execute(sql.RELEASE_CLAIMS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     db.execute(sql.DELETE_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     db.execute(sql.DELETE_SUBJECTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     db.execute(sql.DELETE_PARKED_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+    erased_texts = (ERASED_FINGERPRINT, aggregate_id, ERASED_FINGERPRINT, aggregate_id)
+    db.execute(sql.ERASE_COMMAND_TEXTS_OF_FORGOTTEN, erased_texts)
+    db.execute(sql.ERASE_AUDIT_TEXTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     return int(erased)
 
 

@@ -264,6 +264,25 @@ DELETE_PARKED_OF_FORGOTTEN = (
     "DELETE FROM projection_parked_events WHERE aggregate_id = ?"
     " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
 )
+# A command record's fingerprint (a hash of its payload, which a guess list
+# confirms) and a refusal's text, metadata and field violations (which may
+# quote the state): sealed under the aggregate's key with encryption on, but
+# in the clear if written before it was, or imported so. Forgetting erases
+# them all (parameters: the erased fingerprint, the aggregate id, the erased
+# fingerprint, the aggregate id); the refusal's kind and reason stay, as the
+# audit shows them. No index by aggregate: a forget reads the table through.
+ERASE_COMMAND_TEXTS_OF_FORGOTTEN = (
+    "UPDATE commands SET fingerprint = ?, rejection = CASE WHEN rejection IS NULL THEN NULL ELSE json_object("
+    "'kind', json_extract(rejection, '$.kind'), 'reason', json_extract(rejection, '$.reason'), 'message', '',"
+    " 'metadata', json('{}')) END"
+    " WHERE aggregate_id = ? AND fingerprint <> ? AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+)
+# The audit's own entries of the aggregate (a dry run's refusal, a plugin
+# middleware's) keep their reason; their message goes (parameters: the id, twice).
+ERASE_AUDIT_TEXTS_OF_FORGOTTEN = (
+    "UPDATE refusals SET message = '' WHERE aggregate_id = ? AND message <> ''"
+    " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+)
 DELETE_SUBJECTS_OF_FORGOTTEN = (
     "DELETE FROM projection_subjects WHERE (projection, key) IN"
     " (SELECT projection, key FROM projection_subjects WHERE subject = ?)"
