@@ -561,6 +561,7 @@ async def start(
             keyring,
             # Exports and imports move what is stored: the adapter's own roles.
             transfers=Transfers(Store.of(adapter), store_kind(adapter), evict=router.evict, registry=registry),
+            stored=Store.of(adapter),
         ),
         projections=projection_service,
         reactions=ReactionService(

@@ -22,7 +22,8 @@ from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, NotEncrypted, StoreUnavailable
 from service.principal import current_principal
 from service.security.policy import Authorizer
-from service.store.base import AuditQuery
+from service.store.base import AuditQuery, Store
+from service.store.encrypted import forget_aggregate
 from service.store.encryption import Keyring
 from service.store.records import ACCEPTED, REFUSED, AuditEntry
 
@@ -42,11 +43,15 @@ class AdminService(pb_grpc.AdminServiceServicer):
         keyring: Keyring | None = None,
         *,
         transfers: Transfers | None = None,
+        stored: Store | None = None,
     ) -> None:
+        """``stored``: the store adapter's own roles (below encryption), in
+        which a forget looks for payloads in the clear."""
         self._audit = audit
         self._authorizer = authorizer
         self._keyring = keyring
         self._transfers = transfers
+        self._stored = stored
 
     def _transfer(self) -> Transfers:
         if self._transfers is None:
@@ -91,7 +96,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
 
     async def _forget(self, aggregate_id: str) -> pb.ForgetAggregateResponse:
         keys = self._keys()
-        if await keys.forget(aggregate_id):
+        if self._stored is None:
+            raise StoreUnavailable("this server cannot look at its store below encryption", reason="FORGET_UNAVAILABLE")
+        if await forget_aggregate(self._stored, keys, aggregate_id):
             log.warning("aggregate %s forgotten by %r", aggregate_id, current_principal.get().name)
             return pb.ForgetAggregateResponse(already_forgotten=False)
         if await keys.forgotten(aggregate_id):

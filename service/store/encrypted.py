@@ -42,7 +42,7 @@ from dataclasses import replace
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from service.errors import AggregateForgotten, NotAvailableHere, NotUnique
+from service.errors import AggregateForgotten, NotAvailableHere, NotEncrypted, NotUnique
 from service.store.base import (
     AggregateQuery,
     AuditQuery,
@@ -91,6 +91,7 @@ from service.store.records import (
     Rejection,
     Snapshot,
     StoredDocument,
+    is_tombstone,
 )
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,62 @@ def encrypted(store: Store, keyring: Keyring) -> Store:
         projections=SealedProjections(store.projections, keyring),
         audit=OpenedAudit(store.audit, keyring),
     )
+
+
+# Events read per round trip when a forget looks for payloads in the clear.
+CLEAR_CHECK_PAGE = 1000
+
+
+async def in_the_clear(stored: Store, aggregate_id: str) -> tuple[int, int]:
+    """How many of the aggregate's events and snapshots ``stored`` (the
+    adapter's own roles, below encryption) holds in the clear: written
+    before encryption was turned on, or imported so. Its tombstone (a
+    deletion's: the server's own record, none of the aggregate's payload)
+    and empty payloads (nothing to read) do not count."""
+    events = 0
+    after = 0
+    while True:
+        query = AggregateQuery(from_version=after + 1, limit=CLEAR_CHECK_PAGE)
+        page = await stored.events.read_aggregate(aggregate_id, query)
+        events += sum(1 for e in page if e.payload and not is_sealed(e.payload) and not is_tombstone(e))
+        if len(page) < CLEAR_CHECK_PAGE:
+            break
+        after = page[-1].version
+    snapshots = 0
+    cursor = (aggregate_id, 0)
+    while True:
+        kept = await stored.transfer.snapshots_page(cursor, CLEAR_CHECK_PAGE, aggregate_id=aggregate_id)
+        snapshots += sum(1 for s in kept if not is_sealed(s.state))
+        if len(kept) < CLEAR_CHECK_PAGE:
+            return events, snapshots
+        cursor = (aggregate_id, kept[-1].version)
+
+
+async def forget_aggregate(stored: Store, keyring: Keyring, aggregate_id: str) -> bool:
+    """Forget the aggregate (``Keyring.forget``: its key erased, and with it
+    everything it sealed; its snapshots, the documents derived from it, what
+    was parked of it and the texts of its command records erased), or refuse
+    with ``NotEncrypted`` and change nothing when any of its events is stored
+    in the clear: erasing the key would leave those readable, through every
+    read and in the database, while saying the aggregate was forgotten.
+    Deleting the aggregate (its events go, a tombstone stays) clears the way.
+    False if it had no key to erase (forgotten before, or never had one)."""
+    events, snapshots = await in_the_clear(stored, aggregate_id)
+    if events:
+        raise NotEncrypted(
+            f"{events} of its events"
+            + (f" and {snapshots} of its snapshots" if snapshots else "")
+            + f" are stored in the clear (written before encryption at rest was on, or imported so):"
+            f" erasing aggregate {aggregate_id!r}'s key cannot make them unreadable, so it was not forgotten"
+            f" and nothing changed. Delete it first (chronicle delete {aggregate_id}, AdminService.DeleteAggregate:"
+            " its events, snapshots and claims go, a tombstone stays), then forget it",
+            metadata={
+                "aggregate_id": aggregate_id,
+                "events_in_clear": str(events),
+                "snapshots_in_clear": str(snapshots),
+            },
+        )
+    return await keyring.forget(aggregate_id)
 
 
 def sealed_record(cipher: AESGCM, record: CommandRecord) -> CommandRecord:
