@@ -369,7 +369,7 @@ class KeyStore(Protocol):
     async def forget_data_key(self, aggregate_id: str) -> bool:
         """Erase the aggregate's key, leaving a tombstone, delete its
         snapshots, the projections' documents that name it as a subject and
-        the events projections parked of it, erase the fingerprints and
+        the events projections and subscription groups parked of it, erase the fingerprints and
         refusal texts of its command records (``encryption.erased_record``)
         and the messages of its audit entries, sealed or in the clear, and
         release every claim it holds, in one transaction.

@@ -349,6 +349,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             self._documents.pop(document, None)
         for parked in [key for key, event in self._parked.items() if event.aggregate_id == aggregate_id]:
             del self._parked[parked]
+        self._unpark_aggregate(aggregate_id)  # a group's parked event keeps its nack's reason
         for command_id, record in self._commands.items():
             if record.aggregate_id == aggregate_id:
                 self._commands[command_id] = erased_record(record)

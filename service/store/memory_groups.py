@@ -49,7 +49,7 @@ class MemoryGroups:
         self._groups[spec.name] = _Group(spec, checkpoints)
 
     def _unpark_aggregate(self, aggregate_id: str) -> None:
-        """Drop every group's parked events of the aggregate (deleted)."""
+        """Drop every group's parked events of the aggregate (deleted or forgotten)."""
         for group in self._groups.values():
             for event_id in [e for e, parked in group.parked.items() if parked.aggregate_id == aggregate_id]:
                 del group.parked[event_id]

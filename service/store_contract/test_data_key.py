@@ -10,12 +10,14 @@ import pytest
 from service.errors import SubjectsForgotten
 from service.store.base import AuditQuery, StoreAdapter
 from service.store.encryption import ERASED_FINGERPRINT
+from service.store.grouping import GroupParkedEvent, GroupSpec
 from service.store.records import (
     REFUSED,
     AuditEntry,
     ClaimChange,
     DataKey,
     DocumentWrite,
+    LogFilter,
     ParkedEvent,
     Rejection,
     Snapshot,
@@ -281,3 +283,39 @@ async def test_an_aggregate_without_a_key_keeps_its_command_texts(store: StoreAd
     record = await store.find_command("no-acc-1")
     assert record is not None and record.fingerprint == b"\x01" * 32
     assert record.rejection is not None and record.rejection.message == "Mallory has 12"
+
+
+def _group_parked(aggregate_id: str, position: int) -> GroupParkedEvent:
+    return GroupParkedEvent(
+        event_id=f"00000000-0000-4000-8000-{position:012}",
+        position=position,
+        segment=0,
+        aggregate_id=aggregate_id,
+        attempts=3,
+        reason=f"nack: {aggregate_id}'s owner Mallory is not on file",
+    )
+
+
+async def test_forgetting_deletes_the_events_subscription_groups_parked_for_the_aggregate(
+    store: StoreAdapter,
+) -> None:
+    """A group's parked event keeps its consumer's nack reason, which may
+    quote the payload, in the clear; forgetting deletes it as deleting the
+    aggregate does (again too: what an older version left behind)."""
+    await store.create_data_key(key("acc-1"))
+    await store.create_group(GroupSpec(name="g", log_filter=LogFilter(), start_position=0, segments=1))
+    await store.park("g", [_group_parked("acc-1", 1), _group_parked("acc-2", 2)])
+    await store.forget_data_key("acc-1")
+    assert await store.list_parked("g") == [_group_parked("acc-2", 2)]
+    group = await store.load_group("g")
+    assert group is not None and group.parked == 1
+    await store.park("g", [_group_parked("acc-1", 3)])  # as an older version left it
+    assert await store.forget_data_key("acc-1") is False
+    assert await store.list_parked("g") == [_group_parked("acc-2", 2)]
+
+
+async def test_an_aggregate_without_a_key_keeps_what_groups_parked_of_it(store: StoreAdapter) -> None:
+    await store.create_group(GroupSpec(name="g", log_filter=LogFilter(), start_position=0, segments=1))
+    await store.park("g", [_group_parked("acc-1", 1)])
+    assert await store.forget_data_key("acc-1") is False
+    assert await store.list_parked("g") == [_group_parked("acc-1", 1)]

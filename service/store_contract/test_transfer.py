@@ -245,6 +245,16 @@ async def test_data_keys_are_imported_and_forgotten_ones_stay_forgotten(store: S
     assert await store.parked_events("p") == []
 
 
+async def test_an_imported_tombstone_drops_what_groups_parked_of_the_aggregate_as_a_forget_does(
+    store: StoreAdapter,
+) -> None:
+    await store.create_data_key(DataKey("live", "m1", b"k" * 40))
+    await store.create_group(GroupSpec(name="g", log_filter=LogFilter(), start_position=0, segments=1))
+    await store.park("g", [_parked_by_group("live", 1), _parked_by_group("kept", 2)])
+    assert await store.import_data_keys([DataKey("live", None, None)]) == 1
+    assert [e.aggregate_id for e in await store.list_parked("g")] == ["kept"]
+
+
 async def test_another_live_data_key_refuses_the_batch(store: StoreAdapter, contents: ContentsOf) -> None:
     await store.create_data_key(DataKey("a-1", "m1", b"k" * 40))
     before = await contents()

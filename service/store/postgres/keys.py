@@ -1,6 +1,6 @@
 """``KeyStore`` on PostgreSQL: per-aggregate data keys; forgetting one
 leaves a tombstone, removes the aggregate's snapshots, claims, the documents
-derived from it and what projections parked of it, and erases its command
+derived from it and what projections and groups parked of it, and erases its command
 records' fingerprints and refusal texts, in the same operation."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def forget_statements(aggregate_id: str) -> list[Statement]:
     (sql.py, "Lock order"): the fingerprints and refusal texts of its
     command records and audit entries erased, its key's row, its claims,
     then its snapshots, the documents derived from it and what projections
-    parked of it."""
+    and subscription groups parked of it."""
     return [
         Statement(sql.ERASE_COMMAND_TEXTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
         Statement(sql.ERASE_AUDIT_TEXTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
@@ -78,4 +78,5 @@ def forget_statements(aggregate_id: str) -> list[Statement]:
         Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
         Statement(sql.DELETE_DOCUMENTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
         Statement(sql.DELETE_PARKED_OF_FORGOTTEN.encode(), (aggregate_id,)),
+        Statement(sql.DELETE_GROUP_PARKED_OF_FORGOTTEN.encode(), (aggregate_id,)),
     ]

@@ -30,7 +30,7 @@ its claims, in (scope, value) order; the position lock (``log_head``) and
 the events; its snapshots; documents; parked events. An append (command
 records, claims, position lock, events), a deletion (LOCK_CLAIMS_OF_AGGREGATE
 first), a forget (command records, audit entries, key, claims, snapshots,
-documents, parked) and an
+documents, parked events of projections and groups) and an
 overwriting import's removal follow it; tests/integration/test_lock_order.py
 holds each pair of them to it by pausing one's transaction after each of
 its statements while the other runs. Subscription groups have an order of
@@ -553,6 +553,12 @@ DELETE_PARKED_OF_FORGOTTEN = (
     "DELETE FROM chronicle.projection_parked_events WHERE aggregate_id = $1"
     " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
 )
+# A subscription group's parked event keeps its consumer's nack reason,
+# which may quote the payload. Few: no index by aggregate.
+DELETE_GROUP_PARKED_OF_FORGOTTEN = (
+    "DELETE FROM chronicle.group_parked WHERE aggregate_id = $1"
+    " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
+)
 # A command record's fingerprint (a hash of its payload, which a guess list
 # confirms) and a refusal's text, metadata and field violations (which may
 # quote the state): sealed under the aggregate's key with encryption on, but
@@ -720,7 +726,7 @@ IMPORT_DATA_KEYS = (
 )
 # A forgotten aggregate stays forgotten: an imported tombstone forgets a
 # live key, as a forget does (its snapshots, claims, the documents that name
-# it and the events projections parked for it go too, and its command
+# it and the events projections and groups parked for it go too, and its command
 # records' fingerprints and refusal texts are erased).
 IMPORT_TOMBSTONES = (
     "WITH gone AS (UPDATE chronicle.data_keys d SET master_key_id = NULL, wrapped_key = NULL, forgotten_at = now()"
@@ -731,6 +737,7 @@ IMPORT_TOMBSTONES = (
     " documents AS (DELETE FROM chronicle.projection_documents"
     " WHERE subjects && ARRAY(SELECT aggregate_id FROM gone)),"
     " parked AS (DELETE FROM chronicle.projection_parked_events WHERE aggregate_id IN (SELECT aggregate_id FROM gone)),"
+    " group_parked AS (DELETE FROM chronicle.group_parked WHERE aggregate_id IN (SELECT aggregate_id FROM gone)),"
     f" commands AS (UPDATE chronicle.commands SET {_ERASED_TEXTS}"
     f" WHERE aggregate_id IN (SELECT aggregate_id FROM gone) AND fingerprint <> {_ERASED}),"
     " audit AS (UPDATE chronicle.refusals SET message = ''"

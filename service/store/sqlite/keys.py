@@ -1,6 +1,6 @@
 """``KeyStore`` on SQLite: per-aggregate data keys; forgetting one leaves a
 tombstone and removes the aggregate's snapshots, claims, the documents
-derived from it and what projections parked of it, and erases its command
+derived from it and what projections and groups parked of it, and erases its command
 records' fingerprints and refusal texts, in the same transaction, then empties the WAL (the file
 zeroes what it deletes: ``secure_delete``)."""
 
@@ -64,7 +64,8 @@ def _forget(db: sqlite3.Connection, aggregate_id: str) -> bool:
 def forget(db: sqlite3.Connection, aggregate_id: str) -> int:
     """Forget the aggregate inside the caller's write transaction: its key
     erased (1 if it had a live one), its snapshots, claims, the documents
-    derived from it and the events projections parked for it gone, the
+    derived from it and the events projections and subscription groups
+    parked for it gone, the
     fingerprints and refusal texts of its command records and audit entries
     erased. The caller empties the WAL after its commit (``empty_wal``)."""
     erased = db.execute(sql.FORGET_DATA_KEY, (_now_us(), aggregate_id)).rowcount
@@ -73,6 +74,7 @@ def forget(db: sqlite3.Connection, aggregate_id: str) -> int:
     db.execute(sql.DELETE_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     db.execute(sql.DELETE_SUBJECTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     db.execute(sql.DELETE_PARKED_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+    db.execute(sql.DELETE_GROUP_PARKED_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     erased_texts = (ERASED_FINGERPRINT, aggregate_id, ERASED_FINGERPRINT, aggregate_id)
     db.execute(sql.ERASE_COMMAND_TEXTS_OF_FORGOTTEN, erased_texts)
     db.execute(sql.ERASE_AUDIT_TEXTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))

@@ -283,6 +283,11 @@ ERASE_AUDIT_TEXTS_OF_FORGOTTEN = (
     "UPDATE refusals SET message = '' WHERE aggregate_id = ? AND message <> ''"
     " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
 )
+# A subscription group's parked event keeps its consumer's nack reason,
+# which may quote the payload (parameters: the id, twice). Few: no index.
+DELETE_GROUP_PARKED_OF_FORGOTTEN = (
+    "DELETE FROM group_parked WHERE aggregate_id = ? AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+)
 DELETE_SUBJECTS_OF_FORGOTTEN = (
     "DELETE FROM projection_subjects WHERE (projection, key) IN"
     " (SELECT projection, key FROM projection_subjects WHERE subject = ?)"
