@@ -16,7 +16,7 @@ import logging
 import signal
 import ssl
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -133,11 +133,12 @@ def build_security_reloader(
     settings: Settings,
     authenticator: Authenticator | None,
     authorizer: Authorizer,
-    use_master_keys: Callable[[MasterKeys], None] | None = None,
+    use_master_keys: Callable[[MasterKeys], Awaitable[None]] | None = None,
 ) -> SecurityReloader | None:
     """What reads the API keys, the JWT key, the policy and the master-key
     file again when they change (``service.security.reloading``), loaded and
-    checked as at start-up. ``use_master_keys``: where new master keys go."""
+    checked as at start-up. ``use_master_keys``: where new master keys go
+    (checked against the store's data keys first: ``Keyring.use_master_keys``)."""
     if settings.auth_reload_seconds <= 0:
         return None
     files = []
@@ -331,9 +332,9 @@ async def start(
     authenticator, authorizer = build_authentication(settings)
     keyring: Keyring | None = None
 
-    def use_master_keys(keys: MasterKeys) -> None:  # the master-key file read again
+    async def use_master_keys(keys: MasterKeys) -> None:  # the master-key file read again
         if keyring is not None:
-            keyring.use_master_keys(keys)
+            await keyring.use_master_keys(keys)
 
     # Now: a file that changes from here on is read again once it starts.
     security_reloader = build_security_reloader(settings, authenticator, authorizer, use_master_keys)
@@ -361,6 +362,8 @@ async def start(
     await roles.lifecycle.open()
     if master_keys is None:
         await _refuse_sealed_store(roles)
+    elif keyring is not None:
+        await _check_master_keys(roles, keyring)
     # Reads (ReadAggregate, GetAggregate, Subscribe) from a hot standby,
     # wrapped like the primary's roles; commands, claims and projections
     # stay on the primary.
@@ -710,6 +713,21 @@ async def _refuse_sealed_store(roles: Store) -> None:
     ``refuse_sealed``)."""
     try:
         await refuse_if_sealed(roles.keys, roles.projections, roles.transfer)
+    except StoreUnavailable:
+        return
+    except ConfigurationError:
+        await roles.lifecycle.close()
+        raise
+
+
+async def _check_master_keys(roles: Store, keyring: Keyring) -> None:
+    """With master keys, do not start if they do not open the store's data
+    keys (a wrong key under the right id, the wrong file): every read of a
+    sealed payload would fail, and a wrong active key would wrap new data
+    keys that nothing opens (``check_master_keys``: a sample, cheap). A store
+    that does not answer yet is checked at the keyring's first use."""
+    try:
+        await keyring.check()
     except StoreUnavailable:
         return
     except ConfigurationError:

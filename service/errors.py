@@ -38,6 +38,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── StoreUnavailable        the store cannot be reached
     ├── HandlerFailed           a plugin's handler raised something unexpected
     └── ConfigurationError      bad settings or plugins; raised at start-up
+        └── MasterKeysUnfit         ...the master keys do not open what the store sealed (or are not given)
 
 Errors classify themselves with class attributes that subclasses inherit,
 so every rule asks the error, never its class name (a plugin's own
@@ -447,6 +448,19 @@ class HandlerFailed(ChronicleError):
 
 class ConfigurationError(ChronicleError):
     default_reason = "CONFIGURATION_ERROR"
+
+
+class MasterKeysUnfit(ConfigurationError):
+    """The master keys configured do not open what the store sealed: a data
+    key wrapped by a master key the server is not given
+    (MASTER_KEY_MISSING), one whose key under the right id has other bytes
+    (MASTER_KEY_MISMATCH), or none at all over a sealed store
+    (ENCRYPTED_STORE_WITHOUT_KEYS). At start-up the server does not start;
+    met by a call, it is the server's setting to fix, not the caller's to
+    retry: FAILED_PRECONDITION (not INTERNAL: nothing is broken in the
+    server; not UNAVAILABLE: waiting does not heal it, an operator does)."""
+
+    default_reason = "MASTER_KEYS_UNFIT"
 
 
 # The classes a recorded refusal is rebuilt as, by ``record_kind``.

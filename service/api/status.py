@@ -50,6 +50,9 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.HandlerFailed: grpc.StatusCode.INTERNAL,
     errors.ConfigurationError: grpc.StatusCode.INTERNAL,
+    # A setting an operator fixes (the master-key file), like a read this
+    # server's configuration cannot serve: no retry heals it.
+    errors.MasterKeysUnfit: grpc.StatusCode.FAILED_PRECONDITION,
     EventNotReadable: grpc.StatusCode.INTERNAL,
 }
 

@@ -1,22 +1,26 @@
-"""The API-key file, the JWT key and the policy, read again when they
-change: a leaked key revoked, a signing key rotated or a grant taken away
-takes effect on every replica within seconds, without a restart.
+"""The API-key file, the JWT key, the policy and the master-key file, read
+again when they change: a leaked key revoked, a signing key rotated or a
+grant taken away takes effect on every replica within seconds, without a
+restart.
 
 Each file is looked at every ``interval`` seconds (its modification time,
 size, inode and mode: a Kubernetes secret or config map swaps a symbolic link,
 an editor writes a new file). A changed file is loaded and checked exactly
 as at start-up; a good one is used from the next call on, a broken one is
 logged and the one before is kept (a typo must not lock every caller out),
-until the file changes again. After a file was read again, the
+until the file changes again. A file's ``use`` may check what was read
+against more than the file (master keys against the store's data keys),
+asynchronously: its ConfigurationError is a broken file too. After a file was read again, the
 ``on_change`` callbacks run: the gate ends the streams whose credentials or
 grants no longer hold (``service.api.live_streams``)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,31 +46,38 @@ def signature(path: str) -> Signature | None:
 @dataclass(slots=True)
 class WatchedFile:
     """One file: ``load`` reads and checks it (raising ConfigurationError
-    for a broken one), ``use`` puts what it read to work."""
+    for a broken one), ``use`` puts what it read to work (or, a coroutine
+    function, checks it further and raises ConfigurationError to refuse it,
+    leaving what was in use)."""
 
     path: str
     what: str
     load: Callable[[], Any]
-    use: Callable[[Any], None]
+    use: Callable[[Any], Awaitable[None] | None]
     seen: Signature | None = field(default=None)
 
     def __post_init__(self) -> None:
         self.seen = signature(self.path)  # as loaded at start-up
 
-    def check(self) -> bool:
+    async def check(self) -> bool:
         """Whether the file changed and what it holds now is in use."""
         now = signature(self.path)
         if now == self.seen:
             return False
         self.seen = now  # a broken file is reported once, not every interval
         try:
-            loaded = self.load()
+            used = self.use(self.load())
+            if inspect.isawaitable(used):
+                await used
         except ConfigurationError as error:
             log.error(
-                "%s %s changed but cannot be used (%s); the previous one stays in use", self.what, self.path, error
+                "%s %s changed but cannot be used (%s: %s); the previous one stays in use",
+                self.what,
+                self.path,
+                error.reason,
+                error.message,
             )
             return False
-        self.use(loaded)
         log.info("%s %s read again; new calls use it", self.what, self.path)
         return True
 
@@ -81,11 +92,11 @@ class SecurityReloader:
         # Called after one or more files were read again and put in use.
         self.on_change: list[Callable[[], object]] = []
 
-    def check(self) -> None:
+    async def check(self) -> None:
         changed = False
         for watched in self.files:
             try:
-                changed = watched.check() or changed
+                changed = await watched.check() or changed
             except Exception:
                 # A bug here must not end the watch (or the other files'):
                 # revoking a key would silently stop working.
@@ -101,7 +112,7 @@ class SecurityReloader:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            self.check()
+            await self.check()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="security-reloader")

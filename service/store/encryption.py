@@ -29,10 +29,12 @@ forgets an aggregate is noticed here within that time.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
 import time
 from collections import OrderedDict
@@ -44,9 +46,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from service.errors import AggregateForgotten, ConfigurationError, PayloadNotDecryptable
+from service.errors import (
+    AggregateForgotten,
+    ConfigurationError,
+    MasterKeysUnfit,
+    PayloadNotDecryptable,
+    StoreUnavailable,
+)
 from service.store.base import KeyStore, ProjectionStore, Transfer
 from service.store.records import HIDDEN_CLAIM_MARK, CommandRecord, DataKey, DocumentRange, Rejection
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"\x00C1"
 NONCE_BYTES = 12
@@ -117,7 +127,7 @@ class MasterKeys:
     def unwrap(self, key: DataKey) -> bytes:
         master = self.keys.get(key.master_key_id or "")
         if master is None or key.wrapped is None:
-            raise ConfigurationError(
+            raise MasterKeysUnfit(
                 f"the data key of {key.aggregate_id!r} is wrapped by master key {key.master_key_id!r},"
                 " which is not configured",
                 reason="MASTER_KEY_MISSING",
@@ -126,7 +136,7 @@ class MasterKeys:
         try:
             return aes_key_unwrap(master, key.wrapped)
         except InvalidUnwrap as error:
-            raise ConfigurationError(
+            raise MasterKeysUnfit(
                 f"master key {key.master_key_id!r} does not unwrap the data key of {key.aggregate_id!r}",
                 reason="MASTER_KEY_MISMATCH",
             ) from error
@@ -138,10 +148,10 @@ class MasterKeys:
 SEALED_CHECK_KEYS = 100
 
 
-def sealed_store_without_keys() -> ConfigurationError:
+def sealed_store_without_keys() -> MasterKeysUnfit:
     """The refusal of a server without master keys over a store written
     with them."""
-    return ConfigurationError(
+    return MasterKeysUnfit(
         "this store holds data keys sealed by master keys (it was written with encryption at rest): start the"
         " server with those master keys (--master-key-file or CHRONICLE_MASTER_KEYS); without them it could read"
         " none of what they sealed, and would write new payloads and claimed values in the clear",
@@ -182,6 +192,68 @@ async def _still_seals(key_id: str, projections: ProjectionStore, transfer: Tran
     return True  # an aggregate's
 
 
+# How many stored data keys the master keys are checked against (at start,
+# at each reading of the key file again, at first use): a few of the first
+# by id, and a few wrapped by another master key than the active one.
+MASTER_KEY_SAMPLE = 16
+
+
+async def check_master_keys(keys: KeyStore, master_keys: MasterKeys) -> None:
+    """Raise ``MasterKeysUnfit`` if ``master_keys`` demonstrably do not open
+    the store's data keys, judged on a sample of them (two reads, a few
+    unwraps: microseconds each): a configured master key that unwraps none
+    of the sampled keys wrapped under its id has other bytes than the key
+    that wrapped them (MASTER_KEY_MISMATCH: a wrong key under the right id),
+    and a sample none of which unwraps (every key wrapped by master keys not
+    given: the wrong file, or a retired key alone) is MASTER_KEY_MISSING.
+    Either way every read of a sealed payload would fail, and the active
+    key, if wrong, would wrap new data keys that nothing opens. Keys wrapped
+    by a master key not given, beside others that open, are logged (those
+    aggregates answer MASTER_KEY_MISSING): an old key removed before
+    ``rewrap-keys`` answered 0. A store without keys passes."""
+    sample = {k.aggregate_id: k for k in await keys.data_keys_to_rewrap("", MASTER_KEY_SAMPLE)}
+    sample |= {k.aggregate_id: k for k in await keys.data_keys_to_rewrap(master_keys.active, MASTER_KEY_SAMPLE)}
+    opened: dict[str, int] = {}
+    mismatched: dict[str, int] = {}
+    missing: dict[str, int] = {}
+    for key in sample.values():
+        master_key_id = key.master_key_id or ""
+        try:
+            master_keys.unwrap(key)
+        except MasterKeysUnfit as unfit:
+            counts = missing if unfit.reason == "MASTER_KEY_MISSING" else mismatched
+            counts[master_key_id] = counts.get(master_key_id, 0) + 1
+        else:
+            opened[master_key_id] = opened.get(master_key_id, 0) + 1
+    wrong = sorted(m for m in mismatched if m not in opened)
+    if wrong:
+        checked = sum(mismatched[m] for m in wrong)
+        raise MasterKeysUnfit(
+            f"master key {', '.join(map(repr, wrong))} unwraps none of the {checked} data keys of the store"
+            " wrapped under its id that were checked: its bytes are not those of the key that wrapped them"
+            " (a key file edited, or another deployment's). Give the master key that wrapped them under that id",
+            reason="MASTER_KEY_MISMATCH",
+            metadata={"master_key_ids": ",".join(wrong)},
+        )
+    if missing and not opened:
+        raise MasterKeysUnfit(
+            f"none of the {len(sample)} data keys of the store that were checked is wrapped by a master key"
+            f" given ({', '.join(map(repr, master_keys.keys))}): they are wrapped by"
+            f" {', '.join(map(repr, sorted(missing)))}. Give those master keys (the wrong key file, or an old key"
+            " removed before rewrap-keys answered 0?)",
+            reason="MASTER_KEY_MISSING",
+            metadata={"master_key_ids": ",".join(sorted(missing))},
+        )
+    if missing:
+        log.error(
+            "%d of the %d data keys checked are wrapped by master keys that are not given (%s): their aggregates"
+            " cannot be read (MASTER_KEY_MISSING) until those keys are given again",
+            sum(missing.values()),
+            len(sample),
+            ", ".join(sorted(missing)),
+        )
+
+
 def new_master_key() -> str:
     return base64.b64encode(os.urandom(KEY_BYTES)).decode()
 
@@ -205,12 +277,55 @@ class Keyring:
         self._cache_size = cache_size
         # aggregate id -> (AESGCM or None when forgotten, when cached)
         self._cache: OrderedDict[str, tuple[AESGCM | None, float]] = OrderedDict()
+        # Whether the master keys were checked against the store
+        # (check_master_keys), and what the check found wrong with them.
+        self._checked = False
+        self._unfit: MasterKeysUnfit | None = None
+        self._checking = asyncio.Lock()
 
-    def use_master_keys(self, master_keys: MasterKeys) -> None:
+    async def check(self) -> None:
+        """Check the master keys in use against the store now (at start-up):
+        ``MasterKeysUnfit`` if they do not open its data keys. A store that
+        does not answer (``StoreUnavailable``) is checked at first use."""
+        await self._usable()
+
+    async def _check_once(self) -> None:
+        if self._checked:
+            return
+        try:
+            await check_master_keys(self._store, self._master)
+        except MasterKeysUnfit as unfit:
+            self._unfit = unfit
+        self._checked = True
+
+    async def _usable(self) -> None:
+        """Before a key is read from the store: the master keys were checked
+        (a server whose store did not answer at start-up checks them now)
+        and were fit. Unfit, every use is refused with what was found, until
+        a key file that fits is read again: a wrong active key would wrap new
+        data keys that nothing can open."""
+        if not self._checked:
+            async with self._checking:
+                await self._check_once()
+        if self._unfit is not None:
+            # A new exception each time: one raised again and again would grow its traceback.
+            raise MasterKeysUnfit(self._unfit.message, reason=self._unfit.reason, metadata=self._unfit.metadata)
+
+    async def use_master_keys(self, master_keys: MasterKeys) -> None:
         """From now on, wrap new data keys with ``master_keys``' active key
-        and unwrap with any of them (the master-key file read again): keys
+        and unwrap with any of them (the master-key file read again), if
+        they fit the store: ``MasterKeysUnfit``, and the keys in use kept,
+        if they demonstrably do not open its data keys (``check_master_keys``).
+        A store that does not answer: used, and checked at first use. Keys
         already unwrapped stay cached."""
+        try:
+            await check_master_keys(self._store, master_keys)
+            checked = True
+        except StoreUnavailable:
+            checked = False
         self._master = master_keys
+        self._checked = checked
+        self._unfit = None
 
     def _cached(self, aggregate_id: str) -> tuple[AESGCM | None] | None:
         hit = self._cache.get(aggregate_id)
@@ -233,6 +348,7 @@ class Keyring:
         hit = self._cached(aggregate_id)
         if hit is not None:
             return hit[0]
+        await self._usable()
         key = await self._store.load_data_key(aggregate_id)
         if key is None:
             return None  # not cached: a key may be made for it any moment
@@ -265,6 +381,7 @@ class Keyring:
 
     async def rewrap(self, *, batch: int = 500) -> int:
         """Rewrap every data key under the active master key; return how many."""
+        await self._usable()
         done = 0
         while True:
             stale = await self._store.data_keys_to_rewrap(self._master.active, batch)

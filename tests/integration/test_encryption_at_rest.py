@@ -4,6 +4,8 @@ file holds, what clients read, and what a forgotten aggregate becomes."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -268,12 +270,11 @@ async def test_rewrapping_moves_every_key_to_the_new_master_key_and_the_old_one_
         assert opened.owner == SECRET_OWNER
         taken = client.submit(command("user-2", users.RegisterUser(email="zelda@quartermain.example", name="Z")))
         assert await refusal(taken) == (grpc.StatusCode.FAILED_PRECONDITION, "NOT_UNIQUE")
-    async with running_server(SqliteStore(path), master_keys=OLD, anonymous_admin=True) as (
-        _,
-        client,
-    ):  # only the retired key
-        get = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
-        assert await refusal(get) == (grpc.StatusCode.INTERNAL, "MASTER_KEY_MISSING")
+    with pytest.raises(ConfigurationError) as refused:  # only the retired key: it opens none of the keys
+        async with running_server(SqliteStore(path), master_keys=OLD, anonymous_admin=True):
+            pass
+    assert refused.value.reason == "MASTER_KEY_MISSING"
+    assert "'new'" in refused.value.message  # what the keys are wrapped by
 
 
 def write_keys(path: Path, text: str) -> None:
@@ -319,6 +320,48 @@ async def test_the_master_key_file_is_read_again_so_a_rotation_needs_no_restart(
             assert stored.payload.Unpack(event)  # type: ignore[attr-defined]
             owners.append(event.owner)
     assert owners == [SECRET_OWNER, "bob"]
+
+
+def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return text in caplog.text
+
+
+async def test_a_master_key_file_read_again_that_does_not_open_the_stores_keys_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong key under the right id (or a file of other keys) read again:
+    the keys before it stay in use, an error says why, and new data keys are
+    still wrapped by the right key (a restart with it reads everything)."""
+    path, keys = tmp_path / "events.db", tmp_path / "master.keys"
+    write_keys(keys, f"{OLD}\n")
+    served = running_server(
+        SqliteStore(path), master_key_file=str(keys), auth_reload_seconds=0.05, anonymous_admin=True
+    )
+    with caplog.at_level(logging.ERROR):
+        async with served as (_, client):
+            await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+            wrong_files = {
+                "acc-a": (f"old:{new_master_key()}", "MASTER_KEY_MISMATCH"),
+                "acc-b": (NEW, "MASTER_KEY_MISSING"),
+            }
+            for aggregate_id, (wrong, reason) in wrong_files.items():
+                write_keys(keys, f"{wrong}\n")
+                await eventually(
+                    functools.partial(_logged, caplog, reason), what=f"the file read again and refused ({reason})"
+                )
+                await client.submit(command(aggregate_id, bank.OpenAccount(owner="bob")))  # a new data key
+                (event,) = await read(client, "acc-1")
+                opened = bank.AccountOpened()
+                assert event.payload.Unpack(opened) and opened.owner == SECRET_OWNER  # type: ignore[attr-defined]
+    assert "the previous one stays in use" in caplog.text
+    async with running_server(SqliteStore(path), master_keys=OLD) as (_, client):
+        owners = []
+        for aggregate_id in ("acc-1", "acc-a", "acc-b"):
+            (stored,) = await read(client, aggregate_id)
+            opened = bank.AccountOpened()
+            assert stored.payload.Unpack(opened)  # type: ignore[attr-defined]
+            owners.append(opened.owner)
+    assert owners == [SECRET_OWNER, "bob", "bob"]
 
 
 async def test_rewrapping_needs_the_admin_grant_and_both_outcomes_are_audited(tmp_path: Path) -> None:
@@ -369,19 +412,46 @@ async def test_rewrapping_needs_encryption_and_the_refusal_is_audited() -> None:
     assert (entry.command_type, entry.outcome, entry.reason) == (REWRAP, admin.AUDIT_OUTCOME_REFUSED, "ENCRYPTION_OFF")
 
 
-async def test_a_master_key_whose_bytes_changed_under_its_id_is_a_clear_error(tmp_path: Path) -> None:
+async def test_a_server_whose_master_key_has_other_bytes_under_its_id_does_not_start(tmp_path: Path) -> None:
+    """Every read of a sealed payload would fail, and new data keys would be
+    wrapped by a key that opens none of the others: it said nothing before."""
     path = tmp_path / "events.db"
     async with running_server(SqliteStore(path), master_keys=f"k1:{new_master_key()}") as (_, client):
         await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
-    async with running_server(SqliteStore(path), master_keys=f"k1:{new_master_key()}") as (_, client):
-        get = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
-        assert await refusal(get) == (grpc.StatusCode.INTERNAL, "MASTER_KEY_MISMATCH")
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await read(client, "acc-1")
-        assert (details_of(raised.value).code, details_of(raised.value).reason) == (
-            grpc.StatusCode.INTERNAL,
-            "MASTER_KEY_MISMATCH",
-        )
+    before = await contents(SqliteStore(path))
+    with pytest.raises(ConfigurationError) as refused:
+        async with running_server(SqliteStore(path), master_keys=f"k1:{new_master_key()}"):
+            pass
+    assert refused.value.reason == "MASTER_KEY_MISMATCH"
+    assert refused.value.metadata == {"master_key_ids": "k1"}
+    assert "'k1'" in refused.value.message
+    assert not (await contents(SqliteStore(path))).changes_since(before)
+
+
+async def test_an_aggregate_whose_key_no_master_key_given_wrapped_is_failed_precondition(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An old master key removed before rewrap-keys answered 0: the server
+    starts (the other keys open) and says which keys it lacks; the calls that
+    need one are FAILED_PRECONDITION, a setting for the operator to fix, not
+    INTERNAL, and not UNAVAILABLE (no retry heals it)."""
+    path = tmp_path / "events.db"
+    async with running_server(SqliteStore(path), master_keys=OLD) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner=SECRET_OWNER)))
+    async with running_server(SqliteStore(path), master_keys=f"{NEW},{OLD}") as (_, client):
+        await client.submit(command("acc-2", bank.OpenAccount(owner="bob")))
+    with caplog.at_level(logging.ERROR):
+        served = running_server(SqliteStore(path), master_keys=NEW)
+        async with served as (_, client):
+            get = client.events.GetAggregate(event_service_pb2.GetAggregateRequest(aggregate_id="acc-1"))
+            assert await refusal(get) == (grpc.StatusCode.FAILED_PRECONDITION, "MASTER_KEY_MISSING")
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await read(client, "acc-1")
+            details = details_of(raised.value)
+            assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MASTER_KEY_MISSING")
+            (opened,) = await read(client, "acc-2")
+    assert "not given (old)" in caplog.text
+    assert opened.event_type == "bank.v1.AccountOpened"  # type: ignore[attr-defined]
 
 
 async def test_a_server_without_the_master_keys_does_not_start_over_a_store_written_with_them(tmp_path: Path) -> None:

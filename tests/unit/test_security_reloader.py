@@ -13,21 +13,21 @@ from service.errors import ConfigurationError
 from service.security.reloading import SecurityReloader, WatchedFile
 
 
-def test_only_a_changed_file_is_read_again(tmp_path: Path) -> None:
+async def test_only_a_changed_file_is_read_again(tmp_path: Path) -> None:
     path = tmp_path / "keys.toml"
     path.write_text("one")
     used: list[str] = []
     watched = WatchedFile(str(path), "API-key file", path.read_text, used.append)
     reloader = SecurityReloader([watched], interval=60)
-    reloader.check()
+    await reloader.check()
     assert used == []  # as read at start-up
     path.write_text("two, longer")
-    reloader.check()
-    reloader.check()
+    await reloader.check()
+    await reloader.check()
     assert used == ["two, longer"]
 
 
-def test_a_bug_in_one_file_leaves_the_others_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_bug_in_one_file_leaves_the_others_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     first, second = tmp_path / "policy.toml", tmp_path / "keys.toml"
     first.write_text("a")
     second.write_text("b")
@@ -46,12 +46,12 @@ def test_a_bug_in_one_file_leaves_the_others_read(tmp_path: Path, caplog: pytest
     first.write_text("a, changed")
     second.write_text("b, changed")
     with caplog.at_level(logging.ERROR):
-        reloader.check()
+        await reloader.check()
     assert "reading policy file" in caplog.text and "a bug below" in caplog.text
     assert used == ["b, changed"]
 
 
-def test_the_change_callbacks_run_once_per_look_that_put_a_file_to_use(tmp_path: Path) -> None:
+async def test_the_change_callbacks_run_once_per_look_that_put_a_file_to_use(tmp_path: Path) -> None:
     good, broken = tmp_path / "keys.toml", tmp_path / "policy.toml"
     good.write_text("one")
     broken.write_text("fine")
@@ -70,12 +70,12 @@ def test_the_change_callbacks_run_once_per_look_that_put_a_file_to_use(tmp_path:
     )
     calls: list[str] = []
     reloader.on_change.append(lambda: calls.append("changed"))
-    reloader.check()
+    await reloader.check()
     assert calls == []  # nothing changed
     broken.write_text("bad, and longer")
-    reloader.check()
+    await reloader.check()
     assert calls == []  # changed, but not usable: what is in force did not change
     good.write_text("two, longer")
     broken.write_text("fine again, longer")
-    reloader.check()
+    await reloader.check()
     assert calls == ["changed"]  # two files in one look: one call
