@@ -153,13 +153,13 @@ async def forget_aggregate(stored: Store, keyring: Keyring, aggregate_id: str) -
     False if it had no key to erase (forgotten before, or never had one)."""
     events, snapshots = await in_the_clear(stored, aggregate_id)
     if events:
+        in_clear = f"{events} of its events" + (f" and {snapshots} of its snapshots" if snapshots else "")
         raise NotEncrypted(
-            f"{events} of its events"
-            + (f" and {snapshots} of its snapshots" if snapshots else "")
-            + f" are stored in the clear (written before encryption at rest was on, or imported so):"
-            f" erasing aggregate {aggregate_id!r}'s key cannot make them unreadable, so it was not forgotten"
-            f" and nothing changed. Delete it first (chronicle delete {aggregate_id}, AdminService.DeleteAggregate:"
-            " its events, snapshots and claims go, a tombstone stays), then forget it",
+            f"aggregate {aggregate_id!r} was not forgotten, and nothing changed: {in_clear}"
+            f" {'is' if events + snapshots == 1 else 'are'} stored in the clear (written before encryption at rest"
+            " was on, or imported so), which erasing its key cannot make unreadable. Delete it first"
+            f" (chronicle delete {aggregate_id}, AdminService.DeleteAggregate: its events, snapshots and claims go,"
+            " a tombstone stays), then forget it",
             metadata={
                 "aggregate_id": aggregate_id,
                 "events_in_clear": str(events),
