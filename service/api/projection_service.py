@@ -157,19 +157,26 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
 
     async def _status(self, projection: Projection) -> pb.GetProjectionResponse:
         runner = self._projections.runners.get(projection.name)
-        return pb.GetProjectionResponse(
+        status = pb.GetProjectionResponse(
             name=projection.name,
+            # The checkpoint as stored: the same on every replica, whichever runs it.
             position=await self._documents.projection_position(projection.name),
             log_head=await self._log.log_head(),
             running=bool(runner and runner.status.running and runner.holds_lease),
-            error=runner.status.error if runner else "",
+            # What holds it here now; what it met here before is last_error.
+            error=runner.error_now if runner else "",
             aggregate_types=sorted(projection.aggregate_types),
             event_types=sorted(projection.event_types),
             parked_events=await self._documents.count_parked_events(projection.name),
             on_failure=projection.on_failure,
             max_attempts=projection.max_attempts if projection.on_failure == "park" else 0,
             retry_interval=_seconds(projection.retry_seconds),
+            runner=runner.runs_on if runner else "",
         )
+        if runner is not None and runner.status.last_error:
+            status.last_error = runner.status.last_error
+            status.last_error_time.CopyFrom(timestamp(round(runner.status.last_error_at * 1_000_000)))
+        return status
 
     async def ListParkedEvents(
         self, request: pb.ListParkedEventsRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -83,7 +83,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             position=await self._documents.projection_position(reaction.name),
             log_head=log_head,
             running=bool(runner and runner.status.running and runner.holds_lease),
-            error=status.error if status else "",
+            error=runner.error_now if runner is not None else "",
             aggregate_types=sorted(reaction.aggregate_types),
             event_types=sorted(reaction.event_types),
             parked=len((await self._parked(reaction)).commands),

@@ -354,12 +354,32 @@ class Progress:
         self._signal = asyncio.Event()
 
 
+@dataclass(frozen=True, slots=True)
+class Parking:
+    """A projection that parks is trying an event again: its handler failed
+    on it ``attempts`` times, and at ``max_attempts`` it is parked."""
+
+    position: int
+    attempts: int
+    max_attempts: int
+
+
 @dataclass
 class ProjectionStatus:
     name: str
     position: int = 0
     running: bool = False
+    # The failure holding the projection here now: set at each failed
+    # attempt, cleared when a step goes through, when another replica holds
+    # the lease and when the runner stops (``last_error`` keeps it).
     error: str = ""
+    # The last failure met here, kept once it is over, and when (Unix
+    # seconds) it was last met.
+    last_error: str = ""
+    last_error_at: float = 0.0
+    # With ``error``: the event its handler failed on, to be parked after
+    # its plugin's max_attempts (None when ``error`` is no such failure).
+    parking: Parking | None = None
     applied: int = 0
     conflicts: int = field(default=0)
 
@@ -375,6 +395,9 @@ class ProjectionLease(Protocol):
 
     def fencing(self) -> Fencing | None:
         """The token to commit under while this replica holds the lease, else None."""
+
+    def holder(self) -> str:
+        """The address of the replica that holds it ("" if none does, or it is not known yet)."""
 
 
 def readable(reader: EventReader, stored: RecordedEvent) -> Iterable[tuple[RecordedEvent, Message]]:
@@ -408,6 +431,8 @@ class _Status(Protocol):
     name: str
     position: int
     error: str
+    last_error: str
+    last_error_at: float
     running: bool
     conflicts: int
 
@@ -439,6 +464,18 @@ class CheckpointedRunner:
         the new checkpoint."""
         raise NotImplementedError
 
+    @property
+    def holds_lease(self) -> bool:
+        """Whether this replica runs it now (always, without a lease)."""
+        raise NotImplementedError
+
+    @property
+    def error_now(self) -> str:
+        """The failure holding it on this replica now: "" while it goes,
+        and whenever it does not run here (another replica holds the lease,
+        or the runner stopped), whatever it met while it did."""
+        return self.status.error if self.status.running and self.holds_lease else ""
+
     async def _run(self) -> None:
         self.status.running = True
         try:
@@ -446,6 +483,9 @@ class CheckpointedRunner:
             while True:
                 try:
                     position = await self.step(position)
+                    # Through, or another replica runs it now: either way
+                    # no failure holds it here.
+                    self._clear_error()
                     self._going_again()
                     await self._wait_for_work(position)
                 except ConcurrencyConflict:
@@ -462,6 +502,11 @@ class CheckpointedRunner:
                 await asyncio.sleep(self._batch_delay)
         finally:
             self.status.running = False
+            self._clear_error()
+
+    def _clear_error(self) -> None:
+        """No failure holds it here now (``last_error`` keeps the last one)."""
+        self.status.error = ""
 
     def _chronicle_error(self, error: Exception) -> ChronicleError:
         """``error`` as the status shows it. A ChronicleError says what
@@ -504,7 +549,8 @@ class CheckpointedRunner:
         logged last (a store away: by its reason, its message varies), as an
         ERROR, or a WARNING for a store that is away (health says so too);
         the retries of the same failure at DEBUG."""
-        self.status.error = f"{error.reason}: {error.message}"
+        self.status.error = self.status.last_error = f"{error.reason}: {error.message}"
+        self.status.last_error_at = time.time()
         self._failed_attempts += 1
         away = isinstance(error, StoreUnavailable)
         said = error.reason if away else self.status.error
@@ -523,11 +569,21 @@ class CheckpointedRunner:
         )
 
     def _going_again(self) -> None:
-        """After a step that went through: say so once, if it had failed."""
+        """After a step that went through: say so once, if it had failed
+        (or that the failures here are over because another replica runs
+        it now)."""
         if self._failed_attempts:
-            self._logger.info(
-                "%s %s is going again after %d failed attempts", self.KIND, self.status.name, self._failed_attempts
-            )
+            if self.holds_lease:
+                self._logger.info(
+                    "%s %s is going again after %d failed attempts", self.KIND, self.status.name, self._failed_attempts
+                )
+            else:
+                self._logger.info(
+                    "%s %s no longer runs here (another replica holds its lease) after %d failed attempts here",
+                    self.KIND,
+                    self.status.name,
+                    self._failed_attempts,
+                )
             self._failed_attempts, self._said = 0, ""
 
 
@@ -566,6 +622,7 @@ class ProjectionRunner(CheckpointedRunner):
         # Failed tries per event (position, id) of a projection that parks,
         # and the last error; forgotten once the runner gets past them.
         self._failures: dict[tuple[int, str], tuple[int, str]] = {}
+        self._parking: Parking | None = None  # the failure being raised is one on an event it will park
         self._nudged = asyncio.Event()
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
@@ -674,14 +731,7 @@ class ProjectionRunner(CheckpointedRunner):
                     self.status.position = committed_to
                     self.progress.committed()
                 committing = await started(
-                    self._documents.commit_projection(
-                        self.projection.name,
-                        expected_position=position,
-                        new_position=page.scanned_to,
-                        writes=batch.writes,
-                        fencing=fencing,
-                        parked=batch.parked,
-                    )
+                    self._commit(batch, expected_position=position, new_position=page.scanned_to, fencing=fencing)
                 )
                 batch.committed()  # the next batch reads what this one wrote
                 in_flight = batch.current.keys()
@@ -708,6 +758,41 @@ class ProjectionRunner(CheckpointedRunner):
                 ahead.cancel()
             if committing is not None:
                 committing.cancel()
+
+    async def _commit(
+        self, batch: _Batch, *, expected_position: int, new_position: int, fencing: Fencing | None
+    ) -> None:
+        """Commit ``batch``; then say which events it parked. Said once the
+        commit is in, not when the event is set aside: a batch that fails
+        on a later event is not committed, and sets the same event aside
+        again when it is tried again."""
+        await self._documents.commit_projection(
+            self.projection.name,
+            expected_position=expected_position,
+            new_position=new_position,
+            writes=batch.writes,
+            fencing=fencing,
+            parked=batch.parked,
+        )
+        for parked in batch.parked:
+            log.warning(
+                "projection %s parks %s at position %d after %d attempts: %s",
+                self.projection.name,
+                parked.event_type,
+                parked.position,
+                parked.attempts,
+                parked.error,
+            )
+
+    def _failed(self, error: ChronicleError) -> None:
+        # A handler's failure on an event it will park (set just before it
+        # was raised), or any other failure.
+        self.status.parking, self._parking = self._parking, None
+        super()._failed(error)
+
+    def _clear_error(self) -> None:
+        super()._clear_error()
+        self.status.parking = None
 
     async def _stored_checkpoint(self, position: int) -> int:
         """Nothing new after ``position``: the checkpoint as stored, which
@@ -737,16 +822,9 @@ class ProjectionRunner(CheckpointedRunner):
                 failed = (failed[0] + 1 if failed else 1, f"{error.reason}: {error.message}")
                 self._failures[event] = failed
                 if failed[0] < self.projection.max_attempts:
+                    self._parking = Parking(record.position, failed[0], self.projection.max_attempts)
                     raise
         attempts, error_text = failed
-        log.warning(
-            "projection %s parks %s at position %d after %d attempts: %s",
-            self.projection.name,
-            record.event_type,
-            record.position,
-            attempts,
-            error_text,
-        )
         batch.parked.append(
             ParkedEvent(
                 self.projection.name,
@@ -765,6 +843,13 @@ class ProjectionRunner(CheckpointedRunner):
     def holds_lease(self) -> bool:
         """Whether this replica runs the projection now (always, without a lease)."""
         return self._lease is None or self._lease.fencing() is not None
+
+    @property
+    def runs_on(self) -> str:
+        """The address of the replica that runs the projection (holds its
+        lease) as this one last heard: "" when none does or it is not known
+        yet, and without a lease."""
+        return self._lease.holder() if self._lease is not None else ""
 
     def _read(self, position: int, limit: int | None = None) -> Awaitable[LogPage]:
         """The page after ``position``: ``limit`` events (the projection's

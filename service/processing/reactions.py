@@ -124,10 +124,8 @@ Outcomes = Callable[[str, str], None]
 
 
 class ReactionLease(ProjectionLease, Protocol):
-    """The lease that says whether this replica runs the reaction."""
-
-    def holder(self) -> str:
-        """The address of the replica that holds it ("" if unknown)."""
+    """The lease that says whether this replica runs the reaction (and,
+    ``holder``, which does)."""
 
 
 class RunsElsewhere(ValidationError):
@@ -154,7 +152,9 @@ class ReactionStatus:
     name: str
     position: int = 0
     running: bool = False
-    error: str = ""
+    error: str = ""  # the failure holding it here now (see ProjectionStatus)
+    last_error: str = ""
+    last_error_at: float = 0.0
     handled: int = 0  # events handed to the reaction's functions
     accepted: int = 0  # commands that appended (or were answered from their record)
     refused: int = 0

@@ -4,6 +4,7 @@ through crashes, failures and a second runner of the same projection."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from service.plugins.projections import Documents, ProjectedEvent
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.processing.projections import DocumentCache, ProjectionRunner
+from service.processing.projections import DocumentCache, Parking, ProjectionRunner
 from service.processing.upcasting import EventReader
 from service.store.base import Store
 from service.store.encrypted import encrypted
@@ -509,6 +510,76 @@ async def test_a_projection_that_stops_never_parks() -> None:
             await stops.step(await store.projection_position("picky.stops"))
     assert await store.count_parked_events("picky.stops") == 0
     assert await store.projection_position("picky.stops") < await store.log_head()
+
+
+unlucky = picky.projection(
+    "picky.unlucky", aggregate_types=["Account"], on_failure="park", max_attempts=2, retry_seconds=0.01
+)
+
+
+@unlucky.on(bank.MoneyDeposited)
+def _refuse_small(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+    if event.amount < 100:
+        raise ValueError(f"{event.amount} is too small")
+
+
+async def test_a_parked_event_is_said_once_when_a_later_event_fails_the_batch_that_parks_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """acc-2's deposit and acc-3's, one batch: the first is set aside at its
+    second attempt, then the second's first failure fails the batch, which
+    is tried again (and sets the first aside again) before it commits. Each
+    is parked once, and said once: when the commit that parks it is in."""
+    store = MemoryStore()
+    await bank_history(store)
+    parks = ProjectionRunner(unlucky, log=store, documents=store, reader=READER)
+    position = 0
+    for _ in range(2):
+        with pytest.raises(ProjectionFailed):
+            await parks.step(position)
+        position = await store.projection_position("picky.unlucky")
+    assert await parks.step(position) == await store.log_head()
+    parked = [e.position for e in await store.parked_events("picky.unlucky")]
+    said = [r.getMessage() for r in caplog.records if "picky.unlucky parks" in r.getMessage()]
+    assert len(parked) == 2
+    assert [sum(f"at position {p} " in line for line in said) for p in parked] == [1, 1], said
+
+
+async def test_a_runner_reports_a_failure_as_current_only_while_it_runs_the_projection_here() -> None:
+    """A failure holds the projection here while this replica runs it; once
+    another replica holds the lease it is over here (``error`` and
+    ``error_now`` empty), kept as ``last_error`` with its time."""
+    store = MemoryStore()
+    await bank_history(store)
+    lease = HandLease()
+    lease.token = Fencing("projections", "picky.stops", "me", 1)
+    stops = ProjectionRunner(stopping, log=store, documents=store, reader=READER, retry_interval=0.01, lease=lease)
+    stops.start()
+    try:
+        await eventually(lambda: "twenty is unlucky" in stops.status.error, what="the failure")
+        assert stops.error_now == stops.status.error and stops.status.parking is None
+        lease.token = None  # another replica runs it now
+        assert stops.error_now == ""  # at once, whatever the runner is doing
+        await eventually(lambda: stops.status.error == "", what="the failure over here")
+        assert stops.status.running and "twenty is unlucky" in stops.status.last_error
+        assert time.time() - 60 < stops.status.last_error_at <= time.time()
+    finally:
+        await stops.stop()
+    assert not stops.status.running and stops.error_now == ""
+
+
+async def test_a_projection_that_parks_reports_the_event_it_will_park_while_it_tries_it_again() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    parks = ProjectionRunner(parking, log=store, documents=store, reader=READER, retry_interval=60)
+    parks.start()
+    try:
+        await eventually(lambda: parks.status.error != "", what="the first failed attempt")
+        deposit = next(e for e in await store.read_aggregate("acc-2") if e.event_type == "bank.v1.MoneyDeposited")
+        assert parks.status.parking == Parking(deposit.position, 1, 2)
+    finally:
+        await parks.stop()
+    assert parks.status.parking is None
 
 
 class LoadRounds(MemoryStore):
