@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -317,10 +318,18 @@ async def tail_stream(
 # -- projections ----------------------------------------------------------------
 
 
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seconds))
+
+
 async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str) -> tuple[str, list[Content]]:
     # ListProjections lists what the caller may read, as the RPC does.
     listed = await parts.projections.ListProjections(projections_pb.ListProjectionsRequest(), _NO_CONTEXT)
     admin = parts.authorizer.grant(current_principal.get()).admin
+    me = parts.leases.member_id
+    view = parts.leases.view(parts.projections_group)
+    owners = {lease.name: lease.owner for lease in view.leases} if view is not None else {}
+    addresses = {member.member_id: member.address for member in view.members} if view is not None else {}
 
     def rebuild_form(name: str) -> Html:
         return tag(
@@ -335,12 +344,47 @@ async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str)
 
     rows = []
     for status in listed.projections:
-        if status.error:
-            state = "failed"
-        elif status.running:
-            state = "running here"
+        runner = parts.runners.runners.get(status.name)
+        owner = owners.get(status.name)
+        # Who runs it, as the last heartbeat saw the projections' leases.
+        if owner == me:
+            runs_on: Content = "this replica"
+        elif owner:
+            runs_on = tag("span", f"{addresses.get(owner) or 'address not known'} ({owner[:8]})", class_="replica")
         else:
-            state = "not running here"
+            runs_on = "nobody now"
+        parking = runner.status.parking if runner is not None else None
+        # ``error`` is what holds it here now (the servicer reports nothing
+        # for a projection another replica runs); ``last_error`` what it
+        # met here, kept once over.
+        if status.running and status.error and parking is not None:
+            state, kind = "parking", "parking"
+            error_view: Content = tag(
+                "div",
+                f"Attempt {parking.attempts} of {parking.max_attempts} failed on the event at position"
+                f" {parking.position}: it is tried again, and parked after {parking.max_attempts} failed attempts"
+                f" ({status.parked_events} parked so far).",
+                tag("pre", status.error),
+                class_="parking",
+            )
+        elif status.running and status.error:
+            state, kind = "failed", "failed"
+            error_view = tag("pre", status.error, class_="error")
+        else:
+            if status.running:
+                state, kind = "running here", "running"
+            elif owner and owner != me:
+                state, kind = "runs on another replica", "elsewhere"
+            else:
+                state, kind = "not running", "not"
+            past: list[Content] = []
+            if owner and owner != me:
+                past.append(tag("p", "Its errors, if any, are on the replica that runs it.", class_="note"))
+            if status.last_error:
+                seen = _utc(status.last_error_time.ToNanoseconds() / 1e9)
+                past.append(tag("p", f"Over. Met here last at {seen}:", class_="note"))
+                past.append(tag("pre", status.last_error, class_="past-error"))
+            error_view = tag("div", *past) if past else ""
         lag = max(0, status.log_head - status.position)
         row: list[Content] = [
             status.name,
@@ -348,21 +392,38 @@ async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str)
             status.position,
             status.log_head,
             tag("span", lag, class_="lag", data_projection=status.name),
-            tag("span", state, class_="state-" + state.split()[0]),
+            tag("span", state, class_="state-" + kind),
+            runs_on,
             status.parked_events,
-            tag("pre", status.error, class_="error") if status.error else "",
+            error_view,
         ]
         if admin:
             row.append(rebuild_form(status.name))
         rows.append(row)
-    headings = ["projection", "aggregate types", "position", "log head", "lag", "status", "parked", "last error"]
+    headings = [
+        "projection",
+        "aggregate types",
+        "position",
+        "log head",
+        "lag",
+        "status",
+        "runs on",
+        "parked",
+        "error",
+    ]
     content: list[Content] = []
     if query.get("rebuilt"):
         content.append(
             tag("p", f"Rebuilding {query['rebuilt']} from the start of the log.", class_="notice", id="notice")
         )
     content += [
-        tag("p", "Refreshed every two seconds. A projection runs in one replica at a time.", class_="summary"),
+        tag(
+            "p",
+            "Refreshed every two seconds. A projection runs in one replica at a time. Its position (the"
+            " checkpoint), lag and parked events are read from the store, the same from every replica; its"
+            " errors are known only to the replica it ran on.",
+            class_="summary",
+        ),
         table(headings + ([""] if admin else []), rows, empty="no projection you may read", id="projections"),
     ]
     return "Projections", content

@@ -370,20 +370,58 @@ async def test_projections_show_their_parked_events_and_last_error_escaped_refre
         async def parked_and_failed() -> bool:
             nonlocal page
             page = (await get(address, "/projections", cookie)).text
-            parked = text_of(row_named(page, "projections", "claims.parking")[6])
+            parked = text_of(row_named(page, "projections", "claims.parking")[7])
             failed = text_of(row_named(page, "projections", "claims.stuck")[5])
             return parked == "1" and failed == "failed"
 
         await eventually(parked_and_failed, what="one projection parking an event and another stopping")
         alice = await get(address, "/projections", await cookie_of(address, ALICE_KEY))
     assert '<meta http-equiv="refresh" content="2">' in page
-    error = row_named(page, "projections", "claims.stuck")[7]
+    error = row_named(page, "projections", "claims.stuck")[8]
     assert HOSTILE in text_of(error) and "<script>" not in error and "&lt;script&gt;" in error
     assert "<script>" not in page.replace('<script src="/static/console.js"', "")
     # A read model made of no type in particular is an administrator's to see.
     assert "openings.every_opening" in first_column(page, "projections")
     assert "openings.every_opening" not in first_column(alice.text, "projections")
     assert "bank.balances_by_owner" in first_column(alice.text, "projections")
+
+
+# A read model that parks every deposit, after three attempts a minute apart.
+patience = Plugin("patience")
+patient = patience.projection(
+    "patience.deposits", aggregate_types=["Account"], on_failure="park", max_attempts=3, retry_seconds=60
+)
+
+
+@patient.on(bank.MoneyDeposited)
+def _not_yet(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+    raise ValueError("not yet")
+
+
+async def test_a_projection_that_parks_is_shown_parking_not_failed_while_it_tries_an_event_again(
+    tmp_path: Path,
+) -> None:
+    registry = Registry([bank_account.plugin, box_plugin.plugin, claims, patience])
+    async with served(with_auth(tmp_path, poll_seconds=0.05), registry=registry) as app:
+        async with connect(app.address, interceptors=bearer(ROOT_KEY)) as root:
+            await root.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id="root"))
+            await root.submit(command("acc-1", bank.Deposit(amount=5), user_id="root"))
+        address = address_of(app)
+        cookie = await cookie_of(address, ROOT_KEY)
+        row: list[str] = []
+
+        async def parking_and_parked() -> bool:
+            nonlocal row
+            page = (await get(address, "/projections", cookie)).text
+            row = row_named(page, "projections", "patience.deposits")
+            parked = row_named(page, "projections", "claims.parking")  # parks at its first failure
+            return text_of(row[5]) == "parking" and text_of(parked[7]) == "1"
+
+        await eventually(parking_and_parked, what="a projection trying again an event it will park")
+    assert 'class="state-parking"' in row[5] and "error" not in row[5]
+    assert "Attempt 1 of 3 failed on the event at position 2" in text_of(row[8])
+    assert "parked after 3 failed attempts (0 parked so far)" in text_of(row[8])
+    assert "ValueError: not yet" in text_of(row[8]) and 'class="error"' not in row[8]
 
 
 # -- subscription groups -----------------------------------------------------------------------
