@@ -75,7 +75,7 @@ class EventService(pb_grpc.EventServiceServicer):
         if self._authorizer.enforcing:
             principal = current_principal.get()
             known = [aggregate.name for aggregate in self._registry.aggregates]
-            if not any(self._authorizer.may_read(principal, name) for name in known):
+            if not self._authorizer.may_read_any(principal, known):
                 self._authorizer.check_read_aggregate(principal, aggregate_id, None, known)
         await wait_for_position(self._log, min_position, primary=self._primary_log, max_wait=self._read_wait)
 

@@ -67,7 +67,11 @@ def segment(text: str) -> str:
 
 
 def table(
-    headings: Sequence[str], rows: Iterable[Sequence[Content]], *, empty: str = "nothing to show", **attributes: str
+    headings: Sequence[str],
+    rows: Iterable[Sequence[Content]],
+    *,
+    empty: str = "nothing to show",
+    **attributes: str | None,
 ) -> Html:
     body = [tag("tr", *(tag("td", cell) for cell in row)) for row in rows]
     if not body:

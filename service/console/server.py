@@ -25,6 +25,7 @@ from importlib import resources
 from urllib.parse import unquote
 
 from service.console import views
+from service.console.cursors import Cursors
 from service.console.html import Content, Html, page, segment, tag, url, void
 from service.console.http import HttpServer, Request, Response
 from service.console.sessions import COOKIE, Session, Sessions, same_token
@@ -124,6 +125,8 @@ class Console:
         denied (the audit log, as the API's refusals)."""
         self._parts = parts
         self._on_refused = on_refused
+        # Seals the Log page's cursors: a key of this console's own, for as long as it runs.
+        self._cursors = Cursors()
         self._sessions = Sessions(authenticator, idle_seconds=session_idle_seconds) if authenticator else None
         self._http = HttpServer(self._handle, base_headers=SECURITY_HEADERS)
         self._secure_cookie = False
@@ -209,8 +212,10 @@ class Console:
             return _plain(405, "method not allowed")
         query = dict(request.query)
         csrf_token = session.csrf_token if session is not None else ""
+        # The Log page's cursors are bound to the session (none without --auth).
+        session_key = request.cookies.get(COOKIE, "") if session is not None else ""
         pages: dict[str, Callable[[], Awaitable[tuple[str, list[Content]]]]] = {
-            "/log": lambda: views.log_page(parts, query),
+            "/log": lambda: views.log_page(parts, query, cursors=self._cursors, session=session_key),
             "/tail": lambda: views.tail_page(parts),
             "/projections": lambda: views.projections_page(parts, query, csrf_token),
             "/load": lambda: views.load_page(parts),

@@ -31,11 +31,12 @@ from service.api.projection_service import ProjectionService
 from service.cluster.leases import LeaseKeeper
 from service.cluster.ownership import Ownership
 from service.console.charts import Series, line_chart
+from service.console.cursors import Cursors
 from service.console.html import Content, Html, link, segment, table, tag, url, void
 from service.console.load import LoadSampler
-from service.errors import ChronicleError
+from service.errors import ChronicleError, PermissionDenied
 from service.plugins.registry import Registry
-from service.principal import current_principal
+from service.principal import Principal, current_principal
 from service.processing.projections import Projections
 from service.security.policy import Authorizer
 from service.store.base import EventRecorder, LogReader
@@ -112,12 +113,30 @@ def error_box(error: ChronicleError) -> Html:
 # -- the log ------------------------------------------------------------------
 
 
-async def log_page(parts: Parts, query: dict[str, str]) -> tuple[str, list[Content]]:
-    prefix = query.get("q", "").strip()
-    after = query.get("after", "")
+def _check_reads_some(parts: Parts, principal: Principal) -> None:
+    """``READ_DENIED`` for a principal that may read no aggregate type, as
+    the API refuses it (``EventService``'s wait for a position, on the same
+    rule): such a principal learns nothing of the log, not even how far it
+    has grown."""
+    known = [aggregate.name for aggregate in parts.registry.aggregates]
+    if parts.authorizer.enforcing and not parts.authorizer.may_read_any(principal, known):
+        who = principal.name or "an anonymous caller"
+        raise PermissionDenied(
+            f"{who} may not read any aggregate type", reason="READ_DENIED", metadata={"principal": principal.name}
+        )
+
+
+async def log_page(parts: Parts, query: dict[str, str], *, cursors: Cursors, session: str) -> tuple[str, list[Content]]:
+    """Aggregates by id or prefix, those the caller may read. ``session``
+    binds the *Next page* cursor (sealed by ``cursors``: it may name an
+    aggregate the caller may not read) to the session and the listing."""
     principal = current_principal.get()
+    _check_reads_some(parts, principal)
+    prefix = query.get("q", "").strip()
+    bound_to = f"log\x00{session}\x00{prefix}"
+    after = query.get("after", "")
+    last_seen = cursors.open(after, bound_to=bound_to, field="after") if after else ""
     shown = []
-    last_seen = after
     exhausted = False
     # Aggregates the caller may not read are left out; a page that held only
     # those is skipped over, a bounded number of times.
@@ -135,6 +154,7 @@ async def log_page(parts: Parts, query: dict[str, str]) -> tuple[str, list[Conte
     # The next page starts after the last aggregate shown on a full page, or,
     # when the bounded scan gave up short of one, after the last one it read:
     # a run of aggregates the caller may not read never ends the listing.
+    # That one may be unreadable, so the link carries it sealed, never as is.
     resume_after = shown[PAGE_SIZE - 1].aggregate_id if len(shown) >= PAGE_SIZE else last_seen
     shown = shown[:PAGE_SIZE]
     head = await parts.log.log_head()
@@ -151,13 +171,16 @@ async def log_page(parts: Parts, query: dict[str, str]) -> tuple[str, list[Conte
         for a in shown
     ]
     more: list[Content] = []
+    if after:
+        more.append(link(url("/log", q=prefix), "← First page", class_="first"))
     if not exhausted:
-        more.append(link(url("/log", q=prefix, after=resume_after), "Next page →", class_="next"))
+        cursor = cursors.seal(resume_after, bound_to=bound_to)
+        more.append(link(url("/log", q=prefix, after=cursor), "Next page →", class_="next"))
     return "Log", [
         tag("p", f"The log's head is at position {head}.", class_="summary"),
         search,
         table(["aggregate", "type", "version"], rows, empty="no aggregate you may read matches", id="aggregates"),
-        *more,
+        tag("nav", *more, class_="pages") if more else "",
     ]
 
 
@@ -228,7 +251,13 @@ def _number(text: str, *, default: int) -> int:
 
 
 async def tail_page(parts: Parts) -> tuple[str, list[Content]]:
-    head = await parts.log.log_head()
+    principal = current_principal.get()
+    known = [aggregate.name for aggregate in parts.registry.aggregates]
+    # The tail starts a few events before the log's head; to a principal who
+    # may subscribe to no type (Subscribe refuses it, and says so on this
+    # page) the page does not say where the head is.
+    may_subscribe = any(parts.authorizer.may_subscribe(principal, name) for name in known)
+    head = await parts.log.log_head() if may_subscribe else None
     return "Live log", [
         tag(
             "p",
@@ -241,7 +270,7 @@ async def tail_page(parts: Parts) -> tuple[str, list[Content]]:
             [],
             empty="no events yet",
             id="tail",
-            data_after=str(max(0, head - TAIL_BACKLOG)),
+            data_after=str(max(0, head - TAIL_BACKLOG)) if head is not None else None,
         ),
     ]
 

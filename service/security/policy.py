@@ -192,6 +192,13 @@ class Authorizer:
     def may_read(self, principal: Principal, aggregate_type: str) -> bool:
         return _allows(self.grant(principal).read, aggregate_type)
 
+    def may_read_any(self, principal: Principal, known: Iterable[str]) -> bool:
+        """Whether ``principal`` may read any of the aggregate types
+        ``known``. One that may read none is told nothing of the log, not
+        even how far it has grown (its head): a read that would tell it is
+        refused ``READ_DENIED`` first."""
+        return any(self.may_read(principal, name) for name in known)
+
     def check_read(self, principal: Principal, aggregate_type: str) -> None:
         if not self.may_read(principal, aggregate_type):
             raise _denied(

@@ -5,12 +5,13 @@ beyond loopback without --auth."""
 
 from __future__ import annotations
 
+import html
 import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import pytest
 
@@ -18,6 +19,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application, start
 from service.console.http import MAX_BODY_BYTES, MAX_HEAD_BYTES
 from service.errors import ConfigurationError
+from service.settings import Settings
 from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from service.store.records import REFUSED
@@ -301,5 +303,88 @@ async def test_a_long_run_of_aggregates_the_caller_may_not_read_does_not_end_the
                 break
             path = following.group(1).replace("&amp;", "&")
         assert pages == [[], ["k-9999"]]
+    finally:
+        await app.stop(grace=0.5, drain=0)
+
+
+# -- found by an operator's walkthrough ---------------------------------------------------------------
+
+GATEWAY_KEY = "gateway-key-0123456789"  # gateway: submits on others' behalf, reads and subscribes to nothing
+ALICE_KEY = "alice-key-0123456789"  # alice: a teller (reads accounts), no administrator
+BOB_KEY = "bob-key-0123456789"  # bob: reads boxes only
+
+
+def walkthrough(tmp_path: Path, **overrides: object) -> Settings:
+    keys = [(KEY, "root", ["teller"]), (GATEWAY_KEY, "gateway", []), (ALICE_KEY, "alice", []), (BOB_KEY, "bob", [])]
+    return replace(authenticated(tmp_path, **overrides), api_keys_file=api_key_file(tmp_path / "k.toml", keys))
+
+
+async def test_a_principal_who_may_read_no_type_is_told_nothing_of_how_far_the_log_has_grown(tmp_path: Path) -> None:
+    """As the API refuses it (docs/security.md): the Log page is refused
+    READ_DENIED (and audited), and the live tail's page does not say where
+    the head is (its stream is refused SUBSCRIBE_DENIED)."""
+    app = await start(walkthrough(tmp_path), store=MemoryStore())
+    try:
+        async with connect(app.address, interceptors=bearer(KEY)) as root:
+            for number in range(7):
+                await root.submit(command(f"acc-{number}", bank.OpenAccount(owner="ann"), user_id="root"))
+        address = console(app)
+        cookie = session_cookie(await log_in(address, GATEWAY_KEY))
+        for path in ("/log", "/log?q=acc"):
+            listed = await request(address, "GET", path, headers={"Cookie": cookie})
+            assert listed.status == 403 and "READ_DENIED" in listed.text, path
+            main = listed.text.partition("<main>")[2]
+            assert "position" not in main and "head" not in main and "7" not in main, path
+        tail = await request(address, "GET", "/tail", headers={"Cookie": cookie})
+        assert tail.status == 200 and "data-after" not in tail.text
+        # Who may read something sees the head, as the API shows it positions.
+        alice = session_cookie(await log_in(address, ALICE_KEY))
+        shown = await request(address, "GET", "/log", headers={"Cookie": alice})
+        assert "The log&#x27;s head is at position 7." in shown.text
+        audited = [e for e in await app.store.audit.read_audit(AuditQuery()) if e.outcome == REFUSED]
+        assert [(e.command_type, e.principal, e.reason) for e in audited] == [
+            ("console/log", "gateway", "READ_DENIED"),
+            ("console/log", "gateway", "READ_DENIED"),
+        ]
+    finally:
+        await app.stop(grace=0.5, drain=0)
+
+
+async def test_the_log_s_next_page_never_names_an_aggregate_the_reader_may_not_read(tmp_path: Path) -> None:
+    """The bounded scan may stop on an aggregate the reader may not read:
+    the link carries it sealed (an opaque cursor bound to the session and
+    the listing), and a cursor changed, made up, or from another session or
+    listing is refused 400."""
+    store = MemoryStore()
+    for number in range(1050):
+        await store.append(f"k-{number:04d}", [new_event(aggregate_type="Account")], 0)
+    await store.append("k-9999", [new_event(aggregate_type="Box")], 0)
+    app = await start(walkthrough(tmp_path), store=store)
+    try:
+        address = console(app)
+        bob = session_cookie(await log_in(address, BOB_KEY))
+        first = await request(address, "GET", "/log?q=k-", headers={"Cookie": bob})
+        following = re.search(r'<a href="/log\?([^"]+)" class="next">', first.text)
+        assert following is not None
+        link = html.unescape(following.group(1))
+        assert "k-" not in link.replace("q=k-", "")  # no aggregate id, readable or not
+        cursor = parse_qs(link)["after"][0]
+        second = await request(address, "GET", "/log?" + link, headers={"Cookie": bob})
+        assert re.findall(r'<a href="/aggregates/(k-\d+)">', second.text) == ["k-9999"]
+        assert 'href="/log?q=k-" class="first"' in second.text
+
+        async def refused(path: str, cookie: str = bob) -> str:
+            answer = await request(address, "GET", path, headers={"Cookie": cookie})
+            assert answer.status == 400, (path, answer.status)
+            assert "INVALID_CURSOR" in answer.text and "k-1" not in answer.text
+            return answer.text
+
+        changed = cursor[:-2] + ("A" if cursor[-2] != "A" else "B") + cursor[-1]
+        for made_up in ("k-0999", changed, cursor[:20], "%00", "x" * 3000):
+            await refused("/log?" + urlencode({"q": "k-", "after": made_up}))
+        await refused("/log?" + urlencode({"q": "k-0", "after": cursor}))  # another listing
+        root = session_cookie(await log_in(address, KEY))
+        shown = await refused("/log?" + urlencode({"q": "k-", "after": cursor}), root)  # another session
+        assert "start from the first page" in shown
     finally:
         await app.stop(grace=0.5, drain=0)
