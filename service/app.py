@@ -631,6 +631,7 @@ async def start(
                 ),
                 authenticator=authenticator,
                 on_refused=_console_refusals(refused_commands, metrics),
+                on_action_refused=metrics.console_refused if metrics is not None else None,
             )
             await console.start(settings.console_listen, tls=_console_tls(settings))
     except (RuntimeError, ConfigurationError) as error:

@@ -38,7 +38,7 @@ from service.errors import (
     ResourceNotFound,
     Unauthenticated,
 )
-from service.principal import ANONYMOUS, Principal, current_principal
+from service.principal import ANONYMOUS, Principal, current_peer, current_principal
 from service.security.credentials import Authenticator
 from service.security.exposure import is_loopback
 
@@ -70,6 +70,9 @@ Page = Callable[[Request], Awaitable[tuple[str, list[Content]]]]
 # principal if one was authenticated, the client's address, the aggregate
 # the page named). ``RefusedCommands.console``.
 OnRefused = Callable[[str, ChronicleError, Principal | None, str, str], Awaitable[None]]
+# Counts an administrator's action (a rebuild, a replay) the policy refused;
+# the servicer that refused it audited it already. ``Metrics.console_refused``.
+OnActionRefused = Callable[[ChronicleError], None]
 
 
 def check_console_exposure(*, listen: str, auth: bool, tls: bool) -> list[str]:
@@ -120,11 +123,14 @@ class Console:
         authenticator: Authenticator | None,
         session_idle_seconds: float = 3600.0,
         on_refused: OnRefused | None = None,
+        on_action_refused: OnActionRefused | None = None,
     ) -> None:
         """``on_refused``: records a refused login and a page the policy
-        denied (the audit log, as the API's refusals)."""
+        denied (the audit log, as the API's refusals). ``on_action_refused``:
+        counts an action the policy denied (audited by its RPC)."""
         self._parts = parts
         self._on_refused = on_refused
+        self._on_action_refused = on_action_refused
         # Seals the Log page's cursors: a key of this console's own, for as long as it runs.
         self._cursors = Cursors()
         self._sessions = Sessions(authenticator, idle_seconds=session_idle_seconds) if authenticator else None
@@ -166,9 +172,13 @@ class Console:
             return _plain(403, "this form did not come from this console (its origin or CSRF token is wrong)")
         principal = session.principal if session is not None and session.principal is not None else ANONYMOUS
         token = current_principal.set(principal)
+        # The browser's address, for what the servicers audit (an
+        # administrator's action), as the gate sets the RPC's peer.
+        peer_token = current_peer.set(lambda: request.peer)
         try:
             return await self._route(request, session, principal)
         finally:
+            current_peer.reset(peer_token)
             current_principal.reset(token)
 
     def _post_allowed(self, request: Request, session: Session | None) -> bool:
@@ -197,16 +207,14 @@ class Console:
             try:
                 await views.rebuild_projection(parts, name)
             except ChronicleError as error:
-                return self._page(
-                    _status_of(error), "Refused", [views.error_box(error)], session, principal, "/projections"
-                )
+                return self._action_refused(error, session, principal, "/projections")
             return _redirect(url("/projections", rebuilt=name))
         if request.method == "POST" and path.startswith("/groups/") and path.endswith("/replay"):
             name = unquote(path.removeprefix("/groups/").removesuffix("/replay"))
             try:
                 replaying = await views.replay_parked(parts, name, request.form.get("event_id", ""))
             except ChronicleError as error:
-                return self._page(_status_of(error), "Refused", [views.error_box(error)], session, principal, "/groups")
+                return self._action_refused(error, session, principal, "/groups")
             return _redirect(url("/groups/" + segment(name), replayed=replaying))
         if request.method != "GET":
             return _plain(405, "method not allowed")
@@ -266,6 +274,15 @@ class Console:
             return self._page(_status_of(error), "Refused", [views.error_box(error)], session, principal, current)
         scripts = ["/static/console.js"] if path == "/tail" else []
         return self._page(200, title, content, session, principal, current, refresh.get(path), scripts)
+
+    def _action_refused(
+        self, error: ChronicleError, session: Session | None, principal: Principal, current: str
+    ) -> Response:
+        """An administrator's action refused: its RPC audited it; a refusal
+        by the policy is counted as the console's page refusals are."""
+        if isinstance(error, PermissionDenied) and self._on_action_refused is not None:
+            self._on_action_refused(error)
+        return self._page(_status_of(error), "Refused", [views.error_box(error)], session, principal, current)
 
     def _page(
         self,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import re
 import ssl
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -22,11 +23,11 @@ from service.errors import ConfigurationError
 from service.settings import Settings
 from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
-from service.store.records import REFUSED
+from service.store.records import ACCEPTED, REFUSED
 from tests.support.console import FORM, KEY, authenticated, console, log_in, session_cookie
 from tests.support.events import new_event
 from tests.support.grpc_client import TEST_SETTINGS, command, connect
-from tests.support.http import request, send_raw
+from tests.support.http import Answer, request, send_raw
 from tests.support.metrics import sample, scrape
 from tests.support.processes import serve_until_exit
 from tests.support.security import Authority, JwtIssuer, api_key_file, bearer, server_tls_files, write
@@ -319,6 +320,12 @@ def walkthrough(tmp_path: Path, **overrides: object) -> Settings:
     return replace(authenticated(tmp_path, **overrides), api_keys_file=api_key_file(tmp_path / "k.toml", keys))
 
 
+def csrf_of(page: Answer) -> str:
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token is not None
+    return token.group(1)
+
+
 async def test_a_principal_who_may_read_no_type_is_told_nothing_of_how_far_the_log_has_grown(tmp_path: Path) -> None:
     """As the API refuses it (docs/security.md): the Log page is refused
     READ_DENIED (and audited), and the live tail's page does not say where
@@ -388,3 +395,40 @@ async def test_the_log_s_next_page_never_names_an_aggregate_the_reader_may_not_r
         assert "start from the first page" in shown
     finally:
         await app.stop(grace=0.5, drain=0)
+
+
+async def test_console_actions_are_audited_with_the_browser_s_address_and_refusals_counted(tmp_path: Path) -> None:
+    app = await start(walkthrough(tmp_path, metrics_listen="127.0.0.1:0"), store=MemoryStore())
+    try:
+        address = console(app)
+        origin = {**FORM, "Origin": f"http://{address}"}
+        rebuild = "/projections/bank.balances_by_owner/rebuild"
+        replay = "/groups/billing/replay"
+        root = session_cookie(await log_in(address, KEY))
+        token = csrf_of(await request(address, "GET", "/projections", headers={"Cookie": root}))
+        done = await request(
+            address, "POST", rebuild, headers={**origin, "Cookie": root}, body=urlencode({"csrf_token": token}).encode()
+        )
+        assert done.status == 303
+        alice = session_cookie(await log_in(address, ALICE_KEY))
+        token = csrf_of(await request(address, "GET", "/projections", headers={"Cookie": alice}))
+        for path, form in ((rebuild, {}), (replay, {"event_id": str(uuid.uuid4())})):
+            body = urlencode({"csrf_token": token, **form}).encode()
+            denied = await request(address, "POST", path, headers={**origin, "Cookie": alice}, body=body)
+            assert denied.status == 403 and "ADMIN_DENIED" in denied.text, path
+        scraped = await scrape(app)
+        audited = [
+            (e.command_type.rpartition("/")[2], e.principal, e.outcome, e.reason, e.peer)
+            for e in await app.store.audit.read_audit(AuditQuery())
+        ]
+    finally:
+        await app.stop(grace=0.5, drain=0)
+    assert sorted(entry[:4] for entry in audited) == [
+        ("RebuildProjection", "alice", REFUSED, "ADMIN_DENIED"),
+        ("RebuildProjection", "root", ACCEPTED, ""),
+        ("ReplayParked", "alice", REFUSED, "ADMIN_DENIED"),
+    ]
+    # The browser's address, as gRPC spells a peer's (and as a refused page's entry has it).
+    assert all(entry[4].startswith("ipv4:127.0.0.1:") for entry in audited), audited
+    # Refused by the policy: counted with the console's other refusals (audited once, by the RPC).
+    assert sample(scraped, "chronicle_console_refusals_total", reason="ADMIN_DENIED") == 2
