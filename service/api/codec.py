@@ -76,7 +76,7 @@ def _check_text(field: str, name: str, value: str) -> str:
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _canonical_uuid(value: str) -> str | None:
+def canonical_uuid(value: str) -> str | None:
     """``value`` as a UUID in its canonical form; None if it is no UUID."""
     if _CANONICAL_UUID.fullmatch(value):
         return value
@@ -88,7 +88,7 @@ def _canonical_uuid(value: str) -> str | None:
 
 def _command_id(field: str, value: str) -> str:
     """A command id: any form of UUID, returned in the canonical one."""
-    canonical = _canonical_uuid(value)
+    canonical = canonical_uuid(value)
     if canonical is None:
         raise InvalidInput.for_field(
             f"{field}.command_id", "must be a UUID chosen by the client", reason="INVALID_COMMAND_ID"
@@ -99,7 +99,7 @@ def _command_id(field: str, value: str) -> str:
 def canonical_command_id(value: str) -> str:
     """A command id as the service keeps it: a UUID in its canonical form
     (as ``decode_command`` makes it), anything else unchanged."""
-    return _canonical_uuid(value) or value
+    return canonical_uuid(value) or value
 
 
 def _aggregate_id(field: str, value: str) -> str:

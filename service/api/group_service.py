@@ -20,7 +20,7 @@ from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
-from service.api.codec import check_id, check_names, check_version, encode_event_into
+from service.api.codec import canonical_uuid, check_id, check_names, check_version, encode_event_into
 from service.api.subscribe import known_names
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, PermissionDenied
@@ -263,8 +263,15 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
     ) -> pb.ReplayParkedResponse:
         async with self._admin("ReplayParked", "replay parked events", "group:" + request.group[:100]):
             event_ids = check_names("event_ids", list(request.event_ids), reason="INVALID_EVENT_ID")
-            for event_id in event_ids:
-                check_id("event_ids", event_id, reason="INVALID_EVENT_ID")
+            for index, event_id in enumerate(event_ids):
+                # Every event id is a UUID: anything else (a typo, a cut
+                # paste) is a mistake to say, not "none of these is parked".
+                canonical = canonical_uuid(event_id)
+                if canonical is None:
+                    raise InvalidInput.for_field(
+                        f"event_ids[{index}]", "must be an event id (a UUID)", reason="INVALID_EVENT_ID"
+                    )
+                event_ids[index] = canonical
             state = await self._group("group", request.group)
             replaying = await self._store.replay_parked(state.spec.name, event_ids)
         return pb.ReplayParkedResponse(replaying=replaying)

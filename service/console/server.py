@@ -239,16 +239,17 @@ class Console:
         if path == "/":
             return _redirect("/log")
         if path == "/tail/events":
-            after = query.get("after", "0")
+            try:
+                after = views.query_number(query, "after", default=0, reason="INVALID_POSITION", minimum=0)
+            except ChronicleError as error:
+                return _plain(_status_of(error), f"{error.reason}: {error.message}")
 
             async def audit_refusal(error: ChronicleError) -> None:
                 # A tail the policy refused is audited as a refused page is (and a denied Subscribe).
                 if isinstance(error, PermissionDenied) and self._on_refused is not None:
                     await self._on_refused(path, error, principal, request.peer, "")
 
-            stream = views.tail_stream(
-                parts, int(after) if after.isdigit() and len(after) < 19 else 0, on_refused=audit_refusal
-            )
+            stream = views.tail_stream(parts, after, on_refused=audit_refusal)
             # The stream runs in the connection's task: the principal is set there.
             return Response(
                 200, content_type="text/event-stream", stream=_with_principal(stream, principal, self._live(request))

@@ -25,6 +25,7 @@ from chronicle.v1 import event_service_pb2 as events_pb
 from chronicle.v1 import projection_service_pb2 as projections_pb
 from chronicle.v1 import subscription_group_service_pb2 as groups_pb
 from service.api.cluster_service import ClusterService
+from service.api.codec import MAX_VERSION
 from service.api.event_service import EventService
 from service.api.group_service import SubscriptionGroupService
 from service.api.projection_service import ProjectionService
@@ -34,7 +35,7 @@ from service.console.charts import Series, line_chart
 from service.console.cursors import Cursors
 from service.console.html import Content, Html, link, segment, table, tag, url, void
 from service.console.load import LoadSampler
-from service.errors import ChronicleError, PermissionDenied
+from service.errors import ChronicleError, InvalidInput, PermissionDenied
 from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
 from service.processing.projections import Projections
@@ -185,8 +186,8 @@ async def log_page(parts: Parts, query: dict[str, str], *, cursors: Cursors, ses
 
 
 async def aggregate_page(parts: Parts, aggregate_id: str, query: dict[str, str]) -> tuple[str, list[Content]]:
-    from_version = _number(query.get("from", ""), default=1)
-    at_version = _number(query.get("version", ""), default=0)
+    from_version = query_number(query, "from", default=1, reason="INVALID_VERSION")
+    at_version = query_number(query, "version", default=0, reason="INVALID_VERSION")
     request = events_pb.ReadAggregateRequest(
         aggregate_id=aggregate_id, from_version=from_version, limit=EVENTS_PER_PAGE + 1
     )
@@ -206,8 +207,11 @@ async def aggregate_page(parts: Parts, aggregate_id: str, query: dict[str, str])
         ]
     except ChronicleError as error:
         state_view = [error_box(error)]
+    here = url("/aggregates/" + segment(aggregate_id))
     version_form = tag(
         "form",
+        # The events shown stay those of this page.
+        void("input", type="hidden", name="from", value=from_version) if from_version > 1 else "",
         tag(
             "label",
             "State at version ",
@@ -215,7 +219,7 @@ async def aggregate_page(parts: Parts, aggregate_id: str, query: dict[str, str])
         ),
         tag("button", "Show", type="submit"),
         method="get",
-        action=url("/aggregates/" + segment(aggregate_id)),
+        action=here,
     )
     rows = [
         (
@@ -236,15 +240,35 @@ async def aggregate_page(parts: Parts, aggregate_id: str, query: dict[str, str])
             table(["version", "type", "position", "recorded", "payload", ""], rows, id="events"),
         ),
     ]
-    if more:
-        content.append(
-            link(url("/aggregates/" + segment(aggregate_id), **{"from": events[-1].version + 1}), "Later events →")
+    # Versions follow one another, so the pages before this one are a
+    # subtraction away; each link keeps the state's version.
+    pages: list[Content] = []
+    shown = {"version": at_version} if at_version else {}
+    if from_version > 1:
+        pages.append(link(url(here, **shown), "← First events", class_="first"))
+        earlier = max(1, from_version - EVENTS_PER_PAGE)
+        pages.append(
+            link(url(here, **shown, **({"from": earlier} if earlier > 1 else {})), "← Earlier events", class_="prev")
         )
+    if more:
+        pages.append(link(url(here, **shown, **{"from": events[-1].version + 1}), "Later events →", class_="next"))
+    if pages:
+        content.append(tag("nav", *pages, class_="pages"))
     return aggregate_id, content
 
 
-def _number(text: str, *, default: int) -> int:
-    return int(text) if text.isdigit() and 0 < len(text) < 19 else default
+def query_number(query: dict[str, str], name: str, *, default: int, reason: str, minimum: int = 1) -> int:
+    """``?name=`` as a whole number from ``minimum`` (``default`` when
+    absent or empty); anything else is ``INVALID_ARGUMENT`` (400), not
+    quietly read as the default."""
+    text = query.get(name, "")
+    if not text:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 19) or not minimum <= int(text) <= MAX_VERSION:
+        raise InvalidInput.for_field(
+            name, f"must be a whole number from {minimum} to {MAX_VERSION}, not {text[:40]!r}", reason=reason
+        )
+    return int(text)
 
 
 # -- the live tail ------------------------------------------------------------
@@ -499,7 +523,7 @@ async def groups_page(parts: Parts) -> tuple[str, list[Content]]:
 async def group_page(parts: Parts, name: str, query: dict[str, str], csrf_token: str) -> tuple[str, list[Content]]:
     # ListParked first: it refuses a group that does not exist or that the
     # caller may not consume, as the RPC does.
-    after = _number(query.get("after", ""), default=0)
+    after = query_number(query, "after", default=0, reason="INVALID_POSITION", minimum=0)
     parked = await parts.groups.ListParked(
         groups_pb.ListParkedRequest(group=name, after_position=after, limit=PARKED_PAGE_SIZE), _NO_CONTEXT
     )

@@ -333,7 +333,7 @@ async def test_an_aggregates_events_come_a_hundred_a_page_each_with_its_envelope
                 await client.submit(command("acc-1", bank.Deposit(amount=1)))
         address = address_of(app)
         first = await get(address, "/aggregates/acc-1")
-        later = re.search(r'<a href="(/aggregates/acc-1\?from=\d+)">Later events', first.text)
+        later = re.search(r'<a href="(/aggregates/acc-1\?from=\d+)" class="next">Later events', first.text)
         assert later is not None
         rest = await get(address, later.group(1))
     assert len(_payloads(first.text)) == 100

@@ -18,6 +18,7 @@ import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application, start
+from service.client import ChronicleClient
 from service.console.http import MAX_BODY_BYTES, MAX_HEAD_BYTES
 from service.errors import ConfigurationError
 from service.settings import Settings
@@ -432,3 +433,79 @@ async def test_console_actions_are_audited_with_the_browser_s_address_and_refusa
     assert all(entry[4].startswith("ipv4:127.0.0.1:") for entry in audited), audited
     # Refused by the policy: counted with the console's other refusals (audited once, by the RPC).
     assert sample(scraped, "chronicle_console_refusals_total", reason="ADMIN_DENIED") == 2
+
+
+async def test_bad_numbers_and_ids_in_a_request_are_refused_not_read_as_something_else(tmp_path: Path) -> None:
+    app = await start(walkthrough(tmp_path), store=MemoryStore())
+    try:
+        async with connect(app.address, interceptors=bearer(KEY)) as client:
+            await client.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id="root"))
+            for _ in range(3):
+                await client.submit(command("acc-1", bank.Deposit(amount=1), user_id="root"))
+        async with ChronicleClient.connect(app.address, token=KEY) as admin:
+            await admin.groups.create("billing", aggregate_types=["Account"])
+        address = console(app)
+        root = session_cookie(await log_in(address, KEY))
+
+        async def get(path: str) -> Answer:
+            return await request(address, "GET", path, headers={"Cookie": root})
+
+        for query in ("version=abc", "version=0", "version=-1", "version=1e3", "version=99999999999999999999"):
+            answer = await get(f"/aggregates/acc-1?{query}")
+            assert answer.status == 400 and "INVALID_VERSION" in answer.text, query
+            assert "version: must be a whole number from 1" in html.unescape(answer.text), query
+            assert 'id="state"' not in answer.text, query  # no state shown under a version it is not
+        for query in ("from=abc", "from=0", "from=-2"):
+            answer = await get(f"/aggregates/acc-1?{query}")
+            assert answer.status == 400 and "from: must be a whole number from 1" in html.unescape(answer.text)
+        for path in ("/groups/billing?after=abc", "/groups/billing?after=-1", "/tail/events?after=abc"):
+            answer = await get(path)
+            assert answer.status == 400 and "INVALID_POSITION" in answer.text, path
+        assert (await get("/aggregates/acc-1?version=2")).status == 200
+
+        token = csrf_of(await get("/groups/billing"))
+        headers = {**FORM, "Cookie": root, "Origin": f"http://{address}"}
+        for event_id in ("not-a-uuid", ""):
+            body = urlencode({"csrf_token": token, "event_id": event_id}).encode()
+            replayed = await request(address, "POST", "/groups/billing/replay", headers=headers, body=body)
+            assert replayed.status == 400 and "INVALID_EVENT_ID" in replayed.text, event_id
+        audited = [
+            (e.outcome, e.reason)
+            for e in await app.store.audit.read_audit(AuditQuery())
+            if e.command_type.endswith("/ReplayParked")
+        ]
+        assert audited == [(REFUSED, "INVALID_EVENT_ID")] * 2  # refused, not accepted
+    finally:
+        await app.stop(grace=0.5, drain=0)
+
+
+async def test_an_aggregate_s_pages_of_events_keep_the_version_shown_and_go_back_too(tmp_path: Path) -> None:
+    app = await start(walkthrough(tmp_path), store=MemoryStore())
+    try:
+        async with connect(app.address, interceptors=bearer(KEY)) as client:
+            await client.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id="root"))
+            for _ in range(249):
+                await client.submit(command("acc-1", bank.Deposit(amount=1), user_id="root"))
+        address = console(app)
+        root = session_cookie(await log_in(address, KEY))
+
+        async def links(path: str) -> dict[str, str]:
+            page = await request(address, "GET", path, headers={"Cookie": root})
+            assert page.status == 200
+            found = re.findall(r'<a href="(/aggregates/[^"]+)" class="(first|prev|next)">', page.text)
+            return {kind: html.unescape(href) for href, kind in found}
+
+        assert await links("/aggregates/acc-1?version=7") == {"next": "/aggregates/acc-1?version=7&from=101"}
+        assert await links("/aggregates/acc-1?version=7&from=101") == {
+            "first": "/aggregates/acc-1?version=7",
+            "prev": "/aggregates/acc-1?version=7",
+            "next": "/aggregates/acc-1?version=7&from=201",
+        }
+        assert await links("/aggregates/acc-1?from=201") == {
+            "first": "/aggregates/acc-1",
+            "prev": "/aggregates/acc-1?from=101",
+        }
+        later = await request(address, "GET", "/aggregates/acc-1?version=7&from=201", headers={"Cookie": root})
+        assert "at version 7" in later.text and '<input type="hidden" name="from" value="201">' in later.text
+    finally:
+        await app.stop(grace=0.5, drain=0)
