@@ -77,7 +77,7 @@ from service.security.middleware import AuthorizationMiddleware
 from service.security.policy import Authorizer, Policy
 from service.security.reloading import SecurityReloader, WatchedFile
 from service.security.tls import server_credentials
-from service.settings import Settings
+from service.settings import Settings, bad_setting
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, refuse_if_sealed
@@ -741,8 +741,10 @@ def _standby(settings: Settings, adapter: StoreAdapter) -> StandbyStore:
     from service.store.postgres.standby import StandbyStore
 
     if not isinstance(adapter, PostgresStore):
-        raise ConfigurationError(
-            "--read-database-url names a standby of a PostgreSQL --database-url", reason="BAD_SETTING"
+        raise bad_setting(
+            "read_database_url",
+            "a standby needs a PostgreSQL --database-url",
+            "the postgresql:// URL of a hot standby of a PostgreSQL --database-url",
         )
     return StandbyStore(
         settings.read_database_url,

@@ -31,9 +31,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from service.errors import ConfigurationError
 from service.security.exposure import check_exposure
-from service.settings import Settings
+from service.settings import Settings, bad_setting
 from service.store.factory import check_shared_by_processes, open_store
 
 log = logging.getLogger("chronicle.processes")
@@ -46,9 +45,7 @@ WATCH_SECONDS = 0.2
 
 def serve_processes(settings: Settings, argv: Sequence[str]) -> int:
     if settings.listen.rpartition(":")[2] == "0":
-        raise ConfigurationError(
-            "several processes need a fixed port to share (--listen host:port, not port 0)", reason="BAD_SETTING"
-        )
+        raise bad_setting("listen", "port 0 cannot be shared", "a fixed port, which --processes share")
     # Said once here, rather than by every process as it starts.
     check_shared_by_processes(open_store(settings.database_url), settings.database_url)
     check_exposure(

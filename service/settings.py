@@ -5,11 +5,12 @@ default. Only the composition root reads the environment."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
-from service.cluster.hashing import check_partition_count
+from service.cluster.hashing import MAX_PARTITIONS, check_partition_count
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS
 
@@ -252,9 +253,15 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ConfigurationError(f"listen address must be host:port, got {self.listen!r}", reason="BAD_SETTING")
+        """Refuse a value that cannot work, naming its flag, what is wrong
+        with it and what would be accepted (``BAD_SETTING``): the server
+        must not start on it, nor fail later with a traceback."""
+        _check_address("listen", self.listen, host_required=True)
+        for name in ("process_listen", "metrics_listen", "console_listen"):
+            if getattr(self, name):
+                _check_address(name, getattr(self, name))
+        if self.advertise_address:
+            _check_address("advertise_address", self.advertise_address, host_required=True, port_zero=False)
         for name in (
             "max_message_bytes",
             "queue_depth",
@@ -266,15 +273,28 @@ class Settings:
             "partitions",
             "max_event_bytes",
             "read_page_events",
+            "max_concurrent_rpcs",
+            "max_subscriptions",
+            "max_rpcs_per_principal",
+            "max_subscriptions_per_principal",
+            "max_health_watches",
         ):
             if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
-        if self.max_event_bytes * 4 > self.max_message_bytes:
-            raise ConfigurationError(
-                f"max_event_bytes ({self.max_event_bytes}) must be at most a quarter of max_message_bytes"
-                f" ({self.max_message_bytes}), so that every event and every result can be sent back",
-                reason="BAD_SETTING",
+                raise bad_setting(name, f"{getattr(self, name)} is too small", _accepted_int(name, at_least=1))
+        if self.snapshot_every < 0:
+            raise bad_setting(
+                "snapshot_every", f"{self.snapshot_every} is negative", _accepted_int("snapshot_every", at_least=0)
             )
+        if self.max_event_bytes * 4 > self.max_message_bytes:
+            raise bad_setting(
+                "max_event_bytes",
+                f"{self.max_event_bytes} is more than a quarter of --max-message-bytes ({self.max_message_bytes})",
+                f"at most {self.max_message_bytes // 4}, so that every event and every result can be sent back"
+                " (or a larger --max-message-bytes)",
+            )
+        for item in fields(self):
+            if item.type == "float" and not math.isfinite(getattr(self, item.name)):
+                raise bad_setting(item.name, f"{getattr(self, item.name)} is not a finite number", DURATION)
         for name in (
             "idle_timeout",
             "health_interval",
@@ -283,14 +303,14 @@ class Settings:
             "keepalive_seconds",
             "keepalive_timeout_seconds",
             "lease_seconds",
+            "console_sample_seconds",
         ):
-            if not getattr(self, name) > 0:  # NaN too
-                raise ConfigurationError(f"{name} must be positive", reason="BAD_SETTING")
+            if not getattr(self, name) > 0:
+                raise bad_setting(name, f"{getattr(self, name):g} is not positive", f"more than 0: {DURATION}")
         for name in (
             "checkpoint_seconds",
             "shutdown_drain",
             "shutdown_grace",
-            "snapshot_every",
             "slow_handler_seconds",
             "loop_lag_seconds",
             "command_retention",
@@ -302,85 +322,102 @@ class Settings:
             "jwt_leeway_seconds",
             "read_wait_seconds",
         ):
-            if not getattr(self, name) >= 0:  # NaN too
-                raise ConfigurationError(f"{name} must not be negative", reason="BAD_SETTING")
-        for item in fields(self):
-            if item.type == "float" and not math.isfinite(getattr(self, item.name)):
-                raise ConfigurationError(f"{item.name} must be a finite number of seconds", reason="BAD_SETTING")
+            if not getattr(self, name) >= 0:
+                raise bad_setting(name, f"{getattr(self, name):g} is negative", f"0 or more: {DURATION}")
         if self.lease_seconds < MIN_LEASE_SECONDS:
             # A heartbeat is a third of it, and a round trip to the database.
-            raise ConfigurationError(
-                f"lease_seconds must be at least {MIN_LEASE_SECONDS:g}, got {self.lease_seconds:g}",
-                reason="BAD_SETTING",
+            raise bad_setting(
+                "lease_seconds", f"{self.lease_seconds:g} is too short", f"at least {MIN_LEASE_SECONDS:g} seconds"
             )
         if self.processes > MAX_PROCESSES:
-            raise ConfigurationError(f"processes must be at most {MAX_PROCESSES}", reason="BAD_SETTING")
-        check_partition_count(self.partitions)
+            raise bad_setting("processes", f"{self.processes} is too many", f"from 1 to {MAX_PROCESSES}")
+        try:
+            check_partition_count(self.partitions)
+        except ConfigurationError:
+            raise bad_setting(
+                "partitions",
+                f"{self.partitions} is not a power of two from 1 to {MAX_PARTITIONS}",
+                f"1, 2, 4, 8, … up to {MAX_PARTITIONS}",
+            ) from None
         if self.read_database_url and not self.database_url.startswith(("postgresql:", "postgres:")):
-            raise ConfigurationError(
-                "--read-database-url names a standby of a PostgreSQL --database-url", reason="BAD_SETTING"
+            raise bad_setting(
+                "read_database_url",
+                "a standby needs a PostgreSQL --database-url",
+                "the postgresql:// URL of a hot standby of a PostgreSQL --database-url",
             )
         if self.read_database_url and not self.read_database_url.startswith(("postgresql:", "postgres:")):
-            raise ConfigurationError("--read-database-url must be a postgresql:// URL", reason="BAD_SETTING")
-        if self.process_listen and not self.process_listen.rpartition(":")[2].isdigit():
-            raise ConfigurationError(
-                f"process_listen must be host:port, got {self.process_listen!r}", reason="BAD_SETTING"
+            raise bad_setting(
+                "read_database_url", "is not a postgresql:// URL", "the postgresql:// URL of a hot standby"
             )
-        if self.advertise_address:
-            host, _, port = self.advertise_address.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise ConfigurationError(
-                    f"advertise_address must be a host:port clients can dial, got {self.advertise_address!r}",
-                    reason="BAD_SETTING",
-                )
-        if self.log_format not in ("text", "json"):
-            raise ConfigurationError("log_format must be text or json", reason="BAD_SETTING")
-        if self.metrics_listen and not self.metrics_listen.rpartition(":")[2].isdigit():
-            raise ConfigurationError(
-                f"metrics_listen must be host:port, got {self.metrics_listen!r}", reason="BAD_SETTING"
-            )
-        if self.console_listen and not self.console_listen.rpartition(":")[2].isdigit():
-            raise ConfigurationError(
-                f"console_listen must be host:port, got {self.console_listen!r}", reason="BAD_SETTING"
-            )
-        if not self.console_sample_seconds > 0:  # NaN too
-            raise ConfigurationError("console_sample_seconds must be positive", reason="BAD_SETTING")
-        limits = (
-            "max_concurrent_rpcs",
-            "max_subscriptions",
-            "max_rpcs_per_principal",
-            "max_subscriptions_per_principal",
-            "max_health_watches",
-        )
-        for name in limits:
-            if getattr(self, name) < 1:
-                raise ConfigurationError(f"{name} must be at least 1", reason="BAD_SETTING")
+        if self.log_level.upper() not in logging.getLevelNamesMapping():
+            raise bad_setting("log_level", f"{self.log_level!r} is not a level", "DEBUG, INFO, WARNING or ERROR")
+        if self.log_format not in LOG_FORMATS:
+            raise bad_setting("log_format", f"{self.log_format!r} is not a format", "text or json")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise ConfigurationError("TLS needs both --tls-cert-file and --tls-key-file", reason="BAD_SETTING")
+            missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
+            raise bad_setting(missing, "is missing", "TLS needs both --tls-cert-file and --tls-key-file")
         if self.tls_client_ca_file and not self.tls_cert_file:
-            raise ConfigurationError("mutual TLS (--tls-client-ca-file) needs TLS", reason="BAD_SETTING")
+            raise bad_setting(
+                "tls_client_ca_file", "mutual TLS needs TLS", "with --tls-cert-file and --tls-key-file, or none"
+            )
         if self.auth and not self.policy_file:
-            raise ConfigurationError("--auth needs a --policy-file (deny by default)", reason="BAD_SETTING")
+            raise bad_setting("policy_file", "is missing", "--auth needs a --policy-file (deny by default)")
         if self.auth and not (self.api_keys_file or self.jwt_key_file or self.tls_client_ca_file):
-            raise ConfigurationError(
+            raise bad_setting(
+                "auth",
+                "has no way to authenticate anyone",
                 "--auth needs a credential source: --api-keys-file, --jwt-key-file or --tls-client-ca-file",
-                reason="BAD_SETTING",
             )
         if self.auth and self.anonymous_admin:
-            raise ConfigurationError(
-                "--anonymous-admin is for servers with --auth off; with --auth the policy grants admin",
-                reason="BAD_SETTING",
+            raise bad_setting(
+                "anonymous_admin",
+                "is not for servers with --auth",
+                "with --auth off only: with --auth the policy grants admin",
             )
         if self.postgres_json_events and (self.master_key_file or self.master_keys):
-            raise ConfigurationError(
-                "--postgres-json-events would keep payloads in the clear beside their encrypted copies: not with"
-                " encryption at rest",
-                reason="BAD_SETTING",
+            raise bad_setting(
+                "postgres_json_events",
+                "would keep payloads in the clear beside their encrypted copies",
+                "not with encryption at rest (--master-key-file, --master-keys)",
             )
         if self.master_key_file and self.master_keys:
-            raise ConfigurationError("give master keys in a file or inline, not both", reason="BAD_SETTING")
+            raise bad_setting("master_keys", "are given twice", "master keys in a file or inline, not both")
         if self.jwt_key_file and not self.jwt_issuer:
-            raise ConfigurationError("--jwt-key-file needs --jwt-issuer", reason="BAD_SETTING")
+            raise bad_setting("jwt_issuer", "is missing", "--jwt-key-file needs --jwt-issuer")
+
+
+# What a duration setting takes, said when one is refused.
+DURATION = "seconds (2.5) or a number and a unit: 250ms, 30s, 15m, 12h, 90d, 2w"
+LOG_FORMATS = ("text", "json")
+MAX_PORT = 65535
+
+
+def flag(name: str) -> str:
+    """The command-line flag of setting ``name``."""
+    return "--" + name.replace("_", "-")
+
+
+def bad_setting(name: str, problem: str, accepted: str) -> ConfigurationError:
+    """The refusal of setting ``name``: ``--flag: what is wrong; what is
+    accepted``, as ``chronicle serve`` prints it after ``error: BAD_SETTING:``."""
+    return ConfigurationError(f"{flag(name)}: {problem}; {accepted}", reason="BAD_SETTING")
+
+
+def _accepted_int(name: str, *, at_least: int) -> str:
+    unit = " of bytes" if name.endswith("_bytes") else ""
+    return f"a whole number{unit}, at least {at_least}"
+
+
+def _check_address(name: str, value: str, *, host_required: bool = False, port_zero: bool = True) -> None:
+    """``value`` is ``host:port`` with a port a socket can bind (0: any
+    free one, where ``port_zero``) or a client can dial."""
+    host, sep, port = value.rpartition(":")
+    lowest = 0 if port_zero else 1
+    accepted = f"host:port, the port from {lowest} to {MAX_PORT}" + (" (0: any free port)" if port_zero else "")
+    if not sep or (host_required and not host) or not (port.isascii() and port.isdigit()):
+        raise bad_setting(name, f"{value!r} is not host:port", accepted)
+    if not lowest <= int(port) <= MAX_PORT:
+        raise bad_setting(name, f"port {int(port)} is out of range", accepted)
 
 
 def env_name(name: str) -> str:
@@ -410,6 +447,8 @@ def seconds(text: str) -> float:
 
 
 def _convert(name: str, kind: str, text: str) -> object:
+    """``text`` (a flag's or an environment variable's) as setting
+    ``name`` of type ``kind``; refused as ``bad_setting`` says."""
     try:
         if kind == "bool":
             return _parse_bool(text)
@@ -417,11 +456,22 @@ def _convert(name: str, kind: str, text: str) -> object:
             return int(text)
         if kind == "float":
             return seconds(text)
-        if kind == "tuple[str, ...]":
-            return tuple(part.strip() for part in text.split(",") if part.strip())
-        return text
-    except ValueError as error:
-        raise ConfigurationError(f"{name}: {error}", reason="BAD_SETTING") from None
+    except ValueError:
+        raise bad_setting(name, f"{text!r} is not {_WHAT[kind]}", _accepted(name, kind)) from None
+    if kind == "tuple[str, ...]":
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return text
+
+
+_WHAT = {"bool": "a boolean", "int": "a whole number", "float": "a duration"}
+
+
+def _accepted(name: str, kind: str) -> str:
+    if kind == "bool":
+        return "true, false, yes, no, on, off, 1 or 0"
+    if kind == "int":
+        return _accepted_int(name, at_least=0 if name == "snapshot_every" else 1)
+    return DURATION
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

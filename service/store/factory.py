@@ -57,7 +57,8 @@ def open_store(
         )
     if json_of is not None:
         raise ConfigurationError(
-            "only PostgreSQL keeps a JSON copy of events (--postgres-json-events)", reason="BAD_SETTING"
+            "--postgres-json-events: only PostgreSQL keeps a JSON copy of events; with a postgresql:// --database-url",
+            reason="BAD_SETTING",
         )
     if scheme == "memory":
         from service.store.memory import MemoryStore

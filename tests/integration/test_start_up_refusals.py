@@ -195,3 +195,27 @@ def test_a_refused_start_has_not_opened_the_store(tmp_path: Path) -> None:
     result = serve_until_exit("--database-url", f"sqlite:///{database}", *with_jwt_key(tmp_path, "too-short"))
     assert (result.returncode, result.stderr.split(":")[1].strip()) == (2, "WEAK_KEY")
     assert list(database.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--console-listen", "127.0.0.1:99999"), "--console-listen: port 99999 is out of range; host:port"),
+        (("--metrics-listen", "127.0.0.1:99999"), "--metrics-listen: port 99999 is out of range; host:port"),
+        (("--process-listen", "127.0.0.1:70000"), "--process-listen: port 70000 is out of range; host:port"),
+        (("--log-level", "LOUD"), "--log-level: 'LOUD' is not a level; DEBUG, INFO, WARNING or ERROR"),
+        (("--command-retention", "90x"), "--command-retention: '90x' is not a duration; seconds (2.5) or a number"),
+    ],
+)
+def test_a_setting_out_of_its_range_is_one_bad_setting_line_not_a_traceback(args: tuple[str, ...], says: str) -> None:
+    """A port past 65535 was a traceback (OverflowError, exit 1); an unknown
+    level said only logging's "Unknown level"; a duration in no unit said
+    "could not convert string to float", without the units it takes."""
+    assert refused(*args).startswith(f"error: BAD_SETTING: {says}")
+
+
+def test_a_listen_port_out_of_range_is_one_bad_setting_line_not_a_traceback() -> None:
+    result = serve_until_exit("--database-url", "memory://", listen="127.0.0.1:99999")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: BAD_SETTING: --listen: port 99999 is out of range; host:port, the port from 0 to")

@@ -12,6 +12,11 @@ from service.errors import ConfigurationError
 from service.settings import DEFAULT_DATABASE_URL, Settings, settings_from
 
 
+def flag(name: str) -> str:
+    """The flag of setting ``name``, as refusals name it."""
+    return "--" + name.replace("_", "-")
+
+
 def test_defaults_serve_sqlite_on_loopback() -> None:
     settings = settings_from([], {})
     assert settings.listen == "127.0.0.1:50051"
@@ -131,7 +136,7 @@ def test_events_are_limited_to_a_quarter_of_a_message() -> None:
     assert settings_from(["--max-message-bytes", "8000000", "--max-event-bytes", "2000000"], {}).max_event_bytes == (
         2_000_000
     )
-    with pytest.raises(ConfigurationError, match="a quarter of max_message_bytes"):
+    with pytest.raises(ConfigurationError, match="a quarter of --max-message-bytes"):
         settings_from(["--max-message-bytes", "8000000", "--max-event-bytes", "2000001"], {})
     with pytest.raises(ConfigurationError, match="a quarter"):
         Settings(max_message_bytes=1024 * 1024)  # the default 1 MiB events would not fit
@@ -150,12 +155,77 @@ NUMBERS = [
 
 @pytest.mark.parametrize("name", NUMBERS)
 def test_a_negative_number_is_refused_and_the_refusal_names_the_setting(name: str) -> None:
-    with pytest.raises(ConfigurationError, match=name) as refused:
+    with pytest.raises(ConfigurationError, match=f"^{flag(name)}: ") as refused:
         replace(Settings(), **_with(name, -1))
     assert refused.value.reason == "BAD_SETTING"
 
 
 @pytest.mark.parametrize("name", [name for name in NUMBERS if isinstance(getattr(Settings(), name), float)])
 def test_a_duration_that_is_not_a_number_is_refused(name: str) -> None:
-    with pytest.raises(ConfigurationError, match=name):
+    with pytest.raises(ConfigurationError, match=f"^{flag(name)}: "):
         replace(Settings(), **_with(name, math.nan))
+
+
+ADDRESSES = ["listen", "process_listen", "metrics_listen", "console_listen", "advertise_address"]
+
+
+@pytest.mark.parametrize("name", ADDRESSES)
+@pytest.mark.parametrize("port", ["65536", "99999", "700000"])
+def test_every_address_setting_refuses_a_port_no_socket_can_have(name: str, port: str) -> None:
+    """A port past 65535 was a traceback from bind() (OverflowError) for
+    some addresses, and bound some other port for --process-listen."""
+    with pytest.raises(ConfigurationError) as refused:
+        settings_from([flag(name), f"127.0.0.1:{port}"], {})
+    assert refused.value.reason == "BAD_SETTING"
+    assert refused.value.message.startswith(f"{flag(name)}: port {port} is out of range; host:port, the port from ")
+    assert "to 65535" in refused.value.message
+
+
+@pytest.mark.parametrize("name", ADDRESSES)
+def test_every_address_setting_takes_the_highest_port(name: str) -> None:
+    assert getattr(settings_from([flag(name), "127.0.0.1:65535"], {}), name) == "127.0.0.1:65535"
+
+
+def test_port_0_is_any_free_port_where_the_server_binds_but_no_address_to_dial() -> None:
+    assert settings_from(["--console-listen", "127.0.0.1:0"], {}).console_listen == "127.0.0.1:0"
+    with pytest.raises(ConfigurationError, match=r"^--advertise-address: port 0 is out of range; .* from 1 to 65535"):
+        settings_from(["--advertise-address", "replica-1:0"], {})
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "says"),
+    [
+        (["--log-level", "LOUD"], {}, "--log-level: 'LOUD' is not a level; DEBUG, INFO, WARNING or ERROR"),
+        ([], {"CHRONICLE_LOG_LEVEL": "verbose"}, "--log-level: 'verbose' is not a level; DEBUG, INFO, WARNING or"),
+        (["--log-format", "yaml"], {}, "--log-format: 'yaml' is not a format; text or json"),
+        (["--command-retention", "90x"], {}, "--command-retention: '90x' is not a duration; seconds (2.5) or"),
+        ([], {"CHRONICLE_REFUSAL_RETENTION": "90 days"}, "--refusal-retention: '90 days' is not a duration;"),
+        (["--idle-timeout", "soon"], {}, "--idle-timeout: 'soon' is not a duration; "),
+        (["--max-message-bytes", "4MiB"], {}, "--max-message-bytes: '4MiB' is not a whole number; a whole number of"),
+        (["--queue-depth", "many"], {}, "--queue-depth: 'many' is not a whole number; a whole number, at least 1"),
+        (["--snapshot-every", "-1"], {}, "--snapshot-every: -1 is negative; a whole number, at least 0"),
+        ([], {"CHRONICLE_DISCOVER_PLUGINS": "perhaps"}, "--discover-plugins: 'perhaps' is not a boolean; true, false"),
+        (["--idle-timeout", "0"], {}, "--idle-timeout: 0 is not positive; more than 0: seconds"),
+        (["--shutdown-grace=-5"], {}, "--shutdown-grace: -5 is negative; 0 or more: seconds"),
+        (["--lease-seconds", "100ms"], {}, "--lease-seconds: 0.1 is too short; at least 0.5 seconds"),
+        (["--partitions", "48"], {}, "--partitions: 48 is not a power of two from 1 to 4096; 1, 2, 4"),
+        (["--processes", "1000"], {}, "--processes: 1000 is too many; from 1 to 256"),
+        (["--listen", "50051"], {}, "--listen: '50051' is not host:port; host:port, the port from 0 to 65535"),
+        (["--tls-cert-file", "c.pem"], {}, "--tls-key-file: is missing; TLS needs both"),
+    ],
+)
+def test_each_refusal_says_the_flag_what_is_wrong_and_what_is_accepted(
+    argv: list[str], environ: dict[str, str], says: str
+) -> None:
+    """``error: BAD_SETTING: --flag: what is wrong; what is accepted`` is what
+    ``chronicle serve`` prints of these: each names the flag (the variable
+    is its CHRONICLE_ twin) and what would do, durations their units."""
+    with pytest.raises(ConfigurationError) as refused:
+        settings_from(argv, environ)
+    assert refused.value.reason == "BAD_SETTING"
+    assert refused.value.message.startswith(says), refused.value.message
+
+
+def test_every_level_logging_knows_is_taken_in_any_case() -> None:
+    assert settings_from(["--log-level", "debug"], {}).log_level == "debug"
+    assert settings_from([], {"CHRONICLE_LOG_LEVEL": "Warning"}).log_level == "Warning"
