@@ -156,8 +156,10 @@ def _entry(
         command_type=_cut(type_name(command.payload)),
         aggregate_id=_cut(command.aggregate_id),
         principal=principal.name if principal is not None else "",
-        # A claim is recorded only beside the principal that made it.
-        user_id=_cut(command.user_id) if principal is not None else "",
+        # A claim is recorded only beside the principal that made it; a
+        # command that names no user acts as its principal (decode_command),
+        # and is recorded so, as the pipeline records its refusals.
+        user_id=_cut(command.user_id or principal.name) if principal is not None else "",
         origin=_cut(command.origin),
         dry_run=dry_run,
         peer=peer,

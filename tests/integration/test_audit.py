@@ -119,6 +119,49 @@ async def test_a_malformed_command_is_audited(audited: Audited) -> None:
     assert (entry.command_type, entry.principal, entry.reason) == ("nobody.v1.Knows", "alice", "UNKNOWN_COMMAND_TYPE")
 
 
+async def test_a_command_refused_as_it_is_decoded_names_its_user_as_a_refusal_in_the_pipeline_does(
+    audited: Audited,
+) -> None:
+    """A command that names no user acts as its principal: the entry of one
+    refused for its id (not a UUID) or its type (none registered) names
+    that user, as the entry of one the handler refused does; on each
+    command RPC. (They had no user id.)"""
+    unknown_type = command("acc-1", bank.Deposit(amount=1), user_id="")
+    unknown_type.payload.CopyFrom(any_pb2.Any(type_url="type.googleapis.com/nobody.v1.Knows", value=b""))
+    refused = {
+        "submit": command("acc-1", bank.Deposit(amount=1), user_id="", command_id="fixed-cmd-1"),
+        "batch": command("acc-1", bank.Deposit(amount=1), user_id="", command_id="fixed-cmd-2"),
+        "stream": command("acc-1", bank.Deposit(amount=1), user_id="", command_id="fixed-cmd-3"),
+        "pages": command("acc-1", bank.Deposit(amount=1), user_id="", command_id="fixed-cmd-4"),
+    }
+    in_pipeline = command("acc-1", bank.Withdraw(amount=10**6), user_id="")
+    async with audited.as_("alice") as alice:
+        await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+        await attempt(alice, in_pipeline)  # INSUFFICIENT_FUNDS, recorded with the command
+        await attempt(alice, refused["submit"])
+        await attempt(alice, unknown_type)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await alice.commands.SubmitBatch(cs.SubmitBatchRequest(commands=[refused["batch"]]))
+        async for _ in alice.commands.SubmitStream(iter([cs.SubmitRequest(command=refused["stream"])])):
+            pass
+        page = cs.SubmitPage(requests=[cs.SubmitRequest(command=refused["pages"])])
+        async for _ in alice.commands.SubmitStreamPages(iter([page])):
+            pass
+    entries = await audited.entries(outcome=admin.AUDIT_OUTCOME_REFUSED)
+    assert sorted((e.reason, e.principal, e.user_id) for e in entries) == sorted(
+        [("INSUFFICIENT_FUNDS", "alice", "alice"), ("UNKNOWN_COMMAND_TYPE", "alice", "alice")]
+        + [("INVALID_COMMAND_ID", "alice", "alice")] * 4
+    )
+
+
+async def test_a_user_the_refused_command_names_is_recorded_beside_its_principal(audited: Audited) -> None:
+    claimed = command("acc-1", bank.Deposit(amount=1), user_id="carol", command_id="not-a-uuid")
+    async with audited.as_("gateway") as gateway:
+        await attempt(gateway, claimed)
+    (entry,) = await audited.entries()
+    assert (entry.reason, entry.principal, entry.user_id) == ("INVALID_COMMAND_ID", "gateway", "carol")
+
+
 async def test_a_command_refused_for_a_nul_in_its_aggregate_id_is_audited_on_every_store(audited: Audited) -> None:
     # PostgreSQL's text columns refuse NUL: the entry keeps the id with the
     # NUL replaced, rather than being lost.
