@@ -50,7 +50,7 @@ from service.console.views import Parts
 from service.errors import ChronicleError, ConfigurationError, StoreUnavailable
 from service.groups import SubscriptionGroups
 from service.observability.logs import LoggingMiddleware
-from service.observability.metrics import Metrics, MetricsMiddleware, MetricsServer
+from service.observability.metrics import DecodingRefusals, Metrics, MetricsMiddleware, MetricsServer
 from service.observability.store_timing import timed
 from service.observability.subscriptions import GroupSampler, LagSampler, SubscriptionTracker
 from service.observability.tracing import TracingMiddleware
@@ -410,8 +410,12 @@ async def start(
     middleware: list[Middleware] = [LoggingMiddleware()]
     if tracing:
         middleware.append(TracingMiddleware(tracer_provider))
+
+    def code_name(error: ChronicleError) -> str:
+        return status_code(error).name.lower()
+
     if metrics is not None:
-        middleware.append(MetricsMiddleware(metrics, code_name=lambda error: status_code(error).name.lower()))
+        middleware.append(MetricsMiddleware(metrics, code_name=code_name))
     audited = AuditMiddleware(audit, sampled=sampled_refusals)
     middleware.append(audited)
     if authorizer.enforcing:
@@ -554,6 +558,11 @@ async def start(
         ownership=ownership,
         page_bytes=page_bytes,
         room_for=router.room_for,
+        counted=DecodingRefusals(
+            metrics, code_name=code_name, registered=lambda name: registry.command(name) is not None
+        )
+        if metrics is not None
+        else None,
     )
     server = build_server(
         commands=commands,

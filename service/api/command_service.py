@@ -1,6 +1,8 @@
 """``chronicle.v1.CommandService``: decode, hand to the pipeline, encode. No
 business logic. A command that does not decode is audited through
-``RefusedCommands``, as the gate's refusals are."""
+``RefusedCommands``, as the gate's refusals are, and counted (``counted``:
+the metrics) as a command refused, as the pipeline's refusals are; an
+accepted command pays nothing for either."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from service.api.cluster_service import not_owner_hint
 from service.api.codec import decode_batch, decode_command, encode_event_into, type_name
 from service.api.disclosure import Disclosure
 from service.api.dry_runs import DryRunAudit
-from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands
+from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands, refused_commands
 from service.api.status import command_error
 from service.cluster.ownership import Ownership
 from service.errors import ChronicleError, InvalidInput, StoreUnavailable
@@ -38,6 +40,9 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # not 256 times the largest message.
 STREAM_IN_FLIGHT = 256
 STREAM_IN_FLIGHT_BYTES = 16 * 1024 * 1024
+# Told of each command refused as its request was decoded, before the
+# pipeline: its type as sent (empty when it names none) and the refusal.
+CountRefused = Callable[[str, ChronicleError], None]
 
 
 class CommandService(pb_grpc.CommandServiceServicer):
@@ -53,13 +58,16 @@ class CommandService(pb_grpc.CommandServiceServicer):
         ownership: Ownership | None = None,
         stream_bytes: int = STREAM_IN_FLIGHT_BYTES,
         room_for: Callable[[str], asyncio.Future[None] | None] | None = None,
+        counted: CountRefused | None = None,
     ) -> None:
         """``page_bytes``: a SubmitResultPage is closed once its answers pass
         this many bytes (the application's bound of every page).
         ``stream_bytes``: a stream stops reading while its started,
         unanswered commands carry this many bytes. ``room_for``: None while
         an aggregate's queue has room, else a future done once it has (the
-        router's): a stream waits on it before it starts a command."""
+        router's): a stream waits on it before it starts a command.
+        ``counted``: told of each command refused as it was decoded (once
+        per command the audit records)."""
         self._registry = registry
         self._pipeline = pipeline
         self._refused = refused
@@ -69,6 +77,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self._page_bytes = page_bytes
         self._stream_bytes = stream_bytes
         self._room_for = room_for
+        self._counted = counted
         # The readers of the command streams open now; ``close`` stops them.
         self._readers: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -120,8 +129,15 @@ class CommandService(pb_grpc.CommandServiceServicer):
     async def _refuse(
         self, request: pb.SubmitRequest, principal: Principal, error: ChronicleError, context: Context
     ) -> BatchResult:
+        self._count(request, error)
         await self._refused(SUBMIT_METHOD, request, error, principal, context.peer())
         raise error
+
+    def _count(self, request: pb.SubmitRequest | pb.SubmitBatchRequest, error: ChronicleError) -> None:
+        """Count the commands of ``request``, refused before the pipeline."""
+        if self._counted is not None:
+            for command in refused_commands(request):
+                self._counted(type_name(command.payload), error)
 
     async def _submitted(self, command: CommandRequest, principal: Principal) -> BatchResult:
         result = await self._pipeline.submit(command, principal)
@@ -276,6 +292,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         try:
             batch = decode_batch(request.commands, self._registry, dry_run=request.dry_run, principal=principal.name)
         except ChronicleError as error:
+            self._count(request, error)
             await self._refused(SUBMIT_BATCH_METHOD, request, error, principal, context.peer())
             raise
         try:

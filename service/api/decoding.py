@@ -13,9 +13,11 @@ caller without credentials learns nothing from sending garbage.
 
 Streamed requests are parsed as the servicer reads them, and gRPC hands a
 deserializer's exception to that read: there ``raising`` raises the same
-InvalidInput at the message that does not parse (nothing wraps each message
-of the stream to look for an ``Undecodable``), and the gate turns it into the
-call's status as it does the servicer's own errors.
+refusal (an ``UnparsableMessage``) at the message that does not parse
+(nothing wraps each message of the stream to look for an ``Undecodable``),
+and the gate refuses the call with it as it refuses an ``Undecodable``
+request: reported to its ``on_refused`` (audited, counted), then the
+call's status.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from service.errors import InvalidInput
 MALFORMED_REQUEST = "MALFORMED_REQUEST"
 
 
+class UnparsableMessage(InvalidInput):
+    """A message of a request stream did not parse (MALFORMED_REQUEST)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Undecodable:
     """What arrived instead of a request: the bytes did not parse."""
@@ -38,8 +44,8 @@ class Undecodable:
     message_type: str
     problem: str
 
-    def error(self) -> InvalidInput:
-        return InvalidInput(
+    def error(self) -> UnparsableMessage:
+        return UnparsableMessage(
             f"the request does not parse as {self.message_type}: {self.problem}",
             reason=MALFORMED_REQUEST,
             metadata={"message_type": self.message_type},
@@ -61,8 +67,9 @@ def tolerant(deserializer: Callable[[bytes], Any], method: str) -> Callable[[byt
 
 
 def raising(deserializer: Callable[[bytes], Any], method: str) -> Callable[[bytes], Any]:
-    """``deserializer`` raising InvalidInput (MALFORMED_REQUEST) where it
-    would raise anything else (for the messages of a request stream)."""
+    """``deserializer`` raising ``UnparsableMessage`` (MALFORMED_REQUEST)
+    where it would raise anything else (for the messages of a request
+    stream)."""
     message_type = _message_type(deserializer, method)
 
     def deserialize(data: bytes) -> Any:

@@ -33,7 +33,7 @@ from typing import Any, TypeAlias
 import grpc
 from grpc._cython.cygrpc import ExecuteBatchError
 
-from service.api.decoding import Undecodable, raising, tolerant
+from service.api.decoding import Undecodable, UnparsableMessage, raising, tolerant
 from service.api.live_streams import LiveStream, LiveStreams
 from service.api.status import internal_status, rich_status
 from service.errors import ChronicleError, Overloaded, PermissionDenied, Unauthenticated
@@ -227,10 +227,14 @@ class RpcGate:
         """What the servicer raised, as the RPC's status (abort raises). A
         call whose client cancelled it under a pending write gets none: the
         write failed inside gRPC (``CallGone``), the client went away, which
-        is no error of the server's, and no status could be sent."""
+        is no error of the server's, and no status could be sent. A
+        message of its request stream that did not parse is the gate's own
+        refusal, as a request that arrived alone and did not parse is."""
         if isinstance(error, CallGone):
             log.debug("%s: the call ended under a write (%s): its client went away", method, error)
             return
+        if isinstance(error, UnparsableMessage):
+            await self._refuse(method, request, context, error)
         if isinstance(error, ChronicleError):
             if isinstance(error, PermissionDenied) and self._on_denied is not None:
                 await self._on_denied(method, request, error, _authenticated(), context.peer())
@@ -254,7 +258,7 @@ class RpcGate:
         # A request that arrives alone is parsed before the handler runs: an
         # Undecodable one is refused in ``admit``. Each message of a request
         # stream is parsed as the servicer reads it, and one that does not
-        # parse raises there (``decoding.raising``), which ``fail`` answers.
+        # parse raises there (``decoding.raising``), which ``fail`` refuses.
         streamed = handler.stream_unary is not None or handler.stream_stream is not None
         options = {
             "request_deserializer": (raising if streamed else tolerant)(handler.request_deserializer, method),

@@ -132,19 +132,25 @@ def _cut(text: str) -> str:
     return text[:AUDITED_LENGTH]
 
 
+def refused_commands(request: object) -> list[command_pb2.Command]:
+    """The commands a refusal of ``request`` (a SubmitRequest or
+    SubmitBatchRequest; None when its bytes did not parse) stands for: each
+    of a batch, or one in all (an empty one, naming nothing, when there is
+    none to name or the batch is too large to list). The audit writes an
+    entry for each, and the metrics count each."""
+    if isinstance(request, pb.SubmitBatchRequest) and 0 < len(request.commands) <= MAX_BATCH_COMMANDS:
+        return list(request.commands)
+    if isinstance(request, pb.SubmitRequest):
+        return [request.command]
+    return [command_pb2.Command()]
+
+
 def refused_entries(
     request: object, principal: Principal | None, error: ChronicleError, peer: str = ""
 ) -> list[AuditEntry]:
-    """One entry per command of ``request`` (one in all, naming no command,
-    when there is none to name or the batch is too large to list)."""
-    if isinstance(request, pb.SubmitBatchRequest) and 0 < len(request.commands) <= MAX_BATCH_COMMANDS:
-        commands = list(request.commands)
-    elif isinstance(request, pb.SubmitRequest):
-        commands = [request.command]
-    else:
-        commands = [command_pb2.Command()]
+    """One entry per command of ``request`` (``refused_commands``)."""
     dry_run = isinstance(request, pb.SubmitRequest | pb.SubmitBatchRequest) and request.dry_run
-    return [_entry(command, principal, error, peer, dry_run) for command in commands]
+    return [_entry(command, principal, error, peer, dry_run) for command in refused_commands(request)]
 
 
 def _entry(

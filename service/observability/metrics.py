@@ -6,15 +6,19 @@ registered, status codes, store operations): never aggregate ids.
 
 - ``chronicle_commands_total{command_type, outcome}``: commands processed;
   outcome is ``ok``, ``replayed``, ``dry_run`` or the gRPC code in lower case
-  (``failed_precondition``, ``permission_denied``, ``aborted``, …).
+  (``failed_precondition``, ``permission_denied``, ``aborted``, …). Commands
+  refused as their request was decoded count too (``DecodingRefusals``), a
+  type no plugin registered as ``command_type="(unknown)"``.
 - ``chronicle_command_duration_seconds{command_type}``: from taking a command
   to its result, queue wait included (histogram).
 - ``chronicle_command_refusals_total{reason}``: commands refused, by the
   error's machine-readable reason (``INSUFFICIENT_FUNDS``,
-  ``WRONG_EXPECTED_VERSION``, ``SUBMIT_DENIED``, …): the plugins' and the
-  server's reasons, a bounded set.
-- ``chronicle_rpc_refusals_total{reason}``: RPCs refused before their request
-  was read (``NO_CREDENTIALS``, ``TOKEN_EXPIRED``, ``TOO_MANY_REQUESTS``, …).
+  ``WRONG_EXPECTED_VERSION``, ``SUBMIT_DENIED``, ``INVALID_COMMAND_ID``,
+  ``UNKNOWN_COMMAND_TYPE``, …): the plugins' and the server's reasons, a
+  bounded set; in the pipeline or as the request was decoded.
+- ``chronicle_rpc_refusals_total{reason}``: RPCs refused before a command
+  was read (``NO_CREDENTIALS``, ``TOKEN_EXPIRED``, ``TOO_MANY_REQUESTS``,
+  ``MALFORMED_REQUEST``, …).
 - ``chronicle_console_refusals_total{reason}``: what the operators' console
   refused: logins with a bad credential (``UNKNOWN_API_KEY``,
   ``INVALID_TOKEN``, ``TOKEN_EXPIRED``, …) and pages the policy denied its
@@ -83,7 +87,7 @@ class Metrics:
             "chronicle_command_refusals", "Commands refused, by the error's reason", ["reason"], registry=r
         )
         self.rpc_refusals = Counter(
-            "chronicle_rpc_refusals", "RPCs refused before their request was read, by reason", ["reason"], registry=r
+            "chronicle_rpc_refusals", "RPCs refused before a command was read, by reason", ["reason"], registry=r
         )
         self.console_refusals = Counter(
             "chronicle_console_refusals",
@@ -227,6 +231,35 @@ class MetricsMiddleware(Middleware):
         self._count(call)
         if isinstance(call.error, ChronicleError):
             self._metrics.command_refusals.labels(reason=call.error.reason).inc()
+
+
+# The ``command_type`` of a command refused as it was decoded whose type no
+# plugin registered (or that names none): not the caller's string, which
+# would make a label of anything a client sends. No Protobuf name is spelt so.
+UNKNOWN_TYPE = "(unknown)"
+
+
+class DecodingRefusals:
+    """Counts the commands refused as their requests were decoded, between
+    the gate and the pipeline (a command id that is no UUID, a type no
+    plugin registered, a malformed field, a batch against the batch rules):
+    as ``MetricsMiddleware`` counts the pipeline's refusals, in
+    ``chronicle_commands_total`` (outcome: the gRPC code) and
+    ``chronicle_command_refusals_total`` (by reason). The command service's
+    ``counted`` hook, called on the refusal's path only.
+
+    Not in the duration histogram: such a command never waited for
+    anything, and the histogram is of commands that reached the pipeline."""
+
+    def __init__(self, metrics: Metrics, *, code_name: CodeName, registered: Callable[[str], bool]) -> None:
+        self._metrics = metrics
+        self._code_name = code_name
+        self._registered = registered
+
+    def __call__(self, command_type: str, error: ChronicleError) -> None:
+        label = command_type if command_type and self._registered(command_type) else UNKNOWN_TYPE
+        self._metrics.commands.labels(command_type=label, outcome=self._code_name(error)).inc()
+        self._metrics.command_refusals.labels(reason=error.reason).inc()
 
 
 class MetricsServer:

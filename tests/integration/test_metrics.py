@@ -83,6 +83,83 @@ async def test_refusals_before_a_command_is_read_are_counted(tmp_path: Any) -> N
     assert sample(text, "chronicle_rpc_refusals_total", reason="NO_CREDENTIALS") == 1
 
 
+def _unknown_type(aggregate_id: str) -> Any:
+    from google.protobuf import any_pb2
+
+    unknown = command(aggregate_id, bank.Deposit(amount=1))
+    unknown.payload.CopyFrom(any_pb2.Any(type_url="type.googleapis.com/nobody.v1.Knows"))
+    return unknown
+
+
+async def test_commands_refused_as_they_are_decoded_are_counted_as_refused_commands(
+    served: tuple[Application, Client, Any],
+) -> None:
+    """A command refused between the gate and the pipeline (a command id
+    that is no UUID, a type no plugin registered), on each command RPC,
+    counts as a command and as a refusal by its reason, as one the pipeline
+    refused does, and not as an RPC refused before a command was read. A
+    type no plugin registered is no label: it counts as "(unknown)". (None
+    of the three counters moved.)"""
+    from chronicle.v1 import command_service_pb2 as cs
+
+    app, client, _ = served
+    await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    before = await scrape(app)
+    not_a_uuid = [command("acc-1", bank.Deposit(amount=1), command_id=f"fixed-cmd-{i}") for i in range(5)]
+    with pytest.raises(grpc.aio.AioRpcError):
+        await client.submit(not_a_uuid[0])
+    with pytest.raises(grpc.aio.AioRpcError):
+        await client.submit(_unknown_type("acc-1"))
+    with pytest.raises(grpc.aio.AioRpcError):  # one batch of two: both refused, as the audit records both
+        await client.commands.SubmitBatch(cs.SubmitBatchRequest(commands=not_a_uuid[1:3]))
+    async for answer in client.commands.SubmitStream(iter([cs.SubmitRequest(command=not_a_uuid[3])])):
+        assert answer.error.reason == "INVALID_COMMAND_ID"
+    pages = [
+        cs.SubmitPage(
+            requests=[cs.SubmitRequest(command=not_a_uuid[4]), cs.SubmitRequest(command=_unknown_type("acc-2"))]
+        )
+    ]
+    answered = [r.error.reason async for page in client.commands.SubmitStreamPages(iter(pages)) for r in page.results]
+    assert answered == ["INVALID_COMMAND_ID", "UNKNOWN_COMMAND_TYPE"]
+    after = await scrape(app)
+
+    def moved(name: str, **labels: str) -> float:
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    invalid = "invalid_argument"
+    assert moved("chronicle_commands_total", command_type="bank.v1.Deposit", outcome=invalid) == 5
+    assert moved("chronicle_commands_total", command_type="(unknown)", outcome=invalid) == 2
+    assert moved("chronicle_command_refusals_total", reason="INVALID_COMMAND_ID") == 5
+    assert moved("chronicle_command_refusals_total", reason="UNKNOWN_COMMAND_TYPE") == 2
+    assert "chronicle_rpc_refusals_total{" not in after  # not counted twice
+    assert "nobody.v1.Knows" not in after
+    # Nothing was waited for: the latency histogram is of the pipeline's commands.
+    assert moved("chronicle_command_duration_seconds_count", command_type="bank.v1.Deposit") == 0
+
+
+async def test_a_command_stream_message_that_does_not_parse_is_refused_audited_and_counted() -> None:
+    """As a Submit whose bytes do not parse is: an RPC refused before a
+    command was read (MALFORMED_REQUEST), one audit entry. (It was neither.)"""
+    from service.store.base import AuditQuery
+
+    store = MemoryStore()
+    async with running_server(store, metrics_listen="127.0.0.1:0") as (app, client):
+        for method in ("SubmitStream", "SubmitStreamPages"):
+            raw = client.channel.stream_stream(
+                f"/chronicle.v1.CommandService/{method}",
+                request_serializer=lambda data: data,
+                response_deserializer=lambda data: data,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                async for _ in raw(iter([b"\xff\xff\xff"])):
+                    pass
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        text = await scrape(app)
+        entries = await store.read_audit(AuditQuery(limit=10))
+    assert sample(text, "chronicle_rpc_refusals_total", reason="MALFORMED_REQUEST") == 2
+    assert [e.reason for e in entries] == ["MALFORMED_REQUEST"] * 2
+
+
 async def test_open_subscriptions_are_counted(served: tuple[Application, Client, Any]) -> None:
     from chronicle.v1 import event_service_pb2
 
