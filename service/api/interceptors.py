@@ -16,9 +16,12 @@ from service.errors import ChronicleError
 
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
+# Run when the RPC ends, with what its handler raised (None: it returned;
+# an abort is the grpc.aio.AbortError its status was sent with).
+Leave = Callable[[BaseException | None], None]
 # What the interceptor runs before the servicer: raise a ChronicleError to
-# refuse the RPC; return a callable to run when the RPC ends (or None).
-Gate = Callable[[str, object, grpc.aio.ServicerContext[Any, Any]], Awaitable[Callable[[], None] | None]]
+# refuse the RPC; return a ``Leave`` to run when the RPC ends (or None).
+Gate = Callable[[str, object, grpc.aio.ServicerContext[Any, Any]], Awaitable[Leave | None]]
 OnRefused = Callable[[str, object, ChronicleError], Awaitable[None]]
 
 
@@ -67,16 +70,12 @@ async def _refuse(
 def gated(handler: grpc.RpcMethodHandler, method: str, gate: Gate, on_refused: OnRefused | None) -> Any:
     """``handler`` with ``gate`` run first, for each of the four RPC shapes."""
 
-    async def enter(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Callable[[], None] | None:
+    async def enter(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Leave | None:
         try:
             return await gate(method, request, context)
         except ChronicleError as error:
             await _refuse(context, method, request, error, on_refused)
             raise  # not reached: abort raises
-
-    async def leave_after(leave: Callable[[], None] | None) -> None:
-        if leave is not None:
-            leave()
 
     # grpc.aio tells coroutine and async-generator behaviours from sync ones
     # by inspecting the function, so each shape gets a real ``async def``.
@@ -89,10 +88,15 @@ def gated(handler: grpc.RpcMethodHandler, method: str, gate: Gate, on_refused: O
 
         async def unary_unary(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             leave = await enter(request, context)
+            raised: BaseException | None = None
             try:
                 return await inner_uu(request, context)
+            except BaseException as error:
+                raised = error
+                raise
             finally:
-                await leave_after(leave)
+                if leave is not None:
+                    leave(raised)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
     if handler.unary_stream is not None:
@@ -100,11 +104,16 @@ def gated(handler: grpc.RpcMethodHandler, method: str, gate: Gate, on_refused: O
 
         async def unary_stream(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             leave = await enter(request, context)
+            raised: BaseException | None = None
             try:
                 async for item in produce(inner_us(request, context)):
                     yield item
+            except BaseException as error:
+                raised = error
+                raise
             finally:
-                await leave_after(leave)
+                if leave is not None:
+                    leave(raised)
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
     # Streamed requests: the gate sees None and must not read them.
@@ -113,21 +122,31 @@ def gated(handler: grpc.RpcMethodHandler, method: str, gate: Gate, on_refused: O
 
         async def stream_unary(requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             leave = await enter(None, context)
+            raised: BaseException | None = None
             try:
                 return await inner_su(requests, context)
+            except BaseException as error:
+                raised = error
+                raise
             finally:
-                await leave_after(leave)
+                if leave is not None:
+                    leave(raised)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests: object, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         leave = await enter(None, context)
+        raised: BaseException | None = None
         try:
             async for item in produce(inner_ss(requests, context)):
                 yield item
+        except BaseException as error:
+            raised = error
+            raise
         finally:
-            await leave_after(leave)
+            if leave is not None:
+                leave(raised)
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
 

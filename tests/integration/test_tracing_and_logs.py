@@ -137,6 +137,98 @@ def test_logs_and_metrics_name_no_payload_and_no_refusals_details(tmp_path: Path
         assert secret not in scraped
 
 
+async def rpc_span_of(
+    exporter: InMemorySpanExporter, sent: command_service_pb2.SubmitRequest, store: Any = None
+) -> Any:
+    """The SERVER span of Submit ``sent`` (refused or not)."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with running_server(store or MemoryStore(), tracer_provider=provider) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        exporter.clear()
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await client.commands.Submit(sent)
+    provider.shutdown()
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    return span
+
+
+@pytest.mark.parametrize(
+    ("sent", "code", "reason"),
+    [
+        (command("acc-1", bank.Deposit(amount=5)), 0, None),
+        (command("acc-1", bank.Deposit(amount=5), command_id="fixed-cmd-1"), 3, "INVALID_COMMAND_ID"),
+        (command("acc-1", bank.Withdraw(amount=500)), 9, "INSUFFICIENT_FUNDS"),
+        (command("acc-1", bank.OpenAccount(owner="bob")), 6, "ACCOUNT_ALREADY_OPEN"),
+    ],
+    ids=["ok", "refused as decoded", "refused by the handler", "already exists"],
+)
+async def test_an_rpc_span_carries_its_grpc_status_code_and_a_refusal_its_reason(
+    exporter: InMemorySpanExporter, sent: Any, code: int, reason: str | None
+) -> None:
+    """OpenTelemetry's gRPC server spans: ``rpc.grpc.status_code`` on every
+    span; status unset for the codes that are the caller's (a refusal),
+    told apart by that code. (A refused Submit's span had no code at all and
+    looked like a success.)"""
+    span = await rpc_span_of(exporter, command_service_pb2.SubmitRequest(command=sent))
+    assert span.attributes is not None
+    assert span.attributes["rpc.grpc.status_code"] == code
+    assert span.attributes.get("chronicle.reason") == reason
+    assert span.status.status_code == StatusCode.UNSET
+
+
+async def test_a_command_stream_s_span_ends_with_the_code_it_was_refused_with(exporter: InMemorySpanExporter) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with running_server(MemoryStore(), tracer_provider=provider) as (_, client):
+        raw = client.channel.stream_stream(
+            "/chronicle.v1.CommandService/SubmitStream",
+            request_serializer=lambda data: data,
+            response_deserializer=lambda data: data,
+        )
+        with pytest.raises(grpc.aio.AioRpcError):
+            async for _ in raw(iter([b"\xff\xff\xff"])):
+                pass
+    provider.shutdown()
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert span.name == "chronicle.v1.CommandService/SubmitStream"
+    assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 3
+    assert span.attributes["chronicle.reason"] == "MALFORMED_REQUEST"
+
+
+class StoreAway(MemoryStore):
+    """A store that answers reads and refuses every write, as one away does."""
+
+    away = False
+
+    async def append(self, *args: Any, **kwargs: Any) -> Any:
+        if self.away:
+            from service.errors import StoreUnavailable
+
+            raise StoreUnavailable("the store is away", reason="STORE_UNAVAILABLE")
+        return await super().append(*args, **kwargs)
+
+
+async def test_an_rpc_span_the_server_failed_has_an_error_status(exporter: InMemorySpanExporter) -> None:
+    """UNAVAILABLE is one of the codes a server span's status is ERROR for."""
+    store = StoreAway()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with running_server(store, tracer_provider=provider) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        exporter.clear()
+        store.away = True
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.submit(command("acc-1", bank.Deposit(amount=5)))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    provider.shutdown()
+    (span,) = [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 14
+    assert span.attributes["chronicle.reason"] == "STORE_UNAVAILABLE"
+    assert span.status.status_code == StatusCode.ERROR
+    assert span.status.description is not None and span.status.description.startswith("UNAVAILABLE")
+
+
 async def test_each_command_of_a_batch_gets_its_own_span(exporter: InMemorySpanExporter) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
