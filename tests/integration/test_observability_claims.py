@@ -721,6 +721,103 @@ async def test_the_clients_trace_is_read_through_the_globally_configured_propaga
     assert rpc.parent is not None and rpc.parent.span_id == 0x1234
 
 
+def test_the_otel_extra_installs_what_the_documented_route_runs_pinned_as_the_project_pins() -> None:
+    """``pip install 'chronicle[otel]'`` brings ``opentelemetry-instrument``
+    (opentelemetry-distro) and the OTLP exporter the documented command
+    uses; ``dev`` has them too, so that ``make lock`` pins them, and
+    constraints.txt does. (The extra held only the API and the SDK.)"""
+    import tomllib
+
+    root = Path(__file__).parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=~!\[ ;]", requirement, maxsplit=1)[0].lower() for requirement in requirements}
+
+    otel = names(extras["otel"])
+    assert {"opentelemetry-distro", "opentelemetry-exporter-otlp-proto-grpc"} <= otel
+    assert otel <= names(extras["dev"])
+    pinned = {line.partition("==")[0].lower() for line in (root / "constraints.txt").read_text().splitlines()}
+    assert otel | {"opentelemetry-instrumentation", "opentelemetry-proto"} <= pinned
+
+
+def _documented_instrument_command() -> tuple[dict[str, str], list[str]]:
+    """The variables and the command of docs/observability.md's
+    ``opentelemetry-instrument`` block, as an operator would copy them."""
+    doc = (Path(__file__).parents[2] / "docs" / "observability.md").read_text()
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", doc, re.S) if "opentelemetry-instrument" in b]
+    words = block.replace("\\\n", " ").split()
+    variables = dict(word.split("=", 1) for word in words if re.fullmatch(r"OTEL_\w+=\S+", word))
+    command = [word for word in words if "=" not in word]
+    return variables, command
+
+
+def test_the_documented_route_to_traces_exports_spans_over_otlp(tmp_path: Path) -> None:
+    """``opentelemetry-instrument chronicle serve`` with the documented
+    variables, as the otel extra installs it: the spans reach an OTLP
+    collector, a refused Submit's with its status code. (The extra brought
+    only the API and the SDK: no opentelemetry-instrument, no exporter.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    scripts = Path(sys.executable).parent
+    if not (scripts / "opentelemetry-instrument").exists():
+        pytest.skip("the otel extra is not installed here (make installs it with dev)")
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[Any] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+        def Export(self, request: Any, context: Any) -> Any:
+            for resource_spans in request.resource_spans:
+                resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope_spans in resource_spans.scope_spans:
+                    received.extend((resource, span) for span in scope_spans.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    collector = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), collector)
+    port = collector.add_insecure_port("127.0.0.1:0")
+    collector.start()
+    variables, command_line = _documented_instrument_command()
+    assert command_line[:3] == ["opentelemetry-instrument", "chronicle", "serve"], command_line
+    variables["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"  # the collector is here
+    address = f"127.0.0.1:{free_port()}"
+    log = tmp_path / "server.log"
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [
+                *[str(scripts / word) for word in command_line[:2]],
+                "serve",
+                "--listen",
+                address,
+                "--database-url",
+                "memory://",
+            ],
+            env={**os.environ, **variables},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        wait_until_serving(address, process=server)
+        refused = command("acc-1", bank.Deposit(amount=1), command_id="fixed-cmd-1")
+        with grpc.insecure_channel(address) as channel:
+            stub = command_service_pb2_grpc.CommandServiceStub(channel)
+            with pytest.raises(grpc.RpcError):
+                stub.Submit(command_service_pb2.SubmitRequest(command=refused), timeout=10)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)  # the spans are sent as the process ends
+        collector.stop(None)
+    submits = [(resource, span) for resource, span in received if span.name == "chronicle.v1.CommandService/Submit"]
+    assert submits, log.read_text()
+    ((resource, span),) = submits
+    attributes = {a.key: a.value for a in span.attributes}
+    assert resource["service.name"] == "chronicle"
+    assert attributes["rpc.grpc.status_code"].int_value == 3
+    assert attributes["chronicle.reason"].string_value == "INVALID_COMMAND_ID"
+
+
 # -- limits -----------------------------------------------------------------------------------
 
 
