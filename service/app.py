@@ -412,7 +412,7 @@ async def start(
         middleware.append(TracingMiddleware(tracer_provider))
 
     def code_name(error: ChronicleError) -> str:
-        return status_code(error).name.lower()
+        return str(status_code(error).name).lower()
 
     if metrics is not None:
         middleware.append(MetricsMiddleware(metrics, code_name=code_name))
