@@ -51,6 +51,7 @@ from service.errors import ChronicleError, ConfigurationError, StoreUnavailable
 from service.groups import SubscriptionGroups
 from service.observability.logs import LoggingMiddleware
 from service.observability.metrics import DecodingRefusals, Metrics, MetricsMiddleware, MetricsServer
+from service.observability.runners import RunnerWatch
 from service.observability.store_timing import timed
 from service.observability.subscriptions import GroupSampler, LagSampler, SubscriptionTracker
 from service.observability.tracing import TracingMiddleware
@@ -63,6 +64,7 @@ from service.processing.executor import CommandExecutor
 from service.processing.middleware import Pipeline
 from service.processing.payload_json import payload_json
 from service.processing.projections import ProjectionRunner, Projections
+from service.processing.reaction_documents import count_parked
 from service.processing.reactions import ReactionRunner, Reactions
 from service.processing.retention import Pruner
 from service.processing.router import Router
@@ -682,7 +684,18 @@ async def start(
     if metrics is not None:
         lag_sampler = LagSampler(roles.log, tracker, metrics.subscription_lag)
         lag_sampler.start()
-        group_sampler = GroupSampler(roles.groups, roles.log, lag=metrics.group_lag, parked=metrics.group_parked)
+        # The projections' and reactions' gauges, at the head the groups' round reads.
+        runner_watches = (
+            RunnerWatch(projections.runners, metrics.projections, roles.projections.count_parked_events),
+            RunnerWatch(reactions.runners, metrics.reactions, partial(count_parked, roles.projections)),
+        )
+        group_sampler = GroupSampler(
+            roles.groups,
+            roles.log,
+            lag=metrics.group_lag,
+            parked=metrics.group_parked,
+            also=[watch.sample for watch in runner_watches],
+        )
         group_sampler.start()
     return Application(
         settings=settings,

@@ -38,6 +38,17 @@ registered, status codes, store operations): never aggregate ids.
   ``chronicle_group_parked_events{group}``: how far each group's lowest
   checkpoint is behind the log's head, and its parked events (sampled
   every few seconds from the store; the same for every replica).
+- ``chronicle_projection_position{projection}``,
+  ``chronicle_projection_lag_positions{projection}``,
+  ``chronicle_projection_failing{projection}``,
+  ``chronicle_projection_parked_events{projection}``, and for reactions
+  ``chronicle_reaction_position{reaction}``,
+  ``chronicle_reaction_lag_positions{reaction}``,
+  ``chronicle_reaction_failing{reaction}``,
+  ``chronicle_reaction_parked_commands{reaction}``: where each read model
+  and reaction stands, how far behind the log's head, whether its last
+  attempt failed (1) and what it parked; reported by the replica that runs
+  it only (``service.observability.runners``), sampled with the groups'.
 - ``chronicle_store_operation_duration_seconds{operation}``: time in the
   store per operation (``append``, ``read_aggregate``, …; histogram).
 - ``chronicle_store_batches_total``, ``chronicle_store_batched_appends_total``,
@@ -50,7 +61,9 @@ registered, status codes, store operations): never aggregate ids.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
@@ -65,6 +78,52 @@ if TYPE_CHECKING:  # only PostgreSQL has group commit: no import of it for the o
     from service.store.postgres.group_commit import BatchCounts
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerGauges:
+    """The gauges of one kind of runner (projections, or reactions), with
+    the runner's name as their one label."""
+
+    position: Gauge
+    lag: Gauge
+    failing: Gauge
+    parked: Gauge
+
+    @classmethod
+    def of(cls, kind: str, parked: str, registry: CollectorRegistry) -> RunnerGauges:
+        """``chronicle_<kind>_…{<kind>}``; ``parked``: what it parks (events, commands)."""
+        return cls(
+            position=Gauge(
+                f"chronicle_{kind}_position",
+                f"The log position a {kind} has handled up to, on the replica that runs it",
+                [kind],
+                registry=registry,
+            ),
+            lag=Gauge(
+                f"chronicle_{kind}_lag_positions",
+                f"How far a {kind} is behind the log's head, in positions, on the replica that runs it",
+                [kind],
+                registry=registry,
+            ),
+            failing=Gauge(
+                f"chronicle_{kind}_failing",
+                f"1 while a {kind}'s last attempt failed (it retries), else 0, on the replica that runs it",
+                [kind],
+                registry=registry,
+            ),
+            parked=Gauge(
+                f"chronicle_{kind}_parked_{parked}",
+                f"{parked.capitalize()} a {kind} parked, on the replica that runs it",
+                [kind],
+                registry=registry,
+            ),
+        )
+
+    def remove(self, name: str) -> None:
+        for gauge in (self.position, self.lag, self.failing, self.parked):
+            with contextlib.suppress(KeyError):  # not set yet (its parked count is set last)
+                gauge.remove(name)
 
 
 class Metrics:
@@ -139,6 +198,8 @@ class Metrics:
         self.group_parked = Gauge(
             "chronicle_group_parked_events", "Events a subscription group parked", ["group"], registry=r
         )
+        self.projections = RunnerGauges.of("projection", "events", r)
+        self.reactions = RunnerGauges.of("reaction", "commands", r)
 
     def watch(
         self,

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from prometheus_client import Gauge
 
@@ -112,18 +112,29 @@ class LagSampler(_Sampler):
 class GroupSampler(_Sampler):
     """Sets each subscription group's lag (its lowest checkpoint's distance
     from the log's head, in positions) and parked count, every
-    ``interval`` seconds; a deleted group's gauges go with it."""
+    ``interval`` seconds; a deleted group's gauges go with it. Then hands
+    the log head it read to each of ``also`` (the projections' and
+    reactions' gauges, ``service.observability.runners``): one read of the
+    head a round, for all of them."""
 
     _what = "sample subscription groups"
 
     def __init__(
-        self, groups: GroupStore, store: LogReader, *, lag: Gauge, parked: Gauge, interval: float = 5.0
+        self,
+        groups: GroupStore,
+        store: LogReader,
+        *,
+        lag: Gauge,
+        parked: Gauge,
+        interval: float = 5.0,
+        also: Sequence[Callable[[int], Awaitable[None]]] = (),
     ) -> None:
         self._groups = groups
         self._store = store
         self._lag = lag
         self._parked = parked
         self._interval = interval
+        self._also = tuple(also)
         self._sampled: set[str] = set()  # the groups whose series are set
 
     async def sample(self) -> None:
@@ -141,3 +152,5 @@ class GroupSampler(_Sampler):
             self._lag.remove(gone)
             self._parked.remove(gone)
         self._sampled = names
+        for sample_at in self._also:
+            await sample_at(head)

@@ -11,6 +11,8 @@ import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
+from service.plugins import Plugin
+from service.plugins.projections import Documents, ProjectedEvent
 from service.store.memory import MemoryStore
 from tests.support.blocking import ConflictOnce
 from tests.support.grpc_client import Client, command, connect, running_server
@@ -319,3 +321,73 @@ async def test_group_consumers_lag_and_parked_events_are_measured() -> None:
             await asyncio.wait_for(consumer.joined.wait(), 20)
             assert sample(await scrape(app), "chronicle_group_consumers") == 1
             waiting.cancel()
+
+
+# Read models that fail: one stops at every deposit (and retries), one parks
+# a deposit of 13.
+watched = Plugin("watched")
+stopping = watched.projection("watched.stopping", aggregate_types=["Account"], retry_seconds=0.05)
+parking = watched.projection(
+    "watched.parking", aggregate_types=["Account"], on_failure="park", max_attempts=1, retry_seconds=0.01
+)
+
+
+@stopping.on(bank.MoneyDeposited)
+def _never(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+    raise RuntimeError("this handler never works")
+
+
+@parking.on(bank.MoneyDeposited)
+def _not_13(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
+    if event.amount == 13:
+        raise ValueError("13 is unlucky")
+    documents.put(envelope.aggregate_id, event)
+
+
+async def test_each_projection_and_reaction_reports_its_position_lag_failure_and_parked_count() -> None:
+    """An operator can alert on a read model that stopped, is behind or
+    parks, and on a reaction that parks, from the metrics alone. (No metric
+    said any of it: only each replica's console.)"""
+    from domain_plugins import bank_account
+    from domain_plugins.box.protos.box.v1 import box_pb2 as box
+    from service.plugins.registry import Registry
+    from tests.support import plugins
+
+    registry = Registry([bank_account.plugin, plugins.gates, watched])
+    async with running_server(MemoryStore(), registry=registry, metrics_listen="127.0.0.1:0", poll_seconds=0.05) as (
+        app,
+        client,
+    ):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        await client.submit(command("acc-1", bank.Deposit(amount=13)))
+        await client.submit(command("source", box.ArchiveBox()))
+        await client.submit(command("source", box.RenameBox(name="ann")))  # relayed to "gated", shut: parked
+        head = await app.store.log.log_head()
+        sampler = app.group_sampler
+        assert sampler is not None
+        text = ""
+
+        async def settled() -> bool:
+            nonlocal text
+            await sampler.sample()  # as its loop does every 5 s
+            text = await scrape(app)
+            return (
+                sample(text, "chronicle_projection_failing", projection="watched.stopping") == 1
+                and sample(text, "chronicle_projection_parked_events", projection="watched.parking") == 1
+                and sample(text, "chronicle_projection_lag_positions", projection="bank.balances_by_owner") == 0
+                and sample(text, "chronicle_reaction_parked_commands", reaction="gates.relay") == 1
+            )
+
+        await eventually(settled, what="the read models and the reaction settled")
+    stopped = {"projection": "watched.stopping"}
+    position = sample(text, "chronicle_projection_position", **stopped)
+    assert position < head  # before the deposit it cannot get past
+    assert sample(text, "chronicle_projection_lag_positions", **stopped) == head - position > 0
+    for name in ("watched.parking", "bank.balances_by_owner"):
+        assert sample(text, "chronicle_projection_position", projection=name) == head, name
+        assert sample(text, "chronicle_projection_failing", projection=name) == 0, name
+    relay = {"reaction": "gates.relay"}
+    assert sample(text, "chronicle_reaction_position", **relay) == head
+    assert sample(text, "chronicle_reaction_lag_positions", **relay) == 0
+    assert sample(text, "chronicle_reaction_failing", **relay) == 0
+    assert 'chronicle_projection_failing{projection="watched.stopping"} 1.0' in text
