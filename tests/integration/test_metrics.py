@@ -391,3 +391,38 @@ async def test_each_projection_and_reaction_reports_its_position_lag_failure_and
     assert sample(text, "chronicle_reaction_lag_positions", **relay) == 0
     assert sample(text, "chronicle_reaction_failing", **relay) == 0
     assert 'chronicle_projection_failing{projection="watched.stopping"} 1.0' in text
+
+
+async def test_a_projection_is_reported_by_the_replica_that_runs_it_and_moves_with_it(postgres_url: str) -> None:
+    """Two replicas: one runs the read model and reports it, the other does
+    not; when the first leaves, the second takes it over and reports it,
+    and the first no longer does."""
+    from tests.support.cluster import replica, runners_of
+
+    name = "bank.balances_by_owner"
+    series = f'chronicle_projection_position{{projection="{name}"}}'
+
+    async def sampled(app: Application) -> str:
+        assert app.group_sampler is not None
+        await app.group_sampler.sample()  # as its loop does every 5 s
+        return await scrape(app)
+
+    async def reports(app: Application) -> bool:
+        text = await sampled(app)
+        return series in text and sample(text, "chronicle_projection_lag_positions", projection=name) == 0
+
+    async with (
+        replica(postgres_url, metrics_listen="127.0.0.1:0") as (first, client),
+        replica(postgres_url, metrics_listen="127.0.0.1:0") as (second, _),
+    ):
+        apps = [first, second]
+        await eventually(lambda: len(runners_of(apps, name)) == 1, within=20, what="one replica running it")
+        (holder,) = runners_of(apps, name)
+        (other,) = [app for app in apps if app is not holder]
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        await eventually(lambda: reports(holder), within=20, what="the holder reporting it")
+        assert series not in await sampled(other)
+        await holder.projections.stop()
+        await holder.leases.stop(leave=True)  # it leaves: the other takes its leases
+        await eventually(lambda: reports(other), within=20, what="the other replica reporting it")
+        assert series not in await sampled(holder)
