@@ -4,6 +4,7 @@ unasserted (or asserted only in part), checked over a real socket."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -762,20 +763,26 @@ def test_the_documented_route_to_traces_exports_spans_over_otlp(tmp_path: Path) 
     scripts = Path(sys.executable).parent
     if not (scripts / "opentelemetry-instrument").exists():
         pytest.skip("the otel extra is not installed here (make installs it with dev)")
-    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-
+    # Imported by name: the package is there only with the otel extra, and
+    # typed only where it is.
+    service_pb2 = importlib.import_module("opentelemetry.proto.collector.trace.v1.trace_service_pb2")
     received: list[Any] = []
 
-    class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
-        def Export(self, request: Any, context: Any) -> Any:
-            for resource_spans in request.resource_spans:
-                resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-                for scope_spans in resource_spans.scope_spans:
-                    received.extend((resource, span) for span in scope_spans.spans)
-            return trace_service_pb2.ExportTraceServiceResponse()
+    def export(request: Any, context: Any) -> Any:
+        for resource_spans in request.resource_spans:
+            resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                received.extend((resource, span) for span in scope_spans.spans)
+        return service_pb2.ExportTraceServiceResponse()
 
     collector = grpc.server(ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), collector)
+    handler = grpc.unary_unary_rpc_method_handler(
+        export,
+        request_deserializer=service_pb2.ExportTraceServiceRequest.FromString,
+        response_serializer=service_pb2.ExportTraceServiceResponse.SerializeToString,
+    )
+    service_name = "opentelemetry.proto.collector.trace.v1.TraceService"
+    collector.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, {"Export": handler}),))
     port = collector.add_insecure_port("127.0.0.1:0")
     collector.start()
     variables, command_line = _documented_instrument_command()
