@@ -45,8 +45,10 @@ ParkedCount = Callable[[str], Awaitable[int]]
 
 
 def failing(status: _Status) -> bool:
-    """Whether the runner's last attempt failed: it keeps its error until a
-    step goes through (``CheckpointedRunner``)."""
+    """Whether a failure holds the runner now: its status keeps the error
+    until a step goes through, the lease goes elsewhere or the runner stops
+    (``CheckpointedRunner``); a projection retrying an event it will park
+    counts as failing until it parks it."""
     return bool(status.error)
 
 
