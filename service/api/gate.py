@@ -18,8 +18,11 @@ runs its interceptor chain for every call (a coroutine per interceptor, and
 a wrapped handler looked up again), which cost every RPC about 60 µs of the
 event loop's time. Here a call pays one wrapper coroutine.
 
-The health service is exempt: load balancers probe it without credentials,
-and it must answer when the server is busy.
+The health service is exempt from the limits and from authentication: load
+balancers probe it without credentials, and it must answer when the server
+is busy. Its requests are still parsed as every other's: one that does not
+parse is INVALID_ARGUMENT / MALFORMED_REQUEST (``parsed_only``), where gRPC
+alone would answer UNKNOWN with Python's exception text and log a traceback.
 """
 
 from __future__ import annotations
@@ -252,8 +255,10 @@ class RpcGate:
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """``handler`` behind the gate, for each of the four RPC shapes."""
-        if method.startswith(EXEMPT_PREFIXES) or handler.request_deserializer is None:
+        if handler.request_deserializer is None:
             return handler
+        if method.startswith(EXEMPT_PREFIXES):
+            return parsed_only(method, handler)
         subscription = method in SUBSCRIPTION_METHODS
         # A request that arrives alone is parsed before the handler runs: an
         # Undecodable one is refused in ``admit``. Each message of a request
@@ -347,6 +352,37 @@ class RpcGate:
                 leave(subscription, name, stream)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
+
+
+def parsed_only(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` (of a method exempt from the gate: no limits, no
+    credentials, no audit) with its request parsed as the gate parses
+    others': bytes that do not parse are refused INVALID_ARGUMENT /
+    MALFORMED_REQUEST before it runs. A request that arrives alone only: no
+    exempt method streams its requests."""
+    if handler.unary_unary is None and handler.unary_stream is None:
+        return handler
+    options = {
+        "request_deserializer": tolerant(handler.request_deserializer, method),
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: object, context: Context) -> Any:
+            if isinstance(request, Undecodable):
+                await context.abort_with_status(rich_status(request.error()))
+            return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
+    inner_us = handler.unary_stream
+
+    async def unary_stream(request: object, context: Context) -> None:
+        if isinstance(request, Undecodable):
+            await context.abort_with_status(rich_status(request.error()))
+        await _write_all(inner_us(request, context), context, None)
+
+    return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
 
 
 async def _write_all(produced: Any, context: Context, live: LiveStream | None) -> None:

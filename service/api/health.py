@@ -1,4 +1,5 @@
-"""Health as the standard gRPC health service reports it.
+"""Health as the standard gRPC health service reports it: Check, Watch and
+List (grpc.health.v1).
 
 ``Health`` is the one switch for every service name. ``StoreMonitor`` keeps
 it true to the store: it pings the store every ``interval`` seconds and
@@ -88,6 +89,17 @@ class LimitedWatches(health.aio.HealthServicer):  # type: ignore[misc]
         finally:
             self.watches -= 1
             self._watching.discard(task)
+
+    async def List(self, request: health_pb2.HealthListRequest, context: Any) -> health_pb2.HealthListResponse:
+        """The status of every service name Check answers for ("" the
+        server's as a whole), as Check would answer each now. grpcio's
+        servicer (1.85) leaves List unimplemented; its statuses are the
+        ones its Check reads. Never RESOURCE_EXHAUSTED: the names are the
+        server's few services, not open-ended."""
+        statuses = self._server_status  # the library's own map, set through ``set``
+        return health_pb2.HealthListResponse(
+            statuses={name: health_pb2.HealthCheckResponse(status=status) for name, status in list(statuses.items())}
+        )
 
     def close(self) -> None:
         self._closed = True

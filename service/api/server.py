@@ -120,7 +120,9 @@ def build_server(
     reaction_service_pb2_grpc.add_ReactionServiceServicer_to_server(reactions, gated)
     cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, gated)
     subscription_group_service_pb2_grpc.add_SubscriptionGroupServiceServicer_to_server(groups, gated)
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, methods.open)
+    # Health is exempt from the gate's limits and credentials, not from its
+    # parsing (``gate.parsed_only``).
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, gated)
     # Reflection too is behind the gate: the API's shape is for callers the
     # server lets in.
     names = (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
