@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from chronicle.v1 import (
     admin_service_pb2_grpc,
@@ -126,9 +126,35 @@ def build_server(
     # Reflection too is behind the gate: the API's shape is for callers the
     # server lets in.
     names = (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), gated)
+    reflecting = reflection.aio.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflecting, gated)
+    add_reflection_v1(reflecting, gated)
     server.add_generic_rpc_handlers((methods,))
     return server
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def add_reflection_v1(servicer: reflection_pb2_grpc.ServerReflectionServicer, registrar: _Registrar) -> None:
+    """Serve ``servicer``, grpcio-reflection's v1alpha servicer, as
+    ``grpc.reflection.v1.ServerReflection`` too: tools that speak only v1
+    (grpc-java's and others' newer clients) get UNIMPLEMENTED from a server
+    that offers v1alpha alone, and grpcio-reflection (1.85) has no v1
+    module. The two protocols are one on the wire: v1 is v1alpha's
+    reflection.proto under another package, every message, field number
+    and type the same, and only the method's path names the package. So
+    the library's servicer answers both, with v1alpha's (de)serializers.
+
+    It is not among the services reflection lists: the library has no v1
+    descriptor to describe it with, and a tool that describes every listed
+    service would fail on it."""
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    registrar.add_registered_method_handlers(REFLECTION_V1, {"ServerReflectionInfo": handler})
 
 
 class MethodTable(grpc.GenericRpcHandler):  # type: ignore[misc]

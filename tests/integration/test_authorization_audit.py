@@ -40,6 +40,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box import plugin as box_plugin
 from domain_plugins.box.protos.box.v1 import box_pb2
 from service.api.health import SERVICE_NAMES
+from service.api.server import REFLECTION_V1
 from service.app import Application, start
 from service.plugins import Plugin, ProjectedEvent
 from service.plugins.registry import Registry
@@ -91,6 +92,8 @@ def served_methods() -> dict[str, Any]:
     for service in (*SERVICE_NAMES, reflection.SERVICE_NAME):
         for method in pool.FindServiceByName(service).methods:
             methods[f"/{service}/{method.name}"] = method
+    # Reflection v1: v1alpha's method under v1's path (service.api.server.add_reflection_v1).
+    methods[f"/{REFLECTION_V1}/ServerReflectionInfo"] = methods[f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"]
     return methods
 
 
@@ -135,7 +138,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 34
+    assert len(outcomes) == 35
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -237,6 +240,7 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
         reflection_pb2.ServerReflectionRequest(list_services=""),
         OPEN,
     ),
+    f"/{REFLECTION_V1}/ServerReflectionInfo": (reflection_pb2.ServerReflectionRequest(list_services=""), OPEN),
 }
 STREAMED_COMMANDS = {"/chronicle.v1.CommandService/SubmitStream", "/chronicle.v1.CommandService/SubmitStreamPages"}
 

@@ -1,19 +1,24 @@
 """The standard gRPC services a client in any language may rely on, over a
-real socket: health (Check, List, Watch), as a plain gRPC client written
-from its public proto calls it."""
+real socket: health (Check, List, Watch) and server reflection (v1 and
+v1alpha), as a plain gRPC client written from their public protos calls them."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from service.api.health import SERVICE_NAMES
 from service.store.memory import MemoryStore
-from tests.support.grpc_client import Client, details_of, running_server
+from tests.support.grpc_client import Client, asking_again_if_lost, connect, details_of, running_server
+from tests.support.security import POLICY, JwtIssuer, write
 
 HEALTH = "/grpc.health.v1.Health"
 # Bytes that do not parse as any message: field 1, length-delimited, with a
@@ -77,3 +82,79 @@ async def test_health_list_reports_every_service_as_check_does() -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "MALFORMED_REQUEST",
     )
+
+
+# -- reflection -----------------------------------------------------------------------
+
+V1 = "grpc.reflection.v1"
+V1_METHOD = f"/{V1}.ServerReflection/ServerReflectionInfo"
+
+
+def v1_messages() -> tuple[Any, Any]:
+    """The request and response classes of grpc.reflection.v1, as a client
+    built from its .proto has them: the v1alpha file's messages under the v1
+    package (the two protocols differ in nothing else on the wire; grpcio
+    ships no v1 module), in a pool of the test's own."""
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name, proto.package = "grpc/reflection/v1/reflection.proto", V1
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = field.type_name.replace(".grpc.reflection.v1alpha.", f".{V1}.")
+    proto.ClearField("service")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{V1}.ServerReflectionRequest")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{V1}.ServerReflectionResponse")),
+    )
+
+
+async def reflect_v1(channel: grpc.aio.Channel, *requests: Any, metadata: Any = None) -> list[Any]:
+    request_type, response_type = v1_messages()
+    call = channel.stream_stream(
+        V1_METHOD, request_serializer=request_type.SerializeToString, response_deserializer=response_type.FromString
+    )
+    return [r async for r in call(iter(requests), metadata=metadata, timeout=10)]
+
+
+async def test_reflection_v1_lists_the_services_and_describes_commands(client: Client) -> None:
+    request_type, _ = v1_messages()
+    listed, described, missing = await reflect_v1(
+        client.channel,
+        request_type(list_services=""),
+        request_type(file_containing_symbol="bank.v1.Deposit"),
+        request_type(file_containing_symbol="no.such.Message"),
+    )
+    names = {s.name for s in listed.list_services_response.service}
+    assert {*SERVICE_NAMES, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(f)
+        for f in described.file_descriptor_response.file_descriptor_proto
+    ]
+    bank = next(f for f in files if f.package == "bank.v1")
+    assert "Deposit" in {m.name for m in bank.message_type}
+    assert missing.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert missing.original_request.file_containing_symbol == "no.such.Message"
+
+
+async def test_reflection_v1_needs_credentials_when_authentication_is_on(tmp_path: Path) -> None:
+    issuer = JwtIssuer()
+    async with running_server(
+        MemoryStore(),
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    ) as (app, _):
+        request_type, _ = v1_messages()
+        async with connect(app.address) as anonymous:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await asking_again_if_lost(lambda: reflect_v1(anonymous.channel, request_type(list_services="")))
+            # Any authenticated caller, as for v1alpha: the policy grants eve nothing.
+            eve = (("authorization", f"Bearer {issuer.token('eve')}"),)
+            (listed,) = await reflect_v1(anonymous.channel, request_type(list_services=""), metadata=eve)
+    details = details_of(raised.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS")
+    assert "chronicle.v1.CommandService" in {s.name for s in listed.list_services_response.service}
