@@ -26,7 +26,7 @@ from service.api.dry_runs import DryRunAudit
 from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands, refused_commands
 from service.api.status import command_error
 from service.cluster.ownership import Ownership
-from service.errors import ChronicleError, InvalidInput, StoreUnavailable
+from service.errors import ChronicleError, FieldViolation, InvalidInput, StoreUnavailable, ValidationError
 from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
@@ -152,9 +152,14 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self._hint(context, request.command.aggregate_id)
         return response
 
-    def _disclosed(self, error: ChronicleError, principal: Principal, command: Command) -> ChronicleError:
-        """What the caller may hear of ``error`` (``service.api.disclosure``)."""
-        return self._disclosure.refusal(error, principal, type_name(command.payload))
+    def _disclosed(
+        self, error: ChronicleError, principal: Principal, command: Command, path: str | None = "command"
+    ) -> ChronicleError:
+        """What the caller may hear of ``error`` (``service.api.disclosure``),
+        its fields named as paths in the request, the command's at ``path``
+        (``in_request``; None: as they are)."""
+        disclosed = self._disclosure.refusal(error, principal, type_name(command.payload))
+        return disclosed if path is None else in_request(disclosed, path)
 
     async def SubmitStream(
         self, requests: AsyncIterator[pb.SubmitRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -301,7 +306,10 @@ class CommandService(pb_grpc.CommandServiceServicer):
                 outcome = self._dry_runs.audited(outcome, batch, principal, context.peer())
             result = await outcome
         except ChronicleError as error:
-            raise self._disclosed(error, principal, request.commands[0]) from None
+            # The pipeline names the command of a batch that a plugin refused.
+            index = error.metadata.get("batch_index")
+            path = f"commands[{index}]" if index is not None else None
+            raise self._disclosed(error, principal, request.commands[0], path) from None
         self._hint(context, batch.aggregate_id)
         return pb.SubmitBatchResponse(
             results=[_response(r) for r in result.results], version=result.version, replayed=result.replayed
@@ -309,6 +317,36 @@ class CommandService(pb_grpc.CommandServiceServicer):
 
 
 Started = tuple[Command, "asyncio.Future[BatchResult]"]
+
+
+def in_request(error: ChronicleError, command: str) -> ChronicleError:
+    """``error`` with each field it names as a path in the request, for the
+    command at ``command`` ("command" in a SubmitRequest, "commands[1]" in
+    a batch). A plugin's refusal (a ``ValidationError``, from a handler or
+    a middleware ``before`` hook) names fields of the command's payload
+    message as the plugin knows them ("amount"): the client gets
+    "command.payload.amount", as the server's own refusals name theirs
+    ("command.payload.value", "commands[1].aggregate_id"). Anything else is
+    returned as it is.
+
+    A copy: a recorded refusal keeps the plugin's names (and is replayed
+    through here again), and ErrorInfo's metadata "field" stays the
+    plugin's name. Only on the refusal path."""
+    if not isinstance(error, ValidationError):
+        return error
+    violations = getattr(error, "violations", ())  # a withheld refusal has its ``field`` only
+    if not violations and not error.field:
+        return error
+    payload = f"{command}.payload"
+    copy = type(error).__new__(type(error))
+    copy.__dict__.update(error.__dict__)
+    copy.args = error.args
+    copy.metadata = dict(error.metadata)
+    copy.field = f"{payload}.{error.field}" if error.field else error.field
+    copy.violations = tuple(
+        FieldViolation(f"{payload}.{v.field}" if v.field else payload, v.description) for v in violations
+    )
+    return copy
 
 
 async def _accepted(context: grpc.aio.ServicerContext[Any, Any]) -> None:

@@ -147,7 +147,7 @@ async def test_a_non_positive_amount_is_invalid_argument_naming_the_field(client
     await open_account(client, "acc-1")
     details = details_of(await rpc_error(client.submit(command("acc-1", bank.Deposit(amount=-5)))))
     assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_AMOUNT")
-    assert details.field_violations == ["amount"]
+    assert details.field_violations == ["command.payload.amount"]  # the plugin named "amount"
 
 
 async def test_a_command_on_a_missing_account_is_not_found(client: Client) -> None:

@@ -141,7 +141,7 @@ async def test_invalid_input_names_the_field(client: ChronicleClient) -> None:
     with pytest.raises(InvalidArgument) as refused:
         await client.submit("acc-1", bank.Deposit(amount=-1))
     assert refused.value.reason == "INVALID_AMOUNT"
-    assert [v.field for v in refused.value.field_violations] == ["amount"]
+    assert [v.field for v in refused.value.field_violations] == ["command.payload.amount"]
 
 
 async def test_a_refusal_naming_several_fields_lists_each_and_is_replayed_alike(client: ChronicleClient) -> None:
@@ -154,8 +154,8 @@ async def test_a_refusal_naming_several_fields_lists_each_and_is_replayed_alike(
     for error in refusals:
         assert error.reason == "INVALID_TRANSFER"
         assert [(v.field, v.description) for v in error.field_violations] == [
-            ("source_account_id", "must name the account to debit"),
-            ("amount", "must be positive, got -5"),
+            ("command.payload.source_account_id", "must name the account to debit"),
+            ("command.payload.amount", "must be positive, got -5"),
         ]
 
 

@@ -161,7 +161,7 @@ async def test_a_refused_command_is_a_typed_error_and_the_stream_goes_on(client:
     with pytest.raises(FailedPrecondition):
         overdrawn.result()
     assert isinstance(malformed.error, InvalidArgument)
-    assert [v.field for v in malformed.error.field_violations] == ["amount"]
+    assert [v.field for v in malformed.error.field_violations] == ["command.payload.amount"]
     assert (opened.result().version, deposited.result().version) == (1, 2)
 
 

@@ -111,7 +111,7 @@ test('bad input is INVALID_ARGUMENT naming the field', async () => {
     assert.equal(error.reason, 'INVALID_AMOUNT');
     assert.deepEqual(
       error.fieldViolations.map((v) => v.field),
-      ['amount'],
+      ['command.payload.amount'],
     );
     return true;
   });
@@ -125,7 +125,7 @@ test('a refusal naming several fields lists each of them', async () => {
     assert.equal(error.reason, 'INVALID_TRANSFER');
     assert.deepEqual(
       error.fieldViolations.map((v) => v.field),
-      ['source_account_id', 'amount'],
+      ['command.payload.source_account_id', 'command.payload.amount'],
     );
     return true;
   });
