@@ -565,6 +565,7 @@ async def start(
         )
         if metrics is not None
         else None,
+        authorizer=authorizer,
     )
     server = build_server(
         commands=commands,

@@ -31,6 +31,7 @@ from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
 from service.processing.middleware import Pipeline
+from service.security.policy import Authorizer
 
 log = logging.getLogger(__name__)
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -59,6 +60,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         stream_bytes: int = STREAM_IN_FLIGHT_BYTES,
         room_for: Callable[[str], asyncio.Future[None] | None] | None = None,
         counted: CountRefused | None = None,
+        authorizer: Authorizer | None = None,
     ) -> None:
         """``page_bytes``: a SubmitResultPage is closed once its answers pass
         this many bytes (the application's bound of every page).
@@ -67,8 +69,11 @@ class CommandService(pb_grpc.CommandServiceServicer):
         an aggregate's queue has room, else a future done once it has (the
         router's): a stream waits on it before it starts a command.
         ``counted``: told of each command refused as it was decoded (once
-        per command the audit records)."""
+        per command the audit records).
+        ``authorizer``: which aggregate types ListTypes shows a caller
+        (None: every one)."""
         self._registry = registry
+        self._authorizer = authorizer
         self._pipeline = pipeline
         self._refused = refused
         self._disclosure = disclosure
@@ -289,6 +294,32 @@ class CommandService(pb_grpc.CommandServiceServicer):
             log.exception("command %s of a stream failed", command.command_id)
             internal = ChronicleError("internal error", reason="INTERNAL")
             answer.error.CopyFrom(command_error(internal))
+
+    async def ListTypes(
+        self, request: pb.ListTypesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListTypesResponse:
+        """Each aggregate type the caller may read, or submit one of its
+        commands to, with its command, event and state types."""
+        principal = current_principal.get()
+        authorizer = self._authorizer
+        listed: list[pb.AggregateTypeInfo] = []
+        for plugin in self._registry.plugins:
+            for aggregate in plugin.aggregates:
+                if authorizer is None or (
+                    authorizer.may_read(principal, aggregate.name)
+                    or any(authorizer.may_submit(principal, name) for name in aggregate.commands)
+                ):
+                    listed.append(
+                        pb.AggregateTypeInfo(
+                            name=aggregate.name,
+                            plugin=plugin.name,
+                            state_type=aggregate.state_type_name,
+                            command_types=sorted(aggregate.commands),
+                            event_types=sorted(aggregate.events),
+                        )
+                    )
+        listed.sort(key=lambda info: info.name)
+        return pb.ListTypesResponse(aggregate_types=listed)
 
     async def SubmitBatch(
         self, request: pb.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -175,8 +175,11 @@ class Authorizer:
             granted = granted | self._policy.roles.get(name, Grant())
         return granted
 
+    def may_submit(self, principal: Principal, command_type: str) -> bool:
+        return _allows(self.grant(principal).submit, command_type)
+
     def check_submit(self, principal: Principal, command_type: str) -> None:
-        if not _allows(self.grant(principal).submit, command_type):
+        if not self.may_submit(principal, command_type):
             raise _denied(principal, f"may not submit {command_type}", "SUBMIT_DENIED", command_type=command_type)
 
     def check_user(self, principal: Principal, user_id: str) -> None:

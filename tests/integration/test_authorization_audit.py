@@ -138,7 +138,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 35
+    assert len(outcomes) == 36
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -166,6 +166,8 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     ),
     # Streams answer each command on its own: the refusal is the command's.
     "/chronicle.v1.CommandService/SubmitStream": (submit(bank.Deposit(amount=1)), "SUBMIT_DENIED"),
+    # Lists the aggregate types the caller may read or submit to: none.
+    "/chronicle.v1.CommandService/ListTypes": (cs.ListTypesRequest(), OPEN),
     "/chronicle.v1.CommandService/SubmitStreamPages": (
         cs.SubmitPage(requests=[submit(bank.Deposit(amount=1))]),
         "SUBMIT_DENIED",

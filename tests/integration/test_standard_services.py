@@ -15,7 +15,10 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
+from chronicle.v1 import command_service_pb2 as cs
 from service.api.health import SERVICE_NAMES
+from service.plugins.discovery import discover_plugins
+from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import Client, asking_again_if_lost, connect, details_of, running_server
 from tests.support.security import POLICY, JwtIssuer, write
@@ -158,3 +161,61 @@ async def test_reflection_v1_needs_credentials_when_authentication_is_on(tmp_pat
     details = details_of(raised.value)
     assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS")
     assert "chronicle.v1.CommandService" in {s.name for s in listed.list_services_response.service}
+
+
+# -- which messages are commands --------------------------------------------------------
+
+
+def types_by_aggregate(response: cs.ListTypesResponse) -> dict[str, tuple[str, str, list[str], list[str]]]:
+    return {
+        t.name: (t.plugin, t.state_type, list(t.command_types), list(t.event_types)) for t in response.aggregate_types
+    }
+
+
+async def test_list_types_names_each_aggregate_types_commands_events_and_state(client: Client) -> None:
+    listed = types_by_aggregate(await client.commands.ListTypes(cs.ListTypesRequest(), timeout=10))
+    # The registry's own view, as `chronicle plugins` prints it, is the witness.
+    expected = {
+        aggregate.name: (
+            plugin.name,
+            aggregate.state_type_name,
+            sorted(aggregate.commands),
+            sorted(aggregate.events),
+        )
+        for plugin in Registry(discover_plugins()).plugins
+        for aggregate in plugin.aggregates
+    }
+    assert listed == expected
+    assert listed["Account"] == (
+        "bank_account",
+        "bank.v1.Account",
+        ["bank.v1.CloseAccount", "bank.v1.Deposit", "bank.v1.OpenAccount", "bank.v1.Withdraw"],
+        ["bank.v1.AccountClosed", "bank.v1.AccountOpened", "bank.v1.MoneyDeposited", "bank.v1.MoneyWithdrawn"],
+    )
+
+
+async def test_list_types_shows_a_caller_the_aggregate_types_it_may_read_or_submit_to(tmp_path: Path) -> None:
+    issuer = JwtIssuer()
+    async with running_server(
+        MemoryStore(),
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    ) as (app, _):
+        seen = {}
+        async with connect(app.address) as anyone:
+            for name in ("alice", "bob", "gateway", "eve", "root"):
+                bearer_of = (("authorization", f"Bearer {issuer.token(name)}"),)
+                response = await anyone.commands.ListTypes(cs.ListTypesRequest(), metadata=bearer_of, timeout=10)
+                seen[name] = sorted(t.name for t in response.aggregate_types)
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await anyone.commands.ListTypes(cs.ListTypesRequest(), timeout=10)
+    assert seen == {
+        "alice": ["Account"],  # reads and submits to accounts
+        "bob": ["Box"],
+        "gateway": ["Account"],  # submits to accounts, reads nothing
+        "eve": [],  # granted nothing
+        "root": ["Account", "Box", "Transfer", "User"],  # reads everything
+    }
+    assert details_of(raised.value).reason == "NO_CREDENTIALS"
