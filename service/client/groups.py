@@ -43,25 +43,31 @@ GroupParkedEvent = pb.GroupParkedEvent
 
 
 class Delivery:
-    """One delivery of an event from a group: ``ack`` or ``nack`` it."""
+    """One delivery of an event from a group: ``ack`` or ``nack`` it. The
+    answer goes on the stream that delivered the event; once that stream
+    has broken (a server restarting, a connection's age) it is dropped: the
+    server gave the event's segment up with the stream, and delivers the
+    event again, to this consumer or another."""
 
-    __slots__ = ("_consumer", "attempt", "event", "replayed")
+    __slots__ = ("_consumer", "_stream", "attempt", "event", "replayed")
 
-    def __init__(self, consumer: GroupConsumer, message: pb.Delivery) -> None:
+    def __init__(self, consumer: GroupConsumer, message: pb.Delivery, stream: Any) -> None:
         self._consumer = consumer
+        self._stream = stream  # the call that delivered it
         self.event = Event(message.event)
         self.attempt = message.attempt
         self.replayed = message.replayed
 
     async def ack(self) -> None:
         """Processed: the group will not deliver it again (barring a
-        consumer that dies before the ack reaches the server)."""
-        await self._consumer.ack([self.event.event_id])
+        consumer that dies, or a stream that breaks, before the ack reaches
+        the server)."""
+        await self._consumer._ack_on(self._stream, [self.event.event_id])
 
     async def nack(self, reason: str = "") -> None:
         """Not processed: deliver it again after the group's backoff, or
         park it after its maximum attempts."""
-        await self._consumer.nack([self.event.event_id], reason)
+        await self._consumer._nack_on(self._stream, [self.event.event_id], reason)
 
     def __repr__(self) -> str:
         return f"Delivery({self.event!r}, attempt={self.attempt}, replayed={self.replayed})"
@@ -86,7 +92,11 @@ class GroupConsumer:
     token ended, when ``retry`` refreshes credentials (the server ends a
     stream at its JWT's exp), up to its ``max_attempts`` times in a row
     without joining (``retry.STALE_TOKEN_ATTEMPTS``, 5, when it has none).
-    Other errors are raised as ``RemoteError``.
+    Other errors are raised as ``RemoteError``. A ``Delivery`` is answered
+    on the stream that delivered it: an ack or nack made once that stream
+    broke is dropped (the server gave the event's segment up with the
+    stream and delivers the event again, to this consumer or another), so
+    handlers that answer in their own tasks, after a reconnect, are safe.
     Each iteration (``aiter``) is one stream, open as long as its iterator:
     keep iterating one, rather than starting a loop again after a ``break``
     (which joins the group anew)."""
@@ -112,6 +122,7 @@ class GroupConsumer:
         self._call: Any = None
         self._writing = asyncio.Lock()
         self._acks: list[str] = []
+        self._acks_call: Any = None  # the stream that delivered the events of ``_acks``
         self._flushing: asyncio.Future[None] | None = None
         self.joined = asyncio.Event()
         self.member = ""  # the name the server gave this stream in the group
@@ -154,26 +165,49 @@ class GroupConsumer:
         return self._deliveries()
 
     async def ack(self, event_ids: Sequence[str]) -> None:
-        """Queue acks: the ones made while a message is being written go
-        out together in the next one (one message per ack would cost more
-        than the event itself)."""
+        """Ack events that the stream open now delivered (``Delivery.ack``
+        acks on the stream that delivered its event, which may have broken
+        since: prefer it)."""
+        await self._ack_on(self._call, event_ids)
+
+    async def nack(self, event_ids: Sequence[str], reason: str = "") -> None:
+        """Nack events that the stream open now delivered (prefer
+        ``Delivery.nack``, as for ``ack``)."""
+        await self._nack_on(self._call, event_ids, reason)
+
+    async def _ack_on(self, call: Any, event_ids: Sequence[str]) -> None:
+        """Queue acks of events that ``call`` delivered: the ones made while
+        a message is being written go out together in the next one (one
+        message per ack would cost more than the event itself). Dropped if
+        ``call`` is no longer the stream open now: the server knows only
+        the events a stream delivered (another's ids fail the stream,
+        UNKNOWN_EVENT_ID), and a broken stream's events are delivered
+        again anyway, to this consumer or, when its segment moved on, to
+        another."""
+        if call is None or call is not self._call:
+            return
+        if self._acks_call is not call:
+            self._acks, self._acks_call = [], call
         self._acks.extend(event_ids)
         if self._flushing is None or self._flushing.done():
             self._flushing = asyncio.ensure_future(self._flush_acks())
 
     async def _flush_acks(self) -> None:
         while self._acks:
-            batch, self._acks = self._acks, []
-            await self._write(pb.ConsumeRequest(ack=pb.Ack(event_ids=batch)))
+            batch, call, self._acks = self._acks, self._acks_call, []
+            await self._write(call, pb.ConsumeRequest(ack=pb.Ack(event_ids=batch)))
 
-    async def nack(self, event_ids: Sequence[str], reason: str = "") -> None:
-        await self._write(pb.ConsumeRequest(nack=pb.Nack(event_ids=event_ids, reason=reason)))
+    async def _nack_on(self, call: Any, event_ids: Sequence[str], reason: str) -> None:
+        await self._write(call, pb.ConsumeRequest(nack=pb.Nack(event_ids=event_ids, reason=reason)))
 
-    async def _write(self, request: pb.ConsumeRequest) -> None:
-        call = self._call
-        if call is None:
+    async def _write(self, call: Any, request: pb.ConsumeRequest) -> None:
+        """Write ``request`` on ``call``, if it is still the stream open now
+        (see ``_ack_on``)."""
+        if call is None or call is not self._call:
             return  # the stream broke: its events go to another consumer (or to this one again)
         async with self._writing:
+            if call is not self._call:
+                return  # it broke while an earlier write went out
             # A broken stream: the reading side reports why it ended.
             with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 try:
@@ -211,7 +245,7 @@ class GroupConsumer:
                         stale = broken = 0
                         continue
                     for item in message.deliveries.deliveries:
-                        yield Delivery(self, item)
+                        yield Delivery(self, item, call)
             except asyncio.CancelledError:
                 if self._closed and call.cancelled():
                     return  # closed by ``close``, from another task
@@ -254,7 +288,7 @@ class GroupConsumer:
                 )
             finally:
                 self.joined.clear()
-                if not leaving:
+                if not leaving and self._acks_call is call:
                     self._acks.clear()  # the events of a broken stream go out again anyway
                 if self._call is call:
                     self._call = None

@@ -23,6 +23,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.client import ChronicleClient, Command, Delivery, GroupConsumer, RemoteError
 from service.client.results import Event
+from service.groups import shutting_down
 from service.store.memory import MemoryStore
 from service.store.sqlite import SqliteStore
 from tests.support.groups import ConsumerRecord, GroupLedger, by_aggregate, consume_into
@@ -313,6 +314,44 @@ async def test_deleting_a_group_ends_its_consumers_streams(client: ChronicleClie
             await take(deliveries, 1)
     assert (ended.value.code, ended.value.reason) == (grpc.StatusCode.NOT_FOUND, "GROUP_NOT_FOUND")
     assert [g.name for g in await client.groups.list()] == []
+
+
+async def test_an_ack_made_after_its_stream_broke_is_dropped_and_the_consumer_goes_on(
+    client: ChronicleClient, server: Application
+) -> None:
+    """A handler that answers in its own task (as ``max_in_flight``
+    invites) may ack after the stream that delivered its event broke and
+    the consumer joined again. The ack was written on the new stream, which
+    had not delivered that event (its segment had moved on meanwhile), and
+    the server failed the stream (INVALID_ARGUMENT UNKNOWN_EVENT_ID): the
+    consumer raised. Now it is dropped: the event was delivered again."""
+    await write(client, accounts(["acc-1"]))
+    await client.groups.create("late", segments=1)
+    slow = client.consume("late", consumer="slow", reconnect_delay=0.05)
+    slow_deliveries = aiter(slow)  # not iterated meanwhile: it opens no stream
+    (held,) = await take(slow_deliveries, 1)  # its handler is slow: not acked yet
+    first_member = slow.member
+    (session,) = [s for s in server.groups._sessions if s.member_id == first_member]
+    session.fail(shutting_down())  # its stream ends as a stopping server ends it
+
+    async with ChronicleClient.connect(server.address) as other:  # the segment moves on meanwhile
+        async with other.consume("late", consumer="other") as taker:
+            (again,) = await take(aiter(taker), 1, ack=True)
+        assert (again.event.event_id, again.attempt) == (held.event.event_id, 2)
+
+    async def acknowledged() -> bool:
+        return (await client.groups.get("late")).acknowledged == 1
+
+    await eventually(acknowledged, what="the other consumer's ack counted")
+    going_on = asyncio.ensure_future(take(slow_deliveries, 1, ack=True))
+    await eventually(
+        lambda: going_on.done() or (slow.joined.is_set() and slow.member != first_member), what="slow joined again"
+    )
+    await held.ack()  # late: its stream is gone
+    await write(client, [Command("acc-1", bank.Deposit(amount=5))])
+    (later,) = await asyncio.wait_for(going_on, 20)  # the consumer went on
+    assert (later.event.aggregate_id, later.event.version) == ("acc-1", 2)
+    await slow.close()
 
 
 # -- bad requests ------------------------------------------------------------------

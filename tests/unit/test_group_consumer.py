@@ -126,3 +126,43 @@ async def test_a_stream_refused_for_good_raises(code: grpc.StatusCode, details: 
     with pytest.raises(RemoteError) as raised:
         await consume()
     assert raised.value.code == code and len(calls) == 1
+
+
+def _acked(call: ScriptedCall) -> list[str]:
+    return [event_id for request in call.written if request.HasField("ack") for event_id in request.ack.event_ids]
+
+
+def _nacked(call: ScriptedCall) -> list[str]:
+    return [event_id for request in call.written if request.HasField("nack") for event_id in request.nack.event_ids]
+
+
+async def test_an_answer_to_a_delivery_of_a_broken_stream_is_dropped_not_sent_on_the_next_one() -> None:
+    """A handler that acks in its own task (as ``max_in_flight`` invites)
+    may answer after the stream that delivered its event broke and the
+    next one opened. The server knows only the events a stream delivered:
+    the answer, written on the new stream, failed it (INVALID_ARGUMENT
+    UNKNOWN_EVENT_ID) when the event's segment had gone to another
+    consumer, and the consumer raised. The broken stream's events come
+    again anyway: the answer is dropped."""
+    first = ScriptedCall(
+        pb.ConsumeResponse(joined=pb.Joined(consumer="c#1")),
+        _delivering("event-1"),
+        _delivering("event-2"),
+        lost("the server is shutting down", grpc.StatusCode.UNAVAILABLE),
+    )
+    second = ScriptedCall(pb.ConsumeResponse(joined=pb.Joined(consumer="c#2")), _delivering("event-3"))
+    calls = [first, second]
+    consumer = GroupConsumer(lambda: calls.pop(0), group="g", consumer="c", reconnect_delay=0)
+    async with consumer:
+        deliveries = aiter(consumer)
+        one, two = await anext(deliveries), await anext(deliveries)
+        three = await anext(deliveries)  # from the second stream: the first broke
+        assert consumer.member == "c#2"
+        await one.ack()
+        await two.nack("late")
+        await three.ack()
+        assert consumer._flushing is not None
+        await consumer._flushing
+        assert [d async for d in deliveries] == []
+    assert (_acked(second), _nacked(second)) == (["event-3"], [])
+    assert (_acked(first), _nacked(first)) == ([], [])
