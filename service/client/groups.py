@@ -34,7 +34,7 @@ from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
 from service.client.call_metadata import CallMetadata
 from service.client.errors import RemoteError, remote_error, status_lost
 from service.client.results import Event
-from service.client.retry import RetryPolicy, call_with_retries, log_retry
+from service.client.retry import RetryPolicy, call_with_retries, log_retry, retryable
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +73,16 @@ class Delivery:
         return f"Delivery({self.event!r}, attempt={self.attempt}, replayed={self.replayed})"
 
 
-# A stream that these end is opened again: a server stopping (UNAVAILABLE),
-# or a call that reached a server as it stopped, which gRPC cancels before
-# the server's code runs (CANCELLED; the consumer's own cancellation is
-# asyncio's CancelledError), as the client's retries and subscriptions do.
-_ENDED_BY_SERVER = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
-
-
 class GroupConsumer:
     """One consumer's stream of a group (``ChronicleClient.consume``). Use it
     in ``async with`` (which ends the stream, giving this consumer's
     segments to the others at once) and iterate it for ``Delivery``\\ s. A
-    stream broken by UNAVAILABLE or CANCELLED (a server stopping), or whose
-    status grpc.aio lost (``errors.status_lost``), is opened again, without
-    a bound: after ``reconnect_delay`` seconds, doubled for each stream in a
+    stream broken by what a subscription is reopened after (UNAVAILABLE or
+    CANCELLED: a server stopping; RESOURCE_EXHAUSTED with a ``RetryInfo``:
+    a server at its ``--max-subscriptions``, TOO_MANY_SUBSCRIPTIONS;
+    ABORTED; DEADLINE_EXCEEDED: ``retry.retryable``), or whose status
+    grpc.aio lost (``errors.status_lost``), is opened again, without a
+    bound: after ``reconnect_delay`` seconds, doubled for each stream in a
     row that broke before it joined, up to ``retry.max_backoff`` (2 s by
     default), never less than the server's ``RetryInfo``; so is one a stale
     token ended, when ``retry`` refreshes credentials (the server ends a
@@ -265,10 +261,17 @@ class GroupConsumer:
                 if self._closed:
                     return
                 error = remote_error(failed)
-                # A status grpc.aio lost (an ack written as the server
-                # ended the stream) says nothing of why it ended: the next
-                # stream finds out.
-                if failed.code() not in _ENDED_BY_SERVER and not status_lost(failed):
+                # Opened again after what a subscription is reopened after
+                # (``retry.retryable``): a server stopping (UNAVAILABLE), a
+                # call that reached a server as it stopped, which gRPC
+                # cancels before the server's code runs (CANCELLED; the
+                # consumer's own cancellation is asyncio's CancelledError),
+                # a full server (RESOURCE_EXHAUSTED with a RetryInfo:
+                # TOO_MANY_SUBSCRIPTIONS), ABORTED, DEADLINE_EXCEEDED. A
+                # status grpc.aio lost (an ack written as the server ended
+                # the stream) says nothing of why it ended: the next stream
+                # finds out.
+                if not retryable(error) and not status_lost(failed):
                     if (
                         failed.code() != grpc.StatusCode.UNAUTHENTICATED
                         or self._retry is None

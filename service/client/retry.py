@@ -121,9 +121,7 @@ class RetryPolicy:
         stale = (
             self.refresh_credentials and error.code == grpc.StatusCode.UNAUTHENTICATED and error.reason in REFRESHABLE
         )
-        if error.code not in RETRYABLE and not stale:
-            return None
-        if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.retry_delay is None:
+        if not retryable(error) and not stale:
             return None
         limit = self.max_attempts if self.max_attempts is not None else STALE_TOKEN_ATTEMPTS if stale else None
         if limit is not None and attempt >= limit:
@@ -137,6 +135,16 @@ class RetryPolicy:
         if elapsed is not None and self.retry_for is not None and elapsed + wait > self.retry_for:
             return None
         return wait
+
+
+def retryable(error: RemoteError) -> bool:
+    """Whether the same call may succeed when made again after ``error``
+    (stale credentials aside): a code of ``RETRYABLE``, and
+    ``RESOURCE_EXHAUSTED`` only with the server's ``RetryInfo`` (a full
+    server, say TOO_MANY_SUBSCRIPTIONS; not gRPC's own "message too large")."""
+    if error.code not in RETRYABLE:
+        return False
+    return error.code != grpc.StatusCode.RESOURCE_EXHAUSTED or error.retry_delay is not None
 
 
 DEFAULT_RETRY = RetryPolicy()

@@ -16,8 +16,11 @@ owner and its reads to the address given; a command stream that takes no
 command beyond its window (256), pages of at most 64 KiB, a single command
 refused with a retryable code not sent again; a stream's attempts counted
 afresh with every message, and with ``renew_after``; a subscription of a
-server from before pages; a group consumer opened again after UNAVAILABLE
-without a bound, and after a stale token only ``max_attempts`` times.
+server from before pages; a group consumer opened again without a bound
+after what a subscription is reopened after (UNAVAILABLE, CANCELLED,
+ABORTED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED with a RetryInfo: a server
+at its --max-subscriptions), not after gRPC's own RESOURCE_EXHAUSTED, and
+after a stale token only ``max_attempts`` times.
 """
 
 from __future__ import annotations
@@ -753,6 +756,41 @@ async def test_a_group_consumer_is_opened_again_after_unavailable_without_a_boun
     async with serving(server) as address, ChronicleClient.connect(address, retry=policy) as consumer_client:
         position = await consume_one(consumer_client)
     assert (position, server.calls) == (1, 9)
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        rich(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "the server has 1 open subscriptions; retry later",
+            reason("TOO_MANY_SUBSCRIPTIONS"),
+            retry_after(0.01),
+        ),
+        rich(grpc.StatusCode.ABORTED, "contention (simulated)"),
+        rich(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded (simulated)"),
+    ],
+    ids=["too-many-subscriptions", "aborted", "deadline-exceeded"],
+)
+async def test_a_group_consumer_is_opened_again_after_what_a_subscription_is_reopened_after(
+    ending: grpc.Status,
+) -> None:
+    """Before, only UNAVAILABLE and CANCELLED: a consumer of a server at its
+    --max-subscriptions raised TOO_MANY_SUBSCRIPTIONS at once, while a
+    subscription to it waited for room."""
+    server = Consumers(ending, ending)
+    async with serving(server) as address, ChronicleClient.connect(address, retry=FAST) as consumer_client:
+        position = await consume_one(consumer_client)
+    assert (position, server.calls) == (1, 3)
+
+
+async def test_a_group_consumer_gives_up_on_a_resource_exhausted_without_retry_info() -> None:
+    """gRPC's own RESOURCE_EXHAUSTED (a message over the limit) will not get better."""
+    server = Consumers(rich(grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max (simulated)"))
+    async with serving(server) as address, ChronicleClient.connect(address, retry=FAST) as consumer_client:
+        with pytest.raises(ResourceExhausted):
+            await consume_one(consumer_client)
+    assert server.calls == 1
 
 
 async def test_a_group_consumer_gives_up_after_max_attempts_stale_tokens_in_a_row() -> None:

@@ -614,6 +614,30 @@ async def test_a_consume_stream_counts_as_a_subscription() -> None:
         assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_SUBSCRIPTIONS")
 
 
+async def test_a_python_consumer_refused_for_want_of_subscriptions_waits_for_room_as_a_subscriber_does() -> None:
+    """A server at its --max-subscriptions refuses a Consume with
+    RESOURCE_EXHAUSTED TOO_MANY_SUBSCRIPTIONS and a RetryInfo, as it does a
+    Subscribe; the Python client's subscribe waits for room, and so does
+    its group consumer now (it raised at once)."""
+    async with serving(max_subscriptions=1) as served:
+        await write(served.raw, "acc-1", bank.OpenAccount(owner="ann"))
+        await served.client.groups.create("billing")
+        subscription = served.raw.events.Subscribe(event_service_pb2.SubscribeRequest())
+        try:
+            while not (await asyncio.wait_for(subscription.read(), READ_TIMEOUT)).HasField("caught_up"):
+                pass
+            consumer = served.client.consume("billing", consumer="worker", reconnect_delay=0.05)
+            first = asyncio.ensure_future(anext(aiter(consumer)))
+            ended, _ = await asyncio.wait({first}, timeout=1.0)  # refused again and again meanwhile
+            assert not ended, first.exception()
+        finally:
+            subscription.cancel()
+        delivery = await asyncio.wait_for(first, READ_TIMEOUT)  # room now
+        await delivery.ack()
+        await consumer.close()
+    assert (delivery.event.aggregate_id, delivery.event.version) == ("acc-1", 1)
+
+
 def metric(text: str, name: str, **labels: str) -> float | None:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

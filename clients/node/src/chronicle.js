@@ -77,15 +77,21 @@ export const services = {
   SubscriptionGroupService: api.SubscriptionGroupService.service,
 };
 
-// How a group consumer's stream may end and still be opened again.
-const RESUMABLE = new Set(['UNAVAILABLE', 'CANCELLED']);
-// How a subscription or a command stream may end and be opened again (a
-// subscription after its last position, a command stream with its
-// unanswered commands sent again with their ids): those, and what a retried
-// command may get past
-// (RESOURCE_EXHAUSTED too, when the server sent a RetryInfo delay: too many
-// calls, not a message over gRPC's limit).
-const STREAM_RETRYABLE = new Set([...RESUMABLE, 'ABORTED', 'DEADLINE_EXCEEDED']);
+// How a subscription, a command stream or a group consumer may end and be
+// opened again (a subscription after its last position, a command stream
+// with its unanswered commands sent again with their ids, a consumer joining
+// the group again): a server stopping (UNAVAILABLE; CANCELLED, for a call it
+// had not started), and what a retried command may get past (RESOURCE_EXHAUSTED
+// too, when the server sent a RetryInfo delay: too many calls or
+// subscriptions, not a message over gRPC's limit: `reopenable`).
+const STREAM_RETRYABLE = new Set(['UNAVAILABLE', 'CANCELLED', 'ABORTED', 'DEADLINE_EXCEEDED']);
+
+/** Whether a stream that `refusal` ended is worth opening again (STREAM_RETRYABLE). */
+function reopenable(refusal) {
+  return (
+    STREAM_RETRYABLE.has(refusal.code) || (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null)
+  );
+}
 // A unary call (and a read) is tried again after what a retry may get past
 // (UNARY_RETRYABLE, and RESOURCE_EXHAUSTED when the server sent a RetryInfo
 // delay), and after a stale token when the token is a function
@@ -673,10 +679,7 @@ export class ChronicleClient {
             continue;
           }
           const stale = client.#staleToken(refusal); // the next call asks the token function again
-          const retryable =
-            STREAM_RETRYABLE.has(refusal.code) ||
-            (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null) ||
-            stale;
+          const retryable = reopenable(refusal) || stale;
           // A call that lived (a token's expiry, a connection's age ended
           // it) is not a retry of the same failure: an idle stream that
           // servers end now and then is reopened every time. One left
@@ -848,10 +851,7 @@ export class ChronicleClient {
           // What the Python client reopens a subscription after: what a
           // command stream is reopened after (a full server's
           // TOO_MANY_SUBSCRIPTIONS among them, which carries a RetryInfo).
-          const resumable =
-            STREAM_RETRYABLE.has(refusal.code) ||
-            (refusal.code === 'RESOURCE_EXHAUSTED' && refusal.retryDelaySeconds !== null) ||
-            stale;
+          const resumable = reopenable(refusal) || stale;
           const wait = resumable ? retryDelay(client.retry, attempt, refusal, { stale, maxAttempts }) : null;
           if (wait === null) throw refusal;
           client.#logRetry(
@@ -945,8 +945,11 @@ export class ChronicleClient {
    * same one, in order, the next only once the one before is acked (or
    * parked). Ack or nack each one; a nacked event (or one not acked within
    * the group's ack timeout) comes again after the backoff. A stream ended
-   * by UNAVAILABLE or a CANCELLED we did not ask for (a server stopping) is
-   * opened again, without a bound: after `reconnectDelaySeconds`, doubled
+   * by what a subscription is reopened after (UNAVAILABLE or a CANCELLED we
+   * did not ask for: a server stopping; RESOURCE_EXHAUSTED with a RetryInfo:
+   * a server at its --max-subscriptions, TOO_MANY_SUBSCRIPTIONS; ABORTED;
+   * DEADLINE_EXCEEDED) is opened again, without a bound: after
+   * `reconnectDelaySeconds`, doubled
    * for each stream in a row that broke with nothing received, up to the
    * retry policy's `maxBackoffSeconds` (2; or `reconnectDelaySeconds` if
    * longer), never less than the server's RetryInfo delay; so is one a
@@ -1012,7 +1015,7 @@ export class ChronicleClient {
           if (client.#staleToken(refusal)) {
             stale += 1;
             if (stale >= staleBound) throw refusal;
-          } else if (!RESUMABLE.has(refusal.code)) {
+          } else if (!reopenable(refusal)) {
             throw refusal;
           }
           broken += 1;

@@ -259,3 +259,92 @@ test('close() sends the acks made, ends the stream, and resolves once the server
     group.stop();
   }
 });
+
+/** A status as the server sends it, with an ErrorInfo and (given a delay) a RetryInfo in its details. */
+function rich(code, message, { reason, retryDelaySeconds } = {}) {
+  const details = [];
+  if (reason) details.push(pack('google.rpc.ErrorInfo', { reason, domain: 'chronicle', metadata: {} }));
+  if (retryDelaySeconds !== undefined) {
+    const retry_delay = { seconds: 0, nanos: Math.round(retryDelaySeconds * 1e9) };
+    details.push(pack('google.rpc.RetryInfo', { retry_delay }));
+  }
+  const metadata = new grpc.Metadata();
+  metadata.set('grpc-status-details-bin', pack('google.rpc.Status', { code, message, details }).value);
+  return { code, details: message, metadata };
+}
+
+/** A stand-in whose first Consume calls end with `endings` in turn; the next delivers one event. */
+async function standInEndings(endings) {
+  const state = { opened: 0 };
+  const standIn = await standInServer(services.SubscriptionGroupService, {
+    Consume(call) {
+      state.opened += 1;
+      call.on('error', () => {});
+      const ending = endings[state.opened - 1];
+      if (ending !== undefined) {
+        setImmediate(() => call.emit('error', ending()));
+        return;
+      }
+      call.write({ joined: { consumer: `worker-1#${state.opened}`, segments: 1 } });
+      const event = {
+        event_id: 'event-1',
+        aggregate_id: 'acc-1',
+        aggregate_type: 'Account',
+        version: 1,
+        position: 1,
+        event_type: 'bank.v1.MoneyDeposited',
+        payload: pack('bank.v1.MoneyDeposited', { amount: 5 }),
+      };
+      call.write({ deliveries: { deliveries: [{ event, attempt: 1 }] } });
+    },
+  });
+  return { ...standIn, state };
+}
+
+test('a consumer is opened again after what a subscription is: TOO_MANY_SUBSCRIPTIONS, ABORTED, DEADLINE_EXCEEDED', async () => {
+  // Before, only UNAVAILABLE and CANCELLED: a consumer of a server at its
+  // --max-subscriptions failed at once, while a subscription waited for room.
+  const full = () =>
+    rich(grpc.status.RESOURCE_EXHAUSTED, 'the server has 1 open subscriptions; retry later (test)', {
+      reason: 'TOO_MANY_SUBSCRIPTIONS',
+      retryDelaySeconds: 0.01,
+    });
+  const aborted = () => rich(grpc.status.ABORTED, 'conflict (test)', { reason: 'CONCURRENCY_CONFLICT' });
+  const late = () => ({ code: grpc.status.DEADLINE_EXCEEDED, details: 'late (test)' });
+  const group = await standInEndings([full, full, aborted, late]);
+  const client = new ChronicleClient(group.address);
+  const worker = client.consume('ledger', 'worker-1', { reconnectDelaySeconds: 0.01 });
+  try {
+    for await (const delivery of worker.deliveries) {
+      assert.equal(delivery.event.event_id, 'event-1');
+      delivery.ack();
+      break;
+    }
+    assert.equal(group.state.opened, 5);
+    assert.equal(worker.member, 'worker-1#5');
+  } finally {
+    worker.close();
+    client.close();
+    group.stop();
+  }
+});
+
+test("a consumer is not opened again after gRPC's own RESOURCE_EXHAUSTED (no RetryInfo)", async () => {
+  const tooLarge = () => ({ code: grpc.status.RESOURCE_EXHAUSTED, details: 'Received message larger than max (test)' });
+  const group = await standInEndings([tooLarge]);
+  const client = new ChronicleClient(group.address);
+  const worker = client.consume('ledger', 'worker-1', { reconnectDelaySeconds: 0.01 });
+  try {
+    await assert.rejects(
+      (async () => {
+        for await (const delivery of worker.deliveries) delivery.ack();
+      })(),
+      (error) => error.code === 'RESOURCE_EXHAUSTED',
+    );
+    assert.equal(group.state.opened, 1);
+  } finally {
+    worker.close();
+    client.close();
+    group.stop();
+  }
+});
