@@ -574,20 +574,60 @@ def _as_dict(message: object) -> dict[str, object]:
     return shown
 
 
-# A tail's stream reopened after these many failures in a row (a message
-# received starts the count again), backing off up to 2 s between them.
-TAIL_ATTEMPTS = 5
+# A tail's stream is reopened after the codes the client SDK's subscribe
+# reopens after (its ``retry.RETRYABLE``; RESOURCE_EXHAUSTED only with a
+# RetryInfo: a server at its --max-subscriptions, not gRPC's own "message too
+# large"), for as long as the tail runs, as the SDK's subscribe is: waiting
+# TAIL_INITIAL_BACKOFF, doubled per failure in a row up to TAIL_MAX_BACKOFF
+# (plus up to a fifth, so that tails refused together do not come back
+# together), never less than the server's RetryInfo. Not imported from the
+# SDK: importing its package costs every CLI call about 30 ms of start-up.
+_TAIL_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+TAIL_INITIAL_BACKOFF = 0.05
+TAIL_MAX_BACKOFF = 2.0
+# While the stream stays broken, the tail says so on stderr when the reason
+# changes, and otherwise at most once in this many seconds.
+TAIL_REPORT_EVERY = 30.0
 # UNAUTHENTICATED reasons that a token file renewed meanwhile may cure: the
-# client SDK's ``retry.REFRESHABLE``, not imported (importing the SDK's
-# package costs every CLI call about 30 ms of start-up).
+# client SDK's ``retry.REFRESHABLE``; at most ``TAIL_STALE_TOKEN_ATTEMPTS``
+# failures in a row (the SDK's ``STALE_TOKEN_ATTEMPTS``): an agent that keeps
+# writing a stale token will not be cured by reading it again for ever.
 _STALE_TOKEN = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN", "UNKNOWN_API_KEY"})
+TAIL_STALE_TOKEN_ATTEMPTS = 5
+
+
+def _retry_info(error: grpc.RpcError) -> float | None:
+    """The RetryInfo delay of a failed call, in seconds (None if none)."""
+    status = rpc_status.from_call(error)  # grpc raises the call itself
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.ToTimedelta().total_seconds())
+    return None
 
 
 def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
-    """Print the events as they commit. A stream the server ends (a restart,
-    a connection's age, changed grants: UNAVAILABLE; with --token-file, a
-    token that expired or was revoked, read again from the file) is opened
-    again after the last position seen, so nothing is skipped or repeated."""
+    """Print the events as they commit. A stream that ends with an error
+    worth retrying (a server restarting or stopping, a connection's age,
+    changed grants, a full server: the codes of ``_TAIL_RETRYABLE``; with
+    --token-file, a token that expired or was revoked, read again from the
+    file) is opened again after the last position seen, so nothing is
+    skipped or repeated, for as long as the tail runs: a server that stays
+    away is waited for (said on stderr), as the client SDK's subscribe
+    waits. Until a server has answered it once, though, a tail that reaches
+    none (UNAVAILABLE without a reason: nothing listening, a wrong address)
+    exits 1 with the hint any command gives. Other errors exit 1 at once;
+    Ctrl-C exits 130."""
+    import random
+
     types = RemoteTypes(channel)
     stub = event_service_pb2_grpc.EventServiceStub(channel)
     start = str(args.start).strip().lower()
@@ -601,12 +641,14 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
         aggregate_id=args.aggregate or "",
         origin=args.origin or "",
     )
-    failures = 0
+    answered = False  # a server answered this tail (a message, or a status of its own)
+    failures = stale = 0  # in a row, since the last message
+    said, said_at = "", float("-inf")  # what stderr last told of a broken stream, and when
     while True:
         call = stub.Subscribe(request)
         try:
             for response in call:
-                failures = 0
+                answered, failures, stale = True, 0, 0
                 if response.HasField("event"):
                     _print(_event_json(types, response.event))
                     request.after_position, request.from_end = response.event.position, False
@@ -623,17 +665,31 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
             return EXIT_OK
         except grpc.RpcError as error:
             code = error.code() if hasattr(error, "code") else None
-            resumable = code == grpc.StatusCode.UNAVAILABLE or (
-                code == grpc.StatusCode.UNAUTHENTICATED and args.token_file and _error_info(error)[0] in _STALE_TOKEN
-            )
-            if not resumable or failures >= TAIL_ATTEMPTS:
+            reason = _error_info(error)[0]
+            delay = _retry_info(error)
+            if reason:
+                answered = True  # a Chronicle server said why
+            if code == grpc.StatusCode.UNAUTHENTICATED and args.token_file and reason in _STALE_TOKEN:
+                stale += 1
+                if stale >= TAIL_STALE_TOKEN_ATTEMPTS:
+                    raise
+            elif code not in _TAIL_RETRYABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and delay is None):
                 raise
+            elif code == grpc.StatusCode.UNAVAILABLE and not answered:
+                raise  # no server ever answered: said as for any command, with what to do
             failures += 1
-            reason = _error_info(error)[0] or (code.name if code is not None else "")
-            print(
-                f"tail: the stream ended ({reason}); resuming after position {request.after_position}", file=sys.stderr
-            )
-            time.sleep(min(2.0, 0.05 * 2**failures))
+            wait = min(TAIL_MAX_BACKOFF, TAIL_INITIAL_BACKOFF * 2 ** min(failures - 1, 32))
+            wait = max(wait * (1 + 0.2 * random.random()), delay or 0.0)
+            why = reason or (code.name if code is not None else "")
+            where = "at the end" if request.from_end else f"after position {request.after_position}"
+            now = time.monotonic()
+            if failures == 1 or why != said:
+                print(f"tail: the stream ended ({why}); resuming {where}", file=sys.stderr)
+                said, said_at = why, now
+            elif now - said_at >= TAIL_REPORT_EVERY:
+                print(f"tail: still resuming {where} ({why}, {failures} attempts)", file=sys.stderr)
+                said_at = now
+            time.sleep(wait)
         finally:
             call.cancel()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import cli, free_port, run_healthcheck, server_process
+from tests.support.processes import Replica, cli, free_port, run_healthcheck, server_process
 from tests.support.security import POLICY, Authority, JwtIssuer, write
 
 pytestmark = pytest.mark.slow
@@ -400,6 +400,66 @@ def test_ctrl_c_ends_a_tail_quietly_with_130(tmp_path: Path) -> None:
             tail.wait(10)
             tail.stdout.close()
             tail.stderr.close()
+
+
+def test_a_tail_waits_out_a_server_restart_however_long_then_ctrl_c_ends_it_quietly(tmp_path: Path) -> None:
+    """A server stopped (SIGTERM) and started again four seconds later: the
+    tail resumes after the last event it printed. It gave up after five
+    failures in a row (about 3 s of backoff: "no Chronicle server
+    answered", exit 1), though its help and docs/security.md say it
+    resumes. Ctrl-C while it waits for the server exits 130, quietly."""
+    server = Replica(f"sqlite:///{tmp_path}/events.db", log_path=tmp_path / "server.log")
+    tail: subprocess.Popen[str] | None = None
+    try:
+        server.start()
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        tail = subprocess.Popen(
+            [sys.executable, "-c", WITH_CTRL_C, "tail", "--from", "0", "--server", server.address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert tail.stdout is not None and tail.stderr is not None
+        first = json.loads(tail.stdout.readline() or "null")
+        assert first is not None, tail.stderr.read()
+        assert server.stop(signal.SIGTERM) == 0
+        time.sleep(4.0)  # longer than the five attempts' backoff the tail had
+        assert tail.poll() is None, tail.stderr.read()
+        server.start()  # the same port and database
+        cli("submit", "acc-1", "bank.v1.Deposit", '{"amount": 3}', server=server.address)
+        second = json.loads(tail.stdout.readline() or "null")
+        assert second is not None, tail.stderr.read()
+        server.stop(signal.SIGKILL)
+        time.sleep(0.5)  # the server gone again: the tail waits for it
+        tail.send_signal(signal.SIGINT)
+        code, told = tail.wait(30), tail.stderr.read()
+    finally:
+        server.close()
+        if tail is not None:
+            tail.kill()
+            tail.wait(10)
+            for pipe in (tail.stdout, tail.stderr):
+                if pipe is not None:
+                    pipe.close()
+    assert [(e["version"], e["event_type"]) for e in (first, second)] == [
+        ("1", "bank.v1.AccountOpened"),
+        ("2", "bank.v1.MoneyDeposited"),
+    ]
+    assert code == 130
+    assert f"resuming after position {first['position']}" in told
+    assert "Traceback" not in told and "error:" not in told, told
+
+
+def test_a_tail_that_reaches_no_server_at_all_says_so_at_once(tmp_path: Path) -> None:
+    """Waiting for a server that answered once is resuming; waiting for one
+    that never did would hide a wrong address: it exits 1 with the hint
+    every command gives."""
+    started = time.monotonic()
+    nobody = cli("tail", "--from", "0", server=f"127.0.0.1:{free_port()}", check=False)
+    assert nobody.returncode == 1
+    assert "no Chronicle server answered" in nobody.stderr
+    assert "tail: the stream ended" not in nobody.stderr
+    assert time.monotonic() - started < 20
 
 
 def test_a_user_follows_the_transfers_reaction_and_its_parked_commands(tmp_path: Path) -> None:
