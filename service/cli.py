@@ -602,6 +602,8 @@ TAIL_REPORT_EVERY = 30.0
 # writing a stale token will not be cured by reading it again for ever.
 _STALE_TOKEN = frozenset({"TOKEN_EXPIRED", "INVALID_TOKEN", "UNKNOWN_API_KEY"})
 TAIL_STALE_TOKEN_ATTEMPTS = 5
+# The highest position a Subscribe takes (the stores' signed 64-bit integers).
+_MAX_POSITION = 2**63 - 1
 
 
 def _retry_info(error: grpc.RpcError) -> float | None:
@@ -628,14 +630,14 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
     Ctrl-C exits 130."""
     import random
 
+    start = str(args.start).strip().lower()
+    if start != "end" and not (start.isascii() and start.isdigit() and int(start) <= _MAX_POSITION):
+        raise ValueError(f"--from takes 'end' or a position from 0 to {_MAX_POSITION}, got {args.start!r}")
     types = RemoteTypes(channel)
     stub = event_service_pb2_grpc.EventServiceStub(channel)
-    start = str(args.start).strip().lower()
-    if start != "end" and not start.isdigit():
-        raise ValueError(f"--from takes 'end' or a position, got {args.start!r}")
     request = event_service_pb2.SubscribeRequest(
         from_end=start == "end",
-        after_position=int(start) if start.isdigit() else 0,
+        after_position=int(start) if start != "end" else 0,
         event_types=args.type or (),
         aggregate_types=args.aggregate_type or (),
         aggregate_id=args.aggregate or "",

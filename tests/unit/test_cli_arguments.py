@@ -34,6 +34,19 @@ def test_an_aggregate_id_of_only_spaces_is_refused_before_anything_is_sent(
     assert "must not be only whitespace" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("start", ["18446744073709551616", "9223372036854775808", "-1", "\uff11", "soon"])
+def test_a_tail_from_a_position_out_of_range_is_a_usage_error_naming_the_flag(
+    start: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A position beyond what a SubscribeRequest holds printed protobuf's
+    own "Value out of range"; one beyond the stores' 2^63-1 was sent; a
+    full-width digit was taken for an ASCII one."""
+    assert main(["tail", "--from", start, "--server", NOBODY]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --from takes 'end' or a position from 0 to 9223372036854775807, got {start!r}\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
