@@ -59,10 +59,28 @@ def _setting(field: str, description: str) -> InvalidInput:
     return InvalidInput.for_field(field, description, reason="BAD_GROUP_SETTING")
 
 
+# What google.protobuf.Duration allows: about ±10,000 years, in seconds.
+_MAX_DURATION_SECONDS = 315_576_000_000
+
+
 def _millis(request: Any, field: str, default: int, *, minimum: int = 0) -> int:
     if not request.HasField(field):
         return default
     value: duration_pb2.Duration = getattr(request, field)
+    # The Duration spec: nanos from -999,999,999 to 999,999,999, of the sign
+    # of seconds when both are set (2 s is seconds=2, not nanos=2e9, which
+    # was taken as 2 s; seconds=1 with nanos=-5e8 is no duration at all).
+    if (
+        abs(value.seconds) > _MAX_DURATION_SECONDS
+        or abs(value.nanos) > 999_999_999
+        or (value.seconds > 0 and value.nanos < 0)
+        or (value.seconds < 0 and value.nanos > 0)
+    ):
+        raise _setting(
+            field,
+            "is not a valid google.protobuf.Duration: nanos must be from -999,999,999 to 999,999,999,"
+            " with the sign of seconds",
+        )
     if value.seconds < 0 or value.nanos < 0:
         raise _setting(field, "must not be negative")
     ms = value.seconds * 1000 + value.nanos // 1_000_000

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from chronicle.v1 import admin_service_pb2
 from chronicle.v1 import subscription_group_service_pb2 as pb
@@ -27,7 +28,7 @@ from service.groups import shutting_down
 from service.store.memory import MemoryStore
 from service.store.sqlite import SqliteStore
 from tests.support.groups import ConsumerRecord, GroupLedger, by_aggregate, consume_into
-from tests.support.grpc_client import reason_of, running_server
+from tests.support.grpc_client import details_of, reason_of, running_server
 from tests.support.waiting import eventually
 
 
@@ -386,6 +387,44 @@ async def test_bad_groups_are_refused_with_their_reasons(client: ChronicleClient
     assert await refused(client.groups.parked("billing", limit=1001)) == (invalid, "LIMIT_TOO_LARGE")
     assert await refused(client.groups.replay("missing")) == (grpc.StatusCode.NOT_FOUND, "GROUP_NOT_FOUND")
     assert [g.name for g in await client.groups.list()] == ["billing"]  # nothing half-written
+
+
+async def test_a_malformed_duration_is_refused_naming_its_field(server: Application) -> None:
+    """google.protobuf.Duration's nanos are within ±999,999,999, of the sign
+    of seconds. nanos=2e9 was taken as 2 s; seconds=1 with nanos=-5e8 was
+    refused as "must not be negative"."""
+    malformed = [
+        duration_pb2.Duration(nanos=2_000_000_000),
+        duration_pb2.Duration(seconds=1, nanos=-500_000_000),
+        duration_pb2.Duration(seconds=-1, nanos=500_000_000),
+        duration_pb2.Duration(seconds=315_576_000_001),
+    ]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.SubscriptionGroupServiceStub(channel)
+        for field in ("retry_backoff", "max_retry_backoff", "ack_timeout"):
+            for value in malformed:
+                request = pb.CreateGroupRequest(name="g")
+                getattr(request, field).CopyFrom(value)
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await stub.CreateGroup(request)
+                said = details_of(raised.value)
+                assert (said.code, said.reason, said.field_violations) == (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "BAD_GROUP_SETTING",
+                    [field],
+                ), (field, value)
+                assert "is not a valid google.protobuf.Duration" in said.message, said.message
+            negative = pb.CreateGroupRequest(name="g")
+            getattr(negative, field).CopyFrom(duration_pb2.Duration(seconds=-1, nanos=-5))
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.CreateGroup(negative)
+            assert details_of(raised.value).message == f"{field}: must not be negative"
+        # Well-formed ones still pass: 1.5 s both ways of writing it.
+        created = await stub.CreateGroup(
+            pb.CreateGroupRequest(name="g", ack_timeout=duration_pb2.Duration(seconds=1, nanos=500_000_000))
+        )
+        assert created.group.ack_timeout == duration_pb2.Duration(seconds=1, nanos=500_000_000)
+        assert [g.name for g in (await stub.ListGroups(pb.ListGroupsRequest())).groups] == ["g"]
 
 
 async def consume_raw(address: str, requests: Sequence[pb.ConsumeRequest], *, reads: int = 1) -> list[Any]:
