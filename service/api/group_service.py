@@ -332,8 +332,15 @@ async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerS
                 session.ack(list(request.ack.event_ids))
             elif kind == "nack":
                 session.nack(list(request.nack.event_ids), _nack_reason(request.nack.reason))
-            else:
+            elif kind == "start":
                 raise _start_expected("a Consume stream has one start, its first request")
+            else:
+                # Empty (or of a kind this server does not know: a newer client's).
+                raise InvalidInput(
+                    "after its start, each request of a Consume stream carries an ack or a nack; this one carries"
+                    " neither",
+                    reason="ACK_OR_NACK_EXPECTED",
+                )
     except asyncio.CancelledError:
         raise
     except ChronicleError as error:

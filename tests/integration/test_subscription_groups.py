@@ -451,6 +451,7 @@ async def test_bad_consume_streams_are_refused_with_their_reasons(client: Chroni
         ([start(max_in_flight=10_001)], 1, grpc.StatusCode.INVALID_ARGUMENT, "BAD_GROUP_SETTING"),
         ([ack], 1, grpc.StatusCode.INVALID_ARGUMENT, "START_EXPECTED"),
         ([start(), start()], 3, grpc.StatusCode.INVALID_ARGUMENT, "START_EXPECTED"),
+        ([start(), pb.ConsumeRequest()], 3, grpc.StatusCode.INVALID_ARGUMENT, "ACK_OR_NACK_EXPECTED"),
         ([start(), ack], 3, grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_EVENT_ID"),
     ]
     for requests, reads, code, reason in cases:
