@@ -23,7 +23,7 @@ from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
 from service.api.codec import canonical_uuid, check_id, check_names, check_version, encode_event_into
 from service.api.subscribe import known_names
 from service.audit import AuditLog
-from service.errors import ChronicleError, InvalidInput, PermissionDenied
+from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
 from service.groups import ConsumerSession, Delivery, SubscriptionGroups, group_not_found
 from service.plugins.registry import Registry
 from service.principal import current_principal
@@ -291,8 +291,29 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
                     )
                 event_ids[index] = canonical
             state = await self._group("group", request.group)
+            event_ids = list(dict.fromkeys(event_ids))  # each once
+            if event_ids:
+                await self._check_parked(state.spec.name, event_ids)
             replaying = await self._store.replay_parked(state.spec.name, event_ids)
         return pb.ReplayParkedResponse(replaying=replaying)
+
+    async def _check_parked(self, group: str, event_ids: list[str]) -> None:
+        """NOT_FOUND (PARKED_EVENT_NOT_FOUND), naming them, if any of
+        ``event_ids`` is not among the group's parked events: a replay
+        names events to deliver again, and one that is not parked (never
+        was, or was acknowledged since, or a typo) would otherwise be
+        passed over in silence (``replaying`` one short). None is replayed
+        then: the caller sends the list again without them."""
+        found = {parked.event_id for parked in await self._store.find_parked(group, event_ids)}
+        missing = [event_id for event_id in event_ids if event_id not in found]
+        if missing:
+            shown = ", ".join(repr(event_id) for event_id in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise ResourceNotFound(
+                f"not parked in group {group!r}: {shown}{more}; nothing replayed",
+                reason="PARKED_EVENT_NOT_FOUND",
+                metadata={"group": group, "event_ids": ",".join(missing)[:1000]},
+            )
 
     async def Consume(
         self, request_iterator: AsyncIterator[pb.ConsumeRequest], context: grpc.aio.ServicerContext[Any, Any]

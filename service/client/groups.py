@@ -416,7 +416,9 @@ class Groups:
         return list((await call_with_retries(self._retry, f"list parked events of {group}", attempt)).parked)
 
     async def replay(self, group: str, event_ids: Sequence[str] = ()) -> int:
-        """Deliver parked events again (none named: all the group's); how many."""
+        """Deliver parked events again (none named: all the group's); how
+        many. ``NotFound`` (PARKED_EVENT_NOT_FOUND, the ids in its metadata's
+        ``event_ids``), and none replayed, if one named is not parked."""
         response: pb.ReplayParkedResponse = await self._call(
             f"replay parked events of {group}",
             self._stub.ReplayParked,

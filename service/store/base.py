@@ -596,6 +596,10 @@ class GroupStore(Protocol):
         """Up to ``limit`` parked events of the group with positions greater
         than ``after_position``, by position (event id within one)."""
 
+    async def find_parked(self, name: str, event_ids: Sequence[str]) -> list[GroupParkedEvent]:
+        """The group's parked events among ``event_ids``, by position (event
+        id within one): which of them a replay would find."""
+
     async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
         """Mark these parked events (none given: all the group's) to be
         delivered again; return how many are marked now."""

@@ -120,6 +120,10 @@ class MemoryGroups:
     async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         return [p for p in self._sorted_parked(name) if p.position > after_position][:limit]
 
+    async def find_parked(self, name: str, event_ids: Sequence[str]) -> list[GroupParkedEvent]:
+        wanted = set(event_ids)
+        return [p for p in self._sorted_parked(name) if p.event_id in wanted]
+
     async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
         group = self._groups.get(name)
         if group is None:

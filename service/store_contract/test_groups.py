@@ -109,6 +109,16 @@ async def test_parked_events_commit_with_the_checkpoint(store: StoreAdapter) -> 
     assert await store.list_parked("billing", limit=1) == [parked("e-10", 10)]
 
 
+async def test_parked_events_are_found_by_their_ids(store: StoreAdapter) -> None:
+    await store.create_group(SPEC)
+    assert await store.find_parked("billing", ["e-4"]) == []
+    await store.park("billing", [parked("e-5", 5), parked("e-4", 4, segment=2)])
+    found = await store.find_parked("billing", ["e-5", "e-404", "e-4", "e-5"])
+    assert found == [parked("e-4", 4, segment=2), parked("e-5", 5)]
+    assert await store.find_parked("other", ["e-4"]) == []
+    assert await store.find_parked("billing", []) == []
+
+
 async def test_parked_events_are_replayed_on_request_and_leave_when_settled(store: StoreAdapter) -> None:
     await store.create_group(SPEC)
     await store.park("billing", [parked("e-3", 3, segment=0), parked("e-4", 4, segment=1), parked("e-5", 5)])

@@ -233,6 +233,34 @@ async def test_a_poison_event_is_parked_the_group_moves_on_and_it_is_replayed_on
         await asyncio.gather(task, return_exceptions=True)
 
 
+async def test_a_replay_naming_an_event_that_is_not_parked_is_refused_naming_it(client: ChronicleClient) -> None:
+    """ReplayParked of an id that was never parked answered replaying=0, in
+    silence (with a parked one beside it, replaying=1: which one was
+    missing went unsaid). Now NOT_FOUND naming it, and none replayed."""
+    await write(client, accounts(["acc-1"]))
+    await client.groups.create("typos", max_delivery_attempts=1, segments=1)
+    async with client.consume("typos", consumer="worker") as consumer:
+        (poison,) = await take(aiter(consumer), 1)
+        await poison.nack("cannot parse")
+
+        async def parked() -> bool:
+            return (await client.groups.get("typos")).parked == 1
+
+        await eventually(parked, what="the event parked")
+    parked_id = poison.event.event_id
+    for named in (["never-parked"], [parked_id, "never-parked", "no-such"]):
+        with pytest.raises(RemoteError) as refused:
+            await client.groups.replay("typos", named)
+        missing = [event_id for event_id in named if event_id != parked_id]
+        assert (refused.value.code, refused.value.reason) == (grpc.StatusCode.NOT_FOUND, "PARKED_EVENT_NOT_FOUND")
+        assert refused.value.metadata["event_ids"] == ",".join(missing)
+        assert all(repr(event_id) in refused.value.message for event_id in missing)
+    (listed,) = await client.groups.parked("typos")
+    assert (listed.event_id, listed.replaying) == (parked_id, False)  # none replayed
+    assert await client.groups.replay("typos", [parked_id, parked_id]) == 1  # named twice, replayed once
+    assert await client.groups.replay("typos") == 1  # none named: all the group's
+
+
 async def test_an_event_whose_consumers_go_away_without_an_answer_is_parked_after_its_attempts(
     client: ChronicleClient,
 ) -> None:

@@ -933,7 +933,10 @@ export class ChronicleClient {
     return (await this.#call(this.groups, 'ListParked', { group, after_position: afterPosition, limit })).parked;
   }
 
-  /** Delivers parked events again (none named: all of the group's); resolves to how many. */
+  /**
+   * Delivers parked events again (none named: all of the group's); resolves to how many. Rejects with
+   * NOT_FOUND PARKED_EVENT_NOT_FOUND (the ids in `metadata.event_ids`), none replayed, if one named is not parked.
+   */
   async replayParked(group, eventIds = []) {
     return (await this.#call(this.groups, 'ReplayParked', { group, event_ids: eventIds })).replaying;
   }

@@ -159,6 +159,14 @@ class GroupsRole:
         )
         return [parked_from_row(row) for row in rows(result)]
 
+    async def find_parked(self, name: str, event_ids: Sequence[str]) -> list[GroupParkedEvent]:
+        (result,) = await self._db.run(
+            "find_parked",
+            [Statement(sql.GROUP_PARKED_EVENTS.encode(), (name, list(event_ids)))],
+            read_only=True,
+        )
+        return [parked_from_row(row) for row in rows(result)]
+
     async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
         (result,) = await self._db.run(
             "replay_parked", [Statement(sql.REPLAY_GROUP_PARKED.encode(), (name, list(event_ids)))]

@@ -904,6 +904,10 @@ LIST_GROUP_PARKED = (
     f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND position > $2::bigint"
     " ORDER BY position, event_id LIMIT $3::bigint"
 )
+GROUP_PARKED_EVENTS = (
+    f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
+    " ORDER BY position, event_id"
+)
 REPLAY_GROUP_PARKED = (
     "WITH marked AS (UPDATE chronicle.group_parked SET replaying = true WHERE group_name = $1"
     " AND (cardinality($2::text[]) = 0 OR event_id = ANY($2::text[])) RETURNING 1) SELECT count(*) FROM marked"

@@ -85,6 +85,9 @@ class GroupsRole:
         )
         return [parked_from_row(row) for row in rows]
 
+    async def find_parked(self, name: str, event_ids: Sequence[str]) -> list[GroupParkedEvent]:
+        return await self._writer.run(_find_parked, name, event_ids)
+
     async def replay_parked(self, name: str, event_ids: Sequence[str]) -> int:
         return await self._writer.run(_replay, name, event_ids)
 
@@ -163,6 +166,12 @@ def _commit(
 def _unpark(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> None:
     with writing(db):
         db.executemany(sql.UNPARK_GROUP_EVENT, [(name, event_id) for event_id in event_ids])
+
+
+def _find_parked(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> list[GroupParkedEvent]:
+    with reading(db):
+        found = [db.execute(sql.GROUP_PARKED_EVENT, (name, event_id)).fetchone() for event_id in set(event_ids)]
+    return sorted((parked_from_row(row) for row in found if row is not None), key=lambda p: (p.position, p.event_id))
 
 
 def _replay(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> int:

@@ -388,6 +388,7 @@ LIST_GROUP_PARKED = (
     f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND position > ?"
     " ORDER BY position, event_id LIMIT ?"
 )
+GROUP_PARKED_EVENT = f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND event_id = ?"
 REPLAY_ALL_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ?"
 REPLAY_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ? AND event_id = ?"
 GROUP_PARKED_TO_REPLAY = (
