@@ -886,9 +886,13 @@ export class ChronicleClient {
   /**
    * Creates subscription group `name` (needs the admin grant): the events
    * matching the filter, after `afterPosition` (or only new ones with
-   * `fromEnd`), shared among the group's consumers. Durations in seconds;
-   * 0 or undefined: the server's defaults. Resolves to the GroupInfo;
-   * rejects with ChronicleError (ALREADY_EXISTS GROUP_EXISTS, …).
+   * `fromEnd`), shared among the group's consumers. As in the Python
+   * client: a count (`maxDeliveryAttempts`, `segments`) of 0 takes the
+   * server's default; a duration (in seconds) left undefined or null takes
+   * the server's default, and one of 0 is sent as 0 (a `retryBackoffSeconds`
+   * of 0 retries at once; an `ackTimeoutSeconds` under 0.01 is
+   * BAD_GROUP_SETTING). Resolves to the GroupInfo; rejects with
+   * ChronicleError (ALREADY_EXISTS GROUP_EXISTS, …).
    */
   async createGroup(
     name,
@@ -913,9 +917,10 @@ export class ChronicleClient {
       max_delivery_attempts: maxDeliveryAttempts,
       segments,
     };
-    if (retryBackoffSeconds !== undefined) request.retry_backoff = duration(retryBackoffSeconds);
-    if (maxRetryBackoffSeconds !== undefined) request.max_retry_backoff = duration(maxRetryBackoffSeconds);
-    if (ackTimeoutSeconds !== undefined) request.ack_timeout = duration(ackTimeoutSeconds);
+    // null as undefined (the Python client's None): not sent, the server's default.
+    if (retryBackoffSeconds != null) request.retry_backoff = duration(retryBackoffSeconds);
+    if (maxRetryBackoffSeconds != null) request.max_retry_backoff = duration(maxRetryBackoffSeconds);
+    if (ackTimeoutSeconds != null) request.ack_timeout = duration(ackTimeoutSeconds);
     return (await this.#call(this.groups, 'CreateGroup', request)).group;
   }
 

@@ -348,3 +348,32 @@ test("a consumer is not opened again after gRPC's own RESOURCE_EXHAUSTED (no Ret
     group.stop();
   }
 });
+
+test("createGroup sends a duration of 0 as 0 and leaves an undefined or null one to the server's default", async () => {
+  // As the Python client: None (here undefined or null) is the server's
+  // default, 0 is 0. null was sent as 0 s (an ack timeout of 0 is refused).
+  const requests = [];
+  const standIn = await standInServer(services.SubscriptionGroupService, {
+    CreateGroup(call, callback) {
+      requests.push(call.request);
+      callback(null, { group: { name: call.request.name } });
+    },
+  });
+  const client = new ChronicleClient(standIn.address);
+  try {
+    await client.createGroup('g', { retryBackoffSeconds: 0, maxRetryBackoffSeconds: null, ackTimeoutSeconds: 1.5 });
+    await client.createGroup('h', {});
+  } finally {
+    client.close();
+    standIn.stop();
+  }
+  const durations = requests.map((r) => [r.retry_backoff, r.max_retry_backoff, r.ack_timeout]);
+  const plain = (value) => (value === null ? null : { seconds: Number(value.seconds), nanos: value.nanos });
+  assert.deepEqual(
+    durations.map((each) => each.map(plain)),
+    [
+      [{ seconds: 0, nanos: 0 }, null, { seconds: 1, nanos: 500_000_000 }],
+      [null, null, null],
+    ],
+  );
+});
