@@ -13,7 +13,15 @@ import grpc
 import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.client import ChronicleClient, Event, FileCheckpoints, MemoryCheckpoints, RetryPolicy, Subscription
+from service.client import (
+    ChronicleClient,
+    Event,
+    FileCheckpoints,
+    InvalidArgument,
+    MemoryCheckpoints,
+    RetryPolicy,
+    Subscription,
+)
 from service.store.memory import MemoryStore
 from tests.support.broken_calls import BreakFirstStream
 from tests.support.grpc_client import running_server
@@ -167,3 +175,28 @@ async def test_a_subscription_survives_a_server_restart_without_a_gap_or_a_repea
                 received += await take(events, 1)
                 await events.aclose()
     assert versions(received) == [1, 2, 3, 4, 5]
+
+
+async def test_a_checkpoint_of_another_store_is_refused_beyond_its_end_and_skips_silently_below_it(
+    tmp_path: Path,
+) -> None:
+    """docs/clients.md on greeted.pos: it said a position beyond the log's
+    end "waits for events that never come"; Subscribe refuses it
+    (POSITION_BEYOND_END), and the danger is the other way: a position
+    below another store's head skips that store's events up to it."""
+    saved = FileCheckpoints(tmp_path / "greeted.pos")
+    async with running_server(MemoryStore()) as (one, _), ChronicleClient.connect(one.address) as client:
+        await open_account(client, "acc-1", deposits=5)  # positions 1 to 6
+        async for event in (subscription := client.subscribe(checkpoints=saved)):
+            if event.position == 6:
+                await subscription.processed(event)
+                break
+    assert await saved.load() == 6
+    async with running_server(MemoryStore()) as (other, _), ChronicleClient.connect(other.address) as client:
+        await open_account(client, "acc-2", deposits=1)  # positions 1 and 2: 6 is beyond the end
+        with pytest.raises(InvalidArgument) as refused:
+            await asyncio.wait_for(anext(aiter(client.subscribe(checkpoints=saved))), 10)
+        assert (refused.value.reason, refused.value.metadata["log_head"]) == ("POSITION_BEYOND_END", "2")
+        await open_account(client, "acc-3", deposits=4)  # positions 3 to 7: now 6 is below the head
+        first = await asyncio.wait_for(anext(aiter(client.subscribe(checkpoints=saved))), 10)
+    assert (first.aggregate_id, first.position) == ("acc-3", 7)  # acc-2 and most of acc-3, skipped
