@@ -567,6 +567,38 @@ async def test_a_consumer_that_leaves_gives_its_segments_up_at_once(served: Serv
         assert [(c.consumer, list(c.segments)) for c in group.consumers] == [(second.member, [0, 1, 2, 3])]
 
 
+async def test_a_segment_that_moves_delivers_again_what_was_acked_after_its_oldest_unsettled_event(
+    served: Served,
+) -> None:
+    """ "What a move delivers again": the checkpoint is the contiguous
+    settled prefix, so the next holder gets the events acknowledged after
+    the oldest unsettled one too, not only those in flight (the docs and
+    the proto said only events in flight could reach both consumers)."""
+    raw, groups = served.raw, served.client.groups
+    for name in ("acc-1", "acc-2", "acc-3"):
+        await write(raw, name, bank.OpenAccount(owner="ann"))
+    await groups.create("moving", segments=1)
+    async with consuming(raw, "moving", "first") as first:
+        delivered = await first.take(3)
+        held, *done = sorted(delivered, key=lambda d: d.event.position)
+        await first.ack(*done)  # the oldest goes unanswered: the checkpoint stays before it
+
+        async def counted() -> bool:
+            return (await groups.get("moving")).position == held.event.position - 1
+
+        await eventually(counted, what="the acks taken, the checkpoint before the held event")
+    async with consuming(raw, "moving", "second") as second:
+        again = await second.take(3)
+        await second.ack(*again)
+
+        async def acknowledged() -> bool:
+            return (await groups.get("moving")).acknowledged == 3
+
+        await eventually(acknowledged, what="each event counted once")
+    assert versions(again) == versions(delivered)  # the two acked ones as well as the held one
+    assert [d.attempt for d in sorted(again, key=lambda d: d.event.position)] == [2, 1, 1]
+
+
 # -- limits, metrics, restarts --------------------------------------------------------------
 
 
