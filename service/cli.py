@@ -912,9 +912,7 @@ async def _import_local(url: str, path: str, options: ImportOptions, quiet: bool
             on_progress=lambda summary: reporter.update(source.position if source.total else summary.records),
             registry=registry,
         )
-        for record in source.records():
-            await importer.add(record)
-        await importer.finish()
+        await importer.run_file(source.records())
     finally:
         source.close()
         await adapter.close()

@@ -47,8 +47,9 @@ from chronicle.v1 import export_pb2
 from service.errors import ConfigurationError, InvalidInput
 from service.plugins.registry import Registry
 from service.store.records import RecordedEvent
-from service.transfer.exporter import FORMAT, FORMAT_VERSION
+from service.transfer.exporter import FORMAT_VERSION
 from service.transfer.records import exported_event, timestamp
+from service.transfer.stream import FORMAT
 
 # Event ids are uuid5(this, "<originator id>/<originator version>").
 EVENT_ID_NAMESPACE = uuid.UUID("5d1e7c3a-3f7b-4c55-9f5e-0c8e3b1d2a61")

@@ -27,8 +27,8 @@ from service.transfer.records import (
     exported_snapshot,
     timestamp,
 )
+from service.transfer.stream import FORMAT
 
-FORMAT = "chronicle.export"
 FORMAT_VERSION = 1
 PAGE = 500
 

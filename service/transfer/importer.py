@@ -30,7 +30,7 @@ batch whole (ImportConflict); the refusal then names the record.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from service.plugins.registry import Registry
 from service.store.base import AggregateQuery, SnapshotKind, Store
 from service.store.encryption import is_sealed
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
-from service.transfer.exporter import FORMAT, FORMAT_VERSION
+from service.transfer.exporter import FORMAT_VERSION
 from service.transfer.records import (
     BAD_RECORD,
     stored_claim,
@@ -51,6 +51,7 @@ from service.transfer.records import (
     stored_event,
     stored_snapshot,
 )
+from service.transfer.stream import EXPORT_INCOMPLETE, FORMAT
 
 # Records written per transaction (fewer when their payloads are large).
 BATCH = 500
@@ -108,6 +109,31 @@ class Importer:
         await self.finish()
         return self.summary
 
+    async def run_file(self, records: Iterable[export_pb2.ExportRecord]) -> ImportSummary:
+        """Import the records of a file as they are read (``stream.read``).
+        A file that cannot be read on (cut short inside a record,
+        EXPORT_INCOMPLETE, or holding something that is not a record) ends
+        the stream there, as a stream that ends early: the whole records
+        before it are written, then the reader's error is raised."""
+        iterator = iter(records)
+        while True:
+            try:
+                record = next(iterator)
+            except StopIteration:
+                break
+            except InvalidInput as unreadable:
+                await self._flush()
+                if unreadable.reason == EXPORT_INCOMPLETE and self.summary.records:
+                    unreadable.message += (
+                        f"; the {self.summary.records} records before it were imported: import the whole export"
+                        " again to finish (what is there already is skipped)"
+                    )
+                    unreadable.args = (unreadable.message,)
+                raise
+            await self.add(record)
+        await self.finish()
+        return self.summary
+
     async def add(self, record: export_pb2.ExportRecord) -> None:
         index = self.summary.records
         where = f"record[{index}]"
@@ -146,7 +172,7 @@ class Importer:
             raise InvalidInput(
                 f"the export ended after {self.summary.records} records, without its end record: what came was"
                 " imported; import the whole export again to finish (what is there already is skipped)",
-                reason="EXPORT_INCOMPLETE",
+                reason=EXPORT_INCOMPLETE,
             )
 
     def _check_header(self, record: export_pb2.ExportRecord, where: str) -> None:
@@ -187,7 +213,7 @@ class Importer:
         if missing:
             counts = ", ".join(f"{self._received[kind]} of {n} {kind} records" for kind, n in missing.items())
             raise InvalidInput(
-                f"{where}: the stream lacks records its end announces ({counts})", reason="EXPORT_INCOMPLETE"
+                f"{where}: the stream lacks records its end announces ({counts})", reason=EXPORT_INCOMPLETE
             )
 
     async def _flush(self) -> None:

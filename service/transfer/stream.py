@@ -26,6 +26,9 @@ from google.protobuf.message import DecodeError
 from chronicle.v1 import export_pb2
 from service.errors import InvalidInput
 
+# What an export's header says it is (ExportHeader.format).
+FORMAT = "chronicle.export"
+EXPORT_INCOMPLETE = "EXPORT_INCOMPLETE"
 BINARY = "binary"
 JSON_LINES = "jsonl"
 FORMATS = (BINARY, JSON_LINES)
@@ -96,7 +99,13 @@ def from_json(data: object, pool: descriptor_pool.DescriptorPool, *, where: str)
 
 def read(source: BinaryIO, *, pool: descriptor_pool.DescriptorPool | None = None) -> Iterator[export_pb2.ExportRecord]:
     """The records of ``source``, in either format (told apart by the first
-    line: JSON lines begin with a JSON object, a binary stream with a varint)."""
+    line: JSON lines begin with a JSON object, a binary stream with a varint).
+
+    A source whose first record is not a ``chronicle.export`` header (a text
+    file, another program's JSON, bytes that do not parse) is NOT_AN_EXPORT;
+    one that ends inside a record (a binary record cut short, a last JSON
+    line without its end) is EXPORT_INCOMPLETE, after the whole records
+    before it."""
     pool = pool or descriptor_pool.Default()
     first = source.readline() if _peek(source) == b"{" else b""
     if first:
@@ -110,6 +119,20 @@ def read(source: BinaryIO, *, pool: descriptor_pool.DescriptorPool | None = None
     yield from _delimited(first, source)
 
 
+def _not_an_export(why: str) -> InvalidInput:
+    return InvalidInput(
+        f"this is not a Chronicle export: an export begins with a {FORMAT!r} header, and {why}",
+        reason="NOT_AN_EXPORT",
+    )
+
+
+def _checked_first(record: export_pb2.ExportRecord) -> export_pb2.ExportRecord:
+    """The first record, if it is an export's header."""
+    if record.WhichOneof("record") != "header" or record.header.format != FORMAT:
+        raise _not_an_export("its first record is not one")
+    return record
+
+
 def _peek(source: BinaryIO) -> bytes:
     peek = getattr(source, "peek", None)
     if peek is not None:
@@ -120,13 +143,21 @@ def _peek(source: BinaryIO) -> bytes:
 def _json_lines(
     first: dict[str, object], source: BinaryIO, pool: descriptor_pool.DescriptorPool
 ) -> Iterator[export_pb2.ExportRecord]:
-    yield from_json(first, pool, where="record[0]")
+    try:
+        header = from_json(first, pool, where="record[0]")
+    except InvalidInput:
+        raise _not_an_export("its first line is JSON of something else") from None
+    yield _checked_first(header)
     for index, line in enumerate(source, start=1):
         if not line.strip():
             continue
         try:
             data = json.loads(line)
         except ValueError as error:
+            if not line.endswith(b"\n"):
+                # The last line, without its end: the file was cut inside it
+                # (every record the writer writes ends with a new line).
+                raise _cut(index) from None
             raise InvalidInput.for_field(f"record[{index}]", f"is not JSON: {error}", reason="BAD_RECORD") from None
         yield from_json(data, pool, where=f"record[{index}]")
 
@@ -145,40 +176,44 @@ def _delimited(already: bytes, source: BinaryIO) -> Iterator[export_pb2.ExportRe
         del buffer[:count]
         return taken
 
+    def bad(description: str) -> InvalidInput:
+        if index == 0:  # what the file begins with is no export's header
+            return _not_an_export(f"its first bytes are not a record: it {description}")
+        return InvalidInput.for_field(f"record[{index}]", description, reason="BAD_RECORD")
+
     while True:
         size, shift = 0, 0
         while True:
             byte = take(1)
             if byte is None:
                 if shift:
-                    raise _cut(index)
+                    raise _cut(index) if index else bad("ends inside its first record's length")
                 return
             size |= (byte[0] & 0x7F) << shift
             shift += 7
             if not byte[0] & 0x80:
                 break
             if shift > 63:
-                raise InvalidInput.for_field(f"record[{index}]", "has no valid length", reason="BAD_RECORD")
+                raise bad("has no valid length")
         if size > MAX_RECORD_BYTES:
-            raise InvalidInput.for_field(f"record[{index}]", f"is {size} bytes long, too long", reason="BAD_RECORD")
+            raise bad(f"is {size} bytes long, too long")
         data = take(size)
         if data is None:
-            raise _cut(index)
+            raise _cut(index) if index else bad(f"announces a record of {size} bytes, longer than the file")
         record = export_pb2.ExportRecord()
         try:
             record.ParseFromString(data)
         except DecodeError:
-            raise InvalidInput.for_field(
-                f"record[{index}]", "does not parse as an export record", reason="BAD_RECORD"
-            ) from None
-        yield record
+            raise bad("does not parse as an export record") from None
+        yield _checked_first(record) if index == 0 else record
         index += 1
 
 
 def _cut(index: int) -> InvalidInput:
     return InvalidInput(
-        f"the export is cut short inside record {index}: the records before it were read; the file is incomplete",
-        reason="EXPORT_INCOMPLETE",
+        f"the export is cut short inside record {index}: the file is incomplete (the {index} records before it"
+        " are whole)",
+        reason=EXPORT_INCOMPLETE,
     )
 
 

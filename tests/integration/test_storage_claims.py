@@ -241,11 +241,12 @@ def test_json_lines_name_fields_as_the_proto_does_with_64_bit_integers_as_string
         exported_event(replace(recorded_event("acc-1", 7, payload=sealed), position=2**40)),
         exported_event(recorded_event("acc-1", 8, event_type="other.v1.Unknown", payload=b"\x00\xff")),
     ]
+    header = Record(header=export_pb2.ExportHeader(format="chronicle.export", format_version=1))
     out = io.BytesIO()
     writer = stream.Writer(out, stream.JSON_LINES)
-    for record in records:
+    for record in (header, *records):
         writer.write(record)
-    first, second = (json.loads(line) for line in out.getvalue().decode().splitlines())
+    _, first, second = (json.loads(line) for line in out.getvalue().decode().splitlines())
     envelope = first["event"]["event"]
     assert (envelope["aggregate_id"], envelope["version"], envelope["position"]) == ("acc-1", "7", str(2**40))
     assert "payload" not in envelope
@@ -254,7 +255,7 @@ def test_json_lines_name_fields_as_the_proto_does_with_64_bit_integers_as_string
         "@type": "type.googleapis.com/other.v1.Unknown",
         "@base64": base64.b64encode(b"\x00\xff").decode(),
     }
-    assert list(stream.read(io.BufferedReader(io.BytesIO(out.getvalue())))) == records
+    assert list(stream.read(io.BufferedReader(io.BytesIO(out.getvalue())))) == [header, *records]
 
 
 async def filled_sqlite(path: Path) -> str:

@@ -54,6 +54,10 @@ def records() -> list[export_pb2.ExportRecord]:
     ]
 
 
+HEADER = export_pb2.ExportRecord(header=export_pb2.ExportHeader(format="chronicle.export", format_version=1))
+HEADER_LINE = bytes([HEADER.ByteSize()]) + HEADER.SerializeToString()
+
+
 def written(format: str) -> bytes:
     out = io.BytesIO()
     writer = stream.Writer(out, format)
@@ -113,12 +117,88 @@ def test_a_binary_file_cut_inside_a_record_is_incomplete() -> None:
     assert cut.value.reason == "EXPORT_INCOMPLETE"
 
 
+def records_until(data: bytes) -> tuple[list[export_pb2.ExportRecord], InvalidInput | None]:
+    """The records read from ``data`` before the reader stopped, and why it stopped (None: at the end)."""
+    read: list[export_pb2.ExportRecord] = []
+    try:
+        for record in stream.read(io.BufferedReader(io.BytesIO(data))):
+            read.append(record)
+    except InvalidInput as error:
+        return read, error
+    return read, None
+
+
+@pytest.mark.parametrize("format", [stream.BINARY, stream.JSON_LINES])
+def test_a_file_cut_anywhere_gives_its_whole_records_then_is_incomplete(format: str) -> None:
+    """Before the fix, a JSON lines file cut inside a line was BAD_RECORD
+    ("is not JSON"), as if the file held a line of something else."""
+    data = written(format)
+    whole = records()
+    ends: set[int] = set()  # where a record ends (a JSON line's record is whole without its new line too)
+    for record in whole:
+        out = io.BytesIO()
+        stream.Writer(out, format).write(record)
+        ends.add(max(ends, default=0) + len(out.getvalue()))
+    if format == stream.JSON_LINES:
+        ends |= {end - 1 for end in ends}
+    for cut_at in range(1, len(data)):
+        read, error = records_until(data[:cut_at])
+        assert read == whole[: len(read)], cut_at
+        if cut_at in ends:  # between two records: the stream ends early (the importer says so)
+            assert error is None, cut_at
+            continue
+        assert error is not None, cut_at
+        if not read:  # inside the header: nothing says it is an export
+            assert error.reason == "NOT_AN_EXPORT", cut_at
+        else:
+            assert error.reason == "EXPORT_INCOMPLETE", (cut_at, error.message)
+            assert f"cut short inside record {len(read)}" in error.message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello, this is a text file\nwith two lines\n",
+        b"# Network services, Internet style\ntcpmux\t\t1/tcp\n" * 20,
+        b'{"hello": 1}\n',
+        b'{"event": {"event": {"event_id": "x"}}}\n{"end": {}}\n',
+        b'{"header": {"format": "csv"}}\n',
+        b"\x05\xff\xff\xff\xff\xff",
+        b"\x7f" + b"x" * 10,
+        b"\xff" * 12,
+        export_pb2.ExportRecord(end=export_pb2.ExportEnd()).SerializeToString(),
+    ],
+    ids=[
+        "empty",
+        "text",
+        "services",
+        "json",
+        "json-event-first",
+        "json-other-format",
+        "bad-bytes",
+        "short",
+        "varint",
+        "end-first",
+    ],
+)
+def test_a_file_that_does_not_begin_with_an_exports_header_is_not_an_export(data: bytes) -> None:
+    """Before the fix, a text file was EXPORT_INCOMPLETE, /etc/services and
+    {"hello": 1} BAD_RECORD at record[0]: the docs say NOT_AN_EXPORT."""
+    read, error = records_until(data)
+    assert read == []
+    if data:
+        assert error is not None and (error.reason, error.violations) == ("NOT_AN_EXPORT", ()), error
+    else:
+        assert error is None  # empty: the importer says NOT_AN_EXPORT ("the stream is empty")
+
+
 @pytest.mark.parametrize(
     ("data", "field"),
     [
-        (b"\x05\xff\xff\xff\xff\xff", "record[0]"),
-        (b'{"header": {}}\nnot json\n', "record[1]"),
-        (b'{"header": {}}\n{"event": {"nope": 1}}\n', "record[1]"),
+        (HEADER_LINE + b"\x05\xff\xff\xff\xff\xff", "record[1]"),
+        (b'{"header": {"format": "chronicle.export"}}\nnot json\n', "record[1]"),
+        (b'{"header": {"format": "chronicle.export"}}\n{"event": {"nope": 1}}\n', "record[1]"),
     ],
 )
 def test_what_is_not_an_export_record_is_named(data: bytes, field: str) -> None:
@@ -153,8 +233,10 @@ def test_a_command_record_sealed_at_rest_travels_exactly_as_stored(format: str) 
     assert is_sealed_fingerprint(record.fingerprint) and record.rejection is not None
     assert is_sealed_text(record.rejection.message)
     out = io.BytesIO()
-    stream.Writer(out, format).write(exported_command(record))
-    (back,) = read_back(out.getvalue())
+    writer = stream.Writer(out, format)
+    writer.write(HEADER)
+    writer.write(exported_command(record))
+    _, back = read_back(out.getvalue())
     assert stored_command(back.command, "record[0].command") == record
 
 
@@ -165,9 +247,10 @@ def test_a_command_record_keeps_when_it_was_issued_and_the_fields_its_refusal_na
     unknown = replace(command_record("acc-1", 1, 1), recorded_at_us=2_000_000)  # written before it was kept
     out = io.BytesIO()
     writer = stream.Writer(out, format)
+    writer.write(HEADER)
     writer.write(exported_command(record))
     writer.write(exported_command(unknown))
-    first, second = read_back(out.getvalue())
+    _, first, second = read_back(out.getvalue())
     assert stored_command(first.command, "record[0].command") == record
     assert not second.command.HasField("issued_at")
     assert stored_command(second.command, "record[1].command") == unknown
