@@ -882,13 +882,21 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
         source.close()
     if unreadable:
         raise unreadable[0]
-    reporter.close(f"done: {response.events_written:,} events written, {response.events_skipped:,} already there")
+    reporter.close(_import_done(_import_counts(response)))
     _print(_import_counts(response))
     return EXIT_OK
 
 
 def _import_counts(response: admin_service_pb2.ImportLogResponse) -> dict[str, int]:
     return {field.name: int(getattr(response, field.name)) for field in response.DESCRIPTOR.fields}
+
+
+def _import_done(counts: dict[str, int]) -> str:
+    """An import's last progress line."""
+    done = f"done: {counts['events_written']:,} events written, {counts['events_skipped']:,} already there"
+    if counts.get("forgotten_skipped"):
+        done += f"; {counts['forgotten_skipped']:,} records of forgotten aggregates left out"
+    return done
 
 
 async def _import_local(url: str, path: str, options: ImportOptions, quiet: bool) -> dict[str, int]:
@@ -918,9 +926,9 @@ async def _import_local(url: str, path: str, options: ImportOptions, quiet: bool
         await adapter.close()
     from service.api.transfers import response
 
-    summary = importer.summary
-    reporter.close(f"done: {summary.written['event']:,} events written, {summary.events_skipped:,} already there")
-    return _import_counts(response(summary))
+    counts = _import_counts(response(importer.summary))
+    reporter.close(_import_done(counts))
+    return counts
 
 
 def _convert_eventsourcing(args: argparse.Namespace) -> int:

@@ -110,6 +110,7 @@ def response(summary: ImportSummary) -> pb.ImportLogResponse:
         commands_written=summary.written["command"],
         data_keys_written=summary.written["data_key"],
         aggregates_replaced=summary.aggregates_replaced,
+        forgotten_skipped=summary.forgotten_skipped,
     )
 
 
@@ -119,4 +120,9 @@ def described(summary: ImportSummary) -> str:
     return (
         f"{summary.records} records read; written: {written}; {summary.events_skipped} events already there;"
         f" {summary.aggregates_replaced} aggregates replaced"
+        + (
+            f"; {summary.forgotten_skipped} records of forgotten aggregates left out"
+            if summary.forgotten_skipped
+            else ""
+        )
     )

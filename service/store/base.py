@@ -437,13 +437,25 @@ class Transfer(Protocol):
 
     async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
         """Write the snapshots the store does not hold (by aggregate and
-        version), in one transaction, without pruning; how many were written."""
+        version), in one transaction, without pruning; how many were written.
+        A snapshot of a forgotten aggregate (its data key a tombstone) is
+        neither checked nor written: forgetting deleted its snapshots, and a
+        forget that commits while the batch is written either sees it (and
+        deletes it) or is seen (and it is not written)."""
 
     async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
         """Take the claims, in one transaction; one the same aggregate holds
         already is left as it is. ``ImportConflict`` (CLAIM_HELD), and
         nothing written, when another aggregate holds one of the values.
-        How many were taken."""
+        How many were taken. A claim of a forgotten aggregate is neither
+        taken nor checked (forgetting released its values, which another
+        aggregate may hold since), with a concurrent forget as for
+        snapshots."""
+
+    async def forgotten_aggregates(self, aggregate_ids: Sequence[str]) -> set[str]:
+        """Those of ``aggregate_ids`` whose data key is a tombstone: the
+        aggregates that were forgotten (an import leaves out what
+        forgetting removed)."""
 
     async def import_commands(self, commands: Sequence[CommandRecord]) -> int:
         """Write the command records whose ids the store does not hold, in

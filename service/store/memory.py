@@ -11,6 +11,7 @@ import asyncio
 import bisect
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, SubjectsForgotten
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
@@ -43,6 +44,8 @@ from service.store.records import (
 )
 from service.store.selection import select_events
 from service.store.sole_owner import SoleOwnerLeases
+
+_OfAggregate = TypeVar("_OfAggregate", Snapshot, HeldClaim)
 
 
 class MemoryStore(SoleOwnerLeases, MemoryGroups):
@@ -405,7 +408,16 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         stream = self._streams.get(aggregate_id)
         return (stream[-1].version, stream[-1].aggregate_type) if stream else None
 
+    async def forgotten_aggregates(self, aggregate_ids: Sequence[str]) -> set[str]:
+        return {a for a in aggregate_ids if (key := self._keys.get(a)) is not None and key.forgotten}
+
+    def _of_live(self, records: Sequence[_OfAggregate]) -> list[_OfAggregate]:
+        """``records`` but those of forgotten aggregates."""
+        forgotten = {a for a, key in self._keys.items() if key.forgotten}
+        return [r for r in records if r.aggregate_id not in forgotten]
+
     async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
+        snapshots = self._of_live(snapshots)
         check_snapshots(snapshots, head=self._head)  # all of them before writing any
         written = 0
         for snapshot in snapshots:
@@ -416,6 +428,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         return written
 
     async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
+        claims = self._of_live(claims)
         for claim in claims:
             holder = self._claims.get((claim.scope, claim.value))
             if holder is not None and holder != claim.aggregate_id:

@@ -255,6 +255,35 @@ async def test_an_imported_tombstone_drops_what_groups_parked_of_the_aggregate_a
     assert [e.aggregate_id for e in await store.list_parked("g")] == ["kept"]
 
 
+async def test_what_forgetting_removed_is_not_imported_again(store: StoreAdapter, contents: ContentsOf) -> None:
+    """A forgotten aggregate's snapshots and claims (which forgetting
+    removed) are not written by an import of an export taken before the
+    forget: not its snapshot, not its claim, nor is its claim held against
+    the aggregate that took the value since (before the fix, both came back
+    and the value could not be registered again)."""
+    await store.create_data_key(DataKey("gone", "m1", b"g" * 40))
+    await store.create_data_key(DataKey("live", "m1", b"k" * 40))
+    await store.append("gone", [new_event()], 0, claims=[ClaimChange("users.email", "zelda@x")])
+    await store.append("live", [new_event()], 0)
+    await store.forget_data_key("gone")
+    await store.append("other", [new_event()], 0, claims=[ClaimChange("users.email", "zelda@x")])
+    before = await contents()
+    assert await store.import_snapshots([snapshot("gone", 1)]) == 0
+    claims = [HeldClaim("users.email", "zelda@x", "gone"), HeldClaim("users.email", "zelda-2@x", "gone")]
+    assert await store.import_claims(claims) == 0
+    assert (await contents()).changes_since(before) == {}
+    assert await store.load_snapshot("gone") is None
+    assert await store.claim_owner("users.email", "zelda@x") == "other"
+    # The live aggregate beside it in the same batches is written.
+    assert await store.import_snapshots([snapshot("gone", 1), snapshot("live", 1)]) == 1
+    assert await store.import_claims([*claims, HeldClaim("users.email", "kim@x", "live")]) == 1
+    assert await store.load_snapshot("live") == snapshot("live", 1)
+    assert await store.claim_owner("users.email", "kim@x") == "live"
+    # Which aggregates are forgotten, for the importer to leave their records out and say so.
+    assert await store.forgotten_aggregates(["gone", "live", "other", "unknown"]) == {"gone"}
+    assert await store.forgotten_aggregates([]) == set()
+
+
 async def test_another_live_data_key_refuses_the_batch(store: StoreAdapter, contents: ContentsOf) -> None:
     await store.create_data_key(DataKey("a-1", "m1", b"k" * 40))
     before = await contents()

@@ -43,6 +43,7 @@ from service.store.base import AggregateQuery, SnapshotKind, Store
 from service.store.encryption import is_sealed
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
 from service.transfer.exporter import FORMAT_VERSION
+from service.transfer.forgotten import left_out, shredded
 from service.transfer.records import (
     BAD_RECORD,
     stored_claim,
@@ -73,6 +74,9 @@ class ImportSummary:
     written: Counter[str] = field(default_factory=Counter)  # by kind: event, snapshot, claim, command, data_key
     events_skipped: int = 0
     aggregates_replaced: int = 0
+    # Records of aggregates the target has forgotten that were left out:
+    # their snapshots, claims and live data keys (service/transfer/forgotten.py).
+    forgotten_skipped: int = 0
     header: export_pb2.ExportHeader | None = None
     complete: bool = False
 
@@ -100,6 +104,8 @@ class Importer:
         self._pending_kind = ""
         self._pending_bytes = 0
         self._received: Counter[str] = Counter()
+        # Aggregates the target has forgotten (a forgotten one stays so).
+        self._forgotten: set[str] = set()
 
     async def run(self, records: AsyncIterable[export_pb2.ExportRecord]) -> ImportSummary:
         """Import ``records``; the summary, or an error after writing every
@@ -221,14 +227,47 @@ class Importer:
         if not batch:
             return
         self._pending, self._pending_bytes, self._pending_records = [], 0, []
-        try:
-            written = await self._write(kind, batch)
-        except ImportConflict as conflict:
-            _name_record(conflict, batch, indexes)
-            raise
-        self.summary.written[kind] += written
+        batch, indexes = await self._of_forgotten(batch, indexes)
+        if batch:
+            try:
+                written = await self._write(kind, batch)
+            except ImportConflict as conflict:
+                _name_record(conflict, batch, indexes)
+                raise
+            self.summary.written[kind] += written
         if self._on_progress is not None:
             self._on_progress(self.summary)
+
+    async def _of_forgotten(self, batch: list[Any], indexes: list[int]) -> tuple[list[Any], list[int]]:
+        """``batch`` (and its records' indexes) as the target's forgotten
+        aggregates take it: nothing that forgetting removed (their
+        snapshots, claims, live data keys: counted), and their events and
+        command records with nothing readable in them (forgotten.py). The
+        stores leave out snapshots and claims of an aggregate forgotten
+        while the batch is written (``Transfer.import_claims``)."""
+        forgotten = await self._forgotten_among({stored.aggregate_id for stored in batch})
+        if not forgotten:
+            return batch, indexes
+        kept: list[Any] = []
+        kept_indexes: list[int] = []
+        for stored, index in zip(batch, indexes, strict=True):
+            if stored.aggregate_id in forgotten:
+                if left_out(stored):
+                    self.summary.forgotten_skipped += 1
+                    continue
+                stored = shredded(stored)
+            kept.append(stored)
+            kept_indexes.append(index)
+        return kept, kept_indexes
+
+    async def _forgotten_among(self, aggregate_ids: Iterable[str]) -> set[str]:
+        """Those of ``aggregate_ids`` the target has forgotten (asked of the
+        store for those not known forgotten yet: one query)."""
+        asked = set(aggregate_ids)
+        unknown = asked - self._forgotten
+        if unknown:
+            self._forgotten |= await self._store.transfer.forgotten_aggregates(sorted(unknown))
+        return asked & self._forgotten
 
     async def _write(self, kind: str, batch: list[Any]) -> int:
         transfer = self._store.transfer

@@ -684,32 +684,62 @@ IMPORT_EVENTS = (
     " SELECT head.base + f.rn, f.id, f.a, f.t, f.v, f.e, f.s, decode(f.p, 'hex'), coalesce(f.m, '{}'::jsonb),"
     " f.c, f.u, f.o, f.r, f.k, " + _AT.format("f.at") + ", f.j FROM head, fresh f RETURNING position"
 )
+# Which of the aggregates (a JSON array of ids) were forgotten: an import
+# leaves out what forgetting removed (their snapshots and claims).
+FORGOTTEN_AGGREGATES = (
+    "SELECT aggregate_id FROM chronicle.data_keys"
+    " WHERE aggregate_id = ANY(ARRAY(SELECT jsonb_array_elements_text($1::jsonb))) AND wrapped_key IS NULL"
+)
+# A batch of imported snapshots or claims first takes the data key rows of
+# its aggregates, shared, in id order ("Lock order": an aggregate's key row
+# before its claims and snapshots), as CHECK_SUBJECTS does for read models:
+# a forget that updated one of them first is waited for, and its tombstone
+# seen by the statements after (which leave that aggregate's records out);
+# one that comes later waits for this batch, then deletes what it wrote.
+LOCK_KEYS_OF_IMPORTED = (
+    "SELECT 1 FROM chronicle.data_keys"
+    " WHERE aggregate_id = ANY(ARRAY(SELECT DISTINCT n.a FROM jsonb_to_recordset($1::jsonb) AS n(a text)))"
+    " ORDER BY aggregate_id FOR SHARE"
+)
+
+
+def _live(aggregate_id: str) -> str:
+    """Whether the aggregate (an SQL expression) is not forgotten."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM chronicle.data_keys k WHERE k.aggregate_id = {aggregate_id}"
+        " AND k.wrapped_key IS NULL)"
+    )
+
+
 # The rule of service/store/importing.py for snapshots: each at most its
 # aggregate's last version, and of its type (the last event's: one probe).
+# A forgotten aggregate's are neither checked nor written.
 IMPORT_SNAPSHOTS_CHECK = (
     f"SELECT chronicle.refuse('{IMPORT_REFUSED}', p.why || ' ' || p.i) FROM (SELECT d.i,"
     " CASE WHEN h.version IS NULL OR d.v > h.version THEN 'SNAPSHOT_AHEAD' ELSE 'AGGREGATE_TYPE_MISMATCH' END AS why"
     " FROM jsonb_to_recordset($1::jsonb) AS d(i bigint, a text, t text, v bigint)"
     " LEFT JOIN LATERAL (SELECT y.version, y.aggregate_type FROM chronicle.events y WHERE y.aggregate_id = d.a"
     " ORDER BY y.version DESC LIMIT 1) h ON true"
-    " WHERE h.version IS NULL OR d.v > h.version OR d.t <> h.aggregate_type ORDER BY d.i LIMIT 1) p"
+    f" WHERE (h.version IS NULL OR d.v > h.version OR d.t <> h.aggregate_type) AND {_live('d.a')}"
+    " ORDER BY d.i LIMIT 1) p"
 )
 IMPORT_SNAPSHOTS = (
     f"INSERT INTO chronicle.snapshots ({SNAPSHOT_COLUMNS})"
     " SELECT d.a, d.t, d.v, d.st, d.s, decode(d.state, 'hex')"
     " FROM jsonb_to_recordset($1::jsonb) AS d(a text, t text, v bigint, st text, s int, state text)"
-    " ON CONFLICT (aggregate_id, version) DO NOTHING RETURNING 1"
+    f" WHERE {_live('d.a')} ON CONFLICT (aggregate_id, version) DO NOTHING RETURNING 1"
 )
 _IMPORTED_CLAIMS = "jsonb_to_recordset($1::jsonb) AS n(i bigint, s text, v text, a text)"
 IMPORT_CLAIMS = (
     f"INSERT INTO chronicle.claims (scope, value, aggregate_id) SELECT n.s, n.v, n.a FROM {_IMPORTED_CLAIMS}"
-    " ON CONFLICT (scope, value) DO NOTHING RETURNING 1"
+    f" WHERE {_live('n.a')} ON CONFLICT (scope, value) DO NOTHING RETURNING 1"
 )
-# After the insert, in the same transaction: each value held by its own aggregate?
+# After the insert, in the same transaction: each value held by its own
+# aggregate? (A forgotten aggregate's value may be another's since.)
 IMPORT_CLAIMS_CHECK = (
     f"SELECT chronicle.refuse('{IMPORT_REFUSED}', 'CLAIM_HELD ' || n.i || ' ' || c.aggregate_id)"
     f" FROM {_IMPORTED_CLAIMS} JOIN chronicle.claims c ON c.scope = n.s AND c.value = n.v"
-    " WHERE c.aggregate_id <> n.a LIMIT 1"
+    f" WHERE c.aggregate_id <> n.a AND {_live('n.a')} LIMIT 1"
 )
 IMPORT_COMMANDS = _INSERT_COMMANDS_FROM_JSON + " ON CONFLICT (command_id) DO NOTHING RETURNING 1"
 _IMPORTED_KEYS = "jsonb_to_recordset($1::jsonb) AS n(i bigint, a text, m text, w text)"

@@ -121,9 +121,10 @@ class TransferRole:
             separators=(",", ":"),
         )
         try:
-            _, result = await self._db.run(
+            _, _, result = await self._db.run(
                 "import",
                 [
+                    Statement(sql.LOCK_KEYS_OF_IMPORTED.encode(), (batch,)),
                     Statement(sql.IMPORT_SNAPSHOTS_CHECK.encode(), (batch,)),
                     Statement(sql.IMPORT_SNAPSHOTS.encode(), (batch,)),
                 ],
@@ -152,9 +153,10 @@ class TransferRole:
             separators=(",", ":"),
         )
         try:
-            taken, _ = await self._db.run(
+            _, taken, _ = await self._db.run(
                 "import",
                 [
+                    Statement(sql.LOCK_KEYS_OF_IMPORTED.encode(), (batch,)),
                     Statement(sql.IMPORT_CLAIMS.encode(), (batch,)),
                     Statement(sql.IMPORT_CLAIMS_CHECK.encode(), (batch,)),
                 ],
@@ -164,6 +166,12 @@ class TransferRole:
             claim = claims[int(index)]
             raise claim_conflict(claim.scope, claim.aggregate_id, holder) from None
         return int(taken.ntuples)
+
+    async def forgotten_aggregates(self, aggregate_ids: Sequence[str]) -> set[str]:
+        if not aggregate_ids:
+            return set()
+        found = await self._page("import", sql.FORGOTTEN_AGGREGATES, (json.dumps(list(aggregate_ids)),))
+        return {str(row[0]) for row in found}
 
     async def import_commands(self, commands: Sequence[CommandRecord]) -> int:
         if not commands:

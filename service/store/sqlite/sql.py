@@ -324,6 +324,10 @@ CLAIMS_OF_PAGE = (
     " ORDER BY scope, value LIMIT ?"
 )
 COMMANDS_PAGE = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id > ? ORDER BY command_id LIMIT ?"
+# Which of the aggregates (a JSON array of ids) were forgotten: what an
+# import leaves out of theirs (FORGOTTEN_SUBJECTS asks the same of a read
+# model's subjects).
+FORGOTTEN_AGGREGATES = FORGOTTEN_SUBJECTS
 # Where an event id is held, if anywhere (the unique index on event_id).
 EVENT_PLACE = "SELECT aggregate_id, version FROM events WHERE event_id = ?"
 AGGREGATE_HEAD = "SELECT version, aggregate_type FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"

@@ -4,10 +4,12 @@ leaves whole batches, and running it again writes only what is missing)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 from service.errors import ConcurrencyConflict
 from service.store.importing import check_snapshots, claim_conflict, data_key_conflict, events_to_write
@@ -35,6 +37,8 @@ from service.store.sql_common import (
 from service.store.sqlite import sql
 from service.store.sqlite.keys import empty_wal, forget
 from service.store.sqlite.writer import Writer, writing
+
+_OfAggregate = TypeVar("_OfAggregate", Snapshot, HeldClaim)
 
 
 class TransferRole:
@@ -70,6 +74,11 @@ class TransferRole:
     async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
         rows = await self._writer.run(lambda db: db.execute(sql.COMMANDS_PAGE, (after, limit)).fetchall())
         return [command_from_row(row) for row in rows]
+
+    async def forgotten_aggregates(self, aggregate_ids: Sequence[str]) -> set[str]:
+        if not aggregate_ids:
+            return set()
+        return await self._writer.run(_forgotten, aggregate_ids)
 
     async def import_events(self, events: Sequence[RecordedEvent]) -> int:
         written, last = await self._writer.run(_import_events, events)
@@ -126,8 +135,22 @@ def _head(db: sqlite3.Connection, aggregate_id: str) -> tuple[int, str] | None:
     return None if row is None else (int(row[0]), str(row[1]))
 
 
+def _forgotten(db: sqlite3.Connection, aggregate_ids: Sequence[str]) -> set[str]:
+    """Those of the aggregates that were forgotten."""
+    return {str(row[0]) for row in db.execute(sql.FORGOTTEN_AGGREGATES, (json.dumps(list(aggregate_ids)),))}
+
+
+def _of_live(db: sqlite3.Connection, records: Sequence[_OfAggregate]) -> list[_OfAggregate]:
+    """``records`` but those of forgotten aggregates (inside the caller's
+    write transaction: a forget, written by the same writer, comes before
+    or after it whole)."""
+    forgotten = _forgotten(db, sorted({r.aggregate_id for r in records}))
+    return [r for r in records if r.aggregate_id not in forgotten]
+
+
 def _import_snapshots(db: sqlite3.Connection, snapshots: Sequence[Snapshot]) -> int:
     with writing(db):
+        snapshots = _of_live(db, snapshots)
         check_snapshots(snapshots, head=lambda aggregate_id: _head(db, aggregate_id))
         return sum(db.execute(sql.IMPORT_SNAPSHOT, snapshot_params(s)).rowcount for s in snapshots)
 
@@ -160,7 +183,7 @@ def _insert_each(db: sqlite3.Connection, statement: str, rows: Sequence[tuple[ob
 def _import_claims(db: sqlite3.Connection, claims: Sequence[HeldClaim]) -> int:
     taken = 0
     with writing(db):
-        for claim in claims:
+        for claim in _of_live(db, claims):
             taken += db.execute(sql.TAKE_CLAIM, (claim.scope, claim.value, claim.aggregate_id)).rowcount
             (holder,) = db.execute(sql.CLAIM_OWNER, (claim.scope, claim.value)).fetchone()
             if holder != claim.aggregate_id:
