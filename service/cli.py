@@ -114,6 +114,7 @@ from service.remote_types import RemoteTypes, UnknownType
 from service.settings import add_arguments, load_settings
 
 if TYPE_CHECKING:
+    from chronicle.v1 import export_pb2
     from service.transfer.exporter import ExportSelection
     from service.transfer.importer import ImportOptions
 
@@ -843,18 +844,53 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
     from service.transfer.importer import ImportOptions
 
     options = ImportOptions(overwrite=args.overwrite, restore_deleted=args.restore_deleted)
+    leave_out = frozenset(args.leave_out or ())
     if args.database_url:
-        summary = asyncio.run(_import_local(args.database_url, args.file, options, args.quiet))
+        summary = asyncio.run(_import_local(args.database_url, args.file, options, args.quiet, leave_out))
         _print(summary)
         return EXIT_OK
     types = RemoteTypes(channel)
     source = Source(args.file, pool=types.pool)
     reporter = Reporter("import", total=source.total, unit="bytes" if source.total else "records", quiet=args.quiet)
+    try:
+        response = _send_import(
+            channel,
+            _leaving_out(source.records(), leave_out),
+            options,
+            on_sent=lambda sent: reporter.update(source.position if source.total else sent),
+        )
+    finally:
+        source.close()
+    counts = _import_counts(response)
+    reporter.close(_import_done(counts))
+    _print(counts)
+    return EXIT_OK
 
+
+def _leaving_out(
+    records: Iterator[export_pb2.ExportRecord], leave_out: frozenset[str]
+) -> Iterator[export_pb2.ExportRecord]:
+    """``records`` but those of the aggregates of ``leave_out``."""
+    from service.transfer.restoring import only_aggregates
+
+    return only_aggregates(records, set(), leaving_out=leave_out) if leave_out else records
+
+
+def _send_import(
+    channel: grpc.Channel,
+    records: Iterator[export_pb2.ExportRecord],
+    options: ImportOptions,
+    *,
+    on_sent: Callable[[int], None] = lambda sent: None,
+) -> admin_service_pb2.ImportLogResponse:
+    """``ImportLog`` of ``records``, read from a file. A file that cannot be
+    read on (cut short, or holding something that is not a record) ends the
+    call's stream there, so that the server writes what came, as for a
+    stream that ends early; the file's error is then raised, unless the
+    server refused something that came before it."""
     unreadable: list[ChronicleError] = []
 
     def requests() -> Iterator[admin_service_pb2.ImportLogRequest]:
-        records = source.records()
         for sent in itertools.count(1):
             try:
                 record = next(records)
@@ -864,27 +900,32 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
                 # The file is at fault, not the server: say so once the call ends.
                 unreadable.append(error)
                 return
-
             request = admin_service_pb2.ImportLogRequest(record=record)
             if sent == 1:
                 request.options.overwrite = options.overwrite
                 request.options.restore_deleted = options.restore_deleted
             yield request
-            reporter.update(source.position if source.total else sent)
+            on_sent(sent)
 
     try:
-        response = admin_service_pb2_grpc.AdminServiceStub(channel).ImportLog(requests())
-    except grpc.RpcError:
-        if unreadable:
-            raise unreadable[0] from None
-        raise
-    finally:
-        source.close()
+        response: admin_service_pb2.ImportLogResponse = admin_service_pb2_grpc.AdminServiceStub(channel).ImportLog(
+            requests()
+        )
+    except grpc.RpcError as refused:
+        code = refused.code() if hasattr(refused, "code") else None
+        if not unreadable or code != grpc.StatusCode.INVALID_ARGUMENT:
+            raise  # the server refused what came before the file's fault (or could not be reached)
+        # The server saw the stream end early: it wrote what came.
+        error = unreadable[0]
+        if _error_info(refused)[0] == "EXPORT_INCOMPLETE" and error.reason == "EXPORT_INCOMPLETE":
+            error.message += (
+                "; the records before it were imported: import the whole export again to finish (what is there"
+                " already is skipped)"
+            )
+        raise error from None
     if unreadable:
         raise unreadable[0]
-    reporter.close(_import_done(_import_counts(response)))
-    _print(_import_counts(response))
-    return EXIT_OK
+    return response
 
 
 def _import_counts(response: admin_service_pb2.ImportLogResponse) -> dict[str, int]:
@@ -899,7 +940,9 @@ def _import_done(counts: dict[str, int]) -> str:
     return done
 
 
-async def _import_local(url: str, path: str, options: ImportOptions, quiet: bool) -> dict[str, int]:
+async def _import_local(
+    url: str, path: str, options: ImportOptions, quiet: bool, leave_out: frozenset[str] = frozenset()
+) -> dict[str, int]:
     """An import written straight into the store at ``url``."""
     from service.app import build_registry
     from service.store.base import Store
@@ -920,7 +963,7 @@ async def _import_local(url: str, path: str, options: ImportOptions, quiet: bool
             on_progress=lambda summary: reporter.update(source.position if source.total else summary.records),
             registry=registry,
         )
-        await importer.run_file(source.records())
+        await importer.run_file(_leaving_out(source.records(), leave_out))
     finally:
         source.close()
         await adapter.close()
@@ -1369,6 +1412,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     import_.add_argument(
         "--restore-deleted", action="store_true", help="replace only deleted aggregates' tombstones (a restore)"
+    )
+    import_.add_argument(
+        "--leave-out",
+        action="append",
+        type=_aggregate_id,
+        metavar="AGGREGATE",
+        help="import nothing of this aggregate (one the store has forgotten, say); repeatable",
     )
     import_.set_defaults(run=_import, remote=True)
 

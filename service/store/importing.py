@@ -30,6 +30,7 @@ VERSION_GAP = "VERSION_GAP"
 AGGREGATE_TYPE_MISMATCH = "AGGREGATE_TYPE_MISMATCH"
 SNAPSHOT_AHEAD = "SNAPSHOT_AHEAD"
 CLAIM_HELD = "CLAIM_HELD"
+AGGREGATE_FORGOTTEN = "AGGREGATE_FORGOTTEN"
 DATA_KEY_CONFLICT = "DATA_KEY_CONFLICT"
 
 
@@ -94,6 +95,9 @@ _WHY = {
     VERSION_GAP: "the versions before it are neither in the store nor in the import",
     AGGREGATE_TYPE_MISMATCH: "the aggregate's other events, in the store or before it in the import, are of another"
     " type",
+    AGGREGATE_FORGOTTEN: "the aggregate was forgotten here, and an import never replaces a forgotten aggregate"
+    " (overwriting or restoring it would put back a history whose key was destroyed): nothing of it was written;"
+    " leave it out of the import",
 }
 
 

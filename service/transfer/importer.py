@@ -41,6 +41,7 @@ from service.errors import ImportConflict, InvalidInput
 from service.plugins.registry import Registry
 from service.store.base import AggregateQuery, SnapshotKind, Store
 from service.store.encryption import is_sealed
+from service.store.importing import AGGREGATE_FORGOTTEN, import_conflict
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
 from service.transfer.exporter import FORMAT_VERSION
 from service.transfer.forgotten import left_out, shredded
@@ -288,10 +289,17 @@ class Importer:
     async def _make_room(self, batch: Sequence[RecordedEvent]) -> None:
         """With overwriting (or restoring a deleted aggregate), remove what
         the target holds of an aggregate whose first event this batch has,
-        unless that event is already there (an import resumed)."""
+        unless that event is already there (an import resumed), or whose
+        history parts from the stream's (``_parted``). A forgotten
+        aggregate is never replaced (AGGREGATE_FORGOTTEN): every aggregate
+        of the batch is looked at before any is removed, so a refused batch
+        has removed nothing."""
         if not (self._options.overwrite or self._options.restore_deleted):
             return
         events = self._store.events
+        # Aggregate -> the stream's event that replaces it, and the target's
+        # events to write back after the removal.
+        replaced: dict[str, tuple[RecordedEvent, list[RecordedEvent]]] = {}
         for event in batch:
             if event.version != 1 and not is_tombstone(event):
                 continue
@@ -306,32 +314,47 @@ class Importer:
             last = await events.read_aggregate(aggregate_id, AggregateQuery(backwards=True, limit=1))
             deleted = bool(last) and is_tombstone(last[0])
             if self._options.overwrite or deleted:
-                await self._replace(aggregate_id)
+                replaced[aggregate_id] = (event, [])
         if self._options.overwrite:
-            await self._replace_parted(batch)
+            for aggregate_id, parted in (await self._parted(batch)).items():
+                replaced.setdefault(aggregate_id, parted)
+        if not replaced:
+            return
+        forgotten = await self._forgotten_among(replaced)
+        for aggregate_id, (event, _) in replaced.items():
+            if aggregate_id in forgotten:
+                raise import_conflict(AGGREGATE_FORGOTTEN, event)
+        for aggregate_id, (_, same) in replaced.items():
+            await self._replace(aggregate_id)
+            if same:
+                await self._store.transfer.import_events(same)
 
-    async def _replace_parted(self, batch: Sequence[RecordedEvent]) -> None:
+    async def _parted(self, batch: Sequence[RecordedEvent]) -> dict[str, tuple[RecordedEvent, list[RecordedEvent]]]:
         """With overwriting, an aggregate whose first events in the target
         are the stream's (an earlier import wrote them) but whose history
         then parts from the stream's (the target took other commands since)
         is replaced too: its events before the version where they part, the
-        stream's own, are written back after the removal."""
+        stream's own, are written back after the removal. By aggregate: the
+        stream's event where they part, and those events."""
         events = self._store.events
-        ids: dict[str, dict[int, str]] = {}
+        ids: dict[str, dict[int, RecordedEvent]] = {}
         for event in batch:
             if event.version != 1 and not is_tombstone(event):
-                ids.setdefault(event.aggregate_id, {})[event.version] = event.event_id
+                ids.setdefault(event.aggregate_id, {})[event.version] = event
+        parted: dict[str, tuple[RecordedEvent, list[RecordedEvent]]] = {}
         for aggregate_id, versions in ids.items():
             there = await events.read_aggregate(
                 aggregate_id, AggregateQuery(from_version=min(versions), to_version=max(versions))
             )
-            parted = next((e.version for e in there if versions.get(e.version, e.event_id) != e.event_id), None)
-            if parted is None:
+            where = next(
+                (e.version for e in there if e.version in versions and versions[e.version].event_id != e.event_id),
+                None,
+            )
+            if where is None:
                 continue
-            same = await events.read_aggregate(aggregate_id, AggregateQuery(to_version=parted - 1))
-            await self._replace(aggregate_id)
-            if same:
-                await self._store.transfer.import_events(same)
+            same = await events.read_aggregate(aggregate_id, AggregateQuery(to_version=where - 1))
+            parted[aggregate_id] = (versions[where], same)
+        return parted
 
     async def _replace(self, aggregate_id: str) -> None:
         await self._store.transfer.remove_aggregate(aggregate_id)

@@ -4,10 +4,12 @@ export stream of their own (the header names them, the end counts them)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Set
 
 from chronicle.v1 import export_pb2
+from service.errors import InvalidInput
 from service.transfer.records import end_record
+from service.transfer.stream import EXPORT_INCOMPLETE
 
 
 def aggregate_of(record: export_pb2.ExportRecord) -> str | None:
@@ -20,10 +22,16 @@ def aggregate_of(record: export_pb2.ExportRecord) -> str | None:
     return None
 
 
-def only_aggregates(records: Iterable[export_pb2.ExportRecord], chosen: set[str]) -> Iterator[export_pb2.ExportRecord]:
-    """``records`` of the ``chosen`` aggregates (all when empty), between
-    the stream's header (naming them) and an end that counts what passed."""
+def only_aggregates(
+    records: Iterable[export_pb2.ExportRecord], chosen: set[str], *, leaving_out: Set[str] = frozenset()
+) -> Iterator[export_pb2.ExportRecord]:
+    """``records`` of the ``chosen`` aggregates (all when empty) but those
+    ``leaving_out``, between the stream's header (naming them) and an end
+    that counts what passed. The stream's own end must count every record
+    that came (EXPORT_INCOMPLETE otherwise, as the importer says of a whole
+    stream): a stream missing records is not passed on as a whole one."""
     counts: Counter[str] = Counter()
+    read: Counter[str] = Counter()
     for record in records:
         kind = record.WhichOneof("record") or ""
         if kind == "header":
@@ -33,9 +41,29 @@ def only_aggregates(records: Iterable[export_pb2.ExportRecord], chosen: set[str]
                 named = [a for a in header.header.aggregate_ids if a in chosen] or sorted(chosen)
                 del header.header.aggregate_ids[:]
                 header.header.aggregate_ids.extend(named)
+            if leaving_out:
+                kept = [a for a in header.header.aggregate_ids if a not in leaving_out]
+                del header.header.aggregate_ids[:]
+                header.header.aggregate_ids.extend(kept)
             yield header
         elif kind == "end":
+            _check_end(record.end, read)
             yield end_record(counts)
-        elif not chosen or aggregate_of(record) in chosen:
-            counts[kind] += 1
-            yield record
+        else:
+            read[kind] += 1
+            aggregate_id = aggregate_of(record)
+            if (not chosen or aggregate_id in chosen) and aggregate_id not in leaving_out:
+                counts[kind] += 1
+                yield record
+
+
+def _check_end(end: export_pb2.ExportEnd, read: Counter[str]) -> None:
+    announced = end_record(read).end
+    if announced != end:
+        raise InvalidInput(
+            f"the stream lacks records its end announces ({end.events} events, {end.snapshots} snapshots,"
+            f" {end.claims} claims, {end.commands} command records and {end.data_keys} data keys; it held"
+            f" {announced.events}, {announced.snapshots}, {announced.claims}, {announced.commands} and"
+            f" {announced.data_keys})",
+            reason=EXPORT_INCOMPLETE,
+        )

@@ -8,6 +8,7 @@ nothing of it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -20,13 +21,16 @@ from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import export_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
+from service import cli
 from service.store.base import StoreAdapter
 from service.store.encryption import is_sealed, new_master_key
 from service.store.memory import MemoryStore
 from service.store.records import LogFilter
 from service.transfer.records import exported_command, exported_event
+from service.transfer.restoring import only_aggregates
+from service.transfer.stream import BINARY, Writer
 from tests.support.events import command_record, recorded_event
-from tests.support.grpc_client import Client, command, details_of, running_server
+from tests.support.grpc_client import Client, asking_again_if_lost, command, details_of, running_server
 from tests.support.stores import STORES, store_site
 from tests.support.transfer import exported, imported
 from tests.support.waiting import eventually
@@ -136,3 +140,87 @@ async def test_what_comes_in_the_clear_for_a_forgotten_aggregate_is_written_unre
         assert [(e.version, e.redacted) for e in read] == [(1, True), (2, True)]
         stored = await target.find_command(refused.command_id)
         assert stored is not None and stored.fingerprint != refused.fingerprint
+
+
+async def refused_import(
+    client: Client, records: list[Record], **options: bool
+) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await asking_again_if_lost(lambda: imported(client, records, **options))
+    details = details_of(refused.value)
+    return details.code, details.reason, details.metadata
+
+
+async def test_overwriting_a_forgotten_aggregate_is_refused_and_writes_nothing_of_it(
+    target: StoreAdapter, tmp_path: Path
+) -> None:
+    """Before the fix, importing an older export in the clear with
+    overwriting replaced the forgotten account (aggregates_replaced 8 in
+    the walkthrough): GetAggregate of acc-zelda answered her name again,
+    stored in the clear."""
+    async with running_server(MemoryStore(), anonymous_admin=True) as (_, client):  # no encryption at rest
+        await client.submit(command("acc-zelda", bank.OpenAccount(owner="Zelda Older")))
+        await client.submit(command("acc-other", bank.OpenAccount(owner="Otto")))
+        older = await exported(client, include_snapshots=True)
+    async with running_server(target, anonymous_admin=True, master_keys=KEYS) as (app, client):
+        await client.submit(command("acc-other", bank.OpenAccount(owner="Otto Here")))
+        await client.submit(command("acc-zelda", bank.OpenAccount(owner="Zelda")))
+        await client.submit(command("acc-zelda", bank.Deposit(amount=5)))
+        await forget(client, "acc-zelda")
+        held = await target.read_aggregate("acc-zelda")
+        other = await target.read_aggregate("acc-other")
+
+        code, reason, metadata = await refused_import(client, older, overwrite=True)
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "AGGREGATE_FORGOTTEN")
+        index = next(i for i, r in enumerate(older) if r.event.event.aggregate_id == "acc-zelda")
+        assert (metadata["aggregate_id"], metadata["record"]) == ("acc-zelda", str(index))
+        # Nothing of the batch was written, and no aggregate of it removed.
+        assert await target.read_aggregate("acc-zelda") == held
+        assert await target.read_aggregate("acc-other") == other
+        assert await refused_get(client, "acc-zelda") == "AGGREGATE_FORGOTTEN"
+        owners = await log_owners(target)
+        assert b"Zelda Older" not in owners
+
+        # The operator leaves it out: the rest is imported.
+        path = tmp_path / "older.chronicle"
+        write_export(path, older)
+        argv = ["import", str(path), "--overwrite", "--leave-out", "acc-zelda", "--quiet", "--server", app.address]
+        assert await asyncio.to_thread(cli.main, argv) == 0
+        assert [e.event_id for e in await target.read_aggregate("acc-other")] == [
+            r.event.event.event_id for r in older if r.event.event.aggregate_id == "acc-other"
+        ]
+        assert await target.read_aggregate("acc-zelda") == held
+
+
+async def test_an_archived_aggregate_forgotten_since_is_not_restored() -> None:
+    """Before the fix, restoring it replaced its tombstone with its events,
+    which nobody can read any more (redacted), and no command could use."""
+    store = MemoryStore()
+    async with running_server(store, anonymous_admin=True, master_keys=KEYS) as (_, client):
+        await client.submit(command("usr-zelda", users.RegisterUser(email=EMAIL, name="Zelda")))
+        archive = await exported(client, aggregate_ids=["usr-zelda"], include_snapshots=True)
+        await client.admin.DeleteAggregate(admin.DeleteAggregateRequest(aggregate_id="usr-zelda", reason="closed"))
+        await forget(client, "usr-zelda")
+        tombstone = await store.read_aggregate("usr-zelda")
+        code, reason, metadata = await refused_import(
+            client, list(only_aggregates(archive, {"usr-zelda"})), restore_deleted=True
+        )
+        assert (code, reason, metadata["aggregate_id"]) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "AGGREGATE_FORGOTTEN",
+            "usr-zelda",
+        )
+        assert await store.read_aggregate("usr-zelda") == tombstone
+        assert await store.claims_page(("", ""), 10) == []
+
+
+async def log_owners(store: StoreAdapter) -> bytes:
+    """Every payload byte of the store's log, to look for a name in."""
+    return b"".join(e.payload for e in (await store.read_log(0, LogFilter(), 1000)).events)
+
+
+def write_export(path: Path, records: list[Record]) -> None:
+    with path.open("wb") as out:
+        writer = Writer(out, BINARY)
+        for record in records:
+            writer.write(record)

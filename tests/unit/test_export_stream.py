@@ -22,6 +22,7 @@ from service.store.encryption import is_sealed_fingerprint, is_sealed_text
 from service.store.records import DataKey, HeldClaim, Rejection
 from service.transfer import stream
 from service.transfer.records import exported_claim, exported_command, exported_data_key, exported_event, stored_command
+from service.transfer.restoring import only_aggregates
 from tests.support.events import command_record, recorded_event
 
 
@@ -254,3 +255,14 @@ def test_a_command_record_keeps_when_it_was_issued_and_the_fields_its_refusal_na
     assert stored_command(first.command, "record[0].command") == record
     assert not second.command.HasField("issued_at")
     assert stored_command(second.command, "record[1].command") == unknown
+
+
+def test_choosing_aggregates_counts_what_passes_and_still_tells_a_stream_missing_records() -> None:
+    header, key, deposit, unknown, sealed, claim, end = records()
+    chosen = list(only_aggregates([header, key, deposit, unknown, sealed, claim, end], set(), leaving_out={"acc-1"}))
+    assert chosen[1:-1] == [key, sealed, claim]
+    assert chosen[-1].end == export_pb2.ExportEnd(events=1, claims=1, data_keys=1)
+    # An end announcing what did not come is not replaced by a count of what passed.
+    with pytest.raises(InvalidInput) as incomplete:
+        list(only_aggregates([header, key, deposit, sealed, claim, end], {"acc-2"}))
+    assert incomplete.value.reason == "EXPORT_INCOMPLETE"
