@@ -1083,25 +1083,41 @@ def _archive(args: argparse.Namespace, channel: grpc.Channel) -> int:
 
 def _restore(args: argparse.Namespace, channel: grpc.Channel) -> int:
     """Import an archive's records of the chosen aggregates (all by
-    default), replacing their tombstones."""
-    from service.transfer.files import Source
-    from service.transfer.restoring import only_aggregates
+    default), replacing their tombstones. A chosen aggregate the archive
+    does not hold is said, and nothing is restored (NOT_IN_ARCHIVE)."""
+    from service.transfer.files import STDIO, Source
+    from service.transfer.importer import ImportOptions
+    from service.transfer.restoring import aggregates_in, only_aggregates
 
-    source = Source(args.file, pool=RemoteTypes(channel).pool)
-
-    def requests() -> Iterator[admin_service_pb2.ImportLogRequest]:
-        for index, record in enumerate(only_aggregates(source.records(), set(args.aggregate or ()))):
-            request = admin_service_pb2.ImportLogRequest(record=record)
-            if index == 0:
-                request.options.restore_deleted = True
-            yield request
-
+    chosen = set(args.aggregate or ())
+    pool = RemoteTypes(channel).pool
+    if chosen and args.file != STDIO:
+        scan = Source(args.file, pool=pool)
+        try:
+            held = aggregates_in(scan.records())
+        finally:
+            scan.close()
+        missing = sorted(chosen - held)
+        if missing:
+            listed = ", ".join(sorted(held)[:20]) + (", …" if len(held) > 20 else "") if held else "no aggregate"
+            raise InvalidInput(
+                f"{_listed(missing)} {'is' if len(missing) == 1 else 'are'} not in the archive {args.file} (it holds"
+                f" {listed}): nothing was restored",
+                reason="NOT_IN_ARCHIVE",
+                metadata={"aggregate_ids": ",".join(missing), "file": args.file},
+            )
+    source = Source(args.file, pool=pool)
     try:
-        response = admin_service_pb2_grpc.AdminServiceStub(channel).ImportLog(requests())
+        response = _send_import(channel, only_aggregates(source.records(), chosen), ImportOptions(restore_deleted=True))
     finally:
         source.close()
     _print(_import_counts(response))
     return EXIT_OK
+
+
+def _listed(names: Sequence[str]) -> str:
+    quoted = [repr(name) for name in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
 def _load_callable(path: str) -> Callable[..., Any]:

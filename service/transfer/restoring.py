@@ -22,6 +22,21 @@ def aggregate_of(record: export_pb2.ExportRecord) -> str | None:
     return None
 
 
+def aggregates_in(records: Iterable[export_pb2.ExportRecord]) -> set[str]:
+    """The aggregates a stream holds records of: the ones its header names
+    (an archive's), else (a whole export) those its records are of."""
+    held: set[str] = set()
+    for record in records:
+        if record.HasField("header"):
+            if record.header.aggregate_ids:
+                return set(record.header.aggregate_ids)
+            continue
+        aggregate_id = aggregate_of(record)
+        if aggregate_id is not None:
+            held.add(aggregate_id)
+    return held
+
+
 def only_aggregates(
     records: Iterable[export_pb2.ExportRecord], chosen: set[str], *, leaving_out: Set[str] = frozenset()
 ) -> Iterator[export_pb2.ExportRecord]:
