@@ -203,10 +203,12 @@ EXIT_STATUS_HELP = f"""exit status (every command):
   {EXIT_REFUSED}    the server refused or failed the call (the gRPC code, reason and
        message on stderr, e.g. "error: NOT_FOUND AGGREGATE_NOT_FOUND: ..."),
        or could not be reached (with --database-url: the store refused, e.g.
-       an import's AGGREGATE_NOT_EMPTY); health: the server is not serving
+       an import's AGGREGATE_NOT_EMPTY); a file failed midway (ENOSPC: a
+       full disk); health: the server is not serving
   {EXIT_USAGE}    the command line, a setting or the input is wrong (bad arguments, a
-       payload that is not a JSON object, a type the server does not know):
-       nothing was sent
+       payload that is not a JSON object, a type the server does not know,
+       a file that cannot be read or written, FILE_NOT_READABLE and
+       FILE_NOT_WRITABLE): nothing was sent
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
   {EXIT_STDOUT_CLOSED}  the reader of the output stopped early (`chronicle read ... | head`)
 """
@@ -1032,7 +1034,7 @@ def _archive(args: argparse.Namespace, channel: grpc.Channel) -> int:
     import datetime
 
     from service.settings import seconds
-    from service.transfer.files import output
+    from service.transfer.files import make_folder, output
     from service.transfer.stream import BINARY, Writer
 
     rule = admin_service_pb2.ArchiveRule(
@@ -1044,7 +1046,7 @@ def _archive(args: argparse.Namespace, channel: grpc.Channel) -> int:
         since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds(args.untouched_for))
         rule.untouched_since.FromDatetime(since)
     folder = Path(args.folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     path = folder / f"archive-{args.type}-{stamp}.chronicle"
     stub = admin_service_pb2_grpc.AdminServiceStub(channel)
@@ -1568,8 +1570,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _read_file(path: str | None) -> bytes | None:
     if not path:
         return None
-    with open(path, "rb") as file:
-        return file.read()
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise InvalidInput(
+            f"cannot read {path}: {(error.strerror or str(error)).lower()}",
+            reason="FILE_NOT_READABLE",
+            metadata={"file": path},
+        ) from None
 
 
 class _BearerToken(
@@ -1707,3 +1716,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, _UsageError):
             print(error.hint, file=sys.stderr)
         return EXIT_USAGE
+    except OSError as error:
+        # A file that failed midway (a full disk, a folder that went away):
+        # the files a command names are checked as they are opened (above).
+        name = errno.errorcode.get(error.errno or 0, "OS_ERROR")
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {name}: {(error.strerror or str(error)).lower()}{where}", file=sys.stderr)
+        return EXIT_REFUSED

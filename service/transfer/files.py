@@ -15,6 +15,7 @@ from typing import BinaryIO
 from google.protobuf import descriptor_pool
 
 from chronicle.v1 import export_pb2
+from service.errors import InvalidInput
 from service.progress import Reporter
 from service.transfer import stream
 
@@ -40,8 +41,13 @@ def output(path: str) -> Iterator[BinaryIO]:
         return
     target = Path(path)
     partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)  # a partial file left by a crash keeps its mode otherwise
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if target.is_dir():
+        raise cannot_write(path, "it is a folder; give a file's name in it")
+    try:
+        partial.unlink(missing_ok=True)  # a partial file left by a crash keeps its mode otherwise
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as error:
+        raise cannot_write(path, _why(error, target)) from None
     with os.fdopen(descriptor, "wb") as out:
         try:
             yield out
@@ -53,6 +59,33 @@ def output(path: str) -> Iterator[BinaryIO]:
             raise
     partial.replace(target)
     _sync_folder(target.parent)
+
+
+def cannot_write(path: str | Path, why: str) -> InvalidInput:
+    return InvalidInput(f"cannot write {path}: {why}", reason="FILE_NOT_WRITABLE", metadata={"file": str(path)})
+
+
+def cannot_read(path: str | Path, why: str) -> InvalidInput:
+    return InvalidInput(f"cannot read {path}: {why}", reason="FILE_NOT_READABLE", metadata={"file": str(path)})
+
+
+def _why(error: OSError, path: Path) -> str:
+    """What is wrong with ``path``, in words (a missing folder named)."""
+    if isinstance(error, FileNotFoundError) and not path.parent.exists():
+        return f"the folder {path.parent} does not exist"
+    if isinstance(error, NotADirectoryError):
+        return f"{path.parent} is not a folder"
+    return error.strerror.lower() if error.strerror else str(error)
+
+
+def make_folder(folder: Path) -> None:
+    """``folder`` and the folders above it, made where missing."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise cannot_write(folder, "it is a file, not a folder") from None
+    except OSError as error:
+        raise cannot_write(folder, _why(error, folder)) from None
 
 
 def _sync_folder(folder: Path) -> None:
@@ -84,7 +117,12 @@ class Source:
     how many bytes were read so far (``total`` is None for a pipe)."""
 
     def __init__(self, path: str, *, pool: descriptor_pool.DescriptorPool | None = None) -> None:
-        self._file: BinaryIO = sys.stdin.buffer if path == STDIO else open(path, "rb")  # noqa: SIM115
+        try:
+            self._file: BinaryIO = sys.stdin.buffer if path == STDIO else open(path, "rb")  # noqa: SIM115
+        except IsADirectoryError:
+            raise cannot_read(path, "it is a folder, not an export file") from None
+        except OSError as error:
+            raise cannot_read(path, _why(error, Path(path))) from None
         self._pool = pool
         self.total: int | None = None
         if path != STDIO:

@@ -50,3 +50,39 @@ async def test_restoring_an_aggregate_the_archive_does_not_hold_says_so_and_rest
 
         status, out, err = await run(capsys, "restore", archive, "--aggregate", "acc-1", *at)
         assert (status, json.loads(out)["events_written"]) == (0, 1)
+
+
+async def test_a_file_or_folder_that_cannot_be_used_is_one_error_line_and_exit_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before the fix `chronicle export /nonexistent/dir/x.chronicle`
+    printed FileNotFoundError's traceback (exit 1); so did import and
+    restore of a file that is not there, and archive into a file."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    missing = tmp_path / "missing.chronicle"
+    async with running_server(MemoryStore(), anonymous_admin=True) as (app, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        at = ("--server", app.address)
+        cases = [
+            (
+                ("export", "/nonexistent/dir/x.chronicle"),
+                "FILE_NOT_WRITABLE",
+                "the folder /nonexistent/dir does not exist",
+            ),
+            (("export", str(tmp_path)), "FILE_NOT_WRITABLE", "it is a folder"),
+            (("export", f"{a_file}/x.chronicle"), "FILE_NOT_WRITABLE", f"{a_file} is not a folder"),
+            (("import", str(missing)), "FILE_NOT_READABLE", "no such file or directory"),
+            (("import", "/nonexistent/x.chronicle"), "FILE_NOT_READABLE", "the folder /nonexistent does not exist"),
+            (("import", str(tmp_path)), "FILE_NOT_READABLE", "it is a folder"),
+            (("restore", str(missing), "--aggregate", "acc-1"), "FILE_NOT_READABLE", "no such file"),
+            (("restore", str(missing)), "FILE_NOT_READABLE", "no such file"),
+            (("archive", str(a_file), "--type", "Account"), "FILE_NOT_WRITABLE", "it is a file, not a folder"),
+            (("health", "--tls-ca", str(tmp_path / "ca.pem")), "FILE_NOT_READABLE", "no such file or directory"),
+        ]
+        for argv, reason, why in cases:
+            status, out, err = await run(capsys, *argv, *at)
+            assert (status, out) == (2, ""), (argv, err)
+            assert err.startswith(f"error: {reason}: cannot "), (argv, err)
+            assert why in err and "Traceback" not in err, (argv, err)
+        assert not list(tmp_path.glob("*.partial"))
