@@ -1123,16 +1123,50 @@ def _listed(names: Sequence[str]) -> str:
 
 
 def _load_callable(path: str) -> Callable[..., Any]:
-    """``package.module:name``, which must be callable."""
+    """``package.module:name``, which must be callable. The current folder
+    is importable, as with ``python -m`` (the ``chronicle`` command's own
+    folder is first on its path, not the one it runs in): a mapping written
+    beside the command works as docs/migration.md shows it. Any failure is
+    one line (MAPPING_NOT_LOADED, exit status 2), never a traceback."""
     import importlib
+    import traceback
 
     module_name, _, name = path.partition(":")
     if not module_name or not name:
-        raise ValueError(f"expected module:function, got {path!r}")
-    found = getattr(importlib.import_module(module_name), name, None)
+        raise _mapping_not_loaded(path, "give it as module:function, e.g. legacy_mapping:to_chronicle")
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # none, or its module raised while imported: a syntax error, a failing import
+        missing = error.name if isinstance(error, ModuleNotFoundError) else None
+        if missing is not None and (missing == module_name or module_name.startswith(f"{missing}.")):
+            raise _mapping_not_loaded(
+                path,
+                f"there is no module {missing!r} in the current folder ({here}) nor among the installed"
+                " packages (a file legacy_mapping.py here is the module legacy_mapping)",
+            ) from None
+        where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+        at = f" ({where.filename}, line {where.lineno})" if where is not None else ""
+        if isinstance(error, SyntaxError) and error.filename:
+            at = f" ({error.filename}, line {error.lineno})"
+        raise _mapping_not_loaded(path, f"its module failed to load{at}: {_last_line(error)}") from None
+    found = getattr(module, name, None)
+    if found is None:
+        raise _mapping_not_loaded(path, f"module {module_name!r} has no {name!r}")
     if not callable(found):
-        raise ValueError(f"{path} is not a function")
+        raise _mapping_not_loaded(path, f"{name!r} in {module_name!r} is not a function")
     return found  # type: ignore[no-any-return]
+
+
+def _mapping_not_loaded(path: str, why: str) -> InvalidInput:
+    return InvalidInput(f"cannot load the mapping {path!r}: {why}", reason="MAPPING_NOT_LOADED")
+
+
+def _last_line(error: BaseException) -> str:
+    """An exception as the last line of its traceback says it."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 def _masterkey(args: argparse.Namespace) -> int:

@@ -44,7 +44,7 @@ from google.protobuf.message import Message
 from psycopg import sql
 
 from chronicle.v1 import export_pb2
-from service.errors import ConfigurationError, InvalidInput
+from service.errors import ConfigurationError, InvalidInput, StoreUnavailable
 from service.plugins.registry import Registry
 from service.store.records import RecordedEvent
 from service.transfer.exporter import FORMAT_VERSION
@@ -140,9 +140,25 @@ async def eventsourcing_export(
     decode = decode or default_transcoder().decode
     versions: dict[str, int] = {}
     exported = 0
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+    try:
+        connecting = await psycopg.AsyncConnection.connect(url, autocommit=True)
+    except psycopg.OperationalError as error:
+        raise StoreUnavailable(
+            f"cannot reach the eventsourcing application's PostgreSQL: {' '.join(str(error).split())}",
+            reason="SOURCE_UNAVAILABLE",
+        ) from None
+    async with connecting as conn:
         name = sql.Identifier(schema, table)
-        head_row = await (await conn.execute(sql.SQL("SELECT max(notification_id) FROM {}").format(name))).fetchone()
+        try:
+            head_row = await (
+                await conn.execute(sql.SQL("SELECT max(notification_id) FROM {}").format(name))
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            raise InvalidInput(
+                f"there is no table {schema}.{table} there: the library's events are in <application name>_events"
+                " (bank_events for an application named Bank), in the schema POSTGRES_SCHEMA names",
+                reason="TABLE_NOT_FOUND",
+            ) from None
         head = int(head_row[0] or 0) if head_row else 0
         yield export_pb2.ExportRecord(
             header=export_pb2.ExportHeader(
@@ -172,7 +188,10 @@ async def eventsourcing_export(
                     raw_id=raw_id,
                     raw_state=bytes(state),
                 )
-                mapped = mapping(event)
+                try:
+                    mapped = mapping(event)
+                except Exception as error:
+                    raise _mapping_failed(event, error) from None
                 if mapped is None:
                     continue
                 recorded = _recorded(event, mapped, registry, versions)
@@ -180,6 +199,20 @@ async def eventsourcing_export(
                 yield exported_event(recorded)
             after = int(rows[-1][4])
     yield export_pb2.ExportRecord(end=export_pb2.ExportEnd(events=exported))
+
+
+def _mapping_failed(event: EventsourcingEvent, error: Exception) -> InvalidInput:
+    """The mapping raised ``error`` for ``event``: said as a refusal of it."""
+    return InvalidInput(
+        f"the mapping raised {type(error).__name__}: {error} for {event.topic} ({event.originator_id}"
+        f" v{event.originator_version})",
+        reason="BAD_MAPPING",
+        metadata={
+            "originator_id": event.originator_id,
+            "originator_version": str(event.originator_version),
+            "topic": event.topic,
+        },
+    )
 
 
 def _decoded(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,4 +87,49 @@ async def test_a_file_or_folder_that_cannot_be_used_is_one_error_line_and_exit_s
             assert (status, out) == (2, ""), (argv, err)
             assert err.startswith(f"error: {reason}: cannot "), (argv, err)
             assert why in err and "Traceback" not in err, (argv, err)
-        assert not list(tmp_path.glob("*.partial"))
+        assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]
+
+
+MAPPINGS = {
+    "nowhere_mapping:to_chronicle": ("", "there is no module 'nowhere_mapping' in the current folder"),
+    "no_colon_mapping": ("", "give it as module:function"),
+    "broken_mapping:to_chronicle": ("def to_chronicle(event:\n", "broken_mapping.py, line 1): SyntaxError"),
+    "needy_mapping:to_chronicle": (
+        "import not_installed_anywhere\n",
+        "its module failed to load (",
+    ),
+    "empty_mapping:to_chronicle": ("X = 1\n", "module 'empty_mapping' has no 'to_chronicle'"),
+    "value_mapping:X": ("X = 1\n", "'X' in 'value_mapping' is not a function"),
+}
+
+
+@pytest.mark.parametrize("mapping", sorted(MAPPINGS))
+def test_a_mapping_that_does_not_load_is_one_error_line_and_exit_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, mapping: str
+) -> None:
+    """Before the fix, each of these was a Python traceback (exit 1)."""
+    source, said = MAPPINGS[mapping]
+    if source:
+        (tmp_path / f"{mapping.partition(':')[0]}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    argv = ("convert-eventsourcing", "out.chronicle", "--from-url", "postgresql://unused", "--table", "t")
+    status = cli.main([*argv, "--mapping", mapping])
+    out, err = capsys.readouterr()
+    assert (status, out) == (2, "")
+    assert err.startswith(f"error: MAPPING_NOT_LOADED: cannot load the mapping {mapping!r}: "), err
+    assert said in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out.chronicle").exists()
+
+
+def test_an_eventsourcing_database_that_does_not_answer_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: psycopg's OperationalError as a traceback."""
+    argv = ["convert-eventsourcing", str(tmp_path / "out.chronicle"), "--from-url", "postgresql://127.0.0.1:1/app"]
+    status = cli.main([*argv, "--table", "bank_events", "--mapping", "tests.support.eventsourcing_bank:to_chronicle"])
+    out, err = capsys.readouterr()
+    assert (status, out) == (1, "")
+    assert err.startswith("error: SOURCE_UNAVAILABLE: cannot reach the eventsourcing application's PostgreSQL: "), err
+    assert "Traceback" not in err and not (tmp_path / "out.chronicle").exists()

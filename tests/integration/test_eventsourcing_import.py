@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import re
+import shlex
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -166,3 +169,67 @@ def test_the_command_line_converts_and_imports(postgres_url: str, tmp_path: Path
         check=True,
     )
     assert json.loads(imported.stdout)["events_written"] == 8
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# What pip installs as the `chronicle` command (pyproject.toml's
+# [project.scripts]): run from its own folder, which Python puts first on
+# its path, instead of the folder it runs in (as `python -m` would).
+ENTRY_POINT = """import sys
+from service.cli import main
+if __name__ == '__main__':
+    sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_migration_mds_command_finds_the_mapping_saved_beside_it(postgres_url: str, tmp_path: Path) -> None:
+    """docs/migration.md's legacy_mapping.py saved in the folder the
+    command runs in, and its command as printed, run as the installed
+    `chronicle` command. Before the fix: a traceback of ModuleNotFoundError
+    "No module named 'legacy_mapping'", exit status 1 (it worked only with
+    PYTHONPATH=.)."""
+    legacy_bank(postgres_url)
+    doc = (ROOT / "docs" / "migration.md").read_text()
+    mapping = re.search(r"```python\n(# legacy_mapping\.py\n.*?)```", doc, re.DOTALL)
+    printed = re.search(r"```sh\n(chronicle convert-eventsourcing .*?)\nchronicle import", doc, re.DOTALL)
+    assert mapping is not None and printed is not None
+    work, bin_ = tmp_path / "work", tmp_path / "bin"
+    work.mkdir()
+    bin_.mkdir()
+    (work / "legacy_mapping.py").write_text(mapping.group(1))
+    (bin_ / "chronicle").write_text(ENTRY_POINT)
+    argv = shlex.split(printed.group(1).replace("\\\n", " "))
+    assert argv[argv.index("--mapping") + 1] == "legacy_mapping:to_chronicle"
+    argv[argv.index("--from-url") + 1] = postgres_url  # this test's database, and the schema the bank writes in
+    argv[argv.index("--schema") + 1] = SCHEMA
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(bin_ / "chronicle"), *argv[1:]],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"file": "legacy.chronicle", "format": "binary", "events": 8}
+    assert (work / "legacy.chronicle").exists()
+
+
+async def test_a_table_that_is_not_there_or_a_mapping_that_raises_is_said(postgres_url: str) -> None:
+    """Before: psycopg's UndefinedTable, or the mapping's own exception, as a traceback."""
+    legacy_bank(postgres_url)
+
+    def raising(event: EventsourcingEvent) -> ChronicleEvent | None:
+        return ChronicleEvent("Account", bank.AccountOpened(owner=event.state["no such attribute"]))
+
+    with pytest.raises(InvalidInput) as refused:
+        await converted(postgres_url, raising)
+    assert refused.value.reason == "BAD_MAPPING"
+    assert refused.value.message.startswith("the mapping raised KeyError: 'no such attribute' for ")
+    records = eventsourcing_export(postgres_url, table="bank_evnts", schema=SCHEMA, mapping=to_chronicle)
+    with pytest.raises(InvalidInput) as missing:
+        [record async for record in records]
+    assert missing.value.reason == "TABLE_NOT_FOUND"
+    assert f"there is no table {SCHEMA}.bank_evnts there" in missing.value.message
