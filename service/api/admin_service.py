@@ -19,12 +19,13 @@ from chronicle.v1 import export_pb2
 from service.api.codec import canonical_command_id, check_id, check_version, encode_event, micros_of, timestamp
 from service.api.transfers import Transfers, described
 from service.audit import AuditLog
-from service.errors import ChronicleError, InvalidInput, NotEncrypted, StoreUnavailable
+from service.errors import ChronicleError, ConfigurationError, InvalidInput, NotEncrypted, StoreUnavailable
 from service.principal import current_principal
 from service.security.policy import Authorizer
 from service.store.base import AuditQuery, Store
 from service.store.encrypted import forget_aggregate
 from service.store.encryption import Keyring
+from service.store.key_names import humanized
 from service.store.records import ACCEPTED, REFUSED, AuditEntry
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,11 @@ class AdminService(pb_grpc.AdminServiceServicer):
     ) -> pb.RewrapKeysResponse:
         async with self._audited("RewrapKeys"):
             self._authorizer.check_admin(current_principal.get(), "rewrap keys")
-            return pb.RewrapKeysResponse(rewrapped=await self._keys().rewrap())
+            try:
+                rewrapped = await self._keys().rewrap()
+            except ConfigurationError as error:
+                raise _said_for_people(error) from None
+            return pb.RewrapKeysResponse(rewrapped=rewrapped)
 
     async def ExportLog(
         self, request: pb.ExportLogRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -197,6 +202,19 @@ class AdminService(pb_grpc.AdminServiceServicer):
         if record_success:
             message = outcome.message if outcome is not None else ""
             await self._audit.admin_action(action, principal=principal, aggregate_id=aggregate_id, message=message)
+
+
+def _said_for_people(error: ConfigurationError) -> ConfigurationError:
+    """A key that could not be unwrapped, its owner named in words (a claims
+    scope's or read model's key has an id no one should have to read), and
+    what to do about it."""
+    message = humanized(error.message)
+    if error.reason == "MASTER_KEY_MISSING":
+        message += (
+            "; put that master key back in the master-key file (after the active one, which rewraps), wait for"
+            " the servers to read it again, and run rewrap-keys until it answers 0 before removing it"
+        )
+    return ConfigurationError(message, reason=error.reason, metadata=error.metadata)
 
 
 def _outcome(asked: pb.AuditOutcome) -> str | None:

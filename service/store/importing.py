@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from service.errors import ImportConflict
+from service.store.key_names import key_owner
 from service.store.records import RecordedEvent, Snapshot, is_tombstone
 
 EVENT_ID_TAKEN = "EVENT_ID_TAKEN"
@@ -138,7 +139,7 @@ def claim_conflict(scope: str, aggregate_id: str, holder: str) -> ImportConflict
 
 def data_key_conflict(aggregate_id: str) -> ImportConflict:
     return ImportConflict(
-        f"the store holds another data key for {aggregate_id!r}: its events are sealed under that key",
+        f"the store holds another data key for {key_owner(aggregate_id)}: what it sealed is sealed under that key",
         reason=DATA_KEY_CONFLICT,
         metadata={"aggregate_id": aggregate_id},
     )

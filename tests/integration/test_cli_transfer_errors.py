@@ -16,8 +16,10 @@ import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service import cli
+from service.store.encryption import MasterKeys, new_master_key
+from service.store.key_names import humanized, key_owner
 from service.store.memory import MemoryStore
-from service.store.records import LogFilter
+from service.store.records import DataKey, LogFilter
 from tests.support.grpc_client import command, running_server
 
 
@@ -133,3 +135,34 @@ def test_an_eventsourcing_database_that_does_not_answer_is_one_error_line(
     assert (status, out) == (1, "")
     assert err.startswith("error: SOURCE_UNAVAILABLE: cannot reach the eventsourcing application's PostgreSQL: "), err
     assert "Traceback" not in err and not (tmp_path / "out.chronicle").exists()
+
+
+async def test_rewrap_keys_names_a_key_it_cannot_unwrap_as_a_person_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before the fix: "the data key of '\\x1fclaims:users.email' is wrapped
+    by master key 'k1', which is not configured", the internal id of the
+    claims scope's key as Python's repr() writes it."""
+    old = MasterKeys.parse(f"k1:{new_master_key()}", source="test")
+    store = MemoryStore()
+    for key_id in ("\x1fclaims:users.email", "\x1fprojection:bank.balances_by_owner"):
+        await store.create_data_key(DataKey(key_id, *old.wrap(os.urandom(32))))
+    async with running_server(store, anonymous_admin=True, master_keys=f"k2:{new_master_key()}") as (app, _):
+        status, out, err = await run(capsys, "rewrap-keys", "--server", app.address)
+    assert (status, out) == (1, "")
+    assert err.startswith(
+        "error: INTERNAL MASTER_KEY_MISSING: the data key of the uniqueness claims of scope 'users.email' is"
+        " wrapped by master key 'k1', which is not configured; put that master key back in the master-key file"
+    ), err
+    assert "\\x1f" not in err and "\x1f" not in err
+
+
+def test_internal_key_ids_are_said_as_whose_key_they_are() -> None:
+    assert key_owner("acc-1") == "aggregate 'acc-1'"
+    assert key_owner("\x1fclaims:users.email") == "the uniqueness claims of scope 'users.email'"
+    assert key_owner("\x1fprojection:bank.balances") == "the read model 'bank.balances'"
+    claims = "\x1fclaims:users.email"
+    said = humanized(f"of {claims!r} and of \x1fprojection:bank.balances, not of 'acc-1'")
+    assert (
+        said == "of the uniqueness claims of scope 'users.email' and of the read model 'bank.balances', not of 'acc-1'"
+    )
