@@ -85,6 +85,7 @@ from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, refuse_if_sealed
 from service.store.factory import check_shared_by_processes, open_store, redacted_url, store_kind
 from service.store.leasing import LeaseMember
+from service.transfer.sealing import import_sealing
 
 if TYPE_CHECKING:
     from service.store.postgres.standby import StandbyStore
@@ -335,8 +336,10 @@ async def start(
     keyring: Keyring | None = None
 
     async def use_master_keys(keys: MasterKeys) -> None:  # the master-key file read again
+        nonlocal master_keys
         if keyring is not None:
-            await keyring.use_master_keys(keys)
+            await keyring.use_master_keys(keys)  # raises if they do not open the store: kept as they were
+        master_keys = keys  # imports check the data keys they bring against these
 
     # Now: a file that changes from here on is read again once it starts.
     security_reloader = build_security_reloader(settings, authenticator, authorizer, use_master_keys)
@@ -575,7 +578,13 @@ async def start(
             authorizer,
             keyring,
             # Exports and imports move what is stored: the adapter's own roles.
-            transfers=Transfers(Store.of(adapter), store_kind(adapter), evict=router.evict, registry=registry),
+            transfers=Transfers(
+                Store.of(adapter),
+                store_kind(adapter),
+                evict=router.evict,
+                registry=registry,
+                sealing=lambda: import_sealing(keyring, lambda: master_keys),
+            ),
             stored=Store.of(adapter),
         ),
         projections=projection_service,

@@ -946,24 +946,36 @@ async def _import_local(
     url: str, path: str, options: ImportOptions, quiet: bool, leave_out: frozenset[str] = frozenset()
 ) -> dict[str, int]:
     """An import written straight into the store at ``url``."""
-    from service.app import build_registry
+    from service.app import build_master_keys, build_registry
     from service.store.base import Store
+    from service.store.encryption import Keyring
     from service.store.factory import open_store
     from service.transfer.files import Source
     from service.transfer.importer import Importer
+    from service.transfer.sealing import AsStored, Sealing
 
-    # The plugins' payload types, for JSON lines, and state types, which snapshots must parse as.
-    registry = build_registry(load_settings(None, os.environ))
+    # The plugins' payload types, for JSON lines, and state types, which
+    # snapshots must parse as; the master keys, as the server takes them.
+    settings = load_settings(None, os.environ)
+    registry = build_registry(settings)
+    master_keys = build_master_keys(settings)
     source = Source(path)
     reporter = Reporter("import", total=source.total, unit="bytes" if source.total else "records", quiet=quiet)
     adapter = open_store(url, pool_size=2)
     await adapter.open()
     try:
+        store = Store.of(adapter)
+        # With master keys, what comes in the clear is sealed as the server
+        # would; without, records are written as they come (an encrypted
+        # store's, sealed, move so), but none in the clear into a store that
+        # is encrypted (transfer/sealing.py).
+        sealing = Sealing(Keyring(store.keys, master_keys), lambda: master_keys) if master_keys else AsStored()
         importer = Importer(
-            Store.of(adapter),
+            store,
             options=options,
             on_progress=lambda summary: reporter.update(source.position if source.total else summary.records),
             registry=registry,
+            sealing=sealing,
         )
         await importer.run_file(_leaving_out(source.records(), leave_out))
     finally:

@@ -420,8 +420,14 @@ class ImportConflict(ChronicleError):
     version before it is missing (VERSION_GAP), a value it claims is held by
     another aggregate (CLAIM_HELD), its data key differs from the one the
     store holds for the aggregate (DATA_KEY_CONFLICT), it is a snapshot at a
-    version its aggregate does not have (SNAPSHOT_AHEAD), or it is of
-    another aggregate type than the aggregate's (AGGREGATE_TYPE_MISMATCH)."""
+    version its aggregate does not have (SNAPSHOT_AHEAD), it is of
+    another aggregate type than the aggregate's (AGGREGATE_TYPE_MISMATCH),
+    or it would replace a forgotten aggregate (AGGREGATE_FORGOTTEN). Or it
+    does not fit the store's encryption at rest (service/transfer/sealing.py):
+    sealed where the server has no master keys
+    (ENCRYPTED_EXPORT_WITHOUT_KEYS), a data key its master keys do not
+    unwrap (MASTER_KEY_MISSING, MASTER_KEY_MISMATCH), in the clear into an
+    encrypted store without its keys (ENCRYPTION_KEYS_NEEDED)."""
 
     default_reason = "IMPORT_CONFLICT"
 

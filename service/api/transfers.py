@@ -17,6 +17,7 @@ from service.store.base import Store
 from service.transfer.deleting import Deletion, delete_aggregate
 from service.transfer.exporter import ArchiveRule, Exporter, ExportSelection
 from service.transfer.importer import Importer, ImportOptions, ImportSummary
+from service.transfer.sealing import ImportSealing, WithoutKeys
 
 MAX_EXPORTED_AGGREGATES = 1000
 
@@ -27,12 +28,15 @@ class Transfers:
     encrypting wrapper shows); ``kind``: the store's kind for export
     headers; ``evict``: forget this server's cached state of an aggregate
     an import replaced; ``registry``: the loaded plugins, whose state types
-    an imported snapshot must parse as."""
+    an imported snapshot must parse as; ``sealing``: a new ``ImportSealing``
+    for each import (the server's encryption at rest)."""
 
     store: Store
     kind: str
     evict: Callable[[str], None] = lambda aggregate_id: None
     registry: Registry | None = None
+    # How each import treats the server's encryption at rest (transfer/sealing.py).
+    sealing: Callable[[], ImportSealing] = WithoutKeys
 
     def selection(self, request: pb.ExportLogRequest) -> ExportSelection:
         if len(request.aggregate_ids) > MAX_EXPORTED_AGGREGATES:
@@ -76,7 +80,13 @@ class Transfers:
                 options = ImportOptions(
                     overwrite=request.options.overwrite, restore_deleted=request.options.restore_deleted
                 )
-                importer = Importer(self.store, options=options, on_replaced=self.evict, registry=self.registry)
+                importer = Importer(
+                    self.store,
+                    options=options,
+                    on_replaced=self.evict,
+                    registry=self.registry,
+                    sealing=self.sealing(),
+                )
             if request.HasField("record"):
                 await importer.add(request.record)
         if importer is None:

@@ -53,6 +53,7 @@ from service.transfer.records import (
     stored_event,
     stored_snapshot,
 )
+from service.transfer.sealing import AsStored, ImportSealing
 from service.transfer.stream import EXPORT_INCOMPLETE, FORMAT
 
 # Records written per transaction (fewer when their payloads are large).
@@ -92,8 +93,11 @@ class Importer:
         on_progress: Callable[[ImportSummary], None] | None = None,
         on_replaced: Callable[[str], None] | None = None,
         registry: Registry | None = None,
+        sealing: ImportSealing | None = None,
     ) -> None:
         self._store = store
+        # The target's encryption at rest (sealing.py): as stored unless told.
+        self._sealing = sealing if sealing is not None else AsStored()
         self._registry = registry
         self._options = options
         self._batch_size = batch_size
@@ -148,6 +152,7 @@ class Importer:
         self.summary.records += 1
         if index == 0:
             self._check_header(record, where)
+            await self._sealing.start(self._store)
             return
         if self.summary.complete:
             raise InvalidInput.for_field(where, "comes after the end record", reason=BAD_RECORD)
@@ -161,6 +166,7 @@ class Importer:
         stored = _stored(record, kind, where)
         if isinstance(stored, Snapshot):
             self._check_state(stored, f"{where}.snapshot")
+        self._sealing.check(stored, index)
         self._received[kind] += 1
         if kind != self._pending_kind:
             await self._flush()
@@ -229,6 +235,7 @@ class Importer:
             return
         self._pending, self._pending_bytes, self._pending_records = [], 0, []
         batch, indexes = await self._of_forgotten(batch, indexes)
+        batch, indexes = await self._sealed(batch, indexes)
         if batch:
             try:
                 written = await self._write(kind, batch)
@@ -260,6 +267,14 @@ class Importer:
             kept.append(stored)
             kept_indexes.append(index)
         return kept, kept_indexes
+
+    async def _sealed(self, batch: list[Any], indexes: list[int]) -> tuple[list[Any], list[int]]:
+        """``batch`` as the target's encryption at rest must hold it (sealing.py)."""
+        if not batch:
+            return batch, indexes
+        prepared = await self._sealing.prepared(batch)
+        kept = [(stored, index) for stored, index in zip(prepared, indexes, strict=True) if stored is not None]
+        return [stored for stored, _ in kept], [index for _, index in kept]
 
     async def _forgotten_among(self, aggregate_ids: Iterable[str]) -> set[str]:
         """Those of ``aggregate_ids`` the target has forgotten (asked of the

@@ -77,7 +77,7 @@ from service import cli
 from service.app import build_registry
 from service.progress import PLAIN_INTERVAL, Reporter
 from service.store.base import Store, StoreAdapter
-from service.store.encryption import new_master_key
+from service.store.encryption import MasterKeys, new_master_key
 from service.store.factory import open_store, store_kind
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
@@ -215,11 +215,15 @@ async def test_under_encryption_at_rest_an_export_holds_nothing_in_the_clear_and
     assert "u-1" in {k.aggregate_id for k in data_keys}
     assert all(k.master_key_id == "k1" and k.wrapped_key and not k.forgotten for k in data_keys)
 
+    # Where other master keys are configured, the import is refused before
+    # anything is written (the data keys come first): it would be unreadable
+    # there. (Before, it was written, and every read failed MASTER_KEY_MISSING.)
     other_keys = f"k2:{new_master_key()}"
-    async with running_server(MemoryStore(), anonymous_admin=True, master_keys=other_keys) as (_, client):
-        await imported(client, records)
-        code, reason, _, _ = await refusal(client.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="u-1")))
-        assert reason == "MASTER_KEY_MISSING", code
+    elsewhere = MemoryStore()
+    async with running_server(elsewhere, anonymous_admin=True, master_keys=other_keys) as (_, client):
+        code, reason, metadata, _ = await refused_import(client, records)
+        assert (code, reason, metadata["record"]) == (grpc.StatusCode.FAILED_PRECONDITION, "MASTER_KEY_MISSING", "1")
+        assert await log_of(elsewhere) == [] and await elsewhere.data_keys_page("", 10) == []
 
     async with running_server(MemoryStore(), anonymous_admin=True, master_keys=keys) as (_, client):
         await imported(client, records)
@@ -409,17 +413,25 @@ async def test_what_an_import_does_not_fit_is_failed_precondition_and_names_the_
                 "CLAIM_HELD",
                 {"record": "1", "scope": "users.email", "aggregate_id": "u-9", "holder": "u-1"},
             ),
-            (
-                whole(exported_data_key(DataKey("acc-1", "m1", b"x" * 40))),
-                "DATA_KEY_CONFLICT",
-                {"record": "1", "aggregate_id": "acc-1"},
-            ),
         ]
         for records, reason, named in cases:
             code, got, metadata, _ = await refused_import(client, records)
             assert (code, got) == (grpc.StatusCode.FAILED_PRECONDITION, reason)
             assert {key: metadata.get(key) for key in named} == named, reason
         assert [e.aggregate_id for e in await log_of(store)] == ["acc-1", "u-1"]  # none of it written
+    # A data key: on a server with the master key that wraps it (one without takes none).
+    secret = new_master_key()
+    master = MasterKeys.parse(f"m1:{secret}", source="test")
+    keyed = MemoryStore()
+    async with running_server(keyed, anonymous_admin=True, master_keys=f"m1:{secret}") as (_, client):
+        await keyed.create_data_key(DataKey("acc-1", *master.wrap(os.urandom(32))))
+        other = DataKey("acc-1", *master.wrap(os.urandom(32)))
+        code, got, metadata, _ = await refused_import(client, whole(exported_data_key(other)))
+        assert (code, got) == (grpc.StatusCode.FAILED_PRECONDITION, "DATA_KEY_CONFLICT")
+        assert {key: metadata.get(key) for key in ("record", "aggregate_id")} == {
+            "record": "1",
+            "aggregate_id": "acc-1",
+        }
 
 
 def _bad_event(**fields: Any) -> Record:
