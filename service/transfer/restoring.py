@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Set
 
 from chronicle.v1 import export_pb2
 from service.errors import InvalidInput
+from service.store.encryption import CLAIMS_KEY_PREFIX, PROJECTION_KEY_PREFIX
 from service.transfer.records import end_record
 from service.transfer.stream import EXPORT_INCOMPLETE
 
@@ -32,8 +33,8 @@ def aggregates_in(records: Iterable[export_pb2.ExportRecord]) -> set[str]:
                 return set(record.header.aggregate_ids)
             continue
         aggregate_id = aggregate_of(record)
-        if aggregate_id is not None:
-            held.add(aggregate_id)
+        if aggregate_id is not None and not aggregate_id.startswith((CLAIMS_KEY_PREFIX, PROJECTION_KEY_PREFIX)):
+            held.add(aggregate_id)  # (claims scopes' and read models' keys are no aggregates')
     return held
 
 

@@ -49,6 +49,8 @@ from service.errors import AggregateForgotten, ConfigurationError, ImportConflic
 from service.store.base import Store
 from service.store.encrypted import ClaimHider, is_sealed_record, sealed_record
 from service.store.encryption import (
+    CLAIMS_KEY_PREFIX,
+    PROJECTION_KEY_PREFIX,
     Keyring,
     MasterKeys,
     event_context,
@@ -115,11 +117,14 @@ def what(record: Stored) -> str:
 
 
 def refusal(reason: str, record: Stored, index: int, why: str) -> ImportConflict:
-    return ImportConflict(
-        f"record[{index}]: {why}",
-        reason=reason,
-        metadata={"record": str(index), "aggregate_id": record.aggregate_id},
-    )
+    """The refusal of ``record``, naming it (a claims scope's or read model's
+    key by whose it is: their ids are no aggregate's)."""
+    metadata = {"record": str(index)}
+    if record.aggregate_id.startswith((CLAIMS_KEY_PREFIX, PROJECTION_KEY_PREFIX)):
+        metadata["key"] = key_owner(record.aggregate_id)
+    else:
+        metadata["aggregate_id"] = record.aggregate_id
+    return ImportConflict(f"record[{index}]: {why}", reason=reason, metadata=metadata)
 
 
 class ImportSealing:
@@ -160,7 +165,7 @@ class AsStored(ImportSealing):
                 " import could only write it in the clear (a claimed value beside its own keyed hash would be held"
                 " twice). Give the command the store's master keys as the server takes them (CHRONICLE_MASTER_KEY_FILE"
                 " or CHRONICLE_MASTER_KEYS), so that it seals what it writes as the server would, or import through"
-                " the server; nothing of this batch was written",
+                " the server. The import stopped here, before writing this record's batch",
             )
 
 
@@ -176,7 +181,8 @@ class WithoutKeys(ImportSealing):
                 f"{what(record)} is sealed by encryption at rest (the export is of a store with master keys), and"
                 " this server has no master keys: it could read none of what they sealed, and would not start"
                 " again on this store. Start it with the master keys that wrap the export's data keys"
-                " (--master-key-file or CHRONICLE_MASTER_KEYS), then import; nothing was written of this batch",
+                " (--master-key-file or CHRONICLE_MASTER_KEYS), then import. The import stopped here, before writing"
+                " this record's batch",
             )
 
 
@@ -198,13 +204,16 @@ class Sealing(ImportSealing):
         try:
             self._master_keys().unwrap(record)
         except ConfigurationError as error:
-            raise refusal(
+            refused = refusal(
                 error.reason,
                 record,
                 index,
                 f"{humanized(error.message)}: the server could not open what it seals. Configure that master key"
-                " (beside the active one) and import again; nothing of this batch was written",
-            ) from None
+                " (beside the active one) and import again. The import stopped here, before writing this record's"
+                " batch",
+            )
+            refused.metadata.update(error.metadata)  # the master key's id
+            raise refused from None
 
     async def prepared(self, batch: list[Any]) -> list[Any]:
         out: list[Any] = []

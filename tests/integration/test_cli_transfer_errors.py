@@ -35,9 +35,12 @@ async def test_restoring_an_aggregate_the_archive_does_not_hold_says_so_and_rest
 ) -> None:
     """Before the fix: exit 0, nothing written, nothing said."""
     store = MemoryStore()
-    async with running_server(store, anonymous_admin=True) as (app, client):
+    keys = f"k1:{new_master_key()}"  # claims scopes and read models have data keys: not aggregates of the file
+    async with running_server(store, anonymous_admin=True, master_keys=keys) as (app, client):
         for account in ("acc-1", "acc-2"):
             await client.submit(command(account, bank.OpenAccount(owner="ann")))
+        whole = str(tmp_path / "whole.chronicle")
+        assert (await run(capsys, "export", whole, "--server", app.address))[0] == 0
         at = ("--server", app.address)
         status, out, _ = await run(capsys, "archive", str(tmp_path), "--type", "Account", "--untouched-for", "0s", *at)
         archive = json.loads(out)["file"]
@@ -54,6 +57,10 @@ async def test_restoring_an_aggregate_the_archive_does_not_hold_says_so_and_rest
 
         status, out, err = await run(capsys, "restore", archive, "--aggregate", "acc-1", *at)
         assert (status, json.loads(out)["events_written"]) == (0, 1)
+        # A whole export (its header names no aggregates) is read through for them.
+        status, out, err = await run(capsys, "restore", whole, "--aggregate", "acc-9", *at)
+        assert (status, out) == (2, "")
+        assert "'acc-9' is not in the archive" in err and "it holds acc-1, acc-2)" in err, err
 
 
 async def test_a_file_or_folder_that_cannot_be_used_is_one_error_line_and_exit_status_2(
