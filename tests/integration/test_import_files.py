@@ -16,11 +16,13 @@ import pytest
 
 from chronicle.v1 import export_pb2
 from service import cli
+from service.store.memory import MemoryStore
 from service.store.records import HeldClaim, LogFilter
 from service.store.sqlite import SqliteStore
 from service.transfer import stream
 from service.transfer.records import end_record, exported_claim, exported_event
 from tests.support.events import recorded_event
+from tests.support.grpc_client import running_server
 
 EVENTS = 40
 
@@ -100,3 +102,23 @@ async def test_a_file_that_is_not_an_export_is_not_an_export(
     assert status == 2
     assert err.startswith("error: NOT_AN_EXPORT: "), err
     assert await events_in(tmp_path / "target.db") == 0
+
+
+@pytest.mark.parametrize("format", ["binary", "jsonl"])
+async def test_through_a_server_a_file_cut_short_is_said_and_what_came_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], format: str
+) -> None:
+    """The client ends the call's stream where the file stops; the server
+    writes what came, and the file's error is what the command says."""
+    data, ends = export_of(format)
+    cut = tmp_path / f"cut.{format}"
+    cut.write_bytes(data[: ends[30] + 5])
+    store = MemoryStore()
+    async with running_server(store, anonymous_admin=True) as (app, _):
+        argv = ["import", str(cut), "--server", app.address, "--quiet"]
+        status = await asyncio.to_thread(cli.main, argv)
+        err = capsys.readouterr().err
+        assert status == 2
+        assert err.startswith("error: EXPORT_INCOMPLETE: the export is cut short inside record 31"), err
+        assert "the records before it were imported" in err
+        assert len((await store.read_log(0, LogFilter(), 100)).events) == 30
