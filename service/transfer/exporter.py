@@ -27,7 +27,7 @@ from service.transfer.records import (
     exported_snapshot,
     timestamp,
 )
-from service.transfer.stream import FORMAT
+from service.transfer.stream import FORMAT as FORMAT  # defined with the stream it heads; exported here as before
 
 FORMAT_VERSION = 1
 PAGE = 500
