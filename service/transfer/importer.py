@@ -280,9 +280,15 @@ class Importer:
         """Those of ``aggregate_ids`` the target has forgotten (asked of the
         store for those not known forgotten yet: one query)."""
         asked = set(aggregate_ids)
-        unknown = asked - self._forgotten
-        if unknown:
-            self._forgotten |= await self._store.transfer.forgotten_aggregates(sorted(unknown))
+        unknown = sorted(asked - self._forgotten)
+        if not unknown:
+            return asked & self._forgotten
+        among = getattr(self._store.transfer, "forgotten_aggregates", None)
+        if among is not None:
+            self._forgotten |= await among(unknown)
+        else:  # a plugin's store adapter written before Transfer had it: one key at a time
+            keys = [await self._store.keys.load_data_key(aggregate_id) for aggregate_id in unknown]
+            self._forgotten |= {key.aggregate_id for key in keys if key is not None and key.forgotten}
         return asked & self._forgotten
 
     async def _write(self, kind: str, batch: list[Any]) -> int:
