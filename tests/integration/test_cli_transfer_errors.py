@@ -151,10 +151,14 @@ async def test_rewrap_keys_names_a_key_it_cannot_unwrap_as_a_person_would(
     by master key 'k1', which is not configured", the internal id of the
     claims scope's key as Python's repr() writes it."""
     old = MasterKeys.parse(f"k1:{new_master_key()}", source="test")
+    new = f"k2:{new_master_key()}"
     store = MemoryStore()
     for key_id in ("\x1fclaims:users.email", "\x1fprojection:bank.balances_by_owner"):
         await store.create_data_key(DataKey(key_id, *old.wrap(os.urandom(32))))
-    async with running_server(store, anonymous_admin=True, master_keys=f"k2:{new_master_key()}") as (app, _):
+    # One key the given master key opens: the server starts (a store none of
+    # whose keys it opens is refused at start-up, test_master_key_checks).
+    await store.create_data_key(DataKey("acc-1", *MasterKeys.parse(new, source="test").wrap(os.urandom(32))))
+    async with running_server(store, anonymous_admin=True, master_keys=new) as (app, _):
         status, out, err = await run(capsys, "rewrap-keys", "--server", app.address)
     assert (status, out) == (1, "")
     assert err.startswith(

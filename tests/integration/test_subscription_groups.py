@@ -9,6 +9,7 @@ test_subscription_groups_replicas.py.)"""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -248,7 +249,10 @@ async def test_a_replay_naming_an_event_that_is_not_parked_is_refused_naming_it(
 
         await eventually(parked, what="the event parked")
     parked_id = poison.event.event_id
-    for named in (["never-parked"], [parked_id, "never-parked", "no-such"]):
+    # Event ids (UUIDs) that are not parked: one that is no UUID at all is
+    # INVALID_EVENT_ID (test_console_http.py's replay tests).
+    never_parked, no_such = str(uuid.uuid4()), str(uuid.uuid4())
+    for named in ([never_parked], [parked_id, never_parked, no_such]):
         with pytest.raises(RemoteError) as refused:
             await client.groups.replay("typos", named)
         missing = [event_id for event_id in named if event_id != parked_id]
