@@ -214,7 +214,9 @@ def _said_for_people(error: ConfigurationError) -> ConfigurationError:
             "; put that master key back in the master-key file (after the active one, which rewraps), wait for"
             " the servers to read it again, and run rewrap-keys until it answers 0 before removing it"
         )
-    return ConfigurationError(message, reason=error.reason, metadata=error.metadata)
+    # Its own kind kept: MasterKeysUnfit is FAILED_PRECONDITION, as every
+    # call that meets keys the server cannot open answers.
+    return type(error)(message, reason=error.reason, metadata=error.metadata)
 
 
 def _outcome(asked: pb.AuditOutcome) -> str | None:

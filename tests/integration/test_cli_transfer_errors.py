@@ -162,7 +162,7 @@ async def test_rewrap_keys_names_a_key_it_cannot_unwrap_as_a_person_would(
         status, out, err = await run(capsys, "rewrap-keys", "--server", app.address)
     assert (status, out) == (1, "")
     assert err.startswith(
-        "error: INTERNAL MASTER_KEY_MISSING: the data key of the uniqueness claims of scope 'users.email' is"
+        "error: FAILED_PRECONDITION MASTER_KEY_MISSING: the data key of the uniqueness claims of scope 'users.email' is"
         " wrapped by master key 'k1', which is not configured; put that master key back in the master-key file"
     ), err
     assert "\\x1f" not in err and "\x1f" not in err
