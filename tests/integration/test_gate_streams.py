@@ -6,6 +6,7 @@ and is counted out of the gate's limits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -183,6 +184,29 @@ class Flood:
             yield b"x" * 4 * 1024 * 1024
 
 
+@contextlib.asynccontextmanager
+async def _flooding(gate: RpcGate, flood: Flood) -> AsyncIterator[grpc.aio.Channel]:
+    """A server of ``flood``'s stream behind ``gate``, and a channel to it
+    with a fixed receive window: its client takes in little until it reads,
+    so the server's writes wait on flow control."""
+    handler = grpc.unary_stream_rpc_method_handler(flood.server_stream, request_deserializer=bytes)
+    wrapped = {"ServerStream": gate.wrap("/test.v1.Streams/ServerStream", handler)}
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", 8 * 1024 * 1024)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Streams", wrapped),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    options = [
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", 64 * 1024),
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ]
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            yield channel
+    finally:
+        await server.stop(0)
+
+
 async def test_a_stream_ended_while_its_first_message_is_on_its_way_gets_its_status_after_it(tmp_path: Any) -> None:
     """A credential revoked while the server's first write (the one that
     carries the response headers too) waits for a client that is not
@@ -195,53 +219,38 @@ async def test_a_stream_ended_while_its_first_message_is_on_its_way_gets_its_sta
     authenticator = Authenticator(api_keys=ApiKeys.load(keys_file))
     gate = RpcGate(max_rpcs=10, max_subscriptions=10, authenticator=authenticator)
     flood = Flood()
-    handler = grpc.unary_stream_rpc_method_handler(flood.server_stream, request_deserializer=bytes)
-    wrapped = {"ServerStream": gate.wrap("/test.v1.Streams/ServerStream", handler)}
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", 8 * 1024 * 1024)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Streams", wrapped),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    # A fixed receive window: the client takes in little until it reads.
-    options = [
-        ("grpc.http2.bdp_probe", 0),
-        ("grpc.http2.lookahead_bytes", 64 * 1024),
-        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-    ]
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            call = channel.unary_stream("/test.v1.Streams/ServerStream")(
-                b"", metadata=(("authorization", f"Bearer {KEY}"),)
-            )
-            await eventually(lambda: gate.streams is not None and len(gate.streams) == 1, what="the stream open")
-            assert gate.streams is not None
-            (live,) = list(gate.streams._open)
-            seen: list[int] = []
+    async with _flooding(gate, flood) as channel:
+        call = channel.unary_stream("/test.v1.Streams/ServerStream")(
+            b"", metadata=(("authorization", f"Bearer {KEY}"),)
+        )
+        await eventually(lambda: gate.streams is not None and len(gate.streams) == 1, what="the stream open")
+        assert gate.streams is not None
+        (live,) = list(gate.streams._open)
+        seen: list[int] = []
 
-            def stalled() -> bool:  # the first write waits for the client to take it in
-                seen.append(flood.produced)
-                # (``writing`` read with getattr so the test runs, and fails, on code without it)
-                return getattr(live, "writing", True) and seen[-5:] == [1] * 5
+        def stalled() -> bool:  # the first write waits for the client to take it in
+            seen.append(flood.produced)
+            # (``writing`` read with getattr so the test runs, and fails, on code without it)
+            return getattr(live, "writing", True) and seen[-5:] == [1] * 5
 
-            await eventually(stalled, what="the server's first write held by flow control")
+        await eventually(stalled, what="the server's first write held by flow control")
 
-            authenticator.use_api_keys(ApiKeys({}))
-            assert gate.streams.recheck() == 1
-            received: list[object] = []
+        authenticator.use_api_keys(ApiKeys({}))
+        assert gate.streams.recheck() == 1
+        received: list[object] = []
 
-            async def read_to_the_end() -> None:
-                while True:
-                    message = await asyncio.wait_for(call.read(), timeout=10)
-                    assert message is not grpc.aio.EOF, "the stream ended without its status"
-                    received.append(message)
+        async def read_to_the_end() -> None:
+            while True:
+                message = await asyncio.wait_for(call.read(), timeout=10)
+                assert message is not grpc.aio.EOF, "the stream ended without its status"
+                received.append(message)
 
-            with pytest.raises(grpc.aio.AioRpcError) as ended:
-                await read_to_the_end()
-            assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert reason_of(ended.value) == "UNKNOWN_API_KEY"
-            assert len(received) <= 1 and flood.produced == 1  # nothing produced after the end was sent
-            await _counted_out(gate)
-    finally:
-        await server.stop(0)
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await read_to_the_end()
+        assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason_of(ended.value) == "UNKNOWN_API_KEY"
+        assert len(received) <= 1 and flood.produced == 1  # nothing produced after the end was sent
+        await _counted_out(gate)
 
 
 async def test_a_client_that_cancels_while_a_write_waits_for_it_is_no_error(caplog: pytest.LogCaptureFixture) -> None:
@@ -251,31 +260,17 @@ async def test_a_client_that_cancels_while_a_write_waits_for_it_is_no_error(capl
     "unexpected error" with a traceback in the server's log."""
     gate = RpcGate(max_rpcs=10, max_subscriptions=10)
     flood = Flood()
-    handler = grpc.unary_stream_rpc_method_handler(flood.server_stream, request_deserializer=bytes)
-    wrapped = {"ServerStream": gate.wrap("/test.v1.Streams/ServerStream", handler)}
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", 8 * 1024 * 1024)])
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Streams", wrapped),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    options = [
-        ("grpc.http2.bdp_probe", 0),
-        ("grpc.http2.lookahead_bytes", 64 * 1024),
-        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
-    ]
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-            call = channel.unary_stream("/test.v1.Streams/ServerStream")(b"")
-            assert len(await call.read()) == 4 * 1024 * 1024
-            seen: list[int] = []
+    async with _flooding(gate, flood) as channel:
+        call = channel.unary_stream("/test.v1.Streams/ServerStream")(b"")
+        assert len(await call.read()) == 4 * 1024 * 1024
+        seen: list[int] = []
 
-            def stalled() -> bool:
-                seen.append(flood.produced)
-                return len(seen) >= 5 and len(set(seen[-5:])) == 1
+        def stalled() -> bool:
+            seen.append(flood.produced)
+            return len(seen) >= 5 and len(set(seen[-5:])) == 1
 
-            await eventually(stalled, what="the server's write held by flow control")
-            call.cancel()
-            await _counted_out(gate)
-    finally:
-        await server.stop(0)
+        await eventually(stalled, what="the server's write held by flow control")
+        call.cancel()
+        await _counted_out(gate)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
