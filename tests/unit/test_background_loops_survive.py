@@ -106,6 +106,18 @@ async def test_the_console_s_load_sampler_goes_on_after_a_failed_sample(caplog: 
 REGISTRY = Registry([bank_account.plugin])
 
 
+def balances_over(store: MemoryStore) -> ProjectionRunner:
+    """The bank's read model over ``store``, polling and retrying quickly."""
+    return ProjectionRunner(
+        bank_account.balances_by_owner,
+        log=store,
+        documents=store,
+        reader=EventReader(REGISTRY),
+        poll_interval=0.01,
+        retry_interval=0.01,
+    )
+
+
 class FlakyCheckpoints(MemoryStore):
     """Reading the checkpoint raises a bug's exception the first time."""
 
@@ -125,14 +137,7 @@ async def test_a_projection_runner_outlives_a_bug_s_exception_reading_its_checkp
 ) -> None:
     caplog.set_level(logging.ERROR)
     store = FlakyCheckpoints()
-    runner = ProjectionRunner(
-        bank_account.balances_by_owner,
-        log=store,
-        documents=store,
-        reader=EventReader(REGISTRY),
-        poll_interval=0.01,
-        retry_interval=0.01,
-    )
+    runner = balances_over(store)
     runner.start()
     try:
         await eventually(lambda: store.reads >= 2, what="the checkpoint read again")
@@ -167,14 +172,7 @@ async def test_a_runner_says_a_failure_once_while_it_lasts_and_once_that_it_goes
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="service.processing.projections")
     store = AwayCheckpoints(away=5)
-    runner = ProjectionRunner(
-        bank_account.balances_by_owner,
-        log=store,
-        documents=store,
-        reader=EventReader(REGISTRY),
-        poll_interval=0.01,
-        retry_interval=0.01,
-    )
+    runner = balances_over(store)
     runner.start()
     try:
         await eventually(
