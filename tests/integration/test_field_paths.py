@@ -19,8 +19,8 @@ from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as cs
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.memory import MemoryStore
-from tests.support.grpc_client import Client, ErrorDetails, command, connect, details_of, running_server
-from tests.support.security import POLICY, JwtIssuer, bearer, write
+from tests.support.grpc_client import Client, ErrorDetails, command, connect, details_of, running_server, with_jwt_auth
+from tests.support.security import JwtIssuer, bearer
 
 # A TransferMoney with two fields at fault: the plugin names both.
 MALFORMED_TRANSFER = bank.TransferMoney(target_account_id="acc-2", amount=-5)
@@ -113,13 +113,7 @@ async def test_a_refusal_whose_details_are_withheld_still_names_the_field_by_its
     # domain rule come with their code and reason only, and the field.
     issuer = JwtIssuer()
     async with (
-        running_server(
-            MemoryStore(),
-            auth=True,
-            policy_file=write(tmp_path / "policy.toml", POLICY),
-            jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-            jwt_issuer=issuer.issuer,
-        ) as (app, _),
+        running_server(MemoryStore(), settings=with_jwt_auth(tmp_path, issuer)) as (app, _),
         connect(app.address, interceptors=bearer(issuer.token("gateway"))) as gateway,
     ):
         await gateway.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))

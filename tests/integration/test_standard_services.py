@@ -20,8 +20,8 @@ from service.api.health import SERVICE_NAMES
 from service.plugins.discovery import discover_plugins
 from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
-from tests.support.grpc_client import Client, asking_again_if_lost, connect, details_of, running_server
-from tests.support.security import POLICY, JwtIssuer, write
+from tests.support.grpc_client import Client, asking_again_if_lost, connect, details_of, running_server, with_jwt_auth
+from tests.support.security import JwtIssuer
 
 HEALTH = "/grpc.health.v1.Health"
 # Bytes that do not parse as any message: field 1, length-delimited, with a
@@ -144,13 +144,7 @@ async def test_reflection_v1_lists_the_services_and_describes_commands(client: C
 
 async def test_reflection_v1_needs_credentials_when_authentication_is_on(tmp_path: Path) -> None:
     issuer = JwtIssuer()
-    async with running_server(
-        MemoryStore(),
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
-    ) as (app, _):
+    async with running_server(MemoryStore(), settings=with_jwt_auth(tmp_path, issuer)) as (app, _):
         request_type, _ = v1_messages()
         async with connect(app.address) as anonymous:
             with pytest.raises(grpc.aio.AioRpcError) as raised:
@@ -196,13 +190,7 @@ async def test_list_types_names_each_aggregate_types_commands_events_and_state(c
 
 async def test_list_types_shows_a_caller_the_aggregate_types_it_may_read_or_submit_to(tmp_path: Path) -> None:
     issuer = JwtIssuer()
-    async with running_server(
-        MemoryStore(),
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
-    ) as (app, _):
+    async with running_server(MemoryStore(), settings=with_jwt_auth(tmp_path, issuer)) as (app, _):
         seen = {}
         async with connect(app.address) as anyone:
             for name in ("alice", "bob", "gateway", "eve", "root"):

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -28,6 +29,7 @@ from service.client.errors import status_lost
 from service.plugins.registry import Registry
 from service.settings import Settings
 from service.store.base import StoreAdapter
+from tests.support.security import POLICY, JwtIssuer, write
 
 
 def command(
@@ -159,6 +161,18 @@ async def running_server(
             yield app, client
     finally:
         await app.stop(grace=1.0)
+
+
+def with_jwt_auth(tmp_path: Path, issuer: JwtIssuer, policy: str = POLICY) -> Settings:
+    """``TEST_SETTINGS`` with authentication by ``issuer``'s tokens and
+    ``policy`` (their files written under ``tmp_path``), for ``running_server``."""
+    return replace(
+        TEST_SETTINGS,
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", policy),
+        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
+        jwt_issuer=issuer.issuer,
+    )
 
 
 T = TypeVar("T")
