@@ -201,17 +201,25 @@ async def eventsourcing_export(
     yield export_pb2.ExportRecord(end=export_pb2.ExportEnd(events=exported))
 
 
-def _mapping_failed(event: EventsourcingEvent, error: Exception) -> InvalidInput:
-    """The mapping raised ``error`` for ``event``: said as a refusal of it."""
+def _bad_mapping(event: EventsourcingEvent, message: str) -> InvalidInput:
+    """A refusal of what the mapping did with ``event`` (BAD_MAPPING), naming it."""
     return InvalidInput(
-        f"the mapping raised {type(error).__name__}: {error} for {event.topic} ({event.originator_id}"
-        f" v{event.originator_version})",
+        message,
         reason="BAD_MAPPING",
         metadata={
             "originator_id": event.originator_id,
             "originator_version": str(event.originator_version),
             "topic": event.topic,
         },
+    )
+
+
+def _mapping_failed(event: EventsourcingEvent, error: Exception) -> InvalidInput:
+    """The mapping raised ``error`` for ``event``: said as a refusal of it."""
+    return _bad_mapping(
+        event,
+        f"the mapping raised {type(error).__name__}: {error} for {event.topic} ({event.originator_id}"
+        f" v{event.originator_version})",
     )
 
 
@@ -234,14 +242,8 @@ def _recorded(
     event: EventsourcingEvent, mapped: ChronicleEvent, registry: Registry | None, versions: dict[str, int]
 ) -> RecordedEvent:
     def bad(description: str) -> InvalidInput:
-        return InvalidInput(
-            f"the mapping of {event.topic} ({event.originator_id} v{event.originator_version}) {description}",
-            reason="BAD_MAPPING",
-            metadata={
-                "originator_id": event.originator_id,
-                "originator_version": str(event.originator_version),
-                "topic": event.topic,
-            },
+        return _bad_mapping(
+            event, f"the mapping of {event.topic} ({event.originator_id} v{event.originator_version}) {description}"
         )
 
     if not isinstance(mapped, ChronicleEvent) or not isinstance(mapped.message, Message):
