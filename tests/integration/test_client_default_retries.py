@@ -72,16 +72,8 @@ class FakeTime:
 # -- the policy, with a fake clock -------------------------------------------------
 
 
-def test_the_default_policy_has_no_attempt_count_and_a_30_second_budget_for_unary_calls() -> None:
-    assert RetryPolicy() == RetryPolicy(
-        max_attempts=None,
-        retry_for=30.0,
-        initial_backoff=0.05,
-        max_backoff=2.0,
-        multiplier=2.0,
-        jitter=0.2,
-        renew_after=10.0,
-    )
+# The default policy's numbers themselves: test_client_claims.py
+# (test_the_retry_policy_and_attempt_timeout_default_as_documented).
 
 
 def test_a_stream_with_the_default_policy_is_reopened_after_any_number_of_breaks_the_backoff_capped() -> None:
