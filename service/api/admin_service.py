@@ -100,6 +100,12 @@ class AdminService(pb_grpc.AdminServiceServicer):
         if self._stored is None:
             raise StoreUnavailable("this server cannot look at its store below encryption", reason="FORGET_UNAVAILABLE")
         if await forget_aggregate(self._stored, keys, aggregate_id):
+            if self._transfers is not None:
+                # Its state, cached by its worker, is what was just shredded:
+                # out of this server's memory too. Other replicas keep theirs
+                # until their workers go, and refuse commands and dry runs
+                # on it once their key cache expires (30 s).
+                self._transfers.evict(aggregate_id)
             log.warning("aggregate %s forgotten by %r", aggregate_id, current_principal.get().name)
             return pb.ForgetAggregateResponse(already_forgotten=False)
         if await keys.forgotten(aggregate_id):

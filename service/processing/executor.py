@@ -13,7 +13,7 @@ back. Uniqueness claims ride in the same transaction; a lost claim is a
 refusal like any other, recorded so that a retry gets the same answer.
 
 A dry run decides exactly as a real run would and writes nothing: it reads
-the head to be sure the state is current, checks the claims against their
+the last event to be sure the state is current (and not forgotten), checks the claims against their
 holders (a read: a real run may still lose a race) and answers a recorded
 command id with its original result.
 """
@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from google.protobuf.message import Message
 
 from service.errors import (
+    AggregateForgotten,
     ChronicleError,
     CommandAlreadyRecorded,
     ConcurrencyConflict,
@@ -45,7 +46,7 @@ from service.processing.replay import Replayer
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import Aggregate, AggregateLoader
 from service.processing.watchdog import SlowHandlerAlarm
-from service.store.base import Store
+from service.store.base import AggregateQuery, Store
 from service.store.records import CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
 from service.values import value
 
@@ -349,9 +350,17 @@ class CommandExecutor:
         records = await self._replayer.records(batch.commands)
         if any(record is not None for record in records):
             return await self._replayer.replay_records(batch.commands, records), cached
-        head = await self._events.head(batch.aggregate_id)
+        # The last event, read as any reader would: redacted once the
+        # aggregate was forgotten. The cached state outlives the forget (on
+        # this server until evicted, on another replica until its worker
+        # goes), and a dry run writes nothing that would refuse it, so
+        # without this it would answer from the forgotten state ("the
+        # balance is 1234") to the caller and into the audit log.
+        last = await self._events.read_aggregate(batch.aggregate_id, AggregateQuery(backwards=True, limit=1))
+        if last and last[0].redacted:
+            raise AggregateForgotten(batch.aggregate_id)
         aggregate = cached
-        if aggregate is None or aggregate.version != (head.version if head else 0):
+        if aggregate is None or aggregate.version != (last[0].version if last else 0):
             aggregate = await self._loader.load(batch.aggregate_id, batch.commands[0].spec.aggregate)
         decision = await self._decider.decide(batch.commands, aggregate, numbered=batch.numbered)
         for claim in decision.claims:

@@ -490,8 +490,11 @@ class OpenedAudit:
     audit's own table (a dry run's refusal may quote the state, a plugin
     middleware's refusal anything) is sealed here when its aggregate has a
     key, and left as it is otherwise (an aggregate without a key has nothing
-    to forget). Read back, they are opened again; a forgotten aggregate's
-    read empty (the reason stays)."""
+    to forget). An entry of an aggregate forgotten before it came (a command
+    or a dry run sent to it since) is recorded without its message: there is
+    no key left to seal it under, and what it quotes is the forgotten
+    subject's (the reason stays, as the forget leaves older entries). Read
+    back, entries are opened again; a forgotten aggregate's read empty."""
 
     def __init__(self, inner: AuditRecorder, keyring: Keyring) -> None:
         self.inner = inner
@@ -499,11 +502,13 @@ class OpenedAudit:
 
     async def record_audit_entry(self, entry: AuditEntry) -> None:
         if entry.message and entry.aggregate_id:
-            cipher = await self.keyring.for_reading(entry.aggregate_id)
+            cipher, forgotten = await self.keyring.cipher_or_forgotten(entry.aggregate_id)
             if cipher is not None:
                 detail = json.dumps({"message": entry.message}, separators=(",", ":"))
                 context = refusal_context(entry.aggregate_id, entry.command_id)
                 entry = replace(entry, message=seal_text(cipher, detail, context))
+            elif forgotten:
+                entry = replace(entry, message="")
         await self.inner.record_audit_entry(entry)
 
     async def read_audit(self, query: AuditQuery) -> list[AuditEntry]:

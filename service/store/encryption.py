@@ -345,16 +345,23 @@ class Keyring:
 
     async def for_reading(self, aggregate_id: str) -> AESGCM | None:
         """The aggregate's cipher; None if it has no key or was forgotten."""
+        cipher, _ = await self.cipher_or_forgotten(aggregate_id)
+        return cipher
+
+    async def cipher_or_forgotten(self, aggregate_id: str) -> tuple[AESGCM | None, bool]:
+        """The aggregate's cipher (None if it has none), and whether it was
+        forgotten: what has no cipher because it never had a key may be
+        kept as it is, what was forgotten must not be written readable."""
         hit = self._cached(aggregate_id)
         if hit is not None:
-            return hit[0]
+            return hit[0], hit[0] is None  # only a forgotten aggregate is cached without a cipher
         await self._usable()
         key = await self._store.load_data_key(aggregate_id)
         if key is None:
-            return None  # not cached: a key may be made for it any moment
+            return None, False  # not cached: a key may be made for it any moment
         cipher = self._cipher(key)
         self._remember(aggregate_id, cipher)
-        return cipher
+        return cipher, cipher is None
 
     async def for_writing(self, aggregate_id: str) -> AESGCM:
         """The aggregate's cipher, making its key on first use. Raises

@@ -280,3 +280,30 @@ async def test_the_audits_own_entries_of_an_aggregate_with_a_key_are_sealed_too(
     await sealed.keyring.forget("a-1")
     opened = {e.command_id: e for e in await sealed.roles.audit.read_audit(AuditQuery())}
     assert opened["c-1"] == replace(refused, message="")
+
+
+async def test_an_audit_entry_of_a_forgotten_aggregate_is_stored_without_its_message(store: StoreAdapter) -> None:
+    # After the forget there is no key to seal a new entry's message under
+    # (a dry run's refusal quoting the state, a middleware's quoting the
+    # command): it must not be written in the clear either.
+    sealed = encrypting(store)
+    await sealed.roles.events.append("a-1", [new_event()], 0)
+    await sealed.keyring.forget("a-1")
+    after = AuditEntry(
+        recorded_at_us=1,
+        command_id="c-1",
+        command_type="test.v1.Do",
+        aggregate_id="a-1",
+        principal="p",
+        user_id="p",
+        origin="o",
+        outcome="refused",
+        reason="INSUFFICIENT_FUNDS",
+        message="the balance is 1234",
+        dry_run=True,
+    )
+    # Another replica's keyring, which never cached the aggregate, finds the forget in the store.
+    for keyring in (sealed, encrypting(store)):
+        await keyring.roles.audit.record_audit_entry(after)
+    raw = [e for e in await store.read_audit(AuditQuery()) if e.command_id == "c-1"]
+    assert raw == [replace(after, message="")] * 2  # recorded, reason and all, without the text

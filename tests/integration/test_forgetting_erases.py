@@ -20,6 +20,7 @@ import pytest
 from google.protobuf.message import Message
 
 from chronicle.v1 import admin_service_pb2 as admin
+from chronicle.v1 import command_service_pb2 as cs
 from chronicle.v1 import projection_service_pb2 as projections
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
@@ -159,3 +160,27 @@ async def test_after_a_forget_the_data_at_rest_holds_nothing_of_the_subject(clie
     audit = await client.admin.QueryAudit(admin.QueryAuditRequest(aggregate_id="acc-1"))
     (withdrawal,) = [e for e in audit.entries if e.reason == "INSUFFICIENT_FUNDS"]
     assert withdrawal.message == ""  # the reason stays; the text went with the key
+
+
+async def test_a_dry_run_after_the_forget_is_refused_and_leaves_nothing_readable(client: Client, site: Site) -> None:
+    # The server's worker caches the account's state; a dry run writes
+    # nothing, so no append refuses it: decided on that cache it answered
+    # "the balance is …" after the forget, and the audit stored it in the clear.
+    await client.submit(command("acc-1", bank.OpenAccount(owner=OWNER)))
+    await client.submit(command("acc-1", bank.Deposit(amount=AMOUNT)))
+    too_much = command("acc-1", bank.Withdraw(amount=AMOUNT + 1))
+    before = await refusal_of(client.commands.Submit(cs.SubmitRequest(command=too_much, dry_run=True)))
+    assert before[:2] == (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS")
+    await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+
+    for built in (command("acc-1", bank.Withdraw(amount=AMOUNT + 1)), command("acc-1", bank.Deposit(amount=1))):
+        code, reason, message, metadata = await refusal_of(
+            client.commands.Submit(cs.SubmitRequest(command=built, dry_run=True))
+        )
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "AGGREGATE_FORGOTTEN")
+        assert str(AMOUNT) not in message + str(metadata)
+    audit = await client.admin.QueryAudit(admin.QueryAuditRequest(aggregate_id="acc-1"))
+    dry_runs = [e for e in audit.entries if e.dry_run]
+    assert [e.reason for e in dry_runs] == ["AGGREGATE_FORGOTTEN", "AGGREGATE_FORGOTTEN", "INSUFFICIENT_FUNDS"]
+    stolen = site.at_rest.read_bytes()
+    assert REFUSAL.encode() not in stolen and str(AMOUNT).encode() not in stolen
