@@ -584,6 +584,7 @@ async def start(
                 evict=router.evict,
                 registry=registry,
                 sealing=lambda: import_sealing(keyring, lambda: master_keys),
+                keyring=keyring,
             ),
             stored=Store.of(adapter),
         ),

@@ -293,11 +293,11 @@ def encode_event_into(encoded: event_pb2.Event, event: RecordedEvent) -> None:
     encoded.event_type = event.event_type
     if event.metadata:
         encoded.metadata.update(event.metadata)
+    if event.event_type == TOMBSTONE_EVENT_TYPE:
+        encoded.deleted = True  # a tombstone's type is in the clear: forgotten since, it is still one
     if event.redacted:
         encoded.redacted = True
     else:
-        if event.event_type == TOMBSTONE_EVENT_TYPE:
-            encoded.deleted = True
         payload = encoded.payload
         payload.type_url = TYPE_URL_PREFIX + event.event_type
         payload.value = event.payload

@@ -14,6 +14,7 @@ from service.api.codec import check_id, check_names, micros_of
 from service.errors import InvalidInput
 from service.plugins.registry import Registry
 from service.store.base import Store
+from service.store.encryption import Keyring
 from service.transfer.deleting import Deletion, delete_aggregate
 from service.transfer.exporter import ArchiveRule, Exporter, ExportSelection
 from service.transfer.importer import Importer, ImportOptions, ImportSummary
@@ -37,6 +38,8 @@ class Transfers:
     registry: Registry | None = None
     # How each import treats the server's encryption at rest (transfer/sealing.py).
     sealing: Callable[[], ImportSealing] = WithoutKeys
+    # The server's data keys (encryption at rest), which seal a deletion's tombstone.
+    keyring: Keyring | None = None
 
     def selection(self, request: pb.ExportLogRequest) -> ExportSelection:
         if len(request.aggregate_ids) > MAX_EXPORTED_AGGREGATES:
@@ -66,6 +69,7 @@ class Transfers:
             principal=principal,
             reason=reason,
             archive=archive,
+            keyring=self.keyring,
         )
         self.evict(aggregate_id)  # its worker's state is of events that are gone
         return deletion

@@ -215,7 +215,9 @@ def _opened_rejection(cipher: AESGCM, aggregate_id: str, command_id: str, reject
     return Rejection(rejection.kind, rejection.reason, str(detail.get("message", "")), metadata, violations)
 
 
-def _opened(cipher: AESGCM | None, event: RecordedEvent) -> RecordedEvent:
+def opened_event(cipher: AESGCM | None, event: RecordedEvent) -> RecordedEvent:
+    """``event`` with its payload opened under ``cipher`` (its aggregate's;
+    None: forgotten, and the event reads redacted)."""
     if not is_sealed(event.payload):
         return event
     if cipher is None:
@@ -317,7 +319,7 @@ class SealedEvents:
         if not any(is_sealed(e.payload) for e in events):
             return events
         cipher = await self.keyring.for_reading(aggregate_id)
-        return [_opened(cipher, e) for e in events]
+        return [opened_event(cipher, e) for e in events]
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         return await self.inner.version_at(aggregate_id, timestamp_us)
@@ -342,7 +344,7 @@ class SealedLog:
             return page
         # One key lookup per aggregate in the page, not per event.
         ciphers = {aggregate_id: await self.keyring.for_reading(aggregate_id) for aggregate_id in sealed_for}
-        return replace(page, events=tuple(_opened(ciphers.get(e.aggregate_id), e) for e in page.events))
+        return replace(page, events=tuple(opened_event(ciphers.get(e.aggregate_id), e) for e in page.events))
 
     async def log_head(self) -> int:
         return await self.inner.log_head()

@@ -21,6 +21,8 @@ from google.protobuf.message import Message
 
 from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import command_service_pb2 as cs
+from chronicle.v1 import event_pb2
+from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import projection_service_pb2 as projections
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
@@ -184,3 +186,43 @@ async def test_a_dry_run_after_the_forget_is_refused_and_leaves_nothing_readable
     assert [e.reason for e in dry_runs] == ["AGGREGATE_FORGOTTEN", "AGGREGATE_FORGOTTEN", "INSUFFICIENT_FUNDS"]
     stolen = site.at_rest.read_bytes()
     assert REFUSAL.encode() not in stolen and str(AMOUNT).encode() not in stolen
+
+
+async def read_tombstone(client: Client, aggregate_id: str) -> tuple[bool, bool, str]:
+    """The aggregate's last event as readers get it: whether it is a
+    deletion's tombstone, whether it is redacted, and the reason it says."""
+    read = [e async for e in client.events.ReadAggregate(ev.ReadAggregateRequest(aggregate_id=aggregate_id))]
+    said = event_pb2.AggregateDeleted()
+    if not read[-1].redacted:
+        assert read[-1].payload.Unpack(said)
+    return read[-1].deleted, read[-1].redacted, said.reason
+
+
+async def test_a_deletions_reason_is_sealed_and_shredded_by_the_forget(client: Client, site: Site) -> None:
+    # An administrator's reason may name the person; it was kept in the
+    # clear in the tombstone, which outlived the forget.
+    reason = f"closed at {OWNER}'s request"
+    await client.submit(command("acc-1", bank.OpenAccount(owner="Someone Else")))
+    deleted = await client.admin.DeleteAggregate(admin.DeleteAggregateRequest(aggregate_id="acc-1", reason=reason))
+    said = event_pb2.AggregateDeleted()
+    assert deleted.tombstone.payload.Unpack(said) and said.reason == reason  # the caller reads it
+    assert await read_tombstone(client, "acc-1") == (True, False, reason)  # and so does every reader
+    assert OWNER.encode() not in site.at_rest.read_bytes()  # but the database holds it sealed
+
+    await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+    assert await read_tombstone(client, "acc-1") == (True, True, "")
+    again = await client.admin.DeleteAggregate(admin.DeleteAggregateRequest(aggregate_id="acc-1", reason=reason))
+    assert again.already_deleted and again.tombstone.redacted
+
+    # Forgotten first, deleted after: no key left to seal the reason under, so none is kept.
+    await client.submit(command("acc-2", bank.OpenAccount(owner="Someone Else")))
+    await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-2"))
+    late = await client.admin.DeleteAggregate(admin.DeleteAggregateRequest(aggregate_id="acc-2", reason=reason))
+    assert late.tombstone.payload.Unpack(said) and (said.reason, said.deleted_by) == ("", "")
+    assert await read_tombstone(client, "acc-2") == (True, False, "")
+
+    stolen = site.at_rest.read_bytes()
+    for secret in (reason, OWNER, "Quartermain"):
+        assert secret.encode() not in stolen, secret
+    audit = await client.admin.QueryAudit(admin.QueryAuditRequest(aggregate_id="acc-2"))
+    assert [e.message for e in audit.entries if e.command_type.endswith("/DeleteAggregate")] == [""]
