@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from chronicle.v1 import export_pb2
 from service.store.base import AggregateQuery, Store
-from service.store.records import TOMBSTONE_EVENT_TYPE, AggregateLastEvent, LogFilter
+from service.store.records import TOMBSTONE_EVENT_TYPE, AggregateLastEvent, DataKey, LogFilter
 from service.transfer.records import (
     end_record,
     exported_claim,
@@ -30,6 +30,11 @@ from service.transfer.records import (
 from service.transfer.stream import FORMAT as FORMAT  # defined with the stream it heads; exported here as before
 
 FORMAT_VERSION = 1
+# A stream that leaves out its aggregates' live data keys (an archive:
+# ExportHeader.data_keys_left_out); readers of version 1 would import its
+# sealed events where no key opens them.
+KEYS_LEFT_OUT_VERSION = 2
+READABLE_VERSIONS = frozenset({FORMAT_VERSION, KEYS_LEFT_OUT_VERSION})
 PAGE = 500
 
 
@@ -59,7 +64,9 @@ class ExportSelection:
     """What an export holds besides events and claims (and the data keys
     that open them): snapshots, command records, and with ``aggregate_ids``
     or a ``rule`` only those aggregates (an archive; command records are for
-    whole stores only)."""
+    whole stores only). With a ``rule`` (an archive, its aggregates deleted
+    after it), the live data keys stay in the store, out of the stream: a
+    forget there shreds the archived events too."""
 
     snapshots: bool = True
     commands: bool = False
@@ -84,20 +91,28 @@ class Exporter:
         if selection.rule is not None:
             matching = await self.matching(selection.rule)
             chosen = tuple(a for a in matching if chosen is None or a in chosen)
+        keys: list[DataKey] | None = None  # read before the header, which says whether any is left out
+        left_out = False
+        if chosen is not None:
+            keys = [key for a in chosen if (key := await self._store.keys.load_data_key(a)) is not None]
+            if selection.rule is not None:
+                left_out = any(not key.forgotten for key in keys)
+                keys = [key for key in keys if key.forgotten]  # a tombstone travels: forgotten stays forgotten
         yield export_pb2.ExportRecord(
             header=export_pb2.ExportHeader(
                 format=FORMAT,
-                format_version=FORMAT_VERSION,
+                format_version=KEYS_LEFT_OUT_VERSION if left_out else FORMAT_VERSION,
                 exported_at=timestamp(time.time_ns() // 1000),
                 log_head=head,
                 source=self._source,
                 snapshots=selection.snapshots,
                 commands=selection.commands and chosen is None,
                 aggregate_ids=chosen or (),
+                data_keys_left_out=left_out,
             )
         )
         counts: Counter[str] = Counter()
-        parts = [self._data_keys(chosen), self._events(chosen, head)]
+        parts = [self._data_keys(keys), self._events(chosen, head)]
         if selection.snapshots:
             parts.append(self._snapshots(chosen))
         parts.append(self._claims(chosen))
@@ -122,12 +137,11 @@ class Exporter:
             after = page[-1].aggregate_id
         return chosen[: rule.limit]
 
-    async def _data_keys(self, chosen: tuple[str, ...] | None) -> AsyncIterator[export_pb2.ExportRecord]:
-        if chosen is not None:
-            for aggregate_id in chosen:
-                key = await self._store.keys.load_data_key(aggregate_id)
-                if key is not None:
-                    yield exported_data_key(key)
+    async def _data_keys(self, keys: list[DataKey] | None) -> AsyncIterator[export_pb2.ExportRecord]:
+        """``keys`` (the chosen aggregates'), or every key of the store when None."""
+        if keys is not None:
+            for key in keys:
+                yield exported_data_key(key)
             return
         after = ""
         while page := await self._store.transfer.data_keys_page(after, self._page):

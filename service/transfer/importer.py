@@ -40,10 +40,11 @@ from chronicle.v1 import export_pb2
 from service.errors import ImportConflict, InvalidInput
 from service.plugins.registry import Registry
 from service.store.base import AggregateQuery, SnapshotKind, Store
+from service.store.encrypted import is_sealed_record
 from service.store.encryption import is_sealed
 from service.store.importing import AGGREGATE_FORGOTTEN, import_conflict
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
-from service.transfer.exporter import FORMAT_VERSION
+from service.transfer.exporter import READABLE_VERSIONS
 from service.transfer.forgotten import left_out, shredded
 from service.transfer.records import (
     BAD_RECORD,
@@ -56,6 +57,7 @@ from service.transfer.records import (
 from service.transfer.sealing import AsStored, ImportSealing
 from service.transfer.stream import EXPORT_INCOMPLETE, FORMAT
 
+DATA_KEY_NOT_IN_STORE = "DATA_KEY_NOT_IN_STORE"
 # Records written per transaction (fewer when their payloads are large).
 BATCH = 500
 BATCH_BYTES = 4 * 1024 * 1024
@@ -111,6 +113,8 @@ class Importer:
         self._received: Counter[str] = Counter()
         # Aggregates the target has forgotten (a forgotten one stays so).
         self._forgotten: set[str] = set()
+        # Aggregates the target holds a data key of (looked at for a stream that left its keys out).
+        self._keys_here: set[str] = set()
 
     async def run(self, records: AsyncIterable[export_pb2.ExportRecord]) -> ImportSummary:
         """Import ``records``; the summary, or an error after writing every
@@ -193,10 +197,11 @@ class Importer:
             raise InvalidInput.for_field(
                 where, f"an export begins with a header of format {FORMAT!r}", reason="NOT_AN_EXPORT"
             )
-        if record.header.format_version != FORMAT_VERSION:
+        if record.header.format_version not in READABLE_VERSIONS:
+            readable = ", ".join(map(str, sorted(READABLE_VERSIONS)))
             raise InvalidInput.for_field(
                 f"{where}.header.format_version",
-                f"version {record.header.format_version} is not one this Chronicle reads ({FORMAT_VERSION})",
+                f"version {record.header.format_version} is not one this Chronicle reads ({readable})",
                 reason="UNSUPPORTED_EXPORT_VERSION",
             )
         self.summary.header = record.header
@@ -235,6 +240,7 @@ class Importer:
             return
         self._pending, self._pending_bytes, self._pending_records = [], 0, []
         batch, indexes = await self._of_forgotten(batch, indexes)
+        await self._check_keys_in_store(batch, indexes)
         batch, indexes = await self._sealed(batch, indexes)
         if batch:
             try:
@@ -267,6 +273,31 @@ class Importer:
             kept.append(stored)
             kept_indexes.append(index)
         return kept, kept_indexes
+
+    async def _check_keys_in_store(self, batch: list[Any], indexes: list[int]) -> None:
+        """A stream that left its aggregates' live data keys in the store it
+        came from (an archive) writes what they sealed only where those keys
+        are: anywhere else no key would open it, and the next command would
+        make the aggregate a new key under which its old events never open.
+        DATA_KEY_NOT_IN_STORE, before anything of the batch is written."""
+        header = self.summary.header
+        if header is None or not header.data_keys_left_out:
+            return
+        for stored, index in zip(batch, indexes, strict=True):
+            aggregate_id = stored.aggregate_id
+            if aggregate_id in self._keys_here or aggregate_id in self._forgotten or not _sealed_by_key(stored):
+                continue
+            if await self._store.keys.load_data_key(aggregate_id) is None:
+                raise ImportConflict(
+                    f"record[{index}]: {aggregate_id!r} is sealed under its data key, which this archive left in the"
+                    " store it was made from (an archive keeps no key, so that forgetting the aggregate there makes"
+                    " the archive unreadable too), and this store does not hold it: restore the archive into that"
+                    " store (or a copy of it that holds its keys). The import stopped here, before writing this"
+                    " record's batch",
+                    reason=DATA_KEY_NOT_IN_STORE,
+                    metadata={"record": str(index), "aggregate_id": aggregate_id},
+                )
+            self._keys_here.add(aggregate_id)
 
     async def _sealed(self, batch: list[Any], indexes: list[int]) -> tuple[list[Any], list[int]]:
         """``batch`` as the target's encryption at rest must hold it (sealing.py)."""
@@ -382,6 +413,17 @@ class Importer:
         self.summary.aggregates_replaced += 1
         if self._on_replaced is not None:
             self._on_replaced(aggregate_id)
+
+
+def _sealed_by_key(stored: Any) -> bool:
+    """Whether ``stored`` holds what only its aggregate's data key opens."""
+    if isinstance(stored, RecordedEvent):
+        return is_sealed(stored.payload)
+    if isinstance(stored, Snapshot):
+        return is_sealed(stored.state)
+    if isinstance(stored, CommandRecord):
+        return is_sealed_record(stored)
+    return False
 
 
 def _name_record(conflict: ImportConflict, batch: Sequence[Any], indexes: Sequence[int]) -> None:

@@ -103,3 +103,60 @@ def test_with_authentication_on_restore_and_import_send_the_token(tmp_path: Path
         assert imported["events_written"] >= 2
         state = json.loads(cli("get", "acc-1", *token, server=other.address).stdout)
     assert state["version"] == 2
+
+
+def test_an_archive_of_encrypted_accounts_holds_no_key_and_a_forget_makes_it_unreadable(tmp_path: Path) -> None:
+    # The archive held each aggregate's wrapped data key: to anyone with it
+    # and a master key, a forgotten account's archived events stayed
+    # readable. The keys now stay in the store (a deletion keeps them).
+    import sqlite3
+
+    from service.store.encryption import new_master_key
+    from tests.support.security import write
+
+    owner = "Zelda Quartermain-Oyelaran"
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
+    extra = ["--anonymous-admin", "--master-key-file", keys]
+    database = tmp_path / "events.db"
+    with server_process(f"sqlite:///{database}", extra=extra) as server:
+        at = server.address
+        for account in ("acc-1", "acc-2"):
+            cli("submit", account, "bank.v1.OpenAccount", json.dumps({"owner": owner}), server=at)
+            cli("submit", account, "bank.v1.CloseAccount", server=at)
+        with sqlite3.connect(database) as db:
+            wrapped = {a: bytes(k) for a, k in db.execute("SELECT aggregate_id, wrapped_key FROM data_keys")}
+        # acc-2 as an archive of an older version held it: with its data key (format version 1).
+        cli("export", str(tmp_path / "acc-2.chronicle"), "--aggregate", "acc-2", server=at)
+        old = (tmp_path / "acc-2.chronicle").read_bytes()
+        assert wrapped["acc-2"] in old
+
+        done = json.loads(cli("archive", str(tmp_path / "archive"), "--type", "Account", server=at).stdout)
+        assert done["archived"] == ["acc-1", "acc-2"]
+        archive = Path(done["file"])
+        held = archive.read_bytes()
+        assert owner.encode() not in held  # sealed as stored
+        assert wrapped["acc-1"] not in held and wrapped["acc-2"] not in held  # and nothing in it opens them
+        whole = lines(cli("export", "-", "--format", "jsonl", server=at).stdout)
+        assert whole[0]["header"]["format_version"] == 1  # a whole export still carries every key
+        assert {r["data_key"]["aggregate_id"] for r in whole if "data_key" in r} >= {"acc-1", "acc-2"}
+
+        # Restorable while the store holds the keys...
+        cli("restore", str(archive), "--aggregate", "acc-1", server=at)
+        assert lines(cli("read", "acc-1", server=at).stdout)[0]["payload"]["owner"] == owner
+        # ... as an older archive is, keys and all.
+        cli("delete", "acc-2", server=at)
+        restored = json.loads(cli("restore", str(tmp_path / "acc-2.chronicle"), server=at).stdout)
+        assert restored["events_written"] == 2
+
+        again = json.loads(cli("archive", str(tmp_path / "again"), "--type", "Account", server=at).stdout)
+        assert again["archived"] == ["acc-1", "acc-2"]
+        cli("forget", "acc-1", server=at)
+        refused = cli("restore", again["file"], "--aggregate", "acc-1", server=at, check=False)
+        assert "AGGREGATE_FORGOTTEN" in refused.stderr
+    # Nor does another store with the same master keys open it: the key is nowhere.
+    with server_process(f"sqlite:///{tmp_path}/other.db", extra=extra) as other:
+        refused = cli("restore", again["file"], "--aggregate", "acc-1", server=other.address, check=False)
+        assert "FAILED_PRECONDITION DATA_KEY_NOT_IN_STORE" in refused.stderr
+        nothing = cli("read", "acc-1", server=other.address, check=False)
+        assert "AGGREGATE_NOT_FOUND" in nothing.stderr  # nothing of it was written
+    assert wrapped["acc-1"] not in Path(again["file"]).read_bytes()

@@ -173,7 +173,7 @@ async def test_bad_streams_are_refused_with_a_reason_and_nothing_written(open_st
             ([event, end], grpc.StatusCode.INVALID_ARGUMENT, "NOT_AN_EXPORT", ["record[0]"]),
             ([_header(format="csv"), end], grpc.StatusCode.INVALID_ARGUMENT, "NOT_AN_EXPORT", ["record[0]"]),
             (
-                [_header(format_version=2), end],
+                [_header(format_version=3), end],
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "UNSUPPORTED_EXPORT_VERSION",
                 ["record[0].header.format_version"],
