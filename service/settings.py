@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
@@ -474,8 +475,20 @@ def _accepted(name: str, kind: str) -> str:
     return DURATION
 
 
+# What starts like a number, negative included: a value, never a flag.
+_NUMBER_LIKE = re.compile(r"^-(?:\.?\d|inf|nan)", re.IGNORECASE)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, ``--database-url`` for ``database_url``."""
+    """One flag per setting, ``--database-url`` for ``database_url``.
+
+    A negative value written apart from its flag (``--shutdown-grace -1s``)
+    reaches the settings' checks and is refused as ``BAD_SETTING`` like any
+    other: argparse takes only bare negative numbers ("-1", "-1.5") as values
+    and anything else that starts with "-" for an unknown option, a usage
+    error that names neither the setting nor what it accepts. No flag of
+    ours starts with "-" and a digit, so nothing else changes meaning."""
+    parser._negative_number_matcher = _NUMBER_LIKE
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata.get('help', '')} (env {env_name(f.name)}; default {f.default!r})"

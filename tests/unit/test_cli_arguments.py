@@ -9,6 +9,7 @@ import argparse
 import pytest
 
 from service.cli import _unreachable_hint, build_parser, main
+from service.settings import DURATION
 
 NOBODY = "127.0.0.1:9"  # the discard port: a call that got this far would fail differently
 
@@ -238,3 +239,15 @@ def test_no_server_at_the_address_says_so_and_what_to_do(capsys: pytest.CaptureF
 def test_an_unreachable_server_is_explained_by_what_grpc_saw(server: str, details: str, tls: bool, hint: str) -> None:
     args = argparse.Namespace(server=server, tls_ca="ca.pem" if tls else None, tls_cert=None)
     assert _unreachable_hint(details, args) == hint
+
+
+@pytest.mark.parametrize("command", ["serve", "plugins"])
+def test_a_negative_duration_apart_from_its_flag_is_refused_as_bad_setting(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``chronicle serve --shutdown-grace -1s`` was argparse's usage error
+    ("expected one argument"); it is the one BAD_SETTING line every other
+    refused setting gets, exit status 2, before anything starts."""
+    assert main([command, "--database-url", "memory://", "--shutdown-grace", "-1s"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "error: BAD_SETTING: --shutdown-grace: -1 is negative; 0 or more: " + DURATION

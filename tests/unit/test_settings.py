@@ -229,3 +229,44 @@ def test_each_refusal_says_the_flag_what_is_wrong_and_what_is_accepted(
 def test_every_level_logging_knows_is_taken_in_any_case() -> None:
     assert settings_from(["--log-level", "debug"], {}).log_level == "debug"
     assert settings_from([], {"CHRONICLE_LOG_LEVEL": "Warning"}).log_level == "Warning"
+
+
+def _negative(name: str) -> str:
+    """A negative value of setting ``name`` as an operator may write it: a
+    duration with its unit, a whole number bare."""
+    return "-1s" if isinstance(getattr(Settings(), name), float) else "-1"
+
+
+@pytest.mark.parametrize("name", NUMBERS)
+def test_a_negative_value_apart_from_its_flag_is_a_bad_setting_not_a_usage_error(name: str) -> None:
+    """``--shutdown-grace -1s``: argparse takes only a bare negative number
+    ("-1", "-1.5") as a value and anything else starting with "-" for an
+    unknown option, a usage error (SystemExit) naming neither the setting
+    nor what it accepts. Every number and duration flag reaches the
+    settings' checks instead, and is refused as the others are."""
+    with pytest.raises(ConfigurationError, match=f"^{flag(name)}: ") as refused:
+        settings_from([flag(name), _negative(name)], {})
+    assert refused.value.reason == "BAD_SETTING"
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("-250ms", "--shutdown-grace: -0.25 is negative; 0 or more: seconds"),
+        ("-1e3", "--shutdown-grace: -1000 is negative; 0 or more: seconds"),
+        ("-.5", "--shutdown-grace: -0.5 is negative; 0 or more: seconds"),
+        ("-inf", "--shutdown-grace: -inf is not a finite number; seconds"),
+        ("-1x", "--shutdown-grace: '-1x' is not a duration; seconds"),
+    ],
+)
+def test_each_negative_form_is_refused_by_what_it_is(value: str, says: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        settings_from(["--shutdown-grace", value], {})
+    assert refused.value.message.startswith(says), refused.value.message
+
+
+def test_a_flag_without_its_value_is_still_a_usage_error() -> None:
+    """Only what starts like a number is taken as a value: a flag followed
+    by another flag has no value, as before."""
+    with pytest.raises(SystemExit):
+        settings_from(["--shutdown-grace", "--queue-depth", "3"], {})
