@@ -1,8 +1,9 @@
 """Health as the standard gRPC health service reports it: Check, Watch and
 List (grpc.health.v1).
 
-``Health`` is the one switch for every service name. ``StoreMonitor`` keeps
-it true to the store: it pings the store every ``interval`` seconds and
+``Health`` is the one switch for every service name, NOT_SERVING from the
+start until the first store check passes. ``StoreMonitor`` keeps it true to
+the store: it pings the store every ``interval`` seconds and
 reports NOT_SERVING while the store cannot serve (a database that is gone or
 not yet there), SERVING again as soon as it can, with no restart. Load
 balancers and orchestrators act on that; clients see UNAVAILABLE meanwhile.
@@ -58,6 +59,12 @@ class LimitedWatches(health.aio.HealthServicer):  # type: ignore[misc]
 
     def __init__(self, *, max_watches: int) -> None:
         super().__init__()
+        # Not serving until the first store check has passed (``Health.set``):
+        # the library starts with "" SERVING and every other name unknown
+        # (NOT_FOUND), so between binding the port and reaching the store a
+        # load balancer would send calls to a server that cannot serve them.
+        # Set before any Watch can wait on these names: no watcher to tell.
+        self._server_status = dict.fromkeys(("", *SERVICE_NAMES), health_pb2.HealthCheckResponse.NOT_SERVING)
         self.max_watches = max_watches
         self.watches = 0
         self._watching: set[asyncio.Task[Any]] = set()
