@@ -570,6 +570,14 @@ async def start(
         else None,
         authorizer=authorizer,
     )
+    reaction_service = ReactionService(
+        documents=roles.projections,
+        log=roles.log,
+        registry=registry,
+        reactions=reactions,
+        authorizer=authorizer,
+        audit=audit,
+    )
     server = build_server(
         commands=commands,
         events=events,
@@ -589,14 +597,7 @@ async def start(
             stored=Store.of(adapter),
         ),
         projections=projection_service,
-        reactions=ReactionService(
-            documents=roles.projections,
-            log=roles.log,
-            registry=registry,
-            reactions=reactions,
-            authorizer=authorizer,
-            audit=audit,
-        ),
+        reactions=reaction_service,
         cluster=cluster,
         groups=group_service,
         health=health,
@@ -639,6 +640,7 @@ async def start(
                     authorizer=authorizer,
                     events=events,
                     projections=projection_service,
+                    reactions=reaction_service,
                     cluster=cluster,
                     groups=group_service,
                     aggregates=read_roles.events,

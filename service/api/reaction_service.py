@@ -13,7 +13,7 @@ import grpc
 
 from chronicle.v1 import reaction_service_pb2 as pb
 from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
-from service.api.codec import check_id
+from service.api.codec import check_id, timestamp
 from service.audit import AuditLog
 from service.errors import ChronicleError, PermissionDenied, ResourceNotFound
 from service.plugins.reactions import Reaction
@@ -78,7 +78,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     async def _status(self, reaction: Reaction[Any], log_head: int) -> pb.ReactionStatus:
         runner = self._reactions.runners.get(reaction.name)
         status = runner.status if runner is not None else None
-        return pb.ReactionStatus(
+        answer = pb.ReactionStatus(
             name=reaction.name,
             position=await self._documents.projection_position(reaction.name),
             log_head=log_head,
@@ -91,7 +91,13 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             accepted=status.accepted if status else 0,
             refused=status.refused if status else 0,
             replayed=status.replayed if status else 0,
+            runner=runner.runs_on if runner is not None else "",
         )
+        # What it met here before, kept once over (``error`` is what holds it now).
+        if status is not None and status.last_error:
+            answer.last_error = status.last_error
+            answer.last_error_time.CopyFrom(timestamp(round(status.last_error_at * 1_000_000)))
+        return answer
 
     async def ListReactions(
         self, request: pb.ListReactionsRequest, context: grpc.aio.ServicerContext[Any, Any]

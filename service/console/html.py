@@ -100,6 +100,7 @@ def page(
             ("/log", "Log"),
             ("/tail", "Live"),
             ("/projections", "Projections"),
+            ("/reactions", "Reactions"),
             ("/groups", "Groups"),
             ("/load", "Load"),
             ("/cluster", "Cluster"),

@@ -226,12 +226,14 @@ class Console:
             "/log": lambda: views.log_page(parts, query, cursors=self._cursors, session=session_key),
             "/tail": lambda: views.tail_page(parts),
             "/projections": lambda: views.projections_page(parts, query, csrf_token),
+            "/reactions": lambda: views.reactions_page(parts),
             "/load": lambda: views.load_page(parts),
             "/cluster": lambda: views.cluster_page(parts),
             "/groups": lambda: views.groups_page(parts),
         }
         refresh = {
             "/projections": 2,
+            "/reactions": 2,
             "/groups": 2,
             "/cluster": 2,
             "/load": max(1, round(parts.load.interval)) if parts.load else None,

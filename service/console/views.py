@@ -1,6 +1,6 @@
 """The console's pages: each reads through the same servicers the gRPC
-API runs (``EventService``, ``ProjectionService``, ``ClusterService``,
-``SubscriptionGroupService``),
+API runs (``EventService``, ``ProjectionService``, ``ReactionService``,
+``ClusterService``, ``SubscriptionGroupService``),
 with the logged-in principal as the caller, so the same authorizer decides
 what it may see; a listing the API does not have (aggregates by prefix)
 asks the ``Authorizer`` the RPCs ask, and leaves out what may not be read.
@@ -15,20 +15,22 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 
 from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as events_pb
 from chronicle.v1 import projection_service_pb2 as projections_pb
+from chronicle.v1 import reaction_service_pb2 as reactions_pb
 from chronicle.v1 import subscription_group_service_pb2 as groups_pb
 from service.api.cluster_service import ClusterService
 from service.api.codec import MAX_VERSION
 from service.api.event_service import EventService
 from service.api.group_service import SubscriptionGroupService
 from service.api.projection_service import ProjectionService
+from service.api.reaction_service import ReactionService
 from service.cluster.leases import LeaseKeeper
 from service.cluster.ownership import Ownership
 from service.console.charts import Series, line_chart
@@ -58,6 +60,7 @@ class Parts:
     authorizer: Authorizer
     events: EventService
     projections: ProjectionService
+    reactions: ReactionService
     cluster: ClusterService
     groups: SubscriptionGroupService
     aggregates: EventRecorder  # aggregates by prefix (no RPC lists them)
@@ -375,14 +378,75 @@ def _utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(seconds))
 
 
+@dataclass(frozen=True, slots=True)
+class _Runners:
+    """Who runs each projection and reaction (their leases share one
+    group), as this replica's last heartbeat saw the leases."""
+
+    me: str
+    owners: dict[str, str | None]
+    addresses: dict[str, str]
+
+    @classmethod
+    def of(cls, parts: Parts) -> _Runners:
+        view = parts.leases.view(parts.projections_group)
+        return cls(
+            parts.leases.member_id,
+            {lease.name: lease.owner for lease in view.leases} if view is not None else {},
+            {member.member_id: member.address for member in view.members} if view is not None else {},
+        )
+
+    def elsewhere(self, name: str) -> bool:
+        owner = self.owners.get(name)
+        return bool(owner) and owner != self.me
+
+    def runs_on(self, name: str) -> Content:
+        owner = self.owners.get(name)
+        if owner == self.me:
+            return "this replica"
+        if owner:
+            return tag("span", f"{self.addresses.get(owner) or 'address not known'} ({owner[:8]})", class_="replica")
+        return "nobody now"
+
+
+class _Progress(Protocol):
+    """What GetProjection and GetReaction both answer of a runner here."""
+
+    running: bool
+    error: str
+    last_error: str
+
+    @property
+    def last_error_time(self) -> timestamp_pb2.Timestamp: ...
+
+
+def _state(runners: _Runners, name: str, status: _Progress) -> tuple[Content, Content]:
+    """Its status here (a span) and its error: ``error`` is what holds it
+    here now (the servicers report nothing for one another replica runs);
+    ``last_error`` what it met here, kept once over."""
+    if status.running and status.error:
+        return tag("span", "failed", class_="state-failed"), tag("pre", status.error, class_="error")
+    if status.running:
+        state, kind = "running here", "running"
+    elif runners.elsewhere(name):
+        state, kind = "runs on another replica", "elsewhere"
+    else:
+        state, kind = "not running", "not"
+    past: list[Content] = []
+    if runners.elsewhere(name):
+        past.append(tag("p", "Its errors, if any, are on the replica that runs it.", class_="note"))
+    if status.last_error:
+        seen = _utc(status.last_error_time.ToNanoseconds() / 1e9)
+        past.append(tag("p", f"Over. Met here last at {seen}:", class_="note"))
+        past.append(tag("pre", status.last_error, class_="past-error"))
+    return tag("span", state, class_="state-" + kind), tag("div", *past) if past else ""
+
+
 async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str) -> tuple[str, list[Content]]:
     # ListProjections lists what the caller may read, as the RPC does.
     listed = await parts.projections.ListProjections(projections_pb.ListProjectionsRequest(), _NO_CONTEXT)
     admin = parts.authorizer.grant(current_principal.get()).admin
-    me = parts.leases.member_id
-    view = parts.leases.view(parts.projections_group)
-    owners = {lease.name: lease.owner for lease in view.leases} if view is not None else {}
-    addresses = {member.member_id: member.address for member in view.members} if view is not None else {}
+    runners = _Runners.of(parts)
 
     def rebuild_form(name: str) -> Html:
         return tag(
@@ -398,20 +462,9 @@ async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str)
     rows = []
     for status in listed.projections:
         runner = parts.runners.runners.get(status.name)
-        owner = owners.get(status.name)
-        # Who runs it, as the last heartbeat saw the projections' leases.
-        if owner == me:
-            runs_on: Content = "this replica"
-        elif owner:
-            runs_on = tag("span", f"{addresses.get(owner) or 'address not known'} ({owner[:8]})", class_="replica")
-        else:
-            runs_on = "nobody now"
         parking = runner.status.parking if runner is not None else None
-        # ``error`` is what holds it here now (the servicer reports nothing
-        # for a projection another replica runs); ``last_error`` what it
-        # met here, kept once over.
         if status.running and status.error and parking is not None:
-            state, kind = "parking", "parking"
+            state: Content = tag("span", "parking", class_="state-parking")
             error_view: Content = tag(
                 "div",
                 f"Attempt {parking.attempts} of {parking.max_attempts} failed on the event at position"
@@ -420,24 +473,8 @@ async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str)
                 tag("pre", status.error),
                 class_="parking",
             )
-        elif status.running and status.error:
-            state, kind = "failed", "failed"
-            error_view = tag("pre", status.error, class_="error")
         else:
-            if status.running:
-                state, kind = "running here", "running"
-            elif owner and owner != me:
-                state, kind = "runs on another replica", "elsewhere"
-            else:
-                state, kind = "not running", "not"
-            past: list[Content] = []
-            if owner and owner != me:
-                past.append(tag("p", "Its errors, if any, are on the replica that runs it.", class_="note"))
-            if status.last_error:
-                seen = _utc(status.last_error_time.ToNanoseconds() / 1e9)
-                past.append(tag("p", f"Over. Met here last at {seen}:", class_="note"))
-                past.append(tag("pre", status.last_error, class_="past-error"))
-            error_view = tag("div", *past) if past else ""
+            state, error_view = _state(runners, status.name, status)
         lag = max(0, status.log_head - status.position)
         row: list[Content] = [
             status.name,
@@ -445,8 +482,8 @@ async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str)
             status.position,
             status.log_head,
             tag("span", lag, class_="lag", data_projection=status.name),
-            tag("span", state, class_="state-" + kind),
-            runs_on,
+            state,
+            runners.runs_on(status.name),
             status.parked_events,
             error_view,
         ]
@@ -480,6 +517,40 @@ async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str)
         table(headings + ([""] if admin else []), rows, empty="no projection you may read", id="projections"),
     ]
     return "Projections", content
+
+
+async def reactions_page(parts: Parts) -> tuple[str, list[Content]]:
+    # ListReactions lists what the caller may read, as the RPC does.
+    listed = await parts.reactions.ListReactions(reactions_pb.ListReactionsRequest(), _NO_CONTEXT)
+    runners = _Runners.of(parts)
+    rows: list[list[Content]] = []
+    for status in listed.reactions:
+        state, error_view = _state(runners, status.name, status)
+        rows.append(
+            [
+                status.name,
+                ", ".join(status.aggregate_types) or "(all)",
+                status.position,
+                status.log_head,
+                tag("span", max(0, status.log_head - status.position), class_="lag", data_reaction=status.name),
+                state,
+                runners.runs_on(status.name),
+                status.parked,
+                error_view,
+            ]
+        )
+    headings = ["reaction", "aggregate types", "position", "log head", "lag", "status", "runs on", "parked", "error"]
+    return "Reactions", [
+        tag(
+            "p",
+            "Refreshed every two seconds. A reaction runs in one replica at a time. Its position (the"
+            " checkpoint), lag and parked commands are read from the store, the same from every replica; its"
+            " errors are known only to the replica it ran on (chronicle reaction NAME --parked lists the parked"
+            " commands; the replica that runs it replays or dismisses them).",
+            class_="summary",
+        ),
+        table(headings, rows, empty="no reaction you may read", id="reactions"),
+    ]
 
 
 async def rebuild_projection(parts: Parts, name: str) -> None:

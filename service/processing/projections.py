@@ -452,6 +452,7 @@ class CheckpointedRunner:
     _retry_interval: float
     _poll_interval: float
     _batch_delay: float
+    _lease: ProjectionLease | None = None
     _task: asyncio.Task[None] | None = None
     # The failure last logged, and the failed attempts since the last step
     # that went through: a database away for a minute is one line per
@@ -467,7 +468,14 @@ class CheckpointedRunner:
     @property
     def holds_lease(self) -> bool:
         """Whether this replica runs it now (always, without a lease)."""
-        raise NotImplementedError
+        return self._lease is None or self._lease.fencing() is not None
+
+    @property
+    def runs_on(self) -> str:
+        """The address of the replica that runs it (holds its lease) as this
+        one last heard: "" when none does or it is not known yet, and
+        without a lease."""
+        return self._lease.holder() if self._lease is not None else ""
 
     @property
     def error_now(self) -> str:
@@ -838,18 +846,6 @@ class ProjectionRunner(CheckpointedRunner):
             )
         )
         return None
-
-    @property
-    def holds_lease(self) -> bool:
-        """Whether this replica runs the projection now (always, without a lease)."""
-        return self._lease is None or self._lease.fencing() is not None
-
-    @property
-    def runs_on(self) -> str:
-        """The address of the replica that runs the projection (holds its
-        lease) as this one last heard: "" when none does or it is not known
-        yet, and without a lease."""
-        return self._lease.holder() if self._lease is not None else ""
 
     def _read(self, position: int, limit: int | None = None) -> Awaitable[LogPage]:
         """The page after ``position``: ``limit`` events (the projection's

@@ -221,10 +221,6 @@ class ReactionRunner(CheckpointedRunner):
         # write the reaction's documents at its checkpoint, one at a time.
         self._lock = asyncio.Lock()
 
-    @property
-    def holds_lease(self) -> bool:
-        return self._lease is None or self._lease.fencing() is not None
-
     def _unexpected(self, error: Exception) -> ChronicleError:
         return ReactionFailed(f"{type(error).__name__}: {error}", reason="REACTION_FAILED")
 

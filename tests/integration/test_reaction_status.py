@@ -1,0 +1,136 @@
+"""Where a reaction runs and what it met there, as GetReaction (over a real
+socket), ``chronicle reaction NAME`` and the console's Reactions page say
+it: ``runner`` names the replica that runs it; ``error`` is the failure
+holding it here now and ``last_error`` (with ``last_error_time``) the last
+one it met here, kept once it is over, as GetProjection says of a
+projection."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+
+from chronicle.v1 import reaction_service_pb2 as pb
+from domain_plugins.box.protos.box.v1 import box_pb2 as box
+from service import cli as cli_module
+from service.app import Application
+from service.plugins import Plugin, ProjectedEvent
+from service.plugins.registry import Registry
+from service.store.memory import MemoryStore
+from tests.support import plugins
+from tests.support.grpc_client import Client, command, running_server
+from tests.support.http import request
+from tests.support.waiting import eventually
+
+NAME = "flaky.watch"
+# A reaction whose function fails while FAILING holds something.
+flaky = Plugin("flaky")
+watching = flaky.reaction(NAME, aggregate_types=["Gate"])
+FAILING: set[str] = set()
+
+
+@watching.on(box.BoxRenamed)
+def _renamed(event: box.BoxRenamed, envelope: ProjectedEvent, state: None) -> None:
+    if FAILING:
+        raise RuntimeError("the flaky reaction refuses today")
+
+
+REGISTRY = Registry([plugins.gates, flaky])
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[Application, Client]]:
+    FAILING.clear()
+    async with running_server(
+        MemoryStore(), registry=REGISTRY, poll_seconds=0.05, console_listen="127.0.0.1:0"
+    ) as served:
+        yield served
+    FAILING.clear()
+
+
+async def status_of(client: Client) -> pb.ReactionStatus:
+    status: pb.ReactionStatus = await client.reactions.GetReaction(pb.GetReactionRequest(name=NAME))
+    return status
+
+
+def text_of(markup: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", markup))
+
+
+async def row_of(app: Application) -> list[str]:
+    """The reaction's row on ``app``'s Reactions page, each cell as markup."""
+    assert app.console is not None
+    page = await request(app.console.address, "GET", "/reactions")
+    assert page.status == 200
+    body = page.text.partition('<table id="reactions">')[2].partition("</table>")[0]
+    for row in re.findall(r"<tr>(.*?)</tr>", body, re.S):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        if cells and text_of(cells[0]) == NAME:
+            return cells
+    raise AssertionError(f"no row for {NAME}")
+
+
+def shown_by_cli(app: Application, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    capsys.readouterr()
+    assert cli_module.main(["reaction", NAME, "--server", app.address]) == 0
+    shown: dict[str, object] = json.loads(capsys.readouterr().out)
+    return shown
+
+
+async def test_a_reaction_says_where_it_runs_its_error_now_and_the_last_one_it_met(
+    server: tuple[Application, Client], capsys: pytest.CaptureFixture[str]
+) -> None:
+    app, client = server
+    here = app.leases.member.address
+
+    async def running() -> bool:
+        return (await status_of(client)).runner == here
+
+    await eventually(running, what="the reaction's runner known")
+    status = await status_of(client)
+    assert (status.running, status.error, status.last_error) == (True, "", "")
+    assert not status.HasField("last_error_time")
+    assert text_of((await row_of(app))[5]) == "running here"
+
+    FAILING.add("on")
+    await client.submit(command("source", box.ArchiveBox()))
+    await client.submit(command("source", box.RenameBox(name="ann")))
+
+    async def failing() -> bool:
+        return "the flaky reaction refuses today" in (await status_of(client)).error
+
+    await eventually(failing, what="the reaction failing")
+    status = await status_of(client)
+    assert status.error.startswith("REACTION_FAILED: ") and status.last_error == status.error
+    assert status.HasField("last_error_time") and status.runner == here
+    cells = await row_of(app)
+    assert (text_of(cells[5]), text_of(cells[6])) == ("failed", "this replica")
+    assert 'class="error"' in cells[8] and "the flaky reaction refuses today" in text_of(cells[8])
+    shown = await asyncio.to_thread(shown_by_cli, app, capsys)
+    assert (shown["runner"], shown["error"], shown["last_error"]) == (here, status.error, status.error)
+    assert shown["last_error_time"] == status.last_error_time.ToJsonString()
+
+    FAILING.clear()
+
+    async def going_again() -> bool:
+        status = await status_of(client)
+        return not status.error and status.position == status.log_head
+
+    await eventually(going_again, what="the reaction going again")
+    status = await status_of(client)
+    # Over: nothing holds it now; what it met is still said, with when.
+    assert "the flaky reaction refuses today" in status.last_error and status.HasField("last_error_time")
+    listed = await client.reactions.ListReactions(pb.ListReactionsRequest())
+    assert [r for r in listed.reactions if r.name == NAME] == [status]
+    cells = await row_of(app)
+    assert text_of(cells[5]) == "running here" and 'class="error"' not in cells[8]
+    past = text_of(cells[8])
+    assert re.search(r"Over\. Met here last at \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ:", past), past
+    assert "the flaky reaction refuses today" in past and 'class="past-error"' in cells[8]
+    shown = await asyncio.to_thread(shown_by_cli, app, capsys)
+    assert (shown["error"], shown["last_error"]) == ("", status.last_error)
