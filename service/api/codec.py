@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from chronicle.v1 import command_pb2, event_pb2
@@ -248,6 +248,13 @@ def micros_of(moment: timestamp_pb2.Timestamp, field: str) -> int:
             field, "must be a valid time between 0001-01-01 and 9999-12-31", reason="INVALID_TIMESTAMP"
         )
     return moment.seconds * 1_000_000 + moment.nanos // 1000
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """``seconds`` as a ``google.protobuf.Duration``, to the nanosecond."""
+    answer = duration_pb2.Duration()
+    answer.FromNanoseconds(round(seconds * 1e9))
+    return answer
 
 
 def timestamp(micros: int) -> timestamp_pb2.Timestamp:

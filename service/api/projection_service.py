@@ -7,11 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import any_pb2
 
 from chronicle.v1 import projection_service_pb2 as pb
 from chronicle.v1 import projection_service_pb2_grpc as pb_grpc
-from service.api.codec import MAX_VERSION, TYPE_URL_PREFIX, check_id, check_version, timestamp
+from service.api.codec import MAX_VERSION, TYPE_URL_PREFIX, check_id, check_version, duration, timestamp
 from service.api.page_tokens import fingerprint, make_token, read_token
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
@@ -170,7 +170,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             parked_events=await self._documents.count_parked_events(projection.name),
             on_failure=projection.on_failure,
             max_attempts=projection.max_attempts if projection.on_failure == "park" else 0,
-            retry_interval=_seconds(projection.retry_seconds),
+            retry_interval=duration(projection.retry_seconds),
             runner=runner.runs_on if runner else "",
         )
         if runner is not None and runner.status.last_error:
@@ -224,12 +224,6 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         if runner is not None:
             runner.nudge()  # here: at once; on another replica, at its next look
         return pb.RebuildProjectionResponse(log_head=head)
-
-
-def _seconds(seconds: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
 
 
 def _packed(document: StoredDocument) -> any_pb2.Any:

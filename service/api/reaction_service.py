@@ -13,7 +13,7 @@ import grpc
 
 from chronicle.v1 import reaction_service_pb2 as pb
 from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
-from service.api.codec import check_id, timestamp
+from service.api.codec import check_id, duration, timestamp
 from service.audit import AuditLog
 from service.errors import ChronicleError, PermissionDenied, ResourceNotFound
 from service.plugins.reactions import Reaction
@@ -92,6 +92,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             refused=status.refused if status else 0,
             replayed=status.replayed if status else 0,
             runner=runner.runs_on if runner is not None else "",
+            retry_interval=duration(reaction.retry_seconds),
         )
         # What it met here before, kept once over (``error`` is what holds it now).
         if status is not None and status.last_error:

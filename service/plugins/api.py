@@ -349,6 +349,7 @@ class Plugin:
         state_key: Callable[[ProjectedEvent], str] = by_correlation,
         batch_size: int = 100,
         max_hops: int = DEFAULT_MAX_HOPS,
+        retry_seconds: float = 5.0,
     ) -> Reaction[M]: ...
 
     @overload
@@ -360,6 +361,7 @@ class Plugin:
         state: None = None,
         batch_size: int = 100,
         max_hops: int = DEFAULT_MAX_HOPS,
+        retry_seconds: float = 5.0,
     ) -> Reaction[None]: ...
 
     def reaction(
@@ -371,6 +373,7 @@ class Plugin:
         state_key: Callable[[ProjectedEvent], str] = by_correlation,
         batch_size: int = 100,
         max_hops: int = DEFAULT_MAX_HOPS,
+        retry_seconds: float = 5.0,
     ) -> Reaction[Any]:
         """Declare a process manager run from the log (see
         ``service.plugins.reactions``): handlers registered with
@@ -382,7 +385,12 @@ class Plugin:
         A command it sends that would make its cause chain longer than
         ``max_hops`` reaction hops (a reaction reacting to what its own
         commands caused, without end) is parked as ``REACTION_LOOP``
-        instead of sent."""
+        instead of sent.
+
+        A batch that fails (a function that raises, a command that fails
+        for a reason that may pass: the store away, a full queue,
+        ``TOO_MANY_PARKED``) is tried again every ``retry_seconds``, as a
+        projection's is."""
         reaction: Reaction[Any] = Reaction(
             self.name,
             name,
@@ -391,6 +399,7 @@ class Plugin:
             state_key=state_key,
             batch_size=batch_size,
             max_hops=max_hops,
+            retry_seconds=retry_seconds,
         )
         self.reactions.append(reaction)
         return reaction

@@ -185,6 +185,7 @@ class Reaction(Generic[S]):
         state_key: Callable[[ProjectedEvent], str] = by_correlation,
         batch_size: int = 100,
         max_hops: int = DEFAULT_MAX_HOPS,
+        retry_seconds: float = 5.0,
     ) -> None:
         if not name or not name.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"reaction name {name!r} must be letters, digits, '_' or '.'")
@@ -192,6 +193,8 @@ class Reaction(Generic[S]):
             raise ValueError("batch_size must be positive")
         if max_hops < 1:
             raise ValueError("max_hops must be positive")
+        if not retry_seconds > 0:
+            raise ValueError(f"reaction {name}: retry_seconds must be positive")
         self.plugin_name = plugin_name
         self.name = name
         self.aggregate_types = frozenset(aggregate_types)
@@ -200,6 +203,8 @@ class Reaction(Generic[S]):
         self.batch_size = batch_size
         # The most reaction hops a command it sends may take its chain to (see HOPS_KEY).
         self.max_hops = max_hops
+        # How long it waits after a failed batch before it tries it again.
+        self.retry_seconds = retry_seconds
         self.handlers: dict[str, tuple[type[Message], ReactionHandler]] = {}
         self.refused_handler: RefusalHandler | None = None
 

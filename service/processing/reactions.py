@@ -186,7 +186,7 @@ class ReactionRunner(CheckpointedRunner):
         documents: ProjectionStore,
         reader: EventReader,
         poll_interval: float = 1.0,
-        retry_interval: float = 5.0,
+        retry_interval: float | None = None,
         batch_delay: float = BATCH_DELAY,
         page_bytes: int = 1024 * 1024,
         lease: ReactionLease | None = None,
@@ -201,7 +201,7 @@ class ReactionRunner(CheckpointedRunner):
         self._documents = documents
         self._reader = reader
         self._poll_interval = poll_interval
-        self._retry_interval = retry_interval
+        self._retry_interval = reaction.retry_seconds if retry_interval is None else retry_interval
         self._batch_delay = batch_delay
         self._page_bytes = page_bytes
         self._lease = lease

@@ -3,7 +3,8 @@ socket), ``chronicle reaction NAME`` and the console's Reactions page say
 it: ``runner`` names the replica that runs it; ``error`` is the failure
 holding it here now and ``last_error`` (with ``last_error_time``) the last
 one it met here, kept once it is over, as GetProjection says of a
-projection."""
+projection; and a failed batch is tried again every ``retry_seconds`` its
+plugin declared (``retry_interval`` in the status), as a projection's is."""
 
 from __future__ import annotations
 
@@ -28,14 +29,17 @@ from tests.support.http import request
 from tests.support.waiting import eventually
 
 NAME = "flaky.watch"
-# A reaction whose function fails while FAILING holds something.
+# A reaction whose function fails while FAILING holds something, tried
+# again every 0.2 s (the default is 5 s); ATTEMPTS counts its calls.
 flaky = Plugin("flaky")
-watching = flaky.reaction(NAME, aggregate_types=["Gate"])
+watching = flaky.reaction(NAME, aggregate_types=["Gate"], retry_seconds=0.2)
 FAILING: set[str] = set()
+ATTEMPTS: list[str] = []
 
 
 @watching.on(box.BoxRenamed)
 def _renamed(event: box.BoxRenamed, envelope: ProjectedEvent, state: None) -> None:
+    ATTEMPTS.append(envelope.event_id)
     if FAILING:
         raise RuntimeError("the flaky reaction refuses today")
 
@@ -46,6 +50,7 @@ REGISTRY = Registry([plugins.gates, flaky])
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[Application, Client]]:
     FAILING.clear()
+    ATTEMPTS.clear()
     async with running_server(
         MemoryStore(), registry=REGISTRY, poll_seconds=0.05, console_listen="127.0.0.1:0"
     ) as served:
@@ -134,3 +139,26 @@ async def test_a_reaction_says_where_it_runs_its_error_now_and_the_last_one_it_m
     assert "the flaky reaction refuses today" in past and 'class="past-error"' in cells[8]
     shown = await asyncio.to_thread(shown_by_cli, app, capsys)
     assert (shown["error"], shown["last_error"]) == ("", status.last_error)
+
+
+async def test_a_failed_batch_is_tried_again_every_retry_seconds_its_plugin_declared(
+    server: tuple[Application, Client], capsys: pytest.CaptureFixture[str]
+) -> None:
+    app, client = server
+    status = await status_of(client)
+    assert status.retry_interval.ToMilliseconds() == 200
+    assert (await asyncio.to_thread(shown_by_cli, app, capsys))["retry_interval"] == "0.200s"
+    FAILING.add("on")
+    await client.submit(command("source", box.ArchiveBox()))
+    await client.submit(command("source", box.RenameBox(name="ann")))
+    # Five tries of the one event: about a second at 0.2 s apart (a single
+    # one in these four seconds at the 5 s default).
+    await eventually(lambda: len(ATTEMPTS) >= 5, within=4, what="five tries")
+    assert len(set(ATTEMPTS)) == 1
+    FAILING.clear()
+
+    async def going_again() -> bool:
+        status = await status_of(client)
+        return not status.error and status.position == status.log_head
+
+    await eventually(going_again, within=4, what="the reaction going again")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from domain_plugins import bank_account, box
@@ -124,3 +126,15 @@ def test_reasons_can_be_named_and_a_command_cannot_both_create_and_require() -> 
     Scenario(plugin, aggregate_id="a").when(bank.Deposit(amount=1)).then_fails(NotFoundError, reason="NO_SUCH_ACCOUNT")
     with pytest.raises(ValueError, match="cannot both"):
         account.command(bank.Withdraw, creates=True, requires_existing=True)
+
+
+@pytest.mark.parametrize("retry_seconds", [0.0, -1.0, math.nan])
+def test_a_reaction_that_would_never_wait_to_retry_is_refused(retry_seconds: float) -> None:
+    with pytest.raises(ValueError, match=r"reaction demo\.retries: retry_seconds must be positive"):
+        Plugin("demo").reaction("demo.retries", retry_seconds=retry_seconds)
+
+
+def test_a_reaction_retries_every_5_seconds_unless_it_says() -> None:
+    plugin = Plugin("demo")
+    assert plugin.reaction("demo.default").retry_seconds == 5.0
+    assert plugin.reaction("demo.quick", retry_seconds=0.5).retry_seconds == 0.5
