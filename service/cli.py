@@ -476,8 +476,12 @@ def _rebuild(stub: projection_service_pb2_grpc.ProjectionServiceStub, name: str,
     reporter = Reporter(f"rebuilding {name}", unit="positions")
     failing: tuple[int, str] | None = None  # (position, error) the projection has been failing at
     failing_since = 0.0
+    said_where = False
     while True:
         status = stub.GetProjection(projection_service_pb2.GetProjectionRequest(name=name), timeout=args.timeout)
+        if not said_where:
+            _say_where_it_runs(name, status, args.server)
+            said_where = True
         reporter.update(status.position, status.log_head)
         if status.position >= started.log_head:
             break
@@ -504,6 +508,27 @@ def _rebuild(stub: projection_service_pb2_grpc.ProjectionServiceStub, name: str,
         }
     )
     return EXIT_OK
+
+
+def _say_where_it_runs(name: str, status: projection_service_pb2.GetProjectionResponse, server: str | None) -> None:
+    """On stderr, when the server asked does not run the projection: the
+    rebuild goes on where it runs (the reset is in the store), but only that
+    replica knows its errors, so a failure there looks here like a rebuild
+    that does not move."""
+    if status.running:
+        return
+    asked = server or "the server asked"
+    if status.runner:
+        print(
+            f"note: projection {name} runs on {status.runner}, not on {asked}: it is rebuilt there, and its errors"
+            f" are reported there only (follow them with `chronicle projection {name} --server {status.runner}`)",
+            file=sys.stderr,
+        )
+        return
+    print(
+        f"note: no replica runs projection {name} now, as {asked} last heard: it is rebuilt once one takes it",
+        file=sys.stderr,
+    )
 
 
 def _parking_takes(status: projection_service_pb2.GetProjectionResponse) -> float:
