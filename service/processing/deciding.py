@@ -25,7 +25,7 @@ from service.plugins.context import Clock, CommandContext, Effects, LookupNeeded
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.state import Aggregate, ApplyFailed, apply_messages
-from service.processing.watchdog import SlowHandlerAlarm
+from service.processing.watchdog import SlowCallAlarm, a_command_handler
 from service.store.base import EventRecorder
 from service.store.records import EVENT_ENVELOPE_BYTES, ClaimChange
 from service.values import value
@@ -81,7 +81,7 @@ class Decider:
         store: EventRecorder,
         registry: Registry,
         *,
-        slow: SlowHandlerAlarm,
+        slow: SlowCallAlarm,
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         max_result_bytes: int = 2 * DEFAULT_MAX_EVENT_BYTES,
         clock: Clock = time.time,
@@ -216,7 +216,7 @@ class Decider:
                 metadata={"command_type": spec.name},
             ) from error
         finally:
-            self._slow.check(spec.name, request.aggregate_id, started)
+            self._slow.check(started, a_command_handler, spec.name, request.aggregate_id)
             if state.SerializeToString() != given:
                 state.Clear()
                 state.MergeFromString(given)  # as it was: the command is refused, the cache kept

@@ -45,7 +45,7 @@ from service.processing.ids import new_event_id
 from service.processing.replay import Replayer
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import Aggregate, AggregateLoader
-from service.processing.watchdog import SlowHandlerAlarm
+from service.processing.watchdog import command_handler_alarm
 from service.store.base import AggregateQuery, Store
 from service.store.records import CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
 from service.values import value
@@ -171,7 +171,7 @@ class CommandExecutor:
         self._decider = Decider(
             store.events,
             registry,
-            slow=SlowHandlerAlarm(threshold=slow_handler_seconds),
+            slow=command_handler_alarm(slow_handler_seconds),
             max_event_bytes=max_event_bytes,
             max_result_bytes=max_result_bytes,
             clock=clock,

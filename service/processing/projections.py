@@ -42,19 +42,19 @@ cache and applies the batch again with those documents deleted, so what it
 writes does not depend on what it happened to cache.
 
 Handlers run on the event loop, as command handlers do: one that blocks
-holds up every command of the server. ``SlowCalls`` warns of a call slower
-than ``slow_handler_seconds`` (the server's ``--slow-handler-seconds``),
-naming the projection (or reaction) and the event type.
+holds up every command of the server. ``handler_alarm`` (the executor's
+``SlowCallAlarm``) warns of a call slower than ``slow_handler_seconds`` (the
+server's ``--slow-handler-seconds``), naming the projection (or reaction)
+and the event type.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence, Set
+from collections.abc import Awaitable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
@@ -65,6 +65,7 @@ from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed
 from service.plugins.projections import DOCUMENT_CACHE_SIZE, ProjectedEvent, Projection
 from service.processing.overlap import started
 from service.processing.upcasting import EventReader
+from service.processing.watchdog import Described, SlowCallAlarm
 from service.store.base import LogReader, ProjectionStore
 from service.store.leasing import Fencing
 from service.store.records import DocumentWrite, LogFilter, LogPage, ParkedEvent, RecordedEvent, is_tombstone
@@ -299,43 +300,12 @@ def _type_mismatch(key: str, projection: str, stored: str, wanted: type[Message]
     )
 
 
-class SlowCalls:
-    """Warns when one call of a projection's handler or a reaction's
-    function took longer than ``threshold`` seconds (0: never), naming the
-    projection or reaction and the event type: as the executor does for
-    command handlers, these run on the event loop, and stall every command
-    of the server while they run."""
-
-    def __init__(self, kind: str, name: str, *, threshold: float, logger: logging.Logger = log) -> None:
-        self.kind = kind
-        self.name = name
-        # Compared with each call's time: infinity when off, so that the
-        # usual case costs one comparison.
-        self.threshold = threshold if threshold > 0 else math.inf
-        self._logger = logger
-
-    def check(self, event_type: str, position: int, started: float, *, what: Callable[[], str] | None = None) -> None:
-        """The call that began at ``started`` (``time.perf_counter()``) was
-        on ``event_type`` at ``position`` (``what``: which function, if not
-        the event's handler; asked only for a slow call)."""
-        elapsed = time.perf_counter() - started
-        if elapsed > self.threshold:
-            self.report(event_type, position, elapsed, what=what() if what is not None else "")
-
-    def report(self, event_type: str, position: int, elapsed: float, *, what: str = "") -> None:
-        self._logger.warning(
-            "slow %s handler: %s %s%s on %s at position %d took %.3fs (threshold %.3fs); it blocked the event"
-            " loop, and every command of the server with it: keep handlers free of I/O and heavy work",
-            self.kind,
-            self.kind,
-            self.name,
-            f" ({what})" if what else "",
-            event_type,
-            position,
-            elapsed,
-            self.threshold,
-            extra={self.kind: self.name, "event_type": event_type, "position": position, "elapsed_seconds": elapsed},
-        )
+def handler_alarm(threshold: float) -> SlowCallAlarm:
+    """The runners' (``CheckpointedRunner._slow_call`` says what was slow):
+    as the executor does for command handlers, a projection's handlers and
+    a reaction's functions run on the event loop, and stall every command of
+    the server while they run."""
+    return SlowCallAlarm(threshold=threshold, stalled="every command of the server", logger=log)
 
 
 class Progress:
@@ -512,6 +482,16 @@ class CheckpointedRunner:
             self.status.running = False
             self._clear_error()
 
+    def _slow_call(self, event_type: str, position: int, what: str = "") -> Described:
+        """A call of its handler on ``event_type`` at ``position`` that was
+        slow, as ``handler_alarm`` says it (``what``: which function, if not
+        the event's handler)."""
+        return (
+            f"slow {self.KIND} handler: {self.KIND} {self.status.name}{f' ({what})' if what else ''} on {event_type}"
+            f" at position {position}",
+            {self.KIND: self.status.name, "event_type": event_type, "position": position},
+        )
+
     def _clear_error(self) -> None:
         """No failure holds it here now (``last_error`` keeps the last one)."""
         self.status.error = ""
@@ -613,7 +593,7 @@ class ProjectionRunner(CheckpointedRunner):
         slow_handler_seconds: float = 0.1,
     ) -> None:
         self.projection = projection
-        self._slow = SlowCalls("projection", projection.name, threshold=slow_handler_seconds)
+        self._slow = handler_alarm(slow_handler_seconds)
         self._page_bytes = page_bytes
         self._lease = lease
         self._fencing: Fencing | None = None  # the token of the last step
@@ -920,7 +900,7 @@ class ProjectionRunner(CheckpointedRunner):
             ) from error
         finally:
             # Handlers run on the event loop: a slow one held up every command.
-            self._slow.check(record.event_type, record.position, started)
+            self._slow.check(started, self._slow_call, record.event_type, record.position)
         scope.commit()
         return None
 

@@ -91,9 +91,9 @@ from service.processing.projections import (
     ForgottenSubjects,
     ProjectionLease,
     Runners,
-    SlowCalls,
     _Batch,
     envelope_of,
+    handler_alarm,
     readable,
 )
 from service.processing.reaction_documents import (
@@ -110,6 +110,7 @@ from service.processing.reaction_documents import (
     write_parked,
 )
 from service.processing.upcasting import EventReader
+from service.processing.watchdog import Described
 from service.store.base import LogReader, ProjectionStore
 from service.store.leasing import Fencing
 from service.store.records import LogFilter, LogPage, RecordedEvent
@@ -209,7 +210,7 @@ class ReactionRunner(CheckpointedRunner):
         # How many parked commands stop it (TOO_MANY_PARKED): the module's
         # limit unless told (tests park a few).
         self._max_parked = reaction_documents.MAX_PARKED if max_parked is None else max_parked
-        self._slow = SlowCalls("reaction", reaction.name, threshold=slow_handler_seconds)
+        self._slow = handler_alarm(slow_handler_seconds)
         self._fencing: Fencing | None = None
         self._cache = DocumentCache()
         self._forgotten = ForgottenSubjects()
@@ -449,7 +450,7 @@ class ReactionRunner(CheckpointedRunner):
             ) from error
         finally:
             # Run on the event loop: a slow one held up every command.
-            self._slow.check(envelope.event_type, envelope.position, started, what=lambda: _named(function, refusal))
+            self._slow.check(started, self._slow_function, envelope, function, refusal)
         try:
             return sends(reacted)
         except TypeError as error:
@@ -572,6 +573,12 @@ class ReactionRunner(CheckpointedRunner):
             error.message,
         )
         await parked.add(self.reaction.name, refusal, envelope, _metadata(send, envelope, hops))
+
+    def _slow_function(
+        self, envelope: ProjectedEvent, function: Callable[..., Reacted], refusal: Refusal | None
+    ) -> Described:
+        """A slow call of one of its functions, as ``handler_alarm`` says it."""
+        return self._slow_call(envelope.event_type, envelope.position, _named(function, refusal))
 
     def _request(self, command_id: str, send: Send, envelope: ProjectedEvent, hops: int) -> CommandRequest:
         name = str(send.command.DESCRIPTOR.full_name)

@@ -6,8 +6,10 @@ path fast, but a handler that blocks (I/O, a lock, heavy CPU) stalls every
 aggregate at once. Two alarms say so in the log instead of letting it pass
 as "the service is slow":
 
-* ``SlowHandlerAlarm``: the executor times each handler call and warns with
-  the command type when one exceeds a threshold.
+* ``SlowCallAlarm``: the executor times each handler call and warns with
+  the command type when one exceeds a threshold; projection and reaction
+  runners time their handlers with it alike, naming the projection or
+  reaction and the event type.
 * ``LoopLagWatchdog``: a task that sleeps in short steps and warns when it
   wakes up late, whatever blocked the loop (a handler, an apply function, a
   blocking call anywhere else).
@@ -17,33 +19,65 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Callable
+from typing import Any
 
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 
-class SlowHandlerAlarm:
-    """Warns when one handler call took longer than ``threshold`` seconds
-    (0: never). Call ``check`` with ``time.perf_counter()`` taken before the
-    call; it costs one clock read per command."""
+# What a slow call was, in the words of the one that timed it: the start of
+# the warning's line, and its structured fields.
+Described = tuple[str, dict[str, object]]
 
-    def __init__(self, *, threshold: float) -> None:
+
+class SlowCallAlarm:
+    """Warns when one call of plugin code that runs on the event loop (a
+    command's handler, a projection's handler, a reaction's function) took
+    longer than ``threshold`` seconds (0: never): it stalled ``stalled``
+    while it ran.
+
+    Call ``check`` with ``time.perf_counter()`` taken before the call: it
+    costs one clock read and one comparison per call; ``describe(*args)``
+    says what the call was, and is called only for a slow one (the hot path
+    builds no text)."""
+
+    def __init__(self, *, threshold: float, stalled: str, logger: logging.Logger = log) -> None:
         self.threshold = threshold
+        # Compared with each call's time: infinity when off.
+        self._limit = threshold if threshold > 0 else math.inf
+        self._stalled = stalled
+        self._logger = logger
 
-    def check(self, command_type: str, aggregate_id: str, started: float) -> None:
+    def check(self, started: float, describe: Callable[..., Described], *args: Any) -> None:
         elapsed = time.perf_counter() - started
-        if self.threshold and elapsed > self.threshold:
-            log.warning(
-                "slow handler: %s on %r took %.3fs (threshold %.3fs); it blocked the event loop, and every "
-                "aggregate with it: keep handlers free of I/O and heavy work",
-                command_type,
-                aggregate_id,
+        if elapsed > self._limit:
+            said, fields = describe(*args)
+            self._logger.warning(
+                "%s took %.3fs (threshold %.3fs); it blocked the event loop, and %s with it: keep handlers free"
+                " of I/O and heavy work",
+                said,
                 elapsed,
                 self.threshold,
-                extra={"command_type": command_type, "aggregate_id": aggregate_id, "elapsed_seconds": elapsed},
+                self._stalled,
+                extra={**fields, "elapsed_seconds": elapsed},
             )
+
+
+def command_handler_alarm(threshold: float) -> SlowCallAlarm:
+    """The executor's: a command's handler stalls every aggregate."""
+    return SlowCallAlarm(threshold=threshold, stalled="every aggregate")
+
+
+def a_command_handler(command_type: str, aggregate_id: str) -> Described:
+    """A slow command handler's call, as ``SlowCallAlarm.check`` says it."""
+    return f"slow handler: {command_type} on {aggregate_id!r}", {
+        "command_type": command_type,
+        "aggregate_id": aggregate_id,
+    }
 
 
 class LoopLagWatchdog:

@@ -6,6 +6,7 @@ the projection or reaction and the event type (0: never)."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -98,10 +99,17 @@ async def test_a_slow_projection_handler_is_reported_by_projection_and_event_typ
     with caplog.at_level(logging.WARNING):
         await runner.step(0)
     (said,) = slow_warnings(caplog)
-    assert "sleepy.names" in said and "box.v1.BoxRenamed" in said
+    assert re.fullmatch(
+        r"slow projection handler: projection sleepy\.names on box\.v1\.BoxRenamed at position \d+ took"
+        r" \d+\.\d{3}s \(threshold 0\.100s\); it blocked the event loop, and every command of the server with it:"
+        r" keep handlers free of I/O and heavy work",
+        said,
+    ), said
     (record,) = [r for r in caplog.records if "slow" in r.getMessage()]
+    assert record.name == "service.processing.projections"
     assert record.__dict__["projection"] == "sleepy.names"
     assert record.__dict__["event_type"] == "box.v1.BoxRenamed"
+    assert record.__dict__["elapsed_seconds"] > 0.1 and record.__dict__["position"] > 0
 
 
 async def test_a_slow_reaction_function_is_reported_by_reaction_and_event_type(
@@ -123,6 +131,7 @@ async def test_a_slow_reaction_function_is_reported_by_reaction_and_event_type(
         await runner.step(0)
     forwarded, gave_up = slow_warnings(caplog)
     assert "sleepy.relay" in forwarded and "forward" in forwarded and "box.v1.BoxRenamed" in forwarded
+    assert forwarded.startswith("slow reaction handler: reaction sleepy.relay (")
     assert "sleepy.relay" in gave_up and "give_up" in gave_up and "box.v1.RenameBox" in gave_up
 
 

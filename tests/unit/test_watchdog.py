@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 
@@ -62,8 +63,14 @@ async def test_a_handler_slower_than_the_threshold_is_reported_with_its_command_
         result, _ = await executor.execute(deposit("pig-1"), None)
     assert result.version == 1  # reported, not refused
     (warning,) = warnings_from(caplog, "service.processing.watchdog")
-    assert "slow handler: bank.v1.Deposit on 'pig-1'" in warning.getMessage()
+    assert re.fullmatch(
+        r"slow handler: bank\.v1\.Deposit on 'pig-1' took \d+\.\d{3}s \(threshold \d+\.\d{3}s\); it blocked the event"
+        r" loop, and every aggregate with it: keep handlers free of I/O and heavy work",
+        warning.getMessage(),
+    ), warning.getMessage()
     assert warning.command_type == "bank.v1.Deposit"  # type: ignore[attr-defined]
+    assert warning.aggregate_id == "pig-1"  # type: ignore[attr-defined]
+    assert warning.elapsed_seconds > TINY_THRESHOLD  # type: ignore[attr-defined]
 
 
 async def test_a_zero_threshold_turns_the_handler_alarm_off(caplog: pytest.LogCaptureFixture) -> None:
