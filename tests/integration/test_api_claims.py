@@ -107,8 +107,9 @@ from tests.support.grpc_client import (
     connect,
     details_of,
     running_server,
+    with_jwt_auth,
 )
-from tests.support.security import POLICY, JwtIssuer, bearer, write
+from tests.support.security import JwtIssuer, bearer
 from tests.support.transfer import exported, imported
 from tests.support.waiting import eventually
 
@@ -241,10 +242,7 @@ async def test_a_tombstone_names_who_deleted_the_aggregate_why_and_where_it_was_
     issuer = JwtIssuer()
     async with running_server(
         MemoryStore(),
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        settings=with_jwt_auth(tmp_path, issuer),
     ) as (app, _):
         async with connect(app.address, interceptors=bearer(issuer.token("alice"))) as alice:
             await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))

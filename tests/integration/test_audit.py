@@ -22,8 +22,8 @@ from chronicle.v1 import projection_service_pb2 as pj
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.store.base import StoreAdapter
-from tests.support.grpc_client import Client, command, connect, running_server
-from tests.support.security import POLICY, JwtIssuer, bearer, write
+from tests.support.grpc_client import Client, command, connect, running_server, with_jwt_auth
+from tests.support.security import JwtIssuer, bearer
 from tests.support.waiting import eventually
 
 
@@ -46,10 +46,7 @@ async def audited(store: StoreAdapter, tmp_path: Path) -> AsyncIterator[Audited]
     issuer = JwtIssuer()
     async with running_server(
         store,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        settings=with_jwt_auth(tmp_path, issuer),
     ) as (app, _):
         yield Audited(app, issuer)
 
@@ -328,10 +325,7 @@ async def test_a_reactions_commands_pass_the_policy_as_the_servers_own_and_are_a
     issuer = JwtIssuer()
     async with running_server(
         store,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", PAYERS),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        settings=with_jwt_auth(tmp_path, issuer, PAYERS),
         poll_seconds=0.05,
     ) as (app, _):
         audited = Audited(app, issuer)

@@ -37,8 +37,16 @@ from service.security.credentials import ApiKeys
 from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
 from tests.support.contents import at_rest
-from tests.support.grpc_client import Client, asking_again_if_lost, command, connect, details_of, running_server
-from tests.support.security import POLICY, JwtIssuer, api_key_file, bearer, write
+from tests.support.grpc_client import (
+    Client,
+    asking_again_if_lost,
+    command,
+    connect,
+    details_of,
+    running_server,
+    with_jwt_auth,
+)
+from tests.support.security import JwtIssuer, api_key_file, bearer
 
 ALICE_KEY = "chr_alice-test-key-0123456789abcdef0123456789"
 
@@ -61,11 +69,8 @@ async def secured_server(tmp_path: Path, *, jwt_audience: str = "") -> AsyncIter
     issuer, store = JwtIssuer(), MemoryStore()
     async with running_server(
         store,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
+        settings=with_jwt_auth(tmp_path, issuer),
         api_keys_file=api_key_file(tmp_path / "keys.toml", [(ALICE_KEY, "alice", [])]),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
         jwt_audience=jwt_audience,
     ) as (app, _):
         yield Secured(app, issuer, store)

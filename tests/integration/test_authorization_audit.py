@@ -45,9 +45,16 @@ from service.app import Application, start
 from service.plugins import Plugin, ProjectedEvent
 from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
-from tests.support.grpc_client import TEST_SETTINGS, asking_again_if_lost, command, connect, details_of, running_server
+from tests.support.grpc_client import (
+    asking_again_if_lost,
+    command,
+    connect,
+    details_of,
+    running_server,
+    with_jwt_auth,
+)
 from tests.support.http import request
-from tests.support.security import ISSUER, POLICY, JwtIssuer, api_key_file, bearer, write
+from tests.support.security import JwtIssuer, api_key_file, bearer
 from tests.support.waiting import eventually
 
 SECRET_OWNER = "ann-the-secret-owner"
@@ -68,10 +75,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     issuer = JwtIssuer()
     async with running_server(
         MemoryStore(),
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        settings=with_jwt_auth(tmp_path, issuer),
     ) as (app, _):
         served = Served(app, issuer)
         async with connect(app.address, interceptors=bearer(served.token("alice"))) as alice:
@@ -343,11 +347,7 @@ async def quota_server(tmp_path: Path) -> AsyncIterator[Served]:
     issuer = JwtIssuer()
     async with running_server(
         MemoryStore(),
-        settings=replace(TEST_SETTINGS, max_subscriptions_per_principal=1, max_rpcs_per_principal=1),
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        settings=replace(with_jwt_auth(tmp_path, issuer), max_subscriptions_per_principal=1, max_rpcs_per_principal=1),
     ) as (app, _):
         served = Served(app, issuer)
         async with connect(app.address, interceptors=bearer(served.token("root"))) as root:
@@ -431,12 +431,8 @@ async def sse_until(reader: asyncio.StreamReader, wanted: Callable[[str], bool])
 
 async def test_the_console_tail_ends_with_its_session(tmp_path: Path) -> None:
     settings = replace(
-        TEST_SETTINGS,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
+        with_jwt_auth(tmp_path, JwtIssuer()),
         api_keys_file=api_key_file(tmp_path / "keys.toml", [(ROOT_KEY, "root", ["teller"])]),
-        jwt_key_file=write(tmp_path / "jwt.pem", JwtIssuer().public_key),
-        jwt_issuer=ISSUER,
         console_listen="127.0.0.1:0",
     )
     app = await start(settings, store=MemoryStore())
@@ -500,10 +496,7 @@ async def test_reactions_are_listed_as_the_caller_may_read_them(tmp_path: Path) 
     async with running_server(
         MemoryStore(),
         registry=Registry([bank_account.plugin, box_plugin, watching]),
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        settings=with_jwt_auth(tmp_path, issuer),
     ) as (app, _):
         listed = {}
         for who in ("alice", "bob", "root"):  # Account; Box; everything

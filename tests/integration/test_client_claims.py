@@ -70,7 +70,7 @@ from service.client import (
 from service.client.routing import partition_of
 from service.store.memory import MemoryStore
 from tests.support.broken_calls import LoseFirstAnswers
-from tests.support.grpc_client import TEST_SETTINGS, running_server
+from tests.support.grpc_client import TEST_SETTINGS, running_server, with_jwt_auth
 from tests.support.security import POLICY, Authority, JwtIssuer, api_key_file, write
 from tests.support.waiting import eventually
 
@@ -370,12 +370,8 @@ async def test_a_call_a_stale_token_failed_is_retried_with_the_token_functions_n
 ) -> None:
     issuer, rotated_out = JwtIssuer(), JwtIssuer()
     settings = replace(
-        TEST_SETTINGS,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
+        with_jwt_auth(tmp_path, issuer),
         api_keys_file=api_key_file(tmp_path / "keys.toml", [(ALICE_KEY, "alice", [])]),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
     )
     stale, fresh = {
         # A revoked key, then the current one; a JWT signed with a key the

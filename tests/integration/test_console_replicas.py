@@ -6,7 +6,6 @@ past, with its time, not as failing now; ``GetProjection`` likewise)."""
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -20,8 +19,9 @@ from service.app import Application
 from service.plugins import Documents, Plugin, ProjectedEvent
 from service.plugins.registry import Registry
 from tests.support.cluster import projections_settled, replica, runners_of
+from tests.support.console import row_of as console_row
+from tests.support.console import text_of
 from tests.support.grpc_client import Client, command, submit_retrying
-from tests.support.http import request
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.postgres
@@ -72,21 +72,9 @@ async def failing_on_its_runner(pair: list[tuple[Application, Client]]) -> tuple
     return runner, other, client
 
 
-def text_of(markup: str) -> str:
-    return html.unescape(re.sub(r"<[^>]+>", "", markup))
-
-
 async def row_of(app: Application) -> list[str]:
     """The projection's row on ``app``'s Projections page, each cell as markup."""
-    assert app.console is not None
-    page = await request(app.console.address, "GET", "/projections")
-    assert page.status == 200
-    body = page.text.partition('<table id="projections">')[2].partition("</table>")[0]
-    for row in re.findall(r"<tr>(.*?)</tr>", body, re.S):
-        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
-        if cells and text_of(cells[0]) == NAME:
-            return cells
-    raise AssertionError(f"no row for {NAME}")
+    return await console_row(app, "/projections", NAME)
 
 
 async def test_a_replica_says_which_replica_runs_a_projection_and_that_its_errors_are_known_there(

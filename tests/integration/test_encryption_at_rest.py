@@ -33,7 +33,7 @@ from service.store.postgres import PostgresStore
 from service.store.records import DataKey, DocumentWrite, HeldClaim
 from service.store.sqlite import SqliteStore
 from tests.support.contents import at_rest, contents
-from tests.support.grpc_client import TEST_SETTINGS, Client, command, details_of, running_server
+from tests.support.grpc_client import TEST_SETTINGS, Client, command, details_of, running_server, with_jwt_auth
 from tests.support.security import write
 from tests.support.waiting import eventually
 
@@ -192,16 +192,13 @@ async def test_read_models_are_sealed_too_but_read_in_the_clear(client: Client, 
 
 async def test_forgetting_is_audited_with_who_and_what(tmp_path: Path) -> None:
     from tests.support.grpc_client import connect
-    from tests.support.security import POLICY, JwtIssuer, bearer
+    from tests.support.security import JwtIssuer, bearer
 
     issuer = JwtIssuer()
     async with running_server(
         MemoryStore(),
         master_keys=f"k1:{new_master_key()}",
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        settings=with_jwt_auth(tmp_path, issuer),
     ) as (app, _):
         async with connect(app.address, interceptors=bearer(issuer.token("alice"))) as alice:
             await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
@@ -366,7 +363,7 @@ async def test_a_master_key_file_read_again_that_does_not_open_the_stores_keys_i
 
 async def test_rewrapping_needs_the_admin_grant_and_both_outcomes_are_audited(tmp_path: Path) -> None:
     from tests.support.grpc_client import connect
-    from tests.support.security import POLICY, JwtIssuer, bearer
+    from tests.support.security import JwtIssuer, bearer
 
     store = MemoryStore()
     async with running_server(store, master_keys=OLD, anonymous_admin=True) as (_, client):
@@ -375,10 +372,7 @@ async def test_rewrapping_needs_the_admin_grant_and_both_outcomes_are_audited(tm
     async with running_server(
         store,
         master_keys=f"{NEW},{OLD}",
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        settings=with_jwt_auth(tmp_path, issuer),
     ) as (app, _):
         async with connect(app.address, interceptors=bearer(issuer.token("alice"))) as alice:
             before = await at_rest(store)

@@ -19,8 +19,8 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.memory import MemoryStore
 from tests.support.blocking import GatedStore
 from tests.support.contents import at_rest
-from tests.support.grpc_client import TEST_SETTINGS, command, connect, details_of, running_server
-from tests.support.security import POLICY, JwtIssuer, bearer, write
+from tests.support.grpc_client import command, connect, details_of, running_server, with_jwt_auth
+from tests.support.security import JwtIssuer, bearer
 from tests.support.waiting import eventually
 
 
@@ -151,11 +151,7 @@ async def secured(store: Any, tmp_path: Path, **limits: Any) -> AsyncIterator[tu
     issuer = JwtIssuer()
     async with running_server(
         store,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
-        settings=replace(TEST_SETTINGS, **limits),
+        settings=replace(with_jwt_auth(tmp_path, issuer), **limits),
     ) as (app, _):
         yield app, issuer
 

@@ -22,8 +22,8 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.store.base import StoreAdapter
-from tests.support.grpc_client import Client, ErrorDetails, command, connect, details_of, running_server
-from tests.support.security import JwtIssuer, bearer, write
+from tests.support.grpc_client import Client, ErrorDetails, command, connect, details_of, running_server, with_jwt_auth
+from tests.support.security import JwtIssuer, bearer
 
 POLICY = """
 [roles.teller]      # moves money and may read accounts
@@ -74,10 +74,7 @@ async def server(store: StoreAdapter, tmp_path: Path) -> AsyncIterator[Server]:
     issuer = JwtIssuer()
     async with running_server(
         store,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        settings=with_jwt_auth(tmp_path, issuer, POLICY),
     ) as (app, _):
         running = Server(app.address, issuer)
         async with running.as_("alice") as alice:

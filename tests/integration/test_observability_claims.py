@@ -50,11 +50,11 @@ from tests.support import plugins
 from tests.support.blocking import GatedStore
 from tests.support.console import authenticated, console, log_in, session_cookie
 from tests.support.events import new_event
-from tests.support.grpc_client import TEST_SETTINGS, Client, command, details_of, running_server
+from tests.support.grpc_client import Client, command, details_of, running_server, with_jwt_auth
 from tests.support.http import request
 from tests.support.metrics import sample, scrape
 from tests.support.processes import free_port, wait_until_serving
-from tests.support.security import POLICY, JwtIssuer, write
+from tests.support.security import JwtIssuer
 from tests.support.waiting import eventually
 
 COMMANDS = "chronicle_commands_total"
@@ -156,11 +156,7 @@ async def test_retries_are_conflicts_minus_aborted_commands() -> None:
 
 def with_jwt(tmp_path: Path, issuer: JwtIssuer, **overrides: object) -> Settings:
     return replace(
-        TEST_SETTINGS,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        with_jwt_auth(tmp_path, issuer),
         **overrides,  # type: ignore[arg-type]
     )
 

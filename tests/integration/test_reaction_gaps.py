@@ -48,9 +48,9 @@ from service.store.records import DocumentWrite, ParkedEvent, RecordedEvent
 from service.store.sqlite import SqliteStore
 from tests.support import plugins
 from tests.support.cluster import replica
-from tests.support.grpc_client import TEST_SETTINGS, Client, command, connect, details_of, running_server
+from tests.support.grpc_client import TEST_SETTINGS, Client, command, connect, details_of, running_server, with_jwt_auth
 from tests.support.metrics import sample, scrape
-from tests.support.security import JwtIssuer, bearer, write
+from tests.support.security import JwtIssuer, bearer
 from tests.support.waiting import eventually
 
 RELAY = "gates.relay"  # tests/support/plugins.py: "source"'s names sent on to "gated"
@@ -161,11 +161,7 @@ async def test_a_reaction_s_commands_run_as_the_reaction_and_no_principal_s_quot
 ) -> None:
     issuer = JwtIssuer()
     settings = replace(
-        TEST_SETTINGS,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", GATEKEEPERS),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=issuer.issuer,
+        with_jwt_auth(tmp_path, issuer, GATEKEEPERS),
         max_rpcs_per_principal=1,
         poll_seconds=0.05,
     )

@@ -9,7 +9,6 @@ plugin declared (``retry_interval`` in the status), as a projection's is."""
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import re
 from collections.abc import AsyncIterator
@@ -24,8 +23,9 @@ from service.plugins import Plugin, ProjectedEvent
 from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
 from tests.support import plugins
+from tests.support.console import row_of as console_row
+from tests.support.console import text_of
 from tests.support.grpc_client import Client, command, running_server
-from tests.support.http import request
 from tests.support.waiting import eventually
 
 NAME = "flaky.watch"
@@ -63,21 +63,9 @@ async def status_of(client: Client) -> pb.ReactionStatus:
     return status
 
 
-def text_of(markup: str) -> str:
-    return html.unescape(re.sub(r"<[^>]+>", "", markup))
-
-
 async def row_of(app: Application) -> list[str]:
     """The reaction's row on ``app``'s Reactions page, each cell as markup."""
-    assert app.console is not None
-    page = await request(app.console.address, "GET", "/reactions")
-    assert page.status == 200
-    body = page.text.partition('<table id="reactions">')[2].partition("</table>")[0]
-    for row in re.findall(r"<tr>(.*?)</tr>", body, re.S):
-        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
-        if cells and text_of(cells[0]) == NAME:
-            return cells
-    raise AssertionError(f"no row for {NAME}")
+    return await console_row(app, "/reactions", NAME)
 
 
 def shown_by_cli(app: Application, capsys: pytest.CaptureFixture[str]) -> dict[str, object]:

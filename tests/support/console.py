@@ -3,29 +3,26 @@ console on, its address, logging in with a credential, the session cookie."""
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlencode
 
 from service.app import Application
 from service.settings import Settings
-from tests.support.grpc_client import TEST_SETTINGS
+from tests.support.grpc_client import with_jwt_auth
 from tests.support.http import Answer, request
-from tests.support.security import ISSUER, POLICY, JwtIssuer, api_key_file, write
+from tests.support.security import JwtIssuer, api_key_file
 
 KEY = "console-http-key-0123456789"
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def authenticated(tmp_path: Path, **overrides: object) -> Settings:
-    issuer = JwtIssuer()
     return replace(
-        TEST_SETTINGS,
-        auth=True,
-        policy_file=write(tmp_path / "policy.toml", POLICY),
+        with_jwt_auth(tmp_path, JwtIssuer()),
         api_keys_file=api_key_file(tmp_path / "keys.toml", [(KEY, "root", ["teller"])]),
-        jwt_key_file=write(tmp_path / "jwt.pem", issuer.public_key),
-        jwt_issuer=ISSUER,
         **{"console_listen": "127.0.0.1:0", **overrides},  # type: ignore[arg-type]
     )
 
@@ -43,6 +40,25 @@ async def log_in(address: str, credential: str) -> Answer:
         headers={**FORM, "Origin": f"http://{address}"},
         body=urlencode({"credential": credential}).encode(),
     )
+
+
+def text_of(markup: str) -> str:
+    """What a browser shows of ``markup``: its text, entities resolved."""
+    return html.unescape(re.sub(r"<[^>]+>", "", markup))
+
+
+async def row_of(app: Application, page: str, name: str) -> list[str]:
+    """The row of ``name`` (its first cell) in the table of ``app``'s console
+    page ``page`` (``/projections``: the table ``projections``), each cell
+    as markup."""
+    answer = await request(console(app), "GET", page)
+    assert answer.status == 200
+    body = answer.text.partition(f'<table id="{page.strip("/")}">')[2].partition("</table>")[0]
+    for row in re.findall(r"<tr>(.*?)</tr>", body, re.S):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        if cells and text_of(cells[0]) == name:
+            return cells
+    raise AssertionError(f"no row for {name} on {page}")
 
 
 def session_cookie(answer: Answer) -> str:
