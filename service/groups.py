@@ -27,7 +27,9 @@ is one consumer's stream on this replica:
   new checkpoint, with the count of acks it passes and the events parked,
   under the segment lease's fencing token. A segment that moves to another
   consumer is read again there from its checkpoint: at-least-once, and the
-  count of acknowledged events counts each event once.
+  count of acknowledged events counts each event once. A segment given up
+  in order (a consumer joined: ``_hand_over``; the session ends: ``close``)
+  is committed first, so only a crash loses the acks of its last round.
 
 Attempts are counted per replica, across the group's sessions there
 (``Deliveries``): a consumer that goes away holding events (it crashed,
@@ -223,6 +225,7 @@ class ConsumerSession:
             member=LeaseMember(self.member_id, ""),
             groups=[LeaseGroup(self._lease_group, tuple(segment_lease(s) for s in range(spec.segments)))],
             ttl=lease_seconds,
+            before_release=self._hand_over,
         )
         wanted = spec.log_filter
         self._wanted_types = wanted.event_types
@@ -505,6 +508,27 @@ class ConsumerSession:
                     await self._find_replays()
                 self._changed.set()
                 self._reader_wake.set()
+
+    async def _hand_over(self, lease_group: str, names: tuple[str, ...]) -> None:
+        """Before the keeper gives segments up toward a fairer share (a
+        consumer joined): commit what the consumer settled in them, while
+        their leases are still this session's, then let them go. Without
+        this the acks taken since a segment's last commit were lost with
+        it, and the next holder delivered those events again. Bounded by
+        the heartbeat interval: a commit that fails or hangs is given up,
+        and the next holder delivers again what it did not pass (as after
+        a crash)."""
+        numbers = [int(name) for name in names]
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.keeper.interval), self._committing:
+                for _ in range(3):  # acks that came during a commit: once more, a few times at most
+                    dirty = [s for n in numbers if (s := self._segments.get(n)) is not None and s.dirty()]
+                    if not dirty:
+                        break
+                    await asyncio.gather(*(self._commit_segment(segment) for segment in dirty))
+        # No await since the last look: nothing acked in between is lost.
+        for number in numbers:
+            self._drop(number)
 
     def _drop(self, number: int) -> None:
         """This session no longer holds segment ``number``: its unsettled

@@ -20,8 +20,10 @@ holder. From that view alone the keeper decides what to change:
   different leases, and the database settles the rest (one UPDATE wins a
   lease, the other finds it taken). A member joining lowers everyone's
   share: the others give up leases at their next heartbeat, it takes them
-  at its next. A member leaving (``leave``) gives up all of its leases at
-  once; a member that dies stops renewing, and its leases are free to take
+  at its next. A member that does work under its leases may say what to
+  do before it gives one up (``before_release``: a consumer of a
+  subscription group commits what it acknowledged). A member leaving
+  (``leave``) gives up all of its leases at once; a member that dies stops renewing, and its leases are free to take
   ``ttl`` seconds after its last heartbeat.
 * **Fencing.** Every change of a lease's holder adds one to its epoch; the
   epoch a member took a lease at is its fencing token (``fencing``). Work
@@ -47,7 +49,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from service.store.base import LeaseStore
@@ -173,6 +175,7 @@ class LeaseKeeper:
         ttl: float,
         interval: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        before_release: Callable[[str, tuple[str, ...]], Awaitable[None]] | None = None,
     ) -> None:
         if ttl <= 0:
             raise ValueError(f"the lease time must be positive, got {ttl}")
@@ -181,6 +184,9 @@ class LeaseKeeper:
         self.interval = interval if interval is not None else ttl / 3
         self._store = store
         self._clock = clock
+        # Called with a group and the leases of it this member is about to
+        # give up toward a fairer share, while it still holds them.
+        self._before_release = before_release
         self._groups = {g.name: _GroupState(g, frozenset(g.keys)) for g in groups}
         self.version = 0
         self._wakeup: asyncio.Future[None] | None = None
@@ -263,6 +269,8 @@ class LeaseKeeper:
             plan = plan_changes(view, me, state.known)
             if not (plan.release or plan.acquire):
                 break
+            if plan.release and self._before_release is not None:
+                await self._before_release(state.group.name, plan.release)
             for name in plan.release:  # no longer ours from the moment we decide to give them up
                 held.pop(name, None)
             # A copy: a ``leave`` while the change is under way clears what

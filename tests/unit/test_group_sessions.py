@@ -236,3 +236,59 @@ async def test_a_group_made_again_leaves_nothing_of_what_it_was() -> None:
         await session.close()
         await store.delete_group(spec.name)
     assert list(groups._deliveries) == [spec]
+
+
+class GatedCommits(MemoryStore):
+    """Holds each segment commit while ``gate`` is clear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.committing = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def commit_segment(self, *args: Any, **kwargs: Any) -> None:
+        self.committing.set()
+        await self.gate.wait()
+        await super().commit_segment(*args, **kwargs)
+
+
+async def test_a_holder_that_hands_a_segment_to_a_consumer_who_joined_commits_its_acks_first() -> None:
+    # docs/subscriptions.md, "What a move delivers again": a segment given up
+    # because a consumer joined takes its holder's acks with it. Before the
+    # fix the lease went at the heartbeat that decided it, and the acks not
+    # yet committed (a commit round under way) were refused with the lease:
+    # the joining consumer got those acknowledged events again.
+    store = GatedCommits()
+    await _accounts(store, 40)
+    spec = GroupSpec(name="ledger", segments=2)
+    await store.create_group(spec)
+    groups = SubscriptionGroups(store, store, READER, lease_seconds=30, poll_interval=0.05)
+    first = await groups.open(spec, consumer="first", max_in_flight=100)
+    second = None
+    try:
+        delivered: list[str] = []
+        while len(delivered) < 40:
+            batch = await first.next_batch()
+            assert batch
+            delivered += [d.event.event_id for d in batch]
+        store.gate.clear()
+        first.ack(delivered)  # all acknowledged; their round is being written
+        await store.committing.wait()
+        second = await groups.open(spec, consumer="second", max_in_flight=100)  # joins; nothing free yet
+        giving_up = asyncio.ensure_future(first.keeper.beat())  # above its share now: gives a segment up
+        await asyncio.sleep(0.1)
+        store.gate.set()
+        await giving_up
+        await second.keeper.beat()  # takes the segment given up
+        assert first.keeper.held("subscription-group:ledger") != second.keeper.held("subscription-group:ledger")
+        assert second.keeper.held("subscription-group:ledger")
+        state = await store.load_group("ledger")
+        assert state is not None and state.acknowledged == 40
+        with pytest.raises(TimeoutError):  # nothing acknowledged comes again
+            async with asyncio.timeout(0.5):
+                await second.next_batch()
+    finally:
+        await first.close()
+        if second is not None:
+            await second.close()
