@@ -37,7 +37,8 @@ say) leaves their counts for the next holder of the segment on this
 replica, so an event that kills every consumer it reaches is parked after
 ``max_attempts`` deliveries all the same (reason ``CONSUMER_LOST``). A
 segment that moves to another replica starts its events' counts afresh
-there.
+there; a group deleted and created again (another incarnation,
+``GroupSpec.incarnation``) starts with none.
 """
 
 from __future__ import annotations
@@ -496,7 +497,8 @@ class ConsumerSession:
             if gained or now - last_check >= self._poll:
                 last_check = now
                 state = await self._groups.load_group(self.spec.name)
-                if state is None:
+                if state is None or state.spec.incarnation != self.spec.incarnation:
+                    # Gone, or deleted and created again: not this session's group.
                     raise group_not_found(self.spec.name)
                 for number in gained:
                     fencing = self.keeper.fencing(self._lease_group, segment_lease(number))
@@ -700,7 +702,8 @@ class ConsumerSession:
         except ConcurrencyConflict:
             # The lease moved on (or the group is gone): the segment is the
             # next holder's, from its stored checkpoint.
-            if await self._groups.load_group(self.spec.name) is None:
+            state = await self._groups.load_group(self.spec.name)
+            if state is None or state.spec.incarnation != self.spec.incarnation:
                 raise group_not_found(self.spec.name) from None
             self._drop(segment.number)
             return
@@ -751,8 +754,9 @@ class SubscriptionGroups:
         self._page_bytes = page_bytes
         self._first_page_size = first_page_size
         self._sessions: set[ConsumerSession] = set()
-        # Per group (its settings: a group deleted and made again differently
-        # starts afresh), what its sessions sent and did not settle.
+        # Per group (its settings and incarnation: a group deleted and made
+        # again, with the same settings or others, starts afresh), what its
+        # sessions sent and did not settle.
         self._deliveries: dict[GroupSpec, Deliveries] = {}
         self._closing_sessions: set[asyncio.Future[None]] = set()
         self._closing = False
@@ -785,7 +789,7 @@ class SubscriptionGroups:
     def _deliveries_of(self, spec: GroupSpec) -> Deliveries:
         deliveries = self._deliveries.get(spec)
         if deliveries is None:
-            # The group is new here, or was made again with other settings:
+            # The group is new here, or was made again (another incarnation):
             # the counts of what it was before are of no use any more.
             for gone in [known for known in self._deliveries if known.name == spec.name]:
                 del self._deliveries[gone]

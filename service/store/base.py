@@ -562,9 +562,10 @@ class GroupStore(Protocol):
 
     async def create_group(self, spec: GroupSpec) -> None:
         """Create the group and its ``spec.segments`` checkpoints (each at
-        ``spec.start_position``, nothing acknowledged), in one transaction.
-        ``ResourceExists`` (GROUP_EXISTS), and nothing written, if a group
-        of that name exists."""
+        ``spec.start_position``, nothing acknowledged), in one transaction,
+        with an incarnation of its own (``spec.incarnated()``: ``load_group``
+        returns it; ``spec.incarnation`` is not kept). ``ResourceExists``
+        (GROUP_EXISTS), and nothing written, if a group of that name exists."""
 
     async def delete_group(self, name: str) -> bool:
         """Delete the group, its checkpoints, its parked events and its

@@ -14,7 +14,8 @@ are *parked*: kept aside, listed, replayed on request.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, replace
 
 from service.store.leasing import LeaseView
 from service.store.records import LogFilter
@@ -45,6 +46,16 @@ class GroupSpec:
     retry_backoff_ms: int = 1000
     max_retry_backoff_ms: int = 60_000
     ack_timeout_ms: int = 30_000
+    # Which creation of the name this is: drawn by the store each time it
+    # creates the group (``incarnated``), "" for groups created before
+    # stores kept one. A group deleted and created again with the same
+    # settings is another group: what a replica remembers of the first (the
+    # delivery attempts it counted) must not carry over to it.
+    incarnation: str = ""
+
+    def incarnated(self) -> GroupSpec:
+        """These settings as a new group's, with an incarnation of its own."""
+        return replace(self, incarnation=uuid.uuid4().hex)
 
     def filter_json(self) -> str:
         """The filter as the SQL stores keep it."""

@@ -46,7 +46,7 @@ class MemoryGroups:
         if spec.name in self._groups:
             raise group_exists(spec.name)
         checkpoints = [SegmentCheckpoint(s, spec.start_position) for s in range(spec.segments)]
-        self._groups[spec.name] = _Group(spec, checkpoints)
+        self._groups[spec.name] = _Group(spec.incarnated(), checkpoints)
 
     def _unpark_aggregate(self, aggregate_id: str) -> None:
         """Drop every group's parked events of the aggregate (deleted or forgotten)."""

@@ -418,6 +418,7 @@ GROUP_FIELDS = (
     "retry_backoff_ms",
     "max_retry_backoff_ms",
     "ack_timeout_ms",
+    "incarnation",
 )
 PARKED_FIELDS = ("event_id", "position", "segment", "aggregate_id", "attempts", "reason", "replaying")
 
@@ -432,6 +433,7 @@ def group_params(spec: GroupSpec) -> tuple[object, ...]:
         spec.retry_backoff_ms,
         spec.max_retry_backoff_ms,
         spec.ack_timeout_ms,
+        spec.incarnation,
     )
 
 
@@ -446,6 +448,7 @@ def group_spec_from_row(row: Row) -> GroupSpec:
         retry_backoff_ms=int(row[5]),
         max_retry_backoff_ms=int(row[6]),
         ack_timeout_ms=int(row[7]),
+        incarnation=str(row[8] or ""),
     )
 
 

@@ -5,6 +5,8 @@ consumers share the segments."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from service.errors import ConcurrencyConflict, ResourceExists
@@ -29,6 +31,11 @@ SPEC = GroupSpec(
 )
 
 
+def settings(spec: GroupSpec) -> GroupSpec:
+    """``spec`` without its incarnation: the settings alone."""
+    return replace(spec, incarnation="")
+
+
 def parked(event_id: str, position: int, *, segment: int = 1, attempts: int = 3) -> GroupParkedEvent:
     return GroupParkedEvent(
         event_id=event_id, position=position, segment=segment, aggregate_id="acc-1", attempts=attempts, reason="boom"
@@ -40,7 +47,7 @@ async def test_a_group_is_created_with_a_checkpoint_per_segment_at_its_start(sto
     await store.create_group(SPEC)
     group = await store.load_group("billing")
     assert group is not None
-    assert group.spec == SPEC
+    assert settings(group.spec) == SPEC and group.spec.incarnation
     assert [(c.segment, c.position, c.acknowledged) for c in group.checkpoints] == [(s, 7, 0) for s in range(4)]
     assert (group.position, group.acknowledged, group.parked, group.consumers) == (7, 0, 0, ())
     assert [g.spec.name for g in await store.list_groups()] == ["billing"]
@@ -54,7 +61,22 @@ async def test_creating_a_group_twice_is_refused_and_writes_nothing(store: Store
     assert refused.value.reason == "GROUP_EXISTS"
     assert (await contents()).changes_since(before) == {}
     group = await store.load_group("billing")
-    assert group is not None and group.spec == SPEC
+    assert group is not None and settings(group.spec) == SPEC
+
+
+async def test_a_group_created_again_with_the_same_settings_is_another_incarnation(store: StoreAdapter) -> None:
+    # What a replica remembers of a group (its delivery attempt counts) is
+    # kept per incarnation: the same settings again are another group.
+    await store.create_group(replace(SPEC, incarnation="given"))  # not kept: the store draws one
+    first = await store.load_group("billing")
+    assert first is not None and first.spec.incarnation not in ("", "given")
+    assert [g.spec for g in await store.list_groups()] == [first.spec]
+    await store.delete_group("billing")
+    await store.create_group(SPEC)
+    again = await store.load_group("billing")
+    assert again is not None and settings(again.spec) == settings(first.spec)
+    assert again.spec.incarnation not in ("", first.spec.incarnation)
+    assert [g.spec for g in await store.list_groups()] == [again.spec]
 
 
 async def test_groups_are_listed_by_name(store: StoreAdapter) -> None:

@@ -599,6 +599,29 @@ async def test_a_segment_that_moves_delivers_again_what_was_acked_after_its_olde
     assert [d.attempt for d in sorted(again, key=lambda d: d.event.position)] == [2, 1, 1]
 
 
+async def test_a_group_deleted_and_created_again_with_the_same_settings_counts_attempts_afresh(
+    served: Served,
+) -> None:
+    """ "A group deleted and created again ... starts with none" of the
+    attempt counts the replica kept. They were kept per group settings, so
+    the same settings again took the old counts over: the new group's first
+    delivery of an event came as attempt 2 (and with one attempt allowed,
+    the event was parked CONSUMER_LOST before it was ever delivered)."""
+    raw, groups = served.raw, served.client.groups
+    await write(raw, "acc-1", bank.OpenAccount(owner="ann"))
+    for round_ in range(2):
+        await groups.create("again", max_delivery_attempts=2, segments=1)
+        async with consuming(raw, "again", f"worker-{round_}") as consumer:
+            (delivery,) = await consumer.take(1)  # left unanswered: the stream goes
+            assert (delivery.event.aggregate_id, delivery.attempt) == ("acc-1", 1)
+
+        async def left() -> bool:
+            return not (await groups.get("again")).consumers
+
+        await eventually(left, what="the consumer gone")
+        await groups.delete("again")
+
+
 # -- limits, metrics, restarts --------------------------------------------------------------
 
 

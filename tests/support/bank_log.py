@@ -13,6 +13,7 @@ from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.processing.upcasting import EventReader
 from service.store.base import Store
+from service.store.grouping import GroupSpec
 from service.store.memory import MemoryStore
 
 REGISTRY = Registry([bank_account.plugin])
@@ -32,3 +33,12 @@ async def deposits(store: MemoryStore, count: int) -> None:
     await run(bank.OpenAccount(owner="ann"))
     for _ in range(count):
         await run(bank.Deposit(amount=1))
+
+
+async def created_group(store: MemoryStore, spec: GroupSpec) -> GroupSpec:
+    """Create group ``spec`` in ``store``: its settings as the store keeps
+    them, incarnation included (what a session is opened with)."""
+    await store.create_group(spec)
+    state = await store.load_group(spec.name)
+    assert state is not None
+    return state.spec

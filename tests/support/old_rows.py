@@ -42,6 +42,8 @@ and the other does not can shift them):
     14 (SQLite 11) command records' issued_at (when the command was made),
        and a refusal naming several fields (its violations in the
        rejection's JSON; sealed with its message under encryption at rest)
+    16 (SQLite 12) a subscription group's incarnation (before: none, read
+       as "")
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -116,6 +118,9 @@ SINCE: dict[str, dict[str, int]] = {
         "issued_at": 11,
     },
 }
+# A subscription group's incarnation: PostgreSQL's migration 16, SQLite's 12.
+SINCE["postgres"]["incarnation"] = 16
+SINCE["sqlite"]["incarnation"] = 12
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -146,6 +151,7 @@ GROUP_SPEC = GroupSpec(
     max_retry_backoff_ms=4000,
     ack_timeout_ms=1500,
 )
+GROUP_INCARNATION = "5b0c1c1de5f04b9cbf4d2e0a3f6c9d21"
 # The filter as the stores keep it (GroupSpec.filter_json).
 GROUP_FILTER = '{"aggregate_types":["Account"],"event_types":["bank.v1.MoneyDeposited"],"origin":null}'
 
@@ -567,7 +573,7 @@ def rows_at(dialect: str, version: int) -> OldRows:
     if rows.holds("groups"):
         rows.groups.append(
             GroupState(
-                spec=GROUP_SPEC,
+                spec=replace(GROUP_SPEC, incarnation=GROUP_INCARNATION) if rows.holds("incarnation") else GROUP_SPEC,
                 checkpoints=(
                     SegmentCheckpoint(0, 3, 2),
                     SegmentCheckpoint(1, 2, 1),

@@ -58,6 +58,7 @@ DATABASE_TIMES = frozenset(
         "joined_at",
         "expires_at",  # a lease's or a member's: now() plus the lease time
         "parked_at",
+        "incarnation",  # not a time: a subscription group's, drawn afresh by the store at each creation
     }
 )
 # Columns whose default is the only value they can hold.
@@ -230,6 +231,11 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 spec.ack_timeout_ms,
             ),
         )
+        if rows.holds("incarnation"):
+            conn.execute(
+                "UPDATE chronicle.subscription_groups SET incarnation = %s WHERE name = %s",
+                (spec.incarnation, spec.name),
+            )
         for checkpoint in group.checkpoints:
             conn.execute(
                 "INSERT INTO chronicle.group_segments (group_name, segment, position, acknowledged)"
@@ -549,6 +555,8 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
                 spec.ack_timeout_ms,
             ),
         )
+        if rows.holds("incarnation"):
+            conn.execute("UPDATE subscription_groups SET incarnation = ? WHERE name = ?", (spec.incarnation, spec.name))
         for checkpoint in group.checkpoints:
             conn.execute(
                 "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, ?)",

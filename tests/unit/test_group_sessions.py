@@ -19,6 +19,7 @@ import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service import groups as groups_module
+from service.errors import ResourceNotFound
 from service.groups import ConsumerSession, SubscriptionGroups
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
@@ -26,7 +27,7 @@ from service.store.base import Store
 from service.store.grouping import GroupSpec
 from service.store.memory import MemoryStore
 from service.store.records import LogFilter
-from tests.support.bank_log import READER, REGISTRY, deposits
+from tests.support.bank_log import READER, REGISTRY, created_group, deposits
 from tests.support.waiting import eventually
 
 
@@ -60,7 +61,7 @@ async def test_a_round_that_fails_while_its_session_closes_is_heard() -> None:
         store = HeldCommits()
         await deposits(store, 2)
         spec = GroupSpec(name="ledger", segments=1)
-        await store.create_group(spec)
+        spec = await created_group(store, spec)
         groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.2)
         session = await groups.open(spec, consumer="c", max_in_flight=10)
         batch = await session.next_batch()
@@ -91,7 +92,7 @@ async def consuming(
 ) -> AsyncIterator[ConsumerSession]:
     """A session of a new group ``spec`` over ``store`` (``options``: the
     groups' reading settings), closed after."""
-    await store.create_group(spec)
+    spec = await created_group(store, spec)
     groups = SubscriptionGroups(store, store, READER, lease_seconds=5, **options)
     session = await groups.open(spec, consumer="c", max_in_flight=max_in_flight)
     try:
@@ -230,7 +231,7 @@ async def test_a_group_made_again_leaves_nothing_of_what_it_was() -> None:
     groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.05)
     for segments in (1, 2, 3):
         spec = GroupSpec(name="ledger", segments=segments)
-        await store.create_group(spec)
+        spec = await created_group(store, spec)
         session = await groups.open(spec, consumer="c", max_in_flight=10)
         assert await session.next_batch()  # sent, never settled: counted
         await session.close()
@@ -262,7 +263,7 @@ async def test_a_holder_that_hands_a_segment_to_a_consumer_who_joined_commits_it
     store = GatedCommits()
     await _accounts(store, 40)
     spec = GroupSpec(name="ledger", segments=2)
-    await store.create_group(spec)
+    spec = await created_group(store, spec)
     groups = SubscriptionGroups(store, store, READER, lease_seconds=30, poll_interval=0.05)
     first = await groups.open(spec, consumer="first", max_in_flight=100)
     second = None
@@ -292,3 +293,28 @@ async def test_a_holder_that_hands_a_segment_to_a_consumer_who_joined_commits_it
         await first.close()
         if second is not None:
             await second.close()
+
+
+async def test_a_session_of_a_group_deleted_and_created_again_ends_group_not_found() -> None:
+    # docs/subscriptions.md: the new group is another incarnation. A session
+    # of the old one went on into the new one when both happened between
+    # two of its looks at the group, with the old one's attempt counts.
+    store = MemoryStore()
+    await deposits(store, 1)
+    spec = await created_group(store, GroupSpec(name="ledger", segments=1))
+    groups = SubscriptionGroups(store, store, READER, lease_seconds=5, poll_interval=0.05)
+    session = await groups.open(spec, consumer="c", max_in_flight=10)
+    try:
+        assert await session.next_batch()
+        await store.delete_group("ledger")
+        await store.create_group(GroupSpec(name="ledger", segments=1))
+
+        async def until_it_ends() -> None:
+            while True:
+                await session.next_batch()
+
+        with pytest.raises(ResourceNotFound) as ended:
+            await asyncio.wait_for(until_it_ends(), 5)
+        assert ended.value.reason == "GROUP_NOT_FOUND"
+    finally:
+        await session.close()

@@ -19,7 +19,7 @@ from service.processing.projections import ProjectionRunner
 from service.processing.subscriptions import Page, SubscriptionRequest, Subscriptions
 from service.store.grouping import GroupSpec
 from service.store.memory import MemoryStore
-from tests.support.bank_log import READER, deposits
+from tests.support.bank_log import READER, created_group, deposits
 
 
 class CountingStore(MemoryStore):
@@ -77,7 +77,7 @@ async def test_a_group_consumer_gets_its_first_events_from_a_short_read_then_ful
     store = CountingStore()
     await deposits(store, 9)  # ten events
     spec = GroupSpec(name="ledger", segments=1)
-    await store.create_group(spec)
+    spec = await created_group(store, spec)
     groups = SubscriptionGroups(store, store, READER, lease_seconds=5, page_size=4, first_page_size=2)
     session = await groups.open(spec, consumer="c", max_in_flight=100)
     try:

@@ -55,7 +55,9 @@ class GroupsRole:
         return cast(LeaseStore, self)  # PostgresStore's LeasesRole: the leases every replica sees
 
     async def create_group(self, spec: GroupSpec) -> None:
-        (result,) = await self._db.run("create_group", [Statement(sql.CREATE_GROUP.encode(), group_params(spec))])
+        (result,) = await self._db.run(
+            "create_group", [Statement(sql.CREATE_GROUP.encode(), group_params(spec.incarnated()))]
+        )
         if not int(result.command_tuples or 0):
             raise group_exists(spec.name)
 

@@ -878,7 +878,7 @@ _GROUP_COLUMNS = ", ".join(GROUP_FIELDS)
 _PARKED_COLUMNS = ", ".join(PARKED_FIELDS)
 CREATE_GROUP = (
     f"WITH g AS (INSERT INTO chronicle.subscription_groups ({_GROUP_COLUMNS})"
-    " VALUES ($1, $2::jsonb, $3::bigint, $4::integer, $5::integer, $6::bigint, $7::bigint, $8::bigint)"
+    " VALUES ($1, $2::jsonb, $3::bigint, $4::integer, $5::integer, $6::bigint, $7::bigint, $8::bigint, $9)"
     " ON CONFLICT (name) DO NOTHING RETURNING name, start_position, segments)"
     " INSERT INTO chronicle.group_segments (group_name, segment, position)"
     " SELECT g.name, s, g.start_position FROM g, generate_series(0, g.segments - 1) AS s"

@@ -34,7 +34,7 @@ class GroupsRole:
         return self._consumer_leases
 
     async def create_group(self, spec: GroupSpec) -> None:
-        if not await self._writer.run(_create, spec):
+        if not await self._writer.run(_create, spec.incarnated()):
             raise group_exists(spec.name)
 
     async def delete_group(self, name: str) -> bool:
