@@ -35,7 +35,8 @@ Attempts are counted per replica, across the group's sessions there
 (``Deliveries``): a consumer that goes away holding events (it crashed,
 say) leaves their counts for the next holder of the segment on this
 replica, so an event that kills every consumer it reaches is parked after
-``max_attempts`` deliveries all the same (reason ``CONSUMER_LOST``). A
+``max_attempts`` deliveries all the same (reason ``CONSUMER_LOST``); so is
+a replayed parked event, whose attempts count from its replay. A
 segment that moves to another replica starts its events' counts afresh
 there; a group deleted and created again (another incarnation,
 ``GroupSpec.incarnation``) starts with none.
@@ -164,8 +165,8 @@ class Deliveries:
     """How many times each unsettled event of a group was sent, by any of
     the group's sessions on this replica (module docstring): written as a
     session sends, dropped as it settles (ack or park), read by the session
-    that next takes the event's segment. Bounded: the oldest counts go
-    first."""
+    that next takes the event's segment (or, for a replayed parked event,
+    that next finds the replay). Bounded: the oldest counts go first."""
 
     LIMIT = 100_000
 
@@ -343,8 +344,7 @@ class ConsumerSession:
 
     def _settle(self, delivery: Delivery) -> None:
         event_id = delivery.event.event_id
-        if delivery.segment is not None:
-            self._deliveries.settled(event_id)
+        self._deliveries.settled(event_id)
         if delivery.deadline:
             self._landed(delivery)
         delivery.settled = True
@@ -472,8 +472,7 @@ class ConsumerSession:
 
     def _send(self, delivery: Delivery, now: float) -> Delivery:
         delivery.attempt += 1
-        if delivery.segment is not None:
-            self._deliveries.sent(delivery.event.event_id, delivery.attempt)
+        self._deliveries.sent(delivery.event.event_id, delivery.attempt)
         delivery.deadline = now + self.spec.ack_timeout_ms / 1000
         self._in_flight += 1
         self._in_flight_bytes += len(delivery.event.payload)
@@ -566,9 +565,17 @@ class ConsumerSession:
             for stored in page.events:
                 for event in self._reader.records(stored):
                     if event.event_id == parked.event_id:
-                        delivery = Delivery(event, None, parked=parked)
+                        # Its attempts since the replay was asked for, by
+                        # consumers on this replica that went away holding
+                        # it: a replay that kills every consumer it reaches
+                        # is parked again, as a first delivery would be.
+                        attempt = self._deliveries.count(event.event_id)
+                        delivery = Delivery(event, None, attempt=attempt, parked=parked)
                         self._pending[event.event_id] = delivery
-                        self._replays.append(delivery)
+                        if attempt >= self.spec.max_attempts:
+                            self._failed(delivery, CONSUMER_LOST)
+                        else:
+                            self._replays.append(delivery)
 
     # -- reading the log -----------------------------------------------------------
 

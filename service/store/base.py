@@ -603,7 +603,10 @@ class GroupStore(Protocol):
         the group is gone."""
 
     async def unpark(self, name: str, event_ids: Sequence[str]) -> None:
-        """Remove these parked events (their replay was acknowledged)."""
+        """Remove these parked events, their replay acknowledged, and count
+        each one removed as acknowledged in its segment's checkpoint, in one
+        transaction: parking passed it unacknowledged, so it is counted
+        once, and an id no longer parked (its ack came twice) not again."""
 
     async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         """Up to ``limit`` parked events of the group with positions greater

@@ -109,7 +109,10 @@ class MemoryGroups:
         group = self._groups.get(name)
         if group is not None:
             for event_id in event_ids:
-                group.parked.pop(event_id, None)
+                gone = group.parked.pop(event_id, None)
+                if gone is not None and gone.segment < len(group.checkpoints):
+                    checkpoint = group.checkpoints[gone.segment]
+                    group.checkpoints[gone.segment] = replace(checkpoint, acknowledged=checkpoint.acknowledged + 1)
 
     def _sorted_parked(self, name: str) -> list[GroupParkedEvent]:
         group = self._groups.get(name)

@@ -157,6 +157,24 @@ async def test_parked_events_are_replayed_on_request_and_leave_when_settled(stor
     assert [(p.event_id, p.attempts, p.replaying) for p in listed] == [("e-4", 6, False), ("e-5", 3, True)]
 
 
+async def test_an_unparked_event_counts_as_acknowledged_in_its_segment_once(store: StoreAdapter) -> None:
+    # Parking passed it unacknowledged; its replay, acknowledged, counts it.
+    await store.create_group(SPEC)
+    await store.park("billing", [parked("e-3", 3, segment=0), parked("e-4", 4, segment=2), parked("e-5", 5, segment=2)])
+    await store.unpark("billing", ["e-4", "e-5", "e-404"])
+    await store.unpark("billing", ["e-4"])  # its ack came twice: counted once
+    group = await store.load_group("billing")
+    assert group is not None
+    assert [(c.segment, c.position, c.acknowledged) for c in group.checkpoints] == [
+        (0, 7, 0),
+        (1, 7, 0),
+        (2, 7, 2),
+        (3, 7, 0),
+    ]
+    assert (group.acknowledged, group.parked) == (2, 1)
+    await store.unpark("absent", ["e-3"])  # no such group: nothing, no error
+
+
 async def test_deleting_a_group_deletes_its_checkpoints_parked_events_and_leases(store: StoreAdapter) -> None:
     await store.create_group(SPEC)
     await store.park("billing", [parked("e-1", 8)])

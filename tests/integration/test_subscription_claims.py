@@ -500,6 +500,90 @@ async def test_a_replay_that_fails_to_the_maximum_is_parked_not_replayed_again_w
             assert (after.event.aggregate_id, after.replayed) == ("acc-2", False)
 
 
+async def test_an_acknowledged_replay_leaves_the_parked_events_and_counts_as_acknowledged_once(
+    served: Served,
+) -> None:
+    """ "acknowledged, it leaves the parked list" and the group's
+    `acknowledged` counts it, once. Before, an acknowledged replay left the
+    parked count and was never counted as acknowledged: the event dropped
+    out of the group's figures (acknowledged + parked one short)."""
+    raw, groups = served.raw, served.client.groups
+    await write(raw, "acc-1", bank.OpenAccount(owner="ann"))
+    await write(raw, "acc-2", bank.OpenAccount(owner="bo"))
+    await groups.create("counted", max_delivery_attempts=1, segments=1)
+    async with consuming(raw, "counted") as consumer:
+        first, second = sorted(await consumer.take(2), key=lambda d: d.event.position)
+        await consumer.nack("cannot parse", first)
+        await consumer.ack(second)
+
+        async def settled() -> bool:
+            info = await groups.get("counted")
+            return (info.lag, info.acknowledged, info.parked) == (0, 1, 1)
+
+        await eventually(settled, what="one acknowledged, one parked")
+        assert await groups.replay("counted") == 1
+        (replayed,) = await consumer.take(1)
+        assert (replayed.event.event_id, replayed.replayed) == (first.event.event_id, True)
+        await consumer.ack(replayed)
+        await consumer.ack(replayed)  # a consumer that retries its ack: still once
+
+        async def counted() -> bool:
+            info = await groups.get("counted")
+            return (info.acknowledged, info.parked) == (2, 0)
+
+        await eventually(counted, what="the replay acknowledged, counted, gone from the parked events")
+        await asyncio.sleep(0.3)  # a few commit rounds more: nothing counted twice
+        info = await groups.get("counted")
+        assert (info.acknowledged, info.parked) == (2, 0)
+
+
+async def test_a_replay_whose_consumers_go_away_without_an_answer_is_parked_again_after_its_attempts(
+    served: Served,
+) -> None:
+    """A replayed poison event that kills every consumer it reaches is
+    parked again (`CONSUMER_LOST`) after `max_delivery_attempts`, as a
+    first delivery is. Before, a replay's attempts were not carried from
+    one consumer's session to the next: it went to every new consumer as
+    attempt 1, for good."""
+    raw, groups = served.raw, served.client.groups
+    await write(raw, "acc-1", bank.OpenAccount(owner="ann"))
+    await groups.create("poison", max_delivery_attempts=2, retry_backoff=0.01, segments=1)
+
+    async def gone() -> bool:
+        return not (await groups.get("poison")).consumers
+
+    async with consuming(raw, "poison") as consumer:
+        for _ in range(2):
+            await consumer.nack("cannot parse", *await consumer.take(1))
+        await eventually(has_parked(served, "poison"), what="the event parked")
+    await eventually(gone, what="the consumer gone")
+    assert await groups.replay("poison") == 1
+    attempts = []
+    for n in range(2):
+        async with consuming(raw, "poison", f"doomed-{n}") as consumer:
+            (delivery,) = await consumer.take(1)  # it dies holding the replay
+            attempts.append((delivery.replayed, delivery.attempt))
+        await eventually(gone, what="the consumer gone")
+    assert attempts == [(True, 1), (True, 2)]
+
+    async def parked_again() -> bool:
+        (entry,) = await groups.parked("poison")
+        return not entry.replaying
+
+    async with consuming(raw, "poison", "next") as consumer:
+        await eventually(parked_again, what="the replay parked again")
+        (entry,) = await groups.parked("poison")
+        assert (entry.attempts, entry.reason) == (2, "CONSUMER_LOST")
+        with pytest.raises(TimeoutError):  # not delivered to the next consumer
+            await consumer.batch(within=0.5)
+    assert await groups.replay("poison") == 1  # replayed again on request, its attempts counted afresh
+    async with consuming(raw, "poison", "fixed") as consumer:
+        (delivery,) = await consumer.take(1)
+        assert (delivery.replayed, delivery.attempt) == (True, 1)
+        await consumer.ack(delivery)
+        await eventually(has_parked(served, "poison", 0), what="the replay acknowledged")
+
+
 # -- consumers sharing a group ----------------------------------------------------------
 
 

@@ -929,7 +929,14 @@ PARK_GROUP_EVENTS = (
     " ON CONFLICT (group_name, event_id) DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason,"
     " replaying = false, parked_at = now()"
 )
-UNPARK_GROUP_EVENTS = "DELETE FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
+# An acknowledged replay: its parked row goes, and its segment counts it as
+# acknowledged (parking passed it unacknowledged), once: only rows deleted count.
+UNPARK_GROUP_EVENTS = (
+    "WITH gone AS (DELETE FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
+    " RETURNING segment), counted AS (SELECT segment, count(*) AS n FROM gone GROUP BY segment)"
+    " UPDATE chronicle.group_segments AS s SET acknowledged = s.acknowledged + counted.n FROM counted"
+    " WHERE s.group_name = $1 AND s.segment = counted.segment"
+)
 LIST_GROUP_PARKED = (
     f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND position > $2::bigint"
     " ORDER BY position, event_id LIMIT $3::bigint"

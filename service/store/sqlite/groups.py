@@ -165,7 +165,9 @@ def _commit(
 
 def _unpark(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> None:
     with writing(db):
-        db.executemany(sql.UNPARK_GROUP_EVENT, [(name, event_id) for event_id in event_ids])
+        for event_id in event_ids:
+            for (segment,) in db.execute(sql.UNPARK_GROUP_EVENT, (name, event_id)).fetchall():
+                db.execute(sql.COUNT_GROUP_ACKNOWLEDGED, (name, segment))
 
 
 def _find_parked(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> list[GroupParkedEvent]:
