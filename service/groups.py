@@ -685,7 +685,7 @@ class ConsumerSession:
             parks, self._replay_parks = self._replay_parks, []
             reparks = [parked.event_id for parked in parks]
             self._reparking.update(reparks)
-            work.append(self._groups.park(self.spec.name, parks))
+            work.append(self._groups.repark(self.spec.name, parks))
         try:
             if work:
                 await asyncio.gather(*work)

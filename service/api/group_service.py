@@ -1,8 +1,8 @@
 """``chronicle.v1.SubscriptionGroupService``: subscription groups, their
 consumers' streams, and their parked events (``service/groups.py``).
 
-Creating and deleting groups and replaying parked events take the admin
-grant and are audited; consuming a group, listing groups and listing
+Creating and deleting groups, replaying and dismissing parked events take
+the admin grant and are audited; consuming a group, listing groups and listing
 parked events take the subscribe grant for every aggregate type the group
 reads (a group is shared: it cannot be narrowed to what one caller may see,
 as Subscribe is)."""
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -31,6 +32,8 @@ from service.security.policy import Authorizer
 from service.store.base import LogReader
 from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState
 from service.store.records import LogFilter
+
+log = logging.getLogger(__name__)
 
 SERVICE = "chronicle.v1.SubscriptionGroupService"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -280,22 +283,36 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         self, request: pb.ReplayParkedRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReplayParkedResponse:
         async with self._admin("ReplayParked", "replay parked events", "group:" + request.group[:100]):
-            event_ids = check_names("event_ids", list(request.event_ids), reason="INVALID_EVENT_ID")
-            for index, event_id in enumerate(event_ids):
-                # Every event id is a UUID: anything else (a typo, a cut
-                # paste) is a mistake to say, not "none of these is parked".
-                canonical = canonical_uuid(event_id)
-                if canonical is None:
-                    raise InvalidInput.for_field(
-                        f"event_ids[{index}]", "must be an event id (a UUID)", reason="INVALID_EVENT_ID"
-                    )
-                event_ids[index] = canonical
+            event_ids = _event_ids(request.event_ids)
             state = await self._group("group", request.group)
-            event_ids = list(dict.fromkeys(event_ids))  # each once
             if event_ids:
                 await self._check_parked(state.spec.name, event_ids)
             replaying = await self._store.replay_parked(state.spec.name, event_ids)
         return pb.ReplayParkedResponse(replaying=replaying)
+
+    async def DismissParked(
+        self, request: pb.DismissParkedRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DismissParkedResponse:
+        async with self._admin("DismissParked", "dismiss parked events", "group:" + request.group[:100]):
+            event_ids = _event_ids(request.event_ids)
+            if not event_ids:
+                # Not "all": deleting every parked event of a group, for good,
+                # is no default an empty list should stand for.
+                raise InvalidInput.for_field(
+                    "event_ids", "must name at least one parked event to dismiss", reason="INVALID_EVENT_ID"
+                )
+            state = await self._group("group", request.group)
+            missing = await self._store.dismiss_parked(state.spec.name, event_ids)
+            if missing:
+                raise _not_parked(state.spec.name, missing, "nothing dismissed")
+            log.warning(
+                "%d parked events of group %s dismissed by %r: %s",
+                len(event_ids),
+                state.spec.name,
+                current_principal.get().name,
+                ", ".join(event_ids[:10]) + (" …" if len(event_ids) > 10 else ""),
+            )
+        return pb.DismissParkedResponse(dismissed=len(event_ids))
 
     async def _check_parked(self, group: str, event_ids: list[str]) -> None:
         """NOT_FOUND (PARKED_EVENT_NOT_FOUND), naming them, if any of
@@ -307,13 +324,7 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         found = {parked.event_id for parked in await self._store.find_parked(group, event_ids)}
         missing = [event_id for event_id in event_ids if event_id not in found]
         if missing:
-            shown = ", ".join(repr(event_id) for event_id in missing[:10])
-            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-            raise ResourceNotFound(
-                f"not parked in group {group!r}: {shown}{more}; nothing replayed",
-                reason="PARKED_EVENT_NOT_FOUND",
-                metadata={"group": group, "event_ids": ",".join(missing)[:1000]},
-            )
+            raise _not_parked(group, missing, "nothing replayed")
 
     async def Consume(
         self, request_iterator: AsyncIterator[pb.ConsumeRequest], context: grpc.aio.ServicerContext[Any, Any]
@@ -341,6 +352,32 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         finally:
             listening.cancel()
             self._groups.release(session)
+
+
+def _event_ids(values: Iterable[str]) -> list[str]:
+    """Event ids as a replay or a dismissal names them: at most 100, each a
+    UUID (every event id is one: anything else, a typo or a cut paste, is a
+    mistake to say, not "none of these is parked"), in canonical form, each
+    once."""
+    event_ids = check_names("event_ids", list(values), reason="INVALID_EVENT_ID")
+    for index, event_id in enumerate(event_ids):
+        canonical = canonical_uuid(event_id)
+        if canonical is None:
+            raise InvalidInput.for_field(
+                f"event_ids[{index}]", "must be an event id (a UUID)", reason="INVALID_EVENT_ID"
+            )
+        event_ids[index] = canonical
+    return list(dict.fromkeys(event_ids))
+
+
+def _not_parked(group: str, missing: list[str], outcome: str) -> ResourceNotFound:
+    shown = ", ".join(repr(event_id) for event_id in missing[:10])
+    more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+    return ResourceNotFound(
+        f"not parked in group {group!r}: {shown}{more}; {outcome}",
+        reason="PARKED_EVENT_NOT_FOUND",
+        metadata={"group": group, "event_ids": ",".join(missing)[:1000]},
+    )
 
 
 async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerSession) -> None:

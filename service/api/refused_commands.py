@@ -53,6 +53,7 @@ SELF_AUDITED = frozenset(
         "/chronicle.v1.SubscriptionGroupService/CreateGroup",
         "/chronicle.v1.SubscriptionGroupService/DeleteGroup",
         "/chronicle.v1.SubscriptionGroupService/ReplayParked",
+        "/chronicle.v1.SubscriptionGroupService/DismissParked",
     }
 )
 # The command type of the console's refusals, before the page's path.

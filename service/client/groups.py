@@ -426,5 +426,18 @@ class Groups:
         )
         return response.replaying
 
+    async def dismiss(self, group: str, event_ids: Sequence[str]) -> int:
+        """Delete parked events without delivering them again (at least one
+        named; they do not count as acknowledged); how many. All or none:
+        ``NotFound`` (PARKED_EVENT_NOT_FOUND, the ids in its metadata's
+        ``event_ids``), and none dismissed, if one named is not parked (as a
+        retry after an answer lost on the way says of those dismissed)."""
+        response: pb.DismissParkedResponse = await self._call(
+            f"dismiss parked events of {group}",
+            self._stub.DismissParked,
+            pb.DismissParkedRequest(group=group, event_ids=event_ids),
+        )
+        return response.dismissed
+
 
 __all__ = ["Delivery", "GroupConsumer", "GroupInfo", "GroupParkedEvent", "Groups", "RemoteError"]

@@ -608,6 +608,20 @@ class GroupStore(Protocol):
         transaction: parking passed it unacknowledged, so it is counted
         once, and an id no longer parked (its ack came twice) not again."""
 
+    async def repark(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
+        """Replayed events that failed again: set the attempts and reason of
+        those of ``events`` still parked, no longer replaying. One gone
+        meanwhile (dismissed, or its aggregate deleted or forgotten) stays
+        gone."""
+        ...
+
+    async def dismiss_parked(self, name: str, event_ids: Sequence[str]) -> list[str]:
+        """Delete these parked events, all or none, in one transaction,
+        without counting them as acknowledged: the ids among them that are
+        not parked in the group (every one, if there is no such group), and
+        nothing deleted, if any is not; ``[]`` once all are deleted."""
+        ...
+
     async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         """Up to ``limit`` parked events of the group with positions greater
         than ``after_position``, by position (event id within one)."""

@@ -114,6 +114,20 @@ class MemoryGroups:
                     checkpoint = group.checkpoints[gone.segment]
                     group.checkpoints[gone.segment] = replace(checkpoint, acknowledged=checkpoint.acknowledged + 1)
 
+    async def repark(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
+        group = self._groups.get(name)
+        if group is not None:
+            self._park(group, [event for event in events if event.event_id in group.parked])
+
+    async def dismiss_parked(self, name: str, event_ids: Sequence[str]) -> list[str]:
+        group = self._groups.get(name)
+        parked = group.parked if group is not None else {}
+        missing = [event_id for event_id in dict.fromkeys(event_ids) if event_id not in parked]
+        if not missing:
+            for event_id in event_ids:
+                parked.pop(event_id, None)
+        return missing
+
     def _sorted_parked(self, name: str) -> list[GroupParkedEvent]:
         group = self._groups.get(name)
         if group is None:

@@ -175,6 +175,35 @@ async def test_an_unparked_event_counts_as_acknowledged_in_its_segment_once(stor
     await store.unpark("absent", ["e-3"])  # no such group: nothing, no error
 
 
+async def test_parked_events_are_dismissed_all_or_none_and_not_counted(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    await store.create_group(SPEC)
+    await store.park("billing", [parked("e-3", 3, segment=0), parked("e-4", 4), parked("e-5", 5)])
+    await store.replay_parked("billing", ["e-4"])
+    before = await contents()
+    assert await store.dismiss_parked("billing", ["e-3", "e-404", "e-5", "e-405"]) == ["e-404", "e-405"]
+    assert (await contents()).changes_since(before) == {}  # none dismissed
+    assert await store.dismiss_parked("absent", ["e-3"]) == ["e-3"]
+    assert await store.dismiss_parked("billing", ["e-4", "e-3", "e-4"]) == []  # a replaying one too
+    assert [p.event_id for p in await store.list_parked("billing")] == ["e-5"]
+    assert await store.parked_to_replay("billing", [0, 1, 2, 3], 10) == []
+    await store.unpark("billing", ["e-4"])  # its replay acknowledged afterwards: nothing to count
+    group = await store.load_group("billing")
+    assert group is not None and (group.parked, group.acknowledged) == (1, 0)
+    assert await store.dismiss_parked("billing", ["e-3"]) == ["e-3"]  # dismissed already
+
+
+async def test_a_replay_failed_again_is_parked_again_only_if_still_parked(store: StoreAdapter) -> None:
+    await store.create_group(SPEC)
+    await store.park("billing", [parked("e-3", 3), parked("e-4", 4)])
+    await store.replay_parked("billing", [])
+    assert await store.dismiss_parked("billing", ["e-4"]) == []
+    await store.repark("billing", [parked("e-3", 3, attempts=7), parked("e-4", 4, attempts=7)])
+    listed = await store.list_parked("billing")
+    assert [(p.event_id, p.attempts, p.replaying) for p in listed] == [("e-3", 7, False)]  # e-4 stays dismissed
+
+
 async def test_deleting_a_group_deletes_its_checkpoints_parked_events_and_leases(store: StoreAdapter) -> None:
     await store.create_group(SPEC)
     await store.park("billing", [parked("e-1", 8)])

@@ -142,7 +142,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 36
+    assert len(outcomes) == 37
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -239,6 +239,10 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     ),
     "/chronicle.v1.SubscriptionGroupService/ReplayParked": (
         groups.ReplayParkedRequest(group="everything"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.SubscriptionGroupService/DismissParked": (
+        groups.DismissParkedRequest(group="everything", event_ids=["3f0c6a6e-8d0c-4a57-9e1b-2f7a4b9c1d23"]),
         "ADMIN_DENIED",
     ),
     # Reflection is behind the gate for the API's shape, not the policy.

@@ -456,10 +456,10 @@ class HeldParks(MemoryStore):
         self.parking = asyncio.Event()
         self.looked = 0
 
-    async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
+    async def repark(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         self.parking.set()
         await self.release.wait()
-        await super().park(name, events)
+        await super().repark(name, events)
 
     async def parked_to_replay(self, name: str, segments: Sequence[int], limit: int) -> list[GroupParkedEvent]:
         self.looked += 1

@@ -155,6 +155,25 @@ class GroupsRole:
         if event_ids:
             await self._db.run("unpark", [Statement(sql.UNPARK_GROUP_EVENTS.encode(), (name, list(event_ids)))])
 
+    async def repark(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
+        if events:
+            await self._db.run("repark", [Statement(sql.REPARK_GROUP_EVENTS.encode(), (name, _parked_json(events)))])
+
+    async def dismiss_parked(self, name: str, event_ids: Sequence[str]) -> list[str]:
+        wanted = (name, list(dict.fromkeys(event_ids)))
+        try:
+            await self._db.run(
+                "dismiss_parked",
+                [
+                    Statement(sql.LOCK_GROUP_PARKED.encode(), wanted),
+                    Statement(sql.DISMISS_GROUP_PARKED.encode(), wanted),
+                ],
+            )
+        except Refused:  # one is not parked: nothing dismissed
+            found = {parked.event_id for parked in await self.find_parked(name, wanted[1])}
+            return [event_id for event_id in wanted[1] if event_id not in found] or wanted[1]
+        return []
+
     async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         (result,) = await self._db.run(
             "list_parked", [Statement(sql.LIST_GROUP_PARKED.encode(), (name, after_position, limit))], read_only=True

@@ -50,6 +50,7 @@ CLAIM_HELD = "CH002"  # a claimed value is held by another aggregate (message: t
 LEASE_LOST = "CH003"  # a fencing token is no longer current: its lease changed holder
 SUBJECTS_FORGOTTEN = "CH004"  # documents name forgotten aggregates (message: their ids, one per line)
 IMPORT_REFUSED = "CH005"  # an imported record does not fit (message: "REASON index [holder]")
+PARKED_MISSING = "CH006"  # a parked event to dismiss is not parked (message: the group)
 
 EVENTS_VERSION_KEY = "events_aggregate_version_key"
 COMMANDS_KEY = "commands_pkey"
@@ -937,6 +938,20 @@ UNPARK_GROUP_EVENTS = (
     " UPDATE chronicle.group_segments AS s SET acknowledged = s.acknowledged + counted.n FROM counted"
     " WHERE s.group_name = $1 AND s.segment = counted.segment"
 )
+REPARK_GROUP_EVENTS = (
+    "UPDATE chronicle.group_parked AS p SET attempts = r.attempts, reason = r.reason, replaying = false,"
+    " parked_at = now() FROM jsonb_to_recordset($2::jsonb) AS r(event_id text, attempts integer, reason text)"
+    " WHERE p.group_name = $1 AND p.event_id = r.event_id"
+)
+# Dismissing parked events, all or none: their rows locked and counted
+# (PARKED_MISSING if one is not there: nothing deleted), then deleted, in one
+# transaction; a replay's ack waits for it, and then removes nothing.
+LOCK_GROUP_PARKED = (
+    "SELECT CASE WHEN (SELECT count(*) FROM (SELECT 1 FROM chronicle.group_parked WHERE group_name = $1"
+    " AND event_id = ANY($2::text[]) FOR UPDATE) AS locked) = cardinality($2::text[]) THEN 0"
+    f" ELSE chronicle.refuse('{PARKED_MISSING}', $1) END"
+)
+DISMISS_GROUP_PARKED = "DELETE FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
 LIST_GROUP_PARKED = (
     f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND position > $2::bigint"
     " ORDER BY position, event_id LIMIT $3::bigint"

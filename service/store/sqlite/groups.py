@@ -79,6 +79,12 @@ class GroupsRole:
     async def unpark(self, name: str, event_ids: Sequence[str]) -> None:
         await self._writer.run(_unpark, name, event_ids)
 
+    async def repark(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
+        await self._writer.run(_repark, name, events)
+
+    async def dismiss_parked(self, name: str, event_ids: Sequence[str]) -> list[str]:
+        return await self._writer.run(_dismiss, name, event_ids)
+
     async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         rows = await self._writer.run(
             lambda db: db.execute(sql.LIST_GROUP_PARKED, (name, after_position, limit)).fetchall()
@@ -168,6 +174,20 @@ def _unpark(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> None
         for event_id in event_ids:
             for (segment,) in db.execute(sql.UNPARK_GROUP_EVENT, (name, event_id)).fetchall():
                 db.execute(sql.COUNT_GROUP_ACKNOWLEDGED, (name, segment))
+
+
+def _repark(db: sqlite3.Connection, name: str, events: Sequence[GroupParkedEvent]) -> None:
+    with writing(db):
+        db.executemany(sql.REPARK_GROUP_EVENT, [(e.attempts, e.reason, name, e.event_id) for e in events])
+
+
+def _dismiss(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> list[str]:
+    with writing(db):  # the write lock: nothing settles a replay between the look and the deletion
+        wanted = list(dict.fromkeys(event_ids))
+        missing = [e for e in wanted if db.execute(sql.GROUP_PARKED_EVENT, (name, e)).fetchone() is None]
+        if not missing:
+            db.executemany(sql.DISMISS_GROUP_PARKED, [(name, event_id) for event_id in wanted])
+        return missing
 
 
 def _find_parked(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> list[GroupParkedEvent]:

@@ -387,6 +387,10 @@ PARK_GROUP_EVENT = (
     " ON CONFLICT (group_name, event_id) DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason,"
     " replaying = 0"
 )
+REPARK_GROUP_EVENT = (
+    "UPDATE group_parked SET attempts = ?, reason = ?, replaying = 0 WHERE group_name = ? AND event_id = ?"
+)
+DISMISS_GROUP_PARKED = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ?"
 UNPARK_GROUP_EVENT = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ? RETURNING segment"
 COUNT_GROUP_ACKNOWLEDGED = (
     "UPDATE group_segments SET acknowledged = acknowledged + 1 WHERE group_name = ? AND segment = ?"

@@ -1,0 +1,185 @@
+"""``chronicle group`` as an operator types it, against a real server over a
+real socket: the groups and their state, a group's parked events, replaying
+them, and dismissing them (``DismissParked``: all named or none, refused
+clearly, audited); and the Python client's ``groups.dismiss``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+from chronicle.v1 import admin_service_pb2
+from chronicle.v1 import subscription_group_service_pb2 as pb
+from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.app import Application
+from service.client import ChronicleClient, NotFound
+from service.store.sqlite import SqliteStore
+from tests.support.grpc_client import TEST_SETTINGS, Client, command, running_server
+from tests.support.processes import cli
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow  # CLI processes
+
+GROUP = "billing"
+UNKNOWN_ID = "3f0c6a6e-8d0c-4a57-9e1b-2f7a4b9c1d23"
+
+
+@asynccontextmanager
+async def consuming(
+    raw: Client, consumer: str
+) -> AsyncIterator[grpc.aio.StreamStreamCall[pb.ConsumeRequest, pb.ConsumeResponse]]:
+    call = pb_grpc.SubscriptionGroupServiceStub(raw.channel).Consume()
+    try:
+        await call.write(pb.ConsumeRequest(start=pb.ConsumeStart(group=GROUP, consumer=consumer)))
+        joined = await asyncio.wait_for(call.read(), 20)
+        assert joined is not grpc.aio.EOF and joined.HasField("joined"), joined
+        yield call
+    finally:
+        call.cancel()
+
+
+async def take(call: grpc.aio.StreamStreamCall[pb.ConsumeRequest, pb.ConsumeResponse], count: int) -> list[pb.Delivery]:
+    taken: list[pb.Delivery] = []
+    while len(taken) < count:
+        message = await asyncio.wait_for(call.read(), 20)
+        assert message is not grpc.aio.EOF and message.HasField("deliveries"), message
+        taken += message.deliveries.deliveries
+    return taken
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Application, Client, ChronicleClient]]:
+    store = SqliteStore(tmp_path / "events.db")
+    await store.open()
+    settings = replace(TEST_SETTINGS, anonymous_admin=True, poll_seconds=0.05, lease_seconds=30.0)
+    try:
+        async with (
+            running_server(store, settings=settings) as (app, raw),
+            ChronicleClient.connect(app.address) as client,
+        ):
+            yield app, raw, client
+    finally:
+        await store.close()
+
+
+async def chronicle(app: Application, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(cli, *args, server=app.address, check=False)
+
+
+def lines(result: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    assert (result.returncode, result.stderr) == (0, ""), result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+async def three_parked(raw: Client, client: ChronicleClient) -> list[str]:
+    """Three accounts opened, their events parked by a consumer that nacks
+    them (one attempt allowed): their event ids, by position."""
+    for n in range(3):
+        await raw.submit(command(f"acc-{n}", bank.OpenAccount(owner="ann")))
+    await client.groups.create(GROUP, max_delivery_attempts=1, segments=1)
+    async with consuming(raw, "failing") as call:
+        delivered = await take(call, 3)
+        ids = [d.event.event_id for d in delivered]
+        await call.write(pb.ConsumeRequest(nack=pb.Nack(event_ids=ids, reason="cannot parse")))
+
+        async def parked() -> bool:
+            return (await client.groups.get(GROUP)).parked == 3
+
+        await eventually(parked, what="three events parked")
+    return [d.event.event_id for d in sorted(delivered, key=lambda d: d.event.position)]
+
+
+async def test_an_operator_lists_groups_and_parked_events_then_replays_and_dismisses_them(
+    served: tuple[Application, Client, ChronicleClient],
+) -> None:
+    app, raw, client = served
+    first, second, third = await three_parked(raw, client)
+    (listed,) = lines(await chronicle(app, "group"))
+    assert (listed["name"], listed["parked"], listed["lag"], listed["acknowledged"]) == (GROUP, "3", "0", "0")
+    assert (listed["position"], listed["log_head"], listed["consumers"]) == ("3", "3", [])
+    assert lines(await chronicle(app, "group", GROUP)) == [listed]
+    shown = lines(await chronicle(app, "group", GROUP, "--parked"))
+    assert [(p["event_id"], p["reason"], p["attempts"], p["replaying"]) for p in shown] == [
+        (event_id, "cannot parse", 1, False) for event_id in (first, second, third)
+    ]
+
+    async with consuming(raw, "fixed") as call:
+        assert lines(await chronicle(app, "group", GROUP, "--dismiss", first, third)) == [
+            {"group": GROUP, "dismissed": 2}
+        ]
+        assert lines(await chronicle(app, "group", GROUP, "--replay", second)) == [{"group": GROUP, "replaying": 1}]
+        (replayed,) = await take(call, 1)  # the one replayed; the dismissed ones never come
+        assert (replayed.event.event_id, replayed.replayed) == (second, True)
+        await call.write(pb.ConsumeRequest(ack=pb.Ack(event_ids=[second])))
+
+        async def settled() -> bool:
+            info = await client.groups.get(GROUP)
+            return (info.parked, info.acknowledged) == (0, 1)  # dismissed ones are not acknowledged
+
+        await eventually(settled, what="nothing parked, the replay acknowledged")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call.read(), 0.5)
+    assert lines(await chronicle(app, "group", GROUP, "--parked")) == []
+
+    audit = await raw.admin.QueryAudit(admin_service_pb2.QueryAuditRequest())
+    dismissals = [(e.aggregate_id, e.reason) for e in audit.entries if e.command_type.endswith("/DismissParked")]
+    assert dismissals == [(f"group:{GROUP}", "")]
+
+
+async def test_bad_dismissals_are_refused_in_one_line_and_dismiss_nothing(
+    served: tuple[Application, Client, ChronicleClient],
+) -> None:
+    app, raw, client = served
+    first, second, third = await three_parked(raw, client)
+
+    async def refused(*args: str) -> tuple[int, str]:
+        result = await chronicle(app, "group", *args)
+        assert result.stdout == ""
+        return result.returncode, result.stderr.splitlines()[0]
+
+    code, said = await refused(GROUP, "--dismiss", first, UNKNOWN_ID)
+    assert (code, ": ".join(said.split(": ")[:2])) == (1, "error: NOT_FOUND PARKED_EVENT_NOT_FOUND")
+    assert UNKNOWN_ID in said and first not in said
+    code, said = await refused(GROUP, "--dismiss", first, "not-an-id")
+    assert (code, ": ".join(said.split(": ")[:2])) == (1, "error: INVALID_ARGUMENT INVALID_EVENT_ID")
+    code, said = await refused("nope", "--dismiss", first)
+    assert (code, ": ".join(said.split(": ")[:2])) == (1, "error: NOT_FOUND GROUP_NOT_FOUND")
+    code, said = await refused("nope")
+    assert (code, ": ".join(said.split(": ")[:2])) == (1, "error: NOT_FOUND GROUP_NOT_FOUND")
+    code, said = await refused("--parked")
+    assert code == 2 and said.startswith("error: --parked, --replay, --replay-all and --dismiss act on one group")
+    assert (await client.groups.get(GROUP)).parked == 3  # nothing half done
+
+    with pytest.raises(grpc.aio.AioRpcError) as empty:
+        await pb_grpc.SubscriptionGroupServiceStub(raw.channel).DismissParked(pb.DismissParkedRequest(group=GROUP))
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at least one" in (empty.value.details() or "")
+
+    # The Python client: all or none, the missing ids in the metadata.
+    with pytest.raises(NotFound) as missing:
+        await client.groups.dismiss(GROUP, [first, UNKNOWN_ID])
+    assert (missing.value.reason, missing.value.metadata["event_ids"]) == ("PARKED_EVENT_NOT_FOUND", UNKNOWN_ID)
+    assert await client.groups.dismiss(GROUP, [first.upper()]) == 1  # any form of the UUID
+    assert [p.event_id for p in await client.groups.parked(GROUP)] == [second, third]
+
+    audit = await raw.admin.QueryAudit(admin_service_pb2.QueryAuditRequest())
+    dismissals = sorted(e.reason for e in audit.entries if e.command_type.endswith("/DismissParked"))
+    assert dismissals == sorted(
+        [
+            "",
+            "PARKED_EVENT_NOT_FOUND",
+            "PARKED_EVENT_NOT_FOUND",
+            "INVALID_EVENT_ID",
+            "INVALID_EVENT_ID",
+            "GROUP_NOT_FOUND",
+        ]
+    )
