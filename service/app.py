@@ -76,6 +76,7 @@ from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
 from service.security.exposure import check_exposure, check_metrics_exposure, is_loopback
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware
+from service.security.open_files import open_files_warnings, raise_open_files_limit
 from service.security.policy import Authorizer, Policy
 from service.security.reloading import SecurityReloader, WatchedFile
 from service.security.tls import server_credentials
@@ -314,6 +315,11 @@ async def start(
             listen=settings.console_listen, auth=settings.auth, tls=bool(settings.tls_cert_file)
         ):
             log.warning("%s", warning)
+    before, limit = raise_open_files_limit()
+    if limit != before:
+        log.info("raised the limit on open files (RLIMIT_NOFILE) from %d to %d, the hard limit", before, limit)
+    for warning in open_files_warnings(limit, settings.max_connections):
+        log.warning("%s", warning)
     registry = registry if registry is not None else build_registry(settings)
     for warning in registry.warnings:  # what `chronicle plugins` prints as warning: lines
         log.warning("plugins: %s", warning)
@@ -610,6 +616,8 @@ async def start(
         min_client_ping_seconds=settings.min_client_ping_seconds,
         max_connection_age_seconds=settings.max_connection_age_seconds,
         max_connection_age_grace_seconds=settings.max_connection_age_grace_seconds,
+        handshake_timeout_seconds=settings.handshake_timeout_seconds,
+        max_connections=settings.max_connections,
     )
     metrics_server = None
     console = None

@@ -164,6 +164,20 @@ class Settings:
         default=30.0,
         metadata={"help": "seconds the calls on a connection past its age get to finish"},
     )
+    handshake_timeout_seconds: float = field(
+        default=10.0,
+        metadata={
+            "help": "seconds a new gRPC connection gets to finish its TLS handshake and send HTTP/2's settings;"
+            " then it is closed (gRPC's own default: 120 s)"
+        },
+    )
+    max_connections: int = field(
+        default=10_000,
+        metadata={
+            "help": "client connections the gRPC server holds at once, handshakes under way included; one more"
+            " is closed at once (each takes a file descriptor)"
+        },
+    )
     auth_reload_seconds: float = field(
         default=5.0,
         metadata={
@@ -279,6 +293,7 @@ class Settings:
             "max_rpcs_per_principal",
             "max_subscriptions_per_principal",
             "max_health_watches",
+            "max_connections",
         ):
             if getattr(self, name) < 1:
                 raise bad_setting(name, f"{getattr(self, name)} is too small", _accepted_int(name, at_least=1))
@@ -305,6 +320,7 @@ class Settings:
             "keepalive_timeout_seconds",
             "lease_seconds",
             "console_sample_seconds",
+            "handshake_timeout_seconds",
         ):
             if not getattr(self, name) > 0:
                 raise bad_setting(name, f"{getattr(self, name):g} is not positive", f"more than 0: {DURATION}")

@@ -79,6 +79,20 @@ def connection_age_options(age: float, grace: float) -> list[tuple[str, int]]:
     ]
 
 
+def connection_limit_options(handshake_timeout: float, max_connections: int) -> list[tuple[str, int]]:
+    """gRPC's options for closing a connection that has not finished its
+    handshake (TLS, then HTTP/2's settings frame) within ``handshake_timeout``
+    seconds, and for holding at most ``max_connections`` at once (one more is
+    closed as soon as it is accepted; a connection counts from its accept).
+    gRPC's defaults are 120 s and no cap: a few hundred sockets that never
+    send a byte held every file descriptor the process had, and then the API,
+    health checks and console all stopped (tests/integration/test_connection_limits.py)."""
+    return [
+        ("grpc.server_handshake_timeout_ms", int(handshake_timeout * 1000)),
+        ("grpc.max_allowed_incoming_connections", max_connections),
+    ]
+
+
 def build_server(
     *,
     commands: CommandService,
@@ -98,6 +112,8 @@ def build_server(
     min_client_ping_seconds: float = 5.0,
     max_connection_age_seconds: float = 0.0,
     max_connection_age_grace_seconds: float = 30.0,
+    handshake_timeout_seconds: float = 10.0,
+    max_connections: int = 10_000,
 ) -> grpc.aio.Server:
     server = grpc.aio.server(
         interceptors=list(interceptors),
@@ -109,6 +125,7 @@ def build_server(
             *keepalive_options(keepalive_seconds, keepalive_timeout_seconds),
             *client_ping_options(min_client_ping_seconds),
             *connection_age_options(max_connection_age_seconds, max_connection_age_grace_seconds),
+            *connection_limit_options(handshake_timeout_seconds, max_connections),
         ],
     )
     methods = MethodTable(gate)

@@ -3,8 +3,11 @@
 One request per connection (``Connection: close``): the console serves a
 handful of operators, and without keep-alive there is no pipelining, no
 chunked request bodies and no connection reuse to get wrong. Requests are
-bounded (head 16 KiB, body 64 KiB, 10 s to send them); anything else is
-refused with a plain status. A response is either bytes or a stream of
+bounded (head 16 KiB, body 64 KiB, 10 s from the connection's accept to
+its last byte, a TLS handshake included); anything else is refused with a
+plain status. A connection counts toward the cap from its accept, so
+sockets that never finish a handshake or a request cannot hold descriptors
+beyond it. A response is either bytes or a stream of
 them (server-sent events), which ends when the handler's iterator ends, the
 browser goes away or the server stops.
 """
@@ -26,7 +29,13 @@ log = logging.getLogger("chronicle.console")
 MAX_HEAD_BYTES = 16 * 1024
 # Live tails hold their connection open: this many at once, then 503.
 MAX_CONNECTIONS = 100
+# Beyond this many times the cap a connection is closed at once, without
+# an answer: a 503 takes a handshake and a request, up to REQUEST_SECONDS
+# each, and a flood of them must not hold the process's descriptors.
+HARD_CAP_FACTOR = 2
 MAX_BODY_BYTES = 64 * 1024
+# From the accept to the request's last byte (TLS handshake included), and
+# again for the browser to take each write of the answer.
 REQUEST_SECONDS = 10.0
 
 
@@ -127,19 +136,30 @@ class HttpServer:
         *,
         base_headers: list[tuple[str, str]] | None = None,
         max_connections: int = MAX_CONNECTIONS,
+        request_seconds: float | None = None,
     ) -> None:
         self._handler = handler
         self._max_connections = max_connections
+        self._request_seconds = REQUEST_SECONDS if request_seconds is None else request_seconds
         self._base_headers = base_headers or []
         self._server: asyncio.Server | None = None
+        self._tls: ssl.SSLContext | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def start(self, host: str, port: int, *, tls: ssl.SSLContext | None = None) -> None:
-        self._server = await asyncio.start_server(
-            self._connection, host.strip("[]"), port, ssl=tls, limit=MAX_HEAD_BYTES
-        )
+        # TLS is begun on each connection by ``_connection``, not by the
+        # server: asyncio's would run the handshake before the connection
+        # is ours to count, under its own deadline (60 s), so sockets that
+        # never finish one escaped the cap and the request's deadline.
+        self._tls = tls
+        self._server = await asyncio.start_server(self._connection, host.strip("[]"), port, limit=MAX_HEAD_BYTES)
         self.port = int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not yet closed, handshakes under way included."""
+        return len(self._connections)
 
     async def stop(self) -> None:
         if self._server is None:
@@ -153,55 +173,67 @@ class HttpServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        busy = len(self._connections) >= self._max_connections
+        already_open = len(self._connections)
         self._connections.add(task)
         try:
-            if busy:
-                # Read the request first: closing a socket with unread bytes
-                # resets it, and the browser would never see the answer.
-                with contextlib.suppress(_BadRequest, TimeoutError):
-                    async with asyncio.timeout(REQUEST_SECONDS):
-                        await _read_request(reader)
-                refusal = Response(503, b"Too many connections to the console", "text/plain; charset=utf-8")
-                refusal.headers = [*self._base_headers, ("Retry-After", "5")]
-                writer.write(_head(refusal, length=len(refusal.body)) + refusal.body)
-                await writer.drain()
+            if already_open >= self._max_connections * HARD_CAP_FACTOR:
+                return  # closed unanswered: see HARD_CAP_FACTOR
+            try:
+                request = await self._receive(reader, writer)
+            except _BadRequest as bad:
+                response = Response(bad.status, bad.status.phrase.encode(), "text/plain; charset=utf-8")
+            except TimeoutError:
                 return
-            await self._serve(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass  # the browser went away
+            else:
+                if already_open >= self._max_connections:
+                    response = Response(503, b"Too many connections to the console", "text/plain; charset=utf-8")
+                    response.headers = [("Retry-After", "5")]
+                else:
+                    response = await self._answer(request)
+            await self._send(writer, response)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
+            pass  # the browser went away, or stopped reading
         finally:
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _receive(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Request:
+        """The TLS handshake (when serving TLS) and the whole request, within
+        one deadline from the accept. A busy server reads the request too
+        before it answers 503: closing a socket with unread bytes resets it,
+        and the browser would never see the answer."""
+        async with asyncio.timeout(self._request_seconds):
+            if self._tls is not None:
+                await writer.start_tls(self._tls, ssl_handshake_timeout=self._request_seconds)
+            return replace(await _read_request(reader), peer=_peer(writer))
+
+    async def _answer(self, request: Request) -> Response:
         try:
-            async with asyncio.timeout(REQUEST_SECONDS):
-                request = replace(await _read_request(reader), peer=_peer(writer))
-        except _BadRequest as bad:
-            response = Response(bad.status, bad.status.phrase.encode(), "text/plain; charset=utf-8")
-        except TimeoutError:
-            return
-        else:
-            try:
-                response = await self._handler(request)
-            except Exception:
-                log.exception("console: %s %s failed", request.method, request.path)
-                response = Response(500, b"Internal Server Error", "text/plain; charset=utf-8")
+            return await self._handler(request)
+        except Exception:
+            log.exception("console: %s %s failed", request.method, request.path)
+            return Response(500, b"Internal Server Error", "text/plain; charset=utf-8")
+
+    async def _send(self, writer: asyncio.StreamWriter, response: Response) -> None:
+        """Each write gets the request's deadline to be taken: a browser that
+        stops reading does not hold its connection longer."""
         response.headers = [*self._base_headers, *response.headers]
         if response.stream is None:
             writer.write(_head(response, length=len(response.body)) + response.body)
-            await writer.drain()
+            async with asyncio.timeout(self._request_seconds):
+                await writer.drain()
             return
         stream = response.stream
         try:
             writer.write(_head(response, length=None))
-            await writer.drain()
+            async with asyncio.timeout(self._request_seconds):
+                await writer.drain()
             async for chunk in stream:
                 writer.write(chunk)
-                await writer.drain()
+                async with asyncio.timeout(self._request_seconds):
+                    await writer.drain()
         finally:
             closing = getattr(stream, "aclose", None)
             if closing is not None:

@@ -261,6 +261,8 @@ def test_settings_in_seconds_take_the_units_the_guide_lists() -> None:
         ("drops the connection when a ping goes unanswered for 20 s", "keepalive_timeout_seconds", 20.0),
         ("The server accepts a client's pings as often as every 5 s", "min_client_ping_seconds", 5.0),
         ("Calls still open get the grace (30 s)", "max_connection_age_grace_seconds", 30.0),
+        ("`--handshake-timeout-seconds` (10), `--max-connections` (10000)", "handshake_timeout_seconds", 10.0),
+        ("`--handshake-timeout-seconds` (10), `--max-connections` (10000)", "max_connections", 10_000),
         ("`--command-retention`, `--refusal-retention`: how long records are kept", "command_retention", 0.0),
         ("([below](#retention)); forever by default", "refusal_retention", 0.0),
     ],
