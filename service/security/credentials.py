@@ -14,7 +14,12 @@ Three kinds of credential, tried in this order:
    would cost milliseconds of CPU on every call. The file never holds a key.
 3. A client certificate verified by the TLS handshake against the
    configured client CA (mutual TLS): its subject, as an RFC 4514 string such
-   as ``CN=batch,O=Acme``, is the principal.
+   as ``CN=batch,O=Acme``, is the principal; a certificate with an empty
+   subject (a SPIFFE X.509-SVID) is named by its one URI name instead.
+
+Whatever names the principal must name someone (``principal_problem``):
+the audit records it and the policy grants by it, and an empty name was
+shown as "an anonymous caller" while it held the token's roles.
 
 A bearer token wins over a client certificate: the certificate then only
 proves which machine connects.
@@ -23,6 +28,7 @@ proves which machine connects.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 import tomllib
@@ -37,6 +43,27 @@ from cryptography import x509
 from service.errors import ConfigurationError, Unauthenticated
 from service.principal import REACTION_PREFIX, Principal, reserved
 from service.security.jwt_keys import PublicKey, load_jwt_key
+from service.values import id_problem
+
+# The JWT claims that are times: RFC 7519 makes them JSON numbers. PyJWT
+# reads them with int(), which takes the string "9999999999" too.
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def principal_problem(name: str) -> str:
+    """What is wrong with ``name`` as a principal, "" if nothing: the rule
+    identifiers follow (``values.id_problem``: not empty, not only spaces, at
+    most 200 characters, printable) and no space at either end, which would
+    make two principals that read alike in the audit and the policy."""
+    problem = id_problem(name)
+    if not problem and name != name.strip():
+        problem = "must not begin or end with whitespace"
+    return problem
+
+
+def _is_number(value: object) -> bool:
+    # bool is an int to Python, not a number to JSON.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def hash_api_key(key: str) -> str:
@@ -81,13 +108,16 @@ class ApiKeys:
                 len(digest) != 64
                 or any(c not in "0123456789abcdef" for c in digest)
                 or not isinstance(principal, str)
-                or not principal
                 or not isinstance(roles, list)
                 or set(item) - {"principal", "sha256", "roles"}
             ):
                 raise ConfigurationError(
                     f"{path}: key {number} needs principal, a 64-hex-digit sha256 and optional roles",
                     reason="BAD_API_KEYS",
+                )
+            if principal_problem(principal):
+                raise ConfigurationError(
+                    f"{path}: key {number}'s principal {principal_problem(principal)}", reason="BAD_API_KEYS"
                 )
             if reserved(principal):
                 raise ConfigurationError(
@@ -148,6 +178,7 @@ class JwtVerifier:
     def verify_until(self, token: str) -> tuple[Principal, float]:
         """The token's principal and its expiry (seconds since the epoch; it
         is accepted until ``leeway_seconds`` after that)."""
+        _check_times(token)
         try:
             claims = jwt.decode(
                 token,
@@ -170,10 +201,27 @@ class JwtVerifier:
             # Not a fault of the token's claims (the key refused the token's
             # algorithm, say): nothing of the library's text reaches the caller.
             raise Unauthenticated("the token does not verify", reason="INVALID_TOKEN") from None
+        problem = principal_problem(claims["sub"])  # PyJWT checked it is a string
+        if problem:
+            raise Unauthenticated(f"the token's subject (sub) {problem}", reason="INVALID_TOKEN")
         roles = claims.get("roles", [])
         if not isinstance(roles, list):
             raise Unauthenticated("the token's roles claim must be a list", reason="INVALID_TOKEN")
-        return Principal(str(claims["sub"]), "jwt", frozenset(str(r) for r in roles)), float(claims["exp"])
+        return Principal(claims["sub"], "jwt", frozenset(str(r) for r in roles)), float(claims["exp"])
+
+
+def _check_times(token: str) -> None:
+    """Refuses a token whose ``exp``, ``nbf`` or ``iat`` is not a JSON number,
+    before PyJWT judges its times (it would call the string "0" expired, and
+    take "9999999999" for a time). Its claims are only read here, not
+    trusted: one that is not even JSON is left for the verification to refuse."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return
+    for claim in _TIME_CLAIMS:
+        if claim in claims and not _is_number(claims[claim]):
+            raise Unauthenticated(f"the token's {claim} claim must be a number", reason="INVALID_TOKEN")
 
 
 def _looks_like_jwt(token: str) -> bool:
@@ -181,9 +229,38 @@ def _looks_like_jwt(token: str) -> bool:
 
 
 def _certificate_principal(pem: bytes) -> tuple[Principal, float]:
-    """A client certificate's subject, and when the certificate expires."""
+    """A client certificate's principal, and when the certificate expires.
+
+    The principal is its subject, in RFC 4514's spelling. A certificate
+    whose subject is empty (RFC 5280 allows it when a subjectAltName names
+    the holder; SPIFFE's X.509-SVIDs are such, named by one URI) is named by
+    its URI, if it has exactly one: the policy names it as it names any
+    principal, ``[principals."spiffe://acme.example/batch"]``. DNS names and
+    addresses name hosts, any of which may hold the certificate: they name
+    no principal. Otherwise it is refused, ``BAD_CERTIFICATE_SUBJECT``."""
     certificate = x509.load_pem_x509_certificate(pem)
-    return Principal(certificate.subject.rfc4514_string(), "mtls"), certificate.not_valid_after_utc.timestamp()
+    name = certificate.subject.rfc4514_string()
+    if not name:
+        name = _single_uri(certificate)
+    problem = principal_problem(name)
+    if problem:
+        raise Unauthenticated(
+            "the client certificate names no principal: its subject is empty and it has no single URI name"
+            if not name
+            else f"the client certificate's subject {problem}",
+            reason="BAD_CERTIFICATE_SUBJECT",
+        )
+    return Principal(name, "mtls"), certificate.not_valid_after_utc.timestamp()
+
+
+def _single_uri(certificate: x509.Certificate) -> str:
+    """The certificate's one URI subjectAltName; "" if it has none or several."""
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ""
+    uris = names.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if len(uris) == 1 else ""
 
 
 class Authenticator:

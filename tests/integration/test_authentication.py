@@ -176,6 +176,25 @@ async def test_a_jwt_expired_less_than_30_seconds_ago_still_verifies(
             assert await refused(opening) == (grpc.StatusCode.UNAUTHENTICATED, outcome)
 
 
+@pytest.mark.parametrize("subject", ["", " root", "root\n"])
+async def test_a_jwt_whose_subject_names_no_one_is_unauthenticated_and_holds_no_roles(
+    secured: Secured, subject: str
+) -> None:
+    """An empty subject used to be accepted as the principal '' (shown as
+    "an anonymous caller"), with the token's roles."""
+    async with secured.as_(subject, roles=["operator", "teller"]) as caller:
+        outcome = await refused(caller.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id="")))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+    assert await secured.store.head("acc-1") is None
+
+
+async def test_a_jwt_time_given_as_a_string_is_unauthenticated(secured: Secured) -> None:
+    claims = {"sub": "root", "iss": secured.issuer.issuer, "exp": "9999999999"}
+    async with secured.client(secured.issuer.sign(claims)) as caller:
+        outcome = await refused(caller.submit(command("acc-1", bank.OpenAccount(owner="ann"))))
+    assert outcome == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
 @pytest.mark.parametrize("missing", ["exp", "sub", "iss"])
 async def test_a_jwt_without_a_required_claim_is_unauthenticated(secured: Secured, missing: str) -> None:
     claims = {"sub": "root", "iss": secured.issuer.issuer, "exp": int(time.time()) + 300}

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
@@ -89,6 +90,30 @@ async def test_the_client_certificate_subject_is_the_principal(pki: Pki, mtls: A
     async with connect(mtls.address, credentials=credentials(pki, batch)) as client:
         response = await client.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
     assert response.events[0].user_id == "CN=batch,O=Chronicle Tests"
+
+
+async def test_a_certificate_without_a_subject_is_named_by_its_uri(pki: Pki, mtls: Application) -> None:
+    """A SPIFFE X.509-SVID: an empty subject and one URI name, which is the principal."""
+    spiffe = "spiffe://acme.example/ns/prod/sa/batch"
+    svid = pki.ca.issue("", subject=x509.Name([]), uris=[spiffe])
+    async with connect(mtls.address, credentials=credentials(pki, svid)) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+    assert details_of(raised.value).reason == "SUBMIT_DENIED"  # POLICY does not name it
+    (entry,) = await mtls.store.audit.read_audit(AuditQuery())
+    assert (entry.principal, entry.reason) == (spiffe, "SUBMIT_DENIED")
+
+
+async def test_a_certificate_that_names_no_one_is_unauthenticated(pki: Pki, mtls: Application) -> None:
+    """An empty subject and no URI name: it used to be the principal '',
+    "an anonymous caller", in the audit."""
+    nameless = pki.ca.issue("", subject=x509.Name([]))
+    async with connect(mtls.address, credentials=credentials(pki, nameless)) as client:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+    details = details_of(raised.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAUTHENTICATED, "BAD_CERTIFICATE_SUBJECT")
+    assert await mtls.store.events.head("acc-1") is None
 
 
 async def test_a_bearer_token_wins_over_the_client_certificate(pki: Pki, mtls: Application) -> None:

@@ -128,16 +128,21 @@ class Authority:
         key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
         valid_from: datetime.timedelta = datetime.timedelta(minutes=-5),
         valid_until: datetime.timedelta = datetime.timedelta(days=1),
+        subject: x509.Name | None = None,
+        uris: Sequence[str] = (),
     ) -> Issued:
         """A certificate for ``common_name`` (and its key: ``key``, or a new
         P-256 one) valid from ``valid_from`` to ``valid_until`` relative to
         now; a server's names the host by ``dns_names`` and ``ip_addresses``
-        (none of either: no alternative names at all, only the common name)."""
+        (none of either: no alternative names at all, only the common name).
+        ``subject`` replaces the name made of ``common_name`` (an empty
+        ``x509.Name([])`` for a SPIFFE-style certificate); a client's
+        ``uris`` are its URI alternative names."""
         key = key or ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(common_name))
+            .subject_name(_name(common_name) if subject is None else subject)
             .issuer_name(self._name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -157,6 +162,10 @@ class Authority:
             builder = builder.add_extension(
                 x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
             )
+            if uris:
+                # RFC 5280: with an empty subject the alternative names are critical.
+                alternative = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri) for uri in uris])
+                builder = builder.add_extension(alternative, critical=subject is not None and not list(subject))
         cert = builder.sign(self._key, hashes.SHA256())
         return Issued(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key))
 

@@ -1,18 +1,24 @@
-"""API keys stored as the documented digest, and the authenticator's memory
-of verified JWTs: never past their expiry, never for a token that failed."""
+"""API keys stored as the documented digest, the authenticator's memory of
+verified JWTs (never past their expiry, never for a token that failed), and
+credentials that name no one refused: an empty, padded or unprintable JWT
+subject, API-key principal or certificate subject, and JWT times that are
+not JSON numbers."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
-from service.errors import Unauthenticated
+from service.errors import ConfigurationError, Unauthenticated
 from service.principal import Principal
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier, hash_api_key
-from tests.support.security import Authority
+from tests.support.security import Authority, JwtIssuer, write
 
 # SHA-256 of "abc", the FIPS 180-2 test vector: the key file holds the hex
 # SHA-256 of the key's UTF-8 bytes (docs/security.md), so an operator's
@@ -96,3 +102,81 @@ def test_an_api_key_holds_until_revoked_and_a_certificate_until_it_expires(tmp_p
     assert principal == Principal("CN=carol,O=Chronicle Tests", "mtls")
     assert until is not None
     assert abs(until - (time.time() + 7200)) < 60
+
+
+# -- a credential must name someone ------------------------------------------------------
+
+UNNAMED = ["", " ", "root ", " root", "ro\x00ot", "root\n", "ro\u202eot", "x" * 201]
+
+
+@pytest.fixture
+def jwt_issuer() -> JwtIssuer:
+    return JwtIssuer()
+
+
+def verifier_of(issuer: JwtIssuer, tmp_path: Path) -> JwtVerifier:
+    key_file = write(tmp_path / "jwt.pem", issuer.public_key)
+    return JwtVerifier.from_key_file(key_file, issuer=issuer.issuer, audience=None)
+
+
+@pytest.mark.parametrize("subject", UNNAMED)
+def test_a_jwt_whose_subject_names_no_one_is_an_invalid_token(
+    jwt_issuer: JwtIssuer, tmp_path: Path, subject: str
+) -> None:
+    with pytest.raises(Unauthenticated) as refused:
+        verifier_of(jwt_issuer, tmp_path).verify(jwt_issuer.token(subject, roles=["operator"]))
+    assert refused.value.reason == "INVALID_TOKEN"
+    assert "subject (sub) must" in str(refused.value)
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", ["9999999999", "0", True])
+def test_a_jwt_time_that_is_not_a_json_number_is_an_invalid_token(
+    jwt_issuer: JwtIssuer, tmp_path: Path, claim: str, value: object
+) -> None:
+    now = int(time.time())
+    claims = {"sub": "root", "iss": jwt_issuer.issuer, "exp": now + 300, "iat": now, "nbf": now, claim: value}
+    with pytest.raises(Unauthenticated) as refused:
+        verifier_of(jwt_issuer, tmp_path).verify(jwt_issuer.sign(claims))
+    assert refused.value.reason == "INVALID_TOKEN"
+
+
+def test_jwt_times_that_are_numbers_still_verify(jwt_issuer: JwtIssuer, tmp_path: Path) -> None:
+    now = time.time()
+    claims = {"sub": "root", "iss": jwt_issuer.issuer, "exp": now + 300.5, "iat": int(now), "nbf": now - 1.5}
+    assert verifier_of(jwt_issuer, tmp_path).verify(jwt_issuer.sign(claims)) == Principal("root", "jwt")
+
+
+@pytest.mark.parametrize("principal", UNNAMED)
+def test_an_api_key_file_naming_no_one_is_refused(tmp_path: Path, principal: str) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text(f'[[keys]]\nprincipal = {json.dumps(principal)}\nsha256 = "{ABC_SHA256}"\n')
+    with pytest.raises(ConfigurationError) as refused:
+        ApiKeys.load(path)
+    assert refused.value.reason == "BAD_API_KEYS"
+    assert "key 1's principal must" in str(refused.value)
+
+
+def test_a_certificate_with_an_empty_subject_is_named_by_its_one_uri() -> None:
+    spiffe = "spiffe://acme.example/ns/prod/sa/batch"
+    issued = Authority().issue("", subject=x509.Name([]), uris=[spiffe])
+    principal = Authenticator(mtls=True).authenticate({}, issued.certificate)
+    assert principal == Principal(spiffe, "mtls")
+
+
+@pytest.mark.parametrize(
+    "uris", [[], ["spiffe://acme.example/a", "spiffe://acme.example/b"], ["spiffe://acme.example/a "]]
+)
+def test_a_certificate_without_a_subject_or_a_single_uri_names_no_one(uris: list[str]) -> None:
+    issued = Authority().issue("", subject=x509.Name([]), uris=uris)
+    with pytest.raises(Unauthenticated) as refused:
+        Authenticator(mtls=True).authenticate({}, issued.certificate)
+    assert refused.value.reason == "BAD_CERTIFICATE_SUBJECT"
+
+
+def test_a_certificate_whose_subject_has_a_control_character_names_no_one() -> None:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "batch\nCN=root")])
+    issued = Authority().issue("", subject=subject)
+    with pytest.raises(Unauthenticated) as refused:
+        Authenticator(mtls=True).authenticate({}, issued.certificate)
+    assert refused.value.reason == "BAD_CERTIFICATE_SUBJECT"
