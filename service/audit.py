@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
-from service.errors import ChronicleError, recorded_with_command
+from service.errors import ChronicleError, bounded, recorded_with_command
 from service.plugins.middleware import CommandCall, Middleware
 from service.principal import current_peer
 from service.store.base import AuditQuery, AuditRecorder
@@ -107,7 +107,7 @@ class AuditLog:
             user_id=principal,
             origin="admin",
             outcome=ACCEPTED,
-            message=storable(message),
+            message=storable_message(message),
             peer=storable(peer),
         )
         await self._store.record_audit_entry(entry)
@@ -205,6 +205,13 @@ def storable(text: str) -> str:
     return text.replace("\x00", "\N{REPLACEMENT CHARACTER}")
 
 
+def storable_message(text: str) -> str:
+    """A refusal's or an action's message as the audit keeps it: ``storable``
+    and ``bounded`` (an error's message is already, ``errors.MAX_MESSAGE``;
+    this holds for every entry whatever made its text)."""
+    return storable(bounded(text))
+
+
 def refusal(
     error: BaseException,
     *,
@@ -231,7 +238,7 @@ def refusal(
         origin=storable(origin),
         outcome=REFUSED,
         reason=reason,
-        message=storable(message),
+        message=storable_message(message),
         dry_run=dry_run,
         peer=storable(peer),
     )

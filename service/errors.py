@@ -68,12 +68,44 @@ if TYPE_CHECKING:
     from service.store.records import CommandRecord
 
 
+#: The most characters of a value a caller sent that an error quotes: as many
+#: as the longest identifier Chronicle takes (``values.MAX_ID_LENGTH``), so a
+#: valid one is quoted whole.
+MAX_QUOTED = 200
+#: The longest message, metadata value and field violation an error carries.
+#: They reach the client in the call's status (trailers, which clients refuse
+#: beyond 8 KiB by default: a 3 MB type URL quoted whole made the refusal a
+#: RESOURCE_EXHAUSTED) and are stored with the refusal in the audit.
+MAX_MESSAGE = 1000
+
+
+def quoted(value: str, limit: int = MAX_QUOTED) -> str:
+    """``value``, which a caller sent, as an error's message quotes it: its
+    ``repr`` (control characters escaped), cut to ``limit`` characters and
+    saying how long it was."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value)} characters)"
+
+
+def bounded(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text) - limit} more characters)"
+
+
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
-    """One malformed field of a request (``google.rpc.BadRequest``)."""
+    """One malformed field of a request (``google.rpc.BadRequest``); both
+    texts are ``bounded``, as an error's message is."""
 
     field: str
     description: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "field", bounded(self.field, MAX_QUOTED))
+        object.__setattr__(self, "description", bounded(self.description))
 
 
 class ChronicleError(Exception):
@@ -92,10 +124,13 @@ class ChronicleError(Exception):
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
+        # Bounded here, once for every error: whatever a message quotes (a
+        # plugin's own included), it stays small in the status and the audit.
+        message = bounded(message)
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
-        self.metadata: dict[str, str] = dict(metadata or {})
+        self.metadata: dict[str, str] = {key: bounded(value) for key, value in (metadata or {}).items()}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"

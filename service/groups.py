@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 
 from service.cluster.hashing import partition_of
 from service.cluster.leases import LeaseGroup, LeaseKeeper
-from service.errors import ChronicleError, ConcurrencyConflict, InvalidInput, ResourceNotFound, StoreUnavailable
+from service.errors import ChronicleError, ConcurrencyConflict, InvalidInput, ResourceNotFound, StoreUnavailable, quoted
 from service.processing.upcasting import EventReader
 from service.store.base import GroupStore, LogReader
 from service.store.grouping import GroupParkedEvent, GroupSpec, consumer_group, segment_lease
@@ -99,7 +99,7 @@ MAX_UNCHECKPOINTED = 100_000
 
 def group_not_found(name: str) -> ResourceNotFound:
     return ResourceNotFound(
-        f"subscription group {name!r} does not exist", reason="GROUP_NOT_FOUND", metadata={"group": name}
+        f"subscription group {quoted(name)} does not exist", reason="GROUP_NOT_FOUND", metadata={"group": name}
     )
 
 
@@ -314,7 +314,7 @@ class ConsumerSession:
         delivery = self._pending.get(event_id)
         if delivery is None and event_id not in self._settled_ids:
             raise InvalidInput(
-                f"event {event_id!r} was not delivered on this stream",
+                f"event {quoted(event_id)} was not delivered on this stream",
                 reason="UNKNOWN_EVENT_ID",
                 metadata={"event_id": event_id[:200]},
             )

@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
 from google.protobuf.message import DecodeError
 
 from chronicle.v1 import command_pb2, event_pb2
-from service.errors import FieldViolation, InvalidInput
+from service.errors import FieldViolation, InvalidInput, quoted
 from service.plugins.reactions import HOPS_KEY
 from service.plugins.registry import Registry
 from service.processing.commands import CommandBatch, CommandRequest
@@ -163,10 +163,10 @@ def decode_command(
     spec = registry.command(name)
     if spec is None:
         raise InvalidInput(
-            f"no handler is registered for command type {name!r}",
+            f"no handler is registered for command type {quoted(name)}",
             reason="UNKNOWN_COMMAND_TYPE",
-            violations=(FieldViolation(f"{field}.payload.type_url", f"no handler is registered for {name!r}"),),
-            metadata={"command_type": name},
+            violations=(FieldViolation(f"{field}.payload.type_url", f"no handler is registered for {quoted(name)}"),),
+            metadata={"command_type": name[:MAX_ID_LENGTH]},
         )
     message = spec.message_type()
     try:

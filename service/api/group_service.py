@@ -24,7 +24,7 @@ from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
 from service.api.codec import canonical_uuid, check_id, check_names, check_version, encode_event_into
 from service.api.subscribe import known_names
 from service.audit import AuditLog
-from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
+from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound, quoted
 from service.groups import ConsumerSession, Delivery, SubscriptionGroups, group_not_found
 from service.plugins.registry import Registry
 from service.principal import current_principal
@@ -158,7 +158,7 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
             raise group_not_found(name)
         who = principal.name or "an anonymous caller"
         raise PermissionDenied(
-            f"{who} may not consume group {name!r}: it does not exist, or reads aggregate types {who} may not"
+            f"{who} may not consume group {quoted(name)}: it does not exist, or reads aggregate types {who} may not"
             " subscribe to",
             reason="SUBSCRIBE_DENIED",
             metadata={"principal": principal.name, "group": name},

@@ -67,6 +67,7 @@ from service.errors import (
     ResourceNotFound,
     SubjectsForgotten,
     ValidationError,
+    quoted,
 )
 from service.plugins.projections import ProjectedEvent
 from service.plugins.reactions import (
@@ -379,7 +380,9 @@ class ReactionRunner(CheckpointedRunner):
         name = entry.command.type_url.rpartition("/")[2]
         spec = self._registry.command(name)
         if spec is None:
-            raise ResourceNotFound(f"no handler is registered for command type {name!r}", reason="UNKNOWN_COMMAND_TYPE")
+            raise ResourceNotFound(
+                f"no handler is registered for command type {quoted(name)}", reason="UNKNOWN_COMMAND_TYPE"
+            )
         message = spec.message_type.FromString(entry.command.value)
         command_id = command_id_for(f"{entry.command_id}/replay", entry.replays)
         request = CommandRequest(

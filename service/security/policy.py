@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import ConfigurationError, PermissionDenied
+from service.errors import ConfigurationError, PermissionDenied, quoted
 from service.principal import Principal
 
 ANY = "*"
@@ -187,7 +187,7 @@ class Authorizer:
         if user_id and user_id != principal.name and not self.grant(principal).impersonate:
             raise _denied(
                 principal,
-                f"may not act as user {user_id!r}",
+                f"may not act as user {quoted(user_id)}",
                 "IMPERSONATION_DENIED",
                 user_id=user_id,
             )
@@ -223,7 +223,8 @@ class Authorizer:
             return
         who = principal.name or "an anonymous caller"
         raise PermissionDenied(
-            f"{who} may not read aggregate {aggregate_id!r}: it does not exist, or is of a type {who} may not read",
+            f"{who} may not read aggregate {quoted(aggregate_id)}: it does not exist, or is of a type {who}"
+            " may not read",
             reason="READ_DENIED",
             metadata={"principal": principal.name, "aggregate_id": aggregate_id},
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from service.errors import ConcurrencyConflict, ResourceExists
+from service.errors import ConcurrencyConflict, ResourceExists, quoted
 from service.store.grouping import (
     GroupParkedEvent,
     GroupSpec,
@@ -22,7 +22,7 @@ from service.store.local_leases import LocalLeases
 
 def group_exists(name: str) -> ResourceExists:
     return ResourceExists(
-        f"subscription group {name!r} exists already", reason="GROUP_EXISTS", metadata={"group": name}
+        f"subscription group {quoted(name)} exists already", reason="GROUP_EXISTS", metadata={"group": name}
     )
 
 
