@@ -424,11 +424,25 @@ def _authenticated() -> Principal | None:
     return principal if principal.authenticated else None
 
 
+AUTHORIZATION = "authorization"
+
+
 def _metadata(context: Context) -> dict[str, str]:
+    """The call's text metadata, the first value of each key. A second
+    ``authorization`` is refused (``BAD_AUTHORIZATION_METADATA``), not
+    ignored: a proxy in front that checked the other one would disagree
+    with the server about who is calling."""
     values: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
-        if isinstance(value, str):
-            values.setdefault(key.lower(), value)
+        if not isinstance(value, str):
+            continue
+        name = key.lower()
+        if name == AUTHORIZATION and name in values:
+            raise Unauthenticated(
+                "the call carries the authorization metadata more than once: send one 'Bearer <token>'",
+                reason="BAD_AUTHORIZATION_METADATA",
+            )
+        values.setdefault(name, value)
     return values
 
 

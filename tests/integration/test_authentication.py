@@ -141,6 +141,21 @@ async def test_authorization_metadata_must_be_a_bearer_token(secured: Secured) -
         assert await refused(call) == (grpc.StatusCode.UNAUTHENTICATED, "BAD_AUTHORIZATION_METADATA")
 
 
+@pytest.mark.parametrize("second", [ALICE_KEY, "chr_not-a-key", "Basic YWxpY2U6c2VjcmV0"])
+async def test_authorization_metadata_sent_twice_is_refused_whatever_the_second_says(
+    secured: Secured, second: str
+) -> None:
+    """The first used to win and the second to be ignored: a proxy in front
+    that checked the other one would disagree with the server about who calls."""
+    metadata = (("authorization", f"Bearer {ALICE_KEY}"), ("authorization", second))
+    async with connect(secured.app.address) as client:
+        call = client.commands.Submit(command_request("acc-1"), metadata=metadata)
+        assert await refused(call) == (grpc.StatusCode.UNAUTHENTICATED, "BAD_AUTHORIZATION_METADATA")
+    assert await secured.store.head("acc-1") is None
+    (entry,) = await secured.store.read_audit(AuditQuery())
+    assert (entry.principal, entry.reason) == ("", "BAD_AUTHORIZATION_METADATA")
+
+
 def command_request(aggregate_id: str) -> command_service_pb2.SubmitRequest:
     return command_service_pb2.SubmitRequest(command=command(aggregate_id, bank.OpenAccount(owner="ann")))
 
