@@ -59,6 +59,13 @@ SECURITY_HEADERS = [
     ("Cross-Origin-Resource-Policy", "same-origin"),
     ("Cache-Control", "no-store"),
 ]
+# Over HTTPS only (RFC 6797: a browser ignores it over plain HTTP): the
+# browser then goes to this host over HTTPS only, for a year, so a link or a
+# typed http:// address cannot be intercepted on the way. Not for the name
+# "localhost" (browsers ignore it for addresses already): it would hold for
+# every plain-HTTP service a developer runs there. No includeSubDomains: the
+# console cannot speak for the rest of its domain.
+STRICT_TRANSPORT_SECURITY = ("Strict-Transport-Security", "max-age=31536000")
 _STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 # A refusal (the tail shows it and stops), not an end (the tail would
@@ -135,7 +142,7 @@ class Console:
         self._cursors = Cursors()
         self._sessions = Sessions(authenticator, idle_seconds=session_idle_seconds) if authenticator else None
         self._http = HttpServer(self._handle, base_headers=SECURITY_HEADERS)
-        self._secure_cookie = False
+        self._https = False
         self.address = ""
 
     async def start(self, listen: str, *, tls: ssl.SSLContext | None = None) -> None:
@@ -144,7 +151,7 @@ class Console:
             await self._http.start(host, int(port), tls=tls)
         except OSError as error:
             raise ConfigurationError(f"cannot serve the console on {listen}: {error}", reason="BIND_FAILED") from error
-        self._secure_cookie = tls is not None
+        self._https = tls is not None
         self.address = f"{host}:{self._http.port}"
         if self._parts.load is not None:
             self._parts.load.start()
@@ -157,6 +164,12 @@ class Console:
     # -- requests ------------------------------------------------------------
 
     async def _handle(self, request: Request) -> Response:
+        response = await self._respond(request)
+        if self._https and _host_of(request.headers.get("host", "")).lower() != "localhost":
+            response.headers = [*response.headers, STRICT_TRANSPORT_SECURITY]
+        return response
+
+    async def _respond(self, request: Request) -> Response:
         if self._sessions is None and _host_of(request.headers.get("host", "")) not in _LOOPBACK_HOSTS:
             return _plain(421, "this console answers only requests addressed to a loopback host")
         if request.path.startswith("/static/"):
@@ -192,7 +205,7 @@ class Console:
     def _own_origin(self, request: Request) -> bool:
         """The request's Origin is this console: its scheme (https when it
         serves TLS) and the host and port the request was addressed to."""
-        scheme = "https" if self._secure_cookie else "http"
+        scheme = "https" if self._https else "http"
         return request.headers.get("origin") == f"{scheme}://{request.headers.get('host', '')}"
 
     async def _route(self, request: Request, session: Session | None, principal: Principal) -> Response:
@@ -201,7 +214,7 @@ class Console:
         if request.method == "POST" and path == "/logout":
             if self._sessions is not None:
                 self._sessions.log_out(request.cookies.get(COOKIE, ""))
-            return _redirect("/login", clear_cookie=True, secure=self._secure_cookie)
+            return _redirect("/login", clear_cookie=True, secure=self._https)
         if request.method == "POST" and path.startswith("/projections/") and path.endswith("/rebuild"):
             name = unquote(path.removeprefix("/projections/").removesuffix("/rebuild"))
             try:
@@ -338,7 +351,7 @@ class Console:
                 await self._on_refused("/login", error, None, request.peer, "")
             return Response(401, _login_page(error).encode())
         log.info("console login: %s (%s)", principal.name, principal.method)
-        return _redirect("/log", cookie=session_id, secure=self._secure_cookie)
+        return _redirect("/log", cookie=session_id, secure=self._https)
 
 
 async def _with_principal(

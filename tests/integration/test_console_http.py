@@ -509,3 +509,26 @@ async def test_an_aggregate_s_pages_of_events_keep_the_version_shown_and_go_back
         assert "at version 7" in later.text and '<input type="hidden" name="from" value="201">' in later.text
     finally:
         await app.stop(grace=0.5, drain=0)
+
+
+async def test_over_https_every_answer_carries_strict_transport_security(tmp_path: Path) -> None:
+    """Over HTTPS only, and not to the name localhost (it would hold for a
+    year for every plain-HTTP service on the developer's machine)."""
+    cert_file, key_file = server_tls_files(tmp_path, ca := Authority())
+    app = await start(authenticated(tmp_path, tls_cert_file=cert_file, tls_key_file=key_file), store=MemoryStore())
+    try:
+        address = console(app)
+        port = address.rpartition(":")[2]
+        trusting = ssl.create_default_context(cadata=ca.certificate.decode())
+        for path in ("/login", "/log", "/static/console.css", "/nowhere"):
+            answer = await request(address, "GET", path, tls=trusting)
+            assert answer.all("strict-transport-security") == ["max-age=31536000"], path
+        local = await request(address, "GET", "/login", host=f"localhost:{port}", tls=trusting)
+        assert local.status == 200 and local.header("strict-transport-security") is None
+    finally:
+        await app.stop(grace=0.5, drain=0)
+    plain = await start(authenticated(tmp_path), store=MemoryStore())
+    try:
+        assert (await request(console(plain), "GET", "/login")).header("strict-transport-security") is None
+    finally:
+        await plain.stop(grace=0.5, drain=0)
