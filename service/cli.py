@@ -1135,16 +1135,21 @@ def _archive(args: argparse.Namespace, channel: grpc.Channel) -> int:
     elif args.untouched_for:
         since = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds(args.untouched_for))
         rule.untouched_since.FromDatetime(since)
+    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    request = admin_service_pb2.ExportLogRequest(include_snapshots=True, rule=rule)
+    records = stub.ExportLog(request)
+    # The server's answer first (its header, or its refusal of the rule: an
+    # unknown type is UNKNOWN_AGGREGATE_TYPE), then a file: the type names
+    # the file, and nothing is made of a type the server did not accept.
+    first = next(records, None)
     folder = Path(args.folder)
     make_folder(folder)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    path = folder / f"archive-{args.type}-{stamp}.chronicle"
-    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    path = folder / f"archive-{_file_name_part(args.type)}-{stamp}.chronicle"
     versions: dict[str, int] = {}
     with output(str(path)) as out:
         writer = Writer(out, BINARY)
-        request = admin_service_pb2.ExportLogRequest(include_snapshots=True, rule=rule)
-        for record in stub.ExportLog(request):
+        for record in itertools.chain([first] if first is not None else [], records):
             writer.write(record)
             if record.HasField("header"):
                 versions = dict.fromkeys(record.header.aggregate_ids, 0)
@@ -1171,6 +1176,15 @@ def _archive(args: argparse.Namespace, channel: grpc.Channel) -> int:
             changed.append(aggregate_id)  # a command came after the export: it stays, live
     _print({"file": str(path), "archived": archived, "changed": changed})
     return EXIT_OK
+
+
+def _file_name_part(text: str) -> str:
+    """``text`` as part of a file name that stays in its folder whatever the
+    text: letters, digits, ``_``, ``-`` and inner dots kept, anything else
+    ``_`` (an aggregate type's name is letters, digits, ``_`` and ``.``
+    already; this holds even for one the server did not check)."""
+    kept = "".join(char if char.isascii() and (char.isalnum() or char in "_-.") else "_" for char in text)
+    return kept.strip(".") or "_"
 
 
 def _restore(args: argparse.Namespace, channel: grpc.Channel) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import export_pb2
 from service.api.codec import check_id, check_names, micros_of
-from service.errors import InvalidInput
+from service.errors import InvalidInput, quoted
 from service.plugins.registry import Registry
 from service.store.base import Store
 from service.store.encryption import Keyring
@@ -48,6 +48,13 @@ class Transfers:
             )
         chosen = check_names("aggregate_ids", request.aggregate_ids, reason="INVALID_AGGREGATE_ID")
         rule = _rule(request.rule) if request.HasField("rule") else None
+        if rule is not None and self.registry is not None and self.registry.aggregate(rule.aggregate_type) is None:
+            # A typo would otherwise archive nothing and say nothing wrong.
+            raise InvalidInput.for_field(
+                "rule.aggregate_type",
+                f"no loaded plugin declares aggregate type {quoted(rule.aggregate_type)}",
+                reason="UNKNOWN_AGGREGATE_TYPE",
+            )
         if (chosen or rule) and request.include_commands:
             raise InvalidInput.for_field(
                 "include_commands", "command records are exported for a whole store only", reason="INVALID_SELECTION"

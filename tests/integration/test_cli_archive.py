@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from service.cli import _file_name_part
 from tests.support.processes import cli, server_process
 
 pytestmark = pytest.mark.slow
@@ -73,6 +74,30 @@ def test_closed_accounts_are_archived_and_one_is_restored(tmp_path: Path) -> Non
             "events_deleted": 2,
             "tombstone_version": 3,
         }
+
+
+@pytest.mark.parametrize("type_name", ["Nope", "../../escaped", "/tmp/abs"])
+def test_archiving_a_type_no_plugin_declares_is_refused_before_any_file_is_made(tmp_path: Path, type_name: str) -> None:
+    """It used to print {"file": null, "archived": []} and exit 0, and a type
+    with slashes went into the file's path before the server judged it."""
+    folder = tmp_path / "deep" / "archive"
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=["--anonymous-admin"]) as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        refused = cli("archive", str(folder), "--type", type_name, server=server.address, check=False)
+    assert refused.returncode == 1 and refused.stdout == ""
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith("error: INVALID_ARGUMENT UNKNOWN_AGGREGATE_TYPE: rule.aggregate_type: no loaded plugin")
+    assert not (tmp_path / "deep").exists()  # not even the folder
+    assert sorted(path.name for path in tmp_path.rglob("*") if "archive" in path.name) == []
+
+
+def test_the_archive_file_name_keeps_only_safe_characters_of_the_type() -> None:
+    assert _file_name_part("Account") == "Account"
+    assert _file_name_part("bank.Account_2") == "bank.Account_2"
+    for hostile in ("../../x", "/etc/passwd", "a/b", "..", "a\\b", "a\x00b", "Konto\u00e4"):
+        part = _file_name_part(hostile)
+        assert "/" not in part and "\\" not in part and not part.startswith(".") and part.isascii(), hostile
+        assert (Path("/folder") / f"archive-{part}-1.chronicle").parent == Path("/folder"), hostile
 
 
 def test_with_authentication_on_restore_and_import_send_the_token(tmp_path: Path) -> None:
