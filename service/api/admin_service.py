@@ -134,7 +134,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
         async with self._audited("ExportLog", outcome=outcome):
             self._authorizer.check_admin(current_principal.get(), "export the store")
             transfers = self._transfer()
-            selection = transfers.selection(request)
+            selection = await transfers.selection(request)
             exported = 0
             async for record in transfers.export(selection):
                 exported += 1

@@ -91,6 +91,18 @@ def test_archiving_a_type_no_plugin_declares_is_refused_before_any_file_is_made(
     assert sorted(path.name for path in tmp_path.rglob("*") if "archive" in path.name) == []
 
 
+def test_a_retired_type_the_store_still_holds_is_archived(tmp_path: Path) -> None:
+    """A type whose plugin is no longer loaded is what archiving is for:
+    only a type neither declared nor stored is refused."""
+    database = f"sqlite:///{tmp_path}/events.db"
+    with server_process(database, extra=["--anonymous-admin"]) as server:
+        cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+    retired = ["--anonymous-admin", "--no-discover-plugins", "--plugin", "domain_plugins.box:plugin"]
+    with server_process(database, extra=retired) as server:
+        done = json.loads(cli("archive", str(tmp_path / "archive"), "--type", "Account", server=server.address).stdout)
+    assert done["archived"] == ["acc-1"] and Path(done["file"]).exists()
+
+
 def test_the_archive_file_name_keeps_only_safe_characters_of_the_type() -> None:
     assert _file_name_part("Account") == "Account"
     assert _file_name_part("bank.Account_2") == "bank.Account_2"
