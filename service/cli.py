@@ -1068,7 +1068,7 @@ async def _import_local(
 
 def _convert_eventsourcing(args: argparse.Namespace) -> int:
     from service.app import build_registry
-    from service.transfer.eventsourcing import eventsourcing_export
+    from service.transfer.eventsourcing import Tally, eventsourcing_export
     from service.transfer.files import STDIO, format_for, output
     from service.transfer.stream import Writer
 
@@ -1080,8 +1080,9 @@ def _convert_eventsourcing(args: argparse.Namespace) -> int:
         writer = Writer(out, export_format)
         reporter: Reporter | None = None
         events = 0
+        tally = Tally()
         records = eventsourcing_export(
-            args.from_url, table=args.table, schema=args.schema, mapping=mapping, registry=registry
+            args.from_url, table=args.table, schema=args.schema, mapping=mapping, registry=registry, tally=tally
         )
         async for record in records:
             writer.write(record)
@@ -1091,8 +1092,9 @@ def _convert_eventsourcing(args: argparse.Namespace) -> int:
                 events += 1
                 reporter.update(record.event.event.position)
         if reporter is not None:
-            reporter.close(f"done: {events:,} events")
-        return {"events": events}
+            reporter.close(f"done: {events:,} events, {tally.left_out:,} left out by the mapping")
+        # Every event read is either converted or counted as left out (the mapping returned None).
+        return {"events": events, "left_out": tally.left_out}
 
     with output(args.file) as out:
         counts = asyncio.run(convert(out))
@@ -1613,10 +1615,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert-eventsourcing",
         help="write the events of a Python eventsourcing application's PostgreSQL table as an export"
-        " (docs/migration.md)",
+        " (docs/migration.md; PostgreSQL only: the library's SQLite and other recorders are not read)",
     )
     convert.add_argument("file", help="the export to write (- for standard output)")
-    convert.add_argument("--from-url", required=True, help="the PostgreSQL the eventsourcing application uses")
+    convert.add_argument(
+        "--from-url",
+        required=True,
+        help="the PostgreSQL the eventsourcing application uses (postgresql://...; not another database's URL)",
+    )
     convert.add_argument("--table", required=True, help="its events table: <application name>_events, e.g. bank_events")
     convert.add_argument("--schema", default="public", help="the table's schema (POSTGRES_SCHEMA; default public)")
     convert.add_argument(

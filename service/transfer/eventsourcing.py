@@ -35,7 +35,8 @@ from __future__ import annotations
 import datetime
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,17 +45,22 @@ from google.protobuf.message import Message
 from psycopg import sql
 
 from chronicle.v1 import export_pb2
-from service.errors import ConfigurationError, InvalidInput, StoreUnavailable
+from service.errors import ConfigurationError, ImportConflict, InvalidInput, PermissionDenied, StoreUnavailable
 from service.plugins.registry import Registry
+from service.store.importing import events_to_write
 from service.store.records import RecordedEvent
 from service.transfer.exporter import FORMAT_VERSION
-from service.transfer.records import exported_event, timestamp
+from service.transfer.records import exported_event, stored_event, timestamp
 from service.transfer.stream import FORMAT
 
 # Event ids are uuid5(this, "<originator id>/<originator version>").
 EVENT_ID_NAMESPACE = uuid.UUID("5d1e7c3a-3f7b-4c55-9f5e-0c8e3b1d2a61")
 SOURCE = "eventsourcing"
 PAGE = 1000
+# The columns of the library's PostgreSQL events table this reads.
+COLUMNS = ("originator_id", "originator_version", "topic", "state", "notification_id")
+# URL schemes psycopg connects with; a conninfo string ("host=... dbname=...") has none.
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +108,16 @@ class ChronicleEvent:
 EventMapping = Callable[[EventsourcingEvent], ChronicleEvent | None]
 
 
+@dataclass(slots=True)
+class Tally:
+    """What a conversion read of the library's table and what its mapping
+    left out (returned None for): said in the converter's summary, so that
+    an event dropped is never dropped silently."""
+
+    read: int = 0
+    left_out: int = 0
+
+
 def default_transcoder() -> Any:
     """The library's JSON transcoder with the transcodings its applications
     register by default."""
@@ -132,13 +148,19 @@ async def eventsourcing_export(
     registry: Registry | None = None,
     decode: Callable[[bytes], Mapping[str, Any]] | None = None,
     page_size: int = PAGE,
+    tally: Tally | None = None,
 ) -> AsyncIterator[export_pb2.ExportRecord]:
     """The events of the library's table ``schema.table`` at ``url`` as an
     export stream. With ``registry``, each message must be an event type of
     the aggregate type the mapping names (its schema version is the
-    plugin's); without, schema version 1."""
+    plugin's); without, schema version 1. Each event is held to the rules
+    the import holds it to (``_fit``), so that what converts imports.
+    ``tally`` counts the events read and left out."""
+    _check_postgres(url)
     decode = decode or default_transcoder().decode
-    versions: dict[str, int] = {}
+    tally = tally if tally is not None else Tally()
+    # Aggregate id -> its last version and its type, over the events kept so far.
+    heads: dict[str, tuple[int, str]] = {}
     exported = 0
     try:
         connecting = await psycopg.AsyncConnection.connect(url, autocommit=True)
@@ -149,16 +171,15 @@ async def eventsourcing_export(
         ) from None
     async with connecting as conn:
         name = sql.Identifier(schema, table)
-        try:
+        with _reading(schema, table):
             head_row = await (
-                await conn.execute(sql.SQL("SELECT max(notification_id) FROM {}").format(name))
+                # Naming every column read: a table of another shape is said before anything is written.
+                await conn.execute(
+                    sql.SQL("SELECT max(notification_id) FROM (SELECT {} FROM {}) AS events").format(
+                        sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), name
+                    )
+                )
             ).fetchone()
-        except psycopg.errors.UndefinedTable:
-            raise InvalidInput(
-                f"there is no table {schema}.{table} there: the library's events are in <application name>_events"
-                " (bank_events for an application named Bank), in the schema POSTGRES_SCHEMA names",
-                reason="TABLE_NOT_FOUND",
-            ) from None
         head = int(head_row[0] or 0) if head_row else 0
         yield export_pb2.ExportRecord(
             header=export_pb2.ExportHeader(
@@ -175,7 +196,8 @@ async def eventsourcing_export(
         ).format(name)
         after = 0
         while True:
-            rows = await (await conn.execute(query, (after, head, page_size))).fetchall()
+            with _reading(schema, table):
+                rows = await (await conn.execute(query, (after, head, page_size))).fetchall()
             if not rows:
                 break
             for raw_id, version, topic, state, notification_id in rows:
@@ -188,30 +210,80 @@ async def eventsourcing_export(
                     raw_id=raw_id,
                     raw_state=bytes(state),
                 )
+                tally.read += 1
                 try:
                     mapped = mapping(event)
                 except Exception as error:
                     raise _mapping_failed(event, error) from None
                 if mapped is None:
+                    tally.left_out += 1
                     continue
-                recorded = _recorded(event, mapped, registry, versions)
+                recorded = _recorded(event, mapped, registry, heads)
+                record = exported_event(recorded)
+                _fit(event, record, heads)
+                heads[recorded.aggregate_id] = (recorded.version, recorded.aggregate_type)
                 exported += 1
-                yield exported_event(recorded)
+                yield record
             after = int(rows[-1][4])
     yield export_pb2.ExportRecord(end=export_pb2.ExportEnd(events=exported))
 
 
-def _bad_mapping(event: EventsourcingEvent, message: str) -> InvalidInput:
-    """A refusal of what the mapping did with ``event`` (BAD_MAPPING), naming it."""
-    return InvalidInput(
-        message,
-        reason="BAD_MAPPING",
-        metadata={
-            "originator_id": event.originator_id,
-            "originator_version": str(event.originator_version),
-            "topic": event.topic,
-        },
-    )
+def _check_postgres(url: str) -> None:
+    """Refuse a URL of another database before connecting: the library's
+    SQLite and other recorders are not read (psycopg would answer a
+    ``sqlite://`` URL with a ProgrammingError about its conninfo)."""
+    scheme, separator, _ = url.partition("://")
+    if separator and scheme.lower() not in POSTGRES_SCHEMES:
+        raise InvalidInput(
+            f"--from-url must be the eventsourcing application's PostgreSQL (postgresql://...), not a {scheme}: URL:"
+            " only the library's PostgreSQL events table is read (an application on SQLite can move to the library's"
+            " PostgreSQL recorder first)",
+            reason="UNSUPPORTED_SOURCE",
+        )
+
+
+@contextmanager
+def _reading(schema: str, table: str) -> Iterator[None]:
+    """Say what stopped a read of ``schema.table`` as one refusal with a
+    reason, rather than psycopg's exception."""
+    where = f"{schema}.{table}"
+    try:
+        yield
+    except psycopg.errors.UndefinedTable:
+        raise InvalidInput(
+            f"there is no table {where} there: the library's events are in <application name>_events"
+            " (bank_events for an application named Bank), in the schema POSTGRES_SCHEMA names",
+            reason="TABLE_NOT_FOUND",
+        ) from None
+    except psycopg.errors.UndefinedColumn as error:
+        raise InvalidInput(
+            f"{where} is not an eventsourcing library's events table ({_first_line(error)}): it must have the columns"
+            f" {', '.join(COLUMNS)}; the library's events are in <application name>_events",
+            reason="NOT_AN_EVENTS_TABLE",
+        ) from None
+    except psycopg.errors.InsufficientPrivilege as error:
+        raise PermissionDenied(
+            f"the role of --from-url may not read {where} ({_first_line(error)}): connect as the application's role,"
+            f" or GRANT SELECT ON {where} TO it",
+            reason="SOURCE_PERMISSION_DENIED",
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def _bad_mapping(event: EventsourcingEvent, message: str, *, import_reason: str = "") -> InvalidInput:
+    """A refusal of what the mapping did with ``event`` (BAD_MAPPING),
+    naming it (and the import's reason, for what the import would refuse)."""
+    metadata = {
+        "originator_id": event.originator_id,
+        "originator_version": str(event.originator_version),
+        "topic": event.topic,
+    }
+    if import_reason:
+        metadata["import_reason"] = import_reason
+    return InvalidInput(message, reason="BAD_MAPPING", metadata=metadata)
 
 
 def _mapping_failed(event: EventsourcingEvent, error: Exception) -> InvalidInput:
@@ -238,8 +310,29 @@ def _decoded(
         ) from None
 
 
+def _fit(event: EventsourcingEvent, record: export_pb2.ExportRecord, heads: Mapping[str, tuple[int, str]]) -> None:
+    """Refuse (BAD_MAPPING, naming the library's event) what ``chronicle
+    import`` would refuse of ``record``: the import's own checks, not a
+    copy of them: the record alone (``stored_event``: ids printable and
+    short, texts without NUL, BAD_RECORD) and as the next event of its
+    aggregate (``events_to_write``: one aggregate is of one type,
+    AGGREGATE_TYPE_MISMATCH), its aggregate's events before it being
+    those converted before it (``heads``)."""
+    try:
+        stored = stored_event(record.event, "event")
+        events_to_write([stored], stored_at=lambda _: None, head=heads.get)
+    except (InvalidInput, ImportConflict) as refused:
+        mapped_to = f"{record.event.event.aggregate_type} {record.event.event.aggregate_id!r}"
+        raise _bad_mapping(
+            event,
+            f"the mapping of {event.topic} ({event.originator_id} v{event.originator_version}) made an event the"
+            f" import would refuse ({refused.reason}): {refused.message} (mapped to {mapped_to})",
+            import_reason=refused.reason,
+        ) from None
+
+
 def _recorded(
-    event: EventsourcingEvent, mapped: ChronicleEvent, registry: Registry | None, versions: dict[str, int]
+    event: EventsourcingEvent, mapped: ChronicleEvent, registry: Registry | None, heads: Mapping[str, tuple[int, str]]
 ) -> RecordedEvent:
     def bad(description: str) -> InvalidInput:
         return _bad_mapping(
@@ -259,8 +352,7 @@ def _recorded(
     when = mapped.timestamp_us if mapped.timestamp_us is not None else _micros(event.state.get("timestamp"))
     if when is None:
         raise bad("gave no timestamp, and the event has no 'timestamp' datetime")
-    version = versions.get(aggregate_id, 0) + 1
-    versions[aggregate_id] = version
+    version = heads[aggregate_id][0] + 1 if aggregate_id in heads else 1
     return RecordedEvent(
         event_id=event_id(event.originator_id, event.originator_version),
         aggregate_id=aggregate_id,

@@ -23,11 +23,19 @@ import pytest
 from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import export_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.box.protos.box.v1 import box_pb2 as box
+from service import cli
 from service.app import build_registry
 from service.errors import InvalidInput
 from service.store.base import Store
 from service.store.sqlite import SqliteStore
-from service.transfer.eventsourcing import ChronicleEvent, EventsourcingEvent, event_id, eventsourcing_export
+from service.transfer.eventsourcing import (
+    ChronicleEvent,
+    EventsourcingEvent,
+    Tally,
+    event_id,
+    eventsourcing_export,
+)
 from service.transfer.importer import Importer
 from tests.support.eventsourcing_bank import Account, Bank, environment, to_chronicle
 from tests.support.grpc_client import TEST_SETTINGS, command, running_server
@@ -160,7 +168,7 @@ def test_the_command_line_converts_and_imports(postgres_url: str, tmp_path: Path
         "tests.support.eventsourcing_bank:to_chronicle",
     ]
     done = subprocess.run(convert, capture_output=True, text=True, timeout=60, check=True)
-    assert json.loads(done.stdout) == {"file": str(out), "format": "binary", "events": 8}
+    assert json.loads(done.stdout) == {"file": str(out), "format": "binary", "events": 8, "left_out": 1}
     imported = subprocess.run(
         [sys.executable, "-m", "service", "import", str(out), "--database-url", f"sqlite:///{tmp_path}/c.db"],
         capture_output=True,
@@ -213,7 +221,7 @@ def test_migration_mds_command_finds_the_mapping_saved_beside_it(postgres_url: s
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"file": "legacy.chronicle", "format": "binary", "events": 8}
+    assert json.loads(done.stdout) == {"file": "legacy.chronicle", "format": "binary", "events": 8, "left_out": 1}
     assert (work / "legacy.chronicle").exists()
 
 
@@ -233,3 +241,109 @@ async def test_a_table_that_is_not_there_or_a_mapping_that_raises_is_said(postgr
         [record async for record in records]
     assert missing.value.reason == "TABLE_NOT_FOUND"
     assert f"there is no table {SCHEMA}.bank_evnts there" in missing.value.message
+
+
+def convert_command(url: str, out: Path, table: str = "bank_events") -> list[str]:
+    """``chronicle convert-eventsourcing`` of ``table`` at ``url`` into ``out``, with the test mapping."""
+    return [
+        "convert-eventsourcing",
+        str(out),
+        "--from-url",
+        url,
+        "--schema",
+        SCHEMA,
+        "--table",
+        table,
+        "--mapping",
+        "tests.support.eventsourcing_bank:to_chronicle",
+    ]
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> tuple[int, str]:
+    """Run the command line in-process; its exit status and its one line of error (asserted one line, no traceback)."""
+    status = cli.main(argv)
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    return status, err.strip()
+
+
+def test_bad_sources_are_one_error_line_with_a_reason(
+    postgres_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A table of another shape, a role that may not read the table, a
+    SQLite URL: before the fix, psycopg's UndefinedColumn,
+    InsufficientPrivilege and ProgrammingError as tracebacks."""
+    legacy_bank(postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {SCHEMA}.other_events (id int, x text)")
+        conn.execute("DROP ROLE IF EXISTS es_reader_without_select")
+        conn.execute("CREATE ROLE es_reader_without_select LOGIN")
+        conn.execute(f"GRANT USAGE ON SCHEMA {SCHEMA} TO es_reader_without_select")
+    out = tmp_path / "out.chronicle"
+    try:
+        status, err = one_error_line(capsys, convert_command(postgres_url, out, table="other_events"))
+        assert status == 2
+        assert err.startswith(f"error: NOT_AN_EVENTS_TABLE: {SCHEMA}.other_events is not an eventsourcing"), err
+        assert "notification_id" in err
+
+        parts = psycopg.conninfo.conninfo_to_dict(postgres_url)
+        parts["user"] = "es_reader_without_select"
+        parts.pop("password", None)
+        reader = psycopg.conninfo.make_conninfo(**parts)  # type: ignore[arg-type]
+        status, err = one_error_line(capsys, convert_command(reader, out))
+        assert status == 1
+        assert err.startswith(
+            f"error: SOURCE_PERMISSION_DENIED: the role of --from-url may not read {SCHEMA}.bank_events ("
+        ), err
+        assert f"GRANT SELECT ON {SCHEMA}.bank_events" in err
+
+        status, err = one_error_line(capsys, convert_command(f"sqlite:///{tmp_path}/app.db", out))
+        assert status == 2
+        assert err.startswith("error: UNSUPPORTED_SOURCE: --from-url must be the eventsourcing application's"), err
+        assert not out.exists()
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON SCHEMA {SCHEMA} FROM es_reader_without_select")
+            conn.execute("DROP ROLE es_reader_without_select")
+
+
+def control_character_id(event: EventsourcingEvent) -> ChronicleEvent | None:
+    mapped = to_chronicle(event)
+    return mapped and ChronicleEvent(mapped.aggregate_type, mapped.message, aggregate_id="a\nb")
+
+
+def two_types_for_one_originator(event: EventsourcingEvent) -> ChronicleEvent | None:
+    if event.originator_version == 1:
+        return ChronicleEvent("Account", bank.AccountOpened(owner="x"))
+    return ChronicleEvent("Box", box.BoxCreated(name="b"))
+
+
+@pytest.mark.parametrize(
+    ("mapping", "import_reason", "said"),
+    [
+        (control_character_id, "BAD_RECORD", "control characters"),
+        (two_types_for_one_originator, "AGGREGATE_TYPE_MISMATCH", "are of another type"),
+    ],
+)
+async def test_what_the_import_would_refuse_is_refused_at_conversion(
+    postgres_url: str, mapping: object, import_reason: str, said: str
+) -> None:
+    """Before the fix, both converted (exit 0) and the import refused them."""
+    legacy_bank(postgres_url)
+    with pytest.raises(InvalidInput) as refused:
+        await converted(postgres_url, mapping)
+    assert refused.value.reason == "BAD_MAPPING"
+    assert refused.value.metadata["import_reason"] == import_reason
+    assert said in refused.value.message, refused.value.message
+    assert "originator_id" in refused.value.metadata
+
+
+async def test_the_events_left_out_are_counted(postgres_url: str) -> None:
+    legacy_bank(postgres_url)
+    tally = Tally()
+    stream = eventsourcing_export(
+        postgres_url, table="bank_events", schema=SCHEMA, mapping=to_chronicle, tally=tally, page_size=4
+    )
+    events = [record async for record in stream if record.HasField("event")]
+    assert (len(events), tally.read, tally.left_out) == (8, 9, 1)  # the note left out
