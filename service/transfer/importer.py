@@ -29,6 +29,7 @@ batch whole (ImportConflict); the refusal then names the record.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from service.plugins.registry import Registry
 from service.store.base import AggregateQuery, SnapshotKind, Store
 from service.store.encrypted import is_sealed_record
 from service.store.encryption import is_sealed
-from service.store.importing import AGGREGATE_FORGOTTEN, import_conflict
+from service.store.importing import AGGREGATE_FORGOTTEN, AGGREGATE_NOT_EMPTY, import_conflict
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
 from service.transfer.exporter import READABLE_VERSIONS
 from service.transfer.forgotten import left_out, shredded
@@ -247,10 +248,31 @@ class Importer:
                 written = await self._write(kind, batch)
             except ImportConflict as conflict:
                 _name_record(conflict, batch, indexes)
+                if conflict.reason == AGGREGATE_NOT_EMPTY and kind == "event":
+                    _name_diverged(conflict, await self._diverged(batch))
                 raise
             self.summary.written[kind] += written
         if self._on_progress is not None:
             self._on_progress(self.summary)
+
+    async def _diverged(self, batch: Sequence[RecordedEvent]) -> list[str]:
+        """The aggregates of ``batch`` whose history in the target parts
+        from the stream's: the target holds another event at a version the
+        batch has (it took commands since an earlier import of this
+        source, say). Asked only once the store refused the batch, so that
+        the refusal names each such aggregate, not the first alone."""
+        firsts: dict[str, RecordedEvent] = {}
+        for event in batch:
+            firsts.setdefault(event.aggregate_id, event)
+        diverged: list[str] = []
+        for aggregate_id, event in firsts.items():
+            there = await self._store.events.read_aggregate(
+                aggregate_id, AggregateQuery(from_version=event.version, to_version=max_version(batch, aggregate_id))
+            )
+            theirs = {e.version: e.event_id for e in batch if e.aggregate_id == aggregate_id}
+            if any(held.event_id != theirs.get(held.version, held.event_id) for held in there):
+                diverged.append(aggregate_id)
+        return diverged
 
     async def _of_forgotten(self, batch: list[Any], indexes: list[int]) -> tuple[list[Any], list[int]]:
         """``batch`` (and its records' indexes) as the target's forgotten
@@ -442,6 +464,34 @@ def _name_record(conflict: ImportConflict, batch: Sequence[Any], indexes: Sequen
         conflict.metadata["record"] = str(found[0])
         conflict.message = f"record[{found[0]}]: {conflict.message}"
         conflict.args = (conflict.message,)
+
+
+def max_version(batch: Sequence[RecordedEvent], aggregate_id: str) -> int:
+    return max(event.version for event in batch if event.aggregate_id == aggregate_id)
+
+
+# How many diverged aggregates a refusal lists by name (its metadata counts them all).
+_NAMED_AT_MOST = 20
+
+
+def _name_diverged(conflict: ImportConflict, diverged: Sequence[str]) -> None:
+    """Add to an AGGREGATE_NOT_EMPTY refusal of a batch every aggregate of
+    the batch that diverged (``Importer._diverged``), so that an operator
+    decides about all of them at once: the batch is written whole or not
+    at all, so the other aggregates' events in it were not written either."""
+    if not diverged:
+        return
+    shown = ", ".join(repr(aggregate_id) for aggregate_id in diverged[:_NAMED_AT_MOST])
+    more = f" and {len(diverged) - _NAMED_AT_MOST} more" if len(diverged) > _NAMED_AT_MOST else ""
+    conflict.metadata["diverged_aggregates"] = json.dumps(list(diverged[:_NAMED_AT_MOST]))
+    conflict.metadata["diverged_count"] = str(len(diverged))
+    conflict.message += (
+        f". {len(diverged)} aggregate(s) of this batch hold events here that the import does not: {shown}{more}"
+        " (the target took commands on them after an earlier import?). Nothing of the batch was written, the other"
+        " aggregates' events in it included: leave these out (--leave-out AGGREGATE) to import the rest, or"
+        " replace them with the stream's history (--overwrite, losing what the target wrote of them)"
+    )
+    conflict.args = (conflict.message,)
 
 
 # What the stores' import conflicts name a record by (service/store/importing.py).

@@ -26,7 +26,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service import cli
 from service.app import build_registry
-from service.errors import InvalidInput
+from service.errors import ImportConflict, InvalidInput
 from service.store.base import Store
 from service.store.sqlite import SqliteStore
 from service.transfer.eventsourcing import (
@@ -37,6 +37,7 @@ from service.transfer.eventsourcing import (
     eventsourcing_export,
 )
 from service.transfer.importer import Importer
+from service.transfer.restoring import only_aggregates
 from tests.support.eventsourcing_bank import Account, Bank, environment, to_chronicle
 from tests.support.grpc_client import TEST_SETTINGS, command, running_server
 
@@ -347,3 +348,42 @@ async def test_the_events_left_out_are_counted(postgres_url: str) -> None:
     )
     events = [record async for record in stream if record.HasField("event")]
     assert (len(events), tally.read, tally.left_out) == (8, 9, 1)  # the note left out
+
+
+async def test_a_final_import_after_chronicle_took_commands_names_every_diverged_aggregate(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """docs/migration.md's cutover order broken: an import while the
+    library still runs, Chronicle then serves commands for two accounts,
+    the library writes more for all three, and the last import is refused.
+    Before the fix the refusal named the first account alone; it names
+    both that diverged (not the third), and writes nothing of the batch:
+    the third's new event waits for the operator's decision."""
+    app, ids = legacy_bank(postgres_url)
+    ann, bob, cy = (str(i) for i in ids)
+    served = SqliteStore(tmp_path / "chronicle.db")
+    await served.open()
+    await Importer(Store.of(served)).run(replayed(await converted(postgres_url)))
+    async with running_server(served) as (_, client):  # closes the store when it stops
+        await client.submit(command(ann, bank.Deposit(amount=1)))
+        await client.submit(command(bob, bank.Deposit(amount=2)))
+    store = SqliteStore(tmp_path / "chronicle.db")
+    await store.open()
+    try:
+        for account in ids:
+            app.act(account, "deposit", 10)
+        with pytest.raises(ImportConflict) as refused:
+            await Importer(Store.of(store)).run(replayed(await converted(postgres_url)))
+        assert refused.value.reason == "AGGREGATE_NOT_EMPTY"
+        assert json.loads(refused.value.metadata["diverged_aggregates"]) == [ann, bob]
+        assert refused.value.metadata["diverged_count"] == "2"
+        assert f"{ann!r}, {bob!r}" in refused.value.message and cy not in refused.value.message
+        assert "--leave-out" in refused.value.message
+        assert len(await store.read_aggregate(cy)) == 2  # opened, deposited 7: its new deposit not written
+
+        # Leaving the diverged ones out, the rest imports.
+        left = only_aggregates(iter(await converted(postgres_url)), set(), leaving_out={ann, bob})
+        summary = await Importer(Store.of(store)).run(replayed(list(left)))
+        assert summary.written["event"] == 1 and len(await store.read_aggregate(cy)) == 3
+    finally:
+        await store.close()
