@@ -113,7 +113,7 @@ from service.errors import ChronicleError, ConfigurationError, InvalidInput
 from service.json_input import JsonInputError
 from service.progress import Reporter
 from service.remote_types import RemoteTypes, UnknownType
-from service.settings import add_arguments, load_settings
+from service.settings import add_arguments, env_value, load_settings
 
 if TYPE_CHECKING:
     from chronicle.v1 import export_pb2
@@ -1415,7 +1415,7 @@ def _client_arguments(parser: argparse.ArgumentParser, *, local_by_default: bool
         parser.add_argument(
             "--server",
             type=_server_address,
-            default=os.environ.get("CHRONICLE_SERVER"),
+            default=env_value(os.environ, "CHRONICLE_SERVER"),
             help="host:port of the server (env CHRONICLE_SERVER); default: this host's server as its settings "
             "say, for a container's health check: CHRONICLE_LISTEN (a wildcard address through loopback), TLS "
             "when CHRONICLE_TLS_CERT_FILE is set, trusting that certificate (or --tls-ca), a client certificate "
@@ -1425,27 +1425,31 @@ def _client_arguments(parser: argparse.ArgumentParser, *, local_by_default: bool
         parser.add_argument(
             "--server",
             type=_server_address,
-            default=os.environ.get("CHRONICLE_SERVER", DEFAULT_SERVER),
+            default=(env_value(os.environ, "CHRONICLE_SERVER") or DEFAULT_SERVER),
             help=f"host:port of the server (env CHRONICLE_SERVER; default {DEFAULT_SERVER})",
         )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
     parser.add_argument(
         "--token",
-        default=os.environ.get("CHRONICLE_TOKEN"),
+        default=env_value(os.environ, "CHRONICLE_TOKEN"),
         help="bearer token: a JWT or API key (env CHRONICLE_TOKEN)",
     )
     parser.add_argument(
         "--token-file",
-        default=os.environ.get("CHRONICLE_TOKEN_FILE"),
+        default=env_value(os.environ, "CHRONICLE_TOKEN_FILE"),
         help="file holding the bearer token, read again at every call: one an agent renews (env CHRONICLE_TOKEN_FILE)",
     )
     parser.add_argument(
         "--tls-ca",
-        default=os.environ.get("CHRONICLE_TLS_CA"),
+        default=env_value(os.environ, "CHRONICLE_TLS_CA"),
         help="PEM CA of the server: use TLS (env CHRONICLE_TLS_CA)",
     )
-    parser.add_argument("--tls-cert", default=os.environ.get("CHRONICLE_TLS_CERT"), help="client certificate (mTLS)")
-    parser.add_argument("--tls-key", default=os.environ.get("CHRONICLE_TLS_KEY"), help="client private key (mTLS)")
+    parser.add_argument(
+        "--tls-cert", default=env_value(os.environ, "CHRONICLE_TLS_CERT"), help="client certificate (mTLS)"
+    )
+    parser.add_argument(
+        "--tls-key", default=env_value(os.environ, "CHRONICLE_TLS_KEY"), help="client private key (mTLS)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

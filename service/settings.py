@@ -441,6 +441,15 @@ def env_name(name: str) -> str:
     return f"CHRONICLE_{name.upper()}"
 
 
+def env_value(environ: Mapping[str, str], variable: str) -> str | None:
+    """``variable``'s value in ``environ``, None when it is not set or is
+    empty (blank): templating tools (Helm, Compose, envsubst) write
+    ``CHRONICLE_INSECURE=`` for a value left out, meaning "unset", and a
+    setting so written takes its default, as if the line were not there."""
+    value = environ.get(variable)
+    return value if value is not None and value.strip() else None
+
+
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -530,8 +539,8 @@ def load_settings(args: argparse.Namespace | None = None, environ: Mapping[str, 
                 values[f.name] = _convert(f.name, str(f.type), flag_value)
             else:
                 values[f.name] = flag_value
-        elif environ is not None and env_name(f.name) in environ:
-            values[f.name] = _convert(f.name, str(f.type), environ[env_name(f.name)])
+        elif environ is not None and (text := env_value(environ, env_name(f.name))) is not None:
+            values[f.name] = _convert(f.name, str(f.type), text)
     return Settings(**values)  # type: ignore[arg-type]
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from service.errors import ConfigurationError
-from service.settings import DEFAULT_DATABASE_URL, Settings, settings_from
+from service.settings import DEFAULT_DATABASE_URL, Settings, env_name, settings_from
 
 
 def flag(name: str) -> str:
@@ -42,6 +42,34 @@ def test_environment_variables_set_values() -> None:
     assert settings.discover_plugins is False
     assert settings.queue_depth == 8
     assert settings.keep_snapshots == 5
+
+
+def test_an_empty_environment_variable_is_unset() -> None:
+    """Templating tools write ``CHRONICLE_INSECURE=`` for a value left out.
+    Before the fix, an empty boolean or number was refused (BAD_SETTING)
+    and an empty text taken as the value (an empty database URL)."""
+    every = {env_name(f.name): value for f in fields(Settings) for value in ("", "  ")}
+    assert settings_from([], every) == Settings()
+    for blank in ("", " "):
+        settings = settings_from([], {"CHRONICLE_INSECURE": blank, "CHRONICLE_DATABASE_URL": blank})
+        assert (settings.insecure, settings.database_url) == (Settings().insecure, DEFAULT_DATABASE_URL)
+
+
+def test_the_clients_empty_environment_variables_are_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``chronicle``'s own options (CHRONICLE_SERVER, CHRONICLE_TOKEN, …)
+    read the same way: an empty server is the default one, not ""."""
+    from service import cli
+
+    for variable in ("CHRONICLE_SERVER", "CHRONICLE_TOKEN", "CHRONICLE_TOKEN_FILE", "CHRONICLE_TLS_CA"):
+        monkeypatch.setenv(variable, "")
+    exporting = cli.build_parser().parse_args(["export", "out.chronicle"])
+    assert (exporting.server, exporting.token, exporting.token_file, exporting.tls_ca) == (
+        cli.DEFAULT_SERVER,
+        None,
+        None,
+        None,
+    )
+    assert cli.build_parser().parse_args(["health"]).server is None  # this host's server, from its settings
 
 
 def test_flags_win_over_environment_variables() -> None:
