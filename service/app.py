@@ -100,7 +100,9 @@ PROJECTIONS_GROUP = "projections"
 
 def build_registry(settings: Settings) -> Registry:
     plugins = discover_plugins(
-        settings.plugins, entry_point_group=ENTRY_POINT_GROUP if settings.discover_plugins else None
+        settings.plugins,
+        entry_point_group=ENTRY_POINT_GROUP if settings.discover_plugins else None,
+        examples=settings.example_plugins,
     )
     return Registry(plugins)
 

@@ -47,6 +47,13 @@ class Settings:
     discover_plugins: bool = field(
         default=True, metadata={"help": "load the plugins of the 'chronicle.plugins' entry-point group"}
     )
+    example_plugins: bool = field(
+        default=True,
+        metadata={
+            "help": "with discovery, load Chronicle's own example plugins (bank_account, box, users) too; the"
+            " Docker image turns this off (--plugin still loads one by name)"
+        },
+    )
     max_message_bytes: int = field(default=4 * 1024 * 1024, metadata={"help": "largest gRPC message accepted"})
     max_event_bytes: int = field(
         default=1024 * 1024,

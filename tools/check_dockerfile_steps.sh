@@ -15,13 +15,20 @@ trap 'for pid in "${servers[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -
 git -C "$root" archive HEAD pyproject.toml constraints.txt README.md tools protos service domain_plugins | tar -x -C "$work/"
 mkdir "$work/src" && mv "$work"/{pyproject.toml,constraints.txt,README.md,tools,protos,service,domain_plugins} "$work/src/"
 
-# stage "build"
+# stage "build": the dependencies' wheels from pyproject.toml and constraints.txt alone, then Chronicle's
 python3 -m venv "$work/build"
-(cd "$work/src" && PIP_CONSTRAINT="$work/src/constraints.txt" "$work/build/bin/pip" wheel --quiet --wheel-dir "$work/wheels" .)
+(cd "$work/src" && "$work/build/bin/python" tools/dependencies.py pyproject.toml >"$work/dependencies.txt")
+(cd "$work/src" && PIP_CONSTRAINT="$work/src/constraints.txt" "$work/build/bin/pip" wheel --quiet --wheel-dir "$work/wheels" -r "$work/dependencies.txt")
+(cd "$work/src" && PIP_CONSTRAINT="$work/src/constraints.txt" "$work/build/bin/pip" wheel --quiet --no-deps --wheel-dir "$work/wheels" .)
 
-# stage "runtime"
+# stage "runtime": installed with no index, what was installed written down as the image's constraints
 python3 -m venv "$work/runtime"
 "$work/runtime/bin/pip" install --quiet --no-index --find-links "$work/wheels" chronicle
+"$work/runtime/bin/pip" freeze --exclude chronicle >"$work/image-constraints.txt"
+for pinned in grpcio protobuf; do
+    grep -qx "$(grep -i "^$pinned==" "$work/src/constraints.txt")" "$work/image-constraints.txt" \
+        || { echo "the image's constraints do not pin $pinned as constraints.txt does"; exit 1; }
+done
 unzip -l "$work"/wheels/chronicle-*.whl >"$work/wheel-files"
 for file in chronicle/protos/chronicle/v1/command.proto service/templates/plugin/domain.py.tmpl service/py.typed \
     service/store/postgres/migrations/0001_initial.sql service/store/sqlite/migrations/0001_initial.sql; do
@@ -70,7 +77,12 @@ serve_and_check() {
 
 # The image's environment: every interface, SQLite under the working directory.
 port=$(free_port)
-image_env=(CHRONICLE_LISTEN="0.0.0.0:$port" CHRONICLE_DATABASE_URL=sqlite:///data/chronicle.db)
+image_env=(CHRONICLE_LISTEN="0.0.0.0:$port" CHRONICLE_DATABASE_URL=sqlite:///data/chronicle.db CHRONICLE_EXAMPLE_PLUGINS=false)
+
+# The image serves no example plugins.
+if env -i PATH="$PATH" "${image_env[@]}" "$chronicle" plugins | grep -qw bank_account; then
+    echo "the image's environment serves the example plugins"; exit 1
+fi
 
 # The image's default command (serve, authentication off) must refuse to start.
 mkdir -p "$work/home-auth/data"
@@ -91,7 +103,7 @@ POLICY
 (umask 077; "$chronicle" apikey ops --role operator >"$work/home-auth/secrets/keys.toml" 2>"$work/apikey.err")
 key=$(sed -n 's/^# the key .*: //p' "$work/apikey.err")
 serve_args=(--auth --policy-file secrets/policy.toml --api-keys-file secrets/keys.toml)
-serve_and_check auth "${image_env[@]}"
+serve_and_check auth "${image_env[@]}" CHRONICLE_EXAMPLE_PLUGINS=true  # the bank stands for a domain installed on top
 if "$chronicle" submit acc-1 bank.v1.OpenAccount '{"owner": "ann"}' --server "127.0.0.1:$port" 2>"$work/anonymous.err"; then
     echo "an anonymous call was served by the image's server started with --auth"; exit 1
 fi

@@ -12,6 +12,10 @@ from service.errors import ConfigurationError
 from service.plugins.api import Plugin
 
 ENTRY_POINT_GROUP = "chronicle.plugins"
+# The package of the example plugins Chronicle's own wheel registers in the
+# entry-point group (pyproject.toml): left out of discovery when a
+# deployment serves its own domains only (``example_plugins=False``).
+EXAMPLES_PACKAGE = "domain_plugins"
 log = logging.getLogger(__name__)
 
 
@@ -41,14 +45,20 @@ def load_module_plugin(path: str) -> Plugin:
     return _as_plugin(module, path)
 
 
-def discover_plugins(paths: Iterable[str] = (), *, entry_point_group: str | None = ENTRY_POINT_GROUP) -> list[Plugin]:
+def discover_plugins(
+    paths: Iterable[str] = (), *, entry_point_group: str | None = ENTRY_POINT_GROUP, examples: bool = True
+) -> list[Plugin]:
     """Plugins from the entry-point group (unless None), then from ``paths``.
+    Without ``examples``, the group's entry points into Chronicle's example
+    plugins are skipped (not imported); ``paths`` naming one still load it.
 
     A plugin found both ways (the same object) is loaded once.
     """
     found: list[Plugin] = []
     if entry_point_group is not None:
         for entry in entry_points(group=entry_point_group):
+            if not examples and is_example(entry.value):
+                continue
             try:
                 loaded = entry.load()
             except Exception as error:  # a broken third-party plugin must say which one
@@ -65,3 +75,10 @@ def discover_plugins(paths: Iterable[str] = (), *, entry_point_group: str | None
             unique.append(plugin)
     log.debug("plugins: %s", [p.name for p in unique])
     return unique
+
+
+def is_example(target: str) -> bool:
+    """Whether an entry point's target (``module:attr``) is one of
+    Chronicle's example plugins."""
+    module = target.partition(":")[0].strip()
+    return module == EXAMPLES_PACKAGE or module.startswith(EXAMPLES_PACKAGE + ".")

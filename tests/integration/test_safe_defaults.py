@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -121,7 +122,12 @@ def test_anonymous_administrators_are_refused_beyond_loopback_even_with_insecure
 
 
 def run_as_the_image(
-    command: list[str], home: Path, port: int, *, mounts: dict[str, str] | None = None
+    command: list[str],
+    home: Path,
+    port: int,
+    *,
+    mounts: dict[str, str] | None = None,
+    environment: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
     """``command`` (the image's, or ``chronicle …`` as the docs run it) in a
     process with the Dockerfile's environment and none of ours, in a home
@@ -139,7 +145,7 @@ def run_as_the_image(
     return subprocess.Popen(
         [sys.executable, "-m", "service", *arguments],
         cwd=home,
-        env={**clean, **image},
+        env={**clean, **image, **(environment or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -153,6 +159,20 @@ def test_the_docker_images_default_command_refuses_to_start(tmp_path: Path) -> N
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 2, output
     assert output.startswith("error: INSECURE_LISTEN: refusing to listen on 0.0.0.0:")
+
+
+def test_the_image_serves_no_example_plugins_unless_told(tmp_path: Path) -> None:
+    """`docker run chronicle plugins`: before the fix it listed the bank,
+    box and users examples, which every image then served."""
+    bare = run_as_the_image(["chronicle", "plugins"], tmp_path, free_port())
+    output, _ = bare.communicate(timeout=60)
+    assert bare.returncode == 0, output
+    assert not {"bank_account", "box", "users"} & set(re.findall(r"[a-z_]+", output)), output
+    told = run_as_the_image(
+        ["chronicle", "plugins"], tmp_path, free_port(), environment={"CHRONICLE_EXAMPLE_PLUGINS": "true"}
+    )
+    output, _ = told.communicate(timeout=60)
+    assert told.returncode == 0 and "bank_account" in output, output
 
 
 def the_documented_docker_run_line() -> tuple[list[str], dict[str, str]]:
@@ -187,7 +207,11 @@ def test_the_documented_line_serves_the_image_beyond_loopback_with_authenticatio
     key = made.stderr.rsplit(": ", 1)[1].strip()
     port = free_port()
     server = run_as_the_image(
-        command, tmp_path, port, mounts={container: str(tmp_path / host) for container, host in mounts.items()}
+        command,
+        tmp_path,
+        port,
+        mounts={container: str(tmp_path / host) for container, host in mounts.items()},
+        environment={"CHRONICLE_EXAMPLE_PLUGINS": "true"},  # the bank stands for the domains installed on top
     )
     try:
         address = f"127.0.0.1:{port}"

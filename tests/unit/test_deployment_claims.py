@@ -368,7 +368,7 @@ def test_the_image_is_built_and_run_as_the_guide_describes() -> None:
     runtime = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
     assert any(line.startswith("RUN pip wheel ") for line in lines[:runtime])
     run = lines[runtime:]
-    (install,) = [line for line in run if line.startswith("RUN pip install")]
+    (install,) = [line for line in run if line.startswith("RUN ") and " pip install " in line]
     assert "--no-index" in shlex.split(install)
     (user,) = [shlex.split(line) for line in run if line.startswith("RUN useradd")]
     assert user[-1] == "chronicle" and user[user.index("--uid") + 1] == "10001"
@@ -411,6 +411,53 @@ def test_the_image_runs_chronicle_serve_and_checks_its_health_by_its_own_setting
     health = dockerfile_healthcheck()
     assert health[:2] == ["chronicle", "health"]
     assert not any(word.startswith("--server") for word in health)
+
+
+def test_no_layer_of_the_image_holds_the_wheels() -> None:
+    """The wheels are bind-mounted from the build stage for the install
+    step. Before the fix they were copied into a layer (`COPY --from=build
+    /wheels`) and `rm -rf` in a later one, which leaves them in the image."""
+    lines = dockerfile()
+    runtime = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    run = lines[runtime:]
+    assert not [line for line in run if line.startswith("COPY --from=build")]
+    (install,) = [shlex.split(line) for line in run if line.startswith("RUN ") and " pip install " in line]
+    assert "--mount=type=bind,from=build,source=/wheels,target=/wheels" in install
+    assert install[install.index("--find-links") + 1] == "/wheels"
+    assert lines[0] == "# syntax=docker/dockerfile:1"  # RUN --mount needs BuildKit's syntax
+
+
+def test_the_dependencies_wheels_are_built_before_the_sources_are_copied() -> None:
+    """A change to Chronicle's code leaves the dependencies' layer cached:
+    it is built from pyproject.toml and constraints.txt alone."""
+    lines = dockerfile()
+    runtime = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    build = lines[:runtime]
+    dependencies = next(i for i, line in enumerate(build) if line.startswith("RUN ") and "pip wheel" in line)
+    copied = [line.split()[1:-1] for line in build[:dependencies] if line.startswith("COPY ")]
+    assert sorted(source for sources in copied for source in sources) == [
+        "constraints.txt",
+        "pyproject.toml",
+        "tools/dependencies.py",
+    ]
+    runs = [line for line in build if line.startswith("RUN ")]
+    assert runs[-1].startswith("RUN pip wheel") and "--no-deps" in runs[-1].split()
+    assert any(line == "COPY service service" for line in build[dependencies:])
+
+
+def test_the_image_holds_later_installs_to_its_pins_and_serves_no_examples() -> None:
+    """An image FROM this one that installs its domains keeps the image's
+    grpcio and protobuf (PIP_CONSTRAINT names the frozen installed set),
+    and only its domains are served (CHRONICLE_EXAMPLE_PLUGINS=false)."""
+    environment = dockerfile_environment()
+    assert environment["PIP_CONSTRAINT"] == "/etc/chronicle/constraints.txt"
+    assert environment["CHRONICLE_EXAMPLE_PLUGINS"] == "false"
+    lines = dockerfile()
+    (install,) = [line for line in lines if " pip install " in line]
+    assert "pip freeze --exclude chronicle >/etc/chronicle/constraints.txt" in install
+    text = flowing(DEPLOYMENT)
+    assert "The image serves no example plugins" in text
+    assert "PIP_CONSTRAINT" in text and "by digest" in text
 
 
 def test_the_guide_gives_the_images_uid_to_own_the_secrets() -> None:

@@ -10,7 +10,7 @@ from domain_plugins import bank_account, box
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.errors import ConfigurationError
 from service.plugins import Plugin
-from service.plugins.discovery import discover_plugins, load_module_plugin
+from service.plugins.discovery import discover_plugins, is_example, load_module_plugin
 from service.plugins.registry import Registry
 
 
@@ -73,6 +73,15 @@ def test_a_missing_module_is_refused() -> None:
     with pytest.raises(ConfigurationError) as raised:
         load_module_plugin("no_such_module_anywhere")
     assert raised.value.reason == "PLUGIN_IMPORT_FAILED"
+
+
+def test_discovery_can_leave_the_examples_out_but_a_named_one_loads() -> None:
+    """The Docker image's CHRONICLE_EXAMPLE_PLUGINS=false: the entry points
+    Chronicle registers for its examples are skipped, other entry points
+    and modules named by path are not."""
+    assert not {"bank_account", "box", "users"} & {p.name for p in discover_plugins(examples=False)}
+    assert [p.name for p in discover_plugins(["domain_plugins.box"], examples=False)] == ["box"]
+    assert is_example("domain_plugins.users:plugin") and not is_example("domain_plugins_of_mine.shop:plugin")
 
 
 def test_discovery_can_be_limited_to_named_modules() -> None:
