@@ -305,6 +305,17 @@ def test_pruning_goes_in_the_batches_the_guide_says() -> None:
     assert int(size) == retention.BATCH
 
 
+def kubernetes_snippet() -> list[str]:
+    (snippet,) = re.findall(r"```yaml\n(.*?)```", DEPLOYMENT.read_text(), re.DOTALL)
+    return snippet.splitlines()
+
+
+def indentation(lines: list[str], key: str) -> int:
+    """How deep the first ``key:`` of ``lines`` sits (a list item's dash counted as indentation)."""
+    line = next(line for line in lines if line.lstrip(" -").startswith(key + ":"))
+    return len(line) - len(line.lstrip(" -"))
+
+
 def test_the_kubernetes_grace_period_outlasts_the_drain_and_the_grace() -> None:
     text = DEPLOYMENT.read_text()
     (period, drain, grace) = re.findall(
@@ -312,9 +323,38 @@ def test_the_kubernetes_grace_period_outlasts_the_drain_and_the_grace() -> None:
         r"# more than --shutdown-drain \+ --shutdown-grace \(([0-9]+) \+ ([0-9]+) s\)",
         text,
     )[0]
-    defaults = Settings()
-    assert (float(drain), float(grace)) == (defaults.shutdown_drain, defaults.shutdown_grace)
-    assert int(period) > defaults.shutdown_drain + defaults.shutdown_grace
+    lines = kubernetes_snippet()
+    (set_drain,) = [lines[i + 1] for i, line in enumerate(lines) if "name: CHRONICLE_SHUTDOWN_DRAIN" in line]
+    drain_set = seconds(set_drain.split("value:", 1)[1].strip().strip('"'))
+    assert (float(drain), float(grace)) == (drain_set, Settings().shutdown_grace)
+    assert int(period) > drain_set + Settings().shutdown_grace
+
+
+def test_the_kubernetes_drain_is_the_readiness_probes_time_to_see_not_serving() -> None:
+    """ "set it to your probe's period times the failures it waits for".
+    Before the fix, the example kept the default 1 s drain beside a 5 s
+    probe period."""
+    lines = kubernetes_snippet()
+    (set_drain,) = [lines[i + 1] for i, line in enumerate(lines) if "name: CHRONICLE_SHUTDOWN_DRAIN" in line]
+    readiness = lines[next(i for i, line in enumerate(lines) if "readinessProbe:" in line) :]
+    probe = {
+        key: int(value)
+        for key, value in re.findall(r"(periodSeconds|failureThreshold): ([0-9]+)", "\n".join(readiness[:5]))
+    }
+    drain = seconds(set_drain.split("value:", 1)[1].strip().strip('"'))
+    assert drain == probe["periodSeconds"] * probe.get("failureThreshold", 3)
+
+
+def test_the_kubernetes_grace_period_is_the_pods_and_the_probes_its_containers() -> None:
+    """terminationGracePeriodSeconds is a field of the pod spec, beside
+    `containers`; the probes are fields of a container. Before the fix all
+    three sat at one level."""
+    lines = kubernetes_snippet()
+    pod = indentation(lines, "containers")
+    assert indentation(lines, "terminationGracePeriodSeconds") == pod
+    assert indentation(lines, "name") > pod  # the container, an item of the list
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert indentation(lines, probe) == indentation(lines, "name"), probe
 
 
 @pytest.mark.parametrize(
