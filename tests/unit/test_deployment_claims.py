@@ -307,7 +307,7 @@ def test_pruning_goes_in_the_batches_the_guide_says() -> None:
 
 def kubernetes_snippet() -> list[str]:
     (snippet,) = re.findall(r"```yaml\n(.*?)```", DEPLOYMENT.read_text(), re.DOTALL)
-    return snippet.splitlines()
+    return str(snippet).splitlines()
 
 
 def indentation(lines: list[str], key: str) -> int:
