@@ -61,6 +61,7 @@ from service.plugins.middleware import Middleware
 from service.plugins.registry import Registry
 from service.principal import Principal, reaction_principal
 from service.processing.executor import CommandExecutor
+from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES, HeldEvents
 from service.processing.middleware import Pipeline
 from service.processing.payload_json import payload_json
 from service.processing.projections import ProjectionRunner, Projections
@@ -477,6 +478,13 @@ async def start(
         checkpoint_interval=settings.checkpoint_seconds,
         poll_interval=settings.poll_seconds,
         primary=roles.log,
+        held=HeldEvents(
+            read_ahead_bytes=settings.subscription_read_ahead_bytes, stall_seconds=settings.subscription_stall_seconds
+        ),
+        # A page a client asked for goes in messages of at most this much (a
+        # store read may be 1 MiB): what a stopped client leaves in gRPC's
+        # hands, the one message being sent, stays small.
+        message_bytes=min(page_bytes, MAX_SUBSCRIPTION_MESSAGE_BYTES),
     )
     # Leases: the partitions this replica owns, and the projections it runs
     # (one replica runs each). The address is known once the port is bound.
@@ -631,6 +639,7 @@ async def start(
                 live_workers=lambda: router.live_workers,
                 rpcs_in_flight=lambda: gate.in_flight,
                 subscriptions=lambda: tracker.count,
+                subscription_held_bytes=lambda: subscriptions.held.bytes,
             )
             metrics.group_consumers.set_function(lambda: groups.active)
             if settings.metrics_listen:

@@ -115,6 +115,20 @@ class Settings:
     poll_seconds: float = field(
         default=1.0, metadata={"help": "subscriptions look for new events at least this often (besides notifications)"}
     )
+    subscription_read_ahead_bytes: int = field(
+        default=64 * 1024 * 1024,
+        metadata={
+            "help": "bytes of events the server's subscriptions may hold together (pages being sent included)"
+            " and still read their next page ahead; past it each reads when it needs to (0: never ahead)"
+        },
+    )
+    subscription_stall_seconds: float = field(
+        default=1.0,
+        metadata={
+            "help": "a subscription whose client took no message in two checks this far apart lets go of the"
+            " events it held, and reads them again when the client reads"
+        },
+    )
     processes: int = field(
         default=1, metadata={"help": "server processes sharing the listen port (SO_REUSEPORT), for more cores"}
     )
@@ -304,6 +318,12 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise bad_setting(name, f"{getattr(self, name)} is too small", _accepted_int(name, at_least=1))
+        if self.subscription_read_ahead_bytes < 0:
+            raise bad_setting(
+                "subscription_read_ahead_bytes",
+                f"{self.subscription_read_ahead_bytes} is negative",
+                _accepted_int("subscription_read_ahead_bytes", at_least=0),
+            )
         if self.snapshot_every < 0:
             raise bad_setting(
                 "snapshot_every", f"{self.snapshot_every} is negative", _accepted_int("snapshot_every", at_least=0)
@@ -322,6 +342,7 @@ class Settings:
             "idle_timeout",
             "health_interval",
             "poll_seconds",
+            "subscription_stall_seconds",
             "retention_interval",
             "keepalive_seconds",
             "keepalive_timeout_seconds",

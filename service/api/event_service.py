@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -15,7 +16,6 @@ from service.api.codec import TYPE_URL_PREFIX, check_id, check_version, encode_e
 from service.api.subscribe import (
     decode_subscribe,
     encode_event_pages,
-    encode_events,
     encode_marker,
     encode_page,
     known_event_types,
@@ -99,18 +99,25 @@ class EventService(pb_grpc.EventServiceServicer):
         wanted = decode_subscribe(request, self._registry)
         if self._authorizer.enforcing:
             wanted = restrict_to_permitted(wanted, self._registry, self._authorizer, current_principal.get())
-        stream = await self._subscriptions.open(wanted)
         pages = request.pages
+        # One message per event unless the client asked for pages: the
+        # subscription then hands over one event at a time, and holds the
+        # rest where it can let go of them if the client stops reading.
+        stream = await self._subscriptions.open(replace(wanted, per_event=not pages))
         with self._tracker.tracking(wanted.after_position) as handle:
             async for item in stream:
+                position = item.position
                 if not isinstance(item, Page):
-                    yield encode_marker(item)
+                    response = encode_marker(item)
                 elif pages:
-                    yield encode_page(item)
+                    response = encode_page(item)
                 else:
-                    for response in encode_events(item):
-                        yield response
-                self._tracker.moved(handle, item.position)
+                    response = pb.SubscribeResponse(event=encode_event(item.events[0]))
+                # Only the message is held while gRPC sends it (a client
+                # that does not read keeps it there), not its events too.
+                del item
+                yield response
+                self._tracker.moved(handle, position)
 
     def _event_range(self, request: pb.ReadAggregateRequest) -> tuple[str, EventRange]:
         aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")

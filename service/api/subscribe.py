@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as pb
-from service.api.codec import check_id, check_names, encode_event, encode_event_into
+from service.api.codec import check_id, check_names, encode_event_into
 from service.errors import FieldViolation, InvalidInput
 from service.plugins.registry import Registry
 from service.principal import Principal
@@ -96,11 +96,6 @@ def encode_event_pages(events: list[RecordedEvent], max_bytes: int) -> list[even
     if page.events:
         pages.append(page)
     return pages
-
-
-def encode_events(page: Page) -> list[pb.SubscribeResponse]:
-    """The page as one message per event (for clients that did not ask)."""
-    return [pb.SubscribeResponse(event=encode_event(event)) for event in page.events]
 
 
 def restrict_to_permitted(

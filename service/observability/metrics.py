@@ -33,6 +33,8 @@ registered, status codes, store operations): never aggregate ids.
   with outcome ``aborted``), so retries = conflicts - aborted.
 - ``chronicle_subscriptions``, ``chronicle_subscription_lag_positions``:
   subscriptions open, and how far the slowest is behind the log's head.
+- ``chronicle_subscription_held_bytes``: bytes of events the subscriptions
+  hold (pages being sent and read ahead; ``service.processing.held_events``)
 - ``chronicle_group_consumers``: subscription-group consumer streams open
   on this replica; ``chronicle_group_lag_positions{group}``,
   ``chronicle_group_parked_events{group}``: how far each group's lowest
@@ -174,6 +176,11 @@ class Metrics:
         self.live_workers = Gauge("chronicle_live_workers", "Aggregate workers alive", registry=r)
         self.rpcs_in_flight = Gauge("chronicle_rpcs_in_flight", "RPCs being handled", registry=r)
         self.subscriptions = Gauge("chronicle_subscriptions", "Subscriptions open", registry=r)
+        self.subscription_held_bytes = Gauge(
+            "chronicle_subscription_held_bytes",
+            "Bytes of events subscriptions hold: pages being sent and read ahead",
+            registry=r,
+        )
         self.reaction_commands = Counter(
             "chronicle_reaction_commands",
             "Commands reactions sent, by reaction and outcome (accepted, replayed, refused, parked)",
@@ -208,6 +215,7 @@ class Metrics:
         live_workers: Callable[[], float],
         rpcs_in_flight: Callable[[], float],
         subscriptions: Callable[[], float],
+        subscription_held_bytes: Callable[[], float] = lambda: 0,
     ) -> None:
         """Gauges read at scrape time (on the metrics thread) from the parts
         that know; each callable must only read."""
@@ -215,6 +223,7 @@ class Metrics:
         self.live_workers.set_function(live_workers)
         self.rpcs_in_flight.set_function(rpcs_in_flight)
         self.subscriptions.set_function(subscriptions)
+        self.subscription_held_bytes.set_function(subscription_held_bytes)
 
     def watch_batches(self, counts: Callable[[], BatchCounts]) -> None:
         """Group commit's counters, read at scrape time."""

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from service.errors import InvalidInput, StoreUnavailable
+from service.processing.held_events import HeldEvents
 from service.processing.overlap import started
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader
@@ -67,6 +68,9 @@ class SubscriptionRequest:
     after_position: int = 0
     from_end: bool = False
     log_filter: LogFilter = LogFilter()
+    # One event per item (the client asked for a message per event), or
+    # pages of events up to ``message_bytes``.
+    per_event: bool = False
 
 
 class Subscriptions:
@@ -84,7 +88,13 @@ class Subscriptions:
         poll_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         primary: LogReader | None = None,
+        held: HeldEvents | None = None,
+        message_bytes: int | None = None,
     ) -> None:
+        """``held``: the server's account of what its subscriptions hold
+        (their pages, the room to read ahead, the sweep of stalled ones);
+        ``message_bytes``: the most a yielded page carries, the event that
+        reaches it included (default: ``page_bytes``, a store read's)."""
         self._store = store
         # Where the log ends: the primary's, when ``store`` is a standby that
         # may be behind it (a position the standby has not replayed yet is
@@ -94,6 +104,8 @@ class Subscriptions:
         self._page_size = page_size
         self._first_page_size = min(first_page_size, page_size)
         self._page_bytes = page_bytes
+        self._message_bytes = message_bytes or page_bytes
+        self.held = self._held = held or HeldEvents()
         self._checkpoint_interval = checkpoint_interval
         self._poll_interval = poll_interval
         self._clock = clock
@@ -104,6 +116,7 @@ class Subscriptions:
         """End every subscription: each raises StoreUnavailable (SHUTTING_DOWN)
         at its next wait, which clients see as UNAVAILABLE and retry."""
         self._closing.set()
+        self._held.stop()
 
     async def open(self, request: SubscriptionRequest) -> AsyncIterator[SubscriptionItem]:
         if self._closing.is_set():
@@ -119,9 +132,9 @@ class Subscriptions:
             )
         else:
             start = request.after_position
-        return self._follow(start, request.log_filter)
+        return self._follow(start, request.log_filter, request.per_event)
 
-    async def _follow(self, position: int, wanted: LogFilter) -> AsyncIterator[SubscriptionItem]:
+    async def _follow(self, position: int, wanted: LogFilter, per_event: bool) -> AsyncIterator[SubscriptionItem]:
         # The store filters by stored event type; types that upcasters read
         # may become wanted ones, so they are read too and filtered once upcast.
         stored_filter = wanted
@@ -135,36 +148,58 @@ class Subscriptions:
         told = position  # the client can resume after this
         caught_up = False
         last_checkpoint = self._clock()
-        records = self._reader.records
-        wanted_types = wanted.event_types
-        ahead: asyncio.Future[LogPage] | None = None
         limit = self._first_page_size
+        held = self._held
+        # What this stream holds, where the sweep can let go of it while the
+        # stream waits for its client (see service/processing/held_events.py):
+        # no page is kept in a local across a yield.
+        holding = held.open()
         self.active += 1
         try:
             while True:
-                page = await (ahead or self._read(position, stored_filter, limit))
+                page = await (holding.take_ahead() or self._read(position, stored_filter, limit))
                 limit = self._page_size
-                # More is waiting: read it while this page is sent.
-                ahead = await started(self._read(page.scanned_to, stored_filter)) if page.more else None
+                scanned_to, more = page.scanned_to, page.more
+                events: list[RecordedEvent] = []
+                unreadable = None
                 if page.events:
-                    events = []
-                    try:
-                        for stored in page.events:
-                            for event in records(stored):
-                                if not wanted_types or event.event_type in wanted_types:
-                                    events.append(event)
-                    except Exception:
-                        # An event the plugins cannot read ends the stream,
-                        # never skipped; the page's events before it go first,
-                        # so the subscriber stops just before it.
-                        if events:
-                            yield Page(events)
-                        raise
                     told = page.events[-1].position
-                    if events:
-                        yield Page(events)
-                position = page.scanned_to
-                if ahead is not None:
+                    events, unreadable = self._matching(page.events, wanted.event_types)
+                del page
+                holding.hold_page(events)
+                del events  # held by ``holding`` alone, where the sweep can let go of it
+                # More is waiting: read it while this page is sent, if the
+                # server's subscriptions have room for one more like it.
+                if more and held.may_read_ahead(holding.page_bytes):
+                    holding.read_ahead(await started(self._read(scanned_to, stored_filter)), holding.page_bytes)
+                sent = 0
+                while sent < len(holding.events):
+                    if per_event:
+                        upto = sent + 1
+                    elif sent == 0 and holding.page_bytes < self._message_bytes:
+                        upto = len(holding.events)  # the whole page: the common case
+                    else:
+                        upto = self._message_end(holding.events, sent)
+                    position = holding.events[upto - 1].position
+                    holding.sending = True
+                    holding.writes += 1
+                    start, sent = sent, upto
+                    yield Page(holding.events[start:upto])  # not kept here: the caller holds it
+                    holding.sending = False
+                if holding.released:
+                    # Stalled, it let go of the rest: read again after what
+                    # the client has now taken in.
+                    holding.released = False
+                    told = position
+                    continue
+                holding.done_with_page()
+                if unreadable is not None:
+                    # An event the plugins cannot read ends the stream, never
+                    # skipped; the page's events before it went first, so the
+                    # subscriber stops just before it.
+                    raise unreadable
+                position = scanned_to
+                if more:
                     continue  # catching up
                 now = self._clock()
                 if not caught_up:
@@ -175,9 +210,37 @@ class Subscriptions:
                     yield Checkpoint(position)
                 await self._wait(position)
         finally:
-            if ahead is not None:
-                ahead.cancel()
+            held.close(holding)
             self.active -= 1
+
+    def _matching(
+        self, stored_events: Sequence[RecordedEvent], wanted_types: frozenset[str]
+    ) -> tuple[list[RecordedEvent], Exception | None]:
+        """The page's events as today's plugins read them, those of
+        ``wanted_types`` (all: none given), up to the first one that cannot
+        be read, and what reading that one raised."""
+        records = self._reader.records
+        events: list[RecordedEvent] = []
+        try:
+            for stored in stored_events:
+                for event in records(stored):
+                    if not wanted_types or event.event_type in wanted_types:
+                        events.append(event)
+        except Exception as error:
+            return events, error
+        return events, None
+
+    def _message_end(self, events: list[RecordedEvent], start: int) -> int:
+        """Where the message that starts at ``events[start]`` ends: after
+        the event that brings its size to ``message_bytes`` (so an event
+        larger than that is a message of its own)."""
+        limit = self._message_bytes
+        size = 0
+        for end in range(start, len(events)):
+            size += events[end].stored_size()
+            if size >= limit:
+                return end + 1
+        return len(events)
 
     def _read(self, position: int, stored_filter: LogFilter, limit: int | None = None) -> Awaitable[LogPage]:
         limit = limit or self._page_size

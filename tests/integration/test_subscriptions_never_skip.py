@@ -274,6 +274,50 @@ async def test_a_slow_subscriber_reads_ahead_one_page_and_slows_no_one(postgres_
         fast_task.cancel()
 
 
+@pytest.mark.parametrize("pages", [False, True], ids=["events", "pages"])
+async def test_a_stopped_subscriber_holds_at_most_two_pages_then_nothing_and_misses_nothing(
+    postgres_url: str, pages: bool
+) -> None:
+    """What the server holds for a client that stops reading, by its own
+    count (``chronicle_subscription_held_bytes``): the page being sent and
+    one read ahead while the stream moves, nothing once it has waited in the
+    same write for two sweeps; and the client that reads again gets every
+    event once, in order."""
+    store = PostgresStore(postgres_url, pool_size=8)
+    small_window = [("grpc.http2.bdp_probe", 0)]  # its window stays at 64 KiB
+    async with (
+        running_server(store, poll_seconds=0.2, subscription_stall_seconds=0.2) as (app, client),
+        connect(app.address, options=small_window) as slow_client,
+    ):
+        # Events of ~8 KiB: 4 MiB in all, far more than two pages of 1 MiB,
+        # the client's window and the sockets' buffers.
+        padding = {"pad1": "x" * 4000, "pad2": "y" * 4000}
+        accounts = [f"acc-{i}" for i in range(25)]
+        for round_ in range(21):
+            message = bank.OpenAccount(owner="o") if round_ == 0 else bank.Deposit(amount=round_)
+            await asyncio.gather(*(client.submit(command(a, message, metadata=padding)) for a in accounts))
+        total = 25 * 21
+        held = app.subscriptions.held
+        slow = slow_client.events.Subscribe(pb.SubscribeRequest(pages=pages))
+        first = await slow.read()  # then it stops reading
+        most = 0
+
+        def let_go() -> bool:
+            nonlocal most
+            most = max(most, held.bytes)
+            return held.let_go >= 1 and held.bytes == 0
+
+        await eventually(let_go, what="the stalled stream letting go of its pages")
+        page = 1024 * 1024 + 8 * 1024 + 300  # a store read ends with the event that reaches 1 MiB
+        assert 0 < most <= 2 * page
+        received = list(first.page.events) if pages else [first.event]
+        while len(received) < total:
+            response = await slow.read()
+            received += list(response.page.events) if pages else [response.event] if response.HasField("event") else []
+        assert [event.position for event in received] == list(range(1, total + 1))
+        slow.cancel()
+
+
 class ObservedReads:
     """Counts the events read from the log, per filter."""
 
