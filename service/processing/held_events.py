@@ -40,8 +40,9 @@ DEFAULT_READ_AHEAD_BYTES = 64 * 1024 * 1024
 # A stream suspended in one write at two sweeps this far apart lets go.
 DEFAULT_STALL_SECONDS = 1.0
 # The most events of one message of pages (a store read may be 1 MiB): a
-# stopped client leaves at most about this in gRPC's hands.
-MAX_SUBSCRIPTION_MESSAGE_BYTES = 256 * 1024
+# stopped client leaves at most about this in gRPC's hands, and a store
+# read of 1,000 small events (about 270 KB) is still one message.
+MAX_SUBSCRIPTION_MESSAGE_BYTES = 512 * 1024
 
 
 def size_of(events: Sequence[RecordedEvent]) -> int:
@@ -142,7 +143,9 @@ class HeldEvents:
         self._holdings.discard(holding)
 
     def may_read_ahead(self, estimate: int) -> bool:
-        return self.bytes + estimate <= self.read_ahead_bytes
+        """Room for a page of about ``estimate`` bytes (0: not known yet)
+        beside what every subscription holds; never with no room at all."""
+        return self.bytes + estimate < self.read_ahead_bytes
 
     def sweep(self) -> int:
         """Let go of what each stream suspended in the same write as at the

@@ -154,12 +154,18 @@ class Subscriptions:
         # stream waits for its client (see service/processing/held_events.py):
         # no page is kept in a local across a yield.
         holding = held.open()
+        last_bytes = 0  # the last page's, the estimate of the next one's
         self.active += 1
         try:
             while True:
                 page = await (holding.take_ahead() or self._read(position, stored_filter, limit))
                 limit = self._page_size
                 scanned_to, more = page.scanned_to, page.more
+                # More is waiting: read it while this page is sent, if the
+                # server's subscriptions have room for one more like the
+                # last (asked at once: PostgreSQL reads while Python works).
+                if more and held.may_read_ahead(last_bytes):
+                    holding.read_ahead(await started(self._read(scanned_to, stored_filter)), last_bytes)
                 events: list[RecordedEvent] = []
                 unreadable = None
                 if page.events:
@@ -168,10 +174,7 @@ class Subscriptions:
                 del page
                 holding.hold_page(events)
                 del events  # held by ``holding`` alone, where the sweep can let go of it
-                # More is waiting: read it while this page is sent, if the
-                # server's subscriptions have room for one more like it.
-                if more and held.may_read_ahead(holding.page_bytes):
-                    holding.read_ahead(await started(self._read(scanned_to, stored_filter)), holding.page_bytes)
+                last_bytes = holding.page_bytes
                 sent = 0
                 while sent < len(holding.events):
                     if per_event:
