@@ -885,15 +885,18 @@ def _export(args: argparse.Namespace, channel: grpc.Channel) -> int:
 async def _export_local(
     url: str, selection: ExportSelection, out: BinaryIO, export_format: str, quiet: bool
 ) -> dict[str, int]:
-    """An export read straight from the store at ``url`` (the server may be stopped)."""
+    """An export read straight from the store at ``url`` (the server may be
+    stopped), opened read only: a backup changes nothing, not even the
+    schema's version, and works on a standby or a read-only file."""
     from service.app import build_registry
     from service.store.base import Store
     from service.store.factory import open_store, store_kind
+    from service.store.schema_use import SchemaUse
     from service.transfer.exporter import Exporter
     from service.transfer.stream import Writer
 
     build_registry(load_settings(None, os.environ))  # the plugins' payload types, for JSON
-    adapter = open_store(url, pool_size=2)
+    adapter = open_store(url, pool_size=2, use=SchemaUse.READ_ONLY)
     await adapter.open()
     try:
         writer = Writer(out, export_format)

@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, StoreAdapter
+from service.store.schema_use import SchemaUse
 from service.store.sole_owner import SoleOwnerLeases
 
 STORE_ENTRY_POINT_GROUP = "chronicle.stores"
@@ -33,6 +34,7 @@ def open_store(
     keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
     json_of: Callable[[str, bytes], object] | None = None,
     refuse_sealed: bool = False,
+    use: SchemaUse = SchemaUse.MIGRATE,
 ) -> StoreAdapter:
     """The store a URL names; not yet opened.
 
@@ -46,14 +48,21 @@ def open_store(
     stores refuse it); ``refuse_sealed``: a server without master keys
     (PostgreSQL refuses to serve if it holds data keys sealed by them, also
     when it is first reached after start-up; ``service.app`` checks every
-    store at start-up).
+    store at start-up); ``use``: what the SQL stores may do to the schema
+    they find (schema_use.py: migrate it, take it as it is, or write
+    nothing); a store of another package opens as its factory makes it.
     """
     scheme = urlsplit(url).scheme if "://" in url else ""
     if scheme in ("postgresql", "postgres"):
         from service.store.postgres import PostgresStore
 
         return PostgresStore(
-            url, pool_size=pool_size, keep_snapshots=keep_snapshots, json_of=json_of, refuse_sealed=refuse_sealed
+            url,
+            pool_size=pool_size,
+            keep_snapshots=keep_snapshots,
+            json_of=json_of,
+            refuse_sealed=refuse_sealed,
+            use=use,
         )
     if json_of is not None:
         raise ConfigurationError(
@@ -73,7 +82,7 @@ def open_store(
             )
         from service.store.sqlite import SqliteStore
 
-        return SqliteStore(path, keep_snapshots=keep_snapshots)
+        return SqliteStore(path, keep_snapshots=keep_snapshots, use=use)
     entry = {e.name: e for e in entry_points(group=STORE_ENTRY_POINT_GROUP)}.get(scheme)
     if entry is None:
         others = sorted(e.name for e in entry_points(group=STORE_ENTRY_POINT_GROUP))

@@ -52,7 +52,8 @@ from service.store.notifier import CommitNotifier
 from service.store.postgres import sql
 from service.store.postgres.connection import ConnectionLost, PipelinedConnection, Statement
 from service.store.postgres.errors import READ_ONLY, contention, rolled_back, translation
-from service.store.postgres.migrations import migrate
+from service.store.postgres.migrations import open_schema
+from service.store.schema_use import SchemaUse
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,10 @@ class Database:
         connect_timeout: float,
         lock_timeout: float,
         refuse_sealed: bool = False,
+        use: SchemaUse = SchemaUse.MIGRATE,
     ) -> None:
         self.url = self._url = url
+        self._use = use
         # A server without master keys: the database is not used at all if
         # it holds data keys sealed by them (checked with the schema, before
         # any operation, also when it is first reached after start-up).
@@ -98,7 +101,7 @@ class Database:
         self._sealed = False  # found so: every operation is refused
         self._size = max(1, connections)
         self._connect_timeout = connect_timeout
-        self._options = session_options(lock_timeout=lock_timeout)
+        self._options = session_options(lock_timeout=lock_timeout, read_only=use is SchemaUse.READ_ONLY)
         self._pools = {True: _Pool(max(1, self._size - _WRITERS)), False: _Pool(min(_WRITERS, self._size))}
         self._schema_ready = False
         self._schema_lock: asyncio.Lock | None = None
@@ -162,10 +165,14 @@ class Database:
             # run DDL in one transaction, on psycopg's own terms.
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=max(1, int(self._connect_timeout)),
+                    # No lock_timeout: a replica waits out another's migration.
+                    options="-c default_transaction_read_only=on" if self._use is SchemaUse.READ_ONLY else "",
                 )
                 async with conn:
-                    version = await migrate(conn)
+                    version = await open_schema(conn, self._use)
                     sealed = self._refuse_sealed and await (await conn.execute(sql.SEALED_DATA_KEY)).fetchone()
             except ConfigurationError as error:
                 if at_open or error.reason != "DATABASE_READ_ONLY":
@@ -301,7 +308,7 @@ class Database:
             delay = min(delay * 2, 5.0)
 
 
-def session_options(*, lock_timeout: float) -> str:
+def session_options(*, lock_timeout: float, read_only: bool = False) -> str:
     """Settings of every connection the store opens (libpq ``options``).
 
     ``lock_timeout``: a statement waiting on a lock (the position lock behind
@@ -309,9 +316,11 @@ def session_options(*, lock_timeout: float) -> str:
     statements are short, and a plan whose estimated cost crosses the JIT
     threshold (a log page's, whose sorting is priced out on purpose: see
     sql.LOG_PAGE_SETTINGS) would spend ~100 ms compiling itself for a
-    sub-millisecond query.
+    sub-millisecond query. ``read_only``: every transaction is (a backup's
+    source: PostgreSQL itself then refuses any write, should one be sent).
     """
-    return f"-c lock_timeout={int(lock_timeout * 1000)} -c jit=off"
+    options = f"-c lock_timeout={int(lock_timeout * 1000)} -c jit=off"
+    return options + " -c default_transaction_read_only=on" if read_only else options
 
 
 class _Pool:

@@ -8,6 +8,11 @@ code knows is refused: running old code on a new schema could corrupt it.
 So is one that takes no writes (a hot standby, in recovery, or a database
 read only by default): it cannot be the store, only a read database
 (``--read-database-url``, standby.py).
+
+``open_schema`` reads the version first and runs DDL only when there is a
+migration to apply, so a server on a current schema needs no more than
+the rights to read and write rows (docs/deployment.md), and a backup
+(``SchemaUse.READ_ONLY``) changes nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import psycopg
 
 from service.errors import ConfigurationError
 from service.store import sql_common
+from service.store.schema_use import SchemaUse, needs_migrating
 from service.store.sql_common import Migration
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,30 @@ MIGRATION_LOCK = 0x43_48_52_4F_4E  # "CHRON"
 
 def known_migrations() -> list[Migration]:
     return sql_common.known_migrations("service.store.postgres")
+
+
+async def open_schema(conn: psycopg.AsyncConnection[object], use: SchemaUse) -> int:
+    """Check the schema as ``use`` needs it, migrating it only when it is
+    older and ``use`` is ``MIGRATE``; return its version. Reads alone, but
+    for the migration itself."""
+    if use is not SchemaUse.READ_ONLY:
+        async with conn.transaction():
+            await _refuse_read_only(conn)
+    found = await schema_version(conn)
+    if not needs_migrating(found, known_migrations()[-1].version, use, f"the database {described(conn)}"):
+        return found
+    return await migrate(conn)
+
+
+async def schema_version(conn: psycopg.AsyncConnection[object]) -> int:
+    """The schema's version as it is (0: no Chronicle schema yet), changing nothing."""
+    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_migrations",))
+    row = await cursor.fetchone()
+    if not (row and row[0]):  # type: ignore[index]
+        return 0
+    cursor = await conn.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations")
+    row = await cursor.fetchone()
+    return int(row[0]) if row else 0  # type: ignore[index]
 
 
 async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None = None) -> int:

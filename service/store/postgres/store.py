@@ -39,6 +39,7 @@ from service.store.postgres.projections import ProjectionsRole
 from service.store.postgres.retention import RetentionRole
 from service.store.postgres.snapshots import SnapshotsRole
 from service.store.postgres.transfer import TransferRole
+from service.store.schema_use import SchemaUse
 
 # After a batch of several appends, how long the next one may gather more
 # (group_commit.GroupCommitter's ``gather``). Measured with the bank example
@@ -72,7 +73,9 @@ class PostgresStore(
     ``refuse_sealed``: for a server without master keys, refuse every
     operation (``ENCRYPTED_STORE_WITHOUT_KEYS``, at start-up if the database
     answers then, else when it first does) if the database holds data keys
-    sealed by master keys.
+    sealed by master keys. ``use``: what it may do to the schema it finds
+    (schema_use.py): migrate it (a server), take it as it is
+    (``--migrate=never``), or write nothing at all (a backup).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class PostgresStore(
         keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS,
         json_of: JsonOf | None = None,
         refuse_sealed: bool = False,
+        use: SchemaUse = SchemaUse.MIGRATE,
     ) -> None:
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._db = Database(
@@ -93,6 +97,7 @@ class PostgresStore(
             connect_timeout=connect_timeout,
             lock_timeout=lock_timeout,
             refuse_sealed=refuse_sealed,
+            use=use,
         )
         self._json_of = json_of
         self._appends = AppendWriter(self._db, json_of=json_of)
@@ -106,7 +111,9 @@ class PostgresStore(
         # connection run in order, and an append waiting for the position
         # lock (up to lock_timeout) must not hold up the heartbeat that
         # keeps this replica's leases.
-        self._lease_db = Database(url, connections=1, connect_timeout=connect_timeout, lock_timeout=lock_timeout)
+        self._lease_db = Database(
+            url, connections=1, connect_timeout=connect_timeout, lock_timeout=lock_timeout, use=use
+        )
 
     @property
     def url(self) -> str:

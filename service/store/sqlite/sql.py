@@ -34,10 +34,11 @@ from service.store.sql_common import (
 # before the file counts as locked. Deleted and overwritten content is
 # zeroed in the file (secure_delete), so that forgetting an aggregate leaves
 # none of its wrapped key, snapshots or documents in free space.
+BUSY_TIMEOUT = "PRAGMA busy_timeout=5000"
 CONNECTION_SETUP = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
-    "PRAGMA busy_timeout=5000",
+    BUSY_TIMEOUT,
     "PRAGMA secure_delete=ON",
 )
 # After a forget: copy the WAL into the file and empty it, so that the old

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from urllib.parse import quote
 
 from service.errors import ConfigurationError, StoreUnavailable
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, check_keep_snapshots
 from service.store.local_leases import LocalLeases
 from service.store.notifier import CommitNotifier
+from service.store.schema_use import SchemaUse, needs_migrating
 from service.store.sole_owner import SoleOwnerLeases
 from service.store.sqlite import sql
 from service.store.sqlite.audit import AuditRole
@@ -54,10 +56,14 @@ class SqliteStore(
 ):
     """Every role of a store, in the SQLite file at ``path`` (made, with its
     folder, if missing; ``":memory:"`` for a database that lives as long as
-    the store)."""
+    the store). ``use``: what it may do to the schema it finds
+    (schema_use.py); ``READ_ONLY`` opens the file read only (it must exist)."""
 
-    def __init__(self, path: str | Path, *, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS) -> None:
+    def __init__(
+        self, path: str | Path, *, keep_snapshots: int = DEFAULT_KEEP_SNAPSHOTS, use: SchemaUse = SchemaUse.MIGRATE
+    ) -> None:
         self._path = str(path)
+        self._use = use
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._writer = Writer()
         self._commits = CommitNotifier()
@@ -73,29 +79,38 @@ class SqliteStore(
         await self._writer.run(lambda db: db.execute(sql.PING).fetchone())
 
     def _connect(self) -> sqlite3.Connection:
-        """The connection, durable, its schema brought up to date."""
-        if self._path != ":memory:":
+        """The connection, durable, its schema checked (and brought up to
+        date, when the store may)."""
+        read_only = self._use is SchemaUse.READ_ONLY
+        if self._path != ":memory:" and not read_only:
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            for statement in sql.CONNECTION_SETUP:
-                conn.execute(statement)
+            if read_only:  # the file must be there; nothing is written, not even the journal mode
+                uri = _read_only_uri(self._path)
+                conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                conn.execute(sql.BUSY_TIMEOUT)
+            else:
+                conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+                for statement in sql.CONNECTION_SETUP:
+                    conn.execute(statement)
             version = schema_version(conn)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot open SQLite database {self._path}: {error}") from error
-        if version > SCHEMA_VERSION:
+        try:
             # Not "unavailable": retrying cannot help, and running old code
             # on a new schema could corrupt it (as PostgreSQL's migrations.py).
-            conn.close()
-            raise ConfigurationError(
-                f"{self._path} has schema version {version}, newer than this Chronicle knows ({SCHEMA_VERSION});"
-                " upgrade Chronicle before pointing it at this file",
-                reason="SCHEMA_TOO_NEW",
-            )
-        try:
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                migrate(conn, target)
+            if needs_migrating(version, SCHEMA_VERSION, self._use, self._path):
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    migrate(conn, target)
         except sqlite3.Error as error:
             conn.close()
             raise StoreUnavailable(f"cannot migrate {self._path} to schema {SCHEMA_VERSION}: {error}") from error
+        except ConfigurationError:
+            conn.close()
+            raise
         return conn
+
+
+def _read_only_uri(path: str) -> str:
+    """The SQLite URI that opens ``path`` read only."""
+    return f"file:{quote(str(Path(path).absolute()))}?mode=ro"

@@ -1,0 +1,52 @@
+"""How a command uses a store's schema, and whether the schema it finds
+lets it: the one judgment both SQL stores make when they open a database.
+
+A server migrates an older schema (``MIGRATE``), or, run with
+``--migrate=never`` under a role that may not change the schema, takes it
+only as it is (``AS_IS``). A backup only reads (``READ_ONLY``): it opens its
+source read only, so it works on a hot standby, a read-only role or a
+read-only file, and never changes what it backs up, not even the schema's
+version (a newer CLI would otherwise upgrade production's schema in place).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from service.errors import ConfigurationError
+
+
+class SchemaUse(enum.Enum):
+    MIGRATE = "migrate"  # bring an older schema up to date first
+    AS_IS = "as_is"  # refuse an older schema: someone else migrates (chronicle migrate)
+    READ_ONLY = "read_only"  # write nothing, ever; the schema must be exactly this code's
+
+
+def needs_migrating(found: int, newest: int, use: SchemaUse, where: str) -> bool:
+    """Whether the schema at version ``found`` (0: none yet) must be migrated
+    to ``newest``, this code's; raise ``ConfigurationError`` when ``use``
+    cannot go on with it. ``where`` names the database in messages."""
+    if found > newest:
+        raise ConfigurationError(
+            f"{where} has schema version {found}, newer than this Chronicle knows ({newest}): "
+            + (
+                "export it with the Chronicle that wrote it (or a newer one)"
+                if use is SchemaUse.READ_ONLY
+                else "upgrade Chronicle before pointing it at this database"
+            ),
+            reason="SCHEMA_TOO_NEW",
+        )
+    if found == newest or use is SchemaUse.MIGRATE:
+        return found < newest
+    if use is SchemaUse.READ_ONLY and found == 0:
+        raise ConfigurationError(f"{where} holds no Chronicle store: nothing to read", reason="SCHEMA_MISSING")
+    what = (
+        "export it with the Chronicle that wrote it, or migrate it first (chronicle migrate --database-url …)"
+        if use is SchemaUse.READ_ONLY
+        else "migrate it first (chronicle migrate --database-url …, as a role that may change the schema),"
+        " or start with --migrate=auto"
+    )
+    raise ConfigurationError(
+        f"{where} has schema version {found}, older than this Chronicle's ({newest}): {what}",
+        reason="SCHEMA_TOO_OLD",
+    )
