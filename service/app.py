@@ -87,6 +87,7 @@ from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, refuse_if_sealed
 from service.store.factory import check_shared_by_processes, open_store, redacted_url, store_kind
 from service.store.leasing import LeaseMember
+from service.store.schema_use import SchemaUse
 from service.transfer.sealing import import_sealing
 
 if TYPE_CHECKING:
@@ -336,6 +337,7 @@ async def start(
             keep_snapshots=settings.keep_snapshots,
             json_of=payload_json(registry) if settings.postgres_json_events else None,
             refuse_sealed=master_keys is None,
+            use=SchemaUse.MIGRATE if settings.migrate == "auto" else SchemaUse.AS_IS,
         )
     )
     if settings.reuse_port:  # each of --processes N's processes has it too

@@ -1278,6 +1278,33 @@ def _last_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    """Bring the store's schema up to date and exit: what a server started
+    with --migrate=never leaves to someone with the right to change the
+    schema. Idempotent, and safe beside servers starting (they take the
+    same lock)."""
+    from service.store.factory import redacted_url
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # each migration applied
+    version = asyncio.run(_migrate_store(args.database_url))
+    _print({"database": redacted_url(args.database_url), "schema_version": version})
+    return EXIT_OK
+
+
+async def _migrate_store(url: str) -> int | None:
+    """The store at ``url`` migrated; its schema's version (None: a store without one)."""
+    from service.store.factory import open_store
+
+    adapter = open_store(url, pool_size=1)
+    await adapter.open()
+    try:
+        await adapter.ping()  # a PostgreSQL not reachable at open is migrated here, or says why not
+        version: int | None = getattr(adapter, "schema_version", None)
+        return version
+    finally:
+        await adapter.close()
+
+
 def _masterkey(args: argparse.Namespace) -> int:
     from service.store.encryption import new_master_key
 
@@ -1647,6 +1674,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="work straight on the store at this URL (the server may be stopped) instead of through --server",
         )
         sub.add_argument("--quiet", action="store_true", help="no progress on standard error")
+
+    migrate = commands.add_parser(
+        "migrate", help="bring the store's schema up to date and exit (for servers run with --migrate=never)"
+    )
+    migrate.add_argument("--database-url", required=True, help="the store, as serve's --database-url")
+    migrate.set_defaults(run=_migrate, remote=False)
 
     masterkey = commands.add_parser("masterkey", help="print a new master key entry 'ID:base64'")
     masterkey.add_argument("key_id", help="a name for the key, e.g. 2026-01")

@@ -52,7 +52,7 @@ from service.store.notifier import CommitNotifier
 from service.store.postgres import sql
 from service.store.postgres.connection import ConnectionLost, PipelinedConnection, Statement
 from service.store.postgres.errors import READ_ONLY, contention, rolled_back, translation
-from service.store.postgres.migrations import open_schema
+from service.store.postgres.migrations import open_schema, permission_denied
 from service.store.schema_use import SchemaUse
 from service.tasks import cancel_and_wait
 
@@ -104,6 +104,7 @@ class Database:
         self._options = session_options(lock_timeout=lock_timeout, read_only=use is SchemaUse.READ_ONLY)
         self._pools = {True: _Pool(max(1, self._size - _WRITERS)), False: _Pool(min(_WRITERS, self._size))}
         self._schema_ready = False
+        self.schema_version: int | None = None  # once checked
         self._schema_lock: asyncio.Lock | None = None
         self._closed = False
         self.commits = CommitNotifier()
@@ -173,7 +174,10 @@ class Database:
                 )
                 async with conn:
                     version = await open_schema(conn, self._use)
-                    sealed = self._refuse_sealed and await (await conn.execute(sql.SEALED_DATA_KEY)).fetchone()
+                    try:
+                        sealed = self._refuse_sealed and await (await conn.execute(sql.SEALED_DATA_KEY)).fetchone()
+                    except psycopg.errors.InsufficientPrivilege as error:
+                        raise permission_denied(conn, error, migrating=False) from error
             except ConfigurationError as error:
                 if at_open or error.reason != "DATABASE_READ_ONLY":
                     raise
@@ -187,6 +191,7 @@ class Database:
                 self._sealed = True
                 raise sealed_store_without_keys()
             log.info("PostgreSQL schema at version %d", version)
+            self.schema_version = version
             self._schema_ready = True
 
     # -- operations ----------------------------------------------------------

@@ -39,14 +39,41 @@ def known_migrations() -> list[Migration]:
 async def open_schema(conn: psycopg.AsyncConnection[object], use: SchemaUse) -> int:
     """Check the schema as ``use`` needs it, migrating it only when it is
     older and ``use`` is ``MIGRATE``; return its version. Reads alone, but
-    for the migration itself."""
-    if use is not SchemaUse.READ_ONLY:
-        async with conn.transaction():
-            await _refuse_read_only(conn)
-    found = await schema_version(conn)
+    for the migration itself, so a role with the rights to read and write
+    rows only serves a current schema. A right missing is one line
+    (``DATABASE_PERMISSION_DENIED``) naming what each role needs."""
+    try:
+        if use is not SchemaUse.READ_ONLY:
+            async with conn.transaction():
+                await _refuse_read_only(conn)
+        found = await schema_version(conn)
+    except psycopg.errors.InsufficientPrivilege as error:
+        raise permission_denied(conn, error, migrating=False) from error
     if not needs_migrating(found, known_migrations()[-1].version, use, f"the database {described(conn)}"):
         return found
-    return await migrate(conn)
+    try:
+        return await migrate(conn)
+    except psycopg.errors.InsufficientPrivilege as error:
+        raise permission_denied(conn, error, migrating=True) from error
+
+
+def permission_denied(
+    conn: psycopg.AsyncConnection[object], error: psycopg.Error, *, migrating: bool
+) -> ConfigurationError:
+    """PostgreSQL refused the store's role a right: which, and what each role needs."""
+    needs = (
+        "migrating needs the right to change the schema (the owner of schema chronicle, and CREATE on the"
+        " database for a new one): run `chronicle migrate --database-url …` as the owner, and serve with"
+        " --migrate=never"
+        if migrating
+        else "serving needs USAGE on schema chronicle, SELECT, INSERT, UPDATE, DELETE on its tables and USAGE,"
+        " SELECT, UPDATE on its sequences"
+    )
+    return ConfigurationError(
+        f"the database {described(conn)} refused user {conn.info.user}: {error.diag.message_primary or error};"
+        f' {needs} (docs/deployment.md, "Database roles")',
+        reason="DATABASE_PERMISSION_DENIED",
+    )
 
 
 async def schema_version(conn: psycopg.AsyncConnection[object]) -> int:

@@ -120,6 +120,11 @@ class PostgresStore(
         """The database this store connects to."""
         return self._db.url
 
+    @property
+    def schema_version(self) -> int | None:
+        """The schema's version once checked (``chronicle migrate`` says it)."""
+        return self._db.schema_version
+
     async def open(self) -> None:
         await self._db.open()
 

@@ -64,6 +64,7 @@ class SqliteStore(
     ) -> None:
         self._path = str(path)
         self._use = use
+        self.schema_version: int | None = None  # once opened (``chronicle migrate`` says it)
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._writer = Writer()
         self._commits = CommitNotifier()
@@ -102,12 +103,14 @@ class SqliteStore(
             if needs_migrating(version, SCHEMA_VERSION, self._use, self._path):
                 for target in range(version + 1, SCHEMA_VERSION + 1):
                     migrate(conn, target)
+                version = SCHEMA_VERSION
         except sqlite3.Error as error:
             conn.close()
             raise StoreUnavailable(f"cannot migrate {self._path} to schema {SCHEMA_VERSION}: {error}") from error
         except ConfigurationError:
             conn.close()
             raise
+        self.schema_version = version
         return conn
 
 
