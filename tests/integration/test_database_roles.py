@@ -28,6 +28,7 @@ from tests.support.grpc_client import command, running_server
 from tests.support.postgres import Cluster
 from tests.support.processes import free_port
 from tests.support.schema_versions import DatabaseAt, build_sqlite
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -124,7 +125,22 @@ async def test_a_role_with_only_row_rights_serves_everything_after_the_owner_mig
             balance = bank.OwnerBalance()
             assert document.document.Unpack(balance) and document.position >= 2
 
-            assert (await client.groups.get("billing")).name == "billing"  # the group's rows, written and read
+            async def two_consumed() -> list[str]:
+                taken: list[str] = []
+                async with client.consume("billing", consumer="c1") as deliveries:
+                    async for delivery in deliveries:
+                        await delivery.ack()
+                        taken.append(delivery.event.event_id)
+                        if len(taken) == 2:
+                            return taken
+                return taken
+
+            assert len(await asyncio.wait_for(two_consumed(), 30)) == 2
+
+            async def acknowledged() -> bool:  # the acks written by the serving role
+                return (await client.groups.get("billing")).position == 2
+
+            await eventually(acknowledged, what="the group's checkpoint at 2")
     finally:
         await store.close()
 
