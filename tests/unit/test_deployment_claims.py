@@ -190,6 +190,7 @@ SAMPLES: dict[str, tuple[str, object]] = {  # text: value, for settings whose ty
     "console_listen": ("127.0.0.1:8080", "127.0.0.1:8080"),
     "log_level": ("DEBUG", "DEBUG"),
     "log_format": ("json", "json"),
+    "migrate": ("never", "never"),
     "partitions": ("128", 128),
     "max_event_bytes": ("65536", 65536),
     "plugins": ("a.b, c.d:plugin", ("a.b", "c.d:plugin")),
