@@ -7,6 +7,8 @@ only as it is (``AS_IS``). A backup only reads (``READ_ONLY``): it opens its
 source read only, so it works on a hot standby, a read-only role or a
 read-only file, and never changes what it backs up, not even the schema's
 version (a newer CLI would otherwise upgrade production's schema in place).
+A newer schema is taken as it is when its compatibility floor allows
+(``needs_migrating``).
 """
 
 from __future__ import annotations
@@ -22,17 +24,28 @@ class SchemaUse(enum.Enum):
     READ_ONLY = "read_only"  # write nothing, ever; the schema must be exactly this code's
 
 
-def needs_migrating(found: int, newest: int, use: SchemaUse, where: str) -> bool:
+def needs_migrating(found: int, newest: int, use: SchemaUse, where: str, *, compatible_from: int | None = None) -> bool:
     """Whether the schema at version ``found`` (0: none yet) must be migrated
     to ``newest``, this code's; raise ``ConfigurationError`` when ``use``
-    cannot go on with it. ``where`` names the database in messages."""
+    cannot go on with it. ``where`` names the database in messages.
+
+    A newer schema is served when its compatibility floor
+    (``compatible_from``, sql_common.Migration; None: unknown, taken as
+    ``found``) is at most ``newest``: a rolling upgrade's old replicas run
+    on the new replicas' additive migrations, and a rollback is a restart
+    of the old version (docs/deployment.md). Not for a backup: an older
+    CLI would leave out what the newer schema holds."""
     if found > newest:
+        floor = found if compatible_from is None else compatible_from
+        if floor <= newest and use is not SchemaUse.READ_ONLY:
+            return False
         raise ConfigurationError(
             f"{where} has schema version {found}, newer than this Chronicle knows ({newest}): "
             + (
                 "export it with the Chronicle that wrote it (or a newer one)"
                 if use is SchemaUse.READ_ONLY
-                else "upgrade Chronicle before pointing it at this database"
+                else f"only the code of schema version {floor} or later runs on it (its compatibility floor);"
+                " upgrade Chronicle before pointing it at this database"
             ),
             reason="SCHEMA_TOO_NEW",
         )

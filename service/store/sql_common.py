@@ -388,22 +388,35 @@ class Migration:
     version: int
     name: str
     sql: str
+    # The oldest schema version whose code still runs correctly on the
+    # schema this migration leaves (its compatibility floor): the code of
+    # an older version refuses the database (schema_use.py). A migration
+    # whose script has a line ``-- additive`` (new tables, new columns with
+    # a default or NULL, new indexes: nothing older code reads or writes
+    # changes meaning) keeps the floor of the one before; any other raises
+    # it to its own version.
+    compatible_from: int
 
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_ADDITIVE = re.compile(r"^-- additive\s*$", re.MULTILINE)
 
 
 def known_migrations(package: str) -> list[Migration]:
     """The scripts ``migrations/NNNN_name.sql`` of an adapter's ``package``,
     in order: script N brings the schema from version N - 1 to N."""
-    found = []
+    scripts = []
     for entry in resources.files(package).joinpath("migrations").iterdir():
         match = _MIGRATION_NAME.match(entry.name)
         if match:
-            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
-    found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
+            scripts.append((int(match.group(1)), match.group(2), entry.read_text()))
+    scripts.sort()
+    if [version for version, _, _ in scripts] != list(range(1, len(scripts) + 1)):
         raise ConfigurationError(f"the migrations of {package} must be numbered 0001, 0002, … without gaps")
+    found: list[Migration] = []
+    for version, name, script in scripts:
+        additive = found and _ADDITIVE.search(script)
+        found.append(Migration(version, name, script, found[-1].compatible_from if additive else version))
     return found
 
 

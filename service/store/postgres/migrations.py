@@ -46,10 +46,11 @@ async def open_schema(conn: psycopg.AsyncConnection[object], use: SchemaUse) -> 
         if use is not SchemaUse.READ_ONLY:
             async with conn.transaction():
                 await _refuse_read_only(conn)
-        found = await schema_version(conn)
+        found, floor = await schema_state(conn)
     except psycopg.errors.InsufficientPrivilege as error:
         raise permission_denied(conn, error, migrating=False) from error
-    if not needs_migrating(found, known_migrations()[-1].version, use, f"the database {described(conn)}"):
+    where = f"the database {described(conn)}"
+    if not needs_migrating(found, known_migrations()[-1].version, use, where, compatible_from=floor):
         return found
     try:
         return await migrate(conn)
@@ -76,21 +77,30 @@ def permission_denied(
     )
 
 
-async def schema_version(conn: psycopg.AsyncConnection[object]) -> int:
-    """The schema's version as it is (0: no Chronicle schema yet), changing nothing."""
+async def schema_state(conn: psycopg.AsyncConnection[object]) -> tuple[int, int | None]:
+    """The schema's version as it is (0: no Chronicle schema yet) and its
+    compatibility floor (None: not recorded, by a Chronicle from before
+    floors), changing nothing. ``to_jsonb``: the floor's column is added
+    by the first migration a floor-aware Chronicle applies, so it may be
+    missing."""
     cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_migrations",))
     row = await cursor.fetchone()
     if not (row and row[0]):  # type: ignore[index]
-        return 0
-    cursor = await conn.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations")
+        return 0, None
+    cursor = await conn.execute(
+        f"SELECT version, (to_jsonb(m) ->> 'compatible_from')::integer FROM {SCHEMA}.schema_migrations AS m"
+        " ORDER BY version DESC LIMIT 1"
+    )
     row = await cursor.fetchone()
-    return int(row[0]) if row else 0  # type: ignore[index]
+    if row is None:
+        return 0, None
+    return int(row[0]), None if row[1] is None else int(row[1])  # type: ignore[index]
 
 
 async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None = None) -> int:
     """Bring the schema up to date (or, for the tests that build a database
     as an earlier Chronicle left it, up to version ``target``); return its
-    version."""
+    version. Each migration's row records its compatibility floor."""
     migrations = known_migrations()
     async with conn.transaction():
         await _refuse_read_only(conn)
@@ -100,23 +110,20 @@ async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None =
             f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        cursor = await conn.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations")
-        row = await cursor.fetchone()
-        current = int(row[0]) if row else 0  # type: ignore[index]
+        await conn.execute(f"ALTER TABLE {SCHEMA}.schema_migrations ADD COLUMN IF NOT EXISTS compatible_from integer")
+        current, floor = await schema_state(conn)  # again, under the lock: another replica may have migrated
         newest = migrations[-1].version if migrations else 0
-        if current > newest:
-            raise ConfigurationError(
-                f"the database schema is at version {current}, newer than this Chronicle knows ({newest}); "
-                "upgrade Chronicle before pointing it at this database",
-                reason="SCHEMA_TOO_NEW",
-            )
+        if not needs_migrating(
+            current, newest, SchemaUse.MIGRATE, f"the database {described(conn)}", compatible_from=floor
+        ):
+            return current
         wanted = newest if target is None else min(target, newest)
         for migration in migrations[current:wanted]:
             log.info("applying PostgreSQL migration %04d_%s", migration.version, migration.name)
             await conn.execute(migration.sql.encode())
             await conn.execute(
-                f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)",
-                (migration.version, migration.name),
+                f"INSERT INTO {SCHEMA}.schema_migrations (version, name, compatible_from) VALUES (%s, %s, %s)",
+                (migration.version, migration.name, migration.compatible_from),
             )
         return max(current, wanted)
 

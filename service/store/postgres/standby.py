@@ -49,7 +49,7 @@ from service.store.postgres.database import Database, _check_url
 from service.store.postgres.errors import translation
 from service.store.postgres.events import EventsRole
 from service.store.postgres.log import LogRole
-from service.store.postgres.migrations import SCHEMA, described, known_migrations
+from service.store.postgres.migrations import described, known_migrations, schema_state
 from service.store.postgres.snapshots import SnapshotsRole
 from service.store.postgres.store import PostgresStore
 from service.store.probing import probe, why
@@ -146,19 +146,13 @@ class StandbyDatabase(Database):
 
     async def _check(self) -> None:
         newest = known_migrations()[-1].version
-        version: int | None = None
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self._url, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
             )
             async with conn:
                 identity = await identity_of(conn)
-                try:
-                    cursor = await conn.execute(f"SELECT coalesce(max(version), 0) FROM {SCHEMA}.schema_migrations")
-                    row = await cursor.fetchone()
-                    version = int(row[0]) if row else 0
-                except psycopg.errors.UndefinedTable:
-                    version = None
+                version, floor = await schema_state(conn)
         except Exception as error:
             translated = translation(error, "connect to the read database")
             if translated is None:
@@ -181,12 +175,12 @@ class StandbyDatabase(Database):
                 identity.where,
                 identity.oid,
             )
-        if version is None:
+        if version == 0:
             raise StoreUnavailable(
                 "the read database has no Chronicle schema yet (is it a standby of the primary?)",
                 reason=NOT_READY,
             )
-        if version > newest:
+        if version > newest and (version if floor is None else floor) > newest:  # compatible: schema_use.py
             raise ConfigurationError(
                 f"the read database's schema is at version {version}, newer than this Chronicle knows ({newest})",
                 reason="SCHEMA_TOO_NEW",

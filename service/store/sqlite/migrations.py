@@ -24,14 +24,27 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return int(version)
 
 
+def schema_floor(conn: sqlite3.Connection, version: int) -> int | None:
+    """The compatibility floor of the file's schema, at ``version`` (None:
+    not recorded, by a Chronicle from before floors)."""
+    if conn.execute(sql.SCHEMA_FLOORS_EXIST).fetchone() is None:
+        return None
+    row = conn.execute(sql.SCHEMA_FLOOR, (version,)).fetchone()
+    return None if row is None else int(row[0])
+
+
 def migrate(conn: sqlite3.Connection, target: int) -> None:
     """Bring the schema to version ``target``, once, even when several
     processes open a new file at the same moment: the version is read again
-    under the write lock, and the script and the new version commit together."""
+    under the write lock, and the script, the new version and its
+    compatibility floor commit together."""
     with writing(conn):
         if schema_version(conn) < target:
-            for statement in _statements(MIGRATIONS[target - 1].sql):
+            migration = MIGRATIONS[target - 1]
+            for statement in _statements(migration.sql):
                 conn.execute(statement)
+            conn.execute(sql.CREATE_SCHEMA_FLOORS)
+            conn.execute(sql.SET_SCHEMA_FLOOR, (target, migration.compatible_from))
             conn.execute(sql.set_schema_version(target))
 
 

@@ -55,6 +55,18 @@ ROLLBACK = "ROLLBACK"
 SCHEMA_VERSION = "PRAGMA user_version"
 
 
+# The compatibility floor of each schema version (sql_common.Migration), a
+# row written with each migration; the file's floor is its version's (none:
+# a version no floor-aware Chronicle wrote). The table is missing in a file
+# no floor-aware Chronicle has migrated.
+CREATE_SCHEMA_FLOORS = (
+    "CREATE TABLE IF NOT EXISTS schema_compatibility (version INTEGER PRIMARY KEY, compatible_from INTEGER NOT NULL)"
+)
+SET_SCHEMA_FLOOR = "INSERT OR REPLACE INTO schema_compatibility (version, compatible_from) VALUES (?, ?)"
+SCHEMA_FLOORS_EXIST = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_compatibility'"
+SCHEMA_FLOOR = "SELECT compatible_from FROM schema_compatibility WHERE version = ?"
+
+
 def set_schema_version(version: int) -> str:
     """PRAGMA takes no parameters; ``version`` is an int, written as one."""
     return f"PRAGMA user_version = {int(version)}"

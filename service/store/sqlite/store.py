@@ -33,7 +33,7 @@ from service.store.sqlite.events import EventsRole
 from service.store.sqlite.groups import GroupsRole
 from service.store.sqlite.keys import KeysRole
 from service.store.sqlite.log import LogRole
-from service.store.sqlite.migrations import SCHEMA_VERSION, migrate, schema_version
+from service.store.sqlite.migrations import SCHEMA_VERSION, migrate, schema_floor, schema_version
 from service.store.sqlite.projections import ProjectionsRole
 from service.store.sqlite.retention import RetentionRole
 from service.store.sqlite.snapshots import SnapshotsRole
@@ -95,12 +95,13 @@ class SqliteStore(
                 for statement in sql.CONNECTION_SETUP:
                     conn.execute(statement)
             version = schema_version(conn)
+            floor = schema_floor(conn, version)
         except sqlite3.Error as error:
             raise StoreUnavailable(f"cannot open SQLite database {self._path}: {error}") from error
         try:
             # Not "unavailable": retrying cannot help, and running old code
             # on a new schema could corrupt it (as PostgreSQL's migrations.py).
-            if needs_migrating(version, SCHEMA_VERSION, self._use, self._path):
+            if needs_migrating(version, SCHEMA_VERSION, self._use, self._path, compatible_from=floor):
                 for target in range(version + 1, SCHEMA_VERSION + 1):
                     migrate(conn, target)
                 version = SCHEMA_VERSION
