@@ -20,7 +20,7 @@ import pytest
 
 from service.store.postgres.migrations import known_migrations
 from service.store.sqlite.migrations import SCHEMA_VERSION
-from tests.support.postgres import Cluster
+from tests.support.postgres import Cluster, schema_on_standby
 from tests.support.processes import cli
 from tests.support.schema_versions import DatabaseAt, build_sqlite
 
@@ -129,3 +129,12 @@ async def test_postgres_at_an_older_schema_is_refused_and_stays_at_its_version(
         refused.stderr
     )
     assert postgres_version(url) == NEWEST_POSTGRES - 1
+
+
+@pytest.mark.postgres
+async def test_a_hot_standby_is_exported(tmp_path: Path, standby_urls: tuple[str, str]) -> None:
+    primary_url, standby_url = standby_urls
+    await schema_on_standby(primary_url, standby_url)
+    done = export(standby_url, tmp_path / "backup.chronicle")
+    assert done.returncode == 0, done.stderr
+    assert "DATABASE_READ_ONLY" not in done.stderr
