@@ -1,6 +1,7 @@
 """The ``chronicle`` command line: serve, and talk to a server.
 
-    chronicle serve [--listen HOST:PORT] [--database-url URL] [--plugin MOD]
+    chronicle serve [--listen HOST:PORT] [--database-url URL] [--plugin MOD] [--migrate auto|never]
+    chronicle migrate --database-url URL     # apply pending schema migrations and exit (as the owner)
     chronicle submit ACCOUNT bank.v1.OpenAccount '{"owner": "alice"}' [--dry-run]
     chronicle read ACCOUNT [--from-version N] [--type T] [--origin O] [--limit N] [--backwards]
     chronicle get ACCOUNT [--at-version N | --at-time 2026-01-31T12:00:00Z]
