@@ -109,8 +109,7 @@ async def test_insufficient_funds_shows_the_balance_only_to_callers_that_may_rea
                 )
             )
         )
-        token = (("authorization", f"Bearer {server.issuer.token('carol')}"),)
-        stream = carol.commands.SubmitStream(metadata=token)
+        stream = carol.commands.SubmitStream()  # carol's channel sends her token
         await stream.write(command_service_pb2.SubmitRequest(command=too_much))
         await stream.done_writing()
         (streamed,) = [answer async for answer in stream]

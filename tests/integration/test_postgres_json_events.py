@@ -20,6 +20,7 @@ from service.store.records import ClaimChange, NewEvent
 from tests.support.events import new_event, recorded_event
 from tests.support.grpc_client import TEST_SETTINGS, command, running_server
 from tests.support.processes import serve_until_exit
+from tests.support.schema_versions import build_postgres
 
 pytestmark = pytest.mark.postgres
 
@@ -69,24 +70,24 @@ async def test_without_the_option_there_is_no_copy(postgres_url: str) -> None:
 
 
 async def test_a_database_from_before_gains_the_column_and_keeps_its_events(postgres_url: str) -> None:
-    store = PostgresStore(postgres_url, pool_size=2)
-    await store.open()
-    (kept,) = await store.append("acc-1", [deposited(3)], 0)
-    await store.close()
-    with psycopg.connect(postgres_url, autocommit=True) as conn:  # back to the schema before the column
-        conn.execute(f"ALTER TABLE {SCHEMA}.events DROP COLUMN payload_json")
-        conn.execute(f"DELETE FROM {SCHEMA}.schema_migrations WHERE name = 'payload_json'")
+    (json_migration,) = [m for m in known_migrations() if m.name == "payload_json"]
+    # As a Chronicle from before the column left it, with every kind of row.
+    await build_postgres(postgres_url, json_migration.version - 1, filled=True)
+    with psycopg.connect(postgres_url) as conn:
+        before = conn.execute(f"SELECT event_id, payload FROM {SCHEMA}.events ORDER BY position").fetchall()
+    assert before
     reopened = PostgresStore(postgres_url, pool_size=2, json_of=payload_json(build_registry(TEST_SETTINGS)))
     await reopened.open()
     try:
-        assert await reopened.read_aggregate("acc-1") == [kept]
-        await reopened.append("acc-1", [deposited(4)], 1)
+        await reopened.append("acc-new", [deposited(4)], 0)
         with psycopg.connect(postgres_url) as conn:
-            copies = conn.execute("SELECT payload_json FROM chronicle.events ORDER BY version").fetchall()
-        assert copies == [(None,), ({"amount": "4"},)]
-        assert known_migrations()[-1].name == "payload_json"
+            after = conn.execute(
+                f"SELECT event_id, payload, payload_json FROM {SCHEMA}.events ORDER BY position"
+            ).fetchall()
     finally:
         await reopened.close()
+    assert [(event_id, payload) for event_id, payload, _ in after[:-1]] == before  # kept as they were
+    assert [copy for _, _, copy in after] == [None] * len(before) + [{"amount": "4"}]
 
 
 def test_the_option_is_refused_with_encryption_at_rest_and_off_postgresql(tmp_path: Path) -> None:
