@@ -595,6 +595,7 @@ async def start(
         reactions=reactions,
         authorizer=authorizer,
         audit=audit,
+        page_bytes=page_bytes,
     )
     server = build_server(
         commands=commands,

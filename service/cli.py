@@ -9,7 +9,7 @@
     chronicle projection documents NAME [--prefix P] [--descending]
     chronicle projection rebuild NAME        # from the start, with its progress (admin)
     chronicle projection parked NAME         # events its handler kept failing on
-    chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID]
+    chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID | --replay-all | --dismiss-all]
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins
     chronicle new-plugin library
@@ -547,6 +547,13 @@ def _parking_takes(status: projection_service_pb2.GetProjectionResponse) -> floa
 
 def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = reaction_service_pb2_grpc.ReactionServiceStub(channel)
+    if args.name is None and (args.parked or args.replay or args.dismiss or args.replay_all or args.dismiss_all):
+        raise _UsageError(
+            "--parked, --replay, --dismiss, --replay-all and --dismiss-all act on one reaction",
+            "name it: chronicle reaction NAME --parked (or --replay COMMAND_ID, --replay-all, ...)",
+        )
+    if args.reason and not (args.replay_all or args.dismiss_all):
+        raise _UsageError("--reason goes with --replay-all or --dismiss-all", "add one of them, or leave --reason out")
     if args.name is None:
         listed = stub.ListReactions(reaction_service_pb2.ListReactionsRequest(), timeout=args.timeout)
         for status in listed.reactions:
@@ -573,12 +580,29 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
         stub.DismissParkedCommand(dismiss, timeout=args.timeout)
         _print({"reaction": args.name, "dismissed": args.dismiss})
         return EXIT_OK
+    if args.replay_all:
+        request = reaction_service_pb2.ReplayAllParkedCommandsRequest(reaction=args.name, reason=args.reason)
+        replayed_all = stub.ReplayAllParkedCommands(request, timeout=args.timeout)
+        _print({"reaction": args.name, "accepted": replayed_all.accepted, "refused": replayed_all.refused})
+        return EXIT_OK
+    if args.dismiss_all:
+        request_all = reaction_service_pb2.DismissAllParkedCommandsRequest(reaction=args.name, reason=args.reason)
+        dismissed_all = stub.DismissAllParkedCommands(request_all, timeout=args.timeout)
+        _print({"reaction": args.name, "dismissed": dismissed_all.dismissed})
+        return EXIT_OK
     if args.parked:
         types = RemoteTypes(channel)
-        request = reaction_service_pb2.ListParkedCommandsRequest(reaction=args.name)
-        for parked in stub.ListParkedCommands(request, timeout=args.timeout).commands:
-            _print(_parked_command_json(types, parked))
-        return EXIT_OK
+        token = ""
+        while True:  # a page at a time: parked commands may carry large metadata
+            page = stub.ListParkedCommands(
+                reaction_service_pb2.ListParkedCommandsRequest(reaction=args.name, page_token=token),
+                timeout=args.timeout,
+            )
+            for parked in page.commands:
+                _print(_parked_command_json(types, parked))
+            token = page.next_page_token
+            if not token:
+                return EXIT_OK
     status = stub.GetReaction(reaction_service_pb2.GetReactionRequest(name=args.name), timeout=args.timeout)
     _print(_as_dict(status))
     return EXIT_OK
@@ -1727,6 +1751,11 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--parked", action="store_true", help="list the reaction's parked commands")
     chosen.add_argument("--replay", metavar="COMMAND_ID", help="send a parked command again (admin)")
     chosen.add_argument("--dismiss", metavar="COMMAND_ID", help="forget a parked command without sending it (admin)")
+    chosen.add_argument("--replay-all", action="store_true", help="send every parked command again (admin)")
+    chosen.add_argument("--dismiss-all", action="store_true", help="forget every parked command (admin)")
+    reaction.add_argument(
+        "--reason", default="", help="with --replay-all or --dismiss-all: only the commands refused with this reason"
+    )
     reaction.set_defaults(run=_reaction, remote=True)
 
     group = commands.add_parser(

@@ -13,13 +13,14 @@ import grpc
 
 from chronicle.v1 import reaction_service_pb2 as pb
 from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
-from service.api.codec import check_id, duration, timestamp
+from service.api.codec import MAX_VERSION, check_id, duration, timestamp
+from service.api.page_tokens import fingerprint, make_token, read_token
 from service.audit import AuditLog
-from service.errors import ChronicleError, PermissionDenied, ResourceNotFound
+from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.principal import current_principal
-from service.processing.reaction_documents import list_parked
+from service.processing.reaction_documents import MAX_PARKED, ParkedAt, list_parked, list_parked_page
 from service.processing.reactions import ReactionRunner, Reactions
 from service.security.policy import Authorizer
 from service.store.base import LogReader, ProjectionStore
@@ -27,6 +28,10 @@ from service.values import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
 SERVICE = pb.DESCRIPTOR.services_by_name["ReactionService"].full_name
+# A page of parked commands: as many as a reaction may park unless asked for
+# fewer (a caller that does not page gets them all, as before paging, while
+# they fit in the page's bytes).
+MAX_PAGE_SIZE = MAX_PARKED
 
 
 @dataclass
@@ -46,8 +51,10 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         reactions: Reactions,
         authorizer: Authorizer,
         audit: AuditLog,
+        page_bytes: int = 1024 * 1024,
     ) -> None:
         self._documents = documents
+        self._page_bytes = page_bytes
         self._log = log
         self._registry = registry
         self._reactions = reactions
@@ -72,8 +79,9 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         self._check(reaction)
         return reaction
 
-    async def _parked(self, reaction: Reaction[Any]) -> pb.ParkedCommands:
-        return pb.ParkedCommands(commands=await list_parked(self._documents, reaction.name))
+    async def _parked_count(self, reaction: Reaction[Any]) -> int:
+        """How many commands it parked, the forgotten left out."""
+        return len(await list_parked(self._documents, reaction.name))
 
     async def _status(self, reaction: Reaction[Any], log_head: int) -> pb.ReactionStatus:
         runner = self._reactions.runners.get(reaction.name)
@@ -86,7 +94,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             error=runner.error_now if runner is not None else "",
             aggregate_types=sorted(reaction.aggregate_types),
             event_types=sorted(reaction.event_types),
-            parked=len((await self._parked(reaction)).commands),
+            parked=await self._parked_count(reaction),
             handled=status.handled if status else 0,
             accepted=status.accepted if status else 0,
             refused=status.refused if status else 0,
@@ -159,6 +167,39 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             )
             return pb.DismissParkedCommandResponse()
 
+    async def ReplayAllParkedCommands(
+        self, request: pb.ReplayAllParkedCommandsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReplayAllParkedCommandsResponse:
+        async with self._audited("ReplayAllParkedCommands", request.reaction) as outcome:
+            runner = self._parked_commands(request.reaction, request.reason)
+            replayed = await runner.replay_all(request.reason)
+            accepted = sum(1 for r in replayed if r.accepted)
+            outcome.message = (
+                f"{len(replayed)} parked commands{_with_reason(request.reason)} replayed: {accepted} accepted,"
+                f" {len(replayed) - accepted} refused again"
+            )
+            log.warning("%s of reaction %s, by %r", outcome.message, runner.reaction.name, current_principal.get().name)
+            return pb.ReplayAllParkedCommandsResponse(accepted=accepted, refused=len(replayed) - accepted)
+
+    async def DismissAllParkedCommands(
+        self, request: pb.DismissAllParkedCommandsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DismissAllParkedCommandsResponse:
+        async with self._audited("DismissAllParkedCommands", request.reaction) as outcome:
+            runner = self._parked_commands(request.reaction, request.reason)
+            dismissed = await runner.dismiss_all(request.reason)
+            outcome.message = f"{dismissed} parked commands{_with_reason(request.reason)} dismissed"
+            log.warning("%s of reaction %s, by %r", outcome.message, runner.reaction.name, current_principal.get().name)
+            return pb.DismissAllParkedCommandsResponse(dismissed=dismissed)
+
+    def _parked_commands(self, reaction_name: str, reason: str) -> ReactionRunner:
+        """The runner of the reaction, for an administrator (``reason``
+        checked: a reason is an identifier)."""
+        self._authorizer.check_admin(current_principal.get(), "replay or dismiss parked commands")
+        reaction = self._reaction("reaction", reaction_name)
+        if reason:
+            check_id("reason", reason, reason="INVALID_REASON")
+        return self._reactions.runners[reaction.name]
+
     def _parked_command(self, reaction_name: str, command_id: str) -> tuple[ReactionRunner, str]:
         """The runner of the reaction, for an administrator, and the command id."""
         self._authorizer.check_admin(current_principal.get(), "replay or dismiss parked commands")
@@ -195,4 +236,41 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         self, request: pb.ListParkedCommandsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListParkedCommandsResponse:
         reaction = self._reaction("reaction", request.reaction)
-        return pb.ListParkedCommandsResponse(commands=(await self._parked(reaction)).commands)
+        if request.page_size > MAX_PAGE_SIZE:
+            raise InvalidInput.for_field("page_size", f"must be at most {MAX_PAGE_SIZE}", reason="PAGE_SIZE_TOO_LARGE")
+        listing = fingerprint("parked commands", reaction.name)
+        after = _after(request.page_token, listing) if request.page_token else None
+        page, more = await list_parked_page(
+            self._documents,
+            reaction.name,
+            after=after,
+            limit=request.page_size or MAX_PAGE_SIZE,
+            max_bytes=self._page_bytes,
+        )
+        last = page[-1] if page else None
+        return pb.ListParkedCommandsResponse(
+            commands=page,
+            next_page_token=make_token(listing, p=last.position, t=last.parked_at_us, c=last.command_id)
+            if more and last is not None
+            else "",
+        )
+
+
+def _with_reason(reason: str) -> str:
+    return f" refused with {reason}" if reason else ""
+
+
+def _after(token: str, listing: str) -> ParkedAt:
+    """Where the page ``token`` continues: after this parked command."""
+    fields = read_token(token, listing)
+    position, parked_at_us, command_id = fields.get("p"), fields.get("t"), fields.get("c")
+    # A tampered token is input like any other (JSON's true is no int here).
+    if (
+        type(position) is not int
+        or not 0 <= position <= MAX_VERSION
+        or type(parked_at_us) is not int
+        or not -(2**63) <= parked_at_us < 2**63
+        or not isinstance(command_id, str)
+    ):
+        raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
+    return position, parked_at_us, command_id

@@ -269,15 +269,53 @@ async def prune(batch: _Batch, index: reaction_pb.ParkedCommands) -> None:
         index.commands.extend(kept)
 
 
+# The listing's order, and where a page ended: the position of the event
+# that caused a command, when it was parked, its id. Entries are only ever
+# appended (at the position being handled, the latest) or removed, so a page
+# that ended at one key goes on after it whatever left meanwhile.
+ParkedAt = tuple[int, int, str]
+# Parked commands read per statement while a page is filled: each may carry
+# up to 256 KB of metadata, so a page is read in steps, not all at once.
+_READ_STEP = 50
+
+
+def parked_at(entry: reaction_pb.ParkedCommand) -> ParkedAt:
+    return (entry.position, entry.parked_at_us, entry.command_id)
+
+
 async def list_parked(documents: ProjectionStore, reaction: str) -> list[reaction_pb.ParkedCommand]:
     """The commands ``reaction`` parked, oldest first (the forgotten left out)."""
+    found, _ = await list_parked_page(documents, reaction, after=None, limit=MAX_PARKED, max_bytes=2**62)
+    return found
+
+
+async def list_parked_page(
+    documents: ProjectionStore, reaction: str, *, after: ParkedAt | None, limit: int, max_bytes: int
+) -> tuple[list[reaction_pb.ParkedCommand], bool]:
+    """A page of the commands ``reaction`` parked, oldest first (the
+    forgotten left out), after ``after``: at most ``limit``, and up to the
+    one that brings their size to ``max_bytes`` (at least one); and whether
+    more follow."""
     stored = await documents.load_document(reaction, PARKED_KEY)
     if stored is None:
-        return []
-    index = reaction_pb.ParkedCommands.FromString(stored.data)
-    keys = [PARKED_PREFIX + entry.command_id for entry in index.commands]
-    found = {document.key: document for document in await documents.load_documents(reaction, keys)}
-    return [reaction_pb.ParkedCommand.FromString(found[key].data) for key in keys if key in found]
+        return [], False
+    entries = sorted(reaction_pb.ParkedCommands.FromString(stored.data).commands, key=parked_at)
+    if after is not None:
+        entries = [entry for entry in entries if parked_at(entry) > after]
+    page: list[reaction_pb.ParkedCommand] = []
+    size = 0
+    for start in range(0, len(entries), _READ_STEP):
+        keys = [PARKED_PREFIX + entry.command_id for entry in entries[start : start + _READ_STEP]]
+        found = {document.key: document for document in await documents.load_documents(reaction, keys)}
+        for offset, key in enumerate(keys):
+            document = found.get(key)
+            if document is None:
+                continue  # forgotten
+            page.append(reaction_pb.ParkedCommand.FromString(document.data))
+            size += len(document.data) + 64  # with the framing of its fields and of the answer
+            if len(page) >= limit or size >= max_bytes:
+                return page, start + offset + 1 < len(entries)
+    return page, False
 
 
 async def count_parked(documents: ProjectionStore, reaction: str) -> int:

@@ -123,6 +123,9 @@ _MAX_AGGREGATE_ID = 200
 Submit = Callable[[CommandRequest], Awaitable[CommandResult]]
 # Told of each command's outcome: (reaction, "accepted" | "replayed" | "refused" | "parked").
 Outcomes = Callable[[str, str], None]
+# Parked commands an operator's replay of all sends per commit (and per hold
+# of the reaction's lock, so that the reaction goes on between them).
+_REPLAY_STEP = 50
 
 
 class ReactionLease(ProjectionLease, Protocol):
@@ -324,15 +327,120 @@ class ReactionRunner(CheckpointedRunner):
         """Forget the parked command ``command_id`` without sending it."""
         await self._settle(command_id, replay=False)
 
+    async def replay_all(self, reason: str = "") -> list[Replayed]:
+        """Send every parked command (those refused with ``reason``, if
+        given) again, as ``replay`` does, oldest first and each once (one
+        refused again is not sent twice; one parked meanwhile waits for
+        another call). A step of them at a time, each step committed, the
+        reaction free to go on between steps. A failure that is not a
+        refusal stops it, what was sent before it committed."""
+        done: list[Replayed] = []
+        seen: set[str] = set()
+        while True:
+            async with self._lock:
+                fencing = self._runs_here()
+                while True:
+                    try:
+                        step = await self._replay_step(reason, seen, fencing)
+                        break
+                    except SubjectsForgotten as forgotten:
+                        self._forgotten.add(forgotten.subjects)
+            if not step:
+                return done
+            done.extend(step)
+
+    async def dismiss_all(self, reason: str = "") -> int:
+        """Forget every parked command (those refused with ``reason``, if
+        given) without sending it, in one commit; how many."""
+        async with self._lock:
+            fencing = self._runs_here()
+            position = await self._documents.projection_position(self.reaction.name)
+            batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+            index = await load_index(batch)
+            await prune(batch, index)
+            kept = []
+            for entry in index.commands:
+                parked = await load_parked_command(batch, entry.command_id)
+                if parked is not None and (not reason or parked.reason == reason):
+                    batch.write(PARKED_PREFIX + entry.command_id, None)
+                else:
+                    kept.append(entry)
+            dismissed = len(index.commands) - len(kept)
+            del index.commands[:]
+            index.commands.extend(kept)
+            await self._commit_parked(batch, index, position, fencing)
+            return dismissed
+
+    async def _replay_step(self, reason: str, seen: set[str], fencing: Fencing | None) -> list[Replayed]:
+        """Replay up to ``_REPLAY_STEP`` parked commands not in ``seen``
+        (noted there), and commit what came of them; [] when none is left."""
+        position = await self._documents.projection_position(self.reaction.name)
+        batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+        index = await load_index(batch)
+        await prune(batch, index)
+        chosen: list[reaction_pb.ParkedCommand] = []
+        for entry in sorted(index.commands, key=reaction_documents.parked_at):
+            parked = None if entry.command_id in seen else await load_parked_command(batch, entry.command_id)
+            if parked is not None and (not reason or parked.reason == reason):
+                chosen.append(parked)
+                if len(chosen) == _REPLAY_STEP:
+                    break
+        done: list[Replayed] = []
+        failure: ChronicleError | None = None
+        for parked in chosen:
+            seen.add(parked.command_id)
+            try:
+                outcome = await self._send_again(parked)
+            except ChronicleError as error:
+                failure = error  # what was sent before it is committed first
+                break
+            done.append(outcome)
+            if outcome.accepted:
+                batch.write(PARKED_PREFIX + parked.command_id, None)
+                kept = [entry for entry in index.commands if entry.command_id != parked.command_id]
+                del index.commands[:]
+                index.commands.extend(kept)
+            else:
+                write_parked(batch, parked)  # with its new refusal
+        if done:
+            await self._commit_parked(batch, index, position, fencing)
+        if failure is not None:
+            raise failure
+        return done
+
+    async def _commit_parked(
+        self, batch: _Batch, index: reaction_pb.ParkedCommands, position: int, fencing: Fencing | None
+    ) -> None:
+        """Commit ``batch``'s changes to the parked commands (and ``index``);
+        the checkpoint does not move."""
+        batch.write(PARKED_KEY, index)
+        try:
+            await self._documents.commit_projection(
+                self.reaction.name,
+                expected_position=position,
+                new_position=position,
+                writes=batch.writes,
+                fencing=fencing,
+            )
+        finally:
+            self._cache.clear()  # the runner reads the parked commands afresh
+        self.status.parked = len(index.commands)
+
+    def _runs_here(self) -> Fencing | None:
+        """The lease's fencing token, if this replica runs the reaction
+        (None without a lease); RunsElsewhere if another does."""
+        fencing = self._lease.fencing() if self._lease is not None else None
+        if self._lease is not None and fencing is None:
+            runner = self._lease.holder()
+            raise RunsElsewhere(
+                f"reaction {self.reaction.name} runs on another replica ({runner or 'not known yet'}): ask it",
+                metadata={"reaction": self.reaction.name, "runner": runner},
+            )
+        return fencing
+
     async def _settle(self, command_id: str, *, replay: bool) -> Replayed:
         async with self._lock:
-            fencing = self._lease.fencing() if self._lease is not None else None
-            if self._lease is not None and fencing is None:
-                runner = self._lease.holder()
-                raise RunsElsewhere(
-                    f"reaction {self.reaction.name} runs on another replica ({runner or 'not known yet'}): ask it",
-                    metadata={"reaction": self.reaction.name, "runner": runner},
-                )
+            fencing = self._runs_here()
             while True:
                 try:
                     return await self._settle_at(command_id, replay=replay, fencing=fencing)
