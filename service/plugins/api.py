@@ -350,6 +350,8 @@ class Plugin:
         batch_size: int = 100,
         max_hops: int = DEFAULT_MAX_HOPS,
         retry_seconds: float = 5.0,
+        on_failure: OnFailure = "stop",
+        max_attempts: int = 3,
     ) -> Reaction[M]: ...
 
     @overload
@@ -362,6 +364,8 @@ class Plugin:
         batch_size: int = 100,
         max_hops: int = DEFAULT_MAX_HOPS,
         retry_seconds: float = 5.0,
+        on_failure: OnFailure = "stop",
+        max_attempts: int = 3,
     ) -> Reaction[None]: ...
 
     def reaction(
@@ -374,6 +378,8 @@ class Plugin:
         batch_size: int = 100,
         max_hops: int = DEFAULT_MAX_HOPS,
         retry_seconds: float = 5.0,
+        on_failure: OnFailure = "stop",
+        max_attempts: int = 3,
     ) -> Reaction[Any]:
         """Declare a process manager run from the log (see
         ``service.plugins.reactions``): handlers registered with
@@ -390,7 +396,16 @@ class Plugin:
         A batch that fails (a function that raises, a command that fails
         for a reason that may pass: the store away, a full queue,
         ``TOO_MANY_PARKED``) is tried again every ``retry_seconds``, as a
-        projection's is."""
+        projection's is.
+
+        A command that fails for a bug in the plugins that run it (its
+        handler or an apply function raised, ``HANDLER_FAILED`` and the
+        other failures of ``HandlerFailed``; or an event of its aggregate
+        cannot be read, ``EventNotReadable``): with ``on_failure="stop"``
+        (the default) the reaction stops there and tries again every
+        ``retry_seconds`` until a fixed plugin is deployed; with ``"park"``,
+        at its ``max_attempts``-th failure the command is parked with that
+        reason (not handed to ``on_refused``) and the reaction goes on."""
         reaction: Reaction[Any] = Reaction(
             self.name,
             name,
@@ -400,6 +415,8 @@ class Plugin:
             batch_size=batch_size,
             max_hops=max_hops,
             retry_seconds=retry_seconds,
+            on_failure=on_failure,
+            max_attempts=max_attempts,
         )
         self.reactions.append(reaction)
         return reaction

@@ -59,11 +59,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar, get_args
 
 from google.protobuf.message import Message
 
-from service.plugins.projections import ProjectedEvent
+from service.plugins.projections import OnFailure, ProjectedEvent
 
 S = TypeVar("S")  # the reaction's state message, or None without one
 E = TypeVar("E", bound=Message)
@@ -186,9 +186,15 @@ class Reaction(Generic[S]):
         batch_size: int = 100,
         max_hops: int = DEFAULT_MAX_HOPS,
         retry_seconds: float = 5.0,
+        on_failure: OnFailure = "stop",
+        max_attempts: int = 3,
     ) -> None:
         if not name or not name.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"reaction name {name!r} must be letters, digits, '_' or '.'")
+        if on_failure not in get_args(OnFailure):
+            raise ValueError(f"reaction {name}: on_failure must be 'stop' or 'park', not {on_failure!r}")
+        if max_attempts < 1:
+            raise ValueError(f"reaction {name}: max_attempts must be at least 1")
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
         if max_hops < 1:
@@ -205,6 +211,10 @@ class Reaction(Generic[S]):
         self.max_hops = max_hops
         # How long it waits after a failed batch before it tries it again.
         self.retry_seconds = retry_seconds
+        # A command that fails for a plugin's bug: "stop" (retry until fixed),
+        # or "park" it at its max_attempts-th failure and go on.
+        self.on_failure: OnFailure = on_failure
+        self.max_attempts = max_attempts
         self.handlers: dict[str, tuple[type[Message], ReactionHandler]] = {}
         self.refused_handler: RefusalHandler | None = None
 

@@ -27,6 +27,11 @@ compensations refused in a row): kept in the reaction's documents
 dismiss (``replay``, ``dismiss``). Any other failure (the store unavailable, an overloaded
 queue, a handler that raised) stops the batch: it is tried again from P
 after a pause, and reported by ``status``.
+A reaction declared with ``on_failure="park"`` counts the failures of
+each command that failed for a plugin's bug (``_plugin_failure``: a handler
+that raised, an event of its aggregate no plugin reads); at its
+``max_attempts``-th it parks the command with that failure's reason instead
+(``on_refused`` is not asked) and goes on.
 
 Too many parked commands (``TooManyParked``: the limit reached by an event
 of the batch, E) stop the batch at E, but what came before E is committed:
@@ -63,6 +68,8 @@ from service.errors import (
     AggregateTypeMismatch,
     ChronicleError,
     CommandIdReused,
+    EventNotReadable,
+    HandlerFailed,
     ReactionFailed,
     ResourceNotFound,
     SubjectsForgotten,
@@ -168,6 +175,18 @@ class ReactionStatus:
     conflicts: int = 0
 
 
+def _plugin_failure(error: ChronicleError) -> bool:
+    """Whether the command failed for a bug in the plugins' code that runs
+    it: a handler, apply function or middleware that raised or returned
+    what it must not (``HandlerFailed``: HANDLER_FAILED, UNREGISTERED_EVENT,
+    STATE_CHANGED_BY_HANDLER, TOO_MANY_LOOKUPS, MIDDLEWARE_FAILED), or an
+    event of its aggregate that no loaded plugin reads (``EventNotReadable``:
+    UPCAST_FAILED, CORRUPT_EVENT, …). Not the command's refusal, and not
+    what waiting cures (the store away, a full queue, a conflict): only a
+    fixed plugin does, so a reaction with ``on_failure="park"`` may park it."""
+    return isinstance(error, HandlerFailed | EventNotReadable)
+
+
 def _refusal(error: ChronicleError) -> bool:
     """Whether the command itself was refused (for good: handed back to the
     reaction), as opposed to a failure that trying again may cure. A deleted
@@ -218,6 +237,9 @@ class ReactionRunner(CheckpointedRunner):
         self._fencing: Fencing | None = None
         self._cache = DocumentCache()
         self._forgotten = ForgottenSubjects()
+        # A reaction that parks failures: how many times each command failed
+        # for a plugin's bug, while its batch is being tried again.
+        self._failures: dict[str, int] = {}
         self.status = ReactionStatus(reaction.name)
         wanted = reaction.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=reaction.aggregate_types, event_types=frozenset(wanted))
@@ -288,6 +310,7 @@ class ReactionRunner(CheckpointedRunner):
                 if not page.more:
                     break
             self.status.error = ""
+            self._failures.clear()  # nothing is being tried again
             return position
         except BaseException:
             self._cache.clear()  # what the batch left in it was never committed
@@ -597,9 +620,12 @@ class ReactionRunner(CheckpointedRunner):
             try:
                 result = await self._submit(self._request(command_id, send, envelope, hops))
             except ChronicleError as error:
-                if not _refusal(error):
+                if _refusal(error):
+                    await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds, hops=hops)
+                elif self._gives_up(command_id, error):
+                    await self._failure_parked(send, command_id, error, envelope, parked, hops)
+                else:
                     raise
-                await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds, hops=hops)
                 continue
             self._accepted(replayed=result.replayed)
 
@@ -639,6 +665,47 @@ class ReactionRunner(CheckpointedRunner):
             f" more than reaction {self.reaction.name}'s max_hops ({limit})",
             {"hops": str(hops), "max_hops": str(limit), "correlation_id": envelope.correlation_id},
         )
+        await parked.add(self.reaction.name, refusal, envelope, _metadata(send, envelope, hops))
+
+    def _gives_up(self, command_id: str, error: ChronicleError) -> bool:
+        """Whether ``command_id``, failed with ``error``, is to be parked
+        now: a plugin's bug (``_plugin_failure``), in a reaction that parks
+        those, at its ``max_attempts``-th failure (counted on this replica;
+        each earlier one fails the batch, tried again after a pause)."""
+        if self.reaction.on_failure != "park" or not _plugin_failure(error):
+            return False
+        attempts = self._failures.get(command_id, 0) + 1
+        if attempts < self.reaction.max_attempts:
+            self._failures[command_id] = attempts
+            return False
+        self._failures.pop(command_id, None)
+        return True
+
+    async def _failure_parked(
+        self,
+        send: Send,
+        command_id: str,
+        error: ChronicleError,
+        envelope: ProjectedEvent,
+        parked: ParkedList,
+        hops: int,
+    ) -> None:
+        """``send`` failed for a plugin's bug ``max_attempts`` times: parked
+        with that failure (not handed to ``on_refused``: it is no answer of
+        the aggregate's to compensate), for an operator to replay once a
+        fixed plugin is deployed. Counted refused, as every parked command."""
+        self._refused_once()
+        log.warning(
+            "reaction %s parked command %s (%s for %s) after %d failures: %s %s",
+            self.reaction.name,
+            command_id,
+            send.command.DESCRIPTOR.full_name,
+            send.aggregate_id,
+            self.reaction.max_attempts,
+            error.reason,
+            error.message,
+        )
+        refusal = Refusal(send, command_id, error.reason, error.message, dict(error.metadata))
         await parked.add(self.reaction.name, refusal, envelope, _metadata(send, envelope, hops))
 
     def _accepted(self, *, replayed: bool) -> None:
