@@ -9,7 +9,8 @@
     chronicle projection documents NAME [--prefix P] [--descending]
     chronicle projection rebuild NAME        # from the start, with its progress (admin)
     chronicle projection parked NAME         # events its handler kept failing on
-    chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID | --replay-all | --dismiss-all]
+    chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID | --replay-all | --dismiss-all
+                                             | --drop-state STATE_KEY]
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins
     chronicle new-plugin library
@@ -547,7 +548,9 @@ def _parking_takes(status: projection_service_pb2.GetProjectionResponse) -> floa
 
 def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = reaction_service_pb2_grpc.ReactionServiceStub(channel)
-    if args.name is None and (args.parked or args.replay or args.dismiss or args.replay_all or args.dismiss_all):
+    if args.name is None and (
+        args.parked or args.replay or args.dismiss or args.replay_all or args.dismiss_all or args.drop_state
+    ):
         raise _UsageError(
             "--parked, --replay, --dismiss, --replay-all and --dismiss-all act on one reaction",
             "name it: chronicle reaction NAME --parked (or --replay COMMAND_ID, --replay-all, ...)",
@@ -579,6 +582,11 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
         dismiss = reaction_service_pb2.DismissParkedCommandRequest(reaction=args.name, command_id=args.dismiss)
         stub.DismissParkedCommand(dismiss, timeout=args.timeout)
         _print({"reaction": args.name, "dismissed": args.dismiss})
+        return EXIT_OK
+    if args.drop_state:
+        drop = reaction_service_pb2.DropProcessStateRequest(reaction=args.name, state_key=args.drop_state)
+        stub.DropProcessState(drop, timeout=args.timeout)
+        _print({"reaction": args.name, "dropped_state": args.drop_state})
         return EXIT_OK
     if args.replay_all:
         request = reaction_service_pb2.ReplayAllParkedCommandsRequest(reaction=args.name, reason=args.reason)
@@ -1753,6 +1761,9 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--dismiss", metavar="COMMAND_ID", help="forget a parked command without sending it (admin)")
     chosen.add_argument("--replay-all", action="store_true", help="send every parked command again (admin)")
     chosen.add_argument("--dismiss-all", action="store_true", help="forget every parked command (admin)")
+    chosen.add_argument(
+        "--drop-state", metavar="STATE_KEY", help="delete one process's state, e.g. one it cannot load (admin)"
+    )
     reaction.add_argument(
         "--reason", default="", help="with --replay-all or --dismiss-all: only the commands refused with this reason"
     )

@@ -191,6 +191,26 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             log.warning("%s of reaction %s, by %r", outcome.message, runner.reaction.name, current_principal.get().name)
             return pb.DismissAllParkedCommandsResponse(dismissed=dismissed)
 
+    async def DropProcessState(
+        self, request: pb.DropProcessStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DropProcessStateResponse:
+        async with self._audited("DropProcessState", request.reaction) as outcome:
+            self._authorizer.check_admin(current_principal.get(), "drop a reaction's process state")
+            reaction = self._reaction("reaction", request.reaction)
+            state_key = check_id("state_key", request.state_key, reason="INVALID_STATE_KEY")
+            runner = self._reactions.runners[reaction.name]
+            await runner.drop_state(state_key)
+            # The key may be an aggregate's id or a correlation id: no
+            # personal data is quoted but what identifies a process.
+            outcome.message = f"process state {state_key!r} dropped"
+            log.warning(
+                "process state %r of reaction %s dropped by %r",
+                state_key,
+                reaction.name,
+                current_principal.get().name,
+            )
+            return pb.DropProcessStateResponse()
+
     def _parked_commands(self, reaction_name: str, reason: str) -> ReactionRunner:
         """The runner of the reaction, for an administrator (``reason``
         checked: a reason is an identifier)."""

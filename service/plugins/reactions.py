@@ -67,6 +67,7 @@ from service.plugins.projections import OnFailure, ProjectedEvent
 
 S = TypeVar("S")  # the reaction's state message, or None without one
 E = TypeVar("E", bound=Message)
+Old = TypeVar("Old", bound=Message)  # a state message type a reaction declared before
 
 # The namespace of the command ids reactions derive (uuid5): fixed forever,
 # or a reaction run again after an upgrade would send its commands anew.
@@ -122,6 +123,9 @@ ReactionHandlerOf: TypeAlias = Callable[[E, ProjectedEvent, S], Reacted]
 RefusalHandlerOf: TypeAlias = Callable[[Refusal, ProjectedEvent, S], Reacted]
 ReactionHandler = Callable[[Any, ProjectedEvent, Any], Reacted]
 RefusalHandler = Callable[[Refusal, ProjectedEvent, Any], Reacted]
+# Turns a process's state stored as a type the reaction declared before into
+# its state message now.
+StateUpcaster = Callable[[Any], Message]
 
 
 def by_correlation(envelope: ProjectedEvent) -> str:
@@ -217,6 +221,9 @@ class Reaction(Generic[S]):
         self.max_attempts = max_attempts
         self.handlers: dict[str, tuple[type[Message], ReactionHandler]] = {}
         self.refused_handler: RefusalHandler | None = None
+        # By full name: the state types it declared before, and what turns
+        # one stored as such into its state message now.
+        self.state_upcasters: dict[str, tuple[type[Message], StateUpcaster]] = {}
 
     def on(self, event_type: type[E]) -> Callable[[ReactionHandlerOf[E, S]], ReactionHandlerOf[E, S]]:
         """Register the decorated function for events of ``event_type``."""
@@ -237,6 +244,27 @@ class Reaction(Generic[S]):
             raise ValueError(f"reaction {self.name} has two on_refused functions")
         self.refused_handler = handler
         return handler
+
+    def upcast_state(self, old_type: type[Old]) -> Callable[[Callable[[Old], Message]], Callable[[Old], Message]]:
+        """Register the decorated function as what turns a process's state
+        stored as ``old_type`` (the ``state`` this reaction declared before)
+        into its ``state`` message now: called when such a state is loaded
+        for an event, the result handed to the function and stored in place
+        of the old one. Without it, a state stored as another type stops
+        the reaction (DOCUMENT_TYPE_MISMATCH)."""
+        if self.state_type is None:
+            raise ValueError(f"reaction {self.name} declares no state: it has none to upcast")
+        name = str(old_type.DESCRIPTOR.full_name)
+        if name == self.state_type.DESCRIPTOR.full_name:
+            raise ValueError(f"reaction {self.name}: {name} is its state type now, not an old one")
+        if name in self.state_upcasters:
+            raise ValueError(f"reaction {self.name}: {name} has two state upcasters")
+
+        def register(upcaster: Callable[[Old], Message]) -> Callable[[Old], Message]:
+            self.state_upcasters[name] = (old_type, upcaster)
+            return upcaster
+
+        return register
 
     @property
     def event_types(self) -> frozenset[str]:

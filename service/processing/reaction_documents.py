@@ -113,6 +113,8 @@ class ProcessState:
         self._stored = stored
         self._stored_subjects = subjects
         self.subjects = set(subjects)
+        # Stored as another type, upcast: deleted or rewritten whatever it holds.
+        self.upcast = False
 
     @classmethod
     async def load(cls, reaction: Reaction[Any], batch: _Batch, envelope: ProjectedEvent) -> ProcessState:
@@ -128,16 +130,16 @@ class ProcessState:
         stored: Message | None = None
         subjects: frozenset[str] = frozenset()
         if wrapped is not None:
-            if not wrapped.state.Unpack(message):
-                raise ReactionFailed(
-                    f"the state {key!r} of reaction {reaction.name} is a {wrapped.state.type_url},"
-                    f" not a {state_type.DESCRIPTOR.full_name}",
-                    reason="DOCUMENT_TYPE_MISMATCH",
-                )
-            stored = state_type()
-            stored.CopyFrom(message)
+            if wrapped.state.Unpack(message):
+                stored = state_type()
+                stored.CopyFrom(message)
+            else:
+                # Stored as a type the reaction declared before: its upcaster's
+                # result, stored in its place (``stored`` None: it differs).
+                message = _upcast_state(reaction, key, wrapped.state)
             subjects = frozenset(wrapped.subjects)
         state = cls(document_key, message, stored, subjects)
+        state.upcast = wrapped is not None and stored is None
         state.subjects.add(envelope.aggregate_id)
         return state
 
@@ -147,12 +149,47 @@ class ProcessState:
         if self.message == type(self.message)() or batch.forgotten.any_of(self.subjects):
             # The process is over (nothing left behind), or it was derived
             # from a forgotten aggregate (it must not exist).
-            if self._stored is not None:
+            if self._stored is not None or self.upcast:
                 batch.write(self.key, None)
         elif self.message != self._stored or self.subjects != self._stored_subjects:
             wrapped = reaction_pb.ProcessState(subjects=sorted(self.subjects))
             wrapped.state.Pack(self.message)
             batch.write(self.key, wrapped, tuple(sorted(self.subjects)))
+
+
+def _upcast_state(reaction: Reaction[Any], key: str, packed: any_pb2.Any) -> Message:
+    """The state ``key`` stored as ``packed``, of another type than the
+    reaction's ``state``, as its upcaster for that type makes it."""
+    state_type = reaction.state_type
+    assert state_type is not None
+    stored_as = packed.type_url.rpartition("/")[2]
+    found = reaction.state_upcasters.get(stored_as)
+    if found is None:
+        raise ReactionFailed(
+            f"the state {key!r} of reaction {reaction.name} is a {packed.type_url}, not a"
+            f" {state_type.DESCRIPTOR.full_name}: keep the old type, register an upcaster for it"
+            " (@reaction.upcast_state), or drop this state (chronicle reaction NAME --drop-state KEY)",
+            reason="DOCUMENT_TYPE_MISMATCH",
+            metadata={"reaction": reaction.name, "state_key": key, "stored_type": stored_as},
+        )
+    old_type, upcaster = found
+    try:
+        upcast = upcaster(old_type.FromString(packed.value))
+    except Exception as error:
+        raise ReactionFailed(
+            f"reaction {reaction.name}: the upcaster of its state {key!r} from {stored_as} raised"
+            f" {type(error).__name__}: {error}",
+            reason="STATE_UPCAST_FAILED",
+            metadata={"reaction": reaction.name, "state_key": key, "stored_type": stored_as},
+        ) from error
+    if not isinstance(upcast, state_type):
+        raise ReactionFailed(
+            f"reaction {reaction.name}: the upcaster of its state {key!r} from {stored_as} returned a"
+            f" {type(upcast).__name__}, not a {state_type.DESCRIPTOR.full_name}",
+            reason="STATE_UPCAST_FAILED",
+            metadata={"reaction": reaction.name, "state_key": key, "stored_type": stored_as},
+        )
+    return upcast
 
 
 class ParkedList:

@@ -394,6 +394,34 @@ class ReactionRunner(CheckpointedRunner):
             await self._commit_parked(batch, index, position, fencing)
             return dismissed
 
+    async def drop_state(self, state_key: str) -> None:
+        """Delete the state the reaction keeps under ``state_key``, whatever
+        its type (one it cannot load included), without moving its
+        checkpoint: the process's next event starts from an empty state."""
+        async with self._lock:
+            fencing = self._runs_here()
+            position = await self._documents.projection_position(self.reaction.name)
+            batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+            key = reaction_documents.STATE_PREFIX + state_key
+            await batch.load((key,))
+            if batch.read(key, reaction_pb.ProcessState) is None:
+                raise ResourceNotFound(
+                    f"reaction {self.reaction.name} keeps no state under {state_key!r}",
+                    reason="PROCESS_STATE_NOT_FOUND",
+                    metadata={"reaction": self.reaction.name, "state_key": state_key},
+                )
+            batch.write(key, None)
+            try:
+                await self._documents.commit_projection(
+                    self.reaction.name,
+                    expected_position=position,
+                    new_position=position,
+                    writes=batch.writes,
+                    fencing=fencing,
+                )
+            finally:
+                self._cache.clear()  # the runner reads the state afresh
+
     async def _replay_step(self, reason: str, seen: set[str], fencing: Fencing | None) -> list[Replayed]:
         """Replay up to ``_REPLAY_STEP`` parked commands not in ``seen``
         (noted there), and commit what came of them; [] when none is left."""
