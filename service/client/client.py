@@ -18,6 +18,8 @@ from chronicle.v1 import (
     event_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
+    reaction_service_pb2,
+    reaction_service_pb2_grpc,
     subscription_group_service_pb2_grpc,
 )
 from service.client.call_metadata import CallMetadata, TokenSource
@@ -83,6 +85,7 @@ class ChronicleClient:
         self._commands = command_service_pb2_grpc.CommandServiceStub(channel)
         self._events = event_service_pb2_grpc.EventServiceStub(channel)
         self._groups = subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub(channel)
+        self._reactions = reaction_service_pb2_grpc.ReactionServiceStub(channel)
         self._origin = origin
         self._user_id = user_id
         self._retry = retry
@@ -449,6 +452,31 @@ class ChronicleClient:
             min_position=min_position,
         )
         return [event async for event in events]
+
+    async def parked_commands(self, reaction: str) -> AsyncIterator[reaction_service_pb2.ParkedCommand]:
+        """The commands ``reaction`` parked, oldest first, a page at a time
+        (``ReactionService.ListParkedCommands``, each page retried as a
+        read): parked commands carry their metadata, so all of them may not
+        fit in one message. ``NotFound`` (REACTION_NOT_FOUND) for a reaction
+        no loaded plugin declares."""
+        token = ""
+        while True:
+            request = reaction_service_pb2.ListParkedCommandsRequest(reaction=reaction, page_token=token)
+
+            async def attempt(
+                request: reaction_service_pb2.ListParkedCommandsRequest = request,
+            ) -> reaction_service_pb2.ListParkedCommandsResponse:
+                page: reaction_service_pb2.ListParkedCommandsResponse = await self._reactions.ListParkedCommands(
+                    request, timeout=self._attempt_timeout, metadata=self._call_metadata()
+                )
+                return page
+
+            page = await call_with_retries(self._retry, f"list the parked commands of {reaction!r}", attempt)
+            for parked in page.commands:
+                yield parked
+            token = page.next_page_token
+            if not token:
+                return
 
     def subscribe(
         self,

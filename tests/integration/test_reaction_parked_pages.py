@@ -23,6 +23,7 @@ from chronicle.v1 import reaction_service_pb2 as pb
 from domain_plugins import bank_account
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.app import Application
+from service.client import ChronicleClient
 from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
 from service.store.sqlite import SqliteStore
@@ -87,12 +88,15 @@ async def sqlite_server(tmp_path: Path) -> AsyncIterator[tuple[Application, Clie
 async def test_parked_commands_larger_than_a_message_are_listed_in_pages_each_within_the_page_bytes(
     store: StoreAdapter,
 ) -> None:
-    async with running_server(store, registry=REGISTRY, anonymous_admin=True, poll_seconds=0.05) as (_, client):
+    async with running_server(store, registry=REGISTRY, anonymous_admin=True, poll_seconds=0.05) as (app, client):
         listed = await park(client, [f"n{i}" for i in range(20)], LARGE)
         # All twenty, each once, in the order they were parked (their events' order).
         assert [box.RenameBox.FromString(p.command.value).name for p in listed] == [f"n{i}" for i in range(20)]
         assert all(p.command_metadata["note0"] == "x" * 4000 for p in listed)
         assert sum(p.ByteSize() for p in listed) > 4 * 1024 * 1024  # more than a client takes in one message
+        # The Python client follows the pages.
+        async with ChronicleClient.connect(app.address) as chronicle:
+            assert [p.command_id async for p in chronicle.parked_commands(RELAY)] == [p.command_id for p in listed]
         # Each page stops at the one that brings it to the page's bytes (1 MiB here).
         first = await client.reactions.ListParkedCommands(pb.ListParkedCommandsRequest(reaction=RELAY))
         assert first.next_page_token and 1 < len(first.commands) < 20
