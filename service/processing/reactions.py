@@ -359,12 +359,16 @@ class ReactionRunner(CheckpointedRunner):
         refusal stops it, what was sent before it committed."""
         done: list[Replayed] = []
         seen: set[str] = set()
+        among: set[str] | None = None  # those parked when it began
         while True:
             async with self._lock:
                 fencing = self._runs_here()
+                if among is None:
+                    batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+                    among = {entry.command_id for entry in (await load_index(batch)).commands}
                 while True:
                     try:
-                        step = await self._replay_step(reason, seen, fencing)
+                        step = await self._replay_step(reason, seen, among, fencing)
                         break
                     except SubjectsForgotten as forgotten:
                         self._forgotten.add(forgotten.subjects)
@@ -422,16 +426,20 @@ class ReactionRunner(CheckpointedRunner):
             finally:
                 self._cache.clear()  # the runner reads the state afresh
 
-    async def _replay_step(self, reason: str, seen: set[str], fencing: Fencing | None) -> list[Replayed]:
-        """Replay up to ``_REPLAY_STEP`` parked commands not in ``seen``
-        (noted there), and commit what came of them; [] when none is left."""
+    async def _replay_step(
+        self, reason: str, seen: set[str], among: set[str], fencing: Fencing | None
+    ) -> list[Replayed]:
+        """Replay up to ``_REPLAY_STEP`` parked commands of ``among`` not in
+        ``seen`` (noted there), and commit what came of them; [] when none
+        is left."""
         position = await self._documents.projection_position(self.reaction.name)
         batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
         index = await load_index(batch)
         await prune(batch, index)
         chosen: list[reaction_pb.ParkedCommand] = []
         for entry in sorted(index.commands, key=reaction_documents.parked_at):
-            parked = None if entry.command_id in seen else await load_parked_command(batch, entry.command_id)
+            wanted = entry.command_id in among and entry.command_id not in seen
+            parked = await load_parked_command(batch, entry.command_id) if wanted else None
             if parked is not None and (not reason or parked.reason == reason):
                 chosen.append(parked)
                 if len(chosen) == _REPLAY_STEP:
@@ -702,11 +710,13 @@ class ReactionRunner(CheckpointedRunner):
         each earlier one fails the batch, tried again after a pause)."""
         if self.reaction.on_failure != "park" or not _plugin_failure(error):
             return False
+        # Kept once it is reached (cleared when a step goes through): a
+        # command that could not be parked (TOO_MANY_PARKED) is parked at
+        # once when the reaction can go on.
         attempts = self._failures.get(command_id, 0) + 1
         if attempts < self.reaction.max_attempts:
             self._failures[command_id] = attempts
             return False
-        self._failures.pop(command_id, None)
         return True
 
     async def _failure_parked(
