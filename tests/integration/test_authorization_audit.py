@@ -142,7 +142,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 37
+    assert len(outcomes) == 40
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -220,6 +220,18 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     ),
     "/chronicle.v1.ReactionService/DismissParkedCommand": (
         rx.DismissParkedCommandRequest(reaction="bank.transfers", command_id="c-1"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.ReactionService/ReplayAllParkedCommands": (
+        rx.ReplayAllParkedCommandsRequest(reaction="bank.transfers"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.ReactionService/DismissAllParkedCommands": (
+        rx.DismissAllParkedCommandsRequest(reaction="bank.transfers"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.ReactionService/DropProcessState": (
+        rx.DropProcessStateRequest(reaction="bank.transfers", state_key="t-1"),
         "ADMIN_DENIED",
     ),
     # Routing clients of any principal follow the topology.
