@@ -65,6 +65,7 @@ from google.protobuf.message import Message
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from service.errors import (
     AggregateDeleted,
+    AggregateForgotten,
     AggregateTypeMismatch,
     ChronicleError,
     CommandIdReused,
@@ -191,8 +192,11 @@ def _refusal(error: ChronicleError) -> bool:
     """Whether the command itself was refused (for good: handed back to the
     reaction), as opposed to a failure that trying again may cure. A deleted
     aggregate takes no command until it is restored: the reaction's to
-    compensate, or an operator's to replay once it is back."""
-    return error.recorded or isinstance(error, AggregateTypeMismatch | CommandIdReused | AggregateDeleted)
+    compensate, or an operator's to replay once it is back. A forgotten one
+    takes none ever again."""
+    return error.recorded or isinstance(
+        error, AggregateTypeMismatch | CommandIdReused | AggregateDeleted | AggregateForgotten
+    )
 
 
 class ReactionRunner(CheckpointedRunner):

@@ -513,3 +513,17 @@ async def test_a_reaction_that_handles_deletions_gets_a_deleted_aggregate_s_tomb
     assert copier.status.error == ""
     (parked,) = await run.parked("counters.copier")
     assert (parked.aggregate_id, parked.reason) == ("copy", "AGGREGATE_DELETED")
+
+
+async def test_a_command_to_a_forgotten_aggregate_is_refused_for_good_not_tried_for_ever() -> None:
+    run, keyring = forgetting()
+    await run.add("copy", "kept")
+    await keyring.forget("copy")
+    await run.add("source", "a")
+    copier = run.runner("counters.copier")
+    # A forgotten aggregate takes no command ever again: refused, and the
+    # reaction goes on (it was tried for ever). Nothing is kept that names
+    # the forgotten aggregate, so no parked entry either: none could be replayed.
+    assert await copier.step(0) == await run.store.log_head()
+    assert copier.status.error == ""
+    assert await run.parked("counters.copier") == []
