@@ -25,22 +25,24 @@ in turn. Parked (no ``on_refused``, nothing returned, or ``MAX_ROUNDS``
 compensations refused in a row): kept in the reaction's documents
 (``processing/reaction_documents.py``), for an operator to replay or
 dismiss (``replay``, ``dismiss``). Any other failure (the store unavailable, an overloaded
-queue, a handler that raised) stops the batch: it is tried again from P
-after a pause, and reported by ``status``.
+queue, a handler that raised, a function of the reaction that raised) stops
+the batch at the event E it met it on, reported by ``status``, and E is
+tried again after a pause.
 A reaction declared with ``on_failure="park"`` counts the failures of
 each command that failed for a plugin's bug (``_plugin_failure``: a handler
 that raised, an event of its aggregate no plugin reads); at its
 ``max_attempts``-th it parks the command with that failure's reason instead
 (``on_refused`` is not asked) and goes on.
 
-Too many parked commands (``TooManyParked``: the limit reached by an event
-of the batch, E) stop the batch at E, but what came before E is committed:
-the batch's writes are taken back to what they were before E (a savepoint
-per event) and committed with the checkpoint moved to the event before E.
-E's commands sent before the one that could not be parked are sent again
-when the reaction goes on, under the same ids (answered from their
-records), as after a crash. So each parked command an operator replays or
-dismisses lets the reaction go on by one event that parks.
+A batch stopped at E commits what came before E: the batch's writes are
+taken back to what they were before E (a savepoint per event) and committed
+with the checkpoint moved to the event before E, so the processes of those
+events go on and their commands are not sent again. E's commands sent
+before the failure are sent again when E is tried again, under the same ids
+(answered from their records), as after a crash. Too many parked commands
+(``TooManyParked``: the limit reached by E) stop it so too: each parked
+command an operator replays or dismisses lets the reaction go on by one
+event that parks.
 
 Loops: each command carries its cause chain's number of reaction hops
 (``HOPS_KEY``: its event's plus one). One that would exceed the reaction's
@@ -111,7 +113,6 @@ from service.processing.reaction_documents import (
     ParkedList,
     ProcessState,
     ReactionBatch,
-    TooManyParked,
     load_index,
     load_parked_command,
     prune,
@@ -290,11 +291,11 @@ class ReactionRunner(CheckpointedRunner):
                     break  # the lease moved: the next step starts over
                 batch = ReactionBatch(self.reaction.name, self._documents, self._cache, self._forgotten)
                 parked = ParkedList(batch, self._max_parked)
-                end, full = await self._handle(page, position, batch, parked)
-                if full is not None and end == position:
-                    # Its first event cannot park: nothing to commit.
+                end, failure = await self._handle(page, position, batch, parked)
+                if failure is not None and end == position:
+                    # It stopped at its first event: nothing to commit.
                     self.status.parked = parked.count or self.status.parked
-                    raise full
+                    raise failure
                 parked.write()
                 await self._documents.commit_projection(
                     self.reaction.name,
@@ -309,8 +310,8 @@ class ReactionRunner(CheckpointedRunner):
                     self.status.parked = parked.count
                 for _ in range(parked.added):
                     self._count("parked")
-                if full is not None:
-                    raise full  # reported; tried again (from here) after a pause
+                if failure is not None:
+                    raise failure  # reported; tried again (from here) after a pause
                 if not page.more:
                     break
             self.status.error = ""
@@ -322,12 +323,13 @@ class ReactionRunner(CheckpointedRunner):
 
     async def _handle(
         self, page: LogPage, position: int, batch: ReactionBatch, parked: ParkedList
-    ) -> tuple[int, TooManyParked | None]:
+    ) -> tuple[int, Exception | None]:
         """React to the events of ``page`` (read after ``position``) in
         ``batch``; the position to commit up to (the page's end), and, when
-        an event would park a command past the limit, the position of the
-        event before it (``position`` for the first) and the error, the
-        batch taken back to what it was before that event."""
+        an event fails (a function that raised, a command that failed, one
+        parked past the limit), the position of the event before it
+        (``position`` for the first) and the failure, the batch taken back
+        to what it was before that event."""
         for index, stored in enumerate(page.events):
             if stored.redacted:
                 # Forgotten: nothing to read, nothing to react to (what
@@ -337,10 +339,12 @@ class ReactionRunner(CheckpointedRunner):
             try:
                 for record, message in readable(self._reader, stored):
                     await self._react(batch, parked, record, message)
-            except TooManyParked as full:
+            except SubjectsForgotten:
+                raise  # the whole batch runs again (``step``)
+            except Exception as failure:
                 batch.rollback(savepoint[0])
                 parked.rollback(savepoint[1])
-                return (page.events[index - 1].position if index else position), full
+                return (page.events[index - 1].position if index else position), failure
         return page.scanned_to, None
 
     async def replay(self, command_id: str) -> Replayed:
