@@ -15,10 +15,12 @@ a cluster one replica runs each projection; the commit carries the lease's
 fencing token, and the store refuses it (a conflict) if the lease has moved
 meanwhile. A runner that gains the lease starts from the stored checkpoint.
 
-A handler that raises stops its projection (others go on): the error is
-logged and reported by ``status``, and the runner tries the batch again after
-a pause (the projection's ``retry_seconds``), so a fixed plugin or a
-transient fault resumes it. A projection declared with ``on_failure="park"``
+A handler that raises stops its projection (others go on) at that event:
+the batch's events before it are committed first (their writes, with the
+checkpoint just before the failing event, in one commit as any batch's), the
+error is logged and reported by ``status`` (``stopped_at``), and the runner
+tries again from that event after a pause (the projection's
+``retry_seconds``), so a fixed plugin or a transient fault resumes it. A projection declared with ``on_failure="park"``
 counts the tries on each event; at its ``max_attempts``-th failure the event
 is parked instead: recorded (``ParkedEvent``) in the commit that moves the
 checkpoint past it, with the handler's writes for it dropped.
@@ -211,6 +213,12 @@ class _Batch:
             ]
         return self._writes
 
+    def emptied(self) -> _Batch:
+        """A batch without writes, over what this one loaded."""
+        fresh = _Batch(self.projection, self._store, self._cache, self.forgotten)
+        fresh._loaded = dict(self._loaded)
+        return fresh
+
     def committed(self) -> None:
         """The batch's writes are in the store: the cache now holds them too."""
         for write in self.writes:
@@ -350,6 +358,9 @@ class ProjectionStatus:
     # With ``error``: the event its handler failed on, to be parked after
     # its plugin's max_attempts (None when ``error`` is no such failure).
     parking: Parking | None = None
+    # With ``error``: the position of the event a handler failed on, where
+    # the projection stopped (0 when ``error`` is no such failure).
+    stopped_at: int = 0
     applied: int = 0
     conflicts: int = field(default=0)
 
@@ -611,6 +622,7 @@ class ProjectionRunner(CheckpointedRunner):
         # and the last error; forgotten once the runner gets past them.
         self._failures: dict[tuple[int, str], tuple[int, str]] = {}
         self._parking: Parking | None = None  # the failure being raised is one on an event it will park
+        self._stopped_at = 0  # the failure being raised is a handler's on the event at this position
         self._nudged = asyncio.Event()
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
@@ -700,7 +712,21 @@ class ProjectionRunner(CheckpointedRunner):
                     for pair in readable(self._reader, stored)
                 ]
                 for index, (record, message) in enumerate(events):
-                    while (missing := self._apply_or_park(batch, record, message)) is not None:
+                    while True:
+                        try:
+                            missing = self._apply_or_park(batch, record, message)
+                        except ChronicleError:
+                            # It stops at this event: what came before it is
+                            # committed first (the failure path only).
+                            if committing is not None:
+                                await committing
+                                committing = None
+                                self.status.position = committed_to
+                                self.progress.committed()
+                            await self._commit_before(batch, events[:index], record, position, fencing)
+                            raise
+                        if missing is None:
+                            break
                         # Handlers are synchronous, loading is not; and the
                         # store must hold what earlier batches wrote first.
                         wanted = self._needed_ahead(batch, events, index + 1, missing)
@@ -772,15 +798,59 @@ class ProjectionRunner(CheckpointedRunner):
                 parked.error,
             )
 
+    async def _commit_before(
+        self,
+        batch: _Batch,
+        before: Sequence[tuple[RecordedEvent, Message]],
+        failing: RecordedEvent,
+        position: int,
+        fencing: Fencing | None,
+    ) -> None:
+        """The batch's handler failed on ``failing``: commit the events
+        ``before`` it, with the checkpoint just before it (the runner stops
+        "at that event"), in one commit like any batch's. ``batch`` holds
+        just their writes (a failed call's never join it); but when the
+        failing event is one of several that an upcaster made of one stored
+        event, the ones before it go with it: the others are applied again
+        in a batch of their own."""
+        self._stopped_at = 0  # until what came before it is in: a store away is no failure at an event
+        end = failing.position - 1
+        if end > position:
+            prefix = [pair for pair in before if pair[0].position < failing.position]
+            if len(prefix) < len(before):
+                batch = batch.emptied()
+                for record, message in prefix:
+                    while (missing := self._apply_or_park(batch, record, message)) is not None:
+                        await batch.load((missing,))
+            await self._commit(batch, expected_position=position, new_position=end, fencing=fencing)
+            batch.committed()
+            self.status.applied += len(prefix)
+            self.status.position = end
+            self.progress.committed()
+        self._stopped_at = failing.position
+
     def _failed(self, error: ChronicleError) -> None:
         # A handler's failure on an event it will park (set just before it
         # was raised), or any other failure.
         self.status.parking, self._parking = self._parking, None
+        self.status.stopped_at, self._stopped_at = self._stopped_at, 0
         super()._failed(error)
+        self.progress.committed()  # a reader waiting for it learns of it at once (``failed_at``)
 
     def _clear_error(self) -> None:
         super()._clear_error()
         self.status.parking = None
+        self.status.stopped_at = 0
+
+    def failed_at(self) -> int:
+        """The position of the event a handler failed on, where the
+        projection stands still on this replica (an event it will not park:
+        ``on_failure="stop"``); 0 when it does not stand still at an event
+        here (it goes, it will park the event, it failed otherwise, or it
+        runs elsewhere)."""
+        if not self.error_now or self.status.parking is not None:
+            return 0
+        return self.status.stopped_at
 
     async def _stored_checkpoint(self, position: int) -> int:
         """Nothing new after ``position``: the checkpoint as stored, which

@@ -255,19 +255,28 @@ def _count(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Docu
     assert again == total
 
 
-async def test_a_failing_handler_stops_the_projection_and_commits_nothing_of_the_batch() -> None:
+async def test_a_failing_handler_stops_the_projection_at_that_event_with_the_batch_before_it_committed() -> None:
     store = MemoryStore()
     await run(store, "acc-1", bank.OpenAccount(owner="ann"))
     await run(store, "acc-1", bank.Deposit(amount=5))
     await run(store, "acc-1", bank.Deposit(amount=13))
+    await run(store, "acc-1", bank.Deposit(amount=7))
+    (_, _, unlucky, _) = await store.read_aggregate("acc-1")
     projection_runner = ProjectionRunner(counted, log=store, documents=store, reader=READER)
-    before = await contents(store)
     with pytest.raises(ProjectionFailed) as raised:
         await projection_runner.step(0)
     assert raised.value.reason == "PROJECTION_FAILED"
+    # One batch, committed up to just before the event its handler failed on:
+    # the deposit of 5 is in, neither 13 nor the 7 after it.
+    assert await store.projection_position("sloppy.counts") == unlucky.position - 1
+    assert projection_runner.status.position == unlucky.position - 1
+    total = await store.load_document("sloppy.counts", "total")
+    assert total is not None and bank.AccountBalance.FromString(total.data).balance == 5
+    # Tried again, it fails on the same event and changes nothing more.
+    before = await contents(store)
+    with pytest.raises(ProjectionFailed):
+        await projection_runner.step(unlucky.position - 1)
     assert (await contents(store)).changes_since(before) == {}
-    assert await store.projection_position("sloppy.counts") == 0
-    assert await store.load_document("sloppy.counts", "total") is None
 
 
 async def test_documents_read_within_a_batch_see_the_batch_s_own_writes() -> None:
