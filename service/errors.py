@@ -289,6 +289,15 @@ class ProjectionFailed(ChronicleError):
     default_reason = "PROJECTION_FAILED"
 
 
+class ProjectionStopped(ChronicleError):
+    """A read with ``min_position`` of a projection stopped at an earlier
+    event by a handler's failure: it will not get there until the plugin is
+    fixed, so the read is refused at once (FAILED_PRECONDITION, no
+    RetryInfo) rather than after the wait as PROJECTION_BEHIND."""
+
+    default_reason = "PROJECTION_FAILED"
+
+
 class ReactionFailed(ProjectionFailed):
     """A reaction's function raised, or returned something that is not a
     command, or it has too many parked commands: the reaction stops (others

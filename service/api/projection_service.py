@@ -92,6 +92,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             log=self._log,
             progress=runner.progress if runner is not None else None,
             max_wait=max_wait,
+            stopped=runner.stopped if runner is not None else None,
         )
 
     async def GetDocument(

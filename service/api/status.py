@@ -33,6 +33,7 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.ResourceNotFound: grpc.StatusCode.NOT_FOUND,
     errors.ResourceExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.ProjectionFailed: grpc.StatusCode.INTERNAL,
+    errors.ProjectionStopped: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AggregateTypeMismatch: grpc.StatusCode.FAILED_PRECONDITION,
     errors.WrongExpectedVersion: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ConcurrencyConflict: grpc.StatusCode.ABORTED,

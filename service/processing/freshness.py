@@ -10,15 +10,18 @@ refused at once (INVALID_ARGUMENT, POSITION_BEYOND_END, as for Subscribe).
 
 ``wait_for_projection`` does the same for a read model: a document read
 with ``min_position`` waits until its projection has applied the log that
-far (PROJECTION_BEHIND when it does not in time)."""
+far (PROJECTION_BEHIND when it does not in time), unless the projection is
+stopped at an event at or before it by a handler's failure
+(FAILED_PRECONDITION, PROJECTION_FAILED, at once: waiting would not help)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from service.errors import InvalidInput, StoreUnavailable
+from service.errors import InvalidInput, ProjectionStopped, StoreUnavailable
 from service.store.base import LogReader, ProjectionStore
 
 if TYPE_CHECKING:
@@ -73,6 +76,7 @@ async def wait_for_projection(
     log: LogReader,
     progress: Progress | None,
     max_wait: float,
+    stopped: Callable[[], tuple[int, str]] | None = None,
 ) -> int:
     """The checkpoint of projection ``name`` once it is at or past
     ``position`` (0: at once), so that a document read next reflects every
@@ -80,7 +84,11 @@ async def wait_for_projection(
     at each of its commits; when another replica runs it, the stored
     checkpoint is polled. After ``max_wait`` seconds: UNAVAILABLE,
     PROJECTION_BEHIND (with RetryInfo). A position beyond the end of the log
-    is INVALID_ARGUMENT, POSITION_BEYOND_END, at once."""
+    is INVALID_ARGUMENT, POSITION_BEYOND_END, at once. ``stopped`` (this
+    replica's runner of it): the position of the event a handler failed on,
+    where the projection stands still, and the error (0 and "" while it
+    goes): a ``position`` at or past it is FAILED_PRECONDITION,
+    PROJECTION_FAILED, at once, or as soon as it stops so."""
     signal = progress.next() if progress is not None else None
     checkpoint = await documents.projection_position(name)
     if checkpoint >= position:
@@ -92,6 +100,7 @@ async def wait_for_projection(
             reason="POSITION_BEYOND_END",
             metadata={"min_position": str(position), "log_head": str(head)},
         )
+    _check_stopped(name, position, checkpoint, stopped)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_wait
     pause = _FIRST_LOOK
@@ -114,3 +123,21 @@ async def wait_for_projection(
         checkpoint = await documents.projection_position(name)
         if checkpoint >= position:
             return checkpoint
+        _check_stopped(name, position, checkpoint, stopped)
+
+
+def _check_stopped(name: str, position: int, checkpoint: int, stopped: Callable[[], tuple[int, str]] | None) -> None:
+    """Refuse a wait that only a fixed plugin can end."""
+    failed_at, error = stopped() if stopped is not None else (0, "")
+    if failed_at and failed_at <= position:
+        raise ProjectionStopped(
+            f"projection {name} is stopped at position {failed_at} by a failure ({error}); it has applied the log"
+            f" up to position {checkpoint} and will not reach {position} until that is fixed",
+            metadata={
+                "projection": name,
+                "position": str(checkpoint),
+                "min_position": str(position),
+                "failed_at": str(failed_at),
+                "error": error,
+            },
+        )

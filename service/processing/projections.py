@@ -835,22 +835,22 @@ class ProjectionRunner(CheckpointedRunner):
         self.status.parking, self._parking = self._parking, None
         self.status.stopped_at, self._stopped_at = self._stopped_at, 0
         super()._failed(error)
-        self.progress.committed()  # a reader waiting for it learns of it at once (``failed_at``)
+        self.progress.committed()  # a reader waiting for it learns of it at once (``stopped``)
 
     def _clear_error(self) -> None:
         super()._clear_error()
         self.status.parking = None
         self.status.stopped_at = 0
 
-    def failed_at(self) -> int:
+    def stopped(self) -> tuple[int, str]:
         """The position of the event a handler failed on, where the
         projection stands still on this replica (an event it will not park:
-        ``on_failure="stop"``); 0 when it does not stand still at an event
-        here (it goes, it will park the event, it failed otherwise, or it
-        runs elsewhere)."""
-        if not self.error_now or self.status.parking is not None:
-            return 0
-        return self.status.stopped_at
+        ``on_failure="stop"``), and the error; (0, "") when it does not
+        stand still at an event here (it goes, it will park the event, it
+        failed otherwise, or it runs elsewhere)."""
+        if not self.error_now or self.status.parking is not None or not self.status.stopped_at:
+            return 0, ""
+        return self.status.stopped_at, self.status.error
 
     async def _stored_checkpoint(self, position: int) -> int:
         """Nothing new after ``position``: the checkpoint as stored, which

@@ -21,6 +21,8 @@ from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.cli import main as cli
+from service.client.errors import remote_error
+from service.client.retry import retryable
 from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
 from service.plugins.registry import Registry
@@ -76,6 +78,12 @@ def _seen(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Docum
 @stuck_deposits.on(bank.MoneyDeposited)
 def _fail(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Documents) -> None:
     raise RuntimeError("this handler never works")
+
+
+# Fails too, but parks the event in the end (after far more tries than a
+# test lasts): behind, not stopped.
+slow_deposits = stuck.projection("stuck.parking", aggregate_types=["Account"], on_failure="park", max_attempts=1000)
+slow_deposits.on(bank.MoneyDeposited)(_fail)
 
 
 REGISTRY = Registry([bank_account.plugin, picky, tally, stuck])
@@ -162,10 +170,10 @@ async def test_a_read_that_the_projection_does_not_reach_in_time_is_refused_with
     await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
     deposited = await client.submit(command("acc-1", bank.Deposit(amount=5)))
     position = deposited.events[-1].position
-    stuck_at = pb.GetDocumentRequest(projection="stuck.deposits", key="total", min_position=position)
+    behind = pb.GetDocumentRequest(projection="stuck.parking", key="total", min_position=position)
     # The call's deadline is shorter than the server's bound (5 s): the answer
     # comes before it, saying why.
-    code, reason, retry = await rpc_error(client.projections.GetDocument(stuck_at, timeout=2))
+    code, reason, retry = await rpc_error(client.projections.GetDocument(behind, timeout=2))
     assert (code, reason, retry) == (grpc.StatusCode.UNAVAILABLE, "PROJECTION_BEHIND", True)
     # A position no one has written yet: at once.
     beyond = pb.GetDocumentRequest(projection=BALANCES, key="owner:ann", min_position=position + 1000)
@@ -173,12 +181,43 @@ async def test_a_read_that_the_projection_does_not_reach_in_time_is_refused_with
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "POSITION_BEYOND_END")
 
 
+async def test_a_read_that_a_projection_stopped_on_an_error_cannot_reach_is_refused_at_once_as_failed(
+    server: tuple[Application, Client],
+) -> None:
+    _, client = server
+    opened = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    deposited = await client.submit(command("acc-1", bank.Deposit(amount=5)))
+    position = deposited.events[-1].position
+    started = asyncio.get_running_loop().time()
+    waiting = pb.GetDocumentRequest(projection="stuck.deposits", key="total", min_position=position)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.projections.GetDocument(waiting, timeout=20)
+    # Not after the server's wait (5 s), nor with RetryInfo: waiting would not help.
+    assert asyncio.get_running_loop().time() - started < 4
+    details = details_of(raised.value)
+    assert (details.code, details.reason, details.retry) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PROJECTION_FAILED",
+        False,
+    )
+    assert details.metadata["failed_at"] == str(position)
+    assert details.metadata["position"] == str(position - 1)  # stopped at that event
+    assert "this handler never works" in details.metadata["error"]
+    # The clients' retry policies do not try it again.
+    assert not retryable(remote_error(raised.value))
+    # A read of a position before the event it stopped at is answered.
+    listed = await client.projections.ListDocuments(
+        pb.ListDocumentsRequest(projection="stuck.deposits", min_position=opened.events[-1].position), timeout=5
+    )
+    assert (listed.position, list(listed.documents)) == (position - 1, [])
+
+
 async def test_the_server_bounds_the_wait(sql_store: StoreAdapter) -> None:
     async with running_server(sql_store, registry=REGISTRY, read_wait_seconds=0.2) as (_, client):
         await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
         deposited = await client.submit(command("acc-1", bank.Deposit(amount=5)))
         waiting = pb.GetDocumentRequest(
-            projection="stuck.deposits", key="total", min_position=deposited.events[-1].position
+            projection="stuck.parking", key="total", min_position=deposited.events[-1].position
         )
         started = asyncio.get_running_loop().time()
         code, reason, _ = await rpc_error(client.projections.GetDocument(waiting, timeout=30))
