@@ -67,7 +67,7 @@ from service.processing.payload_json import payload_json
 from service.processing.projections import ProjectionRunner, Projections
 from service.processing.reaction_documents import count_parked
 from service.processing.reactions import ReactionRunner, Reactions
-from service.processing.retention import Pruner
+from service.processing.retention import Pruner, ReactionHorizon
 from service.processing.router import Router
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import AggregateLoader
@@ -707,6 +707,12 @@ async def start(
         command_retention=settings.command_retention,
         refusal_retention=settings.refusal_retention,
         interval=settings.retention_interval,
+        horizon=ReactionHorizon(
+            [reaction.name for reaction in registry.reactions],
+            documents=roles.projections,
+            log=roles.log,
+            events=roles.events,
+        ),
     )
     pruner.start()
     reactions.start()
