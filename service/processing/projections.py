@@ -701,16 +701,22 @@ class ProjectionRunner(CheckpointedRunner):
                 if page.more:
                     ahead = await started(self._read(page.scanned_to, self.projection.catch_up_batch_size))
                 batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
-                events = [
-                    pair
-                    for stored in page.events
-                    # Forgotten (redacted): nothing to read, and what was
-                    # derived from it went with it (documents name their
-                    # subjects); a read model built after the forgetting (a
-                    # new projection, a moved store) goes without it.
-                    if not stored.redacted
-                    for pair in readable(self._reader, stored)
-                ]
+                unreadable: tuple[RecordedEvent, ChronicleError] | None = None
+                try:
+                    events = [
+                        pair
+                        for stored in page.events
+                        # Forgotten (redacted): nothing to read, and what was
+                        # derived from it went with it (documents name their
+                        # subjects); a read model built after the forgetting (a
+                        # new projection, a moved store) goes without it.
+                        if not stored.redacted
+                        for pair in readable(self._reader, stored)
+                    ]
+                except ChronicleError:
+                    # An event no plugin reads: the ones before it are applied
+                    # and committed, and it stops there (the failure path only).
+                    events, unreadable = self._readable_before(page)
                 for index, (record, message) in enumerate(events):
                     while True:
                         try:
@@ -742,8 +748,12 @@ class ProjectionRunner(CheckpointedRunner):
                         await batch.load(wanted)
                 if committing is not None:
                     await committing
+                    committing = None
                     self.status.position = committed_to
                     self.progress.committed()
+                if unreadable is not None:
+                    await self._commit_before(batch, events, unreadable[0], position, fencing)
+                    raise unreadable[1]
                 committing = await started(
                     self._commit(batch, expected_position=position, new_position=page.scanned_to, fencing=fencing)
                 )
@@ -797,6 +807,22 @@ class ProjectionRunner(CheckpointedRunner):
                 parked.attempts,
                 parked.error,
             )
+
+    def _readable_before(
+        self, page: LogPage
+    ) -> tuple[list[tuple[RecordedEvent, Message]], tuple[RecordedEvent, ChronicleError] | None]:
+        """The events of ``page`` before the first one that cannot be read,
+        and that one with its error (all of them and None if, read again,
+        every one can)."""
+        events: list[tuple[RecordedEvent, Message]] = []
+        for stored in page.events:
+            if stored.redacted:
+                continue
+            try:
+                events.extend(readable(self._reader, stored))
+            except ChronicleError as error:
+                return events, (stored, error)
+        return events, None
 
     async def _commit_before(
         self,

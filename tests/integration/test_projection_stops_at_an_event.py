@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
-from service.errors import ProjectionFailed
+from service.errors import ChronicleError, ProjectionFailed
 from service.plugins import OldEvent, Plugin
 from service.plugins.projections import Documents, ProjectedEvent
 from service.plugins.registry import Registry
@@ -191,3 +191,31 @@ async def test_the_events_an_upcaster_made_of_one_stored_event_stop_together(sto
     POISONED.clear()
     await runner.step(runner.status.position)
     assert await run.applied("stopping.items") == (5, ITEMS[:5])
+
+
+async def test_an_event_no_plugin_can_read_stops_the_projection_at_it_with_the_events_before_it_committed(
+    store: StoreAdapter,
+) -> None:
+    run = Harness(store)
+    at = {item: await run.add(item) for item in ITEMS[:3]}
+    (too_new,) = await run.store.append(
+        "list-new",
+        [
+            NewEvent(
+                event_id=str(uuid.uuid4()),
+                aggregate_type="List",
+                event_type="box.v1.BoxRenamed",
+                schema_version=99,  # written by a newer plugin than this one
+                payload=box.BoxRenamed(name="i3").SerializeToString(),
+                timestamp_us=1,
+            )
+        ],
+        0,
+    )
+    runner = run.runner("stopping.items")
+    with pytest.raises(ChronicleError) as failed:
+        await runner.step(0)
+    assert failed.value.reason == "SCHEMA_VERSION_TOO_NEW"
+    assert too_new.position - 1 >= at["i2"]
+    assert await run.roles.projections.projection_position("stopping.items") == too_new.position - 1
+    assert await run.applied("stopping.items") == (3, ITEMS[:3])
