@@ -20,10 +20,11 @@ the batch's events before it are committed first (their writes, with the
 checkpoint just before the failing event, in one commit as any batch's), the
 error is logged and reported by ``status`` (``stopped_at``), and the runner
 tries again from that event after a pause (the projection's
-``retry_seconds``), so a fixed plugin or a transient fault resumes it. A projection declared with ``on_failure="park"``
-counts the tries on each event; at its ``max_attempts``-th failure the event
-is parked instead: recorded (``ParkedEvent``) in the commit that moves the
-checkpoint past it, with the handler's writes for it dropped.
+``retry_seconds``), so a fixed plugin or a transient fault resumes it. A
+projection declared with ``on_failure="park"`` counts the tries on each
+event; at its ``max_attempts``-th failure the event is parked instead:
+recorded (``ParkedEvent``) in the commit that moves the checkpoint past it,
+with the handler's writes for it dropped.
 
 A rebuild (``ProjectionStore.reset_projection``, from any replica) moves the
 checkpoint back to 0: a runner with a commit in flight finds it moved (a
