@@ -23,6 +23,7 @@ from service.processing.reaction_documents import STATE_PREFIX
 from service.processing.reactions import ReactionRunner
 from service.processing.router import Router
 from service.store.base import Store, StoreAdapter
+from service.store.records import NewEvent
 
 # Lists of items (borrowed messages): RenameBox adds an item, BoxRenamed
 # records it. The list "copy"'s handler raises on an item named "bug" while
@@ -163,3 +164,25 @@ async def test_a_reaction_failing_on_an_event_commits_the_events_before_it_and_s
     assert position == await run.roles.log.log_head()
     assert await run.copied() == ITEMS
     assert await run.states() == {item: [item] for item in ITEMS}
+
+
+async def test_an_event_no_plugin_can_read_stops_the_reaction_at_it_with_the_events_before_it_committed(
+    store: StoreAdapter,
+) -> None:
+    run = Harness(store)
+    at = {item: await run.add("source", item) for item in ("a", "b")}
+    too_new = NewEvent(
+        event_id=str(uuid.uuid4()),
+        aggregate_type="List",
+        event_type="box.v1.BoxRenamed",
+        schema_version=99,  # written by a newer plugin than this one
+        payload=box.BoxRenamed(name="c").SerializeToString(),
+        timestamp_us=1,
+    )
+    await store.append("elsewhere", [too_new], 0)
+    runner = run.runner()
+    with pytest.raises(ChronicleError) as failed:
+        await runner.step(0)
+    assert failed.value.reason == "SCHEMA_VERSION_TOO_NEW"
+    assert await run.roles.projections.projection_position("stops.copier") == at["b"]
+    assert await run.copied() == ["a", "b"]
