@@ -3,18 +3,21 @@
 One worker per live aggregate id: commands for one aggregate are serial,
 commands for different aggregates run concurrently. A worker is created on
 the first command; a sweeper drops workers idle for longer than the idle
-timeout (their cached state with them). Everything here runs on the event
-loop without awaiting between lookup and enqueue, and the sweeper only drops
-workers that are not busy, so a worker can never be chosen while it is
-leaving. ``start`` hands a batch to its worker and returns the future of its
-result without a coroutine: on a warm aggregate the command is decided
-before ``start`` returns (see worker.py).
+timeout (their cached state with them). At the ``max_workers`` cap, a new
+aggregate makes room by evicting the least recently used idle workers; it is
+refused only when every worker is busy. Everything here runs on the event
+loop without awaiting between lookup and enqueue, and only workers that are
+not busy are dropped, so a worker can never be chosen while it is leaving.
+``start`` hands a batch to its worker and returns the future of its result
+without a coroutine: on a warm aggregate the command is decided before
+``start`` returns (see worker.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from collections.abc import Callable
 
@@ -30,6 +33,11 @@ log = logging.getLogger(__name__)
 # Evicting at least this many workers in one sweep gives their memory back
 # to the operating system, and if more than remain, rebuilds the table.
 _SHRINK_AFTER = 1024
+
+# At the cap, one scan for idle workers evicts up to this share of the cap
+# (the least recently used): the scan walks every worker, so evicting one
+# per new aggregate would cost a walk over 100,000 workers per command.
+_EVICT_AT_CAP_SHARE = 16
 
 
 class Router:
@@ -53,6 +61,12 @@ class Router:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._snapshots: set[asyncio.Task[None]] = set()
         self._went_idle = asyncio.Event()  # set by workers that go idle while closing
+        # Every worker was busy at the cap's last scan for idle ones: no scan
+        # again (a walk over every worker) until one goes idle.
+        self._all_busy = False
+        # Whether ``_worker_idle`` has anything to do (closing, or all busy):
+        # one flag, so the callback every command ends with costs what it did.
+        self._watch_idle = False
 
     @property
     def live_workers(self) -> int:
@@ -85,9 +99,9 @@ class Router:
         aggregate_id = batch.aggregate_id
         worker = self._workers.get(aggregate_id)
         if worker is None:
-            if len(self._workers) >= self._max_workers:
+            if len(self._workers) >= self._max_workers and not self._make_room():
                 raise Overloaded(
-                    f"{self._max_workers} aggregates are busy; retry later",
+                    f"all {self._max_workers} live aggregates (--max-workers) are busy; retry later",
                     reason="TOO_MANY_AGGREGATES",
                 )
             worker = AggregateWorker(
@@ -112,8 +126,35 @@ class Router:
         return None if worker is None else worker.room()
 
     def _worker_idle(self) -> None:
-        if self._closing:
-            self._went_idle.set()
+        if self._watch_idle:
+            self._all_busy = False
+            if self._closing:
+                self._went_idle.set()
+            else:
+                self._watch_idle = False
+
+    def _make_room(self) -> bool:
+        """At the cap: evict the least recently used idle workers, up to a
+        share of the cap at once (paid only at the cap, the scan amortized
+        over the new aggregates it makes room for); whether any left."""
+        if self._all_busy:
+            return False  # none went idle since the last scan found them all busy
+        candidates = [worker for worker in self._workers.values() if worker.evictable]
+        if not candidates:
+            # Busy workers call ``_worker_idle`` when they go idle; one
+            # merely finishing a snapshot save does not, so scan again then.
+            if not any(not worker.busy for worker in self._workers.values()):
+                self._all_busy = self._watch_idle = True
+            return False
+        count = max(1, self._max_workers // _EVICT_AT_CAP_SHARE)
+        if count < len(candidates):
+            candidates = heapq.nsmallest(count, candidates, key=_last_used)
+        for worker in candidates:
+            del self._workers[worker.aggregate_id]
+        # No table rebuild nor memory release, unlike the sweep: new
+        # aggregates are about to take the room back.
+        log.debug("%d idle aggregate workers evicted at the cap of %d", len(candidates), self._max_workers)
+        return True
 
     async def _sweep(self) -> None:
         """Drop idle workers, a few times per idle timeout."""
@@ -162,7 +203,7 @@ class Router:
 
     async def close(self, grace: float = 30.0) -> None:
         """Refuse new commands, let queued ones finish."""
-        self._closing = True
+        self._closing = self._watch_idle = True
         if self._sweeper is not None:
             self._sweeper.cancel()
         loop = asyncio.get_running_loop()
@@ -182,3 +223,7 @@ class Router:
             log.warning("%d aggregate workers did not finish in %.0fs", len(busy), grace)
         if self._snapshots:
             await asyncio.wait(self._snapshots, timeout=max(0.0, deadline - loop.time()))
+
+
+def _last_used(worker: AggregateWorker) -> float:
+    return worker.idle_since

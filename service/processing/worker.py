@@ -108,6 +108,13 @@ class AggregateWorker:
         jobs = self._jobs  # read once: the metrics thread asks while the loop changes it
         return len(jobs) if jobs is not None else 0
 
+    @property
+    def evictable(self) -> bool:
+        """Idle, and no snapshot save of its own still running: a worker made
+        for the aggregate after this one left would save without waiting for
+        that save, and two saves at once can keep one snapshot too many."""
+        return not self.busy and self._saving is None
+
     def drop_cache(self) -> None:
         """Forget the cached state: its stored events were replaced (an import)."""
         self._cached = None
