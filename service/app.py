@@ -62,6 +62,7 @@ from service.plugins.registry import Registry
 from service.principal import Principal, reaction_principal
 from service.processing.executor import CommandExecutor
 from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES, HeldEvents
+from service.processing.memory_limit import check_cache_memory
 from service.processing.middleware import Pipeline
 from service.processing.payload_json import payload_json
 from service.processing.projections import ProjectionRunner, Projections
@@ -327,6 +328,8 @@ async def start(
     registry = registry if registry is not None else build_registry(settings)
     for warning in registry.warnings:  # what `chronicle plugins` prints as warning: lines
         log.warning("plugins: %s", warning)
+    if (too_many := check_cache_memory(settings.max_workers)) is not None:
+        log.warning("%s", too_many)
     master_keys = build_master_keys(settings)
     adapter = (
         store
