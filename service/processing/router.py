@@ -174,7 +174,7 @@ class Router:
         idle = [
             aggregate_id
             for aggregate_id, worker in self._workers.items()
-            if not worker.busy and worker.idle_since <= idle_before
+            if worker.evictable and worker.idle_since <= idle_before  # a snapshot save still running waits
         ]
         for aggregate_id in idle:
             del self._workers[aggregate_id]

@@ -168,3 +168,23 @@ async def test_an_idle_worker_still_saving_its_snapshot_is_not_evicted_at_the_ca
     finally:
         store.release.set()
         await router.close()
+
+
+async def test_the_idle_sweep_keeps_a_worker_still_saving_its_snapshot() -> None:
+    # As at the cap: a worker made for the aggregate after this one left
+    # would save without waiting for that save.
+    store = HeldSnapshots()
+    router = router_over(store, max_workers=10, snapshots=SnapshotPolicy())  # bank_account snapshots every 100
+    try:
+        await router.submit(request("a-0", bank.OpenAccount(owner="ann")))
+        for _ in range(99):
+            await router.submit(request("a-0", bank.Deposit(amount=1)))
+        await eventually(lambda: store.saving == 1, what="the snapshot at version 100 being saved")
+        now = asyncio.get_running_loop().time()
+        assert router.drop_idle(now + 3600) == 0  # idle long enough, but saving
+        store.release.set()
+        await eventually(lambda: router._workers["a-0"].evictable, what="the save finished")
+        assert router.drop_idle(now + 3600) == 1
+    finally:
+        store.release.set()
+        await router.close()
