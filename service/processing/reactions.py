@@ -537,18 +537,7 @@ class ReactionRunner(CheckpointedRunner):
             batch.write(PARKED_PREFIX + command_id, None)
         else:
             write_parked(batch, entry)  # with its new refusal
-        batch.write(PARKED_KEY, index)
-        try:
-            await self._documents.commit_projection(
-                self.reaction.name,
-                expected_position=position,
-                new_position=position,
-                writes=batch.writes,
-                fencing=fencing,
-            )
-        finally:
-            self._cache.clear()  # the runner reads the parked commands afresh
-        self.status.parked = len(index.commands)
+        await self._commit_parked(batch, index, position, fencing)
         return outcome
 
     async def _send_again(self, entry: reaction_pb.ParkedCommand) -> Replayed:
