@@ -198,6 +198,9 @@ class TimedProjections:
     async def projection_position(self, name: str) -> int:
         return await self._clock.time("projection_position", lambda: self._inner.projection_position(name))
 
+    async def start_projection(self, name: str, position: int) -> int | None:
+        return await self._clock.time("start_projection", lambda: self._inner.start_projection(name, position))
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         return await self._clock.time("load_document", lambda: self._inner.load_document(projection, key))
 

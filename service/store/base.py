@@ -286,6 +286,14 @@ class ProjectionStore(Protocol):
     async def projection_position(self, name: str) -> int:
         """The log position projection ``name`` has applied up to (0: none)."""
 
+    async def start_projection(self, name: str, position: int) -> int | None:
+        """Fix projection ``name``'s checkpoint at ``position`` unless it has
+        one (insert if absent, atomically: of two replicas that start it at
+        once, the first one's position stands); the checkpoint it had, or
+        None when it had none and now stands at ``position``. A reaction's
+        ``start_from`` fixes where it starts with this, before its server
+        takes commands."""
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         """Projection ``projection``'s document under ``key``, or None."""
 

@@ -412,6 +412,9 @@ class SealedProjections:
     async def projection_position(self, name: str) -> int:
         return await self.inner.projection_position(name)
 
+    async def start_projection(self, name: str, position: int) -> int | None:
+        return await self.inner.start_projection(name, position)
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         cipher = await self.keyring.for_writing(projection_key_id(projection))
         stored = await self.inner.load_document(projection, hidden_document_key(cipher, projection, key))

@@ -188,6 +188,12 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
     async def projection_position(self, name: str) -> int:
         return self._projection_positions.get(name, 0)
 
+    async def start_projection(self, name: str, position: int) -> int | None:
+        had = self._projection_positions.get(name)
+        if had is None:
+            self._projection_positions[name] = position
+        return had
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         return self._documents.get((projection, key))
 

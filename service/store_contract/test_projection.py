@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from service.errors import ConcurrencyConflict
@@ -200,3 +202,36 @@ async def test_a_stale_commit_parks_nothing(store: StoreAdapter) -> None:
     with pytest.raises(ConcurrencyConflict):
         await store.commit_projection("p", expected_position=0, new_position=6, writes=[], parked=[_parked(5)])
     assert await store.count_parked_events("p") == 0
+
+
+async def test_a_start_fixes_a_new_checkpoint_once(store: StoreAdapter) -> None:
+    # A reaction's start_from: fixed at the position given when it has no
+    # checkpoint, found (and kept) by every later start.
+    assert await store.start_projection("r", 12) is None
+    assert await store.projection_position("r") == 12
+    assert await store.start_projection("r", 40) == 12
+    assert await store.start_projection("r", 0) == 12
+    assert await store.projection_position("r") == 12
+    # and the runner goes on from there as from any checkpoint
+    await store.commit_projection("r", expected_position=12, new_position=15, writes=[])
+    assert await store.start_projection("r", 99) == 15
+
+
+async def test_a_start_keeps_a_checkpoint_a_commit_made_even_at_zero(store: StoreAdapter) -> None:
+    await store.commit_projection("p", expected_position=0, new_position=9, writes=[DocumentWrite("k", "t.A", b"a")])
+    assert await store.start_projection("p", 30) == 9
+    assert await store.load_document("p", "k") == StoredDocument("k", "t.A", b"a")
+    # a start at 0 is a checkpoint like any other: a later start does not move it
+    assert await store.start_projection("b", 0) is None
+    assert await store.start_projection("b", 30) == 0
+    assert await store.projection_position("b") == 0
+    await store.commit_projection("b", expected_position=0, new_position=3, writes=[])
+    assert await store.projection_position("b") == 3
+
+
+async def test_concurrent_starts_agree_on_the_first(store: StoreAdapter) -> None:
+    starts = await asyncio.gather(*(store.start_projection("r", position) for position in (5, 6, 7, 8)))
+    assert starts.count(None) == 1
+    fixed = await store.projection_position("r")
+    assert fixed in (5, 6, 7, 8)
+    assert all(start in (None, fixed) for start in starts)

@@ -30,6 +30,19 @@ class ProjectionsRole:
         )
         return int(scalar(result) or 0)
 
+    async def start_projection(self, name: str, position: int) -> int | None:
+        # The read after the insert is a statement of its own: in READ
+        # COMMITTED it sees the row another replica's insert (which this one
+        # waited for) committed.
+        made, found = await self._db.run(
+            "start_projection",
+            [
+                Statement(sql.START_CHECKPOINT.encode(), (name, position)),
+                Statement(sql.PROJECTION_POSITION.encode(), (name,)),
+            ],
+        )
+        return None if first(made) is not None else int(scalar(found))
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         *_, result = await self._db.run("load_document", load_document_statements(projection, key), read_only=True)
         row = first(result)

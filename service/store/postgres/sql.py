@@ -360,6 +360,14 @@ LOAD_DOCUMENTS = (
 ENSURE_CHECKPOINT = (
     "INSERT INTO chronicle.projection_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING"
 )
+# A reaction's start (ProjectionStore.start_projection): the row is made
+# at the given position unless it exists; a row comes back when it was made.
+# Of two replicas that start it at once, the second waits for the first's
+# insert and makes nothing.
+START_CHECKPOINT = (
+    "INSERT INTO chronicle.projection_checkpoints (name, position) VALUES ($1, $2::bigint)"
+    " ON CONFLICT (name) DO NOTHING RETURNING position"
+)
 MOVE_CHECKPOINT = (
     "WITH moved AS (UPDATE chronicle.projection_checkpoints SET position = $2::bigint, updated_at = now()"
     " WHERE name = $1 AND position = $3::bigint RETURNING 1)"

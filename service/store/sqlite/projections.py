@@ -21,6 +21,9 @@ class ProjectionsRole:
     async def projection_position(self, name: str) -> int:
         return await self._writer.run(_position, name)
 
+    async def start_projection(self, name: str, position: int) -> int | None:
+        return await self._writer.run(_start, name, position)
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         row = await self._writer.run(lambda db: db.execute(sql.LOAD_DOCUMENT, (projection, key)).fetchone())
         return None if row is None else document_from_row(row)
@@ -73,6 +76,16 @@ class ProjectionsRole:
 def _position(db: sqlite3.Connection, name: str) -> int:
     row = db.execute(sql.PROJECTION_POSITION, (name,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def _start(db: sqlite3.Connection, name: str, position: int) -> int | None:
+    """Read and written under the write lock: one start wins."""
+    with writing(db):
+        row = db.execute(sql.PROJECTION_POSITION, (name,)).fetchone()
+        if row is None:
+            db.execute(sql.START_CHECKPOINT, (name, position))
+            return None
+        return int(row[0])
 
 
 def _commit(

@@ -191,6 +191,7 @@ PUT_DOCUMENT = (
     "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?, ?, ?, ?)"
     " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name, data = excluded.data"
 )
+START_CHECKPOINT = "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
 MOVE_CHECKPOINT = (
     "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
     " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
