@@ -67,6 +67,7 @@ from service.processing.middleware import Pipeline
 from service.processing.payload_json import payload_json
 from service.processing.projections import ProjectionRunner, Projections
 from service.processing.reaction_documents import count_parked
+from service.processing.reaction_starts import fix_start_of, fix_starts_safely
 from service.processing.reactions import ReactionRunner, Reactions
 from service.processing.retention import Pruner, ReactionHorizon
 from service.processing.router import Router
@@ -533,6 +534,7 @@ async def start(
                 page_bytes=page_bytes,
                 outcomes=metrics.reaction_outcome if metrics is not None else None,
                 slow_handler_seconds=settings.slow_handler_seconds,
+                fix_start=partial(fix_start_of, roles.projections, roles.log, registry.reactions, reaction.name),
             )
             for reaction in registry.reactions
         ]
@@ -698,6 +700,9 @@ async def start(
     else:
         address = advertised_address(listen=settings.listen, port=port, advertise=settings.advertise_address)
     leases.member = LeaseMember(leases.member_id, address)
+    # Before the first command: a reaction new to the store starts where its
+    # start_from says, not after commands this server accepted meanwhile.
+    await fix_starts_safely(roles.projections, roles.log, reactions.runners.values())
     await leases.beat_safely()
     leases.start()
     await server.start()

@@ -101,6 +101,8 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             replayed=status.replayed if status else 0,
             runner=runner.runs_on if runner is not None else "",
             retry_interval=duration(reaction.retry_seconds),
+            start_position=status.start_position if status else 0,
+            start_from=reaction.start_from or "",
         )
         # What it met here before, kept once over (``error`` is what holds it now).
         if status is not None and status.last_error:

@@ -39,7 +39,7 @@ from google.protobuf.message import Message
 from service.errors import AlreadyExistsError, NotFoundError
 from service.plugins.context import CommandContext
 from service.plugins.projections import DOCUMENT_CACHE_SIZE, OnFailure, ProjectedEvent, Projection
-from service.plugins.reactions import DEFAULT_MAX_HOPS, Reaction, by_correlation
+from service.plugins.reactions import DEFAULT_MAX_HOPS, Reaction, StartFrom, by_correlation
 
 if TYPE_CHECKING:
     from service.plugins.middleware import Middleware
@@ -352,6 +352,7 @@ class Plugin:
         retry_seconds: float = 5.0,
         on_failure: OnFailure = "stop",
         max_attempts: int = 3,
+        start_from: StartFrom | None = None,
     ) -> Reaction[M]: ...
 
     @overload
@@ -366,6 +367,7 @@ class Plugin:
         retry_seconds: float = 5.0,
         on_failure: OnFailure = "stop",
         max_attempts: int = 3,
+        start_from: StartFrom | None = None,
     ) -> Reaction[None]: ...
 
     def reaction(
@@ -380,6 +382,7 @@ class Plugin:
         retry_seconds: float = 5.0,
         on_failure: OnFailure = "stop",
         max_attempts: int = 3,
+        start_from: StartFrom | None = None,
     ) -> Reaction[Any]:
         """Declare a process manager run from the log (see
         ``service.plugins.reactions``): handlers registered with
@@ -405,7 +408,14 @@ class Plugin:
         (the default) the reaction stops there and tries again every
         ``retry_seconds`` until a fixed plugin is deployed; with ``"park"``,
         at its ``max_attempts``-th failure the command is parked with that
-        reason (not handed to ``on_refused``) and the reaction goes on."""
+        reason (not handed to ``on_refused``) and the reaction goes on.
+
+        ``start_from``: where a reaction new to the store starts, fixed when
+        the first server that declares it starts, before it takes commands:
+        ``"end"`` (the default) reacts only to events committed from then
+        on, ``"beginning"`` to every event in the log (it sends the commands
+        of all of history). A reaction that has a checkpoint goes on from it
+        whatever this says (docs/plugins.md, "Where a reaction starts")."""
         reaction: Reaction[Any] = Reaction(
             self.name,
             name,
@@ -417,6 +427,7 @@ class Plugin:
             retry_seconds=retry_seconds,
             on_failure=on_failure,
             max_attempts=max_attempts,
+            start_from=start_from,
         )
         self.reactions.append(reaction)
         return reaction

@@ -59,7 +59,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeAlias, TypeVar, get_args
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, get_args
 
 from google.protobuf.message import Message
 
@@ -84,6 +84,15 @@ HOPS_KEY = "chronicle.reaction_hops"
 # How many reaction hops a cause chain may take before its next command is
 # parked (REACTION_LOOP) instead of sent; ``plugin.reaction(max_hops=…)``.
 DEFAULT_MAX_HOPS = 100
+
+# Where a reaction new to a store starts (``plugin.reaction(start_from=…)``):
+# at the end of the log (only events committed from its server's start on,
+# as a subscription group's ``from_end``), or at its beginning (every event
+# there is: commands for all of history). None: "end", but on a store that
+# older versions served, where a reaction started at the beginning, as they
+# did (see ``service.processing.reaction_starts``).
+StartFrom: TypeAlias = Literal["end", "beginning"]
+START_FROM: tuple[StartFrom, ...] = ("end", "beginning")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +201,7 @@ class Reaction(Generic[S]):
         retry_seconds: float = 5.0,
         on_failure: OnFailure = "stop",
         max_attempts: int = 3,
+        start_from: StartFrom | None = None,
     ) -> None:
         if not name or not name.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"reaction name {name!r} must be letters, digits, '_' or '.'")
@@ -205,6 +215,8 @@ class Reaction(Generic[S]):
             raise ValueError("max_hops must be positive")
         if not retry_seconds > 0:
             raise ValueError(f"reaction {name}: retry_seconds must be positive")
+        if start_from is not None and start_from not in START_FROM:
+            raise ValueError(f"reaction {name}: start_from must be 'end' or 'beginning', not {start_from!r}")
         self.plugin_name = plugin_name
         self.name = name
         self.aggregate_types = frozenset(aggregate_types)
@@ -219,6 +231,8 @@ class Reaction(Generic[S]):
         # or "park" it at its max_attempts-th failure and go on.
         self.on_failure: OnFailure = on_failure
         self.max_attempts = max_attempts
+        # Where it starts when it is new to a store (None: not said).
+        self.start_from = start_from
         self.handlers: dict[str, tuple[type[Message], ReactionHandler]] = {}
         self.refused_handler: RefusalHandler | None = None
         # By full name: the state types it declared before, and what turns

@@ -175,6 +175,9 @@ class ReactionStatus:
     replayed: int = 0  # accepted commands answered from their record (sent before a crash)
     parked: int = 0
     conflicts: int = 0
+    # Its checkpoint when this server started it (fixed then by start_from,
+    # for a reaction new to the store: see processing/reaction_starts.py).
+    start_position: int = 0
 
 
 def _plugin_failure(error: ChronicleError) -> bool:
@@ -222,6 +225,7 @@ class ReactionRunner(CheckpointedRunner):
         outcomes: Outcomes | None = None,
         max_parked: int | None = None,
         slow_handler_seconds: float = 0.1,
+        fix_start: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.reaction = reaction
         self._registry = registry
@@ -252,6 +256,15 @@ class ReactionRunner(CheckpointedRunner):
         # Held by each step and by an operator's replay or dismissal: both
         # write the reaction's documents at its checkpoint, one at a time.
         self._lock = asyncio.Lock()
+        # Fixes its start (and gives its checkpoint) if the server's start
+        # could not (the store was away then): before its first batch.
+        self._fix_start = fix_start
+
+    def started_at(self, position: int) -> None:
+        """Its start was fixed (or found) at ``position`` while the server
+        started: nothing left for the runner to fix."""
+        self._fix_start = None
+        self.status.start_position = position
 
     def _unexpected(self, error: Exception) -> ChronicleError:
         return ReactionFailed(f"{type(error).__name__}: {error}", reason="REACTION_FAILED")
@@ -274,6 +287,9 @@ class ReactionRunner(CheckpointedRunner):
                     position = self.status.position = await self._documents.projection_position(self.reaction.name)
 
     async def _step(self, position: int) -> int:
+        if self._fix_start is not None:
+            self.started_at(position := await self._fix_start())
+            self.status.position = position
         fencing = self._lease.fencing() if self._lease is not None else None
         if self._lease is not None:
             if fencing is None:

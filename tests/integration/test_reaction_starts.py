@@ -1,0 +1,124 @@
+"""Where a reaction added after events exist starts (docs/plugins.md, "Where
+a reaction starts"), over a real socket on a SQLite file served twice: first
+by a server without the reaction, then by one that declares it.
+
+- ``start_from="end"``: nothing sent for the events there were, and the
+  next one reacted to; ``GetReaction`` shows where it started;
+- ``start_from="beginning"``: every event reacted to;
+- the start is fixed while its server starts, before it serves: commands
+  accepted while the runner is held (it has not read its checkpoint yet)
+  are reacted to, not skipped."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
+from domain_plugins.box.protos.box.v1 import box_pb2 as box
+from service.plugins import Plugin, ProjectedEvent, Send
+from service.plugins.reactions import Reaction, StartFrom
+from service.plugins.registry import Registry
+from service.store.sqlite import SqliteStore
+from tests.support import plugins
+from tests.support.grpc_client import TEST_SETTINGS, Client, command, running_server
+from tests.support.waiting import eventually
+
+SETTINGS = replace(TEST_SETTINGS, poll_seconds=0.05)
+late = Plugin("late")
+
+
+def relay_to(target: str, start_from: StartFrom) -> Reaction[None]:
+    """Sends each name "source" lets through on to ``target``."""
+    reaction = late.reaction(f"late.{target.replace('-', '_')}", aggregate_types=["Gate"], start_from=start_from)
+
+    @reaction.on(box.BoxRenamed)
+    def pass_on(event: box.BoxRenamed, envelope: ProjectedEvent, state: None) -> Send | None:
+        return Send(target, box.RenameBox(name=event.name)) if envelope.aggregate_id == "source" else None
+
+    return reaction
+
+
+AT_END = relay_to("to-end", start_from="end")
+AT_BEGINNING = relay_to("to-all", start_from="beginning")
+BEFORE = Registry([plugins.gates])
+AFTER = Registry([plugins.gates, late])
+
+
+async def names_in(store: SqliteStore, gate: str) -> list[str]:
+    return [
+        box.BoxRenamed.FromString(e.payload).name
+        for e in await store.read_aggregate(gate)
+        if e.event_type.endswith("BoxRenamed")
+    ]
+
+
+async def history(path: Path) -> int:
+    """A store whose log has "ann" let through "source" (the gates open),
+    served by a server that does not declare the late reactions; its head."""
+    store = SqliteStore(path)
+    async with running_server(store, settings=SETTINGS, registry=BEFORE) as (_, client):
+        for gate in ("source", "gated", "to-end", "to-all"):
+            await client.submit(command(gate, box.ArchiveBox()))  # open
+        await client.submit(command("source", box.RenameBox(name="ann")))
+        return await store.log_head()
+
+
+async def status(client: Client, reaction: Reaction[None]) -> reaction_pb.ReactionStatus:
+    answer: reaction_pb.ReactionStatus = await client.reactions.GetReaction(
+        reaction_pb.GetReactionRequest(name=reaction.name)
+    )
+    return answer
+
+
+async def test_a_reaction_added_after_events_reacts_from_where_its_start_from_says(tmp_path: Path) -> None:
+    head = await history(tmp_path / "chronicle.db")
+    store = SqliteStore(tmp_path / "chronicle.db")
+    async with running_server(store, settings=SETTINGS, registry=AFTER) as (_, client):
+        at_end, at_beginning = await status(client, AT_END), await status(client, AT_BEGINNING)
+        assert (at_end.start_position, at_end.start_from) == (head, "end")
+        assert (at_beginning.start_position, at_beginning.start_from) == (0, "beginning")
+        await client.submit(command("source", box.RenameBox(name="bob")))
+
+        async def both_relayed_bob() -> bool:
+            return "bob" in await names_in(store, "to-end") and "bob" in await names_in(store, "to-all")
+
+        await eventually(both_relayed_bob, what="both late reactions relaying bob")
+        assert await names_in(store, "to-end") == ["bob"]  # ann came before it: nothing sent for her
+        assert await names_in(store, "to-all") == ["ann", "bob"]
+        at_end = await status(client, AT_END)
+        assert (at_end.accepted, at_end.replayed) == (1, 0)
+
+
+class HeldRunner(SqliteStore):
+    """A SQLite store on which the late "end" reaction's runner cannot read
+    its checkpoint until ``go`` is set: the server serves, the runner waits."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.go = asyncio.Event()
+        self.waiting = 0
+
+    async def projection_position(self, name: str) -> int:
+        if name == AT_END.name:
+            self.waiting += 1
+            await self.go.wait()
+        return await super().projection_position(name)
+
+
+async def test_commands_accepted_before_the_runner_gets_going_are_not_skipped(tmp_path: Path) -> None:
+    await history(tmp_path / "chronicle.db")
+    store = HeldRunner(tmp_path / "chronicle.db")
+    async with running_server(store, settings=SETTINGS, registry=AFTER) as (_, client):
+        await eventually(lambda: store.waiting > 0, what="the runner waiting for its checkpoint")
+        await client.submit(command("source", box.RenameBox(name="bob")))  # served while the runner waits
+        assert await names_in(store, "to-end") == []
+        store.go.set()
+
+        async def relayed_bob() -> bool:
+            return await names_in(store, "to-end") == ["bob"]
+
+        await eventually(relayed_bob, what="bob relayed: its event is after the start")
+        at_end = await status(client, AT_END)
+        assert at_end.position == await store.log_head() and at_end.position > at_end.start_position
