@@ -169,10 +169,12 @@ class ReactionStatus:
     error: str = ""  # the failure holding it here now (see ProjectionStatus)
     last_error: str = ""
     last_error_at: float = 0.0
-    handled: int = 0  # events handed to the reaction's functions
-    accepted: int = 0  # commands that appended (or were answered from their record)
-    refused: int = 0
-    replayed: int = 0  # accepted commands answered from their record (sent before a crash)
+    # Since this server started. A batch that fails is tried again, and its
+    # events handed to the functions again: counted once, when it commits.
+    handled: int = 0  # events handed to the reaction's functions, in batches committed
+    accepted: int = 0  # commands that appended (their first sending: not those answered from their record)
+    refused: int = 0  # refusals met (one answered again from its record, its batch sent again, included)
+    replayed: int = 0  # commands answered from their record (sent again: a crash, a failed batch, a lease moved)
     parked: int = 0
     conflicts: int = 0
     # Its checkpoint when this server started it (fixed then by start_from,
@@ -256,6 +258,9 @@ class ReactionRunner(CheckpointedRunner):
         # Held by each step and by an operator's replay or dismissal: both
         # write the reaction's documents at its checkpoint, one at a time.
         self._lock = asyncio.Lock()
+        # The positions of the events the batch in hand handed to the
+        # functions: counted "handled" when (and as far as) it commits.
+        self._handled: list[int] = []
         # Fixes its start (and gives its checkpoint) if the server's start
         # could not (the store was away then): before its first batch.
         self._fix_start = fix_start
@@ -306,6 +311,7 @@ class ReactionRunner(CheckpointedRunner):
                 if self._lease is not None and self._lease.fencing() != fencing:
                     break  # the lease moved: the next step starts over
                 batch = ReactionBatch(self.reaction.name, self._documents, self._cache, self._forgotten)
+                self._handled.clear()
                 parked = ParkedList(batch, self._max_parked)
                 end, failure = await self._handle(page, position, batch, parked)
                 if failure is not None and end == position:
@@ -321,6 +327,7 @@ class ReactionRunner(CheckpointedRunner):
                     fencing=fencing,
                 )
                 batch.committed()
+                self.status.handled += sum(1 for handled in self._handled if handled <= end)
                 position = self.status.position = end
                 if parked.count is not None:
                     self.status.parked = parked.count
@@ -604,7 +611,7 @@ class ReactionRunner(CheckpointedRunner):
             return  # a type read only because an upcaster turns it into one of ours
         envelope = envelope_of(record)
         state = await ProcessState.load(self.reaction, batch, envelope)
-        self.status.handled += 1
+        self._handled.append(record.position)
         function = registered[1]
         reacted = self._call(function, lambda: function(message, envelope, state.message), envelope)
         await self._send(reacted, f"{self.reaction.name}/{record.event_id}", envelope, state, parked, rounds=0)
@@ -762,9 +769,10 @@ class ReactionRunner(CheckpointedRunner):
     def _accepted(self, *, replayed: bool) -> None:
         """A command of the reaction's (its own, or a parked one an operator
         replayed) accepted: in its status and its metric alike."""
-        self.status.accepted += 1
         if replayed:
             self.status.replayed += 1
+        else:
+            self.status.accepted += 1
         self._count("replayed" if replayed else "accepted")
 
     def _refused_once(self) -> None:
