@@ -7,15 +7,22 @@ by a server without the reaction, then by one that declares it.
 - ``start_from="beginning"``: every event reacted to;
 - the start is fixed while its server starts, before it serves: commands
   accepted while the runner is held (it has not read its checkpoint yet)
-  are reacted to, not skipped."""
+  are reacted to, not skipped;
+- the bank's transfers reaction registered under a new name (a rename)
+  does not do a completed transfer again."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
+from domain_plugins import bank_account
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.bank_account.transfers import compensate, credit, debit, finish, transfer_of
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.plugins import Plugin, ProjectedEvent, Send
 from service.plugins.reactions import Reaction, StartFrom
@@ -65,7 +72,7 @@ async def history(path: Path) -> int:
         return await store.log_head()
 
 
-async def status(client: Client, reaction: Reaction[None]) -> reaction_pb.ReactionStatus:
+async def status(client: Client, reaction: Reaction[Any]) -> reaction_pb.ReactionStatus:
     answer: reaction_pb.ReactionStatus = await client.reactions.GetReaction(
         reaction_pb.GetReactionRequest(name=reaction.name)
     )
@@ -122,3 +129,60 @@ async def test_commands_accepted_before_the_runner_gets_going_are_not_skipped(tm
         await eventually(relayed_bob, what="bob relayed: its event is after the start")
         at_end = await status(client, AT_END)
         assert at_end.position == await store.log_head() and at_end.position > at_end.start_position
+
+
+# -- a rename (the walkthrough's t16): the bank's transfers under a new name -----------
+
+bank_v2 = Plugin("bank_v2")
+RENAMED = bank_v2.reaction(
+    "bank.transfers_v2",
+    aggregate_types=["Transfer", "Account"],
+    state=bank.TransferProgress,
+    state_key=transfer_of,
+)
+RENAMED.on(bank.TransferRequested)(debit)
+RENAMED.on(bank.MoneyWithdrawn)(credit)
+RENAMED.on(bank.MoneyDeposited)(finish)
+RENAMED.on_refused(compensate)
+
+
+async def balances(client: Client) -> dict[str, int]:
+    found = {}
+    for account in ("ann", "bob"):
+        answer = await client.events.GetAggregate(ev.GetAggregateRequest(aggregate_id=account))
+        state = bank.Account()
+        answer.state.Unpack(state)
+        found[account] = state.balance
+    return found
+
+
+async def test_the_bank_s_transfers_renamed_do_not_move_a_completed_transfer_s_money_again(tmp_path: Path) -> None:
+    path = tmp_path / "chronicle.db"
+    async with running_server(SqliteStore(path), settings=SETTINGS, registry=Registry([bank_account.plugin])) as (
+        _,
+        client,
+    ):
+        await client.submit(command("ann", bank.OpenAccount(owner="ann")))
+        await client.submit(command("ann", bank.Deposit(amount=100)))
+        await client.submit(command("bob", bank.OpenAccount(owner="bob")))
+        await client.submit(
+            command("t-1", bank.TransferMoney(source_account_id="ann", target_account_id="bob", amount=40))
+        )
+
+        async def moved() -> bool:
+            return await balances(client) == {"ann": 60, "bob": 40}
+
+        await eventually(moved, what="the transfer done")
+    store = SqliteStore(path)
+    registry = Registry([bank_account.plugin, bank_v2])
+    async with running_server(store, settings=SETTINGS, registry=registry) as (_, client):
+
+        async def caught_up() -> bool:
+            renamed = await status(client, RENAMED)
+            return renamed.running and renamed.position == renamed.log_head
+
+        await eventually(caught_up, what="the renamed reaction caught up")
+        renamed = await status(client, RENAMED)
+        assert (renamed.start_position, renamed.start_from) == (renamed.log_head, "")
+        assert (renamed.accepted, renamed.replayed) == (0, 0)
+        assert await balances(client) == {"ann": 60, "bob": 40}  # not 20 and 80
