@@ -43,13 +43,18 @@ log = logging.getLogger(__name__)
 # the store (a name no projection or reaction can take: '#'). Its position
 # is the log head then, at least 1, so that 0 (no row) means "not yet".
 MARKER = "#reaction-starts"
+# Where each reaction started, kept beside its checkpoint (which moves on) in
+# a row of its own, written after the checkpoint's: the position it was
+# fixed at, or, for a reaction older than start positions, its checkpoint
+# when this version first started it. GetReaction shows it.
+START_PREFIX = "#start/"
 
 
 async def fix_starts(
     documents: ProjectionStore, log_reader: LogReader, reactions: Iterable[Reaction[Any]]
 ) -> dict[str, int]:
-    """Fix the start of each of ``reactions`` that has no checkpoint; the
-    checkpoint each has now, by name."""
+    """Fix the start of each of ``reactions`` that has no checkpoint; where
+    each started, by name."""
     head = await log_reader.log_head()
     upgraded = head > 0 and await documents.projection_position(MARKER) == 0
     found: dict[str, int] = {}
@@ -62,12 +67,13 @@ async def fix_starts(
 
 async def fix_start(documents: ProjectionStore, reaction: Reaction[Any], *, head: int, upgraded: bool = False) -> int:
     """Fix ``reaction``'s start (see the module) unless it has a checkpoint;
-    the checkpoint it has now."""
+    where it started."""
     start_from = reaction.start_from or ("beginning" if upgraded else "end")
     wanted = head if start_from == "end" else 0
     had = await documents.start_projection(reaction.name, wanted)
+    started = await documents.start_projection(START_PREFIX + reaction.name, wanted if had is None else had)
     if had is not None:
-        return had
+        return had if started is None else started
     if reaction.start_from is None and upgraded:
         log.warning(
             "reaction %s has no checkpoint on a store older versions served: it starts at the beginning of the"
@@ -93,7 +99,8 @@ async def fix_start_of(
 ) -> int:
     """``name``'s checkpoint, its start fixed first if the server's start
     could not (the store away then): every reaction's at once, so that the
-    marker is written only with all of them (as ``fix_starts``)."""
+    marker is written only with all of them (as ``fix_starts``); where it
+    started."""
     return (await fix_starts(documents, log_reader, reactions))[name]
 
 

@@ -177,8 +177,8 @@ class ReactionStatus:
     replayed: int = 0  # commands answered from their record (sent again: a crash, a failed batch, a lease moved)
     parked: int = 0
     conflicts: int = 0
-    # Its checkpoint when this server started it (fixed then by start_from,
-    # for a reaction new to the store: see processing/reaction_starts.py).
+    # Where it started: the position start_from fixed when it was new to the
+    # store (see processing/reaction_starts.py).
     start_position: int = 0
 
 
@@ -261,13 +261,13 @@ class ReactionRunner(CheckpointedRunner):
         # The positions of the events the batch in hand handed to the
         # functions: counted "handled" when (and as far as) it commits.
         self._handled: list[int] = []
-        # Fixes its start (and gives its checkpoint) if the server's start
+        # Fixes its start (and says where it started) if the server's start
         # could not (the store was away then): before its first batch.
         self._fix_start = fix_start
 
     def started_at(self, position: int) -> None:
-        """Its start was fixed (or found) at ``position`` while the server
-        started: nothing left for the runner to fix."""
+        """Its start is fixed (or was found), at ``position``: nothing left
+        for the runner to fix."""
         self._fix_start = None
         self.status.start_position = position
 
@@ -293,8 +293,8 @@ class ReactionRunner(CheckpointedRunner):
 
     async def _step(self, position: int) -> int:
         if self._fix_start is not None:
-            self.started_at(position := await self._fix_start())
-            self.status.position = position
+            self.started_at(await self._fix_start())
+            position = self.status.position = await self._documents.projection_position(self.reaction.name)
         fencing = self._lease.fencing() if self._lease is not None else None
         if self._lease is not None:
             if fencing is None:

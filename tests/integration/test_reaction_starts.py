@@ -18,6 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins import bank_account
@@ -29,6 +31,7 @@ from service.plugins.reactions import Reaction, StartFrom
 from service.plugins.registry import Registry
 from service.store.sqlite import SqliteStore
 from tests.support import plugins
+from tests.support.cluster import replica
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, running_server
 from tests.support.waiting import eventually
 
@@ -200,3 +203,35 @@ async def test_the_bank_s_transfers_renamed_do_not_move_a_completed_transfer_s_m
         assert (renamed.start_position, renamed.start_from) == (head, "")  # the head when it started
         assert (renamed.accepted, renamed.replayed) == (0, 0)
         assert await balances(client) == {"ann": 60, "bob": 40}  # not 20 and 80
+
+
+# -- replicas on PostgreSQL: the first to start fixes it, the others find it -----------
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_the_first_replica_to_start_fixes_the_start_and_a_later_one_finds_it(
+    postgres_url: str,
+) -> None:
+    async with replica(postgres_url, registry=BEFORE) as (_, before):
+        for gate in ("source", "gated", "to-end"):
+            await before.submit(command(gate, box.ArchiveBox()))  # open
+        await before.submit(command("source", box.RenameBox(name="ann")))
+        head = (await status(before, plugins.relaying)).log_head  # ann's relay may come after: the start is later
+        async with replica(postgres_url, registry=AFTER) as (_, first):
+            fixed = (await status(first, AT_END)).start_position
+            assert fixed >= head
+            await first.submit(command("source", box.RenameBox(name="bob")))  # after the start: reacted to
+            async with replica(postgres_url, registry=AFTER) as (_, later):
+                assert (await status(later, AT_END)).start_position == fixed  # found, not the head now
+
+                async def to_end() -> tuple[int, str]:
+                    answer = await later.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="to-end"))
+                    gate = box.Box()
+                    answer.state.Unpack(gate)
+                    return answer.version, gate.name
+
+                async def relayed_bob() -> bool:
+                    return (await to_end())[1] == "bob"
+
+                await eventually(relayed_bob, what="bob relayed to to-end, by whichever replica runs it")
+                assert await to_end() == (2, "bob")  # opened, then bob: ann was before the start

@@ -90,10 +90,23 @@ async def test_a_start_is_fixed_once_and_a_checkpoint_is_never_moved() -> None:
     assert await fix_starts(run.roles.projections, run.roles.log, [AT_END]) == {AT_END.name: 1}
     await settle(runner_of(run, AT_END))
     assert await run.items("at-end") == ["b"]
-    # and a reaction with a checkpoint goes on from it, whatever start_from says
+    # and a reaction with a checkpoint goes on from it, whatever start_from
+    # says; where it started stays known
     position = await run.store.projection_position(AT_END.name)
     assert position > 1
-    assert await fix_starts(run.roles.projections, run.roles.log, [AT_END]) == {AT_END.name: position}
+    assert await fix_starts(run.roles.projections, run.roles.log, [AT_END]) == {AT_END.name: 1}
+    assert await run.store.projection_position(AT_END.name) == position
+
+
+async def test_a_reaction_older_than_start_positions_started_where_its_checkpoint_was() -> None:
+    run = Harness()
+    await run.add("source", "a")
+    await run.store.commit_projection(UNSAID.name, expected_position=0, new_position=1, writes=[])  # an older version's
+    await run.add("source", "b")
+    assert await fix_starts(run.roles.projections, run.roles.log, [UNSAID]) == {UNSAID.name: 1}
+    await settle(runner_of(run, UNSAID))
+    assert await run.items("unsaid") == ["b"]
+    assert await fix_starts(run.roles.projections, run.roles.log, [UNSAID]) == {UNSAID.name: 1}
 
 
 async def test_unsaid_on_a_store_older_versions_served_starts_at_the_beginning_as_it_did_then_end_afterwards() -> None:
