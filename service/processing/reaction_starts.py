@@ -83,7 +83,10 @@ async def fix_start(documents: ProjectionStore, reaction: Reaction[Any], *, head
             extra={"reaction": reaction.name, "position": 0},
         )
     else:
-        log.info(
+        # Worth an operator's eye when there was history to skip or replay;
+        # on an empty log (a new deployment) every start is the same.
+        log.log(
+            logging.INFO if head else logging.DEBUG,
             "reaction %s is new: it starts at position %d (start_from=%s, log head %d)",
             reaction.name,
             wanted,
