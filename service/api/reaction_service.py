@@ -103,6 +103,8 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             retry_interval=duration(reaction.retry_seconds),
             start_position=status.start_position if status else 0,
             start_from=reaction.start_from or "",
+            on_failure=reaction.on_failure,
+            max_attempts=reaction.max_attempts if reaction.on_failure == "park" else 0,
         )
         # What it met here before, kept once over (``error`` is what holds it now).
         if status is not None and status.last_error:

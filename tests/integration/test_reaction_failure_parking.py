@@ -142,6 +142,7 @@ async def test_park_parks_a_command_its_handler_fails_on_after_max_attempts_and_
     assert bug.message  # the failure's message, as a client would have had it
     assert await renamed(parking, "a") and await renamed(parking, "c")  # the events after it were handled
     assert (now.parked, now.refused) == (1, 1)
+    assert (now.on_failure, now.max_attempts) == ("park", 2)  # as declared, shown to operators
 
     # The fix deployed: an operator replays what that bug parked.
     FAULTS["bug"] = False
@@ -161,6 +162,7 @@ async def test_stop_holds_the_reaction_at_the_failing_command_until_the_plugin_i
     await eventually(retried, what="the failing command tried again, past max_attempts")
     now = await status(stopping)
     assert now.position < now.log_head and now.parked == 0
+    assert (now.on_failure, now.max_attempts) == ("stop", 0)
     assert await parked(stopping) == []
     assert not await renamed(stopping, "c")  # the events after it wait
 
