@@ -26,6 +26,9 @@ class SilentProxy:
         self._pumps: set[asyncio.Task[None]] = set()
         self.port = 0
         self.connections = 0
+        # Counts cuts: a connection whose upstream was being opened while one
+        # happened is cut too (it was opened to the target of before).
+        self._cuts = 0
 
     def silence(self) -> None:
         """From now on, forward nothing (and close nothing)."""
@@ -38,6 +41,7 @@ class SilentProxy:
     async def cut(self) -> None:
         """Close every connection through the proxy at once, both sides, what
         it held never delivered; later connections go through."""
+        self._cuts += 1
         for writer in self._links:
             writer.transport.abort()
         self._links.clear()
@@ -61,7 +65,12 @@ class SilentProxy:
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        cuts = self._cuts
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        if self._cuts != cuts:  # cut while it connected: it never went through
+            upstream_writer.transport.abort()
+            writer.transport.abort()
+            return
         self._links += [writer, upstream_writer]
         for source, sink, answers in ((reader, upstream_writer, False), (upstream_reader, writer, True)):
             task = asyncio.ensure_future(self._pump(source, sink, answers=answers))
