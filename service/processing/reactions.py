@@ -412,8 +412,7 @@ class ReactionRunner(CheckpointedRunner):
         given) without sending it, in one commit; how many."""
         async with self._lock:
             fencing = self._runs_here()
-            position = await self._documents.projection_position(self.reaction.name)
-            batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+            position, batch = await self._in_place()
             index = await load_index(batch)
             await prune(batch, index)
             kept = []
@@ -435,8 +434,7 @@ class ReactionRunner(CheckpointedRunner):
         checkpoint: the process's next event starts from an empty state."""
         async with self._lock:
             fencing = self._runs_here()
-            position = await self._documents.projection_position(self.reaction.name)
-            batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+            position, batch = await self._in_place()
             key = reaction_documents.STATE_PREFIX + state_key
             await batch.load((key,))
             if batch.read(key, reaction_pb.ProcessState) is None:
@@ -446,16 +444,7 @@ class ReactionRunner(CheckpointedRunner):
                     metadata={"reaction": self.reaction.name, "state_key": state_key},
                 )
             batch.write(key, None)
-            try:
-                await self._documents.commit_projection(
-                    self.reaction.name,
-                    expected_position=position,
-                    new_position=position,
-                    writes=batch.writes,
-                    fencing=fencing,
-                )
-            finally:
-                self._cache.clear()  # the runner reads the state afresh
+            await self._commit_in_place(batch, position, fencing)
 
     async def _replay_step(
         self, reason: str, seen: set[str], among: set[str], fencing: Fencing | None
@@ -463,8 +452,7 @@ class ReactionRunner(CheckpointedRunner):
         """Replay up to ``_REPLAY_STEP`` parked commands of ``among`` not in
         ``seen`` (noted there), and commit what came of them; [] when none
         is left."""
-        position = await self._documents.projection_position(self.reaction.name)
-        batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+        position, batch = await self._in_place()
         index = await load_index(batch)
         await prune(batch, index)
         chosen: list[reaction_pb.ParkedCommand] = []
@@ -498,12 +486,15 @@ class ReactionRunner(CheckpointedRunner):
             raise failure
         return done
 
-    async def _commit_parked(
-        self, batch: _Batch, index: reaction_pb.ParkedCommands, position: int, fencing: Fencing | None
-    ) -> None:
-        """Commit ``batch``'s changes to the parked commands (and ``index``);
-        the checkpoint does not move."""
-        batch.write(PARKED_KEY, index)
+    async def _in_place(self) -> tuple[int, _Batch]:
+        """The checkpoint and a batch of its own (not the runner's cache),
+        for a change to the reaction's documents that does not move it."""
+        position = await self._documents.projection_position(self.reaction.name)
+        return position, _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+
+    async def _commit_in_place(self, batch: _Batch, position: int, fencing: Fencing | None) -> None:
+        """Commit ``batch`` (from ``_in_place``) at ``position``: the
+        checkpoint does not move; the runner reads its documents afresh."""
         try:
             await self._documents.commit_projection(
                 self.reaction.name,
@@ -513,7 +504,15 @@ class ReactionRunner(CheckpointedRunner):
                 fencing=fencing,
             )
         finally:
-            self._cache.clear()  # the runner reads the parked commands afresh
+            self._cache.clear()
+
+    async def _commit_parked(
+        self, batch: _Batch, index: reaction_pb.ParkedCommands, position: int, fencing: Fencing | None
+    ) -> None:
+        """Commit ``batch``'s changes to the parked commands (and ``index``);
+        the checkpoint does not move."""
+        batch.write(PARKED_KEY, index)
+        await self._commit_in_place(batch, position, fencing)
         self.status.parked = len(index.commands)
 
     def _runs_here(self) -> Fencing | None:
@@ -540,8 +539,7 @@ class ReactionRunner(CheckpointedRunner):
     async def _settle_at(self, command_id: str, *, replay: bool, fencing: Fencing | None) -> Replayed:
         # The checkpoint does not move: the commit only rewrites the parked
         # commands, from a cache of its own.
-        position = await self._documents.projection_position(self.reaction.name)
-        batch = _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+        position, batch = await self._in_place()
         index = await load_index(batch)
         await prune(batch, index)  # the entries of forgotten commands leave with this commit
         entry = await load_parked_command(batch, command_id)
