@@ -254,22 +254,26 @@ async def test_records_written_before_encryption_still_read(store: StoreAdapter)
     assert await encrypting(store).roles.events.find_command(plain.command_id) == plain
 
 
+# A dry run of a-1's refused, its message quoting the aggregate's state.
+A_REFUSED_DRY_RUN = AuditEntry(
+    recorded_at_us=1,
+    command_id="c-1",
+    command_type="test.v1.Do",
+    aggregate_id="a-1",
+    principal="p",
+    user_id="p",
+    origin="o",
+    outcome="refused",
+    reason="INSUFFICIENT_FUNDS",
+    message="the balance is 1234",
+    dry_run=True,
+)
+
+
 async def test_the_audits_own_entries_of_an_aggregate_with_a_key_are_sealed_too(store: StoreAdapter) -> None:
     sealed = encrypting(store)
     await sealed.roles.events.append("a-1", [new_event()], 0)
-    refused = AuditEntry(
-        recorded_at_us=1,
-        command_id="c-1",
-        command_type="test.v1.Do",
-        aggregate_id="a-1",
-        principal="p",
-        user_id="p",
-        origin="o",
-        outcome="refused",
-        reason="INSUFFICIENT_FUNDS",
-        message="the balance is 1234",
-        dry_run=True,
-    )
+    refused = A_REFUSED_DRY_RUN
     no_key = replace(refused, aggregate_id="a-404", command_id="c-2", message="a-404 does not exist")
     await sealed.roles.audit.record_audit_entry(refused)
     await sealed.roles.audit.record_audit_entry(no_key)
@@ -289,19 +293,7 @@ async def test_an_audit_entry_of_a_forgotten_aggregate_is_stored_without_its_mes
     sealed = encrypting(store)
     await sealed.roles.events.append("a-1", [new_event()], 0)
     await sealed.keyring.forget("a-1")
-    after = AuditEntry(
-        recorded_at_us=1,
-        command_id="c-1",
-        command_type="test.v1.Do",
-        aggregate_id="a-1",
-        principal="p",
-        user_id="p",
-        origin="o",
-        outcome="refused",
-        reason="INSUFFICIENT_FUNDS",
-        message="the balance is 1234",
-        dry_run=True,
-    )
+    after = A_REFUSED_DRY_RUN
     # Another replica's keyring, which never cached the aggregate, finds the forget in the store.
     for keyring in (sealed, encrypting(store)):
         await keyring.roles.audit.record_audit_entry(after)
