@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 import grpc
 import psycopg
@@ -35,8 +36,16 @@ CHECKPOINT_AT_HEAD = (
 BANK_PLUGIN_ARGS = ("--no-discover-plugins", "--plugin", "domain_plugins.bank_account")
 
 
-async def open_accounts(address: str, count: int, prefix: str, *, in_flight: int = 256) -> None:
-    """``prefix-0`` … ``prefix-{count-1}``, owned by ``owner-N`` each."""
+async def open_accounts(
+    address: str,
+    count: int,
+    prefix: str,
+    *,
+    in_flight: int = 256,
+    owner: Callable[[int], str] = lambda i: f"owner-{i}",
+) -> None:
+    """``prefix-0`` … ``prefix-{count-1}``, owned by ``owner(N)`` each
+    (``owner-N``)."""
     window = asyncio.Semaphore(in_flight)
     async with grpc.aio.insecure_channel(address) as channel:
         call = pb_grpc.CommandServiceStub(channel).SubmitStream()
@@ -45,7 +54,7 @@ async def open_accounts(address: str, count: int, prefix: str, *, in_flight: int
             for i in range(count):
                 await window.acquire()
                 payload = any_pb2.Any()
-                payload.Pack(bank.OpenAccount(owner=f"owner-{i}"))
+                payload.Pack(bank.OpenAccount(owner=owner(i)))
                 command = command_pb2.Command(
                     command_id=str(uuid.uuid4()), aggregate_id=f"{prefix}-{i}", payload=payload
                 )

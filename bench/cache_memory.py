@@ -26,15 +26,10 @@ import time
 import tracemalloc
 import uuid
 
-import grpc
-from google.protobuf import any_pb2
-
+from bench import bank as bank_load
 from bench.bank import BANK_PLUGIN_ARGS
 from bench.machine import rss_bytes
 from bench.servers import chronicle, postgres
-from chronicle.v1 import command_pb2
-from chronicle.v1 import command_service_pb2 as pb
-from chronicle.v1 import command_service_pb2_grpc as pb_grpc
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.plugins.registry import Registry
@@ -87,30 +82,10 @@ def owner_of(n: int, size: int) -> str:
     return f"{n}-".ljust(size, "x")
 
 
-async def open_accounts(address: str, count: int, owner_size: int, *, in_flight: int = 64) -> None:
-    window = asyncio.Semaphore(in_flight)
+async def open_accounts(address: str, count: int, owner_size: int) -> None:
+    """``count`` accounts of new ids, each with an owner of its own ``owner_size`` characters long."""
     run = uuid.uuid4().hex[:6]
-    async with grpc.aio.insecure_channel(address) as channel:
-        call = pb_grpc.CommandServiceStub(channel).SubmitStream()
-
-        async def send() -> None:
-            for n in range(count):
-                await window.acquire()
-                payload = any_pb2.Any()
-                payload.Pack(bank.OpenAccount(owner=owner_of(n, owner_size)))
-                command = command_pb2.Command(
-                    command_id=str(uuid.uuid4()), aggregate_id=f"mem-{run}-{n}", payload=payload
-                )
-                await call.write(pb.SubmitRequest(command=command))
-            await call.done_writing()
-
-        async def receive() -> None:
-            async for response in call:
-                window.release()
-                if not response.HasField("ok"):
-                    raise RuntimeError(f"opening an account failed: {response.error.reason}")
-
-        await asyncio.gather(send(), receive())
+    await bank_load.open_accounts(address, count, f"mem-{run}", in_flight=64, owner=lambda n: owner_of(n, owner_size))
 
 
 def rss_per_aggregate(count: int, owner_size: int, max_workers: int) -> tuple[float, float]:
