@@ -16,6 +16,19 @@ import { standInServer } from './stand_in.js';
 
 let server;
 
+// The n-th event a stand-in group delivers: a deposit of 5 to acc-n, at position n.
+function deposited(n) {
+  return {
+    event_id: `event-${n}`,
+    aggregate_id: `acc-${n}`,
+    aggregate_type: 'Account',
+    version: 1,
+    position: n,
+    event_type: 'bank.v1.MoneyDeposited',
+    payload: pack('bank.v1.MoneyDeposited', { amount: 5 }),
+  };
+}
+
 before(async () => {
   server = await startServer();
 });
@@ -76,16 +89,7 @@ test('a consumer whose stream a stopping server ended consumes again; its acks g
       } else if (number === 2) {
         setImmediate(() => call.emit('error', { code: grpc.status.CANCELLED, details: 'cancelled by a stopping server (test)' }));
       } else {
-        const event = {
-          event_id: 'event-1',
-          aggregate_id: 'acc-1',
-          aggregate_type: 'Account',
-          version: 1,
-          position: 1,
-          event_type: 'bank.v1.MoneyDeposited',
-          payload: pack('bank.v1.MoneyDeposited', { amount: 5 }),
-        };
-        call.write({ deliveries: { deliveries: [{ event, attempt: 1 }] } });
+        call.write({ deliveries: { deliveries: [{ event: deposited(1), attempt: 1 }] } });
       }
     },
   });
@@ -205,18 +209,7 @@ async function standInGroup(count) {
       });
       call.on('error', () => {});
       call.write({ joined: { consumer: 'worker-1', segments: 1 } });
-      const deliveries = Array.from({ length: count }, (_, n) => ({
-        event: {
-          event_id: `event-${n + 1}`,
-          aggregate_id: `acc-${n + 1}`,
-          aggregate_type: 'Account',
-          version: 1,
-          position: n + 1,
-          event_type: 'bank.v1.MoneyDeposited',
-          payload: pack('bank.v1.MoneyDeposited', { amount: 5 }),
-        },
-        attempt: 1,
-      }));
+      const deliveries = Array.from({ length: count }, (_, n) => ({ event: deposited(n + 1), attempt: 1 }));
       call.write({ deliveries: { deliveries } });
     },
   });
@@ -286,16 +279,7 @@ async function standInEndings(endings) {
         return;
       }
       call.write({ joined: { consumer: `worker-1#${state.opened}`, segments: 1 } });
-      const event = {
-        event_id: 'event-1',
-        aggregate_id: 'acc-1',
-        aggregate_type: 'Account',
-        version: 1,
-        position: 1,
-        event_type: 'bank.v1.MoneyDeposited',
-        payload: pack('bank.v1.MoneyDeposited', { amount: 5 }),
-      };
-      call.write({ deliveries: { deliveries: [{ event, attempt: 1 }] } });
+      call.write({ deliveries: { deliveries: [{ event: deposited(1), attempt: 1 }] } });
     },
   });
   return { ...standIn, state };
