@@ -1,7 +1,5 @@
 """``python -m service`` is the ``chronicle`` command."""
 
-import sys
+from service.cli import run
 
-from service.cli import main
-
-sys.exit(main())
+run()

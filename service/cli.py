@@ -83,7 +83,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import grpc
 
@@ -1934,10 +1934,47 @@ def _stdout_closed() -> int:
     return EXIT_STDOUT_CLOSED
 
 
+def run() -> NoReturn:
+    """The ``chronicle`` command (``python -m service`` too): ``main`` with
+    this process's arguments, then its exit.
+
+    A command that talked to a server ends without the interpreter's
+    finalization, once what it wrote is flushed. gRPC's client threads are
+    daemons; one frozen by finalization while it holds a lock that an
+    object's finalizer then waits for keeps the process alive after it has
+    said everything (seen once in CI: a ``submit`` that had printed its
+    refusal did not exit in 30 s). Such a command has closed its channel
+    and its files by then (each in a ``with``): nothing is left for
+    finalization to do. ``serve`` and the offline commands end the ordinary
+    way, their ``atexit`` work (a tracer's last spans) included."""
+    parsed: list[argparse.Namespace] = []
+    status = _run_command(None, parsed)
+    if parsed and parsed[0].remote:
+        _exit_at_once(status)
+    sys.exit(status)
+
+
+def _exit_at_once(status: int) -> NoReturn:
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # the reader left (`| head`), or the stream is closed
+            status = status or EXIT_STDOUT_CLOSED
+    os._exit(status)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line ``argv`` (this process's when None) run to its exit
+    status, for callers in this process (tests, scripts)."""
+    return _run_command(argv, [])
+
+
+def _run_command(argv: Sequence[str] | None, parsed: list[argparse.Namespace]) -> int:
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
+        parsed.append(args)
         if not args.remote:
             return int(args.run(args))
         with _channel(args) as channel:

@@ -610,3 +610,44 @@ def test_a_client_command_says_a_failure_once_without_grpcs_own_log_lines(tmp_pa
         )
     assert asked.returncode == 1
     assert "ssl_transport_security.cc" in asked.stderr
+
+
+# A process whose interpreter cannot finish: a daemon thread holds a lock
+# that the interpreter's exit work then waits for (what gRPC's client
+# threads can do to a finalizer).
+_EXIT_WORK_THAT_NEVER_ENDS = """
+import atexit, sys, threading, time
+lock = threading.Lock()
+held = threading.Event()
+def hold():
+    lock.acquire()
+    held.set()
+    time.sleep(3600)
+threading.Thread(target=hold, daemon=True).start()
+held.wait()
+atexit.register(lock.acquire)
+sys.argv = ["chronicle", *sys.argv[1:]]
+from service.cli import {entry}
+{call}
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["health", "--server", "127.0.0.1:1", "--timeout", "1"], ["read", "acc-1", "--server", "127.0.0.1:1"]],
+    ids=["health", "read"],
+)
+def test_a_command_that_talked_to_a_server_exits_when_done_whatever_its_threads_hold(command: list[str]) -> None:
+    """``chronicle`` exits once its answer is said, without the interpreter's
+    exit work (which the stand-in above blocks for ever); the entry point
+    before it, ``sys.exit(main())``, never ends there."""
+    script = _EXIT_WORK_THAT_NEVER_ENDS.format(entry="run", call="run()")
+    result = subprocess.run([sys.executable, "-c", script, *command], capture_output=True, text=True, timeout=30)
+    # Its refusal and the hint after it, whole: the output was flushed.
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith("error: UNAVAILABLE: ")
+    assert result.stderr.splitlines()[-1].startswith("  no Chronicle server answered at 127.0.0.1:1: start one")
+    # The stand-in does block an ordinary exit: the test would hang on the old entry point.
+    ordinary = _EXIT_WORK_THAT_NEVER_ENDS.format(entry="main", call="sys.exit(main())")
+    with pytest.raises(subprocess.TimeoutExpired):
+        subprocess.run([sys.executable, "-c", ordinary, *command], capture_output=True, text=True, timeout=3)

@@ -270,16 +270,39 @@ def cli(
     *args: str, server: str, check: bool = True, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``chronicle ARGS --server SERVER``, with ``env`` added to ours."""
-    result = subprocess.run(
-        [sys.executable, "-m", "service", *args, "--server", server],
-        capture_output=True,
-        text=True,
+    result = run_or_dump(
+        [sys.executable, "-X", "faulthandler", "-m", "service", *args, "--server", server],
         timeout=30,
         env={**os.environ, **env} if env else None,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"chronicle {' '.join(args)} failed ({result.returncode}): {result.stderr}")
     return result
+
+
+def run_or_dump(
+    command: Sequence[str], *, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``command`` run to its end, its output captured. One that outlives
+    ``timeout`` is sent SIGABRT, so that a Python started with ``-X
+    faulthandler`` writes every thread's stack to its standard error, and
+    the failure shows where it was stuck (a hang seen once in a hundred
+    thousand runs cannot be reproduced to be looked at)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        try:
+            stdout, stderr = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        raise AssertionError(
+            f"{shlex.join(command)} still ran after {timeout} s; its output:\n{stdout}\nits standard error"
+            f" (with the threads' stacks):\n{stderr}"
+        ) from None
+    return subprocess.CompletedProcess(list(command), process.returncode, stdout, stderr)
 
 
 ROOT = Path(__file__).resolve().parents[2]
