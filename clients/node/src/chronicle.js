@@ -929,6 +929,22 @@ export class ChronicleClient {
     return (await this.#call(this.groups, 'ListGroups', {})).groups;
   }
 
+  /**
+   * One group, as `listGroups` shows it (the Python client's `groups.get`). One not listed (there is none, or
+   * the caller may not consume it) rejects as DeleteGroup would refuse a missing one: NOT_FOUND GROUP_NOT_FOUND.
+   */
+  async getGroup(name) {
+    const group = (await this.listGroups()).find((listed) => listed.name === name);
+    if (group !== undefined) return group;
+    const missing = new ChronicleError({
+      code: grpc.status.NOT_FOUND,
+      details: `no subscription group ${JSON.stringify(name)} the caller may consume`,
+    });
+    missing.reason = 'GROUP_NOT_FOUND';
+    missing.metadata = { group: name };
+    throw missing;
+  }
+
   async deleteGroup(name) {
     await this.#call(this.groups, 'DeleteGroup', { name });
   }
@@ -944,6 +960,16 @@ export class ChronicleClient {
    */
   async replayParked(group, eventIds = []) {
     return (await this.#call(this.groups, 'ReplayParked', { group, event_ids: eventIds })).replaying;
+  }
+
+  /**
+   * Deletes parked events without delivering them again (at least one named; they do not count as acknowledged);
+   * resolves to how many. Takes the admin grant. All or none: NOT_FOUND PARKED_EVENT_NOT_FOUND (the ids in
+   * `metadata.event_ids`), none dismissed, if one named is not parked (as a retry whose first answer was lost finds
+   * the ones it dismissed); INVALID_ARGUMENT INVALID_EVENT_ID if none is named or one is no UUID.
+   */
+  async dismissParked(group, eventIds) {
+    return (await this.#call(this.groups, 'DismissParked', { group, event_ids: eventIds })).dismissed;
   }
 
   /**

@@ -2,6 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -68,6 +69,61 @@ test('bad group requests are refused with their reasons', async () => {
       })(),
       (error) => error.code === 'NOT_FOUND' && error.reason === 'GROUP_NOT_FOUND',
     );
+  } finally {
+    client.close();
+  }
+});
+
+test('parked events are dismissed, all named or none, and a group is found by name', async () => {
+  const client = new ChronicleClient(server.address);
+  const group = `dismissing-${randomUUID().slice(0, 8)}`;
+  const ids = [`acc-${randomUUID()}`, `acc-${randomUUID()}`];
+  try {
+    // One delivery each: a nack parks the event at once.
+    await client.createGroup(group, { aggregateTypes: ['Account'], fromEnd: true, maxDeliveryAttempts: 1 });
+    for (const id of ids) await client.submit(id, 'bank.v1.OpenAccount', { owner: 'ann' });
+    const worker = client.consume(group, 'worker-1');
+    let nacked = 0;
+    for await (const delivery of worker.deliveries) {
+      if (ids.includes(delivery.event.aggregate_id)) {
+        delivery.nack('cannot handle it (test)');
+        nacked += 1;
+      } else delivery.ack();
+      if (nacked === ids.length) break;
+    }
+    await worker.close();
+    let parked = [];
+    for (let tries = 0; tries < 200 && parked.length < ids.length; tries += 1) {
+      parked = await client.listParked(group);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.deepEqual(parked.map((p) => p.aggregate_id).sort(), [...ids].sort());
+    const [first, second] = parked.map((p) => p.event_id);
+
+    // One named that is not parked: none dismissed, the missing one named.
+    const missing = randomUUID();
+    await assert.rejects(client.dismissParked(group, [first, missing]), (error) => {
+      assert.equal(error.name, 'ChronicleError');
+      assert.equal(`${error.code} ${error.reason}`, 'NOT_FOUND PARKED_EVENT_NOT_FOUND');
+      assert.ok(error.metadata.event_ids.includes(missing), error.metadata.event_ids);
+      return true;
+    });
+    assert.equal((await client.getGroup(group)).parked, 2);
+    await assert.rejects(client.dismissParked(group, []), (error) => error.reason === 'INVALID_EVENT_ID');
+    await assert.rejects(client.dismissParked(group, ['not-a-uuid']), (error) => error.reason === 'INVALID_EVENT_ID');
+    await assert.rejects(client.dismissParked('missing', [first]), (error) => error.reason === 'GROUP_NOT_FOUND');
+
+    assert.equal(await client.dismissParked(group, [first]), 1);
+    assert.deepEqual((await client.listParked(group)).map((p) => p.event_id), [second]);
+    const info = await client.getGroup(group);
+    assert.deepEqual([info.name, info.parked, info.acknowledged], [group, 1, 0]); // dismissed is not acknowledged
+    await assert.rejects(client.getGroup('missing'), (error) => {
+      assert.equal(error.name, 'ChronicleError');
+      assert.equal(`${error.code} ${error.reason}`, 'NOT_FOUND GROUP_NOT_FOUND');
+      assert.deepEqual(error.metadata, { group: 'missing' });
+      return true;
+    });
+    await client.deleteGroup(group);
   } finally {
     client.close();
   }
