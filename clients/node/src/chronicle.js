@@ -4,7 +4,8 @@
 // google.protobuf.Any) and the google.rpc error details are encoded and
 // decoded with protobufjs, from the same .proto files:
 //   - the public API:            protos/chronicle/v1/*.proto
-//   - a domain plugin's API:     domain_plugins/bank_account/protos/bank/v1/*.proto
+//   - domain plugins' APIs:      domain_plugins/bank_account/protos/bank/v1/*.proto,
+//                                domain_plugins/box/protos/box/v1/*.proto
 //   - the google.rpc error model: third_party/googleapis (vendored)
 
 import { randomUUID } from 'node:crypto';
@@ -19,11 +20,13 @@ import protobuf from 'protobufjs';
 import { bearerToken, REFRESHABLE } from './credentials.js';
 import { logRetry, retryDelay, retryPolicy, sleepSeconds, STALE_TOKEN_ATTEMPTS } from './retry.js';
 import { RoutedStream } from './routed_stream.js';
+import { Reactions } from './reactions.js';
 import { Routes } from './routing.js';
 import { Signal } from './signal.js';
 
 export { crc32, partitionOf } from './routing.js';
 export { DEFAULT_RETRY, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry.js';
+export { Reactions, reactionStatus } from './reactions.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repository = path.resolve(here, '..', '..', '..');
@@ -34,6 +37,7 @@ const repository = path.resolve(here, '..', '..', '..');
 export const INCLUDE_DIRS = [
   path.join(repository, 'protos'),
   path.join(repository, 'domain_plugins', 'bank_account', 'protos'),
+  path.join(repository, 'domain_plugins', 'box', 'protos'),
   path.join(here, '..', 'third_party', 'googleapis'),
 ];
 
@@ -42,9 +46,11 @@ const API_FILES = [
   'chronicle/v1/event_service.proto',
   'chronicle/v1/cluster_service.proto',
   'chronicle/v1/subscription_group_service.proto',
+  'chronicle/v1/reaction_service.proto',
 ];
 const MESSAGE_FILES = [
   'bank/v1/bank_account.proto',
+  'box/v1/box.proto',
   'google/rpc/status.proto',
   'google/rpc/error_details.proto',
 ];
@@ -75,6 +81,7 @@ export const services = {
   EventService: api.EventService.service,
   ClusterService: api.ClusterService.service,
   SubscriptionGroupService: api.SubscriptionGroupService.service,
+  ReactionService: api.ReactionService.service,
 };
 
 // How a subscription, a command stream or a group consumer may end and be
@@ -357,6 +364,12 @@ export class ChronicleClient {
       channelOverride: this.commands.getChannel(),
       interceptors,
     });
+    this.reactionService = new api.ReactionService(address, credentials, {
+      channelOverride: this.commands.getChannel(),
+      interceptors,
+    });
+    // ReactionService (reactions.js): its calls retried as every unary call.
+    this.reactions = new Reactions((method, request) => this.#call(this.reactionService, method, request));
     this.origin = origin;
     this.userId = userId;
     this.attemptTimeoutSeconds = attemptTimeoutSeconds;
@@ -1086,6 +1099,7 @@ export class ChronicleClient {
     this.commands.close();
     this.events.close();
     this.groups.close();
+    this.reactionService.close();
   }
 }
 

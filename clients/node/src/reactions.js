@@ -1,0 +1,137 @@
+// ReactionService from Node (chronicle.v1; protos/chronicle/v1/reaction_service.proto):
+// where each reaction (a plugin's process manager) stands, and what an
+// operator does with the commands it parked and the process states it keeps.
+// `client.reactions` is one of these; every call is a unary call of the
+// client, retried as `submit` is (chronicle.js), and a refusal is a
+// ChronicleError with the server's reason.
+
+/**
+ * A reaction's progress (chronicle.v1.ReactionStatus), with the proto's
+ * field names; 64-bit counts are numbers, and the two message fields are
+ * turned into JavaScript values.
+ *
+ * @typedef {object} ReactionStatus
+ * @property {string} name
+ * @property {number} position the log position handled (committed) up to
+ * @property {number} log_head the log's last position (position === log_head: caught up)
+ * @property {boolean} running whether it runs on the server that answered
+ * @property {string} error the failure holding it there now ('' while it runs normally)
+ * @property {string[]} aggregate_types
+ * @property {string[]} event_types
+ * @property {number} parked commands parked, waiting for an operator
+ * @property {number} handled
+ * @property {number} accepted
+ * @property {number} refused
+ * @property {number} replayed
+ * @property {string} runner the address of the server that runs it ('' when none or not known)
+ * @property {string} last_error the last failure it met on the server that answered ('' if none)
+ * @property {Date|null} last_error_time when; null if it met none since that server started
+ * @property {number|null} retry_interval seconds between tries of a failed batch; null from servers older than it
+ * @property {number} start_position where it started when new to the store
+ * @property {string} start_from 'end', 'beginning', or '' (not declared)
+ * @property {string} on_failure 'stop' or 'park' ('' from servers older than it)
+ * @property {number} max_attempts with on_failure 'park': failures of a command before it is parked; else 0
+ */
+
+/** `status` (a ReactionStatus as the loader decodes it) with its Timestamp and Duration as a Date and seconds. */
+export function reactionStatus(status) {
+  const { last_error_time: failedAt, retry_interval: interval } = status;
+  return {
+    ...status,
+    last_error_time: failedAt ? new Date(failedAt.seconds * 1000 + Math.floor(failedAt.nanos / 1e6)) : null,
+    retry_interval: interval ? interval.seconds + interval.nanos / 1e9 : null,
+  };
+}
+
+export class Reactions {
+  #call;
+
+  /** `call(method, request)`: the client's retried unary call on a ReactionService stub. */
+  constructor(call) {
+    this.#call = call;
+  }
+
+  /** Every loaded reaction the caller may read: ReactionStatus[], by name. */
+  async list() {
+    return (await this.#call('ListReactions', {})).reactions.map(reactionStatus);
+  }
+
+  /** One reaction's ReactionStatus; rejects NOT_FOUND REACTION_NOT_FOUND for one no loaded plugin declares. */
+  async get(name) {
+    return reactionStatus(await this.#call('GetReaction', { name }));
+  }
+
+  /**
+   * Every command `reaction` parked, oldest first (chronicle.v1.ParkedCommand,
+   * with `command` still packed: `unpack(parked.command)` decodes it), read a
+   * page at a time: the server bounds each page by bytes too, since a parked
+   * command carries its metadata, so one answer may not hold them all. This
+   * follows `next_page_token` to the last page; each page is retried as a
+   * unary call. `pageSize` (0: the server's, 1,000) bounds a page's commands;
+   * over 1,000 is INVALID_ARGUMENT PAGE_SIZE_TOO_LARGE. A command replayed or
+   * dismissed while this is iterated is left out of the later pages, and
+   * one parked meanwhile is on a later page. Rejects NOT_FOUND
+   * REACTION_NOT_FOUND for a reaction no loaded plugin declares.
+   */
+  async *parked(reaction, { pageSize = 0 } = {}) {
+    let token = '';
+    do {
+      const page = await this.#call('ListParkedCommands', { reaction, page_size: pageSize, page_token: token });
+      yield* page.commands;
+      token = page.next_page_token;
+    } while (token);
+  }
+
+  /**
+   * Sends a parked command again, under a new id: { accepted, command_id,
+   * reason, message }. Accepted: it leaves the parked commands; refused
+   * again (`accepted` false, with the refusal's `reason` and `message`): it
+   * stays parked. Takes the admin grant, and the server that runs the
+   * reaction: elsewhere FAILED_PRECONDITION REACTION_RUNS_ELSEWHERE (its
+   * address in `metadata.runner` when known). NOT_FOUND
+   * PARKED_COMMAND_NOT_FOUND for an id not parked (as a retry whose first
+   * answer was lost finds one that was accepted).
+   */
+  async replay(reaction, commandId) {
+    return this.#call('ReplayParkedCommand', { reaction, command_id: commandId });
+  }
+
+  /** Removes a parked command without sending it. As `replay` for where, who and a missing id. */
+  async dismiss(reaction, commandId) {
+    await this.#call('DismissParkedCommand', { reaction, command_id: commandId });
+  }
+
+  /**
+   * Sends every parked command of `reaction` again (or those refused with
+   * `reason`), oldest first, each once: { accepted, refused }, the refused
+   * ones still parked. Stops at the first failure that is not a refusal
+   * (those sent before it stay sent). As `replay` for where and who.
+   */
+  async replayAll(reaction, { reason = '' } = {}) {
+    const { accepted, refused } = await this.#call('ReplayAllParkedCommands', { reaction, reason });
+    return { accepted, refused };
+  }
+
+  /**
+   * Removes every parked command of `reaction` (or those refused with
+   * `reason`) without sending them, in one transaction: how many. As
+   * `replay` for where and who.
+   */
+  async dismissAll(reaction, { reason = '' } = {}) {
+    return (await this.#call('DismissAllParkedCommands', { reaction, reason })).dismissed;
+  }
+
+  /**
+   * Deletes the state `reaction` keeps under `stateKey` (one process's): the
+   * way out of a state it cannot load (DOCUMENT_TYPE_MISMATCH, with the key
+   * in the error's metadata `state_key`; STATE_UPCAST_FAILED); the process
+   * goes on from an empty state at its next event. NOT_FOUND
+   * PROCESS_STATE_NOT_FOUND if it keeps none under that key (as a retry
+   * whose first answer was lost finds it); INVALID_ARGUMENT
+   * INVALID_STATE_KEY for a key that is no identifier. As `replay` for where
+   * and who.
+   */
+  async dropProcessState(reaction, stateKey) {
+    await this.#call('DropProcessState', { reaction, state_key: stateKey });
+  }
+}
