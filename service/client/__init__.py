@@ -19,6 +19,7 @@
             print(event.version, event.payload)
         async for event in client.subscribe(checkpoints=FileCheckpoints(Path("projector.pos"))):
             project(event)  # every event once, in log order; resumes where it stopped
+        status = await client.reactions.get("bank.transfers")  # and client.groups: subscription groups
 
 Commands get a command id (UUID 4) of their own and are retried with it on
 UNAVAILABLE, ABORTED, DEADLINE_EXCEEDED, a CANCELLED the client did not ask
@@ -49,6 +50,7 @@ from service.client.errors import (
     Unavailable,
 )
 from service.client.groups import Delivery, GroupConsumer, GroupInfo, GroupParkedEvent, Groups
+from service.client.reactions import ParkedCommand, Reactions, ReactionStatus
 from service.client.results import AggregateState, Event, StreamResult, Submitted, SubmittedBatch
 from service.client.retry import NO_RETRIES, RetryPolicy
 from service.client.subscription import LogFilter, Subscription
@@ -76,7 +78,10 @@ __all__ = [
     "MemoryCheckpoints",
     "NotFound",
     "OutOfRange",
+    "ParkedCommand",
     "PermissionDenied",
+    "ReactionStatus",
+    "Reactions",
     "RemoteError",
     "ResourceExhausted",
     "RetryPolicy",

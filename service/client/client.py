@@ -28,6 +28,7 @@ from service.client.checkpoints import CheckpointStore
 from service.client.commands import Command, new_command_id
 from service.client.errors import RemoteError, remote_error
 from service.client.groups import GroupConsumer, Groups
+from service.client.reactions import Reactions
 from service.client.results import AggregateState, Event, M, StreamResult, Submitted, SubmittedBatch, unpack_as
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
 from service.client.routed_stream import RoutedStream
@@ -99,6 +100,9 @@ class ChronicleClient:
         self._stream_method = StreamMethod()
         self.groups = Groups(
             self._groups, retry=retry, attempt_timeout=attempt_timeout, call_metadata=self._call_metadata
+        )
+        self.reactions = Reactions(
+            self._reactions, retry=retry, attempt_timeout=attempt_timeout, call_metadata=self._call_metadata
         )
 
     @classmethod
@@ -458,25 +462,9 @@ class ChronicleClient:
         (``ReactionService.ListParkedCommands``, each page retried as a
         read): parked commands carry their metadata, so all of them may not
         fit in one message. ``NotFound`` (REACTION_NOT_FOUND) for a reaction
-        no loaded plugin declares."""
-        token = ""
-        while True:
-            request = reaction_service_pb2.ListParkedCommandsRequest(reaction=reaction, page_token=token)
-
-            async def attempt(
-                request: reaction_service_pb2.ListParkedCommandsRequest = request,
-            ) -> reaction_service_pb2.ListParkedCommandsResponse:
-                page: reaction_service_pb2.ListParkedCommandsResponse = await self._reactions.ListParkedCommands(
-                    request, timeout=self._attempt_timeout, metadata=self._call_metadata()
-                )
-                return page
-
-            page = await call_with_retries(self._retry, f"list the parked commands of {reaction!r}", attempt)
-            for parked in page.commands:
-                yield parked
-            token = page.next_page_token
-            if not token:
-                return
+        no loaded plugin declares. ``reactions.parked`` with a page size."""
+        async for parked in self.reactions.parked(reaction):
+            yield parked
 
     def subscribe(
         self,

@@ -2,7 +2,7 @@
 // repository's test plugins: tests/support/plugins.py's `gates` (the
 // gates.relay reaction sends each name the "source" gate lets through on to
 // the "gated" gate, which refuses it while shut: parked) and
-// tests/support/node_reactions.py (notes.names: a state per gate, a failure
+// tests/support/reaction_notes.py (notes.names: a state per gate, a failure
 // once, every setting declared). A server each, so that what one test parks
 // or opens is not another's.
 
@@ -16,7 +16,7 @@ import { startServer } from './server.js';
 const RELAY = 'gates.relay';
 const NOTES = 'notes.names';
 const PLUGINS = ['--no-example-plugins', '--plugin', 'tests.support.plugins:gates'];
-const SERVE = ['--anonymous-admin', ...PLUGINS, '--plugin', 'tests.support.node_reactions:plugin'];
+const SERVE = ['--anonymous-admin', ...PLUGINS, '--plugin', 'tests.support.reaction_notes:plugin'];
 // As much metadata as a client may give a command (60 entries of 4,000 bytes),
 // which the relay copies into every command it parks.
 const LARGE = Object.fromEntries(Array.from({ length: 60 }, (_, k) => [`note${k}`, 'x'.repeat(4000)]));

@@ -1,5 +1,6 @@
-"""A reaction with a state, for the Node client's reaction tests
-(clients/node/test/reactions.test.js), served beside ``plugins.gates``:
+"""A reaction with a state, for the clients' reaction tests
+(clients/node/test/reactions.test.js, tests/integration/test_client_reactions.py),
+served beside ``plugins.gates``:
 ``notes.names`` keeps, per gate, the last name it let through, and fails
 once, the first time a gate lets "fail-once" through in this server process,
 so that GetReaction has a last error (and its time) to show. It declares

@@ -1,0 +1,140 @@
+"""Reactions from the client's side (``ChronicleClient.reactions``): where
+each reaction (a plugin's process manager) stands, and what an operator does
+with the commands it parked and the process states it keeps::
+
+    async with ChronicleClient.connect(address) as client:
+        status = await client.reactions.get("bank.transfers")
+        async for parked in client.reactions.parked("bank.transfers"):
+            print(parked.command_id, parked.reason)
+        outcome = await client.reactions.replay_all("bank.transfers", reason="ACCOUNT_CLOSED")
+
+Every call is a unary call retried as one is (``retry.call_with_retries``);
+refusals are :class:`~service.client.errors.RemoteError` subclasses with the
+server's reason. Replaying, dismissing and dropping a state take the admin
+grant and the server that runs the reaction (elsewhere ``FailedPrecondition``
+REACTION_RUNS_ELSEWHERE, that server's address in the metadata's
+``runner`` when known). They are not idempotent: a retry after an answer
+lost once the server acted meets ``NotFound`` (PARKED_COMMAND_NOT_FOUND,
+PROCESS_STATE_NOT_FOUND) for what the first attempt did.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from chronicle.v1 import reaction_service_pb2 as pb
+from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
+from service.client.call_metadata import CallMetadata
+from service.client.retry import RetryPolicy, call_with_retries
+
+ReactionStatus = pb.ReactionStatus
+ParkedCommand = pb.ParkedCommand
+ReplayedCommand = pb.ReplayParkedCommandResponse
+ReplayedAll = pb.ReplayAllParkedCommandsResponse
+
+
+class Reactions:
+    """``ReactionService`` (``ChronicleClient.reactions``)."""
+
+    def __init__(
+        self,
+        stub: pb_grpc.ReactionServiceStub,
+        *,
+        retry: RetryPolicy,
+        attempt_timeout: float | None,
+        call_metadata: Sequence[tuple[str, str]] | CallMetadata,
+    ) -> None:
+        self._stub = stub
+        self._retry = retry
+        self._timeout = attempt_timeout
+        self._metadata = CallMetadata.of(call_metadata)
+
+    async def _call(self, what: str, method: Callable[..., Any], request: Any) -> Any:
+        async def attempt() -> Any:
+            return await method(request, timeout=self._timeout, metadata=self._metadata())
+
+        return await call_with_retries(self._retry, what, attempt)
+
+    async def list(self) -> builtins.list[ReactionStatus]:
+        """Every loaded reaction the caller may read, by name."""
+        response: pb.ListReactionsResponse = await self._call(
+            "list reactions", self._stub.ListReactions, pb.ListReactionsRequest()
+        )
+        return builtins.list(response.reactions)
+
+    async def get(self, name: str) -> ReactionStatus:
+        """One reaction's status. ``NotFound`` (REACTION_NOT_FOUND) for one
+        no loaded plugin declares."""
+        status: ReactionStatus = await self._call(
+            f"get reaction {name!r}", self._stub.GetReaction, pb.GetReactionRequest(name=name)
+        )
+        return status
+
+    async def parked(self, reaction: str, *, page_size: int = 0) -> AsyncIterator[ParkedCommand]:
+        """The commands ``reaction`` parked, oldest first, a page at a time
+        (each page retried as a unary call): parked commands carry their
+        metadata, so all of them may not fit in one message. ``page_size``
+        (0: the server's, 1,000) bounds a page; more than 1,000 is
+        ``InvalidArgument`` (PAGE_SIZE_TOO_LARGE)."""
+        token = ""
+        while True:
+            request = pb.ListParkedCommandsRequest(reaction=reaction, page_size=page_size, page_token=token)
+            page: pb.ListParkedCommandsResponse = await self._call(
+                f"list the parked commands of {reaction!r}", self._stub.ListParkedCommands, request
+            )
+            for parked in page.commands:
+                yield parked
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def replay(self, reaction: str, command_id: str) -> ReplayedCommand:
+        """Send a parked command again, under a new id: ``accepted``, or
+        refused again (still parked) with its ``reason`` and ``message``.
+        ``NotFound`` (PARKED_COMMAND_NOT_FOUND) for an id not parked."""
+        request = pb.ReplayParkedCommandRequest(reaction=reaction, command_id=command_id)
+        replayed: ReplayedCommand = await self._call(
+            f"replay parked command {command_id} of {reaction!r}", self._stub.ReplayParkedCommand, request
+        )
+        return replayed
+
+    async def dismiss(self, reaction: str, command_id: str) -> None:
+        """Remove a parked command without sending it; as ``replay`` for a
+        missing id."""
+        request = pb.DismissParkedCommandRequest(reaction=reaction, command_id=command_id)
+        what = f"dismiss parked command {command_id} of {reaction!r}"
+        await self._call(what, self._stub.DismissParkedCommand, request)
+
+    async def replay_all(self, reaction: str, *, reason: str = "") -> ReplayedAll:
+        """Send every parked command (or those refused with ``reason``)
+        again, oldest first, each once: how many were ``accepted`` and how
+        many ``refused`` again (still parked)."""
+        request = pb.ReplayAllParkedCommandsRequest(reaction=reaction, reason=reason)
+        replayed: ReplayedAll = await self._call(
+            f"replay the parked commands of {reaction!r}", self._stub.ReplayAllParkedCommands, request
+        )
+        return replayed
+
+    async def dismiss_all(self, reaction: str, *, reason: str = "") -> int:
+        """Remove every parked command (or those refused with ``reason``)
+        without sending them, in one transaction; how many."""
+        request = pb.DismissAllParkedCommandsRequest(reaction=reaction, reason=reason)
+        response: pb.DismissAllParkedCommandsResponse = await self._call(
+            f"dismiss the parked commands of {reaction!r}", self._stub.DismissAllParkedCommands, request
+        )
+        return response.dismissed
+
+    async def drop_state(self, reaction: str, state_key: str) -> None:
+        """Delete the state ``reaction`` keeps under ``state_key`` (one
+        process's; one it cannot load: DOCUMENT_TYPE_MISMATCH, the key in
+        the error's metadata ``state_key``): the process goes on from an
+        empty state. ``NotFound`` (PROCESS_STATE_NOT_FOUND) if it keeps none
+        there; ``InvalidArgument`` (INVALID_STATE_KEY) for a key that is no
+        identifier."""
+        request = pb.DropProcessStateRequest(reaction=reaction, state_key=state_key)
+        await self._call(f"drop state {state_key!r} of {reaction!r}", self._stub.DropProcessState, request)
+
+
+__all__ = ["ParkedCommand", "ReactionStatus", "Reactions", "ReplayedAll", "ReplayedCommand"]
