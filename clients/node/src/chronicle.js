@@ -19,8 +19,8 @@ import protobuf from 'protobufjs';
 
 import { bearerToken, REFRESHABLE } from './credentials.js';
 import { logRetry, retryDelay, retryPolicy, sleepSeconds, STALE_TOKEN_ATTEMPTS } from './retry.js';
-import { RoutedStream } from './routed_stream.js';
 import { Reactions } from './reactions.js';
+import { RoutedStream } from './routed_stream.js';
 import { Routes } from './routing.js';
 import { Signal } from './signal.js';
 
@@ -302,7 +302,7 @@ function leave(stream) {
  * after UNAVAILABLE. With a string, that is an error like any other.
  *
  * `retry` (retry.js; fields left out keep DEFAULT_RETRY's): a unary call
- * (`submit`, `getAggregate`, the group calls, a routed send) and a `read`
+ * (`submit`, `getAggregate`, the group and reaction calls, a routed send) and a `read`
  * are tried again, with the same command id, for `retryForSeconds` (30;
  * null: no bound) and `maxAttempts` attempts (Infinity by default); a
  * subscription, a command stream and a group consumer are reopened without
