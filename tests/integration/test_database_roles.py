@@ -21,8 +21,10 @@ from chronicle.v1 import projection_service_pb2 as pj
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.bank_account.read_model import owner_key
 from service.client import ChronicleClient
+from service.errors import ConfigurationError
 from service.store.postgres import PostgresStore
 from service.store.postgres.migrations import known_migrations
+from service.store.schema_use import SchemaUse
 from service.store.sqlite.migrations import SCHEMA_VERSION
 from tests.support.grpc_client import command, running_server
 from tests.support.postgres import Cluster
@@ -154,6 +156,45 @@ async def test_a_right_missing_at_start_is_one_line_naming_it(roles: tuple[str, 
     assert "DATABASE_PERMISSION_DENIED" in refused.stderr
     assert "serving needs USAGE on schema chronicle, SELECT, INSERT, UPDATE, DELETE on its tables" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.postgres
+async def test_a_table_the_serving_role_was_not_granted_refuses_the_start_naming_it(
+    roles: tuple[str, str, str],
+) -> None:
+    """As after a migration that added a table, granted to the owner only:
+    the start is refused naming it, not the first call that reaches it
+    hours later (here a reaction's parked commands, a sequence's rows)."""
+    owner_url, serving_url, serving = roles
+    await asyncio.to_thread(migrate, owner_url)
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        for grant in SERVING_GRANTS:
+            conn.execute(grant.format(role=serving))
+        conn.execute(f"REVOKE DELETE ON chronicle.subscription_groups FROM {serving}")
+        conn.execute(f"REVOKE UPDATE ON ALL SEQUENCES IN SCHEMA chronicle FROM {serving}")
+        sequences = [
+            row[0]
+            for row in conn.execute(
+                "SELECT sequencename FROM pg_sequences WHERE schemaname = 'chronicle' ORDER BY sequencename"
+            )
+        ]
+    refused = await asyncio.to_thread(serve_refused, serving_url, "--migrate", "never")
+    assert refused.returncode == 2, refused.stderr
+    assert "DATABASE_PERMISSION_DENIED" in refused.stderr
+    named = refused.stderr.partition("too few rights on ")[2].partition(";")[0]
+    assert named.split(", ") == sorted(f"chronicle.{name}" for name in ["subscription_groups", *sequences])
+    assert "Traceback" not in refused.stderr
+
+    # A backup reads: SELECT is all it needs, and it has it.
+    store = PostgresStore(serving_url, pool_size=1, use=SchemaUse.READ_ONLY)
+    await store.open()
+    await store.close()
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        conn.execute(f"REVOKE SELECT ON chronicle.claims FROM {serving}")
+    store = PostgresStore(serving_url, pool_size=1, use=SchemaUse.READ_ONLY)
+    with pytest.raises(ConfigurationError, match=r"too few rights on chronicle\.claims; a backup needs SELECT"):
+        await store.open()
+    await store.close()
 
 
 @pytest.mark.postgres

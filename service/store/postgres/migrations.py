@@ -50,12 +50,55 @@ async def open_schema(conn: psycopg.AsyncConnection[object], use: SchemaUse) -> 
     except psycopg.errors.InsufficientPrivilege as error:
         raise permission_denied(conn, error, migrating=False) from error
     where = f"the database {described(conn)}"
-    if not needs_migrating(found, known_migrations()[-1].version, use, where, compatible_from=floor):
-        return found
-    try:
-        return await migrate(conn)
-    except psycopg.errors.InsufficientPrivilege as error:
-        raise permission_denied(conn, error, migrating=True) from error
+    if needs_migrating(found, known_migrations()[-1].version, use, where, compatible_from=floor):
+        try:
+            found = await migrate(conn)
+        except psycopg.errors.InsufficientPrivilege as error:
+            raise permission_denied(conn, error, migrating=True) from error
+    await _refuse_missing_rights(conn, use)
+    return found
+
+
+# Each table and sequence of the schema that the connected role lacks a
+# right on that ``use`` needs (partitions are reached through their parent,
+# whose rights count). has_table_privilege with several rights answers
+# whether any is held: each is asked on its own.
+_MISSING_RIGHTS = f"""
+SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = '{SCHEMA}' AND NOT c.relispartition AND (
+    (c.relkind IN ('r', 'p') AND NOT (has_table_privilege(c.oid, 'SELECT')
+        AND (%(reading)s OR c.relname = 'schema_migrations' OR (has_table_privilege(c.oid, 'INSERT')
+            AND has_table_privilege(c.oid, 'UPDATE') AND has_table_privilege(c.oid, 'DELETE')))))
+    OR (c.relkind = 'S' AND NOT %(reading)s AND NOT (has_sequence_privilege(c.oid, 'USAGE')
+        AND has_sequence_privilege(c.oid, 'SELECT') AND has_sequence_privilege(c.oid, 'UPDATE'))))
+ORDER BY c.relname
+"""
+
+
+async def _refuse_missing_rights(conn: psycopg.AsyncConnection[object], use: SchemaUse) -> None:
+    """Refuse to start, naming them, when the role lacks a right on a table
+    or sequence: a table a later migration added, granted to the migrating
+    role only, would otherwise fail the first call that reaches it, at any
+    hour (a reaction's parked commands, a group's first delivery). A
+    backup (``READ_ONLY``) needs ``SELECT`` on the tables alone."""
+    cursor = await conn.execute(_MISSING_RIGHTS, {"reading": use is SchemaUse.READ_ONLY})
+    missing = [str(row[0]) for row in await cursor.fetchall()]  # type: ignore[index]
+    if not missing:
+        return
+    shown = ", ".join(f"{SCHEMA}.{name}" for name in missing[:10]) + (" and more" if len(missing) > 10 else "")
+    needs = (
+        "a backup needs SELECT on the tables of schema chronicle"
+        if use is SchemaUse.READ_ONLY
+        else "serving needs SELECT, INSERT, UPDATE, DELETE on the tables of schema chronicle and USAGE, SELECT,"
+        " UPDATE on its sequences: grant them again after each migration that adds tables, or once with ALTER"
+        " DEFAULT PRIVILEGES"
+    )
+    raise ConfigurationError(
+        f"the database {described(conn)} gives user {conn.info.user} too few rights on {shown}; {needs}"
+        f' (docs/deployment.md, "Database roles")',
+        reason="DATABASE_PERMISSION_DENIED",
+        metadata={"relations": ",".join(missing)},
+    )
 
 
 def permission_denied(
