@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from service.cluster.hashing import partition_of
 from service.cluster.leases import LeaseGroup, LeaseKeeper
 from service.errors import ChronicleError, ConcurrencyConflict, InvalidInput, ResourceNotFound, StoreUnavailable, quoted
+from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES
 from service.processing.upcasting import EventReader
 from service.store.base import GroupStore, LogReader
 from service.store.grouping import GroupParkedEvent, GroupSpec, consumer_group, segment_lease
@@ -95,6 +96,11 @@ MAX_IN_FLIGHT_BYTES = 32 * 1024 * 1024
 # this many entries (and the page that crossed it) until it is parked, not
 # everything the log received meanwhile.
 MAX_UNCHECKPOINTED = 100_000
+# The most a message of deliveries carries, in event bytes (one event
+# always, however large): a consumer that stops reading leaves at most this
+# in gRPC's hands, as a subscriber does (and a client's 4 MiB limit on what
+# it receives is never crossed by a batch of many large events).
+MAX_BATCH_BYTES = MAX_SUBSCRIPTION_MESSAGE_BYTES
 
 
 def group_not_found(name: str) -> ResourceNotFound:
@@ -429,24 +435,33 @@ class ConsumerSession:
         self._in_flight -= 1
         self._in_flight_bytes -= len(delivery.event.payload)
 
-    def _room(self, room: int) -> bool:
+    def _room(self, room: int, batch: list[Delivery], batch_bytes: int) -> bool:
         """Whether one more may be sent: fewer than ``max_in_flight`` and
-        than ``MAX_IN_FLIGHT_BYTES`` are out (or nothing is)."""
-        return room > 0 and (not self._in_flight or self._in_flight_bytes < MAX_IN_FLIGHT_BYTES)
+        than ``MAX_IN_FLIGHT_BYTES`` are out (or nothing is), and this batch
+        is under ``MAX_BATCH_BYTES`` (or empty)."""
+        return (
+            room > 0
+            and (not self._in_flight or self._in_flight_bytes < MAX_IN_FLIGHT_BYTES)
+            and (not batch or batch_bytes < MAX_BATCH_BYTES)
+        )
 
     def _take(self, now: float) -> list[Delivery]:
         batch: list[Delivery] = []
+        size = 0  # the batch's, in event bytes
         room = self._max_in_flight - self._in_flight
-        while self._room(room) and self._retries and self._retries[0][0] <= now:
+        while self._room(room, batch, size) and self._retries and self._retries[0][0] <= now:
             _, _, delivery = heapq.heappop(self._retries)
             if delivery.settled or not self._live(delivery):
                 continue
             batch.append(self._send(delivery, now))
+            size += delivery.event.stored_size()
             room -= 1
-        while self._room(room) and self._replays:
-            batch.append(self._send(self._replays.popleft(), now))
+        while self._room(room, batch, size) and self._replays:
+            delivery = self._send(self._replays.popleft(), now)
+            batch.append(delivery)
+            size += delivery.event.stored_size()
             room -= 1
-        while self._room(room) and self._ready:
+        while self._room(room, batch, size) and self._ready:
             segment, aggregate = self._ready.popleft()
             queue = segment.queues.get(aggregate)
             if self._segments.get(segment.number) is not segment or aggregate in segment.busy or not queue:
@@ -465,6 +480,7 @@ class ConsumerSession:
                 self._failed(delivery, CONSUMER_LOST)
                 continue
             batch.append(self._send(delivery, now))
+            size += event.stored_size()
             room -= 1
         if batch and not self._read_ahead_full:
             self._reader_wake.set()  # the reader may go on

@@ -181,6 +181,26 @@ async def test_a_session_sends_no_more_bytes_at_once_than_its_budget(monkeypatch
             sent += len(batch)
 
 
+async def test_a_batch_of_deliveries_is_closed_at_its_byte_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A batch took what max_in_flight and the bytes in flight allowed, in
+    # one message: with large events, more than a client takes in one (4
+    # MiB by default), and all of it left in gRPC's hands by a consumer
+    # that stops reading. Now a batch closes at the bound (one event always).
+    store = MemoryStore()
+    await _accounts(store, 100)
+    event_bytes = max(e.stored_size() for e in (await store.read_log(0, LogFilter(), 100)).events)
+    monkeypatch.setattr(groups_module, "MAX_BATCH_BYTES", 5 * event_bytes)
+    received: list[str] = []
+    async with consuming(store, max_in_flight=1_000, poll_interval=0.05) as session:
+        while len(received) < 100:
+            batch = await session.next_batch()
+            assert batch
+            assert sum(d.event.stored_size() for d in batch[:-1]) < 5 * event_bytes  # the last one crossed it
+            received += [d.event.event_id for d in batch]
+            session.ack([d.event.event_id for d in batch])
+    assert len(set(received)) == 100  # every one, once
+
+
 def _unpassed(session: ConsumerSession) -> int:
     """Events the session read that its checkpoints have not passed."""
     return sum(len(segment.outstanding) for segment in session._segments.values())
