@@ -476,6 +476,11 @@ async def start(
     # limit: a client receives 4 MiB by default, and a server allowed larger
     # messages must not make every page larger than its clients take.
     page_bytes = min(settings.max_message_bytes // 4, MAX_PAGE_BYTES)
+    # What subscriptions and group consumers hold of the log: one room to
+    # read ahead in, one sweep of stalled streams, one gauge.
+    held = HeldEvents(
+        read_ahead_bytes=settings.subscription_read_ahead_bytes, stall_seconds=settings.subscription_stall_seconds
+    )
     subscriptions = Subscriptions(
         read_roles.log,
         executor.loader.reader,
@@ -484,9 +489,7 @@ async def start(
         checkpoint_interval=settings.checkpoint_seconds,
         poll_interval=settings.poll_seconds,
         primary=roles.log,
-        held=HeldEvents(
-            read_ahead_bytes=settings.subscription_read_ahead_bytes, stall_seconds=settings.subscription_stall_seconds
-        ),
+        held=held,
         # A page a client asked for goes in messages of at most this much (a
         # store read may be 1 MiB): what a stopped client leaves in gRPC's
         # hands, the one message being sent, stays small.
@@ -573,6 +576,7 @@ async def start(
         poll_interval=settings.poll_seconds,
         page_size=settings.read_page_events,
         page_bytes=page_bytes,
+        held=held,
     )
     group_service = SubscriptionGroupService(
         groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit

@@ -31,6 +31,16 @@ is one consumer's stream on this replica:
   in order (a consumer joined: ``_hand_over``; the session ends: ``close``)
   is committed first, so only a crash loses the acks of its last round.
 
+What a session holds of the log (the events it read ahead, and those it
+sent and has not settled) is counted with the server's subscriptions
+(``HeldEvents``, ``--subscription-read-ahead-bytes``): a session that holds
+anything reads a further page only while they all hold less than that
+room, and one whose consumer the sweep finds stalled (its stream waiting
+in one write, or its window full and no ack or nack, at two sweeps) lets
+go of what it read ahead and reads it again once its consumer moves
+(``_let_go``): so stalled consumers hold a bounded total (the room and a
+page each), whatever their number, and never miss an event.
+
 Attempts are counted per replica, across the group's sessions there
 (``Deliveries``): a consumer that goes away holding events (it crashed,
 say) leaves their counts for the next holder of the segment on this
@@ -58,7 +68,7 @@ from dataclasses import dataclass, field
 from service.cluster.hashing import partition_of
 from service.cluster.leases import LeaseGroup, LeaseKeeper
 from service.errors import ChronicleError, ConcurrencyConflict, InvalidInput, ResourceNotFound, StoreUnavailable, quoted
-from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES
+from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES, HeldEvents, size_of
 from service.processing.upcasting import EventReader
 from service.store.base import GroupStore, LogReader
 from service.store.grouping import GroupParkedEvent, GroupSpec, consumer_group, segment_lease
@@ -131,6 +141,9 @@ class _Entry:
     position: int
     done: bool = False
     acked: bool = False
+    # Read, then let go of before it was sent (the consumer stalled): the
+    # next read of its position queues it again.
+    unread: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -139,6 +152,9 @@ class _Segment:
     stored: int  # the checkpoint in the store
     read_to: int  # the log was read up to here for this segment
     fencing: Fencing | None
+    # Read up to here before a let-go moved ``read_to`` back: an event at or
+    # below it that has no entry any more was settled, and is not queued again.
+    reread_to: int = 0
     outstanding: OrderedDict[str, _Entry] = field(default_factory=OrderedDict)
     queues: dict[str, deque[RecordedEvent]] = field(default_factory=dict)
     busy: set[str] = field(default_factory=set)
@@ -211,7 +227,11 @@ class ConsumerSession:
         first_page_size: int = 100,
         deliveries: Deliveries | None = None,
         clock: Callable[[], float] = time.monotonic,
+        held: HeldEvents | None = None,
     ) -> None:
+        """``held``: the server's account of what its subscriptions and
+        consumer sessions hold (the room to read ahead, the sweep of
+        stalled streams; module docstring)."""
         self.spec = spec
         self._deliveries = deliveries if deliveries is not None else Deliveries()
         self.member_id = f"{consumer}#{uuid.uuid4().hex[:8]}"
@@ -269,11 +289,19 @@ class ConsumerSession:
         self._failure: BaseException | None = None
         self._ended = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._held = held if held is not None else HeldEvents()
+        self._tally = self._held.tally(self._let_go, lambda: self._queued > 0)
+        self._let_go_count = 0  # a read in progress across a let-go is thrown away
+        self._last_page_bytes = 0  # what the last page queued: the estimate of the next one
 
     # -- life ------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.keeper.beat()
+        try:
+            await self.keeper.beat()
+        except BaseException:
+            self._held.end_tally(self._tally)  # never started: never closed
+            raise
         self.keeper.start()
         loop = asyncio.get_running_loop()
         for work, name in ((self._follow_segments, "segments"), (self._read, "reads"), (self._commit, "commits")):
@@ -290,6 +318,7 @@ class ConsumerSession:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(max(self._poll, 1.0)):
                 await self._commit_round()
+        self._held.end_tally(self._tally)
         await self.keeper.stop(leave=True)
 
     def fail(self, error: BaseException) -> None:
@@ -302,6 +331,30 @@ class ConsumerSession:
         """The consumer is done (it closed its side of the stream)."""
         self._ended = True
         self._changed.set()
+
+    def writing(self) -> None:
+        """The stream hands a batch to gRPC, which holds it there until the
+        consumer's flow-control window has room: the sweep may find it
+        stalled in this write (``HeldEvents.sweep``)."""
+        self._tally.sending = True
+        self._tally.writes += 1
+
+    def written(self) -> None:
+        """The consumer took the batch in."""
+        self._tally.sending = False
+        self._resumed()
+
+    def _resumed(self) -> None:
+        """The consumer moved (it took a batch in, or answered): a session
+        that let go of what it read ahead meanwhile reads it again."""
+        if self._tally.released:
+            self._tally.released = False
+            self._reader_wake.set()
+
+    @property
+    def held_bytes(self) -> int:
+        """What this session holds of the log, in event bytes (``stored_size``)."""
+        return self._tally.bytes
 
     async def _guarded(self, work: Callable[[], object]) -> None:
         try:
@@ -327,6 +380,7 @@ class ConsumerSession:
         return delivery
 
     def ack(self, event_ids: Sequence[str]) -> None:
+        self._answered()
         for event_id in event_ids:
             delivery = self._delivery(event_id)
             if delivery is None:
@@ -342,15 +396,23 @@ class ConsumerSession:
             self._reader_wake.set()  # a checkpoint may have passed what held the reader
 
     def nack(self, event_ids: Sequence[str], reason: str) -> None:
+        self._answered()
         for event_id in event_ids:
             delivery = self._delivery(event_id)
             if delivery is not None and delivery.deadline:  # in flight (not already waiting to go again)
                 self._failed(delivery, reason)
         self._changed.set()
 
+    def _answered(self) -> None:
+        # Progress, for the sweep: a session waiting on a full window is
+        # stalled only while its consumer neither reads nor answers.
+        self._tally.writes += 1
+        self._resumed()
+
     def _settle(self, delivery: Delivery) -> None:
         event_id = delivery.event.event_id
         self._deliveries.settled(event_id)
+        self._tally.add(-delivery.event.stored_size())
         if delivery.deadline:
             self._landed(delivery)
         delivery.settled = True
@@ -412,11 +474,18 @@ class ConsumerSession:
                 return batch
             wake = [d for d, _, x in self._deadlines[:1]] + [d for d, _, x in self._retries[:1]]
             timeout = max(0.0, min(wake) - now) if wake else None
-            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can
-            # swallow a cancellation that meets the awaited event's setting.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._changed.wait()
+            # Nothing can go before the consumer answers (its window is
+            # full): the sweep may find it stalled here, as in a write, if
+            # no answer comes (``_answered``) before its next look.
+            self._tally.sending = not self._room(self._max_in_flight - self._in_flight, [], 0)
+            try:
+                # asyncio.timeout, not wait_for: in Python 3.11 wait_for can
+                # swallow a cancellation that meets the awaited event's setting.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._changed.wait()
+            finally:
+                self._tally.sending = False
 
     def _expire(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -559,10 +628,10 @@ class ConsumerSession:
                 if delivery.deadline:
                     self._landed(delivery)
                 delivery.settled = True
+                self._tally.add(-delivery.event.stored_size())
                 self._settled_ids[event_id] = None  # a late ack is no error
         for queue in segment.queues.values():
-            self._queued -= len(queue)
-            self._queued_bytes -= sum(len(event.payload) for event in queue)
+            self._unqueue(queue)
         self._changed.set()
         self._reader_wake.set()
 
@@ -588,6 +657,7 @@ class ConsumerSession:
                         attempt = self._deliveries.count(event.event_id)
                         delivery = Delivery(event, None, attempt=attempt, parked=parked)
                         self._pending[event.event_id] = delivery
+                        self._tally.add(event.stored_size())
                         if attempt >= self.spec.max_attempts:
                             self._failed(delivery, CONSUMER_LOST)
                         else:
@@ -603,20 +673,37 @@ class ConsumerSession:
             or sum(len(segment.outstanding) for segment in self._segments.values()) >= MAX_UNCHECKPOINTED
         )
 
+    def _may_read(self) -> bool:
+        """Not while the sweep has let go of what it read ahead (its
+        consumer stalled) and the consumer has not resumed; then a first
+        page when the session holds nothing, and more only while the
+        server's subscriptions and sessions hold less than their room (as a
+        subscription reads ahead): nobody queues for room, a session that
+        finds none asks again when its consumer settles something, or at
+        the next poll."""
+        if self._tally.released:
+            return False
+        return self._tally.bytes == 0 or self._held.may_read_ahead(self._last_page_bytes)
+
     async def _read(self) -> None:
         limit = self._first_page_size
         while True:
             reading = [s for s in self._segments.values()]
-            if not reading or self._read_ahead_full:
+            if not reading or self._read_ahead_full or not self._may_read():
                 self._reader_wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll):
                         await self._reader_wake.wait()
                 continue
             start = min(s.read_to for s in reading)
+            let_go_count = self._let_go_count
             page = await self._log.read_log(start, self._stored_filter, limit, max_bytes=self._page_bytes)
+            if let_go_count != self._let_go_count:
+                # Let go of while reading: this page may start after events
+                # that were let go of; read again from where they were.
+                continue
             limit = self._page_size
-            self._take_page(page.events, reading)
+            self._last_page_bytes = self._take_page(page.events, reading)
             for segment in reading:
                 if self._segments.get(segment.number) is segment and page.scanned_to > segment.read_to:
                     segment.read_to = page.scanned_to
@@ -626,9 +713,12 @@ class ConsumerSession:
             if not page.more:
                 await self._wait_for_log(page.scanned_to)
 
-    def _take_page(self, stored_events: Sequence[RecordedEvent], reading: list[_Segment]) -> None:
+    def _take_page(self, stored_events: Sequence[RecordedEvent], reading: list[_Segment]) -> int:
+        """Queue the page's events of the segments read; how many event
+        bytes that queued."""
         count = self.spec.segments
         wanted_types = self._wanted_types
+        queued = 0
         for stored in stored_events:
             segment = self._segments.get(partition_of(stored.aggregate_id, count))
             if segment is None or stored.position <= segment.read_to or segment not in reading:
@@ -636,7 +726,16 @@ class ConsumerSession:
             for event in self._reader.records(stored):
                 if wanted_types and event.event_type not in wanted_types:
                     continue
-                segment.outstanding[event.event_id] = _Entry(event.position)
+                entry = segment.outstanding.get(event.event_id)
+                if entry is not None or stored.position <= segment.reread_to:
+                    # Read before a let-go: queued again only if it was let
+                    # go of (sent, or settled, it is not sent twice). Its
+                    # entry keeps its place: the checkpoint stays before it.
+                    if entry is None or not entry.unread:
+                        continue
+                    entry.unread = False
+                else:
+                    segment.outstanding[event.event_id] = _Entry(event.position)
                 queue = segment.queues.get(event.aggregate_id)
                 if queue is None:
                     queue = segment.queues[event.aggregate_id] = deque()
@@ -645,6 +744,41 @@ class ConsumerSession:
                 queue.append(event)
                 self._queued += 1
                 self._queued_bytes += len(event.payload)
+                size = event.stored_size()
+                self._tally.add(size)
+                queued += size
+        return queued
+
+    def _unqueue(self, queue: deque[RecordedEvent]) -> None:
+        """``queue``'s events are no longer this session's to send."""
+        self._queued -= len(queue)
+        self._queued_bytes -= sum(len(event.payload) for event in queue)
+        self._tally.add(-size_of(queue))
+
+    def _let_go(self) -> None:
+        """The sweep found the consumer stalled (the stream waiting in one
+        write, or on a full window with no answer): let go of the events
+        read ahead, not sent yet, and read them again once the consumer
+        moves (``written``, ``_answered``).
+        Their entries stay, marked ``unread``, where they are among the
+        segment's outstanding ones, so the checkpoint never passes them;
+        what was sent stays too, to be sent again if it is not answered."""
+        self._let_go_count += 1
+        for segment in self._segments.values():
+            first = None
+            for queue in segment.queues.values():
+                for event in queue:
+                    entry = segment.outstanding.get(event.event_id)
+                    if entry is not None:
+                        entry.unread = True
+                    if first is None or event.position < first:
+                        first = event.position
+                self._unqueue(queue)
+            segment.queues.clear()
+            if first is not None and first - 1 < segment.read_to:
+                segment.reread_to = max(segment.reread_to, segment.read_to)
+                segment.read_to = first - 1
+        self._ready.clear()  # every queue is gone; reads queue them again
 
     async def _wait_for_log(self, position: int) -> None:
         """Until something commits after ``position``, the segments change,
@@ -767,7 +901,10 @@ class SubscriptionGroups:
         page_size: int = 1000,
         page_bytes: int = 1024 * 1024,
         first_page_size: int = 100,
+        held: HeldEvents | None = None,
     ) -> None:
+        """``held``: the server's account of what its subscriptions hold,
+        which its consumer sessions share (``ConsumerSession``)."""
         self.store = groups
         self._log = log_reader
         self._reader = reader
@@ -776,6 +913,7 @@ class SubscriptionGroups:
         self._page_size = page_size
         self._page_bytes = page_bytes
         self._first_page_size = first_page_size
+        self.held = held if held is not None else HeldEvents()
         self._sessions: set[ConsumerSession] = set()
         # Per group (its settings and incarnation: a group deleted and made
         # again, with the same settings or others, starts afresh), what its
@@ -804,6 +942,7 @@ class SubscriptionGroups:
             page_bytes=self._page_bytes,
             first_page_size=self._first_page_size,
             deliveries=self._deliveries_of(spec),
+            held=self.held,
         )
         await session.start()
         self._sessions.add(session)

@@ -125,15 +125,16 @@ class Settings:
     subscription_read_ahead_bytes: int = field(
         default=64 * 1024 * 1024,
         metadata={
-            "help": "bytes of events the server's subscriptions may hold together (pages being sent included)"
-            " and still read their next page ahead; past it each reads when it needs to (0: never ahead)"
+            "help": "bytes of events the server's subscriptions and group consumers may hold together (pages"
+            " being sent and events unacknowledged included) and still read their next page ahead; past it"
+            " each reads when it needs to (0: never ahead)"
         },
     )
     subscription_stall_seconds: float = field(
         default=1.0,
         metadata={
-            "help": "a subscription whose client took no message in two checks this far apart lets go of the"
-            " events it held, and reads them again when the client reads"
+            "help": "a subscription (or group consumer) whose client took no message (nor answered) in two checks"
+            " this far apart lets go of the events it read ahead, and reads them again when the client reads"
         },
     )
     processes: int = field(

@@ -348,7 +348,9 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
                 batch = await session.next_batch()
                 if batch is None:
                     return
+                session.writing()
                 yield _deliveries(batch)
+                session.written()
         finally:
             listening.cancel()
             self._groups.release(session)

@@ -34,7 +34,8 @@ registered, status codes, store operations): never aggregate ids.
 - ``chronicle_subscriptions``, ``chronicle_subscription_lag_positions``:
   subscriptions open, and how far the slowest is behind the log's head.
 - ``chronicle_subscription_held_bytes``: bytes of events the subscriptions
-  hold (pages being sent and read ahead; ``service.processing.held_events``)
+  and group consumers hold (pages being sent and read ahead; a consumer's
+  events read ahead and sent unsettled; ``service.processing.held_events``)
 - ``chronicle_group_consumers``: subscription-group consumer streams open
   on this replica; ``chronicle_group_lag_positions{group}``,
   ``chronicle_group_parked_events{group}``: how far each group's lowest
@@ -178,7 +179,7 @@ class Metrics:
         self.subscriptions = Gauge("chronicle_subscriptions", "Subscriptions open", registry=r)
         self.subscription_held_bytes = Gauge(
             "chronicle_subscription_held_bytes",
-            "Bytes of events subscriptions hold: pages being sent and read ahead",
+            "Bytes of events subscriptions and group consumers hold: read ahead, being sent, sent unsettled",
             registry=r,
         )
         self.reaction_commands = Counter(

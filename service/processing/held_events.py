@@ -24,14 +24,20 @@ a 256-byte allowance for the rest):
   costs the server the one message gRPC is sending and the stream's
   position, however long it stays.
 
-``bytes`` is what every subscription holds now (the metric
-``chronicle_subscription_held_bytes``).
+A subscription group's consumer session takes part as a ``Tally``: it
+counts the events it holds (read ahead, and sent but not settled), reads
+beyond the first page it holds only while the room has space, and lets go
+of what it read ahead when the sweep finds its stream stalled
+(``service/groups.py``).
+
+``bytes`` is what every subscription and consumer session holds now (the
+metric ``chronicle_subscription_held_bytes``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from service.store.records import LogPage, RecordedEvent
 
@@ -49,24 +55,46 @@ def size_of(events: Sequence[RecordedEvent]) -> int:
     return sum(map(RecordedEvent.stored_size, events))
 
 
-class Holding:
-    """One stream's share: the page it is sending (``events[sent:]`` not
-    sent yet) and a read ahead. Only the stream's own task changes it, but
-    for ``let_go``, which the sweep calls while the stream is suspended."""
+class Share:
+    """What one stream holds, as the sweep sees it: whether it is suspended
+    handing a message to its caller, how many writes so far, and what it
+    could let go of."""
 
-    __slots__ = ("_owner", "ahead", "ahead_bytes", "events", "page_bytes", "released", "seen", "sending", "writes")
+    __slots__ = ("released", "seen", "sending", "writes")
+
+    def __init__(self) -> None:
+        # Suspended handing a message to the caller, and how many so far.
+        self.sending = False
+        self.writes = 0
+        self.seen = -1  # ``writes`` at the last sweep
+        self.released = False  # let go of while stalled, not resumed yet
+
+    @property
+    def bytes(self) -> int:
+        raise NotImplementedError
+
+    def releasable(self) -> bool:
+        """Whether ``let_go`` would free anything."""
+        return self.bytes > 0
+
+    def let_go(self) -> None:
+        raise NotImplementedError
+
+
+class Holding(Share):
+    """A subscription's share: the page it is sending (``events[sent:]``
+    not sent yet) and a read ahead. Only the stream's own task changes it,
+    but for ``let_go``, which the sweep calls while the stream is suspended."""
+
+    __slots__ = ("_owner", "ahead", "ahead_bytes", "events", "page_bytes")
 
     def __init__(self, owner: HeldEvents) -> None:
+        super().__init__()
         self._owner = owner
         self.events: list[RecordedEvent] = []
         self.page_bytes = 0
         self.ahead: asyncio.Future[LogPage] | None = None
         self.ahead_bytes = 0
-        # Suspended handing a message to the caller, and how many so far.
-        self.sending = False
-        self.writes = 0
-        self.seen = -1  # ``writes`` at the last sweep
-        self.released = False
 
     def hold_page(self, events: list[RecordedEvent]) -> None:
         """``events`` become the page being sent (the previous one is done)."""
@@ -114,6 +142,37 @@ class Holding:
         return self.page_bytes + self.ahead_bytes
 
 
+class Tally(Share):
+    """A share its owner counts event by event (a consumer session: what it
+    read ahead and what it sent and has not settled), of which the sweep
+    lets go through the owner's ``release`` (what was read ahead only:
+    what was sent must stay, to be sent again if it is not answered)."""
+
+    __slots__ = ("_bytes", "_owner", "_releasable", "_release")
+
+    def __init__(self, owner: HeldEvents, release: Callable[[], None], releasable: Callable[[], bool]) -> None:
+        super().__init__()
+        self._owner = owner
+        self._bytes = 0
+        self._release = release
+        self._releasable = releasable
+
+    def add(self, size: int) -> None:
+        self._bytes += size
+        self._owner.bytes += size
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    def releasable(self) -> bool:
+        return self._releasable()
+
+    def let_go(self) -> None:
+        self._release()
+        self.released = True
+
+
 class HeldEvents:
     """The server's subscriptions' holdings and the sweep that lets stalled
     ones go (a timer that runs while any stream is open)."""
@@ -125,14 +184,12 @@ class HeldEvents:
         self.stall_seconds = stall_seconds
         self.bytes = 0
         self.let_go = 0  # streams that let go of what they held, in all
-        self._holdings: set[Holding] = set()
+        self._holdings: set[Share] = set()
         self._timer: asyncio.TimerHandle | None = None
 
     def open(self) -> Holding:
         holding = Holding(self)
-        self._holdings.add(holding)
-        if self._timer is None and self.stall_seconds > 0:
-            self._timer = asyncio.get_running_loop().call_later(self.stall_seconds, self._tick)
+        self._join(holding)
         return holding
 
     def close(self, holding: Holding) -> None:
@@ -141,6 +198,22 @@ class HeldEvents:
             read.cancel()
         holding.done_with_page()
         self._holdings.discard(holding)
+
+    def tally(self, release: Callable[[], None], releasable: Callable[[], bool]) -> Tally:
+        """A share for a consumer session (``Tally``), swept as the others."""
+        tally = Tally(self, release, releasable)
+        self._join(tally)
+        return tally
+
+    def end_tally(self, tally: Tally) -> None:
+        """``tally``'s session is over: what it still counted goes."""
+        tally.add(-tally.bytes)
+        self._holdings.discard(tally)
+
+    def _join(self, share: Share) -> None:
+        self._holdings.add(share)
+        if self._timer is None and self.stall_seconds > 0:
+            self._timer = asyncio.get_running_loop().call_later(self.stall_seconds, self._tick)
 
     def may_read_ahead(self, estimate: int) -> bool:
         """Room for a page of about ``estimate`` bytes (0: not known yet)
@@ -152,7 +225,7 @@ class HeldEvents:
         last sweep holds; how many did."""
         released = 0
         for holding in self._holdings:
-            if holding.sending and holding.writes == holding.seen and holding.bytes:
+            if holding.sending and holding.writes == holding.seen and holding.releasable():
                 holding.let_go()
                 released += 1
             holding.seen = holding.writes
