@@ -144,6 +144,30 @@ def _aggregate_id(text: str) -> str:
         raise argparse.ArgumentTypeError(error.violations[0].description) from None
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 or more (a version, a limit): a negative one is
+    refused here, named, rather than by Protobuf's "Value out of range"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds above 0: a deadline of 0 or less would fail every
+    call at once, as DEADLINE_EXCEEDED, as if the server were slow."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
+
+
 def _key_value(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -329,7 +353,19 @@ def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
         command.expected_version = args.expected_version
     stub = command_service_pb2_grpc.CommandServiceStub(channel)
     request = command_service_pb2.SubmitRequest(command=command, dry_run=args.dry_run)
-    response = stub.Submit(request, timeout=args.timeout)
+    try:
+        response = stub.Submit(request, timeout=args.timeout)
+    except grpc.RpcError as error:
+        status = _report_rpc_error(error, args)
+        if error.code() in _OUTCOME_UNKNOWN and not args.dry_run:
+            # The server may have run it: the same id again runs it at most
+            # once and answers what it did, so the id is what to keep.
+            print(
+                f"  the command may have run: send it again with --command-id {command.command_id} to run it at"
+                " most once and learn its outcome",
+                file=sys.stderr,
+            )
+        return status
     _print(
         {
             "command_id": command.command_id,
@@ -340,6 +376,18 @@ def _submit(args: argparse.Namespace, channel: grpc.Channel) -> int:
         }
     )
     return EXIT_OK
+
+
+# Codes after which a submitted command may or may not have run.
+_OUTCOME_UNKNOWN = frozenset(
+    {
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
 
 
 def _read(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -1491,7 +1539,7 @@ def _client_arguments(parser: argparse.ArgumentParser, *, local_by_default: bool
             default=(env_value(os.environ, "CHRONICLE_SERVER") or DEFAULT_SERVER),
             help=f"host:port of the server (env CHRONICLE_SERVER; default {DEFAULT_SERVER})",
         )
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server")
+    parser.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the server")
     parser.add_argument(
         "--token",
         default=env_value(os.environ, "CHRONICLE_TOKEN"),
@@ -1546,7 +1594,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--command-id", help="UUID; a new one if omitted (reuse one to retry safely)")
     submit.add_argument(
         "--expected-version",
-        type=int,
+        type=_count,
         help="refuse unless the aggregate is at this version (0: does not exist yet); WRONG_EXPECTED_VERSION",
     )
     submit.add_argument("--origin", help="where the command comes from, copied to its events (default: cli)")
@@ -1563,8 +1611,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     read = commands.add_parser("read", help="print an aggregate's events as JSON lines")
     read.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate whose events to print")
-    read.add_argument("--from-version", type=int, help="first version (backwards: the newest); default all")
-    read.add_argument("--limit", type=int, default=0, help="at most this many events (a page)")
+    read.add_argument("--from-version", type=_count, help="first version (backwards: the newest); default all")
+    read.add_argument("--limit", type=_count, default=0, help="at most this many events (a page)")
     read.add_argument("--backwards", action="store_true", help="newest first")
     read.add_argument("--type", action="append", help="only this event type; repeatable")
     read.add_argument("--origin", help="only events of commands from this origin")
@@ -1573,7 +1621,7 @@ def build_parser() -> argparse.ArgumentParser:
     get = commands.add_parser("get", help="print an aggregate's state, now or in the past")
     get.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate whose state to print")
     past = get.add_mutually_exclusive_group()
-    past.add_argument("--at-version", type=int, help="the state right after this version")
+    past.add_argument("--at-version", type=_count, help="the state right after this version")
     past.add_argument("--at-time", type=_rfc3339, help="the state at this RFC 3339 time, e.g. 2026-01-31T12:00:00Z")
     get.set_defaults(run=_get, remote=True)
 
@@ -1593,7 +1641,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--outcome", choices=("accepted", "refused"), help="only accepted, or only refused, commands")
     audit.add_argument("--since", type=_rfc3339, help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
     audit.add_argument("--until", type=_rfc3339, help="RFC 3339 time")
-    audit.add_argument("--limit", type=int, default=100, help="at most this many entries (up to 1000)")
+    audit.add_argument("--limit", type=_count, default=100, help="at most this many entries (up to 1000)")
     audit.set_defaults(run=_audit, remote=True)
 
     apikey = commands.add_parser("apikey", help="make a new API key and print its entry for the API-key file")
@@ -1651,7 +1699,7 @@ def build_parser() -> argparse.ArgumentParser:
         "delete", help="delete an aggregate: its events go, its tombstone stays (admin; see archive)"
     )
     delete.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate to delete")
-    delete.add_argument("--expected-version", type=int, help="only if the aggregate is at this version")
+    delete.add_argument("--expected-version", type=_count, help="only if the aggregate is at this version")
     delete.add_argument("--reason", help="why, kept in the tombstone and the audit log")
     delete.set_defaults(run=_delete, remote=True)
 
@@ -1670,7 +1718,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--untouched-since", type=_rfc3339, help="only aggregates with no event since this RFC 3339 time"
     )
     untouched.add_argument("--untouched-for", help="only aggregates with no event for this long, e.g. 365d")
-    archive.add_argument("--limit", type=int, default=100, help="at most this many aggregates (up to 1000)")
+    archive.add_argument("--limit", type=_count, default=100, help="at most this many aggregates (up to 1000)")
     archive.add_argument("--reason", help="why, kept in each tombstone (default: the archive's file name)")
     archive.set_defaults(run=_archive, remote=True)
 

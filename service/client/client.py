@@ -227,7 +227,11 @@ class ChronicleClient:
             )
             return response
 
-        response = await call_with_retries(self._retry, f"submit {command.describe()}", attempt)
+        try:
+            response = await call_with_retries(self._retry, f"submit {command.describe()}", attempt)
+        except RemoteError as error:
+            error.command_ids = (command.command_id,)
+            raise
         return Submitted.of(command.command_id, response, dry_run=dry_run)
 
     async def submit_batch(self, commands: Sequence[Command], *, dry_run: bool = False) -> SubmittedBatch:
@@ -254,7 +258,11 @@ class ChronicleClient:
             return response
 
         where = repr(commands[0].aggregate_id) if commands else "nothing"
-        response = await call_with_retries(self._retry, f"submit a batch of {len(commands)} to {where}", attempt)
+        try:
+            response = await call_with_retries(self._retry, f"submit a batch of {len(commands)} to {where}", attempt)
+        except RemoteError as error:
+            error.command_ids = tuple(command.command_id for command in commands)
+            raise
         return SubmittedBatch(
             version=response.version,
             replayed=response.replayed,

@@ -55,6 +55,17 @@ class RemoteError(ChronicleError):
         self.code = code
         self.field_violations = field_violations
         self.retry_delay = retry_delay
+        # The ids of the commands a submit sent (set by submit and
+        # submit_batch, also when the client made them up): after an error
+        # that leaves the outcome unknown (DeadlineExceeded, Unavailable
+        # once the retries are spent), the same ids sent again run at most
+        # once and answer what was done.
+        self.command_ids: tuple[str, ...] = ()
+
+    @property
+    def command_id(self) -> str | None:
+        """The id of the one command a ``submit`` sent (None otherwise)."""
+        return self.command_ids[0] if len(self.command_ids) == 1 else None
 
     def __str__(self) -> str:
         """'CODE REASON: message'; the reason left out when the server sent

@@ -93,6 +93,47 @@ def test_a_command_or_event_type_the_server_does_not_know_is_a_usage_error_sayin
     assert [json.loads(line)["event_type"] for line in known.stdout.splitlines()] == ["bank.v1.AccountOpened"]
 
 
+def test_a_submit_whose_deadline_passed_names_its_command_id_and_resending_it_runs_it_once(tmp_path: Path) -> None:
+    extra = ["--no-discover-plugins", "--plugin", "tests.support.plugins:slow"]
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
+        late = cli(
+            "submit", "s-1", "box.v1.RenameBox", '{"name": "a"}', "--timeout", "0.2", server=server.address, check=False
+        )
+        assert late.returncode == 1
+        assert late.stderr.startswith("error: DEADLINE_EXCEEDED")
+        hint = late.stderr.splitlines()[-1]
+        assert hint.startswith("  the command may have run: send it again with --command-id ")
+        command_id = hint.split("--command-id ")[1].split()[0]
+        assert str(uuid.UUID(command_id)) == command_id
+
+        again = cli(
+            "submit", "s-1", "box.v1.RenameBox", '{"name": "a"}', "--command-id", command_id, server=server.address
+        )
+        answer = json.loads(again.stdout)
+        # It had run (the handler outlived the deadline): answered from its record, not run twice.
+        assert (answer["command_id"], answer["version"], answer["replayed"]) == (command_id, 1, True)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--limit", "-1", "argument --limit: must be 0 or more, got -1"),
+        ("--from-version", "-3", "argument --from-version: must be 0 or more, got -3"),
+        ("--timeout", "-1", "argument --timeout: must be a number of seconds above 0, got -1"),
+        ("--timeout", "0", "argument --timeout: must be a number of seconds above 0, got 0"),
+    ],
+)
+def test_a_negative_number_is_refused_naming_its_option(option: str, value: str, says: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "read", "acc-1", option, value, "--server", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"chronicle read: error: {says}"
+
+
 def test_the_same_command_id_twice_is_replayed(tmp_path: Path) -> None:
     command_id = str(uuid.uuid4())
     with server_process(f"sqlite:///{tmp_path}/events.db") as server:

@@ -17,6 +17,7 @@ from service.app import start
 from service.client import (
     ChronicleClient,
     Command,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     RetryPolicy,
@@ -29,7 +30,7 @@ from service.store.memory import MemoryStore
 from tests.support.broken_calls import BreakFirstCommandStream, WithoutStreamPages, WritesAfterTheEnd
 from tests.support.contents import at_rest, audited_dry_runs_only
 from tests.support.grpc_client import TEST_SETTINGS, running_server
-from tests.support.processes import free_port
+from tests.support.processes import free_port, server_process
 
 FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
 
@@ -372,3 +373,31 @@ async def test_an_older_server_is_found_out_when_grpc_loses_its_refusal(
             break
     # Asked twice: the first refusal was lost.
     assert without.methods == ["SubmitStreamPages", "SubmitStreamPages", "SubmitStream"]
+
+
+async def test_an_error_that_leaves_the_outcome_unknown_names_the_command_ids_to_resend(tmp_path: Any) -> None:
+    """The client made the id up: the error carries it, and the same id sent
+    again answers what the command did, running it at most once."""
+    from domain_plugins.box.protos.box.v1 import box_pb2
+
+    extra = ["--no-discover-plugins", "--plugin", "tests.support.plugins:slow"]
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
+        once = RetryPolicy(max_attempts=1)
+        async with ChronicleClient.connect(server.address, retry=once, attempt_timeout=0.2) as impatient:
+            with pytest.raises(DeadlineExceeded) as late:
+                await impatient.submit("s-1", box_pb2.RenameBox(name="a"))
+            with pytest.raises(DeadlineExceeded) as late_batch:
+                await impatient.submit_batch(
+                    [Command("s-2", box_pb2.RenameBox(name="b")), Command("s-2", box_pb2.RenameBox(name="c"))]
+                )
+        command_id = late.value.command_id
+        assert command_id is not None and late.value.command_ids == (command_id,)
+        assert late_batch.value.command_id is None and len(late_batch.value.command_ids) == 2
+        async with ChronicleClient.connect(server.address) as patient:
+            again = await patient.submit("s-1", box_pb2.RenameBox(name="a"), command_id=command_id)
+            assert (again.command_id, again.version, again.replayed) == (command_id, 1, True)
+            batch = [
+                Command("s-2", box_pb2.RenameBox(name=name), command_id=command_id)
+                for name, command_id in zip("bc", late_batch.value.command_ids, strict=True)
+            ]
+            assert (await patient.submit_batch(batch)).version == 2

@@ -237,3 +237,23 @@ def pass_on(event: box_pb2.BoxRenamed, envelope: ProjectedEvent, state: None) ->
     if envelope.aggregate_id != "source":
         return None
     return Send("gated", box_pb2.RenameBox(name=event.name), metadata={"relayed": "yes"})
+
+
+# A handler that takes half a second: a client whose deadline is shorter
+# gives up while the command still runs, and commits.
+slow = Plugin("slow")
+sloth = slow.aggregate("Sloth", state=box_pb2.Box)
+SLOW_HANDLER_SECONDS = 0.5
+
+
+@sloth.command(box_pb2.RenameBox)
+def rename_slowly(command: box_pb2.RenameBox, state: box_pb2.Box, context: CommandContext) -> box_pb2.BoxRenamed:
+    import time
+
+    time.sleep(SLOW_HANDLER_SECONDS)
+    return box_pb2.BoxRenamed(name=command.name)
+
+
+@sloth.apply(box_pb2.BoxRenamed)
+def _renamed_slowly(state: box_pb2.Box, event: box_pb2.BoxRenamed) -> None:
+    state.name = event.name
