@@ -15,7 +15,10 @@ checkpoint:
   operator's attention; more stop the reaction with its status, just before
   the event that would park one too many: see ``TooManyParked``). An index,
   not a listing by key prefix: with encryption at rest document keys are
-  keyed hashes, which cannot be listed.
+  keyed hashes, which cannot be listed;
+- ``failures``: with ``on_failure="park"``, how many times the commands of
+  the event it is stopped at failed for a plugin's bug
+  (``processing/reaction_failures.py``).
 
 Forgetting an aggregate (``AdminService.ForgetAggregate``) deletes the
 documents naming it, as it does a projection's: the states and parked

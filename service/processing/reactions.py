@@ -30,9 +30,10 @@ the batch at the event E it met it on, reported by ``status``, and E is
 tried again after a pause.
 A reaction declared with ``on_failure="park"`` counts the failures of
 each command that failed for a plugin's bug (``_plugin_failure``: a handler
-that raised, an event of its aggregate no plugin reads); at its
-``max_attempts``-th it parks the command with that failure's reason instead
-(``on_refused`` is not asked) and goes on.
+that raised, an event of its aggregate no plugin reads), in the store
+(``processing/reaction_failures.py``: a restart goes on from the count); at
+its ``max_attempts``-th it parks the command with that failure's reason
+instead (``on_refused`` is not asked) and goes on.
 
 A batch stopped at E commits what came before E: the batch's writes are
 taken back to what they were before E (a savepoint per event) and committed
@@ -119,6 +120,7 @@ from service.processing.reaction_documents import (
     subjects_of,
     write_parked,
 )
+from service.processing.reaction_failures import FailureCounts
 from service.processing.upcasting import EventReader
 from service.processing.watchdog import Described
 from service.store.base import LogReader, ProjectionStore
@@ -248,9 +250,9 @@ class ReactionRunner(CheckpointedRunner):
         self._fencing: Fencing | None = None
         self._cache = DocumentCache()
         self._forgotten = ForgottenSubjects()
-        # A reaction that parks failures: how many times each command failed
-        # for a plugin's bug, while its batch is being tried again.
-        self._failures: dict[str, int] = {}
+        # A reaction that parks failures: how many times each command of the
+        # event it is stopped at failed for a plugin's bug, kept in the store.
+        self._failures = FailureCounts(reaction.name, documents)
         self.status = ReactionStatus(reaction.name)
         wanted = reaction.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=reaction.aggregate_types, event_types=frozenset(wanted))
@@ -302,6 +304,7 @@ class ReactionRunner(CheckpointedRunner):
             if fencing != self._fencing:
                 self._fencing = fencing
                 self._cache.clear()
+                self._failures.forget()  # another replica may have counted meanwhile
                 position = self.status.position = await self._documents.projection_position(self.reaction.name)
         try:
             while True:
@@ -314,9 +317,20 @@ class ReactionRunner(CheckpointedRunner):
                 self._handled.clear()
                 parked = ParkedList(batch, self._max_parked)
                 end, failure = await self._handle(page, position, batch, parked)
+                counted = self._failures.write(batch, end)
                 if failure is not None and end == position:
-                    # It stopped at its first event: nothing to commit.
+                    # It stopped at its first event: nothing to commit but
+                    # a failure counted, the checkpoint left where it is.
                     self.status.parked = parked.count or self.status.parked
+                    if counted:
+                        await self._documents.commit_projection(
+                            self.reaction.name,
+                            expected_position=position,
+                            new_position=position,
+                            writes=batch.writes,
+                            fencing=fencing,
+                        )
+                        self._failures.committed(position)
                     raise failure
                 parked.write()
                 await self._documents.commit_projection(
@@ -327,6 +341,7 @@ class ReactionRunner(CheckpointedRunner):
                     fencing=fencing,
                 )
                 batch.committed()
+                self._failures.committed(end)
                 self.status.handled += sum(1 for handled in self._handled if handled <= end)
                 position = self.status.position = end
                 if parked.count is not None:
@@ -338,7 +353,6 @@ class ReactionRunner(CheckpointedRunner):
                 if not page.more:
                     break
             self.status.error = ""
-            self._failures.clear()  # nothing is being tried again
             return position
         except BaseException:
             self._cache.clear()  # what the batch left in it was never committed
@@ -676,7 +690,7 @@ class ReactionRunner(CheckpointedRunner):
             except ChronicleError as error:
                 if _refusal(error):
                     await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds, hops=hops)
-                elif self._gives_up(command_id, error):
+                elif await self._gives_up(command_id, error, envelope):
                     await self._failure_parked(send, command_id, error, envelope, parked, hops)
                 else:
                     raise
@@ -721,21 +735,15 @@ class ReactionRunner(CheckpointedRunner):
         )
         await parked.add(self.reaction.name, refusal, envelope, _metadata(send, envelope, hops))
 
-    def _gives_up(self, command_id: str, error: ChronicleError) -> bool:
+    async def _gives_up(self, command_id: str, error: ChronicleError, envelope: ProjectedEvent) -> bool:
         """Whether ``command_id``, failed with ``error``, is to be parked
         now: a plugin's bug (``_plugin_failure``), in a reaction that parks
-        those, at its ``max_attempts``-th failure (counted on this replica;
-        each earlier one fails the batch, tried again after a pause)."""
+        those, at its ``max_attempts``-th failure (counted in the store,
+        whichever server met them: ``reaction_failures``; each earlier one
+        fails the batch, tried again after a pause)."""
         if self.reaction.on_failure != "park" or not _plugin_failure(error):
             return False
-        # Kept once it is reached (cleared when a step goes through): a
-        # command that could not be parked (TOO_MANY_PARKED) is parked at
-        # once when the reaction can go on.
-        attempts = self._failures.get(command_id, 0) + 1
-        if attempts < self.reaction.max_attempts:
-            self._failures[command_id] = attempts
-            return False
-        return True
+        return await self._failures.failed(command_id, envelope.position, self.reaction.max_attempts)
 
     async def _failure_parked(
         self,
