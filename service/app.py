@@ -66,7 +66,6 @@ from service.processing.memory_limit import check_cache_memory
 from service.processing.middleware import Pipeline
 from service.processing.payload_json import payload_json
 from service.processing.projections import ProjectionRunner, Projections
-from service.processing.reaction_documents import count_parked
 from service.processing.reaction_starts import fix_start_of, fix_starts_safely
 from service.processing.reactions import ReactionRunner, Reactions
 from service.processing.retention import Pruner, ReactionHorizon
@@ -740,7 +739,7 @@ async def start(
         # The projections' and reactions' gauges, at the head the groups' round reads.
         runner_watches = (
             RunnerWatch(projections.runners, metrics.projections, roles.projections.count_parked_events),
-            RunnerWatch(reactions.runners, metrics.reactions, partial(count_parked, roles.projections)),
+            RunnerWatch(reactions.runners, metrics.reactions, roles.projections.count_parked_commands),
         )
         group_sampler = GroupSampler(
             roles.groups,

@@ -20,7 +20,7 @@ from service.errors import ChronicleError, InvalidInput, PermissionDenied, Resou
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.principal import current_principal
-from service.processing.reaction_documents import MAX_PARKED, ParkedAt, list_parked, list_parked_page
+from service.processing.reaction_documents import MAX_PARKED, ParkedAt, list_parked_page
 from service.processing.reactions import ReactionRunner, Reactions
 from service.security.policy import Authorizer
 from service.store.base import LogReader, ProjectionStore
@@ -79,10 +79,6 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         self._check(reaction)
         return reaction
 
-    async def _parked_count(self, reaction: Reaction[Any]) -> int:
-        """How many commands it parked, the forgotten left out."""
-        return len(await list_parked(self._documents, reaction.name))
-
     async def _status(self, reaction: Reaction[Any], log_head: int) -> pb.ReactionStatus:
         runner = self._reactions.runners.get(reaction.name)
         status = runner.status if runner is not None else None
@@ -94,7 +90,8 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             error=runner.error_now if runner is not None else "",
             aggregate_types=sorted(reaction.aggregate_types),
             event_types=sorted(reaction.event_types),
-            parked=await self._parked_count(reaction),
+            # Counted by the store, the forgotten left out (deleted), none read.
+            parked=await self._documents.count_parked_commands(reaction.name),
             handled=status.handled if status else 0,
             accepted=status.accepted if status else 0,
             refused=status.refused if status else 0,

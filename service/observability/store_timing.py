@@ -244,3 +244,6 @@ class TimedProjections:
 
     async def count_parked_events(self, projection: str) -> int:
         return await self._clock.time("count_parked_events", lambda: self._inner.count_parked_events(projection))
+
+    async def count_parked_commands(self, reaction: str) -> int:
+        return await self._clock.time("count_parked_commands", lambda: self._inner.count_parked_commands(reaction))

@@ -358,14 +358,6 @@ async def list_parked_page(
     return page, False
 
 
-async def count_parked(documents: ProjectionStore, reaction: str) -> int:
-    """How many commands ``reaction`` parked, as its index says (one
-    document read; a command forgotten since the index was last written is
-    still counted, until it is)."""
-    stored = await documents.load_document(reaction, PARKED_KEY)
-    return len(reaction_pb.ParkedCommands.FromString(stored.data).commands) if stored is not None else 0
-
-
 async def _read(batch: _Batch, key: str, message_type: type[M]) -> M | None:
     try:
         return batch.read(key, message_type)

@@ -488,6 +488,10 @@ class SealedProjections:
     async def count_parked_events(self, projection: str) -> int:
         return await self.inner.count_parked_events(projection)
 
+    async def count_parked_commands(self, reaction: str) -> int:
+        # Type names are stored in the clear (only keys are hidden and data sealed).
+        return await self.inner.count_parked_commands(reaction)
+
 
 class OpenedAudit:
     """``AuditRecorder``: refusal messages sealed under their aggregate's key.

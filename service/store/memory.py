@@ -22,6 +22,7 @@ from service.store.memory_groups import MemoryGroups
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
+    PARKED_COMMAND_TYPE,
     REFUSED,
     AggregateHead,
     AggregateLastEvent,
@@ -263,6 +264,13 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
 
     async def count_parked_events(self, projection: str) -> int:
         return sum(1 for key in self._parked if key[0] == projection)
+
+    async def count_parked_commands(self, reaction: str) -> int:
+        return sum(
+            1
+            for (projection, _), document in self._documents.items()
+            if projection == reaction and document.type_name == PARKED_COMMAND_TYPE
+        )
 
     async def find_command(self, command_id: str) -> CommandRecord | None:
         return self._commands.get(command_id)

@@ -333,6 +333,13 @@ class StoredDocument:
     data: bytes
 
 
+# The type of a command a reaction parked, one document each among its
+# documents (processing/reaction_documents.py): the stores count those of a
+# reaction (``ProjectionStore.count_parked_commands``) over an index of
+# documents of this type alone.
+PARKED_COMMAND_TYPE = "chronicle.v1.ParkedCommand"
+
+
 @value(frozen=True, slots=True)
 class DocumentWrite:
     """A change to a projection's document: ``data`` None deletes it.

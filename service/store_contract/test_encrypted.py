@@ -11,7 +11,7 @@ from service.errors import AggregateForgotten, NotUnique, PayloadNotDecryptable
 from service.store.base import AuditQuery, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, is_sealed, new_master_key
-from service.store.records import AuditEntry, ClaimChange, Rejection, Snapshot
+from service.store.records import PARKED_COMMAND_TYPE, AuditEntry, ClaimChange, DocumentWrite, Rejection, Snapshot
 from service.store_contract.records import command_record, new_event
 
 # Every test here is a coroutine (the plugin runs them on pytest-asyncio).
@@ -299,3 +299,17 @@ async def test_an_audit_entry_of_a_forgotten_aggregate_is_stored_without_its_mes
         await keyring.roles.audit.record_audit_entry(after)
     raw = [e for e in await store.read_audit(AuditQuery()) if e.command_id == "c-1"]
     assert raw == [replace(after, message="")] * 2  # recorded, reason and all, without the text
+
+
+async def test_a_reactions_parked_commands_are_counted_under_encryption(store: StoreAdapter) -> None:
+    # Their keys are keyed hashes and their contents sealed: the count goes
+    # by their type, kept in the clear.
+    sealed = encrypting(store)
+    writes = [DocumentWrite(f"parked:c-{n}", PARKED_COMMAND_TYPE, b"\x0a\x03c-1") for n in range(3)]
+    await sealed.roles.projections.commit_projection("r", expected_position=0, new_position=2, writes=writes)
+    assert await store.load_document("r", "parked:c-0") is None  # stored under a hidden key
+    assert await sealed.roles.projections.count_parked_commands("r") == 3
+    await sealed.roles.projections.commit_projection(
+        "r", expected_position=2, new_position=2, writes=[DocumentWrite("parked:c-0")]
+    )
+    assert await sealed.roles.projections.count_parked_commands("r") == 2

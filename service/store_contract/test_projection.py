@@ -8,7 +8,14 @@ import pytest
 
 from service.errors import ConcurrencyConflict
 from service.store.base import StoreAdapter
-from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, StoredDocument
+from service.store.records import (
+    PARKED_COMMAND_TYPE,
+    DataKey,
+    DocumentRange,
+    DocumentWrite,
+    ParkedEvent,
+    StoredDocument,
+)
 from service.store_contract.contents import ContentsOf
 
 # Every test here is a coroutine (the plugin runs them on pytest-asyncio).
@@ -71,6 +78,42 @@ async def test_documents_are_replaced_and_deleted(store: StoreAdapter) -> None:
     assert await store.load_document("p", "k") == StoredDocument("k", "t.B", b"b")
     await store.commit_projection("p", expected_position=2, new_position=3, writes=[DocumentWrite("k")])
     assert await store.load_document("p", "k") is None
+
+
+def _parked_command(command_id: str, *subjects: str) -> DocumentWrite:
+    return DocumentWrite(f"parked:{command_id}", PARKED_COMMAND_TYPE, b"\x0a\x01c", subjects)
+
+
+async def test_a_reactions_parked_commands_are_counted_by_their_type(store: StoreAdapter) -> None:
+    # Its index, its states and another reaction's parked commands are not
+    # counted; the count follows parking, replaying (a delete) and resets.
+    assert await store.count_parked_commands("r") == 0
+    writes = [_parked_command(f"c-{n}") for n in range(5)]
+    others = [DocumentWrite("parked", "chronicle.v1.ParkedCommands", b""), DocumentWrite("state:a", "t.State", b"")]
+    await store.commit_projection("r", expected_position=0, new_position=3, writes=[*writes, *others])
+    await store.commit_projection("q", expected_position=0, new_position=2, writes=[_parked_command("c-0")])
+    assert await store.count_parked_commands("r") == 5
+    await store.commit_projection(
+        "r", expected_position=3, new_position=3, writes=[DocumentWrite("parked:c-1"), DocumentWrite("parked:c-2")]
+    )
+    assert await store.count_parked_commands("r") == 3
+    # A document that stops being a parked command stops being counted.
+    await store.commit_projection(
+        "r", expected_position=3, new_position=4, writes=[DocumentWrite("parked:c-3", "t.A", b"a")]
+    )
+    assert await store.count_parked_commands("r") == 2
+    assert await store.count_parked_commands("q") == 1
+    await store.reset_projection("r")
+    assert await store.count_parked_commands("r") == 0
+    assert await store.count_parked_commands("q") == 1
+
+
+async def test_a_parked_command_of_a_forgotten_aggregate_is_not_counted(store: StoreAdapter) -> None:
+    await store.create_data_key(DataKey("acc-1", "m1", b"w" * 40))
+    writes = [_parked_command("c-1", "acc-1", "order-1"), _parked_command("c-2", "acc-2")]
+    await store.commit_projection("r", expected_position=0, new_position=3, writes=writes)
+    await store.forget_data_key("acc-1")
+    assert await store.count_parked_commands("r") == 1
 
 
 async def test_projections_are_namespaces_of_their_own(store: StoreAdapter) -> None:

@@ -23,6 +23,7 @@ from service.store.postgres.database import session_options
 from service.store.postgres.log import log_page_statements
 from service.store.postgres.projections import (
     commit_projection_statements,
+    count_parked_commands_statements,
     load_document_statements,
     load_documents_statements,
 )
@@ -339,6 +340,19 @@ def test_documents_are_listed_by_prefix_from_the_primary_key_in_order(documents:
         assert "Seq Scan" not in explained and "Sort" not in explained, explained
         # The range is the prefix's: no key outside it is read and filtered out.
         assert "Rows Removed by Filter" not in explained, explained
+
+
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+def test_a_reactions_parked_commands_are_counted_from_their_index_alone(documents: str, mode: str) -> None:
+    # GetReaction counts them: from the partial index of parked commands,
+    # not by filtering every document of the reaction (its process states
+    # may be millions; the fixture's are 't.Doc').
+    settings, statement = count_parked_commands_statements("p")
+    explained = plan(
+        documents, statement.sql.decode(), list(statement.params), mode=mode, settings=settings.sql.decode()
+    )
+    assert "Index Only Scan using projection_documents_parked_commands" in explained, explained
+    assert "Seq Scan" not in explained and "Rows Removed by" not in explained, explained
 
 
 def commit_of(*writes: DocumentWrite) -> list[Statement]:

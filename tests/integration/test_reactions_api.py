@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -22,6 +22,7 @@ from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.app import Application
 from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
+from service.store.records import PARKED_COMMAND_TYPE, DocumentWrite, StoredDocument
 from tests.support import plugins
 from tests.support.grpc_client import Client, command, details_of, running_server
 
@@ -116,6 +117,75 @@ async def test_a_parked_command_can_be_dismissed_and_is_then_gone(relay: Relay) 
     # Audited as an administrator's action.
     entries = await relay.client.admin.QueryAudit(admin.QueryAuditRequest())
     assert "chronicle.v1.ReactionService/DismissParkedCommand" in [e.command_type for e in entries.entries]
+
+
+class DocumentReads:
+    """The documents of ``gates.relay`` the server reads from ``store``
+    while it is watched (the store's own methods, wrapped)."""
+
+    def __init__(self, store: StoreAdapter, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.keys: list[str] = []
+        load_document, load_documents = store.load_document, store.load_documents
+
+        async def one(projection: str, key: str) -> StoredDocument | None:
+            if projection == "gates.relay":
+                self.keys.append(key)
+            return await load_document(projection, key)
+
+        async def many(projection: str, keys: Sequence[str]) -> list[StoredDocument]:
+            if projection == "gates.relay":
+                self.keys.extend(keys)
+            return await load_documents(projection, keys)
+
+        monkeypatch.setattr(store, "load_document", one)
+        monkeypatch.setattr(store, "load_documents", many)
+
+
+async def parked_counts(relay: Relay, reads: DocumentReads) -> tuple[int, int]:
+    """What GetReaction and ListReactions say it parked, having read none
+    of its documents to say it."""
+    reads.keys.clear()
+    got = (await relay.status()).parked
+    listed = await relay.client.reactions.ListReactions(pb.ListReactionsRequest())
+    assert reads.keys == []
+    return got, next(r.parked for r in listed.reactions if r.name == "gates.relay")
+
+
+async def test_the_parked_count_follows_parking_replays_and_dismissals_without_reading_them(
+    relay: Relay, store: StoreAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = DocumentReads(store, monkeypatch)
+    for name in ("ann", "bob", "cat", "dan"):
+        await relay.let_through(name)
+    await relay.caught_up()
+    assert await parked_counts(relay, reads) == (4, 4)
+    ann, bob, *_ = await relay.parked()
+    await relay.client.reactions.DismissParkedCommand(
+        pb.DismissParkedCommandRequest(reaction="gates.relay", command_id=ann.command_id)
+    )
+    assert await parked_counts(relay, reads) == (3, 3)
+    replay = pb.ReplayParkedCommandRequest(reaction="gates.relay", command_id=bob.command_id)
+    assert not (await relay.client.reactions.ReplayParkedCommand(replay)).accepted  # refused again: still parked
+    assert await parked_counts(relay, reads) == (3, 3)
+    await relay.client.submit(command("gated", box.ArchiveBox()))  # the gate opens
+    assert (await relay.client.reactions.ReplayParkedCommand(replay)).accepted
+    assert await parked_counts(relay, reads) == (2, 2)
+    await relay.client.reactions.DismissAllParkedCommands(pb.DismissAllParkedCommandsRequest(reaction="gates.relay"))
+    await relay.caught_up()
+    assert await parked_counts(relay, reads) == (0, 0)
+
+
+async def test_the_parked_count_reads_no_document_with_ten_thousand_parked(
+    relay: Relay, store: StoreAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await relay.let_through("ann")
+    position = (await relay.caught_up()).position
+    # More than a reaction parks (MAX_PARKED) by far, as documents of their
+    # own: the count does not depend on how many there are.
+    many = [DocumentWrite(f"parked:c-{n}", PARKED_COMMAND_TYPE, b"\x0a\x01c") for n in range(10_000)]
+    await store.commit_projection("gates.relay", expected_position=position, new_position=position, writes=many)
+    reads = DocumentReads(store, monkeypatch)
+    assert await parked_counts(relay, reads) == (10_001, 10_001)
 
 
 async def test_replaying_takes_an_administrator(store: StoreAdapter) -> None:

@@ -122,3 +122,16 @@ async def test_a_reader_holding_the_file_delays_the_checkpoint_after_a_forget_an
         assert wrapped not in on_disk(path)
     finally:
         await store.close()
+
+
+async def test_a_reactions_parked_commands_are_counted_from_their_index_alone(tmp_path: Path) -> None:
+    # GetReaction counts them: from the partial index of parked commands,
+    # not by reading every document of the reaction (its process states).
+    path = tmp_path / "events.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        steps = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql.COUNT_PARKED_COMMANDS, ["r"])]
+    index = "projection_documents_parked_commands"
+    assert steps == [f"SEARCH projection_documents USING COVERING INDEX {index} (projection=? AND type_name=?)"]

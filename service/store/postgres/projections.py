@@ -114,6 +114,12 @@ class ProjectionsRole:
         )
         return int(scalar(result) or 0)
 
+    async def count_parked_commands(self, reaction: str) -> int:
+        *_, result = await self._db.run(
+            "count_parked_commands", count_parked_commands_statements(reaction), read_only=True
+        )
+        return int(scalar(result) or 0)
+
 
 def _parked_json(parked: Sequence[ParkedEvent]) -> str:
     return compact_json(
@@ -134,6 +140,11 @@ def _parked_json(parked: Sequence[ParkedEvent]) -> str:
 
 def load_document_statements(projection: str, key: str) -> list[Statement]:
     return [_BY_KEY, Statement.prepared(sql.LOAD_DOCUMENT, (projection, key), binary=True)]
+
+
+def count_parked_commands_statements(reaction: str) -> list[Statement]:
+    # From the partial index, planned while it was small or not (BY_KEY_SETTINGS).
+    return [_BY_KEY, Statement.prepared(sql.COUNT_PARKED_COMMANDS, (reaction,))]
 
 
 def load_documents_statements(projection: str, keys: Sequence[str]) -> list[Statement]:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 
 from service.store.encryption import CLAIMS_KEY_PREFIX, ERASED_FINGERPRINT, PROJECTION_KEY_PREFIX
+from service.store.records import PARKED_COMMAND_TYPE
 from service.store.sql_common import COMMAND_FIELDS, GROUP_FIELDS, PARKED_FIELDS
 
 # SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
@@ -435,6 +436,11 @@ PARKED_EVENTS = (
     " AND (position, event_id) > ($2::bigint, $3::text) ORDER BY position, event_id LIMIT $4::bigint"
 )
 COUNT_PARKED_EVENTS = "SELECT count(*) FROM chronicle.projection_parked_events WHERE projection = $1"
+# The type is written out, not a parameter: only then can the planner of a
+# prepared statement take the partial index of parked commands (migration 17).
+COUNT_PARKED_COMMANDS = (
+    f"SELECT count(*) FROM chronicle.projection_documents WHERE projection = $1 AND type_name = '{PARKED_COMMAND_TYPE}'"
+)
 # A rebuild: the documents, the parked events and the checkpoint's move back
 # to 0 commit together. The checkpoint's row lock (the UPDATE) waits for a
 # runner's commit in flight, whose move from its checkpoint then cannot

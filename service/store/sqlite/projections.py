@@ -72,6 +72,10 @@ class ProjectionsRole:
         row = await self._writer.run(lambda db: db.execute(sql.COUNT_PARKED_EVENTS, (projection,)).fetchone())
         return int(row[0])
 
+    async def count_parked_commands(self, reaction: str) -> int:
+        row = await self._writer.run(lambda db: db.execute(sql.COUNT_PARKED_COMMANDS, (reaction,)).fetchone())
+        return int(row[0])
+
 
 def _position(db: sqlite3.Connection, name: str) -> int:
     row = db.execute(sql.PROJECTION_POSITION, (name,)).fetchone()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 
+from service.store.records import PARKED_COMMAND_TYPE
 from service.store.sql_common import (
     AUDIT_FIELDS,
     COMMAND_FIELDS,
@@ -217,6 +218,11 @@ PARKED_EVENTS = (
     " AND (position, event_id) > (?, ?) ORDER BY position, event_id LIMIT ?"
 )
 COUNT_PARKED_EVENTS = "SELECT count(*) FROM projection_parked_events WHERE projection = ?"
+# The type is written out, not a parameter: only then does SQLite take the
+# partial index of parked commands (migration 13).
+COUNT_PARKED_COMMANDS = (
+    f"SELECT count(*) FROM projection_documents WHERE projection = ? AND type_name = '{PARKED_COMMAND_TYPE}'"
+)
 RESET_DOCUMENTS = "DELETE FROM projection_documents WHERE projection = ?"
 RESET_SUBJECTS = "DELETE FROM projection_subjects WHERE projection = ?"
 RESET_PARKED_EVENTS = "DELETE FROM projection_parked_events WHERE projection = ?"
