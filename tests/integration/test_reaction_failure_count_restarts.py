@@ -3,18 +3,22 @@ plugin's bug) in the store, not in the memory of the server that met them:
 a server that restarts between two failures (a crash loop, a rolling
 update) goes on from the stored count, so the poison command is parked at
 its ``max_attempts``-th failure in total and the reaction moves on. Over a
-real socket, on each store, each server a new one on the same database."""
+real socket, on each store, each server a new one on the same database; and
+on PostgreSQL, the count going on on the replica the reaction's lease moves
+to when the one running it dies."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from chronicle.v1 import reaction_service_pb2 as pb
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
+from service.app import Application
 from service.plugins import CommandContext, Plugin, ProjectedEvent, Send
 from service.plugins.registry import Registry
 from service.processing.reaction_failures import FAILURES_KEY
@@ -22,7 +26,8 @@ from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
-from tests.support.grpc_client import Client, command, running_server
+from tests.support.cluster import replica
+from tests.support.grpc_client import Client, command, running_server, submit_retrying
 from tests.support.waiting import eventually
 
 REACTION = "poison.relay"
@@ -173,3 +178,57 @@ async def test_the_count_is_written_on_failure_and_deleted_with_its_event(databa
         assert await parked(client) == []
         # Deleted by the commit that moved the checkpoint past its event.
         assert await store.load_document(REACTION, FAILURES_KEY) is None
+
+
+def running_it(apps: list[Application]) -> list[Application]:
+    return [app for app in apps if app.reactions.runners[REACTION].holds_lease]
+
+
+async def die(app: Application) -> None:
+    """The replica dies without giving its leases up."""
+    await app.reactions.stop()
+    await app.projections.stop()
+    await app.leases.stop(leave=False)
+    await app.server.stop(0)
+
+
+def stopped_on_its_runner(apps: list[Application], failures: int) -> bool:
+    """The command failed ``failures`` times in all, and the one replica
+    running the reaction stands stopped at it."""
+    holders = running_it(apps)
+    return (
+        MET.get("poison", 0) == failures
+        and len(holders) == 1
+        and bool(holders[0].reactions.runners[REACTION].error_now)
+    )
+
+
+@pytest.mark.postgres
+async def test_the_count_goes_on_on_the_replica_the_lease_moves_to(postgres_url: str) -> None:
+    # Three replicas: the one running the reaction meets the command once,
+    # then dies; the next takes the reaction over after the lease time,
+    # meets it once and dies; the third parks it at its first failure.
+    BROKEN.clear()
+    MET.clear()
+    BROKEN.add("poison")
+    registry = Registry([poison_plugin(60.0)])
+    async with AsyncExitStack() as stack:
+        cluster = [await stack.enter_async_context(replica(postgres_url, registry=registry)) for _ in range(3)]
+        alive = [app for app, _ in cluster]
+        await eventually(lambda: len(running_it(alive)) == 1, within=20, what="one replica running the reaction")
+        await submit_retrying(cluster[0][1], command("feed-poison", box.CreateBox(name="poison")))
+        for failures in range(1, MAX_ATTEMPTS):
+            await eventually(
+                partial(stopped_on_its_runner, alive, failures),
+                within=20,
+                what=f"failure {failures}, on the replica running the reaction",
+            )
+            (holder,) = running_it(alive)
+            await die(holder)
+            alive.remove(holder)
+        (last,) = alive
+        client = next(c for app, c in cluster if app is last)
+        now = await caught_up(client)
+        assert MET["poison"] == MAX_ATTEMPTS  # once on each replica
+        assert now.parked == 1
+        assert [p.reason for p in await parked(client)] == ["HANDLER_FAILED"]
