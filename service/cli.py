@@ -5,7 +5,7 @@
     chronicle submit ACCOUNT bank.v1.OpenAccount '{"owner": "alice"}' [--dry-run]
     chronicle read ACCOUNT [--from-version N] [--type T] [--origin O] [--limit N] [--backwards]
     chronicle get ACCOUNT [--at-version N | --at-time 2026-01-31T12:00:00Z]
-    chronicle projection NAME [KEY]          # progress, or one document
+    chronicle projection [NAME [KEY]]        # every projection's progress; one's; or one document
     chronicle projection documents NAME [--prefix P] [--descending]
     chronicle projection rebuild NAME        # from the start, with its progress (admin)
     chronicle projection parked NAME         # events its handler kept failing on
@@ -452,6 +452,11 @@ def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
     words = args.words
     if len(words) > 2:
         raise ValueError("chronicle projection takes NAME [KEY], or documents|parked|rebuild NAME")
+    if not words:  # every projection the caller may read, as `chronicle reaction` and `group` list theirs
+        listed = stub.ListProjections(projection_service_pb2.ListProjectionsRequest(), timeout=args.timeout)
+        for status in listed.projections:
+            _print(_as_dict(status))
+        return EXIT_OK
     if len(words) == 2 and words[0] in _PROJECTION_ACTIONS:
         action, name = words
         if action == "rebuild":
@@ -1768,15 +1773,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     projection = commands.add_parser(
         "projection",
-        help="a projection's progress or documents; rebuild it; list its parked events",
-        description="NAME: its progress; NAME KEY: one document; documents NAME: its documents as JSON lines"
+        help="the projections, or one's progress or documents; rebuild it; list its parked events",
+        description="no NAME: every projection's progress, one JSON line each; NAME: its progress;"
+        " NAME KEY: one document; documents NAME: its documents as JSON lines"
         " (--prefix, --descending); parked NAME: the events it parked, as JSON lines; rebuild NAME: apply the"
         " log again from the start (admin), showing its progress and the time left",
     )
     projection.add_argument(
         "words",
-        nargs="+",
-        metavar="NAME [KEY] | documents NAME | parked NAME | rebuild NAME",
+        nargs="*",
+        metavar="[NAME [KEY] | documents NAME | parked NAME | rebuild NAME]",
         help="e.g. bank.balances_by_owner owner:ann",
     )
     projection.add_argument("--prefix", default="", help="documents: only keys starting with this")

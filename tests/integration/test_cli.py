@@ -340,6 +340,11 @@ def test_projection_prints_progress_and_documents(tmp_path: Path) -> None:
         }
         missing = cli("projection", "bank.balances_by_owner", "owner:zed", server=server.address, check=False)
         assert "NOT_FOUND DOCUMENT_NOT_FOUND" in missing.stderr
+        # No name: every projection the server runs, one line each, as `reaction` and `group` list theirs.
+        listed = [json.loads(line) for line in cli("projection", server=server.address).stdout.splitlines()]
+        assert [(entry["name"], entry["position"]) for entry in listed] == [
+            ("bank.balances_by_owner", status["log_head"])
+        ]
 
 
 def test_projection_lists_documents_rebuilds_with_progress_and_lists_parked_events(tmp_path: Path) -> None:
