@@ -19,6 +19,9 @@
             print(event.version, event.payload)
         async for event in client.subscribe(checkpoints=FileCheckpoints(Path("projector.pos"))):
             project(event)  # every event once, in log order; resumes where it stopped
+        balance = await client.projections.document(  # a read model, once it holds the opening
+            "bank.balances_by_owner", "owner:ann", min_position=opened.position
+        )
         status = await client.reactions.get("bank.transfers")  # and client.groups: subscription groups
 
 Commands get a command id (UUID 4) of their own and are retried with it on
@@ -50,6 +53,7 @@ from service.client.errors import (
     Unavailable,
 )
 from service.client.groups import Delivery, GroupConsumer, GroupInfo, GroupParkedEvent, Groups
+from service.client.projections import Document, ParkedEvent, Projections, ProjectionStatus
 from service.client.reactions import ParkedCommand, Reactions, ReactionStatus
 from service.client.results import AggregateState, Event, StreamResult, Submitted, SubmittedBatch
 from service.client.retry import NO_RETRIES, RetryPolicy
@@ -65,6 +69,7 @@ __all__ = [
     "Command",
     "DeadlineExceeded",
     "Delivery",
+    "Document",
     "Event",
     "FailedPrecondition",
     "FileCheckpoints",
@@ -79,7 +84,10 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "ParkedCommand",
+    "ParkedEvent",
     "PermissionDenied",
+    "ProjectionStatus",
+    "Projections",
     "ReactionStatus",
     "Reactions",
     "RemoteError",

@@ -18,6 +18,7 @@ from chronicle.v1 import (
     event_pb2,
     event_service_pb2,
     event_service_pb2_grpc,
+    projection_service_pb2_grpc,
     reaction_service_pb2,
     reaction_service_pb2_grpc,
     subscription_group_service_pb2_grpc,
@@ -28,6 +29,7 @@ from service.client.checkpoints import CheckpointStore
 from service.client.commands import Command, new_command_id
 from service.client.errors import RemoteError, remote_error
 from service.client.groups import GroupConsumer, Groups
+from service.client.projections import Projections
 from service.client.reactions import Reactions
 from service.client.results import AggregateState, Event, M, StreamResult, Submitted, SubmittedBatch, unpack_as
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
@@ -103,6 +105,14 @@ class ChronicleClient:
         )
         self.reactions = Reactions(
             self._reactions, retry=retry, attempt_timeout=attempt_timeout, call_metadata=self._call_metadata
+        )
+        # Read models: documents (read your writes with a submit's position),
+        # progress, parked events, rebuilds.
+        self.projections = Projections(
+            projection_service_pb2_grpc.ProjectionServiceStub(channel),
+            retry=retry,
+            attempt_timeout=attempt_timeout,
+            call_metadata=self._call_metadata,
         )
 
     @classmethod

@@ -130,6 +130,14 @@ class Submitted:
             dry_run=dry_run,
         )
 
+    @property
+    def position(self) -> int:
+        """The log position of the last event the command appended: pass it
+        as ``min_position`` to read your own write from a read model
+        (``projections.document``) or a standby. 0 when it appended nothing
+        (nothing to wait for) and for a dry run (nothing was stored)."""
+        return max((event.position for event in self.events), default=0)
+
 
 @dataclass(frozen=True, slots=True)
 class SubmittedBatch:
@@ -141,6 +149,11 @@ class SubmittedBatch:
     replayed: bool
     results: tuple[Submitted, ...]
     dry_run: bool = False
+
+    @property
+    def position(self) -> int:
+        """The log position of the batch's last event (as ``Submitted.position``)."""
+        return max((result.position for result in self.results), default=0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,189 @@
+"""Read models from the client's side (``ChronicleClient.projections``): a
+projection's documents, one by key or page after page by key prefix, where
+the projection stands, the events it parked, and a rebuild::
+
+    async with ChronicleClient.connect(address) as client:
+        deposited = await client.submit("acc-1", bank.Deposit(amount=5))
+        # Read your own write: wait until the projection has applied it.
+        balance = await client.projections.document(
+            "bank.balances_by_owner", "owner:ann", min_position=deposited.position
+        )
+        print(balance.document.balance)  # a bank.OwnerBalance, its _pb2 module being imported
+        async for found in client.projections.documents("bank.balances_by_owner", key_prefix="owner:"):
+            print(found.key, found.document)
+
+Every call is a unary call retried as one is (``retry.call_with_retries``),
+each page of a listing on its own; refusals are
+:class:`~service.client.errors.RemoteError` subclasses with the server's
+reason. A read with ``min_position`` that the projection has not reached
+within the server's wait is ``Unavailable`` PROJECTION_BEHIND with a
+``RetryInfo``, so it is retried (for ``retry_for``); a projection stopped by
+a handler's failure at or before that position is ``FailedPrecondition``
+PROJECTION_FAILED, which is not: it lasts until the plugin is fixed.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from chronicle.v1 import projection_service_pb2 as pb
+from chronicle.v1 import projection_service_pb2_grpc as pb_grpc
+from service.client.call_metadata import CallMetadata
+from service.client.results import M, unpack, unpack_as
+from service.client.retry import RetryPolicy, call_with_retries
+
+ProjectionStatus = pb.GetProjectionResponse
+ParkedEvent = pb.ParkedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One document of a projection: its ``key``, the document decoded when
+    its type is known in this process (its ``_pb2`` module imported; else
+    the packed ``Any``), and ``position``, the projection's checkpoint when
+    it was read (it reflects every event up to there)."""
+
+    key: str
+    packed: any_pb2.Any
+    position: int
+
+    @property
+    def document(self) -> Message:
+        return unpack(self.packed)
+
+    @property
+    def type_name(self) -> str:
+        """The document's message type, e.g. ``bank.v1.OwnerBalance``."""
+        return str(self.packed.TypeName())
+
+    def document_as(self, message_type: type[M]) -> M:
+        """The document as ``message_type``; TypeError if it is another type."""
+        return unpack_as(self.packed, message_type)
+
+
+class Projections:
+    """``ProjectionService`` (``ChronicleClient.projections``)."""
+
+    def __init__(
+        self,
+        stub: pb_grpc.ProjectionServiceStub,
+        *,
+        retry: RetryPolicy,
+        attempt_timeout: float | None,
+        call_metadata: Sequence[tuple[str, str]] | CallMetadata,
+    ) -> None:
+        self._stub = stub
+        self._retry = retry
+        self._timeout = attempt_timeout
+        self._metadata = CallMetadata.of(call_metadata)
+
+    async def _call(self, what: str, method: Callable[..., Any], request: Any) -> Any:
+        async def attempt() -> Any:
+            return await method(request, timeout=self._timeout, metadata=self._metadata())
+
+        return await call_with_retries(self._retry, what, attempt)
+
+    async def document(self, projection: str, key: str, *, min_position: int = 0) -> Document:
+        """The document ``key`` of ``projection``. ``min_position`` (a
+        submit's ``position``): read your own writes, the read waits until
+        the projection has applied the log that far. ``NotFound``
+        PROJECTION_NOT_FOUND or DOCUMENT_NOT_FOUND; ``InvalidArgument``
+        INVALID_KEY (empty, too long, control characters), INVALID_PROJECTION,
+        POSITION_BEYOND_END."""
+        request = pb.GetDocumentRequest(projection=projection, key=key, min_position=min_position)
+        response: pb.GetDocumentResponse = await self._call(
+            f"get document {key!r} of {projection!r}", self._stub.GetDocument, request
+        )
+        return Document(key=key, packed=response.document, position=response.position)
+
+    async def documents(
+        self,
+        projection: str,
+        *,
+        key_prefix: str = "",
+        page_size: int = 0,
+        descending: bool = False,
+        min_position: int = 0,
+    ) -> AsyncIterator[Document]:
+        """The documents of ``projection`` whose keys start with
+        ``key_prefix``, in key order (Unicode code points; ``descending``
+        the other way), following the pages to the last. ``page_size`` (0:
+        the server's, 100) bounds a page; more than 1,000 is
+        ``InvalidArgument`` PAGE_SIZE_TOO_LARGE. Pages are read one at a
+        time: each document carries its page's checkpoint, and a document
+        written meanwhile shows if its key comes after the pages read.
+        ``min_position`` as for ``document``. On a server with encryption at
+        rest, ``FailedPrecondition`` DOCUMENT_KEYS_HIDDEN."""
+        order = pb.DOCUMENT_ORDER_KEY_DESCENDING if descending else pb.DOCUMENT_ORDER_KEY_ASCENDING
+        token = ""
+        while True:
+            request = pb.ListDocumentsRequest(
+                projection=projection,
+                key_prefix=key_prefix,
+                page_size=page_size,
+                page_token=token,
+                order=order,
+                min_position=min_position,
+            )
+            page: pb.ListDocumentsResponse = await self._call(
+                f"list the documents of {projection!r}", self._stub.ListDocuments, request
+            )
+            for found in page.documents:
+                yield Document(key=found.key, packed=found.document, position=page.position)
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def get(self, name: str) -> ProjectionStatus:
+        """Where projection ``name`` stands (``position`` against
+        ``log_head``, ``running``, ``error``, ``parked_events``, …).
+        ``NotFound`` PROJECTION_NOT_FOUND for one no loaded plugin declares."""
+        status: ProjectionStatus = await self._call(
+            f"get projection {name!r}", self._stub.GetProjection, pb.GetProjectionRequest(name=name)
+        )
+        return status
+
+    async def list(self) -> builtins.list[ProjectionStatus]:
+        """Every loaded projection the caller may read, by name."""
+        response: pb.ListProjectionsResponse = await self._call(
+            "list projections", self._stub.ListProjections, pb.ListProjectionsRequest()
+        )
+        return builtins.list(response.projections)
+
+    async def parked(self, projection: str, *, page_size: int = 0) -> AsyncIterator[ParkedEvent]:
+        """The events ``projection`` parked (its handler kept failing on
+        them), in log order, following the pages to the last. ``page_size``
+        as for ``documents``."""
+        token = ""
+        while True:
+            request = pb.ListParkedEventsRequest(projection=projection, page_size=page_size, page_token=token)
+            page: pb.ListParkedEventsResponse = await self._call(
+                f"list the parked events of {projection!r}", self._stub.ListParkedEvents, request
+            )
+            for parked in page.events:
+                yield parked
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def rebuild(self, name: str) -> int:
+        """Clear projection ``name`` (documents, parked events, checkpoint)
+        so that it applies the log again from the start; the log's head then,
+        which ``get(name).position`` reaches when the rebuild is done. Takes
+        the admin grant: ``PermissionDenied`` ADMIN_DENIED, or
+        ANONYMOUS_ADMIN_DENIED for an anonymous caller of a server without
+        ``--anonymous-admin``. A retry after an answer lost once the server
+        acted starts the rebuild again."""
+        response: pb.RebuildProjectionResponse = await self._call(
+            f"rebuild projection {name!r}", self._stub.RebuildProjection, pb.RebuildProjectionRequest(name=name)
+        )
+        return response.log_head
+
+
+__all__ = ["Document", "ParkedEvent", "ProjectionStatus", "Projections"]
