@@ -176,7 +176,7 @@ async def test_documents_are_followed_page_after_page_in_either_order(client: Ch
 
 
 async def test_where_projections_stand(client: ChronicleClient) -> None:
-    assert [status.name for status in await client.projections.list()] == [BALANCES, LABELS, STRICT]
+    assert [status.name for status in await client.projections.list()] == [BALANCES, LABELS, "labels.late", STRICT]
     await client.submit("acc-1", bank.OpenAccount(owner="ann"))
     await caught_up(client, BALANCES)
     status = await client.projections.get(BALANCES)

@@ -19,6 +19,7 @@ import protobuf from 'protobufjs';
 
 import { bearerToken, REFRESHABLE } from './credentials.js';
 import { logRetry, retryDelay, retryPolicy, sleepSeconds, STALE_TOKEN_ATTEMPTS } from './retry.js';
+import { Projections } from './projections.js';
 import { Reactions } from './reactions.js';
 import { RoutedStream } from './routed_stream.js';
 import { Routes } from './routing.js';
@@ -26,6 +27,7 @@ import { Signal } from './signal.js';
 
 export { crc32, partitionOf } from './routing.js';
 export { DEFAULT_RETRY, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry.js';
+export { Projections, projectionStatus } from './projections.js';
 export { Reactions, reactionStatus } from './reactions.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -47,6 +49,7 @@ const API_FILES = [
   'chronicle/v1/cluster_service.proto',
   'chronicle/v1/subscription_group_service.proto',
   'chronicle/v1/reaction_service.proto',
+  'chronicle/v1/projection_service.proto',
 ];
 const MESSAGE_FILES = [
   'bank/v1/bank_account.proto',
@@ -82,6 +85,7 @@ export const services = {
   ClusterService: api.ClusterService.service,
   SubscriptionGroupService: api.SubscriptionGroupService.service,
   ReactionService: api.ReactionService.service,
+  ProjectionService: api.ProjectionService.service,
 };
 
 // How a subscription, a command stream or a group consumer may end and be
@@ -370,6 +374,15 @@ export class ChronicleClient {
     });
     // ReactionService (reactions.js): its calls retried as every unary call.
     this.reactions = new Reactions((method, request) => this.#call(this.reactionService, method, request));
+    this.projectionService = new api.ProjectionService(address, credentials, {
+      channelOverride: this.commands.getChannel(),
+      interceptors,
+    });
+    // ProjectionService (projections.js): read models, documents decoded as payloads are.
+    this.projections = new Projections(
+      (method, request) => this.#call(this.projectionService, method, request),
+      unpack,
+    );
     this.origin = origin;
     this.userId = userId;
     this.attemptTimeoutSeconds = attemptTimeoutSeconds;
@@ -430,15 +443,51 @@ export class ChronicleClient {
    * 'bank.v1.Deposit'), `fields` its content. A new command id is generated
    * unless one is given; submitting the same id again is safe (the server
    * returns the original result with `replayed: true`). Resolves to
-   * { command_id, version, replayed, events } with each event's payload
-   * decoded; rejects with a ChronicleError.
+   * { command_id, version, replayed, events, position } with each event's
+   * payload decoded; `position` is the log position of its last event (0
+   * when it appended nothing): pass it as `minPosition` to read your own
+   * write (`projections.document`, `read`, `getAggregate`). Rejects with a
+   * ChronicleError.
    */
   async submit(aggregateId, typeName, fields, { commandId = randomUUID(), expectedVersion, metadata = {} } = {}) {
     const command = this.command({ aggregateId, typeName, fields, commandId, expectedVersion, metadata });
-    const response = this.routes
-      ? await this.routes.send('Submit', { command }, aggregateId, { timeoutSeconds: this.attemptTimeoutSeconds })
-      : await this.#call(this.commands, 'Submit', { command });
-    return { command_id: commandId, ...response, events: response.events.map(decodeEvent) };
+    const response = await this.#commandCall('Submit', { command }, aggregateId);
+    return submitted(commandId, response);
+  }
+
+  /**
+   * Runs `commands` (1 to 100, all for one aggregate; each { aggregateId,
+   * typeName, fields, commandId, expectedVersion, metadata }, a command id
+   * generated unless given) as one unit: each sees the state the ones before
+   * it left, and all their events are appended in one transaction, or none
+   * is. Resolves to { version, replayed, results, position }: one result
+   * per command, in order, as `submit` resolves, `position` the batch's last
+   * event's. A refusal of any command refuses the batch, the error's
+   * `metadata` naming it (`batch_index`, `command_id`); a malformed batch is
+   * INVALID_ARGUMENT (EMPTY_BATCH, BATCH_TOO_LARGE, MIXED_AGGREGATES,
+   * MIXED_AGGREGATE_TYPES, DUPLICATE_COMMAND_ID). Retried as `submit` is,
+   * with the same command ids: a batch that ran comes back whole
+   * (`replayed`). `dryRun`: the server decides and writes nothing (the
+   * events it would append, position 0). With `routing: true` it goes to the
+   * replica that owns the aggregate.
+   */
+  async submitBatch(commands, { dryRun = false } = {}) {
+    const described = commands.map((one) => ({ ...one, commandId: one.commandId ?? randomUUID() }));
+    const request = { commands: described.map((one) => this.command(one)), dry_run: dryRun };
+    const response = await this.#commandCall('SubmitBatch', request, described[0]?.aggregateId ?? '');
+    const results = response.results.map((result, index) => submitted(described[index].commandId, result));
+    return {
+      version: response.version,
+      replayed: response.replayed,
+      results,
+      position: Math.max(0, ...results.map((result) => result.position)),
+    };
+  }
+
+  /** A unary CommandService call: to the aggregate's owner when routing, else on this client's channel. */
+  async #commandCall(method, request, aggregateId) {
+    if (this.routes === null) return this.#call(this.commands, method, request);
+    return this.routes.send(method, request, aggregateId, { timeoutSeconds: this.attemptTimeoutSeconds });
   }
 
   /**
@@ -636,8 +685,8 @@ export class ChronicleClient {
       if (response.result === 'error') {
         return { command, command_id: command.commandId, submitted: null, error: commandError(response.error) };
       }
-      const submitted = { command_id: command.commandId, ...response.ok, events: response.ok.events.map(decodeEvent) };
-      return { command, command_id: command.commandId, submitted, error: null };
+      const ran = submitted(command.commandId, response.ok);
+      return { command, command_id: command.commandId, submitted: ran, error: null };
     };
 
     const stop = () => {
@@ -744,20 +793,46 @@ export class ChronicleClient {
    * have split one stored event into several of one version), for the
    * retry policy's `retryForSeconds` after it began or last received an
    * event.
+   *
+   * As the Python client's `read`: from `fromVersion` (default 1), or with
+   * `backwards` newest first from `fromVersion` (default: the latest) down
+   * to version 1; only `eventTypes` and events of `origin` when given.
+   * `limit`: at most about this many events, for paging: a page never ends
+   * between events that share a version (one stored event an upcaster
+   * split), so it may hold a few more; ask for the next page from the last
+   * version received + 1 (backwards: - 1); a page shorter than `limit` is
+   * the last. `minPosition`: read your writes from a server that reads from
+   * a standby (the read includes at least the log up to it; the server
+   * waits for it, or answers UNAVAILABLE READS_BEHIND, which is retried).
    */
-  async read(aggregateId, { fromVersion = 1, eventTypes = [] } = {}) {
+  async read(
+    aggregateId,
+    { fromVersion, eventTypes = [], limit = null, backwards = false, origin = '', minPosition = 0 } = {},
+  ) {
+    if (limit !== null && !(Number.isInteger(limit) && limit >= 1)) {
+      throw new RangeError(`limit must be a whole number of at least 1 (or null: no limit), got ${limit}`);
+    }
     const events = [];
     let alive = Date.now(); // when the read began or last received an event
     for (let attempt = 1; ; attempt += 1) {
       const before = events.length;
-      let from = fromVersion;
+      let from = fromVersion ?? (backwards ? 0 : 1);
       let skip = 0; // events of version `from` received already
       if (before > 0) {
         from = events[before - 1].version;
         while (skip < before && events[before - 1 - skip].version === from) skip += 1;
       }
       try {
-        const request = { aggregate_id: aggregateId, from_version: from, event_types: eventTypes };
+        const request = {
+          aggregate_id: aggregateId,
+          from_version: from,
+          event_types: eventTypes,
+          origin,
+          backwards,
+          min_position: minPosition,
+          // What is left of the limit, counting the events of `from` read again (0: none).
+          limit: limit === null ? 0 : Math.max(1, limit - before + skip),
+        };
         await this.#readInto(events, request, skip);
         return events;
       } catch (refusal) {
@@ -890,9 +965,26 @@ export class ChronicleClient {
     };
   }
 
-  /** The aggregate's current state: { aggregate_type, version, state }. */
-  async getAggregate(aggregateId) {
-    const response = await this.#call(this.events, 'GetAggregate', { aggregate_id: aggregateId });
+  /**
+   * The aggregate's state: { aggregate_id, aggregate_type, version, state },
+   * the state decoded. Now, or right after version `atVersion`, or as it was
+   * at `atTime` (a Date; the version current then is in the result): at most
+   * one of the two. Rejects NOT_FOUND AGGREGATE_NOT_FOUND if it has no
+   * events (or had none at `atTime`), OUT_OF_RANGE VERSION_NOT_REACHED
+   * (`metadata.current_version`) if it has not reached `atVersion`,
+   * INVALID_ARGUMENT INVALID_VERSION for an `atVersion` of 0. `minPosition`:
+   * read your writes, as for `read`.
+   */
+  async getAggregate(aggregateId, { atVersion, atTime, minPosition = 0 } = {}) {
+    if (atVersion != null && atTime != null) throw new TypeError('give atVersion or atTime, not both');
+    const request = { aggregate_id: aggregateId, min_position: minPosition };
+    if (atVersion != null) request.at_version = atVersion;
+    if (atTime != null) {
+      const ms = atTime instanceof Date ? atTime.getTime() : NaN;
+      if (Number.isNaN(ms)) throw new TypeError('atTime must be a valid Date');
+      request.at_time = { seconds: Math.floor(ms / 1000), nanos: (((ms % 1000) + 1000) % 1000) * 1e6 };
+    }
+    const response = await this.#call(this.events, 'GetAggregate', request);
     return { ...response, state: unpack(response.state) };
   }
 
@@ -1100,6 +1192,7 @@ export class ChronicleClient {
     this.events.close();
     this.groups.close();
     this.reactionService.close();
+    this.projectionService.close();
   }
 }
 
@@ -1110,6 +1203,12 @@ function duration(seconds) {
 
 function decodeEvent(event) {
   return { ...event, payload: unpack(event.payload) };
+}
+
+/** A SubmitResponse as `submit` resolves to it: its events decoded, and the last one's position. */
+function submitted(commandId, response) {
+  const events = response.events.map(decodeEvent);
+  return { command_id: commandId, ...response, events, position: Math.max(0, ...events.map((e) => e.position)) };
 }
 
 /** A refusal that came as a command's result (CommandError) instead of a call's status. */

@@ -130,6 +130,34 @@ test('a routed command stream gives each replica the commands of its aggregates,
   }
 });
 
+test("a routed batch goes to the replica that owns its aggregate", async () => {
+  const [first, second] = cluster.replicas;
+  const client = new ChronicleClient(first.address, { origin: 'node-routing', routing: true });
+  try {
+    await client.routes.waitFor(sharedByTwo);
+    // Which replica answered each batch, as the routes hear it.
+    const answeredBy = [];
+    const answered = client.routes.answered.bind(client.routes);
+    client.routes.answered = (address) => {
+      answeredBy.push(address);
+      answered(address);
+    };
+    const accounts = Array.from({ length: 20 }, () => `acc-${randomUUID()}`);
+    for (const account of accounts) {
+      const batch = await client.submitBatch([opening(account), depositing(account, 5)]);
+      assert.equal(batch.version, 2, account);
+    }
+    assert.deepEqual(
+      answeredBy,
+      accounts.map((account) => client.routes.ownerOf(account)),
+    );
+    assert.deepEqual([...new Set(answeredBy)].sort(), [first.address, second.address].sort()); // both had some
+    assert.equal(client.routes.notOwner, 0); // and neither said it was not the owner
+  } finally {
+    client.close();
+  }
+});
+
 test('commands go to their owners, and around a replica that was killed', async () => {
   const [first, second] = cluster.replicas;
   const client = new ChronicleClient(first.address, { origin: 'node-routing', routing: true });

@@ -1,0 +1,147 @@
+// ProjectionService from Node (chronicle.v1; protos/chronicle/v1/projection_service.proto):
+// the plugins' read models. A projection's documents, one by key or page
+// after page by key prefix, where it stands, the events it parked, and a
+// rebuild. `client.projections` is one of these; every call (and every page
+// of a listing) is a unary call of the client, retried as `submit` is
+// (chronicle.js), and a refusal is a ChronicleError with the server's reason.
+//
+// Read your own writes: pass a submit's `position` as `minPosition`, and the
+// read waits until the projection has applied the log that far. One still
+// behind after the server's wait (--read-wait-seconds) is UNAVAILABLE
+// PROJECTION_BEHIND with a RetryInfo, retried for the retry policy's
+// `retryForSeconds`; one stopped on a handler's failure at or before that
+// position is FAILED_PRECONDITION PROJECTION_FAILED, which is not retried (it
+// lasts until the plugin is fixed; the event's position is
+// `metadata.failed_at`).
+
+/** A google.protobuf.Timestamp as the loader decodes it, as a Date (null when unset). */
+function date(timestamp) {
+  return timestamp ? new Date(timestamp.seconds * 1000 + Math.floor(timestamp.nanos / 1e6)) : null;
+}
+
+/**
+ * Where a projection stands (chronicle.v1.GetProjectionResponse), with the
+ * proto's field names; 64-bit numbers are numbers, `last_error_time` a Date
+ * (null if none) and `retry_interval` seconds (null from servers older than
+ * it).
+ *
+ * @typedef {object} ProjectionStatus
+ * @property {string} name
+ * @property {number} position the log position applied (committed) up to
+ * @property {number} log_head the log's last position (position === log_head: caught up)
+ * @property {boolean} running whether it runs on the server that answered
+ * @property {string} error the failure holding it there now ('' while it runs normally)
+ * @property {string[]} aggregate_types
+ * @property {string[]} event_types
+ * @property {number} parked_events
+ * @property {string} on_failure 'stop' or 'park'
+ * @property {number} max_attempts with on_failure 'park': tries before an event is parked; else 0
+ * @property {number|null} retry_interval
+ * @property {string} runner the address of the server that runs it ('' when none or not known)
+ * @property {string} last_error
+ * @property {Date|null} last_error_time
+ */
+
+/** `status` (a GetProjectionResponse as the loader decodes it), its Timestamp and Duration as a Date and seconds. */
+export function projectionStatus(status) {
+  const interval = status.retry_interval;
+  return {
+    ...status,
+    last_error_time: date(status.last_error_time),
+    retry_interval: interval ? interval.seconds + interval.nanos / 1e9 : null,
+  };
+}
+
+export class Projections {
+  #call;
+  #unpack;
+
+  /**
+   * `call(method, request)`: the client's retried unary call on a
+   * ProjectionService stub; `unpack(any)`: how the client decodes a payload.
+   */
+  constructor(call, unpack) {
+    this.#call = call;
+    this.#unpack = unpack;
+  }
+
+  /**
+   * The document `key` of `projection`: { key, document, position }, the
+   * document decoded as the client decodes payloads (a plain object with its
+   * '@type'), `position` the projection's checkpoint it reflects.
+   * `minPosition` (a submit's `position`): wait until the projection has
+   * applied the log that far. Rejects NOT_FOUND PROJECTION_NOT_FOUND or
+   * DOCUMENT_NOT_FOUND; INVALID_ARGUMENT INVALID_KEY (empty, too long,
+   * control characters), INVALID_PROJECTION, POSITION_BEYOND_END.
+   */
+  async document(projection, key, { minPosition = 0 } = {}) {
+    const request = { projection, key, min_position: minPosition };
+    const { document, position } = await this.#call('GetDocument', request);
+    return { key, document: this.#unpack(document), position };
+  }
+
+  /**
+   * The documents of `projection` whose keys start with `keyPrefix`, in key
+   * order (by Unicode code point; `descending` the other way), as
+   * `document` gives them, following `next_page_token` to the last page.
+   * `pageSize` (0: the server's, 100) bounds a page; over 1,000 is
+   * INVALID_ARGUMENT PAGE_SIZE_TOO_LARGE. Each document carries its page's
+   * checkpoint; a document written meanwhile shows if its key comes after
+   * the pages read. `minPosition` as for `document`. On a server with
+   * encryption at rest: FAILED_PRECONDITION DOCUMENT_KEYS_HIDDEN.
+   */
+  async *documents(projection, { keyPrefix = '', pageSize = 0, descending = false, minPosition = 0 } = {}) {
+    const order = descending ? 'DOCUMENT_ORDER_KEY_DESCENDING' : 'DOCUMENT_ORDER_KEY_ASCENDING';
+    let token = '';
+    do {
+      const page = await this.#call('ListDocuments', {
+        projection,
+        key_prefix: keyPrefix,
+        page_size: pageSize,
+        page_token: token,
+        order,
+        min_position: minPosition,
+      });
+      for (const found of page.documents) {
+        yield { key: found.key, document: this.#unpack(found.document), position: page.position };
+      }
+      token = page.next_page_token;
+    } while (token);
+  }
+
+  /** Where projection `name` stands: a ProjectionStatus. Rejects NOT_FOUND PROJECTION_NOT_FOUND. */
+  async get(name) {
+    return projectionStatus(await this.#call('GetProjection', { name }));
+  }
+
+  /** Every loaded projection the caller may read: ProjectionStatus[], by name. */
+  async list() {
+    return (await this.#call('ListProjections', {})).projections.map(projectionStatus);
+  }
+
+  /**
+   * The events `projection` parked (its handler kept failing on them), in
+   * log order (chronicle.v1.ParkedEvent, `parked_at` a Date), following the
+   * pages to the last. `pageSize` as for `documents`.
+   */
+  async *parked(projection, { pageSize = 0 } = {}) {
+    let token = '';
+    do {
+      const page = await this.#call('ListParkedEvents', { projection, page_size: pageSize, page_token: token });
+      for (const event of page.events) yield { ...event, parked_at: date(event.parked_at) };
+      token = page.next_page_token;
+    } while (token);
+  }
+
+  /**
+   * Clears projection `name` (documents, parked events, checkpoint) so that
+   * it applies the log again from the start; resolves to the log's head
+   * then, which `get(name).position` reaches when the rebuild is done. Takes
+   * the admin grant (PERMISSION_DENIED ADMIN_DENIED; ANONYMOUS_ADMIN_DENIED
+   * for an anonymous caller of a server without --anonymous-admin). A retry
+   * after an answer lost once the server acted starts the rebuild again.
+   */
+  async rebuild(name) {
+    return (await this.#call('RebuildProjection', { name })).log_head;
+  }
+}
