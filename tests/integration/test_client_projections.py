@@ -152,6 +152,17 @@ async def test_a_batchs_position_is_its_last_event(client: ChronicleClient) -> N
     assert found.document_as(bank.AccountBalance).balance == 4
 
 
+async def test_a_command_that_appends_nothing_or_a_dry_run_has_no_position_to_wait_for(
+    client: ChronicleClient,
+) -> None:
+    created = await client.submit("box-1", box.CreateBox(name="same"))
+    assert created.position == created.events[0].position > 0
+    unchanged = await client.submit("box-1", box.RenameBox(name="same"))  # already so named: no event
+    assert (unchanged.events, unchanged.position) == ((), 0)
+    tried = await client.submit("box-1", box.RenameBox(name="other"), dry_run=True)
+    assert (len(tried.events), tried.position) == (1, 0)
+
+
 async def test_a_document_of_a_type_not_imported_here_stays_packed(client: ChronicleClient) -> None:
     opened = await client.submit("acc-1", bank.OpenAccount(owner="ann"))
     found = await client.projections.document(BALANCES, "owner:ann", min_position=opened.position)

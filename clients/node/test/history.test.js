@@ -114,6 +114,14 @@ test('a dry-run batch says what it would append and writes nothing', async () =>
   await assert.rejects(client.getAggregate(id), refusedWith('NOT_FOUND', 'AGGREGATE_NOT_FOUND'));
 });
 
+test('a command that appends nothing has no position to wait for', async () => {
+  const id = `box-${randomUUID()}`;
+  const created = await client.submit(id, 'box.v1.CreateBox', { name: 'same' });
+  assert.ok(created.position > 0);
+  const unchanged = await client.submit(id, 'box.v1.RenameBox', { name: 'same' }); // already so named
+  assert.deepEqual([unchanged.events, unchanged.position], [[], 0]);
+});
+
 test('read pages with a limit, forwards and backwards, from a version', async () => {
   const { id } = await accountWith(4); // versions 1 to 5
   const versions = async (options) => (await client.read(id, options)).map((event) => event.version);
