@@ -161,6 +161,7 @@ export class ChronicleError extends Error {
     this.metadata = {};
     this.fieldViolations = [];
     this.retryDelaySeconds = null;
+    this.commandIds = []; // set by submit and submitBatch: the ids sent, to send again after an unknown outcome
     this.cause = grpcError;
     const [encoded] = grpcError.metadata?.get('grpc-status-details-bin') ?? [];
     if (encoded === undefined) return; // no rich status: a transport failure, say
@@ -446,12 +447,32 @@ export class ChronicleClient {
    * { command_id, version, replayed, events, position } with each event's
    * payload decoded; `position` is the log position of its last event (0
    * when it appended nothing): pass it as `minPosition` to read your own
-   * write (`projections.document`, `read`, `getAggregate`). Rejects with a
-   * ChronicleError.
+   * write (`projections.document`, `read`, `getAggregate`). `dryRun`: the
+   * server decides on the current state and writes nothing (the events it
+   * would append, position 0; a refusal rejects as it would).
+   * `correlationId`, `causationId`: carried into the events' envelopes.
+   * Rejects with a ChronicleError; its `commandIds` names the id sent, so
+   * after one that leaves the outcome unknown (DEADLINE_EXCEEDED,
+   * UNAVAILABLE once the retries are spent) the same id sent again runs the
+   * command at most once and answers what it did.
    */
-  async submit(aggregateId, typeName, fields, { commandId = randomUUID(), expectedVersion, metadata = {} } = {}) {
-    const command = this.command({ aggregateId, typeName, fields, commandId, expectedVersion, metadata });
-    const response = await this.#commandCall('Submit', { command }, aggregateId);
+  async submit(
+    aggregateId,
+    typeName,
+    fields,
+    { commandId = randomUUID(), expectedVersion, metadata = {}, dryRun = false, correlationId, causationId } = {},
+  ) {
+    const command = this.command({
+      aggregateId,
+      typeName,
+      fields,
+      commandId,
+      expectedVersion,
+      metadata,
+      correlationId,
+      causationId,
+    });
+    const response = await naming([commandId], this.#commandCall('Submit', { command, dry_run: dryRun }, aggregateId));
     return submitted(commandId, response);
   }
 
@@ -474,7 +495,10 @@ export class ChronicleClient {
   async submitBatch(commands, { dryRun = false } = {}) {
     const described = commands.map((one) => ({ ...one, commandId: one.commandId ?? randomUUID() }));
     const request = { commands: described.map((one) => this.command(one)), dry_run: dryRun };
-    const response = await this.#commandCall('SubmitBatch', request, described[0]?.aggregateId ?? '');
+    const response = await naming(
+      described.map((one) => one.commandId),
+      this.#commandCall('SubmitBatch', request, described[0]?.aggregateId ?? ''),
+    );
     const results = response.results.map((result, index) => submitted(described[index].commandId, result));
     return {
       version: response.version,
@@ -767,7 +791,7 @@ export class ChronicleClient {
   }
 
   /** A command message (chronicle.v1.Command) from its description, as this client's user and origin. */
-  command({ aggregateId, typeName, fields, commandId, expectedVersion, metadata = {} }) {
+  command({ aggregateId, typeName, fields, commandId, expectedVersion, metadata = {}, correlationId, causationId }) {
     const now = Date.now();
     const command = {
       command_id: commandId,
@@ -777,6 +801,8 @@ export class ChronicleClient {
       origin: this.origin,
       timestamp: { seconds: Math.floor(now / 1000), nanos: (now % 1000) * 1e6 },
       metadata,
+      correlation_id: correlationId ?? '',
+      causation_id: causationId ?? '',
     };
     if (expectedVersion !== undefined) command.expected_version = expectedVersion;
     return command;
@@ -1206,6 +1232,16 @@ function decodeEvent(event) {
 }
 
 /** A SubmitResponse as `submit` resolves to it: its events decoded, and the last one's position. */
+/** `call`'s result; a ChronicleError it rejects with names the command ids sent (`commandIds`). */
+async function naming(commandIds, call) {
+  try {
+    return await call;
+  } catch (error) {
+    if (error instanceof ChronicleError) error.commandIds = commandIds;
+    throw error;
+  }
+}
+
 function submitted(commandId, response) {
   const events = response.events.map(decodeEvent);
   return { command_id: commandId, ...response, events, position: Math.max(0, ...events.map((e) => e.position)) };

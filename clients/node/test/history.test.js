@@ -41,7 +41,12 @@ const deposit = (aggregateId, amount, extra = {}) => ({
   fields: { amount },
   ...extra,
 });
-const withdraw = (aggregateId, amount) => ({ aggregateId, typeName: 'bank.v1.Withdraw', fields: { amount } });
+const withdraw = (aggregateId, amount, extra = {}) => ({
+  aggregateId,
+  typeName: 'bank.v1.Withdraw',
+  fields: { amount },
+  ...extra,
+});
 
 function refusedWith(code, reason) {
   return (error) => {
@@ -112,6 +117,34 @@ test('a dry-run batch says what it would append and writes nothing', async () =>
   assert.equal(tried.position, 0);
   assert.equal(tried.results[1].events[0].payload.amount, 5);
   await assert.rejects(client.getAggregate(id), refusedWith('NOT_FOUND', 'AGGREGATE_NOT_FOUND'));
+});
+
+test('a dry-run submit says what it would append and writes nothing; a refusal rejects as it would', async () => {
+  const id = newAccount();
+  await client.submit(id, 'bank.v1.OpenAccount', { owner: 'ann' });
+  const tried = await client.submit(id, 'bank.v1.Deposit', { amount: 7 }, { dryRun: true });
+  assert.deepEqual([tried.version, tried.position, tried.events[0].payload.amount], [2, 0, 7]);
+  assert.equal((await client.getAggregate(id)).version, 1);
+  const refused = await client.submit(id, 'bank.v1.Withdraw', { amount: 9 }, { dryRun: true }).catch((e) => e);
+  assert.equal(`${refused.code} ${refused.reason}`, 'FAILED_PRECONDITION INSUFFICIENT_FUNDS');
+});
+
+test("a submit's correlation and causation ids reach its events; a refusal names the command ids sent", async () => {
+  const id = newAccount();
+  const opened = await client.submit(
+    id,
+    'bank.v1.OpenAccount',
+    { owner: 'ann' },
+    { correlationId: 'order-17', causationId: 'msg-3' },
+  );
+  assert.deepEqual([opened.events[0].correlation_id, opened.events[0].causation_id], ['order-17', 'msg-3']);
+  const commandId = randomUUID();
+  const refused = await client.submit(id, 'bank.v1.Withdraw', { amount: 9 }, { commandId }).catch((e) => e);
+  assert.equal(refused.reason, 'INSUFFICIENT_FUNDS');
+  assert.deepEqual(refused.commandIds, [commandId]);
+  const batch = [deposit(id, 1, { commandId: randomUUID() }), withdraw(id, 500, { commandId: randomUUID() })];
+  const batchRefused = await client.submitBatch(batch).catch((e) => e);
+  assert.deepEqual(batchRefused.commandIds, [batch[0].commandId, batch[1].commandId]);
 });
 
 test('a command that appends nothing has no position to wait for', async () => {
