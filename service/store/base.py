@@ -320,7 +320,7 @@ class ProjectionStore(Protocol):
         or if ``fencing`` is given and its lease is no longer held by its
         member at its epoch (``LeaseStore``): the runner lost the projection
         to another replica. A store whose process is the one owner of every
-        lease (memory, SQLite) has nothing to check the token against.
+        lease (memory) has nothing to check the token against.
         A document is kept with its ``subjects`` (those of its last write);
         ``SubjectsForgotten`` (and nothing written) if a write puts a
         document naming an aggregate that was forgotten, even one forgotten
@@ -536,9 +536,10 @@ class LeaseStore(Protocol):
     ``renew_leases``; a lease is held until ``ttl`` seconds after its
     holder's last renewal. Times are the database's, so replicas' clocks do
     not matter. Each change of a lease's holder (taken, given up, taken
-    over) adds one to its epoch. The memory and SQLite stores serve one
-    process, which is therefore the one member and holds every lease (at
-    epoch 1)."""
+    over) adds one to its epoch. The SQLite store keeps them in its file,
+    shared by the server processes on it (one machine: times are its clock).
+    The memory store serves one process, which is therefore the one member
+    and holds every lease (at epoch 1)."""
 
     async def renew_leases(self, group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> LeaseView:
         """In one transaction: record ``member`` as live in ``group`` for
@@ -567,10 +568,11 @@ class GroupStore(Protocol):
     ``consumer_leases`` is the ``LeaseStore`` by which a group's consumers
     share its segments (lease group ``grouping.consumer_group(name)``, one
     lease per segment, named by its number): the store's own leases on
-    PostgreSQL, where consumers of one group may be connected to different
-    replicas; the process's own on memory and SQLite, whose one process
-    serves every consumer (``local_leases.LocalLeases``, shared among them
-    for real, unlike the replicas' ``SoleOwnerLeases``)."""
+    PostgreSQL and SQLite, where consumers of one group may be connected to
+    different replicas (processes on one file); the process's own on
+    memory, whose one process serves every consumer
+    (``local_leases.LocalLeases``, shared among them for real, unlike the
+    replicas' ``SoleOwnerLeases``)."""
 
     @property
     def consumer_leases(self) -> LeaseStore: ...

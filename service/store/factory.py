@@ -12,7 +12,6 @@ from urllib.parse import unquote, urlsplit
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, StoreAdapter
 from service.store.schema_use import SchemaUse
-from service.store.sole_owner import SoleOwnerLeases
 
 STORE_ENTRY_POINT_GROUP = "chronicle.stores"
 BUILT_IN_SCHEMES = ("sqlite", "memory", "postgresql", "postgres")
@@ -105,10 +104,11 @@ def open_store(
 def check_shared_by_processes(adapter: object, url: str) -> None:
     """Several server processes on one port (``--processes``,
     ``--reuse-port``) share the work out through the store's leases. A store
-    that serves one process (memory, SQLite: each process would hold every
-    lease, and ``memory://`` would give each process data of its own, so one
-    aggregate could be opened twice) cannot be shared: refused."""
-    if isinstance(adapter, SoleOwnerLeases):
+    that serves one process (``serves_one_process``) is refused: memory,
+    whose every process would hold every lease and keep data of its own (one
+    aggregate could be opened twice), and SQLite, whose file takes one
+    writer at a time (the processes would only queue for it)."""
+    if getattr(adapter, "serves_one_process", False):
         raise ConfigurationError(
             f"the store {redacted_url(url)!r} serves one process: several processes on one port"
             " (--processes, --reuse-port) need a store they share through leases (postgresql://…)",

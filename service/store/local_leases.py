@@ -1,7 +1,7 @@
 """A ``LeaseStore`` kept in this process's memory, shared for real among
-its members: the consumers of a subscription group on the memory and
-SQLite stores, whose one process serves every consumer (a replica's own
-partitions and projections there use ``sole_owner.py``: one member).
+its members: the consumers of a subscription group on the memory store,
+whose one process serves every consumer (a replica's own partitions and
+projections there use ``sole_owner.py``: one member).
 
 Same semantics as PostgreSQL's leases (``postgres/leases.py``): a member
 is live until ``ttl`` after its last renewal, a lease held until ``ttl``

@@ -1,4 +1,4 @@
-"""``LeaseStore`` for stores that serve one process (memory, SQLite): that
+"""``LeaseStore`` for a store that serves one process (memory): that
 process is the one member of every group and holds every lease, at epoch 1,
 for as long as it runs. Nothing is written: there is no one to share with."""
 
@@ -12,6 +12,9 @@ SOLE_EPOCH = 1
 
 
 class SoleOwnerLeases:
+    # service/store/factory.py: check_shared_by_processes
+    serves_one_process = True
+
     async def renew_leases(self, group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> LeaseView:
         leases = tuple(Lease(name, member.member_id, SOLE_EPOCH) for name in sorted(set(names)))
         return LeaseView((member,), leases)

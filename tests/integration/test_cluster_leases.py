@@ -1,18 +1,23 @@
-"""Leases on PostgreSQL: replicas share partitions fairly, rebalance when
-one joins or leaves, take over a dead one's after the lease time, and a
-fencing token stops a stale holder's commit.
+"""Leases on PostgreSQL, and on SQLite between server processes on one
+file: replicas share partitions fairly, rebalance when one joins or leaves,
+take over a dead one's after the lease time, and a fencing token stops a
+stale holder's commit.
 
 Each replica here is a real ``LeaseKeeper`` on a store of its own (its own
-connections), all on one database: the heartbeats are called one after the
-other (``beat``) so that the order of events is the test's, not the
-scheduler's, except where concurrency is the point."""
+connections), all on one database (one file): the heartbeats are called
+one after the other (``beat``) so that the order of events is the test's,
+not the scheduler's, except where concurrency is the point."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,14 +25,14 @@ import pytest
 from service.cluster.leases import LeaseGroup, LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
 from service.errors import ConcurrencyConflict
+from service.store.base import StoreAdapter
 from service.store.leasing import LeaseMember
 from service.store.postgres import PostgresStore
 from service.store.records import DocumentWrite
+from service.store.sqlite import SqliteStore
 from tests.support.contents import contents
 from tests.support.events import new_event
 from tests.support.faults import appends_blocked, wait_for_waiters
-
-pytestmark = pytest.mark.postgres
 
 PARTITIONS = partition_group(64)
 
@@ -42,30 +47,51 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-async def stores(postgres_url: str) -> AsyncIterator[Callable[[], PostgresStore]]:
-    """Open a store of its own for each replica (closed at the end)."""
+@dataclass(frozen=True)
+class Replicas:
+    """Stores of one database for replicas: ``await new()`` opens one more
+    (its own connections; on SQLite, another process's would be the same),
+    ``owners(group)`` reads who holds each lease from the tables directly."""
+
+    kind: str
+    new: Callable[[], Awaitable[StoreAdapter]]
+    owners: Callable[[str], dict[str, str | None]]
+    url: str  # PostgreSQL's URL, or the SQLite file's path
+
+
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
+async def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Replicas]:
+    """A ``Replicas`` of a fresh database (closed at the end)."""
     async with AsyncExitStack() as stack:
-        opened: list[PostgresStore] = []
-
-        def new() -> PostgresStore:
-            store = PostgresStore(postgres_url, pool_size=2)
-            opened.append(store)
-            return store
-
-        for_open = new()
-        await for_open.open()  # migrate once
+        opened: list[StoreAdapter] = []
         stack.push_async_callback(_close_all, opened)
-        yield new
+        if request.param == "postgres":
+            url = str(request.getfixturevalue("postgres_url"))
+
+            async def new() -> StoreAdapter:
+                opened.append(PostgresStore(url, pool_size=2))
+                await opened[-1].open()
+                return opened[-1]
+
+            yield Replicas("postgres", new, lambda group: _postgres_owners(url, group), url)
+        else:
+            path = str(tmp_path / "shared.db")
+
+            async def new() -> StoreAdapter:
+                opened.append(SqliteStore(path))
+                await opened[-1].open()
+                return opened[-1]
+
+            yield Replicas("sqlite", new, lambda group: _sqlite_owners(path, group), path)
 
 
-async def _close_all(opened: list[PostgresStore]) -> None:
+async def _close_all(opened: list[StoreAdapter]) -> None:
     for store in opened:
         await store.close()
 
 
 def keeper(
-    store: PostgresStore,
+    store: StoreAdapter,
     number: int,
     *,
     groups: Sequence[LeaseGroup] = (PARTITIONS,),
@@ -86,8 +112,7 @@ def shares(keepers: Sequence[LeaseKeeper], group: str = PARTITIONS.name) -> list
     return [len(k.held(group)) for k in keepers]
 
 
-def database_owners(url: str, group: str = PARTITIONS.name) -> dict[str, str | None]:
-    """Who holds each lease, read from the tables directly."""
+def _postgres_owners(url: str, group: str) -> dict[str, str | None]:
     with psycopg.connect(url) as conn:
         found = conn.execute(
             "SELECT name, CASE WHEN expires_at > now() THEN owner END FROM chronicle.leases WHERE lease_group = %s",
@@ -96,13 +121,28 @@ def database_owners(url: str, group: str = PARTITIONS.name) -> dict[str, str | N
     return {str(name): owner for name, owner in found}
 
 
-async def test_a_lone_replica_takes_every_partition_in_its_first_heartbeat(
-    stores: Callable[[], PostgresStore], postgres_url: str
-) -> None:
-    alone = keeper(stores(), 1)
+def _sqlite_owners(path: str, group: str) -> dict[str, str | None]:
+    conn = sqlite3.connect(path)
+    try:
+        found = conn.execute(
+            "SELECT name, CASE WHEN expires_at_us > ? THEN owner END FROM leases WHERE lease_group = ?",
+            (time.time_ns() // 1000, group),
+        ).fetchall()
+    finally:
+        conn.close()
+    return {str(name): owner for name, owner in found}
+
+
+def database_owners(replicas: Replicas, group: str = PARTITIONS.name) -> dict[str, str | None]:
+    """Who holds each lease, read from the tables directly."""
+    return replicas.owners(group)
+
+
+async def test_a_lone_replica_takes_every_partition_in_its_first_heartbeat(replicas: Replicas) -> None:
+    alone = keeper(await replicas.new(), 1)
     await alone.beat()
     assert alone.held(PARTITIONS.name) == sorted(str(p) for p in range(64))
-    assert set(database_owners(postgres_url).values()) == {"member-01"}
+    assert set(database_owners(replicas).values()) == {"member-01"}
     ownership = Ownership(alone, 64)
     topology = ownership.topology()
     assert topology.owners == ("member-01",) * 64
@@ -111,10 +151,8 @@ async def test_a_lone_replica_takes_every_partition_in_its_first_heartbeat(
     assert ownership.owns("acc-1")
 
 
-async def test_a_second_replica_gets_half_within_two_heartbeats_each(
-    stores: Callable[[], PostgresStore], postgres_url: str
-) -> None:
-    first, second = keeper(stores(), 1), keeper(stores(), 2)
+async def test_a_second_replica_gets_half_within_two_heartbeats_each(replicas: Replicas) -> None:
+    first, second = keeper(await replicas.new(), 1), keeper(await replicas.new(), 2)
     await first.beat()
     # The newcomer sees nothing free yet; the first sees it and gives up
     # its excess; the newcomer takes it at its next heartbeat.
@@ -124,7 +162,7 @@ async def test_a_second_replica_gets_half_within_two_heartbeats_each(
     assert shares([first, second]) == [32, 0]
     await second.beat()
     assert shares([first, second]) == [32, 32]
-    owners = database_owners(postgres_url)
+    owners = database_owners(replicas)
     assert sorted(owners.values()) == ["member-01"] * 32 + ["member-02"] * 32  # type: ignore[type-var]
     # Both know the same topology after one more round, and it has grown
     # by one per change of owner (64 taken, 32 given up, 32 taken).
@@ -135,31 +173,27 @@ async def test_a_second_replica_gets_half_within_two_heartbeats_each(
     assert not set(first.held(PARTITIONS.name)) & set(second.held(PARTITIONS.name))
 
 
-async def test_sixteen_replicas_share_64_partitions_evenly_and_rebalance_when_four_leave(
-    stores: Callable[[], PostgresStore], postgres_url: str
-) -> None:
-    keepers = [keeper(stores(), n) for n in range(16)]
+async def test_sixteen_replicas_share_64_partitions_evenly_and_rebalance_when_four_leave(replicas: Replicas) -> None:
+    keepers = [keeper(await replicas.new(), n) for n in range(16)]
     await rounds(keepers, 3)
     assert shares(keepers) == [4] * 16
-    assert len(set(database_owners(postgres_url).values())) == 16
+    assert len(set(database_owners(replicas).values())) == 16
     for leaving in keepers[:4]:
         await leaving.stop(leave=True)
     staying = keepers[4:]
     # The moment they left, their partitions were free: no one waits for
     # a lease to expire.
-    assert sum(1 for owner in database_owners(postgres_url).values() if owner is None) == 16
+    assert sum(1 for owner in database_owners(replicas).values() if owner is None) == 16
     await rounds(staying, 2)
     counts = shares(staying)
     assert sum(counts) == 64
     assert max(counts) - min(counts) <= 1  # 64 / 12: four hold 6, eight hold 5
     assert sorted(counts) == [5] * 8 + [6] * 4
-    assert None not in database_owners(postgres_url).values()
+    assert None not in database_owners(replicas).values()
 
 
-async def test_concurrent_heartbeats_converge_without_a_lease_held_twice(
-    stores: Callable[[], PostgresStore], postgres_url: str
-) -> None:
-    keepers = [keeper(stores(), n) for n in range(8)]
+async def test_concurrent_heartbeats_converge_without_a_lease_held_twice(replicas: Replicas) -> None:
+    keepers = [keeper(await replicas.new(), n) for n in range(8)]
     # Members racing for the last free leases may need a few rounds (each
     # round, the database gives every contested lease to one of them).
     for _ in range(20):
@@ -171,11 +205,9 @@ async def test_concurrent_heartbeats_converge_without_a_lease_held_twice(
     assert shares(keepers) == [8] * 8
 
 
-async def test_a_dead_replicas_partitions_are_taken_over_after_the_lease_time(
-    stores: Callable[[], PostgresStore], postgres_url: str
-) -> None:
+async def test_a_dead_replicas_partitions_are_taken_over_after_the_lease_time(replicas: Replicas) -> None:
     ttl = 1.0
-    survivor, victim = keeper(stores(), 1, ttl=ttl), keeper(stores(), 2, ttl=ttl)
+    survivor, victim = keeper(await replicas.new(), 1, ttl=ttl), keeper(await replicas.new(), 2, ttl=ttl)
     await rounds([survivor, victim], 2)
     assert shares([survivor, victim]) == [32, 32]
     lost = victim.held(PARTITIONS.name)
@@ -198,10 +230,10 @@ async def test_a_dead_replicas_partitions_are_taken_over_after_the_lease_time(
 
 
 async def test_a_replica_stops_treating_leases_as_its_own_when_heartbeats_stop(
-    stores: Callable[[], PostgresStore],
+    replicas: Replicas,
 ) -> None:
     clock = Clock()
-    alone = keeper(stores(), 1, ttl=3.0, clock=clock)
+    alone = keeper(await replicas.new(), 1, ttl=3.0, clock=clock)
     await alone.beat()
     assert len(alone.held(PARTITIONS.name)) == 64
     clock.now += 2.9
@@ -213,13 +245,11 @@ async def test_a_replica_stops_treating_leases_as_its_own_when_heartbeats_stop(
     assert alone.held(PARTITIONS.name) == []
 
 
-async def test_a_stale_fencing_token_cannot_commit_a_projection_batch(
-    stores: Callable[[], PostgresStore], postgres_url: str
-) -> None:
+async def test_a_stale_fencing_token_cannot_commit_a_projection_batch(replicas: Replicas) -> None:
     group = LeaseGroup("projections", ("bank.balances_by_owner",))
     ttl = 0.3
-    store = stores()
-    old, new = keeper(store, 1, groups=[group], ttl=ttl), keeper(stores(), 2, groups=[group], ttl=ttl)
+    store = await replicas.new()
+    old, new = keeper(store, 1, groups=[group], ttl=ttl), keeper(await replicas.new(), 2, groups=[group], ttl=ttl)
     await old.beat()
     stale = old.fencing("projections", "bank.balances_by_owner")
     assert stale is not None
@@ -270,10 +300,10 @@ async def test_a_stale_fencing_token_cannot_commit_a_projection_batch(
 
 
 async def test_replicas_configured_with_another_partition_count_form_a_group_of_their_own(
-    stores: Callable[[], PostgresStore],
+    replicas: Replicas,
 ) -> None:
-    sixty_four = keeper(stores(), 1)
-    sixteen = keeper(stores(), 2, groups=[partition_group(16)])
+    sixty_four = keeper(await replicas.new(), 1)
+    sixteen = keeper(await replicas.new(), 2, groups=[partition_group(16)])
     await rounds([sixty_four, sixteen], 2)
     assert len(sixty_four.held(PARTITIONS.name)) == 64
     assert len(sixteen.held("partitions/16")) == 16
@@ -281,9 +311,9 @@ async def test_replicas_configured_with_another_partition_count_form_a_group_of_
 
 
 async def test_the_version_moves_when_the_owners_change_and_wakes_a_waiter(
-    stores: Callable[[], PostgresStore],
+    replicas: Replicas,
 ) -> None:
-    first, second = keeper(stores(), 1), keeper(stores(), 2)
+    first, second = keeper(await replicas.new(), 1), keeper(await replicas.new(), 2)
     await first.beat()
     version = first.version
     waiter = asyncio.ensure_future(first.wait_for_change(version, max_wait=30))
@@ -295,17 +325,43 @@ async def test_the_version_moves_when_the_owners_change_and_wakes_a_waiter(
     assert await asyncio.wait_for(waiter, 5) > version
 
 
-async def test_heartbeats_are_not_held_up_by_appends_waiting_for_the_position_lock(
-    stores: Callable[[], PostgresStore], postgres_url: str
-) -> None:
-    store = stores()
+async def test_heartbeats_are_not_held_up_by_appends_waiting_for_the_position_lock(replicas: Replicas) -> None:
+    if replicas.kind != "postgres":
+        pytest.skip("PostgreSQL's position lock; SQLite's own case is the test below")
+    store = await replicas.new()
     alone = keeper(store, 1)
     await alone.beat()
-    with appends_blocked(postgres_url):
+    with appends_blocked(replicas.url):
         blocked = asyncio.ensure_future(store.append("a-1", [new_event()], 0))
-        await asyncio.to_thread(wait_for_waiters, postgres_url)
+        await asyncio.to_thread(wait_for_waiters, replicas.url)
         # Queued behind the append, the heartbeat would wait for the lock
         # timeout (5 s); on a connection of its own it does not wait at all.
         await asyncio.wait_for(alone.beat(), 2)
         assert not blocked.done()
     await asyncio.wait_for(blocked, 10)
+
+
+async def test_sqlite_heartbeats_are_not_queued_behind_the_stores_own_work(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "one.db")
+    await store.open()
+    try:
+        alone = keeper(store, 1)
+        await alone.beat()
+        # The store's one thread is busy (a long read: an export's page, a
+        # catch-up): a heartbeat queued behind it would wait for it all.
+        started, release = threading.Event(), threading.Event()
+
+        def long_work(db: sqlite3.Connection) -> bool:
+            started.set()
+            return release.wait(10)
+
+        busy = asyncio.ensure_future(store._writer.run(long_work))
+        try:
+            assert await asyncio.to_thread(started.wait, 5)
+            await asyncio.wait_for(alone.beat(), 2)
+            assert not busy.done()
+        finally:
+            release.set()
+        assert await busy is True
+    finally:
+        await store.close()

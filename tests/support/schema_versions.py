@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -57,6 +58,7 @@ DATABASE_TIMES = frozenset(
         "updated_at",
         "joined_at",
         "expires_at",  # a lease's or a member's: now() plus the lease time
+        "expires_at_us",  # the same on SQLite
         "parked_at",
         "incarnation",  # not a time: a subscription group's, drawn afresh by the store at each creation
     }
@@ -538,6 +540,20 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
             "INSERT INTO projection_parked_events (projection, position, event_id, event_type, aggregate_id,"
             " error, attempts, parked_at_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             parked_event_row(parked),
+        )
+    now_us = time.time_ns() // 1000
+    for member in rows.lease_members:
+        conn.execute(
+            "INSERT INTO lease_members (lease_group, member_id, address, expires_at_us) VALUES (?, ?, ?, ?)",
+            (LEASE_GROUP, member.member_id, member.address, now_us + int(LEASE_SECONDS * 1_000_000)),
+        )
+    for lease in rows.leases:
+        # A lease given up (or never taken) expired at 0; a held one when
+        # its holder stops renewing it.
+        expires_at_us = now_us + int(LEASE_SECONDS * 1_000_000) if lease.owner is not None else 0
+        conn.execute(
+            "INSERT INTO leases (lease_group, name, owner, epoch, expires_at_us) VALUES (?, ?, ?, ?, ?)",
+            (LEASE_GROUP, lease.name, lease.owner, lease.epoch, expires_at_us),
         )
     for group in rows.groups:
         spec = group.spec

@@ -1,13 +1,16 @@
 """``GroupStore`` on SQLite: settings, segment checkpoints and parked
-events in the file; the consumers' leases in the process (its one
-process serves every consumer: ``local_leases.py``)."""
+events in the file; the consumers hold segments by the store's own leases
+(``leases.py``, in the file too), so the consumers of one group may be
+connected to different server processes on the file."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import cast
 
 from service.errors import ConcurrencyConflict
+from service.store.base import LeaseStore
 from service.store.grouping import (
     GroupParkedEvent,
     GroupSpec,
@@ -15,44 +18,34 @@ from service.store.grouping import (
     SegmentCheckpoint,
     consumer_group,
     consumers_of,
-    owners_from_view,
 )
 from service.store.leasing import Fencing
-from service.store.local_leases import LocalLeases
 from service.store.memory_groups import group_exists
 from service.store.sql_common import group_params, group_spec_from_row, parked_from_row
 from service.store.sqlite import sql
+from service.store.sqlite.leases import now_us, still_held
 from service.store.sqlite.writer import Writer, reading, writing
 
 
 class GroupsRole:
     _writer: Writer
-    _consumer_leases: LocalLeases
 
     @property
-    def consumer_leases(self) -> LocalLeases:
-        return self._consumer_leases
+    def consumer_leases(self) -> LeaseStore:
+        return cast(LeaseStore, self)  # SqliteStore's LeasesRole: the leases every process on the file sees
 
     async def create_group(self, spec: GroupSpec) -> None:
         if not await self._writer.run(_create, spec.incarnated()):
             raise group_exists(spec.name)
 
     async def delete_group(self, name: str) -> bool:
-        self._consumer_leases.drop_group(consumer_group(name))
         return await self._writer.run(_delete, name)
 
     async def load_group(self, name: str) -> GroupState | None:
-        loaded = await self._writer.run(_load, name)
-        return None if loaded is None else self._with_consumers(loaded)
+        return await self._writer.run(_load, name)
 
     async def list_groups(self) -> list[GroupState]:
-        return [self._with_consumers(loaded) for loaded in await self._writer.run(_load_all)]
-
-    def _with_consumers(self, state: GroupState) -> GroupState:
-        members, owners = owners_from_view(self._consumer_leases.view(consumer_group(state.spec.name)))
-        return GroupState(
-            spec=state.spec, checkpoints=state.checkpoints, parked=state.parked, consumers=consumers_of(members, owners)
-        )
+        return await self._writer.run(_load_all)
 
     async def commit_segment(
         self,
@@ -65,11 +58,9 @@ class GroupsRole:
         parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
     ) -> None:
-        # The lease is the process's own: checked here, on the event loop,
-        # where its holders change; the checkpoint guards the write itself.
-        if fencing is not None and not self._consumer_leases.holds(fencing):
-            raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
-        moved = await self._writer.run(_commit, name, segment, expected_position, new_position, acknowledged, parked)
+        moved = await self._writer.run(
+            _commit, name, segment, expected_position, new_position, acknowledged, parked, fencing
+        )
         if not moved:
             raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
 
@@ -113,6 +104,10 @@ def _create(db: sqlite3.Connection, spec: GroupSpec) -> bool:
 
 def _delete(db: sqlite3.Connection, name: str) -> bool:
     with writing(db):
+        # Its consumers' leases too: a consumer of the deleted group cannot
+        # commit into a new group of that name with its old token.
+        db.execute(sql.DELETE_GROUP_MEMBERS, (consumer_group(name),))
+        db.execute(sql.DELETE_GROUP_LEASES, (consumer_group(name),))
         db.execute(sql.DELETE_GROUP_SEGMENTS, (name,))
         db.execute(sql.DELETE_GROUP_PARKED, (name,))
         return bool(db.execute(sql.DELETE_GROUP, (name,)).rowcount)
@@ -126,7 +121,15 @@ def _read(db: sqlite3.Connection, name: str) -> GroupState | None:
         SegmentCheckpoint(int(s), int(p), int(a)) for s, p, a in db.execute(sql.GROUP_SEGMENTS, (name,)).fetchall()
     )
     (parked,) = db.execute(sql.PARKED_COUNT, (name,)).fetchone()
-    return GroupState(spec=group_spec_from_row(row), checkpoints=checkpoints, parked=int(parked))
+    lease_group, now = consumer_group(name), now_us()
+    members = tuple(str(m) for (m,) in db.execute(sql.GROUP_CONSUMERS, (lease_group, now)))
+    owners = {int(s): str(o) for s, o in db.execute(sql.GROUP_HOLDERS, (lease_group, now)) if str(s).isdigit()}
+    return GroupState(
+        spec=group_spec_from_row(row),
+        checkpoints=checkpoints,
+        parked=int(parked),
+        consumers=consumers_of(members, owners),
+    )
 
 
 def _load(db: sqlite3.Connection, name: str) -> GroupState | None:
@@ -161,8 +164,11 @@ def _commit(
     new: int,
     acknowledged: int,
     parked: Sequence[GroupParkedEvent],
+    fencing: Fencing | None,
 ) -> bool:
     with writing(db):
+        if fencing is not None and not still_held(db, fencing):
+            return False  # another consumer holds the segment now
         if db.execute(sql.MOVE_SEGMENT, (new, acknowledged, name, segment, expected)).rowcount != 1:
             return False
         _park(db, name, parked)

@@ -12,6 +12,7 @@ from service.store.leasing import Fencing
 from service.store.records import DocumentRange, DocumentWrite, ParkedEvent, StoredDocument
 from service.store.sql_common import document_from_row, parked_event_from_row, parked_event_row
 from service.store.sqlite import sql
+from service.store.sqlite.leases import still_held
 from service.store.sqlite.writer import Writer, writing
 
 
@@ -42,10 +43,10 @@ class ProjectionsRole:
         expected_position: int,
         new_position: int,
         writes: Sequence[DocumentWrite],
-        fencing: Fencing | None = None,  # one process, the one holder: nothing to check
+        fencing: Fencing | None = None,
         parked: Sequence[ParkedEvent] = (),
     ) -> None:
-        await self._writer.run(_commit, name, expected_position, new_position, writes, parked)
+        await self._writer.run(_commit, name, expected_position, new_position, writes, parked, fencing)
 
     async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
         lower, inclusive, upper = listing.bounds()
@@ -99,13 +100,19 @@ def _commit(
     new_position: int,
     writes: Sequence[DocumentWrite],
     parked: Sequence[ParkedEvent],
+    fencing: Fencing | None,
 ) -> None:
     """The checkpoint is the guard: read under the write lock, so of two
-    runners of one projection the second finds it moved."""
+    runners of one projection the second finds it moved. The fencing token,
+    read under the same lock, stops a runner that lost the lease to another
+    process even when the checkpoint is where it read it (a rebuild moved it
+    back)."""
     with writing(db):
         current = _position(db, name)
         if current != expected_position:
             raise ConcurrencyConflict(f"projection:{name}", expected_position, current=current)
+        if fencing is not None and not still_held(db, fencing):
+            raise ConcurrencyConflict(f"projection:{name}", expected_position)
         subjects = sorted({subject for write in writes if write.data is not None for subject in write.subjects})
         if subjects:
             forgotten = [row[0] for row in db.execute(sql.FORGOTTEN_SUBJECTS, (json.dumps(subjects),))]

@@ -42,6 +42,8 @@ CONNECTION_SETUP = (
     BUSY_TIMEOUT,
     "PRAGMA secure_delete=ON",
 )
+# The lease heartbeats' connection (store.py says why it may).
+LEASES_SYNCHRONOUS = "PRAGMA synchronous=NORMAL"
 # After a forget: copy the WAL into the file and empty it, so that the old
 # pages (which held the wrapped key) are not left in the WAL file. Returns
 # (busy, WAL frames, frames copied); busy: a reader elsewhere held it back.
@@ -425,3 +427,52 @@ REPLAY_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = 
 GROUP_PARKED_TO_REPLAY = (
     f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND replaying = 1 ORDER BY position, event_id"
 )
+
+# -- leases (service/cluster/leases.py, leases.py) --------------------------------
+#
+# As PostgreSQL's (postgres/sql.py), in the tables of migration 13. Times
+# are microseconds since the epoch by the machine's clock, passed in by the
+# caller once it holds the write lock (every process on the file runs on one
+# machine: its clock is the file's). A lease whose expires_at_us has passed
+# is free to take, and is shown without owner; its epoch goes up by one
+# each time its holder changes. A lease given up expires at 0.
+
+UPSERT_LEASE_MEMBER = (
+    "INSERT INTO lease_members (lease_group, member_id, address, expires_at_us) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (lease_group, member_id) DO UPDATE SET address = excluded.address,"
+    " expires_at_us = excluded.expires_at_us"
+)
+# Members dead for long (the caller's hour ago) are forgotten, so the table follows the live set.
+FORGET_DEAD_MEMBERS = "DELETE FROM lease_members WHERE lease_group = ? AND expires_at_us < ?"
+ENSURE_LEASE = "INSERT INTO leases (lease_group, name) VALUES (?, ?) ON CONFLICT (lease_group, name) DO NOTHING"
+RENEW_LEASES = "UPDATE leases SET expires_at_us = ? WHERE lease_group = ? AND owner = ?"
+LIVE_MEMBERS = (
+    "SELECT member_id, address FROM lease_members WHERE lease_group = ? AND expires_at_us > ? ORDER BY member_id"
+)
+GROUP_LEASES = (
+    "SELECT name, CASE WHEN expires_at_us > ?2 THEN owner END, epoch FROM leases WHERE lease_group = ?1 ORDER BY name"
+)
+RELEASE_LEASE = (
+    "UPDATE leases SET owner = NULL, epoch = epoch + 1, expires_at_us = 0"
+    " WHERE lease_group = ? AND owner = ? AND name = ?"
+)
+# ?5: now. Taken only if nobody holds it (or its holder let it expire).
+ACQUIRE_LEASE = (
+    "UPDATE leases SET owner = ?1, epoch = epoch + 1, expires_at_us = ?2"
+    " WHERE lease_group = ?3 AND name = ?4 AND (owner IS NULL OR expires_at_us <= ?5) RETURNING epoch"
+)
+LEAVE_GROUP = "DELETE FROM lease_members WHERE lease_group = ? AND member_id = ?"
+RELEASE_ALL_LEASES = (
+    "UPDATE leases SET owner = NULL, epoch = epoch + 1, expires_at_us = 0 WHERE lease_group = ? AND owner = ?"
+)
+# A commit under a fencing token (a projection's batch, a group segment's
+# acknowledgements): the lease must still be held by the token's member at
+# the token's epoch. Read under the commit's write lock, so no process can
+# take the lease over between this check and the commit.
+CHECK_FENCING = "SELECT 1 FROM leases WHERE lease_group = ? AND name = ? AND owner = ? AND epoch = ?"
+# A subscription group's consumers (its lease group's live members) and who
+# holds which segment; deleted with the group.
+GROUP_CONSUMERS = "SELECT member_id FROM lease_members WHERE lease_group = ? AND expires_at_us > ? ORDER BY member_id"
+GROUP_HOLDERS = "SELECT name, owner FROM leases WHERE lease_group = ? AND owner IS NOT NULL AND expires_at_us > ?"
+DELETE_GROUP_LEASES = "DELETE FROM leases WHERE lease_group = ?"
+DELETE_GROUP_MEMBERS = "DELETE FROM lease_members WHERE lease_group = ?"
