@@ -111,7 +111,7 @@ def check_shared_by_processes(adapter: object, url: str) -> None:
     if getattr(adapter, "serves_one_process", False):
         raise ConfigurationError(
             f"the store {redacted_url(url)!r} serves one process: several processes on one port"
-            " (--processes, --reuse-port) need a store they share through leases (postgresql://…)",
+            " (--processes, --reuse-port) need a database they can all write at once (postgresql://…)",
             reason="ONE_PROCESS_STORE",
         )
 

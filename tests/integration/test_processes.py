@@ -72,8 +72,9 @@ def test_several_processes_need_a_fixed_port() -> None:
 def test_several_processes_on_a_store_that_serves_one_are_refused(
     tmp_path: Path, store: str, sharing: tuple[str, ...]
 ) -> None:
-    # Each process would hold every lease: memory:// would even give each
-    # process data of its own, and one aggregate could be opened twice.
+    # On memory:// each process would hold every lease and keep data of its
+    # own (one aggregate could be opened twice); a SQLite file shares its
+    # leases but takes one writer at a time: the processes would only queue.
     url = store.format(tmp=tmp_path)
     result = serve_until_exit("--database-url", url, *sharing, listen=f"127.0.0.1:{free_port()}")
     assert result.returncode == 2, result.stderr

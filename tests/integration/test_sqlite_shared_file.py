@@ -4,12 +4,16 @@ the work by the leases kept in the file (docs/deployment.md, "Two servers
 on one SQLite file"). A group's segments are shared between a consumer of
 each process, so each event reaches one of them; one process runs the
 projection and both say which; killed (SIGKILL), it hands the projection
-and its consumer's segments to the survivor once its leases expire."""
+and its consumer's segments to the survivor once its leases expire. And
+what the leases cost a server alone: heartbeats on a timer, none per
+command."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
@@ -19,12 +23,12 @@ import pytest
 from chronicle.v1 import projection_service_pb2 as projection_pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.client import ChronicleClient
+from service.store.leasing import Lease, LeaseMember, LeaseView
+from service.store.sqlite import SqliteStore
 from tests.support.groups import GroupLedger, consume_into
-from tests.support.grpc_client import Client, connect
+from tests.support.grpc_client import Client, connect, running_server
 from tests.support.processes import ServerProcess, server_process
 from tests.support.waiting import eventually
-
-pytestmark = pytest.mark.slow
 
 LEASE_SECONDS = 1.5  # a heartbeat every 0.5 s: the survivor takes over within seconds
 PROJECTION = "bank.balances_by_owner"
@@ -44,6 +48,7 @@ async def _deposits(client: ChronicleClient, accounts: Sequence[str], rounds: in
         await asyncio.gather(*(client.submit(account, bank.Deposit(amount=1)) for account in accounts))
 
 
+@pytest.mark.slow
 async def test_two_servers_on_one_sqlite_file_share_a_group_and_a_projection_and_hand_over_when_one_is_killed(
     tmp_path: Path,
 ) -> None:
@@ -128,3 +133,58 @@ async def test_two_servers_on_one_sqlite_file_share_a_group_and_a_projection_and
                 for task in consumers:
                     task.cancel()
                 await asyncio.gather(*consumers, return_exceptions=True)
+
+
+class CountedLeases(SqliteStore):
+    """A SQLite store counting its lease operations (each one write transaction)."""
+
+    lease_writes = 0
+
+    async def renew_leases(self, group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> LeaseView:
+        self.lease_writes += 1
+        return await super().renew_leases(group, member, names, ttl)
+
+    async def change_leases(
+        self, group: str, member_id: str, *, release: Sequence[str], acquire: Sequence[str], ttl: float
+    ) -> list[Lease]:
+        self.lease_writes += 1
+        return await super().change_leases(group, member_id, release=release, acquire=acquire, ttl=ttl)
+
+
+def _member_expiries(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(path)
+    try:
+        return {str(group): int(expiry) for group, expiry in conn.execute(_EXPIRIES)}
+    finally:
+        conn.close()
+
+
+_EXPIRIES = "SELECT lease_group, expires_at_us FROM lease_members"
+
+
+async def test_a_server_alone_renews_its_leases_in_the_file_on_a_timer_and_writes_none_per_command(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "alone.db"
+    store = CountedLeases(path)
+    async with running_server(store, database_url=f"sqlite:///{path}") as (app, _):
+        # Idle, the heartbeats move the member's expiry in the file on.
+        first = _member_expiries(path)
+        assert set(first) == {"partitions/64", "projections"}
+
+        async def renewed() -> bool:
+            later = _member_expiries(path)
+            return all(later[group] > expiry for group, expiry in first.items())
+
+        await eventually(renewed, within=10, what="the idle server's heartbeats renewing its membership")
+        # A burst of commands: the lease writes follow the timer (at most a
+        # renewal and a change per group per interval), not the commands.
+        async with ChronicleClient.connect(app.address) as client:
+            accounts = [f"acc-{n}" for n in range(10)]
+            await asyncio.gather(*(client.submit(a, bank.OpenAccount(owner=a)) for a in accounts))
+            before, started = store.lease_writes, time.monotonic()
+            await _deposits(client, accounts, 30)
+            elapsed = time.monotonic() - started
+        commands = len(accounts) * 30
+        timer_bound = len(first) * 2 * (elapsed / app.leases.interval + 2)
+        assert store.lease_writes - before <= timer_bound < commands

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from service.store.leasing import Lease, LeaseMember
 from service.store.records import ClaimChange, DataKey, LogFilter, Snapshot
 from service.store.sql_common import SQLITE, log_conditions
 from service.store.sqlite import SqliteStore, sql
@@ -135,3 +136,33 @@ async def test_a_reactions_parked_commands_are_counted_from_their_index_alone(tm
         steps = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql.COUNT_PARKED_COMMANDS, ["r"])]
     index = "projection_documents_parked_commands"
     assert steps == [f"SEARCH projection_documents USING COVERING INDEX {index} (projection=? AND type_name=?)"]
+
+
+async def test_lease_heartbeats_commit_on_a_connection_of_their_own_without_a_sync_of_their_own(
+    tmp_path: Path,
+) -> None:
+    # The store's own commits are synced (FULL); the heartbeats' are not
+    # (NORMAL): the next synced commit carries them to disk (store.py).
+    store = SqliteStore(tmp_path / "events.db")
+    await store.open()
+    try:
+        synchronous = "PRAGMA synchronous"
+        assert await store._writer.run(lambda db: db.execute(synchronous).fetchone()[0]) == 2
+        assert await store._lease_writer.run(lambda db: db.execute(synchronous).fetchone()[0]) == 1
+    finally:
+        await store.close()
+
+
+async def test_a_database_in_memory_keeps_its_leases_and_a_held_one_is_not_taken_by_another_member() -> None:
+    # In memory the file is the one connection's: the leases share it.
+    store = SqliteStore(":memory:")
+    await store.open()
+    try:
+        await store.renew_leases("g", LeaseMember("m-1", "a:1"), ["0"], 30)
+        assert await store.change_leases("g", "m-1", release=(), acquire=["0"], ttl=30) == [Lease("0", "m-1", 1)]
+        view = await store.renew_leases("g", LeaseMember("m-2", "a:2"), ["0"], 30)
+        assert [m.member_id for m in view.members] == ["m-1", "m-2"]
+        assert view.leases == (Lease("0", "m-1", 1),)
+        assert await store.change_leases("g", "m-2", release=(), acquire=["0"], ttl=30) == []
+    finally:
+        await store.close()
