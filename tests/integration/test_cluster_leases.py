@@ -53,10 +53,8 @@ class Replicas:
     (its own connections; on SQLite, another process's would be the same),
     ``owners(group)`` reads who holds each lease from the tables directly."""
 
-    kind: str
     new: Callable[[], Awaitable[StoreAdapter]]
     owners: Callable[[str], dict[str, str | None]]
-    url: str  # PostgreSQL's URL, or the SQLite file's path
 
 
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres), "sqlite"])
@@ -73,7 +71,7 @@ async def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
                 await opened[-1].open()
                 return opened[-1]
 
-            yield Replicas("postgres", new, lambda group: _postgres_owners(url, group), url)
+            yield Replicas(new, lambda group: _postgres_owners(url, group))
         else:
             path = str(tmp_path / "shared.db")
 
@@ -82,7 +80,7 @@ async def replicas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
                 await opened[-1].open()
                 return opened[-1]
 
-            yield Replicas("sqlite", new, lambda group: _sqlite_owners(path, group), path)
+            yield Replicas(new, lambda group: _sqlite_owners(path, group))
 
 
 async def _close_all(opened: list[StoreAdapter]) -> None:
@@ -131,6 +129,15 @@ def _sqlite_owners(path: str, group: str) -> dict[str, str | None]:
     finally:
         conn.close()
     return {str(name): owner for name, owner in found}
+
+
+def _member_expiry(path: Path, member_id: str = "member-01") -> int:
+    conn = sqlite3.connect(path)
+    try:
+        (expiry,) = conn.execute("SELECT expires_at_us FROM lease_members WHERE member_id = ?", (member_id,)).fetchone()
+    finally:
+        conn.close()
+    return int(expiry)
 
 
 def database_owners(replicas: Replicas, group: str = PARTITIONS.name) -> dict[str, str | None]:
@@ -325,20 +332,23 @@ async def test_the_version_moves_when_the_owners_change_and_wakes_a_waiter(
     assert await asyncio.wait_for(waiter, 5) > version
 
 
-async def test_heartbeats_are_not_held_up_by_appends_waiting_for_the_position_lock(replicas: Replicas) -> None:
-    if replicas.kind != "postgres":
-        pytest.skip("PostgreSQL's position lock; SQLite's own case is the test below")
-    store = await replicas.new()
-    alone = keeper(store, 1)
-    await alone.beat()
-    with appends_blocked(replicas.url):
-        blocked = asyncio.ensure_future(store.append("a-1", [new_event()], 0))
-        await asyncio.to_thread(wait_for_waiters, replicas.url)
-        # Queued behind the append, the heartbeat would wait for the lock
-        # timeout (5 s); on a connection of its own it does not wait at all.
-        await asyncio.wait_for(alone.beat(), 2)
-        assert not blocked.done()
-    await asyncio.wait_for(blocked, 10)
+@pytest.mark.postgres
+async def test_heartbeats_are_not_held_up_by_appends_waiting_for_the_position_lock(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url, pool_size=2)
+    await store.open()
+    try:
+        alone = keeper(store, 1)
+        await alone.beat()
+        with appends_blocked(postgres_url):
+            blocked = asyncio.ensure_future(store.append("a-1", [new_event()], 0))
+            await asyncio.to_thread(wait_for_waiters, postgres_url)
+            # Queued behind the append, the heartbeat would wait for the lock
+            # timeout (5 s); on a connection of its own it does not wait at all.
+            await asyncio.wait_for(alone.beat(), 2)
+            assert not blocked.done()
+        await asyncio.wait_for(blocked, 10)
+    finally:
+        await store.close()
 
 
 async def test_sqlite_heartbeats_are_not_queued_behind_the_stores_own_work(tmp_path: Path) -> None:
@@ -358,8 +368,10 @@ async def test_sqlite_heartbeats_are_not_queued_behind_the_stores_own_work(tmp_p
         busy = asyncio.ensure_future(store._writer.run(long_work))
         try:
             assert await asyncio.to_thread(started.wait, 5)
+            before = _member_expiry(tmp_path / "one.db")
             await asyncio.wait_for(alone.beat(), 2)
             assert not busy.done()
+            assert _member_expiry(tmp_path / "one.db") > before  # renewed in the file meanwhile
         finally:
             release.set()
         assert await busy is True
