@@ -77,7 +77,8 @@ class SqliteStore(
         # behind the store's work (an import, a busy moment's appends) they
         # would be late and the leases lapse; and their commits need no
         # fsync of their own (_connect_for_leases). A database in memory is
-        # one connection's, so there they share it (one process anyway).
+        # one connection's, so there they share it (one process anyway), and
+        # a store opened read only (a backup's) takes no leases.
         shared = self._path == ":memory:" or use is SchemaUse.READ_ONLY
         self._lease_writer = self._writer if shared else Writer()
         self._commits = CommitNotifier()
