@@ -26,7 +26,7 @@ and the other does not can shift them):
        a projection's key with hidden document keys)
     6  audit entries' outcome (an administrator's accepted action)
     7  claims stored as keyed hashes (encryption at rest)
-    10 (SQLite 13) lease groups' members and leases: a live member, a
+    10 (SQLite 14) lease groups' members and leases: a live member, a
        lease it holds, one taken and given up, free ones
     11 (SQLite 8) events a projection parked, two at one position (an
        upcast event's parts); PostgreSQL's document keys in the "C"
@@ -107,11 +107,11 @@ _FIRST = {
 SINCE: dict[str, dict[str, int]] = {
     "postgres": {**_FIRST, "forgetting_and_audit": 12},
     # SQLite's migrations 8 and later are PostgreSQL's 11 and later; it
-    # keeps leases from its migration 13 (before, each process held every
+    # keeps leases from its migration 14 (before, each process held every
     # lease itself and wrote none).
     "sqlite": {
         **_FIRST,
-        "leases": 13,
+        "leases": 14,
         "parked_events": 8,
         "forgetting_and_audit": 9,
         "groups": 10,

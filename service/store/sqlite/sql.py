@@ -430,7 +430,7 @@ GROUP_PARKED_TO_REPLAY = (
 
 # -- leases (service/cluster/leases.py, leases.py) --------------------------------
 #
-# As PostgreSQL's (postgres/sql.py), in the tables of migration 13. Times
+# As PostgreSQL's (postgres/sql.py), in the tables of migration 14. Times
 # are microseconds since the epoch by the machine's clock, passed in by the
 # caller once it holds the write lock (every process on the file runs on one
 # machine: its clock is the file's). A lease whose expires_at_us has passed

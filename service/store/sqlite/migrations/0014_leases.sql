@@ -1,4 +1,4 @@
--- Chronicle's SQLite schema, version 12 -> 13: leases, by which the server
+-- Chronicle's SQLite schema, version 13 -> 14: leases, by which the server
 -- processes that share one file share out their work, as replicas on
 -- PostgreSQL do (its migration 10; service/cluster/leases.py): the
 -- partitions, the projections and reactions (one process runs each), and
