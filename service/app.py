@@ -637,6 +637,7 @@ async def start(
         min_client_ping_seconds=settings.min_client_ping_seconds,
         max_connection_age_seconds=settings.max_connection_age_seconds,
         max_connection_age_grace_seconds=settings.max_connection_age_grace_seconds,
+        max_connection_idle_seconds=settings.max_connection_idle_seconds,
         handshake_timeout_seconds=settings.handshake_timeout_seconds,
         max_connections=settings.max_connections,
     )

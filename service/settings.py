@@ -200,6 +200,13 @@ class Settings:
             " then it is closed (gRPC's own default: 120 s)"
         },
     )
+    max_connection_idle_seconds: float = field(
+        default=300.0,
+        metadata={
+            "help": "seconds a client connection may go without a call open (a stream open is a call) before it is"
+            " closed (GOAWAY: the client reconnects for its next call); 0: never"
+        },
+    )
     max_connections: int = field(
         default=10_000,
         metadata={
@@ -371,6 +378,7 @@ class Settings:
             "min_client_ping_seconds",
             "max_connection_age_seconds",
             "max_connection_age_grace_seconds",
+            "max_connection_idle_seconds",
             "auth_reload_seconds",
             "jwt_leeway_seconds",
             "read_wait_seconds",

@@ -93,6 +93,22 @@ def connection_limit_options(handshake_timeout: float, max_connections: int) -> 
     ]
 
 
+def connection_idle_options(idle: float) -> list[tuple[str, int]]:
+    """gRPC's option for closing a client connection that has had no call
+    open for ``idle`` seconds (0: never): the server sends GOAWAY and
+    closes it, and the client opens a new connection for its next call.
+    An open stream (Subscribe, Consume, SubmitStream, WatchTopology, a
+    health Watch) is a call however quiet it is; pings are not (gRPC counts
+    calls only). Without it a connection that finished its handshake and
+    then sent nothing was held until its client went away, and the server
+    does not ping a connection without calls, so one whose host vanished
+    was held for ever: enough of them took every place under
+    ``--max-connections`` (tests/integration/test_idle_connections.py)."""
+    if idle <= 0:
+        return []
+    return [("grpc.max_connection_idle_ms", max(1, round(idle * 1000)))]
+
+
 def build_server(
     *,
     commands: CommandService,
@@ -112,6 +128,7 @@ def build_server(
     min_client_ping_seconds: float = 5.0,
     max_connection_age_seconds: float = 0.0,
     max_connection_age_grace_seconds: float = 30.0,
+    max_connection_idle_seconds: float = 300.0,
     handshake_timeout_seconds: float = 10.0,
     max_connections: int = 10_000,
 ) -> grpc.aio.Server:
@@ -126,6 +143,7 @@ def build_server(
             *client_ping_options(min_client_ping_seconds),
             *connection_age_options(max_connection_age_seconds, max_connection_age_grace_seconds),
             *connection_limit_options(handshake_timeout_seconds, max_connections),
+            *connection_idle_options(max_connection_idle_seconds),
         ],
     )
     methods = MethodTable(gate)

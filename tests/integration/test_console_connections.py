@@ -103,6 +103,25 @@ async def test_a_completed_handshake_without_a_request_is_closed_at_the_same_dea
     writer.close()
 
 
+async def test_a_connection_is_closed_after_its_answer_even_when_the_browser_asks_to_keep_it(
+    serve: Serve, authority: Authority
+) -> None:
+    """No keep-alive: a connection is not left idle after its request, to
+    hold a place until the deadline (docs/security.md, "Quotas")."""
+    console = await serve(30.0)
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", console.port, ssl=_trusting(authority), server_hostname="localhost"
+    )
+    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: keep-alive\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(3):  # far short of the 30 s deadline
+        answer = await reader.read()  # to the end: the server closed it
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"\r\nConnection: close\r\n" in answer
+    await eventually(lambda: console.open_connections == 0, within=5, what="the connection to be forgotten")
+    writer.close()
+
+
 async def test_sockets_in_their_handshake_count_toward_the_cap(serve: Serve, authority: Authority) -> None:
     console = await serve(CAP_TEST_DEADLINE)
     address = f"127.0.0.1:{console.port}"

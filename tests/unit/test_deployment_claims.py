@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from service.api.server import client_ping_options, connection_age_options, keepalive_options
+from service.api.server import (
+    client_ping_options,
+    connection_age_options,
+    connection_idle_options,
+    keepalive_options,
+)
 from service.cli import build_parser
 from service.client.channels import DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TIMEOUT
 from service.client.channels import keepalive_options as client_keepalive_options
@@ -263,6 +268,7 @@ def test_settings_in_seconds_take_the_units_the_guide_lists() -> None:
         ("The server accepts a client's pings as often as every 5 s", "min_client_ping_seconds", 5.0),
         ("Calls still open get the grace (30 s)", "max_connection_age_grace_seconds", 30.0),
         ("`--handshake-timeout-seconds` (10), `--max-connections` (10000)", "handshake_timeout_seconds", 10.0),
+        ("`--max-connection-idle-seconds` (300): a connection to the gRPC port", "max_connection_idle_seconds", 300.0),
         ("`--handshake-timeout-seconds` (10), `--max-connections` (10000)", "max_connections", 10_000),
         ("`--command-retention`, `--refusal-retention`: how long records are kept", "command_retention", 0.0),
         ("([below](#retention)); forever by default", "refusal_retention", 0.0),
@@ -284,6 +290,16 @@ def test_connections_are_pinged_by_default_and_never_aged() -> None:
     assert "`--max-connection-age-seconds`, `--max-connection-age-grace-seconds`: off by default" in flowing(DEPLOYMENT)
     assert connection_age_options(defaults.max_connection_age_seconds, defaults.max_connection_age_grace_seconds) == []
     assert connection_age_options(300, 30) != []
+
+
+def test_connections_without_calls_are_closed_after_5_minutes_and_0_turns_it_off() -> None:
+    """ "a connection to the gRPC port that has had no call open for 5
+    minutes is closed"; "0 turns it off"."""
+    assert "that has had no call open for 5 minutes is closed" in flowing(DEPLOYMENT)
+    assert "0 turns it off" in flowing(DEPLOYMENT)
+    defaults = Settings()
+    assert connection_idle_options(defaults.max_connection_idle_seconds) == [("grpc.max_connection_idle_ms", 300_000)]
+    assert connection_idle_options(0) == []
 
 
 def test_the_clients_ping_as_the_guide_says_and_the_server_lets_them() -> None:

@@ -235,6 +235,11 @@ def test_port_0_is_any_free_port_where_the_server_binds_but_no_address_to_dial()
         ([], {"CHRONICLE_DISCOVER_PLUGINS": "perhaps"}, "--discover-plugins: 'perhaps' is not a boolean; true, false"),
         (["--idle-timeout", "0"], {}, "--idle-timeout: 0 is not positive; more than 0: seconds"),
         (["--shutdown-grace=-5"], {}, "--shutdown-grace: -5 is negative; 0 or more: seconds"),
+        (
+            [],
+            {"CHRONICLE_MAX_CONNECTION_IDLE_SECONDS": "-1m"},
+            "--max-connection-idle-seconds: -60 is negative; 0 or more: seconds",
+        ),
         (["--lease-seconds", "100ms"], {}, "--lease-seconds: 0.1 is too short; at least 0.5 seconds"),
         (["--partitions", "48"], {}, "--partitions: 48 is not a power of two from 1 to 4096; 1, 2, 4"),
         (["--processes", "1000"], {}, "--processes: 1000 is too many; from 1 to 256"),
