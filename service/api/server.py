@@ -31,6 +31,19 @@ from service.api.health import SERVICE_NAMES, Health
 from service.api.projection_service import ProjectionService
 from service.api.reaction_service import ReactionService
 
+# gRPC's channel arguments are C ints: the largest number of milliseconds
+# one holds, about 24.8 days.
+MAX_MILLISECONDS = 2**31 - 1
+
+
+def milliseconds(seconds: float) -> int:
+    """``seconds`` as a channel argument in milliseconds: a longer duration
+    than one holds (``--max-connection-age-seconds 30d``) is cut to the
+    longest, which comes to the same for a connection's age or idle time;
+    it was an OverflowError that stopped the server at start with a
+    traceback."""
+    return min(round(seconds * 1000), MAX_MILLISECONDS)
+
 
 def keepalive_options(every: float, timeout: float) -> list[tuple[str, int]]:
     """gRPC's options for pinging each client on a connection with calls
@@ -44,9 +57,9 @@ def keepalive_options(every: float, timeout: float) -> list[tuple[str, int]]:
     ``keepalive_timeout_ms`` is the documented one. The pings go on while a
     call sends nothing (an idle subscription; tests/integration/test_keepalive.py)."""
     return [
-        ("grpc.keepalive_time_ms", int(every * 1000)),
-        ("grpc.keepalive_timeout_ms", int(timeout * 1000)),
-        ("grpc.http2.ping_timeout_ms", int(timeout * 1000)),
+        ("grpc.keepalive_time_ms", milliseconds(every)),
+        ("grpc.keepalive_timeout_ms", milliseconds(timeout)),
+        ("grpc.http2.ping_timeout_ms", milliseconds(timeout)),
     ]
 
 
@@ -61,7 +74,7 @@ def client_ping_options(floor: float) -> list[tuple[str, int]]:
     is how a client finds out that its connection to a replica it can no
     longer reach is dead, and moves on. On a connection without calls
     gRPC's own rule stays (one ping in two hours)."""
-    return [("grpc.http2.min_ping_interval_without_data_ms", int(floor * 1000))]
+    return [("grpc.http2.min_ping_interval_without_data_ms", milliseconds(floor))]
 
 
 def connection_age_options(age: float, grace: float) -> list[tuple[str, int]]:
@@ -74,8 +87,8 @@ def connection_age_options(age: float, grace: float) -> list[tuple[str, int]]:
     if age <= 0:
         return []
     return [
-        ("grpc.max_connection_age_ms", int(age * 1000)),
-        ("grpc.max_connection_age_grace_ms", int(grace * 1000)),
+        ("grpc.max_connection_age_ms", milliseconds(age)),
+        ("grpc.max_connection_age_grace_ms", milliseconds(grace)),
     ]
 
 
@@ -88,7 +101,7 @@ def connection_limit_options(handshake_timeout: float, max_connections: int) -> 
     send a byte held every file descriptor the process had, and then the API,
     health checks and console all stopped (tests/integration/test_connection_limits.py)."""
     return [
-        ("grpc.server_handshake_timeout_ms", int(handshake_timeout * 1000)),
+        ("grpc.server_handshake_timeout_ms", milliseconds(handshake_timeout)),
         ("grpc.max_allowed_incoming_connections", max_connections),
     ]
 
@@ -106,7 +119,7 @@ def connection_idle_options(idle: float) -> list[tuple[str, int]]:
     ``--max-connections`` (tests/integration/test_idle_connections.py)."""
     if idle <= 0:
         return []
-    return [("grpc.max_connection_idle_ms", max(1, round(idle * 1000)))]
+    return [("grpc.max_connection_idle_ms", max(1, milliseconds(idle)))]
 
 
 def build_server(

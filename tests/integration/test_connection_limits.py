@@ -20,6 +20,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.api.server import MAX_MILLISECONDS, milliseconds
 from service.app import Application, start
 from service.settings import Settings
 from service.store.memory import MemoryStore
@@ -140,3 +141,27 @@ def test_the_server_raises_its_open_files_limit_to_the_hard_limit_and_says_so(tm
     assert f"raised the limit on open files (RLIMIT_NOFILE) from {SOFT} to {HARD}, the hard limit" in shown
     # No room for HARD connections and the server's own descriptors: said too.
     assert f"the process may open {HARD} files, fewer than --max-connections ({HARD}) plus 1024" in shown
+
+
+async def test_connection_durations_longer_than_grpc_takes_are_cut_to_its_longest() -> None:
+    """gRPC's channel arguments are C ints of milliseconds (24.8 days at
+    most): 30 days was an OverflowError that stopped the server at start
+    with a traceback (README, "Settings")."""
+    month = 30 * 86_400.0
+    settings = replace(
+        TEST_SETTINGS,
+        keepalive_seconds=month,
+        keepalive_timeout_seconds=month,
+        min_client_ping_seconds=month,
+        max_connection_age_seconds=month,
+        max_connection_age_grace_seconds=month,
+        max_connection_idle_seconds=month,
+        handshake_timeout_seconds=month,
+    )
+    app = await _served(settings)
+    try:
+        assert await _healthy(app.address)
+    finally:
+        await app.stop(grace=0.5, drain=0)
+    assert milliseconds(month) == MAX_MILLISECONDS == 2**31 - 1
+    assert milliseconds(0.5) == 500
