@@ -70,11 +70,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from service.errors import ChronicleError, ConfigurationError
+from service.observability.scrape_server import start_scrape_server
 from service.plugins.middleware import CommandCall, Middleware
 
 if TYPE_CHECKING:  # only PostgreSQL has group commit: no import of it for the others
@@ -334,13 +335,14 @@ class DecodingRefusals:
 
 
 class MetricsServer:
-    """The HTTP endpoint Prometheus scrapes (``/metrics``), on its own thread."""
+    """The HTTP endpoint Prometheus scrapes (``/metrics``), on its own thread,
+    its connections bounded (``scrape_server``)."""
 
     def __init__(self, metrics: Metrics, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         try:
             self._server: WSGIServer
-            self._server, self._thread = start_http_server(int(port), addr=host, registry=metrics.registry)
+            self._server, self._thread = start_scrape_server(host, int(port), metrics.registry)
         except OSError as error:
             raise ConfigurationError(f"cannot serve metrics on {listen}: {error}", reason="BIND_FAILED") from error
         self.address = f"{host}:{self._server.server_port}"
