@@ -204,7 +204,8 @@ class Settings:
         default=300.0,
         metadata={
             "help": "seconds a client connection may go without a call open (a stream open is a call) before it is"
-            " closed (GOAWAY: the client reconnects for its next call); 0: never"
+            " closed (GOAWAY: the client reconnects for its next call; gRPC looks once a period, so up to twice"
+            " this after the last call ended); 0: never"
         },
     )
     max_connections: int = field(

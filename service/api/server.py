@@ -112,11 +112,18 @@ def connection_idle_options(idle: float) -> list[tuple[str, int]]:
     closes it, and the client opens a new connection for its next call.
     An open stream (Subscribe, Consume, SubmitStream, WatchTopology, a
     health Watch) is a call however quiet it is; pings are not (gRPC counts
-    calls only). Without it a connection that finished its handshake and
-    then sent nothing was held until its client went away, and the server
-    does not ping a connection without calls, so one whose host vanished
-    was held for ever: enough of them took every place under
-    ``--max-connections`` (tests/integration/test_idle_connections.py)."""
+    calls only).
+
+    gRPC looks once per ``idle``: a connection that never opened a call
+    goes ``idle`` after it opened, one whose last call ended between
+    ``idle`` and twice that after it (it saw the call at its last look and
+    waits a whole period more).
+
+    Without it a connection that finished its handshake and then sent
+    nothing was held until its client went away, and the server does not
+    ping a connection without calls, so one whose host vanished was held
+    for ever: enough of them took every place under ``--max-connections``
+    (tests/integration/test_idle_connections.py)."""
     if idle <= 0:
         return []
     return [("grpc.max_connection_idle_ms", max(1, milliseconds(idle)))]
