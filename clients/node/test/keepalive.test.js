@@ -3,9 +3,10 @@
 // connection; a connection that falls silent (a TCP proxy that stops
 // forwarding, as a network cut or a vanished host does) ends the
 // subscription UNAVAILABLE once a ping goes unanswered, where without pings
-// it would wait for ever. And a routed command whose owner does not answer
-// within the attempt goes to another replica, the owner marked down for
-// longer each time it fails again.
+// it would wait for ever. A connection the server closed as idle
+// (--max-connection-idle-seconds) is opened again for the next call. And a
+// routed command whose owner does not answer within the attempt goes to
+// another replica, the owner marked down for longer each time it fails again.
 
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -108,6 +109,24 @@ test('without pings, a subscription on a silent connection waits', async () => {
   } finally {
     subscription.cancel();
     client.close();
+  }
+});
+
+test('a connection the server closed as idle is opened again for the next call, unnoticed', async () => {
+  const idleServer = await startServer({ args: ['--anonymous-admin', '--max-connection-idle-seconds', '0.3'] });
+  const idleProxy = await silentProxy(Number(idleServer.address.split(':')[1]));
+  const client = new ChronicleClient(idleProxy.address);
+  try {
+    const accountId = `acc-${randomUUID()}`;
+    await client.submit(accountId, 'bank.v1.OpenAccount', { owner: 'ann' });
+    await sleep(2000); // the server closes it between 0.3 and 0.6 s after the call
+    const deposited = await client.submit(accountId, 'bank.v1.Deposit', { amount: 5 });
+    assert.equal(deposited.version, 2);
+    assert.equal(idleProxy.connections, 2); // a new connection, and no error
+  } finally {
+    client.close();
+    idleProxy.close();
+    await idleServer.stop();
   }
 });
 
