@@ -620,6 +620,8 @@ async def start(
                 registry=registry,
                 sealing=lambda: import_sealing(keyring, lambda: master_keys),
                 keyring=keyring,
+                # Imported aggregates' claims are derived from their state as commands see it (decrypted).
+                load_state=executor.loader.state_of,
             ),
             stored=Store.of(adapter),
         ),

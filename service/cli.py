@@ -1016,6 +1016,7 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
     leave_out = frozenset(args.leave_out or ())
     if args.database_url:
         summary = asyncio.run(_import_local(args.database_url, args.file, options, args.quiet, leave_out))
+        _warn_unclaimed(summary)
         _print(summary)
         return EXIT_OK
     types = RemoteTypes(channel)
@@ -1032,6 +1033,7 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
         source.close()
     counts = _import_counts(response)
     reporter.close(_import_done(counts))
+    _warn_unclaimed(counts)
     _print(counts)
     return EXIT_OK
 
@@ -1106,7 +1108,23 @@ def _import_done(counts: dict[str, int]) -> str:
     done = f"done: {counts['events_written']:,} events written, {counts['events_skipped']:,} already there"
     if counts.get("forgotten_skipped"):
         done += f"; {counts['forgotten_skipped']:,} records of forgotten aggregates left out"
+    if counts.get("claims_derived"):
+        done += f"; {counts['claims_derived']:,} claims derived from the state of aggregates that came without any"
     return done
+
+
+def _warn_unclaimed(counts: dict[str, int]) -> None:
+    """Say, even with --quiet, that imported aggregates hold no claims their
+    plugin says they hold: their values are free for others to claim."""
+    unclaimed = counts.get("aggregates_without_claims", 0)
+    if unclaimed:
+        print(
+            f"warning: AGGREGATES_WITHOUT_CLAIMS: {unclaimed:,} imported aggregates of types whose plugin declares"
+            " claims came without claim records, and their claims could not be derived (the log says why for each):"
+            ' the values they hold are not unique until they are claimed (docs/migration.md, "Uniqueness")',
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 async def _import_local(
@@ -1114,7 +1132,9 @@ async def _import_local(
 ) -> dict[str, int]:
     """An import written straight into the store at ``url``."""
     from service.app import build_master_keys, build_registry
+    from service.processing.state import AggregateLoader
     from service.store.base import Store
+    from service.store.encrypted import encrypted
     from service.store.encryption import Keyring
     from service.store.factory import open_store
     from service.transfer.files import Source
@@ -1137,12 +1157,16 @@ async def _import_local(
         # store's, sealed, move so), but none in the clear into a store that
         # is encrypted (transfer/sealing.py).
         sealing = Sealing(Keyring(store.keys, master_keys), lambda: master_keys) if master_keys else AsStored()
+        # Claims derived for aggregates that came without any are of their
+        # state as the server's commands see it: opened with the master keys.
+        readable = encrypted(store, Keyring(store.keys, master_keys)) if master_keys else store
         importer = Importer(
             store,
             options=options,
             on_progress=lambda summary: reporter.update(source.position if source.total else summary.records),
             registry=registry,
             sealing=sealing,
+            load_state=AggregateLoader(readable, registry).state_of,
         )
         await importer.run_file(_leaving_out(source.records(), leave_out))
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from domain_plugins.users.protos.users.v1 import users_pb2 as pb
 from service.plugins import (
     CommandContext,
@@ -63,6 +65,14 @@ def deactivate_user(command: pb.DeactivateUser, state: pb.User, context: Command
         return None
     context.release(EMAIL_SCOPE, state.email)
     return pb.UserDeactivated()
+
+
+@user.claims
+def held_claims(state: pb.User) -> Iterable[tuple[str, str]]:
+    """What the handlers above leave a user holding: its address while it
+    is active (registering claims it, a change moves it, deactivating
+    releases it). An import of users without claim records takes these."""
+    return [(EMAIL_SCOPE, state.email)] if state.active and state.email else []
 
 
 @user.apply(pb.UserRegistered)

@@ -16,6 +16,7 @@ from service.plugins.registry import Registry
 from service.store.base import Store
 from service.store.encryption import Keyring
 from service.store.records import LogFilter
+from service.transfer.claims import LoadState
 from service.transfer.deleting import Deletion, delete_aggregate
 from service.transfer.exporter import ArchiveRule, Exporter, ExportSelection
 from service.transfer.importer import Importer, ImportOptions, ImportSummary
@@ -41,6 +42,8 @@ class Transfers:
     sealing: Callable[[], ImportSealing] = WithoutKeys
     # The server's data keys (encryption at rest), which seal a deletion's tombstone.
     keyring: Keyring | None = None
+    # How an import loads an aggregate's state, to derive the claims of one that came without any.
+    load_state: LoadState | None = None
 
     async def selection(self, request: pb.ExportLogRequest) -> ExportSelection:
         if len(request.aggregate_ids) > MAX_EXPORTED_AGGREGATES:
@@ -107,6 +110,7 @@ class Transfers:
                     on_replaced=self.evict,
                     registry=self.registry,
                     sealing=self.sealing(),
+                    load_state=self.load_state,
                 )
             if request.HasField("record"):
                 await importer.add(request.record)
@@ -142,6 +146,8 @@ def response(summary: ImportSummary) -> pb.ImportLogResponse:
         data_keys_written=summary.written["data_key"],
         aggregates_replaced=summary.aggregates_replaced,
         forgotten_skipped=summary.forgotten_skipped,
+        claims_derived=summary.claims_derived,
+        aggregates_without_claims=summary.aggregates_without_claims,
     )
 
 
@@ -154,6 +160,12 @@ def described(summary: ImportSummary) -> str:
         + (
             f"; {summary.forgotten_skipped} records of forgotten aggregates left out"
             if summary.forgotten_skipped
+            else ""
+        )
+        + (f"; {summary.claims_derived} claims derived" if summary.claims_derived else "")
+        + (
+            f"; {summary.aggregates_without_claims} aggregates of claiming types left without claims"
+            if summary.aggregates_without_claims
             else ""
         )
     )

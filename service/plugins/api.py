@@ -59,6 +59,8 @@ ApplierOf: TypeAlias = Callable[[S, E], "S | None"]
 Handler = Callable[[Any, Any, CommandContext], Decided]
 Applier = Callable[[Any, Any], "Message | None"]
 Upcaster = Callable[["OldEvent"], "Message | Iterable[Message] | None"]
+# The values an aggregate in state S holds: (scope, value) pairs.
+HeldClaimsOf: TypeAlias = Callable[[S], Iterable[tuple[str, str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +178,9 @@ class AggregateType(Generic[S]):
         self.commands: dict[str, CommandSpec] = {}
         self.events: dict[str, EventSpec] = {}
         self.upcasters: dict[tuple[str, int], UpcasterSpec] = {}
+        # The values an aggregate holds, from its state (``claims``): None
+        # when the plugin does not say (its handlers may still claim).
+        self.held_claims: HeldClaimsOf[Any] | None = None
 
     @property
     def state_type_name(self) -> str:
@@ -242,6 +247,20 @@ class AggregateType(Generic[S]):
             return upcaster
 
         return register
+
+    def claims(self, held: HeldClaimsOf[S]) -> HeldClaimsOf[S]:
+        """Declare (decorating a function of the state) which values an
+        aggregate of this type holds uniquely: the ``(scope, value)`` pairs
+        its handlers' ``context.claim`` and ``context.release`` leave it
+        holding after the events that made ``state``. Handlers still claim;
+        this says the same from the state, for what has no handler run: an
+        import of events without claim records (an export written by hand,
+        a conversion whose mapping gave none) takes the claims it derives
+        with it, so that migrated values stay unique."""
+        if self.held_claims is not None:
+            raise ValueError(f"{self.plugin.name}: {self.name} declares its claims twice")
+        self.held_claims = held
+        return held
 
     def __repr__(self) -> str:
         return f"AggregateType({self.name!r}, plugin={self.plugin.name!r})"

@@ -165,6 +165,10 @@ class AggregateLoader:
             return Aggregate(aggregate_id, aggregate_type, version, state, events[-1].event_id)
         return Aggregate(aggregate_id, aggregate_type, version, state)
 
+    async def state_of(self, aggregate_id: str, aggregate_type: AggregateType[Any]) -> Message:
+        """The aggregate's latest state (``load``'s, without its version)."""
+        return (await self.load(aggregate_id, aggregate_type)).state
+
     async def load_any(self, aggregate_id: str, *, to_version: int | None = None) -> Aggregate | None:
         """The aggregate, whatever its type; None if it has no events."""
         head = await self._events.head(aggregate_id)

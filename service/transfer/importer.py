@@ -15,6 +15,13 @@ are then removed first, when the stream reaches the aggregate's first event
 (``restore_deleted`` does that only for an aggregate that was deleted, to
 bring an archived one back).
 
+Claims of aggregates that came without any (claims.py): with a
+``registry``, an aggregate of a type whose plugin declares its claims
+(``AggregateType.claims``) that the stream brought events for and no claim
+record has them derived from its state in the target once the stream has
+ended, and taken like the stream's own (CLAIM_HELD when another aggregate
+holds a value).
+
 The stream must begin with its header and end with its end record, whose
 counts must match what came: a stream cut short is EXPORT_INCOMPLETE, after
 what came was written.
@@ -45,6 +52,7 @@ from service.store.encrypted import is_sealed_record
 from service.store.encryption import is_sealed
 from service.store.importing import AGGREGATE_FORGOTTEN, AGGREGATE_NOT_EMPTY, import_conflict
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
+from service.transfer.claims import ClaimsToDerive, LoadState
 from service.transfer.exporter import READABLE_VERSIONS
 from service.transfer.forgotten import left_out, shredded
 from service.transfer.records import (
@@ -82,6 +90,10 @@ class ImportSummary:
     # Records of aggregates the target has forgotten that were left out:
     # their snapshots, claims and live data keys (service/transfer/forgotten.py).
     forgotten_skipped: int = 0
+    # Claims derived from the state of aggregates that came without claim
+    # records (claims.py), and such aggregates whose claims could not be.
+    claims_derived: int = 0
+    aggregates_without_claims: int = 0
     header: export_pb2.ExportHeader | None = None
     complete: bool = False
 
@@ -97,8 +109,11 @@ class Importer:
         on_replaced: Callable[[str], None] | None = None,
         registry: Registry | None = None,
         sealing: ImportSealing | None = None,
+        load_state: LoadState | None = None,
     ) -> None:
         self._store = store
+        # Aggregates whose claims the import derives if the stream has none of them.
+        self._to_derive = ClaimsToDerive(registry, load_state)
         # The target's encryption at rest (sealing.py): as stored unless told.
         self._sealing = sealing if sealing is not None else AsStored()
         self._registry = registry
@@ -166,12 +181,14 @@ class Importer:
         if kind == "end":
             await self._flush()
             self._check_end(record.end, where)
+            await self._derive_claims()
             self.summary.complete = True
             return
         stored = _stored(record, kind, where)
         if isinstance(stored, Snapshot):
             self._check_state(stored, f"{where}.snapshot")
         self._sealing.check(stored, index)
+        self._to_derive.saw(stored)
         self._received[kind] += 1
         if kind != self._pending_kind:
             await self._flush()
@@ -234,6 +251,27 @@ class Importer:
             raise InvalidInput(
                 f"{where}: the stream lacks records its end announces ({counts})", reason=EXPORT_INCOMPLETE
             )
+
+    async def _derive_claims(self) -> None:
+        """Take the claims derived for the stream's aggregates that came
+        without any, through the path the stream's claim records take
+        (forgotten aggregates, sealing, the store's CLAIM_HELD), in batches."""
+        derived = await self._to_derive.claims()
+        self.summary.claims_derived = len(derived.claims)
+        self.summary.aggregates_without_claims = derived.not_derived
+        for start in range(0, len(derived.claims), self._batch_size):
+            batch = derived.claims[start : start + self._batch_size]
+            # No record of the stream: a refusal names the aggregate and scope, and says the claim was derived.
+            self._pending, self._pending_kind, self._pending_records = list(batch), "claim", [-1] * len(batch)
+            try:
+                await self._flush()
+            except ImportConflict as conflict:
+                conflict.message += (
+                    " (a claim derived from the aggregate's state: the stream carried no claim record of it; the"
+                    " events are written. Give one of them another value with a command, then import again)"
+                )
+                conflict.args = (conflict.message,)
+                raise
 
     async def _flush(self) -> None:
         batch, kind, indexes = self._pending, self._pending_kind, self._pending_records
@@ -460,7 +498,9 @@ def _name_record(conflict: ImportConflict, batch: Sequence[Any], indexes: Sequen
         for stored, index in zip(batch, indexes, strict=True)
         if all(str(getattr(stored, key, None)) == value for key, value in named.items())
     ]
-    if len(found) == 1:  # several: a claim of the aggregate, which its value (not told) would tell apart
+    # Several: a claim of the aggregate, which its value (not told) would tell
+    # apart. A negative index: a record the import derived, not the stream's.
+    if len(found) == 1 and found[0] >= 0:
         conflict.metadata["record"] = str(found[0])
         conflict.message = f"record[{found[0]}]: {conflict.message}"
         conflict.args = (conflict.message,)

@@ -49,6 +49,14 @@ def test_one_aggregate_cannot_register_a_command_twice() -> None:
         aggregate.command(bank.Deposit)(lambda c, s, ctx: None)
 
 
+def test_one_aggregate_cannot_declare_its_claims_twice() -> None:
+    """Two declarations would leave an import to guess which one holds."""
+    aggregate = Plugin("p").aggregate("A", state=bank.Account)
+    aggregate.claims(lambda state: [("a.owner", state.owner)])
+    with pytest.raises(ValueError, match="declares its claims twice"):
+        aggregate.claims(lambda state: [])
+
+
 def test_entry_points_find_the_example_plugins() -> None:
     names = {p.name for p in discover_plugins()}
     assert {"bank_account", "box"} <= names

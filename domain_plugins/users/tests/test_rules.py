@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf.message import Message
 
 from domain_plugins.users import EMAIL_SCOPE, plugin
+from domain_plugins.users import user as user_type
+from domain_plugins.users.domain import held_claims
 from domain_plugins.users.protos.users.v1 import users_pb2 as pb
 from service.plugins import AlreadyExistsError, InvalidArgumentError, NotFoundError, NotUnique, ValidationError
 from service.testing import Scenario
@@ -89,3 +92,32 @@ def test_deactivating_twice_changes_nothing() -> None:
 
 def test_deactivate_a_missing_user_is_not_found() -> None:
     user().when(pb.DeactivateUser()).then_fails(NotFoundError, reason="USER_NOT_FOUND")
+
+
+def _state_after(*events: Message) -> pb.User:
+    state = pb.User()
+    for event in events:
+        user_type.events[event.DESCRIPTOR.full_name].apply(state, event)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("given", "command", "values"),
+    [
+        ((), pb.RegisterUser(email="Ann@example.com", name="Ann"), ["ann@example.com"]),
+        ((REGISTERED,), pb.ChangeEmail(email="ann@new.example"), ["ann@new.example"]),
+        ((REGISTERED,), pb.DeactivateUser(), []),
+    ],
+)
+def test_the_declared_claims_are_what_the_handlers_leave_a_user_holding(
+    given: tuple[Message, ...], command: Message, values: list[str]
+) -> None:
+    """``held_claims`` (what an import derives for users that came without
+    claim records) says from the state what the handlers claim."""
+    scenario = user().given(*given)
+    if given:
+        scenario.given_claim(EMAIL_SCOPE, REGISTERED.email, owner="user-1")  # as registering claimed it
+    state = _state_after(*given, *scenario.when(command).appended())
+    assert list(held_claims(state)) == [(EMAIL_SCOPE, value) for value in values]
+    for value in ("ann@example.com", "ann@new.example"):
+        assert (scenario.owner_of(EMAIL_SCOPE, value) == "user-1") == (value in values)

@@ -1,0 +1,117 @@
+"""The claims of imported aggregates that came without any.
+
+A claim is taken by a handler (``context.claim``) in the transaction that
+appends its events; an import writes events no handler ran for, so their
+claims come as claim records of the stream (an export of a Chronicle store
+carries every claim), or not at all (an export written by hand from
+another store, a conversion whose mapping gave none). Without them an
+imported user's address would be free for anyone to register.
+
+A plugin that declares how its aggregates' claims follow from their state
+(``AggregateType.claims``) lets the import compute them: for each
+aggregate of such a type that the stream brought events for and no claim
+record, once the stream has ended (so every event of it is written), its
+state is loaded from the target, as its next command would see it, and
+the declared claims are taken like the stream's own (CLAIM_HELD if
+another aggregate holds a value). The target's state, not the stream's:
+it is what the handlers will decide on from now on.
+
+An aggregate that comes with claim records is taken at its records' word
+(they are what its handlers claimed); one whose last event in the stream
+is a deletion's tombstone holds nothing. An aggregate of a declaring type
+whose claims cannot be derived (no way to load state was given, or its
+state cannot be rebuilt) is counted, for the summary's warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from service.errors import ChronicleError, InvalidInput
+from service.plugins.api import AggregateType
+from service.plugins.context import MAX_SCOPE_BYTES, MAX_VALUE_BYTES
+from service.plugins.registry import Registry
+from service.store.records import HeldClaim, RecordedEvent, is_tombstone
+
+log = logging.getLogger(__name__)
+
+# The state of an aggregate in the target: (aggregate id, its type) -> state.
+LoadState = Callable[[str, AggregateType[Any]], Awaitable[Message]]
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    claims: list[HeldClaim]
+    # Aggregates of a declaring type that came without claim records and
+    # whose claims could not be derived.
+    not_derived: int
+
+
+class ClaimsToDerive:
+    """Follows a stream's records (``saw``), then derives the claims of
+    its aggregates that need them (``claims``)."""
+
+    def __init__(self, registry: Registry | None, load_state: LoadState | None) -> None:
+        self._registry = registry
+        self._load_state = load_state
+        # Aggregate id -> its type, for aggregates of a type that declares its claims.
+        self._declaring: dict[str, AggregateType[Any]] = {}
+        self._with_claim_records: set[str] = set()
+
+    def saw(self, stored: object) -> None:
+        """Note a record of the stream."""
+        if isinstance(stored, HeldClaim):
+            self._with_claim_records.add(stored.aggregate_id)
+        elif isinstance(stored, RecordedEvent) and self._registry is not None:
+            if is_tombstone(stored):
+                self._declaring.pop(stored.aggregate_id, None)
+                return
+            aggregate_type = self._registry.aggregate(stored.aggregate_type)
+            if aggregate_type is not None and aggregate_type.held_claims is not None:
+                self._declaring[stored.aggregate_id] = aggregate_type
+
+    async def claims(self) -> Derived:
+        """The claims derived for the aggregates seen without claim records."""
+        claims: list[HeldClaim] = []
+        not_derived = 0
+        for aggregate_id, aggregate_type in self._declaring.items():
+            if aggregate_id in self._with_claim_records:
+                continue
+            if self._load_state is None:
+                not_derived += 1
+                continue
+            try:
+                state = await self._load_state(aggregate_id, aggregate_type)
+            except ChronicleError as error:
+                log.warning("the claims of imported aggregate %r cannot be derived: %s", aggregate_id, error)
+                not_derived += 1
+                continue
+            claims.extend(_held(aggregate_id, aggregate_type, state))
+        return Derived(claims, not_derived)
+
+
+def _held(aggregate_id: str, aggregate_type: AggregateType[Any], state: Message) -> list[HeldClaim]:
+    """The declared claims of ``state``, each one a handler could have taken
+    (context.py's rules): a value no command could claim is refused
+    (INVALID_CLAIM_VALUE), naming the aggregate and scope."""
+    assert aggregate_type.held_claims is not None
+    held: list[HeldClaim] = []
+    for scope, value in aggregate_type.held_claims(state):
+        scope_ok = isinstance(scope, str) and 0 < len(scope.encode()) <= MAX_SCOPE_BYTES and scope.isprintable()
+        value_ok = isinstance(value, str) and 0 < len(value.encode()) <= MAX_VALUE_BYTES and value.isprintable()
+        if not (scope_ok and value_ok):
+            raise InvalidInput(
+                f"the claims {aggregate_type.plugin.name} declares for {aggregate_type.name} {aggregate_id!r} hold a"
+                f" scope or value no command could claim (in {scope!r}: 1 to {MAX_SCOPE_BYTES} bytes of printable"
+                f" text for a scope, 1 to {MAX_VALUE_BYTES} for a value). The events are written; no claim was"
+                " derived for it",
+                reason="INVALID_CLAIM_VALUE",
+                metadata={"aggregate_id": aggregate_id, "scope": str(scope)[:MAX_SCOPE_BYTES]},
+            )
+        held.append(HeldClaim(scope=scope, value=value, aggregate_id=aggregate_id))
+    return held
