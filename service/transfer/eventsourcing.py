@@ -14,7 +14,21 @@ mapping function the user writes::
             return ChronicleEvent("Account", bank.MoneyDeposited(amount=event.state["amount"]))
         ...
 
-The output is an ordinary export stream (header, events, end), so it is
+A mapping that knows which values its aggregates hold uniquely (the
+e-mail address a handler claims with ``context.claim``) says so on the
+event that takes (or gives up) the value::
+
+    ChronicleEvent("User", users.UserRegistered(email=...), claims=[ChronicleClaim("users.email", email)])
+
+The converter follows each value's holder through the events, as a
+server follows a handler's claims, and writes the values held at the end
+as claim records after the events: the import takes them with the events,
+so that the migrated users' addresses stay unique. Two aggregates holding
+one value at once (the old application never enforced it) is refused at
+conversion (BAD_MAPPING, import_reason CLAIM_HELD), as the import would
+refuse it.
+
+The output is an ordinary export stream (header, events, claims, end), so it is
 imported like any other, resumably (``chronicle import``). Each event gets
 an id derived from its originator id and version, so converting again
 yields the same stream and importing it again writes nothing. Versions are
@@ -35,7 +49,7 @@ from __future__ import annotations
 import datetime
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,11 +60,12 @@ from psycopg import sql
 
 from chronicle.v1 import export_pb2
 from service.errors import ConfigurationError, ImportConflict, InvalidInput, PermissionDenied, StoreUnavailable
+from service.plugins.context import MAX_SCOPE_BYTES, MAX_VALUE_BYTES
 from service.plugins.registry import Registry
-from service.store.importing import events_to_write
-from service.store.records import RecordedEvent
+from service.store.importing import CLAIM_HELD, events_to_write
+from service.store.records import HeldClaim, RecordedEvent
 from service.transfer.exporter import FORMAT_VERSION
-from service.transfer.records import exported_event, stored_event, timestamp
+from service.transfer.records import end_record, exported_claim, exported_event, stored_event, timestamp
 from service.transfer.stream import FORMAT
 
 # Event ids are uuid5(this, "<originator id>/<originator version>").
@@ -92,17 +107,31 @@ class EventsourcingEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ChronicleClaim:
+    """A value the event's aggregate claims in ``scope`` with the event
+    (``release=True``: gives up), as a handler's ``context.claim`` (and
+    ``context.release``) would have: the scope and value the plugin's
+    handlers use, normalised as they normalise it (values compare exactly)."""
+
+    scope: str
+    value: str
+    release: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ChronicleEvent:
     """What a mapping makes of a library event: a Protobuf message of a
     plugin's event type, for an aggregate of ``aggregate_type``
     (``aggregate_id`` default: the originator id; ``timestamp_us`` default:
-    the library's timestamp)."""
+    the library's timestamp), and the values its aggregate claims or
+    releases with it (``claims``)."""
 
     aggregate_type: str
     message: Message
     aggregate_id: str | None = None
     timestamp_us: int | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    claims: Sequence[ChronicleClaim] = ()
 
 
 EventMapping = Callable[[EventsourcingEvent], ChronicleEvent | None]
@@ -161,6 +190,8 @@ async def eventsourcing_export(
     tally = tally if tally is not None else Tally()
     # Aggregate id -> its last version and its type, over the events kept so far.
     heads: dict[str, tuple[int, str]] = {}
+    # (scope, value) -> the aggregate holding it, after the events kept so far.
+    holders: dict[tuple[str, str], str] = {}
     exported = 0
     try:
         connecting = await psycopg.AsyncConnection.connect(url, autocommit=True)
@@ -221,11 +252,14 @@ async def eventsourcing_export(
                 recorded = _recorded(event, mapped, registry, heads)
                 record = exported_event(recorded)
                 _fit(event, record, heads)
+                _follow_claims(event, mapped, recorded.aggregate_id, holders)
                 heads[recorded.aggregate_id] = (recorded.version, recorded.aggregate_type)
                 exported += 1
                 yield record
             after = int(rows[-1][4])
-    yield export_pb2.ExportRecord(end=export_pb2.ExportEnd(events=exported))
+    for (scope, value), holder in holders.items():
+        yield exported_claim(HeldClaim(scope=scope, value=value, aggregate_id=holder))
+    yield end_record({"event": exported, "claim": len(holders)})
 
 
 def _check_postgres(url: str) -> None:
@@ -329,6 +363,59 @@ def _fit(event: EventsourcingEvent, record: export_pb2.ExportRecord, heads: Mapp
             f" import would refuse ({refused.reason}): {refused.message} (mapped to {mapped_to})",
             import_reason=refused.reason,
         ) from None
+
+
+def _follow_claims(
+    event: EventsourcingEvent, mapped: ChronicleEvent, aggregate_id: str, holders: dict[tuple[str, str], str]
+) -> None:
+    """Take (or give up) the values ``mapped`` claims for ``aggregate_id``
+    in ``holders``, as a server would with a handler's claims: holding a
+    value already, or releasing one not held, is fine; a value another
+    aggregate holds is refused (BAD_MAPPING, import_reason CLAIM_HELD),
+    naming both aggregates (not the value: often personal data)."""
+    for claim in mapped.claims:
+        if not isinstance(claim, ChronicleClaim):
+            raise _bad_mapping(
+                event,
+                f"the mapping of {event.topic} ({event.originator_id} v{event.originator_version}) gave"
+                f" {type(claim).__name__} among its claims: each must be a ChronicleClaim",
+            )
+        problem = _claim_problem(claim)
+        if problem:
+            raise _bad_mapping(
+                event,
+                f"the mapping of {event.topic} ({event.originator_id} v{event.originator_version}) claims {problem}",
+                import_reason="BAD_RECORD",
+            )
+        key = (claim.scope, claim.value)
+        holder = holders.get(key)
+        if claim.release:
+            if holder == aggregate_id:
+                del holders[key]
+        elif holder is None:
+            holders[key] = aggregate_id
+        elif holder != aggregate_id:
+            refused = _bad_mapping(
+                event,
+                f"the mapping of {event.topic} ({event.originator_id} v{event.originator_version}) claims for"
+                f" {aggregate_id!r} a value in {claim.scope!r} that {holder!r} holds: the old application let two"
+                " aggregates hold one value, which Chronicle refuses (the import would, CLAIM_HELD). Decide which"
+                " keeps it (the mapping leaves the other's claim out, or releases it first)",
+                import_reason=CLAIM_HELD,
+            )
+            refused.metadata.update({"scope": claim.scope, "aggregate_id": aggregate_id, "holder": holder})
+            raise refused
+
+
+def _claim_problem(claim: ChronicleClaim) -> str:
+    """What a handler's context would refuse of ``claim`` (context.py's
+    rules: a claim that converts is one a command could have taken)."""
+    scope, value = claim.scope, claim.value
+    if not isinstance(scope, str) or not scope or len(scope.encode()) > MAX_SCOPE_BYTES or not scope.isprintable():
+        return f"in the scope {scope!r}: a scope is 1 to {MAX_SCOPE_BYTES} bytes of printable text"
+    if not isinstance(value, str) or not value or len(value.encode()) > MAX_VALUE_BYTES or not value.isprintable():
+        return f"a value in {scope!r} that is not 1 to {MAX_VALUE_BYTES} bytes of printable text"
+    return ""
 
 
 def _recorded(
