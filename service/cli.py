@@ -1192,7 +1192,7 @@ def _convert_eventsourcing(args: argparse.Namespace) -> int:
     async def convert(out: BinaryIO) -> dict[str, int]:
         writer = Writer(out, export_format)
         reporter: Reporter | None = None
-        events = 0
+        events = claims = 0
         tally = Tally()
         records = eventsourcing_export(
             args.from_url, table=args.table, schema=args.schema, mapping=mapping, registry=registry, tally=tally
@@ -1204,10 +1204,13 @@ def _convert_eventsourcing(args: argparse.Namespace) -> int:
             elif record.HasField("event") and reporter is not None:
                 events += 1
                 reporter.update(record.event.event.position)
+            elif record.HasField("claim"):
+                claims += 1
         if reporter is not None:
-            reporter.close(f"done: {events:,} events, {tally.left_out:,} left out by the mapping")
+            reporter.close(f"done: {events:,} events, {tally.left_out:,} left out by the mapping, {claims:,} claims")
         # Every event read is either converted or counted as left out (the mapping returned None).
-        return {"events": events, "left_out": tally.left_out}
+        # The claims the mapping gave that are held at the end: 0 says no value will be unique.
+        return {"events": events, "left_out": tally.left_out, "claims": claims}
 
     with output(args.file) as out:
         counts = asyncio.run(convert(out))

@@ -53,10 +53,11 @@ def test_converted_users_keep_their_addresses_unique(postgres_url: str, target_u
     "claims_written": 0 and a second lee@example.com was registered."""
     legacy_users(postgres_url)
     out = tmp_path / "legacy.chronicle"
-    chronicle(
+    converted = chronicle(
         "convert-eventsourcing", str(out), "--from-url", postgres_url, "--schema", SCHEMA,
         "--table", "users_events", "--mapping", MAPPING,
     )  # fmt: skip
+    assert json.loads(converted.stdout)["claims"] == 2  # ann@, robert@ (bob@ given up)
     imported = json.loads(chronicle("import", str(out), "--database-url", target_url).stdout)
     assert (imported["events_written"], imported["claims_written"], imported["claims_derived"]) == (3, 2, 0)
     with server_process(target_url) as server:

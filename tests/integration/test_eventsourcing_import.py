@@ -169,7 +169,7 @@ def test_the_command_line_converts_and_imports(postgres_url: str, tmp_path: Path
         "tests.support.eventsourcing_bank:to_chronicle",
     ]
     done = subprocess.run(convert, capture_output=True, text=True, timeout=60, check=True)
-    assert json.loads(done.stdout) == {"file": str(out), "format": "binary", "events": 8, "left_out": 1}
+    assert json.loads(done.stdout) == {"file": str(out), "format": "binary", "events": 8, "left_out": 1, "claims": 0}
     imported = subprocess.run(
         [sys.executable, "-m", "service", "import", str(out), "--database-url", f"sqlite:///{tmp_path}/c.db"],
         capture_output=True,
@@ -222,7 +222,13 @@ def test_migration_mds_command_finds_the_mapping_saved_beside_it(postgres_url: s
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"file": "legacy.chronicle", "format": "binary", "events": 8, "left_out": 1}
+    assert json.loads(done.stdout) == {
+        "file": "legacy.chronicle",
+        "format": "binary",
+        "events": 8,
+        "left_out": 1,
+        "claims": 0,
+    }
     assert (work / "legacy.chronicle").exists()
 
 
