@@ -26,6 +26,7 @@ from service.plugins import Plugin
 from service.plugins.registry import Registry
 from service.processing.state import AggregateLoader
 from service.store.base import Store
+from service.store.encryption import new_master_key
 from service.store.records import TOMBSTONE_EVENT_TYPE, RecordedEvent
 from service.store.sqlite import SqliteStore
 from service.transfer.importer import Importer, ImportSummary
@@ -100,6 +101,20 @@ def test_a_hand_written_import_takes_the_claims_its_plugin_declares(
         # Importing again derives the same claim and finds it held: nothing new, nothing refused.
         again = json.loads(cli("import", str(export), server=server.address).stdout)
         assert (again["events_written"], again["claims_derived"], again["claims_written"]) == (0, 1, 0)
+
+
+def test_a_server_encrypting_at_rest_takes_the_derived_claims_hidden(target_url: str, tmp_path: Path) -> None:
+    """The import seals the users' events; their claims are derived from
+    the state as commands see it, opened with the master keys (from the
+    sealed payloads nothing would be derived), and a registration of the
+    same address is refused."""
+    export = hand_written(tmp_path / "users.jsonl", *USERS_BY_HAND)
+    keys = {"CHRONICLE_MASTER_KEYS": f"k1:{new_master_key()}"}
+    with server_process(target_url, extra=["--anonymous-admin"], env=keys) as server:
+        summary = json.loads(cli("import", str(export), server=server.address).stdout)
+        assert (summary["claims_derived"], summary["claims_written"]) == (1, 1)
+        assert refused_not_unique(register(server.address, "user-lee2", "lee@example.com"))
+        assert register(server.address, "user-kim2", "kim@example.com").returncode == 0
 
 
 def test_an_imported_claim_another_user_holds_is_refused_claim_held(target_url: str, tmp_path: Path) -> None:
