@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -67,7 +68,15 @@ from dataclasses import dataclass, field
 
 from service.cluster.hashing import partition_of
 from service.cluster.leases import LeaseGroup, LeaseKeeper
-from service.errors import ChronicleError, ConcurrencyConflict, InvalidInput, ResourceNotFound, StoreUnavailable, quoted
+from service.errors import (
+    ChronicleError,
+    ConcurrencyConflict,
+    EventNotReadable,
+    InvalidInput,
+    ResourceNotFound,
+    StoreUnavailable,
+    quoted,
+)
 from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES, HeldEvents, size_of
 from service.processing.upcasting import EventReader
 from service.store.base import GroupStore, LogReader
@@ -648,7 +657,16 @@ class ConsumerSession:
                 continue
             page = await self._log.read_log(parked.position - 1, LogFilter(aggregate_id=parked.aggregate_id), 1)
             for stored in page.events:
-                for event in self._reader.records(stored):
+                try:
+                    events = self._reader.records(stored)
+                except EventNotReadable as error:
+                    # Still unreadable (the plugin is not fixed yet): parked
+                    # again as it was, with today's reason, not delivered.
+                    reason = f"{error.reason}: {error}"[:1000]
+                    self._replay_parks.append(dataclasses.replace(parked, replaying=False, reason=reason))
+                    self._commit_wanted.set()
+                    continue
+                for event in events:
                     if event.event_id == parked.event_id:
                         # Its attempts since the replay was asked for, by
                         # consumers on this replica that went away holding
@@ -723,7 +741,12 @@ class ConsumerSession:
             segment = self._segments.get(partition_of(stored.aggregate_id, count))
             if segment is None or stored.position <= segment.read_to or segment not in reading:
                 continue
-            for event in self._reader.records(stored):
+            try:
+                events = self._reader.records(stored)
+            except EventNotReadable as error:
+                self._park_unreadable(segment, stored, error)
+                continue
+            for event in events:
                 if wanted_types and event.event_type not in wanted_types:
                     continue
                 entry = segment.outstanding.get(event.event_id)
@@ -748,6 +771,30 @@ class ConsumerSession:
                 self._tally.add(size)
                 queued += size
         return queued
+
+    def _park_unreadable(self, segment: _Segment, stored: RecordedEvent, error: EventNotReadable) -> None:
+        """Park at once, never delivered (``attempts`` 0), an event of a type
+        the plugins know that they cannot bring to its current schema (a
+        failing upcaster): no consumer could handle it, and holding it would
+        stop the segment's checkpoint for good. The events before it are
+        delivered as usual; ReplayParked delivers it once a fixed plugin
+        reads it. (An event of a type the server does not know at all is
+        delivered as stored: ``EventReader.records``.)"""
+        if stored.event_id in segment.outstanding or stored.position <= segment.reread_to:
+            return  # read again after a let-go: parked the first time
+        segment.outstanding[stored.event_id] = _Entry(stored.position)
+        segment.parks.append(
+            GroupParkedEvent(
+                event_id=stored.event_id,
+                position=stored.position,
+                segment=segment.number,
+                aggregate_id=stored.aggregate_id,
+                attempts=0,
+                reason=f"{error.reason}: {error}"[:1000],
+            )
+        )
+        segment.settle(stored.event_id, acked=False)
+        self._commit_wanted.set()
 
     def _unqueue(self, queue: deque[RecordedEvent]) -> None:
         """``queue``'s events are no longer this session's to send."""

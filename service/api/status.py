@@ -54,7 +54,10 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     # A setting an operator fixes (the master-key file), like a read this
     # server's configuration cannot serve: no retry heals it.
     errors.MasterKeysUnfit: grpc.StatusCode.FAILED_PRECONDITION,
-    EventNotReadable: grpc.StatusCode.INTERNAL,
+    # A stored event the loaded plugins cannot read: no retry heals it, a
+    # deployment does (the plugin that reads it, a fixed upcaster). Not
+    # INTERNAL, which clients read as the server's own fault.
+    EventNotReadable: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 # Worth retrying after a pause; the client is told so with RetryInfo.

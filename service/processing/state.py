@@ -177,8 +177,10 @@ class AggregateLoader:
         aggregate_type = self._registry.aggregate(head.aggregate_type)
         if aggregate_type is None:
             raise EventNotReadable(
-                f"no loaded plugin declares aggregate type {head.aggregate_type}",
+                f"no loaded plugin declares aggregate type {head.aggregate_type}, so aggregate"
+                f" {aggregate_id!r} cannot be rebuilt: load the plugin that declares it (its events are read"
+                " as stored with ReadAggregate)",
                 reason="UNKNOWN_AGGREGATE_TYPE",
-                metadata={"aggregate_type": head.aggregate_type},
+                metadata={"aggregate_type": head.aggregate_type, "aggregate_id": aggregate_id},
             )
         return await self.load(aggregate_id, aggregate_type, to_version=to_version)

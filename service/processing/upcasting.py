@@ -6,10 +6,20 @@ passed through the plugins' upcasters, one version at a time, until each
 resulting event is at its type's current version. Stored events are never
 rewritten; upcasting happens on every read.
 
-An event the chain cannot bring to a current version (a type no plugin
-declares or upcasts, a missing step, a version newer than the plugin, an
-upcaster that fails or returns something unregistered, a payload that does
-not parse) is an ``EventNotReadable`` error, logged with the event's place.
+Two kinds of event cannot be read, and they are handled apart:
+
+* an event of a type the server does not know (no loaded plugin declares
+  it, no upcaster reads it: a retired plugin's, or an imported one) has no
+  current schema here, so its stored bytes are the only truth there is:
+  readers that pass events on (``records``: subscriptions, groups,
+  ReadAggregate) hand it over as stored, as KurrentDB's ``$all`` hands over
+  any event's bytes; only rebuilding state (``decode``, ``messages``) fails;
+* an event the chain of a type the server does know cannot bring to a
+  current version (a missing step, a version newer than the plugin, an
+  upcaster that fails or returns something unregistered, a payload that
+  does not parse) is an ``EventNotReadable`` error on every path, logged
+  with the event's place: the plugin promises that type at its current
+  schema, and the old bytes would be misread by code written for it.
 """
 
 from __future__ import annotations
@@ -110,12 +120,15 @@ class EventReader:
 
     def records(self, event: RecordedEvent) -> list[RecordedEvent]:
         """Like ``decode``, for readers that pass events on: an event that is
-        already current, redacted, or a deleted aggregate's tombstone is
-        returned without parsing its payload."""
+        already current, redacted, a deleted aggregate's tombstone, or of a
+        type the server does not know (module docstring) is returned as
+        stored, without parsing its payload."""
         if event.redacted or is_tombstone(event):
             return [event]
         spec = self._registry.event(event.event_type)
         if spec is not None and spec.schema_version == event.schema_version:
+            return [event]
+        if spec is None and event.event_type not in self._registry.upcast_types:
             return [event]
         return [current.record for current in self.decode(event)]
 
@@ -136,7 +149,13 @@ class EventReader:
         upcaster = self._registry.upcaster(step.event_type, step.schema_version)
         if upcaster is None:
             if spec is None and step.event_type not in self._registry.upcast_types:
-                raise _unreadable(event, f"no loaded plugin reads event type {step.event_type}", "UNKNOWN_EVENT_TYPE")
+                raise _unreadable(
+                    event,
+                    f"no loaded plugin reads event type {step.event_type}, so aggregate {event.aggregate_id!r}"
+                    f" cannot be rebuilt past version {event.version - 1}: load the plugin that declares it, or"
+                    " declare an upcaster for it (one that returns None drops it from the aggregate)",
+                    "UNKNOWN_EVENT_TYPE",
+                )
             raise _unreadable(
                 event, f"no upcaster reads {step.event_type} v{step.schema_version}", "UNSUPPORTED_SCHEMA_VERSION"
             )
@@ -222,6 +241,8 @@ def _unreadable(event: RecordedEvent, message: str, reason: str) -> EventNotRead
         metadata={
             "aggregate_id": event.aggregate_id,
             "version": str(event.version),
+            "event_id": event.event_id,
+            "position": str(event.position),
             "event_type": event.event_type,
             "schema_version": str(event.schema_version),
         },

@@ -495,8 +495,8 @@ async def test_an_event_no_plugin_reads_or_without_a_step_is_an_error_naming_it_
             get = client.events.GetAggregate(ev.GetAggregateRequest(aggregate_id=book))
             found.append(details_of(await refusal(get)))
             found.append(details_of(await refusal(client.submit(command(book, bank.Deposit(amount=1))))))
-    assert [(d.code, d.reason) for d in found] == [(grpc.StatusCode.INTERNAL, "UNKNOWN_EVENT_TYPE")] * 2 + [
-        (grpc.StatusCode.INTERNAL, "UNSUPPORTED_SCHEMA_VERSION")
+    assert [(d.code, d.reason) for d in found] == [(grpc.StatusCode.FAILED_PRECONDITION, "UNKNOWN_EVENT_TYPE")] * 2 + [
+        (grpc.StatusCode.FAILED_PRECONDITION, "UNSUPPORTED_SCHEMA_VERSION")
     ] * 2
     assert {(d.metadata["aggregate_id"], d.metadata["version"]) for d in found} == {("book-1", "2"), ("book-2", "2")}
 
