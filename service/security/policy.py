@@ -237,13 +237,18 @@ class Authorizer:
     def subscribable(self, principal: Principal, asked: frozenset[str], known: Iterable[str]) -> frozenset[str]:
         """The aggregate types a subscription may carry: ``asked`` if every one
         is permitted (else SUBSCRIBE_DENIED naming it), or, with none asked,
-        the permitted ones among ``known`` (none: SUBSCRIBE_DENIED)."""
+        every type (none, meaning no narrowing) for a principal granted
+        ``"*"``, else the permitted ones among ``known`` (none:
+        SUBSCRIBE_DENIED). ``"*"`` is every type the log holds, those no
+        loaded plugin declares any more included (their events are handed
+        over as stored); a principal granted named types never receives
+        another type's events, whether a plugin declares it or not."""
         for name in sorted(asked):
             if not self.may_subscribe(principal, name):
                 raise _denied(
                     principal, f"may not subscribe to {name} aggregates", "SUBSCRIBE_DENIED", aggregate_type=name
                 )
-        if asked:
+        if asked or ANY in self.grant(principal).subscribe:
             return asked
         permitted = frozenset(name for name in known if self.may_subscribe(principal, name))
         if not permitted:

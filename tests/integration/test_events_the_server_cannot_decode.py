@@ -34,7 +34,8 @@ from service.store.base import StoreAdapter
 from service.store.records import NewEvent, RecordedEvent
 from tests.support import plugins
 from tests.support.events import new_event
-from tests.support.grpc_client import running_server
+from tests.support.grpc_client import running_server, with_jwt_auth
+from tests.support.security import JwtIssuer
 from tests.support.waiting import eventually
 
 LEGACY = "legacy.v1.CardIssued"  # no plugin declares it, no upcaster reads it
@@ -271,3 +272,45 @@ async def test_a_group_parks_an_event_its_upcaster_fails_on_and_delivers_those_a
     (parked,) = await client.groups.parked("ledger")
     assert (parked.event_id, parked.position, parked.attempts) == (bad.event_id, bad.position, 0)
     assert parked.reason.startswith("UPCAST_FAILED: ")
+
+
+# -- who receives them, with --auth ----------------------------------------------------
+
+READERS = """
+[roles.teller]
+read = ["Account"]
+subscribe = ["Account"]
+
+[roles.auditor]
+read = ["*"]
+subscribe = ["*"]
+
+[principals."alice"]
+roles = ["teller"]
+
+[principals."root"]
+roles = ["auditor"]
+"""
+
+
+async def test_grants_scope_unknown_types_by_aggregate_type_and_star_takes_retired_ones(
+    sql_store: StoreAdapter, tmp_path: Path
+) -> None:
+    issuer = JwtIssuer()
+    settings = with_jwt_auth(tmp_path, issuer, READERS)
+    registry = Registry([bank_account.plugin])
+    async with running_server(sql_store, settings=settings, registry=registry, poll_seconds=0.2) as (app, _):
+        stored = await append_retired_log(app)
+        opened = bank.AccountOpened(owner="bo").SerializeToString()
+        stored += await app.store.events.append(
+            "acc-2", [new_event("bank.v1.AccountOpened", aggregate_type="Account", payload=opened)], 0
+        )
+        seen = {}
+        for who, count in (("alice", 5), ("root", 6)):
+            async with ChronicleClient.connect(app.address, token=issuer.token(who)) as client:
+                seen[who] = [(event.aggregate_id, event.version) for event in await subscribed(client, count)]
+    everything = [(event.aggregate_id, event.version) for event in stored]
+    # alice may read Account: its event of an unknown type too, never the retired User's.
+    assert seen["alice"] == [key for key in everything if key[0] != "user-1"]
+    # "*" is every type the log holds, a type no loaded plugin declares included.
+    assert seen["root"] == everything
