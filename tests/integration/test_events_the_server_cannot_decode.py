@@ -16,6 +16,7 @@ the server cannot decode"):
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from chronicle.v1 import admin_service_pb2 as admin
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
@@ -31,11 +33,13 @@ from service.client import ChronicleClient, RemoteError
 from service.client.results import Event
 from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
+from service.store.encryption import new_master_key
 from service.store.records import NewEvent, RecordedEvent
 from tests.support import plugins
 from tests.support.events import new_event
 from tests.support.grpc_client import running_server, with_jwt_auth
-from tests.support.security import JwtIssuer
+from tests.support.processes import cli
+from tests.support.security import JwtIssuer, write
 from tests.support.waiting import eventually
 
 LEGACY = "legacy.v1.CardIssued"  # no plugin declares it, no upcaster reads it
@@ -274,6 +278,37 @@ async def test_a_group_parks_an_event_its_upcaster_fails_on_and_delivers_those_a
     assert parked.reason.startswith("UPCAST_FAILED: ")
 
 
+async def test_a_replay_of_an_event_its_upcaster_still_fails_on_parks_it_again(broken: Broken) -> None:
+    client = broken.client
+    await client.groups.create("ledger", aggregate_types=["Book"])
+    bad = broken.stored[1]
+    received: list[Event] = []
+
+    async def consume() -> None:
+        async with client.consume("ledger", consumer="w") as deliveries:
+            async for delivery in deliveries:
+                received.append(delivery.event)
+                await delivery.ack()
+
+    async def parked(replaying: bool) -> bool:
+        listed = await client.groups.parked("ledger")
+        return [(p.event_id, p.replaying) for p in listed] == [(bad.event_id, replaying)]
+
+    consumer = asyncio.ensure_future(consume())
+    try:
+        await eventually(lambda: parked(False), what="the bad event parked")
+        assert await client.groups.replay("ledger", [bad.event_id]) == 1
+        assert await parked(True)
+        # The consumer's session finds the replay, cannot read the event
+        # again, and parks it again: nothing delivered, the stream goes on.
+        await eventually(lambda: parked(False), what="the replay parked again")
+    finally:
+        consumer.cancel()
+    assert [event.version for event in received] == [1, 3]
+    (again,) = await client.groups.parked("ledger")
+    assert again.reason.startswith("UPCAST_FAILED: ")
+
+
 # -- who receives them, with --auth ----------------------------------------------------
 
 READERS = """
@@ -314,3 +349,36 @@ async def test_grants_scope_unknown_types_by_aggregate_type_and_star_takes_retir
     assert seen["alice"] == [key for key in everything if key[0] != "user-1"]
     # "*" is every type the log holds, a type no loaded plugin declares included.
     assert seen["root"] == everything
+
+
+# -- forgetting, and the CLI ---------------------------------------------------------
+
+
+async def test_a_forgotten_aggregate_s_unknown_event_reaches_readers_redacted(
+    sql_store: StoreAdapter, tmp_path: Path
+) -> None:
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
+    registry = Registry([bank_account.plugin])
+    async with running_server(
+        sql_store, registry=registry, master_key_file=keys, anonymous_admin=True, poll_seconds=0.2
+    ) as (app, raw):
+        stored = await append_retired_log(app)
+        await raw.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-1"))
+        async with ChronicleClient.connect(app.address) as client:
+            received = await subscribed(client, 5)
+            read = [event async for event in client.read("acc-1")]
+    legacy = received[2]
+    assert (legacy.event_id, legacy.redacted, legacy.envelope.payload.value) == (stored[2].event_id, True, b"")
+    assert [event.redacted for event in read] == [True] * 4
+    assert not received[4].redacted  # user-1 was not forgotten: as stored
+
+
+async def test_tail_prints_an_unknown_event_as_stored_and_goes_on(retired: Retired) -> None:
+    printed = await asyncio.to_thread(
+        cli, "tail", "--from", "0", "--until-caught-up", server=retired.app.address, check=False
+    )
+    assert printed.returncode == 0, printed.stderr
+    lines = [json.loads(line) for line in printed.stdout.splitlines()]
+    assert [line["position"] for line in lines] == [str(event.position) for event in retired.stored]
+    assert lines[2]["payload"] == {"@type": TYPE_URL + LEGACY, "hex": LEGACY_BYTES.hex()}
+    assert lines[4]["event_type"] == "users.v1.UserRegistered"
