@@ -132,10 +132,19 @@ export function pack(typeName, fields) {
   return { type_url: TYPE_URL_PREFIX + typeName, value: Buffer.from(type.encode(type.fromObject(fields)).finish()) };
 }
 
-/** The message inside a google.protobuf.Any, as a plain object with its type name. */
+/**
+ * The message inside a google.protobuf.Any, as a plain object with its type
+ * name; of a type this client has no .proto for (another plugin's, or one
+ * the server hands over as stored because no loaded plugin declares it any
+ * more: docs/subscriptions.md), its type name and bytes as they came,
+ * `{ '@type', value }`, rather than an error that would end the stream.
+ * None at all (a forgotten aggregate's redacted event): null.
+ */
 export function unpack(any) {
+  if (any === null || any === undefined) return null;
   const typeName = any.type_url.slice(any.type_url.lastIndexOf('/') + 1);
-  const type = messages.lookupType(typeName);
+  const type = messages.lookup(typeName);
+  if (!(type instanceof protobuf.Type)) return { '@type': typeName, value: Buffer.from(any.value) };
   const fields = type.toObject(type.decode(any.value), { longs: Number, enums: String, defaults: true });
   return { '@type': typeName, ...fields };
 }
