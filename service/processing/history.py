@@ -81,8 +81,9 @@ class History:
                         out.extend(reversed(current) if wanted.backwards else current)
                         sent += len(current)
                 except Exception:
-                    # An event the plugins cannot read ends the read, never
-                    # skipped; the page's events before it go first.
+                    # An event of a known type the plugins cannot bring to its
+                    # current schema ends the read, never skipped (one of an
+                    # unknown type comes as stored); the events before it go first.
                     if out:
                         yield out
                     raise

@@ -197,9 +197,10 @@ class Subscriptions:
                     continue
                 holding.done_with_page()
                 if unreadable is not None:
-                    # An event the plugins cannot read ends the stream, never
-                    # skipped; the page's events before it went first, so the
-                    # subscriber stops just before it.
+                    # An event of a known type the plugins cannot bring to its
+                    # current schema ends the stream, never skipped (one of an
+                    # unknown type came as stored); the page's events before
+                    # it went first, so the subscriber stops just before it.
                     raise unreadable
                 position = scanned_to
                 if more:

@@ -14,7 +14,7 @@ Two kinds of event cannot be read, and they are handled apart:
   readers that pass events on (``records``: subscriptions, groups,
   ReadAggregate) hand it over as stored, as KurrentDB's ``$all`` hands over
   any event's bytes; only rebuilding state (``decode``, ``messages``) fails;
-* an event the chain of a type the server does know cannot bring to a
+* an event of a type the server knows that the chain cannot bring to a
   current version (a missing step, a version newer than the plugin, an
   upcaster that fails or returns something unregistered, a payload that
   does not parse) is an ``EventNotReadable`` error on every path, logged
