@@ -128,17 +128,23 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         return True
 
     def _check_consume(self, spec: GroupSpec) -> None:
-        """The subscribe grant for every aggregate type the group reads
-        (every known one, for a group that names none)."""
+        """The subscribe grant for every aggregate type the group reads; for
+        a group that names none, ``"*"``: it delivers every type the log
+        holds, those of a retired plugin included (passed on as stored), so
+        a grant of every declared type by name is not enough."""
         if not self._authorizer.enforcing:
             return
         principal = current_principal.get()
-        known = self._known_aggregate_types()
         asked = spec.log_filter.aggregate_types
-        permitted = self._authorizer.subscribable(principal, asked, known)
-        if not asked and permitted != known:
-            missing = sorted(known - permitted)[0]
-            self._authorizer.subscribable(principal, frozenset({missing}), known)  # raises, naming it
+        if asked:
+            self._authorizer.subscribable(principal, asked, self._known_aggregate_types())  # raises, naming one
+        elif not self._authorizer.may_subscribe_to_all(principal):
+            who = principal.name or "an anonymous caller"
+            raise PermissionDenied(
+                f'{who} may not consume a group of every aggregate type: it takes the subscribe grant "*"',
+                reason="SUBSCRIBE_DENIED",
+                metadata={"principal": principal.name},
+            )
 
     async def _consumable(self, field: str, name: str) -> GroupState:
         """Group ``name``, if the caller may consume it. A caller who may not
@@ -151,11 +157,8 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         if state is not None and self._may_consume(state.spec):
             return state
         principal = current_principal.get()
-        if state is None and (
-            not self._authorizer.enforcing
-            or all(self._authorizer.may_subscribe(principal, t) for t in self._known_aggregate_types())
-        ):
-            raise group_not_found(name)
+        if state is None and (not self._authorizer.enforcing or self._authorizer.may_subscribe_to_all(principal)):
+            raise group_not_found(name)  # it could have consumed any group: nothing to hide
         who = principal.name or "an anonymous caller"
         raise PermissionDenied(
             f"{who} may not consume group {quoted(name)}: it does not exist, or reads aggregate types {who} may not"

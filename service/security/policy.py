@@ -234,6 +234,12 @@ class Authorizer:
         left out of the caller's stream."""
         return _allows(self.grant(principal).subscribe, aggregate_type)
 
+    def may_subscribe_to_all(self, principal: Principal) -> bool:
+        """Granted ``"*"``: every aggregate type the log holds, those no
+        loaded plugin declares any more included (a group that names no
+        type delivers them all)."""
+        return ANY in self.grant(principal).subscribe
+
     def subscribable(self, principal: Principal, asked: frozenset[str], known: Iterable[str]) -> frozenset[str]:
         """The aggregate types a subscription may carry: ``asked`` if every one
         is permitted (else SUBSCRIBE_DENIED naming it), or, with none asked,

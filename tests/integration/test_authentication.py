@@ -46,7 +46,7 @@ from tests.support.grpc_client import (
     running_server,
     with_jwt_auth,
 )
-from tests.support.security import JwtIssuer, api_key_file, bearer
+from tests.support.security import POLICY, JwtIssuer, api_key_file, bearer
 
 ALICE_KEY = "chr_alice-test-key-0123456789abcdef0123456789"
 
@@ -65,11 +65,11 @@ class Secured:
 
 
 @asynccontextmanager
-async def secured_server(tmp_path: Path, *, jwt_audience: str = "") -> AsyncIterator[Secured]:
+async def secured_server(tmp_path: Path, *, jwt_audience: str = "", policy: str = POLICY) -> AsyncIterator[Secured]:
     issuer, store = JwtIssuer(), MemoryStore()
     async with running_server(
         store,
-        settings=with_jwt_auth(tmp_path, issuer),
+        settings=with_jwt_auth(tmp_path, issuer, policy),
         api_keys_file=api_key_file(tmp_path / "keys.toml", [(ALICE_KEY, "alice", [])]),
         jwt_audience=jwt_audience,
     ) as (app, _):
@@ -493,6 +493,56 @@ async def test_groups_are_created_by_admins_and_consumed_with_the_subscribe_gran
         assert await refused(replay) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
     async with secured.as_("bob") as bob:
         assert await refused(consume_first(bob, "tellers")) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")
+
+
+async def test_a_group_of_every_type_takes_the_star_grant_not_every_declared_type_by_name(tmp_path: Path) -> None:
+    """A group that names no type delivers every type the log holds, a
+    retired plugin's too: a principal granted each declared type by name
+    would receive types it was never granted."""
+    groups = subscription_group_service_pb2
+    named = (
+        POLICY
+        + """
+[roles.each_by_name]
+subscribe = [{names}]
+
+[roles.everything]
+subscribe = ["*"]
+
+[principals."carol"]
+roles = ["each_by_name"]
+
+[principals."dave"]
+roles = ["everything"]
+"""
+    )
+    async with secured_server(tmp_path) as probe:
+        declared = sorted(a.name for a in probe.app.registry.aggregates)
+    policy = named.replace("{names}", ", ".join(f'"{name}"' for name in declared))
+    async with secured_server(tmp_path, policy=policy) as server:
+        async with server.as_("root") as root:
+            await groups_of(root).CreateGroup(groups.CreateGroupRequest(name="everything"))
+            accounts = groups.GroupFilter(aggregate_types=declared)
+            await groups_of(root).CreateGroup(groups.CreateGroupRequest(name="declared", filter=accounts))
+        async with server.as_("carol") as carol:
+            assert await refused(consume_first(carol, "everything")) == (
+                grpc.StatusCode.PERMISSION_DENIED,
+                "SUBSCRIBE_DENIED",
+            )
+            assert (await consume_first(carol, "declared")).joined.consumer.startswith("worker#")
+            listed = await groups_of(carol).ListGroups(groups.ListGroupsRequest())
+            assert [g.name for g in listed.groups] == ["declared"]
+            # Not one it may consume: as for any caller short of "*", a missing group is refused alike.
+            assert (await refusal_of(consume_first(carol, "nothing")))[:2] == (
+                grpc.StatusCode.PERMISSION_DENIED,
+                "SUBSCRIBE_DENIED",
+            )
+        async with server.as_("dave") as dave:
+            assert (await consume_first(dave, "everything")).joined.consumer.startswith("worker#")
+            assert (await refusal_of(consume_first(dave, "nothing")))[:2] == (
+                grpc.StatusCode.NOT_FOUND,
+                "GROUP_NOT_FOUND",
+            )
 
 
 async def refusal_of(call: object) -> tuple[grpc.StatusCode, str, str, dict[str, str]]:
