@@ -36,6 +36,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── NotAvailableHere        a read this server's configuration cannot serve (listing hidden keys)
     ├── Overloaded              a bounded queue or limit is full
     ├── StoreUnavailable        the store cannot be reached
+    ├── ConsumerStalled         a group consumer stopped taking its deliveries in (its stream ends)
     ├── HandlerFailed           a plugin's handler raised something unexpected
     └── ConfigurationError      bad settings or plugins; raised at start-up
         └── MasterKeysUnfit         ...the master keys do not open what the store sealed (or are not given)
@@ -490,6 +491,16 @@ class Overloaded(ChronicleError):
 
 class StoreUnavailable(ChronicleError):
     default_reason = "STORE_UNAVAILABLE"
+
+
+class ConsumerStalled(ChronicleError):
+    """A subscription group's consumer neither took a message of deliveries
+    in nor acked or nacked anything for the group's ack timeout (its client
+    stopped reading, its connection alive): its stream ends, and its events
+    and segments go to the group's other consumers (``service/groups.py``).
+    ABORTED: the consumer may consume again at once."""
+
+    default_reason = "CONSUMER_STALLED"
 
 
 class HandlerFailed(ChronicleError):

@@ -39,7 +39,14 @@ room, and one whose consumer the sweep finds stalled (its stream waiting
 in one write, or its window full and no ack or nack, at two sweeps) lets
 go of what it read ahead and reads it again once its consumer moves
 (``_let_go``): so stalled consumers hold a bounded total (the room and a
-page each), whatever their number, and never miss an event.
+page each), whatever their number, and never miss an event. One whose
+stream has waited in one write for the group's ack timeout (at least
+``MIN_STALL_SECONDS``) with no ack or nack meanwhile is cut
+(``_check_stall``): its events in flight count the attempt as timed out,
+the session ends at once (committing, giving its segments up) and the
+stream's status, once gRPC can send it, is ABORTED CONSUMER_STALLED; the
+session looks at ack deadlines only between writes, and gRPC holds a write
+for as long as a client that stopped reading keeps its connection.
 
 Attempts are counted per replica, across the group's sessions there
 (``Deliveries``): a consumer that goes away holding events (it crashed,
@@ -71,6 +78,7 @@ from service.cluster.leases import LeaseGroup, LeaseKeeper
 from service.errors import (
     ChronicleError,
     ConcurrencyConflict,
+    ConsumerStalled,
     EventNotReadable,
     InvalidInput,
     ResourceNotFound,
@@ -120,6 +128,13 @@ MAX_UNCHECKPOINTED = 100_000
 # in gRPC's hands, as a subscriber does (and a client's 4 MiB limit on what
 # it receives is never crossed by a batch of many large events).
 MAX_BATCH_BYTES = MAX_SUBSCRIPTION_MESSAGE_BYTES
+# The shortest wait in one write, with no ack or nack, that ends a consumer's
+# stream (``ConsumerSession.writing``), for groups whose ack timeout is
+# shorter: a client that is reading can leave a write waiting a while (a
+# window update behind a pause of its process, a loaded machine), and a
+# stream ended for nothing costs its consumer a reconnect and its segments'
+# unsettled events delivered again, far more than this wait.
+MIN_STALL_SECONDS = 1.0
 
 
 def group_not_found(name: str) -> ResourceNotFound:
@@ -237,10 +252,13 @@ class ConsumerSession:
         deliveries: Deliveries | None = None,
         clock: Callable[[], float] = time.monotonic,
         held: HeldEvents | None = None,
+        stalled: Callable[[ConsumerSession], None] | None = None,
     ) -> None:
         """``held``: the server's account of what its subscriptions and
         consumer sessions hold (the room to read ahead, the sweep of
-        stalled streams; module docstring)."""
+        stalled streams; module docstring). ``stalled``: called once with
+        the session when its consumer stalled (``writing``), to end it at
+        once, while its stream still waits in its write."""
         self.spec = spec
         self._deliveries = deliveries if deliveries is not None else Deliveries()
         self.member_id = f"{consumer}#{uuid.uuid4().hex[:8]}"
@@ -302,6 +320,13 @@ class ConsumerSession:
         self._tally = self._held.tally(self._let_go, lambda: self._queued > 0)
         self._let_go_count = 0  # a read in progress across a let-go is thrown away
         self._last_page_bytes = 0  # what the last page queued: the estimate of the next one
+        self._stalled = stalled
+        self._stall_seconds = max(spec.ack_timeout_ms / 1000, MIN_STALL_SECONDS)
+        self._write_began: float | None = None  # the stream waits in a write since then
+        self._answered_at = float("-inf")  # the consumer's last ack or nack
+        self._stall_check: asyncio.TimerHandle | None = None
+        self._cut = False  # ended as stalled: its events and segments are the others' now
+        self._closed: asyncio.Future[None] | None = None
 
     # -- life ------------------------------------------------------------------
 
@@ -318,7 +343,15 @@ class ConsumerSession:
 
     async def close(self) -> None:
         """End the session: stop reading, commit what is settled, give up
-        the segments (another consumer takes them at its next heartbeat)."""
+        the segments (another consumer takes them at its next heartbeat).
+        Once: a second call waits for the first."""
+        if self._closed is None:
+            self._closed = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closed)
+
+    async def _close(self) -> None:
+        if self._stall_check is not None:
+            self._stall_check.cancel()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -344,14 +377,73 @@ class ConsumerSession:
     def writing(self) -> None:
         """The stream hands a batch to gRPC, which holds it there until the
         consumer's flow-control window has room: the sweep may find it
-        stalled in this write (``HeldEvents.sweep``)."""
+        stalled in this write (``HeldEvents.sweep``), and a consumer that
+        neither takes it in nor answers for the group's ack timeout (at
+        least ``MIN_STALL_SECONDS``) is cut (``_check_stall``)."""
         self._tally.sending = True
         self._tally.writes += 1
+        self._write_began = self._clock()
+        if self._stall_check is None:
+            self._stall_check = asyncio.get_running_loop().call_later(self._stall_seconds, self._check_stall)
 
     def written(self) -> None:
         """The consumer took the batch in."""
         self._tally.sending = False
+        self._write_began = None
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
         self._resumed()
+
+    def _check_stall(self) -> None:
+        """The stream has waited in its write for the stall bound, unless
+        an answer came meanwhile (then: look again that long after it).
+
+        Why the ack timeout: every event of the write was sent as it began,
+        so by then each is past its ack deadline unanswered, the condition
+        on which the session sends it again; but the session only looks at
+        deadlines between writes, and gRPC holds this one for as long as the
+        client keeps its connection open and does not read (its library
+        answers keepalive pings): without the cut, those events and the
+        consumer's segments would wait for it for good."""
+        self._stall_check = None
+        if self._write_began is None or self._cut:
+            return
+        left = max(self._write_began, self._answered_at) + self._stall_seconds - self._clock()
+        if left > 0:
+            self._stall_check = asyncio.get_running_loop().call_later(left, self._check_stall)
+            return
+        self._cut_stalled()
+
+    def _cut_stalled(self) -> None:
+        """End the session of a consumer that stalled: each event in flight
+        counts its attempt as timed out (parked at ``max_attempts``, as any
+        timeout; the others' counts stay in ``Deliveries`` for the next
+        holder), the stream's status says CONSUMER_STALLED once gRPC can send
+        it, and ``stalled`` closes the session now: what was acked is
+        committed and the segments are given up, for the other consumers to
+        take at their next heartbeat."""
+        log.warning(
+            "subscription group %s: consumer %s took no deliveries in and answered nothing for %.3gs; its stream"
+            " ends (CONSUMER_STALLED) and its events go to the other consumers",
+            self.spec.name,
+            self.member_id,
+            self._stall_seconds,
+        )
+        for delivery in [d for d in self._pending.values() if d.deadline and self._live(d)]:
+            self._failed(delivery, ACK_TIMEOUT)
+        self._cut = True
+        self.fail(
+            ConsumerStalled(
+                f"consumer {self.member_id!r} of group {quoted(self.spec.name)} took no deliveries in and acked or"
+                f" nacked nothing for {self._stall_seconds:g}s (the group's ack timeout, at least"
+                f" {MIN_STALL_SECONDS:g}s): its unacknowledged events and its segments went to the group's other"
+                " consumers; consume again",
+                metadata={"group": self.spec.name, "consumer": self.member_id},
+            )
+        )
+        if self._stalled is not None:
+            self._stalled(self)
 
     def _resumed(self) -> None:
         """The consumer moved (it took a batch in, or answered): a session
@@ -389,6 +481,8 @@ class ConsumerSession:
         return delivery
 
     def ack(self, event_ids: Sequence[str]) -> None:
+        if self._cut:
+            return  # too late: its events are the other consumers' now, counted as timed out
         self._answered()
         for event_id in event_ids:
             delivery = self._delivery(event_id)
@@ -405,6 +499,8 @@ class ConsumerSession:
             self._reader_wake.set()  # a checkpoint may have passed what held the reader
 
     def nack(self, event_ids: Sequence[str], reason: str) -> None:
+        if self._cut:
+            return
         self._answered()
         for event_id in event_ids:
             delivery = self._delivery(event_id)
@@ -414,8 +510,10 @@ class ConsumerSession:
 
     def _answered(self) -> None:
         # Progress, for the sweep: a session waiting on a full window is
-        # stalled only while its consumer neither reads nor answers.
+        # stalled only while its consumer neither reads nor answers; and one
+        # waiting in a write is not cut while its consumer answers.
         self._tally.writes += 1
+        self._answered_at = self._clock()
         self._resumed()
 
     def _settle(self, delivery: Delivery) -> None:
@@ -990,6 +1088,7 @@ class SubscriptionGroups:
             first_page_size=self._first_page_size,
             deliveries=self._deliveries_of(spec),
             held=self.held,
+            stalled=self.release,
         )
         await session.start()
         self._sessions.add(session)
@@ -1007,7 +1106,11 @@ class SubscriptionGroups:
 
     def release(self, session: ConsumerSession) -> None:
         """End ``session`` in the background: the stream's status goes out
-        at once, while the session commits and gives its segments up."""
+        at once, while the session commits and gives its segments up.
+        Once only: a stalled session is released as it stalls, and again
+        by its stream, when gRPC gives up its write."""
+        if session not in self._sessions:
+            return
         self._sessions.discard(session)
         closing = asyncio.ensure_future(session.close())
         self._closing_sessions.add(closing)

@@ -49,6 +49,9 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.NotAvailableHere: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    # Not the caller's deadline (DEADLINE_EXCEEDED): the server ended the
+    # stream, and consuming again is the cure (clients reopen on ABORTED).
+    errors.ConsumerStalled: grpc.StatusCode.ABORTED,
     errors.HandlerFailed: grpc.StatusCode.INTERNAL,
     errors.ConfigurationError: grpc.StatusCode.INTERNAL,
     # A setting an operator fixes (the master-key file), like a read this

@@ -38,6 +38,10 @@ from service.client.retry import RetryPolicy, call_with_retries, log_retry, retr
 
 log = logging.getLogger(__name__)
 
+# The server ended the stream of a consumer that took no deliveries in and
+# answered nothing for the group's ack timeout (ABORTED): consumed again.
+CONSUMER_STALLED = "CONSUMER_STALLED"
+
 GroupInfo = pb.GroupInfo
 GroupParkedEvent = pb.GroupParkedEvent
 
@@ -80,7 +84,10 @@ class GroupConsumer:
     stream broken by what a subscription is reopened after (UNAVAILABLE or
     CANCELLED: a server stopping; RESOURCE_EXHAUSTED with a ``RetryInfo``:
     a server at its ``--max-subscriptions``, TOO_MANY_SUBSCRIPTIONS;
-    ABORTED; DEADLINE_EXCEEDED: ``retry.retryable``), or whose status
+    ABORTED, CONSUMER_STALLED among them, logged as a warning: the server
+    cut this consumer for taking no deliveries in and answering nothing
+    for the group's ack timeout, a handler holding the loop up;
+    DEADLINE_EXCEEDED: ``retry.retryable``), or whose status
     grpc.aio lost (``errors.status_lost``), is opened again, without a
     bound: after ``reconnect_delay`` seconds, doubled for each stream in a
     row that broke before it joined, up to ``retry.max_backoff`` (2 s by
@@ -281,14 +288,26 @@ class GroupConsumer:
                     stale += 1  # a fresh token may cure it: the next stream asks for one
                 broken += 1
                 wait = self._reconnect_wait(broken, error)
-                log_retry(
-                    broken,
-                    "group %s: stream broken (%s, retry %d); consuming again in %.3fs",
-                    self.group,
-                    failed.details(),
-                    broken,
-                    wait,
-                )
+                if error.reason == CONSUMER_STALLED:
+                    # Not the network's doing: this consumer kept a message
+                    # unread, and answered nothing, for the group's ack
+                    # timeout (a handler that held up the loop over it).
+                    log.warning(
+                        "group %s: %s; consuming again in %.3fs (iterate the deliveries without holding up"
+                        " the loop, ack sooner, or give the group a longer ack_timeout)",
+                        self.group,
+                        error,
+                        wait,
+                    )
+                else:
+                    log_retry(
+                        broken,
+                        "group %s: stream broken (%s, retry %d); consuming again in %.3fs",
+                        self.group,
+                        failed.details(),
+                        broken,
+                        wait,
+                    )
             finally:
                 self.joined.clear()
                 if not leaving and self._acks_call is call:

@@ -23,6 +23,7 @@ from service.api.status import rich_status, status_code
         (errors.CommandIdReused("c", "why"), grpc.StatusCode.ALREADY_EXISTS),
         (errors.Overloaded("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (errors.StoreUnavailable("x"), grpc.StatusCode.UNAVAILABLE),
+        (errors.ConsumerStalled("x"), grpc.StatusCode.ABORTED),
         (errors.HandlerFailed("x"), grpc.StatusCode.INTERNAL),
     ],
 )
