@@ -1121,8 +1121,10 @@ export class ChronicleClient {
    * the group's ack timeout) comes again after the backoff. A stream ended
    * by what a subscription is reopened after (UNAVAILABLE or a CANCELLED we
    * did not ask for: a server stopping; RESOURCE_EXHAUSTED with a RetryInfo:
-   * a server at its --max-subscriptions, TOO_MANY_SUBSCRIPTIONS; ABORTED;
-   * DEADLINE_EXCEEDED) is opened again, without a bound: after
+   * a server at its --max-subscriptions, TOO_MANY_SUBSCRIPTIONS; ABORTED,
+   * CONSUMER_STALLED among them, said to `logger.warn`: this consumer took
+   * no deliveries in and acked nothing for the group's ack timeout, and its
+   * events went to the others; DEADLINE_EXCEEDED) is opened again, without a bound: after
    * `reconnectDelaySeconds`, doubled
    * for each stream in a row that broke with nothing received, up to the
    * retry policy's `maxBackoffSeconds` (2; or `reconnectDelaySeconds` if
@@ -1195,10 +1197,20 @@ export class ChronicleClient {
           broken += 1;
           const backoff = Math.min(mostWait, reconnectDelaySeconds * 2 ** (broken - 1) || 0);
           wait = Math.max(backoff, refusal.retryDelaySeconds ?? 0);
-          client.#logRetry(
-            broken,
-            `group ${group}: stream broke with ${refusal} (retry ${broken}); consuming again in ${wait.toFixed(3)} s`,
-          );
+          if (refusal.reason === 'CONSUMER_STALLED') {
+            // Not the network's doing: this consumer kept a message unread,
+            // and answered nothing, for the group's ack timeout (a handler
+            // that held the loop up over it). Said at once, as a warning.
+            client.logger?.warn(
+              `group ${group}: ${refusal}; consuming again in ${wait.toFixed(3)} s (iterate the deliveries ` +
+                'without holding the loop up, ack sooner, or give the group a longer ackTimeoutSeconds)',
+            );
+          } else {
+            client.#logRetry(
+              broken,
+              `group ${group}: stream broke with ${refusal} (retry ${broken}); consuming again in ${wait.toFixed(3)} s`,
+            );
+          }
         } finally {
           if (state.stream === stream) state.stream = null;
           if (live) await leave(stream);

@@ -369,6 +369,36 @@ test('a consumer is opened again after what a subscription is: TOO_MANY_SUBSCRIP
   }
 });
 
+test('a consumer the server cut as stalled (ABORTED CONSUMER_STALLED) consumes again, and says why as a warning', async () => {
+  const stalled = () =>
+    rich(grpc.status.ABORTED, 'consumer worker-1#1 took no deliveries in for 1s (test)', {
+      reason: 'CONSUMER_STALLED',
+      retryDelaySeconds: 0.01,
+    });
+  const group = await standInEndings([stalled]);
+  const lines = [];
+  const logger = { info: (message) => lines.push(['info', message]), warn: (message) => lines.push(['warn', message]) };
+  const client = new ChronicleClient(group.address, { logger });
+  const worker = client.consume('ledger', 'worker-1', { reconnectDelaySeconds: 0.01 });
+  try {
+    for await (const delivery of worker.deliveries) {
+      assert.equal(delivery.event.event_id, 'event-1');
+      delivery.ack();
+      break;
+    }
+    assert.equal(group.state.opened, 2);
+    assert.equal(worker.member, 'worker-1#2');
+    assert.equal(lines.length, 1);
+    const [[level, message]] = lines;
+    assert.equal(level, 'warn');
+    assert.match(message, /^group ledger: ABORTED CONSUMER_STALLED: .*; consuming again in 0\.010 s \(iterate/);
+  } finally {
+    worker.close();
+    client.close();
+    group.stop();
+  }
+});
+
 test("a consumer is not opened again after gRPC's own RESOURCE_EXHAUSTED (no RetryInfo)", async () => {
   const tooLarge = () => ({ code: grpc.status.RESOURCE_EXHAUSTED, details: 'Received message larger than max (test)' });
   const group = await standInEndings([tooLarge]);
