@@ -207,7 +207,13 @@ async def test_a_python_consumer_held_up_past_the_ack_timeout_is_cut_then_consum
                         # consumer reads nothing and answers nothing meanwhile.
                         held_up = True
                         await asyncio.sleep(3 * ACK_TIMEOUT)
-                    await delivery.ack()
+                    if len(members) == 2:
+                        # Not on the stream cut: an ack there changes
+                        # nothing, and one written as the stream ends can
+                        # make grpc.aio lose the status (``status_lost``):
+                        # then the client consumes again all the same, but
+                        # cannot say why.
+                        await delivery.ack()
 
             handling = asyncio.ensure_future(handle())
 
