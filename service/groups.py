@@ -383,6 +383,8 @@ class ConsumerSession:
         self._tally.sending = True
         self._tally.writes += 1
         self._write_began = self._clock()
+        # One timer at a time, left armed across writes (not one per
+        # message): when it fires it looks at the write under way, if any.
         if self._stall_check is None:
             self._stall_check = asyncio.get_running_loop().call_later(self._stall_seconds, self._check_stall)
 
@@ -390,14 +392,13 @@ class ConsumerSession:
         """The consumer took the batch in."""
         self._tally.sending = False
         self._write_began = None
-        if self._stall_check is not None:
-            self._stall_check.cancel()
-            self._stall_check = None
         self._resumed()
 
     def _check_stall(self) -> None:
         """The stream has waited in its write for the stall bound, unless
-        an answer came meanwhile (then: look again that long after it).
+        an answer came meanwhile, or this is a later write (then: look again
+        when the bound is up for it), or none is under way (then: the next
+        write arms the timer again).
 
         Why the ack timeout: every event of the write was sent as it began,
         so by then each is past its ack deadline unanswered, the condition

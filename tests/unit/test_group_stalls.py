@@ -61,6 +61,20 @@ async def test_a_consumer_that_answers_while_a_write_waits_is_not_cut_until_it_s
         assert session._deliveries.count(delivery.event.event_id) == 1  # its attempt, for the next holder
 
 
+async def test_each_write_gets_the_whole_bound_from_its_own_start() -> None:
+    # One timer serves many writes: armed at a write that went out at once,
+    # it finds a later one under way and waits the bound out for that one.
+    async with consuming(GroupSpec(name="ledger", segments=1, ack_timeout_ms=300)) as (groups, session):
+        assert await session.next_batch()
+        session.writing()
+        session.written()  # taken in at once
+        await asyncio.sleep(0.2)
+        session.writing()  # 0.2 s after the first: cut no earlier than 0.5 s
+        await asyncio.sleep(0.2)
+        assert groups.active == 1
+        await eventually(lambda: groups.active == 0, within=2, what="the session cut")
+
+
 async def test_a_write_that_waits_less_than_the_floor_is_not_cut(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(groups_module, "MIN_STALL_SECONDS", 0.4)
     async with consuming(GroupSpec(name="ledger", segments=1, ack_timeout_ms=10)) as (groups, session):
