@@ -18,6 +18,7 @@ from service.errors import FieldViolation, InvalidInput, quoted
 from service.plugins.reactions import HOPS_KEY
 from service.plugins.registry import Registry
 from service.processing.commands import CommandBatch, CommandRequest
+from service.store.imported import IMPORTED_KEY
 from service.store.records import TOMBSTONE_EVENT_TYPE, RecordedEvent
 from service.values import MAX_ID_LENGTH, id_problem
 
@@ -123,6 +124,14 @@ def _check_metadata(metadata: Mapping[str, str], field: str = "command") -> dict
         raise InvalidInput.for_field(
             f"{field}.metadata[{HOPS_KEY!r}]",
             "is reserved: the server sets it on the commands reactions send",
+            reason="INVALID_METADATA",
+        )
+    if IMPORTED_KEY in metadata:
+        # The mark of an imported event: reactions pass such events by, so a
+        # command's could make its events unseen by every reaction.
+        raise InvalidInput.for_field(
+            f"{field}.metadata[{IMPORTED_KEY!r}]",
+            "is reserved: an import sets it on the events it writes",
             reason="INVALID_METADATA",
         )
     for key, value in metadata.items():

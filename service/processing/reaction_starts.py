@@ -23,7 +23,9 @@ that does not say ``start_from`` starts at the beginning, as it did, on the
 first start of this version on a store that has events (no ``MARKER`` there
 yet): it may be one that ran before, and the end would skip what it had not
 done. The marker is written after the reactions' starts, so a replica that
-finds it finds their starts too.
+finds it finds their starts too. An import into a store without events
+writes it too (``service.store.imported``): a log that came by import is not
+one that older versions served.
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ from service.errors import ChronicleError
 from service.plugins.reactions import Reaction
 from service.processing.reactions import ReactionRunner
 from service.store.base import LogReader, ProjectionStore
+from service.store.imported import REACTION_STARTS
 
 log = logging.getLogger(__name__)
 
 # The checkpoint row that says this version has fixed reactions' starts on
-# the store (a name no projection or reaction can take: '#'). Its position
-# is the log head then, at least 1, so that 0 (no row) means "not yet".
-MARKER = "#reaction-starts"
+# the store. Its position is the log head then, at least 1, so that 0 (no
+# row) means "not yet".
+MARKER = REACTION_STARTS
 # Where each reaction started, kept beside its checkpoint (which moves on) in
 # a row of its own, written after the checkpoint's: the position it was
 # fixed at, or, for a reaction older than start positions, its checkpoint

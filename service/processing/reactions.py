@@ -124,6 +124,7 @@ from service.processing.reaction_failures import FailureCounts
 from service.processing.upcasting import EventReader
 from service.processing.watchdog import Described
 from service.store.base import LogReader, ProjectionStore
+from service.store.imported import IMPORTED_KEY, is_imported
 from service.store.leasing import Fencing
 from service.store.records import LogFilter, LogPage, RecordedEvent
 
@@ -368,9 +369,10 @@ class ReactionRunner(CheckpointedRunner):
         (``position`` for the first) and the failure, the batch taken back
         to what it was before that event."""
         for index, stored in enumerate(page.events):
-            if stored.redacted:
+            if stored.redacted or is_imported(stored):
                 # Forgotten: nothing to read, nothing to react to (what
-                # was derived from it went with it).
+                # was derived from it went with it). Imported: history, whose
+                # side effects the system it came from had (store/imported.py).
                 continue
             savepoint = batch.savepoint(), parked.savepoint()
             try:
@@ -855,8 +857,11 @@ class ReactionRunner(CheckpointedRunner):
 
 def _metadata(send: Send, envelope: ProjectedEvent, hops: int) -> Mapping[str, str]:
     """A command's metadata: the event's, with what the reaction added, and
-    the chain's reaction hops (which the reaction cannot set)."""
-    return {**envelope.metadata, **send.metadata, HOPS_KEY: str(hops)}
+    the chain's reaction hops (which the reaction cannot set); never the
+    import's mark, which would hide its events from every reaction."""
+    metadata = {**envelope.metadata, **send.metadata, HOPS_KEY: str(hops)}
+    metadata.pop(IMPORTED_KEY, None)
+    return metadata
 
 
 def _named(function: Callable[..., Reacted], refusal: Refusal | None) -> str:

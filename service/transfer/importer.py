@@ -8,7 +8,10 @@ there and writes the rest. Running it again after it finished writes
 nothing.
 
 Events keep their ids, aggregates, versions, timestamps and order, and
-take new positions at the end of the target's log. An aggregate the target
+take new positions at the end of the target's log. Each is marked as
+imported (``service.store.imported``): history, which reactions do not act
+on again; an import into a store without events marks where reactions start
+as a new store's first server does. An aggregate the target
 holds other events for is refused (AGGREGATE_NOT_EMPTY, from the store)
 unless ``overwrite`` is set: the target's events, snapshots and claims of it
 are then removed first, when the stream reaches the aggregate's first event
@@ -50,6 +53,7 @@ from service.plugins.registry import Registry
 from service.store.base import AggregateQuery, SnapshotKind, Store
 from service.store.encrypted import is_sealed_record
 from service.store.encryption import is_sealed
+from service.store.imported import mark_reaction_starts_if_empty, marked_imported
 from service.store.importing import AGGREGATE_FORGOTTEN, AGGREGATE_NOT_EMPTY, import_conflict
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
 from service.transfer.claims import ClaimsToDerive, LoadState
@@ -173,6 +177,7 @@ class Importer:
         if index == 0:
             self._check_header(record, where)
             await self._sealing.start(self._store)
+            await mark_reaction_starts_if_empty(self._store.projections, self._store.log)
             return
         if self.summary.complete:
             raise InvalidInput.for_field(where, "comes after the end record", reason=BAD_RECORD)
@@ -185,7 +190,9 @@ class Importer:
             self.summary.complete = True
             return
         stored = _stored(record, kind, where)
-        if isinstance(stored, Snapshot):
+        if isinstance(stored, RecordedEvent):
+            stored = marked_imported(stored)
+        elif isinstance(stored, Snapshot):
             self._check_state(stored, f"{where}.snapshot")
         self._sealing.check(stored, index)
         self._to_derive.saw(stored)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from service.cli import _file_name_part
+from service.store.imported import IMPORTED_KEY
 from tests.support.processes import cli, server_process
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,13 @@ def test_closed_accounts_are_archived_and_one_is_restored(tmp_path: Path) -> Non
         assert (restored["events_written"], restored["aggregates_replaced"]) == (4, 1)
         after = lines(cli("read", "acc-1", server=at).stdout)
         unplaced = [{k: v for k, v in e.items() if k != "position"} for e in after]
-        assert unplaced == [{k: v for k, v in e.items() if k != "position"} for e in before]
+        assert unplaced == [
+            {
+                **{k: v for k, v in e.items() if k != "position"},
+                "metadata": {**e.get("metadata", {}), IMPORTED_KEY: "true"},
+            }
+            for e in before
+        ]
         state = json.loads(cli("get", "acc-1", server=at).stdout)
         assert state["version"] == 4
         assert lines(cli("read", "acc-3", server=at).stdout)[0]["deleted"] is True  # not restored

@@ -18,6 +18,7 @@ from chronicle.v1 import export_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.store.base import StoreAdapter
+from service.store.imported import marked_imported
 from service.store.records import LogFilter, RecordedEvent
 from service.store.sqlite import SqliteStore
 from tests.support.contents import at_rest
@@ -41,6 +42,12 @@ async def log_of(store: StoreAdapter) -> list[RecordedEvent]:
 
 def unplaced(events: list[RecordedEvent]) -> list[RecordedEvent]:
     return [replace(e, position=0) for e in events]
+
+
+def as_imported(events: list[RecordedEvent]) -> list[RecordedEvent]:
+    """``events`` as an import writes them elsewhere: the same, at positions
+    of their own, each marked as imported (history to reactions)."""
+    return [marked_imported(e) for e in unplaced(events)]
 
 
 class Filled:
@@ -93,8 +100,8 @@ async def test_a_store_moves_with_its_envelopes_claims_snapshots_and_command_rec
             assert response.commands_written == 8  # seven accepted, one refused
             assert response.claims_written == 1  # the address u-1 holds now
             assert response.snapshots_written == 1
-            # The same events, envelope for envelope, in the same order.
-            assert unplaced(await log_of(new)) == unplaced(old_log)
+            # The same events, envelope for envelope, in the same order, marked as imported.
+            assert unplaced(await log_of(new)) == as_imported(old_log)
             assert old_snapshot is not None and await new.load_snapshot("u-1") == old_snapshot
             # Claims are taken again: the address is held on the new store.
             with pytest.raises(grpc.aio.AioRpcError) as taken:
@@ -144,10 +151,10 @@ async def test_an_import_cut_short_is_incomplete_and_finishes_when_sent_again(op
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "EXPORT_INCOMPLETE",
             )
-            assert unplaced(await log_of(new)) == unplaced(old_log[:4])  # what came was written
+            assert unplaced(await log_of(new)) == as_imported(old_log[:4])  # what came was written
             resumed = await imported(client, records)
             assert (resumed.events_written, resumed.events_skipped) == (3, 4)
-            assert unplaced(await log_of(new)) == unplaced(old_log)
+            assert unplaced(await log_of(new)) == as_imported(old_log)
 
 
 def _header(**fields: object) -> export_pb2.ExportRecord:
@@ -228,7 +235,7 @@ async def test_an_aggregate_with_other_events_is_refused_unless_overwritten(open
 
             replaced = await imported(client, records, overwrite=True)
             assert (replaced.aggregates_replaced, replaced.events_written) == (1, 2)
-            assert unplaced(await new.read_aggregate("acc-1")) == unplaced(old_events)
+            assert unplaced(await new.read_aggregate("acc-1")) == as_imported(old_events)
             # The server forgot its cached acc-1: the next command is decided on the imported one.
             after = await client.submit(command("acc-1", bank.Deposit(amount=1)))
             assert after.version == 3

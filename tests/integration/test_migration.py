@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from service.store.encryption import is_sealed_fingerprint, new_master_key
+from service.store.imported import IMPORTED_KEY
 from tests.support.processes import cli, server_process
 from tests.support.security import write
 from tests.support.waiting import eventually
@@ -77,7 +78,13 @@ async def test_a_store_with_every_kind_of_content_moves_from_sqlite_to_postgresq
         at = new.address
         after_acc_1 = lines(cli("read", "acc-1", server=at).stdout)
         unplaced = [{k: v for k, v in e.items() if k != "position"} for e in after_acc_1]
-        assert unplaced == [{k: v for k, v in e.items() if k != "position"} for e in before["acc-1"]]
+        assert unplaced == [
+            {
+                **{k: v for k, v in e.items() if k != "position"},
+                "metadata": {**e.get("metadata", {}), IMPORTED_KEY: "true"},
+            }
+            for e in before["acc-1"]
+        ]
         assert json.loads(cli("get", "u-1", server=at).stdout) == before["u-1"]  # from the moved snapshot
         # Forgotten stays forgotten.
         assert [e["redacted"] for e in lines(cli("read", "acc-2", server=at).stdout)] == [True, True]
