@@ -30,7 +30,8 @@ counts must match what came: a stream cut short is EXPORT_INCOMPLETE, after
 what came was written.
 
 Each record is checked alone as it comes (records.py: BAD_RECORD), and,
-with a ``registry``, a snapshot of a loaded aggregate type at its current
+with a ``registry``, an event must be one its plugins can read
+(readable.py), and a snapshot of a loaded aggregate type at its current
 state type and schema must parse as that state (BAD_RECORD). What a record
 must fit in the store (versions, event ids, an aggregate's type, a
 snapshot's version) the store checks as it writes the batch, refusing the
@@ -59,6 +60,7 @@ from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEve
 from service.transfer.claims import ClaimsToDerive, LoadState
 from service.transfer.exporter import READABLE_VERSIONS
 from service.transfer.forgotten import left_out, shredded
+from service.transfer.readable import check_readable
 from service.transfer.records import (
     BAD_RECORD,
     stored_claim,
@@ -191,6 +193,8 @@ class Importer:
             return
         stored = _stored(record, kind, where)
         if isinstance(stored, RecordedEvent):
+            if self._registry is not None:
+                check_readable(self._registry, stored, index=index)
             stored = marked_imported(stored)
         elif isinstance(stored, Snapshot):
             self._check_state(stored, f"{where}.snapshot")

@@ -21,7 +21,7 @@ from service.store.records import HeldClaim, LogFilter
 from service.store.sqlite import SqliteStore
 from service.transfer import stream
 from service.transfer.records import end_record, exported_claim, exported_event
-from tests.support.events import recorded_event
+from tests.support.events import account_event
 from tests.support.grpc_client import running_server
 
 EVENTS = 40
@@ -29,7 +29,7 @@ EVENTS = 40
 
 def export_of(format: str) -> tuple[bytes, list[int]]:
     """An export of 40 events and a claim, and where each record ends in it."""
-    records = [exported_event(recorded_event(f"acc-{n % 4}", n // 4 + 1)) for n in range(EVENTS)]
+    records = [exported_event(account_event(f"acc-{n % 4}", n // 4 + 1)) for n in range(EVENTS)]
     records.append(exported_claim(HeldClaim("users.email", "ann@example.com", "acc-1")))
     header = export_pb2.ExportRecord(header=export_pb2.ExportHeader(format="chronicle.export", format_version=1))
     whole = [header, *records, end_record(Counter(r.WhichOneof("record") or "" for r in records))]

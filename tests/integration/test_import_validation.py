@@ -16,10 +16,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 
 from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import export_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.store.base import StoreAdapter
 from service.store.records import RecordedEvent, Snapshot
 from service.store_contract.records import command_record
@@ -59,7 +61,7 @@ def stream(*records: Record) -> list[Record]:
 def event(
     aggregate_id: str,
     version: int,
-    message: bank.AccountOpened | bank.MoneyDeposited | None = None,
+    message: Message | None = None,
     *,
     aggregate_type: str = "Account",
     schema_version: int = 1,
@@ -208,7 +210,8 @@ async def test_a_stored_snapshot_that_does_not_parse_is_skipped_and_the_state_re
 async def test_an_event_of_another_type_than_its_aggregates_earlier_events_is_refused(
     client: Client, store: StoreAdapter
 ) -> None:
-    records = stream(event("acc-1", 1), event("acc-1", 2, aggregate_type="Box"))
+    # An event the plugins read (a box's), of another type than acc-1's first.
+    records = stream(event("acc-1", 1), event("acc-1", 2, box.BoxRenamed(name="b"), aggregate_type="Box"))
     code, reason, metadata, _ = await refused(client, records)
     assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "AGGREGATE_TYPE_MISMATCH")
     assert (metadata["record"], metadata["version"]) == ("2", "2")
@@ -219,7 +222,8 @@ async def test_an_event_of_another_type_than_the_stored_aggregate_is_refused(
     client: Client, store: StoreAdapter
 ) -> None:
     await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
-    code, reason, metadata, _ = await refused(client, stream(event("acc-1", 2, aggregate_type="Box")))
+    renamed = event("acc-1", 2, box.BoxRenamed(name="b"), aggregate_type="Box")
+    code, reason, metadata, _ = await refused(client, stream(renamed))
     assert (code, reason, metadata["record"]) == (grpc.StatusCode.FAILED_PRECONDITION, "AGGREGATE_TYPE_MISMATCH", "1")
     assert (await state_of(client, "acc-1")).version == 1
     await client.submit(command("acc-1", bank.Deposit(amount=10)))

@@ -88,7 +88,7 @@ from service.transfer.exporter import Exporter, ExportSelection
 from service.transfer.importer import Importer
 from service.transfer.records import end_record, exported_claim, exported_data_key, exported_event
 from service.transfer.restoring import only_aggregates
-from tests.support.events import new_event, recorded_event
+from tests.support.events import account_event, new_event, recorded_event
 from tests.support.grpc_client import TEST_SETTINGS, Client, asking_again_if_lost, command, details_of, running_server
 from tests.support.stores import STORES, store_site
 from tests.support.transfer import exported, imported, kinds
@@ -400,12 +400,12 @@ async def test_what_an_import_does_not_fit_is_failed_precondition_and_names_the_
         held_id = opened.events[0].event_id
         cases: list[tuple[list[Record], str, dict[str, str]]] = [
             (
-                whole(exported_event(recorded_event("t-1", 1)), exported_event(recorded_event("t-1", 3))),
+                whole(exported_event(account_event("t-1", 1)), exported_event(account_event("t-1", 3))),
                 "VERSION_GAP",
                 {"record": "2", "aggregate_id": "t-1", "version": "3"},
             ),
             (
-                whole(exported_event(recorded_event("t-2", 1, event_id=held_id))),
+                whole(exported_event(account_event("t-2", 1, event_id=held_id))),
                 "EVENT_ID_TAKEN",
                 {"record": "1", "aggregate_id": "t-2", "event_id": held_id},
             ),
@@ -436,7 +436,7 @@ async def test_what_an_import_does_not_fit_is_failed_precondition_and_names_the_
 
 
 def _bad_event(**fields: Any) -> Record:
-    record = exported_event(recorded_event("t-1", 1))
+    record = exported_event(account_event("t-1", 1))
     for name, value in fields.items():
         if name == "seconds":
             record.event.event.timestamp.seconds = value
