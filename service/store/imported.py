@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from service.store.base import LogReader, ProjectionStore
+from service.store.base import ProjectionStore
 from service.store.records import RecordedEvent
 
 IMPORTED_KEY = "chronicle.imported"
@@ -48,10 +48,7 @@ def marked_imported(event: RecordedEvent) -> RecordedEvent:
     return replace(event, metadata={**event.metadata, IMPORTED_KEY: IMPORTED})
 
 
-async def mark_reaction_starts_if_empty(documents: ProjectionStore, log: LogReader) -> bool:
-    """Write ``REACTION_STARTS`` where the log holds no event yet (as a server
-    with reactions does on a new store); whether the log was empty."""
-    if await log.log_head() > 0:
-        return False
+async def mark_reaction_starts(documents: ProjectionStore) -> None:
+    """Write ``REACTION_STARTS`` (unless there) on a store whose log holds no
+    event yet, as a server with reactions does on a new store."""
     await documents.start_projection(REACTION_STARTS, 1)
-    return True

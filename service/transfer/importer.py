@@ -35,7 +35,8 @@ with a ``registry``, an event must be one its plugins can read
 state type and schema must parse as that state (BAD_RECORD). What a record
 must fit in the store (versions, event ids, an aggregate's type, a
 snapshot's version) the store checks as it writes the batch, refusing the
-batch whole (ImportConflict); the refusal then names the record.
+batch whole (ImportConflict); the refusal then names the record. Two events
+of the stream at one aggregate and version are a bad record (one_place.py).
 """
 
 from __future__ import annotations
@@ -54,12 +55,13 @@ from service.plugins.registry import Registry
 from service.store.base import AggregateQuery, SnapshotKind, Store
 from service.store.encrypted import is_sealed_record
 from service.store.encryption import is_sealed
-from service.store.imported import mark_reaction_starts_if_empty, marked_imported
+from service.store.imported import mark_reaction_starts, marked_imported
 from service.store.importing import AGGREGATE_FORGOTTEN, AGGREGATE_NOT_EMPTY, import_conflict
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
 from service.transfer.claims import ClaimsToDerive, LoadState
 from service.transfer.exporter import READABLE_VERSIONS
 from service.transfer.forgotten import left_out, shredded
+from service.transfer.one_place import BatchPlaces, held_elsewhere_hint, two_at_one_place, written_by_this_import
 from service.transfer.readable import check_readable
 from service.transfer.records import (
     BAD_RECORD,
@@ -137,6 +139,10 @@ class Importer:
         self._forgotten: set[str] = set()
         # Aggregates the target holds a data key of (looked at for a stream that left its keys out).
         self._keys_here: set[str] = set()
+        # Where the pending batch's events go (two at one place: one_place.py).
+        self._places = BatchPlaces()
+        # The log's head when the import began: what this import writes comes after it.
+        self._log_head_at_start = 0
 
     async def run(self, records: AsyncIterable[export_pb2.ExportRecord]) -> ImportSummary:
         """Import ``records``; the summary, or an error after writing every
@@ -179,7 +185,9 @@ class Importer:
         if index == 0:
             self._check_header(record, where)
             await self._sealing.start(self._store)
-            await mark_reaction_starts_if_empty(self._store.projections, self._store.log)
+            self._log_head_at_start = await self._store.log.log_head()
+            if self._log_head_at_start == 0:
+                await mark_reaction_starts(self._store.projections)
             return
         if self.summary.complete:
             raise InvalidInput.for_field(where, "comes after the end record", reason=BAD_RECORD)
@@ -204,6 +212,8 @@ class Importer:
         if kind != self._pending_kind:
             await self._flush()
             self._pending_kind = kind
+        if isinstance(stored, RecordedEvent):
+            self._places.add(stored, index)
         self._pending.append(stored)
         self._pending_records.append(index)
         self._pending_bytes += record.ByteSize()
@@ -289,20 +299,50 @@ class Importer:
         if not batch:
             return
         self._pending, self._pending_bytes, self._pending_records = [], 0, []
+        self._places.clear()
         batch, indexes = await self._of_forgotten(batch, indexes)
         await self._check_keys_in_store(batch, indexes)
         batch, indexes = await self._sealed(batch, indexes)
         if batch:
             try:
-                written = await self._write(kind, batch)
+                written = await self._write(kind, batch, indexes)
             except ImportConflict as conflict:
                 _name_record(conflict, batch, indexes)
                 if conflict.reason == AGGREGATE_NOT_EMPTY and kind == "event":
+                    await self._not_empty(conflict, batch, indexes)
                     _name_diverged(conflict, await self._diverged(batch))
                 raise
             self.summary.written[kind] += written
         if self._on_progress is not None:
             self._on_progress(self.summary)
+
+    async def _not_empty(
+        self, conflict: ImportConflict, batch: Sequence[RecordedEvent], indexes: Sequence[int]
+    ) -> None:
+        """Look at what the target holds where the store refused an event
+        (AGGREGATE_NOT_EMPTY): an event this import wrote from an earlier
+        record is the stream's own second event at that place (BAD_RECORD,
+        raised); another aggregate type's event is said in the refusal."""
+        refused = next(
+            (
+                (event, index)
+                for event, index in zip(batch, indexes, strict=True)
+                if event.event_id == conflict.metadata.get("event_id")
+            ),
+            None,
+        )
+        if refused is None:
+            return
+        event, index = refused
+        there = await self._store.events.read_aggregate(
+            event.aggregate_id, AggregateQuery(from_version=event.version, to_version=event.version)
+        )
+        if not there:
+            return
+        if written_by_this_import(there[0], self._log_head_at_start):
+            raise two_at_one_place(event, index, there[0]) from None
+        conflict.message += held_elsewhere_hint(event, there[0])
+        conflict.args = (conflict.message,)
 
     async def _diverged(self, batch: Sequence[RecordedEvent]) -> list[str]:
         """The aggregates of ``batch`` whose history in the target parts
@@ -393,10 +433,10 @@ class Importer:
             self._forgotten |= {key.aggregate_id for key in keys if key is not None and key.forgotten}
         return asked & self._forgotten
 
-    async def _write(self, kind: str, batch: list[Any]) -> int:
+    async def _write(self, kind: str, batch: list[Any], indexes: Sequence[int]) -> int:
         transfer = self._store.transfer
         if kind == "event":
-            await self._make_room(batch)
+            await self._make_room(batch, indexes)
             written = await transfer.import_events(batch)
             self.summary.events_skipped += len(batch) - written
         elif kind == "snapshot":
@@ -409,21 +449,22 @@ class Importer:
             written = await transfer.import_data_keys(batch)
         return written
 
-    async def _make_room(self, batch: Sequence[RecordedEvent]) -> None:
+    async def _make_room(self, batch: Sequence[RecordedEvent], indexes: Sequence[int]) -> None:
         """With overwriting (or restoring a deleted aggregate), remove what
         the target holds of an aggregate whose first event this batch has,
         unless that event is already there (an import resumed), or whose
         history parts from the stream's (``_parted``). A forgotten
         aggregate is never replaced (AGGREGATE_FORGOTTEN): every aggregate
         of the batch is looked at before any is removed, so a refused batch
-        has removed nothing."""
+        has removed nothing. Nor is an event this import wrote replaced by
+        another of its own (BAD_RECORD: one_place.py)."""
         if not (self._options.overwrite or self._options.restore_deleted):
             return
         events = self._store.events
         # Aggregate -> the stream's event that replaces it, and the target's
         # events to write back after the removal.
         replaced: dict[str, tuple[RecordedEvent, list[RecordedEvent]]] = {}
-        for event in batch:
+        for event, index in zip(batch, indexes, strict=True):
             if event.version != 1 and not is_tombstone(event):
                 continue
             aggregate_id = event.aggregate_id
@@ -434,12 +475,14 @@ class Importer:
             )
             if there and there[0].event_id == event.event_id:
                 continue
+            if there and written_by_this_import(there[0], self._log_head_at_start):
+                raise two_at_one_place(event, index, there[0])
             last = await events.read_aggregate(aggregate_id, AggregateQuery(backwards=True, limit=1))
             deleted = bool(last) and is_tombstone(last[0])
             if self._options.overwrite or deleted:
                 replaced[aggregate_id] = (event, [])
         if self._options.overwrite:
-            for aggregate_id, parted in (await self._parted(batch)).items():
+            for aggregate_id, parted in (await self._parted(batch, indexes)).items():
                 replaced.setdefault(aggregate_id, parted)
         if not replaced:
             return
@@ -452,7 +495,9 @@ class Importer:
             if same:
                 await self._store.transfer.import_events(same)
 
-    async def _parted(self, batch: Sequence[RecordedEvent]) -> dict[str, tuple[RecordedEvent, list[RecordedEvent]]]:
+    async def _parted(
+        self, batch: Sequence[RecordedEvent], indexes: Sequence[int]
+    ) -> dict[str, tuple[RecordedEvent, list[RecordedEvent]]]:
         """With overwriting, an aggregate whose first events in the target
         are the stream's (an earlier import wrote them) but whose history
         then parts from the stream's (the target took other commands since)
@@ -461,6 +506,7 @@ class Importer:
         stream's event where they part, and those events."""
         events = self._store.events
         ids: dict[str, dict[int, RecordedEvent]] = {}
+        index_of = {event.event_id: index for event, index in zip(batch, indexes, strict=True)}
         for event in batch:
             if event.version != 1 and not is_tombstone(event):
                 ids.setdefault(event.aggregate_id, {})[event.version] = event
@@ -469,12 +515,14 @@ class Importer:
             there = await events.read_aggregate(
                 aggregate_id, AggregateQuery(from_version=min(versions), to_version=max(versions))
             )
-            where = next(
-                (e.version for e in there if e.version in versions and versions[e.version].event_id != e.event_id),
-                None,
+            held = next(
+                (e for e in there if e.version in versions and versions[e.version].event_id != e.event_id), None
             )
-            if where is None:
+            if held is None:
                 continue
+            where = held.version
+            if written_by_this_import(held, self._log_head_at_start):
+                raise two_at_one_place(versions[where], index_of[versions[where].event_id], held)
             same = await events.read_aggregate(aggregate_id, AggregateQuery(to_version=where - 1))
             parted[aggregate_id] = (versions[where], same)
         return parted

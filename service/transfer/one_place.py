@@ -1,0 +1,98 @@
+"""Two events of one import at one aggregate and version: a bad stream.
+
+An aggregate's history has one event per version, so a stream that holds two
+(a converter that mapped KurrentDB's ``account-k1`` and ``user-k1`` both to
+``k1``, say) cannot be imported whatever the target holds; overwriting would
+only replace the first with the second. Such a stream is refused as a bad
+record (BAD_RECORD, INVALID_ARGUMENT), naming both events, with the advice
+that aggregate ids are one namespace across aggregate types.
+
+Two events of one batch are seen as they are added (``BatchPlaces``). For
+the first in an earlier batch, the importer asks the target when the store
+refuses the second (AGGREGATE_NOT_EMPTY) or overwriting would replace the
+first: the event the target holds there is this import's own if it is
+marked as imported and came after the log's head when this import began
+(``written_by_this_import``; another import running at the same moment
+would look the same).
+"""
+
+from __future__ import annotations
+
+from service.errors import FieldViolation, InvalidInput
+from service.store.imported import is_imported
+from service.store.records import RecordedEvent
+from service.transfer.records import BAD_RECORD
+
+_ADVICE = (
+    "an aggregate id names one aggregate across all aggregate types (an Account and a User cannot both be 'k1'):"
+    " give each aggregate its own id in the conversion (its type as a prefix, say) and import again"
+)
+
+
+class BatchPlaces:
+    """The (aggregate, version) of each event of the batch being gathered."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[str, int], tuple[int, RecordedEvent]] = {}
+
+    def add(self, event: RecordedEvent, index: int) -> None:
+        """Take ``event`` (record ``index``), or raise BAD_RECORD if the
+        batch has another event at its place."""
+        place = (event.aggregate_id, event.version)
+        earlier = self._held.get(place)
+        if earlier is not None:
+            raise two_at_one_place(event, index, earlier[1], earlier[0])
+        self._held[place] = (index, event)
+
+    def clear(self) -> None:
+        self._held.clear()
+
+
+def written_by_this_import(held: RecordedEvent, log_head_at_start: int) -> bool:
+    """Whether the target's ``held`` event is one this import wrote (see the module)."""
+    return is_imported(held) and held.position > log_head_at_start
+
+
+def two_at_one_place(
+    event: RecordedEvent, index: int, earlier: RecordedEvent, earlier_index: int | None = None
+) -> InvalidInput:
+    """The refusal of ``event`` (record ``index``): ``earlier`` (record
+    ``earlier_index``, if known) came before it in the stream at its place."""
+    where = f"record[{earlier_index}]" if earlier_index is not None else "an earlier record"
+    types = (
+        f" (of aggregate type {earlier.aggregate_type}, {earlier.event_type}, then of {event.aggregate_type},"
+        f" {event.event_type})"
+        if earlier.aggregate_type != event.aggregate_type
+        else ""
+    )
+    why = (
+        f"the import holds two events at aggregate {event.aggregate_id!r}, version {event.version}: event"
+        f" {earlier.event_id} ({where}) and event {event.event_id}{types}"
+    )
+    metadata = {
+        "record": str(index),
+        "event_id": event.event_id,
+        "aggregate_id": event.aggregate_id,
+        "version": str(event.version),
+        "other_event_id": earlier.event_id,
+    }
+    if earlier_index is not None:
+        metadata["other_record"] = str(earlier_index)
+    return InvalidInput(
+        f"record[{index}]: {why}; {_ADVICE}. The import stopped here, before writing this record's batch",
+        reason=BAD_RECORD,
+        violations=(FieldViolation(f"record[{index}].event.event.version", why),),
+        metadata=metadata,
+    )
+
+
+def held_elsewhere_hint(event: RecordedEvent, held: RecordedEvent) -> str:
+    """What to add to an AGGREGATE_NOT_EMPTY refusal of ``event`` when the
+    target's ``held`` event at its place is another aggregate type's: the
+    ids of two kinds of aggregate met ("" otherwise)."""
+    if held.aggregate_type == event.aggregate_type:
+        return ""
+    return (
+        f". The target's event there, {held.event_id}, is of aggregate type {held.aggregate_type}"
+        f" ({held.event_type}), the import's of {event.aggregate_type}: {_ADVICE}"
+    )
