@@ -9,7 +9,9 @@ event type that neither a plugin declares nor an upcaster reads
 (AGGREGATE_TYPE_MISMATCH: a plugin applies an event only to its own
 aggregates), and a schema version the plugin cannot read
 (SCHEMA_VERSION_TOO_NEW; UNSUPPORTED_SCHEMA_VERSION: older, and no upcaster
-reads it), the reasons a reader would fail it with (processing/upcasting.py).
+reads it), the reasons a reader would fail it with (processing/upcasting.py);
+and a payload in the clear at the plugin's schema that does not parse as
+its type (BAD_RECORD, as a snapshot's state that does not parse).
 A retired stored type, one a plugin still upcasts, is read as what it
 becomes, so it counts as its aggregate type's. A deleted aggregate's
 tombstone belongs to every aggregate type.
@@ -21,9 +23,13 @@ plugins`` lists them).
 
 from __future__ import annotations
 
+from google.protobuf.message import DecodeError, Message
+
 from service.errors import FieldViolation, InvalidInput
 from service.plugins.registry import Registry
+from service.store.encryption import is_sealed
 from service.store.records import RecordedEvent, is_tombstone
+from service.transfer.records import BAD_RECORD
 
 
 def check_readable(registry: Registry, event: RecordedEvent, *, index: int) -> None:
@@ -71,7 +77,10 @@ def check_readable(registry: Registry, event: RecordedEvent, *, index: int) -> N
             " types: give each aggregate its own id)",
             "AGGREGATE_TYPE_MISMATCH",
         )
-    if spec is None or event.schema_version == spec.schema_version or upcaster is not None:
+    if spec is not None and event.schema_version == spec.schema_version:
+        _check_parses(event, spec.message_type, index, f"{where}.payload")
+        return
+    if spec is None or upcaster is not None:
         return
     if event.schema_version > spec.schema_version:
         raise _refusal(
@@ -88,6 +97,18 @@ def check_readable(registry: Registry, event: RecordedEvent, *, index: int) -> N
         f"no upcaster reads {event.event_type} v{event.schema_version} (the plugin's is v{spec.schema_version})",
         "UNSUPPORTED_SCHEMA_VERSION",
     )
+
+
+def _check_parses(event: RecordedEvent, message_type: type[Message], index: int, field: str) -> None:
+    """A payload in the clear at the plugin's schema must parse as its
+    type (what an upcaster reads is the upcaster's to judge; a sealed one
+    is opened only above the store)."""
+    if is_sealed(event.payload):
+        return
+    try:
+        message_type.FromString(event.payload)
+    except DecodeError:
+        raise _refusal(event, index, field, f"the payload does not parse as {event.event_type}", BAD_RECORD) from None
 
 
 def _refusal(event: RecordedEvent, index: int, field: str, why: str, reason: str) -> InvalidInput:

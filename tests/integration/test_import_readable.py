@@ -1,9 +1,10 @@
 """An import refuses events the plugins cannot read (docs/export-format.md,
 "Importing"): an event whose aggregate type no plugin declares, whose event
 type no plugin declares or upcasts, that is another aggregate type's event,
-or at a schema version the plugin cannot read. Each is INVALID_ARGUMENT with
-the reason a reader would fail it with, the record and event named, and
-nothing of its batch written; the aggregate stays usable. A retired stored
+at a schema version the plugin cannot read, or whose payload does not parse
+(BAD_RECORD). Each is INVALID_ARGUMENT with the reason a reader would fail
+it with, the record and event named, and nothing of its batch written; the
+aggregate stays usable. A retired stored
 type that a plugin upcasts is imported, and read as what it becomes.
 
 Through a server its plugins decide (every store); with ``--database-url``
@@ -98,6 +99,12 @@ async def refusal(client: Client, records: list[Record]) -> tuple[grpc.StatusCod
     return details.code, details.reason, details.metadata, details.field_violations
 
 
+def unparsable(record: Record) -> Record:
+    """``record`` with bytes no message parses from as its payload."""
+    record.event.event.payload.value = b"\xff\xff\xff"
+    return record
+
+
 # What the walkthrough imported (/tmp/w-kurrent-repro: mism2, unk, mism3), and
 # more: each the second event of acc-1, after its opening in the same batch.
 UNREADABLE = {
@@ -115,6 +122,11 @@ UNREADABLE = {
         event("acc-1", 2, aggregate_type="Acount"),
         "UNKNOWN_AGGREGATE_TYPE",
         "record[3].event.event.aggregate_type",
+    ),
+    "a payload that does not parse as its type": (
+        unparsable(event("acc-1", 2)),
+        "BAD_RECORD",
+        "record[3].event.event.payload",
     ),
     "a schema version newer than the plugin's": (
         event("acc-1", 2, schema_version=2),
