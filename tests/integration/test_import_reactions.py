@@ -28,9 +28,9 @@ from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.bank_account.transfers import TRANSFER
 from service.store.base import StoreAdapter
+from service.store.factory import open_store
 from service.store.imported import IMPORTED_KEY
 from service.store.records import RecordedEvent
-from service.store.sqlite import SqliteStore
 from service.transfer.exporter import FORMAT, FORMAT_VERSION
 from service.transfer.records import end_record, exported_event
 from service.transfer.stream import BINARY, Writer
@@ -206,8 +206,9 @@ async def test_a_client_cannot_mark_its_commands_events_as_imported(client: Clie
     assert details.field_violations == [f"command.metadata['{IMPORTED_KEY}']"]
 
 
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def test_an_import_into_an_empty_database_then_served_keeps_the_legacy_balances(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    request: pytest.FixtureRequest, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
     """migration.md's cutover: ``chronicle import --database-url`` into an
     empty database, then serve. The import wrote the reaction-start marker,
@@ -219,10 +220,10 @@ async def test_an_import_into_an_empty_database_then_served_keeps_the_legacy_bal
         writer = Writer(out, BINARY)
         for record in legacy.whole():
             writer.write(record)
-    database = tmp_path / "chronicle.db"
-    cli("import", str(path), "--database-url", f"sqlite:///{database}", "--quiet", server="unused:1")
+    url = f"sqlite:///{tmp_path / 'chronicle.db'}" if kind == "sqlite" else str(request.getfixturevalue("postgres_url"))
+    cli("import", str(path), "--database-url", url, "--quiet", server="unused:1")
 
-    store = SqliteStore(database)
+    store = open_store(url)
     await store.open()
     try:
         with caplog.at_level(logging.INFO, logger="service.processing.reaction_starts"):
