@@ -146,18 +146,36 @@ def test_an_imported_claim_another_user_holds_is_refused_claim_held(target_url: 
 
 
 def test_an_aggregate_whose_claims_cannot_be_derived_is_a_warning(target_url: str, tmp_path: Path) -> None:
-    """A User whose stored event does not parse cannot be rebuilt: its
-    claims are not derived, and the import says so, loudly."""
+    """A member whose state cannot be rebuilt (its plugin's apply fails on
+    it) has no claims derived, and the import says so, loudly; the other
+    member's claim is taken."""
+
+    def member(aggregate_id: str, name: str) -> str:
+        line = json.loads(event_line(aggregate_id, 1, users.UserRegistered(email=f"{name}@example.com", name=name)))
+        line["event"]["event"]["aggregate_type"] = "Member"
+        return json.dumps(line)
+
+    export = hand_written(tmp_path / "odd.jsonl", member("member-odd", "odd"), member("member-eve", "eve"))
+    plugins = {"CHRONICLE_DISCOVER_PLUGINS": "false", "CHRONICLE_PLUGINS": "tests.support.plugins:fragile"}
+    done = chronicle("import", str(export), "--database-url", target_url, "--quiet", env=plugins)
+    summary = json.loads(done.stdout)
+    assert (summary["aggregates_without_claims"], summary["claims_derived"]) == (1, 1)
+    assert "warning: AGGREGATES_WITHOUT_CLAIMS: 1 imported aggregates" in done.stderr
+
+
+def test_an_event_whose_payload_does_not_parse_is_refused_before_any_claim(target_url: str, tmp_path: Path) -> None:
+    """An event in the clear must parse as its type (its aggregate could
+    never be loaded): refused, BAD_RECORD, and nothing of its batch written."""
     broken = json.loads(event_line("user-odd", 1, users.UserRegistered(email="odd@example.com")))
     broken["event"]["event"]["payload"] = {
         "@type": "type.googleapis.com/users.v1.UserRegistered",
         "@base64": base64.b64encode(b"\xff\xff").decode(),
     }
     export = hand_written(tmp_path / "odd.jsonl", json.dumps(broken), *USERS_BY_HAND)
-    done = chronicle("import", str(export), "--database-url", target_url, "--quiet")
-    summary = json.loads(done.stdout)
-    assert (summary["aggregates_without_claims"], summary["claims_derived"]) == (1, 1)
-    assert "warning: AGGREGATES_WITHOUT_CLAIMS: 1 imported aggregates" in done.stderr
+    refused = chronicle("import", str(export), "--database-url", target_url, "--quiet", check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: BAD_RECORD: record[1]: event ")
+    assert "does not parse as users.v1.UserRegistered" in refused.stderr
 
 
 # -- which aggregates have claims derived --------------------------------------------------

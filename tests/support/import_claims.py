@@ -4,6 +4,7 @@ the command line run to its end, and a registration a server must refuse."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,10 +28,15 @@ def empty_store(kind: str, pg_cluster: Cluster, tmp_path: Path) -> Iterator[str]
         pg_cluster.drop_database(url)
 
 
-def chronicle(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``chronicle ARGS`` (no server), run to its end."""
+def chronicle(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``chronicle ARGS`` (no server), run to its end, with ``env`` added to ours."""
     done = subprocess.run(
-        [sys.executable, "-m", "service", *args], capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "service", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env} if env else None,
     )
     if check and done.returncode != 0:
         raise AssertionError(f"chronicle {' '.join(args)} failed ({done.returncode}): {done.stderr}")

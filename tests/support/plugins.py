@@ -6,6 +6,7 @@ from google.protobuf.message import Message
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
+from domain_plugins.users.protos.users.v1 import users_pb2
 from service.plugins import (
     CommandCall,
     CommandContext,
@@ -257,3 +258,21 @@ def rename_slowly(command: box_pb2.RenameBox, state: box_pb2.Box, context: Comma
 @sloth.apply(box_pb2.BoxRenamed)
 def _renamed_slowly(state: box_pb2.Box, event: box_pb2.BoxRenamed) -> None:
     state.name = event.name
+
+
+# Members whose state cannot be rebuilt from an event naming "odd" (its apply
+# fails, as a plugin's bug would): an import derives no claims for such a one.
+fragile = Plugin("fragile")
+member = fragile.aggregate("Member", state=users_pb2.User)
+
+
+@member.apply(users_pb2.UserRegistered)
+def _member_registered(state: users_pb2.User, event: users_pb2.UserRegistered) -> None:
+    if event.name == "odd":
+        raise ValueError("a member named odd cannot be applied")
+    state.email, state.name = event.email, event.name
+
+
+@member.claims
+def _member_claims(state: users_pb2.User) -> list[tuple[str, str]]:
+    return [("members.email", state.email)] if state.email else []
