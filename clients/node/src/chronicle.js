@@ -2,22 +2,20 @@
 //
 // Services come from @grpc/proto-loader; payload messages (packed into
 // google.protobuf.Any) and the google.rpc error details are encoded and
-// decoded with protobufjs, from the same .proto files:
-//   - the public API:            protos/chronicle/v1/*.proto
-//   - domain plugins' APIs:      domain_plugins/bank_account/protos/bank/v1/*.proto,
-//                                domain_plugins/box/protos/box/v1/*.proto
-//   - the google.rpc error model: third_party/googleapis (vendored)
+// decoded with protobufjs, from the same .proto files (protos.js: the
+// public API, the users, bank and box domains, the google.rpc error model;
+// an application's own domain with loadProtos).
 
 import { randomUUID } from 'node:crypto';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import fs from 'node:fs';
 
 import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 
-import { bearerToken, REFRESHABLE } from './credentials.js';
+import { bearerToken, channelCredentials, REFRESHABLE } from './credentials.js';
+import { checkedFields, exactLongs, setInt64Decoding as setInt64Mode } from './fields.js';
+import { Problem } from './problem.js';
+import { API_FILES, loadProtos as loadProtoFiles, messages, protoIncludeDirs } from './protos.js';
 import { logRetry, retryDelay, retryPolicy, sleepSeconds, STALE_TOKEN_ATTEMPTS } from './retry.js';
 import { Projections } from './projections.js';
 import { Reactions } from './reactions.js';
@@ -25,56 +23,22 @@ import { RoutedStream } from './routed_stream.js';
 import { Routes } from './routing.js';
 import { Signal } from './signal.js';
 
+// The client's own @grpc/grpc-js: an application that has a copy of its own
+// makes credentials with this one (grpc-js checks them with instanceof).
+export { grpc };
 export { crc32, partitionOf } from './routing.js';
 export { DEFAULT_RETRY, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry.js';
 export { Projections, projectionStatus } from './projections.js';
 export { Reactions, reactionStatus } from './reactions.js';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
-const repository = path.resolve(here, '..', '..', '..');
-
-// Where .proto imports are looked up, like protoc's -I. A client of another
-// domain adds that plugin's protos/ folder here, and its .proto file to
-// MESSAGE_FILES below (loaded when this module is imported).
-export const INCLUDE_DIRS = [
-  path.join(repository, 'protos'),
-  path.join(repository, 'domain_plugins', 'bank_account', 'protos'),
-  path.join(repository, 'domain_plugins', 'box', 'protos'),
-  path.join(here, '..', 'third_party', 'googleapis'),
-];
-
-const API_FILES = [
-  'chronicle/v1/command_service.proto',
-  'chronicle/v1/event_service.proto',
-  'chronicle/v1/cluster_service.proto',
-  'chronicle/v1/subscription_group_service.proto',
-  'chronicle/v1/reaction_service.proto',
-  'chronicle/v1/projection_service.proto',
-];
-const MESSAGE_FILES = [
-  'bank/v1/bank_account.proto',
-  'box/v1/box.proto',
-  'google/rpc/status.proto',
-  'google/rpc/error_details.proto',
-];
-
 // Field names stay as in the .proto (aggregate_id, not aggregateId), so the
-// code reads like the API reference. 64-bit integers (versions, positions)
-// arrive as JS numbers: exact up to 2^53, far beyond any real version.
+// code reads like the API reference. 64-bit integers of the API (versions,
+// positions) arrive as JS numbers: exact up to 2^53, far beyond any real
+// version; a payload's are decoded as setInt64Decoding says (fields.js).
 const LOADER_OPTIONS = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
 
-const definition = protoLoader.loadSync(API_FILES, { ...LOADER_OPTIONS, includeDirs: INCLUDE_DIRS });
+const definition = protoLoader.loadSync(API_FILES, { ...LOADER_OPTIONS, includeDirs: protoIncludeDirs() });
 const api = grpc.loadPackageDefinition(definition).chronicle.v1;
-
-const messages = new protobuf.Root();
-messages.resolvePath = (_origin, target) => {
-  for (const dir of INCLUDE_DIRS) {
-    const candidate = path.join(dir, target);
-    if (fs.existsSync(candidate)) return candidate;
-  }
-  return target; // google/protobuf/*.proto: protobufjs carries those itself
-};
-messages.loadSync([...MESSAGE_FILES, ...API_FILES], { keepCase: true });
 
 const TYPE_URL_PREFIX = 'type.googleapis.com/';
 
@@ -124,12 +88,43 @@ const PAGE_BYTES = 64 * 1024;
 const FRAMING_BYTES = 6;
 const SubmitRequest = messages.lookupType('chronicle.v1.SubmitRequest');
 
-/** Packs a message given as a plain object into a google.protobuf.Any. */
+/**
+ * Packs a message given as a plain object into a google.protobuf.Any. Keys
+ * are the .proto's field names or their camelCase forms; a 64-bit integer
+ * is a safe integer Number, a BigInt or a decimal string. Anything else is
+ * refused before it is sent (ChronicleError INVALID_ARGUMENT): a type no
+ * loaded .proto declares UNKNOWN_MESSAGE_TYPE, a key that is no field
+ * UNKNOWN_FIELD (metadata `field` names it), a value of the wrong kind
+ * INVALID_FIELD.
+ */
 export function pack(typeName, fields) {
-  const type = messages.lookupType(typeName);
-  const problem = type.verify(fields);
-  if (problem) throw new TypeError(`${typeName}: ${problem}`);
-  return { type_url: TYPE_URL_PREFIX + typeName, value: Buffer.from(type.encode(type.fromObject(fields)).finish()) };
+  return clientSide(() => {
+    const type = messages.lookup(typeName);
+    if (!(type instanceof protobuf.Type)) {
+      throw new Problem('UNKNOWN_MESSAGE_TYPE', `no .proto loaded declares ${typeName} (loadProtos)`, {
+        type: String(typeName),
+      });
+    }
+    const checked = checkedFields(type, fields);
+    const problem = type.verify(checked);
+    if (problem) throw new Problem('INVALID_FIELD', `${typeName}: ${problem}`, { field: problem.split(':')[0] });
+    return { type_url: TYPE_URL_PREFIX + typeName, value: Buffer.from(type.encode(type.fromObject(checked)).finish()) };
+  });
+}
+
+/**
+ * Loads an application's own domain .proto files (protos.js), so that pack()
+ * and the decoding of events and states know its types:
+ * loadProtos({ includeDirs: ['protos'], files: ['shop/v1/shop.proto'] }).
+ * Refused as a ChronicleError: PROTO_NOT_FOUND, PROTO_INVALID.
+ */
+export function loadProtos(options) {
+  clientSide(() => loadProtoFiles(options));
+}
+
+/** How payloads' 64-bit integers are decoded: 'number' (default), 'bigint' or 'string' (fields.js). */
+export function setInt64Decoding(mode) {
+  clientSide(() => setInt64Mode(mode));
 }
 
 /**
@@ -145,8 +140,8 @@ export function unpack(any) {
   const typeName = any.type_url.slice(any.type_url.lastIndexOf('/') + 1);
   const type = messages.lookup(typeName);
   if (!(type instanceof protobuf.Type)) return { '@type': typeName, value: Buffer.from(any.value) };
-  const fields = type.toObject(type.decode(any.value), { longs: Number, enums: String, defaults: true });
-  return { '@type': typeName, ...fields };
+  const fields = type.toObject(type.decode(any.value), { longs: String, enums: String, defaults: true });
+  return { '@type': typeName, ...clientSide(() => exactLongs(type, fields)) };
 }
 
 /**
@@ -201,6 +196,45 @@ export class ChronicleError extends Error {
   }
 }
 
+// The reasons of refusals made in this client, before anything is sent (a
+// ChronicleError with code INVALID_ARGUMENT), and of a decoded value that
+// would lose precision (FAILED_PRECONDITION: setInt64Decoding).
+export const CLIENT_REASONS = Object.freeze({
+  UNKNOWN_MESSAGE_TYPE: 'UNKNOWN_MESSAGE_TYPE',
+  UNKNOWN_FIELD: 'UNKNOWN_FIELD',
+  INVALID_FIELD: 'INVALID_FIELD',
+  INVALID_EXPECTED_VERSION: 'INVALID_EXPECTED_VERSION',
+  INVALID_OPTION: 'INVALID_OPTION',
+  INVALID_CREDENTIALS: 'INVALID_CREDENTIALS',
+  PROTO_NOT_FOUND: 'PROTO_NOT_FOUND',
+  PROTO_INVALID: 'PROTO_INVALID',
+  INT64_PRECISION: 'INT64_PRECISION',
+});
+
+/**
+ * Runs `work`, handing a failure of the client's own checks over as a
+ * ChronicleError, as a server's refusal would be: a Problem with its reason,
+ * a TypeError or RangeError (a wrong option) as INVALID_OPTION.
+ */
+function clientSide(work) {
+  try {
+    return work();
+  } catch (error) {
+    if (error instanceof ChronicleError) throw error;
+    if (!(error instanceof Problem || error instanceof TypeError || error instanceof RangeError)) throw error;
+    const reason = error instanceof Problem ? error.reason : CLIENT_REASONS.INVALID_OPTION;
+    const code = reason === CLIENT_REASONS.INT64_PRECISION ? grpc.status.FAILED_PRECONDITION : grpc.status.INVALID_ARGUMENT;
+    const refusal = new ChronicleError({ code, details: error.message });
+    refusal.reason = reason;
+    refusal.metadata = error.metadata ?? {};
+    if (refusal.metadata.field) {
+      refusal.fieldViolations = [{ field: refusal.metadata.field, description: error.message }];
+    }
+    refusal.cause = error;
+    throw refusal;
+  }
+}
+
 /**
  * Whether a unary call that `refusal` failed may succeed when made again
  * (UNARY_RETRYABLE, and RESOURCE_EXHAUSTED when the server sent a RetryInfo
@@ -222,6 +256,8 @@ function call(stub, method, request, { timeoutSeconds = 10 } = {}) {
   });
 }
 
+// A command's origin when the client is given none: the package's name.
+export const DEFAULT_ORIGIN = '@chronicle/client';
 export const DEFAULT_KEEPALIVE_SECONDS = 10;
 export const DEFAULT_KEEPALIVE_TIMEOUT_SECONDS = 10;
 
@@ -302,9 +338,12 @@ function leave(stream) {
  * each command goes to the replica that owns its aggregate (routing.js),
  * found from `address` and followed; reads go to `address`.
  *
- * `credentials`: the channels' ChannelCredentials (default plaintext,
- * grpc.credentials.createInsecure()); `grpc.credentials.createSsl(ca)` for
- * TLS, `createSsl(ca, key, cert)` for mutual TLS. `token`: a JWT or an API
+ * `origin` (DEFAULT_ORIGIN, '@chronicle/client') and `userId` ('') go with
+ * every command. `credentials`: the channels' ChannelCredentials (default
+ * plaintext), made with this package's `grpc` export
+ * (`grpc.credentials.createSsl(ca)` for TLS, `createSsl(ca, key, cert)` for
+ * mutual TLS), or as plain PEM contents: `{ ca }` for TLS, `{ ca, cert, key }`
+ * for mutual TLS (credentials.js). `token`: a JWT or an API
  * key, sent as `authorization: Bearer <token>` with every call (unary and
  * streaming, the routing client's too), or a function returning one or a
  * promise of one, asked again at every call and every reopened stream
@@ -348,10 +387,10 @@ export class ChronicleClient {
   constructor(
     address,
     {
-      origin = 'node-example',
+      origin = DEFAULT_ORIGIN,
       userId = '',
       routing = false,
-      credentials = grpc.credentials.createInsecure(),
+      credentials = null,
       token = null,
       keepaliveSeconds = DEFAULT_KEEPALIVE_SECONDS,
       keepaliveTimeoutSeconds = DEFAULT_KEEPALIVE_TIMEOUT_SECONDS,
@@ -360,13 +399,15 @@ export class ChronicleClient {
       logger = null,
     } = {},
   ) {
-    const interceptors = token === null ? [] : [bearerToken(token)];
-    this.retry = retryPolicy(retry);
+    // A wrong option is a ChronicleError (INVALID_OPTION, INVALID_CREDENTIALS) like any other refusal.
+    const interceptors = clientSide(() => (token === null ? [] : [bearerToken(token)]));
+    credentials = clientSide(() => channelCredentials(credentials));
+    this.retry = clientSide(() => retryPolicy(retry));
     this.logger = logger;
-    const channelOptions = {
+    const channelOptions = clientSide(() => ({
       ...keepaliveOptions(keepaliveSeconds, keepaliveTimeoutSeconds),
       ...reconnectOptions(this.retry.maxBackoffSeconds),
-    };
+    }));
     this.#tokenFunction = typeof token === 'function';
     this.commands = new api.CommandService(address, credentials, { interceptors, ...channelOptions });
     // One connection for both services.
@@ -813,7 +854,7 @@ export class ChronicleClient {
       correlation_id: correlationId ?? '',
       causation_id: causationId ?? '',
     };
-    if (expectedVersion !== undefined) command.expected_version = expectedVersion;
+    if (expectedVersion !== undefined) command.expected_version = clientSide(() => versionExpected(expectedVersion));
     return command;
   }
 
@@ -1241,6 +1282,26 @@ export class ChronicleClient {
     this.reactionService.close();
     this.projectionService.close();
   }
+}
+
+/**
+ * An expected version as sent: a non-negative safe integer, a BigInt or a
+ * decimal string (0: the aggregate must not exist yet). Anything else
+ * (-1, 1.5, 'abc') is refused, not sent as 0 or 1 as protobufjs would.
+ */
+function versionExpected(version) {
+  const exact =
+    (Number.isSafeInteger(version) && version >= 0) ||
+    (typeof version === 'bigint' && version >= 0n && version < 2n ** 64n) ||
+    (typeof version === 'string' && /^\d+$/.test(version) && BigInt(version) < 2n ** 64n);
+  if (!exact) {
+    throw new Problem(
+      'INVALID_EXPECTED_VERSION',
+      `expectedVersion: ${String(version)} is not a version (a whole number, 0 or more; 0: a new aggregate)`,
+      { field: 'expected_version' },
+    );
+  }
+  return typeof version === 'number' ? version : String(version);
 }
 
 function duration(seconds) {

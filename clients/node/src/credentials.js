@@ -16,6 +16,8 @@
 
 import grpc from '@grpc/grpc-js';
 
+import { Problem } from './problem.js';
+
 // UNAUTHENTICATED reasons a fresh token can cure: one that expired (a stream
 // the server ended at its token's exp, too), one signed with a JWT key the
 // server rotated out, an API key it revoked. Retried only when the token is
@@ -108,4 +110,45 @@ function isToken(value) {
 
 function describe(value) {
   return typeof value === 'string' ? 'an empty string' : `${value === null ? 'null' : typeof value}, not a string`;
+}
+
+const PEM_KEYS = new Set(['ca', 'cert', 'key']);
+
+function pem(value, name) {
+  if (value === undefined || value === null) return null;
+  if (Buffer.isBuffer(value)) return value;
+  if (typeof value === 'string' && value.includes('-----BEGIN')) return Buffer.from(value);
+  throw new Problem('INVALID_CREDENTIALS', `credentials.${name}: PEM contents (a Buffer or a string), not a path`);
+}
+
+/**
+ * The channels' ChannelCredentials from the client's `credentials` option:
+ * null for plaintext; ChannelCredentials made with this package's grpc-js
+ * (the `grpc` export); or PEM contents as a plain object, `{ ca }` for TLS
+ * (`ca` left out: the system's roots), `{ ca, cert, key }` for mutual TLS,
+ * so that an application with a grpc-js of its own need not make them:
+ * grpc-js refuses credentials made by another copy of itself ("Channel
+ * credentials must be a ChannelCredentials object"), and so does this, with
+ * a reason (INVALID_CREDENTIALS) and what to do instead.
+ */
+export function channelCredentials(credentials) {
+  if (credentials === null || credentials === undefined) return grpc.credentials.createInsecure();
+  if (credentials instanceof grpc.ChannelCredentials) return credentials;
+  const plain = typeof credentials === 'object' && Object.getPrototypeOf(credentials) === Object.prototype;
+  if (!plain) {
+    throw new Problem(
+      'INVALID_CREDENTIALS',
+      'credentials: not ChannelCredentials of this client’s @grpc/grpc-js (another copy’s?): make them with ' +
+        "the client's `grpc` export, or give PEM contents: { ca } or { ca, cert, key }",
+    );
+  }
+  const unknown = Object.keys(credentials).filter((key) => !PEM_KEYS.has(key));
+  if (unknown.length > 0) {
+    throw new Problem('INVALID_CREDENTIALS', `credentials: ${unknown.join(', ')}? Only ca, cert and key`);
+  }
+  const [ca, cert, key] = [pem(credentials.ca, 'ca'), pem(credentials.cert, 'cert'), pem(credentials.key, 'key')];
+  if ((cert === null) !== (key === null)) {
+    throw new Problem('INVALID_CREDENTIALS', 'credentials: cert and key go together (mutual TLS), or neither');
+  }
+  return grpc.credentials.createSsl(ca, key, cert);
 }

@@ -448,7 +448,10 @@ test('a failing token function fails the call; a call awaiting its token still e
     const ended = subscription.messages.next();
     setTimeout(() => subscription.cancel(), 50);
     assert.deepEqual(await ended, { value: undefined, done: true });
-    assert.throws(() => new ChronicleClient(standIn.address, { token: 42 }), TypeError);
+    assert.throws(
+      () => new ChronicleClient(standIn.address, { token: 42 }),
+      (error) => error instanceof ChronicleError && error.code === 'INVALID_ARGUMENT' && error.reason === 'INVALID_OPTION',
+    );
   } finally {
     for (const client of [throwing, rejecting, empty, late]) client.close();
     standIn.stop();

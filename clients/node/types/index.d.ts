@@ -1,0 +1,316 @@
+// Types of @chronicle/client's public API (src/chronicle.js), written by hand:
+// the package is JavaScript, loading its .proto files at run time. Field
+// names of messages are the .proto's (snake_case); 64-bit integers of the
+// API (versions, positions) are numbers, a payload's as setInt64Decoding says.
+// test/package.test.js checks a typed usage file with `tsc --strict`.
+
+/// <reference types="node" />
+
+import type * as grpcJs from '@grpc/grpc-js';
+
+/** The client's own @grpc/grpc-js: make ChannelCredentials with this one. */
+export declare const grpc: typeof grpcJs;
+
+/** Reasons of refusals this client makes itself, before anything is sent. */
+export declare const CLIENT_REASONS: Readonly<{
+  UNKNOWN_MESSAGE_TYPE: 'UNKNOWN_MESSAGE_TYPE';
+  UNKNOWN_FIELD: 'UNKNOWN_FIELD';
+  INVALID_FIELD: 'INVALID_FIELD';
+  INVALID_EXPECTED_VERSION: 'INVALID_EXPECTED_VERSION';
+  INVALID_OPTION: 'INVALID_OPTION';
+  INVALID_CREDENTIALS: 'INVALID_CREDENTIALS';
+  PROTO_NOT_FOUND: 'PROTO_NOT_FOUND';
+  PROTO_INVALID: 'PROTO_INVALID';
+  INT64_PRECISION: 'INT64_PRECISION';
+}>;
+export type ClientReason = (typeof CLIENT_REASONS)[keyof typeof CLIENT_REASONS];
+
+/** gRPC status code names, as ChronicleError.code carries them. */
+export type StatusCodeName =
+  | 'OK' | 'CANCELLED' | 'UNKNOWN' | 'INVALID_ARGUMENT' | 'DEADLINE_EXCEEDED' | 'NOT_FOUND'
+  | 'ALREADY_EXISTS' | 'PERMISSION_DENIED' | 'RESOURCE_EXHAUSTED' | 'FAILED_PRECONDITION' | 'ABORTED'
+  | 'OUT_OF_RANGE' | 'UNIMPLEMENTED' | 'INTERNAL' | 'UNAVAILABLE' | 'DATA_LOSS' | 'UNAUTHENTICATED';
+
+/**
+ * An ErrorInfo reason: one of the client's own, a status code's name (no
+ * ErrorInfo sent), or any reason the server documents (docs/errors in the
+ * repository; a plugin's refusals bring reasons of their own, hence string).
+ */
+export type Reason = ClientReason | StatusCodeName | 'STREAM_PROTOCOL_ERROR' | (string & {});
+
+export declare class ChronicleError extends Error {
+  constructor(grpcError: { code: number; details?: string; message?: string; metadata?: grpcJs.Metadata });
+  readonly name: 'ChronicleError';
+  code: StatusCodeName | string;
+  reason: Reason;
+  metadata: Record<string, string>;
+  fieldViolations: { field: string; description: string }[];
+  retryDelaySeconds: number | null;
+  /** The command ids sent (submit, submitBatch), to send again after an unknown outcome. */
+  commandIds: string[];
+  cause: unknown;
+  toString(): string;
+}
+
+/** A plain object of a message's fields, by .proto name or camelCase. */
+export type Fields = Record<string, unknown>;
+/** A decoded payload: its type name and fields; `{ '@type', value }` for a type no loaded .proto declares. */
+export type Payload = { '@type': string; [field: string]: unknown };
+export interface Any {
+  type_url: string;
+  value: Buffer | Uint8Array;
+}
+export interface Timestamp {
+  seconds: number;
+  nanos: number;
+}
+
+export declare function pack(typeName: string, fields: Fields): Any;
+export declare function unpack(any: Any | null | undefined): Payload | null;
+export declare function loadProtos(options: { includeDirs?: string[]; files?: string[] }): void;
+export declare function setInt64Decoding(mode: 'number' | 'bigint' | 'string'): void;
+
+export interface RetryOptions {
+  maxAttempts?: number;
+  retryForSeconds?: number | null;
+  initialBackoffSeconds?: number;
+  maxBackoffSeconds?: number;
+  multiplier?: number;
+  jitter?: number;
+}
+export declare const DEFAULT_RETRY: Readonly<Required<RetryOptions>>;
+export declare const STALE_TOKEN_ATTEMPTS: number;
+export declare function retryPolicy(options?: RetryOptions): Required<RetryOptions>;
+
+export declare const DEFAULT_ORIGIN: '@chronicle/client';
+export declare const DEFAULT_KEEPALIVE_SECONDS: number;
+export declare const DEFAULT_KEEPALIVE_TIMEOUT_SECONDS: number;
+export declare function keepaliveOptions(seconds: number | null, timeoutSeconds: number): Record<string, number>;
+export declare function reconnectOptions(seconds: number): Record<string, number>;
+export declare function crc32(bytes: Uint8Array): number;
+export declare function partitionOf(aggregateId: string, partitionCount: number): number;
+
+/** PEM contents (not paths): `{ ca }` for TLS, `{ ca, cert, key }` for mutual TLS. */
+export interface PemCredentials {
+  ca?: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+}
+export type Token = string | (() => string | Promise<string>);
+export interface Logger {
+  info(message: string): void;
+  warn(message: string): void;
+}
+
+export interface ClientOptions {
+  origin?: string;
+  userId?: string;
+  routing?: boolean;
+  credentials?: grpcJs.ChannelCredentials | PemCredentials | null;
+  token?: Token | null;
+  keepaliveSeconds?: number | null;
+  keepaliveTimeoutSeconds?: number;
+  attemptTimeoutSeconds?: number | null;
+  retry?: RetryOptions;
+  logger?: Logger | null;
+}
+
+/** A 64-bit integer as sent: a safe integer, a BigInt or a decimal string. */
+export type Int64 = number | bigint | string;
+
+export interface SubmitOptions {
+  commandId?: string;
+  expectedVersion?: Int64;
+  metadata?: Record<string, string>;
+  dryRun?: boolean;
+  correlationId?: string;
+  causationId?: string;
+}
+
+export interface Event {
+  event_id: string;
+  aggregate_id: string;
+  aggregate_type: string;
+  version: number;
+  position: number;
+  event_type: string;
+  payload: Payload | null;
+  timestamp: Timestamp | null;
+  metadata: Record<string, string>;
+  [field: string]: unknown;
+}
+
+export interface SubmitResult {
+  command_id: string;
+  version: number;
+  replayed: boolean;
+  events: Event[];
+  position: number;
+  [field: string]: unknown;
+}
+
+export interface CommandDescription extends Omit<SubmitOptions, 'dryRun'> {
+  aggregateId: string;
+  typeName: string;
+  fields: Fields;
+}
+
+/** A command stream's answer, in the order taken: `submitted` when it ran, `error` when refused. */
+export interface StreamResult {
+  command: CommandDescription;
+  command_id: string;
+  submitted: SubmitResult | null;
+  error: ChronicleError | null;
+}
+export interface BatchResult {
+  version: number;
+  replayed: boolean;
+  results: SubmitResult[];
+  position: number;
+}
+
+export interface ReadOptions {
+  fromVersion?: number;
+  eventTypes?: string[];
+  limit?: number | null;
+  backwards?: boolean;
+  origin?: string;
+  minPosition?: number;
+}
+
+export type SubscriptionMessage =
+  | { kind: 'event'; event: Event }
+  | { kind: 'checkpoint' | 'caught_up'; position: number };
+
+export interface Subscription {
+  messages: AsyncIterable<SubscriptionMessage>;
+  readonly position: number;
+  cancel(): void;
+}
+
+export interface Aggregate {
+  aggregate_id: string;
+  aggregate_type: string;
+  version: number;
+  state: Payload | null;
+  [field: string]: unknown;
+}
+
+export interface GroupOptions {
+  aggregateTypes?: string[];
+  eventTypes?: string[];
+  origin?: string;
+  afterPosition?: number;
+  fromEnd?: boolean;
+  maxDeliveryAttempts?: number;
+  retryBackoffSeconds?: number | null;
+  maxRetryBackoffSeconds?: number | null;
+  ackTimeoutSeconds?: number | null;
+  segments?: number;
+}
+export interface GroupInfo {
+  name: string;
+  position: number;
+  [field: string]: unknown;
+}
+export interface Delivery {
+  event: Event;
+  attempt: number;
+  replayed: boolean;
+  ack(): void;
+  nack(reason?: string): void;
+}
+export interface Consumer {
+  deliveries: AsyncIterable<Delivery>;
+  readonly member: string;
+  close(): Promise<void>;
+}
+
+export interface ParkedCommand {
+  command_id: string;
+  command: Any;
+  [field: string]: unknown;
+}
+export interface ReplayOutcome {
+  accepted: boolean;
+  command_id: string;
+  reason: string;
+  message: string;
+}
+export interface ReactionStatus {
+  name: string;
+  [field: string]: unknown;
+}
+export declare function reactionStatus(status: Record<string, unknown>): ReactionStatus;
+export declare class Reactions {
+  list(): Promise<ReactionStatus[]>;
+  get(name: string): Promise<ReactionStatus>;
+  parked(reaction: string, options?: { pageSize?: number }): AsyncIterable<ParkedCommand>;
+  replay(reaction: string, commandId: string): Promise<ReplayOutcome>;
+  dismiss(reaction: string, commandId: string): Promise<unknown>;
+  replayAll(reaction: string, options?: { reason?: string }): Promise<unknown>;
+  dismissAll(reaction: string, options?: { reason?: string }): Promise<unknown>;
+  dropProcessState(reaction: string, stateKey: string): Promise<unknown>;
+}
+
+export interface ProjectionStatus {
+  name: string;
+  position: number;
+  [field: string]: unknown;
+}
+export interface ProjectionDocument {
+  key: string;
+  document: Payload | null;
+  position: number;
+}
+export declare function projectionStatus(status: Record<string, unknown>): ProjectionStatus;
+export declare class Projections {
+  document(projection: string, key: string, options?: { minPosition?: number }): Promise<unknown>;
+  documents(
+    projection: string,
+    options?: { keyPrefix?: string; pageSize?: number; descending?: boolean; minPosition?: number },
+  ): AsyncIterable<ProjectionDocument>;
+  get(name: string): Promise<ProjectionStatus>;
+  list(): Promise<ProjectionStatus[]>;
+  parked(projection: string, options?: { pageSize?: number }): AsyncIterable<Record<string, unknown>>;
+  rebuild(name: string): Promise<number>;
+}
+
+export declare const services: Record<
+  | 'CommandService'
+  | 'EventService'
+  | 'ClusterService'
+  | 'SubscriptionGroupService'
+  | 'ReactionService'
+  | 'ProjectionService',
+  grpcJs.ServiceDefinition
+>;
+
+export declare class ChronicleClient {
+  constructor(address: string, options?: ClientOptions);
+  readonly origin: string;
+  readonly userId: string;
+  readonly reactions: Reactions;
+  readonly projections: Projections;
+  submit(aggregateId: string, typeName: string, fields: Fields, options?: SubmitOptions): Promise<SubmitResult>;
+  submitBatch(commands: CommandDescription[], options?: { dryRun?: boolean }): Promise<BatchResult>;
+  submitStream(
+    commands: Iterable<CommandDescription> | AsyncIterable<CommandDescription>,
+    options?: { dryRun?: boolean; window?: number; maxAttempts?: number; renewAfterSeconds?: number },
+  ): AsyncIterable<StreamResult>;
+  read(aggregateId: string, options?: ReadOptions): Promise<Event[]>;
+  subscribe(
+    filter?: { aggregateTypes?: string[]; eventTypes?: string[]; aggregateId?: string; origin?: string },
+    options?: { afterPosition?: number; fromEnd?: boolean; maxAttempts?: number },
+  ): Subscription;
+  getAggregate(aggregateId: string, options?: { atVersion?: number; atTime?: Date; minPosition?: number }): Promise<Aggregate>;
+  createGroup(name: string, options?: GroupOptions): Promise<GroupInfo>;
+  listGroups(): Promise<GroupInfo[]>;
+  getGroup(name: string): Promise<GroupInfo>;
+  deleteGroup(name: string): Promise<unknown>;
+  listParked(group: string, options?: { afterPosition?: number; limit?: number }): Promise<unknown>;
+  replayParked(group: string, eventIds?: string[]): Promise<unknown>;
+  dismissParked(group: string, eventIds: string[]): Promise<unknown>;
+  consume(group: string, consumer: string, options?: { maxInFlight?: number; reconnectDelaySeconds?: number }): Consumer;
+  close(): void;
+}
