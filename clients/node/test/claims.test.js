@@ -632,6 +632,30 @@ test('TLS with createSsl(ca) and a token; plaintext is refused there', async () 
   }
 });
 
+test('credentials as PEM contents: { ca } speaks TLS, { ca, cert, key } mutual TLS, with the client\'s own grpc-js', async () => {
+  const tls = new ChronicleClient(secure.address, { credentials: { ca: pki.ca }, token: apiKey });
+  const certified = new ChronicleClient(mutual.address, {
+    credentials: { ca: pki.ca.toString(), cert: pki.batch, key: pki.batchKey },
+  });
+  const uncertified = new ChronicleClient(mutual.address, { credentials: { ca: pki.ca }, retry: { retryForSeconds: 0 } });
+  try {
+    const accountId = `acc-${randomUUID()}`;
+    const opened = await tls.submit(accountId, 'bank.v1.OpenAccount', { owner: 'ann' });
+    const mutuallyOpened = await certified.submit(accountId, 'bank.v1.OpenAccount', { owner: 'bob' }); // another server
+    assert.deepEqual(
+      [opened, mutuallyOpened].map((done) => done.events[0].user_id),
+      ['alice', 'CN=batch,O=Chronicle Tests'],
+    );
+    await assert.rejects(uncertified.getAggregate(accountId), (error) => error.code === 'UNAVAILABLE');
+    assert.throws(
+      () => new ChronicleClient(mutual.address, { credentials: { ca: pki.ca, cert: pki.batch } }),
+      (error) => error.reason === 'INVALID_CREDENTIALS',
+    );
+  } finally {
+    for (const client of [tls, certified, uncertified]) client.close();
+  }
+});
+
 test("mutual TLS names the certificate's subject unless a token is sent too; a routing client's channels use it", async () => {
   const credentials = grpc.credentials.createSsl(pki.ca, pki.batchKey, pki.batch);
   const certified = new ChronicleClient(mutual.address, { credentials });
