@@ -223,7 +223,8 @@ function clientSide(work) {
     if (error instanceof ChronicleError) throw error;
     if (!(error instanceof Problem || error instanceof TypeError || error instanceof RangeError)) throw error;
     const reason = error instanceof Problem ? error.reason : CLIENT_REASONS.INVALID_OPTION;
-    const code = reason === CLIENT_REASONS.INT64_PRECISION ? grpc.status.FAILED_PRECONDITION : grpc.status.INVALID_ARGUMENT;
+    const precision = reason === CLIENT_REASONS.INT64_PRECISION;
+    const code = precision ? grpc.status.FAILED_PRECONDITION : grpc.status.INVALID_ARGUMENT;
     const refusal = new ChronicleError({ code, details: error.message });
     refusal.reason = reason;
     refusal.metadata = error.metadata ?? {};

@@ -81,7 +81,9 @@ export function checkedFields(type, fields, prefix = '') {
     }
     if (value === undefined || value === null) continue;
     if (field.map) {
-      if (!isPlainObject(value)) throw new Problem('INVALID_FIELD', `${where}: a map must be an object`, { field: where });
+      if (!isPlainObject(value)) {
+        throw new Problem('INVALID_FIELD', `${where}: a map must be an object`, { field: where });
+      }
       checked[field.name] = Object.fromEntries(
         Object.entries(value).map(([k, v]) => [k, convertValue(field, v, `${where}.${k}`)]),
       );

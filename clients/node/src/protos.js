@@ -1,10 +1,13 @@
 // Where this client's .proto files come from, and how an application adds
 // its own domain's.
 //
-// Installed from `npm pack`'s tarball, the package carries its own copy in
-// protos/ (scripts/bundle_protos.js writes it at pack time from the
-// repository's files, the one source: test/package.test.js checks the copy
-// is identical). In the repository, the files are read where they live.
+// In the repository, the files are read where they live: the repository's
+// protos/ and domain_plugins/*/protos are the one source. Installed from
+// `npm pack`'s tarball, the package carries its own copy in protos/
+// (scripts/bundle_protos.js writes it at pack time; test/package.test.js
+// checks the tarball's copy is identical). The repository's files win when
+// both are there, so a pack under way (its copy half-written) never changes
+// what a client in the repository loads.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -23,9 +26,10 @@ const GOOGLEAPIS = path.join(packageRoot, 'third_party', 'googleapis');
 
 // Where .proto imports are looked up, like protoc's -I: loadProtos adds an
 // application's folders after these.
-const includeDirs = fs.existsSync(BUNDLED_FOLDER)
-  ? [BUNDLED_FOLDER, GOOGLEAPIS]
-  : [...BUNDLED_SOURCES.map((source) => path.join(repository, source)), GOOGLEAPIS];
+const inRepository = fs.existsSync(path.join(repository, 'protos', 'chronicle', 'v1', 'command_service.proto'));
+const includeDirs = inRepository
+  ? [...BUNDLED_SOURCES.map((source) => path.join(repository, source)), GOOGLEAPIS]
+  : [BUNDLED_FOLDER, GOOGLEAPIS];
 
 export const API_FILES = [
   'chronicle/v1/command_service.proto',

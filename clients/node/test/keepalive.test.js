@@ -13,7 +13,7 @@ import net from 'node:net';
 import { randomUUID } from 'node:crypto';
 import { after, before, test } from 'node:test';
 
-import { ChronicleClient, keepaliveOptions, services, unpack } from '../src/chronicle.js';
+import { ChronicleClient, ChronicleError, keepaliveOptions, services, unpack } from '../src/chronicle.js';
 import { DOWN_MS, MOST_DOWN_MS } from '../src/routing.js';
 import { startServer } from './server.js';
 import { standInServer } from './stand_in.js';
@@ -139,7 +139,7 @@ test('bad keepalives are refused when the client is made', () => {
   ]) {
     assert.throws(
       () => new ChronicleClient('127.0.0.1:1', { keepaliveSeconds: seconds, keepaliveTimeoutSeconds: timeout }),
-      RangeError,
+      (error) => error instanceof ChronicleError && error.reason === 'INVALID_OPTION' && error.cause instanceof RangeError,
     );
   }
 });

@@ -27,31 +27,41 @@ package shop.v1;
 message PlaceOrder { string order_id = 1; int64 quantity = 2; }
 `;
 
+// A second copy of @grpc/grpc-js, as an application with its own has: this package's in the repository.
+const OTHER_GRPC = path.join(packageRoot, 'node_modules', '@grpc', 'grpc-js', 'build', 'src', 'index.js');
+
 // The project's own code: its domain loaded, a default-domain command sent,
 // the client's grpc used for credentials, a grpc-js of its own refused clearly.
 const MAIN = `
 import { ChronicleClient, ChronicleError, grpc, loadProtos, pack, unpack } from '@chronicle/client';
-import otherGrpc from ${JSON.stringify(path.join(packageRoot, 'node_modules', '@grpc', 'grpc-js', 'build', 'src', 'index.js'))};
+import otherGrpc from ${JSON.stringify(OTHER_GRPC)};
 const out = { resolved: import.meta.resolve('@chronicle/client') };
 loadProtos({ includeDirs: ['protos'], files: ['shop/v1/shop.proto'] });
 out.order = unpack(pack('shop.v1.PlaceOrder', { orderId: 'o-1', quantity: 2n }));
-try { pack('shop.v1.PlaceOrder', { order_id: 'o-2', qty: 1 }); } catch (e) { out.unknown = [e instanceof ChronicleError, e.reason, e.metadata.field]; }
+try {
+  pack('shop.v1.PlaceOrder', { order_id: 'o-2', qty: 1 });
+} catch (e) {
+  out.unknown = [e instanceof ChronicleError, e.reason, e.metadata.field];
+}
 try { new ChronicleClient(process.argv[2], { credentials: otherGrpc.credentials.createInsecure() }); }
 catch (e) { out.otherCopy = e.reason; }
 const client = new ChronicleClient(process.argv[2], { credentials: grpc.credentials.createInsecure() });
-const result = await client.submit('user-' + Date.now(), 'users.v1.RegisterUser', { email: 'ann@example.com', name: 'Ann' });
+const user = { email: 'ann@example.com', name: 'Ann' };
+const result = await client.submit('user-' + Date.now(), 'users.v1.RegisterUser', user);
 out.registered = { version: result.version, origin: result.events[0].origin, type: result.events[0].payload['@type'] };
 client.close();
 console.log(JSON.stringify(out));
 `;
 
 const USAGE_TS = `
-import { ChronicleClient, ChronicleError, CLIENT_REASONS, type SubmitResult, loadProtos, pack } from '@chronicle/client';
+import { ChronicleClient, ChronicleError, CLIENT_REASONS, loadProtos, pack } from '@chronicle/client';
+import type { SubmitResult } from '@chronicle/client';
 loadProtos({ includeDirs: ['protos'], files: ['shop/v1/shop.proto'] });
 const client = new ChronicleClient('127.0.0.1:1', { credentials: { ca: 'pem' }, retry: { retryForSeconds: 1 } });
 async function run(): Promise<number> {
   try {
-    const result: SubmitResult = await client.submit('a', 'shop.v1.PlaceOrder', { order_id: 'o' }, { expectedVersion: 0 });
+    const order = { order_id: 'o', quantity: 10n };
+    const result: SubmitResult = await client.submit('a', 'shop.v1.PlaceOrder', order, { expectedVersion: 0 });
     for await (const one of client.submitStream([{ aggregateId: 'a', typeName: 'shop.v1.PlaceOrder', fields: {} }])) {
       if (one.error !== null) console.log(one.error.reason);
     }
@@ -101,7 +111,7 @@ after(async () => {
   if (directory) fs.rmSync(directory, { recursive: true, force: true });
 });
 
-test("npm pack leaves the repository's tree as it was, and the tarball's protos are the repository's, byte for byte", () => {
+test("npm pack leaves the repository as it was; the tarball's protos are the repository's, byte for byte", () => {
   assert.equal(fs.existsSync(path.join(packageRoot, 'protos')), false); // postpack removed the copy
   const listed = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' }).trim().split('\n');
   const packedProtos = listed.filter((name) => name.startsWith('package/protos/')).map((name) => name.slice(15));

@@ -303,7 +303,10 @@ export declare class ChronicleClient {
     filter?: { aggregateTypes?: string[]; eventTypes?: string[]; aggregateId?: string; origin?: string },
     options?: { afterPosition?: number; fromEnd?: boolean; maxAttempts?: number },
   ): Subscription;
-  getAggregate(aggregateId: string, options?: { atVersion?: number; atTime?: Date; minPosition?: number }): Promise<Aggregate>;
+  getAggregate(
+    aggregateId: string,
+    options?: { atVersion?: number; atTime?: Date; minPosition?: number },
+  ): Promise<Aggregate>;
   createGroup(name: string, options?: GroupOptions): Promise<GroupInfo>;
   listGroups(): Promise<GroupInfo[]>;
   getGroup(name: string): Promise<GroupInfo>;
@@ -311,6 +314,10 @@ export declare class ChronicleClient {
   listParked(group: string, options?: { afterPosition?: number; limit?: number }): Promise<unknown>;
   replayParked(group: string, eventIds?: string[]): Promise<unknown>;
   dismissParked(group: string, eventIds: string[]): Promise<unknown>;
-  consume(group: string, consumer: string, options?: { maxInFlight?: number; reconnectDelaySeconds?: number }): Consumer;
+  consume(
+    group: string,
+    consumer: string,
+    options?: { maxInFlight?: number; reconnectDelaySeconds?: number },
+  ): Consumer;
   close(): void;
 }
