@@ -160,6 +160,12 @@ export class ChronicleError extends Error {
   constructor(grpcError) {
     super(grpcError.details || grpcError.message);
     this.name = 'ChronicleError';
+    if (grpcError instanceof ChronicleError) {
+      // One the client made (a payload it cannot decode exactly, say) met
+      // where a call's errors are wrapped: kept as it is, reason and all.
+      Object.assign(this, grpcError);
+      return;
+    }
     this.code = grpc.status[grpcError.code] ?? String(grpcError.code); // e.g. 'FAILED_PRECONDITION'
     this.reason = this.code; // replaced by ErrorInfo.reason below, when sent
     this.metadata = {};
@@ -222,18 +228,28 @@ function clientSide(work) {
   } catch (error) {
     if (error instanceof ChronicleError) throw error;
     if (!(error instanceof Problem || error instanceof TypeError || error instanceof RangeError)) throw error;
-    const reason = error instanceof Problem ? error.reason : CLIENT_REASONS.INVALID_OPTION;
-    const precision = reason === CLIENT_REASONS.INT64_PRECISION;
-    const code = precision ? grpc.status.FAILED_PRECONDITION : grpc.status.INVALID_ARGUMENT;
-    const refusal = new ChronicleError({ code, details: error.message });
-    refusal.reason = reason;
-    refusal.metadata = error.metadata ?? {};
-    if (refusal.metadata.field) {
-      refusal.fieldViolations = [{ field: refusal.metadata.field, description: error.message }];
-    }
-    refusal.cause = error;
-    throw refusal;
+    throw refusedHere(error);
   }
+}
+
+/** A wrong option of a call, as a ChronicleError INVALID_ARGUMENT INVALID_OPTION. */
+function invalidOption(message) {
+  return refusedHere(new Problem(CLIENT_REASONS.INVALID_OPTION, message));
+}
+
+/** The ChronicleError for a failure of the client's own checks (clientSide). */
+function refusedHere(error) {
+  const reason = error instanceof Problem ? error.reason : CLIENT_REASONS.INVALID_OPTION;
+  const precision = reason === CLIENT_REASONS.INT64_PRECISION;
+  const code = precision ? grpc.status.FAILED_PRECONDITION : grpc.status.INVALID_ARGUMENT;
+  const refusal = new ChronicleError({ code, details: error.message });
+  refusal.reason = reason;
+  refusal.metadata = error.metadata ?? {};
+  if (refusal.metadata.field) {
+    refusal.fieldViolations = [{ field: refusal.metadata.field, description: error.message }];
+  }
+  refusal.cause = error;
+  return refusal;
 }
 
 /**
@@ -887,7 +903,7 @@ export class ChronicleClient {
     { fromVersion, eventTypes = [], limit = null, backwards = false, origin = '', minPosition = 0 } = {},
   ) {
     if (limit !== null && !(Number.isInteger(limit) && limit >= 1)) {
-      throw new RangeError(`limit must be a whole number of at least 1 (or null: no limit), got ${limit}`);
+      throw invalidOption(`limit must be a whole number of at least 1 (or null: no limit), got ${limit}`);
     }
     const events = [];
     let alive = Date.now(); // when the read began or last received an event
@@ -1053,12 +1069,12 @@ export class ChronicleClient {
    * read your writes, as for `read`.
    */
   async getAggregate(aggregateId, { atVersion, atTime, minPosition = 0 } = {}) {
-    if (atVersion != null && atTime != null) throw new TypeError('give atVersion or atTime, not both');
+    if (atVersion != null && atTime != null) throw invalidOption('give atVersion or atTime, not both');
     const request = { aggregate_id: aggregateId, min_position: minPosition };
     if (atVersion != null) request.at_version = atVersion;
     if (atTime != null) {
       const ms = atTime instanceof Date ? atTime.getTime() : NaN;
-      if (Number.isNaN(ms)) throw new TypeError('atTime must be a valid Date');
+      if (Number.isNaN(ms)) throw invalidOption('atTime must be a valid Date');
       request.at_time = { seconds: Math.floor(ms / 1000), nanos: (((ms % 1000) + 1000) % 1000) * 1e6 };
     }
     const response = await this.#call(this.events, 'GetAggregate', request);

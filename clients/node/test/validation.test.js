@@ -21,6 +21,15 @@ after(async () => {
   await server?.stop();
 });
 
+function caught(work) {
+  try {
+    work();
+  } catch (error) {
+    return error;
+  }
+  assert.fail('nothing thrown');
+}
+
 const refused = (reason, field) => (error) =>
   error instanceof ChronicleError &&
   error.code === 'INVALID_ARGUMENT' &&
@@ -97,6 +106,12 @@ test('int64 fields: BigInt and decimal strings sent exactly; a Number is never r
   }
   assert.equal(unpack(pack('bank.v1.MoneyDeposited', { amount: 2 ** 53 - 1 })).amount, 2 ** 53 - 1);
   assert.throws(() => setInt64Decoding('long'), refused('INVALID_OPTION'));
+  // Met in a stream's loop, which wraps what its call throws, it stays what it was.
+  const wrapped = new ChronicleError(caught(() => unpack(deposited)));
+  assert.deepEqual(
+    [wrapped.code, wrapped.reason, wrapped.metadata],
+    ['FAILED_PRECONDITION', 'INT64_PRECISION', { field: 'amount' }],
+  );
 });
 
 test('the default origin is the package name', async () => {
