@@ -97,13 +97,17 @@ const SubmitRequest = messages.lookupType('chronicle.v1.SubmitRequest');
  * UNKNOWN_FIELD (metadata `field` names it), a value of the wrong kind
  * INVALID_FIELD.
  */
-export function pack(typeName, fields) {
+export function pack(typeName, fields = {}) {
   return clientSide(() => {
-    const type = messages.lookup(typeName);
-    if (!(type instanceof protobuf.Type)) {
-      throw new Problem('UNKNOWN_MESSAGE_TYPE', `no .proto loaded declares ${typeName} (loadProtos)`, {
-        type: String(typeName),
-      });
+    // By its full name only: protobufjs would also find 'Deposit' as
+    // bank.v1.Deposit, and the server be sent a type URL naming no type.
+    const type = typeof typeName === 'string' ? messages.lookup(typeName) : null;
+    if (!(type instanceof protobuf.Type) || type.fullName !== `.${typeName}`) {
+      throw new Problem(
+        'UNKNOWN_MESSAGE_TYPE',
+        `no .proto loaded declares ${String(typeName)} (a full name, e.g. bank.v1.Deposit; loadProtos)`,
+        { type: String(typeName) },
+      );
     }
     const checked = checkedFields(type, fields);
     const problem = type.verify(checked);
@@ -139,7 +143,9 @@ export function unpack(any) {
   if (any === null || any === undefined) return null;
   const typeName = any.type_url.slice(any.type_url.lastIndexOf('/') + 1);
   const type = messages.lookup(typeName);
-  if (!(type instanceof protobuf.Type)) return { '@type': typeName, value: Buffer.from(any.value) };
+  if (!(type instanceof protobuf.Type) || type.fullName !== `.${typeName}`) {
+    return { '@type': typeName, value: Buffer.from(any.value) };
+  }
   const fields = type.toObject(type.decode(any.value), { longs: String, enums: String, defaults: true });
   return { '@type': typeName, ...clientSide(() => exactLongs(type, fields)) };
 }
@@ -560,6 +566,7 @@ export class ChronicleClient {
    * replica that owns the aggregate.
    */
   async submitBatch(commands, { dryRun = false } = {}) {
+    if (!Array.isArray(commands)) throw invalidOption('submitBatch: commands must be an array');
     const described = commands.map((one) => ({ ...one, commandId: one.commandId ?? randomUUID() }));
     const request = { commands: described.map((one) => this.command(one)), dry_run: dryRun };
     const response = await naming(

@@ -69,6 +69,8 @@ async function run(): Promise<number> {
     for await (const delivery of consumer.deliveries) delivery.ack();
     for await (const doc of client.projections.documents('p')) console.log(doc.key);
     console.log((await client.reactions.list()).map((r) => r.name), pack('shop.v1.PlaceOrder', {}).type_url);
+    const [event] = await client.read('a');
+    console.log(event.origin, event.payload?.['@type'], event.version + 1);
     return result.version;
   } catch (error) {
     if (error instanceof ChronicleError && error.reason === CLIENT_REASONS.UNKNOWN_FIELD) return -1;

@@ -45,6 +45,10 @@ test('a key that is no field is refused, naming it, and nothing is sent', async 
   await assert.rejects(client.getAggregate(account), (error) => error.reason === 'AGGREGATE_NOT_FOUND');
   assert.throws(() => pack('bank.v1.FailTransfer', { reasn: 'typo' }), refused('UNKNOWN_FIELD', 'reasn'));
   assert.throws(() => pack('bank.v1.Nope', {}), refused('UNKNOWN_MESSAGE_TYPE'));
+  assert.throws(() => pack('Deposit', { amount: 1 }), refused('UNKNOWN_MESSAGE_TYPE')); // bank.v1.Deposit: by full name
+  assert.throws(() => pack(undefined, {}), refused('UNKNOWN_MESSAGE_TYPE'));
+  assert.deepEqual(unpack(pack('users.v1.RegisterUser')), { '@type': 'users.v1.RegisterUser', email: '', name: '' });
+  await assert.rejects(client.submitBatch({ aggregateId: account }), refused('INVALID_OPTION'));
   assert.throws(() => pack('bank.v1.Deposit', { amount: 'five' }), refused('INVALID_FIELD', 'amount'));
   assert.throws(() => pack('bank.v1.Deposit', { amount: 1.5 }), refused('INVALID_FIELD', 'amount'));
 });

@@ -136,8 +136,15 @@ export interface Event {
   event_type: string;
   payload: Payload | null;
   timestamp: Timestamp | null;
+  origin: string;
+  user_id: string;
+  command_id: string;
+  correlation_id: string;
+  causation_id: string;
+  schema_version: number;
   metadata: Record<string, string>;
-  [field: string]: unknown;
+  redacted: boolean;
+  deleted: boolean;
 }
 
 export interface SubmitResult {
