@@ -112,7 +112,9 @@ class EventService(pb_grpc.EventServiceServicer):
                 elif pages:
                     response = encode_page(item)
                 else:
-                    response = pb.SubscribeResponse(event=encode_event(item.events[0]))
+                    response = pb.SubscribeResponse(
+                        event=encode_event(item.events[0]), completes_position=item.completes_position
+                    )
                 # Only the message is held while gRPC sends it (a client
                 # that does not read keeps it there), not its events too.
                 del item

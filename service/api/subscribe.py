@@ -70,7 +70,7 @@ def encode_marker(item: Checkpoint | CaughtUp) -> pb.SubscribeResponse:
 
 def encode_page(page: Page) -> pb.SubscribeResponse:
     """The page as one message (for clients that asked for pages)."""
-    response = pb.SubscribeResponse()
+    response = pb.SubscribeResponse(completes_position=page.completes_position)
     add = response.page.events.add
     for event in page.events:
         encode_event_into(add(), event)

@@ -41,9 +41,13 @@ from service.store.records import LogFilter, LogPage, RecordedEvent
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """Matching events, in position order (never empty)."""
+    """Matching events, in position order (never empty). ``completes_position``:
+    its last event is the last of its position this stream sends (an
+    upcaster may split one stored event into several at one position, and a
+    message may end between them)."""
 
     events: list[RecordedEvent]
+    completes_position: bool = True
 
     @property
     def position(self) -> int:
@@ -146,6 +150,12 @@ class Subscriptions:
                 origin=wanted.origin,
             )
         told = position  # the client can resume after this
+        # (position, count): the first ``count`` events of a split event at
+        # ``position`` were sent before a stall let go of the rest; a read
+        # again from that position drops them, so none is sent twice.
+        resent = (0, 0)
+        client_has = (0, 0)  # the same, for the last message sent inside a split event
+        completes = True
         caught_up = False
         last_checkpoint = self._clock()
         limit = self._first_page_size
@@ -171,6 +181,8 @@ class Subscriptions:
                 if page.events:
                     told = page.events[-1].position
                     events, unreadable = self._matching(page.events, wanted.event_types)
+                    if resent[1]:
+                        events, resent = _without_sent_pieces(events, resent)
                 del page
                 holding.hold_page(events)
                 del events  # held by ``holding`` alone, where the sweep can let go of it
@@ -184,16 +196,26 @@ class Subscriptions:
                     else:
                         upto = self._message_end(holding.events, sent)
                     position = holding.events[upto - 1].position
+                    completes = upto == len(holding.events) or holding.events[upto].position != position
+                    if not completes:
+                        has = _pieces_at_end(holding.events, sent, upto)
+                        if has == upto - sent and client_has[0] == position:
+                            has += client_has[1]
+                        client_has = (position, has)
                     holding.sending = True
                     holding.writes += 1
                     start, sent = sent, upto
-                    yield Page(holding.events[start:upto])  # not kept here: the caller holds it
+                    yield Page(holding.events[start:upto], completes)  # not kept here: the caller holds it
                     holding.sending = False
                 if holding.released:
                     # Stalled, it let go of the rest: read again after what
-                    # the client has now taken in.
+                    # the client has now taken in. Stopped inside a split
+                    # event, that is its position again, without the pieces
+                    # sent: reading after it would skip the others.
                     holding.released = False
                     told = position
+                    if not completes:
+                        position, resent = position - 1, client_has
                     continue
                 holding.done_with_page()
                 if unreadable is not None:
@@ -264,6 +286,27 @@ class Subscriptions:
             committed.cancel()
         if self._closing.is_set():
             raise _shutting_down()
+
+
+def _pieces_at_end(events: list[RecordedEvent], start: int, end: int) -> int:
+    """How many of ``events[start:end]`` at its end share the last one's position."""
+    position = events[end - 1].position
+    count = 0
+    while end - count > start and events[end - count - 1].position == position:
+        count += 1
+    return count
+
+
+def _without_sent_pieces(
+    events: list[RecordedEvent], resent: tuple[int, int]
+) -> tuple[list[RecordedEvent], tuple[int, int]]:
+    """``events`` without the ``count`` first ones at ``position`` (a split
+    event's pieces the client already has), and what is left to drop."""
+    position, count = resent
+    dropped = 0
+    while dropped < count and dropped < len(events) and events[dropped].position == position:
+        dropped += 1
+    return events[dropped:], (position, count - dropped) if dropped < count and dropped == len(events) else (0, 0)
 
 
 def _shutting_down() -> StoreUnavailable:
