@@ -1,8 +1,10 @@
 """Where a subscriber keeps its place in the log.
 
-A checkpoint is the position of the last event (or server checkpoint) the
-subscriber finished processing. The subscription saves it after each one
-and, on start and after a broken stream, resumes right after it: delivery is
+A checkpoint is the last position whose events the subscriber all finished
+processing (or a server checkpoint's): not simply the last event's, since
+an upcaster may split one stored event into several at one position
+(``Subscription``). The subscription saves it after each event and, on
+start and after a broken stream, resumes right after it: delivery is
 at least once across restarts of the subscriber (an event whose processing
 was interrupted before its checkpoint was saved comes again), exactly once
 within a stream. Keep the checkpoint in the same transaction as what the

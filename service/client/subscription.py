@@ -2,11 +2,13 @@
 
 ``EventService.Subscribe`` streams committed events in position order, with
 checkpoints while nothing matching commits and one ``caught_up`` when the
-catch-up reaches the live end. This side remembers the position of the last
-event (or checkpoint) the consumer finished with; when the stream breaks
+catch-up reaches the live end. This side remembers the last position whose
+events the consumer all finished with (an upcaster may split one stored
+event into several at one position: ``Subscription``); when the stream breaks
 with an error worth retrying (a replica shutting down, a lost connection, a
 server restarting, a database away) it reopens after that position, on
-whichever replica answers, so the consumer sees every event once, in order:
+whichever replica answers, and passes over the events of the next position
+it had handed over already, so the consumer sees every event once, in order:
 with the default ``RetryPolicy`` as often and for as long as it takes, the
 backoff growing to ``max_backoff`` (2 s); a policy with ``max_attempts``
 gives up after that many reopenings in a row with nothing received. With a :class:`CheckpointStore` the
@@ -40,13 +42,22 @@ class LogFilter:
 
 class Subscription:
     """Iterate it (``async for event in subscription``) to get the events;
-    it does not end by itself. ``position`` is the last position processed,
-    ``caught_up`` is set once the stream reached the live end.
+    it does not end by itself. ``position`` is the position to resume after:
+    every event at or before it was processed. ``caught_up`` is set once the
+    stream reached the live end.
 
-    The position of an event counts as processed when the consumer asks for
-    the next one (or calls ``processed(event)``), so an event whose
-    processing was interrupted is delivered again after a restart (at least
-    once), never skipped. Saving a
+    An event counts as processed when the consumer asks for the next one (or
+    calls ``processed(event)``), so an event whose processing was
+    interrupted is delivered again after a restart (at least once), never
+    skipped. Its position counts only once every event of it was processed:
+    an upcaster may split one stored event into several, all at its
+    position, and a consumer that died on the second must get it after a
+    restart. So ``position`` (and the checkpoint saved) stays at the
+    position before until the server says the event was the last of its
+    position (``completes_position``; within a message, the next event's
+    higher position says so), a later event comes, or a server checkpoint
+    covers it. Use it, never ``event.position``, as a checkpoint of your
+    own. Saving a
     checkpoint after every event is the default; ``save_every=N`` saves after
     every N events (and at every server checkpoint), trading more repeats
     after a crash for fewer writes.
@@ -73,6 +84,13 @@ class Subscription:
         self._save_every = save_every
         self.position = after_position
         self.caught_up = asyncio.Event()
+        # The position of the last event handed over (above ``position`` while
+        # more events of it may follow) and how many of its events were.
+        self._handed = after_position
+        self._handed_here = 0
+        self._repeats = 0  # events of ``_handed`` to skip in a reopened stream
+        # The event the consumer holds: its position, and whether it completes it.
+        self._in_flight: tuple[int, bool] | None = None
 
     def __aiter__(self) -> AsyncGenerator[Event, None]:
         return self._events()
@@ -80,9 +98,30 @@ class Subscription:
     async def processed(self, event: Event) -> None:
         """Mark ``event`` finished now and save the checkpoint: call it before
         leaving the loop after handling an event, which is otherwise only
-        counted as finished when the next one is asked for."""
-        self.position, self._from_end = max(self.position, event.position), False
+        counted as finished when the next one is asked for. An event the
+        server has not said is the last of its position (below) leaves the
+        checkpoint before that position: it comes again after a restart."""
+        if self._in_flight is not None and event.position == self._in_flight[0]:
+            self._handed_over(*self._in_flight)
+            self._in_flight = None
         await self._save()
+
+    def _complete(self, position: int) -> None:
+        """Every event at or before ``position`` is finished: resume after it."""
+        self.position, self._from_end = max(self.position, position), False
+
+    def _handed_over(self, position: int, completes: bool) -> None:
+        """An event at ``position`` was handed over and finished; ``completes``:
+        the server said it was the last of its position. An upcaster may split
+        one stored event into several at one position: until the last of them
+        is finished, the position to resume after is the one before (the last
+        complete one), or a restart after it would skip the rest."""
+        if position != self._handed:
+            self._complete(self._handed)
+            self._handed, self._handed_here = position, 0
+        self._handed_here += 1
+        if completes:
+            self._complete(position)
 
     def _request(self) -> event_service_pb2.SubscribeRequest:
         return event_service_pb2.SubscribeRequest(
@@ -100,24 +139,44 @@ class Subscription:
             saved = await self._checkpoints.load()
             if saved is not None:
                 self.position, self._from_end = saved, False
+        self._handed = self.position
         unsaved = 0
         try:
-            async for message in resuming(self._retry, "subscribe", lambda: self._open_call(self._request())):
+            async for message in resuming(self._retry, "subscribe", self._open):
                 kind = message.WhichOneof("kind")
                 if kind == "page" or kind == "event":
-                    for envelope in message.page.events if kind == "page" else (message.event,):
+                    envelopes = message.page.events if kind == "page" else (message.event,)
+                    last = len(envelopes) - 1
+                    for index, envelope in enumerate(envelopes):
+                        if self._repeats and envelope.position == self._handed:
+                            self._repeats -= 1  # reopened inside a split event: handed over already
+                            continue
+                        self._repeats = 0
+                        # The last of its position: the next event in the
+                        # message is at a higher one, or the server said so.
+                        completes = (
+                            message.completes_position
+                            if index == last
+                            else envelopes[index + 1].position > envelope.position
+                        )
+                        self._in_flight = (envelope.position, completes)
                         yield Event(envelope)
-                        # Back here: the consumer is done with it.
-                        self.position, self._from_end = envelope.position, False
+                        # Back here: the consumer is done with it (unless
+                        # ``processed`` said so already).
+                        if self._in_flight is not None:
+                            self._handed_over(*self._in_flight)
+                            self._in_flight = None
                         if self._checkpoints is not None:
                             unsaved += 1
                             if unsaved >= self._save_every:
                                 await self._save()
                                 unsaved = 0
                     continue
-                # A checkpoint, or the caught-up mark (itself a checkpoint).
+                # A checkpoint, or the caught-up mark (itself a checkpoint):
+                # every event at or before it was sent, the last position's
+                # pieces included.
                 marker = message.checkpoint if kind == "checkpoint" else message.caught_up
-                self.position, self._from_end = max(self.position, marker.position), False
+                self._complete(marker.position)
                 if kind == "caught_up":
                     self.caught_up.set()
                 await self._save()
@@ -125,6 +184,13 @@ class Subscription:
         finally:
             if unsaved:  # the consumer stopped: keep what it finished
                 await self._save()
+
+    def _open(self) -> Any:
+        """The stream again, after the last complete position; the events of
+        the position after it already handed over are skipped when they come
+        again (a split event's first pieces), so none is seen twice."""
+        self._repeats = self._handed_here if self._handed > self.position else 0
+        return self._open_call(self._request())
 
     async def _save(self) -> None:
         if self._checkpoints is not None:

@@ -74,7 +74,11 @@ async def _broken_after(call: Any, after: int, code: grpc.StatusCode) -> AsyncIt
     async for message in call:
         events = _events_in(message)
         if events is not None and received + len(events) > after:
-            del events[after - received :]
+            kept = after - received
+            if message.DESCRIPTOR.name == "SubscribeResponse":
+                # Cut inside a split event's pieces, it no longer ends its position.
+                message.completes_position = events[kept - 1].position != events[kept].position
+            del events[kept:]
         received += 1 if events is None else len(events)
         yield message
         if received >= after:
