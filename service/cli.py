@@ -788,8 +788,12 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
     worth retrying (a server restarting or stopping, a connection's age,
     changed grants, a full server: the codes of ``_TAIL_RETRYABLE``; with
     --token-file, a token that expired or was revoked, read again from the
-    file) is opened again after the last position seen, so nothing is
-    skipped or repeated, for as long as the tail runs: a server that stays
+    file) is opened again after the last position whose events were all
+    printed (not the last event's when it may be the first piece of a
+    split event: ``completes_position``), passing over those of the next
+    position printed already, so nothing is skipped or repeated, and the
+    resume point said on stderr is one to give ``--from``, for as long as
+    the tail runs: a server that stays
     away is waited for (said on stderr), as the client SDK's subscribe
     waits. Until a server has answered it once, though, a tail that reaches
     none (UNAVAILABLE without a reason: nothing listening, a wrong address)
@@ -810,17 +814,35 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
         aggregate_id=args.aggregate or "",
         origin=args.origin or "",
     )
+    # An upcaster may split one stored event into several at its position:
+    # a stream broken after the first is resumed after the position before
+    # (the last one complete), passing over the events of the split one
+    # printed already, so none is skipped or printed twice.
+    printed_at, printed = request.after_position, 0  # the last event's position, and its events printed
     answered = False  # a server answered this tail (a message, or a status of its own)
     failures = stale = 0  # in a row, since the last message
     said, said_at = "", float("-inf")  # what stderr last told of a broken stream, and when
     while True:
         call = stub.Subscribe(request)
+        repeats = printed if printed_at > request.after_position else 0
         try:
             for response in call:
                 answered, failures, stale = True, 0, 0
                 if response.HasField("event"):
+                    position = response.event.position
+                    if repeats and position == printed_at:
+                        repeats -= 1
+                        continue
+                    repeats = 0
                     _print(_event_json(types, response.event))
-                    request.after_position, request.from_end = response.event.position, False
+                    if position != printed_at:
+                        # An event of a higher position: the one before is complete.
+                        request.after_position = max(request.after_position, printed_at)
+                        printed_at, printed = position, 0
+                    printed += 1
+                    if response.completes_position:
+                        request.after_position = position
+                    request.from_end = False
                 elif response.HasField("caught_up"):
                     request.after_position, request.from_end = response.caught_up.position, False
                     if args.checkpoints:
