@@ -986,11 +986,14 @@ export class ChronicleClient {
    * { kind: 'event', event }, { kind: 'checkpoint', position } and, once,
    * { kind: 'caught_up', position }. Events arrive from the server in
    * pages (several per message) and are handed out one at a time; the
-   * position moves with each event handed out. A stream ended by UNAVAILABLE (a
+   * position moves with each event handed out, to the event's own once it
+   * is the last of its position (an upcaster may split one stored event
+   * into several at one position: until the last is handed out, the
+   * position stays before it). A stream ended by UNAVAILABLE (a
    * replica shutting down, a lost connection) or by a CANCELLED we did not
    * ask for (a server that stops cancels the calls it had not started) is
-   * reopened after the last position received, so nothing is skipped or
-   * repeated (so is one a stale token ended, when the token is a function:
+   * reopened after that position, passing over the events of the next one
+   * handed out already, so nothing is skipped or repeated (so is one a stale token ended, when the token is a function:
    * the server ends a stream at its JWT's exp), however often and long the
    * server is away: `maxAttempts` (the client's retry policy's, Infinity by
    * default) bounds the reopenings in a row with nothing received, the
@@ -1004,28 +1007,47 @@ export class ChronicleClient {
   ) {
     const client = this;
     const events = this.events;
-    const state = { position: afterPosition, fromEnd, call: null, cancelled: false };
+    // position: to resume after (every event at or before it handed out);
+    // handed, handedHere: the last event's position and how many of its
+    // events were handed out (an upcaster may split one stored event into
+    // several at its position: see handOut).
+    const state = {
+      position: afterPosition,
+      fromEnd,
+      call: null,
+      cancelled: false,
+      handed: afterPosition,
+      handedHere: 0,
+    };
     const filter = { aggregate_types: aggregateTypes, event_types: eventTypes, aggregate_id: aggregateId, origin };
     async function* messages() {
       for (let attempt = 1; ; attempt += 1) {
         // pages: true asks for EventPage messages; a server from before
         // pages ignores the field and sends events one per message.
         const request = { ...filter, after_position: state.position, from_end: state.fromEnd, pages: true };
+        // Reopened inside a split event: its pieces handed out already come again first.
+        let repeats = state.handed > state.position ? state.handedHere : 0;
         state.call = events.Subscribe(request);
         try {
           for await (const message of state.call) {
             attempt = 1;
             state.fromEnd = false;
-            if (message.kind === 'page') {
-              for (const stored of message.page.events) {
-                const event = decodeEvent(stored);
-                state.position = event.position;
+            if (message.kind === 'page' || message.kind === 'event') {
+              const stored = message.kind === 'page' ? message.page.events : [message.event];
+              for (const [index, envelope] of stored.entries()) {
+                if (repeats > 0 && Number(envelope.position) === state.handed) {
+                  repeats -= 1;
+                  continue;
+                }
+                repeats = 0;
+                const event = decodeEvent(envelope);
+                const completes =
+                  index === stored.length - 1
+                    ? message.completes_position
+                    : Number(stored[index + 1].position) > event.position;
+                handOut(state, event.position, completes);
                 yield { kind: 'event', event };
               }
-            } else if (message.kind === 'event') {
-              const event = decodeEvent(message.event);
-              state.position = event.position;
-              yield { kind: 'event', event };
             } else {
               state.position = Math.max(state.position, message[message.kind].position);
               yield { kind: message.kind, position: state.position };
@@ -1335,6 +1357,26 @@ function duration(seconds) {
 
 function decodeEvent(event) {
   return { ...event, payload: unpack(event.payload) };
+}
+
+/**
+ * A subscription's `state` once an event at `position` is handed out:
+ * `completes`, the server said (or the next event's higher position shows)
+ * that it is the last of its position. An upcaster may split one stored
+ * event into several, all at its position; a consumer that saved
+ * `position` after the first and died on the second would skip it when
+ * resumed. So `state.position` moves to an event's position only with the
+ * last of it (an event of a higher position, or a checkpoint, also shows
+ * the one before complete).
+ */
+function handOut(state, position, completes) {
+  if (position !== state.handed) {
+    state.position = Math.max(state.position, state.handed);
+    state.handed = position;
+    state.handedHere = 0;
+  }
+  state.handedHere += 1;
+  if (completes) state.position = Math.max(state.position, position);
 }
 
 /** A SubmitResponse as `submit` resolves to it: its events decoded, and the last one's position. */

@@ -306,7 +306,8 @@ test('a subscription asks for pages and hands out their events one by one, resum
     Subscribe(call) {
       asked.push({ after: Number(call.request.after_position), pages: call.request.pages });
       if (asked.length === 1) {
-        call.write({ page: { events: [deposited(1), deposited(2), deposited(3)] } });
+        // As a server does when the page's last event ends its position (no split event's piece follows).
+        call.write({ page: { events: [deposited(1), deposited(2), deposited(3)] }, completes_position: true });
         setImmediate(() => call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'dropped (test)' }));
       } else {
         call.write({ page: { events: [deposited(4)] } });
