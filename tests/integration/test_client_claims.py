@@ -610,7 +610,10 @@ class Subscriptions(event_service_pb2_grpc.EventServiceServicer):
         self.requests.append(request)
         events, status = self.script(len(self.requests))
         if events:
-            yield event_service_pb2.SubscribeResponse(page=event_pb2.EventPage(events=events))
+            # As a current server says: the page's last event ends its
+            # position (an upcaster's split event has several at one).
+            page = event_pb2.EventPage(events=events)
+            yield event_service_pb2.SubscribeResponse(page=page, completes_position=True)
         if status is not None:
             await end_with(context, status)
         await asyncio.Event().wait()
