@@ -217,7 +217,13 @@ class CommandExecutor:
                 return await self._replayer.replay(batch.commands), None
             except ChronicleError as error:
                 if not error.recorded:
-                    raise
+                    # A retry of a committed command meets the state after it,
+                    # where its handler may fail (a plugin's bug, say): the
+                    # caller gets the committed result, not that failure.
+                    replayed = await self.replay_recorded(batch)
+                    if replayed is None:
+                        raise
+                    return replayed, aggregate
                 if isinstance(error, NotUnique) and decision is not None and len(batch.commands) > 1:
                     _name_the_claimant(error, decision)
                 try:
@@ -419,6 +425,16 @@ class CommandExecutor:
         result = self._result(decision, recorded)
         last_event_id = new_events[-1].event_id if new_events else aggregate.last_event_id
         return result, Aggregate(batch.aggregate_id, aggregate.type, result.version, decision.state, last_event_id)
+
+    async def replay_recorded(self, batch: CommandBatch) -> BatchResult | None:
+        """The recorded outcome of ``batch`` (raised again if a refusal), or
+        None if none of its command ids is recorded. A store read: asked on
+        a retry the worker remembers, or after a failure, never on the
+        healthy path."""
+        records = await self._replayer.records(batch.commands)
+        if all(record is None for record in records):
+            return None
+        return await self._replayer.replay_records(batch.commands, records)
 
     async def replay(self, request: CommandRequest) -> CommandResult:
         """The recorded outcome of ``request``'s command id (raised again if

@@ -15,6 +15,14 @@ conflict to retry, a batch or a dry run) runs in a task of the worker's own,
 through the executor's async path, which handles every case exactly; the
 inline path is only its first attempt, made early.
 
+A retry of a command this worker committed (or recorded refused) is
+answered from the store's record of it without running its handler: the
+worker keeps the last few command ids it settled (``RECENT_COMMANDS``), and
+a series never holds one command id twice, so a retry queued behind its
+original waits for it and then finds it there. A retry the worker does not
+remember (evicted, another replica, a restart) takes the ordinary path: its
+handler runs and the append finds the id recorded (executor.py).
+
 An idle worker is just its cached state (no task, no timer, no queue), which the
 router drops once it has been idle for the idle timeout, so memory follows
 the live set and the event loop carries nothing per idle aggregate.
@@ -29,7 +37,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from service.errors import ChronicleError, CommandAlreadyRecorded, ConcurrencyConflict, Overloaded
+from service.errors import (
+    ChronicleError,
+    CommandAlreadyRecorded,
+    ConcurrencyConflict,
+    Overloaded,
+    recorded_with_command,
+)
 from service.processing.commands import BatchResult, CommandBatch, CommandResult
 from service.processing.executor import CommandExecutor, Failed, InlineSeries
 from service.processing.log_context import command_log_context
@@ -51,6 +65,13 @@ class Job:
     finish: Finish | None = None
 
 
+# How many command ids a worker remembers having settled (committed, or
+# recorded refused), newest last. A retry comes a timeout after its
+# original, and a hot aggregate settles up to MAX_SERIES commands at once,
+# so older ones fall out; each kept id costs 44 bytes per cached aggregate
+# (docs/deployment.md), so few are kept.
+RECENT_COMMANDS = 8
+
 # Independent commands that queued up for one aggregate run as one series
 # (decided in order, appended together): up to this many at a time.
 MAX_SERIES = 64
@@ -64,6 +85,7 @@ class AggregateWorker:
         "_loop",
         "_on_idle",
         "_queue_depth",
+        "_recent",
         "_room",
         "_saving",
         "_snapshots",
@@ -97,6 +119,12 @@ class AggregateWorker:
         self._snapshots = snapshots  # the router's: snapshot saves in flight, kept from the collector
         self._saving: asyncio.Task[None] | None = None  # this aggregate's latest snapshot save
         self._on_idle = on_idle
+        # Hashes of the command ids this worker settled last (``RECENT_COMMANDS``),
+        # oldest first. A tuple of hashes because most cached aggregates are
+        # idle and pay for it: 84 bytes for one id where a dict of the id
+        # strings is 270 (tests/unit/test_processing.py); a false match costs
+        # only a store read (the replay finds no record and the command runs).
+        self._recent: tuple[int, ...] = ()
         # True from taking a command until its outcome is known (inline or in ``task``).
         self.busy = False
         self.task: asyncio.Task[None] | None = None
@@ -118,6 +146,19 @@ class AggregateWorker:
     def drop_cache(self) -> None:
         """Forget the cached state: its stored events were replaced (an import)."""
         self._cached = None
+        self._recent = ()
+
+    def _settled(self, batch: CommandBatch) -> None:
+        """Remember that ``batch``'s command ids are recorded in the store."""
+        if len(batch.commands) == 1:
+            self._recent = (*self._recent[1 - RECENT_COMMANDS :], hash(batch.commands[0].command_id))
+        else:
+            added = tuple(hash(request.command_id) for request in batch.commands)
+            self._recent = (self._recent + added)[-RECENT_COMMANDS:]
+
+    def _remembered(self, job: Job) -> bool:
+        """Whether ``job`` is a retry of a command this worker settled."""
+        return hash(job.batch.commands[0].command_id) in self._recent
 
     def room(self) -> asyncio.Future[None] | None:
         """None while the queue has room for one more command; else a future
@@ -156,42 +197,56 @@ class AggregateWorker:
 
     # -- choosing and starting work ----------------------------------------------
 
-    def _take(self) -> list[Job]:
-        """The next job alone (a batch, a dry run), or a series of the single
-        commands queued next; none whose caller already gave up."""
+    def _take(self) -> tuple[list[Job], bool]:
+        """The next job alone (a batch, a dry run, a retry of a command this
+        worker settled: True), or a series of the single commands queued
+        next; none whose caller already gave up."""
         queued = self._jobs
         if queued is None:
-            return []
+            return [], False
         while queued and queued[0].reply.done():
             queued.popleft()
         if not queued:
             self._jobs = None  # idle: see __init__
             if self._room is not None:
                 self._roomy()
-            return []
+            return [], False
         first = queued.popleft()
-        if _alone(first):
-            series = [first]
-        else:
-            series = [first]
+        series = [first]
+        retry = not first.batch.dry_run and self._remembered(first)
+        if not retry and not _alone(first):
+            ids: set[str] | None = None  # the series' command ids, made only for a second command
             while queued and len(series) < MAX_SERIES and not _alone(queued[0]):
-                job = queued.popleft()
-                if not job.reply.done():
-                    series.append(job)
+                job = queued[0]
+                if job.reply.done():
+                    queued.popleft()
+                    continue
+                command_id = job.batch.commands[0].command_id
+                if ids is None:
+                    ids = {first.batch.commands[0].command_id}
+                if command_id in ids or self._remembered(job):
+                    # A retry of a command in the series (or settled before it)
+                    # waits for it, to be answered from its record.
+                    break
+                ids.add(command_id)
+                series.append(queued.popleft())
         if self._room is not None:
             self._roomy()
-        return series
+        return series, retry
 
     def _next(self) -> None:
         """Start the next work: inline when the aggregate is warm, else in a task."""
         while True:
-            jobs = self._take()
+            jobs, retry = self._take()
             if not jobs:
                 self.busy = False
                 self.idle_since = self._loop.time()
                 self._on_idle()
                 return
             self.busy = True
+            if retry:
+                self.task = self._loop.create_task(self._replay(jobs[0]), name=f"aggregate:{self.aggregate_id}")
+                return
             if self._cached is not None and not _alone(jobs[0]) and self._start_inline(jobs):
                 return
             if self.busy:  # not completed inline (a lone command that failed is)
@@ -223,9 +278,12 @@ class AggregateWorker:
         if isinstance(started, Failed):
             if not started.error.keeps_cache:
                 self._cached = None
-            _fail(jobs[0], started.error)
-            self.busy = False  # the loop in _next goes on with what queued
-            return False
+            # The command may have been committed where this worker did not
+            # see it (another replica): its record answers, not this error.
+            self.task = self._loop.create_task(
+                self._fail_unless_recorded(jobs[0], started.error), name=f"aggregate:{self.aggregate_id}"
+            )
+            return True
         started.appended.add_done_callback(partial(self._appended, jobs, started))
         return True
 
@@ -247,6 +305,7 @@ class AggregateWorker:
         else:
             self._cached = series.end
             for job, outcome in zip(jobs, self._executor.finish_series(series), strict=True):
+                self._settled(job.batch)  # each committed, or recorded refused, in the append
                 _complete(job, outcome)
             if series.end.version > series.start.version:
                 self._snapshot_if_due(series.start.version, series.end)
@@ -285,6 +344,36 @@ class AggregateWorker:
             self.task = None
             self._next()
 
+    async def _replay(self, job: Job) -> None:
+        """Answer a retry of a command this worker settled from its record,
+        without running its handler; if the record is gone (pruned, the
+        aggregate's events replaced), run it as any command."""
+        try:
+            result = await self._executor.replay_recorded(job.batch)
+        except Exception as error:
+            if not isinstance(error, ChronicleError):
+                log.exception("replaying command %s on %s failed", job.batch.commands[0].command_id, self.aggregate_id)
+            _fail(job, error)
+        else:
+            if result is not None:
+                _settle(job, result)
+            else:
+                await self._process(job)
+        finally:
+            self.task = None
+            self._next()
+
+    async def _fail_unless_recorded(self, job: Job, error: ChronicleError) -> None:
+        try:
+            result = await self._executor.replay_recorded(job.batch)
+        except Exception as replay_error:
+            _fail(job, replay_error if isinstance(replay_error, ChronicleError) else error)
+        else:
+            _settle(job, error if result is None else result)
+        finally:
+            self.task = None
+            self._next()
+
     async def _process(self, job: Job) -> None:
         before = self._cached.version if self._cached is not None else 0
         first = job.batch.commands[0]
@@ -304,10 +393,14 @@ class AggregateWorker:
                 self._cached = None
             if not isinstance(error, ChronicleError):
                 log.exception("command %s on %s failed", first.command_id, self.aggregate_id)
+            elif recorded_with_command(error) and not job.batch.dry_run:
+                self._settled(job.batch)
             _fail(job, error)
             return
         finally:
             command_log_context.reset(token)
+        if not result.dry_run:
+            self._settled(job.batch)
         _settle(job, result)
         if result.appended and self._cached is not None:
             self._snapshot_if_due(before, self._cached)
@@ -330,6 +423,8 @@ class AggregateWorker:
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, ChronicleError):
                 log.error("command %s on %s failed: %r", job.batch.commands[0].command_id, self.aggregate_id, outcome)
+            if not isinstance(outcome, BaseException) or recorded_with_command(outcome):
+                self._settled(job.batch)
             _complete(job, outcome)
         if self._cached is not None and self._cached.version > before:
             self._snapshot_if_due(before, self._cached)
