@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,8 +69,8 @@ class Job:
 # How many command ids a worker remembers having settled (committed, or
 # recorded refused), newest last. A retry comes a timeout after its
 # original, and a hot aggregate settles up to MAX_SERIES commands at once,
-# so older ones fall out; each kept id costs 44 bytes per cached aggregate
-# (docs/deployment.md), so few are kept.
+# so older ones fall out; the ids cost memory per cached aggregate (see
+# ``_recent``; docs/deployment.md), so few are kept.
 RECENT_COMMANDS = 8
 
 # Independent commands that queued up for one aggregate run as one series
@@ -120,11 +121,13 @@ class AggregateWorker:
         self._saving: asyncio.Task[None] | None = None  # this aggregate's latest snapshot save
         self._on_idle = on_idle
         # Hashes of the command ids this worker settled last (``RECENT_COMMANDS``),
-        # oldest first. A tuple of hashes because most cached aggregates are
-        # idle and pay for it: 84 bytes for one id where a dict of the id
-        # strings is 270 (tests/unit/test_processing.py); a false match costs
-        # only a store read (the replay finds no record and the command runs).
-        self._recent: tuple[int, ...] = ()
+        # oldest first; None until the first. Most cached aggregates are idle
+        # and pay for this: an array of 64-bit hashes is 88 bytes for one id and
+        # 152 for eight, where a tuple of the hashes is 84 and 408 and a set of
+        # the id strings 300 and 1,400; it is mutated in place (no allocation
+        # per command) and searched in C. A false match costs only a store read:
+        # the replay finds no record and the command runs.
+        self._recent: array[int] | None = None
         # True from taking a command until its outcome is known (inline or in ``task``).
         self.busy = False
         self.task: asyncio.Task[None] | None = None
@@ -146,19 +149,24 @@ class AggregateWorker:
     def drop_cache(self) -> None:
         """Forget the cached state: its stored events were replaced (an import)."""
         self._cached = None
-        self._recent = ()
+        self._recent = None
 
     def _settled(self, batch: CommandBatch) -> None:
         """Remember that ``batch``'s command ids are recorded in the store."""
-        if len(batch.commands) == 1:
-            self._recent = (*self._recent[1 - RECENT_COMMANDS :], hash(batch.commands[0].command_id))
+        recent = self._recent
+        if recent is None:
+            # Made at its size: grown by appends, an array of one is 32 bytes more.
+            recent = self._recent = array("q", [hash(request.command_id) for request in batch.commands])
         else:
-            added = tuple(hash(request.command_id) for request in batch.commands)
-            self._recent = (self._recent + added)[-RECENT_COMMANDS:]
+            for request in batch.commands:
+                recent.append(hash(request.command_id))
+        if len(recent) > RECENT_COMMANDS:
+            del recent[: len(recent) - RECENT_COMMANDS]
 
     def _remembered(self, job: Job) -> bool:
         """Whether ``job`` is a retry of a command this worker settled."""
-        return hash(job.batch.commands[0].command_id) in self._recent
+        recent = self._recent
+        return recent is not None and hash(job.batch.commands[0].command_id) in recent
 
     def room(self) -> asyncio.Future[None] | None:
         """None while the queue has room for one more command; else a future

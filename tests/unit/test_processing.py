@@ -342,8 +342,8 @@ async def test_an_idle_worker_holds_its_cached_state_and_no_queue() -> None:
     # Most cached aggregates are idle, so what an idle worker keeps besides its
     # state is paid per aggregate in memory: no command queue (an empty deque
     # is 760 bytes, more than the worker and its state's value together). What
-    # it keeps is the hash of the command id it settled (a 48-byte tuple and a
-    # 36-byte int), to answer a retry without running the handler.
+    # it keeps is the hash of the command id it settled (an 88-byte array), to
+    # answer a retry without running the handler.
     router = router_over(MemoryStore(), idle_timeout=3600)
     count = 2000
     tracemalloc.start()
