@@ -156,17 +156,12 @@ class AggregateWorker:
         recent = self._recent
         if recent is None:
             # Made at its size: grown by appends, an array of one is 32 bytes more.
-            recent = self._recent = array("q", [hash(request.command_id) for request in batch.commands])
-        else:
-            for request in batch.commands:
-                recent.append(hash(request.command_id))
+            self._recent = array("q", [hash(request.command_id) for request in batch.commands][-RECENT_COMMANDS:])
+            return
+        for request in batch.commands:
+            recent.append(hash(request.command_id))
         if len(recent) > RECENT_COMMANDS:
             del recent[: len(recent) - RECENT_COMMANDS]
-
-    def _remembered(self, job: Job) -> bool:
-        """Whether ``job`` is a retry of a command this worker settled."""
-        recent = self._recent
-        return recent is not None and hash(job.batch.commands[0].command_id) in recent
 
     def room(self) -> asyncio.Future[None] | None:
         """None while the queue has room for one more command; else a future
@@ -221,7 +216,9 @@ class AggregateWorker:
             return [], False
         first = queued.popleft()
         series = [first]
-        retry = not first.batch.dry_run and self._remembered(first)
+        # Whether it retries a command this worker settled (inline: paid per command).
+        recent = self._recent
+        retry = recent is not None and hash(first.batch.commands[0].command_id) in recent and not first.batch.dry_run
         if not retry and not _alone(first):
             ids: set[str] | None = None  # the series' command ids, made only for a second command
             while queued and len(series) < MAX_SERIES and not _alone(queued[0]):
@@ -232,7 +229,7 @@ class AggregateWorker:
                 command_id = job.batch.commands[0].command_id
                 if ids is None:
                     ids = {first.batch.commands[0].command_id}
-                if command_id in ids or self._remembered(job):
+                if command_id in ids or (recent is not None and hash(command_id) in recent):
                     # A retry of a command in the series (or settled before it)
                     # waits for it, to be answered from its record.
                     break
