@@ -151,7 +151,7 @@ class AggregateWorker:
         self._cached = None
         self._recent = None
 
-    def _settled(self, batch: CommandBatch) -> None:
+    def _remember_settled(self, batch: CommandBatch) -> None:
         """Remember that ``batch``'s command ids are recorded in the store."""
         recent = self._recent
         if recent is None:
@@ -310,7 +310,7 @@ class AggregateWorker:
         else:
             self._cached = series.end
             for job, outcome in zip(jobs, self._executor.finish_series(series), strict=True):
-                self._settled(job.batch)  # each committed, or recorded refused, in the append
+                self._remember_settled(job.batch)  # each committed, or recorded refused, in the append
                 _complete(job, outcome)
             if series.end.version > series.start.version:
                 self._snapshot_if_due(series.start.version, series.end)
@@ -369,11 +369,18 @@ class AggregateWorker:
             self._next()
 
     async def _fail_unless_recorded(self, job: Job, error: ChronicleError) -> None:
+        """Answer ``error`` (a failure that is not recorded, met inline), or
+        the command's record if it has one: a retry of a command committed
+        where this worker did not see it may fail on the state after it. A
+        read, paid only by such failures. If the read fails, its error is
+        the answer: what was committed is unknown, and the client retries."""
         try:
             result = await self._executor.replay_recorded(job.batch)
         except Exception as replay_error:
             _fail(job, replay_error if isinstance(replay_error, ChronicleError) else error)
         else:
+            if result is not None:
+                self._remember_settled(job.batch)
             _settle(job, error if result is None else result)
         finally:
             self.task = None
@@ -399,13 +406,13 @@ class AggregateWorker:
             if not isinstance(error, ChronicleError):
                 log.exception("command %s on %s failed", first.command_id, self.aggregate_id)
             elif recorded_with_command(error) and not job.batch.dry_run:
-                self._settled(job.batch)
+                self._remember_settled(job.batch)
             _fail(job, error)
             return
         finally:
             command_log_context.reset(token)
         if not result.dry_run:
-            self._settled(job.batch)
+            self._remember_settled(job.batch)
         _settle(job, result)
         if result.appended and self._cached is not None:
             self._snapshot_if_due(before, self._cached)
@@ -429,7 +436,7 @@ class AggregateWorker:
             if isinstance(outcome, BaseException) and not isinstance(outcome, ChronicleError):
                 log.error("command %s on %s failed: %r", job.batch.commands[0].command_id, self.aggregate_id, outcome)
             if not isinstance(outcome, BaseException) or recorded_with_command(outcome):
-                self._settled(job.batch)
+                self._remember_settled(job.batch)
             _complete(job, outcome)
         if self._cached is not None and self._cached.version > before:
             self._snapshot_if_due(before, self._cached)
