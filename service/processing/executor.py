@@ -217,9 +217,11 @@ class CommandExecutor:
                 return await self._replayer.replay(batch.commands), None
             except ChronicleError as error:
                 if not error.recorded:
-                    # A retry of a committed command meets the state after it,
-                    # where its handler may fail (a plugin's bug, say): the
-                    # caller gets the committed result, not that failure.
+                    if decision is not None:
+                        raise  # the append failed: what it committed is unknown, the client retries
+                    # The decision failed. A retry of a committed command meets
+                    # the state after it, where its handler may fail (a plugin's
+                    # bug, say): the caller gets the committed result instead.
                     replayed = await self.replay_recorded(batch)
                     if replayed is None:
                         raise
