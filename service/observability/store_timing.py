@@ -147,8 +147,10 @@ class TimedLoads(TimedEvents):
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         await self._snapshots.save_snapshot(snapshot)
 
-    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
-        return await self._snapshots.load_snapshot(aggregate_id, at_most=at_most)
+    async def load_snapshot(
+        self, aggregate_id: str, *, at_most: int | None = None, kind: SnapshotKind | None = None
+    ) -> Snapshot | None:
+        return await self._snapshots.load_snapshot(aggregate_id, at_most=at_most, kind=kind)
 
     async def load_from_snapshot(
         self, aggregate_id: str, kind: SnapshotKind, *, to_version: int | None = None
@@ -186,8 +188,12 @@ class TimedSnapshots:
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         await self._clock.time("save_snapshot", lambda: self._inner.save_snapshot(snapshot))
 
-    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
-        return await self._clock.time("load_snapshot", lambda: self._inner.load_snapshot(aggregate_id, at_most=at_most))
+    async def load_snapshot(
+        self, aggregate_id: str, *, at_most: int | None = None, kind: SnapshotKind | None = None
+    ) -> Snapshot | None:
+        return await self._clock.time(
+            "load_snapshot", lambda: self._inner.load_snapshot(aggregate_id, at_most=at_most, kind=kind)
+        )
 
 
 class TimedProjections:

@@ -38,6 +38,7 @@ from google.protobuf.message import Message
 
 from service.errors import AlreadyExistsError, NotFoundError
 from service.plugins.context import CommandContext
+from service.plugins.fingerprint import state_fingerprint
 from service.plugins.projections import DOCUMENT_CACHE_SIZE, OnFailure, ProjectedEvent, Projection
 from service.plugins.reactions import DEFAULT_MAX_HOPS, Reaction, StartFrom, by_correlation
 
@@ -181,10 +182,30 @@ class AggregateType(Generic[S]):
         # The values an aggregate holds, from its state (``claims``): None
         # when the plugin does not say (its handlers may still claim).
         self.held_claims: HeldClaimsOf[Any] | None = None
+        # Worked out once (the registry asks at plugin load), again only if
+        # an apply function or upcaster is registered after.
+        self._snapshot_state_type: str | None = None
 
     @property
     def state_type_name(self) -> str:
         return str(self.state_type.DESCRIPTOR.full_name)
+
+    @property
+    def snapshot_state_type(self) -> str:
+        """What this type's snapshots are saved and looked up under: the
+        state's full name, ``#``, and the fingerprint of what the state
+        depends on (``service.plugins.fingerprint``). A snapshot saved under
+        any other (an older layout, schema or set of event versions, or
+        before fingerprints) is not used."""
+        if self._snapshot_state_type is None:
+            fingerprint = state_fingerprint(
+                self.state_type,
+                self.state_schema_version,
+                ((spec.name, spec.schema_version) for spec in self.events.values()),
+                self.upcasters.keys(),
+            )
+            self._snapshot_state_type = f"{self.state_type_name}#{fingerprint}"
+        return self._snapshot_state_type
 
     def new_state(self) -> S:
         return self.state_type()
@@ -225,6 +246,7 @@ class AggregateType(Generic[S]):
             if spec.name in self.events:
                 raise ValueError(f"{self.plugin.name}: event {spec.name} has two apply functions")
             self.events[spec.name] = spec
+            self._snapshot_state_type = None
             return applier
 
         return register
@@ -244,6 +266,7 @@ class AggregateType(Generic[S]):
             if (name, from_version) in self.upcasters:
                 raise ValueError(f"{self.plugin.name}: {spec.name} has two upcasters")
             self.upcasters[(name, from_version)] = spec
+            self._snapshot_state_type = None
             return upcaster
 
         return register

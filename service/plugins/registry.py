@@ -51,6 +51,8 @@ class Registry:
                 self._claim(self._events, name, event, "event type", plugin)
             for upcaster in aggregate.upcasters.values():
                 self._claim(self._upcasters, upcaster.name, upcaster, "upcaster", plugin)
+            # Worked out here, at plugin load, not on a command's path.
+            _ = aggregate.snapshot_state_type
         for projection in plugin.projections:
             existing: Projection | Reaction[Any] | None = self._projections.get(projection.name) or self._reactions.get(
                 projection.name

@@ -459,7 +459,7 @@ class CommandExecutor:
             aggregate_id=aggregate.aggregate_id,
             aggregate_type=aggregate.type.name,
             version=aggregate.version,
-            state_type=aggregate.type.state_type_name,
+            state_type=aggregate.type.snapshot_state_type,
             schema_version=aggregate.type.state_schema_version,
             state=aggregate.state.SerializeToString(),
             through_event_id=aggregate.last_event_id,

@@ -2,11 +2,15 @@
 after it, each read through ``upcasting.EventReader`` (so at the plugin's
 current schema) and applied by the plugin's apply function.
 
-A snapshot is a cache of the events: one whose state does not parse as the
-plugin's state type (imported, or written by a plugin whose state message
-changed without a new ``state_schema_version``) is skipped with a warning
-and the state rebuilt from all the events, rather than failing every
-command for the aggregate."""
+A snapshot is a cache of the events, used only by code that reads them the
+same way: the loader takes the newest snapshot of the aggregate type's
+``SnapshotKind``, whose state type carries a fingerprint of the state's
+layout, its schema version and the event versions and upcasters it was
+built through (``service.plugins.fingerprint``); newer snapshots of any
+other kind are passed over. One of the right kind whose state still does
+not parse (imported, say) is skipped with a warning and the state rebuilt
+from all the events, rather than failing every command for the
+aggregate."""
 
 from __future__ import annotations
 
@@ -103,13 +107,15 @@ class AggregateLoader:
 
         Raises AggregateTypeMismatch if its events belong to another type.
         """
-        kind = SnapshotKind(aggregate_type.name, aggregate_type.state_type_name, aggregate_type.state_schema_version)
+        kind = SnapshotKind(
+            aggregate_type.name, aggregate_type.snapshot_state_type, aggregate_type.state_schema_version
+        )
         loaded = None
         if self._in_one is not None:
             loaded = await self._in_one.load_from_snapshot(aggregate_id, kind, to_version=to_version)
         if loaded is None:
-            snapshot = await self._snapshots.load_snapshot(aggregate_id, at_most=to_version)
-            after = snapshot.version if snapshot is not None and kind.usable(snapshot) else 0
+            snapshot = await self._snapshots.load_snapshot(aggregate_id, at_most=to_version, kind=kind)
+            after = snapshot.version if snapshot is not None else 0
             events = await self._events.read_aggregate(
                 aggregate_id, AggregateQuery(from_version=after + 1, to_version=to_version)
             )
@@ -140,7 +146,7 @@ class AggregateLoader:
                     " from its events",
                     aggregate_id,
                     snapshot.version,
-                    kind.state_type,
+                    aggregate_type.state_type_name,
                     error,
                 )
                 raise _UnreadableSnapshot from None

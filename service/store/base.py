@@ -235,15 +235,22 @@ class SnapshotStore(Protocol):
         than that many others is not kept at all. A past version older than
         every kept snapshot loads from the first event."""
 
-    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
+    async def load_snapshot(
+        self, aggregate_id: str, *, at_most: int | None = None, kind: SnapshotKind | None = None
+    ) -> Snapshot | None:
         """The aggregate's latest snapshot, or with ``at_most`` the latest at
-        or below that version; None if there is none."""
+        or below that version; with ``kind``, the latest that ``kind`` can
+        use (an older usable one is taken over a newer one of another kind;
+        a store may look among the newest ``keep_snapshots`` only, all it
+        keeps but for an import's surplus); None if there is none."""
 
 
 @dataclass(frozen=True, slots=True)
 class SnapshotKind:
     """The snapshots an aggregate type can load from: its name, its state's
-    message type and that type's schema version (any other is stale)."""
+    message type with the fingerprint of what the state depends on
+    (``AggregateType.snapshot_state_type``) and its state schema version
+    (any other is stale)."""
 
     aggregate_type: str
     state_type: str
@@ -265,9 +272,9 @@ class SnapshotAndEvents(Protocol):
     async def load_from_snapshot(
         self, aggregate_id: str, kind: SnapshotKind, *, to_version: int | None = None
     ) -> tuple[Snapshot | None, list[RecordedEvent]] | None:
-        """What ``load_snapshot(aggregate_id, at_most=to_version)`` returns,
-        and the aggregate's events after it (up to ``to_version``): after
-        its version if ``kind`` can use it, else from the first. None when
+        """What ``load_snapshot(aggregate_id, at_most=to_version, kind=kind)``
+        returns, and the aggregate's events after it (up to ``to_version``;
+        from the first when there is no snapshot). None when
         the two could not be read as one (a snapshot saved or pruned
         meanwhile): the caller reads them one after the other instead."""
 

@@ -51,6 +51,7 @@ from service.store.base import (
     EventRecorder,
     LogReader,
     ProjectionStore,
+    SnapshotKind,
     SnapshotStore,
     Store,
 )
@@ -387,8 +388,10 @@ class SealedSnapshots:
         context = snapshot_context(snapshot.aggregate_id, snapshot.version)
         await self.inner.save_snapshot(replace(snapshot, state=seal(cipher, snapshot.state, context)))
 
-    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
-        snapshot = await self.inner.load_snapshot(aggregate_id, at_most=at_most)
+    async def load_snapshot(
+        self, aggregate_id: str, *, at_most: int | None = None, kind: SnapshotKind | None = None
+    ) -> Snapshot | None:
+        snapshot = await self.inner.load_snapshot(aggregate_id, at_most=at_most, kind=kind)
         if snapshot is None or not is_sealed(snapshot.state):
             return snapshot
         cipher = await self.keyring.for_reading(aggregate_id)

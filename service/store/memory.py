@@ -14,7 +14,13 @@ from dataclasses import replace
 from typing import TypeVar
 
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict, NotUnique, SubjectsForgotten
-from service.store.base import DEFAULT_KEEP_SNAPSHOTS, AggregateQuery, AuditQuery, check_keep_snapshots
+from service.store.base import (
+    DEFAULT_KEEP_SNAPSHOTS,
+    AggregateQuery,
+    AuditQuery,
+    SnapshotKind,
+    check_keep_snapshots,
+)
 from service.store.encryption import erased_record
 from service.store.importing import check_snapshots, claim_conflict, data_key_conflict, events_to_write
 from service.store.leasing import Fencing
@@ -334,9 +340,11 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             kept.insert(at, snapshot)
         del kept[: -self._keep_snapshots]
 
-    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
+    async def load_snapshot(
+        self, aggregate_id: str, *, at_most: int | None = None, kind: SnapshotKind | None = None
+    ) -> Snapshot | None:
         kept = self._snapshots.get(aggregate_id, [])
-        usable = [s for s in kept if at_most is None or s.version <= at_most]
+        usable = [s for s in kept if (at_most is None or s.version <= at_most) and (kind is None or kind.usable(s))]
         return usable[-1] if usable else None
 
     async def record_audit_entry(self, entry: AuditEntry) -> None:

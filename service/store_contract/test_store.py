@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from service.errors import CommandAlreadyRecorded, ConcurrencyConflict
-from service.store.base import AggregateQuery, StoreAdapter
+from service.store.base import AggregateQuery, SnapshotAndEvents, SnapshotKind, StoreAdapter
 from service.store.records import AggregateHead, AggregateSummary, LogFilter, Rejection, Snapshot
 from service.store_contract.contents import ContentsOf
 from service.store_contract.records import command_record, new_event
@@ -215,6 +215,29 @@ async def test_an_older_snapshot_does_not_replace_a_newer_one(store: StoreAdapte
     await store.save_snapshot(newer)
     await store.save_snapshot(Snapshot("a-1", "Account", 10, "bank.v1.Account", 1, b"old"))
     assert await store.load_snapshot("a-1") == newer
+
+
+async def test_a_load_of_a_kind_takes_its_newest_snapshot_under_newer_ones_of_other_kinds(store: StoreAdapter) -> None:
+    # Taken by the code in service now (fingerprint "new", schema 2), under
+    # snapshots of another state fingerprint and another schema version (three
+    # in all: the stores keep three by default).
+    kind = SnapshotKind("Account", "bank.v1.Account#new", 2)
+    usable = Snapshot("a-1", "Account", 4, "bank.v1.Account#new", 2, b"usable")
+    await store.append("a-1", [new_event() for _ in range(9)], 0)
+    await store.save_snapshot(usable)
+    await store.save_snapshot(Snapshot("a-1", "Account", 6, "bank.v1.Account#old", 2, b"other layout"))
+    await store.save_snapshot(Snapshot("a-1", "Account", 8, "bank.v1.Account#new", 1, b"other schema"))
+    assert await store.load_snapshot("a-1", kind=kind) == usable
+    assert await store.load_snapshot("a-1", at_most=3, kind=kind) is None
+    newest = await store.load_snapshot("a-1")  # of any kind: the newest
+    assert newest is not None and newest.version == 8
+    if isinstance(store, SnapshotAndEvents):  # in one round trip: that snapshot, the events after it
+        loaded = await store.load_from_snapshot("a-1", kind)
+        assert loaded is not None and loaded[0] == usable
+        assert [event.version for event in loaded[1]] == [5, 6, 7, 8, 9]
+        below = await store.load_from_snapshot("a-1", kind, to_version=3)
+        assert below is not None and below[0] is None
+        assert [event.version for event in below[1]] == [1, 2, 3]
 
 
 async def test_ping_succeeds_on_an_open_store(store: StoreAdapter) -> None:

@@ -254,7 +254,9 @@ class Importer:
         aggregate_type = self._registry.aggregate(snapshot.aggregate_type) if self._registry is not None else None
         if aggregate_type is None or is_sealed(snapshot.state):
             return
-        kind = SnapshotKind(aggregate_type.name, aggregate_type.state_type_name, aggregate_type.state_schema_version)
+        kind = SnapshotKind(
+            aggregate_type.name, aggregate_type.snapshot_state_type, aggregate_type.state_schema_version
+        )
         if not kind.usable(snapshot):
             return
         try:

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 
 from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import export_pb2
+from domain_plugins.bank_account import account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.store.base import StoreAdapter
@@ -96,7 +97,7 @@ def snapshot(
     state: bytes | None = None,
     *,
     aggregate_type: str = "Account",
-    state_type: str = "bank.v1.Account",
+    state_type: str = account.snapshot_state_type,
 ) -> Record:
     state = bank.Account(owner="ann", balance=1_000).SerializeToString() if state is None else state
     return exported_snapshot(Snapshot(aggregate_id, aggregate_type, version, state_type, 1, state))
@@ -194,7 +195,7 @@ async def test_a_stored_snapshot_that_does_not_parse_is_skipped_and_the_state_re
     """As if written before imports checked it: the aggregate still loads,
     from its events, on every store (PostgreSQL loads snapshot and events in
     one round trip)."""
-    await store.save_snapshot(Snapshot("acc-2", "Account", 1, "bank.v1.Account", 1, b"\x0a\x05ab"))
+    await store.save_snapshot(Snapshot("acc-2", "Account", 1, account.snapshot_state_type, 1, b"\x0a\x05ab"))
     await client.submit(command("acc-2", bank.OpenAccount(owner="bob")))  # a new worker: loads it
     state = await state_of(client, "acc-2")
     assert state.version == 1

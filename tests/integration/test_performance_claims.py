@@ -231,10 +231,10 @@ async def test_the_statements_of_a_load_and_of_a_read_models_batch_are_prepared_
         await store.close()
     # Each operation is one round trip, its statements together.
     loads = operations.of(sql.EVENTS_AFTER_SNAPSHOT)
-    assert len(loads) == 3 and all(sent.statements[1] == sql.LOAD_SNAPSHOT.encode() for sent in loads)
+    assert len(loads) == 3 and all(sent.statements[1] == sql.LOAD_SNAPSHOT_OF_KIND.encode() for sent in loads)
     assert len(operations.of(sql.PUT_DOCUMENTS)) == 3
     prepared = {statement for _, statement in operations.prepared}
-    for statement in (sql.BY_KEY_SETTINGS, sql.LOAD_SNAPSHOT, sql.EVENTS_AFTER_SNAPSHOT, sql.LOAD_DOCUMENTS):
+    for statement in (sql.BY_KEY_SETTINGS, sql.LOAD_SNAPSHOT_OF_KIND, sql.EVENTS_AFTER_SNAPSHOT, sql.LOAD_DOCUMENTS):
         assert statement.encode() in prepared, statement
     for statement in (sql.MOVE_CHECKPOINT, sql.CHECK_SUBJECTS, sql.DELETE_DOCUMENT, sql.PUT_DOCUMENTS):
         assert statement.encode() in prepared, statement

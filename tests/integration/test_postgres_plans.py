@@ -154,8 +154,8 @@ def test_reads_of_one_aggregate_use_its_index(log: tuple[str, int], mode: str, n
         "head": (sql.HEAD, ["agg-7"]),
         "check_version": (sql.CHECK_VERSION, ["agg-7", version_of(7, events)]),
         "version_at": (sql.VERSION_AT, ["agg-7", 1]),
-        "events_after_snapshot": (sql.EVENTS_AFTER_SNAPSHOT, ["agg-7", "Tally", "s", 1, None]),
-        "to_version": (sql.EVENTS_AFTER_SNAPSHOT, ["agg-7", "Tally", "s", 1, 3]),
+        "events_after_snapshot": (sql.EVENTS_AFTER_SNAPSHOT, ["agg-7", "Tally", "s", 1, None, 3]),
+        "to_version": (sql.EVENTS_AFTER_SNAPSHOT, ["agg-7", "Tally", "s", 1, 3, 3]),
     }
     statement, params = cases[name]
     explained = plan(url, statement, params, mode=mode)

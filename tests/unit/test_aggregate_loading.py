@@ -59,7 +59,7 @@ async def test_a_load_that_could_not_be_read_in_one_round_trip_is_read_in_two() 
             "acc-1",
             "Account",
             2,
-            cached.type.state_type_name,
+            cached.type.snapshot_state_type,
             cached.type.state_schema_version,
             # not the truth (5): a value that shows the snapshot was read
             bank.Account(owner="ann", balance=100).SerializeToString(),

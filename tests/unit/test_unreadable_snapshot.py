@@ -42,7 +42,7 @@ async def test_an_unreadable_snapshot_is_skipped_and_the_state_rebuilt_from_the_
     opened = [event(bank.AccountOpened(owner="ann")), event(bank.MoneyDeposited(amount=10))]
     await store.append("acc-1", opened, 0)
     await store.append("acc-1", [event(bank.MoneyDeposited(amount=5))], 2)
-    await store.save_snapshot(Snapshot("acc-1", "Account", 2, "bank.v1.Account", 1, b"\x0a\x05ab"))
+    await store.save_snapshot(Snapshot("acc-1", "Account", 2, ACCOUNT.snapshot_state_type, 1, b"\x0a\x05ab"))
     loader = AggregateLoader(Store.of(store), REGISTRY)
 
     with caplog.at_level(logging.WARNING, logger="service.processing.state"):
@@ -61,6 +61,6 @@ async def test_a_readable_snapshot_is_still_used() -> None:
     await store.append("acc-1", [event(bank.AccountOpened(owner="ann"))], 0)
     # A snapshot whose state differs from the events': used, so the events before it were not read.
     state = bank.Account(owner="ann", balance=99).SerializeToString()
-    await store.save_snapshot(Snapshot("acc-1", "Account", 1, "bank.v1.Account", 1, state))
+    await store.save_snapshot(Snapshot("acc-1", "Account", 1, ACCOUNT.snapshot_state_type, 1, state))
     loaded = await AggregateLoader(Store.of(store), REGISTRY).load("acc-1", ACCOUNT)
     assert (loaded.version, loaded.state.balance) == (1, 99)  # type: ignore[attr-defined]

@@ -310,17 +310,30 @@ LOAD_SNAPSHOT = (
     f"SELECT {SNAPSHOT_COLUMNS} FROM chronicle.snapshots WHERE aggregate_id = $1"
     " AND version <= coalesce($2::bigint, version) ORDER BY version DESC LIMIT 1"
 )
+# The same, of one kind (aggregate type, state type with its fingerprint,
+# state schema version): the newest snapshot the loader can use, under any
+# newer ones it cannot. Looked for among the aggregate's newest $6 (the
+# store's keep_snapshots: all it keeps, bar an import's surplus), read in
+# the key's order: with the kind's conditions on the key's rows instead,
+# a planner that believed them selective (an unanalysed table) read all of
+# the aggregate's rows and sorted them.
+LOAD_SNAPSHOT_OF_KIND = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM (SELECT {SNAPSHOT_COLUMNS} FROM chronicle.snapshots WHERE aggregate_id = $1"
+    " AND version <= coalesce($2::bigint, version) ORDER BY version DESC LIMIT $6::bigint) AS newest_first"
+    " WHERE aggregate_type = $3 AND state_type = $4 AND schema_version = $5::int LIMIT 1"
+)
 
 # An aggregate's events after the snapshot it loads from, sent in one
-# operation after LOAD_SNAPSHOT: the floor is the latest snapshot's version
-# (at or below $5) if it is of the kind the aggregate can use ($2 to $4), else
-# 0; every row carries it (one row of NULLs when no event follows), so the
-# reader can tell whether both statements saw the same latest snapshot
+# operation after LOAD_SNAPSHOT_OF_KIND: the floor is the version of the
+# latest snapshot (at or below $5, among the newest $6) of the kind the
+# aggregate can use ($2 to $4), else 0; every row carries it (one row of NULLs when no event follows),
+# so the reader can tell whether both statements saw the same snapshot
 # (they run in one transaction but, at READ COMMITTED, not one snapshot).
 EVENTS_AFTER_SNAPSHOT = (
-    "SELECT f.floor, e.* FROM (SELECT coalesce((SELECT CASE WHEN aggregate_type = $2 AND state_type = $3"
-    " AND schema_version = $4 THEN version ELSE 0 END FROM chronicle.snapshots WHERE aggregate_id = $1"
-    " AND version <= coalesce($5::bigint, version) ORDER BY version DESC LIMIT 1), 0) AS floor) AS f"
+    "SELECT f.floor, e.* FROM (SELECT coalesce((SELECT version FROM (SELECT version, aggregate_type, state_type,"
+    " schema_version FROM chronicle.snapshots WHERE aggregate_id = $1 AND version <= coalesce($5::bigint, version)"
+    " ORDER BY version DESC LIMIT $6::bigint) AS newest_first"
+    " WHERE aggregate_type = $2 AND state_type = $3 AND schema_version = $4::int LIMIT 1), 0) AS floor) AS f"
     f" LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM chronicle.events WHERE aggregate_id = $1"
     " AND version > f.floor AND version <= coalesce($5::bigint, version) ORDER BY version) AS e ON true"
 )

@@ -239,6 +239,8 @@ class StandbyStore(EventsRole, LogRole, SnapshotsRole):
             lock_timeout=lock_timeout,
         )
         self._primary = primary
+        # A load looks for its snapshot among the newest the primary keeps.
+        self._keep_snapshots = primary.keep_snapshots
         self._watch_interval = watch_interval
         self._watch: asyncio.Task[None] | None = None
         # What the log last said: available (True), not (False), refused

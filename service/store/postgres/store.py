@@ -121,6 +121,11 @@ class PostgresStore(
         return self._db.url
 
     @property
+    def keep_snapshots(self) -> int:
+        """How many snapshots each aggregate keeps (a standby's loads look among as many)."""
+        return self._keep_snapshots
+
+    @property
     def schema_version(self) -> int | None:
         """The schema's version once checked (``chronicle migrate`` says it)."""
         return self._db.schema_version

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from service.store.base import SnapshotKind
 from service.store.records import TOMBSTONE_EVENT_TYPE, Snapshot
 from service.store.sql_common import snapshot_from_row, snapshot_params
 from service.store.sqlite import sql
@@ -18,8 +19,16 @@ class SnapshotsRole:
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         await self._writer.run(_save_snapshot, snapshot, self._keep_snapshots)
 
-    async def load_snapshot(self, aggregate_id: str, *, at_most: int | None = None) -> Snapshot | None:
-        row = await self._writer.run(lambda db: db.execute(sql.LOAD_SNAPSHOT, (aggregate_id, at_most)).fetchone())
+    async def load_snapshot(
+        self, aggregate_id: str, *, at_most: int | None = None, kind: SnapshotKind | None = None
+    ) -> Snapshot | None:
+        params: tuple[object, ...]
+        if kind is None:
+            statement, params = sql.LOAD_SNAPSHOT, (aggregate_id, at_most)
+        else:
+            statement = sql.LOAD_SNAPSHOT_OF_KIND
+            params = (aggregate_id, at_most, kind.aggregate_type, kind.state_type, kind.schema_version)
+        row = await self._writer.run(lambda db: db.execute(statement, params).fetchone())
         return None if row is None else snapshot_from_row(row)
 
 

@@ -178,6 +178,14 @@ LOAD_SNAPSHOT = (
     f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE aggregate_id = ?"
     " AND version <= COALESCE(?, version) ORDER BY version DESC LIMIT 1"
 )
+# The same, of one kind (aggregate type, state type with its fingerprint,
+# state schema version): the newest snapshot the loader can use, under any
+# newer ones it cannot.
+LOAD_SNAPSHOT_OF_KIND = (
+    f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots WHERE aggregate_id = ?"
+    " AND version <= COALESCE(?, version) AND aggregate_type = ? AND state_type = ? AND schema_version = ?"
+    " ORDER BY version DESC LIMIT 1"
+)
 
 # -- projections --------------------------------------------------------------------
 
