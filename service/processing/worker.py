@@ -387,6 +387,8 @@ class AggregateWorker:
             self._next()
 
     async def _process(self, job: Job) -> None:
+        # Not cached: counted from 0, so that the first append after a load
+        # saves a snapshot (see service/processing/snapshots.py).
         before = self._cached.version if self._cached is not None else 0
         first = job.batch.commands[0]
         token = command_log_context.set(
