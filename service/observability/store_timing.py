@@ -241,6 +241,12 @@ class TimedProjections:
     async def reset_projection(self, name: str) -> None:
         await self._clock.time("reset_projection", lambda: self._inner.reset_projection(name))
 
+    async def stored_projections(self) -> list[tuple[str, int]]:
+        return await self._clock.time("stored_projections", self._inner.stored_projections)
+
+    async def delete_projection(self, name: str, *, limit: int) -> int:
+        return await self._clock.time("delete_projection", lambda: self._inner.delete_projection(name, limit=limit))
+
     async def parked_events(
         self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
     ) -> list[ParkedEvent]:

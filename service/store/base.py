@@ -346,6 +346,21 @@ class ProjectionStore(Protocol):
         the start of the log. A commit from the checkpoint before (a runner
         that was applying a batch) then conflicts and writes nothing."""
 
+    async def stored_projections(self) -> list[tuple[str, int]]:
+        """Every name that holds a checkpoint, documents or parked events,
+        with its checkpoint (0 if it has none), by name: what a plugin
+        declares and what no plugin declares any more alike. Documents are
+        found by a walk of their index's distinct names, not by a scan."""
+
+    async def delete_projection(self, name: str, *, limit: int) -> int:
+        """Delete the projection's checkpoint and up to ``limit`` of its
+        documents and of its parked events, in one transaction; how many
+        documents and parked events went (0: nothing was left). Called
+        again until 0, a projection of millions of documents never holds
+        a lock for long. The checkpoint goes in the first call, so that a
+        runner still applying a batch of it (from its old checkpoint)
+        conflicts and writes nothing."""
+
     async def parked_events(
         self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
     ) -> list[ParkedEvent]:

@@ -480,6 +480,12 @@ class SealedProjections:
     async def reset_projection(self, name: str) -> None:
         await self.inner.reset_projection(name)
 
+    async def stored_projections(self) -> list[tuple[str, int]]:
+        return await self.inner.stored_projections()  # names are stored in the clear
+
+    async def delete_projection(self, name: str, *, limit: int) -> int:
+        return await self.inner.delete_projection(name, limit=limit)
+
     async def parked_events(
         self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
     ) -> list[ParkedEvent]:

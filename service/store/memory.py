@@ -258,6 +258,21 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         if name in self._projection_positions:
             self._projection_positions[name] = 0
 
+    async def stored_projections(self) -> list[tuple[str, int]]:
+        names = {*self._projection_positions, *(name for name, _ in self._documents), *(k[0] for k in self._parked)}
+        return [(name, self._projection_positions.get(name, 0)) for name in sorted(names)]
+
+    async def delete_projection(self, name: str, *, limit: int) -> int:
+        self._projection_positions.pop(name, None)
+        documents = [k for k in self._documents if k[0] == name][:limit]
+        for key in documents:
+            del self._documents[key]
+            self._subjects.pop(key, None)
+        parked = [k for k in self._parked if k[0] == name][:limit]
+        for event in parked:
+            del self._parked[event]
+        return len(documents) + len(parked)
+
     async def parked_events(
         self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
     ) -> list[ParkedEvent]:

@@ -278,3 +278,44 @@ async def test_concurrent_starts_agree_on_the_first(store: StoreAdapter) -> None
     fixed = await store.projection_position("r")
     assert fixed in (5, 6, 7, 8)
     assert all(start in (None, fixed) for start in starts)
+
+
+# -- stored projections: listed, and deleted a page at a time -------------------------
+
+
+async def test_stored_projections_are_every_name_with_a_checkpoint_documents_or_parked_events(
+    store: StoreAdapter,
+) -> None:
+    await store.commit_projection("p.b", expected_position=0, new_position=5, writes=[DocumentWrite("k", "t.A", b"a")])
+    await store.start_projection("p.a", 7)  # a checkpoint alone
+    await store.commit_projection(
+        "p.c", expected_position=0, new_position=2, writes=[], parked=[_parked(1, projection="p.c")]
+    )
+    await store.commit_projection("p.d", expected_position=0, new_position=3, writes=[DocumentWrite("k", "t.A", b"d")])
+    await store.delete_projection("p.d", limit=0)  # its checkpoint goes, its document stays (a cut deletion)
+    assert await store.stored_projections() == [("p.a", 7), ("p.b", 5), ("p.c", 2), ("p.d", 0)]
+
+
+async def test_a_deletion_goes_a_page_at_a_time_and_leaves_other_projections(store: StoreAdapter) -> None:
+    writes = [DocumentWrite(f"k{i}", "t.A", b"x", subjects=("acc-1",)) for i in range(5)]
+    await store.commit_projection("p", expected_position=0, new_position=9, writes=writes, parked=[_parked(3)])
+    await store.commit_projection("q", expected_position=0, new_position=4, writes=[DocumentWrite("k", "t.A", b"q")])
+    assert await store.delete_projection("p", limit=2) == 3  # two documents and the parked event
+    assert await store.projection_position("p") == 0
+    assert len(await store.list_documents("p", DocumentRange(prefix="", limit=10))) == 3
+    assert await store.delete_projection("p", limit=2) == 2
+    assert await store.delete_projection("p", limit=2) == 1
+    assert await store.delete_projection("p", limit=2) == 0  # idempotent: nothing left
+    assert await store.stored_projections() == [("q", 4)]
+    assert await store.load_document("q", "k") == StoredDocument("k", "t.A", b"q")
+
+
+async def test_a_commit_from_before_a_deletion_writes_nothing(store: StoreAdapter, contents: ContentsOf) -> None:
+    await store.commit_projection("p", expected_position=0, new_position=5, writes=[DocumentWrite("k", "t.A", b"a")])
+    await store.delete_projection("p", limit=10)
+    before = await contents()
+    with pytest.raises(ConcurrencyConflict):
+        await store.commit_projection(
+            "p", expected_position=5, new_position=9, writes=[DocumentWrite("k", "t.A", b"b")]
+        )
+    assert (await contents()).changes_since(before) == {}

@@ -97,6 +97,23 @@ class ProjectionsRole:
             ],
         )
 
+    async def stored_projections(self) -> list[tuple[str, int]]:
+        (result,) = await self._db.run(
+            "stored_projections", [Statement(sql.STORED_PROJECTIONS.encode())], read_only=True
+        )
+        return [(str(name), int(position)) for name, position in rows(result)]
+
+    async def delete_projection(self, name: str, *, limit: int) -> int:
+        _, documents, parked = await self._db.run(
+            "delete_projection",
+            [
+                Statement(sql.DELETE_CHECKPOINT.encode(), (name,)),
+                Statement(sql.DELETE_DOCUMENTS_PAGE.encode(), (name, limit)),
+                Statement(sql.DELETE_PARKED_EVENTS_PAGE.encode(), (name, limit)),
+            ],
+        )
+        return int(scalar(documents)) + int(scalar(parked))
+
     async def parked_events(
         self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
     ) -> list[ParkedEvent]:

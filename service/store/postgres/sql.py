@@ -462,6 +462,39 @@ COUNT_PARKED_COMMANDS = (
 RESET_CHECKPOINT = "UPDATE chronicle.projection_checkpoints SET position = 0, updated_at = now() WHERE name = $1"
 RESET_DOCUMENTS = "DELETE FROM chronicle.projection_documents WHERE projection = $1"
 RESET_PARKED_EVENTS = "DELETE FROM chronicle.projection_parked_events WHERE projection = $1"
+# A stored projection's deletion (DeleteProjection), a page at a time: each
+# statement deletes at most $2 rows found by the primary key, so a
+# transaction holds few row locks and ends quickly however large the
+# projection. The checkpoint's row goes first (its lock waits for a runner's
+# commit in flight; a later commit from its old checkpoint finds no row).
+DELETE_CHECKPOINT = "DELETE FROM chronicle.projection_checkpoints WHERE name = $1"
+DELETE_DOCUMENTS_PAGE = (
+    "WITH gone AS (DELETE FROM chronicle.projection_documents WHERE projection = $1 AND key IN"
+    " (SELECT key FROM chronicle.projection_documents WHERE projection = $1 ORDER BY key LIMIT $2::bigint)"
+    " RETURNING 1) SELECT count(*) FROM gone"
+)
+DELETE_PARKED_EVENTS_PAGE = (
+    "WITH gone AS (DELETE FROM chronicle.projection_parked_events WHERE (projection, position, event_id) IN"
+    " (SELECT projection, position, event_id FROM chronicle.projection_parked_events WHERE projection = $1"
+    " ORDER BY position, event_id LIMIT $2::bigint) RETURNING 1) SELECT count(*) FROM gone"
+)
+# Every stored name: the checkpoints, and the distinct names of documents and
+# parked events found by a walk of their primary keys (one index probe per
+# name: a DISTINCT would read every document).
+STORED_PROJECTIONS = (
+    "WITH RECURSIVE documents(name) AS ("
+    " (SELECT projection FROM chronicle.projection_documents ORDER BY projection LIMIT 1)"
+    " UNION ALL SELECT (SELECT projection FROM chronicle.projection_documents WHERE projection > d.name"
+    " ORDER BY projection LIMIT 1) FROM documents d WHERE d.name IS NOT NULL),"
+    " parked(name) AS ("
+    " (SELECT projection FROM chronicle.projection_parked_events ORDER BY projection LIMIT 1)"
+    " UNION ALL SELECT (SELECT projection FROM chronicle.projection_parked_events WHERE projection > p.name"
+    " ORDER BY projection LIMIT 1) FROM parked p WHERE p.name IS NOT NULL),"
+    " names AS (SELECT name FROM chronicle.projection_checkpoints UNION SELECT name FROM documents"
+    " WHERE name IS NOT NULL UNION SELECT name FROM parked WHERE name IS NOT NULL)"
+    " SELECT n.name, coalesce(c.position, 0) FROM names n"
+    ' LEFT JOIN chronicle.projection_checkpoints c ON c.name = n.name ORDER BY n.name COLLATE "C"'
+)
 
 
 # A page of documents comes from the primary key in key order, reading only

@@ -60,6 +60,13 @@ class ProjectionsRole:
     async def reset_projection(self, name: str) -> None:
         await self._writer.run(_reset, name)
 
+    async def stored_projections(self) -> list[tuple[str, int]]:
+        rows = await self._writer.run(lambda db: db.execute(sql.STORED_PROJECTIONS).fetchall())
+        return [(str(name), int(position)) for name, position in rows]
+
+    async def delete_projection(self, name: str, *, limit: int) -> int:
+        return await self._writer.run(_delete_page, name, limit)
+
     async def parked_events(
         self, projection: str, *, after: tuple[int, str] | None = None, limit: int = 100
     ) -> list[ParkedEvent]:
@@ -137,3 +144,14 @@ def _reset(db: sqlite3.Connection, name: str) -> None:
         db.execute(sql.RESET_SUBJECTS, (name,))
         db.execute(sql.RESET_PARKED_EVENTS, (name,))
         db.execute(sql.RESET_CHECKPOINT, (name,))
+
+
+def _delete_page(db: sqlite3.Connection, name: str, limit: int) -> int:
+    with writing(db):
+        db.execute(sql.DELETE_CHECKPOINT, (name,))
+        keys = [row[0] for row in db.execute(sql.DOCUMENT_KEYS_PAGE, (name, limit))]
+        for key in keys:
+            db.execute(sql.DELETE_DOCUMENT, (name, key))
+            db.execute(sql.DELETE_STALE_SUBJECTS, (name, key, "[]"))
+        parked = db.execute(sql.DELETE_PARKED_EVENTS_PAGE, (name, limit)).rowcount
+        return len(keys) + parked

@@ -237,6 +237,30 @@ RESET_DOCUMENTS = "DELETE FROM projection_documents WHERE projection = ?"
 RESET_SUBJECTS = "DELETE FROM projection_subjects WHERE projection = ?"
 RESET_PARKED_EVENTS = "DELETE FROM projection_parked_events WHERE projection = ?"
 RESET_CHECKPOINT = "UPDATE projection_checkpoints SET position = 0 WHERE name = ?"
+# A stored projection's deletion, a page at a time (see the PostgreSQL
+# store's): the keys of a page first, then their documents and subjects.
+DELETE_CHECKPOINT = "DELETE FROM projection_checkpoints WHERE name = ?"
+DOCUMENT_KEYS_PAGE = "SELECT key FROM projection_documents WHERE projection = ? ORDER BY key LIMIT ?"
+DELETE_PARKED_EVENTS_PAGE = (
+    "DELETE FROM projection_parked_events WHERE rowid IN"
+    " (SELECT rowid FROM projection_parked_events WHERE projection = ? ORDER BY position, event_id LIMIT ?)"
+)
+# Every stored name; documents' and parked events' distinct names by a walk
+# of their primary keys (one probe per name, not a scan).
+STORED_PROJECTIONS = (
+    "WITH RECURSIVE documents(name) AS ("
+    " SELECT min(projection) FROM projection_documents"
+    " UNION ALL SELECT (SELECT min(projection) FROM projection_documents WHERE projection > d.name)"
+    " FROM documents d WHERE d.name IS NOT NULL),"
+    " parked(name) AS ("
+    " SELECT min(projection) FROM projection_parked_events"
+    " UNION ALL SELECT (SELECT min(projection) FROM projection_parked_events WHERE projection > p.name)"
+    " FROM parked p WHERE p.name IS NOT NULL),"
+    " names AS (SELECT name FROM projection_checkpoints UNION SELECT name FROM documents WHERE name IS NOT NULL"
+    " UNION SELECT name FROM parked WHERE name IS NOT NULL)"
+    " SELECT n.name, coalesce(c.position, 0) FROM names n"
+    " LEFT JOIN projection_checkpoints c ON c.name = n.name ORDER BY n.name"
+)
 
 
 @functools.cache
