@@ -9,6 +9,8 @@
     chronicle projection documents NAME [--prefix P] [--descending]
     chronicle projection rebuild NAME        # from the start, with its progress (admin)
     chronicle projection parked NAME         # events its handler kept failing on
+    chronicle projection --orphaned          # also those stored that no loaded plugin declares (admin)
+    chronicle projection delete NAME         # delete an undeclared projection's stored rows (admin)
     chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID | --replay-all | --dismiss-all
                                              | --drop-state STATE_KEY]
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
@@ -436,7 +438,7 @@ def _exists(stub: event_service_pb2_grpc.EventServiceStub, aggregate_id: str, *,
 
 # The first word of ``chronicle projection`` that names an action on the
 # projection named next, rather than a projection.
-_PROJECTION_ACTIONS = ("documents", "parked", "rebuild")
+_PROJECTION_ACTIONS = ("documents", "parked", "rebuild", "delete")
 # How often ``projection rebuild`` asks how far the projection has got.
 _REBUILD_POLL_SECONDS = 0.2
 # What ``projection rebuild`` allows each try of a projection that parks to
@@ -451,16 +453,26 @@ def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = projection_service_pb2_grpc.ProjectionServiceStub(channel)
     words = args.words
     if len(words) > 2:
-        raise ValueError("chronicle projection takes NAME [KEY], or documents|parked|rebuild NAME")
+        raise ValueError("chronicle projection takes NAME [KEY], or documents|parked|rebuild|delete NAME")
     if not words:  # every projection the caller may read, as `chronicle reaction` and `group` list theirs
-        listed = stub.ListProjections(projection_service_pb2.ListProjectionsRequest(), timeout=args.timeout)
+        listed = stub.ListProjections(
+            projection_service_pb2.ListProjectionsRequest(include_orphaned=args.orphaned), timeout=args.timeout
+        )
         for status in listed.projections:
             _print(_as_dict(status))
+        for orphan in listed.orphaned:  # marked so: a script tells them from the loaded ones
+            _print({"name": orphan.name, "position": orphan.position, "orphaned": True})
         return EXIT_OK
     if len(words) == 2 and words[0] in _PROJECTION_ACTIONS:
         action, name = words
         if action == "rebuild":
             return _rebuild(stub, name, args)
+        if action == "delete":
+            gone = stub.DeleteProjection(
+                projection_service_pb2.DeleteProjectionRequest(name=name), timeout=args.timeout
+            )
+            _print({"projection": name, "deleted": gone.deleted})
+            return EXIT_OK
         if action == "parked":
             return _parked(stub, name, args)
         return _documents(stub, name, args, RemoteTypes(channel))
@@ -1836,6 +1848,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     projection.add_argument("--prefix", default="", help="documents: only keys starting with this")
     projection.add_argument("--descending", action="store_true", help="documents: in descending key order")
+    projection.add_argument(
+        "--orphaned", action="store_true", help="with no NAME: also the stored projections no loaded plugin declares"
+    )
     projection.add_argument("--no-wait", action="store_true", help="rebuild: return once the rebuild has started")
     projection.set_defaults(run=_projection, remote=True)
 

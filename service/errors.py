@@ -286,6 +286,14 @@ class ResourceExists(ChronicleError):
     default_reason = "ALREADY_EXISTS"
 
 
+class ProjectionLoaded(ChronicleError):
+    """DeleteProjection of a projection (or reaction) a loaded plugin
+    declares: its runner would start it again from the log at once
+    (FAILED_PRECONDITION)."""
+
+    default_reason = "PROJECTION_LOADED"
+
+
 class ProjectionFailed(ChronicleError):
     default_reason = "PROJECTION_FAILED"
 

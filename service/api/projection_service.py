@@ -13,6 +13,7 @@ from chronicle.v1 import projection_service_pb2 as pb
 from chronicle.v1 import projection_service_pb2_grpc as pb_grpc
 from service.api.codec import MAX_VERSION, TYPE_URL_PREFIX, check_id, check_version, duration, timestamp
 from service.api.page_tokens import fingerprint, make_token, read_token
+from service.api.stored_projections import delete_stored, orphaned, refuse_undeclared
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
 from service.plugins.projections import Projection
@@ -57,11 +58,15 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         self._read_wait = read_wait
         self._page_bytes = page_bytes
 
-    def _projection(self, field: str, name: str) -> Projection:
+    async def _projection(self, field: str, name: str) -> Projection:
         check_id(field, name, reason="INVALID_PROJECTION")
         projection = self._registry.projection(name)
         if projection is None:
-            raise ResourceNotFound(f"no loaded plugin declares projection {name!r}", reason="PROJECTION_NOT_FOUND")
+            # Not served from the store: a read grant comes from the aggregate
+            # types a declaration names, and none is loaded here. Said apart
+            # from a name nothing holds, so a client in a rolling deployment
+            # (or an operator) knows the documents are there.
+            raise await refuse_undeclared(self._documents, name)
         self._check_read(projection)
         return projection
 
@@ -98,7 +103,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
     async def GetDocument(
         self, request: pb.GetDocumentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetDocumentResponse:
-        projection = self._projection("projection", request.projection)
+        projection = await self._projection("projection", request.projection)
         key = check_id("key", request.key, reason="INVALID_KEY")
         # The checkpoint first: the document read next is at least that new.
         position = await self._reached(projection, request.min_position, context)
@@ -114,7 +119,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
     async def ListDocuments(
         self, request: pb.ListDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListDocumentsResponse:
-        projection = self._projection("projection", request.projection)
+        projection = await self._projection("projection", request.projection)
         prefix = _key_prefix(request.key_prefix)
         page_size = _page_size(request.page_size)
         if request.order not in pb.DocumentOrder.values():
@@ -142,7 +147,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
     async def GetProjection(
         self, request: pb.GetProjectionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetProjectionResponse:
-        return await self._status(self._projection("name", request.name))
+        return await self._status(await self._projection("name", request.name))
 
     async def ListProjections(
         self, request: pb.ListProjectionsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -154,7 +159,15 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             except PermissionDenied:
                 continue
             readable.append(await self._status(projection))
-        return pb.ListProjectionsResponse(projections=readable)
+        listed = pb.ListProjectionsResponse(projections=readable)
+        if request.include_orphaned:
+            # Undeclared: nothing says what they are made of, so only an
+            # administrator may learn of them (the rule of a projection that
+            # names no aggregate type).
+            self._authorizer.check_admin(current_principal.get(), "list orphaned projections")
+            for name, position in await orphaned(self._registry, self._documents):
+                listed.orphaned.append(pb.OrphanedProjection(name=name, position=position))
+        return listed
 
     async def _status(self, projection: Projection) -> pb.GetProjectionResponse:
         runner = self._projections.runners.get(projection.name)
@@ -182,7 +195,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
     async def ListParkedEvents(
         self, request: pb.ListParkedEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListParkedEventsResponse:
-        projection = self._projection("projection", request.projection)
+        projection = await self._projection("projection", request.projection)
         page_size = _page_size(request.page_size)
         listing = fingerprint("parked", projection.name)
         after = None
@@ -212,7 +225,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         target = f"projection:{request.name[:MAX_ID_LENGTH]}"
         try:
             self._authorizer.check_admin(principal, "rebuild projections")
-            projection = self._projection("name", request.name)
+            projection = await self._projection("name", request.name)
             head = await self._log.log_head()
             await self._documents.reset_projection(projection.name)
         except ChronicleError as error:
@@ -225,6 +238,24 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         if runner is not None:
             runner.nudge()  # here: at once; on another replica, at its next look
         return pb.RebuildProjectionResponse(log_head=head)
+
+    async def DeleteProjection(
+        self, request: pb.DeleteProjectionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteProjectionResponse:
+        principal = current_principal.get()
+        action = f"{SERVICE}/DeleteProjection"
+        target = f"projection:{request.name[:MAX_ID_LENGTH]}"
+        try:
+            self._authorizer.check_admin(principal, "delete projections")
+            name = check_id("name", request.name, reason="INVALID_PROJECTION")
+            deleted = await delete_stored(self._registry, self._documents, name)
+        except ChronicleError as error:
+            if self._audit is not None:
+                await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, error=error)
+            raise
+        if self._audit is not None:
+            await self._audit.admin_action(action, principal=principal.name, aggregate_id=target)
+        return pb.DeleteProjectionResponse(deleted=deleted)
 
 
 def _packed(document: StoredDocument) -> any_pb2.Any:

@@ -48,6 +48,7 @@ READ_SERVICES = (
 SELF_AUDITED = frozenset(
     {
         "/chronicle.v1.ProjectionService/RebuildProjection",
+        "/chronicle.v1.ProjectionService/DeleteProjection",
         "/chronicle.v1.ReactionService/ReplayParkedCommand",
         "/chronicle.v1.ReactionService/DismissParkedCommand",
         "/chronicle.v1.SubscriptionGroupService/CreateGroup",

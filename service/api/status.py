@@ -47,6 +47,7 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.PayloadNotDecryptable: grpc.StatusCode.DATA_LOSS,
     errors.ImportConflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotAvailableHere: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ProjectionLoaded: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     # Not the caller's deadline (DEADLINE_EXCEEDED): the server ended the

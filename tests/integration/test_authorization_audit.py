@@ -142,7 +142,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 40
+    assert len(outcomes) == 41
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -206,6 +206,10 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     ),
     "/chronicle.v1.ProjectionService/RebuildProjection": (
         pj.RebuildProjectionRequest(name="bank.balances_by_owner"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.ProjectionService/DeleteProjection": (
+        pj.DeleteProjectionRequest(name="bank.balances_by_owner.v0"),
         "ADMIN_DENIED",
     ),
     "/chronicle.v1.ReactionService/ListReactions": (rx.ListReactionsRequest(), OPEN),

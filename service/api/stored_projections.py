@@ -1,0 +1,75 @@
+"""Projections the store holds that no loaded plugin declares: a read
+model renamed away or removed (an "orphan"), or one this replica's plugins
+do not declare yet during a rolling deployment. Found for ListProjections
+and GetDocument's refusals, and deleted, a page per transaction, by
+DeleteProjection."""
+
+from __future__ import annotations
+
+from service.errors import InvalidInput, ProjectionLoaded, ResourceNotFound
+from service.plugins.registry import Registry
+from service.store.base import ProjectionStore
+
+# Rows (documents and parked events each) deleted per transaction: small
+# enough that a transaction ends in milliseconds and holds few row locks,
+# large enough that a million documents take a thousand round trips.
+DELETE_PAGE = 1000
+# Checkpoints the server keeps for itself (reactions' starts): never a read
+# model, never listed or deleted as one.
+_RESERVED_PREFIX = "#"
+
+
+def declared(registry: Registry, name: str) -> str | None:
+    """What a loaded plugin declares under ``name`` ("projection",
+    "reaction"), or None."""
+    if registry.projection(name) is not None:
+        return "projection"
+    if registry.reaction(name) is not None:
+        return "reaction"
+    return None
+
+
+async def orphaned(registry: Registry, store: ProjectionStore) -> list[tuple[str, int]]:
+    """The stored names no loaded plugin declares, with their checkpoints."""
+    return [
+        (name, position)
+        for name, position in await store.stored_projections()
+        if not name.startswith(_RESERVED_PREFIX) and declared(registry, name) is None
+    ]
+
+
+async def refuse_undeclared(store: ProjectionStore, name: str) -> ResourceNotFound:
+    """The refusal of a read of ``name``, which no loaded plugin declares:
+    PROJECTION_NOT_LOADED when the store holds it (renamed away, or not
+    deployed here yet: another replica may serve it), else
+    PROJECTION_NOT_FOUND."""
+    for stored, position in await store.stored_projections():
+        if stored == name and not name.startswith(_RESERVED_PREFIX):
+            return ResourceNotFound(
+                f"projection {name!r} is stored (checkpoint at {position}) but no loaded plugin of this server"
+                " declares it: deploy a plugin that does, or delete it (DeleteProjection)",
+                reason="PROJECTION_NOT_LOADED",
+                metadata={"projection": name, "position": str(position)},
+            )
+    return ResourceNotFound(f"no loaded plugin declares projection {name!r}", reason="PROJECTION_NOT_FOUND")
+
+
+async def delete_stored(registry: Registry, store: ProjectionStore, name: str) -> int:
+    """Delete everything stored under ``name``, a page per transaction; how
+    many documents and parked events went. Refused for a name a loaded
+    plugin declares: its runner here would start it again at once."""
+    if name.startswith(_RESERVED_PREFIX):
+        raise InvalidInput.for_field(
+            "name", f"names starting with {_RESERVED_PREFIX!r} are the server's own", reason="INVALID_PROJECTION"
+        )
+    kind = declared(registry, name)
+    if kind is not None:
+        raise ProjectionLoaded(
+            f"a loaded plugin declares {kind} {name!r}: deploy plugins that no longer declare it on every"
+            " replica first (or rebuild it: RebuildProjection)",
+            metadata={"projection": name, "declared_as": kind},
+        )
+    deleted = 0
+    while page := await store.delete_projection(name, limit=DELETE_PAGE):
+        deleted += page
+    return deleted
