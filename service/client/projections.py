@@ -143,7 +143,9 @@ class Projections:
     async def get(self, name: str) -> ProjectionStatus:
         """Where projection ``name`` stands (``position`` against
         ``log_head``, ``running``, ``error``, ``parked_events``, …).
-        ``NotFound`` PROJECTION_NOT_FOUND for one no loaded plugin declares."""
+        ``NotFound`` PROJECTION_NOT_FOUND for one no loaded plugin declares,
+        PROJECTION_NOT_LOADED if the store holds it all the same (renamed
+        away, or not deployed on this server yet)."""
         status: ProjectionStatus = await self._call(
             f"get projection {name!r}", self._stub.GetProjection, pb.GetProjectionRequest(name=name)
         )
@@ -155,6 +157,26 @@ class Projections:
             "list projections", self._stub.ListProjections, pb.ListProjectionsRequest()
         )
         return builtins.list(response.projections)
+
+    async def orphaned(self) -> builtins.list[pb.OrphanedProjection]:
+        """The projections the store holds that no loaded plugin of the
+        server declares (renamed away or removed: ``name``, ``position``),
+        by name. Takes the admin grant."""
+        response: pb.ListProjectionsResponse = await self._call(
+            "list orphaned projections", self._stub.ListProjections, pb.ListProjectionsRequest(include_orphaned=True)
+        )
+        return builtins.list(response.orphaned)
+
+    async def delete(self, name: str) -> int:
+        """Delete the stored documents, parked events and checkpoint of
+        projection ``name``, which no loaded plugin declares; how many
+        documents and parked events went (0: nothing was left, so a retry
+        is harmless). Takes the admin grant; ``FailedPrecondition``
+        PROJECTION_LOADED while a loaded plugin declares it."""
+        response: pb.DeleteProjectionResponse = await self._call(
+            f"delete projection {name!r}", self._stub.DeleteProjection, pb.DeleteProjectionRequest(name=name)
+        )
+        return response.deleted
 
     async def parked(self, projection: str, *, page_size: int = 0) -> AsyncIterator[ParkedEvent]:
         """The events ``projection`` parked (its handler kept failing on
