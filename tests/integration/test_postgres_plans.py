@@ -434,3 +434,19 @@ def test_an_aggregates_latest_snapshot_is_read_from_its_index(
     explained = plan(snapshots, latest.sql.decode(), list(latest.params), mode=mode, settings=settings.sql.decode())
     assert "snapshots_pkey" in explained, explained
     assert "Seq Scan" not in explained and "Sort" not in explained, explained
+
+
+@pytest.mark.parametrize("name", ["stored_projections", "delete_documents_page"])
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+def test_stored_projections_are_found_and_deleted_through_the_primary_key(documents: str, mode: str, name: str) -> None:
+    # ListProjections' orphans walk the documents' names one index probe per
+    # name; DeleteProjection's pages are key ranges of one projection: with
+    # millions of documents, neither reads the table through (the store sends
+    # them under BY_KEY_SETTINGS, as its other reads and writes by key).
+    statement, params = {
+        "stored_projections": (sql.STORED_PROJECTIONS, []),
+        "delete_documents_page": (sql.DELETE_DOCUMENTS_PAGE, ["p", 10]),
+    }[name]
+    explained = plan(documents, statement, params, mode=mode, settings=sql.BY_KEY_SETTINGS)
+    assert "projection_documents_pkey" in explained, explained
+    assert "Seq Scan on projection_documents" not in explained, explained

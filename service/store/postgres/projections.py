@@ -98,15 +98,18 @@ class ProjectionsRole:
         )
 
     async def stored_projections(self) -> list[tuple[str, int]]:
-        (result,) = await self._db.run(
-            "stored_projections", [Statement(sql.STORED_PROJECTIONS.encode())], read_only=True
+        # By key too: the walk's probes stay index probes on a table the
+        # planner last saw small (test_postgres_plans).
+        _, result = await self._db.run(
+            "stored_projections", [_BY_KEY, Statement(sql.STORED_PROJECTIONS.encode())], read_only=True
         )
         return [(str(name), int(position)) for name, position in rows(result)]
 
     async def delete_projection(self, name: str, *, limit: int) -> int:
-        _, documents, parked = await self._db.run(
+        _, _, documents, parked = await self._db.run(
             "delete_projection",
             [
+                _BY_KEY,
                 Statement(sql.DELETE_CHECKPOINT.encode(), (name,)),
                 Statement(sql.DELETE_DOCUMENTS_PAGE.encode(), (name, limit)),
                 Statement(sql.DELETE_PARKED_EVENTS_PAGE.encode(), (name, limit)),
