@@ -144,4 +144,24 @@ export class Projections {
   async rebuild(name) {
     return (await this.#call('RebuildProjection', { name })).log_head;
   }
+
+  /**
+   * The projections the store holds that no loaded plugin of the server
+   * declares (renamed away or removed): `{ name, position }`[], by name.
+   * Takes the admin grant.
+   */
+  async orphaned() {
+    return (await this.#call('ListProjections', { include_orphaned: true })).orphaned;
+  }
+
+  /**
+   * Deletes the stored documents, parked events and checkpoint of
+   * projection `name`, which no loaded plugin declares; resolves to how many
+   * documents and parked events went (0: nothing was left, so a retry is
+   * harmless). Takes the admin grant; FAILED_PRECONDITION PROJECTION_LOADED
+   * while a loaded plugin declares it.
+   */
+  async delete(name) {
+    return (await this.#call('DeleteProjection', { name })).deleted;
+  }
 }

@@ -175,6 +175,15 @@ test('projections say where they stand; their parked events are followed to the 
   });
 });
 
+test('a projection a loaded plugin declares is not deleted; a name with nothing stored deletes nothing', async () => {
+  await withServer(async (client) => {
+    assert.deepEqual(await client.projections.orphaned(), []);
+    await assert.rejects(client.projections.delete(LABELS), refusedWith('FAILED_PRECONDITION', 'PROJECTION_LOADED'));
+    assert.equal(await client.projections.delete('labels.retired'), 0);
+    await assert.rejects(client.projections.delete(''), refusedWith('INVALID_ARGUMENT', 'INVALID_PROJECTION'));
+  });
+});
+
 test('a rebuild takes an administrator', async () => {
   await withServer(
     async (client) => {
