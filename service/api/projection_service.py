@@ -64,9 +64,10 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         if projection is None:
             # Not served from the store: a read grant comes from the aggregate
             # types a declaration names, and none is loaded here. Said apart
-            # from a name nothing holds, so a client in a rolling deployment
-            # (or an operator) knows the documents are there.
-            raise await refuse_undeclared(self._documents, name)
+            # from a name nothing holds to an administrator, so an operator
+            # in a rolling deployment knows the documents are there.
+            admin = self._authorizer.grant(current_principal.get()).admin
+            raise await refuse_undeclared(self._documents, name, admin=admin)
         self._check_read(projection)
         return projection
 

@@ -38,11 +38,16 @@ async def orphaned(registry: Registry, store: ProjectionStore) -> list[tuple[str
     ]
 
 
-async def refuse_undeclared(store: ProjectionStore, name: str) -> ResourceNotFound:
+async def refuse_undeclared(store: ProjectionStore, name: str, *, admin: bool) -> ResourceNotFound:
     """The refusal of a read of ``name``, which no loaded plugin declares:
     PROJECTION_NOT_LOADED when the store holds it (renamed away, or not
     deployed here yet: another replica may serve it), else
-    PROJECTION_NOT_FOUND."""
+    PROJECTION_NOT_FOUND. Only an administrator, who may list orphaned
+    projections anyway, learns which: to any other caller a retired
+    projection is as unknown as a name nothing holds (reads do not tell
+    existence apart, docs/security.md)."""
+    if not admin:
+        return _not_found(name)
     for stored, position in await store.stored_projections():
         if stored == name and not name.startswith(_RESERVED_PREFIX):
             return ResourceNotFound(
@@ -51,6 +56,10 @@ async def refuse_undeclared(store: ProjectionStore, name: str) -> ResourceNotFou
                 reason="PROJECTION_NOT_LOADED",
                 metadata={"projection": name, "position": str(position)},
             )
+    return _not_found(name)
+
+
+def _not_found(name: str) -> ResourceNotFound:
     return ResourceNotFound(f"no loaded plugin declares projection {name!r}", reason="PROJECTION_NOT_FOUND")
 
 

@@ -144,8 +144,8 @@ class Projections:
         """Where projection ``name`` stands (``position`` against
         ``log_head``, ``running``, ``error``, ``parked_events``, …).
         ``NotFound`` PROJECTION_NOT_FOUND for one no loaded plugin declares,
-        PROJECTION_NOT_LOADED if the store holds it all the same (renamed
-        away, or not deployed on this server yet)."""
+        or (to an administrator) PROJECTION_NOT_LOADED if the store holds
+        it all the same (renamed away, or not deployed on this server yet)."""
         status: ProjectionStatus = await self._call(
             f"get projection {name!r}", self._stub.GetProjection, pb.GetProjectionRequest(name=name)
         )

@@ -114,6 +114,21 @@ async def test_reads_of_a_stored_but_undeclared_projection_say_it_is_not_loaded(
         assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "PROJECTION_NOT_FOUND")
 
 
+async def test_to_a_reader_who_is_not_an_administrator_a_stored_projection_is_as_unknown_as_any(
+    reopen: Opener,
+) -> None:
+    # Reads do not tell existence apart (docs/security.md): a retired
+    # projection's name and checkpoint are an administrator's to learn.
+    await renamed_away(reopen)
+    async with running_server(await reopen(), registry=GREEN) as (_, client):
+        stored = await refused(
+            client.projections.GetDocument(pb.GetDocumentRequest(projection=bluegreen.V1, key=bluegreen.KEY))
+        )
+        unknown = await refused(client.projections.GetDocument(pb.GetDocumentRequest(projection="nope", key="k")))
+    assert (stored.code, stored.reason, stored.metadata) == (grpc.StatusCode.NOT_FOUND, "PROJECTION_NOT_FOUND", {})
+    assert stored.message == unknown.message.replace("'nope'", f"'{bluegreen.V1}'")
+
+
 async def test_a_deletion_removes_every_stored_row_and_is_audited(reopen: Opener) -> None:
     await renamed_away(reopen)
     async with running_server(await reopen(), registry=GREEN, anonymous_admin=True) as (_, client):
