@@ -255,7 +255,8 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
                 await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, error=error)
             raise
         if self._audit is not None:
-            await self._audit.admin_action(action, principal=principal.name, aggregate_id=target)
+            message = f"{deleted} documents and parked events deleted"
+            await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, message=message)
         return pb.DeleteProjectionResponse(deleted=deleted)
 
 

@@ -142,9 +142,11 @@ async def test_a_deletion_removes_every_stored_row_and_is_audited(reopen: Opener
     assert (deleted.deleted, again.deleted) == (1, 0)  # its one document; then nothing: idempotent
     assert list(listed.orphaned) == []
     assert details.reason == "PROJECTION_NOT_FOUND"
-    assert [(e.command_type, e.outcome) for e in audit.entries] == [
-        ("chronicle.v1.ProjectionService/DeleteProjection", admin_pb.AUDIT_OUTCOME_ACCEPTED)
-    ] * 2
+    action = "chronicle.v1.ProjectionService/DeleteProjection"
+    assert [(e.command_type, e.outcome, e.message) for e in audit.entries] == [
+        (action, admin_pb.AUDIT_OUTCOME_ACCEPTED, "0 documents and parked events deleted"),  # newest first
+        (action, admin_pb.AUDIT_OUTCOME_ACCEPTED, "1 documents and parked events deleted"),
+    ]
 
 
 async def test_a_deletion_of_many_documents_goes_a_bounded_page_per_transaction(
