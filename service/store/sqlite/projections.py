@@ -152,6 +152,7 @@ def _delete_page(db: sqlite3.Connection, name: str, limit: int) -> int:
         keys = [row[0] for row in db.execute(sql.DOCUMENT_KEYS_PAGE, (name, limit))]
         for key in keys:
             db.execute(sql.DELETE_DOCUMENT, (name, key))
+            # Subjects kept but none: every subject row of the key goes with it.
             db.execute(sql.DELETE_STALE_SUBJECTS, (name, key, "[]"))
         parked = db.execute(sql.DELETE_PARKED_EVENTS_PAGE, (name, limit)).rowcount
         return len(keys) + parked
