@@ -595,6 +595,7 @@ async def start(
         if metrics is not None
         else None,
         authorizer=authorizer,
+        replayer=executor.replayer,
     )
     reaction_service = ReactionService(
         documents=roles.projections,

@@ -29,11 +29,19 @@ from service.cluster.ownership import Ownership
 from service.errors import ChronicleError, FieldViolation, InvalidInput, StoreUnavailable, ValidationError
 from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
-from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
+from service.processing.commands import (
+    BatchResult,
+    CommandBatch,
+    CommandRequest,
+    CommandResult,
+    fingerprint_of_unregistered,
+)
 from service.processing.middleware import Pipeline
+from service.processing.replay import Replayer
 from service.security.policy import Authorizer
 
 log = logging.getLogger(__name__)
+UNKNOWN_COMMAND_TYPE = "UNKNOWN_COMMAND_TYPE"
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 # Commands of one SubmitStream started and not yet answered: at most this
 # many, and while they carry less than STREAM_IN_FLIGHT_BYTES (one always
@@ -61,6 +69,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         room_for: Callable[[str], asyncio.Future[None] | None] | None = None,
         counted: CountRefused | None = None,
         authorizer: Authorizer | None = None,
+        replayer: Replayer | None = None,
     ) -> None:
         """``page_bytes``: a SubmitResultPage is closed once its answers pass
         this many bytes (the application's bound of every page).
@@ -71,7 +80,9 @@ class CommandService(pb_grpc.CommandServiceServicer):
         ``counted``: told of each command refused as it was decoded (once
         per command the audit records).
         ``authorizer``: which aggregate types ListTypes shows a caller
-        (None: every one)."""
+        (None: every one). ``replayer``: answers a retry of a command whose
+        type is no longer registered from its record (None: refused
+        UNKNOWN_COMMAND_TYPE like any other)."""
         self._registry = registry
         self._authorizer = authorizer
         self._pipeline = pipeline
@@ -83,6 +94,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self._stream_bytes = stream_bytes
         self._room_for = room_for
         self._counted = counted
+        self._replayer = replayer
         # The readers of the command streams open now; ``close`` stops them.
         self._readers: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -118,6 +130,8 @@ class CommandService(pb_grpc.CommandServiceServicer):
                 raise InvalidInput.for_field("command", "is required", reason="MISSING_COMMAND")
             command = decode_command(request.command, self._registry, principal=principal.name)
         except ChronicleError as error:
+            if error.reason == UNKNOWN_COMMAND_TYPE and self._replayer is not None:
+                return self._recorded_or_refused(request, principal, error, context)
             return self._refuse(request, principal, error, context)
         if request.dry_run:
             batch = CommandBatch((command,), dry_run=True)
@@ -130,6 +144,23 @@ class CommandService(pb_grpc.CommandServiceServicer):
         if started is not None:
             return started
         return self._submitted(command, principal)
+
+    async def _recorded_or_refused(
+        self, request: pb.SubmitRequest, principal: Principal, error: ChronicleError, context: Context
+    ) -> BatchResult:
+        """A command of a type no plugin registers: if its id is recorded
+        (it ran under an earlier version, where the type had another name),
+        its recorded outcome, as any retry gets; else refused. The caller
+        needs the grant to submit the type it sent, as it did then."""
+        command = request.command
+        name = type_name(command.payload)
+        assert self._replayer is not None
+        if self._authorizer is None or self._authorizer.may_submit(principal, name):
+            content = fingerprint_of_unregistered(command.aggregate_id, name, command.payload.value)
+            result = await self._replayer.replay_unregistered(command.command_id, command.aggregate_id, name, content)
+            if result is not None:
+                return BatchResult((result,), result.version, replayed=True)
+        return await self._refuse(request, principal, error, context)
 
     async def _refuse(
         self, request: pb.SubmitRequest, principal: Principal, error: ChronicleError, context: Context

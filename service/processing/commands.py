@@ -6,7 +6,8 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import field
 
-from google.protobuf.message import Message
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
 
 from service.plugins.api import CommandSpec
 from service.store.records import RecordedEvent
@@ -19,12 +20,30 @@ def fingerprint(aggregate_id: str, command: Message) -> bytes:
     The payload is re-serialized deterministically, so two encodings of the
     same message (field order, say) count as the same command.
     """
+    return _digest(aggregate_id, command.DESCRIPTOR.full_name, command.SerializeToString(deterministic=True))
+
+
+def fingerprint_of_unregistered(aggregate_id: str, type_name: str, payload: bytes) -> bytes:
+    """``fingerprint`` of a command whose type no loaded plugin registers
+    (renamed since it ran): its message class may still be importable (the
+    new version kept the old message), and then it is re-serialized as
+    ``fingerprint`` does; otherwise the bytes as sent stand for it (a
+    retry sends the same bytes again)."""
+    try:
+        message_class = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(type_name))
+        message = message_class.FromString(payload)
+    except (KeyError, DecodeError):
+        return _digest(aggregate_id, type_name, payload)
+    return fingerprint(aggregate_id, message)
+
+
+def _digest(aggregate_id: str, type_name: str, content: bytes) -> bytes:
     digest = hashlib.sha256()
     digest.update(aggregate_id.encode())
     digest.update(b"\0")
-    digest.update(command.DESCRIPTOR.full_name.encode())
+    digest.update(type_name.encode())
     digest.update(b"\0")
-    digest.update(command.SerializeToString(deterministic=True))
+    digest.update(content)
     return digest.digest()
 
 

@@ -33,6 +33,7 @@ from service.errors import (
     ChronicleError,
     CommandAlreadyRecorded,
     ConcurrencyConflict,
+    EventNotReadable,
     NotUnique,
     record_kind,
 )
@@ -179,6 +180,10 @@ class CommandExecutor:
         self._replayer = Replayer(store.events, self._loader.reader)
 
     @property
+    def replayer(self) -> Replayer:
+        return self._replayer
+
+    @property
     def loader(self) -> AggregateLoader:
         return self._loader
 
@@ -203,7 +208,12 @@ class CommandExecutor:
             if conflict is not None:
                 await asyncio.sleep(conflict_backoff(attempt))
             if aggregate is None:
-                aggregate = await self._loader.load(batch.aggregate_id, aggregate_type)
+                try:
+                    aggregate = await self._loader.load(batch.aggregate_id, aggregate_type)
+                except EventNotReadable as unreadable:
+                    # A newer plugin version wrote events this one cannot
+                    # read: a retry of a command it ran is still answered.
+                    return await self._replayed_or_raise(batch, unreadable), None
             decision: Decision | None = None
             try:
                 decision = await self._decider.decide(batch.commands, aggregate, numbered=batch.numbered)
@@ -243,6 +253,15 @@ class CommandExecutor:
             attempts=self._max_attempts,
             current=head.version if head else 0,
         )
+
+    async def _replayed_or_raise(self, batch: CommandBatch, unreadable: EventNotReadable) -> BatchResult:
+        """The recorded outcome of ``batch`` if any of its ids is recorded,
+        else ``unreadable`` (why the aggregate could not be loaded; only on
+        that path: the common path pays nothing for the lookup)."""
+        records = await self._replayer.records(batch.commands)
+        if any(record is not None for record in records):
+            return await self._replayer.replay_records(batch.commands, records)
+        raise unreadable
 
     def start_series(self, requests: Sequence[CommandRequest], cached: Aggregate) -> Started:
         """Decide ``requests`` (independent commands queued for one aggregate,

@@ -1,11 +1,20 @@
 """Answering a command id that was already processed: the original result
-again, or the original refusal raised again, never a second execution."""
+again, or the original refusal raised again, never a second execution.
+
+A retry can reach a server whose plugins differ from the ones that ran the
+command (a rolling upgrade, docs/deployment.md "Rolling a new plugin
+version"): its type may no longer be registered (renamed), or its events
+may be of a schema this version cannot read. The record still says what
+happened, so it is answered from the record either way; only the events
+this server cannot read are left out of the answer (all of them, never a
+part: a client must not mistake a part for the whole).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.errors import AggregateDeleted, CommandIdReused, rebuild_rejection
+from service.errors import AggregateDeleted, CommandIdReused, EventNotReadable, rebuild_rejection
 from service.processing.commands import BatchResult, CommandRequest, CommandResult
 from service.processing.upcasting import EventReader
 from service.store.base import AggregateQuery, EventRecorder
@@ -41,8 +50,27 @@ class Replayer:
             if record.rejection is not None:
                 r = record.rejection
                 raise rebuild_rejection(r.kind, r.message, r.reason, r.metadata, r.violations)
-        results = [await self._result(request, record) for request, record in zip(commands, found, strict=True)]
+        results = [await self._result(record) for record in found]
         return BatchResult(tuple(results), max(r.version for r in results), replayed=True)
+
+    async def replay_unregistered(
+        self, command_id: str, aggregate_id: str, command_type: str, content: bytes
+    ) -> CommandResult | None:
+        """The recorded outcome of a command whose type no loaded plugin
+        registers (renamed or retired since it ran), or None when its id was
+        never recorded. ``content`` is the command's fingerprint as its
+        sender's message gives it (``fingerprint_of_unregistered``)."""
+        record = await self._store.find_command(command_id)
+        if record is None:
+            return None
+        if record.aggregate_id != aggregate_id:
+            raise CommandIdReused(command_id, f"a command on aggregate {record.aggregate_id!r}")
+        if record.command_type != command_type or record.fingerprint != content:
+            raise CommandIdReused(command_id, f"a different {record.command_type} command")
+        if record.rejection is not None:
+            r = record.rejection
+            raise rebuild_rejection(r.kind, r.message, r.reason, r.metadata, r.violations)
+        return await self._result(record)
 
     @staticmethod
     def _check_same(request: CommandRequest, record: CommandRecord) -> None:
@@ -51,14 +79,20 @@ class Replayer:
         if record.fingerprint != request.fingerprint:
             raise CommandIdReused(request.command_id, f"a different {record.command_type} command")
 
-    async def _result(self, request: CommandRequest, record: CommandRecord) -> CommandResult:
+    async def _result(self, record: CommandRecord) -> CommandResult:
         events = []
         if record.event_count > 0:
             stored = await self._store.read_aggregate(
-                request.aggregate_id,
+                record.aggregate_id,
                 AggregateQuery(from_version=record.first_version, to_version=record.last_version),
             )
             if len(stored) < record.event_count:
-                raise AggregateDeleted(request.aggregate_id)  # its events are gone; the tombstone says why
-            events = [current for event in stored for current in self._reader.records(event)]
+                raise AggregateDeleted(record.aggregate_id)  # its events are gone; the tombstone says why
+            try:
+                events = [current for event in stored for current in self._reader.records(event)]
+            except EventNotReadable:
+                # Written by a newer plugin version than this one: the command
+                # ran, and its version says where it left the aggregate; the
+                # events are for a reader that can read them.
+                events = []
         return CommandResult(tuple(events), record.last_version, replayed=True)
