@@ -498,7 +498,9 @@ async def start(
     # (one replica runs each). The address is known once the port is bound.
     # (reactions too: their names share the projections' namespace and group).
     projection_group = LeaseGroup(
-        PROJECTIONS_GROUP, (*(p.name for p in registry.projections), *(r.name for r in registry.reactions))
+        PROJECTIONS_GROUP,
+        (*(p.name for p in registry.projections), *(r.name for r in registry.reactions)),
+        adopts=True,
     )
     leases = LeaseKeeper(
         roles.leases,

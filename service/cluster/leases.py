@@ -25,6 +25,17 @@ holder. From that view alone the keeper decides what to change:
   subscription group commits what it acknowledged). A member leaving
   (``leave``) gives up all of its leases at once; a member that dies stops renewing, and its leases are free to take
   ``ttl`` seconds after its last heartbeat.
+* **Stepping aside.** A member whose work under a lease stopped on
+  something another member may be able to do (a projection meeting an
+  event its plugin version cannot read, in a rolling upgrade) gives that
+  lease up and does not take it again for ``STEP_ASIDE_TTLS`` lease times
+  (``step_aside``). In a group that ``adopts`` (the projections', not the
+  partitions'), a free lease that no member below its share took within
+  ``ADOPT_AFTER_INTERVALS`` heartbeats is taken by a member that can hold
+  it even above its share (it *adopts* it), and an adopted lease
+  is never the one given up toward a fairer share: otherwise the lease a
+  member stepped aside from would stay free while every member that can
+  run it holds its share, or go back and forth.
 * **Fencing.** Every change of a lease's holder adds one to its epoch; the
   epoch a member took a lease at is its fencing token (``fencing``). Work
   whose commit checks the token (a projection's batch) cannot commit once
@@ -61,6 +72,11 @@ log = logging.getLogger(__name__)
 # Looks at a group per heartbeat at most, when another member took leases
 # this one went for (each look is one store operation more).
 TAKE_ROUNDS = 3
+# A member that stepped aside from a lease takes it again after this many
+# lease times at the soonest: time for another member to see it free for
+# ADOPT_AFTER_INTERVALS heartbeats and take it (about 4/3 of a lease time).
+STEP_ASIDE_TTLS = 3
+ADOPT_AFTER_INTERVALS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +86,10 @@ class LeaseGroup:
 
     name: str
     keys: tuple[str, ...]
+    # Whether a free lease nobody takes is adopted above a member's share
+    # (module docstring, "Stepping aside"): for groups whose members step
+    # aside (the projections'), not the partitions, which must stay fair.
+    adopts: bool = False
 
 
 def fair_shares(member_ids: Sequence[str], total: int) -> dict[str, int]:
@@ -100,17 +120,34 @@ class Plan:
     acquire: tuple[str, ...] = ()
 
 
-def plan_changes(view: LeaseView, member_id: str, known: frozenset[str]) -> Plan:
+def plan_changes(
+    view: LeaseView,
+    member_id: str,
+    known: frozenset[str],
+    *,
+    shunned: frozenset[str] = frozenset(),
+    adopted: frozenset[str] = frozenset(),
+    unwanted: frozenset[str] = frozenset(),
+) -> Plan:
     """Toward ``member_id``'s fair share of ``view``: the leases to give up
-    (above the share) or to take (below it, among the free ones it knows)."""
+    (above the share) or to take (below it, among the free ones it knows).
+    ``shunned``: leases it stepped aside from, given up whatever its share
+    and not taken; ``adopted``: leases it took above its share, kept;
+    ``unwanted``: free leases nobody took for a while, taken above the
+    share (module docstring, "Stepping aside")."""
     target = fair_shares([m.member_id for m in view.members], len(view.leases)).get(member_id, 0)
     mine = [lease.name for lease in view.leases if lease.owner == member_id]
-    if len(mine) > target:
-        least_wanted = sorted(mine, key=lambda name: preference(member_id, name))
-        return Plan(release=tuple(least_wanted[: len(mine) - target]))
-    free = [lease.name for lease in view.leases if lease.owner is None and lease.name in known]
+    stepping_aside = tuple(name for name in mine if name in shunned)
+    kept = [name for name in mine if name not in shunned]
+    if len(kept) > target:
+        givable = [name for name in kept if name not in adopted]
+        least_wanted = sorted(givable, key=lambda name: preference(member_id, name))
+        return Plan(release=stepping_aside + tuple(least_wanted[: len(kept) - target]))
+    free = [lease.name for lease in view.leases if lease.owner is None and lease.name in known - shunned]
     most_wanted = sorted(free, key=lambda name: preference(member_id, name), reverse=True)
-    return Plan(acquire=tuple(most_wanted[: target - len(mine)]))
+    room = target - len(kept)
+    adopting = tuple(name for name in most_wanted[room:] if name in unwanted)
+    return Plan(release=stepping_aside, acquire=tuple(most_wanted[:room]) + adopting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +164,32 @@ class _GroupState:
     view: LeaseView | None = None
     seen_at: float | None = None  # monotonic clock: when the store last showed us the group
     active: bool = True  # False once this replica left the group
+    # Stepping aside (module docstring): the leases this member gave up,
+    # each until when (monotonic clock); the ones it adopted; and since
+    # when each free lease it can hold has been seen free.
+    shunned: dict[str, float] = field(default_factory=dict)
+    adopted: set[str] = field(default_factory=set)
+    free_since: dict[str, float] = field(default_factory=dict)
+
+    def planned(self, view: LeaseView, member_id: str, now: float, adopt_after: float) -> Plan:
+        """``plan_changes`` for this member, with what it stepped aside from
+        and adopted."""
+        for name, until in list(self.shunned.items()):
+            if until <= now:
+                del self.shunned[name]
+        free = {lease.name for lease in view.leases if lease.owner is None and lease.name in self.known}
+        self.free_since = {name: self.free_since.get(name, now) for name in free}
+        self.adopted &= {lease.name for lease in view.leases if lease.owner == member_id}
+        return plan_changes(
+            view,
+            member_id,
+            self.known,
+            shunned=frozenset(self.shunned),
+            adopted=frozenset(self.adopted),
+            unwanted=frozenset(name for name, since in self.free_since.items() if now - since >= adopt_after)
+            if self.group.adopts
+            else frozenset(),
+        )
 
 
 def _owners(view: LeaseView | None) -> object:
@@ -266,7 +329,9 @@ class LeaseKeeper:
             sent = self._clock()
             view = await self._store.renew_leases(state.group.name, self.member, state.group.keys, self.ttl)
             held = {lease.name: _Held(lease.epoch, sent + self.ttl) for lease in view.leases if lease.owner == me}
-            plan = plan_changes(view, me, state.known)
+            for name in state.shunned:
+                held.pop(name, None)  # not to be worked under while it is given up
+            plan = state.planned(view, me, sent, ADOPT_AFTER_INTERVALS * self.interval)
             if not (plan.release or plan.acquire):
                 break
             if plan.release and self._before_release is not None:
@@ -280,8 +345,11 @@ class LeaseKeeper:
             taken = await self._store.change_leases(
                 state.group.name, me, release=plan.release, acquire=plan.acquire, ttl=self.ttl
             )
+            target = fair_shares([m.member_id for m in view.members], len(view.leases)).get(me, 0)
             for lease in taken:
                 held[lease.name] = _Held(lease.epoch, sent + self.ttl)
+                if len(held) > target:
+                    state.adopted.add(lease.name)
             view = _patched(view, me, plan.release, taken)
             if len(taken) == len(plan.acquire) or not state.active:
                 break
@@ -327,6 +395,18 @@ class LeaseKeeper:
             log.info("lease heartbeats succeed again")
             self._failing = False
 
+    def step_aside(self, group: str, name: str) -> None:
+        """Stop holding lease ``name`` of ``group`` now, give it up at the
+        next heartbeat, and take it again only after ``STEP_ASIDE_TTLS``
+        lease times (module docstring, "Stepping aside")."""
+        state = self._groups.get(group)
+        if state is None or name not in state.known:
+            return
+        state.shunned[name] = self._clock() + STEP_ASIDE_TTLS * self.ttl
+        state.adopted.discard(name)
+        if state.held.pop(name, None) is not None:
+            self._changed()
+
     async def leave(self, group: str) -> None:
         """Give up every lease of ``group`` and stop taking part in it."""
         state = self._groups.get(group)
@@ -366,6 +446,11 @@ class KeeperLease:
 
     def fencing(self) -> Fencing | None:
         return self._keeper.fencing(self._group, self._name)
+
+    def step_aside(self) -> None:
+        """Give the lease up for a while, for another replica to take
+        (``LeaseKeeper.step_aside``)."""
+        self._keeper.step_aside(self._group, self._name)
 
     def holder(self) -> str:
         """The address of the replica that holds the lease, as the last

@@ -372,6 +372,12 @@ class ProjectionStatus:
 BATCH_DELAY = 0.02
 
 
+# Failures on an event that a newer version of the plugin may read: a runner
+# that meets one gives its lease up for a while (docs/deployment.md,
+# "Rolling a new plugin version").
+NEEDS_A_NEWER_VERSION = frozenset({"SCHEMA_VERSION_TOO_NEW", "UNKNOWN_EVENT_TYPE"})
+
+
 class ProjectionLease(Protocol):
     """The lease that says whether this replica runs the projection."""
 
@@ -380,6 +386,9 @@ class ProjectionLease(Protocol):
 
     def holder(self) -> str:
         """The address of the replica that holds it ("" if none does, or it is not known yet)."""
+
+    def step_aside(self) -> None:
+        """Give it up for a while, for a replica that can go on to take."""
 
 
 def readable(reader: EventReader, stored: RecordedEvent) -> Iterable[tuple[RecordedEvent, Message]]:
@@ -483,7 +492,17 @@ class CheckpointedRunner:
                     position = await self._load_position()
                     continue
                 except Exception as error:
-                    self._failed(self._chronicle_error(error))
+                    failure = self._chronicle_error(error)
+                    self._failed(failure)
+                    if failure.reason in NEEDS_A_NEWER_VERSION and self._lease is not None and self.holds_lease:
+                        # An event a newer plugin version wrote (a rolling
+                        # upgrade): a replica running that version can go on.
+                        self._logger.warning(
+                            "%s %s gives its lease up for a while: another replica may read what this one cannot",
+                            self.KIND,
+                            self.status.name,
+                        )
+                        self._lease.step_aside()
                     await asyncio.sleep(self._retry_interval)
                     position = await self._load_position()
                     continue

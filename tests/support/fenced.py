@@ -23,6 +23,9 @@ class HandLease:
     def holder(self) -> str:
         return "" if self.token is None else "here"
 
+    def step_aside(self) -> None:
+        self.token = None
+
 
 class FencedCommits(MemoryStore):
     """Records the fencing token of every commit."""

@@ -13,7 +13,7 @@ import pytest
 
 from service.cluster.addresses import advertised_address, with_port
 from service.cluster.hashing import check_partition_count, partition_of
-from service.cluster.leases import LeaseKeeper, fair_shares, plan_changes, preference
+from service.cluster.leases import LeaseGroup, LeaseKeeper, fair_shares, plan_changes, preference
 from service.cluster.ownership import Ownership, partition_group
 from service.errors import ConfigurationError
 from service.settings import Settings, settings_from
@@ -167,3 +167,63 @@ async def test_survivors_take_a_dead_members_leases_within_one_heartbeat_though_
         await asyncio.gather(*(keeper.beat() for keeper in keepers[:2]))
     # c's leases lapsed at 3 s: the first heartbeat after takes them all.
     assert sorted(len(keeper.held(group.name)) for keeper in keepers[:2]) == [32, 32]
+
+
+def test_a_member_gives_up_a_lease_it_stepped_aside_from_whatever_its_share() -> None:
+    owners: dict[str, str | None] = {"p": "a", "q": "b", "r": None}
+    plan = plan_changes(view(owners, ["a", "b"]), "a", frozenset(owners), shunned=frozenset({"p"}))
+    assert plan.release == ("p",)
+    assert "p" not in plan.acquire  # nor takes it again meanwhile
+
+
+def test_a_free_lease_nobody_took_is_adopted_above_the_share_and_kept() -> None:
+    owners: dict[str, str | None] = {"p": None, "q": "b"}
+    members = ["a", "b"]
+    # b is at its share (1 of 2): a free lease is not its to take, until nobody took it.
+    assert plan_changes(view(owners, members), "b", frozenset(owners)).acquire == ()
+    assert plan_changes(view(owners, members), "b", frozenset(owners), unwanted=frozenset({"p"})).acquire == ("p",)
+    # Above its share, it gives up the lease it did not adopt.
+    held: dict[str, str | None] = {"p": "b", "q": "b"}
+    adopted = plan_changes(view(held, members), "b", frozenset(held), adopted=frozenset({"p"}))
+    assert adopted.release == ("q",)
+
+
+def _projection_keepers(now: list[float], names: tuple[str, ...]) -> list[LeaseKeeper]:
+    """Members of a group that adopts, over one store, on the clock ``now``."""
+    store = LocalLeases(clock=lambda: now[0])
+    group = LeaseGroup("projections", ("totals",), adopts=True)
+    return [
+        LeaseKeeper(store, member=LeaseMember(name, f"{name}:1"), groups=[group], ttl=3.0, clock=lambda: now[0])
+        for name in names
+    ]
+
+
+async def _beats(now: list[float], keepers: tuple[LeaseKeeper, ...], seconds: int) -> None:
+    for _ in range(seconds):  # a heartbeat a second (ttl 3)
+        now[0] += 1.0
+        for keeper in keepers:
+            await keeper.beat()
+
+
+async def test_a_lease_stepped_aside_from_goes_to_another_member_and_stays_there() -> None:
+    now = [0.0]
+    a, b = _projection_keepers(now, ("a", "b"))
+    await _beats(now, (a, b), 3)  # one of them holds it, as their shares say
+    holder, other = (a, b) if a.holds("projections", "totals") else (b, a)
+    holder.step_aside("projections", "totals")
+    assert not holder.holds("projections", "totals")  # at once, before the store hears of it
+    await _beats(now, (a, b), 6)
+    assert other.holds("projections", "totals")
+    await _beats(now, (a, b), 3 * 3 + 6)  # past the pause: it does not come back
+    assert other.holds("projections", "totals") and not holder.holds("projections", "totals")
+
+
+async def test_alone_a_member_takes_back_what_it_stepped_aside_from_after_its_pause() -> None:
+    now = [0.0]
+    (a,) = _projection_keepers(now, ("a",))
+    await a.beat()
+    a.step_aside("projections", "totals")
+    await _beats(now, (a,), 8)
+    assert not a.holds("projections", "totals")
+    await _beats(now, (a,), 2)  # 3 lease times after it stepped aside
+    assert a.holds("projections", "totals")

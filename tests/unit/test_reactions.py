@@ -28,7 +28,7 @@ from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys, new_master_key
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
-from service.store.records import RecordedEvent
+from service.store.records import NewEvent, RecordedEvent
 from service.transfer.deleting import delete_aggregate
 from tests.support.crashing import CrashingStore
 from tests.support.fenced import FencedCommits, HandLease
@@ -338,6 +338,9 @@ class ElsewhereLease:
     def holder(self) -> str:
         return "10.0.0.9:50051"
 
+    def step_aside(self) -> None:
+        pass
+
 
 async def test_only_the_replica_that_runs_a_reaction_replays_its_parked_commands() -> None:
     run = Harness()
@@ -530,3 +533,43 @@ async def test_a_command_to_a_forgotten_aggregate_is_refused_for_good_not_tried_
     assert await copier.step(0) == await run.store.log_head()
     assert copier.status.error == ""
     assert await run.parked("counters.copier") == []
+
+
+class StepAsideLease(HandLease):
+    """A held lease that records the runner stepping aside from it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.token = Fencing("projections", "counters.copier", "me", 1)
+        self.stepped_aside = 0
+
+    def step_aside(self) -> None:
+        self.stepped_aside += 1
+        super().step_aside()
+
+
+async def test_a_reaction_that_meets_an_event_of_a_newer_plugin_version_gives_its_lease_up() -> None:
+    # docs/deployment.md, "Rolling a new plugin version": a replica that
+    # reads it takes the reaction over (tests/integration/test_rolling_plugin_leases.py).
+    run = Harness(MemoryStore())
+    await run.add("source", "a")
+    too_new = NewEvent(
+        event_id=str(uuid.uuid4()),
+        aggregate_type="Counter",
+        event_type="box.v1.BoxRenamed",
+        schema_version=2,  # this plugin's is 1
+        payload=ItemAdded(name="b").SerializeToString(),
+        timestamp_us=1,
+    )
+    await run.store.append("source", [too_new], 1)
+    lease = StepAsideLease()
+    runner = run.runner("counters.copier", lease=lease, retry_interval=0.01, poll_interval=0.01)
+    runner.start()
+    try:
+        await eventually(lambda: lease.stepped_aside == 1, what="the lease given up")
+    finally:
+        await runner.stop()
+    assert not runner.holds_lease
+    assert runner.status.last_error.startswith("SCHEMA_VERSION_TOO_NEW")
+    assert runner.error_now == ""  # another replica's to report now
+    assert await run.items("copy") == ["copied:a"]  # the events before it went through
