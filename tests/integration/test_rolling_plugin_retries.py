@@ -17,15 +17,20 @@ PostgreSQL database, one with the purse plugin's v1 and one with its v2
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
 
+from chronicle.v1 import event_service_pb2 as events
+from chronicle.v1 import reaction_service_pb2 as reactions
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.plugins.registry import Registry
+from service.store.postgres import PostgresStore
 from tests.support.cluster import replica
-from tests.support.grpc_client import command, details_of
-from tests.support.purse import v1, v2
+from tests.support.grpc_client import Client, command, details_of
+from tests.support.purse import SHADOW, v1, v2
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -95,12 +100,76 @@ async def test_a_retry_on_an_old_replica_of_what_a_new_one_ran_is_answered_witho
         retried = await old.submit(deposit)
 
         assert (retried.version, retried.replayed, len(retried.events)) == (2, True, 0)
-        # A new command there cannot be decided on state v1 cannot rebuild.
+        # A new command there cannot be decided on state v1 cannot rebuild,
+        # nor read; on the new replica it runs.
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await old.submit(command("p1", bank.Deposit(amount=1)))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert details_of(refused.value).reason == "SCHEMA_VERSION_TOO_NEW"
+        with pytest.raises(grpc.aio.AioRpcError) as unread:
+            await old.events.GetAggregate(events.GetAggregateRequest(aggregate_id="p1"), timeout=10)
+        assert (unread.value.code(), details_of(unread.value).reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "SCHEMA_VERSION_TOO_NEW",
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as unread:
+            async for _ in old.events.ReadAggregate(events.ReadAggregateRequest(aggregate_id="p1"), timeout=10):
+                pass
+        assert (unread.value.code(), details_of(unread.value).reason) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "SCHEMA_VERSION_TOO_NEW",
+        )
+        assert (await new.submit(command("p1", bank.Deposit(amount=1)))).version == 3
 
     async with replica(postgres_url, registry=Registry([v1.plugin])) as (_, cold):
         retried = await cold.submit(deposit)  # p1 not cached: its load fails first
         assert (retried.version, retried.replayed, len(retried.events)) == (2, True, 0)
+
+
+async def test_a_reaction_going_over_its_events_again_after_its_command_was_renamed_runs_nothing_twice(
+    postgres_url: str,
+) -> None:
+    """purse.shadow opens a shadow purse with OpenAccount in v1 and with its
+    new name, RecordRefund, in v2; its command ids do not depend on the
+    type. Gone over again from the start (its checkpoint reset), v2's
+    command for the same event is refused COMMAND_ID_REUSED and parked, the
+    shadow opened once; the parked commands are dismissed by reason."""
+    async with replica(postgres_url, registry=Registry([v1.plugin])) as (_, old):
+        await old.submit(command("p1", bank.OpenAccount(owner="ann")))
+        await eventually(lambda: _shadow_opened(old), what="the shadow purse opened by v1's reaction")
+    store = PostgresStore(postgres_url, pool_size=1)
+    await store.open()
+    try:
+        await store.reset_projection(SHADOW)  # as an import leaves it: no checkpoint
+    finally:
+        await store.close()
+    async with replica(postgres_url, registry=Registry([v2.plugin]), anonymous_admin=True) as (_, new):
+
+        async def parked() -> list[reactions.ParkedCommand]:
+            response = await new.reactions.ListParkedCommands(reactions.ListParkedCommandsRequest(reaction=SHADOW))
+            return list(response.commands)
+
+        await eventually(lambda: _has(parked), what="v2's command parked")
+        (command_parked,) = await parked()
+        assert command_parked.reason == "COMMAND_ID_REUSED"
+        assert command_parked.command.type_url.endswith("/bank.v1.RecordRefund")
+        history = await new.events.GetAggregate(events.GetAggregateRequest(aggregate_id="shadow-p1"), timeout=10)
+        assert history.version == 1  # opened once, by v1
+        dismissed = await new.reactions.DismissAllParkedCommands(
+            reactions.DismissAllParkedCommandsRequest(reaction=SHADOW, reason="COMMAND_ID_REUSED")
+        )
+        assert dismissed.dismissed == 1 and await parked() == []
+
+
+async def _shadow_opened(client: Client) -> bool:
+    try:
+        await client.events.GetAggregate(events.GetAggregateRequest(aggregate_id="shadow-p1"), timeout=10)
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return False
+    return True
+
+
+async def _has(listing: Callable[[], Awaitable[list[reactions.ParkedCommand]]]) -> bool:
+    return bool(await listing())
