@@ -15,8 +15,7 @@ it stays there after the v1 replica's pause is over.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -43,15 +42,6 @@ def _replica(database_url: str, version: str, log_path: Path) -> Replica:
             "--lease-seconds", str(LEASE_SECONDS), "--poll-seconds", "0.2", "--anonymous-admin",
         ],
     )  # fmt: skip
-
-
-@contextmanager
-def _running(server: Replica) -> Iterator[Replica]:
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 async def _projection(client: Client) -> projections.GetProjectionResponse:
@@ -88,22 +78,26 @@ async def test_a_projection_the_old_version_cannot_go_on_with_moves_to_the_new_o
     postgres_url: str, tmp_path: Path
 ) -> None:
     old = _replica(postgres_url, "v1", tmp_path / "v1.log")
+    new = _replica(postgres_url, "v2", tmp_path / "v2.log")
     with ExitStack() as stack:
-        stack.enter_context(_running(old))
+        stack.callback(old.close)
+        stack.callback(new.close)
+        old.start()
         async with connect(old.address) as at_old:
             await at_old.submit(command("p1", bank.Deposit(amount=2)))  # v1: 2 units, 200 cents
             await eventually(lambda: _counted(at_old, 200), what="v1 counting the first deposit")
             # The v2 replica joins; which of the two runs the projection is
-            # their fair share's choice (by member id, random): a v2 replica
-            # started again until the v1 one keeps it, so the lease is v1's
-            # to give up.
+            # their shares' and preferences' choice (by member ids, random):
+            # both are started again until the v1 one keeps it, so the lease
+            # is v1's to give up.
             for _ in range(10):
-                new = _replica(postgres_url, "v2", tmp_path / "v2.log")
-                stack.enter_context(_running(new))
+                new.start()
                 await asyncio.sleep(4 * LEASE_SECONDS)  # the shares settle
                 if (await _projection(at_old)).running:
                     break
-                new.stop()  # it leaves the group: the v1 replica takes the lease back
+                new.stop()
+                old.stop()
+                old.start()  # a new member id (on the same port: the channel reconnects)
                 await eventually(lambda: _runs(at_old), what="the v1 replica running the projection again")
             else:
                 pytest.fail("the v1 replica never kept the projection's lease")

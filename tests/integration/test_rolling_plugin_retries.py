@@ -29,7 +29,7 @@ from service.plugins.registry import Registry
 from service.store.postgres import PostgresStore
 from tests.support.cluster import replica
 from tests.support.grpc_client import Client, command, details_of
-from tests.support.purse import SHADOW, v1, v2
+from tests.support.purse import SHADOW, shadow_v1, shadow_v2, v1, v2
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.asyncio
@@ -134,7 +134,7 @@ async def test_a_reaction_going_over_its_events_again_after_its_command_was_rena
     type. Gone over again from the start (its checkpoint reset), v2's
     command for the same event is refused COMMAND_ID_REUSED and parked, the
     shadow opened once; the parked commands are dismissed by reason."""
-    async with replica(postgres_url, registry=Registry([v1.plugin])) as (_, old):
+    async with replica(postgres_url, registry=Registry([v1.plugin, shadow_v1.plugin])) as (_, old):
         await old.submit(command("p1", bank.OpenAccount(owner="ann")))
         await eventually(lambda: _shadow_opened(old), what="the shadow purse opened by v1's reaction")
     store = PostgresStore(postgres_url, pool_size=1)
@@ -143,7 +143,10 @@ async def test_a_reaction_going_over_its_events_again_after_its_command_was_rena
         await store.reset_projection(SHADOW)  # as an import leaves it: no checkpoint
     finally:
         await store.close()
-    async with replica(postgres_url, registry=Registry([v2.plugin]), anonymous_admin=True) as (_, new):
+    async with replica(postgres_url, registry=Registry([v2.plugin, shadow_v2.plugin]), anonymous_admin=True) as (
+        _,
+        new,
+    ):
 
         async def parked() -> list[reactions.ParkedCommand]:
             response = await new.reactions.ListParkedCommands(reactions.ListParkedCommandsRequest(reaction=SHADOW))

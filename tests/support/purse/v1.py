@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.plugins import CommandContext, Documents, Plugin, ProjectedEvent, Send
-from tests.support.purse import PURSE, SHADOW, TOTALS
+from service.plugins import CommandContext, Documents, Plugin, ProjectedEvent
+from tests.support.purse import PURSE, TOTALS
 
 plugin = Plugin("purse")
 purse = plugin.aggregate(PURSE, state=bank.Account)
@@ -38,13 +38,3 @@ def _total_units(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents
     balance = documents.get(envelope.aggregate_id, bank.AccountBalance) or bank.AccountBalance()
     balance.balance += event.amount * 100
     documents.put(envelope.aggregate_id, balance)
-
-
-shadow = plugin.reaction(SHADOW, aggregate_types=[PURSE], start_from="beginning")
-
-
-@shadow.on(bank.AccountOpened)
-def _open_its_shadow(event: bank.AccountOpened, envelope: ProjectedEvent, state: None) -> Send | None:
-    if envelope.aggregate_id.startswith("shadow-"):
-        return None
-    return Send(f"shadow-{envelope.aggregate_id}", bank.OpenAccount(owner=event.owner))
