@@ -14,7 +14,7 @@
     chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID | --replay-all | --dismiss-all
                                              | --drop-state STATE_KEY]
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
-    chronicle plugins
+    chronicle plugins [--check --database-url URL]   # --check: can they read all the store holds? (read only)
     chronicle new-plugin library
     chronicle health [--server HOST:PORT]    # default: this host's server, as its settings say
     chronicle audit [--aggregate ID] [--principal P] [--outcome refused] [--since 2026-01-01T00:00:00Z]
@@ -121,6 +121,7 @@ from service.settings import add_arguments, env_value, load_settings
 
 if TYPE_CHECKING:
     from chronicle.v1 import export_pb2
+    from service.plugins.registry import Registry
     from service.transfer.exporter import ExportSelection
     from service.transfer.importer import ImportOptions
 
@@ -234,7 +235,8 @@ EXIT_STATUS_HELP = f"""exit status (every command):
        message on stderr, e.g. "error: NOT_FOUND AGGREGATE_NOT_FOUND: ..."),
        or could not be reached (with --database-url: the store refused, e.g.
        an import's AGGREGATE_NOT_EMPTY); a file failed midway (ENOSPC: a
-       full disk); health: the server is not serving
+       full disk); health: the server is not serving; plugins --check: the
+       store holds something the plugins cannot read (the JSON report says what)
   {EXIT_USAGE}    the command line, a setting or the input is wrong (bad arguments, a
        payload that is not a JSON object, a type the server does not know,
        a file that cannot be read or written, FILE_NOT_READABLE and
@@ -1472,7 +1474,10 @@ def _apikey(args: argparse.Namespace) -> int:
 def _plugins(args: argparse.Namespace) -> int:
     from service.app import build_registry
 
-    registry = build_registry(load_settings(args, os.environ))
+    settings = load_settings(args, os.environ)
+    registry = build_registry(settings)
+    if args.check:
+        return asyncio.run(_check_plugins(registry, settings.database_url))
     for plugin in registry.plugins:
         _print(
             {
@@ -1517,6 +1522,25 @@ def _plugins(args: argparse.Namespace) -> int:
     for warning in registry.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
+
+
+async def _check_plugins(registry: Registry, url: str) -> int:
+    """``plugins --check``: the store at ``url``, opened read only (as an
+    export opens its source: nothing written, not even the schema's version),
+    judged against ``registry``'s plugins (transfer/plugin_check.py). Exit 0
+    when every kind of thing stored is readable, 1 with the report otherwise."""
+    from service.store.factory import open_store
+    from service.store.schema_use import SchemaUse
+    from service.transfer.plugin_check import check_store
+
+    adapter = open_store(url, pool_size=1, use=SchemaUse.READ_ONLY)
+    await adapter.open()
+    try:
+        report = await check_store(registry, adapter)
+    finally:
+        await adapter.close()
+    _print(report.as_json())
+    return EXIT_OK if report.readable else EXIT_REFUSED
 
 
 def _new_plugin(args: argparse.Namespace) -> int:
@@ -1644,6 +1668,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser("plugins", help="list the plugins the server would load")
     add_arguments(plugins)
+    plugins.add_argument(
+        "--check",
+        action="store_true",
+        help="instead, check the plugins against what the store at --database-url holds (read only): exit 0 if"
+        " they read all of it, 1 with a JSON report of what they cannot (run it before deploying new plugins)",
+    )
     plugins.set_defaults(run=_plugins, remote=False)
 
     new = commands.add_parser("new-plugin", help="write a new domain plugin: proto, handlers, apply functions, tests")

@@ -175,6 +175,9 @@ class TimedLog:
     async def log_head(self) -> int:
         return await self._clock.time("log_head", self._inner.log_head)
 
+    async def stored_event_kinds(self) -> list[tuple[str, str, int]]:
+        return await self._clock.time("stored_event_kinds", self._inner.stored_event_kinds)
+
     async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
         # Waiting is not time in the store.
         await self._inner.wait_for_commit(after_position, max_wait)

@@ -201,6 +201,11 @@ class LogReader(Protocol):
     async def log_head(self) -> int:
         """The position of the last committed event (0 for an empty log)."""
 
+    async def stored_event_kinds(self) -> list[tuple[str, str, int]]:
+        """Every (aggregate type, event type, schema version) the log holds,
+        each once, in that order: what ``chronicle plugins --check`` judges
+        the plugins by. A scan of the whole log (no index holds the three)."""
+
     async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
         """Return when an event after ``after_position`` may have committed
         (through any replica), or after ``max_wait`` seconds."""

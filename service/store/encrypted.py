@@ -350,6 +350,9 @@ class SealedLog:
     async def log_head(self) -> int:
         return await self.inner.log_head()
 
+    async def stored_event_kinds(self) -> list[tuple[str, str, int]]:
+        return await self.inner.stored_event_kinds()  # types and versions are stored in the clear
+
     async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
         await self.inner.wait_for_commit(after_position, max_wait)
 

@@ -189,6 +189,9 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
     async def log_head(self) -> int:
         return self._last_position
 
+    async def stored_event_kinds(self) -> list[tuple[str, str, int]]:
+        return sorted({(e.aggregate_type, e.event_type, e.schema_version) for e in self._log})
+
     async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
         await self._commits.wait_beyond(after_position, max_wait)
 

@@ -45,6 +45,12 @@ class LogRole:
         (result,) = await self._db.run("log_head", [Statement(sql.LOG_HEAD.encode())], read_only=True)
         return int(scalar(result) or 0)
 
+    async def stored_event_kinds(self) -> list[tuple[str, str, int]]:
+        (result,) = await self._db.run(
+            "stored_event_kinds", [Statement(sql.STORED_EVENT_KINDS.encode())], read_only=True
+        )
+        return [(str(a), str(e), int(v)) for a, e, v in rows(result)]
+
     async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
         self._db.listen()
         await self._db.commits.wait_beyond(after_position, max_wait)

@@ -254,6 +254,13 @@ def read_log(where: str, limit: str, max_bytes: str, *, order: str = "position")
 # (aggregate_id, version) index needs the sort. Local to the read's operation.
 LOG_PAGE_SETTINGS = "SELECT set_config('enable_sort', 'off', true), set_config('enable_bitmapscan', 'off', true)"
 LOG_HEAD = "SELECT last_position FROM chronicle.log_head"
+# Every (aggregate type, event type, schema version) stored, for the
+# pre-deploy check (``chronicle plugins --check``). No index holds the three:
+# a scan of the whole table (docs/plugins.md gives its cost), never run by a server.
+STORED_EVENT_KINDS = (
+    "SELECT aggregate_type, event_type, schema_version FROM chronicle.events"
+    ' GROUP BY 1, 2, 3 ORDER BY aggregate_type COLLATE "C", event_type COLLATE "C", schema_version'
+)
 LISTEN = "LISTEN chronicle_events"
 NOTIFY_CHANNEL = "chronicle_events"
 

@@ -32,6 +32,10 @@ class LogRole:
         (head,) = await self._writer.run(lambda db: db.execute(sql.LOG_HEAD).fetchone())
         return int(head)
 
+    async def stored_event_kinds(self) -> list[tuple[str, str, int]]:
+        found = await self._writer.run(lambda db: db.execute(sql.STORED_EVENT_KINDS).fetchall())
+        return [(str(a), str(e), int(v)) for a, e, v in found]
+
     async def wait_for_commit(self, after_position: int, max_wait: float) -> None:
         # Appends through this store wake readers at once; appends by another
         # process on the same file are found when max_wait expires.

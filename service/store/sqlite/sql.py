@@ -148,6 +148,9 @@ def read_log(where: str) -> str:
 
 
 LOG_HEAD = "SELECT COALESCE(MAX(position), 0) FROM events"
+# Every (aggregate type, event type, schema version) stored, for the
+# pre-deploy check: a scan of the whole table (docs/plugins.md).
+STORED_EVENT_KINDS = "SELECT aggregate_type, event_type, schema_version FROM events GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
 
 # -- claims -------------------------------------------------------------------------
 

@@ -1,0 +1,198 @@
+"""Whether the plugins about to be deployed can read what a store holds.
+
+``chronicle plugins --check --database-url URL`` (docs/plugins.md, "Before
+deploying a new version"). The plugins' own checks at start-up
+(registry.py) judge the plugins alone: an event type at schema version 2
+with no upcaster is allowed, since no v1 may ever have been stored. Only the
+store can say whether one was, and a server started with such plugins fails
+every read of the aggregates that hold one. So this reads, without writing:
+
+- every (aggregate type, event type, schema version) the log holds, judged
+  as a reader would judge one such event (processing/upcasting.py):
+  UNKNOWN_AGGREGATE_TYPE, UNKNOWN_EVENT_TYPE, AGGREGATE_TYPE_MISMATCH,
+  SCHEMA_VERSION_TOO_NEW, UNSUPPORTED_SCHEMA_VERSION (older, no upcaster);
+- every projection or reaction name the store holds a checkpoint, documents
+  or parked events of that no loaded plugin declares (ORPHANED_PROJECTION:
+  a renamed or retired one, whose rows nothing will read or delete);
+- each declared reaction's process states, whose stored type must be its
+  ``state`` now or one it upcasts (``@reaction.upcast_state``), else the
+  reaction stops at the first event of that process (DOCUMENT_TYPE_MISMATCH).
+  A state sealed by encryption at rest cannot be opened here: counted as
+  ``sealed_states``, not judged.
+
+The same rules as an import's (transfer/readable.py), per kind of event
+instead of per event, and without the payload: a payload is parsed only
+when an event is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
+from service.plugins.reactions import Reaction
+from service.plugins.registry import Registry
+from service.store.base import StoreAdapter
+from service.store.encryption import is_sealed
+from service.store.records import TOMBSTONE_EVENT_TYPE, DocumentRange
+
+# Where a reaction keeps its process states among its documents
+# (processing/reaction_documents.py's STATE_PREFIX; that module is above this layer).
+STATE_PREFIX = "state:"
+# States listed per store read: a page, not a reaction's every state at once.
+STATE_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One thing the store holds that the plugins cannot read."""
+
+    reason: str
+    message: str
+    details: dict[str, str | int]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "message": self.message, **self.details}
+
+
+@dataclass(slots=True)
+class CheckReport:
+    findings: list[Finding] = field(default_factory=list)
+    event_kinds: int = 0
+    stored_names: int = 0
+    sealed_states: int = 0
+
+    @property
+    def readable(self) -> bool:
+        return not self.findings
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "readable": self.readable,
+            "event_kinds_checked": self.event_kinds,
+            "stored_projections_checked": self.stored_names,
+            "sealed_states_not_checked": self.sealed_states,
+            "findings": [finding.as_json() for finding in self.findings],
+        }
+
+
+async def check_store(registry: Registry, store: StoreAdapter) -> CheckReport:
+    """What in ``store`` the plugins of ``registry`` cannot read; reads only."""
+    report = CheckReport()
+    kinds = await store.stored_event_kinds()
+    report.event_kinds = len(kinds)
+    for aggregate_type, event_type, schema_version in kinds:
+        finding = judge_event_kind(registry, aggregate_type, event_type, schema_version)
+        if finding is not None:
+            report.findings.append(finding)
+    stored = await store.stored_projections()
+    report.stored_names = len(stored)
+    declared = {p.name for p in registry.projections} | {r.name for r in registry.reactions}
+    for name, position in stored:
+        if name not in declared:
+            report.findings.append(
+                Finding(
+                    "ORPHANED_PROJECTION",
+                    f"the store holds projection or reaction {name!r} (checkpoint {position}), which no loaded"
+                    " plugin declares: renamed or retired? Its rows stay unread; once it is retired, delete them"
+                    f" (chronicle projection delete {name})",
+                    {"name": name, "position": position},
+                )
+            )
+    for reaction in registry.reactions:
+        if reaction.state_type is not None:
+            await _check_states(reaction, store, report)
+    return report
+
+
+def judge_event_kind(registry: Registry, aggregate_type: str, event_type: str, schema_version: int) -> Finding | None:
+    """Why an event of this kind cannot be read with ``registry``'s plugins
+    (None: it can), by the reader's rules (processing/upcasting.py). The
+    registry has checked at its build that an upcaster's chain has no gap,
+    so one upcaster from this version means the whole chain is there."""
+    details: dict[str, str | int] = {
+        "aggregate_type": aggregate_type,
+        "event_type": event_type,
+        "schema_version": schema_version,
+    }
+    where = f"{aggregate_type}/{event_type} v{schema_version}"
+    if registry.aggregate(aggregate_type) is None:
+        return Finding(
+            "UNKNOWN_AGGREGATE_TYPE",
+            f"{where}: no loaded plugin declares aggregate type {aggregate_type!r}",
+            details,
+        )
+    if event_type == TOMBSTONE_EVENT_TYPE:
+        return None  # a deleted aggregate's tombstone belongs to every aggregate type
+    spec = registry.event(event_type)
+    upcaster = registry.upcaster(event_type, schema_version)
+    owner = spec.aggregate if spec is not None else upcaster.aggregate if upcaster is not None else None
+    if owner is None:
+        if event_type in registry.upcast_types:
+            return Finding(
+                "UNSUPPORTED_SCHEMA_VERSION", f"{where}: no upcaster reads {event_type} v{schema_version}", details
+            )
+        return Finding(
+            "UNKNOWN_EVENT_TYPE", f"{where}: no loaded plugin declares or upcasts event type {event_type}", details
+        )
+    if owner.name != aggregate_type:
+        return Finding(
+            "AGGREGATE_TYPE_MISMATCH",
+            f"{where}: {event_type} is an event of aggregate type {owner.name!r}, not of {aggregate_type!r}",
+            details,
+        )
+    if spec is None or upcaster is not None or schema_version == spec.schema_version:
+        return None
+    if schema_version > spec.schema_version:
+        return Finding(
+            "SCHEMA_VERSION_TOO_NEW",
+            f"{where}: newer than the plugin's v{spec.schema_version} (a newer plugin wrote it: roll forward)",
+            {**details, "plugin_schema_version": spec.schema_version},
+        )
+    return Finding(
+        "UNSUPPORTED_SCHEMA_VERSION",
+        f"{where}: no upcaster reads it (the plugin's is v{spec.schema_version}): register"
+        f" @{owner.name.lower()}.upcast({event_type}, from_version={schema_version})",
+        {**details, "plugin_schema_version": spec.schema_version},
+    )
+
+
+async def _check_states(reaction: Reaction[Any], store: StoreAdapter, report: CheckReport) -> None:
+    """One finding per stored state type ``reaction`` can no longer load,
+    with how many states are of it and one of their keys."""
+    assert reaction.state_type is not None
+    readable = {str(reaction.state_type.DESCRIPTOR.full_name), *reaction.state_upcasters}
+    unreadable: dict[str, tuple[int, str]] = {}
+    after: str | None = None
+    while True:
+        page = await store.list_documents(
+            reaction.name, DocumentRange(prefix=STATE_PREFIX, after=after, limit=STATE_PAGE)
+        )
+        for document in page:
+            if is_sealed(document.data):
+                report.sealed_states += 1
+                continue
+            try:
+                stored_as = reaction_pb.ProcessState.FromString(document.data).state.type_url.rpartition("/")[2]
+            except DecodeError:
+                stored_as = document.type_name
+            if stored_as not in readable:
+                count, key = unreadable.get(stored_as, (0, document.key))
+                unreadable[stored_as] = (count + 1, key)
+        if len(page) < STATE_PAGE:
+            break
+        after = page[-1].key
+    for stored_as, (count, key) in sorted(unreadable.items()):
+        report.findings.append(
+            Finding(
+                "DOCUMENT_TYPE_MISMATCH",
+                f"reaction {reaction.name}: {count} process state(s) stored as {stored_as}, which is neither its"
+                f" state type {reaction.state_type.DESCRIPTOR.full_name} nor one it upcasts: register"
+                f" @reaction.upcast_state({stored_as}), or drop them (chronicle reaction {reaction.name}"
+                " --drop-state KEY)",
+                {"reaction": reaction.name, "stored_type": stored_as, "states": count, "example_key": key},
+            )
+        )

@@ -1,0 +1,216 @@
+"""``chronicle plugins --check --database-url URL`` on SQLite and on a real
+PostgreSQL: the plugins about to be deployed (tests/support/plugins.py's
+``ledger``, whose events changed over time, and a reaction whose state type
+changed) judged against what a store holds, read only. Exit 0 when every
+kind of event, every stored projection name and every reaction state is
+readable; 1 with a JSON report naming each kind that is not, with the
+reason a reader would fail it with (docs/plugins.md, "Before deploying")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.box.protos.box.v1 import box_pb2 as box
+from service.cli import main
+from service.plugins import Plugin, ProjectedEvent
+from service.store.base import StoreAdapter
+from service.store.factory import open_store
+from service.store.records import DocumentWrite, RecordedEvent
+
+REACTION = "minding.books"
+LEDGER = "tests.support.plugins:ledger"
+
+
+def _minding(*, upcasts: bool) -> Plugin:
+    """A reaction on Book events whose state is a ``box.CreateBox`` now (it
+    was a ``box.Box``), with or without the upcaster of the old type."""
+    plugin = Plugin("minding")
+    reaction = plugin.reaction(
+        REACTION, aggregate_types=["Book"], state=box.CreateBox, state_key=lambda e: e.aggregate_id
+    )
+
+    @reaction.on(bank.MoneyDeposited)
+    def _noted(event: bank.MoneyDeposited, envelope: ProjectedEvent, state: box.CreateBox) -> None:
+        state.name = envelope.aggregate_id
+
+    if upcasts:
+
+        @reaction.upcast_state(box.Box)
+        def _from_box(old: box.Box) -> box.CreateBox:
+            return box.CreateBox(name=old.name)
+
+    return plugin
+
+
+minding_without_upcaster = _minding(upcasts=False)
+minding_with_upcaster = _minding(upcasts=True)
+
+# Another aggregate type's event: one stored on a Book is no Book's to apply.
+shelving = Plugin("shelving")
+shelf = shelving.aggregate("Shelf", state=box.Box)
+
+
+@shelf.apply(box.BoxCreated)
+def _shelved(state: box.Box, event: box.BoxCreated) -> None:
+    state.name = event.name
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/events.db"
+    request.applymarker(pytest.mark.postgres)
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[StoreAdapter]:
+    adapter = open_store(database_url, pool_size=1)
+    await adapter.open()
+    yield adapter
+    await adapter.close()
+
+
+class Events:
+    """Stored events of any kind, as an older plugin version (or another
+    plugin) left them: written under the store, past any plugin's check."""
+
+    def __init__(self) -> None:
+        self.position = 0
+
+    async def put(
+        self, store: StoreAdapter, event_type: str, schema_version: int, aggregate_type: str = "Book"
+    ) -> None:
+        self.position += 1
+        await store.import_events(
+            [
+                RecordedEvent(
+                    event_id=f"00000000-0000-4000-8000-{self.position:012d}",
+                    aggregate_id=f"{aggregate_type}-{self.position}",  # each its own aggregate
+                    aggregate_type=aggregate_type,
+                    version=1,
+                    position=self.position,
+                    event_type=event_type,
+                    schema_version=schema_version,
+                    payload=b"",
+                    timestamp_us=1_700_000_000_000_000 + self.position,
+                    command_id=f"cmd-{self.position}",
+                    user_id="ann",
+                    origin="test",
+                    correlation_id="c",
+                    causation_id="c",
+                    metadata={},
+                )
+            ]
+        )
+
+
+async def check(url: str, capsys: pytest.CaptureFixture[str], *plugins: str) -> tuple[int, dict[str, Any]]:
+    """The CLI's exit status and report (in a thread: it runs its own event loop)."""
+    loaded = [flag for name in plugins for flag in ("--plugin", name)]
+    argv = ["plugins", "--check", "--database-url", url, "--no-discover-plugins", *loaded]
+    code = await asyncio.to_thread(main, argv)
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+def reasons(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    return sorted(
+        (f["reason"], *(str(f[k]) for k in ("aggregate_type", "event_type", "schema_version", "name") if k in f))
+        for f in report["findings"]
+    )
+
+
+async def readable_history(store: StoreAdapter, events: Events) -> None:
+    """Every version the ledger plugin reads: current ones, and older ones
+    its upcasters bring forward (retired types included)."""
+    for event_type, version in [
+        ("bank.v1.AccountOpened", 1),
+        ("bank.v1.AccountOpened", 2),
+        ("bank.v1.AccountOpened", 3),
+        ("bank.v1.MoneyDeposited", 1),
+        ("bank.v1.MoneyDeposited", 2),
+        ("legacy.v1.OwnerChanged", 1),
+        ("legacy.v1.AuditNote", 1),
+        ("bank.v1.AccountClosed", 2),
+    ]:
+        await events.put(store, event_type, version)
+
+
+async def test_a_store_the_plugins_read_whole_passes(
+    database_url: str, store: StoreAdapter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await readable_history(store, Events())
+    code, report = await check(database_url, capsys, LEDGER)
+    assert (code, report["readable"], report["findings"]) == (0, True, [])
+    assert report["event_kinds_checked"] == 8
+
+
+async def test_each_kind_no_plugin_reads_is_reported_with_its_reason(
+    database_url: str, store: StoreAdapter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = Events()
+    await readable_history(store, events)
+    await events.put(store, "bank.v1.AccountClosed", 1)  # v2 now, no upcaster from v1
+    await events.put(store, "bank.v1.MoneyDeposited", 3)  # written by a newer plugin
+    await events.put(store, "legacy.v1.OwnerChanged", 2)  # an upcast type, at a version none reads
+    await events.put(store, "legacy.v1.Unknown", 1)  # retired, and nothing upcasts it
+    await events.put(store, "bank.v1.AccountOpened", 3, aggregate_type="Wallet")  # a plugin not loaded
+    await events.put(store, "box.v1.BoxCreated", 1)  # the box plugin's event, stored on a Book
+    await store.start_projection("renamed.away", 0)
+    code, report = await check(database_url, capsys, LEDGER, f"{__name__}:shelving")
+    assert (code, report["readable"]) == (1, False)
+    assert reasons(report) == [
+        ("AGGREGATE_TYPE_MISMATCH", "Book", "box.v1.BoxCreated", "1"),
+        ("ORPHANED_PROJECTION", "renamed.away"),
+        ("SCHEMA_VERSION_TOO_NEW", "Book", "bank.v1.MoneyDeposited", "3"),
+        ("UNKNOWN_AGGREGATE_TYPE", "Wallet", "bank.v1.AccountOpened", "3"),
+        ("UNKNOWN_EVENT_TYPE", "Book", "legacy.v1.Unknown", "1"),
+        ("UNSUPPORTED_SCHEMA_VERSION", "Book", "bank.v1.AccountClosed", "1"),
+        ("UNSUPPORTED_SCHEMA_VERSION", "Book", "legacy.v1.OwnerChanged", "2"),
+    ]
+    too_new = next(f for f in report["findings"] if f["reason"] == "SCHEMA_VERSION_TOO_NEW")
+    assert too_new["plugin_schema_version"] == 2
+    # Read only: the check wrote nothing (the same kinds, the same names).
+    assert len(await store.stored_event_kinds()) == report["event_kinds_checked"] == 14
+    assert await store.stored_projections() == [("renamed.away", 0)]
+
+
+async def test_a_reaction_state_of_a_type_it_no_longer_reads_is_reported_until_it_upcasts_it(
+    database_url: str, store: StoreAdapter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = reaction_pb.ProcessState(subjects=["Book-1"])
+    old.state.Pack(box.Box(name="Book-1"))
+    current = reaction_pb.ProcessState(subjects=["Book-2"])
+    current.state.Pack(box.CreateBox(name="Book-2"))
+    await store.start_projection(REACTION, 0)
+    await store.commit_projection(
+        REACTION,
+        expected_position=0,
+        new_position=0,
+        writes=[
+            DocumentWrite(f"state:Book-{n}", "chronicle.v1.ProcessState", state.SerializeToString(), (f"Book-{n}",))
+            for n, state in ((1, old), (2, current))
+        ],
+    )
+    code, report = await check(database_url, capsys, LEDGER, f"{__name__}:minding_without_upcaster")
+    assert code == 1
+    (finding,) = report["findings"]
+    assert finding == {
+        "reason": "DOCUMENT_TYPE_MISMATCH",
+        "message": finding["message"],
+        "reaction": REACTION,
+        "stored_type": "box.v1.Box",
+        "states": 1,
+        "example_key": "state:Book-1",
+    }
+    code, report = await check(database_url, capsys, LEDGER, f"{__name__}:minding_with_upcaster")
+    assert (code, report["findings"]) == (0, [])
