@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
@@ -214,3 +215,27 @@ async def test_a_reaction_state_of_a_type_it_no_longer_reads_is_reported_until_i
     }
     code, report = await check(database_url, capsys, LEDGER, f"{__name__}:minding_with_upcaster")
     assert (code, report["findings"]) == (0, [])
+
+
+@pytest.mark.postgres
+async def test_the_check_writes_nothing_not_even_a_schema(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A database that takes no writes is checked all the same; one without
+    a Chronicle schema is refused as such (SCHEMA_MISSING, exit 2), not
+    migrated (docs/plugins.md: read only, as an export opens its source)."""
+    argv = ["plugins", "--check", "--database-url", postgres_url, "--no-discover-plugins", "--plugin", LEDGER]
+    assert await asyncio.to_thread(main, argv) == 2
+    assert "SCHEMA_MISSING" in capsys.readouterr().err
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('chronicle.events')").fetchone() == (None,)
+
+    adapter = open_store(postgres_url, pool_size=1)
+    await adapter.open()
+    await Events().put(adapter, "bank.v1.AccountClosed", 1)
+    await adapter.close()
+    name = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    code, report = await check(postgres_url, capsys, LEDGER)
+    assert (code, reasons(report)) == (1, [("UNSUPPORTED_SCHEMA_VERSION", "Book", "bank.v1.AccountClosed", "1")])
