@@ -20,8 +20,8 @@ every read of the aggregates that hold one. So this reads, without writing:
   A state sealed by encryption at rest cannot be opened here: counted as
   ``sealed_states``, not judged.
 
-The same rules as an import's (transfer/readable.py), per kind of event
-instead of per event, and without the payload: a payload is parsed only
+The same rules as an import's (transfer/readable.py, asked once per kind
+of event, not per event), without the payload: a payload is parsed only
 when an event is read.
 """
 
@@ -33,11 +33,13 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
+from service.errors import InvalidInput
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
 from service.store.encryption import is_sealed
-from service.store.records import TOMBSTONE_EVENT_TYPE, DocumentRange
+from service.store.records import DocumentRange, RecordedEvent
+from service.transfer.readable import check_readable
 
 # Where a reaction keeps its process states among its documents
 # (processing/reaction_documents.py's STATE_PREFIX; that module is above this layer).
@@ -110,54 +112,42 @@ async def check_store(registry: Registry, store: StoreAdapter) -> CheckReport:
 
 def judge_event_kind(registry: Registry, aggregate_type: str, event_type: str, schema_version: int) -> Finding | None:
     """Why an event of this kind cannot be read with ``registry``'s plugins
-    (None: it can), by the reader's rules (processing/upcasting.py). The
-    registry has checked at its build that an upcaster's chain has no gap,
-    so one upcaster from this version means the whole chain is there."""
-    details: dict[str, str | int] = {
-        "aggregate_type": aggregate_type,
-        "event_type": event_type,
-        "schema_version": schema_version,
-    }
-    where = f"{aggregate_type}/{event_type} v{schema_version}"
-    if registry.aggregate(aggregate_type) is None:
-        return Finding(
-            "UNKNOWN_AGGREGATE_TYPE",
-            f"{where}: no loaded plugin declares aggregate type {aggregate_type!r}",
-            details,
-        )
-    if event_type == TOMBSTONE_EVENT_TYPE:
-        return None  # a deleted aggregate's tombstone belongs to every aggregate type
-    spec = registry.event(event_type)
-    upcaster = registry.upcaster(event_type, schema_version)
-    owner = spec.aggregate if spec is not None else upcaster.aggregate if upcaster is not None else None
-    if owner is None:
-        if event_type in registry.upcast_types:
-            return Finding(
-                "UNSUPPORTED_SCHEMA_VERSION", f"{where}: no upcaster reads {event_type} v{schema_version}", details
-            )
-        return Finding(
-            "UNKNOWN_EVENT_TYPE", f"{where}: no loaded plugin declares or upcasts event type {event_type}", details
-        )
-    if owner.name != aggregate_type:
-        return Finding(
-            "AGGREGATE_TYPE_MISMATCH",
-            f"{where}: {event_type} is an event of aggregate type {owner.name!r}, not of {aggregate_type!r}",
-            details,
-        )
-    if spec is None or upcaster is not None or schema_version == spec.schema_version:
-        return None
-    if schema_version > spec.schema_version:
-        return Finding(
-            "SCHEMA_VERSION_TOO_NEW",
-            f"{where}: newer than the plugin's v{spec.schema_version} (a newer plugin wrote it: roll forward)",
-            {**details, "plugin_schema_version": spec.schema_version},
-        )
-    return Finding(
-        "UNSUPPORTED_SCHEMA_VERSION",
-        f"{where}: no upcaster reads it (the plugin's is v{spec.schema_version}): register"
-        f" @{owner.name.lower()}.upcast({event_type}, from_version={schema_version})",
-        {**details, "plugin_schema_version": spec.schema_version},
+    (None: it can): an import's rules (transfer/readable.py), one rule set
+    for both, asked about a stand-in event of the kind. Its payload is empty,
+    which parses as any type: the kind is judged, not one event's bytes."""
+    stand_in = RecordedEvent(
+        event_id="",
+        aggregate_id="",
+        aggregate_type=aggregate_type,
+        version=1,
+        position=0,
+        event_type=event_type,
+        schema_version=schema_version,
+        payload=b"",
+        timestamp_us=0,
+        command_id="",
+        user_id="",
+        origin="",
+        correlation_id="",
+        causation_id="",
+        metadata={},
     )
+    try:
+        check_readable(registry, stand_in, index=0)
+    except InvalidInput as refusal:
+        why = refusal.violations[0].description if refusal.violations else refusal.message
+        if refusal.reason == "UNKNOWN_AGGREGATE_TYPE":  # the import's advice (--leave-out) is no deployment's
+            why = f"no loaded plugin declares aggregate type {aggregate_type!r}: load the plugin that does"
+        details: dict[str, str | int] = {
+            "aggregate_type": aggregate_type,
+            "event_type": event_type,
+            "schema_version": schema_version,
+        }
+        spec = registry.event(event_type)
+        if spec is not None:
+            details["plugin_schema_version"] = spec.schema_version
+        return Finding(refusal.reason, f"{aggregate_type}/{event_type} v{schema_version}: {why}", details)
+    return None
 
 
 async def _check_states(reaction: Reaction[Any], store: StoreAdapter, report: CheckReport) -> None:

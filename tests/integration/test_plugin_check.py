@@ -180,6 +180,10 @@ async def test_each_kind_no_plugin_reads_is_reported_with_its_reason(
     ]
     too_new = next(f for f in report["findings"] if f["reason"] == "SCHEMA_VERSION_TOO_NEW")
     assert too_new["plugin_schema_version"] == 2
+    unknown = next(f for f in report["findings"] if f["reason"] == "UNKNOWN_AGGREGATE_TYPE")
+    assert unknown["message"] == (
+        "Wallet/bank.v1.AccountOpened v3: no loaded plugin declares aggregate type 'Wallet': load the plugin that does"
+    )
     # Read only: the check wrote nothing (the same kinds, the same names).
     assert len(await store.stored_event_kinds()) == report["event_kinds_checked"] == 14
     assert await store.stored_projections() == [("renamed.away", 0)]
