@@ -113,3 +113,19 @@ async def test_waiting_returns_at_once_when_a_commit_is_already_known(store: Sto
 
 async def test_waiting_gives_up_after_the_timeout(store: StoreAdapter) -> None:
     await asyncio.wait_for(store.wait_for_commit(await store.log_head(), max_wait=0.05), timeout=5)
+
+
+async def test_the_stored_event_kinds_are_each_kind_once_in_order(store: StoreAdapter) -> None:
+    """What ``chronicle plugins --check`` judges: (aggregate type, event
+    type, schema version), each once however many events are of it, ordered
+    by code point (a capital before a small letter on every store)."""
+    assert await store.stored_event_kinds() == []
+    await store.append("t-1", [new_event("t.v1.B"), new_event("t.v1.B"), new_event("t.v1.B", schema_version=2)], 0)
+    await store.append("w-1", [new_event("w.v1.a", aggregate_type="Wallet")], 0)
+    await store.append("w-2", [new_event("w.v1.Z", aggregate_type="Wallet")], 0)
+    assert await store.stored_event_kinds() == [
+        ("Thing", "t.v1.B", 1),
+        ("Thing", "t.v1.B", 2),
+        ("Wallet", "w.v1.Z", 1),
+        ("Wallet", "w.v1.a", 1),
+    ]
