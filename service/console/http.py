@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 log = logging.getLogger("chronicle.console")
 
@@ -76,13 +76,43 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def _first_values(text: str) -> dict[str, str]:
-    return {name: values[0] for name, values in parse_qs(text, keep_blank_values=True).items()}
+    fields: dict[str, str] = {}
+    for name, value in parse_qsl(text, keep_blank_values=True, errors="replace"):
+        fields.setdefault(name, value)
+    return fields
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: HTTPStatus) -> None:
+    def __init__(self, status: HTTPStatus, detail: str = "") -> None:
         super().__init__(status.phrase)
         self.status = status
+        self.detail = detail or status.phrase
+
+
+def _query(text: str) -> dict[str, str]:
+    """The address's query, each name once, in UTF-8: a name given twice
+    (``?version=1&version=2``) or bytes that are not UTF-8 are refused, not
+    settled by taking one of them or by replacing what cannot be read."""
+    fields: dict[str, str] = {}
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, "the query is not UTF-8") from None
+    for name, value in pairs:
+        if name in fields:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"the query names {name!r} more than once")
+        fields[name] = value
+    return fields
+
+
+def _target(raw: str) -> str:
+    """The request target as UTF-8 text. The head is read as latin-1 (one
+    character per byte); a browser sends non-ASCII in a query unencoded, as
+    UTF-8 bytes, which must be read as such, not shown as mojibake."""
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, "the address is not UTF-8") from None
 
 
 async def _read_request(reader: asyncio.StreamReader) -> Request:
@@ -112,10 +142,14 @@ async def _read_request(reader: asyncio.StreamReader) -> Request:
     if length > MAX_BODY_BYTES:
         raise _BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
     body = await reader.readexactly(length) if length else b""
-    url = urlsplit(target)
+    url = urlsplit(_target(target))
     if not url.path.startswith("/"):
         raise _BadRequest(HTTPStatus.BAD_REQUEST)
-    return Request(method=method, path=url.path, query=_first_values(url.query), headers=headers, body=body)
+    try:  # the path stays percent-encoded (a name may hold "/"); what it encodes must be UTF-8
+        unquote_to_bytes(url.path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, "the path is not UTF-8") from None
+    return Request(method=method, path=url.path, query=_query(url.query), headers=headers, body=body)
 
 
 def _head(response: Response, *, length: int | None) -> bytes:
@@ -181,7 +215,7 @@ class HttpServer:
             try:
                 request = await self._receive(reader, writer)
             except _BadRequest as bad:
-                response = Response(bad.status, bad.status.phrase.encode(), "text/plain; charset=utf-8")
+                response = Response(bad.status, bad.detail.encode(), "text/plain; charset=utf-8")
             except TimeoutError:
                 return
             else:

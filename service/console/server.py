@@ -229,8 +229,12 @@ class Console:
             except ChronicleError as error:
                 return self._action_refused(error, session, principal, "/groups")
             return _redirect(url("/groups/" + segment(name), replayed=replaying))
-        if request.method != "GET":
-            return _plain(405, "method not allowed")
+        if request.method != "GET" or _is_action(path):
+            # An action's address asked with GET is not a page of that name
+            # (a group called "billing/replay"): it wants a POST.
+            refused = _plain(405, "method not allowed")
+            refused.headers = [("Allow", "POST" if _is_action(path) else "GET")]
+            return refused
         query = dict(request.query)
         csrf_token = session.csrf_token if session is not None else ""
         # The Log page's cursors are bound to the session (none without --auth).
@@ -388,6 +392,15 @@ def _login_page(error: ChronicleError | None = None) -> Html:
         class_="login",
     )
     return page("Log in", *([views.error_box(error)] if error else []), form)
+
+
+def _is_action(path: str) -> bool:
+    """Whether ``path`` names one of the console's actions (POST only)."""
+    return (
+        path == "/logout"
+        or (path.startswith("/projections/") and path.endswith("/rebuild"))
+        or (path.startswith("/groups/") and path.endswith("/replay"))
+    )
 
 
 def _plain(status: int, text: str) -> Response:

@@ -532,3 +532,33 @@ async def test_over_https_every_answer_carries_strict_transport_security(tmp_pat
         assert (await request(console(plain), "GET", "/login")).header("strict-transport-security") is None
     finally:
         await plain.stop(grace=0.5, drain=0)
+
+
+async def test_an_address_that_is_not_utf8_or_repeats_a_name_is_refused_and_actions_want_post(tmp_path: Path) -> None:
+    app = await start(walkthrough(tmp_path), store=MemoryStore())
+    try:
+        async with connect(app.address, interceptors=bearer(KEY)) as client:
+            await client.submit(command("acc-é", bank.OpenAccount(owner="ann"), user_id="root"))
+            await client.submit(command("acc-é", bank.Deposit(amount=1), user_id="root"))
+        address = console(app)
+        root = session_cookie(await log_in(address, KEY))
+
+        async def get(target: bytes) -> Answer:
+            head = b"GET " + target + b" HTTP/1.1\r\nHost: " + address.encode() + b"\r\nCookie: " + root.encode()
+            return await send_raw(address, head + b"\r\n\r\n")
+
+        not_utf8 = await get(b"/aggregates/%C3%28")
+        assert not_utf8.status == 400 and "not UTF-8" in not_utf8.text
+        assert (await get(b"/log?q=%C3")).status == 400
+        assert (await get(b"/log?q=\xc3(")).status == 400
+        repeated = await get(b"/aggregates/acc-1?version=1&version=2")
+        assert repeated.status == 400 and "'version' more than once" in repeated.text
+        # Non-ASCII sent unencoded, as browsers send a query, reads as the UTF-8 it is.
+        found = await get("/log?q=acc-é".encode())
+        assert found.status == 200 and "acc-é" in html.unescape(found.text) and "Ã" not in found.text
+        assert (await get(b"/aggregates/acc-%C3%A9?version=1")).status == 200
+        for action in (b"/groups/billing/replay", b"/projections/bank.balances/rebuild", b"/logout"):
+            refused = await get(action)
+            assert refused.status == 405 and refused.header("allow") == "POST", action
+    finally:
+        await app.stop(grace=0.5, drain=0)
