@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 from service.console import views
 from service.console.cursors import Cursors
-from service.console.html import Content, Html, page, segment, tag, url, void
+from service.console.html import Content, Html, page, segment, tag, void
 from service.console.http import HttpServer, Request, Response
 from service.console.sessions import COOKIE, Session, Sessions, same_token
 from service.errors import (
@@ -140,7 +140,9 @@ class Console:
         self._on_action_refused = on_action_refused
         # Seals the Log page's cursors: a key of this console's own, for as long as it runs.
         self._cursors = Cursors()
-        self._sessions = Sessions(authenticator, idle_seconds=session_idle_seconds) if authenticator else None
+        # Without --auth the sessions are anonymous: a CSRF token and notices, no login.
+        self._auth = authenticator is not None
+        self._sessions = Sessions(authenticator, idle_seconds=session_idle_seconds)
         self._http = HttpServer(self._handle, base_headers=SECURITY_HEADERS)
         self._https = False
         self.address = ""
@@ -170,36 +172,40 @@ class Console:
         return response
 
     async def _respond(self, request: Request) -> Response:
-        if self._sessions is None and _host_of(request.headers.get("host", "")) not in _LOOPBACK_HOSTS:
+        if not self._auth and _host_of(request.headers.get("host", "")) not in _LOOPBACK_HOSTS:
             return _plain(421, "this console answers only requests addressed to a loopback host")
         if request.path.startswith("/static/"):
             return _static(request.path.removeprefix("/static/"))
-        session: Session | None = None
-        if self._sessions is not None:
-            if request.path == "/login":
-                return await self._login(request)
-            session = self._sessions.find(request.cookies.get(COOKIE, ""))
-            if session is None:
-                return _redirect("/login")
-        if request.method == "POST" and not self._post_allowed(request, session):
+        if self._auth and request.path == "/login":
+            return await self._login(request)
+        new_cookie = ""
+        session = self._sessions.find(request.cookies.get(COOKIE, ""))
+        if session is None and self._auth:
+            return _redirect("/login")
+        if session is None:
+            # Anonymous: a session of its own from the first page on (a form
+            # posted without one has no token to show, and is refused below).
+            new_cookie, session = self._sessions.open_anonymous()
+        if request.method == "POST" and not self._post_allowed(request, session, fresh=bool(new_cookie)):
             return _plain(403, "this form did not come from this console (its origin or CSRF token is wrong)")
-        principal = session.principal if session is not None and session.principal is not None else ANONYMOUS
+        principal = session.principal if session.principal is not None else ANONYMOUS
         token = current_principal.set(principal)
         # The browser's address, for what the servicers audit (an
         # administrator's action), as the gate sets the RPC's peer.
         peer_token = current_peer.set(lambda: request.peer)
         try:
-            return await self._route(request, session, principal)
+            response = await self._route(request, session, principal)
         finally:
             current_peer.reset(peer_token)
             current_principal.reset(token)
+        if new_cookie:
+            response.headers = [*response.headers, ("Set-Cookie", _cookie(new_cookie, secure=self._https))]
+        return response
 
-    def _post_allowed(self, request: Request, session: Session | None) -> bool:
+    def _post_allowed(self, request: Request, session: Session, *, fresh: bool) -> bool:
         # The console's own origin, always: a form that names none is refused, as the login is.
-        if not self._own_origin(request):
+        if not self._own_origin(request) or fresh:  # a session made just now gave no form its token
             return False
-        if session is None:  # auth off: no cookie to ride on; the origin check stands
-            return True
         return same_token(request.form.get("csrf_token", ""), session.csrf_token)
 
     def _own_origin(self, request: Request) -> bool:
@@ -208,27 +214,29 @@ class Console:
         scheme = "https" if self._https else "http"
         return request.headers.get("origin") == f"{scheme}://{request.headers.get('host', '')}"
 
-    async def _route(self, request: Request, session: Session | None, principal: Principal) -> Response:
+    async def _route(self, request: Request, session: Session, principal: Principal) -> Response:
         path = request.path
         parts = self._parts
         if request.method == "POST" and path == "/logout":
-            if self._sessions is not None:
-                self._sessions.log_out(request.cookies.get(COOKIE, ""))
-            return _redirect("/login", clear_cookie=True, secure=self._https)
+            self._sessions.log_out(request.cookies.get(COOKIE, ""))
+            return _redirect("/login" if self._auth else "/log", clear_cookie=True, secure=self._https)
         if request.method == "POST" and path.startswith("/projections/") and path.endswith("/rebuild"):
             name = unquote(path.removeprefix("/projections/").removesuffix("/rebuild"))
             try:
                 await views.rebuild_projection(parts, name)
             except ChronicleError as error:
                 return self._action_refused(error, session, principal, "/projections")
-            return _redirect(url("/projections", rebuilt=name))
+            session.tell("/projections", f"Rebuilding {name} from the start of the log.")
+            return _redirect("/projections")
         if request.method == "POST" and path.startswith("/groups/") and path.endswith("/replay"):
             name = unquote(path.removeprefix("/groups/").removesuffix("/replay"))
             try:
                 replaying = await views.replay_parked(parts, name, request.form.get("event_id", ""))
             except ChronicleError as error:
                 return self._action_refused(error, session, principal, "/groups")
-            return _redirect(url("/groups/" + segment(name), replayed=replaying))
+            group_page = "/groups/" + segment(name)
+            session.tell(group_page, f"Replaying {replaying} parked event(s).")
+            return _redirect(group_page)
         if request.method != "GET" or _is_action(path):
             # An action's address asked with GET is not a page of that name
             # (a group called "billing/replay"): it wants a POST.
@@ -236,13 +244,14 @@ class Console:
             refused.headers = [("Allow", "POST" if _is_action(path) else "GET")]
             return refused
         query = dict(request.query)
-        csrf_token = session.csrf_token if session is not None else ""
+        csrf_token = session.csrf_token
         # The Log page's cursors are bound to the session (none without --auth).
-        session_key = request.cookies.get(COOKIE, "") if session is not None else ""
+        session_key = request.cookies.get(COOKIE, "") if self._auth else ""
+        notice = session.take_notice(path)
         pages: dict[str, Callable[[], Awaitable[tuple[str, list[Content]]]]] = {
             "/log": lambda: views.log_page(parts, query, cursors=self._cursors, session=session_key),
             "/tail": lambda: views.tail_page(parts),
-            "/projections": lambda: views.projections_page(parts, query, csrf_token),
+            "/projections": lambda: views.projections_page(parts, notice, csrf_token),
             "/reactions": lambda: views.reactions_page(parts),
             "/load": lambda: views.load_page(parts),
             "/cluster": lambda: views.cluster_page(parts),
@@ -282,7 +291,7 @@ class Console:
             current = "/log"
         if render is None and path.startswith("/groups/") and len(path) > len("/groups/"):
             group = unquote(path.removeprefix("/groups/"))
-            render = lambda: views.group_page(parts, group, query, csrf_token)  # noqa: E731
+            render = lambda: views.group_page(parts, group, query, csrf_token, notice)  # noqa: E731
             current = "/groups"
         if render is None:
             return self._page(404, "Not found", [tag("p", "There is no such page.")], session, principal, current)
@@ -295,9 +304,7 @@ class Console:
         scripts = ["/static/console.js"] if path == "/tail" else []
         return self._page(200, title, content, session, principal, current, refresh.get(path), scripts)
 
-    def _action_refused(
-        self, error: ChronicleError, session: Session | None, principal: Principal, current: str
-    ) -> Response:
+    def _action_refused(self, error: ChronicleError, session: Session, principal: Principal, current: str) -> Response:
         """An administrator's action refused: its RPC audited it; a refusal
         by the policy is counted as the console's page refusals are."""
         if isinstance(error, PermissionDenied) and self._on_action_refused is not None:
@@ -309,7 +316,7 @@ class Console:
         status: int,
         title: str,
         content: list[Content],
-        session: Session | None,
+        session: Session,
         principal: Principal,
         current: str,
         refresh: int | None = None,
@@ -320,7 +327,7 @@ class Console:
             title,
             *content,
             principal=who,
-            csrf_token=session.csrf_token if session is not None else "",
+            csrf_token=session.csrf_token if self._auth else "",  # its Log out form: no one to log out
             current=current,
             refresh=refresh,
             scripts=scripts or [],
@@ -331,7 +338,7 @@ class Console:
         """Whether the session of ``request`` still lives (always, without
         ``--auth``: there are no sessions), asked again as a stream goes on."""
         sessions = self._sessions
-        if sessions is None:
+        if not self._auth:
             return lambda: True
         session_id = request.cookies.get(COOKIE, "")
         return lambda: sessions.still_live(session_id) is not None
@@ -339,7 +346,6 @@ class Console:
     # -- logging in -------------------------------------------------------------
 
     async def _login(self, request: Request) -> Response:
-        assert self._sessions is not None
         if request.method == "GET":
             return Response(200, _login_page().encode())
         if request.method != "POST":
@@ -411,12 +417,15 @@ def _redirect(
     location: str, *, cookie: str | None = None, clear_cookie: bool = False, secure: bool = False
 ) -> Response:
     headers = [("Location", location)]
-    flags = "; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
     if cookie is not None:
-        headers.append(("Set-Cookie", f"{COOKIE}={cookie}{flags}"))
+        headers.append(("Set-Cookie", _cookie(cookie, secure=secure)))
     if clear_cookie:
-        headers.append(("Set-Cookie", f"{COOKIE}={flags}; Max-Age=0"))
+        headers.append(("Set-Cookie", _cookie("", secure=secure) + "; Max-Age=0"))
     return Response(int(HTTPStatus.SEE_OTHER), b"", headers=headers)
+
+
+def _cookie(session_id: str, *, secure: bool) -> str:
+    return f"{COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
 
 
 def _static(name: str) -> Response:

@@ -16,10 +16,10 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from service.errors import ChronicleError
-from service.principal import Principal
+from service.errors import ChronicleError, Unauthenticated
+from service.principal import ANONYMOUS, Principal
 from service.security.credentials import Authenticator
 
 COOKIE = "chronicle_console"
@@ -31,12 +31,23 @@ class Session:
     csrf_token: str = ""
     last_seen: float = 0.0
     principal: Principal | None = None
+    # What an action did, shown once by the page it went back to (keyed by
+    # that page's path): never taken from the address, where any link could
+    # put text that never happened.
+    notices: dict[str, str] = field(default_factory=dict)
+    anonymous: bool = False
+
+    def tell(self, page: str, notice: str) -> None:
+        self.notices[page] = notice
+
+    def take_notice(self, page: str) -> str:
+        return self.notices.pop(page, "")
 
 
 class Sessions:
     def __init__(
         self,
-        authenticator: Authenticator,
+        authenticator: Authenticator | None,
         *,
         idle_seconds: float = 3600.0,
         max_sessions: int = 1000,
@@ -52,13 +63,24 @@ class Sessions:
         """A new session for ``credential`` (raises ``Unauthenticated`` as
         the API would when it does not verify): its id and principal."""
         principal = self._authenticate(credential)
+        return self._open(Session(credential, secrets.token_urlsafe(32), self._clock(), principal)), principal
+
+    def open_anonymous(self) -> tuple[str, Session]:
+        """A session for a caller without a credential (authentication off):
+        it has no one to authenticate, but a CSRF token of its own, so that a
+        form of the anonymous console (with ``--anonymous-admin``, a rebuild)
+        is as safe from other pages as a logged-in operator's."""
+        session = Session("", secrets.token_urlsafe(32), self._clock(), ANONYMOUS, anonymous=True)
+        return self._open(session), session
+
+    def _open(self, session: Session) -> str:
         self._expire()
         while len(self._by_id) >= self._max:  # the least recently used goes
             oldest = min(self._by_id, key=lambda key: self._by_id[key].last_seen)
             del self._by_id[oldest]
         session_id = secrets.token_urlsafe(32)
-        self._by_id[session_id] = Session(credential, secrets.token_urlsafe(32), self._clock(), principal)
-        return session_id, principal
+        self._by_id[session_id] = session
+        return session_id
 
     def find(self, session_id: str) -> Session | None:
         """The live session of ``session_id``, its principal established
@@ -79,6 +101,8 @@ class Sessions:
         if self._clock() - session.last_seen > self._idle:
             del self._by_id[session_id]
             return None
+        if session.anonymous:
+            return session
         try:
             session.principal = self._authenticate(session.credential)
         except ChronicleError:  # the credential no longer verifies (a JWT expired)
@@ -90,6 +114,8 @@ class Sessions:
         self._by_id.pop(session_id, None)
 
     def _authenticate(self, credential: str) -> Principal:
+        if self._authenticator is None:
+            raise Unauthenticated("authentication is off: there is no one to log in")
         return self._authenticator.authenticate({"authorization": f"Bearer {credential}"}, None)
 
     def _expire(self) -> None:

@@ -442,7 +442,7 @@ def _state(runners: _Runners, name: str, status: _Progress) -> tuple[Content, Co
     return tag("span", state, class_="state-" + kind), tag("div", *past) if past else ""
 
 
-async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str) -> tuple[str, list[Content]]:
+async def projections_page(parts: Parts, notice: str, csrf_token: str) -> tuple[str, list[Content]]:
     # ListProjections lists what the caller may read, as the RPC does.
     listed = await parts.projections.ListProjections(projections_pb.ListProjectionsRequest(), _NO_CONTEXT)
     admin = parts.authorizer.grant(current_principal.get()).admin
@@ -502,10 +502,8 @@ async def projections_page(parts: Parts, query: dict[str, str], csrf_token: str)
         "error",
     ]
     content: list[Content] = []
-    if query.get("rebuilt"):
-        content.append(
-            tag("p", f"Rebuilding {query['rebuilt']} from the start of the log.", class_="notice", id="notice")
-        )
+    if notice:  # what this session's last action here did (never from the address)
+        content.append(tag("p", notice, class_="notice", id="notice"))
     content += [
         tag(
             "p",
@@ -591,7 +589,9 @@ async def groups_page(parts: Parts) -> tuple[str, list[Content]]:
     ]
 
 
-async def group_page(parts: Parts, name: str, query: dict[str, str], csrf_token: str) -> tuple[str, list[Content]]:
+async def group_page(
+    parts: Parts, name: str, query: dict[str, str], csrf_token: str, notice: str = ""
+) -> tuple[str, list[Content]]:
     # ListParked first: it refuses a group that does not exist or that the
     # caller may not consume, as the RPC does.
     after = query_number(query, "after", default=0, reason="INVALID_POSITION", minimum=0)
@@ -601,9 +601,8 @@ async def group_page(parts: Parts, name: str, query: dict[str, str], csrf_token:
     listed = await parts.groups.ListGroups(groups_pb.ListGroupsRequest(), _NO_CONTEXT)
     admin = parts.authorizer.grant(current_principal.get()).admin
     content: list[Content] = []
-    replayed = query.get("replayed", "")
-    if replayed.isdigit():
-        content.append(tag("p", f"Replaying {int(replayed)} parked event(s).", class_="notice", id="notice"))
+    if notice:  # what this session's last action here did (never from the address)
+        content.append(tag("p", notice, class_="notice", id="notice"))
     for group in listed.groups:
         if group.name != name:
             continue

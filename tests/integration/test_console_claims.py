@@ -698,16 +698,33 @@ async def test_without_auth_anyone_reads_everything_and_administers_nothing_unle
             listed = await get(address, "/log")
             opened = await get(address, "/aggregates/acc-1")
             projections = await get(address, "/projections")
-            posted = await request(address, "POST", rebuild, headers={**FORM, "Origin": f"http://{address}"})
+            # An anonymous session of its own, with a real CSRF token, from the first page on.
+            cookie = session_cookie(projections)
+            token = re.search(r'name="csrf_token" value="([^"]+)"', projections.text)
+            assert (token is not None and len(token.group(1)) >= 32) is admin  # a form only for an admin
+            origin = {**FORM, "Origin": f"http://{address}"}
+            forged = [
+                await request(address, "POST", rebuild, headers=origin),
+                await request(address, "POST", rebuild, headers=origin, body=b"csrf_token=bogus"),
+                await request(address, "POST", rebuild, headers={**origin, "Cookie": cookie}, body=b"csrf_token=bogus"),
+            ]
+            body = urlencode({"csrf_token": token.group(1) if token else ""}).encode()
+            posted = await request(address, "POST", rebuild, headers={**origin, "Cookie": cookie}, body=body)
+            told = await get(address, "/projections", cookie)
+            told_again = await get(address, "/projections", cookie)
             ipv6 = await request(address, "GET", "/log", host=f"[::1]:{port}")
             nameless = await send_raw(address, b"GET /log HTTP/1.1\r\n\r\n")
         assert first_column(listed.text, "aggregates") == ["acc-1", "box-1"]
         assert opened.status == 200 and "&quot;owner&quot;: &quot;ann&quot;" in opened.text
         assert ("form" in projections.text and 'class="rebuild"' in projections.text) is admin
+        assert "Log out" not in projections.text  # no one to log out
+        assert [answer.status for answer in forged] == [403, 403, 403]
         if admin:
-            assert (posted.status, posted.header("location")) == (303, "/projections?rebuilt=bank.balances_by_owner")
-        else:
-            assert posted.status == 403 and "ADMIN_DENIED" in posted.text
+            assert (posted.status, posted.header("location")) == (303, "/projections")
+            assert "Rebuilding bank.balances_by_owner" in told.text
+            assert 'id="notice"' not in told_again.text  # told once
+        else:  # no form, so no token: refused before the policy is asked
+            assert posted.status == 403
         assert "anonymous (authentication is off)" in listed.text
         assert (ipv6.status, nameless.status) == (200, 421)
 

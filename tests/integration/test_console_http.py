@@ -562,3 +562,39 @@ async def test_an_address_that_is_not_utf8_or_repeats_a_name_is_refused_and_acti
             assert refused.status == 405 and refused.header("allow") == "POST", action
     finally:
         await app.stop(grace=0.5, drain=0)
+
+
+async def test_a_notice_comes_from_the_session_once_never_from_the_address(tmp_path: Path) -> None:
+    app = await start(walkthrough(tmp_path), store=MemoryStore())
+    try:
+        async with ChronicleClient.connect(app.address, token=KEY) as admin:
+            await admin.groups.create("billing", aggregate_types=["Account"])
+        address = console(app)
+        root = session_cookie(await log_in(address, KEY))
+
+        async def get(path: str) -> Answer:
+            return await request(address, "GET", path, headers={"Cookie": root})
+
+        for made_up in ("/projections?rebuilt=anything", "/groups/billing?replayed=999"):
+            answer = await get(made_up)
+            assert answer.status == 200 and 'id="notice"' not in answer.text, made_up
+        token = csrf_of(await get("/projections"))
+        headers = {**FORM, "Cookie": root, "Origin": f"http://{address}"}
+        body = urlencode({"csrf_token": token}).encode()
+        posted = await request(
+            address, "POST", "/projections/bank.balances_by_owner/rebuild", headers=headers, body=body
+        )
+        assert (posted.status, posted.header("location")) == (303, "/projections")
+        assert (await get("/groups/billing")).status == 200  # another page does not take the notice
+        told = await get("/projections")
+        assert "Rebuilding bank.balances_by_owner from the start of the log." in told.text
+        assert 'id="notice"' not in (await get("/projections")).text
+        # Another session is told nothing.
+        other = session_cookie(await log_in(address, KEY))
+        posted = await request(
+            address, "POST", "/projections/bank.balances_by_owner/rebuild", headers=headers, body=body
+        )
+        seen = await request(address, "GET", "/projections", headers={"Cookie": other})
+        assert 'id="notice"' not in seen.text
+    finally:
+        await app.stop(grace=0.5, drain=0)
