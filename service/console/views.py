@@ -747,6 +747,15 @@ def _seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f} s"
 
 
+async def _readable_runner_kinds(parts: Parts) -> dict[str, str]:
+    """The projections and reactions the caller may list, each with its kind."""
+    projections = await parts.projections.ListProjections(projections_pb.ListProjectionsRequest(), _NO_CONTEXT)
+    reactions = await parts.reactions.ListReactions(reactions_pb.ListReactionsRequest(), _NO_CONTEXT)
+    kinds = {status.name: "reaction" for status in reactions.reactions}
+    kinds.update((status.name, "projection") for status in projections.projections)
+    return kinds
+
+
 async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
     topology = parts.ownership.topology()
     me = parts.leases.member_id
@@ -776,14 +785,20 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
     age, remaining = parts.leases.ages(parts.ownership.group.name)
     projection_age, projection_remaining = parts.leases.ages(parts.projections_group)
     projection_view = parts.leases.view(parts.projections_group)
+    # Projections and reactions share one lease group: each lease is shown
+    # only to who may list what it runs (as ListProjections and ListReactions
+    # decide), and named for what it is.
+    kinds = await _readable_runner_kinds(parts)
     projection_rows = [
         (
             lease.name,
             tag("code", lease.owner) if lease.owner else "nobody",
             lease.epoch,
             _seconds(projection_remaining.get(lease.name)) if lease.owner == me else "",
+            kinds[lease.name],
         )
         for lease in (projection_view.leases if projection_view is not None else ())
+        if lease.name in kinds
     ]
     legend = ", ".join(f"{name} = {member_id[:8]}" for member_id, name in short.items())
     return "Cluster", [
@@ -805,12 +820,12 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
             class_="summary",
             id="own-leases",
         ),
-        tag("h2", "Projection leases"),
+        tag("h2", "Projection and reaction leases"),
         tag("p", f"Last heard {_seconds(projection_age)} ago.", class_="summary") if projection_view else "",
         table(
-            ["projection", "held by", "epoch", "lapses in"],
+            ["name", "held by", "epoch", "lapses in", "kind"],
             projection_rows,
-            empty="no projections",
+            empty="no projection or reaction you may read",
             id="projection-leases",
         ),
     ]

@@ -652,6 +652,8 @@ async def test_the_cluster_shows_when_the_store_was_heard_when_leases_lapse_and_
     assert re.search(r"This replica holds 64 partition leases; the soonest lapses in \d+\.\d s unless renewed", page)
     leases = {text_of(row[0]): (text_of(row[1]), text_of(row[3])) for row in rows(page, "projection-leases")}
     assert set(leases) == {"bank.balances_by_owner", "bank.transfers"}
+    kinds = {text_of(row[0]): text_of(row[4]) for row in rows(page, "projection-leases")}
+    assert kinds == {"bank.balances_by_owner": "projection", "bank.transfers": "reaction"}
     assert all(owner == me and re.fullmatch(r"\d+\.\d s", lapses) for owner, lapses in leases.values())
     assert '<meta http-equiv="refresh" content="2">' in page
     # Counts, timings, member ids and addresses; never an aggregate id.

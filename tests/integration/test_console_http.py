@@ -598,3 +598,34 @@ async def test_a_notice_comes_from_the_session_once_never_from_the_address(tmp_p
         assert 'id="notice"' not in seen.text
     finally:
         await app.stop(grace=0.5, drain=0)
+
+
+async def test_the_cluster_lists_only_the_leases_of_what_the_reader_may_list(tmp_path: Path) -> None:
+    app = await start(walkthrough(tmp_path), store=MemoryStore())
+    try:
+        address = console(app)
+        alice = session_cookie(await log_in(address, ALICE_KEY))
+        root = session_cookie(await log_in(address, KEY))
+
+        async def leases(cookie: str) -> dict[str, str]:
+            page = (await request(address, "GET", "/cluster", headers={"Cookie": cookie})).text
+            body = page.partition('<table id="projection-leases">')[2].partition("</table>")[0]
+            found = {}
+            for row in re.findall(r"<tr>(.*?)</tr>", body, re.S):
+                cells = [
+                    html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)
+                ]
+                if cells:
+                    found[cells[0]] = cells[4] if len(cells) > 4 else "(no kind)"
+            return found
+
+        async def all_leased() -> bool:
+            return len(await leases(root)) == 2
+
+        await eventually(all_leased, what="both leases shown to root")
+        assert await leases(root) == {"bank.balances_by_owner": "projection", "bank.transfers": "reaction"}
+        reactions = await request(address, "GET", "/reactions", headers={"Cookie": alice})
+        assert "bank.transfers" not in reactions.text  # alice may list no reaction ...
+        assert await leases(alice) == {"bank.balances_by_owner": "projection"}  # ... nor see its lease
+    finally:
+        await app.stop(grace=0.5, drain=0)
