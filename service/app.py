@@ -566,6 +566,7 @@ async def start(
         audit=audit,
         read_wait=settings.read_wait_seconds,
         page_bytes=page_bytes,
+        keys=roles.keys,
     )
     # Subscription groups read the primary's log: their checkpoints are
     # written there, and must never run ahead of what a consumer was sent.

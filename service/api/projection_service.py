@@ -20,9 +20,9 @@ from service.plugins.projections import Projection
 from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.processing.freshness import wait_for_projection
-from service.processing.projections import Projections
+from service.processing.projections import Projections, withdraw_if_forgotten
 from service.security.policy import Authorizer
-from service.store.base import LogReader, ProjectionStore
+from service.store.base import KeyStore, LogReader, ProjectionStore
 from service.store.records import DocumentRange, ParkedEvent, StoredDocument
 from service.values import MAX_ID_LENGTH
 
@@ -48,7 +48,10 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         audit: AuditLog | None = None,
         read_wait: float = 5.0,
         page_bytes: int = 1024 * 1024,
+        keys: KeyStore | None = None,
     ) -> None:
+        # Tells whether the aggregate a runner's last error came from was forgotten.
+        self._keys = keys
         self._documents = documents
         self._log = log
         self._registry = registry
@@ -188,6 +191,9 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             retry_interval=duration(projection.retry_seconds),
             runner=runner.runs_on if runner else "",
         )
+        if runner is not None and self._keys is not None:
+            await withdraw_if_forgotten(runner.status, self._keys)
+            status.error = runner.error_now
         if runner is not None and runner.status.last_error:
             status.last_error = runner.status.last_error
             status.last_error_time.CopyFrom(timestamp(round(runner.status.last_error_at * 1_000_000)))

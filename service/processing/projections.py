@@ -69,7 +69,7 @@ from service.plugins.projections import DOCUMENT_CACHE_SIZE, ProjectedEvent, Pro
 from service.processing.overlap import started
 from service.processing.upcasting import EventReader
 from service.processing.watchdog import Described, SlowCallAlarm
-from service.store.base import LogReader, ProjectionStore
+from service.store.base import KeyStore, LogReader, ProjectionStore
 from service.store.leasing import Fencing
 from service.store.records import DocumentWrite, LogFilter, LogPage, ParkedEvent, RecordedEvent, is_tombstone
 from service.tasks import cancel_and_wait
@@ -356,6 +356,10 @@ class ProjectionStatus:
     # seconds) it was last met.
     last_error: str = ""
     last_error_at: float = 0.0
+    # The aggregate whose event ``last_error`` was met on ("" for a failure
+    # at no event): its text may quote the event's payload, and is withdrawn
+    # once that aggregate is forgotten (``withdraw_if_forgotten``).
+    error_aggregate_id: str = ""
     # With ``error``: the event its handler failed on, to be parked after
     # its plugin's max_attempts (None when ``error`` is no such failure).
     parking: Parking | None = None
@@ -643,6 +647,7 @@ class ProjectionRunner(CheckpointedRunner):
         self._failures: dict[tuple[int, str], tuple[int, str]] = {}
         self._parking: Parking | None = None  # the failure being raised is one on an event it will park
         self._stopped_at = 0  # the failure being raised is a handler's on the event at this position
+        self._failing_aggregate = ""  # the failure being raised is a handler's on an event of this aggregate
         self._nudged = asyncio.Event()
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
@@ -880,6 +885,7 @@ class ProjectionRunner(CheckpointedRunner):
         # was raised), or any other failure.
         self.status.parking, self._parking = self._parking, None
         self.status.stopped_at, self._stopped_at = self._stopped_at, 0
+        self.status.error_aggregate_id, self._failing_aggregate = self._failing_aggregate, ""
         super()._failed(error)
         self.progress.committed()  # a reader waiting for it learns of it at once (``stopped``)
 
@@ -887,6 +893,7 @@ class ProjectionRunner(CheckpointedRunner):
         super()._clear_error()
         self.status.parking = None
         self.status.stopped_at = 0
+        self._failing_aggregate = ""
 
     def stopped(self) -> tuple[int, str]:
         """The position of the event a handler failed on, where the
@@ -921,6 +928,7 @@ class ProjectionRunner(CheckpointedRunner):
             try:
                 return self._apply(batch, record, message)
             except ChronicleError as error:
+                self._failing_aggregate = record.aggregate_id
                 if self.projection.on_failure != "park":
                     raise
                 failed = (failed[0] + 1 if failed else 1, f"{error.reason}: {error.message}")
@@ -1041,3 +1049,24 @@ class Runners(Generic[R]):
 
 class Projections(Runners[ProjectionRunner]):
     """Every loaded plugin's projections."""
+
+
+# Stands in for an error text withdrawn because its aggregate was forgotten.
+WITHDRAWN_ERROR = "withdrawn: it was met on an event of an aggregate since forgotten"
+
+
+async def withdraw_if_forgotten(status: ProjectionStatus, keys: KeyStore) -> None:
+    """Withdraw the error texts of ``status`` when the aggregate they were
+    met on has been forgotten (on any replica: the key's tombstone is in the
+    store). A handler's error may quote the event's payload, and forgetting
+    promises that nothing of the aggregate stays readable (docs/security.md)."""
+    aggregate_id = status.error_aggregate_id
+    if not aggregate_id:
+        return
+    key = await keys.load_data_key(aggregate_id)
+    if key is None or key.wrapped is not None:
+        return
+    if status.error and status.error == status.last_error:
+        status.error = WITHDRAWN_ERROR
+    status.last_error = WITHDRAWN_ERROR
+    status.error_aggregate_id = ""
