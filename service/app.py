@@ -608,6 +608,7 @@ async def start(
         authorizer=authorizer,
         audit=audit,
         page_bytes=page_bytes,
+        keys=roles.keys,
     )
     server = build_server(
         commands=commands,

@@ -20,10 +20,11 @@ from service.errors import ChronicleError, InvalidInput, PermissionDenied, Resou
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.principal import current_principal
+from service.processing.projections import withdraw_if_forgotten
 from service.processing.reaction_documents import MAX_PARKED, ParkedAt, list_parked_page
 from service.processing.reactions import ReactionRunner, Reactions
 from service.security.policy import Authorizer
-from service.store.base import LogReader, ProjectionStore
+from service.store.base import KeyStore, LogReader, ProjectionStore
 from service.values import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,10 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         authorizer: Authorizer,
         audit: AuditLog,
         page_bytes: int = 1024 * 1024,
+        keys: KeyStore | None = None,
     ) -> None:
+        # Tells whether the aggregate a runner's last error came from was forgotten.
+        self._keys = keys
         self._documents = documents
         self._page_bytes = page_bytes
         self._log = log
@@ -82,6 +86,8 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     async def _status(self, reaction: Reaction[Any], log_head: int) -> pb.ReactionStatus:
         runner = self._reactions.runners.get(reaction.name)
         status = runner.status if runner is not None else None
+        if status is not None and self._keys is not None:
+            await withdraw_if_forgotten(status, self._keys)
         answer = pb.ReactionStatus(
             name=reaction.name,
             position=await self._documents.projection_position(reaction.name),

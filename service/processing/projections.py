@@ -1055,7 +1055,13 @@ class Projections(Runners[ProjectionRunner]):
 WITHDRAWN_ERROR = "withdrawn: it was met on an event of an aggregate since forgotten"
 
 
-async def withdraw_if_forgotten(status: ProjectionStatus, keys: KeyStore) -> None:
+class _ErrorHolder(Protocol):
+    error: str
+    last_error: str
+    error_aggregate_id: str
+
+
+async def withdraw_if_forgotten(status: _ErrorHolder, keys: KeyStore) -> None:
     """Withdraw the error texts of ``status`` when the aggregate they were
     met on has been forgotten (on any replica: the key's tombstone is in the
     store). A handler's error may quote the event's payload, and forgetting

@@ -172,6 +172,7 @@ class ReactionStatus:
     error: str = ""  # the failure holding it here now (see ProjectionStatus)
     last_error: str = ""
     last_error_at: float = 0.0
+    error_aggregate_id: str = ""  # the aggregate whose event it was met on (see ProjectionStatus)
     # Since this server started. A batch that fails is tried again, and its
     # events handed to the functions again: counted once, when it commits.
     handled: int = 0  # events handed to the reaction's functions, in batches committed
@@ -255,6 +256,7 @@ class ReactionRunner(CheckpointedRunner):
         # event it is stopped at failed for a plugin's bug, kept in the store.
         self._failures = FailureCounts(reaction.name, documents)
         self.status = ReactionStatus(reaction.name)
+        self._failing_aggregate = ""  # the failure being raised is one on an event of this aggregate
         wanted = reaction.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=reaction.aggregate_types, event_types=frozenset(wanted))
         self._origin = f"{REACTION_PREFIX}{reaction.name}"
@@ -383,8 +385,13 @@ class ReactionRunner(CheckpointedRunner):
             except Exception as failure:
                 batch.rollback(savepoint[0])
                 parked.rollback(savepoint[1])
+                self._failing_aggregate = stored.aggregate_id
                 return (page.events[index - 1].position if index else position), failure
         return page.scanned_to, None
+
+    def _failed(self, error: ChronicleError) -> None:
+        self.status.error_aggregate_id, self._failing_aggregate = self._failing_aggregate, ""
+        super()._failed(error)
 
     async def replay(self, command_id: str) -> Replayed:
         """Send the parked command ``command_id`` again, under the id
