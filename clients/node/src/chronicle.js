@@ -12,6 +12,7 @@ import grpc from '@grpc/grpc-js';
 import protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 
+import { CallLimit } from './call_limit.js';
 import { bearerToken, channelCredentials, REFRESHABLE } from './credentials.js';
 import { checkedFields, exactLongs, setInt64Decoding as setInt64Mode } from './fields.js';
 import { Problem } from './problem.js';
@@ -172,7 +173,8 @@ export class ChronicleError extends Error {
       Object.assign(this, grpcError);
       return;
     }
-    this.code = grpc.status[grpcError.code] ?? String(grpcError.code); // e.g. 'FAILED_PRECONDITION'
+    // e.g. 'FAILED_PRECONDITION'; an error that carries no gRPC code at all is UNKNOWN, never 'undefined'.
+    this.code = grpcError.code === undefined ? 'UNKNOWN' : (grpc.status[grpcError.code] ?? String(grpcError.code));
     this.reason = this.code; // replaced by ErrorInfo.reason below, when sent
     this.metadata = {};
     this.fieldViolations = [];
@@ -259,6 +261,36 @@ function refusedHere(error) {
 }
 
 /**
+ * A ChronicleError of this client's own making (no server said it): `code`
+ * a gRPC code's name, `reason` the machine-readable reason.
+ */
+export function clientError(code, reason, message, metadata = {}) {
+  const error = new ChronicleError({ code: grpc.status[code], details: message });
+  error.reason = reason;
+  error.metadata = metadata;
+  return error;
+}
+
+/**
+ * `error` as a ChronicleError: one already is; a gRPC status becomes one;
+ * anything else (a payload that does not decode, a bug) is INTERNAL
+ * CLIENT_FAILURE with the original as its `cause`, so whatever a stream or a
+ * call surfaces has a code and a reason to switch on.
+ */
+export function asChronicleError(error) {
+  if (error instanceof ChronicleError) return error;
+  if (typeof error?.code === 'number') return new ChronicleError(error);
+  const wrapped = clientError('INTERNAL', 'CLIENT_FAILURE', String(error?.message ?? error));
+  wrapped.cause = error;
+  return wrapped;
+}
+
+/** The bound of a call given `{ signal, timeoutSeconds }`. */
+function limitOf({ signal = null, timeoutSeconds = null } = {}) {
+  return new CallLimit({ signal, timeoutSeconds }, clientError);
+}
+
+/**
  * Whether a unary call that `refusal` failed may succeed when made again
  * (UNARY_RETRYABLE, and RESOURCE_EXHAUSTED when the server sent a RetryInfo
  * delay: a full queue, not a message over gRPC's limit). A routed send
@@ -270,13 +302,21 @@ function worthRetrying(refusal) {
   );
 }
 
-function call(stub, method, request, { timeoutSeconds = 10 } = {}) {
-  return new Promise((resolve, reject) => {
-    const deadline = new Date(Date.now() + timeoutSeconds * 1000);
-    stub[method](request, { deadline }, (error, response) =>
+/**
+ * One attempt of a unary call, bounded by `timeoutSeconds` (null: none) and
+ * by what is left of `limit` (the caller's signal and deadline): stopped by
+ * the limit, the call is cancelled and this rejects at once.
+ */
+function call(stub, method, request, { timeoutSeconds = 10, limit = limitOf() } = {}) {
+  let handle = null;
+  const attempt = new Promise((resolve, reject) => {
+    const ms = Math.min(timeoutSeconds === null ? Infinity : timeoutSeconds * 1000, limit.remainingMs());
+    const options = Number.isFinite(ms) ? { deadline: new Date(Date.now() + ms) } : {};
+    handle = stub[method](request, options, (error, response) =>
       error ? reject(new ChronicleError(error)) : resolve(response),
     );
   });
+  return limit.race(attempt, () => handle?.cancel());
 }
 
 // A command's origin when the client is given none: the package's name.
@@ -406,6 +446,9 @@ function leave(stream) {
  */
 export class ChronicleClient {
   #tokenFunction;
+  #closed = false;
+  // The subscriptions, group consumers and command streams open now: close() ends them.
+  #streams = new Set();
 
   constructor(
     address,
@@ -480,6 +523,11 @@ export class ChronicleClient {
       : null;
   }
 
+  /** Throws FAILED_PRECONDITION CLIENT_CLOSED once `close()` was called: its channels are gone. */
+  #checkOpen() {
+    if (this.#closed) throw clientError('FAILED_PRECONDITION', 'CLIENT_CLOSED', 'this ChronicleClient was closed');
+  }
+
   /** Whether `refusal` came of a stale token, which asking the token function again may cure. */
   #staleToken(refusal) {
     return this.#tokenFunction && refusal.code === 'UNAUTHENTICATED' && REFRESHABLE.has(refusal.reason);
@@ -491,19 +539,23 @@ export class ChronicleClient {
    * policy's `retryForSeconds` (and `maxAttempts`); the request (a command's
    * id with it) is the same each time.
    */
-  async #call(stub, method, request) {
+  async #call(stub, method, request, limit = limitOf()) {
+    this.#checkOpen();
     const started = Date.now();
     for (let attempt = 1; ; attempt += 1) {
+      limit.check();
       try {
-        return await call(stub, method, request, { timeoutSeconds: this.attemptTimeoutSeconds });
+        return await call(stub, method, request, { timeoutSeconds: this.attemptTimeoutSeconds, limit });
       } catch (refusal) {
+        const stopped = limit.stopped();
+        if (stopped !== null) throw stopped;
         const stale = this.#staleToken(refusal);
         const elapsedSeconds = (Date.now() - started) / 1000;
         const retryable = worthRetrying(refusal) || stale;
         const wait = retryable ? retryDelay(this.retry, attempt, refusal, { stale, elapsedSeconds }) : null;
         if (wait === null) throw refusal;
         this.#logRetry(attempt, `${method}: attempt ${attempt} failed with ${refusal}; again in ${wait.toFixed(3)} s`);
-        await sleepSeconds(wait);
+        await limit.sleep(wait);
       }
     }
   }
@@ -533,8 +585,18 @@ export class ChronicleClient {
     aggregateId,
     typeName,
     fields,
-    { commandId = randomUUID(), expectedVersion, metadata = {}, dryRun = false, correlationId, causationId } = {},
+    {
+      commandId = randomUUID(),
+      expectedVersion,
+      metadata = {},
+      dryRun = false,
+      correlationId,
+      causationId,
+      signal,
+      timeoutSeconds,
+    } = {},
   ) {
+    const limit = limitOf({ signal, timeoutSeconds });
     const command = this.command({
       aggregateId,
       typeName,
@@ -545,7 +607,10 @@ export class ChronicleClient {
       correlationId,
       causationId,
     });
-    const response = await naming([commandId], this.#commandCall('Submit', { command, dry_run: dryRun }, aggregateId));
+    const response = await naming(
+      [commandId],
+      this.#commandCall('Submit', { command, dry_run: dryRun }, aggregateId, limit),
+    );
     return submitted(commandId, response);
   }
 
@@ -565,13 +630,14 @@ export class ChronicleClient {
    * events it would append, position 0). With `routing: true` it goes to the
    * replica that owns the aggregate.
    */
-  async submitBatch(commands, { dryRun = false } = {}) {
+  async submitBatch(commands, { dryRun = false, signal, timeoutSeconds } = {}) {
     if (!Array.isArray(commands)) throw invalidOption('submitBatch: commands must be an array');
+    const limit = limitOf({ signal, timeoutSeconds });
     const described = commands.map((one) => ({ ...one, commandId: one.commandId ?? randomUUID() }));
     const request = { commands: described.map((one) => this.command(one)), dry_run: dryRun };
     const response = await naming(
       described.map((one) => one.commandId),
-      this.#commandCall('SubmitBatch', request, described[0]?.aggregateId ?? ''),
+      this.#commandCall('SubmitBatch', request, described[0]?.aggregateId ?? '', limit),
     );
     const results = response.results.map((result, index) => submitted(described[index].commandId, result));
     return {
@@ -583,9 +649,13 @@ export class ChronicleClient {
   }
 
   /** A unary CommandService call: to the aggregate's owner when routing, else on this client's channel. */
-  async #commandCall(method, request, aggregateId) {
-    if (this.routes === null) return this.#call(this.commands, method, request);
-    return this.routes.send(method, request, aggregateId, { timeoutSeconds: this.attemptTimeoutSeconds });
+  async #commandCall(method, request, aggregateId, limit) {
+    if (this.routes === null) return this.#call(this.commands, method, request, limit);
+    this.#checkOpen();
+    limit.check();
+    // A routed send retries on its own (routing.js): a stopped caller is
+    // answered at once; what the send does after is no one's concern.
+    return limit.race(this.routes.send(method, request, aggregateId, { timeoutSeconds: this.attemptTimeoutSeconds }));
   }
 
   /**
@@ -639,6 +709,7 @@ export class ChronicleClient {
       renewAfterSeconds = RENEW_AFTER_SECONDS,
     } = {},
   ) {
+    this.#checkOpen();
     const source = commands[Symbol.asyncIterator]?.() ?? commands[Symbol.iterator]();
     const options = { dryRun, window, maxAttempts, renewAfterSeconds };
     if (this.routes === null) return this.#commandStream(source, () => this.commands, options).results;
@@ -794,8 +865,10 @@ export class ChronicleClient {
       state.stream?.call.cancel();
     };
 
+    const handle = { close: stop }; // what client.close() ends
     async function* results() {
       let attempt = 1;
+      client.#streams.add(handle);
       try {
         open(null);
         pump();
@@ -858,6 +931,7 @@ export class ChronicleClient {
           if (!state.stopped) open(refusal);
         }
       } finally {
+        client.#streams.delete(handle);
         stop();
       }
     }
@@ -907,8 +981,19 @@ export class ChronicleClient {
    */
   async read(
     aggregateId,
-    { fromVersion, eventTypes = [], limit = null, backwards = false, origin = '', minPosition = 0 } = {},
+    {
+      fromVersion,
+      eventTypes = [],
+      limit = null,
+      backwards = false,
+      origin = '',
+      minPosition = 0,
+      signal,
+      timeoutSeconds,
+    } = {},
   ) {
+    this.#checkOpen();
+    const bound = limitOf({ signal, timeoutSeconds });
     if (limit !== null && !(Number.isInteger(limit) && limit >= 1)) {
       throw invalidOption(`limit must be a whole number of at least 1 (or null: no limit), got ${limit}`);
     }
@@ -933,9 +1018,11 @@ export class ChronicleClient {
           // What is left of the limit, counting the events of `from` read again (0: none).
           limit: limit === null ? 0 : Math.max(1, limit - before + skip),
         };
-        await this.#readInto(events, request, skip);
+        await this.#readInto(events, request, skip, bound);
         return events;
       } catch (refusal) {
+        const stopped = bound.stopped();
+        if (stopped !== null) throw stopped;
         if (events.length > before) {
           attempt = 1;
           alive = Date.now();
@@ -946,7 +1033,7 @@ export class ChronicleClient {
         const wait = retryable ? retryDelay(this.retry, attempt, refusal, { stale, elapsedSeconds }) : null;
         if (wait === null) throw refusal;
         this.#logRetry(attempt, `read ${aggregateId}: broke with ${refusal}; reading on in ${wait.toFixed(3)} s`);
-        await sleepSeconds(wait);
+        await bound.sleep(wait);
       }
     }
   }
@@ -955,16 +1042,23 @@ export class ChronicleClient {
    * One attempt of `read`: the events `request` asks for, decoded, onto
    * `events`, but for the first `skip` of version `request.from_version`.
    */
-  async #readInto(events, request, skip = 0) {
+  async #readInto(events, request, skip = 0, bound = limitOf()) {
     let skipping = skip;
     const take = (event) => {
       if (skipping > 0 && Number(event.version) === request.from_version) skipping -= 1;
-      else events.push(decodeEvent(event));
+      else events.push(decodeDelivered(event));
     };
-    try {
+    let current = null;
+    // A read call, listened to for its whole life (a status after the loop let go is no unhandled 'error').
+    const opened = (readCall) => {
+      readCall.on('error', () => {});
+      current = readCall;
+      return readCall;
+    };
+    const reading = (async () => {
       if (this.pagedReads !== false) {
         try {
-          for await (const page of this.events.ReadAggregatePages(request)) {
+          for await (const page of opened(this.events.ReadAggregatePages(request))) {
             for (const event of page.events) take(event);
           }
           this.pagedReads = true;
@@ -974,9 +1068,12 @@ export class ChronicleClient {
           this.pagedReads = false; // an older server: remembered for this client's life
         }
       }
-      for await (const event of this.events.ReadAggregate(request)) take(event);
+      for await (const event of opened(this.events.ReadAggregate(request))) take(event);
+    })();
+    try {
+      await bound.race(reading, () => current?.cancel());
     } catch (error) {
-      throw new ChronicleError(error);
+      throw asChronicleError(error);
     }
   }
 
@@ -1003,8 +1100,9 @@ export class ChronicleClient {
    */
   subscribe(
     { aggregateTypes = [], eventTypes = [], aggregateId = '', origin = '' } = {},
-    { afterPosition = 0, fromEnd = false, maxAttempts = this.retry.maxAttempts } = {},
+    { afterPosition = 0, fromEnd = false, maxAttempts = this.retry.maxAttempts, signal, timeoutSeconds } = {},
   ) {
+    this.#checkOpen();
     const client = this;
     const events = this.events;
     // position: to resume after (every event at or before it handed out);
@@ -1028,6 +1126,9 @@ export class ChronicleClient {
         // Reopened inside a split event: its pieces handed out already come again first.
         let repeats = state.handed > state.position ? state.handedHere : 0;
         state.call = events.Subscribe(request);
+        // Listened to for the call's whole life: the status of a call the
+        // loop let go of (cancelled below) must not be an unhandled 'error'.
+        state.call.on('error', () => {});
         try {
           for await (const message of state.call) {
             attempt = 1;
@@ -1040,7 +1141,7 @@ export class ChronicleClient {
                   continue;
                 }
                 repeats = 0;
-                const event = decodeEvent(envelope);
+                const event = decodeDelivered(envelope);
                 const completes =
                   index === stored.length - 1
                     ? message.completes_position
@@ -1056,7 +1157,8 @@ export class ChronicleClient {
           return;
         } catch (error) {
           if (state.cancelled) return;
-          const refusal = new ChronicleError(error);
+          if (error instanceof ChronicleError) throw error; // of this client's making (decoding)
+          const refusal = asChronicleError(error);
           const stale = client.#staleToken(refusal);
           // What the Python client reopens a subscription after: what a
           // command stream is reopened after (a full server's
@@ -1075,16 +1177,35 @@ export class ChronicleClient {
         }
       }
     }
-    return {
-      messages: messages(),
+    // The loop, throwing what stopped it when a signal or a timeout did (cancel() ends it cleanly).
+    async function* guarded() {
+      try {
+        yield* messages();
+        if (state.stoppedBy) throw state.stoppedBy;
+      } finally {
+        client.#streams.delete(subscription);
+      }
+    }
+    const subscription = {
+      messages: guarded(),
       get position() {
         return state.position;
       },
       cancel() {
         state.cancelled = true;
+        client.#streams.delete(subscription);
         state.call?.cancel();
       },
+      close() {
+        subscription.cancel();
+      },
     };
+    this.#streams.add(subscription);
+    bindStream(limitOf({ signal, timeoutSeconds }), (error) => {
+      state.stoppedBy = error;
+      subscription.cancel();
+    });
+    return subscription;
   }
 
   /**
@@ -1097,7 +1218,7 @@ export class ChronicleClient {
    * INVALID_ARGUMENT INVALID_VERSION for an `atVersion` of 0. `minPosition`:
    * read your writes, as for `read`.
    */
-  async getAggregate(aggregateId, { atVersion, atTime, minPosition = 0 } = {}) {
+  async getAggregate(aggregateId, { atVersion, atTime, minPosition = 0, signal, timeoutSeconds } = {}) {
     if (atVersion != null && atTime != null) throw invalidOption('give atVersion or atTime, not both');
     const request = { aggregate_id: aggregateId, min_position: minPosition };
     if (atVersion != null) request.at_version = atVersion;
@@ -1106,7 +1227,7 @@ export class ChronicleClient {
       if (Number.isNaN(ms)) throw invalidOption('atTime must be a valid Date');
       request.at_time = { seconds: Math.floor(ms / 1000), nanos: (((ms % 1000) + 1000) % 1000) * 1e6 };
     }
-    const response = await this.#call(this.events, 'GetAggregate', request);
+    const response = await this.#call(this.events, 'GetAggregate', request, limitOf({ signal, timeoutSeconds }));
     return { ...response, state: unpack(response.state) };
   }
 
@@ -1134,6 +1255,8 @@ export class ChronicleClient {
       maxRetryBackoffSeconds,
       ackTimeoutSeconds,
       segments = 0,
+      signal,
+      timeoutSeconds,
     } = {},
   ) {
     const request = {
@@ -1148,20 +1271,20 @@ export class ChronicleClient {
     if (retryBackoffSeconds != null) request.retry_backoff = duration(retryBackoffSeconds);
     if (maxRetryBackoffSeconds != null) request.max_retry_backoff = duration(maxRetryBackoffSeconds);
     if (ackTimeoutSeconds != null) request.ack_timeout = duration(ackTimeoutSeconds);
-    return (await this.#call(this.groups, 'CreateGroup', request)).group;
+    return (await this.#call(this.groups, 'CreateGroup', request, limitOf({ signal, timeoutSeconds }))).group;
   }
 
   /** Every group the caller may consume: position, lag, acknowledged, parked, consumers. */
-  async listGroups() {
-    return (await this.#call(this.groups, 'ListGroups', {})).groups;
+  async listGroups({ signal, timeoutSeconds } = {}) {
+    return (await this.#call(this.groups, 'ListGroups', {}, limitOf({ signal, timeoutSeconds }))).groups;
   }
 
   /**
    * One group, as `listGroups` shows it (the Python client's `groups.get`). One not listed (there is none, or
    * the caller may not consume it) rejects as DeleteGroup would refuse a missing one: NOT_FOUND GROUP_NOT_FOUND.
    */
-  async getGroup(name) {
-    const group = (await this.listGroups()).find((listed) => listed.name === name);
+  async getGroup(name, { signal, timeoutSeconds } = {}) {
+    const group = (await this.listGroups({ signal, timeoutSeconds })).find((listed) => listed.name === name);
     if (group !== undefined) return group;
     const missing = new ChronicleError({
       code: grpc.status.NOT_FOUND,
@@ -1172,21 +1295,38 @@ export class ChronicleClient {
     throw missing;
   }
 
-  async deleteGroup(name) {
-    await this.#call(this.groups, 'DeleteGroup', { name });
+  async deleteGroup(name, { signal, timeoutSeconds } = {}) {
+    await this.#call(this.groups, 'DeleteGroup', { name }, limitOf({ signal, timeoutSeconds }));
   }
 
-  /** The group's parked events (delivered `max_delivery_attempts` times and given up). */
-  async listParked(group, { afterPosition = 0, limit = 100 } = {}) {
-    return (await this.#call(this.groups, 'ListParked', { group, after_position: afterPosition, limit })).parked;
+  /**
+   * The group's parked events (delivered `max_delivery_attempts` times and given up) after `afterPosition`, every
+   * page of them (asked for `pageSize` at a time: the server's `limit`), as `reactions.parked` and
+   * `projections.parked` do. `limit`: at most this many (null: all).
+   */
+  async listParked(group, { afterPosition = 0, limit = null, pageSize = 100, signal, timeoutSeconds } = {}) {
+    const bound = limitOf({ signal, timeoutSeconds });
+    const parked = [];
+    let after = afterPosition;
+    while (limit === null || parked.length < limit) {
+      const size = limit === null ? pageSize : Math.min(pageSize, limit - parked.length);
+      const request = { group, after_position: after, limit: size };
+      const page = (await this.#call(this.groups, 'ListParked', request, bound)).parked;
+      // Only an empty page is the end: a server may answer fewer than asked and have more.
+      if (page.length === 0) break;
+      parked.push(...page);
+      after = page[page.length - 1].position;
+    }
+    return parked;
   }
 
   /**
    * Delivers parked events again (none named: all of the group's); resolves to how many. Rejects with
    * NOT_FOUND PARKED_EVENT_NOT_FOUND (the ids in `metadata.event_ids`), none replayed, if one named is not parked.
    */
-  async replayParked(group, eventIds = []) {
-    return (await this.#call(this.groups, 'ReplayParked', { group, event_ids: eventIds })).replaying;
+  async replayParked(group, eventIds = [], { signal, timeoutSeconds } = {}) {
+    const request = { group, event_ids: eventIds };
+    return (await this.#call(this.groups, 'ReplayParked', request, limitOf({ signal, timeoutSeconds }))).replaying;
   }
 
   /**
@@ -1195,8 +1335,9 @@ export class ChronicleClient {
    * `metadata.event_ids`), none dismissed, if one named is not parked (as a retry whose first answer was lost finds
    * the ones it dismissed); INVALID_ARGUMENT INVALID_EVENT_ID if none is named or one is no UUID.
    */
-  async dismissParked(group, eventIds) {
-    return (await this.#call(this.groups, 'DismissParked', { group, event_ids: eventIds })).dismissed;
+  async dismissParked(group, eventIds, { signal, timeoutSeconds } = {}) {
+    const request = { group, event_ids: eventIds };
+    return (await this.#call(this.groups, 'DismissParked', request, limitOf({ signal, timeoutSeconds }))).dismissed;
   }
 
   /**
@@ -1221,28 +1362,58 @@ export class ChronicleClient {
    * `maxAttempts` when it sets one). `close()` leaves the group: its
    * unacked events go to the other consumers.
    */
-  consume(group, consumer, { maxInFlight = 100, reconnectDelaySeconds = 0.5 } = {}) {
+  consume(group, consumer, { maxInFlight = 100, reconnectDelaySeconds = 0.5, signal, timeoutSeconds } = {}) {
+    this.#checkOpen();
     const groups = this.groups;
-    const state = { closed: false, member: '', stream: null };
+    // stopping: no new deliveries handed out, the loop ends once those out are settled (stop()).
+    const state = { closed: false, stopping: false, member: '', stream: null, unsettled: 0 };
+    const settled = new Signal(); // wakes a stopping loop: a delivery acked or nacked
     const open = () => {
       const stream = groups.Consume();
+      // Listened to for the stream's whole life: the loop's iterator lets go
+      // of the stream when the loop ends, and a status grpc-js emits after
+      // that (the cancel below, a server ending a stream being left) would
+      // otherwise be an unhandled 'error' event, which ends the process.
+      stream.on('error', () => {});
       stream.ended = new Promise((resolve) => stream.once('status', resolve));
       stream.write({ start: { group, consumer, max_in_flight: maxInFlight } });
       state.stream = stream;
       return stream;
     };
-    // An ack or nack goes on the stream that delivered the event; one for a
-    // broken stream is dropped: its events are delivered again anyway.
-    const sender = (stream) => (request) => {
-      if (!state.closed && stream === state.stream) stream.write(request);
+    // An ack or nack goes on the stream that delivered the event, and
+    // resolves true once written; one for a stream that broke or was left
+    // resolves false: its event is delivered again (to this consumer or
+    // another).
+    const sender = (stream) => (request) =>
+      new Promise((resolve) => {
+        if (state.closed || stream !== state.stream) return resolve(false);
+        stream.write(request, (error) => resolve(!error));
+      });
+    // A delivery's ack and nack: the first of them counts (settles it); a second answers as the first did.
+    const settler = (send) => {
+      let done = null;
+      return (request) => {
+        if (done === null) {
+          done = send(request);
+          state.unsettled -= 1;
+          settled.notify();
+        }
+        return done;
+      };
     };
     const client = this;
     const staleBound = Number.isFinite(this.retry.maxAttempts) ? this.retry.maxAttempts : STALE_TOKEN_ATTEMPTS;
     const mostWait = Math.max(reconnectDelaySeconds, this.retry.maxBackoffSeconds);
+    // Waits until every delivery handed out is settled, or `timeoutMs` passed.
+    const drained = async (timeoutMs) => {
+      const until = Date.now() + timeoutMs;
+      while (state.unsettled > 0 && !state.closed && Date.now() < until) await arrivedOrAfter(settled, until - Date.now());
+    };
+    let drainTimeoutMs = 0;
     async function* deliveries() {
       let stale = 0; // streams in a row a stale token ended, nothing received
       let broken = 0; // streams in a row that broke, nothing received
-      while (!state.closed) {
+      while (!state.closed && !state.stopping) {
         let wait = reconnectDelaySeconds;
         const stream = open();
         const send = sender(stream);
@@ -1258,23 +1429,27 @@ export class ChronicleClient {
               continue;
             }
             for (const delivery of message.deliveries.deliveries) {
-              if (state.closed) return; // left: what came after is the other consumers' now
-              const event = decodeEvent(delivery.event);
+              // Left or stopping: what came after is the other consumers' now.
+              if (state.closed || state.stopping) return;
+              const event = decodeDelivered(delivery.event);
+              state.unsettled += 1;
+              const settle = settler(send);
               yield {
                 event,
                 attempt: delivery.attempt,
                 replayed: delivery.replayed,
-                ack: () => send({ ack: { event_ids: [event.event_id] } }),
-                nack: (reason = '') => send({ nack: { event_ids: [event.event_id], reason } }),
+                ack: () => settle({ ack: { event_ids: [event.event_id] } }),
+                nack: (reason = '') => settle({ nack: { event_ids: [event.event_id], reason } }),
               };
             }
           }
           live = false;
           return;
         } catch (error) {
+          if (error instanceof ChronicleError) throw error; // of this client's making (decoding): the call lives on
           live = false;
           if (state.closed) return;
-          const refusal = new ChronicleError(error);
+          const refusal = asChronicleError(error);
           if (client.#staleToken(refusal)) {
             stale += 1;
             if (stale >= staleBound) throw refusal;
@@ -1299,34 +1474,77 @@ export class ChronicleClient {
             );
           }
         } finally {
+          if (live && state.stopping) await drained(drainTimeoutMs);
           if (state.stream === stream) state.stream = null;
           if (live) await leave(stream);
           else stream.cancel();
         }
-        await sleepSeconds(wait);
+        if (!state.closed && !state.stopping) await sleepSeconds(wait);
       }
     }
-    return {
-      deliveries: deliveries(),
+    // The loop, throwing what stopped it when a signal or a timeout did (close() and stop() end it cleanly).
+    async function* guarded() {
+      try {
+        yield* deliveries();
+        if (state.stoppedBy) throw state.stoppedBy;
+      } finally {
+        client.#streams.delete(consumerHandle);
+      }
+    }
+    const consumerHandle = {
+      deliveries: guarded(),
       get member() {
         return state.member;
       },
-      /** Leaves the group; resolves once the server ended the stream (its acks counted). */
+      /** Leaves the group at once; resolves once the server ended the stream (the acks written counted). */
       close() {
         state.closed = true;
+        client.#streams.delete(consumerHandle);
+        settled.notify();
         const stream = state.stream;
         return stream === null ? Promise.resolve() : leave(stream);
       },
+      /**
+       * Stops gracefully: no delivery is handed out any more (the loop ends
+       * at its next one, or now if it waits), those handed out may still be
+       * acked or nacked; once all are (or after `timeoutSeconds`), the
+       * consumer leaves as close() does. Resolves once it left.
+       */
+      async stop({ timeoutSeconds = 30 } = {}) {
+        if (state.closed) return;
+        state.stopping = true;
+        drainTimeoutMs = timeoutSeconds * 1000;
+        await drained(drainTimeoutMs);
+        await consumerHandle.close();
+      },
     };
+    this.#streams.add(consumerHandle);
+    bindStream(limitOf({ signal, timeoutSeconds }), (error) => {
+      state.stoppedBy = error;
+      consumerHandle.close();
+    });
+    return consumerHandle;
   }
 
+  /**
+   * Closes the client: every subscription, group consumer and command
+   * stream still open ends (their loops return, without an error: a
+   * consumer leaves its group, its acks written counted), and every call
+   * made after rejects FAILED_PRECONDITION CLIENT_CLOSED. Resolves once the
+   * consumers left.
+   */
   close() {
+    if (this.#closed) return Promise.resolve();
+    this.#closed = true;
+    const ending = [...this.#streams].map((stream) => stream.close());
+    this.#streams.clear();
     this.routes?.close();
     this.commands.close();
     this.events.close();
     this.groups.close();
     this.reactionService.close();
     this.projectionService.close();
+    return Promise.all(ending).then(() => undefined);
   }
 }
 
@@ -1377,6 +1595,40 @@ function handOut(state, position, completes) {
   }
   state.handedHere += 1;
   if (completes) state.position = Math.max(state.position, position);
+}
+
+/**
+ * A streamed event decoded; one whose payload does not decode (bytes that
+ * are not the message its type names) is a ChronicleError INTERNAL
+ * UNDECODABLE_EVENT naming it, not a bare protobufjs error.
+ */
+function decodeDelivered(event) {
+  try {
+    return decodeEvent(event);
+  } catch (error) {
+    const failure = clientError(
+      'INTERNAL',
+      'UNDECODABLE_EVENT',
+      `event ${event.event_id} (${event.payload?.type_url}) does not decode: ${error.message}`,
+      { event_id: event.event_id, event_type: event.event_type },
+    );
+    failure.cause = error;
+    throw failure;
+  }
+}
+
+/**
+ * Calls `stop(error)` when `limit`'s signal aborts or its deadline passes
+ * (a stream's whole life bounded), with the CANCELLED or DEADLINE_EXCEEDED
+ * ChronicleError. The timer does not keep the process alive.
+ */
+function bindStream(limit, stop) {
+  const fire = () => stop(limit.stopped());
+  if (limit.signal) {
+    if (limit.signal.aborted) return fire();
+    limit.signal.addEventListener('abort', fire, { once: true });
+  }
+  if (limit.deadline !== null) setTimeout(fire, limit.remainingMs()).unref();
 }
 
 /** A SubmitResponse as `submit` resolves to it: its events decoded, and the last one's position. */
