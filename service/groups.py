@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import heapq
 import itertools
 import logging
@@ -135,6 +136,14 @@ MAX_BATCH_BYTES = MAX_SUBSCRIPTION_MESSAGE_BYTES
 # stream ended for nothing costs its consumer a reconnect and its segments'
 # unsettled events delivered again, far more than this wait.
 MIN_STALL_SECONDS = 1.0
+
+
+class NackAction(enum.Enum):
+    """What a consumer's nack asks for (the proto's NackAction)."""
+
+    RETRY = "retry"  # again after the backoff; parked after the last attempt
+    PARK = "park"  # parked now, with the consumer's reason
+    SKIP = "skip"  # settled unprocessed: neither parked nor acknowledged
 
 
 def group_not_found(name: str) -> ResourceNotFound:
@@ -308,6 +317,8 @@ class ConsumerSession:
         self._unparking: set[str] = set()  # acked replays whose removal is being written
         self._replay_parks: list[GroupParkedEvent] = []
         self._reparking: set[str] = set()  # replays failed again whose park is being written
+        self._dismissals: list[str] = []  # replays skipped by their consumer
+        self._dismissing: set[str] = set()  # skipped replays whose removal is being written
         self._order = itertools.count()
         self._changed = asyncio.Event()  # for next_batch
         self._reader_wake = asyncio.Event()  # room in the queues, or other segments
@@ -499,15 +510,34 @@ class ConsumerSession:
         if not self._read_ahead_full:
             self._reader_wake.set()  # a checkpoint may have passed what held the reader
 
-    def nack(self, event_ids: Sequence[str], reason: str) -> None:
+    def nack(self, event_ids: Sequence[str], reason: str, action: NackAction = NackAction.RETRY) -> None:
         if self._cut:
             return
         self._answered()
         for event_id in event_ids:
             delivery = self._delivery(event_id)
-            if delivery is not None and delivery.deadline:  # in flight (not already waiting to go again)
+            if delivery is None or not delivery.deadline:
+                continue  # settled, or already waiting to go again: the first answer stands
+            if action is NackAction.PARK:
+                self._park(delivery, reason)
+            elif action is NackAction.SKIP:
+                self._skip(delivery)
+            else:
                 self._failed(delivery, reason)
         self._changed.set()
+        if not self._read_ahead_full:
+            self._reader_wake.set()  # a park or skip may pass a checkpoint that held the reader
+
+    def _skip(self, delivery: Delivery) -> None:
+        """Settled unprocessed: passed by the checkpoint as a park is, but
+        written nowhere; a skipped replay leaves the parked list, not
+        counted as acknowledged."""
+        self._settle(delivery)
+        if delivery.segment is None:
+            self._dismissals.append(delivery.event.event_id)
+        else:
+            delivery.segment.settle(delivery.event.event_id, acked=False)
+        self._commit_wanted.set()
 
     def _answered(self) -> None:
         # Progress, for the sweep: a session waiting on a full window is
@@ -539,23 +569,7 @@ class ConsumerSession:
     def _failed(self, delivery: Delivery, reason: str) -> None:
         """A nack or a timeout: deliver again after the backoff, or park."""
         if delivery.attempt >= self.spec.max_attempts:
-            event = delivery.event
-            segment = delivery.segment
-            parked = GroupParkedEvent(
-                event_id=event.event_id,
-                position=event.position,
-                segment=segment.number if segment is not None else _segment_of(delivery),
-                aggregate_id=event.aggregate_id,
-                attempts=delivery.attempt,
-                reason=reason[:1000],
-            )
-            self._settle(delivery)
-            if segment is None:
-                self._replay_parks.append(parked)
-            else:
-                segment.parks.append(parked)
-                segment.settle(event.event_id, acked=False)
-            self._commit_wanted.set()
+            self._park(delivery, reason)
             return
         self._landed(delivery)
         delivery.deadline = 0.0
@@ -563,6 +577,25 @@ class ConsumerSession:
         if len(self._retries) > 2 * len(self._pending) + _HEAP_SLACK:
             self._retries = _without_stale(self._retries, lambda delivery, due: True)
         heapq.heappush(self._retries, (due, next(self._order), delivery))
+
+    def _park(self, delivery: Delivery, reason: str) -> None:
+        event = delivery.event
+        segment = delivery.segment
+        parked = GroupParkedEvent(
+            event_id=event.event_id,
+            position=event.position,
+            segment=segment.number if segment is not None else _segment_of(delivery),
+            aggregate_id=event.aggregate_id,
+            attempts=delivery.attempt,
+            reason=reason[:1000],
+        )
+        self._settle(delivery)
+        if segment is None:
+            self._replay_parks.append(parked)
+        else:
+            segment.parks.append(parked)
+            segment.settle(event.event_id, acked=False)
+        self._commit_wanted.set()
 
     # -- what goes out ------------------------------------------------------------
 
@@ -750,6 +783,7 @@ class ConsumerSession:
         replaying = {d.event.event_id for d in self._pending.values() if d.segment is None}
         replaying |= self._unparking | set(self._unparks)
         replaying |= self._reparking | {parked.event_id for parked in self._replay_parks}
+        replaying |= self._dismissing | set(self._dismissals)
         wanted = await self._groups.parked_to_replay(self.spec.name, sorted(self._segments), self._max_in_flight)
         for parked in wanted:
             if parked.event_id in replaying:
@@ -982,12 +1016,26 @@ class ConsumerSession:
             reparks = [parked.event_id for parked in parks]
             self._reparking.update(reparks)
             work.append(self._groups.repark(self.spec.name, parks))
+        dismissals: list[str] = []
+        if self._dismissals:
+            dismissals, self._dismissals = self._dismissals, []
+            self._dismissing.update(dismissals)
+            work.append(self._dismiss(dismissals))
         try:
             if work:
                 await asyncio.gather(*work)
         finally:
             self._unparking.difference_update(unparks)
             self._reparking.difference_update(reparks)
+            self._dismissing.difference_update(dismissals)
+
+    async def _dismiss(self, event_ids: list[str]) -> None:
+        # All or none in the store: one dismissed meanwhile by an operator
+        # (or gone with its aggregate) is simply left out of a second try.
+        gone = await self._groups.dismiss_parked(self.spec.name, event_ids)
+        rest = [event_id for event_id in event_ids if event_id not in set(gone)]
+        if gone and rest:
+            await self._groups.dismiss_parked(self.spec.name, rest)
 
     async def _commit_segment(self, segment: _Segment) -> None:
         new_position = segment.checkpoint()

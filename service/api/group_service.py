@@ -25,7 +25,7 @@ from service.api.codec import canonical_uuid, check_id, check_names, check_versi
 from service.api.subscribe import known_names
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound, quoted
-from service.groups import ConsumerSession, Delivery, SubscriptionGroups, group_not_found
+from service.groups import ConsumerSession, Delivery, NackAction, SubscriptionGroups, group_not_found
 from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.security.policy import Authorizer
@@ -394,7 +394,8 @@ async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerS
             if kind == "ack":
                 session.ack(list(request.ack.event_ids))
             elif kind == "nack":
-                session.nack(list(request.nack.event_ids), _nack_reason(request.nack.reason))
+                nack = request.nack
+                session.nack(list(nack.event_ids), _nack_reason(nack.reason), _nack_action(nack.action))
             elif kind == "start":
                 raise _start_expected("a Consume stream has one start, its first request")
             else:
@@ -421,6 +422,25 @@ def _nack_reason(reason: str) -> str:
     if "\x00" in reason:
         raise InvalidInput.for_field("nack.reason", "must not contain NUL", reason="BAD_NACK_REASON")
     return reason[:MAX_REASON] or "NACKED"
+
+
+_NACK_ACTIONS: dict[int, NackAction] = {
+    pb.NACK_ACTION_UNSPECIFIED: NackAction.RETRY,
+    pb.NACK_ACTION_RETRY: NackAction.RETRY,
+    pb.NACK_ACTION_PARK: NackAction.PARK,
+    pb.NACK_ACTION_SKIP: NackAction.SKIP,
+}
+
+
+def _nack_action(action: int) -> NackAction:
+    """A value this server does not know (a newer client's) is refused
+    rather than taken as a retry: the consumer meant something else."""
+    known = _NACK_ACTIONS.get(action)
+    if known is None:
+        raise InvalidInput.for_field(
+            "nack.action", f"{action} is no NackAction this server knows", reason="BAD_NACK_ACTION"
+        )
+    return known
 
 
 def _start_expected(message: str) -> InvalidInput:

@@ -6,7 +6,7 @@ iterator of deliveries to ack or nack) and administering groups.
         async with client.consume("billing", consumer="worker-1") as deliveries:
             async for delivery in deliveries:
                 handle(delivery.event)
-                await delivery.ack()          # or: await delivery.nack("why")
+                await delivery.ack()          # or: nack("why"), park("poison"), skip()
 
 The server keeps the group's position: a consumer that stops (or dies) has
 its unacknowledged events delivered to the group's other consumers, and one
@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from google.protobuf import duration_pb2
@@ -43,6 +43,14 @@ log = logging.getLogger(__name__)
 CONSUMER_STALLED = "CONSUMER_STALLED"
 
 GroupInfo = pb.GroupInfo
+
+# What a nack asks for: see Delivery.nack.
+NackAction = Literal["retry", "park", "skip"]
+_NACK_ACTIONS: dict[str, pb.NackAction] = {
+    "retry": pb.NACK_ACTION_RETRY,
+    "park": pb.NACK_ACTION_PARK,
+    "skip": pb.NACK_ACTION_SKIP,
+}
 GroupParkedEvent = pb.GroupParkedEvent
 
 
@@ -68,10 +76,21 @@ class Delivery:
         the server)."""
         await self._consumer._ack_on(self._stream, [self.event.event_id])
 
-    async def nack(self, reason: str = "") -> None:
-        """Not processed: deliver it again after the group's backoff, or
-        park it after its maximum attempts."""
-        await self._consumer._nack_on(self._stream, [self.event.event_id], reason)
+    async def nack(self, reason: str = "", *, action: NackAction = "retry") -> None:
+        """Not processed. ``"retry"``: deliver it again after the group's
+        backoff, or park it after its maximum attempts; ``"park"``: park it
+        now (``park``); ``"skip"``: settle it unprocessed (``skip``)."""
+        await self._consumer._nack_on(self._stream, [self.event.event_id], reason, action)
+
+    async def park(self, reason: str = "") -> None:
+        """Poison: park it now with ``reason``, whatever attempts are left
+        (ReplayParked delivers it again)."""
+        await self.nack(reason, action="park")
+
+    async def skip(self) -> None:
+        """Settle it unprocessed: never delivered again, not parked, not
+        counted as acknowledged."""
+        await self.nack(action="skip")
 
     def __repr__(self) -> str:
         return f"Delivery({self.event!r}, attempt={self.attempt}, replayed={self.replayed})"
@@ -173,10 +192,10 @@ class GroupConsumer:
         since: prefer it)."""
         await self._ack_on(self._call, event_ids)
 
-    async def nack(self, event_ids: Sequence[str], reason: str = "") -> None:
+    async def nack(self, event_ids: Sequence[str], reason: str = "", *, action: NackAction = "retry") -> None:
         """Nack events that the stream open now delivered (prefer
         ``Delivery.nack``, as for ``ack``)."""
-        await self._nack_on(self._call, event_ids, reason)
+        await self._nack_on(self._call, event_ids, reason, action)
 
     async def _ack_on(self, call: Any, event_ids: Sequence[str]) -> None:
         """Queue acks of events that ``call`` delivered: the ones made while
@@ -200,8 +219,9 @@ class GroupConsumer:
             batch, call, self._acks = self._acks, self._acks_call, []
             await self._write(call, pb.ConsumeRequest(ack=pb.Ack(event_ids=batch)))
 
-    async def _nack_on(self, call: Any, event_ids: Sequence[str], reason: str) -> None:
-        await self._write(call, pb.ConsumeRequest(nack=pb.Nack(event_ids=event_ids, reason=reason)))
+    async def _nack_on(self, call: Any, event_ids: Sequence[str], reason: str, action: NackAction) -> None:
+        nack = pb.Nack(event_ids=event_ids, reason=reason, action=_NACK_ACTIONS[action])
+        await self._write(call, pb.ConsumeRequest(nack=nack))
 
     async def _write(self, call: Any, request: pb.ConsumeRequest) -> None:
         """Write ``request`` on ``call``, if it is still the stream open now

@@ -1342,7 +1342,9 @@ export class ChronicleClient {
 
   /**
    * Consumes subscription group `group` as `consumer`. `deliveries` yields
-   * { event, attempt, replayed, ack(), nack(reason) }: every event of the
+   * { event, attempt, replayed, ack(), nack(reason, { action }), park(reason),
+   * skip() } (a nack's action: 'retry', the default, 'park' or 'skip'; see
+   * docs/subscriptions.md): every event of the
    * group goes to one of its consumers, all events of one aggregate to the
    * same one, in order, the next only once the one before is acked (or
    * parked). Ack or nack each one; a nacked event (or one not acked within
@@ -1439,7 +1441,11 @@ export class ChronicleClient {
                 attempt: delivery.attempt,
                 replayed: delivery.replayed,
                 ack: () => settle({ ack: { event_ids: [event.event_id] } }),
-                nack: (reason = '') => settle({ nack: { event_ids: [event.event_id], reason } }),
+                // action: 'retry' (again after the backoff), 'park' (now), 'skip' (settled unprocessed).
+                nack: (reason = '', { action = 'retry' } = {}) =>
+                  settle({ nack: { event_ids: [event.event_id], reason, action: nackAction(action) } }),
+                park: (reason = '') => settle({ nack: { event_ids: [event.event_id], reason, action: 'NACK_ACTION_PARK' } }),
+                skip: () => settle({ nack: { event_ids: [event.event_id], action: 'NACK_ACTION_SKIP' } }),
               };
             }
           }
@@ -1571,6 +1577,16 @@ function versionExpected(version) {
 function duration(seconds) {
   const whole = Math.floor(seconds);
   return { seconds: whole, nanos: Math.round((seconds - whole) * 1e9) };
+}
+
+const NACK_ACTIONS = { retry: 'NACK_ACTION_RETRY', park: 'NACK_ACTION_PARK', skip: 'NACK_ACTION_SKIP' };
+
+// A group delivery's nack action, as the proto spells it; a misspelt one is
+// the caller's mistake, said here rather than taken as a retry.
+function nackAction(action) {
+  const known = Object.hasOwn(NACK_ACTIONS, action) ? NACK_ACTIONS[action] : undefined;
+  if (known === undefined) throw invalidOption(`a nack's action is 'retry', 'park' or 'skip', not ${JSON.stringify(action)}`);
+  return known;
 }
 
 function decodeEvent(event) {

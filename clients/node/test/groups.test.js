@@ -447,3 +447,42 @@ test("createGroup sends a duration of 0 as 0 and leaves an undefined or null one
     ],
   );
 });
+
+test("a nack's action parks an event at once or skips it, and a misspelt action is refused here", async () => {
+  const client = new ChronicleClient(server.address);
+  const group = `actions-${randomUUID().slice(0, 8)}`;
+  const [poison, skipped, fine] = [`acc-${randomUUID()}`, `acc-${randomUUID()}`, `acc-${randomUUID()}`];
+  try {
+    // Five attempts allowed: a nack that retried would not park or settle anything here.
+    await client.createGroup(group, { aggregateTypes: ['Account'], fromEnd: true, maxDeliveryAttempts: 5 });
+    for (const id of [poison, skipped, fine]) await client.submit(id, 'bank.v1.OpenAccount', { owner: 'ann' });
+    const worker = client.consume(group, 'worker-1');
+    const seen = [];
+    for await (const delivery of worker.deliveries) {
+      const id = delivery.event.aggregate_id;
+      seen.push(id);
+      if (id === poison) {
+        assert.throws(() => delivery.nack('x', { action: 'drop' }), (error) => error.reason === 'INVALID_OPTION');
+        delivery.park('poison (test)');
+      } else if (id === skipped) delivery.nack('', { action: 'skip' });
+      else delivery.ack();
+      if (seen.length === 3) break;
+    }
+    let info;
+    for (let tries = 0; tries < 200; tries += 1) {
+      info = await client.getGroup(group);
+      if (info.parked === 1 && info.acknowledged === 1 && info.lag === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    await worker.close();
+    assert.deepEqual([info.parked, info.acknowledged, info.lag], [1, 1, 0]); // the skipped one is neither
+    const parked = await client.listParked(group);
+    assert.deepEqual(
+      parked.map((p) => [p.aggregate_id, p.attempts, p.reason]),
+      [[poison, 1, 'poison (test)']],
+    );
+    await client.deleteGroup(group);
+  } finally {
+    client.close();
+  }
+});
