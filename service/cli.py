@@ -79,6 +79,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import re
 import signal
 import socket
 import time
@@ -169,6 +170,29 @@ def _seconds(text: str) -> float:
     if not (0 < value < float("inf")):
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
     return value
+
+
+_GROUP_DURATIONS = ("retry_backoff", "max_retry_backoff", "ack_timeout")
+_GROUP_COUNTS = ("max_delivery_attempts", "segments")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
+
+
+def _group_setting(text: str) -> tuple[str, int]:
+    """``--set KEY=VALUE`` of ``chronicle group``: a count, or a duration
+    (``500ms``, ``30s``, ``2m``, ``1h``; a bare number is seconds) as
+    milliseconds. The filter is no setting here: UpdateGroup has no field
+    for it (what was settled under the old filter is not read again)."""
+    key, value = _key_value(text)
+    if key in _GROUP_COUNTS:
+        return key, _count(value)
+    if key in _GROUP_DURATIONS:
+        matched = _DURATION.fullmatch(value.strip())
+        if matched is None:
+            raise argparse.ArgumentTypeError(f"{key}: expected a duration such as 500ms, 30s, 2m or 1h, got {value!r}")
+        return key, round(float(matched.group(1)) * _UNIT_MS[matched.group(2)])
+    known = ", ".join(_GROUP_COUNTS[:1] + _GROUP_DURATIONS)
+    raise argparse.ArgumentTypeError(f"{key!r} is no setting an update changes; these are: {known}")
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -688,13 +712,23 @@ def _group(args: argparse.Namespace, channel: grpc.Channel) -> int:
     parked events; replaying or dismissing them (admin)."""
     stub = subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub(channel)
     if args.name is None:
-        if args.parked or args.replay or args.replay_all or args.dismiss:
+        if args.parked or args.replay or args.replay_all or args.dismiss or args.set:
             raise _UsageError(
-                "--parked, --replay, --replay-all and --dismiss act on one group",
+                "--parked, --replay, --replay-all, --dismiss and --set act on one group",
                 "name it: chronicle group NAME --parked (or --replay EVENT_ID..., --replay-all, --dismiss EVENT_ID...)",
             )
         for info in stub.ListGroups(subscription_group_service_pb2.ListGroupsRequest(), timeout=args.timeout).groups:
             _print(_as_dict(info))
+        return EXIT_OK
+    if args.set:
+        update = subscription_group_service_pb2.UpdateGroupRequest(name=args.name)
+        for key, value in args.set:
+            if key in _GROUP_DURATIONS:
+                getattr(update, key).FromMilliseconds(value)
+            else:
+                setattr(update, key, value)
+        updated = stub.UpdateGroup(update, timeout=args.timeout)
+        _print(_as_dict(updated.group))
         return EXIT_OK
     if args.replay or args.replay_all:
         request = subscription_group_service_pb2.ReplayParkedRequest(group=args.name, event_ids=args.replay or [])
@@ -1919,11 +1953,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = commands.add_parser(
         "group",
-        help="subscription groups' state; a group's parked events; replay or dismiss them (admin)",
+        help="subscription groups' state; a group's parked events; replay or dismiss them, change settings (admin)",
         description="no NAME: every group the caller may consume, as JSON lines (settings, position, log head, lag,"
         " acknowledged, parked, consumers and their segments); NAME: that group; --parked: its parked events;"
         " --replay/--replay-all: deliver parked events again; --dismiss: delete parked events without delivering"
-        " them (all named or none)",
+        " them (all named or none); --set KEY=VALUE...: change its settings (UpdateGroup)",
     )
     group.add_argument("name", nargs="?", help="e.g. billing (none: every group)")
     action = group.add_mutually_exclusive_group()
@@ -1935,6 +1969,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EVENT_ID",
         nargs="+",
         help="delete these parked events without delivering them again; all or none (admin)",
+    )
+    action.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        nargs="+",
+        type=_group_setting,
+        help="change settings while the group is consumed, keeping its position and parked events (admin):"
+        " max_delivery_attempts=N, retry_backoff=, max_retry_backoff=, ack_timeout= (500ms, 30s, 2m, 1h)",
     )
     group.set_defaults(run=_group, remote=True)
 

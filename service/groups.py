@@ -725,6 +725,7 @@ class ConsumerSession:
                 if state is None or state.spec.incarnation != self.spec.incarnation:
                     # Gone, or deleted and created again: not this session's group.
                     raise group_not_found(self.spec.name)
+                self._adopt(state.spec)
                 for number in gained:
                     fencing = self.keeper.fencing(self._lease_group, segment_lease(number))
                     if fencing is None or number in self._segments:
@@ -735,6 +736,24 @@ class ConsumerSession:
                     await self._find_replays()
                 self._changed.set()
                 self._reader_wake.set()
+
+    def _adopt(self, spec: GroupSpec) -> None:
+        """The group's settings as an UpdateGroup left them (read with the
+        segments, at each poll): attempts and backoffs apply from the next
+        nack or timeout; a shorter ack timeout also to the events in
+        flight (each one's deadline as if sent under it), a longer one from
+        the next delivery (a consumer is never given less than it was told)."""
+        if spec == self.spec:
+            return
+        shorter_by = (self.spec.ack_timeout_ms - spec.ack_timeout_ms) / 1000
+        self.spec = spec
+        self._stall_seconds = max(spec.ack_timeout_ms / 1000, MIN_STALL_SECONDS)
+        if shorter_by > 0:
+            for delivery in self._pending.values():
+                if delivery.deadline and not delivery.settled:
+                    delivery.deadline -= shorter_by
+                    heapq.heappush(self._deadlines, (delivery.deadline, next(self._order), delivery))
+            self._changed.set()  # next_batch waits for the earliest deadline: an earlier one now
 
     async def _hand_over(self, lease_group: str, names: tuple[str, ...]) -> None:
         """Before the keeper gives segments up toward a fairer share (a
@@ -1109,10 +1128,10 @@ class SubscriptionGroups:
         self._first_page_size = first_page_size
         self.held = held if held is not None else HeldEvents()
         self._sessions: set[ConsumerSession] = set()
-        # Per group (its settings and incarnation: a group deleted and made
-        # again, with the same settings or others, starts afresh), what its
-        # sessions sent and did not settle.
-        self._deliveries: dict[GroupSpec, Deliveries] = {}
+        # Per group (its name and incarnation: a group deleted and made
+        # again starts afresh; one whose settings were updated does not),
+        # what its sessions sent and did not settle.
+        self._deliveries: dict[tuple[str, str], Deliveries] = {}
         self._closing_sessions: set[asyncio.Future[None]] = set()
         self._closing = False
 
@@ -1144,13 +1163,13 @@ class SubscriptionGroups:
         return session
 
     def _deliveries_of(self, spec: GroupSpec) -> Deliveries:
-        deliveries = self._deliveries.get(spec)
+        deliveries = self._deliveries.get((spec.name, spec.incarnation))
         if deliveries is None:
             # The group is new here, or was made again (another incarnation):
             # the counts of what it was before are of no use any more.
-            for gone in [known for known in self._deliveries if known.name == spec.name]:
+            for gone in [known for known in self._deliveries if known[0] == spec.name]:
                 del self._deliveries[gone]
-            deliveries = self._deliveries[spec] = Deliveries()
+            deliveries = self._deliveries[spec.name, spec.incarnation] = Deliveries()
         return deliveries
 
     def release(self, session: ConsumerSession) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable
@@ -251,6 +252,17 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         )
         return spec
 
+    async def UpdateGroup(
+        self, request: pb.UpdateGroupRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.UpdateGroupResponse:
+        async with self._admin("UpdateGroup", "update subscription groups", "group:" + request.name[:100]):
+            state = await self._group("name", request.name)
+            spec = _updated(state.spec, request)
+            if not await self._store.update_group(spec):
+                raise group_not_found(spec.name)  # deleted (or made again) since it was read
+        state = await self._group("name", spec.name)
+        return pb.UpdateGroupResponse(group=await self._info(state))
+
     async def DeleteGroup(
         self, request: pb.DeleteGroupRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DeleteGroupResponse:
@@ -414,6 +426,38 @@ async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerS
         session.fail(error)
         return
     session.end()
+
+
+def _updated(spec: GroupSpec, request: pb.UpdateGroupRequest) -> GroupSpec:
+    """``spec`` with the settings ``request`` sets, each checked as
+    CreateGroup checks it."""
+    fields = ("max_delivery_attempts", "retry_backoff", "max_retry_backoff", "ack_timeout", "segments")
+    if not any(request.HasField(field) for field in fields):
+        raise InvalidInput(
+            f"an update names at least one setting to change: {', '.join(fields[:4])}", reason="NO_SETTING_GIVEN"
+        )
+    if request.HasField("segments") and request.segments != spec.segments:
+        raise InvalidInput.for_field(
+            "segments",
+            f"a group's segments are fixed for its life ({spec.segments}): each segment's checkpoint is of the"
+            " aggregates the count gives it; create another group to change it",
+            reason="SETTING_NOT_UPDATABLE",
+        )
+    attempts = request.max_delivery_attempts if request.HasField("max_delivery_attempts") else spec.max_attempts
+    if not 1 <= attempts <= MAX_ATTEMPTS:
+        raise _setting("max_delivery_attempts", f"must be from 1 to {MAX_ATTEMPTS}")
+    backoff = _millis(request, "retry_backoff", spec.retry_backoff_ms)
+    max_backoff = _millis(request, "max_retry_backoff", spec.max_retry_backoff_ms)
+    if max_backoff < backoff:
+        raise _setting("max_retry_backoff", "must not be shorter than retry_backoff")
+    ack_timeout = _millis(request, "ack_timeout", spec.ack_timeout_ms, minimum=MIN_ACK_TIMEOUT_MS)
+    return dataclasses.replace(
+        spec,
+        max_attempts=attempts,
+        retry_backoff_ms=backoff,
+        max_retry_backoff_ms=max_backoff,
+        ack_timeout_ms=ack_timeout,
+    )
 
 
 def _nack_reason(reason: str) -> str:

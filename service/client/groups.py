@@ -418,6 +418,29 @@ class Groups:
         response: pb.CreateGroupResponse = await self._call(f"create group {name}", self._stub.CreateGroup, request)
         return response.group
 
+    async def update(
+        self,
+        name: str,
+        *,
+        max_delivery_attempts: int | None = None,
+        retry_backoff: timedelta | float | None = None,
+        max_retry_backoff: timedelta | float | None = None,
+        ack_timeout: timedelta | float | None = None,
+    ) -> GroupInfo:
+        """Change group ``name``'s settings while it is consumed, keeping
+        its position and parked events; each one left None stays. Its
+        consumers' sessions take them at their next look at the group.
+        ``NotFound`` (GROUP_NOT_FOUND) if there is none."""
+        request = pb.UpdateGroupRequest(
+            name=name,
+            max_delivery_attempts=max_delivery_attempts,
+            retry_backoff=_duration(retry_backoff),
+            max_retry_backoff=_duration(max_retry_backoff),
+            ack_timeout=_duration(ack_timeout),
+        )
+        response: pb.UpdateGroupResponse = await self._call(f"update group {name}", self._stub.UpdateGroup, request)
+        return response.group
+
     async def delete(self, name: str) -> None:
         """Delete group ``name``; ``NotFound`` (GROUP_NOT_FOUND) if there is none."""
         await self._call(f"delete group {name}", self._stub.DeleteGroup, pb.DeleteGroupRequest(name=name))

@@ -611,6 +611,15 @@ class GroupStore(Protocol):
         returns it; ``spec.incarnation`` is not kept). ``ResourceExists``
         (GROUP_EXISTS), and nothing written, if a group of that name exists."""
 
+    async def update_group(self, spec: GroupSpec) -> bool:
+        """Set the group's settings that may change while it is consumed
+        (``UPDATABLE_SETTINGS``: attempts, backoffs, ack timeout) to
+        ``spec``'s, for the group of ``spec.name`` and ``spec.incarnation``;
+        False, and nothing written, if there is none (gone, or deleted and
+        created again). Its filter, start, segments, checkpoints and parked
+        events stay as they are."""
+        ...
+
     async def delete_group(self, name: str) -> bool:
         """Delete the group, its checkpoints, its parked events and its
         consumers' leases, in one transaction. False if there was none."""

@@ -69,6 +69,18 @@ class GroupSpec:
         )
 
 
+# What UpdateGroup may change on a group being consumed: each session reads
+# these afresh from the store (its lease sweep). Not the filter (what was
+# settled under the old one is not read again) nor the segments (each
+# segment's checkpoint is of the partition by the old count).
+UPDATABLE_SETTINGS = ("max_attempts", "retry_backoff_ms", "max_retry_backoff_ms", "ack_timeout_ms")
+
+
+def updatable_params(spec: GroupSpec) -> tuple[object, ...]:
+    """The updatable settings, then the name and incarnation that pick the group."""
+    return (*(getattr(spec, setting) for setting in UPDATABLE_SETTINGS), spec.name, spec.incarnation)
+
+
 def filter_from_json(text: str) -> LogFilter:
     data = json.loads(text)
     return LogFilter(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from service.errors import ConcurrencyConflict, ResourceExists, quoted
 from service.store.grouping import (
+    UPDATABLE_SETTINGS,
     GroupParkedEvent,
     GroupSpec,
     GroupState,
@@ -53,6 +54,14 @@ class MemoryGroups:
         for group in self._groups.values():
             for event_id in [e for e, parked in group.parked.items() if parked.aggregate_id == aggregate_id]:
                 del group.parked[event_id]
+
+    async def update_group(self, spec: GroupSpec) -> bool:
+        group = self._groups.get(spec.name)
+        if group is None or group.spec.incarnation != spec.incarnation:
+            return False
+        changes = {setting: getattr(spec, setting) for setting in UPDATABLE_SETTINGS}
+        group.spec = replace(group.spec, **changes)
+        return True
 
     async def delete_group(self, name: str) -> bool:
         self._consumer_leases.drop_group(consumer_group(name))

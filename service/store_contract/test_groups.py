@@ -64,6 +64,35 @@ async def test_creating_a_group_twice_is_refused_and_writes_nothing(store: Store
     assert group is not None and settings(group.spec) == SPEC
 
 
+async def test_an_update_changes_only_the_updatable_settings_of_that_incarnation(store: StoreAdapter) -> None:
+    await store.create_group(SPEC)
+    group = await store.load_group("billing")
+    assert group is not None
+    # Everything asked to change; only attempts, backoffs and ack timeout may.
+    wanted = replace(
+        group.spec,
+        log_filter=LogFilter(),
+        start_position=0,
+        segments=16,
+        max_attempts=9,
+        retry_backoff_ms=10,
+        max_retry_backoff_ms=20,
+        ack_timeout_ms=30_000,
+    )
+    assert await store.update_group(wanted)
+    updated = await store.load_group("billing")
+    assert updated is not None
+    expected = replace(group.spec, max_attempts=9, retry_backoff_ms=10, max_retry_backoff_ms=20, ack_timeout_ms=30_000)
+    assert updated.spec == expected
+    assert updated.checkpoints == group.checkpoints
+    # Another incarnation (deleted and created again meanwhile), or none: nothing written.
+    assert not await store.update_group(replace(wanted, incarnation="another", max_attempts=2))
+    assert not await store.update_group(replace(wanted, name="missing"))
+    again = await store.load_group("billing")
+    assert again is not None and again.spec == expected
+    assert await store.load_group("missing") is None
+
+
 async def test_a_group_created_again_with_the_same_settings_is_another_incarnation(store: StoreAdapter) -> None:
     # What a replica remembers of a group (its delivery attempt counts) is
     # kept per incarnation: the same settings again are another group.

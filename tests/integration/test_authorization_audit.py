@@ -142,7 +142,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 41
+    assert len(outcomes) == 42
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -244,6 +244,10 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     "/chronicle.v1.SubscriptionGroupService/CreateGroup": (groups.CreateGroupRequest(name="mine"), "ADMIN_DENIED"),
     "/chronicle.v1.SubscriptionGroupService/DeleteGroup": (
         groups.DeleteGroupRequest(name="everything"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.SubscriptionGroupService/UpdateGroup": (
+        groups.UpdateGroupRequest(name="everything", max_delivery_attempts=1),
         "ADMIN_DENIED",
     ),
     # Lists the groups the caller may consume: none.

@@ -183,3 +183,50 @@ async def test_bad_dismissals_are_refused_in_one_line_and_dismiss_nothing(
             "GROUP_NOT_FOUND",
         ]
     )
+
+
+async def test_an_operator_changes_a_groups_settings_with_set_and_bad_ones_are_refused_clearly(
+    served: tuple[Application, Client, ChronicleClient],
+) -> None:
+    app, raw, client = served
+    await client.groups.create(GROUP, segments=4)
+    (shown,) = lines(
+        await chronicle(
+            app, "group", GROUP, "--set", "ack_timeout=1.5s", "retry_backoff=250ms", "max_delivery_attempts=3"
+        )
+    )
+    assert (shown["name"], shown["ack_timeout"], shown["retry_backoff"], shown["max_delivery_attempts"]) == (
+        GROUP,
+        "1.500s",
+        "0.250s",
+        3,
+    )
+    info = await client.groups.get(GROUP)
+    assert (info.ack_timeout.ToMilliseconds(), info.max_retry_backoff.ToMilliseconds(), info.segments) == (
+        1500,
+        60_000,
+        4,
+    )
+
+    missing = await chronicle(app, "group", "missing", "--set", "ack_timeout=1m")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: NOT_FOUND GROUP_NOT_FOUND:"), missing.stderr
+    resized = await chronicle(app, "group", GROUP, "--set", "segments=8")
+    assert resized.returncode == 1, resized.stderr
+    assert resized.stderr.startswith("error: INVALID_ARGUMENT SETTING_NOT_UPDATABLE:"), resized.stderr
+    too_long = await chronicle(app, "group", GROUP, "--set", "ack_timeout=2h")
+    assert too_long.stderr.startswith("error: INVALID_ARGUMENT BAD_GROUP_SETTING:"), too_long.stderr
+    # Refused before anything is sent: exit 2, the mistake named.
+    soon = await chronicle(app, "group", GROUP, "--set", "ack_timeout=soon")
+    assert soon.returncode == 2 and "ack_timeout: expected a duration such as 500ms" in soon.stderr, soon.stderr
+    refiltered = await chronicle(app, "group", GROUP, "--set", "filter=Account")
+    assert refiltered.returncode == 2 and "'filter' is no setting an update changes" in refiltered.stderr
+    assert await client.groups.get(GROUP) == info
+
+    audit = await raw.admin.QueryAudit(admin_service_pb2.QueryAuditRequest())
+    updates = [(e.aggregate_id, e.reason) for e in audit.entries if e.command_type.endswith("/UpdateGroup")]
+    assert updates == [
+        (f"group:{GROUP}", "BAD_GROUP_SETTING"),
+        (f"group:{GROUP}", "SETTING_NOT_UPDATABLE"),
+        ("group:missing", "GROUP_NOT_FOUND"),
+        (f"group:{GROUP}", ""),
+    ]

@@ -256,7 +256,7 @@ async def test_a_group_made_again_leaves_nothing_of_what_it_was() -> None:
         assert await session.next_batch()  # sent, never settled: counted
         await session.close()
         await store.delete_group(spec.name)
-    assert list(groups._deliveries) == [spec]
+    assert list(groups._deliveries) == [(spec.name, spec.incarnation)]
 
 
 class GatedCommits(MemoryStore):

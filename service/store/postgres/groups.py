@@ -19,6 +19,7 @@ from service.store.grouping import (
     SegmentCheckpoint,
     consumer_group,
     consumers_of,
+    updatable_params,
 )
 from service.store.leasing import Fencing
 from service.store.memory_groups import group_exists
@@ -77,6 +78,10 @@ class GroupsRole:
             ],
         )
         return bool(deleted.ntuples)
+
+    async def update_group(self, spec: GroupSpec) -> bool:
+        (updated,) = await self._db.run("update_group", [Statement(sql.UPDATE_GROUP.encode(), updatable_params(spec))])
+        return bool(updated.ntuples)
 
     async def load_group(self, name: str) -> GroupState | None:
         states = await self._load(name)

@@ -980,6 +980,11 @@ LOAD_GROUP_HOLDERS = (
     " AND owner IS NOT NULL AND expires_at > now()"
 )
 DELETE_GROUP = "DELETE FROM chronicle.subscription_groups WHERE name = $1 RETURNING 1"
+UPDATE_GROUP = (
+    "UPDATE chronicle.subscription_groups SET max_attempts = $1::integer, retry_backoff_ms = $2::bigint,"
+    " max_retry_backoff_ms = $3::bigint, ack_timeout_ms = $4::bigint"
+    " WHERE name = $5 AND COALESCE(incarnation, '') = $6 RETURNING 1"
+)
 DELETE_GROUP_LEASES = "DELETE FROM chronicle.leases WHERE lease_group = $1"
 DELETE_GROUP_MEMBERS = "DELETE FROM chronicle.lease_members WHERE lease_group = $1"
 MOVE_SEGMENT = (

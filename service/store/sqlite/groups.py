@@ -18,6 +18,7 @@ from service.store.grouping import (
     SegmentCheckpoint,
     consumer_group,
     consumers_of,
+    updatable_params,
 )
 from service.store.leasing import Fencing
 from service.store.memory_groups import group_exists
@@ -40,6 +41,9 @@ class GroupsRole:
 
     async def delete_group(self, name: str) -> bool:
         return await self._writer.run(_delete, name)
+
+    async def update_group(self, spec: GroupSpec) -> bool:
+        return await self._writer.run(_update, spec)
 
     async def load_group(self, name: str) -> GroupState | None:
         return await self._writer.run(_load, name)
@@ -111,6 +115,11 @@ def _delete(db: sqlite3.Connection, name: str) -> bool:
         db.execute(sql.DELETE_GROUP_SEGMENTS, (name,))
         db.execute(sql.DELETE_GROUP_PARKED, (name,))
         return bool(db.execute(sql.DELETE_GROUP, (name,)).rowcount)
+
+
+def _update(db: sqlite3.Connection, spec: GroupSpec) -> bool:
+    with writing(db):
+        return bool(db.execute(sql.UPDATE_GROUP, updatable_params(spec)).rowcount)
 
 
 def _read(db: sqlite3.Connection, name: str) -> GroupState | None:

@@ -433,6 +433,10 @@ GROUP_NAMES = "SELECT name FROM subscription_groups ORDER BY name"
 GROUP_SEGMENTS = "SELECT segment, position, acknowledged FROM group_segments WHERE group_name = ? ORDER BY segment"
 PARKED_COUNT = "SELECT count(*) FROM group_parked WHERE group_name = ?"
 DELETE_GROUP = "DELETE FROM subscription_groups WHERE name = ?"
+UPDATE_GROUP = (
+    "UPDATE subscription_groups SET max_attempts = ?, retry_backoff_ms = ?, max_retry_backoff_ms = ?,"
+    " ack_timeout_ms = ? WHERE name = ? AND COALESCE(incarnation, '') = ?"
+)
 DELETE_GROUP_SEGMENTS = "DELETE FROM group_segments WHERE group_name = ?"
 DELETE_GROUP_PARKED = "DELETE FROM group_parked WHERE group_name = ?"
 MOVE_SEGMENT = (
