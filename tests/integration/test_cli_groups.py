@@ -156,7 +156,9 @@ async def test_bad_dismissals_are_refused_in_one_line_and_dismiss_nothing(
     code, said = await refused("nope")
     assert (code, ": ".join(said.split(": ")[:2])) == (1, "error: NOT_FOUND GROUP_NOT_FOUND")
     code, said = await refused("--parked")
-    assert code == 2 and said.startswith("error: --parked, --replay, --replay-all and --dismiss act on one group")
+    assert code == 2 and said.startswith(
+        "error: --parked, --replay, --replay-all, --dismiss and --set act on one group"
+    )
     assert (await client.groups.get(GROUP)).parked == 3  # nothing half done
 
     with pytest.raises(grpc.aio.AioRpcError) as empty:
