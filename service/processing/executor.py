@@ -35,6 +35,7 @@ from service.errors import (
     ConcurrencyConflict,
     EventNotReadable,
     NotUnique,
+    StoreUnavailable,
     record_kind,
 )
 from service.plugins.api import EventSpec
@@ -485,5 +486,9 @@ class CommandExecutor:
         )
         try:
             await self._snapshot_store.save_snapshot(snapshot)
+        except StoreUnavailable as error:
+            # An outage: one line per aggregate, not two chained tracebacks
+            # each (a snapshot is a cache; the next command saves it again).
+            log.warning("snapshot of %s at %d not saved: %s", aggregate.aggregate_id, aggregate.version, error)
         except Exception:
             log.warning("snapshot of %s at %d failed", aggregate.aggregate_id, aggregate.version, exc_info=True)

@@ -108,7 +108,8 @@ class LoopLagWatchdog:
             if lag > self.threshold:
                 log.warning(
                     "event loop blocked for about %.3fs (threshold %.3fs): a handler, an apply function or "
-                    "other code made a blocking call; every aggregate waited",
+                    "other code made a blocking call, or the process was paused or starved of CPU (stopped, a "
+                    "suspended machine, a CPU limit); every aggregate waited",
                     lag,
                     self.threshold,
                     extra={"lag_seconds": lag},

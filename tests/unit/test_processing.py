@@ -224,6 +224,31 @@ async def test_snapshots_are_taken_every_n_events_and_used_when_loading() -> Non
     await router.close()
 
 
+class SnapshotsUnavailable(MemoryStore):
+    """Takes commands but not snapshots: the database went away between the
+    append and the snapshot's save after it."""
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        raise StoreUnavailable("the database is unreachable (simulated)")
+
+
+async def test_a_snapshot_the_store_cannot_take_is_one_line_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = router_over(SnapshotsUnavailable(), snapshots=SnapshotPolicy())  # bank_account snapshots every 100
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    with caplog.at_level("WARNING", logger="service.processing.executor"):
+        for _ in range(100):
+            await router.submit(request("acc-1", bank.Deposit(amount=1)))
+        await asyncio.sleep(0.05)  # the save runs after the append it follows
+    await router.close()
+    said = [r for r in caplog.records if r.getMessage().startswith("snapshot of acc-1")]
+    assert [r.getMessage() for r in said] == [
+        "snapshot of acc-1 at 100 not saved: the database is unreachable (simulated)"
+    ]
+    assert said[0].exc_info is None
+
+
 async def test_a_snapshot_with_another_state_schema_version_is_ignored() -> None:
     store: Any = ObservedStore(MemoryStore())
     router = router_over(store)
