@@ -52,7 +52,7 @@ async def load_times(database_url: str, events: int = 10_000, rounds: int = 7) -
                 aggregate_id,
                 "Tally",
                 events,
-                tally.state_type_name,
+                tally.snapshot_state_type,  # as the server saves them: with its fingerprint
                 tally.state_schema_version,
                 state.SerializeToString(),
             )
@@ -61,3 +61,21 @@ async def load_times(database_url: str, events: int = 10_000, rounds: int = 7) -
         return {"events": events, "full_replay_ms": full * 1000, "with_snapshot_ms": snapshotted * 1000}
     finally:
         await store.close()
+
+
+def main() -> None:
+    """``python -m bench.replay``: this point alone, on a throwaway cluster."""
+    import asyncio
+    import json
+
+    from tests.support.postgres import start_cluster
+
+    cluster = start_cluster(own=True)
+    try:
+        print(json.dumps(asyncio.run(load_times(cluster.admin_url))))
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
