@@ -31,10 +31,10 @@ from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
-from service.client.call_metadata import CallMetadata
 from service.client.errors import RemoteError, remote_error, status_lost
 from service.client.results import Event
 from service.client.retry import RetryPolicy, call_with_retries, log_retry, retryable
+from service.client.unary import UnaryCalls
 
 log = logging.getLogger(__name__)
 
@@ -355,34 +355,14 @@ def _duration(value: timedelta | float | None) -> duration_pb2.Duration | None:
     return duration
 
 
-class Groups:
+class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
     """Administering subscription groups (``ChronicleClient.groups``).
     Creating, deleting and replaying take the admin grant."""
 
-    def __init__(
-        self,
-        stub: pb_grpc.SubscriptionGroupServiceStub,
-        *,
-        retry: RetryPolicy,
-        attempt_timeout: float | None,
-        call_metadata: Sequence[tuple[str, str]] | CallMetadata,
-    ) -> None:
-        self._stub = stub
-        self._retry = retry
-        self._timeout = attempt_timeout
-        self._metadata = CallMetadata.of(call_metadata)
-
-    async def _call(self, what: str, method: Callable[..., Any], request: Any) -> Any:
-        """One administrative call, retried as a unary call is (a server
-        restarting, a database away). Creating and deleting are not
-        idempotent: when an attempt's answer was lost after the server acted,
-        the retry answers ``AlreadyExists`` (GROUP_EXISTS) or ``NotFound``
-        (GROUP_NOT_FOUND), which says the group is as asked."""
-
-        async def attempt() -> Any:
-            return await method(request, timeout=self._timeout, metadata=self._metadata())
-
-        return await call_with_retries(self._retry, what, attempt)
+    # Creating and deleting are not idempotent: when an attempt's answer
+    # was lost after the server acted, the retry answers AlreadyExists
+    # (GROUP_EXISTS) or NotFound (GROUP_NOT_FOUND), which says the group is
+    # as asked.
 
     async def create(
         self,

@@ -25,18 +25,16 @@ PROJECTION_FAILED, which is not: it lasts until the plugin is fixed.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from chronicle.v1 import projection_service_pb2 as pb
 from chronicle.v1 import projection_service_pb2_grpc as pb_grpc
-from service.client.call_metadata import CallMetadata
 from service.client.results import M, unpack, unpack_as
-from service.client.retry import RetryPolicy, call_with_retries
+from service.client.unary import UnaryCalls
 
 ProjectionStatus = pb.GetProjectionResponse
 ParkedEvent = pb.ParkedEvent
@@ -67,27 +65,8 @@ class Document:
         return unpack_as(self.packed, message_type)
 
 
-class Projections:
+class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
     """``ProjectionService`` (``ChronicleClient.projections``)."""
-
-    def __init__(
-        self,
-        stub: pb_grpc.ProjectionServiceStub,
-        *,
-        retry: RetryPolicy,
-        attempt_timeout: float | None,
-        call_metadata: Sequence[tuple[str, str]] | CallMetadata,
-    ) -> None:
-        self._stub = stub
-        self._retry = retry
-        self._timeout = attempt_timeout
-        self._metadata = CallMetadata.of(call_metadata)
-
-    async def _call(self, what: str, method: Callable[..., Any], request: Any) -> Any:
-        async def attempt() -> Any:
-            return await method(request, timeout=self._timeout, metadata=self._metadata())
-
-        return await call_with_retries(self._retry, what, attempt)
 
     async def document(self, projection: str, key: str, *, min_position: int = 0) -> Document:
         """The document ``key`` of ``projection``. ``min_position`` (a

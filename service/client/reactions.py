@@ -21,13 +21,11 @@ PROCESS_STATE_NOT_FOUND) for what the first attempt did.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
 
 from chronicle.v1 import reaction_service_pb2 as pb
 from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
-from service.client.call_metadata import CallMetadata
-from service.client.retry import RetryPolicy, call_with_retries
+from service.client.unary import UnaryCalls
 
 ReactionStatus = pb.ReactionStatus
 ParkedCommand = pb.ParkedCommand
@@ -35,27 +33,8 @@ ReplayedCommand = pb.ReplayParkedCommandResponse
 ReplayedAll = pb.ReplayAllParkedCommandsResponse
 
 
-class Reactions:
+class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
     """``ReactionService`` (``ChronicleClient.reactions``)."""
-
-    def __init__(
-        self,
-        stub: pb_grpc.ReactionServiceStub,
-        *,
-        retry: RetryPolicy,
-        attempt_timeout: float | None,
-        call_metadata: Sequence[tuple[str, str]] | CallMetadata,
-    ) -> None:
-        self._stub = stub
-        self._retry = retry
-        self._timeout = attempt_timeout
-        self._metadata = CallMetadata.of(call_metadata)
-
-    async def _call(self, what: str, method: Callable[..., Any], request: Any) -> Any:
-        async def attempt() -> Any:
-            return await method(request, timeout=self._timeout, metadata=self._metadata())
-
-        return await call_with_retries(self._retry, what, attempt)
 
     async def list(self) -> builtins.list[ReactionStatus]:
         """Every loaded reaction the caller may read, by name."""

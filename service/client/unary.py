@@ -1,0 +1,37 @@
+"""The unary calls of one of the server's services, each retried as
+``RetryPolicy`` says, with the client's deadline per attempt and its
+metadata (the bearer token asked for at each attempt): what ``groups``,
+``reactions`` and ``projections`` of ``ChronicleClient`` share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
+
+from service.client.call_metadata import CallMetadata
+from service.client.retry import RetryPolicy, call_with_retries
+
+S = TypeVar("S")
+
+
+class UnaryCalls(Generic[S]):
+    def __init__(
+        self,
+        stub: S,
+        *,
+        retry: RetryPolicy,
+        attempt_timeout: float | None,
+        call_metadata: Sequence[tuple[str, str]] | CallMetadata,
+    ) -> None:
+        self._stub = stub
+        self._retry = retry
+        self._timeout = attempt_timeout
+        self._metadata = CallMetadata.of(call_metadata)
+
+    async def _call(self, what: str, method: Callable[..., Any], request: Any) -> Any:
+        """``method(request)``, retried; ``what`` names it in the retries' logs."""
+
+        async def attempt() -> Any:
+            return await method(request, timeout=self._timeout, metadata=self._metadata())
+
+        return await call_with_retries(self._retry, what, attempt)
