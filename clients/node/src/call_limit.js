@@ -18,6 +18,10 @@ export class CallLimit {
     this.deadline = timeoutSeconds === null ? null : Date.now() + timeoutSeconds * 1000;
     this.timeoutSeconds = timeoutSeconds;
     this.refusal = refusal;
+    // Set when a deadline timer fires: Node's timers may fire a millisecond
+    // before Date.now() reaches the deadline, and a timer that fired means
+    // the deadline passed, not that the call was cancelled.
+    this.expired = false;
   }
 
   /** Whether this limit bounds anything: a call without one takes the plain path. */
@@ -33,7 +37,7 @@ export class CallLimit {
   /** The error the call stops with now, or null while it may go on. */
   stopped() {
     if (this.signal?.aborted) return this.refusal('CANCELLED', 'CANCELLED', 'the call was aborted by its AbortSignal');
-    if (this.deadline !== null && Date.now() >= this.deadline) {
+    if (this.deadline !== null && (this.expired || Date.now() >= this.deadline)) {
       return this.refusal('DEADLINE_EXCEEDED', 'DEADLINE_EXCEEDED', `the call took more than ${this.timeoutSeconds} s`);
     }
     return null;
@@ -71,7 +75,12 @@ export class CallLimit {
         return;
       }
       this.signal?.addEventListener('abort', stop, { once: true });
-      if (this.deadline !== null) timer = setTimeout(stop, this.remainingMs());
+      if (this.deadline !== null) {
+        timer = setTimeout(() => {
+          this.expired = true;
+          stop();
+        }, this.remainingMs());
+      }
       promise.then(
         (value) => {
           cleanup();

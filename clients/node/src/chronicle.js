@@ -1644,7 +1644,12 @@ function bindStream(limit, stop) {
     if (limit.signal.aborted) return fire();
     limit.signal.addEventListener('abort', fire, { once: true });
   }
-  if (limit.deadline !== null) setTimeout(fire, limit.remainingMs()).unref();
+  if (limit.deadline !== null) {
+    setTimeout(() => {
+      limit.expired = true; // the timer may fire a millisecond before Date.now() reaches the deadline
+      fire();
+    }, limit.remainingMs()).unref();
+  }
 }
 
 /** A SubmitResponse as `submit` resolves to it: its events decoded, and the last one's position. */
