@@ -186,7 +186,9 @@ test("client.close() ends its subscriptions' and consumers' loops, and later cal
 });
 
 test('a call aborted or past its timeoutSeconds rejects at once, not after the retries', async () => {
-  const client = new ChronicleClient('127.0.0.1:1'); // nothing listens: UNAVAILABLE, retried for 30 s
+  // Nothing listens: UNAVAILABLE, retried for 30 s; the bounds below (5 s)
+  // tell an answer at once from one after the retries on a loaded machine.
+  const client = new ChronicleClient('127.0.0.1:1');
   try {
     const calls = {
       submit: (options) => client.submit('acc-1', 'bank.v1.OpenAccount', { owner: 'ann' }, options),
@@ -202,14 +204,14 @@ test('a call aborted or past its timeoutSeconds rejects at once, not after the r
         assert.equal(`${error.name} ${error.code} ${error.reason}`, 'ChronicleError CANCELLED CANCELLED', name);
         return true;
       });
-      assert.ok(Date.now() - started < 1000, `${name} took ${Date.now() - started} ms to stop`);
+      assert.ok(Date.now() - started < 5000, `${name} took ${Date.now() - started} ms to stop`);
       started = Date.now();
       await assert.rejects(made({ timeoutSeconds: 0.3 }), (error) => {
         assert.equal(`${error.code} ${error.reason}`, 'DEADLINE_EXCEEDED DEADLINE_EXCEEDED', name);
         return true;
       });
       const took = Date.now() - started;
-      assert.ok(took >= 250 && took < 1300, `${name} took ${took} ms for a 0.3 s timeout`);
+      assert.ok(took >= 250 && took < 5000, `${name} took ${took} ms for a 0.3 s timeout`);
     }
   } finally {
     await client.close();
