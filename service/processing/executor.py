@@ -309,7 +309,12 @@ class CommandExecutor:
             if events:
                 new_events.extend(_new_events(aggregate_type.name, request, events, now_us))
                 current = Aggregate(
-                    current.aggregate_id, aggregate_type, version + len(events), state, new_events[-1].event_id
+                    current.aggregate_id,
+                    aggregate_type,
+                    version + len(events),
+                    state,
+                    new_events[-1].event_id,
+                    current.snapshot_version,
                 )
         appended = asyncio.ensure_future(
             self._events.append(cached.aggregate_id, new_events, cached.version, commands=records)
@@ -446,7 +451,14 @@ class CommandExecutor:
         )
         result = self._result(decision, recorded)
         last_event_id = new_events[-1].event_id if new_events else aggregate.last_event_id
-        return result, Aggregate(batch.aggregate_id, aggregate.type, result.version, decision.state, last_event_id)
+        return result, Aggregate(
+            batch.aggregate_id,
+            aggregate.type,
+            result.version,
+            decision.state,
+            last_event_id,
+            aggregate.snapshot_version,
+        )
 
     async def replay_recorded(self, batch: CommandBatch) -> BatchResult | None:
         """The recorded outcome of ``batch`` (raised again if a refusal), or

@@ -6,14 +6,14 @@ the server-wide default (None or 0 there: never). Crossing, not landing on,
 so that a command appending several events cannot step over the point.
 
 The worker counts an aggregate it had to load (not cached) as coming from
-version 0, so the first append after a load saves a snapshot whenever the
-aggregate is at or past its interval. That is what makes a fresh snapshot
-come soon when the loader found none it could use (none yet, or only ones
-taken under another state fingerprint: ``service.plugins.fingerprint``)
-and replayed the whole history: waiting for the next multiple would have
-every cache miss until then replay it again. The cost is one snapshot save
-per load that is followed by an append, even when the loaded snapshot was
-recent.
+the version of the snapshot the load started from, or from version 0 when
+it found none it could use (none yet, or only ones taken under another
+state fingerprint: ``service.plugins.fingerprint``) and replayed the whole
+history. So the first append after such a load saves a snapshot whenever
+the aggregate is at or past its interval (waiting for the next multiple
+would have every cache miss until then replay it again), and the first
+append after a load from a recent snapshot saves none until the next
+multiple is crossed.
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ class Aggregate:
     # The id of the event at ``version``, when known (after an append, or a
     # load that read events): what a snapshot of this state is taken through.
     last_event_id: str | None = None
+    # The version of the snapshot this state was rebuilt from (0: none, the
+    # whole history replayed). Kept through the appends made on it, so that
+    # the first append after a load can tell a fresh snapshot from none.
+    snapshot_version: int = 0
 
     @property
     def exists(self) -> bool:
@@ -137,6 +141,7 @@ class AggregateLoader:
         """The state from ``snapshot`` (if ``kind`` can use it) and the
         events after it."""
         version, state = 0, aggregate_type.new_state()
+        snapshot_version = 0
         if snapshot is not None and kind.usable(snapshot):
             try:
                 state = aggregate_type.state_type.FromString(snapshot.state)
@@ -150,7 +155,7 @@ class AggregateLoader:
                     error,
                 )
                 raise _UnreadableSnapshot from None
-            version = snapshot.version
+            version = snapshot_version = snapshot.version
         elif snapshot is not None and snapshot.aggregate_type != aggregate_type.name:
             raise AggregateTypeMismatch(aggregate_id, snapshot.aggregate_type, aggregate_type.name)
         if events and events[0].aggregate_type != aggregate_type.name:
@@ -168,8 +173,8 @@ class AggregateLoader:
                     metadata={"aggregate_id": aggregate_id, "event_type": failed.event_type},
                 ) from None
             version = events[-1].version
-            return Aggregate(aggregate_id, aggregate_type, version, state, events[-1].event_id)
-        return Aggregate(aggregate_id, aggregate_type, version, state)
+            return Aggregate(aggregate_id, aggregate_type, version, state, events[-1].event_id, snapshot_version)
+        return Aggregate(aggregate_id, aggregate_type, version, state, snapshot_version=snapshot_version)
 
     async def state_of(self, aggregate_id: str, aggregate_type: AggregateType[Any]) -> Message:
         """The aggregate's latest state (``load``'s, without its version)."""

@@ -387,9 +387,10 @@ class AggregateWorker:
             self._next()
 
     async def _process(self, job: Job) -> None:
-        # Not cached: counted from 0, so that the first append after a load
-        # saves a snapshot (see service/processing/snapshots.py).
-        before = self._cached.version if self._cached is not None else 0
+        # Not cached: counted from the snapshot the load started from (0 if
+        # none), so that the first append after a load saves a snapshot
+        # unless a recent one exists (see service/processing/snapshots.py).
+        before = self._cached.version if self._cached is not None else None
         first = job.batch.commands[0]
         token = command_log_context.set(
             {
@@ -417,10 +418,10 @@ class AggregateWorker:
             self._remember_settled(job.batch)
         _settle(job, result)
         if result.appended and self._cached is not None:
-            self._snapshot_if_due(before, self._cached)
+            self._snapshot_if_due(self._cached.snapshot_version if before is None else before, self._cached)
 
     async def _process_series(self, jobs: list[Job]) -> None:
-        before = self._cached.version if self._cached is not None else 0
+        before = self._cached.version if self._cached is not None else None
         requests = [job.batch.commands[0] for job in jobs]
         try:
             outcomes, self._cached = await self._executor.execute_series(requests, self._cached)
@@ -440,8 +441,10 @@ class AggregateWorker:
             if not isinstance(outcome, BaseException) or recorded_with_command(outcome):
                 self._remember_settled(job.batch)
             _complete(job, outcome)
-        if self._cached is not None and self._cached.version > before:
-            self._snapshot_if_due(before, self._cached)
+        if self._cached is not None:
+            start = self._cached.snapshot_version if before is None else before
+            if self._cached.version > start:
+                self._snapshot_if_due(start, self._cached)
 
 
 def _alone(job: Job) -> bool:

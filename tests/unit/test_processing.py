@@ -265,6 +265,52 @@ async def test_a_snapshot_with_another_state_schema_version_is_ignored() -> None
     await router.close()
 
 
+class CountedSnapshots(MemoryStore):
+    """Counts the snapshots saved (by version); refuses them while ``refusing``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: list[int] = []
+        self.refusing = False  # the database unreachable for snapshots
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        if self.refusing:
+            raise StoreUnavailable("the database is unreachable (simulated)")
+        self.saved.append(snapshot.version)
+        await super().save_snapshot(snapshot)
+
+
+async def test_a_command_after_a_load_from_a_recent_snapshot_saves_none() -> None:
+    store = CountedSnapshots()
+    router = router_over(store, snapshots=SnapshotPolicy())  # bank_account snapshots every 100
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    for _ in range(104):
+        await router.submit(request("acc-1", bank.Deposit(amount=1)))
+    await eventually(lambda: store.saved == [100], what="the snapshot at version 100")
+    for _ in range(3):  # each command a cache miss: loaded from the snapshot at 100 and the events after it
+        router.evict("acc-1")
+        await router.submit(request("acc-1", bank.Deposit(amount=1)))
+    await asyncio.sleep(0.05)  # a save runs after the append it follows
+    assert store.saved == [100]
+    await router.close()
+
+
+async def test_a_command_after_a_load_that_found_no_snapshot_saves_one() -> None:
+    store = CountedSnapshots()
+    store.refusing = True
+    router = router_over(store, snapshots=SnapshotPolicy())  # bank_account snapshots every 100
+    await router.submit(request("acc-1", bank.OpenAccount(owner="ann")))
+    for _ in range(104):
+        await router.submit(request("acc-1", bank.Deposit(amount=1)))
+    await asyncio.sleep(0.05)
+    assert store.saved == []  # the save at 100 failed: no snapshot at all
+    store.refusing = False
+    router.evict("acc-1")  # the next command replays the whole history, and saves what it built
+    await router.submit(request("acc-1", bank.Deposit(amount=1)))
+    await eventually(lambda: store.saved == [106], what="a snapshot after the full replay")
+    await router.close()
+
+
 class HeldSnapshots(MemoryStore):
     """Holds each snapshot save until ``release`` is set (a save runs in the
     background after the append it follows, and can be slow)."""
