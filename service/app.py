@@ -610,26 +610,27 @@ async def start(
         page_bytes=page_bytes,
         keys=roles.keys,
     )
+    admin_service = AdminService(
+        audit,
+        authorizer,
+        keyring,
+        # Exports and imports move what is stored: the adapter's own roles.
+        transfers=Transfers(
+            Store.of(adapter),
+            store_kind(adapter),
+            evict=router.evict,
+            registry=registry,
+            sealing=lambda: import_sealing(keyring, lambda: master_keys),
+            keyring=keyring,
+            # Imported aggregates' claims are derived from their state as commands see it (decrypted).
+            load_state=executor.loader.state_of,
+        ),
+        stored=Store.of(adapter),
+    )
     server = build_server(
         commands=commands,
         events=events,
-        admin=AdminService(
-            audit,
-            authorizer,
-            keyring,
-            # Exports and imports move what is stored: the adapter's own roles.
-            transfers=Transfers(
-                Store.of(adapter),
-                store_kind(adapter),
-                evict=router.evict,
-                registry=registry,
-                sealing=lambda: import_sealing(keyring, lambda: master_keys),
-                keyring=keyring,
-                # Imported aggregates' claims are derived from their state as commands see it (decrypted).
-                load_state=executor.loader.state_of,
-            ),
-            stored=Store.of(adapter),
-        ),
+        admin=admin_service,
         projections=projection_service,
         reactions=reaction_service,
         cluster=cluster,
@@ -681,6 +682,7 @@ async def start(
                     reactions=reaction_service,
                     cluster=cluster,
                     groups=group_service,
+                    admin=admin_service,
                     aggregates=read_roles.events,
                     log=read_roles.log,
                     runners=projections,

@@ -92,8 +92,10 @@ def page(
     current: str = "",
     refresh: int | None = None,
     scripts: Sequence[str] = (),
+    audit: bool = False,
 ) -> Html:
-    """A whole page: the navigation, who is logged in, ``content``."""
+    """A whole page: the navigation (the audit log's link when ``audit``:
+    to those who may read it), who is logged in, ``content``."""
     nav = [
         link(href, label, class_="current" if href == current else None)
         for href, label in (
@@ -104,6 +106,7 @@ def page(
             ("/groups", "Groups"),
             ("/load", "Load"),
             ("/cluster", "Cluster"),
+            *((("/audit", "Audit"),) if audit else ()),
         )
     ]
     who: list[Content] = []

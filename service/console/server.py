@@ -24,9 +24,9 @@ from http import HTTPStatus
 from importlib import resources
 from urllib.parse import unquote
 
-from service.console import views
+from service.console import audit, parked, views
 from service.console.cursors import Cursors
-from service.console.html import Content, Html, page, segment, tag, void
+from service.console.html import Content, Html, link, page, segment, tag, void
 from service.console.http import HttpServer, Request, Response
 from service.console.sessions import COOKIE, Session, Sessions, same_token
 from service.errors import (
@@ -37,6 +37,7 @@ from service.errors import (
     PermissionDenied,
     ResourceNotFound,
     Unauthenticated,
+    ValidationError,
 )
 from service.principal import ANONYMOUS, Principal, current_peer, current_principal
 from service.security.credentials import Authenticator
@@ -68,6 +69,11 @@ SECURITY_HEADERS = [
 STRICT_TRANSPORT_SECURITY = ("Strict-Transport-Security", "max-age=31536000")
 _STATIC = {"console.css": "text/css; charset=utf-8", "console.js": "text/javascript; charset=utf-8"}
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# A reaction's parked commands: what the admin may do to them (each a POST).
+_REACTION_ACTIONS = ("replay", "dismiss", "replay-all", "dismiss-all")
+# Pages whose servicer writes its own refusal to the audit log (QueryAudit
+# is an administrator's RPC): the console counts it, and does not write it twice.
+_AUDITED_BY_THEIR_RPC = ("/audit",)
 # A refusal (the tail shows it and stops), not an end (the tail would
 # reconnect, and be sent to the login, every few seconds).
 _SESSION_ENDED = b'event: refused\ndata: "SESSION_ENDED: the session ended; log in again"\n\n'
@@ -119,6 +125,8 @@ def _status_of(error: ChronicleError) -> int:
         return 400
     if isinstance(error, Unauthenticated):
         return 401
+    if isinstance(error, ValidationError):  # FAILED_PRECONDITION: REACTION_RUNS_ELSEWHERE, say
+        return 409
     return 503
 
 
@@ -138,7 +146,7 @@ class Console:
         self._parts = parts
         self._on_refused = on_refused
         self._on_action_refused = on_action_refused
-        # Seals the Log page's cursors: a key of this console's own, for as long as it runs.
+        # Seals the pages' cursors: a key of this console's own, for as long as it runs.
         self._cursors = Cursors()
         # Without --auth the sessions are anonymous: a CSRF token and notices, no login.
         self._auth = authenticator is not None
@@ -237,6 +245,8 @@ class Console:
             group_page = "/groups/" + segment(name)
             session.tell(group_page, f"Replaying {replaying} parked event(s).")
             return _redirect(group_page)
+        if request.method == "POST" and _reaction_action(path) is not None:
+            return await self._reaction_action(request, session, principal)
         if request.method != "GET" or _is_action(path):
             # An action's address asked with GET is not a page of that name
             # (a group called "billing/replay"): it wants a POST.
@@ -245,11 +255,12 @@ class Console:
             return refused
         query = dict(request.query)
         csrf_token = session.csrf_token
-        # The Log page's cursors are bound to the session (none without --auth).
+        # The pages' cursors are bound to the session (none without --auth).
         session_key = request.cookies.get(COOKIE, "") if self._auth else ""
         notice = session.take_notice(path)
         pages: dict[str, Callable[[], Awaitable[tuple[str, list[Content]]]]] = {
             "/log": lambda: views.log_page(parts, query, cursors=self._cursors, session=session_key),
+            "/audit": lambda: self._audit_page(query, session_key),
             "/tail": lambda: views.tail_page(parts),
             "/projections": lambda: views.projections_page(parts, notice, csrf_token),
             "/reactions": lambda: views.reactions_page(parts),
@@ -293,23 +304,86 @@ class Console:
             group = unquote(path.removeprefix("/groups/"))
             render = lambda: views.group_page(parts, group, query, csrf_token, notice)  # noqa: E731
             current = "/groups"
+        if render is None and path.startswith("/projections/") and len(path) > len("/projections/"):
+            projection = unquote(path.removeprefix("/projections/"))
+            render = lambda: parked.projection_page(  # noqa: E731
+                parts, projection, query, cursors=self._cursors, session=session_key, csrf_token=csrf_token
+            )
+            current = "/projections"
+        if render is None and path.startswith("/reactions/") and len(path) > len("/reactions/"):
+            reaction = unquote(path.removeprefix("/reactions/"))
+            render = lambda: parked.reaction_page(  # noqa: E731
+                parts,
+                reaction,
+                query,
+                cursors=self._cursors,
+                session=session_key,
+                csrf_token=csrf_token,
+                notice=notice,
+            )
+            current = "/reactions"
         if render is None:
             return self._page(404, "Not found", [tag("p", "There is no such page.")], session, principal, current)
         try:
             title, content = await render()
         except ChronicleError as error:
+            if path in _AUDITED_BY_THEIR_RPC:
+                return self._action_refused(error, session, principal, current)
             if isinstance(error, PermissionDenied) and self._on_refused is not None:
                 await self._on_refused(path, error, principal, request.peer, aggregate_id)
             return self._page(_status_of(error), "Refused", [views.error_box(error)], session, principal, current)
         scripts = ["/static/console.js"] if path == "/tail" else []
         return self._page(200, title, content, session, principal, current, refresh.get(path), scripts)
 
-    def _action_refused(self, error: ChronicleError, session: Session, principal: Principal, current: str) -> Response:
+    async def _audit_page(self, query: dict[str, str], session_key: str) -> tuple[str, list[Content]]:
+        """The audit log through QueryAudit, newest first; the *Older*
+        cursor sealed and bound to the session and the filters."""
+        filters = audit.AuditFilters.of(query)
+        bound_to = f"audit\x00{session_key}\x00{filters.listing()}"
+        after = query.get("after", "")
+        point = audit.open_point(self._cursors, after, bound_to=bound_to) if after else None
+        entries, following = await audit.audit_entries(self._parts.admin, filters, point)
+        cursor = audit.seal_point(self._cursors, following, bound_to=bound_to) if following else ""
+        return "Audit log", audit.audit_view(entries, filters, first=point is None, next_cursor=cursor)
+
+    async def _reaction_action(self, request: Request, session: Session, principal: Principal) -> Response:
+        """Replay or dismiss one parked command, or all of them (those ask
+        first: a page that says how many, with a form that confirms). Each
+        is its RPC: the admin grant, audited, on the replica that runs it."""
+        found = _reaction_action(request.path)
+        assert found is not None
+        name, action = found
+        here = "/reactions/" + segment(name)
+        parts = self._parts
+        try:
+            if action.endswith("-all") and request.form.get("confirmed") != "yes":
+                count = await parked.parked_count(parts, name)
+                title, content = parked.confirm_page(name, action, count, session.csrf_token)
+                return self._page(200, title, content, session, principal, "/reactions")
+            command_id = request.form.get("command_id", "")
+            done = {
+                "replay": lambda: parked.replay_command(parts, name, command_id),
+                "dismiss": lambda: parked.dismiss_command(parts, name, command_id),
+                "replay-all": lambda: parked.replay_all(parts, name),
+                "dismiss-all": lambda: parked.dismiss_all(parts, name),
+            }
+            said = await done[action]()
+        except ChronicleError as error:
+            return self._action_refused(error, session, principal, "/reactions", back=here)
+        session.tell(here, said)
+        return _redirect(here)
+
+    def _action_refused(
+        self, error: ChronicleError, session: Session, principal: Principal, current: str, *, back: str = ""
+    ) -> Response:
         """An administrator's action refused: its RPC audited it; a refusal
         by the policy is counted as the console's page refusals are."""
         if isinstance(error, PermissionDenied) and self._on_action_refused is not None:
             self._on_action_refused(error)
-        return self._page(_status_of(error), "Refused", [views.error_box(error)], session, principal, current)
+        content: list[Content] = [views.error_box(error)]
+        if back:
+            content.append(tag("p", link(back, "Back"), class_="back"))
+        return self._page(_status_of(error), "Refused", content, session, principal, current)
 
     def _page(
         self,
@@ -327,6 +401,8 @@ class Console:
             title,
             *content,
             principal=who,
+            # The audit log's link, to those QueryAudit answers (the admin grant).
+            audit=self._parts.authorizer.grant(principal).admin,
             csrf_token=session.csrf_token if self._auth else "",  # its Log out form: no one to log out
             current=current,
             refresh=refresh,
@@ -406,7 +482,20 @@ def _is_action(path: str) -> bool:
         path == "/logout"
         or (path.startswith("/projections/") and path.endswith("/rebuild"))
         or (path.startswith("/groups/") and path.endswith("/replay"))
+        or _reaction_action(path) is not None
     )
+
+
+def _reaction_action(path: str) -> tuple[str, str] | None:
+    """The reaction and the action (``replay``, ``dismiss``, ``replay-all``,
+    ``dismiss-all``) ``path`` names, if it names one (the name is quoted: a
+    "/" in it is no action's)."""
+    if not path.startswith("/reactions/"):
+        return None
+    name, _, action = path.removeprefix("/reactions/").rpartition("/")
+    if not name or action not in _REACTION_ACTIONS:
+        return None
+    return unquote(name), action
 
 
 def _plain(status: int, text: str) -> Response:

@@ -1,6 +1,7 @@
 """The console's pages: each reads through the same servicers the gRPC
 API runs (``EventService``, ``ProjectionService``, ``ReactionService``,
-``ClusterService``, ``SubscriptionGroupService``),
+``ClusterService``, ``SubscriptionGroupService``; ``AdminService`` for the
+audit page, ``audit``),
 with the logged-in principal as the caller, so the same authorizer decides
 what it may see; a listing the API does not have (aggregates by prefix)
 asks the ``Authorizer`` the RPCs ask, and leaves out what may not be read.
@@ -25,6 +26,7 @@ from chronicle.v1 import event_service_pb2 as events_pb
 from chronicle.v1 import projection_service_pb2 as projections_pb
 from chronicle.v1 import reaction_service_pb2 as reactions_pb
 from chronicle.v1 import subscription_group_service_pb2 as groups_pb
+from service.api.admin_service import AdminService
 from service.api.cluster_service import ClusterService
 from service.api.codec import MAX_VERSION
 from service.api.event_service import EventService
@@ -63,6 +65,7 @@ class Parts:
     reactions: ReactionService
     cluster: ClusterService
     groups: SubscriptionGroupService
+    admin: AdminService  # the audit log (QueryAudit)
     aggregates: EventRecorder  # aggregates by prefix (no RPC lists them)
     log: LogReader
     runners: Projections
@@ -379,7 +382,7 @@ def _utc(seconds: float) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Runners:
+class Runners:
     """Who runs each projection and reaction (their leases share one
     group), as this replica's last heartbeat saw the leases."""
 
@@ -388,7 +391,7 @@ class _Runners:
     addresses: dict[str, str]
 
     @classmethod
-    def of(cls, parts: Parts) -> _Runners:
+    def of(cls, parts: Parts) -> Runners:
         view = parts.leases.view(parts.projections_group)
         return cls(
             parts.leases.member_id,
@@ -420,7 +423,7 @@ class _Progress(Protocol):
     def last_error_time(self) -> timestamp_pb2.Timestamp: ...
 
 
-def _state(runners: _Runners, name: str, status: _Progress) -> tuple[Content, Content]:
+def state_here(runners: Runners, name: str, status: _Progress) -> tuple[Content, Content]:
     """Its status here (a span) and its error: ``error`` is what holds it
     here now (the servicers report nothing for one another replica runs);
     ``last_error`` what it met here, kept once over."""
@@ -446,7 +449,7 @@ async def projections_page(parts: Parts, notice: str, csrf_token: str) -> tuple[
     # ListProjections lists what the caller may read, as the RPC does.
     listed = await parts.projections.ListProjections(projections_pb.ListProjectionsRequest(), _NO_CONTEXT)
     admin = parts.authorizer.grant(current_principal.get()).admin
-    runners = _Runners.of(parts)
+    runners = Runners.of(parts)
 
     def rebuild_form(name: str) -> Html:
         return tag(
@@ -474,10 +477,10 @@ async def projections_page(parts: Parts, notice: str, csrf_token: str) -> tuple[
                 class_="parking",
             )
         else:
-            state, error_view = _state(runners, status.name, status)
+            state, error_view = state_here(runners, status.name, status)
         lag = max(0, status.log_head - status.position)
         row: list[Content] = [
-            status.name,
+            link(url("/projections/" + segment(status.name)), status.name),  # its parked events
             ", ".join(status.aggregate_types) or "(all)",
             status.position,
             status.log_head,
@@ -520,13 +523,13 @@ async def projections_page(parts: Parts, notice: str, csrf_token: str) -> tuple[
 async def reactions_page(parts: Parts) -> tuple[str, list[Content]]:
     # ListReactions lists what the caller may read, as the RPC does.
     listed = await parts.reactions.ListReactions(reactions_pb.ListReactionsRequest(), _NO_CONTEXT)
-    runners = _Runners.of(parts)
+    runners = Runners.of(parts)
     rows: list[list[Content]] = []
     for status in listed.reactions:
-        state, error_view = _state(runners, status.name, status)
+        state, error_view = state_here(runners, status.name, status)
         rows.append(
             [
-                status.name,
+                link(url("/reactions/" + segment(status.name)), status.name),  # its parked commands
                 ", ".join(status.aggregate_types) or "(all)",
                 status.position,
                 status.log_head,
@@ -543,8 +546,8 @@ async def reactions_page(parts: Parts) -> tuple[str, list[Content]]:
             "p",
             "Refreshed every two seconds. A reaction runs in one replica at a time. Its position (the"
             " checkpoint), lag and parked commands are read from the store, the same from every replica; its"
-            " errors are known only to the replica it ran on (chronicle reaction NAME --parked lists the parked"
-            " commands; the replica that runs it replays or dismisses them).",
+            " errors are known only to the replica it ran on. A reaction's page lists its parked commands; the"
+            " replica that runs it replays or dismisses them.",
             class_="summary",
         ),
         table(headings, rows, empty="no reaction you may read", id="reactions"),
