@@ -966,6 +966,7 @@ def _audit(args: argparse.Namespace, channel: grpc.Channel) -> int:
         aggregate_id=args.aggregate or "",
         principal=args.principal or "",
         command_id=args.command_id or "",
+        command_type=args.command_type or "",
         outcome={
             None: admin_service_pb2.AUDIT_OUTCOME_UNSPECIFIED,
             "accepted": admin_service_pb2.AUDIT_OUTCOME_ACCEPTED,
@@ -1768,6 +1769,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--aggregate", type=_aggregate_id, help="only this aggregate id")
     audit.add_argument("--principal", help="only this principal")
     audit.add_argument("--command-id", help="only this command id")
+    audit.add_argument(
+        "--command-type",
+        help="only this command type or administrator's action (bank.v1.Deposit,"
+        " chronicle.v1.ProjectionService/RebuildProjection)",
+    )
     audit.add_argument("--outcome", choices=("accepted", "refused"), help="only accepted, or only refused, commands")
     audit.add_argument("--since", type=_rfc3339, help="RFC 3339 time, e.g. 2026-01-01T00:00:00Z")
     audit.add_argument("--until", type=_rfc3339, help="RFC 3339 time")

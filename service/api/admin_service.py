@@ -79,6 +79,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
             command_id=canonical_command_id(check_id("command_id", request.command_id, reason="INVALID_FILTER"))
             if request.command_id
             else None,
+            command_type=check_id("command_type", request.command_type, reason="INVALID_FILTER")
+            if request.command_type
+            else None,
             outcome=_outcome(request.outcome),
             since_us=micros_of(request.since, "since") if request.HasField("since") else None,
             until_us=micros_of(request.until, "until") if request.HasField("until") else None,

@@ -37,7 +37,7 @@ _OUTCOMES = {
 }
 _OUTCOME_NAMES = {admin_pb.AUDIT_OUTCOME_ACCEPTED: "accepted", admin_pb.AUDIT_OUTCOME_REFUSED: "refused"}
 # The filters a page's address carries (each checked by QueryAudit, the times here).
-FILTERS = ("principal", "aggregate", "command", "outcome", "since", "until")
+FILTERS = ("principal", "action", "aggregate", "command", "outcome", "since", "until")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,7 @@ class AuditFilters:
     """The page's filters, as typed (``since`` and ``until``: UTC)."""
 
     principal: str = ""
+    action: str = ""  # a command type, or an administrator's action (SERVICE/RPC)
     aggregate: str = ""
     command: str = ""
     outcome: str = ""
@@ -72,6 +73,7 @@ class AuditFilters:
             aggregate_id=self.aggregate,
             principal=self.principal,
             command_id=self.command,
+            command_type=self.action,
             outcome=_OUTCOMES[self.outcome],
             limit=limit,
         )
@@ -203,6 +205,7 @@ def filter_form(filters: AuditFilters) -> Content:
     return tag(
         "form",
         field("Principal", "principal", type="text"),
+        field("Command type or action (chronicle.v1.ProjectionService/RebuildProjection)", "action", type="text"),
         field("Aggregate (projection:NAME, reaction:NAME for actions on them)", "aggregate", type="text"),
         field("Command id", "command", type="text"),
         tag("label", "Outcome ", outcome),

@@ -82,12 +82,14 @@ class AuditQuery:
     since_us: int | None = None
     until_us: int | None = None
     limit: int = 100
+    command_type: str | None = None  # a command's full name, or an administrator's action (SERVICE/RPC)
 
     def matches(self, entry: AuditEntry) -> bool:
         return (
             (self.aggregate_id is None or entry.aggregate_id == self.aggregate_id)
             and (self.principal is None or entry.principal == self.principal)
             and (self.command_id is None or entry.command_id == self.command_id)
+            and (self.command_type is None or entry.command_type == self.command_type)
             and (self.outcome is None or entry.outcome == self.outcome)
             and (self.since_us is None or entry.recorded_at_us >= self.since_us)
             and (self.until_us is None or entry.recorded_at_us < self.until_us)

@@ -373,6 +373,7 @@ def audit_conditions(dialect: Dialect, query: AuditQuery, *, time_column: str) -
         ("aggregate_id", query.aggregate_id),
         ("principal", query.principal),
         ("command_id", query.command_id),
+        ("command_type", query.command_type),
     ):
         if value is not None:
             conditions.add(f"{column} = {{}}", value)

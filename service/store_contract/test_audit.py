@@ -98,6 +98,27 @@ async def test_audit_filters_combine(store: StoreAdapter) -> None:
     assert await times(limit=2) == [40, 30]
 
 
+async def test_audit_filters_by_command_type_in_command_records_and_the_audits_own_entries(
+    store: StoreAdapter,
+) -> None:
+    await store.record_audit_entry(refusal(10))  # test.v1.Do
+    action = replace(refusal(20), command_type="chronicle.v1.AdminService/ForgetAggregate", outcome=ACCEPTED, reason="")
+    await store.record_audit_entry(action)
+    other = replace(command_record("a-1", 1, 1), command_type="test.v1.Other", recorded_at_us=30)
+    await store.append("a-1", [new_event()], 0, commands=[other])
+    same = replace(command_record("a-1", 2, 2), recorded_at_us=40)  # test.v1.Do
+    await store.append("a-1", [new_event()], 1, commands=[same])
+
+    async def times(**fields: object) -> list[int]:
+        return [e.recorded_at_us for e in await store.read_audit(AuditQuery(**fields))]  # type: ignore[arg-type]
+
+    assert await times(command_type="test.v1.Do") == [40, 10]
+    assert await times(command_type="test.v1.Other") == [30]
+    assert await times(command_type="chronicle.v1.AdminService/ForgetAggregate") == [20]
+    assert await times(command_type="test.v1.Do", outcome=REFUSED) == [10]
+    assert await times(command_type="test.v1.None") == []
+
+
 async def test_an_accepted_entry_outside_command_records_keeps_its_outcome(store: StoreAdapter) -> None:
     action = replace(refusal(10), command_type="chronicle.v1.AdminService/ForgetAggregate", outcome=ACCEPTED, reason="")
     await store.record_audit_entry(action)

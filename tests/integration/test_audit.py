@@ -22,7 +22,7 @@ from chronicle.v1 import projection_service_pb2 as pj
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.store.base import StoreAdapter
-from tests.support.grpc_client import Client, command, connect, running_server, with_jwt_auth
+from tests.support.grpc_client import Client, command, connect, details_of, running_server, with_jwt_auth
 from tests.support.security import JwtIssuer, bearer
 from tests.support.waiting import eventually
 
@@ -206,6 +206,23 @@ async def test_the_audit_log_filters_by_principal_and_aggregate(audited: Audited
     assert [e.principal for e in await audited.entries(aggregate_id="acc-1")] == ["bob", "alice"]
     assert [e.aggregate_id for e in await audited.entries(principal="alice")] == ["acc-2", "acc-1"]
     assert len(await audited.entries(limit=1)) == 1
+
+
+async def test_the_audit_log_filters_by_command_type_or_administrators_action(audited: Audited) -> None:
+    async with audited.as_("alice") as alice:
+        await alice.submit(command("acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+        await alice.submit(command("acc-1", bank.Deposit(amount=1), user_id=""))
+        with pytest.raises(grpc.aio.AioRpcError):  # alice administers nothing: an action refused
+            await alice.admin.QueryAudit(admin.QueryAuditRequest())
+    deposits = await audited.entries(command_type="bank.v1.Deposit")
+    refused_reads = await audited.entries(command_type="chronicle.v1.AdminService/QueryAudit")
+    assert [(e.command_type, e.principal) for e in deposits] == [("bank.v1.Deposit", "alice")]
+    assert [(e.principal, e.reason) for e in refused_reads] == [("alice", "ADMIN_DENIED")]
+    assert await audited.entries(command_type="bank.v1.Withdraw") == []
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await audited.entries(command_type="bank.v1.\x01Deposit")
+    details = details_of(refused.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_FILTER")
 
 
 async def test_a_command_record_keeps_when_the_command_was_issued(audited: Audited) -> None:

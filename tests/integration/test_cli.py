@@ -202,6 +202,9 @@ def test_the_audit_log_is_read_with_a_token_and_a_refusal_shows_its_reason(tmp_p
             json.loads(line)
             for line in cli("audit", "--outcome", "refused", *token, server=server.address).stdout.splitlines()
         ]
+        by_type = cli("audit", "--command-type", "bank.v1.OpenAccount", *token, server=server.address)
+    # --command-type keeps the entries of that command (or administrator's action) only.
+    assert [json.loads(line)["command_type"] for line in by_type.stdout.splitlines()] == ["bank.v1.OpenAccount"]
     # The anonymous CLI was stopped at its reflection call (audited as such):
     # no command of it reached the service.
     denied_entry, anonymous_entry = entries

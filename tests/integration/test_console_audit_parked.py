@@ -192,7 +192,7 @@ async def test_the_audit_log_is_an_administrators_page_as_query_audit_is_and_its
     assert text_of(row[1]) == "alice" and "ADMIN_DENIED" in text_of(row[6])
 
 
-async def test_the_audit_log_filters_by_principal_aggregate_command_outcome_and_time_and_shows_markup_as_text(
+async def test_the_audit_log_filters_by_principal_action_aggregate_command_outcome_and_time_and_shows_markup_as_text(
     tmp_path: Path,
 ) -> None:
     async with served(with_auth(tmp_path)) as app:
@@ -215,6 +215,7 @@ async def test_the_audit_log_filters_by_principal_aggregate_command_outcome_and_
         assert await shown(outcome="accepted") == ["cmd-3"]
         assert await shown(outcome="refused", principal="eve") == ["cmd-4", "cmd-1"]
         assert await shown(command="cmd-2") == ["cmd-2"]
+        assert await shown(action="bank.v1.Deposit", principal="eve") == ["cmd-3", "cmd-1"]
         assert await shown(aggregate="acc-2") == []
         # Times as a browser's datetime-local sends them, read as UTC: since inclusive, until exclusive.
         assert await shown(since="1970-01-01T00:00:02", until="1970-01-01T00:00:04") == ["cmd-3", "cmd-2"]
