@@ -37,6 +37,7 @@ from tests.support import plugins
 from tests.support.console import FORM, log_in, session_cookie
 from tests.support.grpc_client import TEST_SETTINGS, command, connect, running_server
 from tests.support.http import Answer, request
+from tests.support.metrics import sample, scrape
 from tests.support.security import api_key_file, bearer, write
 from tests.support.waiting import eventually
 
@@ -171,12 +172,13 @@ def entry(at: int, number: int, **fields: Any) -> AuditEntry:
 async def test_the_audit_log_is_an_administrators_page_as_query_audit_is_and_its_refusal_audited_once(
     tmp_path: Path,
 ) -> None:
-    async with served(with_auth(tmp_path)) as app:
+    async with served(with_auth(tmp_path, metrics_listen="127.0.0.1:0")) as app:
         address = address_of(app)
         root, alice = await cookie_of(address, ROOT_KEY), await cookie_of(address, ALICE_KEY)
         root_log, alice_log = await get(address, "/log", root), await get(address, "/log", alice)
         refused = await get(address, "/audit", alice)
         shown = await get(address, "/audit", root)
+        scraped = await scrape(app)
         audited = [
             (e.command_type, e.principal, e.reason)
             for e in await app.store.audit.read_audit(AuditQuery())
@@ -188,6 +190,7 @@ async def test_the_audit_log_is_an_administrators_page_as_query_audit_is_and_its
     assert shown.status == 200 and 'id="audit"' in shown.text
     # Written once, by QueryAudit itself (not again as a refused page), and shown to the administrator.
     assert audited == [("chronicle.v1.AdminService/QueryAudit", "alice", "ADMIN_DENIED")]
+    assert sample(scraped, "chronicle_console_refusals_total", reason="ADMIN_DENIED") == 1  # and counted
     (row,) = rows(shown.text, "audit")
     assert text_of(row[1]) == "alice" and "ADMIN_DENIED" in text_of(row[6])
 
@@ -399,7 +402,7 @@ async def test_a_reactions_parked_commands_are_replayed_and_dismissed_by_adminis
         ("DismissParkedCommand", "root", ACCEPTED, ""),
         ("DismissAllParkedCommands", "root", ACCEPTED, ""),
     ]
-    assert all(peer.startswith("127.0.0.1:") or "127.0.0.1" in peer for *_, peer in actions)
+    assert all(peer.startswith("ipv4:127.0.0.1:") for *_, peer in actions), actions
 
 
 # -- forgotten aggregates ------------------------------------------------------------------------
