@@ -348,15 +348,17 @@ class Console:
 
     async def _reaction_action(self, request: Request, session: Session, principal: Principal) -> Response:
         """Replay or dismiss one parked command, or all of them (those ask
-        first: a page that says how many, with a form that confirms). Each
-        is its RPC: the admin grant, audited, on the replica that runs it."""
+        an administrator first: a page that says how many, with a form that
+        confirms; anyone else is refused by the RPC at once). Each is its
+        RPC: the admin grant, audited, on the replica that runs it."""
         found = _reaction_action(request.path)
         assert found is not None
         name, action = found
         here = "/reactions/" + segment(name)
         parts = self._parts
         try:
-            if action.endswith("-all") and request.form.get("confirmed") != "yes":
+            asks_first = action.endswith("-all") and parts.authorizer.grant(principal).admin
+            if asks_first and request.form.get("confirmed") != "yes":
                 count = await parked.parked_count(parts, name)
                 title, content = parked.confirm_page(name, action, count, session.csrf_token)
                 return self._page(200, title, content, session, principal, "/reactions")

@@ -363,6 +363,7 @@ async def test_a_reactions_parked_commands_are_replayed_and_dismissed_by_adminis
             no_csrf = await post(address, page + "/dismiss", root, command_id=ids[0])
             alice_token = csrf_of(as_alice)
             by_alice = await post(address, page + "/dismiss", alice, csrf_token=alice_token, command_id=ids[0])
+            all_by_alice = await post(address, page + "/dismiss-all", alice, csrf_token=alice_token)
             assert len(await parked_now()) == 5
 
             # One replayed while the gate is still shut: refused again, it stays.
@@ -389,6 +390,7 @@ async def test_a_reactions_parked_commands_are_replayed_and_dismissed_by_adminis
     assert "/replay" not in as_alice and "/dismiss" not in as_alice and len(rows(as_alice, "parked")) == 5
     assert no_csrf.status == 403
     assert by_alice.status == 403 and "ADMIN_DENIED" in by_alice.text
+    assert all_by_alice.status == 403 and "ADMIN_DENIED" in all_by_alice.text  # refused at once, not asked
     assert again.status == 303 and "refused again (GATE_SHUT)" in text_of(notice_again)
     assert accepted.status == 303 and dismissed.status == 303
     assert left == ids[2:]
@@ -397,6 +399,7 @@ async def test_a_reactions_parked_commands_are_replayed_and_dismissed_by_adminis
     # Each action is audited by its RPC, refusals too, with the browser's address.
     assert [(rpc, who, outcome, reason) for rpc, who, outcome, reason, _ in reversed(actions)] == [
         ("DismissParkedCommand", "alice", REFUSED, "ADMIN_DENIED"),
+        ("DismissAllParkedCommands", "alice", REFUSED, "ADMIN_DENIED"),
         ("ReplayParkedCommand", "root", ACCEPTED, ""),
         ("ReplayParkedCommand", "root", ACCEPTED, ""),
         ("DismissParkedCommand", "root", ACCEPTED, ""),
