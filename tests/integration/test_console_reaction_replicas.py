@@ -20,7 +20,7 @@ from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.app import Application
 from service.plugins.registry import Registry
 from tests.support import plugins
-from tests.support.cluster import replica
+from tests.support.cluster import projections_settled, replica
 from tests.support.console import FORM, console, text_of
 from tests.support.grpc_client import Client, command, submit_retrying
 from tests.support.http import request
@@ -45,7 +45,13 @@ async def pair(postgres_url: str) -> AsyncIterator[list[tuple[Application, Clien
             )
             for _ in range(2)
         ]
-        await eventually(lambda: len(runs_it([app for app, _ in replicas])) == 1, within=20, what="a runner")
+        apps = [app for app, _ in replicas]
+
+        def settled() -> bool:
+            # Every lease held at its fair share: the reaction stays where it runs now.
+            return projections_settled(apps, REGISTRY, "bank.balances_by_owner") and len(runs_it(apps)) == 1
+
+        await eventually(settled, within=20, what="the leases shared out")
         yield replicas
 
 
@@ -66,13 +72,20 @@ async def test_only_the_replica_that_runs_a_reaction_offers_its_actions_and_the_
     await eventually(parked_on_both, within=20, what="the parked command listed on both replicas")
     (parked,) = (await client.reactions.ListParkedCommands(pb.ListParkedCommandsRequest(reaction=RELAY))).commands
     here = await request(console(runner), "GET", page)
-    there = await request(console(other), "GET", page)
+    named = f"{runner.leases.member.address} ({runner.leases.member_id[:8]})"
+    there_text = ""
+
+    async def named_there() -> bool:
+        # As the other replica's last heartbeat saw the leases.
+        nonlocal there_text
+        there_text = (await request(console(other), "GET", page)).text
+        return named in text_of(there_text)
+
+    await eventually(named_there, within=20, what="the runner named on the other replica's page")
     # The other replica's page: no button, and the replica that runs the reaction named.
     assert 'action="/reactions/gates.relay/replay"' in here.text
-    assert "/replay" not in there.text and "/dismiss" not in there.text
-    named = f"{runner.leases.member.address} ({runner.leases.member_id[:8]})"
-    assert named in text_of(there.text)
-    assert "Only the replica that runs this reaction replays or dismisses its parked commands" in text_of(there.text)
+    assert "/replay" not in there_text and "/dismiss" not in there_text
+    assert "Only the replica that runs this reaction replays or dismisses its parked commands" in text_of(there_text)
     # A form posted there anyway (its own session's token) is the RPC's refusal, naming the runner.
     address = console(other)
     opened = await request(address, "GET", "/projections")  # its Rebuild forms carry the session's token
