@@ -29,7 +29,7 @@ from service.console import parked as console_parked
 from service.plugins import Documents, Plugin, ProjectedEvent
 from service.plugins.registry import Registry
 from service.settings import Settings
-from service.store.base import AuditQuery
+from service.store.base import AuditQuery, StoreAdapter
 from service.store.encryption import new_master_key
 from service.store.memory import MemoryStore
 from service.store.records import ACCEPTED, REFUSED, AuditEntry
@@ -97,8 +97,8 @@ def with_auth(tmp_path: Path, **overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def served(settings: Settings) -> AsyncIterator[Application]:
-    app = await start(settings, store=MemoryStore(), registry=REGISTRY)
+async def served(settings: Settings, store: StoreAdapter | None = None) -> AsyncIterator[Application]:
+    app = await start(settings, store=store if store is not None else MemoryStore(), registry=REGISTRY)
     try:
         yield app
     finally:
@@ -236,13 +236,14 @@ async def test_the_audit_log_filters_by_principal_action_aggregate_command_outco
 
 
 async def test_the_audit_log_pages_newest_first_with_a_sealed_cursor_even_across_entries_of_one_microsecond(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: StoreAdapter
 ) -> None:
-    """60 entries, 25 of them in one microsecond that the first page's end
-    cuts through: each is shown once, in order, across pages of 10."""
+    """60 entries, 25 of them in one microsecond that pages' ends cut
+    through: each is shown once, in order, across pages of 10, on every
+    store (each returns entries of one time in an order of its own)."""
     monkeypatch.setattr(console_audit, "AUDIT_PAGE_SIZE", 10)
     times = [1_000_000 + n for n in range(20)] + [5_000_000] * 25 + [9_000_000 + n for n in range(15)]
-    async with served(with_auth(tmp_path)) as app:
+    async with served(with_auth(tmp_path), store) as app:
         for number, at in enumerate(times):
             await app.store.audit.record_audit_entry(entry(at, number, principal="eve"))
         address = address_of(app)
