@@ -29,6 +29,7 @@ from service.console.cursors import Cursors
 from service.console.html import Content, Html, link, page, segment, tag, void
 from service.console.http import HttpServer, Request, Response
 from service.console.sessions import COOKIE, Session, Sessions, same_token
+from service.console.tail_resume import TailResume
 from service.errors import (
     AggregateNotFound,
     ChronicleError,
@@ -280,6 +281,7 @@ class Console:
         if path == "/tail/events":
             try:
                 after = views.query_number(query, "after", default=0, reason="INVALID_POSITION", minimum=0)
+                resume = TailResume.starting(after, query.get("shown", ""))
             except ChronicleError as error:
                 return _plain(_status_of(error), f"{error.reason}: {error.message}")
 
@@ -288,7 +290,7 @@ class Console:
                 if isinstance(error, PermissionDenied) and self._on_refused is not None:
                     await self._on_refused(path, error, principal, request.peer, "")
 
-            stream = views.tail_stream(parts, after, on_refused=audit_refusal)
+            stream = views.tail_stream(parts, after, resume=resume, on_refused=audit_refusal)
             # The stream runs in the connection's task: the principal is set there.
             return Response(
                 200, content_type="text/event-stream", stream=_with_principal(stream, principal, self._live(request))

@@ -39,6 +39,7 @@ from service.console.charts import Series, line_chart
 from service.console.cursors import Cursors
 from service.console.html import Content, Html, link, segment, table, tag, url, void
 from service.console.load import LoadSampler
+from service.console.tail_resume import TailResume
 from service.errors import ChronicleError, InvalidInput, PermissionDenied
 from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
@@ -305,21 +306,27 @@ async def tail_page(parts: Parts) -> tuple[str, list[Content]]:
     ]
 
 
-def _sse(event: str, data: object) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+def _sse(event: str, data: object, resume: str = "") -> bytes:
+    """One server-sent event; ``resume`` (ASCII, no line break) as its id."""
+    head = f"id: {resume}\n" if resume else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 async def tail_stream(
     parts: Parts,
     after: int,
     *,
+    resume: TailResume | None = None,
     keepalive: float = 15.0,
     on_refused: Callable[[ChronicleError], Awaitable[None]] | None = None,
 ) -> AsyncIterator[bytes]:
     """Server-sent events: each event of the log after ``after`` that the
     caller may subscribe to (Subscribe's own rule), as JSON; a comment now
-    and then so that a browser that left is noticed. ``on_refused`` hears of
-    the refusal that ends it (the audit log)."""
+    and then so that a browser that left is noticed. Each event and
+    checkpoint carries, as its SSE id, where to resume (``TailResume``:
+    ``resume`` passes over the pieces of a split event shown before).
+    ``on_refused`` hears of the refusal that ends it (the audit log)."""
+    resume = resume if resume is not None else TailResume.starting(after)
     request = events_pb.SubscribeRequest(after_position=after, pages=True)
     stream = parts.events.Subscribe(request, _NO_CONTEXT)
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=4)
@@ -352,7 +359,17 @@ async def tail_stream(
                 return
             response = cast(events_pb.SubscribeResponse, item)
             if response.HasField("page"):
-                for event in response.page.events:
+                events = response.page.events
+                for index, event in enumerate(events):
+                    # The last of its position: the next event is at a higher one, or the server said so.
+                    completes = (
+                        response.completes_position
+                        if index == len(events) - 1
+                        else events[index + 1].position > event.position
+                    )
+                    if resume.passes_over(event.position, completes):
+                        continue
+                    resume.showed(event.position, completes)
                     yield _sse(
                         "event",
                         {
@@ -364,9 +381,12 @@ async def tail_stream(
                             "recorded": when(event),
                             "payload": payload_json(event),
                         },
+                        resume.query(),
                     )
-            elif response.HasField("checkpoint"):
-                yield _sse("checkpoint", response.checkpoint.position)
+            elif response.HasField("checkpoint") or response.HasField("caught_up"):
+                mark = response.checkpoint if response.HasField("checkpoint") else response.caught_up
+                resume.covered(mark.position)
+                yield _sse("checkpoint", mark.position, resume.query())
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

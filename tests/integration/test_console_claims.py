@@ -595,7 +595,7 @@ async def test_in_a_browser_the_live_tail_reconnects_from_the_last_event_it_show
         try:
             async for chunk in stream:
                 yield chunk
-                if len(opened) == 1 and chunk.startswith(b"event: event"):
+                if len(opened) == 1 and b"\nevent: event\n" in chunk:
                     return
         finally:
             await stream.aclose()  # type: ignore[attr-defined]

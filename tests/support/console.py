@@ -3,10 +3,13 @@ console on, its address, logging in with a credential, the session cookie."""
 
 from __future__ import annotations
 
+import asyncio
 import html
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from service.app import Application
@@ -64,3 +67,28 @@ async def row_of(app: Application, page: str, name: str) -> list[str]:
 def session_cookie(answer: Answer) -> str:
     (cookie,) = answer.all("set-cookie")
     return cookie.split(";")[0]
+
+
+async def server_sent(address: str, path: str, count: int, cookie: str = "") -> list[tuple[str, Any, str]]:
+    """The first ``count`` messages (event name, data, id) of the console's
+    stream at ``path``, read as a browser's EventSource reads them, then
+    the connection closed (as a stream cut between two messages)."""
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        extra = f"Cookie: {cookie}\r\n" if cookie else ""
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {address}\r\n{extra}\r\n".encode())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        seen: list[tuple[str, Any, str]] = []
+        async with asyncio.timeout(20):  # a broken build fails, not hangs
+            while len(seen) < count:
+                raw = (await reader.readuntil(b"\n\n")).decode()
+                lines = [line for line in raw.strip().split("\n") if not line.startswith(":")]
+                fields = dict(line.partition(": ")[::2] for line in lines)
+                if "event" in fields:
+                    seen.append((fields["event"], json.loads(fields["data"]), fields.get("id", "")))
+        return seen
+    finally:
+        writer.close()

@@ -7,7 +7,10 @@
   const body = table.querySelector("tbody");
   const status = document.getElementById("tail-status");
   const keep = 200;
-  let after = table.dataset.after || "0";
+  // Where the next stream starts: the resume point the server names with
+  // each message (its SSE id), which moves only past complete positions (an
+  // upcaster may split one stored event into several at one position).
+  let resume = "after=" + encodeURIComponent(table.dataset.after || "0");
   let source = null;
 
   function cell(row, text, className) {
@@ -43,14 +46,15 @@
   }
 
   function connect() {
-    source = new EventSource("/tail/events?after=" + encodeURIComponent(after));
+    source = new EventSource("/tail/events?" + resume);
     source.addEventListener("open", function () { status.textContent = "live"; });
     source.addEventListener("event", function (message) {
-      const event = JSON.parse(message.data);
-      after = String(event.position);
-      show(event);
+      if (message.lastEventId) resume = message.lastEventId;
+      show(JSON.parse(message.data));
     });
-    source.addEventListener("checkpoint", function (message) { after = String(JSON.parse(message.data)); });
+    source.addEventListener("checkpoint", function (message) {
+      if (message.lastEventId) resume = message.lastEventId;
+    });
     source.addEventListener("refused", function (message) {
       status.textContent = JSON.parse(message.data);
       status.className = "status error";
@@ -62,7 +66,7 @@
       setTimeout(connect, 3000);
     });
     source.addEventListener("error", function () {
-      // Reconnect from the last event shown, not from where the page began.
+      // Reconnect from the resume point of the last message, not from where the page began.
       status.textContent = "reconnecting…";
       source.close();
       setTimeout(connect, 3000);
