@@ -86,8 +86,12 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     async def _status(self, reaction: Reaction[Any], log_head: int) -> pb.ReactionStatus:
         runner = self._reactions.runners.get(reaction.name)
         status = runner.status if runner is not None else None
-        if status is not None and self._keys is not None:
-            await withdraw_if_forgotten(status, self._keys)
+        if (
+            status is not None
+            and self._keys is not None
+            and await withdraw_if_forgotten(status, self._keys, status.error_command_aggregate_id)
+        ):
+            status.error_command_aggregate_id = ""
         answer = pb.ReactionStatus(
             name=reaction.name,
             position=await self._documents.projection_position(reaction.name),

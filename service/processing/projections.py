@@ -1061,18 +1061,26 @@ class _ErrorHolder(Protocol):
     error_aggregate_id: str
 
 
-async def withdraw_if_forgotten(status: _ErrorHolder, keys: KeyStore) -> None:
+async def withdraw_if_forgotten(status: _ErrorHolder, keys: KeyStore, *also: str) -> bool:
     """Withdraw the error texts of ``status`` when the aggregate they were
-    met on has been forgotten (on any replica: the key's tombstone is in the
-    store). A handler's error may quote the event's payload, and forgetting
-    promises that nothing of the aggregate stays readable (docs/security.md)."""
-    aggregate_id = status.error_aggregate_id
-    if not aggregate_id:
-        return
-    key = await keys.load_data_key(aggregate_id)
-    if key is None or key.wrapped is not None:
-        return
+    met on, or one of ``also`` (a reaction's: the aggregate its failed
+    command was sent to), has been forgotten (on any replica: the key's
+    tombstone is in the store); whether it did. A handler's error may quote
+    the event's payload (a refusal, the commanded aggregate's state), and
+    forgetting promises that nothing of the aggregate stays readable
+    (docs/security.md)."""
+    for aggregate_id in (status.error_aggregate_id, *also):
+        if aggregate_id and await _forgotten(keys, aggregate_id):
+            break
+    else:
+        return False
     if status.error and status.error == status.last_error:
         status.error = WITHDRAWN_ERROR
     status.last_error = WITHDRAWN_ERROR
     status.error_aggregate_id = ""
+    return True
+
+
+async def _forgotten(keys: KeyStore, aggregate_id: str) -> bool:
+    key = await keys.load_data_key(aggregate_id)
+    return key is not None and key.wrapped is None

@@ -173,6 +173,10 @@ class ReactionStatus:
     last_error: str = ""
     last_error_at: float = 0.0
     error_aggregate_id: str = ""  # the aggregate whose event it was met on (see ProjectionStatus)
+    # The aggregate the command that failed was sent to ("" for a failure
+    # of no command): a refusal or a handler's error may quote its state,
+    # and is withdrawn once that aggregate is forgotten too.
+    error_command_aggregate_id: str = ""
     # Since this server started. A batch that fails is tried again, and its
     # events handed to the functions again: counted once, when it commits.
     handled: int = 0  # events handed to the reaction's functions, in batches committed
@@ -257,6 +261,7 @@ class ReactionRunner(CheckpointedRunner):
         self._failures = FailureCounts(reaction.name, documents)
         self.status = ReactionStatus(reaction.name)
         self._failing_aggregate = ""  # the failure being raised is one on an event of this aggregate
+        self._failing_command_aggregate = ""  # ... and of a command sent to this aggregate
         wanted = reaction.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=reaction.aggregate_types, event_types=frozenset(wanted))
         self._origin = f"{REACTION_PREFIX}{reaction.name}"
@@ -377,6 +382,7 @@ class ReactionRunner(CheckpointedRunner):
                 # side effects the system it came from had (store/imported.py).
                 continue
             savepoint = batch.savepoint(), parked.savepoint()
+            self._failing_command_aggregate = ""
             try:
                 for record, message in readable(self._reader, stored):
                     await self._react(batch, parked, record, message)
@@ -391,6 +397,7 @@ class ReactionRunner(CheckpointedRunner):
 
     def _failed(self, error: ChronicleError) -> None:
         self.status.error_aggregate_id, self._failing_aggregate = self._failing_aggregate, ""
+        self.status.error_command_aggregate_id, self._failing_command_aggregate = self._failing_command_aggregate, ""
         super()._failed(error)
 
     async def replay(self, command_id: str) -> Replayed:
@@ -695,15 +702,22 @@ class ReactionRunner(CheckpointedRunner):
                 await self._loop_parked(send, command_id, envelope, parked, hops)
                 continue
             try:
-                result = await self._submit(self._request(command_id, send, envelope, hops))
-            except ChronicleError as error:
-                if _refusal(error):
-                    await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds, hops=hops)
-                elif await self._gives_up(command_id, error, envelope):
-                    await self._failure_parked(send, command_id, error, envelope, parked, hops)
-                else:
-                    raise
-                continue
+                try:
+                    result = await self._submit(self._request(command_id, send, envelope, hops))
+                except ChronicleError as error:
+                    if _refusal(error):
+                        await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds, hops=hops)
+                    elif await self._gives_up(command_id, error, envelope):
+                        await self._failure_parked(send, command_id, error, envelope, parked, hops)
+                    else:
+                        raise
+                    continue
+            except Exception:
+                # What fails the batch here may quote this aggregate (its
+                # refusal, its handler's error; the innermost of a
+                # compensation's commands named first).
+                self._failing_command_aggregate = self._failing_command_aggregate or send.aggregate_id
+                raise
             self._accepted(replayed=result.replayed)
 
     async def _loop_parked(
