@@ -12,25 +12,40 @@ is refused (``Fencing``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class LeaseMember:
-    """A live member of a lease group and the address clients reach it at."""
+    """A live member of a lease group, the address clients reach it at and
+    the URL of its console ("" when it serves none; migration 18 on
+    PostgreSQL, 15 on SQLite).
+
+    ``lapses_in``: in a view the store returned, the seconds its membership
+    had left then (by the store's clock) unless it beat again; None where
+    the store keeps no such time (the memory store's one member). Not part
+    of what a member is (left out of comparisons)."""
 
     member_id: str
     address: str
+    console: str = ""
+    lapses_in: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Lease:
     """One lease of a group: who holds it (None: nobody, or its holder let it
-    expire) and how many times its holder changed."""
+    expire) and how many times its holder changed.
+
+    ``lapses_in``: in a view the store returned, the seconds its holder's
+    hold had left then (by the store's clock) unless renewed; None for a
+    free lease, or where nothing lapses (the memory store's sole owner).
+    Left out of comparisons."""
 
     name: str
     owner: str | None
     epoch: int
+    lapses_in: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 
@@ -79,9 +79,15 @@ class LocalLeases:
         """The group now: its live members, its leases (an expired one
         without owner)."""
         now = self._clock()
-        members = tuple(m.member for _, m in sorted(self._members.get(group, {}).items()) if m.expires_at > now)
+        members = tuple(
+            replace(m.member, lapses_in=m.expires_at - now)
+            for _, m in sorted(self._members.get(group, {}).items())
+            if m.expires_at > now
+        )
         leases = tuple(
-            Lease(name, lease.owner if lease.expires_at > now else None, lease.epoch)
+            Lease(name, lease.owner, lease.epoch, lease.expires_at - now)
+            if lease.expires_at > now
+            else Lease(name, None, lease.epoch)
             for name, lease in sorted(self._leases.get(group, {}).items())
         )
         return LeaseView(members, leases)

@@ -5,6 +5,7 @@ for as long as it runs. Nothing is written: there is no one to share with."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from service.store.leasing import Lease, LeaseMember, LeaseView
 
@@ -16,8 +17,9 @@ class SoleOwnerLeases:
     serves_one_process = True
 
     async def renew_leases(self, group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> LeaseView:
+        # Nothing lapses while the one process runs: no ``lapses_in``.
         leases = tuple(Lease(name, member.member_id, SOLE_EPOCH) for name in sorted(set(names)))
-        return LeaseView((member,), leases)
+        return LeaseView((replace(member, lapses_in=None),), leases)
 
     async def change_leases(
         self, group: str, member_id: str, *, release: Sequence[str], acquire: Sequence[str], ttl: float

@@ -43,6 +43,7 @@ and the other does not can shift them):
        rejection's JSON; sealed with its message under encryption at rest)
     16 (SQLite 12) a subscription group's incarnation (before: none, read
        as "")
+    18 (SQLite 15) a lease member's console URL (before: none, read as "")
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -121,6 +122,9 @@ SINCE: dict[str, dict[str, int]] = {
 # A subscription group's incarnation: PostgreSQL's migration 16, SQLite's 12.
 SINCE["postgres"]["incarnation"] = 16
 SINCE["sqlite"]["incarnation"] = 12
+# A lease member's console URL: PostgreSQL's migration 18, SQLite's 15.
+SINCE["postgres"]["member_console"] = 18
+SINCE["sqlite"]["member_console"] = 15
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -562,7 +566,8 @@ def rows_at(dialect: str, version: int) -> OldRows:
         rows.add_sealed_command("c-sealed-fields", "account-sealed", 2, fields)
 
     if rows.holds("leases"):
-        rows.lease_members.append(LeaseMember("member-old", "10.0.0.1:50051"))
+        console = "https://10.0.0.1:8443" if rows.holds("member_console") else ""
+        rows.lease_members.append(LeaseMember("member-old", "10.0.0.1:50051", console))
         rows.leases += [
             Lease("0", "member-old", 1),  # held
             Lease("1", None, 2),  # taken, then given up
@@ -946,7 +951,7 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
 
     async def leases() -> None:
         # A replica of the new version joins the group the old one left.
-        newcomer = LeaseMember("member-new", "10.0.0.2:50051")
+        newcomer = LeaseMember("member-new", "10.0.0.2:50051", "https://10.0.0.2:8443")
         view = await store.renew_leases(LEASE_GROUP, newcomer, LEASE_NAMES, 5.0)
         same("lease members", list(view.members), sorted([*rows.lease_members, newcomer], key=lambda m: m.member_id))
         same("leases", list(view.leases), rows.leases)

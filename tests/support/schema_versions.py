@@ -204,6 +204,13 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
             parked_event_row(parked),
         )
     for member in rows.lease_members:
+        if rows.holds("member_console"):
+            conn.execute(
+                "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at, console)"
+                " VALUES (%s, %s, %s, now() + %s * interval '1 second', %s)",
+                (LEASE_GROUP, member.member_id, member.address, LEASE_SECONDS, member.console),
+            )
+            continue
         conn.execute(
             "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at)"
             " VALUES (%s, %s, %s, now() + %s * interval '1 second')",
@@ -543,9 +550,17 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
         )
     now_us = time.time_ns() // 1000
     for member in rows.lease_members:
+        expires_at_us = now_us + int(LEASE_SECONDS * 1_000_000)
+        if rows.holds("member_console"):
+            conn.execute(
+                "INSERT INTO lease_members (lease_group, member_id, address, expires_at_us, console)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (LEASE_GROUP, member.member_id, member.address, expires_at_us, member.console),
+            )
+            continue
         conn.execute(
             "INSERT INTO lease_members (lease_group, member_id, address, expires_at_us) VALUES (?, ?, ?, ?)",
-            (LEASE_GROUP, member.member_id, member.address, now_us + int(LEASE_SECONDS * 1_000_000)),
+            (LEASE_GROUP, member.member_id, member.address, expires_at_us),
         )
     for lease in rows.leases:
         # A lease given up (or never taken) expired at 0; a held one when

@@ -1,5 +1,5 @@
 """``LeaseStore`` on PostgreSQL: members and leases of each group in two
-tables (migration 0010), every method one operation. Expiry is judged by
+tables (migration 0010; a member's console, 0018), every method one operation. Expiry is judged by
 the database's clock alone (``now()``), so replicas' clocks never disagree
 about it. Two replicas taking one free lease at once: both UPDATEs match the
 row, the second waits for the first to commit, finds the lease held and
@@ -26,7 +26,9 @@ class LeasesRole:
     async def renew_leases(self, group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> LeaseView:
         ttl_ms = _millis(ttl)
         statements = [
-            Statement(sql.UPSERT_LEASE_MEMBER.encode(), (group, member.member_id, member.address, ttl_ms)),
+            Statement(
+                sql.UPSERT_LEASE_MEMBER.encode(), (group, member.member_id, member.address, ttl_ms, member.console)
+            ),
             Statement(sql.FORGET_DEAD_MEMBERS.encode(), (group,)),
             Statement(sql.ENSURE_LEASES.encode(), (group, list(names))),
             Statement(sql.RENEW_LEASES.encode(), (group, member.member_id, ttl_ms)),
@@ -34,9 +36,15 @@ class LeasesRole:
             Statement(sql.GROUP_LEASES.encode(), (group,)),
         ]
         results = await self._lease_db.run("renew_leases", statements)
-        members = tuple(LeaseMember(str(row[0]), str(row[1])) for row in rows(results[4]))
+        members = tuple(LeaseMember(str(row[0]), str(row[1]), str(row[2]), float(row[3])) for row in rows(results[4]))
         leases = tuple(
-            Lease(str(row[0]), None if row[1] is None else str(row[1]), int(row[2])) for row in rows(results[5])
+            Lease(
+                str(row[0]),
+                None if row[1] is None else str(row[1]),
+                int(row[2]),
+                None if row[3] is None else float(row[3]),
+            )
+            for row in rows(results[5])
         )
         return LeaseView(members, leases)
 

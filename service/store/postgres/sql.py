@@ -533,9 +533,9 @@ def list_documents(*, lower_inclusive: bool, upper: bool, descending: bool) -> s
 
 _LEASE_EXPIRY = "now() + $4::bigint * interval '1 millisecond'"
 UPSERT_LEASE_MEMBER = (
-    "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at)"
-    f" VALUES ($1, $2, $3, {_LEASE_EXPIRY}) ON CONFLICT (lease_group, member_id)"
-    " DO UPDATE SET address = excluded.address, expires_at = excluded.expires_at"
+    "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at, console)"
+    f" VALUES ($1, $2, $3, {_LEASE_EXPIRY}, $5) ON CONFLICT (lease_group, member_id)"
+    " DO UPDATE SET address = excluded.address, expires_at = excluded.expires_at, console = excluded.console"
 )
 # Members dead for long are forgotten, so the table follows the live set.
 FORGET_DEAD_MEMBERS = (
@@ -549,13 +549,15 @@ RENEW_LEASES = (
     "UPDATE chronicle.leases SET expires_at = now() + $3::bigint * interval '1 millisecond'"
     " WHERE lease_group = $1 AND owner = $2"
 )
+# With the seconds each member's membership, and each held lease, has left (by the database's clock).
 LIVE_MEMBERS = (
-    "SELECT member_id, address FROM chronicle.lease_members WHERE lease_group = $1 AND expires_at > now()"
-    " ORDER BY member_id"
+    "SELECT member_id, address, console, extract(epoch FROM expires_at - now())::float8"
+    " FROM chronicle.lease_members WHERE lease_group = $1 AND expires_at > now() ORDER BY member_id"
 )
 GROUP_LEASES = (
-    "SELECT name, CASE WHEN expires_at > now() THEN owner END, epoch FROM chronicle.leases"
-    " WHERE lease_group = $1 ORDER BY name"
+    "SELECT name, CASE WHEN expires_at > now() THEN owner END, epoch,"
+    " CASE WHEN expires_at > now() THEN extract(epoch FROM expires_at - now())::float8 END"
+    " FROM chronicle.leases WHERE lease_group = $1 ORDER BY name"
 )
 RELEASE_LEASES = (
     "UPDATE chronicle.leases SET owner = NULL, epoch = epoch + 1, expires_at = '-infinity'"

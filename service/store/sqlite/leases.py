@@ -1,5 +1,5 @@
 """``LeaseStore`` on SQLite: members and leases of each group in two tables
-of the file (migration 0013), so that the server processes sharing one file
+of the file (migration 0014; a member's console, 0015), so that the server processes sharing one file
 (a rolling update that starts the new server before the old one stops)
 share out the partitions, projections, reactions and group segments as
 replicas on PostgreSQL do (``postgres/leases.py``, same semantics).
@@ -35,6 +35,10 @@ def _micros(seconds: float) -> int:
     return max(1, round(seconds * 1_000_000))
 
 
+def _seconds(micros: int) -> float:
+    return micros / 1_000_000
+
+
 class LeasesRole:
     _lease_writer: Writer
 
@@ -53,14 +57,22 @@ class LeasesRole:
 def _renew(db: sqlite3.Connection, group: str, member: LeaseMember, names: Sequence[str], ttl_us: int) -> LeaseView:
     with writing(db):
         now = now_us()
-        db.execute(sql.UPSERT_LEASE_MEMBER, (group, member.member_id, member.address, now + ttl_us))
+        db.execute(sql.UPSERT_LEASE_MEMBER, (group, member.member_id, member.address, now + ttl_us, member.console))
         db.execute(sql.FORGET_DEAD_MEMBERS, (group, now - _FORGET_DEAD_AFTER_US))
         db.executemany(sql.ENSURE_LEASE, [(group, name) for name in names])
         db.execute(sql.RENEW_LEASES, (now + ttl_us, group, member.member_id))
-        members = tuple(LeaseMember(str(m), str(a)) for m, a in db.execute(sql.LIVE_MEMBERS, (group, now)))
+        members = tuple(
+            LeaseMember(str(m), str(a), str(c), _seconds(until - now))
+            for m, a, c, until in db.execute(sql.LIVE_MEMBERS, (group, now))
+        )
         leases = tuple(
-            Lease(str(name), None if owner is None else str(owner), int(epoch))
-            for name, owner, epoch in db.execute(sql.GROUP_LEASES, (group, now))
+            Lease(
+                str(name),
+                None if owner is None else str(owner),
+                int(epoch),
+                None if owner is None else _seconds(until - now),
+            )
+            for name, owner, epoch, until in db.execute(sql.GROUP_LEASES, (group, now))
         )
     return LeaseView(members, leases)
 
