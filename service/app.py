@@ -712,7 +712,8 @@ async def start(
         address = advertised_address(listen=settings.process_listen, port=own_port, advertise=advertise)
     else:
         address = advertised_address(listen=settings.listen, port=port, advertise=settings.advertise_address)
-    leases.member = LeaseMember(leases.member_id, address)
+    # With its console's URL, for the other replicas' consoles to link to.
+    leases.member = LeaseMember(leases.member_id, address, console.url(address) if console is not None else "")
     # Before the first command: a reaction new to the store starts where its
     # start_from says, not after commands this server accepted meanwhile.
     await fix_starts_safely(roles.projections, roles.log, reactions.runners.values())

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 
-_WILDCARDS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
+# Hosts that bind every address, and so name none to reach.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
 
 
 def advertised_address(*, listen: str, port: int, advertise: str = "") -> str:
@@ -15,7 +16,7 @@ def advertised_address(*, listen: str, port: int, advertise: str = "") -> str:
     if advertise:
         return advertise
     host = listen.rpartition(":")[0]
-    if host in _WILDCARDS:
+    if host in WILDCARD_HOSTS:
         host = socket.gethostname()
     return f"{host}:{port}"
 

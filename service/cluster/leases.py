@@ -301,6 +301,25 @@ class LeaseKeeper:
         age = None if state.seen_at is None else now - state.seen_at
         return age, {name: held.until - now for name, held in sorted(state.held.items()) if held.until > now}
 
+    def lapsing(self, group: str) -> tuple[dict[str, float], dict[str, float]]:
+        """For an operator: the seconds left now before each live member's
+        membership of ``group``, and each of its held leases, lapse unless
+        renewed: what the store said at the last heartbeat (by its clock),
+        less the time since; this replica's own leases as ``ages`` says.
+        Empty before the first heartbeat, and where the store keeps no such
+        times (the memory store's one member holds everything)."""
+        state = self._groups.get(group)
+        if state is None or state.view is None or state.seen_at is None:
+            return {}, {}
+        since = self._clock() - state.seen_at
+        members = {m.member_id: m.lapses_in - since for m in state.view.members if m.lapses_in is not None}
+        leases = {
+            lease.name: lease.lapses_in - since
+            for lease in state.view.leases
+            if lease.owner is not None and lease.owner != self.member_id and lease.lapses_in is not None
+        }
+        return members, {**leases, **self.ages(group)[1]}
+
     async def wait_for_change(self, version: int, max_wait: float | None = None) -> int:
         """Return the current ``version`` once it differs from ``version``
         (at once if it already does), or after ``max_wait`` seconds."""

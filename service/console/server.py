@@ -25,6 +25,7 @@ from importlib import resources
 from urllib.parse import unquote
 
 from service.console import audit, parked, views
+from service.console.consoles import console_url
 from service.console.cursors import Cursors
 from service.console.html import Content, Html, link, page, segment, tag, void
 from service.console.http import HttpServer, Request, Response
@@ -166,6 +167,11 @@ class Console:
         self.address = f"{host}:{self._http.port}"
         if self._parts.load is not None:
             self._parts.load.start()
+
+    def url(self, api_address: str) -> str:
+        """The URL this console is advertised at to the other replicas (once
+        started), for a replica whose API is at ``api_address``."""
+        return console_url(bound=self.address, https=self._https, api_address=api_address)
 
     async def stop(self) -> None:
         if self._parts.load is not None:

@@ -36,8 +36,9 @@ from service.api.reaction_service import ReactionService
 from service.cluster.leases import LeaseKeeper
 from service.cluster.ownership import Ownership
 from service.console.charts import Series, line_chart
+from service.console.consoles import console_of
 from service.console.cursors import Cursors
-from service.console.html import Content, Html, link, segment, table, tag, url, void
+from service.console.html import Content, Html, join, link, segment, table, tag, url, void
 from service.console.load import LoadSampler
 from service.console.tail_resume import TailResume
 from service.errors import ChronicleError, InvalidInput, PermissionDenied
@@ -409,14 +410,17 @@ class Runners:
     me: str
     owners: dict[str, str | None]
     addresses: dict[str, str]
+    consoles: dict[str, str]  # each member's console URL ("" when it serves none)
 
     @classmethod
     def of(cls, parts: Parts) -> Runners:
         view = parts.leases.view(parts.projections_group)
+        members = view.members if view is not None else ()
         return cls(
             parts.leases.member_id,
             {lease.name: lease.owner for lease in view.leases} if view is not None else {},
-            {member.member_id: member.address for member in view.members} if view is not None else {},
+            {member.member_id: member.address for member in members},
+            {member.member_id: member.console for member in members},
         )
 
     def elsewhere(self, name: str) -> bool:
@@ -428,7 +432,9 @@ class Runners:
         if owner == self.me:
             return "this replica"
         if owner:
-            return tag("span", f"{self.addresses.get(owner) or 'address not known'} ({owner[:8]})", class_="replica")
+            replica = tag("span", f"{self.addresses.get(owner) or 'address not known'} ({owner[:8]})", class_="replica")
+            console = console_of(self.consoles.get(owner, ""))
+            return join([replica, " ", console]) if console else replica
         return "nobody now"
 
 
@@ -785,12 +791,23 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
     counts: dict[str, int] = {}
     for owner in topology.owners:
         counts[owner] = counts.get(owner, 0) + 1
+    # Every replica's soonest partition lease lapse, as the store said at
+    # this replica's last heartbeat (its own, as it keeps them).
+    membership_lapses, partition_lapses = parts.leases.lapsing(parts.ownership.group.name)
+    soonest: dict[str, float] = {}
+    for partition, owner in enumerate(topology.owners):
+        lapse = partition_lapses.get(str(partition))
+        if owner and lapse is not None:
+            soonest[owner] = min(lapse, soonest.get(owner, lapse))
     members = [
         (
             tag("code", member.member_id),
             member.address,
             counts.get(member.member_id, 0),
             "this replica" if member.member_id == me else "",
+            _seconds(soonest.get(member.member_id)),
+            _seconds(membership_lapses.get(member.member_id)),
+            "this console" if member.member_id == me else console_of(member.console),
         )
         for member in topology.members
     ]
@@ -806,8 +823,9 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
         for partition, owner in enumerate(topology.owners)
     ]
     age, remaining = parts.leases.ages(parts.ownership.group.name)
-    projection_age, projection_remaining = parts.leases.ages(parts.projections_group)
+    projection_age, _ = parts.leases.ages(parts.projections_group)
     projection_view = parts.leases.view(parts.projections_group)
+    _, projection_lapses = parts.leases.lapsing(parts.projections_group)
     # Projections and reactions share one lease group: each lease is shown
     # only to who may list what it runs (as ListProjections and ListReactions
     # decide), and named for what it is.
@@ -817,7 +835,7 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
             lease.name,
             tag("code", lease.owner) if lease.owner else "nobody",
             lease.epoch,
-            _seconds(projection_remaining.get(lease.name)) if lease.owner == me else "",
+            _seconds(projection_lapses.get(lease.name)) if lease.owner else "",
             kinds[lease.name],
         )
         for lease in (projection_view.leases if projection_view is not None else ())
@@ -832,7 +850,12 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
             class_="summary",
         ),
         tag("h2", "Replicas"),
-        table(["member", "address", "partitions", ""], members, empty="no live member", id="members"),
+        table(
+            ["member", "address", "partitions", "", "soonest lease lapses in", "membership lapses in", "console"],
+            members,
+            empty="no live member",
+            id="members",
+        ),
         tag("h2", "Partition owners"),
         tag("p", legend, class_="legend-text"),
         tag("ol", *cells, class_="partitions", id="partitions"),

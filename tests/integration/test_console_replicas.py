@@ -98,7 +98,12 @@ async def test_a_replica_says_which_replica_runs_a_projection_and_that_its_error
         str(stored.log_head - stored.position),
     ]
     assert 'class="state-elsewhere"' in shown[5]
-    assert text_of(shown[6]) == f"{runner.leases.member.address} ({runner.leases.member_id[:8]})"
+    # Its console is on loopback: its address as text, no link (docs/console.md).
+    assert text_of(shown[6]) == (
+        f"{runner.leases.member.address} ({runner.leases.member_id[:8]})"
+        f" console on http://{runner.console.address if runner.console else ''} (from that machine only)"
+    )
+    assert "<a " not in shown[6]
     assert text_of(shown[8]) == "Its errors, if any, are on the replica that runs it."
     # Its runner shows the failure, as failing now.
     there = await row_of(runner)
