@@ -776,6 +776,12 @@ def _seconds(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f} s"
 
 
+def _lapse(value: float | None) -> str:
+    """Time left before a lease or membership lapses; past it (this
+    replica has not heard from the store since), "lapsed", not a negative time."""
+    return "lapsed" if value is not None and value <= 0 else _seconds(value)
+
+
 async def _readable_runner_kinds(parts: Parts) -> dict[str, str]:
     """The projections and reactions the caller may list, each with its kind."""
     projections = await parts.projections.ListProjections(projections_pb.ListProjectionsRequest(), _NO_CONTEXT)
@@ -805,8 +811,8 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
             member.address,
             counts.get(member.member_id, 0),
             "this replica" if member.member_id == me else "",
-            _seconds(soonest.get(member.member_id)),
-            _seconds(membership_lapses.get(member.member_id)),
+            _lapse(soonest.get(member.member_id)),
+            _lapse(membership_lapses.get(member.member_id)),
             "this console" if member.member_id == me else console_of(member.console),
         )
         for member in topology.members
@@ -835,7 +841,7 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
             lease.name,
             tag("code", lease.owner) if lease.owner else "nobody",
             lease.epoch,
-            _seconds(projection_lapses.get(lease.name)) if lease.owner else "",
+            _lapse(projection_lapses.get(lease.name)) if lease.owner else "",
             kinds[lease.name],
         )
         for lease in (projection_view.leases if projection_view is not None else ())

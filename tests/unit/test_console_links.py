@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from service.console import views
 from service.console.consoles import console_of, console_url, reachable_from_elsewhere
 
 
@@ -47,3 +48,10 @@ def test_a_page_links_only_to_a_console_a_browser_elsewhere_can_open(url: str, l
     assert ("<a " in shown) is link
     if url and not link:
         assert shown == f'<span class="console-local">console on {url} (from that machine only)</span>'
+
+
+@pytest.mark.parametrize(("left", "shown"), [(1.25, "1.2 s"), (0.0, "lapsed"), (-3.0, "lapsed"), (None, "—")])
+def test_a_lease_past_its_expiry_shows_as_lapsed_not_as_a_negative_time(left: float | None, shown: str) -> None:
+    """The Cluster page counts the store's expiries down from this replica's
+    last heartbeat: one that could not reach the store since shows them lapsed."""
+    assert views._lapse(left) == shown
