@@ -303,9 +303,13 @@ def _copy_as(found: Message, message_type: type[M], key: str, projection: str) -
 
 
 def _type_mismatch(key: str, projection: str, stored: str, wanted: type[Message]) -> ProjectionFailed:
+    # Types by their full names, in the message and the metadata alike (as a
+    # reaction's DOCUMENT_TYPE_MISMATCH says them).
+    expected = str(wanted.DESCRIPTOR.full_name)
     return ProjectionFailed(
-        f"document {key!r} of projection {projection} is a {stored}, not a {wanted.DESCRIPTOR.full_name}",
+        f"document {key!r} of projection {projection} is a {stored}, not a {expected}",
         reason="DOCUMENT_TYPE_MISMATCH",
+        metadata={"projection": projection, "key": key, "stored_type": stored, "expected_type": expected},
     )
 
 

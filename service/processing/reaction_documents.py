@@ -160,20 +160,30 @@ class ProcessState:
             batch.write(self.key, wrapped, tuple(sorted(self.subjects)))
 
 
+def stored_type_of(packed: any_pb2.Any) -> str:
+    """The full name of the type a packed state is stored as (its type
+    URL's last part: "box.v1.Box" of "type.googleapis.com/box.v1.Box")."""
+    return packed.type_url.rpartition("/")[2]
+
+
 def _upcast_state(reaction: Reaction[Any], key: str, packed: any_pb2.Any) -> Message:
     """The state ``key`` stored as ``packed``, of another type than the
     reaction's ``state``, as its upcaster for that type makes it."""
     state_type = reaction.state_type
     assert state_type is not None
-    stored_as = packed.type_url.rpartition("/")[2]
+    stored_as = stored_type_of(packed)
     found = reaction.state_upcasters.get(stored_as)
     if found is None:
+        # Types by their full names, in the message as in the metadata (and
+        # as plugin_check and ProjectionFailed's DOCUMENT_TYPE_MISMATCH say
+        # them): what @reaction.upcast_state and the .proto files name.
+        expected = str(state_type.DESCRIPTOR.full_name)
         raise ReactionFailed(
-            f"the state {key!r} of reaction {reaction.name} is a {packed.type_url}, not a"
-            f" {state_type.DESCRIPTOR.full_name}: keep the old type, register an upcaster for it"
-            " (@reaction.upcast_state), or drop this state (chronicle reaction NAME --drop-state KEY)",
+            f"the state {key!r} of reaction {reaction.name} is a {stored_as}, not a {expected}: keep the old"
+            " type, register an upcaster for it (@reaction.upcast_state), or drop this state"
+            f" (chronicle reaction {reaction.name} --drop-state {key})",
             reason="DOCUMENT_TYPE_MISMATCH",
-            metadata={"reaction": reaction.name, "state_key": key, "stored_type": stored_as},
+            metadata={"reaction": reaction.name, "state_key": key, "stored_type": stored_as, "expected_type": expected},
         )
     old_type, upcaster = found
     try:

@@ -170,7 +170,8 @@ async def _check_states(reaction: Reaction[Any], store: StoreAdapter, report: Ch
             except DecodeError:
                 stored_as = document.type_name
             if stored_as not in readable:
-                count, key = unreadable.get(stored_as, (0, document.key))
+                # The state key, as --drop-state and the reaction's own error take it.
+                count, key = unreadable.get(stored_as, (0, document.key.removeprefix(STATE_PREFIX)))
                 unreadable[stored_as] = (count + 1, key)
         if len(page) < STATE_PAGE:
             break
@@ -183,6 +184,12 @@ async def _check_states(reaction: Reaction[Any], store: StoreAdapter, report: Ch
                 f" state type {reaction.state_type.DESCRIPTOR.full_name} nor one it upcasts: register"
                 f" @reaction.upcast_state({stored_as}), or drop them (chronicle reaction {reaction.name}"
                 " --drop-state KEY)",
-                {"reaction": reaction.name, "stored_type": stored_as, "states": count, "example_key": key},
+                {
+                    "reaction": reaction.name,
+                    "stored_type": stored_as,
+                    "expected_type": str(reaction.state_type.DESCRIPTOR.full_name),
+                    "states": count,
+                    "example_key": key,
+                },
             )
         )

@@ -214,8 +214,9 @@ async def test_a_reaction_state_of_a_type_it_no_longer_reads_is_reported_until_i
         "message": finding["message"],
         "reaction": REACTION,
         "stored_type": "box.v1.Box",
+        "expected_type": "box.v1.CreateBox",
         "states": 1,
-        "example_key": "state:Book-1",
+        "example_key": "Book-1",  # the key --drop-state takes, as the reaction's own error names it
     }
     code, report = await check(database_url, capsys, LEDGER, f"{__name__}:minding_with_upcaster")
     assert (code, report["findings"]) == (0, [])

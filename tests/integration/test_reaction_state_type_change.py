@@ -146,6 +146,10 @@ async def test_a_state_of_the_old_type_stops_the_reaction_until_an_operator_drop
         await eventually(stuck, what="the reaction stopped on the old state")
         error = (await status(client)).error
         assert "'feed-1'" in error and "box.v1.Box" in error  # the key to drop, and the type found
+        # Both types by full name (no type URL), as its metadata and plugin_check say them, and the
+        # command that drops it spelled out.
+        assert "is a box.v1.Box, not a box.v1.CreateBox" in error and "type.googleapis.com" not in error
+        assert f"chronicle reaction {STEPS} --drop-state feed-1" in error
 
         unknown = pb.DropProcessStateRequest(reaction=STEPS, state_key="feed-9")
         with pytest.raises(grpc.aio.AioRpcError) as missing:

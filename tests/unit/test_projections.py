@@ -963,3 +963,30 @@ async def test_a_document_is_stored_as_it_was_put_whatever_the_handler_does_with
     held = await store.load_document("snapshots.put", "held")
     assert held is not None and bank.AccountBalance.FromString(held.data).balance == 1
     assert [write.key for write in store.writes] == ["held", "other"]
+
+
+async def test_a_document_of_another_type_names_both_types_by_full_name_in_message_and_metadata() -> None:
+    store = MemoryStore()
+    await bank_history(store)
+    await store.start_projection("picky.stops", 0)
+    stored = bank.AccountBalance(balance=1).SerializeToString()
+    await store.commit_projection(
+        "picky.stops",
+        expected_position=0,
+        new_position=0,
+        writes=[DocumentWrite("total", "bank.v1.AccountBalance", stored)],
+    )
+    stops = ProjectionRunner(stopping, log=store, documents=store, reader=READER)
+    with pytest.raises(ProjectionFailed) as raised:
+        await stops.step(0)
+    assert raised.value.reason == "DOCUMENT_TYPE_MISMATCH"
+    assert raised.value.message == (
+        "document 'total' of projection picky.stops is a bank.v1.AccountBalance, not a bank.v1.OwnerBalance"
+    )
+    # The same forms in the metadata as in a reaction's DOCUMENT_TYPE_MISMATCH.
+    assert raised.value.metadata == {
+        "projection": "picky.stops",
+        "key": "total",
+        "stored_type": "bank.v1.AccountBalance",
+        "expected_type": "bank.v1.OwnerBalance",
+    }
