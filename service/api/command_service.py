@@ -20,7 +20,7 @@ from chronicle.v1 import command_service_pb2 as pb
 from chronicle.v1 import command_service_pb2_grpc as pb_grpc
 from chronicle.v1.command_pb2 import Command
 from service.api.cluster_service import not_owner_hint
-from service.api.codec import decode_batch, decode_command, encode_event_into, type_name
+from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event_into, type_name
 from service.api.disclosure import Disclosure
 from service.api.dry_runs import DryRunAudit
 from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands, refused_commands
@@ -37,7 +37,7 @@ from service.processing.commands import (
     fingerprint_of_unregistered,
 )
 from service.processing.middleware import Pipeline
-from service.processing.replay import Replayer
+from service.processing.replay import Replayer, SentCommand
 from service.security.policy import Authorizer
 
 log = logging.getLogger(__name__)
@@ -359,6 +359,13 @@ class CommandService(pb_grpc.CommandServiceServicer):
         try:
             batch = decode_batch(request.commands, self._registry, dry_run=request.dry_run, principal=principal.name)
         except ChronicleError as error:
+            try:
+                recorded = await self._batch_recorded(request, principal, error)
+            except ChronicleError as replayed_error:  # its recorded refusal, or its ids reused
+                raise self._batch_disclosed(replayed_error, principal, request) from None
+            if recorded is not None:
+                self._hint(context, request.commands[0].aggregate_id)
+                return _batch_response(recorded)
             self._count(request, error)
             await self._refused(SUBMIT_BATCH_METHOD, request, error, principal, context.peer())
             raise
@@ -368,14 +375,53 @@ class CommandService(pb_grpc.CommandServiceServicer):
                 outcome = self._dry_runs.audited(outcome, batch, principal, context.peer())
             result = await outcome
         except ChronicleError as error:
-            # The pipeline names the command of a batch that a plugin refused.
-            index = error.metadata.get("batch_index")
-            path = f"commands[{index}]" if index is not None else None
-            raise self._disclosed(error, principal, request.commands[0], path) from None
+            raise self._batch_disclosed(error, principal, request) from None
         self._hint(context, batch.aggregate_id)
-        return pb.SubmitBatchResponse(
-            results=[_response(r) for r in result.results], version=result.version, replayed=result.replayed
-        )
+        return _batch_response(result)
+
+    def _batch_disclosed(
+        self, error: ChronicleError, principal: Principal, request: pb.SubmitBatchRequest
+    ) -> ChronicleError:
+        # The pipeline (and a recorded refusal) names the command of a batch that a plugin refused.
+        index = error.metadata.get("batch_index")
+        path = f"commands[{index}]" if index is not None else None
+        return self._disclosed(error, principal, request.commands[0], path)
+
+    async def _batch_recorded(
+        self, request: pb.SubmitBatchRequest, principal: Principal, error: ChronicleError
+    ) -> BatchResult | None:
+        """A batch refused UNKNOWN_COMMAND_TYPE (a type renamed since it
+        ran, a rolling plugin upgrade): its recorded outcome if its ids were
+        recorded, as ``_recorded_or_refused`` answers a single command; None
+        (refused as it is) otherwise: a batch of which no id is recorded, or
+        that breaks the batch's rules (one aggregate, each id once). Looked
+        up on this refusal's path only: an accepted batch pays nothing. The
+        caller needs the grant to submit each type it sent."""
+        commands = request.commands
+        if (
+            error.reason != UNKNOWN_COMMAND_TYPE
+            or self._replayer is None
+            or not 0 < len(commands) <= MAX_BATCH_COMMANDS
+        ):
+            return None
+        if len({c.aggregate_id for c in commands}) > 1 or len({c.command_id for c in commands}) < len(commands):
+            return None
+        names = [type_name(c.payload) for c in commands]
+        if self._authorizer is not None and not all(self._authorizer.may_submit(principal, n) for n in names):
+            return None
+        sent = [
+            SentCommand(
+                c.command_id, c.aggregate_id, name, fingerprint_of_unregistered(c.aggregate_id, name, c.payload.value)
+            )
+            for c, name in zip(commands, names, strict=True)
+        ]
+        return await self._replayer.replay_unregistered_batch(sent)
+
+
+def _batch_response(result: BatchResult) -> pb.SubmitBatchResponse:
+    return pb.SubmitBatchResponse(
+        results=[_response(r) for r in result.results], version=result.version, replayed=result.replayed
+    )
 
 
 Started = tuple[Command, "asyncio.Future[BatchResult]"]

@@ -13,12 +13,24 @@ part: a client must not mistake a part for the whole).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from service.errors import AggregateDeleted, CommandIdReused, EventNotReadable, rebuild_rejection
 from service.processing.commands import BatchResult, CommandRequest, CommandResult
 from service.processing.upcasting import EventReader
 from service.store.base import AggregateQuery, EventRecorder
 from service.store.records import CommandRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SentCommand:
+    """A command as its sender sent it, decoded or not: what its record is
+    checked against (``fingerprint_of_unregistered``'s ``content``)."""
+
+    command_id: str
+    aggregate_id: str
+    command_type: str
+    content: bytes
 
 
 class Replayer:
@@ -71,6 +83,32 @@ class Replayer:
             r = record.rejection
             raise rebuild_rejection(r.kind, r.message, r.reason, r.metadata, r.violations)
         return await self._result(record)
+
+    async def replay_unregistered_batch(self, sent: Sequence[SentCommand]) -> BatchResult | None:
+        """The recorded outcome of a batch of which some command's type no
+        loaded plugin registers (renamed since it ran), as ``replay`` answers
+        a batch: None when no id of it was recorded (a new batch, refused
+        as it is); ``CommandIdReused`` when only some were, or one was for
+        other content; the recorded refusal raised again."""
+        records = [await self._store.find_command(command.command_id) for command in sent]
+        if all(record is None for record in records):
+            return None
+        for command, record in zip(sent, records, strict=True):
+            if record is None:
+                # A batch is recorded whole or not at all: a part is a reuse of those ids.
+                found = next(r for r in records if r is not None)
+                raise CommandIdReused(found.command_id, "a command outside this batch")
+            if record.aggregate_id != command.aggregate_id:
+                raise CommandIdReused(command.command_id, f"a command on aggregate {record.aggregate_id!r}")
+            if record.command_type != command.command_type or record.fingerprint != command.content:
+                raise CommandIdReused(command.command_id, f"a different {record.command_type} command")
+        recorded = [record for record in records if record is not None]
+        for record in recorded:
+            if record.rejection is not None:
+                r = record.rejection
+                raise rebuild_rejection(r.kind, r.message, r.reason, r.metadata, r.violations)
+        results = [await self._result(record) for record in recorded]
+        return BatchResult(tuple(results), max(r.version for r in results), replayed=True)
 
     @staticmethod
     def _check_same(request: CommandRequest, record: CommandRecord) -> None:
