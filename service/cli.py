@@ -12,7 +12,8 @@
     chronicle projection --orphaned          # also those stored that no loaded plugin declares (admin)
     chronicle projection delete NAME         # delete an undeclared projection's stored rows (admin)
     chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID | --replay-all | --dismiss-all
-                                             | --drop-state STATE_KEY]
+                                             | --drop-state STATE_KEY... | --state STATE_KEY
+                                             | --states [--prefix P] | --drop-states --prefix P [--confirm N]]
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins [--check --database-url URL]   # --check: can they read all the store holds? (read only)
     chronicle new-plugin library
@@ -80,6 +81,7 @@ import itertools
 import json
 import logging
 import re
+import shlex
 import signal
 import socket
 import time
@@ -640,14 +642,33 @@ def _parking_takes(status: projection_service_pb2.GetProjectionResponse) -> floa
 def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = reaction_service_pb2_grpc.ReactionServiceStub(channel)
     if args.name is None and (
-        args.parked or args.replay or args.dismiss or args.replay_all or args.dismiss_all or args.drop_state
+        args.parked
+        or args.replay
+        or args.dismiss
+        or args.replay_all
+        or args.dismiss_all
+        or args.drop_state
+        or args.state
+        or args.states
+        or args.drop_states
     ):
         raise _UsageError(
-            "--parked, --replay, --dismiss, --replay-all and --dismiss-all act on one reaction",
-            "name it: chronicle reaction NAME --parked (or --replay COMMAND_ID, --replay-all, ...)",
+            "--parked, --replay, --dismiss, --replay-all, --dismiss-all and the --state options act on one reaction",
+            "name it: chronicle reaction NAME --parked (or --replay COMMAND_ID, --replay-all, --state KEY, ...)",
         )
     if args.reason and not (args.replay_all or args.dismiss_all):
         raise _UsageError("--reason goes with --replay-all or --dismiss-all", "add one of them, or leave --reason out")
+    if args.prefix is not None and not (args.states or args.drop_states):
+        raise _UsageError("--prefix goes with --states or --drop-states", "add one of them, or leave --prefix out")
+    if args.confirm is not None and not args.drop_states:
+        raise _UsageError("--confirm goes with --drop-states", "add it, or leave --confirm out")
+    if args.drop_states and args.prefix is None:
+        raise _UsageError(
+            "--drop-states needs --prefix (the states whose key starts with it)",
+            "add --prefix P (--prefix '' for every state of the reaction)",
+        )
+    if args.state or args.states or args.drop_states:
+        return _process_states(args, stub, channel)
     if args.name is None:
         listed = stub.ListReactions(reaction_service_pb2.ListReactionsRequest(), timeout=args.timeout)
         for status in listed.reactions:
@@ -675,9 +696,12 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
         _print({"reaction": args.name, "dismissed": args.dismiss})
         return EXIT_OK
     if args.drop_state:
-        drop = reaction_service_pb2.DropProcessStateRequest(reaction=args.name, state_key=args.drop_state)
-        stub.DropProcessState(drop, timeout=args.timeout)
-        _print({"reaction": args.name, "dropped_state": args.drop_state})
+        drop = _drop_request(args.name, args.drop_state)
+        _dropped(stub.DropProcessState(drop, timeout=args.timeout), args.drop_state)
+        if len(args.drop_state) == 1:  # as before several keys could be named
+            _print({"reaction": args.name, "dropped_state": args.drop_state[0]})
+        else:
+            _print({"reaction": args.name, "dropped_states": args.drop_state, "dropped": len(args.drop_state)})
         return EXIT_OK
     if args.replay_all:
         request = reaction_service_pb2.ReplayAllParkedCommandsRequest(reaction=args.name, reason=args.reason)
@@ -705,6 +729,87 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
     status = stub.GetReaction(reaction_service_pb2.GetReactionRequest(name=args.name), timeout=args.timeout)
     _print(_as_dict(status))
     return EXIT_OK
+
+
+def _process_states(
+    args: argparse.Namespace, stub: reaction_service_pb2_grpc.ReactionServiceStub, channel: grpc.Channel
+) -> int:
+    """``chronicle reaction NAME --state KEY``, ``--states [--prefix P]``,
+    ``--drop-states --prefix P [--confirm COUNT]``."""
+    types = RemoteTypes(channel)
+    if args.state:
+        request = reaction_service_pb2.GetProcessStateRequest(reaction=args.name, state_key=args.state)
+        found = stub.GetProcessState(request, timeout=args.timeout)
+        _print({"reaction": args.name, "position": found.position, **_process_state_json(types, found.state)})
+        return EXIT_OK
+    keys: list[str] = []
+    token = ""
+    while True:  # a page at a time: states may be large
+        listing = reaction_service_pb2.ListProcessStatesRequest(
+            reaction=args.name, key_prefix=args.prefix or "", page_token=token
+        )
+        page = stub.ListProcessStates(listing, timeout=args.timeout)
+        for state in page.states:
+            if args.drop_states:
+                keys.append(state.state_key)
+            else:
+                _print({"reaction": args.name, **_process_state_json(types, state)})
+        token = page.next_page_token
+        if not token:
+            break
+    if not args.drop_states:
+        return EXIT_OK
+    if args.confirm != len(keys):
+        # Nothing is dropped until the operator has seen how many match,
+        # and only if that many still do.
+        asked = "" if args.confirm is None else f" (--confirm said {args.confirm})"
+        raise _UsageError(
+            f"{len(keys)} states of reaction {args.name} have a key starting with {args.prefix!r}{asked}:"
+            " nothing was dropped",
+            f"to drop them: chronicle reaction {args.name} --drop-states --prefix {shlex.quote(args.prefix)}"
+            f" --confirm {len(keys)}",
+        )
+    dropped = 0
+    for start in range(0, len(keys), _DROP_STEP):  # each step all or none
+        step = keys[start : start + _DROP_STEP]
+        drop = _drop_request(args.name, step)
+        dropped += _dropped(stub.DropProcessState(drop, timeout=args.timeout), step)
+    _print({"reaction": args.name, "prefix": args.prefix, "dropped": dropped})
+    return EXIT_OK
+
+
+def _drop_request(reaction: str, keys: Sequence[str]) -> reaction_service_pb2.DropProcessStateRequest:
+    # The first key in state_key: a server older than state_keys drops one key as before.
+    return reaction_service_pb2.DropProcessStateRequest(reaction=reaction, state_key=keys[0], state_keys=keys[1:])
+
+
+def _dropped(response: reaction_service_pb2.DropProcessStateResponse, keys: Sequence[str]) -> int:
+    """How many of ``keys`` the server said it dropped: all, or it is a
+    server older than ``state_keys``, which dropped the first alone (and
+    says 0)."""
+    if len(keys) > 1 and response.dropped != len(keys):
+        raise _UsageError(
+            f"the server dropped only the state {keys[0]!r} of the {len(keys)} named: it is older than"
+            " DropProcessState's state_keys",
+            "drop the others one key per call, or upgrade the server",
+        )
+    return len(keys)
+
+
+# States one DropProcessState drops (its limit), in one transaction.
+_DROP_STEP = 1000
+
+
+def _process_state_json(types: RemoteTypes, state: reaction_service_pb2.StoredProcessState) -> dict[str, object]:
+    """A process state as JSON: as the server rendered it with its plugins'
+    types, else unpacked with the types it serves (or its bytes in hex)."""
+    shown: object = json.loads(state.state_json) if state.state_json else types.unpack(state.state)
+    return {
+        "state_key": state.state_key,
+        "state_type": state.state_type,
+        "state": shown,
+        "subjects": list(state.subjects),
+    }
 
 
 def _group(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -1940,7 +2045,8 @@ def build_parser() -> argparse.ArgumentParser:
     tail.set_defaults(run=_tail, remote=True)
 
     reaction = commands.add_parser(
-        "reaction", help="reactions' progress, a reaction's parked commands; replay or dismiss one (admin)"
+        "reaction",
+        help="reactions' progress, a reaction's parked commands (replay or dismiss them) and process states (admin)",
     )
     reaction.add_argument("name", nargs="?", help="e.g. bank.transfers (none: every reaction)")
     chosen = reaction.add_mutually_exclusive_group()
@@ -1950,10 +2056,27 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--replay-all", action="store_true", help="send every parked command again (admin)")
     chosen.add_argument("--dismiss-all", action="store_true", help="forget every parked command (admin)")
     chosen.add_argument(
-        "--drop-state", metavar="STATE_KEY", help="delete one process's state, e.g. one it cannot load (admin)"
+        "--drop-state",
+        metavar="STATE_KEY",
+        nargs="+",
+        help="delete these processes' states (all or none), e.g. one it cannot load (admin)",
+    )
+    chosen.add_argument("--state", metavar="STATE_KEY", help="show one process's state, as JSON (admin, audited)")
+    chosen.add_argument("--states", action="store_true", help="list the process states (admin, audited)")
+    chosen.add_argument(
+        "--drop-states",
+        action="store_true",
+        help="delete every state whose key starts with --prefix: first says how many, then --confirm COUNT (admin)",
     )
     reaction.add_argument(
         "--reason", default="", help="with --replay-all or --dismiss-all: only the commands refused with this reason"
+    )
+    reaction.add_argument("--prefix", help="with --states or --drop-states: only the states whose key starts so")
+    reaction.add_argument(
+        "--confirm",
+        type=int,
+        metavar="COUNT",
+        help="with --drop-states: the number of states it said match (they are dropped only if that many still do)",
     )
     reaction.set_defaults(run=_reaction, remote=True)
 

@@ -13,18 +13,20 @@ import grpc
 
 from chronicle.v1 import reaction_service_pb2 as pb
 from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
+from service.api import process_states
 from service.api.codec import MAX_VERSION, check_id, duration, timestamp
 from service.api.page_tokens import fingerprint, make_token, read_token
 from service.audit import AuditLog
-from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
+from service.errors import ChronicleError, InvalidInput, NotAvailableHere, PermissionDenied, ResourceNotFound
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.processing.projections import withdraw_if_forgotten
-from service.processing.reaction_documents import MAX_PARKED, ParkedAt, list_parked_page
+from service.processing.reaction_documents import MAX_PARKED, STATE_PREFIX, ParkedAt, list_parked_page
 from service.processing.reactions import ReactionRunner, Reactions
 from service.security.policy import Authorizer
 from service.store.base import KeyStore, LogReader, ProjectionStore
+from service.store.records import DocumentRange
 from service.values import MAX_ID_LENGTH
 
 log = logging.getLogger(__name__)
@@ -208,19 +210,77 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         async with self._audited("DropProcessState", request.reaction) as outcome:
             self._authorizer.check_admin(current_principal.get(), "drop a reaction's process state")
             reaction = self._reaction("reaction", request.reaction)
-            state_key = check_id("state_key", request.state_key, reason="INVALID_STATE_KEY")
+            state_keys = _state_keys(request)
             runner = self._reactions.runners[reaction.name]
-            await runner.drop_state(state_key)
+            await runner.drop_states(state_keys)
             # The key may be an aggregate's id or a correlation id: no
             # personal data is quoted but what identifies a process.
-            outcome.message = f"process state {state_key!r} dropped"
-            log.warning(
-                "process state %r of reaction %s dropped by %r",
-                state_key,
-                reaction.name,
-                current_principal.get().name,
+            outcome.message = _dropped(state_keys)
+            log.warning("%s of reaction %s, by %r", outcome.message, reaction.name, current_principal.get().name)
+            return pb.DropProcessStateResponse(dropped=len(state_keys))
+
+    async def GetProcessState(
+        self, request: pb.GetProcessStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetProcessStateResponse:
+        # A process's state may hold personal data: an administrator's read,
+        # audited as the reads of an export are.
+        async with self._audited("GetProcessState", request.reaction) as outcome:
+            reaction = self._state_reader(request.reaction)
+            state_key = check_id("state_key", request.state_key, reason="INVALID_STATE_KEY")
+            # The checkpoint first: the state read next is at least that new.
+            position = await self._documents.projection_position(reaction.name)
+            document = await self._documents.load_document(reaction.name, STATE_PREFIX + state_key)
+            if document is None:
+                raise ResourceNotFound(
+                    f"reaction {reaction.name} keeps no state under {state_key!r}",
+                    reason="PROCESS_STATE_NOT_FOUND",
+                    metadata={"reaction": reaction.name, "state_key": state_key},
+                )
+            outcome.message = f"process state {state_key!r} read"
+            return pb.GetProcessStateResponse(state=process_states.shown(reaction, document), position=position)
+
+    async def ListProcessStates(
+        self, request: pb.ListProcessStatesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListProcessStatesResponse:
+        async with self._audited("ListProcessStates", request.reaction) as outcome:
+            reaction = self._state_reader(request.reaction)
+            prefix = process_states.key_prefix(request.key_prefix)
+            page_size = process_states.page_size(request.page_size)
+            listing = fingerprint("process states", reaction.name, prefix)
+            after = None
+            if request.page_token:
+                after = read_token(request.page_token, listing).get("k")
+                if not isinstance(after, str) or not after.startswith(prefix):
+                    raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
+            position = await self._documents.projection_position(reaction.name)
+            listed = DocumentRange(
+                prefix=STATE_PREFIX + prefix,
+                after=None if after is None else STATE_PREFIX + after,
+                limit=page_size + 1,
             )
-            return pb.DropProcessStateResponse()
+            try:
+                found = await self._documents.list_documents(reaction.name, listed)
+            except NotAvailableHere as hidden:
+                raise NotAvailableHere(
+                    f"reaction {reaction.name}'s state keys are stored as keyed hashes (encryption at rest):"
+                    " they cannot be listed; read a state by its key (GetProcessState)",
+                    reason=hidden.reason,
+                    metadata={"reaction": reaction.name},
+                ) from None
+            states = [process_states.shown(reaction, document) for document in found[:page_size]]
+            page = process_states.within(states, self._page_bytes)
+            more = len(page) < len(found)
+            outcome.message = f"{len(page)} process states listed" + (f" (key prefix {prefix!r})" if prefix else "")
+            return pb.ListProcessStatesResponse(
+                states=page,
+                next_page_token=make_token(listing, k=page[-1].state_key) if more and page else "",
+                position=position,
+            )
+
+    def _state_reader(self, reaction_name: str) -> Reaction[Any]:
+        """The reaction, for an administrator reading its process states."""
+        self._authorizer.check_admin(current_principal.get(), "read a reaction's process states")
+        return self._reaction("reaction", reaction_name)
 
     def _parked_commands(self, reaction_name: str, reason: str) -> ReactionRunner:
         """The runner of the reaction, for an administrator (``reason``
@@ -285,6 +345,40 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             if more and last is not None
             else "",
         )
+
+
+def _state_keys(request: pb.DropProcessStateRequest) -> list[str]:
+    """The keys a DropProcessState names (``state_key`` first), each checked."""
+    named = [("state_key", request.state_key)] if request.state_key or not request.state_keys else []
+    named += [(f"state_keys[{i}]", key) for i, key in enumerate(request.state_keys)]
+    if len(named) > process_states.MAX_DROPPED:
+        raise InvalidInput.for_field(
+            "state_keys",
+            f"names {len(named)} keys; at most {process_states.MAX_DROPPED} in one call",
+            reason="TOO_MANY_STATE_KEYS",
+        )
+    keys: list[str] = []
+    first: dict[str, str] = {}
+    for field, key in named:
+        checked = check_id(field, key, reason="INVALID_STATE_KEY")
+        if checked in first:
+            raise InvalidInput.for_field(field, f"repeats {first[checked]}", reason="DUPLICATE_STATE_KEY")
+        first[checked] = field
+        keys.append(checked)
+    return keys
+
+
+def _dropped(state_keys: list[str]) -> str:
+    """What a drop did, for its audit entry and the log: the keys, the first few named."""
+    if len(state_keys) == 1:
+        return f"process state {state_keys[0]!r} dropped"
+    named = ", ".join(repr(key) for key in state_keys[:_KEYS_NAMED])
+    more = f" and {len(state_keys) - _KEYS_NAMED} more" if len(state_keys) > _KEYS_NAMED else ""
+    return f"{len(state_keys)} process states dropped: {named}{more}"
+
+
+# The keys an audit entry of a drop names, at most (the entry's message is bounded).
+_KEYS_NAMED = 10
 
 
 def _with_reason(reason: str) -> str:

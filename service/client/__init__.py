@@ -54,7 +54,7 @@ from service.client.errors import (
 )
 from service.client.groups import Delivery, GroupConsumer, GroupInfo, GroupParkedEvent, Groups
 from service.client.projections import Document, ParkedEvent, Projections, ProjectionStatus
-from service.client.reactions import ParkedCommand, Reactions, ReactionStatus
+from service.client.reactions import ParkedCommand, ProcessState, Reactions, ReactionStatus
 from service.client.results import AggregateState, Event, StreamResult, Submitted, SubmittedBatch
 from service.client.retry import NO_RETRIES, RetryPolicy
 from service.client.subscription import LogFilter, Subscription
@@ -86,6 +86,7 @@ __all__ = [
     "ParkedCommand",
     "ParkedEvent",
     "PermissionDenied",
+    "ProcessState",
     "ProjectionStatus",
     "Projections",
     "ReactionStatus",

@@ -7,10 +7,13 @@ with the commands it parked and the process states it keeps::
         async for parked in client.reactions.parked("bank.transfers"):
             print(parked.command_id, parked.reason)
         outcome = await client.reactions.replay_all("bank.transfers", reason="ACCOUNT_CLOSED")
+        stuck = await client.reactions.state("bank.transfers", "transfer-42")
+        print(stuck.state_type, stuck.state_json)
 
 Every call is a unary call retried as one is (``retry.call_with_retries``);
 refusals are :class:`~service.client.errors.RemoteError` subclasses with the
-server's reason. Replaying, dismissing and dropping a state take the admin
+server's reason. Reading a process state takes the admin grant (any server
+answers). Replaying, dismissing and dropping states take the admin
 grant and the server that runs the reaction (elsewhere ``FailedPrecondition``
 REACTION_RUNS_ELSEWHERE, that server's address in the metadata's
 ``runner`` when known). They are not idempotent: a retry after an answer
@@ -21,7 +24,7 @@ PROCESS_STATE_NOT_FOUND) for what the first attempt did.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from chronicle.v1 import reaction_service_pb2 as pb
 from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
@@ -31,6 +34,7 @@ ReactionStatus = pb.ReactionStatus
 ParkedCommand = pb.ParkedCommand
 ReplayedCommand = pb.ReplayParkedCommandResponse
 ReplayedAll = pb.ReplayAllParkedCommandsResponse
+ProcessState = pb.StoredProcessState
 
 
 class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
@@ -105,6 +109,54 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         )
         return response.dismissed
 
+    async def state(self, reaction: str, state_key: str) -> ProcessState:
+        """The state ``reaction`` keeps under ``state_key``: its stored
+        message (``state``, an Any), its type's name (``state_type``), the
+        message as JSON through the server's plugins (``state_json``; empty
+        for a type the reaction no longer knows) and the aggregates it was
+        derived from (``subjects``). Takes the admin grant (a process state
+        may hold personal data; each read is audited). ``NotFound``
+        (PROCESS_STATE_NOT_FOUND) if it keeps none there, (REACTION_NOT_FOUND)
+        for a reaction no loaded plugin declares."""
+        request = pb.GetProcessStateRequest(reaction=reaction, state_key=state_key)
+        response: pb.GetProcessStateResponse = await self._call(
+            f"read state {state_key!r} of {reaction!r}", self._stub.GetProcessState, request
+        )
+        return response.state
+
+    async def states(self, reaction: str, *, prefix: str = "", page_size: int = 0) -> AsyncIterator[ProcessState]:
+        """The states ``reaction`` keeps whose key starts with ``prefix``, by
+        key, a page at a time (each page retried as a unary call), as
+        ``state`` shows each. ``FailedPrecondition`` (DOCUMENT_KEYS_HIDDEN)
+        on a server with encryption at rest, which cannot list them."""
+        token = ""
+        while True:
+            request = pb.ListProcessStatesRequest(
+                reaction=reaction, key_prefix=prefix, page_size=page_size, page_token=token
+            )
+            page: pb.ListProcessStatesResponse = await self._call(
+                f"list the states of {reaction!r}", self._stub.ListProcessStates, request
+            )
+            for state in page.states:
+                yield state
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def drop_states(self, reaction: str, state_keys: Sequence[str]) -> int:
+        """Delete the states ``reaction`` keeps under each of ``state_keys``
+        (distinct, at most 1,000), in one transaction: all, or none when it
+        keeps no state under one of them (``NotFound``
+        PROCESS_STATE_NOT_FOUND, its metadata's ``state_key`` the first such
+        key and ``missing`` how many); how many were dropped."""
+        keys = builtins.list(state_keys)
+        # The first in state_key, the field every server reads (an empty list: refused INVALID_STATE_KEY).
+        request = pb.DropProcessStateRequest(reaction=reaction, state_key=keys[0] if keys else "", state_keys=keys[1:])
+        response: pb.DropProcessStateResponse = await self._call(
+            f"drop {len(keys)} states of {reaction!r}", self._stub.DropProcessState, request
+        )
+        return response.dropped
+
     async def drop_state(self, reaction: str, state_key: str) -> None:
         """Delete the state ``reaction`` keeps under ``state_key`` (one
         process's; one it cannot load: DOCUMENT_TYPE_MISMATCH, the key in
@@ -116,4 +168,4 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         await self._call(f"drop state {state_key!r} of {reaction!r}", self._stub.DropProcessState, request)
 
 
-__all__ = ["ParkedCommand", "ReactionStatus", "Reactions", "ReplayedAll", "ReplayedCommand"]
+__all__ = ["ParkedCommand", "ProcessState", "ReactionStatus", "Reactions", "ReplayedAll", "ReplayedCommand"]

@@ -59,7 +59,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -462,18 +462,26 @@ class ReactionRunner(CheckpointedRunner):
         """Delete the state the reaction keeps under ``state_key``, whatever
         its type (one it cannot load included), without moving its
         checkpoint: the process's next event starts from an empty state."""
+        await self.drop_states((state_key,))
+
+    async def drop_states(self, state_keys: Sequence[str]) -> None:
+        """``drop_state`` of each of ``state_keys`` (distinct), in one
+        commit: all, or none when the reaction keeps no state under one of
+        them (PROCESS_STATE_NOT_FOUND, naming those)."""
         async with self._lock:
             fencing = self._runs_here()
             position, batch = await self._in_place()
-            key = reaction_documents.STATE_PREFIX + state_key
-            await batch.load((key,))
-            if batch.read(key, reaction_pb.ProcessState) is None:
-                raise ResourceNotFound(
-                    f"reaction {self.reaction.name} keeps no state under {state_key!r}",
-                    reason="PROCESS_STATE_NOT_FOUND",
-                    metadata={"reaction": self.reaction.name, "state_key": state_key},
-                )
-            batch.write(key, None)
+            keys = [reaction_documents.STATE_PREFIX + state_key for state_key in state_keys]
+            await batch.load(keys)  # in one read
+            missing = [
+                state_key
+                for state_key, key in zip(state_keys, keys, strict=True)
+                if batch.read(key, reaction_pb.ProcessState) is None
+            ]
+            if missing:
+                raise _no_states(self.reaction.name, missing, asked=len(state_keys))
+            for key in keys:
+                batch.write(key, None)
             await self._commit_in_place(batch, position, fencing)
 
     async def _replay_step(
@@ -891,6 +899,24 @@ def _named(function: Callable[..., Reacted], refusal: Refusal | None) -> str:
     if refusal is not None:
         name += f" on the refusal of {refusal.command.DESCRIPTOR.full_name}"
     return name
+
+
+# The keys a refusal of DropProcessState names in its message, at most.
+_MISSING_SHOWN = 10
+
+
+def _no_states(reaction: str, missing: Sequence[str], *, asked: int) -> ResourceNotFound:
+    """The refusal of a drop naming keys under which ``reaction`` keeps no
+    state: the first few in the message, the first and the count in the
+    metadata (a retry of a drop whose answer was lost meets it)."""
+    shown = ", ".join(repr(key) for key in missing[:_MISSING_SHOWN])
+    more = f" and {len(missing) - _MISSING_SHOWN} more" if len(missing) > _MISSING_SHOWN else ""
+    return ResourceNotFound(
+        f"reaction {reaction} keeps no state under {shown}{more}"
+        + (f": none of the {asked} states named was dropped" if asked > 1 else ""),
+        reason="PROCESS_STATE_NOT_FOUND",
+        metadata={"reaction": reaction, "state_key": missing[0], "missing": str(len(missing))},
+    )
 
 
 class _NotSendable(ChronicleError):

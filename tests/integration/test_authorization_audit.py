@@ -142,7 +142,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 42
+    assert len(outcomes) == 44
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -236,6 +236,15 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     ),
     "/chronicle.v1.ReactionService/DropProcessState": (
         rx.DropProcessStateRequest(reaction="bank.transfers", state_key="t-1"),
+        "ADMIN_DENIED",
+    ),
+    # A process state may hold personal data: reading one is an administrator's.
+    "/chronicle.v1.ReactionService/GetProcessState": (
+        rx.GetProcessStateRequest(reaction="bank.transfers", state_key="t-1"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.ReactionService/ListProcessStates": (
+        rx.ListProcessStatesRequest(reaction="bank.transfers"),
         "ADMIN_DENIED",
     ),
     # Routing clients of any principal follow the topology.

@@ -134,6 +134,30 @@ async def test_a_process_state_is_dropped_once_and_a_bad_key_is_refused(client: 
     assert refusal(empty) == (InvalidArgument, "INVALID_STATE_KEY")
 
 
+async def test_process_states_are_read_listed_and_dropped_several_at_once(client: ChronicleClient) -> None:
+    for gate, name in (("source", "ann"), ("gated", "bob")):
+        await client.submit(gate, box.ArchiveBox())  # opened
+        await client.submit(gate, box.RenameBox(name=name))
+
+    async def caught_up() -> bool:
+        status = await client.reactions.get(NOTES)
+        return status.position == status.log_head and not status.error
+
+    await eventually(caught_up, what="notes.names caught up")
+    state = await client.reactions.state(NOTES, "source")
+    assert (state.state_key, state.state_type, state.state_json) == ("source", "box.v1.Box", '{"name":"ann"}')
+    assert [s.state_key async for s in client.reactions.states(NOTES, page_size=1)] == ["gated", "source"]
+    assert [s.state_key async for s in client.reactions.states(NOTES, prefix="so")] == ["source"]
+    with pytest.raises(NotFound) as missing:
+        await client.reactions.state(NOTES, "nowhere")
+    assert refusal(missing) == (NotFound, "PROCESS_STATE_NOT_FOUND")
+    with pytest.raises(NotFound) as partly:
+        await client.reactions.drop_states(NOTES, ["source", "nowhere"])
+    assert (partly.value.metadata["state_key"], partly.value.metadata["missing"]) == ("nowhere", "1")
+    assert await client.reactions.drop_states(NOTES, ["source", "gated"]) == 2
+    assert [s async for s in client.reactions.states(NOTES)] == []
+
+
 async def test_changing_parked_commands_or_states_takes_an_administrator() -> None:
     async with serving(admin=False) as client:
         assert (await client.reactions.get(RELAY)).name == RELAY  # reading does not
@@ -141,6 +165,8 @@ async def test_changing_parked_commands_or_states_takes_an_administrator() -> No
             client.reactions.replay_all(RELAY),
             client.reactions.dismiss_all(RELAY),
             client.reactions.drop_state(NOTES, "source"),
+            client.reactions.drop_states(NOTES, ["source", "gated"]),
+            client.reactions.state(NOTES, "source"),  # a state may hold personal data: reading it too
         ):
             with pytest.raises(PermissionDenied):
                 await change

@@ -1,0 +1,92 @@
+"""A reaction's process states as ReactionService.GetProcessState and
+ListProcessStates show them: the stored ``chronicle.v1.ProcessState`` (the
+state packed as Any, and its subjects) with the state rendered as JSON
+through the loaded plugin's message types, so that an operator (and a
+client without the plugin's ``.proto`` files) reads it as it is.
+
+The JSON is rendered with the type the state is stored as, when the
+reaction knows it: its ``state`` type, or an old type one of its
+``@reaction.upcast_state`` reads. A state stored as a type it does not know
+(DOCUMENT_TYPE_MISMATCH) is shown as stored only: its JSON is empty, not
+guessed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+
+from chronicle.v1 import reaction_service_pb2 as pb
+from service.errors import InvalidInput
+from service.plugins.reactions import Reaction
+from service.processing.reaction_documents import STATE_PREFIX, stored_type_of
+from service.store.records import StoredDocument
+from service.values import MAX_ID_LENGTH
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# At most this many keys in one DropProcessState (its one transaction).
+MAX_DROPPED = 1000
+
+
+def shown(reaction: Reaction[Any], document: StoredDocument) -> pb.StoredProcessState:
+    """The state ``document`` (a ``state:<key>`` document of ``reaction``)."""
+    state_key = document.key.removeprefix(STATE_PREFIX)
+    try:
+        stored = pb.ProcessState.FromString(document.data)
+    except DecodeError:
+        return pb.StoredProcessState(state_key=state_key)  # nothing a reaction wrote: nothing to show
+    state_type = stored_type_of(stored.state)
+    return pb.StoredProcessState(
+        state_key=state_key,
+        state=stored.state,
+        state_type=state_type,
+        state_json=_as_json(reaction, state_type, stored.state.value),
+        subjects=stored.subjects,
+    )
+
+
+def _as_json(reaction: Reaction[Any], state_type: str, value: bytes) -> str:
+    message_type: type[Message] | None = None
+    if reaction.state_type is not None and reaction.state_type.DESCRIPTOR.full_name == state_type:
+        message_type = reaction.state_type
+    elif state_type in reaction.state_upcasters:
+        message_type = reaction.state_upcasters[state_type][0]
+    if message_type is None:
+        return ""
+    try:
+        message = message_type.FromString(value)
+    except DecodeError:
+        return ""
+    fields = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+def key_prefix(prefix: str) -> str:
+    """``prefix`` checked as ListDocuments checks a key prefix."""
+    if len(prefix) > MAX_ID_LENGTH:
+        raise InvalidInput.for_field(
+            "key_prefix", f"must be at most {MAX_ID_LENGTH} characters", reason="INVALID_KEY_PREFIX"
+        )
+    if not prefix.isprintable():
+        raise InvalidInput.for_field("key_prefix", "must not contain control characters", reason="INVALID_KEY_PREFIX")
+    return prefix
+
+
+def page_size(asked: int) -> int:
+    if asked > MAX_PAGE_SIZE:
+        raise InvalidInput.for_field("page_size", f"must be at most {MAX_PAGE_SIZE}", reason="PAGE_SIZE_TOO_LARGE")
+    return asked or DEFAULT_PAGE_SIZE
+
+
+def within(states: list[pb.StoredProcessState], max_bytes: int) -> list[pb.StoredProcessState]:
+    """The states up to the one that brings their size to ``max_bytes`` (at
+    least one), so that a page always fits in a message."""
+    total = 0
+    for count, state in enumerate(states, start=1):
+        total += state.ByteSize() + 16
+        if total >= max_bytes:
+            return states[:count]
+    return states
