@@ -134,4 +134,53 @@ export class Reactions {
   async dropProcessState(reaction, stateKey) {
     await this.#call('DropProcessState', { reaction, state_key: stateKey });
   }
+
+  /**
+   * Deletes the states `reaction` keeps under each of `stateKeys` (distinct,
+   * at most 1,000) in one transaction: all, or none when it keeps no state
+   * under one of them (NOT_FOUND PROCESS_STATE_NOT_FOUND, `metadata.state_key`
+   * the first such key and `metadata.missing` how many); how many were
+   * dropped. As `replay` for where and who.
+   */
+  async dropProcessStates(reaction, stateKeys) {
+    // The first in state_key, the field every server reads (none: INVALID_STATE_KEY).
+    const [first = '', ...rest] = stateKeys;
+    return (await this.#call('DropProcessState', { reaction, state_key: first, state_keys: rest })).dropped;
+  }
+
+  /**
+   * The state `reaction` keeps under `stateKey` (chronicle.v1.StoredProcessState:
+   * `state_key`, `state` still packed, `state_type` its full name,
+   * `state_json` the state as JSON through the server's plugins, '' for a
+   * type the reaction no longer knows, `subjects`), with the reaction's
+   * checkpoint as `position`. Takes the admin grant (a state may hold
+   * personal data; each read is audited). Rejects NOT_FOUND
+   * PROCESS_STATE_NOT_FOUND if it keeps none there, REACTION_NOT_FOUND for
+   * a reaction no loaded plugin declares.
+   */
+  async processState(reaction, stateKey) {
+    const { state, position } = await this.#call('GetProcessState', { reaction, state_key: stateKey });
+    return { ...state, position };
+  }
+
+  /**
+   * Every state `reaction` keeps whose key starts with `prefix`, by key, as
+   * `processState` shows each (without `position`), read a page at a time
+   * (`pageSize`, 0: the server's 100; at most 1,000). Rejects
+   * FAILED_PRECONDITION DOCUMENT_KEYS_HIDDEN on a server with encryption at
+   * rest, which cannot list them.
+   */
+  async *processStates(reaction, { prefix = '', pageSize = 0 } = {}) {
+    let token = '';
+    do {
+      const page = await this.#call('ListProcessStates', {
+        reaction,
+        key_prefix: prefix,
+        page_size: pageSize,
+        page_token: token,
+      });
+      yield* page.states;
+      token = page.next_page_token;
+    } while (token);
+  }
 }

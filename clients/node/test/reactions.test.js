@@ -209,6 +209,45 @@ test("a process's state is dropped once; a key it does not keep and an empty one
   });
 });
 
+test("process states are read, listed and dropped several at once, all or none", async () => {
+  await withServer(async (client) => {
+    for (const [gate, name] of [
+      ['source', 'ann'],
+      ['gated', 'bob'],
+    ]) {
+      await client.submit(gate, 'box.v1.ArchiveBox', {}); // opened
+      await client.submit(gate, 'box.v1.RenameBox', { name });
+    }
+    await eventually(async () => {
+      const status = await client.reactions.get(NOTES);
+      return status.position === status.log_head && status.error === '';
+    }, 'notes.names caught up');
+    const state = await client.reactions.processState(NOTES, 'source');
+    assert.deepEqual(
+      [state.state_key, state.state_type, JSON.parse(state.state_json), unpack(state.state).name, state.subjects],
+      ['source', 'box.v1.Box', { name: 'ann' }, 'ann', ['source']],
+    );
+    assert.equal(state.position, (await client.reactions.get(NOTES)).position);
+    const keys = async (options) => (await all(client.reactions.processStates(NOTES, options))).map((s) => s.state_key);
+    assert.deepEqual(await keys({ pageSize: 1 }), ['gated', 'source']);
+    assert.deepEqual(await keys({ prefix: 'so' }), ['source']);
+    await assert.rejects(
+      client.reactions.processState(NOTES, 'nowhere'),
+      refusedWith('NOT_FOUND', 'PROCESS_STATE_NOT_FOUND'),
+    );
+    await assert.rejects(
+      client.reactions.dropProcessStates(NOTES, ['source', 'nowhere']),
+      (error) =>
+        refusedWith('NOT_FOUND', 'PROCESS_STATE_NOT_FOUND')(error) &&
+        error.metadata.state_key === 'nowhere' &&
+        error.metadata.missing === '1',
+    );
+    assert.deepEqual(await keys(), ['gated', 'source']); // none dropped
+    assert.equal(await client.reactions.dropProcessStates(NOTES, ['source', 'gated']), 2);
+    assert.deepEqual(await keys(), []);
+  });
+});
+
 test("an operator's reaction calls take the admin grant", async () => {
   // Without --anonymous-admin, an anonymous caller reads but does not administer.
   await withServer(
@@ -218,6 +257,8 @@ test("an operator's reaction calls take the admin grant", async () => {
         () => client.reactions.replayAll(RELAY),
         () => client.reactions.dismissAll(RELAY),
         () => client.reactions.dropProcessState(RELAY, 'k'),
+        () => client.reactions.dropProcessStates(RELAY, ['k', 'l']),
+        () => client.reactions.processState(NOTES, 'source'), // a state may hold personal data
       ]) {
         await assert.rejects(call(), (error) => error.code === 'PERMISSION_DENIED' && error.reason !== error.code);
       }

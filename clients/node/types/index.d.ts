@@ -258,6 +258,19 @@ export declare class Reactions {
   replayAll(reaction: string, options?: { reason?: string }): Promise<unknown>;
   dismissAll(reaction: string, options?: { reason?: string }): Promise<unknown>;
   dropProcessState(reaction: string, stateKey: string): Promise<unknown>;
+  dropProcessStates(reaction: string, stateKeys: string[]): Promise<number>;
+  processState(reaction: string, stateKey: string): Promise<ProcessState & { position: number }>;
+  processStates(reaction: string, options?: { prefix?: string; pageSize?: number }): AsyncIterable<ProcessState>;
+}
+
+/** What a reaction keeps for one process (chronicle.v1.StoredProcessState). */
+export interface ProcessState {
+  state_key: string;
+  state: Any;
+  state_type: string;
+  /** The state as JSON through the server's plugins; '' for a type the reaction no longer knows. */
+  state_json: string;
+  subjects: string[];
 }
 
 export interface ProjectionStatus {
