@@ -34,6 +34,7 @@ commit the events before the one that cannot be handled yet.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -181,7 +182,7 @@ def _upcast_state(reaction: Reaction[Any], key: str, packed: any_pb2.Any) -> Mes
         raise ReactionFailed(
             f"the state {key!r} of reaction {reaction.name} is a {stored_as}, not a {expected}: keep the old"
             " type, register an upcaster for it (@reaction.upcast_state), or drop this state"
-            f" (chronicle reaction {reaction.name} --drop-state {key})",
+            f" (chronicle reaction {reaction.name} --drop-state {shlex.quote(key)})",
             reason="DOCUMENT_TYPE_MISMATCH",
             metadata={"reaction": reaction.name, "state_key": key, "stored_type": stored_as, "expected_type": expected},
         )

@@ -251,3 +251,20 @@ def test_a_negative_duration_apart_from_its_flag_is_refused_as_bad_setting(
     assert main([command, "--database-url", "memory://", "--shutdown-grace", "-1s"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == "error: BAD_SETTING: --shutdown-grace: -1 is negative; 0 or more: " + DURATION
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["reaction", "--states"], "act on one reaction"),
+        (["reaction", "r.x", "--prefix", "a"], "--prefix goes with --states or --drop-states"),
+        (["reaction", "r.x", "--parked", "--confirm", "3"], "--confirm goes with --drop-states"),
+        (["reaction", "r.x", "--drop-states"], "--drop-states needs --prefix"),
+    ],
+    ids=["no-name", "prefix-alone", "confirm-alone", "drop-states-without-prefix"],
+)
+def test_process_state_options_out_of_place_are_refused_before_anything_is_sent(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--server", NOBODY]) == 2
+    assert said in capsys.readouterr().err
