@@ -125,6 +125,13 @@ async def test_a_process_state_is_shown_as_json_through_the_plugin_s_types_and_i
         assert (await refusal(state_of(client, "")))[1] == "INVALID_STATE_KEY"
         bad_prefix = client.reactions.ListProcessStates(pb.ListProcessStatesRequest(reaction=STEPS, key_prefix="\n"))
         assert (await refusal(bad_prefix))[1] == "INVALID_KEY_PREFIX"
+        too_many = client.reactions.ListProcessStates(pb.ListProcessStatesRequest(reaction=STEPS, page_size=1001))
+        assert (await refusal(too_many))[1] == "PAGE_SIZE_TOO_LARGE"
+        first = await client.reactions.ListProcessStates(pb.ListProcessStatesRequest(reaction=STEPS, page_size=1))
+        elsewhere = client.reactions.ListProcessStates(
+            pb.ListProcessStatesRequest(reaction=STEPS, key_prefix="feed-b", page_token=first.next_page_token)
+        )
+        assert (await refusal(elsewhere))[:2] == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_MISMATCH")
         missing = await asyncio.to_thread(
             cli, "reaction", STEPS, "--state", "feed-zed", server=app.address, check=False
         )
