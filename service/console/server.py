@@ -24,10 +24,10 @@ from http import HTTPStatus
 from importlib import resources
 from urllib.parse import unquote
 
-from service.console import audit, parked, views
+from service.console import audit, groups, parked, views
 from service.console.consoles import console_url
 from service.console.cursors import Cursors
-from service.console.html import Content, Html, link, page, segment, tag, void
+from service.console.html import Content, Html, link, page, segment, tag, url, void
 from service.console.http import HttpServer, Request, Response
 from service.console.sessions import COOKIE, Session, Sessions, same_token
 from service.console.tail_resume import TailResume
@@ -243,15 +243,9 @@ class Console:
                 return self._action_refused(error, session, principal, "/projections")
             session.tell("/projections", f"Rebuilding {name} from the start of the log.")
             return _redirect("/projections")
-        if request.method == "POST" and path.startswith("/groups/") and path.endswith("/replay"):
-            name = unquote(path.removeprefix("/groups/").removesuffix("/replay"))
-            try:
-                replaying = await views.replay_parked(parts, name, request.form.get("event_id", ""))
-            except ChronicleError as error:
-                return self._action_refused(error, session, principal, "/groups")
-            group_page = "/groups/" + segment(name)
-            session.tell(group_page, f"Replaying {replaying} parked event(s).")
-            return _redirect(group_page)
+        group_action = _group_action(path)
+        if request.method == "POST" and group_action is not None:
+            return await self._group_action(request, session, principal, *group_action)
         if request.method == "POST" and _reaction_action(path) is not None:
             return await self._reaction_action(request, session, principal)
         if request.method != "GET" or _is_action(path):
@@ -273,7 +267,7 @@ class Console:
             "/reactions": lambda: views.reactions_page(parts),
             "/load": lambda: views.load_page(parts),
             "/cluster": lambda: views.cluster_page(parts),
-            "/groups": lambda: views.groups_page(parts),
+            "/groups": lambda: groups.groups_page(parts),
         }
         refresh = {
             "/projections": 2,
@@ -308,9 +302,16 @@ class Console:
             aggregate_id = unquote(path.removeprefix("/aggregates/"))
             render = lambda: views.aggregate_page(parts, aggregate_id, query)  # noqa: E731
             current = "/log"
+        # /groups/NAME/confirm (a group's name has no "/": /groups/confirm is the group "confirm")
+        confirming, _, subpage = path.removeprefix("/groups/").rpartition("/")
+        if render is None and path.startswith("/groups/") and confirming and subpage == "confirm":
+            group = unquote(confirming)
+            action = query.get("action", "")
+            render = lambda: groups.confirm_page(parts, group, action, csrf_token, notice)  # noqa: E731
+            current = "/groups"
         if render is None and path.startswith("/groups/") and len(path) > len("/groups/"):
             group = unquote(path.removeprefix("/groups/"))
-            render = lambda: views.group_page(parts, group, query, csrf_token, notice)  # noqa: E731
+            render = lambda: groups.group_page(parts, group, query, csrf_token, notice)  # noqa: E731
             current = "/groups"
         if render is None and path.startswith("/projections/") and len(path) > len("/projections/"):
             projection = unquote(path.removeprefix("/projections/"))
@@ -382,6 +383,34 @@ class Console:
             return self._action_refused(error, session, principal, "/reactions", back=here)
         session.tell(here, said)
         return _redirect(here)
+
+    async def _group_action(
+        self, request: Request, session: Session, principal: Principal, name: str, action: str
+    ) -> Response:
+        """A parked event replayed or dismissed, or all of them (confirmed
+        first): through the RPC, then back to the group's page with a
+        notice (POST-redirect-GET)."""
+        parts = self._parts
+        group_page = groups.group_path(name)
+        try:
+            if action in groups.ALL_ACTIONS:
+                try:
+                    done = await groups.act_on_all(parts, name, action, request.form)
+                except groups.Changed as changed:
+                    confirm = groups.group_path(name, "confirm")
+                    session.tell(confirm, groups.changed_notice(changed))
+                    return _redirect(url(confirm, action=action))
+                told = groups.notice_of(action, done)
+            elif action == "replay":
+                replaying = await groups.replay_parked(parts, name, request.form.get("event_id", ""))
+                told = f"Replaying {replaying} parked event(s)."
+            else:
+                dismissed = await groups.dismiss_parked(parts, name, request.form.get("event_id", ""))
+                told = f"Dismissed {dismissed} parked event(s)."
+        except ChronicleError as error:
+            return self._action_refused(error, session, principal, "/groups")
+        session.tell(group_page, told)
+        return _redirect(group_page)
 
     def _action_refused(
         self, error: ChronicleError, session: Session, principal: Principal, current: str, *, back: str = ""
@@ -486,12 +515,24 @@ def _login_page(error: ChronicleError | None = None) -> Html:
     return page("Log in", *([views.error_box(error)] if error else []), form)
 
 
+# What may be done to a group's parked events (``/groups/NAME/ACTION``, POST only).
+_GROUP_ACTIONS = ("replay", "dismiss", *groups.ALL_ACTIONS)
+
+
+def _group_action(path: str) -> tuple[str, str] | None:
+    """The group and the action ``path`` names, if it names one."""
+    if not path.startswith("/groups/"):
+        return None
+    name, _, action = path.removeprefix("/groups/").rpartition("/")
+    return (unquote(name), action) if name and action in _GROUP_ACTIONS else None
+
+
 def _is_action(path: str) -> bool:
     """Whether ``path`` names one of the console's actions (POST only)."""
     return (
         path == "/logout"
         or (path.startswith("/projections/") and path.endswith("/rebuild"))
-        or (path.startswith("/groups/") and path.endswith("/replay"))
+        or _group_action(path) is not None
         or _reaction_action(path) is not None
     )
 

@@ -25,7 +25,6 @@ from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as events_pb
 from chronicle.v1 import projection_service_pb2 as projections_pb
 from chronicle.v1 import reaction_service_pb2 as reactions_pb
-from chronicle.v1 import subscription_group_service_pb2 as groups_pb
 from service.api.admin_service import AdminService
 from service.api.cluster_service import ClusterService
 from service.api.codec import MAX_VERSION
@@ -49,7 +48,6 @@ from service.security.policy import Authorizer
 from service.store.base import EventRecorder, LogReader
 
 PAGE_SIZE = 50
-PARKED_PAGE_SIZE = 100  # a group's parked events, a page at a time (by position)
 EVENTS_PER_PAGE = 100
 TAIL_BACKLOG = 50
 # The servicers take gRPC's context and do not use it on these paths.
@@ -583,117 +581,6 @@ async def reactions_page(parts: Parts) -> tuple[str, list[Content]]:
 async def rebuild_projection(parts: Parts, name: str) -> None:
     """RebuildProjection as the RPC runs it: the admin grant, audited."""
     await parts.projections.RebuildProjection(projections_pb.RebuildProjectionRequest(name=name), _NO_CONTEXT)
-
-
-# -- subscription groups ------------------------------------------------------
-
-
-async def groups_page(parts: Parts) -> tuple[str, list[Content]]:
-    listed = await parts.groups.ListGroups(groups_pb.ListGroupsRequest(), _NO_CONTEXT)
-    rows = [
-        (
-            link(url("/groups/" + segment(group.name)), group.name),
-            group.position,
-            group.log_head,
-            tag("span", group.lag, class_="lag", data_group=group.name),
-            group.acknowledged,
-            tag("span", group.parked, class_="parked" + (" error" if group.parked else ""), data_group=group.name),
-            ", ".join(f"{c.consumer} ({len(c.segments)})" for c in group.consumers) or "none",
-        )
-        for group in listed.groups
-    ]
-    return "Groups", [
-        tag(
-            "p",
-            "Subscription groups the server keeps the position of, shared by their consumers; refreshed every two"
-            " seconds. Only groups whose every aggregate type you may subscribe to are listed.",
-            class_="summary",
-        ),
-        table(
-            ["group", "position", "log head", "lag", "acknowledged", "parked", "consumers (segments)"],
-            rows,
-            empty="no group you may consume",
-            id="groups",
-        ),
-    ]
-
-
-async def group_page(
-    parts: Parts, name: str, query: dict[str, str], csrf_token: str, notice: str = ""
-) -> tuple[str, list[Content]]:
-    # ListParked first: it refuses a group that does not exist or that the
-    # caller may not consume, as the RPC does.
-    after = query_number(query, "after", default=0, reason="INVALID_POSITION", minimum=0)
-    parked = await parts.groups.ListParked(
-        groups_pb.ListParkedRequest(group=name, after_position=after, limit=PARKED_PAGE_SIZE), _NO_CONTEXT
-    )
-    listed = await parts.groups.ListGroups(groups_pb.ListGroupsRequest(), _NO_CONTEXT)
-    admin = parts.authorizer.grant(current_principal.get()).admin
-    content: list[Content] = []
-    if notice:  # what this session's last action here did (never from the address)
-        content.append(tag("p", notice, class_="notice", id="notice"))
-    for group in listed.groups:
-        if group.name != name:
-            continue
-        content.append(
-            tag(
-                "p",
-                f"At position {group.position} of {group.log_head} (lag {group.lag}); {group.acknowledged}"
-                f" acknowledged, {group.parked} parked; at most {group.max_delivery_attempts} deliveries of an"
-                f" event; {group.segments} segments.",
-                class_="summary",
-                id="group-summary",
-            )
-        )
-        content.append(tag("h2", "Consumers"))
-        content.append(
-            table(
-                ["consumer", "segments"],
-                [(c.consumer, ", ".join(str(s) for s in c.segments)) for c in group.consumers],
-                empty="no live consumer",
-                id="consumers",
-            )
-        )
-
-    def replay_form(event_id: str) -> Html:
-        return tag(
-            "form",
-            void("input", type="hidden", name="csrf_token", value=csrf_token),
-            void("input", type="hidden", name="event_id", value=event_id),
-            tag("button", "Replay", type="submit"),
-            method="post",
-            action=url("/groups/" + segment(name) + "/replay"),
-            class_="replay",
-            data_event=event_id,
-        )
-
-    rows = []
-    for event in parked.parked:
-        row: list[Content] = [
-            event.position,
-            link(url("/aggregates/" + segment(event.aggregate_id)), event.aggregate_id),
-            tag("code", event.event_id),
-            event.attempts,
-            event.reason,
-        ]
-        if admin:
-            row.append("replaying" if event.replaying else replay_form(event.event_id))
-        rows.append(row)
-    headings = ["position", "aggregate", "event id", "attempts", "last reason"]
-    content.append(tag("h2", "Parked events"))
-    content.append(table(headings + ([""] if admin else []), rows, empty="none parked", id="parked"))
-    if len(parked.parked) == PARKED_PAGE_SIZE:
-        following = url("/groups/" + segment(name), after=parked.parked[-1].position)
-        content.append(link(following, "Next page →", class_="next"))
-    return name, content
-
-
-async def replay_parked(parts: Parts, name: str, event_id: str) -> int:
-    """ReplayParked of one event as the RPC runs it: the admin grant, audited."""
-    answer = await parts.groups.ReplayParked(
-        groups_pb.ReplayParkedRequest(group=name, event_ids=[event_id]), _NO_CONTEXT
-    )
-    return int(answer.replaying)
 
 
 # -- load -----------------------------------------------------------------------

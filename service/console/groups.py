@@ -1,0 +1,342 @@
+"""The console's subscription-group pages and their actions.
+
+Every read and every action goes through ``SubscriptionGroupService`` as
+the logged-in principal, so the grants and the audit are the RPCs' own:
+listing takes the subscribe grant of the group's types (``ListParked``,
+``ListGroups``), replaying and dismissing take the admin grant and are
+audited by ``ReplayParked`` and ``DismissParked``.
+
+An action on all of a group's parked events is confirmed first: the
+confirmation shows how many there are and carries a digest of their ids,
+and the action does nothing if the parked events are no longer those
+(``Changed``): the operator confirms what will be done, not what was there
+a minute ago.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from chronicle.v1 import subscription_group_service_pb2 as groups_pb
+from service.console.html import Content, Html, link, segment, table, tag, url, void
+from service.console.views import Parts, query_number
+from service.errors import InvalidInput, ResourceNotFound
+from service.principal import current_principal
+
+PARKED_PAGE_SIZE = 100  # a group's parked events on its page, a page at a time (by position)
+_LISTING_PAGE = 1000  # ListParked's largest page
+_DISMISS_BATCH = 100  # DismissParked's most ids in one call
+# The servicers take gRPC's context and do not use it on these paths.
+_NO_CONTEXT = cast(Any, None)
+# The actions on all of a group's parked events: what the confirmation and the button say.
+ALL_ACTIONS = {"replay-all": "Replay", "dismiss-all": "Dismiss"}
+
+
+class Changed(Exception):
+    """The parked events are no longer those the operator confirmed: nothing
+    was done; the confirmation is shown again with the new count."""
+
+    def __init__(self, confirmed: int, now: int) -> None:
+        super().__init__(f"{confirmed} confirmed, {now} now")
+        self.confirmed = confirmed
+        self.now = now
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """What an action on all parked events did, for the session's notice."""
+
+    acted: int
+    gone: int = 0  # left the parked list while the batches went (acknowledged replays)
+
+
+def group_path(name: str, action: str = "") -> str:
+    return "/groups/" + segment(name) + (f"/{action}" if action else "")
+
+
+async def all_parked(parts: Parts, name: str) -> list[groups_pb.GroupParkedEvent]:
+    """Every parked event of the group, by position (``ListParked``, a page
+    of 1,000 at a time: the caller's subscribe grant, as the RPC)."""
+    found: list[groups_pb.GroupParkedEvent] = []
+    after = 0
+    while True:
+        page = await parts.groups.ListParked(
+            groups_pb.ListParkedRequest(group=name, after_position=after, limit=_LISTING_PAGE), _NO_CONTEXT
+        )
+        found.extend(page.parked)
+        if len(page.parked) < _LISTING_PAGE:
+            return found
+        after = page.parked[-1].position
+
+
+def digest_of(events: Sequence[groups_pb.GroupParkedEvent]) -> str:
+    """Which parked events these are, in 32 hex digits (the ids, sorted)."""
+    ids = "\n".join(sorted(event.event_id for event in events))
+    return hashlib.sha256(ids.encode()).hexdigest()[:32]
+
+
+def check_action(action: str) -> str:
+    if action not in ALL_ACTIONS:
+        raise InvalidInput.for_field(
+            "action", f"must be one of {', '.join(ALL_ACTIONS)}, not {action[:40]!r}", reason="INVALID_ACTION"
+        )
+    return action
+
+
+async def confirm_page(
+    parts: Parts, name: str, action: str, csrf_token: str, notice: str = ""
+) -> tuple[str, list[Content]]:
+    """``/groups/NAME/confirm?action=replay-all|dismiss-all``: how many
+    parked events the action would take, and (to an administrator) the form
+    that takes exactly those."""
+    verb = ALL_ACTIONS[check_action(action)]
+    events = await all_parked(parts, name)
+    admin = parts.authorizer.grant(current_principal.get()).admin
+    content: list[Content] = []
+    if notice:
+        content.append(tag("p", notice, class_="notice", id="notice"))
+    back = link(url(group_path(name)), "Back to the group", class_="cancel")
+    if not events:
+        content.append(tag("p", f"Group {name} has no parked events: nothing to {verb.lower()}.", id="confirm"))
+        return f"{verb} parked events of {name}", [*content, back]
+    first, last = events[0].position, events[-1].position
+    what = (
+        "delivered again to the consumers that hold their segments (each one left parked if it fails again)"
+        if action == "replay-all"
+        else "deleted from the parked list for good, without being delivered again or counted as acknowledged"
+    )
+    content.append(
+        tag(
+            "p",
+            f"{verb} all {len(events)} parked event(s) of group {name} (positions {first} to {last})? They are {what}."
+            " Only these are acted on: if the group's parked events change before you confirm, nothing is done"
+            " and you are asked again.",
+            id="confirm",
+            data_count=len(events),
+        )
+    )
+    if admin:
+        content.append(
+            tag(
+                "form",
+                void("input", type="hidden", name="csrf_token", value=csrf_token),
+                void("input", type="hidden", name="count", value=len(events)),
+                void("input", type="hidden", name="digest", value=digest_of(events)),
+                tag("button", f"{verb} {len(events)} parked event(s)", type="submit"),
+                method="post",
+                action=url(group_path(name, action)),
+                class_=f"confirm {action}",
+            )
+        )
+    else:
+        content.append(tag("p", f"Only an administrator may {verb.lower()} parked events.", class_="empty"))
+    return f"{verb} parked events of {name}", [*content, back]
+
+
+async def act_on_all(parts: Parts, name: str, action: str, form: dict[str, str]) -> Done:
+    """Replay or dismiss all the group's parked events, if they are those
+    the operator confirmed (``Changed`` otherwise). To a caller who is no
+    administrator, the RPC's own refusal (audited), whatever the form says."""
+    check_action(action)
+    if not parts.authorizer.grant(current_principal.get()).admin:
+        await _refused_by_the_rpc(parts, name, action)
+    events = await all_parked(parts, name)
+    if digest_of(events) != form.get("digest", "") or str(len(events)) != form.get("count", ""):
+        confirmed = form.get("count", "")
+        raise Changed(int(confirmed) if confirmed.isdigit() and len(confirmed) < 10 else 0, len(events))
+    if action == "replay-all":
+        # One call, one audit entry: every parked event, as `chronicle group NAME --replay-all`.
+        answer = await parts.groups.ReplayParked(groups_pb.ReplayParkedRequest(group=name), _NO_CONTEXT)
+        return Done(int(answer.replaying))
+    return await _dismiss_all(parts, name, [event.event_id for event in events])
+
+
+async def _refused_by_the_rpc(parts: Parts, name: str, action: str) -> None:
+    """The RPC refuses a caller without the admin grant before it reads
+    anything else (and audits the refusal): let it say so."""
+    if action == "replay-all":
+        await parts.groups.ReplayParked(groups_pb.ReplayParkedRequest(group=name), _NO_CONTEXT)
+    else:
+        await parts.groups.DismissParked(groups_pb.DismissParkedRequest(group=name), _NO_CONTEXT)
+
+
+async def _dismiss_all(parts: Parts, name: str, event_ids: list[str]) -> Done:
+    """``DismissParked`` a hundred ids at a time (its most), each batch all
+    or none; a batch refused because one of its events left the parked
+    list meanwhile (its replay was acknowledged) is dismissed one by one."""
+    dismissed = gone = 0
+    for start in range(0, len(event_ids), _DISMISS_BATCH):
+        batch = event_ids[start : start + _DISMISS_BATCH]
+        try:
+            dismissed += await _dismiss(parts, name, batch)
+        except ResourceNotFound as error:
+            if error.reason != "PARKED_EVENT_NOT_FOUND":
+                raise
+            for event_id in batch:
+                try:
+                    dismissed += await _dismiss(parts, name, [event_id])
+                except ResourceNotFound as one:
+                    if one.reason != "PARKED_EVENT_NOT_FOUND":
+                        raise
+                    gone += 1
+    return Done(dismissed, gone)
+
+
+async def _dismiss(parts: Parts, name: str, event_ids: list[str]) -> int:
+    answer = await parts.groups.DismissParked(
+        groups_pb.DismissParkedRequest(group=name, event_ids=event_ids), _NO_CONTEXT
+    )
+    return int(answer.dismissed)
+
+
+async def replay_parked(parts: Parts, name: str, event_id: str) -> int:
+    """ReplayParked of one event as the RPC runs it: the admin grant, audited."""
+    answer = await parts.groups.ReplayParked(
+        groups_pb.ReplayParkedRequest(group=name, event_ids=[event_id]), _NO_CONTEXT
+    )
+    return int(answer.replaying)
+
+
+async def dismiss_parked(parts: Parts, name: str, event_id: str) -> int:
+    """DismissParked of one event as the RPC runs it: the admin grant, audited."""
+    return await _dismiss(parts, name, [event_id])
+
+
+def notice_of(action: str, done: Done) -> str:
+    verb = "Replaying" if action == "replay-all" else "Dismissed"
+    told = f"{verb} {done.acted} parked event(s)."
+    if done.gone:
+        told += f" {done.gone} left the parked list meanwhile (their replay was acknowledged)."
+    return told
+
+
+def changed_notice(changed: Changed) -> str:
+    return (
+        f"The group's parked events changed since you confirmed ({changed.confirmed} then, {changed.now} now):"
+        " nothing was done. Confirm again."
+    )
+
+
+def parked_action_form(name: str, action: str, event_id: str, csrf_token: str) -> Html:
+    """The Replay or Dismiss button of one parked event."""
+    return tag(
+        "form",
+        void("input", type="hidden", name="csrf_token", value=csrf_token),
+        void("input", type="hidden", name="event_id", value=event_id),
+        tag("button", action.capitalize(), type="submit"),
+        method="post",
+        action=url(group_path(name, action)),
+        class_=action,
+        data_event=event_id,
+    )
+
+
+def parked_table(
+    name: str, parked: Sequence[groups_pb.GroupParkedEvent], *, admin: bool, csrf_token: str
+) -> list[Content]:
+    rows = []
+    for event in parked:
+        row: list[Content] = [
+            event.position,
+            link(url("/aggregates/" + segment(event.aggregate_id)), event.aggregate_id),
+            tag("code", event.event_id),
+            event.attempts,
+            event.reason,
+        ]
+        if admin:
+            replay = "replaying" if event.replaying else parked_action_form(name, "replay", event.event_id, csrf_token)
+            row.append(Html(replay + parked_action_form(name, "dismiss", event.event_id, csrf_token)))
+        rows.append(row)
+    headings = ["position", "aggregate", "event id", "attempts", "last reason"]
+    content: list[Content] = [tag("h2", "Parked events")]
+    if admin and parked:
+        content.append(
+            tag(
+                "p",
+                link(url(group_path(name, "confirm"), action="replay-all"), "Replay all…", class_="replay-all"),
+                " ",
+                link(url(group_path(name, "confirm"), action="dismiss-all"), "Dismiss all…", class_="dismiss-all"),
+                class_="actions",
+            )
+        )
+    content.append(table(headings + ([""] if admin else []), rows, empty="none parked", id="parked"))
+    return content
+
+
+# -- pages ----------------------------------------------------------------------
+
+
+async def groups_page(parts: Parts) -> tuple[str, list[Content]]:
+    listed = await parts.groups.ListGroups(groups_pb.ListGroupsRequest(), _NO_CONTEXT)
+    rows = [
+        (
+            link(url(group_path(group.name)), group.name),
+            group.position,
+            group.log_head,
+            tag("span", group.lag, class_="lag", data_group=group.name),
+            group.acknowledged,
+            tag("span", group.parked, class_="parked" + (" error" if group.parked else ""), data_group=group.name),
+            ", ".join(f"{c.consumer} ({len(c.segments)})" for c in group.consumers) or "none",
+        )
+        for group in listed.groups
+    ]
+    return "Groups", [
+        tag(
+            "p",
+            "Subscription groups the server keeps the position of, shared by their consumers; refreshed every two"
+            " seconds. Only groups whose every aggregate type you may subscribe to are listed.",
+            class_="summary",
+        ),
+        table(
+            ["group", "position", "log head", "lag", "acknowledged", "parked", "consumers (segments)"],
+            rows,
+            empty="no group you may consume",
+            id="groups",
+        ),
+    ]
+
+
+async def group_page(
+    parts: Parts, name: str, query: dict[str, str], csrf_token: str, notice: str = ""
+) -> tuple[str, list[Content]]:
+    # ListParked first: it refuses a group that does not exist or that the
+    # caller may not consume, as the RPC does.
+    after = query_number(query, "after", default=0, reason="INVALID_POSITION", minimum=0)
+    parked = await parts.groups.ListParked(
+        groups_pb.ListParkedRequest(group=name, after_position=after, limit=PARKED_PAGE_SIZE), _NO_CONTEXT
+    )
+    listed = await parts.groups.ListGroups(groups_pb.ListGroupsRequest(), _NO_CONTEXT)
+    admin = parts.authorizer.grant(current_principal.get()).admin
+    content: list[Content] = []
+    if notice:  # what this session's last action here did (never from the address)
+        content.append(tag("p", notice, class_="notice", id="notice"))
+    for group in listed.groups:
+        if group.name != name:
+            continue
+        content.append(
+            tag(
+                "p",
+                f"At position {group.position} of {group.log_head} (lag {group.lag}); {group.acknowledged}"
+                f" acknowledged, {group.parked} parked; at most {group.max_delivery_attempts} deliveries of an"
+                f" event; {group.segments} segments.",
+                class_="summary",
+                id="group-summary",
+            )
+        )
+        content.append(tag("h2", "Consumers"))
+        content.append(
+            table(
+                ["consumer", "segments"],
+                [(c.consumer, ", ".join(str(s) for s in c.segments)) for c in group.consumers],
+                empty="no live consumer",
+                id="consumers",
+            )
+        )
+    content.extend(parked_table(name, parked.parked, admin=admin, csrf_token=csrf_token))
+    if len(parked.parked) == PARKED_PAGE_SIZE:
+        following = url(group_path(name), after=parked.parked[-1].position)
+        content.append(link(following, "Next page →", class_="next"))
+    return name, content
