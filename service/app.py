@@ -579,6 +579,7 @@ async def start(
         page_size=settings.read_page_events,
         page_bytes=page_bytes,
         held=held,
+        replica=lambda: leases.member,  # its address is set once the server listens
     )
     group_service = SubscriptionGroupService(
         groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit

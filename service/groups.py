@@ -89,7 +89,7 @@ from service.errors import (
 from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES, HeldEvents, size_of
 from service.processing.upcasting import EventReader
 from service.store.base import GroupStore, LogReader
-from service.store.grouping import GroupParkedEvent, GroupSpec, consumer_group, segment_lease
+from service.store.grouping import ConsumerReport, GroupParkedEvent, GroupSpec, consumer_group, segment_lease
 from service.store.leasing import Fencing, LeaseMember
 from service.store.records import LogFilter, RecordedEvent
 
@@ -262,13 +262,18 @@ class ConsumerSession:
         clock: Callable[[], float] = time.monotonic,
         held: HeldEvents | None = None,
         stalled: Callable[[ConsumerSession], None] | None = None,
+        replica: Callable[[], LeaseMember] = lambda: LeaseMember("", ""),
     ) -> None:
         """``held``: the server's account of what its subscriptions and
         consumer sessions hold (the room to read ahead, the sweep of
         stalled streams; module docstring). ``stalled``: called once with
         the session when its consumer stalled (``writing``), to end it at
-        once, while its stream still waits in its write."""
+        once, while its stream still waits in its write. ``replica``: this
+        server as its cluster knows it (member id and API address), named
+        in the session's reports (``_report``)."""
         self.spec = spec
+        self._replica = replica
+        self._report_failed = False
         self._deliveries = deliveries if deliveries is not None else Deliveries()
         self.member_id = f"{consumer}#{uuid.uuid4().hex[:8]}"
         self._max_in_flight = max_in_flight
@@ -349,7 +354,8 @@ class ConsumerSession:
             raise
         self.keeper.start()
         loop = asyncio.get_running_loop()
-        for work, name in ((self._follow_segments, "segments"), (self._read, "reads"), (self._commit, "commits")):
+        works = ((self._follow_segments, "segments"), (self._read, "reads"), (self._commit, "commits"))
+        for work, name in (*works, (self._report, "reports")):
             self._tasks.append(loop.create_task(self._guarded(work), name=f"group-{self.spec.name}-{name}"))
 
     async def close(self) -> None:
@@ -706,6 +712,44 @@ class ConsumerSession:
             self._deadlines = _without_stale(self._deadlines, lambda delivery, deadline: delivery.deadline == deadline)
         heapq.heappush(self._deadlines, (delivery.deadline, next(self._order), delivery))
         return delivery
+
+    # -- reports -----------------------------------------------------------------
+
+    def report(self) -> ConsumerReport:
+        """What the session says of its consumer now: this replica, the
+        events in flight, how long ago it last acked or nacked."""
+        replica = self._replica()
+        answered = self._clock() - self._answered_at if self._answered_at != float("-inf") else None
+        return ConsumerReport(
+            replica_id=replica.member_id,
+            replica_address=replica.address,
+            in_flight=self._in_flight,
+            answered_ago=answered,
+        )
+
+    async def _report(self) -> None:
+        """Write the session's report to the store at each heartbeat, for
+        every replica to show (``GroupStore.report_consumer``): a consumer
+        whose reports stop (its replica died or hangs) is shown as silent
+        while its lease still holds its segments. A report that cannot be
+        written is only logged: the consumer's work does not depend on it."""
+        while True:
+            try:
+                async with asyncio.timeout(self.keeper.interval):
+                    await self._groups.report_consumer(self.spec.name, self.member_id, self.report())
+            except (ChronicleError, TimeoutError) as error:
+                if not self._report_failed:
+                    log.warning(
+                        "subscription group %s: consumer %s could not report to the store (%s); other replicas"
+                        " show it as silent until it can",
+                        self.spec.name,
+                        self.member_id,
+                        error,
+                    )
+                self._report_failed = True
+            else:
+                self._report_failed = False
+            await asyncio.sleep(self.keeper.interval)
 
     # -- segments held -------------------------------------------------------------
 
@@ -1115,10 +1159,14 @@ class SubscriptionGroups:
         page_bytes: int = 1024 * 1024,
         first_page_size: int = 100,
         held: HeldEvents | None = None,
+        replica: Callable[[], LeaseMember] = lambda: LeaseMember("", ""),
     ) -> None:
         """``held``: the server's account of what its subscriptions hold,
-        which its consumer sessions share (``ConsumerSession``)."""
+        which its consumer sessions share (``ConsumerSession``).
+        ``replica``: this server's member id and API address, as its
+        sessions report them (known once the server listens)."""
         self.store = groups
+        self._replica = replica
         self._log = log_reader
         self._reader = reader
         self._lease_seconds = lease_seconds
@@ -1157,6 +1205,7 @@ class SubscriptionGroups:
             deliveries=self._deliveries_of(spec),
             held=self.held,
             stalled=self.release,
+            replica=self._replica,
         )
         await session.start()
         self._sessions.add(session)

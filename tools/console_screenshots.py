@@ -6,7 +6,8 @@ server, as the test suite does), three replicas in this process sharing
 it, the console on the first with authentication on, a little load from
 a few clients (accounts opened, deposits, withdrawals some of which are
 refused), two subscription groups (one consumed by two workers that park
-one account's deposits, one nobody consumes), then Debian's headless
+one account's deposits, each connected to another replica; one nobody
+consumes), then Debian's headless
 chromium to log in and photograph each page.
 """
 
@@ -96,6 +97,7 @@ async def main() -> None:
         async with (
             connect(apps[0].address, interceptors=bearer(KEY)) as client,
             ChronicleClient.connect(apps[0].address, token=KEY) as groups_client,
+            ChronicleClient.connect(apps[1].address, token=KEY) as second_groups_client,
         ):
             for number in range(24):
                 owner = OWNERS[number % len(OWNERS)]
@@ -116,8 +118,11 @@ async def main() -> None:
                 "billing", aggregate_types=["Account"], segments=4, max_delivery_attempts=3, retry_backoff=0.05
             )
             await groups_client.groups.create("statements", aggregate_types=["Account"], segments=8)
+            # One worker on the console's replica, one on another: the group's
+            # page shows where each is connected.
             consumers = [
-                asyncio.ensure_future(consume(groups_client, "billing", worker)) for worker in ("worker-1", "worker-2")
+                asyncio.ensure_future(consume(groups_client, "billing", "worker-1")),
+                asyncio.ensure_future(consume(second_groups_client, "billing", "worker-2")),
             ]
             loaders = [asyncio.ensure_future(load(client, stop)) for _ in range(4)]
             await asyncio.sleep(40)  # forty samples of the load

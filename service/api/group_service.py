@@ -31,7 +31,7 @@ from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.security.policy import Authorizer
 from service.store.base import LogReader
-from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState
+from service.store.grouping import GroupConsumer, GroupParkedEvent, GroupSpec, GroupState
 from service.store.records import LogFilter
 
 log = logging.getLogger(__name__)
@@ -522,8 +522,21 @@ def _info(state: GroupState, head: int) -> pb.GroupInfo:
         lag=max(0, head - position),
         acknowledged=state.acknowledged,
         parked=state.parked,
-        consumers=[pb.GroupConsumer(consumer=c.consumer, segments=list(c.segments)) for c in state.consumers],
+        consumers=[consumer_info(c) for c in state.consumers],
     )
+
+
+def consumer_info(consumer: GroupConsumer) -> pb.GroupConsumer:
+    message = pb.GroupConsumer(consumer=consumer.consumer, segments=list(consumer.segments))
+    report = consumer.report
+    if report is not None:
+        message.replica_address = report.replica_address
+        message.replica_id = report.replica_id
+        message.in_flight = report.in_flight
+        message.since_last_heard.FromMilliseconds(round(report.heard_ago * 1000))
+        if report.answered_ago is not None:
+            message.since_last_answer.FromMilliseconds(round(report.answered_ago * 1000))
+    return message
 
 
 def _parked(parked: GroupParkedEvent) -> pb.GroupParkedEvent:

@@ -427,7 +427,14 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
 
     async def list(self) -> builtins.list[GroupInfo]:
         """Every group this caller may consume, with position, lag, consumers
-        and parked count."""
+        and parked count. Each consumer (``GroupConsumer`` of the protocol)
+        carries what its session last reported: ``replica_address`` and
+        ``replica_id`` of the replica it is connected to, ``in_flight``,
+        ``since_last_answer`` and ``since_last_heard`` (Durations; unset
+        before its first report, or before its first ack or nack). A
+        ``since_last_heard`` longer than two heartbeats (a third of the
+        lease time each) tells a consumer whose replica stopped, still
+        holding its segments until its lease lapses."""
 
         async def attempt() -> pb.ListGroupsResponse:
             response: pb.ListGroupsResponse = await self._stub.ListGroups(

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from google.protobuf import duration_pb2
+
 from chronicle.v1 import subscription_group_service_pb2 as groups_pb
 from service.console.html import Content, Html, link, segment, table, tag, url, void
 from service.console.views import Parts, query_number
@@ -266,6 +268,63 @@ def parked_table(
     return content
 
 
+# -- consumers --------------------------------------------------------------------
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds:.1f} s ago" if seconds < 10 else f"{seconds:.0f} s ago"
+
+
+def silent(parts: Parts, consumer: groups_pb.GroupConsumer) -> bool:
+    """Whether the consumer's session missed two heartbeats' reports (each
+    replica reports every ``interval``: the cluster's lease time over three,
+    read from this replica's, as the cluster shares one): its replica stopped
+    or cannot reach the store, and its lease still holds its segments."""
+    return consumer.HasField("since_last_heard") and _seconds(consumer.since_last_heard) > 2 * parts.leases.interval
+
+
+def consumers_table(parts: Parts, consumers: Sequence[groups_pb.GroupConsumer]) -> Html:
+    """Each live consumer: its segments, the replica it is connected to,
+    its events in flight and its last ack or nack, as its session last
+    reported to the store (the same on every replica), and how long ago
+    that was; a silent one says so, with when its lease lapses."""
+    me = parts.leases.member_id
+    rows = []
+    for consumer in consumers:
+        reported = consumer.HasField("since_last_heard")
+        if not reported:
+            replica: Content = "not reported yet"
+        elif consumer.replica_id == me:
+            replica = "this replica"
+        else:
+            replica = tag("span", f"{consumer.replica_address} ({consumer.replica_id[:8]})", class_="replica")
+        answered = _ago(_seconds(consumer.since_last_answer)) if consumer.HasField("since_last_answer") else "none yet"
+        heard: Content = _ago(_seconds(consumer.since_last_heard)) if reported else ""
+        if silent(parts, consumer):
+            lapses = max(0.0, parts.leases.ttl - _seconds(consumer.since_last_heard))
+            heard = tag(
+                "span",
+                f"silent: last heard {heard}; holds its segments until its lease lapses (in about {lapses:.0f} s)",
+                class_="error silent",
+            )
+        rows.append(
+            (
+                consumer.consumer,
+                ", ".join(str(s) for s in consumer.segments),
+                replica,
+                consumer.in_flight if reported else "",
+                answered if reported else "",
+                heard,
+            )
+        )
+    headings = ["consumer", "segments", "connected to", "in flight", "last ack or nack", "last heard"]
+    return table(headings, rows, empty="no live consumer", id="consumers")
+
+
 # -- pages ----------------------------------------------------------------------
 
 
@@ -279,7 +338,10 @@ async def groups_page(parts: Parts) -> tuple[str, list[Content]]:
             tag("span", group.lag, class_="lag", data_group=group.name),
             group.acknowledged,
             tag("span", group.parked, class_="parked" + (" error" if group.parked else ""), data_group=group.name),
-            ", ".join(f"{c.consumer} ({len(c.segments)})" for c in group.consumers) or "none",
+            ", ".join(
+                f"{c.consumer} ({len(c.segments)}{', silent' if silent(parts, c) else ''})" for c in group.consumers
+            )
+            or "none",
         )
         for group in listed.groups
     ]
@@ -327,14 +389,7 @@ async def group_page(
             )
         )
         content.append(tag("h2", "Consumers"))
-        content.append(
-            table(
-                ["consumer", "segments"],
-                [(c.consumer, ", ".join(str(s) for s in c.segments)) for c in group.consumers],
-                empty="no live consumer",
-                id="consumers",
-            )
-        )
+        content.append(consumers_table(parts, group.consumers))
     content.extend(parked_table(name, parked.parked, admin=admin, csrf_token=csrf_token))
     if len(parked.parked) == PARKED_PAGE_SIZE:
         following = url(group_path(name), after=parked.parked[-1].position)

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Protocol, runtime_checkable
 
-from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState
+from service.store.grouping import ConsumerReport, GroupParkedEvent, GroupSpec, GroupState
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.records import (
     AggregateHead,
@@ -633,6 +633,17 @@ class GroupStore(Protocol):
     async def list_groups(self) -> list[GroupState]:
         """Every group, by name in code point order (byte order in UTF-8,
         whatever the database's collation), as ``load_group`` reads each."""
+
+    async def report_consumer(self, name: str, member_id: str, report: ConsumerReport) -> None:
+        """Keep ``report`` as what consumer ``member_id`` of group ``name``
+        says of itself now (its last report replaced), its ages counted from
+        now by the store's clock (``answered_ago`` before it, ``heard_ago``
+        0), for ``load_group`` to show with the consumer while it is a live
+        member, with its ages as of the read. Reports older than an hour
+        are forgotten; a group's are deleted with it. A report of a group
+        that does not exist is kept (and forgotten) all the same: a
+        consumer's session notices its group is gone by ``load_group``."""
+        ...
 
     async def commit_segment(
         self,

@@ -101,12 +101,29 @@ class SegmentCheckpoint:
     acknowledged: int = 0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerReport:
+    """What a consumer's session says of it at each heartbeat
+    (``GroupStore.report_consumer``), kept in the store so that every
+    replica can show it, not only the one the consumer is connected to.
+    Ages are seconds: as written, before the report; as read back
+    (``load_group``), before the read, by the store's clock."""
+
+    replica_id: str  # the member id of the replica the consumer is connected to
+    replica_address: str  # that replica's API address
+    in_flight: int  # events delivered and not yet acked or nacked
+    answered_ago: float | None = None  # since the consumer's last ack or nack; None: none yet
+    heard_ago: float = 0.0  # since the report was written (0 as written)
+
+
 @dataclass(frozen=True, slots=True)
 class GroupConsumer:
-    """A live consumer of a group and the segments it holds."""
+    """A live consumer of a group, the segments it holds, and its session's
+    last report (None before its first, or from a server that writes none)."""
 
     consumer: str
     segments: tuple[int, ...]
+    report: ConsumerReport | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,14 +161,18 @@ class GroupParkedEvent:
     replaying: bool = False
 
 
-def consumers_of(members: tuple[str, ...], owners: dict[int, str]) -> tuple[GroupConsumer, ...]:
+def consumers_of(
+    members: tuple[str, ...], owners: dict[int, str], reports: dict[str, ConsumerReport] | None = None
+) -> tuple[GroupConsumer, ...]:
     """The live ``members`` (member ids) with the segments each holds
-    (``owners``: segment → member id)."""
+    (``owners``: segment → member id) and their last reports (``reports``:
+    member id → report; a member's without one is None)."""
     held: dict[str, list[int]] = {member: [] for member in members}
     for segment, owner in sorted(owners.items()):
         if owner in held:
             held[owner].append(segment)
-    return tuple(GroupConsumer(member, tuple(segments)) for member, segments in sorted(held.items()))
+    known = reports or {}
+    return tuple(GroupConsumer(member, tuple(segments), known.get(member)) for member, segments in sorted(held.items()))
 
 
 def owners_from_view(view: LeaseView) -> tuple[tuple[str, ...], dict[int, str]]:

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from service.errors import ConcurrencyConflict, ResourceExists, quoted
 from service.store.grouping import (
     UPDATABLE_SETTINGS,
+    ConsumerReport,
     GroupParkedEvent,
     GroupSpec,
     GroupState,
@@ -34,10 +36,18 @@ class _Group:
     parked: dict[str, GroupParkedEvent] = field(default_factory=dict)
 
 
+# A consumer's report is forgotten this long after it was written (its
+# session ended without another, or its consumer left the group).
+REPORTS_KEPT_SECONDS = 3600.0
+
+
 class MemoryGroups:
-    def __init__(self) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._groups_clock = clock
         self._groups: dict[str, _Group] = {}
-        self._consumer_leases = LocalLeases()
+        self._consumer_leases = LocalLeases(clock=clock)
+        # Per group, each consumer's last report and when it was written.
+        self._consumer_reports: dict[str, dict[str, tuple[ConsumerReport, float]]] = {}
 
     @property
     def consumer_leases(self) -> LocalLeases:
@@ -65,6 +75,7 @@ class MemoryGroups:
 
     async def delete_group(self, name: str) -> bool:
         self._consumer_leases.drop_group(consumer_group(name))
+        self._consumer_reports.pop(name, None)
         return self._groups.pop(name, None) is not None
 
     async def load_group(self, name: str) -> GroupState | None:
@@ -76,8 +87,27 @@ class MemoryGroups:
             spec=group.spec,
             checkpoints=tuple(group.checkpoints),
             parked=len(group.parked),
-            consumers=consumers_of(members, owners),
+            consumers=consumers_of(members, owners, self._reports_of(name)),
         )
+
+    def _reports_of(self, name: str) -> dict[str, ConsumerReport]:
+        """The group's reports, their ages as of now."""
+        now = self._groups_clock()
+        return {
+            member: replace(
+                report,
+                answered_ago=None if report.answered_ago is None else report.answered_ago + now - written,
+                heard_ago=now - written,
+            )
+            for member, (report, written) in self._consumer_reports.get(name, {}).items()
+        }
+
+    async def report_consumer(self, name: str, member_id: str, report: ConsumerReport) -> None:
+        now = self._groups_clock()
+        reports = self._consumer_reports.setdefault(name, {})
+        for member in [m for m, (_, written) in reports.items() if now - written > REPORTS_KEPT_SECONDS]:
+            del reports[member]
+        reports[member_id] = (replace(report, heard_ago=0.0), now)
 
     async def list_groups(self) -> list[GroupState]:
         states = [await self.load_group(name) for name in sorted(self._groups)]

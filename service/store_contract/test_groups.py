@@ -5,13 +5,21 @@ consumers share the segments."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 import pytest
 
 from service.errors import ConcurrencyConflict, ResourceExists
 from service.store.base import StoreAdapter
-from service.store.grouping import GroupConsumer, GroupParkedEvent, GroupSpec, consumer_group, segment_lease
+from service.store.grouping import (
+    ConsumerReport,
+    GroupConsumer,
+    GroupParkedEvent,
+    GroupSpec,
+    consumer_group,
+    segment_lease,
+)
 from service.store.leasing import Fencing, LeaseMember
 from service.store.records import LogFilter
 from service.store_contract.contents import ContentsOf
@@ -283,3 +291,55 @@ async def test_consumers_share_the_segments_by_leases_and_a_lost_lease_fences_it
     state = await store.load_group("billing")
     assert state is not None and state.consumers == (GroupConsumer("b#2", (1, 2, 3)),)
     assert state.checkpoint(1).acknowledged == 2
+
+
+REPORT = ConsumerReport(replica_id="replica-1", replica_address="10.0.0.1:50051", in_flight=3, answered_ago=2.5)
+
+
+async def test_a_consumers_last_report_is_shown_with_it_while_it_is_a_live_member(store: StoreAdapter) -> None:
+    """Every replica reads what the consumer's session reported (its
+    replica, its events in flight, its last answer), with ages as of the
+    read by the store's clock; the next report replaces it; a consumer that
+    left shows none, and a group's reports go with the group."""
+    await store.create_group(SPEC)
+    leases = store.consumer_leases
+    group, names = consumer_group("billing"), [segment_lease(s) for s in range(4)]
+    await leases.renew_leases(group, LeaseMember("a#1", ""), names, 30)
+    await leases.renew_leases(group, LeaseMember("b#2", ""), names, 30)
+    await leases.change_leases(group, "a#1", release=(), acquire=("0", "1"), ttl=30)
+    await store.report_consumer("billing", "a#1", replace(REPORT, in_flight=9))
+    await store.report_consumer("billing", "a#1", REPORT)  # replaces the first
+    state = await store.load_group("billing")
+    assert state is not None
+    a, b = state.consumers
+    assert (a.consumer, a.segments, b.consumer, b.report) == ("a#1", (0, 1), "b#2", None)  # b reported nothing
+    assert a.report is not None
+    assert (a.report.replica_id, a.report.replica_address, a.report.in_flight) == ("replica-1", "10.0.0.1:50051", 3)
+    assert a.report.answered_ago is not None and 2.49 <= a.report.answered_ago < 2.5 + 10
+    assert 0 <= a.report.heard_ago < 10
+    await store.report_consumer("billing", "b#2", ConsumerReport(replica_id="r-2", replica_address="h:1", in_flight=0))
+    (listed,) = await store.list_groups()
+    reports = {consumer.consumer: consumer.report for consumer in listed.consumers}
+    assert reports["a#1"] is not None and reports["a#1"].in_flight == 3
+    assert reports["b#2"] is not None and reports["b#2"].answered_ago is None  # it never answered
+    await leases.leave_group(group, "a#1")
+    state = await store.load_group("billing")
+    assert state is not None and [c.consumer for c in state.consumers] == ["b#2"]
+    assert await store.delete_group("billing") is True
+    await store.create_group(SPEC)
+    await leases.renew_leases(group, LeaseMember("b#2", ""), names, 30)
+    state = await store.load_group("billing")
+    assert state is not None and state.consumers == (GroupConsumer("b#2", ()),)  # its report went with the group
+
+
+async def test_a_consumers_report_ages_as_the_store_reads_it(store: StoreAdapter) -> None:
+    """The ages shown grow with time after the report: a consumer that went
+    silent is told by how long ago it was last heard from."""
+    await store.create_group(SPEC)
+    await store.consumer_leases.renew_leases(consumer_group("billing"), LeaseMember("a#1", ""), ["0"], 30)
+    await store.report_consumer("billing", "a#1", REPORT)
+    await asyncio.sleep(0.3)
+    state = await store.load_group("billing")
+    assert state is not None and state.consumers[0].report is not None
+    report = state.consumers[0].report
+    assert report.heard_ago >= 0.25 and report.answered_ago is not None and report.answered_ago >= 2.75

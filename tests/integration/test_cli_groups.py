@@ -232,3 +232,40 @@ async def test_an_operator_changes_a_groups_settings_with_set_and_bad_ones_are_r
         ("group:missing", "GROUP_NOT_FOUND"),
         (f"group:{GROUP}", ""),
     ]
+
+
+async def test_chronicle_group_shows_each_consumers_replica_events_in_flight_and_last_answer(tmp_path: Path) -> None:
+    """The consumer's report, as ListGroups carries it from the store (SQLite
+    here): the replica it is connected to, its events in flight, how long
+    ago it last answered and was last heard from (a report each half
+    second: the lease time over three)."""
+    store = SqliteStore(tmp_path / "events.db")
+    await store.open()
+    settings = replace(TEST_SETTINGS, anonymous_admin=True, poll_seconds=0.05, lease_seconds=1.5)
+    try:
+        async with (
+            running_server(store, settings=settings) as (app, raw),
+            ChronicleClient.connect(app.address) as client,
+        ):
+            for n in range(3):
+                await raw.submit(command(f"acc-{n}", bank.OpenAccount(owner="ann")))
+            await client.groups.create(GROUP, segments=1, ack_timeout=60)
+            async with consuming(raw, "worker") as call:
+                first, *_ = await take(call, 3)
+                await call.write(pb.ConsumeRequest(ack=pb.Ack(event_ids=[first.event.event_id])))
+
+                async def two_in_flight() -> bool:
+                    (info,) = await client.groups.list()
+                    return [(c.in_flight, c.HasField("since_last_answer")) for c in info.consumers] == [(2, True)]
+
+                await eventually(two_in_flight, what="the consumer's report: two events in flight, one acked")
+                (listed,) = lines(await chronicle(app, "group", GROUP))
+    finally:
+        await store.close()
+    consumers = listed["consumers"]
+    assert isinstance(consumers, list) and len(consumers) == 1
+    consumer: dict[str, object] = consumers[0]
+    assert (consumer["replica_address"], consumer["replica_id"]) == (app.leases.member.address, app.leases.member_id)
+    assert consumer["in_flight"] == 2 and consumer["segments"] == [0]
+    for field in ("since_last_answer", "since_last_heard"):
+        assert str(consumer[field]).endswith("s") and float(str(consumer[field])[:-1]) < 30, consumer

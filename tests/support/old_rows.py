@@ -44,6 +44,8 @@ and the other does not can shift them):
     16 (SQLite 12) a subscription group's incarnation (before: none, read
        as "")
     18 (SQLite 15) a lease member's console URL (before: none, read as "")
+    19 (SQLite 16) a subscription group's consumer's last report (its
+       replica, its events in flight, when it last answered)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -69,7 +71,14 @@ from service.errors import AggregateForgotten, CommandAlreadyRecorded, NotUnique
 from service.store.base import AuditQuery, ProjectionStore, SnapshotStore, Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
-from service.store.grouping import GroupParkedEvent, GroupSpec, GroupState, SegmentCheckpoint
+from service.store.grouping import (
+    ConsumerReport,
+    GroupParkedEvent,
+    GroupSpec,
+    GroupState,
+    SegmentCheckpoint,
+    consumer_group,
+)
 from service.store.leasing import Lease, LeaseMember
 from service.store.records import (
     ACCEPTED,
@@ -125,6 +134,9 @@ SINCE["sqlite"]["incarnation"] = 12
 # A lease member's console URL: PostgreSQL's migration 18, SQLite's 15.
 SINCE["postgres"]["member_console"] = 18
 SINCE["sqlite"]["member_console"] = 15
+# A group consumer's last report: PostgreSQL's migration 19, SQLite's 16.
+SINCE["postgres"]["consumer_reports"] = 19
+SINCE["sqlite"]["consumer_reports"] = 16
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -156,6 +168,7 @@ GROUP_SPEC = GroupSpec(
     ack_timeout_ms=1500,
 )
 GROUP_INCARNATION = "5b0c1c1de5f04b9cbf4d2e0a3f6c9d21"
+GROUP_REPORT = ConsumerReport(replica_id="member-old", replica_address="10.0.0.1:50051", in_flight=7, answered_ago=2.5)
 # The filter as the stores keep it (GroupSpec.filter_json).
 GROUP_FILTER = '{"aggregate_types":["Account"],"event_types":["bank.v1.MoneyDeposited"],"origin":null}'
 
@@ -289,6 +302,8 @@ class OldRows:
     leases: list[Lease] = field(default_factory=list)  # of LEASE_GROUP, by name
     groups: list[GroupState] = field(default_factory=list)  # by name (consumers: none)
     group_parked: list[GroupParkedEvent] = field(default_factory=list)  # of GROUP_SPEC, by position
+    # Of GROUP_SPEC, by member id (its consumer is no live member: joins when read back).
+    consumer_reports: dict[str, ConsumerReport] = field(default_factory=dict)
 
     def holds(self, kind: str) -> bool:
         return self.version >= SINCE[self.dialect][kind]
@@ -596,6 +611,8 @@ def rows_at(dialect: str, version: int) -> OldRows:
                 event_id="p-2", position=3, segment=0, aggregate_id="acc-2", attempts=3, reason="bad", replaying=True
             ),
         ]
+    if rows.holds("consumer_reports"):
+        rows.consumer_reports["worker-old#1"] = GROUP_REPORT
     return rows
 
 
@@ -670,6 +687,8 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
                     parked=[p for p in rows.group_parked if p.segment == checkpoint.segment],
                 )
         await store.replay_parked(group.spec.name, [p.event_id for p in rows.group_parked if p.replaying])
+        for member_id, report in rows.consumer_reports.items():
+            await store.report_consumer(group.spec.name, member_id, report)
 
 
 # -- reading them back through the current store ------------------------------------
@@ -987,6 +1006,23 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
             SegmentCheckpoint(0, moved.position + 5, moved.acknowledged + 4),
         )
 
+    async def consumer_reports() -> None:
+        # The old consumer's session comes back (a live member again): its report shows with it.
+        name = rows.groups[0].spec.name
+        for member_id in rows.consumer_reports:
+            await store.renew_leases(consumer_group(name), LeaseMember(member_id, ""), ["0"], 5.0)
+        loaded = await store.load_group(name)
+        shown = {c.consumer: c.report for c in loaded.consumers} if loaded is not None else {}
+        for member_id, written in rows.consumer_reports.items():
+            report = shown.get(member_id)
+            same(
+                f"report of {member_id}",
+                report and (report.replica_id, report.replica_address, report.in_flight),
+                (written.replica_id, written.replica_address, written.in_flight),
+            )
+            answered = report.answered_ago if report is not None else None
+            same(f"last answer of {member_id} at least as long ago", answered is not None and answered >= 2.49, True)
+
     for kind, body in (
         ("events", events),
         ("log", log),
@@ -1004,6 +1040,7 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         *((("leases", leases),) if rows.holds("leases") else ()),
         ("documents of a forgotten subject", forgetting_deletes_documents),
         *((("groups", groups),) if rows.holds("groups") else ()),
+        *((("consumer reports", consumer_reports),) if rows.holds("consumer_reports") else ()),
     ):
         await check(kind, body)
     return failures

@@ -60,6 +60,10 @@ DATABASE_TIMES = frozenset(
         "expires_at",  # a lease's or a member's: now() plus the lease time
         "expires_at_us",  # the same on SQLite
         "parked_at",
+        "answered_at",  # a group consumer's report's: now() less how long ago it answered
+        "answered_at_us",
+        "reported_at",  # and now()
+        "reported_at_us",
         "incarnation",  # not a time: a subscription group's, drawn afresh by the store at each creation
     }
 )
@@ -251,6 +255,20 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 " VALUES (%s, %s, %s, %s)",
                 (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
             )
+    for member_id, report in rows.consumer_reports.items():
+        conn.execute(
+            "INSERT INTO chronicle.group_consumer_reports (group_name, member_id, replica_id, replica_address,"
+            " in_flight, answered_at, reported_at)"
+            " VALUES (%s, %s, %s, %s, %s, now() - %s * interval '1 second', now())",
+            (
+                rows.groups[0].spec.name,
+                member_id,
+                report.replica_id,
+                report.replica_address,
+                report.in_flight,
+                report.answered_ago,
+            ),
+        )
     for entry in rows.group_parked:
         conn.execute(
             "INSERT INTO chronicle.group_parked (group_name, event_id, position, segment, aggregate_id, attempts,"
@@ -593,6 +611,21 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
                 "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, ?)",
                 (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
             )
+    for member_id, report in rows.consumer_reports.items():
+        answered_ago_us = round((report.answered_ago or 0.0) * 1_000_000)
+        conn.execute(
+            "INSERT INTO group_consumer_reports (group_name, member_id, replica_id, replica_address, in_flight,"
+            " answered_at_us, reported_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                rows.groups[0].spec.name,
+                member_id,
+                report.replica_id,
+                report.replica_address,
+                report.in_flight,
+                now_us - answered_ago_us,
+                now_us,
+            ),
+        )
     for entry in rows.group_parked:
         conn.execute(
             "INSERT INTO group_parked (group_name, event_id, position, segment, aggregate_id, attempts, reason,"

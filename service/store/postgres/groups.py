@@ -13,6 +13,7 @@ from service.errors import ConcurrencyConflict
 from service.store.base import LeaseStore
 from service.store.grouping import (
     GROUP_LEASE_PREFIX,
+    ConsumerReport,
     GroupParkedEvent,
     GroupSpec,
     GroupState,
@@ -74,6 +75,7 @@ class GroupsRole:
             [
                 Statement(sql.DELETE_GROUP_MEMBERS.encode(), (lease_group,)),
                 Statement(sql.DELETE_GROUP_LEASES.encode(), (lease_group,)),
+                Statement(sql.DELETE_GROUP_REPORTS.encode(), (name,)),
                 Statement(sql.DELETE_GROUP.encode(), (name,)),
             ],
         )
@@ -101,6 +103,7 @@ class GroupsRole:
                 Statement(sql.COUNT_GROUP_PARKED.encode(), one),
                 Statement(sql.LOAD_GROUP_CONSUMERS.encode(), both),
                 Statement(sql.LOAD_GROUP_HOLDERS.encode(), both),
+                Statement(sql.LOAD_GROUP_REPORTS.encode(), both),
             ],
             read_only=True,
         )
@@ -115,6 +118,15 @@ class GroupsRole:
         for group, lease, owner in rows(results[4]):
             if str(lease).isdigit():
                 owners.setdefault(group, {})[int(lease)] = str(owner)
+        reports: dict[str, dict[str, ConsumerReport]] = {}
+        for group, member, replica_id, address, in_flight, answered_ago, heard_ago in rows(results[5]):
+            reports.setdefault(str(group), {})[str(member)] = ConsumerReport(
+                replica_id=str(replica_id),
+                replica_address=str(address),
+                in_flight=int(in_flight),
+                answered_ago=None if answered_ago is None else max(0.0, float(answered_ago)),
+                heard_ago=max(0.0, float(heard_ago)),
+            )
         states = []
         for row in rows(results[0]):
             spec = group_spec_from_row(row)
@@ -123,10 +135,26 @@ class GroupsRole:
                     spec=spec,
                     checkpoints=tuple(checkpoints.get(spec.name, ())),
                     parked=parked.get(spec.name, 0),
-                    consumers=consumers_of(tuple(sorted(members.get(spec.name, ()))), owners.get(spec.name, {})),
+                    consumers=consumers_of(
+                        tuple(sorted(members.get(spec.name, ()))), owners.get(spec.name, {}), reports.get(spec.name)
+                    ),
                 )
             )
         return states
+
+    async def report_consumer(self, name: str, member_id: str, report: ConsumerReport) -> None:
+        # Milliseconds: the statement's parameters are text (no floats).
+        answered_ago = None if report.answered_ago is None else round(report.answered_ago * 1000)
+        await self._db.run(
+            "report_consumer",
+            [
+                Statement(sql.FORGET_OLD_REPORTS.encode(), (name,)),
+                Statement(
+                    sql.UPSERT_CONSUMER_REPORT.encode(),
+                    (name, member_id, report.replica_id, report.replica_address, report.in_flight, answered_ago),
+                ),
+            ],
+        )
 
     async def commit_segment(
         self,

@@ -12,6 +12,7 @@ from typing import cast
 from service.errors import ConcurrencyConflict
 from service.store.base import LeaseStore
 from service.store.grouping import (
+    ConsumerReport,
     GroupParkedEvent,
     GroupSpec,
     GroupState,
@@ -26,6 +27,8 @@ from service.store.sql_common import group_params, group_spec_from_row, parked_f
 from service.store.sqlite import sql
 from service.store.sqlite.leases import now_us, still_held
 from service.store.sqlite.writer import Writer, reading, writing
+
+REPORTS_KEPT_US = 3600 * 1_000_000  # a consumer's report is forgotten an hour after it was written
 
 
 class GroupsRole:
@@ -50,6 +53,9 @@ class GroupsRole:
 
     async def list_groups(self) -> list[GroupState]:
         return await self._writer.run(_load_all)
+
+    async def report_consumer(self, name: str, member_id: str, report: ConsumerReport) -> None:
+        await self._writer.run(_report, name, member_id, report)
 
     async def commit_segment(
         self,
@@ -114,6 +120,7 @@ def _delete(db: sqlite3.Connection, name: str) -> bool:
         db.execute(sql.DELETE_GROUP_LEASES, (consumer_group(name),))
         db.execute(sql.DELETE_GROUP_SEGMENTS, (name,))
         db.execute(sql.DELETE_GROUP_PARKED, (name,))
+        db.execute(sql.DELETE_GROUP_REPORTS, (name,))
         return bool(db.execute(sql.DELETE_GROUP, (name,)).rowcount)
 
 
@@ -133,12 +140,35 @@ def _read(db: sqlite3.Connection, name: str) -> GroupState | None:
     lease_group, now = consumer_group(name), now_us()
     members = tuple(str(m) for (m,) in db.execute(sql.GROUP_CONSUMERS, (lease_group, now)))
     owners = {int(s): str(o) for s, o in db.execute(sql.GROUP_HOLDERS, (lease_group, now)) if str(s).isdigit()}
+    reports = {
+        str(member): ConsumerReport(
+            replica_id=str(replica_id),
+            replica_address=str(address),
+            in_flight=int(in_flight),
+            answered_ago=None if answered_at is None else max(0, now - int(answered_at)) / 1e6,
+            heard_ago=max(0, now - int(reported_at)) / 1e6,
+        )
+        for member, replica_id, address, in_flight, answered_at, reported_at in db.execute(
+            sql.GROUP_REPORTS, (lease_group, now, name)
+        )
+    }
     return GroupState(
         spec=group_spec_from_row(row),
         checkpoints=checkpoints,
         parked=int(parked),
-        consumers=consumers_of(members, owners),
+        consumers=consumers_of(members, owners, reports),
     )
+
+
+def _report(db: sqlite3.Connection, name: str, member_id: str, report: ConsumerReport) -> None:
+    now = now_us()
+    answered = None if report.answered_ago is None else now - round(report.answered_ago * 1e6)
+    with writing(db):
+        db.execute(sql.FORGET_OLD_REPORTS, (name, now - REPORTS_KEPT_US))
+        db.execute(
+            sql.UPSERT_CONSUMER_REPORT,
+            (name, member_id, report.replica_id, report.replica_address, report.in_flight, answered, now),
+        )
 
 
 def _load(db: sqlite3.Connection, name: str) -> GroupState | None:
