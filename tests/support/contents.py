@@ -49,6 +49,7 @@ _MEMORY_TABLES = {
     "_subjects": "projection_subjects",
     "_parked": "projection_parked_events",
     "_groups": "subscription_groups",
+    "_consumer_reports": "group_consumer_reports",
 }
 
 
@@ -79,12 +80,13 @@ async def at_rest(store: StoreAdapter, *, registry: Registry | None = None) -> C
 
     await eventually(caught_up, what="the projections catching up with the log")
     held = await contents(store)
-    # A running server's lease heartbeats rewrite these rows all the time:
-    # they say who is alive, not what the store holds.
+    # A running server's lease heartbeats (and its group consumers' reports)
+    # rewrite these rows all the time: they say who is alive, not what the
+    # store holds.
     return Contents({name: rows for name, rows in held.tables.items() if name not in LIVENESS_TABLES})
 
 
-LIVENESS_TABLES = frozenset({"lease_members", "leases"})
+LIVENESS_TABLES = frozenset({"lease_members", "leases", "group_consumer_reports"})
 
 
 async def audited_dry_runs_only(store: StoreAdapter, before: Contents, *outcomes: str) -> None:
