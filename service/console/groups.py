@@ -30,6 +30,10 @@ from service.principal import current_principal
 
 PARKED_PAGE_SIZE = 100  # a group's parked events on its page, a page at a time (by position)
 _LISTING_PAGE = 1000  # ListParked's largest page
+# The most parked events an action on all of them takes from the console:
+# each is listed (for the confirmation's count and digest) and, to dismiss,
+# named in a call; beyond, the page sends the operator to the CLI.
+MAX_ALL_PARKED = 10_000
 _DISMISS_BATCH = 100  # DismissParked's most ids in one call
 # The servicers take gRPC's context and do not use it on these paths.
 _NO_CONTEXT = cast(Any, None)
@@ -61,7 +65,8 @@ def group_path(name: str, action: str = "") -> str:
 
 async def all_parked(parts: Parts, name: str) -> list[groups_pb.GroupParkedEvent]:
     """Every parked event of the group, by position (``ListParked``, a page
-    of 1,000 at a time: the caller's subscribe grant, as the RPC)."""
+    of 1,000 at a time: the caller's subscribe grant, as the RPC); more than
+    ``MAX_ALL_PARKED`` is refused (``TOO_MANY_PARKED``)."""
     found: list[groups_pb.GroupParkedEvent] = []
     after = 0
     while True:
@@ -69,6 +74,13 @@ async def all_parked(parts: Parts, name: str) -> list[groups_pb.GroupParkedEvent
             groups_pb.ListParkedRequest(group=name, after_position=after, limit=_LISTING_PAGE), _NO_CONTEXT
         )
         found.extend(page.parked)
+        if len(found) > MAX_ALL_PARKED:
+            raise InvalidInput(
+                f"group {name} has more than {MAX_ALL_PARKED:,} parked events: too many to act on from the"
+                f" console; use chronicle group {name} --replay-all, or --dismiss EVENT_ID... in batches",
+                reason="TOO_MANY_PARKED",
+                metadata={"group": name, "limit": str(MAX_ALL_PARKED)},
+            )
         if len(page.parked) < _LISTING_PAGE:
             return found
         after = page.parked[-1].position

@@ -15,9 +15,12 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
+
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application, start
 from service.client import ChronicleClient
+from service.console import groups as console_groups
 from service.settings import Settings
 from service.store.base import AuditQuery
 from service.store.memory import MemoryStore
@@ -262,3 +265,21 @@ async def test_a_confirmation_of_an_unknown_action_is_refused_and_a_group_named_
     assert unknown.status == 400 and "INVALID_ACTION" in unknown.text
     assert named_confirm.status == 200 and 'id="group-summary"' in named_confirm.text
     assert nothing.status == 200 and "has no parked events: nothing to replay" in text_of(nothing.text)
+
+
+async def test_more_parked_events_than_the_console_acts_on_at_once_are_refused_with_the_way_to_do_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond MAX_ALL_PARKED (10,000; 2 here) the confirmation and the action
+    are refused (TOO_MANY_PARKED, 400), naming the CLI, and nothing is done."""
+    monkeypatch.setattr(console_groups, "MAX_ALL_PARKED", 2)
+    async with parked_group(tmp_path, 3) as (app, client):
+        root = await Operator.log_in(console(app), ROOT_KEY)
+        await root.get("/groups/billing")
+        confirm = await root.get("/groups/billing/confirm?action=dismiss-all")
+        acted = await root.post("/groups/billing/dismiss-all", {"count": "3", "digest": "0" * 32})
+        info = await client.groups.get("billing")
+    assert confirm.status == 400 and "TOO_MANY_PARKED" in confirm.text
+    assert "chronicle group billing --replay-all" in text_of(confirm.text)
+    assert acted.status == 400 and "TOO_MANY_PARKED" in acted.text
+    assert info.parked == 3
