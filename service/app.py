@@ -758,6 +758,8 @@ async def start(
             roles.log,
             lag=metrics.group_lag,
             parked=metrics.group_parked,
+            skipped=metrics.group_skipped,
+            dismissed=metrics.group_dismissed,
             also=[watch.sample for watch in runner_watches],
         )
         group_sampler.start()

@@ -27,7 +27,7 @@ is one consumer's stream on this replica:
   new checkpoint, with the count of acks it passes and the events parked,
   under the segment lease's fencing token. A segment that moves to another
   consumer is read again there from its checkpoint: at-least-once, and the
-  count of acknowledged events counts each event once. A segment given up
+  counts of acknowledged and skipped events count each event once. A segment given up
   in order (a consumer joined: ``_hand_over``; the session ends: ``close``)
   is committed first, so only a crash loses the acks of its last round.
 
@@ -169,11 +169,20 @@ class Delivery:
     parked: GroupParkedEvent | None = None  # a replay's entry
 
 
+class Outcome(enum.Enum):
+    """How an event was settled, which says what the group counts it as
+    once its segment's checkpoint passes it."""
+
+    ACKED = "acked"  # counted as acknowledged
+    SKIPPED = "skipped"  # counted as skipped
+    PARKED = "parked"  # counted nowhere: its parked row stands for it
+
+
 @dataclass(slots=True)
 class _Entry:
     position: int
     done: bool = False
-    acked: bool = False
+    outcome: Outcome = Outcome.PARKED
     # Read, then let go of before it was sent (the consumer stalled): the
     # next read of its position queues it again.
     unread: bool = False
@@ -192,6 +201,7 @@ class _Segment:
     queues: dict[str, deque[RecordedEvent]] = field(default_factory=dict)
     busy: set[str] = field(default_factory=set)
     acked_passed: int = 0  # acks behind the checkpoint, not committed yet
+    skipped_passed: int = 0  # skips behind the checkpoint, not committed yet
     parks: list[GroupParkedEvent] = field(default_factory=list)  # not committed yet
 
     def checkpoint(self) -> int:
@@ -199,18 +209,20 @@ class _Segment:
             return entry.position - 1
         return self.read_to
 
-    def settle(self, event_id: str, *, acked: bool) -> None:
+    def settle(self, event_id: str, outcome: Outcome) -> None:
         entry = self.outstanding.get(event_id)
         if entry is None:
             return
-        entry.done, entry.acked = True, acked
+        entry.done, entry.outcome = True, outcome
         while self.outstanding:
             first_id, first = next(iter(self.outstanding.items()))
             if not first.done:
                 break
             del self.outstanding[first_id]
-            if first.acked:
+            if first.outcome is Outcome.ACKED:
                 self.acked_passed += 1
+            elif first.outcome is Outcome.SKIPPED:
+                self.skipped_passed += 1
 
     def dirty(self) -> bool:
         return self.checkpoint() != self.stored or bool(self.parks)
@@ -510,7 +522,7 @@ class ConsumerSession:
             if delivery.segment is None:
                 self._unparks.append(event_id)
             else:
-                delivery.segment.settle(event_id, acked=True)
+                delivery.segment.settle(event_id, Outcome.ACKED)
         self._commit_wanted.set()
         self._changed.set()
         if not self._read_ahead_full:
@@ -535,14 +547,14 @@ class ConsumerSession:
             self._reader_wake.set()  # a park or skip may pass a checkpoint that held the reader
 
     def _skip(self, delivery: Delivery) -> None:
-        """Settled unprocessed: passed by the checkpoint as a park is, but
-        written nowhere; a skipped replay leaves the parked list, not
-        counted as acknowledged."""
+        """Settled unprocessed: passed by the checkpoint as an ack is, and
+        counted as skipped, not acknowledged; a skipped replay leaves the
+        parked list, counted as skipped too."""
         self._settle(delivery)
         if delivery.segment is None:
             self._dismissals.append(delivery.event.event_id)
         else:
-            delivery.segment.settle(delivery.event.event_id, acked=False)
+            delivery.segment.settle(delivery.event.event_id, Outcome.SKIPPED)
         self._commit_wanted.set()
 
     def _answered(self) -> None:
@@ -600,7 +612,7 @@ class ConsumerSession:
             self._replay_parks.append(parked)
         else:
             segment.parks.append(parked)
-            segment.settle(event.event_id, acked=False)
+            segment.settle(event.event_id, Outcome.PARKED)
         self._commit_wanted.set()
 
     # -- what goes out ------------------------------------------------------------
@@ -989,7 +1001,7 @@ class ConsumerSession:
                 reason=f"{error.reason}: {error}"[:1000],
             )
         )
-        segment.settle(stored.event_id, acked=False)
+        segment.settle(stored.event_id, Outcome.PARKED)
         self._commit_wanted.set()
 
     def _unqueue(self, queue: deque[RecordedEvent]) -> None:
@@ -1095,14 +1107,15 @@ class ConsumerSession:
     async def _dismiss(self, event_ids: list[str]) -> None:
         # All or none in the store: one dismissed meanwhile by an operator
         # (or gone with its aggregate) is simply left out of a second try.
-        gone = await self._groups.dismiss_parked(self.spec.name, event_ids)
+        # Counted as skipped: they are the consumer's skips of their replays.
+        gone = await self._groups.dismiss_parked(self.spec.name, event_ids, skipped=True)
         rest = [event_id for event_id in event_ids if event_id not in set(gone)]
         if gone and rest:
-            await self._groups.dismiss_parked(self.spec.name, rest)
+            await self._groups.dismiss_parked(self.spec.name, rest, skipped=True)
 
     async def _commit_segment(self, segment: _Segment) -> None:
         new_position = segment.checkpoint()
-        acknowledged, parks = segment.acked_passed, list(segment.parks)
+        acknowledged, skipped, parks = segment.acked_passed, segment.skipped_passed, list(segment.parks)
         try:
             await self._groups.commit_segment(
                 self.spec.name,
@@ -1110,6 +1123,7 @@ class ConsumerSession:
                 expected_position=segment.stored,
                 new_position=new_position,
                 acknowledged=acknowledged,
+                skipped=skipped,
                 parked=parks,
                 fencing=segment.fencing,
             )
@@ -1126,6 +1140,7 @@ class ConsumerSession:
             raise
         segment.stored = new_position
         segment.acked_passed -= acknowledged
+        segment.skipped_passed -= skipped
         del segment.parks[: len(parks)]
 
 

@@ -522,6 +522,8 @@ def _info(state: GroupState, head: int) -> pb.GroupInfo:
         lag=max(0, head - position),
         acknowledged=state.acknowledged,
         parked=state.parked,
+        skipped=state.skipped,
+        dismissed=state.dismissed,
         consumers=[consumer_info(c) for c in state.consumers],
     )
 

@@ -88,8 +88,8 @@ class Delivery:
         await self.nack(reason, action="park")
 
     async def skip(self) -> None:
-        """Settle it unprocessed: never delivered again, not parked, not
-        counted as acknowledged."""
+        """Settle it unprocessed: never delivered again, not parked, counted
+        as the group's ``skipped``, not as acknowledged."""
         await self.nack(action="skip")
 
     def __repr__(self) -> str:
@@ -427,8 +427,9 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
 
     async def list(self) -> builtins.list[GroupInfo]:
         """Every group this caller may consume, with position, lag, consumers
-        and parked count. Each consumer (``GroupConsumer`` of the protocol)
-        carries what its session last reported: ``replica_address`` and
+        and its counts (acknowledged, parked, skipped, dismissed). Each
+        consumer (``GroupConsumer`` of the protocol) carries what its
+        session last reported: ``replica_address`` and
         ``replica_id`` of the replica it is connected to, ``in_flight``,
         ``since_last_answer`` and ``since_last_heard`` (Durations; unset
         before its first report, or before its first ack or nack). A
@@ -477,7 +478,7 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
 
     async def dismiss(self, group: str, event_ids: Sequence[str]) -> int:
         """Delete parked events without delivering them again (at least one
-        named; they do not count as acknowledged); how many. All or none:
+        named; they count as the group's ``dismissed``, not as acknowledged); how many. All or none:
         ``NotFound`` (PARKED_EVENT_NOT_FOUND, the ids in its metadata's
         ``event_ids``), and none dismissed, if one named is not parked (as a
         retry after an answer lost on the way says of those dismissed)."""

@@ -350,6 +350,8 @@ async def groups_page(parts: Parts) -> tuple[str, list[Content]]:
             tag("span", group.lag, class_="lag", data_group=group.name),
             group.acknowledged,
             tag("span", group.parked, class_="parked" + (" error" if group.parked else ""), data_group=group.name),
+            group.skipped,
+            group.dismissed,
             ", ".join(
                 f"{c.consumer} ({len(c.segments)}{', silent' if silent(parts, c) else ''})" for c in group.consumers
             )
@@ -365,7 +367,17 @@ async def groups_page(parts: Parts) -> tuple[str, list[Content]]:
             class_="summary",
         ),
         table(
-            ["group", "position", "log head", "lag", "acknowledged", "parked", "consumers (segments)"],
+            [
+                "group",
+                "position",
+                "log head",
+                "lag",
+                "acknowledged",
+                "parked",
+                "skipped",
+                "dismissed",
+                "consumers (segments)",
+            ],
             rows,
             empty="no group you may consume",
             id="groups",

@@ -39,8 +39,11 @@ registered, status codes, store operations): never aggregate ids.
 - ``chronicle_group_consumers``: subscription-group consumer streams open
   on this replica; ``chronicle_group_lag_positions{group}``,
   ``chronicle_group_parked_events{group}``: how far each group's lowest
-  checkpoint is behind the log's head, and its parked events (sampled
-  every few seconds from the store; the same for every replica).
+  checkpoint is behind the log's head, and its parked events;
+  ``chronicle_group_skipped_events{group}``,
+  ``chronicle_group_dismissed_events{group}``: the events it did not
+  process, skipped by its consumers and dismissed by an operator, in all
+  (sampled every few seconds from the store; the same for every replica).
 - ``chronicle_projection_position{projection}``,
   ``chronicle_projection_lag_positions{projection}``,
   ``chronicle_projection_failing{projection}``,
@@ -206,6 +209,20 @@ class Metrics:
         )
         self.group_parked = Gauge(
             "chronicle_group_parked_events", "Events a subscription group parked", ["group"], registry=r
+        )
+        # Totals kept in the store (each event once), so gauges read from it,
+        # not counters: every replica shows the same, across restarts.
+        self.group_skipped = Gauge(
+            "chronicle_group_skipped_events",
+            "Events a subscription group's consumers skipped (nack action SKIP), in all",
+            ["group"],
+            registry=r,
+        )
+        self.group_dismissed = Gauge(
+            "chronicle_group_dismissed_events",
+            "Parked events of a subscription group that an operator dismissed, in all",
+            ["group"],
+            registry=r,
         )
         self.projections = RunnerGauges.of("projection", "events", r)
         self.reactions = RunnerGauges.of("reaction", "commands", r)

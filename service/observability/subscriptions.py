@@ -111,7 +111,8 @@ class LagSampler(_Sampler):
 
 class GroupSampler(_Sampler):
     """Sets each subscription group's lag (its lowest checkpoint's distance
-    from the log's head, in positions) and parked count, every
+    from the log's head, in positions), parked count and, when given, its
+    skipped and dismissed totals, every
     ``interval`` seconds; a deleted group's gauges go with it. Then hands
     the log head it read to each of ``also`` (the projections' and
     reactions' gauges, ``service.observability.runners``): one read of the
@@ -126,6 +127,8 @@ class GroupSampler(_Sampler):
         *,
         lag: Gauge,
         parked: Gauge,
+        skipped: Gauge | None = None,
+        dismissed: Gauge | None = None,
         interval: float = 5.0,
         also: Sequence[Callable[[int], Awaitable[None]]] = (),
     ) -> None:
@@ -133,6 +136,7 @@ class GroupSampler(_Sampler):
         self._store = store
         self._lag = lag
         self._parked = parked
+        self._totals = [(gauge, how) for gauge, how in ((skipped, "skipped"), (dismissed, "dismissed")) if gauge]
         self._interval = interval
         self._also = tuple(also)
         self._sampled: set[str] = set()  # the groups whose series are set
@@ -147,10 +151,14 @@ class GroupSampler(_Sampler):
             name = state.spec.name
             self._lag.labels(group=name).set(max(0, head - state.position))
             self._parked.labels(group=name).set(state.parked)
+            for gauge, how in self._totals:
+                gauge.labels(group=name).set(getattr(state, how))
             names.add(name)
         for gone in self._sampled - names:
             self._lag.remove(gone)
             self._parked.remove(gone)
+            for gauge, _ in self._totals:
+                gauge.remove(gone)
         self._sampled = names
         for sample_at in self._also:
             await sample_at(head)

@@ -653,12 +653,13 @@ class GroupStore(Protocol):
         expected_position: int,
         new_position: int,
         acknowledged: int,
+        skipped: int = 0,
         parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
     ) -> None:
         """In one transaction: park ``parked`` (as ``park`` does), move the
         segment's checkpoint from ``expected_position`` to ``new_position``
-        and add ``acknowledged`` to its count. ``ConcurrencyConflict``, and
+        and add ``acknowledged`` and ``skipped`` to its counts. ``ConcurrencyConflict``, and
         nothing written, if the checkpoint is no longer at
         ``expected_position``, the group is gone, or ``fencing`` is given
         and its lease is no longer held by its member at its epoch."""
@@ -681,9 +682,11 @@ class GroupStore(Protocol):
         gone."""
         ...
 
-    async def dismiss_parked(self, name: str, event_ids: Sequence[str]) -> list[str]:
+    async def dismiss_parked(self, name: str, event_ids: Sequence[str], *, skipped: bool = False) -> list[str]:
         """Delete these parked events, all or none, in one transaction,
-        without counting them as acknowledged: the ids among them that are
+        without counting them as acknowledged: each one deleted counts as
+        dismissed in its segment's checkpoint (as skipped with ``skipped``:
+        a consumer skipped their replays), once. The ids among them that are
         not parked in the group (every one, if there is no such group), and
         nothing deleted, if any is not; ``[]`` once all are deleted."""
         ...

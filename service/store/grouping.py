@@ -93,12 +93,18 @@ def filter_from_json(text: str) -> LogFilter:
 @dataclass(frozen=True, slots=True)
 class SegmentCheckpoint:
     """Where one segment of a group stands: every event of the segment up
-    to ``position`` was acknowledged or parked; ``acknowledged`` counts the
-    acknowledged ones (each once, when the checkpoint passed it)."""
+    to ``position`` was acknowledged, skipped or parked. Each event is
+    counted once, in one place: ``acknowledged`` the acknowledged ones and
+    ``skipped`` the skipped ones (when the checkpoint passed it, or when its
+    replay was acknowledged or skipped: parking passed it uncounted), and
+    ``dismissed`` the parked ones an operator dismissed; those parked now
+    are the group's parked rows."""
 
     segment: int
     position: int
     acknowledged: int = 0
+    skipped: int = 0
+    dismissed: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +148,14 @@ class GroupState:
     @property
     def acknowledged(self) -> int:
         return sum(c.acknowledged for c in self.checkpoints)
+
+    @property
+    def skipped(self) -> int:
+        return sum(c.skipped for c in self.checkpoints)
+
+    @property
+    def dismissed(self) -> int:
+        return sum(c.dismissed for c in self.checkpoints)
 
     def checkpoint(self, segment: int) -> SegmentCheckpoint:
         return self.checkpoints[segment]

@@ -121,6 +121,7 @@ class MemoryGroups:
         expected_position: int,
         new_position: int,
         acknowledged: int,
+        skipped: int = 0,
         parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
     ) -> None:
@@ -132,7 +133,12 @@ class MemoryGroups:
             raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
         assert group is not None
         self._park(group, parked)
-        group.checkpoints[segment] = SegmentCheckpoint(segment, new_position, current.acknowledged + acknowledged)
+        group.checkpoints[segment] = replace(
+            current,
+            position=new_position,
+            acknowledged=current.acknowledged + acknowledged,
+            skipped=current.skipped + skipped,
+        )
 
     async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         group = self._groups.get(name)
@@ -158,13 +164,20 @@ class MemoryGroups:
         if group is not None:
             self._park(group, [event for event in events if event.event_id in group.parked])
 
-    async def dismiss_parked(self, name: str, event_ids: Sequence[str]) -> list[str]:
+    async def dismiss_parked(self, name: str, event_ids: Sequence[str], *, skipped: bool = False) -> list[str]:
         group = self._groups.get(name)
         parked = group.parked if group is not None else {}
         missing = [event_id for event_id in dict.fromkeys(event_ids) if event_id not in parked]
-        if not missing:
+        if group is not None and not missing:
             for event_id in event_ids:
-                parked.pop(event_id, None)
+                gone = parked.pop(event_id, None)
+                if gone is not None and gone.segment < len(group.checkpoints):
+                    checkpoint = group.checkpoints[gone.segment]
+                    group.checkpoints[gone.segment] = (
+                        replace(checkpoint, skipped=checkpoint.skipped + 1)
+                        if skipped
+                        else replace(checkpoint, dismissed=checkpoint.dismissed + 1)
+                    )
         return missing
 
     def _sorted_parked(self, name: str) -> list[GroupParkedEvent]:

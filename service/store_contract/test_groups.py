@@ -155,6 +155,29 @@ async def test_a_segment_moves_from_where_it_was_and_counts_its_acks_once(
     assert (group.position, group.acknowledged) == (7, 7)
 
 
+async def test_a_segment_counts_the_skips_its_checkpoint_passes_apart_from_its_acks(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    await store.create_group(SPEC)
+    await store.commit_segment("billing", 1, expected_position=7, new_position=20, acknowledged=5, skipped=2)
+    await store.commit_segment("billing", 1, expected_position=20, new_position=31, acknowledged=0, skipped=1)
+    await store.commit_segment("billing", 3, expected_position=7, new_position=9, acknowledged=1)
+    before = await contents()
+    with pytest.raises(ConcurrencyConflict):  # a commit refused counts nothing
+        await store.commit_segment("billing", 1, expected_position=20, new_position=40, acknowledged=0, skipped=4)
+    assert (await contents()).changes_since(before) == {}
+    group = await store.load_group("billing")
+    assert group is not None
+    assert [(c.segment, c.acknowledged, c.skipped, c.dismissed) for c in group.checkpoints] == [
+        (0, 0, 0, 0),
+        (1, 5, 3, 0),
+        (2, 0, 0, 0),
+        (3, 1, 0, 0),
+    ]
+    assert (group.acknowledged, group.skipped, group.dismissed) == (6, 3, 0)
+    assert [(g.acknowledged, g.skipped) for g in await store.list_groups()] == [(6, 3)]
+
+
 async def test_parked_events_commit_with_the_checkpoint(store: StoreAdapter) -> None:
     await store.create_group(SPEC)
     await store.commit_segment(
@@ -212,7 +235,7 @@ async def test_an_unparked_event_counts_as_acknowledged_in_its_segment_once(stor
     await store.unpark("absent", ["e-3"])  # no such group: nothing, no error
 
 
-async def test_parked_events_are_dismissed_all_or_none_and_not_counted(
+async def test_parked_events_are_dismissed_all_or_none_and_counted_as_dismissed_not_acknowledged(
     store: StoreAdapter, contents: ContentsOf
 ) -> None:
     await store.create_group(SPEC)
@@ -227,8 +250,27 @@ async def test_parked_events_are_dismissed_all_or_none_and_not_counted(
     assert await store.parked_to_replay("billing", [0, 1, 2, 3], 10) == []
     await store.unpark("billing", ["e-4"])  # its replay acknowledged afterwards: nothing to count
     group = await store.load_group("billing")
-    assert group is not None and (group.parked, group.acknowledged) == (1, 0)
+    assert group is not None and (group.parked, group.acknowledged, group.skipped) == (1, 0, 0)
+    # Each one dismissed counts once, in its own segment, whatever the ids named twice.
+    assert [(c.segment, c.dismissed) for c in group.checkpoints] == [(0, 1), (1, 1), (2, 0), (3, 0)]
     assert await store.dismiss_parked("billing", ["e-3"]) == ["e-3"]  # dismissed already
+    assert (await store.load_group("billing")) == group  # and counted once
+
+
+async def test_parked_events_whose_replays_a_consumer_skipped_count_as_skipped_not_dismissed(
+    store: StoreAdapter,
+) -> None:
+    await store.create_group(SPEC)
+    await store.park("billing", [parked("e-3", 3, segment=0), parked("e-4", 4, segment=2), parked("e-5", 5)])
+    await store.replay_parked("billing", [])
+    assert await store.dismiss_parked("billing", ["e-4", "e-3"], skipped=True) == []
+    assert await store.dismiss_parked("billing", ["e-4"], skipped=True) == ["e-4"]  # its skip came twice
+    assert await store.dismiss_parked("billing", ["e-5"]) == []
+    group = await store.load_group("billing")
+    assert group is not None
+    counted = [(c.segment, c.skipped, c.dismissed) for c in group.checkpoints]
+    assert counted == [(0, 1, 0), (1, 0, 1), (2, 1, 0), (3, 0, 0)]
+    assert (group.parked, group.acknowledged, group.skipped, group.dismissed) == (0, 0, 2, 1)
 
 
 async def test_a_replay_failed_again_is_parked_again_only_if_still_parked(store: StoreAdapter) -> None:

@@ -129,6 +129,10 @@ async def test_an_operator_lists_groups_and_parked_events_then_replays_and_dismi
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(call.read(), 0.5)
     assert lines(await chronicle(app, "group", GROUP, "--parked")) == []
+    # What the group did not process: the two dismissed, counted as such.
+    (listed,) = lines(await chronicle(app, "group", GROUP))
+    counts = ("acknowledged", "skipped", "dismissed", "parked")
+    assert [listed[count] for count in counts] == ["1", "0", "2", "0"]
 
     audit = await raw.admin.QueryAudit(admin_service_pb2.QueryAuditRequest())
     dismissals = [(e.aggregate_id, e.reason) for e in audit.entries if e.command_type.endswith("/DismissParked")]

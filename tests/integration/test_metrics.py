@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -282,17 +283,23 @@ async def test_group_consumers_lag_and_parked_events_are_measured() -> None:
     await store.append("a-1", [new_event(), new_event(), new_event()], 0)
     await store.create_group(GroupSpec(name="billing", segments=2))
     await store.create_group(GroupSpec(name="audit", segments=1, start_position=3))
-    await store.commit_segment("billing", 0, expected_position=0, new_position=2, acknowledged=2)
+    await store.commit_segment("billing", 0, expected_position=0, new_position=2, acknowledged=1, skipped=1)
     parked = GroupParkedEvent(event_id="e", position=1, segment=1, aggregate_id="a-1", attempts=5, reason="x")
-    await store.park("billing", [parked])
+    await store.park("billing", [parked, replace(parked, event_id="f", position=3)])
+    await store.dismiss_parked("billing", ["f"])
     registry = CollectorRegistry()
     lag = Gauge("lag", "test", ["group"], registry=registry)
     parked_gauge = Gauge("parked", "test", ["group"], registry=registry)
-    sampler = GroupSampler(store, store, lag=lag, parked=parked_gauge)
+    skipped = Gauge("skipped", "test", ["group"], registry=registry)
+    dismissed = Gauge("dismissed", "test", ["group"], registry=registry)
+    sampler = GroupSampler(store, store, lag=lag, parked=parked_gauge, skipped=skipped, dismissed=dismissed)
     await sampler.sample()
     assert registry.get_sample_value("lag", {"group": "billing"}) == 3  # segment 1 is still at 0
     assert registry.get_sample_value("lag", {"group": "audit"}) == 0
     assert registry.get_sample_value("parked", {"group": "billing"}) == 1
+    assert registry.get_sample_value("skipped", {"group": "billing"}) == 1
+    assert registry.get_sample_value("dismissed", {"group": "billing"}) == 1
+    assert registry.get_sample_value("dismissed", {"group": "audit"}) == 0
     # A scrape (on the metrics server's thread) may come at any moment of a
     # sample: at each, every group still has its value.
     seen: list[float | None] = []
@@ -309,6 +316,7 @@ async def test_group_consumers_lag_and_parked_events_are_measured() -> None:
     await store.delete_group("billing")
     await sampler.sample()
     assert registry.get_sample_value("lag", {"group": "billing"}) is None
+    assert registry.get_sample_value("skipped", {"group": "billing"}) is None
 
     async with (
         running_server(MemoryStore(), metrics_listen="127.0.0.1:0", anonymous_admin=True) as (app, _),

@@ -792,29 +792,38 @@ def fetch(url: str) -> str:
 
 async def test_group_lag_and_parked_events_are_exported_under_the_documented_names() -> None:
     """`chronicle_group_lag_positions{group}` and
-    `chronicle_group_parked_events{group}` "show the same" as ListGroups."""
+    `chronicle_group_parked_events{group}` "show the same" as ListGroups; so
+    do `chronicle_group_skipped_events{group}` and
+    `chronicle_group_dismissed_events{group}`."""
     async with serving(metrics_listen="127.0.0.1:0") as served:
         raw, groups = served.raw, served.client.groups
         head = await write(raw, "acc-1", bank.OpenAccount(owner="ann"))
         await groups.create("idle")
         await groups.create("failing", max_delivery_attempts=1, segments=1)
+        head = await write(raw, "acc-2", bank.OpenAccount(owner="bob"))
         async with consuming(raw, "failing") as consumer:
-            await consumer.nack("cannot parse", *await consumer.take(1))
+            first, second = await consumer.take(2)
+            await consumer.nack("cannot parse", first)
+            await consumer.call.write(
+                pb.ConsumeRequest(nack=pb.Nack(event_ids=[second.event.event_id], action=pb.NACK_ACTION_SKIP))
+            )
 
             async def parked_and_passed() -> bool:
                 group = await groups.get("failing")
-                return group.parked == 1 and group.lag == 0
+                return group.parked == 1 and group.skipped == 1 and group.lag == 0
 
             await eventually(parked_and_passed, what="the event parked and passed")
         sampler, server = served.app.group_sampler, served.app.metrics_server
         assert sampler is not None and server is not None
         await sampler.sample()  # as its loop does every few seconds
         text = await asyncio.to_thread(fetch, f"http://{server.address}/metrics")
-        listed = {g.name: (g.lag, g.parked) for g in await groups.list()}
-    assert listed == {"failing": (0, 1), "idle": (head, 0)}
-    for name, (lag, parked) in listed.items():
+        listed = {g.name: (g.lag, g.parked, g.skipped, g.dismissed) for g in await groups.list()}
+    assert listed == {"failing": (0, 1, 1, 0), "idle": (head, 0, 0, 0)}
+    for name, (lag, parked, skipped, dismissed) in listed.items():
         assert metric(text, "chronicle_group_lag_positions", group=name) == lag, name
         assert metric(text, "chronicle_group_parked_events", group=name) == parked, name
+        assert metric(text, "chronicle_group_skipped_events", group=name) == skipped, name
+        assert metric(text, "chronicle_group_dismissed_events", group=name) == dismissed, name
 
 
 async def test_a_python_consumer_connects_again_after_a_restart_and_goes_on_where_the_group_stands(

@@ -1,13 +1,16 @@
 """A nack's action, over a real socket with the Python client, on SQLite
 and on PostgreSQL: PARK parks an event at once with the consumer's reason,
-SKIP settles it unprocessed (neither parked nor acknowledged), neither is
-delivered again, and an action the server does not know ends the stream
-INVALID_ARGUMENT (BAD_NACK_ACTION)."""
+SKIP settles it unprocessed (neither parked nor acknowledged, counted as
+skipped), neither is delivered again, and an action the server does not
+know ends the stream INVALID_ARGUMENT (BAD_NACK_ACTION). The group's counts
+of what it did not process (skipped, dismissed) survive a restart and read
+the same from every server of the store."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 import grpc
 import pytest
@@ -63,12 +66,17 @@ async def consume(
             await answer(delivery)
 
 
-async def settled(client: ChronicleClient, group: str, *, acknowledged: int, parked: int) -> None:
+async def settled(
+    client: ChronicleClient, group: str, *, acknowledged: int, parked: int, skipped: int = 0, dismissed: int = 0
+) -> None:
+    wanted = (acknowledged, parked, skipped, dismissed, 0)
+
     async def counted() -> bool:
         info = await client.groups.get(group)
-        return (info.acknowledged, info.parked, info.lag) == (acknowledged, parked, 0)
+        return (info.acknowledged, info.parked, info.skipped, info.dismissed, info.lag) == wanted
 
-    await eventually(counted, what=f"{acknowledged} acknowledged, {parked} parked, no lag")
+    what = f"{acknowledged} acknowledged, {parked} parked, {skipped} skipped, {dismissed} dismissed, no lag"
+    await eventually(counted, what=what)
 
 
 async def test_a_parked_event_is_parked_at_once_with_its_reason_and_not_delivered_again(
@@ -116,7 +124,7 @@ async def test_a_skipped_event_is_settled_neither_parked_nor_acknowledged_nor_de
 
     task = asyncio.ensure_future(consume(client, "billing", answer, seen))
     try:
-        await settled(client, "billing", acknowledged=3, parked=0)
+        await settled(client, "billing", acknowledged=3, parked=0, skipped=1)
         info = await client.groups.get("billing")
         assert info.position == info.log_head  # the skipped event is behind the checkpoint
         await asyncio.sleep(0.3)
@@ -151,7 +159,7 @@ async def test_a_skipped_replay_leaves_the_parked_list_without_counting_as_ackno
             return await client.groups.parked("billing") == []
 
         await eventually(gone, what="the skipped replay out of the parked list")
-        await settled(client, "billing", acknowledged=3, parked=0)
+        await settled(client, "billing", acknowledged=3, parked=0, skipped=1)  # a consumer's skip, not a dismissal
         await asyncio.sleep(0.3)
         assert seen.count((("acc-1", 2), True)) == 1
     finally:
@@ -185,3 +193,60 @@ async def test_an_unknown_nack_action_ends_the_stream_with_its_reason(
     )
     info = await client.groups.get("billing")
     assert (info.acknowledged, info.parked) == (0, 0)
+
+
+ServerOf = Callable[[], AbstractAsyncContextManager[tuple[Application, object]]]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def servers(request: pytest.FixtureRequest) -> ServerOf:
+    """Opens servers on one store: SQLite processes' file, or PostgreSQL replicas' database."""
+    if request.param == "sqlite":
+        path = request.getfixturevalue("tmp_path") / "groups.db"
+        return lambda: running_server(SqliteStore(path), anonymous_admin=True, poll_seconds=0.2, lease_seconds=1.5)
+    url = request.getfixturevalue("postgres_url")
+    return lambda: replica(url, anonymous_admin=True)
+
+
+async def counts(server: Application) -> tuple[int, int, int, int]:
+    async with ChronicleClient.connect(server.address) as client:
+        info = await client.groups.get("billing")
+    return info.acknowledged, info.skipped, info.dismissed, info.parked
+
+
+async def test_what_a_group_did_not_process_is_counted_once_survives_a_restart_and_reads_the_same_everywhere(
+    servers: ServerOf,
+) -> None:
+    """Skipped: an event skipped, a replay skipped; dismissed: a parked event
+    an operator dismissed; each counted once, in the store."""
+    async with servers() as (first, _), ChronicleClient.connect(first.address) as client:
+        await open_accounts(client)
+        await client.groups.create("billing", segments=2)
+        seen: list[tuple[Key, bool]] = []
+
+        async def answer(delivery: Delivery) -> None:
+            if key(delivery) == ("acc-2", 1) or delivery.replayed:
+                await delivery.skip()
+            elif delivery.event.version == 2:
+                await delivery.park("handled by hand")
+            else:
+                await delivery.ack()
+
+        task = asyncio.ensure_future(consume(client, "billing", answer, seen))
+        try:
+            await settled(client, "billing", acknowledged=1, parked=2, skipped=1)
+            by_aggregate = {p.aggregate_id: p.event_id for p in await client.groups.parked("billing")}
+            assert await client.groups.replay("billing", [by_aggregate["acc-1"]]) == 1
+            await settled(client, "billing", acknowledged=1, parked=1, skipped=2)
+            assert await client.groups.dismiss("billing", [by_aggregate["acc-2"]]) == 1
+            await settled(client, "billing", acknowledged=1, parked=0, skipped=2, dismissed=1)
+            await asyncio.sleep(0.3)  # a skip or a dismissal counted twice would show by now
+            async with servers() as (second, _):
+                assert await counts(second) == await counts(first) == (1, 2, 1, 0)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        once = [(("acc-1", 1), False), (("acc-1", 2), False), (("acc-2", 1), False), (("acc-2", 2), False)]
+        assert sorted(seen) == sorted([*once, (("acc-1", 2), True)])
+    async with servers() as (restarted, _):
+        assert await counts(restarted) == (1, 2, 1, 0)

@@ -46,6 +46,8 @@ and the other does not can shift them):
     18 (SQLite 15) a lease member's console URL (before: none, read as "")
     19 (SQLite 16) a subscription group's consumer's last report (its
        replica, its events in flight, when it last answered)
+    20 (SQLite 17) a subscription group's skipped and dismissed counts
+       (before: none, read as 0)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -137,6 +139,9 @@ SINCE["sqlite"]["member_console"] = 15
 # A group consumer's last report: PostgreSQL's migration 19, SQLite's 16.
 SINCE["postgres"]["consumer_reports"] = 19
 SINCE["sqlite"]["consumer_reports"] = 16
+# A group's skipped and dismissed counts: PostgreSQL's migration 20, SQLite's 17.
+SINCE["postgres"]["group_counts"] = 20
+SINCE["sqlite"]["group_counts"] = 17
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -169,6 +174,10 @@ GROUP_SPEC = GroupSpec(
 )
 GROUP_INCARNATION = "5b0c1c1de5f04b9cbf4d2e0a3f6c9d21"
 GROUP_REPORT = ConsumerReport(replica_id="member-old", replica_address="10.0.0.1:50051", in_flight=7, answered_ago=2.5)
+# A parked event that write_through dismisses, to leave a dismissed count.
+DISMISSED_TEMPLATE = GroupParkedEvent(
+    event_id="", position=1, segment=0, aggregate_id="acc-1", attempts=3, reason="given up", replaying=False
+)
 # The filter as the stores keep it (GroupSpec.filter_json).
 GROUP_FILTER = '{"aggregate_types":["Account"],"event_types":["bank.v1.MoneyDeposited"],"origin":null}'
 
@@ -595,7 +604,7 @@ def rows_at(dialect: str, version: int) -> OldRows:
             GroupState(
                 spec=replace(GROUP_SPEC, incarnation=GROUP_INCARNATION) if rows.holds("incarnation") else GROUP_SPEC,
                 checkpoints=(
-                    SegmentCheckpoint(0, 3, 2),
+                    SegmentCheckpoint(0, 3, 2, *((1, 1) if rows.holds("group_counts") else ())),
                     SegmentCheckpoint(1, 2, 1),
                     SegmentCheckpoint(2, 0, 0),
                     SegmentCheckpoint(3, 0, 0),
@@ -684,8 +693,16 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
                     expected_position=group.spec.start_position,
                     new_position=checkpoint.position,
                     acknowledged=checkpoint.acknowledged,
+                    skipped=checkpoint.skipped,
                     parked=[p for p in rows.group_parked if p.segment == checkpoint.segment],
                 )
+            # A dismissed count is what dismissing parked events leaves.
+            dismissed = [
+                replace(DISMISSED_TEMPLATE, event_id=f"dismissed-{checkpoint.segment}-{n}", segment=checkpoint.segment)
+                for n in range(checkpoint.dismissed)
+            ]
+            await store.park(group.spec.name, dismissed)
+            await store.dismiss_parked(group.spec.name, [p.event_id for p in dismissed])
         await store.replay_parked(group.spec.name, [p.event_id for p in rows.group_parked if p.replaying])
         for member_id, report in rows.consumer_reports.items():
             await store.report_consumer(group.spec.name, member_id, report)
@@ -996,14 +1013,15 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
             [p for p in rows.group_parked if p.replaying],
         )
         moved = group.checkpoint(0)
+        # Skips counted from none (PostgreSQL's migration 18, SQLite's 15).
         await store.commit_segment(
-            name, 0, expected_position=moved.position, new_position=moved.position + 5, acknowledged=4
+            name, 0, expected_position=moved.position, new_position=moved.position + 5, acknowledged=4, skipped=2
         )
         loaded = await store.load_group(name)
         same(
             "a checkpoint moved after the old one",
             loaded.checkpoint(0) if loaded is not None else None,
-            SegmentCheckpoint(0, moved.position + 5, moved.acknowledged + 4),
+            replace(moved, position=moved.position + 5, acknowledged=moved.acknowledged + 4, skipped=moved.skipped + 2),
         )
 
     async def consumer_reports() -> None:

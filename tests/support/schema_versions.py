@@ -255,6 +255,12 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 " VALUES (%s, %s, %s, %s)",
                 (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
             )
+            if rows.holds("group_counts"):
+                conn.execute(
+                    "UPDATE chronicle.group_segments SET skipped = %s, dismissed = %s"
+                    " WHERE group_name = %s AND segment = %s",
+                    (checkpoint.skipped, checkpoint.dismissed, spec.name, checkpoint.segment),
+                )
     for member_id, report in rows.consumer_reports.items():
         conn.execute(
             "INSERT INTO chronicle.group_consumer_reports (group_name, member_id, replica_id, replica_address,"
@@ -611,6 +617,11 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
                 "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, ?)",
                 (spec.name, checkpoint.segment, checkpoint.position, checkpoint.acknowledged),
             )
+            if rows.holds("group_counts"):
+                conn.execute(
+                    "UPDATE group_segments SET skipped = ?, dismissed = ? WHERE group_name = ? AND segment = ?",
+                    (checkpoint.skipped, checkpoint.dismissed, spec.name, checkpoint.segment),
+                )
     for member_id, report in rows.consumer_reports.items():
         answered_ago_us = round((report.answered_ago or 0.0) * 1_000_000)
         conn.execute(

@@ -1274,7 +1274,7 @@ export class ChronicleClient {
     return (await this.#call(this.groups, 'CreateGroup', request, limitOf({ signal, timeoutSeconds }))).group;
   }
 
-  /** Every group the caller may consume: position, lag, acknowledged, parked, consumers. */
+  /** Every group the caller may consume: position, lag, acknowledged, parked, skipped, dismissed, consumers. */
   async listGroups({ signal, timeoutSeconds } = {}) {
     return (await this.#call(this.groups, 'ListGroups', {}, limitOf({ signal, timeoutSeconds }))).groups;
   }
@@ -1330,7 +1330,7 @@ export class ChronicleClient {
   }
 
   /**
-   * Deletes parked events without delivering them again (at least one named; they do not count as acknowledged);
+   * Deletes parked events without delivering them again (at least one named; they count as dismissed, not as acknowledged);
    * resolves to how many. Takes the admin grant. All or none: NOT_FOUND PARKED_EVENT_NOT_FOUND (the ids in
    * `metadata.event_ids`), none dismissed, if one named is not parked (as a retry whose first answer was lost finds
    * the ones it dismissed); INVALID_ARGUMENT INVALID_EVENT_ID if none is named or one is no UUID.

@@ -116,7 +116,8 @@ test('parked events are dismissed, all named or none, and a group is found by na
     assert.equal(await client.dismissParked(group, [first]), 1);
     assert.deepEqual((await client.listParked(group)).map((p) => p.event_id), [second]);
     const info = await client.getGroup(group);
-    assert.deepEqual([info.name, info.parked, info.acknowledged], [group, 1, 0]); // dismissed is not acknowledged
+    // Dismissed is not acknowledged: counted apart, as an event the group did not process.
+    assert.deepEqual([info.name, info.parked, info.acknowledged, info.dismissed, info.skipped], [group, 1, 0, 1, 0]);
     await assert.rejects(client.getGroup('missing'), (error) => {
       assert.equal(error.name, 'ChronicleError');
       assert.equal(`${error.code} ${error.reason}`, 'NOT_FOUND GROUP_NOT_FOUND');
@@ -471,11 +472,12 @@ test("a nack's action parks an event at once or skips it, and a misspelt action 
     let info;
     for (let tries = 0; tries < 200; tries += 1) {
       info = await client.getGroup(group);
-      if (info.parked === 1 && info.acknowledged === 1 && info.lag === 0) break;
+      if (info.parked === 1 && info.acknowledged === 1 && info.skipped === 1 && info.lag === 0) break;
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     await worker.close();
-    assert.deepEqual([info.parked, info.acknowledged, info.lag], [1, 1, 0]); // the skipped one is neither
+    // The skipped one is neither parked nor acknowledged: counted as skipped.
+    assert.deepEqual([info.parked, info.acknowledged, info.skipped, info.dismissed, info.lag], [1, 1, 1, 0, 0]);
     const parked = await client.listParked(group);
     assert.deepEqual(
       parked.map((p) => [p.aggregate_id, p.attempts, p.reason]),

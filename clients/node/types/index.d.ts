@@ -218,6 +218,15 @@ export interface GroupOptions {
 export interface GroupInfo {
   name: string;
   position: number;
+  lag: number;
+  /** Events acknowledged, each once. */
+  acknowledged: number;
+  /** Events parked now. */
+  parked: number;
+  /** Events its consumers skipped (nack action SKIP), each once. */
+  skipped: number;
+  /** Parked events an operator dismissed, each once. */
+  dismissed: number;
   [field: string]: unknown;
 }
 export interface Delivery {

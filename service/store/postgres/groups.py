@@ -108,8 +108,9 @@ class GroupsRole:
             read_only=True,
         )
         checkpoints: dict[str, list[SegmentCheckpoint]] = {}
-        for group, segment, position, acknowledged in rows(results[1]):
-            checkpoints.setdefault(group, []).append(SegmentCheckpoint(int(segment), int(position), int(acknowledged)))
+        for group, segment, position, acknowledged, skipped, dismissed in rows(results[1]):
+            checkpoint = SegmentCheckpoint(int(segment), int(position), int(acknowledged), int(skipped), int(dismissed))
+            checkpoints.setdefault(group, []).append(checkpoint)
         parked = {str(group): int(count) for group, count in rows(results[2])}
         members: dict[str, list[str]] = {}
         for group, member in rows(results[3]):
@@ -164,6 +165,7 @@ class GroupsRole:
         expected_position: int,
         new_position: int,
         acknowledged: int,
+        skipped: int = 0,
         parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
     ) -> None:
@@ -171,7 +173,7 @@ class GroupsRole:
         if fencing is not None:
             fenced = (fencing.group, fencing.name, fencing.member_id, fencing.epoch)
             statements.append(Statement(sql.CHECK_FENCING.encode(), fenced))
-        moved = (name, segment, expected_position, new_position, acknowledged)
+        moved = (name, segment, expected_position, new_position, acknowledged, skipped)
         statements.append(Statement(sql.MOVE_SEGMENT.encode(), moved))
         if parked:
             statements.append(Statement(sql.PARK_GROUP_EVENTS.encode(), (name, _parked_json(parked))))
@@ -192,14 +194,14 @@ class GroupsRole:
         if events:
             await self._db.run("repark", [Statement(sql.REPARK_GROUP_EVENTS.encode(), (name, _parked_json(events)))])
 
-    async def dismiss_parked(self, name: str, event_ids: Sequence[str]) -> list[str]:
+    async def dismiss_parked(self, name: str, event_ids: Sequence[str], *, skipped: bool = False) -> list[str]:
         wanted = (name, list(dict.fromkeys(event_ids)))
         try:
             await self._db.run(
                 "dismiss_parked",
                 [
                     Statement(sql.LOCK_GROUP_PARKED.encode(), wanted),
-                    Statement(sql.DISMISS_GROUP_PARKED.encode(), wanted),
+                    Statement(sql.DISMISS_GROUP_PARKED.encode(), (*wanted, skipped)),
                 ],
             )
         except Refused:  # one is not parked: nothing dismissed

@@ -963,7 +963,7 @@ LOAD_GROUPS = (
     f' WHERE {_ONE_OR_ALL.format("name")} ORDER BY name COLLATE "C"'
 )
 LOAD_GROUP_SEGMENTS = (
-    "SELECT group_name, segment, position, acknowledged FROM chronicle.group_segments"
+    "SELECT group_name, segment, position, acknowledged, skipped, dismissed FROM chronicle.group_segments"
     f" WHERE {_ONE_OR_ALL.format('group_name')} ORDER BY group_name, segment"
 )
 COUNT_GROUP_PARKED = (
@@ -1012,7 +1012,7 @@ DELETE_GROUP_LEASES = "DELETE FROM chronicle.leases WHERE lease_group = $1"
 DELETE_GROUP_MEMBERS = "DELETE FROM chronicle.lease_members WHERE lease_group = $1"
 MOVE_SEGMENT = (
     "WITH moved AS (UPDATE chronicle.group_segments SET position = $4::bigint,"
-    " acknowledged = acknowledged + $5::bigint, updated_at = now()"
+    " acknowledged = acknowledged + $5::bigint, skipped = skipped + $6::bigint, updated_at = now()"
     " WHERE group_name = $1 AND segment = $2::integer AND position = $3::bigint RETURNING 1)"
     f" SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 0 ELSE chronicle.refuse('{VERSION_MOVED}', $1) END"
 )
@@ -1046,7 +1046,15 @@ LOCK_GROUP_PARKED = (
     " AND event_id = ANY($2::text[]) FOR UPDATE) AS locked) = cardinality($2::text[]) THEN 0"
     f" ELSE chronicle.refuse('{PARKED_MISSING}', $1) END"
 )
-DISMISS_GROUP_PARKED = "DELETE FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
+# Each row deleted counts once in its segment: as skipped when a consumer
+# skipped the replay ($3), as dismissed when an operator dismissed it.
+DISMISS_GROUP_PARKED = (
+    "WITH gone AS (DELETE FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
+    " RETURNING segment), counted AS (SELECT segment, count(*) AS n FROM gone GROUP BY segment)"
+    " UPDATE chronicle.group_segments AS s SET skipped = s.skipped + CASE WHEN $3::boolean THEN counted.n ELSE 0 END,"
+    " dismissed = s.dismissed + CASE WHEN $3::boolean THEN 0 ELSE counted.n END FROM counted"
+    " WHERE s.group_name = $1 AND s.segment = counted.segment"
+)
 LIST_GROUP_PARKED = (
     f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND position > $2::bigint"
     " ORDER BY position, event_id LIMIT $3::bigint"

@@ -65,11 +65,12 @@ class GroupsRole:
         expected_position: int,
         new_position: int,
         acknowledged: int,
+        skipped: int = 0,
         parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
     ) -> None:
         moved = await self._writer.run(
-            _commit, name, segment, expected_position, new_position, acknowledged, parked, fencing
+            _commit, name, segment, expected_position, new_position, (acknowledged, skipped), parked, fencing
         )
         if not moved:
             raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
@@ -83,8 +84,8 @@ class GroupsRole:
     async def repark(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         await self._writer.run(_repark, name, events)
 
-    async def dismiss_parked(self, name: str, event_ids: Sequence[str]) -> list[str]:
-        return await self._writer.run(_dismiss, name, event_ids)
+    async def dismiss_parked(self, name: str, event_ids: Sequence[str], *, skipped: bool = False) -> list[str]:
+        return await self._writer.run(_dismiss, name, event_ids, skipped)
 
     async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
         rows = await self._writer.run(
@@ -134,7 +135,8 @@ def _read(db: sqlite3.Connection, name: str) -> GroupState | None:
     if row is None:
         return None
     checkpoints = tuple(
-        SegmentCheckpoint(int(s), int(p), int(a)) for s, p, a in db.execute(sql.GROUP_SEGMENTS, (name,)).fetchall()
+        SegmentCheckpoint(int(s), int(p), int(a), int(k), int(d))
+        for s, p, a, k, d in db.execute(sql.GROUP_SEGMENTS, (name,)).fetchall()
     )
     (parked,) = db.execute(sql.PARKED_COUNT, (name,)).fetchone()
     lease_group, now = consumer_group(name), now_us()
@@ -201,14 +203,15 @@ def _commit(
     segment: int,
     expected: int,
     new: int,
-    acknowledged: int,
+    counts: tuple[int, int],
     parked: Sequence[GroupParkedEvent],
     fencing: Fencing | None,
 ) -> bool:
+    """``counts``: the acknowledged and skipped events the move passes."""
     with writing(db):
         if fencing is not None and not still_held(db, fencing):
             return False  # another consumer holds the segment now
-        if db.execute(sql.MOVE_SEGMENT, (new, acknowledged, name, segment, expected)).rowcount != 1:
+        if db.execute(sql.MOVE_SEGMENT, (new, *counts, name, segment, expected)).rowcount != 1:
             return False
         _park(db, name, parked)
         return True
@@ -226,12 +229,15 @@ def _repark(db: sqlite3.Connection, name: str, events: Sequence[GroupParkedEvent
         db.executemany(sql.REPARK_GROUP_EVENT, [(e.attempts, e.reason, name, e.event_id) for e in events])
 
 
-def _dismiss(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> list[str]:
+def _dismiss(db: sqlite3.Connection, name: str, event_ids: Sequence[str], skipped: bool) -> list[str]:
     with writing(db):  # the write lock: nothing settles a replay between the look and the deletion
         wanted = list(dict.fromkeys(event_ids))
         missing = [e for e in wanted if db.execute(sql.GROUP_PARKED_EVENT, (name, e)).fetchone() is None]
         if not missing:
-            db.executemany(sql.DISMISS_GROUP_PARKED, [(name, event_id) for event_id in wanted])
+            count = sql.COUNT_GROUP_SKIPPED if skipped else sql.COUNT_GROUP_DISMISSED
+            for event_id in wanted:
+                for (segment,) in db.execute(sql.DISMISS_GROUP_PARKED, (name, event_id)).fetchall():
+                    db.execute(count, (name, segment))
         return missing
 
 

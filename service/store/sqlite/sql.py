@@ -430,7 +430,10 @@ CREATE_GROUP = f"INSERT INTO subscription_groups ({_GROUP_COLUMNS}) {_values(_GR
 CREATE_SEGMENT = "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, 0)"
 LOAD_GROUP = f"SELECT {_GROUP_COLUMNS} FROM subscription_groups WHERE name = ?"
 GROUP_NAMES = "SELECT name FROM subscription_groups ORDER BY name"
-GROUP_SEGMENTS = "SELECT segment, position, acknowledged FROM group_segments WHERE group_name = ? ORDER BY segment"
+GROUP_SEGMENTS = (
+    "SELECT segment, position, acknowledged, skipped, dismissed FROM group_segments WHERE group_name = ?"
+    " ORDER BY segment"
+)
 PARKED_COUNT = "SELECT count(*) FROM group_parked WHERE group_name = ?"
 DELETE_GROUP = "DELETE FROM subscription_groups WHERE name = ?"
 UPDATE_GROUP = (
@@ -440,7 +443,7 @@ UPDATE_GROUP = (
 DELETE_GROUP_SEGMENTS = "DELETE FROM group_segments WHERE group_name = ?"
 DELETE_GROUP_PARKED = "DELETE FROM group_parked WHERE group_name = ?"
 MOVE_SEGMENT = (
-    "UPDATE group_segments SET position = ?, acknowledged = acknowledged + ?"
+    "UPDATE group_segments SET position = ?, acknowledged = acknowledged + ?, skipped = skipped + ?"
     " WHERE group_name = ? AND segment = ? AND position = ?"
 )
 PARK_GROUP_EVENT = (
@@ -451,11 +454,13 @@ PARK_GROUP_EVENT = (
 REPARK_GROUP_EVENT = (
     "UPDATE group_parked SET attempts = ?, reason = ?, replaying = 0 WHERE group_name = ? AND event_id = ?"
 )
-DISMISS_GROUP_PARKED = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ?"
+DISMISS_GROUP_PARKED = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ? RETURNING segment"
 UNPARK_GROUP_EVENT = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ? RETURNING segment"
 COUNT_GROUP_ACKNOWLEDGED = (
     "UPDATE group_segments SET acknowledged = acknowledged + 1 WHERE group_name = ? AND segment = ?"
 )
+COUNT_GROUP_SKIPPED = "UPDATE group_segments SET skipped = skipped + 1 WHERE group_name = ? AND segment = ?"
+COUNT_GROUP_DISMISSED = "UPDATE group_segments SET dismissed = dismissed + 1 WHERE group_name = ? AND segment = ?"
 LIST_GROUP_PARKED = (
     f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND position > ?"
     " ORDER BY position, event_id LIMIT ?"
