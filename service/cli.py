@@ -175,7 +175,7 @@ def _seconds(text: str) -> float:
 
 
 _GROUP_DURATIONS = ("retry_backoff", "max_retry_backoff", "ack_timeout")
-_GROUP_COUNTS = ("max_delivery_attempts", "segments")
+_GROUP_COUNTS = ("max_delivery_attempts", "max_unanswered_timeouts", "segments")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
 
@@ -193,7 +193,7 @@ def _group_setting(text: str) -> tuple[str, int]:
         if matched is None:
             raise argparse.ArgumentTypeError(f"{key}: expected a duration such as 500ms, 30s, 2m or 1h, got {value!r}")
         return key, round(float(matched.group(1)) * _UNIT_MS[matched.group(2)])
-    known = ", ".join(_GROUP_COUNTS[:1] + _GROUP_DURATIONS)
+    known = ", ".join(_GROUP_COUNTS[:2] + _GROUP_DURATIONS)
     raise argparse.ArgumentTypeError(f"{key!r} is no setting an update changes; these are: {known}")
 
 
@@ -2105,7 +2105,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=_group_setting,
         help="change settings while the group is consumed, keeping its position and parked events (admin):"
-        " max_delivery_attempts=N, retry_backoff=, max_retry_backoff=, ack_timeout= (500ms, 30s, 2m, 1h)",
+        " max_delivery_attempts=N, max_unanswered_timeouts=N (0: never), retry_backoff=, max_retry_backoff=,"
+        " ack_timeout= (500ms, 30s, 2m, 1h)",
     )
     group.set_defaults(run=_group, remote=True)
 

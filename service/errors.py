@@ -511,6 +511,16 @@ class ConsumerStalled(ChronicleError):
     default_reason = "CONSUMER_STALLED"
 
 
+class ConsumerUnresponsive(ConsumerStalled):
+    """A subscription group's consumer takes its deliveries in but answers
+    none: they timed out the group's ``max_unanswered_timeouts`` times in a
+    row (each a delivery sent after the one before timed out) with no ack or
+    nack from it. Cut as a stalled one is, its segments to the group's other
+    consumers (``service/groups.py``). ABORTED: it may consume again at once."""
+
+    default_reason = "CONSUMER_UNRESPONSIVE"
+
+
 class HandlerFailed(ChronicleError):
     default_reason = "HANDLER_FAILED"
 

@@ -80,6 +80,7 @@ from service.errors import (
     ChronicleError,
     ConcurrencyConflict,
     ConsumerStalled,
+    ConsumerUnresponsive,
     EventNotReadable,
     InvalidInput,
     ResourceNotFound,
@@ -165,6 +166,7 @@ class Delivery:
     segment: _Segment | None  # None: a replay of a parked event
     attempt: int = 0
     deadline: float = 0.0
+    sent_at: float = 0.0  # its latest sending
     settled: bool = False
     parked: GroupParkedEvent | None = None  # a replay's entry
 
@@ -354,6 +356,10 @@ class ConsumerSession:
         self._answered_at = float("-inf")  # the consumer's last ack or nack
         self._stall_check: asyncio.TimerHandle | None = None
         self._cut = False  # ended as stalled: its events and segments are the others' now
+        # Deliveries timed out in a row with no answer from the consumer, and
+        # when the last of them counted (``_count_unanswered``).
+        self._unanswered = 0
+        self._unanswered_at = float("-inf")
         self._closed: asyncio.Future[None] | None = None
 
     # -- life ------------------------------------------------------------------
@@ -460,10 +466,7 @@ class ConsumerSession:
             self.member_id,
             self._stall_seconds,
         )
-        for delivery in [d for d in self._pending.values() if d.deadline and self._live(d)]:
-            self._failed(delivery, ACK_TIMEOUT)
-        self._cut = True
-        self.fail(
+        self._cut_off(
             ConsumerStalled(
                 f"consumer {self.member_id!r} of group {quoted(self.spec.name)} took no deliveries in and acked or"
                 f" nacked nothing for {self._stall_seconds:g}s (the group's ack timeout, at least"
@@ -472,8 +475,52 @@ class ConsumerSession:
                 metadata={"group": self.spec.name, "consumer": self.member_id},
             )
         )
+
+    def _cut_off(self, error: ConsumerStalled) -> None:
+        """End the session with ``error``: its events in flight count the
+        attempt as timed out, and ``stalled`` releases the session now."""
+        for delivery in [d for d in self._pending.values() if d.deadline and self._live(d)]:
+            self._failed(delivery, ACK_TIMEOUT)
+        self._cut = True
+        self.fail(error)
         if self._stalled is not None:
             self._stalled(self)
+
+    def _count_unanswered(self, delivery: Delivery, now: float) -> None:
+        """``delivery`` timed out unanswered. A consumer that takes its
+        deliveries in (so the write-bound cut never comes) but answers none
+        would otherwise hold its segments for good, each event timing out
+        and going again to it until parked, while the group's other
+        consumers idle: as Kafka removes a consumer that stops polling
+        (max.poll.interval.ms) and its partitions go to the others, it is
+        cut after ``max_unanswered_timeouts`` timeouts in a row with no ack
+        or nack from it. One counts only if the delivery was sent after the
+        last one counted: a window of events timing out together is one
+        ack timeout's silence, not many, so the bound is that many whole
+        ack timeouts (with their backoffs) without an answer."""
+        limit = self.spec.max_unanswered_timeouts
+        if not limit or self._cut or delivery.sent_at <= self._unanswered_at:
+            return
+        self._unanswered += 1
+        self._unanswered_at = now
+        if self._unanswered < limit:
+            return
+        log.warning(
+            "subscription group %s: consumer %s let %d ack timeouts in a row pass with no ack or nack; its stream"
+            " ends (CONSUMER_UNRESPONSIVE) and its events go to the other consumers",
+            self.spec.name,
+            self.member_id,
+            self._unanswered,
+        )
+        self._cut_off(
+            ConsumerUnresponsive(
+                f"consumer {self.member_id!r} of group {quoted(self.spec.name)} let {self._unanswered} ack"
+                f" timeouts in a row pass ({self.spec.ack_timeout_ms / 1000:g}s each) without acking or nacking"
+                " anything (the group's max_unanswered_timeouts): its unacknowledged events and its segments"
+                " went to the group's other consumers; consume again",
+                metadata={"group": self.spec.name, "consumer": self.member_id},
+            )
+        )
 
     def _resumed(self) -> None:
         """The consumer moved (it took a batch in, or answered): a session
@@ -563,6 +610,7 @@ class ConsumerSession:
         # waiting in a write is not cut while its consumer answers.
         self._tally.writes += 1
         self._answered_at = self._clock()
+        self._unanswered, self._unanswered_at = 0, float("-inf")
         self._resumed()
 
     def _settle(self, delivery: Delivery) -> None:
@@ -628,6 +676,8 @@ class ConsumerSession:
                 return None
             now = self._clock()
             self._expire(now)
+            if self._failure is not None:
+                raise self._failure  # cut as unresponsive by a timeout
             batch = self._take(now)
             if batch:
                 return batch
@@ -652,6 +702,9 @@ class ConsumerSession:
             if delivery.settled or delivery.deadline != deadline or not self._live(delivery):
                 continue  # settled, or sent again since (a later deadline)
             self._failed(delivery, ACK_TIMEOUT)
+            self._count_unanswered(delivery, now)
+            if self._cut:
+                return
 
     def _live(self, delivery: Delivery) -> bool:
         segment = delivery.segment
@@ -717,6 +770,7 @@ class ConsumerSession:
     def _send(self, delivery: Delivery, now: float) -> Delivery:
         delivery.attempt += 1
         self._deliveries.sent(delivery.event.event_id, delivery.attempt)
+        delivery.sent_at = now
         delivery.deadline = now + self.spec.ack_timeout_ms / 1000
         self._in_flight += 1
         self._in_flight_bytes += len(delivery.event.payload)

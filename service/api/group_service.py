@@ -31,7 +31,13 @@ from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.security.policy import Authorizer
 from service.store.base import LogReader
-from service.store.grouping import GroupConsumer, GroupParkedEvent, GroupSpec, GroupState
+from service.store.grouping import (
+    DEFAULT_UNANSWERED_TIMEOUTS,
+    GroupConsumer,
+    GroupParkedEvent,
+    GroupSpec,
+    GroupState,
+)
 from service.store.records import LogFilter
 
 log = logging.getLogger(__name__)
@@ -229,6 +235,7 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         if max_backoff < backoff:
             raise _setting("max_retry_backoff", "must not be shorter than retry_backoff")
         ack_timeout = _millis(request, "ack_timeout", 30_000, minimum=MIN_ACK_TIMEOUT_MS)
+        unanswered = _unanswered(request, DEFAULT_UNANSWERED_TIMEOUTS)
         head = await self._log.log_head()
         if request.from_end:
             start = head
@@ -249,6 +256,7 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
             retry_backoff_ms=backoff,
             max_retry_backoff_ms=max_backoff,
             ack_timeout_ms=ack_timeout,
+            max_unanswered_timeouts=unanswered,
         )
         return spec
 
@@ -431,10 +439,17 @@ async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerS
 def _updated(spec: GroupSpec, request: pb.UpdateGroupRequest) -> GroupSpec:
     """``spec`` with the settings ``request`` sets, each checked as
     CreateGroup checks it."""
-    fields = ("max_delivery_attempts", "retry_backoff", "max_retry_backoff", "ack_timeout", "segments")
+    fields = (
+        "max_delivery_attempts",
+        "retry_backoff",
+        "max_retry_backoff",
+        "ack_timeout",
+        "max_unanswered_timeouts",
+        "segments",
+    )
     if not any(request.HasField(field) for field in fields):
         raise InvalidInput(
-            f"an update names at least one setting to change: {', '.join(fields[:4])}", reason="NO_SETTING_GIVEN"
+            f"an update names at least one setting to change: {', '.join(fields[:5])}", reason="NO_SETTING_GIVEN"
         )
     if request.HasField("segments") and request.segments != spec.segments:
         raise InvalidInput.for_field(
@@ -457,7 +472,18 @@ def _updated(spec: GroupSpec, request: pb.UpdateGroupRequest) -> GroupSpec:
         retry_backoff_ms=backoff,
         max_retry_backoff_ms=max_backoff,
         ack_timeout_ms=ack_timeout,
+        max_unanswered_timeouts=_unanswered(request, spec.max_unanswered_timeouts),
     )
+
+
+def _unanswered(request: pb.CreateGroupRequest | pb.UpdateGroupRequest, default: int) -> int:
+    """The request's ``max_unanswered_timeouts`` (``default`` if unset): 0 to
+    ``MAX_ATTEMPTS``; 0 turns the cut off."""
+    if not request.HasField("max_unanswered_timeouts"):
+        return default
+    if request.max_unanswered_timeouts > MAX_ATTEMPTS:
+        raise _setting("max_unanswered_timeouts", f"must be from 0 (never) to {MAX_ATTEMPTS}")
+    return request.max_unanswered_timeouts
 
 
 def _nack_reason(reason: str) -> str:
@@ -516,6 +542,7 @@ def _info(state: GroupState, head: int) -> pb.GroupInfo:
         retry_backoff=_duration(spec.retry_backoff_ms),
         max_retry_backoff=_duration(spec.max_retry_backoff_ms),
         ack_timeout=_duration(spec.ack_timeout_ms),
+        max_unanswered_timeouts=spec.max_unanswered_timeouts,
         segments=spec.segments,
         position=position,
         log_head=head,

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # The server ended the stream of a consumer that took no deliveries in and
 # answered nothing for the group's ack timeout (ABORTED): consumed again.
 CONSUMER_STALLED = "CONSUMER_STALLED"
+CONSUMER_UNRESPONSIVE = "CONSUMER_UNRESPONSIVE"
 
 GroupInfo = pb.GroupInfo
 
@@ -308,7 +309,7 @@ class GroupConsumer:
                     stale += 1  # a fresh token may cure it: the next stream asks for one
                 broken += 1
                 wait = self._reconnect_wait(broken, error)
-                if error.reason == CONSUMER_STALLED:
+                if error.reason in (CONSUMER_STALLED, CONSUMER_UNRESPONSIVE):
                     # Not the network's doing: this consumer kept a message
                     # unread, and answered nothing, for the group's ack
                     # timeout (a handler that held up the loop over it).
@@ -378,12 +379,15 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
         max_retry_backoff: timedelta | float | None = None,
         ack_timeout: timedelta | float | None = None,
         segments: int = 0,
+        max_unanswered_timeouts: int | None = None,
     ) -> GroupInfo:
         """Create group ``name`` (durations as ``timedelta`` or seconds).
         A count of 0 and a duration of None take the server's defaults; a
         duration of 0 is sent as 0 (a ``retry_backoff`` of 0 retries at
         once; an ``ack_timeout`` under 10 ms is BAD_GROUP_SETTING).
-        ``AlreadyExists`` (GROUP_EXISTS) if it exists."""
+        ``max_unanswered_timeouts``: None the server's default (3), 0 never
+        cut a consumer that answers nothing. ``AlreadyExists``
+        (GROUP_EXISTS) if it exists."""
         request = pb.CreateGroupRequest(
             name=name,
             filter=pb.GroupFilter(aggregate_types=aggregate_types, event_types=event_types, origin=origin),
@@ -394,6 +398,7 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
             max_retry_backoff=_duration(max_retry_backoff),
             ack_timeout=_duration(ack_timeout),
             segments=segments,
+            max_unanswered_timeouts=max_unanswered_timeouts,
         )
         response: pb.CreateGroupResponse = await self._call(f"create group {name}", self._stub.CreateGroup, request)
         return response.group
@@ -406,6 +411,7 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
         retry_backoff: timedelta | float | None = None,
         max_retry_backoff: timedelta | float | None = None,
         ack_timeout: timedelta | float | None = None,
+        max_unanswered_timeouts: int | None = None,
     ) -> GroupInfo:
         """Change group ``name``'s settings while it is consumed, keeping
         its position and parked events; each one left None stays. Its
@@ -417,6 +423,7 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
             retry_backoff=_duration(retry_backoff),
             max_retry_backoff=_duration(max_retry_backoff),
             ack_timeout=_duration(ack_timeout),
+            max_unanswered_timeouts=max_unanswered_timeouts,
         )
         response: pb.UpdateGroupResponse = await self._call(f"update group {name}", self._stub.UpdateGroup, request)
         return response.group

@@ -33,6 +33,13 @@ def segment_lease(segment: int) -> str:
     return str(segment)
 
 
+# How many ack timeouts in a row a consumer may let pass without an answer
+# before it is cut (GroupSpec.max_unanswered_timeouts): below the default
+# max_attempts (5), so a consumer that answers nothing is cut before it has
+# used up its events' attempts, and a consumer that answers gets them.
+DEFAULT_UNANSWERED_TIMEOUTS = 3
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GroupSpec:
     """A group's settings, fixed when it is created. Durations in
@@ -46,6 +53,11 @@ class GroupSpec:
     retry_backoff_ms: int = 1000
     max_retry_backoff_ms: int = 60_000
     ack_timeout_ms: int = 30_000
+    # A consumer whose deliveries time out this many times in a row with no
+    # ack or nack from it (each timeout of a delivery sent after the one
+    # before it) is cut, its segments to the others (service/groups.py,
+    # ``ConsumerSession._count_unanswered``); 0: never.
+    max_unanswered_timeouts: int = DEFAULT_UNANSWERED_TIMEOUTS
     # Which creation of the name this is: drawn by the store each time it
     # creates the group (``incarnated``), "" for groups created before
     # stores kept one. A group deleted and created again with the same
@@ -73,7 +85,13 @@ class GroupSpec:
 # these afresh from the store (its lease sweep). Not the filter (what was
 # settled under the old one is not read again) nor the segments (each
 # segment's checkpoint is of the partition by the old count).
-UPDATABLE_SETTINGS = ("max_attempts", "retry_backoff_ms", "max_retry_backoff_ms", "ack_timeout_ms")
+UPDATABLE_SETTINGS = (
+    "max_attempts",
+    "retry_backoff_ms",
+    "max_retry_backoff_ms",
+    "ack_timeout_ms",
+    "max_unanswered_timeouts",
+)
 
 
 def updatable_params(spec: GroupSpec) -> tuple[object, ...]:

@@ -433,6 +433,7 @@ GROUP_FIELDS = (
     "max_retry_backoff_ms",
     "ack_timeout_ms",
     "incarnation",
+    "max_unanswered_timeouts",
 )
 PARKED_FIELDS = ("event_id", "position", "segment", "aggregate_id", "attempts", "reason", "replaying")
 
@@ -448,6 +449,7 @@ def group_params(spec: GroupSpec) -> tuple[object, ...]:
         spec.max_retry_backoff_ms,
         spec.ack_timeout_ms,
         spec.incarnation,
+        spec.max_unanswered_timeouts,
     )
 
 
@@ -463,6 +465,8 @@ def group_spec_from_row(row: Row) -> GroupSpec:
         max_retry_backoff_ms=int(row[6]),
         ack_timeout_ms=int(row[7]),
         incarnation=str(row[8] or ""),
+        # NULL for a group created before the setting existed: the default.
+        **({} if row[9] is None else {"max_unanswered_timeouts": int(row[9])}),
     )
 
 

@@ -36,6 +36,7 @@ SPEC = GroupSpec(
     retry_backoff_ms=250,
     max_retry_backoff_ms=4000,
     ack_timeout_ms=1500,
+    max_unanswered_timeouts=0,  # kept as given: 0 (never cut) is no "unset"
 )
 
 
@@ -76,7 +77,8 @@ async def test_an_update_changes_only_the_updatable_settings_of_that_incarnation
     await store.create_group(SPEC)
     group = await store.load_group("billing")
     assert group is not None
-    # Everything asked to change; only attempts, backoffs and ack timeout may.
+    # Everything asked to change; only attempts, backoffs, ack timeout and
+    # the unanswered timeouts' bound may.
     wanted = replace(
         group.spec,
         log_filter=LogFilter(),
@@ -86,11 +88,19 @@ async def test_an_update_changes_only_the_updatable_settings_of_that_incarnation
         retry_backoff_ms=10,
         max_retry_backoff_ms=20,
         ack_timeout_ms=30_000,
+        max_unanswered_timeouts=4,
     )
     assert await store.update_group(wanted)
     updated = await store.load_group("billing")
     assert updated is not None
-    expected = replace(group.spec, max_attempts=9, retry_backoff_ms=10, max_retry_backoff_ms=20, ack_timeout_ms=30_000)
+    expected = replace(
+        group.spec,
+        max_attempts=9,
+        retry_backoff_ms=10,
+        max_retry_backoff_ms=20,
+        ack_timeout_ms=30_000,
+        max_unanswered_timeouts=4,
+    )
     assert updated.spec == expected
     assert updated.checkpoints == group.checkpoints
     # Another incarnation (deleted and created again meanwhile), or none: nothing written.

@@ -228,9 +228,18 @@ async def test_an_operator_changes_a_groups_settings_with_set_and_bad_ones_are_r
     assert refiltered.returncode == 2 and "'filter' is no setting an update changes" in refiltered.stderr
     assert await client.groups.get(GROUP) == info
 
+    # The bound on a consumer that answers nothing: 0 turns it off.
+    assert info.max_unanswered_timeouts == 3  # the default
+    (unbounded,) = lines(await chronicle(app, "group", GROUP, "--set", "max_unanswered_timeouts=0"))
+    assert (unbounded["max_unanswered_timeouts"], unbounded["ack_timeout"]) == (0, "1.500s")
+    too_many = await chronicle(app, "group", GROUP, "--set", "max_unanswered_timeouts=101")
+    assert too_many.stderr.startswith("error: INVALID_ARGUMENT BAD_GROUP_SETTING:"), too_many.stderr
+
     audit = await raw.admin.QueryAudit(admin_service_pb2.QueryAuditRequest())
     updates = [(e.aggregate_id, e.reason) for e in audit.entries if e.command_type.endswith("/UpdateGroup")]
     assert updates == [
+        (f"group:{GROUP}", "BAD_GROUP_SETTING"),
+        (f"group:{GROUP}", ""),
         (f"group:{GROUP}", "BAD_GROUP_SETTING"),
         (f"group:{GROUP}", "SETTING_NOT_UPDATABLE"),
         ("group:missing", "GROUP_NOT_FOUND"),

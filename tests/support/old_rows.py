@@ -48,6 +48,8 @@ and the other does not can shift them):
        replica, its events in flight, when it last answered)
     20 (SQLite 17) a subscription group's skipped and dismissed counts
        (before: none, read as 0)
+    21 (SQLite 18) a subscription group's max_unanswered_timeouts (before:
+       none, read as the default)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -74,6 +76,7 @@ from service.store.base import AuditQuery, ProjectionStore, SnapshotStore, Store
 from service.store.encrypted import encrypted
 from service.store.encryption import Keyring, MasterKeys
 from service.store.grouping import (
+    DEFAULT_UNANSWERED_TIMEOUTS,
     ConsumerReport,
     GroupParkedEvent,
     GroupSpec,
@@ -142,6 +145,9 @@ SINCE["sqlite"]["consumer_reports"] = 16
 # A group's skipped and dismissed counts: PostgreSQL's migration 20, SQLite's 17.
 SINCE["postgres"]["group_counts"] = 20
 SINCE["sqlite"]["group_counts"] = 17
+# A group's max_unanswered_timeouts: PostgreSQL's migration 21, SQLite's 18.
+SINCE["postgres"]["unanswered"] = 21
+SINCE["sqlite"]["unanswered"] = 18
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -602,7 +608,11 @@ def rows_at(dialect: str, version: int) -> OldRows:
     if rows.holds("groups"):
         rows.groups.append(
             GroupState(
-                spec=replace(GROUP_SPEC, incarnation=GROUP_INCARNATION) if rows.holds("incarnation") else GROUP_SPEC,
+                spec=replace(
+                    GROUP_SPEC,
+                    incarnation=GROUP_INCARNATION if rows.holds("incarnation") else "",
+                    max_unanswered_timeouts=7 if rows.holds("unanswered") else DEFAULT_UNANSWERED_TIMEOUTS,
+                ),
                 checkpoints=(
                     SegmentCheckpoint(0, 3, 2, *((1, 1) if rows.holds("group_counts") else ())),
                     SegmentCheckpoint(1, 2, 1),

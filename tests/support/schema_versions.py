@@ -249,6 +249,11 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 "UPDATE chronicle.subscription_groups SET incarnation = %s WHERE name = %s",
                 (spec.incarnation, spec.name),
             )
+        if rows.holds("unanswered"):
+            conn.execute(
+                "UPDATE chronicle.subscription_groups SET max_unanswered_timeouts = %s WHERE name = %s",
+                (spec.max_unanswered_timeouts, spec.name),
+            )
         for checkpoint in group.checkpoints:
             conn.execute(
                 "INSERT INTO chronicle.group_segments (group_name, segment, position, acknowledged)"
@@ -612,6 +617,11 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
         )
         if rows.holds("incarnation"):
             conn.execute("UPDATE subscription_groups SET incarnation = ? WHERE name = ?", (spec.incarnation, spec.name))
+        if rows.holds("unanswered"):
+            conn.execute(
+                "UPDATE subscription_groups SET max_unanswered_timeouts = ? WHERE name = ?",
+                (spec.max_unanswered_timeouts, spec.name),
+            )
         for checkpoint in group.checkpoints:
             conn.execute(
                 "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, ?)",

@@ -1239,8 +1239,10 @@ export class ChronicleClient {
    * server's default; a duration (in seconds) left undefined or null takes
    * the server's default, and one of 0 is sent as 0 (a `retryBackoffSeconds`
    * of 0 retries at once; an `ackTimeoutSeconds` under 0.01 is
-   * BAD_GROUP_SETTING). Resolves to the GroupInfo; rejects with
-   * ChronicleError (ALREADY_EXISTS GROUP_EXISTS, …).
+   * BAD_GROUP_SETTING). `maxUnansweredTimeouts`: undefined or null the
+   * server's default (3), 0 never cut a consumer that answers nothing.
+   * Resolves to the GroupInfo; rejects with ChronicleError (ALREADY_EXISTS
+   * GROUP_EXISTS, …).
    */
   async createGroup(
     name,
@@ -1255,6 +1257,7 @@ export class ChronicleClient {
       maxRetryBackoffSeconds,
       ackTimeoutSeconds,
       segments = 0,
+      maxUnansweredTimeouts,
       signal,
       timeoutSeconds,
     } = {},
@@ -1271,6 +1274,7 @@ export class ChronicleClient {
     if (retryBackoffSeconds != null) request.retry_backoff = duration(retryBackoffSeconds);
     if (maxRetryBackoffSeconds != null) request.max_retry_backoff = duration(maxRetryBackoffSeconds);
     if (ackTimeoutSeconds != null) request.ack_timeout = duration(ackTimeoutSeconds);
+    if (maxUnansweredTimeouts != null) request.max_unanswered_timeouts = maxUnansweredTimeouts;
     return (await this.#call(this.groups, 'CreateGroup', request, limitOf({ signal, timeoutSeconds }))).group;
   }
 
@@ -1465,10 +1469,12 @@ export class ChronicleClient {
           broken += 1;
           const backoff = Math.min(mostWait, reconnectDelaySeconds * 2 ** (broken - 1) || 0);
           wait = Math.max(backoff, refusal.retryDelaySeconds ?? 0);
-          if (refusal.reason === 'CONSUMER_STALLED') {
+          if (refusal.reason === 'CONSUMER_STALLED' || refusal.reason === 'CONSUMER_UNRESPONSIVE') {
             // Not the network's doing: this consumer kept a message unread,
             // and answered nothing, for the group's ack timeout (a handler
-            // that held the loop up over it). Said at once, as a warning.
+            // that held the loop up over it), or took its deliveries in and
+            // answered none for the group's max_unanswered_timeouts ack
+            // timeouts in a row. Said at once, as a warning.
             client.logger?.warn(
               `group ${group}: ${refusal}; consuming again in ${wait.toFixed(3)} s (iterate the deliveries ` +
                 'without holding the loop up, ack sooner, or give the group a longer ackTimeoutSeconds)',

@@ -455,7 +455,13 @@ test("a nack's action parks an event at once or skips it, and a misspelt action 
   const [poison, skipped, fine] = [`acc-${randomUUID()}`, `acc-${randomUUID()}`, `acc-${randomUUID()}`];
   try {
     // Five attempts allowed: a nack that retried would not park or settle anything here.
-    await client.createGroup(group, { aggregateTypes: ['Account'], fromEnd: true, maxDeliveryAttempts: 5 });
+    const created = await client.createGroup(group, {
+      aggregateTypes: ['Account'],
+      fromEnd: true,
+      maxDeliveryAttempts: 5,
+      maxUnansweredTimeouts: 0, // 0 sent as 0: never cut (unset: the server's 3)
+    });
+    assert.equal(created.max_unanswered_timeouts, 0);
     for (const id of [poison, skipped, fine]) await client.submit(id, 'bank.v1.OpenAccount', { owner: 'ann' });
     const worker = client.consume(group, 'worker-1');
     const seen = [];

@@ -214,6 +214,8 @@ export interface GroupOptions {
   maxRetryBackoffSeconds?: number | null;
   ackTimeoutSeconds?: number | null;
   segments?: number;
+  /** Ack timeouts in a row without an answer before a consumer is cut; 0: never; unset: the server's 3. */
+  maxUnansweredTimeouts?: number | null;
 }
 export interface GroupInfo {
   name: string;
@@ -227,6 +229,8 @@ export interface GroupInfo {
   skipped: number;
   /** Parked events an operator dismissed, each once. */
   dismissed: number;
+  /** Ack timeouts in a row without an answer before a consumer is cut (CONSUMER_UNRESPONSIVE); 0: never. */
+  max_unanswered_timeouts: number;
   [field: string]: unknown;
 }
 export interface Delivery {

@@ -948,7 +948,8 @@ _GROUP_COLUMNS = ", ".join(GROUP_FIELDS)
 _PARKED_COLUMNS = ", ".join(PARKED_FIELDS)
 CREATE_GROUP = (
     f"WITH g AS (INSERT INTO chronicle.subscription_groups ({_GROUP_COLUMNS})"
-    " VALUES ($1, $2::jsonb, $3::bigint, $4::integer, $5::integer, $6::bigint, $7::bigint, $8::bigint, $9)"
+    " VALUES ($1, $2::jsonb, $3::bigint, $4::integer, $5::integer, $6::bigint, $7::bigint, $8::bigint, $9,"
+    " $10::integer)"
     " ON CONFLICT (name) DO NOTHING RETURNING name, start_position, segments)"
     " INSERT INTO chronicle.group_segments (group_name, segment, position)"
     " SELECT g.name, s, g.start_position FROM g, generate_series(0, g.segments - 1) AS s"
@@ -1005,8 +1006,8 @@ LOAD_GROUP_HOLDERS = (
 DELETE_GROUP = "DELETE FROM chronicle.subscription_groups WHERE name = $1 RETURNING 1"
 UPDATE_GROUP = (
     "UPDATE chronicle.subscription_groups SET max_attempts = $1::integer, retry_backoff_ms = $2::bigint,"
-    " max_retry_backoff_ms = $3::bigint, ack_timeout_ms = $4::bigint"
-    " WHERE name = $5 AND COALESCE(incarnation, '') = $6 RETURNING 1"
+    " max_retry_backoff_ms = $3::bigint, ack_timeout_ms = $4::bigint, max_unanswered_timeouts = $5::integer"
+    " WHERE name = $6 AND COALESCE(incarnation, '') = $7 RETURNING 1"
 )
 DELETE_GROUP_LEASES = "DELETE FROM chronicle.leases WHERE lease_group = $1"
 DELETE_GROUP_MEMBERS = "DELETE FROM chronicle.lease_members WHERE lease_group = $1"

@@ -438,7 +438,7 @@ PARKED_COUNT = "SELECT count(*) FROM group_parked WHERE group_name = ?"
 DELETE_GROUP = "DELETE FROM subscription_groups WHERE name = ?"
 UPDATE_GROUP = (
     "UPDATE subscription_groups SET max_attempts = ?, retry_backoff_ms = ?, max_retry_backoff_ms = ?,"
-    " ack_timeout_ms = ? WHERE name = ? AND COALESCE(incarnation, '') = ?"
+    " ack_timeout_ms = ?, max_unanswered_timeouts = ? WHERE name = ? AND COALESCE(incarnation, '') = ?"
 )
 DELETE_GROUP_SEGMENTS = "DELETE FROM group_segments WHERE group_name = ?"
 DELETE_GROUP_PARKED = "DELETE FROM group_parked WHERE group_name = ?"
