@@ -2084,7 +2084,8 @@ def build_parser() -> argparse.ArgumentParser:
         "group",
         help="subscription groups' state; a group's parked events; replay or dismiss them, change settings (admin)",
         description="no NAME: every group the caller may consume, as JSON lines (settings, position, log head, lag,"
-        " acknowledged, parked, consumers and their segments); NAME: that group; --parked: its parked events;"
+        " acknowledged, parked, skipped, dismissed, consumers and their segments); NAME: that group; --parked: its"
+        " parked events;"
         " --replay/--replay-all: deliver parked events again; --dismiss: delete parked events without delivering"
         " them (all named or none); --set KEY=VALUE...: change its settings (UpdateGroup)",
     )
