@@ -46,7 +46,11 @@ stream has waited in one write for the group's ack timeout (at least
 the session ends at once (committing, giving its segments up) and the
 stream's status, once gRPC can send it, is ABORTED CONSUMER_STALLED; the
 session looks at ack deadlines only between writes, and gRPC holds a write
-for as long as a client that stopped reading keeps its connection.
+for as long as a client that stopped reading keeps its connection. One that
+takes its deliveries in but lets the group's ``max_unanswered_timeouts``
+ack timeouts in a row pass without an ack or nack is cut the same way
+(``_count_unanswered``, CONSUMER_UNRESPONSIVE): its events would otherwise
+time out back to it until parked, its segments never moving.
 
 Attempts are counted per replica, across the group's sessions there
 (``Deliveries``): a consumer that goes away holding events (it crashed,
@@ -355,7 +359,7 @@ class ConsumerSession:
         self._write_began: float | None = None  # the stream waits in a write since then
         self._answered_at = float("-inf")  # the consumer's last ack or nack
         self._stall_check: asyncio.TimerHandle | None = None
-        self._cut = False  # ended as stalled: its events and segments are the others' now
+        self._cut = False  # ended as stalled or unresponsive: its events and segments are the others' now
         # Deliveries timed out in a row with no answer from the consumer, and
         # when the last of them counted (``_count_unanswered``).
         self._unanswered = 0
