@@ -406,7 +406,8 @@ async def group_page(
             tag(
                 "p",
                 f"At position {group.position} of {group.log_head} (lag {group.lag}); {group.acknowledged}"
-                f" acknowledged, {group.parked} parked; at most {group.max_delivery_attempts} deliveries of an"
+                f" acknowledged, {group.parked} parked, {group.skipped} skipped, {group.dismissed} dismissed;"
+                f" at most {group.max_delivery_attempts} deliveries of an"
                 f" event; {group.segments} segments.",
                 class_="summary",
                 id="group-summary",
