@@ -111,27 +111,33 @@ def _aggregate_id(field: str, value: str) -> str:
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
+# Metadata keys the server writes itself, and what a client's would forge.
+# The whole prefix is reserved (in any letter case), not only today's keys:
+# a key the server starts writing later must not already sit in events that
+# clients wrote, meaning something else.
+RESERVED_METADATA_PREFIX = "chronicle."
+_SERVERS_KEYS = {
+    # The count of reaction hops that stops a reaction loop: a client's could
+    # start a chain at (or past) its reactions' limit, and have their commands
+    # parked.
+    HOPS_KEY: "the server sets it on the commands reactions send",
+    # The mark of an imported event: reactions pass such events by, so a
+    # command's could make its events unseen by every reaction.
+    IMPORTED_KEY: "an import sets it on the events it writes",
+}
+
 
 def _check_metadata(metadata: Mapping[str, str], field: str = "command") -> dict[str, str]:
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidInput.for_field(
             f"{field}.metadata", f"at most {MAX_METADATA_ENTRIES} entries", reason="INVALID_METADATA"
         )
-    if HOPS_KEY in metadata:
-        # The count of reaction hops that stops a reaction loop is the
-        # server's to set: a client's could start a chain at (or past) its
-        # reactions' limit, and have their commands parked.
+    reserved = next((key for key in metadata if key.lower().startswith(RESERVED_METADATA_PREFIX)), None)
+    if reserved is not None:
         raise InvalidInput.for_field(
-            f"{field}.metadata[{HOPS_KEY!r}]",
-            "is reserved: the server sets it on the commands reactions send",
-            reason="INVALID_METADATA",
-        )
-    if IMPORTED_KEY in metadata:
-        # The mark of an imported event: reactions pass such events by, so a
-        # command's could make its events unseen by every reaction.
-        raise InvalidInput.for_field(
-            f"{field}.metadata[{IMPORTED_KEY!r}]",
-            "is reserved: an import sets it on the events it writes",
+            f"{field}.metadata[{reserved[:MAX_METADATA_KEY]!r}]",
+            f"is reserved: keys beginning with {RESERVED_METADATA_PREFIX!r} are the server's own"
+            f" ({_SERVERS_KEYS.get(reserved, 'kept for keys it may write later')})",
             reason="INVALID_METADATA",
         )
     for key, value in metadata.items():

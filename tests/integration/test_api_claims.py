@@ -23,7 +23,8 @@ AdminService
 CommandService
 - ``Command.metadata``: at most 64 entries, keys of 1 to 128 printable
   characters, values of at most 4,096 characters (INVALID_METADATA), copied
-  to the events;
+  to the events; keys beginning with ``chronicle.`` (any letter case) are the
+  server's (INVALID_METADATA);
 - ``Command.origin``, ``user_id``, ``correlation_id``, ``causation_id``: at
   most 200 printable characters (INVALID_FIELD), copied to the events; an
   aggregate id of 200 characters is taken;
@@ -307,6 +308,23 @@ async def test_command_metadata_is_bounded_as_documented_and_copied_to_the_event
         details = await refusal(client.submit(command("acc-9", bank.OpenAccount(owner="ann"), metadata=metadata)))
         assert said(details) == (INVALID, "INVALID_METADATA", [field])
     assert await read(client, "acc-9") == []
+
+
+async def test_every_metadata_key_under_the_chronicle_prefix_is_the_servers(client: Client) -> None:
+    """Not only the two keys the server writes today (``chronicle.imported``,
+    ``chronicle.reaction_hops``): a key it starts writing later must not be
+    in events clients wrote, meaning something else. In any letter case."""
+    for key in ("chronicle.imported", "chronicle.reaction_hops", "chronicle.trace_id", "Chronicle.Imported"):
+        details = await refusal(
+            client.submit(command("acc-9", bank.OpenAccount(owner="ann"), metadata={"fine": "v", key: "x"}))
+        )
+        assert said(details) == (INVALID, "INVALID_METADATA", [f"command.metadata[{key!r}]"])
+        assert "reserved" in details.message
+    assert await read(client, "acc-9") == []
+    # Keys that only look alike stay the client's own.
+    metadata = {"chronicle": "v", "chronicle_trace": "v", "app.chronicle.trace": "v"}
+    response = await client.submit(command("acc-8", bank.OpenAccount(owner="ann"), metadata=metadata))
+    assert dict(response.events[0].metadata) == metadata
 
 
 TEXTS = ("origin", "user_id", "correlation_id", "causation_id")
