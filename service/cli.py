@@ -1285,7 +1285,9 @@ def _import_done(counts: dict[str, int]) -> str:
     if counts.get("forgotten_skipped"):
         done += f"; {counts['forgotten_skipped']:,} records of forgotten aggregates left out"
     if counts.get("claims_derived"):
-        done += f"; {counts['claims_derived']:,} claims derived from the state of aggregates that came without any"
+        done += f"; {counts['claims_derived']:,} claims derived from the state of the imported aggregates"
+    if counts.get("claims_released"):
+        done += f"; {counts['claims_released']:,} claims their state no longer declares released"
     return done
 
 

@@ -148,6 +148,7 @@ def response(summary: ImportSummary) -> pb.ImportLogResponse:
         forgotten_skipped=summary.forgotten_skipped,
         claims_derived=summary.claims_derived,
         aggregates_without_claims=summary.aggregates_without_claims,
+        claims_released=summary.claims_released,
     )
 
 
@@ -163,6 +164,7 @@ def described(summary: ImportSummary) -> str:
             else ""
         )
         + (f"; {summary.claims_derived} claims derived" if summary.claims_derived else "")
+        + (f"; {summary.claims_released} claims released" if summary.claims_released else "")
         + (
             f"; {summary.aggregates_without_claims} aggregates of claiming types left without claims"
             if summary.aggregates_without_claims

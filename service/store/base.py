@@ -487,14 +487,19 @@ class Transfer(Protocol):
         forget that commits while the batch is written either sees it (and
         deletes it) or is seen (and it is not written)."""
 
-    async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
-        """Take the claims, in one transaction; one the same aggregate holds
-        already is left as it is. ``ImportConflict`` (CLAIM_HELD), and
-        nothing written, when another aggregate holds one of the values.
-        How many were taken. A claim of a forgotten aggregate is neither
-        taken nor checked (forgetting released its values, which another
-        aggregate may hold since), with a concurrent forget as for
-        snapshots."""
+    async def import_claims(self, claims: Sequence[HeldClaim], *, released: Sequence[HeldClaim] = ()) -> int:
+        """Give up the ``released`` claims (each only where its aggregate
+        still holds it) and take ``claims``, in one transaction; one the same
+        aggregate holds already is left as it is. ``ImportConflict``
+        (CLAIM_HELD), and nothing written (nothing released either), when
+        another aggregate holds one of the values. How many were taken. A
+        claim of a forgotten aggregate is neither taken nor checked
+        (forgetting released its values, which another aggregate may hold
+        since), with a concurrent forget as for snapshots. An import makes
+        an aggregate's claims what its state declares so: the values its
+        history gave up released as the new ones are taken, never a moment
+        with both or neither (``claims_page(..., aggregate_id=)`` lists
+        what it holds)."""
 
     async def forgotten_aggregates(self, aggregate_ids: Sequence[str]) -> set[str]:
         """Those of ``aggregate_ids`` whose data key is a tombstone: the

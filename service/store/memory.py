@@ -467,12 +467,17 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
                 written += 1
         return written
 
-    async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
+    async def import_claims(self, claims: Sequence[HeldClaim], *, released: Sequence[HeldClaim] = ()) -> int:
         claims = self._of_live(claims)
+        # Released first, as the other stores do: a value one aggregate gives
+        # up may be taken by another in the same call.
+        gone = {(c.scope, c.value) for c in released if self._claims.get((c.scope, c.value)) == c.aggregate_id}
         for claim in claims:
-            holder = self._claims.get((claim.scope, claim.value))
+            holder = None if (claim.scope, claim.value) in gone else self._claims.get((claim.scope, claim.value))
             if holder is not None and holder != claim.aggregate_id:
                 raise claim_conflict(claim.scope, claim.aggregate_id, holder)
+        for key in gone:
+            del self._claims[key]
         taken = [c for c in claims if (c.scope, c.value) not in self._claims]
         for claim in taken:
             self._claims[(claim.scope, claim.value)] = claim.aggregate_id

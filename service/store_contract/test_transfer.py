@@ -215,6 +215,47 @@ async def test_claims_are_imported_unless_another_aggregate_holds_one(
     assert (await contents()).changes_since(before) == {}
 
 
+async def test_an_import_releases_an_aggregates_old_claims_as_it_takes_the_new_in_one_transaction(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    """What an incremental import needs to make an aggregate's claims what
+    its state declares: list them, then give up the values its imported
+    history released while taking the new ones, all or nothing."""
+    email, name = "users.email", "users.name"
+    await store.append("u-1", [new_event()], 0, claims=[ClaimChange(email, "old@x"), ClaimChange(name, "ann")])
+    await store.append("u-2", [new_event()], 0, claims=[ClaimChange(email, "bob@x")])
+    await store.append("u-3", [new_event()], 0, claims=[ClaimChange(email, "cy@x")])
+    assert await store.claims_page(("", ""), 10, aggregate_id="u-1") == [
+        HeldClaim(email, "old@x", "u-1"),
+        HeldClaim(name, "ann", "u-1"),
+    ]
+    # A value another aggregate holds: refused, and nothing released either.
+    before = await contents()
+    with pytest.raises(ImportConflict) as refused:
+        await store.import_claims([HeldClaim(email, "bob@x", "u-1")], released=[HeldClaim(email, "old@x", "u-1")])
+    assert refused.value.metadata == {"scope": email, "aggregate_id": "u-1", "holder": "u-2"}
+    assert (await contents()).changes_since(before) == {}
+    # Released and taken together; a released claim the aggregate does not
+    # hold (u-2's value) is left to its holder.
+    taken = await store.import_claims(
+        [HeldClaim(email, "new@x", "u-1"), HeldClaim(name, "ann", "u-1")],
+        released=[HeldClaim(email, "old@x", "u-1"), HeldClaim(email, "bob@x", "u-1")],
+    )
+    assert taken == 1
+    assert await store.claims_page(("", ""), 10, aggregate_id="u-1") == [
+        HeldClaim(email, "new@x", "u-1"),
+        HeldClaim(name, "ann", "u-1"),
+    ]
+    assert (await store.claim_owner(email, "old@x"), await store.claim_owner(email, "bob@x")) == (None, "u-2")
+    # Two aggregates swapping values in one call: each release comes before the takes.
+    swapped = [HeldClaim(email, "cy@x", "u-2"), HeldClaim(email, "bob@x", "u-3")]
+    assert (
+        await store.import_claims(swapped, released=[HeldClaim(email, "bob@x", "u-2"), HeldClaim(email, "cy@x", "u-3")])
+        == 2
+    )
+    assert (await store.claim_owner(email, "bob@x"), await store.claim_owner(email, "cy@x")) == ("u-3", "u-2")
+
+
 async def test_data_keys_are_imported_and_forgotten_ones_stay_forgotten(store: StoreAdapter) -> None:
     await store.create_data_key(DataKey("live", "m1", b"k" * 40))
     await store.create_data_key(DataKey("gone", "m1", b"g" * 40))

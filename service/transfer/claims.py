@@ -1,32 +1,41 @@
-"""The claims of imported aggregates that came without any.
+"""The claims of the aggregates an import touched, as their state declares them.
 
 A claim is taken by a handler (``context.claim``) in the transaction that
 appends its events; an import writes events no handler ran for, so their
 claims come as claim records of the stream (an export of a Chronicle store
 carries every claim), or not at all (an export written by hand from
 another store, a conversion whose mapping gave none). Without them an
-imported user's address would be free for anyone to register.
+imported user's address would be free for anyone to register; and an
+incremental import (the legacy application still running between two
+imports) brings events that change what an aggregate holds (a user's new
+address), which no claim record of an earlier import knew.
 
 A plugin that declares how its aggregates' claims follow from their state
-(``AggregateType.claims``) lets the import compute them: for each
-aggregate of such a type that the stream brought events for and no claim
-record, once the stream has ended (so every event of it is written), its
-state is loaded from the target, as its next command would see it, and
-the declared claims are taken like the stream's own (CLAIM_HELD if
-another aggregate holds a value). The target's state, not the stream's:
-it is what the handlers will decide on from now on.
+(``AggregateType.claims``) lets the import settle them: for each
+aggregate of such a type that the stream brought events for (written now
+or by an earlier run), once the stream has ended (so every event of it is
+written), its state is loaded from the target, as its next command would
+see it, and its claims are made what the state declares: the values it
+holds and no longer declares released, the values it declares taken
+(CLAIM_HELD if another aggregate holds one), in one transaction
+(``Importer._settle_claims``). The target's state, not the stream's: it is
+what the handlers will decide on from now on. The declaration must agree
+with the handlers (plugins.md), so for an aggregate that came with claim
+records it says what they say.
 
-An aggregate that comes with claim records is taken at its records' word
-(they are what its handlers claimed); one whose last event in the stream
-is a deletion's tombstone holds nothing. An aggregate of a declaring type
-whose claims cannot be derived (no way to load state was given, or its
-state cannot be rebuilt) is counted, for the summary's warning.
+One whose last event in the stream is a deletion's tombstone holds
+nothing. An aggregate of a declaring type whose claims cannot be derived
+(no way to load state was given, or its state cannot be rebuilt) keeps
+what it holds (its claim records, if the stream had any); one that came
+without claim records is counted, for the summary's warning. An aggregate
+of a type that declares nothing keeps its claim records, and nothing is
+released for it: only a declaration says a value is no longer held.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,16 +54,30 @@ LoadState = Callable[[str, AggregateType[Any]], Awaitable[Message]]
 
 
 @dataclass(frozen=True, slots=True)
-class Derived:
+class Declared:
+    """An aggregate's claims as its state declares them, and the version its
+    state was loaded at (or after: the head seen before loading it)."""
+
+    aggregate_id: str
     claims: list[HeldClaim]
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    declared: list[Declared]
     # Aggregates of a declaring type that came without claim records and
     # whose claims could not be derived.
     not_derived: int
 
 
+# The head version of an aggregate in the target (0: no events).
+HeadVersion = Callable[[str], Awaitable[int]]
+
+
 class ClaimsToDerive:
     """Follows a stream's records (``saw``), then derives the claims of
-    its aggregates that need them (``claims``)."""
+    the aggregates it touched of a type that declares them (``claims``)."""
 
     def __init__(self, registry: Registry | None, load_state: LoadState | None) -> None:
         self._registry = registry
@@ -75,24 +98,26 @@ class ClaimsToDerive:
             if aggregate_type is not None and aggregate_type.held_claims is not None:
                 self._declaring[stored.aggregate_id] = aggregate_type
 
-    async def claims(self) -> Derived:
-        """The claims derived for the aggregates seen without claim records."""
-        claims: list[HeldClaim] = []
+    async def claims(self, head_version: HeadVersion, only: Collection[str] | None = None) -> Derived:
+        """The declared claims of the aggregates seen (``only`` those, when
+        given), each with the version its state was loaded at."""
+        declared: list[Declared] = []
         not_derived = 0
         for aggregate_id, aggregate_type in self._declaring.items():
-            if aggregate_id in self._with_claim_records:
+            if only is not None and aggregate_id not in only:
                 continue
             if self._load_state is None:
-                not_derived += 1
+                not_derived += aggregate_id not in self._with_claim_records
                 continue
+            version = await head_version(aggregate_id)
             try:
                 state = await self._load_state(aggregate_id, aggregate_type)
             except ChronicleError as error:
                 log.warning("the claims of imported aggregate %r cannot be derived: %s", aggregate_id, error)
-                not_derived += 1
+                not_derived += aggregate_id not in self._with_claim_records
                 continue
-            claims.extend(_held(aggregate_id, aggregate_type, state))
-        return Derived(claims, not_derived)
+            declared.append(Declared(aggregate_id, _held(aggregate_id, aggregate_type, state), version))
+        return Derived(declared, not_derived)
 
 
 def _held(aggregate_id: str, aggregate_type: AggregateType[Any], state: Message) -> list[HeldClaim]:

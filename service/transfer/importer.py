@@ -42,7 +42,8 @@ of the stream at one aggregate and version are a bad record (one_place.py).
 from __future__ import annotations
 
 import json
-from collections import Counter
+import logging
+from collections import Counter, deque
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,9 +57,9 @@ from service.store.base import AggregateQuery, SnapshotKind, Store
 from service.store.encrypted import is_sealed_record
 from service.store.encryption import is_sealed
 from service.store.imported import mark_reaction_starts, marked_imported
-from service.store.importing import AGGREGATE_FORGOTTEN, AGGREGATE_NOT_EMPTY, import_conflict
+from service.store.importing import AGGREGATE_FORGOTTEN, AGGREGATE_NOT_EMPTY, CLAIM_HELD, import_conflict
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
-from service.transfer.claims import ClaimsToDerive, LoadState
+from service.transfer.claims import ClaimsToDerive, Declared, LoadState
 from service.transfer.exporter import READABLE_VERSIONS
 from service.transfer.forgotten import left_out, shredded
 from service.transfer.one_place import BatchPlaces, held_elsewhere_hint, two_at_one_place, written_by_this_import
@@ -74,7 +75,11 @@ from service.transfer.records import (
 from service.transfer.sealing import AsStored, ImportSealing
 from service.transfer.stream import EXPORT_INCOMPLETE, FORMAT
 
+log = logging.getLogger(__name__)
+
 DATA_KEY_NOT_IN_STORE = "DATA_KEY_NOT_IN_STORE"
+# Times the claims of aggregates other writers append to meanwhile are settled again.
+_SETTLE_ROUNDS = 5
 # Records written per transaction (fewer when their payloads are large).
 BATCH = 500
 BATCH_BYTES = 4 * 1024 * 1024
@@ -102,6 +107,8 @@ class ImportSummary:
     # records (claims.py), and such aggregates whose claims could not be.
     claims_derived: int = 0
     aggregates_without_claims: int = 0
+    # Claims the touched aggregates held and their state no longer declares (claims.py).
+    claims_released: int = 0
     header: export_pb2.ExportHeader | None = None
     complete: bool = False
 
@@ -196,7 +203,7 @@ class Importer:
         if kind == "end":
             await self._flush()
             self._check_end(record.end, where)
-            await self._derive_claims()
+            await self._settle_claims()
             self.summary.complete = True
             return
         stored = _stored(record, kind, where)
@@ -275,26 +282,107 @@ class Importer:
                 f"{where}: the stream lacks records its end announces ({counts})", reason=EXPORT_INCOMPLETE
             )
 
-    async def _derive_claims(self) -> None:
-        """Take the claims derived for the stream's aggregates that came
-        without any, through the path the stream's claim records take
-        (forgotten aggregates, sealing, the store's CLAIM_HELD), in batches."""
-        derived = await self._to_derive.claims()
-        self.summary.claims_derived = len(derived.claims)
-        self.summary.aggregates_without_claims = derived.not_derived
-        for start in range(0, len(derived.claims), self._batch_size):
-            batch = derived.claims[start : start + self._batch_size]
-            # No record of the stream: a refusal names the aggregate and scope, and says the claim was derived.
-            self._pending, self._pending_kind, self._pending_records = list(batch), "claim", [-1] * len(batch)
-            try:
-                await self._flush()
-            except ImportConflict as conflict:
-                conflict.message += (
-                    " (a claim derived from the aggregate's state: the stream carried no claim record of it; the"
-                    " events are written. Give one of them another value with a command, then import again)"
-                )
-                conflict.args = (conflict.message,)
-                raise
+    async def _settle_claims(self) -> None:
+        """Make the claims of the stream's aggregates of declaring types what
+        their state in the target declares (claims.py). An aggregate another
+        writer appended to after its state was loaded (a second import of the
+        same source running beside this one) is settled again from its new
+        state, so that the last import to finish leaves the claims of the
+        last history, whichever settled first."""
+        again: set[str] | None = None  # None: every aggregate the stream touched
+        for _ in range(_SETTLE_ROUNDS):
+            derived = await self._to_derive.claims(self._head_version, only=again)
+            if again is None:
+                self.summary.claims_derived = sum(len(declared.claims) for declared in derived.declared)
+                self.summary.aggregates_without_claims = derived.not_derived
+            await self._settle(derived.declared)
+            again = {
+                declared.aggregate_id
+                for declared in derived.declared
+                if await self._head_version(declared.aggregate_id) != declared.version
+            }
+            if not again:
+                return
+        log.warning(
+            "the claims of %d imported aggregates were settled from a state other writers kept changing;"
+            " import again once they stopped",
+            len(again or ()),
+        )
+
+    async def _head_version(self, aggregate_id: str) -> int:
+        head = await self._store.events.head(aggregate_id)
+        return 0 if head is None else head.version
+
+    async def _settle(self, declared: Sequence[Declared]) -> None:
+        """Settle ``declared`` in transactions of a batch of aggregates each.
+        A value held by an aggregate still to be settled (two users who
+        swapped addresses in the old application, in two batches) is the
+        holder's to release first: the holder joins the batch, so that both
+        are settled in one transaction (neither could be alone)."""
+        queue = deque(declared)
+        while queue:
+            batch = [queue.popleft() for _ in range(min(self._batch_size, len(queue)))]
+            while True:
+                try:
+                    await self._settle_batch(batch)
+                    break
+                except ImportConflict as conflict:
+                    holder = conflict.metadata.get("holder")
+                    waiting = next((d for d in queue if d.aggregate_id == holder), None)
+                    if conflict.reason != CLAIM_HELD or waiting is None:
+                        conflict.message += (
+                            " (a claim derived from the aggregate's state, as the stream's history left it: the"
+                            " events are written, and none of the claims of this batch of aggregates. Give one of"
+                            " them another value with a command, then import again)"
+                        )
+                        conflict.args = (conflict.message,)
+                        raise
+                    queue.remove(waiting)
+                    batch.append(waiting)
+
+    async def _settle_batch(self, batch: Sequence[Declared]) -> None:
+        """In one transaction: the claims ``batch``'s aggregates hold and
+        their state no longer declares released, those it declares taken.
+        Nothing for a forgotten aggregate (its values were released when
+        it was forgotten)."""
+        forgotten = await self._forgotten_among(declared.aggregate_id for declared in batch)
+        live = [declared for declared in batch if declared.aggregate_id not in forgotten]
+        claims = [claim for declared in live for claim in declared.claims]
+        # As stored: hidden under their scope's key with encryption at rest,
+        # as what the aggregates hold is (the stores' listings are as stored).
+        taken, _ = await self._sealed(claims, [-1] * len(claims))
+        declared_keys = {(claim.scope, claim.value, claim.aggregate_id) for claim in taken}
+        released = [
+            claim
+            for declared in live
+            for claim in await self._claims_held_by(declared.aggregate_id)
+            if (claim.scope, claim.value, claim.aggregate_id) not in declared_keys
+        ]
+        left_out = sum(len(declared.claims) for declared in batch if declared.aggregate_id in forgotten)
+        if not (taken or released):
+            self.summary.forgotten_skipped += left_out
+            return
+        # In one order, so two imports settling the same aggregates lock the same rows in the same order.
+        taken.sort(key=_claim_order)
+        released.sort(key=_claim_order)
+        transfer = self._store.transfer
+        # An adapter of a plugin's written before releasing: only asked to release when there is something.
+        written = await (
+            transfer.import_claims(taken, released=released) if released else transfer.import_claims(taken)
+        )
+        self.summary.written["claim"] += written
+        self.summary.claims_released += len(released)
+        self.summary.forgotten_skipped += left_out
+        if self._on_progress is not None:
+            self._on_progress(self.summary)
+
+    async def _claims_held_by(self, aggregate_id: str) -> list[HeldClaim]:
+        held: list[HeldClaim] = []
+        after = ("", "")
+        while page := await self._store.transfer.claims_page(after, self._batch_size, aggregate_id=aggregate_id):
+            held += page
+            after = (page[-1].scope, page[-1].value)
+        return held
 
     async def _flush(self) -> None:
         batch, kind, indexes = self._pending, self._pending_kind, self._pending_records
@@ -534,6 +622,10 @@ class Importer:
         self.summary.aggregates_replaced += 1
         if self._on_replaced is not None:
             self._on_replaced(aggregate_id)
+
+
+def _claim_order(claim: HeldClaim) -> tuple[str, str]:
+    return claim.scope, claim.value
 
 
 def _sealed_by_key(stored: Any) -> bool:

@@ -57,9 +57,10 @@ def test_a_store_goes_out_through_a_server_and_into_another_file(tmp_path: Path)
         "data_keys_written": 0,
         "aggregates_replaced": 0,
         "forgotten_skipped": 0,
-        # The user's claim came as a record: nothing is derived for it.
-        "claims_derived": 0,
+        # The user's claim came as a record, and its state declares it too: found held, nothing released.
+        "claims_derived": 1,
         "aggregates_without_claims": 0,
+        "claims_released": 0,
     }
     assert "import: done: 5 events written, 0 already there" in done.stderr
     # The JSON lines of the same store: every event is there already.

@@ -366,9 +366,9 @@ class CountingTransfer:
         self.batches.append(("event", len(events)))
         return await self._inner.import_events(events)
 
-    async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
+    async def import_claims(self, claims: Sequence[HeldClaim], *, released: Sequence[HeldClaim] = ()) -> int:
         self.batches.append(("claim", len(claims)))
-        return await self._inner.import_claims(claims)
+        return await self._inner.import_claims(claims, released=released)
 
 
 async def replayed(records: Iterable[Record]) -> AsyncIterator[Record]:

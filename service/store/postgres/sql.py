@@ -804,6 +804,13 @@ IMPORT_CLAIMS = (
     f"INSERT INTO chronicle.claims (scope, value, aggregate_id) SELECT n.s, n.v, n.a FROM {_IMPORTED_CLAIMS}"
     f" WHERE {_live('n.a')} ON CONFLICT (scope, value) DO NOTHING RETURNING 1"
 )
+# Claims an import gives up (an imported history released them), each only
+# where its aggregate still holds it, in the transaction that takes the
+# new ones.
+RELEASE_IMPORTED_CLAIMS = (
+    f"DELETE FROM chronicle.claims c USING {_IMPORTED_CLAIMS}"
+    " WHERE c.scope = n.s AND c.value = n.v AND c.aggregate_id = n.a"
+)
 # After the insert, in the same transaction: each value held by its own
 # aggregate? (A forgotten aggregate's value may be another's since.)
 IMPORT_CLAIMS_CHECK = (

@@ -145,18 +145,16 @@ class TransferRole:
         last = event_from_row(found[0])
         return last.version, last.aggregate_type
 
-    async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
-        if not claims:
+    async def import_claims(self, claims: Sequence[HeldClaim], *, released: Sequence[HeldClaim] = ()) -> int:
+        if not claims and not released:
             return 0
-        batch = json.dumps(
-            [{"i": i, "s": c.scope, "v": c.value, "a": c.aggregate_id} for i, c in enumerate(claims)],
-            separators=(",", ":"),
-        )
+        batch, gone = _claims_json(claims), _claims_json(released)
         try:
-            _, taken, _ = await self._db.run(
+            *_, taken, _ = await self._db.run(
                 "import",
                 [
                     Statement(sql.LOCK_KEYS_OF_IMPORTED.encode(), (batch,)),
+                    *([Statement(sql.RELEASE_IMPORTED_CLAIMS.encode(), (gone,))] if released else []),
                     Statement(sql.IMPORT_CLAIMS.encode(), (batch,)),
                     Statement(sql.IMPORT_CLAIMS_CHECK.encode(), (batch,)),
                 ],
@@ -299,5 +297,13 @@ def _events_json(events: Sequence[RecordedEvent], json_of: JsonOf | None = None)
             }
             for i, e in enumerate(events)
         ],
+        separators=(",", ":"),
+    )
+
+
+def _claims_json(claims: Sequence[HeldClaim]) -> str:
+    """``claims`` as the statements on ``_IMPORTED_CLAIMS`` (sql.py) take them."""
+    return json.dumps(
+        [{"i": i, "s": c.scope, "v": c.value, "a": c.aggregate_id} for i, c in enumerate(claims)],
         separators=(",", ":"),
     )

@@ -89,8 +89,8 @@ class TransferRole:
     async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
         return await self._writer.run(_import_snapshots, snapshots)
 
-    async def import_claims(self, claims: Sequence[HeldClaim]) -> int:
-        return await self._writer.run(_import_claims, claims)
+    async def import_claims(self, claims: Sequence[HeldClaim], *, released: Sequence[HeldClaim] = ()) -> int:
+        return await self._writer.run(_import_claims, claims, released)
 
     async def import_commands(self, commands: Sequence[CommandRecord]) -> int:
         return await self._writer.run(_insert_each, sql.IMPORT_COMMAND, [command_params(c) for c in commands])
@@ -180,9 +180,11 @@ def _insert_each(db: sqlite3.Connection, statement: str, rows: Sequence[tuple[ob
         return sum(db.execute(statement, row).rowcount for row in rows)
 
 
-def _import_claims(db: sqlite3.Connection, claims: Sequence[HeldClaim]) -> int:
+def _import_claims(db: sqlite3.Connection, claims: Sequence[HeldClaim], released: Sequence[HeldClaim]) -> int:
     taken = 0
     with writing(db):
+        for claim in released:
+            db.execute(sql.RELEASE_CLAIM, (claim.scope, claim.value, claim.aggregate_id))
         for claim in _of_live(db, claims):
             taken += db.execute(sql.TAKE_CLAIM, (claim.scope, claim.value, claim.aggregate_id)).rowcount
             (holder,) = db.execute(sql.CLAIM_OWNER, (claim.scope, claim.value)).fetchone()
