@@ -485,6 +485,17 @@ class ImportConflict(ChronicleError):
     default_reason = "IMPORT_CONFLICT"
 
 
+class ImportRaced(ImportConflict):
+    """Another writer wrote where an import's batch goes while the import
+    ran (another import of the same store, most often: two ``chronicle
+    import`` processes, or two replicas each given one), and nothing of the
+    batch was written (``ABORTED``, IMPORT_RACED). Importing again, once the
+    other has finished, skips what is there and writes the rest, or refuses
+    a history that parts from the stream's (AGGREGATE_NOT_EMPTY)."""
+
+    default_reason = "IMPORT_RACED"
+
+
 class NotAvailableHere(ChronicleError):
     """A read that the server's configuration rules out: listing a
     projection's documents by key when encryption at rest stores the keys

@@ -46,6 +46,8 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.NotEncrypted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PayloadNotDecryptable: grpc.StatusCode.DATA_LOSS,
     errors.ImportConflict: grpc.StatusCode.FAILED_PRECONDITION,
+    # Another import wrote there meanwhile: importing again decides.
+    errors.ImportRaced: grpc.StatusCode.ABORTED,
     errors.NotAvailableHere: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ProjectionLoaded: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -62,7 +62,15 @@ from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEve
 from service.transfer.claims import ClaimsToDerive, Declared, LoadState
 from service.transfer.exporter import READABLE_VERSIONS
 from service.transfer.forgotten import left_out, shredded
-from service.transfer.one_place import BatchPlaces, held_elsewhere_hint, two_at_one_place, written_by_this_import
+from service.transfer.one_place import (
+    BatchPlaces,
+    CarriedPlaces,
+    held_elsewhere_hint,
+    imported_since,
+    raced,
+    two_at_one_place,
+    written_by_this_import,
+)
 from service.transfer.readable import check_readable
 from service.transfer.records import (
     BAD_RECORD,
@@ -148,6 +156,8 @@ class Importer:
         self._keys_here: set[str] = set()
         # Where the pending batch's events go (two at one place: one_place.py).
         self._places = BatchPlaces()
+        # The versions of each aggregate this import's written batches carried (one_place.py).
+        self._carried = CarriedPlaces()
         # The log's head when the import began: what this import writes comes after it.
         self._log_head_at_start = 0
 
@@ -403,6 +413,8 @@ class Importer:
                     _name_diverged(conflict, await self._diverged(batch))
                 raise
             self.summary.written[kind] += written
+            if kind == "event":
+                self._carried.add(batch)
         if self._on_progress is not None:
             self._on_progress(self.summary)
 
@@ -429,10 +441,19 @@ class Importer:
         )
         if not there:
             return
-        if written_by_this_import(there[0], self._log_head_at_start):
-            raise two_at_one_place(event, index, there[0]) from None
+        self._refuse_if_placed_by_an_import(event, index, there[0])
         conflict.message += held_elsewhere_hint(event, there[0])
         conflict.args = (conflict.message,)
+
+    def _refuse_if_placed_by_an_import(self, event: RecordedEvent, index: int, held: RecordedEvent) -> None:
+        """Refuse ``event`` (record ``index``) if the target's ``held``
+        event at its place was imported since this import began: this
+        import's own (the stream holds two events there: BAD_RECORD), or
+        another import's, running beside it (IMPORT_RACED)."""
+        if written_by_this_import(held, self._log_head_at_start, self._carried):
+            raise two_at_one_place(event, index, held) from None
+        if imported_since(held, self._log_head_at_start):
+            raise raced(event, index, held) from None
 
     async def _diverged(self, batch: Sequence[RecordedEvent]) -> list[str]:
         """The aggregates of ``batch`` whose history in the target parts
@@ -565,8 +586,8 @@ class Importer:
             )
             if there and there[0].event_id == event.event_id:
                 continue
-            if there and written_by_this_import(there[0], self._log_head_at_start):
-                raise two_at_one_place(event, index, there[0])
+            if there:
+                self._refuse_if_placed_by_an_import(event, index, there[0])
             last = await events.read_aggregate(aggregate_id, AggregateQuery(backwards=True, limit=1))
             deleted = bool(last) and is_tombstone(last[0])
             if self._options.overwrite or deleted:
@@ -611,8 +632,7 @@ class Importer:
             if held is None:
                 continue
             where = held.version
-            if written_by_this_import(held, self._log_head_at_start):
-                raise two_at_one_place(versions[where], index_of[versions[where].event_id], held)
+            self._refuse_if_placed_by_an_import(versions[where], index_of[versions[where].event_id], held)
             same = await events.read_aggregate(aggregate_id, AggregateQuery(to_version=where - 1))
             parted[aggregate_id] = (versions[where], same)
         return parted
@@ -644,7 +664,7 @@ def _name_record(conflict: ImportConflict, batch: Sequence[Any], indexes: Sequen
     holds: an event id, an aggregate and version, a claim's scope) the index
     in the stream of the record of ``batch`` it names, if it names one."""
     named = {key: value for key, value in conflict.metadata.items() if key in _NAMING}
-    if not named:
+    if not named or "record" in conflict.metadata:  # named already (one_place.raced)
         return
     found = [
         index

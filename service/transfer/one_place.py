@@ -11,14 +11,20 @@ Two events of one batch are seen as they are added (``BatchPlaces``). For
 the first in an earlier batch, the importer asks the target when the store
 refuses the second (AGGREGATE_NOT_EMPTY) or overwriting would replace the
 first: the event the target holds there is this import's own if it is
-marked as imported and came after the log's head when this import began
-(``written_by_this_import``; another import running at the same moment
-would look the same).
+marked as imported, came after the log's head when this import began, and
+is at a version this import's written batches carried for its aggregate
+(``CarriedPlaces``: an aggregate's events come in version order, so a span
+of versions per aggregate says it). One marked as imported since this
+import began at a version it never carried is another import's, running
+at the same moment (two ``chronicle import`` processes into one store):
+``raced``, ABORTED (IMPORT_RACED), not a bad stream.
 """
 
 from __future__ import annotations
 
-from service.errors import FieldViolation, InvalidInput
+from collections.abc import Iterable
+
+from service.errors import FieldViolation, ImportRaced, InvalidInput
 from service.store.imported import is_imported
 from service.store.records import RecordedEvent
 from service.transfer.records import BAD_RECORD
@@ -48,9 +54,51 @@ class BatchPlaces:
         self._held.clear()
 
 
-def written_by_this_import(held: RecordedEvent, log_head_at_start: int) -> bool:
-    """Whether the target's ``held`` event is one this import wrote (see the module)."""
+class CarriedPlaces:
+    """The span of versions of each aggregate that this import's written
+    batches carried (each of those events is in the target, written by this
+    import or found there with its id). One pair of numbers an aggregate."""
+
+    def __init__(self) -> None:
+        self._spans: dict[str, tuple[int, int]] = {}
+
+    def add(self, events: Iterable[RecordedEvent]) -> None:
+        for event in events:
+            low, high = self._spans.get(event.aggregate_id, (event.version, event.version))
+            self._spans[event.aggregate_id] = (min(low, event.version), max(high, event.version))
+
+    def holds(self, event: RecordedEvent) -> bool:
+        span = self._spans.get(event.aggregate_id)
+        return span is not None and span[0] <= event.version <= span[1]
+
+
+def imported_since(held: RecordedEvent, log_head_at_start: int) -> bool:
+    """Whether the target's ``held`` event was imported after this import
+    began (by this import or another running beside it)."""
     return is_imported(held) and held.position > log_head_at_start
+
+
+def written_by_this_import(held: RecordedEvent, log_head_at_start: int, carried: CarriedPlaces) -> bool:
+    """Whether the target's ``held`` event is one this import wrote (see the module)."""
+    return imported_since(held, log_head_at_start) and carried.holds(held)
+
+
+def raced(event: RecordedEvent, index: int, held: RecordedEvent) -> ImportRaced:
+    """The refusal of ``event`` (record ``index``): another import wrote
+    ``held`` at its place since this one began."""
+    return ImportRaced(
+        f"record[{index}]: another import into this store, running beside this one, wrote event {held.event_id} at"
+        f" aggregate {event.aggregate_id!r}, version {event.version}, where this import has event {event.event_id}."
+        " Nothing of this record's batch was written. Import again once the other has finished: what is there is"
+        " skipped, and a history that parts from the stream's is refused (AGGREGATE_NOT_EMPTY)",
+        metadata={
+            "record": str(index),
+            "event_id": event.event_id,
+            "aggregate_id": event.aggregate_id,
+            "version": str(event.version),
+            "other_event_id": held.event_id,
+        },
+    )
 
 
 def two_at_one_place(

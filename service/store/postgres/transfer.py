@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from service.errors import ConcurrencyConflict, ImportConflict
+from service.errors import ConcurrencyConflict, ImportRaced
 from service.store.importing import (
     DATA_KEY_CONFLICT,
     claim_conflict,
@@ -91,12 +91,16 @@ class TransferRole:
             reason, index = _refusal(refused)
             raise import_conflict(reason, events[int(index[0])]) from None
         except UniqueViolation as violation:
-            # Another writer took a version or an id between the check and
-            # the insert: nothing was written; the import can be run again.
-            raise ImportConflict(
-                f"another writer wrote to an imported aggregate meanwhile ({violation.constraint}); nothing of the"
-                " batch was written: run the import again",
-                reason="AGGREGATE_NOT_EMPTY",
+            # Another writer (another import of the same export, most
+            # often) took a version or an id between the check and the
+            # insert, the check's snapshot taken before it committed: nothing
+            # was written, and importing again skips what it wrote.
+            raise ImportRaced(
+                f"another writer (another import into this store?) wrote events of this batch's aggregates while it"
+                f" was written ({violation.constraint}): nothing of the batch was written. Import again once it has"
+                " finished: what is there is skipped, and a history that parts from the stream's is refused"
+                " (AGGREGATE_NOT_EMPTY)",
+                metadata={"constraint": str(violation.constraint or "")},
             ) from None
         if written.ntuples:
             self._db.commits.notify(max(int(row[0]) for row in rows(written)))
