@@ -18,6 +18,11 @@ import json
 from typing import Any
 
 from service.errors import InvalidInput
+from service.values import MAX_ID_LENGTH
+
+# A listing's page when the request names no size, and the most a page holds.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
 
 # Tokens hold a document key, which a plugin chooses: generous, but bounded.
 MAX_TOKEN_LENGTH = 64 * 1024
@@ -54,3 +59,21 @@ def read_token(token: str, listing: str, *, field: str = "page_token") -> dict[s
             reason="PAGE_TOKEN_MISMATCH",
         )
     return decoded
+
+
+def checked_key_prefix(prefix: str) -> str:
+    """A listing's ``key_prefix``, refused INVALID_KEY_PREFIX when no key could start with it."""
+    if len(prefix) > MAX_ID_LENGTH:
+        raise InvalidInput.for_field(
+            "key_prefix", f"must be at most {MAX_ID_LENGTH} characters", reason="INVALID_KEY_PREFIX"
+        )
+    if not prefix.isprintable():
+        raise InvalidInput.for_field("key_prefix", "must not contain control characters", reason="INVALID_KEY_PREFIX")
+    return prefix
+
+
+def checked_page_size(asked: int) -> int:
+    """A listing's ``page_size`` (0: the default), refused PAGE_SIZE_TOO_LARGE above the most."""
+    if asked > MAX_PAGE_SIZE:
+        raise InvalidInput.for_field("page_size", f"must be at most {MAX_PAGE_SIZE}", reason="PAGE_SIZE_TOO_LARGE")
+    return asked or DEFAULT_PAGE_SIZE

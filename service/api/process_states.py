@@ -19,14 +19,10 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from chronicle.v1 import reaction_service_pb2 as pb
-from service.errors import InvalidInput
 from service.plugins.reactions import Reaction
 from service.processing.reaction_documents import STATE_PREFIX, stored_type_of
 from service.store.records import StoredDocument
-from service.values import MAX_ID_LENGTH
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 # At most this many keys in one DropProcessState (its one transaction).
 MAX_DROPPED = 1000
 
@@ -62,23 +58,6 @@ def _as_json(reaction: Reaction[Any], state_type: str, value: bytes) -> str:
         return ""
     fields = json_format.MessageToDict(message, preserving_proto_field_name=True)
     return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-
-
-def key_prefix(prefix: str) -> str:
-    """``prefix`` checked as ListDocuments checks a key prefix."""
-    if len(prefix) > MAX_ID_LENGTH:
-        raise InvalidInput.for_field(
-            "key_prefix", f"must be at most {MAX_ID_LENGTH} characters", reason="INVALID_KEY_PREFIX"
-        )
-    if not prefix.isprintable():
-        raise InvalidInput.for_field("key_prefix", "must not contain control characters", reason="INVALID_KEY_PREFIX")
-    return prefix
-
-
-def page_size(asked: int) -> int:
-    if asked > MAX_PAGE_SIZE:
-        raise InvalidInput.for_field("page_size", f"must be at most {MAX_PAGE_SIZE}", reason="PAGE_SIZE_TOO_LARGE")
-    return asked or DEFAULT_PAGE_SIZE
 
 
 def within(states: list[pb.StoredProcessState], max_bytes: int) -> list[pb.StoredProcessState]:

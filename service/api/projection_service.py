@@ -12,7 +12,13 @@ from google.protobuf import any_pb2
 from chronicle.v1 import projection_service_pb2 as pb
 from chronicle.v1 import projection_service_pb2_grpc as pb_grpc
 from service.api.codec import MAX_VERSION, TYPE_URL_PREFIX, check_id, check_version, duration, timestamp
-from service.api.page_tokens import fingerprint, make_token, read_token
+from service.api.page_tokens import (
+    checked_key_prefix,
+    checked_page_size,
+    fingerprint,
+    make_token,
+    read_token,
+)
 from service.api.stored_projections import delete_stored, orphaned, refuse_undeclared
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
@@ -27,8 +33,6 @@ from service.store.records import DocumentRange, ParkedEvent, StoredDocument
 from service.values import MAX_ID_LENGTH
 
 SERVICE = "chronicle.v1.ProjectionService"
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 # An answer sent before the call's deadline runs out says why (PROJECTION_BEHIND)
 # where the deadline itself would not. It leaves this much of the deadline (at
 # most a fifth of it) for the answer to be made and to travel: 50 ms was not
@@ -124,8 +128,8 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         self, request: pb.ListDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListDocumentsResponse:
         projection = await self._projection("projection", request.projection)
-        prefix = _key_prefix(request.key_prefix)
-        page_size = _page_size(request.page_size)
+        prefix = checked_key_prefix(request.key_prefix)
+        page_size = checked_page_size(request.page_size)
         if request.order not in pb.DocumentOrder.values():
             raise InvalidInput.for_field("order", f"unknown order {request.order}", reason="INVALID_ORDER")
         descending = request.order == pb.DOCUMENT_ORDER_KEY_DESCENDING
@@ -203,7 +207,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         self, request: pb.ListParkedEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListParkedEventsResponse:
         projection = await self._projection("projection", request.projection)
-        page_size = _page_size(request.page_size)
+        page_size = checked_page_size(request.page_size)
         listing = fingerprint("parked", projection.name)
         after = None
         if request.page_token:
@@ -268,22 +272,6 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
 
 def _packed(document: StoredDocument) -> any_pb2.Any:
     return any_pb2.Any(type_url=TYPE_URL_PREFIX + document.type_name, value=document.data)
-
-
-def _key_prefix(prefix: str) -> str:
-    if len(prefix) > MAX_ID_LENGTH:
-        raise InvalidInput.for_field(
-            "key_prefix", f"must be at most {MAX_ID_LENGTH} characters", reason="INVALID_KEY_PREFIX"
-        )
-    if not prefix.isprintable():
-        raise InvalidInput.for_field("key_prefix", "must not contain control characters", reason="INVALID_KEY_PREFIX")
-    return prefix
-
-
-def _page_size(asked: int) -> int:
-    if asked > MAX_PAGE_SIZE:
-        raise InvalidInput.for_field("page_size", f"must be at most {MAX_PAGE_SIZE}", reason="PAGE_SIZE_TOO_LARGE")
-    return asked or DEFAULT_PAGE_SIZE
 
 
 def _within(documents: list[StoredDocument], max_bytes: int) -> list[StoredDocument]:

@@ -15,7 +15,7 @@ from chronicle.v1 import reaction_service_pb2 as pb
 from chronicle.v1 import reaction_service_pb2_grpc as pb_grpc
 from service.api import process_states
 from service.api.codec import MAX_VERSION, check_id, duration, timestamp
-from service.api.page_tokens import fingerprint, make_token, read_token
+from service.api.page_tokens import checked_key_prefix, checked_page_size, fingerprint, make_token, read_token
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, NotAvailableHere, PermissionDenied, ResourceNotFound
 from service.plugins.reactions import Reaction
@@ -244,8 +244,8 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     ) -> pb.ListProcessStatesResponse:
         async with self._audited("ListProcessStates", request.reaction) as outcome:
             reaction = self._state_reader(request.reaction)
-            prefix = process_states.key_prefix(request.key_prefix)
-            page_size = process_states.page_size(request.page_size)
+            prefix = checked_key_prefix(request.key_prefix)
+            page_size = checked_page_size(request.page_size)
             listing = fingerprint("process states", reaction.name, prefix)
             after = None
             if request.page_token:

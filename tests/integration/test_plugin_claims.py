@@ -866,7 +866,7 @@ async def test_the_hooks_of_one_call_share_its_context_variables(kind: type[PerC
 
 
 def test_the_documented_defaults_and_limits() -> None:
-    from service.api.projection_service import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+    from service.api.page_tokens import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
     from service.processing.reaction_documents import MAX_PARKED
 
     settings = Settings()
