@@ -1299,6 +1299,25 @@ export class ChronicleClient {
     throw missing;
   }
 
+  /**
+   * Changes group `name`'s settings while it is consumed, keeping its
+   * position and parked events (the Python client's `groups.update`, the
+   * CLI's `chronicle group NAME --set KEY=VALUE`): `settings` names those to
+   * change, as `createGroup` does (`maxDeliveryAttempts`,
+   * `retryBackoffSeconds`, `maxRetryBackoffSeconds`, `ackTimeoutSeconds`;
+   * `segments` only as the group's own count: they are fixed for its life);
+   * each one left out (or null) stays. Its consumers take them at their next
+   * look at the group. Resolves to the GroupInfo as updated. Takes the admin
+   * grant. Rejects INVALID_ARGUMENT NO_SETTING_GIVEN when none is given,
+   * SETTING_NOT_UPDATABLE for another segment count, BAD_GROUP_SETTING for a
+   * value out of range; NOT_FOUND GROUP_NOT_FOUND if there is no such group;
+   * a key that is no setting is refused here (INVALID_OPTION), not dropped.
+   */
+  async updateGroup(name, settings = {}, { signal, timeoutSeconds } = {}) {
+    const request = { name, ...clientSide(() => groupUpdate(settings)) };
+    return (await this.#call(this.groups, 'UpdateGroup', request, limitOf({ signal, timeoutSeconds }))).group;
+  }
+
   async deleteGroup(name, { signal, timeoutSeconds } = {}) {
     await this.#call(this.groups, 'DeleteGroup', { name }, limitOf({ signal, timeoutSeconds }));
   }
@@ -1583,6 +1602,43 @@ function versionExpected(version) {
 function duration(seconds) {
   const whole = Math.floor(seconds);
   return { seconds: whole, nanos: Math.round((seconds - whole) * 1e9) };
+}
+
+// UpdateGroupRequest's settings, by the names createGroup takes them under.
+const GROUP_COUNTS = { maxDeliveryAttempts: 'max_delivery_attempts', segments: 'segments' };
+const GROUP_DURATIONS = {
+  retryBackoffSeconds: 'retry_backoff',
+  maxRetryBackoffSeconds: 'max_retry_backoff',
+  ackTimeoutSeconds: 'ack_timeout',
+};
+
+/**
+ * The settings of an UpdateGroupRequest: each given one set (a count of 0
+ * too: the field's presence is what the server reads), each left out or null
+ * unset. A key that is no setting (a typo, the filter) throws a TypeError:
+ * dropping it would send an update that changes something else, or nothing.
+ */
+function groupUpdate(settings) {
+  if (settings === null || typeof settings !== 'object') {
+    throw new TypeError('updateGroup: settings must be an object, e.g. { ackTimeoutSeconds: 30 }');
+  }
+  const request = {};
+  for (const [key, value] of Object.entries(settings)) {
+    if (value === undefined || value === null) continue;
+    if (Object.hasOwn(GROUP_COUNTS, key)) {
+      if (!(Number.isInteger(value) && value >= 0)) throw new RangeError(`updateGroup: ${key} must be a whole number`);
+      request[GROUP_COUNTS[key]] = value;
+    } else if (Object.hasOwn(GROUP_DURATIONS, key)) {
+      if (!(typeof value === 'number' && value >= 0)) {
+        throw new RangeError(`updateGroup: ${key} must be seconds, 0 or more`);
+      }
+      request[GROUP_DURATIONS[key]] = duration(value);
+    } else {
+      const known = [...Object.keys(GROUP_COUNTS), ...Object.keys(GROUP_DURATIONS)].join(', ');
+      throw new TypeError(`updateGroup: ${JSON.stringify(key)} is no setting an update changes; these are: ${known}`);
+    }
+  }
+  return request;
 }
 
 const NACK_ACTIONS = { retry: 'NACK_ACTION_RETRY', park: 'NACK_ACTION_PARK', skip: 'NACK_ACTION_SKIP' };

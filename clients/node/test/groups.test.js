@@ -494,3 +494,57 @@ test("a nack's action parks an event at once or skips it, and a misspelt action 
     client.close();
   }
 });
+
+test('updateGroup changes the settings given, keeps the others, and is refused with its reasons', async () => {
+  const client = new ChronicleClient(server.address);
+  const group = `updating-${randomUUID().slice(0, 8)}`;
+  try {
+    const created = await client.createGroup(group, { maxDeliveryAttempts: 3, ackTimeoutSeconds: 20, segments: 2 });
+    const updated = await client.updateGroup(group, { maxDeliveryAttempts: 7, ackTimeoutSeconds: 0.5 });
+    assert.equal(updated.name, group);
+    assert.equal(updated.max_delivery_attempts, 7);
+    assert.deepEqual(updated.ack_timeout, { seconds: 0, nanos: 500_000_000 });
+    // Left out: as they were.
+    assert.deepEqual(updated.retry_backoff, created.retry_backoff);
+    assert.deepEqual(updated.max_retry_backoff, created.max_retry_backoff);
+    assert.equal(updated.segments, 2);
+    // Kept by the server, not only echoed.
+    assert.equal((await client.getGroup(group)).max_delivery_attempts, 7);
+    // The group's own segment count is no change; another one is refused.
+    assert.equal((await client.updateGroup(group, { segments: 2, retryBackoffSeconds: 0 })).retry_backoff.seconds, 0);
+    await assert.rejects(client.updateGroup(group, { segments: 4 }), (error) => {
+      assert.equal(error.code, 'INVALID_ARGUMENT');
+      assert.equal(error.reason, 'SETTING_NOT_UPDATABLE');
+      assert.deepEqual(
+        error.fieldViolations.map((v) => v.field),
+        ['segments'],
+      );
+      return true;
+    });
+    // Nothing given (null is left out, as in createGroup): the server says so.
+    for (const settings of [{}, { ackTimeoutSeconds: null }]) {
+      await assert.rejects(client.updateGroup(group, settings), (error) => {
+        assert.equal(error.code, 'INVALID_ARGUMENT');
+        assert.equal(error.reason, 'NO_SETTING_GIVEN');
+        return true;
+      });
+    }
+    const missing = `missing-${randomUUID().slice(0, 8)}`;
+    await assert.rejects(client.updateGroup(missing, { maxDeliveryAttempts: 2 }), (error) => {
+      assert.equal(error.code, 'NOT_FOUND');
+      assert.equal(error.reason, 'GROUP_NOT_FOUND');
+      return true;
+    });
+    // A key that is no setting (the filter, a typo) is refused here, before anything is sent.
+    await assert.rejects(client.updateGroup(group, { ackTimeout: 5 }), (error) => {
+      assert.equal(error.code, 'INVALID_ARGUMENT');
+      assert.equal(error.reason, 'INVALID_OPTION');
+      assert.match(error.message, /"ackTimeout" is no setting/);
+      return true;
+    });
+    assert.equal((await client.getGroup(group)).ack_timeout.nanos, 500_000_000);
+  } finally {
+    await client.deleteGroup(group).catch(() => {});
+    client.close();
+  }
+});

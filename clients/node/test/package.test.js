@@ -69,6 +69,9 @@ async function run(): Promise<number> {
     for await (const delivery of consumer.deliveries) delivery.ack();
     for await (const doc of client.projections.documents('p')) console.log(doc.key);
     console.log((await client.reactions.list()).map((r) => r.name), pack('shop.v1.PlaceOrder', {}).type_url);
+    const settings = { ackTimeoutSeconds: 30, maxDeliveryAttempts: null };
+    const group = await client.updateGroup('g', settings, { timeoutSeconds: 5 });
+    console.log(group.name);
     const [event] = await client.read('a');
     console.log(event.origin, event.payload?.['@type'], event.version + 1);
     return result.version;
@@ -85,6 +88,7 @@ const MISUSE_TS = `
 import { ChronicleClient } from '@chronicle/client';
 const client = new ChronicleClient('x', { keepaliveSecond: 5 });
 const id: number = (await client.getAggregate('a')).aggregate_id;
+await client.updateGroup('g', { ackTimeout: 5 });
 `;
 
 function run(command, args, options) {
@@ -160,4 +164,5 @@ test('the shipped types check a typed usage file with tsc --strict, and catch mi
   assert.notEqual(misuse.status, 0);
   assert.match(misuse.output, /keepaliveSecond/);
   assert.match(misuse.output, /misuse\.ts\(4,7\).*not assignable to type 'number'/);
+  assert.match(misuse.output, /misuse\.ts\(5,.*'ackTimeout' does not exist in type 'GroupSettings'/);
 });

@@ -115,6 +115,16 @@ export interface ClientOptions {
   logger?: Logger | null;
 }
 
+/**
+ * A call's bounds: an AbortSignal, and seconds for the whole call (its
+ * retries and the waits between them included; null: none). Stopped, it
+ * rejects at once with CANCELLED or DEADLINE_EXCEEDED.
+ */
+export interface CallOptions {
+  signal?: AbortSignal | null;
+  timeoutSeconds?: number | null;
+}
+
 /** A 64-bit integer as sent: a safe integer, a BigInt or a decimal string. */
 export type Int64 = number | bigint | string;
 
@@ -216,6 +226,15 @@ export interface GroupOptions {
   segments?: number;
   /** Ack timeouts in a row without an answer before a consumer is cut; 0: never; unset: the server's 3. */
   maxUnansweredTimeouts?: number | null;
+}
+/** What `updateGroup` changes: each one given; left out or null, it stays. */
+export interface GroupSettings {
+  maxDeliveryAttempts?: number | null;
+  retryBackoffSeconds?: number | null;
+  maxRetryBackoffSeconds?: number | null;
+  ackTimeoutSeconds?: number | null;
+  /** Only the group's own count: the segments are fixed for its life (else SETTING_NOT_UPDATABLE). */
+  segments?: number | null;
 }
 export interface GroupInfo {
   name: string;
@@ -343,6 +362,7 @@ export declare class ChronicleClient {
   createGroup(name: string, options?: GroupOptions): Promise<GroupInfo>;
   listGroups(): Promise<GroupInfo[]>;
   getGroup(name: string): Promise<GroupInfo>;
+  updateGroup(name: string, settings: GroupSettings, options?: CallOptions): Promise<GroupInfo>;
   deleteGroup(name: string): Promise<unknown>;
   listParked(group: string, options?: { afterPosition?: number; limit?: number }): Promise<unknown>;
   replayParked(group: string, eventIds?: string[]): Promise<unknown>;
