@@ -17,7 +17,7 @@ import { bearerToken, channelCredentials, REFRESHABLE } from './credentials.js';
 import { checkedFields, exactLongs, setInt64Decoding as setInt64Mode } from './fields.js';
 import { Problem } from './problem.js';
 import { API_FILES, loadProtos as loadProtoFiles, messages, protoIncludeDirs } from './protos.js';
-import { logRetry, retryDelay, retryPolicy, sleepSeconds, STALE_TOKEN_ATTEMPTS } from './retry.js';
+import { logRetry, retryDelay, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry.js';
 import { Projections } from './projections.js';
 import { Reactions } from './reactions.js';
 import { RoutedStream } from './routed_stream.js';
@@ -365,6 +365,17 @@ function arrivedOrAfter(signal, ms) {
   );
 }
 
+/**
+ * Waits `seconds` between a stream's attempts, or less: until `done()`
+ * holds when `wake` is notified (the stream was cancelled, closed or
+ * stopped by its signal or deadline), so that its loop ends at once rather
+ * than after the backoff.
+ */
+async function pauseUnless(seconds, wake, done) {
+  const until = Date.now() + seconds * 1000;
+  while (!done() && Date.now() < until) await arrivedOrAfter(wake, until - Date.now());
+}
+
 // How long a consumer that leaves waits for the server to end its stream.
 const LEAVE_TIMEOUT_MS = 5000;
 
@@ -490,15 +501,20 @@ export class ChronicleClient {
       interceptors,
     });
     // ReactionService (reactions.js): its calls retried as every unary call.
-    this.reactions = new Reactions((method, request) => this.#call(this.reactionService, method, request));
+    const bound = (options) => clientSide(() => limitOf(options));
+    this.reactions = new Reactions(
+      (method, request, limit) => this.#call(this.reactionService, method, request, limit),
+      bound,
+    );
     this.projectionService = new api.ProjectionService(address, credentials, {
       channelOverride: this.commands.getChannel(),
       interceptors,
     });
     // ProjectionService (projections.js): read models, documents decoded as payloads are.
     this.projections = new Projections(
-      (method, request) => this.#call(this.projectionService, method, request),
+      (method, request, limit) => this.#call(this.projectionService, method, request, limit),
       unpack,
+      bound,
     );
     this.origin = origin;
     this.userId = userId;
@@ -707,16 +723,25 @@ export class ChronicleClient {
       window = STREAM_WINDOW,
       maxAttempts = this.retry.maxAttempts,
       renewAfterSeconds = RENEW_AFTER_SECONDS,
+      signal,
+      timeoutSeconds,
     } = {},
   ) {
     this.#checkOpen();
+    const limit = clientSide(() => limitOf({ signal, timeoutSeconds }));
     const source = commands[Symbol.asyncIterator]?.() ?? commands[Symbol.iterator]();
     const options = { dryRun, window, maxAttempts, renewAfterSeconds };
-    if (this.routes === null) return this.#commandStream(source, () => this.commands, options).results;
-    return new RoutedStream(this.routes, source, {
-      window,
-      openLane: (input, stubFor) => this.#commandStream(input, stubFor, options),
-    }).results();
+    let stream;
+    if (this.routes === null) {
+      stream = this.#commandStream(source, () => this.commands, options);
+    } else {
+      const routed = new RoutedStream(this.routes, source, {
+        window,
+        openLane: (input, stubFor) => this.#commandStream(input, stubFor, options),
+      });
+      stream = { results: routed.results(), close: () => routed.stop() };
+    }
+    return limit.bounded ? boundedStream(stream, limit) : stream.results;
   }
 
   /**
@@ -926,7 +951,7 @@ export class ChronicleClient {
             `command stream broke with ${refusal} (retry ${attempt}); ` +
               `${pending.length} commands to send again in ${wait.toFixed(3)} s`,
           );
-          await sleepSeconds(wait);
+          await pauseUnless(wait, arrived, () => state.stopped);
           attempt += 1;
           if (!state.stopped) open(refusal);
         }
@@ -1118,6 +1143,7 @@ export class ChronicleClient {
       handedHere: 0,
     };
     const filter = { aggregate_types: aggregateTypes, event_types: eventTypes, aggregate_id: aggregateId, origin };
+    const woken = new Signal(); // wakes a loop waiting to reopen: cancelled
     async function* messages() {
       for (let attempt = 1; ; attempt += 1) {
         // pages: true asks for EventPage messages; a server from before
@@ -1170,7 +1196,7 @@ export class ChronicleClient {
             attempt,
             `subscribe: stream broke with ${refusal} (retry ${attempt}); reopening in ${wait.toFixed(3)} s`,
           );
-          await sleepSeconds(wait);
+          await pauseUnless(wait, woken, () => state.cancelled);
           if (state.cancelled) return;
         } finally {
           state.call.cancel();
@@ -1195,6 +1221,7 @@ export class ChronicleClient {
         state.cancelled = true;
         client.#streams.delete(subscription);
         state.call?.cancel();
+        woken.notify();
       },
       close() {
         subscription.cancel();
@@ -1393,6 +1420,7 @@ export class ChronicleClient {
     // stopping: no new deliveries handed out, the loop ends once those out are settled (stop()).
     const state = { closed: false, stopping: false, member: '', stream: null, unsettled: 0 };
     const settled = new Signal(); // wakes a stopping loop: a delivery acked or nacked
+    const woken = new Signal(); // wakes a loop waiting to consume again: closed or stopping
     const open = () => {
       const stream = groups.Consume();
       // Listened to for the stream's whole life: the loop's iterator lets go
@@ -1510,7 +1538,7 @@ export class ChronicleClient {
           if (live) await leave(stream);
           else stream.cancel();
         }
-        if (!state.closed && !state.stopping) await sleepSeconds(wait);
+        await pauseUnless(wait, woken, () => state.closed || state.stopping);
       }
     }
     // The loop, throwing what stopped it when a signal or a timeout did (close() and stop() end it cleanly).
@@ -1532,6 +1560,7 @@ export class ChronicleClient {
         state.closed = true;
         client.#streams.delete(consumerHandle);
         settled.notify();
+        woken.notify();
         const stream = state.stream;
         return stream === null ? Promise.resolve() : leave(stream);
       },
@@ -1544,6 +1573,7 @@ export class ChronicleClient {
       async stop({ timeoutSeconds = 30 } = {}) {
         if (state.closed) return;
         state.stopping = true;
+        woken.notify();
         drainTimeoutMs = timeoutSeconds * 1000;
         await drained(drainTimeoutMs);
         await consumerHandle.close();
@@ -1711,6 +1741,31 @@ function bindStream(limit, stop) {
       limit.expired = true; // the timer may fire a millisecond before Date.now() reaches the deadline
       fire();
     }, limit.remainingMs()).unref();
+  }
+}
+
+/**
+ * A command stream's results (`stream`: { results, close }) bounded by
+ * `limit`: when its signal aborts or its deadline passes, the stream is
+ * closed (its call cancelled, the commands taken and not answered left so)
+ * and the loop throws CANCELLED or DEADLINE_EXCEEDED, at once, not after
+ * the reopenings the retry policy allows.
+ */
+async function* boundedStream(stream, limit) {
+  limit.check();
+  let stoppedBy = null;
+  bindStream(limit, (error) => {
+    stoppedBy = error;
+    stream.close();
+  });
+  try {
+    for await (const result of stream.results) {
+      if (stoppedBy !== null) break;
+      yield result;
+    }
+    if (stoppedBy !== null) throw stoppedBy;
+  } finally {
+    stream.close();
   }
 }
 

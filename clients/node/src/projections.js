@@ -55,14 +55,23 @@ export function projectionStatus(status) {
 export class Projections {
   #call;
   #unpack;
+  #bound;
 
   /**
-   * `call(method, request)`: the client's retried unary call on a
-   * ProjectionService stub; `unpack(any)`: how the client decodes a payload.
+   * `call(method, request, limit)`: the client's retried unary call on a
+   * ProjectionService stub, within `limit`; `unpack(any)`: how the client
+   * decodes a payload; `bound({ signal, timeoutSeconds })`: the limit of a
+   * call (chronicle.js: a CallLimit), one for a listing's every page.
+   *
+   * Every method takes `signal` and `timeoutSeconds` among its options: the
+   * whole call (a listing: from its first page to its last), retries and the
+   * waits between them included; stopped, it rejects (a listing's loop
+   * throws) at once CANCELLED or DEADLINE_EXCEEDED.
    */
-  constructor(call, unpack) {
+  constructor(call, unpack, bound) {
     this.#call = call;
     this.#unpack = unpack;
+    this.#bound = bound;
   }
 
   /**
@@ -74,9 +83,9 @@ export class Projections {
    * DOCUMENT_NOT_FOUND; INVALID_ARGUMENT INVALID_KEY (empty, too long,
    * control characters), INVALID_PROJECTION, POSITION_BEYOND_END.
    */
-  async document(projection, key, { minPosition = 0 } = {}) {
+  async document(projection, key, { minPosition = 0, signal, timeoutSeconds } = {}) {
     const request = { projection, key, min_position: minPosition };
-    const { document, position } = await this.#call('GetDocument', request);
+    const { document, position } = await this.#call('GetDocument', request, this.#bound({ signal, timeoutSeconds }));
     return { key, document: this.#unpack(document), position };
   }
 
@@ -90,18 +99,23 @@ export class Projections {
    * the pages read. `minPosition` as for `document`. On a server with
    * encryption at rest: FAILED_PRECONDITION DOCUMENT_KEYS_HIDDEN.
    */
-  async *documents(projection, { keyPrefix = '', pageSize = 0, descending = false, minPosition = 0 } = {}) {
+  async *documents(
+    projection,
+    { keyPrefix = '', pageSize = 0, descending = false, minPosition = 0, signal, timeoutSeconds } = {},
+  ) {
+    const limit = this.#bound({ signal, timeoutSeconds });
     const order = descending ? 'DOCUMENT_ORDER_KEY_DESCENDING' : 'DOCUMENT_ORDER_KEY_ASCENDING';
     let token = '';
     do {
-      const page = await this.#call('ListDocuments', {
+      const request = {
         projection,
         key_prefix: keyPrefix,
         page_size: pageSize,
         page_token: token,
         order,
         min_position: minPosition,
-      });
+      };
+      const page = await this.#call('ListDocuments', request, limit);
       for (const found of page.documents) {
         yield { key: found.key, document: this.#unpack(found.document), position: page.position };
       }
@@ -110,13 +124,14 @@ export class Projections {
   }
 
   /** Where projection `name` stands: a ProjectionStatus. Rejects NOT_FOUND PROJECTION_NOT_FOUND. */
-  async get(name) {
-    return projectionStatus(await this.#call('GetProjection', { name }));
+  async get(name, { signal, timeoutSeconds } = {}) {
+    return projectionStatus(await this.#call('GetProjection', { name }, this.#bound({ signal, timeoutSeconds })));
   }
 
   /** Every loaded projection the caller may read: ProjectionStatus[], by name. */
-  async list() {
-    return (await this.#call('ListProjections', {})).projections.map(projectionStatus);
+  async list({ signal, timeoutSeconds } = {}) {
+    const listed = await this.#call('ListProjections', {}, this.#bound({ signal, timeoutSeconds }));
+    return listed.projections.map(projectionStatus);
   }
 
   /**
@@ -124,10 +139,12 @@ export class Projections {
    * log order (chronicle.v1.ParkedEvent, `parked_at` a Date), following the
    * pages to the last. `pageSize` as for `documents`.
    */
-  async *parked(projection, { pageSize = 0 } = {}) {
+  async *parked(projection, { pageSize = 0, signal, timeoutSeconds } = {}) {
+    const limit = this.#bound({ signal, timeoutSeconds });
     let token = '';
     do {
-      const page = await this.#call('ListParkedEvents', { projection, page_size: pageSize, page_token: token });
+      const request = { projection, page_size: pageSize, page_token: token };
+      const page = await this.#call('ListParkedEvents', request, limit);
       for (const event of page.events) yield { ...event, parked_at: date(event.parked_at) };
       token = page.next_page_token;
     } while (token);
@@ -141,8 +158,8 @@ export class Projections {
    * for an anonymous caller of a server without --anonymous-admin). A retry
    * after an answer lost once the server acted starts the rebuild again.
    */
-  async rebuild(name) {
-    return (await this.#call('RebuildProjection', { name })).log_head;
+  async rebuild(name, { signal, timeoutSeconds } = {}) {
+    return (await this.#call('RebuildProjection', { name }, this.#bound({ signal, timeoutSeconds }))).log_head;
   }
 
   /**
@@ -150,8 +167,9 @@ export class Projections {
    * declares (renamed away or removed): `{ name, position }`[], by name.
    * Takes the admin grant.
    */
-  async orphaned() {
-    return (await this.#call('ListProjections', { include_orphaned: true })).orphaned;
+  async orphaned({ signal, timeoutSeconds } = {}) {
+    const request = { include_orphaned: true };
+    return (await this.#call('ListProjections', request, this.#bound({ signal, timeoutSeconds }))).orphaned;
   }
 
   /**
@@ -161,7 +179,7 @@ export class Projections {
    * harmless). Takes the admin grant; FAILED_PRECONDITION PROJECTION_LOADED
    * while a loaded plugin declares it.
    */
-  async delete(name) {
-    return (await this.#call('DeleteProjection', { name })).deleted;
+  async delete(name, { signal, timeoutSeconds } = {}) {
+    return (await this.#call('DeleteProjection', { name }, this.#bound({ signal, timeoutSeconds }))).deleted;
   }
 }

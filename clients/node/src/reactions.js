@@ -45,20 +45,33 @@ export function reactionStatus(status) {
 
 export class Reactions {
   #call;
+  #bound;
 
-  /** `call(method, request)`: the client's retried unary call on a ReactionService stub. */
-  constructor(call) {
+  /**
+   * `call(method, request, limit)`: the client's retried unary call on a
+   * ReactionService stub, within `limit`; `bound({ signal, timeoutSeconds })`:
+   * the limit of a call (chronicle.js: a CallLimit), one for a listing's
+   * every page.
+   *
+   * Every method takes `signal` and `timeoutSeconds` among its options: the
+   * whole call (a listing: from its first page to its last), retries and the
+   * waits between them included; stopped, it rejects (a listing's loop
+   * throws) at once CANCELLED or DEADLINE_EXCEEDED.
+   */
+  constructor(call, bound) {
     this.#call = call;
+    this.#bound = bound;
   }
 
   /** Every loaded reaction the caller may read: ReactionStatus[], by name. */
-  async list() {
-    return (await this.#call('ListReactions', {})).reactions.map(reactionStatus);
+  async list({ signal, timeoutSeconds } = {}) {
+    const listed = await this.#call('ListReactions', {}, this.#bound({ signal, timeoutSeconds }));
+    return listed.reactions.map(reactionStatus);
   }
 
   /** One reaction's ReactionStatus; rejects NOT_FOUND REACTION_NOT_FOUND for one no loaded plugin declares. */
-  async get(name) {
-    return reactionStatus(await this.#call('GetReaction', { name }));
+  async get(name, { signal, timeoutSeconds } = {}) {
+    return reactionStatus(await this.#call('GetReaction', { name }, this.#bound({ signal, timeoutSeconds })));
   }
 
   /**
@@ -73,10 +86,12 @@ export class Reactions {
    * one parked meanwhile is on a later page. Rejects NOT_FOUND
    * REACTION_NOT_FOUND for a reaction no loaded plugin declares.
    */
-  async *parked(reaction, { pageSize = 0 } = {}) {
+  async *parked(reaction, { pageSize = 0, signal, timeoutSeconds } = {}) {
+    const limit = this.#bound({ signal, timeoutSeconds });
     let token = '';
     do {
-      const page = await this.#call('ListParkedCommands', { reaction, page_size: pageSize, page_token: token });
+      const request = { reaction, page_size: pageSize, page_token: token };
+      const page = await this.#call('ListParkedCommands', request, limit);
       yield* page.commands;
       token = page.next_page_token;
     } while (token);
@@ -92,13 +107,15 @@ export class Reactions {
    * PARKED_COMMAND_NOT_FOUND for an id not parked (as a retry whose first
    * answer was lost finds one that was accepted).
    */
-  async replay(reaction, commandId) {
-    return this.#call('ReplayParkedCommand', { reaction, command_id: commandId });
+  async replay(reaction, commandId, { signal, timeoutSeconds } = {}) {
+    const request = { reaction, command_id: commandId };
+    return this.#call('ReplayParkedCommand', request, this.#bound({ signal, timeoutSeconds }));
   }
 
   /** Removes a parked command without sending it. As `replay` for where, who and a missing id. */
-  async dismiss(reaction, commandId) {
-    await this.#call('DismissParkedCommand', { reaction, command_id: commandId });
+  async dismiss(reaction, commandId, { signal, timeoutSeconds } = {}) {
+    const request = { reaction, command_id: commandId };
+    await this.#call('DismissParkedCommand', request, this.#bound({ signal, timeoutSeconds }));
   }
 
   /**
@@ -107,8 +124,9 @@ export class Reactions {
    * ones still parked. Stops at the first failure that is not a refusal
    * (those sent before it stay sent). As `replay` for where and who.
    */
-  async replayAll(reaction, { reason = '' } = {}) {
-    const { accepted, refused } = await this.#call('ReplayAllParkedCommands', { reaction, reason });
+  async replayAll(reaction, { reason = '', signal, timeoutSeconds } = {}) {
+    const limit = this.#bound({ signal, timeoutSeconds });
+    const { accepted, refused } = await this.#call('ReplayAllParkedCommands', { reaction, reason }, limit);
     return { accepted, refused };
   }
 
@@ -117,8 +135,9 @@ export class Reactions {
    * `reason`) without sending them, in one transaction: how many. As
    * `replay` for where and who.
    */
-  async dismissAll(reaction, { reason = '' } = {}) {
-    return (await this.#call('DismissAllParkedCommands', { reaction, reason })).dismissed;
+  async dismissAll(reaction, { reason = '', signal, timeoutSeconds } = {}) {
+    const limit = this.#bound({ signal, timeoutSeconds });
+    return (await this.#call('DismissAllParkedCommands', { reaction, reason }, limit)).dismissed;
   }
 
   /**
@@ -131,8 +150,9 @@ export class Reactions {
    * INVALID_STATE_KEY for a key that is no identifier. As `replay` for where
    * and who.
    */
-  async dropProcessState(reaction, stateKey) {
-    await this.#call('DropProcessState', { reaction, state_key: stateKey });
+  async dropProcessState(reaction, stateKey, { signal, timeoutSeconds } = {}) {
+    const request = { reaction, state_key: stateKey };
+    await this.#call('DropProcessState', request, this.#bound({ signal, timeoutSeconds }));
   }
 
   /**

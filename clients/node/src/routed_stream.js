@@ -58,6 +58,7 @@ export class RoutedStream {
         if (this.failure !== null) throw this.failure;
         if (head === undefined && this.exhausted) return;
         if (head !== undefined && head.lane.failure !== null) throw head.lane.failure;
+        if (this.stopped) return; // stop() from outside (the caller's signal or deadline)
         await this.changed.wait();
       }
     } finally {
@@ -65,9 +66,11 @@ export class RoutedStream {
     }
   }
 
+  /** Ends the stream: its lanes' calls, the feeding, and the results loop (it returns). */
   stop() {
     this.stopped = true;
     this.space.notify();
+    this.changed.notify();
     for (const lane of this.lanes.values()) {
       lane.input.end();
       lane.stream.close();

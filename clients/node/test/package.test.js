@@ -67,7 +67,10 @@ async function run(): Promise<number> {
     }
     const consumer = client.consume('g', 'c');
     for await (const delivery of consumer.deliveries) delivery.ack();
-    for await (const doc of client.projections.documents('p')) console.log(doc.key);
+    const bounds = { signal: AbortSignal.timeout(5000), timeoutSeconds: 10 };
+    for await (const doc of client.projections.documents('p', { keyPrefix: 'k', ...bounds })) console.log(doc.key);
+    console.log((await client.projections.document('p', 'k', bounds)).position, await client.reactions.dismissAll('r', bounds));
+    for await (const one of client.submitStream([], { window: 8, ...bounds })) console.log(one.command_id);
     console.log((await client.reactions.list()).map((r) => r.name), pack('shop.v1.PlaceOrder', {}).type_url);
     const settings = { ackTimeoutSeconds: 30, maxDeliveryAttempts: null };
     const group = await client.updateGroup('g', settings, { timeoutSeconds: 5 });

@@ -24,6 +24,10 @@ after(async () => {
 });
 
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Iterates `iterable` to its end, keeping nothing. */
+async function drain(iterable) {
+  for await (const item of iterable) void item;
+}
 
 /** Runs `body` and returns the uncaught exceptions the process saw meanwhile and for `settleMs` after. */
 async function uncaughtDuring(body, settleMs = 500) {
@@ -38,6 +42,14 @@ async function uncaughtDuring(body, settleMs = 500) {
   }
   return seen;
 }
+
+/** A command opening a new account, its id given. */
+const opened = () => ({
+  aggregateId: `acc-${randomUUID()}`,
+  typeName: 'bank.v1.OpenAccount',
+  fields: { owner: 'ann' },
+  commandId: randomUUID(),
+});
 
 /** `count` accounts opened, and a group of theirs created before (so it delivers them all). */
 async function groupOf(client, count, settings = {}) {
@@ -195,6 +207,23 @@ test('a call aborted or past its timeoutSeconds rejects at once, not after the r
       getAggregate: (options) => client.getAggregate('acc-1', options),
       read: (options) => client.read('acc-1', options),
       listParked: (options) => client.listParked('g', options),
+      updateGroup: (options) => client.updateGroup('g', { ackTimeoutSeconds: 5 }, options),
+      'projections.document': (options) => client.projections.document('p', 'k', options),
+      'projections.documents': (options) => drain(client.projections.documents('p', options)),
+      'projections.get': (options) => client.projections.get('p', options),
+      'projections.list': (options) => client.projections.list(options),
+      'projections.parked': (options) => drain(client.projections.parked('p', options)),
+      'projections.rebuild': (options) => client.projections.rebuild('p', options),
+      'projections.orphaned': (options) => client.projections.orphaned(options),
+      'projections.delete': (options) => client.projections.delete('p', options),
+      'reactions.list': (options) => client.reactions.list(options),
+      'reactions.get': (options) => client.reactions.get('r', options),
+      'reactions.parked': (options) => drain(client.reactions.parked('r', options)),
+      'reactions.replay': (options) => client.reactions.replay('r', randomUUID(), options),
+      'reactions.dismiss': (options) => client.reactions.dismiss('r', randomUUID(), options),
+      'reactions.replayAll': (options) => client.reactions.replayAll('r', options),
+      'reactions.dismissAll': (options) => client.reactions.dismissAll('r', options),
+      'reactions.dropProcessState': (options) => client.reactions.dropProcessState('r', 'k', options),
     };
     for (const [name, made] of Object.entries(calls)) {
       const aborting = new AbortController();
@@ -238,6 +267,83 @@ test('a subscription or consumer aborted throws CANCELLED, one past its timeoutS
       })(),
       (error) => `${error.code} ${error.reason}` === 'DEADLINE_EXCEEDED DEADLINE_EXCEEDED',
     );
+  } finally {
+    await client.close();
+  }
+});
+
+test('a command stream aborted or past its timeoutSeconds throws at once, not after its reopenings', { timeout: 60_000 }, async () => {
+  // Nothing listens: each call fails UNAVAILABLE and the stream reopens
+  // without a bound, 10 s apart: only the bound can end it within 5 s.
+  const retry = { initialBackoffSeconds: 10, maxBackoffSeconds: 10, jitter: 0 };
+  for (const routing of [false, true]) {
+    const client = new ChronicleClient('127.0.0.1:1', { retry, routing });
+    try {
+      const aborting = new AbortController();
+      setTimeout(() => aborting.abort(), 300);
+      let started = Date.now();
+      await assert.rejects(drain(client.submitStream([opened()], { signal: aborting.signal })), (error) => {
+        assert.equal(`${error.name} ${error.code} ${error.reason}`, 'ChronicleError CANCELLED CANCELLED');
+        return true;
+      });
+      assert.ok(Date.now() - started < 5000, `routing ${routing}: ${Date.now() - started} ms to stop`);
+      started = Date.now();
+      await assert.rejects(drain(client.submitStream([opened()], { timeoutSeconds: 0.5 })), (error) => {
+        assert.equal(`${error.code} ${error.reason}`, 'DEADLINE_EXCEEDED DEADLINE_EXCEEDED');
+        return true;
+      });
+      const took = Date.now() - started;
+      assert.ok(took >= 450 && took < 5000, `routing ${routing}: ${took} ms for a 0.5 s timeout`);
+      // Aborted before it began: nothing is taken from the commands.
+      let taken = 0;
+      function* counted() {
+        taken += 1;
+        yield opened();
+      }
+      await assert.rejects(drain(client.submitStream(counted(), { signal: AbortSignal.abort() })), {
+        code: 'CANCELLED',
+      });
+      assert.equal(taken, 0);
+    } finally {
+      await client.close();
+    }
+  }
+});
+
+test('a bounded command stream that ends in time hands out every result and throws nothing', async () => {
+  const client = new ChronicleClient(server.address);
+  try {
+    const aborting = new AbortController();
+    const commands = Array.from({ length: 5 }, () => opened());
+    const results = [];
+    for await (const result of client.submitStream(commands, { signal: aborting.signal, timeoutSeconds: 30 })) {
+      results.push(result);
+    }
+    assert.deepEqual(
+      results.map((r) => [r.command_id, r.submitted?.version]),
+      commands.map((c) => [c.commandId, 1]),
+    );
+    aborting.abort(); // after the end: nothing left to stop, nothing thrown
+    await pause(50);
+  } finally {
+    await client.close();
+  }
+});
+
+test('a subscription or consumer stopped while it waits to reopen throws at once, not after the backoff', { timeout: 60_000 }, async () => {
+  const retry = { initialBackoffSeconds: 10, maxBackoffSeconds: 10, jitter: 0 };
+  const client = new ChronicleClient('127.0.0.1:1', { retry });
+  try {
+    let started = Date.now();
+    await assert.rejects(drain(client.subscribe({}, { timeoutSeconds: 0.5 }).messages), {
+      code: 'DEADLINE_EXCEEDED',
+    });
+    assert.ok(Date.now() - started < 5000, `the subscription took ${Date.now() - started} ms to stop`);
+    started = Date.now();
+    const worker = client.consume('g', 'w', { reconnectDelaySeconds: 10 });
+    setTimeout(() => worker.close(), 300);
+    await drain(worker.deliveries); // close() ends the loop without an error
+    assert.ok(Date.now() - started < 5000, `the consumer took ${Date.now() - started} ms to close`);
   } finally {
     await client.close();
   }

@@ -128,7 +128,7 @@ export interface CallOptions {
 /** A 64-bit integer as sent: a safe integer, a BigInt or a decimal string. */
 export type Int64 = number | bigint | string;
 
-export interface SubmitOptions {
+export interface SubmitOptions extends CallOptions {
   commandId?: string;
   expectedVersion?: Int64;
   metadata?: Record<string, string>;
@@ -166,7 +166,7 @@ export interface SubmitResult {
   [field: string]: unknown;
 }
 
-export interface CommandDescription extends Omit<SubmitOptions, 'dryRun'> {
+export interface CommandDescription extends Omit<SubmitOptions, 'dryRun' | 'signal' | 'timeoutSeconds'> {
   aggregateId: string;
   typeName: string;
   fields: Fields;
@@ -186,7 +186,7 @@ export interface BatchResult {
   position: number;
 }
 
-export interface ReadOptions {
+export interface ReadOptions extends CallOptions {
   fromVersion?: number;
   eventTypes?: string[];
   limit?: number | null;
@@ -203,6 +203,7 @@ export interface Subscription {
   messages: AsyncIterable<SubscriptionMessage>;
   readonly position: number;
   cancel(): void;
+  close(): void;
 }
 
 export interface Aggregate {
@@ -213,7 +214,7 @@ export interface Aggregate {
   [field: string]: unknown;
 }
 
-export interface GroupOptions {
+export interface GroupOptions extends CallOptions {
   aggregateTypes?: string[];
   eventTypes?: string[];
   origin?: string;
@@ -256,13 +257,17 @@ export interface Delivery {
   event: Event;
   attempt: number;
   replayed: boolean;
-  ack(): void;
-  nack(reason?: string): void;
+  /** Each resolves true once written, false when the stream that delivered it is gone (it comes again). */
+  ack(): Promise<boolean>;
+  nack(reason?: string, options?: { action?: 'retry' | 'park' | 'skip' }): Promise<boolean>;
+  park(reason?: string): Promise<boolean>;
+  skip(): Promise<boolean>;
 }
 export interface Consumer {
   deliveries: AsyncIterable<Delivery>;
   readonly member: string;
   close(): Promise<void>;
+  stop(options?: { timeoutSeconds?: number }): Promise<void>;
 }
 
 export interface ParkedCommand {
@@ -282,17 +287,20 @@ export interface ReactionStatus {
 }
 export declare function reactionStatus(status: Record<string, unknown>): ReactionStatus;
 export declare class Reactions {
-  list(): Promise<ReactionStatus[]>;
-  get(name: string): Promise<ReactionStatus>;
-  parked(reaction: string, options?: { pageSize?: number }): AsyncIterable<ParkedCommand>;
-  replay(reaction: string, commandId: string): Promise<ReplayOutcome>;
-  dismiss(reaction: string, commandId: string): Promise<unknown>;
-  replayAll(reaction: string, options?: { reason?: string }): Promise<unknown>;
-  dismissAll(reaction: string, options?: { reason?: string }): Promise<unknown>;
-  dropProcessState(reaction: string, stateKey: string): Promise<unknown>;
-  dropProcessStates(reaction: string, stateKeys: string[]): Promise<number>;
-  processState(reaction: string, stateKey: string): Promise<ProcessState & { position: number }>;
-  processStates(reaction: string, options?: { prefix?: string; pageSize?: number }): AsyncIterable<ProcessState>;
+  list(options?: CallOptions): Promise<ReactionStatus[]>;
+  get(name: string, options?: CallOptions): Promise<ReactionStatus>;
+  parked(reaction: string, options?: { pageSize?: number } & CallOptions): AsyncIterable<ParkedCommand>;
+  replay(reaction: string, commandId: string, options?: CallOptions): Promise<ReplayOutcome>;
+  dismiss(reaction: string, commandId: string, options?: CallOptions): Promise<unknown>;
+  replayAll(reaction: string, options?: { reason?: string } & CallOptions): Promise<{ accepted: number; refused: number }>;
+  dismissAll(reaction: string, options?: { reason?: string } & CallOptions): Promise<number>;
+  dropProcessState(reaction: string, stateKey: string, options?: CallOptions): Promise<unknown>;
+  dropProcessStates(reaction: string, stateKeys: string[], options?: CallOptions): Promise<number>;
+  processState(reaction: string, stateKey: string, options?: CallOptions): Promise<ProcessState & { position: number }>;
+  processStates(
+    reaction: string,
+    options?: { prefix?: string; pageSize?: number } & CallOptions,
+  ): AsyncIterable<ProcessState>;
 }
 
 /** What a reaction keeps for one process (chronicle.v1.StoredProcessState). */
@@ -317,15 +325,17 @@ export interface ProjectionDocument {
 }
 export declare function projectionStatus(status: Record<string, unknown>): ProjectionStatus;
 export declare class Projections {
-  document(projection: string, key: string, options?: { minPosition?: number }): Promise<unknown>;
+  document(projection: string, key: string, options?: { minPosition?: number } & CallOptions): Promise<ProjectionDocument>;
   documents(
     projection: string,
-    options?: { keyPrefix?: string; pageSize?: number; descending?: boolean; minPosition?: number },
+    options?: { keyPrefix?: string; pageSize?: number; descending?: boolean; minPosition?: number } & CallOptions,
   ): AsyncIterable<ProjectionDocument>;
-  get(name: string): Promise<ProjectionStatus>;
-  list(): Promise<ProjectionStatus[]>;
-  parked(projection: string, options?: { pageSize?: number }): AsyncIterable<Record<string, unknown>>;
-  rebuild(name: string): Promise<number>;
+  get(name: string, options?: CallOptions): Promise<ProjectionStatus>;
+  list(options?: CallOptions): Promise<ProjectionStatus[]>;
+  parked(projection: string, options?: { pageSize?: number } & CallOptions): AsyncIterable<Record<string, unknown>>;
+  rebuild(name: string, options?: CallOptions): Promise<number>;
+  orphaned(options?: CallOptions): Promise<{ name: string; position: number }[]>;
+  delete(name: string, options?: CallOptions): Promise<number>;
 }
 
 export declare const services: Record<
@@ -345,32 +355,35 @@ export declare class ChronicleClient {
   readonly reactions: Reactions;
   readonly projections: Projections;
   submit(aggregateId: string, typeName: string, fields: Fields, options?: SubmitOptions): Promise<SubmitResult>;
-  submitBatch(commands: CommandDescription[], options?: { dryRun?: boolean }): Promise<BatchResult>;
+  submitBatch(commands: CommandDescription[], options?: { dryRun?: boolean } & CallOptions): Promise<BatchResult>;
   submitStream(
     commands: Iterable<CommandDescription> | AsyncIterable<CommandDescription>,
-    options?: { dryRun?: boolean; window?: number; maxAttempts?: number; renewAfterSeconds?: number },
+    options?: { dryRun?: boolean; window?: number; maxAttempts?: number; renewAfterSeconds?: number } & CallOptions,
   ): AsyncIterable<StreamResult>;
   read(aggregateId: string, options?: ReadOptions): Promise<Event[]>;
   subscribe(
     filter?: { aggregateTypes?: string[]; eventTypes?: string[]; aggregateId?: string; origin?: string },
-    options?: { afterPosition?: number; fromEnd?: boolean; maxAttempts?: number },
+    options?: { afterPosition?: number; fromEnd?: boolean; maxAttempts?: number } & CallOptions,
   ): Subscription;
   getAggregate(
     aggregateId: string,
-    options?: { atVersion?: number; atTime?: Date; minPosition?: number },
+    options?: { atVersion?: number; atTime?: Date; minPosition?: number } & CallOptions,
   ): Promise<Aggregate>;
   createGroup(name: string, options?: GroupOptions): Promise<GroupInfo>;
-  listGroups(): Promise<GroupInfo[]>;
-  getGroup(name: string): Promise<GroupInfo>;
+  listGroups(options?: CallOptions): Promise<GroupInfo[]>;
+  getGroup(name: string, options?: CallOptions): Promise<GroupInfo>;
   updateGroup(name: string, settings: GroupSettings, options?: CallOptions): Promise<GroupInfo>;
-  deleteGroup(name: string): Promise<unknown>;
-  listParked(group: string, options?: { afterPosition?: number; limit?: number }): Promise<unknown>;
-  replayParked(group: string, eventIds?: string[]): Promise<unknown>;
-  dismissParked(group: string, eventIds: string[]): Promise<unknown>;
+  deleteGroup(name: string, options?: CallOptions): Promise<unknown>;
+  listParked(
+    group: string,
+    options?: { afterPosition?: number; limit?: number | null; pageSize?: number } & CallOptions,
+  ): Promise<unknown>;
+  replayParked(group: string, eventIds?: string[], options?: CallOptions): Promise<number>;
+  dismissParked(group: string, eventIds: string[], options?: CallOptions): Promise<number>;
   consume(
     group: string,
     consumer: string,
-    options?: { maxInFlight?: number; reconnectDelaySeconds?: number },
+    options?: { maxInFlight?: number; reconnectDelaySeconds?: number } & CallOptions,
   ): Consumer;
   close(): void;
 }
