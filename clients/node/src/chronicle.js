@@ -21,7 +21,7 @@ import { logRetry, retryDelay, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry
 import { Projections } from './projections.js';
 import { Reactions } from './reactions.js';
 import { RoutedStream } from './routed_stream.js';
-import { Routes } from './routing.js';
+import { memberGone, Routes, unanswered } from './routing.js';
 import { Signal } from './signal.js';
 
 // The client's own @grpc/grpc-js: an application that has a copy of its own
@@ -410,7 +410,9 @@ function leave(stream) {
 /**
  * A client of Chronicle; every call returns a promise. With `routing: true`
  * each command goes to the replica that owns its aggregate (routing.js),
- * found from `address` and followed; reads go to `address`.
+ * found from `address` and followed; every other call (reads,
+ * subscriptions, group, projection and reaction calls) goes to any live
+ * replica: `address` while it is not marked down, else another (#target).
  *
  * `origin` (DEFAULT_ORIGIN, '@chronicle/client') and `userId` ('') go with
  * every command. `credentials`: the channels' ChannelCredentials (default
@@ -458,6 +460,8 @@ function leave(stream) {
 export class ChronicleClient {
   #tokenFunction;
   #closed = false;
+  // This client's read stubs, by the name Routes.stubsOf gives a member's (#target).
+  #readServices = new Map();
   // The subscriptions, group consumers and command streams open now: close() ends them.
   #streams = new Set();
 
@@ -516,6 +520,12 @@ export class ChronicleClient {
       unpack,
       bound,
     );
+    this.#readServices = new Map([
+      [this.events, 'events'],
+      [this.groups, 'groups'],
+      [this.reactionService, 'reactions'],
+      [this.projectionService, 'projections'],
+    ]);
     this.origin = origin;
     this.userId = userId;
     this.attemptTimeoutSeconds = attemptTimeoutSeconds;
@@ -539,6 +549,36 @@ export class ChronicleClient {
       : null;
   }
 
+  /**
+   * Where the next attempt of a call on `stub` (one of this client's own:
+   * `events`, `groups`, `reactionService`, `projectionService`) goes:
+   * { stub, address, sent }. Without routing, and for a command, on this
+   * client's channel (address null). With routing, a read goes to any live
+   * member (they share the store): the address given while it is not
+   * marked down, else another (Routes.reader), so the seed's death does not
+   * end reads, subscriptions or consumers that other members can serve.
+   */
+  #target(stub) {
+    const service = this.#readServices.get(stub);
+    if (this.routes === null || service === undefined) return { stub, address: null, sent: null };
+    const address = this.routes.reader();
+    // The address given keeps this client's own channel (no second connection to it).
+    const on = address === this.routes.seed ? stub : this.routes.stubsOf(address)[service];
+    return { stub: on, address, sent: this.routes.now() };
+  }
+
+  /**
+   * A call to `target` answered (`refusal` null) or failed: the routes'
+   * books, as for a routed command (a member gone or unanswered is marked
+   * down; one that answered starts afresh). `target.sent`: when the call was
+   * sent or (a stream) last heard from.
+   */
+  #heard(target, refusal = null) {
+    if (target.address === null) return;
+    if (refusal === null) this.routes.answered(target.address);
+    else if (memberGone(refusal) || unanswered(refusal)) this.routes.unreachable(target.address, target.sent);
+  }
+
   /** Throws FAILED_PRECONDITION CLIENT_CLOSED once `close()` was called: its channels are gone. */
   #checkOpen() {
     if (this.#closed) throw clientError('FAILED_PRECONDITION', 'CLIENT_CLOSED', 'this ChronicleClient was closed');
@@ -560,11 +600,15 @@ export class ChronicleClient {
     const started = Date.now();
     for (let attempt = 1; ; attempt += 1) {
       limit.check();
+      const target = this.#target(stub);
       try {
-        return await call(stub, method, request, { timeoutSeconds: this.attemptTimeoutSeconds, limit });
+        const response = await call(target.stub, method, request, { timeoutSeconds: this.attemptTimeoutSeconds, limit });
+        this.#heard(target);
+        return response;
       } catch (refusal) {
         const stopped = limit.stopped();
         if (stopped !== null) throw stopped;
+        this.#heard(target, refusal);
         const stale = this.#staleToken(refusal);
         const elapsedSeconds = (Date.now() - started) / 1000;
         const retryable = worthRetrying(refusal) || stale;
@@ -1043,7 +1087,14 @@ export class ChronicleClient {
           // What is left of the limit, counting the events of `from` read again (0: none).
           limit: limit === null ? 0 : Math.max(1, limit - before + skip),
         };
-        await this.#readInto(events, request, skip, bound);
+        const target = this.#target(this.events);
+        try {
+          await this.#readInto(events, request, skip, bound, target);
+        } catch (refusal) {
+          this.#heard(target, refusal);
+          throw refusal;
+        }
+        this.#heard(target);
         return events;
       } catch (refusal) {
         const stopped = bound.stopped();
@@ -1065,11 +1116,15 @@ export class ChronicleClient {
 
   /**
    * One attempt of `read`: the events `request` asks for, decoded, onto
-   * `events`, but for the first `skip` of version `request.from_version`.
+   * `events`, but for the first `skip` of version `request.from_version`;
+   * on `target`'s stub (#target), whose `sent` moves with each page (a
+   * member that answered until it died is marked down as of then).
    */
-  async #readInto(events, request, skip = 0, bound = limitOf()) {
+  async #readInto(events, request, skip, bound, target) {
     let skipping = skip;
+    const reader = target.stub;
     const take = (event) => {
+      if (target.sent !== null) target.sent = this.routes.now();
       if (skipping > 0 && Number(event.version) === request.from_version) skipping -= 1;
       else events.push(decodeDelivered(event));
     };
@@ -1083,7 +1138,7 @@ export class ChronicleClient {
     const reading = (async () => {
       if (this.pagedReads !== false) {
         try {
-          for await (const page of opened(this.events.ReadAggregatePages(request))) {
+          for await (const page of opened(reader.ReadAggregatePages(request))) {
             for (const event of page.events) take(event);
           }
           this.pagedReads = true;
@@ -1093,7 +1148,7 @@ export class ChronicleClient {
           this.pagedReads = false; // an older server: remembered for this client's life
         }
       }
-      for await (const event of opened(this.events.ReadAggregate(request))) take(event);
+      for await (const event of opened(reader.ReadAggregate(request))) take(event);
     })();
     try {
       await bound.race(reading, () => current?.cancel());
@@ -1129,7 +1184,6 @@ export class ChronicleClient {
   ) {
     this.#checkOpen();
     const client = this;
-    const events = this.events;
     // position: to resume after (every event at or before it handed out);
     // handed, handedHere: the last event's position and how many of its
     // events were handed out (an upcaster may split one stored event into
@@ -1151,7 +1205,10 @@ export class ChronicleClient {
         const request = { ...filter, after_position: state.position, from_end: state.fromEnd, pages: true };
         // Reopened inside a split event: its pieces handed out already come again first.
         let repeats = state.handed > state.position ? state.handedHere : 0;
-        state.call = events.Subscribe(request);
+        // On any live member with routing (#target): one that died is
+        // marked down, and the subscription resumes on another.
+        const target = client.#target(client.events);
+        state.call = target.stub.Subscribe(request);
         // Listened to for the call's whole life: the status of a call the
         // loop let go of (cancelled below) must not be an unhandled 'error'.
         state.call.on('error', () => {});
@@ -1159,6 +1216,10 @@ export class ChronicleClient {
           for await (const message of state.call) {
             attempt = 1;
             state.fromEnd = false;
+            if (target.sent !== null) {
+              client.#heard(target);
+              target.sent = client.routes.now();
+            }
             if (message.kind === 'page' || message.kind === 'event') {
               const stored = message.kind === 'page' ? message.page.events : [message.event];
               for (const [index, envelope] of stored.entries()) {
@@ -1185,6 +1246,7 @@ export class ChronicleClient {
           if (state.cancelled) return;
           if (error instanceof ChronicleError) throw error; // of this client's making (decoding)
           const refusal = asChronicleError(error);
+          client.#heard(target, refusal);
           const stale = client.#staleToken(refusal);
           // What the Python client reopens a subscription after: what a
           // command stream is reopened after (a full server's
@@ -1416,13 +1478,15 @@ export class ChronicleClient {
    */
   consume(group, consumer, { maxInFlight = 100, reconnectDelaySeconds = 0.5, signal, timeoutSeconds } = {}) {
     this.#checkOpen();
-    const groups = this.groups;
     // stopping: no new deliveries handed out, the loop ends once those out are settled (stop()).
     const state = { closed: false, stopping: false, member: '', stream: null, unsettled: 0 };
     const settled = new Signal(); // wakes a stopping loop: a delivery acked or nacked
     const woken = new Signal(); // wakes a loop waiting to consume again: closed or stopping
     const open = () => {
-      const stream = groups.Consume();
+      // On any live member with routing (#target), as a subscription.
+      const target = client.#target(client.groups);
+      const stream = target.stub.Consume();
+      stream.target = target;
       // Listened to for the stream's whole life: the loop's iterator lets go
       // of the stream when the loop ends, and a status grpc-js emits after
       // that (the cancel below, a server ending a stream being left) would
@@ -1477,6 +1541,10 @@ export class ChronicleClient {
           for await (const message of stream.iterator({ destroyOnReturn: false })) {
             stale = 0;
             broken = 0;
+            if (stream.target.sent !== null) {
+              client.#heard(stream.target);
+              stream.target.sent = client.routes.now();
+            }
             if (message.kind === 'joined') {
               state.member = message.joined.consumer;
               continue;
@@ -1507,6 +1575,7 @@ export class ChronicleClient {
           live = false;
           if (state.closed) return;
           const refusal = asChronicleError(error);
+          client.#heard(stream.target, refusal);
           if (client.#staleToken(refusal)) {
             stale += 1;
             if (stale >= staleBound) throw refusal;

@@ -190,11 +190,19 @@ export class Routes {
         interceptors,
         ...this.channelOptions,
       });
-      const cluster = new this.api.ClusterService(address, this.credentials, {
-        channelOverride: commands.getChannel(),
-        interceptors,
-      });
-      stubs = { commands, cluster };
+      // One connection per member for every service: the reads a routing
+      // client sends to a live member (chronicle.js) share it. (A service
+      // the given `api` lacks, as a test's, has no stub.)
+      const onChannel = (Service) =>
+        Service && new Service(address, this.credentials, { channelOverride: commands.getChannel(), interceptors });
+      stubs = {
+        commands,
+        cluster: onChannel(this.api.ClusterService),
+        events: onChannel(this.api.EventService),
+        groups: onChannel(this.api.SubscriptionGroupService),
+        reactions: onChannel(this.api.ReactionService),
+        projections: onChannel(this.api.ProjectionService),
+      };
       this.stubs.set(address, stubs);
     }
     return stubs;
@@ -213,6 +221,16 @@ export class Routes {
   ownerOf(aggregateId) {
     if (this.owners.length === 0) return null;
     return this.owners[partitionOf(aggregateId, this.owners.length)] || null;
+  }
+
+  /**
+   * Where a read goes now (any member serves reads: they share the store):
+   * the address given while it is not marked down, else another live
+   * member, in turn. `unreachable` and `answered` keep the same books for
+   * reads as for commands.
+   */
+  reader() {
+    return this.memberFor(this.seed);
   }
 
   /** Where to send `aggregateId`'s command now. */
