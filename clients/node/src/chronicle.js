@@ -15,6 +15,7 @@ import protobuf from 'protobufjs';
 import { CallLimit } from './call_limit.js';
 import { bearerToken, channelCredentials, REFRESHABLE } from './credentials.js';
 import { checkedFields, exactLongs, setInt64Decoding as setInt64Mode } from './fields.js';
+import { HandshakeWatch } from './handshake.js';
 import { Problem } from './problem.js';
 import { API_FILES, loadProtos as loadProtoFiles, messages, protoIncludeDirs } from './protos.js';
 import { logRetry, retryDelay, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry.js';
@@ -459,6 +460,7 @@ function leave(stream) {
  */
 export class ChronicleClient {
   #tokenFunction;
+  #address;
   #closed = false;
   // This client's read stubs, by the name Routes.stubsOf gives a member's (#target).
   #readServices = new Map();
@@ -490,6 +492,7 @@ export class ChronicleClient {
       ...reconnectOptions(this.retry.maxBackoffSeconds),
     }));
     this.#tokenFunction = typeof token === 'function';
+    this.#address = address;
     this.commands = new api.CommandService(address, credentials, { interceptors, ...channelOptions });
     // One connection for both services.
     this.events = new api.EventService(address, credentials, {
@@ -622,6 +625,12 @@ export class ChronicleClient {
 
   #logRetry(retry, message) {
     logRetry(this.logger, retry, message);
+  }
+
+  /** A stream's watch for TLS failures (handshake.js): `what` names the stream in what it says. */
+  #handshakeWatch(what) {
+    const { retryForSeconds } = this.retry;
+    return new HandshakeWatch({ what, retryForSeconds, logger: this.logger, refuse: clientError });
   }
 
   /**
@@ -815,6 +824,7 @@ export class ChronicleClient {
       scheduled: false,
     };
     const arrived = new Signal(); // wakes the results loop: a message, the call's end, a failure
+    const handshakes = this.#handshakeWatch('command stream');
     const space = new Signal(); // wakes the pump: room in the window
 
     // Writes the commands taken and not written yet, unless a write is going
@@ -862,12 +872,14 @@ export class ChronicleClient {
       const call = paged ? stub.SubmitStreamPages() : stub.SubmitStream();
       const openedAt = Date.now();
       const stream = { call, paged, writing: false, ended: false, messages: [], outcome: null, openedAt };
+      stream.address = stub.getChannel().getTarget().replace(/^dns:/, ''); // what a TLS failure names
       // Since when the call has kept written commands waiting without a message.
       stream.waitingSince = openedAt;
       call.on('error', () => {}); // the reader below takes the status
       (async () => {
         try {
           for await (const message of call) {
+            handshakes.received();
             stream.waitingSince = Date.now();
             stream.messages.push(message);
             arrived.notify();
@@ -980,6 +992,7 @@ export class ChronicleClient {
             open(null); // not an attempt: the same commands, one per message
             continue;
           }
+          handshakes.failed(refusal, stream.address); // says a TLS failure; throws one that lasts
           const stale = client.#staleToken(refusal); // the next call asks the token function again
           const retryable = reopenable(refusal) || stale;
           // A call that lived (a token's expiry, a connection's age ended
@@ -1198,6 +1211,7 @@ export class ChronicleClient {
     };
     const filter = { aggregate_types: aggregateTypes, event_types: eventTypes, aggregate_id: aggregateId, origin };
     const woken = new Signal(); // wakes a loop waiting to reopen: cancelled
+    const handshakes = this.#handshakeWatch('subscribe');
     async function* messages() {
       for (let attempt = 1; ; attempt += 1) {
         // pages: true asks for EventPage messages; a server from before
@@ -1216,6 +1230,7 @@ export class ChronicleClient {
           for await (const message of state.call) {
             attempt = 1;
             state.fromEnd = false;
+            handshakes.received();
             if (target.sent !== null) {
               client.#heard(target);
               target.sent = client.routes.now();
@@ -1247,6 +1262,7 @@ export class ChronicleClient {
           if (error instanceof ChronicleError) throw error; // of this client's making (decoding)
           const refusal = asChronicleError(error);
           client.#heard(target, refusal);
+          handshakes.failed(refusal, target.address ?? client.#address); // says a TLS failure; throws one that lasts
           const stale = client.#staleToken(refusal);
           // What the Python client reopens a subscription after: what a
           // command stream is reopened after (a full server's
@@ -1527,6 +1543,7 @@ export class ChronicleClient {
       while (state.unsettled > 0 && !state.closed && Date.now() < until) await arrivedOrAfter(settled, until - Date.now());
     };
     let drainTimeoutMs = 0;
+    const handshakes = this.#handshakeWatch(`group ${group}`);
     async function* deliveries() {
       let stale = 0; // streams in a row a stale token ended, nothing received
       let broken = 0; // streams in a row that broke, nothing received
@@ -1541,6 +1558,7 @@ export class ChronicleClient {
           for await (const message of stream.iterator({ destroyOnReturn: false })) {
             stale = 0;
             broken = 0;
+            handshakes.received();
             if (stream.target.sent !== null) {
               client.#heard(stream.target);
               stream.target.sent = client.routes.now();
@@ -1576,6 +1594,7 @@ export class ChronicleClient {
           if (state.closed) return;
           const refusal = asChronicleError(error);
           client.#heard(stream.target, refusal);
+          handshakes.failed(refusal, stream.target.address ?? client.#address);
           if (client.#staleToken(refusal)) {
             stale += 1;
             if (stale >= staleBound) throw refusal;

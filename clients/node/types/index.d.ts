@@ -36,7 +36,13 @@ export type StatusCodeName =
  * ErrorInfo sent), or any reason the server documents (docs/errors in the
  * repository; a plugin's refusals bring reasons of their own, hence string).
  */
-export type Reason = ClientReason | StatusCodeName | 'STREAM_PROTOCOL_ERROR' | (string & {});
+export type Reason =
+  | ClientReason
+  | StatusCodeName
+  | 'STREAM_PROTOCOL_ERROR'
+  /** A stream's TLS handshakes failed for the retry window (metadata: address, tls_error). */
+  | 'TLS_HANDSHAKE_FAILED'
+  | (string & {});
 
 export declare class ChronicleError extends Error {
   constructor(grpcError: { code: number; details?: string; message?: string; metadata?: grpcJs.Metadata });

@@ -1,0 +1,145 @@
+// Streams of a client whose TLS is misconfigured say so: against real
+// server processes, a client speaking TLS to a plaintext server, and one
+// given a CA that did not sign the TLS server's certificate. Each stream
+// warns (logger.warn) naming the TLS failure once per outage, and throws
+// UNAVAILABLE TLS_HANDSHAKE_FAILED once the retry policy's window passed,
+// instead of retrying UNAVAILABLE for ever in silence. A server that is
+// merely away is still waited out without a bound.
+
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, test } from 'node:test';
+
+import { ChronicleClient } from '../src/chronicle.js';
+import { startServer } from './server.js';
+
+const repository = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+let directory;
+let pki;
+let plain;
+let secure;
+
+/** Two CAs of the repository's test PKI, and a server certificate for 127.0.0.1 that the first signed. */
+function makePki() {
+  const python = process.env.CHRONICLE_PYTHON ?? path.join(repository, '.venv', 'bin', 'python');
+  const script = [
+    'import sys',
+    'from pathlib import Path',
+    'from tests.support.security import Authority',
+    'ca, other = Authority(), Authority()',
+    'server = ca.issue("localhost", server=True)',
+    'folder = Path(sys.argv[1])',
+    'for name, pem in [("ca.pem", ca.certificate), ("other.pem", other.certificate),',
+    '                  ("server.pem", server.certificate), ("server.key", server.key)]:',
+    '    (folder / name).write_bytes(pem)',
+    '    (folder / name).chmod(0o600)',
+  ].join('\n');
+  const made = spawnSync(fs.existsSync(python) ? python : 'python3', ['-c', script, directory], { cwd: repository });
+  assert.equal(made.status, 0, String(made.stderr));
+  const read = (name) => fs.readFileSync(path.join(directory, name));
+  return { ca: read('ca.pem'), other: read('other.pem') };
+}
+
+before(async () => {
+  directory = fs.mkdtempSync(path.join(os.tmpdir(), 'chronicle-node-tls-'));
+  pki = makePki();
+  const tls = ['--tls-cert-file', path.join(directory, 'server.pem')];
+  tls.push('--tls-key-file', path.join(directory, 'server.key'));
+  [plain, secure] = await Promise.all([startServer({ args: ['--anonymous-admin'] }), startServer({ args: tls })]);
+});
+
+after(async () => {
+  await Promise.all([plain?.stop(), secure?.stop()]);
+  if (directory) fs.rmSync(directory, { recursive: true, force: true });
+});
+
+/** A logger keeping what it is told. */
+function recording() {
+  const lines = { info: [], warn: [] };
+  return { lines, logger: { info: (line) => lines.info.push(line), warn: (line) => lines.warn.push(line) } };
+}
+
+/** Runs `loop` to its end; resolves to what it threw and how long it took (ms). */
+async function ending(loop) {
+  const started = Date.now();
+  try {
+    for await (const item of loop) void item;
+  } catch (error) {
+    return { error, ms: Date.now() - started };
+  }
+  return { error: null, ms: Date.now() - started };
+}
+
+for (const { name, server, ca, said } of [
+  { name: 'TLS against a plaintext server', server: () => plain, ca: () => pki.ca, said: /wrong version number/ },
+  { name: 'a CA that did not sign the certificate', server: () => secure, ca: () => pki.other, said: /certificate/ },
+]) {
+  test(`a subscription with ${name} warns naming the TLS failure, then throws TLS_HANDSHAKE_FAILED`, { timeout: 60_000 }, async () => {
+    const { lines, logger } = recording();
+    const address = server().address;
+    const client = new ChronicleClient(address, { credentials: { ca: ca() }, logger, retry: { retryForSeconds: 2 } });
+    try {
+      const { error, ms } = await ending(client.subscribe({}, { fromEnd: true }).messages);
+      assert.ok(error !== null, 'the subscription did not end');
+      assert.equal(`${error.name} ${error.code} ${error.reason}`, 'ChronicleError UNAVAILABLE TLS_HANDSHAKE_FAILED');
+      assert.match(error.message, said);
+      assert.equal(error.metadata.address, address);
+      assert.match(error.metadata.tls_error, said);
+      assert.equal(error.cause.code, 'UNAVAILABLE'); // gRPC's own status, as it came
+      assert.ok(ms >= 1900 && ms < 15_000, `it ended after ${ms} ms, the window being 2 s`);
+      // Said once for the outage (not once per retry), as a warning, naming the address and the TLS error.
+      const told = lines.warn.filter((line) => line.includes('TLS handshake'));
+      assert.equal(told.length, 1, lines.warn.join('\n'));
+      assert.ok(told[0].includes(address), told[0]);
+      assert.match(told[0], said);
+    } finally {
+      await client.close();
+    }
+  });
+}
+
+test('a consumer and a command stream with TLS against a plaintext server say so and throw too', { timeout: 60_000 }, async () => {
+  const { lines, logger } = recording();
+  const retry = { retryForSeconds: 1 };
+  const client = new ChronicleClient(plain.address, { credentials: { ca: pki.ca }, logger, retry });
+  try {
+    const consumer = await ending(client.consume('g', 'w').deliveries);
+    const commands = [{ aggregateId: 'acc-1', typeName: 'bank.v1.OpenAccount', fields: { owner: 'ann' } }];
+    const stream = await ending(client.submitStream(commands));
+    for (const [what, { error }] of Object.entries({ consumer, stream })) {
+      assert.equal(`${error?.code} ${error?.reason}`, 'UNAVAILABLE TLS_HANDSHAKE_FAILED', what);
+      assert.match(error.message, /wrong version number/, what);
+    }
+    assert.equal(lines.warn.filter((line) => line.includes('TLS handshake')).length, 2, lines.warn.join('\n'));
+  } finally {
+    await client.close();
+  }
+});
+
+test('a subscription with its TLS right reads; one whose server is away keeps waiting, with no TLS warning', { timeout: 60_000 }, async () => {
+  const { lines, logger } = recording();
+  const retry = { retryForSeconds: 1 };
+  const right = new ChronicleClient(secure.address, { credentials: { ca: pki.ca }, logger, retry });
+  // Nothing listens there: connection refused, not a handshake.
+  const away = new ChronicleClient('127.0.0.1:1', { credentials: { ca: pki.ca }, logger, retry });
+  try {
+    for await (const message of right.subscribe({}, { fromEnd: true }).messages) {
+      if (message.kind === 'caught_up') break;
+    }
+    const waiting = away.subscribe({});
+    const ended = ending(waiting.messages);
+    await new Promise((resolve) => setTimeout(resolve, 3000)); // three windows
+    waiting.cancel();
+    assert.equal((await ended).error, null); // cancelled, not thrown
+    assert.deepEqual(
+      lines.warn.filter((line) => line.includes('TLS')),
+      [],
+    );
+  } finally {
+    await Promise.all([right.close(), away.close()]);
+  }
+});
