@@ -41,14 +41,17 @@ def _shared(addresses: list[str], timeout: float = 30.0) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--replicas", type=int, default=2)
+    # For tests that create subscription groups (an admin action) without --auth.
+    parser.add_argument("--anonymous-admin", action="store_true")
     args = parser.parse_args()
+    extra = ["--lease-seconds", "2", *(["--anonymous-admin"] if args.anonymous_admin else [])]
     cluster = start_cluster(own=True)
     replicas: list[Replica] = []
     try:
         url = cluster.create_database()
         logs = Path(tempfile.mkdtemp(prefix="chronicle-node-cluster-"))
         for n in range(args.replicas):
-            server = Replica(url, log_path=logs / f"replica-{n}.log", extra=["--lease-seconds", "2"])
+            server = Replica(url, log_path=logs / f"replica-{n}.log", extra=extra)
             server.start(wait=False)
             replicas.append(server)
         for server in replicas:

@@ -1,7 +1,8 @@
 // Reads of a routing client fail over as its commands do: two replicas on a
 // throwaway PostgreSQL (tests/support/node_cluster.py), the client given the
 // first, which is killed mid-way. Its subscription resumes on the survivor
-// from its last complete position (nothing skipped, nothing twice), and its
+// from its last complete position (nothing skipped, nothing twice), its
+// group consumer joins the group again there and gets every event, and its
 // reads (getAggregate with minPosition, read, the projection and group
 // calls) are served there, the dead replica marked down as for a command.
 
@@ -16,7 +17,7 @@ import { startCluster } from './server.js';
 let cluster;
 
 before(async () => {
-  cluster = await startCluster({ replicas: 2 });
+  cluster = await startCluster({ replicas: 2, anonymousAdmin: true });
 });
 
 after(async () => {
@@ -44,6 +45,15 @@ test('with routing, reads and a subscription go on on another replica when the a
   try {
     await client.routes.waitFor(sharedByTwo);
     const marked = recordMarks(client.routes);
+    const group = `failover-${randomUUID().slice(0, 8)}`;
+    await client.createGroup(group, { aggregateTypes: ['Account'], ackTimeoutSeconds: 2 });
+    const acked = new Set(); // aggregate ids whose event the consumer acked (a redelivery is no harm)
+    const worker = client.consume(group, 'worker');
+    const working = (async () => {
+      for await (const delivery of worker.deliveries) {
+        if (await delivery.ack()) acked.add(delivery.event.aggregate_id);
+      }
+    })();
     const subscription = client.subscribe({ aggregateTypes: ['Account'] });
     const consuming = (async () => {
       try {
@@ -89,6 +99,12 @@ test('with routing, reads and a subscription go on on another replica when the a
     assert.equal(subscription.position, last.position);
     subscription.cancel();
     await consuming;
+
+    // The consumer joined the group again on the survivor: every account's event acked.
+    const ids = [...before, ...afterKill].map((r) => r.events[0].aggregate_id);
+    await eventually(() => ids.every((id) => acked.has(id)), `all 20 events acked (${acked.size})`, 30_000);
+    await worker.close();
+    await working;
   } finally {
     await client.close();
   }

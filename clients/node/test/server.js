@@ -56,9 +56,12 @@ export async function startServer({ args, timeoutMs = 30_000 } = {}) {
 
 // Replicas of one cluster on a throwaway PostgreSQL (the repository's
 // tests/support/node_cluster.py starts them): [{ address, pid }, ...], and
-// stop() to shut them and the database down.
-export async function startCluster({ replicas = 2, timeoutMs = 90_000 } = {}) {
-  const child = spawn(python(), ['-m', 'tests.support.node_cluster', '--replicas', String(replicas)], {
+// stop() to shut them and the database down. `anonymousAdmin`: the replicas
+// let an anonymous caller create subscription groups.
+export async function startCluster({ replicas = 2, anonymousAdmin = false, timeoutMs = 90_000 } = {}) {
+  const args = ['-m', 'tests.support.node_cluster', '--replicas', String(replicas)];
+  if (anonymousAdmin) args.push('--anonymous-admin');
+  const child = spawn(python(), args, {
     cwd: repository,
     stdio: ['pipe', 'pipe', 'pipe'],
   });
