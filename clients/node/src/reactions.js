@@ -162,10 +162,11 @@ export class Reactions {
    * the first such key and `metadata.missing` how many); how many were
    * dropped. As `replay` for where and who.
    */
-  async dropProcessStates(reaction, stateKeys) {
+  async dropProcessStates(reaction, stateKeys, { signal, timeoutSeconds } = {}) {
     // The first in state_key, the field every server reads (none: INVALID_STATE_KEY).
     const [first = '', ...rest] = stateKeys;
-    return (await this.#call('DropProcessState', { reaction, state_key: first, state_keys: rest })).dropped;
+    const request = { reaction, state_key: first, state_keys: rest };
+    return (await this.#call('DropProcessState', request, this.#bound({ signal, timeoutSeconds }))).dropped;
   }
 
   /**
@@ -178,8 +179,9 @@ export class Reactions {
    * PROCESS_STATE_NOT_FOUND if it keeps none there, REACTION_NOT_FOUND for
    * a reaction no loaded plugin declares.
    */
-  async processState(reaction, stateKey) {
-    const { state, position } = await this.#call('GetProcessState', { reaction, state_key: stateKey });
+  async processState(reaction, stateKey, { signal, timeoutSeconds } = {}) {
+    const request = { reaction, state_key: stateKey };
+    const { state, position } = await this.#call('GetProcessState', request, this.#bound({ signal, timeoutSeconds }));
     return { ...state, position };
   }
 
@@ -190,15 +192,12 @@ export class Reactions {
    * FAILED_PRECONDITION DOCUMENT_KEYS_HIDDEN on a server with encryption at
    * rest, which cannot list them.
    */
-  async *processStates(reaction, { prefix = '', pageSize = 0 } = {}) {
+  async *processStates(reaction, { prefix = '', pageSize = 0, signal, timeoutSeconds } = {}) {
+    const limit = this.#bound({ signal, timeoutSeconds }); // one bound over every page
     let token = '';
     do {
-      const page = await this.#call('ListProcessStates', {
-        reaction,
-        key_prefix: prefix,
-        page_size: pageSize,
-        page_token: token,
-      });
+      const request = { reaction, key_prefix: prefix, page_size: pageSize, page_token: token };
+      const page = await this.#call('ListProcessStates', request, limit);
       yield* page.states;
       token = page.next_page_token;
     } while (token);

@@ -224,6 +224,9 @@ test('a call aborted or past its timeoutSeconds rejects at once, not after the r
       'reactions.replayAll': (options) => client.reactions.replayAll('r', options),
       'reactions.dismissAll': (options) => client.reactions.dismissAll('r', options),
       'reactions.dropProcessState': (options) => client.reactions.dropProcessState('r', 'k', options),
+      'reactions.dropProcessStates': (options) => client.reactions.dropProcessStates('r', ['k', 'l'], options),
+      'reactions.processState': (options) => client.reactions.processState('r', 'k', options),
+      'reactions.processStates': (options) => drain(client.reactions.processStates('r', options)),
     };
     for (const [name, made] of Object.entries(calls)) {
       const aborting = new AbortController();
