@@ -846,17 +846,23 @@ def _group(args: argparse.Namespace, channel: grpc.Channel) -> int:
         _print({"group": args.name, "dismissed": dismissed.dismissed})
         return EXIT_OK
     if args.parked:
-        after = 0
+        # By the server's page token: paging by position would pass over the
+        # rest of a split event's pieces, which share its position. A server
+        # from before page tokens sends none: a full page is then followed
+        # by position, and a shorter one is the last.
+        after, token = 0, ""
         while True:
-            page = stub.ListParked(
-                subscription_group_service_pb2.ListParkedRequest(group=args.name, after_position=after, limit=1000),
-                timeout=args.timeout,
-            ).parked
-            for parked in page:
+            listing = subscription_group_service_pb2.ListParkedRequest(
+                group=args.name, after_position=after, limit=1000, page_token=token
+            )
+            response = stub.ListParked(listing, timeout=args.timeout)
+            for parked in response.parked:
                 _print(_as_dict(parked))
-            if len(page) < 1000:
-                return EXIT_OK
-            after = page[-1].position
+            token = response.next_page_token
+            if not token:
+                if len(response.parked) < 1000:
+                    return EXIT_OK
+                after = response.parked[-1].position
     listed = stub.ListGroups(subscription_group_service_pb2.ListGroupsRequest(), timeout=args.timeout).groups
     for info in listed:
         if info.name == args.name:

@@ -22,7 +22,8 @@ from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
-from service.api.codec import canonical_uuid, check_id, check_names, check_version, encode_event_into
+from service.api.codec import MAX_VERSION, canonical_uuid, check_id, check_names, check_version, encode_event_into
+from service.api.page_tokens import fingerprint, make_token, read_token
 from service.api.subscribe import known_names
 from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound, quoted
@@ -59,6 +60,17 @@ def _name(field: str, value: str, reason: str) -> str:
             field, "must be 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit", reason=reason
         )
     return value
+
+
+def _parked_after(token: str, listing: str) -> tuple[int, str]:
+    """Where ListParked's page ``token`` continues: after this parked event
+    (a position and an event id: a split event's pieces share a position)."""
+    fields = read_token(token, listing)
+    position, event_id = fields.get("p"), fields.get("e")
+    # A tampered token is input like any other (JSON's true is no int here).
+    if type(position) is not int or not 0 <= position <= MAX_VERSION or not isinstance(event_id, str):
+        raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
+    return position, event_id
 
 
 def group_name(field: str, value: str) -> str:
@@ -297,10 +309,22 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
             raise InvalidInput.for_field("limit", f"must be at most {MAX_PARKED_PAGE}", reason="LIMIT_TOO_LARGE")
         # Bound like every position asked for: the stores hold positions as
         # signed 64-bit integers (SQLite answered INTERNAL to one beyond).
-        after = check_version("after_position", request.after_position, reason="INVALID_POSITION")
+        after_position = check_version("after_position", request.after_position, reason="INVALID_POSITION")
         state = await self._consumable("group", request.group)
-        parked = await self._store.list_parked(state.spec.name, after_position=after, limit=request.limit or 100)
-        return pb.ListParkedResponse(parked=[_parked(p) for p in parked])
+        listing = fingerprint("group parked", state.spec.name)
+        after = _parked_after(request.page_token, listing) if request.page_token else None
+        limit = request.limit or 100
+        # One more than the page: whether there is a next page is known, so
+        # the last page (even a full one) has no token.
+        found = await self._store.list_parked(
+            state.spec.name, after_position=after_position, after=after, limit=limit + 1
+        )
+        page = found[:limit]
+        last = page[-1] if len(found) > limit else None
+        return pb.ListParkedResponse(
+            parked=[_parked(p) for p in page],
+            next_page_token=make_token(listing, p=last.position, e=last.event_id) if last is not None else "",
+        )
 
     async def ReplayParked(
         self, request: pb.ReplayParkedRequest, context: grpc.aio.ServicerContext[Any, Any]

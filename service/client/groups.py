@@ -459,18 +459,39 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
                 return group
         raise LookupError(f"no subscription group {name!r}")
 
-    async def parked(self, group: str, *, after_position: int = 0, limit: int = 100) -> builtins.list[GroupParkedEvent]:
-        """The group's parked events, by position."""
+    async def parked(
+        self, group: str, *, after_position: int = 0, limit: int | None = None, page_size: int = 100
+    ) -> builtins.list[GroupParkedEvent]:
+        """The group's parked events after ``after_position``, by position
+        (event id within one): all of them, or the first ``limit``, read
+        ``page_size`` at a time (``ListParked``'s ``limit``, up to 1,000),
+        each page retried as a unary call is. Pages follow the server's
+        ``next_page_token``: paging by position would pass over the rest of
+        a split event's pieces, which share its position. A server from
+        before page tokens sends none: a full page is then followed by
+        position, and a shorter one is the last."""
+        parked: builtins.list[GroupParkedEvent] = []
+        token = ""
+        while limit is None or len(parked) < limit:
+            size = page_size if limit is None else min(page_size, limit - len(parked))
+            request = pb.ListParkedRequest(group=group, after_position=after_position, limit=size, page_token=token)
+            page = await self._parked_page(group, request)
+            parked.extend(page.parked)
+            token = page.next_page_token
+            if not token:
+                if not page.parked or len(page.parked) < (size or 100):
+                    break
+                after_position = page.parked[-1].position  # a server from before page tokens
+        return parked
 
+    async def _parked_page(self, group: str, request: pb.ListParkedRequest) -> pb.ListParkedResponse:
         async def attempt() -> pb.ListParkedResponse:
             response: pb.ListParkedResponse = await self._stub.ListParked(
-                pb.ListParkedRequest(group=group, after_position=after_position, limit=limit),
-                timeout=self._timeout,
-                metadata=self._metadata(),
+                request, timeout=self._timeout, metadata=self._metadata()
             )
             return response
 
-        return list((await call_with_retries(self._retry, f"list parked events of {group}", attempt)).parked)
+        return await call_with_retries(self._retry, f"list parked events of {group}", attempt)
 
     async def replay(self, group: str, event_ids: Sequence[str] = ()) -> int:
         """Deliver parked events again (none named: all the group's); how

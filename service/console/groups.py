@@ -28,7 +28,7 @@ from service.console.views import Parts, query_number
 from service.errors import InvalidInput, ResourceNotFound
 from service.principal import current_principal
 
-PARKED_PAGE_SIZE = 100  # a group's parked events on its page, a page at a time (by position)
+PARKED_PAGE_SIZE = 100  # a group's parked events on its page, a page at a time (by page token)
 _LISTING_PAGE = 1000  # ListParked's largest page
 # The most parked events an action on all of them takes from the console:
 # each is listed (for the confirmation's count and digest) and, to dismiss,
@@ -68,10 +68,10 @@ async def all_parked(parts: Parts, name: str) -> list[groups_pb.GroupParkedEvent
     of 1,000 at a time: the caller's subscribe grant, as the RPC); more than
     ``MAX_ALL_PARKED`` is refused (``TOO_MANY_PARKED``)."""
     found: list[groups_pb.GroupParkedEvent] = []
-    after = 0
+    token = ""  # ListParked's: by position alone, a page could end between two pieces of a split event
     while True:
         page = await parts.groups.ListParked(
-            groups_pb.ListParkedRequest(group=name, after_position=after, limit=_LISTING_PAGE), _NO_CONTEXT
+            groups_pb.ListParkedRequest(group=name, limit=_LISTING_PAGE, page_token=token), _NO_CONTEXT
         )
         found.extend(page.parked)
         if len(found) > MAX_ALL_PARKED:
@@ -81,9 +81,9 @@ async def all_parked(parts: Parts, name: str) -> list[groups_pb.GroupParkedEvent
                 reason="TOO_MANY_PARKED",
                 metadata={"group": name, "limit": str(MAX_ALL_PARKED)},
             )
-        if len(page.parked) < _LISTING_PAGE:
+        if not page.next_page_token:
             return found
-        after = page.parked[-1].position
+        token = page.next_page_token
 
 
 def digest_of(events: Sequence[groups_pb.GroupParkedEvent]) -> str:
@@ -390,10 +390,13 @@ async def group_page(
 ) -> tuple[str, list[Content]]:
     # ListParked first: it refuses a group that does not exist or that the
     # caller may not consume, as the RPC does.
+    # Pages follow ListParked's token (?page=): paging by position (?after=,
+    # still read) would pass over the rest of a split event's pieces.
     after = query_number(query, "after", default=0, reason="INVALID_POSITION", minimum=0)
-    parked = await parts.groups.ListParked(
-        groups_pb.ListParkedRequest(group=name, after_position=after, limit=PARKED_PAGE_SIZE), _NO_CONTEXT
+    request = groups_pb.ListParkedRequest(
+        group=name, after_position=after, limit=PARKED_PAGE_SIZE, page_token=query.get("page", "")
     )
+    parked = await parts.groups.ListParked(request, _NO_CONTEXT)
     listed = await parts.groups.ListGroups(groups_pb.ListGroupsRequest(), _NO_CONTEXT)
     admin = parts.authorizer.grant(current_principal.get()).admin
     content: list[Content] = []
@@ -416,7 +419,7 @@ async def group_page(
         content.append(tag("h2", "Consumers"))
         content.append(consumers_table(parts, group.consumers))
     content.extend(parked_table(name, parked.parked, admin=admin, csrf_token=csrf_token))
-    if len(parked.parked) == PARKED_PAGE_SIZE:
-        following = url(group_path(name), after=parked.parked[-1].position)
+    if parked.next_page_token:
+        following = url(group_path(name), page=parked.next_page_token)
         content.append(link(following, "Next page →", class_="next"))
     return name, content

@@ -696,9 +696,14 @@ class GroupStore(Protocol):
         nothing deleted, if any is not; ``[]`` once all are deleted."""
         ...
 
-    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
-        """Up to ``limit`` parked events of the group with positions greater
-        than ``after_position``, by position (event id within one)."""
+    async def list_parked(
+        self, name: str, *, after_position: int = 0, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[GroupParkedEvent]:
+        """Up to ``limit`` parked events of the group, by position (event id
+        within one): those after ``after`` (a position and an event id, where
+        the last page ended), or without it those with positions greater
+        than ``after_position`` (which passes over the rest of a split
+        event's pieces, which share its position)."""
 
     async def find_parked(self, name: str, event_ids: Sequence[str]) -> list[GroupParkedEvent]:
         """The group's parked events among ``event_ids``, by position (event

@@ -186,7 +186,11 @@ class MemoryGroups:
             return []
         return sorted(group.parked.values(), key=lambda p: (p.position, p.event_id))
 
-    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
+    async def list_parked(
+        self, name: str, *, after_position: int = 0, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[GroupParkedEvent]:
+        if after is not None:
+            return [p for p in self._sorted_parked(name) if (p.position, p.event_id) > after][:limit]
         return [p for p in self._sorted_parked(name) if p.position > after_position][:limit]
 
     async def find_parked(self, name: str, event_ids: Sequence[str]) -> list[GroupParkedEvent]:

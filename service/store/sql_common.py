@@ -470,6 +470,16 @@ def group_spec_from_row(row: Row) -> GroupSpec:
     )
 
 
+def parked_page(
+    name: str, after_position: int, after: tuple[int, str] | None, limit: int
+) -> tuple[str, int, str | None, int]:
+    """LIST_GROUP_PARKED's parameters: after ``after`` (a position and an
+    event id) when given, else after ``after_position`` (no event id)."""
+    if after is not None:
+        return (name, after[0], after[1], limit)
+    return (name, after_position, None, limit)
+
+
 def parked_from_row(row: Row) -> GroupParkedEvent:
     return GroupParkedEvent(
         event_id=str(row[0]),

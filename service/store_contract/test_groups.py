@@ -201,6 +201,19 @@ async def test_parked_events_commit_with_the_checkpoint(store: StoreAdapter) -> 
     assert await store.list_parked("billing", limit=1) == [parked("e-10", 10)]
 
 
+async def test_parked_events_page_within_one_position(store: StoreAdapter) -> None:
+    """An upcaster's pieces of one stored event share its position: a page
+    ending between them goes on after the last one's id, not past the
+    position (which passes over the rest)."""
+    await store.create_group(SPEC)
+    await store.park("billing", [parked("e-5b", 5), parked("e-5a", 5), parked("e-5c", 5), parked("e-6", 6)])
+    assert [p.event_id for p in await store.list_parked("billing", after=(5, "e-5a"), limit=2)] == ["e-5b", "e-5c"]
+    assert [p.event_id for p in await store.list_parked("billing", after=(5, "e-5c"))] == ["e-6"]
+    assert [p.event_id for p in await store.list_parked("billing", after=(4, "zzz"))] == ["e-5a", "e-5b", "e-5c", "e-6"]
+    assert [p.event_id for p in await store.list_parked("billing", after_position=5)] == ["e-6"]
+    assert await store.list_parked("billing", after=(6, "e-6")) == []
+
+
 async def test_parked_events_are_found_by_their_ids(store: StoreAdapter) -> None:
     await store.create_group(SPEC)
     assert await store.find_parked("billing", ["e-4"]) == []

@@ -416,7 +416,7 @@ async def test_bad_groups_are_refused_with_their_reasons(client: ChronicleClient
     assert await refused(client.groups.create("g", after_position=1)) == (invalid, "POSITION_BEYOND_END")
     assert await refused(client.groups.delete("missing")) == (grpc.StatusCode.NOT_FOUND, "GROUP_NOT_FOUND")
     assert await refused(client.groups.parked("missing")) == (grpc.StatusCode.NOT_FOUND, "GROUP_NOT_FOUND")
-    assert await refused(client.groups.parked("billing", limit=1001)) == (invalid, "LIMIT_TOO_LARGE")
+    assert await refused(client.groups.parked("billing", page_size=1001)) == (invalid, "LIMIT_TOO_LARGE")
     assert await refused(client.groups.replay("missing")) == (grpc.StatusCode.NOT_FOUND, "GROUP_NOT_FOUND")
     assert [g.name for g in await client.groups.list()] == ["billing"]  # nothing half-written
 

@@ -1428,22 +1428,28 @@ export class ChronicleClient {
   }
 
   /**
-   * The group's parked events (delivered `max_delivery_attempts` times and given up) after `afterPosition`, every
-   * page of them (asked for `pageSize` at a time: the server's `limit`), as `reactions.parked` and
-   * `projections.parked` do. `limit`: at most this many (null: all).
+   * The group's parked events (delivered `max_delivery_attempts` times and given up) after `afterPosition`, by
+   * position (event id within one), every page of them (asked for `pageSize` at a time: the server's `limit`), as
+   * `reactions.parked` and `projections.parked` do. `limit`: at most this many (null: all). Pages follow the
+   * server's `next_page_token` (empty: the last page): paging by position would pass over the rest of a split
+   * event's pieces, which share its position. A server from before page tokens sends none: a full page is then
+   * followed by position, and a shorter one is the last.
    */
   async listParked(group, { afterPosition = 0, limit = null, pageSize = 100, signal, timeoutSeconds } = {}) {
     const bound = limitOf({ signal, timeoutSeconds });
     const parked = [];
     let after = afterPosition;
+    let token = '';
     while (limit === null || parked.length < limit) {
       const size = limit === null ? pageSize : Math.min(pageSize, limit - parked.length);
-      const request = { group, after_position: after, limit: size };
-      const page = (await this.#call(this.groups, 'ListParked', request, bound)).parked;
-      // Only an empty page is the end: a server may answer fewer than asked and have more.
-      if (page.length === 0) break;
-      parked.push(...page);
-      after = page[page.length - 1].position;
+      const request = { group, after_position: after, limit: size, page_token: token };
+      const page = await this.#call(this.groups, 'ListParked', request, bound);
+      parked.push(...page.parked);
+      token = page.next_page_token || '';
+      if (!token) {
+        if (page.parked.length < (size || 100)) break;
+        after = page.parked[page.parked.length - 1].position;
+      }
     }
     return parked;
   }

@@ -55,7 +55,10 @@ before(async () => {
   const database = path.join(directory, 'events.db');
   fillStore(database);
   server = await startServer({
-    args: ['--database-url', `sqlite:///${database}`, '--no-discover-plugins', '--plugin', 'tests.support.plugins:ledger'],
+    args: [
+      ...['--database-url', `sqlite:///${database}`, '--anonymous-admin'],
+      ...['--no-discover-plugins', '--plugin', 'tests.support.plugins:ledger'],
+    ],
   });
   client = new ChronicleClient(server.address, { origin: 'node-tests' });
 });
@@ -108,4 +111,29 @@ test('the last split event of the log: the position moves to it with its last pi
   const died = await consume({ afterPosition: bob - 1, diesOn: BOB_BONUS });
   assert.deepEqual(died.handled, [BOB_OPENED, BOB_BONUS]);
   assert.equal(died.saved, bob - 1);
+});
+
+test('listParked pages through the pieces of a split event, however small its pages', async () => {
+  // Every piece parked: five, two pairs of them at one position each.
+  await client.createGroup('parked-pieces', { maxDeliveryAttempts: 1 });
+  const worker = client.consume('parked-pieces', 'worker-1');
+  let parkedHere = 0;
+  for await (const delivery of worker.deliveries) {
+    delivery.park('parked for the test');
+    parkedHere += 1;
+    if (parkedHere === 5) break;
+  }
+  await worker.close();
+  let parked = [];
+  for (let tries = 0; tries < 200 && parked.length < 5; tries += 1) {
+    parked = await client.listParked('parked-pieces', { pageSize: 1000 });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  assert.equal(parked.length, 5);
+  for (const pageSize of [1, 2, 3]) {
+    // Paged by position, a page ending between two pieces lost the rest (3 of 5 with pages of 1).
+    const paged = await client.listParked('parked-pieces', { pageSize });
+    assert.deepEqual(paged.map((p) => p.event_id), parked.map((p) => p.event_id), `pages of ${pageSize}`);
+  }
+  assert.equal((await client.listParked('parked-pieces', { pageSize: 1, limit: 4 })).length, 4);
 });

@@ -29,7 +29,7 @@ from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.errors import Refused
 from service.store.postgres.rows import rows, scalar
-from service.store.sql_common import group_params, group_spec_from_row, parked_from_row
+from service.store.sql_common import group_params, group_spec_from_row, parked_from_row, parked_page
 
 
 def _parked_json(events: Sequence[GroupParkedEvent]) -> str:
@@ -209,9 +209,13 @@ class GroupsRole:
             return [event_id for event_id in wanted[1] if event_id not in found] or wanted[1]
         return []
 
-    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
+    async def list_parked(
+        self, name: str, *, after_position: int = 0, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[GroupParkedEvent]:
         (result,) = await self._db.run(
-            "list_parked", [Statement(sql.LIST_GROUP_PARKED.encode(), (name, after_position, limit))], read_only=True
+            "list_parked",
+            [Statement(sql.LIST_GROUP_PARKED.encode(), parked_page(name, after_position, after, limit))],
+            read_only=True,
         )
         return [parked_from_row(row) for row in rows(result)]
 

@@ -1064,8 +1064,10 @@ DISMISS_GROUP_PARKED = (
     " WHERE s.group_name = $1 AND s.segment = counted.segment"
 )
 LIST_GROUP_PARKED = (
-    f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND position > $2::bigint"
-    " ORDER BY position, event_id LIMIT $3::bigint"
+    # After a position, or after a position and an event id within it ($3
+    # NULL: the former; event_id > NULL is never true).
+    f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND position >= $2::bigint"
+    " AND (position > $2::bigint OR event_id > $3::text) ORDER BY position, event_id LIMIT $4::bigint"
 )
 GROUP_PARKED_EVENTS = (
     f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"

@@ -23,7 +23,7 @@ from service.store.grouping import (
 )
 from service.store.leasing import Fencing
 from service.store.memory_groups import group_exists
-from service.store.sql_common import group_params, group_spec_from_row, parked_from_row
+from service.store.sql_common import group_params, group_spec_from_row, parked_from_row, parked_page
 from service.store.sqlite import sql
 from service.store.sqlite.leases import now_us, still_held
 from service.store.sqlite.writer import Writer, reading, writing
@@ -87,9 +87,11 @@ class GroupsRole:
     async def dismiss_parked(self, name: str, event_ids: Sequence[str], *, skipped: bool = False) -> list[str]:
         return await self._writer.run(_dismiss, name, event_ids, skipped)
 
-    async def list_parked(self, name: str, *, after_position: int = 0, limit: int = 100) -> list[GroupParkedEvent]:
+    async def list_parked(
+        self, name: str, *, after_position: int = 0, after: tuple[int, str] | None = None, limit: int = 100
+    ) -> list[GroupParkedEvent]:
         rows = await self._writer.run(
-            lambda db: db.execute(sql.LIST_GROUP_PARKED, (name, after_position, limit)).fetchall()
+            lambda db: db.execute(sql.LIST_GROUP_PARKED, parked_page(name, after_position, after, limit)).fetchall()
         )
         return [parked_from_row(row) for row in rows]
 

@@ -462,8 +462,10 @@ COUNT_GROUP_ACKNOWLEDGED = (
 COUNT_GROUP_SKIPPED = "UPDATE group_segments SET skipped = skipped + 1 WHERE group_name = ? AND segment = ?"
 COUNT_GROUP_DISMISSED = "UPDATE group_segments SET dismissed = dismissed + 1 WHERE group_name = ? AND segment = ?"
 LIST_GROUP_PARKED = (
-    f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND position > ?"
-    " ORDER BY position, event_id LIMIT ?"
+    # After a position, or after a position and an event id within it (?3
+    # NULL: the former; event_id > NULL is never true).
+    f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ?1 AND position >= ?2"
+    " AND (position > ?2 OR event_id > ?3) ORDER BY position, event_id LIMIT ?4"
 )
 GROUP_PARKED_EVENT = f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND event_id = ?"
 REPLAY_ALL_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ?"
