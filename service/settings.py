@@ -169,7 +169,10 @@ class Settings:
     shutdown_grace: float = field(default=10.0, metadata={"help": "seconds in-flight calls get on shutdown"})
     keepalive_seconds: float = field(
         default=60.0,
-        metadata={"help": "seconds between the server's pings on a connection with calls open (dead peers found)"},
+        metadata={
+            "help": "seconds between the server's pings on each client connection, with calls open or not"
+            " (dead peers found)"
+        },
     )
     keepalive_timeout_seconds: float = field(
         default=20.0,
@@ -178,8 +181,8 @@ class Settings:
     min_client_ping_seconds: float = field(
         default=5.0,
         metadata={
-            "help": "shortest interval between a client's keepalive pings that the server accepts (more often:"
-            " GOAWAY too_many_pings, the connection's calls end)"
+            "help": "shortest interval between a client's keepalive pings that the server accepts, with calls open"
+            " or without (more often: GOAWAY too_many_pings, the connection's calls end)"
         },
     )
     max_connection_age_seconds: float = field(

@@ -47,7 +47,8 @@ def milliseconds(seconds: float) -> int:
 
 def keepalive_options(every: float, timeout: float) -> list[tuple[str, int]]:
     """gRPC's options for pinging each client on a connection with calls
-    open, every ``every`` seconds, and dropping the connection (ending its
+    open (and, with ``client_ping_options``, on one without), every
+    ``every`` seconds, and dropping the connection (ending its
     calls, freeing their places) when a ping is not answered within
     ``timeout``: a client that vanished without closing its connection (a
     host gone, a network cut) would otherwise hold its subscriptions for as
@@ -72,9 +73,21 @@ def client_ping_options(floor: float) -> list[tuple[str, int]]:
     pings, and its calls end UNAVAILABLE. Chronicle's clients ping every ten
     seconds while they have calls open (``service.client.channels``): that
     is how a client finds out that its connection to a replica it can no
-    longer reach is dead, and moves on. On a connection without calls
-    gRPC's own rule stays (one ping in two hours)."""
-    return [("grpc.http2.min_ping_interval_without_data_ms", milliseconds(floor))]
+    longer reach is dead, and moves on.
+
+    On a connection without calls the same bound holds: gRPC's own rule
+    there (one ping in two hours, GOAWAY ``too_many_pings`` on the third
+    ping sooner) refused the clients that keep pinging between calls (Go's
+    PermitWithoutStream, Java's keepAliveWithoutCalls, grpc-js's
+    keepalive_permit_without_calls). Pings are not calls, so such a
+    connection is still closed after ``--max-connection-idle-seconds``
+    (tests/integration/test_pings_without_calls.py). The same option has
+    the server ping idle connections too (every ``--keepalive-seconds``),
+    dropping those whose client vanished (no answer within the timeout)."""
+    return [
+        ("grpc.http2.min_ping_interval_without_data_ms", milliseconds(floor)),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
 
 
 def connection_age_options(age: float, grace: float) -> list[tuple[str, int]]:
@@ -120,9 +133,9 @@ def connection_idle_options(idle: float) -> list[tuple[str, int]]:
     waits a whole period more).
 
     Without it a connection that finished its handshake and then sent
-    nothing was held until its client went away, and the server does not
-    ping a connection without calls, so one whose host vanished was held
-    for ever: enough of them took every place under ``--max-connections``
+    nothing was held until its client went away, and the server did not
+    then ping a connection without calls, so one whose host vanished was
+    held for ever: enough of them took every place under ``--max-connections``
     (tests/integration/test_idle_connections.py)."""
     if idle <= 0:
         return []
