@@ -509,7 +509,37 @@ class Overloaded(ChronicleError):
 
 
 class StoreUnavailable(ChronicleError):
+    """The store cannot serve now. ``detail``, when given, is for the
+    server's log alone (``str(error)`` shows it; the caller's status carries
+    only ``message``): a database driver's text names the database's host
+    and port, and the caller of any RPC has no business with either."""
+
     default_reason = "STORE_UNAVAILABLE"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.detail = bounded(detail)
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.detail})" if self.detail else self.message
+
+
+#: What a caller hears of a store the server cannot reach, whatever the
+#: driver said (the server logs that).
+STORE_UNREACHABLE = "the store is unavailable; retry shortly"
+
+
+def store_unreachable(detail: str) -> StoreUnavailable:
+    """A store the server cannot reach now: a fixed message for the caller,
+    ``detail`` (the driver's text) for the server's log."""
+    return StoreUnavailable(STORE_UNREACHABLE, detail=detail)
 
 
 class ConsumerStalled(ChronicleError):

@@ -5,9 +5,18 @@ Each error sends a ``google.rpc.Status`` in the ``grpc-status-details-bin``
 trailer with an ``ErrorInfo`` (machine-readable ``reason``, domain
 ``chronicle``, metadata), a ``BadRequest`` when fields are at fault, and a
 ``RetryInfo`` when retrying later can succeed.
+
+An error's ``message`` is what the caller reads. A store the server cannot
+reach says only that (``errors.STORE_UNREACHABLE``): the driver's text,
+which names the database's host and port, is the error's ``detail``, logged
+here (at most once every ``STORE_LOG_EVERY`` seconds: in an outage every
+call fails alike) and never sent.
 """
 
 from __future__ import annotations
+
+import logging
+import time
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -19,6 +28,17 @@ from service import errors
 from service.processing.state import EventNotReadable
 
 DOMAIN = "chronicle"
+STORE_LOG_EVERY = 10.0
+
+log = logging.getLogger(__name__)
+
+
+class _StoreLog:
+    """When a store failure's detail was last logged, and how many since."""
+
+    at = float("-inf")
+    unlogged = 0
+
 
 # Looked up along the exception's MRO, so a subclass maps like its parent
 # unless listed itself.
@@ -104,7 +124,22 @@ def _retry_delay(code: grpc.StatusCode) -> duration_pb2.Duration | None:
     return duration_pb2.Duration(seconds=int(seconds), nanos=int(fraction * 1e9))
 
 
+def _log_detail(error: errors.ChronicleError) -> None:
+    """The driver's text of a store the server cannot reach, which the
+    caller is not told: in the server's log, now and then."""
+    if not isinstance(error, errors.StoreUnavailable) or not error.detail:
+        return
+    now = time.monotonic()
+    if now - _StoreLog.at < STORE_LOG_EVERY:
+        _StoreLog.unlogged += 1
+        return
+    more, _StoreLog.unlogged, _StoreLog.at = _StoreLog.unlogged, 0, now
+    since = f" ({more} more calls failed alike since the last such line)" if more else ""
+    log.warning("a call failed %s: %s%s", error.reason, error.detail, since)
+
+
 def rich_status(error: errors.ChronicleError) -> grpc.Status:
+    _log_detail(error)
     code = status_code(error)
     details = [_packed(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))]
     violations = _violations(error)
@@ -129,6 +164,7 @@ def rich_status(error: errors.ChronicleError) -> grpc.Status:
 def command_error(error: errors.ChronicleError) -> command_service_pb2.CommandError:
     """The same answer as ``rich_status``, as a message: for one command's
     result inside a call that carries many (SubmitStream)."""
+    _log_detail(error)
     code = status_code(error)
     return command_service_pb2.CommandError(
         code=getattr(code_pb2, code.name),

@@ -8,7 +8,8 @@ and other calls' pipelined on the connection) then fail on the missing
 statement (SQLSTATE 26000, ``InvalidSqlStatementName``), which nothing
 translated: commands failed INTERNAL "internal error". They now fail as the
 preparation did (a lock timeout: ``StoreUnavailable``, UNAVAILABLE with a
-``RetryInfo``), and none of them ran: their retries, with the same command
+``RetryInfo``; the lock timeout is the server log's, the caller hears that
+the store is unavailable), and none of them ran: their retries, with the same command
 ids, append each command once.
 
 The fault is real: ``LOCK TABLE chronicle.events IN ACCESS EXCLUSIVE MODE``
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -27,7 +29,8 @@ import psycopg
 import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.errors import StoreUnavailable
+from service.api import status
+from service.errors import STORE_UNREACHABLE, StoreUnavailable
 from service.store.postgres import PostgresStore
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
@@ -101,7 +104,7 @@ async def test_appends_behind_a_refused_preparation_fail_as_it_did_and_append_on
         for outcome in outcomes:
             assert isinstance(outcome, StoreUnavailable), repr(outcome)  # not InvalidSqlStatementName
             assert outcome.reason == "STORE_UNAVAILABLE"
-            assert "lock timeout" in outcome.message, outcome.message
+            assert "lock timeout" in str(outcome), str(outcome)  # the detail, for the log (callers hear less)
 
         # None of them ran: sent again, each appends once.
         again = await asyncio.gather(*burst())
@@ -113,8 +116,10 @@ async def test_appends_behind_a_refused_preparation_fail_as_it_did_and_append_on
 
 
 async def test_a_fresh_server_under_a_burst_while_the_log_is_locked_answers_unavailable_never_internal(
-    postgres_url: str,
+    postgres_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(status, "STORE_LOG_EVERY", 0.0)  # each failure logged, whatever other tests logged
+    caplog.set_level(logging.WARNING, logger="service.api.status")
     await _schema(postgres_url)
     store = PostgresStore(postgres_url, pool_size=4, lock_timeout=LOCK_TIMEOUT)
     async with running_server(store) as (_, client):
@@ -131,7 +136,9 @@ async def test_a_fresh_server_under_a_burst_while_the_log_is_locked_answers_unav
                 True,
             ), details
             refused.append(details)
-        assert any("lock timeout" in d.message for d in refused), refused
+        # The caller hears that the store is unavailable; the log, why (the driver's text).
+        assert {d.message for d in refused} == {STORE_UNREACHABLE}, refused
+        assert any("lock timeout" in r.getMessage() for r in caplog.records if r.name == "service.api.status")
         # Retried with their ids once the lock is gone: each opened once.
         for built in commands:
             response = await submit_retrying(client, built)
@@ -154,7 +161,7 @@ async def test_a_statement_gone_from_its_connection_is_unavailable_once_then_pre
         with pytest.raises(StoreUnavailable) as raised:
             await db.run("plus one", [plus_one])
         assert raised.value.reason == "STORE_UNAVAILABLE"
-        assert "does not exist" in raised.value.message
+        assert "does not exist" in str(raised.value)  # the detail, for the log
         assert (await db.run("plus one", [plus_one]))[0].get_value(0, 0) == b"2"
     finally:
         await db.close()

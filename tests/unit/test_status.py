@@ -7,6 +7,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from service import errors
+from service.api import status
 from service.api.status import rich_status, status_code
 
 
@@ -62,3 +63,29 @@ def test_a_recorded_rejection_is_rebuilt_as_the_same_class() -> None:
     rebuilt = errors.rebuild_rejection("NotFoundError", "gone", "ACCOUNT_NOT_FOUND", {"field": "x"})
     assert type(rebuilt) is errors.NotFoundError
     assert (rebuilt.message, rebuilt.reason, rebuilt.field) == ("gone", "ACCOUNT_NOT_FOUND", "x")
+
+
+def test_a_store_failures_detail_is_logged_now_and_then_and_never_sent(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver's text (host and port) stays in the server's log, at most
+    one line per ``STORE_LOG_EVERY`` seconds, counting the calls between."""
+    clock = [1000.0]
+    monkeypatch.setattr("service.api.status.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr(status._StoreLog, "at", float("-inf"))
+    monkeypatch.setattr(status._StoreLog, "unlogged", 0)
+    caplog.set_level("WARNING", logger="service.api.status")
+    down = errors.store_unreachable('connection to server at "db.internal", port 5432 failed')
+    for _ in range(3):
+        sent = status_pb2.Status.FromString(rich_status(down).trailing_metadata[0][1])
+        assert sent.message == errors.STORE_UNREACHABLE and b"5432" not in sent.SerializeToString()
+        assert status.command_error(down).message == errors.STORE_UNREACHABLE
+    clock[0] += status.STORE_LOG_EVERY
+    rich_status(down)
+    rich_status(errors.StoreUnavailable("the server is shutting down", reason="SHUTTING_DOWN"))  # nothing to log
+    assert [r.getMessage() for r in caplog.records] == [
+        'a call failed STORE_UNAVAILABLE: connection to server at "db.internal", port 5432 failed',
+        'a call failed STORE_UNAVAILABLE: connection to server at "db.internal", port 5432 failed'
+        " (5 more calls failed alike since the last such line)",
+    ]
+    assert "5432" in str(down)  # what the other logs print

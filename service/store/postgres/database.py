@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import psycopg
 from psycopg.pq.abc import PGresult
 
-from service.errors import ConfigurationError, StoreUnavailable
+from service.errors import ConfigurationError, StoreUnavailable, store_unreachable
 from service.store.encryption import sealed_store_without_keys
 from service.store.notifier import CommitNotifier
 from service.store.postgres import sql
@@ -224,7 +224,7 @@ class Database:
                 if read_only and not resent and not self._closed:
                     resent = True
                     continue  # the connection died under us (a restart): a read is safe to send again
-                raise StoreUnavailable(f"PostgreSQL unavailable during {what}: {lost}") from lost
+                raise store_unreachable(f"PostgreSQL unavailable during {what}: {lost}") from lost
             except Exception as error:
                 if rolled_back(error):
                     rolled += 1
@@ -260,7 +260,7 @@ class Database:
             return await asyncio.shield(pool.grow(self._connect))
         except Exception as error:
             translated = translation(error, "connect")
-            raise (translated or StoreUnavailable(f"PostgreSQL unavailable: {error}")) from error
+            raise (translated or store_unreachable(f"PostgreSQL unavailable: {error}")) from error
 
     async def _connect(self) -> PipelinedConnection:
         connection = await PipelinedConnection.connect(

@@ -11,7 +11,7 @@ from typing import TypeGuard
 import psycopg
 from psycopg import errors as pg
 
-from service.errors import ChronicleError, InvalidInput, StoreUnavailable
+from service.errors import ChronicleError, InvalidInput, StoreUnavailable, store_unreachable
 
 
 class UniqueViolation(Exception):
@@ -121,11 +121,12 @@ def translation(error: BaseException, what: str) -> BaseException | None:
         # connection prepares it again at its next use: connection.py). The
         # operation failed inside its transaction, so nothing of it was
         # applied: retrying it is safe.
-        return StoreUnavailable(
+        return store_unreachable(
             f"PostgreSQL unavailable during {what}: {_first_line(error)}; nothing of it was applied"
         )
     if isinstance(error, _UNAVAILABLE):
-        return StoreUnavailable(f"PostgreSQL unavailable during {what}: {_first_line(error)}")
+        # The driver's text names the database's host and port: the log's, not the caller's.
+        return store_unreachable(f"PostgreSQL unavailable during {what}: {_first_line(error)}")
     return None
 
 

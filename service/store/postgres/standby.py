@@ -205,8 +205,10 @@ class StandbyDatabase(Database):
                 if not isinstance(translated, StoreUnavailable):
                     raise
                 raise StoreUnavailable(
-                    f"the read database cannot be checked against the primary (--database-url) yet: {translated}",
+                    "the read database cannot be checked against the primary (--database-url) yet:"
+                    f" {translated.message}",
                     reason=NOT_READY,
+                    detail=translated.detail,
                 ) from error
         return self._primary
 

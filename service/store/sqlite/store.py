@@ -19,7 +19,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import quote
 
-from service.errors import ConfigurationError, StoreUnavailable
+from service.errors import ConfigurationError, StoreUnavailable, store_unreachable
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS, check_keep_snapshots
 from service.store.notifier import CommitNotifier
 from service.store.schema_use import SchemaUse, needs_migrating
@@ -114,7 +114,7 @@ class SqliteStore(
             version = schema_version(conn)
             floor = schema_floor(conn, version)
         except sqlite3.Error as error:
-            raise StoreUnavailable(f"cannot open SQLite database {self._path}: {error}") from error
+            raise store_unreachable(f"cannot open SQLite database {self._path}: {error}") from error
         try:
             # Not "unavailable": retrying cannot help, and running old code
             # on a new schema could corrupt it (as PostgreSQL's migrations.py).
@@ -144,7 +144,7 @@ class SqliteStore(
             for statement in (*sql.CONNECTION_SETUP, sql.LEASES_SYNCHRONOUS):
                 conn.execute(statement)
         except sqlite3.Error as error:
-            raise StoreUnavailable(f"cannot open SQLite database {self._path}: {error}") from error
+            raise store_unreachable(f"cannot open SQLite database {self._path}: {error}") from error
         return conn
 
 
