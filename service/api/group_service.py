@@ -429,6 +429,15 @@ def _not_parked(group: str, missing: list[str], outcome: str) -> ResourceNotFoun
     )
 
 
+def _answered_ids(values: Iterable[str]) -> list[str]:
+    """The event ids of an ack or nack as they were delivered: any form of
+    a UUID (upper case, braces, a urn:uuid: prefix, no hyphens) in the
+    canonical one, as ReplayParked and DismissParked take them and as
+    command ids are taken; an id that is no UUID as it came (the session
+    refuses it, UNKNOWN_EVENT_ID, as one it never delivered)."""
+    return [canonical_uuid(value) or value for value in values]
+
+
 async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerSession) -> None:
     """The consumer's acks and nacks, into its session; the end of its
     side of the stream ends the session."""
@@ -436,10 +445,10 @@ async def _listen(requests: AsyncIterator[pb.ConsumeRequest], session: ConsumerS
         async for request in requests:
             kind = request.WhichOneof("kind")
             if kind == "ack":
-                session.ack(list(request.ack.event_ids))
+                session.ack(_answered_ids(request.ack.event_ids))
             elif kind == "nack":
                 nack = request.nack
-                session.nack(list(nack.event_ids), _nack_reason(nack.reason), _nack_action(nack.action))
+                session.nack(_answered_ids(nack.event_ids), _nack_reason(nack.reason), _nack_action(nack.action))
             elif kind == "start":
                 raise _start_expected("a Consume stream has one start, its first request")
             else:

@@ -492,6 +492,36 @@ async def test_bad_consume_streams_are_refused_with_their_reasons(client: Chroni
         assert (raised.value.code(), reason_of(raised.value)) == (code, reason), requests
 
 
+async def test_acks_and_nacks_take_an_event_id_in_any_form_of_a_uuid(
+    client: ChronicleClient, server: Application
+) -> None:
+    """Upper case, braces, urn:uuid:, no hyphens: the delivered event, as
+    ReplayParked and DismissParked take them (an upper-case id ended the
+    stream INVALID_ARGUMENT UNKNOWN_EVENT_ID)."""
+    await write(client, accounts(["acc-1", "acc-2", "acc-3"]))
+    await client.groups.create("billing", max_delivery_attempts=1, segments=1)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        call = pb_grpc.SubscriptionGroupServiceStub(channel).Consume()
+        await call.write(start())
+        delivered: list[str] = []
+        while len(delivered) < 3:
+            message = await asyncio.wait_for(call.read(), 20)
+            assert message is not grpc.aio.EOF, "the stream ended"
+            delivered += [d.event.event_id for d in message.deliveries.deliveries]
+        first, second, third = delivered
+        await call.write(pb.ConsumeRequest(ack=pb.Ack(event_ids=[first.upper(), "{" + second + "}"])))
+        nack = pb.Nack(event_ids=["urn:uuid:" + third.replace("-", "")], action=pb.NACK_ACTION_PARK, reason="p")
+        await call.write(pb.ConsumeRequest(nack=nack))
+
+        async def settled() -> bool:
+            group = await client.groups.get("billing")
+            return (group.acknowledged, group.parked) == (2, 1)
+
+        await eventually(settled, what="two acknowledged, one parked")
+        assert [p.event_id for p in await client.groups.parked("billing")] == [third]
+        call.cancel()
+
+
 async def test_administering_groups_needs_the_admin_grant_and_is_audited(tmp_path: Path) -> None:
     async with running_server(MemoryStore()) as (app, _), ChronicleClient.connect(app.address) as client:
         denied = (grpc.StatusCode.PERMISSION_DENIED, "ANONYMOUS_ADMIN_DENIED")
