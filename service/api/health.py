@@ -27,7 +27,7 @@ from chronicle.v1 import (
     subscription_group_service_pb2,
 )
 from service.api.status import rich_status
-from service.errors import Overloaded, StoreUnavailable
+from service.errors import MAX_QUOTED, Overloaded, ResourceNotFound, StoreUnavailable, quoted
 from service.store.base import Lifecycle
 from service.store.probing import probe, why
 from service.tasks import cancel_and_wait
@@ -96,6 +96,22 @@ class LimitedWatches(health.aio.HealthServicer):  # type: ignore[misc]
         finally:
             self.watches -= 1
             self._watching.discard(task)
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        """The library's Check, its NOT_FOUND for a name it has no status
+        for (the health protocol's answer, which load balancers expect)
+        with an ErrorInfo as every other refusal of the server's: grpcio's
+        servicer aborts with the bare code."""
+        status = self._server_status.get(request.service)  # the library's own map, as List reads it
+        if status is None:
+            unknown = ResourceNotFound(
+                f'no health status for service {quoted(request.service)}: ask for "" (the server) or one of'
+                f" {', '.join(SERVICE_NAMES)}",
+                reason="SERVICE_NOT_FOUND",
+                metadata={"service": request.service[:MAX_QUOTED]},
+            )
+            await context.abort_with_status(rich_status(unknown))
+        return health_pb2.HealthCheckResponse(status=status)
 
     async def List(self, request: health_pb2.HealthListRequest, context: Any) -> health_pb2.HealthListResponse:
         """The status of every service name Check answers for ("" the

@@ -207,3 +207,18 @@ async def test_list_types_shows_a_caller_the_aggregate_types_it_may_read_or_subm
         "root": ["Account", "Box", "Transfer", "User"],  # reads everything
     }
     assert details_of(raised.value).reason == "NO_CREDENTIALS"
+
+
+async def test_a_health_check_of_an_unknown_service_is_not_found_with_its_reason(client: Client) -> None:
+    """NOT_FOUND, as the health protocol says, and an ErrorInfo as every
+    other refusal carries (grpcio's servicer sent the bare code)."""
+    stub = health_pb2_grpc.HealthStub(client.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Check(health_pb2.HealthCheckRequest(service="chronicle.v1.NoSuchService"), timeout=10)
+    said = details_of(raised.value)
+    assert (said.code, said.reason, said.metadata) == (
+        grpc.StatusCode.NOT_FOUND,
+        "SERVICE_NOT_FOUND",
+        {"service": "chronicle.v1.NoSuchService"},
+    )
+    assert "chronicle.v1.CommandService" in said.message
