@@ -27,16 +27,20 @@ trap 'rm -rf "$work"' EXIT
 mapfile -t module_list < <(sed -n 's/^ *- path: *//p' buf.yaml)
 
 # The API as of one commit, with the current buf.yaml listing only the modules
-# that commit has (a plugin added later is new API, not a break).
+# that commit has (a plugin added later is new API, not a break) and, given
+# a second commit, only those that one has too (so a commit that adds a
+# module compares the modules it had before; one that removes a module
+# still compares more modules than it has left, which buf reports).
 extract() {
-    local rev=$1 dir=$2 present=() module
+    local rev=$1 dir=$2 also=${3:-} present=() module
     mkdir -p "$dir"
     cp buf.yaml "$dir/buf.yaml"
     for module in "${module_list[@]}"; do
-        if git cat-file -e "$rev:$module" 2>/dev/null; then
+        if git cat-file -e "$rev:$module" 2>/dev/null && { [[ -z $also ]] || git cat-file -e "$also:$module" 2>/dev/null; }; then
             present+=("$module")
         else
-            sed -i "\#^ *- path: $module\$#d" "$dir/buf.yaml"
+            # Its entry, and its files named under an ignore (buf refuses a path in no module).
+            sed -i -e "\#^ *- path: $module\$#d" -e "\#^ *- $module/#d" "$dir/buf.yaml"
         fi
     done
     ((${#present[@]})) || return 1
@@ -48,7 +52,7 @@ checked=0
 # Oldest first, so the first break reported is the one that caused the rest.
 for rev in $(git rev-list --reverse HEAD -- "${module_list[@]}"); do
     git cat-file -e "$rev^" 2>/dev/null || continue # the first commit, or a shallow clone's edge
-    extract "$rev" "$work/$rev/new" || continue
+    extract "$rev" "$work/$rev/new" "$rev^" || continue
     extract "$rev^" "$work/$rev/old" || continue
     checked=$((checked + 1))
     if ! (cd "$work/$rev/new" && "$buf" breaking . --against ../old); then
