@@ -200,8 +200,15 @@ async def aggregate_page(parts: Parts, aggregate_id: str, query: dict[str, str])
     events = [event async for event in parts.events.ReadAggregate(request, _NO_CONTEXT)]
     if not events and from_version == 1:
         return aggregate_id, [tag("p", "No aggregate has this id (it has no events).", class_="empty")]
+    # A page ends after a whole version: an upcaster's pieces of one stored
+    # event share its version, and the next page starts at the version after
+    # (ReadAggregate never ends a page between them, so all of them are here).
+    # (When the one asked for beyond the page is a piece too, the next page
+    # may turn out empty.)
     more = len(events) > EVENTS_PER_PAGE
-    events = events[:EVENTS_PER_PAGE]
+    if more:
+        last_version = events[EVENTS_PER_PAGE - 1].version
+        events = [event for event in events if event.version <= last_version]
     state_request = events_pb.GetAggregateRequest(aggregate_id=aggregate_id)
     if at_version:
         state_request.at_version = at_version
