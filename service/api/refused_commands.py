@@ -43,15 +43,22 @@ READ_SERVICES = (
     "/chronicle.v1.ReactionService/",
     "/chronicle.v1.SubscriptionGroupService/",
 )
-# Administrators' actions in those services, audited by their servicers
-# (done or refused): recorded here too, a refusal would be recorded twice.
+# Administrators' actions (and reads of process states) in those services,
+# audited by their servicers (done or refused): recorded here too, a refusal
+# would be recorded twice (test_authorization_audit counts one per call).
 SELF_AUDITED = frozenset(
     {
         "/chronicle.v1.ProjectionService/RebuildProjection",
         "/chronicle.v1.ProjectionService/DeleteProjection",
         "/chronicle.v1.ReactionService/ReplayParkedCommand",
         "/chronicle.v1.ReactionService/DismissParkedCommand",
+        "/chronicle.v1.ReactionService/ReplayAllParkedCommands",
+        "/chronicle.v1.ReactionService/DismissAllParkedCommands",
+        "/chronicle.v1.ReactionService/GetProcessState",
+        "/chronicle.v1.ReactionService/ListProcessStates",
+        "/chronicle.v1.ReactionService/DropProcessState",
         "/chronicle.v1.SubscriptionGroupService/CreateGroup",
+        "/chronicle.v1.SubscriptionGroupService/UpdateGroup",
         "/chronicle.v1.SubscriptionGroupService/DeleteGroup",
         "/chronicle.v1.SubscriptionGroupService/ReplayParked",
         "/chronicle.v1.SubscriptionGroupService/DismissParked",

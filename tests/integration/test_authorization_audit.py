@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -314,12 +315,18 @@ async def test_every_method_refuses_a_principal_the_policy_grants_nothing(served
                 leaks.append(path)
     assert outcomes == {path: expected for path, (_, expected) in UNGRANTED.items()}
     assert leaks == []
-    # Every one audited with eve's address, those refused inside the command
-    # pipeline (Submit and its streams) as those the gate refused.
+    # Every refused call audited exactly once, with eve's address, those
+    # refused inside the command pipeline (Submit and its streams, filed
+    # under the command's type) as those the gate or a servicer refused
+    # (filed under the RPC's name). An administrator's action is audited by
+    # its servicer, and the gate's denial hook recorded it a second time.
     async with connect(served.app.address, interceptors=bearer(served.token("root"))) as root:
-        entries = (await root.admin.QueryAudit(admin.QueryAuditRequest(principal="eve"))).entries
-    submitted = [e for e in entries if e.reason == "SUBMIT_DENIED"]
-    assert len(submitted) >= 3, entries  # Submit, SubmitStream, SubmitStreamPages at least
+        entries = (await root.admin.QueryAudit(admin.QueryAuditRequest(principal="eve", limit=1000))).entries
+    refused = [path for path, (_, expected) in UNGRANTED.items() if expected != OPEN]
+    submits = [path for path in refused if path.startswith("/chronicle.v1.CommandService/")]
+    expected_entries = Counter({path.lstrip("/"): 1 for path in refused if path not in submits})
+    expected_entries["bank.v1.Deposit"] = len(submits)
+    assert Counter(e.command_type for e in entries) == expected_entries
     assert all(e.peer.startswith("ipv4:127.0.0.1:") for e in entries), [(e.reason, e.peer) for e in entries]
 
 
