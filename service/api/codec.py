@@ -116,6 +116,8 @@ _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 # a key the server starts writing later must not already sit in events that
 # clients wrote, meaning something else.
 RESERVED_METADATA_PREFIX = "chronicle."
+# Keyed in lower case: looked up by the client's key lowered, as the prefix
+# is checked.
 _SERVERS_KEYS = {
     # The count of reaction hops that stops a reaction loop: a client's could
     # start a chain at (or past) its reactions' limit, and have their commands
@@ -137,7 +139,7 @@ def _check_metadata(metadata: Mapping[str, str], field: str = "command") -> dict
         raise InvalidInput.for_field(
             f"{field}.metadata[{reserved[:MAX_METADATA_KEY]!r}]",
             f"is reserved: keys beginning with {RESERVED_METADATA_PREFIX!r} are the server's own"
-            f" ({_SERVERS_KEYS.get(reserved, 'kept for keys it may write later')})",
+            f" ({_SERVERS_KEYS.get(reserved.lower(), 'kept for keys it may write later')})",
             reason="INVALID_METADATA",
         )
     for key, value in metadata.items():

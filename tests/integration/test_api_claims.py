@@ -314,12 +314,21 @@ async def test_every_metadata_key_under_the_chronicle_prefix_is_the_servers(clie
     """Not only the two keys the server writes today (``chronicle.imported``,
     ``chronicle.reaction_hops``): a key it starts writing later must not be
     in events clients wrote, meaning something else. In any letter case."""
-    for key in ("chronicle.imported", "chronicle.reaction_hops", "chronicle.trace_id", "Chronicle.Imported"):
+    # The refusal says what a client's key would forge, the key spelt in any case.
+    why = {
+        "chronicle.imported": "an import sets it",
+        "chronicle.reaction_hops": "the server sets it on the commands reactions send",
+        "chronicle.trace_id": "kept for keys it may write later",
+        "Chronicle.Imported": "an import sets it",
+        "CHRONICLE.REACTION_HOPS": "the server sets it on the commands reactions send",
+    }
+    for key, explained in why.items():
         details = await refusal(
             client.submit(command("acc-9", bank.OpenAccount(owner="ann"), metadata={"fine": "v", key: "x"}))
         )
         assert said(details) == (INVALID, "INVALID_METADATA", [f"command.metadata[{key!r}]"])
         assert "reserved" in details.message
+        assert explained in details.message, (key, details.message)
     assert await read(client, "acc-9") == []
     # Keys that only look alike stay the client's own.
     metadata = {"chronicle": "v", "chronicle_trace": "v", "app.chronicle.trace": "v"}
