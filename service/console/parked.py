@@ -18,6 +18,7 @@ bound to the session and the listing, as the Log page's cursor does.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, cast
 
@@ -26,6 +27,7 @@ from chronicle.v1 import reaction_service_pb2 as reactions_pb
 from service.console.cursors import Cursors
 from service.console.html import Content, Html, link, segment, table, tag, url, void
 from service.console.views import Parts, Runners, state_here, to_json
+from service.errors import ResourceNotFound
 from service.principal import current_principal
 
 PARKED_EVENTS_PER_PAGE = 100
@@ -258,25 +260,105 @@ def _where_to_act(
     )
 
 
-def confirm_page(name: str, action: str, parked: int, csrf_token: str) -> tuple[str, list[Content]]:
-    """The confirmation an all-action asks for before it acts."""
+class Changed(Exception):
+    """The reaction's parked commands are no longer those the operator
+    confirmed: nothing was done; the confirmation is shown again."""
+
+    def __init__(self, confirmed: int, now: int) -> None:
+        super().__init__(f"{confirmed} confirmed, {now} now")
+        self.confirmed = confirmed
+        self.now = now
+
+
+async def all_parked(parts: Parts, name: str) -> list[reactions_pb.ParkedCommand]:
+    """Every parked command of the reaction, oldest first
+    (``ListParkedCommands``, page after page: the caller's read grant, as
+    the RPC). A reaction parks at most a thousand."""
+    found: list[reactions_pb.ParkedCommand] = []
+    token = ""
+    while True:
+        page = await parts.reactions.ListParkedCommands(
+            reactions_pb.ListParkedCommandsRequest(reaction=name, page_token=token), _NO_CONTEXT
+        )
+        found.extend(page.commands)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+def digest_of(commands: list[reactions_pb.ParkedCommand]) -> str:
+    """Which parked commands these are, in 32 hex digits (the ids, sorted)."""
+    ids = "\n".join(sorted(command.command_id for command in commands))
+    return hashlib.sha256(ids.encode()).hexdigest()[:32]
+
+
+def confirm_page(
+    name: str, action: str, commands: list[reactions_pb.ParkedCommand], csrf_token: str, notice: str = ""
+) -> tuple[str, list[Content]]:
+    """The confirmation an all-action asks for before it acts: how many
+    commands it takes, and the form that takes exactly those (their count
+    and the digest of their ids)."""
     verb = "Replay" if action == "replay-all" else "Dismiss"
     what = (
         "sends each again, oldest first (those refused again stay parked)"
         if action == "replay-all"
-        else "removes them all unsent, in one transaction"
+        else "removes them all unsent"
     )
     here = "/reactions/" + segment(name)
-    return f"{verb} all parked commands of {name}?", [
-        tag("p", f"{name} has {parked} parked command(s) now. This {what}.", class_="summary", id="confirm"),
-        _form(f"{here}/{action}", csrf_token, f"{verb} all", confirmed="yes"),
+    content: list[Content] = [tag("p", notice, class_="notice", id="notice")] if notice else []
+    if not commands:
+        content.append(tag("p", f"{name} has no parked commands: nothing to {verb.lower()}.", id="confirm"))
+        return f"{verb} all parked commands of {name}?", [*content, link(here, "Back", class_="cancel")]
+    content += [
+        tag(
+            "p",
+            f"{name} has {len(commands)} parked command(s) now. This {what}. Only these are acted on: if the"
+            " reaction's parked commands change before you confirm, nothing is done and you are asked again.",
+            class_="summary",
+            id="confirm",
+            data_count=len(commands),
+        ),
+        _form(
+            f"{here}/{action}",
+            csrf_token,
+            f"{verb} {len(commands)} parked command(s)",
+            count=str(len(commands)),
+            digest=digest_of(commands),
+        ),
         link(here, "Cancel", class_="cancel"),
     ]
+    return f"{verb} all parked commands of {name}?", content
 
 
-async def parked_count(parts: Parts, name: str) -> int:
-    status = await parts.reactions.GetReaction(reactions_pb.GetReactionRequest(name=name), _NO_CONTEXT)
-    return int(status.parked)
+def changed_notice(changed: Changed) -> str:
+    return (
+        f"The reaction's parked commands changed since you confirmed ({changed.confirmed} then, {changed.now} now):"
+        " nothing was done. Confirm again."
+    )
+
+
+async def confirmed_commands(parts: Parts, name: str, form: dict[str, str]) -> list[reactions_pb.ParkedCommand]:
+    """The parked commands, if they are those the confirmation ``form``
+    (its count and digest) named; ``Changed`` otherwise."""
+    commands = await all_parked(parts, name)
+    if digest_of(commands) != form.get("digest", "") or str(len(commands)) != form.get("count", ""):
+        confirmed = form.get("count", "")
+        raise Changed(int(confirmed) if confirmed.isdigit() and len(confirmed) < 10 else 0, len(commands))
+    return commands
+
+
+async def refused_by_the_rpc(parts: Parts, name: str, action: str) -> str:
+    """The all-RPC, for a caller who is no administrator: it refuses (and
+    audits) before it acts."""
+    if action == "replay-all":
+        await parts.reactions.ReplayAllParkedCommands(
+            reactions_pb.ReplayAllParkedCommandsRequest(reaction=name), _NO_CONTEXT
+        )
+    else:
+        await parts.reactions.DismissAllParkedCommands(
+            reactions_pb.DismissAllParkedCommandsRequest(reaction=name), _NO_CONTEXT
+        )
+    return ""
 
 
 async def replay_command(parts: Parts, name: str, command_id: str) -> str:
@@ -295,16 +377,50 @@ async def dismiss_command(parts: Parts, name: str, command_id: str) -> str:
     return f"Parked command {command_id} dismissed."
 
 
-async def replay_all(parts: Parts, name: str) -> str:
-    answer = await parts.reactions.ReplayAllParkedCommands(
-        reactions_pb.ReplayAllParkedCommandsRequest(reaction=name), _NO_CONTEXT
-    )
-    replayed = answer.accepted + answer.refused
-    return f"Replayed {replayed} parked command(s): {answer.accepted} accepted, {answer.refused} refused again."
+async def replay_all(parts: Parts, name: str, commands: list[reactions_pb.ParkedCommand]) -> str:
+    """Replay the confirmed ``commands``, oldest first, each by its own
+    ReplayParkedCommand (audited each): one parked after the confirmation is
+    not sent. One that left the list meanwhile (replayed or dismissed
+    elsewhere) is counted, not an error."""
+    accepted = refused = gone = 0
+    for parked_command in commands:
+        try:
+            answer = await parts.reactions.ReplayParkedCommand(
+                reactions_pb.ReplayParkedCommandRequest(reaction=name, command_id=parked_command.command_id),
+                _NO_CONTEXT,
+            )
+        except ResourceNotFound as error:
+            if error.reason != "PARKED_COMMAND_NOT_FOUND":
+                raise
+            gone += 1
+            continue
+        if answer.accepted:
+            accepted += 1
+        else:
+            refused += 1
+    told = f"Replayed {accepted + refused} parked command(s): {accepted} accepted, {refused} refused again."
+    return told + _left(gone)
 
 
-async def dismiss_all(parts: Parts, name: str) -> str:
-    answer = await parts.reactions.DismissAllParkedCommands(
-        reactions_pb.DismissAllParkedCommandsRequest(reaction=name), _NO_CONTEXT
-    )
-    return f"Dismissed {answer.dismissed} parked command(s)."
+async def dismiss_all(parts: Parts, name: str, commands: list[reactions_pb.ParkedCommand]) -> str:
+    """Dismiss the confirmed ``commands``, each by its own
+    DismissParkedCommand (audited each): one parked after the confirmation
+    stays parked."""
+    dismissed = gone = 0
+    for parked_command in commands:
+        try:
+            await parts.reactions.DismissParkedCommand(
+                reactions_pb.DismissParkedCommandRequest(reaction=name, command_id=parked_command.command_id),
+                _NO_CONTEXT,
+            )
+        except ResourceNotFound as error:
+            if error.reason != "PARKED_COMMAND_NOT_FOUND":
+                raise
+            gone += 1
+            continue
+        dismissed += 1
+    return f"Dismissed {dismissed} parked command(s)." + _left(gone)
+
+
+def _left(gone: int) -> str:
+    return f" {gone} left the parked list meanwhile." if gone else ""

@@ -356,29 +356,45 @@ class Console:
         return "Audit log", audit.audit_view(entries, filters, first=point is None, next_cursor=cursor)
 
     async def _reaction_action(self, request: Request, session: Session, principal: Principal) -> Response:
-        """Replay or dismiss one parked command, or all of them (those ask
+        """Replay or dismiss one parked command, or all of them. Those ask
         an administrator first: a page that says how many, with a form that
-        confirms; anyone else is refused by the RPC at once). Each is its
-        RPC: the admin grant, audited, on the replica that runs it."""
+        carries their count and the digest of their ids; confirmed, exactly
+        those are acted on, and if they changed meanwhile nothing is done
+        and the confirmation is shown again (anyone else is refused by the
+        all-RPC at once). Each is its RPC: the admin grant, audited, on the
+        replica that runs it."""
         found = _reaction_action(request.path)
         assert found is not None
         name, action = found
         here = "/reactions/" + segment(name)
         parts = self._parts
+        form = request.form
         try:
-            asks_first = action.endswith("-all") and parts.authorizer.grant(principal).admin
-            if asks_first and request.form.get("confirmed") != "yes":
-                count = await parked.parked_count(parts, name)
-                title, content = parked.confirm_page(name, action, count, session.csrf_token)
-                return self._page(200, title, content, session, principal, "/reactions")
-            command_id = request.form.get("command_id", "")
-            done = {
-                "replay": lambda: parked.replay_command(parts, name, command_id),
-                "dismiss": lambda: parked.dismiss_command(parts, name, command_id),
-                "replay-all": lambda: parked.replay_all(parts, name),
-                "dismiss-all": lambda: parked.dismiss_all(parts, name),
-            }
-            said = await done[action]()
+            if action.endswith("-all") and not parts.authorizer.grant(principal).admin:
+                said = await parked.refused_by_the_rpc(parts, name, action)
+            elif action.endswith("-all"):
+                if "digest" not in form:
+                    title, content = parked.confirm_page(
+                        name, action, await parked.all_parked(parts, name), session.csrf_token
+                    )
+                    return self._page(200, title, content, session, principal, "/reactions")
+                try:
+                    confirmed = await parked.confirmed_commands(parts, name, form)
+                except parked.Changed as changed:
+                    title, content = parked.confirm_page(
+                        name,
+                        action,
+                        await parked.all_parked(parts, name),
+                        session.csrf_token,
+                        notice=parked.changed_notice(changed),
+                    )
+                    return self._page(409, title, content, session, principal, "/reactions")
+                act = parked.replay_all if action == "replay-all" else parked.dismiss_all
+                said = await act(parts, name, confirmed)
+            else:
+                command_id = form.get("command_id", "")
+                act_on_one = parked.replay_command if action == "replay" else parked.dismiss_command
+                said = await act_on_one(parts, name, command_id)
         except ChronicleError as error:
             return self._action_refused(error, session, principal, "/reactions", back=here)
         session.tell(here, said)

@@ -131,6 +131,17 @@ def csrf_of(page: str) -> str:
     return found.group(1)
 
 
+def confirmation_of(page: str) -> dict[str, str]:
+    """The fields of the confirmation form on ``page``: the CSRF token, and
+    the count and digest of what it confirms."""
+    fields = {"csrf_token": csrf_of(page)}
+    for name in ("count", "digest"):
+        found = re.search(rf'name="{name}" value="([^"]+)"', page)
+        assert found is not None, f"no {name} on the confirmation"
+        fields[name] = found.group(1)
+    return fields
+
+
 def rows(page: str, table_id: str) -> list[list[str]]:
     found = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S)
     assert found is not None, f"no table {table_id}"
@@ -378,8 +389,7 @@ async def test_a_reactions_parked_commands_are_replayed_and_dismissed_by_adminis
             # The all-actions ask first: a page that says how many, and changes nothing.
             asked = await post(address, page + "/dismiss-all", root, csrf_token=token)
             still = len(await parked_now())
-            confirm_token = csrf_of(asked.text)
-            done = await post(address, page + "/dismiss-all", root, csrf_token=confirm_token, confirmed="yes")
+            done = await post(address, page + "/dismiss-all", root, **confirmation_of(asked.text))
             notice_done = (await get(address, page, root)).text
             after = await parked_now()
         actions = [
@@ -404,9 +414,70 @@ async def test_a_reactions_parked_commands_are_replayed_and_dismissed_by_adminis
         ("ReplayParkedCommand", "root", ACCEPTED, ""),
         ("ReplayParkedCommand", "root", ACCEPTED, ""),
         ("DismissParkedCommand", "root", ACCEPTED, ""),
-        ("DismissAllParkedCommands", "root", ACCEPTED, ""),
+        # "Dismiss all" dismisses the confirmed commands one by one.
+        *[("DismissParkedCommand", "root", ACCEPTED, "")] * 3,
     ]
     assert all(peer.startswith("ipv4:127.0.0.1:") for *_, peer in actions), actions
+
+
+async def test_an_all_action_acts_only_on_the_commands_it_confirmed(tmp_path: Path) -> None:
+    # The confirmation said 3; two more were parked before the operator
+    # clicked: "Dismiss all" dismissed 5. Now nothing is done, and the
+    # confirmation is shown again with the new count.
+    async with served(with_auth(tmp_path)) as app:
+        address = address_of(app)
+        root = await cookie_of(address, ROOT_KEY)
+        page = "/reactions/" + RELAY
+
+        async def parked_ids() -> list[str]:
+            answer = await get(address, page, root)
+            return [text_of(row[2]) for row in rows(answer.text, "parked")] if "none parked" not in answer.text else []
+
+        async def parked(count: int) -> None:
+            async def there() -> bool:
+                return len(await parked_ids()) == count
+
+            await eventually(there, what=f"{count} commands parked")
+
+        async with connect(app.address, interceptors=bearer(ROOT_KEY)) as client:
+            await park(client, ["n1", "n2", "n3"])
+            await parked(3)
+            token = csrf_of((await get(address, page, root)).text)
+            legacy = await post(address, page + "/dismiss-all", root, csrf_token=token, confirmed="yes")
+            asked = await post(address, page + "/dismiss-all", root, csrf_token=token)
+            for name in ("late-1", "late-2"):
+                await client.submit(command("source", box.RenameBox(name=name), user_id="root"))
+            await parked(5)
+            stale = await post(address, page + "/dismiss-all", root, **confirmation_of(asked.text))
+            after_stale = await parked_ids()
+            done = await post(address, page + "/dismiss-all", root, **confirmation_of(stale.text))
+            notice_done = text_of((await get(address, page, root)).text)
+            after_done = await parked_ids()
+
+            # Replay all: the same; confirmed, each confirmed command is sent again (the gate is shut: refused again).
+            await park(client, ["r1", "r2"])
+            await parked(2)
+            asked_replay = await post(address, page + "/replay-all", root, csrf_token=token)
+            await client.submit(command("source", box.RenameBox(name="r3"), user_id="root"))
+            await parked(3)
+            stale_replay = await post(address, page + "/replay-all", root, **confirmation_of(asked_replay.text))
+            replayed = await post(address, page + "/replay-all", root, **confirmation_of(stale_replay.text))
+            notice_replayed = text_of((await get(address, page, root)).text)
+        actions = [
+            e.command_type.rpartition("/")[2]
+            for e in await app.store.audit.read_audit(AuditQuery(aggregate_id=f"reaction:{RELAY}"))
+        ]
+    # A form of the old confirmation (confirmed=yes, no digest) only asks.
+    assert legacy.status == 200 and "3 parked command(s) now" in text_of(legacy.text)
+    assert asked.status == 200 and "3 parked command(s) now" in text_of(asked.text)
+    assert stale.status == 409 and len(after_stale) == 5
+    assert "changed since you confirmed (3 then, 5 now): nothing was done" in text_of(stale.text)
+    assert "5 parked command(s) now" in text_of(stale.text)
+    assert done.status == 303 and "Dismissed 5 parked command(s)." in notice_done and after_done == []
+    assert stale_replay.status == 409 and "(2 then, 3 now)" in text_of(stale_replay.text)
+    assert replayed.status == 303
+    assert "Replayed 3 parked command(s): 0 accepted, 3 refused again." in notice_replayed
+    assert sorted(actions) == ["DismissParkedCommand"] * 5 + ["ReplayParkedCommand"] * 3
 
 
 # -- forgotten aggregates ------------------------------------------------------------------------
