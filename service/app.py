@@ -610,6 +610,7 @@ async def start(
         audit=audit,
         page_bytes=page_bytes,
         keys=roles.keys,
+        state_keys_hidden=keyring is not None,
     )
     admin_service = AdminService(
         audit,

@@ -56,7 +56,13 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         audit: AuditLog,
         page_bytes: int = 1024 * 1024,
         keys: KeyStore | None = None,
+        state_keys_hidden: bool = False,
     ) -> None:
+        # Encryption at rest stores process-state keys as keyed hashes (they
+        # may be personal: "transfer-of-ann"): the audit, which is in the
+        # clear and filed under the reaction (forgetting an aggregate erases
+        # none of it), must not name them either.
+        self._state_keys_hidden = state_keys_hidden
         # Tells whether the aggregate a runner's last error came from was forgotten.
         self._keys = keys
         self._documents = documents
@@ -207,7 +213,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     async def DropProcessState(
         self, request: pb.DropProcessStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DropProcessStateResponse:
-        async with self._audited("DropProcessState", request.reaction) as outcome:
+        async with self._audited("DropProcessState", request.reaction, names_state_keys=True) as outcome:
             self._authorizer.check_admin(current_principal.get(), "drop a reaction's process state")
             reaction = self._reaction("reaction", request.reaction)
             state_keys = _state_keys(request)
@@ -215,7 +221,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             await runner.drop_states(state_keys)
             # The key may be an aggregate's id or a correlation id: no
             # personal data is quoted but what identifies a process.
-            outcome.message = _dropped(state_keys)
+            outcome.message = _dropped(state_keys, named=not self._state_keys_hidden)
             log.warning("%s of reaction %s, by %r", outcome.message, reaction.name, current_principal.get().name)
             return pb.DropProcessStateResponse(dropped=len(state_keys))
 
@@ -224,7 +230,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     ) -> pb.GetProcessStateResponse:
         # A process's state may hold personal data: an administrator's read,
         # audited as the reads of an export are.
-        async with self._audited("GetProcessState", request.reaction) as outcome:
+        async with self._audited("GetProcessState", request.reaction, names_state_keys=True) as outcome:
             reaction = self._state_reader(request.reaction)
             state_key = check_id("state_key", request.state_key, reason="INVALID_STATE_KEY")
             # The checkpoint first: the state read next is at least that new.
@@ -236,7 +242,11 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
                     reason="PROCESS_STATE_NOT_FOUND",
                     metadata={"reaction": reaction.name, "state_key": state_key},
                 )
-            outcome.message = f"process state {state_key!r} read"
+            outcome.message = (
+                f"process state read ({KEYS_NOT_RECORDED})"
+                if self._state_keys_hidden
+                else f"process state {state_key!r} read"
+            )
             return pb.GetProcessStateResponse(state=process_states.shown(reaction, document), position=position)
 
     async def ListProcessStates(
@@ -299,7 +309,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         return self._reactions.runners[reaction.name], command_id
 
     @contextlib.asynccontextmanager
-    async def _audited(self, rpc: str, reaction: str) -> AsyncIterator[_Outcome]:
+    async def _audited(self, rpc: str, reaction: str, *, names_state_keys: bool = False) -> AsyncIterator[_Outcome]:
         """An administrator's action on a reaction's parked command, audited
         under the reaction's name (QueryAudit's aggregate_id
         "reaction:NAME", as a rebuild's is "projection:NAME"): refused (any
@@ -311,7 +321,10 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         refusals): the command was sent, and its refusal, message included,
         is the record of the id it was sent under. The refusal's message
         stays out of this entry, which is kept in the clear: it may quote
-        personal data, which forgetting the aggregate must erase."""
+        personal data, which forgetting the aggregate must erase. So do the
+        process-state keys of a call that ``names_state_keys`` (its message
+        and its refusal's) under encryption at rest, which stores them as
+        keyed hashes: the refusal is recorded with its reason only."""
         action = f"{SERVICE}/{rpc}"
         principal = current_principal.get().name
         target = f"reaction:{reaction[:MAX_ID_LENGTH]}"
@@ -319,7 +332,10 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         try:
             yield outcome
         except ChronicleError as error:
-            await self._audit.admin_action(action, principal=principal, aggregate_id=target, error=error)
+            recorded = error
+            if names_state_keys and self._state_keys_hidden:
+                recorded = ChronicleError(f"refused, {error.reason} ({KEYS_NOT_RECORDED})", reason=error.reason)
+            await self._audit.admin_action(action, principal=principal, aggregate_id=target, error=recorded)
             raise
         await self._audit.admin_action(action, principal=principal, aggregate_id=target, message=outcome.message)
 
@@ -368,15 +384,20 @@ def _state_keys(request: pb.DropProcessStateRequest) -> list[str]:
     return keys
 
 
-def _dropped(state_keys: list[str]) -> str:
-    """What a drop did, for its audit entry and the log: the keys, the first few named."""
+def _dropped(state_keys: list[str], *, named: bool) -> str:
+    """What a drop did, for its audit entry and the log: the keys, the first
+    few named (``named``: not under encryption at rest)."""
+    if not named:
+        return f"{len(state_keys)} process state(s) dropped ({KEYS_NOT_RECORDED})"
     if len(state_keys) == 1:
         return f"process state {state_keys[0]!r} dropped"
-    named = ", ".join(repr(key) for key in state_keys[:_KEYS_NAMED])
+    first = ", ".join(repr(key) for key in state_keys[:_KEYS_NAMED])
     more = f" and {len(state_keys) - _KEYS_NAMED} more" if len(state_keys) > _KEYS_NAMED else ""
-    return f"{len(state_keys)} process states dropped: {named}{more}"
+    return f"{len(state_keys)} process states dropped: {first}{more}"
 
 
+# What an audit entry says in place of process-state keys under encryption at rest.
+KEYS_NOT_RECORDED = "keys not recorded: encryption at rest"
 # The keys an audit entry of a drop names, at most (the entry's message is bounded).
 _KEYS_NAMED = 10
 

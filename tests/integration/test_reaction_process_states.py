@@ -263,3 +263,39 @@ async def test_a_state_derived_from_a_forgotten_aggregate_is_not_shown(tmp_path:
             "PROCESS_STATE_NOT_FOUND",
         )
         assert json.loads((await state_of(client, "feed-bob")).state.state_json) == {"name": "bob"}
+
+
+async def test_under_encryption_at_rest_the_audit_names_no_state_key(tmp_path: Path) -> None:
+    # The keys are stored as keyed hashes (they may be personal data); the
+    # audit of the reads and drops, in the clear and filed under the
+    # reaction (forgetting an aggregate erases none of it), wrote them out.
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
+    secret_keys = ("feed-never-stored-ann", "feed-never-stored-bob")
+    async with serving(tmp_path / "events.db", shifting(1), master_key_file=keys) as (_, client):
+        await feeds(client, "ann", "bob")
+        assert json.loads((await state_of(client, "feed-ann")).state.state_json) == {"name": "ann"}
+        assert (await refusal(state_of(client, secret_keys[0])))[1] == "PROCESS_STATE_NOT_FOUND"
+        missing = client.reactions.DropProcessState(
+            pb.DropProcessStateRequest(reaction=STEPS, state_key=secret_keys[1])
+        )
+        assert (await refusal(missing))[1] == "PROCESS_STATE_NOT_FOUND"
+        await client.reactions.DropProcessState(pb.DropProcessStateRequest(reaction=STEPS, state_key="feed-bob"))
+        entries = (await client.admin.QueryAudit(admin_pb.QueryAuditRequest(aggregate_id=f"reaction:{STEPS}"))).entries
+    audited = sorted((e.command_type.rpartition("/")[2], e.reason, e.message) for e in entries)
+    assert audited == [
+        ("DropProcessState", "", "1 process state(s) dropped (keys not recorded: encryption at rest)"),
+        (
+            "DropProcessState",
+            "PROCESS_STATE_NOT_FOUND",
+            "refused, PROCESS_STATE_NOT_FOUND (keys not recorded: encryption at rest)",
+        ),
+        ("GetProcessState", "", "process state read (keys not recorded: encryption at rest)"),
+        (
+            "GetProcessState",
+            "PROCESS_STATE_NOT_FOUND",
+            "refused, PROCESS_STATE_NOT_FOUND (keys not recorded: encryption at rest)",
+        ),
+    ]
+    # Keys no event or document holds: nowhere in the database's files.
+    stored = await asyncio.to_thread(lambda: b"".join(path.read_bytes() for path in tmp_path.glob("events.db*")))
+    assert stored and not any(key.encode() in stored for key in secret_keys)
