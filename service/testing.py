@@ -58,7 +58,7 @@ from service.plugins.reactions import DEFAULT_MAX_HOPS
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
-from service.processing.reaction_documents import list_parked
+from service.processing.reaction_documents import STATE_PREFIX, list_parked
 from service.processing.reactions import ReactionRunner
 from service.processing.router import Router
 from service.store.base import Store
@@ -346,8 +346,12 @@ class ReactionRun:
         self._loop.run_until_complete(self._router.close(grace=1.0))
         self._loop.close()
 
-    def submit(self, aggregate_id: str, command: Message) -> list[Message]:
-        """Run ``command`` on ``aggregate_id`` (a refusal is raised); its events."""
+    def submit(
+        self, aggregate_id: str, command: Message, *, metadata: dict[str, str] | None = None, origin: str = ""
+    ) -> list[Message]:
+        """Run ``command`` on ``aggregate_id`` (a refusal is raised), with
+        ``metadata`` and ``origin`` as a client's command would carry them;
+        its events."""
         spec = self.registry.command(command.DESCRIPTOR.full_name)
         if spec is None:
             raise ScenarioFailed(f"no handler for {command.DESCRIPTOR.full_name}")
@@ -356,6 +360,8 @@ class ReactionRun:
             aggregate_id=aggregate_id,
             spec=spec,
             message=command,
+            origin=origin,
+            metadata=dict(metadata or {}),
             timestamp_us=time.time_ns() // 1000,
         )
         result = self._loop.run_until_complete(self._router.submit(request))
@@ -398,6 +404,12 @@ class ReactionRun:
         (stored at an older schema version: upcast, as the server reads them)."""
         stored = self._loop.run_until_complete(self.store.read_aggregate(aggregate_id))
         return [message for _, message in self._executor.loader.reader.messages(stored)]
+
+    def process_state(self, reaction: str, state_key: str) -> reaction_service_pb2.ProcessState | None:
+        """The state ``reaction`` keeps under ``state_key`` (packed, with the
+        aggregates it was derived from: its subjects), if any."""
+        stored = self._loop.run_until_complete(self.store.load_document(reaction, STATE_PREFIX + state_key))
+        return None if stored is None else reaction_service_pb2.ProcessState.FromString(stored.data)
 
     def parked(self, reaction: str) -> list[reaction_service_pb2.ParkedCommand]:
         """The commands ``reaction`` parked, oldest first."""

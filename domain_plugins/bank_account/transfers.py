@@ -10,7 +10,11 @@ process manager (the ``bank.transfers`` reaction) that moves the money.
 
 The reaction keeps a ``TransferProgress`` per transfer, keyed by the
 transfer's id: the commands it sends carry that id in their metadata
-(``transfer``), so the account events they cause carry it too. A refund that
+(``transfer``), so the account events they cause carry it too. Only those:
+any client may put a ``transfer`` in its own command's metadata, so an
+account event counts only if its origin is this reaction's, which the
+server sets on the reaction's commands and refuses on a client's
+(RESERVED_ORIGIN). A refund that
 is itself refused (the source closed in the meantime) is parked for an
 operator: the money is then held by no account, and the transfer stays
 pending.
@@ -23,6 +27,10 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.plugins import CommandContext, InvalidArgumentError, ProjectedEvent, Refusal, Send, ValidationError
 
 TRANSFER = "transfer"  # the metadata key that ties account events to their transfer
+REACTION = "bank.transfers"
+# The origin of the reaction's own commands and their events: the server's
+# (a client's command may not claim it), unlike the metadata.
+SENT_BY_THE_REACTION = f"reaction:{REACTION}"
 
 transfer = plugin.aggregate(
     "Transfer", state=bank.Transfer, not_found="TRANSFER_NOT_FOUND", already_exists="TRANSFER_ALREADY_REQUESTED"
@@ -106,14 +114,21 @@ def _refunded(state: bank.Transfer, event: bank.TransferRefunded) -> None:
 
 def transfer_of(envelope: ProjectedEvent) -> str:
     """The transfer an event belongs to: the transfer's own events, and the
-    account events that the reaction's commands (tagged ``transfer``) caused."""
+    account events that the reaction's commands (tagged ``transfer``) caused.
+    A client's account event belongs to none, whatever its metadata says: a
+    deposit tagged with a stranger's transfer would join that transfer's
+    state (its account one of the state's subjects, so forgetting it would
+    delete the stranger's transfer in flight), or pass for the credit the
+    transfer waits for."""
     if envelope.aggregate_type == "Transfer":
         return envelope.aggregate_id
+    if envelope.origin != SENT_BY_THE_REACTION:
+        return ""
     return envelope.metadata.get(TRANSFER, "")
 
 
 transfers = plugin.reaction(
-    "bank.transfers",
+    REACTION,
     aggregate_types=["Transfer", "Account"],
     state=bank.TransferProgress,
     state_key=transfer_of,

@@ -17,6 +17,7 @@ from chronicle.v1 import command_pb2, event_pb2
 from service.errors import FieldViolation, InvalidInput, quoted
 from service.plugins.reactions import HOPS_KEY
 from service.plugins.registry import Registry
+from service.principal import REACTION_PREFIX
 from service.processing.commands import CommandBatch, CommandRequest
 from service.store.imported import IMPORTED_KEY
 from service.store.records import TOMBSTONE_EVENT_TYPE, RecordedEvent
@@ -70,6 +71,22 @@ def _check_text(field: str, name: str, value: str) -> str:
             f"{field}.{name}", f"must be at most {MAX_TEXT_LENGTH} printable characters", reason="INVALID_FIELD"
         )
     return value
+
+
+def _check_origin(field: str, origin: str) -> str:
+    """A command's origin: free text, but not a reaction's. The server sets
+    ``reaction:<name>`` on the commands a reaction sends, and a reaction may
+    tell by it that an event came of its own command (the bank's transfers
+    do, docs/plugins.md): a client's command claiming it, in any letter
+    case, could route its events into a reaction's processes."""
+    _check_text(field, "origin", origin)
+    if origin[: len(REACTION_PREFIX)].lower() == REACTION_PREFIX:
+        raise InvalidInput.for_field(
+            f"{field}.origin",
+            f"is reserved: origins beginning with {REACTION_PREFIX!r} are the server's, set on a reaction's commands",
+            reason="RESERVED_ORIGIN",
+        )
+    return origin
 
 
 # The form str(uuid.UUID(...)) gives: most clients send ids this way already,
@@ -199,7 +216,7 @@ def decode_command(
         message=message,
         user_id=_check_text(field, "user_id", command.user_id) or principal,
         principal=principal,
-        origin=_check_text(field, "origin", command.origin),
+        origin=_check_origin(field, command.origin),
         correlation_id=_check_text(field, "correlation_id", command.correlation_id),
         causation_id=_check_text(field, "causation_id", command.causation_id),
         metadata=_check_metadata(command.metadata, field) if command.metadata else _NO_METADATA,

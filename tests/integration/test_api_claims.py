@@ -27,7 +27,8 @@ CommandService
   server's (INVALID_METADATA);
 - ``Command.origin``, ``user_id``, ``correlation_id``, ``causation_id``: at
   most 200 printable characters (INVALID_FIELD), copied to the events; an
-  aggregate id of 200 characters is taken;
+  aggregate id of 200 characters is taken; an origin beginning with
+  ``reaction:`` (any letter case) is the server's (RESERVED_ORIGIN);
 - ``Command.timestamp`` is informational: events carry the server's time,
   and the events of a batch (of 100 commands, the most) share one;
 - ``SubmitStream``: each answer names the command id as sent ("" for a
@@ -356,6 +357,24 @@ async def test_a_commands_texts_are_at_most_200_printable_characters_and_copied_
         setattr(too_long, name, "x" * 201)
         assert said(await refusal(client.submit(too_long))) == (INVALID, "INVALID_FIELD", [f"command.{name}"])
     assert await read(client, "acc-9") == []
+
+
+async def test_a_reactions_origin_is_the_servers(client: Client) -> None:
+    """A reaction's commands carry ``reaction:<name>``, and a reaction may
+    rely on it (the bank's transfers take only account events their own
+    commands caused): a client's command may not claim it, in any case."""
+    for origin in ("reaction:bank.transfers", "Reaction:bank.transfers", "REACTION:", "reaction:anything"):
+        claiming = command("acc-9", bank.OpenAccount(owner="ann"))
+        claiming.origin = origin
+        details = await refusal(client.submit(claiming))
+        assert said(details) == (INVALID, "RESERVED_ORIGIN", ["command.origin"])
+        assert "reserved" in details.message
+    assert await read(client, "acc-9") == []
+    # Origins that only look alike stay the client's own.
+    for n, origin in enumerate(("reaction", "reactions:x", "web reaction:x")):
+        alike = command(f"acc-{n}", bank.OpenAccount(owner="ann"))
+        alike.origin = origin
+        assert (await client.submit(alike)).events[0].origin == origin
 
 
 async def test_events_carry_the_servers_time_and_a_batchs_events_share_one(client: Client) -> None:

@@ -131,3 +131,35 @@ def test_a_refund_the_source_refuses_is_parked_for_an_operator(bank_run: Reactio
     assert (parked.aggregate_id, parked.reason) == ("acc-3", "ACCOUNT_CLOSED")
     assert parked.command.type_url.endswith("/bank.v1.Deposit")
     assert bank_run.state("t-1", bank.Transfer).status == bank.TRANSFER_STATUS_PENDING
+
+
+def test_a_clients_deposit_tagged_with_a_transfer_does_not_enter_its_process(bank_run: ReactionRun) -> None:
+    # Any caller who may deposit could tag its deposit with another
+    # transfer's id (metadata is the client's): routed by that tag alone, the
+    # deposit joined the transfer's state, and its account became one of the
+    # state's subjects, so forgetting the caller's own account deleted a
+    # stranger's transfer in flight. And a deposit to the target while the
+    # credit was awaited completed the transfer on the caller's money.
+    bank_run.submit("acc-3", bank.OpenAccount(owner="dee"))
+    bank_run.submit("acc-3", bank.Deposit(amount=10))
+    bank_run.submit("t-1", bank.TransferMoney(source_account_id="acc-3", target_account_id="closed", amount=10))
+    bank_run.step()  # the request: the source is debited
+    bank_run.submit("acc-3", bank.CloseAccount())  # the refund is refused: the transfer waits for an operator
+    bank_run.settle()
+    before = bank_run.process_state("bank.transfers", "t-1")
+    assert before is not None and "acc-eve" not in before.subjects
+    bank_run.submit("acc-eve", bank.OpenAccount(owner="eve"))
+    bank_run.submit("acc-eve", bank.Deposit(amount=1), metadata={TRANSFER: "t-1"})
+    bank_run.settle()
+    assert bank_run.process_state("bank.transfers", "t-1") == before
+
+    # Nor does one that looks like the credit the transfer waits for: it
+    # lands right after the debit, before the reaction's own credit.
+    bank_run.submit("t-2", bank.TransferMoney(source_account_id="acc-1", target_account_id="acc-2", amount=30))
+    bank_run.step()  # debited
+    bank_run.submit("acc-2", bank.Deposit(amount=1), metadata={TRANSFER: "t-2"})
+    bank_run.step()  # the debit seen (the credit sent), then the caller's deposit
+    assert bank_run.state("t-2", bank.Transfer).status == bank.TRANSFER_STATUS_PENDING
+    bank_run.settle()
+    assert bank_run.state("t-2", bank.Transfer).status == bank.TRANSFER_STATUS_COMPLETED
+    assert bank_run.state("acc-2", bank.Account).balance == 31
