@@ -132,6 +132,13 @@ def _status_of(error: ChronicleError) -> int:
     return 503
 
 
+def _heading_of(status: int) -> str:
+    """A page's heading for an error answered ``status``: a 503 is the
+    store (or another part) out of reach for now, not a refusal by the
+    policy or of the input, and is headed so."""
+    return "Unavailable" if status == 503 else "Refused"
+
+
 class Console:
     def __init__(
         self,
@@ -340,7 +347,8 @@ class Console:
                 return self._action_refused(error, session, principal, current)
             if isinstance(error, PermissionDenied) and self._on_refused is not None:
                 await self._on_refused(path, error, principal, request.peer, aggregate_id)
-            return self._page(_status_of(error), "Refused", [views.error_box(error)], session, principal, current)
+            status = _status_of(error)
+            return self._page(status, _heading_of(status), [views.error_box(error)], session, principal, current)
         scripts = ["/static/console.js"] if path == "/tail" else []
         return self._page(200, title, content, session, principal, current, refresh.get(path), scripts)
 
@@ -438,7 +446,8 @@ class Console:
         content: list[Content] = [views.error_box(error)]
         if back:
             content.append(tag("p", link(back, "Back"), class_="back"))
-        return self._page(_status_of(error), "Refused", content, session, principal, current)
+        status = _status_of(error)
+        return self._page(status, _heading_of(status), content, session, principal, current)
 
     def _page(
         self,

@@ -40,7 +40,7 @@ from service.console.cursors import Cursors
 from service.console.html import Content, Html, join, link, segment, table, tag, url, void
 from service.console.load import LoadSampler
 from service.console.tail_resume import TailResume
-from service.errors import ChronicleError, InvalidInput, PermissionDenied
+from service.errors import ChronicleError, InvalidInput, PermissionDenied, StoreUnavailable
 from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
 from service.processing.projections import Projections
@@ -729,7 +729,13 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
     # Projections and reactions share one lease group: each lease is shown
     # only to who may list what it runs (as ListProjections and ListReactions
     # decide), and named for what it is.
-    kinds = await _readable_runner_kinds(parts)
+    try:
+        kinds: dict[str, str] | None = await _readable_runner_kinds(parts)
+    except StoreUnavailable:
+        # The rest of the page is in memory, and is what an operator needs
+        # while the store is down: it is shown; only this table, whose
+        # filter (what the caller may list) goes through the store, is not.
+        kinds = None
     projection_rows = [
         (
             lease.name,
@@ -738,9 +744,24 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
             _lapse(projection_lapses.get(lease.name)) if lease.owner else "",
             kinds[lease.name],
         )
-        for lease in (projection_view.leases if projection_view is not None else ())
-        if lease.name in kinds
+        for lease in (projection_view.leases if projection_view is not None and kinds is not None else ())
+        if kinds is not None and lease.name in kinds
     ]
+    leases_table = (
+        table(
+            ["name", "held by", "epoch", "lapses in", "kind"],
+            projection_rows,
+            empty="no projection or reaction you may read",
+            id="projection-leases",
+        )
+        if kinds is not None
+        else tag(
+            "p",
+            "Not shown: the store is unavailable, and which of these leases you may see is decided through it.",
+            class_="note",
+            id="projection-leases-unavailable",
+        )
+    )
     legend = ", ".join(f"{name} = {member_id[:8]}" for member_id, name in short.items())
     return "Cluster", [
         tag(
@@ -768,10 +789,5 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
         ),
         tag("h2", "Projection and reaction leases"),
         tag("p", f"Last heard {_seconds(projection_age)} ago.", class_="summary") if projection_view else "",
-        table(
-            ["name", "held by", "epoch", "lapses in", "kind"],
-            projection_rows,
-            empty="no projection or reaction you may read",
-            id="projection-leases",
-        ),
+        leases_table,
     ]
