@@ -201,13 +201,24 @@ async def reaction_page(
     content += [
         tag(
             "p",
-            f"At position {status.position} of {status.log_head}; {status.parked} command(s) parked,"
-            f" {status.replayed} replayed so far. Runs on: ",
+            f"At position {status.position} of {status.log_head}; {status.parked} command(s) parked"
+            " (each row says how often it was replayed). Runs on: ",
             runners.runs_on(name),
             ". Status here: ",
             state,
             class_="summary",
             id="reaction-summary",
+        ),
+        # GetReaction's counters are this replica's since it started, and
+        # ``replayed`` is not parked commands replayed (that is each row's
+        # ``replays``) but commands sent again and answered from their record.
+        tag(
+            "p",
+            f"On this replica since it started: {status.accepted} command(s) accepted, {status.refused}"
+            f" refused, {status.replayed} sent again and answered from their command record (after a crash,"
+            " a lease that moved or a batch tried again; changing nothing).",
+            class_="summary",
+            id="reaction-counters",
         ),
         error_view,
         tag("h2", "Parked commands"),

@@ -480,6 +480,38 @@ async def test_an_all_action_acts_only_on_the_commands_it_confirmed(tmp_path: Pa
     assert sorted(actions) == ["DismissParkedCommand"] * 5 + ["ReplayParkedCommand"] * 3
 
 
+async def test_a_reactions_page_labels_its_counters_for_what_they_are_not_as_parked_commands_replayed(
+    tmp_path: Path,
+) -> None:
+    """GetReaction.replayed counts commands sent again and answered from
+    their record; the page said "N parked, 0 replayed so far" after a parked
+    command was replayed. Now the replay shows in the row, and the counters
+    say what they count."""
+    async with served(with_auth(tmp_path)) as app:
+        address = address_of(app)
+        root = await cookie_of(address, ROOT_KEY)
+        page = "/reactions/" + RELAY
+        async with connect(app.address, interceptors=bearer(ROOT_KEY)) as client:
+            await park(client, ["n1"])
+
+            async def parked() -> bool:
+                return "none parked" not in (await get(address, page, root)).text
+
+            await eventually(parked, what="a command parked")
+            shown = (await get(address, page, root)).text
+            (command_id,) = [text_of(row[2]) for row in rows(shown, "parked")]
+            replayed = await post(address, page + "/replay", root, csrf_token=csrf_of(shown), command_id=command_id)
+            after = (await get(address, page, root)).text
+    assert replayed.status == 303
+    (row,) = rows(after, "parked")
+    assert text_of(row[6]) == "1"  # replayed once, refused again: still parked
+    summary = text_of(re.search(r'<p class="summary" id="reaction-summary">(.*?)</p>', after, re.S).group(1))  # type: ignore[union-attr]
+    counters = text_of(re.search(r'<p class="summary" id="reaction-counters">(.*?)</p>', after, re.S).group(1))  # type: ignore[union-attr]
+    assert "1 command(s) parked" in summary and "replayed so far" not in summary
+    assert "On this replica since it started:" in counters
+    assert "0 sent again and answered from their command record" in counters
+
+
 # -- forgotten aggregates ------------------------------------------------------------------------
 
 
