@@ -287,6 +287,12 @@ class Console:
             return _redirect("/log")
         if path == "/tail/events":
             try:
+                if "shown" in query and "after" not in query:
+                    # ``shown`` is only ever sent with the ``after`` it was
+                    # counted from: without it, a default would resume wrong.
+                    raise InvalidInput.for_field(
+                        "shown", "is a resume point only with the after it goes with", reason="INVALID_POSITION"
+                    )
                 after = views.query_number(query, "after", default=0, reason="INVALID_POSITION", minimum=0)
                 resume = TailResume.starting(after, query.get("shown", ""))
             except ChronicleError as error:

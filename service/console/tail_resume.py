@@ -69,11 +69,23 @@ class TailResume:
             if completes:
                 self.after = max(self.after, position)
             return True
-        self._repeats = 0
+        if position > self.shown_at:
+            # Past the partly shown position: none of its pieces comes again.
+            self._repeats = 0
+        # Below it (an event between ``after`` and the partly shown
+        # position): never shown, and the pieces to pass over are still ahead.
         return False
 
     def showed(self, position: int, completes: bool) -> None:
         """The event at ``position`` was sent to the page."""
+        if position < self.shown_at:
+            # Between ``after`` and the partly shown position: that position
+            # stays the one partly shown; only a complete one moves ``after``
+            # (the pieces of an incomplete one are shown again after a
+            # break: one resume point cannot name two partly shown positions).
+            if completes:
+                self.after = max(self.after, position)
+            return
         if position != self.shown_at:
             # An event of a higher position: the one before is complete.
             self.after = max(self.after, self.shown_at)

@@ -101,6 +101,33 @@ async def test_a_tail_broken_inside_the_last_split_event_shows_only_its_rest(led
     assert shown(messages) == [(BOB_BONUS, "after=3"), (("checkpoint", 3), "after=3")]
 
 
+async def test_events_between_after_and_a_partly_shown_position_are_shown_and_its_pieces_still_passed_over(
+    ledger: Application,
+) -> None:
+    """``after=0&shown=3:1``: positions 1 and 2 were never shown, 3's first
+    piece was. They are shown, the resume point moving only past complete
+    positions and keeping 3 as partly shown; 3's first piece is passed
+    over. The resume point jumped to 3 at the first of them (and 3's first
+    piece came again)."""
+    messages = await server_sent(console(ledger), "/tail/events?after=0&shown=3:1", 5)
+    assert shown(messages) == [
+        (OPENED, "after=0&shown=3:1"),
+        (BONUS, "after=1&shown=3:1"),
+        (DEPOSIT, "after=2&shown=3:1"),
+        (BOB_BONUS, "after=3"),
+        (("checkpoint", 3), "after=3"),
+    ]
+
+
+async def test_a_shown_without_the_after_it_was_counted_from_is_refused(ledger: Application) -> None:
+    """``after`` defaults to 0 for a fresh tail; a ``shown`` read against
+    that default would pass over the wrong pieces and name wrong resume
+    points."""
+    answer = await request(console(ledger), "GET", "/tail/events?shown=3:1")
+    assert answer.status == 400
+    assert answer.text.startswith("INVALID_POSITION: shown: ")
+
+
 @pytest.mark.parametrize("shown_query", ["1:1", "3:0", "3", "3:x", "x:1", ":1", "3:1:1", "4:1000001"])
 async def test_a_resume_point_that_is_no_such_thing_is_refused_not_ignored(
     ledger: Application, shown_query: str
