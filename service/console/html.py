@@ -9,6 +9,7 @@ through these helpers, so a payload holding ``<script>`` is shown as text.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable, Sequence
 from urllib.parse import quote, urlencode
 
@@ -21,31 +22,60 @@ class Html(str):
 
 Content = Html | str | int | float | None
 
+# Bidirectional controls (embeddings, overrides, isolates, marks): in
+# stored text (an aggregate id, a command id, a handler's error) they would
+# reorder what the operator reads ("display spoofing"), so they are shown
+# as their escapes instead, marked, never as themselves.
+_BIDI_CONTROLS = re.compile("[\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069]")
+
+
+def _bidi_escaped(character: re.Match[str]) -> str:
+    return f"\\u{ord(character.group()):04x}"
+
 
 def escape(value: Content) -> Html:
     if isinstance(value, Html):
         return value
-    return Html(html.escape("" if value is None else str(value), quote=True))
+    text = html.escape("" if value is None else str(value), quote=True)
+    return Html(_BIDI_CONTROLS.sub(lambda found: f'<span class="ctl">{_bidi_escaped(found)}</span>', text))
+
+
+def _escape_plain(value: Content) -> Html:
+    """``escape`` where no markup may go (an attribute's value, the page's
+    title, a tooltip): a bidirectional control as its escape, unmarked."""
+    if isinstance(value, Html):
+        return value
+    return Html(_BIDI_CONTROLS.sub(_bidi_escaped, html.escape("" if value is None else str(value), quote=True)))
 
 
 def join(parts: Iterable[Content]) -> Html:
     return Html("".join(escape(part) for part in parts))
 
 
+def _attribute(key: str, value: Content) -> Html:
+    """An attribute's value: as it is (a form's hidden command id must post
+    back exactly what it names), but for a tooltip, which is shown."""
+    if isinstance(value, Html) or key == "title":
+        return _escape_plain(value)
+    return Html(html.escape(str(value), quote=True))
+
+
 def tag(element: str, /, *children: Content, **attributes: str | int | None) -> Html:
     """``<name attr="…">children</name>``; attribute names ending in ``_``
     lose it (``class_``), None attributes are left out."""
     attrs = "".join(
-        f' {key.rstrip("_").replace("_", "-")}="{escape(value)}"'
+        f' {key.rstrip("_").replace("_", "-")}="{_attribute(key, value)}"'
         for key, value in attributes.items()
         if value is not None
     )
-    return Html(f"<{element}{attrs}>{join(children)}</{element}>")
+    # A title's text is shown as it is, markup and all: no marked span there.
+    inner = "".join(_escape_plain(child) for child in children) if element == "title" else join(children)
+    return Html(f"<{element}{attrs}>{inner}</{element}>")
 
 
 def void(element: str, /, **attributes: str | int | None) -> Html:
     attrs = "".join(
-        f' {key.rstrip("_").replace("_", "-")}="{escape(value)}"'
+        f' {key.rstrip("_").replace("_", "-")}="{_attribute(key, value)}"'
         for key, value in attributes.items()
         if value is not None
     )

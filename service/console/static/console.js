@@ -13,15 +13,34 @@
   let resume = "after=" + encodeURIComponent(table.dataset.after || "0");
   let source = null;
 
+  // Bidirectional controls in stored text would reorder what the operator
+  // reads: each is shown as its escape in a marked span, as the server's
+  // pages show it (service/console/html.py), never applied.
+  const bidi = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+
+  function setText(node, text) {
+    let rest = text;
+    let found;
+    while ((found = bidi.exec(rest)) !== null) {
+      node.appendChild(document.createTextNode(rest.slice(0, found.index)));
+      const mark = document.createElement("span");
+      mark.className = "ctl";
+      mark.textContent = "\\u" + found[0].charCodeAt(0).toString(16).padStart(4, "0");
+      node.appendChild(mark);
+      rest = rest.slice(found.index + 1);
+    }
+    node.appendChild(document.createTextNode(rest));
+  }
+
   function cell(row, text, className) {
     const td = document.createElement("td");
     if (className) {
       const pre = document.createElement("pre");
       pre.className = className;
-      pre.textContent = text;
+      setText(pre, text);
       td.appendChild(pre);
     } else {
-      td.textContent = text;
+      setText(td, text);
     }
     row.appendChild(td);
     return td;
@@ -35,7 +54,7 @@
     cell(row, String(event.position));
     const link = document.createElement("a");
     link.href = "/aggregates/" + encodeURIComponent(event.aggregate_id);
-    link.textContent = event.aggregate_id;
+    setText(link, event.aggregate_id);
     cell(row, "").appendChild(link);
     cell(row, String(event.version));
     cell(row, event.event_type);
