@@ -16,7 +16,7 @@ a minute ago.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -34,7 +34,7 @@ _LISTING_PAGE = 1000  # ListParked's largest page
 # each is listed (for the confirmation's count and digest) and, to dismiss,
 # named in a call; beyond, the page sends the operator to the CLI.
 MAX_ALL_PARKED = 10_000
-_DISMISS_BATCH = 100  # DismissParked's most ids in one call
+_BATCH = 100  # ReplayParked's and DismissParked's most ids in one call
 # The servicers take gRPC's context and do not use it on these paths.
 _NO_CONTEXT = cast(Any, None)
 # The actions on all of a group's parked events: what the confirmation and the button say.
@@ -161,11 +161,10 @@ async def act_on_all(parts: Parts, name: str, action: str, form: dict[str, str])
     if digest_of(events) != form.get("digest", "") or str(len(events)) != form.get("count", ""):
         confirmed = form.get("count", "")
         raise Changed(int(confirmed) if confirmed.isdigit() and len(confirmed) < 10 else 0, len(events))
-    if action == "replay-all":
-        # One call, one audit entry: every parked event, as `chronicle group NAME --replay-all`.
-        answer = await parts.groups.ReplayParked(groups_pb.ReplayParkedRequest(group=name), _NO_CONTEXT)
-        return Done(int(answer.replaying))
-    return await _dismiss_all(parts, name, [event.event_id for event in events])
+    # The confirmed events by id, never "all" (an empty list to ReplayParked):
+    # an event parked after the confirmation is not acted on unconfirmed.
+    act = _replay if action == "replay-all" else _dismiss
+    return await _in_batches(parts, name, [event.event_id for event in events], act)
 
 
 async def _refused_by_the_rpc(parts: Parts, name: str, action: str) -> None:
@@ -177,26 +176,36 @@ async def _refused_by_the_rpc(parts: Parts, name: str, action: str) -> None:
         await parts.groups.DismissParked(groups_pb.DismissParkedRequest(group=name), _NO_CONTEXT)
 
 
-async def _dismiss_all(parts: Parts, name: str, event_ids: list[str]) -> Done:
-    """``DismissParked`` a hundred ids at a time (its most), each batch all
-    or none; a batch refused because one of its events left the parked
-    list meanwhile (its replay was acknowledged) is dismissed one by one."""
-    dismissed = gone = 0
-    for start in range(0, len(event_ids), _DISMISS_BATCH):
-        batch = event_ids[start : start + _DISMISS_BATCH]
+async def _in_batches(
+    parts: Parts, name: str, event_ids: list[str], act: Callable[[Parts, str, list[str]], Awaitable[int]]
+) -> Done:
+    """``act`` (``ReplayParked`` or ``DismissParked``) a hundred ids at a
+    time (their most), each batch all or none; a batch refused because one
+    of its events left the parked list meanwhile (its replay was
+    acknowledged) is acted on one by one."""
+    acted = gone = 0
+    for start in range(0, len(event_ids), _BATCH):
+        batch = event_ids[start : start + _BATCH]
         try:
-            dismissed += await _dismiss(parts, name, batch)
+            acted += await act(parts, name, batch)
         except ResourceNotFound as error:
             if error.reason != "PARKED_EVENT_NOT_FOUND":
                 raise
             for event_id in batch:
                 try:
-                    dismissed += await _dismiss(parts, name, [event_id])
+                    acted += await act(parts, name, [event_id])
                 except ResourceNotFound as one:
                     if one.reason != "PARKED_EVENT_NOT_FOUND":
                         raise
                     gone += 1
-    return Done(dismissed, gone)
+    return Done(acted, gone)
+
+
+async def _replay(parts: Parts, name: str, event_ids: list[str]) -> int:
+    answer = await parts.groups.ReplayParked(
+        groups_pb.ReplayParkedRequest(group=name, event_ids=event_ids), _NO_CONTEXT
+    )
+    return int(answer.replaying)
 
 
 async def _dismiss(parts: Parts, name: str, event_ids: list[str]) -> int:
@@ -208,10 +217,7 @@ async def _dismiss(parts: Parts, name: str, event_ids: list[str]) -> int:
 
 async def replay_parked(parts: Parts, name: str, event_id: str) -> int:
     """ReplayParked of one event as the RPC runs it: the admin grant, audited."""
-    answer = await parts.groups.ReplayParked(
-        groups_pb.ReplayParkedRequest(group=name, event_ids=[event_id]), _NO_CONTEXT
-    )
-    return int(answer.replaying)
+    return await _replay(parts, name, [event_id])
 
 
 async def dismiss_parked(parts: Parts, name: str, event_id: str) -> int:

@@ -170,8 +170,34 @@ async def test_replay_all_and_dismiss_all_are_confirmed_with_their_count_then_do
         )
     assert "Dismissed 120 parked event(s)." in told
     assert info.parked == 0 and left == []
-    # Audited by the RPCs: one replay of all, two dismissals (100, then 20).
-    assert audited == [("DismissParked", ACCEPTED), ("DismissParked", ACCEPTED), ("ReplayParked", ACCEPTED)]
+    # Audited by the RPCs: the confirmed ids replayed, then dismissed, 100 to a call (100, then 20).
+    assert audited == [("DismissParked", ACCEPTED)] * 2 + [("ReplayParked", ACCEPTED)] * 2
+
+
+async def test_replay_all_replays_only_the_confirmed_events_not_one_parked_after_the_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The digest is checked, then the events replayed: an event parked in
+    between was replayed unconfirmed (ReplayParked with no ids means all).
+    The replay names the confirmed ids."""
+    async with parked_group(tmp_path, 2) as (app, client):
+        root = await Operator.log_in(console(app), ROOT_KEY)
+        confirm = (await root.get("/groups/billing/confirm?action=replay-all")).text
+        listed = console_groups.all_parked
+
+        async def one_parked_right_after_the_check(parts: object, name: str) -> object:
+            events = await listed(parts, name)  # type: ignore[arg-type]
+            async with connect(app.address, interceptors=bearer(ROOT_KEY)) as writer:
+                await writer.submit(command("acc-late", bank.OpenAccount(owner="ann"), user_id="root-actions"))
+            await park_all(client, 3)
+            return events
+
+        monkeypatch.setattr(console_groups, "all_parked", one_parked_right_after_the_check)
+        replayed = await root.post("/groups/billing/replay-all", {"count": "2", "digest": hidden(confirm, "digest")})
+        told = text_of((await root.get("/groups/billing")).text)
+        parked = {event.aggregate_id: event.replaying for event in await client.groups.parked("billing")}
+    assert replayed.status == 303 and "Replaying 2 parked event(s)." in told
+    assert parked == {"acc-0": True, "acc-1": True, "acc-late": False}
 
 
 async def test_an_action_on_all_parked_events_does_nothing_if_they_changed_since_the_confirmation(
