@@ -305,11 +305,42 @@ def silent(parts: Parts, consumer: groups_pb.GroupConsumer) -> bool:
     return consumer.HasField("since_last_heard") and _seconds(consumer.since_last_heard) > 2 * parts.leases.interval
 
 
-def consumers_table(parts: Parts, consumers: Sequence[groups_pb.GroupConsumer]) -> Html:
+def not_answering(group: groups_pb.GroupInfo, consumer: groups_pb.GroupConsumer) -> bool:
+    """Whether the consumer holds events in flight and has not acked or
+    nacked for longer than the group's ack timeout, as its session last
+    reported: a process stopped (SIGSTOP) or stuck while its connection and
+    its replica's heartbeats go on looks healthy otherwise."""
+    return (
+        consumer.in_flight > 0
+        and consumer.HasField("since_last_answer")
+        and _seconds(consumer.since_last_answer) > _seconds(group.ack_timeout)
+    )
+
+
+def _cut_rule(group: groups_pb.GroupInfo) -> str:
+    """When the server cuts a consumer that does not answer
+    (``service/groups.py``: ``_count_unanswered``, ``_check_stall``)."""
+    stalled = (
+        "once a write to it waits an ack timeout (it stopped reading: CONSUMER_STALLED), its events and"
+        " segments going to the other consumers"
+    )
+    if not group.max_unanswered_timeouts:
+        return f"the server cuts it only {stalled}; never for not answering (max_unanswered_timeouts 0)"
+    return (
+        f"the server cuts it after {group.max_unanswered_timeouts} ack timeouts in a row with no ack or nack"
+        f" (CONSUMER_UNRESPONSIVE), or {stalled}"
+    )
+
+
+def consumers_table(
+    parts: Parts, consumers: Sequence[groups_pb.GroupConsumer], group: groups_pb.GroupInfo | None = None
+) -> Html:
     """Each live consumer: its segments, the replica it is connected to,
     its events in flight and its last ack or nack, as its session last
     reported to the store (the same on every replica), and how long ago
-    that was; a silent one says so, with when its lease lapses."""
+    that was; a silent one says so, with when its lease lapses; one not
+    answering (``not_answering``, given its ``group``) says so, with
+    when the server cuts it."""
     me = parts.leases.member_id
     rows = []
     for consumer in consumers:
@@ -320,7 +351,16 @@ def consumers_table(parts: Parts, consumers: Sequence[groups_pb.GroupConsumer]) 
             replica = "this replica"
         else:
             replica = tag("span", f"{consumer.replica_address} ({consumer.replica_id[:8]})", class_="replica")
-        answered = _ago(_seconds(consumer.since_last_answer)) if consumer.HasField("since_last_answer") else "none yet"
+        answered: Content = (
+            _ago(_seconds(consumer.since_last_answer)) if consumer.HasField("since_last_answer") else "none yet"
+        )
+        if group is not None and not_answering(group, consumer):
+            answered = tag(
+                "span",
+                f"not answering: {answered}, past the ack timeout ({_seconds(group.ack_timeout):g} s) with"
+                f" {consumer.in_flight} event(s) in flight; {_cut_rule(group)}",
+                class_="error not-answering",
+            )
         heard: Content = _ago(_seconds(consumer.since_last_heard)) if reported else ""
         if silent(parts, consumer):
             lapses = max(0.0, parts.leases.ttl - _seconds(consumer.since_last_heard))
@@ -341,6 +381,28 @@ def consumers_table(parts: Parts, consumers: Sequence[groups_pb.GroupConsumer]) 
         )
     headings = ["consumer", "segments", "connected to", "in flight", "last ack or nack", "last heard"]
     return table(headings, rows, empty="no live consumer", id="consumers")
+
+
+def settings_table(group: groups_pb.GroupInfo) -> Html:
+    """The group's delivery settings, as ListGroups answers them."""
+    unanswered = group.max_unanswered_timeouts
+    rows = [
+        ("ack timeout", f"{_seconds(group.ack_timeout):g} s", "an event not acked or nacked by then goes again"),
+        ("max delivery attempts", group.max_delivery_attempts, "deliveries of an event before it is parked"),
+        (
+            "max unanswered timeouts",
+            unanswered or "0 (never)",
+            "ack timeouts in a row without an answer after which a consumer is cut",
+        ),
+        (
+            "retry backoff",
+            f"{_seconds(group.retry_backoff):g} s",
+            "the wait before a nacked or timed-out event goes again, doubling each time",
+        ),
+        ("max retry backoff", f"{_seconds(group.max_retry_backoff):g} s", "the most that wait grows to"),
+        ("segments", group.segments, "the most consumers that share its events"),
+    ]
+    return table(["setting", "value", "meaning"], rows, id="settings")
 
 
 # -- pages ----------------------------------------------------------------------
@@ -422,8 +484,10 @@ async def group_page(
                 id="group-summary",
             )
         )
+        content.append(tag("h2", "Settings"))
+        content.append(settings_table(group))
         content.append(tag("h2", "Consumers"))
-        content.append(consumers_table(parts, group.consumers))
+        content.append(consumers_table(parts, group.consumers, group))
     content.extend(parked_table(name, parked.parked, admin=admin, csrf_token=csrf_token))
     if parked.next_page_token:
         following = url(group_path(name), page=parked.next_page_token)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -99,6 +100,56 @@ async def test_one_replica_shows_each_consumers_in_flight_last_answer_and_replic
     row = consumers_rows(page)["worker"]
     assert row[1:5] == ["0", "this replica", "3", row[4]] and row[4].endswith("s ago")
     assert row[5].endswith("s ago") and "silent" not in row[5]
+
+
+async def test_a_consumer_holding_events_past_the_ack_timeout_is_flagged_not_answering_beside_the_settings() -> None:
+    """A consumer whose process is stuck (SIGSTOPped: its connection and
+    its replica's heartbeats go on) took its deliveries in and answers
+    nothing: it showed healthy. It is flagged once its last answer is older
+    than the ack timeout with events in flight, with the rule that cuts it
+    (here never: max_unanswered_timeouts 0); the group's settings are shown."""
+    settings = replace(TEST_SETTINGS, console_listen="127.0.0.1:0", lease_seconds=3.0, anonymous_admin=True)
+    app = await start(settings, store=MemoryStore())
+    try:
+        assert app.console is not None
+        async with ChronicleClient.connect(app.address) as client:
+            await client.groups.create(
+                "billing",
+                aggregate_types=["Account"],
+                segments=1,
+                ack_timeout=1,
+                retry_backoff=0.05,
+                max_retry_backoff=0.05,
+                max_delivery_attempts=100,
+                max_unanswered_timeouts=0,
+            )
+            await open_accounts(client, 5)
+            async with running(asyncio.ensure_future(consume_holding(client, "billing", "stuck", ack_first=2))):
+                page = ""
+
+                async def flagged() -> bool:
+                    nonlocal page
+                    page = (await request(app.console.address, "GET", "/groups/billing")).text
+                    return "not answering" in page
+
+                await eventually(flagged, within=20, what="the stuck consumer flagged")
+    finally:
+        await app.stop(grace=0.5, drain=0)
+    row = consumers_rows(page)["stuck"]
+    assert row[4].startswith("not answering: ") and "past the ack timeout (1 s)" in row[4]
+    assert "never for not answering (max_unanswered_timeouts 0)" in row[4]
+    shown = page.partition('<table id="settings">')[2].partition("</table>")[0]
+    settings_rows = {
+        text_of(cells[0]): text_of(cells[1]) for cells in re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td>", shown)
+    }
+    assert settings_rows == {
+        "ack timeout": "1 s",
+        "max delivery attempts": "100",
+        "max unanswered timeouts": "0 (never)",
+        "retry backoff": "0.05 s",
+        "max retry backoff": "0.05 s",
+        "segments": "1",
+    }
 
 
 def test_a_consumer_that_has_not_reported_has_its_report_fields_unset_not_zero() -> None:
