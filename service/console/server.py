@@ -262,6 +262,14 @@ class Console:
             refused.headers = [("Allow", "POST" if _is_action(path) else "GET")]
             return refused
         query = dict(request.query)
+        unknown = sorted(set(query) - _query_fields(path))
+        if unknown:
+            # A misspelled filter (?command_id= for ?command=) would show
+            # the whole, unfiltered page as if it were the filtered one.
+            error = _unknown_fields(path, unknown)
+            if path == "/tail/events":
+                return _plain(400, f"{error.reason}: {error.message}")
+            return self._page(400, "Refused", [views.error_box(error)], session, principal, path)
         csrf_token = session.csrf_token
         # The pages' cursors are bound to the session (none without --auth).
         session_key = request.cookies.get(COOKIE, "") if self._auth else ""
@@ -578,6 +586,44 @@ def _reaction_action(path: str) -> tuple[str, str] | None:
     if not name or action not in _REACTION_ACTIONS:
         return None
     return unquote(name), action
+
+
+# The query fields each page reads (every other one is refused): by path,
+# then by the prefix of a page of one thing (its name after it).
+_PAGE_QUERY_FIELDS: dict[str, frozenset[str]] = {
+    "/log": frozenset({"q", "after"}),
+    "/audit": frozenset({*audit.FILTERS, "after"}),
+    "/tail/events": frozenset({"after", "shown"}),
+}
+_NAMED_PAGE_QUERY_FIELDS = (
+    ("/aggregates/", frozenset({"from", "version"})),
+    ("/projections/", frozenset({"after"})),
+    ("/reactions/", frozenset({"after"})),
+)
+
+
+def _query_fields(path: str) -> frozenset[str]:
+    """The query fields the page at ``path`` reads (none for a page that
+    takes no query: ``/cluster``, ``/load``, the lists)."""
+    if path in _PAGE_QUERY_FIELDS:
+        return _PAGE_QUERY_FIELDS[path]
+    if path.startswith("/groups/") and len(path) > len("/groups/"):
+        confirming, _, subpage = path.removeprefix("/groups/").rpartition("/")
+        return frozenset({"action"}) if confirming and subpage == "confirm" else frozenset({"after"})
+    for prefix, fields in _NAMED_PAGE_QUERY_FIELDS:
+        if path.startswith(prefix) and len(path) > len(prefix):
+            return fields
+    return frozenset()
+
+
+def _unknown_fields(path: str, unknown: list[str]) -> InvalidInput:
+    known = ", ".join(sorted(_query_fields(path))) or "none"
+    names = ", ".join(repr(name[:40]) for name in unknown[:5])
+    return InvalidInput(
+        f"this page reads no query field {names} (it reads: {known})",
+        reason="UNKNOWN_QUERY_FIELD",
+        metadata={"fields": ",".join(name[:40] for name in unknown[:5])},
+    )
 
 
 def _plain(status: int, text: str) -> Response:
