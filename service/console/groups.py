@@ -386,7 +386,7 @@ def consumers_table(
 def settings_table(group: groups_pb.GroupInfo) -> Html:
     """The group's delivery settings, as ListGroups answers them."""
     unanswered = group.max_unanswered_timeouts
-    rows = [
+    rows: list[tuple[Content, Content, Content]] = [
         ("ack timeout", f"{_seconds(group.ack_timeout):g} s", "an event not acked or nacked by then goes again"),
         ("max delivery attempts", group.max_delivery_attempts, "deliveries of an event before it is parked"),
         (

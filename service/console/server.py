@@ -255,6 +255,12 @@ class Console:
             return await self._group_action(request, session, principal, *group_action)
         if request.method == "POST" and _reaction_action(path) is not None:
             return await self._reaction_action(request, session, principal)
+        if not _is_action(path) and not _is_page(path):
+            # Neither a page nor an action (``/groups/NAME/nope``): there is
+            # nothing there, whatever the method.
+            return self._page(
+                404, "Not found", [tag("p", "There is no such page or action.")], session, principal, path
+            )
         if request.method != "GET" or _is_action(path):
             # An action's address asked with GET is not a page of that name
             # (a group called "billing/replay"): it wants a POST.
@@ -266,10 +272,10 @@ class Console:
         if unknown:
             # A misspelled filter (?command_id= for ?command=) would show
             # the whole, unfiltered page as if it were the filtered one.
-            error = _unknown_fields(path, unknown)
+            refusal = _unknown_fields(path, unknown)
             if path == "/tail/events":
-                return _plain(400, f"{error.reason}: {error.message}")
-            return self._page(400, "Refused", [views.error_box(error)], session, principal, path)
+                return _plain(400, f"{refusal.reason}: {refusal.message}")
+            return self._page(400, "Refused", [views.error_box(refusal)], session, principal, path)
         csrf_token = session.csrf_token
         # The pages' cursors are bound to the session (none without --auth).
         session_key = request.cookies.get(COOKIE, "") if self._auth else ""
@@ -574,6 +580,29 @@ def _is_action(path: str) -> bool:
         or _group_action(path) is not None
         or _reaction_action(path) is not None
     )
+
+
+_PAGES = frozenset(
+    {"/", "/log", "/audit", "/tail", "/tail/events", "/projections", "/reactions", "/load", "/cluster", "/groups"}
+)
+
+
+def _is_page(path: str) -> bool:
+    """Whether ``path`` may name a page (one of its name, or of one thing:
+    an aggregate, whose id may hold "/"; a group, a projection or a
+    reaction, whose name is one segment, quoted; a group's confirmation)."""
+    if path in _PAGES or (path.startswith("/aggregates/") and len(path) > len("/aggregates/")):
+        return True
+    for prefix in ("/groups/", "/projections/", "/reactions/"):
+        name = path.removeprefix(prefix)
+        if path.startswith(prefix) and name and ("/" not in name or (prefix == "/groups/" and _confirms(name))):
+            return True
+    return False
+
+
+def _confirms(rest: str) -> bool:
+    name, _, subpage = rest.rpartition("/")
+    return bool(name) and "/" not in name and subpage == "confirm"
 
 
 def _reaction_action(path: str) -> tuple[str, str] | None:

@@ -25,7 +25,7 @@ from service.client import ChronicleClient
 from service.store.grouping import ConsumerReport, GroupConsumer
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
-from tests.support.console import text_of
+from tests.support.console import console, text_of
 from tests.support.grpc_client import TEST_SETTINGS
 from tests.support.http import request
 from tests.support.processes import Replica, free_port
@@ -129,7 +129,7 @@ async def test_a_consumer_holding_events_past_the_ack_timeout_is_flagged_not_ans
 
                 async def flagged() -> bool:
                     nonlocal page
-                    page = (await request(app.console.address, "GET", "/groups/billing")).text
+                    page = (await request(console(app), "GET", "/groups/billing")).text
                     return "not answering" in page
 
                 await eventually(flagged, within=20, what="the stuck consumer flagged")

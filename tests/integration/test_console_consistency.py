@@ -1,0 +1,63 @@
+"""The console's pages agree with one another and with what a GET says
+(docs/console.md): a POST to an address that is neither an action nor a
+page (``/groups/NAME/nope``) answers 404 as a GET of it does, not 405; a
+POST to a page answers 405 with ``Allow: GET``. A real server, a real HTTP
+client, with a session's CSRF token (the refusal is not the form's)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from urllib.parse import urlencode
+
+import pytest
+
+from service.app import Application, start
+from service.client import ChronicleClient
+from service.store.memory import MemoryStore
+from tests.support.console import FORM, console
+from tests.support.grpc_client import TEST_SETTINGS
+from tests.support.http import request
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[Application]:
+    settings = replace(TEST_SETTINGS, console_listen="127.0.0.1:0", anonymous_admin=True)
+    served = await start(settings, store=MemoryStore())
+    try:
+        async with ChronicleClient.connect(served.address) as client:
+            await client.groups.create("billing", aggregate_types=["Account"])
+        yield served
+    finally:
+        await served.stop(grace=0.5, drain=0)
+
+
+async def session_of(address: str) -> tuple[str, str]:
+    """An anonymous session's cookie and CSRF token."""
+    page = await request(address, "GET", "/projections")
+    (cookie,) = page.all("set-cookie")
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found is not None
+    return cookie.split(";")[0], found.group(1)
+
+
+@pytest.mark.parametrize("path", ["/groups/billing/nope", "/reactions/some.reaction/nope", "/nowhere"])
+async def test_a_post_to_an_address_that_is_no_action_and_no_page_is_not_found_as_its_get_is(
+    app: Application, path: str
+) -> None:
+    address = console(app)
+    cookie, token = await session_of(address)
+    headers = {**FORM, "Cookie": cookie, "Origin": f"http://{address}"}
+    posted = await request(address, "POST", path, headers=headers, body=urlencode({"csrf_token": token}).encode())
+    got = await request(address, "GET", path, headers={"Cookie": cookie})
+    assert (posted.status, got.status) == (404, 404), posted.text
+
+
+async def test_a_post_to_a_page_is_a_wrong_method(app: Application) -> None:
+    address = console(app)
+    cookie, token = await session_of(address)
+    headers = {**FORM, "Cookie": cookie, "Origin": f"http://{address}"}
+    for path in ("/log", "/groups/billing", "/groups/billing/confirm"):
+        posted = await request(address, "POST", path, headers=headers, body=urlencode({"csrf_token": token}).encode())
+        assert (posted.status, posted.header("allow")) == (405, "GET"), path
