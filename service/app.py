@@ -40,7 +40,7 @@ from service.api.status import status_code
 from service.api.tracing import TracingInterceptor
 from service.api.transfers import Transfers
 from service.audit import AuditLog, AuditMiddleware, SampledRefusals
-from service.cluster.addresses import advertised_address, with_port
+from service.cluster.addresses import WILDCARD_HOSTS, advertised_address, with_port
 from service.cluster.leases import KeeperLease, LeaseGroup, LeaseKeeper
 from service.cluster.ownership import Ownership, partition_group
 from service.console.load import LoadSampler
@@ -885,6 +885,18 @@ def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredent
     return int(server.add_insecure_port(address))
 
 
+def _console_line(console: Console, api_address: str) -> str:
+    """Where the console is, as an operator can open it: a wildcard bind
+    (``0.0.0.0:8081``) is no address a browser opens, so it says so, with
+    the URL at the host this replica is advertised at when that is one."""
+    host, _, port = console.address.rpartition(":")
+    if host not in WILDCARD_HOSTS:
+        return f"on {console.url(api_address)}/"
+    url = console.url(api_address)
+    reachable = url.rpartition(":")[0].partition("://")[2] not in WILDCARD_HOSTS
+    return f"on all interfaces, port {port}" + (f": {url}/" if reachable else " (open it at this machine's address)")
+
+
 def describe(app: Application) -> str:
     lines = [f"Chronicle serving gRPC on {app.address} (store: {redacted_url(app.settings.database_url)})"]
     settings = app.settings
@@ -910,8 +922,7 @@ def describe(app: Application) -> str:
     if app.metrics_server is not None:
         lines.append(f"  metrics on http://{app.metrics_server.address}/metrics")
     if app.console is not None:
-        scheme = "https" if settings.tls_cert_file else "http"
-        lines.append(f"  console on {scheme}://{app.console.address}/")
+        lines.append(f"  console {_console_line(app.console, app.leases.member.address)}")
     for plugin in app.registry.plugins:
         lines.append(f"  plugin {plugin.name}")
         for aggregate in plugin.aggregates:

@@ -711,14 +711,17 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
         )
         for member in topology.members
     ]
-    short = {member.member_id: f"r{index + 1}" for index, member in enumerate(topology.members)}
+    # Each owner by its member id's first eight characters, as the other
+    # pages name a replica, with its address (a list index named nothing
+    # the rest of the page shows).
+    addresses = {member.member_id: member.address for member in topology.members}
     cells = [
         tag(
             "li",
             tag("span", partition, class_="partition"),
-            tag("span", short.get(owner, "—") if owner else "—", class_="owner"),
+            tag("span", owner[:8] if owner else "—", class_="owner"),
             class_="mine" if owner == me else ("free" if not owner else None),
-            title=owner or "no owner",
+            title=f"{owner} ({addresses.get(owner) or 'address not known'})" if owner else "no owner",
         )
         for partition, owner in enumerate(topology.owners)
     ]
@@ -762,7 +765,7 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
             id="projection-leases-unavailable",
         )
     )
-    legend = ", ".join(f"{name} = {member_id[:8]}" for member_id, name in short.items())
+    legend = ", ".join(f"{member.member_id[:8]} = {member.address}" for member in topology.members)
     return "Cluster", [
         tag(
             "p",

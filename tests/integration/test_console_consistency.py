@@ -9,14 +9,15 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 
-from service.app import Application, start
+from service.app import Application, describe, start
 from service.client import ChronicleClient
 from service.store.memory import MemoryStore
-from tests.support.console import FORM, console
+from tests.support.console import FORM, authenticated, console
 from tests.support.grpc_client import TEST_SETTINGS
 from tests.support.http import request
 
@@ -61,3 +62,25 @@ async def test_a_post_to_a_page_is_a_wrong_method(app: Application) -> None:
     for path in ("/log", "/groups/billing", "/groups/billing/confirm"):
         posted = await request(address, "POST", path, headers=headers, body=urlencode({"csrf_token": token}).encode())
         assert (posted.status, posted.header("allow")) == (405, "GET"), path
+
+
+async def test_the_startup_lines_give_a_console_address_an_operator_can_open(tmp_path: Path) -> None:
+    """A console bound to every interface was announced as
+    ``http://0.0.0.0:PORT/``, which no browser opens: it says it listens on
+    all interfaces, with the URL at the host this replica is advertised at."""
+    wide = await start(authenticated(tmp_path, console_listen="0.0.0.0:0"), store=MemoryStore())
+    try:
+        port = console(wide).rpartition(":")[2]
+        host = wide.leases.member.address.rpartition(":")[0]
+        wide_lines = describe(wide).splitlines()
+    finally:
+        await wide.stop(grace=0.5, drain=0)
+    narrow = await start(replace(TEST_SETTINGS, console_listen="127.0.0.1:0"), store=MemoryStore())
+    try:
+        narrow_lines = describe(narrow).splitlines()
+        narrow_address = console(narrow)
+    finally:
+        await narrow.stop(grace=0.5, drain=0)
+    assert f"  console on all interfaces, port {port}: http://{host}:{port}/" in wide_lines
+    assert not any("0.0.0.0" in line for line in wide_lines if "console" in line)
+    assert f"  console on http://{narrow_address}/" in narrow_lines

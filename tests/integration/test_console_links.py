@@ -27,7 +27,7 @@ from domain_plugins import bank_account
 from service.app import Application
 from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
-from tests.support.cluster import LEASE, replica, runners_of
+from tests.support.cluster import LEASE, replica, runners_of, settled
 from tests.support.console import console, log_in, session_cookie, text_of
 from tests.support.grpc_client import Client, running_server
 from tests.support.http import request
@@ -171,3 +171,27 @@ async def test_a_projection_run_by_the_far_replica_links_to_its_console_and_one_
     else:
         assert "<a" not in runs_on
         assert text_of(runs_on).endswith(f"console on http://{console(near)} (from that machine only)")
+
+
+async def test_the_cluster_page_names_each_partition_owner_by_its_member_id_and_address_as_the_replicas_table(
+    near_and_far: tuple[Application, Client, Application],
+) -> None:
+    """Partition owners were labelled r1, r2 by their index in the list,
+    matching nothing else on the page: each is its member id's first eight
+    characters (as the other pages name a replica), titled with its whole
+    id and its address."""
+    near, _, far = near_and_far
+
+    await settled([near, far])
+    page = (await request(console(near), "GET", "/cluster")).text
+    members = members_rows(page)
+    owners = re.findall(
+        r'<li[^>]*title="([^"]*)"><span class="partition">\d+</span><span class="owner">([^<]*)</span>', page
+    )
+    assert len(owners) == 64
+    expected = {
+        app.leases.member_id: f"{app.leases.member_id} ({text_of(members[app.leases.member_id][1])})"
+        for app in (near, far)
+    }
+    assert {label for _, label in owners} == {member_id[:8] for member_id in expected}
+    assert all(title == expected[next(m for m in expected if m.startswith(label))] for title, label in owners)
