@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
 from google.protobuf import duration_pb2
@@ -383,6 +384,81 @@ def consumers_table(
     return table(headings, rows, empty="no live consumer", id="consumers")
 
 
+# The settings UpdateGroup changes (the segments are fixed for a group's
+# life), each with how the form names it and whether it is a duration.
+UPDATABLE = (
+    ("ack_timeout", "ack timeout (s)", True),
+    ("max_delivery_attempts", "max delivery attempts", False),
+    ("max_unanswered_timeouts", "max unanswered timeouts (0: never)", False),
+    ("retry_backoff", "retry backoff (s)", True),
+    ("max_retry_backoff", "max retry backoff (s)", True),
+)
+_MAX_SETTING_TEXT = 20
+
+
+def _exact_seconds(duration: duration_pb2.Duration) -> str:
+    """A duration in seconds, exactly (a form sends back what it shows)."""
+    value = Decimal(duration.seconds) + Decimal(duration.nanos) / 1_000_000_000
+    return format(value.normalize(), "f")
+
+
+def settings_form(name: str, group: groups_pb.GroupInfo, csrf_token: str) -> Html:
+    """An administrator's form to change the updatable settings
+    (``UpdateGroup``: the admin grant, audited by the RPC)."""
+    fields: list[Content] = [void("input", type="hidden", name="csrf_token", value=csrf_token)]
+    for field, label, duration in UPDATABLE:
+        value = getattr(group, field)
+        shown = _exact_seconds(value) if duration else str(value)
+        fields.append(
+            tag("label", label, " ", void("input", type="text", name=field, value=shown, size=8, inputmode="decimal"))
+        )
+    fields.append(tag("button", "Update settings", type="submit"))
+    return tag("form", *fields, method="post", action=url(group_path(name, "settings")), class_="settings")
+
+
+def update_request(name: str, form: dict[str, str]) -> groups_pb.UpdateGroupRequest:
+    """``UpdateGroup``'s request from the form: each non-empty field, a
+    whole number or (a duration) seconds; anything else is refused
+    (``BAD_GROUP_SETTING``), not guessed at. The RPC checks the ranges."""
+    request = groups_pb.UpdateGroupRequest(name=name)
+    for field, _, duration in UPDATABLE:
+        text = form.get(field, "").strip()
+        if not text:
+            continue
+        number = _setting_number(field, text, whole=not duration)
+        if duration:
+            getattr(request, field).FromNanoseconds(int(number * 1_000_000_000))
+        else:
+            setattr(request, field, int(number))
+    return request
+
+
+def _setting_number(field: str, text: str, *, whole: bool) -> Decimal:
+    try:
+        number = Decimal(text) if len(text) <= _MAX_SETTING_TEXT and text.isascii() else None
+    except InvalidOperation:
+        number = None
+    if number is None or not number.is_finite() or number < 0 or (whole and number != number.to_integral_value()):
+        kind = "a whole number" if whole else "a number of seconds"
+        raise InvalidInput.for_field(field, f"must be {kind}, not {text[:40]!r}", reason="BAD_GROUP_SETTING")
+    if number >= 2**32:
+        raise InvalidInput.for_field(field, "is too large", reason="BAD_GROUP_SETTING")
+    return number
+
+
+async def update_settings(parts: Parts, name: str, form: dict[str, str]) -> str:
+    """UpdateGroup as the RPC runs it (the admin grant, audited; a setting
+    it refuses is its refusal); the settings as they are now, to tell."""
+    answer = await parts.groups.UpdateGroup(update_request(name, form), _NO_CONTEXT)
+    group = answer.group
+    return (
+        f"Settings of group {name} updated: ack timeout {_exact_seconds(group.ack_timeout)} s,"
+        f" max delivery attempts {group.max_delivery_attempts}, max unanswered timeouts"
+        f" {group.max_unanswered_timeouts}, retry backoff {_exact_seconds(group.retry_backoff)} s, max retry"
+        f" backoff {_exact_seconds(group.max_retry_backoff)} s."
+    )
+
+
 def settings_table(group: groups_pb.GroupInfo) -> Html:
     """The group's delivery settings, as ListGroups answers them."""
     unanswered = group.max_unanswered_timeouts
@@ -486,6 +562,8 @@ async def group_page(
         )
         content.append(tag("h2", "Settings"))
         content.append(settings_table(group))
+        if admin:
+            content.append(settings_form(name, group, csrf_token))
         content.append(tag("h2", "Consumers"))
         content.append(consumers_table(parts, group.consumers, group))
     content.extend(parked_table(name, parked.parked, admin=admin, csrf_token=csrf_token))

@@ -432,8 +432,8 @@ class Console:
         self, request: Request, session: Session, principal: Principal, name: str, action: str
     ) -> Response:
         """A parked event replayed or dismissed, or all of them (confirmed
-        first): through the RPC, then back to the group's page with a
-        notice (POST-redirect-GET)."""
+        first), or the group's settings updated: through the RPC, then back
+        to the group's page with a notice (POST-redirect-GET)."""
         parts = self._parts
         group_page = groups.group_path(name)
         try:
@@ -445,6 +445,8 @@ class Console:
                     session.tell(confirm, groups.changed_notice(changed))
                     return _redirect(url(confirm, action=action))
                 told = groups.notice_of(action, done)
+            elif action == "settings":
+                told = await groups.update_settings(parts, name, request.form)
             elif action == "replay":
                 replaying = await groups.replay_parked(parts, name, request.form.get("event_id", ""))
                 told = f"Replaying {replaying} parked event(s)."
@@ -452,7 +454,7 @@ class Console:
                 dismissed = await groups.dismiss_parked(parts, name, request.form.get("event_id", ""))
                 told = f"Dismissed {dismissed} parked event(s)."
         except ChronicleError as error:
-            return self._action_refused(error, session, principal, "/groups")
+            return self._action_refused(error, session, principal, "/groups", back=group_page)
         session.tell(group_page, told)
         return _redirect(group_page)
 
@@ -561,7 +563,7 @@ def _login_page(error: ChronicleError | None = None) -> Html:
 
 
 # What may be done to a group's parked events (``/groups/NAME/ACTION``, POST only).
-_GROUP_ACTIONS = ("replay", "dismiss", *groups.ALL_ACTIONS)
+_GROUP_ACTIONS = ("replay", "dismiss", "settings", *groups.ALL_ACTIONS)
 
 
 def _group_action(path: str) -> tuple[str, str] | None:

@@ -309,3 +309,56 @@ async def test_more_parked_events_than_the_console_acts_on_at_once_are_refused_w
     assert "chronicle group billing --replay-all" in text_of(confirm.text)
     assert acted.status == 400 and "TOO_MANY_PARKED" in acted.text
     assert info.parked == 3
+
+
+async def test_an_administrator_updates_a_groups_settings_from_its_page_and_a_refused_setting_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The group page's settings form is UpdateGroup: admin only (the form
+    shows to administrators; anyone else's post is the RPC's ADMIN_DENIED,
+    audited), CSRF-checked, a setting the RPC refuses shown with its reason
+    and nothing changed, a value that is no number refused before it."""
+    async with parked_group(tmp_path, 0) as (app, client):
+        address = console(app)
+        root = await Operator.log_in(address, ROOT_KEY)
+        page = (await root.get("/groups/billing")).text
+        alice = await Operator.log_in(address, ALICE_KEY)
+        alice_page = (await alice.get("/groups/billing")).text
+        form = {
+            "ack_timeout": "2.5",
+            "max_delivery_attempts": "7",
+            "max_unanswered_timeouts": "0",
+            "retry_backoff": "0.25",
+            "max_retry_backoff": "4",
+        }
+        no_csrf = await root.post("/groups/billing/settings", form, csrf=False)
+        updated = await root.post("/groups/billing/settings", form)
+        told = text_of((await root.get("/groups/billing")).text)
+        info = await client.groups.get("billing")
+        too_many = await root.post("/groups/billing/settings", {**form, "max_delivery_attempts": "1000"})
+        not_a_number = await root.post("/groups/billing/settings", {**form, "ack_timeout": "soon"})
+        by_alice = await alice.post("/groups/billing/settings", form)
+        after = await client.groups.get("billing")
+        audited = [
+            (entry.command_type.rpartition("/")[2], entry.principal, entry.outcome, entry.reason)
+            for entry in reversed(await app.store.audit.read_audit(AuditQuery()))
+            if entry.command_type.endswith("/UpdateGroup")
+        ]
+    assert 'action="/groups/billing/settings"' in page and 'name="ack_timeout" value="' in page
+    assert "/groups/billing/settings" not in alice_page
+    assert no_csrf.status == 403
+    assert (updated.status, updated.header("location")) == (303, "/groups/billing")
+    assert "Settings of group billing updated: ack timeout 2.5 s, max delivery attempts 7" in told
+    assert (info.ack_timeout.ToMilliseconds(), info.max_delivery_attempts, info.max_unanswered_timeouts) == (2500, 7, 0)
+    assert (info.retry_backoff.ToMilliseconds(), info.max_retry_backoff.ToMilliseconds()) == (250, 4000)
+    assert too_many.status == 400 and "BAD_GROUP_SETTING" in too_many.text and "max_delivery_attempts" in too_many.text
+    assert (
+        not_a_number.status == 400 and "BAD_GROUP_SETTING" in not_a_number.text and "soon" in text_of(not_a_number.text)
+    )
+    assert by_alice.status == 403 and "ADMIN_DENIED" in by_alice.text
+    assert after.max_delivery_attempts == 7 and after.ack_timeout.ToMilliseconds() == 2500  # nothing changed since
+    assert audited == [
+        ("UpdateGroup", "root-actions", ACCEPTED, ""),
+        ("UpdateGroup", "root-actions", REFUSED, "BAD_GROUP_SETTING"),
+        ("UpdateGroup", "alice", REFUSED, "ADMIN_DENIED"),
+    ]
