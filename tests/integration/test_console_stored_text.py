@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+import grpc
+import pytest
 from selenium.webdriver.common.by import By
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
@@ -20,7 +22,7 @@ from service.store.memory import MemoryStore
 from tests.support.browser import Browser, start_chromium
 from tests.support.console import console, text_of
 from tests.support.events import new_event
-from tests.support.grpc_client import TEST_SETTINGS
+from tests.support.grpc_client import TEST_SETTINGS, command, connect
 from tests.support.http import request
 
 SPOOFED = "acc-\u202egpj.exe"  # reads "acc-exe.jpg" when the override is applied
@@ -72,3 +74,20 @@ async def test_in_a_browser_the_live_tail_shows_a_bidirectional_control_escaped_
         finally:
             await asyncio.to_thread(driver.quit)
     assert shown == "acc-\\u202egpj.exe" and marked == ["\\u202e"]
+
+
+async def test_a_refused_commands_bidirectional_controls_are_shown_escaped_on_the_audit_page() -> None:
+    """A command refused for the control characters in its ids is audited
+    with them (what was sent): the audit page shows them escaped."""
+    settings = replace(TEST_SETTINGS, console_listen="127.0.0.1:0", anonymous_admin=True)
+    app = await start(settings, store=MemoryStore())
+    try:
+        async with connect(app.address) as client:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await client.submit(command("acc-1", bank.OpenAccount(owner="ann"), origin="web\u202eppa"))
+        audit = await request(console(app), "GET", "/audit")
+    finally:
+        await app.stop(grace=0.5, drain=0)
+    assert audit.status == 200, audit.text
+    assert "\u202e" not in audit.text
+    assert 'web<span class="ctl">\\u202e</span>ppa' in audit.text
