@@ -640,7 +640,8 @@ def _query_fields(path: str) -> frozenset[str]:
         return _PAGE_QUERY_FIELDS[path]
     if path.startswith("/groups/") and len(path) > len("/groups/"):
         confirming, _, subpage = path.removeprefix("/groups/").rpartition("/")
-        return frozenset({"action"}) if confirming and subpage == "confirm" else frozenset({"after"})
+        # A group's parked events page by ListParked's token (page); after, a position, is still read.
+        return frozenset({"action"}) if confirming and subpage == "confirm" else frozenset({"after", "page"})
     for prefix, fields in _NAMED_PAGE_QUERY_FIELDS:
         if path.startswith(prefix) and len(path) > len(prefix):
             return fields
