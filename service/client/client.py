@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -31,6 +31,7 @@ from service.client.errors import RemoteError, remote_error
 from service.client.groups import GroupConsumer, Groups
 from service.client.projections import Projections
 from service.client.reactions import Reactions
+from service.client.read_routing import failover_stub
 from service.client.results import AggregateState, Event, M, StreamResult, Submitted, SubmittedBatch, unpack_as
 from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, resuming
 from service.client.routed_stream import RoutedStream
@@ -39,6 +40,7 @@ from service.client.streaming import CommandStream, StreamMethod, commands_of
 from service.client.subscription import LogFilter, Subscription
 
 DEFAULT_ATTEMPT_TIMEOUT = 10.0
+S = TypeVar("S")
 
 
 class ChronicleClient:
@@ -68,7 +70,11 @@ class ChronicleClient:
     With ``routes`` (``connect(..., routing=True)``) commands go to the
     replica that owns their aggregate's partition, over a channel per
     replica, and to any replica when it cannot be reached
-    (``service.client.routing``); reads go to the address given.
+    (``service.client.routing``); reads, subscriptions, group consumers and
+    the group, projection and reaction calls go to the address given while
+    it answers, and to another live replica when it does not (a subscription
+    resumes there after its last complete position, a consumer joins its
+    group there; ``service.client.read_routing``).
     """
 
     def __init__(
@@ -86,9 +92,9 @@ class ChronicleClient:
         self._channel = channel
         self.routes = routes
         self._commands = command_service_pb2_grpc.CommandServiceStub(channel)
-        self._events = event_service_pb2_grpc.EventServiceStub(channel)
-        self._groups = subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub(channel)
-        self._reactions = reaction_service_pb2_grpc.ReactionServiceStub(channel)
+        self._events = self._reads(event_service_pb2_grpc.EventServiceStub)
+        self._groups = self._reads(subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub)
+        self._reactions = self._reads(reaction_service_pb2_grpc.ReactionServiceStub)
         self._origin = origin
         self._user_id = user_id
         self._retry = retry
@@ -109,11 +115,18 @@ class ChronicleClient:
         # Read models: documents (read your writes with a submit's position),
         # progress, parked events, rebuilds.
         self.projections = Projections(
-            projection_service_pb2_grpc.ProjectionServiceStub(channel),
+            self._reads(projection_service_pb2_grpc.ProjectionServiceStub),
             retry=retry,
             attempt_timeout=attempt_timeout,
             call_metadata=self._call_metadata,
         )
+
+    def _reads(self, stub_of: Callable[[grpc.aio.Channel], S]) -> S:
+        """A stub of a read service (events, groups, projections, reactions)
+        on the client's channel; with routing, one whose calls go to any
+        live member, the address given first (``service.client.read_routing``)."""
+        own = stub_of(self._channel)
+        return own if self.routes is None else failover_stub(self.routes, stub_of, own)
 
     @classmethod
     def connect(
@@ -142,7 +155,8 @@ class ChronicleClient:
         outlive a short-lived JWT (``service.client.call_metadata``). ``routing``:
         send each command to the replica that owns its aggregate (found
         from ``address``, then followed; see ``service.client.routing``),
-        with the same credentials; use it inside ``async with``, which
+        and each read to ``address``, or another live replica when it is
+        down, with the same credentials; use it inside ``async with``, which
         fetches the topology before the first command. ``keepalive``: while
         calls are open, ping the server every so many seconds and drop a
         connection whose ping goes unanswered for ``keepalive_timeout``, so
@@ -167,7 +181,11 @@ class ChronicleClient:
         metadata = CallMetadata(call_metadata, token)
         if metadata.refreshes:
             retry = replace(retry, refresh_credentials=True)
-        routes = Routes(channel, open_channel=open_member_channel, call_metadata=metadata) if routing else None
+        routes = (
+            Routes(channel, open_channel=open_member_channel, call_metadata=metadata, seed_address=address)
+            if routing
+            else None
+        )
         return cls(
             channel,
             origin=origin,

@@ -12,6 +12,9 @@ member, and chooses where each command goes:
   topology refreshed), or to the address the client was given (the seed)
   when no member is known. Every member executes every command, so this
   only costs the warm cache, never correctness;
+* a read (``Routes.reader``: any member serves reads, they share the store)
+  goes to the address given while it is not marked down, else to another
+  live member, with the same books as a command's;
 * the topology follows ``WatchTopology`` (from the seed, or any member when
   the seed's stream breaks), and is fetched again when a response says its
   member is not the owner (the hint in trailing metadata) with a newer
@@ -130,8 +133,13 @@ class Routes:
         open_channel: Callable[[str], grpc.aio.Channel],
         call_metadata: Sequence[tuple[str, str]] | CallMetadata = (),
         clock: Callable[[], float] = time.monotonic,
+        seed_address: str | None = None,
     ) -> None:
         self._seed = seed
+        # The address ``seed`` reaches, as the client was given it: reads
+        # prefer it, and it is marked down as a member is (None: not known,
+        # and reads stay on ``seed``).
+        self.seed_address = seed_address
         self._seed_commands = command_service_pb2_grpc.CommandServiceStub(seed)
         self._open_channel = open_channel
         self._metadata = CallMetadata.of(call_metadata)
@@ -185,13 +193,39 @@ class Routes:
             return self._stub(address), address
         return self._any_member()
 
+    def reader(self) -> str | None:
+        """The address a read goes to now: the address given
+        (``seed_address``) while it is not marked down, else another live
+        member, in turn (every member serves reads from the shared store,
+        and a read with ``min_position`` waits for that position on any of
+        them); the address given again when none is live. None when the
+        address given is not known: the seed's channel. A read's failure
+        and answer are booked as a command's (``unreachable``,
+        ``answered``), so reads and commands step around the same members."""
+        self.start()
+        seed = self.seed_address
+        if seed is None or not self.is_down(seed):
+            return seed
+        return self._live_member() or seed
+
+    def channel_of(self, address: str) -> grpc.aio.Channel:
+        """The channel to member ``address`` (opened at its first use)."""
+        self._stub(address)
+        return self._channels[address]
+
     def _any_member(self) -> tuple[command_service_pb2_grpc.CommandServiceStub, str | None]:
+        address = self._live_member()
+        if address is None:
+            return self._seed_commands, None
+        return self._stub(address), address
+
+    def _live_member(self) -> str | None:
+        """A member not marked down, in turn; None when there is none."""
         live = [address for address in self._addresses if not self.is_down(address)]
         if not live:
-            return self._seed_commands, None
+            return None
         self._turn = (self._turn + 1) % len(live)
-        address = live[self._turn]
-        return self._stub(address), address
+        return live[self._turn]
 
     def _stub(self, address: str) -> command_service_pb2_grpc.CommandServiceStub:
         stub = self._commands.get(address)
