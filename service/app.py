@@ -77,7 +77,7 @@ from service.processing.watchdog import LoopLagWatchdog
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
 from service.security.exposure import check_exposure, check_metrics_exposure, is_loopback
 from service.security.key_files import check_private
-from service.security.middleware import AuthorizationMiddleware
+from service.security.middleware import AuthorizationMiddleware, ReactionOnlyCommands
 from service.security.open_files import open_files_warnings, raise_open_files_limit
 from service.security.policy import Authorizer, Policy
 from service.security.reloading import SecurityReloader, WatchedFile
@@ -437,6 +437,9 @@ async def start(
         middleware.append(MetricsMiddleware(metrics, code_name=code_name))
     audited = AuditMiddleware(audit, sampled=sampled_refusals)
     middleware.append(audited)
+    # Whatever the policy says (and with authentication off): a command a
+    # plugin lets only reactions send is refused from anyone else.
+    middleware.append(ReactionOnlyCommands(registry))
     if authorizer.enforcing:
         middleware.append(AuthorizationMiddleware(authorizer))
     middleware.extend(registry.middleware)

@@ -56,7 +56,7 @@ from service.errors import ChronicleError
 from service.plugins.api import Plugin
 from service.plugins.reactions import DEFAULT_MAX_HOPS
 from service.plugins.registry import Registry
-from service.processing.commands import CommandRequest
+from service.processing.commands import CommandRequest, CommandResult
 from service.processing.executor import CommandExecutor
 from service.processing.reaction_documents import STATE_PREFIX, list_parked
 from service.processing.reactions import ReactionRunner
@@ -325,7 +325,7 @@ class ReactionRun:
             reaction.name: ReactionRunner(
                 reaction,
                 registry=self.registry,
-                submit=self._router.submit,
+                submit=self._reactions_command,
                 log=roles.log,
                 documents=roles.projections,
                 reader=self._executor.loader.reader,
@@ -351,10 +351,12 @@ class ReactionRun:
     ) -> list[Message]:
         """Run ``command`` on ``aggregate_id`` (a refusal is raised), with
         ``metadata`` and ``origin`` as a client's command would carry them;
-        its events."""
+        its events. A command only reactions may send is refused as the
+        server refuses a client's (PERMISSION_DENIED, COMMAND_INTERNAL)."""
         spec = self.registry.command(command.DESCRIPTOR.full_name)
         if spec is None:
             raise ScenarioFailed(f"no handler for {command.DESCRIPTOR.full_name}")
+        spec.check_sender("")
         request = CommandRequest(
             command_id=str(uuid.uuid4()),
             aggregate_id=aggregate_id,
@@ -366,6 +368,12 @@ class ReactionRun:
         )
         result = self._loop.run_until_complete(self._router.submit(request))
         return [self._decode(e.event_type, e.payload) for e in result.events]
+
+    async def _reactions_command(self, request: CommandRequest) -> CommandResult:
+        """A reaction's command, checked as the server's reaction pipeline
+        checks it (``sent_by_reactions``: the reaction must be allowed)."""
+        request.spec.check_sender(request.principal)
+        return await self._router.submit(request)
 
     def step(self) -> bool:
         """Run every reaction over the events there are now (not over those

@@ -18,6 +18,11 @@ server sets on the reaction's commands and refuses on a client's
 is itself refused (the source closed in the meantime) is parked for an
 operator: the money is then held by no account, and the transfer stays
 pending.
+
+CompleteTransfer, FailTransfer and RecordRefund end a transfer: only this
+reaction sends them (``sent_by_reactions``), after it moved the money; a
+client's is refused (PERMISSION_DENIED, COMMAND_INTERNAL), or any caller
+allowed to submit to transfers could end one with no money moved.
 """
 
 from __future__ import annotations
@@ -66,19 +71,19 @@ def _require_pending(state: bank.Transfer, context: CommandContext) -> None:
         raise ValidationError(f"transfer {context.aggregate_id!r} is over", reason="TRANSFER_OVER")
 
 
-@transfer.command(bank.CompleteTransfer, requires_existing=True)
+@transfer.command(bank.CompleteTransfer, requires_existing=True, sent_by_reactions=[REACTION])
 def complete(command: bank.CompleteTransfer, state: bank.Transfer, context: CommandContext) -> bank.TransferCompleted:
     _require_pending(state, context)
     return bank.TransferCompleted()
 
 
-@transfer.command(bank.FailTransfer, requires_existing=True)
+@transfer.command(bank.FailTransfer, requires_existing=True, sent_by_reactions=[REACTION])
 def fail(command: bank.FailTransfer, state: bank.Transfer, context: CommandContext) -> bank.TransferFailed:
     _require_pending(state, context)
     return bank.TransferFailed(reason=command.reason)
 
 
-@transfer.command(bank.RecordRefund, requires_existing=True)
+@transfer.command(bank.RecordRefund, requires_existing=True, sent_by_reactions=[REACTION])
 def refunded(command: bank.RecordRefund, state: bank.Transfer, context: CommandContext) -> bank.TransferRefunded:
     _require_pending(state, context)
     return bank.TransferRefunded(reason=command.reason)

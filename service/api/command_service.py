@@ -330,23 +330,29 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self, request: pb.ListTypesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListTypesResponse:
         """Each aggregate type the caller may read, or submit one of its
-        commands to, with its command, event and state types."""
+        commands to, with its command, event and state types. The commands
+        only reactions send are listed apart (``reaction_command_types``):
+        no client may send one, so a grant to submit one shows nothing."""
         principal = current_principal.get()
         authorizer = self._authorizer
         listed: list[pb.AggregateTypeInfo] = []
         for plugin in self._registry.plugins:
             for aggregate in plugin.aggregates:
+                commands = sorted(name for name, spec in aggregate.commands.items() if not spec.internal)
                 if authorizer is None or (
                     authorizer.may_read(principal, aggregate.name)
-                    or any(authorizer.may_submit(principal, name) for name in aggregate.commands)
+                    or any(authorizer.may_submit(principal, name) for name in commands)
                 ):
                     listed.append(
                         pb.AggregateTypeInfo(
                             name=aggregate.name,
                             plugin=plugin.name,
                             state_type=aggregate.state_type_name,
-                            command_types=sorted(aggregate.commands),
+                            command_types=commands,
                             event_types=sorted(aggregate.events),
+                            reaction_command_types=sorted(
+                                name for name, spec in aggregate.commands.items() if spec.internal
+                            ),
                         )
                     )
         listed.sort(key=lambda info: info.name)

@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 
 from google.protobuf.message import Message
 
-from service.errors import AlreadyExistsError, NotFoundError
+from service.errors import AlreadyExistsError, NotFoundError, PermissionDenied
 from service.plugins.context import CommandContext
 from service.plugins.fingerprint import state_fingerprint
 from service.plugins.projections import DOCUMENT_CACHE_SIZE, OnFailure, ProjectedEvent, Projection
 from service.plugins.reactions import DEFAULT_MAX_HOPS, Reaction, StartFrom, by_correlation
+from service.principal import REACTION_PREFIX
 
 if TYPE_CHECKING:
     from service.plugins.middleware import Middleware
@@ -62,6 +63,11 @@ Applier = Callable[[Any, Any], "Message | None"]
 Upcaster = Callable[["OldEvent"], "Message | Iterable[Message] | None"]
 # The values an aggregate in state S holds: (scope, value) pairs.
 HeldClaimsOf: TypeAlias = Callable[[S], Iterable[tuple[str, str]]]
+# Who may send a command type (``command(..., sent_by_reactions=...)``):
+# True for any reaction, or the names of the reactions that may.
+SentBy: TypeAlias = "bool | Iterable[str]"
+# The reason of the refusal of a reaction-only command sent by anyone else.
+COMMAND_INTERNAL = "COMMAND_INTERNAL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +81,40 @@ class CommandSpec:
     # only if it does (requires_existing); the framework refuses otherwise.
     creates: bool = False
     requires_existing: bool = False
+    # None: any caller the policy allows may send it. Otherwise only
+    # reactions may (the server sends theirs as ``reaction:<name>``, a
+    # principal no credential can have): those named here, or any if empty.
+    # A client's is refused before the handler runs (``check_sender``).
+    sent_by_reactions: frozenset[str] | None = None
     # The message's full name, read once: every command asks for it.
     name: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", str(self.message_type.DESCRIPTOR.full_name))
+
+    @property
+    def internal(self) -> bool:
+        """Whether only reactions may send it (no client, whatever its grants)."""
+        return self.sent_by_reactions is not None
+
+    def check_sender(self, principal: str) -> None:
+        """Refuse the command (PERMISSION_DENIED, ``COMMAND_INTERNAL``) if
+        it is a reaction-only command and ``principal`` (the sender's name)
+        is not a reaction allowed to send it."""
+        allowed = self.sent_by_reactions
+        if allowed is None:
+            return
+        if principal.startswith(REACTION_PREFIX):
+            reaction = principal[len(REACTION_PREFIX) :]
+            if not allowed or reaction in allowed:
+                return
+        senders = ", ".join(sorted(allowed)) if allowed else "any reaction"
+        who = principal or "an anonymous caller"
+        raise PermissionDenied(
+            f"{who} may not send {self.name}: only reactions send it ({senders}), whatever a client is granted",
+            reason=COMMAND_INTERNAL,
+            metadata={"principal": principal, "command_type": self.name},
+        )
 
     def check_existence(self, context: CommandContext) -> None:
         """Refuse the command if the aggregate's existence is not what the
@@ -217,19 +252,40 @@ class AggregateType(Generic[S]):
         return AlreadyExistsError(f"{self.name} {aggregate_id!r} already exists", reason=self._already_exists)
 
     def command(
-        self, message_type: type[C], *, creates: bool = False, requires_existing: bool = False
+        self,
+        message_type: type[C],
+        *,
+        creates: bool = False,
+        requires_existing: bool = False,
+        sent_by_reactions: SentBy = False,
     ) -> Callable[[HandlerOf[C, S]], HandlerOf[C, S]]:
         """Register the decorated function as the handler of ``message_type``.
 
         ``creates=True``: the command makes the aggregate; on one that exists
         it is refused (ALREADY_EXISTS, reason ``already_exists``) before the
         handler runs. ``requires_existing=True``: refused on an aggregate
-        with no events yet (NOT_FOUND, reason ``not_found``)."""
+        with no events yet (NOT_FOUND, reason ``not_found``).
+
+        ``sent_by_reactions``: a command only the plugins' reactions send
+        (a process manager's step, not a client's request): True for any
+        reaction, or the names of those that may (a list). Sent by a client,
+        whatever its grants, it is refused before the handler runs
+        (PERMISSION_DENIED, reason ``COMMAND_INTERNAL``), in a batch, a
+        stream and a dry run too; sent by a reaction not named, it fails
+        that reaction (it stops at the event, its status says why)."""
         if creates and requires_existing:
             raise ValueError(f"{self.plugin.name}: a command cannot both create {self.name} and require one")
+        senders = _senders(self.plugin.name, message_type, sent_by_reactions)
 
         def register(handler: HandlerOf[C, S]) -> HandlerOf[C, S]:
-            spec = CommandSpec(message_type, handler, self, creates=creates, requires_existing=requires_existing)
+            spec = CommandSpec(
+                message_type,
+                handler,
+                self,
+                creates=creates,
+                requires_existing=requires_existing,
+                sent_by_reactions=senders,
+            )
             if spec.name in self.commands:
                 raise ValueError(f"{self.plugin.name}: command {spec.name} has two handlers")
             self.commands[spec.name] = spec
@@ -484,6 +540,28 @@ class Plugin:
 
     def __repr__(self) -> str:
         return f"Plugin({self.name!r})"
+
+
+def _senders(plugin: str, message_type: type[Message], sent_by_reactions: SentBy) -> frozenset[str] | None:
+    """``command``'s ``sent_by_reactions`` as ``CommandSpec`` keeps it."""
+    if sent_by_reactions is False:
+        return None
+    if sent_by_reactions is True:
+        return frozenset()
+    if isinstance(sent_by_reactions, str):
+        # A string is an iterable of letters: "bank.transfers" would allow
+        # reactions named "b", "a", ... and not the one meant.
+        raise ValueError(
+            f"{plugin}: sent_by_reactions of {message_type.DESCRIPTOR.full_name} takes a list of reaction names,"
+            f" not a string: [{sent_by_reactions!r}]"
+        )
+    names = frozenset(sent_by_reactions)
+    if not names:
+        raise ValueError(
+            f"{plugin}: sent_by_reactions of {message_type.DESCRIPTOR.full_name} names no reaction: nothing could"
+            " send it (True: any reaction)"
+        )
+    return names
 
 
 def _snake(name: str) -> str:

@@ -3,9 +3,10 @@
 Built once at start-up; refuses two plugins claiming one aggregate type,
 command type, event type or upcaster step, and names both in the error.
 Also refuses, naming the plugin: a message type that is both a command and
-an event, an upcaster chain with a missing step, and a projection or
-reaction that names an aggregate type no plugin declares or has a handler
-for a command type (it only ever gets events).
+an event, an upcaster chain with a missing step, a projection or reaction
+that names an aggregate type no plugin declares or has a handler for a
+command type (it only ever gets events), and a command sent only by
+reactions that names one no plugin declares.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Registry:
         followers: list[Projection | Reaction[Any]] = [*self._projections.values(), *self._reactions.values()]
         for follower in followers:
             self._check_follower(follower)
+        self._check_senders()
 
     def _add(self, plugin: Plugin) -> None:
         if any(p.name == plugin.name for p in self.plugins):
@@ -95,6 +97,23 @@ class Registry:
                 metadata={"name": name, "plugins": f"{owner},{plugin.name}"},
             )
         index[name] = value  # type: ignore[assignment]
+
+    def _check_senders(self) -> None:
+        """A command sent only by named reactions names declared ones: a
+        misspelt name would leave a command nothing may send."""
+        for name, command in self._commands.items():
+            unknown = sorted((command.sent_by_reactions or frozenset()) - self._reactions.keys())
+            if not unknown:
+                continue
+            plugin = command.aggregate.plugin.name
+            known = ", ".join(sorted(self._reactions)) or "none"
+            raise ConfigurationError(
+                f"plugin {plugin!r} lets only reaction {', '.join(unknown)} send {name}, which no loaded plugin"
+                f" declares (known: {known}): correct the name in sent_by_reactions, or load the plugin that"
+                " declares it",
+                reason="UNKNOWN_REACTION",
+                metadata={"name": name, "plugins": plugin, "reactions": ",".join(unknown)},
+            )
 
     def _check_upcasters(self) -> None:
         for upcaster in self._upcasters.values():

@@ -160,9 +160,12 @@ async def test_reflection_v1_needs_credentials_when_authentication_is_on(tmp_pat
 # -- which messages are commands --------------------------------------------------------
 
 
-def types_by_aggregate(response: cs.ListTypesResponse) -> dict[str, tuple[str, str, list[str], list[str]]]:
+def types_by_aggregate(
+    response: cs.ListTypesResponse,
+) -> dict[str, tuple[str, str, list[str], list[str], list[str]]]:
     return {
-        t.name: (t.plugin, t.state_type, list(t.command_types), list(t.event_types)) for t in response.aggregate_types
+        t.name: (t.plugin, t.state_type, list(t.command_types), list(t.event_types), list(t.reaction_command_types))
+        for t in response.aggregate_types
     }
 
 
@@ -173,8 +176,9 @@ async def test_list_types_names_each_aggregate_types_commands_events_and_state(c
         aggregate.name: (
             plugin.name,
             aggregate.state_type_name,
-            sorted(aggregate.commands),
+            sorted(name for name, spec in aggregate.commands.items() if not spec.internal),
             sorted(aggregate.events),
+            sorted(name for name, spec in aggregate.commands.items() if spec.internal),
         )
         for plugin in Registry(discover_plugins()).plugins
         for aggregate in plugin.aggregates
@@ -185,6 +189,18 @@ async def test_list_types_names_each_aggregate_types_commands_events_and_state(c
         "bank.v1.Account",
         ["bank.v1.CloseAccount", "bank.v1.Deposit", "bank.v1.OpenAccount", "bank.v1.Withdraw"],
         ["bank.v1.AccountClosed", "bank.v1.AccountOpened", "bank.v1.MoneyDeposited", "bank.v1.MoneyWithdrawn"],
+        [],
+    )
+    # Only the transfers reaction ends a transfer: listed apart from what a client may send.
+    assert listed["Transfer"][2:] == (
+        ["bank.v1.TransferMoney"],
+        [
+            "bank.v1.TransferCompleted",
+            "bank.v1.TransferFailed",
+            "bank.v1.TransferRefunded",
+            "bank.v1.TransferRequested",
+        ],
+        ["bank.v1.CompleteTransfer", "bank.v1.FailTransfer", "bank.v1.RecordRefund"],
     )
 
 
