@@ -106,11 +106,26 @@ ABSENT = _Absent()
 
 class ProcessState:
     """A reaction's state for one event: loaded from the batch's overlay,
-    saved back into it with its subjects (those it had, the event's
-    aggregate, and the aggregates of the commands sent for it)."""
+    saved back into it with its subjects: those it had, the aggregates of
+    the commands sent for it, and the event's aggregate if the event was
+    acted on (the state changed, or a command was sent).
+
+    Not the event's aggregate otherwise: a state key routes by what the
+    event carries, which a client may choose (its correlation id, its
+    metadata), and an event the functions passed by left nothing of itself
+    in the state; named a subject, forgetting the aggregate of whoever sent
+    it (a stranger's, or an attacker's own) would delete a process it had
+    no part in."""
 
     def __init__(
-        self, key: str, message: Message | None, stored: Message | None, subjects: frozenset[str] = frozenset()
+        self,
+        key: str,
+        message: Message | None,
+        stored: Message | None,
+        subjects: frozenset[str] = frozenset(),
+        *,
+        event_aggregate: str = "",
+        handed: Message | None = None,
     ) -> None:
         self.key = key
         self.message = message
@@ -119,6 +134,17 @@ class ProcessState:
         self.subjects = set(subjects)
         # Stored as another type, upcast: deleted or rewritten whatever it holds.
         self.upcast = False
+        # The event's aggregate, and the state as the functions were given
+        # it: a subject only if they acted on the event (``save``).
+        self._event_aggregate = event_aggregate
+        self._handed = handed
+
+    def sent_to(self, aggregate_id: str) -> None:
+        """A command was sent to ``aggregate_id`` for the event: the process
+        is derived from both."""
+        self.subjects.add(aggregate_id)
+        if self._event_aggregate:
+            self.subjects.add(self._event_aggregate)
 
     @classmethod
     async def load(cls, reaction: Reaction[Any], batch: _Batch, envelope: ProjectedEvent) -> ProcessState:
@@ -142,14 +168,20 @@ class ProcessState:
                 # result, stored in its place (``stored`` None: it differs).
                 message = _upcast_state(reaction, key, wrapped.state)
             subjects = frozenset(wrapped.subjects)
-        state = cls(document_key, message, stored, subjects)
+        if stored is not None:
+            handed = stored  # a copy of ``message`` as loaded
+        else:
+            handed = state_type()  # new, or upcast (rare): copied
+            handed.CopyFrom(message)
+        state = cls(document_key, message, stored, subjects, event_aggregate=envelope.aggregate_id, handed=handed)
         state.upcast = wrapped is not None and stored is None
-        state.subjects.add(envelope.aggregate_id)
         return state
 
     def save(self, batch: _Batch) -> None:
         if not self.key or self.message is None:
             return
+        if self._event_aggregate and self.message != self._handed:
+            self.subjects.add(self._event_aggregate)  # the state took something of the event
         if self.message == type(self.message)() or batch.forgotten.any_of(self.subjects):
             # The process is over (nothing left behind), or it was derived
             # from a forgotten aggregate (it must not exist).

@@ -705,7 +705,7 @@ class ReactionRunner(CheckpointedRunner):
         hops = hops_of(envelope) + 1  # the chain's reaction hops, with this one
         for index, send in enumerate(commands):
             command_id = command_id_for(seed, index)
-            state.subjects.add(send.aggregate_id)  # the process is derived from it too
+            state.sent_to(send.aggregate_id)  # the process is derived from it, and from the event
             if hops > self.reaction.max_hops:
                 await self._loop_parked(send, command_id, envelope, parked, hops)
                 continue
