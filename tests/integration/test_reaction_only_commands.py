@@ -8,7 +8,8 @@ client is granted and with authentication off too, through Submit,
 SubmitBatch, SubmitStream, SubmitStreamPages and a dry run; each refusal
 is audited as the policy's are. The reaction's own still go through: the
 transfer attacked completes, with the money moved. ListTypes lists them
-apart, and a grant to submit one alone shows no aggregate type."""
+apart, and a grant to submit one alone shows no aggregate type. A
+reaction the plugin does not name that sends one stops at that event."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ import pytest
 from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import command_service_pb2 as cs
 from chronicle.v1 import event_service_pb2 as ev
+from chronicle.v1 import reaction_service_pb2 as rx
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.plugins import CommandContext, Plugin, ProjectedEvent, Send
+from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import Client, command, connect, details_of, running_server, with_jwt_auth
 from tests.support.security import JwtIssuer, bearer
@@ -178,3 +182,49 @@ async def test_with_authentication_off_an_anonymous_client_is_refused_too() -> N
             bank.TRANSFER_STATUS_COMPLETED,
             ["bank.v1.TransferRequested", "bank.v1.TransferCompleted"],
         )
+
+
+def _opened(command: bank.OpenAccount, state: bank.Account, context: CommandContext) -> bank.AccountOpened:
+    return bank.AccountOpened(owner=command.owner)
+
+
+def _closed(command: bank.CloseAccount, state: bank.Account, context: CommandContext) -> bank.AccountClosed:
+    return bank.AccountClosed()
+
+
+def _closing_ledgers() -> Plugin:
+    """Ledgers only the ``closer`` reaction closes; ``intruder`` tries too,
+    each closing the ledger whose owner is its name."""
+    plugin = Plugin("acme")
+    ledgers = plugin.aggregate("Ledger", state=bank.Account)
+    ledgers.command(bank.OpenAccount, creates=True)(_opened)
+    ledgers.command(bank.CloseAccount, requires_existing=True, sent_by_reactions=["closer"])(_closed)
+    ledgers.apply(bank.AccountOpened)(lambda state, event: None)
+    ledgers.apply(bank.AccountClosed)(lambda state, event: None)
+    for name in ("closer", "intruder"):
+
+        def close(event: bank.AccountOpened, envelope: ProjectedEvent, state: None, name: str = name) -> Send | None:
+            return Send(envelope.aggregate_id, bank.CloseAccount()) if event.owner == name else None
+
+        plugin.reaction(name, aggregate_types=["Ledger"]).on(bank.AccountOpened)(close)
+    return plugin
+
+
+async def test_a_reaction_the_plugin_does_not_name_stops_at_the_event() -> None:
+    async with running_server(MemoryStore(), registry=Registry([_closing_ledgers()])) as (_, client):
+        await client.submit(command("l-1", bank.OpenAccount(owner="closer")))
+        await client.submit(command("l-2", bank.OpenAccount(owner="intruder")))
+
+        async def types_of(ledger: str) -> list[str]:
+            request = ev.ReadAggregateRequest(aggregate_id=ledger)
+            return [e.event_type async for e in client.events.ReadAggregate(request, timeout=10)]
+
+        async def both_done() -> bool:
+            status = await client.reactions.GetReaction(rx.GetReactionRequest(name="intruder"), timeout=10)
+            return bool(status.error) and len(await types_of("l-1")) == 2
+
+        await eventually(both_done, what="the closer closes l-1, the intruder stops")
+        status = await client.reactions.GetReaction(rx.GetReactionRequest(name="intruder"), timeout=10)
+        assert "reaction:intruder may not send bank.v1.CloseAccount" in status.error
+        assert await types_of("l-1") == ["bank.v1.AccountOpened", "bank.v1.AccountClosed"]
+        assert await types_of("l-2") == ["bank.v1.AccountOpened"]
