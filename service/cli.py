@@ -1637,6 +1637,12 @@ def _plugins(args: argparse.Namespace) -> int:
                         "state_schema_version": aggregate.state_schema_version,
                         "snapshot_every": aggregate.snapshot_every,
                         "commands": {name: spec.handler.__qualname__ for name, spec in aggregate.commands.items()},
+                        # Who alone may send these: the reactions named, "*" any reaction.
+                        "sent_by_reactions": {
+                            name: sorted(spec.sent_by_reactions) or ["*"]
+                            for name, spec in aggregate.commands.items()
+                            if spec.sent_by_reactions is not None
+                        },
                         "events": {
                             name: {"apply": spec.apply.__qualname__, "schema_version": spec.schema_version}
                             for name, spec in aggregate.events.items()

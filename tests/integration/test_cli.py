@@ -180,6 +180,12 @@ def test_plugins_lists_what_would_be_loaded() -> None:
     account = plugins["bank_account"]["aggregates"][0]
     assert account["commands"]["bank.v1.Deposit"] == "deposit"
     assert account["events"]["bank.v1.MoneyDeposited"]["schema_version"] == 1
+    assert account["sent_by_reactions"] == {}
+    (transfer,) = [a for a in plugins["bank_account"]["aggregates"] if a["aggregate_type"] == "Transfer"]
+    assert transfer["sent_by_reactions"] == {
+        name: ["bank.transfers"]
+        for name in ("bank.v1.CompleteTransfer", "bank.v1.FailTransfer", "bank.v1.RecordRefund")
+    }
 
 
 def test_the_audit_log_is_read_with_a_token_and_a_refusal_shows_its_reason(tmp_path: Path) -> None:
