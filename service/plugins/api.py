@@ -272,7 +272,8 @@ class AggregateType(Generic[S]):
         whatever its grants, it is refused before the handler runs
         (PERMISSION_DENIED, reason ``COMMAND_INTERNAL``), in a batch, a
         stream and a dry run too; sent by a reaction not named, it fails
-        that reaction (it stops at the event, its status says why)."""
+        that reaction as a plugin's bug does (it stops at the event, its
+        status says why; with ``on_failure="park"`` the command is parked)."""
         if creates and requires_existing:
             raise ValueError(f"{self.plugin.name}: a command cannot both create {self.name} and require one")
         senders = _senders(self.plugin.name, message_type, sent_by_reactions)

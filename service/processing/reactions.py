@@ -74,12 +74,14 @@ from service.errors import (
     CommandIdReused,
     EventNotReadable,
     HandlerFailed,
+    PermissionDenied,
     ReactionFailed,
     ResourceNotFound,
     SubjectsForgotten,
     ValidationError,
     quoted,
 )
+from service.plugins.api import COMMAND_INTERNAL
 from service.plugins.projections import ProjectedEvent
 from service.plugins.reactions import (
     HOPS_KEY,
@@ -196,10 +198,14 @@ def _plugin_failure(error: ChronicleError) -> bool:
     what it must not (``HandlerFailed``: HANDLER_FAILED, UNREGISTERED_EVENT,
     STATE_CHANGED_BY_HANDLER, TOO_MANY_LOOKUPS, MIDDLEWARE_FAILED), or an
     event of its aggregate that no loaded plugin reads (``EventNotReadable``:
-    UPCAST_FAILED, CORRUPT_EVENT, …). Not the command's refusal, and not
-    what waiting cures (the store away, a full queue, a conflict): only a
-    fixed plugin does, so a reaction with ``on_failure="park"`` may park it."""
-    return isinstance(error, HandlerFailed | EventNotReadable)
+    UPCAST_FAILED, CORRUPT_EVENT, …); or a command its plugin lets only
+    other reactions send (COMMAND_INTERNAL: the plugins disagree on who
+    sends it). Not the command's refusal, and not what waiting cures (the
+    store away, a full queue, a conflict): only a fixed plugin does, so a
+    reaction with ``on_failure="park"`` may park it."""
+    return isinstance(error, HandlerFailed | EventNotReadable) or (
+        isinstance(error, PermissionDenied) and error.reason == COMMAND_INTERNAL
+    )
 
 
 def _refusal(error: ChronicleError) -> bool:

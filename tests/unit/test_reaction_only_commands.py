@@ -27,7 +27,7 @@ def _closed(command: bank.CloseAccount, state: bank.Account, context: CommandCon
     return bank.AccountClosed()
 
 
-def ledger(sent_by_reactions: Any, *reactions: str) -> Plugin:
+def ledger(sent_by_reactions: Any, *reactions: str, on_failure: Any = "stop") -> Plugin:
     """A plugin whose Ledger is opened by clients and closed only as
     ``sent_by_reactions`` says; each of ``reactions`` closes the ledger
     opened for it (its owner is the reaction's name)."""
@@ -38,7 +38,7 @@ def ledger(sent_by_reactions: Any, *reactions: str) -> Plugin:
     ledgers.apply(bank.AccountOpened)(lambda state, event: None)
     ledgers.apply(bank.AccountClosed)(lambda state, event: None)
     for name in reactions:
-        reaction = plugin.reaction(name, aggregate_types=["Ledger"])
+        reaction = plugin.reaction(name, aggregate_types=["Ledger"], on_failure=on_failure, max_attempts=1)
 
         def close(event: bank.AccountOpened, envelope: ProjectedEvent, state: None, name: str = name) -> Send | None:
             return Send(envelope.aggregate_id, bank.CloseAccount()) if event.owner == name else None
@@ -73,6 +73,13 @@ def test_a_reaction_not_named_fails_on_it_and_sent_by_reactions_true_lets_any_se
             run.settle()
         assert raised.value.reason == "COMMAND_INTERNAL"
         assert "reaction:intruder may not send bank.v1.CloseAccount" in raised.value.message
+        assert run.events("l-1") == [bank.AccountOpened(owner="intruder")]
+    # A plugin's bug, as a handler that raises: parked where the reaction parks those.
+    with ReactionRun(ledger(["closer"], "closer", "intruder", on_failure="park")) as run:
+        run.submit("l-1", bank.OpenAccount(owner="intruder"))
+        run.settle()
+        (parked,) = run.parked("intruder")
+        assert (parked.aggregate_id, parked.reason) == ("l-1", "COMMAND_INTERNAL")
         assert run.events("l-1") == [bank.AccountOpened(owner="intruder")]
     with ReactionRun(ledger(True, "closer", "intruder")) as run:
         run.submit("l-1", bank.OpenAccount(owner="intruder"))
