@@ -283,11 +283,14 @@ def test_two_import_processes_at_once_write_each_event_once(kind: str, pg_cluste
             if code == 0:
                 written += json.loads(stdout)["events_written"]
                 continue
+            # The loser's batches before the race are written (each batch is a
+            # transaction of its own) but not counted in any summary: its run
+            # again writes only what is still missing.
             assert kind == "postgresql" and stderr.startswith("error: IMPORT_RACED: "), stderr
             again = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
             written += json.loads(again.stdout)["events_written"]
-        assert written == len(events)
-        asyncio.run(_check_store(url, events))
+        assert 0 < written <= len(events)
+        asyncio.run(_check_store(url, events))  # each event once, at positions 1..n; every user's new address
 
 
 async def _check_store(url: str, events: Sequence[RecordedEvent]) -> None:
