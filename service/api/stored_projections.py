@@ -9,14 +9,12 @@ from __future__ import annotations
 from service.errors import InvalidInput, ProjectionLoaded, ResourceNotFound
 from service.plugins.registry import Registry
 from service.store.base import ProjectionStore
+from service.store.server_names import SERVER_OWN_PREFIX, is_server_own
 
 # Rows (documents and parked events each) deleted per transaction: small
 # enough that a transaction ends in milliseconds and holds few row locks,
 # large enough that a million documents take a thousand round trips.
 DELETE_PAGE = 1000
-# Checkpoints the server keeps for itself (reactions' starts): never a read
-# model, never listed or deleted as one.
-_RESERVED_PREFIX = "#"
 
 
 def declared(registry: Registry, name: str) -> str | None:
@@ -34,7 +32,7 @@ async def orphaned(registry: Registry, store: ProjectionStore) -> list[tuple[str
     return [
         (name, position)
         for name, position in await store.stored_projections()
-        if not name.startswith(_RESERVED_PREFIX) and declared(registry, name) is None
+        if not is_server_own(name) and declared(registry, name) is None
     ]
 
 
@@ -49,7 +47,7 @@ async def refuse_undeclared(store: ProjectionStore, name: str, *, admin: bool) -
     if not admin:
         return _not_found(name)
     for stored, position in await store.stored_projections():
-        if stored == name and not name.startswith(_RESERVED_PREFIX):
+        if stored == name and not is_server_own(name):
             return ResourceNotFound(
                 f"projection {name!r} is stored (checkpoint at {position}) but no loaded plugin of this server"
                 " declares it: deploy a plugin that does, or delete it (DeleteProjection)",
@@ -67,9 +65,9 @@ async def delete_stored(registry: Registry, store: ProjectionStore, name: str) -
     """Delete everything stored under ``name``, a page per transaction; how
     many documents and parked events went. Refused for a name a loaded
     plugin declares: its runner here would start it again at once."""
-    if name.startswith(_RESERVED_PREFIX):
+    if is_server_own(name):
         raise InvalidInput.for_field(
-            "name", f"names starting with {_RESERVED_PREFIX!r} are the server's own", reason="INVALID_PROJECTION"
+            "name", f"names starting with {SERVER_OWN_PREFIX!r} are the server's own", reason="INVALID_PROJECTION"
         )
     kind = declared(registry, name)
     if kind is not None:

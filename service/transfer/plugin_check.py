@@ -39,6 +39,7 @@ from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
 from service.store.encryption import is_sealed
 from service.store.records import DocumentRange, RecordedEvent
+from service.store.server_names import is_server_own
 from service.transfer.readable import check_readable
 
 # Where a reaction keeps its process states among its documents
@@ -90,7 +91,9 @@ async def check_store(registry: Registry, store: StoreAdapter) -> CheckReport:
         finding = judge_event_kind(registry, aggregate_type, event_type, schema_version)
         if finding is not None:
             report.findings.append(finding)
-    stored = await store.stored_projections()
+    # The server's own rows (reactions' starts, '#...') are no plugin's to
+    # declare: never an orphan, and DeleteProjection refuses them.
+    stored = [(name, position) for name, position in await store.stored_projections() if not is_server_own(name)]
     report.stored_names = len(stored)
     declared = {p.name for p in registry.projections} | {r.name for r in registry.reactions}
     for name, position in stored:

@@ -22,9 +22,12 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.cli import main
 from service.plugins import Plugin, ProjectedEvent
+from service.plugins.registry import Registry
+from service.processing.reaction_starts import MARKER, START_PREFIX, fix_starts
 from service.store.base import StoreAdapter
 from service.store.factory import open_store
 from service.store.records import DocumentWrite, RecordedEvent
+from tests.support.plugins import ledger
 
 REACTION = "minding.books"
 LEDGER = "tests.support.plugins:ledger"
@@ -220,6 +223,26 @@ async def test_a_reaction_state_of_a_type_it_no_longer_reads_is_reported_until_i
     }
     code, report = await check(database_url, capsys, LEDGER, f"{__name__}:minding_with_upcaster")
     assert (code, report["findings"]) == (0, [])
+
+
+async def test_the_servers_own_rows_beside_a_reactions_are_not_reported_as_orphans(
+    database_url: str, store: StoreAdapter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server with a reaction fixes its start as it starts (the marker
+    ``#reaction-starts`` and ``#start/NAME``): rows of its own, which
+    DeleteProjection refuses, so never an orphan to delete; a retired
+    plugin's name beside them still is."""
+    await readable_history(store, Events())
+    plugins = [LEDGER, f"{__name__}:minding_with_upcaster"]
+    await fix_starts(store, store, Registry([ledger, minding_with_upcaster]).reactions)
+    assert {name for name, _ in await store.stored_projections()} == {MARKER, START_PREFIX + REACTION, REACTION}
+    code, report = await check(database_url, capsys, *plugins)
+    assert (code, report["readable"], report["findings"]) == (0, True, [])
+    assert report["stored_projections_checked"] == 1  # the reaction's checkpoint, not the server's rows
+
+    await store.start_projection("retired.reaction", 3)
+    code, report = await check(database_url, capsys, *plugins)
+    assert (code, reasons(report)) == (1, [("ORPHANED_PROJECTION", "retired.reaction")])
 
 
 @pytest.mark.postgres

@@ -1,0 +1,15 @@
+"""Names under which the server keeps rows of its own beside the plugins'
+projections: reactions' starts (``#reaction-starts``, ``#start/NAME``). No
+projection or reaction can be named so (a plugin's names are letters,
+digits, '_' and '.': plugins/projections.py), so these
+rows are never a read model: never listed, reported or deleted as one, by
+ListProjections, DeleteProjection or ``chronicle plugins --check`` alike."""
+
+from __future__ import annotations
+
+SERVER_OWN_PREFIX = "#"
+
+
+def is_server_own(name: str) -> bool:
+    """Whether ``name`` is one of the server's own rows, not a plugin's."""
+    return name.startswith(SERVER_OWN_PREFIX)
