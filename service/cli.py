@@ -1100,7 +1100,24 @@ def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
     response = stub.ForgetAggregate(
         admin_service_pb2.ForgetAggregateRequest(aggregate_id=args.aggregate_id), timeout=args.timeout
     )
-    _print({"aggregate_id": args.aggregate_id, "already_forgotten": response.already_forgotten})
+    deleted = [
+        {
+            "name": entry.name,
+            "process_states": entry.process_states,
+            "parked_commands": entry.parked_commands,
+            "documents": entry.documents,
+        }
+        for entry in response.deleted_documents
+    ]
+    _print({"aggregate_id": args.aggregate_id, "already_forgotten": response.already_forgotten, "deleted": deleted})
+    for entry in response.deleted_documents:
+        if entry.process_states:
+            # A saga stopped in flight: what it did (a charge, a reservation) stays done.
+            print(
+                f"warning: reaction {entry.name}: {entry.process_states} process state(s) that named"
+                f" {args.aggregate_id} deleted in flight; their commands' effects stay (docs/plugins.md, Forgetting)",
+                file=sys.stderr,
+            )
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ import grpc
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
 from chronicle.v1 import export_pb2
+from service.api import forgotten
 from service.api.codec import canonical_command_id, check_id, check_version, encode_event, micros_of, timestamp
 from service.api.transfers import Transfers, described
 from service.audit import AuditLog
@@ -96,13 +97,35 @@ class AdminService(pb_grpc.AdminServiceServicer):
         async with self._audited("ForgetAggregate", aggregate_id=request.aggregate_id[:200]):
             self._authorizer.check_admin(current_principal.get(), "forget aggregates")
             aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
-            return await self._forget(aggregate_id)
+            response = await self._forget(aggregate_id)
+        # The entry above is the forgotten aggregate's, whose texts forgetting
+        # erases: what went of each reaction is filed under the reaction, in
+        # the clear, as its process states' reads and drops are.
+        for entry in response.deleted_documents:
+            if entry.process_states or entry.parked_commands:
+                await self._audit.admin_action(
+                    f"{SERVICE}/ForgetAggregate",
+                    principal=current_principal.get().name,
+                    aggregate_id=f"reaction:{entry.name}",
+                    message=f"forgetting aggregate {aggregate_id} {forgotten.summary([entry])}",
+                )
+        return response
 
     async def _forget(self, aggregate_id: str) -> pb.ForgetAggregateResponse:
         keys = self._keys()
         if self._stored is None:
             raise StoreUnavailable("this server cannot look at its store below encryption", reason="FORGET_UNAVAILABLE")
-        if await forget_aggregate(self._stored, keys, aggregate_id):
+        forgetting = await forget_aggregate(self._stored, keys, aggregate_id)
+        deleted = forgotten.deleted_documents(forgetting)
+        if deleted:
+            # Loud: a reaction's process deleted is a saga stopped in flight.
+            log.warning(
+                "forgetting aggregate %s %s",
+                aggregate_id,
+                forgotten.summary(deleted),
+                extra={"aggregate_id": aggregate_id, "processes_deleted": forgotten.in_flight(deleted)},
+            )
+        if forgetting.erased:
             if self._transfers is not None:
                 # Its state, cached by its worker, is what was just shredded:
                 # out of this server's memory too. Other replicas keep theirs
@@ -110,9 +133,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 # on it once their key cache expires (30 s).
                 self._transfers.evict(aggregate_id)
             log.warning("aggregate %s forgotten by %r", aggregate_id, current_principal.get().name)
-            return pb.ForgetAggregateResponse(already_forgotten=False)
+            return pb.ForgetAggregateResponse(already_forgotten=False, deleted_documents=deleted)
         if await keys.forgotten(aggregate_id):
-            return pb.ForgetAggregateResponse(already_forgotten=True)
+            return pb.ForgetAggregateResponse(already_forgotten=True, deleted_documents=deleted)
         raise NotEncrypted(
             f"aggregate {aggregate_id!r} has no encryption key: it does not exist, or its events were"
             " written in the clear before encryption was on",

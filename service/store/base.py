@@ -41,6 +41,7 @@ from service.store.records import (
     DataKey,
     DocumentRange,
     DocumentWrite,
+    Forgetting,
     HeldClaim,
     LogFilter,
     LogPage,
@@ -411,13 +412,17 @@ class KeyStore(Protocol):
         """The aggregate's key (``wrapped`` None if forgotten), or None."""
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
+        """``forget_aggregate_data(aggregate_id).erased``."""
+
+    async def forget_aggregate_data(self, aggregate_id: str) -> Forgetting:
         """Erase the aggregate's key, leaving a tombstone, delete its
         snapshots, the projections' documents that name it as a subject and
         the events projections and subscription groups parked of it, erase the fingerprints and
         refusal texts of its command records (``encryption.erased_record``)
         and the messages of its audit entries, sealed or in the clear, and
         release every claim it holds, in one transaction.
-        False if it had no key to erase. An aggregate already forgotten (a
+        Says whether it erased a live key (not if it had none to erase) and
+        counts the documents deleted. An aggregate already forgotten (a
         tombstone) still has all of these removed, so forgetting
         again finishes what an older version left behind; one that never had
         a key is left alone."""

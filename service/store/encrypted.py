@@ -83,6 +83,7 @@ from service.store.records import (
     CommandRecord,
     DocumentRange,
     DocumentWrite,
+    Forgetting,
     HeldClaim,
     LogFilter,
     LogPage,
@@ -143,7 +144,7 @@ async def in_the_clear(stored: Store, aggregate_id: str) -> tuple[int, int]:
         cursor = (aggregate_id, kept[-1].version)
 
 
-async def forget_aggregate(stored: Store, keyring: Keyring, aggregate_id: str) -> bool:
+async def forget_aggregate(stored: Store, keyring: Keyring, aggregate_id: str) -> Forgetting:
     """Forget the aggregate (``Keyring.forget``: its key erased, and with it
     everything it sealed; its snapshots, the documents derived from it, what
     was parked of it and the texts of its command records erased), or refuse
@@ -151,7 +152,8 @@ async def forget_aggregate(stored: Store, keyring: Keyring, aggregate_id: str) -
     in the clear: erasing the key would leave those readable, through every
     read and in the database, while saying the aggregate was forgotten.
     Deleting the aggregate (its events go, a tombstone stays) clears the way.
-    False if it had no key to erase (forgotten before, or never had one)."""
+    Its ``erased`` is False if it had no key to erase (forgotten before, or
+    never had one); its ``documents`` count what went with it."""
     events, snapshots = await in_the_clear(stored, aggregate_id)
     if events:
         in_clear = f"{events} of its events" + (f" and {snapshots} of its snapshots" if snapshots else "")
@@ -167,7 +169,7 @@ async def forget_aggregate(stored: Store, keyring: Keyring, aggregate_id: str) -
                 "snapshots_in_clear": str(snapshots),
             },
         )
-    return await keyring.forget(aggregate_id)
+    return await keyring.forget_and_count(aggregate_id)
 
 
 def sealed_record(cipher: AESGCM, record: CommandRecord) -> CommandRecord:

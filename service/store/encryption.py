@@ -54,7 +54,7 @@ from service.errors import (
     StoreUnavailable,
 )
 from service.store.base import KeyStore, ProjectionStore, Transfer
-from service.store.records import HIDDEN_CLAIM_MARK, CommandRecord, DataKey, DocumentRange, Rejection
+from service.store.records import HIDDEN_CLAIM_MARK, CommandRecord, DataKey, DocumentRange, Forgetting, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -378,9 +378,13 @@ class Keyring:
 
     async def forget(self, aggregate_id: str) -> bool:
         """Erase the aggregate's key for good. False if it had none to erase."""
-        erased = await self._store.forget_data_key(aggregate_id)
+        return (await self.forget_and_count(aggregate_id)).erased
+
+    async def forget_and_count(self, aggregate_id: str) -> Forgetting:
+        """``forget``, saying what went with the key (``Forgetting``)."""
+        forgetting = await self._store.forget_aggregate_data(aggregate_id)
         self._remember(aggregate_id, None)
-        return erased
+        return forgetting
 
     async def forgotten(self, aggregate_id: str) -> bool:
         key = await self._store.load_data_key(aggregate_id)

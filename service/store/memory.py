@@ -39,6 +39,7 @@ from service.store.records import (
     DataKey,
     DocumentRange,
     DocumentWrite,
+    Forgetting,
     HeldClaim,
     LogFilter,
     LogPage,
@@ -381,15 +382,22 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         return self._keys.get(aggregate_id)
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
+        return (await self.forget_aggregate_data(aggregate_id)).erased
+
+    async def forget_aggregate_data(self, aggregate_id: str) -> Forgetting:
         current = self._keys.get(aggregate_id)
         if current is None:
-            return False
+            return Forgetting(False)
+        deleted: dict[tuple[str, str], int] = {}
         self._keys[aggregate_id] = DataKey(aggregate_id, None, None)
         self._snapshots.pop(aggregate_id, None)
         self._claims = {key: owner for key, owner in self._claims.items() if owner != aggregate_id}
         for document in [d for d, subjects in self._subjects.items() if aggregate_id in subjects]:
             del self._subjects[document]
-            self._documents.pop(document, None)
+            gone = self._documents.pop(document, None)
+            if gone is not None:
+                counted = (document[0], gone.type_name)
+                deleted[counted] = deleted.get(counted, 0) + 1
         for parked in [key for key, event in self._parked.items() if event.aggregate_id == aggregate_id]:
             del self._parked[parked]
         self._unpark_aggregate(aggregate_id)  # a group's parked event keeps its nack's reason
@@ -399,7 +407,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         self._refusals = [
             replace(e, message="") if e.aggregate_id == aggregate_id and e.message else e for e in self._refusals
         ]
-        return not current.forgotten
+        return Forgetting(not current.forgotten, deleted)
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         stale = (k for k in self._keys.values() if not k.forgotten and k.master_key_id != active_master_key_id)

@@ -247,6 +247,19 @@ class Snapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class Forgetting:
+    """What forgetting an aggregate did: whether it erased a live key, and
+    how many projections' and reactions' documents naming the aggregate went
+    with it, by (projection or reaction name, document type): a reaction's
+    ``chronicle.v1.ProcessState`` documents are processes deleted in flight.
+    Types and names are stored in the clear; the documents' keys, under
+    encryption at rest, are not (keyed hashes), so they are not reported."""
+
+    erased: bool
+    documents: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class DataKey:
     """An aggregate's data key as stored: wrapped (encrypted) by the master
     key ``master_key_id``. ``wrapped`` is None once the aggregate was

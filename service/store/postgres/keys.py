@@ -9,7 +9,7 @@ from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.rows import first, rows
-from service.store.records import DataKey
+from service.store.records import DataKey, Forgetting
 from service.store.sql_common import data_key_from_row
 
 
@@ -36,8 +36,14 @@ class KeysRole:
         return None if row is None else data_key_from_row(row)
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
+        return (await self.forget_aggregate_data(aggregate_id)).erased
+
+    async def forget_aggregate_data(self, aggregate_id: str) -> Forgetting:
         results = await self._db.run("forget_data_key", forget_statements(aggregate_id))
-        return results[FORGET_KEY_STATEMENT].ntuples == 1
+        deleted = {
+            (name, type_name): int(count) for name, type_name, count in rows(results[DELETE_DOCUMENTS_STATEMENT])
+        }
+        return Forgetting(results[FORGET_KEY_STATEMENT].ntuples == 1, deleted)
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         (result,) = await self._db.run(
@@ -62,6 +68,8 @@ class KeysRole:
 
 # Which of forget_statements erases the key (and says whether it did).
 FORGET_KEY_STATEMENT = 2
+# Which deletes the documents derived from it (and counts them by type).
+DELETE_DOCUMENTS_STATEMENT = 5
 
 
 def forget_statements(aggregate_id: str) -> list[Statement]:

@@ -613,9 +613,12 @@ RELEASE_CLAIMS_OF_FORGOTTEN = (
     " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
 )
 # The documents that name the forgotten aggregate as a subject (the GIN index).
+# Counted by projection and type as they go (a reaction's process states
+# among them), for ForgetAggregate's answer.
 DELETE_DOCUMENTS_OF_FORGOTTEN = (
-    "DELETE FROM chronicle.projection_documents WHERE subjects @> ARRAY[$1::text]"
-    " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
+    "WITH gone AS (DELETE FROM chronicle.projection_documents WHERE subjects @> ARRAY[$1::text]"
+    " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1) RETURNING projection, type_name)"
+    " SELECT projection, type_name, count(*) FROM gone GROUP BY projection, type_name"
 )
 # A parked event's error is a handler's exception text, which may quote the
 # event's payload. Parked events are few (no index: a forget is rare).

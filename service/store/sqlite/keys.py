@@ -11,7 +11,7 @@ import sqlite3
 import time
 
 from service.store.encryption import ERASED_FINGERPRINT
-from service.store.records import DataKey
+from service.store.records import DataKey, Forgetting
 from service.store.sql_common import data_key_from_row
 from service.store.sqlite import sql
 from service.store.sqlite.writer import Writer, writing
@@ -31,6 +31,9 @@ class KeysRole:
         return await self._writer.run(_load, aggregate_id)
 
     async def forget_data_key(self, aggregate_id: str) -> bool:
+        return (await self.forget_aggregate_data(aggregate_id)).erased
+
+    async def forget_aggregate_data(self, aggregate_id: str) -> Forgetting:
         return await self._writer.run(_forget, aggregate_id)
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
@@ -54,11 +57,13 @@ def _load(db: sqlite3.Connection, aggregate_id: str) -> DataKey | None:
     return None if row is None else data_key_from_row(row)
 
 
-def _forget(db: sqlite3.Connection, aggregate_id: str) -> bool:
+def _forget(db: sqlite3.Connection, aggregate_id: str) -> Forgetting:
     with writing(db):
+        # Counted in the write transaction that deletes them: no write between.
+        counted = db.execute(sql.COUNT_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id)).fetchall()
         erased = forget(db, aggregate_id)
     empty_wal(db, f"forgot {aggregate_id}")
-    return erased == 1
+    return Forgetting(erased == 1, {(name, type_name): count for name, type_name, count in counted})
 
 
 def forget(db: sqlite3.Connection, aggregate_id: str) -> int:

@@ -310,6 +310,14 @@ RELEASE_CLAIMS_OF_FORGOTTEN = (
 )
 # The documents that name the forgotten aggregate as a subject, then every
 # subject of those documents (parameters: the aggregate id, twice each).
+# What DELETE_DOCUMENTS_OF_FORGOTTEN deletes, by projection and type (a
+# reaction's process states among them), for ForgetAggregate's answer.
+COUNT_DOCUMENTS_OF_FORGOTTEN = (
+    "SELECT projection, type_name, count(*) FROM projection_documents WHERE (projection, key) IN"
+    " (SELECT projection, key FROM projection_subjects WHERE subject = ?)"
+    " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
+    " GROUP BY projection, type_name"
+)
 DELETE_DOCUMENTS_OF_FORGOTTEN = (
     "DELETE FROM projection_documents WHERE (projection, key) IN"
     " (SELECT projection, key FROM projection_subjects WHERE subject = ?)"

@@ -1,0 +1,106 @@
+"""Forgetting an aggregate deletes the reactions' process states and
+parked commands that name it (docs/plugins.md, "Forgetting"): a saga in
+flight stops there, what it did stays done. Through a real server over a
+real socket, on SQLite and on a real PostgreSQL, the operator is told what
+went: ForgetAggregate's answer counts it per reaction, the CLI prints it
+(and warns on standard error), the audit entry says it and a WARNING log
+line names it. The plugin is ``test_reaction_state_type_change.shifting``:
+``shifting.steps`` keeps a process per Feed box."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from chronicle.v1 import admin_service_pb2 as admin_pb
+from domain_plugins.box.protos.box.v1 import box_pb2 as box
+from service.app import Application
+from service.plugins.registry import Registry
+from service.store.base import StoreAdapter
+from service.store.encryption import new_master_key
+from service.store.postgres import PostgresStore
+from service.store.sqlite import SqliteStore
+from tests.integration.test_reaction_state_type_change import STEPS, caught_up, shifting
+from tests.support.grpc_client import Client, command, running_server
+from tests.support.processes import cli
+from tests.support.security import write
+
+Opener = Callable[[], Awaitable[StoreAdapter]]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    url = await request.getfixturevalue("postgres_current")() if request.param == "postgres" else None
+
+    async def opened() -> StoreAdapter:
+        store: StoreAdapter = PostgresStore(url, pool_size=4) if url else SqliteStore(tmp_path / "events.db")
+        await store.open()
+        return store
+
+    return opened
+
+
+@asynccontextmanager
+async def serving(reopen: Opener, tmp_path: Path) -> AsyncIterator[tuple[Application, Client]]:
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
+    store = await reopen()
+    try:
+        async with running_server(
+            store, registry=Registry([shifting(1)]), anonymous_admin=True, poll_seconds=0.05, master_key_file=keys
+        ) as running:
+            yield running
+    finally:
+        await store.close()
+
+
+async def test_forgetting_says_which_reactions_processes_it_deleted_in_flight(
+    reopen: Opener, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(reopen, tmp_path) as (app, client):
+        for name in ("ann", "bob", "cy"):
+            await client.submit(command(f"feed-{name}", box.CreateBox(name=name)))
+        await caught_up(client)  # a process waits for each feed's rename
+
+        with caplog.at_level(logging.WARNING, logger="service.api.admin_service"):
+            answer = await client.admin.ForgetAggregate(admin_pb.ForgetAggregateRequest(aggregate_id="feed-ann"))
+        assert not answer.already_forgotten
+        assert list(answer.deleted_documents) == [admin_pb.ForgottenDocuments(name=STEPS, process_states=1)]
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert (
+            f"forgetting aggregate feed-ann deleted: {STEPS}: 1 process state (in flight: what it did stays done)"
+            in said
+        )
+
+        # The CLI prints the same, and warns a person reading its output.
+        printed = await asyncio.to_thread(cli, "forget", "feed-bob", server=app.address)
+        assert json.loads(printed.stdout) == {
+            "aggregate_id": "feed-bob",
+            "already_forgotten": False,
+            "deleted": [{"name": STEPS, "process_states": 1, "parked_commands": 0, "documents": 0}],
+        }
+        assert f"warning: reaction {STEPS}: 1 process state(s) that named feed-bob deleted in flight" in printed.stderr
+
+        # The forgotten aggregate's own entry keeps no text (forgetting erases
+        # it): what went is filed under the reaction, as its states' reads are.
+        audit = await client.admin.QueryAudit(admin_pb.QueryAuditRequest(aggregate_id=f"reaction:{STEPS}"))
+        deleted = f"deleted: {STEPS}: 1 process state (in flight: what it did stays done)"
+        assert sorted((e.command_type, e.message) for e in audit.entries) == [
+            (_FORGET, f"forgetting aggregate feed-ann {deleted}"),
+            (_FORGET, f"forgetting aggregate feed-bob {deleted}"),
+        ]
+
+        # Again: nothing left to delete, and none said to be.
+        again = await client.admin.ForgetAggregate(admin_pb.ForgetAggregateRequest(aggregate_id="feed-ann"))
+        assert (again.already_forgotten, list(again.deleted_documents)) == (True, [])
+        # The feed no one forgot keeps its process.
+        kept = await client.admin.ForgetAggregate(admin_pb.ForgetAggregateRequest(aggregate_id="feed-cy"))
+        assert list(kept.deleted_documents) == [admin_pb.ForgottenDocuments(name=STEPS, process_states=1)]
+
+
+_FORGET = "chronicle.v1.AdminService/ForgetAggregate"
