@@ -52,6 +52,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from chronicle.v1 import reaction_service_pb2
+from service.api.codec import check_metadata, check_origin
 from service.errors import ChronicleError
 from service.plugins.api import Plugin
 from service.plugins.reactions import DEFAULT_MAX_HOPS
@@ -351,8 +352,14 @@ class ReactionRun:
     ) -> list[Message]:
         """Run ``command`` on ``aggregate_id`` (a refusal is raised), with
         ``metadata`` and ``origin`` as a client's command would carry them;
-        its events. A command only reactions may send is refused as the
-        server refuses a client's (PERMISSION_DENIED, COMMAND_INTERNAL)."""
+        its events. Both are checked as the server checks a client's: a
+        reserved origin (``reaction:...``, RESERVED_ORIGIN) or metadata key
+        (``chronicle....``, INVALID_METADATA) is refused here as there, so a
+        test cannot pass on what no client can send; and a command only
+        reactions may send is refused as the server refuses a client's
+        (PERMISSION_DENIED, COMMAND_INTERNAL)."""
+        origin = check_origin("command", origin)
+        metadata = check_metadata(metadata or {})
         spec = self.registry.command(command.DESCRIPTOR.full_name)
         if spec is None:
             raise ScenarioFailed(f"no handler for {command.DESCRIPTOR.full_name}")
@@ -363,7 +370,7 @@ class ReactionRun:
             spec=spec,
             message=command,
             origin=origin,
-            metadata=dict(metadata or {}),
+            metadata=metadata,
             timestamp_us=time.time_ns() // 1000,
         )
         result = self._loop.run_until_complete(self._router.submit(request))

@@ -73,7 +73,7 @@ def _check_text(field: str, name: str, value: str) -> str:
     return value
 
 
-def _check_origin(field: str, origin: str) -> str:
+def check_origin(field: str, origin: str) -> str:
     """A command's origin: free text, but not a reaction's. The server sets
     ``reaction:<name>`` on the commands a reaction sends, and a reaction may
     tell by it that an event came of its own command (the bank's transfers
@@ -146,7 +146,7 @@ _SERVERS_KEYS = {
 }
 
 
-def _check_metadata(metadata: Mapping[str, str], field: str = "command") -> dict[str, str]:
+def check_metadata(metadata: Mapping[str, str], field: str = "command") -> dict[str, str]:
     if len(metadata) > MAX_METADATA_ENTRIES:
         raise InvalidInput.for_field(
             f"{field}.metadata", f"at most {MAX_METADATA_ENTRIES} entries", reason="INVALID_METADATA"
@@ -216,10 +216,10 @@ def decode_command(
         message=message,
         user_id=_check_text(field, "user_id", command.user_id) or principal,
         principal=principal,
-        origin=_check_origin(field, command.origin),
+        origin=check_origin(field, command.origin),
         correlation_id=_check_text(field, "correlation_id", command.correlation_id),
         causation_id=_check_text(field, "causation_id", command.causation_id),
-        metadata=_check_metadata(command.metadata, field) if command.metadata else _NO_METADATA,
+        metadata=check_metadata(command.metadata, field) if command.metadata else _NO_METADATA,
         expected_version=command.expected_version if command.HasField("expected_version") else None,
         timestamp_us=_timestamp_us(command, field),
     )
