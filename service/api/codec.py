@@ -80,6 +80,10 @@ def check_origin(field: str, origin: str) -> str:
     do, docs/plugins.md): a client's command claiming it, in any letter
     case, could route its events into a reaction's processes."""
     _check_text(field, "origin", origin)
+    if origin != origin.strip():
+        # " reaction:shop.fulfil" shows as the reaction's own origin in the
+        # audit and the console: no client's origin may look padded so.
+        raise InvalidInput.for_field(f"{field}.origin", "must not begin or end with a space", reason="INVALID_FIELD")
     if origin[: len(REACTION_PREFIX)].lower() == REACTION_PREFIX:
         raise InvalidInput.for_field(
             f"{field}.origin",
@@ -160,6 +164,13 @@ def check_metadata(metadata: Mapping[str, str], field: str = "command") -> dict[
             reason="INVALID_METADATA",
         )
     for key, value in metadata.items():
+        if key != key.strip():
+            # " chronicle.x" reads as the server's key: refused as one would be.
+            raise InvalidInput.for_field(
+                f"{field}.metadata[{key[:MAX_METADATA_KEY]!r}]",
+                "keys must not begin or end with a space",
+                reason="INVALID_METADATA",
+            )
         # Values may hold any text PostgreSQL's can: not NUL (which the other
         # stores took, so the event could not be imported there later).
         if (

@@ -28,7 +28,9 @@ CommandService
 - ``Command.origin``, ``user_id``, ``correlation_id``, ``causation_id``: at
   most 200 printable characters (INVALID_FIELD), copied to the events; an
   aggregate id of 200 characters is taken; an origin beginning with
-  ``reaction:`` (any letter case) is the server's (RESERVED_ORIGIN);
+  ``reaction:`` (any letter case) is the server's (RESERVED_ORIGIN); one
+  beginning or ending with a space is refused (INVALID_FIELD), as is a
+  metadata key so padded (INVALID_METADATA);
 - ``Command.timestamp`` is informational: events carry the server's time,
   and the events of a batch (of 100 commands, the most) share one;
 - ``SubmitStream``: each answer names the command id as sent ("" for a
@@ -331,6 +333,12 @@ async def test_every_metadata_key_under_the_chronicle_prefix_is_the_servers(clie
         assert "reserved" in details.message
         assert explained in details.message, (key, details.message)
     assert await read(client, "acc-9") == []
+    # Padded to slip past the prefix, or only padded: refused as padded.
+    for key in (" chronicle.reaction_hops", "tenant "):
+        details = await refusal(client.submit(command("acc-9", bank.OpenAccount(owner="ann"), metadata={key: "x"})))
+        assert said(details) == (INVALID, "INVALID_METADATA", [f"command.metadata[{key!r}]"])
+        assert "must not begin or end with a space" in details.message
+    assert await read(client, "acc-9") == []
     # Keys that only look alike stay the client's own.
     metadata = {"chronicle": "v", "chronicle_trace": "v", "app.chronicle.trace": "v"}
     response = await client.submit(command("acc-8", bank.OpenAccount(owner="ann"), metadata=metadata))
@@ -369,6 +377,14 @@ async def test_a_reactions_origin_is_the_servers(client: Client) -> None:
         details = await refusal(client.submit(claiming))
         assert said(details) == (INVALID, "RESERVED_ORIGIN", ["command.origin"])
         assert "reserved" in details.message
+    assert await read(client, "acc-9") == []
+    # Padded to look like one in the audit and the console: refused as padded.
+    for origin in (" reaction:bank.transfers", "web ", "  "):
+        padded = command("acc-9", bank.OpenAccount(owner="ann"))
+        padded.origin = origin
+        details = await refusal(client.submit(padded))
+        assert said(details) == (INVALID, "INVALID_FIELD", ["command.origin"])
+        assert "must not begin or end with a space" in details.message
     assert await read(client, "acc-9") == []
     # Origins that only look alike stay the client's own.
     for n, origin in enumerate(("reaction", "reactions:x", "web reaction:x")):

@@ -19,6 +19,7 @@ from service.testing import ReactionRun
     [
         ("reaction:bank.transfers", {}, "RESERVED_ORIGIN", "command.origin"),
         ("REACTION:bank.transfers", {}, "RESERVED_ORIGIN", "command.origin"),  # any letter case
+        (" reaction:bank.transfers", {}, "INVALID_FIELD", "command.origin"),  # padded to look like one
         ("", {"chronicle.reaction_hops": "99"}, "INVALID_METADATA", "command.metadata['chronicle.reaction_hops']"),
         ("", {"Chronicle.Imported": "true"}, "INVALID_METADATA", "command.metadata['Chronicle.Imported']"),
     ],
