@@ -374,14 +374,26 @@ def _state_keys(request: pb.DropProcessStateRequest) -> list[str]:
             reason="TOO_MANY_STATE_KEYS",
         )
     keys: list[str] = []
-    first: dict[str, str] = {}
-    for field, key in named:
+    first: dict[str, int] = {}
+    # Positions counted over the keys as named, state_key first: as a
+    # person typed them (the CLI sends its first key as state_key).
+    for position, (field, key) in enumerate(named, start=1):
         checked = check_id(field, key, reason="INVALID_STATE_KEY")
         if checked in first:
-            raise InvalidInput.for_field(field, f"repeats {first[checked]}", reason="DUPLICATE_STATE_KEY")
-        first[checked] = field
+            raise InvalidInput.for_field(
+                field,
+                f"key {checked!r} is named twice ({_ordinal(position)} and {_ordinal(first[checked])})",
+                reason="DUPLICATE_STATE_KEY",
+            )
+        first[checked] = position
         keys.append(checked)
     return keys
+
+
+def _ordinal(number: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, ..., 21st."""
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 def _dropped(state_keys: list[str], *, named: bool) -> str:

@@ -184,6 +184,12 @@ async def test_several_states_are_dropped_all_or_none(tmp_path: Path) -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "DUPLICATE_STATE_KEY",
         )
+        # The refusal names the key and where it was typed (state_key counts as the 1st).
+        repeated = await asyncio.to_thread(
+            cli, "reaction", STEPS, "--drop-state", "feed-ann", "feed-bob", "feed-bob", server=app.address, check=False
+        )
+        assert "DUPLICATE_STATE_KEY" in repeated.stderr
+        assert "key 'feed-bob' is named twice (3rd and 2nd)" in repeated.stderr
         many = pb.DropProcessStateRequest(reaction=STEPS, state_keys=[f"k{i}" for i in range(1001)])
         assert (await refusal(client.reactions.DropProcessState(many)))[1] == "TOO_MANY_STATE_KEYS"
         dropped = await client.reactions.DropProcessState(
