@@ -64,7 +64,7 @@ from service.processing.reactions import ReactionRunner
 from service.processing.router import Router
 from service.store.base import Store
 from service.store.memory import MemoryStore
-from service.store.records import ClaimChange, NewEvent
+from service.store.records import ClaimChange, NewEvent, RecordedEvent
 
 M = TypeVar("M", bound=Message)
 
@@ -419,6 +419,11 @@ class ReactionRun:
         (stored at an older schema version: upcast, as the server reads them)."""
         stored = self._loop.run_until_complete(self.store.read_aggregate(aggregate_id))
         return [message for _, message in self._executor.loader.reader.messages(stored)]
+
+    def recorded(self, aggregate_id: str) -> list[RecordedEvent]:
+        """The aggregate's events as stored, with their envelopes (origin,
+        metadata, causation): what a reaction's router reads to route them."""
+        return self._loop.run_until_complete(self.store.read_aggregate(aggregate_id))
 
     def process_state(self, reaction: str, state_key: str) -> reaction_service_pb2.ProcessState | None:
         """The state ``reaction`` keeps under ``state_key`` (packed, with the
