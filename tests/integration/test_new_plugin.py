@@ -1,4 +1,5 @@
-"""``chronicle new-plugin``: the generated skeleton is a working plugin that
+"""``chronicle new-plugin``: the generated skeleton (an aggregate, and a
+reaction tested with ReactionRun) is a working plugin that
 passes the project's own gates (ruff, mypy --strict, buf lint, its tests) and
 loads into the server, whatever its name's length."""
 
@@ -33,6 +34,13 @@ def gen_protos() -> ModuleType:
     return module
 
 
+def with_chronicle(folder: Path) -> str:
+    """A PYTHONPATH of ``folder`` and then this run's own: the generated
+    plugin, and the Chronicle under test (a checkout that PYTHONPATH puts
+    before an installed one keeps its templates and ``service.testing``)."""
+    return os.pathsep.join(filter(None, (str(folder), os.environ.get("PYTHONPATH"))))
+
+
 def run(*command: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [str(part) for part in command],
@@ -40,7 +48,7 @@ def run(*command: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(cwd)},
+        env={**os.environ, "PYTHONPATH": with_chronicle(cwd)},
     )
     assert result.returncode == 0, f"{' '.join(map(str, command))}:\n{result.stdout}\n{result.stderr}"
     return result
@@ -69,7 +77,7 @@ def test_the_generated_code_passes_mypy_strict(workspace: Path) -> None:
 
 def test_the_generated_tests_pass_on_memory_and_on_a_real_server(workspace: Path) -> None:
     result = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "acme_plugins", cwd=workspace)
-    assert "16 passed" in result.stdout
+    assert "20 passed" in result.stdout  # the rules' 8 and the reaction's 2, for each of the two plugins
 
 
 def test_the_generated_proto_passes_buf_lint(workspace: Path) -> None:
@@ -95,6 +103,13 @@ def test_the_server_loads_the_generated_plugin(workspace: Path) -> None:
         "library.v1.CreateLibrary",
         "library.v1.RenameLibrary",
     ]
+    (reaction,) = plugin["reactions"]
+    assert (reaction["reaction"], reaction["state"], reaction["on_refused"]) == (
+        "library.closing",
+        "library.v1.LibraryRenames",
+        "refused",
+    )
+    assert reaction["handlers"] == {"library.v1.LibraryRenamed": "count_renames", "library.v1.LibraryClosed": "finish"}
 
 
 @pytest.mark.parametrize("name", ["Library", "two words", "1st", "class", "plugin", "library-app", ""])
@@ -138,7 +153,7 @@ def test_elsewhere_the_next_steps_run_as_printed_without_an_activated_environmen
     )
     # A shell that has not activated Chronicle's environment: its tools are
     # not on PATH, so the printed commands must name them.
-    plain = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+    plain = {**os.environ, "PATH": "/usr/bin:/bin", "PYTHONPATH": with_chronicle(tmp_path)}
     for command in (protoc, tests):
         result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=plain)
         assert result.returncode == 0, f"{command}:\n{result.stdout}\n{result.stderr}"
