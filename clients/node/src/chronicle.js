@@ -1409,7 +1409,8 @@ export class ChronicleClient {
    * position and parked events (the Python client's `groups.update`, the
    * CLI's `chronicle group NAME --set KEY=VALUE`): `settings` names those to
    * change, as `createGroup` does (`maxDeliveryAttempts`,
-   * `retryBackoffSeconds`, `maxRetryBackoffSeconds`, `ackTimeoutSeconds`;
+   * `retryBackoffSeconds`, `maxRetryBackoffSeconds`, `ackTimeoutSeconds`,
+   * `maxUnansweredTimeouts` (0: a consumer is never cut for not answering);
    * `segments` only as the group's own count: they are fixed for its life);
    * each one left out (or null) stays. Its consumers take them at their next
    * look at the group. Resolves to the GroupInfo as updated. Takes the admin
@@ -1729,7 +1730,11 @@ function duration(seconds) {
 }
 
 // UpdateGroupRequest's settings, by the names createGroup takes them under.
-const GROUP_COUNTS = { maxDeliveryAttempts: 'max_delivery_attempts', segments: 'segments' };
+const GROUP_COUNTS = {
+  maxDeliveryAttempts: 'max_delivery_attempts',
+  segments: 'segments',
+  maxUnansweredTimeouts: 'max_unanswered_timeouts',
+};
 const GROUP_DURATIONS = {
   retryBackoffSeconds: 'retry_backoff',
   maxRetryBackoffSeconds: 'max_retry_backoff',

@@ -510,6 +510,9 @@ test('updateGroup changes the settings given, keeps the others, and is refused w
     assert.equal(updated.segments, 2);
     // Kept by the server, not only echoed.
     assert.equal((await client.getGroup(group)).max_delivery_attempts, 7);
+    // The bound on unanswered ack timeouts, and 0 (never cut) sent as 0.
+    assert.equal((await client.updateGroup(group, { maxUnansweredTimeouts: 5 })).max_unanswered_timeouts, 5);
+    assert.equal((await client.updateGroup(group, { maxUnansweredTimeouts: 0 })).max_unanswered_timeouts, 0);
     // The group's own segment count is no change; another one is refused.
     assert.equal((await client.updateGroup(group, { segments: 2, retryBackoffSeconds: 0 })).retry_backoff.seconds, 0);
     await assert.rejects(client.updateGroup(group, { segments: 4 }), (error) => {

@@ -240,6 +240,8 @@ export interface GroupSettings {
   retryBackoffSeconds?: number | null;
   maxRetryBackoffSeconds?: number | null;
   ackTimeoutSeconds?: number | null;
+  /** Ack timeouts in a row, unanswered, after which a consumer is cut (0: never). */
+  maxUnansweredTimeouts?: number | null;
   /** Only the group's own count: the segments are fixed for its life (else SETTING_NOT_UPDATABLE). */
   segments?: number | null;
 }
