@@ -929,8 +929,11 @@ def describe(app: Application) -> str:
     for plugin in app.registry.plugins:
         lines.append(f"  plugin {plugin.name}")
         for aggregate in plugin.aggregates:
-            commands = ", ".join(sorted(aggregate.commands))
-            lines.append(f"    {aggregate.name}: {commands}")
+            specs = aggregate.commands.values()
+            commands = ", ".join(sorted(spec.name for spec in specs if not spec.internal))
+            internal = ", ".join(sorted(spec.name for spec in specs if spec.internal))
+            # Reactions' own commands apart: no client may send them (ListTypes lists them apart too).
+            lines.append(f"    {aggregate.name}: {commands}" + (f" (reactions only: {internal})" if internal else ""))
     if not app.registry.plugins:
         lines.append("  no plugins loaded: every command will be refused as UNKNOWN_COMMAND_TYPE")
     return "\n".join(lines)

@@ -643,12 +643,12 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = reaction_service_pb2_grpc.ReactionServiceStub(channel)
     if args.name is None and (
         args.parked
-        or args.replay
-        or args.dismiss
+        or args.replay is not None
+        or args.dismiss is not None
         or args.replay_all
         or args.dismiss_all
         or args.drop_state
-        or args.state
+        or args.state is not None
         or args.states
         or args.drop_states
     ):
@@ -667,14 +667,17 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
             "--drop-states needs --prefix (the states whose key starts with it)",
             "add --prefix P (--prefix '' for every state of the reaction)",
         )
-    if args.state or args.states or args.drop_states:
+    # An empty key or id is sent, for the server to refuse with its reason
+    # (INVALID_STATE_KEY, INVALID_COMMAND_ID): taken as absent, it printed the
+    # reaction's status and exited 0, and a script's empty "$ID" did nothing.
+    if args.state is not None or args.states or args.drop_states:
         return _process_states(args, stub, channel)
     if args.name is None:
         listed = stub.ListReactions(reaction_service_pb2.ListReactionsRequest(), timeout=args.timeout)
         for status in listed.reactions:
             _print(_as_dict(status))
         return EXIT_OK
-    if args.replay:
+    if args.replay is not None:
         replay = reaction_service_pb2.ReplayParkedCommandRequest(reaction=args.name, command_id=args.replay)
         replayed = stub.ReplayParkedCommand(replay, timeout=args.timeout)
         _print(_as_dict(replayed))
@@ -690,7 +693,7 @@ def _reaction(args: argparse.Namespace, channel: grpc.Channel) -> int:
         where = {"reaction": args.name, "command_id": args.replay, "replayed_as": replayed.command_id}
         print(f"  {json.dumps(where, sort_keys=True)}", file=sys.stderr)
         return EXIT_REFUSED
-    if args.dismiss:
+    if args.dismiss is not None:
         dismiss = reaction_service_pb2.DismissParkedCommandRequest(reaction=args.name, command_id=args.dismiss)
         stub.DismissParkedCommand(dismiss, timeout=args.timeout)
         _print({"reaction": args.name, "dismissed": args.dismiss})
@@ -737,7 +740,7 @@ def _process_states(
     """``chronicle reaction NAME --state KEY``, ``--states [--prefix P]``,
     ``--drop-states --prefix P [--confirm COUNT]``."""
     types = RemoteTypes(channel)
-    if args.state:
+    if args.state is not None:
         request = reaction_service_pb2.GetProcessStateRequest(reaction=args.name, state_key=args.state)
         found = stub.GetProcessState(request, timeout=args.timeout)
         _print({"reaction": args.name, "position": found.position, **_process_state_json(types, found.state)})

@@ -84,3 +84,19 @@ async def test_the_startup_lines_give_a_console_address_an_operator_can_open(tmp
     assert f"  console on all interfaces, port {port}: http://{host}:{port}/" in wide_lines
     assert not any("0.0.0.0" in line for line in wide_lines if "console" in line)
     assert f"  console on http://{narrow_address}/" in narrow_lines
+
+
+async def test_the_startup_lines_set_the_commands_only_reactions_send_apart() -> None:
+    """The banner listed the bank's CompleteTransfer, FailTransfer and
+    RecordRefund with the commands clients send, though every client's is
+    refused (COMMAND_INTERNAL): they are named apart, as ListTypes does."""
+    app = await start(TEST_SETTINGS, store=MemoryStore())
+    try:
+        lines = describe(app).splitlines()
+    finally:
+        await app.stop(grace=0.5, drain=0)
+    (transfer,) = [line for line in lines if line.startswith("    Transfer: ")]
+    sent, _, only = transfer.removeprefix("    Transfer: ").partition(" (reactions only: ")
+    assert "bank.v1.TransferMoney" in sent.split(", ")
+    assert not {"bank.v1.CompleteTransfer", "bank.v1.FailTransfer", "bank.v1.RecordRefund"} & set(sent.split(", "))
+    assert only.rstrip(")").split(", ") == ["bank.v1.CompleteTransfer", "bank.v1.FailTransfer", "bank.v1.RecordRefund"]

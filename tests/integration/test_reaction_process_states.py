@@ -305,3 +305,15 @@ async def test_under_encryption_at_rest_the_audit_names_no_state_key(tmp_path: P
     # Keys no event or document holds: nowhere in the database's files.
     stored = await asyncio.to_thread(lambda: b"".join(path.read_bytes() for path in tmp_path.glob("events.db*")))
     assert stored and not any(key.encode() in stored for key in secret_keys)
+
+
+async def test_an_empty_key_or_command_id_on_the_command_line_is_refused_not_taken_as_absent(tmp_path: Path) -> None:
+    """``--state ""`` (a script's empty "$KEY") printed the reaction's status
+    and exited 0, as did ``--replay ""`` and ``--dismiss ""``: it is sent, and
+    the server's refusal is what the user sees."""
+    async with serving(tmp_path / "events.db", shifting(1)) as (app, _client):
+        for option in ("--state", "--replay", "--dismiss"):
+            ran = await asyncio.to_thread(cli, "reaction", STEPS, option, "", server=app.address, check=False)
+            assert ran.returncode != 0, (option, ran.stdout)
+            assert ran.stdout == "" and "INVALID_ARGUMENT" not in ran.stdout
+            assert "error: INVALID_" in ran.stderr, (option, ran.stderr)
