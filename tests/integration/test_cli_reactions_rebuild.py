@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -19,7 +20,6 @@ import grpc
 import pytest
 
 from chronicle.v1 import admin_service_pb2 as admin_pb
-from chronicle.v1 import command_service_pb2
 from chronicle.v1 import projection_service_pb2 as projection_pb
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins import bank_account
@@ -34,7 +34,7 @@ from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
 from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
-from service.store.records import DocumentWrite, ParkedEvent
+from service.store.records import DocumentWrite, NewEvent, ParkedEvent
 from service.store.sqlite import SqliteStore
 from tests.support import plugins
 from tests.support.grpc_client import Client, command, running_server
@@ -98,16 +98,24 @@ async def wait_parked(client: Client, reaction: str, count: int) -> list[reactio
     return await parked(client, reaction)
 
 
-async def a_parked_fail_transfer(client: Client) -> reaction_pb.ParkedCommand:
-    """The transfers reaction parks a FailTransfer: the transfer is failed
-    by hand in the batch that requested it, so when the debit is refused
-    (acc-1 holds nothing) the reaction's FailTransfer is refused
-    (TRANSFER_OVER) and nothing compensates it."""
+async def a_parked_fail_transfer(app: Application, client: Client) -> reaction_pb.ParkedCommand:
+    """The transfers reaction parks a FailTransfer: the transfer's history
+    says it was requested and failed already (written to the store as one
+    append: no client may send FailTransfer, only the reaction), so when the
+    debit is refused (acc-1 holds nothing) the reaction's FailTransfer is
+    refused (TRANSFER_OVER) and nothing compensates it."""
     await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
     await client.submit(command("acc-2", bank.OpenAccount(owner="bob")))
     transfer = bank.TransferMoney(source_account_id="acc-1", target_account_id="acc-2", amount=15)
-    batch = [command("t-1", transfer), command("t-1", bank.FailTransfer(reason="called off"))]
-    await client.commands.SubmitBatch(command_service_pb2.SubmitBatchRequest(commands=batch), timeout=30)
+    requested = bank.TransferRequested(
+        source_account_id=transfer.source_account_id, target_account_id=transfer.target_account_id, amount=15
+    )
+    now_us = time.time_ns() // 1000
+    history = [
+        NewEvent(str(uuid.uuid4()), "Transfer", type(m).DESCRIPTOR.full_name, 1, m.SerializeToString(), now_us)
+        for m in (requested, bank.TransferFailed(reason="called off"))
+    ]
+    await app.store.events.append("t-1", history, 0)
     (fail,) = await wait_parked(client, TRANSFERS, 1)
     assert (fail.aggregate_id, fail.reason) == ("t-1", "TRANSFER_OVER")
     return fail
@@ -136,7 +144,7 @@ async def test_chronicle_reaction_parked_prints_the_commands_unpacked_with_the_s
     server: tuple[Application, Client],
 ) -> None:
     app, client = server
-    fail = await a_parked_fail_transfer(client)
+    fail = await a_parked_fail_transfer(app, client)
     relayed = await a_parked_relay(client, "ann")
     transfers = await chronicle(app, "reaction", TRANSFERS, "--parked")
     relay = await chronicle(app, "reaction", RELAY, "--parked")
@@ -159,7 +167,7 @@ async def test_a_replay_refused_again_exits_one_saying_the_refusal_and_one_accep
     server: tuple[Application, Client],
 ) -> None:
     app, client = server
-    fail = await a_parked_fail_transfer(client)
+    fail = await a_parked_fail_transfer(app, client)
     refused = await chronicle(app, "reaction", TRANSFERS, "--replay", fail.command_id)
     answer = json.loads(refused.stdout)
     assert (refused.returncode, answer["accepted"], answer["reason"]) == (1, False, "TRANSFER_OVER")
