@@ -15,7 +15,6 @@ a minute ago.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -24,6 +23,7 @@ from typing import Any, cast
 from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as groups_pb
+from service.console.confirming import Changed, check_confirmed, digest_of
 from service.console.html import Content, Html, link, segment, table, tag, url, void
 from service.console.views import Parts, query_number
 from service.errors import InvalidInput, ResourceNotFound
@@ -40,16 +40,6 @@ _BATCH = 100  # ReplayParked's and DismissParked's most ids in one call
 _NO_CONTEXT = cast(Any, None)
 # The actions on all of a group's parked events: what the confirmation and the button say.
 ALL_ACTIONS = {"replay-all": "Replay", "dismiss-all": "Dismiss"}
-
-
-class Changed(Exception):
-    """The parked events are no longer those the operator confirmed: nothing
-    was done; the confirmation is shown again with the new count."""
-
-    def __init__(self, confirmed: int, now: int) -> None:
-        super().__init__(f"{confirmed} confirmed, {now} now")
-        self.confirmed = confirmed
-        self.now = now
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,12 +75,6 @@ async def all_parked(parts: Parts, name: str) -> list[groups_pb.GroupParkedEvent
         if not page.next_page_token:
             return found
         token = page.next_page_token
-
-
-def digest_of(events: Sequence[groups_pb.GroupParkedEvent]) -> str:
-    """Which parked events these are, in 32 hex digits (the ids, sorted)."""
-    ids = "\n".join(sorted(event.event_id for event in events))
-    return hashlib.sha256(ids.encode()).hexdigest()[:32]
 
 
 def check_action(action: str) -> str:
@@ -139,7 +123,7 @@ async def confirm_page(
                 "form",
                 void("input", type="hidden", name="csrf_token", value=csrf_token),
                 void("input", type="hidden", name="count", value=len(events)),
-                void("input", type="hidden", name="digest", value=digest_of(events)),
+                void("input", type="hidden", name="digest", value=digest_of([event.event_id for event in events])),
                 tag("button", f"{verb} {len(events)} parked event(s)", type="submit"),
                 method="post",
                 action=url(group_path(name, action)),
@@ -158,14 +142,12 @@ async def act_on_all(parts: Parts, name: str, action: str, form: dict[str, str])
     check_action(action)
     if not parts.authorizer.grant(current_principal.get()).admin:
         await _refused_by_the_rpc(parts, name, action)
-    events = await all_parked(parts, name)
-    if digest_of(events) != form.get("digest", "") or str(len(events)) != form.get("count", ""):
-        confirmed = form.get("count", "")
-        raise Changed(int(confirmed) if confirmed.isdigit() and len(confirmed) < 10 else 0, len(events))
+    ids = [event.event_id for event in await all_parked(parts, name)]
+    check_confirmed(ids, form)
     # The confirmed events by id, never "all" (an empty list to ReplayParked):
     # an event parked after the confirmation is not acted on unconfirmed.
     act = _replay if action == "replay-all" else _dismiss
-    return await _in_batches(parts, name, [event.event_id for event in events], act)
+    return await _in_batches(parts, name, ids, act)
 
 
 async def _refused_by_the_rpc(parts: Parts, name: str, action: str) -> None:

@@ -18,12 +18,12 @@ bound to the session and the listing, as the Log page's cursor does.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any, cast
 
 from chronicle.v1 import projection_service_pb2 as projections_pb
 from chronicle.v1 import reaction_service_pb2 as reactions_pb
+from service.console.confirming import Changed, check_confirmed, confirmation_fields
 from service.console.cursors import Cursors
 from service.console.html import Content, Html, link, segment, table, tag, url, void
 from service.console.views import Parts, Runners, state_here, to_json
@@ -271,16 +271,6 @@ def _where_to_act(
     )
 
 
-class Changed(Exception):
-    """The reaction's parked commands are no longer those the operator
-    confirmed: nothing was done; the confirmation is shown again."""
-
-    def __init__(self, confirmed: int, now: int) -> None:
-        super().__init__(f"{confirmed} confirmed, {now} now")
-        self.confirmed = confirmed
-        self.now = now
-
-
 async def all_parked(parts: Parts, name: str) -> list[reactions_pb.ParkedCommand]:
     """Every parked command of the reaction, oldest first
     (``ListParkedCommands``, page after page: the caller's read grant, as
@@ -295,12 +285,6 @@ async def all_parked(parts: Parts, name: str) -> list[reactions_pb.ParkedCommand
         token = page.next_page_token
         if not token:
             return found
-
-
-def digest_of(commands: list[reactions_pb.ParkedCommand]) -> str:
-    """Which parked commands these are, in 32 hex digits (the ids, sorted)."""
-    ids = "\n".join(sorted(command.command_id for command in commands))
-    return hashlib.sha256(ids.encode()).hexdigest()[:32]
 
 
 def confirm_page(
@@ -333,8 +317,7 @@ def confirm_page(
             f"{here}/{action}",
             csrf_token,
             f"{verb} {len(commands)} parked command(s)",
-            count=str(len(commands)),
-            digest=digest_of(commands),
+            **confirmation_fields([command.command_id for command in commands]),
         ),
         link(here, "Cancel", class_="cancel"),
     ]
@@ -352,9 +335,7 @@ async def confirmed_commands(parts: Parts, name: str, form: dict[str, str]) -> l
     """The parked commands, if they are those the confirmation ``form``
     (its count and digest) named; ``Changed`` otherwise."""
     commands = await all_parked(parts, name)
-    if digest_of(commands) != form.get("digest", "") or str(len(commands)) != form.get("count", ""):
-        confirmed = form.get("count", "")
-        raise Changed(int(confirmed) if confirmed.isdigit() and len(confirmed) < 10 else 0, len(commands))
+    check_confirmed([command.command_id for command in commands], form)
     return commands
 
 

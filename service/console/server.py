@@ -25,6 +25,7 @@ from importlib import resources
 from urllib.parse import unquote
 
 from service.console import audit, groups, parked, views
+from service.console.confirming import Changed
 from service.console.consoles import console_url
 from service.console.cursors import Cursors
 from service.console.html import Content, Html, link, page, segment, tag, url, void
@@ -408,7 +409,7 @@ class Console:
                     return self._page(200, title, content, session, principal, "/reactions")
                 try:
                     confirmed = await parked.confirmed_commands(parts, name, form)
-                except parked.Changed as changed:
+                except Changed as changed:
                     title, content = parked.confirm_page(
                         name,
                         action,
@@ -440,7 +441,7 @@ class Console:
             if action in groups.ALL_ACTIONS:
                 try:
                     done = await groups.act_on_all(parts, name, action, request.form)
-                except groups.Changed as changed:
+                except Changed as changed:
                     confirm = groups.group_path(name, "confirm")
                     session.tell(confirm, groups.changed_notice(changed))
                     return _redirect(url(confirm, action=action))
