@@ -114,6 +114,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             accepted=status.accepted if status else 0,
             refused=status.refused if status else 0,
             replayed=status.replayed if status else 0,
+            ignored=status.ignored if status else 0,
             runner=runner.runs_on if runner is not None else "",
             retry_interval=duration(reaction.retry_seconds),
             start_position=status.start_position if status else 0,

@@ -215,7 +215,8 @@ async def reaction_page(
         tag(
             "p",
             f"On this replica since it started: {status.accepted} command(s) accepted, {status.refused}"
-            f" refused, {status.replayed} sent again and answered from their command record (after a crash,"
+            f" refused ({status.ignored} of those ignored as harmless by its on_refused),"
+            f" {status.replayed} sent again and answered from their command record (after a crash,"
             " a lease that moved or a batch tried again; changing nothing).",
             class_="summary",
             id="reaction-counters",

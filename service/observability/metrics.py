@@ -188,7 +188,7 @@ class Metrics:
         )
         self.reaction_commands = Counter(
             "chronicle_reaction_commands",
-            "Commands reactions sent, by reaction and outcome (accepted, replayed, refused, parked)",
+            "Commands reactions sent, by reaction and outcome (accepted, replayed, refused, parked, ignored)",
             ["reaction", "outcome"],
             registry=r,
         )

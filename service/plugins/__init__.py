@@ -6,9 +6,10 @@ from service.plugins.api import AggregateType, CommandSpec, EventSpec, OldEvent,
 from service.plugins.context import CommandContext, Effects
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.projections import Documents, ProjectedEvent, Projection
-from service.plugins.reactions import Reaction, Refusal, Send
+from service.plugins.reactions import IGNORE, Ignore, Reaction, Refusal, Send
 
 __all__ = [
+    "IGNORE",
     "AggregateDeleted",
     "AggregateType",
     "AlreadyExistsError",
@@ -18,6 +19,7 @@ __all__ = [
     "Documents",
     "Effects",
     "EventSpec",
+    "Ignore",
     "InvalidArgumentError",
     "Middleware",
     "NotFoundError",

@@ -14,8 +14,8 @@ pipeline, so idempotency, uniqueness claims and encryption all apply::
         return Send(event.source_account_id, bank.Withdraw(amount=event.amount))
 
     @transfers.on_refused
-    def refused(refusal, envelope, state) -> Send | None:
-        ...  # compensate: return commands; return None to park the refused command
+    def refused(refusal, envelope, state) -> Send | Ignore | None:
+        ...  # compensate: return commands; IGNORE: expected, drop it; None: park it
 
 Each command goes out with ``causation_id`` = the event's id, the event's
 ``correlation_id`` and ``user_id``, origin ``reaction:<name>``, and a command
@@ -52,14 +52,18 @@ are sent in turn (their refusals handed back again, up to ``MAX_ROUNDS``).
 Without ``on_refused``, or when it returns nothing, the refused command is
 parked: kept in the store with its refusal, listed by
 ``ReactionService.ListParkedCommands`` (see docs/plugins.md for replaying).
+``on_refused`` returns ``IGNORE`` for a refusal the process expects and
+needs nothing done about (someone else closed it first): nothing is sent
+and nothing parked, and the status counts it ``ignored``.
 """
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeAlias, TypeVar, get_args
+from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar, get_args
 
 from google.protobuf.message import Message
 
@@ -126,12 +130,27 @@ class Refusal:
         return self.send.command
 
 
+class Ignore(enum.Enum):
+    """The type of ``IGNORE``: one value, so that mypy checks where it may
+    be returned (``on_refused`` only)."""
+
+    IGNORE = "IGNORE"
+
+
+# What ``on_refused`` returns for a refusal that is expected and harmless
+# (the process's goal reached another way: someone else closed it first):
+# nothing sent, nothing parked for an operator; counted ``ignored``. None
+# still parks, as it always did.
+IGNORE: Final = Ignore.IGNORE
+
 # What a reaction's function returns: a command, several, or none.
 Reacted: TypeAlias = "Send | Iterable[Send] | None"
+# What ``on_refused`` returns: as an event's function, or IGNORE.
+Compensation: TypeAlias = "Send | Iterable[Send] | Ignore | None"
 ReactionHandlerOf: TypeAlias = Callable[[E, ProjectedEvent, S], Reacted]
-RefusalHandlerOf: TypeAlias = Callable[[Refusal, ProjectedEvent, S], Reacted]
+RefusalHandlerOf: TypeAlias = Callable[[Refusal, ProjectedEvent, S], Compensation]
 ReactionHandler = Callable[[Any, ProjectedEvent, Any], Reacted]
-RefusalHandler = Callable[[Refusal, ProjectedEvent, Any], Reacted]
+RefusalHandler = Callable[[Refusal, ProjectedEvent, Any], Compensation]
 # Turns a process's state stored as a type the reaction declared before into
 # its state message now.
 StateUpcaster = Callable[[Any], Message]
@@ -163,6 +182,8 @@ _EXPECTED = "Send(aggregate_id, command), a list of Send values, or None"
 
 
 def _what(value: object) -> str:
+    if value is IGNORE:
+        return "IGNORE (only on_refused may return it: a refusal accepted as harmless)"
     if isinstance(value, Message):
         return f"a {value.DESCRIPTOR.full_name} message (a bare command: wrap it as Send(aggregate_id, command))"
     return f"a {type(value).__name__}"
@@ -253,7 +274,8 @@ class Reaction(Generic[S]):
 
     def on_refused(self, handler: RefusalHandlerOf[S]) -> RefusalHandlerOf[S]:
         """Register the decorated function as the one that gets this
-        reaction's refused commands (to compensate; nothing returned: park)."""
+        reaction's refused commands (to compensate; ``IGNORE``: expected,
+        drop it; nothing returned: park it)."""
         if self.refused_handler is not None:
             raise ValueError(f"reaction {self.name} has two on_refused functions")
         self.refused_handler = handler

@@ -21,7 +21,8 @@ The state the functions see is the one committed at P, so they decide alike.
 A command refused by its aggregate (a recorded refusal; or a command no
 aggregate can take: an unknown type, a bad aggregate id, an aggregate of
 another type) goes to the reaction's ``on_refused``; what it returns is sent
-in turn. Parked (no ``on_refused``, nothing returned, or ``MAX_ROUNDS``
+in turn (``IGNORE``: nothing, and nothing parked; counted ``ignored``).
+Parked (no ``on_refused``, nothing returned, or ``MAX_ROUNDS``
 compensations refused in a row): kept in the reaction's documents
 (``processing/reaction_documents.py``), for an operator to replay or
 dismiss (``replay``, ``dismiss``). Any other failure (the store unavailable, an overloaded
@@ -85,7 +86,9 @@ from service.plugins.api import COMMAND_INTERNAL
 from service.plugins.projections import ProjectedEvent
 from service.plugins.reactions import (
     HOPS_KEY,
+    IGNORE,
     MAX_ROUNDS,
+    Compensation,
     Reacted,
     Reaction,
     Refusal,
@@ -135,7 +138,7 @@ log = logging.getLogger(__name__)
 # The longest aggregate id a command may name (as the codec checks a client's).
 _MAX_AGGREGATE_ID = 200
 Submit = Callable[[CommandRequest], Awaitable[CommandResult]]
-# Told of each command's outcome: (reaction, "accepted" | "replayed" | "refused" | "parked").
+# Told of each command's outcome: (reaction, "accepted" | "replayed" | "refused" | "parked" | "ignored").
 Outcomes = Callable[[str, str], None]
 # Parked commands an operator's replay of all sends per commit (and per hold
 # of the reaction's lock, so that the reaction goes on between them).
@@ -186,6 +189,7 @@ class ReactionStatus:
     refused: int = 0  # refusals met (one answered again from its record, its batch sent again, included)
     replayed: int = 0  # commands answered from their record (sent again: a crash, a failed batch, a lease moved)
     parked: int = 0
+    ignored: int = 0  # refusals on_refused accepted as harmless (IGNORE): neither compensated nor parked
     conflicts: int = 0
     # Where it started: the position start_from fixed when it was new to the
     # store (see processing/reaction_starts.py).
@@ -661,7 +665,7 @@ class ReactionRunner(CheckpointedRunner):
 
     def _call(
         self,
-        function: Callable[..., Reacted],
+        function: Callable[..., Compensation],
         call: Callable[[], Reacted],
         envelope: ProjectedEvent,
         refusal: Refusal | None = None,
@@ -839,7 +843,20 @@ class ReactionRunner(CheckpointedRunner):
         refusal = Refusal(send, command_id, error.reason, error.message, dict(error.metadata))
         handler = self.reaction.refused_handler
         if handler is not None and rounds < MAX_ROUNDS:
-            compensation = self._call(handler, lambda: handler(refusal, envelope, state.message), envelope, refusal)
+            ignored = False
+
+            def compensate() -> Reacted:
+                nonlocal ignored
+                returned = handler(refusal, envelope, state.message)
+                if returned is IGNORE:
+                    ignored = True
+                    return None
+                return returned
+
+            compensation = self._call(handler, compensate, envelope, refusal)
+            if ignored:
+                self._ignored(send, command_id, error)
+                return
             if compensation:
                 await self._send(compensation, command_id, envelope, state, parked, rounds=rounds + 1)
                 return
@@ -854,8 +871,24 @@ class ReactionRunner(CheckpointedRunner):
         )
         await parked.add(self.reaction.name, refusal, envelope, _metadata(send, envelope, hops))
 
+    def _ignored(self, send: Send, command_id: str, error: ChronicleError) -> None:
+        """``on_refused`` said the refusal is expected (IGNORE): neither
+        compensated nor parked, only counted (and said at DEBUG), so that
+        an operator still sees how many refusals went that way."""
+        self.status.ignored += 1
+        self._count("ignored")
+        log.debug(
+            "reaction %s ignored the refusal of command %s (%s for %s), as its on_refused said: %s %s",
+            self.reaction.name,
+            command_id,
+            send.command.DESCRIPTOR.full_name,
+            send.aggregate_id,
+            error.reason,
+            error.message,
+        )
+
     def _slow_function(
-        self, envelope: ProjectedEvent, function: Callable[..., Reacted], refusal: Refusal | None
+        self, envelope: ProjectedEvent, function: Callable[..., Compensation], refusal: Refusal | None
     ) -> Described:
         """A slow call of one of its functions, as ``handler_alarm`` says it."""
         return self._slow_call(envelope.event_type, envelope.position, _named(function, refusal))
@@ -899,7 +932,7 @@ def _metadata(send: Send, envelope: ProjectedEvent, hops: int) -> Mapping[str, s
     return metadata
 
 
-def _named(function: Callable[..., Reacted], refusal: Refusal | None) -> str:
+def _named(function: Callable[..., Compensation], refusal: Refusal | None) -> str:
     """A reaction's function as its messages name it."""
     name = str(getattr(function, "__qualname__", None) or repr(function))
     if refusal is not None:

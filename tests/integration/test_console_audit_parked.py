@@ -510,6 +510,7 @@ async def test_a_reactions_page_labels_its_counters_for_what_they_are_not_as_par
     assert "1 command(s) parked" in summary and "replayed so far" not in summary
     assert "On this replica since it started:" in counters
     assert "0 sent again and answered from their command record" in counters
+    assert "refused (0 of those ignored as harmless by its on_refused)" in counters
 
 
 # -- forgotten aggregates ------------------------------------------------------------------------

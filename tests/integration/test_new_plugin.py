@@ -77,7 +77,7 @@ def test_the_generated_code_passes_mypy_strict(workspace: Path) -> None:
 
 def test_the_generated_tests_pass_on_memory_and_on_a_real_server(workspace: Path) -> None:
     result = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "acme_plugins", cwd=workspace)
-    assert "20 passed" in result.stdout  # the rules' 8 and the reaction's 2, for each of the two plugins
+    assert "22 passed" in result.stdout  # the rules' 8 and the reaction's 3, for each of the two plugins
 
 
 def test_the_generated_proto_passes_buf_lint(workspace: Path) -> None:

@@ -370,9 +370,29 @@ async def test_a_parked_reaction_command_is_counted_refused_and_parked() -> None
 
         await eventually(parked, what="the relayed command parked")
         text = await scrape(app)
-    # No on_refused handler: the refusal is counted as refused, and parked.
+    # Its on_refused does not expect it: the refusal is counted as refused, and parked.
     assert sample(text, "chronicle_reaction_commands_total", **relay, outcome="refused") == 1
     assert sample(text, "chronicle_reaction_commands_total", **relay, outcome="accepted") == 0
+    assert sample(text, "chronicle_reaction_commands_total", **relay, outcome="ignored") == 0
+
+
+async def test_a_refusal_on_refused_ignores_is_counted_refused_and_ignored_not_parked() -> None:
+    registry = Registry([bank_account.plugin, plugins.gates])
+    async with running_server(MemoryStore(), registry=registry, metrics_listen="127.0.0.1:0", poll_seconds=0.05) as (
+        app,
+        client,
+    ):
+        await client.submit(command("source", box.ArchiveBox()))
+        await client.submit(command("source", box.RenameBox(name="harmless")))  # the relay ignores its refusal
+        relay = {"reaction": "gates.relay"}
+
+        async def ignored() -> bool:
+            return sample(await scrape(app), "chronicle_reaction_commands_total", **relay, outcome="ignored") == 1
+
+        await eventually(ignored, what="the relayed command's refusal ignored")
+        text = await scrape(app)
+    assert sample(text, "chronicle_reaction_commands_total", **relay, outcome="refused") == 1
+    assert sample(text, "chronicle_reaction_commands_total", **relay, outcome="parked") == 0
 
 
 REACTION_OUTCOMES = ("accepted", "replayed", "refused", "parked")

@@ -5,6 +5,7 @@ dismissing them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -25,6 +26,7 @@ from service.store.base import StoreAdapter
 from service.store.records import PARKED_COMMAND_TYPE, DocumentWrite, StoredDocument
 from tests.support import plugins
 from tests.support.grpc_client import Client, command, details_of, running_server
+from tests.support.processes import cli
 
 REGISTRY = Registry([bank_account.plugin, plugins.gates])
 
@@ -70,6 +72,21 @@ async def test_reactions_are_listed_with_where_they_stand(relay: Relay) -> None:
     assert status.running and not status.error
     assert (list(status.aggregate_types), list(status.event_types)) == (["Gate"], ["box.v1.BoxRenamed"])
     assert (status.handled, status.refused, status.parked) == (1, 1, 1)
+
+
+async def test_a_refusal_on_refused_ignores_is_counted_ignored_and_not_parked(relay: Relay) -> None:
+    # The relay's on_refused ignores the gate's refusal of a "harmless…" name
+    # (tests/support/plugins.py) and parks any other.
+    await relay.let_through("harmless-1")
+    await relay.let_through("kept")
+    status = await relay.caught_up()
+    (parked,) = await relay.parked()
+    assert box.RenameBox.FromString(parked.command.value).name == "kept"
+    assert (status.refused, status.ignored, status.parked) == (2, 1, 1)
+    # The command line prints the counter with the rest of the status.
+    printed = await asyncio.to_thread(cli, "reaction", "gates.relay", server=relay.app.address)
+    shown = json.loads(printed.stdout)
+    assert (shown["refused"], shown["ignored"], shown["parked"]) == ("2", "1", "1")
 
 
 async def test_an_unknown_reaction_is_not_found(relay: Relay) -> None:

@@ -31,6 +31,8 @@
  * @property {string} start_from 'end', 'beginning', or '' (not declared)
  * @property {string} on_failure 'stop' or 'park' ('' from servers older than it)
  * @property {number} max_attempts with on_failure 'park': failures of a command before it is parked; else 0
+ * @property {number} ignored refusals its on_refused accepted as harmless (IGNORE): neither compensated nor
+ *   parked; each counted in `refused` too (0 from servers older than it)
  */
 
 /** `status` (a ReactionStatus as the loader decodes it) with its Timestamp and Duration as a Date and seconds. */

@@ -147,6 +147,16 @@ test('a parked command is dismissed all at once with the others', async () => {
   });
 });
 
+test('a refusal its on_refused ignores is counted ignored (a number), and not parked', async () => {
+  await withServer(async (client) => {
+    await client.submit('source', 'box.v1.ArchiveBox', {});
+    await client.submit('source', 'box.v1.RenameBox', { name: 'harmless-1' }); // the relay ignores its refusal
+    await eventually(async () => (await client.reactions.get(RELAY)).ignored === 1, 'the refusal ignored');
+    const status = await client.reactions.get(RELAY);
+    assert.deepEqual([status.refused, status.ignored, status.parked], [1, 1, 0]);
+  });
+});
+
 test("a reaction's status comes typed: its last error's time a Date, its retry interval in seconds", async () => {
   await withServer(async (client, server) => {
     const before = Date.now();
