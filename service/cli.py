@@ -115,6 +115,7 @@ from chronicle.v1 import (
     subscription_group_service_pb2,
     subscription_group_service_pb2_grpc,
 )
+from service.api import forgotten
 from service.api.codec import check_id
 from service.errors import ChronicleError, ConfigurationError, InvalidInput
 from service.json_input import JsonInputError
@@ -1109,6 +1110,8 @@ def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
             "process_states": entry.process_states,
             "parked_commands": entry.parked_commands,
             "documents": entry.documents,
+            "other_subjects": list(entry.other_subjects),
+            "other_subjects_omitted": entry.other_subjects_omitted,
         }
         for entry in response.deleted_documents
     ]
@@ -1121,6 +1124,13 @@ def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
                 f" {args.aggregate_id} deleted in flight; their commands' effects stay (docs/plugins.md, Forgetting)",
                 file=sys.stderr,
             )
+            if entry.other_subjects:
+                # Where those processes stood: the aggregates to finish or compensate by hand.
+                print(
+                    f"warning: reaction {entry.name}: the other aggregates they named, to finish or compensate"
+                    f" by hand: {forgotten.other_subjects(entry)}",
+                    file=sys.stderr,
+                )
     return EXIT_OK
 
 

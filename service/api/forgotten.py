@@ -2,20 +2,19 @@
 operator: in ForgetAggregate's answer, its audit entry and a WARNING log
 line. A reaction's process state deleted is a saga stopped in flight, its
 side effects (stock reserved, money charged) left as they were, so the
-operator must be able to tell that it happened and where (docs/plugins.md,
-"Forgetting")."""
+operator must be able to tell that it happened, where, and which other
+aggregates those processes named, to finish or compensate them by hand
+(docs/plugins.md, "Forgetting")."""
 
 from __future__ import annotations
 
 from chronicle.v1 import admin_service_pb2 as pb
-from chronicle.v1 import reaction_service_pb2 as reaction_pb
-from service.store.records import PARKED_COMMAND_TYPE, Forgetting
-
-PROCESS_STATE_TYPE = reaction_pb.ProcessState.DESCRIPTOR.full_name
+from service.store.records import PARKED_COMMAND_TYPE, PROCESS_STATE_TYPE, Forgetting
 
 
 def deleted_documents(forgetting: Forgetting) -> list[pb.ForgottenDocuments]:
-    """One entry per projection or reaction that lost documents, by name."""
+    """One entry per projection or reaction that lost documents, by name; a
+    reaction's with the other aggregates its deleted processes named."""
     by_name: dict[str, pb.ForgottenDocuments] = {}
     for (name, type_name), count in sorted(forgetting.documents.items()):
         entry = by_name.setdefault(name, pb.ForgottenDocuments(name=name))
@@ -25,18 +24,26 @@ def deleted_documents(forgetting: Forgetting) -> list[pb.ForgottenDocuments]:
             entry.parked_commands += count
         else:
             entry.documents += count
+    for name, others in forgetting.other_subjects.items():
+        if name in by_name:
+            by_name[name].other_subjects.extend(others.shown)
+            by_name[name].other_subjects_omitted = others.total - len(others.shown)
     return list(by_name.values())
 
 
 def summary(deleted: list[pb.ForgottenDocuments]) -> str:
     """``deleted`` in words, for the audit and the log: "" when nothing was;
-    e.g. "deleted: reaction shop.fulfil: 1 process state (in flight: its
-    side effects stay), 2 parked commands; projection orders: 3 documents"."""
+    e.g. "deleted: shop.fulfil: 1 process state (in flight: what it did
+    stays done; the other aggregates named: sku-1, pay-7), 2 parked
+    commands; orders: 3 documents"."""
     said = []
     for entry in deleted:
         parts = []
         if entry.process_states:
-            parts.append(f"{_counted(entry.process_states, 'process state')} (in flight: what it did stays done)")
+            named = f"; the other aggregates named: {other_subjects(entry)}" if entry.other_subjects else ""
+            parts.append(
+                f"{_counted(entry.process_states, 'process state')} (in flight: what it did stays done{named})"
+            )
         if entry.parked_commands:
             parts.append(_counted(entry.parked_commands, "parked command"))
         if entry.documents:
@@ -48,6 +55,13 @@ def summary(deleted: list[pb.ForgottenDocuments]) -> str:
 def in_flight(deleted: list[pb.ForgottenDocuments]) -> int:
     """How many reactions' processes were deleted."""
     return sum(entry.process_states for entry in deleted)
+
+
+def other_subjects(entry: pb.ForgottenDocuments) -> str:
+    """The other aggregates ``entry``'s deleted processes named, in words:
+    "acc-2, acc-3" or "acc-2, acc-3 and 18 more"."""
+    shown = ", ".join(entry.other_subjects)
+    return f"{shown} and {entry.other_subjects_omitted} more" if entry.other_subjects_omitted else shown
 
 
 def _counted(count: int, noun: str) -> str:

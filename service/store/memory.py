@@ -28,7 +28,9 @@ from service.store.memory_groups import MemoryGroups
 from service.store.notifier import CommitNotifier
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
+    MAX_OTHER_SUBJECTS,
     PARKED_COMMAND_TYPE,
+    PROCESS_STATE_TYPE,
     REFUSED,
     AggregateHead,
     AggregateLastEvent,
@@ -44,6 +46,7 @@ from service.store.records import (
     LogFilter,
     LogPage,
     NewEvent,
+    OtherSubjects,
     ParkedEvent,
     RecordedEvent,
     Snapshot,
@@ -389,6 +392,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         if current is None:
             return Forgetting(False)
         deleted: dict[tuple[str, str], int] = {}
+        named = self._other_subjects_of(aggregate_id)
         self._keys[aggregate_id] = DataKey(aggregate_id, None, None)
         self._snapshots.pop(aggregate_id, None)
         self._claims = {key: owner for key, owner in self._claims.items() if owner != aggregate_id}
@@ -407,7 +411,22 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         self._refusals = [
             replace(e, message="") if e.aggregate_id == aggregate_id and e.message else e for e in self._refusals
         ]
-        return Forgetting(not current.forgotten, deleted)
+        return Forgetting(not current.forgotten, deleted, named)
+
+    def _other_subjects_of(self, aggregate_id: str) -> dict[str, OtherSubjects]:
+        """By reaction, the aggregates other than ``aggregate_id`` that its
+        process states naming ``aggregate_id`` name (as the SQL stores'
+        OTHER_SUBJECTS_OF_FORGOTTEN)."""
+        named: dict[str, set[str]] = {}
+        for document, subjects in self._subjects.items():
+            stored = self._documents.get(document)
+            if aggregate_id in subjects and stored is not None and stored.type_name == PROCESS_STATE_TYPE:
+                named.setdefault(document[0], set()).update(set(subjects) - {aggregate_id})
+        return {
+            name: OtherSubjects(tuple(sorted(others)[:MAX_OTHER_SUBJECTS]), len(others))
+            for name, others in sorted(named.items())
+            if others
+        }
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         stale = (k for k in self._keys.values() if not k.forgotten and k.master_key_id != active_master_key_id)

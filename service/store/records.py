@@ -246,6 +246,21 @@ class Snapshot:
     through_event_id: str | None = None
 
 
+# The other subjects a forget names per reaction, at most (the rest counted).
+MAX_OTHER_SUBJECTS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class OtherSubjects:
+    """The aggregates other than the forgotten one that a reaction's process
+    states deleted by a forget named as their subjects: the first
+    ``MAX_OTHER_SUBJECTS`` by id (``shown``), and how many in all
+    (``total``). Aggregate ids, stored in the clear like every envelope."""
+
+    shown: tuple[str, ...]
+    total: int
+
+
 @dataclass(frozen=True, slots=True)
 class Forgetting:
     """What forgetting an aggregate did: whether it erased a live key, and
@@ -257,6 +272,9 @@ class Forgetting:
 
     erased: bool
     documents: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # By reaction: the other aggregates its deleted process states named
+    # (what an operator finishes or compensates by hand), bounded.
+    other_subjects: Mapping[str, OtherSubjects] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +369,8 @@ class StoredDocument:
 # reaction (``ProjectionStore.count_parked_commands``) over an index of
 # documents of this type alone.
 PARKED_COMMAND_TYPE = "chronicle.v1.ParkedCommand"
+# The type of a reaction's process state (one document per state key).
+PROCESS_STATE_TYPE = "chronicle.v1.ProcessState"
 
 
 @value(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from service.store.records import (
     HeldClaim,
     LogFilter,
     LogPage,
+    OtherSubjects,
     ParkedEvent,
     RecordedEvent,
     Snapshot,
@@ -180,6 +181,17 @@ def data_key_from_row(row: Row) -> DataKey:
     """A row of (aggregate_id, master_key_id, wrapped_key)."""
     wrapped = row[2]
     return DataKey(str(row[0]), None if row[1] is None else str(row[1]), None if wrapped is None else bytes(wrapped))
+
+
+def other_subjects(rows: Iterable[Row]) -> dict[str, OtherSubjects]:
+    """Rows of (reaction, subject, how many subjects in all), by reaction
+    and subject: each reaction's ``OtherSubjects``."""
+    shown: dict[str, list[str]] = {}
+    totals: dict[str, int] = {}
+    for name, subject, total in rows:
+        shown.setdefault(str(name), []).append(str(subject))
+        totals[str(name)] = int(total)
+    return {name: OtherSubjects(tuple(subjects), totals[name]) for name, subjects in shown.items()}
 
 
 def snapshot_params(snapshot: Snapshot) -> tuple[object, ...]:

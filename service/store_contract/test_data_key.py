@@ -12,12 +12,16 @@ from service.store.base import AuditQuery, StoreAdapter
 from service.store.encryption import ERASED_FINGERPRINT
 from service.store.grouping import GroupParkedEvent, GroupSpec
 from service.store.records import (
+    MAX_OTHER_SUBJECTS,
+    PARKED_COMMAND_TYPE,
+    PROCESS_STATE_TYPE,
     REFUSED,
     AuditEntry,
     ClaimChange,
     DataKey,
     DocumentWrite,
     LogFilter,
+    OtherSubjects,
     ParkedEvent,
     Rejection,
     Snapshot,
@@ -143,6 +147,39 @@ async def test_forgetting_deletes_the_documents_that_name_the_aggregate(store: S
     assert await store.load_document("p", "account:acc-2") == StoredDocument("account:acc-2", "t.Doc", b"3")
     assert await store.load_document("p", "totals") == StoredDocument("totals", "t.Doc", b"4")
     assert await store.projection_position("p") == 3
+
+
+async def test_forgetting_names_the_other_subjects_of_the_process_states_it_deletes(store: StoreAdapter) -> None:
+    """What an operator finishes or compensates by hand: per reaction, the
+    other aggregates its deleted processes named, the first
+    MAX_OTHER_SUBJECTS by id and how many in all; not those of a parked
+    command, a read model's document, or a process that lives on."""
+    await store.create_data_key(key("acc-1"))
+    many = [f"order-{n:02}" for n in range(MAX_OTHER_SUBJECTS + 5)]
+    states = [
+        DocumentWrite("state:t-1", PROCESS_STATE_TYPE, b"1", ("acc-1", "acc-2", "t-1")),
+        DocumentWrite("state:t-2", PROCESS_STATE_TYPE, b"2", ("acc-1", "acc-3", "t-1")),
+        DocumentWrite("state:t-3", PROCESS_STATE_TYPE, b"3", ("acc-4",)),  # does not name acc-1: lives on
+        DocumentWrite("parked:c-1", PARKED_COMMAND_TYPE, b"4", ("acc-1", "acc-5")),  # a parked command
+    ]
+    await store.commit_projection("r", expected_position=0, new_position=1, writes=states)
+    big = [DocumentWrite("state:all", PROCESS_STATE_TYPE, b"5", ("acc-1", *reversed(many)))]
+    await store.commit_projection("big", expected_position=0, new_position=1, writes=big)
+    await store.commit_projection(
+        "p", expected_position=0, new_position=1, writes=[document("k", b"6", "acc-1", "acc-6")]
+    )
+    forgetting = await store.forget_aggregate_data("acc-1")
+    assert forgetting.other_subjects == {
+        "big": OtherSubjects(tuple(many[:MAX_OTHER_SUBJECTS]), len(many)),
+        "r": OtherSubjects(("acc-2", "acc-3", "t-1"), 3),
+    }
+    assert forgetting.documents == {
+        ("big", PROCESS_STATE_TYPE): 1,
+        ("r", PROCESS_STATE_TYPE): 2,
+        ("r", PARKED_COMMAND_TYPE): 1,
+        ("p", "t.Doc"): 1,
+    }
+    assert (await store.forget_aggregate_data("acc-1")).other_subjects == {}  # nothing left to delete
 
 
 async def test_a_document_put_again_has_the_subjects_of_its_last_put(store: StoreAdapter) -> None:

@@ -260,7 +260,16 @@ def test_an_operator_forgets_an_aggregate_and_its_events_read_redacted(tmp_path:
         cli("submit", "acc-1", "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
         forgotten = json.loads(cli("forget", "acc-1", server=server.address).stdout)
         # The read model's documents that named it went with it, and are counted.
-        deleted = [{"name": "bank.balances_by_owner", "process_states": 0, "parked_commands": 0, "documents": 2}]
+        deleted = [
+            {
+                "name": "bank.balances_by_owner",
+                "process_states": 0,
+                "parked_commands": 0,
+                "documents": 2,
+                "other_subjects": [],
+                "other_subjects_omitted": 0,
+            }
+        ]
         assert forgotten == {"aggregate_id": "acc-1", "already_forgotten": False, "deleted": deleted}
         (event,) = [json.loads(line) for line in cli("read", "acc-1", server=server.address).stdout.splitlines()]
         refused = cli("get", "acc-1", server=server.address, check=False)

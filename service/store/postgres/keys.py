@@ -10,7 +10,7 @@ from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.rows import first, rows
 from service.store.records import DataKey, Forgetting
-from service.store.sql_common import data_key_from_row
+from service.store.sql_common import data_key_from_row, other_subjects
 
 
 class KeysRole:
@@ -43,7 +43,8 @@ class KeysRole:
         deleted = {
             (name, type_name): int(count) for name, type_name, count in rows(results[DELETE_DOCUMENTS_STATEMENT])
         }
-        return Forgetting(results[FORGET_KEY_STATEMENT].ntuples == 1, deleted)
+        named = other_subjects(rows(results[OTHER_SUBJECTS_STATEMENT]))
+        return Forgetting(results[FORGET_KEY_STATEMENT].ntuples == 1, deleted, named)
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         (result,) = await self._db.run(
@@ -68,15 +69,18 @@ class KeysRole:
 
 # Which of forget_statements erases the key (and says whether it did).
 FORGET_KEY_STATEMENT = 2
+# Which reads the other subjects of the process states about to go.
+OTHER_SUBJECTS_STATEMENT = 5
 # Which deletes the documents derived from it (and counts them by type).
-DELETE_DOCUMENTS_STATEMENT = 5
+DELETE_DOCUMENTS_STATEMENT = 6
 
 
 def forget_statements(aggregate_id: str) -> list[Statement]:
     """Forgetting an aggregate's data key, in the store's lock order
     (sql.py, "Lock order"): the fingerprints and refusal texts of its
     command records and audit entries erased, its key's row, its claims,
-    then its snapshots, the documents derived from it and what projections
+    then its snapshots, the documents derived from it (the other subjects
+    of the process states among them read first) and what projections
     and subscription groups parked of it."""
     return [
         Statement(sql.ERASE_COMMAND_TEXTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
@@ -84,6 +88,7 @@ def forget_statements(aggregate_id: str) -> list[Statement]:
         Statement(sql.FORGET_DATA_KEY.encode(), (aggregate_id,)),
         Statement(sql.RELEASE_CLAIMS_OF_FORGOTTEN.encode(), (aggregate_id,)),
         Statement(sql.DELETE_SNAPSHOTS.encode(), (aggregate_id,)),
+        Statement(sql.OTHER_SUBJECTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
         Statement(sql.DELETE_DOCUMENTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
         Statement(sql.DELETE_PARKED_OF_FORGOTTEN.encode(), (aggregate_id,)),
         Statement(sql.DELETE_GROUP_PARKED_OF_FORGOTTEN.encode(), (aggregate_id,)),

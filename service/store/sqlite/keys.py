@@ -12,7 +12,7 @@ import time
 
 from service.store.encryption import ERASED_FINGERPRINT
 from service.store.records import DataKey, Forgetting
-from service.store.sql_common import data_key_from_row
+from service.store.sql_common import data_key_from_row, other_subjects
 from service.store.sqlite import sql
 from service.store.sqlite.writer import Writer, writing
 
@@ -61,9 +61,14 @@ def _forget(db: sqlite3.Connection, aggregate_id: str) -> Forgetting:
     with writing(db):
         # Counted in the write transaction that deletes them: no write between.
         counted = db.execute(sql.COUNT_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id)).fetchall()
+        named = db.execute(sql.OTHER_SUBJECTS_OF_FORGOTTEN, (aggregate_id,) * 3).fetchall()
         erased = forget(db, aggregate_id)
     empty_wal(db, f"forgot {aggregate_id}")
-    return Forgetting(erased == 1, {(name, type_name): count for name, type_name, count in counted})
+    return Forgetting(
+        erased == 1,
+        {(name, type_name): count for name, type_name, count in counted},
+        other_subjects(named),
+    )
 
 
 def forget(db: sqlite3.Connection, aggregate_id: str) -> int:
