@@ -1115,7 +1115,15 @@ def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
         }
         for entry in response.deleted_documents
     ]
-    _print({"aggregate_id": args.aggregate_id, "already_forgotten": response.already_forgotten, "deleted": deleted})
+    _print(
+        {
+            "aggregate_id": args.aggregate_id,
+            "already_forgotten": response.already_forgotten,
+            # When its key was erased: now, or by the call that first forgot it.
+            "forgotten_at": response.forgotten_time.ToJsonString() if response.HasField("forgotten_time") else None,
+            "deleted": deleted,
+        }
+    )
     for entry in response.deleted_documents:
         if entry.process_states:
             # A saga stopped in flight: what it did (a charge, a reservation) stays done.

@@ -125,6 +125,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 forgotten.summary(deleted),
                 extra={"aggregate_id": aggregate_id, "processes_deleted": forgotten.in_flight(deleted)},
             )
+        answer = pb.ForgetAggregateResponse(already_forgotten=not forgetting.erased, deleted_documents=deleted)
+        if forgetting.forgotten_at_us is not None:
+            answer.forgotten_time.CopyFrom(timestamp(forgetting.forgotten_at_us))
         if forgetting.erased:
             if self._transfers is not None:
                 # Its state, cached by its worker, is what was just shredded:
@@ -133,9 +136,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 # on it once their key cache expires (30 s).
                 self._transfers.evict(aggregate_id)
             log.warning("aggregate %s forgotten by %r", aggregate_id, current_principal.get().name)
-            return pb.ForgetAggregateResponse(already_forgotten=False, deleted_documents=deleted)
-        if await keys.forgotten(aggregate_id):
-            return pb.ForgetAggregateResponse(already_forgotten=True, deleted_documents=deleted)
+            return answer
+        if forgetting.forgotten_at_us is not None or await keys.forgotten(aggregate_id):
+            return answer
         raise NotEncrypted(
             f"aggregate {aggregate_id!r} has no encryption key: it does not exist, or its events were"
             " written in the clear before encryption was on",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
 from typing import TypeVar
@@ -74,6 +75,8 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         self._snapshots: dict[str, list[Snapshot]] = {}
         self._refusals: list[AuditEntry] = []
         self._keys: dict[str, DataKey] = {}
+        # When each forgotten aggregate's key was erased (its tombstone's time).
+        self._forgotten_at_us: dict[str, int] = {}
         self._commits = CommitNotifier()
         self._projection_positions: dict[str, int] = {}
         self._documents: dict[tuple[str, str], StoredDocument] = {}
@@ -394,6 +397,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         deleted: dict[tuple[str, str], int] = {}
         named = self._other_subjects_of(aggregate_id)
         self._keys[aggregate_id] = DataKey(aggregate_id, None, None)
+        self._forgotten_at_us.setdefault(aggregate_id, time.time_ns() // 1000)  # the first forget's
         self._snapshots.pop(aggregate_id, None)
         self._claims = {key: owner for key, owner in self._claims.items() if owner != aggregate_id}
         for document in [d for d, subjects in self._subjects.items() if aggregate_id in subjects]:
@@ -411,7 +415,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         self._refusals = [
             replace(e, message="") if e.aggregate_id == aggregate_id and e.message else e for e in self._refusals
         ]
-        return Forgetting(not current.forgotten, deleted, named)
+        return Forgetting(not current.forgotten, deleted, named, self._forgotten_at_us[aggregate_id])
 
     def _other_subjects_of(self, aggregate_id: str) -> dict[str, OtherSubjects]:
         """By reaction, the aggregates other than ``aggregate_id`` that its
@@ -525,6 +529,8 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             held = self._keys.get(key.aggregate_id)
             if held is None:
                 self._keys[key.aggregate_id] = key
+                if key.forgotten:
+                    self._forgotten_at_us[key.aggregate_id] = time.time_ns() // 1000
                 written += 1
             elif key.forgotten and not held.forgotten:
                 await self.forget_data_key(key.aggregate_id)

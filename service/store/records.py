@@ -275,6 +275,9 @@ class Forgetting:
     # By reaction: the other aggregates its deleted process states named
     # (what an operator finishes or compensates by hand), bounded.
     other_subjects: Mapping[str, OtherSubjects] = field(default_factory=dict)
+    # When its key was erased (microseconds since the epoch): by this
+    # forget, or by the first one; None when it has no tombstone (no key).
+    forgotten_at_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

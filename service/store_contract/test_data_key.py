@@ -4,6 +4,8 @@ forgotten for good, rewrapped only if unchanged."""
 from __future__ import annotations
 
 import asyncio
+import time
+from dataclasses import replace
 
 import pytest
 
@@ -12,6 +14,7 @@ from service.store.base import AuditQuery, StoreAdapter
 from service.store.encryption import ERASED_FINGERPRINT
 from service.store.grouping import GroupParkedEvent, GroupSpec
 from service.store.records import (
+    ACCEPTED,
     MAX_OTHER_SUBJECTS,
     PARKED_COMMAND_TYPE,
     PROCESS_STATE_TYPE,
@@ -312,6 +315,32 @@ async def test_forgetting_again_erases_command_texts_left_behind(store: StoreAda
     assert record is not None and record.fingerprint == ERASED_FINGERPRINT
     assert record.rejection is not None and (record.rejection.message, record.rejection.metadata) == ("", {})
     assert {e.message for e in await store.read_audit(AuditQuery(aggregate_id="acc-1"))} == {""}
+
+
+async def test_forgetting_again_says_when_the_first_forgot_and_leaves_what_it_recorded(store: StoreAdapter) -> None:
+    """A second forget is answered with the first one's time (the
+    tombstone's, written once), and rewrites nothing of what was recorded
+    of the first: the entry its caller filed under the reaction, in the
+    clear, naming the aggregate, stays as it was."""
+    await store.create_data_key(key("acc-1"))
+    before_us = time.time_ns() // 1000
+    first = await store.forget_aggregate_data("acc-1")
+    filed = replace(
+        _refusal_text("reaction:r", 20),
+        outcome=ACCEPTED,
+        reason="",
+        message="forgetting aggregate acc-1 deleted: r: 1 process state",
+    )
+    await store.record_audit_entry(filed)
+    await asyncio.sleep(0.01)
+    again = await store.forget_aggregate_data("acc-1")
+    assert (first.erased, again.erased) == (True, False)
+    assert first.forgotten_at_us is not None
+    assert before_us - 1_000_000 <= first.forgotten_at_us <= before_us + 60_000_000  # the store's clock: about now
+    assert again.forgotten_at_us == first.forgotten_at_us
+    kept = await store.read_audit(AuditQuery(aggregate_id="reaction:r"))
+    assert [(e.aggregate_id, e.outcome, e.message) for e in kept] == [(filed.aggregate_id, ACCEPTED, filed.message)]
+    assert (await store.forget_aggregate_data("acc-never")).forgotten_at_us is None  # no key, no tombstone
 
 
 async def test_an_aggregate_without_a_key_keeps_its_command_texts(store: StoreAdapter) -> None:

@@ -128,7 +128,9 @@ async def test_forgetting_says_which_reactions_processes_it_deleted_in_flight(
 
         # The CLI prints the same, and warns a person reading its output.
         printed = await asyncio.to_thread(cli, "forget", "feed-bob", server=app.address)
-        assert json.loads(printed.stdout) == {
+        shown = json.loads(printed.stdout)
+        assert isinstance(shown.pop("forgotten_at"), str)  # now (RFC 3339)
+        assert shown == {
             "aggregate_id": "feed-bob",
             "already_forgotten": False,
             "deleted": [
@@ -201,3 +203,48 @@ async def test_forgetting_names_the_other_aggregates_of_the_processes_it_deleted
             f"warning: reaction {RESERVE}: the other aggregates they named, to finish or compensate by hand:"
             f" {', '.join(many[:MAX_OTHER_SUBJECTS])} and 2 more"
         ) in printed.stderr
+
+
+async def test_forgetting_again_answers_when_the_first_forgot_and_rewrites_nothing_it_recorded(
+    reopen: Opener, tmp_path: Path
+) -> None:
+    """A second ForgetAggregate is idempotent: already forgotten, the first
+    call's time, nothing deleted; every audit entry recorded before it
+    (the first call's under the aggregate, text erased, and under the
+    reaction, in the clear) stays as it was, and it adds only its own."""
+    async with serving(reopen, tmp_path, reserving) as (app, client):
+        await client.submit(command("order-1", box.CreateBox(name="2")))
+
+        async def reserved() -> bool:
+            now = await client.reactions.GetReaction(reaction_pb.GetReactionRequest(name=RESERVE))
+            return bool(now.position == now.log_head and now.accepted == 2)
+
+        await eventually(reserved, what="the order's stock reserved")
+        first = await client.admin.ForgetAggregate(admin_pb.ForgetAggregateRequest(aggregate_id="order-1"))
+        assert not first.already_forgotten and first.HasField("forgotten_time")
+        before = list((await client.admin.QueryAudit(admin_pb.QueryAuditRequest())).entries)
+
+        again = await client.admin.ForgetAggregate(admin_pb.ForgetAggregateRequest(aggregate_id="order-1"))
+        assert (again.already_forgotten, list(again.deleted_documents)) == (True, [])
+        assert again.forgotten_time == first.forgotten_time
+        after = list((await client.admin.QueryAudit(admin_pb.QueryAuditRequest())).entries)
+        assert [e for e in after if e in before] == before  # none rewritten
+        added = [(e.command_type, e.aggregate_id, e.message) for e in after if e not in before]
+        assert added == [(_FORGET, "order-1", "")]
+        # The reaction's entry of the first call still says what it deleted.
+        (filed,) = [e for e in after if e.aggregate_id == f"reaction:{RESERVE}"]
+        assert "forgetting aggregate order-1 deleted" in filed.message
+        # Of the aggregate's ForgetAggregate entries (no text), the first from
+        # forgotten_time on is the call that forgot it.
+        forgets = sorted(
+            e.time.ToMicroseconds() for e in after if (e.command_type, e.aggregate_id) == (_FORGET, "order-1")
+        )
+        assert len(forgets) == 2 and forgets[0] >= first.forgotten_time.ToMicroseconds()
+
+        # The command line says the same, as often as it is asked.
+        printed = json.loads((await asyncio.to_thread(cli, "forget", "order-1", server=app.address)).stdout)
+        assert (printed["already_forgotten"], printed["forgotten_at"], printed["deleted"]) == (
+            True,
+            first.forgotten_time.ToJsonString(),
+            [],
+        )

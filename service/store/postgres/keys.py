@@ -44,7 +44,9 @@ class KeysRole:
             (name, type_name): int(count) for name, type_name, count in rows(results[DELETE_DOCUMENTS_STATEMENT])
         }
         named = other_subjects(rows(results[OTHER_SUBJECTS_STATEMENT]))
-        return Forgetting(results[FORGET_KEY_STATEMENT].ntuples == 1, deleted, named)
+        when = first(results[-1])
+        forgotten_at_us = None if when is None or when[0] is None else int(when[0])
+        return Forgetting(results[FORGET_KEY_STATEMENT].ntuples == 1, deleted, named, forgotten_at_us)
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         (result,) = await self._db.run(
@@ -92,4 +94,5 @@ def forget_statements(aggregate_id: str) -> list[Statement]:
         Statement(sql.DELETE_DOCUMENTS_OF_FORGOTTEN.encode(), (aggregate_id,)),
         Statement(sql.DELETE_PARKED_OF_FORGOTTEN.encode(), (aggregate_id,)),
         Statement(sql.DELETE_GROUP_PARKED_OF_FORGOTTEN.encode(), (aggregate_id,)),
+        Statement(sql.FORGOTTEN_AT.encode(), (aggregate_id,)),  # last: Forgetting.forgotten_at_us
     ]

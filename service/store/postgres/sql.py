@@ -605,6 +605,11 @@ FORGET_DATA_KEY = (
     "UPDATE chronicle.data_keys SET master_key_id = NULL, wrapped_key = NULL, forgotten_at = now()"
     " WHERE aggregate_id = $1 AND wrapped_key IS NOT NULL RETURNING 1"
 )
+# When the aggregate's key was erased, in microseconds (the first forget's
+# time: FORGET_DATA_KEY writes it only over a live key).
+FORGOTTEN_AT = (
+    "SELECT floor(extract(epoch FROM forgotten_at) * 1000000)::bigint FROM chronicle.data_keys WHERE aggregate_id = $1"
+)
 DELETE_SNAPSHOTS = "DELETE FROM chronicle.snapshots WHERE aggregate_id = $1"
 # Only an aggregate with a key (or its tombstone) is forgotten; one that
 # never had a key keeps its claims and its documents.

@@ -63,11 +63,13 @@ def _forget(db: sqlite3.Connection, aggregate_id: str) -> Forgetting:
         counted = db.execute(sql.COUNT_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id)).fetchall()
         named = db.execute(sql.OTHER_SUBJECTS_OF_FORGOTTEN, (aggregate_id,) * 3).fetchall()
         erased = forget(db, aggregate_id)
+        when = db.execute(sql.FORGOTTEN_AT, (aggregate_id,)).fetchone()
     empty_wal(db, f"forgot {aggregate_id}")
     return Forgetting(
         erased == 1,
         {(name, type_name): count for name, type_name, count in counted},
         other_subjects(named),
+        None if when is None or when[0] is None else int(when[0]),
     )
 
 

@@ -302,6 +302,9 @@ FORGET_DATA_KEY = (
     "UPDATE data_keys SET master_key_id = NULL, wrapped_key = NULL, forgotten_at_us = ?"
     " WHERE aggregate_id = ? AND wrapped_key IS NOT NULL"
 )
+# When the aggregate's key was erased (the first forget's time: FORGET_DATA_KEY
+# writes it only over a live key).
+FORGOTTEN_AT = "SELECT forgotten_at_us FROM data_keys WHERE aggregate_id = ?"
 DELETE_SNAPSHOTS = "DELETE FROM snapshots WHERE aggregate_id = ?"
 # Only an aggregate with a key (or its tombstone) is forgotten; one that
 # never had a key keeps its claims and its documents.
