@@ -119,6 +119,13 @@ async def _query(admin: AdminService, request: Any) -> list[admin_pb.AuditEntry]
     return sorted(answer.entries, key=_order)
 
 
+async def refused_by_the_rpc(admin: AdminService) -> None:
+    """QueryAudit refuses a caller without the admin grant before it reads
+    its request (and audits the refusal): let it say so, for a page whose
+    address the console has not read yet."""
+    await admin.QueryAudit(admin_pb.QueryAuditRequest(), _NO_CONTEXT)
+
+
 async def _at(admin: AdminService, filters: AuditFilters, micros: int) -> list[admin_pb.AuditEntry]:
     """Every entry (up to QueryAudit's most) of the microsecond ``micros``."""
     return await _query(admin, filters.request(since_us=micros, until_us=micros + 1, limit=_MOST))

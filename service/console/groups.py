@@ -430,7 +430,11 @@ def _setting_number(field: str, text: str, *, whole: bool) -> Decimal:
 
 async def update_settings(parts: Parts, name: str, form: dict[str, str]) -> str:
     """UpdateGroup as the RPC runs it (the admin grant, audited; a setting
-    it refuses is its refusal); the settings as they are now, to tell."""
+    it refuses is its refusal); the settings as they are now, to tell. To
+    a caller who is no administrator, the RPC's refusal before the form is
+    read: a refusal of a value would tell them what the form takes."""
+    if not parts.authorizer.grant(current_principal.get()).admin:
+        await parts.groups.UpdateGroup(groups_pb.UpdateGroupRequest(name=name), _NO_CONTEXT)
     answer = await parts.groups.UpdateGroup(update_request(name, form), _NO_CONTEXT)
     group = answer.group
     return (

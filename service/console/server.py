@@ -77,6 +77,10 @@ _REACTION_ACTIONS = ("replay", "dismiss", "replay-all", "dismiss-all")
 # Pages whose servicer writes its own refusal to the audit log (QueryAudit
 # is an administrator's RPC): the console counts it, and does not write it twice.
 _AUDITED_BY_THEIR_RPC = ("/audit",)
+# Pages only an administrator may read: the grant is checked before anything
+# the address says (its fields, filters, cursor), or a refusal of a field
+# would tell anyone the page's field names and what it accepts.
+_ADMIN_PAGES = ("/audit",)
 # A refusal (the tail shows it and stops), not an end (the tail would
 # reconnect, and be sent to the login, every few seconds).
 _SESSION_ENDED = b'event: refused\ndata: "SESSION_ENDED: the session ended; log in again"\n\n'
@@ -268,6 +272,11 @@ class Console:
             refused = _plain(405, "method not allowed")
             refused.headers = [("Allow", "POST" if _is_action(path) else "GET")]
             return refused
+        if path in _ADMIN_PAGES and not parts.authorizer.grant(principal).admin:
+            try:
+                await audit.refused_by_the_rpc(parts.admin)  # QueryAudit's refusal: audited once, by the RPC
+            except ChronicleError as error:
+                return self._action_refused(error, session, principal, path)
         query = dict(request.query)
         unknown = sorted(set(query) - _query_fields(path))
         if unknown:
