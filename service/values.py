@@ -39,11 +39,12 @@ else:
 MAX_ID_LENGTH = 200
 
 
-def id_problem(value: str, *, max_length: int = MAX_ID_LENGTH) -> str:
+def id_problem(value: str, *, max_length: int = MAX_ID_LENGTH, printable: bool = True) -> str:
     """What is wrong with ``value`` as an identifier, "" if nothing: it must
     be non-empty, not only spaces, at most ``max_length`` characters and
-    printable (no control characters). A description, not an error: this
-    layer knows no error types, each caller raises its own."""
+    (unless not ``printable``: an id looked up, which a store may hold from
+    before the rule) printable (no control characters). A description, not
+    an error: this layer knows no error types, each caller raises its own."""
     if not value:
         return "must not be empty"
     if value.isspace():
@@ -51,6 +52,6 @@ def id_problem(value: str, *, max_length: int = MAX_ID_LENGTH) -> str:
         return "must not be only whitespace"
     if len(value) > max_length:
         return f"must be at most {max_length} characters"
-    if not value.isprintable():
+    if printable and not value.isprintable():
         return "must not contain control characters"
     return ""

@@ -12,7 +12,7 @@ from google.protobuf import any_pb2
 from chronicle.v1 import event_pb2
 from chronicle.v1 import event_service_pb2 as pb
 from chronicle.v1 import event_service_pb2_grpc as pb_grpc
-from service.api.codec import TYPE_URL_PREFIX, check_id, check_version, encode_event, micros_of
+from service.api.codec import TYPE_URL_PREFIX, check_id, check_stored_id, check_version, encode_event, micros_of
 from service.api.subscribe import (
     decode_subscribe,
     encode_event_pages,
@@ -122,7 +122,7 @@ class EventService(pb_grpc.EventServiceServicer):
                 self._tracker.moved(handle, position)
 
     def _event_range(self, request: pb.ReadAggregateRequest) -> tuple[str, EventRange]:
-        aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        aggregate_id = check_stored_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
         return aggregate_id, EventRange(
             start=check_version("from_version", request.from_version),
             backwards=request.backwards,
@@ -156,7 +156,7 @@ class EventService(pb_grpc.EventServiceServicer):
     async def GetAggregate(
         self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAggregateResponse:
-        aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+        aggregate_id = check_stored_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
         await self._caught_up(request.min_position, aggregate_id)
         await self._check_read(aggregate_id)
         at = request.WhichOneof("at")

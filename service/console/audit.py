@@ -23,7 +23,7 @@ from google.protobuf import timestamp_pb2
 from chronicle.v1 import admin_service_pb2 as admin_pb
 from service.api.admin_service import AdminService
 from service.console.cursors import Cursors
-from service.console.html import Content, link, table, tag, url, void
+from service.console.html import Content, Name, link, table, tag, url, void
 from service.errors import InvalidInput
 
 AUDIT_PAGE_SIZE = 50
@@ -188,7 +188,7 @@ def _row(entry: admin_pb.AuditEntry) -> list[Content]:
         entry.principal,
         entry.user_id,
         tag("code", entry.command_type),
-        entry.aggregate_id,
+        Name(entry.aggregate_id),
         tag("code", entry.command_id),
         _outcome(entry),
         entry.message,

@@ -24,7 +24,7 @@ from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as groups_pb
 from service.console.confirming import Changed, check_confirmed, digest_of
-from service.console.html import Content, Html, link, segment, table, tag, url, void
+from service.console.html import Content, Html, Name, link, segment, table, tag, url, void
 from service.console.views import Parts, query_number
 from service.errors import InvalidInput, ResourceNotFound
 from service.principal import current_principal
@@ -244,7 +244,7 @@ def parked_table(
     for event in parked:
         row: list[Content] = [
             event.position,
-            link(url("/aggregates/" + segment(event.aggregate_id)), event.aggregate_id),
+            link(url("/aggregates/" + segment(event.aggregate_id)), Name(event.aggregate_id)),
             tag("code", event.event_id),
             event.attempts,
             event.reason,

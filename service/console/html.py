@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import quote, urlencode
 
 
@@ -20,32 +20,66 @@ class Html(str):
     __slots__ = ()
 
 
+class Name(str):
+    """Text that names something (an aggregate id): shown with every
+    character the API would refuse in an id (not ``str.isprintable``:
+    controls, line breaks and tabs too, which in other text such as a
+    payload's JSON are its layout; format characters such as a zero-width
+    space; separators but the space) as its escape. An id stored before
+    imports held ids to that rule would otherwise show "a\\nb" as "a b",
+    and NUL, ESC or U+200B not at all."""
+
+    __slots__ = ()
+
+
 Content = Html | str | int | float | None
 
 # Bidirectional controls (embeddings, overrides, isolates, marks): in
 # stored text (an aggregate id, a command id, a handler's error) they would
 # reorder what the operator reads ("display spoofing"), so they are shown
-# as their escapes instead, marked, never as themselves.
-_BIDI_CONTROLS = re.compile("[\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069]")
+# as their escapes instead, marked, never as themselves. So are the other
+# control characters (NUL, ESC, DEL, C1), which a browser drops or
+# replaces: all but line breaks and tabs, which are text's layout (a
+# ``Name`` escapes them too, and more).
+_BIDI = "\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069"
+_CONTROLS = re.compile(f"[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f{_BIDI}]")
+_SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
-def _bidi_escaped(character: re.Match[str]) -> str:
-    return f"\\u{ord(character.group()):04x}"
+def _escape_of(character: str) -> str:
+    """A character's escape, as Python writes it."""
+    code = ord(character)
+    if character in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[character]
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _escaped_name(text: str, mark: Callable[[str], str]) -> str:
+    return "".join(character if character.isprintable() else mark(_escape_of(character)) for character in text)
+
+
+def _marked(escaped: str) -> str:
+    return f'<span class="ctl">{escaped}</span>'
 
 
 def escape(value: Content) -> Html:
     if isinstance(value, Html):
         return value
     text = html.escape("" if value is None else str(value), quote=True)
-    return Html(_BIDI_CONTROLS.sub(lambda found: f'<span class="ctl">{_bidi_escaped(found)}</span>', text))
+    if isinstance(value, Name):
+        return Html(_escaped_name(text, _marked))
+    return Html(_CONTROLS.sub(lambda found: _marked(_escape_of(found.group())), text))
 
 
 def _escape_plain(value: Content) -> Html:
     """``escape`` where no markup may go (an attribute's value, the page's
-    title, a tooltip): a bidirectional control as its escape, unmarked."""
+    title, a tooltip): a control character as its escape, unmarked."""
     if isinstance(value, Html):
         return value
-    return Html(_BIDI_CONTROLS.sub(_bidi_escaped, html.escape("" if value is None else str(value), quote=True)))
+    text = html.escape("" if value is None else str(value), quote=True)
+    if isinstance(value, Name):
+        return Html(_escaped_name(text, str))
+    return Html(_CONTROLS.sub(lambda found: _escape_of(found.group()), text))
 
 
 def join(parts: Iterable[Content]) -> Html:
@@ -156,7 +190,7 @@ def page(
     head = [
         void("meta", charset="utf-8"),
         void("meta", name="viewport", content="width=device-width, initial-scale=1"),
-        tag("title", f"{title} · Chronicle console"),
+        tag("title", title, " · Chronicle console"),  # title kept apart: a ``Name`` is escaped as one
         void("link", rel="stylesheet", href="/static/console.css"),
     ]
     if refresh:

@@ -25,7 +25,7 @@ from chronicle.v1 import projection_service_pb2 as projections_pb
 from chronicle.v1 import reaction_service_pb2 as reactions_pb
 from service.console.confirming import Changed, check_confirmed, confirmation_fields
 from service.console.cursors import Cursors
-from service.console.html import Content, Html, link, segment, table, tag, url, void
+from service.console.html import Content, Html, Name, link, segment, table, tag, url, void
 from service.console.views import Parts, Runners, state_here, to_json
 from service.errors import ResourceNotFound
 from service.principal import current_principal
@@ -84,7 +84,7 @@ async def projection_page(
     rows = [
         (
             event.position,
-            link(url("/aggregates/" + segment(event.aggregate_id)), event.aggregate_id),
+            link(url("/aggregates/" + segment(event.aggregate_id)), Name(event.aggregate_id)),
             tag("code", event.event_id),
             event.event_type,
             event.attempts,
@@ -171,7 +171,7 @@ async def reaction_page(
     def row(command: reactions_pb.ParkedCommand) -> list[Content]:
         cells: list[Content] = [
             command.position,
-            link(url("/aggregates/" + segment(command.aggregate_id)), command.aggregate_id),
+            link(url("/aggregates/" + segment(command.aggregate_id)), Name(command.aggregate_id)),
             tag("code", command.command_id),
             tag(
                 "details",

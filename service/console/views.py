@@ -37,7 +37,7 @@ from service.cluster.ownership import Ownership
 from service.console.charts import Series, line_chart
 from service.console.consoles import console_of
 from service.console.cursors import Cursors
-from service.console.html import Content, Html, join, link, segment, table, tag, url, void
+from service.console.html import Content, Html, Name, join, link, segment, table, tag, url, void
 from service.console.load import LoadSampler
 from service.console.tail_resume import TailResume
 from service.errors import ChronicleError, InvalidInput, PermissionDenied, StoreUnavailable
@@ -174,7 +174,7 @@ async def log_page(parts: Parts, query: dict[str, str], *, cursors: Cursors, ses
         class_="search",
     )
     rows = [
-        (link(url("/aggregates/" + segment(a.aggregate_id)), a.aggregate_id), a.aggregate_type, a.version)
+        (link(url("/aggregates/" + segment(a.aggregate_id)), Name(a.aggregate_id)), a.aggregate_type, a.version)
         for a in shown
     ]
     more: list[Content] = []
@@ -199,7 +199,7 @@ async def aggregate_page(parts: Parts, aggregate_id: str, query: dict[str, str])
     )
     events = [event async for event in parts.events.ReadAggregate(request, _NO_CONTEXT)]
     if not events and from_version == 1:
-        return aggregate_id, [tag("p", "No aggregate has this id (it has no events).", class_="empty")]
+        return Name(aggregate_id), [tag("p", "No aggregate has this id (it has no events).", class_="empty")]
     # A page ends after a whole version: an upcaster's pieces of one stored
     # event share its version, and the next page starts at the version after
     # (ReadAggregate never ends a page between them, so all of them are here).
@@ -267,7 +267,7 @@ async def aggregate_page(parts: Parts, aggregate_id: str, query: dict[str, str])
         pages.append(link(url(here, **shown, **{"from": events[-1].version + 1}), "Later events →", class_="next"))
     if pages:
         content.append(tag("nav", *pages, class_="pages"))
-    return aggregate_id, content
+    return Name(aggregate_id), content
 
 
 def query_number(query: dict[str, str], name: str, *, default: int, reason: str, minimum: int = 1) -> int:

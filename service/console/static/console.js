@@ -14,20 +14,35 @@
   let source = null;
 
   // Bidirectional controls in stored text would reorder what the operator
-  // reads: each is shown as its escape in a marked span, as the server's
-  // pages show it (service/console/html.py), never applied.
-  const bidi = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+  // reads, and other control characters a browser drops or replaces: each
+  // is shown as its escape in a marked span, as the server's pages show it
+  // (service/console/html.py), never applied. Line breaks and tabs are a
+  // payload's layout; in an aggregate id (``name``) they are escaped too,
+  // with every character the API refuses in an id (Python's isprintable:
+  // Unicode's "Other" and separators but the space), as the pages do.
+  const bidi = "\\u061c\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069";
+  const controls = new RegExp("[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f" + bidi + "]");
+  const nameControls = /(?! )[\p{C}\p{Z}]/u;
+  const shortEscapes = { "\n": "\\n", "\t": "\\t", "\r": "\\r" };
 
-  function setText(node, text) {
+  function escaped(character) {
+    const code = character.codePointAt(0);
+    if (shortEscapes[character]) return shortEscapes[character];
+    if (code < 0x100) return "\\x" + code.toString(16).padStart(2, "0");
+    return code < 0x10000 ? "\\u" + code.toString(16).padStart(4, "0") : "\\U" + code.toString(16).padStart(8, "0");
+  }
+
+  function setText(node, text, name) {
+    const pattern = name ? nameControls : controls;
     let rest = text;
     let found;
-    while ((found = bidi.exec(rest)) !== null) {
+    while ((found = pattern.exec(rest)) !== null) {
       node.appendChild(document.createTextNode(rest.slice(0, found.index)));
       const mark = document.createElement("span");
       mark.className = "ctl";
-      mark.textContent = "\\u" + found[0].charCodeAt(0).toString(16).padStart(4, "0");
+      mark.textContent = escaped(found[0]);
       node.appendChild(mark);
-      rest = rest.slice(found.index + 1);
+      rest = rest.slice(found.index + found[0].length);
     }
     node.appendChild(document.createTextNode(rest));
   }
@@ -54,7 +69,7 @@
     cell(row, String(event.position));
     const link = document.createElement("a");
     link.href = "/aggregates/" + encodeURIComponent(event.aggregate_id);
-    setText(link, event.aggregate_id);
+    setText(link, event.aggregate_id, true);
     cell(row, "").appendChild(link);
     cell(row, String(event.version));
     cell(row, event.event_type);
