@@ -97,6 +97,7 @@ from service.store.base import GroupStore, LogReader
 from service.store.grouping import ConsumerReport, GroupParkedEvent, GroupSpec, consumer_group, segment_lease
 from service.store.leasing import Fencing, LeaseMember
 from service.store.records import LogFilter, RecordedEvent
+from service.store.reporting_leases import ReportingLeases
 
 log = logging.getLogger(__name__)
 
@@ -288,10 +289,9 @@ class ConsumerSession:
         the session when its consumer stalled (``writing``), to end it at
         once, while its stream still waits in its write. ``replica``: this
         server as its cluster knows it (member id and API address), named
-        in the session's reports (``_report``)."""
+        in the session's reports (``report``)."""
         self.spec = spec
         self._replica = replica
-        self._report_failed = False
         self._deliveries = deliveries if deliveries is not None else Deliveries()
         self.member_id = f"{consumer}#{uuid.uuid4().hex[:8]}"
         self._max_in_flight = max_in_flight
@@ -308,7 +308,8 @@ class ConsumerSession:
         self._clock = clock
         self._lease_group = consumer_group(spec.name)
         self.keeper = LeaseKeeper(
-            groups.consumer_leases,
+            # Each heartbeat writes the session's report with its renewal, in one transaction.
+            ReportingLeases(groups, spec.name, self.report),
             member=LeaseMember(self.member_id, ""),
             groups=[LeaseGroup(self._lease_group, tuple(segment_lease(s) for s in range(spec.segments)))],
             ttl=lease_seconds,
@@ -377,7 +378,7 @@ class ConsumerSession:
         self.keeper.start()
         loop = asyncio.get_running_loop()
         works = ((self._follow_segments, "segments"), (self._read, "reads"), (self._commit, "commits"))
-        for work, name in (*works, (self._report, "reports")):
+        for work, name in works:
             self._tasks.append(loop.create_task(self._guarded(work), name=f"group-{self.spec.name}-{name}"))
 
     async def close(self) -> None:
@@ -787,7 +788,11 @@ class ConsumerSession:
 
     def report(self) -> ConsumerReport:
         """What the session says of its consumer now: this replica, the
-        events in flight, how long ago it last acked or nacked."""
+        events in flight, how long ago it last acked or nacked. Written to
+        the store with each heartbeat's renewal of its leases, in the same
+        transaction (``ReportingLeases``), for every replica to show: a
+        consumer whose heartbeats stop (its replica died or hangs) is shown
+        silent while its lease still holds its segments."""
         replica = self._replica()
         answered = self._clock() - self._answered_at if self._answered_at != float("-inf") else None
         return ConsumerReport(
@@ -796,30 +801,6 @@ class ConsumerSession:
             in_flight=self._in_flight,
             answered_ago=answered,
         )
-
-    async def _report(self) -> None:
-        """Write the session's report to the store at each heartbeat, for
-        every replica to show (``GroupStore.report_consumer``): a consumer
-        whose reports stop (its replica died or hangs) is shown as silent
-        while its lease still holds its segments. A report that cannot be
-        written is only logged: the consumer's work does not depend on it."""
-        while True:
-            try:
-                async with asyncio.timeout(self.keeper.interval):
-                    await self._groups.report_consumer(self.spec.name, self.member_id, self.report())
-            except (ChronicleError, TimeoutError) as error:
-                if not self._report_failed:
-                    log.warning(
-                        "subscription group %s: consumer %s could not report to the store (%s); other replicas"
-                        " show it as silent until it can",
-                        self.spec.name,
-                        self.member_id,
-                        error,
-                    )
-                self._report_failed = True
-            else:
-                self._report_failed = False
-            await asyncio.sleep(self.keeper.interval)
 
     # -- segments held -------------------------------------------------------------
 

@@ -655,6 +655,19 @@ class GroupStore(Protocol):
         consumer's session notices its group is gone by ``load_group``."""
         ...
 
+    async def renew_consumer(
+        self, name: str, member: LeaseMember, names: Sequence[str], ttl: float, report: ConsumerReport
+    ) -> LeaseView:
+        """A consumer session's heartbeat: ``consumer_leases.renew_leases``
+        of the group's lease group (``grouping.consumer_group(name)``) for
+        ``member`` and ``report_consumer`` of ``report``, in one transaction
+        (one write to the store): the report costs the heartbeat nothing of
+        its own, and it is written exactly when the member is renewed, so a
+        consumer heard from is a consumer alive, and one whose heartbeats
+        fail is silent and lapsing at once. The view as ``renew_leases``
+        returns it."""
+        ...
+
     async def commit_segment(
         self,
         name: str,

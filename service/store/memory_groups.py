@@ -19,7 +19,7 @@ from service.store.grouping import (
     consumers_of,
     owners_from_view,
 )
-from service.store.leasing import Fencing
+from service.store.leasing import Fencing, LeaseMember, LeaseView
 from service.store.local_leases import LocalLeases
 
 
@@ -103,6 +103,17 @@ class MemoryGroups:
         }
 
     async def report_consumer(self, name: str, member_id: str, report: ConsumerReport) -> None:
+        self._keep_report(name, member_id, report)
+
+    async def renew_consumer(
+        self, name: str, member: LeaseMember, names: Sequence[str], ttl: float, report: ConsumerReport
+    ) -> LeaseView:
+        view = await self._consumer_leases.renew_leases(consumer_group(name), member, names, ttl)
+        # LocalLeases never suspends: the renewal and the report are one step, as a transaction.
+        self._keep_report(name, member.member_id, report)
+        return view
+
+    def _keep_report(self, name: str, member_id: str, report: ConsumerReport) -> None:
         now = self._groups_clock()
         reports = self._consumer_reports.setdefault(name, {})
         for member in [m for m, (_, written) in reports.items() if now - written > REPORTS_KEPT_SECONDS]:

@@ -397,6 +397,29 @@ async def test_a_consumers_last_report_is_shown_with_it_while_it_is_a_live_membe
     assert state is not None and state.consumers == (GroupConsumer("b#2", ()),)  # its report went with the group
 
 
+async def test_a_consumers_heartbeat_renews_its_leases_and_writes_its_report_together(store: StoreAdapter) -> None:
+    """``renew_consumer`` is ``renew_leases`` of the group's lease group and
+    ``report_consumer`` in one: the member is renewed (live, its leases
+    extended, the view returned as ``renew_leases`` returns it) and its
+    report kept, replacing the last, shown with it."""
+    await store.create_group(SPEC)
+    group, names = consumer_group("billing"), [segment_lease(s) for s in range(4)]
+    first = await store.renew_consumer("billing", LeaseMember("a#1", "h:1"), names, 30, replace(REPORT, in_flight=9))
+    assert [m.member_id for m in first.members] == ["a#1"] and sorted(lease.name for lease in first.leases) == names
+    await store.consumer_leases.change_leases(group, "a#1", release=(), acquire=("0", "1"), ttl=30)
+    view = await store.renew_consumer("billing", LeaseMember("a#1", "h:1"), names, 30, REPORT)
+    held = {lease.name: lease.owner for lease in view.leases}
+    assert held == {"0": "a#1", "1": "a#1", "2": None, "3": None}
+    state = await store.load_group("billing")
+    assert state is not None
+    (consumer,) = state.consumers
+    assert (consumer.consumer, consumer.segments) == ("a#1", (0, 1))
+    assert consumer.report is not None and (consumer.report.replica_id, consumer.report.in_flight) == ("replica-1", 3)
+    assert 0 <= consumer.report.heard_ago < 10
+    # The view is the same a plain renewal of the member sees.
+    assert (await store.consumer_leases.renew_leases(group, LeaseMember("a#1", "h:1"), names, 30)).leases == view.leases
+
+
 async def test_a_consumers_report_ages_as_the_store_reads_it(store: StoreAdapter) -> None:
     """The ages shown grow with time after the report: a consumer that went
     silent is told by how long ago it was last heard from."""

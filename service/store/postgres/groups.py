@@ -22,14 +22,27 @@ from service.store.grouping import (
     consumers_of,
     updatable_params,
 )
-from service.store.leasing import Fencing
+from service.store.leasing import Fencing, LeaseMember, LeaseView
 from service.store.memory_groups import group_exists
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.errors import Refused
+from service.store.postgres.leases import renewal, renewed
 from service.store.postgres.rows import rows, scalar
 from service.store.sql_common import group_params, group_spec_from_row, parked_from_row, parked_page
+
+
+def _report(name: str, member_id: str, report: ConsumerReport) -> list[Statement]:
+    # Milliseconds: the statement's parameters are text (no floats).
+    answered_ago = None if report.answered_ago is None else round(report.answered_ago * 1000)
+    return [
+        Statement(sql.FORGET_OLD_REPORTS.encode(), (name,)),
+        Statement(
+            sql.UPSERT_CONSUMER_REPORT.encode(),
+            (name, member_id, report.replica_id, report.replica_address, report.in_flight, answered_ago),
+        ),
+    ]
 
 
 def _parked_json(events: Sequence[GroupParkedEvent]) -> str:
@@ -51,6 +64,7 @@ def _parked_json(events: Sequence[GroupParkedEvent]) -> str:
 
 class GroupsRole:
     _db: Database
+    _lease_db: Database  # PostgresStore's: the leases' connection
 
     @property
     def consumer_leases(self) -> LeaseStore:
@@ -144,18 +158,16 @@ class GroupsRole:
         return states
 
     async def report_consumer(self, name: str, member_id: str, report: ConsumerReport) -> None:
-        # Milliseconds: the statement's parameters are text (no floats).
-        answered_ago = None if report.answered_ago is None else round(report.answered_ago * 1000)
-        await self._db.run(
-            "report_consumer",
-            [
-                Statement(sql.FORGET_OLD_REPORTS.encode(), (name,)),
-                Statement(
-                    sql.UPSERT_CONSUMER_REPORT.encode(),
-                    (name, member_id, report.replica_id, report.replica_address, report.in_flight, answered_ago),
-                ),
-            ],
-        )
+        await self._db.run("report_consumer", _report(name, member_id, report))
+
+    async def renew_consumer(
+        self, name: str, member: LeaseMember, names: Sequence[str], ttl: float, report: ConsumerReport
+    ) -> LeaseView:
+        # One operation (one transaction) on the leases' connection, which
+        # no append holds up (store.py): the renewal's statements, then the report's.
+        statements = renewal(consumer_group(name), member, names, ttl)
+        results = await self._lease_db.run("renew_consumer", [*statements, *_report(name, member.member_id, report)])
+        return renewed(results)
 
     async def commit_segment(
         self,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from psycopg.pq.abc import PGresult
+
 from service.store.leasing import Lease, LeaseMember, LeaseView
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
@@ -24,29 +26,8 @@ class LeasesRole:
     _lease_db: Database  # a connection of its own (store.py says why)
 
     async def renew_leases(self, group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> LeaseView:
-        ttl_ms = _millis(ttl)
-        statements = [
-            Statement(
-                sql.UPSERT_LEASE_MEMBER.encode(), (group, member.member_id, member.address, ttl_ms, member.console)
-            ),
-            Statement(sql.FORGET_DEAD_MEMBERS.encode(), (group,)),
-            Statement(sql.ENSURE_LEASES.encode(), (group, list(names))),
-            Statement(sql.RENEW_LEASES.encode(), (group, member.member_id, ttl_ms)),
-            Statement(sql.LIVE_MEMBERS.encode(), (group,)),
-            Statement(sql.GROUP_LEASES.encode(), (group,)),
-        ]
-        results = await self._lease_db.run("renew_leases", statements)
-        members = tuple(LeaseMember(str(row[0]), str(row[1]), str(row[2]), float(row[3])) for row in rows(results[4]))
-        leases = tuple(
-            Lease(
-                str(row[0]),
-                None if row[1] is None else str(row[1]),
-                int(row[2]),
-                None if row[3] is None else float(row[3]),
-            )
-            for row in rows(results[5])
-        )
-        return LeaseView(members, leases)
+        results = await self._lease_db.run("renew_leases", renewal(group, member, names, ttl))
+        return renewed(results)
 
     async def change_leases(
         self, group: str, member_id: str, *, release: Sequence[str], acquire: Sequence[str], ttl: float
@@ -66,3 +47,32 @@ class LeasesRole:
                 Statement(sql.RELEASE_ALL_LEASES.encode(), (group, member_id)),
             ],
         )
+
+
+def renewal(group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> list[Statement]:
+    """``renew_leases``' statements, which a consumer's heartbeat sends
+    with its report's in one operation (``groups.py``); ``renewed`` reads
+    their results, the first ``len(renewal(...))`` of the operation's."""
+    ttl_ms = _millis(ttl)
+    return [
+        Statement(sql.UPSERT_LEASE_MEMBER.encode(), (group, member.member_id, member.address, ttl_ms, member.console)),
+        Statement(sql.FORGET_DEAD_MEMBERS.encode(), (group,)),
+        Statement(sql.ENSURE_LEASES.encode(), (group, list(names))),
+        Statement(sql.RENEW_LEASES.encode(), (group, member.member_id, ttl_ms)),
+        Statement(sql.LIVE_MEMBERS.encode(), (group,)),
+        Statement(sql.GROUP_LEASES.encode(), (group,)),
+    ]
+
+
+def renewed(results: Sequence[PGresult]) -> LeaseView:
+    members = tuple(LeaseMember(str(row[0]), str(row[1]), str(row[2]), float(row[3])) for row in rows(results[4]))
+    leases = tuple(
+        Lease(
+            str(row[0]),
+            None if row[1] is None else str(row[1]),
+            int(row[2]),
+            None if row[3] is None else float(row[3]),
+        )
+        for row in rows(results[5])
+    )
+    return LeaseView(members, leases)

@@ -21,11 +21,11 @@ from service.store.grouping import (
     consumers_of,
     updatable_params,
 )
-from service.store.leasing import Fencing
+from service.store.leasing import Fencing, LeaseMember, LeaseView
 from service.store.memory_groups import group_exists
 from service.store.sql_common import group_params, group_spec_from_row, parked_from_row, parked_page
 from service.store.sqlite import sql
-from service.store.sqlite.leases import now_us, still_held
+from service.store.sqlite.leases import micros, now_us, renewed, still_held
 from service.store.sqlite.writer import Writer, reading, writing
 
 REPORTS_KEPT_US = 3600 * 1_000_000  # a consumer's report is forgotten an hour after it was written
@@ -33,6 +33,7 @@ REPORTS_KEPT_US = 3600 * 1_000_000  # a consumer's report is forgotten an hour a
 
 class GroupsRole:
     _writer: Writer
+    _lease_writer: Writer  # SqliteStore's LeasesRole's
 
     @property
     def consumer_leases(self) -> LeaseStore:
@@ -56,6 +57,12 @@ class GroupsRole:
 
     async def report_consumer(self, name: str, member_id: str, report: ConsumerReport) -> None:
         await self._writer.run(_report, name, member_id, report)
+
+    async def renew_consumer(
+        self, name: str, member: LeaseMember, names: Sequence[str], ttl: float, report: ConsumerReport
+    ) -> LeaseView:
+        # On the leases' connection: a heartbeat does not wait behind appends (store.py).
+        return await self._lease_writer.run(_renew_consumer, name, member, tuple(names), micros(ttl), report)
 
     async def commit_segment(
         self,
@@ -165,14 +172,32 @@ def _read(db: sqlite3.Connection, name: str) -> GroupState | None:
 
 
 def _report(db: sqlite3.Connection, name: str, member_id: str, report: ConsumerReport) -> None:
-    now = now_us()
-    answered = None if report.answered_ago is None else now - round(report.answered_ago * 1e6)
     with writing(db):
-        db.execute(sql.FORGET_OLD_REPORTS, (name, now - REPORTS_KEPT_US))
-        db.execute(
-            sql.UPSERT_CONSUMER_REPORT,
-            (name, member_id, report.replica_id, report.replica_address, report.in_flight, answered, now),
-        )
+        _reported(db, name, member_id, report, now_us())
+
+
+def _renew_consumer(
+    db: sqlite3.Connection,
+    name: str,
+    member: LeaseMember,
+    names: Sequence[str],
+    ttl_us: int,
+    report: ConsumerReport,
+) -> LeaseView:
+    with writing(db):
+        now = now_us()
+        view = renewed(db, consumer_group(name), member, names, ttl_us, now)
+        _reported(db, name, member.member_id, report, now)
+    return view
+
+
+def _reported(db: sqlite3.Connection, name: str, member_id: str, report: ConsumerReport, now: int) -> None:
+    answered = None if report.answered_ago is None else now - round(report.answered_ago * 1e6)
+    db.execute(sql.FORGET_OLD_REPORTS, (name, now - REPORTS_KEPT_US))
+    db.execute(
+        sql.UPSERT_CONSUMER_REPORT,
+        (name, member_id, report.replica_id, report.replica_address, report.in_flight, answered, now),
+    )
 
 
 def _load(db: sqlite3.Connection, name: str) -> GroupState | None:

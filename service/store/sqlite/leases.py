@@ -31,7 +31,7 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def _micros(seconds: float) -> int:
+def micros(seconds: float) -> int:
     return max(1, round(seconds * 1_000_000))
 
 
@@ -43,12 +43,12 @@ class LeasesRole:
     _lease_writer: Writer
 
     async def renew_leases(self, group: str, member: LeaseMember, names: Sequence[str], ttl: float) -> LeaseView:
-        return await self._lease_writer.run(_renew, group, member, tuple(names), _micros(ttl))
+        return await self._lease_writer.run(_renew, group, member, tuple(names), micros(ttl))
 
     async def change_leases(
         self, group: str, member_id: str, *, release: Sequence[str], acquire: Sequence[str], ttl: float
     ) -> list[Lease]:
-        return await self._lease_writer.run(_change, group, member_id, tuple(release), tuple(acquire), _micros(ttl))
+        return await self._lease_writer.run(_change, group, member_id, tuple(release), tuple(acquire), micros(ttl))
 
     async def leave_group(self, group: str, member_id: str) -> None:
         await self._lease_writer.run(_leave, group, member_id)
@@ -56,24 +56,31 @@ class LeasesRole:
 
 def _renew(db: sqlite3.Connection, group: str, member: LeaseMember, names: Sequence[str], ttl_us: int) -> LeaseView:
     with writing(db):
-        now = now_us()
-        db.execute(sql.UPSERT_LEASE_MEMBER, (group, member.member_id, member.address, now + ttl_us, member.console))
-        db.execute(sql.FORGET_DEAD_MEMBERS, (group, now - _FORGET_DEAD_AFTER_US))
-        db.executemany(sql.ENSURE_LEASE, [(group, name) for name in names])
-        db.execute(sql.RENEW_LEASES, (now + ttl_us, group, member.member_id))
-        members = tuple(
-            LeaseMember(str(m), str(a), str(c), _seconds(until - now))
-            for m, a, c, until in db.execute(sql.LIVE_MEMBERS, (group, now))
+        return renewed(db, group, member, names, ttl_us, now_us())
+
+
+def renewed(
+    db: sqlite3.Connection, group: str, member: LeaseMember, names: Sequence[str], ttl_us: int, now: int
+) -> LeaseView:
+    """``renew_leases``' writes and reads, in the caller's transaction
+    (a consumer's heartbeat writes its report in the same one)."""
+    db.execute(sql.UPSERT_LEASE_MEMBER, (group, member.member_id, member.address, now + ttl_us, member.console))
+    db.execute(sql.FORGET_DEAD_MEMBERS, (group, now - _FORGET_DEAD_AFTER_US))
+    db.executemany(sql.ENSURE_LEASE, [(group, name) for name in names])
+    db.execute(sql.RENEW_LEASES, (now + ttl_us, group, member.member_id))
+    members = tuple(
+        LeaseMember(str(m), str(a), str(c), _seconds(until - now))
+        for m, a, c, until in db.execute(sql.LIVE_MEMBERS, (group, now))
+    )
+    leases = tuple(
+        Lease(
+            str(name),
+            None if owner is None else str(owner),
+            int(epoch),
+            None if owner is None else _seconds(until - now),
         )
-        leases = tuple(
-            Lease(
-                str(name),
-                None if owner is None else str(owner),
-                int(epoch),
-                None if owner is None else _seconds(until - now),
-            )
-            for name, owner, epoch, until in db.execute(sql.GROUP_LEASES, (group, now))
-        )
+        for name, owner, epoch, until in db.execute(sql.GROUP_LEASES, (group, now))
+    )
     return LeaseView(members, leases)
 
 
