@@ -359,6 +359,7 @@ class ConsumerSession:
         self._stall_seconds = max(spec.ack_timeout_ms / 1000, MIN_STALL_SECONDS)
         self._write_began: float | None = None  # the stream waits in a write since then
         self._answered_at = float("-inf")  # the consumer's last ack or nack
+        self._joined_at: float | None = None  # when the session joined the group (``start``)
         self._stall_check: asyncio.TimerHandle | None = None
         self._cut = False  # ended as stalled or unresponsive: its events and segments are the others' now
         # Deliveries timed out in a row with no answer from the consumer, and
@@ -370,6 +371,7 @@ class ConsumerSession:
     # -- life ------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._joined_at = self._clock()
         try:
             await self.keeper.beat()
         except BaseException:
@@ -788,18 +790,21 @@ class ConsumerSession:
 
     def report(self) -> ConsumerReport:
         """What the session says of its consumer now: this replica, the
-        events in flight, how long ago it last acked or nacked. Written to
+        events in flight, how long ago it last acked or nacked and how long
+        ago it joined (``start``; the store keeps the first). Written to
         the store with each heartbeat's renewal of its leases, in the same
         transaction (``ReportingLeases``), for every replica to show: a
         consumer whose heartbeats stop (its replica died or hangs) is shown
         silent while its lease still holds its segments."""
         replica = self._replica()
-        answered = self._clock() - self._answered_at if self._answered_at != float("-inf") else None
+        now = self._clock()
+        answered = now - self._answered_at if self._answered_at != float("-inf") else None
         return ConsumerReport(
             replica_id=replica.member_id,
             replica_address=replica.address,
             in_flight=self._in_flight,
             answered_ago=answered,
+            connected_ago=None if self._joined_at is None else now - self._joined_at,
         )
 
     # -- segments held -------------------------------------------------------------

@@ -598,6 +598,8 @@ def consumer_info(consumer: GroupConsumer) -> pb.GroupConsumer:
         message.since_last_heard.FromMilliseconds(round(report.heard_ago * 1000))
         if report.answered_ago is not None:
             message.since_last_answer.FromMilliseconds(round(report.answered_ago * 1000))
+        if report.connected_ago is not None:
+            message.since_connected.FromMilliseconds(round(report.connected_ago * 1000))
     return message
 
 

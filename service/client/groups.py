@@ -438,8 +438,10 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
         consumer (``GroupConsumer`` of the protocol) carries what its
         session last reported: ``replica_address`` and
         ``replica_id`` of the replica it is connected to, ``in_flight``,
-        ``since_last_answer`` and ``since_last_heard`` (Durations; unset
-        before its first report, or before its first ack or nack). A
+        ``since_last_answer``, ``since_last_heard`` and ``since_connected``
+        (how long ago it joined) (Durations; unset before its first
+        report, or before its first ack or nack; ``since_connected`` from
+        a server of an older version too). A
         ``since_last_heard`` longer than two heartbeats (a third of the
         lease time each) tells a consumer whose replica stopped, still
         holding its segments until its lease lapses."""

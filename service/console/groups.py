@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
@@ -280,6 +281,20 @@ def _ago(seconds: float) -> str:
     return f"{seconds:.1f} s ago" if seconds < 10 else f"{seconds:.0f} s ago"
 
 
+def _connected_since(seconds: float, now: datetime | None = None) -> str:
+    """When a consumer joined, ``seconds`` ago (by the store's clock; shown
+    at this replica's), and for how long: "2026-12-06 13:45:02 UTC (for 5 min)"."""
+    joined = (now or datetime.now(UTC)) - timedelta(seconds=seconds)
+    whole = int(seconds)
+    if whole < 60:
+        lasted = f"{whole} s"
+    elif whole < 3600:
+        lasted = f"{whole // 60} min"
+    else:
+        lasted = f"{whole // 3600} h {whole % 3600 // 60} min"
+    return f"{joined:%Y-%m-%d %H:%M:%S} UTC (for {lasted})"
+
+
 def silent(parts: Parts, consumer: groups_pb.GroupConsumer) -> bool:
     """Whether the consumer's session missed two heartbeats' reports (each
     replica reports every ``interval``: the cluster's lease time over three,
@@ -318,8 +333,8 @@ def _cut_rule(group: groups_pb.GroupInfo) -> str:
 def consumers_table(
     parts: Parts, consumers: Sequence[groups_pb.GroupConsumer], group: groups_pb.GroupInfo | None = None
 ) -> Html:
-    """Each live consumer: its segments, the replica it is connected to,
-    its events in flight and its last ack or nack, as its session last
+    """Each live consumer: its segments, the replica it is connected to and
+    since when, its events in flight and its last ack or nack, as its session last
     reported to the store (the same on every replica), and how long ago
     that was; a silent one says so, with when its lease lapses; one not
     answering (``not_answering``, given its ``group``) says so, with
@@ -345,6 +360,8 @@ def consumers_table(
                 class_="error not-answering",
             )
         heard: Content = _ago(_seconds(consumer.since_last_heard)) if reported else ""
+        # Unset before its first report, or reported by a replica of an older version.
+        connected = _connected_since(_seconds(consumer.since_connected)) if consumer.HasField("since_connected") else ""
         if silent(parts, consumer):
             lapses = max(0.0, parts.leases.ttl - _seconds(consumer.since_last_heard))
             heard = tag(
@@ -357,12 +374,21 @@ def consumers_table(
                 consumer.consumer,
                 ", ".join(str(s) for s in consumer.segments),
                 replica,
+                connected,
                 consumer.in_flight if reported else "",
                 answered if reported else "",
                 heard,
             )
         )
-    headings = ["consumer", "segments", "connected to", "in flight", "last ack or nack", "last heard"]
+    headings = [
+        "consumer",
+        "segments",
+        "connected to",
+        "connected since",
+        "in flight",
+        "last ack or nack",
+        "last heard",
+    ]
     return table(headings, rows, empty="no live consumer", id="consumers")
 
 

@@ -138,6 +138,10 @@ class ConsumerReport:
     in_flight: int  # events delivered and not yet acked or nacked
     answered_ago: float | None = None  # since the consumer's last ack or nack; None: none yet
     heard_ago: float = 0.0  # since the report was written (0 as written)
+    # Since the session joined the group: kept as its first report said it
+    # (each later one says the same, give or take its clock's reading).
+    # None: reported by a server of an older version.
+    connected_ago: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,7 @@ class MemoryGroups:
                 report,
                 answered_ago=None if report.answered_ago is None else report.answered_ago + now - written,
                 heard_ago=now - written,
+                connected_ago=None if report.connected_ago is None else report.connected_ago + now - written,
             )
             for member, (report, written) in self._consumer_reports.get(name, {}).items()
         }
@@ -118,7 +119,11 @@ class MemoryGroups:
         reports = self._consumer_reports.setdefault(name, {})
         for member in [m for m, (_, written) in reports.items() if now - written > REPORTS_KEPT_SECONDS]:
             del reports[member]
-        reports[member_id] = (replace(report, heard_ago=0.0), now)
+        connected_ago = report.connected_ago
+        last = reports.get(member_id)
+        if last is not None and last[0].connected_ago is not None:
+            connected_ago = last[0].connected_ago + now - last[1]  # the first report's, as the SQL stores keep it
+        reports[member_id] = (replace(report, heard_ago=0.0, connected_ago=connected_ago), now)
 
     async def list_groups(self) -> list[GroupState]:
         states = [await self.load_group(name) for name in sorted(self._groups)]

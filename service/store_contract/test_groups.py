@@ -387,6 +387,7 @@ async def test_a_consumers_last_report_is_shown_with_it_while_it_is_a_live_membe
     reports = {consumer.consumer: consumer.report for consumer in listed.consumers}
     assert reports["a#1"] is not None and reports["a#1"].in_flight == 3
     assert reports["b#2"] is not None and reports["b#2"].answered_ago is None  # it never answered
+    assert reports["b#2"].connected_ago is None  # nor said when it joined (a server of an older version)
     await leases.leave_group(group, "a#1")
     state = await store.load_group("billing")
     assert state is not None and [c.consumer for c in state.consumers] == ["b#2"]
@@ -401,13 +402,17 @@ async def test_a_consumers_heartbeat_renews_its_leases_and_writes_its_report_tog
     """``renew_consumer`` is ``renew_leases`` of the group's lease group and
     ``report_consumer`` in one: the member is renewed (live, its leases
     extended, the view returned as ``renew_leases`` returns it) and its
-    report kept, replacing the last, shown with it."""
+    report kept, replacing the last, shown with it; when it joined is kept
+    as its first report said."""
     await store.create_group(SPEC)
     group, names = consumer_group("billing"), [segment_lease(s) for s in range(4)]
-    first = await store.renew_consumer("billing", LeaseMember("a#1", "h:1"), names, 30, replace(REPORT, in_flight=9))
+    joined = replace(REPORT, in_flight=9, connected_ago=5.0)
+    first = await store.renew_consumer("billing", LeaseMember("a#1", "h:1"), names, 30, joined)
     assert [m.member_id for m in first.members] == ["a#1"] and sorted(lease.name for lease in first.leases) == names
     await store.consumer_leases.change_leases(group, "a#1", release=(), acquire=("0", "1"), ttl=30)
-    view = await store.renew_consumer("billing", LeaseMember("a#1", "h:1"), names, 30, REPORT)
+    # A later report says the session joined at another moment (its clock read again): the first one stays.
+    later = replace(REPORT, connected_ago=100.0)
+    view = await store.renew_consumer("billing", LeaseMember("a#1", "h:1"), names, 30, later)
     held = {lease.name: lease.owner for lease in view.leases}
     assert held == {"0": "a#1", "1": "a#1", "2": None, "3": None}
     state = await store.load_group("billing")
@@ -416,6 +421,7 @@ async def test_a_consumers_heartbeat_renews_its_leases_and_writes_its_report_tog
     assert (consumer.consumer, consumer.segments) == ("a#1", (0, 1))
     assert consumer.report is not None and (consumer.report.replica_id, consumer.report.in_flight) == ("replica-1", 3)
     assert 0 <= consumer.report.heard_ago < 10
+    assert consumer.report.connected_ago is not None and 4.99 <= consumer.report.connected_ago < 5 + 10
     # The view is the same a plain renewal of the member sees.
     assert (await store.consumer_leases.renew_leases(group, LeaseMember("a#1", "h:1"), names, 30)).leases == view.leases
 

@@ -250,8 +250,8 @@ async def test_an_operator_changes_a_groups_settings_with_set_and_bad_ones_are_r
 async def test_chronicle_group_shows_each_consumers_replica_events_in_flight_and_last_answer(tmp_path: Path) -> None:
     """The consumer's report, as ListGroups carries it from the store (SQLite
     here): the replica it is connected to, its events in flight, how long
-    ago it last answered and was last heard from (a report each half
-    second: the lease time over three)."""
+    ago it joined, last answered and was last heard from (a report each
+    half second: the lease time over three)."""
     store = SqliteStore(tmp_path / "events.db")
     await store.open()
     settings = replace(TEST_SETTINGS, anonymous_admin=True, poll_seconds=0.05, lease_seconds=1.5)
@@ -280,5 +280,7 @@ async def test_chronicle_group_shows_each_consumers_replica_events_in_flight_and
     consumer: dict[str, object] = consumers[0]
     assert (consumer["replica_address"], consumer["replica_id"]) == (app.leases.member.address, app.leases.member_id)
     assert consumer["in_flight"] == 2 and consumer["segments"] == [0]
-    for field in ("since_last_answer", "since_last_heard"):
+    for field in ("since_last_answer", "since_last_heard", "since_connected"):
         assert str(consumer[field]).endswith("s") and float(str(consumer[field])[:-1]) < 30, consumer
+    # Connected before it answered: it joined, then took its events in and acked one.
+    assert float(str(consumer["since_connected"])[:-1]) >= float(str(consumer["since_last_answer"])[:-1])

@@ -14,6 +14,7 @@ import re
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,11 @@ async def test_one_replica_shows_each_consumers_in_flight_last_answer_and_replic
     assert consumer.since_last_heard.ToTimedelta().total_seconds() < 3  # it reports every second
     assert (listed.consumer, listed.in_flight) == (consumer.consumer, 3)  # ListGroups carries the same
     row = consumers_rows(page)["worker"]
-    assert row[1:5] == ["0", "this replica", "3", row[4]] and row[4].endswith("s ago")
-    assert row[5].endswith("s ago") and "silent" not in row[5]
+    assert row[1:3] == ["0", "this replica"] and row[4] == "3" and row[5].endswith("s ago")
+    assert row[6].endswith("s ago") and "silent" not in row[6]
+    # Connected since: when its session joined (within this test's few seconds), and for how long.
+    assert consumer.since_connected.ToTimedelta().total_seconds() < 30
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC \(for \d+ s\)", row[3]), row[3]
 
 
 async def test_a_consumer_holding_events_past_the_ack_timeout_is_flagged_not_answering_beside_the_settings() -> None:
@@ -136,8 +140,8 @@ async def test_a_consumer_holding_events_past_the_ack_timeout_is_flagged_not_ans
     finally:
         await app.stop(grace=0.5, drain=0)
     row = consumers_rows(page)["stuck"]
-    assert row[4].startswith("not answering: ") and "past the ack timeout (1 s)" in row[4]
-    assert "never for not answering (max_unanswered_timeouts 0)" in row[4]
+    assert row[5].startswith("not answering: ") and "past the ack timeout (1 s)" in row[5]
+    assert "never for not answering (max_unanswered_timeouts 0)" in row[5]
     shown = page.partition('<table id="settings">')[2].partition("</table>")[0]
     settings_rows = {
         text_of(cells[0]): text_of(cells[1]) for cells in re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td>", shown)
@@ -213,7 +217,7 @@ async def test_every_replica_shows_every_consumer_and_a_stopped_replicas_consume
                     rows = consumers_rows((await request(console, "GET", "/groups/billing")).text)
                     return (
                         set(rows) == {"steady", "holding"}
-                        and rows["holding"][3] not in ("", "0")
+                        and rows["holding"][4] not in ("", "0")
                         and rows["steady"][1] != ""
                         and rows["holding"][1] != ""
                     )
@@ -221,7 +225,7 @@ async def test_every_replica_shows_every_consumer_and_a_stopped_replicas_consume
                 await eventually(both_reported_holding_some, within=30, what="both consumers reported, one holding")
                 here_page = consumers_rows((await request(console, "GET", "/groups/billing")).text)
                 there_page = consumers_rows((await request(frozen_console, "GET", "/groups/billing")).text)
-                in_flight = int(here_page["holding"][3])
+                in_flight = int(here_page["holding"][4])
 
                 frozen.process.send_signal(signal.SIGSTOP)  # its replica hangs: no heartbeat, no report
                 try:
@@ -231,7 +235,7 @@ async def test_every_replica_shows_every_consumer_and_a_stopped_replicas_consume
                         nonlocal silent_row
                         rows = consumers_rows((await request(console, "GET", "/groups/billing")).text)
                         silent_row = rows.get("holding", [])
-                        return bool(silent_row) and "silent" in silent_row[5]
+                        return bool(silent_row) and "silent" in silent_row[6]
 
                     await eventually(shown_silent, within=20, what="the stopped replica's consumer shown silent")
                     api_view = {c.consumer.partition("#")[0]: c for c in (await here.groups.get("billing")).consumers}
@@ -253,11 +257,14 @@ async def test_every_replica_shows_every_consumer_and_a_stopped_replicas_consume
     # Every replica shows both consumers, each connected where it is.
     assert here_page["steady"][2] == "this replica" and here_page["holding"][2].startswith(frozen_address + " (")
     assert there_page["holding"][2] == "this replica" and there_page["steady"][2].startswith(here_address + " (")
-    assert there_page["holding"][3] == here_page["holding"][3]  # the same report, read from the store
-    assert in_flight > 0 and here_page["holding"][4].endswith("s ago")  # it acked one, holds the rest
+    assert there_page["holding"][4] == here_page["holding"][4]  # the same report, read from the store
+    # When it joined: the same on both (its first report's, read from the store), to the page's second.
+    joined = [datetime.fromisoformat(page["holding"][3].partition(" UTC")[0]) for page in (here_page, there_page)]
+    assert abs((joined[0] - joined[1]).total_seconds()) <= 2
+    assert in_flight > 0 and here_page["holding"][5].endswith("s ago")  # it acked one, holds the rest
     # Stopped: still holding its segments and its events, shown silent, not healthy.
-    assert silent_row[1] != "" and silent_row[3] == str(in_flight)
-    assert "silent: last heard" in silent_row[5] and "holds its segments until its lease lapses" in silent_row[5]
+    assert silent_row[1] != "" and silent_row[4] == str(in_flight)
+    assert "silent: last heard" in silent_row[6] and "holds its segments until its lease lapses" in silent_row[6]
     holding_api = api_view["holding"]
     assert holding_api.since_last_heard.ToTimedelta().total_seconds() > 2 * lease / 3
     assert holding_api.replica_address == frozen_address and list(holding_api.segments)

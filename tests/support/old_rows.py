@@ -50,6 +50,8 @@ and the other does not can shift them):
        (before: none, read as 0)
     21 (SQLite 18) a subscription group's max_unanswered_timeouts (before:
        none, read as the default)
+    22 (SQLite 19) when a group's consumer joined, with its report (before:
+       none, read as not known)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -148,6 +150,9 @@ SINCE["sqlite"]["group_counts"] = 17
 # A group's max_unanswered_timeouts: PostgreSQL's migration 21, SQLite's 18.
 SINCE["postgres"]["unanswered"] = 21
 SINCE["sqlite"]["unanswered"] = 18
+# When a group consumer joined, kept with its report: PostgreSQL's migration 22, SQLite's 19.
+SINCE["postgres"]["consumer_connected"] = 22
+SINCE["sqlite"]["consumer_connected"] = 19
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -631,7 +636,8 @@ def rows_at(dialect: str, version: int) -> OldRows:
             ),
         ]
     if rows.holds("consumer_reports"):
-        rows.consumer_reports["worker-old#1"] = GROUP_REPORT
+        connected = 60.0 if rows.holds("consumer_connected") else None
+        rows.consumer_reports["worker-old#1"] = replace(GROUP_REPORT, connected_ago=connected)
     return rows
 
 
@@ -1050,6 +1056,11 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
             )
             answered = report.answered_ago if report is not None else None
             same(f"last answer of {member_id} at least as long ago", answered is not None and answered >= 2.49, True)
+            connected = report.connected_ago if report is not None else None
+            if written.connected_ago is None:
+                same(f"{member_id} joined when not known", connected, None)
+            else:
+                same(f"{member_id} joined at least as long ago", connected is not None and connected >= 59.9, True)
 
     for kind, body in (
         ("events", events),

@@ -64,6 +64,8 @@ DATABASE_TIMES = frozenset(
         "answered_at_us",
         "reported_at",  # and now()
         "reported_at_us",
+        "connected_at",  # and now() less how long ago it joined
+        "connected_at_us",
         "incarnation",  # not a time: a subscription group's, drawn afresh by the store at each creation
     }
 )
@@ -280,6 +282,12 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 report.answered_ago,
             ),
         )
+        if rows.holds("consumer_connected"):
+            conn.execute(
+                "UPDATE chronicle.group_consumer_reports SET connected_at = now() - %s * interval '1 second'"
+                " WHERE member_id = %s",
+                (report.connected_ago, member_id),
+            )
     for entry in rows.group_parked:
         conn.execute(
             "INSERT INTO chronicle.group_parked (group_name, event_id, position, segment, aggregate_id, attempts,"
@@ -647,6 +655,11 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
                 now_us,
             ),
         )
+        if rows.holds("consumer_connected") and report.connected_ago is not None:
+            conn.execute(
+                "UPDATE group_consumer_reports SET connected_at_us = ? WHERE member_id = ?",
+                (now_us - round(report.connected_ago * 1_000_000), member_id),
+            )
     for entry in rows.group_parked:
         conn.execute(
             "INSERT INTO group_parked (group_name, event_id, position, segment, aggregate_id, attempts, reason,"

@@ -36,11 +36,12 @@ from service.store.sql_common import group_params, group_spec_from_row, parked_f
 def _report(name: str, member_id: str, report: ConsumerReport) -> list[Statement]:
     # Milliseconds: the statement's parameters are text (no floats).
     answered_ago = None if report.answered_ago is None else round(report.answered_ago * 1000)
+    connected_ago = None if report.connected_ago is None else round(report.connected_ago * 1000)
     return [
         Statement(sql.FORGET_OLD_REPORTS.encode(), (name,)),
         Statement(
             sql.UPSERT_CONSUMER_REPORT.encode(),
-            (name, member_id, report.replica_id, report.replica_address, report.in_flight, answered_ago),
+            (name, member_id, report.replica_id, report.replica_address, report.in_flight, answered_ago, connected_ago),
         ),
     ]
 
@@ -134,13 +135,14 @@ class GroupsRole:
             if str(lease).isdigit():
                 owners.setdefault(group, {})[int(lease)] = str(owner)
         reports: dict[str, dict[str, ConsumerReport]] = {}
-        for group, member, replica_id, address, in_flight, answered_ago, heard_ago in rows(results[5]):
+        for group, member, replica_id, address, in_flight, answered_ago, heard_ago, connected_ago in rows(results[5]):
             reports.setdefault(str(group), {})[str(member)] = ConsumerReport(
                 replica_id=str(replica_id),
                 replica_address=str(address),
                 in_flight=int(in_flight),
                 answered_ago=None if answered_ago is None else max(0.0, float(answered_ago)),
                 heard_ago=max(0.0, float(heard_ago)),
+                connected_ago=None if connected_ago is None else max(0.0, float(connected_ago)),
             )
         states = []
         for row in rows(results[0]):

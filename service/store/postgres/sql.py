@@ -1009,19 +1009,24 @@ LOAD_GROUP_CONSUMERS = (
 # Each live consumer's last report, its ages in seconds as of now (the database's clock).
 LOAD_GROUP_REPORTS = (
     "SELECT r.group_name, r.member_id, r.replica_id, r.replica_address, r.in_flight,"
-    " extract(epoch FROM now() - r.answered_at)::float8, extract(epoch FROM now() - r.reported_at)::float8"
+    " extract(epoch FROM now() - r.answered_at)::float8, extract(epoch FROM now() - r.reported_at)::float8,"
+    " extract(epoch FROM now() - r.connected_at)::float8"
     " FROM chronicle.group_consumer_reports AS r JOIN chronicle.lease_members AS m"
     " ON m.lease_group = $2 || r.group_name AND m.member_id = r.member_id AND m.expires_at > now()"
     f" WHERE {_ONE_OR_ALL.format('r.group_name')}"
 )
 # A consumer's report replaces its last; the group's reports an hour old go.
+# The time a session joined is kept as its first report said it: each later
+# one computes it again from its own clock, a little off each time.
 UPSERT_CONSUMER_REPORT = (
     "INSERT INTO chronicle.group_consumer_reports"
-    " (group_name, member_id, replica_id, replica_address, in_flight, answered_at, reported_at)"
-    " VALUES ($1, $2, $3, $4, $5::integer, now() - $6::bigint * interval '1 millisecond', now())"
+    " (group_name, member_id, replica_id, replica_address, in_flight, answered_at, reported_at, connected_at)"
+    " VALUES ($1, $2, $3, $4, $5::integer, now() - $6::bigint * interval '1 millisecond', now(),"
+    " now() - $7::bigint * interval '1 millisecond')"
     " ON CONFLICT (group_name, member_id) DO UPDATE SET replica_id = excluded.replica_id,"
     " replica_address = excluded.replica_address, in_flight = excluded.in_flight,"
-    " answered_at = excluded.answered_at, reported_at = excluded.reported_at"
+    " answered_at = excluded.answered_at, reported_at = excluded.reported_at,"
+    " connected_at = COALESCE(chronicle.group_consumer_reports.connected_at, excluded.connected_at)"
 )
 FORGET_OLD_REPORTS = (
     "DELETE FROM chronicle.group_consumer_reports WHERE group_name = $1 AND reported_at < now() - interval '1 hour'"

@@ -158,8 +158,9 @@ def _read(db: sqlite3.Connection, name: str) -> GroupState | None:
             in_flight=int(in_flight),
             answered_ago=None if answered_at is None else max(0, now - int(answered_at)) / 1e6,
             heard_ago=max(0, now - int(reported_at)) / 1e6,
+            connected_ago=None if connected_at is None else max(0, now - int(connected_at)) / 1e6,
         )
-        for member, replica_id, address, in_flight, answered_at, reported_at in db.execute(
+        for member, replica_id, address, in_flight, answered_at, reported_at, connected_at in db.execute(
             sql.GROUP_REPORTS, (lease_group, now, name)
         )
     }
@@ -193,10 +194,11 @@ def _renew_consumer(
 
 def _reported(db: sqlite3.Connection, name: str, member_id: str, report: ConsumerReport, now: int) -> None:
     answered = None if report.answered_ago is None else now - round(report.answered_ago * 1e6)
+    connected = None if report.connected_ago is None else now - round(report.connected_ago * 1e6)
     db.execute(sql.FORGET_OLD_REPORTS, (name, now - REPORTS_KEPT_US))
     db.execute(
         sql.UPSERT_CONSUMER_REPORT,
-        (name, member_id, report.replica_id, report.replica_address, report.in_flight, answered, now),
+        (name, member_id, report.replica_id, report.replica_address, report.in_flight, answered, now, connected),
     )
 
 

@@ -554,17 +554,22 @@ DELETE_GROUP_MEMBERS = "DELETE FROM lease_members WHERE lease_group = ?"
 # a live member of the group's lease group; replaced by the next; forgotten
 # an hour after it was written; deleted with the group.
 GROUP_REPORTS = (
-    "SELECT r.member_id, r.replica_id, r.replica_address, r.in_flight, r.answered_at_us, r.reported_at_us"
+    "SELECT r.member_id, r.replica_id, r.replica_address, r.in_flight, r.answered_at_us, r.reported_at_us,"
+    " r.connected_at_us"
     " FROM group_consumer_reports AS r JOIN lease_members AS m"
     " ON m.lease_group = ? AND m.member_id = r.member_id AND m.expires_at_us > ? WHERE r.group_name = ?"
 )
+# The time a session joined is kept as its first report said it: each later
+# one computes it again from its own clock, a little off each time.
 UPSERT_CONSUMER_REPORT = (
     "INSERT INTO group_consumer_reports"
-    " (group_name, member_id, replica_id, replica_address, in_flight, answered_at_us, reported_at_us)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (group_name, member_id) DO UPDATE SET"
+    " (group_name, member_id, replica_id, replica_address, in_flight, answered_at_us, reported_at_us,"
+    " connected_at_us)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (group_name, member_id) DO UPDATE SET"
     " replica_id = excluded.replica_id, replica_address = excluded.replica_address,"
     " in_flight = excluded.in_flight, answered_at_us = excluded.answered_at_us,"
-    " reported_at_us = excluded.reported_at_us"
+    " reported_at_us = excluded.reported_at_us,"
+    " connected_at_us = COALESCE(group_consumer_reports.connected_at_us, excluded.connected_at_us)"
 )
 FORGET_OLD_REPORTS = "DELETE FROM group_consumer_reports WHERE group_name = ? AND reported_at_us < ?"
 DELETE_GROUP_REPORTS = "DELETE FROM group_consumer_reports WHERE group_name = ?"
