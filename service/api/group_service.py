@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -52,6 +52,8 @@ MAX_SEGMENTS = 1024
 MAX_IN_FLIGHT = 10_000
 MAX_PARKED_PAGE = 1000
 MAX_REASON = 1000
+# The most parked events one confirmed dismissal takes (``dismiss_confirmed``).
+MAX_CONFIRMED_DISMISSAL = 10_000
 
 
 def _name(field: str, value: str, reason: str) -> str:
@@ -360,6 +362,38 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
                 ", ".join(event_ids[:10]) + (" …" if len(event_ids) > 10 else ""),
             )
         return pb.DismissParkedResponse(dismissed=len(event_ids))
+
+    async def dismiss_confirmed(self, group: str, event_ids: Sequence[str]) -> tuple[int, int]:
+        """DismissParked of up to ``MAX_CONFIRMED_DISMISSAL`` ids at once (the
+        RPC takes 100), for the console's confirmed *Dismiss all*: in one
+        transaction, so a failure midway dismisses none of them, where
+        batches of 100 left the first ones dismissed. Not an RPC: the
+        console calls it in process; the admin grant and the audit are
+        DismissParked's (one entry). Ids no longer parked (a replay
+        acknowledged since the confirmation) are left out and the rest
+        dismissed, all or none again. (dismissed, gone)."""
+        async with self._admin("DismissParked", "dismiss parked events", "group:" + group[:100]):
+            if not 0 < len(event_ids) <= MAX_CONFIRMED_DISMISSAL:
+                raise InvalidInput.for_field(
+                    "event_ids", f"must name 1 to {MAX_CONFIRMED_DISMISSAL:,} parked events", reason="INVALID_EVENT_ID"
+                )
+            state = await self._group("group", group)
+            wanted = list(dict.fromkeys(event_ids))
+            gone = 0
+            while wanted:  # each round leaves out at least one id: it ends
+                missing = set(await self._store.dismiss_parked(state.spec.name, wanted))
+                if not missing:
+                    break
+                gone += len(missing)
+                wanted = [event_id for event_id in wanted if event_id not in missing]
+            log.warning(
+                "%d parked events of group %s dismissed by %r (all confirmed, %d gone meanwhile)",
+                len(wanted),
+                state.spec.name,
+                current_principal.get().name,
+                gone,
+            )
+        return len(wanted), gone
 
     async def _check_parked(self, group: str, event_ids: list[str]) -> None:
         """NOT_FOUND (PARKED_EVENT_NOT_FOUND), naming them, if any of

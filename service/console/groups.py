@@ -24,6 +24,7 @@ from typing import Any, cast
 from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as groups_pb
+from service.api.group_service import MAX_CONFIRMED_DISMISSAL
 from service.console.confirming import Changed, check_confirmed, digest_of
 from service.console.html import Content, Html, Name, link, segment, table, tag, url, void
 from service.console.views import Parts, query_number
@@ -34,8 +35,9 @@ PARKED_PAGE_SIZE = 100  # a group's parked events on its page, a page at a time 
 _LISTING_PAGE = 1000  # ListParked's largest page
 # The most parked events an action on all of them takes from the console:
 # each is listed (for the confirmation's count and digest) and, to dismiss,
-# named in a call; beyond, the page sends the operator to the CLI.
-MAX_ALL_PARKED = 10_000
+# named in one call (``dismiss_confirmed``: one transaction); beyond, the
+# page sends the operator to the CLI.
+MAX_ALL_PARKED = MAX_CONFIRMED_DISMISSAL
 _BATCH = 100  # ReplayParked's and DismissParked's most ids in one call
 # The servicers take gRPC's context and do not use it on these paths.
 _NO_CONTEXT = cast(Any, None)
@@ -147,8 +149,12 @@ async def act_on_all(parts: Parts, name: str, action: str, form: dict[str, str])
     check_confirmed(ids, form)
     # The confirmed events by id, never "all" (an empty list to ReplayParked):
     # an event parked after the confirmation is not acted on unconfirmed.
-    act = _replay if action == "replay-all" else _dismiss
-    return await _in_batches(parts, name, ids, act)
+    if action == "dismiss-all":
+        # All or none, in one transaction: a failure midway (the store went
+        # away) leaves every confirmed event parked, not the first batches
+        # dismissed and the page saying nothing of them.
+        return Done(*await parts.groups.dismiss_confirmed(name, ids))
+    return await _in_batches(parts, name, ids, _replay)
 
 
 async def _refused_by_the_rpc(parts: Parts, name: str, action: str) -> None:
@@ -163,8 +169,9 @@ async def _refused_by_the_rpc(parts: Parts, name: str, action: str) -> None:
 async def _in_batches(
     parts: Parts, name: str, event_ids: list[str], act: Callable[[Parts, str, list[str]], Awaitable[int]]
 ) -> Done:
-    """``act`` (``ReplayParked`` or ``DismissParked``) a hundred ids at a
-    time (their most), each batch all or none; a batch refused because one
+    """``act`` (``ReplayParked``: a replay only marks events, each batch
+    standing on its own) a hundred ids at a time (its most), each batch all
+    or none; a batch refused because one
     of its events left the parked list meanwhile (its replay was
     acknowledged) is acted on one by one."""
     acted = gone = 0
