@@ -10,6 +10,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from service.errors import ChronicleError
+
+
+class StoppedPartway(Exception):
+    """An action on every confirmed item, each its own call, that failed
+    after some were done: ``error``, and what was done before it (``done``,
+    exact counts), for the page to say both. Those done stay done."""
+
+    def __init__(self, error: ChronicleError, done: str) -> None:
+        super().__init__(f"{done} ({error})")
+        self.error = error
+        self.done = done
+
 
 class Changed(Exception):
     """The list is no longer the one the operator confirmed: nothing was

@@ -23,11 +23,11 @@ from typing import Any, cast
 
 from chronicle.v1 import projection_service_pb2 as projections_pb
 from chronicle.v1 import reaction_service_pb2 as reactions_pb
-from service.console.confirming import Changed, check_confirmed, confirmation_fields
+from service.console.confirming import Changed, StoppedPartway, check_confirmed, confirmation_fields
 from service.console.cursors import Cursors
 from service.console.html import Content, Html, Name, link, segment, table, tag, url, void
 from service.console.views import Parts, Runners, state_here, to_json
-from service.errors import ResourceNotFound
+from service.errors import ChronicleError, ResourceNotFound
 from service.principal import current_principal
 
 PARKED_EVENTS_PER_PAGE = 100
@@ -384,9 +384,11 @@ async def replay_all(parts: Parts, name: str, commands: list[reactions_pb.Parked
             )
         except ResourceNotFound as error:
             if error.reason != "PARKED_COMMAND_NOT_FOUND":
-                raise
+                raise _partway(error, "Replayed", accepted + refused, gone, len(commands)) from error
             gone += 1
             continue
+        except ChronicleError as error:
+            raise _partway(error, "Replayed", accepted + refused, gone, len(commands)) from error
         if answer.accepted:
             accepted += 1
         else:
@@ -408,11 +410,25 @@ async def dismiss_all(parts: Parts, name: str, commands: list[reactions_pb.Parke
             )
         except ResourceNotFound as error:
             if error.reason != "PARKED_COMMAND_NOT_FOUND":
-                raise
+                raise _partway(error, "Dismissed", dismissed, gone, len(commands)) from error
             gone += 1
             continue
+        except ChronicleError as error:
+            raise _partway(error, "Dismissed", dismissed, gone, len(commands)) from error
         dismissed += 1
     return f"Dismissed {dismissed} parked command(s)." + _left(gone)
+
+
+def _partway(error: ChronicleError, verb: str, done: int, gone: int, confirmed: int) -> StoppedPartway:
+    """An all-action stopped by ``error``: each command is its own call (a
+    reaction's parked commands are settled one by one, on the replica that
+    runs it), so those before it stay done; the page says exactly how many."""
+    rest = confirmed - done - gone
+    return StoppedPartway(
+        error,
+        f"{verb} {done} of the {confirmed} confirmed parked command(s) before this failure;"
+        f" the other {rest} are still parked (the one it met among them)." + _left(gone),
+    )
 
 
 def _left(gone: int) -> str:

@@ -25,7 +25,7 @@ from importlib import resources
 from urllib.parse import unquote
 
 from service.console import audit, groups, parked, views
-from service.console.confirming import Changed
+from service.console.confirming import Changed, StoppedPartway
 from service.console.consoles import console_url
 from service.console.cursors import Cursors
 from service.console.html import Content, Html, link, page, segment, tag, url, void
@@ -433,6 +433,8 @@ class Console:
                 command_id = form.get("command_id", "")
                 act_on_one = parked.replay_command if action == "replay" else parked.dismiss_command
                 said = await act_on_one(parts, name, command_id)
+        except StoppedPartway as stopped:
+            return self._action_refused(stopped.error, session, principal, "/reactions", back=here, done=stopped.done)
         except ChronicleError as error:
             return self._action_refused(error, session, principal, "/reactions", back=here)
         session.tell(here, said)
@@ -469,13 +471,22 @@ class Console:
         return _redirect(group_page)
 
     def _action_refused(
-        self, error: ChronicleError, session: Session, principal: Principal, current: str, *, back: str = ""
+        self,
+        error: ChronicleError,
+        session: Session,
+        principal: Principal,
+        current: str,
+        *,
+        back: str = "",
+        done: str = "",
     ) -> Response:
         """An administrator's action refused: its RPC audited it; a refusal
-        by the policy is counted as the console's page refusals are."""
+        by the policy is counted as the console's page refusals are.
+        ``done``: what an all-action did before the failure, said first."""
         if isinstance(error, PermissionDenied) and self._on_action_refused is not None:
             self._on_action_refused(error)
-        content: list[Content] = [views.error_box(error)]
+        content: list[Content] = [tag("p", done, class_="notice", id="notice")] if done else []
+        content.append(views.error_box(error))
         if back:
             content.append(tag("p", link(back, "Back"), class_="back"))
         status = _status_of(error)

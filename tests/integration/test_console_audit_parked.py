@@ -23,9 +23,11 @@ from chronicle.v1 import reaction_service_pb2 as reactions_pb
 from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
+from service.api.reaction_service import ReactionService
 from service.app import Application, start
 from service.console import audit as console_audit
 from service.console import parked as console_parked
+from service.errors import StoreUnavailable
 from service.plugins import Documents, Plugin, ProjectedEvent
 from service.plugins.registry import Registry
 from service.settings import Settings
@@ -478,6 +480,50 @@ async def test_an_all_action_acts_only_on_the_commands_it_confirmed(tmp_path: Pa
     assert replayed.status == 303
     assert "Replayed 3 parked command(s): 0 accepted, 3 refused again." in notice_replayed
     assert sorted(actions) == ["DismissParkedCommand"] * 5 + ["ReplayParkedCommand"] * 3
+
+
+@pytest.mark.parametrize("action", ["dismiss-all", "replay-all"])
+async def test_an_all_action_that_fails_midway_says_exactly_how_many_it_did_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """A reaction's parked commands are settled one call each (on the
+    replica that runs it): an all-action cannot be all or none, and one
+    that fails at its third command has done two, for good. The page says
+    so, with the failure, rather than the failure alone."""
+    rpc = "DismissParkedCommand" if action == "dismiss-all" else "ReplayParkedCommand"
+    original = getattr(ReactionService, rpc)
+    calls = 0
+
+    async def failing_third(self: ReactionService, request: Any, context: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise StoreUnavailable("injected: the store went away", reason="STORE_UNAVAILABLE")
+        return await original(self, request, context)
+
+    async with served(with_auth(tmp_path)) as app:
+        address = address_of(app)
+        root = await cookie_of(address, ROOT_KEY)
+        page = "/reactions/" + RELAY
+        async with connect(app.address, interceptors=bearer(ROOT_KEY)) as client:
+            await park(client, ["n1", "n2", "n3", "n4", "n5"])
+
+            async def five_parked() -> bool:
+                answer = await get(address, page, root)
+                return "none parked" not in answer.text and len(rows(answer.text, "parked")) == 5
+
+            await eventually(five_parked, what="five commands parked")
+            token = csrf_of((await get(address, page, root)).text)
+            asked = await post(address, page + "/" + action, root, csrf_token=token)
+            monkeypatch.setattr(ReactionService, rpc, failing_third)
+            failed = await post(address, page + "/" + action, root, **confirmation_of(asked.text))
+            left = rows((await get(address, page, root)).text, "parked")
+    told = text_of(failed.text)
+    verb = "Dismissed" if action == "dismiss-all" else "Replayed"
+    assert failed.status == 503 and "STORE_UNAVAILABLE" in told
+    assert f"{verb} 2 of the 5 confirmed parked command(s) before this failure; the other 3 are still parked" in told
+    # Dismissed: two gone; replayed with the gate shut: refused again, all five still parked.
+    assert len(left) == (3 if action == "dismiss-all" else 5)
 
 
 async def test_a_reactions_page_labels_its_counters_for_what_they_are_not_as_parked_commands_replayed(
