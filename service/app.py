@@ -79,7 +79,7 @@ from service.security.exposure import check_exposure, check_metrics_exposure, is
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware, ReactionOnlyCommands
 from service.security.open_files import open_files_warnings, raise_open_files_limit
-from service.security.policy import Authorizer, Policy
+from service.security.policy import Authorizer, Policy, roles_without_consume
 from service.security.reloading import SecurityReloader, WatchedFile
 from service.security.tls import server_credentials
 from service.settings import Settings, bad_setting
@@ -118,7 +118,23 @@ def build_authentication(settings: Settings) -> tuple[Authenticator | None, Auth
     api_keys = _api_keys(settings) if settings.api_keys_file else None
     jwt_verifier = _jwt_verifier(settings) if settings.jwt_key_file else None
     authenticator = Authenticator(api_keys=api_keys, jwt_verifier=jwt_verifier, mtls=bool(settings.tls_client_ca_file))
-    return authenticator, Authorizer(Policy.load(settings.policy_file))
+    return authenticator, Authorizer(_policy(settings))
+
+
+def _policy(settings: Settings) -> Policy:
+    """The policy file, loaded; a role that subscribes but names no group
+    to consume is said (it loads: refusing it would stop servers whose
+    consumers merely lose their groups until the grant is written)."""
+    policy = Policy.load(settings.policy_file)
+    for role in roles_without_consume(policy):
+        log.warning(
+            "policy %s: role %r grants subscribe but no consume: its principals may not consume subscription"
+            ' groups (since the consume grant; add consume = ["group-name", "prefix-*"], or ["*"] for every'
+            " group, as before)",
+            settings.policy_file,
+            role,
+        )
+    return policy
 
 
 def _api_keys(settings: Settings) -> ApiKeys:
@@ -157,11 +173,7 @@ def build_security_reloader(
         )
     if authenticator is None:
         return SecurityReloader(files, interval=settings.auth_reload_seconds) if files else None
-    files.append(
-        WatchedFile(
-            settings.policy_file, "policy file", lambda: Policy.load(settings.policy_file), authorizer.use_policy
-        )
-    )
+    files.append(WatchedFile(settings.policy_file, "policy file", lambda: _policy(settings), authorizer.use_policy))
     if settings.api_keys_file:
         files.append(
             WatchedFile(settings.api_keys_file, "API-key file", lambda: _api_keys(settings), authenticator.use_api_keys)

@@ -2,10 +2,14 @@
 consumers' streams, and their parked events (``service/groups.py``).
 
 Creating and deleting groups, replaying and dismissing parked events take
-the admin grant and are audited; consuming a group, listing groups and listing
-parked events take the subscribe grant for every aggregate type the group
-reads (a group is shared: it cannot be narrowed to what one caller may see,
-as Subscribe is)."""
+the admin grant and are audited; consuming a group and listing its parked
+events take the consume grant of the group's name and the subscribe grant
+for every aggregate type the group reads (a group is shared: it cannot be
+narrowed to what one caller may see, as Subscribe is; and a consumer's acks,
+nacks and skips settle its events for every other consumer, so reading the
+types is not enough). ListGroups shows a caller the groups it may consume,
+an administrator all (their consumers' names and replica addresses are for
+no one else)."""
 
 from __future__ import annotations
 
@@ -143,6 +147,7 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
 
     def _may_consume(self, spec: GroupSpec) -> bool:
         try:
+            self._authorizer.check_consume_group(current_principal.get(), spec.name)
             self._check_consume(spec)
         except PermissionDenied:
             return False
@@ -173,8 +178,11 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         it may not consume as for one that does not exist; otherwise the
         refusals would tell it which group names exist (GROUP_NOT_FOUND) and
         which types a group reads (the one SUBSCRIBE_DENIED named), as
-        ``check_read_aggregate`` keeps aggregates from being probed."""
-        state = await self._store.load_group(group_name(field, name))
+        ``check_read_aggregate`` keeps aggregates from being probed. The
+        consume grant goes first: it is of the name alone, so its refusal
+        (CONSUME_DENIED) says nothing of the group either."""
+        self._authorizer.check_consume_group(current_principal.get(), group_name(field, name))
+        state = await self._store.load_group(name)
         if state is not None and self._may_consume(state.spec):
             return state
         principal = current_principal.get()
@@ -299,7 +307,8 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
     ) -> pb.ListGroupsResponse:
         states = await self._store.list_groups()
         head = await self._log.log_head()
-        return pb.ListGroupsResponse(groups=[_info(s, head) for s in states if self._may_consume(s.spec)])
+        admin = self._authorizer.grant(current_principal.get()).admin
+        return pb.ListGroupsResponse(groups=[_info(s, head) for s in states if admin or self._may_consume(s.spec)])
 
     async def _info(self, state: GroupState) -> pb.GroupInfo:
         return _info(state, await self._log.log_head())

@@ -526,7 +526,8 @@ async def groups_page(parts: Parts) -> tuple[str, list[Content]]:
         tag(
             "p",
             "Subscription groups the server keeps the position of, shared by their consumers; refreshed every two"
-            " seconds. Only groups whose every aggregate type you may subscribe to are listed.",
+            " seconds. Only groups you may consume (a consume grant names them, and you may subscribe to their every"
+            " aggregate type) are listed; to an administrator, every group.",
             class_="summary",
         ),
         table(

@@ -6,6 +6,7 @@ The policy is a TOML file (``--policy-file``)::
     submit = ["bank.v1.OpenAccount", "bank.v1.Deposit"]   # command types
     read = ["Account"]                                     # aggregate types
     subscribe = ["Account"]                                # aggregate types
+    consume = ["tellers-*"]                                # subscription groups
 
     [roles.operator]
     read = ["*"]            # "*" is every type
@@ -35,6 +36,8 @@ an unauthenticated caller must not be able to erase data irreversibly.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,7 +47,10 @@ from service.errors import ConfigurationError, PermissionDenied, quoted
 from service.principal import Principal
 
 ANY = "*"
-_ROLE_KEYS = {"submit", "read", "subscribe", "impersonate", "admin"}
+_ROLE_KEYS = {"submit", "read", "subscribe", "consume", "impersonate", "admin"}
+# A ``consume`` entry: a group name (service/api/group_service.py's), in
+# which ``*`` stands for any run of characters ("acme-*").
+_GROUP_PATTERN = re.compile(r"[A-Za-z0-9.*_-]{1,100}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,10 @@ class Grant:
     submit: frozenset[str] = frozenset()
     read: frozenset[str] = frozenset()
     subscribe: frozenset[str] = frozenset()
+    # Subscription groups by name, globs with ``*``: who may consume a group
+    # (and so acknowledge, nack and skip its events for every other consumer)
+    # is a grant of its own, not read off ``subscribe``.
+    consume: frozenset[str] = frozenset()
     impersonate: bool = False
     admin: bool = False
 
@@ -62,6 +72,7 @@ class Grant:
             submit=self.submit | other.submit,
             read=self.read | other.read,
             subscribe=self.subscribe | other.subscribe,
+            consume=self.consume | other.consume,
             impersonate=self.impersonate or other.impersonate,
             admin=self.admin or other.admin,
         )
@@ -130,13 +141,39 @@ def _grant(source: str, name: str, body: object) -> Grant:
         submit=frozenset(_strings(source, f"roles.{name}.submit", body.get("submit", []))),
         read=frozenset(_strings(source, f"roles.{name}.read", body.get("read", []))),
         subscribe=frozenset(_strings(source, f"roles.{name}.subscribe", body.get("subscribe", []))),
+        consume=_group_patterns(source, name, body.get("consume", [])),
         impersonate=bool(body.get("impersonate", False)),
         admin=bool(body.get("admin", False)),
     )
 
 
+def _group_patterns(source: str, role: str, value: object) -> frozenset[str]:
+    patterns = _strings(source, f"roles.{role}.consume", value)
+    for pattern in patterns:
+        if not _GROUP_PATTERN.fullmatch(pattern):
+            raise ConfigurationError(
+                f"{source}: roles.{role}.consume: {pattern!r} is no group name nor pattern (letters, digits, '.',"
+                " '_', '-', and '*' for any run of them)",
+                reason="BAD_POLICY",
+            )
+    return frozenset(patterns)
+
+
+def roles_without_consume(policy: Policy) -> list[str]:
+    """Roles that grant ``subscribe`` but no ``consume``: before the
+    ``consume`` grant, their principals could consume every group of the
+    types they subscribe to; now none (said at start-up, not refused)."""
+    return sorted(
+        name for name, grant in policy.roles.items() if grant.subscribe and not grant.consume and not grant.admin
+    )
+
+
 _EVERYTHING_BUT_ADMIN = Grant(
-    submit=frozenset({ANY}), read=frozenset({ANY}), subscribe=frozenset({ANY}), impersonate=True
+    submit=frozenset({ANY}),
+    read=frozenset({ANY}),
+    subscribe=frozenset({ANY}),
+    consume=frozenset({ANY}),
+    impersonate=True,
 )
 _EVERYTHING = _EVERYTHING_BUT_ADMIN | Grant(admin=True)
 
@@ -260,6 +297,23 @@ class Authorizer:
         if not permitted:
             raise _denied(principal, "may not subscribe to any aggregate type", "SUBSCRIBE_DENIED")
         return permitted
+
+    def may_consume_group(self, principal: Principal, group: str) -> bool:
+        """Whether the ``consume`` grant names group ``group`` (an
+        administrator's is every group). Decided on the name alone, so a
+        refusal tells nothing of whether the group exists; consuming also
+        takes the subscribe grant of the group's types (group_service.py)."""
+        grant = self.grant(principal)
+        return grant.admin or any(fnmatch.fnmatchcase(group, pattern) for pattern in grant.consume)
+
+    def check_consume_group(self, principal: Principal, group: str) -> None:
+        if not self.may_consume_group(principal, group):
+            raise _denied(
+                principal,
+                f"may not consume group {quoted(group)}: no consume grant names it",
+                "CONSUME_DENIED",
+                group=group,
+            )
 
     def check_admin(self, principal: Principal, action: str) -> None:
         if self.grant(principal).admin:

@@ -466,7 +466,7 @@ async def consume_first(client: Client, group: str) -> subscription_group_servic
         call.cancel()
 
 
-async def test_groups_are_created_by_admins_and_consumed_with_the_subscribe_grant(secured: Secured) -> None:
+async def test_groups_are_created_by_admins_and_consumed_with_consume_and_subscribe_grants(secured: Secured) -> None:
     groups = subscription_group_service_pb2
     async with secured.as_("alice") as alice:
         create = groups_of(alice).CreateGroup(groups.CreateGroupRequest(name="tellers"))
@@ -491,8 +491,8 @@ async def test_groups_are_created_by_admins_and_consumed_with_the_subscribe_gran
         assert await refused(parked) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")
         replay = groups_of(alice).ReplayParked(groups.ReplayParkedRequest(group="tellers"))
         assert await refused(replay) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
-    async with secured.as_("bob") as bob:
-        assert await refused(consume_first(bob, "tellers")) == (grpc.StatusCode.PERMISSION_DENIED, "SUBSCRIBE_DENIED")
+    async with secured.as_("bob") as bob:  # granted no consume at all
+        assert await refused(consume_first(bob, "tellers")) == (grpc.StatusCode.PERMISSION_DENIED, "CONSUME_DENIED")
 
 
 async def test_a_group_of_every_type_takes_the_star_grant_not_every_declared_type_by_name(tmp_path: Path) -> None:
@@ -505,9 +505,11 @@ async def test_a_group_of_every_type_takes_the_star_grant_not_every_declared_typ
         + """
 [roles.each_by_name]
 subscribe = [{names}]
+consume = ["*"]
 
 [roles.everything]
 subscribe = ["*"]
+consume = ["*"]
 
 [principals."carol"]
 roles = ["each_by_name"]

@@ -262,10 +262,10 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     ),
     # Lists the groups the caller may consume: none.
     "/chronicle.v1.SubscriptionGroupService/ListGroups": (groups.ListGroupsRequest(), OPEN),
-    "/chronicle.v1.SubscriptionGroupService/Consume": (start_consuming("everything"), "SUBSCRIBE_DENIED"),
+    "/chronicle.v1.SubscriptionGroupService/Consume": (start_consuming("everything"), "CONSUME_DENIED"),
     "/chronicle.v1.SubscriptionGroupService/ListParked": (
         groups.ListParkedRequest(group="everything"),
-        "SUBSCRIBE_DENIED",
+        "CONSUME_DENIED",
     ),
     "/chronicle.v1.SubscriptionGroupService/ReplayParked": (
         groups.ReplayParkedRequest(group="everything"),
@@ -354,12 +354,12 @@ async def test_denied_reads_of_reactions_and_groups_are_audited(served: Served) 
                 await denied
         consume = group_service.Consume()
         await consume.write(start_consuming("everything"))
-        assert await reason_of_first(consume) == "SUBSCRIBE_DENIED"
+        assert await reason_of_first(consume) == "CONSUME_DENIED"
     assert await audit_entries(served, principal="bob") == [
         ("bob", "chronicle.v1.ReactionService/GetReaction", "READ_DENIED", ""),
         ("bob", "chronicle.v1.ReactionService/ListParkedCommands", "READ_DENIED", ""),
-        ("bob", "chronicle.v1.SubscriptionGroupService/Consume", "SUBSCRIBE_DENIED", ""),
-        ("bob", "chronicle.v1.SubscriptionGroupService/ListParked", "SUBSCRIBE_DENIED", ""),
+        ("bob", "chronicle.v1.SubscriptionGroupService/Consume", "CONSUME_DENIED", ""),
+        ("bob", "chronicle.v1.SubscriptionGroupService/ListParked", "CONSUME_DENIED", ""),
     ]
 
 

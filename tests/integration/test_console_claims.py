@@ -520,9 +520,9 @@ async def test_a_group_page_refused_for_want_of_a_grant_is_audited_with_its_path
             await client.groups.create("accounts", aggregate_types=["Account"])
         address = address_of(app)
         refused = await get(address, "/groups/accounts", await cookie_of(address, BOB_KEY))
-        assert refused.status == 403 and "SUBSCRIBE_DENIED" in refused.text
+        assert refused.status == 403 and "CONSUME_DENIED" in refused.text
         audited = await audited_refusals(app)
-    assert audited == [("console/groups/accounts", "", "bob", "SUBSCRIBE_DENIED")]
+    assert audited == [("console/groups/accounts", "", "bob", "CONSUME_DENIED")]
 
 
 async def test_a_live_tail_refused_for_want_of_a_grant_is_audited_with_its_path(tmp_path: Path) -> None:

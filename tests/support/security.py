@@ -26,6 +26,7 @@ POLICY = """
 submit = ["bank.v1.OpenAccount", "bank.v1.Deposit", "bank.v1.Withdraw"]
 read = ["Account"]
 subscribe = ["Account"]
+consume = ["*"]       # every group (of the types it may subscribe to)
 
 [roles.boxer]
 submit = ["box.v1.CreateBox"]

@@ -8,7 +8,7 @@ import pytest
 
 from service.errors import ConfigurationError, PermissionDenied
 from service.principal import ANONYMOUS, Principal
-from service.security.policy import Authorizer, Policy
+from service.security.policy import Authorizer, Policy, roles_without_consume
 from tests.support.security import POLICY
 
 AUTHORIZER = Authorizer(Policy.parse(tomllib.loads(POLICY)))
@@ -82,9 +82,35 @@ def test_anonymous_callers_administer_only_when_the_operator_opted_in() -> None:
         "[roles.x]\nsubmit = 'bank.v1.Deposit'",
         "[principals.alice]\nroles = ['undefined']",
         "[users.alice]\nroles = []",
+        "[roles.x]\nconsume = ['acme billing']",  # no group name nor pattern: a space
+        "[roles.x]\nconsume = ['acme-?']",  # only '*' is a wildcard
     ],
 )
 def test_a_policy_with_mistakes_is_refused_at_start_up(text: str) -> None:
     with pytest.raises(ConfigurationError) as refused:
         Policy.parse(tomllib.loads(text))
     assert refused.value.reason == "BAD_POLICY"
+
+
+def test_the_consume_grant_names_groups_by_name_or_star_pattern_and_admins_consume_all() -> None:
+    policy = Policy.parse(
+        tomllib.loads(
+            "[roles.acme]\nsubscribe = ['Account']\nconsume = ['acme-*', 'shared.audit']\n"
+            "[roles.legacy]\nsubscribe = ['Account']\n[roles.ops]\nadmin = true\nsubscribe = ['*']\n"
+        )
+    )
+    authorizer = Authorizer(policy)
+    acme, legacy, ops = who("a", "acme"), who("l", "legacy"), who("o", "ops")
+    assert [authorizer.may_consume_group(acme, g) for g in ("acme-billing", "shared.audit", "globex-billing")] == [
+        True,
+        True,
+        False,
+    ]
+    assert not authorizer.may_consume_group(acme, "shared-audit")  # '.' is no wildcard
+    assert not authorizer.may_consume_group(legacy, "acme-billing")  # no consume key: no group
+    assert authorizer.may_consume_group(ops, "anything")
+    with pytest.raises(PermissionDenied) as refused:
+        authorizer.check_consume_group(acme, "globex-billing")
+    assert (refused.value.reason, refused.value.metadata["group"]) == ("CONSUME_DENIED", "globex-billing")
+    assert roles_without_consume(policy) == ["legacy"]  # said at start-up
+    assert Authorizer.anonymous().may_consume_group(ANONYMOUS, "any")  # authentication off: every group
