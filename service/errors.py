@@ -379,13 +379,19 @@ class CommandAlreadyRecorded(ChronicleError):
 
 
 class CommandIdReused(ChronicleError):
+    """``original_type``: the command type the id was recorded for. What the
+    refusal says (``why``) is of that command, not of the one sent, so who
+    may hear it is decided by the original's aggregate type
+    (``service.api.disclosure``); kept out of the metadata, which would say it."""
+
     default_reason = "COMMAND_ID_REUSED"
 
-    def __init__(self, command_id: str, why: str) -> None:
+    def __init__(self, command_id: str, why: str, *, original_type: str = "") -> None:
         super().__init__(
             f"command id {command_id} was already used for {why}",
             metadata={"command_id": command_id, "conflict": why},
         )
+        self.original_type = original_type
 
 
 class Unauthenticated(ChronicleError):

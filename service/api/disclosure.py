@@ -3,7 +3,9 @@
 A command's refusal is decided on the aggregate's state, and its details
 say so: INSUFFICIENT_FUNDS carries the balance, WRONG_EXPECTED_VERSION the
 current version, AGGREGATE_TYPE_MISMATCH the type the id has, a conflict
-the version it reached. A caller allowed to submit a command is not always
+the version it reached, COMMAND_ID_REUSED the aggregate and the type of the
+command the id was first used for (decided by that command's aggregate
+type, not the one sent: it may be another's). A caller allowed to submit a command is not always
 allowed to read the aggregate (a teller who may deposit but not read
 accounts), and must not read it through refusals. So with authentication on,
 such a refusal goes to a caller that may not read the aggregate's type with
@@ -31,7 +33,7 @@ from service.errors import (
 )
 from service.plugins.registry import Registry
 from service.principal import Principal
-from service.security.policy import Authorizer
+from service.security.policy import ANY, Authorizer
 
 # Errors whose message and metadata may describe the aggregate's state.
 STATE_REVEALING: tuple[type[ChronicleError], ...] = (
@@ -61,6 +63,15 @@ class Disclosure:
             return error
         if isinstance(error, AggregateTypeMismatch):
             aggregate_type = error.metadata.get("aggregate_type", "")
+        elif isinstance(error, CommandIdReused):
+            # It speaks of the command the id was first used for (its
+            # aggregate, its type), which may be another type's: that one's
+            # read grant decides. One whose type no loaded plugin declares
+            # any more: only a caller that may read every type hears it.
+            original = self._registry.command(error.original_type) if error.original_type else None
+            if original is None:
+                return error if ANY in self._authorizer.grant(principal).read else withheld(error)
+            aggregate_type = original.aggregate.name
         else:
             spec = self._registry.command(command_type)
             if spec is None:

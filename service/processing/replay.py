@@ -57,7 +57,9 @@ class Replayer:
         if not found:
             raise ValueError("nothing to replay: no command id of the batch is recorded")
         if len(found) < len(records):
-            raise CommandIdReused(found[0].command_id, "a command outside this batch")
+            raise CommandIdReused(
+                found[0].command_id, "a command outside this batch", original_type=found[0].command_type
+            )
         for record in found:
             if record.rejection is not None:
                 r = record.rejection
@@ -76,9 +78,13 @@ class Replayer:
         if record is None:
             return None
         if record.aggregate_id != aggregate_id:
-            raise CommandIdReused(command_id, f"a command on aggregate {record.aggregate_id!r}")
+            raise CommandIdReused(
+                command_id, f"a command on aggregate {record.aggregate_id!r}", original_type=record.command_type
+            )
         if record.command_type != command_type or record.fingerprint != content:
-            raise CommandIdReused(command_id, f"a different {record.command_type} command")
+            raise CommandIdReused(
+                command_id, f"a different {record.command_type} command", original_type=record.command_type
+            )
         if record.rejection is not None:
             r = record.rejection
             raise rebuild_rejection(r.kind, r.message, r.reason, r.metadata, r.violations)
@@ -97,11 +103,19 @@ class Replayer:
             if record is None:
                 # A batch is recorded whole or not at all: a part is a reuse of those ids.
                 found = next(r for r in records if r is not None)
-                raise CommandIdReused(found.command_id, "a command outside this batch")
+                raise CommandIdReused(
+                    found.command_id, "a command outside this batch", original_type=found.command_type
+                )
             if record.aggregate_id != command.aggregate_id:
-                raise CommandIdReused(command.command_id, f"a command on aggregate {record.aggregate_id!r}")
+                raise CommandIdReused(
+                    command.command_id,
+                    f"a command on aggregate {record.aggregate_id!r}",
+                    original_type=record.command_type,
+                )
             if record.command_type != command.command_type or record.fingerprint != command.content:
-                raise CommandIdReused(command.command_id, f"a different {record.command_type} command")
+                raise CommandIdReused(
+                    command.command_id, f"a different {record.command_type} command", original_type=record.command_type
+                )
         recorded = [record for record in records if record is not None]
         for record in recorded:
             if record.rejection is not None:
@@ -113,9 +127,13 @@ class Replayer:
     @staticmethod
     def _check_same(request: CommandRequest, record: CommandRecord) -> None:
         if record.aggregate_id != request.aggregate_id:
-            raise CommandIdReused(request.command_id, f"a command on aggregate {record.aggregate_id!r}")
+            raise CommandIdReused(
+                request.command_id, f"a command on aggregate {record.aggregate_id!r}", original_type=record.command_type
+            )
         if record.fingerprint != request.fingerprint:
-            raise CommandIdReused(request.command_id, f"a different {record.command_type} command")
+            raise CommandIdReused(
+                request.command_id, f"a different {record.command_type} command", original_type=record.command_type
+            )
 
     async def _result(self, record: CommandRecord) -> CommandResult:
         events = []

@@ -173,6 +173,33 @@ async def test_a_type_mismatch_does_not_say_the_type_to_callers_that_may_not_rea
     assert outcomes["root"].metadata["aggregate_type"] == "Box"
 
 
+async def test_a_reused_command_id_says_the_first_command_only_to_callers_that_may_read_its_type(
+    server: Server,
+) -> None:
+    """COMMAND_ID_REUSED describes the command the id was first used for (its
+    aggregate, its type): the read grant of that command's aggregate type
+    decides, not the one of the command sent (bob may read boxes: the
+    refusal of his box command named alice's account)."""
+    first = command("acc-7", bank.OpenAccount(owner="secret owner"), user_id="")
+    async with server.as_("alice") as alice:
+        await alice.submit(first)
+    elsewhere = command("box-7", box_pb2.CreateBox(name="tools"), user_id="", command_id=first.command_id)
+    same_id = command("acc-7", box_pb2.CreateBox(name="tools"), user_id="", command_id=first.command_id)
+    async with server.as_("bob") as bob:
+        on_another_aggregate = await refusal(bob.submit(elsewhere))
+        of_another_type = await refusal(bob.submit(same_id))
+        dry = await refusal(bob.commands.Submit(command_service_pb2.SubmitRequest(command=elsewhere, dry_run=True)))
+    for details in (on_another_aggregate, of_another_type, dry):
+        assert (details.code, details.reason) == (grpc.StatusCode.ALREADY_EXISTS, "COMMAND_ID_REUSED")
+        assert "conflict" not in details.metadata
+        assert reveals_nothing(details, "acc-7'", "OpenAccount", "bank.v1"), details.message
+    async with server.as_("root") as root:  # may read accounts: every detail
+        shown = await refusal(root.submit(elsewhere))
+        shown_type = await refusal(root.submit(same_id))
+    assert shown.metadata["conflict"] == "a command on aggregate 'acc-7'"
+    assert shown_type.metadata["conflict"] == "a different bank.v1.OpenAccount command"
+
+
 async def read_outcome(client: Client, aggregate_id: str) -> tuple[ErrorDetails | None, ErrorDetails | list[int]]:
     """(GetAggregate's refusal or None, ReadAggregate's refusal or versions)."""
     try:
