@@ -30,6 +30,7 @@ from google.protobuf.message import Message
 
 from service.errors import (
     AggregateForgotten,
+    AggregateTypeMismatch,
     ChronicleError,
     CommandAlreadyRecorded,
     ConcurrencyConflict,
@@ -391,6 +392,14 @@ class CommandExecutor:
         # balance is 1234") to the caller and into the audit log.
         last = await self._events.read_aggregate(batch.aggregate_id, AggregateQuery(backwards=True, limit=1))
         if last and last[0].redacted:
+            # As a submission would answer: it loads the aggregate, whose
+            # type is checked before its (redacted) events are applied. A
+            # forgotten aggregate of another type is AGGREGATE_TYPE_MISMATCH,
+            # which a caller that may not read that type hears withheld
+            # (service.api.disclosure), not "this id is a forgotten one".
+            expected = batch.commands[0].spec.aggregate.name
+            if last[0].aggregate_type != expected:
+                raise AggregateTypeMismatch(batch.aggregate_id, last[0].aggregate_type, expected)
             raise AggregateForgotten(batch.aggregate_id)
         aggregate = cached
         if aggregate is None or aggregate.version != (last[0].version if last else 0):

@@ -22,8 +22,9 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
 from domain_plugins.users.protos.users.v1 import users_pb2 as users
 from service.store.base import StoreAdapter
+from service.store.encryption import new_master_key
 from tests.support.grpc_client import Client, ErrorDetails, command, connect, details_of, running_server, with_jwt_auth
-from tests.support.security import JwtIssuer, bearer
+from tests.support.security import JwtIssuer, bearer, write
 
 POLICY = """
 [roles.teller]      # moves money and may read accounts
@@ -198,6 +199,44 @@ async def test_a_reused_command_id_says_the_first_command_only_to_callers_that_m
         shown_type = await refusal(root.submit(same_id))
     assert shown.metadata["conflict"] == "a command on aggregate 'acc-7'"
     assert shown_type.metadata["conflict"] == "a different bank.v1.OpenAccount command"
+
+
+async def test_a_dry_run_to_a_forgotten_aggregate_discloses_what_a_submission_does(
+    store: StoreAdapter, tmp_path: Path
+) -> None:
+    """A dry run to a forgotten id of another type is refused as the real
+    submission is, AGGREGATE_TYPE_MISMATCH withheld from a caller that may
+    not read that type (it answered AGGREGATE_FORGOTTEN, with the id, to
+    anyone); to one of the aggregate's own type, AGGREGATE_FORGOTTEN both ways."""
+    issuer = JwtIssuer()
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
+    settings = with_jwt_auth(tmp_path, issuer, POLICY)
+    async with running_server(store, settings=settings, master_key_file=keys) as (app, _):
+        served = Server(app.address, issuer)
+        async with served.as_("root") as root:
+            await root.submit(command("acc-gone", bank.OpenAccount(owner="Zed Secret"), user_id=""))
+            await root.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id="acc-gone"), timeout=10)
+        box = command("acc-gone", box_pb2.CreateBox(name="q"), user_id="")
+        deposit = command("acc-gone", bank.Deposit(amount=1), user_id="")
+        answers: dict[str, tuple[ErrorDetails, ErrorDetails]] = {}
+        for principal, sent in (("bob", box), ("root", box), ("carol", deposit)):
+            async with served.as_(principal) as caller:
+                submitted = await refusal(caller.submit(sent))
+                dry = await refusal(
+                    caller.commands.Submit(command_service_pb2.SubmitRequest(command=sent, dry_run=True))
+                )
+            answers[principal] = submitted, dry
+    for principal, (submitted, dry) in answers.items():
+        assert (dry.code, dry.reason, dry.message, dry.metadata) == (
+            submitted.code,
+            submitted.reason,
+            submitted.message,
+            submitted.metadata,
+        ), principal
+    assert answers["bob"][1].reason == "AGGREGATE_TYPE_MISMATCH"
+    assert reveals_nothing(answers["bob"][1], "Account", "forgotten")
+    assert answers["root"][1].metadata["aggregate_type"] == "Account"  # root may read accounts
+    assert answers["carol"][1].reason == "AGGREGATE_FORGOTTEN"  # its own type: the same both ways
 
 
 async def read_outcome(client: Client, aggregate_id: str) -> tuple[ErrorDetails | None, ErrorDetails | list[int]]:
