@@ -157,9 +157,11 @@ def page(
     refresh: int | None = None,
     scripts: Sequence[str] = (),
     audit: bool = False,
+    load: bool = True,
 ) -> Html:
-    """A whole page: the navigation (the audit log's link when ``audit``:
-    to those who may read it), who is logged in, ``content``."""
+    """A whole page: the navigation (the audit log's link when ``audit``,
+    the load's when ``load``: to those who may read them), who is logged
+    in, ``content``."""
     nav = [
         link(href, label, class_="current" if href == current else None)
         for href, label in (
@@ -168,7 +170,7 @@ def page(
             ("/projections", "Projections"),
             ("/reactions", "Reactions"),
             ("/groups", "Groups"),
-            ("/load", "Load"),
+            *((("/load", "Load"),) if load else ()),
             ("/cluster", "Cluster"),
             *((("/audit", "Audit"),) if audit else ()),
         )

@@ -510,6 +510,8 @@ class Console:
             principal=who,
             # The audit log's link, to those QueryAudit answers (the admin grant).
             audit=self._parts.authorizer.grant(principal).admin,
+            # The load's link, to those the page shows it to (views.load_page).
+            load=not self._parts.authorizer.enforcing or self._parts.authorizer.grant(principal).admin,
             csrf_token=session.csrf_token if self._auth else "",  # its Log out form: no one to log out
             current=current,
             refresh=refresh,

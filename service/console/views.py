@@ -598,6 +598,13 @@ def _ms(value: float | None) -> float | None:
 
 
 async def load_page(parts: Parts) -> tuple[str, list[Content]]:
+    """Server-wide counts: every principal's commands, their latency and
+    their refusals by reason, of every aggregate type. No grant reads them
+    by type (the metrics carry none per principal), so with ``--auth`` they
+    are an administrator's, as ``/metrics`` is the operator's: ADMIN_DENIED
+    to anyone else, audited as a refused page."""
+    if parts.authorizer.enforcing:
+        parts.authorizer.check_admin(current_principal.get(), "see the server's load")
     sampler = parts.load
     if sampler is None:
         return "Load", [tag("p", "Metrics are off on this server.", class_="empty")]

@@ -311,6 +311,28 @@ async def test_the_credential_never_comes_back_to_the_browser(tmp_path: Path) ->
             assert all(ROOT_KEY not in value for _, value in answer.headers), path
 
 
+async def test_with_auth_the_load_page_is_an_administrators_and_refused_to_others_audited(tmp_path: Path) -> None:
+    """Every principal's commands, latency and refusals by reason, server-wide:
+    no read grant covers them, so only an administrator sees the page (and
+    its link); alice (a teller) and bob are refused ADMIN_DENIED."""
+    async with served(with_auth(tmp_path)) as app:
+        address = address_of(app)
+        answers = {key: await get(address, "/load", await cookie_of(address, key)) for key in (ROOT_KEY, ALICE_KEY)}
+        bobs_log = await get(address, "/log", await cookie_of(address, BOB_KEY))
+        bobs_load = await get(address, "/load", await cookie_of(address, BOB_KEY))
+        audited = await audited_refusals(app)
+    assert answers[ROOT_KEY].status == 200 and "Up to the last 15 minutes" in answers[ROOT_KEY].text
+    assert 'href="/load"' in answers[ROOT_KEY].text
+    for refused in (answers[ALICE_KEY], bobs_load):
+        assert refused.status == 403 and "ADMIN_DENIED" in refused.text
+        assert "Up to the last" not in refused.text and "refusals" not in refused.text.lower()
+    assert 'href="/load"' not in bobs_log.text  # no link to a page refused
+    assert sorted(audited) == [
+        ("console/load", "", "alice", "ADMIN_DENIED"),
+        ("console/load", "", "bob", "ADMIN_DENIED"),
+    ]
+
+
 # -- the aggregate page ----------------------------------------------------------------------
 
 
