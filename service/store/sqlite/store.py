@@ -32,6 +32,7 @@ from service.store.sqlite.keys import KeysRole
 from service.store.sqlite.leases import LeasesRole
 from service.store.sqlite.log import LogRole
 from service.store.sqlite.migrations import SCHEMA_VERSION, migrate, schema_floor, schema_version
+from service.store.sqlite.private_file import create_private
 from service.store.sqlite.projections import ProjectionsRole
 from service.store.sqlite.retention import RetentionRole
 from service.store.sqlite.snapshots import SnapshotsRole
@@ -102,6 +103,7 @@ class SqliteStore(
         read_only = self._use is SchemaUse.READ_ONLY
         if self._path != ":memory:" and not read_only:
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            create_private(self._path)  # not the umask's mode: its -wal and -shm take the same
         try:
             if read_only:  # the file must be there; nothing is written, not even the journal mode
                 uri = _read_only_uri(self._path)
