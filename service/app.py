@@ -74,6 +74,7 @@ from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Subscriptions
 from service.processing.watchdog import LoopLagWatchdog
+from service.security import policy_names
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
 from service.security.exposure import check_exposure, check_metrics_exposure, is_loopback
 from service.security.key_files import check_private
@@ -110,22 +111,30 @@ def build_registry(settings: Settings) -> Registry:
     return Registry(plugins)
 
 
-def build_authentication(settings: Settings) -> tuple[Authenticator | None, Authorizer]:
+def build_authentication(settings: Settings, registry: Registry) -> tuple[Authenticator | None, Authorizer]:
     """Who callers are and what they may do; with auth off (None, every
     caller anonymous and never an administrator unless --anonymous-admin)."""
     if not settings.auth:
         return None, Authorizer.anonymous(admin=settings.anonymous_admin)
-    api_keys = _api_keys(settings) if settings.api_keys_file else None
+    policy = _policy(settings, registry)
+    api_keys = _api_keys(settings, policy) if settings.api_keys_file else None
     jwt_verifier = _jwt_verifier(settings) if settings.jwt_key_file else None
     authenticator = Authenticator(api_keys=api_keys, jwt_verifier=jwt_verifier, mtls=bool(settings.tls_client_ca_file))
-    return authenticator, Authorizer(_policy(settings))
+    return authenticator, Authorizer(policy)
 
 
-def _policy(settings: Settings) -> Policy:
-    """The policy file, loaded; a role that subscribes but names no group
-    to consume is said (it loads: refusing it would stop servers whose
-    consumers merely lose their groups until the grant is written)."""
+def _policy(settings: Settings, registry: Registry) -> Policy:
+    """The policy file, loaded, its names checked against the plugins
+    (``service.security.policy_names``: the wrong kind of type refused, an
+    undeclared one said) and against the API keys' roles; a role that
+    subscribes but names no group to consume is said (it loads: refusing it
+    would stop servers whose consumers merely lose their groups until the
+    grant is written)."""
     policy = Policy.load(settings.policy_file)
+    for warning in policy_names.check_names(policy, registry, source=settings.policy_file):
+        log.warning("policy %s", warning)
+    if settings.api_keys_file:  # a reload that drops a role the keys hold is refused (the keys read again)
+        _check_key_roles(settings, ApiKeys.load(settings.api_keys_file), policy)
     for role in roles_without_consume(policy):
         log.warning(
             "policy %s: role %r grants subscribe but no consume: its principals may not consume subscription"
@@ -137,9 +146,17 @@ def _policy(settings: Settings) -> Policy:
     return policy
 
 
-def _api_keys(settings: Settings) -> ApiKeys:
+def _api_keys(settings: Settings, policy: Policy | None = None) -> ApiKeys:
+    """The API-key file; their roles checked against ``policy`` (None: the
+    policy file, read again for the check, as when the keys are reloaded)."""
     _check_private(settings, settings.api_keys_file, "API-key file")
-    return ApiKeys.load(settings.api_keys_file)
+    keys = ApiKeys.load(settings.api_keys_file)
+    _check_key_roles(settings, keys, policy if policy is not None else Policy.load(settings.policy_file))
+    return keys
+
+
+def _check_key_roles(settings: Settings, keys: ApiKeys, policy: Policy) -> None:
+    policy_names.check_key_roles(keys, policy, keys_source=settings.api_keys_file, policy_source=settings.policy_file)
 
 
 def _jwt_verifier(settings: Settings) -> JwtVerifier:
@@ -159,10 +176,13 @@ def build_security_reloader(
     authenticator: Authenticator | None,
     authorizer: Authorizer,
     use_master_keys: Callable[[MasterKeys], Awaitable[None]] | None = None,
+    *,
+    registry: Registry,
 ) -> SecurityReloader | None:
     """What reads the API keys, the JWT key, the policy and the master-key
     file again when they change (``service.security.reloading``), loaded and
-    checked as at start-up. ``use_master_keys``: where new master keys go
+    checked as at start-up (the policy's names against ``registry``'s
+    plugins). ``use_master_keys``: where new master keys go
     (checked against the store's data keys first: ``Keyring.use_master_keys``)."""
     if settings.auth_reload_seconds <= 0:
         return None
@@ -173,7 +193,9 @@ def build_security_reloader(
         )
     if authenticator is None:
         return SecurityReloader(files, interval=settings.auth_reload_seconds) if files else None
-    files.append(WatchedFile(settings.policy_file, "policy file", lambda: _policy(settings), authorizer.use_policy))
+    files.append(
+        WatchedFile(settings.policy_file, "policy file", lambda: _policy(settings, registry), authorizer.use_policy)
+    )
     if settings.api_keys_file:
         files.append(
             WatchedFile(settings.api_keys_file, "API-key file", lambda: _api_keys(settings), authenticator.use_api_keys)
@@ -358,7 +380,7 @@ async def start(
     if settings.reuse_port:  # each of --processes N's processes has it too
         check_shared_by_processes(adapter, settings.database_url)
     roles = Store.of(adapter)
-    authenticator, authorizer = build_authentication(settings)
+    authenticator, authorizer = build_authentication(settings, registry)
     keyring: Keyring | None = None
 
     async def use_master_keys(keys: MasterKeys) -> None:  # the master-key file read again
@@ -368,7 +390,7 @@ async def start(
         master_keys = keys  # imports check the data keys they bring against these
 
     # Now: a file that changes from here on is read again once it starts.
-    security_reloader = build_security_reloader(settings, authenticator, authorizer, use_master_keys)
+    security_reloader = build_security_reloader(settings, authenticator, authorizer, use_master_keys, registry=registry)
     if settings.tls_key_file:
         _check_private(settings, settings.tls_key_file, "TLS key")
     credentials = (

@@ -128,6 +128,10 @@ class ApiKeys:
             entries[digest] = ApiKeyEntry(principal, frozenset(str(r) for r in roles))
         return cls(entries)
 
+    def principals_roles(self) -> list[tuple[str, frozenset[str]]]:
+        """Each key's principal and roles, in the file's order."""
+        return [(entry.principal, entry.roles) for entry in self._by_hash.values()]
+
     def verify(self, token: str) -> Principal:
         entry = self._by_hash.get(hash_api_key(token))
         if entry is None:
