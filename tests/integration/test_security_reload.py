@@ -6,6 +6,7 @@ is logged and the one before stays in use."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import grpc
 import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.box.protos.box.v1 import box_pb2
 from tests.support.grpc_client import command, connect, details_of
 from tests.support.reloading import Served, reloading_server
 from tests.support.security import POLICY, JwtIssuer, api_key_file, bearer, write
@@ -89,3 +91,31 @@ async def test_a_broken_file_keeps_the_one_before_until_it_is_fixed(
 
     await eventually(fixed, what="the fixed file read")
     assert await reason_for(served, ALICE_NEW_KEY, "acc-3") == ""
+
+
+async def test_a_reload_that_would_leave_a_keys_role_undefined_is_refused_and_the_files_before_stay(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key whose role the policy does not define is BAD_POLICY at start-up;
+    so is a reload that would make one: of the keys (a misspelt role) or of
+    the policy (a role the keys hold taken out). What was in force stays."""
+    caplog.set_level(logging.ERROR, logger="service.security.reloading")
+    api_key_file(served.keys, [(ALICE_NEW_KEY, "alice", ["tennant"])])
+    await eventually(lambda: "'tennant'" in caplog.text and "BAD_POLICY" in caplog.text, what="the keys refused")
+    assert await reason_for(served, ALICE_KEY, "acc-1") == ""  # still the keys read before
+    assert await reason_for(served, ALICE_NEW_KEY, "acc-2") == "UNKNOWN_API_KEY"
+    caplog.clear()
+    api_key_file(served.keys, [(ALICE_KEY, "alice", ["boxer"])])  # a role the policy defines: read
+
+    async def boxes(box_id: str) -> bool:
+        async with connect(served.app.address, interceptors=bearer(ALICE_KEY)) as alice:
+            try:
+                await alice.submit(command(box_id, box_pb2.CreateBox(name="tools"), user_id=""))
+            except grpc.aio.AioRpcError:
+                return False
+        return True
+
+    await eventually(lambda: boxes(f"box-{uuid.uuid4()}"), what="the key's boxer role in force")
+    write(served.policy, POLICY.replace("[roles.boxer]", "[roles.boxer_renamed]"))
+    await eventually(lambda: "'boxer'" in caplog.text and "BAD_POLICY" in caplog.text, what="the policy refused")
+    assert await boxes("box-after")  # the policy before, boxer and all, is in force
