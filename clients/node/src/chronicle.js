@@ -15,7 +15,7 @@ import protobuf from 'protobufjs';
 import { CallLimit } from './call_limit.js';
 import { bearerToken, channelCredentials, REFRESHABLE } from './credentials.js';
 import { checkedFields, exactLongs, setInt64Decoding as setInt64Mode } from './fields.js';
-import { HandshakeWatch } from './handshake.js';
+import { HandshakeWatch, tlsRefusal } from './handshake.js';
 import { Problem } from './problem.js';
 import { API_FILES, loadProtos as loadProtoFiles, messages, protoIncludeDirs } from './protos.js';
 import { logRetry, retryDelay, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry.js';
@@ -546,6 +546,7 @@ export class ChronicleClient {
           callError: (error) => new ChronicleError(error),
           staleToken: (refusal) => this.#staleToken(refusal),
           retryable: worthRetrying,
+          tlsRefusal: (refusal, address, method) => this.#tlsRefusal(refusal, address, method),
           retry: this.retry,
           logRetry: (attempt, message) => logRetry(this.logger, attempt, message),
         })
@@ -611,6 +612,8 @@ export class ChronicleClient {
       } catch (refusal) {
         const stopped = limit.stopped();
         if (stopped !== null) throw stopped;
+        const tls = this.#tlsRefusal(refusal, target.address, method);
+        if (tls !== null) throw tls; // not retried: a misconfiguration does not cure itself
         this.#heard(target, refusal);
         const stale = this.#staleToken(refusal);
         const elapsedSeconds = (Date.now() - started) / 1000;
@@ -625,6 +628,16 @@ export class ChronicleClient {
 
   #logRetry(retry, message) {
     logRetry(this.logger, retry, message);
+  }
+
+  /**
+   * What a unary call or a read that `refusal` ended on `address` (null:
+   * the address given) throws at once instead of retrying: UNAVAILABLE
+   * TLS_HANDSHAKE_FAILED when its TLS is misconfigured (handshake.js,
+   * tlsRefusal), else null.
+   */
+  #tlsRefusal(refusal, address, what) {
+    return tlsRefusal(refusal, { what, address: address ?? this.#address, refuse: clientError });
   }
 
   /** A stream's watch for TLS failures (handshake.js): `what` names the stream in what it says. */
@@ -1085,6 +1098,7 @@ export class ChronicleClient {
       const before = events.length;
       let from = fromVersion ?? (backwards ? 0 : 1);
       let skip = 0; // events of version `from` received already
+      let target = null; // where this attempt goes (#target)
       if (before > 0) {
         from = events[before - 1].version;
         while (skip < before && events[before - 1 - skip].version === from) skip += 1;
@@ -1100,7 +1114,7 @@ export class ChronicleClient {
           // What is left of the limit, counting the events of `from` read again (0: none).
           limit: limit === null ? 0 : Math.max(1, limit - before + skip),
         };
-        const target = this.#target(this.events);
+        target = this.#target(this.events);
         try {
           await this.#readInto(events, request, skip, bound, target);
         } catch (refusal) {
@@ -1112,6 +1126,8 @@ export class ChronicleClient {
       } catch (refusal) {
         const stopped = bound.stopped();
         if (stopped !== null) throw stopped;
+        const tls = this.#tlsRefusal(refusal, target?.address, `read ${aggregateId}`);
+        if (tls !== null) throw tls; // not retried: a misconfiguration does not cure itself
         if (events.length > before) {
           attempt = 1;
           alive = Date.now();

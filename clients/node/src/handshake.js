@@ -1,10 +1,13 @@
-// A stream that cannot connect because TLS is misconfigured (the client's
+// A call that cannot connect because TLS is misconfigured (the client's
 // TLS against a plaintext server, a CA that did not sign the server's
 // certificate, a name the certificate does not carry) fails every attempt
-// UNAVAILABLE, as a server that is away does; reopened without a bound, it
-// would wait for ever without saying why. grpc-js names the TLS error only
-// in the status's details ("No connection established. Last error: …"),
-// which is what this reads.
+// UNAVAILABLE, as a server that is away does: retried, a unary call would
+// spend its whole retry window and a stream would wait for ever, without
+// saying why. grpc-js names the TLS error only in the status's details
+// ("No connection established. Last error: …"), which is what this reads.
+// A unary call (tlsRefusal) fails at once on a failure the TLS library
+// itself raised (certain: it does not cure itself); a stream
+// (HandshakeWatch) warns and stops after the retry window.
 
 // What OpenSSL and Node's TLS say of a failed handshake, as grpc-js passes it on.
 const TLS_ERROR = new RegExp(
@@ -20,6 +23,10 @@ const TLS_ERROR = new RegExp(
   ].join('|'),
   'i',
 );
+// What grpc-js says when the connection closed before the handshake was
+// done: a TLS server that refused this client, but also a server at its
+// --max-connections, or one that is stopping, which a retry may get past.
+const CUT_SHORT = /disconnected before secure TLS connection/i;
 const LAST_ERROR = /Last error: (?:Error: )?([\s\S]*?)(?:\.? Resolution note:[\s\S]*)?$/;
 
 /**
@@ -33,6 +40,46 @@ export function tlsFailure(refusal) {
   const details = String(refusal.cause?.details ?? refusal.message);
   if (!TLS_ERROR.test(details)) return null;
   return (LAST_ERROR.exec(details)?.[1] ?? details).trim();
+}
+
+/**
+ * The TLS failure of `refusal` (tlsFailure) when it is certain: the TLS
+ * library refused the server (not TLS, a certificate it does not trust, a
+ * name the certificate does not carry), which no retry cures; null for a
+ * connection that was only cut during the handshake, and any other failure.
+ */
+export function certainTlsFailure(refusal) {
+  const failure = tlsFailure(refusal);
+  return failure === null || CUT_SHORT.test(failure) ? null : failure;
+}
+
+/**
+ * The UNAVAILABLE TLS_HANDSHAKE_FAILED error (made by `refuse`,
+ * chronicle.js's clientError) for `refusal`, the failure `failure` of `what`
+ * on `address`, `refusal` as its `cause`: what a unary call and a stream
+ * (HandshakeWatch) throw.
+ */
+export function handshakeFailed(refusal, { what, address, failure, refuse, lasted = '' }) {
+  const error = refuse(
+    'UNAVAILABLE',
+    'TLS_HANDSHAKE_FAILED',
+    `${what}: the TLS handshake with ${address} failed${lasted}: ${failure} (check the client's credentials: ` +
+      'TLS against a plaintext server, or a CA that did not sign its certificate)',
+    { address, tls_error: failure },
+  );
+  error.cause = refusal;
+  return error;
+}
+
+/**
+ * What a unary call (or a read) that `refusal` ended on `address` throws
+ * instead of retrying: UNAVAILABLE TLS_HANDSHAKE_FAILED when the failure is
+ * a certain TLS one (certainTlsFailure), at the first attempt; null
+ * otherwise (retried as before, a connection cut during the handshake too).
+ */
+export function tlsRefusal(refusal, { what, address, refuse }) {
+  const failure = certainTlsFailure(refusal);
+  return failure === null ? null : handshakeFailed(refusal, { what, address, failure, refuse });
 }
 
 /**
@@ -78,14 +125,8 @@ export class HandshakeWatch {
     }
     const seconds = (now - this.since) / 1000;
     if (seconds >= this.retryForSeconds) {
-      const error = this.refuse(
-        'UNAVAILABLE',
-        'TLS_HANDSHAKE_FAILED',
-        `${this.what}: the TLS handshake with ${address} failed for ${seconds.toFixed(1)} s: ${failure}`,
-        { address, tls_error: failure },
-      );
-      error.cause = refusal;
-      throw error;
+      const { what, refuse } = this;
+      throw handshakeFailed(refusal, { what, address, failure, refuse, lasted: ` for ${seconds.toFixed(1)} s` });
     }
   }
 }

@@ -122,6 +122,9 @@ export class Routes {
    * `staleToken(refusal)`: whether that error came of a stale token that a
    * retry, asking the token function again, may cure; `retryable(refusal)`:
    * whether a command it failed may succeed when sent again (ABORTED, say);
+   * `tlsRefusal(refusal, address, method)`: the error to throw at once,
+   * not retried, when that error came of a misconfigured TLS (handshake.js),
+   * else null;
    * `retry`: the retry policy (retry.js) of `send`; `logRetry(attempt,
    * message)`: reports a retry; `clock`: milliseconds, as Date.now (a
    * test's own).
@@ -136,6 +139,7 @@ export class Routes {
       callError = (error) => error,
       staleToken = () => false,
       retryable = () => false,
+      tlsRefusal = () => null,
       retry = DEFAULT_RETRY,
       logRetry = () => {},
       clock = Date.now,
@@ -149,6 +153,7 @@ export class Routes {
     this.callError = callError;
     this.staleToken = staleToken;
     this.retryable = retryable;
+    this.tlsRefusal = tlsRefusal;
     this.retry = retry;
     this.logRetry = logRetry;
     this.clock = clock;
@@ -258,7 +263,7 @@ export class Routes {
    * known member once in a row at most), else after a backoff, at least the
    * server's RetryInfo delay, when what failed it may pass (`retryable`:
    * UNAVAILABLE from a live member, ABORTED, …) or a stale token failed it
-   * (`staleToken`); for the retry policy's `retryForSeconds` (30 by default)
+   * (`staleToken`); never after a misconfigured TLS (`tlsRefusal`); for the retry policy's `retryForSeconds` (30 by default)
    * and `maxAttempts` (`attempts`: another bound, none by default).
    */
   async send(method, request, aggregateId, { timeoutSeconds = 10, attempts = Infinity } = {}) {
@@ -280,6 +285,10 @@ export class Routes {
         return response;
       } catch (error) {
         const refusal = this.callError(error);
+        // Every member has the client's credentials: a misconfigured TLS
+        // fails them all, and is said at once rather than retried.
+        const tls = this.tlsRefusal(refusal, address, method);
+        if (tls !== null) throw tls;
         const gone = memberGone(refusal) || unanswered(refusal);
         if (gone) this.unreachable(address, sent);
         if (attempt >= attempts) throw refusal;

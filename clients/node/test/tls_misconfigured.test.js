@@ -143,3 +143,64 @@ test('a subscription with its TLS right reads; one whose server is away keeps wa
     await Promise.all([right.close(), away.close()]);
   }
 });
+
+// A unary call (and a read) fails at once: a handshake the TLS library
+// refused does not cure itself, so retrying it for the policy's 30 s would
+// only hide it. The routing client's commands too (every member has the
+// client's credentials).
+for (const { name, server, ca, said } of [
+  { name: 'TLS against a plaintext server', server: () => plain, ca: () => pki.ca, said: /wrong version number/ },
+  { name: 'a CA that did not sign the certificate', server: () => secure, ca: () => pki.other, said: /certificate/ },
+]) {
+  test(`unary calls with ${name} throw TLS_HANDSHAKE_FAILED at once, not after retries`, { timeout: 60_000 }, async () => {
+    const { lines, logger } = recording();
+    const address = server().address;
+    const options = { credentials: { ca: ca() }, logger }; // the default policy: 30 s of retries
+    const direct = new ChronicleClient(address, options);
+    const routed = new ChronicleClient(address, { ...options, routing: true });
+    const calls = {
+      getAggregate: () => direct.getAggregate('acc-1'),
+      submit: () => direct.submit('acc-1', 'bank.v1.OpenAccount', { owner: 'ann' }),
+      read: () => direct.read('acc-1'),
+      listGroups: () => direct.listGroups(),
+      'routed submit': () => routed.submit('acc-1', 'bank.v1.OpenAccount', { owner: 'ann' }),
+    };
+    try {
+      for (const [what, run] of Object.entries(calls)) {
+        const started = Date.now();
+        const error = await run().then(
+          () => null,
+          (thrown) => thrown,
+        );
+        const ms = Date.now() - started;
+        assert.equal(`${error?.code} ${error?.reason}`, 'UNAVAILABLE TLS_HANDSHAKE_FAILED', `${what}: ${error}`);
+        assert.match(error.message, said, what);
+        assert.match(error.message, /check the client's credentials/, what);
+        assert.equal(error.metadata.address, address, what);
+        assert.match(error.metadata.tls_error, said, what);
+        assert.equal(error.cause.code, 'UNAVAILABLE', what); // gRPC's own status, as it came
+        assert.ok(ms < 5000, `${what} took ${ms} ms (the retry window is 30 s)`);
+      }
+      assert.deepEqual(lines.info.concat(lines.warn), [], 'no attempt was retried');
+    } finally {
+      await Promise.all([direct.close(), routed.close()]);
+    }
+  });
+}
+
+test('a unary call whose server is away is still retried for its window, and is not called a TLS failure', { timeout: 60_000 }, async () => {
+  const { lines, logger } = recording();
+  const away = new ChronicleClient('127.0.0.1:1', { credentials: { ca: pki.ca }, logger, retry: { retryForSeconds: 1 } });
+  try {
+    const started = Date.now();
+    const error = await away.getAggregate('acc-1').then(
+      () => null,
+      (thrown) => thrown,
+    );
+    assert.equal(`${error?.code} ${error?.reason}`, 'UNAVAILABLE UNAVAILABLE');
+    assert.ok(Date.now() - started >= 500, 'it was not retried');
+    assert.ok(lines.info.length >= 2, lines.info.join('\n'));
+  } finally {
+    await away.close();
+  }
+});
