@@ -32,8 +32,9 @@ from google.protobuf import duration_pb2
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
 from service.client.errors import RemoteError, remote_error, status_lost
+from service.client.handshake import HandshakeWatch
 from service.client.results import Event
-from service.client.retry import RetryPolicy, call_with_retries, log_retry, retryable
+from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, log_retry, retryable
 from service.client.unary import UnaryCalls
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class GroupConsumer:
         self.joined = asyncio.Event()
         self.member = ""  # the name the server gave this stream in the group
         self._closed = False
+        self._handshakes = HandshakeWatch(f"group {group}", (retry or DEFAULT_RETRY).retry_for)
 
     async def __aenter__(self) -> GroupConsumer:
         return self
@@ -266,6 +268,7 @@ class GroupConsumer:
                     if kind == "joined":
                         self.member = message.joined.consumer
                         self.joined.set()
+                        self._handshakes.received()
                         stale = broken = 0
                         continue
                     for item in message.deliveries.deliveries:
@@ -289,6 +292,9 @@ class GroupConsumer:
                 if self._closed:
                     return
                 error = remote_error(failed)
+                refused = self._handshakes.failed(error)  # warns of a TLS failure; one that lasts is raised
+                if refused is not None:
+                    raise refused from failed
                 # Opened again after what a subscription is reopened after
                 # (``retry.retryable``): a server stopping (UNAVAILABLE), a
                 # call that reached a server as it stopped, which gRPC

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import grpc
 
 from service.client.errors import RemoteError, remote_error
+from service.client.handshake import HandshakeWatch, tls_refusal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -175,6 +176,9 @@ async def call_with_retries(
             return await attempt()
         except grpc.aio.AioRpcError as failed:
             cause, error = failed, remote_error(failed)
+        refused = tls_refusal(error, what)
+        if refused is not None:  # a misconfigured TLS does not cure itself: not retried
+            raise refused from cause
         elapsed = clock() - started
         wait = policy.delay(number, error, elapsed=elapsed)
         if wait is None:
@@ -201,21 +205,28 @@ async def resuming(
     cursor. Every message received renews the retry budget, so a long stream
     survives any number of separate interruptions. ``bounded``: a read,
     given up ``retry_for`` seconds after it began or last received a
-    message; otherwise (a subscription) only ``max_attempts`` bounds it."""
+    message, and at once on a misconfigured TLS (``handshake.tls_refusal``);
+    otherwise (a subscription) only ``max_attempts`` bounds it, and TLS
+    failures that last ``retry_for`` (``handshake.HandshakeWatch``)."""
     number = 1
     alive = clock()  # when the stream began or last received a message
+    handshakes = HandshakeWatch(what, policy.retry_for, clock=clock)
     while True:
         call = open_stream()
         opened = clock()
         try:
             async for message in call:
                 number, alive = 1, clock()
+                handshakes.received()
                 yield message
             return
         except grpc.aio.AioRpcError as failed:
             cause, error = failed, remote_error(failed)
         finally:
             call.cancel()  # the caller stopped early, or the call failed: free it
+        refused = tls_refusal(error, what) if bounded else handshakes.failed(error)
+        if refused is not None:
+            raise refused from cause
         if clock() - opened >= policy.renew_after:
             number, alive = 1, opened  # it lived: not a retry of the same failure
         wait = policy.delay(number, error, elapsed=clock() - alive if bounded else None)

@@ -58,6 +58,7 @@ import grpc
 from chronicle.v1 import command_service_pb2
 from service.client.commands import Command
 from service.client.errors import DeadlineExceeded, RemoteError, command_error, remote_error, status_lost
+from service.client.handshake import HandshakeWatch
 from service.client.results import StreamResult, Submitted
 from service.client.retry import RetryPolicy, log_retry
 from service.client.stopping import stop
@@ -157,6 +158,7 @@ class CommandStream:
         self._exhausted = False  # every command was taken from the caller
         self._call: Any = None
         self._opened_at = 0.0  # when the current call was opened (time.monotonic)
+        self._handshakes = HandshakeWatch("command stream", retry.retry_for)
 
     async def results(self) -> AsyncGenerator[StreamResult, None]:
         """The results, in the order the commands were taken."""
@@ -194,6 +196,7 @@ class CommandStream:
                         raise _protocol_error(f"the stream ended with {len(self._pending)} commands unanswered")
                     return
                 attempt, lost = 1, 0
+                self._handshakes.received()
                 if self._paged:
                     for response in message.results:
                         yield self._result(response)
@@ -211,6 +214,9 @@ class CommandStream:
         policy's delay and open the call again, its pending commands sent
         again; the next attempt's number. Raise ``error`` once the policy
         gives up."""
+        refused = self._handshakes.failed(error)  # warns of a TLS failure; one that lasts is raised
+        if refused is not None:
+            raise refused from cause
         wait = self._retry.delay(attempt, error)  # a stream: no bound in time, only max_attempts if set
         if wait is None:
             raise error from cause
