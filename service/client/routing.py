@@ -14,7 +14,12 @@ member, and chooses where each command goes:
   only costs the warm cache, never correctness;
 * a read (``Routes.reader``: any member serves reads, they share the store)
   goes to the address given while it is not marked down, else to another
-  live member, with the same books as a command's;
+  live member, with the same books as a command's; not spread over the
+  members, so that a client's reads never go back in the log (members may
+  read from standbys that lag by different amounts; docs/scaling.md);
+* the address given is the member it reaches, known by the member id that
+  member answers with (``Topology.answered_by``), not by its spelling
+  (``adopt``, ``seed_member``);
 * the topology follows ``WatchTopology`` (from the seed, or any member when
   the seed's stream breaks), and is fetched again when a response says its
   member is not the owner (the hint in trailing metadata) with a newer
@@ -140,6 +145,10 @@ class Routes:
         # prefer it, and it is marked down as a member is (None: not known,
         # and reads stay on ``seed``).
         self.seed_address = seed_address
+        # The member id of the replica ``seed`` reaches, as it says itself
+        # (``Topology.answered_by`` of what came over ``seed``); "" until
+        # one said. That member goes by ``seed_address`` here, however it
+        # advertises itself (see ``_take``).
         self._seed_commands = command_service_pb2_grpc.CommandServiceStub(seed)
         self._open_channel = open_channel
         self._metadata = CallMetadata.of(call_metadata)
@@ -168,6 +177,7 @@ class Routes:
         self.not_owner = 0  # responses whose member said it does not own the partition
         self.failovers = 0  # calls that found their member unavailable (then sent elsewhere)
         self._changed = asyncio.Event()
+        self.seed_member = ""
 
     # -- where a command goes --------------------------------------------------
 
@@ -210,6 +220,8 @@ class Routes:
 
     def channel_of(self, address: str) -> grpc.aio.Channel:
         """The channel to member ``address`` (opened at its first use)."""
+        if address == self.seed_address:
+            return self._seed
         self._stub(address)
         return self._channels[address]
 
@@ -228,6 +240,8 @@ class Routes:
         return live[self._turn]
 
     def _stub(self, address: str) -> command_service_pb2_grpc.CommandServiceStub:
+        if address == self.seed_address:
+            return self._seed_commands  # the seed's member: its channel is the client's own
         stub = self._commands.get(address)
         if stub is None:
             channel = self._channels[address] = self._open_channel(address)
@@ -302,8 +316,18 @@ class Routes:
 
     # -- the topology --------------------------------------------------------------
 
-    def adopt(self, topology: cluster_service_pb2.Topology, *, fetched: bool = False) -> None:
+    def adopt(self, topology: cluster_service_pb2.Topology, *, fetched: bool = False, from_seed: bool = False) -> None:
         """Use ``topology`` unless the client knows a newer one.
+
+        ``from_seed``: it came over the seed's channel, so its
+        ``answered_by`` is the member the seed reaches (``seed_member``),
+        learnt whether the topology is taken or not. That member goes by
+        ``seed_address`` in ``owner_of``, the members and the books
+        (``unreachable``, ``is_down``), so a seed spelt otherwise than the
+        member advertises itself (``localhost:50051`` for
+        ``127.0.0.1:50051``, a host name for its IP address) is one member,
+        not two: a replica that died is marked down once, and no attempt is
+        spent on it under its other name.
 
         Epochs order the topologies of one partition group only (an epoch is
         the sum of the group's lease epochs): a topology with another
@@ -323,6 +347,10 @@ class Routes:
         held epoch or a newer one, which ends the count. A client that a
         lower epoch's hint tells it routed wrong fetches (``hinted``), so it
         gets there."""
+        if from_seed and topology.answered_by and topology.answered_by != self.seed_member:
+            self.seed_member = topology.answered_by
+            if self.topology is not None:
+                self._take(self.topology)
         count = topology.partition_count
         if count < 1 or count & (count - 1) or len(topology.partition_owners) != count:
             log.warning(
@@ -349,13 +377,20 @@ class Routes:
             )
         self._behind = 0
         self._behind_at = -math.inf
-        addresses = {member.member_id: member.address for member in topology.members}
-        self.topology = topology
-        self._owners = [addresses.get(owner, "") for owner in topology.partition_owners]
-        self._addresses = sorted(addresses.values())
+        self._take(topology)
         self.changes += 1
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _take(self, topology: cluster_service_pb2.Topology) -> None:
+        """Route by ``topology``: its members' addresses, the seed's member
+        by ``seed_address`` (``adopt``)."""
+        addresses = {member.member_id: member.address for member in topology.members}
+        if self.seed_member in addresses and self.seed_address is not None:
+            addresses[self.seed_member] = self.seed_address
+        self.topology = topology
+        self._owners = [addresses.get(owner, "") for owner in topology.partition_owners]
+        self._addresses = sorted(addresses.values())
 
     async def wait_for_topology(self, check: Callable[[cluster_service_pb2.Topology], bool]) -> None:
         """Return once a topology for which ``check`` holds is adopted."""
@@ -384,7 +419,7 @@ class Routes:
             if error.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self._unsupported = True
             raise
-        self.adopt(response.topology, fetched=True)
+        self.adopt(response.topology, fetched=True, from_seed=channel is self._seed)
 
     def _refresh_soon(self) -> None:
         if self._unsupported or (self._refresh is not None and not self._refresh.done()):
@@ -402,10 +437,8 @@ class Routes:
 
     def _candidates(self) -> list[grpc.aio.Channel]:
         """Where to ask for the topology: the seed, then the members not down."""
-        members = [address for address in self._addresses if not self.is_down(address)]
-        for address in members:
-            self._stub(address)
-        return [self._seed, *(self._channels[address] for address in members)]
+        members = [address for address in self._addresses if address != self.seed_address and not self.is_down(address)]
+        return [self._seed, *(self.channel_of(address) for address in members)]
 
     async def _watch(self) -> None:
         delay = _WATCH_BACKOFF[0]
@@ -418,7 +451,7 @@ class Routes:
             )
             try:
                 async for message in call:
-                    self.adopt(message.topology)
+                    self.adopt(message.topology, from_seed=channel is self._seed)
                     delay = _WATCH_BACKOFF[0]
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.UNIMPLEMENTED:

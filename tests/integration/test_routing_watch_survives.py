@@ -20,12 +20,12 @@ async def test_a_topology_that_fails_to_be_adopted_does_not_end_the_watch(monkey
         original = routes.adopt
         calls = 0
 
-        def failing_once(topology: cluster_service_pb2.Topology) -> None:
+        def failing_once(topology: cluster_service_pb2.Topology, *, from_seed: bool = False) -> None:
             nonlocal calls
             calls += 1
             if calls == 1:
                 raise RuntimeError("a topology this client cannot take")
-            original(topology)
+            original(topology, from_seed=from_seed)
 
         monkeypatch.setattr(routes, "adopt", failing_once)
         try:

@@ -557,9 +557,10 @@ export class ChronicleClient {
    * Where the next attempt of a call on `stub` (one of this client's own:
    * `events`, `groups`, `reactionService`, `projectionService`) goes:
    * { stub, address, sent }. Without routing, and for a command, on this
-   * client's channel (address null). With routing, a read goes to any live
+   * client's channel (address null). With routing, a read goes to one live
    * member (they share the store): the address given while it is not
-   * marked down, else another (Routes.reader), so the seed's death does not
+   * marked down, else another (Routes.reader; not spread: on one member
+   * a client's reads never go back in the log, docs/scaling.md), so the seed's death does not
    * end reads, subscriptions or consumers that other members can serve.
    */
   #target(stub) {

@@ -146,6 +146,10 @@ export class Routes {
     },
   ) {
     this.seed = seed;
+    // The member id of the replica `seed` reaches, as it says itself
+    // (Topology.answered_by of what came from `seed`); '' until one said.
+    // That member goes by `seed` here, however it advertises itself (`take`).
+    this.seedMember = '';
     this.api = api;
     this.credentials = credentials;
     this.interceptors = interceptors;
@@ -380,10 +384,22 @@ export class Routes {
    * heartbeat behind (a second, at the default lease time) has caught up by
    * then, and answers the held epoch or a newer one, which ends the count.
    * A client that a lower epoch's hint tells it routed wrong fetches
-   * (`hinted`), so it gets there. The Python client's Routes.adopt is the
-   * same.
+   * (`hinted`), so it gets there.
+   *
+   * `fromSeed`: it came from the seed, so its `answered_by` is the member
+   * the seed reaches (`seedMember`), learnt whether the topology is taken
+   * or not. That member goes by `seed` in `ownerOf`, the members and the
+   * books (`unreachable`, `isDown`), so a seed spelt otherwise than the
+   * member advertises itself (`localhost:50051` for `127.0.0.1:50051`, a
+   * host name for its IP address) is one member, not two: a replica that
+   * died is marked down once, and no attempt is spent on it under its
+   * other name. The Python client's Routes.adopt is the same.
    */
-  adopt(topology, { fetched = false } = {}) {
+  adopt(topology, { fetched = false, fromSeed = false } = {}) {
+    if (fromSeed && topology.answered_by && topology.answered_by !== this.seedMember) {
+      this.seedMember = topology.answered_by;
+      if (this.topology) this.take(this.topology);
+    }
     const count = topology.partition_count;
     if (count < 1 || count & (count - 1) || topology.partition_owners.length !== count) return;
     if (topology.hash !== 'PARTITION_HASH_CRC32') return;
@@ -398,11 +414,17 @@ export class Routes {
     }
     this.behind = 0;
     this.behindAt = -Infinity;
+    this.take(topology);
+    for (const waiter of this.waiters) waiter();
+  }
+
+  /** Route by `topology`: its members' addresses, the seed's member by `seed` (`adopt`). */
+  take(topology) {
     const addresses = new Map(topology.members.map((member) => [member.member_id, member.address]));
+    if (addresses.has(this.seedMember)) addresses.set(this.seedMember, this.seed);
     this.topology = topology;
     this.owners = topology.partition_owners.map((owner) => addresses.get(owner) ?? '');
     this.addresses = [...addresses.values()].sort();
-    for (const waiter of this.waiters) waiter();
   }
 
   /** Resolves once a topology satisfying `check` is adopted. */
@@ -444,7 +466,7 @@ export class Routes {
     for (const address of this.candidates()) {
       try {
         const { response } = await unaryWithTrailers(this.stubsOf(address).cluster, 'GetTopology', {}, 2);
-        this.adopt(response.topology, { fetched: true });
+        this.adopt(response.topology, { fetched: true, fromSeed: address === this.seed });
         return;
       } catch (error) {
         if (error.code === grpc.status.UNIMPLEMENTED) this.unsupported = true;
@@ -462,7 +484,7 @@ export class Routes {
       this.watchCall = this.stubsOf(address).cluster.WatchTopology({});
       try {
         for await (const message of this.watchCall) {
-          this.adopt(message.topology);
+          this.adopt(message.topology, { fromSeed: address === this.seed });
           delay = 200;
         }
       } catch (error) {
