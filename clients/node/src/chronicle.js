@@ -461,6 +461,7 @@ function leave(stream) {
 export class ChronicleClient {
   #tokenFunction;
   #address;
+  #plaintext;
   #closed = false;
   // This client's read stubs, by the name Routes.stubsOf gives a member's (#target).
   #readServices = new Map();
@@ -485,6 +486,7 @@ export class ChronicleClient {
     // A wrong option is a ChronicleError (INVALID_OPTION, INVALID_CREDENTIALS) like any other refusal.
     const interceptors = clientSide(() => (token === null ? [] : [bearerToken(token)]));
     credentials = clientSide(() => channelCredentials(credentials));
+    this.#plaintext = !credentials._isSecure(); // a connection closed at once may then be a TLS server's (handshake.js)
     this.retry = clientSide(() => retryPolicy(retry));
     this.logger = logger;
     const channelOptions = clientSide(() => ({
@@ -613,7 +615,7 @@ export class ChronicleClient {
       } catch (refusal) {
         const stopped = limit.stopped();
         if (stopped !== null) throw stopped;
-        const tls = this.#tlsRefusal(refusal, target.address, method);
+        const tls = await this.#tlsRefusal(refusal, target.address, method);
         if (tls !== null) throw tls; // not retried: a misconfiguration does not cure itself
         this.#heard(target, refusal);
         const stale = this.#staleToken(refusal);
@@ -638,13 +640,15 @@ export class ChronicleClient {
    * tlsRefusal), else null.
    */
   #tlsRefusal(refusal, address, what) {
-    return tlsRefusal(refusal, { what, address: address ?? this.#address, refuse: clientError });
+    const plaintext = this.#plaintext;
+    return tlsRefusal(refusal, { what, address: address ?? this.#address, refuse: clientError, plaintext });
   }
 
   /** A stream's watch for TLS failures (handshake.js): `what` names the stream in what it says. */
   #handshakeWatch(what) {
     const { retryForSeconds } = this.retry;
-    return new HandshakeWatch({ what, retryForSeconds, logger: this.logger, refuse: clientError });
+    const plaintext = this.#plaintext;
+    return new HandshakeWatch({ what, retryForSeconds, logger: this.logger, refuse: clientError, plaintext });
   }
 
   /**
@@ -1006,7 +1010,7 @@ export class ChronicleClient {
             open(null); // not an attempt: the same commands, one per message
             continue;
           }
-          handshakes.failed(refusal, stream.address); // says a TLS failure; throws one that lasts
+          await handshakes.failed(refusal, stream.address); // says a TLS failure; throws one that lasts
           const stale = client.#staleToken(refusal); // the next call asks the token function again
           const retryable = reopenable(refusal) || stale;
           // A call that lived (a token's expiry, a connection's age ended
@@ -1127,7 +1131,7 @@ export class ChronicleClient {
       } catch (refusal) {
         const stopped = bound.stopped();
         if (stopped !== null) throw stopped;
-        const tls = this.#tlsRefusal(refusal, target?.address, `read ${aggregateId}`);
+        const tls = await this.#tlsRefusal(refusal, target?.address, `read ${aggregateId}`);
         if (tls !== null) throw tls; // not retried: a misconfiguration does not cure itself
         if (events.length > before) {
           attempt = 1;
@@ -1279,7 +1283,7 @@ export class ChronicleClient {
           if (error instanceof ChronicleError) throw error; // of this client's making (decoding)
           const refusal = asChronicleError(error);
           client.#heard(target, refusal);
-          handshakes.failed(refusal, target.address ?? client.#address); // says a TLS failure; throws one that lasts
+          await handshakes.failed(refusal, target.address ?? client.#address); // says a TLS failure; throws one that lasts
           const stale = client.#staleToken(refusal);
           // What the Python client reopens a subscription after: what a
           // command stream is reopened after (a full server's
@@ -1618,7 +1622,7 @@ export class ChronicleClient {
           if (state.closed) return;
           const refusal = asChronicleError(error);
           client.#heard(stream.target, refusal);
-          handshakes.failed(refusal, stream.target.address ?? client.#address);
+          await handshakes.failed(refusal, stream.target.address ?? client.#address);
           if (client.#staleToken(refusal)) {
             stale += 1;
             if (stale >= staleBound) throw refusal;

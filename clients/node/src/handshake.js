@@ -8,6 +8,16 @@
 // A unary call (tlsRefusal) fails at once on a failure the TLS library
 // itself raised (certain: it does not cure itself); a stream
 // (HandshakeWatch) warns and stops after the retry window.
+//
+// A plaintext client at a TLS server gets no TLS error at all: the server
+// closes the connection before HTTP/2 begins, and grpc-js says only "Failed
+// to connect", as of a plaintext server that closed it at its
+// --max-connections. A plaintext client tells them apart by asking the
+// address for a TLS handshake (speaksTls): a TLS server completes one, a
+// plaintext server never does, whatever its load.
+
+import net from 'node:net';
+import tls from 'node:tls';
 
 // What OpenSSL and Node's TLS say of a failed handshake, as grpc-js passes it on.
 const TLS_ERROR = new RegExp(
@@ -27,6 +37,15 @@ const TLS_ERROR = new RegExp(
 // done: a TLS server that refused this client, but also a server at its
 // --max-connections, or one that is stopping, which a retry may get past.
 const CUT_SHORT = /disconnected before secure TLS connection/i;
+// What grpc-js says of a plaintext connection the server closed before
+// HTTP/2's settings came ("Failed to connect (<time>)").
+const CLOSED_AT_ONCE = /Last error: Failed to connect\b/;
+// The failure named when a plaintext client's server speaks TLS, and what to do.
+const PLAINTEXT_AT_TLS = 'the server speaks TLS and this client plaintext';
+const CREDENTIALS_HINT = 'check the client\'s credentials: TLS against a plaintext server, or a CA that did not sign its certificate';
+const PLAINTEXT_HINT = 'give the client credentials, { ca } for TLS';
+// How long the TLS probe of a plaintext client waits for a handshake.
+export const PROBE_MS = 2000;
 const LAST_ERROR = /Last error: (?:Error: )?([\s\S]*?)(?:\.? Resolution note:[\s\S]*)?$/;
 
 /**
@@ -53,6 +72,47 @@ export function certainTlsFailure(refusal) {
   return failure === null || CUT_SHORT.test(failure) ? null : failure;
 }
 
+/** `address` (`host:port`, `[v6]:port`, with or without `dns:`) as { host, port }; null for another form. */
+function hostAndPort(address) {
+  const found = /^(?:dns:(?:\/\/[^/]*\/)?)?(?:\[([^\]]+)\]|([^:/[\]]+)):(\d+)$/.exec(String(address));
+  return found === null ? null : { host: found[1] ?? found[2], port: Number(found[3]) };
+}
+
+/**
+ * Whether `address` completes a TLS handshake within `ms`: the server
+ * speaks TLS. Nothing is sent but the handshake, and its certificate is
+ * not checked (the question is only whether it speaks TLS).
+ */
+export function speaksTls(address, ms = PROBE_MS) {
+  const target = hostAndPort(address);
+  if (target === null) return Promise.resolve(false);
+  const { host, port } = target;
+  return new Promise((resolve) => {
+    const servername = net.isIP(host) ? undefined : host;
+    const socket = tls.connect({ host, port, servername, rejectUnauthorized: false, ALPNProtocols: ['h2'] });
+    const done = (answer) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(answer);
+    };
+    const timer = setTimeout(() => done(false), ms);
+    socket.once('secureConnect', () => done(true));
+    socket.once('error', () => done(false));
+  });
+}
+
+/**
+ * For a plaintext client: PLAINTEXT_AT_TLS when `refusal` is gRPC's own
+ * UNAVAILABLE of a connection closed before HTTP/2 began and `address`
+ * speaks TLS (`probe`, speaksTls); null otherwise (a server at its
+ * connection limit, say, which a retry may get past).
+ */
+export async function plaintextAtTls(refusal, address, probe = speaksTls) {
+  if (refusal.code !== 'UNAVAILABLE' || refusal.reason !== refusal.code) return null;
+  if (!CLOSED_AT_ONCE.test(String(refusal.cause?.details ?? refusal.message))) return null;
+  return (await probe(address)) ? PLAINTEXT_AT_TLS : null;
+}
+
 /**
  * The UNAVAILABLE TLS_HANDSHAKE_FAILED error (made by `refuse`,
  * chronicle.js's clientError) for `refusal`, the failure `failure` of `what`
@@ -63,8 +123,8 @@ export function handshakeFailed(refusal, { what, address, failure, refuse, laste
   const error = refuse(
     'UNAVAILABLE',
     'TLS_HANDSHAKE_FAILED',
-    `${what}: the TLS handshake with ${address} failed${lasted}: ${failure} (check the client's credentials: ` +
-      'TLS against a plaintext server, or a CA that did not sign its certificate)',
+    `${what}: the TLS handshake with ${address} failed${lasted}: ${failure} ` +
+      `(${failure === PLAINTEXT_AT_TLS ? PLAINTEXT_HINT : CREDENTIALS_HINT})`,
     { address, tls_error: failure },
   );
   error.cause = refusal;
@@ -74,11 +134,12 @@ export function handshakeFailed(refusal, { what, address, failure, refuse, laste
 /**
  * What a unary call (or a read) that `refusal` ended on `address` throws
  * instead of retrying: UNAVAILABLE TLS_HANDSHAKE_FAILED when the failure is
- * a certain TLS one (certainTlsFailure), at the first attempt; null
- * otherwise (retried as before, a connection cut during the handshake too).
+ * a certain TLS one (certainTlsFailure), or, for a `plaintext` client, the
+ * server speaks TLS (plaintextAtTls), at the first attempt; null otherwise
+ * (retried as before, a connection cut during the handshake too).
  */
-export function tlsRefusal(refusal, { what, address, refuse }) {
-  const failure = certainTlsFailure(refusal);
+export async function tlsRefusal(refusal, { what, address, refuse, plaintext = false }) {
+  const failure = certainTlsFailure(refusal) ?? (plaintext ? await plaintextAtTls(refusal, address) : null);
   return failure === null ? null : handshakeFailed(refusal, { what, address, failure, refuse });
 }
 
@@ -94,8 +155,9 @@ export function tlsRefusal(refusal, { what, address, refuse }) {
  * (chronicle.js's clientError).
  */
 export class HandshakeWatch {
-  constructor({ what, retryForSeconds, logger, refuse, clock = Date.now }) {
+  constructor({ what, retryForSeconds, logger, refuse, plaintext = false, clock = Date.now }) {
     this.what = what;
+    this.plaintext = plaintext; // a plaintext client: a connection closed at once is asked whether it speaks TLS
     this.retryForSeconds = retryForSeconds ?? Infinity;
     this.logger = logger;
     this.refuse = refuse;
@@ -109,8 +171,8 @@ export class HandshakeWatch {
   }
 
   /** An attempt on `address` failed with `refusal`: warns, or throws past the window. */
-  failed(refusal, address) {
-    const failure = tlsFailure(refusal);
+  async failed(refusal, address) {
+    const failure = tlsFailure(refusal) ?? (this.plaintext ? await plaintextAtTls(refusal, address) : null);
     if (failure === null) {
       this.since = null; // another failure: the server may be away, which is waited out
       return;
@@ -118,10 +180,8 @@ export class HandshakeWatch {
     const now = this.clock();
     if (this.since === null) {
       this.since = now;
-      this.logger?.warn(
-        `${this.what}: the TLS handshake with ${address} failed: ${failure} (check the client's credentials: ` +
-          'TLS against a plaintext server, or a CA that did not sign its certificate); trying again',
-      );
+      const hint = failure === PLAINTEXT_AT_TLS ? PLAINTEXT_HINT : CREDENTIALS_HINT;
+      this.logger?.warn(`${this.what}: the TLS handshake with ${address} failed: ${failure} (${hint}); trying again`);
     }
     const seconds = (now - this.since) / 1000;
     if (seconds >= this.retryForSeconds) {

@@ -291,7 +291,7 @@ export class Routes {
         const refusal = this.callError(error);
         // Every member has the client's credentials: a misconfigured TLS
         // fails them all, and is said at once rather than retried.
-        const tls = this.tlsRefusal(refusal, address, method);
+        const tls = await this.tlsRefusal(refusal, address, method);
         if (tls !== null) throw tls;
         const gone = memberGone(refusal) || unanswered(refusal);
         if (gone) this.unreachable(address, sent);

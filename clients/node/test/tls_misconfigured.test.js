@@ -1,14 +1,16 @@
-// Streams of a client whose TLS is misconfigured say so: against real
-// server processes, a client speaking TLS to a plaintext server, and one
-// given a CA that did not sign the TLS server's certificate. Each stream
-// warns (logger.warn) naming the TLS failure once per outage, and throws
-// UNAVAILABLE TLS_HANDSHAKE_FAILED once the retry policy's window passed,
-// instead of retrying UNAVAILABLE for ever in silence. A server that is
-// merely away is still waited out without a bound.
+// A client whose TLS is misconfigured says so: against real server
+// processes, a client speaking TLS to a plaintext server, one given a CA
+// that did not sign the TLS server's certificate, and a plaintext client at
+// a TLS server. Each stream warns (logger.warn) naming the TLS failure once
+// per outage, and throws UNAVAILABLE TLS_HANDSHAKE_FAILED once the retry
+// policy's window passed, instead of retrying UNAVAILABLE for ever in
+// silence; a unary call throws it at its first attempt. A server that is
+// merely away, or that closes connections at once, is still retried.
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -74,14 +76,21 @@ async function ending(loop) {
   return { error: null, ms: Date.now() - started };
 }
 
-for (const { name, server, ca, said } of [
-  { name: 'TLS against a plaintext server', server: () => plain, ca: () => pki.ca, said: /wrong version number/ },
-  { name: 'a CA that did not sign the certificate', server: () => secure, ca: () => pki.other, said: /certificate/ },
-]) {
+// The misconfigurations, each with the server it is met at, the client's
+// credentials, and what the error and the warning say of it. A plaintext
+// client at a TLS server gets no TLS error (the server closes the
+// connection): the client asks the address for a TLS handshake.
+const MISCONFIGURED = [
+  { name: 'TLS against a plaintext server', server: () => plain, credentials: () => ({ ca: pki.ca }), said: /wrong version number/ },
+  { name: 'a CA that did not sign the certificate', server: () => secure, credentials: () => ({ ca: pki.other }), said: /certificate/ },
+  { name: 'plaintext against a TLS server', server: () => secure, credentials: () => null, said: /the server speaks TLS and this client plaintext/ },
+];
+
+for (const { name, server, credentials, said } of MISCONFIGURED) {
   test(`a subscription with ${name} warns naming the TLS failure, then throws TLS_HANDSHAKE_FAILED`, { timeout: 60_000 }, async () => {
     const { lines, logger } = recording();
     const address = server().address;
-    const client = new ChronicleClient(address, { credentials: { ca: ca() }, logger, retry: { retryForSeconds: 2 } });
+    const client = new ChronicleClient(address, { credentials: credentials(), logger, retry: { retryForSeconds: 2 } });
     try {
       const { error, ms } = await ending(client.subscribe({}, { fromEnd: true }).messages);
       assert.ok(error !== null, 'the subscription did not end');
@@ -148,14 +157,11 @@ test('a subscription with its TLS right reads; one whose server is away keeps wa
 // refused does not cure itself, so retrying it for the policy's 30 s would
 // only hide it. The routing client's commands too (every member has the
 // client's credentials).
-for (const { name, server, ca, said } of [
-  { name: 'TLS against a plaintext server', server: () => plain, ca: () => pki.ca, said: /wrong version number/ },
-  { name: 'a CA that did not sign the certificate', server: () => secure, ca: () => pki.other, said: /certificate/ },
-]) {
+for (const { name, server, credentials, said } of MISCONFIGURED) {
   test(`unary calls with ${name} throw TLS_HANDSHAKE_FAILED at once, not after retries`, { timeout: 60_000 }, async () => {
     const { lines, logger } = recording();
     const address = server().address;
-    const options = { credentials: { ca: ca() }, logger }; // the default policy: 30 s of retries
+    const options = { credentials: credentials(), logger }; // the default policy: 30 s of retries
     const direct = new ChronicleClient(address, options);
     const routed = new ChronicleClient(address, { ...options, routing: true });
     const calls = {
@@ -175,7 +181,7 @@ for (const { name, server, ca, said } of [
         const ms = Date.now() - started;
         assert.equal(`${error?.code} ${error?.reason}`, 'UNAVAILABLE TLS_HANDSHAKE_FAILED', `${what}: ${error}`);
         assert.match(error.message, said, what);
-        assert.match(error.message, /check the client's credentials/, what);
+        assert.match(error.message, /check the client's credentials|give the client credentials/, what);
         assert.equal(error.metadata.address, address, what);
         assert.match(error.metadata.tls_error, said, what);
         assert.equal(error.cause.code, 'UNAVAILABLE', what); // gRPC's own status, as it came
@@ -202,5 +208,32 @@ test('a unary call whose server is away is still retried for its window, and is 
     assert.ok(lines.info.length >= 2, lines.info.join('\n'));
   } finally {
     await away.close();
+  }
+});
+
+test('a plaintext client whose server closes connections at once (at its limit) is retried, not called a TLS failure', { timeout: 60_000 }, async () => {
+  // A plaintext server that closes every connection as it accepts it, as a
+  // server at its --max-connections does: it never completes a TLS
+  // handshake either, so the client's TLS probe does not mistake it.
+  const closing = net.createServer((socket) => socket.destroy());
+  await new Promise((resolve) => closing.listen(0, '127.0.0.1', resolve));
+  const { lines, logger } = recording();
+  const client = new ChronicleClient(`127.0.0.1:${closing.address().port}`, { logger, retry: { retryForSeconds: 1 } });
+  try {
+    const started = Date.now();
+    const error = await client.getAggregate('acc-1').then(
+      () => null,
+      (thrown) => thrown,
+    );
+    assert.equal(`${error?.code} ${error?.reason}`, 'UNAVAILABLE UNAVAILABLE');
+    assert.match(error.message, /Failed to connect/);
+    assert.ok(Date.now() - started >= 500, 'it was not retried');
+    assert.deepEqual(
+      lines.warn.filter((line) => line.includes('TLS')),
+      [],
+    );
+  } finally {
+    await client.close();
+    closing.close();
   }
 });
