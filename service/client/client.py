@@ -181,6 +181,8 @@ class ChronicleClient:
         metadata = CallMetadata(call_metadata, token)
         if metadata.refreshes:
             retry = replace(retry, refresh_credentials=True)
+        if credentials is None:  # plaintext: a TLS server would only close the connection (service.client.handshake)
+            retry = replace(retry, probe_tls=True)
         routes = (
             Routes(channel, open_channel=open_member_channel, call_metadata=metadata, seed_address=address)
             if routing

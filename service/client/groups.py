@@ -151,7 +151,8 @@ class GroupConsumer:
         self.joined = asyncio.Event()
         self.member = ""  # the name the server gave this stream in the group
         self._closed = False
-        self._handshakes = HandshakeWatch(f"group {group}", (retry or DEFAULT_RETRY).retry_for)
+        policy = retry or DEFAULT_RETRY
+        self._handshakes = HandshakeWatch(f"group {group}", policy.retry_for, probe=policy.probe_tls)
 
     async def __aenter__(self) -> GroupConsumer:
         return self
@@ -292,7 +293,7 @@ class GroupConsumer:
                 if self._closed:
                     return
                 error = remote_error(failed)
-                refused = self._handshakes.failed(error)  # warns of a TLS failure; one that lasts is raised
+                refused = await self._handshakes.failed(error)  # warns of a TLS failure; one that lasts is raised
                 if refused is not None:
                     raise refused from failed
                 # Opened again after what a subscription is reopened after

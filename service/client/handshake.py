@@ -9,8 +9,16 @@ gRPC's core names the failure only in the status's details ("failed to
 connect to all addresses; last error: UNKNOWN: ipv4:HOST:PORT: Tls handshake
 failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: …"), which is what this reads.
 
-Only a handshake that the TLS library on this side refused counts ("Tls
-handshake failed"): that does not cure itself, so a unary call or a read
+A plaintext client at a TLS server gets no TLS error at all: the server
+closes the connection, and gRPC says only "Socket closed", as of a
+plaintext server that closed it at its ``--max-connections``. A plaintext
+client (``RetryPolicy.probe_tls``, which ``ChronicleClient.connect`` sets
+when given no credentials) then asks the address for a TLS handshake
+(``speaks_tls``): a TLS server completes one, a plaintext server never
+does, whatever its load.
+
+A handshake that the TLS library on this side refused ("Tls handshake
+failed"), or a plaintext client's TLS server, does not cure itself, so a unary call or a read
 raises ``Unavailable`` with reason ``TLS_HANDSHAKE_FAILED`` at once
 (``tls_refusal``). A stream (a subscription, a command stream, a group
 consumer), which is reopened for as long as it is iterated because servers
@@ -25,11 +33,15 @@ the same.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import re
+import ssl
 import time
 from collections.abc import Callable
+from urllib.parse import unquote
 
 import grpc
 
@@ -41,7 +53,14 @@ TLS_HANDSHAKE_FAILED = "TLS_HANDSHAKE_FAILED"
 # gRPC's core, of a handshake its TLS library refused: the address (after a
 # scheme such as ipv4:) and the library's words.
 _REFUSED = re.compile(r"(?:^|: )(?:(?:ipv4|ipv6|unix):)?(?P<address>[^\s;]+): Tls handshake failed (?P<failure>.*)$")
+# gRPC's core, of a plaintext connection the server closed before HTTP/2 began.
+_CLOSED_AT_ONCE = re.compile(r"(?:^|: )(?:(?:ipv4|ipv6):)?(?P<address>[^\s;]+): Socket closed$")
 _HINT = "check the client's credentials: TLS against a plaintext server, or a CA that did not sign its certificate"
+# The failure named when a plaintext client's server speaks TLS, and what to do.
+PLAINTEXT_AT_TLS = "the server speaks TLS and this client plaintext"
+_PLAINTEXT_HINT = "give the client credentials: grpc.ssl_channel_credentials(ca)"
+# How long the TLS probe of a plaintext client waits for a handshake.
+PROBE_SECONDS = 2.0
 
 
 def tls_failure(error: RemoteError) -> tuple[str, str] | None:
@@ -57,28 +76,69 @@ def tls_failure(error: RemoteError) -> tuple[str, str] | None:
     return found["address"], found["failure"].strip()
 
 
-def handshake_failed(error: RemoteError, what: str, *, lasted: str = "") -> Unavailable | None:
-    """``Unavailable`` TLS_HANDSHAKE_FAILED for ``error`` (the call ``what``),
-    naming the address and the TLS error (``metadata``: ``address``,
-    ``tls_error``); None when ``error`` is no TLS failure (``tls_failure``).
-    Raise it ``from`` the call's own error."""
-    failed = tls_failure(error)
-    if failed is None:
+async def speaks_tls(address: str) -> bool:
+    """Whether ``address`` (``host:port``, ``[v6]:port``) completes a TLS
+    handshake within ``PROBE_SECONDS``: the server speaks TLS. Nothing is sent
+    but the handshake, and its certificate is not checked: the question is
+    only whether it speaks TLS."""
+    host, _, port = unquote(address).rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit():
+        return False
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # a probe: nothing is trusted to it, nothing sent
+    context.set_alpn_protocols(["h2"])
+    try:
+        async with asyncio.timeout(PROBE_SECONDS):
+            _, writer = await asyncio.open_connection(host, int(port), ssl=context, server_hostname=host)
+    except (OSError, TimeoutError):  # ssl.SSLError is an OSError: not TLS
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def plaintext_at_tls(error: RemoteError) -> tuple[str, str] | None:
+    """For a plaintext client: the address and ``PLAINTEXT_AT_TLS`` when
+    ``error`` is gRPC's own UNAVAILABLE of a connection closed at once
+    ("Socket closed") and the address speaks TLS (``speaks_tls``); None
+    otherwise (a server at its connection limit, say, which a retry may get
+    past)."""
+    if error.code != grpc.StatusCode.UNAVAILABLE or error.reason != error.code.name:
         return None
+    found = _CLOSED_AT_ONCE.search(error.message)
+    if found is None or not await speaks_tls(found["address"]):
+        return None
+    return found["address"], PLAINTEXT_AT_TLS
+
+
+async def _failure(error: RemoteError, probe: bool) -> tuple[str, str] | None:
+    """``tls_failure``, or for a plaintext client (``probe``) ``plaintext_at_tls``."""
+    return tls_failure(error) or (await plaintext_at_tls(error) if probe else None)
+
+
+def handshake_failed(error: RemoteError, what: str, failed: tuple[str, str], *, lasted: str = "") -> Unavailable:
+    """``Unavailable`` TLS_HANDSHAKE_FAILED for ``error`` (the call ``what``),
+    naming the address and the TLS error (``failed``; ``metadata``:
+    ``address``, ``tls_error``). Raise it ``from`` the call's own error."""
     address, failure = failed
+    hint = _PLAINTEXT_HINT if failure == PLAINTEXT_AT_TLS else _HINT
     return Unavailable(
-        f"{what}: the TLS handshake with {address} failed{lasted}: {failure} ({_HINT})",
+        f"{what}: the TLS handshake with {address} failed{lasted}: {failure} ({hint})",
         code=grpc.StatusCode.UNAVAILABLE,
         reason=TLS_HANDSHAKE_FAILED,
         metadata={"address": address, "tls_error": failure},
     )
 
 
-def tls_refusal(error: RemoteError, what: str) -> Unavailable | None:
+async def tls_refusal(error: RemoteError, what: str, *, probe: bool = False) -> Unavailable | None:
     """What a unary call or a read that ``error`` ended raises at once
-    instead of retrying: TLS_HANDSHAKE_FAILED when its TLS is misconfigured,
-    else None."""
-    return handshake_failed(error, what)
+    instead of retrying: TLS_HANDSHAKE_FAILED when its TLS is misconfigured
+    (``probe``: the client is plaintext, ``plaintext_at_tls``), else None."""
+    failed = await _failure(error, probe)
+    return None if failed is None else handshake_failed(error, what, failed)
 
 
 class HandshakeWatch:
@@ -89,8 +149,11 @@ class HandshakeWatch:
     policy's; None: no bound), ``failed`` returns the TLS_HANDSHAKE_FAILED
     error to raise. ``clock``: a test's own."""
 
-    def __init__(self, what: str, retry_for: float | None, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, what: str, retry_for: float | None, *, probe: bool = False, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._what = what
+        self._probe = probe  # a plaintext client: a connection closed at once is asked whether it speaks TLS
         self._retry_for = math.inf if retry_for is None else retry_for
         self._clock = clock
         self._since: float | None = None  # when this outage's first TLS failure came
@@ -99,18 +162,19 @@ class HandshakeWatch:
         """Something was received: the outage, if any, is over."""
         self._since = None
 
-    def failed(self, error: RemoteError) -> Unavailable | None:
+    async def failed(self, error: RemoteError) -> Unavailable | None:
         """An attempt failed with ``error``: warns of a TLS failure; the error
         to raise once TLS failures have lasted ``retry_for``, else None."""
-        failed = tls_failure(error)
+        failed = await _failure(error, self._probe)
         if failed is None:
             self._since = None  # another failure: the server may be away, which is waited out
             return None
         now = self._clock()
         if self._since is None:
             self._since = now
-            log.warning("%s: the TLS handshake with %s failed: %s (%s); trying again", self._what, *failed, _HINT)
+            hint = _PLAINTEXT_HINT if failed[1] == PLAINTEXT_AT_TLS else _HINT
+            log.warning("%s: the TLS handshake with %s failed: %s (%s); trying again", self._what, *failed, hint)
         seconds = now - self._since
         if seconds < self._retry_for:
             return None
-        return handshake_failed(error, self._what, lasted=f" for {seconds:.1f} s")
+        return handshake_failed(error, self._what, failed, lasted=f" for {seconds:.1f} s")

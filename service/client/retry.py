@@ -95,6 +95,12 @@ class RetryPolicy:
     expiry, a connection's age, a restart) is reopened every time, even
     with a ``max_attempts``, while one that breaks as soon as it opens
     spends them.
+
+    ``probe_tls``: the client's channel is plaintext (``ChronicleClient.connect``
+    without credentials sets it): a connection the server closed at once is
+    asked for a TLS handshake, and one completed (the server speaks TLS) is
+    ``Unavailable`` TLS_HANDSHAKE_FAILED, not a server away
+    (``service.client.handshake``).
     """
 
     max_attempts: int | None = None
@@ -105,6 +111,7 @@ class RetryPolicy:
     jitter: float = 0.2
     refresh_credentials: bool = False
     renew_after: float = 10.0
+    probe_tls: bool = False
 
     def __post_init__(self) -> None:
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -176,7 +183,7 @@ async def call_with_retries(
             return await attempt()
         except grpc.aio.AioRpcError as failed:
             cause, error = failed, remote_error(failed)
-        refused = tls_refusal(error, what)
+        refused = await tls_refusal(error, what, probe=policy.probe_tls)
         if refused is not None:  # a misconfigured TLS does not cure itself: not retried
             raise refused from cause
         elapsed = clock() - started
@@ -210,7 +217,7 @@ async def resuming(
     failures that last ``retry_for`` (``handshake.HandshakeWatch``)."""
     number = 1
     alive = clock()  # when the stream began or last received a message
-    handshakes = HandshakeWatch(what, policy.retry_for, clock=clock)
+    handshakes = HandshakeWatch(what, policy.retry_for, probe=policy.probe_tls, clock=clock)
     while True:
         call = open_stream()
         opened = clock()
@@ -224,7 +231,10 @@ async def resuming(
             cause, error = failed, remote_error(failed)
         finally:
             call.cancel()  # the caller stopped early, or the call failed: free it
-        refused = tls_refusal(error, what) if bounded else handshakes.failed(error)
+        if bounded:
+            refused = await tls_refusal(error, what, probe=policy.probe_tls)
+        else:
+            refused = await handshakes.failed(error)
         if refused is not None:
             raise refused from cause
         if clock() - opened >= policy.renew_after:

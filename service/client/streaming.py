@@ -158,7 +158,7 @@ class CommandStream:
         self._exhausted = False  # every command was taken from the caller
         self._call: Any = None
         self._opened_at = 0.0  # when the current call was opened (time.monotonic)
-        self._handshakes = HandshakeWatch("command stream", retry.retry_for)
+        self._handshakes = HandshakeWatch("command stream", retry.retry_for, probe=retry.probe_tls)
 
     async def results(self) -> AsyncGenerator[StreamResult, None]:
         """The results, in the order the commands were taken."""
@@ -214,7 +214,7 @@ class CommandStream:
         policy's delay and open the call again, its pending commands sent
         again; the next attempt's number. Raise ``error`` once the policy
         gives up."""
-        refused = self._handshakes.failed(error)  # warns of a TLS failure; one that lasts is raised
+        refused = await self._handshakes.failed(error)  # warns of a TLS failure; one that lasts is raised
         if refused is not None:
             raise refused from cause
         wait = self._retry.delay(attempt, error)  # a stream: no bound in time, only max_attempts if set

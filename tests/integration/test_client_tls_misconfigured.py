@@ -1,14 +1,17 @@
 """The Python client against a misconfigured TLS, over real sockets: its
-TLS against a plaintext server, and a CA that did not sign the TLS
-server's certificate. A unary call (and a read) raises ``Unavailable``
+TLS against a plaintext server, a CA that did not sign the TLS server's
+certificate, and a plaintext client at a TLS server (which only closes the
+connection: the client asks the address for a TLS handshake). A unary call (and a read) raises ``Unavailable``
 TLS_HANDSHAKE_FAILED at its first attempt instead of retrying for the
 policy's 30 s; a subscription and a command stream warn once and raise it
-once the policy's ``retry_for`` passed; a server that is away is still
+once the policy's ``retry_for`` passed; a server that is away, or a
+plaintext one that closes connections at once (at its limit), is still
 retried (service/client/handshake.py; the Node.js client's
 clients/node/test/tls_misconfigured.test.js is the same)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,20 +51,27 @@ async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
         yield Servers(plain, secure, ca.certificate, other.certificate)
 
 
-CASES: dict[str, tuple[Callable[[Servers], tuple[str, bytes]], str]] = {
+# Each misconfiguration: where it meets which server with which CA (None:
+# plaintext), and what the error and the warning say of it.
+CASES: dict[str, tuple[Callable[[Servers], tuple[str, bytes | None]], str]] = {
     "TLS against a plaintext server": (lambda s: (s.plain.address, s.ca), "WRONG_VERSION_NUMBER"),
     "a CA that did not sign the certificate": (lambda s: (s.secure.address, s.other), "certificate"),
+    "plaintext against a TLS server": (
+        lambda s: (s.secure.address, None),
+        "the server speaks TLS and this client plaintext",
+    ),
 }
 
 
-def _connect(address: str, ca: bytes, **options: Any) -> ChronicleClient:
-    return ChronicleClient.connect(address, credentials=grpc.ssl_channel_credentials(ca), **options)
+def _connect(address: str, ca: bytes | None, **options: Any) -> ChronicleClient:
+    credentials = None if ca is None else grpc.ssl_channel_credentials(ca)
+    return ChronicleClient.connect(address, credentials=credentials, **options)
 
 
 def _check(error: BaseException, address: str, said: str) -> None:
     assert isinstance(error, Unavailable), repr(error)
     assert error.reason == "TLS_HANDSHAKE_FAILED", error
-    assert said in error.message and "check the client's credentials" in error.message, error.message
+    assert said in error.message and "credentials" in error.message, error.message
     assert error.metadata["address"] == address
     assert said in error.metadata["tls_error"]
     assert isinstance(error.__cause__, grpc.aio.AioRpcError)  # gRPC's own status, as it came
@@ -143,4 +153,29 @@ async def test_a_unary_call_whose_server_is_away_is_retried_and_not_called_a_tls
     assert isinstance(error, RemoteError) and error.reason == "UNAVAILABLE", repr(error)
     assert seconds >= 0.5
     assert len([record for record in caplog.records if "attempt" in record.message]) >= 2
+    assert not [record for record in caplog.records if "TLS" in record.message]
+
+
+async def test_a_plaintext_client_whose_server_closes_connections_at_once_is_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plaintext server that closes every connection as it accepts it, as
+    one at its ``--max-connections`` does: it never completes a TLS
+    handshake either, so the client's probe does not mistake it."""
+
+    async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # what the client sent first: closed with it unread, the socket would be reset
+        writer.close()
+
+    server = await asyncio.start_server(close_at_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    caplog.set_level(logging.INFO, logger="service.client")
+    try:
+        async with _connect(f"127.0.0.1:{port}", None, retry=RetryPolicy(retry_for=1.0)) as client:
+            error, seconds = await _raised(lambda: client.get_aggregate("acc-1", bank.Account))
+    finally:
+        server.close()
+    assert isinstance(error, RemoteError) and error.reason == "UNAVAILABLE", repr(error)
+    assert "Socket closed" in error.message
+    assert seconds >= 0.5
     assert not [record for record in caplog.records if "TLS" in record.message]
