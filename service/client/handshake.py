@@ -18,17 +18,17 @@ when given no credentials) then asks the address for a TLS handshake
 does, whatever its load.
 
 A handshake that the TLS library on this side refused ("Tls handshake
-failed"), or a plaintext client's TLS server, does not cure itself, so a unary call or a read
-raises ``Unavailable`` with reason ``TLS_HANDSHAKE_FAILED`` at once
-(``tls_refusal``). A stream (a subscription, a command stream, a group
-consumer), which is reopened for as long as it is iterated because servers
-restart, warns once per outage and raises it once TLS failures alone have
-lasted the policy's ``retry_for`` (``HandshakeWatch``). A connection the
-server closed during the handshake ("Socket closed", "Handshake read
-failed": a server at its ``--max-connections``, or stopping, but also a
-plaintext client at a TLS server, which cannot be told from those) is
-retried as a server that is away. The Node.js client's src/handshake.js is
-the same.
+failed"), or a plaintext client's TLS server, does not cure itself, so a
+unary call or a read raises ``Unavailable`` with reason
+``TLS_HANDSHAKE_FAILED`` at once (``tls_refusal``). A stream (a
+subscription, a command stream, a group consumer), which is reopened for
+as long as it is iterated because servers restart, warns once per outage
+and raises it once TLS failures alone have lasted the policy's
+``retry_for`` (``HandshakeWatch``). Any other closed connection ("Handshake
+read failed" of a TLS client, "Socket closed" of a plaintext one whose
+server does not speak TLS: a server at its ``--max-connections``, or
+stopping) is retried as a server that is away. The Node.js client's
+src/handshake.js is the same.
 """
 
 from __future__ import annotations
