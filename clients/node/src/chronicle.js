@@ -1283,7 +1283,8 @@ export class ChronicleClient {
           if (error instanceof ChronicleError) throw error; // of this client's making (decoding)
           const refusal = asChronicleError(error);
           client.#heard(target, refusal);
-          await handshakes.failed(refusal, target.address ?? client.#address); // says a TLS failure; throws one that lasts
+          // Says a TLS failure; throws one that lasts.
+          await handshakes.failed(refusal, target.address ?? client.#address);
           const stale = client.#staleToken(refusal);
           // What the Python client reopens a subscription after: what a
           // command stream is reopened after (a full server's

@@ -42,7 +42,8 @@ const CUT_SHORT = /disconnected before secure TLS connection/i;
 const CLOSED_AT_ONCE = /Last error: Failed to connect\b/;
 // The failure named when a plaintext client's server speaks TLS, and what to do.
 const PLAINTEXT_AT_TLS = 'the server speaks TLS and this client plaintext';
-const CREDENTIALS_HINT = 'check the client\'s credentials: TLS against a plaintext server, or a CA that did not sign its certificate';
+const CREDENTIALS_HINT =
+  "check the client's credentials: TLS against a plaintext server, or a CA that did not sign its certificate";
 const PLAINTEXT_HINT = 'give the client credentials, { ca } for TLS';
 // How long the TLS probe of a plaintext client waits for a handshake.
 export const PROBE_MS = 2000;

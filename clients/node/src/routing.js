@@ -267,8 +267,9 @@ export class Routes {
    * known member once in a row at most), else after a backoff, at least the
    * server's RetryInfo delay, when what failed it may pass (`retryable`:
    * UNAVAILABLE from a live member, ABORTED, …) or a stale token failed it
-   * (`staleToken`); never after a misconfigured TLS (`tlsRefusal`); for the retry policy's `retryForSeconds` (30 by default)
-   * and `maxAttempts` (`attempts`: another bound, none by default).
+   * (`staleToken`); never after a misconfigured TLS (`tlsRefusal`); for
+   * the retry policy's `retryForSeconds` (30 by default) and `maxAttempts`
+   * (`attempts`: another bound, none by default).
    */
   async send(method, request, aggregateId, { timeoutSeconds = 10, attempts = Infinity } = {}) {
     await this.ready;
