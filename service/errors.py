@@ -548,6 +548,24 @@ def store_unreachable(detail: str) -> StoreUnavailable:
     return StoreUnavailable(STORE_UNREACHABLE, detail=detail)
 
 
+#: StoreUnavailable's reason when the store kept refusing an operation to let
+#: other transactions go on: SQLite's write lock held by another connection
+#: past the busy timeout, PostgreSQL rolling it back as a deadlock's victim or
+#: for a serialization failure on every attempt. Nothing of it was applied.
+CONTENTION = "CONTENTION"
+#: What a caller hears of it, whichever store and whatever its driver said:
+#: the driver's words (SQLSTATEs, "database is locked", the operation's
+#: internal name) are the server's log's, and a client's retry logic keys on
+#: the reason, never on text that changes with the driver's version.
+STORE_BUSY = "the store is busy with other transactions; nothing was applied: retry shortly"
+
+
+def store_busy(detail: str) -> StoreUnavailable:
+    """An operation the store refused for contention: a fixed message for
+    the caller, ``detail`` (the driver's text) for the server's log."""
+    return StoreUnavailable(STORE_BUSY, reason=CONTENTION, detail=detail)
+
+
 class ConsumerStalled(ChronicleError):
     """A subscription group's consumer neither took a message of deliveries
     in nor acked or nacked anything for the group's ack timeout (its client

@@ -11,7 +11,7 @@ from typing import TypeGuard
 import psycopg
 from psycopg import errors as pg
 
-from service.errors import ChronicleError, InvalidInput, StoreUnavailable, store_unreachable
+from service.errors import ChronicleError, InvalidInput, StoreUnavailable, store_busy, store_unreachable
 
 
 class UniqueViolation(Exception):
@@ -46,8 +46,6 @@ class Refused(Exception):
 # would only double the wait.
 _ROLLED_BACK = frozenset({"40P01", "40001"})
 
-CONTENTION = "CONTENTION"  # StoreUnavailable's reason when PostgreSQL kept aborting an operation
-
 
 def rolled_back(error: BaseException) -> TypeGuard[psycopg.Error]:
     """Whether PostgreSQL rolled the operation's transaction back as a
@@ -58,10 +56,9 @@ def rolled_back(error: BaseException) -> TypeGuard[psycopg.Error]:
 def contention(error: BaseException, what: str, *, attempts: int) -> StoreUnavailable:
     """An operation PostgreSQL rolled back on each of ``attempts`` tries."""
     tries = "once" if attempts == 1 else f"on each of {attempts} attempts"
-    return StoreUnavailable(
+    return store_busy(
         f"PostgreSQL rolled back {what} {tries} to resolve contention with concurrent transactions"
-        f" ({_first_line(error)}); nothing of it was applied: retry it",
-        reason=CONTENTION,
+        f" ({_first_line(error)})"
     )
 
 

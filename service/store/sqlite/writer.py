@@ -14,8 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Concatenate, ParamSpec, TypeVar
 
-from service.errors import StoreUnavailable
+from service.errors import StoreUnavailable, store_busy
 from service.store.sqlite import sql
+
+# Primary result codes of a lock another connection holds (the extended
+# codes, SQLITE_BUSY_SNAPSHOT say, carry them in their low byte).
+_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -50,7 +54,12 @@ class Writer:
         try:
             return await loop.run_in_executor(self._executor, fn)
         except sqlite3.OperationalError as error:
-            # Locked or unreadable file, full disk: the store cannot serve now.
+            if (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF in _BUSY:
+                # Another connection (a second process on the file) held the
+                # write lock past the busy timeout: CONTENTION, in words of
+                # no driver; "database is locked" is the server's log's.
+                raise store_busy(f"SQLite: {error}") from error
+            # Unreadable file, full disk: the store cannot serve now.
             raise StoreUnavailable(f"SQLite: {error}") from error
 
     def _connection(self) -> sqlite3.Connection:
