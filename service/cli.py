@@ -1310,8 +1310,11 @@ def _send_import(
         error = unreadable[0]
         if _error_info(refused)[0] == "EXPORT_INCOMPLETE" and error.reason == "EXPORT_INCOMPLETE":
             error.message += (
-                "; the records before it were imported: import the whole export again to finish (what is there"
-                " already is skipped)"
+                "; nothing was written (an import with --overwrite writes only a stream it read whole): import the"
+                " whole export again"
+                if options.overwrite
+                else "; the records before it were imported: import the whole export again to finish (what is"
+                " there already is skipped)"
             )
         raise error from None
     if unreadable:
@@ -1359,9 +1362,10 @@ async def _import_local(
     from service.store.encrypted import encrypted
     from service.store.encryption import Keyring
     from service.store.factory import open_store
+    from service.transfer.checked_first import CheckedFirst
     from service.transfer.files import Source
     from service.transfer.importer import Importer
-    from service.transfer.sealing import AsStored, Sealing
+    from service.transfer.sealing import AsStored, ImportSealing, Sealing
 
     # The plugins' payload types, for JSON lines, and state types, which
     # snapshots must parse as; the master keys, as the server takes them.
@@ -1374,22 +1378,31 @@ async def _import_local(
     await adapter.open()
     try:
         store = Store.of(adapter)
+
         # With master keys, what comes in the clear is sealed as the server
         # would; without, records are written as they come (an encrypted
         # store's, sealed, move so), but none in the clear into a store that
         # is encrypted (transfer/sealing.py).
-        sealing = Sealing(Keyring(store.keys, master_keys), lambda: master_keys) if master_keys else AsStored()
+        def sealing_of() -> ImportSealing:
+            return Sealing(Keyring(store.keys, master_keys), lambda: master_keys) if master_keys else AsStored()
+
         # Claims derived for aggregates that came without any are of their
         # state as the server's commands see it: opened with the master keys.
         readable = encrypted(store, Keyring(store.keys, master_keys)) if master_keys else store
-        importer = Importer(
-            store,
-            options=options,
-            on_progress=lambda summary: reporter.update(source.position if source.total else summary.records),
-            registry=registry,
-            sealing=sealing,
-            load_state=AggregateLoader(readable, registry).state_of,
-        )
+
+        def make(checking_only: bool) -> Importer:
+            return Importer(
+                store,
+                options=options,
+                on_progress=lambda summary: reporter.update(source.position if source.total else summary.records),
+                registry=registry,
+                sealing=sealing_of(),
+                load_state=AggregateLoader(readable, registry).state_of,
+                checking_only=checking_only,
+            )
+
+        # Replacing aggregates: nothing is written before the whole file is read and checked (checked_first.py).
+        importer = CheckedFirst(make) if options.overwrite else make(False)
         await importer.run_file(_leaving_out(source.records(), leave_out))
     finally:
         source.close()

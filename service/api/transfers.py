@@ -16,6 +16,7 @@ from service.plugins.registry import Registry
 from service.store.base import Store
 from service.store.encryption import Keyring
 from service.store.records import LogFilter
+from service.transfer.checked_first import CheckedFirst
 from service.transfer.claims import LoadState
 from service.transfer.deleting import Deletion, delete_aggregate
 from service.transfer.exporter import ArchiveRule, Exporter, ExportSelection
@@ -98,20 +99,26 @@ class Transfers:
         return Exporter(self.store, source=self.kind).records(selection)
 
     async def import_(self, requests: AsyncIterator[pb.ImportLogRequest]) -> tuple[pb.ImportLogResponse, ImportSummary]:
-        importer: Importer | None = None
+        importer: Importer | CheckedFirst | None = None
         async for request in requests:
             if importer is None:
                 options = ImportOptions(
                     overwrite=request.options.overwrite, restore_deleted=request.options.restore_deleted
                 )
-                importer = Importer(
-                    self.store,
-                    options=options,
-                    on_replaced=self.evict,
-                    registry=self.registry,
-                    sealing=self.sealing(),
-                    load_state=self.load_state,
-                )
+
+                def make(checking_only: bool, options: ImportOptions = options) -> Importer:
+                    return Importer(
+                        self.store,
+                        options=options,
+                        on_replaced=self.evict,
+                        registry=self.registry,
+                        sealing=self.sealing(),
+                        load_state=self.load_state,
+                        checking_only=checking_only,
+                    )
+
+                # Replacing aggregates: nothing is written before the whole stream is read and checked.
+                importer = CheckedFirst(make) if options.overwrite else make(False)
             if request.HasField("record"):
                 await importer.add(request.record)
         if importer is None:

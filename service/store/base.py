@@ -467,9 +467,12 @@ class Transfer(Protocol):
     async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
         """Up to ``limit`` command records whose id sorts after ``after``, in id order."""
 
-    async def import_events(self, events: Sequence[RecordedEvent]) -> int:
+    async def import_events(self, events: Sequence[RecordedEvent], *, replacing: Sequence[str] = ()) -> int:
         """Write ``events`` as they were recorded elsewhere, in one
-        transaction: each keeps its event id, aggregate, version, timestamp
+        transaction, after removing the aggregates of ``replacing`` in it
+        (as ``remove_aggregate``: an import overwriting them, whose batch is
+        never seen removed without its replacement, nor written without the
+        removal): each keeps its event id, aggregate, version, timestamp
         and envelope, and takes a new position at the end of the log, in the
         order given (so the log's order is kept; positions themselves are
         this store's). An event whose id the store holds at the same
@@ -482,7 +485,7 @@ class Transfer(Protocol):
         after its aggregate's last (VERSION_GAP), except for a deleted
         aggregate's tombstone, which stands alone at the version after the
         events it replaced: only on an aggregate with no events
-        (AGGREGATE_NOT_EMPTY otherwise)."""
+        (AGGREGATE_NOT_EMPTY otherwise). A refused batch removed nothing."""
 
     async def import_snapshots(self, snapshots: Sequence[Snapshot]) -> int:
         """Write the snapshots the store does not hold (by aggregate and

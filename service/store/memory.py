@@ -465,8 +465,20 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
     async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
         return [self._commands[c] for c in sorted(c for c in self._commands if c > after)[:limit]]
 
-    async def import_events(self, events: Sequence[RecordedEvent]) -> int:
-        fresh = events_to_write(events, stored_at=self._place, head=self._head)
+    async def import_events(self, events: Sequence[RecordedEvent], *, replacing: Sequence[str] = ()) -> int:
+        gone = set(replacing)
+
+        def place(event_id: str) -> tuple[str, int] | None:
+            found = self._place(event_id)
+            return None if found is None or found[0] in gone else found
+
+        def head(aggregate_id: str) -> tuple[int, str] | None:
+            return None if aggregate_id in gone else self._head(aggregate_id)
+
+        # Checked as if the aggregates of ``replacing`` were removed, before any is: a refusal removes nothing.
+        fresh = events_to_write(events, stored_at=place, head=head)
+        for aggregate_id in replacing:
+            await self.remove_aggregate(aggregate_id)
         self._add([replace(e, position=self._last_position + offset) for offset, e in enumerate(fresh, start=1)])
         return len(fresh)
 

@@ -352,6 +352,25 @@ async def test_removing_an_aggregate_leaves_the_others_and_the_log_moves_on(stor
     assert again.position > head
 
 
+async def test_a_batch_replacing_an_aggregate_removes_it_and_writes_in_one_transaction(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    await store.append("a-1", [new_event() for _ in range(3)], 0, claims=[ClaimChange("s", "v")])
+    await store.save_snapshot(snapshot("a-1", 3))
+    before = await contents()
+    # Refused (a-2's event is a version ahead): a-1 is not removed either.
+    with pytest.raises(ImportConflict) as refused:
+        await store.import_events([recorded_event("a-1", 1), recorded_event("a-2", 2)], replacing=["a-1"])
+    assert refused.value.reason == "VERSION_GAP"
+    assert (await contents()).changes_since(before) == {}
+
+    replacing = [recorded_event("a-1", 1), recorded_event("a-1", 2), recorded_event("a-2", 1)]
+    assert await store.import_events(replacing, replacing=["a-1"]) == 3
+    assert without_positions(await store.read_aggregate("a-1")) == without_positions(replacing[:2])
+    assert await store.claim_owner("s", "v") is None
+    assert await store.load_snapshot("a-1") is None
+
+
 def tombstone() -> NewEvent:
     return replace(new_event(TOMBSTONE_EVENT_TYPE, aggregate_type=""), payload=b"\x1a\x03why")
 

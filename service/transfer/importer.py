@@ -14,9 +14,11 @@ on again; an import into a store without events marks where reactions start
 as a new store's first server does. An aggregate the target
 holds other events for is refused (AGGREGATE_NOT_EMPTY, from the store)
 unless ``overwrite`` is set: the target's events, snapshots and claims of it
-are then removed first, when the stream reaches the aggregate's first event
-(``restore_deleted`` does that only for an aggregate that was deleted, to
-bring an archived one back).
+are then removed in the transaction that writes the batch holding the
+stream's first event of it (``restore_deleted`` does that only for an
+aggregate that was deleted, to bring an archived one back). An overwrite
+import is run through ``checked_first.CheckedFirst``: nothing is written
+before the whole stream was read and checked.
 
 Claims of aggregates that came without any (claims.py): with a
 ``registry``, an aggregate of a type whose plugin declares its claims
@@ -133,8 +135,13 @@ class Importer:
         registry: Registry | None = None,
         sealing: ImportSealing | None = None,
         load_state: LoadState | None = None,
+        checking_only: bool = False,
     ) -> None:
         self._store = store
+        # Reads the stream and the target, and writes nothing: every check of
+        # a record, and those of a batch that read the target, but none that
+        # only a write finds (checked_first.py).
+        self._checking_only = checking_only
         # Aggregates whose claims the import derives if the stream has none of them.
         self._to_derive = ClaimsToDerive(registry, load_state)
         # The target's encryption at rest (sealing.py): as stored unless told.
@@ -203,7 +210,7 @@ class Importer:
             self._check_header(record, where)
             await self._sealing.start(self._store)
             self._log_head_at_start = await self._store.log.log_head()
-            if self._log_head_at_start == 0:
+            if self._log_head_at_start == 0 and not self._checking_only:
                 await mark_reaction_starts(self._store.projections)
             return
         if self.summary.complete:
@@ -213,7 +220,8 @@ class Importer:
         if kind == "end":
             await self._flush()
             self._check_end(record.end, where)
-            await self._settle_claims()
+            if not self._checking_only:
+                await self._settle_claims()
             self.summary.complete = True
             return
         stored = _stored(record, kind, where)
@@ -242,9 +250,15 @@ class Importer:
         if self.summary.records == 0:
             raise InvalidInput("the stream is empty: an export begins with its header", reason="NOT_AN_EXPORT")
         if not self.summary.complete:
+            outcome = (
+                "nothing was written (an import with --overwrite writes only a stream it read whole); import the"
+                " whole export again"
+                if self._checking_only
+                else "what came was imported; import the whole export again to finish (what is there already is"
+                " skipped)"
+            )
             raise InvalidInput(
-                f"the export ended after {self.summary.records} records, without its end record: what came was"
-                " imported; import the whole export again to finish (what is there already is skipped)",
+                f"the export ended after {self.summary.records} records, without its end record: {outcome}",
                 reason=EXPORT_INCOMPLETE,
             )
 
@@ -402,9 +416,13 @@ class Importer:
         self._places.clear()
         batch, indexes = await self._of_forgotten(batch, indexes)
         await self._check_keys_in_store(batch, indexes)
-        batch, indexes = await self._sealed(batch, indexes)
+        if not self._checking_only:
+            batch, indexes = await self._sealed(batch, indexes)  # sealing may write the aggregates' data keys
         if batch:
             try:
+                if self._checking_only:
+                    await self._check(kind, batch, indexes)
+                    return
                 written = await self._write(kind, batch, indexes)
             except ImportConflict as conflict:
                 _name_record(conflict, batch, indexes)
@@ -544,11 +562,16 @@ class Importer:
             self._forgotten |= {key.aggregate_id for key in keys if key is not None and key.forgotten}
         return asked & self._forgotten
 
+    async def _check(self, kind: str, batch: list[Any], indexes: Sequence[int]) -> None:
+        """What ``_write`` would refuse of ``batch`` before writing it, read
+        without writing: the aggregates its events would replace."""
+        if kind == "event":
+            await self._to_replace(batch, indexes)
+
     async def _write(self, kind: str, batch: list[Any], indexes: Sequence[int]) -> int:
         transfer = self._store.transfer
         if kind == "event":
-            await self._make_room(batch, indexes)
-            written = await transfer.import_events(batch)
+            written = await self._write_events(batch, indexes)
             self.summary.events_skipped += len(batch) - written
         elif kind == "snapshot":
             written = await transfer.import_snapshots(batch)
@@ -560,17 +583,40 @@ class Importer:
             written = await transfer.import_data_keys(batch)
         return written
 
-    async def _make_room(self, batch: Sequence[RecordedEvent], indexes: Sequence[int]) -> None:
-        """With overwriting (or restoring a deleted aggregate), remove what
-        the target holds of an aggregate whose first event this batch has,
+    async def _write_events(self, batch: Sequence[RecordedEvent], indexes: Sequence[int]) -> int:
+        """Write ``batch``; with overwriting (or restoring a deleted
+        aggregate), in the same transaction as the removal of what the
+        target holds of an aggregate whose first event this batch has,
         unless that event is already there (an import resumed), or whose
-        history parts from the stream's (``_parted``). A forgotten
-        aggregate is never replaced (AGGREGATE_FORGOTTEN): every aggregate
-        of the batch is looked at before any is removed, so a refused batch
-        has removed nothing. Nor is an event this import wrote replaced by
-        another of its own (BAD_RECORD: one_place.py)."""
+        history parts from the stream's (``_parted``), its events before
+        the parting written back first: no reader sees such an aggregate
+        removed and not yet replaced, and a refused batch (or a store that
+        went away during it) has removed nothing. A forgotten aggregate is
+        never replaced (AGGREGATE_FORGOTTEN), nor is an event this import
+        wrote replaced by another of its own (BAD_RECORD: one_place.py).
+        How many of ``batch``'s events were written."""
+        replaced = await self._to_replace(batch, indexes)
+        if not replaced:
+            return await self._store.transfer.import_events(batch)
+        back = [event for _, same in replaced.values() for event in same]
+        written_back = {event.event_id for event in back}
+        events = [*back, *(event for event in batch if event.event_id not in written_back)]
+        written = await self._store.transfer.import_events(events, replacing=list(replaced))
+        for aggregate_id in replaced:
+            self._replaced(aggregate_id)
+        # The events written back were there before (the batch's among them count as already there).
+        return written - len(back)
+
+    async def _to_replace(
+        self, batch: Sequence[RecordedEvent], indexes: Sequence[int]
+    ) -> dict[str, tuple[RecordedEvent, list[RecordedEvent]]]:
+        """What ``_make_room`` removes for ``batch``, read without writing:
+        by aggregate, the stream's event that replaces it and the target's
+        events to write back after the removal. Refuses the batch
+        (AGGREGATE_FORGOTTEN, BAD_RECORD, IMPORT_RACED) before anything is
+        removed."""
         if not (self._options.overwrite or self._options.restore_deleted):
-            return
+            return {}
         events = self._store.events
         # Aggregate -> the stream's event that replaces it, and the target's
         # events to write back after the removal.
@@ -595,16 +641,11 @@ class Importer:
         if self._options.overwrite:
             for aggregate_id, parted in (await self._parted(batch, indexes)).items():
                 replaced.setdefault(aggregate_id, parted)
-        if not replaced:
-            return
         forgotten = await self._forgotten_among(replaced)
         for aggregate_id, (event, _) in replaced.items():
             if aggregate_id in forgotten:
                 raise import_conflict(AGGREGATE_FORGOTTEN, event)
-        for aggregate_id, (_, same) in replaced.items():
-            await self._replace(aggregate_id)
-            if same:
-                await self._store.transfer.import_events(same)
+        return replaced
 
     async def _parted(
         self, batch: Sequence[RecordedEvent], indexes: Sequence[int]
@@ -637,8 +678,7 @@ class Importer:
             parted[aggregate_id] = (versions[where], same)
         return parted
 
-    async def _replace(self, aggregate_id: str) -> None:
-        await self._store.transfer.remove_aggregate(aggregate_id)
+    def _replaced(self, aggregate_id: str) -> None:
         self.summary.aggregates_replaced += 1
         if self._on_replaced is not None:
             self._on_replaced(aggregate_id)

@@ -362,9 +362,9 @@ class CountingTransfer:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def import_events(self, events: Sequence[RecordedEvent]) -> int:
+    async def import_events(self, events: Sequence[RecordedEvent], *, replacing: Sequence[str] = ()) -> int:
         self.batches.append(("event", len(events)))
-        return await self._inner.import_events(events)
+        return await self._inner.import_events(events, replacing=replacing)
 
     async def import_claims(self, claims: Sequence[HeldClaim], *, released: Sequence[HeldClaim] = ()) -> int:
         self.batches.append(("claim", len(claims)))

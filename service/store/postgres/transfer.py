@@ -75,14 +75,18 @@ class TransferRole:
     async def commands_page(self, after: str, limit: int) -> list[CommandRecord]:
         return [command_from_row(row) for row in await self._page("export", sql.COMMANDS_PAGE, (after, limit))]
 
-    async def import_events(self, events: Sequence[RecordedEvent]) -> int:
+    async def import_events(self, events: Sequence[RecordedEvent], *, replacing: Sequence[str] = ()) -> int:
         if not events:
+            if replacing:
+                await self._db.run("import", [s for a in replacing for s in remove_statements(a)])
             return 0
         batch = _events_json(events, self._json_of)
         try:
             *_, written = await self._db.run(
                 "import",
                 [
+                    # Its removals first, in the same transaction: the check sees the aggregates gone.
+                    *(statement for aggregate_id in replacing for statement in remove_statements(aggregate_id)),
                     Statement(sql.IMPORT_EVENTS_CHECK.encode(), (batch, TOMBSTONE_EVENT_TYPE)),
                     Statement(sql.IMPORT_EVENTS.encode(), (batch,)),
                 ],

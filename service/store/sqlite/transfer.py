@@ -80,8 +80,8 @@ class TransferRole:
             return set()
         return await self._writer.run(_forgotten, aggregate_ids)
 
-    async def import_events(self, events: Sequence[RecordedEvent]) -> int:
-        written, last = await self._writer.run(_import_events, events)
+    async def import_events(self, events: Sequence[RecordedEvent], *, replacing: Sequence[str] = ()) -> int:
+        written, last = await self._writer.run(_import_events, events, replacing)
         if last:
             self._commits.notify(last)
         return written
@@ -114,7 +114,9 @@ class TransferRole:
         return [AggregateLastEvent(str(r[0]), str(r[1]), int(r[2]), str(r[3]), int(r[4])) for r in rows]
 
 
-def _import_events(db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> tuple[int, int]:
+def _import_events(
+    db: sqlite3.Connection, events: Sequence[RecordedEvent], replacing: Sequence[str]
+) -> tuple[int, int]:
     """How many were written, and the last position written (0: none)."""
 
     def stored_at(event_id: str) -> tuple[str, int] | None:
@@ -123,6 +125,8 @@ def _import_events(db: sqlite3.Connection, events: Sequence[RecordedEvent]) -> t
 
     last = 0
     with writing(db):
+        for aggregate_id in replacing:
+            _remove(db, aggregate_id)
         fresh = events_to_write(events, stored_at=stored_at, head=lambda aggregate_id: _head(db, aggregate_id))
         for event in fresh:
             (last,) = db.execute(sql.INSERT_EVENT, _event_params(event)).fetchone()
