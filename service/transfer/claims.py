@@ -18,8 +18,11 @@ written), its state is loaded from the target, as its next command would
 see it, and its claims are made what the state declares: the values it
 holds and no longer declares released, the values it declares taken
 (CLAIM_HELD if another aggregate holds one), in one transaction
-(``Importer._settle_claims``). The target's state, not the stream's: it is
-what the handlers will decide on from now on. The declaration must agree
+(``Importer._settle_claims``), after the events committed: an import
+stopped between the two (the store gone, the process killed) is settled
+by running it again, as each run settles every aggregate the stream
+brought, its events written by it or before. The target's state, not
+the stream's: it is what the handlers will decide on from now on. The declaration must agree
 with the handlers (plugins.md), so for an aggregate that came with claim
 records it says what they say.
 

@@ -53,7 +53,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from chronicle.v1 import export_pb2
-from service.errors import ImportConflict, InvalidInput
+from service.errors import ImportConflict, InvalidInput, StoreUnavailable
 from service.plugins.registry import Registry
 from service.store.base import AggregateQuery, SnapshotKind, Store
 from service.store.encrypted import is_sealed_record
@@ -221,7 +221,7 @@ class Importer:
             await self._flush()
             self._check_end(record.end, where)
             if not self._checking_only:
-                await self._settle_claims()
+                await self._settled_or_said()
             self.summary.complete = True
             return
         stored = _stored(record, kind, where)
@@ -305,6 +305,23 @@ class Importer:
             raise InvalidInput(
                 f"{where}: the stream lacks records its end announces ({counts})", reason=EXPORT_INCOMPLETE
             )
+
+    async def _settled_or_said(self) -> None:
+        """``_settle_claims``; if the store fails it (an outage, contention),
+        the caller is told that the events are written and the claims of
+        the stream's aggregates perhaps not settled, and that running the
+        same import again settles them (every run settles every aggregate
+        the stream brought, its events written now or before)."""
+        try:
+            await self._settle_claims()
+        except StoreUnavailable as failed:  # a conflict or a bad declared value says what to do itself
+            failed.message += (
+                f" (while settling the claims of the imported aggregates: the {self.summary.records} records are"
+                " written, and the values the aggregates' state declares may not be held yet: run the same import"
+                " again to settle them)"
+            )
+            failed.args = (failed.message,)
+            raise
 
     async def _settle_claims(self) -> None:
         """Make the claims of the stream's aggregates of declaring types what
