@@ -100,31 +100,36 @@ class Transfers:
 
     async def import_(self, requests: AsyncIterator[pb.ImportLogRequest]) -> tuple[pb.ImportLogResponse, ImportSummary]:
         importer: Importer | CheckedFirst | None = None
-        async for request in requests:
+        try:
+            async for request in requests:
+                if importer is None:
+                    importer = self._importer(request.options)
+                if request.HasField("record"):
+                    await importer.add(request.record)
             if importer is None:
-                options = ImportOptions(
-                    overwrite=request.options.overwrite, restore_deleted=request.options.restore_deleted
-                )
-
-                def make(checking_only: bool, options: ImportOptions = options) -> Importer:
-                    return Importer(
-                        self.store,
-                        options=options,
-                        on_replaced=self.evict,
-                        registry=self.registry,
-                        sealing=self.sealing(),
-                        load_state=self.load_state,
-                        checking_only=checking_only,
-                    )
-
-                # Replacing aggregates: nothing is written before the whole stream is read and checked.
-                importer = CheckedFirst(make) if options.overwrite else make(False)
-            if request.HasField("record"):
-                await importer.add(request.record)
-        if importer is None:
-            raise InvalidInput("the stream is empty: an export begins with its header", reason="NOT_AN_EXPORT")
-        await importer.finish()
+                raise InvalidInput("the stream is empty: an export begins with its header", reason="NOT_AN_EXPORT")
+            await importer.finish()
+        finally:
+            if isinstance(importer, CheckedFirst):
+                importer.close()  # the stream it kept, if the caller went away before its end
         return response(importer.summary), importer.summary
+
+    def _importer(self, requested: pb.ImportOptions) -> Importer | CheckedFirst:
+        options = ImportOptions(overwrite=requested.overwrite, restore_deleted=requested.restore_deleted)
+
+        def make(checking_only: bool) -> Importer:
+            return Importer(
+                self.store,
+                options=options,
+                on_replaced=self.evict,
+                registry=self.registry,
+                sealing=self.sealing(),
+                load_state=self.load_state,
+                checking_only=checking_only,
+            )
+
+        # Replacing aggregates: nothing is written before the whole stream is read and checked.
+        return CheckedFirst(make) if options.overwrite else make(False)
 
 
 def _rule(rule: pb.ArchiveRule) -> ArchiveRule:

@@ -92,6 +92,11 @@ class CheckedFirst:
         finally:
             self._spool.close()
 
+    def close(self) -> None:
+        """Let the kept stream go (an import abandoned before ``finish``:
+        its caller went away)."""
+        self._spool.close()
+
     async def run(self, records: AsyncIterable[export_pb2.ExportRecord]) -> ImportSummary:
         async for record in records:
             await self.add(record)

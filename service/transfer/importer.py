@@ -435,11 +435,14 @@ class Importer:
         await self._check_keys_in_store(batch, indexes)
         if not self._checking_only:
             batch, indexes = await self._sealed(batch, indexes)  # sealing may write the aggregates' data keys
-        if batch:
+        if batch and self._checking_only:
             try:
-                if self._checking_only:
-                    await self._check(kind, batch, indexes)
-                    return
+                await self._check(kind, batch, indexes)
+            except ImportConflict as conflict:
+                _name_record(conflict, batch, indexes)
+                raise
+        elif batch:
+            try:
                 written = await self._write(kind, batch, indexes)
             except ImportConflict as conflict:
                 _name_record(conflict, batch, indexes)
