@@ -13,7 +13,8 @@ and what the batches would remove: a forgotten aggregate, a place another
 import wrote), the stream kept on disk meanwhile (``RecordSpool``); then,
 once the whole stream passed, the real import of what was kept. Anything
 the first pass refuses, and a stream that ends without its end record,
-leaves the target exactly as it was.
+leaves the target exactly as it was. The writing, once begun, is not
+stopped by its caller's leaving (``finish``).
 
 What only writing finds (a claim another aggregate holds, an event id held
 elsewhere) still stops the second pass after the batches before it, as the
@@ -23,12 +24,16 @@ each leaves.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import tempfile
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 
 from chronicle.v1 import export_pb2
 from service.errors import InvalidInput
 from service.transfer.importer import Importer, ImportSummary
+
+log = logging.getLogger(__name__)
 
 _LENGTH_BYTES = 4
 
@@ -68,6 +73,7 @@ class CheckedFirst:
         self._checker = make(True)
         self._spool = RecordSpool()
         self._writer: Importer | None = None
+        self._writing: asyncio.Task[None] | None = None
 
     @property
     def summary(self) -> ImportSummary:
@@ -83,8 +89,27 @@ class CheckedFirst:
         self._spool.append(record)
 
     async def finish(self) -> None:
+        """Check the end of the stream, then write it all. The writing, once
+        begun, runs to its end even if the caller goes away meanwhile (a
+        client that lost its connection after sending the end record, a
+        CLI stopped with ^C): stopped half way it would leave the target
+        half overwritten; its outcome then goes to the log."""
         try:
             await self._checker.finish()
+        except BaseException:
+            self._spool.close()
+            raise
+        self._writing = asyncio.get_running_loop().create_task(self._write_all())
+        try:
+            await asyncio.shield(self._writing)
+        except asyncio.CancelledError:
+            if not self._writing.done():
+                log.warning("the caller of an overwrite import left while it was writing: it goes on to its end")
+                self._writing.add_done_callback(_said)
+            raise
+
+    async def _write_all(self) -> None:
+        try:
             self._writer = self._make(False)
             for record in self._spool.records():
                 await self._writer.add(record)
@@ -94,8 +119,9 @@ class CheckedFirst:
 
     def close(self) -> None:
         """Let the kept stream go (an import abandoned before ``finish``:
-        its caller went away)."""
-        self._spool.close()
+        its caller went away), unless it is being written."""
+        if self._writing is None:
+            self._spool.close()
 
     async def run(self, records: AsyncIterable[export_pb2.ExportRecord]) -> ImportSummary:
         async for record in records:
@@ -119,6 +145,16 @@ class CheckedFirst:
             await self.add(record)
         await self.finish()
         return self.summary
+
+
+def _said(writing: asyncio.Task[None]) -> None:
+    """Log the outcome of an overwrite import whose caller left while it wrote."""
+    if writing.cancelled():
+        log.warning("an overwrite import whose caller left was stopped while writing (the server stopping?)")
+    elif (failed := writing.exception()) is not None:
+        log.warning("an overwrite import whose caller left failed while writing: %s", failed)
+    else:
+        log.warning("an overwrite import whose caller left has written the whole stream")
 
 
 def _nothing_written(refused: InvalidInput) -> None:

@@ -14,12 +14,16 @@ is the last event."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
 
+from tests.support.faults import appends_blocked, log_head, wait_for_waiters
 from tests.support.import_claims import chronicle, empty_store
 from tests.support.postgres import Cluster
 from tests.support.processes import cli, server_process
@@ -126,3 +130,35 @@ def test_an_overwrite_whose_stream_is_cut_short_writes_nothing(target_url: str, 
         status, _, stderr = imported(cut, "server", server.address, target_url)
         assert status != 0 and "nothing was written" in stderr, stderr
         assert contents(server.address, tmp_path / "after.jsonl") == before
+
+
+def test_an_overwrite_whose_caller_leaves_while_it_writes_is_written_whole(postgres_url: str, tmp_path: Path) -> None:
+    """The command line killed once the server has the whole stream and
+    writes it (its first batch waits on the log's position lock, which the
+    test holds): the server writes on to the end, rather than leave the
+    target half overwritten."""
+    export = old_system(tmp_path / "good.jsonl")
+    with server_process(postgres_url, extra=["--anonymous-admin"]) as server:
+        for aggregate_id in REPLACED:
+            cli("submit", aggregate_id, "bank.v1.OpenAccount", '{"owner": "here"}', server=server.address)
+        command = [sys.executable, "-m", "service", "import", str(export), "--overwrite", "--quiet"]
+        with appends_blocked(postgres_url):
+            caller = subprocess.Popen(
+                [*command, "--server", server.address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                wait_for_waiters(postgres_url, 1)  # checked whole; its first batch waits
+            finally:
+                caller.kill()
+                caller.wait(10)
+            time.sleep(1)  # the server sees its caller gone (well within the 5 s lock timeout)
+        deadline = time.monotonic() + 30
+        while log_head(postgres_url) < len(REPLACED) + EVENTS and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = json.loads(cli("read", "acc-0", server=server.address).stdout.splitlines()[0])
+        assert first["payload"]["owner"] == "old", first
+        assert log_head(postgres_url) == len(REPLACED) + EVENTS
+        server.stop()
+        assert server.process.stdout is not None
+        logged = server.process.stdout.read()
+    assert "left while it was writing" in logged and "has written the whole stream" in logged, logged[-2000:]
