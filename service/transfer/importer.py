@@ -630,7 +630,7 @@ class Importer:
     async def _to_replace(
         self, batch: Sequence[RecordedEvent], indexes: Sequence[int]
     ) -> dict[str, tuple[RecordedEvent, list[RecordedEvent]]]:
-        """What ``_make_room`` removes for ``batch``, read without writing:
+        """What ``_write_events`` removes for ``batch``, read without writing:
         by aggregate, the stream's event that replaces it and the target's
         events to write back after the removal. Refuses the batch
         (AGGREGATE_FORGOTTEN, BAD_RECORD, IMPORT_RACED) before anything is
