@@ -165,6 +165,7 @@ def _jwt_verifier(settings: Settings) -> JwtVerifier:
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience or None,
         leeway_seconds=settings.jwt_leeway_seconds,
+        tenant_claim=settings.jwt_tenant_claim,
     )
     if verifier.symmetric:  # a public key is no secret
         _check_private(settings, settings.jwt_key_file, "JWT secret")
@@ -499,7 +500,7 @@ async def start(
         authenticator=authenticator,
         on_refused=on_refused,
         on_denied=refused_commands.denied,
-        grant_of=authorizer.grant,
+        grant_of=authorizer.access,
     )
     if security_reloader is not None and gate.streams is not None:
         security_reloader.on_change.append(gate.streams.recheck)

@@ -76,7 +76,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from service.cluster.hashing import partition_of
 from service.cluster.leases import LeaseGroup, LeaseKeeper
@@ -318,13 +318,8 @@ class ConsumerSession:
         wanted = spec.log_filter
         self._wanted_types = wanted.event_types
         self._stored_filter = (
-            LogFilter(
-                aggregate_types=wanted.aggregate_types,
-                event_types=wanted.event_types | reader.upcast_types,
-                origin=wanted.origin,
-            )
-            if wanted.event_types
-            else wanted
+            # replace: every other narrowing (a tenant's id prefix too) kept.
+            replace(wanted, event_types=wanted.event_types | reader.upcast_types) if wanted.event_types else wanted
         )
         self._segments: dict[int, _Segment] = {}
         self._pending: dict[str, Delivery] = {}  # delivered, not settled (in flight or waiting to go again)

@@ -22,6 +22,9 @@ class Principal:
     name: str
     method: str
     roles: frozenset[str] = frozenset()
+    # The tenant the credential names ("": none; the policy may name one):
+    # a tenant-scoped role grants only within it (service.security.policy).
+    tenant: str = ""
 
     @property
     def authenticated(self) -> bool:
@@ -29,6 +32,43 @@ class Principal:
 
 
 ANONYMOUS = Principal("", "anonymous")
+
+# An aggregate belongs to tenant ``acme`` when its id begins ``acme:``. The
+# separator is fixed, not configurable: the same id must mean the same
+# tenant on every replica and in every backup.
+TENANT_SEPARATOR = ":"
+MAX_TENANT_LENGTH = 64
+
+
+def tenant_problem(tenant: str) -> str:
+    """What is wrong with ``tenant`` as a tenant id, "" if nothing: not
+    empty, at most 64 characters, printable, no whitespace and no
+    separator (``acme:eu`` would own the ids of tenant ``acme`` too)."""
+    if not tenant:
+        return "must not be empty"
+    if len(tenant) > MAX_TENANT_LENGTH:
+        return f"must be at most {MAX_TENANT_LENGTH} characters"
+    if not tenant.isprintable() or any(c.isspace() for c in tenant):
+        return "must be printable, without spaces"
+    if TENANT_SEPARATOR in tenant:
+        return f"must not contain {TENANT_SEPARATOR!r}"
+    return ""
+
+
+def tenant_prefix(tenant: str) -> str:
+    """How the ids of ``tenant``'s aggregates begin."""
+    return tenant + TENANT_SEPARATOR
+
+
+def tenant_of_prefix(prefix: str | None) -> str:
+    """The tenant whose ids begin with ``prefix`` ("" for None)."""
+    return prefix.removesuffix(TENANT_SEPARATOR) if prefix else ""
+
+
+def in_tenant(tenant: str, aggregate_id: str) -> bool:
+    """Whether ``aggregate_id`` is one of ``tenant``'s (never for no tenant)."""
+    return bool(tenant) and aggregate_id.startswith(tenant_prefix(tenant))
+
 
 # A plugin's reaction sends its commands as ``reaction:<name>`` (the audit
 # records that principal); no credential may stand for a name so spelt, or

@@ -281,6 +281,12 @@ class Settings:
     jwt_audience: str = field(
         default="", metadata={"help": "required 'aud' of bearer JWTs (empty: tokens must have none)"}
     )
+    jwt_tenant_claim: str = field(
+        default="",
+        metadata={
+            "help": "the JWT claim naming the principal's tenant, for tenant-scoped roles (empty: tokens name none)"
+        },
+    )
     jwt_leeway_seconds: float = field(
         default=30.0,
         metadata={

@@ -155,7 +155,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         command = request.command
         name = type_name(command.payload)
         assert self._replayer is not None
-        if self._authorizer is None or self._authorizer.may_submit(principal, name):
+        if self._authorizer is None or self._authorizer.may_submit_to(principal, name, command.aggregate_id):
             content = fingerprint_of_unregistered(command.aggregate_id, name, command.payload.value)
             result = await self._replayer.replay_unregistered(command.command_id, command.aggregate_id, name, content)
             if result is not None:
@@ -341,7 +341,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
                 commands = sorted(name for name, spec in aggregate.commands.items() if not spec.internal)
                 if authorizer is None or (
                     authorizer.may_read(principal, aggregate.name)
-                    or any(authorizer.may_submit(principal, name) for name in commands)
+                    or any(authorizer.may_submit_somewhere(principal, name) for name in commands)
                 ):
                     listed.append(
                         pb.AggregateTypeInfo(
@@ -413,7 +413,10 @@ class CommandService(pb_grpc.CommandServiceServicer):
         if len({c.aggregate_id for c in commands}) > 1 or len({c.command_id for c in commands}) < len(commands):
             return None
         names = [type_name(c.payload) for c in commands]
-        if self._authorizer is not None and not all(self._authorizer.may_submit(principal, n) for n in names):
+        authorizer = self._authorizer
+        if authorizer is not None and not all(
+            authorizer.may_submit_to(principal, n, c.aggregate_id) for n, c in zip(names, commands, strict=True)
+        ):
             return None
         sent = [
             SentCommand(

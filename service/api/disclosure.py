@@ -77,7 +77,9 @@ class Disclosure:
             if spec is None:
                 return error  # refused before it had a type: nothing of the state in it
             aggregate_type = spec.aggregate.name
-        if aggregate_type and self._authorizer.may_read(principal, aggregate_type):
+        # The id names the tenant a tenant-scoped read grant must hold ("": none).
+        aggregate_id = error.metadata.get("aggregate_id", "")
+        if aggregate_type and self._authorizer.may_read_id(principal, aggregate_type, aggregate_id):
             return error
         return withheld(error)
 

@@ -33,7 +33,7 @@ from service.audit import AuditLog
 from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound, quoted
 from service.groups import ConsumerSession, Delivery, NackAction, SubscriptionGroups, group_not_found
 from service.plugins.registry import Registry
-from service.principal import current_principal
+from service.principal import current_principal, tenant_of_prefix, tenant_prefix, tenant_problem
 from service.security.policy import Authorizer
 from service.store.base import LogReader
 from service.store.grouping import (
@@ -153,14 +153,37 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
             return False
         return True
 
+    def _group_tenant(self, asked: str) -> str:
+        """The tenant of a group being created: the one asked for, else the
+        creator's own. A creator with a tenant makes groups of no other."""
+        own = self._authorizer.tenant_of(current_principal.get())
+        if asked:
+            problem = tenant_problem(asked)
+            if problem:
+                raise _setting("filter.tenant", problem)
+            if own and asked != own:
+                raise PermissionDenied(
+                    f"a principal of tenant {quoted(own)} may not create a group of tenant {quoted(asked)}",
+                    reason="SUBSCRIBE_DENIED",
+                    metadata={"principal": current_principal.get().name, "tenant": asked},
+                )
+        return asked or own
+
     def _check_consume(self, spec: GroupSpec) -> None:
         """The subscribe grant for every aggregate type the group reads; for
         a group that names none, ``"*"``: it delivers every type the log
         holds, those of a retired plugin included (passed on as stored), so
-        a grant of every declared type by name is not enough."""
+        a grant of every declared type by name is not enough. A tenant's
+        group may be consumed by that tenant's tenant-scoped grant too; a
+        group of no tenant never by a tenant-scoped grant."""
         if not self._authorizer.enforcing:
             return
         principal = current_principal.get()
+        prefix = spec.log_filter.aggregate_id_prefix
+        if prefix is not None and self._authorizer.may_subscribe_in_tenant(
+            principal, prefix, spec.log_filter.aggregate_types
+        ):
+            return
         asked = spec.log_filter.aggregate_types
         if asked:
             self._authorizer.subscribable(principal, asked, self._known_aggregate_types())  # raises, naming one
@@ -229,7 +252,9 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
     async def _decode_spec(self, request: pb.CreateGroupRequest) -> GroupSpec:
         name = group_name("name", request.name)
         event_types = {spec.name for aggregate in self._registry.aggregates for spec in aggregate.events.values()}
+        tenant = self._group_tenant(request.filter.tenant)
         log_filter = LogFilter(
+            aggregate_id_prefix=tenant_prefix(tenant) if tenant else None,
             aggregate_types=known_names(
                 "filter.aggregate_types",
                 request.filter.aggregate_types,
@@ -613,6 +638,7 @@ def _info(state: GroupState, head: int) -> pb.GroupInfo:
             aggregate_types=sorted(spec.log_filter.aggregate_types),
             event_types=sorted(spec.log_filter.event_types),
             origin=spec.log_filter.origin or "",
+            tenant=tenant_of_prefix(spec.log_filter.aggregate_id_prefix),
         ),
         max_delivery_attempts=spec.max_attempts,
         retry_backoff=_duration(spec.retry_backoff_ms),

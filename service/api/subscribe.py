@@ -102,9 +102,15 @@ def restrict_to_permitted(
     request: SubscriptionRequest, registry: Registry, authorizer: Authorizer, principal: Principal
 ) -> SubscriptionRequest:
     """The subscription narrowed to the aggregate types the caller may
-    subscribe to (the decision is the ``Authorizer``'s)."""
-    asked = request.log_filter.aggregate_types
-    permitted = authorizer.subscribable(principal, asked, (a.name for a in registry.aggregates))
-    if permitted == asked:
+    subscribe to, and for a tenant-scoped grant to its tenant's aggregates
+    (the decisions are the ``Authorizer``'s). The narrowing is the store
+    query's: the events of others are never read into the stream, and the
+    position it reports still passes over them, so a resume after it
+    neither misses nor repeats one."""
+    wanted = request.log_filter
+    permitted, prefix = authorizer.subscription_scope(
+        principal, wanted.aggregate_types, (a.name for a in registry.aggregates), wanted.aggregate_id
+    )
+    if permitted == wanted.aggregate_types and prefix is None:
         return request
-    return replace(request, log_filter=replace(request.log_filter, aggregate_types=permitted))
+    return replace(request, log_filter=replace(wanted, aggregate_types=permitted, aggregate_id_prefix=prefix))

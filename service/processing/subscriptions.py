@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service.errors import InvalidInput, StoreUnavailable
 from service.processing.held_events import HeldEvents
@@ -143,12 +143,8 @@ class Subscriptions:
         # may become wanted ones, so they are read too and filtered once upcast.
         stored_filter = wanted
         if wanted.event_types:
-            stored_filter = LogFilter(
-                aggregate_types=wanted.aggregate_types,
-                event_types=wanted.event_types | self._reader.upcast_types,
-                aggregate_id=wanted.aggregate_id,
-                origin=wanted.origin,
-            )
+            # replace: every other narrowing (a tenant's id prefix too) kept.
+            stored_filter = replace(wanted, event_types=wanted.event_types | self._reader.upcast_types)
         told = position  # the client can resume after this
         # (position, count): the first ``count`` events of a split event at
         # ``position`` were sent before a stall let go of the rest; a read

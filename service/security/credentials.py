@@ -41,7 +41,7 @@ import jwt
 from cryptography import x509
 
 from service.errors import ConfigurationError, Unauthenticated
-from service.principal import REACTION_PREFIX, Principal, reserved
+from service.principal import REACTION_PREFIX, Principal, reserved, tenant_problem
 from service.security.jwt_keys import PublicKey, load_jwt_key
 from service.values import id_problem
 
@@ -79,6 +79,7 @@ def new_api_key() -> str:
 class ApiKeyEntry:
     principal: str
     roles: frozenset[str]
+    tenant: str = ""
 
 
 class ApiKeys:
@@ -88,6 +89,7 @@ class ApiKeys:
     principal = "alice"
     sha256 = "9f86d0…"        # hex SHA-256 of the key
     roles = ["teller"]        # optional
+    tenant = "acme"           # optional: the tenant its tenant-scoped roles act in
     """
 
     def __init__(self, entries: Mapping[str, ApiKeyEntry]) -> None:
@@ -109,10 +111,10 @@ class ApiKeys:
                 or any(c not in "0123456789abcdef" for c in digest)
                 or not isinstance(principal, str)
                 or not isinstance(roles, list)
-                or set(item) - {"principal", "sha256", "roles"}
+                or set(item) - {"principal", "sha256", "roles", "tenant"}
             ):
                 raise ConfigurationError(
-                    f"{path}: key {number} needs principal, a 64-hex-digit sha256 and optional roles",
+                    f"{path}: key {number} needs principal, a 64-hex-digit sha256 and optional roles and tenant",
                     reason="BAD_API_KEYS",
                 )
             if principal_problem(principal):
@@ -125,7 +127,11 @@ class ApiKeys:
                     " kept for reactions",
                     reason="BAD_API_KEYS",
                 )
-            entries[digest] = ApiKeyEntry(principal, frozenset(str(r) for r in roles))
+            tenant = item.get("tenant", "")
+            problem = tenant_problem(tenant) if isinstance(tenant, str) else "must be a string"
+            if "tenant" in item and problem:
+                raise ConfigurationError(f"{path}: key {number}'s tenant {problem}", reason="BAD_API_KEYS")
+            entries[digest] = ApiKeyEntry(principal, frozenset(str(r) for r in roles), tenant)
         return cls(entries)
 
     def principals_roles(self) -> list[tuple[str, frozenset[str]]]:
@@ -136,7 +142,7 @@ class ApiKeys:
         entry = self._by_hash.get(hash_api_key(token))
         if entry is None:
             raise Unauthenticated("the bearer token is not a known API key", reason="UNKNOWN_API_KEY")
-        return Principal(entry.principal, "api-key", entry.roles)
+        return Principal(entry.principal, "api-key", entry.roles, entry.tenant)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +152,9 @@ class JwtVerifier:
     algorithms: tuple[str, ...]
     audience: str | None = None
     leeway_seconds: float = 30.0
+    # The claim that names the principal's tenant (--jwt-tenant-claim); "":
+    # tokens name none. A token without the claim has no tenant.
+    tenant_claim: str = ""
 
     @classmethod
     def from_key_file(
@@ -156,6 +165,7 @@ class JwtVerifier:
         audience: str | None,
         algorithms: Sequence[str] = (),
         leeway_seconds: float = 30.0,
+        tenant_claim: str = "",
     ) -> JwtVerifier:
         """A PEM public key or an HMAC secret, checked and parsed once
         (``service.security.jwt_keys``). Only algorithms of the key's kind
@@ -169,7 +179,14 @@ class JwtVerifier:
                 f"JWT algorithms {sorted(set(chosen) - set(loaded.algorithms))} do not fit the key in {path}",
                 reason="BAD_JWT_KEY",
             )
-        return cls(key=loaded.key, issuer=issuer, algorithms=chosen, audience=audience, leeway_seconds=leeway_seconds)
+        return cls(
+            key=loaded.key,
+            issuer=issuer,
+            algorithms=chosen,
+            audience=audience,
+            leeway_seconds=leeway_seconds,
+            tenant_claim=tenant_claim,
+        )
 
     @property
     def symmetric(self) -> bool:
@@ -211,7 +228,12 @@ class JwtVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list):
             raise Unauthenticated("the token's roles claim must be a list", reason="INVALID_TOKEN")
-        return Principal(claims["sub"], "jwt", frozenset(str(r) for r in roles)), float(claims["exp"])
+        tenant = claims.get(self.tenant_claim, "") if self.tenant_claim else ""
+        problem = tenant_problem(tenant) if isinstance(tenant, str) else "must be a string"
+        if self.tenant_claim in claims and problem:
+            raise Unauthenticated(f"the token's tenant claim ({self.tenant_claim}) {problem}", reason="INVALID_TOKEN")
+        principal = Principal(claims["sub"], "jwt", frozenset(str(r) for r in roles), tenant)
+        return principal, float(claims["exp"])
 
 
 def _check_times(token: str) -> None:

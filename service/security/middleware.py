@@ -19,7 +19,7 @@ class AuthorizationMiddleware(Middleware):
         self._authorizer = authorizer
 
     def before(self, call: CommandCall) -> None:
-        self._authorizer.check_submit(call.principal, call.command_type)
+        self._authorizer.check_submit(call.principal, call.command_type, call.aggregate_id)
         self._authorizer.check_user(call.principal, call.user_id)
 
 

@@ -19,6 +19,14 @@ The policy is a TOML file (``--policy-file``)::
     [principals."CN=batch,O=Acme"]   # a client certificate's subject
     roles = ["teller", "operator"]
 
+    [roles.tenant-teller]
+    scope = "tenant"        # grants only on the principal's tenant's aggregates
+    submit = ["bank.v1.Deposit"]
+
+    [principals."acme-app"]
+    roles = ["tenant-teller"]
+    tenant = "acme"         # or from its credential: the key's entry, a JWT claim
+
 A principal holds the roles the policy lists for it plus those its
 credential carries (a JWT ``roles`` claim, the API-key file's entry). What is
 not granted is denied. TOML because it is in the standard library
@@ -32,25 +40,43 @@ permits every submit, read and subscription, but administration (the audit
 log, forgetting aggregates, key rotation, projections of no aggregate type)
 only when the operator opted in for local development (``--anonymous-admin``):
 an unauthenticated caller must not be able to erase data irreversibly.
+
+Tenants: a role with ``scope = "tenant"`` grants only on aggregates whose
+id begins with the principal's tenant and ``:`` (``acme:acc-1``), and
+nothing to a principal without a tenant. Its grants are kept apart from
+the unscoped roles' (``Authorizer.grant`` is the unscoped ones alone), so
+every check that knows no aggregate id (projections, the console's pages,
+administration) gives a tenant-scoped role nothing: only the checks below
+that name an aggregate id, or narrow a subscription to the tenant's ids,
+let one through.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.errors import ConfigurationError, PermissionDenied, quoted
-from service.principal import Principal
+from service.principal import Principal, in_tenant, tenant_prefix, tenant_problem
+
+log = logging.getLogger("chronicle")
 
 ANY = "*"
 _ROLE_KEYS = {"submit", "read", "subscribe", "consume", "impersonate", "admin"}
 # A ``consume`` entry: a group name (service/api/group_service.py's), in
 # which ``*`` stands for any run of characters ("acme-*").
 _GROUP_PATTERN = re.compile(r"[A-Za-z0-9.*_-]{1,100}")
+# A role's ``scope``: absent, every aggregate; "tenant", the principal's
+# tenant's aggregates only. One word, not an id pattern (``"{tenant}:*"``):
+# there is one rule to get right, no pattern language to half-implement.
+TENANT_SCOPE = "tenant"
+_TENANT_ROLE_KEYS = {"scope"}
+_PRINCIPAL_KEYS = {"roles", "tenant"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +112,9 @@ def _allows(names: frozenset[str], name: str) -> bool:
 class Policy:
     roles: Mapping[str, Grant]
     principal_roles: Mapping[str, frozenset[str]]
+    # The roles with ``scope = "tenant"``, and the tenants the policy names.
+    tenant_roles: frozenset[str] = frozenset()
+    principal_tenants: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -100,11 +129,28 @@ class Policy:
         unknown = set(data) - {"roles", "principals"}
         if unknown:
             raise ConfigurationError(f"{source}: unknown sections {sorted(unknown)}", reason="BAD_POLICY")
-        roles = {name: _grant(source, name, body) for name, body in _table(source, "roles", data).items()}
+        role_bodies = _table(source, "roles", data)
+        tenant_roles = frozenset(name for name, body in role_bodies.items() if _tenant_scoped(source, name, body))
+        roles = {
+            name: _grant(source, name, _without_scope(body) if name in tenant_roles else body)
+            for name, body in role_bodies.items()
+        }
+        for name in sorted(tenant_roles):
+            if roles[name].admin:
+                raise ConfigurationError(
+                    f"{source}: roles.{name} is tenant-scoped and cannot grant admin: administration (the audit,"
+                    " forgetting, exports) is of every tenant's data",
+                    reason="BAD_POLICY",
+                )
         principals: dict[str, frozenset[str]] = {}
+        tenants: dict[str, str] = {}
         for name, body in _table(source, "principals", data).items():
-            if not isinstance(body, Mapping) or set(body) - {"roles"}:
-                raise ConfigurationError(f"{source}: principals.{name} takes only 'roles'", reason="BAD_POLICY")
+            if not isinstance(body, Mapping) or set(body) - _PRINCIPAL_KEYS:
+                raise ConfigurationError(
+                    f"{source}: principals.{name} takes only 'roles' and 'tenant'", reason="BAD_POLICY"
+                )
+            if "tenant" in body:
+                tenants[name] = _tenant(source, name, body["tenant"])
             names = frozenset(_strings(source, f"principals.{name}.roles", body.get("roles", [])))
             missing = names - roles.keys()
             if missing:
@@ -112,7 +158,40 @@ class Policy:
                     f"{source}: principals.{name} names undefined roles {sorted(missing)}", reason="BAD_POLICY"
                 )
             principals[name] = names
-        return cls(roles, principals)
+            if names & tenant_roles and name not in tenants:
+                # Not refused: its credential may name the tenant (an API
+                # key's entry, a JWT claim). Without one they grant nothing.
+                log.warning(
+                    "%s: principals.%s holds tenant-scoped roles %s but the policy names no tenant for it: they"
+                    " grant nothing unless its credential names one",
+                    source,
+                    name,
+                    sorted(names & tenant_roles),
+                )
+        return cls(roles, principals, tenant_roles, tenants)
+
+
+def _tenant_scoped(source: str, name: str, body: object) -> bool:
+    if not isinstance(body, Mapping) or "scope" not in body:
+        return False
+    if body["scope"] != TENANT_SCOPE:
+        raise ConfigurationError(
+            f"{source}: roles.{name}.scope must be {TENANT_SCOPE!r} (or absent: every aggregate)", reason="BAD_POLICY"
+        )
+    return True
+
+
+def _without_scope(body: object) -> object:
+    assert isinstance(body, Mapping)
+    return {key: value for key, value in body.items() if key not in _TENANT_ROLE_KEYS}
+
+
+def _tenant(source: str, name: str, value: object) -> str:
+    problem = tenant_problem(value) if isinstance(value, str) else "must be a string"
+    if problem:
+        raise ConfigurationError(f"{source}: principals.{name}.tenant {problem}", reason="BAD_POLICY")
+    assert isinstance(value, str)
+    return value
 
 
 def _table(source: str, key: str, data: Mapping[str, object]) -> Mapping[str, object]:
@@ -204,24 +283,86 @@ class Authorizer:
         self._policy = policy
 
     def grant(self, principal: Principal) -> Grant:
+        """What the principal's unscoped roles grant: on every aggregate."""
         if self._policy is None:
             return _EVERYTHING if self._anonymous_admin else _EVERYTHING_BUT_ADMIN
+        return self._union(principal, scoped=False)
+
+    def _union(self, principal: Principal, *, scoped: bool) -> Grant:
+        assert self._policy is not None
         names: Iterable[str] = principal.roles | self._policy.principal_roles.get(principal.name, frozenset())
         granted = Grant()
         for name in names:
-            granted = granted | self._policy.roles.get(name, Grant())
+            if (name in self._policy.tenant_roles) == scoped:
+                granted = granted | self._policy.roles.get(name, Grant())
         return granted
+
+    def tenant_of(self, principal: Principal) -> str:
+        """The principal's tenant: its credential's, or the policy's entry's.
+        "" when neither names one, and when the two name different tenants
+        (a misconfiguration: neither is trusted over the other)."""
+        named = self._policy.principal_tenants.get(principal.name, "") if self._policy is not None else ""
+        if principal.tenant and named and principal.tenant != named:
+            return ""
+        return principal.tenant or named
+
+    def tenant_grant(self, principal: Principal) -> tuple[str, Grant]:
+        """The principal's tenant and what its tenant-scoped roles grant on
+        that tenant's aggregates; nothing without a tenant."""
+        tenant = self.tenant_of(principal)
+        if self._policy is None or not tenant:
+            return "", Grant()
+        return tenant, self._union(principal, scoped=True)
+
+    def access(self, principal: Principal) -> object:
+        """Everything the policy grants the principal, compared by the open
+        streams' check (a change ends them)."""
+        return self.grant(principal), self.tenant_grant(principal)
+
+    def scoped(self, principal: Principal) -> bool:
+        """Whether any of the principal's grants is tenant-scoped."""
+        return self.tenant_grant(principal)[1] != Grant()
+
+    def may_submit_to(self, principal: Principal, command_type: str, aggregate_id: str) -> bool:
+        """May submit ``command_type`` to aggregate ``aggregate_id``: granted
+        unscoped, or by a tenant-scoped role and the id is its tenant's."""
+        if self.may_submit(principal, command_type):
+            return True
+        tenant, scoped = self.tenant_grant(principal)
+        return _allows(scoped.submit, command_type) and in_tenant(tenant, aggregate_id)
+
+    def may_submit_somewhere(self, principal: Principal, command_type: str) -> bool:
+        """May submit ``command_type`` to some aggregate (for listings)."""
+        return self.may_submit(principal, command_type) or _allows(self.tenant_grant(principal)[1].submit, command_type)
+
+    def may_read_id(self, principal: Principal, aggregate_type: str, aggregate_id: str) -> bool:
+        """May read aggregate ``aggregate_id`` of ``aggregate_type``."""
+        if self.may_read(principal, aggregate_type):
+            return True
+        tenant, scoped = self.tenant_grant(principal)
+        return _allows(scoped.read, aggregate_type) and in_tenant(tenant, aggregate_id)
 
     def may_submit(self, principal: Principal, command_type: str) -> bool:
         return _allows(self.grant(principal).submit, command_type)
 
-    def check_submit(self, principal: Principal, command_type: str) -> None:
-        if not self.may_submit(principal, command_type):
-            raise _denied(principal, f"may not submit {command_type}", "SUBMIT_DENIED", command_type=command_type)
+    def check_submit(self, principal: Principal, command_type: str, aggregate_id: str) -> None:
+        if not self.may_submit_to(principal, command_type, aggregate_id):
+            raise _denied(
+                principal,
+                f"may not submit {command_type} to aggregate {quoted(aggregate_id)}",
+                "SUBMIT_DENIED",
+                command_type=command_type,
+                aggregate_id=aggregate_id,
+            )
 
     def check_user(self, principal: Principal, user_id: str) -> None:
         """A command's user id must be the caller's own unless it may impersonate."""
-        if user_id and user_id != principal.name and not self.grant(principal).impersonate:
+        if (
+            user_id
+            and user_id != principal.name
+            and not self.grant(principal).impersonate
+            and not self.tenant_grant(principal)[1].impersonate
+        ):
             raise _denied(
                 principal,
                 f"may not act as user {quoted(user_id)}",
@@ -237,7 +378,8 @@ class Authorizer:
         ``known``. One that may read none is told nothing of the log, not
         even how far it has grown (its head): a read that would tell it is
         refused ``READ_DENIED`` first."""
-        return any(self.may_read(principal, name) for name in known)
+        scoped = self.tenant_grant(principal)[1].read
+        return any(self.may_read(principal, name) or _allows(scoped, name) for name in known)
 
     def check_read(self, principal: Principal, aggregate_type: str) -> None:
         if not self.may_read(principal, aggregate_type):
@@ -254,9 +396,9 @@ class Authorizer:
         may read every type in ``known``; to any other, it is refused exactly
         as an aggregate of a type it may not read, so that the refusal does
         not tell which of the two it is (nor the type)."""
-        if aggregate_type is not None and self.may_read(principal, aggregate_type):
+        if aggregate_type is not None and self.may_read_id(principal, aggregate_type, aggregate_id):
             return
-        if aggregate_type is None and all(self.may_read(principal, name) for name in known):
+        if aggregate_type is None and all(self.may_read_id(principal, name, aggregate_id) for name in known):
             return
         who = principal.name or "an anonymous caller"
         raise PermissionDenied(
@@ -314,6 +456,58 @@ class Authorizer:
                 "CONSUME_DENIED",
                 group=group,
             )
+
+    def subscription_scope(
+        self, principal: Principal, asked: frozenset[str], known: Iterable[str], aggregate_id: str | None = None
+    ) -> tuple[frozenset[str], str | None]:
+        """``subscribable``, tenant-scoped roles counted: the aggregate types
+        a subscription may carry, and the aggregate-id prefix it is narrowed
+        to (None: not narrowed). A subscription that carries any type only a
+        tenant-scoped role grants is narrowed whole to the tenant's
+        aggregates (the unscoped types too: one rule for the stream, kept by
+        the store's query); one whose ``aggregate_id`` is another tenant's
+        is refused SUBSCRIBE_DENIED."""
+        tenant, scoped = self.tenant_grant(principal)
+        if not tenant or scoped == Grant():
+            return self.subscribable(principal, asked, known), None
+        unscoped = self.grant(principal).subscribe
+        for name in sorted(asked):
+            if not (_allows(unscoped, name) or _allows(scoped.subscribe, name)):
+                raise _denied(
+                    principal, f"may not subscribe to {name} aggregates", "SUBSCRIBE_DENIED", aggregate_type=name
+                )
+        if asked:
+            types, narrowed = asked, any(not _allows(unscoped, name) for name in asked)
+        elif ANY in unscoped:
+            types, narrowed = asked, False
+        elif ANY in scoped.subscribe:
+            types, narrowed = asked, True
+        else:
+            types = frozenset(name for name in known if _allows(unscoped, name) or _allows(scoped.subscribe, name))
+            if not types:
+                raise _denied(principal, "may not subscribe to any aggregate type", "SUBSCRIBE_DENIED")
+            narrowed = any(not _allows(unscoped, name) for name in types)
+        if not narrowed:
+            return types, None
+        if aggregate_id is not None and not in_tenant(tenant, aggregate_id):
+            raise _denied(
+                principal,
+                f"may not subscribe to aggregate {quoted(aggregate_id)}: it is not of tenant {quoted(tenant)}",
+                "SUBSCRIBE_DENIED",
+                aggregate_id=aggregate_id,
+            )
+        return types, tenant_prefix(tenant)
+
+    def may_subscribe_in_tenant(self, principal: Principal, prefix: str, aggregate_types: frozenset[str]) -> bool:
+        """Whether the principal's tenant-scoped grants let it read a stream
+        narrowed to ``prefix`` (a tenant's group) of ``aggregate_types``
+        (none: every type, which takes ``"*"``): only its own tenant's."""
+        tenant, scoped = self.tenant_grant(principal)
+        if not tenant or prefix != tenant_prefix(tenant):
+            return False
+        if not aggregate_types:
+            return ANY in scoped.subscribe
+        return all(_allows(scoped.subscribe, name) for name in aggregate_types)
 
     def check_admin(self, principal: Principal, action: str) -> None:
         if self.grant(principal).admin:

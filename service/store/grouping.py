@@ -71,14 +71,17 @@ class GroupSpec:
 
     def filter_json(self) -> str:
         """The filter as the SQL stores keep it."""
-        return json.dumps(
-            {
-                "aggregate_types": sorted(self.log_filter.aggregate_types),
-                "event_types": sorted(self.log_filter.event_types),
-                "origin": self.log_filter.origin,
-            },
-            separators=(",", ":"),
-        )
+        kept: dict[str, object] = {
+            "aggregate_types": sorted(self.log_filter.aggregate_types),
+            "event_types": sorted(self.log_filter.event_types),
+            "origin": self.log_filter.origin,
+        }
+        if self.log_filter.aggregate_id_prefix is not None:
+            # A tenant's group (created by a tenant-scoped principal): kept in
+            # the filter it already stores, so no column to migrate; the key
+            # is absent for every other group, whose JSON stays as it was.
+            kept["aggregate_id_prefix"] = self.log_filter.aggregate_id_prefix
+        return json.dumps(kept, separators=(",", ":"))
 
 
 # What UpdateGroup may change on a group being consumed: each session reads
@@ -105,6 +108,7 @@ def filter_from_json(text: str) -> LogFilter:
         aggregate_types=frozenset(data.get("aggregate_types") or ()),
         event_types=frozenset(data.get("event_types") or ()),
         origin=data.get("origin") or None,
+        aggregate_id_prefix=data.get("aggregate_id_prefix") or None,
     )
 
 

@@ -334,6 +334,11 @@ class LogFilter:
     event_types: frozenset[str] = frozenset()
     aggregate_id: str | None = None
     origin: str | None = None
+    # Only aggregates whose id begins so: a tenant's (``acme:``), for a
+    # tenant-scoped reader. A condition on the rows a position range
+    # already reads, so the read stays in position order and its
+    # ``scanned_to`` still passes over the others' events.
+    aggregate_id_prefix: str | None = None
 
     def matches(self, event: RecordedEvent) -> bool:
         return (
@@ -341,6 +346,7 @@ class LogFilter:
             and (not self.event_types or event.event_type in self.event_types)
             and (self.aggregate_id is None or event.aggregate_id == self.aggregate_id)
             and (self.origin is None or event.origin == self.origin)
+            and (self.aggregate_id_prefix is None or event.aggregate_id.startswith(self.aggregate_id_prefix))
         )
 
 

@@ -338,7 +338,16 @@ def log_conditions(dialect: Dialect, after_position: int, log_filter: LogFilter)
         conditions.add("aggregate_id = {}", log_filter.aggregate_id)
     if log_filter.origin is not None:
         conditions.add("origin = {}", log_filter.origin)
+    add_prefix_condition(conditions, log_filter.aggregate_id_prefix)
     return conditions
+
+
+def add_prefix_condition(conditions: Conditions, prefix: str | None) -> None:
+    """The aggregate id begins with ``prefix``: compared as a substring, not
+    with LIKE, whose ``%`` and ``_`` a prefix would have to escape (SQLite's
+    and PostgreSQL's ``substr`` both count characters from 1)."""
+    if prefix is not None:
+        conditions.add(f"substr(aggregate_id, 1, {len(prefix):d}) = {{}}", prefix)
 
 
 def aggregate_conditions(dialect: Dialect, aggregate_id: str, query: AggregateQuery) -> Conditions:

@@ -97,6 +97,28 @@ async def test_log_filters_are_applied_by_the_store(store: StoreAdapter) -> None
     assert await ids(LogFilter(aggregate_types=frozenset({"Y"}), event_types=frozenset({"t.A"}))) == ["a-3"]
 
 
+async def test_a_tenants_prefix_keeps_its_aggregates_and_the_page_passes_over_the_others(store: StoreAdapter) -> None:
+    """``aggregate_id_prefix`` (a tenant-scoped reader's): only ids that
+    begin so, compared literally (``%`` and ``_`` are no wildcards), and
+    ``scanned_to`` past the others' events, so a reader resumes after them."""
+    await store.append("acme:1", [new_event("t.A", aggregate_type="X")], 0)
+    await store.append("acmex:1", [new_event("t.A", aggregate_type="X")], 0)
+    await store.append("ac%e:1", [new_event("t.A", aggregate_type="X")], 0)
+    await store.append("acme:2", [new_event("t.A", aggregate_type="Y")], 0)
+    await store.append("globex:1", [new_event("t.A", aggregate_type="X")], 0)
+
+    async def ids(log_filter: LogFilter) -> list[str]:
+        return [e.aggregate_id for e in (await store.read_log(0, log_filter, 10)).events]
+
+    assert await ids(LogFilter(aggregate_id_prefix="acme:")) == ["acme:1", "acme:2"]
+    assert await ids(LogFilter(aggregate_id_prefix="a_me:")) == []
+    assert await ids(LogFilter(aggregate_id_prefix="ac%e:")) == ["ac%e:1"]
+    assert await ids(LogFilter(aggregate_id_prefix="acme:", aggregate_types=frozenset({"X"}))) == ["acme:1"]
+    assert await ids(LogFilter(aggregate_id_prefix="acme:", event_types=frozenset({"t.A"}))) == ["acme:1", "acme:2"]
+    page = await store.read_log(0, LogFilter(aggregate_id_prefix="acme:"), 10)
+    assert page.scanned_to == await store.log_head()
+
+
 async def test_waiting_for_a_commit_returns_when_one_lands(store: StoreAdapter) -> None:
     head = await store.log_head()
     waiter = asyncio.create_task(store.wait_for_commit(head, max_wait=30))

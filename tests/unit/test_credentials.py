@@ -180,3 +180,40 @@ def test_a_certificate_whose_subject_has_a_control_character_names_no_one() -> N
     with pytest.raises(Unauthenticated) as refused:
         Authenticator(mtls=True).authenticate({}, issued.certificate)
     assert refused.value.reason == "BAD_CERTIFICATE_SUBJECT"
+
+
+# -- tenants (docs/security.md#tenants) ---------------------------------------
+
+
+def test_a_key_file_entry_may_name_its_principals_tenant(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text(f'[[keys]]\nprincipal = "acme-app"\nsha256 = "{ABC_SHA256}"\ntenant = "acme"\n')
+    assert ApiKeys.load(path).verify("abc") == Principal("acme-app", "api-key", frozenset(), "acme")
+
+
+@pytest.mark.parametrize("tenant", ['""', '"ac:me"', '"ac me"', '"a\\u0007"', "7", '"' + "a" * 65 + '"'])
+def test_a_key_file_entry_with_a_bad_tenant_does_not_load(tmp_path: Path, tenant: str) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text(f'[[keys]]\nprincipal = "acme-app"\nsha256 = "{ABC_SHA256}"\ntenant = {tenant}\n')
+    with pytest.raises(ConfigurationError) as refused:
+        ApiKeys.load(path)
+    assert refused.value.reason == "BAD_API_KEYS"
+    assert "tenant" in str(refused.value)
+
+
+def _tenant_verifier(tmp_path: Path, issuer: JwtIssuer, claim: str) -> JwtVerifier:
+    key = write(tmp_path / "jwt.pem", issuer.public_key)
+    return JwtVerifier.from_key_file(key, issuer=issuer.issuer, audience=None, tenant_claim=claim)
+
+
+def test_the_configured_jwt_claim_names_the_tenant_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    issuer = JwtIssuer()
+    verifier = _tenant_verifier(tmp_path, issuer, "org")
+    assert verifier.verify(issuer.token("alice", org="acme")).tenant == "acme"
+    assert verifier.verify(issuer.token("alice")).tenant == ""  # no claim: no tenant
+    for bad in ("ac:me", "", ["acme"], "a" * 65):
+        with pytest.raises(Unauthenticated) as refused:
+            verifier.verify(issuer.token("alice", org=bad))
+        assert refused.value.reason == "INVALID_TOKEN"
+    # Without --jwt-tenant-claim no claim names one, whatever it is called.
+    assert _tenant_verifier(tmp_path, issuer, "").verify(issuer.token("alice", tenant="acme")).tenant == ""

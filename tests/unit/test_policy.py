@@ -19,14 +19,14 @@ def who(name: str, *roles: str) -> Principal:
 
 
 def test_a_role_grants_the_command_types_it_lists() -> None:
-    AUTHORIZER.check_submit(who("alice"), "bank.v1.Deposit")
+    AUTHORIZER.check_submit(who("alice"), "bank.v1.Deposit", "acc-1")
     with pytest.raises(PermissionDenied) as denied:
-        AUTHORIZER.check_submit(who("alice"), "box.v1.CreateBox")
+        AUTHORIZER.check_submit(who("alice"), "box.v1.CreateBox", "box-1")
     assert denied.value.reason == "SUBMIT_DENIED"
 
 
 def test_roles_carried_by_the_credential_add_to_the_policys() -> None:
-    AUTHORIZER.check_submit(who("alice", "boxer"), "box.v1.CreateBox")
+    AUTHORIZER.check_submit(who("alice", "boxer"), "box.v1.CreateBox", "box-1")
 
 
 def test_a_wildcard_grants_every_type() -> None:
@@ -58,7 +58,7 @@ def test_a_principal_acts_as_itself_or_as_nobody_in_particular() -> None:
 
 def test_with_authentication_off_everything_but_administration_is_allowed() -> None:
     anonymous = Authorizer.anonymous()
-    anonymous.check_submit(ANONYMOUS, "bank.v1.Deposit")
+    anonymous.check_submit(ANONYMOUS, "bank.v1.Deposit", "acc-1")
     anonymous.check_user(ANONYMOUS, "carol")
     anonymous.check_read(ANONYMOUS, "Account")
     assert anonymous.may_subscribe(ANONYMOUS, "Account")
@@ -114,3 +114,83 @@ def test_the_consume_grant_names_groups_by_name_or_star_pattern_and_admins_consu
     assert (refused.value.reason, refused.value.metadata["group"]) == ("CONSUME_DENIED", "globex-billing")
     assert roles_without_consume(policy) == ["legacy"]  # said at start-up
     assert Authorizer.anonymous().may_consume_group(ANONYMOUS, "any")  # authentication off: every group
+
+
+# -- tenants (docs/security.md#tenants) ---------------------------------------
+
+TENANT_POLICY = """
+[roles.banker]
+scope = "tenant"
+submit = ["bank.v1.Deposit"]
+read = ["Account"]
+subscribe = ["Account"]
+
+[roles.catalog]
+read = ["Box"]
+
+[principals."acme-app"]
+roles = ["banker", "catalog"]
+tenant = "acme"
+"""
+
+TENANTS = Authorizer(Policy.parse(tomllib.loads(TENANT_POLICY)))
+
+
+def test_a_tenant_scoped_role_grants_on_its_tenants_aggregates_only() -> None:
+    acme = who("acme-app")
+    TENANTS.check_submit(acme, "bank.v1.Deposit", "acme:acc-1")
+    for other in ("globex:acc-1", "acc-1", "acmex:acc-1", "acme"):
+        with pytest.raises(PermissionDenied) as denied:
+            TENANTS.check_submit(acme, "bank.v1.Deposit", other)
+        assert denied.value.reason == "SUBMIT_DENIED"
+    assert TENANTS.may_read_id(acme, "Account", "acme:acc-1")
+    assert not TENANTS.may_read_id(acme, "Account", "globex:acc-1")
+    # Checks that know no aggregate id see the unscoped roles alone.
+    assert not TENANTS.may_read(acme, "Account")
+    assert TENANTS.may_read(acme, "Box")
+
+
+def test_a_tenant_scoped_role_grants_nothing_without_a_tenant_or_with_two() -> None:
+    untenanted = Principal("bob", "jwt", frozenset({"banker"}))
+    assert not TENANTS.may_submit_to(untenanted, "bank.v1.Deposit", "acme:acc-1")
+    assert not TENANTS.may_submit_to(untenanted, "bank.v1.Deposit", ":acc-1")
+    # The credential's tenant counts; one that contradicts the policy's, none.
+    assert TENANTS.may_submit_to(Principal("bob", "jwt", frozenset({"banker"}), "acme"), "bank.v1.Deposit", "acme:a")
+    contradicting = Principal("acme-app", "jwt", frozenset(), "globex")
+    assert not TENANTS.may_submit_to(contradicting, "bank.v1.Deposit", "acme:a")
+    assert not TENANTS.may_submit_to(contradicting, "bank.v1.Deposit", "globex:a")
+
+
+def test_a_tenant_scoped_subscription_is_narrowed_to_the_tenants_ids() -> None:
+    acme = who("acme-app")
+    assert TENANTS.subscription_scope(acme, frozenset(), ["Account", "Box"]) == (frozenset({"Account"}), "acme:")
+    with pytest.raises(PermissionDenied) as denied:
+        TENANTS.subscription_scope(acme, frozenset({"Account"}), ["Account"], "globex:acc-1")
+    assert denied.value.reason == "SUBSCRIBE_DENIED"
+    assert TENANTS.may_subscribe_in_tenant(acme, "acme:", frozenset({"Account"}))
+    assert not TENANTS.may_subscribe_in_tenant(acme, "globex:", frozenset({"Account"}))
+    assert not TENANTS.may_subscribe_in_tenant(acme, "acme:", frozenset())  # every type takes "*"
+
+
+@pytest.mark.parametrize(
+    ("policy", "words"),
+    [
+        ('[roles.r]\nscope = "tenants"', "scope must be 'tenant'"),
+        ('[roles.r]\nscope = "tenant"\nadmin = true', "cannot grant admin"),
+        ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenant = "a:b"', "must not contain ':'"),
+        ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenant = ""', "must not be empty"),
+        ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenant = "a b"', "without spaces"),
+        ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenant = 7', "must be a string"),
+        ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenants = "a"', "takes only 'roles' and 'tenant'"),
+    ],
+)
+def test_a_bad_tenant_setting_stops_the_policy(policy: str, words: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Policy.parse(tomllib.loads(policy))
+    assert refused.value.reason == "BAD_POLICY"
+    assert words in str(refused.value)
+
+
+def test_a_principal_holding_a_tenant_role_without_a_tenant_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    Policy.parse(tomllib.loads('[roles.r]\nscope = "tenant"\n[principals."p"]\nroles = ["r"]'))
+    assert "principals.p holds tenant-scoped roles ['r']" in caplog.text

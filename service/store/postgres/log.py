@@ -12,7 +12,15 @@ from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
 from service.store.postgres.rows import in_order, rows, scalar
 from service.store.records import LogFilter, LogPage, RecordedEvent
-from service.store.sql_common import POSTGRES, UNLIMITED_BYTES, Conditions, event_from_row, log_conditions, log_page
+from service.store.sql_common import (
+    POSTGRES,
+    UNLIMITED_BYTES,
+    Conditions,
+    add_prefix_condition,
+    event_from_row,
+    log_conditions,
+    log_page,
+)
 
 # Above every position: the upper end of a range of one type's index.
 _LAST_POSITION = 2**63 - 1
@@ -66,7 +74,12 @@ def log_page_statements(after_position: int, log_filter: LogFilter, limit: int, 
         conditions.next_placeholder(budget) + "::bigint",
         order=order,
     )
-    filtered = log_filter.aggregate_types or log_filter.event_types or log_filter.origin is not None
+    filtered = (
+        log_filter.aggregate_types
+        or log_filter.event_types
+        or log_filter.origin is not None
+        or log_filter.aggregate_id_prefix is not None
+    )
     settings = [Statement.prepared(sql.LOG_PAGE_SETTINGS)] if filtered and log_filter.aggregate_id is None else []
     return [*settings, Statement(statement.encode(), conditions.params, binary=True)]
 
@@ -98,6 +111,7 @@ def page_conditions(after_position: int, log_filter: LogFilter) -> tuple[Conditi
         conditions.member(other, others, indexed=False)
     if log_filter.origin is not None:
         conditions.add("origin = {}", log_filter.origin)
+    add_prefix_condition(conditions, log_filter.aggregate_id_prefix)
     return conditions, f"{column}, position"
 
 
