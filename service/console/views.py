@@ -150,7 +150,8 @@ async def log_page(parts: Parts, query: dict[str, str], *, cursors: Cursors, ses
     for _ in range(20):
         batch = await parts.aggregates.list_aggregates(prefix, after=last_seen, limit=PAGE_SIZE)
         for aggregate in batch:
-            if parts.authorizer.may_read(principal, aggregate.aggregate_type):
+            # By id: a tenant-scoped grant shows its tenant's aggregates alone.
+            if parts.authorizer.may_read_id(principal, aggregate.aggregate_type, aggregate.aggregate_id):
                 shown.append(aggregate)
         if len(batch) < PAGE_SIZE:
             exhausted = True
@@ -293,7 +294,7 @@ async def tail_page(parts: Parts) -> tuple[str, list[Content]]:
     # The tail starts a few events before the log's head; to a principal who
     # may subscribe to no type (Subscribe refuses it, and says so on this
     # page) the page does not say where the head is.
-    may_subscribe = any(parts.authorizer.may_subscribe(principal, name) for name in known)
+    may_subscribe = any(parts.authorizer.may_subscribe_somewhere(principal, name) for name in known)
     head = await parts.log.log_head() if may_subscribe else None
     return "Live log", [
         tag(

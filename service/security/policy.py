@@ -413,6 +413,13 @@ class Authorizer:
         left out of the caller's stream."""
         return _allows(self.grant(principal).subscribe, aggregate_type)
 
+    def may_subscribe_somewhere(self, principal: Principal, aggregate_type: str) -> bool:
+        """May subscribe to some aggregates of the type: unscoped, or to its
+        tenant's (for pages that only say whether a tail would show any)."""
+        return self.may_subscribe(principal, aggregate_type) or _allows(
+            self.tenant_grant(principal)[1].subscribe, aggregate_type
+        )
+
     def may_subscribe_to_all(self, principal: Principal) -> bool:
         """Granted ``"*"``: every aggregate type the log holds, those no
         loaded plugin declares any more included (a group that names no

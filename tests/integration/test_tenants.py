@@ -28,7 +28,9 @@ from service.app import Application
 from service.client import ChronicleClient
 from service.client.errors import RemoteError
 from tests.support.at_rest import Site, site_for
+from tests.support.console import console, log_in, session_cookie
 from tests.support.grpc_client import Client, command, connect, details_of, running_server, with_jwt_auth
+from tests.support.http import request
 from tests.support.security import JwtIssuer, bearer, write
 from tests.support.waiting import eventually
 
@@ -87,7 +89,12 @@ async def tenants(site: Site, tmp_path: Path) -> AsyncIterator[Tenants]:
         tmp_path / "keys.toml",
         f'[[keys]]\nprincipal = "acme-app"\nsha256 = "{digest}"\nroles = ["tenant-banker"]\ntenant = "acme"\n',
     )
-    settings = replace(with_jwt_auth(tmp_path, issuer, POLICY), api_keys_file=keys, jwt_tenant_claim="tenant")
+    settings = replace(
+        with_jwt_auth(tmp_path, issuer, POLICY),
+        api_keys_file=keys,
+        jwt_tenant_claim="tenant",
+        console_listen="127.0.0.1:0",
+    )
     async with running_server(site.store, settings=settings) as (app, _):
         yield Tenants(app, issuer)
 
@@ -265,3 +272,24 @@ async def test_a_tenants_group_delivers_its_events_to_it_alone(site: Site, tmp_p
 
         await eventually(caught_up, what="acme-billing's checkpoint at the log's head")
         stream.cancel()
+
+
+async def test_the_consoles_pages_show_a_tenant_its_own_aggregates_alone(site: Site, tmp_path: Path) -> None:
+    async with tenants(site, tmp_path) as t, t.acme() as acme, t.globex() as globex:
+        await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
+        await globex.submit(mine("globex:acc-1", bank.OpenAccount(owner="gus")))
+        address = console(t.app)
+        answer = await log_in(address, ACME_KEY)
+        assert answer.status == 303, answer.text
+        cookie = {"Cookie": session_cookie(answer)}
+
+        listing = await request(address, "GET", "/log", headers=cookie)
+        assert listing.status == 200
+        assert "acme:acc-1" in listing.text
+        assert "globex:acc-1" not in listing.text
+
+        own = await request(address, "GET", "/aggregates/acme:acc-1", headers=cookie)
+        assert "ann" in own.text
+        other = await request(address, "GET", "/aggregates/globex:acc-1", headers=cookie)
+        assert "READ_DENIED" in other.text
+        assert "gus" not in other.text
