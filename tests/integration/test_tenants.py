@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as cs
 from chronicle.v1 import event_service_pb2 as ev
+from chronicle.v1 import projection_service_pb2 as proj
 from chronicle.v1 import subscription_group_service_pb2 as gpb
 from chronicle.v1 import subscription_group_service_pb2_grpc as gpb_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
@@ -293,3 +294,20 @@ async def test_the_consoles_pages_show_a_tenant_its_own_aggregates_alone(site: S
         other = await request(address, "GET", "/aggregates/globex:acc-1", headers=cookie)
         assert "READ_DENIED" in other.text
         assert "gus" not in other.text
+
+
+async def test_a_tenant_scoped_principal_reads_no_projection_documents(site: Site, tmp_path: Path) -> None:
+    """A read model's documents are not tied to aggregate ids (the bank's
+    balances by owner sum accounts of any tenant): a tenant-scoped read
+    grant does not open them, in its own tenant or another's; an unscoped
+    read of the projection's types does."""
+    async with tenants(site, tmp_path) as t, t.acme() as acme, t.root() as root:
+        await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
+        request = proj.GetDocumentRequest(projection="bank.balances_by_owner", key="account:acme:acc-1")
+        assert await refusal(acme.projections.GetDocument(request)) == (DENIED, "READ_DENIED")
+        listing = proj.ListDocumentsRequest(projection="bank.balances_by_owner")
+        assert await refusal(acme.projections.ListDocuments(listing)) == (DENIED, "READ_DENIED")
+        request.min_position = 1
+        found = bank.AccountBalance()
+        assert (await root.projections.GetDocument(request)).document.Unpack(found)
+        assert found.owner == "ann"
