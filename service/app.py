@@ -478,7 +478,13 @@ async def start(
     if authorizer.enforcing:
         middleware.append(AuthorizationMiddleware(authorizer))
     middleware.extend(registry.middleware)
-    pipeline = Pipeline(router.submit, middleware, submit_batch=router.submit_batch, start=router.start)
+    pipeline = Pipeline(
+        router.submit,
+        middleware,
+        submit_batch=router.submit_batch,
+        start=router.start,
+        tenant_of=authorizer.tenant_of,
+    )
     # Reactions send their commands through the same pipeline but for
     # authorization: a plugin's reaction is part of the server, and its
     # commands act on behalf of the event's user, which no policy names.

@@ -65,6 +65,13 @@ def tenant_of_prefix(prefix: str | None) -> str:
     return prefix.removesuffix(TENANT_SEPARATOR) if prefix else ""
 
 
+def tenant_of_id(aggregate_id: str) -> str:
+    """The tenant ``aggregate_id`` belongs to: what precedes its first
+    separator, if that is a valid tenant id; "" otherwise."""
+    tenant, separator, _ = aggregate_id.partition(TENANT_SEPARATOR)
+    return tenant if separator and not tenant_problem(tenant) else ""
+
+
 def in_tenant(tenant: str, aggregate_id: str) -> bool:
     """Whether ``aggregate_id`` is one of ``tenant``'s (never for no tenant)."""
     return bool(tenant) and aggregate_id.startswith(tenant_prefix(tenant))

@@ -57,7 +57,11 @@ class CommandCall:
     hooks, and ``elapsed`` (seconds since the pipeline took the command) for
     both. ``refused_by`` names the middleware whose ``before`` hook refused
     the command (empty when processing itself failed). ``dry_run``: the
-    command is decided but nothing is written.
+    command is decided but nothing is written. ``tenant`` is the tenant the
+    command acts for ("" none): a client's, its caller's (as the policy
+    resolves it, docs/security.md#tenants); a reaction's, the tenant of the
+    aggregate whose event caused it (its id's prefix before ``:``), so that
+    a guard can refuse a reaction's command to another tenant's aggregate.
     """
 
     command_id: str
@@ -76,6 +80,7 @@ class CommandCall:
     elapsed: float = 0.0
     refused_by: str = ""
     dry_run: bool = False
+    tenant: str = ""
 
 
 class Middleware:

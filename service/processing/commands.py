@@ -66,6 +66,9 @@ class CommandRequest:
     # When it was made: the client's Command.timestamp, else when the server
     # received it (microseconds since the epoch; 0: unknown).
     timestamp_us: int = 0
+    # A reaction's command: the tenant of the aggregate whose event caused
+    # it ("" none). A client's: "" here, its caller's is the pipeline's.
+    tenant: str = ""
 
     @property
     def fingerprint(self) -> bytes:

@@ -25,7 +25,17 @@ from service.processing.commands import BatchResult, CommandBatch, CommandReques
 log = logging.getLogger(__name__)
 
 
-def call_for(request: CommandRequest, principal: Principal, *, dry_run: bool = False) -> CommandCall:
+def _credential_tenant(principal: Principal) -> str:
+    return principal.tenant
+
+
+def call_for(
+    request: CommandRequest,
+    principal: Principal,
+    *,
+    dry_run: bool = False,
+    tenant_of: Callable[[Principal], str] = _credential_tenant,
+) -> CommandCall:
     """The ``CommandCall`` middleware sees for ``request``."""
     return CommandCall(
         command_id=request.command_id,
@@ -40,6 +50,7 @@ def call_for(request: CommandRequest, principal: Principal, *, dry_run: bool = F
         metadata=request.metadata,
         expected_version=request.expected_version,
         dry_run=dry_run,
+        tenant=request.tenant or tenant_of(principal),
     )
 
 
@@ -61,7 +72,10 @@ class Pipeline:
         *,
         submit_batch: SubmitBatch | None = None,
         start: Start | None = None,
+        tenant_of: Callable[[Principal], str] = _credential_tenant,
     ) -> None:
+        """``tenant_of``: the tenant a caller acts for (``call.tenant``)."""
+        self._tenant_of = tenant_of
         self._submit = submit
         self._submit_batch = submit_batch
         self._start = start
@@ -84,7 +98,9 @@ class Pipeline:
     async def submit_batch(self, batch: CommandBatch, principal: Principal = ANONYMOUS) -> BatchResult:
         if self._submit_batch is None:
             raise RuntimeError("this pipeline was built without submit_batch")
-        calls = [call_for(request, principal, dry_run=batch.dry_run) for request in batch.commands]
+        calls = [
+            call_for(request, principal, dry_run=batch.dry_run, tenant_of=self._tenant_of) for request in batch.commands
+        ]
         started = time.perf_counter()
         entered: list[tuple[Middleware, CommandCall]] = []
         refused_by = ""
@@ -112,7 +128,7 @@ class Pipeline:
     async def submit(self, request: CommandRequest, principal: Principal = ANONYMOUS) -> CommandResult:
         if not self.middleware:
             return await self._submit(request)
-        call = call_for(request, principal)
+        call = call_for(request, principal, tenant_of=self._tenant_of)
         started = time.perf_counter()
         # ``after`` and ``on_error`` run for the middleware whose ``before``
         # ran (or that has none) up to the one that refused, innermost first.
@@ -157,7 +173,7 @@ class Pipeline:
         so commands started in turn run in turn."""
         if not self._can_inline or self._start is None:
             return None
-        call = call_for(request, principal, dry_run=dry_run)
+        call = call_for(request, principal, dry_run=dry_run, tenant_of=self._tenant_of)
         started = time.perf_counter()
         refusing: Middleware | None = None
         try:

@@ -98,7 +98,7 @@ from service.plugins.reactions import (
     sends,
 )
 from service.plugins.registry import Registry
-from service.principal import REACTION_PREFIX
+from service.principal import REACTION_PREFIX, tenant_of_id
 from service.processing import reaction_documents
 from service.processing.commands import CommandRequest, CommandResult
 from service.processing.projections import (
@@ -916,6 +916,8 @@ class ReactionRunner(CheckpointedRunner):
             metadata=_metadata(send, envelope, hops),
             principal=self._origin,
             timestamp_us=envelope.timestamp_us,
+            # It acts for the event's user, and so in the event's tenant.
+            tenant=tenant_of_id(envelope.aggregate_id),
         )
 
     def _count(self, outcome: str) -> None:

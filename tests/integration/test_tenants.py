@@ -24,10 +24,14 @@ from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import projection_service_pb2 as proj
 from chronicle.v1 import subscription_group_service_pb2 as gpb
 from chronicle.v1 import subscription_group_service_pb2_grpc as gpb_grpc
+from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.client import ChronicleClient
 from service.client.errors import RemoteError
+from service.plugins import Plugin, ValidationError
+from service.plugins.middleware import CommandCall, Middleware
+from service.plugins.registry import Registry
 from tests.support.at_rest import Site, site_for
 from tests.support.console import console, log_in, session_cookie
 from tests.support.grpc_client import Client, command, connect, details_of, running_server, with_jwt_auth
@@ -40,8 +44,8 @@ pytestmark = pytest.mark.postgres
 POLICY = """
 [roles.tenant-banker]
 scope = "tenant"
-submit = ["bank.v1.OpenAccount", "bank.v1.Deposit"]
-read = ["Account"]
+submit = ["bank.v1.OpenAccount", "bank.v1.Deposit", "bank.v1.TransferMoney"]
+read = ["Account", "Transfer"]
 subscribe = ["Account"]
 
 [roles.operator]
@@ -81,7 +85,7 @@ class Tenants:
 
 
 @asynccontextmanager
-async def tenants(site: Site, tmp_path: Path) -> AsyncIterator[Tenants]:
+async def tenants(site: Site, tmp_path: Path, registry: Registry | None = None) -> AsyncIterator[Tenants]:
     import hashlib
 
     issuer = JwtIssuer()
@@ -96,7 +100,7 @@ async def tenants(site: Site, tmp_path: Path) -> AsyncIterator[Tenants]:
         jwt_tenant_claim="tenant",
         console_listen="127.0.0.1:0",
     )
-    async with running_server(site.store, settings=settings) as (app, _):
+    async with running_server(site.store, settings=settings, registry=registry) as (app, _):
         yield Tenants(app, issuer)
 
 
@@ -311,3 +315,84 @@ async def test_a_tenant_scoped_principal_reads_no_projection_documents(site: Sit
         found = bank.AccountBalance()
         assert (await root.projections.GetDocument(request)).document.Unpack(found)
         assert found.owner == "ann"
+
+
+class TenantGuard(Middleware):
+    """A plugin's guard (docs/plugins.md): a command acting for a tenant
+    must name that tenant's aggregate. The policy already holds clients to
+    it; a reaction's commands pass no policy, and name what the event's
+    payload says (a transfer's source account)."""
+
+    name = "tenant guard"
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    def before(self, call: CommandCall) -> None:
+        self.seen.append((call.command_type, call.aggregate_id, call.tenant))
+        if call.tenant and not call.aggregate_id.startswith(call.tenant + ":"):
+            # A ValidationError: a refusal, which the reaction is handed (to
+            # compensate), where any other error is retried as a failure.
+            raise ValidationError(
+                f"a command acting for tenant {call.tenant} may not name {call.aggregate_id}", reason="CROSS_TENANT"
+            )
+
+
+async def test_a_plugin_guard_refuses_a_reactions_command_to_another_tenant(site: Site, tmp_path: Path) -> None:
+    """The bank walkthrough's theft: globex asks for a transfer (its own
+    aggregate, so the policy lets it) whose source is acme's account. The
+    reaction's Withdraw acts for globex, the tenant of the event that
+    caused it (``call.tenant``); the guard refuses it, the transfer fails,
+    acme's balance is whole. A transfer within one tenant completes."""
+    guard = TenantGuard()
+    guarded = Plugin("tenant-guard")
+    guarded.add_middleware(guard)
+    registry = Registry([bank_account.plugin, guarded])
+    async with (
+        tenants(site, tmp_path, registry) as t,
+        t.acme() as acme,
+        t.globex() as globex,
+        t.root() as root,
+    ):
+        await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
+        await acme.submit(mine("acme:acc-1", bank.Deposit(amount=100)))
+        await globex.submit(mine("globex:acc-1", bank.OpenAccount(owner="gus")))
+        await globex.submit(mine("globex:acc-2", bank.OpenAccount(owner="gia")))
+        await globex.submit(mine("globex:acc-1", bank.Deposit(amount=10)))
+        theft = bank.TransferMoney(source_account_id="acme:acc-1", target_account_id="globex:acc-1", amount=100)
+        await globex.submit(mine("globex:t-1", theft))
+        own = bank.TransferMoney(source_account_id="globex:acc-1", target_account_id="globex:acc-2", amount=4)
+        await globex.submit(mine("globex:t-2", own))
+
+        async def status(transfer_id: str) -> int:
+            found = await root.events.GetAggregate(ev.GetAggregateRequest(aggregate_id=transfer_id))
+            state = bank.Transfer()
+            found.state.Unpack(state)
+            return int(state.status)
+
+        async def settled() -> bool:
+            return await status("globex:t-1") == bank.TRANSFER_STATUS_FAILED and (
+                await status("globex:t-2") == bank.TRANSFER_STATUS_COMPLETED
+            )
+
+        await eventually(settled, what="the theft failed and globex's own transfer completed")
+
+        async def balance(account_id: str) -> int:
+            found = await root.events.GetAggregate(ev.GetAggregateRequest(aggregate_id=account_id))
+            account = bank.Account()
+            found.state.Unpack(account)
+            return int(account.balance)
+
+        assert await balance("acme:acc-1") == 100
+        assert (await balance("globex:acc-1"), await balance("globex:acc-2")) == (6, 4)
+        failed = bank.Transfer()
+        (await root.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="globex:t-1"))).state.Unpack(failed)
+        assert failed.reason == "CROSS_TENANT"
+        # What the guard saw: clients' commands carry their caller's tenant
+        # (acme's from its key, globex's from its token), the reaction's the
+        # tenant of the event that caused each.
+        assert ("bank.v1.Deposit", "acme:acc-1", "acme") in guard.seen
+        assert ("bank.v1.TransferMoney", "globex:t-1", "globex") in guard.seen
+        assert ("bank.v1.Withdraw", "acme:acc-1", "globex") in guard.seen
+        assert ("bank.v1.Withdraw", "globex:acc-1", "globex") in guard.seen
+        assert ("bank.v1.FailTransfer", "globex:t-1", "globex") in guard.seen
