@@ -78,6 +78,22 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         self._check_read(projection)
         return projection
 
+    async def _document_reader(self, field: str, name: str) -> tuple[Projection, str]:
+        """The projection whose documents are read, and the key prefix the
+        caller is held to ("" none): a caller without an unscoped read of
+        its types may read a tenant-keyed projection's documents of its own
+        tenant (its tenant-scoped read grant covering them all), no other."""
+        try:
+            return await self._projection(field, name), ""
+        except PermissionDenied as refused:
+            projection = self._registry.projection(name)
+            if projection is None or not projection.tenant_keyed:
+                raise
+            prefix = self._authorizer.tenant_reading(current_principal.get(), projection.aggregate_types)
+            if prefix is None:
+                raise refused from None
+            return projection, prefix
+
     def _check_read(self, projection: Projection) -> None:
         # A read model is as secret as the aggregates it is made of; one that
         # names none may hold anything, so it takes an administrator (with
@@ -111,8 +127,10 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
     async def GetDocument(
         self, request: pb.GetDocumentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetDocumentResponse:
-        projection = await self._projection("projection", request.projection)
+        projection, tenant = await self._document_reader("projection", request.projection)
         key = check_id("key", request.key, reason="INVALID_KEY")
+        if not key.startswith(tenant):
+            raise _not_of_tenant(projection, key)
         # The checkpoint first: the document read next is at least that new.
         position = await self._reached(projection, request.min_position, context)
         document = await self._documents.load_document(projection.name, key)
@@ -127,8 +145,12 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
     async def ListDocuments(
         self, request: pb.ListDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListDocumentsResponse:
-        projection = await self._projection("projection", request.projection)
+        projection, tenant = await self._document_reader("projection", request.projection)
         prefix = checked_key_prefix(request.key_prefix)
+        if tenant.startswith(prefix):
+            prefix = tenant  # "" or a part of the tenant's prefix: its documents alone
+        elif not prefix.startswith(tenant):
+            raise _not_of_tenant(projection, prefix)
         page_size = checked_page_size(request.page_size)
         if request.order not in pb.DocumentOrder.values():
             raise InvalidInput.for_field("order", f"unknown order {request.order}", reason="INVALID_ORDER")
@@ -268,6 +290,17 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             message = f"{deleted} documents and parked events deleted"
             await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, message=message)
         return pb.DeleteProjectionResponse(deleted=deleted)
+
+
+def _not_of_tenant(projection: Projection, key: str) -> PermissionDenied:
+    """A tenant-scoped reader's refusal of a key (or prefix) outside its
+    tenant's: alike whether such documents exist or not."""
+    principal = current_principal.get()
+    return PermissionDenied(
+        f"{principal.name} may read only its own tenant's documents of projection {projection.name}",
+        reason="READ_DENIED",
+        metadata={"principal": principal.name, "projection": projection.name, "key": key},
+    )
 
 
 def _packed(document: StoredDocument) -> any_pb2.Any:

@@ -400,6 +400,7 @@ class Plugin:
         max_attempts: int = 3,
         retry_seconds: float = 5.0,
         cache_size: int = DOCUMENT_CACHE_SIZE,
+        tenant_keyed: bool = False,
     ) -> Projection:
         """Declare a read model kept up to date from the log (see
         ``service.plugins.projections``). ``aggregate_types`` narrows which
@@ -423,7 +424,13 @@ class Plugin:
         projection stops there and tries again every ``retry_seconds`` until
         the plugin is fixed; with ``"park"``, after ``max_attempts`` tries
         the event is parked (recorded, listed by ListParkedEvents) and the
-        projection goes on without it."""
+        projection goes on without it.
+
+        ``tenant_keyed``: the plugin promises that every document's key
+        begins with the tenant of the aggregates it is made of and ``:``
+        (``acme:acc-1``); a tenant-scoped read grant then reads the documents
+        of its own tenant (and no other's), which it otherwise may not read
+        at all (docs/security.md#tenants)."""
         projection = Projection(
             self.name,
             name,
@@ -434,6 +441,7 @@ class Plugin:
             max_attempts=max_attempts,
             retry_seconds=retry_seconds,
             cache_size=cache_size,
+            tenant_keyed=tenant_keyed,
         )
         self.projections.append(projection)
         return projection

@@ -99,6 +99,7 @@ class Projection:
         max_attempts: int = 3,
         retry_seconds: float = 5.0,
         cache_size: int = DOCUMENT_CACHE_SIZE,
+        tenant_keyed: bool = False,
     ) -> None:
         if not name or not name.replace("_", "").replace(".", "").isalnum():
             raise ValueError(f"projection name {name!r} must be letters, digits, '_' or '.'")
@@ -116,6 +117,10 @@ class Projection:
             raise ValueError(f"projection {name}: cache_size must not be negative")
         self.plugin_name = plugin_name
         self.name = name
+        # The plugin's promise that every document is keyed "<tenant>:..."
+        # by the tenant of the aggregates it is made of: a tenant-scoped read
+        # grant may then read its own tenant's documents (docs/security.md).
+        self.tenant_keyed = tenant_keyed
         self.aggregate_types = frozenset(aggregate_types)
         self.batch_size = batch_size
         # Far behind (a rebuild, a new read model, a long stop), a batch is

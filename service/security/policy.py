@@ -516,6 +516,16 @@ class Authorizer:
             return ANY in scoped.subscribe
         return all(_allows(scoped.subscribe, name) for name in aggregate_types)
 
+    def tenant_reading(self, principal: Principal, aggregate_types: Iterable[str]) -> str | None:
+        """The key prefix of the principal's tenant if its tenant-scoped
+        roles may read every one of ``aggregate_types`` (at least one), for
+        documents keyed by tenant; None otherwise."""
+        tenant, scoped = self.tenant_grant(principal)
+        wanted = list(aggregate_types)
+        if not tenant or not wanted or not all(_allows(scoped.read, name) for name in wanted):
+            return None
+        return tenant_prefix(tenant)
+
     def check_admin(self, principal: Principal, action: str) -> None:
         if self.grant(principal).admin:
             return

@@ -29,7 +29,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.client import ChronicleClient
 from service.client.errors import RemoteError
-from service.plugins import Plugin, ValidationError
+from service.plugins import Documents, Plugin, ProjectedEvent, ValidationError
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.registry import Registry
 from tests.support.at_rest import Site, site_for
@@ -396,3 +396,44 @@ async def test_a_plugin_guard_refuses_a_reactions_command_to_another_tenant(site
         assert ("bank.v1.Withdraw", "acme:acc-1", "globex") in guard.seen
         assert ("bank.v1.Withdraw", "globex:acc-1", "globex") in guard.seen
         assert ("bank.v1.FailTransfer", "globex:t-1", "globex") in guard.seen
+
+
+# A read model that keeps each account under its own id: keyed by tenant.
+keyed = Plugin("tenant-keyed")
+owners = keyed.projection("tenants.owners", aggregate_types=["Account"], tenant_keyed=True)
+
+
+@owners.on(bank.AccountOpened)
+def _owner(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+    documents.put(envelope.aggregate_id, bank.AccountBalance(owner=event.owner), subject=envelope.aggregate_id)
+
+
+async def test_a_tenant_keyed_projection_shows_a_tenant_its_own_documents_alone(site: Site, tmp_path: Path) -> None:
+    registry = Registry([bank_account.plugin, keyed])
+    async with tenants(site, tmp_path, registry) as t, t.acme() as acme, t.globex() as globex:
+        await globex.submit(mine("globex:acc-1", bank.OpenAccount(owner="gus")))
+        await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
+        last = await acme.submit(mine("acme:acc-2", bank.OpenAccount(owner="amy")))
+        at = last.events[-1].position
+
+        def get(key: str) -> object:
+            return acme.projections.GetDocument(
+                proj.GetDocumentRequest(projection="tenants.owners", key=key, min_position=at)
+            )
+
+        found = bank.AccountBalance()
+        assert (await get("acme:acc-1")).document.Unpack(found)  # type: ignore[attr-defined]
+        assert found.owner == "ann"
+        assert await refusal(get("globex:acc-1")) == (DENIED, "READ_DENIED")
+        assert await refusal(get("globex:nope")) == (DENIED, "READ_DENIED")  # alike: no existence oracle
+        assert await refusal(get("acme:nope")) == (grpc.StatusCode.NOT_FOUND, "DOCUMENT_NOT_FOUND")
+
+        async def keys(prefix: str) -> list[str]:
+            request = proj.ListDocumentsRequest(projection="tenants.owners", key_prefix=prefix, min_position=at)
+            return [d.key for d in (await acme.projections.ListDocuments(request)).documents]
+
+        assert await keys("") == ["acme:acc-1", "acme:acc-2"]
+        assert await keys("acme:acc-2") == ["acme:acc-2"]
+        for other in ("globex:", "g"):
+            listing = proj.ListDocumentsRequest(projection="tenants.owners", key_prefix=other)
+            assert await refusal(acme.projections.ListDocuments(listing)) == (DENIED, "READ_DENIED")
