@@ -19,7 +19,7 @@
     chronicle new-plugin library
     chronicle health [--server HOST:PORT]    # default: this host's server, as its settings say
     chronicle audit [--aggregate ID] [--principal P] [--outcome refused] [--since 2026-01-01T00:00:00Z]
-    chronicle apikey PRINCIPAL [--role R]   # a new API key and its line for the API-key file
+    chronicle apikey PRINCIPAL [--role R] [--tenant T]   # a new API key and its entry for the API-key file
     chronicle forget ACCOUNT                 # crypto-shred an aggregate (admin; irreversible)
     chronicle rewrap-keys                    # after adding a new master key (admin)
     chronicle masterkey ID                   # a new master key line for --master-key-file
@@ -1661,12 +1661,20 @@ def _masterkey(args: argparse.Namespace) -> int:
 
 
 def _apikey(args: argparse.Namespace) -> int:
+    from service.principal import tenant_problem
     from service.security.credentials import hash_api_key, new_api_key
 
+    problem = tenant_problem(args.tenant) if args.tenant is not None else ""
+    if problem:
+        print(f"error: --tenant {problem}", file=sys.stderr)
+        return EXIT_USAGE
     key = new_api_key()
     roles = ", ".join(json.dumps(r) for r in args.role or ())
     print(f"# the key (give it to {args.principal}; it is not stored anywhere): {key}", file=sys.stderr)
-    print(f'[[keys]]\nprincipal = {json.dumps(args.principal)}\nsha256 = "{hash_api_key(key)}"\nroles = [{roles}]')
+    entry = f'[[keys]]\nprincipal = {json.dumps(args.principal)}\nsha256 = "{hash_api_key(key)}"\nroles = [{roles}]'
+    if args.tenant is not None:
+        entry += f"\ntenant = {json.dumps(args.tenant)}"
+    print(entry)
     return EXIT_OK
 
 
@@ -1953,6 +1961,7 @@ def build_parser() -> argparse.ArgumentParser:
     apikey = commands.add_parser("apikey", help="make a new API key and print its entry for the API-key file")
     apikey.add_argument("principal", help="who the key authenticates as: the principal the policy grants roles to")
     apikey.add_argument("--role", action="append", help="a role for the key; repeatable")
+    apikey.add_argument("--tenant", help="the principal's tenant, for tenant-scoped roles (docs/security.md#tenants)")
     apikey.set_defaults(run=_apikey, remote=False)
 
     forget = commands.add_parser("forget", help="erase an aggregate's encryption key for good (admin)")

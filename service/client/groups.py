@@ -387,17 +387,22 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
         ack_timeout: timedelta | float | None = None,
         segments: int = 0,
         max_unanswered_timeouts: int | None = None,
+        tenant: str = "",
     ) -> GroupInfo:
         """Create group ``name`` (durations as ``timedelta`` or seconds).
         A count of 0 and a duration of None take the server's defaults; a
         duration of 0 is sent as 0 (a ``retry_backoff`` of 0 retries at
         once; an ``ack_timeout`` under 10 ms is BAD_GROUP_SETTING).
         ``max_unanswered_timeouts``: None the server's default (3), 0 never
-        cut a consumer that answers nothing. ``AlreadyExists``
-        (GROUP_EXISTS) if it exists."""
+        cut a consumer that answers nothing. ``tenant``: the group is that
+        tenant's, delivering its events alone to its own callers ("": the
+        creator's tenant, if it has one; docs/security.md#tenants).
+        ``AlreadyExists`` (GROUP_EXISTS) if it exists."""
         request = pb.CreateGroupRequest(
             name=name,
-            filter=pb.GroupFilter(aggregate_types=aggregate_types, event_types=event_types, origin=origin),
+            filter=pb.GroupFilter(
+                aggregate_types=aggregate_types, event_types=event_types, origin=origin, tenant=tenant
+            ),
             after_position=after_position,
             from_end=from_end,
             max_delivery_attempts=max_delivery_attempts,

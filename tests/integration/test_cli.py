@@ -250,6 +250,27 @@ def test_apikey_prints_a_key_and_its_hashed_entry() -> None:
     assert key not in made.stdout
 
 
+def test_apikey_writes_the_tenant_it_is_given_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from service.security.credentials import ApiKeys
+
+    def apikey(*tenant: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "service", "apikey", "acme-app", "--role", "banker", *tenant]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+    made = apikey("--tenant", "acme")
+    assert made.returncode == 0
+    key = made.stderr.rsplit(" ", 1)[1].strip()
+    (tmp_path / "keys.toml").write_text(made.stdout)
+    assert ApiKeys.load(tmp_path / "keys.toml").verify(key).tenant == "acme"  # the file it loads
+    refused = apikey("--tenant", "ac:me")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert "--tenant must not contain ':'" in refused.stderr
+    assert "chr_" not in refused.stderr  # no key was made
+
+
 def test_an_operator_forgets_an_aggregate_and_its_events_read_redacted(tmp_path: Path) -> None:
     from service.store.encryption import new_master_key
     from tests.support.security import write

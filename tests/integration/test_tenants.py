@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -175,6 +176,13 @@ async def test_the_python_client_reads_its_tenant_and_is_refused_the_other(site:
             with pytest.raises(RemoteError) as raised:
                 await globex.submit("acme:acc-2", bank.Deposit(amount=1))
             assert raised.value.reason == "SUBMIT_DENIED"
+        # An administrator makes a tenant's group with the Python client.
+        root_token = t.issuer.token("root")
+        async with ChronicleClient.connect(t.app.address, token=lambda: root_token) as root:
+            made = await root.groups.create("globex-audit", aggregate_types=["Account"], tenant="globex")
+            assert made.filter.tenant == "globex"
+        async with ChronicleClient.connect(t.app.address, token=lambda: token) as globex:
+            assert [g.name for g in await globex.groups.list()] == ["globex-audit"]
 
 
 async def _subscribed(client: Client, after: int, until: int) -> tuple[list[str], int]:
@@ -416,13 +424,13 @@ async def test_a_tenant_keyed_projection_shows_a_tenant_its_own_documents_alone(
         last = await acme.submit(mine("acme:acc-2", bank.OpenAccount(owner="amy")))
         at = last.events[-1].position
 
-        def get(key: str) -> object:
+        def get(key: str) -> Any:
             return acme.projections.GetDocument(
                 proj.GetDocumentRequest(projection="tenants.owners", key=key, min_position=at)
             )
 
         found = bank.AccountBalance()
-        assert (await get("acme:acc-1")).document.Unpack(found)  # type: ignore[attr-defined]
+        assert (await get("acme:acc-1")).document.Unpack(found)
         assert found.owner == "ann"
         assert await refusal(get("globex:acc-1")) == (DENIED, "READ_DENIED")
         assert await refusal(get("globex:nope")) == (DENIED, "READ_DENIED")  # alike: no existence oracle
