@@ -9,7 +9,7 @@ the tenant's events, across a resume) and subscription groups."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -86,7 +86,9 @@ class Tenants:
 
 
 @asynccontextmanager
-async def tenants(site: Site, tmp_path: Path, registry: Registry | None = None) -> AsyncIterator[Tenants]:
+async def tenants(
+    site: Site, tmp_path: Path, registry: Registry | None = None, **overrides: object
+) -> AsyncIterator[Tenants]:
     import hashlib
 
     issuer = JwtIssuer()
@@ -100,6 +102,7 @@ async def tenants(site: Site, tmp_path: Path, registry: Registry | None = None) 
         api_keys_file=keys,
         jwt_tenant_claim="tenant",
         console_listen="127.0.0.1:0",
+        **overrides,  # type: ignore[arg-type]
     )
     async with running_server(site.store, settings=settings, registry=registry) as (app, _):
         yield Tenants(app, issuer)
@@ -445,3 +448,54 @@ async def test_a_tenant_keyed_projection_shows_a_tenant_its_own_documents_alone(
         for other in ("globex:", "g"):
             listing = proj.ListDocumentsRequest(projection="tenants.owners", key_prefix=other)
             assert await refusal(acme.projections.ListDocuments(listing)) == (DENIED, "READ_DENIED")
+
+
+async def test_command_streams_and_dry_runs_are_held_to_the_tenant(site: Site, tmp_path: Path) -> None:
+    async with tenants(site, tmp_path) as t, t.acme() as acme, t.globex() as globex:
+        await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
+        await globex.submit(mine("globex:acc-1", bank.OpenAccount(owner="gus")))
+        dry = cs.SubmitRequest(command=mine("acme:acc-1", bank.Deposit(amount=1)), dry_run=True)
+        assert await refusal(globex.commands.Submit(dry)) == (DENIED, "SUBMIT_DENIED")
+        # A request stream takes its token as call metadata (see bearer()).
+        async with connect(t.app.address) as plain:
+            stream = plain.commands.SubmitStream(metadata=[("authorization", f"Bearer {t.globex_token()}")])
+            await stream.write(cs.SubmitRequest(command=mine("globex:acc-1", bank.Deposit(amount=2))))
+            await stream.write(cs.SubmitRequest(command=mine("acme:acc-1", bank.Deposit(amount=3))))
+            await stream.done_writing()
+            answers = [answer async for answer in stream]
+        assert [a.WhichOneof("result") for a in answers] == ["ok", "error"]
+        assert (answers[1].error.code, answers[1].error.reason) == (DENIED.value[0], "SUBMIT_DENIED")
+        async with t.root() as root:
+            untouched = await root.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acme:acc-1"))
+            assert untouched.version == 1
+
+
+async def test_a_stream_ends_when_its_tenant_or_its_scoped_grants_change(site: Site, tmp_path: Path) -> None:
+    """A stream lives only as long as what admitted it (security.md): acme's
+    subscription ends CREDENTIALS_CHANGED when the key file, read again,
+    names another tenant for its key; and when the policy changes what its
+    tenant-scoped role grants (which its unscoped grants, unchanged, would
+    not tell)."""
+    async with tenants(site, tmp_path, auth_reload_seconds=0.2) as t, t.acme() as acme:
+        await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
+
+        async def ends_after(change: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+            stream = acme.events.Subscribe(ev.SubscribeRequest())
+            assert (await stream.read()).event.aggregate_id == "acme:acc-1"
+            change()
+
+            async def ended() -> None:
+                async with asyncio.timeout(20):
+                    while True:
+                        await stream.read()
+
+            return await refusal(ended())
+
+        keys, policy = tmp_path / "keys.toml", tmp_path / "policy.toml"
+        original = keys.read_text()
+        moved = ends_after(lambda: write(keys, original.replace('tenant = "acme"', 'tenant = "globex"')))
+        assert await moved == (grpc.StatusCode.UNAVAILABLE, "CREDENTIALS_CHANGED")
+        write(keys, original)
+        await asyncio.sleep(0.5)  # read again: acme's once more
+        widened = policy.read_text().replace('subscribe = ["Account"]', 'subscribe = ["Account", "Transfer"]', 1)
+        assert await ends_after(lambda: write(policy, widened)) == (grpc.StatusCode.UNAVAILABLE, "CREDENTIALS_CHANGED")
