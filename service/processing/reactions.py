@@ -609,6 +609,16 @@ class ReactionRunner(CheckpointedRunner):
         await self._commit_parked(batch, index, position, fencing)
         return outcome
 
+    async def _causing_tenant(self, entry: reaction_pb.ParkedCommand) -> str:
+        """The tenant of the event that caused a parked command, as its
+        first sending had it (the entry keeps the event's id and position,
+        not its aggregate): "" if the event is gone (deleted, archived)."""
+        page = await self._log.read_log(entry.position - 1, LogFilter(), 1) if entry.position else None
+        for event in page.events if page is not None else ():
+            if event.event_id == entry.event_id:
+                return tenant_of_id(event.aggregate_id)
+        return ""
+
     async def _send_again(self, entry: reaction_pb.ParkedCommand) -> Replayed:
         name = entry.command.type_url.rpartition("/")[2]
         spec = self._registry.command(name)
@@ -630,6 +640,7 @@ class ReactionRunner(CheckpointedRunner):
             metadata=dict(entry.command_metadata),
             principal=self._origin,
             timestamp_us=time.time_ns() // 1000,
+            tenant=await self._causing_tenant(entry),
         )
         # Counted as the reaction's own commands are: accepted ("replayed"
         # when answered from its record: a replay whose outcome a crash

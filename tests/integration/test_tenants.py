@@ -23,6 +23,7 @@ from chronicle.v1 import command_pb2
 from chronicle.v1 import command_service_pb2 as cs
 from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import projection_service_pb2 as proj
+from chronicle.v1 import reaction_service_pb2 as rpb
 from chronicle.v1 import subscription_group_service_pb2 as gpb
 from chronicle.v1 import subscription_group_service_pb2_grpc as gpb_grpc
 from domain_plugins import bank_account
@@ -30,7 +31,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.client import ChronicleClient
 from service.client.errors import RemoteError
-from service.plugins import Documents, Plugin, ProjectedEvent, ValidationError
+from service.plugins import Documents, Plugin, ProjectedEvent, Send, ValidationError
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.registry import Registry
 from tests.support.at_rest import Site, site_for
@@ -499,3 +500,50 @@ async def test_a_stream_ends_when_its_tenant_or_its_scoped_grants_change(site: S
         await asyncio.sleep(0.5)  # read again: acme's once more
         widened = policy.read_text().replace('subscribe = ["Account"]', 'subscribe = ["Account", "Transfer"]', 1)
         assert await ends_after(lambda: write(policy, widened)) == (grpc.StatusCode.UNAVAILABLE, "CREDENTIALS_CHANGED")
+
+
+# A reaction that, for each account acme opens, credits globex's account:
+# refused by the guard, and with nothing to compensate, parked.
+leaky = Plugin("tenant-leaky")
+bonus = leaky.reaction("leaky.bonus", aggregate_types=["Account"])
+
+
+@bonus.on(bank.AccountOpened)
+def _bonus(event: bank.AccountOpened, envelope: ProjectedEvent, state: None) -> Send | None:
+    if not envelope.aggregate_id.startswith("acme:"):
+        return None
+    return Send("globex:acc-1", bank.Deposit(amount=1))
+
+
+async def test_a_parked_command_replayed_acts_in_its_events_tenant_again(site: Site, tmp_path: Path) -> None:
+    """A parked command an administrator replays carries the tenant of the
+    event that caused it, as its first sending did: the guard refuses it
+    again (with no tenant it would let it through)."""
+    guard = TenantGuard()
+    guarded = Plugin("tenant-guard")
+    guarded.add_middleware(guard)
+    registry = Registry([bank_account.plugin, leaky, guarded])
+    async with tenants(site, tmp_path, registry) as t, t.acme() as acme, t.globex() as globex, t.root() as root:
+        await globex.submit(mine("globex:acc-1", bank.OpenAccount(owner="gus")))
+        await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
+
+        async def parked() -> list[rpb.ParkedCommand]:
+            listing = await root.reactions.ListParkedCommands(rpb.ListParkedCommandsRequest(reaction="leaky.bonus"))
+            return list(listing.commands)
+
+        async def one_parked() -> bool:
+            return len(await parked()) == 1
+
+        await eventually(one_parked, what="the cross-tenant bonus parked")
+        (entry,) = await parked()
+        assert entry.reason == "CROSS_TENANT"
+        replayed = await root.reactions.ReplayParkedCommand(
+            rpb.ReplayParkedCommandRequest(reaction="leaky.bonus", command_id=entry.command_id)
+        )
+        assert (replayed.accepted, replayed.reason) == (False, "CROSS_TENANT")
+        assert [seen for seen in guard.seen if seen[1] == "globex:acc-1" and seen[0] == "bank.v1.Deposit"] == [
+            ("bank.v1.Deposit", "globex:acc-1", "acme"),
+            ("bank.v1.Deposit", "globex:acc-1", "acme"),
+        ]
+        account = await root.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="globex:acc-1"))
+        assert account.version == 1  # opened, never credited
