@@ -35,7 +35,7 @@ from service.plugins import Documents, Plugin, ProjectedEvent, Send, ValidationE
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.registry import Registry
 from tests.support.at_rest import Site, site_for
-from tests.support.console import console, log_in, session_cookie
+from tests.support.console import console, log_in, server_sent, session_cookie
 from tests.support.grpc_client import Client, command, connect, details_of, running_server, with_jwt_auth
 from tests.support.http import request
 from tests.support.security import JwtIssuer, bearer, write
@@ -310,6 +310,13 @@ async def test_the_consoles_pages_show_a_tenant_its_own_aggregates_alone(site: S
         other = await request(address, "GET", "/aggregates/globex:acc-1", headers=cookie)
         assert "READ_DENIED" in other.text
         assert "gus" not in other.text
+
+        # The live tail: acme's event, then the caught-up mark past globex's.
+        tail = await server_sent(address, "/tail/events?after=0", 2, cookie["Cookie"])
+        assert [(name, data["aggregate_id"] if name == "event" else data) for name, data, _ in tail] == [
+            ("event", "acme:acc-1"),
+            ("checkpoint", 2),
+        ]
 
 
 async def test_a_tenant_scoped_principal_reads_no_projection_documents(site: Site, tmp_path: Path) -> None:
