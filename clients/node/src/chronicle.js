@@ -1368,7 +1368,9 @@ export class ChronicleClient {
    * of 0 retries at once; an `ackTimeoutSeconds` under 0.01 is
    * BAD_GROUP_SETTING). `maxUnansweredTimeouts`: undefined or null the
    * server's default (3), 0 never cut a consumer that answers nothing.
-   * Resolves to the GroupInfo; rejects with ChronicleError (ALREADY_EXISTS
+   * `tenant`: the group is that tenant's, delivering its events alone to
+   * its own callers ('': the creator's tenant, if it has one; the server's
+   * docs/security.md, "Tenants"). Resolves to the GroupInfo; rejects with ChronicleError (ALREADY_EXISTS
    * GROUP_EXISTS, …).
    */
   async createGroup(
@@ -1377,6 +1379,7 @@ export class ChronicleClient {
       aggregateTypes = [],
       eventTypes = [],
       origin = '',
+      tenant = '',
       afterPosition = 0,
       fromEnd = false,
       maxDeliveryAttempts = 0,
@@ -1391,7 +1394,7 @@ export class ChronicleClient {
   ) {
     const request = {
       name,
-      filter: { aggregate_types: aggregateTypes, event_types: eventTypes, origin },
+      filter: { aggregate_types: aggregateTypes, event_types: eventTypes, origin, tenant },
       after_position: afterPosition,
       from_end: fromEnd,
       max_delivery_attempts: maxDeliveryAttempts,

@@ -57,6 +57,22 @@ test('a group consumer gets every event once acked, each aggregate in order, a n
   assert.equal(result.info.lag, 0);
 });
 
+test("a tenant's group is made with createGroup's tenant, and an invalid tenant is refused", async () => {
+  const client = new ChronicleClient(server.address);
+  const group = `tenant-${randomUUID().slice(0, 8)}`;
+  try {
+    const info = await client.createGroup(group, { aggregateTypes: ['Account'], tenant: 'acme' });
+    assert.equal(info.filter.tenant, 'acme');
+    await assert.rejects(
+      client.createGroup(`${group}-bad`, { tenant: 'ac:me' }),
+      (error) => error.reason === 'BAD_GROUP_SETTING',
+    );
+    await client.deleteGroup(group);
+  } finally {
+    client.close();
+  }
+});
+
 test('bad group requests are refused with their reasons', async () => {
   const client = new ChronicleClient(server.address);
   try {

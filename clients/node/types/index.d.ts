@@ -224,6 +224,8 @@ export interface GroupOptions extends CallOptions {
   aggregateTypes?: string[];
   eventTypes?: string[];
   origin?: string;
+  /** The group's tenant ('': the creator's, if it has one). */
+  tenant?: string;
   afterPosition?: number;
   fromEnd?: boolean;
   maxDeliveryAttempts?: number;
