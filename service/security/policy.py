@@ -45,10 +45,12 @@ Tenants: a role with ``scope = "tenant"`` grants only on aggregates whose
 id begins with the principal's tenant and ``:`` (``acme:acc-1``), and
 nothing to a principal without a tenant. Its grants are kept apart from
 the unscoped roles' (``Authorizer.grant`` is the unscoped ones alone), so
-every check that knows no aggregate id (projections, the console's pages,
-administration) gives a tenant-scoped role nothing: only the checks below
-that name an aggregate id, or narrow a subscription to the tenant's ids,
-let one through.
+a decision by type alone (a projection's documents, a reaction's status,
+administration) gives a tenant-scoped role nothing: only the checks that
+name an aggregate id (``may_submit_to``, ``may_read_id``), narrow a stream
+to the tenant's ids (``subscription_scope``, ``may_subscribe_in_tenant``,
+``tenant_reading``) or ask whether a caller may see *some* aggregates of a
+type (``*_somewhere``, ``may_read_any``) count it.
 """
 
 from __future__ import annotations
@@ -318,10 +320,6 @@ class Authorizer:
         """Everything the policy grants the principal, compared by the open
         streams' check (a change ends them)."""
         return self.grant(principal), self.tenant_grant(principal)
-
-    def scoped(self, principal: Principal) -> bool:
-        """Whether any of the principal's grants is tenant-scoped."""
-        return self.tenant_grant(principal)[1] != Grant()
 
     def may_submit_to(self, principal: Principal, command_type: str, aggregate_id: str) -> bool:
         """May submit ``command_type`` to aggregate ``aggregate_id``: granted
