@@ -50,6 +50,10 @@ submit = ["bank.v1.OpenAccount", "bank.v1.Deposit", "bank.v1.TransferMoney"]
 read = ["Account", "Transfer"]
 subscribe = ["Account"]
 
+[roles.tenant-cashier]
+scope = "tenant"
+submit = ["bank.v1.Deposit"]
+
 [roles.operator]
 submit = ["*"]
 read = ["*"]
@@ -554,3 +558,25 @@ async def test_a_parked_command_replayed_acts_in_its_events_tenant_again(site: S
         ]
         account = await root.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="globex:acc-1"))
         assert account.version == 1  # opened, never credited
+
+
+async def test_refusal_details_go_to_who_may_read_the_aggregate_in_its_tenant(site: Site, tmp_path: Path) -> None:
+    """No reads through refusals (security.md), by id: acme's scoped read
+    of its own account hears a wrong expected version's current version; a
+    cashier of acme that may deposit there but read nothing hears the reason
+    alone."""
+    async with tenants(site, tmp_path) as t, t.acme() as acme:
+        await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
+        stale = command("acme:acc-1", bank.Deposit(amount=1), user_id="", expected_version=5)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await acme.submit(stale)
+        told = details_of(raised.value)
+        assert (told.reason, told.metadata.get("current_version")) == ("WRONG_EXPECTED_VERSION", "1")
+        cashier_token = t.issuer.token("acme-till", roles=["tenant-cashier"], tenant="acme")
+        async with connect(t.app.address, interceptors=bearer(cashier_token)) as cashier:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await cashier.submit(stale)
+        withheld = details_of(raised.value)
+        assert withheld.reason == "WRONG_EXPECTED_VERSION"
+        assert "current_version" not in withheld.metadata
+        assert "at version 1" not in withheld.message
