@@ -151,7 +151,9 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
             self._check_consume(spec)
         except PermissionDenied:
             return False
-        return True
+        return self._authorizer.may_consume_group_of(
+            current_principal.get(), spec.name, spec.log_filter.aggregate_id_prefix
+        )
 
     def _group_tenant(self, asked: str) -> str:
         """The tenant of a group being created: the one asked for, else the

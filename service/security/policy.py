@@ -451,7 +451,21 @@ class Authorizer:
         refusal tells nothing of whether the group exists; consuming also
         takes the subscribe grant of the group's types (group_service.py)."""
         grant = self.grant(principal)
-        return grant.admin or any(fnmatch.fnmatchcase(group, pattern) for pattern in grant.consume)
+        if grant.admin or _names_group(grant.consume, group):
+            return True
+        tenant, scoped = self.tenant_grant(principal)
+        return bool(tenant) and _names_group(scoped.consume, group)
+
+    def may_consume_group_of(self, principal: Principal, group: str, prefix: str | None) -> bool:
+        """The consume grant of a group once loaded (``prefix``: the
+        aggregate-id prefix it is narrowed to, its tenant's): an unscoped
+        role's names any group; a tenant-scoped role's only the groups of
+        the principal's own tenant, never a group of every tenant."""
+        grant = self.grant(principal)
+        if grant.admin or _names_group(grant.consume, group):
+            return True
+        tenant, scoped = self.tenant_grant(principal)
+        return bool(tenant) and prefix == tenant_prefix(tenant) and _names_group(scoped.consume, group)
 
     def check_consume_group(self, principal: Principal, group: str) -> None:
         if not self.may_consume_group(principal, group):
@@ -541,3 +555,8 @@ class Authorizer:
 def _denied(principal: Principal, what: str, reason: str, **metadata: str) -> PermissionDenied:
     who = principal.name or "an anonymous caller"
     return PermissionDenied(f"{who} {what}", reason=reason, metadata={"principal": principal.name, **metadata})
+
+
+def _names_group(patterns: Iterable[str], group: str) -> bool:
+    """Whether a ``consume`` grant's patterns name group ``group``."""
+    return any(fnmatch.fnmatchcase(group, pattern) for pattern in patterns)

@@ -49,6 +49,7 @@ scope = "tenant"
 submit = ["bank.v1.OpenAccount", "bank.v1.Deposit", "bank.v1.TransferMoney"]
 read = ["Account", "Transfer"]
 subscribe = ["Account"]
+consume = ["*"]  # its own tenant's groups only: the role is tenant-scoped
 
 [roles.tenant-cashier]
 scope = "tenant"

@@ -194,3 +194,27 @@ def test_a_bad_tenant_setting_stops_the_policy(policy: str, words: str) -> None:
 def test_a_principal_holding_a_tenant_role_without_a_tenant_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     Policy.parse(tomllib.loads('[roles.r]\nscope = "tenant"\n[principals."p"]\nroles = ["r"]'))
     assert "principals.p holds tenant-scoped roles ['r']" in caplog.text
+
+
+def test_a_tenant_scoped_consume_grant_names_its_own_tenants_groups_alone() -> None:
+    """A tenant-scoped role's ``consume`` counts by name (the refusal that
+    tells nothing of the group) and then only for a group of the
+    principal's own tenant: not another tenant's, not one of every tenant,
+    even where an unscoped role grants the subscribe a group of every
+    tenant takes."""
+    policy = Authorizer(
+        Policy.parse(
+            tomllib.loads(
+                '[roles.teller]\nscope = "tenant"\nsubscribe = ["Account"]\nconsume = ["*"]\n'
+                '[roles.auditor]\nsubscribe = ["Account"]\n'
+                '[principals."acme-app"]\nroles = ["teller", "auditor"]\ntenant = "acme"\n'
+            )
+        )
+    )
+    acme = who("acme-app")
+    assert policy.may_consume_group(acme, "billing")  # by name: any, as the scoped grant says
+    assert policy.may_consume_group_of(acme, "billing", "acme:")
+    assert not policy.may_consume_group_of(acme, "billing", "globex:")
+    assert not policy.may_consume_group_of(acme, "billing", None)  # a group of every tenant
+    untenanted = Principal("bob", "jwt", frozenset({"teller"}))
+    assert not policy.may_consume_group(untenanted, "billing")
