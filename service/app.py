@@ -352,7 +352,10 @@ async def start(
             log.warning("%s", warning)
     if settings.console_listen:
         for warning in check_console_exposure(
-            listen=settings.console_listen, auth=settings.auth, tls=bool(settings.tls_cert_file)
+            listen=settings.console_listen,
+            auth=settings.auth,
+            tls=bool(settings.tls_cert_file),
+            path_prefix=settings.console_path_prefix,
         ):
             log.warning("%s", warning)
     before, limit = raise_open_files_limit()
@@ -742,6 +745,7 @@ async def start(
                 authenticator=authenticator,
                 on_refused=_console_refusals(refused_commands, metrics),
                 on_action_refused=metrics.console_refused if metrics is not None else None,
+                path_prefix=settings.console_path_prefix,
             )
             await console.start(settings.console_listen, tls=_console_tls(settings))
     except (RuntimeError, ConfigurationError) as error:

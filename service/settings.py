@@ -240,6 +240,13 @@ class Settings:
     console_sample_seconds: float = field(
         default=5.0, metadata={"help": "seconds between the console's samples of the load (15 minutes are kept)"}
     )
+    console_path_prefix: str = field(
+        default="",
+        metadata={
+            "help": "the path the console is served under behind a reverse proxy (/chronicle): every link,"
+            " redirect and the session cookie are under it, and requests outside it are 404; empty: the root"
+        },
+    )
     max_concurrent_rpcs: int = field(
         default=1000, metadata={"help": "RPCs handled at once; one more is RESOURCE_EXHAUSTED (health checks exempt)"}
     )
@@ -323,6 +330,8 @@ class Settings:
                 _check_address(name, getattr(self, name))
         if self.advertise_address:
             _check_address("advertise_address", self.advertise_address, host_required=True, port_zero=False)
+        if self.console_path_prefix:
+            _check_path_prefix("console_path_prefix", self.console_path_prefix)
         for name in (
             "max_message_bytes",
             "queue_depth",
@@ -480,6 +489,28 @@ def bad_setting(name: str, problem: str, accepted: str) -> ConfigurationError:
 def _accepted_int(name: str, *, at_least: int) -> str:
     unit = " of bytes" if name.endswith("_bytes") else ""
     return f"a whole number{unit}, at least {at_least}"
+
+
+# A path prefix: segments of letters, digits and "-", "_", "." and "~" (RFC
+# 3986's unreserved characters: nothing a browser encodes, so the prefix is
+# compared as it is sent, and nothing that could end the path or an
+# attribute: no "?", "#", "%", quotes, spaces or controls).
+_PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
+
+def _check_path_prefix(name: str, value: str) -> None:
+    """``value`` is a path such as ``/chronicle`` or ``/ops/chronicle``: it
+    starts with "/", does not end with one, and holds only safe characters
+    and no "." or ".." segment (a browser would resolve those away)."""
+    accepted = "a path such as /chronicle: '/' then letters, digits, '-', '_', '.' or '~', no trailing '/'"
+    if not value.startswith("/"):
+        raise bad_setting(name, f"{value!r} does not start with '/'", accepted)
+    if value.endswith("/"):
+        raise bad_setting(name, f"{value!r} ends with '/'", accepted)
+    if not _PATH_PREFIX.fullmatch(value):
+        raise bad_setting(name, f"{value!r} holds a character that is not allowed or an empty segment", accepted)
+    if any(part in (".", "..") for part in value.split("/")):
+        raise bad_setting(name, f"{value!r} has a '.' or '..' segment", accepted)
 
 
 def _check_address(name: str, value: str, *, host_required: bool = False, port_zero: bool = True) -> None:

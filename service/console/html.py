@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar
 from urllib.parse import quote, urlencode
 
 
@@ -86,9 +87,28 @@ def join(parts: Iterable[Content]) -> Html:
     return Html("".join(escape(part) for part in parts))
 
 
+# The path the console is served under (``--console-path-prefix``: behind a
+# reverse proxy at ``/chronicle``, say), "" at the root; set for each request
+# by the server. The pages name their links from the console's root
+# (``/log``) and this one place puts them under it: every href, src and form
+# action that starts with "/", and the server's redirects (``console_path``),
+# so no page needs to know where the console is mounted.
+path_prefix: ContextVar[str] = ContextVar("console_path_prefix", default="")
+_URL_ATTRIBUTES = ("href", "src", "action")
+
+
+def console_path(path: str) -> str:
+    """``path``, named from the console's root (``/log``), as the browser
+    must ask for it: under the path prefix the console is served at."""
+    return path_prefix.get() + path if path.startswith("/") else path
+
+
 def _attribute(key: str, value: Content) -> Html:
     """An attribute's value: as it is (a form's hidden command id must post
-    back exactly what it names), but for a tooltip, which is shown."""
+    back exactly what it names), but for a tooltip, which is shown; a URL
+    under the console's path prefix."""
+    if key in _URL_ATTRIBUTES and isinstance(value, str):
+        value = Html(console_path(value)) if isinstance(value, Html) else console_path(value)
     if isinstance(value, Html) or key == "title":
         return _escape_plain(value)
     return Html(html.escape(str(value), quote=True))
@@ -202,5 +222,7 @@ def page(
         "body",
         tag("header", tag("strong", "Chronicle"), tag("nav", *nav), tag("div", *who, class_="who")),
         tag("main", tag("h1", title), *content),
+        # The prefix, for the live tail's script to name the URLs it builds (none at the root).
+        data_root=path_prefix.get() or None,
     )
     return Html("<!doctype html>\n" + tag("html", tag("head", *head), body, lang="en"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from http import HTTPStatus
 from importlib import resources
 from urllib.parse import unquote
@@ -28,7 +29,7 @@ from service.console import audit, groups, parked, views
 from service.console.confirming import Changed, StoppedPartway
 from service.console.consoles import console_url
 from service.console.cursors import Cursors
-from service.console.html import Content, Html, link, page, segment, tag, url, void
+from service.console.html import Content, Html, console_path, link, page, path_prefix, segment, tag, url, void
 from service.console.http import HttpServer, Request, Response
 from service.console.sessions import COOKIE, Session, Sessions, same_token
 from service.console.tail_resume import TailResume
@@ -95,10 +96,18 @@ OnRefused = Callable[[str, ChronicleError, Principal | None, str, str], Awaitabl
 OnActionRefused = Callable[[ChronicleError], None]
 
 
-def check_console_exposure(*, listen: str, auth: bool, tls: bool) -> list[str]:
+def check_console_exposure(*, listen: str, auth: bool, tls: bool, path_prefix: str = "") -> list[str]:
     """The console beyond loopback needs ``--auth`` (``INSECURE_LISTEN``;
     ``--insecure`` does not stretch to it: a browser console without a login
     is open to every page the operator's browser visits). Returns warnings."""
+    if is_loopback(listen) and path_prefix and not auth:
+        # A path prefix is for a reverse proxy, and a proxy that forwards the
+        # console's own address as the Host (nginx's default) gets past the
+        # loopback-only answer: whoever reaches the proxy reads everything.
+        return [
+            f"the console at the path prefix {path_prefix} (for a reverse proxy) has authentication off: a proxy"
+            " in front opens it to whoever reaches the proxy, as the anonymous caller. Turn on --auth"
+        ]
     if is_loopback(listen):
         return []
     if not auth:
@@ -153,11 +162,15 @@ class Console:
         session_idle_seconds: float = 3600.0,
         on_refused: OnRefused | None = None,
         on_action_refused: OnActionRefused | None = None,
+        path_prefix: str = "",
     ) -> None:
         """``on_refused``: records a refused login and a page the policy
         denied (the audit log, as the API's refusals). ``on_action_refused``:
-        counts an action the policy denied (audited by its RPC)."""
+        counts an action the policy denied (audited by its RPC).
+        ``path_prefix``: the path the console is served under behind a
+        reverse proxy (``/chronicle``; checked by the settings), "" at the root."""
         self._parts = parts
+        self._path_prefix = path_prefix
         self._on_refused = on_refused
         self._on_action_refused = on_action_refused
         # Seals the pages' cursors: a key of this console's own, for as long as it runs.
@@ -193,10 +206,32 @@ class Console:
     # -- requests ------------------------------------------------------------
 
     async def _handle(self, request: Request) -> Response:
-        response = await self._respond(request)
+        inside = self._inside(request.path)
+        if inside is None:
+            response = _plain(404, f"not found: this console is served under {self._path_prefix}/")
+        else:
+            # Every link, redirect and cookie path of this request is under the prefix (html.console_path).
+            token = path_prefix.set(self._path_prefix)
+            try:
+                response = await self._respond(replace(request, path=inside))
+            finally:
+                path_prefix.reset(token)
         if self._https and _host_of(request.headers.get("host", "")).lower() != "localhost":
             response.headers = [*response.headers, STRICT_TRANSPORT_SECURITY]
         return response
+
+    def _inside(self, path: str) -> str | None:
+        """``path`` from the console's root (``/chronicle/log`` is ``/log``
+        under the prefix ``/chronicle``; the prefix alone is ``/``), or None
+        for a path outside the prefix. The prefix is compared as it is
+        sent: it holds no character a browser would encode (see settings).
+        No X-Forwarded-Prefix is read: see docs/console.md."""
+        prefix = self._path_prefix
+        if not prefix:
+            return path
+        if path == prefix:
+            return "/"
+        return path.removeprefix(prefix) if path.startswith(prefix + "/") else None
 
     async def _respond(self, request: Request) -> Response:
         if not self._auth and _host_of(request.headers.get("host", "")) not in _LOOPBACK_HOSTS:
@@ -688,7 +723,7 @@ def _plain(status: int, text: str) -> Response:
 def _redirect(
     location: str, *, cookie: str | None = None, clear_cookie: bool = False, secure: bool = False
 ) -> Response:
-    headers = [("Location", location)]
+    headers = [("Location", console_path(location))]
     if cookie is not None:
         headers.append(("Set-Cookie", _cookie(cookie, secure=secure)))
     if clear_cookie:
@@ -697,7 +732,9 @@ def _redirect(
 
 
 def _cookie(session_id: str, *, secure: bool) -> str:
-    return f"{COOKIE}={session_id}; Path=/; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
+    # Under a path prefix the browser sends the session to the console's paths only.
+    path = path_prefix.get() or "/"
+    return f"{COOKIE}={session_id}; Path={path}; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")
 
 
 def _static(name: str) -> Response:

@@ -205,6 +205,10 @@ def test_a_refused_start_has_not_opened_the_store(tmp_path: Path) -> None:
         (("--process-listen", "127.0.0.1:70000"), "--process-listen: port 70000 is out of range; host:port"),
         (("--log-level", "LOUD"), "--log-level: 'LOUD' is not a level; DEBUG, INFO, WARNING or ERROR"),
         (("--command-retention", "90x"), "--command-retention: '90x' is not a duration; seconds (2.5) or a number"),
+        (
+            ("--console-listen", "127.0.0.1:0", "--console-path-prefix", '/ops"><script>'),
+            "--console-path-prefix: '/ops\"><script>' holds a character that is not allowed",
+        ),
     ],
 )
 def test_a_setting_out_of_its_range_is_one_bad_setting_line_not_a_traceback(args: tuple[str, ...], says: str) -> None:

@@ -131,6 +131,15 @@ def test_the_console_beyond_loopback_needs_auth_and_warns_without_tls() -> None:
     assert check_console_exposure(listen="0.0.0.0:8080", auth=True, tls=True) == []
 
 
+def test_an_anonymous_console_at_a_path_prefix_is_warned_about() -> None:
+    """A path prefix means a reverse proxy, which may forward the console's
+    loopback address as the Host and so get past the loopback-only answer."""
+    (warning,) = check_console_exposure(listen="127.0.0.1:8080", auth=False, tls=False, path_prefix="/chronicle")
+    assert "/chronicle" in warning and "--auth" in warning
+    assert check_console_exposure(listen="127.0.0.1:8080", auth=True, tls=False, path_prefix="/chronicle") == []
+    assert check_console_exposure(listen="127.0.0.1:8080", auth=False, tls=False) == []
+
+
 async def test_connections_beyond_the_limit_are_refused_until_one_ends() -> None:
     held = asyncio.Event()
 

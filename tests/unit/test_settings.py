@@ -303,3 +303,40 @@ def test_a_flag_without_its_value_is_still_a_usage_error() -> None:
     by another flag has no value, as before."""
     with pytest.raises(SystemExit):
         settings_from(["--shutdown-grace", "--queue-depth", "3"], {})
+
+
+@pytest.mark.parametrize(
+    ("prefix", "says"),
+    [
+        ("chronicle", "'chronicle' does not start with '/'"),
+        ("/chronicle/", "'/chronicle/' ends with '/'"),
+        ("/", "'/' ends with '/'"),
+        ('/a"><script>alert(1)</script>', "holds a character that is not allowed"),
+        ("/a b", "holds a character that is not allowed"),
+        ("/a%2Fb", "holds a character that is not allowed"),
+        ("/a?b=1", "holds a character that is not allowed"),
+        ("/a#b", "holds a character that is not allowed"),
+        ("/a\r\nSet-Cookie: x=1", "holds a character that is not allowed"),
+        ("/a;b", "holds a character that is not allowed"),
+        ("/a//b", "an empty segment"),
+        ("/ops/../admin", "has a '.' or '..' segment"),
+        ("/.", "has a '.' or '..' segment"),
+        ("/\u00e9t\u00e9", "holds a character that is not allowed"),
+    ],
+)
+def test_a_console_path_prefix_that_is_not_a_plain_path_is_refused(prefix: str, says: str) -> None:
+    """The prefix goes into every link and form of the console, its
+    redirects' Location and its cookie's Path: a quote, a CR LF, a ";" or a
+    "?" there would end the attribute, the header or the path."""
+    for argv, environ in ((["--console-path-prefix", prefix], {}), ([], {"CHRONICLE_CONSOLE_PATH_PREFIX": prefix})):
+        with pytest.raises(ConfigurationError) as refused:
+            settings_from(argv, environ)
+        assert refused.value.reason == "BAD_SETTING"
+        assert refused.value.message.startswith("--console-path-prefix: ") and says in refused.value.message
+
+
+@pytest.mark.parametrize("prefix", ["/chronicle", "/ops/chronicle-1", "/a.b_c~d"])
+def test_a_console_path_prefix_of_plain_segments_is_taken(prefix: str) -> None:
+    assert settings_from(["--console-path-prefix", prefix], {}).console_path_prefix == prefix
+    assert settings_from([], {"CHRONICLE_CONSOLE_PATH_PREFIX": prefix}).console_path_prefix == prefix
+    assert Settings().console_path_prefix == ""  # the root unless set

@@ -1,4 +1,4 @@
-// The live tail: server-sent events from /tail/events, shown newest first.
+// The live tail: server-sent events from ROOT/tail/events, shown newest first.
 // Rows are built with textContent only: nothing from an event is parsed as HTML.
 "use strict";
 (function () {
@@ -12,6 +12,9 @@
   // upcaster may split one stored event into several at one position).
   let resume = "after=" + encodeURIComponent(table.dataset.after || "0");
   let source = null;
+  // The path the console is served under behind a reverse proxy ("" at the
+  // root): the server names it on the page, as it puts every link under it.
+  const root = document.body.dataset.root || "";
 
   // Bidirectional controls in stored text would reorder what the operator
   // reads, and other control characters a browser drops or replaces: each
@@ -68,7 +71,7 @@
     row.dataset.position = String(event.position);
     cell(row, String(event.position));
     const link = document.createElement("a");
-    link.href = "/aggregates/" + encodeURIComponent(event.aggregate_id);
+    link.href = root + "/aggregates/" + encodeURIComponent(event.aggregate_id);
     setText(link, event.aggregate_id, true);
     cell(row, "").appendChild(link);
     cell(row, String(event.version));
@@ -80,7 +83,7 @@
   }
 
   function connect() {
-    source = new EventSource("/tail/events?" + resume);
+    source = new EventSource(root + "/tail/events?" + resume);
     source.addEventListener("open", function () { status.textContent = "live"; });
     source.addEventListener("event", function (message) {
       if (message.lastEventId) resume = message.lastEventId;

@@ -1,0 +1,208 @@
+"""The console behind a reverse proxy at a path prefix
+(``--console-path-prefix /chronicle``; docs/console.md, Behind a reverse
+proxy), through a real console HTTP server:
+
+- every page's links, forms, stylesheet and script are under the prefix
+  (the HTML parsed, every href, src and action checked), and so is the
+  live tail's stream, which streams there;
+- the redirects (to the login, after it, after an action, after the
+  logout) go under the prefix, and the session cookie's path is the prefix;
+- a request outside the prefix is 404, with no session made for it.
+
+Without the setting nothing changes (test_console_http: ``Path=/`` and the
+root's redirects, byte for byte). A prefix with hostile characters is
+refused at start-up: test_start_up_refusals, test_settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.app import Application, start
+from service.client import ChronicleClient
+from service.store.memory import MemoryStore
+from tests.support.console import FORM, console, server_sent, session_cookie
+from tests.support.grpc_client import TEST_SETTINGS, command, connect
+from tests.support.http import Answer, request
+from tests.support.security import POLICY, api_key_file, bearer, write
+
+PREFIX = "/chronicle"
+ROOT_KEY = "prefix-root-key-0123456789"
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[Application]:
+    settings = replace(
+        TEST_SETTINGS,
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        # operator: the admin grant (the audit page, the rebuild forms); teller: accounts to show
+        api_keys_file=api_key_file(tmp_path / "keys.toml", [(ROOT_KEY, "root", ["operator", "teller"])]),
+        console_listen="127.0.0.1:0",
+        console_path_prefix=PREFIX,
+    )
+    started = await start(settings, store=MemoryStore())
+    try:
+        async with connect(started.address, interceptors=bearer(ROOT_KEY)) as client:
+            await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+            await client.submit(command("acc-1", bank.Deposit(amount=5)))
+        async with ChronicleClient.connect(started.address, token=ROOT_KEY) as admin:
+            await admin.groups.create("billing", aggregate_types=["Account"])
+        yield started
+    finally:
+        await started.stop(grace=0.5, drain=0)
+
+
+class _Urls(HTMLParser):
+    """Every URL a browser would follow or post to on a page: (tag,
+    attribute, value) of each href, src and action; and the body's data-root."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, str, str]] = []
+        self.root: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if name in ("href", "src", "action"):
+                self.found.append((tag, name, value or ""))
+            if tag == "body" and name == "data-root":
+                self.root = value
+
+
+def urls_of(page: str) -> _Urls:
+    parser = _Urls()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+async def log_in(address: str) -> Answer:
+    return await request(
+        address,
+        "POST",
+        f"{PREFIX}/login",
+        headers={**FORM, "Origin": f"http://{address}"},
+        body=urlencode({"credential": ROOT_KEY}).encode(),
+    )
+
+
+async def test_every_link_form_and_file_of_every_page_is_under_the_prefix(app: Application) -> None:
+    """From the log, every page a link leads to is fetched (through the
+    prefix), and every href, src and action on each is under it; the
+    stylesheet and the script they name are served there."""
+    address = console(app)
+    cookie = session_cookie(await log_in(address))
+    login_page = await request(address, "GET", f"{PREFIX}/login")
+    assert login_page.status == 200
+    pending = [f"{PREFIX}/log", f"{PREFIX}/groups/billing/confirm?action=replay-all"]
+    seen: set[str] = set()
+    urls: set[tuple[str, str, str]] = set(urls_of(login_page.text).found)
+    while pending and len(seen) < 60:
+        target = pending.pop(0)
+        if target in seen:
+            continue
+        seen.add(target)
+        answer = await request(address, "GET", target, headers={"Cookie": cookie})
+        assert answer.status == 200, (target, answer.status, answer.text[:300])
+        if not (answer.header("content-type") or "").startswith("text/html"):
+            continue
+        parsed = urls_of(answer.text)
+        assert parsed.root == PREFIX, target  # what the live tail's script builds its URLs on
+        urls |= set(parsed.found)
+        pending += [value for tag, _, value in parsed.found if tag in ("a", "link", "script")]
+    outside = sorted(found for found in urls if not found[2].startswith(PREFIX + "/"))
+    assert outside == []
+    visited = {urlsplit(target).path.removeprefix(PREFIX) for target in seen}
+    # Every page the navigation names, and a page of each kind of thing.
+    for path in ("/log", "/tail", "/projections", "/reactions", "/groups", "/load", "/cluster", "/audit"):
+        assert path in visited
+    for path in ("/aggregates/acc-1", "/groups/billing", "/projections/bank.balances_by_owner", "/static/console.js"):
+        assert path in visited
+    assert "/static/console.css" in visited and f"{PREFIX}/reactions/bank.transfers" in {u[2] for u in urls}
+    # Forms: the log's search, the logout, a rebuild, a group's settings, the login, a confirmation.
+    actions = {value.removeprefix(PREFIX) for tag, name, value in urls if name == "action"}
+    assert {"/log", "/logout", "/login", "/projections/bank.balances_by_owner/rebuild", "/audit"} <= actions
+    assert "/groups/billing/settings" in actions
+
+
+async def test_redirects_go_under_the_prefix_and_the_session_cookie_is_the_prefixs(app: Application) -> None:
+    address = console(app)
+    no_session = await request(address, "GET", f"{PREFIX}/log")
+    assert (no_session.status, no_session.header("location")) == (303, f"{PREFIX}/login")
+
+    logged_in = await log_in(address)
+    assert (logged_in.status, logged_in.header("location")) == (303, f"{PREFIX}/log")
+    (set_cookie,) = logged_in.all("set-cookie")
+    assert set_cookie.endswith(f"; Path={PREFIX}; HttpOnly; SameSite=Strict")
+    cookie = session_cookie(logged_in)
+    for bare in (PREFIX, f"{PREFIX}/"):  # the prefix alone is the console's root
+        root = await request(address, "GET", bare, headers={"Cookie": cookie})
+        assert (root.status, root.header("location")) == (303, f"{PREFIX}/log"), bare
+
+    projections = await request(address, "GET", f"{PREFIX}/projections", headers={"Cookie": cookie})
+    token = projections.text.partition('name="csrf_token" value="')[2].partition('"')[0]
+    posting = {**FORM, "Origin": f"http://{address}", "Cookie": cookie}
+    rebuilt = await request(
+        address,
+        "POST",
+        f"{PREFIX}/projections/bank.balances_by_owner/rebuild",
+        headers=posting,
+        body=urlencode({"csrf_token": token}).encode(),
+    )
+    assert (rebuilt.status, rebuilt.header("location")) == (303, f"{PREFIX}/projections")
+    told = await request(address, "GET", f"{PREFIX}/projections", headers={"Cookie": cookie})
+    assert "Rebuilding bank.balances_by_owner" in told.text  # the notice kept for the page it went back to
+
+    logged_out = await request(
+        address, "POST", f"{PREFIX}/logout", headers=posting, body=urlencode({"csrf_token": token}).encode()
+    )
+    assert (logged_out.status, logged_out.header("location")) == (303, f"{PREFIX}/login")
+    (cleared,) = logged_out.all("set-cookie")
+    assert f"; Path={PREFIX};" in cleared and cleared.endswith("Max-Age=0")
+
+
+async def test_the_live_tail_streams_under_the_prefix(app: Application) -> None:
+    address = console(app)
+    cookie = session_cookie(await log_in(address))
+    tail = await request(address, "GET", f"{PREFIX}/tail", headers={"Cookie": cookie})
+    assert f'<body data-root="{PREFIX}">' in tail.text
+    assert f'<script src="{PREFIX}/static/console.js" defer="">' in tail.text
+    script = (await request(address, "GET", f"{PREFIX}/static/console.js")).text
+    # The script names its stream and its rows' links from the page's root.
+    assert 'new EventSource(root + "/tail/events?"' in script
+    assert 'link.href = root + "/aggregates/"' in script
+    messages = await server_sent(address, f"{PREFIX}/tail/events?after=0", 2, cookie)
+    assert [(name, data["aggregate_id"], data["version"]) for name, data, _ in messages] == [
+        ("event", "acc-1", 1),
+        ("event", "acc-1", 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/log",
+        "/login",
+        "/static/console.css",
+        "/tail/events",
+        "/",
+        "/chronicles/log",  # the prefix is a whole segment, not the start of one
+        "/chronicle%2Flog",
+        "/CHRONICLE/log",
+    ],
+)
+async def test_a_request_outside_the_prefix_is_not_found(app: Application, path: str) -> None:
+    address = console(app)
+    for method in ("GET", "POST"):
+        headers = {**FORM, "Origin": f"http://{address}"}
+        answer = await request(address, method, path, headers=headers, body=b"credential=" + ROOT_KEY.encode())
+        assert answer.status == 404, (method, path)
+        assert answer.all("set-cookie") == []  # no session, no login
+        assert answer.header("content-security-policy")  # the security headers all the same
