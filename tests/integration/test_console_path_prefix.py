@@ -5,6 +5,9 @@ proxy), through a real console HTTP server:
 - every page's links, forms, stylesheet and script are under the prefix
   (the HTML parsed, every href, src and action checked), and so is the
   live tail's stream, which streams there;
+- in a real browser (chromium), the login, the navigation, the live tail
+  (its stream and the links of the rows it adds) and the logout stay under
+  the prefix;
 - the redirects (to the login, after it, after an action, after the
   logout) go under the prefix, and the session cookie's path is the prefix;
 - a request outside the prefix is 404, with no session made for it.
@@ -15,18 +18,21 @@ refused at start-up: test_start_up_refusals, test_settings."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
 import pytest
+from selenium import webdriver
+from selenium.webdriver.common.by import By
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application, start
 from service.client import ChronicleClient
 from service.store.memory import MemoryStore
+from tests.support.browser import Browser, start_chromium
 from tests.support.console import FORM, console, server_sent, session_cookie
 from tests.support.grpc_client import TEST_SETTINGS, command, connect
 from tests.support.http import Answer, request
@@ -174,10 +180,7 @@ async def test_the_live_tail_streams_under_the_prefix(app: Application) -> None:
     tail = await request(address, "GET", f"{PREFIX}/tail", headers={"Cookie": cookie})
     assert f'<body data-root="{PREFIX}">' in tail.text
     assert f'<script src="{PREFIX}/static/console.js" defer="">' in tail.text
-    script = (await request(address, "GET", f"{PREFIX}/static/console.js")).text
-    # The script names its stream and its rows' links from the page's root.
-    assert 'new EventSource(root + "/tail/events?"' in script
-    assert 'link.href = root + "/aggregates/"' in script
+    # The script names its stream and its rows' links from that root: in a browser, below.
     messages = await server_sent(address, f"{PREFIX}/tail/events?after=0", 2, cookie)
     assert [(name, data["aggregate_id"], data["version"]) for name, data, _ in messages] == [
         ("event", "acc-1", 1),
@@ -206,3 +209,38 @@ async def test_a_request_outside_the_prefix_is_not_found(app: Application, path:
         assert answer.status == 404, (method, path)
         assert answer.all("set-cookie") == []  # no session, no login
         assert answer.header("content-security-policy")  # the security headers all the same
+
+
+@pytest.fixture
+def driver() -> Iterator[webdriver.Chrome]:
+    chromium = start_chromium()
+    yield chromium
+    chromium.quit()
+
+
+async def test_in_a_browser_the_login_navigation_live_tail_and_logout_stay_under_the_prefix(
+    app: Application, driver: webdriver.Chrome
+) -> None:
+    browser = Browser(driver, f"http://{console(app)}{PREFIX}")
+    await browser.get("/log")
+    assert await browser.path() == "/login"  # redirected there, under the prefix
+    await browser.log_in(ROOT_KEY)
+    assert await browser.path() == "/log"
+    (cookie,) = await browser.run(driver.get_cookies)
+    assert cookie["path"] == PREFIX
+
+    await browser.click("nav a[href$='/tail']")
+    await browser.wait_for_text("#tail-status", "live")  # the script's EventSource reached the stream
+    await browser.wait_until(lambda d: d.find_elements(By.CSS_SELECTOR, "#tail tr[data-position='2']"))
+    async with connect(app.address, interceptors=bearer(ROOT_KEY)) as client:
+        await client.submit(command("acc-2", bank.OpenAccount(owner="bo")))
+    row = "#tail tr[data-position='3'] a"
+    await browser.wait_until(lambda d: d.find_elements(By.CSS_SELECTOR, row), what="the new event, live")
+    link = await browser.run(lambda: driver.find_element(By.CSS_SELECTOR, row).get_attribute("href"))
+    assert link == f"{browser.base}/aggregates/acc-2"  # built by the script, under the prefix
+    await browser.click(row)
+    await browser.wait_for_text("h1", "acc-2")
+    assert await browser.path() == "/aggregates/acc-2"
+
+    await browser.click("form.logout button")
+    await browser.wait_until(lambda d: d.current_url == f"{browser.base}/login", what="the logout")
