@@ -195,8 +195,9 @@ class Console:
 
     def url(self, api_address: str) -> str:
         """The URL this console is advertised at to the other replicas (once
-        started), for a replica whose API is at ``api_address``."""
-        return console_url(bound=self.address, https=self._https, api_address=api_address)
+        started), for a replica whose API is at ``api_address``: its path
+        prefix included, which it answers under on its own port too."""
+        return console_url(bound=self.address, https=self._https, api_address=api_address) + self._path_prefix
 
     async def stop(self) -> None:
         if self._parts.load is not None:

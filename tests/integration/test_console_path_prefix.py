@@ -10,7 +10,9 @@ proxy), through a real console HTTP server:
   the prefix;
 - the redirects (to the login, after it, after an action, after the
   logout) go under the prefix, and the session cookie's path is the prefix;
-- a request outside the prefix is 404, with no session made for it.
+- a request outside the prefix is 404, with no session made for it;
+- the console's URL the replica advertises (ClusterService, the other
+  replicas' Cluster pages) and prints at start is under the prefix.
 
 Without the setting nothing changes (test_console_http: ``Path=/`` and the
 root's redirects, byte for byte). A prefix with hostile characters is
@@ -28,8 +30,10 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
+from chronicle.v1 import cluster_service_pb2 as cluster_pb
+from chronicle.v1 import cluster_service_pb2_grpc as cluster_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.app import Application, start
+from service.app import Application, describe, start
 from service.client import ChronicleClient
 from service.store.memory import MemoryStore
 from tests.support.browser import Browser, start_chromium
@@ -244,3 +248,12 @@ async def test_in_a_browser_the_login_navigation_live_tail_and_logout_stay_under
 
     await browser.click("form.logout button")
     await browser.wait_until(lambda d: d.current_url == f"{browser.base}/login", what="the logout")
+
+
+async def test_the_consoles_advertised_and_printed_url_is_under_the_prefix(app: Application) -> None:
+    async with connect(app.address, interceptors=bearer(ROOT_KEY)) as client:
+        stub = cluster_grpc.ClusterServiceStub(client.channel)
+        topology = (await stub.GetTopology(cluster_pb.GetTopologyRequest(), timeout=10)).topology
+    (member,) = topology.members
+    assert member.console_address == f"http://{console(app)}{PREFIX}"
+    assert f"  console on http://{console(app)}{PREFIX}/\n" in describe(app) + "\n"
