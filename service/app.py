@@ -356,6 +356,7 @@ async def start(
             auth=settings.auth,
             tls=bool(settings.tls_cert_file),
             path_prefix=settings.console_path_prefix,
+            public_origin=settings.console_public_origin,
         ):
             log.warning("%s", warning)
     before, limit = raise_open_files_limit()
@@ -746,6 +747,7 @@ async def start(
                 on_refused=_console_refusals(refused_commands, metrics),
                 on_action_refused=metrics.console_refused if metrics is not None else None,
                 path_prefix=settings.console_path_prefix,
+                public_origin=settings.console_public_origin,
             )
             await console.start(settings.console_listen, tls=_console_tls(settings))
     except (RuntimeError, ConfigurationError) as error:

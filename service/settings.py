@@ -247,6 +247,14 @@ class Settings:
             " redirect and the session cookie are under it, and requests outside it are 404; empty: the root"
         },
     )
+    console_public_origin: str = field(
+        default="",
+        metadata={
+            "help": "the origin browsers reach the console at through a reverse proxy (https://ops.example.com):"
+            " its forms are accepted from it, and with https its cookie is Secure, while the proxy speaks"
+            " plain HTTP to the console; empty: none"
+        },
+    )
     max_concurrent_rpcs: int = field(
         default=1000, metadata={"help": "RPCs handled at once; one more is RESOURCE_EXHAUSTED (health checks exempt)"}
     )
@@ -332,6 +340,8 @@ class Settings:
             _check_address("advertise_address", self.advertise_address, host_required=True, port_zero=False)
         if self.console_path_prefix:
             _check_path_prefix("console_path_prefix", self.console_path_prefix)
+        if self.console_public_origin:
+            _check_origin("console_public_origin", self.console_public_origin)
         for name in (
             "max_message_bytes",
             "queue_depth",
@@ -511,6 +521,30 @@ def _check_path_prefix(name: str, value: str) -> None:
         raise bad_setting(name, f"{value!r} holds a character that is not allowed or an empty segment", accepted)
     if any(part in (".", "..") for part in value.split("/")):
         raise bad_setting(name, f"{value!r} has a '.' or '..' segment", accepted)
+
+
+# An origin as a browser sends it: scheme, lower-case host (a name or a
+# bracketed IPv6 address), a port; nothing else (no path, no user).
+_ORIGIN = re.compile(r"(?P<scheme>https?)://(?P<host>[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _check_origin(name: str, value: str) -> None:
+    """``value`` is an origin exactly as a browser's Origin header names
+    it (compared as it is): ``https://ops.example.com``, a port only when
+    it is not the scheme's own."""
+    accepted = (
+        "an origin such as https://ops.example.com or https://ops.example.com:8443: http or https, the host in"
+        " lower case, a port only when not the scheme's default, no path (not even '/')"
+    )
+    found = _ORIGIN.fullmatch(value)
+    if found is None:
+        raise bad_setting(name, f"{value!r} is not an origin", accepted)
+    port = found["port"]
+    if port is not None and not 0 < int(port) <= 65535:
+        raise bad_setting(name, f"port {port} is out of range", accepted)
+    if port is not None and int(port) == _DEFAULT_PORTS[found["scheme"]]:
+        raise bad_setting(name, f"{value!r} names its scheme's default port, which a browser leaves out", accepted)
 
 
 def _check_address(name: str, value: str, *, host_required: bool = False, port_zero: bool = True) -> None:

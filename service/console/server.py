@@ -96,17 +96,23 @@ OnRefused = Callable[[str, ChronicleError, Principal | None, str, str], Awaitabl
 OnActionRefused = Callable[[ChronicleError], None]
 
 
-def check_console_exposure(*, listen: str, auth: bool, tls: bool, path_prefix: str = "") -> list[str]:
+def check_console_exposure(
+    *, listen: str, auth: bool, tls: bool, path_prefix: str = "", public_origin: str = ""
+) -> list[str]:
     """The console beyond loopback needs ``--auth`` (``INSECURE_LISTEN``;
     ``--insecure`` does not stretch to it: a browser console without a login
     is open to every page the operator's browser visits). Returns warnings."""
-    if is_loopback(listen) and path_prefix and not auth:
-        # A path prefix is for a reverse proxy, and a proxy that forwards the
-        # console's own address as the Host (nginx's default) gets past the
-        # loopback-only answer: whoever reaches the proxy reads everything.
+    if is_loopback(listen) and (path_prefix or public_origin) and not auth:
+        # A path prefix and a public origin are for a reverse proxy, and a
+        # proxy that forwards the console's own address as the Host (nginx's
+        # default) gets past the loopback-only answer: whoever reaches the
+        # proxy reads everything.
+        behind = " and ".join(
+            filter(None, (path_prefix and f"at {path_prefix}", public_origin and f"as {public_origin}"))
+        )
         return [
-            f"the console at the path prefix {path_prefix} (for a reverse proxy) has authentication off: a proxy"
-            " in front opens it to whoever reaches the proxy, as the anonymous caller. Turn on --auth"
+            f"the console {behind} (behind a reverse proxy) has authentication off: a proxy in front opens it to"
+            " whoever reaches the proxy, as the anonymous caller. Turn on --auth"
         ]
     if is_loopback(listen):
         return []
@@ -163,14 +169,18 @@ class Console:
         on_refused: OnRefused | None = None,
         on_action_refused: OnActionRefused | None = None,
         path_prefix: str = "",
+        public_origin: str = "",
     ) -> None:
         """``on_refused``: records a refused login and a page the policy
         denied (the audit log, as the API's refusals). ``on_action_refused``:
         counts an action the policy denied (audited by its RPC).
         ``path_prefix``: the path the console is served under behind a
-        reverse proxy (``/chronicle``; checked by the settings), "" at the root."""
+        reverse proxy (``/chronicle``; checked by the settings), "" at the root.
+        ``public_origin``: the origin browsers reach it at through that proxy
+        (``https://ops.example.com``; checked by the settings), "" for none."""
         self._parts = parts
         self._path_prefix = path_prefix
+        self._public_origin = public_origin
         self._on_refused = on_refused
         self._on_action_refused = on_action_refused
         # Seals the pages' cursors: a key of this console's own, for as long as it runs.
@@ -197,7 +207,16 @@ class Console:
         """The URL this console is advertised at to the other replicas (once
         started), for a replica whose API is at ``api_address``: its path
         prefix included, which it answers under on its own port too."""
+        if self._public_origin:  # where a browser reaches it: through the proxy
+            return self._public_origin + self._path_prefix
         return console_url(bound=self.address, https=self._https, api_address=api_address) + self._path_prefix
+
+    @property
+    def _secure(self) -> bool:
+        """Whether browsers reach the console over HTTPS: it serves TLS, or
+        a proxy in front does (``public_origin``). Then its cookie is
+        Secure and its answers carry Strict-Transport-Security."""
+        return self._https or self._public_origin.startswith("https://")
 
     async def stop(self) -> None:
         if self._parts.load is not None:
@@ -217,7 +236,7 @@ class Console:
                 response = await self._respond(replace(request, path=inside))
             finally:
                 path_prefix.reset(token)
-        if self._https and _host_of(request.headers.get("host", "")).lower() != "localhost":
+        if self._secure and _host_of(request.headers.get("host", "")).lower() != "localhost":
             response.headers = [*response.headers, STRICT_TRANSPORT_SECURITY]
         return response
 
@@ -262,7 +281,7 @@ class Console:
             current_peer.reset(peer_token)
             current_principal.reset(token)
         if new_cookie:
-            response.headers = [*response.headers, ("Set-Cookie", _cookie(new_cookie, secure=self._https))]
+            response.headers = [*response.headers, ("Set-Cookie", _cookie(new_cookie, secure=self._secure))]
         return response
 
     def _post_allowed(self, request: Request, session: Session, *, fresh: bool) -> bool:
@@ -273,16 +292,28 @@ class Console:
 
     def _own_origin(self, request: Request) -> bool:
         """The request's Origin is this console: its scheme (https when it
-        serves TLS) and the host and port the request was addressed to."""
+        serves TLS) and the host and port the request was addressed to. With
+        a public origin (behind a TLS-terminating proxy, which the browser
+        names while the request reaches the console over plain HTTP): that
+        origin, or the console's own at a loopback name (an operator through
+        an SSH tunnel), not ``http://`` and the public host (a plaintext page
+        at that name is not the console). Never a header a proxy adds
+        (X-Forwarded-Proto, X-Forwarded-Host): anyone who reaches the
+        console directly could send one."""
         scheme = "https" if self._https else "http"
-        return request.headers.get("origin") == f"{scheme}://{request.headers.get('host', '')}"
+        origin = request.headers.get("origin")
+        host = request.headers.get("host", "")
+        if self._public_origin:
+            direct = _host_of(host) in _LOOPBACK_HOSTS and origin == f"{scheme}://{host}"
+            return origin == self._public_origin or direct
+        return origin == f"{scheme}://{host}"
 
     async def _route(self, request: Request, session: Session, principal: Principal) -> Response:
         path = request.path
         parts = self._parts
         if request.method == "POST" and path == "/logout":
             self._sessions.log_out(request.cookies.get(COOKIE, ""))
-            return _redirect("/login" if self._auth else "/log", clear_cookie=True, secure=self._https)
+            return _redirect("/login" if self._auth else "/log", clear_cookie=True, secure=self._secure)
         if request.method == "POST" and path.startswith("/projections/") and path.endswith("/rebuild"):
             name = unquote(path.removeprefix("/projections/").removesuffix("/rebuild"))
             try:
@@ -582,7 +613,7 @@ class Console:
                 await self._on_refused("/login", error, None, request.peer, "")
             return Response(401, _login_page(error).encode())
         log.info("console login: %s (%s)", principal.name, principal.method)
-        return _redirect("/log", cookie=session_id, secure=self._https)
+        return _redirect("/log", cookie=session_id, secure=self._secure)
 
 
 async def _with_principal(

@@ -12,7 +12,11 @@ proxy), through a real console HTTP server:
   logout) go under the prefix, and the session cookie's path is the prefix;
 - a request outside the prefix is 404, with no session made for it;
 - the console's URL the replica advertises (ClusterService, the other
-  replicas' Cluster pages) and prints at start is under the prefix.
+  replicas' Cluster pages) and prints at start is under the prefix;
+- behind a TLS-terminating proxy (``--console-public-origin https://…``,
+  the console on plain HTTP): the forms are taken from that origin as the
+  browser names it, and from no other (X-Forwarded-* headers are not read),
+  the session cookie is Secure and the answers carry HSTS.
 
 Without the setting nothing changes (test_console_http: ``Path=/`` and the
 root's redirects, byte for byte). A prefix with hostile characters is
@@ -35,6 +39,7 @@ from chronicle.v1 import cluster_service_pb2_grpc as cluster_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application, describe, start
 from service.client import ChronicleClient
+from service.settings import Settings
 from service.store.memory import MemoryStore
 from tests.support.browser import Browser, start_chromium
 from tests.support.console import FORM, console, server_sent, session_cookie
@@ -46,9 +51,8 @@ PREFIX = "/chronicle"
 ROOT_KEY = "prefix-root-key-0123456789"
 
 
-@pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[Application]:
-    settings = replace(
+def settings_of(tmp_path: Path, **overrides: str) -> Settings:
+    return replace(
         TEST_SETTINGS,
         auth=True,
         policy_file=write(tmp_path / "policy.toml", POLICY),
@@ -56,8 +60,13 @@ async def app(tmp_path: Path) -> AsyncIterator[Application]:
         api_keys_file=api_key_file(tmp_path / "keys.toml", [(ROOT_KEY, "root", ["operator", "teller"])]),
         console_listen="127.0.0.1:0",
         console_path_prefix=PREFIX,
+        **overrides,  # type: ignore[arg-type]
     )
-    started = await start(settings, store=MemoryStore())
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[Application]:
+    started = await start(settings_of(tmp_path), store=MemoryStore())
     try:
         async with connect(started.address, interceptors=bearer(ROOT_KEY)) as client:
             await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
@@ -93,12 +102,12 @@ def urls_of(page: str) -> _Urls:
     return parser
 
 
-async def log_in(address: str) -> Answer:
+async def log_in(address: str, origin: str = "", **headers: str) -> Answer:
     return await request(
         address,
         "POST",
         f"{PREFIX}/login",
-        headers={**FORM, "Origin": f"http://{address}"},
+        headers={**FORM, "Origin": origin or f"http://{address}", **headers},
         body=urlencode({"credential": ROOT_KEY}).encode(),
     )
 
@@ -257,3 +266,86 @@ async def test_the_consoles_advertised_and_printed_url_is_under_the_prefix(app: 
     (member,) = topology.members
     assert member.console_address == f"http://{console(app)}{PREFIX}"
     assert f"  console on http://{console(app)}{PREFIX}/\n" in describe(app) + "\n"
+
+
+PUBLIC = "https://ops.example.com"
+
+
+@pytest.fixture
+async def proxied(tmp_path: Path) -> AsyncIterator[Application]:
+    """The console on plain HTTP, as a TLS-terminating proxy reaches it, with
+    the origin browsers reach it at through that proxy."""
+    started = await start(settings_of(tmp_path, console_public_origin=PUBLIC), store=MemoryStore())
+    try:
+        yield started
+    finally:
+        await started.stop(grace=0.5, drain=0)
+
+
+async def test_behind_a_tls_terminating_proxy_forms_come_from_the_public_origin_and_the_cookie_is_secure(
+    proxied: Application,
+) -> None:
+    address = console(proxied)
+    # As the proxy forwards it (proxy_set_header Host $host): the browser's host, over plain HTTP.
+    through_proxy = {"Host": "ops.example.com"}
+    logged_in = await log_in(address, PUBLIC, **through_proxy)
+    assert (logged_in.status, logged_in.header("location")) == (303, f"{PREFIX}/log")
+    (set_cookie,) = logged_in.all("set-cookie")
+    assert set_cookie.endswith(f"; Path={PREFIX}; HttpOnly; SameSite=Strict; Secure")
+    assert logged_in.header("strict-transport-security") == "max-age=31536000"
+    cookie = session_cookie(logged_in)
+
+    page = await request(address, "GET", f"{PREFIX}/projections", headers={"Cookie": cookie, **through_proxy})
+    token = page.text.partition('name="csrf_token" value="')[2].partition('"')[0]
+    form = urlencode({"csrf_token": token}).encode()
+    for origin, forwarded in (
+        ("https://evil.example.com", {}),
+        ("http://ops.example.com", {}),  # the public host, but plain HTTP: another origin
+        ("https://ops.example.com:8443", {}),
+        # A header a proxy would add is not believed: anyone reaching the console directly could send it.
+        ("https://evil.example.com", {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example.com"}),
+    ):
+        refused = await request(
+            address,
+            "POST",
+            f"{PREFIX}/logout",
+            headers={**FORM, "Origin": origin, "Cookie": cookie, **through_proxy, **forwarded},
+            body=form,
+        )
+        assert refused.status == 403, origin
+        refused_login = await log_in(address, origin, **through_proxy, **forwarded)
+        assert (refused_login.status, refused_login.all("set-cookie")) == (403, []), origin
+    logged_out = await request(
+        address,
+        "POST",
+        f"{PREFIX}/logout",
+        headers={**FORM, "Origin": PUBLIC, "Cookie": cookie, **through_proxy},
+        body=form,
+    )
+    assert (logged_out.status, logged_out.header("location")) == (303, f"{PREFIX}/login")
+
+    # The console's own address (an operator through an SSH tunnel) is still its own origin.
+    direct = await log_in(address)
+    assert direct.status == 303 and direct.all("set-cookie")[0].endswith("; Secure")
+
+
+async def test_behind_a_proxy_the_console_is_advertised_at_its_public_origin(proxied: Application) -> None:
+    assert proxied.console is not None
+    assert proxied.console.url(proxied.address) == f"{PUBLIC}{PREFIX}"
+    assert f"  console on {PUBLIC}{PREFIX}/\n" in describe(proxied) + "\n"
+
+
+async def test_a_forwarded_prefix_header_changes_no_link_redirect_or_cookie(app: Application) -> None:
+    """X-Forwarded-Prefix is not read: whoever reaches the console's port
+    could send one, and its text would be in every link and Location (a
+    prefix of //evil.example is a redirect to another site)."""
+    address = console(app)
+    forged = {"X-Forwarded-Prefix": "//evil.example", "X-Forwarded-Host": "evil.example", "Forwarded": "host=evil"}
+    no_session = await request(address, "GET", f"{PREFIX}/log", headers=forged)
+    assert no_session.header("location") == f"{PREFIX}/login"
+    logged_in = await log_in(address, **forged)
+    assert logged_in.header("location") == f"{PREFIX}/log"
+    assert f"; Path={PREFIX};" in logged_in.all("set-cookie")[0]
+    page = await request(address, "GET", f"{PREFIX}/log", headers={"Cookie": session_cookie(logged_in), **forged})
+    assert page.status == 200 and "evil" not in page.text
+    assert all(value.startswith(f"{PREFIX}/") for _, _, value in urls_of(page.text).found)

@@ -209,6 +209,10 @@ def test_a_refused_start_has_not_opened_the_store(tmp_path: Path) -> None:
             ("--console-listen", "127.0.0.1:0", "--console-path-prefix", '/ops"><script>'),
             "--console-path-prefix: '/ops\"><script>' holds a character that is not allowed",
         ),
+        (
+            ("--console-listen", "127.0.0.1:0", "--console-public-origin", "https://ops.example.com/"),
+            "--console-public-origin: 'https://ops.example.com/' is not an origin",
+        ),
     ],
 )
 def test_a_setting_out_of_its_range_is_one_bad_setting_line_not_a_traceback(args: tuple[str, ...], says: str) -> None:

@@ -131,11 +131,16 @@ def test_the_console_beyond_loopback_needs_auth_and_warns_without_tls() -> None:
     assert check_console_exposure(listen="0.0.0.0:8080", auth=True, tls=True) == []
 
 
-def test_an_anonymous_console_at_a_path_prefix_is_warned_about() -> None:
-    """A path prefix means a reverse proxy, which may forward the console's
-    loopback address as the Host and so get past the loopback-only answer."""
+def test_an_anonymous_console_at_a_path_prefix_or_a_public_origin_is_warned_about() -> None:
+    """A path prefix or a public origin means a reverse proxy, which may
+    forward the console's loopback address as the Host and so get past the
+    loopback-only answer."""
     (warning,) = check_console_exposure(listen="127.0.0.1:8080", auth=False, tls=False, path_prefix="/chronicle")
-    assert "/chronicle" in warning and "--auth" in warning
+    assert "at /chronicle" in warning and "--auth" in warning
+    origin = "https://ops.example.com"
+    (warning,) = check_console_exposure(listen="127.0.0.1:8080", auth=False, tls=False, public_origin=origin)
+    assert f"as {origin}" in warning and "--auth" in warning
+    assert check_console_exposure(listen="127.0.0.1:8080", auth=True, tls=False, public_origin=origin) == []
     assert check_console_exposure(listen="127.0.0.1:8080", auth=True, tls=False, path_prefix="/chronicle") == []
     assert check_console_exposure(listen="127.0.0.1:8080", auth=False, tls=False) == []
 

@@ -193,6 +193,7 @@ SAMPLES: dict[str, tuple[str, object]] = {  # text: value, for settings whose ty
     "process_listen": ("127.0.0.1:0", "127.0.0.1:0"),
     "metrics_listen": ("127.0.0.1:9100", "127.0.0.1:9100"),
     "console_listen": ("127.0.0.1:8080", "127.0.0.1:8080"),
+    "console_public_origin": ("https://ops.example.com", "https://ops.example.com"),
     "log_level": ("DEBUG", "DEBUG"),
     "log_format": ("json", "json"),
     "migrate": ("never", "never"),

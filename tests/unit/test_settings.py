@@ -340,3 +340,37 @@ def test_a_console_path_prefix_of_plain_segments_is_taken(prefix: str) -> None:
     assert settings_from(["--console-path-prefix", prefix], {}).console_path_prefix == prefix
     assert settings_from([], {"CHRONICLE_CONSOLE_PATH_PREFIX": prefix}).console_path_prefix == prefix
     assert Settings().console_path_prefix == ""  # the root unless set
+
+
+@pytest.mark.parametrize(
+    ("origin", "says"),
+    [
+        ("ops.example.com", "is not an origin"),
+        ("https://ops.example.com/", "is not an origin"),  # a browser's Origin has no path
+        ("https://ops.example.com/chronicle", "is not an origin"),
+        ("https://OPS.example.com", "is not an origin"),  # a browser sends the host in lower case
+        ("ftp://ops.example.com", "is not an origin"),
+        ("https://user@ops.example.com", "is not an origin"),
+        ("https://ops.example.com\r\nX: y", "is not an origin"),
+        ("https://ops.example.com:443", "names its scheme's default port"),
+        ("http://ops.example.com:80", "names its scheme's default port"),
+        ("https://ops.example.com:70000", "port 70000 is out of range"),
+    ],
+)
+def test_a_console_public_origin_a_browser_would_not_send_is_refused(origin: str, says: str) -> None:
+    """It is compared with the Origin header as it is: a value no browser
+    sends would refuse every form, the login's too, at the first post."""
+    for argv, environ in (
+        (["--console-public-origin", origin], {}),
+        ([], {"CHRONICLE_CONSOLE_PUBLIC_ORIGIN": origin}),
+    ):
+        with pytest.raises(ConfigurationError) as refused:
+            settings_from(argv, environ)
+        assert refused.value.reason == "BAD_SETTING"
+        assert refused.value.message.startswith("--console-public-origin: ") and says in refused.value.message
+
+
+@pytest.mark.parametrize("origin", ["https://ops.example.com", "https://ops.example.com:8443", "http://[::1]:8081"])
+def test_a_console_public_origin_as_a_browser_sends_it_is_taken(origin: str) -> None:
+    assert settings_from(["--console-public-origin", origin], {}).console_public_origin == origin
+    assert Settings().console_public_origin == ""
