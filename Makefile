@@ -26,9 +26,11 @@ test: protos node_modules/.installed browser
 	$(MAKE) --no-print-directory test-node
 
 # The console's tests drive a real headless browser: Debian's chromium and
-# its chromedriver (system packages, so apt-get, as root; CI runs this).
+# its chromedriver; and one runs docs/console.md's nginx example in front of
+# the console (system packages, so apt-get, as root; CI runs this).
 browser:
 	command -v chromedriver >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+	test -x /usr/sbin/nginx || command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; }
 
 # docs/images/console-*.png for docs/console.md: three replicas on a
 # throwaway PostgreSQL under a little load, photographed by headless chromium.
