@@ -50,6 +50,8 @@ and the other does not can shift them):
        (before: none, read as 0)
     21 (SQLite 18) a subscription group's max_unanswered_timeouts (before:
        none, read as the default)
+    22 (SQLite 19) "document_due": a document's due time (a reaction's
+       deadline; before: none)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -148,6 +150,9 @@ SINCE["sqlite"]["group_counts"] = 17
 # A group's max_unanswered_timeouts: PostgreSQL's migration 21, SQLite's 18.
 SINCE["postgres"]["unanswered"] = 21
 SINCE["sqlite"]["unanswered"] = 18
+# A document's due time (a reaction's deadline): PostgreSQL's migration 22, SQLite's 19.
+SINCE["postgres"]["document_due"] = 22
+SINCE["sqlite"]["document_due"] = 19
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -275,6 +280,7 @@ class OldDocument:
     data: bytes
     sealed: bool
     subjects: tuple[str, ...] = ()
+    due_us: int | None = None  # a reaction's deadline (since "document_due")
 
 
 @dataclass(frozen=True)
@@ -411,7 +417,14 @@ class OldRows:
         self.snapshots.append(OldSnapshot(snapshot, state))
 
     def add_document(
-        self, projection: str, key: str, data: bytes, *, sealed: bool, subjects: tuple[str, ...] = ()
+        self,
+        projection: str,
+        key: str,
+        data: bytes,
+        *,
+        sealed: bool,
+        subjects: tuple[str, ...] = (),
+        due_us: int | None = None,
     ) -> None:
         if sealed:
             projection_key = _data_key(PROJECTION_KEY_PREFIX + projection)
@@ -420,7 +433,9 @@ class OldRows:
         else:
             stored_key, stored = key, data
         self.documents.append(
-            OldDocument(projection, StoredDocument(stored_key, "bank.v1.Summary", stored), key, data, sealed, subjects)
+            OldDocument(
+                projection, StoredDocument(stored_key, "bank.v1.Summary", stored), key, data, sealed, subjects, due_us
+            )
         )
 
     def add_sealed_command(self, command_id: str, aggregate_id: str, version: int, rejection: Rejection) -> None:
@@ -552,6 +567,16 @@ def rows_at(dialect: str, version: int) -> OldRows:
             )
         )
 
+    if rows.holds("document_due"):
+        rows.add_document(
+            "balances",
+            "deadline:t-1:late",
+            b"\x08\x07",
+            sealed=False,
+            subjects=("account-subject",),
+            due_us=T0 + 60_000_000,
+        )
+
     if rows.holds("forgetting_and_audit"):
         rows.add_sealed_command("c-sealed-refused", "account-sealed", 2, refusal)
         rows.data_keys.append(_wrapped("account-subject"))
@@ -681,7 +706,7 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
         await store.record_audit_entry(entry)
     for name, position in rows.checkpoints.items():
         writes = [
-            DocumentWrite(d.stored.key, d.stored.type_name, d.stored.data, d.subjects)
+            DocumentWrite(d.stored.key, d.stored.type_name, d.stored.data, d.subjects, d.due_us)
             for d in rows.documents
             if d.projection == name
         ]
@@ -842,6 +867,13 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
                 loaded,
                 StoredDocument(document.key, document.stored.type_name, document.data),
             )
+        for name in rows.checkpoints:
+            due = [
+                d.stored
+                for d in sorted(rows.documents, key=lambda d: d.due_us or 0)
+                if d.projection == name and d.due_us
+            ]
+            same(f"documents of {name} due", await store.due_documents(name, until_us=2**62, limit=100), due)
         for document in rows.documents:
             if not document.sealed:  # sealed ones' keys are hashes: they are not listed
                 listed = await store.list_documents(document.projection, DocumentRange(prefix=document.key[:3]))
