@@ -6,15 +6,17 @@ from service.plugins.api import AggregateType, CommandSpec, EventSpec, OldEvent,
 from service.plugins.context import CommandContext, Effects
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.projections import Documents, ProjectedEvent, Projection
-from service.plugins.reactions import Reaction, Refusal, Send
+from service.plugins.reactions import Cancel, Deadline, Reaction, Refusal, Schedule, Send
 
 __all__ = [
     "AggregateDeleted",
     "AggregateType",
     "AlreadyExistsError",
+    "Cancel",
     "CommandCall",
     "CommandContext",
     "CommandSpec",
+    "Deadline",
     "Documents",
     "Effects",
     "EventSpec",
@@ -28,6 +30,7 @@ __all__ = [
     "Projection",
     "Reaction",
     "Refusal",
+    "Schedule",
     "Send",
     "UpcasterSpec",
     "ValidationError",

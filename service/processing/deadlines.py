@@ -1,0 +1,125 @@
+"""Deadlines (timers) of a reaction's processes: what the runner
+(``processing/reactions.py``) needs beside its events to fire them.
+
+A function's ``Schedule(name, after)`` makes a deadline of its process
+(state key), due at the event's commit time plus ``after`` (the deadline's
+due time plus ``after`` for one a deadline's function schedules): the same
+on every replay, as no clock is read. It is kept twice, in the reaction's
+batch transaction like the state (``reaction_documents.ProcessState``): in
+the process's state, with the envelope of the event that scheduled it (what
+fires), and as a document ``deadline:<state key>:<name>`` with its due time,
+which the store indexes (``ProjectionStore.due_documents``: what is due).
+
+Firing: only the runner that holds the reaction's lease fires, and only a
+deadline whose due time the reaction has caught up with: when it has
+handled every event of the log it reads (it is at the head), or when the
+next event it has to handle was committed after the deadline was due. A
+deadline due at T therefore never fires before the reaction has handled the
+events committed before T (a payment captured before its timeout cancels
+the timeout, however far behind the reaction was). Each fires in a
+transaction (a batch of them at a time, committed without moving the
+checkpoint, under the lease's fencing): the state loaded, the
+``@on_deadline`` function called, its commands sent (ids derived from the
+reaction, state key, name, due time and index: a crash before the commit
+sends them again under the same ids, answered from their records), the
+deadline deleted and the state written.
+
+Punctuality: the runner knows the soonest due time (read once when it takes
+the lease, lowered by every commit that schedules one, read again after a
+firing) and waits for it as for the next event: a caught-up reaction fires a
+deadline within its poll interval (1 s) of due, and reads nothing for
+deadlines while none is due.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
+from service.plugins.projections import ProjectedEvent
+from service.plugins.reactions import Deadline
+from service.store.base import ProjectionStore
+from service.store.records import DocumentWrite
+
+# Microseconds since the Unix epoch, now.
+Clock = Callable[[], int]
+# What a reaction runner's ``Outcomes`` hook is told for each deadline that
+# fired (beside its commands' outcomes).
+DEADLINE_FIRED = "deadline_fired"
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+def deadline_envelope(entry: reaction_pb.ScheduledDeadline) -> ProjectedEvent:
+    """The envelope of the event that scheduled ``entry``, as it was."""
+    return ProjectedEvent(
+        entry.event_id,
+        entry.aggregate_id,
+        entry.aggregate_type,
+        entry.version,
+        entry.position,
+        entry.event_type,
+        entry.timestamp_us,
+        entry.user_id,
+        entry.origin,
+        entry.correlation_id,
+        dict(entry.metadata),
+    )
+
+
+def deadline_of(state_key: str, entry: reaction_pb.ScheduledDeadline) -> Deadline:
+    """What the ``@on_deadline`` function is given for ``entry``."""
+    return Deadline(entry.name, state_key, entry.due_us, deadline_envelope(entry))
+
+
+def command_seed(reaction: str, state_key: str, name: str, due_us: int) -> str:
+    """What a deadline's command ids derive from (``command_id_for``): the
+    same at every firing of that deadline, another for a deadline of the
+    same name due at another time (a retry the function scheduled)."""
+    return f"{reaction}/deadline/{state_key}/{name}/{due_us}"
+
+
+class Soonest:
+    """The soonest due time among a reaction's deadlines, as its runner
+    knows it: read from the store when unknown (the lease taken, again),
+    lowered by each commit that writes one, read again after a firing. It
+    may be earlier than the truth (a deadline cancelled, dropped or
+    forgotten since): then a read finds nothing due and corrects it. It is
+    never later, as only this runner writes the reaction's deadlines while
+    it holds the lease."""
+
+    def __init__(self, reaction: str, documents: ProjectionStore) -> None:
+        self._reaction = reaction
+        self._documents = documents
+        self._known = False
+        self.due_us: int | None = None
+
+    def forget(self) -> None:
+        self._known = False
+
+    async def get(self) -> int | None:
+        if not self._known:
+            await self.read()
+        return self.due_us
+
+    async def read(self) -> None:
+        _, self.due_us = await self._documents.due_summary(self._reaction)
+        self._known = True
+
+    def written(self, writes: Sequence[DocumentWrite]) -> None:
+        """A commit of the runner's wrote ``writes``."""
+        for write in writes:
+            due_us = write.due_us if write.data is not None else None
+            if due_us is not None and (self.due_us is None or due_us < self.due_us):
+                self.due_us = due_us
+
+    def wait(self, now_us: int, poll_interval: float) -> float:
+        """How long the runner may wait for events before it must look at
+        its deadlines again: its poll interval, or less when one is due
+        sooner."""
+        if not self._known or self.due_us is None:
+            return poll_interval
+        return max(0.0, min(poll_interval, (self.due_us - now_us) / 1_000_000))
