@@ -319,6 +319,11 @@ export interface ProcessState {
   /** The state as JSON through the server's plugins; '' for a type the reaction no longer knows. */
   state_json: string;
   subjects: string[];
+  /** Its pending deadlines, soonest first. */
+  deadlines: { name: string; due: Date | null }[];
+  /** The commit time of the first and of the last event that changed it (null from older servers). */
+  started: Date | null;
+  updated: Date | null;
 }
 
 export interface ProjectionStatus {
