@@ -746,7 +746,13 @@ class ReactionRunner(CheckpointedRunner):
             batch.write(deadline_key(due.state_key, due.name), None)
             return 0
         if entry.due_us != due.due_us:
-            return 0  # rescheduled by a deadline fired before it in this batch: its document says so now
+            # Rescheduled (by a deadline fired before it in this batch): its
+            # document is written again as the state says, so that one the
+            # state disagrees with is never found due again and again.
+            document = reaction_pb.Deadline(state_key=due.state_key, name=due.name, due_us=entry.due_us)
+            subjects = tuple(sorted(state.subjects))
+            batch.write(deadline_key(due.state_key, due.name), document, subjects, due_us=entry.due_us)
+            return 0
         deadline = deadline_of(due.state_key, entry)
         envelope = deadline.envelope
         where = self._where_now = _at_deadline(due.state_key, due.name, envelope)

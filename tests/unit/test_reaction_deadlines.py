@@ -7,18 +7,20 @@ handled; gone with their process (cleared, dropped, forgotten)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.errors import ReactionFailed, StoreUnavailable
 from service.plugins import Cancel, CommandContext, Deadline, Plugin, ProjectedEvent, Schedule
 from service.plugins.reactions import command_id_for
 from service.processing.deadlines import command_seed
-from service.store.records import DataKey
+from service.store.records import DataKey, DocumentWrite
 from service.testing import ReactionRun
 from tests.support import deadline_saga
 from tests.support.deadline_saga import AFTER, REACTION
@@ -323,3 +325,51 @@ def test_forgetting_an_aggregate_a_deadlines_process_names_deletes_the_deadline(
         run.advance(20 * MINUTE)
         run.settle()
         assert run.runners[REACTION].status.deadlines_fired == 1  # o-2's alone
+
+
+def test_a_running_reaction_wakes_for_its_soonest_deadline_not_at_its_next_poll() -> None:
+    # Its poll interval is a minute; the deadline is due 300 ms after its
+    # event, and no event comes meanwhile: it fires on time all the same.
+    with ReactionRun(deadline_saga.plugin) as run:
+        runner = run.runners[REACTION]
+        runner._poll_interval = 60.0
+        run.submit("o-1", box.CreateBox(name="after-300"))
+
+        async def until_fired() -> float:
+            runner.start()
+            started = time.monotonic()
+            try:
+                while runner.status.deadlines_fired == 0:
+                    assert time.monotonic() - started < 20, "the deadline never fired"
+                    await asyncio.sleep(0.01)
+                return time.monotonic() - started
+            finally:
+                await runner.stop()
+
+        took = _await(run, until_fired())
+        assert 0.2 < took < 5.0
+        assert _types(run, "o-1") == ["BoxCreated", "BoxArchived"]
+
+
+def test_a_deadline_document_the_state_disagrees_with_is_set_right_not_fired() -> None:
+    with ReactionRun(deadline_saga.plugin) as run:
+        run.submit("o-1", box.CreateBox(name="book"))
+        run.settle()
+        state = run.process_state(REACTION, "o-1")
+        assert state is not None
+        (scheduled,) = state.deadlines
+        # Its document says it is due now; its state says in 10 minutes.
+        early = _deadline_document(scheduled.due_us - 600_000_000)
+        _await(run, run.store.commit_projection(REACTION, expected_position=1, new_position=1, writes=[early]))
+        run.runners[REACTION]._soonest.forget()  # read again, as by a runner that takes the lease
+        run.advance(timedelta(seconds=1))
+        run.settle()
+        assert _types(run, "o-1") == ["BoxCreated"]
+        assert _due(run) == (1, scheduled.due_us)  # as the state says
+
+
+def _deadline_document(due_us: int) -> DocumentWrite:
+    document = reaction_pb.Deadline(state_key="o-1", name="payment", due_us=due_us)
+    return DocumentWrite(
+        "deadline:o-1:payment", "chronicle.v1.Deadline", document.SerializeToString(), ("o-1",), due_us
+    )
