@@ -1695,6 +1695,10 @@ def _plugins(args: argparse.Namespace) -> int:
                         "aggregate_types": sorted(reaction.aggregate_types),
                         "handlers": {name: handler.__qualname__ for name, (_, handler) in reaction.handlers.items()},
                         "on_refused": reaction.refused_handler.__qualname__ if reaction.refused_handler else None,
+                        # Its @on_deadline functions, by deadline name.
+                        "deadlines": {
+                            name: handler.__qualname__ for name, handler in reaction.deadline_handlers.items()
+                        },
                         "state": str(reaction.state_type.DESCRIPTOR.full_name) if reaction.state_type else None,
                     }
                     for reaction in plugin.reactions
