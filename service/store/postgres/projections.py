@@ -142,16 +142,12 @@ class ProjectionsRole:
 
     async def due_documents(self, projection: str, *, until_us: int, limit: int) -> list[StoredDocument]:
         _, result = await self._db.run(
-            "due_documents",
-            [_BY_KEY, Statement(sql.DUE_DOCUMENTS.encode(), (projection, until_us, limit), binary=True)],
-            read_only=True,
+            "due_documents", due_documents_statements(projection, until_us, limit), read_only=True
         )
         return [document_from_row(row) for row in rows(result)]
 
     async def due_summary(self, projection: str) -> tuple[int, int | None]:
-        _, result = await self._db.run(
-            "due_summary", [_BY_KEY, Statement(sql.DUE_SUMMARY.encode(), (projection,))], read_only=True
-        )
+        _, result = await self._db.run("due_summary", due_summary_statements(projection), read_only=True)
         count, soonest = first(result) or (0, None)
         return int(count), None if soonest is None else int(soonest)
 
@@ -180,6 +176,16 @@ def load_document_statements(projection: str, key: str) -> list[Statement]:
 def count_parked_commands_statements(reaction: str) -> list[Statement]:
     # From the partial index, planned while it was small or not (BY_KEY_SETTINGS).
     return [_BY_KEY, Statement.prepared(sql.COUNT_PARKED_COMMANDS, (reaction,))]
+
+
+def due_documents_statements(projection: str, until_us: int, limit: int) -> list[Statement]:
+    # From the partial index of documents with a due time, planned while it
+    # was small or not (BY_KEY_SETTINGS), as the parked commands' count.
+    return [_BY_KEY, Statement(sql.DUE_DOCUMENTS.encode(), (projection, until_us, limit), binary=True)]
+
+
+def due_summary_statements(projection: str) -> list[Statement]:
+    return [_BY_KEY, Statement(sql.DUE_SUMMARY.encode(), (projection,))]
 
 
 def load_documents_statements(projection: str, keys: Sequence[str]) -> list[Statement]:
@@ -222,13 +228,17 @@ def commit_projection_statements(
             type_names.append(write.type_name)
             data.append(write.data.hex())
             subjects.append(write.subjects)
-    named = compact_json(subjects + [write.subjects for write in due])
-    if any(subjects) or due:
+    named = compact_json(subjects)  # encoded once: checked, then written
+    if due:
+        # A reaction's deadlines' subjects are checked with the others.
+        checked = compact_json(subjects + [write.subjects for write in due])
+        statements.append(Statement.prepared(sql.CHECK_SUBJECTS, (checked,)))
+    elif any(subjects):
         statements.append(Statement.prepared(sql.CHECK_SUBJECTS, (named,)))
     if deletes:
         statements.extend(Statement.prepared(sql.DELETE_DOCUMENT, (name, key)) for key in deletes)
     if keys:
-        columns = (compact_json(keys), compact_json(type_names), compact_json(data), compact_json(subjects))
+        columns = (compact_json(keys), compact_json(type_names), compact_json(data), named)
         statements.append(Statement.prepared(sql.PUT_DOCUMENTS, (name, *columns)))
     if due:
         due_columns = (
