@@ -203,10 +203,10 @@ class _Batch:
     ) -> None:
         self.current[key] = document
         self._subjects[key] = subjects
-        if due_us is None:
-            self._due.pop(key, None)
-        else:
+        if due_us is not None:
             self._due[key] = due_us
+        elif self._due:  # nearly always empty: a reaction's deadlines only
+            self._due.pop(key, None)
         self._writes = None
 
     def due_of(self, key: str) -> int | None:

@@ -87,7 +87,7 @@ class ReactionBatch(_Batch):
     def write(
         self, key: str, document: Message | None, subjects: tuple[str, ...] = (), due_us: int | None = None
     ) -> None:
-        self._undo.append((key, self.current.get(key, ABSENT), self._subjects.get(key, ()), self.due_of(key)))
+        self._undo.append((key, self.current.get(key, ABSENT), self._subjects.get(key, ()), self._due.get(key)))
         super().write(key, document, subjects, due_us)
 
     def savepoint(self) -> int:
@@ -159,10 +159,13 @@ class ProcessState:
         # it: a subject only if they acted on the event (``save``).
         self._event_aggregate = event_aggregate
         self._handed = handed
-        # Its deadlines by name, as stored and as the functions left them.
-        stored_deadlines = list(wrapped.deadlines) if wrapped is not None else []
-        self._stored_deadlines = {entry.name: entry.due_us for entry in stored_deadlines}
-        self.deadlines: dict[str, reaction_pb.ScheduledDeadline] = {entry.name: entry for entry in stored_deadlines}
+        # Its deadlines by name, as stored and as the functions left them
+        # (most processes have none: nothing built for them).
+        self._stored_deadlines: dict[str, int] = {}
+        self.deadlines: dict[str, reaction_pb.ScheduledDeadline] = {}
+        if wrapped is not None and wrapped.deadlines:
+            self._stored_deadlines = {entry.name: entry.due_us for entry in wrapped.deadlines}
+            self.deadlines = {entry.name: entry for entry in wrapped.deadlines}
         self.started_us = wrapped.started_us if wrapped is not None else 0
         self._stored_updated_us = wrapped.updated_us if wrapped is not None else 0
         self.scheduled = False  # a deadline was scheduled for it now
@@ -171,7 +174,8 @@ class ProcessState:
         """A command was sent to ``aggregate_id`` for the event: the process
         is derived from both."""
         self.subjects.add(aggregate_id)
-        self.acted()
+        if self._event_aggregate:
+            self.subjects.add(self._event_aggregate)
 
     def acted(self) -> None:
         """The functions acted on the event (a command, a deadline): the
@@ -258,12 +262,6 @@ class ProcessState:
         """Whether a state is stored under its key (before this change)."""
         return self._stored is not None or self.upcast
 
-    def over(self, batch: _Batch) -> bool:
-        """Whether the process is over once saved: its state left empty, or
-        derived from a forgotten aggregate."""
-        assert self.message is not None
-        return self.message == type(self.message)() or batch.forgotten.any_of(self.subjects)
-
     def save(self, batch: _Batch, at_us: int = 0) -> None:
         """Write what changed into ``batch``; ``at_us``: the commit time of
         the event (or the due time of the deadline) that changed it."""
@@ -271,8 +269,8 @@ class ProcessState:
             return
         if self._event_aggregate and self.message != self._handed:
             self.subjects.add(self._event_aggregate)  # the state took something of the event
-        deadlines = {name: entry.due_us for name, entry in self.deadlines.items()}
-        if self.over(batch):
+        deadlines = {name: entry.due_us for name, entry in self.deadlines.items()} if self.deadlines else {}
+        if self.message == type(self.message)() or batch.forgotten.any_of(self.subjects):
             # The process is over (nothing left behind), or it was derived
             # from a forgotten aggregate (it must not exist); its deadlines
             # go with it.
@@ -288,10 +286,13 @@ class ProcessState:
                 started_us=self.started_us or at_us,
                 updated_us=at_us or self._stored_updated_us,
             )
-            wrapped.deadlines.extend(sorted(self.deadlines.values(), key=lambda entry: (entry.due_us, entry.name)))
+            if self.deadlines:
+                wrapped.deadlines.extend(sorted(self.deadlines.values(), key=lambda entry: (entry.due_us, entry.name)))
             wrapped.state.Pack(self.message)
             subjects = tuple(sorted(self.subjects))
             batch.write(self.key, wrapped, subjects)
+            if not deadlines and not self._stored_deadlines:
+                return  # the usual case: no deadline, none to write
             for name in self._stored_deadlines.keys() - deadlines.keys():
                 batch.write(deadline_key(self.state_key, name), None)
             for name, due_us in deadlines.items():

@@ -1092,41 +1092,65 @@ class ReactionRunner(CheckpointedRunner):
             self._outcomes(self.reaction.name, outcome)
 
 
-@dataclass(frozen=True, slots=True)
 class _Where:
     """What one of the reaction's functions was called on, as its errors
-    and the slow-call alarm say it: an event, or a process's deadline."""
+    and the slow-call alarm say it: an event (``_at_event``), or a
+    process's deadline (``_at_deadline``). Said only when needed: one is
+    made per event."""
 
-    text: str
-    subject: str  # the event type, or "deadline <name>"
-    position: int  # the event's position, or the scheduling event's
-    metadata: Mapping[str, str]
-    detailed: Mapping[str, str]
+    __slots__ = ("_envelope",)
+
+    def __init__(self, envelope: ProjectedEvent) -> None:
+        self._envelope = envelope
+
+    @property
+    def subject(self) -> str:  # the event type, or "deadline <name>"
+        return self._envelope.event_type
+
+    @property
+    def position(self) -> int:  # the event's position, or the scheduling event's
+        return self._envelope.position
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return {"position": str(self._envelope.position)}
+
+    @property
+    def detailed(self) -> Mapping[str, str]:
+        return {"event_type": self._envelope.event_type, "position": str(self._envelope.position)}
 
     def __str__(self) -> str:
-        return self.text
+        return f"{self._envelope.event_type} at position {self._envelope.position}"
 
 
-def _at_event(envelope: ProjectedEvent) -> _Where:
-    position = str(envelope.position)
-    return _Where(
-        f"{envelope.event_type} at position {envelope.position}",
-        envelope.event_type,
-        envelope.position,
-        {"position": position},
-        {"event_type": envelope.event_type, "position": position},
-    )
+_at_event = _Where
 
 
-def _at_deadline(state_key: str, name: str, envelope: ProjectedEvent) -> _Where:
-    metadata = {"deadline": name, "state_key": state_key}
-    return _Where(
-        f"deadline {name!r} of process {state_key!r}",
-        f"deadline {name}",
-        envelope.position,
-        metadata,
-        metadata,
-    )
+class _AtDeadline(_Where):
+    __slots__ = ("_name", "_state_key")
+
+    def __init__(self, state_key: str, name: str, envelope: ProjectedEvent) -> None:
+        super().__init__(envelope)
+        self._state_key = state_key
+        self._name = name
+
+    @property
+    def subject(self) -> str:
+        return f"deadline {self._name}"
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return {"deadline": self._name, "state_key": self._state_key}
+
+    @property
+    def detailed(self) -> Mapping[str, str]:
+        return self.metadata
+
+    def __str__(self) -> str:
+        return f"deadline {self._name!r} of process {self._state_key!r}"
+
+
+_at_deadline = _AtDeadline
 
 
 def _metadata(send: Send, envelope: ProjectedEvent, hops: int) -> Mapping[str, str]:
