@@ -708,6 +708,7 @@ class ReactionRunner(CheckpointedRunner):
         for stored in found:
             due = reaction_pb.Deadline.FromString(stored.data)
             savepoint = batch.savepoint(), parked.savepoint()
+            self._failing_command_aggregate = ""
             try:
                 fired += await self._fire(batch, parked, due)
             except SubjectsForgotten:
@@ -766,10 +767,15 @@ class ReactionRunner(CheckpointedRunner):
                 metadata={"reaction": self.reaction.name, "deadline": due.name, "state_key": due.state_key},
             )
         state.cancel(due.name)  # fired: gone, unless its function schedules it again
+        # A failure here may quote the state, derived from the scheduling
+        # event's aggregate (among others): its text is withdrawn once that
+        # aggregate is forgotten, as an event's failure's.
+        self._failing_aggregate = envelope.aggregate_id
         reacted = self._call(handler, lambda: handler(deadline, state.message), where)
         seed = command_seed(self.reaction.name, due.state_key, due.name, entry.due_us)
         await self._act(reacted, seed, envelope, state, parked, where, handler, rounds=0, now_us=entry.due_us)
         state.save(batch, entry.due_us)
+        self._failing_aggregate = ""
         return 1
 
     async def _wait_for_work(self, position: int) -> None:

@@ -17,7 +17,7 @@ import pytest
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.errors import ReactionFailed, StoreUnavailable
-from service.plugins import Cancel, CommandContext, Deadline, Plugin, ProjectedEvent, Schedule
+from service.plugins import Cancel, CommandContext, Deadline, Plugin, ProjectedEvent, Schedule, Send
 from service.plugins.reactions import command_id_for
 from service.processing.deadlines import command_seed
 from service.store.records import DataKey, DocumentWrite
@@ -373,3 +373,54 @@ def _deadline_document(due_us: int) -> DocumentWrite:
     return DocumentWrite(
         "deadline:o-1:payment", "chronicle.v1.Deadline", document.SerializeToString(), ("o-1",), due_us
     )
+
+
+def test_a_deadline_function_that_raises_stops_the_reaction_naming_it_and_fires_once_mended() -> None:
+    broken = {"yes"}
+    plugin = Plugin("failing")
+    thing = plugin.aggregate("Thing", state=box.Box)
+
+    @thing.command(box.CreateBox)
+    def create(command: box.CreateBox, state: box.Box, context: CommandContext) -> box.BoxCreated:
+        return box.BoxCreated(name=command.name)
+
+    @thing.command(box.ArchiveBox)
+    def archive(command: box.ArchiveBox, state: box.Box, context: CommandContext) -> box.BoxArchived:
+        return box.BoxArchived()
+
+    @thing.apply(box.BoxCreated)
+    def _created(state: box.Box, event: box.BoxCreated) -> None:
+        state.name = event.name
+
+    @thing.apply(box.BoxArchived)
+    def _archived(state: box.Box, event: box.BoxArchived) -> None:
+        state.archived = True
+
+    reaction = plugin.reaction(
+        "failing", aggregate_types=["Thing"], state=box.Box, state_key=lambda envelope: envelope.aggregate_id
+    )
+
+    @reaction.on(box.BoxCreated)
+    def created(event: box.BoxCreated, envelope: ProjectedEvent, progress: box.Box) -> Schedule:
+        progress.name = event.name
+        return Schedule("late", after=MINUTE)
+
+    @reaction.on_deadline("late")
+    def late(deadline: Deadline, progress: box.Box) -> Send:
+        if broken:
+            raise RuntimeError("a bug in the deadline's function")
+        return Send(deadline.state_key, box.ArchiveBox())
+
+    with ReactionRun(plugin) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.settle()
+        run.advance(2 * MINUTE)
+        with pytest.raises(ReactionFailed) as caught:
+            run.settle()
+        assert "deadline 'late' of process 't-1'" in caught.value.message
+        assert caught.value.metadata["deadline"] == "late" and caught.value.metadata["state_key"] == "t-1"
+        assert _due(run, "failing")[0] == 1  # still pending
+        broken.clear()
+        run.settle()
+        assert _types(run, "t-1") == ["BoxCreated", "BoxArchived"]
+        assert _due(run, "failing") == (0, None)
