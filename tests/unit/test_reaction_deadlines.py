@@ -17,7 +17,17 @@ import pytest
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.errors import ReactionFailed, StoreUnavailable
-from service.plugins import Cancel, CommandContext, Deadline, Plugin, ProjectedEvent, Schedule, Send
+from service.plugins import (
+    Cancel,
+    CommandContext,
+    Deadline,
+    Plugin,
+    ProjectedEvent,
+    Refusal,
+    Schedule,
+    Send,
+    ValidationError,
+)
 from service.plugins.reactions import command_id_for
 from service.processing.deadlines import command_seed
 from service.store.records import DataKey, DocumentWrite
@@ -424,3 +434,49 @@ def test_a_deadline_function_that_raises_stops_the_reaction_naming_it_and_fires_
         run.settle()
         assert _types(run, "t-1") == ["BoxCreated", "BoxArchived"]
         assert _due(run, "failing") == (0, None)
+
+
+def test_a_deadlines_refused_command_goes_to_on_refused_then_is_parked_as_an_events() -> None:
+    refused: list[tuple[str, str]] = []
+    plugin = Plugin("refusing")
+    thing = plugin.aggregate("Thing", state=box.Box)
+
+    @thing.command(box.CreateBox)
+    def create(command: box.CreateBox, state: box.Box, context: CommandContext) -> box.BoxCreated:
+        return box.BoxCreated(name=command.name)
+
+    @thing.command(box.ArchiveBox)
+    def archive(command: box.ArchiveBox, state: box.Box, context: CommandContext) -> box.BoxArchived:
+        raise ValidationError("this thing is never archived", reason="NEVER_ARCHIVED")
+
+    @thing.apply(box.BoxCreated)
+    def _created(state: box.Box, event: box.BoxCreated) -> None:
+        state.name = event.name
+
+    reaction = plugin.reaction(
+        "refusing", aggregate_types=["Thing"], state=box.Box, state_key=lambda envelope: envelope.aggregate_id
+    )
+
+    @reaction.on(box.BoxCreated)
+    def created(event: box.BoxCreated, envelope: ProjectedEvent, progress: box.Box) -> Schedule:
+        progress.name = event.name
+        return Schedule("late", after=MINUTE)
+
+    @reaction.on_deadline("late")
+    def late(deadline: Deadline, progress: box.Box) -> Send:
+        progress.name = "archiving"
+        return Send(deadline.state_key, box.ArchiveBox())
+
+    @reaction.on_refused
+    def compensate(refusal: Refusal, envelope: ProjectedEvent, progress: box.Box) -> None:
+        refused.append((refusal.reason, progress.name))  # the state as the deadline's function left it
+
+    with ReactionRun(plugin) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.settle()
+        (created_event,) = run.recorded("t-1")
+        run.advance(2 * MINUTE)
+        run.settle()
+        (parked,) = run.parked("refusing")
+    assert refused == [("NEVER_ARCHIVED", "archiving")]
+    assert (parked.reason, parked.event_id, parked.aggregate_id) == ("NEVER_ARCHIVED", created_event.event_id, "t-1")
