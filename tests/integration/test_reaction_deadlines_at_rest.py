@@ -1,6 +1,7 @@
 """Deadlines under encryption at rest, through a real server and client
 (SQLite): a deadline's document is sealed, its key a keyed hash, and the
-runner still finds it by its due time and fires it; forgetting an aggregate
+runner still finds it by its due time and fires it (counted by
+``chronicle_reaction_deadlines_fired_total``); forgetting an aggregate
 a process names deletes the process's deadline with its state
 (``ForgetAggregate``), and the reaction's status stops counting it."""
 
@@ -19,6 +20,7 @@ from service.store.sqlite import SqliteStore
 from tests.support import deadline_saga
 from tests.support.deadline_saga import REACTION
 from tests.support.grpc_client import Client, command, running_server
+from tests.support.metrics import sample, scrape
 from tests.support.security import write
 from tests.support.waiting import eventually
 
@@ -38,7 +40,8 @@ async def test_sealed_deadlines_fire_and_go_with_a_forgotten_aggregate(tmp_path:
         anonymous_admin=True,
         poll_seconds=0.05,
         master_key_file=keys,
-    ) as (_, client):
+        metrics_listen="127.0.0.1:0",
+    ) as (app, client):
         await client.submit(command("order-ann@example.com", box.CreateBox(name="after-1200000")))  # 20 minutes
         await client.submit(command("order-bob@example.com", box.CreateBox(name="after-300")))
 
@@ -51,6 +54,8 @@ async def test_sealed_deadlines_fire_and_go_with_a_forgotten_aggregate(tmp_path:
 
         await eventually(bobs_cancelled, what="bob's order cancelled by its deadline")
         assert (await _status(client)).deadlines == 1  # ann's
+        fired = sample(await scrape(app), "chronicle_reaction_deadlines_fired_total", reaction=REACTION)
+        assert fired == 1  # bob's
         with sqlite3.connect(tmp_path / "events.db") as conn:
             stored = conn.execute(
                 "SELECT key, data FROM projection_documents WHERE projection = ? AND due_us IS NOT NULL", (REACTION,)
