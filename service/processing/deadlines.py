@@ -26,9 +26,9 @@ deadline deleted and the state written.
 
 Punctuality: the runner knows the soonest due time (read once when it takes
 the lease, lowered by every commit that schedules one, read again after a
-firing) and waits for it as for the next event: a caught-up reaction fires a
-deadline within its poll interval (1 s) of due, and reads nothing for
-deadlines while none is due.
+firing) and waits for events only until then: a caught-up reaction fires a
+deadline at its due time, give or take its step (within its poll interval,
+1 s, in any case), and reads nothing for deadlines while none is due.
 """
 
 from __future__ import annotations
