@@ -480,3 +480,27 @@ def test_a_deadlines_refused_command_goes_to_on_refused_then_is_parked_as_an_eve
         (parked,) = run.parked("refusing")
     assert refused == [("NEVER_ARCHIVED", "archiving")]
     assert (parked.reason, parked.event_id, parked.aggregate_id) == ("NEVER_ARCHIVED", created_event.event_id, "t-1")
+
+
+def test_a_crash_before_the_scheduling_batch_commits_loses_nothing_and_schedules_once() -> None:
+    with ReactionRun(deadline_saga.plugin) as run:
+        store = run.store
+        commit = store.commit_projection
+        failed: list[int] = []
+
+        async def fails_once(name: str, **kwargs: Any) -> None:
+            if name == REACTION and not failed:
+                failed.append(1)  # the batch that schedules: lost, as in a crash before its commit
+                raise StoreUnavailable("the database went away")
+            await commit(name, **kwargs)
+
+        store.commit_projection = fails_once  # type: ignore[method-assign]
+        run.submit("o-1", box.CreateBox(name="book"))
+        with pytest.raises(StoreUnavailable):
+            run.settle()
+        assert _due(run) == (0, None)  # nothing written
+        run.settle()  # the batch again
+        (placed,) = run.recorded("o-1")
+        assert _due(run) == (1, placed.timestamp_us + 600_000_000)  # once, due as the first time
+        state = run.process_state(REACTION, "o-1")
+        assert state is not None and len(state.deadlines) == 1
