@@ -291,6 +291,10 @@ export interface ReplayOutcome {
 }
 export interface ReactionStatus {
   name: string;
+  /** Deadlines its processes have pending (0 from older servers). */
+  deadlines?: number;
+  /** When the soonest of them is due; null when none is. */
+  next_deadline?: Date | null;
   [field: string]: unknown;
 }
 export declare function reactionStatus(status: Record<string, unknown>): ReactionStatus;
