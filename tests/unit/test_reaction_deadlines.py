@@ -30,6 +30,8 @@ from service.plugins import (
 )
 from service.plugins.reactions import command_id_for
 from service.processing.deadlines import command_seed
+from service.processing.reactions import ReactionRunner
+from service.store.leasing import Fencing
 from service.store.records import DataKey, DocumentWrite
 from service.testing import ReactionRun
 from tests.support import deadline_saga
@@ -504,3 +506,54 @@ def test_a_crash_before_the_scheduling_batch_commits_loses_nothing_and_schedules
         assert _due(run) == (1, placed.timestamp_us + 600_000_000)  # once, due as the first time
         state = run.process_state(REACTION, "o-1")
         assert state is not None and len(state.deadlines) == 1
+
+
+class _Lease:
+    """A reaction's lease as a test hands it from replica to replica."""
+
+    def __init__(self) -> None:
+        self.token: Fencing | None = None
+
+    def fencing(self) -> Fencing | None:
+        return self.token
+
+    def holder(self) -> str:
+        return ""
+
+    def step_aside(self) -> None:
+        self.token = None
+
+
+def test_only_the_replica_holding_the_lease_fires_and_one_that_takes_it_learns_what_the_other_scheduled() -> None:
+    with ReactionRun(deadline_saga.plugin) as run:
+        first = run.runners[REACTION]
+        second = ReactionRunner(
+            first.reaction,
+            registry=run.registry,
+            submit=first._submit,
+            log=first._log,
+            documents=first._documents,
+            reader=first._reader,
+            clock=run.now_us,
+        )
+        one, two = _Lease(), _Lease()
+        first._lease, second._lease = one, two
+
+        def step(runner: ReactionRunner) -> None:
+            _await(run, runner.step(runner.status.position))
+
+        two.token = Fencing("g", REACTION, "two", 1)
+        step(second)  # holds it, with nothing to do: it knows of no deadline
+        two.token, one.token = None, Fencing("g", REACTION, "one", 2)
+        run.submit("o-1", box.CreateBox(name="book"))
+        step(first)  # the lease moved: the first schedules
+        assert _due(run)[0] == 1
+        run.advance(20 * MINUTE)
+        one.token = None
+        step(first)  # due, but it no longer holds the lease: nothing
+        step(second)
+        assert _types(run, "o-1") == ["BoxCreated"]
+        two.token = Fencing("g", REACTION, "two", 3)
+        step(second)  # it takes the lease back: reads what is pending, and fires it
+        assert _types(run, "o-1") == ["BoxCreated", "BoxArchived"]
+        assert (first.status.deadlines_fired, second.status.deadlines_fired) == (0, 1)
