@@ -35,10 +35,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
+from service.errors import ReactionFailed
 from service.plugins.projections import ProjectedEvent
-from service.plugins.reactions import Deadline
+from service.plugins.reactions import Cancel, Deadline, Reaction, Schedule, Send
+from service.processing.reaction_documents import ProcessState
 from service.store.base import ProjectionStore
 from service.store.records import DocumentWrite
 
@@ -80,6 +83,57 @@ def command_seed(reaction: str, state_key: str, name: str, due_us: int) -> str:
     same at every firing of that deadline, another for a deadline of the
     same name due at another time (a retry the function scheduled)."""
     return f"{reaction}/deadline/{state_key}/{name}/{due_us}"
+
+
+def set_timers(
+    reaction: Reaction[Any],
+    acted: Sequence[Send | Schedule | Cancel],
+    envelope: ProjectedEvent,
+    state: ProcessState,
+    who: str,
+    now_us: int,
+) -> None:
+    """Apply the ``Schedule`` and ``Cancel`` values of ``acted`` (what the
+    function ``who`` names returned; its commands are the runner's) to the
+    process's deadlines, in order, each due ``now_us`` plus its ``after``
+    and scheduled by ``envelope``'s event. A deadline belongs to a process:
+    one with no state (no key), or whose state the function left empty
+    (over, and its deadlines with it), cannot have one; and its name must be
+    one an ``@on_deadline`` function handles. Else ``ReactionFailed``, naming
+    the reaction, the function and the deadline."""
+    name = reaction.name
+    for action in acted:
+        if isinstance(action, Send):
+            continue
+        said = f"{type(action).__name__}({action.name!r})"
+        metadata = {"reaction": name, "deadline": action.name, "function": who}
+        if action.name not in reaction.deadline_handlers:
+            raise ReactionFailed(
+                f"reaction {name}: {who} returned {said}, but no @on_deadline({action.name!r}) function is"
+                " declared for it",
+                reason="UNKNOWN_DEADLINE",
+                metadata=metadata,
+            )
+        if not state.state_key:
+            raise ReactionFailed(
+                f"reaction {name}: {who} returned {said} for an event of no process (its state key is empty): a"
+                " deadline belongs to a process's state",
+                reason="DEADLINE_WITHOUT_PROCESS",
+                metadata=metadata,
+            )
+        if isinstance(action, Schedule):
+            state.schedule(action.name, action.due_us(now_us), envelope)
+        else:
+            state.cancel(action.name)
+    assert state.message is not None
+    if state.scheduled and state.message == type(state.message)():
+        raise ReactionFailed(
+            f"reaction {name}: {who} scheduled a deadline but left the process's state empty: a process whose"
+            " state is empty is over, and its deadlines go with it; keep something in the state (its stage)"
+            " while a deadline is pending",
+            reason="DEADLINE_WITHOUT_PROCESS",
+            metadata={"reaction": name, "function": who, "state_key": state.state_key},
+        )
 
 
 class Soonest:

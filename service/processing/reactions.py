@@ -101,7 +101,15 @@ from service.plugins.registry import Registry
 from service.principal import REACTION_PREFIX
 from service.processing import reaction_documents
 from service.processing.commands import CommandRequest, CommandResult
-from service.processing.deadlines import DEADLINE_FIRED, Clock, Soonest, command_seed, deadline_of, wall_clock_us
+from service.processing.deadlines import (
+    DEADLINE_FIRED,
+    Clock,
+    Soonest,
+    command_seed,
+    deadline_of,
+    set_timers,
+    wall_clock_us,
+)
 from service.processing.projections import (
     BATCH_DELAY,
     CheckpointedRunner,
@@ -802,59 +810,9 @@ class ReactionRunner(CheckpointedRunner):
         then its commands sent; those commands."""
         commands = [action for action in acted if isinstance(action, Send)]
         if len(commands) < len(acted):
-            self._set_timers(acted, envelope, state, where, function, now_us, refusal)
+            set_timers(self.reaction, acted, envelope, state, f"{_named(function, refusal)} (on {where})", now_us)
         await self._send(commands, seed, envelope, state, parked, rounds=rounds, now_us=now_us)
         return commands
-
-    def _set_timers(
-        self,
-        acted: Actions,
-        envelope: ProjectedEvent,
-        state: ProcessState,
-        where: _Where,
-        function: Callable[..., Reacted],
-        now_us: int,
-        refusal: Refusal | None,
-    ) -> None:
-        """Apply the ``Schedule`` and ``Cancel`` values of ``acted`` to the
-        process's deadlines, in order. A deadline belongs to a process: one
-        with no state (no key, no state declared), or whose state the
-        function left empty (over, and its deadlines with it), cannot have
-        one; and its name must be one an ``@on_deadline`` function handles."""
-        name = self.reaction.name
-        who = _named(function, refusal)
-        for action in acted:
-            if isinstance(action, Send):
-                continue
-            said = f"{type(action).__name__}({action.name!r})"
-            metadata = {"reaction": name, "deadline": action.name, "function": who}
-            if action.name not in self.reaction.deadline_handlers:
-                raise ReactionFailed(
-                    f"reaction {name}: {who} (on {where}) returned {said}, but no @on_deadline({action.name!r})"
-                    " function is declared for it",
-                    reason="UNKNOWN_DEADLINE",
-                    metadata=metadata,
-                )
-            if not state.state_key:
-                raise ReactionFailed(
-                    f"reaction {name}: {who} (on {where}) returned {said} for an event of no process (its state"
-                    " key is empty): a deadline belongs to a process's state",
-                    reason="DEADLINE_WITHOUT_PROCESS",
-                    metadata=metadata,
-                )
-            if isinstance(action, Schedule):
-                state.schedule(action.name, action.due_us(now_us), envelope)
-            else:
-                state.cancel(action.name)
-        assert state.message is not None
-        if state.scheduled and state.message == type(state.message)():
-            raise ReactionFailed(
-                f"reaction {name}: {who} (on {where}) scheduled a deadline but left the process's state empty: a"
-                " process whose state is empty is over, and its deadlines go with it; keep something in the state"
-                " (its stage) while a deadline is pending",
-                reason="DEADLINE_WITHOUT_PROCESS",
-                metadata={"reaction": name, "function": who, "state_key": state.state_key},
-            )
 
     def _call(
         self,
