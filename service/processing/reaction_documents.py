@@ -169,6 +169,7 @@ class ProcessState:
         self.started_us = wrapped.started_us if wrapped is not None else 0
         self._stored_updated_us = wrapped.updated_us if wrapped is not None else 0
         self.scheduled = False  # a deadline was scheduled for it now
+        self._deadlines_changed = False  # scheduled or cancelled: the state is written
 
     def sent_to(self, aggregate_id: str) -> None:
         """A command was sent to ``aggregate_id`` for the event: the process
@@ -201,12 +202,13 @@ class ProcessState:
             correlation_id=envelope.correlation_id,
             metadata=dict(envelope.metadata),
         )
-        self.scheduled = True
+        self.scheduled = self._deadlines_changed = True
         self.acted()
 
     def cancel(self, name: str) -> None:
         """Forget deadline ``name``; none scheduled: nothing."""
         if self.deadlines.pop(name, None) is not None:
+            self._deadlines_changed = True
             self.acted()
 
     @classmethod
@@ -280,7 +282,7 @@ class ProcessState:
                 batch.write(deadline_key(self.state_key, name), None)
             return
         subjects_changed = self.subjects != self._stored_subjects
-        if self.message != self._stored or subjects_changed or deadlines != self._stored_deadlines:
+        if self.message != self._stored or subjects_changed or self._deadlines_changed:
             wrapped = reaction_pb.ProcessState(
                 subjects=sorted(self.subjects),
                 started_us=self.started_us or at_us,

@@ -557,3 +557,48 @@ def test_only_the_replica_holding_the_lease_fires_and_one_that_takes_it_learns_w
         step(second)  # it takes the lease back: reads what is pending, and fires it
         assert _types(run, "o-1") == ["BoxCreated", "BoxArchived"]
         assert (first.status.deadlines_fired, second.status.deadlines_fired) == (0, 1)
+
+
+def test_a_deadline_function_that_schedules_itself_again_with_no_delay_stops_the_reaction() -> None:
+    plugin = Plugin("looping")
+    thing = plugin.aggregate("Thing", state=box.Box)
+
+    @thing.command(box.CreateBox)
+    def create(command: box.CreateBox, state: box.Box, context: CommandContext) -> box.BoxCreated:
+        return box.BoxCreated(name=command.name)
+
+    @thing.apply(box.BoxCreated)
+    def _created(state: box.Box, event: box.BoxCreated) -> None:
+        state.name = event.name
+
+    reaction = plugin.reaction(
+        "looping", aggregate_types=["Thing"], state=box.Box, state_key=lambda envelope: envelope.aggregate_id
+    )
+
+    @reaction.on(box.BoxCreated)
+    def created(event: box.BoxCreated, envelope: ProjectedEvent, progress: box.Box) -> Schedule:
+        progress.name = event.name
+        return Schedule("again", after=MINUTE)
+
+    @reaction.on_deadline("again")
+    def again(deadline: Deadline, progress: box.Box) -> Schedule:
+        return Schedule("again", after=timedelta(0))  # would fire for ever
+
+    with ReactionRun(plugin) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.settle()
+        run.advance(2 * MINUTE)
+        with pytest.raises(ReactionFailed) as caught:
+            run.settle()
+        assert caught.value.reason == "DEADLINE_NOT_LATER"
+        assert _due(run, "looping")[0] == 1  # still pending, as it was
+
+
+def test_a_deadline_keeps_the_envelope_of_the_event_that_scheduled_it() -> None:
+    with ReactionRun(_timers_plugin([], lambda *_: Schedule("t", after=MINUTE))) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.settle()
+        state = run.process_state("timers", "t-1")
+        assert state is not None
+        (first,) = state.deadlines
+        assert first.event_id == run.recorded("t-1")[0].event_id
