@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
@@ -92,6 +93,8 @@ def set_timers(
     state: ProcessState,
     who: str,
     now_us: int,
+    *,
+    later: bool = False,
 ) -> None:
     """Apply the ``Schedule`` and ``Cancel`` values of ``acted`` (what the
     function ``who`` names returned; its commands are the runner's) to the
@@ -99,8 +102,9 @@ def set_timers(
     and scheduled by ``envelope``'s event. A deadline belongs to a process:
     one with no state (no key), or whose state the function left empty
     (over, and its deadlines with it), cannot have one; and its name must be
-    one an ``@on_deadline`` function handles. Else ``ReactionFailed``, naming
-    the reaction, the function and the deadline."""
+    one an ``@on_deadline`` function handles; with ``later`` (a deadline's
+    functions), its ``after`` must be more than 0. Else ``ReactionFailed``,
+    naming the reaction, the function and the deadline."""
     name = reaction.name
     for action in acted:
         if isinstance(action, Send):
@@ -122,6 +126,13 @@ def set_timers(
                 metadata=metadata,
             )
         if isinstance(action, Schedule):
+            if later and action.after <= timedelta(0):
+                raise ReactionFailed(
+                    f"reaction {name}: {who} returned {said} with no delay: a deadline's functions schedule"
+                    " only later deadlines (after > 0), or they could fire one another for ever",
+                    reason="DEADLINE_NOT_LATER",
+                    metadata=metadata,
+                )
             state.schedule(action.name, action.due_us(now_us), envelope)
         else:
             state.cancel(action.name)

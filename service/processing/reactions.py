@@ -782,17 +782,6 @@ class ReactionRunner(CheckpointedRunner):
         reacted = self._call(handler, lambda: handler(deadline, state.message), where)
         seed = command_seed(self.reaction.name, due.state_key, due.name, entry.due_us)
         await self._act(reacted, seed, envelope, state, parked, where, handler, rounds=0, now_us=entry.due_us)
-        again = state.deadlines.get(due.name)
-        if again is not None and again.due_us <= entry.due_us:
-            # Due again at once: it would fire for ever, its commands under
-            # the same ids.
-            raise ReactionFailed(
-                f"reaction {self.reaction.name}: {_named(handler, None)} (on {where}) scheduled {due.name!r} again"
-                " with no delay: a deadline's function that schedules its own deadline again must schedule it"
-                " later (after > 0)",
-                reason="DEADLINE_NOT_LATER",
-                metadata={"reaction": self.reaction.name, "deadline": due.name, "state_key": due.state_key},
-            )
         state.save(batch, entry.due_us)
         self._failing_aggregate = ""
         return 1
@@ -821,7 +810,10 @@ class ReactionRunner(CheckpointedRunner):
         then its commands sent; those commands."""
         commands = [action for action in acted if isinstance(action, Send)]
         if len(commands) < len(acted):
-            set_timers(self.reaction, acted, envelope, state, f"{_named(function, refusal)} (on {where})", now_us)
+            who = f"{_named(function, refusal)} (on {where})"
+            # A deadline's functions schedule only later ones: with no delay
+            # two deadlines could fire each other for ever.
+            set_timers(self.reaction, acted, envelope, state, who, now_us, later=self._where_now is not None)
         await self._send(commands, seed, envelope, state, parked, rounds=rounds, now_us=now_us)
         return commands
 

@@ -559,7 +559,7 @@ def test_only_the_replica_holding_the_lease_fires_and_one_that_takes_it_learns_w
         assert (first.status.deadlines_fired, second.status.deadlines_fired) == (0, 1)
 
 
-def test_a_deadline_function_that_schedules_itself_again_with_no_delay_stops_the_reaction() -> None:
+def test_a_deadline_function_that_schedules_with_no_delay_stops_the_reaction() -> None:
     plugin = Plugin("looping")
     thing = plugin.aggregate("Thing", state=box.Box)
 
