@@ -808,12 +808,21 @@ def _process_state_json(types: RemoteTypes, state: reaction_service_pb2.StoredPr
     """A process state as JSON: as the server rendered it with its plugins'
     types, else unpacked with the types it serves (or its bytes in hex)."""
     shown: object = json.loads(state.state_json) if state.state_json else types.unpack(state.state)
-    return {
+    shown_state: dict[str, object] = {
         "state_key": state.state_key,
         "state_type": state.state_type,
         "state": shown,
         "subjects": list(state.subjects),
+        # Pending deadlines, soonest first (none: an empty list).
+        "deadlines": [{"name": d.name, "due": d.due.ToJsonString()} for d in state.deadlines],
     }
+    # When the process began and last changed (commit times; absent for a
+    # state an older server wrote, or from an older server).
+    if state.HasField("started"):
+        shown_state["started"] = state.started.ToJsonString()
+    if state.HasField("updated"):
+        shown_state["updated"] = state.updated.ToJsonString()
+    return shown_state
 
 
 def _group(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -1725,6 +1734,10 @@ def _plugins(args: argparse.Namespace) -> int:
                         "aggregate_types": sorted(reaction.aggregate_types),
                         "handlers": {name: handler.__qualname__ for name, (_, handler) in reaction.handlers.items()},
                         "on_refused": reaction.refused_handler.__qualname__ if reaction.refused_handler else None,
+                        # Its @on_deadline functions, by deadline name.
+                        "deadlines": {
+                            name: handler.__qualname__ for name, handler in reaction.deadline_handlers.items()
+                        },
                         "state": str(reaction.state_type.DESCRIPTOR.full_name) if reaction.state_type else None,
                     }
                     for reaction in plugin.reactions

@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TypeVar
 
@@ -318,6 +318,9 @@ class ReactionRun:
     def __init__(self, *plugins: Plugin) -> None:
         self.registry = Registry(plugins)
         self.store = MemoryStore()
+        # What time the reactions' runners see (for their deadlines): the
+        # wall clock, moved on by ``advance``.
+        self._ahead_us = 0
         self._loop = asyncio.new_event_loop()
         roles = Store.of(self.store)
         self._executor = CommandExecutor(roles, self.registry)
@@ -330,6 +333,7 @@ class ReactionRun:
                 log=roles.log,
                 documents=roles.projections,
                 reader=self._executor.loader.reader,
+                clock=self.now_us,
             )
             for reaction in self.registry.reactions
         }
@@ -382,15 +386,27 @@ class ReactionRun:
         request.spec.check_sender(request.principal)
         return await self._router.submit(request)
 
+    def now_us(self) -> int:
+        """What time the reactions see (microseconds since the Unix epoch)."""
+        return time.time_ns() // 1000 + self._ahead_us
+
+    def advance(self, by: timedelta) -> None:
+        """Move the reactions' clock on by ``by``: the deadlines due by then
+        fire at the next ``step`` or ``settle`` (events are still committed
+        at the wall clock's time, before them)."""
+        self._ahead_us += by // timedelta(microseconds=1)
+
     def step(self) -> bool:
         """Run every reaction over the events there are now (not over those
-        the commands they send make); whether any had something to do."""
+        the commands they send make), and fire the deadlines due; whether
+        any had something to do."""
 
         async def step() -> bool:
             moved = False
             for name, runner in self.runners.items():
+                fired = runner.status.deadlines_fired
                 position = await runner.step(self._positions[name])
-                moved = moved or position != self._positions[name]
+                moved = moved or position != self._positions[name] or runner.status.deadlines_fired != fired
                 self._positions[name] = position
             return moved
 

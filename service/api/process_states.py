@@ -1,6 +1,7 @@
 """A reaction's process states as ReactionService.GetProcessState and
 ListProcessStates show them: the stored ``chronicle.v1.ProcessState`` (the
-state packed as Any, and its subjects) with the state rendered as JSON
+state packed as Any, its subjects, its pending deadlines, when it began and
+last changed) with the state rendered as JSON
 through the loaded plugin's message types, so that an operator (and a
 client without the plugin's ``.proto`` files) reads it as it is.
 
@@ -19,6 +20,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from chronicle.v1 import reaction_service_pb2 as pb
+from service.api.codec import timestamp
 from service.plugins.reactions import Reaction
 from service.processing.reaction_documents import STATE_PREFIX, stored_type_of
 from service.store.records import StoredDocument
@@ -35,13 +37,22 @@ def shown(reaction: Reaction[Any], document: StoredDocument) -> pb.StoredProcess
     except DecodeError:
         return pb.StoredProcessState(state_key=state_key)  # nothing a reaction wrote: nothing to show
     state_type = stored_type_of(stored.state)
-    return pb.StoredProcessState(
+    answer = pb.StoredProcessState(
         state_key=state_key,
         state=stored.state,
         state_type=state_type,
         state_json=_as_json(reaction, state_type, stored.state.value),
         subjects=stored.subjects,
     )
+    # Its pending deadlines, soonest first (as stored), and when it began
+    # and last changed (commit times: unset for a state an older server wrote).
+    for entry in stored.deadlines:
+        answer.deadlines.add(name=entry.name, due=timestamp(entry.due_us))
+    if stored.started_us:
+        answer.started.CopyFrom(timestamp(stored.started_us))
+    if stored.updated_us:
+        answer.updated.CopyFrom(timestamp(stored.updated_us))
+    return answer
 
 
 def _as_json(reaction: Reaction[Any], state_type: str, value: bytes) -> str:

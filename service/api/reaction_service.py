@@ -122,6 +122,11 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             on_failure=reaction.on_failure,
             max_attempts=reaction.max_attempts if reaction.on_failure == "park" else 0,
         )
+        # Its processes' pending deadlines: counted by the store over their
+        # index, none read; and the soonest.
+        answer.deadlines, soonest = await self._documents.due_summary(reaction.name)
+        if soonest is not None:
+            answer.next_deadline.CopyFrom(timestamp(soonest))
         # What it met here before, kept once over (``error`` is what holds it now).
         if status is not None and status.last_error:
             answer.last_error = status.last_error

@@ -113,8 +113,11 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         """The state ``reaction`` keeps under ``state_key``: its stored
         message (``state``, an Any), its type's name (``state_type``), the
         message as JSON through the server's plugins (``state_json``; empty
-        for a type the reaction no longer knows) and the aggregates it was
-        derived from (``subjects``). Takes the admin grant (a process state
+        for a type the reaction no longer knows), the aggregates it was
+        derived from (``subjects``), its pending deadlines (``deadlines``:
+        ``name`` and ``due``, soonest first) and when the process began and
+        last changed (``started``, ``updated``: commit times; unset from an
+        older server). Takes the admin grant (a process state
         may hold personal data; each read is audited). ``NotFound``
         (PROCESS_STATE_NOT_FOUND) if it keeps none there, (REACTION_NOT_FOUND)
         for a reaction no loaded plugin declares."""

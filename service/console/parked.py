@@ -221,6 +221,19 @@ async def reaction_page(
             class_="summary",
             id="reaction-counters",
         ),
+        # Counted by the store over their index (GetReaction), none read.
+        tag(
+            "p",
+            f"{status.deadlines} deadline(s) of its processes pending"
+            + (
+                f"; the soonest due at {_utc_micros(status.next_deadline.ToMicroseconds())}"
+                if status.HasField("next_deadline")
+                else ""
+            )
+            + f" (chronicle reaction {name} --state KEY shows a process's).",
+            class_="summary",
+            id="reaction-deadlines",
+        ),
         error_view,
         tag("h2", "Parked commands"),
         _where_to_act(runners, name, status, admin=admin, here=here, csrf_token=csrf_token),

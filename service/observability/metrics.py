@@ -80,6 +80,7 @@ from prometheus_client.registry import Collector
 from service.errors import ChronicleError, ConfigurationError
 from service.observability.scrape_server import start_scrape_server
 from service.plugins.middleware import CommandCall, Middleware
+from service.processing.deadlines import DEADLINE_FIRED
 
 if TYPE_CHECKING:  # only PostgreSQL has group commit: no import of it for the others
     from service.store.postgres.group_commit import BatchCounts
@@ -192,6 +193,12 @@ class Metrics:
             ["reaction", "outcome"],
             registry=r,
         )
+        self.reaction_deadlines_fired = Counter(
+            "chronicle_reaction_deadlines_fired",
+            "Deadlines reactions' processes scheduled that fired (committed), by reaction",
+            ["reaction"],
+            registry=r,
+        )
         self.subscription_lag = Gauge(
             "chronicle_subscription_lag_positions",
             "How far the slowest open subscription is behind the log's head, in positions",
@@ -249,7 +256,10 @@ class Metrics:
         self.registry.register(_BatchCollector(counts))
 
     def reaction_outcome(self, reaction: str, outcome: str) -> None:
-        """A reaction's ``Outcomes`` hook."""
+        """A reaction's ``Outcomes`` hook: a command's outcome, or a deadline fired."""
+        if outcome == DEADLINE_FIRED:
+            self.reaction_deadlines_fired.labels(reaction=reaction).inc()
+            return
         self.reaction_commands.labels(reaction=reaction, outcome=outcome).inc()
 
     async def rpc_refused(

@@ -262,3 +262,11 @@ class TimedProjections:
 
     async def count_parked_commands(self, reaction: str) -> int:
         return await self._clock.time("count_parked_commands", lambda: self._inner.count_parked_commands(reaction))
+
+    async def due_documents(self, projection: str, *, until_us: int, limit: int) -> list[StoredDocument]:
+        return await self._clock.time(
+            "due_documents", lambda: self._inner.due_documents(projection, until_us=until_us, limit=limit)
+        )
+
+    async def due_summary(self, projection: str) -> tuple[int, int | None]:
+        return await self._clock.time("due_summary", lambda: self._inner.due_summary(projection))

@@ -6,16 +6,18 @@ from service.plugins.api import AggregateType, CommandSpec, EventSpec, OldEvent,
 from service.plugins.context import CommandContext, Effects
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.projections import Documents, ProjectedEvent, Projection
-from service.plugins.reactions import IGNORE, Ignore, Reaction, Refusal, Send
+from service.plugins.reactions import IGNORE, Cancel, Deadline, Ignore, Reaction, Refusal, Schedule, Send
 
 __all__ = [
     "IGNORE",
     "AggregateDeleted",
     "AggregateType",
     "AlreadyExistsError",
+    "Cancel",
     "CommandCall",
     "CommandContext",
     "CommandSpec",
+    "Deadline",
     "Documents",
     "Effects",
     "EventSpec",
@@ -30,6 +32,7 @@ __all__ = [
     "Projection",
     "Reaction",
     "Refusal",
+    "Schedule",
     "Send",
     "UpcasterSpec",
     "ValidationError",

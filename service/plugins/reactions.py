@@ -46,6 +46,22 @@ reason ``REACTION_LOOP``, so a reaction that keeps reacting to what its own
 commands cause stops instead of running for ever. Clients cannot set the
 key (the codec refuses it).
 
+Deadlines (timers): a function may return ``Schedule(name, after=…)`` among
+its commands, due at the event's commit time plus ``after`` (so the same on
+a replay: no clock), one per process (state key) and name (scheduling again
+replaces it), and ``Cancel(name)`` (nothing scheduled: nothing happens).
+When it is due, the runner calls the reaction's ``@on_deadline(name)``
+function with a ``Deadline`` and the process's state, and sends what it
+returns as it sends an event's commands (``processing/deadlines.py``)::
+
+    @fulfil.on(shop.PaymentRequested)
+    def await_payment(event, envelope, progress) -> list[Send | Schedule]:
+        return [Send(...), Schedule("payment", after=timedelta(minutes=10))]
+
+    @fulfil.on_deadline("payment")
+    def payment_overdue(deadline, progress) -> Send | None:
+        return Send(progress.order_id, shop.CancelOrder(reason="payment overdue"))
+
 A refused command (the handler of its aggregate refused it, recorded like any
 refusal) is handed to ``on_refused`` with the state; the commands it returns
 are sent in turn (their refusals handed back again, up to ``MAX_ROUNDS``).
@@ -60,9 +76,11 @@ and nothing parked, and the status counts it ``ignored``.
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar, get_args
 
 from google.protobuf.message import Message
@@ -143,14 +161,77 @@ class Ignore(enum.Enum):
 # still parks, as it always did.
 IGNORE: Final = Ignore.IGNORE
 
-# What a reaction's function returns: a command, several, or none.
-Reacted: TypeAlias = "Send | Iterable[Send] | None"
-# What ``on_refused`` returns: as an event's function, or IGNORE.
-Compensation: TypeAlias = "Send | Iterable[Send] | Ignore | None"
+# A deadline's name: what Schedule, Cancel and @on_deadline say (no ':',
+# which separates it from the state key in its document's key).
+_DEADLINE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
+
+
+def _check_deadline_name(name: object) -> str:
+    if not isinstance(name, str) or not _DEADLINE_NAME.fullmatch(name):
+        raise ValueError(f"a deadline's name must be 1 to 100 letters, digits, '_', '.' or '-', not {name!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Wake the process ``after`` its event (or, returned by a deadline's
+    function, its deadline): due at the event's commit time plus ``after``
+    (the deadline's due time plus ``after``), the ``@on_deadline(name)``
+    function is called. One per process and name: scheduling again
+    replaces it."""
+
+    name: str
+    after: timedelta
+
+    def __post_init__(self) -> None:
+        _check_deadline_name(self.name)
+        if not isinstance(self.after, timedelta) or self.after < timedelta(0):
+            raise ValueError(f"Schedule({self.name!r}): after must be a timedelta of 0 or more, not {self.after!r}")
+
+    def due_us(self, base_us: int) -> int:
+        """When it is due, scheduled at ``base_us`` (microseconds)."""
+        return base_us + self.after // timedelta(microseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Forget the process's deadline ``name`` (none scheduled: nothing)."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        _check_deadline_name(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    """A deadline that is due, as its ``@on_deadline`` function gets it: its
+    name, its process's state key, when it was due (microseconds since the
+    Unix epoch), and the envelope of the event that scheduled it (whose
+    causation, correlation, user and metadata the commands sent for it
+    carry)."""
+
+    name: str
+    state_key: str
+    due_us: int
+    envelope: ProjectedEvent
+
+    @property
+    def due(self) -> datetime:
+        return datetime.fromtimestamp(self.due_us / 1_000_000, tz=UTC)
+
+
+# What a reaction's function returns: commands and timers, one or several, or none.
+Action: TypeAlias = "Send | Schedule | Cancel"
+Reacted: TypeAlias = "Send | Schedule | Cancel | Iterable[Send | Schedule | Cancel] | None"
 ReactionHandlerOf: TypeAlias = Callable[[E, ProjectedEvent, S], Reacted]
+# What ``on_refused`` returns: as an event's function, or IGNORE.
+Compensation: TypeAlias = "Send | Schedule | Cancel | Iterable[Send | Schedule | Cancel] | Ignore | None"
 RefusalHandlerOf: TypeAlias = Callable[[Refusal, ProjectedEvent, S], Compensation]
+DeadlineHandlerOf: TypeAlias = Callable[[Deadline, S], Reacted]
 ReactionHandler = Callable[[Any, ProjectedEvent, Any], Reacted]
 RefusalHandler = Callable[[Refusal, ProjectedEvent, Any], Compensation]
+DeadlineHandler = Callable[[Deadline, Any], Reacted]
 # Turns a process's state stored as a type the reaction declared before into
 # its state message now.
 StateUpcaster = Callable[[Any], Message]
@@ -178,7 +259,8 @@ def hops_of(envelope: ProjectedEvent) -> int:
     return int(text) if len(text) <= 18 else 10**18  # so long a count is past any limit: not parsed
 
 
-_EXPECTED = "Send(aggregate_id, command), a list of Send values, or None"
+_EXPECTED = "Send(aggregate_id, command), Schedule(name, after), Cancel(name), a list of those, or None"
+_ACTIONS = (Send, Schedule, Cancel)
 
 
 def _what(value: object) -> str:
@@ -189,20 +271,26 @@ def _what(value: object) -> str:
     return f"a {type(value).__name__}"
 
 
-def sends(reacted: Reacted) -> list[Send]:
+def actions(reacted: Reacted) -> list[Send | Schedule | Cancel]:
     """What a reaction's function returned, as a list (checked: a
     ``TypeError`` says what came back instead)."""
     if reacted is None:
         return []
-    if isinstance(reacted, Send):
+    if isinstance(reacted, _ACTIONS):
         return [reacted]
     if isinstance(reacted, Message | str | bytes | Mapping) or not isinstance(reacted, Iterable):
         raise TypeError(f"returned {_what(reacted)}; a reaction returns {_EXPECTED}")
     found = list(reacted)
     for index, item in enumerate(found):
-        if not isinstance(item, Send):
+        if not isinstance(item, _ACTIONS):
             raise TypeError(f"returned a list whose item {index} is {_what(item)}; a reaction returns {_EXPECTED}")
     return found
+
+
+def sends(reacted: Reacted) -> list[Send]:
+    """The commands among what a reaction's function returned (checked as
+    ``actions`` checks it)."""
+    return [action for action in actions(reacted) if isinstance(action, Send)]
 
 
 class Reaction(Generic[S]):
@@ -256,6 +344,8 @@ class Reaction(Generic[S]):
         self.start_from = start_from
         self.handlers: dict[str, tuple[type[Message], ReactionHandler]] = {}
         self.refused_handler: RefusalHandler | None = None
+        # By deadline name: the function called when a process's deadline is due.
+        self.deadline_handlers: dict[str, DeadlineHandler] = {}
         # By full name: the state types it declared before, and what turns
         # one stored as such into its state message now.
         self.state_upcasters: dict[str, tuple[type[Message], StateUpcaster]] = {}
@@ -280,6 +370,27 @@ class Reaction(Generic[S]):
             raise ValueError(f"reaction {self.name} has two on_refused functions")
         self.refused_handler = handler
         return handler
+
+    def on_deadline(self, name: str) -> Callable[[DeadlineHandlerOf[S]], DeadlineHandlerOf[S]]:
+        """Register the decorated function as the one called when a process's
+        deadline ``name`` (``Schedule(name, …)``) is due, with the
+        ``Deadline`` and the process's state; what it returns is sent (and
+        scheduled, cancelled) as an event's function's. A deadline belongs to
+        a process: the reaction must declare a ``state``."""
+        _check_deadline_name(name)
+        if self.state_type is None:
+            raise ValueError(
+                f"reaction {self.name} declares no state: a deadline ({name!r}) belongs to a process's state,"
+                " declare plugin.reaction(..., state=Message)"
+            )
+        if name in self.deadline_handlers:
+            raise ValueError(f"reaction {self.name}: deadline {name!r} has two on_deadline functions")
+
+        def register(handler: DeadlineHandlerOf[S]) -> DeadlineHandlerOf[S]:
+            self.deadline_handlers[name] = handler
+            return handler
+
+        return register
 
     def upcast_state(self, old_type: type[Old]) -> Callable[[Callable[[Old], Message]], Callable[[Old], Message]]:
         """Register the decorated function as what turns a process's state

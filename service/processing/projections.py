@@ -162,6 +162,8 @@ class _Batch:
         # holds would otherwise load, lose and load them again for ever.
         self._loaded: dict[str, _Raw | None] = {}
         self._subjects: dict[str, tuple[str, ...]] = {}
+        # The due times of the documents written with one (a reaction's deadlines).
+        self._due: dict[str, int] = {}
         self._writes: list[DocumentWrite] | None = None
         self.parked: list[ParkedEvent] = []
 
@@ -196,19 +198,34 @@ class _Batch:
                 f"document {key!r} of projection {self.projection} does not parse", reason="CORRUPT_DOCUMENT"
             ) from error
 
-    def write(self, key: str, document: Message | None, subjects: tuple[str, ...] = ()) -> None:
+    def write(
+        self, key: str, document: Message | None, subjects: tuple[str, ...] = (), due_us: int | None = None
+    ) -> None:
         self.current[key] = document
         self._subjects[key] = subjects
+        if due_us is not None:
+            self._due[key] = due_us
+        elif self._due:  # nearly always empty: a reaction's deadlines only
+            self._due.pop(key, None)
         self._writes = None
+
+    def due_of(self, key: str) -> int | None:
+        """The due time ``key`` was last written with in this batch."""
+        return self._due.get(key)
 
     @property
     def writes(self) -> list[DocumentWrite]:
         if self._writes is None:
+            due = self._due
             self._writes = [
                 DocumentWrite(key)
                 if document is None
                 else DocumentWrite(
-                    key, str(document.DESCRIPTOR.full_name), document.SerializeToString(), self._subjects[key]
+                    key,
+                    str(document.DESCRIPTOR.full_name),
+                    document.SerializeToString(),
+                    self._subjects[key],
+                    due.get(key) if due else None,
                 )
                 for key, document in self.current.items()
             ]

@@ -16,6 +16,12 @@ checkpoint:
   the event that would park one too many: see ``TooManyParked``). An index,
   not a listing by key prefix: with encryption at rest document keys are
   keyed hashes, which cannot be listed;
+- ``deadline:<state key>:<name>``: a process's pending deadline
+  (``chronicle.v1.Deadline``: its state key, name and due time), stored
+  with its due time, which the store indexes (``due_documents``): what the
+  runner finds due. The process's state lists its deadlines too, and is
+  what a deadline fires by (``processing/deadlines.py``); both name the
+  same subjects, and go together;
 - ``failures``: with ``on_failure="park"``, how many times the commands of
   the event it is stopped at failed for a plugin's bug
   (``processing/reaction_failures.py``).
@@ -54,6 +60,7 @@ M = TypeVar("M", bound=Message)
 PARKED_KEY = "parked"
 PARKED_PREFIX = "parked:"
 STATE_PREFIX = "state:"
+DEADLINE_PREFIX = "deadline:"
 MAX_PARKED = 1000
 TYPE_URL_PREFIX = "type.googleapis.com/"
 
@@ -74,12 +81,14 @@ class ReactionBatch(_Batch):
         self, reaction: str, store: ProjectionStore, cache: DocumentCache, forgotten: ForgottenSubjects
     ) -> None:
         super().__init__(reaction, store, cache, forgotten)
-        # Per write: its key, and the document and subjects it replaced.
-        self._undo: list[tuple[str, Message | _Absent | None, tuple[str, ...]]] = []
+        # Per write: its key, and the document, subjects and due time it replaced.
+        self._undo: list[tuple[str, Message | _Absent | None, tuple[str, ...], int | None]] = []
 
-    def write(self, key: str, document: Message | None, subjects: tuple[str, ...] = ()) -> None:
-        self._undo.append((key, self.current.get(key, ABSENT), self._subjects.get(key, ())))
-        super().write(key, document, subjects)
+    def write(
+        self, key: str, document: Message | None, subjects: tuple[str, ...] = (), due_us: int | None = None
+    ) -> None:
+        self._undo.append((key, self.current.get(key, ABSENT), self._subjects.get(key, ()), self._due.get(key)))
+        super().write(key, document, subjects, due_us)
 
     def savepoint(self) -> int:
         return len(self._undo)
@@ -87,13 +96,16 @@ class ReactionBatch(_Batch):
     def rollback(self, savepoint: int) -> None:
         """Undo the writes made since ``savepoint``, the last first."""
         while len(self._undo) > savepoint:
-            key, document, subjects = self._undo.pop()
+            key, document, subjects, due_us = self._undo.pop()
+            self._due.pop(key, None)
             if isinstance(document, _Absent):
                 del self.current[key]
                 self._subjects.pop(key, None)
             else:
                 self.current[key] = document
                 self._subjects[key] = subjects
+                if due_us is not None:
+                    self._due[key] = due_us
         self._writes = None
 
 
@@ -105,17 +117,24 @@ ABSENT = _Absent()
 
 
 class ProcessState:
-    """A reaction's state for one event: loaded from the batch's overlay,
-    saved back into it with its subjects: those it had, the aggregates of
-    the commands sent for it, and the event's aggregate if the event was
-    acted on (the state changed, or a command was sent).
+    """A reaction's state for one event (or one deadline): loaded from the
+    batch's overlay, saved back into it with its subjects: those it had, the
+    aggregates of the commands sent for it, and the event's aggregate if the
+    event was acted on (the state changed, a command was sent, a deadline
+    scheduled or cancelled).
 
     Not the event's aggregate otherwise: a state key routes by what the
     event carries, which a client may choose (its correlation id, its
     metadata), and an event the functions passed by left nothing of itself
     in the state; named a subject, forgetting the aggregate of whoever sent
     it (a stranger's, or an attacker's own) would delete a process it had
-    no part in."""
+    no part in.
+
+    Its deadlines are kept in it (``chronicle.v1.ProcessState.deadlines``,
+    what a deadline fires by) and, each, as a document of its own with its
+    due time (``deadline:<state key>:<name>``, what the store finds due),
+    written with the state's subjects: forgetting one deletes both, and
+    deleting the state (left empty, dropped) deletes its deadlines."""
 
     def __init__(
         self,
@@ -126,8 +145,10 @@ class ProcessState:
         *,
         event_aggregate: str = "",
         handed: Message | None = None,
+        wrapped: reaction_pb.ProcessState | None = None,
     ) -> None:
         self.key = key
+        self.state_key = key[len(STATE_PREFIX) :] if key else ""
         self.message = message
         self._stored = stored
         self._stored_subjects = subjects
@@ -138,6 +159,17 @@ class ProcessState:
         # it: a subject only if they acted on the event (``save``).
         self._event_aggregate = event_aggregate
         self._handed = handed
+        # Its deadlines by name, as stored and as the functions left them
+        # (most processes have none: nothing built for them).
+        self._stored_deadlines: dict[str, int] = {}
+        self.deadlines: dict[str, reaction_pb.ScheduledDeadline] = {}
+        if wrapped is not None and wrapped.deadlines:
+            self._stored_deadlines = {entry.name: entry.due_us for entry in wrapped.deadlines}
+            self.deadlines = {entry.name: entry for entry in wrapped.deadlines}
+        self.started_us = wrapped.started_us if wrapped is not None else 0
+        self._stored_updated_us = wrapped.updated_us if wrapped is not None else 0
+        self.scheduled = False  # a deadline was scheduled for it now
+        self._deadlines_changed = False  # scheduled or cancelled: the state is written
 
     def sent_to(self, aggregate_id: str) -> None:
         """A command was sent to ``aggregate_id`` for the event: the process
@@ -145,6 +177,39 @@ class ProcessState:
         self.subjects.add(aggregate_id)
         if self._event_aggregate:
             self.subjects.add(self._event_aggregate)
+
+    def acted(self) -> None:
+        """The functions acted on the event (a command, a deadline): the
+        process is derived from its aggregate."""
+        if self._event_aggregate:
+            self.subjects.add(self._event_aggregate)
+
+    def schedule(self, name: str, due_us: int, envelope: ProjectedEvent) -> None:
+        """Deadline ``name`` is due at ``due_us`` (replacing one of that
+        name), scheduled by ``envelope``'s event."""
+        self.deadlines[name] = reaction_pb.ScheduledDeadline(
+            name=name,
+            due_us=due_us,
+            event_id=envelope.event_id,
+            aggregate_id=envelope.aggregate_id,
+            aggregate_type=envelope.aggregate_type,
+            version=envelope.version,
+            position=envelope.position,
+            event_type=envelope.event_type,
+            timestamp_us=envelope.timestamp_us,
+            user_id=envelope.user_id,
+            origin=envelope.origin,
+            correlation_id=envelope.correlation_id,
+            metadata=dict(envelope.metadata),
+        )
+        self.scheduled = self._deadlines_changed = True
+        self.acted()
+
+    def cancel(self, name: str) -> None:
+        """Forget deadline ``name``; none scheduled: nothing."""
+        if self.deadlines.pop(name, None) is not None:
+            self._deadlines_changed = True
+            self.acted()
 
     @classmethod
     async def load(cls, reaction: Reaction[Any], batch: _Batch, envelope: ProjectedEvent) -> ProcessState:
@@ -154,6 +219,15 @@ class ProcessState:
         key = reaction.state_key(envelope)
         if not key:
             return cls("", state_type(), None)  # no process: a new state, not kept
+        return await cls.load_key(reaction, batch, key, event_aggregate=envelope.aggregate_id)
+
+    @classmethod
+    async def load_key(
+        cls, reaction: Reaction[Any], batch: _Batch, key: str, *, event_aggregate: str = ""
+    ) -> ProcessState:
+        """The state under ``key`` (a process's deadline: no event)."""
+        state_type = reaction.state_type
+        assert state_type is not None
         document_key = STATE_PREFIX + key
         wrapped = await _read(batch, document_key, reaction_pb.ProcessState)
         message = state_type()
@@ -173,24 +247,65 @@ class ProcessState:
         else:
             handed = state_type()  # new, or upcast (rare): copied
             handed.CopyFrom(message)
-        state = cls(document_key, message, stored, subjects, event_aggregate=envelope.aggregate_id, handed=handed)
+        state = cls(
+            document_key,
+            message,
+            stored,
+            subjects,
+            event_aggregate=event_aggregate,
+            handed=handed,
+            wrapped=wrapped,
+        )
         state.upcast = wrapped is not None and stored is None
         return state
 
-    def save(self, batch: _Batch) -> None:
+    @property
+    def exists(self) -> bool:
+        """Whether a state is stored under its key (before this change)."""
+        return self._stored is not None or self.upcast
+
+    def save(self, batch: _Batch, at_us: int = 0) -> None:
+        """Write what changed into ``batch``; ``at_us``: the commit time of
+        the event (or the due time of the deadline) that changed it."""
         if not self.key or self.message is None:
             return
         if self._event_aggregate and self.message != self._handed:
             self.subjects.add(self._event_aggregate)  # the state took something of the event
+        deadlines = {name: entry.due_us for name, entry in self.deadlines.items()} if self.deadlines else {}
         if self.message == type(self.message)() or batch.forgotten.any_of(self.subjects):
             # The process is over (nothing left behind), or it was derived
-            # from a forgotten aggregate (it must not exist).
-            if self._stored is not None or self.upcast:
+            # from a forgotten aggregate (it must not exist); its deadlines
+            # go with it.
+            if self.exists:
                 batch.write(self.key, None)
-        elif self.message != self._stored or self.subjects != self._stored_subjects:
-            wrapped = reaction_pb.ProcessState(subjects=sorted(self.subjects))
+            for name in self._stored_deadlines:
+                batch.write(deadline_key(self.state_key, name), None)
+            return
+        subjects_changed = self.subjects != self._stored_subjects
+        if self.message != self._stored or subjects_changed or self._deadlines_changed:
+            wrapped = reaction_pb.ProcessState(
+                subjects=sorted(self.subjects),
+                started_us=self.started_us or at_us,
+                updated_us=at_us or self._stored_updated_us,
+            )
+            if self.deadlines:
+                wrapped.deadlines.extend(sorted(self.deadlines.values(), key=lambda entry: (entry.due_us, entry.name)))
             wrapped.state.Pack(self.message)
-            batch.write(self.key, wrapped, tuple(sorted(self.subjects)))
+            subjects = tuple(sorted(self.subjects))
+            batch.write(self.key, wrapped, subjects)
+            if not deadlines and not self._stored_deadlines:
+                return  # the usual case: no deadline, none to write
+            for name in self._stored_deadlines.keys() - deadlines.keys():
+                batch.write(deadline_key(self.state_key, name), None)
+            for name, due_us in deadlines.items():
+                if subjects_changed or self._stored_deadlines.get(name) != due_us:
+                    document = reaction_pb.Deadline(state_key=self.state_key, name=name, due_us=due_us)
+                    batch.write(deadline_key(self.state_key, name), document, subjects, due_us=due_us)
+
+
+def deadline_key(state_key: str, name: str) -> str:
+    """The key of a process's deadline's document (a name has no ':')."""
+    return f"{DEADLINE_PREFIX}{state_key}:{name}"
 
 
 def stored_type_of(packed: any_pb2.Any) -> str:

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,19 +89,30 @@ from service.plugins.reactions import (
     HOPS_KEY,
     IGNORE,
     MAX_ROUNDS,
+    Cancel,
     Compensation,
     Reacted,
     Reaction,
     Refusal,
+    Schedule,
     Send,
+    actions,
     command_id_for,
     hops_of,
-    sends,
 )
 from service.plugins.registry import Registry
 from service.principal import REACTION_PREFIX, tenant_of_id
 from service.processing import reaction_documents
 from service.processing.commands import CommandRequest, CommandResult
+from service.processing.deadlines import (
+    DEADLINE_FIRED,
+    Clock,
+    Soonest,
+    command_seed,
+    deadline_of,
+    set_timers,
+    wall_clock_us,
+)
 from service.processing.projections import (
     BATCH_DELAY,
     CheckpointedRunner,
@@ -119,6 +131,7 @@ from service.processing.reaction_documents import (
     ParkedList,
     ProcessState,
     ReactionBatch,
+    deadline_key,
     load_index,
     load_parked_command,
     prune,
@@ -138,8 +151,12 @@ log = logging.getLogger(__name__)
 # The longest aggregate id a command may name (as the codec checks a client's).
 _MAX_AGGREGATE_ID = 200
 Submit = Callable[[CommandRequest], Awaitable[CommandResult]]
-# Told of each command's outcome: (reaction, "accepted" | "replayed" | "refused" | "parked" | "ignored").
+# Told of each command's outcome: (reaction, "accepted" | "replayed" | "refused" | "parked" | "ignored"),
+# and of each deadline fired: (reaction, "deadline_fired").
 Outcomes = Callable[[str, str], None]
+# What one of a reaction's functions returned, split: its commands, and its
+# deadlines to schedule or cancel.
+Actions = list[Send | Schedule | Cancel]
 # Parked commands an operator's replay of all sends per commit (and per hold
 # of the reaction's lock, so that the reaction goes on between them).
 _REPLAY_STEP = 50
@@ -194,6 +211,7 @@ class ReactionStatus:
     # Where it started: the position start_from fixed when it was new to the
     # store (see processing/reaction_starts.py).
     start_position: int = 0
+    deadlines_fired: int = 0  # since this server started, in commits that went through
 
 
 def _plugin_failure(error: ChronicleError) -> bool:
@@ -246,6 +264,7 @@ class ReactionRunner(CheckpointedRunner):
         max_parked: int | None = None,
         slow_handler_seconds: float = 0.1,
         fix_start: Callable[[], Awaitable[int]] | None = None,
+        clock: Clock = wall_clock_us,
     ) -> None:
         self.reaction = reaction
         self._registry = registry
@@ -284,6 +303,12 @@ class ReactionRunner(CheckpointedRunner):
         # Fixes its start (and says where it started) if the server's start
         # could not (the store was away then): before its first batch.
         self._fix_start = fix_start
+        # Deadlines: what time it is (a test's clock moves by itself), and
+        # the soonest due, known without a read per batch.
+        self._clock = clock
+        self._soonest = Soonest(reaction.name, documents)
+        # The deadline being fired (None: an event is being handled).
+        self._where_now: _Where | None = None
 
     def started_at(self, position: int) -> None:
         """Its start is fixed (or was found), at ``position``: nothing left
@@ -323,14 +348,21 @@ class ReactionRunner(CheckpointedRunner):
                 self._fencing = fencing
                 self._cache.clear()
                 self._failures.forget()  # another replica may have counted meanwhile
+                self._soonest.forget()  # it may have scheduled some meanwhile
                 position = self.status.position = await self._documents.projection_position(self.reaction.name)
         try:
             while True:
                 page = await self._read(position)
                 if page.scanned_to == position:
+                    # Caught up: every deadline due by now may fire.
+                    await self._fire_due(position, fencing, self._clock())
                     break
                 if self._lease is not None and self._lease.fencing() != fencing:
                     break  # the lease moved: the next step starts over
+                if page.events:
+                    # Behind: only those due before the next event to handle
+                    # was committed (the events before their time are handled).
+                    await self._fire_due(position, fencing, min(self._clock(), page.events[0].timestamp_us - 1))
                 batch = ReactionBatch(self.reaction.name, self._documents, self._cache, self._forgotten)
                 self._handled.clear()
                 parked = ParkedList(batch, self._max_parked)
@@ -359,6 +391,7 @@ class ReactionRunner(CheckpointedRunner):
                     fencing=fencing,
                 )
                 batch.committed()
+                self._soonest.written(batch.writes)
                 self._failures.committed(end)
                 self.status.handled += sum(1 for handled in self._handled if handled <= end)
                 position = self.status.position = end
@@ -470,8 +503,9 @@ class ReactionRunner(CheckpointedRunner):
 
     async def drop_state(self, state_key: str) -> None:
         """Delete the state the reaction keeps under ``state_key``, whatever
-        its type (one it cannot load included), without moving its
-        checkpoint: the process's next event starts from an empty state."""
+        its type (one it cannot load included), and its deadlines, without
+        moving its checkpoint: the process's next event starts from an empty
+        state."""
         await self.drop_states((state_key,))
 
     async def drop_states(self, state_keys: Sequence[str]) -> None:
@@ -483,15 +517,18 @@ class ReactionRunner(CheckpointedRunner):
             position, batch = await self._in_place()
             keys = [reaction_documents.STATE_PREFIX + state_key for state_key in state_keys]
             await batch.load(keys)  # in one read
-            missing = [
-                state_key
+            found = {
+                state_key: batch.read(key, reaction_pb.ProcessState)
                 for state_key, key in zip(state_keys, keys, strict=True)
-                if batch.read(key, reaction_pb.ProcessState) is None
-            ]
+            }
+            missing = [state_key for state_key, wrapped in found.items() if wrapped is None]
             if missing:
                 raise _no_states(self.reaction.name, missing, asked=len(state_keys))
-            for key in keys:
-                batch.write(key, None)
+            for state_key, wrapped in found.items():
+                batch.write(reaction_documents.STATE_PREFIX + state_key, None)
+                assert wrapped is not None
+                for entry in wrapped.deadlines:  # the process's deadlines go with it
+                    batch.write(deadline_key(state_key, entry.name), None)
             await self._commit_in_place(batch, position, fencing)
 
     async def _replay_step(
@@ -670,47 +707,163 @@ class ReactionRunner(CheckpointedRunner):
         state = await ProcessState.load(self.reaction, batch, envelope)
         self._handled.append(record.position)
         function = registered[1]
-        reacted = self._call(function, lambda: function(message, envelope, state.message), envelope)
-        await self._send(reacted, f"{self.reaction.name}/{record.event_id}", envelope, state, parked, rounds=0)
-        state.save(batch)
+        where = _at_event(envelope)
+        reacted = self._call(function, lambda: function(message, envelope, state.message), where)
+        seed = f"{self.reaction.name}/{record.event_id}"
+        await self._act(reacted, seed, envelope, state, parked, where, function, rounds=0, now_us=envelope.timestamp_us)
+        state.save(batch, envelope.timestamp_us)
+
+    async def _fire_due(self, position: int, fencing: Fencing | None, until_us: int) -> None:
+        """Fire the reaction's deadlines due by ``until_us`` (a batch of them,
+        soonest first), committed together without moving the checkpoint
+        from ``position``. Reads nothing unless one is known to be due. A
+        deadline that fails stops there: those fired before it are committed,
+        and the failure raised (tried again after the reaction's pause)."""
+        soonest = await self._soonest.get()
+        if soonest is None or soonest > until_us:
+            return
+        name = self.reaction.name
+        found = await self._documents.due_documents(name, until_us=until_us, limit=self.reaction.batch_size)
+        batch = ReactionBatch(name, self._documents, self._cache, self._forgotten)
+        parked = ParkedList(batch, self._max_parked)
+        fired = 0
+        failure: Exception | None = None
+        for stored in found:
+            due = reaction_pb.Deadline.FromString(stored.data)
+            savepoint = batch.savepoint(), parked.savepoint()
+            self._failing_command_aggregate = ""
+            try:
+                fired += await self._fire(batch, parked, due)
+            except SubjectsForgotten:
+                raise  # the step runs again (``step``)
+            except Exception as error:
+                batch.rollback(savepoint[0])
+                parked.rollback(savepoint[1])
+                failure = error
+                break
+            finally:
+                self._where_now = None
+        parked.write()
+        if batch.writes:
+            await self._documents.commit_projection(
+                name, expected_position=position, new_position=position, writes=batch.writes, fencing=fencing
+            )
+            batch.committed()
+            if parked.count is not None:
+                self.status.parked = parked.count
+            for _ in range(parked.added):
+                self._count("parked")
+            self.status.deadlines_fired += fired
+            for _ in range(fired):
+                self._count(DEADLINE_FIRED)
+        await self._soonest.read()  # what is left, and when
+        if failure is not None:
+            raise failure
+
+    async def _fire(self, batch: ReactionBatch, parked: ParkedList, due: reaction_pb.Deadline) -> int:
+        """Fire ``due`` in ``batch``: 1 if it fired, 0 if it was no longer
+        pending (its process over or dropped, it cancelled or rescheduled:
+        the process's state says, and a stale document goes)."""
+        state = await ProcessState.load_key(self.reaction, batch, due.state_key)
+        entry = state.deadlines.get(due.name)
+        if entry is None or not state.exists:
+            batch.write(deadline_key(due.state_key, due.name), None)
+            return 0
+        if entry.due_us != due.due_us:
+            # Rescheduled (by a deadline fired before it in this batch): its
+            # document is written again as the state says, so that one the
+            # state disagrees with is never found due again and again.
+            document = reaction_pb.Deadline(state_key=due.state_key, name=due.name, due_us=entry.due_us)
+            subjects = tuple(sorted(state.subjects))
+            batch.write(deadline_key(due.state_key, due.name), document, subjects, due_us=entry.due_us)
+            return 0
+        deadline = deadline_of(due.state_key, entry)
+        envelope = deadline.envelope
+        where = self._where_now = _at_deadline(due.state_key, due.name, envelope)
+        handler = self.reaction.deadline_handlers.get(due.name)
+        if handler is None:
+            raise ReactionFailed(
+                f"reaction {self.reaction.name}: process {due.state_key!r} has a deadline {due.name!r} due, and no"
+                f" @on_deadline({due.name!r}) function is declared: restore it, or drop the process's state"
+                f" (chronicle reaction {self.reaction.name} --drop-state {shlex.quote(due.state_key)})",
+                reason="UNKNOWN_DEADLINE",
+                metadata={"reaction": self.reaction.name, "deadline": due.name, "state_key": due.state_key},
+            )
+        state.cancel(due.name)  # fired: gone, unless its function schedules it again
+        # A failure here may quote the state, derived from the scheduling
+        # event's aggregate (among others): its text is withdrawn once that
+        # aggregate is forgotten, as an event's failure's.
+        self._failing_aggregate = envelope.aggregate_id
+        reacted = self._call(handler, lambda: handler(deadline, state.message), where)
+        seed = command_seed(self.reaction.name, due.state_key, due.name, entry.due_us)
+        await self._act(reacted, seed, envelope, state, parked, where, handler, rounds=0, now_us=entry.due_us)
+        state.save(batch, entry.due_us)
+        self._failing_aggregate = ""
+        return 1
+
+    async def _wait_for_work(self, position: int) -> None:
+        """Until the log has events after ``position``, a poll's while, or
+        the soonest deadline is due, whichever comes first."""
+        await self._log.wait_for_commit(position, self._soonest.wait(self._clock(), self._poll_interval))
+
+    async def _act(
+        self,
+        acted: Actions,
+        seed: str,
+        envelope: ProjectedEvent,
+        state: ProcessState,
+        parked: ParkedList,
+        where: _Where,
+        function: Callable[..., Compensation],
+        *,
+        rounds: int,
+        now_us: int,
+        refusal: Refusal | None = None,
+    ) -> list[Send]:
+        """Do what one of its functions returned: its deadlines scheduled
+        (due ``now_us`` plus their ``after``) and cancelled in ``state``,
+        then its commands sent; those commands."""
+        commands = [action for action in acted if isinstance(action, Send)]
+        if len(commands) < len(acted):
+            who = f"{_named(function, refusal)} (on {where})"
+            # A deadline's functions schedule only later ones: with no delay
+            # two deadlines could fire each other for ever.
+            set_timers(self.reaction, acted, envelope, state, who, now_us, later=self._where_now is not None)
+        await self._send(commands, seed, envelope, state, parked, rounds=rounds, now_us=now_us)
+        return commands
 
     def _call(
         self,
         function: Callable[..., Compensation],
         call: Callable[[], Reacted],
-        envelope: ProjectedEvent,
+        where: _Where,
         refusal: Refusal | None = None,
-    ) -> list[Send]:
+    ) -> Actions:
         """Run one of the reaction's functions (``function``, by ``call``,
-        for ``refusal`` if given), timed; what it returned, as commands."""
+        for ``refusal`` if given, on ``where``: an event or a deadline),
+        timed; what it returned, as commands and deadlines."""
         started = time.perf_counter()
         try:
             reacted = call()
         except ChronicleError:
             raise
         except Exception as error:
-            where = f"{envelope.event_type} at position {envelope.position}"
             log.exception("reaction %s failed on %s (%s)", self.reaction.name, where, _named(function, refusal))
             raise ReactionFailed(
                 f"reaction {self.reaction.name} failed on {where}: {type(error).__name__}: {error}",
-                metadata={"reaction": self.reaction.name, "position": str(envelope.position)},
+                metadata={"reaction": self.reaction.name, **where.metadata},
             ) from error
         finally:
             # Run on the event loop: a slow one held up every command.
-            self._slow.check(started, self._slow_function, envelope, function, refusal)
+            self._slow.check(started, self._slow_function, where, function, refusal)
         try:
-            return sends(reacted)
+            return actions(reacted)
         except TypeError as error:
             # A bug of the plugin's, as a raise is: said so that it can be
             # fixed (the status shows it, and the runner logs it).
             raise ReactionFailed(
-                f"reaction {self.reaction.name}: {_named(function, refusal)} (on {envelope.event_type} at position"
-                f" {envelope.position}) {error}",
-                metadata={
-                    "reaction": self.reaction.name,
-                    "event_type": envelope.event_type,
-                    "position": str(envelope.position),
-                },
+                f"reaction {self.reaction.name}: {_named(function, refusal)} (on {where}) {error}",
+                metadata={"reaction": self.reaction.name, **where.detailed},
             ) from error
 
     async def _send(
@@ -722,6 +875,7 @@ class ReactionRunner(CheckpointedRunner):
         parked: ParkedList,
         *,
         rounds: int,
+        now_us: int,
     ) -> None:
         hops = hops_of(envelope) + 1  # the chain's reaction hops, with this one
         for index, send in enumerate(commands):
@@ -732,10 +886,12 @@ class ReactionRunner(CheckpointedRunner):
                 continue
             try:
                 try:
-                    result = await self._submit(self._request(command_id, send, envelope, hops))
+                    result = await self._submit(self._request(command_id, send, envelope, hops, now_us))
                 except ChronicleError as error:
                     if _refusal(error):
-                        await self._refused(send, command_id, error, envelope, state, parked, rounds=rounds, hops=hops)
+                        await self._refused(
+                            send, command_id, error, envelope, state, parked, rounds=rounds, hops=hops, now_us=now_us
+                        )
                     elif await self._gives_up(command_id, error, envelope):
                         await self._failure_parked(send, command_id, error, envelope, parked, hops)
                     else:
@@ -793,7 +949,9 @@ class ReactionRunner(CheckpointedRunner):
         those, at its ``max_attempts``-th failure (counted in the store,
         whichever server met them: ``reaction_failures``; each earlier one
         fails the batch, tried again after a pause)."""
-        if self.reaction.on_failure != "park" or not _plugin_failure(error):
+        if self.reaction.on_failure != "park" or not _plugin_failure(error) or self._where_now is not None:
+            # A deadline's command is not counted (the counts are an event's):
+            # it stops the reaction, tried again, until a fixed plugin is deployed.
             return False
         return await self._failures.failed(command_id, envelope.position, self.reaction.max_attempts)
 
@@ -849,6 +1007,7 @@ class ReactionRunner(CheckpointedRunner):
         *,
         rounds: int,
         hops: int,
+        now_us: int,
     ) -> None:
         self._refused_once()
         refusal = Refusal(send, command_id, error.reason, error.message, dict(error.metadata))
@@ -864,12 +1023,24 @@ class ReactionRunner(CheckpointedRunner):
                     return None
                 return returned
 
-            compensation = self._call(handler, compensate, envelope, refusal)
+            where = self._where_now or _at_event(envelope)
+            compensation = self._call(handler, compensate, where, refusal)
             if ignored:
                 self._ignored(send, command_id, error)
                 return
-            if compensation:
-                await self._send(compensation, command_id, envelope, state, parked, rounds=rounds + 1)
+            sent = await self._act(
+                compensation,
+                command_id,
+                envelope,
+                state,
+                parked,
+                where,
+                handler,
+                rounds=rounds + 1,
+                now_us=now_us,
+                refusal=refusal,
+            )
+            if sent:
                 return
         log.warning(
             "reaction %s parked command %s (%s for %s): %s %s",
@@ -899,12 +1070,12 @@ class ReactionRunner(CheckpointedRunner):
         )
 
     def _slow_function(
-        self, envelope: ProjectedEvent, function: Callable[..., Compensation], refusal: Refusal | None
+        self, where: _Where, function: Callable[..., Compensation], refusal: Refusal | None
     ) -> Described:
         """A slow call of one of its functions, as ``handler_alarm`` says it."""
-        return self._slow_call(envelope.event_type, envelope.position, _named(function, refusal))
+        return self._slow_call(where.subject, where.position, _named(function, refusal))
 
-    def _request(self, command_id: str, send: Send, envelope: ProjectedEvent, hops: int) -> CommandRequest:
+    def _request(self, command_id: str, send: Send, envelope: ProjectedEvent, hops: int, now_us: int) -> CommandRequest:
         name = str(send.command.DESCRIPTOR.full_name)
         spec = self._registry.command(name)
         if spec is None:
@@ -926,7 +1097,7 @@ class ReactionRunner(CheckpointedRunner):
             causation_id=envelope.event_id,
             metadata=_metadata(send, envelope, hops),
             principal=self._origin,
-            timestamp_us=envelope.timestamp_us,
+            timestamp_us=now_us,  # the event's commit time, or the deadline's due time
             # It acts for the event's user, and so in the event's tenant.
             tenant=tenant_of_id(envelope.aggregate_id),
         )
@@ -934,6 +1105,67 @@ class ReactionRunner(CheckpointedRunner):
     def _count(self, outcome: str) -> None:
         if self._outcomes is not None:
             self._outcomes(self.reaction.name, outcome)
+
+
+class _Where:
+    """What one of the reaction's functions was called on, as its errors
+    and the slow-call alarm say it: an event (``_at_event``), or a
+    process's deadline (``_at_deadline``). Said only when needed: one is
+    made per event."""
+
+    __slots__ = ("_envelope",)
+
+    def __init__(self, envelope: ProjectedEvent) -> None:
+        self._envelope = envelope
+
+    @property
+    def subject(self) -> str:  # the event type, or "deadline <name>"
+        return self._envelope.event_type
+
+    @property
+    def position(self) -> int:  # the event's position, or the scheduling event's
+        return self._envelope.position
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return {"position": str(self._envelope.position)}
+
+    @property
+    def detailed(self) -> Mapping[str, str]:
+        return {"event_type": self._envelope.event_type, "position": str(self._envelope.position)}
+
+    def __str__(self) -> str:
+        return f"{self._envelope.event_type} at position {self._envelope.position}"
+
+
+_at_event = _Where
+
+
+class _AtDeadline(_Where):
+    __slots__ = ("_name", "_state_key")
+
+    def __init__(self, state_key: str, name: str, envelope: ProjectedEvent) -> None:
+        super().__init__(envelope)
+        self._state_key = state_key
+        self._name = name
+
+    @property
+    def subject(self) -> str:
+        return f"deadline {self._name}"
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        return {"deadline": self._name, "state_key": self._state_key}
+
+    @property
+    def detailed(self) -> Mapping[str, str]:
+        return self.metadata
+
+    def __str__(self) -> str:
+        return f"deadline {self._name!r} of process {self._state_key!r}"
+
+
+_at_deadline = _AtDeadline
 
 
 def _metadata(send: Send, envelope: ProjectedEvent, hops: int) -> Mapping[str, str]:

@@ -61,9 +61,17 @@ class ReactionHorizon:
     async def keep_from_us(self) -> int | None:
         """Command records decided at or after this time (microseconds since
         the epoch; 0: every record) are kept for the reactions; None when
-        every reaction is at the log's end."""
+        every reaction is at the log's end and none has a deadline pending.
+        A pending deadline keeps the records decided since it was due: a
+        firing that failed (or crashed) before its commit sends its commands
+        again, however long after, and they must still be answered from
+        their records."""
         if not self._reactions:
             return None
+        held = [found for found in (await self._by_events(), await self._by_deadlines()) if found is not None]
+        return min(held, default=None)
+
+    async def _by_events(self) -> int | None:
         slowest = min([await self._documents.projection_position(name) for name in self._reactions])
         page = await self._log.read_log(slowest, _EVERY_EVENT, 1)
         if not page.events:
@@ -73,6 +81,12 @@ class ReactionHorizon:
         if record is None or not record.recorded_at_us:
             return 0  # when it was written is not known: nothing is safe to prune
         return max(0, record.recorded_at_us - CLOCK_ALLOWANCE_US)
+
+    async def _by_deadlines(self) -> int | None:
+        # Counted over the index of due documents: none read.
+        due = [(await self._documents.due_summary(name))[1] for name in self._reactions]
+        soonest = min((found for found in due if found is not None), default=None)
+        return None if soonest is None else max(0, soonest - CLOCK_ALLOWANCE_US)
 
 
 @dataclass(frozen=True, slots=True)

@@ -385,6 +385,18 @@ class ProjectionStore(Protocol):
         type alone, not read: a status call costs the same with 10,000
         parked as with none."""
 
+    async def due_documents(self, projection: str, *, until_us: int, limit: int) -> list[StoredDocument]:
+        """Up to ``limit`` of the projection's documents written with a due
+        time (``DocumentWrite.due_us``) at or before ``until_us``, soonest
+        first (then by stored key), read over an index of the documents that
+        have one: a reaction's deadlines. A write without a due time clears
+        it; forgetting a subject deletes the document as any other."""
+
+    async def due_summary(self, projection: str) -> tuple[int, int | None]:
+        """How many of the projection's documents have a due time, and the
+        soonest of those times (None: none has one), counted over the same
+        index, none read."""
+
 
 class AuditRecorder(Protocol):
     """The audit log beyond what command records carry."""

@@ -456,15 +456,15 @@ class SealedProjections:
         parked: Sequence[ParkedEvent] = (),
     ) -> None:
         cipher = await self.keyring.for_writing(projection_key_id(name))
-        sealed = [
-            DocumentWrite(
-                hidden_document_key(cipher, name, w.key),
-                w.type_name,
-                None if w.data is None else seal(cipher, w.data, document_context(name, w.key)),
-                w.subjects,
-            )
-            for w in writes
-        ]
+        sealed = []
+        for w in writes:
+            hidden = hidden_document_key(cipher, name, w.key)
+            # A document with a due time is read back by ``due_documents``,
+            # which knows only its stored key: it is sealed under that (the
+            # keyed hash of its key, as bound to its row as the key is).
+            context = document_context(name, w.key if w.due_us is None else hidden)
+            data = None if w.data is None else seal(cipher, w.data, context)
+            sealed.append(DocumentWrite(hidden, w.type_name, data, w.subjects, w.due_us))
         await self.inner.commit_projection(
             name,
             expected_position=expected_position,
@@ -505,6 +505,22 @@ class SealedProjections:
     async def count_parked_commands(self, reaction: str) -> int:
         # Type names are stored in the clear (only keys are hidden and data sealed).
         return await self.inner.count_parked_commands(reaction)
+
+    async def due_documents(self, projection: str, *, until_us: int, limit: int) -> list[StoredDocument]:
+        # Keys are hidden: each comes back under its stored key (what a
+        # deadline's document is about is in its sealed data), opened under
+        # the context it was sealed with (``commit_projection``).
+        cipher = await self.keyring.for_writing(projection_key_id(projection))
+        found = []
+        for stored in await self.inner.due_documents(projection, until_us=until_us, limit=limit):
+            data = stored.data
+            if is_sealed(data):
+                data = open_sealed(cipher, data, document_context(projection, stored.key))
+            found.append(StoredDocument(stored.key, stored.type_name, data))
+        return found
+
+    async def due_summary(self, projection: str) -> tuple[int, int | None]:
+        return await self.inner.due_summary(projection)  # due times are stored in the clear
 
 
 class OpenedAudit:

@@ -80,6 +80,10 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         self._commits = CommitNotifier()
         self._projection_positions: dict[str, int] = {}
         self._documents: dict[tuple[str, str], StoredDocument] = {}
+        # The due times of the documents written with one (a reaction's
+        # deadlines); an entry whose document is gone (forgotten, reset) is
+        # ignored, and goes with the next write of its key.
+        self._due: dict[tuple[str, str], int] = {}
         self._subjects: dict[tuple[str, str], tuple[str, ...]] = {}
         self._parked: dict[tuple[str, int, str], ParkedEvent] = {}
 
@@ -242,6 +246,10 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             raise SubjectsForgotten(forgotten)
         for write in writes:
             self._subjects.pop((name, write.key), None)
+            if write.data is not None and write.due_us is not None:
+                self._due[(name, write.key)] = write.due_us
+            else:
+                self._due.pop((name, write.key), None)
             if write.data is None:
                 self._documents.pop((name, write.key), None)
             else:
@@ -302,6 +310,20 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             for (projection, _), document in self._documents.items()
             if projection == reaction and document.type_name == PARKED_COMMAND_TYPE
         )
+
+    async def due_documents(self, projection: str, *, until_us: int, limit: int) -> list[StoredDocument]:
+        due = sorted(
+            (due_us, key)
+            for (name, key), due_us in self._due.items()
+            if name == projection and due_us <= until_us and (name, key) in self._documents
+        )
+        return [self._documents[(projection, key)] for _, key in due[:limit]]
+
+    async def due_summary(self, projection: str) -> tuple[int, int | None]:
+        due = [
+            due_us for (name, key), due_us in self._due.items() if name == projection and (name, key) in self._documents
+        ]
+        return len(due), min(due, default=None)
 
     async def find_command(self, command_id: str) -> CommandRecord | None:
         return self._commands.get(command_id)

@@ -392,6 +392,10 @@ class DocumentWrite:
     type_name: str = ""
     data: bytes | None = None
     subjects: tuple[str, ...] = ()
+    # When the document is due (microseconds since the Unix epoch; None: it
+    # is not): a reaction's deadline, found by ``ProjectionStore.due_documents``
+    # over an index of the documents that have one.
+    due_us: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

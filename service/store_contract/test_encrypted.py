@@ -313,3 +313,25 @@ async def test_a_reactions_parked_commands_are_counted_under_encryption(store: S
         "r", expected_position=2, new_position=2, writes=[DocumentWrite("parked:c-0")]
     )
     assert await sealed.roles.projections.count_parked_commands("r") == 2
+
+
+async def test_due_documents_are_sealed_and_read_back_by_their_due_time(store: StoreAdapter) -> None:
+    # A reaction's deadlines: their keys (a state key may be personal) are
+    # keyed hashes, their contents sealed; the runner finds them by due time
+    # alone, and reads each under its stored key, what it is about inside.
+    sealed = encrypting(store)
+    projections = sealed.roles.projections
+    writes = [
+        DocumentWrite("deadline:ann@example.com:pay", "chronicle.v1.Deadline", b"ann's", ("order-1",), 200),
+        DocumentWrite("deadline:bob@example.com:pay", "chronicle.v1.Deadline", b"bob's", ("order-2",), 100),
+    ]
+    await projections.commit_projection("r", expected_position=0, new_position=1, writes=writes)
+    raw = await store.due_documents("r", until_us=10**15, limit=10)
+    assert len(raw) == 2 and all(b"ann" not in d.key.encode() and b"ann's" not in d.data for d in raw)
+    assert [d.data for d in await projections.due_documents("r", until_us=10**15, limit=10)] == [b"bob's", b"ann's"]
+    assert [d.key for d in await projections.due_documents("r", until_us=10**15, limit=10)] == [d.key for d in raw]
+    assert await projections.due_summary("r") == (2, 100)
+    await projections.commit_projection(
+        "r", expected_position=1, new_position=1, writes=[DocumentWrite("deadline:bob@example.com:pay")]
+    )
+    assert [d.data for d in await projections.due_documents("r", until_us=10**15, limit=10)] == [b"ann's"]

@@ -116,6 +116,65 @@ async def test_a_parked_command_of_a_forgotten_aggregate_is_not_counted(store: S
     assert await store.count_parked_commands("r") == 1
 
 
+def _due(key: str, due_us: int, *subjects: str) -> DocumentWrite:
+    return DocumentWrite(key, "chronicle.v1.Deadline", key.encode(), subjects, due_us)
+
+
+async def test_due_documents_come_soonest_first_up_to_a_time(store: StoreAdapter) -> None:
+    # A reaction's deadlines: only documents written with a due time, only
+    # this projection's, those due by ``until_us``, soonest first (then by
+    # key), at most ``limit``.
+    writes = [_due("deadline:c", 300), _due("deadline:a", 100), _due("deadline:b", 300), _due("deadline:z", 900)]
+    others = [DocumentWrite("state:a", "t.State", b"s"), DocumentWrite("parked", "t.Index", b"")]
+    await store.commit_projection("r", expected_position=0, new_position=2, writes=[*writes, *others])
+    await store.commit_projection("q", expected_position=0, new_position=1, writes=[_due("deadline:q", 50)])
+
+    found = await store.due_documents("r", until_us=300, limit=10)
+    assert found == [
+        StoredDocument("deadline:a", "chronicle.v1.Deadline", b"deadline:a"),
+        StoredDocument("deadline:b", "chronicle.v1.Deadline", b"deadline:b"),
+        StoredDocument("deadline:c", "chronicle.v1.Deadline", b"deadline:c"),
+    ]
+    assert [d.key for d in await store.due_documents("r", until_us=10**15, limit=2)] == ["deadline:a", "deadline:b"]
+    assert await store.due_documents("r", until_us=99, limit=10) == []
+    assert await store.due_summary("r") == (4, 100)
+    assert await store.due_summary("q") == (1, 50)
+    assert await store.due_summary("none") == (0, None)
+
+
+async def test_a_due_time_is_replaced_cleared_and_deleted_with_its_document(store: StoreAdapter) -> None:
+    await store.commit_projection(
+        "r", expected_position=0, new_position=1, writes=[_due("deadline:a", 100), _due("deadline:b", 200)]
+    )
+    # Rescheduled later; the other deleted (fired, or cancelled).
+    await store.commit_projection(
+        "r", expected_position=1, new_position=1, writes=[_due("deadline:a", 500), DocumentWrite("deadline:b")]
+    )
+    assert await store.due_summary("r") == (1, 500)
+    assert [d.key for d in await store.due_documents("r", until_us=400, limit=10)] == []
+    # Written again without one: it is no longer due (nor counted).
+    await store.commit_projection(
+        "r", expected_position=1, new_position=2, writes=[DocumentWrite("deadline:a", "t.Other", b"x")]
+    )
+    assert await store.due_summary("r") == (0, None)
+    assert await store.due_documents("r", until_us=10**15, limit=10) == []
+    assert await store.load_document("r", "deadline:a") == StoredDocument("deadline:a", "t.Other", b"x")
+    # And with one again.
+    await store.commit_projection("r", expected_position=2, new_position=2, writes=[_due("deadline:a", 700)])
+    assert await store.due_summary("r") == (1, 700)
+    await store.reset_projection("r")
+    assert await store.due_summary("r") == (0, None)
+
+
+async def test_a_due_document_of_a_forgotten_aggregate_goes(store: StoreAdapter) -> None:
+    await store.create_data_key(DataKey("acc-1", "m1", b"w" * 40))
+    writes = [_due("deadline:a", 100, "acc-1", "order-1"), _due("deadline:b", 200, "acc-2")]
+    await store.commit_projection("r", expected_position=0, new_position=3, writes=writes)
+    await store.forget_data_key("acc-1")
+    assert await store.due_summary("r") == (1, 200)
+    assert [d.key for d in await store.due_documents("r", until_us=10**15, limit=10)] == ["deadline:b"]
+
+
 async def test_projections_are_namespaces_of_their_own(store: StoreAdapter) -> None:
     await store.commit_projection("p", expected_position=0, new_position=4, writes=[DocumentWrite("k", "t.A", b"p")])
     await store.commit_projection("q", expected_position=0, new_position=2, writes=[DocumentWrite("k", "t.A", b"q")])

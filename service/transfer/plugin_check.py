@@ -16,9 +16,11 @@ every read of the aggregates that hold one. So this reads, without writing:
   a renamed or retired one, whose rows nothing will read or delete);
 - each declared reaction's process states, whose stored type must be its
   ``state`` now or one it upcasts (``@reaction.upcast_state``), else the
-  reaction stops at the first event of that process (DOCUMENT_TYPE_MISMATCH).
-  A state sealed by encryption at rest cannot be opened here: counted as
-  ``sealed_states``, not judged.
+  reaction stops at the first event of that process (DOCUMENT_TYPE_MISMATCH);
+  and their pending deadlines, each of whose names an ``@on_deadline``
+  function must handle, else the reaction stops when it falls due
+  (UNKNOWN_DEADLINE). A state sealed by encryption at rest cannot be opened
+  here: counted as ``sealed_states``, not judged.
 
 The same rules as an import's (transfer/readable.py, asked once per kind
 of event, not per event), without the payload: a payload is parsed only
@@ -159,6 +161,8 @@ async def _check_states(reaction: Reaction[Any], store: StoreAdapter, report: Ch
     assert reaction.state_type is not None
     readable = {str(reaction.state_type.DESCRIPTOR.full_name), *reaction.state_upcasters}
     unreadable: dict[str, tuple[int, str]] = {}
+    # Deadline names no @on_deadline function handles: how many, one state key.
+    unhandled: dict[str, tuple[int, str]] = {}
     after: str | None = None
     while True:
         page = await store.list_documents(
@@ -169,9 +173,14 @@ async def _check_states(reaction: Reaction[Any], store: StoreAdapter, report: Ch
                 report.sealed_states += 1
                 continue
             try:
-                stored_as = reaction_pb.ProcessState.FromString(document.data).state.type_url.rpartition("/")[2]
+                wrapped = reaction_pb.ProcessState.FromString(document.data)
+                stored_as = wrapped.state.type_url.rpartition("/")[2]
             except DecodeError:
-                stored_as = document.type_name
+                wrapped, stored_as = None, document.type_name
+            for deadline in wrapped.deadlines if wrapped is not None else ():
+                if deadline.name not in reaction.deadline_handlers:
+                    count, key = unhandled.get(deadline.name, (0, document.key.removeprefix(STATE_PREFIX)))
+                    unhandled[deadline.name] = (count + 1, key)
             if stored_as not in readable:
                 # The state key, as --drop-state and the reaction's own error take it.
                 count, key = unreadable.get(stored_as, (0, document.key.removeprefix(STATE_PREFIX)))
@@ -179,6 +188,16 @@ async def _check_states(reaction: Reaction[Any], store: StoreAdapter, report: Ch
         if len(page) < STATE_PAGE:
             break
         after = page[-1].key
+    for name, (count, key) in sorted(unhandled.items()):
+        report.findings.append(
+            Finding(
+                "UNKNOWN_DEADLINE",
+                f"reaction {reaction.name}: {count} process(es) have a deadline {name!r} pending, which no"
+                f" @on_deadline({name!r}) function of it handles: it would stop when the first falls due; keep the"
+                f" function, or drop those states (chronicle reaction {reaction.name} --drop-state KEY)",
+                {"reaction": reaction.name, "deadline": name, "states": count, "example_key": key},
+            )
+        )
     for stored_as, (count, key) in sorted(unreadable.items()):
         report.findings.append(
             Finding(

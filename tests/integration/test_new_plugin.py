@@ -77,7 +77,7 @@ def test_the_generated_code_passes_mypy_strict(workspace: Path) -> None:
 
 def test_the_generated_tests_pass_on_memory_and_on_a_real_server(workspace: Path) -> None:
     result = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "acme_plugins", cwd=workspace)
-    assert "22 passed" in result.stdout  # the rules' 8 and the reaction's 3, for each of the two plugins
+    assert "26 passed" in result.stdout  # the rules' 8 and the reaction's 5, for each of the two plugins
 
 
 def test_the_generated_proto_passes_buf_lint(workspace: Path) -> None:
@@ -109,7 +109,12 @@ def test_the_server_loads_the_generated_plugin(workspace: Path) -> None:
         "library.v1.LibraryRenames",
         "refused",
     )
-    assert reaction["handlers"] == {"library.v1.LibraryRenamed": "count_renames", "library.v1.LibraryClosed": "finish"}
+    assert reaction["handlers"] == {
+        "library.v1.LibraryCreated": "watch",
+        "library.v1.LibraryRenamed": "count_renames",
+        "library.v1.LibraryClosed": "finish",
+    }
+    assert reaction["deadlines"] == {"idle": "close_idle"}
 
 
 @pytest.mark.parametrize("name", ["Library", "two words", "1st", "class", "plugin", "library-app", ""])

@@ -225,6 +225,33 @@ async def test_a_reaction_state_of_a_type_it_no_longer_reads_is_reported_until_i
     assert (code, report["findings"]) == (0, [])
 
 
+async def test_a_pending_deadline_no_function_handles_any_more_is_reported(
+    database_url: str, store: StoreAdapter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Scheduled by a version whose reaction had @on_deadline("remind"): this
+    # one has none, and would stop when it falls due (UNKNOWN_DEADLINE).
+    states = []
+    for n in (1, 2):
+        state = reaction_pb.ProcessState(subjects=[f"Book-{n}"])
+        state.state.Pack(box.CreateBox(name=f"Book-{n}"))
+        state.deadlines.add(name="remind", due_us=1_800_000_000_000_000)
+        states.append(DocumentWrite(f"state:Book-{n}", "chronicle.v1.ProcessState", state.SerializeToString()))
+    await store.start_projection(REACTION, 0)
+    await store.commit_projection(REACTION, expected_position=0, new_position=0, writes=states)
+    code, report = await check(database_url, capsys, LEDGER, f"{__name__}:minding_with_upcaster")
+    assert code == 1
+    (finding,) = report["findings"]
+    assert finding == {
+        "reason": "UNKNOWN_DEADLINE",
+        "message": finding["message"],
+        "reaction": REACTION,
+        "deadline": "remind",
+        "states": 2,
+        "example_key": "Book-1",
+    }
+    assert "@on_deadline('remind')" in finding["message"]
+
+
 async def test_the_servers_own_rows_beside_a_reactions_are_not_reported_as_orphans(
     database_url: str, store: StoreAdapter, capsys: pytest.CaptureFixture[str]
 ) -> None:

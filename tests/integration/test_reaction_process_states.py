@@ -98,6 +98,8 @@ async def test_a_process_state_is_shown_as_json_through_the_plugin_s_types_and_i
         assert await listed(client, page_size=2) == [["feed-ann", "feed-bob"], ["feed-cy"]]
         assert await listed(client, prefix="feed-b") == [["feed-bob"]]
 
+        bob = (await state_of(client, "feed-bob")).state
+        assert bob.started.ToMicroseconds() > 0 and bob.updated.ToMicroseconds() >= bob.started.ToMicroseconds()
         shown = await asyncio.to_thread(cli, "reaction", STEPS, "--state", "feed-bob", server=app.address)
         assert json.loads(shown.stdout) == {
             "reaction": STEPS,
@@ -106,6 +108,9 @@ async def test_a_process_state_is_shown_as_json_through_the_plugin_s_types_and_i
             "state_type": "box.v1.Box",
             "state": {"name": "bob"},
             "subjects": ["feed-bob"],
+            "deadlines": [],  # none pending
+            "started": bob.started.ToJsonString(),  # its first and last events' commit times
+            "updated": bob.updated.ToJsonString(),
         }
         every = await asyncio.to_thread(cli, "reaction", STEPS, "--states", "--prefix", "feed-", server=app.address)
         assert [json.loads(line)["state"] for line in every.stdout.splitlines()] == [

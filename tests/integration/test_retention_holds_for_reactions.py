@@ -26,6 +26,7 @@ from service.processing.reactions import ReactionRunner
 from service.processing.retention import Pruner, ReactionHorizon
 from service.processing.router import Router
 from service.store.base import Store, StoreAdapter
+from service.store.records import DocumentWrite
 from tests.support.grpc_client import command, running_server
 from tests.support.waiting import eventually
 
@@ -164,3 +165,23 @@ async def test_a_server_with_command_retention_holds_back_the_records_its_stuck_
         await eventually(caught_up, what="the reaction past the event and the record pruned")
         copies = [ItemAdded.FromString(e.payload).name for e in await store.read_aggregate("copy")]
     assert copies == ["new"]
+
+
+async def test_a_pending_deadline_keeps_the_records_its_firing_may_send_again(
+    store: StoreAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A deadline that was due long ago and has not fired (its function keeps
+    # failing, or its firing crashed before its commit) sends its commands
+    # again when it fires: the records decided since it was due are kept.
+    monkeypatch.setattr(retention, "CLOCK_ALLOWANCE_US", 0)
+    roles = Store.of(store)
+    horizon = ReactionHorizon(["held.copier"], documents=roles.projections, log=roles.log, events=roles.events)
+    assert await horizon.keep_from_us() is None  # at the log's end, nothing pending: nothing held
+    due_us = 1_700_000_000_000_000
+    deadline = DocumentWrite("deadline:k:t", "chronicle.v1.Deadline", b"", ("k",), due_us)
+    await store.commit_projection("held.copier", expected_position=0, new_position=0, writes=[deadline])
+    assert await horizon.keep_from_us() == due_us
+    await store.commit_projection(
+        "held.copier", expected_position=0, new_position=0, writes=[DocumentWrite("deadline:k:t")]
+    )
+    assert await horizon.keep_from_us() is None  # fired: nothing held

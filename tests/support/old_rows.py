@@ -52,6 +52,8 @@ and the other does not can shift them):
        none, read as the default)
     22 (SQLite 19) when a group's consumer joined, with its report (before:
        none, read as not known)
+    23 (SQLite 20) "document_due": a document's due time (a reaction's
+       deadline; before: none)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -153,6 +155,9 @@ SINCE["sqlite"]["unanswered"] = 18
 # When a group consumer joined, kept with its report: PostgreSQL's migration 22, SQLite's 19.
 SINCE["postgres"]["consumer_connected"] = 22
 SINCE["sqlite"]["consumer_connected"] = 19
+# A document's due time (a reaction's deadline): PostgreSQL's migration 23, SQLite's 20.
+SINCE["postgres"]["document_due"] = 23
+SINCE["sqlite"]["document_due"] = 20
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -280,6 +285,7 @@ class OldDocument:
     data: bytes
     sealed: bool
     subjects: tuple[str, ...] = ()
+    due_us: int | None = None  # a reaction's deadline (since "document_due")
 
 
 @dataclass(frozen=True)
@@ -416,7 +422,14 @@ class OldRows:
         self.snapshots.append(OldSnapshot(snapshot, state))
 
     def add_document(
-        self, projection: str, key: str, data: bytes, *, sealed: bool, subjects: tuple[str, ...] = ()
+        self,
+        projection: str,
+        key: str,
+        data: bytes,
+        *,
+        sealed: bool,
+        subjects: tuple[str, ...] = (),
+        due_us: int | None = None,
     ) -> None:
         if sealed:
             projection_key = _data_key(PROJECTION_KEY_PREFIX + projection)
@@ -425,7 +438,9 @@ class OldRows:
         else:
             stored_key, stored = key, data
         self.documents.append(
-            OldDocument(projection, StoredDocument(stored_key, "bank.v1.Summary", stored), key, data, sealed, subjects)
+            OldDocument(
+                projection, StoredDocument(stored_key, "bank.v1.Summary", stored), key, data, sealed, subjects, due_us
+            )
         )
 
     def add_sealed_command(self, command_id: str, aggregate_id: str, version: int, rejection: Rejection) -> None:
@@ -555,6 +570,16 @@ def rows_at(dialect: str, version: int) -> OldRows:
                 origin="cli",
                 outcome=ACCEPTED,
             )
+        )
+
+    if rows.holds("document_due"):
+        rows.add_document(
+            "balances",
+            "deadline:t-1:late",
+            b"\x08\x07",
+            sealed=False,
+            subjects=("account-subject",),
+            due_us=T0 + 60_000_000,
         )
 
     if rows.holds("forgetting_and_audit"):
@@ -687,7 +712,7 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
         await store.record_audit_entry(entry)
     for name, position in rows.checkpoints.items():
         writes = [
-            DocumentWrite(d.stored.key, d.stored.type_name, d.stored.data, d.subjects)
+            DocumentWrite(d.stored.key, d.stored.type_name, d.stored.data, d.subjects, d.due_us)
             for d in rows.documents
             if d.projection == name
         ]
@@ -848,6 +873,13 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
                 loaded,
                 StoredDocument(document.key, document.stored.type_name, document.data),
             )
+        for name in rows.checkpoints:
+            due = [
+                d.stored
+                for d in sorted(rows.documents, key=lambda d: d.due_us or 0)
+                if d.projection == name and d.due_us
+            ]
+            same(f"documents of {name} due", await store.due_documents(name, until_us=2**62, limit=100), due)
         for document in rows.documents:
             if not document.sealed:  # sealed ones' keys are hashes: they are not listed
                 listed = await store.list_documents(document.projection, DocumentRange(prefix=document.key[:3]))

@@ -203,6 +203,12 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
             "INSERT INTO chronicle.projection_documents (projection, key, type_name, data) VALUES (%s, %s, %s, %s)",
             (document.projection, d.key, d.type_name, d.data),
         )
+    for document in rows.documents:
+        if document.due_us is not None:  # a reaction's deadline
+            conn.execute(
+                "UPDATE chronicle.projection_documents SET due_us = %s WHERE projection = %s AND key = %s",
+                (document.due_us, document.projection, document.stored.key),
+            )
     for parked in rows.parked:
         conn.execute(
             "INSERT INTO chronicle.projection_parked_events (projection, position, event_id, event_type,"
@@ -578,6 +584,11 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
             conn.execute(
                 "INSERT INTO projection_subjects (projection, key, subject) VALUES (?, ?, ?)",
                 (document.projection, d.key, subject),
+            )
+        if document.due_us is not None:  # a reaction's deadline
+            conn.execute(
+                "UPDATE projection_documents SET due_us = ? WHERE projection = ? AND key = ?",
+                (document.due_us, document.projection, d.key),
             )
     for parked in rows.parked:
         conn.execute(

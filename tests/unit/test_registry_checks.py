@@ -281,6 +281,7 @@ def test_chronicle_plugins_lists_projections_reactions_and_middleware(capsys: py
             "aggregate_types": ["Item"],
             "handlers": {"box.v1.BoxCreated": "_relay"},
             "on_refused": None,
+            "deadlines": {},
             "state": "box.v1.Box",
         }
     ]

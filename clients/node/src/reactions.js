@@ -33,15 +33,38 @@
  * @property {number} max_attempts with on_failure 'park': failures of a command before it is parked; else 0
  * @property {number} ignored refusals its on_refused accepted as harmless (IGNORE): neither compensated nor
  *   parked; each counted in `refused` too (0 from servers older than it)
+ * @property {number} deadlines deadlines its processes scheduled that are pending (0 from servers older than it)
+ * @property {Date|null} next_deadline when the soonest of them is due; null when none is
  */
 
-/** `status` (a ReactionStatus as the loader decodes it) with its Timestamp and Duration as a Date and seconds. */
+/** A google.protobuf.Timestamp as a Date (null when unset). */
+function dateOf(timestamp) {
+  return timestamp ? new Date(timestamp.seconds * 1000 + Math.floor(timestamp.nanos / 1e6)) : null;
+}
+
+/** `status` (a ReactionStatus as the loader decodes it) with its Timestamps and Duration as Dates and seconds. */
 export function reactionStatus(status) {
-  const { last_error_time: failedAt, retry_interval: interval } = status;
+  const { last_error_time: failedAt, retry_interval: interval, next_deadline: nextDeadline } = status;
   return {
     ...status,
-    last_error_time: failedAt ? new Date(failedAt.seconds * 1000 + Math.floor(failedAt.nanos / 1e6)) : null,
+    last_error_time: dateOf(failedAt),
     retry_interval: interval ? interval.seconds + interval.nanos / 1e9 : null,
+    next_deadline: dateOf(nextDeadline),
+  };
+}
+
+/**
+ * `state` (a StoredProcessState as the loader decodes it) with its
+ * Timestamps as Dates: `deadlines` ({ name, due }, soonest first), `started`
+ * and `updated` (null from servers older than them, or for a state an older
+ * server wrote).
+ */
+function processStateOf(state) {
+  return {
+    ...state,
+    deadlines: (state.deadlines ?? []).map(({ name, due }) => ({ name, due: dateOf(due) })),
+    started: dateOf(state.started),
+    updated: dateOf(state.updated),
   };
 }
 
@@ -175,8 +198,10 @@ export class Reactions {
    * The state `reaction` keeps under `stateKey` (chronicle.v1.StoredProcessState:
    * `state_key`, `state` still packed, `state_type` its full name,
    * `state_json` the state as JSON through the server's plugins, '' for a
-   * type the reaction no longer knows, `subjects`), with the reaction's
-   * checkpoint as `position`. Takes the admin grant (a state may hold
+   * type the reaction no longer knows, `subjects`, its pending `deadlines`
+   * as { name, due } with `due` a Date, soonest first, and when the process
+   * began and last changed, `started` and `updated`, Dates: commit times),
+   * with the reaction's checkpoint as `position`. Takes the admin grant (a state may hold
    * personal data; each read is audited). Rejects NOT_FOUND
    * PROCESS_STATE_NOT_FOUND if it keeps none there, REACTION_NOT_FOUND for
    * a reaction no loaded plugin declares.
@@ -184,7 +209,7 @@ export class Reactions {
   async processState(reaction, stateKey, { signal, timeoutSeconds } = {}) {
     const request = { reaction, state_key: stateKey };
     const { state, position } = await this.#call('GetProcessState', request, this.#bound({ signal, timeoutSeconds }));
-    return { ...state, position };
+    return { ...processStateOf(state), position };
   }
 
   /**
@@ -200,7 +225,7 @@ export class Reactions {
     do {
       const request = { reaction, key_prefix: prefix, page_size: pageSize, page_token: token };
       const page = await this.#call('ListProcessStates', request, limit);
-      yield* page.states;
+      yield* page.states.map(processStateOf);
       token = page.next_page_token;
     } while (token);
   }

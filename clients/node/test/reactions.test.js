@@ -238,6 +238,12 @@ test("process states are read, listed and dropped several at once, all or none",
       ['source', 'box.v1.Box', { name: 'ann' }, 'ann', ['source']],
     );
     assert.equal(state.position, (await client.reactions.get(NOTES)).position);
+    // No deadlines; began and last changed at its events' commit times (one event: the same).
+    assert.deepEqual(state.deadlines, []);
+    assert.ok(state.started instanceof Date && state.updated instanceof Date, 'started and updated are Dates');
+    assert.ok(state.started <= state.updated && state.updated <= new Date());
+    const status = await client.reactions.get(NOTES);
+    assert.deepEqual([status.deadlines, status.next_deadline], [0, null]);
     const keys = async (options) => (await all(client.reactions.processStates(NOTES, options))).map((s) => s.state_key);
     assert.deepEqual(await keys({ pageSize: 1 }), ['gated', 'source']);
     assert.deepEqual(await keys({ prefix: 'so' }), ['source']);

@@ -293,6 +293,10 @@ export interface ReplayOutcome {
 }
 export interface ReactionStatus {
   name: string;
+  /** Deadlines its processes have pending (0 from older servers). */
+  deadlines?: number;
+  /** When the soonest of them is due; null when none is. */
+  next_deadline?: Date | null;
   [field: string]: unknown;
 }
 export declare function reactionStatus(status: Record<string, unknown>): ReactionStatus;
@@ -321,6 +325,11 @@ export interface ProcessState {
   /** The state as JSON through the server's plugins; '' for a type the reaction no longer knows. */
   state_json: string;
   subjects: string[];
+  /** Its pending deadlines, soonest first. */
+  deadlines: { name: string; due: Date | null }[];
+  /** The commit time of the first and of the last event that changed it (null from older servers). */
+  started: Date | null;
+  updated: Date | null;
 }
 
 export interface ProjectionStatus {

@@ -140,6 +140,17 @@ class ProjectionsRole:
         )
         return int(scalar(result) or 0)
 
+    async def due_documents(self, projection: str, *, until_us: int, limit: int) -> list[StoredDocument]:
+        _, result = await self._db.run(
+            "due_documents", due_documents_statements(projection, until_us, limit), read_only=True
+        )
+        return [document_from_row(row) for row in rows(result)]
+
+    async def due_summary(self, projection: str) -> tuple[int, int | None]:
+        _, result = await self._db.run("due_summary", due_summary_statements(projection), read_only=True)
+        count, soonest = first(result) or (0, None)
+        return int(count), None if soonest is None else int(soonest)
+
 
 def _parked_json(parked: Sequence[ParkedEvent]) -> str:
     return compact_json(
@@ -165,6 +176,16 @@ def load_document_statements(projection: str, key: str) -> list[Statement]:
 def count_parked_commands_statements(reaction: str) -> list[Statement]:
     # From the partial index, planned while it was small or not (BY_KEY_SETTINGS).
     return [_BY_KEY, Statement.prepared(sql.COUNT_PARKED_COMMANDS, (reaction,))]
+
+
+def due_documents_statements(projection: str, until_us: int, limit: int) -> list[Statement]:
+    # From the partial index of documents with a due time, planned while it
+    # was small or not (BY_KEY_SETTINGS), as the parked commands' count.
+    return [_BY_KEY, Statement(sql.DUE_DOCUMENTS.encode(), (projection, until_us, limit), binary=True)]
+
+
+def due_summary_statements(projection: str) -> list[Statement]:
+    return [_BY_KEY, Statement(sql.DUE_SUMMARY.encode(), (projection,))]
 
 
 def load_documents_statements(projection: str, keys: Sequence[str]) -> list[Statement]:
@@ -196,22 +217,38 @@ def commit_projection_statements(
     type_names: list[str] = []
     data: list[str] = []
     subjects: list[tuple[str, ...]] = []
+    due: list[DocumentWrite] = []
     for write in writes:
         if write.data is None:
             deletes.append(write.key)
+        elif write.due_us is not None:
+            due.append(write)  # a reaction's deadline: rare, a statement of its own
         else:
             keys.append(write.key)
             type_names.append(write.type_name)
             data.append(write.data.hex())
             subjects.append(write.subjects)
-    named = compact_json(subjects)
-    if any(subjects):
+    named = compact_json(subjects)  # encoded once: checked, then written
+    if due:
+        # A reaction's deadlines' subjects are checked with the others.
+        checked = compact_json(subjects + [write.subjects for write in due])
+        statements.append(Statement.prepared(sql.CHECK_SUBJECTS, (checked,)))
+    elif any(subjects):
         statements.append(Statement.prepared(sql.CHECK_SUBJECTS, (named,)))
     if deletes:
         statements.extend(Statement.prepared(sql.DELETE_DOCUMENT, (name, key)) for key in deletes)
     if keys:
         columns = (compact_json(keys), compact_json(type_names), compact_json(data), named)
         statements.append(Statement.prepared(sql.PUT_DOCUMENTS, (name, *columns)))
+    if due:
+        due_columns = (
+            compact_json([write.key for write in due]),
+            compact_json([write.type_name for write in due]),
+            compact_json([(write.data or b"").hex() for write in due]),
+            compact_json([write.subjects for write in due]),
+            compact_json([str(write.due_us) for write in due]),
+        )
+        statements.append(Statement(sql.PUT_DUE_DOCUMENTS.encode(), (name, *due_columns)))
     if parked:
         statements.append(Statement(sql.PARK_EVENTS.encode(), (name, _parked_json(parked))))
     return statements

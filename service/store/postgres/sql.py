@@ -439,7 +439,30 @@ PUT_DOCUMENTS = (
     " FROM ROWS FROM (jsonb_array_elements_text($2::jsonb), jsonb_array_elements_text($3::jsonb),"
     " jsonb_array_elements_text($4::jsonb), jsonb_array_elements($5::jsonb)) AS d(key, type_name, data, subjects)"
     " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name,"
-    " data = excluded.data, subjects = excluded.subjects, updated_at = now()"
+    " data = excluded.data, subjects = excluded.subjects, due_us = NULL, updated_at = now()"
+)
+# The documents written with a due time (a reaction's deadlines: few, and
+# only when a process schedules one), by a statement of their own so that a
+# read model's writes carry no column more: as PUT_DOCUMENTS, with a fifth
+# array of due times.
+PUT_DUE_DOCUMENTS = (
+    "INSERT INTO chronicle.projection_documents (projection, key, type_name, data, subjects, due_us)"
+    " SELECT $1, d.key, d.type_name, decode(d.data, 'hex'), ARRAY(SELECT jsonb_array_elements_text(d.subjects)),"
+    " d.due::bigint"
+    " FROM ROWS FROM (jsonb_array_elements_text($2::jsonb), jsonb_array_elements_text($3::jsonb),"
+    " jsonb_array_elements_text($4::jsonb), jsonb_array_elements($5::jsonb), jsonb_array_elements_text($6::jsonb))"
+    " AS d(key, type_name, data, subjects, due)"
+    " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name,"
+    " data = excluded.data, subjects = excluded.subjects, due_us = excluded.due_us, updated_at = now()"
+)
+# A reaction's deadlines, soonest first, and their count and soonest, by the
+# partial index of documents with a due time (migration 23).
+DUE_DOCUMENTS = (
+    "SELECT key, type_name, data FROM chronicle.projection_documents WHERE projection = $1"
+    " AND due_us IS NOT NULL AND due_us <= $2::bigint ORDER BY due_us, key LIMIT $3::bigint"
+)
+DUE_SUMMARY = (
+    "SELECT count(*), min(due_us) FROM chronicle.projection_documents WHERE projection = $1 AND due_us IS NOT NULL"
 )
 
 # Parked events travel as one JSON document (rare, and few at a time).

@@ -84,6 +84,16 @@ class ProjectionsRole:
         row = await self._writer.run(lambda db: db.execute(sql.COUNT_PARKED_COMMANDS, (reaction,)).fetchone())
         return int(row[0])
 
+    async def due_documents(self, projection: str, *, until_us: int, limit: int) -> list[StoredDocument]:
+        rows = await self._writer.run(
+            lambda db: db.execute(sql.DUE_DOCUMENTS, (projection, until_us, limit)).fetchall()
+        )
+        return [document_from_row(row) for row in rows]
+
+    async def due_summary(self, projection: str) -> tuple[int, int | None]:
+        count, soonest = await self._writer.run(lambda db: db.execute(sql.DUE_SUMMARY, (projection,)).fetchone())
+        return int(count), None if soonest is None else int(soonest)
+
 
 def _position(db: sqlite3.Connection, name: str) -> int:
     row = db.execute(sql.PROJECTION_POSITION, (name,)).fetchone()
@@ -130,7 +140,7 @@ def _commit(
             if write.data is None:
                 db.execute(sql.DELETE_DOCUMENT, (name, write.key))
             else:
-                db.execute(sql.PUT_DOCUMENT, (name, write.key, write.type_name, write.data))
+                db.execute(sql.PUT_DOCUMENT, (name, write.key, write.type_name, write.data, write.due_us))
                 for subject in write.subjects:
                     db.execute(sql.PUT_DOCUMENT_SUBJECT, (name, write.key, subject))
         for event in parked:

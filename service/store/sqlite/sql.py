@@ -202,8 +202,9 @@ LOAD_DOCUMENTS = (
 )
 DELETE_DOCUMENT = "DELETE FROM projection_documents WHERE projection = ? AND key = ?"
 PUT_DOCUMENT = (
-    "INSERT INTO projection_documents (projection, key, type_name, data) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name, data = excluded.data"
+    "INSERT INTO projection_documents (projection, key, type_name, data, due_us) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (projection, key) DO UPDATE SET type_name = excluded.type_name, data = excluded.data,"
+    " due_us = excluded.due_us"
 )
 START_CHECKPOINT = "INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)"
 MOVE_CHECKPOINT = (
@@ -236,6 +237,13 @@ COUNT_PARKED_EVENTS = "SELECT count(*) FROM projection_parked_events WHERE proje
 COUNT_PARKED_COMMANDS = (
     f"SELECT count(*) FROM projection_documents WHERE projection = ? AND type_name = '{PARKED_COMMAND_TYPE}'"
 )
+# A reaction's deadlines: documents with a due time, by the partial index
+# of those (migration 19).
+DUE_DOCUMENTS = (
+    "SELECT key, type_name, data FROM projection_documents WHERE projection = ? AND due_us IS NOT NULL"
+    " AND due_us <= ? ORDER BY due_us, key LIMIT ?"
+)
+DUE_SUMMARY = "SELECT count(*), min(due_us) FROM projection_documents WHERE projection = ? AND due_us IS NOT NULL"
 RESET_DOCUMENTS = "DELETE FROM projection_documents WHERE projection = ?"
 RESET_SUBJECTS = "DELETE FROM projection_subjects WHERE projection = ?"
 RESET_PARKED_EVENTS = "DELETE FROM projection_parked_events WHERE projection = ?"
