@@ -33,6 +33,7 @@ from service.api.gate import RpcGate, refused_rpc_hooks
 from service.api.group_service import SubscriptionGroupService
 from service.api.health import Health, StoreMonitor
 from service.api.projection_service import ProjectionService
+from service.api.rate_limits import RateLimits
 from service.api.reaction_service import ReactionService
 from service.api.refused_commands import RefusedCommands
 from service.api.server import build_server
@@ -80,7 +81,7 @@ from service.security.exposure import check_exposure, check_metrics_exposure, is
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware, ReactionOnlyCommands
 from service.security.open_files import open_files_warnings, raise_open_files_limit
-from service.security.policy import Authorizer, Policy, roles_without_consume
+from service.security.policy import Authorizer, Policy, Rate, roles_without_consume
 from service.security.reloading import SecurityReloader, WatchedFile
 from service.security.tls import server_credentials
 from service.settings import Settings, bad_setting
@@ -254,6 +255,8 @@ class Application:
     security_reloader: SecurityReloader | None = None
     refused: RefusedCommands | None = None
     gate: RpcGate | None = None
+    # Each principal's commands per second (None: --auth is off).
+    rate_limits: RateLimits | None = None
     group_sampler: GroupSampler | None = None
     standby: StandbyStore | None = None
     stopped: bool = False
@@ -632,6 +635,21 @@ async def start(
     group_service = SubscriptionGroupService(
         groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit
     )
+    # Only with --auth, as the per-principal quotas: with it off every caller is the same anonymous one.
+    rate_limits = (
+        RateLimits(
+            authorizer,
+            Rate(
+                settings.max_commands_per_second_per_principal,
+                settings.commands_burst_per_principal or max(1, settings.max_commands_per_second_per_principal),
+            ),
+            on_limited=metrics.principal_rate_limited if metrics is not None else None,
+        )
+        if authorizer.enforcing
+        else None
+    )
+    if rate_limits is not None and security_reloader is not None:
+        security_reloader.on_change.append(rate_limits.policy_changed)
     commands = CommandService(
         registry,
         pipeline,
@@ -648,6 +666,7 @@ async def start(
         else None,
         authorizer=authorizer,
         replayer=executor.replayer,
+        rate_limits=rate_limits,
     )
     reaction_service = ReactionService(
         documents=roles.projections,
@@ -838,6 +857,7 @@ async def start(
         pruner=pruner,
         refused=refused_commands,
         gate=gate,
+        rate_limits=rate_limits,
         group_sampler=group_sampler,
         standby=standby,
         security_reloader=security_reloader,

@@ -514,6 +514,18 @@ class Overloaded(ChronicleError):
     default_reason = "OVERLOADED"
 
 
+class RateLimited(Overloaded):
+    """A principal over its commands-per-second limit: ``retry_after`` is
+    the seconds until its bucket holds the tokens the call needs (the
+    RetryInfo delay, in place of the code's fixed one)."""
+
+    default_reason = "PRINCIPAL_RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: float, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, metadata=metadata)
+        self.retry_after = retry_after
+
+
 class StoreUnavailable(ChronicleError):
     """The store cannot serve now. ``detail``, when given, is for the
     server's log alone (``str(error)`` shows it; the caller's status carries

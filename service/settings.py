@@ -268,6 +268,22 @@ class Settings:
     max_subscriptions_per_principal: int = field(
         default=100, metadata={"help": "subscriptions one authenticated principal may have open at once"}
     )
+    max_commands_per_second_per_principal: int = field(
+        default=0,
+        metadata={
+            "help": "commands per second one authenticated principal may submit, counted per command (a batch or"
+            " page of N is N), unless its policy roles set commands_per_second; over it a Submit or SubmitBatch is"
+            " RESOURCE_EXHAUSTED PRINCIPAL_RATE_LIMITED with RetryInfo, a stream waits; administrators exempt."
+            " 0: no limit"
+        },
+    )
+    commands_burst_per_principal: int = field(
+        default=0,
+        metadata={
+            "help": "commands a principal may submit at once above --max-commands-per-second-per-principal"
+            " (its token bucket's size); 0: one second's worth"
+        },
+    )
     max_health_watches: int = field(
         default=1000, metadata={"help": "health Watch streams open at once (they need no credentials)"}
     )
@@ -362,6 +378,9 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise bad_setting(name, f"{getattr(self, name)} is too small", _accepted_int(name, at_least=1))
+        for name in ("max_commands_per_second_per_principal", "commands_burst_per_principal"):
+            if getattr(self, name) < 0:
+                raise bad_setting(name, f"{getattr(self, name)} is negative", _accepted_int(name, at_least=0))
         if self.subscription_read_ahead_bytes < 0:
             raise bad_setting(
                 "subscription_read_ahead_bytes",
@@ -614,11 +633,14 @@ def _convert(name: str, kind: str, text: str) -> object:
 _WHAT = {"bool": "a boolean", "int": "a whole number", "float": "a duration"}
 
 
+_MAY_BE_ZERO = frozenset({"snapshot_every", "max_commands_per_second_per_principal", "commands_burst_per_principal"})
+
+
 def _accepted(name: str, kind: str) -> str:
     if kind == "bool":
         return "true, false, yes, no, on, off, 1 or 0"
     if kind == "int":
-        return _accepted_int(name, at_least=0 if name == "snapshot_every" else 1)
+        return _accepted_int(name, at_least=0 if name in _MAY_BE_ZERO else 1)
     return DURATION
 
 

@@ -23,10 +23,18 @@ from service.api.cluster_service import not_owner_hint
 from service.api.codec import MAX_BATCH_COMMANDS, decode_batch, decode_command, encode_event_into, type_name
 from service.api.disclosure import Disclosure
 from service.api.dry_runs import DryRunAudit
+from service.api.rate_limits import RateLimits
 from service.api.refused_commands import SUBMIT_BATCH_METHOD, SUBMIT_METHOD, RefusedCommands, refused_commands
 from service.api.status import command_error
 from service.cluster.ownership import Ownership
-from service.errors import ChronicleError, FieldViolation, InvalidInput, StoreUnavailable, ValidationError
+from service.errors import (
+    ChronicleError,
+    FieldViolation,
+    InvalidInput,
+    RateLimited,
+    StoreUnavailable,
+    ValidationError,
+)
 from service.plugins.registry import Registry
 from service.principal import Principal, current_principal
 from service.processing.commands import (
@@ -70,6 +78,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         counted: CountRefused | None = None,
         authorizer: Authorizer | None = None,
         replayer: Replayer | None = None,
+        rate_limits: RateLimits | None = None,
     ) -> None:
         """``page_bytes``: a SubmitResultPage is closed once its answers pass
         this many bytes (the application's bound of every page).
@@ -82,7 +91,9 @@ class CommandService(pb_grpc.CommandServiceServicer):
         ``authorizer``: which aggregate types ListTypes shows a caller
         (None: every one). ``replayer``: answers a retry of a command whose
         type is no longer registered from its record (None: refused
-        UNKNOWN_COMMAND_TYPE like any other)."""
+        UNKNOWN_COMMAND_TYPE like any other). ``rate_limits``: each
+        principal's commands per second (None: no limit, not even looked
+        up): a unary call over it is refused, a stream waits."""
         self._registry = registry
         self._authorizer = authorizer
         self._pipeline = pipeline
@@ -95,6 +106,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self._room_for = room_for
         self._counted = counted
         self._replayer = replayer
+        self._rate_limits = rate_limits
         # The readers of the command streams open now; ``close`` stops them.
         self._readers: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -181,6 +193,11 @@ class CommandService(pb_grpc.CommandServiceServicer):
 
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
         principal = current_principal.get()
+        if self._rate_limits is not None:
+            try:
+                self._rate_limits.take(principal, 1)
+            except RateLimited as error:
+                await self._refuse(request, principal, error, context)
         try:
             response = _response((await self._start(request, principal, context)).results[0])
         except ChronicleError as error:
@@ -285,8 +302,13 @@ class CommandService(pb_grpc.CommandServiceServicer):
         # (middleware whose hooks are coroutines): the next one waits for it.
         waiting: dict[str, asyncio.Future[BatchResult]] = {}
         room_for = self._room_for
+        limits = self._rate_limits
         try:
             async for message in messages:
+                if limits is not None:
+                    # Before any of the message's commands starts: the
+                    # stream is read no faster than its principal's rate.
+                    await limits.wait(principal, _count_of(message), context.time_remaining())
                 for request in requests_of(message):
                     if window.full:
                         await window.room()
@@ -362,6 +384,13 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self, request: pb.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SubmitBatchResponse:
         principal = current_principal.get()
+        if self._rate_limits is not None:
+            try:
+                self._rate_limits.take(principal, len(request.commands))
+            except RateLimited as error:
+                self._count(request, error)
+                await self._refused(SUBMIT_BATCH_METHOD, request, error, principal, context.peer())
+                raise
         try:
             batch = decode_batch(request.commands, self._registry, dry_run=request.dry_run, principal=principal.name)
         except ChronicleError as error:
@@ -573,6 +602,11 @@ def _shutting_down() -> StoreUnavailable:
         " their command ids, to any member",
         reason="SHUTTING_DOWN",
     )
+
+
+def _count_of(message: pb.SubmitRequest | pb.SubmitPage) -> int:
+    """The commands of a stream's message: a page's, or one."""
+    return len(message.requests) if isinstance(message, pb.SubmitPage) else 1
 
 
 def _one_each(request: pb.SubmitRequest) -> tuple[pb.SubmitRequest]:

@@ -116,8 +116,12 @@ def _violations(error: errors.ChronicleError) -> list[errors.FieldViolation]:
     return violations
 
 
-def _retry_delay(code: grpc.StatusCode) -> duration_pb2.Duration | None:
-    delay = RETRY_AFTER_SECONDS.get(code)
+def _retry_delay(code: grpc.StatusCode, error: errors.ChronicleError) -> duration_pb2.Duration | None:
+    """The error's own delay (``RateLimited.retry_after``: when the tokens
+    will be there), else the code's."""
+    delay = getattr(error, "retry_after", None)
+    if delay is None:
+        delay = RETRY_AFTER_SECONDS.get(code)
     if delay is None:
         return None
     seconds, fraction = divmod(delay, 1)
@@ -154,7 +158,7 @@ def rich_status(error: errors.ChronicleError) -> grpc.Status:
                 )
             )
         )
-    delay = _retry_delay(code)
+    delay = _retry_delay(code, error)
     if delay is not None:
         details.append(_packed(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message, details=details)
@@ -174,7 +178,7 @@ def command_error(error: errors.ChronicleError) -> command_service_pb2.CommandEr
         field_violations=[
             command_service_pb2.FieldViolation(field=v.field, description=v.description) for v in _violations(error)
         ],
-        retry_after=_retry_delay(code),
+        retry_after=_retry_delay(code, error),
     )
 
 

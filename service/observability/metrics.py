@@ -19,6 +19,11 @@ registered, status codes, store operations): never aggregate ids.
 - ``chronicle_rpc_refusals_total{reason}``: RPCs refused before a command
   was read (``NO_CREDENTIALS``, ``TOKEN_EXPIRED``, ``TOO_MANY_REQUESTS``,
   ``MALFORMED_REQUEST``, …).
+- ``chronicle_principal_rate_limited_total{outcome}``: calls and stream
+  messages a principal's commands-per-second limit held back: ``refused``
+  (a Submit or SubmitBatch, or a stream that could not wait within its
+  deadline) or ``waited`` (a stream's message started late). No principal
+  label (cardinality): the audit log names whose calls were refused.
 - ``chronicle_console_refusals_total{reason}``: what the operators' console
   refused: logins with a bad credential (``UNKNOWN_API_KEY``,
   ``INVALID_TOKEN``, ``TOKEN_EXPIRED``, …) and pages the policy denied its
@@ -187,6 +192,12 @@ class Metrics:
             "Bytes of events subscriptions and group consumers hold: read ahead, being sent, sent unsettled",
             registry=r,
         )
+        self.rate_limited = Counter(
+            "chronicle_principal_rate_limited",
+            "Calls refused and stream messages made to wait by a principal's commands-per-second limit",
+            ["outcome"],
+            registry=r,
+        )
         self.reaction_commands = Counter(
             "chronicle_reaction_commands",
             "Commands reactions sent, by reaction and outcome (accepted, replayed, refused, parked, ignored)",
@@ -261,6 +272,10 @@ class Metrics:
             self.reaction_deadlines_fired.labels(reaction=reaction).inc()
             return
         self.reaction_commands.labels(reaction=reaction, outcome=outcome).inc()
+
+    def principal_rate_limited(self, outcome: str) -> None:
+        """``RateLimits``' ``on_limited`` hook."""
+        self.rate_limited.labels(outcome=outcome).inc()
 
     async def rpc_refused(
         self, method: str, request: object, error: ChronicleError, principal: object, peer: str

@@ -70,6 +70,9 @@ log = logging.getLogger("chronicle")
 
 ANY = "*"
 _ROLE_KEYS = {"submit", "read", "subscribe", "consume", "impersonate", "admin"}
+# A role's commands-per-second limit (``Rate``): kept apart from ``Grant``,
+# which says what a principal may do, not how fast.
+_RATE_KEYS = {"commands_per_second", "burst"}
 # A ``consume`` entry: a group name (service/api/group_service.py's), in
 # which ``*`` stands for any run of characters ("acme-*").
 _GROUP_PATTERN = re.compile(r"[A-Za-z0-9.*_-]{1,100}")
@@ -106,6 +109,25 @@ class Grant:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Commands per second a principal may submit (a token bucket: refilled
+    at ``commands_per_second``, holding at most ``burst``). 0 commands per
+    second: no limit. ``service.api.rate_limits`` enforces it."""
+
+    commands_per_second: float
+    burst: float
+
+    def __or__(self, other: Rate) -> Rate:
+        """The more generous of the two, each figure apart (no limit wins)."""
+        if not self.commands_per_second or not other.commands_per_second:
+            return NO_RATE_LIMIT
+        return Rate(max(self.commands_per_second, other.commands_per_second), max(self.burst, other.burst))
+
+
+NO_RATE_LIMIT = Rate(0.0, 0.0)
+
+
 def _allows(names: frozenset[str], name: str) -> bool:
     return ANY in names or name in names
 
@@ -117,6 +139,8 @@ class Policy:
     # The roles with ``scope = "tenant"``, and the tenants the policy names.
     tenant_roles: frozenset[str] = frozenset()
     principal_tenants: Mapping[str, str] = field(default_factory=dict)
+    # Role -> its ``commands_per_second`` and ``burst``, for the roles that set them.
+    rates: Mapping[str, Rate] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -170,7 +194,8 @@ class Policy:
                     name,
                     sorted(names & tenant_roles),
                 )
-        return cls(roles, principals, tenant_roles, tenants)
+        rates = {name: rate for name, body in role_bodies.items() if (rate := _rate(source, name, body))}
+        return cls(roles, principals, tenant_roles, tenants, rates)
 
 
 def _tenant_scoped(source: str, name: str, body: object) -> bool:
@@ -212,7 +237,7 @@ def _strings(source: str, where: str, value: object) -> list[str]:
 def _grant(source: str, name: str, body: object) -> Grant:
     if not isinstance(body, Mapping):
         raise ConfigurationError(f"{source}: roles.{name} must be a table", reason="BAD_POLICY")
-    unknown = set(body) - _ROLE_KEYS
+    unknown = set(body) - _ROLE_KEYS - _RATE_KEYS
     if unknown:
         raise ConfigurationError(f"{source}: roles.{name} has unknown keys {sorted(unknown)}", reason="BAD_POLICY")
     for flag in ("impersonate", "admin"):
@@ -226,6 +251,30 @@ def _grant(source: str, name: str, body: object) -> Grant:
         impersonate=bool(body.get("impersonate", False)),
         admin=bool(body.get("admin", False)),
     )
+
+
+def _rate(source: str, role: str, body: object) -> Rate | None:
+    """The role's ``commands_per_second`` and ``burst`` (None: it sets no
+    rate). ``burst`` defaults to one second's worth, and at least 1."""
+    assert isinstance(body, Mapping)  # checked by ``_grant``
+    if "commands_per_second" not in body:
+        if "burst" in body:
+            raise ConfigurationError(
+                f"{source}: roles.{role}.burst needs commands_per_second beside it", reason="BAD_POLICY"
+            )
+        return None
+    rate = body["commands_per_second"]
+    burst = body.get("burst", max(1, rate) if _number(rate) else rate)
+    for key, value in (("commands_per_second", rate), ("burst", burst)):
+        if not _number(value) or value < 0:
+            raise ConfigurationError(f"{source}: roles.{role}.{key} must be a number, at least 0", reason="BAD_POLICY")
+    if rate and burst < 1:
+        raise ConfigurationError(f"{source}: roles.{role}.burst must be at least 1", reason="BAD_POLICY")
+    return NO_RATE_LIMIT if not rate else Rate(float(rate), float(burst))
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _group_patterns(source: str, role: str, value: object) -> frozenset[str]:
@@ -283,6 +332,22 @@ class Authorizer:
         if self._policy is None:
             raise ConfigurationError("authentication is off: there is no policy to replace", reason="BAD_SETTING")
         self._policy = policy
+
+    def rate_of(self, principal: Principal) -> Rate | None:
+        """The most generous commands-per-second limit of the principal's
+        roles (``NO_RATE_LIMIT``: none, as for an administrator); None when
+        no role of its sets one (the server's default applies)."""
+        if self._policy is None:
+            return None
+        if self.grant(principal).admin:
+            return NO_RATE_LIMIT
+        rates = self._policy.rates
+        found: Rate | None = None
+        for name in principal.roles | self._policy.principal_roles.get(principal.name, frozenset()):
+            rate = rates.get(name)
+            if rate is not None:
+                found = rate if found is None else found | rate
+        return found
 
     def grant(self, principal: Principal) -> Grant:
         """What the principal's unscoped roles grant: on every aggregate."""

@@ -1,0 +1,194 @@
+"""Commands per second, per principal: a token bucket each.
+
+The quotas of the gate (``service.api.gate``) count calls in flight, and a
+command stream is one call however many commands it carries: one principal
+flooding a ``SubmitStreamPages`` took the workers from every other (a
+unary client's p99 went from 9 ms to 705 ms). A bucket per principal counts
+*commands*: refilled at its rate, holding at most its burst; a command
+takes a token. A unary call (``Submit``, ``SubmitBatch``: a batch of N
+takes N, all or none) finding too few is refused ``RESOURCE_EXHAUSTED``
+``PRINCIPAL_RATE_LIMITED`` with the delay until they are there as
+``RetryInfo``; a stream is slowed, not refused: its reader takes the tokens
+of each message (a page of N: N) and waits out the debt before it starts
+them, so the server reads the stream only as fast as the rate allows and
+its client's flow control holds the rest.
+
+The limit of a principal is the most generous of its roles' (the policy's
+``commands_per_second`` and ``burst``), else the server's default
+(``--max-commands-per-second-per-principal``); administrators have none,
+and reactions' commands do not come through here. With ``--auth`` off every
+caller is the same anonymous one, and there is none (as for the quotas).
+
+Cost: a call looks its bucket up (one dict lookup) and does a few float
+operations; the limit is worked out from the policy only when the bucket is
+made, the principal's roles change, or the policy was read again. A bucket
+that has refilled completely is the same as no bucket, so those idle for
+``IDLE_SECONDS`` are dropped in a sweep at most once per ``IDLE_SECONDS``:
+the state is the principals active in the last minute or two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from service.errors import RateLimited
+from service.principal import Principal
+from service.security.policy import NO_RATE_LIMIT, Authorizer, Rate
+
+IDLE_SECONDS = 60.0
+# Told of each call refused ("refused") and each stream message made to
+# wait ("waited"): the metrics (``chronicle_principal_rate_limited_total``).
+OnLimited = Callable[[str], None]
+
+
+class TokenBucket:
+    """``burst`` tokens at most, ``rate`` more each second; ``now`` is the
+    caller's clock (seconds), so that tests can move it."""
+
+    __slots__ = ("at", "burst", "generation", "rate", "roles", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at = now
+        # What the limit was worked out from (``RateLimits``).
+        self.roles: frozenset[str] = frozenset()
+        self.generation = 0
+
+    def _refill(self, now: float) -> None:
+        if now > self.at:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+
+    def take(self, count: int, now: float) -> float:
+        """Take ``count`` tokens and return 0, or take none and return the
+        seconds until they are there. A count over the burst needs a full
+        bucket and leaves it in debt (it could never be had otherwise)."""
+        self._refill(now)
+        needed = min(count, self.burst)
+        if self.tokens >= needed:
+            self.tokens -= count
+            return 0.0
+        return (needed - self.tokens) / self.rate
+
+    def reserve(self, count: int, now: float) -> float:
+        """Take ``count`` tokens, into debt if need be, and return the
+        seconds until the debt is paid (0: none), which the caller waits
+        before it uses them: a stream's message."""
+        self._refill(now)
+        self.tokens -= count
+        return -self.tokens / self.rate if self.tokens < 0 else 0.0
+
+    def give_back(self, count: int) -> None:
+        """Tokens ``reserve`` took for commands that were never started."""
+        self.tokens = min(self.burst, self.tokens + count)
+
+    def full(self, now: float) -> bool:
+        self._refill(now)
+        return self.tokens >= self.burst
+
+
+class RateLimits:
+    """Every principal's bucket, and the server's default limit.
+
+    ``clock`` and ``sleep`` are attributes so that a test can put its own
+    (time that moves only when told) on a running server."""
+
+    def __init__(
+        self, authorizer: Authorizer, default: Rate | None = None, *, on_limited: OnLimited | None = None
+    ) -> None:
+        self._authorizer = authorizer
+        self._default = default if default is not None and default.commands_per_second else None
+        self._on_limited = on_limited
+        self._buckets: dict[str, TokenBucket] = {}
+        self._generation = 0
+        self._swept = 0.0
+        self.clock: Callable[[], float] = time.monotonic
+        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def policy_changed(self) -> None:
+        """The policy was read again: each bucket works its limit out anew
+        at its next use (keeping the tokens it holds, up to the new burst)."""
+        self._generation += 1
+
+    def bucket(self, principal: Principal) -> TokenBucket | None:
+        """``principal``'s bucket (None: it has no limit)."""
+        now = self.clock()
+        if now - self._swept >= IDLE_SECONDS:
+            self._sweep(now)
+        bucket = self._buckets.get(principal.name)
+        if bucket is None or bucket.generation != self._generation or bucket.roles != principal.roles:
+            bucket = self._made(principal, bucket, now)
+        return bucket if bucket.rate else None
+
+    def _made(self, principal: Principal, old: TokenBucket | None, now: float) -> TokenBucket:
+        rate = self._authorizer.rate_of(principal)
+        if rate is None:
+            rate = self._default or NO_RATE_LIMIT
+        bucket = TokenBucket(rate.commands_per_second, rate.burst, now)
+        if old is not None and old.rate and rate.commands_per_second:
+            old._refill(now)
+            bucket.tokens = min(bucket.burst, old.tokens)  # a debt is kept across a reload
+        bucket.roles = principal.roles
+        bucket.generation = self._generation
+        self._buckets[principal.name] = bucket
+        return bucket
+
+    def _sweep(self, now: float) -> None:
+        self._swept = now
+        idle = [
+            name
+            for name, bucket in self._buckets.items()
+            if now - bucket.at >= IDLE_SECONDS and (not bucket.rate or bucket.full(now))
+        ]
+        for name in idle:
+            del self._buckets[name]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, principal: Principal, count: int) -> None:
+        """A unary call of ``count`` commands: its tokens taken, or
+        ``RateLimited`` raised (none taken)."""
+        bucket = self.bucket(principal)
+        if bucket is None:
+            return
+        delay = bucket.take(count, self.clock())
+        if delay:
+            if self._on_limited is not None:
+                self._on_limited("refused")
+            raise RateLimited(
+                f"this principal may submit {bucket.rate:g} commands per second (bursts of {bucket.burst:g}); retry"
+                f" in {delay:.3f} s",
+                retry_after=delay,
+                metadata={"commands_per_second": f"{bucket.rate:g}", "burst": f"{bucket.burst:g}"},
+            )
+
+    async def wait(self, principal: Principal, count: int, time_remaining: float | None) -> None:
+        """A stream's message of ``count`` commands: its tokens taken, and
+        the debt waited out before it is started. One whose wait would run
+        past the call's deadline (``time_remaining`` seconds away) gives
+        them back and raises ``RateLimited``: the stream ends there, its
+        started commands answered, rather than being cut by its deadline."""
+        bucket = self.bucket(principal)
+        if bucket is None:
+            return
+        delay = bucket.reserve(count, self.clock())
+        if not delay:
+            return
+        if time_remaining is not None and delay >= time_remaining:
+            bucket.give_back(count)
+            if self._on_limited is not None:
+                self._on_limited("refused")
+            raise RateLimited(
+                f"this principal may submit {bucket.rate:g} commands per second: the stream's next commands could"
+                f" not start before its deadline; send them again in {delay:.3f} s",
+                retry_after=delay,
+                metadata={"commands_per_second": f"{bucket.rate:g}", "burst": f"{bucket.burst:g}"},
+            )
+        if self._on_limited is not None:
+            self._on_limited("waited")
+        await self.sleep(delay)
