@@ -92,8 +92,8 @@ class CommandService(pb_grpc.CommandServiceServicer):
         (None: every one). ``replayer``: answers a retry of a command whose
         type is no longer registered from its record (None: refused
         UNKNOWN_COMMAND_TYPE like any other). ``rate_limits``: each
-        principal's commands per second (None: no limit, not even looked
-        up): a unary call over it is refused, a stream waits."""
+        principal's commands per second (None, or not ``on``: no limit, no
+        bucket looked up): a unary call over it is refused, a stream waits."""
         self._registry = registry
         self._authorizer = authorizer
         self._pipeline = pipeline
@@ -193,7 +193,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
 
     async def Submit(self, request: pb.SubmitRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.SubmitResponse:
         principal = current_principal.get()
-        if self._rate_limits is not None:
+        if self._rate_limits is not None and self._rate_limits.on:
             try:
                 self._rate_limits.take(principal, 1)
             except RateLimited as error:
@@ -305,7 +305,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         limits = self._rate_limits
         try:
             async for message in messages:
-                if limits is not None:
+                if limits is not None and limits.on:
                     # Before any of the message's commands starts: the
                     # stream is read no faster than its principal's rate.
                     await limits.wait(principal, _count_of(message), context.time_remaining())
@@ -384,7 +384,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         self, request: pb.SubmitBatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.SubmitBatchResponse:
         principal = current_principal.get()
-        if self._rate_limits is not None:
+        if self._rate_limits is not None and self._rate_limits.on:
             try:
                 self._rate_limits.take(principal, len(request.commands))
             except RateLimited as error:

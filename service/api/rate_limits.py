@@ -19,7 +19,8 @@ The limit of a principal is the most generous of its roles' (the policy's
 and reactions' commands do not come through here. With ``--auth`` off every
 caller is the same anonymous one, and there is none (as for the quotas).
 
-Cost: a call looks its bucket up (one dict lookup) and does a few float
+Cost: with no limit anywhere (no default, no role setting one) a call
+pays one branch (``on``). With one, a call looks its bucket up (one dict lookup) and does a few float
 operations; the limit is worked out from the policy only when the bucket is
 made, the principal's roles change, or the policy was read again. A bucket
 that has refilled completely is the same as no bucket, so those idle for
@@ -108,11 +109,14 @@ class RateLimits:
         self._swept = 0.0
         self.clock: Callable[[], float] = time.monotonic
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        # False while no limit is set anywhere: callers skip the buckets.
+        self.on = self._default is not None or authorizer.sets_rates
 
     def policy_changed(self) -> None:
         """The policy was read again: each bucket works its limit out anew
         at its next use (keeping the tokens it holds, up to the new burst)."""
         self._generation += 1
+        self.on = self._default is not None or self._authorizer.sets_rates
 
     def bucket(self, principal: Principal) -> TokenBucket | None:
         """``principal``'s bucket (None: it has no limit)."""

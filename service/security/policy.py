@@ -333,6 +333,11 @@ class Authorizer:
             raise ConfigurationError("authentication is off: there is no policy to replace", reason="BAD_SETTING")
         self._policy = policy
 
+    @property
+    def sets_rates(self) -> bool:
+        """Whether any role of the policy sets ``commands_per_second``."""
+        return self._policy is not None and bool(self._policy.rates)
+
     def rate_of(self, principal: Principal) -> Rate | None:
         """The most generous commands-per-second limit of the principal's
         roles (``NO_RATE_LIMIT``: none, as for an administrator); None when

@@ -243,3 +243,17 @@ async def test_refusals_and_waits_are_counted_without_naming_the_principal() -> 
         return metrics.registry.get_sample_value("chronicle_principal_rate_limited_total", {"outcome": outcome})
 
     assert (counted("refused"), counted("waited")) == (1, 2)
+
+
+def test_with_no_limit_anywhere_the_limits_are_off_until_a_policy_sets_one() -> None:
+    plain = "[roles.plain]\nsubmit = ['*']"
+    authorizer = Authorizer(Policy.parse(tomllib.loads(plain)))
+    rate_limits = RateLimits(authorizer, None)
+    assert not rate_limits.on  # callers skip the buckets: one branch per call
+    assert RateLimits(authorizer, Rate(10, 10)).on  # the server's default
+    authorizer.use_policy(Policy.parse(tomllib.loads(POLICY)))
+    rate_limits.policy_changed()
+    assert rate_limits.on
+    authorizer.use_policy(Policy.parse(tomllib.loads(plain)))
+    rate_limits.policy_changed()
+    assert not rate_limits.on
