@@ -521,9 +521,16 @@ class RateLimited(Overloaded):
 
     default_reason = "PRINCIPAL_RATE_LIMITED"
 
-    def __init__(self, message: str, *, retry_after: float, metadata: Mapping[str, str] | None = None) -> None:
-        super().__init__(message, metadata=metadata)
-        self.retry_after = retry_after
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.retry_after = retry_after  # None: the code's fixed delay
 
 
 class StoreUnavailable(ChronicleError):

@@ -276,3 +276,15 @@ async def test_a_stream_that_cannot_wait_within_its_deadline_ends_with_its_start
     )
     assert answers == ["ok"] * 20  # every command it started was answered before the stream ended
     assert await store.log_head() == 20  # and none of the page it could not start ran
+
+
+async def test_a_submit_stream_waits_per_command(served: Served, store: MemoryStore) -> None:
+    _, clock = clocked(served)
+    requests = [
+        cs.SubmitRequest(command=command(f"acme-{n}", bank.OpenAccount(owner="ann"), user_id="")) for n in range(30)
+    ]
+    async with connect(served.app.address, interceptors=bearer(ACME_KEY)) as acme:
+        answers = [answer async for answer in acme.commands.SubmitStream(iter(requests))]
+    assert [answer.WhichOneof("result") for answer in answers] == ["ok"] * 30
+    assert clock.slept == pytest.approx([0.1] * 10)  # the burst (20), then a tenth of a second per command
+    assert await store.log_head() == 30

@@ -13,6 +13,7 @@ from service.errors import ConfigurationError, RateLimited
 from service.observability.metrics import Metrics
 from service.principal import Principal
 from service.security.policy import NO_RATE_LIMIT, Authorizer, Policy, Rate
+from service.settings import Settings
 
 POLICY = """
 [roles.tenant]
@@ -257,3 +258,12 @@ def test_with_no_limit_anywhere_the_limits_are_off_until_a_policy_sets_one() -> 
     authorizer.use_policy(Policy.parse(tomllib.loads(plain)))
     rate_limits.policy_changed()
     assert not rate_limits.on
+
+
+def test_a_negative_rate_or_burst_stops_the_server_naming_its_flag() -> None:
+    for name in ("max_commands_per_second_per_principal", "commands_burst_per_principal"):
+        with pytest.raises(ConfigurationError) as refused:
+            Settings(**{name: -1})  # type: ignore[arg-type]
+        assert refused.value.reason == "BAD_SETTING"
+        assert str(refused.value).startswith(f"--{name.replace('_', '-')}: -1 is negative; a whole number, at least 0")
+    assert Settings(max_commands_per_second_per_principal=0, commands_burst_per_principal=0)
