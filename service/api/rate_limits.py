@@ -195,4 +195,8 @@ class RateLimits:
             )
         if self._on_limited is not None:
             self._on_limited("waited")
-        await self.sleep(delay)
+        try:
+            await self.sleep(delay)
+        except asyncio.CancelledError:
+            bucket.give_back(count)  # the stream ended (its client left, the server stops): none of them started
+            raise

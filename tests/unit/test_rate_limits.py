@@ -4,6 +4,7 @@ moves only when told (no timing assertions)."""
 
 from __future__ import annotations
 
+import asyncio
 import tomllib
 
 import pytest
@@ -267,3 +268,23 @@ def test_a_negative_rate_or_burst_stops_the_server_naming_its_flag() -> None:
         assert refused.value.reason == "BAD_SETTING"
         assert str(refused.value).startswith(f"--{name.replace('_', '-')}: -1 is negative; a whole number, at least 0")
     assert Settings(max_commands_per_second_per_principal=0, commands_burst_per_principal=0)
+
+
+async def test_a_stream_ended_while_it_waits_gives_its_tokens_back() -> None:
+    rate_limits, clock = limits()
+    tenant = who("acme", "tenant")
+    waiting = asyncio.Event()
+
+    async def forever(seconds: float) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    rate_limits.sleep = forever
+    await rate_limits.wait(tenant, 20, time_remaining=None)
+    stream = asyncio.ensure_future(rate_limits.wait(tenant, 10, time_remaining=None))
+    await waiting.wait()
+    stream.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stream
+    clock.now += 1
+    rate_limits.take(tenant, 10)  # the second's refill is there: the cancelled page's ten were given back
