@@ -991,6 +991,7 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
     # (the last one complete), passing over the events of the split one
     # printed already, so none is skipped or printed twice.
     printed_at, printed = request.after_position, 0  # the last event's position, and its events printed
+    printed_id = ""  # the id of the last event printed
     answered = False  # a server answered this tail (a message, or a status of its own)
     failures = stale = 0  # in a row, since the last message
     said, said_at = "", float("-inf")  # what stderr last told of a broken stream, and when
@@ -1009,20 +1010,26 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
                     _print(_event_json(types, response.event))
                     if position != printed_at:
                         # An event of a higher position: the one before is complete.
-                        request.after_position = max(request.after_position, printed_at)
+                        if printed_at > request.after_position:
+                            request.after_position, request.after_event_id = printed_at, printed_id
                         printed_at, printed = position, 0
                     printed += 1
+                    # Resumed with the id of the event seen at the position, so that
+                    # a log gone back is refused (LOG_REWOUND), not skipped over.
+                    printed_id = response.event.event_id
                     if response.completes_position:
-                        request.after_position = position
+                        request.after_position, request.after_event_id = position, printed_id
                     request.from_end = False
                 elif response.HasField("caught_up"):
                     request.after_position, request.from_end = response.caught_up.position, False
+                    request.after_event_id = response.caught_up.event_id
                     if args.checkpoints:
                         _print({"caught_up": response.caught_up.position})
                     if args.until_caught_up:
                         return EXIT_OK
                 elif response.HasField("checkpoint"):
                     request.after_position, request.from_end = response.checkpoint.position, False
+                    request.after_event_id = response.checkpoint.event_id
                     if args.checkpoints:
                         _print({"checkpoint": response.checkpoint.position})
             return EXIT_OK

@@ -20,6 +20,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── ProjectionFailed        a projection's handler failed; the projection waits and retries
     │   └── ReactionFailed          ...a reaction's function (or too many parked commands)
     ├── EventNotReadable        a stored event no loaded plugin can read (never skipped)
+    ├── LogRewound              the log went back below a position a reader had (a restore, a failover)
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
     ├── WrongExpectedVersion    the client's expected version does not hold
     ├── ConcurrencyConflict     another writer appended first (retried inside)
@@ -273,6 +274,18 @@ class EventNotReadable(ChronicleError):
     """
 
     default_reason = "EVENT_NOT_READABLE"
+
+
+class LogRewound(ChronicleError):
+    """The log no longer holds what a reader had read up to a position: it
+    was restored from an older copy, or failed over to a standby that lost
+    its last commits, and new events may since sit at reused positions.
+    Going on after that position would skip them, so the reader is ended
+    (FAILED_PRECONDITION, no RetryInfo: a retry meets the same log) and
+    must re-sync deliberately (docs/subscriptions.md, "When the log goes
+    back")."""
+
+    default_reason = "LOG_REWOUND"
 
 
 class ResourceNotFound(ChronicleError):

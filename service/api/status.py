@@ -51,6 +51,9 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.AggregateNotFound: grpc.StatusCode.NOT_FOUND,
     errors.VersionNotReached: grpc.StatusCode.OUT_OF_RANGE,
     errors.ResourceNotFound: grpc.StatusCode.NOT_FOUND,
+    # The log went back under the reader: no retry heals it, a deliberate
+    # re-sync does.
+    errors.LogRewound: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ResourceExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.ProjectionFailed: grpc.StatusCode.INTERNAL,
     errors.ProjectionStopped: grpc.StatusCode.FAILED_PRECONDITION,

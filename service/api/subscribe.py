@@ -59,13 +59,18 @@ def decode_subscribe(request: pb.SubscribeRequest, registry: Registry) -> Subscr
             else None,
             origin=check_id("origin", request.origin, reason="INVALID_FILTER") if request.origin else None,
         ),
+        # Bounded and printable like any id (INVALID_EVENT_ID), so that a
+        # malformed one is not taken for a log that went back.
+        after_event_id=check_id("after_event_id", request.after_event_id, reason="INVALID_EVENT_ID")
+        if request.after_event_id
+        else "",
     )
 
 
 def encode_marker(item: Checkpoint | CaughtUp) -> pb.SubscribeResponse:
     if isinstance(item, Checkpoint):
-        return pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=item.position))
-    return pb.SubscribeResponse(caught_up=pb.CaughtUp(position=item.position))
+        return pb.SubscribeResponse(checkpoint=pb.Checkpoint(position=item.position, event_id=item.event_id))
+    return pb.SubscribeResponse(caught_up=pb.CaughtUp(position=item.position, event_id=item.event_id))
 
 
 def encode_page(page: Page) -> pb.SubscribeResponse:

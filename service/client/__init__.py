@@ -34,7 +34,7 @@ consumer is reopened for as long as it is iterated, the backoff growing to
 2 seconds: a server restart or a database outage is waited out.
 """
 
-from service.client.checkpoints import CheckpointStore, FileCheckpoints, MemoryCheckpoints
+from service.client.checkpoints import CheckpointStore, FileCheckpoints, MemoryCheckpoints, ResumePoint
 from service.client.client import ChronicleClient
 from service.client.commands import Command
 from service.client.errors import (
@@ -44,6 +44,7 @@ from service.client.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
+    LogRewound,
     NotFound,
     OutOfRange,
     PermissionDenied,
@@ -80,6 +81,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "LogFilter",
+    "LogRewound",
     "MemoryCheckpoints",
     "NotFound",
     "OutOfRange",
@@ -93,6 +95,7 @@ __all__ = [
     "Reactions",
     "RemoteError",
     "ResourceExhausted",
+    "ResumePoint",
     "RetryPolicy",
     "StreamResult",
     "Submitted",

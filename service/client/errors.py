@@ -11,6 +11,7 @@ ChronicleError`` catches them too::
     └── RemoteError             any error status; code, reason, metadata, …
         ├── InvalidArgument         the command or request is malformed, or a rule on its input
         ├── FailedPrecondition      a rule on the aggregate's state; WRONG_EXPECTED_VERSION
+        │   └── LogRewound              LOG_REWOUND: the log went back under a subscription (re-sync)
         ├── NotFound                the aggregate does not exist (and the command cannot create it)
         ├── OutOfRange              a version the aggregate has not reached (VERSION_NOT_REACHED)
         ├── AlreadyExists           it exists; or COMMAND_ID_REUSED
@@ -80,6 +81,16 @@ class InvalidArgument(RemoteError):
 
 class FailedPrecondition(RemoteError):
     pass
+
+
+class LogRewound(FailedPrecondition):
+    """FAILED_PRECONDITION ``LOG_REWOUND``: the log no longer holds what a
+    subscription had read up to ``metadata["position"]`` (its end is now
+    ``metadata["log_head"]``): the database was restored from an older copy,
+    or failed over to a standby that lost its last commits, and events
+    written since may sit at reused positions. Resuming would skip them, so
+    the subscription stops: re-sync deliberately (docs/subscriptions.md,
+    "When the log goes back"), never simply retry."""
 
 
 class NotFound(RemoteError):
@@ -155,6 +166,10 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[RemoteError]] = {
 }
 
 
+# Reasons with a class of their own (a subclass of their code's).
+ERROR_BY_REASON: dict[str, type[RemoteError]] = {"LOG_REWOUND": LogRewound}
+
+
 def remote_error(error: grpc.aio.AioRpcError) -> RemoteError:
     """The typed error for a failed call, with its rich details decoded."""
     code: grpc.StatusCode = error.code()
@@ -173,7 +188,7 @@ def remote_error(error: grpc.aio.AioRpcError) -> RemoteError:
             violations = tuple(FieldViolation(v.field, v.description) for v in bad.field_violations)
         elif detail.Unpack(retry):
             retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
-    cls = ERROR_BY_CODE.get(code, RemoteError)
+    cls = ERROR_BY_REASON.get(reason) or ERROR_BY_CODE.get(code, RemoteError)
     return cls(
         message, code=code, reason=reason, metadata=metadata, field_violations=violations, retry_delay=retry_delay
     )

@@ -14,6 +14,14 @@ backoff growing to ``max_backoff`` (2 s); a policy with ``max_attempts``
 gives up after that many reopenings in a row with nothing received. With a :class:`CheckpointStore` the
 position also outlives the process: a restarted subscriber resumes after the
 last saved one.
+
+Every reopening, and a start from a saved checkpoint, sends beside the
+position the id of the event seen there (``after_event_id``): a server that
+no longer holds that event there (the database restored from an older
+copy, or failed over to a standby that lost commits) refuses with
+``LogRewound`` rather than going on after a position whose events may now be
+others; so does a live stream whose log went back under it. It is never
+retried: the subscriber re-syncs deliberately (docs/subscriptions.md).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chronicle.v1 import event_service_pb2
-from service.client.checkpoints import CheckpointStore
+from service.client.checkpoints import CheckpointStore, ResumePoint, ResumePointStore
 from service.client.results import Event
 from service.client.retry import RetryPolicy, resuming
 
@@ -44,7 +52,10 @@ class Subscription:
     """Iterate it (``async for event in subscription``) to get the events;
     it does not end by itself. ``position`` is the position to resume after:
     every event at or before it was processed. ``caught_up`` is set once the
-    stream reached the live end.
+    stream reached the live end. ``event_id`` is the id of the event seen
+    at ``position`` (a checkpoint's: the event stored there), sent with it
+    when the stream is opened again so that a log gone back is noticed
+    (``LogRewound``); "" when unknown (a checkpoint saved without it).
 
     An event counts as processed when the consumer asks for the next one (or
     calls ``processed(event)``), so an event whose processing was
@@ -83,14 +94,18 @@ class Subscription:
         self._checkpoints = checkpoints
         self._save_every = save_every
         self.position = after_position
+        self.event_id = ""
         self.caught_up = asyncio.Event()
         # The position of the last event handed over (above ``position`` while
-        # more events of it may follow) and how many of its events were.
+        # more events of it may follow), how many of its events were, and
+        # the last one's id.
         self._handed = after_position
         self._handed_here = 0
+        self._handed_id = ""
         self._repeats = 0  # events of ``_handed`` to skip in a reopened stream
-        # The event the consumer holds: its position, and whether it completes it.
-        self._in_flight: tuple[int, bool] | None = None
+        # The event the consumer holds: its position, whether it completes
+        # it, and its id.
+        self._in_flight: tuple[int, bool, str] | None = None
 
     def __aiter__(self) -> AsyncGenerator[Event, None]:
         return self._events()
@@ -106,22 +121,26 @@ class Subscription:
             self._in_flight = None
         await self._save()
 
-    def _complete(self, position: int) -> None:
-        """Every event at or before ``position`` is finished: resume after it."""
-        self.position, self._from_end = max(self.position, position), False
+    def _complete(self, position: int, event_id: str) -> None:
+        """Every event at or before ``position`` is finished: resume after
+        it, where the event ``event_id`` was seen ("": unknown)."""
+        if position > self.position or (position == self.position and event_id):
+            self.position, self.event_id = position, event_id
+        self._from_end = False
 
-    def _handed_over(self, position: int, completes: bool) -> None:
+    def _handed_over(self, position: int, completes: bool, event_id: str) -> None:
         """An event at ``position`` was handed over and finished; ``completes``:
         the server said it was the last of its position. An upcaster may split
         one stored event into several at one position: until the last of them
         is finished, the position to resume after is the one before (the last
         complete one), or a restart after it would skip the rest."""
         if position != self._handed:
-            self._complete(self._handed)
+            self._complete(self._handed, self._handed_id)
             self._handed, self._handed_here = position, 0
         self._handed_here += 1
+        self._handed_id = event_id
         if completes:
-            self._complete(position)
+            self._complete(position, event_id)
 
     def _request(self) -> event_service_pb2.SubscribeRequest:
         return event_service_pb2.SubscribeRequest(
@@ -132,14 +151,15 @@ class Subscription:
             aggregate_id=self._filter.aggregate_id,
             origin=self._filter.origin,
             pages=True,
+            after_event_id="" if self._from_end else self.event_id,
         )
 
     async def _events(self) -> AsyncGenerator[Event, None]:
         if self._checkpoints is not None:
-            saved = await self._checkpoints.load()
+            saved = await self._load()
             if saved is not None:
-                self.position, self._from_end = saved, False
-        self._handed = self.position
+                self.position, self.event_id, self._from_end = saved.position, saved.event_id, False
+        self._handed, self._handed_id = self.position, self.event_id
         unsaved = 0
         try:
             async for message in resuming(self._retry, "subscribe", self._open):
@@ -159,7 +179,7 @@ class Subscription:
                             if index == last
                             else envelopes[index + 1].position > envelope.position
                         )
-                        self._in_flight = (envelope.position, completes)
+                        self._in_flight = (envelope.position, completes, envelope.event_id)
                         yield Event(envelope)
                         # Back here: the consumer is done with it (unless
                         # ``processed`` said so already).
@@ -176,7 +196,7 @@ class Subscription:
                 # every event at or before it was sent, the last position's
                 # pieces included.
                 marker = message.checkpoint if kind == "checkpoint" else message.caught_up
-                self._complete(marker.position)
+                self._complete(marker.position, marker.event_id)
                 if kind == "caught_up":
                     self.caught_up.set()
                 await self._save()
@@ -192,6 +212,15 @@ class Subscription:
         self._repeats = self._handed_here if self._handed > self.position else 0
         return self._open_call(self._request())
 
+    async def _load(self) -> ResumePoint | None:
+        assert self._checkpoints is not None
+        if isinstance(self._checkpoints, ResumePointStore):
+            return await self._checkpoints.load_point()
+        position = await self._checkpoints.load()  # a store of positions alone: not checked
+        return None if position is None else ResumePoint(position)
+
     async def _save(self) -> None:
-        if self._checkpoints is not None:
+        if isinstance(self._checkpoints, ResumePointStore):
+            await self._checkpoints.save_point(ResumePoint(self.position, self.event_id))
+        elif self._checkpoints is not None:
             await self._checkpoints.save(self.position)

@@ -12,6 +12,17 @@ today's plugins read them), and yields:
   ``checkpoint_interval`` seconds, so a subscriber whose filter matches
   nothing does not re-read the world after a reconnect.
 
+The log can go back under a subscriber: restored from an older copy, or
+failed over to a standby that lost its last commits; the positions after
+the new end are then handed out again, to other events. A subscriber that
+went on after the position it had would skip those, silently. So a
+subscription refuses to start after a position where the log no longer
+holds the event the client says it saw there (``after_event_id``: one
+indexed read per start), and a running one ends when a page read shows the
+log's end below a position it already delivered (the end comes with the
+page: no extra read). Both are ``LogRewound`` (LOG_REWOUND): the client
+re-syncs deliberately, nothing is skipped quietly.
+
 A catch-up's first page is small (``first_page_size`` events): the
 subscriber has its first events after one short read, not after a full
 page is read, converted and encoded, and the full pages that follow are
@@ -27,16 +38,21 @@ being sent and the one read ahead, and a slow one slows only itself.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
-from service.errors import InvalidInput, StoreUnavailable
+from service.errors import InvalidInput, LogRewound, StoreUnavailable
 from service.processing.held_events import HeldEvents
 from service.processing.overlap import started
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader
 from service.store.records import LogFilter, LogPage, RecordedEvent
+
+log = logging.getLogger(__name__)
+
+_EVERY_EVENT = LogFilter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +73,15 @@ class Page:
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     position: int
+    # The id of the event stored at ``position`` ("": unknown), for the
+    # client to resume with (``SubscriptionRequest.after_event_id``).
+    event_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class CaughtUp:
     position: int
+    event_id: str = ""
 
 
 SubscriptionItem = Page | Checkpoint | CaughtUp
@@ -75,6 +95,9 @@ class SubscriptionRequest:
     # One event per item (the client asked for a message per event), or
     # pages of events up to ``message_bytes``.
     per_event: bool = False
+    # The id of the event the client saw at ``after_position`` (any piece's
+    # of a split event): the log must still hold it there ("": not checked).
+    after_event_id: str = ""
 
 
 class Subscriptions:
@@ -136,7 +159,51 @@ class Subscriptions:
             )
         else:
             start = request.after_position
+            if start and request.after_event_id:
+                await self._check_still_holds(start, request.after_event_id, head)
         return self._follow(start, request.log_filter, request.per_event)
+
+    async def _check_still_holds(self, position: int, event_id: str, head: int) -> None:
+        """LogRewound unless the log holds the event ``event_id`` at
+        ``position``: the client saw it there, and a log that now holds
+        another event there (or none) went back under it. One read by
+        position (the primary key), on the primary when reads come from a
+        standby that may not have replayed it yet."""
+        if event_id not in await self.ids_at(position, reader=self._end):
+            log.warning(
+                "a subscriber resumed after position %d, where the log no longer holds the event it saw"
+                " (the log's end is %d): restored or failed over? It is refused with LOG_REWOUND",
+                position,
+                head,
+            )
+            raise log_rewound(position, head)
+
+    async def ids_at(self, position: int, *, reader: LogReader | None = None) -> frozenset[str]:
+        """The ids the event stored at ``position`` goes by: its own and
+        those of the pieces an upcaster splits it into (a client may have
+        seen any of them last). Empty when no event is stored there."""
+        page = await (reader or self._store).read_log(position - 1, _EVERY_EVENT, 1)
+        if not page.events or page.events[0].position != position:
+            return frozenset()
+        stored = page.events[0]
+        try:
+            pieces = {event.event_id for event in self._reader.records(stored)}
+        except Exception:  # unreadable: the stored id still identifies it
+            pieces = set()
+        return frozenset({stored.event_id, *pieces})
+
+    async def _id_at(self, position: int, last_sent: tuple[int, str]) -> str:
+        """The id to resume after ``position`` with: the last event sent's
+        when it is there (no read), else the stored event's (one read by
+        position, for a marker: at most once per checkpoint interval)."""
+        if last_sent[0] == position:
+            return last_sent[1]
+        if not position:
+            return ""
+        page = await self._store.read_log(position - 1, _EVERY_EVENT, 1)
+        if page.events and page.events[0].position == position:
+            return page.events[0].event_id
+        return ""
 
     async def _follow(self, position: int, wanted: LogFilter, per_event: bool) -> AsyncIterator[SubscriptionItem]:
         # The store filters by stored event type; types that upcasters read
@@ -153,6 +220,11 @@ class Subscriptions:
         client_has = (0, 0)  # the same, for the last message sent inside a split event
         completes = True
         caught_up = False
+        # The highest position this stream read from its store: a page whose
+        # log end is below it means the log went back. On a standby, the
+        # start may be one the standby has not replayed yet (to wait for).
+        floor = position if self._store is self._end else 0
+        last_sent = (0, "")  # the position and id of the last event sent
         last_checkpoint = self._clock()
         limit = self._first_page_size
         held = self._held
@@ -167,6 +239,17 @@ class Subscriptions:
                 page = await (holding.take_ahead() or self._read(position, stored_filter, limit))
                 limit = self._page_size
                 scanned_to, more = page.scanned_to, page.more
+                if page.head is not None:
+                    if page.head < floor:
+                        log.warning(
+                            "the log went back from %d to %d: restored or failed over? A subscription that had"
+                            " read up to %d is ended with LOG_REWOUND",
+                            floor,
+                            page.head,
+                            floor,
+                        )
+                        raise log_rewound(floor, page.head)
+                    floor = max(floor, min(scanned_to, page.head))
                 # More is waiting: read it while this page is sent, if the
                 # server's subscriptions have room for one more like the
                 # last (asked at once: PostgreSQL reads while Python works).
@@ -201,6 +284,7 @@ class Subscriptions:
                     holding.sending = True
                     holding.writes += 1
                     start, sent = sent, upto
+                    last_sent = (position, holding.events[upto - 1].event_id)
                     yield Page(holding.events[start:upto], completes)  # not kept here: the caller holds it
                     holding.sending = False
                 if holding.released:
@@ -226,10 +310,10 @@ class Subscriptions:
                 now = self._clock()
                 if not caught_up:
                     caught_up, told, last_checkpoint = True, position, now
-                    yield CaughtUp(position)
+                    yield CaughtUp(position, await self._id_at(position, last_sent))
                 elif position > told and now - last_checkpoint >= self._checkpoint_interval:
                     told, last_checkpoint = position, now
-                    yield Checkpoint(position)
+                    yield Checkpoint(position, await self._id_at(position, last_sent))
                 await self._wait(position)
         finally:
             held.close(holding)
@@ -303,6 +387,15 @@ def _without_sent_pieces(
     while dropped < count and dropped < len(events) and events[dropped].position == position:
         dropped += 1
     return events[dropped:], (position, count - dropped) if dropped < count and dropped == len(events) else (0, 0)
+
+
+def log_rewound(position: int, head: int) -> LogRewound:
+    return LogRewound(
+        f"the log no longer holds what was read up to position {position} (its end is now {head}): it went back"
+        " (restored from an older copy, or failed over to a standby that lost commits), and events written"
+        " since may sit at reused positions; re-sync rather than resume (docs/subscriptions.md)",
+        metadata={"position": str(position), "log_head": str(head)},
+    )
 
 
 def _shutting_down() -> StoreUnavailable:

@@ -194,8 +194,8 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
                 if max_bytes is not None:
                     size += event.stored_size()
                 if len(found) == limit or (max_bytes is not None and size >= max_bytes):
-                    return LogPage(tuple(found), event.position, more=True)
-        return LogPage(tuple(found), max(self._last_position, after_position))
+                    return LogPage(tuple(found), event.position, more=True, head=self._last_position)
+        return LogPage(tuple(found), max(self._last_position, after_position), head=self._last_position)
 
     async def log_head(self) -> int:
         return self._last_position

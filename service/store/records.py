@@ -361,6 +361,10 @@ class LogPage:
     # The page reached its limit (of events or of bytes): more may follow
     # at once. False: the log was examined to its end.
     more: bool = False
+    # The log's end as of the same read (None: the store did not say). A
+    # reader that already went past it knows the log went back under it (a
+    # restore, a failover that lost commits): ``scanned_to`` never shows it.
+    head: int | None = None
 
 
 @value(frozen=True, slots=True)

@@ -250,8 +250,8 @@ def log_page(events: tuple[RecordedEvent, ...], *, head: int, after_position: in
     a ``full`` page (it reached its limit of events or bytes) was examined up
     to its last event (more may follow), a shorter one up to the end."""
     if full and events:
-        return LogPage(events, events[-1].position, more=True)
-    return LogPage(events, max(head, after_position))
+        return LogPage(events, events[-1].position, more=True, head=head)
+    return LogPage(events, max(head, after_position), head=head)
 
 
 # "No limit" for a page's size: larger than any log page can be.

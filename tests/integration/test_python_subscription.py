@@ -18,6 +18,7 @@ from service.client import (
     Event,
     FileCheckpoints,
     InvalidArgument,
+    LogRewound,
     MemoryCheckpoints,
     RetryPolicy,
     Subscription,
@@ -177,13 +178,15 @@ async def test_a_subscription_survives_a_server_restart_without_a_gap_or_a_repea
     assert versions(received) == [1, 2, 3, 4, 5]
 
 
-async def test_a_checkpoint_of_another_store_is_refused_beyond_its_end_and_skips_silently_below_it(
+async def test_a_checkpoint_of_another_store_is_refused_beyond_its_end_and_below_it(
     tmp_path: Path,
 ) -> None:
     """docs/clients.md on greeted.pos: it said a position beyond the log's
     end "waits for events that never come"; Subscribe refuses it
-    (POSITION_BEYOND_END), and the danger is the other way: a position
-    below another store's head skips that store's events up to it."""
+    (POSITION_BEYOND_END). Below another store's head, a position saved
+    with the id of the event seen there is refused too (LOG_REWOUND: that
+    log holds another event there), where it skipped that store's events up
+    to it; saved without the id (an older client's file), it still does."""
     saved = FileCheckpoints(tmp_path / "greeted.pos")
     async with running_server(MemoryStore()) as (one, _), ChronicleClient.connect(one.address) as client:
         await open_account(client, "acc-1", deposits=5)  # positions 1 to 6
@@ -198,5 +201,9 @@ async def test_a_checkpoint_of_another_store_is_refused_beyond_its_end_and_skips
             await asyncio.wait_for(anext(aiter(client.subscribe(checkpoints=saved))), 10)
         assert (refused.value.reason, refused.value.metadata["log_head"]) == ("POSITION_BEYOND_END", "2")
         await open_account(client, "acc-3", deposits=4)  # positions 3 to 7: now 6 is below the head
+        with pytest.raises(LogRewound) as rewound:
+            await asyncio.wait_for(anext(aiter(client.subscribe(checkpoints=saved))), 10)
+        assert rewound.value.metadata == {"position": "6", "log_head": "7"}
+        (tmp_path / "greeted.pos").write_text("6\n")  # an older client's file: the position alone
         first = await asyncio.wait_for(anext(aiter(client.subscribe(checkpoints=saved))), 10)
     assert (first.aggregate_id, first.position) == ("acc-3", 7)  # acc-2 and most of acc-3, skipped

@@ -1,0 +1,278 @@
+"""Subscribers never skip when the log goes back: a database restored from an
+older copy, or failed over to a standby that lost its last commits, hands
+the positions after its end out again, to other events. Through real
+servers and the Python client, on SQLite (the file copied with SQLite's
+backup API) and PostgreSQL (a database copied as a template, or the newest
+rows deleted under a running server):
+
+- a resume after a position whose event the log no longer holds is refused
+  with FAILED_PRECONDITION LOG_REWOUND (the client's ``LogRewound``), from
+  the position and id a checkpoint kept, after an event or after a
+  server checkpoint;
+- the same resume on an unchanged log goes on as before;
+- a client that sends no id (an older one, a checkpoint saved with the
+  position alone) is served as before: unchecked;
+- a live stream whose log goes back under it ends with LOG_REWOUND, and
+  the server says so once in its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import uuid
+from collections.abc import AsyncGenerator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import psycopg
+import pytest
+
+from chronicle.v1 import event_service_pb2 as pb
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.client import ChronicleClient, Event, FileCheckpoints, LogRewound, RetryPolicy
+from service.store.base import StoreAdapter
+from service.store.postgres import PostgresStore
+from service.store.sqlite import SqliteStore
+from tests.support.grpc_client import connect, details_of, running_server
+from tests.support.postgres import Cluster
+from tests.support.waiting import eventually
+
+FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
+
+
+@dataclass
+class Site:
+    """One test's database (``live``), the copies taken of it, and how to
+    take and restore them."""
+
+    kind: str
+    tmp: Path
+    cluster: Cluster | None
+    live: str  # the SQLite file's path, or the PostgreSQL database's URL
+    copies: list[str] = field(default_factory=list)
+
+    def store(self, where: str | None = None) -> StoreAdapter:
+        where = where or self.live
+        if self.kind == "sqlite":
+            return SqliteStore(Path(where))
+        return PostgresStore(where, pool_size=4)
+
+    def backup(self) -> str:
+        """A copy of the database as it is now (on PostgreSQL, no server
+        may be connected to it: a template is copied alone)."""
+        if self.kind == "sqlite":
+            copy = self.tmp / f"backup-{uuid.uuid4().hex[:6]}.db"
+            with sqlite3.connect(self.live) as source, sqlite3.connect(copy) as target:
+                source.backup(target)
+            return str(copy)
+        assert self.cluster is not None
+        name = f"chronicle_copy_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.cluster.admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.live.rsplit("/", 1)[1]}"')
+        self.copies.append(self.cluster.url_for(name))
+        return self.copies[-1]
+
+    def restore(self, copy: str) -> str:
+        """The database a restored server runs on: on SQLite the live file
+        itself, overwritten with the copy (SQLite's backup API, which a
+        running server's connections see at their next read); on
+        PostgreSQL the copy's own database, as a restore into a new one."""
+        if self.kind == "sqlite":
+            with sqlite3.connect(copy) as source, sqlite3.connect(self.live) as target:
+                source.backup(target)
+            return self.live
+        return copy
+
+    async def go_back_to(self, head: int) -> None:
+        """The log cut back to ``head`` under a running server, as a
+        failover to a standby that lost the last commits leaves it: the
+        events after it gone, their positions handed out again."""
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.live) as db:
+                db.execute("DELETE FROM events WHERE position > ?", (head,))
+                db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (head,))
+            return
+        async with await psycopg.AsyncConnection.connect(self.live, autocommit=True) as conn:
+            await conn.execute("DELETE FROM chronicle.events WHERE position > %s", (head,))
+            await conn.execute("UPDATE chronicle.log_head SET last_position = %s", (head,))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
+    if request.param == "sqlite":
+        yield Site("sqlite", tmp_path, None, str(tmp_path / "events.db"))
+        return
+    cluster: Cluster = request.getfixturevalue("pg_cluster")
+    site = Site("postgres", tmp_path, cluster, request.getfixturevalue("postgres_url"))
+    yield site
+    for copy in site.copies:
+        cluster.drop_database(copy)
+
+
+async def write(address: str, aggregate_id: str, deposits: int, *, open_it: bool) -> None:
+    async with ChronicleClient.connect(address, retry=FAST) as client:
+        if open_it:
+            await client.submit(aggregate_id, bank.OpenAccount(owner="ann"))
+        for amount in range(1, deposits + 1):
+            await client.submit(aggregate_id, bank.Deposit(amount=amount))
+
+
+async def consume(
+    address: str, checkpoints: FileCheckpoints, count: int, *, aggregate_id: str = ""
+) -> list[Event] | LogRewound:
+    """Resume from ``checkpoints``, process ``count`` events (saving after
+    each), stop; or the LogRewound the subscription ended with."""
+    async with ChronicleClient.connect(address, retry=FAST) as client:
+        subscription = client.subscribe(checkpoints=checkpoints, aggregate_id=aggregate_id)
+        events: AsyncGenerator[Event, None] = aiter(subscription)
+        taken: list[Event] = []
+        try:
+            async with asyncio.timeout(30):
+                while len(taken) < count:
+                    taken.append(await anext(events))
+            if taken:
+                await subscription.processed(taken[-1])
+        except LogRewound as refused:
+            return refused
+        finally:
+            await events.aclose()
+        return taken
+
+
+async def catch_up(address: str, checkpoints: FileCheckpoints, *, aggregate_id: str) -> None:
+    """Subscribe until the caught-up mark is saved (a filter matching nothing)."""
+    async with ChronicleClient.connect(address, retry=FAST) as client:
+        subscription = client.subscribe(checkpoints=checkpoints, aggregate_id=aggregate_id)
+        reading = asyncio.ensure_future(anext(aiter(subscription)))
+
+        async def saved() -> bool:
+            return (await checkpoints.load_point()) is not None
+
+        await eventually(saved, what="the caught-up mark saved")
+        reading.cancel()
+
+
+async def first_positions(address: str, request: pb.SubscribeRequest, count: int) -> list[int]:
+    """The positions of the first ``count`` events of a raw Subscribe."""
+    async with connect(address) as raw:
+        positions: list[int] = []
+        call = raw.events.Subscribe(request)
+        async with asyncio.timeout(30):
+            async for message in call:
+                positions += [e.position for e in message.page.events] or (
+                    [message.event.position] if message.HasField("event") else []
+                )
+                if len(positions) >= count:
+                    break
+        call.cancel()
+        return positions[:count]
+
+
+async def test_a_resume_after_a_restore_written_on_since_is_refused_with_log_rewound(site: Site) -> None:
+    sub_file, mark_file = FileCheckpoints(site.tmp / "sub.pos"), FileCheckpoints(site.tmp / "mark.pos")
+    async with running_server(site.store()) as (app, _):
+        await write(app.address, "acc-1", 4, open_it=True)  # positions 1..5
+    copy = site.backup()  # the backup: the log up to 5
+    async with running_server(site.store()) as (app, _):
+        await write(app.address, "acc-1", 5, open_it=False)  # 6..10: lost in the restore
+        taken = await consume(app.address, sub_file, 10)
+        # A filter that matches nothing: the caught-up mark, at 10, is the checkpoint.
+        await catch_up(app.address, mark_file, aggregate_id="nobody")
+    assert isinstance(taken, list) and [e.position for e in taken] == list(range(1, 11))
+    saved, mark = await sub_file.load_point(), await mark_file.load_point()
+    assert saved is not None and (saved.position, saved.event_id) == (10, taken[-1].event_id)
+    assert mark is not None and (mark.position, mark.event_id) == (10, taken[-1].event_id)
+
+    async with running_server(site.store(site.restore(copy))) as (app, _):
+        # The restored log (head 5) is written on: 6..12 are other events now.
+        await write(app.address, "acc-2", 6, open_it=True)
+        refused = await consume(app.address, sub_file, 1)
+        assert isinstance(refused, LogRewound)
+        assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LOG_REWOUND")
+        assert refused.metadata == {"position": "10", "log_head": "12"}
+        # Resuming after the caught-up mark is checked alike.
+        assert isinstance(await consume(app.address, mark_file, 1, aggregate_id="acc-2"), LogRewound)
+        # The checkpoints are left as they were: nothing was skipped over.
+        assert await sub_file.load_point() == saved
+
+        # A client that sends no id (an older one) is served as before, unchecked.
+        old = pb.SubscribeRequest(after_position=10, pages=True)
+        assert await first_positions(app.address, old, 2) == [11, 12]
+        # And so is a checkpoint file of an older client (the position alone).
+        (site.tmp / "old.pos").write_text("10\n")
+        old_file = await consume(app.address, FileCheckpoints(site.tmp / "old.pos"), 2)
+        assert isinstance(old_file, list) and [e.position for e in old_file] == [11, 12]
+
+        # The raw refusal: FAILED_PRECONDITION, ErrorInfo LOG_REWOUND.
+        async with connect(app.address) as raw:
+            call = raw.events.Subscribe(pb.SubscribeRequest(after_position=10, after_event_id=saved.event_id))
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                async for _ in call:
+                    pass
+        assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        details = details_of(failed.value)
+        assert details.reason == "LOG_REWOUND" and details.metadata["position"] == "10"
+
+
+async def test_a_resume_on_an_unchanged_log_goes_on_checked(site: Site) -> None:
+    sub_file, mark_file = FileCheckpoints(site.tmp / "sub.pos"), FileCheckpoints(site.tmp / "mark.pos")
+    async with running_server(site.store()) as (app, _):
+        await write(app.address, "acc-1", 4, open_it=True)
+        first = await consume(app.address, sub_file, 5)
+        await catch_up(app.address, mark_file, aggregate_id="nobody")
+    assert isinstance(first, list)
+    async with running_server(site.store()) as (app, _):  # a restart: the same log
+        await write(app.address, "acc-1", 2, open_it=False)
+        rest = await consume(app.address, sub_file, 2)
+        assert isinstance(rest, list) and [(e.position, e.version) for e in rest] == [(6, 6), (7, 7)]
+        await write(app.address, "acc-2", 0, open_it=True)
+        after_mark = await consume(app.address, mark_file, 1, aggregate_id="acc-2")
+        assert isinstance(after_mark, list) and [e.position for e in after_mark] == [8]
+
+
+async def test_a_malformed_event_id_is_invalid_not_a_rewind(site: Site) -> None:
+    async with running_server(site.store()) as (app, client):
+        await write(app.address, "acc-1", 1, open_it=True)
+        call = client.events.Subscribe(pb.SubscribeRequest(after_position=1, after_event_id="bad\nid"))
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            async for _ in call:
+                pass
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details_of(failed.value).reason == "INVALID_EVENT_ID"
+
+
+async def test_a_live_subscription_ends_with_log_rewound_when_the_log_goes_back_under_it(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    sub_file = FileCheckpoints(site.tmp / "sub.pos")
+    async with running_server(site.store(), poll_seconds=0.2) as (app, _):
+        await write(app.address, "acc-1", 4, open_it=True)  # 1..5
+        copy = site.backup() if site.kind == "sqlite" else ""
+        await write(app.address, "acc-1", 5, open_it=False)  # 6..10
+        async with ChronicleClient.connect(app.address, retry=FAST) as client:
+            subscription = client.subscribe(checkpoints=sub_file)
+            events = aiter(subscription)
+            async with asyncio.timeout(30):
+                taken = [await anext(events) for _ in range(10)]
+            assert [e.position for e in taken] == list(range(1, 11))
+            following = asyncio.ensure_future(anext(events))  # caught up, then live
+            await asyncio.wait_for(subscription.caught_up.wait(), 30)
+            caplog.set_level(logging.WARNING, logger="service.processing.subscriptions")
+            if site.kind == "sqlite":
+                site.restore(copy)  # the file overwritten under the running server
+            else:
+                await site.go_back_to(5)
+            with pytest.raises(LogRewound) as ended:
+                await asyncio.wait_for(following, 30)
+            await events.aclose()
+    assert ended.value.metadata == {"position": "10", "log_head": "5"}
+    warnings = [r.getMessage() for r in caplog.records if "the log went back" in r.getMessage()]
+    assert warnings == [
+        "the log went back from 10 to 5: restored or failed over?"
+        " A subscription that had read up to 10 is ended with LOG_REWOUND"
+    ]
+    saved = await sub_file.load_point()
+    assert saved is not None and saved.position == 10  # not moved: the client re-syncs deliberately
