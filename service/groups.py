@@ -87,6 +87,7 @@ from service.errors import (
     ConsumerUnresponsive,
     EventNotReadable,
     InvalidInput,
+    LogRewound,
     ResourceNotFound,
     StoreUnavailable,
     quoted,
@@ -349,6 +350,10 @@ class ConsumerSession:
         self._held = held if held is not None else HeldEvents()
         self._tally = self._held.tally(self._let_go, lambda: self._queued > 0)
         self._let_go_count = 0  # a read in progress across a let-go is thrown away
+        # The highest position this session read the log up to: a page whose
+        # log end is below it means the log went back (``_check_not_rewound``).
+        self._read_floor = 0
+        self._rewound = False  # then no checkpoint of this session's is committed any more
         self._last_page_bytes = 0  # what the last page queued: the estimate of the next one
         self._stalled = stalled
         self._stall_seconds = max(spec.ack_timeout_ms / 1000, MIN_STALL_SECONDS)
@@ -968,6 +973,7 @@ class ConsumerSession:
                 # that were let go of; read again from where they were.
                 continue
             limit = self._page_size
+            self._check_not_rewound(page.head, page.scanned_to)
             self._last_page_bytes = self._take_page(page.events, reading)
             for segment in reading:
                 if self._segments.get(segment.number) is segment and page.scanned_to > segment.read_to:
@@ -977,6 +983,36 @@ class ConsumerSession:
             self._changed.set()
             if not page.more:
                 await self._wait_for_log(page.scanned_to)
+
+    def _check_not_rewound(self, head: int | None, scanned_to: int) -> None:
+        """LogRewound when the log's end (as of this page's read) is below
+        what the session read already: the database was restored from an
+        older copy, or failed over to a standby that lost commits. Going on
+        from its positions in memory would skip the events written since at
+        the reused positions, and committing them would make that lasting;
+        so the session commits nothing more and ends (its consumer's stream
+        with LOG_REWOUND). The group's checkpoints went back with the
+        database: a consumer that connects again is served from them."""
+        if head is None:
+            return
+        if head < self._read_floor:
+            self._rewound = True
+            log.warning(
+                "the log went back from %d to %d: restored or failed over? Subscription group %s: consumer %s"
+                " is ended with LOG_REWOUND, its checkpoints in memory not committed",
+                self._read_floor,
+                head,
+                self.spec.name,
+                self.member_id,
+            )
+            raise LogRewound(
+                f"the log went back from position {self._read_floor} to {head} (restored from an older copy, or"
+                " failed over to a standby that lost commits): the group resumes from its checkpoints as the"
+                " database holds them; events delivered after those come again, and those the log no longer"
+                " holds are gone (docs/subscriptions.md)",
+                metadata={"position": str(self._read_floor), "log_head": str(head), "group": self.spec.name},
+            )
+        self._read_floor = max(self._read_floor, min(scanned_to, head))
 
     def _take_page(self, stored_events: Sequence[RecordedEvent], reading: list[_Segment]) -> int:
         """Queue the page's events of the segments read; how many event
@@ -1153,6 +1189,8 @@ class ConsumerSession:
             await self._groups.dismiss_parked(self.spec.name, rest, skipped=True)
 
     async def _commit_segment(self, segment: _Segment) -> None:
+        if self._rewound:
+            return  # read from a log that went back: its positions are not the database's any more
         new_position = segment.checkpoint()
         acknowledged, skipped, parks = segment.acked_passed, segment.skipped_passed, list(segment.parks)
         try:

@@ -700,7 +700,9 @@ class GroupStore(Protocol):
         and add ``acknowledged`` and ``skipped`` to its counts. ``ConcurrencyConflict``, and
         nothing written, if the checkpoint is no longer at
         ``expected_position``, the group is gone, or ``fencing`` is given
-        and its lease is no longer held by its member at its epoch."""
+        and its lease is no longer held by its member at its epoch, or
+        ``new_position`` is past the log's end (a session that read a log
+        since gone back must not make its positions the group's)."""
 
     async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         """Keep ``events`` among the group's parked events (an event parked

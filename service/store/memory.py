@@ -200,6 +200,9 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
     async def log_head(self) -> int:
         return self._last_position
 
+    def _log_end(self) -> int:
+        return self._last_position
+
     async def stored_event_kinds(self) -> list[tuple[str, str, int]]:
         return sorted({(e.aggregate_type, e.event_type, e.schema_version) for e in self._log})
 

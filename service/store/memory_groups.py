@@ -53,6 +53,11 @@ class MemoryGroups:
     def consumer_leases(self) -> LocalLeases:
         return self._consumer_leases
 
+    def _log_end(self) -> int:
+        """The log's end, past which no checkpoint is committed (the store
+        that holds the log says; alone, groups know of no end)."""
+        return 2**63 - 1
+
     async def create_group(self, spec: GroupSpec) -> None:
         if spec.name in self._groups:
             raise group_exists(spec.name)
@@ -143,7 +148,7 @@ class MemoryGroups:
     ) -> None:
         group = self._groups.get(name)
         current = group.checkpoints[segment] if group is not None and segment < len(group.checkpoints) else None
-        if current is None or current.position != expected_position:
+        if current is None or current.position != expected_position or new_position > self._log_end():
             raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
         if fencing is not None and not self._consumer_leases.holds(fencing):
             raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)

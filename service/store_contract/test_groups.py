@@ -23,6 +23,7 @@ from service.store.grouping import (
 from service.store.leasing import Fencing, LeaseMember
 from service.store.records import LogFilter
 from service.store_contract.contents import ContentsOf
+from service.store_contract.records import new_event
 
 # Every test here is a coroutine (the plugin runs them on pytest-asyncio).
 pytestmark = pytest.mark.asyncio
@@ -38,6 +39,12 @@ SPEC = GroupSpec(
     ack_timeout_ms=1500,
     max_unanswered_timeouts=0,  # kept as given: 0 (never cut) is no "unset"
 )
+
+
+@pytest.fixture(autouse=True)
+async def logged(store: StoreAdapter) -> None:
+    """A log of 50 events: a checkpoint is never committed past the log's end."""
+    await store.append("filler-1", [new_event() for _ in range(50)], 0)
 
 
 def settings(spec: GroupSpec) -> GroupSpec:
@@ -163,6 +170,22 @@ async def test_a_segment_moves_from_where_it_was_and_counts_its_acks_once(
     assert group is not None
     assert group.checkpoint(2).position == 31 and group.checkpoint(2).acknowledged == 7
     assert (group.position, group.acknowledged) == (7, 7)
+
+
+async def test_a_segment_never_moves_past_the_logs_end(store: StoreAdapter, contents: ContentsOf) -> None:
+    """A session that read a log since gone back (a restore, a failover
+    that lost commits) holds positions the log hands out again: committing
+    one would make the group skip the events written there since."""
+    await store.create_group(SPEC)
+    before = await contents()
+    with pytest.raises(ConcurrencyConflict):
+        await store.commit_segment(
+            "billing", 2, expected_position=7, new_position=51, acknowledged=5, parked=[parked("e-9", 9)]
+        )
+    assert (await contents()).changes_since(before) == {}
+    await store.commit_segment("billing", 2, expected_position=7, new_position=50, acknowledged=5)
+    group = await store.load_group("billing")
+    assert group is not None and group.checkpoint(2).position == 50
 
 
 async def test_a_segment_counts_the_skips_its_checkpoint_passes_apart_from_its_acks(

@@ -13,7 +13,11 @@ rows deleted under a running server):
 - a client that sends no id (an older one, a checkpoint saved with the
   position alone) is served as before: unchecked;
 - a live stream whose log goes back under it ends with LOG_REWOUND, and
-  the server says so once in its log.
+  the server says so once in its log;
+- a subscription group's consumer with events in flight across the log
+  going back ends with LOG_REWOUND, its checkpoints in memory never
+  committed; consuming again goes on from the group's checkpoints as the
+  database holds them, and the new events at the reused positions come.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import asyncio
 import logging
 import sqlite3
 import uuid
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +36,7 @@ import pytest
 
 from chronicle.v1 import event_service_pb2 as pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.client import ChronicleClient, Event, FileCheckpoints, LogRewound, RetryPolicy
+from service.client import ChronicleClient, Delivery, Event, FileCheckpoints, LogRewound, RetryPolicy
 from service.store.base import StoreAdapter
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
@@ -86,18 +90,23 @@ class Site:
             return self.live
         return copy
 
-    async def go_back_to(self, head: int) -> None:
+    async def go_back_to(self, head: int, *, group_checkpoints: int | None = None) -> None:
         """The log cut back to ``head`` under a running server, as a
         failover to a standby that lost the last commits leaves it: the
-        events after it gone, their positions handed out again."""
+        events after it gone, their positions handed out again; the groups'
+        checkpoints, kept in the same database, back to ``group_checkpoints``."""
         if self.kind == "sqlite":
             with sqlite3.connect(self.live) as db:
                 db.execute("DELETE FROM events WHERE position > ?", (head,))
                 db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (head,))
+                if group_checkpoints is not None:
+                    db.execute("UPDATE group_segments SET position = ?", (group_checkpoints,))
             return
-        async with await psycopg.AsyncConnection.connect(self.live, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(self.live, autocommit=True) as conn, conn.transaction():
             await conn.execute("DELETE FROM chronicle.events WHERE position > %s", (head,))
             await conn.execute("UPDATE chronicle.log_head SET last_position = %s", (head,))
+            if group_checkpoints is not None:
+                await conn.execute("UPDATE chronicle.group_segments SET position = %s", (group_checkpoints,))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -276,3 +285,50 @@ async def test_a_live_subscription_ends_with_log_rewound_when_the_log_goes_back_
     ]
     saved = await sub_file.load_point()
     assert saved is not None and saved.position == 10  # not moved: the client re-syncs deliberately
+
+
+async def ack_all(deliveries: AsyncIterator[Delivery]) -> None:
+    async for delivery in deliveries:
+        await delivery.ack()
+
+
+async def test_a_group_consumer_across_the_log_going_back_ends_and_the_group_skips_nothing(site: Site) -> None:
+    async with running_server(site.store(), anonymous_admin=True, poll_seconds=0.2, lease_seconds=1.5) as (app, _):
+        await write(app.address, "acc-1", 4, open_it=True)  # 1..5
+        async with ChronicleClient.connect(app.address, retry=FAST) as client:
+            await client.groups.create("billing", segments=1)
+            async with client.consume("billing", consumer="first") as consumer:
+                deliveries = aiter(consumer)
+                for _ in range(5):
+                    await (await asyncio.wait_for(anext(deliveries), 30)).ack()
+
+                async def group_at(position: int) -> bool:
+                    return (await client.groups.get("billing")).position == position
+
+                await eventually(lambda: group_at(5), what="the group's checkpoint at 5")
+                for name in ("acc-2", "acc-3", "acc-4"):  # 6..8, one event each: all in flight at once
+                    await write(app.address, name, 0, open_it=True)
+                in_flight = [await asyncio.wait_for(anext(deliveries), 30) for _ in range(3)]
+                assert [d.event.position for d in in_flight] == [6, 7, 8]
+                await in_flight[0].ack()
+                await eventually(lambda: group_at(6), what="the group's checkpoint at 6")
+                # The database goes back to a copy of when the log ended at 5
+                # and the group's checkpoint was 5.
+                await site.go_back_to(5, group_checkpoints=5)
+                with pytest.raises(LogRewound) as ended:
+                    await asyncio.wait_for(ack_all(deliveries), 30)  # acks of events the log no longer holds
+                assert ended.value.reason == "LOG_REWOUND" and ended.value.metadata["log_head"] == "5"
+            # Nothing of the session's positions was committed: the group is where the database says.
+            assert (await client.groups.get("billing")).position == 5
+            await write(app.address, "acc-9", 2, open_it=True)  # 6..8 again: other events
+            async with client.consume("billing", consumer="second") as consumer:
+                deliveries = aiter(consumer)
+                again = []
+                for _ in range(3):
+                    again.append(await asyncio.wait_for(anext(deliveries), 30))
+                    await again[-1].ack()
+            assert [(d.event.position, d.event.aggregate_id) for d in again] == [
+                (6, "acc-9"),
+                (7, "acc-9"),
+                (8, "acc-9"),
+            ]

@@ -1070,7 +1070,10 @@ DELETE_GROUP_MEMBERS = "DELETE FROM chronicle.lease_members WHERE lease_group = 
 MOVE_SEGMENT = (
     "WITH moved AS (UPDATE chronicle.group_segments SET position = $4::bigint,"
     " acknowledged = acknowledged + $5::bigint, skipped = skipped + $6::bigint, updated_at = now()"
-    " WHERE group_name = $1 AND segment = $2::integer AND position = $3::bigint RETURNING 1)"
+    " WHERE group_name = $1 AND segment = $2::integer AND position = $3::bigint"
+    # Never past the log's end: a session that read a log since gone back
+    # (a restore, a failover) would make its skip of the reused positions lasting.
+    " AND $4::bigint <= (SELECT last_position FROM chronicle.log_head) RETURNING 1)"
     f" SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 0 ELSE chronicle.refuse('{VERSION_MOVED}', $1) END"
 )
 PARK_GROUP_EVENTS = (

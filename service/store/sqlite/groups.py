@@ -240,7 +240,7 @@ def _commit(
     with writing(db):
         if fencing is not None and not still_held(db, fencing):
             return False  # another consumer holds the segment now
-        if db.execute(sql.MOVE_SEGMENT, (new, *counts, name, segment, expected)).rowcount != 1:
+        if db.execute(sql.MOVE_SEGMENT, (new, *counts, name, segment, expected, new)).rowcount != 1:
             return False
         _park(db, name, parked)
         return True

@@ -478,6 +478,8 @@ DELETE_GROUP_PARKED = "DELETE FROM group_parked WHERE group_name = ?"
 MOVE_SEGMENT = (
     "UPDATE group_segments SET position = ?, acknowledged = acknowledged + ?, skipped = skipped + ?"
     " WHERE group_name = ? AND segment = ? AND position = ?"
+    # Never past the log's end (see the PostgreSQL statement).
+    " AND ? <= (SELECT COALESCE(MAX(position), 0) FROM events)"
 )
 PARK_GROUP_EVENT = (
     f"INSERT INTO group_parked (group_name, {_PARKED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
