@@ -278,9 +278,28 @@ export function clientError(code, reason, message, metadata = {}) {
  * CLIENT_FAILURE with the original as its `cause`, so whatever a stream or a
  * call surfaces has a code and a reason to switch on.
  */
+/**
+ * FAILED_PRECONDITION LOG_REWOUND: the log no longer holds what a
+ * subscription had read up to `metadata.position` (its end is now
+ * `metadata.log_head`): the database was restored from an older copy, or
+ * failed over to a standby that lost its last commits, and events written
+ * since may sit at reused positions. Resuming would skip them, so the
+ * subscription stops (never retried): re-sync deliberately
+ * (docs/subscriptions.md, "When the log goes back"). A ChronicleError.
+ */
+export class LogRewoundError extends ChronicleError {
+  constructor(grpcError) {
+    super(grpcError);
+    this.name = 'LogRewoundError';
+  }
+}
+
 export function asChronicleError(error) {
   if (error instanceof ChronicleError) return error;
-  if (typeof error?.code === 'number') return new ChronicleError(error);
+  if (typeof error?.code === 'number') {
+    const made = new ChronicleError(error);
+    return made.reason === 'LOG_REWOUND' ? new LogRewoundError(error) : made;
+  }
   const wrapped = clientError('INTERNAL', 'CLIENT_FAILURE', String(error?.message ?? error));
   wrapped.cause = error;
   return wrapped;
@@ -1209,12 +1228,26 @@ export class ChronicleClient {
    * server is away: `maxAttempts` (the client's retry policy's, Infinity by
    * default) bounds the reopenings in a row with nothing received, the
    * backoff growing to 2 s. Keep `subscription.position` somewhere durable
-   * to resume after a restart (pass it back as `afterPosition`). `cancel()`
-   * ends it.
+   * to resume after a restart (pass it back as `afterPosition`), and
+   * `subscription.eventId` beside it (the id of the event seen at that
+   * position; pass it back as `afterEventId`): every reopening sends it, and
+   * a server whose log no longer holds that event there (restored from an
+   * older copy, failed over to a standby that lost commits) refuses with a
+   * LogRewoundError (FAILED_PRECONDITION LOG_REWOUND), as does a live
+   * stream whose log goes back under it; it is never retried. Without an
+   * id (a position saved alone) the resume is not checked. Checkpoint and
+   * caught-up messages carry `eventId` too. `cancel()` ends it.
    */
   subscribe(
     { aggregateTypes = [], eventTypes = [], aggregateId = '', origin = '' } = {},
-    { afterPosition = 0, fromEnd = false, maxAttempts = this.retry.maxAttempts, signal, timeoutSeconds } = {},
+    {
+      afterPosition = 0,
+      afterEventId = '',
+      fromEnd = false,
+      maxAttempts = this.retry.maxAttempts,
+      signal,
+      timeoutSeconds,
+    } = {},
   ) {
     this.#checkOpen();
     const client = this;
@@ -1222,13 +1255,17 @@ export class ChronicleClient {
     // handed, handedHere: the last event's position and how many of its
     // events were handed out (an upcaster may split one stored event into
     // several at its position: see handOut).
+    // eventId: the id of the event seen at `position` (sent when reopening,
+    // so that a log gone back is refused); handedId: the last event's.
     const state = {
       position: afterPosition,
+      eventId: afterEventId,
       fromEnd,
       call: null,
       cancelled: false,
       handed: afterPosition,
       handedHere: 0,
+      handedId: afterEventId,
     };
     const filter = { aggregate_types: aggregateTypes, event_types: eventTypes, aggregate_id: aggregateId, origin };
     const woken = new Signal(); // wakes a loop waiting to reopen: cancelled
@@ -1237,7 +1274,13 @@ export class ChronicleClient {
       for (let attempt = 1; ; attempt += 1) {
         // pages: true asks for EventPage messages; a server from before
         // pages ignores the field and sends events one per message.
-        const request = { ...filter, after_position: state.position, from_end: state.fromEnd, pages: true };
+        const request = {
+          ...filter,
+          after_position: state.position,
+          after_event_id: state.fromEnd ? '' : state.eventId,
+          from_end: state.fromEnd,
+          pages: true,
+        };
         // Reopened inside a split event: its pieces handed out already come again first.
         let repeats = state.handed > state.position ? state.handedHere : 0;
         // On any live member with routing (#target): one that died is
@@ -1269,12 +1312,13 @@ export class ChronicleClient {
                   index === stored.length - 1
                     ? message.completes_position
                     : Number(stored[index + 1].position) > event.position;
-                handOut(state, event.position, completes);
+                handOut(state, event.position, completes, event.event_id);
                 yield { kind: 'event', event };
               }
             } else {
-              state.position = Math.max(state.position, message[message.kind].position);
-              yield { kind: message.kind, position: state.position };
+              const mark = message[message.kind];
+              complete(state, Number(mark.position), mark.event_id ?? '');
+              yield { kind: message.kind, position: state.position, eventId: state.eventId };
             }
           }
           return;
@@ -1316,6 +1360,9 @@ export class ChronicleClient {
       messages: guarded(),
       get position() {
         return state.position;
+      },
+      get eventId() {
+        return state.eventId;
       },
       cancel() {
         state.cancelled = true;
@@ -1819,14 +1866,26 @@ function decodeEvent(event) {
  * last of it (an event of a higher position, or a checkpoint, also shows
  * the one before complete).
  */
-function handOut(state, position, completes) {
+function handOut(state, position, completes, eventId) {
   if (position !== state.handed) {
-    state.position = Math.max(state.position, state.handed);
+    complete(state, state.handed, state.handedId);
     state.handed = position;
     state.handedHere = 0;
   }
   state.handedHere += 1;
-  if (completes) state.position = Math.max(state.position, position);
+  state.handedId = eventId;
+  if (completes) complete(state, position, eventId);
+}
+
+/**
+ * Every event at or before `position` handed out: resume after it, where
+ * the event `eventId` was seen ('' unknown: the resume is not checked).
+ */
+function complete(state, position, eventId) {
+  if (position > state.position || (position === state.position && eventId)) {
+    state.position = position;
+    state.eventId = eventId;
+  }
 }
 
 /**

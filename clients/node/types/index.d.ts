@@ -46,7 +46,7 @@ export type Reason =
 
 export declare class ChronicleError extends Error {
   constructor(grpcError: { code: number; details?: string; message?: string; metadata?: grpcJs.Metadata });
-  readonly name: 'ChronicleError';
+  readonly name: 'ChronicleError' | 'LogRewoundError';
   code: StatusCodeName | string;
   reason: Reason;
   metadata: Record<string, string>;
@@ -56,6 +56,15 @@ export declare class ChronicleError extends Error {
   commandIds: string[];
   cause: unknown;
   toString(): string;
+}
+
+/**
+ * FAILED_PRECONDITION LOG_REWOUND: the log went back under a subscription
+ * (a restore, a failover that lost commits); `metadata.position` and
+ * `metadata.log_head`. Never retried: re-sync deliberately.
+ */
+export declare class LogRewoundError extends ChronicleError {
+  readonly name: 'LogRewoundError';
 }
 
 /** A plain object of a message's fields, by .proto name or camelCase. */
@@ -203,11 +212,13 @@ export interface ReadOptions extends CallOptions {
 
 export type SubscriptionMessage =
   | { kind: 'event'; event: Event }
-  | { kind: 'checkpoint' | 'caught_up'; position: number };
+  | { kind: 'checkpoint' | 'caught_up'; position: number; eventId: string };
 
 export interface Subscription {
   messages: AsyncIterable<SubscriptionMessage>;
   readonly position: number;
+  /** The id of the event seen at `position` ('' unknown): keep it beside it, pass it back as `afterEventId`. */
+  readonly eventId: string;
   cancel(): void;
   close(): void;
 }
@@ -382,7 +393,7 @@ export declare class ChronicleClient {
   read(aggregateId: string, options?: ReadOptions): Promise<Event[]>;
   subscribe(
     filter?: { aggregateTypes?: string[]; eventTypes?: string[]; aggregateId?: string; origin?: string },
-    options?: { afterPosition?: number; fromEnd?: boolean; maxAttempts?: number } & CallOptions,
+    options?: { afterPosition?: number; afterEventId?: string; fromEnd?: boolean; maxAttempts?: number } & CallOptions,
   ): Subscription;
   getAggregate(
     aggregateId: string,
