@@ -23,6 +23,7 @@ rows deleted under a running server):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import uuid
@@ -332,3 +333,31 @@ async def test_a_group_consumer_across_the_log_going_back_ends_and_the_group_ski
                 (7, "acc-9"),
                 (8, "acc-9"),
             ]
+
+
+async def test_the_consoles_live_tail_ends_with_the_refusal_when_the_log_goes_back(tmp_path: Path) -> None:
+    """The console's tail reads through Subscribe: it shows the refusal and
+    ends, read as a browser's EventSource reads it."""
+    site = Site("sqlite", tmp_path, None, str(tmp_path / "events.db"))
+    async with running_server(site.store(), console_listen="127.0.0.1:0", poll_seconds=0.2) as (app, _):
+        await write(app.address, "acc-1", 9, open_it=True)  # 1..10
+        assert app.console is not None
+        host, _, port = app.console.address.rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        seen: list[tuple[str, str]] = []
+        try:
+            writer.write(f"GET /tail/events?after=10 HTTP/1.1\r\nHost: {app.console.address}\r\n\r\n".encode())
+            await writer.drain()
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+            async with asyncio.timeout(30):
+                while not seen or seen[-1][0] != "refused":
+                    raw = (await reader.readuntil(b"\n\n")).decode()
+                    fields = dict(line.partition(": ")[::2] for line in raw.strip().split("\n"))
+                    if "event" in fields:
+                        seen.append((fields["event"], fields["data"]))
+                        if fields["event"] == "checkpoint":  # caught up at 10: now the log goes back
+                            await site.go_back_to(5)
+        finally:
+            writer.close()
+    assert seen[0] == ("checkpoint", "10")
+    assert seen[-1][0] == "refused" and json.loads(seen[-1][1]).startswith("LOG_REWOUND: ")

@@ -7,10 +7,14 @@ sends the other pieces, once, when its client reads again."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
+import pytest
+
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.errors import LogRewound
 from service.plugins.registry import Registry
 from service.processing.held_events import HeldEvents
 from service.processing.subscriptions import CaughtUp, Page, SubscriptionRequest, Subscriptions
@@ -91,3 +95,23 @@ async def test_a_stall_inside_a_split_event_resumes_with_its_other_pieces_once()
         (3, "bank.v1.MoneyDeposited"),
     ]
     await cast(AsyncGenerator[Any, None], stream).aclose()
+
+
+async def test_a_resume_after_a_split_event_is_checked_against_any_of_its_pieces_ids() -> None:
+    """A client that saw the second piece last resumes with its (derived)
+    id, one after a checkpoint with the stored id: both are the event stored
+    there. An id that is not is refused LOG_REWOUND."""
+    store = await books(2)
+    subscriptions = Subscriptions(store, READER)
+    pages = await messages_until_caught_up(await subscriptions.open(SubscriptionRequest()))
+    first, second = [event for page in pages for event in page.events if event.position == 1]
+    assert first.event_id != second.event_id  # the second piece's id is derived from the stored one
+    for seen in (first.event_id, second.event_id):
+        resumed = await subscriptions.open(SubscriptionRequest(after_position=1, after_event_id=seen))
+        assert pieces(await messages_until_caught_up(resumed)) == [
+            (2, "bank.v1.AccountOpened"),
+            (2, "bank.v1.MoneyDeposited"),
+        ]
+    with pytest.raises(LogRewound) as refused:
+        await subscriptions.open(SubscriptionRequest(after_position=1, after_event_id=str(uuid.uuid4())))
+    assert (refused.value.reason, refused.value.metadata) == ("LOG_REWOUND", {"position": "1", "log_head": "2"})
