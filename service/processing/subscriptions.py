@@ -138,6 +138,7 @@ class Subscriptions:
         self._clock = clock
         self._closing = asyncio.Event()
         self.active = 0
+        self._rewound_to: int | None = None  # the log's end the last "went back" WARNING named
 
     def close(self) -> None:
         """End every subscription: each raises StoreUnavailable (SHUTTING_DOWN)
@@ -170,13 +171,24 @@ class Subscriptions:
         position (the primary key), on the primary when reads come from a
         standby that may not have replayed it yet."""
         if event_id not in await self.ids_at(position, reader=self._end):
-            log.warning(
+            self._tell_rewound(
+                head,
                 "a subscriber resumed after position %d, where the log no longer holds the event it saw"
                 " (the log's end is %d): restored or failed over? It is refused with LOG_REWOUND",
                 position,
                 head,
             )
             raise log_rewound(position, head)
+
+    def _tell_rewound(self, head: int, message: str, *args: object) -> None:
+        """A WARNING the first time the log is seen gone back to ``head``
+        (every subscriber meets it: one line, not one per stream), DEBUG
+        after."""
+        if head != self._rewound_to:
+            self._rewound_to = head
+            log.warning(message, *args)
+        else:
+            log.debug(message, *args)
 
     async def ids_at(self, position: int, *, reader: LogReader | None = None) -> frozenset[str]:
         """The ids the event stored at ``position`` goes by: its own and
@@ -241,7 +253,8 @@ class Subscriptions:
                 scanned_to, more = page.scanned_to, page.more
                 if page.head is not None:
                     if page.head < floor:
-                        log.warning(
+                        self._tell_rewound(
+                            page.head,
                             "the log went back from %d to %d: restored or failed over? A subscription that had"
                             " read up to %d is ended with LOG_REWOUND",
                             floor,

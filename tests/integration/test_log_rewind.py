@@ -270,6 +270,13 @@ async def test_a_live_subscription_ends_with_log_rewound_when_the_log_goes_back_
             assert [e.position for e in taken] == list(range(1, 11))
             following = asyncio.ensure_future(anext(events))  # caught up, then live
             await asyncio.wait_for(subscription.caught_up.wait(), 30)
+            # A second subscriber, of acc-1 alone, live too: the log going back is one WARNING, not one per stream.
+            other = client.subscribe(aggregate_id="acc-1")
+            other_events = aiter(other)
+            async with asyncio.timeout(30):
+                assert len([await anext(other_events) for _ in range(10)]) == 10
+            other_following = asyncio.ensure_future(anext(other_events))
+            await asyncio.wait_for(other.caught_up.wait(), 30)
             caplog.set_level(logging.WARNING, logger="service.processing.subscriptions")
             if site.kind == "sqlite":
                 site.restore(copy)  # the file overwritten under the running server
@@ -277,7 +284,10 @@ async def test_a_live_subscription_ends_with_log_rewound_when_the_log_goes_back_
                 await site.go_back_to(5)
             with pytest.raises(LogRewound) as ended:
                 await asyncio.wait_for(following, 30)
+            with pytest.raises(LogRewound):
+                await asyncio.wait_for(other_following, 30)
             await events.aclose()
+            await other_events.aclose()
     assert ended.value.metadata == {"position": "10", "log_head": "5"}
     warnings = [r.getMessage() for r in caplog.records if "the log went back" in r.getMessage()]
     assert warnings == [
