@@ -515,6 +515,7 @@ class ChronicleClient:
         aggregate_id: str = "",
         origin: str = "",
         save_every: int = 1,
+        after_event_id: str = "",
     ) -> Subscription:
         """Every committed event matching the filter, in log order: those
         after ``after_position`` (or, with ``from_end``, only new ones), then
@@ -523,7 +524,10 @@ class ChronicleClient:
         away (with the default policy: no ``max_attempts``, the backoff
         growing to 2 seconds); with ``checkpoints`` the subscription
         starts after the saved position (ignoring ``after_position`` and
-        ``from_end``) and saves as it goes. See :class:`Subscription`."""
+        ``from_end``) and saves as it goes. ``after_event_id``: the id of
+        the event seen at ``after_position`` (a ``Subscription.event_id``
+        kept beside its position): the server refuses with ``LogRewound``
+        when the log no longer holds it there. See :class:`Subscription`."""
 
         def open_call(request: event_service_pb2.SubscribeRequest) -> Any:
             return self._events.Subscribe(request, metadata=self._call_metadata())  # a stream: no deadline
@@ -535,6 +539,7 @@ class ChronicleClient:
             ),
             retry=self._retry,
             after_position=after_position,
+            after_event_id=after_event_id,
             from_end=from_end,
             checkpoints=checkpoints,
             save_every=save_every,

@@ -84,6 +84,7 @@ class Subscription:
         from_end: bool,
         checkpoints: CheckpointStore | None,
         save_every: int,
+        after_event_id: str = "",
     ) -> None:
         if save_every < 1:
             raise ValueError("save_every must be at least 1")
@@ -94,14 +95,14 @@ class Subscription:
         self._checkpoints = checkpoints
         self._save_every = save_every
         self.position = after_position
-        self.event_id = ""
+        self.event_id = after_event_id
         self.caught_up = asyncio.Event()
         # The position of the last event handed over (above ``position`` while
         # more events of it may follow), how many of its events were, and
         # the last one's id.
         self._handed = after_position
         self._handed_here = 0
-        self._handed_id = ""
+        self._handed_id = after_event_id
         self._repeats = 0  # events of ``_handed`` to skip in a reopened stream
         # The event the consumer holds: its position, whether it completes
         # it, and its id.

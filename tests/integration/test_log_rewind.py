@@ -203,6 +203,11 @@ async def test_a_resume_after_a_restore_written_on_since_is_refused_with_log_rew
         assert isinstance(refused, LogRewound)
         assert (refused.code, refused.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "LOG_REWOUND")
         assert refused.metadata == {"position": "10", "log_head": "12"}
+        # So is a position and id kept by the subscriber itself.
+        async with ChronicleClient.connect(app.address, retry=FAST) as client:
+            kept = client.subscribe(after_position=saved.position, after_event_id=saved.event_id)
+            with pytest.raises(LogRewound):
+                await asyncio.wait_for(anext(aiter(kept)), 30)
         # Resuming after the caught-up mark is checked alike.
         assert isinstance(await consume(app.address, mark_file, 1, aggregate_id="acc-2"), LogRewound)
         # The checkpoints are left as they were: nothing was skipped over.
