@@ -371,6 +371,19 @@ async def test_a_batch_replacing_an_aggregate_removes_it_and_writes_in_one_trans
     assert await store.load_snapshot("a-1") is None
 
 
+async def test_removing_the_last_aggregate_of_the_log_leaves_its_end_where_it_was(store: StoreAdapter) -> None:
+    """The log's end never goes back but with the database: a live reader
+    that finds it below what it read takes the log for a restored one
+    (LOG_REWOUND). Removing the aggregate whose events end the log (an
+    import replacing it) must not look like that."""
+    await store.append("a-2", [new_event()], 0)
+    await store.append("a-1", [new_event(), new_event()], 0)
+    head = await store.log_head()
+    assert await store.remove_aggregate("a-1") == 2
+    assert await store.log_head() == head
+    assert (await store.read_log(0, LogFilter(), 10)).head == head
+
+
 def tombstone() -> NewEvent:
     return replace(new_event(TOMBSTONE_EVENT_TYPE, aggregate_type=""), payload=b"\x1a\x03why")
 

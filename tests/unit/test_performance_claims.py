@@ -218,9 +218,19 @@ async def test_on_sqlite_the_log_end_and_an_aggregates_head_and_events_are_index
     store = SqliteStore(path)
     await store.open()
     await store.close()
-    # The log's end: MAX of the rowid, one descent of the table's b-tree.
-    assert sqlite_sql.LOG_HEAD == "SELECT COALESCE(MAX(position), 0) FROM events"
-    assert query_plan(path, sqlite_sql.LOG_HEAD, []) == ["SEARCH events"]
+    # The log's end: MAX of the rowid, one descent of the table's b-tree,
+    # and the last position handed out, in sqlite_sequence: a row per
+    # AUTOINCREMENT table (two in the schema), scanned.
+    assert query_plan(path, sqlite_sql.LOG_HEAD, []) == [
+        "SCAN CONSTANT ROW",
+        "SCALAR SUBQUERY 1",
+        "SEARCH events",
+        "SCALAR SUBQUERY 2",
+        "SCAN sqlite_sequence",
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        autoincrement = db.execute("SELECT count(*) FROM sqlite_master WHERE sql LIKE '%AUTOINCREMENT%'").fetchone()
+    assert autoincrement == (2,)
     # An append's version check, an aggregate's head and its events: the
     # (aggregate_id, version) index.
     with contextlib.closing(sqlite3.connect(path)) as db:

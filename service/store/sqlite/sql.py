@@ -147,7 +147,14 @@ def read_log(where: str) -> str:
     )
 
 
-LOG_HEAD = "SELECT COALESCE(MAX(position), 0) FROM events"
+# The last position handed out (as PostgreSQL's log_head row): AUTOINCREMENT
+# keeps it in sqlite_sequence, so it does not go back when the events that
+# end the log are removed (an import replacing their aggregate); only with the
+# database (a restore), which a live reader then takes for LOG_REWOUND.
+LOG_HEAD = (
+    "SELECT MAX(COALESCE((SELECT MAX(position) FROM events), 0),"
+    " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
+)
 # Every (aggregate type, event type, schema version) stored, for the
 # pre-deploy check: a scan of the whole table (docs/plugins.md).
 STORED_EVENT_KINDS = "SELECT aggregate_type, event_type, schema_version FROM events GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
