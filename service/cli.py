@@ -14,6 +14,12 @@
     chronicle reaction [NAME] [--parked | --replay COMMAND_ID | --dismiss COMMAND_ID | --replay-all | --dismiss-all
                                              | --drop-state STATE_KEY... | --state STATE_KEY
                                              | --states [--prefix P] | --drop-states --prefix P [--confirm N]]
+    chronicle group [NAME [--parked | --replay EVENT_ID... | --replay-all | --dismiss EVENT_ID... | --set K=V...]]
+    chronicle group create NAME [--aggregate-types T...] [--event-types T...] [--origin O] [--tenant T]
+                           [--start-from beginning|end|POSITION] [--segments N] [--max-delivery-attempts N]
+                           [--retry-backoff D] [--max-retry-backoff D] [--ack-timeout D] [--max-unanswered-timeouts N]
+    chronicle group update NAME [--ack-timeout D ...]   # the settings create takes, but the filter and start
+    chronicle group delete NAME --confirm NAME          # without --confirm: what would go; nothing deleted
     chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins [--check --database-url URL]   # --check: can they read all the store holds? (read only)
     chronicle new-plugin library
@@ -181,19 +187,27 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, None: 1000}
 
 
+def _milliseconds(text: str) -> int:
+    """A duration (``500ms``, ``30s``, ``2m``, ``1h``; a bare number is
+    seconds) as milliseconds."""
+    matched = _DURATION.fullmatch(text.strip())
+    if matched is None:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 500ms, 30s, 2m or 1h, got {text!r}")
+    return round(float(matched.group(1)) * _UNIT_MS[matched.group(2)])
+
+
 def _group_setting(text: str) -> tuple[str, int]:
     """``--set KEY=VALUE`` of ``chronicle group``: a count, or a duration
-    (``500ms``, ``30s``, ``2m``, ``1h``; a bare number is seconds) as
-    milliseconds. The filter is no setting here: UpdateGroup has no field
+    as milliseconds. The filter is no setting here: UpdateGroup has no field
     for it (what was settled under the old filter is not read again)."""
     key, value = _key_value(text)
     if key in _GROUP_COUNTS:
         return key, _count(value)
     if key in _GROUP_DURATIONS:
-        matched = _DURATION.fullmatch(value.strip())
-        if matched is None:
-            raise argparse.ArgumentTypeError(f"{key}: expected a duration such as 500ms, 30s, 2m or 1h, got {value!r}")
-        return key, round(float(matched.group(1)) * _UNIT_MS[matched.group(2)])
+        try:
+            return key, _milliseconds(value)
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentTypeError(f"{key}: {error}") from None
     known = ", ".join(_GROUP_COUNTS[:2] + _GROUP_DURATIONS)
     raise argparse.ArgumentTypeError(f"{key!r} is no setting an update changes; these are: {known}")
 
@@ -890,6 +904,205 @@ def _group(args: argparse.Namespace, channel: grpc.Channel) -> int:
         f"subscription group {args.name!r} does not exist, or this caller may not consume it",
         {"group": args.name},
     )
+
+
+# ``chronicle group create|update|delete NAME``: the word after ``group`` is
+# taken as the verb before argparse reads the line, since the ``group``
+# command's own first word is a group's name (``chronicle group billing``).
+# A group named "create", "update" or "delete" is still listed by
+# ``chronicle group``, updated and deleted by the verbs (``chronicle group
+# update create --ack-timeout 1s``); its parked events are the console's.
+_GROUP_VERBS = ("create", "update", "delete")
+
+
+def _with_group_verb(argv: Sequence[str]) -> list[str]:
+    if len(argv) >= 2 and argv[0] == "group" and argv[1] in _GROUP_VERBS:
+        return [f"group {argv[1]}", *argv[2:]]
+    return list(argv)
+
+
+def _at_least_one(text: str) -> int:
+    """A count whose 0 the RPC would take as "the default": refused here,
+    so that ``--segments 0`` is not silently 16."""
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be 1 or more (leave the option out for the default)")
+    return value
+
+
+def _start(text: str) -> tuple[int, bool]:
+    """``--start-from``: ``0``/``beginning``, ``end``, or a position to start
+    after (as ``tail --from``): the request's ``(after_position, from_end)``."""
+    if text in ("beginning", "0"):
+        return 0, False
+    if text == "end":
+        return 0, True
+    try:
+        return _count(text), False
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'beginning', 'end' or a position, got {text!r}") from None
+
+
+def _set_group_settings(
+    request: subscription_group_service_pb2.CreateGroupRequest | subscription_group_service_pb2.UpdateGroupRequest,
+    args: argparse.Namespace,
+) -> None:
+    """The settings given on the line into a CreateGroup or UpdateGroup
+    request; those left out stay unset (the default, or unchanged)."""
+    for key in _GROUP_DURATIONS:
+        if getattr(args, key) is not None:
+            getattr(request, key).FromMilliseconds(getattr(args, key))
+    for key in _GROUP_COUNTS:
+        if getattr(args, key) is not None:
+            setattr(request, key, getattr(args, key))
+
+
+def _group_create(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    """``chronicle group create NAME --aggregate-types ... --start-from ...``:
+    CreateGroup with every field it takes; prints the group as created."""
+    after_position, from_end = args.start_from
+    request = subscription_group_service_pb2.CreateGroupRequest(
+        name=args.name,
+        filter=subscription_group_service_pb2.GroupFilter(
+            aggregate_types=args.aggregate_types or [],
+            event_types=args.event_types or [],
+            origin=args.origin or "",
+            tenant=args.tenant or "",
+        ),
+        after_position=after_position,
+        from_end=from_end,
+    )
+    _set_group_settings(request, args)
+    stub = subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub(channel)
+    _print(_as_dict(stub.CreateGroup(request, timeout=args.timeout).group))
+    return EXIT_OK
+
+
+def _group_update(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    """``chronicle group update NAME --ack-timeout ...``: UpdateGroup with the
+    settings given (none: the server's NO_SETTING_GIVEN)."""
+    fixed = [option for option, given in _FIXED_AT_CREATION.items() if getattr(args, given) is not None]
+    if fixed:
+        raise _UsageError(
+            f"{', '.join(fixed)}: fixed at a group's creation, UpdateGroup changes no filter nor start"
+            " (what was settled under the old filter is not read again): nothing was sent",
+            "create another group with them (chronicle group create NEW_NAME ...), then delete this one",
+        )
+    request = subscription_group_service_pb2.UpdateGroupRequest(name=args.name)
+    _set_group_settings(request, args)
+    stub = subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub(channel)
+    _print(_as_dict(stub.UpdateGroup(request, timeout=args.timeout).group))
+    return EXIT_OK
+
+
+_FIXED_AT_CREATION = {
+    "--aggregate-types": "aggregate_types",
+    "--event-types": "event_types",
+    "--origin": "origin",
+    "--tenant": "tenant",
+    "--start-from": "start_from",
+}
+
+
+def _group_delete(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    """``chronicle group delete NAME --confirm NAME``: without the name
+    confirmed, says what would go (as ``--drop-states`` says how many) and
+    deletes nothing; a group the caller cannot see is GROUP_NOT_FOUND."""
+    stub = subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub(channel)
+    if args.confirm == args.name:
+        stub.DeleteGroup(subscription_group_service_pb2.DeleteGroupRequest(name=args.name), timeout=args.timeout)
+        _print({"group": args.name, "deleted": True})
+        return EXIT_OK
+    listed = stub.ListGroups(subscription_group_service_pb2.ListGroupsRequest(), timeout=args.timeout).groups
+    group = next((info for info in listed if info.name == args.name), None)
+    if group is None:
+        return _report(
+            "NOT_FOUND",
+            "GROUP_NOT_FOUND",
+            f"subscription group {args.name!r} does not exist, or this caller may not consume it",
+            {"group": args.name},
+        )
+    asked = "" if args.confirm is None else f" (--confirm said {args.confirm!r})"
+    raise _UsageError(
+        f"group {args.name} has {group.parked} parked events and {len(group.consumers)} consumers connected,"
+        f" at position {group.position} of {group.log_head}; deleting it deletes its checkpoints and parked"
+        f" events and ends its consumers' streams{asked}: nothing was deleted",
+        f"to delete it: chronicle group delete {shlex.quote(args.name)} --confirm {shlex.quote(args.name)}",
+    )
+
+
+def _group_setting_options(parser: argparse.ArgumentParser, *, updating: bool) -> None:
+    """The settings CreateGroup and UpdateGroup both take, as options."""
+    parser.add_argument(
+        "--max-delivery-attempts", type=_at_least_one, metavar="N", help="deliveries before an event is parked (5)"
+    )
+    parser.add_argument("--retry-backoff", type=_milliseconds, metavar="DURATION", help="first retry's wait (1s)")
+    parser.add_argument(
+        "--max-retry-backoff", type=_milliseconds, metavar="DURATION", help="longest wait between retries (60s)"
+    )
+    parser.add_argument(
+        "--ack-timeout", type=_milliseconds, metavar="DURATION", help="time a consumer has to ack an event (30s)"
+    )
+    parser.add_argument(
+        "--max-unanswered-timeouts",
+        type=_count,
+        metavar="N",
+        help="ack timeouts in a row after which a silent consumer is cut (3; 0: never)",
+    )
+    parser.add_argument(
+        "--segments",
+        type=_at_least_one,
+        metavar="N",
+        help="refused unless the group's own count (fixed at creation)"
+        if updating
+        else "a power of two, 1 to 1024: the most consumers sharing the work (16); fixed for the group's life",
+    )
+
+
+def _group_verb_parsers(commands: Any) -> list[argparse.ArgumentParser]:
+    """``chronicle group create``, ``update`` and ``delete`` (admin, audited)."""
+    create = commands.add_parser(
+        "group create",
+        help="create a subscription group (admin)",
+        description="CreateGroup: a filter (the lists are ORed within, ANDed together), a start, settings;"
+        " prints the group as created. DURATION: 500ms, 30s, 2m, 1h (a bare number is seconds)",
+    )
+    create.add_argument("name", help="1 to 100 letters, digits, '.', '_' or '-'")
+    create.add_argument("--aggregate-types", nargs="+", metavar="TYPE", help="only these aggregate types (all)")
+    create.add_argument("--event-types", nargs="+", metavar="TYPE", help="only these event message names (all)")
+    create.add_argument("--origin", help="only events of commands from this origin (any)")
+    create.add_argument("--tenant", help="the group's tenant (the creator's own, if it has one)")
+    create.add_argument(
+        "--start-from",
+        type=_start,
+        default=(0, False),
+        metavar="beginning|end|POSITION",
+        help="the log's beginning (default), its end (only new events) or after a position",
+    )
+    _group_setting_options(create, updating=False)
+    create.set_defaults(run=_group_create, remote=True)
+
+    update = commands.add_parser(
+        "group update",
+        help="change a subscription group's settings while it is consumed (admin)",
+        description="UpdateGroup: the settings given change, the others stay; its position, checkpoints and"
+        " parked events stay. Prints the group as updated",
+    )
+    update.add_argument("name", help="the group")
+    _group_setting_options(update, updating=True)
+    for option, dest in _FIXED_AT_CREATION.items():  # named, to say why they cannot change
+        update.add_argument(option, dest=dest, nargs="*", help=argparse.SUPPRESS)
+    update.set_defaults(run=_group_update, remote=True)
+
+    delete = commands.add_parser(
+        "group delete",
+        help="delete a subscription group with its checkpoints and parked events (admin)",
+        description="DeleteGroup; without --confirm NAME it says what would go and deletes nothing",
+    )
+    delete.add_argument("name", help="the group")
+    delete.add_argument("--confirm", metavar="NAME", help="the group's name again: it is deleted")
+    delete.set_defaults(run=_group_delete, remote=True)
+    return [create, update, delete]
 
 
 def _parked_command_json(types: RemoteTypes, parked: reaction_service_pb2.ParkedCommand) -> dict[str, object]:
@@ -2204,8 +2417,10 @@ def build_parser() -> argparse.ArgumentParser:
         " ack_timeout= (500ms, 30s, 2m, 1h)",
     )
     group.set_defaults(run=_group, remote=True)
+    group_verbs = _group_verb_parsers(commands)
 
     for sub in (
+        *group_verbs,
         submit,
         group,
         read,
@@ -2388,7 +2603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_command(argv: Sequence[str] | None, parsed: list[argparse.Namespace]) -> int:
     args: argparse.Namespace | None = None
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(_with_group_verb(sys.argv[1:] if argv is None else argv))
         parsed.append(args)
         if not args.remote:
             return int(args.run(args))

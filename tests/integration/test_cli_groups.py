@@ -22,6 +22,7 @@ from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.client import ChronicleClient, NotFound
+from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
 from tests.support.grpc_client import TEST_SETTINGS, Client, command, running_server
 from tests.support.processes import cli
@@ -284,3 +285,131 @@ async def test_chronicle_group_shows_each_consumers_replica_events_in_flight_and
         assert str(consumer[field]).endswith("s") and float(str(consumer[field])[:-1]) < 30, consumer
     # Connected before it answered: it joined, then took its events in and acked one.
     assert float(str(consumer["since_connected"])[:-1]) >= float(str(consumer["since_last_answer"])[:-1])
+
+
+async def test_an_operator_creates_updates_and_deletes_a_group_from_the_command_line(
+    served: tuple[Application, Client, ChronicleClient],
+) -> None:
+    app, raw, client = served
+    for n in range(2):
+        await raw.submit(command(f"acc-{n}", bank.OpenAccount(owner="ann")))
+    (created,) = lines(
+        await chronicle(
+            app,
+            "group",
+            "create",
+            GROUP,
+            "--aggregate-types",
+            "Account",
+            "Transfer",
+            "--event-types",
+            "bank.v1.AccountOpened",
+            "--origin",
+            "web",
+            "--start-from",
+            "1",
+            "--segments",
+            "4",
+            "--max-delivery-attempts",
+            "7",
+            "--retry-backoff",
+            "250ms",
+            "--max-retry-backoff",
+            "2m",
+            "--ack-timeout",
+            "1.5s",
+            "--max-unanswered-timeouts",
+            "0",
+        )
+    )
+    assert created["name"] == GROUP
+    assert created["filter"] == {
+        "aggregate_types": ["Account", "Transfer"],
+        "event_types": ["bank.v1.AccountOpened"],
+        "origin": "web",
+        "tenant": "",
+    }
+    info = await client.groups.get(GROUP)
+    assert (info.segments, info.max_delivery_attempts, info.max_unanswered_timeouts) == (4, 7, 0)
+    assert (
+        info.retry_backoff.ToMilliseconds(),
+        info.max_retry_backoff.ToMilliseconds(),
+        info.ack_timeout.ToMilliseconds(),
+    ) == (250, 120_000, 1500)
+    assert info.position == 1  # --start-from 1: after the first event
+
+    (at_end,) = lines(await chronicle(app, "group", "create", "tail-only", "--start-from", "end"))
+    assert (at_end["position"], at_end["segments"], at_end["max_delivery_attempts"]) == ("2", 16, 5)
+
+    # The RPC's refusals, said as every command says them: exit 1.
+    again = await chronicle(app, "group", "create", GROUP)
+    assert again.returncode == 1 and again.stderr.startswith("error: ALREADY_EXISTS GROUP_EXISTS:"), again.stderr
+    badly_named = await chronicle(app, "group", "create", "no spaces")
+    assert badly_named.returncode == 1, badly_named.stderr
+    assert badly_named.stderr.startswith("error: INVALID_ARGUMENT BAD_GROUP_NAME:"), badly_named.stderr
+    odd = await chronicle(app, "group", "create", "odd", "--segments", "3")
+    assert odd.stderr.startswith("error: INVALID_ARGUMENT BAD_GROUP_SETTING:"), odd.stderr
+    # Mistakes on the line: exit 2, nothing sent (0 would be the RPC's default, not 0).
+    zero = await chronicle(app, "group", "create", "zero", "--segments", "0")
+    assert zero.returncode == 2 and "must be 1 or more" in zero.stderr, zero.stderr
+    soon = await chronicle(app, "group", "create", "soon", "--ack-timeout", "soon")
+    assert soon.returncode == 2 and "expected a duration such as 500ms" in soon.stderr, soon.stderr
+    nowhere = await chronicle(app, "group", "create", "nowhere", "--start-from", "middle")
+    assert nowhere.returncode == 2 and "expected 'beginning', 'end' or a position" in nowhere.stderr
+
+    (updated,) = lines(
+        await chronicle(app, "group", "update", GROUP, "--ack-timeout", "2s", "--max-unanswered-timeouts", "5")
+    )
+    assert (updated["ack_timeout"], updated["max_unanswered_timeouts"], updated["max_delivery_attempts"]) == (
+        "2s",
+        5,
+        7,
+    )
+    refiltered = await chronicle(app, "group", "update", GROUP, "--aggregate-types", "Loan")
+    assert refiltered.returncode == 2 and "fixed at a group's creation" in refiltered.stderr, refiltered.stderr
+    nothing = await chronicle(app, "group", "update", GROUP)
+    assert nothing.stderr.startswith("error: INVALID_ARGUMENT NO_SETTING_GIVEN:"), nothing.stderr
+    resized = await chronicle(app, "group", "update", GROUP, "--segments", "8")
+    assert resized.stderr.startswith("error: INVALID_ARGUMENT SETTING_NOT_UPDATABLE:"), resized.stderr
+    missing = await chronicle(app, "group", "update", "missing", "--ack-timeout", "1s")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: NOT_FOUND GROUP_NOT_FOUND:")
+
+    # Deleting asks for the name again, and says first what would go.
+    unconfirmed = await chronicle(app, "group", "delete", GROUP)
+    assert unconfirmed.returncode == 2 and "nothing was deleted" in unconfirmed.stderr, unconfirmed.stderr
+    assert f"chronicle group delete {GROUP} --confirm {GROUP}" in unconfirmed.stderr
+    mistyped = await chronicle(app, "group", "delete", GROUP, "--confirm", "tail-only")
+    assert mistyped.returncode == 2 and "--confirm said 'tail-only'" in mistyped.stderr, mistyped.stderr
+    assert [g.name for g in await client.groups.list()] == [GROUP, "tail-only"]
+    assert lines(await chronicle(app, "group", "delete", GROUP, "--confirm", GROUP)) == [
+        {"group": GROUP, "deleted": True}
+    ]
+    assert [g.name for g in await client.groups.list()] == ["tail-only"]
+    gone = await chronicle(app, "group", "delete", GROUP, "--confirm", GROUP)
+    assert gone.returncode == 1 and gone.stderr.startswith("error: NOT_FOUND GROUP_NOT_FOUND:"), gone.stderr
+    unknown = await chronicle(app, "group", "delete", GROUP)
+    assert unknown.returncode == 1 and unknown.stderr.startswith("error: NOT_FOUND GROUP_NOT_FOUND:")
+
+    audit = await raw.admin.QueryAudit(admin_service_pb2.QueryAuditRequest())
+    done = [(e.command_type.rpartition("/")[2], e.aggregate_id, e.reason) for e in reversed(audit.entries)]
+    assert [entry for entry in done if entry[0] == "DeleteGroup"] == [
+        ("DeleteGroup", f"group:{GROUP}", ""),
+        ("DeleteGroup", f"group:{GROUP}", "GROUP_NOT_FOUND"),
+    ]
+
+
+async def test_group_create_and_delete_on_postgresql(postgres_store: PostgresStore) -> None:
+    settings = replace(TEST_SETTINGS, anonymous_admin=True, poll_seconds=0.05)
+    async with (
+        running_server(postgres_store, settings=settings) as (app, _raw),
+        ChronicleClient.connect(app.address) as client,
+    ):
+        (created,) = lines(
+            await chronicle(app, "group", "create", GROUP, "--aggregate-types", "Account", "--segments", "2")
+        )
+        assert (created["filter"]["aggregate_types"], created["segments"]) == (["Account"], 2)  # type: ignore[index]
+        assert (await client.groups.get(GROUP)).segments == 2
+        assert lines(await chronicle(app, "group", "delete", GROUP, "--confirm", GROUP)) == [
+            {"group": GROUP, "deleted": True}
+        ]
+        assert await client.groups.list() == []
