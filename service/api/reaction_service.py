@@ -211,10 +211,15 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
     ) -> pb.DismissAllParkedCommandsResponse:
         async with self._audited("DismissAllParkedCommands", request.reaction) as outcome:
             runner = self._parked_commands(request.reaction, request.reason)
-            dismissed = await runner.dismiss_all(request.reason)
-            outcome.message = f"{dismissed} parked commands{_with_reason(request.reason)} dismissed"
+            if request.command_ids:
+                named = _named_command_ids(request)
+                dismissed, gone = await runner.dismiss_confirmed(named)
+                outcome.message = f"{dismissed} of {len(named)} named parked commands dismissed, {gone} gone"
+            else:
+                dismissed, gone = await runner.dismiss_all(request.reason), 0
+                outcome.message = f"{dismissed} parked commands{_with_reason(request.reason)} dismissed"
             log.warning("%s of reaction %s, by %r", outcome.message, runner.reaction.name, current_principal.get().name)
-            return pb.DismissAllParkedCommandsResponse(dismissed=dismissed)
+            return pb.DismissAllParkedCommandsResponse(dismissed=dismissed, gone=gone)
 
     async def DropProcessState(
         self, request: pb.DropProcessStateRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -418,6 +423,29 @@ def _dropped(state_keys: list[str], *, named: bool) -> str:
 KEYS_NOT_RECORDED = "keys not recorded: encryption at rest"
 # The keys an audit entry of a drop names, at most (the entry's message is bounded).
 _KEYS_NAMED = 10
+
+
+# The most command ids one DismissAllParkedCommands names: one commit, one
+# transaction, bounded (a reaction keeps at most MAX_PARKED parked anyway).
+MAX_NAMED_COMMANDS = 10_000
+
+
+def _named_command_ids(request: pb.DismissAllParkedCommandsRequest) -> list[str]:
+    """The ids of a DismissAllParkedCommands that names them, checked:
+    nothing is dismissed if one is wrong."""
+    if request.reason:
+        raise InvalidInput(
+            "give command_ids or a reason, not both: the named commands are those an operator confirmed",
+            reason="REASON_WITH_COMMAND_IDS",
+            metadata={"reaction": request.reaction},
+        )
+    if len(request.command_ids) > MAX_NAMED_COMMANDS:
+        raise InvalidInput(
+            f"{len(request.command_ids)} command ids named, at most {MAX_NAMED_COMMANDS} in one dismissal",
+            reason="TOO_MANY_COMMAND_IDS",
+            metadata={"reaction": request.reaction, "limit": str(MAX_NAMED_COMMANDS)},
+        )
+    return [check_id("command_ids", command_id, reason="INVALID_COMMAND_ID") for command_id in request.command_ids]
 
 
 def _with_reason(reason: str) -> str:

@@ -411,31 +411,26 @@ async def replay_all(parts: Parts, name: str, commands: list[reactions_pb.Parked
 
 
 async def dismiss_all(parts: Parts, name: str, commands: list[reactions_pb.ParkedCommand]) -> str:
-    """Dismiss the confirmed ``commands``, each by its own
-    DismissParkedCommand (audited each): one parked after the confirmation
-    stays parked."""
-    dismissed = gone = 0
-    for parked_command in commands:
-        try:
-            await parts.reactions.DismissParkedCommand(
-                reactions_pb.DismissParkedCommandRequest(reaction=name, command_id=parked_command.command_id),
-                _NO_CONTEXT,
-            )
-        except ResourceNotFound as error:
-            if error.reason != "PARKED_COMMAND_NOT_FOUND":
-                raise _partway(error, "Dismissed", dismissed, gone, len(commands)) from error
-            gone += 1
-            continue
-        except ChronicleError as error:
-            raise _partway(error, "Dismissed", dismissed, gone, len(commands)) from error
-        dismissed += 1
-    return f"Dismissed {dismissed} parked command(s)." + _left(gone)
+    """Dismiss the confirmed ``commands`` in one DismissAllParkedCommands
+    naming them (one transaction on the replica that runs the reaction,
+    audited once): all of them or, on a failure, none. One parked after the
+    confirmation stays parked; one that left the list meanwhile is counted."""
+    request = reactions_pb.DismissAllParkedCommandsRequest(
+        reaction=name, command_ids=[parked_command.command_id for parked_command in commands]
+    )
+    try:
+        answer = await parts.reactions.DismissAllParkedCommands(request, _NO_CONTEXT)
+    except ChronicleError as error:
+        raise StoppedPartway(
+            error, f"None of the {len(commands)} confirmed parked command(s) was dismissed: all are still parked."
+        ) from error
+    return f"Dismissed {answer.dismissed} parked command(s)." + _left(answer.gone)
 
 
 def _partway(error: ChronicleError, verb: str, done: int, gone: int, confirmed: int) -> StoppedPartway:
-    """An all-action stopped by ``error``: each command is its own call (a
-    reaction's parked commands are settled one by one, on the replica that
-    runs it), so those before it stay done; the page says exactly how many."""
+    """*Replay all* stopped by ``error``: each replay is its own call (it
+    sends its command), so those before it stay done; the page says exactly
+    how many."""
     rest = confirmed - done - gone
     return StoppedPartway(
         error,

@@ -501,6 +501,28 @@ class ReactionRunner(CheckpointedRunner):
             await self._commit_parked(batch, index, position, fencing)
             return dismissed
 
+    async def dismiss_confirmed(self, command_ids: Sequence[str]) -> tuple[int, int]:
+        """Forget the parked commands ``command_ids`` (those an operator
+        confirmed) without sending them, in one commit under the lease's
+        fencing: all of them, or none if the commit fails. One no longer
+        parked (replayed or dismissed meanwhile) is counted as gone, not an
+        error; one parked since and not named stays. (dismissed, gone)."""
+        named = set(command_ids)
+        async with self._lock:
+            fencing = self._runs_here()
+            position, batch = await self._in_place()
+            index = await load_index(batch)
+            await prune(batch, index)  # a forgotten one goes as it would anyway, counted gone
+            kept = [entry for entry in index.commands if entry.command_id not in named]
+            for entry in index.commands:
+                if entry.command_id in named:
+                    batch.write(PARKED_PREFIX + entry.command_id, None)
+            dismissed = len(index.commands) - len(kept)
+            del index.commands[:]
+            index.commands.extend(kept)
+            await self._commit_parked(batch, index, position, fencing)
+            return dismissed, len(named) - dismissed
+
     async def drop_state(self, state_key: str) -> None:
         """Delete the state the reaction keeps under ``state_key``, whatever
         its type (one it cannot load included), and its deadlines, without
