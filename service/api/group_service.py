@@ -9,7 +9,8 @@ narrowed to what one caller may see, as Subscribe is; and a consumer's acks,
 nacks and skips settle its events for every other consumer, so reading the
 types is not enough). ListGroups shows a caller the groups it may consume,
 an administrator all (their consumers' names and replica addresses are for
-no one else)."""
+no one else), and an administrator lists the parked events of every group
+(rows without payloads), its subscribe grant or not."""
 
 from __future__ import annotations
 
@@ -221,6 +222,18 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
             metadata={"principal": principal.name, "group": name},
         )
 
+    async def _inspectable(self, field: str, name: str) -> GroupState:
+        """Group ``name`` for ListParked. An administrator inspects every
+        group ListGroups shows it (every group), whatever types it may
+        subscribe to: a parked event's row is its id, position, aggregate
+        id, attempts and the consumer's reason, never its payload, and the
+        admin grant already reads aggregate ids in the audit log. Consuming,
+        which delivers the payloads, still takes the subscribe grant. Anyone
+        else: as ``_consumable``."""
+        if self._authorizer.grant(current_principal.get()).admin:
+            return await self._group(field, name)
+        return await self._consumable(field, name)
+
     async def _group(self, field: str, name: str) -> GroupState:
         state = await self._store.load_group(group_name(field, name))
         if state is None:
@@ -348,7 +361,7 @@ class SubscriptionGroupService(pb_grpc.SubscriptionGroupServiceServicer):
         # Bound like every position asked for: the stores hold positions as
         # signed 64-bit integers (SQLite answered INTERNAL to one beyond).
         after_position = check_version("after_position", request.after_position, reason="INVALID_POSITION")
-        state = await self._consumable("group", request.group)
+        state = await self._inspectable("group", request.group)
         listing = fingerprint("group parked", state.spec.name)
         after = _parked_after(request.page_token, listing) if request.page_token else None
         limit = request.limit or 100
