@@ -65,8 +65,12 @@ class BookedCall:
     """A ``grpc.aio`` call (unary or stream) to member ``address`` (None: not
     booked) whose end is booked in ``routes``: a unary call as it ends, a
     stream at each message it gets (the member answered; a later failure
-    counts from then, ``Routes.unreachable``'s ``sent``) and when it fails.
-    Anything else (``write``, ``cancel``, ``code``...) is the call's own.
+    counts from then, ``Routes.unreachable``'s ``sent``) and when it fails,
+    reading or writing: a group consumer's first act on a stream is to
+    write its start, and on a member that is gone that write is what fails
+    (the connection refused), so a failure booked only on reads left the
+    consumer on the dead member for ever. Anything else (``cancel``,
+    ``code``, ``done_writing``...) is the call's own.
     A call the client cancels ends in ``asyncio.CancelledError``, never an
     ``AioRpcError``, so it marks no member down."""
 
@@ -114,6 +118,13 @@ class BookedCall:
         if message is not grpc.aio.EOF:
             self._heard()
         return message
+
+    async def write(self, request: Any) -> None:
+        try:
+            await self._call.write(request)
+        except grpc.aio.AioRpcError as error:
+            self._failed(error)
+            raise
 
     def _heard(self) -> None:
         self._routes.answered(self._address)
