@@ -4,6 +4,7 @@ group (docs/stores.md)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Protocol
@@ -126,7 +127,12 @@ def store_kind(adapter: object) -> str:
 
 
 def redacted_url(url: str) -> str:
-    """The URL without its password, for messages and logs."""
+    """The URL without its password, for messages and logs. A libpq
+    key=value string (``host=db password=…``), which is no URL but is
+    what some operators pass, has its secret values hidden too: a message
+    that refuses it must not echo them."""
+    if "://" not in url and "=" in url:
+        return _SECRET_KEYWORD.sub(lambda found: f"{found.group(1)}=***", url)
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -147,3 +153,6 @@ def redacted_url(url: str) -> str:
 
 
 _SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+# A secret keyword of a key=value string and its value: quoted (with \' and
+# \\ escapes inside) or up to the next space.
+_SECRET_KEYWORD = re.compile(r"\b(password|sslpassword)\s*=\s*(?:'(?:[^'\\]|\\.)*'?|\S*)", re.IGNORECASE)

@@ -51,7 +51,14 @@ from service.store.encryption import sealed_store_without_keys
 from service.store.notifier import CommitNotifier
 from service.store.postgres import sql
 from service.store.postgres.connection import ConnectionLost, PipelinedConnection, Statement
-from service.store.postgres.errors import READ_ONLY, contention, rolled_back, translation
+from service.store.postgres.errors import (
+    READ_ONLY,
+    connect_failure,
+    contention,
+    misconfigured,
+    rolled_back,
+    translation,
+)
 from service.store.postgres.migrations import open_schema, permission_denied
 from service.store.schema_use import SchemaUse
 from service.tasks import cancel_and_wait
@@ -117,7 +124,9 @@ class Database:
         try:
             await self._ensure_schema(at_open=True)
         except StoreUnavailable as error:
-            log.warning("PostgreSQL is not reachable yet (%s); serving NOT_SERVING until it is", error.message)
+            # The driver's words (the detail), not only the caller's fixed text:
+            # the operator reads why here first.
+            log.warning("PostgreSQL is not reachable yet (%s); serving NOT_SERVING until it is", error)
 
     async def close(self) -> None:
         self._closed = True
@@ -183,7 +192,16 @@ class Database:
                     raise
                 raise StoreUnavailable(error.message, reason=error.reason) from error
             except Exception as error:
-                translated = translation(error, "migration")
+                wrong = misconfigured(error)
+                if wrong is not None and at_open:
+                    # The settings are wrong, not the database away: the
+                    # server does not start (exit 2), as for a role without
+                    # rights, rather than serve NOT_SERVING for ever.
+                    reason, why = wrong
+                    raise ConfigurationError(
+                        f"PostgreSQL refused the connection to {_where(self._url)}: {why}", reason=reason
+                    ) from None
+                translated = connect_failure(error, "migration")
                 if translated is None:
                     raise
                 raise translated from error
@@ -259,7 +277,7 @@ class Database:
         try:
             return await asyncio.shield(pool.grow(self._connect))
         except Exception as error:
-            translated = translation(error, "connect")
+            translated = connect_failure(error, "connect")
             raise (translated or store_unreachable(f"PostgreSQL unavailable: {error}")) from error
 
     async def _connect(self) -> PipelinedConnection:
@@ -381,12 +399,31 @@ def _observed(task: asyncio.Task[PipelinedConnection]) -> None:
         task.exception()
 
 
+def _where(url: str) -> str:
+    """Where ``url`` connects, as migrations.described names a connection:
+    postgresql://user@host:port/database, no password, no parameters."""
+    params = psycopg.conninfo.conninfo_to_dict(url)  # checked by _check_url
+    return (
+        f"postgresql://{params.get('user', '')}@{params.get('host', '')}:{params.get('port', '5432')}"
+        f"/{params.get('dbname', '')}"
+    )
+
+
+_SSL_MODES = frozenset({"disable", "allow", "prefer", "require", "verify-ca", "verify-full"})
+
+
 def _check_url(url: str) -> None:
     """Refuse a URL libpq would only refuse later, on every reconnection."""
     try:
         params = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as error:
         raise ConfigurationError(f"malformed PostgreSQL URL: {error}", reason="BAD_DATABASE_URL") from None
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in _SSL_MODES:
+        raise ConfigurationError(
+            f"malformed PostgreSQL URL: sslmode {sslmode!r} is none of {', '.join(sorted(_SSL_MODES))}",
+            reason="BAD_DATABASE_URL",
+        )
     ports = str(params.get("port") or "5432").split(",")
     if not all(port.strip().isdigit() for port in ports):
         raise ConfigurationError(

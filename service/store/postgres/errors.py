@@ -6,6 +6,7 @@ the store's methods stay free of ``except`` chains.
 
 from __future__ import annotations
 
+import re
 from typing import TypeGuard
 
 import psycopg
@@ -94,6 +95,60 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+# Connection failures that waiting does not heal: the settings are wrong
+# (the URL's user, password, database or a parameter), not the database
+# away. libpq gives no SQLSTATE for a failed connection (28P01, 28000,
+# 3D000 reach the client as text only), so they are told by the server's
+# FATAL text and libpq's own: each is (a pattern, the reason, what to
+# check). A server whose lc_messages is not English words them otherwise:
+# then the failure is taken for an outage, as before (retried,
+# NOT_SERVING), never the other way round.
+_MISCONFIGURED: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), reason, check)
+    for pattern, reason, check in (
+        (r"password authentication failed", "DATABASE_LOGIN_FAILED", "the URL's user and password"),
+        (r"\w+ authentication failed", "DATABASE_LOGIN_FAILED", "the URL's user and pg_hba.conf's method for it"),
+        (r"no pg_hba\.conf entry", "DATABASE_LOGIN_FAILED", "pg_hba.conf: no entry admits this user, host, database"),
+        (r'role ".*" does not exist', "DATABASE_LOGIN_FAILED", "the URL's user: there is no such role"),
+        (r'role ".*" is not permitted to log in', "DATABASE_LOGIN_FAILED", "the role's LOGIN attribute"),
+        (r"permission denied for database", "DATABASE_LOGIN_FAILED", "the role's CONNECT right on the database"),
+        (r'database ".*" does not exist', "DATABASE_NOT_FOUND", "the URL's database name (create it first)"),
+        (r"invalid connection option", "BAD_DATABASE_URL", "the URL's parameters"),
+        (r"invalid URI query parameter", "BAD_DATABASE_URL", "the URL's parameters"),
+        (r"invalid \w+ value", "BAD_DATABASE_URL", "the URL's parameter values"),
+        (r"unrecognized configuration parameter", "BAD_DATABASE_URL", "the URL's options parameter"),
+        (r"server does not support SSL", "BAD_DATABASE_URL", "the URL's sslmode (the server takes no TLS)"),
+    )
+)
+
+
+def misconfigured(error: BaseException) -> tuple[str, str] | None:
+    """Whether a failed connection attempt failed for a setting waiting
+    does not fix (``_MISCONFIGURED``): its reason, and a message with
+    libpq's words and what to check; None: it may pass (a refused
+    connection, a timeout, a server starting up or full)."""
+    if not isinstance(error, psycopg.OperationalError | psycopg.ProgrammingError):
+        return None
+    text = " ".join(str(error).split())
+    for pattern, reason, check in _MISCONFIGURED:
+        if pattern.search(text):
+            return reason, f"{text}; waiting will not fix it: check {check}"
+    return None
+
+
+def connect_failure(error: BaseException, what: str) -> BaseException | None:
+    """``translation`` of a failed connection attempt: one that waiting
+    will not heal (``misconfigured``: a password changed under a serving
+    replica, a database dropped) is unavailable all the same (the replica
+    keeps trying, and serves again once the settings are put right), but
+    its detail says so, for the log line of the first failure (the health
+    monitor's)."""
+    wrong = misconfigured(error)
+    if wrong is not None:
+        return store_unreachable(f"PostgreSQL refused {what}'s connection ({wrong[0]}): {wrong[1]}")
+    return translation(error, what)
 
 
 def translation(error: BaseException, what: str) -> BaseException | None:
