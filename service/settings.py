@@ -89,15 +89,21 @@ class Settings:
     command_retention: float = field(
         default=0.0,
         metadata={
-            "help": "keep command records this long (seconds, or 90d, 12h, 30m): a retry of a command older than"
-            " this runs again; 0: forever"
+            "help": "keep command records this long, with a unit (90d, 12h): a retry of a command older than"
+            " this runs again; at least 1h unless --allow-short-retention; 0: forever"
         },
     )
     refusal_retention: float = field(
         default=0.0,
         metadata={
-            "help": "keep the audit's entries of commands refused before a handler, and of dry runs, this long;"
-            " 0: forever"
+            "help": "keep the audit's entries of commands refused before a handler, and of dry runs, this long,"
+            " with a unit (90d); 0: forever"
+        },
+    )
+    allow_short_retention: bool = field(
+        default=False,
+        metadata={
+            "help": "take a --command-retention under an hour (tests, demos): a retry of an older command runs again"
         },
     )
     retention_interval: float = field(
@@ -433,6 +439,17 @@ class Settings:
         ):
             if not getattr(self, name) >= 0:
                 raise bad_setting(name, f"{getattr(self, name):g} is negative", f"0 or more: {DURATION}")
+        if 0 < self.command_retention < MIN_COMMAND_RETENTION and not self.allow_short_retention:
+            # A retry of a command whose record was pruned runs again: a
+            # window within clients' retries (a unary call's 30 s, a stored
+            # command id sent again after a client restarts) runs commands
+            # twice; a bare 90 meant 90 seconds to someone who meant days.
+            raise bad_setting(
+                "command_retention",
+                f"{self.command_retention:g} seconds is shorter than an hour: a client's retry of an older command"
+                " would run it again (a deposit twice)",
+                "0 (forever) or at least 1h, such as 90d; or --allow-short-retention to mean it",
+            )
         if self.lease_seconds < MIN_LEASE_SECONDS:
             # A heartbeat is a third of it, and a round trip to the database.
             raise bad_setting(
@@ -496,6 +513,12 @@ class Settings:
         if self.jwt_key_file and not self.jwt_issuer:
             raise bad_setting("jwt_issuer", "is missing", "--jwt-key-file needs --jwt-issuer")
 
+
+# The shortest --command-retention taken without --allow-short-retention.
+MIN_COMMAND_RETENTION = 3600.0
+# Durations counted in days, given in seconds only by mistake: a bare
+# number (other than 0, forever) is refused, the unit is to be written.
+UNIT_REQUIRED = ("command_retention", "refusal_retention")
 
 # What a duration setting takes, said when one is refused.
 DURATION = "seconds (2.5) or a number and a unit: 250ms, 30s, 15m, 12h, 90d, 2w"
@@ -622,12 +645,26 @@ def _convert(name: str, kind: str, text: str) -> object:
         if kind == "int":
             return int(text)
         if kind == "float":
+            if name in UNIT_REQUIRED and _bare_number(text):
+                raise bad_setting(
+                    name,
+                    f"{text.strip()!r} has no unit (seconds? days?)",
+                    "a number and a unit, such as 90d, 12h, 2w; 0: forever",
+                )
             return seconds(text)
     except ValueError:
         raise bad_setting(name, f"{text!r} is not {_WHAT[kind]}", _accepted(name, kind)) from None
     if kind == "tuple[str, ...]":
         return tuple(part.strip() for part in text.split(",") if part.strip())
     return text
+
+
+def _bare_number(text: str) -> bool:
+    """Whether ``text`` is a number without a unit, other than 0."""
+    try:
+        return float(text) != 0
+    except ValueError:
+        return False
 
 
 _WHAT = {"bool": "a boolean", "int": "a whole number", "float": "a duration"}

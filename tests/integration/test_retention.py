@@ -41,6 +41,7 @@ async def test_a_retry_after_the_window_runs_again_and_old_refusals_leave_the_au
         sql_store,
         anonymous_admin=True,
         command_retention=0.2,
+        allow_short_retention=True,
         refusal_retention=0.2,
         retention_interval=0.05,
     ) as (_, client):

@@ -145,7 +145,12 @@ async def test_a_server_with_command_retention_holds_back_the_records_its_stuck_
     monkeypatch.setattr(retention, "CLOCK_ALLOWANCE_US", 0)
     BROKEN.add("bugged")
     async with running_server(
-        store, registry=REGISTRY, command_retention=0.2, retention_interval=0.05, poll_seconds=0.05
+        store,
+        registry=REGISTRY,
+        command_retention=0.2,
+        allow_short_retention=True,
+        retention_interval=0.05,
+        poll_seconds=0.05,
     ) as (app, client):
         added = await client.submit(command("source", AddItem(name="new")))
         sent = command_id_for(f"held.copier/{added.events[-1].event_id}", 0)

@@ -213,6 +213,11 @@ def test_a_refused_start_has_not_opened_the_store(tmp_path: Path) -> None:
             ("--console-listen", "127.0.0.1:0", "--console-public-origin", "https://ops.example.com/"),
             "--console-public-origin: 'https://ops.example.com/' is not an origin",
         ),
+        # A bare number was seconds: 90 meant a minute and a half, and a
+        # client's retry after it ran the command again (a deposit twice).
+        (("--command-retention", "90"), "--command-retention: '90' has no unit (seconds? days?); a number and a"),
+        (("--refusal-retention", "30"), "--refusal-retention: '30' has no unit (seconds? days?); a number and a"),
+        (("--command-retention", "59m"), "--command-retention: 3540 seconds is shorter than an hour: a client's"),
     ],
 )
 def test_a_setting_out_of_its_range_is_one_bad_setting_line_not_a_traceback(args: tuple[str, ...], says: str) -> None:

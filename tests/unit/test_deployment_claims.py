@@ -200,6 +200,9 @@ SAMPLES: dict[str, tuple[str, object]] = {  # text: value, for settings whose ty
     "partitions": ("128", 128),
     "max_event_bytes": ("65536", 65536),
     "plugins": ("a.b, c.d:plugin", ("a.b", "c.d:plugin")),
+    # Counted in days: a unit required, an hour at least (deployment.md).
+    "command_retention": ("2d", 2 * 86_400.0),
+    "refusal_retention": ("2d", 2 * 86_400.0),
 }
 
 
@@ -248,7 +251,8 @@ def test_settings_in_seconds_take_the_units_the_guide_lists() -> None:
     for name, f in FIELDS.items():  # every setting of the float kind is one in seconds
         if str(f.type) == "float":
             assert getattr(settings_from([], {env_name(name): "2w"}), name) == 2 * 604_800, name
-            assert getattr(settings_from(["--" + name.replace("_", "-"), "750ms"], {}), name) == 0.75, name
+            short = ["--allow-short-retention"] if name == "command_retention" else []  # under an hour: meant
+            assert getattr(settings_from(["--" + name.replace("_", "-"), "750ms", *short], {}), name) == 0.75, name
 
 
 # -- the numbers docs/deployment.md quotes -------------------------------------------

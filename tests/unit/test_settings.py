@@ -106,6 +106,29 @@ def test_bad_values_are_configuration_errors(variable: str, value: str) -> None:
         settings_from([], {variable: value})
 
 
+def test_a_retention_takes_a_unit_and_a_command_retention_at_least_an_hour() -> None:
+    """A bare number was seconds (--command-retention 90: a minute and a
+    half, shorter than a client's retries, so a retry ran the command
+    again). Now it is refused, and a window under an hour must be meant."""
+    for name, variable in (("command", "CHRONICLE_COMMAND_RETENTION"), ("refusal", "CHRONICLE_REFUSAL_RETENTION")):
+        with pytest.raises(ConfigurationError, match=rf"^--{name}-retention: '90' has no unit \(seconds\? days\?\);"):
+            settings_from([f"--{name}-retention", "90"], {})
+        with pytest.raises(ConfigurationError, match=rf"^--{name}-retention: '2.5' has no unit"):
+            settings_from([], {variable: "2.5"})
+        assert getattr(settings_from([], {variable: "0"}), f"{name}_retention") == 0  # forever, as before
+    assert settings_from(["--command-retention", "1h"], {}).command_retention == 3600
+    assert settings_from([], {"CHRONICLE_REFUSAL_RETENTION": "90s"}).refusal_retention == 90  # no floor: no retries
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^--command-retention: 90 seconds is shorter than an hour: .*"
+        r"0 \(forever\) or at least 1h, such as 90d; or --allow-short-retention",
+    ):
+        settings_from(["--command-retention", "90s"], {})
+    short = settings_from(["--command-retention", "90s", "--allow-short-retention"], {})
+    assert short.command_retention == 90
+    assert settings_from([], {"CHRONICLE_COMMAND_RETENTION": "5m", "CHRONICLE_ALLOW_SHORT_RETENTION": "1"})
+
+
 def test_settings_are_immutable() -> None:
     settings = Settings()
     with pytest.raises(AttributeError):
