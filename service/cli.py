@@ -1,7 +1,7 @@
 """The ``chronicle`` command line: serve, and talk to a server.
 
     chronicle serve [--listen HOST:PORT] [--database-url URL] [--plugin MOD] [--migrate auto|never]
-    chronicle migrate --database-url URL     # apply pending schema migrations and exit (as the owner)
+    chronicle migrate [--database-url URL]   # apply pending schema migrations and exit (as the owner)
     chronicle submit ACCOUNT bank.v1.OpenAccount '{"owner": "alice"}' [--dry-run]
     chronicle read ACCOUNT [--from-version N] [--type T] [--origin O] [--limit N] [--backwards]
     chronicle get ACCOUNT [--at-version N | --at-time 2026-01-31T12:00:00Z]
@@ -2307,7 +2307,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate", help="bring the store's schema up to date and exit (for servers run with --migrate=never)"
     )
-    migrate.add_argument("--database-url", required=True, help="the store, as serve's --database-url")
+    # As serve's: the flag, else CHRONICLE_DATABASE_URL (a migration job run
+    # with the servers' environment), required only when neither is given.
+    from_environment = env_value(os.environ, "CHRONICLE_DATABASE_URL")
+    migrate.add_argument(
+        "--database-url",
+        default=from_environment,
+        required=from_environment is None,
+        help="the store, as serve's --database-url (env CHRONICLE_DATABASE_URL)",
+    )
     migrate.set_defaults(run=_migrate, remote=False)
 
     masterkey = commands.add_parser("masterkey", help="print a new master key entry 'ID:base64'")
