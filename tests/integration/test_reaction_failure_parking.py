@@ -8,6 +8,7 @@ is never parked."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -131,7 +132,10 @@ async def parked(client: Client) -> list[pb.ParkedCommand]:
     return list(listed.commands)
 
 
-async def test_park_parks_a_command_its_handler_fails_on_after_max_attempts_and_goes_on(parking: Client) -> None:
+async def test_park_parks_a_command_its_handler_fails_on_after_max_attempts_and_goes_on(
+    parking: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="service.processing.reactions")
     FAULTS["bug"] = True
     await create(parking, "a", "bug", "c")
     now = await caught_up(parking)
@@ -140,6 +144,9 @@ async def test_park_parks_a_command_its_handler_fails_on_after_max_attempts_and_
     (bug,) = await parked(parking)
     assert (bug.aggregate_id, bug.reason) == ("sink-bug", "HANDLER_FAILED")
     assert bug.message  # the failure's message, as a client would have had it
+    # Logged by reason and ids: the message (which may quote a value) stays in the parked command.
+    (line,) = [r.getMessage() for r in caplog.records if "parked command" in r.getMessage()]
+    assert bug.command_id in line and "HANDLER_FAILED" in line and bug.message not in line
     assert await renamed(parking, "a") and await renamed(parking, "c")  # the events after it were handled
     assert (now.parked, now.refused) == (1, 1)
     assert (now.on_failure, now.max_attempts) == ("park", 2)  # as declared, shown to operators

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -217,3 +218,23 @@ async def test_replaying_takes_an_administrator(store: StoreAdapter) -> None:
 async def _events(client: Client, aggregate_id: str) -> AsyncIterator[event_pb2.Event]:
     async for event in client.events.ReadAggregate(ev.ReadAggregateRequest(aggregate_id=aggregate_id)):
         yield event
+
+
+async def test_the_parked_command_log_line_names_the_reason_and_ids_never_the_refusal_text(
+    relay: Relay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refusal's text may quote the aggregate's data ("gate gated is
+    shut", "account 'x' is closed"), and the store seals it under the
+    aggregate's key (security.md): the WARNING said it in the clear."""
+    caplog.set_level(logging.DEBUG, logger="service.processing")
+    await relay.let_through("ann")
+    await relay.caught_up()
+    (parked,) = await relay.parked()
+    assert parked.message == "gate gated is shut"  # kept where it is sealed
+    lines = [r.getMessage() for r in caplog.records if "parked command" in r.getMessage()]
+    assert len(lines) == 1, lines
+    (line,) = lines
+    assert parked.command_id in line and "GATE_SHUT" in line and "box.v1.RenameBox for gated" in line
+    assert "chronicle reaction gates.relay --parked" in line
+    everything = "\n".join(r.getMessage() for r in caplog.records)
+    assert "is shut" not in everything
