@@ -11,6 +11,7 @@ store).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -92,6 +93,7 @@ from service.store.factory import check_shared_by_processes, open_store, redacte
 from service.store.leasing import LeaseMember
 from service.store.schema_use import SchemaUse
 from service.transfer.sealing import import_sealing
+from service.version import described as described_version
 
 if TYPE_CHECKING:
     from service.store.postgres.standby import StandbyStore
@@ -273,6 +275,8 @@ class Application:
         grace = self.settings.shutdown_grace if grace is None else grace
         drain = self.settings.shutdown_drain if drain is None else drain
         await self.monitor.stop()
+        # Counted before they are ended below: the summary's.
+        streams = self.subscriptions.active + self.groups.active
         if self.security_reloader is not None:
             await self.security_reloader.stop()
         if self.lag_sampler is not None:
@@ -322,6 +326,13 @@ class Application:
             await self.watchdog.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        log.info(
+            "Chronicle %s stopped: %d commands taken since it started; %d subscription and group consumer streams"
+            " open at shutdown were ended (their clients resume on another replica)",
+            described_version(),
+            self.router.commands_taken,
+            streams,
+        )
 
 
 async def start(
@@ -382,7 +393,8 @@ async def start(
             keep_snapshots=settings.keep_snapshots,
             json_of=payload_json(registry) if settings.postgres_json_events else None,
             refuse_sealed=master_keys is None,
-            use=SchemaUse.MIGRATE if settings.migrate == "auto" else SchemaUse.AS_IS,
+            use=SchemaUse.AS_IS if settings.migrate == "never" else SchemaUse.MIGRATE,
+            force_migration=settings.migrate == "force",
         )
     )
     if settings.reuse_port:  # each of --processes N's processes has it too
@@ -552,10 +564,11 @@ async def start(
         PROJECTIONS_GROUP,
         (*(p.name for p in registry.projections), *(r.name for r in registry.reactions)),
         adopts=True,
+        logged=True,
     )
     leases = LeaseKeeper(
         roles.leases,
-        member=LeaseMember(str(uuid.uuid4()), ""),
+        member=LeaseMember(str(uuid.uuid4()), "", version=described_version()),
         groups=[partition_group(settings.partitions), *([projection_group] if projection_group.keys else [])],
         ttl=settings.lease_seconds,
     )
@@ -784,7 +797,9 @@ async def start(
     else:
         address = advertised_address(listen=settings.listen, port=port, advertise=settings.advertise_address)
     # With its console's URL, for the other replicas' consoles to link to.
-    leases.member = LeaseMember(leases.member_id, address, console.url(address) if console is not None else "")
+    leases.member = LeaseMember(
+        leases.member_id, address, console.url(address) if console is not None else "", version=described_version()
+    )
     # Before the first command: a reaction new to the store starts where its
     # start_from says, not after commands this server accepted meanwhile.
     await fix_starts_safely(roles.projections, roles.log, reactions.runners.values())
@@ -833,6 +848,28 @@ async def start(
             also=[watch.sample for watch in runner_watches],
         )
         group_sampler.start()
+        projection_names = {projection.name for projection in registry.projections}
+        reaction_names = {reaction.name for reaction in registry.reactions}
+
+        def runs_here(names: set[str]) -> int:
+            # On the metrics thread: a heartbeat may change the leases held
+            # under it (a dict being iterated), then it looks again.
+            for _ in range(3):
+                with contextlib.suppress(RuntimeError):
+                    return sum(1 for name in leases.held(PROJECTIONS_GROUP) if name in names)
+            return 0
+
+        metrics.watch_state(
+            store_up=lambda: monitor.store_up,
+            serving=lambda: health.serving,
+            schema_version=lambda: getattr(adapter, "schema_version", None),
+            owned_partitions=lambda: len(ownership.owned()),
+            held_projections=lambda: runs_here(projection_names),
+            held_reactions=lambda: runs_here(reaction_names),
+        )
+    # From now on a projection's or reaction's lease taken or given up is an
+    # INFO line; what this replica runs at start is in describe's lines.
+    leases.logging_changes = True
     return Application(
         settings=settings,
         registry=registry,
@@ -968,7 +1005,10 @@ def _console_line(console: Console, api_address: str) -> str:
 
 
 def describe(app: Application) -> str:
-    lines = [f"Chronicle serving gRPC on {app.address} (store: {redacted_url(app.settings.database_url)})"]
+    lines = [
+        f"Chronicle serving gRPC on {app.address} (store: {redacted_url(app.settings.database_url)};"
+        f" version {described_version()})"
+    ]
     settings = app.settings
     lines.append(
         "  authentication "
@@ -989,6 +1029,9 @@ def describe(app: Application) -> str:
         f"  advertised to routing clients as {app.leases.member.address};"
         f" owns {owned} of {settings.partitions} partitions now (leases of {settings.lease_seconds:g} s)"
     )
+    running = app.leases.held(PROJECTIONS_GROUP)
+    if running:  # later changes are INFO lines ("this replica took lease …")
+        lines.append(f"  runs here now: {', '.join(running)}")
     if app.metrics_server is not None:
         lines.append(f"  metrics on http://{app.metrics_server.address}/metrics")
     if app.console is not None:

@@ -24,6 +24,7 @@
     chronicle plugins [--check --database-url URL]   # --check: can they read all the store holds? (read only)
     chronicle new-plugin library
     chronicle health [--server HOST:PORT]    # default: this host's server, as its settings say
+    chronicle cluster                        # live members: address, version, schema version, partitions
     chronicle audit [--aggregate ID] [--principal P] [--outcome refused] [--since 2026-01-01T00:00:00Z]
     chronicle apikey PRINCIPAL [--role R] [--tenant T]   # a new API key and its entry for the API-key file
     chronicle forget ACCOUNT                 # crypto-shred an aggregate (admin; irreversible)
@@ -108,6 +109,8 @@ from grpc_status import rpc_status
 from chronicle.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
     command_pb2,
     command_service_pb2,
     command_service_pb2_grpc,
@@ -128,6 +131,7 @@ from service.json_input import JsonInputError
 from service.progress import Reporter
 from service.remote_types import RemoteTypes, UnknownType
 from service.settings import add_arguments, env_value, load_settings
+from service.version import described as described_version
 
 if TYPE_CHECKING:
     from chronicle.v1 import export_pb2
@@ -1297,6 +1301,21 @@ def _get(args: argparse.Namespace, channel: grpc.Channel) -> int:
     return EXIT_OK
 
 
+def _cluster(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    """The cluster as the server sees it: one JSON line per live member
+    (its id, address, console, the Chronicle version it runs and the schema
+    version its code knows, and how many partitions it owns), then one of
+    the topology's epoch and partition count. Two versions at once: a
+    rolling upgrade under way; "" a member of a version from before 0.2.0."""
+    stub = cluster_service_pb2_grpc.ClusterServiceStub(channel)
+    topology = stub.GetTopology(cluster_service_pb2.GetTopologyRequest(), timeout=args.timeout).topology
+    for member in topology.members:
+        owned = sum(1 for owner in topology.partition_owners if owner == member.member_id)
+        _print({**_as_dict(member), "partitions": owned})
+    _print({"epoch": topology.epoch, "partition_count": topology.partition_count})
+    return EXIT_OK
+
+
 def _health(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = health_pb2_grpc.HealthStub(channel)
     response = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
@@ -1863,16 +1882,18 @@ def _migrate(args: argparse.Namespace) -> int:
     from service.store.factory import redacted_url
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)  # each migration applied
-    version = asyncio.run(_migrate_store(args.database_url))
+    version = asyncio.run(_migrate_store(args.database_url, force=args.force))
     _print({"database": redacted_url(args.database_url), "schema_version": version})
     return EXIT_OK
 
 
-async def _migrate_store(url: str) -> int | None:
-    """The store at ``url`` migrated; its schema's version (None: a store without one)."""
+async def _migrate_store(url: str, *, force: bool = False) -> int | None:
+    """The store at ``url`` migrated; its schema's version (None: a store
+    without one). ``force``: also a migration that raises the compatibility
+    floor under live replicas below it (MIGRATION_UNDER_OLD_REPLICAS)."""
     from service.store.factory import open_store
 
-    adapter = open_store(url, pool_size=1)
+    adapter = open_store(url, pool_size=1, force_migration=force)
     await adapter.open()
     try:
         await adapter.ping()  # a PostgreSQL not reachable at open is migrated here, or says why not
@@ -2106,6 +2127,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"chronicle {described_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server")
@@ -2175,6 +2197,11 @@ def build_parser() -> argparse.ArgumentParser:
         "chronicle.v1.EventService",
     )
     health.set_defaults(run=_health, remote=True)
+
+    cluster = commands.add_parser(
+        "cluster", help="the live members (address, version, schema version, partitions) and the topology's epoch"
+    )
+    cluster.set_defaults(run=_cluster, remote=True)
 
     audit = commands.add_parser("audit", help="print audit entries as JSON lines, newest first (admin)")
     audit.add_argument("--aggregate", type=_aggregate_id, help="only this aggregate id")
@@ -2316,6 +2343,11 @@ def build_parser() -> argparse.ArgumentParser:
         required=from_environment is None,
         help="the store, as serve's --database-url (env CHRONICLE_DATABASE_URL)",
     )
+    migrate.add_argument(
+        "--force",
+        action="store_true",
+        help="apply a migration that raises the compatibility floor even while live replicas run below it",
+    )
     migrate.set_defaults(run=_migrate, remote=False)
 
     masterkey = commands.add_parser("masterkey", help="print a new master key entry 'ID:base64'")
@@ -2430,6 +2462,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (
         *group_verbs,
         submit,
+        cluster,
         group,
         read,
         get,

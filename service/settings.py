@@ -43,7 +43,8 @@ class Settings:
         default="auto",
         metadata={
             "help": "auto: bring an older schema up to date at start (needs the right to change it); never: refuse"
-            " to start on one (SCHEMA_TOO_OLD), run `chronicle migrate` first (docs/deployment.md)"
+            " to start on one (SCHEMA_TOO_OLD), run `chronicle migrate` first (docs/deployment.md); force: as auto,"
+            " also a migration that raises the compatibility floor while live replicas run below it"
         },
     )
     db_pool_size: int = field(default=10, metadata={"help": "PostgreSQL connections per server process"})
@@ -478,7 +479,7 @@ class Settings:
         if self.log_level.upper() not in logging.getLevelNamesMapping():
             raise bad_setting("log_level", f"{self.log_level!r} is not a level", "DEBUG, INFO, WARNING or ERROR")
         if self.migrate not in MIGRATE_CHOICES:
-            raise bad_setting("migrate", f"{self.migrate!r} is not a choice", "auto or never")
+            raise bad_setting("migrate", f"{self.migrate!r} is not a choice", "auto, never or force")
         if self.log_format not in LOG_FORMATS:
             raise bad_setting("log_format", f"{self.log_format!r} is not a format", "text or json")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -523,7 +524,7 @@ UNIT_REQUIRED = ("command_retention", "refusal_retention")
 # What a duration setting takes, said when one is refused.
 DURATION = "seconds (2.5) or a number and a unit: 250ms, 30s, 15m, 12h, 90d, 2w"
 LOG_FORMATS = ("text", "json")
-MIGRATE_CHOICES = ("auto", "never")
+MIGRATE_CHOICES = ("auto", "never", "force")
 MAX_PORT = 65535
 
 

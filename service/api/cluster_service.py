@@ -31,7 +31,14 @@ def encode_topology(topology: Topology) -> pb.Topology:
         partition_count=topology.partition_count,
         hash=_HASHES[topology.hash_name],
         members=[
-            pb.Member(member_id=m.member_id, address=m.address, console_address=m.console) for m in topology.members
+            pb.Member(
+                member_id=m.member_id,
+                address=m.address,
+                console_address=m.console,
+                version=m.version,
+                schema_version=m.schema_version,
+            )
+            for m in topology.members
         ],
         partition_owners=list(topology.owners),
         answered_by=topology.answered_by,

@@ -172,6 +172,11 @@ class StoreMonitor:
         self._task: asyncio.Task[None] | None = None
         self._last: bool | None = None
 
+    @property
+    def store_up(self) -> bool:
+        """Whether the store answered the last ping (False before the first)."""
+        return self._last is True
+
     async def check(self) -> bool:
         """Ping the store once and report the result; return it."""
         failure = await probe(self._store.ping, within=max(self._interval, 1.0) * 2)

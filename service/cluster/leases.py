@@ -90,6 +90,11 @@ class LeaseGroup:
     # (module docstring, "Stepping aside"): for groups whose members step
     # aside (the projections'), not the partitions, which must stay fair.
     adopts: bool = False
+    # Whether each lease this replica takes or gives up is logged (INFO):
+    # for the projections' and reactions' group, where a lease is a runner
+    # an operator looks for ("where does bank.transfers run now?"); not
+    # the partitions', whose every move the topology already tells.
+    logged: bool = False
 
 
 def fair_shares(member_ids: Sequence[str], total: int) -> dict[str, int]:
@@ -250,6 +255,10 @@ class LeaseKeeper:
         # Called with a group and the leases of it this member is about to
         # give up toward a fairer share, while it still holds them.
         self._before_release = before_release
+        # Whether taking and giving up a ``logged`` group's leases is said
+        # (INFO): from once the server started (service.app), its first
+        # holdings being in its start-up lines.
+        self.logging_changes = False
         self._groups = {g.name: _GroupState(g, frozenset(g.keys)) for g in groups}
         self.version = 0
         self._wakeup: asyncio.Future[None] | None = None
@@ -344,6 +353,7 @@ class LeaseKeeper:
 
     async def _beat(self, state: _GroupState) -> None:
         me = self.member.member_id
+        before = set(state.held)
         for _ in range(TAKE_ROUNDS):
             sent = self._clock()
             view = await self._store.renew_leases(state.group.name, self.member, state.group.keys, self.ttl)
@@ -380,11 +390,21 @@ class LeaseKeeper:
         if not state.active:
             return  # left the group meanwhile
         state.held = held
+        if state.group.logged and self.logging_changes:
+            self._log_changes(state.group.name, before, set(held))
         changed = _owners(state.view) != _owners(view)
         state.view = view
         state.seen_at = sent
         if changed:
             self._changed()
+
+    def _log_changes(self, group: str, before: set[str], after: set[str]) -> None:
+        """Say which leases of ``group`` this replica took and gave up (or
+        lost: a lease it no longer holds at a heartbeat, expired or taken)."""
+        for name in sorted(after - before):
+            log.info("this replica took lease %s of group %s: it runs %s here now", name, group, name)
+        for name in sorted(before - after):
+            log.info("this replica gave up lease %s of group %s: %s runs elsewhere now", name, group, name)
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -424,6 +444,10 @@ class LeaseKeeper:
         state.shunned[name] = self._clock() + STEP_ASIDE_TTLS * self.ttl
         state.adopted.discard(name)
         if state.held.pop(name, None) is not None:
+            if state.group.logged and self.logging_changes:
+                log.info(
+                    "this replica gave up lease %s of group %s (stepping aside): %s runs elsewhere", name, group, name
+                )
             self._changed()
 
     async def leave(self, group: str) -> None:

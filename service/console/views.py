@@ -716,6 +716,8 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
             _lapse(soonest.get(member.member_id)),
             _lapse(membership_lapses.get(member.member_id)),
             "this console" if member.member_id == me else console_of(member.console),
+            # "": a replica of a version from before members said theirs.
+            member.version or "older than 0.2.0",
         )
         for member in topology.members
     ]
@@ -783,7 +785,16 @@ async def cluster_page(parts: Parts) -> tuple[str, list[Content]]:
         ),
         tag("h2", "Replicas"),
         table(
-            ["member", "address", "partitions", "", "soonest lease lapses in", "membership lapses in", "console"],
+            [
+                "member",
+                "address",
+                "partitions",
+                "",
+                "soonest lease lapses in",
+                "membership lapses in",
+                "console",
+                "version",
+            ],
             members,
             empty="no live member",
             id="members",

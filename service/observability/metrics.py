@@ -86,6 +86,7 @@ from service.errors import ChronicleError, ConfigurationError
 from service.observability.scrape_server import start_scrape_server
 from service.plugins.middleware import CommandCall, Middleware
 from service.processing.deadlines import DEADLINE_FIRED
+from service.version import VERSION, commit
 
 if TYPE_CHECKING:  # only PostgreSQL has group commit: no import of it for the others
     from service.store.postgres.group_commit import BatchCounts
@@ -183,6 +184,35 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Always 1: which build this replica runs is in its labels (a rolling
+        # upgrade shows as two versions at once: count by (version)).
+        self.build_info = Gauge(
+            "chronicle_build_info",
+            "The Chronicle version and git commit this replica runs",
+            ["version", "commit"],
+            registry=r,
+        )
+        self.build_info.labels(version=VERSION, commit=commit() or "unknown").set(1)
+        self.store_up = Gauge(
+            "chronicle_store_up", "1 while the store answers this replica's health pings, 0 while not", registry=r
+        )
+        self.serving = Gauge(
+            "chronicle_serving", "1 while this replica's health says SERVING, 0 while NOT_SERVING", registry=r
+        )
+        self.schema_version = Gauge(
+            "chronicle_schema_version",
+            "The store's schema version as this replica last checked it (0: not yet)",
+            registry=r,
+        )
+        self.owned_partitions = Gauge(
+            "chronicle_owned_partitions", "Partitions of the aggregate hash space this replica owns", registry=r
+        )
+        self.held_runners = Gauge(
+            "chronicle_held_runner_leases",
+            "Projections and reactions this replica runs (holds the lease of), by kind",
+            ["kind"],
+            registry=r,
+        )
         self.queued = Gauge("chronicle_queued_commands", "Commands waiting in aggregate queues", registry=r)
         self.live_workers = Gauge("chronicle_live_workers", "Aggregate workers alive", registry=r)
         self.rpcs_in_flight = Gauge("chronicle_rpcs_in_flight", "RPCs being handled", registry=r)
@@ -261,6 +291,25 @@ class Metrics:
         self.rpcs_in_flight.set_function(rpcs_in_flight)
         self.subscriptions.set_function(subscriptions)
         self.subscription_held_bytes.set_function(subscription_held_bytes)
+
+    def watch_state(
+        self,
+        *,
+        store_up: Callable[[], bool],
+        serving: Callable[[], bool],
+        schema_version: Callable[[], int | None],
+        owned_partitions: Callable[[], int],
+        held_projections: Callable[[], int],
+        held_reactions: Callable[[], int],
+    ) -> None:
+        """This replica's state, read at scrape time: the store's health, the
+        health it reports, the schema, and what it owns and runs."""
+        self.store_up.set_function(lambda: 1.0 if store_up() else 0.0)
+        self.serving.set_function(lambda: 1.0 if serving() else 0.0)
+        self.schema_version.set_function(lambda: float(schema_version() or 0))
+        self.owned_partitions.set_function(owned_partitions)
+        self.held_runners.labels(kind="projection").set_function(held_projections)
+        self.held_runners.labels(kind="reaction").set_function(held_reactions)
 
     def watch_batches(self, counts: Callable[[], BatchCounts]) -> None:
         """Group commit's counters, read at scrape time."""

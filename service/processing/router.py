@@ -67,6 +67,9 @@ class Router:
         # Whether ``_worker_idle`` has anything to do (closing, or all busy):
         # one flag, so the callback every command ends with costs what it did.
         self._watch_idle = False
+        # Commands queued since start (a batch's each; dry runs too): the
+        # shutdown summary's count.
+        self.commands_taken = 0
 
     @property
     def live_workers(self) -> int:
@@ -117,6 +120,7 @@ class Router:
                 self._sweeper = loop.create_task(self._sweep(), name="aggregate-sweeper")
         reply: asyncio.Future[BatchResult] = loop.create_future()
         worker.enqueue(Job(batch, reply, finish))
+        self.commands_taken += len(batch.commands)
         return reply
 
     def room_for(self, aggregate_id: str) -> asyncio.Future[None] | None:

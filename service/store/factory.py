@@ -35,6 +35,7 @@ def open_store(
     json_of: Callable[[str, bytes], object] | None = None,
     refuse_sealed: bool = False,
     use: SchemaUse = SchemaUse.MIGRATE,
+    force_migration: bool = False,
 ) -> StoreAdapter:
     """The store a URL names; not yet opened.
 
@@ -63,6 +64,7 @@ def open_store(
             json_of=json_of,
             refuse_sealed=refuse_sealed,
             use=use,
+            force_migration=force_migration,
         )
     if json_of is not None:
         raise ConfigurationError(

@@ -30,6 +30,13 @@ class LeaseMember:
     address: str
     console: str = ""
     lapses_in: float | None = field(default=None, compare=False)
+    # Its Chronicle version (service.version.described) and the schema
+    # version its code knows (its store's newest migration; the store
+    # writes its own at each heartbeat): "" and 0 for a member of a version
+    # from before migration 22 (SQLite 19), or a store that keeps neither.
+    # Left out of comparisons, as lapses_in: what a member runs, not who.
+    version: str = field(default="", compare=False)
+    schema_version: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

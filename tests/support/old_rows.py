@@ -54,6 +54,8 @@ and the other does not can shift them):
        none, read as not known)
     23 (SQLite 20) "document_due": a document's due time (a reaction's
        deadline; before: none)
+    24 (SQLite 21) a lease member's version and schema version (before:
+       none, read as "" and 0)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -158,6 +160,9 @@ SINCE["sqlite"]["consumer_connected"] = 19
 # A document's due time (a reaction's deadline): PostgreSQL's migration 23, SQLite's 20.
 SINCE["postgres"]["document_due"] = 23
 SINCE["sqlite"]["document_due"] = 20
+# A lease member's Chronicle version and schema version: PostgreSQL's migration 24, SQLite's 21.
+SINCE["postgres"]["member_version"] = 24
+SINCE["sqlite"]["member_version"] = 21
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -627,7 +632,16 @@ def rows_at(dialect: str, version: int) -> OldRows:
 
     if rows.holds("leases"):
         console = "https://10.0.0.1:8443" if rows.holds("member_console") else ""
-        rows.lease_members.append(LeaseMember("member-old", "10.0.0.1:50051", console))
+        versioned = rows.holds("member_version")
+        rows.lease_members.append(
+            LeaseMember(
+                "member-old",
+                "10.0.0.1:50051",
+                console,
+                version="0.2.0 (commit 0123456789ab)" if versioned else "",
+                schema_version=rows.version if versioned else 0,
+            )
+        )
         rows.leases += [
             Lease("0", "member-old", 1),  # held
             Lease("1", None, 2),  # taken, then given up
@@ -754,6 +768,13 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
 
 class Mismatch(Exception):
     """A kind of row that no longer reads back as it was written."""
+
+
+def _newest_schema(dialect: str) -> int:
+    """The newest schema version the current code of ``dialect``'s store knows."""
+    from service.store.sql_common import known_migrations
+
+    return known_migrations(f"service.store.{dialect}")[-1].version
 
 
 def same(what: str, got: object, expected: object) -> None:
@@ -1038,6 +1059,13 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         newcomer = LeaseMember("member-new", "10.0.0.2:50051", "https://10.0.0.2:8443")
         view = await store.renew_leases(LEASE_GROUP, newcomer, LEASE_NAMES, 5.0)
         same("lease members", list(view.members), sorted([*rows.lease_members, newcomer], key=lambda m: m.member_id))
+        # What each runs (left out of LeaseMember's equality): the old one's
+        # as written, the newcomer's version as given and its store's newest
+        # schema version, which the store writes at each heartbeat.
+        newest = _newest_schema(rows.dialect)
+        ran = sorted((m.member_id, m.version, m.schema_version) for m in view.members)
+        wrote = [(m.member_id, m.version, m.schema_version) for m in rows.lease_members]
+        same("lease members' versions", ran, sorted([*wrote, ("member-new", "", newest)]))
         same("leases", list(view.leases), rows.leases)
         free = [lease for lease in rows.leases if lease.owner is None]
         taken = await store.change_leases(

@@ -216,6 +216,21 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
             parked_event_row(parked),
         )
     for member in rows.lease_members:
+        if rows.holds("member_version"):
+            conn.execute(
+                "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at, console, version,"
+                " schema_version) VALUES (%s, %s, %s, now() + %s * interval '1 second', %s, %s, %s)",
+                (
+                    LEASE_GROUP,
+                    member.member_id,
+                    member.address,
+                    LEASE_SECONDS,
+                    member.console,
+                    member.version,
+                    member.schema_version,
+                ),
+            )
+            continue
         if rows.holds("member_console"):
             conn.execute(
                 "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at, console)"
@@ -599,6 +614,21 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
     now_us = time.time_ns() // 1000
     for member in rows.lease_members:
         expires_at_us = now_us + int(LEASE_SECONDS * 1_000_000)
+        if rows.holds("member_version"):
+            conn.execute(
+                "INSERT INTO lease_members (lease_group, member_id, address, expires_at_us, console, version,"
+                " schema_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    LEASE_GROUP,
+                    member.member_id,
+                    member.address,
+                    expires_at_us,
+                    member.console,
+                    member.version,
+                    member.schema_version,
+                ),
+            )
+            continue
         if rows.holds("member_console"):
             conn.execute(
                 "INSERT INTO lease_members (lease_group, member_id, address, expires_at_us, console)"

@@ -98,9 +98,13 @@ class Database:
         lock_timeout: float,
         refuse_sealed: bool = False,
         use: SchemaUse = SchemaUse.MIGRATE,
+        force_migration: bool = False,
     ) -> None:
         self.url = self._url = url
         self._use = use
+        # Apply a migration that raises the compatibility floor even under
+        # live replicas below it (--migrate=force; migrations.py).
+        self._force_migration = force_migration
         # A server without master keys: the database is not used at all if
         # it holds data keys sealed by them (checked with the schema, before
         # any operation, also when it is first reached after start-up).
@@ -182,7 +186,7 @@ class Database:
                     options="-c default_transaction_read_only=on" if self._use is SchemaUse.READ_ONLY else "",
                 )
                 async with conn:
-                    version = await open_schema(conn, self._use)
+                    version = await open_schema(conn, self._use, force=self._force_migration)
                     try:
                         sealed = self._refuse_sealed and await (await conn.execute(sql.SEALED_DATA_KEY)).fetchone()
                     except psycopg.errors.InsufficientPrivilege as error:

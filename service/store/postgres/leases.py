@@ -15,7 +15,13 @@ from service.store.leasing import Lease, LeaseMember, LeaseView
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
+from service.store.postgres.migrations import known_migrations
 from service.store.postgres.rows import rows
+
+
+def _known_schema() -> int:
+    """The schema version this code knows: its newest migration."""
+    return known_migrations()[-1].version
 
 
 def _millis(seconds: float) -> int:
@@ -55,7 +61,10 @@ def renewal(group: str, member: LeaseMember, names: Sequence[str], ttl: float) -
     their results, the first ``len(renewal(...))`` of the operation's."""
     ttl_ms = _millis(ttl)
     return [
-        Statement(sql.UPSERT_LEASE_MEMBER.encode(), (group, member.member_id, member.address, ttl_ms, member.console)),
+        Statement(
+            sql.UPSERT_LEASE_MEMBER.encode(),
+            (group, member.member_id, member.address, ttl_ms, member.console, member.version, _known_schema()),
+        ),
         Statement(sql.FORGET_DEAD_MEMBERS.encode(), (group,)),
         Statement(sql.ENSURE_LEASES.encode(), (group, list(names))),
         Statement(sql.RENEW_LEASES.encode(), (group, member.member_id, ttl_ms)),
@@ -65,7 +74,10 @@ def renewal(group: str, member: LeaseMember, names: Sequence[str], ttl: float) -
 
 
 def renewed(results: Sequence[PGresult]) -> LeaseView:
-    members = tuple(LeaseMember(str(row[0]), str(row[1]), str(row[2]), float(row[3])) for row in rows(results[4]))
+    members = tuple(
+        LeaseMember(str(row[0]), str(row[1]), str(row[2]), float(row[3]), str(row[4]), int(row[5]))
+        for row in rows(results[4])
+    )
     leases = tuple(
         Lease(
             str(row[0]),

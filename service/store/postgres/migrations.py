@@ -36,7 +36,7 @@ def known_migrations() -> list[Migration]:
     return sql_common.known_migrations("service.store.postgres")
 
 
-async def open_schema(conn: psycopg.AsyncConnection[object], use: SchemaUse) -> int:
+async def open_schema(conn: psycopg.AsyncConnection[object], use: SchemaUse, *, force: bool = False) -> int:
     """Check the schema as ``use`` needs it, migrating it only when it is
     older and ``use`` is ``MIGRATE``; return its version. Reads alone, but
     for the migration itself, so a role with the rights to read and write
@@ -52,7 +52,7 @@ async def open_schema(conn: psycopg.AsyncConnection[object], use: SchemaUse) -> 
     where = f"the database {described(conn)}"
     if needs_migrating(found, known_migrations()[-1].version, use, where, compatible_from=floor):
         try:
-            found = await migrate(conn)
+            found = await migrate(conn, force=force)
         except psycopg.errors.InsufficientPrivilege as error:
             raise permission_denied(conn, error, migrating=True) from error
     await _refuse_missing_rights(conn, use)
@@ -140,10 +140,12 @@ async def schema_state(conn: psycopg.AsyncConnection[object]) -> tuple[int, int 
     return int(row[0]), None if row[1] is None else int(row[1])  # type: ignore[index]
 
 
-async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None = None) -> int:
+async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None = None, force: bool = False) -> int:
     """Bring the schema up to date (or, for the tests that build a database
     as an earlier Chronicle left it, up to version ``target``); return its
-    version. Each migration's row records its compatibility floor."""
+    version. Each migration's row records its compatibility floor. One
+    that raises the floor is refused while live replicas run code below it
+    (``refuse_stranding``), unless ``force``."""
     migrations = known_migrations()
     async with conn.transaction():
         await _refuse_read_only(conn)
@@ -161,6 +163,8 @@ async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None =
         ):
             return current
         wanted = newest if target is None else min(target, newest)
+        if not force and wanted > current:
+            await refuse_stranding(conn, current, migrations[wanted - 1].compatible_from)
         for migration in migrations[current:wanted]:
             log.info("applying PostgreSQL migration %04d_%s", migration.version, migration.name)
             await conn.execute(migration.sql.encode())
@@ -169,6 +173,52 @@ async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None =
                 (migration.version, migration.name, migration.compatible_from),
             )
         return max(current, wanted)
+
+
+# Live lease members (any group) whose code knows a schema below a floor,
+# read whatever the schema's version: the table comes with migration 10,
+# its version columns with 22 (to_jsonb: a column missing reads as NULL,
+# a member of a version from before them, whose schema is below any floor
+# a later migration raises).
+_LIVE_MEMBERS_BELOW = f"""
+SELECT DISTINCT m.address, coalesce(to_jsonb(m) ->> 'version', ''),
+    coalesce((to_jsonb(m) ->> 'schema_version')::integer, 0)
+FROM {SCHEMA}.lease_members AS m
+WHERE m.expires_at > now() AND coalesce((to_jsonb(m) ->> 'schema_version')::integer, 0) < %s
+ORDER BY 1
+"""
+
+
+async def refuse_stranding(conn: psycopg.AsyncConnection[object], current: int, floor: int) -> None:
+    """Refuse (``MIGRATION_UNDER_OLD_REPLICAS``) to raise the schema's
+    compatibility floor to ``floor`` while a live replica (a lease member
+    that beat within its lease time) runs code that knows a schema below
+    it: it would fail on the migrated schema, and refuse it when it
+    restarts. A rolling upgrade across such a migration stops the old
+    replicas first (deployment.md); ``--migrate=force`` (``chronicle migrate
+    --force``) applies it all the same."""
+    if floor <= current:
+        return  # additive all the way: the old code runs on the result
+    cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.lease_members",))
+    row = await cursor.fetchone()
+    if not (row and row[0]):  # type: ignore[index]
+        return
+    cursor = await conn.execute(_LIVE_MEMBERS_BELOW.encode(), (floor,))
+    stranded = [(str(r[0]), str(r[1]), int(r[2])) for r in await cursor.fetchall()]  # type: ignore[index]
+    if not stranded:
+        return
+    named = "; ".join(
+        f"{address} (version {version or 'older than 0.2.0'}, schema {schema or 'unknown'})"
+        for address, version, schema in stranded[:10]
+    ) + (f"; and {len(stranded) - 10} more" if len(stranded) > 10 else "")
+    raise ConfigurationError(
+        f"the database {described(conn)} is at schema version {current}, and the migrations due raise its"
+        f" compatibility floor to {floor}, which live replicas run below: {named}. Stop them first (their"
+        " membership lapses a lease time after they stop), or apply it anyway with --migrate=force"
+        ' (chronicle migrate --force); docs/deployment.md, "Upgrading and rolling back"',
+        reason="MIGRATION_UNDER_OLD_REPLICAS",
+        metadata={"replicas": ",".join(address for address, _, _ in stranded)},
+    )
 
 
 async def _refuse_read_only(conn: psycopg.AsyncConnection[object]) -> None:

@@ -556,9 +556,10 @@ def list_documents(*, lower_inclusive: bool, upper: bool, descending: bool) -> s
 
 _LEASE_EXPIRY = "now() + $4::bigint * interval '1 millisecond'"
 UPSERT_LEASE_MEMBER = (
-    "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at, console)"
-    f" VALUES ($1, $2, $3, {_LEASE_EXPIRY}, $5) ON CONFLICT (lease_group, member_id)"
-    " DO UPDATE SET address = excluded.address, expires_at = excluded.expires_at, console = excluded.console"
+    "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at, console, version,"
+    f" schema_version) VALUES ($1, $2, $3, {_LEASE_EXPIRY}, $5, $6, $7) ON CONFLICT (lease_group, member_id)"
+    " DO UPDATE SET address = excluded.address, expires_at = excluded.expires_at, console = excluded.console,"
+    " version = excluded.version, schema_version = excluded.schema_version"
 )
 # Members dead for long are forgotten, so the table follows the live set.
 FORGET_DEAD_MEMBERS = (
@@ -574,7 +575,7 @@ RENEW_LEASES = (
 )
 # With the seconds each member's membership, and each held lease, has left (by the database's clock).
 LIVE_MEMBERS = (
-    "SELECT member_id, address, console, extract(epoch FROM expires_at - now())::float8"
+    "SELECT member_id, address, console, extract(epoch FROM expires_at - now())::float8, version, schema_version"
     " FROM chronicle.lease_members WHERE lease_group = $1 AND expires_at > now() ORDER BY member_id"
 )
 GROUP_LEASES = (

@@ -89,6 +89,7 @@ class PostgresStore(
         json_of: JsonOf | None = None,
         refuse_sealed: bool = False,
         use: SchemaUse = SchemaUse.MIGRATE,
+        force_migration: bool = False,
     ) -> None:
         self._keep_snapshots = check_keep_snapshots(keep_snapshots)
         self._db = Database(
@@ -98,6 +99,7 @@ class PostgresStore(
             lock_timeout=lock_timeout,
             refuse_sealed=refuse_sealed,
             use=use,
+            force_migration=force_migration,
         )
         self._json_of = json_of
         self._appends = AppendWriter(self._db, json_of=json_of)
@@ -112,7 +114,12 @@ class PostgresStore(
         # lock (up to lock_timeout) must not hold up the heartbeat that
         # keeps this replica's leases.
         self._lease_db = Database(
-            url, connections=1, connect_timeout=connect_timeout, lock_timeout=lock_timeout, use=use
+            url,
+            connections=1,
+            connect_timeout=connect_timeout,
+            lock_timeout=lock_timeout,
+            use=use,
+            force_migration=force_migration,
         )
 
     @property

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.sqlite import sql
+from service.store.sqlite.migrations import MIGRATIONS
 from service.store.sqlite.writer import Writer, writing
 
 # A member dead this long is deleted at another member's heartbeat.
@@ -64,13 +65,15 @@ def renewed(
 ) -> LeaseView:
     """``renew_leases``' writes and reads, in the caller's transaction
     (a consumer's heartbeat writes its report in the same one)."""
-    db.execute(sql.UPSERT_LEASE_MEMBER, (group, member.member_id, member.address, now + ttl_us, member.console))
+    known = MIGRATIONS[-1].version  # the schema version this code knows
+    member_row = (group, member.member_id, member.address, now + ttl_us, member.console, member.version, known)
+    db.execute(sql.UPSERT_LEASE_MEMBER, member_row)
     db.execute(sql.FORGET_DEAD_MEMBERS, (group, now - _FORGET_DEAD_AFTER_US))
     db.executemany(sql.ENSURE_LEASE, [(group, name) for name in names])
     db.execute(sql.RENEW_LEASES, (now + ttl_us, group, member.member_id))
     members = tuple(
-        LeaseMember(str(m), str(a), str(c), _seconds(until - now))
-        for m, a, c, until in db.execute(sql.LIVE_MEMBERS, (group, now))
+        LeaseMember(str(m), str(a), str(c), _seconds(until - now), str(v), int(s))
+        for m, a, c, until, v, s in db.execute(sql.LIVE_MEMBERS, (group, now))
     )
     leases = tuple(
         Lease(

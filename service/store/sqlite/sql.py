@@ -526,9 +526,10 @@ GROUP_PARKED_TO_REPLAY = (
 # each time its holder changes. A lease given up expires at 0.
 
 UPSERT_LEASE_MEMBER = (
-    "INSERT INTO lease_members (lease_group, member_id, address, expires_at_us, console) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (lease_group, member_id) DO UPDATE SET address = excluded.address,"
-    " expires_at_us = excluded.expires_at_us, console = excluded.console"
+    "INSERT INTO lease_members (lease_group, member_id, address, expires_at_us, console, version, schema_version)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (lease_group, member_id) DO UPDATE SET address = excluded.address,"
+    " expires_at_us = excluded.expires_at_us, console = excluded.console, version = excluded.version,"
+    " schema_version = excluded.schema_version"
 )
 # Members dead for long (the caller's hour ago) are forgotten, so the table follows the live set.
 FORGET_DEAD_MEMBERS = "DELETE FROM lease_members WHERE lease_group = ? AND expires_at_us < ?"
@@ -536,7 +537,7 @@ ENSURE_LEASE = "INSERT INTO leases (lease_group, name) VALUES (?, ?) ON CONFLICT
 RENEW_LEASES = "UPDATE leases SET expires_at_us = ? WHERE lease_group = ? AND owner = ?"
 # ?2: now. With when each member's membership, and each held lease, lapses.
 LIVE_MEMBERS = (
-    "SELECT member_id, address, console, expires_at_us FROM lease_members"
+    "SELECT member_id, address, console, expires_at_us, version, schema_version FROM lease_members"
     " WHERE lease_group = ?1 AND expires_at_us > ?2 ORDER BY member_id"
 )
 GROUP_LEASES = (
