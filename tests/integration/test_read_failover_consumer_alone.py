@@ -74,8 +74,12 @@ async def test_a_consumer_alone_joins_its_group_on_the_survivor_when_its_replica
             await eventually(lambda: consumed >= ids, within=30, what="the events written after the stop consumed")
             assert seed.address in marked
             assert survivor.address not in marked
-            consumers = (await client.groups.get(group)).consumers
-            assert [c.replica_address for c in consumers] == [survivor.address]
+
+            async def on_the_survivor() -> bool:  # its session reports its replica with its heartbeat
+                consumers = (await client.groups.get(group)).consumers
+                return [c.replica_address for c in consumers] == [survivor.address]
+
+            await eventually(on_the_survivor, within=10, what="the consumer reported on the survivor")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -59,11 +59,12 @@ test('a consumer alone in its client joins its group on the survivor when its re
     await eventually(() => ids.every((id) => acked.has(id)), 'the events written after the stop acked');
     assert.ok(marked.includes(seed.address), `the stopped seed marked down: ${marked}`);
     assert.ok(!marked.includes(survivor.address));
-    const consumers = (await client.getGroup(group)).consumers;
-    assert.deepEqual(
-      consumers.map((c) => c.replica_address),
-      [survivor.address],
-    );
+    // Its session reports its replica with its heartbeat: soon after it joined.
+    const onTheSurvivor = async () => {
+      const consumers = (await client.getGroup(group)).consumers;
+      return consumers.length === 1 && consumers[0].replica_address === survivor.address;
+    };
+    await eventually(onTheSurvivor, 'the consumer reported on the survivor');
     await worker.close();
     await working;
   } finally {
