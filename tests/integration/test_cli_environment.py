@@ -50,6 +50,14 @@ def test_migrate_takes_chronicle_database_url_and_the_flag_wins(postgres_url: st
     assert flagged.exists() and not Path("elsewhere.db").exists()
 
 
+def test_migrate_force_is_taken(tmp_path: Path) -> None:
+    """``--force``: a migration that raises the compatibility floor under
+    live older replicas (test_migration_under_old_replicas.py) is applied."""
+    result = chronicle("migrate", "--force", env={"CHRONICLE_DATABASE_URL": f"sqlite:///{tmp_path}/f.db"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["schema_version"] >= 1
+
+
 def test_migrate_without_either_says_what_it_needs() -> None:
     result = chronicle("migrate", env={})
     assert result.returncode == 2
