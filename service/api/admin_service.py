@@ -17,7 +17,15 @@ from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
 from chronicle.v1 import export_pb2
 from service.api import forgotten
-from service.api.codec import canonical_command_id, check_id, check_version, encode_event, micros_of, timestamp
+from service.api.codec import (
+    canonical_command_id,
+    check_id,
+    check_stored_id,
+    check_version,
+    encode_event,
+    micros_of,
+    timestamp,
+)
 from service.api.transfers import Transfers, described
 from service.audit import AuditLog
 from service.errors import ChronicleError, ConfigurationError, InvalidInput, NotEncrypted, StoreUnavailable
@@ -73,7 +81,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
         if request.limit > MAX_AUDIT_ENTRIES:
             raise InvalidInput.for_field("limit", f"must be at most {MAX_AUDIT_ENTRIES}", reason="LIMIT_TOO_LARGE")
         query = AuditQuery(
-            aggregate_id=check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+            aggregate_id=check_stored_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
             if request.aggregate_id
             else None,
             principal=check_id("principal", request.principal, reason="INVALID_FILTER") if request.principal else None,
@@ -96,7 +104,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
     ) -> pb.ForgetAggregateResponse:
         async with self._audited("ForgetAggregate", aggregate_id=request.aggregate_id[:200]):
             self._authorizer.check_admin(current_principal.get(), "forget aggregates")
-            aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+            aggregate_id = check_stored_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
             response = await self._forget(aggregate_id)
         # The entry above is the forgotten aggregate's, whose texts forgetting
         # erases: what went of each reaction is filed under the reaction, in
@@ -195,7 +203,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
         async with self._audited("DeleteAggregate", aggregate_id=request.aggregate_id[:200], outcome=outcome):
             principal = current_principal.get()
             self._authorizer.check_admin(principal, "delete aggregates")
-            aggregate_id = check_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
+            aggregate_id = check_stored_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
             for name in ("reason", "archive"):
                 if len(getattr(request, name)) > MAX_TEXT:
                     raise InvalidInput.for_field(name, f"at most {MAX_TEXT} characters", reason="TEXT_TOO_LONG")
