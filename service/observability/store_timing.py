@@ -129,9 +129,12 @@ class TimedEvents:
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         return await self._clock.time("version_at", lambda: self._inner.version_at(aggregate_id, timestamp_us))
 
-    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+    async def list_aggregates(
+        self, prefix: str, *, after: str = "", limit: int, aggregate_type: str | None = None
+    ) -> list[AggregateSummary]:
         return await self._clock.time(
-            "list_aggregates", lambda: self._inner.list_aggregates(prefix, after=after, limit=limit)
+            "list_aggregates",
+            lambda: self._inner.list_aggregates(prefix, after=after, limit=limit, aggregate_type=aggregate_type),
         )
 
 

@@ -176,11 +176,15 @@ class EventRecorder(Protocol):
         clocks of different writers may disagree: versions, not timestamps,
         order an aggregate's events."""
 
-    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+    async def list_aggregates(
+        self, prefix: str, *, after: str = "", limit: int, aggregate_type: str | None = None
+    ) -> list[AggregateSummary]:
         """Up to ``limit`` aggregates whose id starts with ``prefix`` (every
-        one for ""), and is greater than ``after``, in the store's order of
-        ids (``after``: the last id of the page before). For browsing (the
-        console), not for the command path: it walks the index of ids."""
+        one for ""), and is greater than ``after``, in code point order of
+        ids (``after``: the last id of the page before); only those of
+        ``aggregate_type`` when given. For browsing (the console,
+        ListAggregates), not for the command path: it walks an index of ids
+        in code point order from the prefix to its end (``prefix_end``)."""
 
 
 class LogReader(Protocol):

@@ -327,8 +327,11 @@ class SealedEvents:
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         return await self.inner.version_at(aggregate_id, timestamp_us)
 
-    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
-        return await self.inner.list_aggregates(prefix, after=after, limit=limit)  # ids and types are not sealed
+    async def list_aggregates(
+        self, prefix: str, *, after: str = "", limit: int, aggregate_type: str | None = None
+    ) -> list[AggregateSummary]:
+        # Ids and types are not sealed.
+        return await self.inner.list_aggregates(prefix, after=after, limit=limit, aggregate_type=aggregate_type)
 
 
 class SealedLog:

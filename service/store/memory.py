@@ -340,11 +340,30 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
     async def read_aggregate(self, aggregate_id: str, query: AggregateQuery = AggregateQuery()) -> list[RecordedEvent]:
         return select_events(self._streams.get(aggregate_id, []), query)
 
-    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
-        ids = sorted(i for i, stream in self._streams.items() if stream and i.startswith(prefix) and i > after)
-        return [
-            AggregateSummary(i, self._streams[i][-1].aggregate_type, self._streams[i][-1].version) for i in ids[:limit]
-        ]
+    async def list_aggregates(
+        self, prefix: str, *, after: str = "", limit: int, aggregate_type: str | None = None
+    ) -> list[AggregateSummary]:
+        ids = sorted(
+            i
+            for i, stream in self._streams.items()
+            if stream
+            and i.startswith(prefix)
+            and i > after
+            and (aggregate_type is None or stream[-1].aggregate_type == aggregate_type)
+        )
+        return [self._summary(i) for i in ids[:limit]]
+
+    def _summary(self, aggregate_id: str) -> AggregateSummary:
+        last = self._streams[aggregate_id][-1]
+        key = self._keys.get(aggregate_id)
+        return AggregateSummary(
+            aggregate_id,
+            last.aggregate_type,
+            last.version,
+            deleted=is_tombstone(last),
+            keyed=key is not None,
+            forgotten=key is not None and key.forgotten,
+        )
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         version = 0

@@ -307,11 +307,18 @@ class AggregateHead:
 
 @dataclass(frozen=True, slots=True)
 class AggregateSummary:
-    """One aggregate of a listing: its id, type and latest version."""
+    """One aggregate of a listing: its id, type and latest version; whether
+    it was deleted (its last event is its tombstone), whether it has a data
+    key (encryption at rest: one that never had one was written wholly in
+    the clear, and forgetting cannot shred it) and whether that key was
+    erased (forgotten)."""
 
     aggregate_id: str
     aggregate_type: str
     version: int
+    deleted: bool = False
+    keyed: bool = False
+    forgotten: bool = False
 
 
 @dataclass(frozen=True, slots=True)

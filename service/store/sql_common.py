@@ -21,6 +21,7 @@ from service.store.grouping import GroupParkedEvent, GroupSpec, filter_from_json
 from service.store.records import (
     ACCEPTED,
     REFUSED,
+    AggregateSummary,
     AuditEntry,
     CommandRecord,
     DataKey,
@@ -511,3 +512,8 @@ def parked_from_row(row: Row) -> GroupParkedEvent:
         reason=str(row[5]),
         replaying=row[6] in (True, 1, "t", "true", "1"),
     )
+
+
+def summary_from_row(row: Row) -> AggregateSummary:
+    """A listed aggregate: id, type, version, deleted, keyed, forgotten."""
+    return AggregateSummary(row[0], row[1], int(row[2]), *(bool(int(flag)) for flag in row[3:6]))

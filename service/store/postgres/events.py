@@ -20,8 +20,9 @@ from service.store.records import (
     CommandRecord,
     NewEvent,
     RecordedEvent,
+    prefix_end,
 )
-from service.store.sql_common import POSTGRES, aggregate_conditions, command_from_row, event_from_row
+from service.store.sql_common import POSTGRES, aggregate_conditions, command_from_row, event_from_row, summary_from_row
 
 
 class EventsRole:
@@ -66,11 +67,16 @@ class EventsRole:
         )
         return [event_from_row(row) for row in rows(result)]
 
-    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
+    async def list_aggregates(
+        self, prefix: str, *, after: str = "", limit: int, aggregate_type: str | None = None
+    ) -> list[AggregateSummary]:
+        upper = prefix_end(prefix)
+        statement = sql.list_aggregates(upper=upper is not None, typed=aggregate_type is not None)
+        params = [prefix, after, *([upper] if upper is not None else []), *([aggregate_type] if aggregate_type else [])]
         (result,) = await self._db.run(
-            "list_aggregates", [Statement(sql.LIST_AGGREGATES.encode(), (prefix, after, limit))], read_only=True
+            "list_aggregates", [Statement(statement.encode(), (*params, limit))], read_only=True
         )
-        return [AggregateSummary(row[0], row[1], int(row[2])) for row in rows(result)]
+        return [summary_from_row(row) for row in rows(result)]
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         (result,) = await self._db.run(

@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 
 from service.store.encryption import CLAIMS_KEY_PREFIX, ERASED_FINGERPRINT, PROJECTION_KEY_PREFIX
-from service.store.records import MAX_OTHER_SUBJECTS, PARKED_COMMAND_TYPE, PROCESS_STATE_TYPE
+from service.store.records import MAX_OTHER_SUBJECTS, PARKED_COMMAND_TYPE, PROCESS_STATE_TYPE, TOMBSTONE_EVENT_TYPE
 from service.store.sql_common import COMMAND_FIELDS, GROUP_FIELDS, PARKED_FIELDS
 
 # SQLSTATEs our own statements raise (chronicle.refuse, migration 0009).
@@ -181,17 +181,37 @@ HEAD = (
     "SELECT aggregate_type, version, event_type FROM chronicle.events WHERE aggregate_id = $1"
     " ORDER BY version DESC LIMIT 1"
 )
-# The (aggregate_id, version) index walked in order of ids from the prefix
-# on, stopping after $3 aggregates. ``aggregate_id >= $1`` is where the walk
-# starts: it relies on the database's collation sorting a string after its
-# own prefixes, which byte order (C) and sort-key collations (glibc's, ICU's)
-# do: 3,000 random ids with contractions, ignorables and accents found no
-# exception under ICU's und, cs, da, en, hr, lt and sk. ``starts_with`` decides.
-LIST_AGGREGATES = (
-    "SELECT aggregate_id, min(aggregate_type), max(version) FROM chronicle.events"
-    " WHERE aggregate_id >= $1 AND starts_with(aggregate_id, $1) AND aggregate_id > $2"
-    " GROUP BY aggregate_id ORDER BY aggregate_id LIMIT $3::bigint"
-)
+
+
+@functools.cache
+def list_aggregates(*, upper: bool, typed: bool) -> str:
+    """A page of aggregates by id range, in code point order: the index of
+    ids in the "C" collation (migration 23) walked from the lower bounds
+    ($1: the prefix, $2: the page's last id) to the prefix's end ($3,
+    ``records.prefix_end``: none for the empty prefix), so the walk stops
+    where the prefix's ids end whatever the database's collation (a
+    linguistic one interleaves "acme:b" with "acme1a"). Then the aggregate
+    type if ``typed``, and the limit. Deleted: it holds its tombstone (its
+    last event); keyed and forgotten: its data_keys row, live or erased."""
+    where = 'e.aggregate_id COLLATE "C" >= $1 AND e.aggregate_id COLLATE "C" > $2'
+    following = 3
+    if upper:
+        where += ' AND e.aggregate_id COLLATE "C" < $3'
+        following = 4
+    if typed:
+        where += f" AND e.aggregate_type = ${following}"
+        following += 1
+    # The key looked up by its own (default) collation: its primary key.
+    return (
+        "SELECT g.id, g.type, g.version, g.deleted, (k.aggregate_id IS NOT NULL)::int,"
+        " (k.aggregate_id IS NOT NULL AND k.wrapped_key IS NULL)::int FROM"
+        ' (SELECT e.aggregate_id COLLATE "C" AS id, min(e.aggregate_type) AS type, max(e.version) AS version,'
+        f" bool_or(e.event_type = '{TOMBSTONE_EVENT_TYPE}')::int AS deleted"
+        f" FROM chronicle.events e WHERE {where} GROUP BY 1 ORDER BY 1 LIMIT ${following}::bigint) g"
+        ' LEFT JOIN chronicle.data_keys k ON k.aggregate_id = g.id COLLATE "default" ORDER BY g.id'
+    )
+
+
 FIND_COMMAND = f"SELECT {COMMAND_COLUMNS} FROM chronicle.commands WHERE command_id = $1"
 VERSION_AT = (
     "SELECT coalesce("

@@ -18,9 +18,18 @@ from service.store.records import (
     CommandRecord,
     NewEvent,
     RecordedEvent,
+    prefix_end,
 )
 from service.store.serialization import dump_metadata
-from service.store.sql_common import SQLITE, Row, aggregate_conditions, command_from_row, command_params, event_from_row
+from service.store.sql_common import (
+    SQLITE,
+    Row,
+    aggregate_conditions,
+    command_from_row,
+    command_params,
+    event_from_row,
+    summary_from_row,
+)
 from service.store.sqlite import sql
 from service.store.sqlite.writer import Writer, writing
 
@@ -58,10 +67,14 @@ class EventsRole:
         rows = await self._writer.run(lambda db: db.execute(statement, params).fetchall())
         return [event_from_row(row) for row in rows]
 
-    async def list_aggregates(self, prefix: str, *, after: str = "", limit: int) -> list[AggregateSummary]:
-        params = (prefix, after, limit)
-        rows = await self._writer.run(lambda db: db.execute(sql.LIST_AGGREGATES, params).fetchall())
-        return [AggregateSummary(row[0], row[1], int(row[2])) for row in rows]
+    async def list_aggregates(
+        self, prefix: str, *, after: str = "", limit: int, aggregate_type: str | None = None
+    ) -> list[AggregateSummary]:
+        upper = prefix_end(prefix)
+        statement = sql.list_aggregates(upper=upper is not None, typed=aggregate_type is not None)
+        params = (prefix, after, upper, aggregate_type, limit)
+        rows = await self._writer.run(lambda db: db.execute(statement, params).fetchall())
+        return [summary_from_row(row) for row in rows]
 
     async def version_at(self, aggregate_id: str, timestamp_us: int) -> int:
         params = (aggregate_id, timestamp_us, aggregate_id)

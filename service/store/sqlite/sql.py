@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 
-from service.store.records import MAX_OTHER_SUBJECTS, PARKED_COMMAND_TYPE, PROCESS_STATE_TYPE
+from service.store.records import MAX_OTHER_SUBJECTS, PARKED_COMMAND_TYPE, PROCESS_STATE_TYPE, TOMBSTONE_EVENT_TYPE
 from service.store.sql_common import (
     AUDIT_FIELDS,
     COMMAND_FIELDS,
@@ -106,14 +106,32 @@ RELEASE_CLAIM = "DELETE FROM claims WHERE scope = ? AND value = ? AND aggregate_
 
 FIND_COMMAND = f"SELECT {COMMAND_COLUMNS} FROM commands WHERE command_id = ?"
 HEAD = "SELECT aggregate_type, version, event_type FROM events WHERE aggregate_id = ? ORDER BY version DESC LIMIT 1"
+
+
 # Ids compare as bytes (BINARY collation), so every id starting with the
 # prefix is at or after it: the range start lets the (aggregate_id, version)
 # index begin there, and the walk stops after ``limit`` aggregates.
-LIST_AGGREGATES = (
-    "SELECT aggregate_id, min(aggregate_type), max(version) FROM events"
-    " WHERE aggregate_id >= ?1 AND substr(aggregate_id, 1, length(?1)) = ?1 AND aggregate_id > ?2"
-    " GROUP BY aggregate_id ORDER BY aggregate_id LIMIT ?3"
-)
+@functools.cache
+def list_aggregates(*, upper: bool, typed: bool) -> str:
+    """A page of aggregates by id range: the (aggregate_id, version) index
+    walked from the lower bounds (?1: the prefix, ?2: the page's last id)
+    to the prefix's end (?3, ``records.prefix_end``: none for the empty
+    prefix), ids comparing by BINARY (UTF-8 bytes: code point order), so
+    the walk stops where the prefix's ids end. ?4 the aggregate type, ?5
+    the limit. Deleted: it holds its tombstone (its last event); keyed and
+    forgotten: its data_keys row, live or erased."""
+    where = "e.aggregate_id >= ?1 AND e.aggregate_id > ?2"
+    where += " AND e.aggregate_id < ?3" if upper else ""
+    where += " AND e.aggregate_type = ?4" if typed else ""
+    return (
+        "SELECT e.aggregate_id, min(e.aggregate_type), max(e.version),"
+        f" max(e.event_type = '{TOMBSTONE_EVENT_TYPE}'),"
+        " EXISTS (SELECT 1 FROM data_keys k WHERE k.aggregate_id = e.aggregate_id),"
+        " EXISTS (SELECT 1 FROM data_keys k WHERE k.aggregate_id = e.aggregate_id AND k.wrapped_key IS NULL)"
+        f" FROM events e WHERE {where} GROUP BY e.aggregate_id ORDER BY e.aggregate_id LIMIT ?5"
+    )
+
+
 VERSION_AT = (
     "SELECT COALESCE("
     " (SELECT MIN(version) - 1 FROM events WHERE aggregate_id = ? AND recorded_at_us > ?),"
