@@ -477,6 +477,14 @@ class NotEncrypted(ChronicleError):
     default_reason = "NOT_ENCRYPTED"
 
 
+class NotConfirmed(ChronicleError):
+    """A destructive call over many records whose confirmation (how many it
+    expects to act on) is missing (CONFIRMATION_REQUIRED) or does not match
+    how many do (CONFIRMATION_MISMATCH): nothing was done."""
+
+    default_reason = "CONFIRMATION_MISMATCH"
+
+
 class PayloadNotDecryptable(ChronicleError):
     """A sealed payload that its aggregate's key does not open: tampered
     with, or copied from another row. Never returned as data."""

@@ -16,7 +16,7 @@ import grpc
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
 from chronicle.v1 import export_pb2
-from service.api import forgotten
+from service.api import aggregate_listing, bulk_forget, forgotten
 from service.api.codec import (
     canonical_command_id,
     check_id,
@@ -35,7 +35,7 @@ from service.store.base import AuditQuery, Store
 from service.store.encrypted import forget_aggregate
 from service.store.encryption import Keyring
 from service.store.key_names import humanized
-from service.store.records import ACCEPTED, REFUSED, AuditEntry
+from service.store.records import ACCEPTED, REFUSED, AuditEntry, Forgetting
 
 log = logging.getLogger(__name__)
 SERVICE = "chronicle.v1.AdminService"
@@ -228,6 +228,76 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 already_deleted=deletion.already_deleted,
                 events_deleted=deletion.events_deleted,
             )
+
+    async def ListAggregates(
+        self, request: pb.ListAggregatesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListAggregatesResponse:
+        async with self._audited("ListAggregates", record_success=False):
+            self._authorizer.check_admin(current_principal.get(), "list aggregates")
+            return await aggregate_listing.list_page(self._store_below().events, request)
+
+    async def ForgetAggregates(
+        self, request: pb.ForgetAggregatesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ForgetAggregatesResponse:
+        outcome = _Outcome()
+        async with self._audited("ForgetAggregates", aggregate_id=request.prefix[:200], outcome=outcome):
+            principal = current_principal.get()
+            self._authorizer.check_admin(principal, "forget aggregates")
+            selection = bulk_forget.selection_of(request)
+            batch_size = bulk_forget.batch_size_of(request)
+            bulk = bulk_forget.BulkForget(self._store_below(), self._keys(), evict=self._evict)
+            matching = await bulk.matching(selection)
+            bulk.check_confirmed(request.confirm if request.HasField("confirm") else None, matching, selection)
+
+            async def audit_batch(ids: list[str], forgettings: list[Forgetting]) -> None:
+                # Each batch's own entry once it committed: a call cut short
+                # leaves in the audit what it did.
+                erased = [i for i, f in zip(ids, forgettings, strict=True) if f.erased]
+                if not erased:
+                    return
+                deleted = forgotten.deleted_documents(bulk_forget.summed(forgettings))
+                await self._audit.admin_action(
+                    f"{SERVICE}/ForgetAggregates",
+                    principal=principal.name,
+                    aggregate_id=request.prefix[:200],
+                    message=f"batch: {bulk_forget.counted(len(erased))} forgotten ({selection.describe()}),"
+                    f" {erased[0]} to {erased[-1]}" + (f"; {forgotten.summary(deleted)}" if deleted else ""),
+                )
+                log.warning(
+                    "%s forgotten by %r (%s)%s",
+                    bulk_forget.counted(len(erased)),
+                    principal.name,
+                    selection.describe(),
+                    f"; {forgotten.summary(deleted)}" if deleted else "",
+                )
+
+            done = await bulk.run(selection, limit=matching, batch_size=batch_size, after_batch=audit_batch)
+            remaining = await bulk.matching(selection)
+            without_key = await bulk.without_key(selection.prefix) if selection.prefix else 0
+            response = bulk_forget.answer(done, remaining=remaining, without_key=without_key)
+            outcome.message = (
+                f"{bulk_forget.counted(done.forgotten)} forgotten ({selection.describe()}), {remaining} remaining"
+                + (f", {len(done.not_encrypted)} not encrypted" if done.not_encrypted else "")
+                + (f", {without_key} without a key" if without_key else "")
+            )
+        for entry in response.deleted_documents:
+            if entry.process_states or entry.parked_commands:
+                await self._audit.admin_action(
+                    f"{SERVICE}/ForgetAggregates",
+                    principal=current_principal.get().name,
+                    aggregate_id=f"reaction:{entry.name}",
+                    message=f"forgetting aggregates ({selection.describe()}) {forgotten.summary([entry])}",
+                )
+        return response
+
+    def _store_below(self) -> Store:
+        if self._stored is None:
+            raise StoreUnavailable("this server cannot look at its store below encryption", reason="FORGET_UNAVAILABLE")
+        return self._stored
+
+    def _evict(self, aggregate_id: str) -> None:
+        if self._transfers is not None:
+            self._transfers.evict(aggregate_id)
 
     @contextlib.asynccontextmanager
     async def _audited(

@@ -67,6 +67,7 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.AggregateForgotten: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AggregateDeleted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotEncrypted: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.NotConfirmed: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PayloadNotDecryptable: grpc.StatusCode.DATA_LOSS,
     errors.ImportConflict: grpc.StatusCode.FAILED_PRECONDITION,
     # Another import wrote there meanwhile: importing again decides.

@@ -443,6 +443,19 @@ class KeyStore(Protocol):
         again finishes what an older version left behind; one that never had
         a key is left alone."""
 
+    async def forget_aggregates_data(self, aggregate_ids: Sequence[str]) -> list[Forgetting]:
+        """``forget_aggregate_data`` of each of ``aggregate_ids``, in that
+        order, all in one transaction: a crash leaves all of them forgotten
+        or none (a tenant's aggregates are forgotten in such batches)."""
+
+    async def live_keys(self, prefix: str, *, after: str = "", limit: int) -> list[str]:
+        """Up to ``limit`` ids of aggregates with a live (not forgotten) key
+        that start with ``prefix`` and are greater than ``after``, in code
+        point order: what forgetting by prefix has still to do."""
+
+    async def count_live_keys(self, prefix: str) -> int:
+        """How many aggregates whose id starts with ``prefix`` have a live key."""
+
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         """Up to ``limit`` live keys wrapped by another master key than the active one."""
 

@@ -38,7 +38,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -385,6 +385,13 @@ class Keyring:
         forgetting = await self._store.forget_aggregate_data(aggregate_id)
         self._remember(aggregate_id, None)
         return forgetting
+
+    async def forget_all_and_count(self, aggregate_ids: Sequence[str]) -> list[Forgetting]:
+        """``forget_and_count`` of each, in one transaction (a batch)."""
+        forgettings = await self._store.forget_aggregates_data(aggregate_ids)
+        for aggregate_id in aggregate_ids:
+            self._remember(aggregate_id, None)
+        return forgettings
 
     async def forgotten(self, aggregate_id: str) -> bool:
         key = await self._store.load_data_key(aggregate_id)

@@ -435,6 +435,9 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         return (await self.forget_aggregate_data(aggregate_id)).erased
 
     async def forget_aggregate_data(self, aggregate_id: str) -> Forgetting:
+        return self._forget_now(aggregate_id)
+
+    def _forget_now(self, aggregate_id: str) -> Forgetting:
         current = self._keys.get(aggregate_id)
         if current is None:
             return Forgetting(False)
@@ -460,6 +463,18 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             replace(e, message="") if e.aggregate_id == aggregate_id and e.message else e for e in self._refusals
         ]
         return Forgetting(not current.forgotten, deleted, named, self._forgotten_at_us[aggregate_id])
+
+    async def forget_aggregates_data(self, aggregate_ids: Sequence[str]) -> list[Forgetting]:
+        # No await between them: one transaction, as far as anyone can see.
+        return [self._forget_now(aggregate_id) for aggregate_id in aggregate_ids]
+
+    async def live_keys(self, prefix: str, *, after: str = "", limit: int) -> list[str]:
+        return sorted(i for i, key in self._keys.items() if not key.forgotten and i.startswith(prefix) and i > after)[
+            :limit
+        ]
+
+    async def count_live_keys(self, prefix: str) -> int:
+        return sum(1 for i, key in self._keys.items() if not key.forgotten and i.startswith(prefix))
 
     def _other_subjects_of(self, aggregate_id: str) -> dict[str, OtherSubjects]:
         """By reaction, the aggregates other than ``aggregate_id`` that its

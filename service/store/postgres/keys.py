@@ -5,11 +5,15 @@ records' fingerprints and refusal texts, in the same operation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+from psycopg.pq.abc import PGresult
+
 from service.store.postgres import sql
 from service.store.postgres.connection import Statement
 from service.store.postgres.database import Database
-from service.store.postgres.rows import first, rows
-from service.store.records import DataKey, Forgetting
+from service.store.postgres.rows import first, rows, scalar
+from service.store.records import DataKey, Forgetting, prefix_end
 from service.store.sql_common import data_key_from_row, other_subjects
 
 
@@ -40,13 +44,36 @@ class KeysRole:
 
     async def forget_aggregate_data(self, aggregate_id: str) -> Forgetting:
         results = await self._db.run("forget_data_key", forget_statements(aggregate_id))
-        deleted = {
-            (name, type_name): int(count) for name, type_name, count in rows(results[DELETE_DOCUMENTS_STATEMENT])
-        }
-        named = other_subjects(rows(results[OTHER_SUBJECTS_STATEMENT]))
-        when = first(results[-1])
-        forgotten_at_us = None if when is None or when[0] is None else int(when[0])
-        return Forgetting(results[FORGET_KEY_STATEMENT].ntuples == 1, deleted, named, forgotten_at_us)
+        return _forgetting(results.__getitem__)
+
+    async def forget_aggregates_data(self, aggregate_ids: Sequence[str]) -> list[Forgetting]:
+        ids = list(aggregate_ids)
+        if not ids:
+            return []
+        # Each kind of statement for every aggregate before the next kind:
+        # the tables in the store's lock order, as for one aggregate.
+        kinds = [forget_statements(aggregate_id) for aggregate_id in ids]
+        statements = [kind[step] for step in range(len(kinds[0])) for kind in kinds]
+        results = await self._db.run("forget_data_keys", statements)
+        return [_forgetting(_results_of(results, len(ids), index)) for index in range(len(ids))]
+
+    async def live_keys(self, prefix: str, *, after: str = "", limit: int) -> list[str]:
+        upper = prefix_end(prefix)
+        params = [prefix, after, *([] if upper is None else [upper]), limit]
+        (result,) = await self._db.run(
+            "live_keys", [Statement(sql.live_keys(upper=upper is not None).encode(), tuple(params))], read_only=True
+        )
+        return [str(row[0]) for row in rows(result)]
+
+    async def count_live_keys(self, prefix: str) -> int:
+        upper = prefix_end(prefix)
+        params = (prefix,) if upper is None else (prefix, upper)
+        (result,) = await self._db.run(
+            "count_live_keys",
+            [Statement(sql.count_live_keys(upper=upper is not None).encode(), params)],
+            read_only=True,
+        )
+        return int(scalar(result) or 0)
 
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         (result,) = await self._db.run(
@@ -75,6 +102,22 @@ FORGET_KEY_STATEMENT = 2
 OTHER_SUBJECTS_STATEMENT = 5
 # Which deletes the documents derived from it (and counts them by type).
 DELETE_DOCUMENTS_STATEMENT = 6
+# Which reads when the key was erased (the last).
+FORGOTTEN_AT_STATEMENT = 9
+
+
+def _results_of(results: list[PGresult], count: int, index: int) -> Callable[[int], PGresult]:
+    """The results of the ``index``-th of ``count`` aggregates' steps, by step."""
+    return lambda step: results[step * count + index]
+
+
+def _forgetting(result_of: Callable[[int], PGresult]) -> Forgetting:
+    """What ``forget_statements`` did, from the result of each of its steps."""
+    deleted = {(name, type_name): int(count) for name, type_name, count in rows(result_of(DELETE_DOCUMENTS_STATEMENT))}
+    named = other_subjects(rows(result_of(OTHER_SUBJECTS_STATEMENT)))
+    when = first(result_of(FORGOTTEN_AT_STATEMENT))
+    forgotten_at_us = None if when is None or when[0] is None else int(when[0])
+    return Forgetting(result_of(FORGET_KEY_STATEMENT).ntuples == 1, deleted, named, forgotten_at_us)
 
 
 def forget_statements(aggregate_id: str) -> list[Statement]:

@@ -729,6 +729,27 @@ SEALED_DATA_KEY = (
     f" chronicle.claims c WHERE c.scope = substr(k.aggregate_id, {len(CLAIMS_KEY_PREFIX) + 1}))"
     " ELSE true END LIMIT 1"
 )
+
+
+@functools.cache
+def live_keys(*, upper: bool) -> str:
+    """Live keys by id range in code point order, over the partial index of
+    live keys in the "C" collation (migration 23): $1 the prefix, $2 the
+    last id seen, $3 the prefix's end if any, then the limit."""
+    bounds = 'aggregate_id COLLATE "C" >= $1 AND aggregate_id COLLATE "C" > $2'
+    bounds += ' AND aggregate_id COLLATE "C" < $3' if upper else ""
+    return (
+        f"SELECT aggregate_id FROM chronicle.data_keys WHERE {bounds} AND wrapped_key IS NOT NULL"
+        f' ORDER BY aggregate_id COLLATE "C" LIMIT ${4 if upper else 3}::bigint'
+    )
+
+
+@functools.cache
+def count_live_keys(*, upper: bool) -> str:
+    bounds = 'aggregate_id COLLATE "C" >= $1' + (' AND aggregate_id COLLATE "C" < $2' if upper else "")
+    return f"SELECT count(*) FROM chronicle.data_keys WHERE {bounds} AND wrapped_key IS NOT NULL"
+
+
 DATA_KEYS_TO_REWRAP = (
     "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys"
     " WHERE wrapped_key IS NOT NULL AND master_key_id <> $1 ORDER BY aggregate_id LIMIT $2::bigint"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from collections.abc import Sequence
 
 from service.store.encryption import ERASED_FINGERPRINT
-from service.store.records import DataKey, Forgetting
+from service.store.records import DataKey, Forgetting, prefix_end
 from service.store.sql_common import data_key_from_row, other_subjects
 from service.store.sqlite import sql
 from service.store.sqlite.writer import Writer, writing
@@ -36,6 +37,22 @@ class KeysRole:
     async def forget_aggregate_data(self, aggregate_id: str) -> Forgetting:
         return await self._writer.run(_forget, aggregate_id)
 
+    async def forget_aggregates_data(self, aggregate_ids: Sequence[str]) -> list[Forgetting]:
+        return await self._writer.run(_forget_all, list(aggregate_ids))
+
+    async def live_keys(self, prefix: str, *, after: str = "", limit: int) -> list[str]:
+        upper = prefix_end(prefix)
+        statement = sql.live_keys(upper=upper is not None)
+        params = (prefix, after, upper, limit)
+        return [row[0] for row in await self._writer.run(lambda db: db.execute(statement, params).fetchall())]
+
+    async def count_live_keys(self, prefix: str) -> int:
+        upper = prefix_end(prefix)
+        statement = sql.count_live_keys(upper=upper is not None)
+        params = (prefix,) if upper is None else (prefix, upper)
+        (count,) = await self._writer.run(lambda db: db.execute(statement, params).fetchone())
+        return int(count)
+
     async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
         params = (active_master_key_id, limit)
         rows = await self._writer.run(lambda db: db.execute(sql.DATA_KEYS_TO_REWRAP, params).fetchall())
@@ -59,12 +76,30 @@ def _load(db: sqlite3.Connection, aggregate_id: str) -> DataKey | None:
 
 def _forget(db: sqlite3.Connection, aggregate_id: str) -> Forgetting:
     with writing(db):
-        # Counted in the write transaction that deletes them: no write between.
-        counted = db.execute(sql.COUNT_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id)).fetchall()
-        named = db.execute(sql.OTHER_SUBJECTS_OF_FORGOTTEN, (aggregate_id,) * 3).fetchall()
-        erased = forget(db, aggregate_id)
-        when = db.execute(sql.FORGOTTEN_AT, (aggregate_id,)).fetchone()
+        forgetting = _forget_in(db, aggregate_id)
     empty_wal(db, f"forgot {aggregate_id}")
+    return forgetting
+
+
+def _forget_all(db: sqlite3.Connection, aggregate_ids: list[str]) -> list[Forgetting]:
+    """Each aggregate forgotten in one write transaction, then the WAL
+    emptied once: the checkpoint, not the deletes, is most of what one
+    forget costs."""
+    if not aggregate_ids:
+        return []
+    with writing(db):
+        forgettings = [_forget_in(db, aggregate_id) for aggregate_id in aggregate_ids]
+    empty_wal(db, f"forgot {len(aggregate_ids)} aggregates")
+    return forgettings
+
+
+def _forget_in(db: sqlite3.Connection, aggregate_id: str) -> Forgetting:
+    """Forget the aggregate inside the caller's write transaction, saying what went."""
+    # Counted in the write transaction that deletes them: no write between.
+    counted = db.execute(sql.COUNT_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id)).fetchall()
+    named = db.execute(sql.OTHER_SUBJECTS_OF_FORGOTTEN, (aggregate_id,) * 3).fetchall()
+    erased = forget(db, aggregate_id)
+    when = db.execute(sql.FORGOTTEN_AT, (aggregate_id,)).fetchone()
     return Forgetting(
         erased == 1,
         {(name, type_name): count for name, type_name, count in counted},

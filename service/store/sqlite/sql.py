@@ -408,6 +408,22 @@ DELETE_SUBJECTS_OF_FORGOTTEN = (
     " (SELECT projection, key FROM projection_subjects WHERE subject = ?)"
     " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
 )
+
+
+# Live keys by id range (the primary key, BINARY: code point order): ?1 the
+# prefix, ?2 the last id seen, ?3 the prefix's end (``records.prefix_end``).
+def live_keys(*, upper: bool) -> str:
+    bounds = "aggregate_id >= ?1 AND aggregate_id > ?2" + (" AND aggregate_id < ?3" if upper else "")
+    return (
+        f"SELECT aggregate_id FROM data_keys WHERE {bounds} AND wrapped_key IS NOT NULL ORDER BY aggregate_id LIMIT ?4"
+    )
+
+
+def count_live_keys(*, upper: bool) -> str:
+    bounds = "aggregate_id >= ?1" + (" AND aggregate_id < ?2" if upper else "")
+    return f"SELECT count(*) FROM data_keys WHERE {bounds} AND wrapped_key IS NOT NULL"
+
+
 DATA_KEYS_TO_REWRAP = (
     "SELECT aggregate_id, master_key_id, wrapped_key FROM data_keys"
     " WHERE wrapped_key IS NOT NULL AND master_key_id <> ? LIMIT ?"

@@ -8,3 +8,8 @@
 -- Building it reads the events table once (writes wait meanwhile).
 -- additive
 CREATE INDEX events_aggregate_id_code_points ON chronicle.events (aggregate_id COLLATE "C");
+
+-- The aggregates still to forget under a prefix (their live keys), counted
+-- and walked in the same order: only live keys, which a forget takes out.
+CREATE INDEX data_keys_live_code_points ON chronicle.data_keys (aggregate_id COLLATE "C")
+    WHERE wrapped_key IS NOT NULL;
