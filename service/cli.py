@@ -28,6 +28,8 @@
     chronicle audit [--aggregate ID] [--principal P] [--outcome refused] [--since 2026-01-01T00:00:00Z]
     chronicle apikey PRINCIPAL [--role R] [--tenant T]   # a new API key and its entry for the API-key file
     chronicle forget ACCOUNT                 # crypto-shred an aggregate (admin; irreversible)
+    chronicle forget --prefix P [--confirm N]  # every aggregate under P: says how many, then --confirm (admin)
+    chronicle aggregates [--prefix P] [--type T]  # list aggregates by id prefix (admin)
     chronicle rewrap-keys                    # after adding a new master key (admin)
     chronicle masterkey ID                   # a new master key line for --master-key-file
     chronicle export [FILE] [--snapshots] [--commands] [--aggregate ID] [--format binary|jsonl]
@@ -125,7 +127,7 @@ from chronicle.v1 import (
     subscription_group_service_pb2_grpc,
 )
 from service.api import forgotten
-from service.api.codec import check_id
+from service.api.codec import check_id, check_stored_id
 from service.errors import ChronicleError, ConfigurationError, InvalidInput
 from service.json_input import JsonInputError
 from service.progress import Reporter
@@ -157,6 +159,15 @@ def _aggregate_id(text: str) -> str:
     shell variable, not a name)."""
     try:
         return check_id("aggregate_id", text, reason="INVALID_AGGREGATE_ID")
+    except InvalidInput as error:
+        raise argparse.ArgumentTypeError(error.violations[0].description) from None
+
+
+def _stored_aggregate_id(text: str) -> str:
+    """An aggregate id to act on what is stored: as ``_aggregate_id``, but
+    with control characters let through (a store may hold such ids)."""
+    try:
+        return check_stored_id("aggregate_id", text, reason="INVALID_AGGREGATE_ID")
     except InvalidInput as error:
         raise argparse.ArgumentTypeError(error.violations[0].description) from None
 
@@ -1349,6 +1360,15 @@ def _audit(args: argparse.Namespace, channel: grpc.Channel) -> int:
 
 def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
     stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    if (args.aggregate_id is None) == (args.prefix is None):
+        raise _UsageError(
+            "forget takes an aggregate id or --prefix P (one of the two)",
+            "chronicle forget ID, or chronicle forget --prefix 'acme:' to see how many match",
+        )
+    if args.confirm is not None and args.prefix is None:
+        raise _UsageError("--confirm goes with --prefix", "add --prefix P, or leave --confirm out")
+    if args.prefix is not None:
+        return _forget_prefix(args, stub)
     response = stub.ForgetAggregate(
         admin_service_pb2.ForgetAggregateRequest(aggregate_id=args.aggregate_id), timeout=args.timeout
     )
@@ -1388,6 +1408,77 @@ def _forget(args: argparse.Namespace, channel: grpc.Channel) -> int:
                     file=sys.stderr,
                 )
     return EXIT_OK
+
+
+def _forget_prefix(args: argparse.Namespace, stub: admin_service_pb2_grpc.AdminServiceStub) -> int:
+    """``forget --prefix P [--confirm N]``: first says how many match, then
+    forgets them if that many still do (the server checks, in batches)."""
+    request = admin_service_pb2.ForgetAggregatesRequest(prefix=args.prefix, confirm=args.confirm)
+    try:
+        response = stub.ForgetAggregates(request, timeout=args.timeout)
+    except grpc.RpcError as error:
+        reason, metadata = _error_info(error)
+        if reason not in ("CONFIRMATION_REQUIRED", "CONFIRMATION_MISMATCH"):
+            raise
+        matching = metadata.get("matching", "?")
+        asked = "" if args.confirm is None else f" (--confirm said {args.confirm})"
+        raise _UsageError(
+            f"{matching} aggregates with a key have an id starting with {args.prefix!r}{asked}: nothing was forgotten",
+            f"to see them: chronicle aggregates --prefix {shlex.quote(args.prefix)}\n"
+            f"to forget them: chronicle forget --prefix {shlex.quote(args.prefix)} --confirm {matching}",
+        ) from None
+    _print(
+        {
+            "prefix": args.prefix,
+            "forgotten": response.forgotten,
+            "remaining": response.remaining,
+            "not_encrypted": response.not_encrypted,
+            "not_encrypted_ids": list(response.not_encrypted_ids),
+            "without_key": response.without_key,
+            "deleted": [
+                json_format.MessageToDict(d, preserving_proto_field_name=True) for d in response.deleted_documents
+            ],
+        }
+    )
+    if response.not_encrypted or response.without_key:
+        print(
+            f"warning: {response.not_encrypted + response.without_key} aggregates under {args.prefix!r} hold"
+            " payloads in the clear, which forgetting cannot shred: delete them (chronicle delete ID), then"
+            " forget them (docs/security.md, Tenant offboarding)",
+            file=sys.stderr,
+        )
+    if response.remaining:
+        print(
+            f"warning: {response.remaining} aggregates remain; to forget them: chronicle forget --prefix"
+            f" {shlex.quote(args.prefix)} --confirm {response.remaining}",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _aggregates(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    """``aggregates [--prefix P] [--type T]``: every page, one JSON line each."""
+    stub = admin_service_pb2_grpc.AdminServiceStub(channel)
+    token = ""
+    while True:
+        request = admin_service_pb2.ListAggregatesRequest(
+            prefix=args.prefix, aggregate_type=args.type or "", page_size=1000, page_token=token
+        )
+        page = stub.ListAggregates(request, timeout=args.timeout)
+        for aggregate in page.aggregates:
+            _print(
+                {
+                    "aggregate_id": aggregate.aggregate_id,
+                    "aggregate_type": aggregate.aggregate_type,
+                    "version": aggregate.version,
+                    "deleted": aggregate.deleted,
+                    "has_key": aggregate.has_key,
+                    "forgotten": aggregate.forgotten,
+                }
+            )
+        token = page.next_page_token
+        if not token:
+            return EXIT_OK
 
 
 def _rewrap_keys(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -2224,9 +2315,30 @@ def build_parser() -> argparse.ArgumentParser:
     apikey.add_argument("--tenant", help="the principal's tenant, for tenant-scoped roles (docs/security.md#tenants)")
     apikey.set_defaults(run=_apikey, remote=False)
 
-    forget = commands.add_parser("forget", help="erase an aggregate's encryption key for good (admin)")
-    forget.add_argument("aggregate_id", type=_aggregate_id, help="the aggregate whose encryption key to erase")
+    forget = commands.add_parser(
+        "forget",
+        help="erase an aggregate's encryption key for good, or those of every aggregate under --prefix (admin)",
+    )
+    forget.add_argument(
+        "aggregate_id", nargs="?", type=_stored_aggregate_id, help="the aggregate whose encryption key to erase"
+    )
+    forget.add_argument(
+        "--prefix",
+        help="every aggregate whose id starts with it (ending with a separator, 'acme:'): first says how many match",
+    )
+    forget.add_argument(
+        "--confirm",
+        type=_count,
+        help="with --prefix: the number it said match (they are forgotten only if that many still do)",
+    )
     forget.set_defaults(run=_forget, remote=True)
+
+    aggregates = commands.add_parser(
+        "aggregates", help="list aggregates by id prefix: type, version, deleted, has_key, forgotten (admin)"
+    )
+    aggregates.add_argument("--prefix", default="", help="only ids that start with it (literally)")
+    aggregates.add_argument("--type", help="only aggregates of this type")
+    aggregates.set_defaults(run=_aggregates, remote=True)
 
     rewrap = commands.add_parser("rewrap-keys", help="rewrap data keys under the active master key (admin)")
     rewrap.set_defaults(run=_rewrap_keys, remote=True)
@@ -2469,6 +2581,7 @@ def build_parser() -> argparse.ArgumentParser:
         audit,
         forget,
         rewrap,
+        aggregates,
         tail,
         projection,
         reaction,

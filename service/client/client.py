@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.message import Message
 
 from chronicle.v1 import (
+    admin_service_pb2_grpc,
     command_pb2,
     command_service_pb2,
     command_service_pb2_grpc,
@@ -23,6 +24,7 @@ from chronicle.v1 import (
     reaction_service_pb2_grpc,
     subscription_group_service_pb2_grpc,
 )
+from service.client.admin import Admin
 from service.client.call_metadata import CallMetadata, TokenSource
 from service.client.channels import DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TIMEOUT, keepalive_options, open_channel
 from service.client.checkpoints import CheckpointStore
@@ -111,6 +113,13 @@ class ChronicleClient:
         )
         self.reactions = Reactions(
             self._reactions, retry=retry, attempt_timeout=attempt_timeout, call_metadata=self._call_metadata
+        )
+        # Listing aggregates by prefix and forgetting them (admin): any server answers.
+        self.admin = Admin(
+            self._reads(admin_service_pb2_grpc.AdminServiceStub),
+            retry=retry,
+            attempt_timeout=attempt_timeout,
+            call_metadata=self._call_metadata,
         )
         # Read models: documents (read your writes with a submit's position),
         # progress, parked events, rebuilds.

@@ -299,6 +299,46 @@ def test_an_operator_forgets_an_aggregate_and_its_events_read_redacted(tmp_path:
     assert "FAILED_PRECONDITION AGGREGATE_FORGOTTEN" in refused.stderr
 
 
+def test_an_operator_lists_a_tenant_and_forgets_it_by_prefix_after_confirming_the_count(tmp_path: Path) -> None:
+    """docs/security.md, "Tenant offboarding": list, forget by prefix (which
+    first says how many match and does nothing), then with --confirm."""
+    from service.store.encryption import new_master_key
+    from tests.support.security import write
+
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
+    extra = ["--master-key-file", keys, "--anonymous-admin"]
+    with server_process(f"sqlite:///{tmp_path}/events.db", extra=extra) as server:
+        for aggregate_id in ["acme:acc-1", "acme:acc-2", "acme2:acc-1"]:
+            cli("submit", aggregate_id, "bank.v1.OpenAccount", '{"owner": "ann"}', server=server.address)
+        listed = cli("aggregates", "--prefix", "acme:", server=server.address).stdout.splitlines()
+        unseparated = cli("forget", "--prefix", "acme", server=server.address, check=False)
+        counted = cli("forget", "--prefix", "acme:", server=server.address, check=False)
+        wrong = cli("forget", "--prefix", "acme:", "--confirm", "3", server=server.address, check=False)
+        done = json.loads(cli("forget", "--prefix", "acme:", "--confirm", "2", server=server.address).stdout)
+        after = [json.loads(line) for line in cli("aggregates", server=server.address).stdout.splitlines()]
+    assert [json.loads(line) for line in listed] == [
+        {
+            "aggregate_id": f"acme:acc-{n}",
+            "aggregate_type": "Account",
+            "version": 1,
+            "deleted": False,
+            "has_key": True,
+            "forgotten": False,
+        }
+        for n in (1, 2)
+    ]
+    assert unseparated.returncode == 1 and "INVALID_ARGUMENT PREFIX_NOT_SEPARATED" in unseparated.stderr
+    assert counted.returncode == 2 and wrong.returncode == 2
+    assert "chronicle forget --prefix acme: --confirm 2" in counted.stderr
+    assert "(--confirm said 3): nothing was forgotten" in wrong.stderr
+    assert (done["forgotten"], done["remaining"], done["not_encrypted"], done["without_key"]) == (2, 0, 0, 0)
+    assert {a["aggregate_id"]: a["forgotten"] for a in after} == {
+        "acme2:acc-1": False,
+        "acme:acc-1": True,
+        "acme:acc-2": True,
+    }
+
+
 def test_an_operator_rotates_the_master_key_with_rewrap_keys(tmp_path: Path) -> None:
     """As docs/security.md says: the new key first, the old one after it,
     rewrap-keys, then the old key removed; the events still read."""

@@ -1,0 +1,97 @@
+"""Administration from the client's side (``ChronicleClient.admin``): a
+tenant's aggregates listed by id prefix, and forgotten by prefix once the
+count is confirmed (docs/security.md, "Tenant offboarding")::
+
+    async with ChronicleClient.connect(address, token=admin_token) as client:
+        async for aggregate in client.admin.aggregates(prefix="acme:"):
+            print(aggregate.aggregate_id, aggregate.forgotten)
+        matching = await client.admin.count_to_forget(prefix="acme:")
+        done = await client.admin.forget_aggregates(prefix="acme:", confirm=matching)
+        print(done.forgotten, done.remaining)
+
+Every call takes the admin grant. Listing is retried as any unary call is.
+Forgetting is not retried by the client: it is long (a batch per
+transaction) and its confirmation is of the count when it begins, so an
+attempt cut short is followed by a new count (``count_to_forget``) and a
+call confirming it, which finishes what the first left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+
+from chronicle.v1 import admin_service_pb2 as pb
+from chronicle.v1 import admin_service_pb2_grpc as pb_grpc
+from service.client.errors import remote_error
+from service.client.unary import UnaryCalls
+
+ListedAggregate = pb.ListedAggregate
+ForgottenAggregates = pb.ForgetAggregatesResponse
+
+# A bulk forget is long: its deadline in seconds unless the caller gives one.
+FORGET_DEADLINE = 600.0
+
+
+class Admin(UnaryCalls[pb_grpc.AdminServiceStub]):
+    """``AdminService``'s listing and bulk forgetting (``ChronicleClient.admin``)."""
+
+    async def aggregates(
+        self, *, prefix: str = "", aggregate_type: str = "", page_size: int = 0
+    ) -> AsyncIterator[ListedAggregate]:
+        """Every aggregate whose id starts with ``prefix`` (literally: "acme"
+        takes "acme2:…" too), of ``aggregate_type`` if given, in code point
+        order of ids, a page at a time (``page_size`` 0: 100; at most 1000)."""
+        token = ""
+        while True:
+            request = pb.ListAggregatesRequest(
+                prefix=prefix, aggregate_type=aggregate_type, page_size=page_size, page_token=token
+            )
+            page: pb.ListAggregatesResponse = await self._call(
+                f"list aggregates under {prefix!r}", self._stub.ListAggregates, request
+            )
+            for aggregate in page.aggregates:
+                yield aggregate
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def count_to_forget(self, *, prefix: str = "", aggregate_ids: Sequence[str] = ()) -> int:
+        """How many aggregates ``forget_aggregates`` would forget now (those
+        with a live key): the server's answer to a call without confirmation."""
+        try:
+            await self._forget(pb.ForgetAggregatesRequest(prefix=prefix, aggregate_ids=aggregate_ids), None)
+        except grpc.aio.AioRpcError as error:
+            refused = remote_error(error)
+            if refused.reason == "CONFIRMATION_REQUIRED" and "matching" in refused.metadata:
+                return int(refused.metadata["matching"])
+            raise refused from None
+        raise AssertionError("a ForgetAggregates call without confirm is refused")  # pragma: no cover
+
+    async def forget_aggregates(
+        self,
+        *,
+        prefix: str = "",
+        aggregate_ids: Sequence[str] = (),
+        confirm: int,
+        batch_size: int = 0,
+        deadline: float | None = FORGET_DEADLINE,
+    ) -> ForgottenAggregates:
+        """Forget the aggregates under ``prefix`` (ending with a separator)
+        or of ``aggregate_ids``, if ``confirm`` of them match: ``FailedPrecondition``
+        CONFIRMATION_MISMATCH (``matching`` in its metadata) otherwise, nothing done.
+        ``deadline``: seconds the call may take (None: no deadline)."""
+        request = pb.ForgetAggregatesRequest(
+            prefix=prefix, aggregate_ids=aggregate_ids, confirm=confirm, batch_size=batch_size
+        )
+        try:
+            return await self._forget(request, deadline)
+        except grpc.aio.AioRpcError as error:
+            raise remote_error(error) from None
+
+    async def _forget(self, request: pb.ForgetAggregatesRequest, deadline: float | None) -> ForgottenAggregates:
+        response: ForgottenAggregates = await self._stub.ForgetAggregates(
+            request, timeout=deadline, metadata=self._metadata()
+        )
+        return response
