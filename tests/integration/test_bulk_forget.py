@@ -24,6 +24,7 @@ from service.errors import StoreUnavailable
 from service.store.encryption import new_master_key
 from service.store.records import Forgetting
 from tests.support.at_rest import Site, site_for
+from tests.support.events import new_event
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.security import write
 from tests.support.waiting import eventually
@@ -182,3 +183,26 @@ async def test_a_bulk_forget_cut_short_leaves_its_batches_forgotten_and_a_call_a
     assert (rest.forgotten, rest.remaining) == (4, 0)
     assert all(site.at_rest.read_wrapped_key(i) is None for i in TENANT)
     assert all(site.at_rest.read_wrapped_key(i) is not None for i in OTHERS)
+
+
+async def test_what_payloads_in_the_clear_keep_readable_is_left_and_said(client: Client, site: Site) -> None:
+    """An aggregate begun before encryption was on (its first event in the
+    clear, its key made by a command since) and one written wholly in the
+    clear (no key) are not forgotten, and the answer says so."""
+    opened = bank.AccountOpened(owner="Old Owner").SerializeToString()
+    for aggregate_id in ("acme:old", "acme:bare"):
+        await site.store.append(
+            aggregate_id, [new_event("bank.v1.AccountOpened", aggregate_type="Account", payload=opened)], 0
+        )
+    await client.submit(command("acme:old", bank.Deposit(amount=5)))  # makes its key: sealed from now on
+    done = await client.admin.ForgetAggregates(admin.ForgetAggregatesRequest(prefix="acme:", confirm=8))
+    assert (done.forgotten, done.remaining, done.not_encrypted, list(done.not_encrypted_ids), done.without_key) == (
+        7,
+        1,
+        1,
+        ["acme:old"],
+        1,
+    )
+    assert [r for r, _ in await payloads(client, "acme:old")] == [False, False]  # still readable: it was left
+    listed_now = {a.aggregate_id: (a.has_key, a.forgotten) for a in await listed(client, "acme:")}
+    assert (listed_now["acme:old"], listed_now["acme:bare"]) == ((True, False), (False, False))
