@@ -13,6 +13,7 @@ call again (confirming what remains) finishes the rest."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ MAX_BATCH = 1000
 MAX_NAMED = 20
 # Aggregates looked at per page when counting those without a key.
 LISTING_PAGE = 1000
+# Aggregates whose payloads are checked for any in the clear at once.
+CLEAR_CHECKS_IN_FLIGHT = 8
 
 
 # Told each batch once it committed: the ids it forgot (or found forgotten), and what went of each.
@@ -161,10 +164,9 @@ class BulkForget:
                 break
             after = batch[-1]
             handled += len(batch)
-            sealed: list[str] = []
-            for aggregate_id in batch:
-                events, _ = await in_the_clear(self._stored, aggregate_id)
-                (done.not_encrypted if events else sealed).append(aggregate_id)
+            in_clear = await self._events_in_clear(batch)
+            sealed = [aggregate_id for aggregate_id, events in zip(batch, in_clear, strict=True) if not events]
+            done.not_encrypted += [aggregate_id for aggregate_id, events in zip(batch, in_clear, strict=True) if events]
             forgettings = await self._keys.forget_all_and_count(sealed)
             for aggregate_id, forgetting in zip(sealed, forgettings, strict=True):
                 done.add(forgetting)
@@ -173,6 +175,19 @@ class BulkForget:
             if after_batch is not None:
                 await after_batch(sealed, forgettings)
         return done
+
+    async def _events_in_clear(self, batch: Sequence[str]) -> list[int]:
+        """Of each aggregate, how many events are in the clear: looked at
+        CLEAR_CHECKS_IN_FLIGHT at a time (two reads each: on PostgreSQL,
+        one at a time, they were most of a batch's time)."""
+        gate = asyncio.Semaphore(CLEAR_CHECKS_IN_FLIGHT)
+
+        async def events_of(aggregate_id: str) -> int:
+            async with gate:
+                events, _ = await in_the_clear(self._stored, aggregate_id)
+                return events
+
+        return list(await asyncio.gather(*(events_of(aggregate_id) for aggregate_id in batch)))
 
     async def without_key(self, prefix: str) -> int:
         """Aggregates under ``prefix`` with events and no key ever (written

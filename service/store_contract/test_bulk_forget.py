@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import pytest
 
-from service.store.base import StoreAdapter
+from service.store.base import AuditQuery, StoreAdapter
+from service.store.encryption import ERASED_FINGERPRINT
 from service.store.records import (
     PROCESS_STATE_TYPE,
+    REFUSED,
+    AuditEntry,
     ClaimChange,
     DataKey,
     DocumentWrite,
     Forgetting,
     OtherSubjects,
+    Rejection,
 )
-from service.store_contract.records import new_event
+from service.store_contract.records import command_record, new_event
 
 pytestmark = pytest.mark.asyncio
 
@@ -66,3 +70,51 @@ async def test_a_batch_forgets_each_aggregate_and_says_what_went_of_each(store: 
     assert await store.forget_aggregates_data([]) == []
     again = await store.forget_aggregates_data(["acme:1", "never"])
     assert again == [Forgetting(False, {}, {}, first.forgotten_at_us), Forgetting(False)]
+
+
+async def test_a_batch_erases_the_command_and_audit_texts_of_its_aggregates_only(store: StoreAdapter) -> None:
+    refusal = Rejection("ValidationError", "INSUFFICIENT_FUNDS", "Mallory has 12", {"balance": "12"})
+    for aggregate_id in ["acme:1", "acme:2", "other:1"]:
+        await store.create_data_key(key(aggregate_id))
+        await store.append(
+            aggregate_id,
+            [new_event()],
+            0,
+            commands=[
+                command_record(aggregate_id, 1, 1, command_id=f"ok-{aggregate_id}"),
+                command_record(aggregate_id, 2, 1, command_id=f"no-{aggregate_id}", rejection=refusal),
+            ],
+        )
+        await store.record_audit_entry(
+            AuditEntry(
+                recorded_at_us=1,
+                command_id=f"audit-{aggregate_id}",
+                command_type="test.v1.Do",
+                aggregate_id=aggregate_id,
+                principal="eve",
+                user_id="eve",
+                origin="tests",
+                outcome=REFUSED,
+                reason="MIDDLEWARE_REFUSED",
+                message=f"{aggregate_id}: Mallory may not",
+            )
+        )
+    await store.forget_aggregates_data(["acme:1", "acme:2"])
+    for aggregate_id in ["acme:1", "acme:2"]:
+        accepted = await store.find_command(f"ok-{aggregate_id}")
+        refused = await store.find_command(f"no-{aggregate_id}")
+        assert accepted is not None and accepted.fingerprint == ERASED_FINGERPRINT
+        assert refused is not None and refused.rejection == Rejection("ValidationError", "INSUFFICIENT_FUNDS", "")
+        audited = await store.read_audit(AuditQuery(aggregate_id=aggregate_id))
+        assert sorted((e.reason, e.message) for e in audited) == [
+            ("", ""),
+            ("INSUFFICIENT_FUNDS", ""),
+            ("MIDDLEWARE_REFUSED", ""),
+        ]
+    kept = await store.find_command("no-other:1")
+    assert kept is not None and kept.fingerprint == b"\x01" * 32 and kept.rejection == refusal
+    assert {e.message for e in await store.read_audit(AuditQuery(aggregate_id="other:1"))} == {
+        "",
+        "Mallory has 12",
+        "other:1: Mallory may not",
+    }

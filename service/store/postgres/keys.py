@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from psycopg.pq.abc import PGresult
 
 from service.store.postgres import sql
-from service.store.postgres.connection import Statement
+from service.store.postgres.connection import Statement, text_array
 from service.store.postgres.database import Database
 from service.store.postgres.rows import first, rows, scalar
 from service.store.records import DataKey, Forgetting, prefix_end
@@ -51,9 +51,15 @@ class KeysRole:
         if not ids:
             return []
         # Each kind of statement for every aggregate before the next kind:
-        # the tables in the store's lock order, as for one aggregate.
+        # the tables in the store's lock order, as for one aggregate. The
+        # texts of all first, one pass over each table for the batch.
         kinds = [forget_statements(aggregate_id) for aggregate_id in ids]
-        statements = [kind[step] for step in range(len(kinds[0])) for kind in kinds]
+        array = text_array(ids)
+        statements = [
+            Statement(sql.ERASE_COMMAND_TEXTS_OF_ALL_FORGOTTEN.encode(), (array,)),
+            Statement(sql.ERASE_AUDIT_TEXTS_OF_ALL_FORGOTTEN.encode(), (array,)),
+            *(kind[step] for step in range(TEXT_STATEMENTS, len(kinds[0])) for kind in kinds),
+        ]
         results = await self._db.run("forget_data_keys", statements)
         return [_forgetting(_results_of(results, len(ids), index)) for index in range(len(ids))]
 
@@ -96,6 +102,9 @@ class KeysRole:
         return result.ntuples == 1
 
 
+# How many of forget_statements erase texts (the first): a batch erases
+# those of all its aggregates in as many statements.
+TEXT_STATEMENTS = 2
 # Which of forget_statements erases the key (and says whether it did).
 FORGET_KEY_STATEMENT = 2
 # Which reads the other subjects of the process states about to go.
@@ -107,8 +116,9 @@ FORGOTTEN_AT_STATEMENT = 9
 
 
 def _results_of(results: list[PGresult], count: int, index: int) -> Callable[[int], PGresult]:
-    """The results of the ``index``-th of ``count`` aggregates' steps, by step."""
-    return lambda step: results[step * count + index]
+    """The results of the ``index``-th of ``count`` aggregates' steps, by
+    step (after the batch's TEXT_STATEMENTS erasing the texts of them all)."""
+    return lambda step: results[TEXT_STATEMENTS + (step - TEXT_STATEMENTS) * count + index]
 
 
 def _forgetting(result_of: Callable[[int], PGresult]) -> Forgetting:

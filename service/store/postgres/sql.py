@@ -711,6 +711,17 @@ ERASE_COMMAND_TEXTS_OF_FORGOTTEN = (
     f"UPDATE chronicle.commands SET {_ERASED_TEXTS} WHERE aggregate_id = $1 AND fingerprint <> {_ERASED}"
     " AND EXISTS (SELECT 1 FROM chronicle.data_keys WHERE aggregate_id = $1)"
 )
+# The same for a batch of aggregates ($1: their ids, an array): one pass over
+# the table for the batch, not one per aggregate.
+ERASE_COMMAND_TEXTS_OF_ALL_FORGOTTEN = (
+    f"UPDATE chronicle.commands c SET {_ERASED_TEXTS} WHERE c.aggregate_id = ANY($1::text[])"
+    f" AND c.fingerprint <> {_ERASED}"
+    " AND EXISTS (SELECT 1 FROM chronicle.data_keys k WHERE k.aggregate_id = c.aggregate_id)"
+)
+ERASE_AUDIT_TEXTS_OF_ALL_FORGOTTEN = (
+    "UPDATE chronicle.refusals r SET message = '' WHERE r.aggregate_id = ANY($1::text[]) AND r.message <> ''"
+    " AND EXISTS (SELECT 1 FROM chronicle.data_keys k WHERE k.aggregate_id = r.aggregate_id)"
+)
 # The audit's own entries of the aggregate (a dry run's refusal, a plugin
 # middleware's) keep their reason; their message goes.
 ERASE_AUDIT_TEXTS_OF_FORGOTTEN = (

@@ -6,6 +6,7 @@ zeroes what it deletes: ``secure_delete``)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import time
@@ -82,23 +83,24 @@ def _forget(db: sqlite3.Connection, aggregate_id: str) -> Forgetting:
 
 
 def _forget_all(db: sqlite3.Connection, aggregate_ids: list[str]) -> list[Forgetting]:
-    """Each aggregate forgotten in one write transaction, then the WAL
-    emptied once: the checkpoint, not the deletes, is most of what one
-    forget costs."""
+    """Each aggregate forgotten in one write transaction (the command and
+    audit texts of them all in one pass over each table), then the WAL
+    emptied once, not once per aggregate."""
     if not aggregate_ids:
         return []
     with writing(db):
-        forgettings = [_forget_in(db, aggregate_id) for aggregate_id in aggregate_ids]
+        forgettings = [_forget_in(db, aggregate_id, texts=False) for aggregate_id in aggregate_ids]
+        erase_texts(db, aggregate_ids)
     empty_wal(db, f"forgot {len(aggregate_ids)} aggregates")
     return forgettings
 
 
-def _forget_in(db: sqlite3.Connection, aggregate_id: str) -> Forgetting:
+def _forget_in(db: sqlite3.Connection, aggregate_id: str, *, texts: bool = True) -> Forgetting:
     """Forget the aggregate inside the caller's write transaction, saying what went."""
     # Counted in the write transaction that deletes them: no write between.
     counted = db.execute(sql.COUNT_DOCUMENTS_OF_FORGOTTEN, (aggregate_id, aggregate_id)).fetchall()
     named = db.execute(sql.OTHER_SUBJECTS_OF_FORGOTTEN, (aggregate_id,) * 3).fetchall()
-    erased = forget(db, aggregate_id)
+    erased = forget(db, aggregate_id, texts=texts)
     when = db.execute(sql.FORGOTTEN_AT, (aggregate_id,)).fetchone()
     return Forgetting(
         erased == 1,
@@ -108,13 +110,15 @@ def _forget_in(db: sqlite3.Connection, aggregate_id: str) -> Forgetting:
     )
 
 
-def forget(db: sqlite3.Connection, aggregate_id: str) -> int:
+def forget(db: sqlite3.Connection, aggregate_id: str, *, texts: bool = True) -> int:
     """Forget the aggregate inside the caller's write transaction: its key
     erased (1 if it had a live one), its snapshots, claims, the documents
     derived from it and the events projections and subscription groups
     parked for it gone, the
     fingerprints and refusal texts of its command records and audit entries
-    erased. The caller empties the WAL after its commit (``empty_wal``)."""
+    erased (unless ``texts`` is False: the caller erases those of a batch
+    at once, ``erase_texts``). The caller empties the WAL after its commit
+    (``empty_wal``)."""
     erased = db.execute(sql.FORGET_DATA_KEY, (_now_us(), aggregate_id)).rowcount
     db.execute(sql.DELETE_SNAPSHOTS, (aggregate_id,))
     db.execute(sql.RELEASE_CLAIMS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
@@ -122,10 +126,19 @@ def forget(db: sqlite3.Connection, aggregate_id: str) -> int:
     db.execute(sql.DELETE_SUBJECTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     db.execute(sql.DELETE_PARKED_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     db.execute(sql.DELETE_GROUP_PARKED_OF_FORGOTTEN, (aggregate_id, aggregate_id))
-    erased_texts = (ERASED_FINGERPRINT, aggregate_id, ERASED_FINGERPRINT, aggregate_id)
-    db.execute(sql.ERASE_COMMAND_TEXTS_OF_FORGOTTEN, erased_texts)
-    db.execute(sql.ERASE_AUDIT_TEXTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
+    if texts:
+        erased_texts = (ERASED_FINGERPRINT, aggregate_id, ERASED_FINGERPRINT, aggregate_id)
+        db.execute(sql.ERASE_COMMAND_TEXTS_OF_FORGOTTEN, erased_texts)
+        db.execute(sql.ERASE_AUDIT_TEXTS_OF_FORGOTTEN, (aggregate_id, aggregate_id))
     return int(erased)
+
+
+def erase_texts(db: sqlite3.Connection, aggregate_ids: Sequence[str]) -> None:
+    """The command records' and audit entries' texts of forgotten
+    ``aggregate_ids`` erased, one pass over each table for them all."""
+    ids = json.dumps(list(aggregate_ids))
+    db.execute(sql.ERASE_COMMAND_TEXTS_OF_ALL_FORGOTTEN, (ERASED_FINGERPRINT, ids))
+    db.execute(sql.ERASE_AUDIT_TEXTS_OF_ALL_FORGOTTEN, (ids,))
 
 
 def empty_wal(db: sqlite3.Connection, done: str) -> None:

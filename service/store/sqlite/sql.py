@@ -398,6 +398,20 @@ ERASE_AUDIT_TEXTS_OF_FORGOTTEN = (
     "UPDATE refusals SET message = '' WHERE aggregate_id = ? AND message <> ''"
     " AND EXISTS (SELECT 1 FROM data_keys WHERE aggregate_id = ?)"
 )
+# The same two erasures for a batch of aggregates (?1 the erased fingerprint,
+# ?2 the ids as a JSON array): one pass over each table for the batch, not
+# one per aggregate (neither has an index by aggregate).
+ERASE_COMMAND_TEXTS_OF_ALL_FORGOTTEN = (
+    "UPDATE commands SET fingerprint = ?1, rejection = CASE WHEN rejection IS NULL THEN NULL ELSE json_object("
+    "'kind', json_extract(rejection, '$.kind'), 'reason', json_extract(rejection, '$.reason'), 'message', '',"
+    " 'metadata', json('{}')) END"
+    " WHERE aggregate_id IN (SELECT value FROM json_each(?2)) AND fingerprint <> ?1"
+    " AND EXISTS (SELECT 1 FROM data_keys k WHERE k.aggregate_id = commands.aggregate_id)"
+)
+ERASE_AUDIT_TEXTS_OF_ALL_FORGOTTEN = (
+    "UPDATE refusals SET message = '' WHERE aggregate_id IN (SELECT value FROM json_each(?1)) AND message <> ''"
+    " AND EXISTS (SELECT 1 FROM data_keys k WHERE k.aggregate_id = refusals.aggregate_id)"
+)
 # A subscription group's parked event keeps its consumer's nack reason,
 # which may quote the payload (parameters: the id, twice). Few: no index.
 DELETE_GROUP_PARKED_OF_FORGOTTEN = (
