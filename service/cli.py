@@ -128,6 +128,7 @@ from chronicle.v1 import (
 )
 from service.api import forgotten
 from service.api.codec import check_id, check_stored_id
+from service.client.admin import FORGET_DEADLINE
 from service.errors import ChronicleError, ConfigurationError, InvalidInput
 from service.json_input import JsonInputError
 from service.progress import Reporter
@@ -1415,7 +1416,9 @@ def _forget_prefix(args: argparse.Namespace, stub: admin_service_pb2_grpc.AdminS
     forgets them if that many still do (the server checks, in batches)."""
     request = admin_service_pb2.ForgetAggregatesRequest(prefix=args.prefix, confirm=args.confirm)
     try:
-        response = stub.ForgetAggregates(request, timeout=args.timeout)
+        # A tenant's thousands of aggregates take longer than a call's usual
+        # --timeout: its batches are given FORGET_DEADLINE (or --timeout if longer).
+        response = stub.ForgetAggregates(request, timeout=max(args.timeout, FORGET_DEADLINE))
     except grpc.RpcError as error:
         reason, metadata = _error_info(error)
         if reason not in ("CONFIRMATION_REQUIRED", "CONFIRMATION_MISMATCH"):

@@ -237,7 +237,8 @@ async def test_the_audit_log_filters_by_principal_action_aggregate_command_outco
         assert await shown(since="1970-01-01T00:00:02", until="1970-01-01T00:00:04") == ["cmd-3", "cmd-2"]
         bad_outcome = await get(address, "/audit?outcome=maybe", root)
         bad_time = await get(address, "/audit?since=yesterday", root)
-        bad_id = await get(address, "/audit?" + urlencode({"aggregate": "a\x01"}), root)
+        # Too long for an id (one with a control character is looked up: a store may hold one).
+        bad_id = await get(address, "/audit?" + urlencode({"aggregate": "a" * 201}), root)
     assert bad_outcome.status == 400 and "INVALID_FILTER" in bad_outcome.text
     assert bad_time.status == 400 and "INVALID_TIMESTAMP" in bad_time.text
     assert bad_id.status == 400 and "INVALID_AGGREGATE_ID" in bad_id.text
