@@ -11,7 +11,7 @@ import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.client import ChronicleClient
-from service.client.errors import FailedPrecondition, InvalidArgument
+from service.client.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from service.store.encryption import new_master_key
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import running_server
@@ -54,3 +54,22 @@ async def test_a_tenant_is_listed_counted_and_forgotten_by_prefix(client: Chroni
     }
     by_ids = await client.admin.forget_aggregates(aggregate_ids=["acme2:1", "acme:1"], confirm=1)
     assert (by_ids.forgotten, by_ids.remaining) == (1, 0)
+
+
+async def test_anyone_but_an_administrator_is_refused_before_anything_is_counted(tmp_path: Path) -> None:
+    keys = write(tmp_path / "master.keys", f"k1:{new_master_key()}\n")
+    async with (
+        running_server(MemoryStore(), master_key_file=keys, anonymous_admin=False) as (app, _),
+        ChronicleClient.connect(app.address) as anonymous,
+    ):
+        await anonymous.submit("acme:1", bank.OpenAccount(owner="ann"))
+        with pytest.raises(PermissionDenied) as listing:
+            [a async for a in anonymous.admin.aggregates(prefix="acme:")]
+        with pytest.raises(PermissionDenied) as forgetting:
+            await anonymous.admin.forget_aggregates(prefix="acme:", confirm=1)
+        with pytest.raises(PermissionDenied) as counting:
+            await anonymous.admin.count_to_forget(prefix="acme:")
+        assert (await anonymous.get_aggregate("acme:1", bank.Account)).version == 1  # not forgotten
+    refusals = {listing.value.reason, forgetting.value.reason, counting.value.reason}
+    assert refusals == {"ANONYMOUS_ADMIN_DENIED"}
+    assert "matching" not in counting.value.metadata
