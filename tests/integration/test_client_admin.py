@@ -73,3 +73,29 @@ async def test_anyone_but_an_administrator_is_refused_before_anything_is_counted
     refusals = {listing.value.reason, forgetting.value.reason, counting.value.reason}
     assert refusals == {"ANONYMOUS_ADMIN_DENIED"}
     assert "matching" not in counting.value.metadata
+
+
+@pytest.mark.parametrize(
+    ("selection", "reason"),
+    [
+        ({}, "INVALID_SELECTION"),  # neither a prefix nor ids
+        ({"prefix": "acme:", "aggregate_ids": ["acme:1"]}, "INVALID_SELECTION"),  # both
+        ({"aggregate_ids": [f"acme:{n}" for n in range(1001)]}, "TOO_MANY_AGGREGATES"),
+        ({"prefix": "acme9"}, "PREFIX_NOT_SEPARATED"),
+        ({"prefix": " "}, "INVALID_AGGREGATE_ID"),
+        ({"prefix": "acme:", "batch_size": 1001}, "BATCH_TOO_LARGE"),
+    ],
+)
+async def test_a_malformed_bulk_forget_is_refused_and_forgets_nothing(
+    client: ChronicleClient, selection: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        await client.admin.forget_aggregates(confirm=3, **selection)  # type: ignore[arg-type]
+    assert refused.value.reason == reason
+    assert not [a async for a in client.admin.aggregates() if a.forgotten]
+
+
+async def test_a_prefix_ending_with_any_separator_is_taken(client: ChronicleClient) -> None:
+    await client.submit("acme-eu/1", bank.OpenAccount(owner="ann"))
+    done = await client.admin.forget_aggregates(prefix="acme-eu/", confirm=1)
+    assert (done.forgotten, done.remaining) == (1, 0)
