@@ -186,7 +186,7 @@ HEAD = (
 @functools.cache
 def list_aggregates(*, upper: bool, typed: bool) -> str:
     """A page of aggregates by id range, in code point order: the index of
-    ids in the "C" collation (migration 23) walked from the lower bounds
+    ids in the "C" collation (migration 25) walked from the lower bounds
     ($1: the prefix, $2: the page's last id) to the prefix's end ($3,
     ``records.prefix_end``: none for the empty prefix), so the walk stops
     where the prefix's ids end whatever the database's collation (a
@@ -745,7 +745,7 @@ SEALED_DATA_KEY = (
 @functools.cache
 def live_keys(*, upper: bool) -> str:
     """Live keys by id range in code point order, over the partial index of
-    live keys in the "C" collation (migration 23): $1 the prefix, $2 the
+    live keys in the "C" collation (migration 25): $1 the prefix, $2 the
     last id seen, $3 the prefix's end if any, then the limit."""
     bounds = 'aggregate_id COLLATE "C" >= $1 AND aggregate_id COLLATE "C" > $2'
     bounds += ' AND aggregate_id COLLATE "C" < $3' if upper else ""

@@ -1,4 +1,4 @@
--- Migration 23: aggregates listed by id prefix (ListAggregates, and the
+-- Migration 25: aggregates listed by id prefix (ListAggregates, and the
 -- forgetting of a tenant's aggregates by prefix: ForgetAggregates) walk
 -- this index from the prefix to its end (sql.list_aggregates). In the "C"
 -- collation (code point order, as SQLite and the memory store compare), so
