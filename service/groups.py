@@ -29,7 +29,10 @@ is one consumer's stream on this replica:
   consumer is read again there from its checkpoint: at-least-once, and the
   counts of acknowledged and skipped events count each event once. A segment given up
   in order (a consumer joined: ``_hand_over``; the session ends: ``close``)
-  is committed first, so only a crash loses the acks of its last round.
+  is committed first, with the events settled above its checkpoint (behind
+  an older unsettled one), which the store keeps for the next holder
+  (``_Segment.settled_ahead``, ``found_settled``): so only a crash loses
+  acks, those of its last round and those above the checkpoint.
 
 What a session holds of the log (the events it read ahead, and those it
 sent and has not settled) is counted with the server's subscriptions
@@ -95,7 +98,14 @@ from service.errors import (
 from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES, HeldEvents, size_of
 from service.processing.upcasting import EventReader
 from service.store.base import GroupStore, LogReader
-from service.store.grouping import ConsumerReport, GroupParkedEvent, GroupSpec, consumer_group, segment_lease
+from service.store.grouping import (
+    ConsumerReport,
+    GroupParkedEvent,
+    GroupSpec,
+    SettledEvent,
+    consumer_group,
+    segment_lease,
+)
 from service.store.leasing import Fencing, LeaseMember
 from service.store.records import LogFilter, RecordedEvent
 from service.store.reporting_leases import ReportingLeases
@@ -211,17 +221,46 @@ class _Segment:
     acked_passed: int = 0  # acks behind the checkpoint, not committed yet
     skipped_passed: int = 0  # skips behind the checkpoint, not committed yet
     parks: list[GroupParkedEvent] = field(default_factory=list)  # not committed yet
+    # Settled above the stored checkpoint by the segment's previous holder
+    # (kept by the store as it gave the segment up), not read again yet:
+    # the read finds them settled, and does not deliver them again.
+    settled_before: dict[str, SettledEvent] = field(default_factory=dict)
+    settles: int = 0  # events settled so far
+    kept_settles: int = 0  # ``settles`` when the store last kept what is settled above the checkpoint
 
     def checkpoint(self) -> int:
         for entry in self.outstanding.values():
             return entry.position - 1
         return self.read_to
 
+    def settled_ahead(self) -> list[SettledEvent]:
+        """What is settled above the checkpoint: what this session settled
+        behind an unsettled event, and what its previous holder had that it
+        has not read yet. Kept in the store when the segment is given up."""
+        settled = [
+            SettledEvent(event_id, entry.position, entry.outcome.value)
+            for event_id, entry in self.outstanding.items()
+            if entry.done
+        ]
+        return settled + list(self.settled_before.values())
+
+    def found_settled(self, event_id: str, position: int) -> bool:
+        """Read an event its previous holder settled: listed as settled
+        (the checkpoint passes it in its turn, counting it as it was
+        settled), not delivered again."""
+        settled = self.settled_before.pop(event_id, None)
+        if settled is None:
+            return False
+        self.outstanding[event_id] = _Entry(position)
+        self.settle(event_id, Outcome(settled.outcome))
+        return True
+
     def settle(self, event_id: str, outcome: Outcome) -> None:
         entry = self.outstanding.get(event_id)
         if entry is None:
             return
         entry.done, entry.outcome = True, outcome
+        self.settles += 1
         while self.outstanding:
             first_id, first = next(iter(self.outstanding.items()))
             if not first.done:
@@ -234,6 +273,16 @@ class _Segment:
 
     def dirty(self) -> bool:
         return self.checkpoint() != self.stored or bool(self.parks)
+
+    def to_give_up(self) -> bool:
+        """Anything to commit as the segment is given up: its checkpoint
+        moved, it parked events, or something is settled above the
+        checkpoint that the store does not keep yet."""
+        if self.dirty():
+            return True
+        if self.settles == self.kept_settles:
+            return False
+        return bool(self.settled_before) or any(entry.done for entry in self.outstanding.values())
 
 
 class Deliveries:
@@ -401,7 +450,7 @@ class ConsumerSession:
         # The last round: the acks the consumer sent before it left.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(max(self._poll, 1.0)):
-                await self._commit_round()
+                await self._commit_round(giving_up=True)
         self._held.end_tally(self._tally)
         await self.keeper.stop(leave=True)
 
@@ -827,11 +876,17 @@ class ConsumerSession:
                     raise group_not_found(self.spec.name)
                 self._adopt(state.spec)
                 for number in gained:
-                    fencing = self.keeper.fencing(self._lease_group, segment_lease(number))
-                    if fencing is None or number in self._segments:
+                    if self.keeper.fencing(self._lease_group, segment_lease(number)) is None:
                         continue
                     position = state.checkpoint(number).position
-                    self._segments[number] = _Segment(number, position, position, fencing)
+                    # What its previous holder settled above the checkpoint:
+                    # not delivered again (Segment.found_settled).
+                    settled = await self._groups.settled_ahead(self.spec.name, number)
+                    fencing = self.keeper.fencing(self._lease_group, segment_lease(number))
+                    if fencing is None or number in self._segments:
+                        continue  # given up meanwhile
+                    segment = self._segments[number] = _Segment(number, position, position, fencing)
+                    segment.settled_before = {s.event_id: s for s in settled if s.position > position}
                 if state.parked:
                     await self._find_replays()
                 self._changed.set()
@@ -868,10 +923,10 @@ class ConsumerSession:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.keeper.interval), self._committing:
                 for _ in range(3):  # acks that came during a commit: once more, a few times at most
-                    dirty = [s for n in numbers if (s := self._segments.get(n)) is not None and s.dirty()]
+                    dirty = [s for n in numbers if (s := self._segments.get(n)) is not None and s.to_give_up()]
                     if not dirty:
                         break
-                    await asyncio.gather(*(self._commit_segment(segment) for segment in dirty))
+                    await asyncio.gather(*(self._commit_segment(segment, giving_up=True) for segment in dirty))
         # No await since the last look: nothing acked in between is lost.
         for number in numbers:
             self._drop(number)
@@ -978,7 +1033,7 @@ class ConsumerSession:
             for segment in reading:
                 if self._segments.get(segment.number) is segment and page.scanned_to > segment.read_to:
                     segment.read_to = page.scanned_to
-                    if not segment.outstanding:
+                    if segment.dirty():  # nothing outstanding, or the previous holder's settled events passed
                         self._commit_wanted.set()
             self._changed.set()
             if not page.more:
@@ -1040,6 +1095,8 @@ class ConsumerSession:
                     if entry is None or not entry.unread:
                         continue
                     entry.unread = False
+                elif segment.found_settled(event.event_id, event.position):
+                    continue
                 else:
                     segment.outstanding[event.event_id] = _Entry(event.position)
                 queue = segment.queues.get(event.aggregate_id)
@@ -1065,6 +1122,8 @@ class ConsumerSession:
         delivered as stored: ``EventReader.records``.)"""
         if stored.event_id in segment.outstanding or stored.position <= segment.reread_to:
             return  # read again after a let-go: parked the first time
+        if segment.found_settled(stored.event_id, stored.position):
+            return  # parked by the segment's previous holder
         segment.outstanding[stored.event_id] = _Entry(stored.position)
         segment.parks.append(
             GroupParkedEvent(
@@ -1144,17 +1203,24 @@ class ConsumerSession:
         if not round_.cancelled():
             round_.exception()
 
-    async def _commit_round(self) -> None:
+    async def _commit_round(self, *, giving_up: bool = False) -> None:
         """Every segment whose checkpoint moved (or that parked events),
         concurrently; replays' settlements. One round at a time: a round
         cut short (cancelled) would leave its segments' stored checkpoints
         unknown, so rounds are only ever cancelled with the session, whose
         last round waits for any round in progress."""
         async with self._committing:
-            await self._commit_once()
+            await self._commit_once(giving_up)
 
-    async def _commit_once(self) -> None:
-        work = [self._commit_segment(s) for s in list(self._segments.values()) if s.dirty()]
+    async def _commit_once(self, giving_up: bool = False) -> None:
+        """``giving_up``: the session's last round, which also keeps in the
+        store what is settled above each checkpoint (``_commit_segment``)."""
+        segments = list(self._segments.values())
+        work = [
+            self._commit_segment(s, giving_up=giving_up)
+            for s in segments
+            if (s.to_give_up() if giving_up else s.dirty())
+        ]
         unparks: list[str] = []
         if self._unparks:
             unparks, self._unparks = self._unparks, []
@@ -1188,11 +1254,18 @@ class ConsumerSession:
         if gone and rest:
             await self._groups.dismiss_parked(self.spec.name, rest, skipped=True)
 
-    async def _commit_segment(self, segment: _Segment) -> None:
+    async def _commit_segment(self, segment: _Segment, *, giving_up: bool = False) -> None:
+        """Move the segment's checkpoint over what is settled. ``giving_up``
+        (the session hands the segment over, or ends): also keep in the
+        store the events settled above the checkpoint, behind an unsettled
+        one, so the next holder does not deliver them again (a crash loses
+        them: the next holder delivers them again, at least once)."""
         if self._rewound:
             return  # read from a log that went back: its positions are not the database's any more
         new_position = segment.checkpoint()
         acknowledged, skipped, parks = segment.acked_passed, segment.skipped_passed, list(segment.parks)
+        settles = segment.settles
+        settled_ahead = segment.settled_ahead() if giving_up else None
         try:
             await self._groups.commit_segment(
                 self.spec.name,
@@ -1203,6 +1276,7 @@ class ConsumerSession:
                 skipped=skipped,
                 parked=parks,
                 fencing=segment.fencing,
+                settled_ahead=settled_ahead,
             )
         except ConcurrencyConflict:
             # The lease moved on (or the group is gone): the segment is the
@@ -1216,6 +1290,8 @@ class ConsumerSession:
             self._commit_wanted.set()  # try again with the next round
             raise
         segment.stored = new_position
+        if giving_up:
+            segment.kept_settles = settles
         segment.acked_passed -= acknowledged
         segment.skipped_passed -= skipped
         del segment.parks[: len(parks)]

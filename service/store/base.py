@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Protocol, runtime_checkable
 
-from service.store.grouping import ConsumerReport, GroupParkedEvent, GroupSpec, GroupState
+from service.store.grouping import ConsumerReport, GroupParkedEvent, GroupSpec, GroupState, SettledEvent
 from service.store.leasing import Fencing, Lease, LeaseMember, LeaseView
 from service.store.records import (
     AggregateHead,
@@ -711,6 +711,7 @@ class GroupStore(Protocol):
         skipped: int = 0,
         parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
+        settled_ahead: Sequence[SettledEvent] | None = None,
     ) -> None:
         """In one transaction: park ``parked`` (as ``park`` does), move the
         segment's checkpoint from ``expected_position`` to ``new_position``
@@ -719,7 +720,17 @@ class GroupStore(Protocol):
         ``expected_position``, the group is gone, or ``fencing`` is given
         and its lease is no longer held by its member at its epoch, or
         ``new_position`` is past the log's end (a session that read a log
-        since gone back must not make its positions the group's)."""
+        since gone back must not make its positions the group's).
+        The segment's settled events kept above its checkpoint
+        (``settled_ahead``): those at or below ``new_position`` are
+        forgotten (the checkpoint passed them, its counts took them); when
+        ``settled_ahead`` is given (the holder gives the segment up), they
+        are all replaced by it."""
+
+    async def settled_ahead(self, name: str, segment: int) -> list[SettledEvent]:
+        """The settled events kept above the segment's checkpoint (its last
+        holder's, ``commit_segment``), by position: what its next holder
+        does not deliver again. Empty if the group is gone."""
 
     async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         """Keep ``events`` among the group's parked events (an event parked

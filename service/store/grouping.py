@@ -201,6 +201,21 @@ class GroupParkedEvent:
     replaying: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class SettledEvent:
+    """An event of a segment settled above the segment's checkpoint (an
+    older event of the segment still unsettled kept the checkpoint before
+    it), kept when its holder gives the segment up in order, so the next
+    holder does not deliver it again (``GroupStore.commit_segment``).
+    ``outcome``: ``acked``, ``skipped`` or ``parked`` (its parked row stands
+    for it), which says what the group counts it as once the checkpoint
+    passes it."""
+
+    event_id: str
+    position: int
+    outcome: str
+
+
 def consumers_of(
     members: tuple[str, ...], owners: dict[int, str], reports: dict[str, ConsumerReport] | None = None
 ) -> tuple[GroupConsumer, ...]:

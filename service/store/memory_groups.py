@@ -15,6 +15,7 @@ from service.store.grouping import (
     GroupSpec,
     GroupState,
     SegmentCheckpoint,
+    SettledEvent,
     consumer_group,
     consumers_of,
     owners_from_view,
@@ -34,6 +35,7 @@ class _Group:
     spec: GroupSpec
     checkpoints: list[SegmentCheckpoint]
     parked: dict[str, GroupParkedEvent] = field(default_factory=dict)
+    settled_ahead: dict[int, list[SettledEvent]] = field(default_factory=dict)  # by segment
 
 
 # A consumer's report is forgotten this long after it was written (its
@@ -145,6 +147,7 @@ class MemoryGroups:
         skipped: int = 0,
         parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
+        settled_ahead: Sequence[SettledEvent] | None = None,
     ) -> None:
         group = self._groups.get(name)
         current = group.checkpoints[segment] if group is not None and segment < len(group.checkpoints) else None
@@ -160,6 +163,14 @@ class MemoryGroups:
             acknowledged=current.acknowledged + acknowledged,
             skipped=current.skipped + skipped,
         )
+        kept = group.settled_ahead.get(segment, []) if settled_ahead is None else settled_ahead
+        group.settled_ahead[segment] = sorted(
+            (settled for settled in kept if settled.position > new_position), key=lambda settled: settled.position
+        )
+
+    async def settled_ahead(self, name: str, segment: int) -> list[SettledEvent]:
+        group = self._groups.get(name)
+        return [] if group is None else list(group.settled_ahead.get(segment, ()))
 
     async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         group = self._groups.get(name)

@@ -17,6 +17,7 @@ from service.store.grouping import (
     GroupConsumer,
     GroupParkedEvent,
     GroupSpec,
+    SettledEvent,
     consumer_group,
     segment_lease,
 )
@@ -209,6 +210,62 @@ async def test_a_segment_counts_the_skips_its_checkpoint_passes_apart_from_its_a
     ]
     assert (group.acknowledged, group.skipped, group.dismissed) == (6, 3, 0)
     assert [(g.acknowledged, g.skipped) for g in await store.list_groups()] == [(6, 3)]
+
+
+async def test_a_segment_given_up_keeps_its_events_settled_above_its_checkpoint_for_the_next_holder(
+    store: StoreAdapter, contents: ContentsOf
+) -> None:
+    # An unsettled event at 8 keeps segment 1's checkpoint at 7 while its
+    # holder acks 10 and 16, skips 12 and parks 14: given up, the segment
+    # keeps them, so its next holder does not deliver them again.
+    await store.create_group(SPEC)
+    ahead = [
+        SettledEvent("e-16", 16, "acked"),
+        SettledEvent("e-10", 10, "acked"),
+        SettledEvent("e-12", 12, "skipped"),
+        SettledEvent("e-14", 14, "parked"),
+    ]
+    await store.commit_segment(
+        "billing",
+        1,
+        expected_position=7,
+        new_position=7,
+        acknowledged=0,
+        parked=[parked("e-14", 14)],
+        settled_ahead=ahead,
+    )
+    assert await store.settled_ahead("billing", 1) == sorted(ahead, key=lambda s: s.position)
+    assert await store.settled_ahead("billing", 2) == []
+    # The next holder's commits forget those its checkpoint passes (their
+    # counts are in its own), and keep the others.
+    await store.commit_segment("billing", 1, expected_position=7, new_position=12, acknowledged=3, skipped=1)
+    assert await store.settled_ahead("billing", 1) == [SettledEvent("e-14", 14, "parked"), ahead[0]]
+    # A refused commit keeps nothing.
+    before = await contents()
+    with pytest.raises(ConcurrencyConflict):
+        await store.commit_segment(
+            "billing",
+            1,
+            expected_position=7,
+            new_position=7,
+            acknowledged=0,
+            settled_ahead=[SettledEvent("e-20", 20, "acked")],
+        )
+    assert (await contents()).changes_since(before) == {}
+    # Given up again: what it keeps replaces what was kept (none at or below the checkpoint).
+    replaced = [SettledEvent("e-11", 11, "acked"), SettledEvent("e-18", 18, "skipped")]
+    await store.commit_segment(
+        "billing", 1, expected_position=12, new_position=13, acknowledged=0, settled_ahead=replaced
+    )
+    assert await store.settled_ahead("billing", 1) == [replaced[1]]
+    await store.commit_segment("billing", 1, expected_position=13, new_position=30, acknowledged=1, skipped=1)
+    assert await store.settled_ahead("billing", 1) == []
+    # Gone with the group.
+    await store.commit_segment("billing", 2, expected_position=7, new_position=7, acknowledged=0, settled_ahead=ahead)
+    assert await store.delete_group("billing") is True
+    await store.create_group(SPEC)
+    assert await store.settled_ahead("billing", 2) == []
+    assert await store.settled_ahead("gone", 2) == []
 
 
 async def test_parked_events_commit_with_the_checkpoint(store: StoreAdapter) -> None:

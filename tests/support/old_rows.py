@@ -56,6 +56,8 @@ and the other does not can shift them):
        deadline; before: none)
     24 (SQLite 21) a lease member's version and schema version (before:
        none, read as "" and 0)
+    26 (SQLite 22) a group segment's events settled above its checkpoint,
+       kept when a segment is given up (before: none)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -88,6 +90,7 @@ from service.store.grouping import (
     GroupSpec,
     GroupState,
     SegmentCheckpoint,
+    SettledEvent,
     consumer_group,
 )
 from service.store.leasing import Lease, LeaseMember
@@ -163,6 +166,9 @@ SINCE["sqlite"]["document_due"] = 20
 # A lease member's Chronicle version and schema version: PostgreSQL's migration 24, SQLite's 21.
 SINCE["postgres"]["member_version"] = 24
 SINCE["sqlite"]["member_version"] = 21
+# A group segment's events settled above its checkpoint: PostgreSQL's migration 26, SQLite's 22.
+SINCE["postgres"]["settled_ahead"] = 26
+SINCE["sqlite"]["settled_ahead"] = 22
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -333,6 +339,8 @@ class OldRows:
     leases: list[Lease] = field(default_factory=list)  # of LEASE_GROUP, by name
     groups: list[GroupState] = field(default_factory=list)  # by name (consumers: none)
     group_parked: list[GroupParkedEvent] = field(default_factory=list)  # of GROUP_SPEC, by position
+    # Of GROUP_SPEC's segment 1 (its checkpoint at 2), by position.
+    settled_ahead: list[SettledEvent] = field(default_factory=list)
     # Of GROUP_SPEC, by member id (its consumer is no live member: joins when read back).
     consumer_reports: dict[str, ConsumerReport] = field(default_factory=dict)
 
@@ -674,6 +682,8 @@ def rows_at(dialect: str, version: int) -> OldRows:
                 event_id="p-2", position=3, segment=0, aggregate_id="acc-2", attempts=3, reason="bad", replaying=True
             ),
         ]
+    if rows.holds("settled_ahead"):
+        rows.settled_ahead += [SettledEvent("s-1", 4, "acked"), SettledEvent("s-2", 5, "skipped")]
     if rows.holds("consumer_reports"):
         connected = 60.0 if rows.holds("consumer_connected") else None
         rows.consumer_reports["worker-old#1"] = replace(GROUP_REPORT, connected_ago=connected)
@@ -750,6 +760,7 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
                     acknowledged=checkpoint.acknowledged,
                     skipped=checkpoint.skipped,
                     parked=[p for p in rows.group_parked if p.segment == checkpoint.segment],
+                    settled_ahead=rows.settled_ahead if checkpoint.segment == 1 and rows.settled_ahead else None,
                 )
             # A dismissed count is what dismissing parked events leaves.
             dismissed = [
@@ -1083,6 +1094,7 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
         (group,) = rows.groups
         name = group.spec.name
         same("parked events", await store.list_parked(name), rows.group_parked)
+        same("events settled above a checkpoint", await store.settled_ahead(name, 1), rows.settled_ahead)
         same(
             "parked events to replay",
             await store.parked_to_replay(name, list(range(group.spec.segments)), 10),

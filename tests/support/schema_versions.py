@@ -309,6 +309,12 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 " WHERE member_id = %s",
                 (report.connected_ago, member_id),
             )
+    for settled in rows.settled_ahead:
+        conn.execute(
+            "INSERT INTO chronicle.group_settled_ahead (group_name, segment, event_id, position, outcome)"
+            " VALUES (%s, 1, %s, %s, %s)",
+            (rows.groups[0].spec.name, settled.event_id, settled.position, settled.outcome),
+        )
     for entry in rows.group_parked:
         conn.execute(
             "INSERT INTO chronicle.group_parked (group_name, event_id, position, segment, aggregate_id, attempts,"
@@ -701,6 +707,11 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
                 "UPDATE group_consumer_reports SET connected_at_us = ? WHERE member_id = ?",
                 (now_us - round(report.connected_ago * 1_000_000), member_id),
             )
+    for settled in rows.settled_ahead:
+        conn.execute(
+            "INSERT INTO group_settled_ahead (group_name, segment, event_id, position, outcome) VALUES (?, 1, ?, ?, ?)",
+            (rows.groups[0].spec.name, settled.event_id, settled.position, settled.outcome),
+        )
     for entry in rows.group_parked:
         conn.execute(
             "INSERT INTO group_parked (group_name, event_id, position, segment, aggregate_id, attempts, reason,"

@@ -20,7 +20,7 @@ import pytest
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service import groups as groups_module
 from service.errors import ResourceNotFound
-from service.groups import ConsumerSession, SubscriptionGroups
+from service.groups import ConsumerSession, Delivery, SubscriptionGroups
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.store.base import Store
@@ -338,3 +338,52 @@ async def test_a_session_of_a_group_deleted_and_created_again_ends_group_not_fou
         assert ended.value.reason == "GROUP_NOT_FOUND"
     finally:
         await session.close()
+
+
+async def test_a_segment_handed_to_a_consumer_who_joined_takes_the_acks_above_its_checkpoint() -> None:
+    # docs/subscriptions.md, "What a move delivers again": the first event
+    # of each segment is held unacked (a slow handler), so the checkpoints
+    # stay before them while every later event is acked. Before the fix the
+    # segment given up to the consumer who joined went with its checkpoint
+    # alone, and that consumer got every acked event again.
+    store = MemoryStore()
+    await _accounts(store, 40)
+    spec = await created_group(store, GroupSpec(name="ledger", segments=2))
+    groups = SubscriptionGroups(store, store, READER, lease_seconds=30, poll_interval=0.05)
+    first = await groups.open(spec, consumer="first", max_in_flight=100)
+    second = None
+    try:
+        delivered: list[Delivery] = []
+        while len(delivered) < 40:
+            batch = await first.next_batch()
+            assert batch
+            delivered += batch
+        held: dict[int, Delivery] = {}
+        for delivery in sorted(delivered, key=lambda d: d.event.position):
+            assert delivery.segment is not None
+            held.setdefault(delivery.segment.number, delivery)
+        assert len(held) == 2
+        held_ids = {d.event.event_id for d in held.values()}
+        first.ack([d.event.event_id for d in delivered if d.event.event_id not in held_ids])
+        second = await groups.open(spec, consumer="second", max_in_flight=100)  # joins; nothing free yet
+        await first.keeper.beat()  # above its share now: gives a segment up
+        await second.keeper.beat()  # takes the segment given up
+        (moved,) = (int(name) for name in second.keeper.held("subscription-group:ledger"))
+        batch = await asyncio.wait_for(second.next_batch(), 5)
+        assert batch is not None
+        (again,) = batch  # only the held event comes again
+        assert again.event.event_id == held[moved].event.event_id
+        with pytest.raises(TimeoutError):  # nothing acknowledged comes again
+            async with asyncio.timeout(0.5):
+                await second.next_batch()
+        second.ack([again.event.event_id])
+        await first.close()
+        await second.close()
+        state = await store.load_group("ledger")
+        assert state is not None and state.checkpoint(moved).acknowledged == len(
+            [d for d in delivered if d.segment is not None and d.segment.number == moved]
+        )  # each of its events counted once
+    finally:
+        await first.close()
+        if second is not None:
+            await second.close()

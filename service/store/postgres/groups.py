@@ -18,6 +18,7 @@ from service.store.grouping import (
     GroupSpec,
     GroupState,
     SegmentCheckpoint,
+    SettledEvent,
     consumer_group,
     consumers_of,
     updatable_params,
@@ -182,6 +183,7 @@ class GroupsRole:
         skipped: int = 0,
         parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
+        settled_ahead: Sequence[SettledEvent] | None = None,
     ) -> None:
         statements = []
         if fencing is not None:
@@ -191,10 +193,28 @@ class GroupsRole:
         statements.append(Statement(sql.MOVE_SEGMENT.encode(), moved))
         if parked:
             statements.append(Statement(sql.PARK_GROUP_EVENTS.encode(), (name, _parked_json(parked))))
+        if settled_ahead is None:
+            statements.append(Statement(sql.FORGET_SETTLED_PASSED.encode(), (name, segment, new_position)))
+        else:
+            kept = [
+                {"event_id": s.event_id, "position": s.position, "outcome": s.outcome}
+                for s in settled_ahead
+                if s.position > new_position
+            ]
+            statements.append(Statement(sql.FORGET_SETTLED_AHEAD.encode(), (name, segment)))
+            statements.append(Statement(sql.KEEP_SETTLED_AHEAD.encode(), (name, segment, json.dumps(kept))))
         try:
             await self._db.run("commit_segment", statements)
         except Refused:  # the checkpoint moved, the group is gone, or the lease changed holder
             raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position) from None
+
+    async def settled_ahead(self, name: str, segment: int) -> list[SettledEvent]:
+        (result,) = await self._db.run(
+            "settled_ahead", [Statement(sql.SETTLED_AHEAD.encode(), (name, segment))], read_only=True
+        )
+        return [
+            SettledEvent(str(event_id), int(position), str(outcome)) for event_id, position, outcome in rows(result)
+        ]
 
     async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         if events:

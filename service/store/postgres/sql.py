@@ -1129,6 +1129,25 @@ MOVE_SEGMENT = (
     " AND $4::bigint <= (SELECT last_position FROM chronicle.log_head) RETURNING 1)"
     f" SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 0 ELSE chronicle.refuse('{VERSION_MOVED}', $1) END"
 )
+# A segment's settled events above its checkpoint (migration 24).
+FORGET_SETTLED_PASSED = (
+    "DELETE FROM chronicle.group_settled_ahead WHERE group_name = $1 AND segment = $2::integer"
+    " AND position <= $3::bigint"
+)
+FORGET_SETTLED_AHEAD = "DELETE FROM chronicle.group_settled_ahead WHERE group_name = $1 AND segment = $2::integer"
+KEEP_SETTLED_AHEAD = (
+    "INSERT INTO chronicle.group_settled_ahead (group_name, segment, event_id, position, outcome)"
+    " SELECT $1, $2::integer, s.event_id, s.position, s.outcome"
+    " FROM jsonb_to_recordset($3::jsonb) AS s(event_id text, position bigint, outcome text)"
+    " ON CONFLICT (group_name, segment, event_id) DO UPDATE SET position = excluded.position,"
+    " outcome = excluded.outcome"
+)
+SETTLED_AHEAD = (
+    "SELECT s.event_id, s.position, s.outcome FROM chronicle.group_settled_ahead AS s"
+    " JOIN chronicle.group_segments AS g ON g.group_name = s.group_name AND g.segment = s.segment"
+    " WHERE s.group_name = $1 AND s.segment = $2::integer AND s.position > g.position"
+    " ORDER BY s.position, s.event_id"
+)
 PARK_GROUP_EVENTS = (
     f"INSERT INTO chronicle.group_parked (group_name, {_PARKED_COLUMNS})"
     " SELECT $1, p.event_id, p.position, p.segment, p.aggregate_id, p.attempts, p.reason, false"

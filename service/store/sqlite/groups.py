@@ -17,6 +17,7 @@ from service.store.grouping import (
     GroupSpec,
     GroupState,
     SegmentCheckpoint,
+    SettledEvent,
     consumer_group,
     consumers_of,
     updatable_params,
@@ -75,12 +76,24 @@ class GroupsRole:
         skipped: int = 0,
         parked: Sequence[GroupParkedEvent] = (),
         fencing: Fencing | None = None,
+        settled_ahead: Sequence[SettledEvent] | None = None,
     ) -> None:
         moved = await self._writer.run(
-            _commit, name, segment, expected_position, new_position, (acknowledged, skipped), parked, fencing
+            _commit,
+            name,
+            segment,
+            (expected_position, new_position),
+            (acknowledged, skipped),
+            parked,
+            fencing,
+            settled_ahead,
         )
         if not moved:
             raise ConcurrencyConflict(f"group:{name}/{segment}", expected_position)
+
+    async def settled_ahead(self, name: str, segment: int) -> list[SettledEvent]:
+        rows = await self._writer.run(lambda db: db.execute(sql.SETTLED_AHEAD, (name, segment)).fetchall())
+        return [SettledEvent(str(event_id), int(position), str(outcome)) for event_id, position, outcome in rows]
 
     async def park(self, name: str, events: Sequence[GroupParkedEvent]) -> None:
         await self._writer.run(_park_alone, name, events)
@@ -130,6 +143,7 @@ def _delete(db: sqlite3.Connection, name: str) -> bool:
         db.execute(sql.DELETE_GROUP_LEASES, (consumer_group(name),))
         db.execute(sql.DELETE_GROUP_SEGMENTS, (name,))
         db.execute(sql.DELETE_GROUP_PARKED, (name,))
+        db.execute(sql.DELETE_GROUP_SETTLED, (name,))
         db.execute(sql.DELETE_GROUP_REPORTS, (name,))
         return bool(db.execute(sql.DELETE_GROUP, (name,)).rowcount)
 
@@ -230,19 +244,29 @@ def _commit(
     db: sqlite3.Connection,
     name: str,
     segment: int,
-    expected: int,
-    new: int,
+    move: tuple[int, int],
     counts: tuple[int, int],
     parked: Sequence[GroupParkedEvent],
     fencing: Fencing | None,
+    settled_ahead: Sequence[SettledEvent] | None,
 ) -> bool:
-    """``counts``: the acknowledged and skipped events the move passes."""
+    """``move``: the expected and the new checkpoint; ``counts``: the
+    acknowledged and skipped events the move passes."""
+    expected, new = move
     with writing(db):
         if fencing is not None and not still_held(db, fencing):
             return False  # another consumer holds the segment now
         if db.execute(sql.MOVE_SEGMENT, (new, *counts, name, segment, expected, new)).rowcount != 1:
             return False
         _park(db, name, parked)
+        if settled_ahead is None:
+            db.execute(sql.FORGET_SETTLED_PASSED, (name, segment, new))
+        else:
+            db.execute(sql.FORGET_SETTLED_AHEAD, (name, segment))
+            db.executemany(
+                sql.KEEP_SETTLED_AHEAD,
+                [(name, segment, s.event_id, s.position, s.outcome) for s in settled_ahead if s.position > new],
+            )
         return True
 
 

@@ -536,6 +536,20 @@ MOVE_SEGMENT = (
     # Never past the log's end (see the PostgreSQL statement).
     " AND ? <= (SELECT COALESCE(MAX(position), 0) FROM events)"
 )
+# A segment's settled events above its checkpoint (migration 21).
+FORGET_SETTLED_PASSED = "DELETE FROM group_settled_ahead WHERE group_name = ? AND segment = ? AND position <= ?"
+FORGET_SETTLED_AHEAD = "DELETE FROM group_settled_ahead WHERE group_name = ? AND segment = ?"
+KEEP_SETTLED_AHEAD = (
+    "INSERT INTO group_settled_ahead (group_name, segment, event_id, position, outcome) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (group_name, segment, event_id) DO UPDATE SET position = excluded.position,"
+    " outcome = excluded.outcome"
+)
+SETTLED_AHEAD = (
+    "SELECT s.event_id, s.position, s.outcome FROM group_settled_ahead AS s"
+    " JOIN group_segments AS g ON g.group_name = s.group_name AND g.segment = s.segment"
+    " WHERE s.group_name = ? AND s.segment = ? AND s.position > g.position ORDER BY s.position, s.event_id"
+)
+DELETE_GROUP_SETTLED = "DELETE FROM group_settled_ahead WHERE group_name = ?"
 PARK_GROUP_EVENT = (
     f"INSERT INTO group_parked (group_name, {_PARKED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
     " ON CONFLICT (group_name, event_id) DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason,"
