@@ -32,7 +32,9 @@ is one consumer's stream on this replica:
   is committed first, with the events settled above its checkpoint (behind
   an older unsettled one), which the store keeps for the next holder
   (``_Segment.settled_ahead``, ``found_settled``): so only a crash loses
-  acks, those of its last round and those above the checkpoint.
+  acks, those of its last round and those above the checkpoint. An ack
+  that comes after its segment moved on counts for nothing (the next
+  holder delivers the event again) and is logged at WARNING (``ack``).
 
 What a session holds of the log (the events it read ahead, and those it
 sent and has not settled) is counted with the server's subscriptions
@@ -382,6 +384,9 @@ class ConsumerSession:
         self._queued = 0
         self._queued_bytes = 0
         self._settled_ids: OrderedDict[str, None] = OrderedDict()
+        # Ids of events sent and unsettled when their segment moved on: an
+        # ack of one comes too late to count (``ack`` logs it).
+        self._moved_ids: OrderedDict[str, None] = OrderedDict()
         self._unparks: list[str] = []
         self._unparking: set[str] = set()  # acked replays whose removal is being written
         self._replay_parks: list[GroupParkedEvent] = []
@@ -605,7 +610,7 @@ class ConsumerSession:
 
     def _delivery(self, event_id: str) -> Delivery | None:
         delivery = self._pending.get(event_id)
-        if delivery is None and event_id not in self._settled_ids:
+        if delivery is None and event_id not in self._settled_ids and event_id not in self._moved_ids:
             raise InvalidInput(
                 f"event {quoted(event_id)} was not delivered on this stream",
                 reason="UNKNOWN_EVENT_ID",
@@ -617,15 +622,31 @@ class ConsumerSession:
         if self._cut:
             return  # too late: its events are the other consumers' now, counted as timed out
         self._answered()
+        late: list[str] = []
         for event_id in event_ids:
             delivery = self._delivery(event_id)
             if delivery is None:
-                continue  # acked before, or its segment moved on
+                if event_id in self._moved_ids:  # its segment moved on before the ack came
+                    del self._moved_ids[event_id]
+                    self._settled_ids[event_id] = None  # said once: a second ack of it is a retry
+                    if len(self._settled_ids) > _REMEMBERED_IDS:
+                        self._settled_ids.popitem(last=False)
+                    late.append(event_id)
+                continue  # else acked before (a consumer that retries): the first ack stands
             self._settle(delivery)
             if delivery.segment is None:
                 self._unparks.append(event_id)
             else:
                 delivery.segment.settle(event_id, Outcome.ACKED)
+        if late:
+            log.warning(
+                "subscription group %s: consumer %s acked %d event(s) (%s) after their segment moved to another"
+                " consumer (LATE_ACK): the ack counts for nothing, the segment's next holder delivers them again",
+                quoted(self.spec.name),
+                quoted(self.member_id),
+                len(late),
+                ", ".join(late[:3]) + (", ..." if len(late) > 3 else ""),
+            )
         self._commit_wanted.set()
         self._changed.set()
         if not self._read_ahead_full:
@@ -944,7 +965,10 @@ class ConsumerSession:
                     self._landed(delivery)
                 delivery.settled = True
                 self._tally.add(-delivery.event.stored_size())
-                self._settled_ids[event_id] = None  # a late ack is no error
+                # A late ack is no error, but it counts for nothing: ``ack`` says so.
+                self._moved_ids[event_id] = None
+                if len(self._moved_ids) > _REMEMBERED_IDS:
+                    self._moved_ids.popitem(last=False)
         for queue in segment.queues.values():
             self._unqueue(queue)
         self._changed.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -340,7 +341,9 @@ async def test_a_session_of_a_group_deleted_and_created_again_ends_group_not_fou
         await session.close()
 
 
-async def test_a_segment_handed_to_a_consumer_who_joined_takes_the_acks_above_its_checkpoint() -> None:
+async def test_a_segment_handed_to_a_consumer_who_joined_takes_the_acks_above_its_checkpoint_and_a_late_ack_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # docs/subscriptions.md, "What a move delivers again": the first event
     # of each segment is held unacked (a slow handler), so the checkpoints
     # stay before them while every later event is acked. Before the fix the
@@ -376,6 +379,11 @@ async def test_a_segment_handed_to_a_consumer_who_joined_takes_the_acks_above_it
         with pytest.raises(TimeoutError):  # nothing acknowledged comes again
             async with asyncio.timeout(0.5):
                 await second.next_batch()
+        with caplog.at_level(logging.WARNING, logger="service.groups"):
+            first.ack([held[moved].event.event_id])  # too late: its segment moved on
+            first.ack([held[moved].event.event_id])  # a retry of it: said once
+        (late,) = [r.getMessage() for r in caplog.records if "LATE_ACK" in r.getMessage()]
+        assert held[moved].event.event_id in late
         second.ack([again.event.event_id])
         await first.close()
         await second.close()
