@@ -1,7 +1,7 @@
 """A consumer that leaves in order hands the events it settled above a
 segment's checkpoint over with the segment (docs/subscriptions.md, "What a
 move delivers again"), over a real socket with the Python client, on each
-store a server runs on. The log's shape is a walkthrough's: an aggregate's
+store a server runs on (memory, SQLite, PostgreSQL). The log's shape is a walkthrough's: an aggregate's
 second event, queued behind its first's ack, is still unsent when the
 consumer leaves, so the segment's checkpoint stays before it while the
 consumer acks the later events of other aggregates in that segment. Before
@@ -19,7 +19,9 @@ import pytest
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.client import ChronicleClient, Command, Delivery
+from service.store.base import StoreAdapter
 from service.store.memory import MemoryStore
+from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
 from tests.support.grpc_client import running_server
 from tests.support.waiting import eventually
@@ -28,11 +30,15 @@ OTHERS = 30  # aggregates after the held one, all in the group's one segment
 TAKEN = 20  # deliveries the first consumer acks before it leaves
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def client(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ChronicleClient]:
-    store: MemoryStore | SqliteStore = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "groups.db")
-    )
+    store: StoreAdapter
+    if request.param == "memory":
+        store = MemoryStore()
+    elif request.param == "sqlite":
+        store = SqliteStore(tmp_path / "groups.db")
+    else:
+        store = PostgresStore(request.getfixturevalue("postgres_url"), pool_size=4)
     app: Application
     async with (
         running_server(store, anonymous_admin=True, poll_seconds=0.2, lease_seconds=1.5) as (app, _),
