@@ -1129,7 +1129,7 @@ MOVE_SEGMENT = (
     " AND $4::bigint <= (SELECT last_position FROM chronicle.log_head) RETURNING 1)"
     f" SELECT CASE WHEN EXISTS (SELECT 1 FROM moved) THEN 0 ELSE chronicle.refuse('{VERSION_MOVED}', $1) END"
 )
-# A segment's settled events above its checkpoint (migration 24).
+# A segment's settled events above its checkpoint (migration 26).
 FORGET_SETTLED_PASSED = (
     "DELETE FROM chronicle.group_settled_ahead WHERE group_name = $1 AND segment = $2::integer"
     " AND position <= $3::bigint"
