@@ -1143,7 +1143,7 @@ def _as_dict(message: object) -> dict[str, object]:
 
 
 # A tail's stream is reopened after the codes the client SDK's subscribe
-# reopens after (its ``retry.RETRYABLE``; RESOURCE_EXHAUSTED only with a
+# reopens after (its ``errors.RETRYABLE``; RESOURCE_EXHAUSTED only with a
 # RetryInfo: a server at its --max-subscriptions, not gRPC's own "message too
 # large"), for as long as the tail runs, as the SDK's subscribe is: waiting
 # TAIL_INITIAL_BACKOFF, doubled per failure in a row up to TAIL_MAX_BACKOFF

@@ -40,6 +40,10 @@ from service.client.commands import Command
 from service.client.errors import (
     Aborted,
     AlreadyExists,
+    Cancelled,
+    ClientClosed,
+    ClientUsageError,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -52,6 +56,10 @@ from service.client.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
+    Unknown,
+    WrongEventLoop,
+    retryable,
 )
 from service.client.groups import Delivery, GroupConsumer, GroupInfo, GroupParkedEvent, Groups
 from service.client.projections import Document, ParkedEvent, Projections, ProjectionStatus
@@ -65,9 +73,13 @@ __all__ = [
     "Aborted",
     "AggregateState",
     "AlreadyExists",
+    "Cancelled",
     "CheckpointStore",
     "ChronicleClient",
+    "ClientClosed",
+    "ClientUsageError",
     "Command",
+    "DataLoss",
     "DeadlineExceeded",
     "Delivery",
     "Document",
@@ -103,4 +115,8 @@ __all__ = [
     "Subscription",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "WrongEventLoop",
+    "retryable",
 ]

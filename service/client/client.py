@@ -25,12 +25,14 @@ from chronicle.v1 import (
     subscription_group_service_pb2_grpc,
 )
 from service.client.admin import Admin
+from service.client.call_deadline import CallDeadline
 from service.client.call_metadata import CallMetadata, TokenSource
 from service.client.channels import DEFAULT_KEEPALIVE, DEFAULT_KEEPALIVE_TIMEOUT, keepalive_options, open_channel
 from service.client.checkpoints import CheckpointStore
 from service.client.commands import Command, new_command_id
 from service.client.errors import RemoteError, remote_error
 from service.client.groups import GroupConsumer, Groups
+from service.client.loop_binding import LoopBoundChannel
 from service.client.projections import Projections
 from service.client.reactions import Reactions
 from service.client.read_routing import failover_stub
@@ -65,7 +67,8 @@ class ChronicleClient:
     server's code, reason and metadata.
 
     ``attempt_timeout`` bounds each attempt, in seconds (bound a whole call,
-    retries included, more tightly with ``asyncio.timeout``);
+    retries included, with its ``timeout=``: its ``DeadlineExceeded``
+    carries the command ids, which ``asyncio.timeout``'s error does not);
     ``call_metadata`` is sent with every call (an ``authorization`` header,
     say; a ``CallMetadata`` asks for its token at each call).
 
@@ -91,9 +94,14 @@ class ChronicleClient:
         owns_channel: bool = False,
         routes: Routes | None = None,
     ) -> None:
-        self._channel = channel
+        # Bound to the event loop of its first call (service.client.loop_binding).
+        self._channel = (
+            channel
+            if isinstance(channel, LoopBoundChannel)
+            else LoopBoundChannel("the server", channel=channel, owns=owns_channel)
+        )
         self.routes = routes
-        self._commands = command_service_pb2_grpc.CommandServiceStub(channel)
+        self._commands = command_service_pb2_grpc.CommandServiceStub(self._channel)
         self._events = self._reads(event_service_pb2_grpc.EventServiceStub)
         self._groups = self._reads(subscription_group_service_pb2_grpc.SubscriptionGroupServiceStub)
         self._reactions = self._reads(reaction_service_pb2_grpc.ReactionServiceStub)
@@ -102,7 +110,6 @@ class ChronicleClient:
         self._retry = retry
         self._attempt_timeout = attempt_timeout
         self._call_metadata = CallMetadata.of(call_metadata)
-        self._owns_channel = owns_channel
         # Whether the server has ReadAggregatePages (None: not asked yet).
         self._paged_reads: bool | None = None
         # Whether command streams go over SubmitStreamPages (until a server
@@ -178,12 +185,17 @@ class ChronicleClient:
         keepalive_options(keepalive, keepalive_timeout)  # a bad value fails here, not at the first call
 
         def open_member_channel(target: str) -> grpc.aio.Channel:
-            return open_channel(
+            # Opened at its first call, in the loop making it: a client made
+            # at import binds to the loop that first uses it.
+            return LoopBoundChannel(
                 target,
-                credentials,
-                keepalive=keepalive,
-                keepalive_timeout=keepalive_timeout,
-                reconnect_backoff=retry.max_backoff,
+                open_channel=lambda: open_channel(
+                    target,
+                    credentials,
+                    keepalive=keepalive,
+                    keepalive_timeout=keepalive_timeout,
+                    reconnect_backoff=retry.max_backoff,
+                ),
             )
 
         channel = open_member_channel(address)
@@ -209,10 +221,12 @@ class ChronicleClient:
         )
 
     async def close(self) -> None:
+        """Close the client's channels (one it was given only with
+        ``owns_channel``), from the event loop it is bound to; a call after
+        this raises ``ClientClosed``. Closing twice is harmless."""
         if self.routes is not None:
             await self.routes.close()
-        if self._owns_channel:
-            await self._channel.close()
+        await self._channel.close()
 
     async def __aenter__(self) -> ChronicleClient:
         if self.routes is not None:
@@ -235,6 +249,7 @@ class ChronicleClient:
         correlation_id: str = "",
         causation_id: str = "",
         dry_run: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 (its error carries the command id: call_deadline)
     ) -> Submitted:
         """Run the command ``message`` on ``aggregate_id``; return what it did.
 
@@ -247,7 +262,13 @@ class ChronicleClient:
         is raised as it would be. Raises a ``RemoteError`` when the command
         is refused or the retries are spent (by default, once an error worth
         retrying has kept failing it for 30 seconds: ``RetryPolicy.retry_for``).
+
+        ``timeout``: seconds for the whole call, retries included; past it,
+        ``DeadlineExceeded`` carrying the ``command_id`` (the command may
+        have run: send it again with that id, and it runs at most once).
+        Prefer it to ``asyncio.timeout``, whose ``TimeoutError`` carries no id.
         """
+        deadline = CallDeadline(timeout, self._attempt_timeout)
         command = Command(
             aggregate_id,
             message,
@@ -262,18 +283,25 @@ class ChronicleClient:
         async def attempt() -> command_service_pb2.SubmitResponse:
             response: command_service_pb2.SubmitResponse = await self._routed(
                 aggregate_id,
-                lambda stub: stub.Submit(request, timeout=self._attempt_timeout, metadata=self._call_metadata()),
+                lambda stub: stub.Submit(request, timeout=deadline.attempt_timeout(), metadata=self._call_metadata()),
             )
             return response
 
+        what = f"submit {command.describe()}"
         try:
-            response = await call_with_retries(self._retry, f"submit {command.describe()}", attempt)
+            response = await deadline.run(what, call_with_retries(self._retry, what, attempt))
         except RemoteError as error:
             error.command_ids = (command.command_id,)
             raise
         return Submitted.of(command.command_id, response, dry_run=dry_run)
 
-    async def submit_batch(self, commands: Sequence[Command], *, dry_run: bool = False) -> SubmittedBatch:
+    async def submit_batch(
+        self,
+        commands: Sequence[Command],
+        *,
+        dry_run: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109 (as submit's)
+    ) -> SubmittedBatch:
         """Run ``commands`` (1 to 100, all for one aggregate) as one unit:
         each sees the state the ones before it left, and all their events
         are appended in one transaction, or none is.
@@ -283,8 +311,10 @@ class ChronicleClient:
         ``InvalidArgument`` (EMPTY_BATCH, BATCH_TOO_LARGE, MIXED_AGGREGATES,
         MIXED_AGGREGATE_TYPES, DUPLICATE_COMMAND_ID). Retried like
         ``submit``, with the same command ids: a batch that ran comes back
-        whole (``replayed``). ``dry_run`` as for ``submit``.
+        whole (``replayed``). ``dry_run`` and ``timeout`` as for ``submit``
+        (the ``DeadlineExceeded`` carries every command's id).
         """
+        deadline = CallDeadline(timeout, self._attempt_timeout)
         request = command_service_pb2.SubmitBatchRequest(
             commands=[self._encode(command) for command in commands], dry_run=dry_run
         )
@@ -292,13 +322,16 @@ class ChronicleClient:
         async def attempt() -> command_service_pb2.SubmitBatchResponse:
             response: command_service_pb2.SubmitBatchResponse = await self._routed(
                 commands[0].aggregate_id if commands else "",
-                lambda stub: stub.SubmitBatch(request, timeout=self._attempt_timeout, metadata=self._call_metadata()),
+                lambda stub: stub.SubmitBatch(
+                    request, timeout=deadline.attempt_timeout(), metadata=self._call_metadata()
+                ),
             )
             return response
 
         where = repr(commands[0].aggregate_id) if commands else "nothing"
+        what = f"submit a batch of {len(commands)} to {where}"
         try:
-            response = await call_with_retries(self._retry, f"submit a batch of {len(commands)} to {where}", attempt)
+            response = await deadline.run(what, call_with_retries(self._retry, what, attempt))
         except RemoteError as error:
             error.command_ids = tuple(command.command_id for command in commands)
             raise
@@ -581,6 +614,7 @@ class ChronicleClient:
         at_version: int | None = None,
         at_time: datetime | None = None,
         min_position: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, like submit's)
     ) -> AggregateState[M]:
         """The aggregate's state as a ``state_type`` message: now, or right
         after version ``at_version``, or as it was at ``at_time`` (a
@@ -592,8 +626,10 @@ class ChronicleClient:
         ``current_version``) if it has not reached ``at_version``,
         ``InvalidArgument`` (INVALID_VERSION) for an ``at_version`` of 0,
         TypeError if its state is another message type. ``min_position``:
-        read your writes, as for ``read``.
+        read your writes, as for ``read``. ``timeout``: seconds for the whole
+        call, retries included (then ``DeadlineExceeded``).
         """
+        deadline = CallDeadline(timeout, self._attempt_timeout)
         if at_version is not None and at_time is not None:
             raise ValueError("give at_version or at_time, not both")
         request = event_service_pb2.GetAggregateRequest(aggregate_id=aggregate_id, min_position=min_position)
@@ -606,11 +642,12 @@ class ChronicleClient:
 
         async def attempt() -> event_service_pb2.GetAggregateResponse:
             response: event_service_pb2.GetAggregateResponse = await self._events.GetAggregate(
-                request, timeout=self._attempt_timeout, metadata=self._call_metadata()
+                request, timeout=deadline.attempt_timeout(), metadata=self._call_metadata()
             )
             return response
 
-        response = await call_with_retries(self._retry, f"get {aggregate_id!r}", attempt)
+        what = f"get {aggregate_id!r}"
+        response = await deadline.run(what, call_with_retries(self._retry, what, attempt))
         return AggregateState(
             aggregate_id=response.aggregate_id,
             aggregate_type=response.aggregate_type,

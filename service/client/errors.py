@@ -21,7 +21,14 @@ ChronicleError`` catches them too::
         ├── DeadlineExceeded        no answer in time (retried)
         ├── Unauthenticated
         ├── PermissionDenied
-        └── Internal                a handler failed; nothing was written
+        ├── Internal                a handler failed; nothing was written
+        ├── Cancelled               the server cancelled the call (it stopped; retried)
+        ├── Unknown                 an error without a status (a server or proxy fault)
+        ├── Unimplemented           the server has no such method (an older server)
+        └── DataLoss                the store lost or corrupted data
+    └── ClientUsageError        the client was used where it cannot work (no call was sent)
+        ├── WrongEventLoop          from another event loop than the one it is bound to (WRONG_EVENT_LOOP)
+        └── ClientClosed            after ``close()`` (CLIENT_CLOSED)
 """
 
 from __future__ import annotations
@@ -62,6 +69,12 @@ class RemoteError(ChronicleError):
         # once the retries are spent), the same ids sent again run at most
         # once and answer what was done.
         self.command_ids: tuple[str, ...] = ()
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same call may succeed when made again (with the
+        same command ids): see :func:`retryable`."""
+        return retryable(self)
 
     @property
     def command_id(self) -> str | None:
@@ -133,6 +146,66 @@ class Internal(RemoteError):
     pass
 
 
+class Cancelled(RemoteError):
+    """CANCELLED from the server (one that stops cancels the calls it had
+    not started); a caller's own cancellation is ``asyncio.CancelledError``."""
+
+
+class Unknown(RemoteError):
+    pass
+
+
+class Unimplemented(RemoteError):
+    pass
+
+
+class DataLoss(RemoteError):
+    pass
+
+
+# Codes after which the same call may succeed: conflicts, a full queue, a
+# server or store that is away, and a lost answer. CANCELLED here is never
+# the caller's own doing (grpc.aio raises asyncio.CancelledError for that):
+# a server that stops cancels the calls it received but had not started.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+def retryable(error: RemoteError) -> bool:
+    """Whether the same call may succeed when made again after ``error``
+    (stale credentials aside): a code of ``RETRYABLE``, and
+    ``RESOURCE_EXHAUSTED`` only with the server's ``RetryInfo`` (a full
+    server, say TOO_MANY_SUBSCRIPTIONS; not gRPC's own "message too large").
+    A command sent again must keep its command id (``error.command_ids``)."""
+    if error.code not in RETRYABLE:
+        return False
+    return error.code != grpc.StatusCode.RESOURCE_EXHAUSTED or error.retry_delay is not None
+
+
+class ClientUsageError(ChronicleError):
+    """The client was used where it cannot work; nothing was sent."""
+
+
+class WrongEventLoop(ClientUsageError):
+    """A call from outside any event loop, or from another loop than the
+    one the client's first call bound it to (reason WRONG_EVENT_LOOP)."""
+
+    default_reason = "WRONG_EVENT_LOOP"
+
+
+class ClientClosed(ClientUsageError):
+    """A call after ``close()`` (reason CLIENT_CLOSED)."""
+
+    default_reason = "CLIENT_CLOSED"
+
+
 # What grpc.aio reports for a stream call when Core refused one of the
 # client's writes because the call had already ended: the server's status
 # came in as the client wrote, and grpc.aio replaces it with this one
@@ -163,6 +236,10 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[RemoteError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.CANCELLED: Cancelled,
+    grpc.StatusCode.UNKNOWN: Unknown,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+    grpc.StatusCode.DATA_LOSS: DataLoss,
 }
 
 

@@ -31,10 +31,10 @@ from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
-from service.client.errors import RemoteError, remote_error, status_lost
+from service.client.errors import RemoteError, remote_error, retryable, status_lost
 from service.client.handshake import HandshakeWatch
 from service.client.results import Event
-from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, log_retry, retryable
+from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, log_retry
 from service.client.unary import UnaryCalls
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class GroupConsumer:
     ABORTED, CONSUMER_STALLED among them, logged as a warning: the server
     cut this consumer for taking no deliveries in and answering nothing
     for the group's ack timeout, a handler holding the loop up;
-    DEADLINE_EXCEEDED: ``retry.retryable``), or whose status
+    DEADLINE_EXCEEDED: ``errors.retryable``), or whose status
     grpc.aio lost (``errors.status_lost``), is opened again, without a
     bound: after ``reconnect_delay`` seconds, doubled for each stream in a
     row that broke before it joined, up to ``retry.max_backoff`` (2 s by
@@ -297,7 +297,7 @@ class GroupConsumer:
                 if refused is not None:
                     raise refused from failed
                 # Opened again after what a subscription is reopened after
-                # (``retry.retryable``): a server stopping (UNAVAILABLE), a
+                # (``errors.retryable``): a server stopping (UNAVAILABLE), a
                 # call that reached a server as it stopped, which gRPC
                 # cancels before the server's code runs (CANCELLED; the
                 # consumer's own cancellation is asyncio's CancelledError),

@@ -31,25 +31,12 @@ from typing import Any, TypeVar
 
 import grpc
 
-from service.client.errors import RemoteError, remote_error
+from service.client.errors import RemoteError, remote_error, retryable
 from service.client.handshake import HandshakeWatch, tls_refusal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Codes after which the same call may succeed: conflicts, a full queue, a
-# server or store that is away, and a lost answer. CANCELLED here is never
-# the caller's own doing (grpc.aio raises asyncio.CancelledError for that):
-# a server that stops cancels the calls it received but had not started.
-RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
 # UNAUTHENTICATED reasons a fresh credential can cure: a token that expired
 # (a stream the server ended at its exp, too), or one signed with a key the
 # server rotated out. Retried only with ``refresh_credentials``.
@@ -143,16 +130,6 @@ class RetryPolicy:
         if elapsed is not None and self.retry_for is not None and elapsed + wait > self.retry_for:
             return None
         return wait
-
-
-def retryable(error: RemoteError) -> bool:
-    """Whether the same call may succeed when made again after ``error``
-    (stale credentials aside): a code of ``RETRYABLE``, and
-    ``RESOURCE_EXHAUSTED`` only with the server's ``RetryInfo`` (a full
-    server, say TOO_MANY_SUBSCRIPTIONS; not gRPC's own "message too large")."""
-    if error.code not in RETRYABLE:
-        return False
-    return error.code != grpc.StatusCode.RESOURCE_EXHAUSTED or error.retry_delay is not None
 
 
 DEFAULT_RETRY = RetryPolicy()

@@ -21,8 +21,8 @@ from domain_plugins import bank_account
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.cli import main as cli
+from service.client import retryable
 from service.client.errors import remote_error
-from service.client.retry import retryable
 from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
 from service.plugins.registry import Registry

@@ -5,6 +5,8 @@ from it."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 import pytest
 from google.protobuf import duration_pb2
@@ -17,6 +19,8 @@ from service.api.status import rich_status
 from service.client import (
     Aborted,
     AlreadyExists,
+    Cancelled,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -29,6 +33,9 @@ from service.client import (
     RetryPolicy,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
+    Unknown,
+    retryable,
 )
 from service.client.errors import command_error, remote_error
 
@@ -100,7 +107,7 @@ def test_details_of_other_kinds_are_ignored() -> None:
 def test_an_error_without_details_is_typed_by_its_code() -> None:
     bare = grpc.aio.AioRpcError(grpc.StatusCode.DATA_LOSS, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone")
     refused = remote_error(bare)
-    assert type(refused) is RemoteError
+    assert type(refused) is DataLoss
     assert (refused.reason, refused.message, refused.metadata) == ("DATA_LOSS", "gone", {})
     assert str(refused) == "DATA_LOSS: gone"  # the code once, not "DATA_LOSS DATA_LOSS"
 
@@ -133,8 +140,10 @@ TYPED = [
     (grpc.StatusCode.UNAUTHENTICATED, Unauthenticated),
     (grpc.StatusCode.PERMISSION_DENIED, PermissionDenied),
     (grpc.StatusCode.INTERNAL, Internal),
-    (grpc.StatusCode.DATA_LOSS, RemoteError),
-    (grpc.StatusCode.UNKNOWN, RemoteError),
+    (grpc.StatusCode.CANCELLED, Cancelled),
+    (grpc.StatusCode.UNKNOWN, Unknown),
+    (grpc.StatusCode.UNIMPLEMENTED, Unimplemented),
+    (grpc.StatusCode.DATA_LOSS, DataLoss),
 ]
 
 
@@ -142,7 +151,8 @@ TYPED = [
 def test_each_code_decodes_to_its_class_and_is_a_chronicle_error(code: grpc.StatusCode, typed: type) -> None:
     refused = remote_error(received(code, "x", info("R")))
     assert type(refused) is typed
-    assert isinstance(refused, errors.ChronicleError)
+    assert isinstance(refused, RemoteError) and isinstance(refused, errors.ChronicleError)
+    assert command_error(command_service_pb2.CommandError(code=code.value[0])).__class__ is typed
 
 
 def test_a_refused_command_of_a_stream_decodes_like_a_status() -> None:
@@ -201,6 +211,33 @@ def test_refusals_are_not_retried(code: grpc.StatusCode) -> None:
 def test_the_servers_retry_delay_is_a_minimum() -> None:
     delay = POLICY.delay(1, failure(grpc.StatusCode.ABORTED, retry_delay=5.0))
     assert delay == 5.0
+
+
+@pytest.mark.parametrize(
+    ("code", "retry_delay", "expected"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, None, True),
+        (grpc.StatusCode.CANCELLED, None, True),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, None, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, None, False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 0.2, True),
+        (grpc.StatusCode.FAILED_PRECONDITION, None, False),
+        (grpc.StatusCode.UNIMPLEMENTED, None, False),
+    ],
+)
+def test_whether_an_error_is_worth_retrying_is_public(
+    code: grpc.StatusCode, retry_delay: float | None, expected: bool
+) -> None:
+    error = remote_error(received(code, "x", *([] if retry_delay is None else [retry_info(retry_delay)])))
+    assert retryable(error) is expected
+    assert error.retryable is expected
+    assert (POLICY.delay(1, error) is not None) is expected  # what the client itself retries
+
+
+def retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromTimedelta(timedelta(seconds=seconds))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
 
 
 def test_resource_exhausted_is_retried_only_when_the_server_says_when() -> None:

@@ -1,0 +1,140 @@
+"""A client's channel, bound to the event loop that first uses it.
+
+A ``grpc.aio`` channel belongs to the event loop that was current when it
+was made: used from another loop, its calls fail deep inside gRPC with
+``RuntimeError: ... attached to a different loop``, and after ``close()``
+with gRPC's ``UsageError``. Applications make their client where no loop
+runs yet (at import, in a Django or Celery module), or hand it to a thread
+that runs its own loop. So the client's channel is opened at its first
+call, in the loop making that call, and binds the client to that loop; a
+call from outside any loop, or from another loop, is refused with
+``WrongEventLoop``, and one after ``close()`` with ``ClientClosed``, before
+anything is sent: errors that say what to do (docs/clients.md, "One client
+per event loop").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from service.client.errors import ClientClosed, WrongEventLoop
+
+_ONE_PER_LOOP = (
+    "make the client in the event loop that uses it (in the app's lifespan or async main; "
+    "one client per event loop), and close it there"
+)
+
+
+class LoopBoundChannel:
+    """The channel ``open()`` makes, made at the first call (in the loop
+    running it); or ``channel``, made already, bound to the loop of the
+    first call. Its multicallables check the loop and ``close()`` at each
+    call. ``owns``: ``close()`` closes the channel too (else only refuses
+    further calls)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        open_channel: Callable[[], grpc.aio.Channel] | None = None,
+        channel: grpc.aio.Channel | None = None,
+        owns: bool = True,
+    ) -> None:
+        if (open_channel is None) == (channel is None):
+            raise ValueError("give open_channel or channel")
+        self._target = target
+        self._open = open_channel
+        self._channel = channel
+        self._owns = owns
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def current(self) -> grpc.aio.Channel:
+        """The channel, opened if need be, for a call from the running loop."""
+        if self._closed:
+            raise ClientClosed(
+                f"the client of {self._target} is closed; make a new one (a client is closed once, at shutdown)"
+            )
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise WrongEventLoop(
+                f"the client of {self._target} was called with no event loop running; call it from a coroutine "
+                f"(use asyncio.run, or a synchronous facade of your own that runs one loop)"
+            ) from None
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise WrongEventLoop(
+                f"the client of {self._target} is bound to the event loop of its first call, "
+                f"and was called from another: {_ONE_PER_LOOP}"
+            )
+        if self._channel is None:
+            assert self._open is not None
+            self._channel = self._open()
+        return self._channel
+
+    def _lazy(self, kind: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _LazyMultiCallable(self, kind, method, args, kwargs)
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._lazy("unary_unary", method, *args, **kwargs)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._lazy("unary_stream", method, *args, **kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._lazy("stream_unary", method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._lazy("stream_stream", method, *args, **kwargs)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Refuse further calls; close the channel if it was opened (and
+        owned), from the loop it is bound to. Closing twice is harmless."""
+        self._closed = True
+        channel, self._channel = self._channel, None
+        if channel is None or not self._owns:
+            return
+        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
+            raise WrongEventLoop(f"the client of {self._target} is bound to another event loop: {_ONE_PER_LOOP}")
+        await channel.close(grace)
+
+    async def __aenter__(self) -> LoopBoundChannel:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        state: grpc.ChannelConnectivity = self.current().get_state(try_to_connect)
+        return state
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self.current().wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self.current().channel_ready()
+
+
+class _LazyMultiCallable:
+    """A stub's method: made on the channel at its first call, checked at each."""
+
+    def __init__(self, bound: LoopBoundChannel, kind: str, method: str, args: Any, kwargs: Any) -> None:
+        self._bound = bound
+        self._make = (kind, method, args, kwargs)
+        self._made: tuple[grpc.aio.Channel, Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        channel = self._bound.current()
+        if self._made is None or self._made[0] is not channel:
+            kind, method, make_args, make_kwargs = self._make
+            self._made = (channel, getattr(channel, kind)(method, *make_args, **make_kwargs))
+        return self._made[1](*args, **kwargs)
