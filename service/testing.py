@@ -176,13 +176,20 @@ class Scenario:
         return asyncio.run(self._run())
 
     def then_fails(self, error: type[ChronicleError], *, reason: str | None = None) -> ChronicleError:
-        """Assert the command is refused with ``error`` (and ``reason``). On a
-        server, the refusal must carry ``error``'s gRPC status code."""
+        """Assert the command is refused with ``error`` (and ``reason``),
+        strictly: the refusal's gRPC status code must be ``error``'s, as a
+        server would send it, in process and on a server alike. So
+        ``ValidationError`` (FAILED_PRECONDITION) does not accept its
+        subclasses of other codes (``NotFoundError``, ``InvalidArgumentError``,
+        ``AlreadyExistsError``): name those. In process the error must also be
+        an instance of ``error``; a server sends only the code and the
+        reason, so tell a plugin's own subclasses apart by ``reason``."""
         try:
             events = asyncio.run(self._run())
         except ChronicleError as raised:
             if not self._is_refusal(raised, error):
-                raise ScenarioFailed(f"expected {error.__name__}, got {raised!r}") from raised
+                expected = getattr(_status_code_of(error), "name", "no status")
+                raise ScenarioFailed(f"expected {error.__name__} ({expected}), got {raised!r}") from raised
             if reason is not None and raised.reason != reason:
                 raise ScenarioFailed(f"expected reason {reason}, got {raised.reason}: {raised.message}") from raised
             return raised
@@ -198,9 +205,12 @@ class Scenario:
     def _is_refusal(self, raised: ChronicleError, error: type[ChronicleError]) -> bool:
         from service.client import RemoteError
 
+        # The code decides both ways, so a scenario gets the same verdict in
+        # process and on a server (which sends no class, only the code).
+        expected = _status_code_of(error)
         if isinstance(raised, RemoteError):
-            return bool(raised.code == _status_code_of(error))
-        return isinstance(raised, error)
+            return bool(raised.code == expected)
+        return isinstance(raised, error) and _status_code_of(type(raised)) == expected
 
     async def _run(self) -> list[Message]:
         command = self._command_or_fail()

@@ -7,10 +7,17 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from domain_plugins import bank_account
+from domain_plugins import bank_account, box
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.box.protos.box.v1 import box_pb2
 from service.client import FailedPrecondition
-from service.errors import AlreadyExistsError, InvalidArgumentError, ValidationError, WrongExpectedVersion
+from service.errors import (
+    AlreadyExistsError,
+    InvalidArgumentError,
+    NotFoundError,
+    ValidationError,
+    WrongExpectedVersion,
+)
 from service.testing import Scenario, ScenarioFailed
 from tests.support.processes import server_process
 
@@ -67,6 +74,27 @@ def test_another_reason_than_expected_fails_the_scenario(where: Where) -> None:
 def test_another_kind_of_refusal_than_expected_fails_the_scenario(where: Where) -> None:
     with pytest.raises(ScenarioFailed, match="expected AlreadyExistsError"):
         account(where).given(OPENED).when(bank.Deposit(amount=-1)).then_fails(AlreadyExistsError)
+
+
+def test_then_fails_is_strict_about_the_status_code_in_process_and_on_a_server_alike(where: Where) -> None:
+    """An InvalidArgumentError is a ValidationError in Python, but its code
+    is INVALID_ARGUMENT, not FAILED_PRECONDITION: then_fails(ValidationError)
+    refuses it both ways (in process it used to accept it, by isinstance, and
+    a server refused it), and then_fails(InvalidArgumentError) accepts it."""
+    invalid = account(where).given(OPENED).when(bank.Deposit(amount=-1))
+    with pytest.raises(ScenarioFailed, match=r"expected ValidationError \(FAILED_PRECONDITION\)"):
+        invalid.then_fails(ValidationError)
+    invalid.then_fails(InvalidArgumentError, reason="INVALID_AMOUNT")
+
+
+@pytest.mark.parametrize("on_server", [False, True], ids=["memory", "server"])
+def test_a_not_found_refusal_is_not_a_validation_error_either_way(on_server: bool) -> None:
+    renamed = Scenario(box.plugin, aggregate_id="b-1").when(box_pb2.RenameBox(name="x"))  # no such box
+    if on_server:
+        renamed = renamed.on_server()
+    with pytest.raises(ScenarioFailed, match="expected ValidationError"):
+        renamed.then_fails(ValidationError)
+    renamed.then_fails(NotFoundError)
 
 
 def test_a_refused_given_command_fails_the_scenario(where: Where) -> None:
