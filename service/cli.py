@@ -128,6 +128,7 @@ from chronicle.v1 import (
 )
 from service.api import forgotten
 from service.api.codec import check_id, check_stored_id
+from service.cli_parser import HintingParser
 from service.client.admin import FORGET_DEADLINE
 from service.errors import ChronicleError, ConfigurationError, InvalidInput
 from service.json_input import JsonInputError
@@ -2215,7 +2216,7 @@ def _client_arguments(parser: argparse.ArgumentParser, *, local_by_default: bool
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = HintingParser(
         prog="chronicle",
         description="Chronicle: event-sourced command service",
         epilog=EXIT_STATUS_HELP,
