@@ -25,7 +25,10 @@ upcasters.
 ``ReactionRun`` tests reactions (process managers): commands submitted
 through the real executor on a memory store, then every reaction of the
 plugins run until nothing more happens (``settle``), then the aggregates'
-states, their events and the parked commands to look at.
+states, their events and the parked commands to look at. ``ProjectionRun``
+tests projections (read models): events from commands or given as stored,
+the real projection runner applying them in batches (``settle``), the
+documents to look at, and a rebuild from an empty read model.
 
 ``.on_server()`` runs the same scenario end to end instead: a real server
 in this process, on a real socket, over a memory store seeded with the
@@ -40,6 +43,7 @@ runs never meet each other's aggregates.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 import uuid
 from collections.abc import Sequence
@@ -55,16 +59,18 @@ from chronicle.v1 import reaction_service_pb2
 from service.api.codec import check_metadata, check_origin
 from service.errors import ChronicleError
 from service.plugins.api import Plugin
+from service.plugins.projections import Projection
 from service.plugins.reactions import DEFAULT_MAX_HOPS
 from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest, CommandResult
 from service.processing.executor import CommandExecutor
+from service.processing.projections import ProjectionRunner
 from service.processing.reaction_documents import STATE_PREFIX, list_parked
 from service.processing.reactions import ReactionRunner
 from service.processing.router import Router
 from service.store.base import Store
 from service.store.memory import MemoryStore
-from service.store.records import ClaimChange, NewEvent, RecordedEvent
+from service.store.records import ClaimChange, DocumentRange, NewEvent, ParkedEvent, RecordedEvent, StoredDocument
 
 M = TypeVar("M", bound=Message)
 
@@ -460,6 +466,159 @@ class ReactionRun:
     def parked(self, reaction: str) -> list[reaction_service_pb2.ParkedCommand]:
         """The commands ``reaction`` parked, oldest first."""
         return self._loop.run_until_complete(list_parked(self.store, reaction))
+
+    def _decode(self, event_type: str, payload: bytes) -> Message:
+        spec = self.registry.event(event_type)
+        if spec is None:
+            raise ScenarioFailed(f"{event_type} is not an event of these plugins")
+        return spec.message_type.FromString(payload)
+
+
+class ProjectionRun:
+    """The plugins' projections run in process over a memory store, by the
+    real projection runner: batches as the server makes them (each
+    projection's ``batch_size``, or ``batch_size`` here to split the log
+    finer), each committed with the checkpoint, documents loaded on demand::
+
+        with ProjectionRun(bank_account.plugin) as run:
+            run.submit("acc-1", bank.OpenAccount(owner="ann"))
+            run.given("acc-2", bank.AccountOpened(owner="ann"), origin="import")
+            run.settle()
+            assert run.document("bank.balances_by_owner", "owner:ann", bank.OwnerBalance).account_ids == [...]
+            run.rebuild("bank.balances_by_owner")  # from an empty read model, as RebuildProjection does
+
+    Events come from commands (``submit``, through the real executor) or are
+    given as they would have been stored (``given``: typed event messages,
+    with the envelope's origin, user and metadata, or ``NewEvent``s).
+    A handler's failure is raised by ``settle`` as ``ScenarioFailed``
+    (a projection with ``on_failure="park"`` parks the event instead:
+    ``parked``).
+    """
+
+    def __init__(self, *plugins: Plugin, batch_size: int | None = None) -> None:
+        self.registry = Registry(plugins)
+        self.store = MemoryStore()
+        self._loop = asyncio.new_event_loop()
+        self._executor = CommandExecutor(Store.of(self.store), self.registry)
+        self._batch_size = batch_size
+        self.runners = {projection.name: self._runner(projection) for projection in self.registry.projections}
+        self._positions = dict.fromkeys(self.runners, 0)
+
+    def _runner(self, projection: Projection) -> ProjectionRunner:
+        if self._batch_size is not None:
+            projection = copy.copy(projection)  # the plugin's own stays as it is
+            projection.batch_size = projection.catch_up_batch_size = self._batch_size
+        roles = Store.of(self.store)
+        return ProjectionRunner(
+            projection, log=roles.log, documents=roles.projections, reader=self._executor.loader.reader
+        )
+
+    def __enter__(self) -> ProjectionRun:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._loop.close()
+
+    def submit(self, aggregate_id: str, command: Message, *, origin: str = "") -> list[Message]:
+        """Run ``command`` on ``aggregate_id`` through the real executor (a
+        refusal is raised); its events."""
+        spec = self.registry.command(command.DESCRIPTOR.full_name)
+        if spec is None:
+            raise ScenarioFailed(f"no handler for {command.DESCRIPTOR.full_name}")
+        request = CommandRequest(
+            command_id=str(uuid.uuid4()),
+            aggregate_id=aggregate_id,
+            spec=spec,
+            message=command,
+            origin=check_origin("command", origin),
+            timestamp_us=time.time_ns() // 1000,
+        )
+        result, _ = self._loop.run_until_complete(self._executor.execute(request, None))
+        return [self._decode(e.event_type, e.payload) for e in result.events]
+
+    def given(
+        self,
+        aggregate_id: str,
+        *events: Message | NewEvent,
+        origin: str = "",
+        user_id: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        """Append ``events`` to ``aggregate_id`` as stored events (no
+        command runs), with that envelope; a ``NewEvent`` as it is."""
+
+        def stored(event: Message | NewEvent) -> NewEvent:
+            if isinstance(event, NewEvent):
+                return event
+            spec = self.registry.event(event.DESCRIPTOR.full_name)
+            if spec is None:
+                raise ScenarioFailed(f"given: {event.DESCRIPTOR.full_name} is not an event of these plugins")
+            return NewEvent(
+                event_id=str(uuid.uuid4()),
+                aggregate_type=spec.aggregate.name,
+                event_type=spec.name,
+                schema_version=spec.schema_version,
+                payload=event.SerializeToString(),
+                timestamp_us=time.time_ns() // 1000,
+                origin=origin,
+                user_id=user_id,
+                metadata=dict(metadata or {}),
+            )
+
+        async def append() -> None:
+            head = await self.store.head(aggregate_id)
+            await self.store.append(aggregate_id, [stored(e) for e in events], head.version if head else 0)
+
+        self._loop.run_until_complete(append())
+
+    def settle(self) -> None:
+        """Run every projection over the log to its end, a batch at a time."""
+        for name, runner in self.runners.items():
+            try:
+                self._positions[name] = self._loop.run_until_complete(runner.step(self._positions[name]))
+            except ChronicleError as error:
+                raise ScenarioFailed(f"projection {name} stopped: {error}") from error
+
+    def rebuild(self, projection: str) -> None:
+        """Empty ``projection``'s read model and apply the whole log again,
+        with a new runner (nothing cached): what a rebuild does."""
+        kind = self.registry.projection(projection)
+        if kind is None:
+            raise ScenarioFailed(f"no projection {projection} in these plugins")
+        self._loop.run_until_complete(self.store.reset_projection(projection))
+        self.runners[projection] = self._runner(kind)
+        self._positions[projection] = 0
+        self.settle()
+
+    def document(self, projection: str, key: str, document_type: type[M]) -> M | None:
+        """The document under ``key`` (None when there is none)."""
+        stored = self._loop.run_until_complete(self.store.load_document(projection, key))
+        return None if stored is None else self._typed(stored, document_type)
+
+    def documents(self, projection: str, document_type: type[M], *, prefix: str = "") -> dict[str, M]:
+        """The documents whose keys start with ``prefix``, in key order."""
+        listing = DocumentRange(prefix=prefix, limit=1_000_000)
+        stored = self._loop.run_until_complete(self.store.list_documents(projection, listing))
+        return {document.key: self._typed(document, document_type) for document in stored}
+
+    def parked(self, projection: str) -> list[ParkedEvent]:
+        """The events ``projection`` parked (``on_failure="park"``), oldest first."""
+        return self._loop.run_until_complete(self.store.parked_events(projection, limit=1_000_000))
+
+    def position(self, projection: str) -> int:
+        """The log position ``projection`` has applied and committed."""
+        return self._loop.run_until_complete(self.store.projection_position(projection))
+
+    @staticmethod
+    def _typed(stored: StoredDocument, document_type: type[M]) -> M:
+        if stored.type_name != document_type.DESCRIPTOR.full_name:
+            raise ScenarioFailed(f"{stored.key} holds a {stored.type_name}, not a {document_type.DESCRIPTOR.full_name}")
+        return document_type.FromString(stored.data)
 
     def _decode(self, event_type: str, payload: bytes) -> Message:
         spec = self.registry.event(event_type)

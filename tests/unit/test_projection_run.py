@@ -1,0 +1,65 @@
+"""``service.testing.ProjectionRun``: a projection's failure is the test's
+failure, a parking projection's parked events are there to look at, and a
+rebuild starts from an empty read model (the bank's own read model is
+tested with it in domain_plugins/bank_account/tests/test_read_model.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from domain_plugins import bank_account, box
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from domain_plugins.box.protos.box.v1 import box_pb2
+from service.store.records import DocumentWrite
+from service.testing import ProjectionRun, ScenarioFailed
+from tests.support import projection_labels
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_projection_that_stops_fails_settle_and_one_that_parks_parks() -> None:
+    with ProjectionRun(box.plugin, projection_labels.plugin) as run:
+        run.submit("b-1", box_pb2.CreateBox(name="fine"))
+        run.submit("b-2", box_pb2.CreateBox(name="unlabelable-2"))
+        with pytest.raises(ScenarioFailed, match=r"projection labels\.strict stopped: .*unlabelable-2"):
+            run.settle()
+        assert [parked.aggregate_id for parked in run.parked("labels.boxes")] == ["b-2"]
+        assert run.documents("labels.boxes", box_pb2.Box) == {"box:b-1": box_pb2.Box(name="fine")}
+        assert run.documents("labels.strict", box_pb2.Box) == {"box:b-1": box_pb2.Box(name="fine")}
+
+
+def test_a_rebuild_starts_from_an_empty_read_model() -> None:
+    with ProjectionRun(bank_account.plugin) as run:
+        run.submit("acc-1", bank.OpenAccount(owner="ann"))
+        run.settle()
+        position = run.position("bank.balances_by_owner")
+        stray = DocumentWrite("owner:nobody", "bank.v1.OwnerBalance", bank.OwnerBalance(owner="x").SerializeToString())
+        run._loop.run_until_complete(  # a document no event made
+            run.store.commit_projection(
+                "bank.balances_by_owner", expected_position=position, new_position=position, writes=[stray]
+            )
+        )
+        run.rebuild("bank.balances_by_owner")
+        assert set(run.documents("bank.balances_by_owner", bank.OwnerBalance, prefix="owner:")) == {"owner:ann"}
+
+
+def test_a_document_of_another_type_than_asked_is_a_failure() -> None:
+    with ProjectionRun(bank_account.plugin) as run:
+        run.submit("acc-1", bank.OpenAccount(owner="ann"))
+        run.settle()
+        with pytest.raises(
+            ScenarioFailed, match=re.escape("holds a bank.v1.AccountBalance, not a bank.v1.OwnerBalance")
+        ):
+            run.document("bank.balances_by_owner", "account:acc-1", bank.OwnerBalance)
+
+
+def test_the_guides_example_runs_as_written() -> None:
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    blocks = re.findall(r"^```python\n(.*?)^```$", guide, flags=re.MULTILINE | re.DOTALL)
+    (block,) = [b for b in blocks if "ProjectionRun(plugin) as run" in b]
+    scope = {"ProjectionRun": ProjectionRun, "plugin": bank_account.plugin, "bank": bank}
+    exec(block, scope)
+    scope["test_an_owner_document_sums_the_owners_accounts"]()  # type: ignore[operator]
