@@ -68,16 +68,24 @@ class Document:
 class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
     """``ProjectionService`` (``ChronicleClient.projections``)."""
 
-    async def document(self, projection: str, key: str, *, min_position: int = 0) -> Document:
+    async def document(
+        self,
+        projection: str,
+        key: str,
+        *,
+        min_position: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> Document:
         """The document ``key`` of ``projection``. ``min_position`` (a
         submit's ``position``): read your own writes, the read waits until
         the projection has applied the log that far. ``NotFound``
         PROJECTION_NOT_FOUND or DOCUMENT_NOT_FOUND; ``InvalidArgument``
         INVALID_KEY (empty, too long, control characters), INVALID_PROJECTION,
-        POSITION_BEYOND_END."""
+        POSITION_BEYOND_END. ``timeout``: seconds for the whole call, the
+        waits for a projection behind included (then ``DeadlineExceeded``)."""
         request = pb.GetDocumentRequest(projection=projection, key=key, min_position=min_position)
         response: pb.GetDocumentResponse = await self._call(
-            f"get document {key!r} of {projection!r}", self._stub.GetDocument, request
+            f"get document {key!r} of {projection!r}", self._stub.GetDocument, request, timeout
         )
         return Document(key=key, packed=response.document, position=response.position)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from service.client.call_deadline import CallDeadline
 from service.client.call_metadata import CallMetadata
 from service.client.retry import RetryPolicy, call_with_retries
 
@@ -28,10 +29,18 @@ class UnaryCalls(Generic[S]):
         self._timeout = attempt_timeout
         self._metadata = CallMetadata.of(call_metadata)
 
-    async def _call(self, what: str, method: Callable[..., Any], request: Any) -> Any:
-        """``method(request)``, retried; ``what`` names it in the retries' logs."""
+    async def _call(
+        self,
+        what: str,
+        method: Callable[..., Any],
+        request: Any,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded: call_deadline)
+    ) -> Any:
+        """``method(request)``, retried; ``what`` names it in the retries'
+        logs. ``timeout``: seconds for the whole call (``CallDeadline``)."""
+        deadline = CallDeadline(timeout, self._timeout)
 
         async def attempt() -> Any:
-            return await method(request, timeout=self._timeout, metadata=self._metadata())
+            return await method(request, timeout=deadline.attempt_timeout(), metadata=self._metadata())
 
-        return await call_with_retries(self._retry, what, attempt)
+        return await deadline.run(what, call_with_retries(self._retry, what, attempt))

@@ -85,6 +85,34 @@ def test_a_client_used_from_another_threads_loop_is_refused_and_still_works_in_i
     asyncio.run(main())
 
 
+def test_synchronous_code_shares_one_client_on_a_loop_in_a_thread_of_its_own(address: str) -> None:
+    """docs/clients.md's pattern for Django and Celery: one loop in a
+    daemon thread, the client made outside it and bound to it at its first
+    call, coroutines handed to it from other threads."""
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    client = ChronicleClient.connect(address, retry=FAST)
+    try:
+        results: list[int] = []
+
+        def a_task(owner: str) -> None:  # a view or a task, on a thread of its own
+            call = client.submit(new_id(), bank.OpenAccount(owner=owner), timeout=10)
+            results.append(asyncio.run_coroutine_threadsafe(call, loop).result(30).version)
+
+        workers = [threading.Thread(target=a_task, args=(owner,)) for owner in ("ann", "bob", "cy")]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        assert results == [1, 1, 1]
+        asyncio.run_coroutine_threadsafe(client.close(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
+
+
 def test_a_call_after_close_is_refused_as_client_closed_and_closing_twice_is_harmless(address: str) -> None:
     async def main() -> None:
         client = ChronicleClient.connect(address, retry=FAST)
@@ -145,6 +173,8 @@ def test_a_batch_and_a_state_read_time_out_too() -> None:
             assert timed_out.value.command_ids == tuple(command.command_id for command in commands)
             with pytest.raises(DeadlineExceeded):
                 await nobody.get_aggregate("acc-b", bank.Account, timeout=0.3)
+            with pytest.raises(DeadlineExceeded):
+                await nobody.projections.document("bank.balances_by_owner", "owner:ann", timeout=0.3)
             with pytest.raises(ValueError, match="timeout must be positive"):
                 await nobody.submit("acc-b", bank.Deposit(amount=1), timeout=0)
 
