@@ -2575,7 +2575,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.set_defaults(run=_group, remote=True)
     group_verbs = _group_verb_parsers(commands)
 
-    for sub in (
+    for remote_command in (
         *group_verbs,
         submit,
         cluster,
@@ -2595,7 +2595,7 @@ def build_parser() -> argparse.ArgumentParser:
         archive,
         restore,
     ):
-        _client_arguments(sub)
+        _client_arguments(remote_command)
     _client_arguments(health, local_by_default=True)
     for sub in commands.choices.values():
         sub.epilog, sub.formatter_class = EXIT_STATUS_HELP, argparse.RawDescriptionHelpFormatter
