@@ -386,7 +386,11 @@ class Routes:
         """Route by ``topology``: its members' addresses, the seed's member
         by ``seed_address`` (``adopt``)."""
         addresses = {member.member_id: member.address for member in topology.members}
-        if self.seed_member in addresses and self.seed_address is not None:
+        seed_member = addresses.get(self.seed_member)
+        # Only the same port under another spelling of the host: a seed on
+        # another port is a front (a load balancer, or the port
+        # `--processes N` share) that reaches any member, not that one.
+        if seed_member is not None and self.seed_address is not None and _port(seed_member) == _port(self.seed_address):
             addresses[self.seed_member] = self.seed_address
         self.topology = topology
         self._owners = [addresses.get(owner, "") for owner in topology.partition_owners]
@@ -476,3 +480,9 @@ class Routes:
             await channel.close()
         self._channels.clear()
         self._commands.clear()
+
+
+def _port(address: str) -> str:
+    """The port of ``host:port`` (``[v6]:port`` too); "" without one."""
+    _, colon, port = address.rpartition(":")
+    return port if colon and port.isdecimal() else ""

@@ -112,6 +112,13 @@ export function unanswered(refusal) {
   return refusal.code === 'DEADLINE_EXCEEDED' && refusal.reason === refusal.code;
 }
 
+/** The port of `host:port` (`[v6]:port` too); '' without one. */
+function portOf(address) {
+  const colon = address.lastIndexOf(':');
+  const port = colon < 0 ? '' : address.slice(colon + 1);
+  return /^[0-9]+$/.test(port) ? port : '';
+}
+
 export class Routes {
   /**
    * `seed`: the address the client was given; `api`: the loaded
@@ -422,7 +429,13 @@ export class Routes {
   /** Route by `topology`: its members' addresses, the seed's member by `seed` (`adopt`). */
   take(topology) {
     const addresses = new Map(topology.members.map((member) => [member.member_id, member.address]));
-    if (addresses.has(this.seedMember)) addresses.set(this.seedMember, this.seed);
+    // Only the same port under another spelling of the host: a seed on
+    // another port is a front (a load balancer, or the port `--processes N`
+    // share) that reaches any member, not that one.
+    const seedMember = addresses.get(this.seedMember);
+    if (seedMember !== undefined && portOf(seedMember) === portOf(this.seed)) {
+      addresses.set(this.seedMember, this.seed);
+    }
     this.topology = topology;
     this.owners = topology.partition_owners.map((owner) => addresses.get(owner) ?? '');
     this.addresses = [...addresses.values()].sort();
