@@ -361,12 +361,12 @@ async def test_groups_are_shown_only_to_who_may_consume_them_and_replaying_takes
             consuming.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await consuming
-    # bob reads boxes and subscribes to nothing: no group is his to see.
+    # bob reads boxes, subscribes to nothing and consumes no group: no group is his to see.
     await browser.log_in(BOB_KEY)
     await browser.get("/groups")
     assert await browser.texts("#groups tbody td:first-child") == ["no group you may consume"]
     await browser.get("/groups/accounts")
-    assert "SUBSCRIBE_DENIED" in await browser.text("p.error")
+    assert "CONSUME_DENIED" in await browser.text("p.error")  # no consume grant names it
     assert await browser.find_all("#parked") == []
     await browser.log_out()
 
