@@ -11,6 +11,13 @@ Both hold personal data (the owner's name, balances), so each names the
 accounts it is derived from as its subjects: forgetting an account deletes
 its ``account:`` document and its owner's ``owner:`` document (which also
 summed the owner's other accounts: it starts again from their next event).
+
+The cost of that: each write of an owner's document names every account of
+the owner as a subject, so a deposit costs in proportion to how many
+accounts its owner has. Right for people with a few accounts each; a read
+model summing over thousands of aggregates per key (a tenant's total, say)
+keeps the total under a key of its own with no subjects, or derives it in
+the query, rather than naming every contributor on every write.
 """
 
 from __future__ import annotations
