@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
-from service.api.codec import MAX_VERSION, canonical_uuid, check_id, check_names, check_version, encode_event_into
+from service.api.codec import MAX_VERSION, check_id, check_names, check_version, encode_event_into
 from service.api.page_tokens import fingerprint, make_token, read_token
 from service.api.subscribe import known_names
 from service.audit import AuditLog
@@ -45,6 +45,7 @@ from service.store.grouping import (
     GroupState,
 )
 from service.store.records import LogFilter
+from service.values import canonical_uuid
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from service.principal import Principal
 from service.processing.subscriptions import CaughtUp, Checkpoint, Page, SubscriptionRequest
 from service.security.policy import Authorizer
 from service.store.records import TOMBSTONE_EVENT_TYPE, LogFilter, RecordedEvent
+from service.values import canonical_uuid
 
 
 def known_names(field: str, values: Iterable[str], known: frozenset[str], what: str) -> frozenset[str]:
@@ -59,12 +60,21 @@ def decode_subscribe(request: pb.SubscribeRequest, registry: Registry) -> Subscr
             else None,
             origin=check_id("origin", request.origin, reason="INVALID_FILTER") if request.origin else None,
         ),
-        # Bounded and printable like any id (INVALID_EVENT_ID), so that a
-        # malformed one is not taken for a log that went back.
-        after_event_id=check_id("after_event_id", request.after_event_id, reason="INVALID_EVENT_ID")
-        if request.after_event_id
-        else "",
+        after_event_id=_resume_event_id(request.after_event_id) if request.after_event_id else "",
     )
+
+
+def _resume_event_id(value: str) -> str:
+    """The id a subscriber resumes with, in the canonical form of a UUID
+    (every event id is one): any form of it (upper case, no hyphens,
+    braces) is taken, as group acks take it, and anything else is
+    INVALID_EVENT_ID, so that a typo or a cut paste is said, not taken for
+    a log that went back (LOG_REWOUND)."""
+    check_id("after_event_id", value, reason="INVALID_EVENT_ID")
+    canonical = canonical_uuid(value)
+    if canonical is None:
+        raise InvalidInput.for_field("after_event_id", "must be an event id (a UUID)", reason="INVALID_EVENT_ID")
+    return canonical
 
 
 def encode_marker(item: Checkpoint | CaughtUp) -> pb.SubscribeResponse:

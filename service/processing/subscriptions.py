@@ -49,6 +49,7 @@ from service.processing.overlap import started
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader
 from service.store.records import LogFilter, LogPage, RecordedEvent
+from service.values import canonical_uuid
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +170,11 @@ class Subscriptions:
         ``position``: the client saw it there, and a log that now holds
         another event there (or none) went back under it. One read by
         position (the primary key), on the primary when reads come from a
-        standby that may not have replayed it yet."""
-        if event_id not in await self.ids_at(position, reader=self._end):
+        standby that may not have replayed it yet. Ids compare in their
+        canonical form: an import may have stored one in upper case, and a
+        client may send it in any form of the UUID."""
+        held = {canonical_uuid(stored) or stored for stored in await self.ids_at(position, reader=self._end)}
+        if (canonical_uuid(event_id) or event_id) not in held:
             self._tell_rewound(
                 head,
                 "a subscriber resumed after position %d, where the log no longer holds the event it saw"

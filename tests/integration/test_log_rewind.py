@@ -41,7 +41,7 @@ from service.client import ChronicleClient, Delivery, Event, FileCheckpoints, Lo
 from service.store.base import StoreAdapter
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
-from tests.support.grpc_client import connect, details_of, running_server
+from tests.support.grpc_client import Client, connect, details_of, running_server
 from tests.support.postgres import Cluster
 from tests.support.waiting import eventually
 
@@ -248,15 +248,41 @@ async def test_a_resume_on_an_unchanged_log_goes_on_checked(site: Site) -> None:
         assert isinstance(after_mark, list) and [e.position for e in after_mark] == [8]
 
 
-async def test_a_malformed_event_id_is_invalid_not_a_rewind(site: Site) -> None:
+async def resume_refusal(client: Client, after_event_id: str) -> tuple[grpc.StatusCode, str] | None:
+    """How a raw Subscribe after position 1 with ``after_event_id`` is
+    refused (its code and ErrorInfo reason), None when it streams."""
+    call = client.events.Subscribe(pb.SubscribeRequest(after_position=1, after_event_id=after_event_id))
+    try:
+        async with asyncio.timeout(30):
+            await anext(aiter(call))
+    except grpc.aio.AioRpcError as refused:
+        return refused.code(), details_of(refused).reason
+    finally:
+        call.cancel()
+    return None
+
+
+@pytest.mark.parametrize("malformed", ["bad\nid", "not-a-uuid", "xyz", "12345678-1234-1234-1234-12345678901"])
+async def test_a_malformed_event_id_is_invalid_not_a_rewind(site: Site, malformed: str) -> None:
     async with running_server(site.store()) as (app, client):
         await write(app.address, "acc-1", 1, open_it=True)
-        call = client.events.Subscribe(pb.SubscribeRequest(after_position=1, after_event_id="bad\nid"))
-        with pytest.raises(grpc.aio.AioRpcError) as failed:
-            async for _ in call:
-                pass
-    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert details_of(failed.value).reason == "INVALID_EVENT_ID"
+        assert await resume_refusal(client, malformed) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_EVENT_ID")
+
+
+async def test_an_event_id_in_any_form_of_its_uuid_is_the_same_event(site: Site) -> None:
+    """Upper case, no hyphens, braces: the event stored there, resumed
+    after (as group acks take any form); another UUID in those forms is a
+    rewind still."""
+    async with running_server(site.store()) as (app, client):
+        await write(app.address, "acc-1", 1, open_it=True)
+        taken = await consume(app.address, FileCheckpoints(site.tmp / "first.pos"), 1)
+        assert isinstance(taken, list)
+        first = uuid.UUID(taken[0].event_id)
+        for form in (str(first), str(first).upper(), first.hex, first.hex.upper(), f"{{{first}}}", first.urn):
+            assert await resume_refusal(client, form) is None, form
+        other = uuid.uuid4()
+        for form in (str(other), str(other).upper(), other.hex):
+            assert await resume_refusal(client, form) == (grpc.StatusCode.FAILED_PRECONDITION, "LOG_REWOUND"), form
 
 
 async def test_a_live_subscription_ends_with_log_rewound_when_the_log_goes_back_under_it(
