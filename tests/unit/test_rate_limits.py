@@ -152,6 +152,23 @@ def test_a_unary_call_over_the_rate_is_refused_with_the_delay_until_its_tokens()
     rate_limits.take(tenant, 5)
 
 
+def test_a_batch_over_the_burst_waits_for_a_full_bucket_then_goes_through_into_debt() -> None:
+    """security.md: a batch larger than the burst (20 here) is refused with
+    the time until the bucket is full, then let through whole, leaving the
+    bucket in debt that the next commands wait out."""
+    rate_limits, clock = limits()
+    tenant = who("acme", "tenant")
+    rate_limits.take(tenant, 15)  # 5 tokens left
+    with pytest.raises(RateLimited) as refused:
+        rate_limits.take(tenant, 30)
+    assert refused.value.retry_after == pytest.approx(1.5)  # 15 more make the bucket full, at 10 a second
+    clock.now += 1.5
+    rate_limits.take(tenant, 30)  # a full bucket: through, 10 tokens owed
+    with pytest.raises(RateLimited) as owed:
+        rate_limits.take(tenant, 1)
+    assert owed.value.retry_after == pytest.approx(1.1)  # the debt of 10 and the one token asked
+
+
 def test_principals_have_buckets_of_their_own() -> None:
     rate_limits, _ = limits()
     rate_limits.take(who("acme", "tenant"), 20)
