@@ -33,6 +33,48 @@ def test_every_document_and_file_the_docs_point_to_is_in_the_repository() -> Non
     assert missing == []
 
 
+ANCHORED_LINK = re.compile(r"\]\(([^)#\s]*)#([^)\s]+)\)")  # [text](target.md#anchor) or [text](#anchor)
+
+
+def heading_anchors(document: Path) -> set[str]:
+    """The anchors GitHub gives ``document``'s headings (lower case, spaces
+    to hyphens, punctuation dropped; a repeated one numbered), outside code
+    blocks, and its explicit ``<a id=...>``."""
+    text = re.sub(r"^```.*?^```", "", document.read_text(), flags=re.MULTILINE | re.DOTALL)
+    anchors: set[str] = set(re.findall(r'<a (?:name|id)="([^"]+)"', text))
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6} (.+)$", text, flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+        seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def broken_anchors(documents: list[Path]) -> list[str]:
+    broken = []
+    for document in documents:
+        for target, anchor in ANCHORED_LINK.findall(document.read_text()):
+            path = document.parent / target if target else document
+            if "://" in target or path.suffix != ".md" or not path.exists():
+                continue  # another site, a file that is not a document, or a missing one (the test above)
+            if anchor not in heading_anchors(path):
+                shown = document.relative_to(ROOT) if document.is_relative_to(ROOT) else document
+                broken.append(f"{shown} → {target}#{anchor}")
+    return broken
+
+
+def test_every_heading_the_docs_link_to_is_in_its_document() -> None:
+    # A section renamed or dropped (a bench run rewriting benchmarks.md) leaves its links landing at the top.
+    assert broken_anchors(DOCUMENTS) == []
+
+
+def test_the_anchor_check_sees_a_missing_heading(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# A\n\n## Stores that grow\n\n[here](#stores-that-grow), [gone](#nothing)\n")
+    (tmp_path / "b.md").write_text("[there](a.md#stores-that-grow) [not](a.md#stores-that-shrink)\n")
+    found = broken_anchors([tmp_path / "a.md", tmp_path / "b.md"])
+    assert [line.split(" → ")[1] for line in found] == ["#nothing", "a.md#stores-that-shrink"]
+
+
 def test_the_check_sees_the_pointers_it_checks() -> None:
     architecture = {shown for shown, _ in pointers(ROOT / "docs" / "architecture.md")}
     assert {"plugins.md", "deployment.md"} <= architecture
