@@ -273,8 +273,13 @@ def test_a_deadline_needs_a_reaction_with_state_and_a_name_without_colons() -> N
     with pytest.raises(ValueError, match="declares no state"):
         stateless.on_deadline("t")
     stateful = plugin.reaction("stateful", aggregate_types=["X"], state=box.Box)
-    with pytest.raises(ValueError, match="deadline's name"):
-        stateful.on_deadline("a:b")
+    for name in ("a:b", "", "x" * 101, "a b"):  # docs/plugins.md: 1 to 100 letters, digits, '_', '.' and '-'
+        with pytest.raises(ValueError, match="deadline's name must be 1 to 100"):
+            stateful.on_deadline(name)
+        with pytest.raises(ValueError, match="deadline's name"):
+            Schedule(name, after=MINUTE)
+    stateful.on_deadline("x" * 100)(lambda deadline, state: None)
+    stateful.on_deadline("Pay_1.2-b")(lambda deadline, state: None)
     stateful.on_deadline("t")(lambda deadline, state: None)
     with pytest.raises(ValueError, match="two on_deadline"):
         stateful.on_deadline("t")(lambda deadline, state: None)
