@@ -258,6 +258,26 @@ def test_a_deadline_the_reaction_cannot_keep_stops_it_naming_it(returns: Any, re
     assert says in caught.value.message and "timers" in caught.value.message and "created" in caught.value.message
 
 
+def test_a_due_deadline_whose_function_a_new_plugin_version_dropped_stops_the_reaction_naming_the_process() -> None:
+    """A deadline scheduled under a version that declared @on_deadline("t"),
+    due under one that no longer does: the reaction stops at it,
+    UNKNOWN_DEADLINE naming the reaction, the deadline and the process (and
+    how to get past it), and fires nothing; the deadline stays pending."""
+    seen: list[tuple[str, int]] = []
+    with ReactionRun(_timers_plugin(seen)) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.settle()
+        assert _due(run, "timers")[0] == 1
+        del run.runners["timers"].reaction.deadline_handlers["t"]  # the new version's reaction: no "t"
+        run.advance(11 * MINUTE)
+        with pytest.raises(ReactionFailed) as caught:
+            run.settle()
+        assert _due(run, "timers")[0] == 1 and seen == []
+    assert caught.value.reason == "UNKNOWN_DEADLINE"
+    assert caught.value.metadata == {"reaction": "timers", "deadline": "t", "state_key": "t-1"}
+    assert "--drop-state t-1" in caught.value.message
+
+
 def test_a_deadline_of_an_event_of_no_process_stops_the_reaction() -> None:
     with ReactionRun(_timers_plugin([])) as run:
         run.submit("nobody", box.CreateBox(name="a"))  # its state key is empty
@@ -344,28 +364,63 @@ def test_forgetting_an_aggregate_a_deadlines_process_names_deletes_the_deadline(
         assert run.runners[REACTION].status.deadlines_fired == 1  # o-2's alone
 
 
-def test_a_running_reaction_wakes_for_its_soonest_deadline_not_at_its_next_poll() -> None:
-    # Its poll interval is a minute; the deadline is due 300 ms after its
-    # event, and no event comes meanwhile: it fires on time all the same.
+def test_a_running_reaction_reads_no_deadline_per_batch_and_wakes_for_its_soonest_not_at_its_next_poll() -> None:
+    """docs/plugins.md, "Punctual within about a second": its poll interval
+    is a minute. While events flow and no deadline is due (each schedules
+    one ten minutes out), its batches read nothing of the deadlines (no
+    due_summary, no due_documents); then a deadline due 300 ms after its
+    event, with no event meanwhile, fires within about a second of its due
+    time all the same: it woke for the deadline, not for the poll."""
     with ReactionRun(deadline_saga.plugin) as run:
         runner = run.runners[REACTION]
         runner._poll_interval = 60.0
-        run.submit("o-1", box.CreateBox(name="after-300"))
+        documents: Any = runner._documents
+        reads = {"due_summary": 0, "due_documents": 0}
 
-        async def until_fired() -> float:
+        def counted(name: str) -> Any:
+            original = getattr(documents, name)
+
+            async def read(*args: Any, **kwargs: Any) -> Any:
+                reads[name] += 1
+                return await original(*args, **kwargs)
+
+            return read
+
+        async def handled(count: int) -> None:
+            began = time.monotonic()
+            while runner.status.handled < count:
+                assert time.monotonic() - began < 20, f"{count} events never handled"
+                await asyncio.sleep(0.01)
+
+        async def started() -> None:
             runner.start()
-            started = time.monotonic()
-            try:
-                while runner.status.deadlines_fired == 0:
-                    assert time.monotonic() - started < 20, "the deadline never fired"
-                    await asyncio.sleep(0.01)
-                return time.monotonic() - started
-            finally:
-                await runner.stop()
+            await handled(1)
 
-        took = _await(run, until_fired())
-        assert 0.2 < took < 5.0
-        assert _types(run, "o-1") == ["BoxCreated", "BoxArchived"]
+        run.submit("o-0", box.CreateBox(name="book"))  # a deadline ten minutes out
+        try:
+            _await(run, started())  # taking the lease reads the soonest once
+            for name in reads:
+                setattr(documents, name, counted(name))
+            for number in range(1, 6):
+                run.submit(f"o-{number}", box.CreateBox(name="book"))  # each its own batch, each a deadline
+                _await(run, handled(number + 1))
+            assert reads == {"due_summary": 0, "due_documents": 0}
+            assert _due(run)[0] == 6 and runner.status.deadlines_fired == 0
+
+            placed = time.monotonic()
+            run.submit("o-9", box.CreateBox(name="after-300"))
+
+            async def until_fired() -> float:
+                while runner.status.deadlines_fired == 0:
+                    assert time.monotonic() - placed < 20, "the deadline never fired"
+                    await asyncio.sleep(0.01)
+                return time.monotonic() - placed
+
+            took = _await(run, until_fired())
+        finally:
+            _await(run, runner.stop())
+        assert 0.3 <= took < 1.5  # due at 0.3 s; fired within about a second of it, not at the minute's poll
+        assert _types(run, "o-9") == ["BoxCreated", "BoxArchived"]
 
 
 def test_a_deadline_document_the_state_disagrees_with_is_set_right_not_fired() -> None:
