@@ -20,7 +20,7 @@
                            [--retry-backoff D] [--max-retry-backoff D] [--ack-timeout D] [--max-unanswered-timeouts N]
     chronicle group update NAME [--ack-timeout D ...]   # the settings create takes, but the filter and start
     chronicle group delete NAME --confirm NAME          # without --confirm: what would go; nothing deleted
-    chronicle tail [--from end|POSITION] [--type T] [--aggregate-type A] [--until-caught-up]
+    chronicle tail [--from end|POSITION [--after-event-id ID]] [--type T] [--aggregate-type A] [--until-caught-up]
     chronicle plugins [--check --database-url URL]   # --check: can they read all the store holds? (read only)
     chronicle new-plugin library
     chronicle health [--server HOST:PORT]    # default: this host's server, as its settings say
@@ -1206,11 +1206,17 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
     start = str(args.start).strip().lower()
     if start != "end" and not (start.isascii() and start.isdigit() and int(start) <= _MAX_POSITION):
         raise ValueError(f"--from takes 'end' or a position from 0 to {_MAX_POSITION}, got {args.start!r}")
+    if args.after_event_id and (start == "end" or int(start) == 0):
+        # The id is of the event at the position resumed after: with none, nothing to check it against.
+        raise ValueError("--after-event-id goes with --from POSITION (above 0): the id of the event at that position")
     types = RemoteTypes(channel)
     stub = event_service_pb2_grpc.EventServiceStub(channel)
     request = event_service_pb2.SubscribeRequest(
         from_end=start == "end",
         after_position=int(start) if start != "end" else 0,
+        # A tail resumed across runs is checked as one resumed within a run:
+        # a log gone back under its position is refused (LOG_REWOUND).
+        after_event_id=args.after_event_id or "",
         event_types=args.type or (),
         aggregate_types=args.aggregate_type or (),
         aggregate_id=args.aggregate or "",
@@ -1254,14 +1260,14 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
                     request.after_position, request.from_end = response.caught_up.position, False
                     request.after_event_id = response.caught_up.event_id
                     if args.checkpoints:
-                        _print({"caught_up": response.caught_up.position})
+                        _print(_mark("caught_up", response.caught_up.position, response.caught_up.event_id))
                     if args.until_caught_up:
                         return EXIT_OK
                 elif response.HasField("checkpoint"):
                     request.after_position, request.from_end = response.checkpoint.position, False
                     request.after_event_id = response.checkpoint.event_id
                     if args.checkpoints:
-                        _print({"checkpoint": response.checkpoint.position})
+                        _print(_mark("checkpoint", response.checkpoint.position, response.checkpoint.event_id))
             return EXIT_OK
         except grpc.RpcError as error:
             code = error.code() if hasattr(error, "code") else None
@@ -1292,6 +1298,13 @@ def _tail(args: argparse.Namespace, channel: grpc.Channel) -> int:
             time.sleep(wait)
         finally:
             call.cancel()
+
+
+def _mark(kind: str, position: int, event_id: str) -> dict[str, object]:
+    """A checkpoint or caught-up line of ``tail --checkpoints``: the position
+    to give ``--from`` and, when the server sent one, the id to give
+    ``--after-event-id`` with it."""
+    return {kind: position, "event_id": event_id} if event_id else {kind: position}
 
 
 def _get(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -2499,11 +2512,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="end",
         help="'end' (default: only new events), 0 (the beginning) or a position to resume after",
     )
+    tail.add_argument(
+        "--after-event-id",
+        metavar="ID",
+        help="with --from POSITION: the id of the event seen at POSITION (an event's event_id, or a --checkpoints"
+        " line's); a log that no longer holds it there (restored, failed over) is refused LOG_REWOUND, exit 1",
+    )
     tail.add_argument("--type", action="append", help="only this event type; repeatable")
     tail.add_argument("--aggregate-type", action="append", help="only this aggregate type; repeatable")
     tail.add_argument("--aggregate", type=_aggregate_id, help="only this aggregate id")
     tail.add_argument("--origin", help="only events of commands from this origin")
-    tail.add_argument("--checkpoints", action="store_true", help="also print checkpoints (positions to resume after)")
+    tail.add_argument(
+        "--checkpoints",
+        action="store_true",
+        help="also print checkpoints (positions to resume after, with the event id to give --after-event-id)",
+    )
     tail.add_argument("--until-caught-up", action="store_true", help="exit once the past has been printed")
     tail.set_defaults(run=_tail, remote=True)
 
