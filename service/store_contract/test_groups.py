@@ -9,6 +9,7 @@ import asyncio
 from dataclasses import replace
 
 import pytest
+import pytest_asyncio
 
 from service.errors import ConcurrencyConflict, ResourceExists
 from service.store.base import StoreAdapter
@@ -42,7 +43,7 @@ SPEC = GroupSpec(
 )
 
 
-@pytest.fixture(autouse=True)
+@pytest_asyncio.fixture(autouse=True)  # not pytest's: a store's own run may not be in asyncio's auto mode
 async def logged(store: StoreAdapter) -> None:
     """A log of 50 events: a checkpoint is never committed past the log's end."""
     await store.append("filler-1", [new_event() for _ in range(50)], 0)

@@ -143,7 +143,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 44
+    assert len(outcomes) == 46
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -184,6 +184,11 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     "/chronicle.v1.AdminService/QueryAudit": (admin.QueryAuditRequest(), "ADMIN_DENIED"),
     "/chronicle.v1.AdminService/ForgetAggregate": (admin.ForgetAggregateRequest(aggregate_id="acc-1"), "ADMIN_DENIED"),
     "/chronicle.v1.AdminService/RewrapKeys": (admin.RewrapKeysRequest(), "ADMIN_DENIED"),
+    "/chronicle.v1.AdminService/ListAggregates": (admin.ListAggregatesRequest(prefix="acc-"), "ADMIN_DENIED"),
+    "/chronicle.v1.AdminService/ForgetAggregates": (
+        admin.ForgetAggregatesRequest(prefix="acc-", confirm=1),
+        "ADMIN_DENIED",
+    ),
     "/chronicle.v1.AdminService/ExportLog": (admin.ExportLogRequest(), "ADMIN_DENIED"),
     "/chronicle.v1.AdminService/ImportLog": (admin.ImportLogRequest(), "ADMIN_DENIED"),
     "/chronicle.v1.AdminService/DeleteAggregate": (admin.DeleteAggregateRequest(aggregate_id="acc-1"), "ADMIN_DENIED"),

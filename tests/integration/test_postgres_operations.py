@@ -78,20 +78,23 @@ async def _serving(address: str) -> bool:
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-async def test_a_database_missing_at_start_up_is_served_once_it_appears(pg_cluster: Cluster) -> None:
+async def test_a_database_missing_at_start_up_stops_it_and_a_restart_once_it_exists_serves(pg_cluster: Cluster) -> None:
+    """A database that does not exist is a URL that cannot work (waiting on
+    it used to serve NOT_SERVING for ever, the cause only in later
+    warnings): the start stops with DATABASE_NOT_FOUND, and the start after
+    the database is made serves (what a supervisor's restart does)."""
     name = "chronicle_appears_later"
     url = pg_cluster.url_for(name)
     settings = replace(TEST_SETTINGS, database_url=url, health_interval=0.1)
+    with pytest.raises(ConfigurationError) as refused:
+        await start(settings)
+    assert refused.value.reason == "DATABASE_NOT_FOUND"
+    with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
     app = await start(settings)
     try:
-        assert not await _serving(app.address)
+        assert await _serving(app.address)
         async with connect(app.address) as client:
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
-            assert details_of(raised.value).code == grpc.StatusCode.UNAVAILABLE
-            with psycopg.connect(pg_cluster.admin_url, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            await eventually(lambda: _serving(app.address), what="SERVING after the database appeared")
             response = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
             assert response.version == 1
     finally:
