@@ -46,7 +46,7 @@ import asyncio
 import copy
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -73,6 +73,34 @@ from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, DocumentRange, NewEvent, ParkedEvent, RecordedEvent, StoredDocument
 
 M = TypeVar("M", bound=Message)
+
+
+def _stored_event(
+    registry: Registry,
+    event: Message | NewEvent,
+    *,
+    origin: str = "",
+    user_id: str = "",
+    metadata: Mapping[str, str] | None = None,
+) -> NewEvent:
+    """``event`` as the store keeps it, given straight to a harness's store
+    (no command runs), with that envelope; a ``NewEvent`` as it is."""
+    if isinstance(event, NewEvent):
+        return event
+    spec = registry.event(event.DESCRIPTOR.full_name)
+    if spec is None:
+        raise ScenarioFailed(f"given: {event.DESCRIPTOR.full_name} is not an event of these plugins")
+    return NewEvent(
+        event_id=str(uuid.uuid4()),
+        aggregate_type=spec.aggregate.name,
+        event_type=spec.name,
+        schema_version=spec.schema_version,
+        payload=event.SerializeToString(),
+        timestamp_us=time.time_ns() // 1000,
+        origin=origin,
+        user_id=user_id,
+        metadata=dict(metadata or {}),
+    )
 
 
 class ScenarioFailed(AssertionError):
@@ -233,26 +261,11 @@ class Scenario:
         self.store = store = MemoryStore()
         for aggregate_id, event in self._given:
             head = await store.head(aggregate_id)
-            await store.append(aggregate_id, [self._stored(event)], head.version if head else 0)
+            await store.append(aggregate_id, [_stored_event(self.registry, event)], head.version if head else 0)
         for owner, claim in self._claims:
             head = await store.head(owner)
             await store.append(owner, [], head.version if head else 0, claims=[claim])
         return store
-
-    def _stored(self, event: Message | NewEvent) -> NewEvent:
-        if isinstance(event, NewEvent):
-            return event
-        spec = self.registry.event(event.DESCRIPTOR.full_name)
-        if spec is None:
-            raise ScenarioFailed(f"given: {event.DESCRIPTOR.full_name} is not an event of these plugins")
-        return NewEvent(
-            event_id=str(uuid.uuid4()),
-            aggregate_type=spec.aggregate.name,
-            event_type=spec.name,
-            schema_version=spec.schema_version,
-            payload=event.SerializeToString(),
-            timestamp_us=time.time_ns() // 1000,
-        )
 
     async def _execute(
         self, executor: CommandExecutor, command: Message, expected_version: int | None, *, given: bool = False
@@ -552,27 +565,12 @@ class ProjectionRun:
         """Append ``events`` to ``aggregate_id`` as stored events (no
         command runs), with that envelope; a ``NewEvent`` as it is."""
 
-        def stored(event: Message | NewEvent) -> NewEvent:
-            if isinstance(event, NewEvent):
-                return event
-            spec = self.registry.event(event.DESCRIPTOR.full_name)
-            if spec is None:
-                raise ScenarioFailed(f"given: {event.DESCRIPTOR.full_name} is not an event of these plugins")
-            return NewEvent(
-                event_id=str(uuid.uuid4()),
-                aggregate_type=spec.aggregate.name,
-                event_type=spec.name,
-                schema_version=spec.schema_version,
-                payload=event.SerializeToString(),
-                timestamp_us=time.time_ns() // 1000,
-                origin=origin,
-                user_id=user_id,
-                metadata=dict(metadata or {}),
-            )
-
         async def append() -> None:
             head = await self.store.head(aggregate_id)
-            await self.store.append(aggregate_id, [stored(e) for e in events], head.version if head else 0)
+            stored = [
+                _stored_event(self.registry, e, origin=origin, user_id=user_id, metadata=metadata) for e in events
+            ]
+            await self.store.append(aggregate_id, stored, head.version if head else 0)
 
         self._loop.run_until_complete(append())
 
