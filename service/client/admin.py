@@ -43,19 +43,16 @@ class Admin(UnaryCalls[pb_grpc.AdminServiceStub]):
         """Every aggregate whose id starts with ``prefix`` (literally: "acme"
         takes "acme2:…" too), of ``aggregate_type`` if given, in code point
         order of ids, a page at a time (``page_size`` 0: 100; at most 1000)."""
-        token = ""
-        while True:
-            request = pb.ListAggregatesRequest(
+        pages = self._pages(
+            f"list aggregates under {prefix!r}",
+            self._stub.ListAggregates,
+            lambda token: pb.ListAggregatesRequest(
                 prefix=prefix, aggregate_type=aggregate_type, page_size=page_size, page_token=token
-            )
-            page: pb.ListAggregatesResponse = await self._call(
-                f"list aggregates under {prefix!r}", self._stub.ListAggregates, request
-            )
+            ),
+        )
+        async for page in pages:
             for aggregate in page.aggregates:
                 yield aggregate
-            token = page.next_page_token
-            if not token:
-                return
 
     async def count_to_forget(self, *, prefix: str = "", aggregate_ids: Sequence[str] = ()) -> int:
         """How many aggregates ``forget_aggregates`` would forget now (those

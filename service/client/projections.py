@@ -108,24 +108,21 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
         ``min_position`` as for ``document``. On a server with encryption at
         rest, ``FailedPrecondition`` DOCUMENT_KEYS_HIDDEN."""
         order = pb.DOCUMENT_ORDER_KEY_DESCENDING if descending else pb.DOCUMENT_ORDER_KEY_ASCENDING
-        token = ""
-        while True:
-            request = pb.ListDocumentsRequest(
+        pages = self._pages(
+            f"list the documents of {projection!r}",
+            self._stub.ListDocuments,
+            lambda token: pb.ListDocumentsRequest(
                 projection=projection,
                 key_prefix=key_prefix,
                 page_size=page_size,
                 page_token=token,
                 order=order,
                 min_position=min_position,
-            )
-            page: pb.ListDocumentsResponse = await self._call(
-                f"list the documents of {projection!r}", self._stub.ListDocuments, request
-            )
+            ),
+        )
+        async for page in pages:
             for found in page.documents:
                 yield Document(key=found.key, packed=found.document, position=page.position)
-            token = page.next_page_token
-            if not token:
-                return
 
     async def get(self, name: str) -> ProjectionStatus:
         """Where projection ``name`` stands (``position`` against
@@ -169,17 +166,14 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
         """The events ``projection`` parked (its handler kept failing on
         them), in log order, following the pages to the last. ``page_size``
         as for ``documents``."""
-        token = ""
-        while True:
-            request = pb.ListParkedEventsRequest(projection=projection, page_size=page_size, page_token=token)
-            page: pb.ListParkedEventsResponse = await self._call(
-                f"list the parked events of {projection!r}", self._stub.ListParkedEvents, request
-            )
+        pages = self._pages(
+            f"list the parked events of {projection!r}",
+            self._stub.ListParkedEvents,
+            lambda token: pb.ListParkedEventsRequest(projection=projection, page_size=page_size, page_token=token),
+        )
+        async for page in pages:
             for parked in page.events:
                 yield parked
-            token = page.next_page_token
-            if not token:
-                return
 
     async def rebuild(self, name: str) -> int:
         """Clear projection ``name`` (documents, parked events, checkpoint)

@@ -61,17 +61,14 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         metadata, so all of them may not fit in one message. ``page_size``
         (0: the server's, 1,000) bounds a page; more than 1,000 is
         ``InvalidArgument`` (PAGE_SIZE_TOO_LARGE)."""
-        token = ""
-        while True:
-            request = pb.ListParkedCommandsRequest(reaction=reaction, page_size=page_size, page_token=token)
-            page: pb.ListParkedCommandsResponse = await self._call(
-                f"list the parked commands of {reaction!r}", self._stub.ListParkedCommands, request
-            )
+        pages = self._pages(
+            f"list the parked commands of {reaction!r}",
+            self._stub.ListParkedCommands,
+            lambda token: pb.ListParkedCommandsRequest(reaction=reaction, page_size=page_size, page_token=token),
+        )
+        async for page in pages:
             for parked in page.commands:
                 yield parked
-            token = page.next_page_token
-            if not token:
-                return
 
     async def replay(self, reaction: str, command_id: str) -> ReplayedCommand:
         """Send a parked command again, under a new id: ``accepted``, or
@@ -132,19 +129,16 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         key, a page at a time (each page retried as a unary call), as
         ``state`` shows each. ``FailedPrecondition`` (DOCUMENT_KEYS_HIDDEN)
         on a server with encryption at rest, which cannot list them."""
-        token = ""
-        while True:
-            request = pb.ListProcessStatesRequest(
+        pages = self._pages(
+            f"list the states of {reaction!r}",
+            self._stub.ListProcessStates,
+            lambda token: pb.ListProcessStatesRequest(
                 reaction=reaction, key_prefix=prefix, page_size=page_size, page_token=token
-            )
-            page: pb.ListProcessStatesResponse = await self._call(
-                f"list the states of {reaction!r}", self._stub.ListProcessStates, request
-            )
+            ),
+        )
+        async for page in pages:
             for state in page.states:
                 yield state
-            token = page.next_page_token
-            if not token:
-                return
 
     async def drop_states(self, reaction: str, state_keys: Sequence[str]) -> int:
         """Delete the states ``reaction`` keeps under each of ``state_keys``

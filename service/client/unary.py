@@ -1,11 +1,11 @@
 """The unary calls of one of the server's services, each retried as
 ``RetryPolicy`` says, with the client's deadline per attempt and its
 metadata (the bearer token asked for at each attempt): what ``groups``,
-``reactions`` and ``projections`` of ``ChronicleClient`` share."""
+``reactions``, ``projections`` and ``admin`` of ``ChronicleClient`` share."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from service.client.call_deadline import CallDeadline
@@ -44,3 +44,17 @@ class UnaryCalls(Generic[S]):
             return await method(request, timeout=deadline.attempt_timeout(), metadata=self._metadata())
 
         return await deadline.run(what, call_with_retries(self._retry, what, attempt))
+
+    async def _pages(
+        self, what: str, method: Callable[..., Any], request_for: Callable[[str], Any]
+    ) -> AsyncIterator[Any]:
+        """The pages of a listing by page token: ``request_for(token)`` sent
+        (each page retried as ``_call`` retries), each answer yielded, until
+        one carries no ``next_page_token``."""
+        token = ""
+        while True:
+            page = await self._call(what, method, request_for(token))
+            yield page
+            token = page.next_page_token
+            if not token:
+                return
