@@ -8,12 +8,10 @@ that fails the deletion of the 121st event, as a full disk would."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
@@ -25,6 +23,7 @@ from service.store.records import ACCEPTED, REFUSED
 from service.store.sqlite import SqliteStore
 from tests.integration.test_console_group_actions import ROOT_KEY, Operator, hidden, park_all, settings
 from tests.support.console import console, text_of
+from tests.support.failing_deletes import fail_deleting, heal_deleting
 from tests.support.grpc_client import command, connect
 from tests.support.security import bearer
 
@@ -48,37 +47,11 @@ async def parked_group(store: StoreAdapter, tmp_path: Path) -> AsyncIterator[tup
 
 
 async def _inject(store: StoreAdapter, event_id: str, postgres_url: str) -> None:
-    if isinstance(store, SqliteStore):
-        await store._writer.run(_sqlite_trigger, event_id)
-        return
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        await conn.execute(
-            "CREATE FUNCTION chronicle.injected_failure() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN RAISE EXCEPTION 'injected: disk full' USING ERRCODE = '53100'; END $$"
-        )
-        await conn.execute(
-            "CREATE TRIGGER injected BEFORE DELETE ON chronicle.group_parked FOR EACH ROW"
-            f" WHEN (OLD.event_id = '{event_id}') EXECUTE FUNCTION chronicle.injected_failure()"
-        )
+    await fail_deleting(store, postgres_url, table="group_parked", column="event_id", value=event_id)
 
 
 async def _heal(store: StoreAdapter, postgres_url: str) -> None:
-    if isinstance(store, SqliteStore):
-        await store._writer.run(lambda db: db.execute("DROP TRIGGER temp.injected"))
-        return
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        await conn.execute("DROP TRIGGER injected ON chronicle.group_parked")
-
-
-def _sqlite_trigger(connection: sqlite3.Connection, event_id: str) -> None:
-    def disk_full() -> None:
-        raise OSError("injected: disk full")
-
-    connection.create_function("injected_failure", 0, disk_full)
-    connection.execute(
-        "CREATE TEMP TRIGGER injected BEFORE DELETE ON main.group_parked"
-        f" WHEN OLD.event_id = '{event_id}' BEGIN SELECT injected_failure(); END"
-    )
+    await heal_deleting(store, postgres_url, table="group_parked")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

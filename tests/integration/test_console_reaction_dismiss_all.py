@@ -9,12 +9,10 @@ of the third confirmed command's document, as a full disk would."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-import psycopg
 import pytest
 
 from chronicle.v1 import reaction_service_pb2 as reactions_pb
@@ -39,6 +37,7 @@ from tests.integration.test_console_audit_parked import (
     with_auth,
 )
 from tests.support.console import text_of
+from tests.support.failing_deletes import fail_deleting, heal_deleting
 from tests.support.grpc_client import connect
 from tests.support.security import bearer
 from tests.support.waiting import eventually
@@ -47,38 +46,13 @@ PAGE = "/reactions/" + RELAY
 
 
 async def _inject(store: StoreAdapter, command_id: str, postgres_url: str) -> None:
-    key = PARKED_PREFIX + command_id
-    if isinstance(store, SqliteStore):
-        await store._writer.run(_sqlite_trigger, key)
-        return
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        await conn.execute(
-            "CREATE FUNCTION chronicle.injected_failure() RETURNS trigger LANGUAGE plpgsql AS $$"
-            " BEGIN RAISE EXCEPTION 'injected: disk full' USING ERRCODE = '53100'; END $$"
-        )
-        await conn.execute(
-            "CREATE TRIGGER injected BEFORE DELETE ON chronicle.projection_documents FOR EACH ROW"
-            f" WHEN (OLD.key = '{key}') EXECUTE FUNCTION chronicle.injected_failure()"
-        )
+    await fail_deleting(
+        store, postgres_url, table="projection_documents", column="key", value=PARKED_PREFIX + command_id
+    )
 
 
 async def _heal(store: StoreAdapter, postgres_url: str) -> None:
-    if isinstance(store, SqliteStore):
-        await store._writer.run(lambda db: db.execute("DROP TRIGGER temp.injected"))
-        return
-    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
-        await conn.execute("DROP TRIGGER injected ON chronicle.projection_documents")
-
-
-def _sqlite_trigger(connection: sqlite3.Connection, key: str) -> None:
-    def disk_full() -> None:
-        raise OSError("injected: disk full")
-
-    connection.create_function("injected_failure", 0, disk_full)
-    connection.execute(
-        "CREATE TEMP TRIGGER injected BEFORE DELETE ON main.projection_documents"
-        f" WHEN OLD.key = '{key}' BEGIN SELECT injected_failure(); END"
-    )
+    await heal_deleting(store, postgres_url, table="projection_documents")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
