@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import grpc
@@ -107,17 +107,24 @@ class AdminService(pb_grpc.AdminServiceServicer):
             aggregate_id = check_stored_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
             response = await self._forget(aggregate_id)
         # The entry above is the forgotten aggregate's, whose texts forgetting
-        # erases: what went of each reaction is filed under the reaction, in
-        # the clear, as its process states' reads and drops are.
-        for entry in response.deleted_documents:
+        # erases: what went of each reaction is filed under the reaction.
+        await self._audit_reactions(
+            "ForgetAggregate", f"forgetting aggregate {aggregate_id}", response.deleted_documents
+        )
+        return response
+
+    async def _audit_reactions(self, method: str, forgetting: str, deleted: Iterable[pb.ForgottenDocuments]) -> None:
+        """File what a forget took of each reaction (process states, parked
+        commands) under the reaction, in the clear, as its process states'
+        reads and drops are: ``forgetting`` says which forget."""
+        for entry in deleted:
             if entry.process_states or entry.parked_commands:
                 await self._audit.admin_action(
-                    f"{SERVICE}/ForgetAggregate",
+                    f"{SERVICE}/{method}",
                     principal=current_principal.get().name,
                     aggregate_id=f"reaction:{entry.name}",
-                    message=f"forgetting aggregate {aggregate_id} {forgotten.summary([entry])}",
+                    message=f"{forgetting} {forgotten.summary([entry])}",
                 )
-        return response
 
     async def _forget(self, aggregate_id: str) -> pb.ForgetAggregateResponse:
         keys = self._keys()
@@ -280,14 +287,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 + (f", {len(done.not_encrypted)} not encrypted" if done.not_encrypted else "")
                 + (f", {without_key} without a key" if without_key else "")
             )
-        for entry in response.deleted_documents:
-            if entry.process_states or entry.parked_commands:
-                await self._audit.admin_action(
-                    f"{SERVICE}/ForgetAggregates",
-                    principal=current_principal.get().name,
-                    aggregate_id=f"reaction:{entry.name}",
-                    message=f"forgetting aggregates ({selection.describe()}) {forgotten.summary([entry])}",
-                )
+        await self._audit_reactions(
+            "ForgetAggregates", f"forgetting aggregates ({selection.describe()})", response.deleted_documents
+        )
         return response
 
     def _store_below(self) -> Store:
