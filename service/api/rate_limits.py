@@ -154,6 +154,17 @@ class RateLimits:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def _refused(self, bucket: TokenBucket, message: str, delay: float) -> RateLimited:
+        """A refusal for ``bucket``'s rate, counted: ``delay`` seconds until
+        its tokens are there (RetryInfo)."""
+        if self._on_limited is not None:
+            self._on_limited("refused")
+        return RateLimited(
+            message,
+            retry_after=delay,
+            metadata={"commands_per_second": f"{bucket.rate:g}", "burst": f"{bucket.burst:g}"},
+        )
+
     def take(self, principal: Principal, count: int) -> None:
         """A unary call of ``count`` commands: its tokens taken, or
         ``RateLimited`` raised (none taken)."""
@@ -162,13 +173,11 @@ class RateLimits:
             return
         delay = bucket.take(count, self.clock())
         if delay:
-            if self._on_limited is not None:
-                self._on_limited("refused")
-            raise RateLimited(
+            raise self._refused(
+                bucket,
                 f"this principal may submit {bucket.rate:g} commands per second (bursts of {bucket.burst:g}); retry"
                 f" in {delay:.3f} s",
-                retry_after=delay,
-                metadata={"commands_per_second": f"{bucket.rate:g}", "burst": f"{bucket.burst:g}"},
+                delay,
             )
 
     async def wait(self, principal: Principal, count: int, time_remaining: float | None) -> None:
@@ -185,13 +194,11 @@ class RateLimits:
             return
         if time_remaining is not None and delay >= time_remaining:
             bucket.give_back(count)
-            if self._on_limited is not None:
-                self._on_limited("refused")
-            raise RateLimited(
+            raise self._refused(
+                bucket,
                 f"this principal may submit {bucket.rate:g} commands per second: the stream's next commands could"
                 f" not start before its deadline; send them again in {delay:.3f} s",
-                retry_after=delay,
-                metadata={"commands_per_second": f"{bucket.rate:g}", "burst": f"{bucket.burst:g}"},
+                delay,
             )
         if self._on_limited is not None:
             self._on_limited("waited")
