@@ -98,6 +98,23 @@ async def test_a_tenant_is_listed_by_prefix_a_page_at_a_time(client: Client) -> 
     ) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_MISMATCH", {})
 
 
+async def test_a_listing_with_bad_input_is_refused_with_its_reason_and_field(client: Client) -> None:
+    """Each field ListAggregates takes, out of bounds: refused with the
+    field named, nothing listed."""
+    cases = [
+        (admin.ListAggregatesRequest(prefix="a" * 201), "INVALID_FILTER", "prefix"),
+        (admin.ListAggregatesRequest(aggregate_type="Acc\nount"), "INVALID_FILTER", "aggregate_type"),
+        (admin.ListAggregatesRequest(page_size=1001), "PAGE_SIZE_TOO_LARGE", "page_size"),
+        (admin.ListAggregatesRequest(page_token="not-a-token"), "INVALID_PAGE_TOKEN", "page_token"),
+    ]
+    for request, reason, field in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.admin.ListAggregates(request)
+        details = details_of(raised.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason), request
+        assert field in details.field_violations, (request, details.field_violations)
+
+
 async def test_forgetting_a_tenant_by_prefix_shreds_it_and_no_one_else(client: Client, site: Site) -> None:
     wrapped: dict[str, bytes] = {}
     for aggregate_id in TENANT + OTHERS:
