@@ -87,15 +87,26 @@ class AuditLog:
         aggregate_id: str = "",
         error: BaseException | None = None,
         message: str = "",
+        tenant: str = "",
     ) -> None:
         """Record what an administrator did (``error`` None; ``message`` says
         what came of it) or was refused. An action that was done must be
         audited, so a failure to record it is raised (the action itself has
-        happened: the caller learns the audit log is unavailable)."""
+        happened: the caller learns the audit log is unavailable).
+        ``tenant``: the tenant a tenant's administrator acted for, kept in
+        the entry's origin (``tenant-admin:acme``), in the clear with the
+        principal: a forget erases an entry's message, not its envelope."""
         peer = current_peer.get()()  # the administrator's address, as the gate's entries carry it
         if error is not None:
             await self.refused(
-                refusal(error, command_type=action, aggregate_id=aggregate_id, principal=principal, peer=peer)
+                refusal(
+                    error,
+                    command_type=action,
+                    aggregate_id=aggregate_id,
+                    principal=principal,
+                    origin=admin_origin(tenant) if tenant else "",
+                    peer=peer,
+                )
             )
             return
         entry = AuditEntry(
@@ -105,7 +116,7 @@ class AuditLog:
             aggregate_id=aggregate_id,
             principal=principal,
             user_id=principal,
-            origin="admin",
+            origin=admin_origin(tenant),
             outcome=ACCEPTED,
             message=storable_message(message),
             peer=storable(peer),
@@ -195,6 +206,12 @@ class SampledRefusals:
             self._flushing.cancel()
             self._flushing = None
         await self.flush()
+
+
+def admin_origin(tenant: str) -> str:
+    """An administrator's entry's origin: ``admin``, or for a tenant's
+    administrator ``tenant-admin:<tenant>``."""
+    return f"tenant-admin:{tenant}" if tenant else "admin"
 
 
 def storable(text: str) -> str:

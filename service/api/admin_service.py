@@ -2,7 +2,19 @@
 rewrapping keys, exporting and importing the store. Every RPC needs the
 admin grant; with authentication off, anonymous callers have it only on a
 server started with --anonymous-admin. Every call is audited, refused or
-done (reading the audit log only when refused)."""
+done (reading the audit log only when refused).
+
+A tenant's administrator (a ``scope = "tenant"`` role granting
+``tenant_admin``) may make four of them on its own tenant's aggregates
+only: ``ListAggregates`` (the prefix its tenant's, ``acme:`` when none is
+given), ``ForgetAggregate``, ``ForgetAggregates`` and ``QueryAudit`` (the
+entries filed under its aggregates' ids). A prefix outside the tenant is
+refused on its letters alone (``ADMIN_DENIED``); another tenant's id is
+answered as an id that does not exist, so nothing tells whether it does.
+The rest stays every tenant's administration: keys, exports and imports
+carry every tenant's data, and ``DeleteAggregate`` removes events for good
+and writes an archive where the server's operator says (docs/security.md,
+"Tenant administration")."""
 
 from __future__ import annotations
 
@@ -28,8 +40,16 @@ from service.api.codec import (
 )
 from service.api.transfers import Transfers, described
 from service.audit import AuditLog
-from service.errors import ChronicleError, ConfigurationError, InvalidInput, NotEncrypted, StoreUnavailable
-from service.principal import current_principal
+from service.errors import (
+    ChronicleError,
+    ConfigurationError,
+    InvalidInput,
+    NotEncrypted,
+    PermissionDenied,
+    StoreUnavailable,
+    quoted,
+)
+from service.principal import Principal, current_principal, in_tenant, tenant_prefix
 from service.security.policy import Authorizer
 from service.store.base import AuditQuery, Store
 from service.store.encrypted import forget_aggregate
@@ -77,7 +97,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
         self, request: pb.QueryAuditRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.QueryAuditResponse:
         async with self._audited("QueryAudit", record_success=False):
-            self._authorizer.check_admin(current_principal.get(), "query the audit log")
+            tenant = self._authorizer.administered_tenant(current_principal.get(), "query the audit log")
         if request.limit > MAX_AUDIT_ENTRIES:
             raise InvalidInput.for_field("limit", f"must be at most {MAX_AUDIT_ENTRIES}", reason="LIMIT_TOO_LARGE")
         query = AuditQuery(
@@ -95,6 +115,10 @@ class AdminService(pb_grpc.AdminServiceServicer):
             since_us=micros_of(request.since, "since") if request.HasField("since") else None,
             until_us=micros_of(request.until, "until") if request.HasField("until") else None,
             limit=request.limit or 100,
+            # A tenant's administrator: the entries of its aggregates alone
+            # (another tenant's id asked for then matches none, as an id
+            # never audited would); never those of no tenant (reaction:…).
+            aggregate_id_prefix=tenant_prefix(tenant) if tenant is not None else None,
         )
         entries = await self._audit.query(query)
         return pb.QueryAuditResponse(entries=[_entry(e) for e in entries])
@@ -103,9 +127,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
         self, request: pb.ForgetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ForgetAggregateResponse:
         async with self._audited("ForgetAggregate", aggregate_id=request.aggregate_id[:200]):
-            self._authorizer.check_admin(current_principal.get(), "forget aggregates")
+            tenant = self._authorizer.administered_tenant(current_principal.get(), "forget aggregates")
             aggregate_id = check_stored_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
-            response = await self._forget(aggregate_id)
+            response = await self._forget(aggregate_id, tenant)
         # The entry above is the forgotten aggregate's, whose texts forgetting
         # erases: what went of each reaction is filed under the reaction.
         await self._audit_reactions(
@@ -124,12 +148,17 @@ class AdminService(pb_grpc.AdminServiceServicer):
                     principal=current_principal.get().name,
                     aggregate_id=f"reaction:{entry.name}",
                     message=f"{forgetting} {forgotten.summary([entry])}",
+                    tenant=self._tenant_acting(),
                 )
 
-    async def _forget(self, aggregate_id: str) -> pb.ForgetAggregateResponse:
+    async def _forget(self, aggregate_id: str, tenant: str | None) -> pb.ForgetAggregateResponse:
         keys = self._keys()
         if self._stored is None:
             raise StoreUnavailable("this server cannot look at its store below encryption", reason="FORGET_UNAVAILABLE")
+        if tenant is not None and not in_tenant(tenant, aggregate_id):
+            # Another tenant's id, to a tenant's administrator: answered as
+            # an id with no key (one that does not exist), whether it exists.
+            raise _no_key(aggregate_id)
         forgetting = await forget_aggregate(self._stored, keys, aggregate_id)
         deleted = forgotten.deleted_documents(forgetting)
         if deleted:
@@ -154,11 +183,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
             return answer
         if forgetting.forgotten_at_us is not None or await keys.forgotten(aggregate_id):
             return answer
-        raise NotEncrypted(
-            f"aggregate {aggregate_id!r} has no encryption key: it does not exist, or its events were"
-            " written in the clear before encryption was on",
-            metadata={"aggregate_id": aggregate_id},
-        )
+        raise _no_key(aggregate_id)
 
     async def RewrapKeys(
         self, request: pb.RewrapKeysRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -240,7 +265,13 @@ class AdminService(pb_grpc.AdminServiceServicer):
         self, request: pb.ListAggregatesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListAggregatesResponse:
         async with self._audited("ListAggregates", record_success=False):
-            self._authorizer.check_admin(current_principal.get(), "list aggregates")
+            principal = current_principal.get()
+            tenant = self._authorizer.administered_tenant(principal, "list aggregates")
+            if tenant is not None:
+                narrowed = pb.ListAggregatesRequest()
+                narrowed.CopyFrom(request)
+                narrowed.prefix = _prefix_within(principal, tenant, request.prefix or tenant_prefix(tenant))
+                request = narrowed
             return await aggregate_listing.list_page(self._store_below().events, request)
 
     async def ForgetAggregates(
@@ -249,10 +280,19 @@ class AdminService(pb_grpc.AdminServiceServicer):
         outcome = _Outcome()
         async with self._audited("ForgetAggregates", aggregate_id=request.prefix[:200], outcome=outcome):
             principal = current_principal.get()
-            self._authorizer.check_admin(principal, "forget aggregates")
+            tenant = self._authorizer.administered_tenant(principal, "forget aggregates")
             selection = bulk_forget.selection_of(request)
+            if tenant is not None and selection.prefix:
+                _prefix_within(principal, tenant, selection.prefix)
             batch_size = bulk_forget.batch_size_of(request)
-            bulk = bulk_forget.BulkForget(self._store_below(), self._keys(), evict=self._evict)
+            bulk = bulk_forget.BulkForget(
+                self._store_below(),
+                self._keys(),
+                evict=self._evict,
+                # Another tenant's ids, to a tenant's administrator: as ids
+                # with no live key (matching none), whether they exist or not.
+                owns=(lambda aggregate_id: in_tenant(tenant, aggregate_id)) if tenant is not None else None,
+            )
             matching = await bulk.matching(selection)
             bulk.check_confirmed(request.confirm if request.HasField("confirm") else None, matching, selection)
 
@@ -269,6 +309,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
                     aggregate_id=request.prefix[:200],
                     message=f"batch: {bulk_forget.counted(len(erased))} forgotten ({selection.describe()}),"
                     f" {erased[0]} to {erased[-1]}" + (f"; {forgotten.summary(deleted)}" if deleted else ""),
+                    tenant=tenant or "",
                 )
                 log.warning(
                     "%s forgotten by %r (%s)%s",
@@ -292,6 +333,11 @@ class AdminService(pb_grpc.AdminServiceServicer):
         )
         return response
 
+    def _tenant_acting(self) -> str:
+        """The tenant the caller administers as its tenant's administrator
+        ("": every tenant's administrator, or none), for its audit entries."""
+        return self._authorizer.tenant_administered(current_principal.get())
+
     def _store_below(self) -> Store:
         if self._stored is None:
             raise StoreUnavailable("this server cannot look at its store below encryption", reason="FORGET_UNAVAILABLE")
@@ -309,14 +355,42 @@ class AdminService(pb_grpc.AdminServiceServicer):
         what ``outcome`` says came of it)."""
         action = f"{SERVICE}/{rpc}"
         principal = current_principal.get().name
+        tenant = self._tenant_acting()
         try:
             yield
         except ChronicleError as error:
-            await self._audit.admin_action(action, principal=principal, aggregate_id=aggregate_id, error=error)
+            await self._audit.admin_action(
+                action, principal=principal, aggregate_id=aggregate_id, error=error, tenant=tenant
+            )
             raise
         if record_success:
             message = outcome.message if outcome is not None else ""
-            await self._audit.admin_action(action, principal=principal, aggregate_id=aggregate_id, message=message)
+            await self._audit.admin_action(
+                action, principal=principal, aggregate_id=aggregate_id, message=message, tenant=tenant
+            )
+
+
+def _no_key(aggregate_id: str) -> NotEncrypted:
+    """A forget of an aggregate without a key: one that does not exist (or
+    of another tenant, to a tenant's administrator), or written in the clear."""
+    return NotEncrypted(
+        f"aggregate {aggregate_id!r} has no encryption key: it does not exist, or its events were"
+        " written in the clear before encryption was on",
+        metadata={"aggregate_id": aggregate_id},
+    )
+
+
+def _prefix_within(principal: Principal, tenant: str, prefix: str) -> str:
+    """``prefix`` if it lies within ``tenant``'s ids (begins ``acme:``);
+    refused otherwise, on its letters alone (nothing is looked up)."""
+    if prefix.startswith(tenant_prefix(tenant)):
+        return prefix
+    raise PermissionDenied(
+        f"{principal.name} administers tenant {quoted(tenant)} only: prefix {quoted(prefix)} is outside its"
+        f" aggregates (their ids begin {tenant_prefix(tenant)!r})",
+        reason="ADMIN_DENIED",
+        metadata={"principal": principal.name, "tenant": tenant, "prefix": prefix[:200]},
+    )
 
 
 def _said_for_people(error: ConfigurationError) -> ConfigurationError:

@@ -118,10 +118,21 @@ class BulkForget:
     """One ForgetAggregates call over the store's own roles (below
     encryption, where payloads in the clear show) and the keyring."""
 
-    def __init__(self, stored: Store, keys: Keyring, *, evict: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        stored: Store,
+        keys: Keyring,
+        *,
+        evict: Callable[[str], None],
+        owns: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``owns``: which of a list's ids the caller may forget (a tenant's
+        administrator: its tenant's); the others are taken as ids with no
+        live key, as one that does not exist is. None: every id."""
         self._stored = stored
         self._keys = keys
         self._evict = evict
+        self._owns = owns
 
     async def matching(self, selection: Selection) -> int:
         """How many aggregates the selection matches now: a live key each."""
@@ -204,6 +215,8 @@ class BulkForget:
     async def _live_among(self, ids: Sequence[str]) -> list[str]:
         live = []
         for aggregate_id in ids:
+            if self._owns is not None and not self._owns(aggregate_id):
+                continue
             key = await self._stored.keys.load_data_key(aggregate_id)
             if key is not None and not key.forgotten:
                 live.append(aggregate_id)

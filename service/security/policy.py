@@ -50,7 +50,8 @@ administration) gives a tenant-scoped role nothing: only the checks that
 name an aggregate id (``may_submit_to``, ``may_read_id``), narrow a stream
 to the tenant's ids (``subscription_scope``, ``may_subscribe_in_tenant``,
 ``tenant_reading``) or ask whether a caller may see *some* aggregates of a
-type (``*_somewhere``, ``may_read_any``) count it.
+type (``*_somewhere``, ``may_read_any``) count it. Its ``tenant_admin``
+(``administered_tenant``) administers the tenant's own aggregates only.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ import logging
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from service.errors import ConfigurationError, PermissionDenied, quoted
@@ -80,7 +81,13 @@ _GROUP_PATTERN = re.compile(r"[A-Za-z0-9.*_-]{1,100}")
 # tenant's aggregates only. One word, not an id pattern (``"{tenant}:*"``):
 # there is one rule to get right, no pattern language to half-implement.
 TENANT_SCOPE = "tenant"
-_TENANT_ROLE_KEYS = {"scope"}
+# ``tenant_admin``: the administration of the principal's own tenant
+# (service/api/admin_service.py says which calls). A key of its own, taken
+# only beside ``scope = "tenant"``, not ``admin = true`` read differently
+# there: one word must not mean every tenant in one role and one tenant in
+# the next, and a role that lost its ``scope`` line by mistake must stop the
+# server (BAD_POLICY), not become an administrator of every tenant.
+_TENANT_ROLE_KEYS = {"scope", "tenant_admin"}
 _PRINCIPAL_KEYS = {"roles", "tenant"}
 
 
@@ -97,6 +104,9 @@ class Grant:
     consume: frozenset[str] = frozenset()
     impersonate: bool = False
     admin: bool = False
+    # Of a tenant-scoped role only: its tenant's administration (listing,
+    # forgetting and the audit of its own aggregates), never every tenant's.
+    tenant_admin: bool = False
 
     def __or__(self, other: Grant) -> Grant:
         return Grant(
@@ -106,6 +116,7 @@ class Grant:
             consume=self.consume | other.consume,
             impersonate=self.impersonate or other.impersonate,
             admin=self.admin or other.admin,
+            tenant_admin=self.tenant_admin or other.tenant_admin,
         )
 
 
@@ -157,15 +168,23 @@ class Policy:
             raise ConfigurationError(f"{source}: unknown sections {sorted(unknown)}", reason="BAD_POLICY")
         role_bodies = _table(source, "roles", data)
         tenant_roles = frozenset(name for name, body in role_bodies.items() if _tenant_scoped(source, name, body))
+        for name, body in role_bodies.items():
+            if name not in tenant_roles and isinstance(body, Mapping) and "tenant_admin" in body:
+                raise ConfigurationError(
+                    f"{source}: roles.{name}.tenant_admin needs scope = {TENANT_SCOPE!r} beside it: it administers"
+                    " the principal's own tenant (admin = true is every tenant's administration)",
+                    reason="BAD_POLICY",
+                )
         roles = {
-            name: _grant(source, name, _without_scope(body) if name in tenant_roles else body)
+            name: _tenant_grant(source, name, body) if name in tenant_roles else _grant(source, name, body)
             for name, body in role_bodies.items()
         }
         for name in sorted(tenant_roles):
             if roles[name].admin:
                 raise ConfigurationError(
                     f"{source}: roles.{name} is tenant-scoped and cannot grant admin: administration (the audit,"
-                    " forgetting, exports) is of every tenant's data",
+                    " forgetting, exports) is of every tenant's data; tenant_admin = true administers the"
+                    " principal's own tenant",
                     reason="BAD_POLICY",
                 )
         principals: dict[str, frozenset[str]] = {}
@@ -208,9 +227,15 @@ def _tenant_scoped(source: str, name: str, body: object) -> bool:
     return True
 
 
-def _without_scope(body: object) -> object:
-    assert isinstance(body, Mapping)
-    return {key: value for key, value in body.items() if key not in _TENANT_ROLE_KEYS}
+def _tenant_grant(source: str, name: str, body: object) -> Grant:
+    """A ``scope = "tenant"`` role's grant: the keys every role takes, and
+    ``tenant_admin``."""
+    assert isinstance(body, Mapping)  # checked by ``_tenant_scoped``
+    tenant_admin = body.get("tenant_admin", False)
+    if not isinstance(tenant_admin, bool):
+        raise ConfigurationError(f"{source}: roles.{name}.tenant_admin must be true or false", reason="BAD_POLICY")
+    grant = _grant(source, name, {key: value for key, value in body.items() if key not in _TENANT_ROLE_KEYS})
+    return replace(grant, tenant_admin=tenant_admin)
 
 
 def _tenant(source: str, name: str, value: object) -> str:
@@ -609,17 +634,53 @@ class Authorizer:
         return tenant_prefix(tenant)
 
     def check_admin(self, principal: Principal, action: str) -> None:
+        """Every tenant's administration: the admin grant (a tenant's
+        administrator is refused too, saying what its grant covers)."""
         if self.grant(principal).admin:
             return
+        raise self._admin_refused(principal, action)
+
+    def administered_tenant(self, principal: Principal, action: str) -> str | None:
+        """Whose aggregates the principal may administer by the calls a
+        tenant's administrator may make (listing, forgetting, the audit):
+        None, every tenant's (the admin grant); its tenant, given by a
+        tenant-scoped role with ``tenant_admin``; anyone else is refused as
+        ``check_admin`` refuses."""
+        if self.grant(principal).admin:
+            return None
+        tenant = self.tenant_administered(principal)
+        if tenant:
+            return tenant
+        raise self._admin_refused(principal, action)
+
+    def tenant_administered(self, principal: Principal) -> str:
+        """The tenant the principal administers by a ``tenant_admin``
+        grant ("": none, or the admin grant, which is every tenant's)."""
+        if self.grant(principal).admin:
+            return ""
+        tenant, scoped = self.tenant_grant(principal)
+        return tenant if scoped.tenant_admin else ""
+
+    def _admin_refused(self, principal: Principal, action: str) -> PermissionDenied:
         if self._policy is None:
-            raise PermissionDenied(
+            return PermissionDenied(
                 f"anonymous callers may not {action}: authentication is off on this server, and anonymous"
                 " callers are never administrators (turn on --auth and grant admin in the policy; on a"
                 " developer's own machine, --anonymous-admin)",
                 reason="ANONYMOUS_ADMIN_DENIED",
                 metadata={"principal": principal.name, "action": action},
             )
-        raise _denied(principal, f"may not {action}", "ADMIN_DENIED", action=action)
+        tenant = self.tenant_administered(principal)
+        if tenant:
+            return _denied(
+                principal,
+                f"may not {action}: its tenant_admin grant administers tenant {quoted(tenant)} only (listing,"
+                " forgetting, the audit of its aggregates); this takes admin, every tenant's administration",
+                "ADMIN_DENIED",
+                action=action,
+                tenant=tenant,
+            )
+        return _denied(principal, f"may not {action}", "ADMIN_DENIED", action=action)
 
 
 def _denied(principal: Principal, what: str, reason: str, **metadata: str) -> PermissionDenied:

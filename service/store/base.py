@@ -84,10 +84,14 @@ class AuditQuery:
     until_us: int | None = None
     limit: int = 100
     command_type: str | None = None  # a command's full name, or an administrator's action (SERVICE/RPC)
+    # Entries whose aggregate id begins with it: a tenant's (``acme:``), for
+    # its own administrator (service/api/admin_service.py).
+    aggregate_id_prefix: str | None = None
 
     def matches(self, entry: AuditEntry) -> bool:
         return (
             (self.aggregate_id is None or entry.aggregate_id == self.aggregate_id)
+            and (self.aggregate_id_prefix is None or entry.aggregate_id.startswith(self.aggregate_id_prefix))
             and (self.principal is None or entry.principal == self.principal)
             and (self.command_id is None or entry.command_id == self.command_id)
             and (self.command_type is None or entry.command_type == self.command_type)

@@ -399,6 +399,7 @@ def audit_conditions(dialect: Dialect, query: AuditQuery, *, time_column: str) -
     ):
         if value is not None:
             conditions.add(f"{column} = {{}}", value)
+    add_prefix_condition(conditions, query.aggregate_id_prefix)
     if query.since_us is not None:
         conditions.add(f"{time_column} >= {dialect.micros}", query.since_us)
     if query.until_us is not None:

@@ -98,6 +98,29 @@ async def test_audit_filters_combine(store: StoreAdapter) -> None:
     assert await times(limit=2) == [40, 30]
 
 
+async def test_audit_filters_by_aggregate_id_prefix_literally(store: StoreAdapter) -> None:
+    """A tenant's administrator reads the entries of its own aggregates:
+    ``acme:`` takes ``acme:…`` (command records and the audit's own entries,
+    an entry filed under the prefix itself included), never ``acme2:…``,
+    an id of no tenant or ``reaction:…``; ``%`` and ``_`` are characters,
+    not LIKE's wildcards."""
+    for time, aggregate_id in enumerate(["acme:1", "acme2:1", "a-1", "reaction:r", "acme:", "ac%e:1", "acme_1"], 1):
+        await store.record_audit_entry(refusal(time * 10, aggregate_id=aggregate_id))
+    accepted = replace(command_record("acme:2", 1, 1), recorded_at_us=80)
+    await store.append("acme:2", [new_event()], 0, commands=[accepted])
+    other = replace(command_record("globex:2", 1, 2), recorded_at_us=90)
+    await store.append("globex:2", [new_event()], 0, commands=[other])
+
+    async def ids(**fields: object) -> list[str]:
+        return [e.aggregate_id for e in await store.read_audit(AuditQuery(**fields))]  # type: ignore[arg-type]
+
+    assert await ids(aggregate_id_prefix="acme:") == ["acme:2", "acme:", "acme:1"]
+    assert await ids(aggregate_id_prefix="ac%e:") == ["ac%e:1"]
+    assert await ids(aggregate_id_prefix="acme:", aggregate_id="globex:2") == []
+    assert await ids(aggregate_id_prefix="acme:", aggregate_id="acme:1") == ["acme:1"]
+    assert await ids(aggregate_id_prefix="acme:", outcome=ACCEPTED) == ["acme:2"]
+
+
 async def test_audit_filters_by_command_type_in_command_records_and_the_audits_own_entries(
     store: StoreAdapter,
 ) -> None:

@@ -177,6 +177,8 @@ def test_a_tenant_scoped_subscription_is_narrowed_to_the_tenants_ids() -> None:
     [
         ('[roles.r]\nscope = "tenants"', "scope must be 'tenant'"),
         ('[roles.r]\nscope = "tenant"\nadmin = true', "cannot grant admin"),
+        ("[roles.r]\ntenant_admin = true", "tenant_admin needs scope = 'tenant' beside it"),
+        ('[roles.r]\nscope = "tenant"\ntenant_admin = "yes"', "tenant_admin must be true or false"),
         ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenant = "a:b"', "must not contain ':'"),
         ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenant = ""', "must not be empty"),
         ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenant = "a b"', "without spaces"),
@@ -218,3 +220,40 @@ def test_a_tenant_scoped_consume_grant_names_its_own_tenants_groups_alone() -> N
     assert not policy.may_consume_group_of(acme, "billing", None)  # a group of every tenant
     untenanted = Principal("bob", "jwt", frozenset({"teller"}))
     assert not policy.may_consume_group(untenanted, "billing")
+
+
+TENANT_ADMINS = Authorizer(
+    Policy.parse(
+        tomllib.loads(
+            '[roles.support]\nscope = "tenant"\ntenant_admin = true\n'
+            '[roles.banker]\nscope = "tenant"\nread = ["*"]\n'
+            "[roles.operator]\nadmin = true\n"
+            '[principals."acme-support"]\nroles = ["support"]\ntenant = "acme"\n'
+            '[principals."acme-app"]\nroles = ["banker"]\ntenant = "acme"\n'
+            '[principals."root"]\nroles = ["operator", "support"]\ntenant = "acme"\n'
+        )
+    )
+)
+
+
+def test_tenant_admin_administers_the_principals_own_tenant_and_admin_every_tenant() -> None:
+    assert TENANT_ADMINS.administered_tenant(who("acme-support"), "list aggregates") == "acme"
+    assert TENANT_ADMINS.administered_tenant(who("root"), "list aggregates") is None  # admin wins: every tenant
+    assert TENANT_ADMINS.tenant_administered(who("root")) == ""
+    # Its credential naming another tenant than the policy: no tenant, so no administration.
+    for refused in [who("acme-app"), Principal("acme-support", "jwt", tenant="globex"), who("stranger")]:
+        with pytest.raises(PermissionDenied) as denied:
+            TENANT_ADMINS.administered_tenant(refused, "list aggregates")
+        assert denied.value.reason == "ADMIN_DENIED"
+
+
+def test_tenant_admin_without_a_tenant_grants_nothing_and_never_every_tenants_administration() -> None:
+    untenanted = Principal("bob", "api-key", frozenset({"support"}))
+    with pytest.raises(PermissionDenied) as denied:
+        TENANT_ADMINS.administered_tenant(untenanted, "forget aggregates")
+    assert (denied.value.reason, "tenant" in denied.value.metadata) == ("ADMIN_DENIED", False)
+    with pytest.raises(PermissionDenied) as denied:
+        TENANT_ADMINS.check_admin(who("acme-support"), "rewrap keys")
+    assert (denied.value.reason, denied.value.metadata["tenant"]) == ("ADMIN_DENIED", "acme")
+    assert "tenant_admin grant administers tenant 'acme' only" in denied.value.message
+    assert not TENANT_ADMINS.may_consume_group(who("acme-support"), "billing")  # not admin's every group
