@@ -423,7 +423,7 @@ async def start(
         else None
     )
     # The console's load page draws the same metrics: they are kept for it too.
-    metrics = Metrics() if settings.metrics_listen or settings.console_listen else None
+    metrics = Metrics(tenants=settings.metrics_tenants) if settings.metrics_listen or settings.console_listen else None
     if metrics is not None:
         batch_counts = getattr(adapter, "batch_counts", None)
         if batch_counts is not None:

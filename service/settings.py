@@ -15,6 +15,10 @@ from service.cluster.hashing import MAX_PARTITIONS, check_partition_count
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS
 
+# Tenants labelled at most in the per-tenant metrics (--metrics-tenants):
+# each is a series per metric Prometheus keeps (observability/tenant_metrics.py).
+MAX_METRICS_TENANTS = 1000
+
 MIN_LEASE_SECONDS = 0.5
 MAX_PROCESSES = 256
 
@@ -237,6 +241,14 @@ class Settings:
     metrics_listen: str = field(
         default="", metadata={"help": "host:port to serve Prometheus metrics on (/metrics); empty: off"}
     )
+    metrics_tenants: int = field(
+        default=0,
+        metadata={
+            "help": "count commands and events per tenant for the first N tenants each replica meets (the rest"
+            ' as tenant="(other)"), in chronicle_tenant_*_total; 0: off. Every tenant labelled is a'
+            f" Prometheus series per metric: at most {MAX_METRICS_TENANTS}"
+        },
+    )
     console_listen: str = field(
         default="",
         metadata={
@@ -388,6 +400,12 @@ class Settings:
         for name in ("max_commands_per_second_per_principal", "commands_burst_per_principal"):
             if getattr(self, name) < 0:
                 raise bad_setting(name, f"{getattr(self, name)} is negative", _accepted_int(name, at_least=0))
+        if not 0 <= self.metrics_tenants <= MAX_METRICS_TENANTS:
+            raise bad_setting(
+                "metrics_tenants",
+                f"{self.metrics_tenants} is out of range",
+                f"from 0 (off) to {MAX_METRICS_TENANTS}: each tenant labelled is a series Prometheus keeps",
+            )
         if self.subscription_read_ahead_bytes < 0:
             raise bad_setting(
                 "subscription_read_ahead_bytes",

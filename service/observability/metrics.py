@@ -9,6 +9,11 @@ registered, status codes, store operations): never aggregate ids.
   (``failed_precondition``, ``permission_denied``, ``aborted``, …). Commands
   refused as their request was decoded count too (``DecodingRefusals``), a
   type no plugin registered as ``command_type="(unknown)"``.
+- ``chronicle_tenant_commands_total{tenant, outcome}`` and
+  ``chronicle_tenant_events_appended_total{tenant}``, only with
+  ``--metrics-tenants N``: commands run (``accepted``, ``refused``) and the
+  events they appended, by their aggregate's tenant, N tenants labelled at
+  most (``service.observability.tenant_metrics``).
 - ``chronicle_command_duration_seconds{command_type}``: from taking a command
   to its result, queue wait included (histogram).
 - ``chronicle_command_refusals_total{reason}``: commands refused, by the
@@ -84,6 +89,7 @@ from prometheus_client.registry import Collector
 
 from service.errors import ChronicleError, ConfigurationError
 from service.observability.scrape_server import start_scrape_server
+from service.observability.tenant_metrics import TenantCounts
 from service.plugins.middleware import CommandCall, Middleware
 from service.processing.deadlines import DEADLINE_FIRED
 from service.version import VERSION, commit
@@ -143,9 +149,12 @@ class RunnerGauges:
 class Metrics:
     """Every metric of one server, in a registry of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tenants: int = 0) -> None:
+        """``tenants``: how many tenants get series of their own in the
+        per-tenant counters (0: none are kept, ``--metrics-tenants``)."""
         self.registry = CollectorRegistry()
         r = self.registry
+        self.tenants = TenantCounts(r, tenants) if tenants else None
         self.commands = Counter(
             "chronicle_commands", "Commands processed, by type and outcome", ["command_type", "outcome"], registry=r
         )
@@ -389,9 +398,17 @@ class MetricsMiddleware(Middleware):
 
     def after(self, call: CommandCall) -> None:
         self._count(call)
+        tenants = self._metrics.tenants
+        # Each command once, when it runs: not a retry answered from its
+        # record, nor a dry run (chronicle_commands_total has both).
+        if tenants is not None and not call.dry_run and call.result is not None and not call.result.replayed:
+            tenants.accepted(call.aggregate_id, len(call.result.events))
 
     def on_error(self, call: CommandCall) -> None:
         self._count(call)
+        tenants = self._metrics.tenants
+        if tenants is not None and not call.dry_run:
+            tenants.refused(call.aggregate_id)
         if isinstance(call.error, ChronicleError):
             self._metrics.command_refusals.labels(reason=call.error.reason).inc()
 

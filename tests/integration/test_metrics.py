@@ -44,6 +44,42 @@ async def test_command_counters_move_with_each_outcome(served: tuple[Application
     assert sample(after, "chronicle_command_duration_seconds_count", command_type="bank.v1.OpenAccount") == 1
 
 
+async def test_commands_and_events_are_counted_per_tenant_when_asked_for_the_first_n_tenants() -> None:
+    """``--metrics-tenants 2``: acme and globex, the first two tenants
+    seen, have series of their own; initech comes third and counts as
+    ``(other)``, an id of no tenant as ``(none)``. A retry answered from
+    its record is not counted again."""
+    async with running_server(MemoryStore(), metrics_listen="127.0.0.1:0", metrics_tenants=2) as (app, client):
+        opened = command("acme:acc-1", bank.OpenAccount(owner="ann"))
+        await client.submit(opened)
+        await client.submit(opened)  # replayed
+        await client.submit(command("acme:acc-1", bank.Deposit(amount=5)))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.submit(command("acme:acc-1", bank.Withdraw(amount=500)))
+        await client.submit(command("globex:acc-1", bank.OpenAccount(owner="bob")))
+        await client.submit(command("initech:acc-1", bank.OpenAccount(owner="cy")))
+        await client.submit(command("acc-1", bank.OpenAccount(owner="di")))
+        text = await scrape(app)
+
+    def counted(name: str, **labels: str) -> float:
+        return sample(text, name, **labels)
+
+    assert counted("chronicle_tenant_commands_total", tenant="acme", outcome="accepted") == 2
+    assert counted("chronicle_tenant_commands_total", tenant="acme", outcome="refused") == 1
+    assert counted("chronicle_tenant_events_appended_total", tenant="acme") == 2
+    assert counted("chronicle_tenant_commands_total", tenant="globex", outcome="accepted") == 1
+    assert counted("chronicle_tenant_commands_total", tenant="(other)", outcome="accepted") == 1
+    assert counted("chronicle_tenant_commands_total", tenant="(none)", outcome="accepted") == 1
+    assert 'tenant="initech"' not in text
+
+
+async def test_no_tenant_label_by_default(served: tuple[Application, Client, Any]) -> None:
+    app, client, _ = served
+    await client.submit(command("acme:acc-1", bank.OpenAccount(owner="ann")))
+    text = await scrape(app)
+    assert "chronicle_tenant_" not in text and "acme" not in text
+
+
 async def test_a_conflict_is_counted_and_retried(served: tuple[Application, Client, Any]) -> None:
     app, client, store = served
     response = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))

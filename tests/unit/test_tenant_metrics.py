@@ -1,0 +1,87 @@
+"""Per-tenant counters (``--metrics-tenants N``): the label each aggregate
+id gets, and the bound on how many tenants are labelled."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from service.errors import ConfigurationError
+from service.observability.tenant_metrics import NO_TENANT, OTHER_TENANTS, TenantCounts
+from service.settings import MAX_METRICS_TENANTS, Settings
+
+
+def commands(registry: CollectorRegistry, tenant: str, outcome: str) -> float:
+    return registry.get_sample_value("chronicle_tenant_commands_total", {"tenant": tenant, "outcome": outcome}) or 0.0
+
+
+def events(registry: CollectorRegistry, tenant: str) -> float:
+    return registry.get_sample_value("chronicle_tenant_events_appended_total", {"tenant": tenant}) or 0.0
+
+
+def tenant_labels(registry: CollectorRegistry) -> set[str]:
+    return {
+        sample.labels["tenant"]
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name.startswith("chronicle_tenant_")
+    }
+
+
+def test_the_first_tenants_seen_are_labelled_and_every_later_one_is_other() -> None:
+    registry = CollectorRegistry()
+    counts = TenantCounts(registry, 2)
+    counts.accepted("acme:acc-1", 2)
+    counts.accepted("globex:acc-1", 1)
+    counts.accepted("initech:acc-1", 3)  # the third tenant: over the bound
+    counts.refused("umbrella:acc-1")
+    counts.accepted("acme:acc-2", 0)  # a command that appended nothing
+    counts.refused("acme:acc-1")
+    assert counts.labelled == {"acme", "globex"}
+    assert (commands(registry, "acme", "accepted"), commands(registry, "acme", "refused")) == (2, 1)
+    assert (events(registry, "acme"), events(registry, "globex")) == (2, 1)
+    assert (commands(registry, OTHER_TENANTS, "accepted"), commands(registry, OTHER_TENANTS, "refused")) == (1, 1)
+    assert events(registry, OTHER_TENANTS) == 3
+    assert "initech" not in tenant_labels(registry)
+
+
+@pytest.mark.parametrize(
+    "aggregate_id",
+    ["acc-1", "", ":acc-1", "a b:acc-1", "x" * 65 + ":acc-1", "tab\t:acc-1"],
+)
+def test_an_id_of_no_tenant_counts_under_none_and_takes_no_place(aggregate_id: str) -> None:
+    registry = CollectorRegistry()
+    counts = TenantCounts(registry, 1)
+    counts.refused(aggregate_id)
+    assert commands(registry, NO_TENANT, "refused") == 1
+    assert counts.labelled == frozenset()
+    counts.accepted("acme:acc-1", 1)  # the one place is still free
+    assert counts.labelled == {"acme"}
+
+
+def test_a_tenant_named_like_the_reserved_labels_is_never_labelled_apart() -> None:
+    registry = CollectorRegistry()
+    counts = TenantCounts(registry, 5)
+    counts.accepted("(none):acc-1", 1)
+    counts.accepted("(other):acc-1", 1)
+    assert counts.labelled == frozenset()
+    assert commands(registry, OTHER_TENANTS, "accepted") == 2
+
+
+def test_however_many_tenants_come_the_labels_stay_bounded() -> None:
+    registry = CollectorRegistry()
+    counts = TenantCounts(registry, 10)
+    for n in range(5000):
+        counts.accepted(f"tenant{n}:acc-1", 1)
+    assert len(tenant_labels(registry)) == 10 + 2  # the first ten, (other) and (none)
+    assert commands(registry, OTHER_TENANTS, "accepted") == 4990
+    assert commands(registry, "tenant9", "accepted") == 1
+
+
+def test_the_setting_is_off_by_default_and_bounded() -> None:
+    assert Settings().metrics_tenants == 0
+    assert Settings(metrics_tenants=MAX_METRICS_TENANTS).metrics_tenants == MAX_METRICS_TENANTS
+    for bad in (-1, MAX_METRICS_TENANTS + 1):
+        with pytest.raises(ConfigurationError) as refused:
+            Settings(metrics_tenants=bad)
+        assert refused.value.reason == "BAD_SETTING"
