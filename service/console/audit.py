@@ -122,7 +122,8 @@ async def _query(admin: AdminService, request: Any) -> list[admin_pb.AuditEntry]
 async def refused_by_the_rpc(admin: AdminService) -> None:
     """QueryAudit refuses a caller without the admin grant before it reads
     its request (and audits the refusal): let it say so, for a page whose
-    address the console has not read yet."""
+    address the console has not read yet. A tenant's administrator passes:
+    the RPC narrows its page to its tenant's entries."""
     await admin.QueryAudit(admin_pb.QueryAuditRequest(), _NO_CONTEXT)
 
 

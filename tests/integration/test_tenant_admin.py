@@ -22,7 +22,9 @@ from chronicle.v1 import event_service_pb2 as ev
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.encryption import new_master_key
 from tests.support.at_rest import Site, site_for
+from tests.support.console import console, log_in, session_cookie
 from tests.support.grpc_client import Client, command, connect, details_of, running_server, with_jwt_auth
+from tests.support.http import request
 from tests.support.security import JwtIssuer, bearer, write
 
 pytestmark = pytest.mark.postgres
@@ -68,8 +70,9 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
 
 
 class Callers:
-    def __init__(self, root: Client, support: Client, app: Client) -> None:
+    def __init__(self, root: Client, support: Client, app: Client, console: str, support_token: str) -> None:
         self.root, self.support, self.app = root, support, app
+        self.console, self.support_token = console, support_token
 
 
 @pytest.fixture
@@ -78,6 +81,7 @@ async def callers(site: Site, tmp_path: Path) -> AsyncIterator[Callers]:
     settings = replace(
         with_jwt_auth(tmp_path, issuer, POLICY),
         master_key_file=write(tmp_path / "master.keys", f"k1:{new_master_key()}\n"),
+        console_listen="127.0.0.1:0",
     )
     async with running_server(site.store, settings=settings) as (server, _), AsyncExitStack() as stack:
         root, support, app = [
@@ -86,7 +90,7 @@ async def callers(site: Site, tmp_path: Path) -> AsyncIterator[Callers]:
         ]
         for aggregate_id in ACME + GLOBEX + ALIKE:
             await root.submit(command(aggregate_id, bank.OpenAccount(owner=f"Owner of {aggregate_id}")))
-        yield Callers(root, support, app)
+        yield Callers(root, support, app, console(server), issuer.token("acme-support"))
 
 
 async def refusal(call: object) -> tuple[grpc.StatusCode, str, dict[str, str], str]:
@@ -231,3 +235,14 @@ async def test_every_other_administration_stays_every_tenants(callers: Callers) 
     # A tenant-scoped role without tenant_admin administers nothing, its own tenant included.
     code, reason, _, _ = await refusal(callers.app.admin.ListAggregates(admin.ListAggregatesRequest(prefix="acme:")))
     assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "ADMIN_DENIED")
+
+
+async def test_the_consoles_audit_page_shows_a_tenants_administrator_its_own_entries(callers: Callers) -> None:
+    """The page is QueryAudit itself: narrowed as the RPC is."""
+    cookie = {"Cookie": session_cookie(await log_in(callers.console, callers.support_token))}
+    page = await request(callers.console, "GET", "/audit", headers=cookie)
+    assert page.status == 200
+    assert "acme:acc-0" in page.text and "globex:acc-0" not in page.text and "acme2:acc-0" not in page.text
+    asked = await request(callers.console, "GET", "/audit?aggregate=globex:acc-0", headers=cookie)
+    assert asked.status == 200 and "globex:acc-0" in asked.text  # in the filter's field, not an entry
+    assert "acme:acc-0" not in asked.text
