@@ -58,8 +58,9 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 STREAM_IN_FLIGHT = 256
 STREAM_IN_FLIGHT_BYTES = 16 * 1024 * 1024
 # Told of each command refused as its request was decoded, before the
-# pipeline: its type as sent (empty when it names none) and the refusal.
-CountRefused = Callable[[str, ChronicleError], None]
+# pipeline: its type as sent (empty when it names none), its aggregate id as
+# sent (for the per-tenant counts) and the refusal.
+CountRefused = Callable[[str, str, ChronicleError], None]
 
 
 class CommandService(pb_grpc.CommandServiceServicer):
@@ -185,7 +186,7 @@ class CommandService(pb_grpc.CommandServiceServicer):
         """Count the commands of ``request``, refused before the pipeline."""
         if self._counted is not None:
             for command in refused_commands(request):
-                self._counted(type_name(command.payload), error)
+                self._counted(type_name(command.payload), command.aggregate_id, error)
 
     async def _submitted(self, command: CommandRequest, principal: Principal) -> BatchResult:
         result = await self._pipeline.submit(command, principal)

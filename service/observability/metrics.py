@@ -436,10 +436,14 @@ class DecodingRefusals:
         self._code_name = code_name
         self._registered = registered
 
-    def __call__(self, command_type: str, error: ChronicleError) -> None:
+    def __call__(self, command_type: str, aggregate_id: str, error: ChronicleError) -> None:
         label = command_type if command_type and self._registered(command_type) else UNKNOWN_TYPE
         self._metrics.commands.labels(command_type=label, outcome=self._code_name(error)).inc()
         self._metrics.command_refusals.labels(reason=error.reason).inc()
+        if self._metrics.tenants is not None:
+            # The id as sent, which may be malformed: a tenant is only
+            # labelled when its part before ':' is a tenant id.
+            self._metrics.tenants.refused(aggregate_id)
 
 
 class MetricsServer:

@@ -48,14 +48,17 @@ async def test_commands_and_events_are_counted_per_tenant_when_asked_for_the_fir
     """``--metrics-tenants 2``: acme and globex, the first two tenants
     seen, have series of their own; initech comes third and counts as
     ``(other)``, an id of no tenant as ``(none)``. A retry answered from
-    its record is not counted again."""
+    its record is not counted again; a command refused as it was decoded
+    is counted for its id's tenant."""
     async with running_server(MemoryStore(), metrics_listen="127.0.0.1:0", metrics_tenants=2) as (app, client):
         opened = command("acme:acc-1", bank.OpenAccount(owner="ann"))
         await client.submit(opened)
         await client.submit(opened)  # replayed
         await client.submit(command("acme:acc-1", bank.Deposit(amount=5)))
         with pytest.raises(grpc.aio.AioRpcError):
-            await client.submit(command("acme:acc-1", bank.Withdraw(amount=500)))
+            await client.submit(command("acme:acc-1", bank.Withdraw(amount=500)))  # by the handler
+        with pytest.raises(grpc.aio.AioRpcError):  # as it is decoded, before the pipeline
+            await client.submit(command("acme:acc-1", bank.Deposit(amount=1), command_id="not-a-uuid"))
         await client.submit(command("globex:acc-1", bank.OpenAccount(owner="bob")))
         await client.submit(command("initech:acc-1", bank.OpenAccount(owner="cy")))
         await client.submit(command("acc-1", bank.OpenAccount(owner="di")))
@@ -65,7 +68,7 @@ async def test_commands_and_events_are_counted_per_tenant_when_asked_for_the_fir
         return sample(text, name, **labels)
 
     assert counted("chronicle_tenant_commands_total", tenant="acme", outcome="accepted") == 2
-    assert counted("chronicle_tenant_commands_total", tenant="acme", outcome="refused") == 1
+    assert counted("chronicle_tenant_commands_total", tenant="acme", outcome="refused") == 2
     assert counted("chronicle_tenant_events_appended_total", tenant="acme") == 2
     assert counted("chronicle_tenant_commands_total", tenant="globex", outcome="accepted") == 1
     assert counted("chronicle_tenant_commands_total", tenant="(other)", outcome="accepted") == 1
