@@ -20,6 +20,8 @@ import pytest
 from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import event_service_pb2 as ev
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.client import ChronicleClient
+from service.client.errors import RemoteError
 from service.store.encryption import new_master_key
 from tests.support.at_rest import Site, site_for
 from tests.support.console import console, log_in, session_cookie
@@ -70,9 +72,11 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
 
 
 class Callers:
-    def __init__(self, root: Client, support: Client, app: Client, console: str, support_token: str) -> None:
+    def __init__(
+        self, root: Client, support: Client, app: Client, address: str, console: str, support_token: str
+    ) -> None:
         self.root, self.support, self.app = root, support, app
-        self.console, self.support_token = console, support_token
+        self.address, self.console, self.support_token = address, console, support_token
 
 
 @pytest.fixture
@@ -90,7 +94,7 @@ async def callers(site: Site, tmp_path: Path) -> AsyncIterator[Callers]:
         ]
         for aggregate_id in ACME + GLOBEX + ALIKE:
             await root.submit(command(aggregate_id, bank.OpenAccount(owner=f"Owner of {aggregate_id}")))
-        yield Callers(root, support, app, console(server), issuer.token("acme-support"))
+        yield Callers(root, support, app, server.address, console(server), issuer.token("acme-support"))
 
 
 async def refusal(call: object) -> tuple[grpc.StatusCode, str, dict[str, str], str]:
@@ -246,3 +250,16 @@ async def test_the_consoles_audit_page_shows_a_tenants_administrator_its_own_ent
     asked = await request(callers.console, "GET", "/audit?aggregate=globex:acc-0", headers=cookie)
     assert asked.status == 200 and "globex:acc-0" in asked.text  # in the filter's field, not an entry
     assert "acme:acc-0" not in asked.text
+
+
+async def test_the_python_clients_admin_part_works_for_a_tenants_administrator(callers: Callers) -> None:
+    async with ChronicleClient.connect(callers.address, token=lambda: callers.support_token) as support:
+        assert [a.aggregate_id async for a in support.admin.aggregates()] == ACME
+        assert await support.admin.count_to_forget(prefix="acme:") == 3
+        assert await support.admin.count_to_forget(aggregate_ids=["globex:acc-0", "acme:acc-2"]) == 1
+        with pytest.raises(RemoteError) as refused:
+            await support.admin.count_to_forget(prefix="globex:")
+        assert refused.value.reason == "ADMIN_DENIED"
+        done = await support.admin.forget_aggregates(aggregate_ids=["acme:acc-2"], confirm=1)
+        assert done.forgotten == 1
+    assert await forgotten(callers.root, "acme:acc-2")
