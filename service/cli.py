@@ -32,6 +32,7 @@
     chronicle aggregates [--prefix P] [--type T]  # list aggregates by id prefix (admin)
     chronicle rewrap-keys                    # after adding a new master key (admin)
     chronicle masterkey ID                   # a new master key line for --master-key-file
+    chronicle masterkey --tenant T ID        # one of tenant T's own (docs/security.md, per-tenant keys)
     chronicle export [FILE] [--snapshots] [--commands] [--aggregate ID] [--format binary|jsonl]
     chronicle import FILE [--overwrite] [--restore-deleted]
     chronicle convert-eventsourcing FILE --from-url URL --table T --mapping MODULE:FUNCTION
@@ -2012,9 +2013,9 @@ async def _migrate_store(url: str, *, force: bool = False) -> int | None:
 
 
 def _masterkey(args: argparse.Namespace) -> int:
-    from service.store.encryption import new_master_key
+    from service.store.master_keys import new_entry
 
-    print(f"{args.key_id}:{new_master_key()}")
+    print(new_entry(args.key_id, args.tenant or ""))
     return EXIT_OK
 
 
@@ -2479,8 +2480,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(run=_migrate, remote=False)
 
-    masterkey = commands.add_parser("masterkey", help="print a new master key entry 'ID:base64'")
+    masterkey = commands.add_parser(
+        "masterkey", help="print a new master key entry 'ID:base64' ('TENANT:ID:base64' with --tenant)"
+    )
     masterkey.add_argument("key_id", help="a name for the key, e.g. 2026-01")
+    masterkey.add_argument(
+        "--tenant", help="a key of this tenant's own: wraps its aggregates' keys, destroyed to shred the tenant"
+    )
     masterkey.set_defaults(run=_masterkey, remote=False)
 
     projection = commands.add_parser(

@@ -460,8 +460,11 @@ class KeyStore(Protocol):
     async def count_live_keys(self, prefix: str) -> int:
         """How many aggregates whose id starts with ``prefix`` have a live key."""
 
-    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
-        """Up to ``limit`` live keys wrapped by another master key than the active one."""
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int, *, after: str = "") -> list[DataKey]:
+        """Up to ``limit`` live keys wrapped by another master key than the
+        active one, of aggregate ids greater than ``after``, in id order:
+        with tenants' master keys a key may be rightly wrapped by another
+        key than the shared active one, so rewrapping pages past them."""
 
     async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
         """Replace ``old`` by ``new`` if the stored key is still ``old``."""

@@ -38,29 +38,23 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
-from service.errors import (
-    AggregateForgotten,
-    ConfigurationError,
-    MasterKeysUnfit,
-    PayloadNotDecryptable,
-    StoreUnavailable,
-)
+from service.errors import AggregateForgotten, MasterKeysUnfit, PayloadNotDecryptable, StoreUnavailable
+from service.principal import tenant_prefix
 from service.store.base import KeyStore, ProjectionStore, Transfer
+from service.store.master_keys import KEY_BYTES as KEY_BYTES  # re-exported: defined here before
+from service.store.master_keys import MasterKeys as MasterKeys
 from service.store.records import HIDDEN_CLAIM_MARK, CommandRecord, DataKey, DocumentRange, Forgetting, Rejection
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"\x00C1"
 NONCE_BYTES = 12
-KEY_BYTES = 32
 
 
 def is_sealed(payload: bytes) -> bool:
@@ -81,65 +75,6 @@ def fingerprint_context(aggregate_id: str, command_id: str) -> bytes:
 
 def refusal_context(aggregate_id: str, command_id: str) -> bytes:
     return b"refusal\0" + aggregate_id.encode() + b"\0" + command_id.encode()
-
-
-@dataclass(frozen=True, slots=True)
-class MasterKeys:
-    """Master keys by id; ``active`` wraps new data keys, all unwrap."""
-
-    keys: Mapping[str, bytes]
-    active: str
-
-    @classmethod
-    def parse(cls, text: str, *, source: str) -> MasterKeys:
-        """``id:base64key`` entries, separated by commas or new lines; the first
-        is the active one. Each key is 32 random bytes (``chronicle
-        masterkey`` makes one)."""
-        keys: dict[str, bytes] = {}
-        for entry in (e.strip() for e in text.replace("\n", ",").split(",")):
-            if not entry or entry.startswith("#"):
-                continue
-            key_id, sep, encoded = entry.partition(":")
-            try:
-                key = base64.b64decode(encoded, validate=True)
-            except binascii.Error:
-                key = b""
-            if not sep or not key_id or len(key) != KEY_BYTES or key_id in keys:
-                raise ConfigurationError(
-                    f"{source}: master keys are 'id:base64' entries of {KEY_BYTES} bytes with distinct ids",
-                    reason="BAD_MASTER_KEYS",
-                )
-            keys[key_id] = key
-        if not keys:
-            raise ConfigurationError(f"{source}: no master key", reason="BAD_MASTER_KEYS")
-        return cls(keys, next(iter(keys)))
-
-    @classmethod
-    def load(cls, path: str | Path) -> MasterKeys:
-        try:
-            return cls.parse(Path(path).read_text(), source=str(path))
-        except OSError as error:
-            raise ConfigurationError(f"cannot read master keys {path}: {error}", reason="BAD_MASTER_KEYS") from error
-
-    def wrap(self, data_key: bytes) -> tuple[str, bytes]:
-        return self.active, aes_key_wrap(self.keys[self.active], data_key)
-
-    def unwrap(self, key: DataKey) -> bytes:
-        master = self.keys.get(key.master_key_id or "")
-        if master is None or key.wrapped is None:
-            raise MasterKeysUnfit(
-                f"the data key of {key.aggregate_id!r} is wrapped by master key {key.master_key_id!r},"
-                " which is not configured",
-                reason="MASTER_KEY_MISSING",
-                metadata={"master_key_id": key.master_key_id or ""},
-            )
-        try:
-            return aes_key_unwrap(master, key.wrapped)
-        except InvalidUnwrap as error:
-            raise MasterKeysUnfit(
-                f"master key {key.master_key_id!r} does not unwrap the data key of {key.aggregate_id!r}",
-                reason="MASTER_KEY_MISMATCH",
-            ) from error
 
 
 # How many live keys a server without master keys looks at before it calls
@@ -210,14 +145,20 @@ async def check_master_keys(keys: KeyStore, master_keys: MasterKeys) -> None:
     key, if wrong, would wrap new data keys that nothing opens. Keys wrapped
     by a master key not given, beside others that open, are logged (those
     aggregates answer MASTER_KEY_MISSING): an old key removed before
-    ``rewrap-keys`` answered 0. A store without keys passes."""
+    ``rewrap-keys`` answered 0. A store without keys passes. Each tenant
+    with a key of its own adds a few of its aggregates' keys to the sample;
+    a key its tenant's destroyed key wrapped (or of a shredded tenant) is
+    shredded, neither missing nor mismatched."""
     sample = {k.aggregate_id: k for k in await keys.data_keys_to_rewrap("", MASTER_KEY_SAMPLE)}
     sample |= {k.aggregate_id: k for k in await keys.data_keys_to_rewrap(master_keys.active, MASTER_KEY_SAMPLE)}
+    sample |= await _tenants_sample(keys, master_keys)
     opened: dict[str, int] = {}
     mismatched: dict[str, int] = {}
     missing: dict[str, int] = {}
     for key in sample.values():
         master_key_id = key.master_key_id or ""
+        if master_keys.shreds(key):
+            continue
         try:
             master_keys.unwrap(key)
         except MasterKeysUnfit as unfit:
@@ -252,6 +193,24 @@ async def check_master_keys(keys: KeyStore, master_keys: MasterKeys) -> None:
             len(sample),
             ", ".join(sorted(missing)),
         )
+
+
+# How many aggregates' keys of each tenant with keys of its own are added
+# to the sample (a listing and a read each: the check's cost grows with the
+# number of such tenants, not of their aggregates).
+TENANT_KEY_SAMPLE = 4
+
+
+async def _tenants_sample(keys: KeyStore, master_keys: MasterKeys) -> dict[str, DataKey]:
+    """A few keys of each tenant that has master keys of its own: the two
+    samples above are of the first ids, which may all be one tenant's."""
+    sample: dict[str, DataKey] = {}
+    for tenant in master_keys.tenant_active:
+        for aggregate_id in await keys.live_keys(tenant_prefix(tenant), limit=TENANT_KEY_SAMPLE):
+            key = await keys.load_data_key(aggregate_id)
+            if key is not None and not key.forgotten:
+                sample[aggregate_id] = key
+    return sample
 
 
 def new_master_key() -> str:
@@ -317,12 +276,16 @@ class Keyring:
         they fit the store: ``MasterKeysUnfit``, and the keys in use kept,
         if they demonstrably do not open its data keys (``check_master_keys``).
         A store that does not answer: used, and checked at first use. Keys
-        already unwrapped stay cached."""
+        already unwrapped stay cached, unless a tenant key was destroyed
+        since: then none does (which aggregates' keys it wrapped is not
+        kept), so a shred holds on this server once the file is read."""
         try:
             await check_master_keys(self._store, master_keys)
             checked = True
         except StoreUnavailable:
             checked = False
+        if master_keys.destroyed - self._master.destroyed or master_keys.shredded - self._master.shredded:
+            self._cache.clear()
         self._master = master_keys
         self._checked = checked
         self._unfit = None
@@ -341,7 +304,11 @@ class Keyring:
             self._cache.popitem(last=False)
 
     def _cipher(self, key: DataKey) -> AESGCM | None:
-        return None if key.forgotten else AESGCM(self._master.unwrap(key))
+        """None for a forgotten key, and for one its tenant's destroyed key
+        wrapped (a shred): both read as forgotten."""
+        if key.forgotten or self._master.shreds(key):
+            return None
+        return AESGCM(self._master.unwrap(key))
 
     async def for_reading(self, aggregate_id: str) -> AESGCM | None:
         """The aggregate's cipher; None if it has no key or was forgotten."""
@@ -368,7 +335,7 @@ class Keyring:
         AggregateForgotten for a forgotten aggregate."""
         cipher = await self.for_reading(aggregate_id)
         if cipher is None:
-            master_key_id, wrapped = self._master.wrap(AESGCM.generate_key(bit_length=KEY_BYTES * 8))
+            master_key_id, wrapped = self._master.wrap(AESGCM.generate_key(bit_length=KEY_BYTES * 8), aggregate_id)
             stored = await self._store.create_data_key(DataKey(aggregate_id, master_key_id, wrapped))
             cipher = self._cipher(stored)
             self._remember(aggregate_id, cipher)
@@ -398,17 +365,28 @@ class Keyring:
         return key is not None and key.forgotten
 
     async def rewrap(self, *, batch: int = 500) -> int:
-        """Rewrap every data key under the active master key; return how many."""
+        """Rewrap every data key under the active master key of its owner
+        (its tenant's, or the shared one); return how many. Shredded keys
+        stay as they are: nothing opens them."""
         await self._usable()
+        master = self._master
+        # Without tenants' keys every key belongs under the shared active
+        # one, and the store lists only those that are not; with them, a key
+        # under the shared active key may be a tenant's to move, so every
+        # live key is looked at (a page of 500 a read, no unwrap for those
+        # already in place).
+        listed = master.active if not master.tenant_active else ""
         done = 0
-        while True:
-            stale = await self._store.data_keys_to_rewrap(self._master.active, batch)
-            if not stale:
-                return done
-            for key in stale:
-                master_key_id, wrapped = self._master.wrap(self._master.unwrap(key))
+        after = ""
+        while page := await self._store.data_keys_to_rewrap(listed, batch, after=after):
+            after = page[-1].aggregate_id
+            for key in page:
+                if master.shreds(key) or key.master_key_id == master.key_id_for(key.aggregate_id):
+                    continue
+                master_key_id, wrapped = master.wrap(master.unwrap(key), key.aggregate_id)
                 if await self._store.rewrap_data_key(key, DataKey(key.aggregate_id, master_key_id, wrapped)):
                     done += 1
+        return done
 
 
 def seal(cipher: AESGCM, plaintext: bytes, context: bytes) -> bytes:

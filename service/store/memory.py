@@ -491,8 +491,12 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             if others
         }
 
-    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
-        stale = (k for k in self._keys.values() if not k.forgotten and k.master_key_id != active_master_key_id)
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int, *, after: str = "") -> list[DataKey]:
+        stale = (
+            self._keys[i]
+            for i in sorted(i for i in self._keys if i > after)
+            if not self._keys[i].forgotten and self._keys[i].master_key_id != active_master_key_id
+        )
         return [k for _, k in zip(range(limit), stale, strict=False)]
 
     async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:

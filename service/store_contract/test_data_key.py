@@ -90,6 +90,19 @@ async def test_keys_wrapped_by_an_old_master_key_are_listed_for_rewrapping(store
     assert len(await store.data_keys_to_rewrap("other", 1)) == 1
 
 
+async def test_keys_to_rewrap_page_on_from_an_id(store: StoreAdapter) -> None:
+    """A tenant's key rightly wraps its aggregates' data keys though it is
+    not the shared active key: rewrapping pages past them by id."""
+    for aggregate_id in ("c-1", "a-1", "b-1", "d-1"):
+        await store.create_data_key(key(aggregate_id, "old"))
+    await store.create_data_key(key("b-2", "new"))
+    first = await store.data_keys_to_rewrap("new", 2)
+    assert [k.aggregate_id for k in first] == ["a-1", "b-1"]
+    rest = await store.data_keys_to_rewrap("new", 10, after=first[-1].aggregate_id)
+    assert [k.aggregate_id for k in rest] == ["c-1", "d-1"]
+    assert await store.data_keys_to_rewrap("new", 10, after="d-1") == []
+
+
 async def test_rewrapping_replaces_a_key_only_if_it_is_unchanged(store: StoreAdapter, contents: ContentsOf) -> None:
     old = await store.create_data_key(key("a-1", "old"))
     assert await store.rewrap_data_key(old, key("a-1", "new", b"n" * 40)) is True

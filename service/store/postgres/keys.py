@@ -81,10 +81,10 @@ class KeysRole:
         )
         return int(scalar(result) or 0)
 
-    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int, *, after: str = "") -> list[DataKey]:
         (result,) = await self._db.run(
             "data_keys_to_rewrap",
-            [Statement(sql.DATA_KEYS_TO_REWRAP.encode(), (active_master_key_id, limit), binary=True)],
+            [Statement(sql.DATA_KEYS_TO_REWRAP.encode(), (active_master_key_id, limit, after), binary=True)],
             read_only=True,
         )
         return [data_key_from_row(row) for row in rows(result)]

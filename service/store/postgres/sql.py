@@ -763,7 +763,8 @@ def count_live_keys(*, upper: bool) -> str:
 
 DATA_KEYS_TO_REWRAP = (
     "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys"
-    " WHERE wrapped_key IS NOT NULL AND master_key_id <> $1 ORDER BY aggregate_id LIMIT $2::bigint"
+    " WHERE wrapped_key IS NOT NULL AND master_key_id <> $1 AND aggregate_id > $3"
+    " ORDER BY aggregate_id LIMIT $2::bigint"
 )
 REWRAP_DATA_KEY = (
     "UPDATE chronicle.data_keys SET master_key_id = $1, wrapped_key = $2"

@@ -54,8 +54,8 @@ class KeysRole:
         (count,) = await self._writer.run(lambda db: db.execute(statement, params).fetchone())
         return int(count)
 
-    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int) -> list[DataKey]:
-        params = (active_master_key_id, limit)
+    async def data_keys_to_rewrap(self, active_master_key_id: str, limit: int, *, after: str = "") -> list[DataKey]:
+        params = (active_master_key_id, after, limit)
         rows = await self._writer.run(lambda db: db.execute(sql.DATA_KEYS_TO_REWRAP, params).fetchall())
         return [data_key_from_row(row) for row in rows]
 

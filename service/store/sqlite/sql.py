@@ -440,7 +440,7 @@ def count_live_keys(*, upper: bool) -> str:
 
 DATA_KEYS_TO_REWRAP = (
     "SELECT aggregate_id, master_key_id, wrapped_key FROM data_keys"
-    " WHERE wrapped_key IS NOT NULL AND master_key_id <> ? LIMIT ?"
+    " WHERE wrapped_key IS NOT NULL AND master_key_id <> ? AND aggregate_id > ? ORDER BY aggregate_id LIMIT ?"
 )
 REWRAP_DATA_KEY = (
     "UPDATE data_keys SET master_key_id = ?, wrapped_key = ?"
