@@ -1,0 +1,171 @@
+"""Shredding a tenant reaches its backups (docs/security.md, "Per-tenant
+keys"): over a real server and a real gRPC client, on SQLite and
+PostgreSQL. Acme is given a key of its own after its first account was
+written (RewrapKeys moves it onto that key), a backup is taken (the SQLite
+files copied, a ``pg_dump``), acme's key is marked destroyed, and the
+backup, restored under a server with the new key file, reads acme's
+accounts as forgotten while globex's and the untenanted one still read.
+A key file that merely lacks acme's key still says MASTER_KEY_MISSING."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from chronicle.v1 import admin_service_pb2 as admin
+from chronicle.v1 import event_service_pb2 as ev
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.store.base import StoreAdapter
+from service.store.encryption import new_master_key
+from service.store.postgres import PostgresStore
+from service.store.sqlite import SqliteStore
+from tests.support.grpc_client import Client, command, details_of, running_server
+from tests.support.postgres import find_bindir
+from tests.support.security import write
+
+SHARED = f"k1:{new_master_key()}"
+ACME = f"acme:2026-01:{new_master_key()}"
+GLOBEX = f"globex:2026-01:{new_master_key()}"
+ACME_OWNER = "Ottoline Acme-Varga"
+GLOBEX_OWNER = "Hieronymus Globex-Park"
+UNTENANTED_OWNER = "Philippa No-Tenant"
+
+
+@dataclass
+class Backup:
+    """The database as a backup holds it: its bytes, and a way to restore
+    it into a store of its own."""
+
+    raw: bytes
+    restore: Callable[[], Callable[[], StoreAdapter]]
+
+
+@dataclass
+class Site:
+    """The live database: a store over it (a new adapter for each server),
+    and a backup of it taken."""
+
+    store: Callable[[], StoreAdapter]
+    back_up: Callable[[], Backup]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
+    if request.param == "sqlite":
+        live = tmp_path / "data"
+
+        def copy_files() -> Backup:
+            copy = Path(shutil.copytree(live, tmp_path / "backup"))
+            raw = b"".join(p.read_bytes() for p in sorted(copy.iterdir()) if p.is_file())
+            return Backup(raw, lambda: lambda: SqliteStore(copy / "events.db"))
+
+        return Site(lambda: SqliteStore(live / "events.db"), copy_files)
+    url = request.getfixturevalue("postgres_url")
+    cluster = request.getfixturevalue("pg_cluster")
+
+    def dump_and_restore() -> Backup:
+        dump = subprocess.run(
+            [str(find_bindir() / "pg_dump"), "--dbname", url], check=True, capture_output=True, timeout=60
+        ).stdout
+
+        def restore() -> Callable[[], StoreAdapter]:
+            restored = cluster.create_database()
+            request.addfinalizer(lambda: cluster.drop_database(restored))
+            psql = [str(find_bindir() / "psql"), "--dbname", restored, "-v", "ON_ERROR_STOP=1", "--quiet"]
+            subprocess.run(psql, input=dump, check=True, capture_output=True, timeout=60)
+            return lambda: PostgresStore(restored, pool_size=4)
+
+        return Backup(dump, restore)
+
+    return Site(lambda: PostgresStore(url, pool_size=4), dump_and_restore)
+
+
+@asynccontextmanager
+async def server(store: StoreAdapter, keys_file: str) -> AsyncIterator[Client]:
+    async with running_server(store, master_key_file=keys_file, anonymous_admin=True) as (_, client):
+        yield client
+
+
+async def master_key_of(store: StoreAdapter, aggregate_id: str) -> str | None:
+    await store.open()
+    try:
+        key = await store.load_data_key(aggregate_id)
+    finally:
+        await store.close()
+    return None if key is None else key.master_key_id
+
+
+async def owner(client: Client, aggregate_id: str) -> str:
+    response = await client.events.GetAggregate(ev.GetAggregateRequest(aggregate_id=aggregate_id))
+    account = bank.Account()
+    assert response.state.Unpack(account)
+    return account.owner
+
+
+async def refused(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    details = details_of(raised.value)
+    return details.code, details.reason
+
+
+async def redactions(client: Client, aggregate_id: str) -> list[bool]:
+    request = ev.ReadAggregateRequest(aggregate_id=aggregate_id)
+    return [e.redacted async for e in client.events.ReadAggregate(request)]
+
+
+FORGOTTEN = (grpc.StatusCode.FAILED_PRECONDITION, "AGGREGATE_FORGOTTEN")
+
+
+async def test_a_destroyed_tenant_key_shreds_the_tenant_in_a_restored_backup(site: Site, tmp_path: Path) -> None:
+    keys = tmp_path / "master.keys"
+    async with server(site.store(), write(keys, f"{SHARED}\n{GLOBEX}\n")) as client:  # acme has no key yet
+        await client.submit(command("acme:acc-1", bank.OpenAccount(owner=ACME_OWNER)))
+        await client.submit(command("globex:acc-1", bank.OpenAccount(owner=GLOBEX_OWNER)))
+        await client.submit(command("acc-1", bank.OpenAccount(owner=UNTENANTED_OWNER)))
+    async with server(site.store(), write(keys, f"{SHARED}\n{ACME}\n{GLOBEX}\n")) as client:
+        assert (await client.admin.RewrapKeys(admin.RewrapKeysRequest())).rewrapped == 1  # acme:acc-1 moved
+        assert (await client.admin.RewrapKeys(admin.RewrapKeysRequest())).rewrapped == 0
+        await client.submit(command("acme:acc-2", bank.OpenAccount(owner=ACME_OWNER)))
+        await client.submit(command("acme:acc-1", bank.Deposit(amount=5)))
+        assert await owner(client, "acme:acc-1") == ACME_OWNER
+    for aggregate_id, master_key_id in [
+        ("acme:acc-1", "acme:2026-01"),
+        ("acme:acc-2", "acme:2026-01"),
+        ("globex:acc-1", "globex:2026-01"),
+        ("acc-1", "k1"),
+    ]:
+        assert await master_key_of(site.store(), aggregate_id) == master_key_id, aggregate_id
+
+    backup = site.back_up()  # last month's backup, say
+    for plaintext in (ACME_OWNER, GLOBEX_OWNER, UNTENANTED_OWNER, "Acme-Varga"):
+        assert plaintext.encode() not in backup.raw, plaintext  # sealed at rest
+    assert b"acme:acc-1" in backup.raw  # the right data: ids are in the clear
+
+    # Acme leaves: its key is destroyed (and every copy of its bytes with it).
+    shredded = write(keys, f"{SHARED}\nacme:2026-01:destroyed\n{GLOBEX}\n")
+    restored = backup.restore()
+    async with server(restored(), shredded) as client:  # the start-up check passes: a shred, not a mistake
+        for aggregate_id, events in (("acme:acc-1", 2), ("acme:acc-2", 1)):
+            read = client.events.GetAggregate(ev.GetAggregateRequest(aggregate_id=aggregate_id))
+            assert await refused(read) == FORGOTTEN
+            assert await redactions(client, aggregate_id) == [True] * events
+        assert await redactions(client, "globex:acc-1") == [False]
+        assert await refused(client.submit(command("acme:acc-1", bank.Deposit(amount=1)))) == FORGOTTEN
+        assert await refused(client.submit(command("acme:acc-3", bank.OpenAccount(owner="x")))) == FORGOTTEN
+        assert await owner(client, "globex:acc-1") == GLOBEX_OWNER
+        assert await owner(client, "acc-1") == UNTENANTED_OWNER
+        assert (await client.admin.RewrapKeys(admin.RewrapKeysRequest())).rewrapped == 0
+
+    # A key file that merely lacks acme's key is an operator's mistake, said as such.
+    async with server(restored(), write(keys, f"{SHARED}\n{GLOBEX}\n")) as client:
+        code, reason = await refused(client.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acme:acc-2")))
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MASTER_KEY_MISSING")
+        assert await owner(client, "globex:acc-1") == GLOBEX_OWNER
