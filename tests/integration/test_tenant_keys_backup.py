@@ -9,6 +9,7 @@ A key file that merely lacks acme's key still says MASTER_KEY_MISSING."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Callable
@@ -24,11 +25,14 @@ from chronicle.v1 import event_service_pb2 as ev
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.base import StoreAdapter
 from service.store.encryption import new_master_key
+from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.postgres import find_bindir
 from tests.support.security import write
+from tests.support.transfer import exported, imported
+from tests.support.waiting import eventually
 
 SHARED = f"k1:{new_master_key()}"
 ACME = f"acme:2026-01:{new_master_key()}"
@@ -168,4 +172,55 @@ async def test_a_destroyed_tenant_key_shreds_the_tenant_in_a_restored_backup(sit
     async with server(restored(), write(keys, f"{SHARED}\n{GLOBEX}\n")) as client:
         code, reason = await refused(client.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acme:acc-2")))
         assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MASTER_KEY_MISSING")
+        assert await owner(client, "globex:acc-1") == GLOBEX_OWNER
+
+
+def replace_keys(path: Path, text: str) -> None:
+    """The key file replaced in one step, as an operator's editor does."""
+    written = path.with_suffix(".new")
+    write(written, text)
+    os.replace(written, path)
+
+
+async def test_a_shred_holds_on_a_running_server_once_it_reads_the_file(tmp_path: Path) -> None:
+    """Its cached data keys and its worker's cached state do not outlive the
+    key file read again: the account read just before reads as forgotten."""
+    keys = tmp_path / "master.keys"
+    write(keys, f"{SHARED}\n{ACME}\n")
+    served = running_server(
+        SqliteStore(tmp_path / "events.db"), master_key_file=str(keys), auth_reload_seconds=0.05, anonymous_admin=True
+    )
+    async with served as (_, client):
+        await client.submit(command("acme:acc-1", bank.OpenAccount(owner=ACME_OWNER)))
+        await client.submit(command("acc-1", bank.OpenAccount(owner=UNTENANTED_OWNER)))
+        assert await owner(client, "acme:acc-1") == ACME_OWNER  # its key and state cached now
+        replace_keys(keys, f"{SHARED}\nacme:2026-01:destroyed\n")
+
+        async def shredded() -> bool:
+            request = ev.GetAggregateRequest(aggregate_id="acme:acc-1")
+            try:
+                await client.events.GetAggregate(request)
+            except grpc.aio.AioRpcError as error:
+                return (details_of(error).code, details_of(error).reason) == FORGOTTEN
+            return False
+
+        await eventually(shredded, what="the destroyed key read and acme's account forgotten")
+        assert await refused(client.submit(command("acme:acc-1", bank.Deposit(amount=1)))) == FORGOTTEN
+        assert await owner(client, "acc-1") == UNTENANTED_OWNER
+
+
+async def test_an_export_imported_under_a_destroyed_tenant_key_reads_as_forgotten(tmp_path: Path) -> None:
+    """An export carries data keys wrapped by the tenant's key: imported
+    where that key is marked destroyed, they are taken as they are (nothing
+    opens them, which is no reason to refuse the rest) and read as forgotten."""
+    source = MemoryStore()
+    async with server(source, write(tmp_path / "master.keys", f"{SHARED}\n{ACME}\n{GLOBEX}\n")) as client:
+        await client.submit(command("acme:acc-1", bank.OpenAccount(owner=ACME_OWNER)))
+        await client.submit(command("globex:acc-1", bank.OpenAccount(owner=GLOBEX_OWNER)))
+        records = await exported(client)
+    shredding = write(tmp_path / "shredding.keys", f"{SHARED}\nacme:2026-01:destroyed\n{GLOBEX}\n")
+    async with server(MemoryStore(), shredding) as client:
+        await imported(client, records)
+        read = client.events.GetAggregate(ev.GetAggregateRequest(aggregate_id="acme:acc-1"))
+        assert await refused(read) == FORGOTTEN
         assert await owner(client, "globex:acc-1") == GLOBEX_OWNER
