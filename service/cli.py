@@ -2358,7 +2358,10 @@ def build_parser() -> argparse.ArgumentParser:
     aggregates.add_argument("--type", help="only aggregates of this type")
     aggregates.set_defaults(run=_aggregates, remote=True)
 
-    rewrap = commands.add_parser("rewrap-keys", help="rewrap data keys under the active master key (admin)")
+    rewrap = commands.add_parser(
+        "rewrap-keys",
+        help="rewrap data keys under their owner's active master key: its tenant's, or the shared (admin)",
+    )
     rewrap.set_defaults(run=_rewrap_keys, remote=True)
 
     export = commands.add_parser(

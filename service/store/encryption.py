@@ -10,6 +10,9 @@ or an environment variable and never reach the database.
   first in the list (it wraps every new data key), keep the old ones after it
   (they still unwrap), run ``AdminService.RewrapKeys`` (``chronicle
   rewrap-keys``), then drop the old keys.
+- A tenant may have master keys of its own (``service/store/master_keys.py``):
+  they wrap its aggregates' data keys, and destroying them shreds the
+  tenant in backups too (read as forgotten).
 - Crypto-shredding: forgetting an aggregate erases its data key (the row
   stays as a tombstone), after which its payloads cannot be decrypted by
   anyone, in any backup taken afterwards, on any replica. Its command
