@@ -348,7 +348,10 @@ class Settings:
     tls_key_file: str = field(default="", metadata={"help": "PEM private key of --tls-cert-file"})
     master_key_file: str = field(
         default="",
-        metadata={"help": "file of master keys 'id:base64' (first wraps new keys): encrypt payloads at rest"},
+        metadata={
+            "help": "file of master keys 'id:base64' (first wraps new keys) and tenants' 'tenant:id:base64':"
+            " encrypt payloads at rest"
+        },
     )
     master_keys: str = field(
         default="",
