@@ -10,7 +10,7 @@ import pytest
 from service.errors import AggregateForgotten, MasterKeysUnfit
 from service.store.base import StoreAdapter
 from service.store.encryption import Keyring, MasterKeys, check_master_keys, claims_key_id, new_master_key
-from service.store.records import ClaimChange, DataKey
+from service.store.records import ClaimChange, DataKey, Snapshot
 from service.store_contract.records import new_event
 from service.store_contract.test_encrypted import Encrypted, sealed_over
 
@@ -80,10 +80,12 @@ async def test_a_destroyed_tenant_key_reads_as_forgotten_and_the_check_passes(st
     sealed = encrypting(store, SHARED, ACME, GLOBEX)
     for aggregate_id in ("acme:acc-1", "globex:acc-1", "acc-1"):
         await sealed.roles.events.append(aggregate_id, [new_event(payload=b"\x08\x09")], 0)
+    await sealed.roles.snapshots.save_snapshot(Snapshot("acme:acc-1", "Thing", 1, "test.v1.State", 1, b"\x08\x01"))
     shredded = encrypting(store, SHARED, ACME_DESTROYED, GLOBEX)
     await shredded.keyring.check()  # the start-up sample does not stop the server for the shred
     await check_master_keys(store, MasterKeys.parse(f"{SHARED},{ACME_DESTROYED}", source="t"))
     assert await payloads(shredded, "acme:acc-1") == [(True, b"")]
+    assert await shredded.roles.snapshots.load_snapshot("acme:acc-1") is None
     assert await payloads(shredded, "globex:acc-1") == [(False, b"\x08\x09")]
     assert await payloads(shredded, "acc-1") == [(False, b"\x08\x09")]
     with pytest.raises(AggregateForgotten):
