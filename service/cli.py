@@ -1131,7 +1131,8 @@ def _parked_command_json(types: RemoteTypes, parked: reaction_service_pb2.Parked
     envelope.CopyFrom(parked)
     envelope.ClearField("command")
     shown = _as_dict(envelope)
-    shown["command"] = types.unpack(parked.command)
+    if not parked.HasField("deadline"):  # a parked deadline has no command: its "deadline" says what it is
+        shown["command"] = types.unpack(parked.command)
     return shown
 
 

@@ -169,15 +169,21 @@ async def reaction_page(
     actions = admin and status.running
 
     def row(command: reactions_pb.ParkedCommand) -> list[Content]:
+        # A parked deadline (its function failed) has no command: its
+        # process and name instead, and the aggregate of the event that
+        # scheduled it.
+        parked_deadline = command.HasField("deadline")
+        aggregate_id = command.event_aggregate_id if parked_deadline else command.aggregate_id
+        what, shown = (
+            (f"deadline {command.deadline.deadline.name} of process {command.deadline.state_key}", command.deadline)
+            if parked_deadline
+            else (command.command.type_url.rpartition("/")[2], command.command)
+        )
         cells: list[Content] = [
             command.position,
-            link(url("/aggregates/" + segment(command.aggregate_id)), Name(command.aggregate_id)),
+            link(url("/aggregates/" + segment(aggregate_id)), Name(aggregate_id)),
             tag("code", command.command_id),
-            tag(
-                "details",
-                tag("summary", command.command.type_url.rpartition("/")[2]),
-                tag("pre", to_json(command.command), class_="json"),
-            ),
+            tag("details", tag("summary", what), tag("pre", to_json(shown), class_="json")),
             tag("code", command.reason),
             tag("pre", command.message, class_="error"),
             command.replays,

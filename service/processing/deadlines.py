@@ -24,6 +24,12 @@ reaction, state key, name, due time and index: a crash before the commit
 sends them again under the same ids, answered from their records), the
 deadline deleted and the state written.
 
+A deadline whose function fails stops the reaction there, tried again
+after its pause; in a reaction with ``on_failure="park"`` its failures are
+counted in its document (``Deadline.failures``), and at ``max_attempts`` it
+is parked (``ParkedCommand.deadline``) instead: the state no longer lists
+it, the reaction goes on, and an operator's replay calls its function again.
+
 Punctuality: the runner knows the soonest due time (read once when it takes
 the lease, lowered by every commit that schedules one, read again after a
 firing) and waits for events only until then: a caught-up reaction fires a
@@ -34,6 +40,7 @@ deadline at its due time, give or take its step (within its poll interval,
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -41,7 +48,7 @@ from typing import Any
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from service.errors import ReactionFailed
 from service.plugins.projections import ProjectedEvent
-from service.plugins.reactions import Cancel, Deadline, Reaction, Schedule, Send
+from service.plugins.reactions import REACTION_NAMESPACE, Cancel, Deadline, Reaction, Schedule, Send
 from service.processing.reaction_documents import ProcessState
 from service.store.base import ProjectionStore
 from service.store.records import DocumentWrite
@@ -84,6 +91,12 @@ def command_seed(reaction: str, state_key: str, name: str, due_us: int) -> str:
     same at every firing of that deadline, another for a deadline of the
     same name due at another time (a retry the function scheduled)."""
     return f"{reaction}/deadline/{state_key}/{name}/{due_us}"
+
+
+def parked_deadline_id(reaction: str, state_key: str, name: str, due_us: int) -> str:
+    """The id a deadline parked in place of firing is listed under (as a
+    parked command's: replayed and dismissed by it)."""
+    return str(uuid.uuid5(REACTION_NAMESPACE, f"{command_seed(reaction, state_key, name, due_us)}/parked"))
 
 
 def set_timers(

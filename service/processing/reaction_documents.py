@@ -9,7 +9,9 @@ checkpoint:
   leaves it empty;
 - ``parked:<command id>``: a command it parked (``chronicle.v1.ParkedCommand``:
   the command's payload, its refusal's text), naming the command's aggregate
-  and its event's as subjects;
+  and its event's as subjects; or a deadline parked in place of firing (its
+  function failed ``max_attempts`` times under ``on_failure="park"``:
+  ``ParkedCommand.deadline``), naming its process's subjects;
 - ``parked``: the index of those, oldest first (``chronicle.v1.ParkedCommands``
   with ids and positions only), at most ``MAX_PARKED`` (parking asks for an
   operator's attention; more stop the reaction with its status, just before
@@ -17,7 +19,8 @@ checkpoint:
   not a listing by key prefix: with encryption at rest document keys are
   keyed hashes, which cannot be listed;
 - ``deadline:<state key>:<name>``: a process's pending deadline
-  (``chronicle.v1.Deadline``: its state key, name and due time), stored
+  (``chronicle.v1.Deadline``: its state key, name and due time, and how
+  many times its function failed under ``on_failure="park"``), stored
   with its due time, which the store indexes (``due_documents``): what the
   runner finds due. The process's state lists its deadlines too, and is
   what a deadline fires by (``processing/deadlines.py``); both name the
@@ -358,11 +361,13 @@ class ParkedList:
     read once, when the batch first parks one; each command written at once,
     the index with the batch), at most ``limit`` of them."""
 
-    def __init__(self, batch: _Batch, limit: int = MAX_PARKED) -> None:
+    def __init__(self, batch: _Batch, limit: int = MAX_PARKED, index: reaction_pb.ParkedCommands | None = None) -> None:
         self._batch = batch
         self._limit = limit
-        self._index: reaction_pb.ParkedCommands | None = None
-        self.count: int | None = None  # known once read
+        # ``index``: one already read, which the caller writes (an operator's
+        # replay of a parked deadline parks what its commands met into it).
+        self._index = index
+        self.count: int | None = None if index is None else len(index.commands)  # known once read
         self.added = 0  # parked by this batch
 
     def savepoint(self) -> int:
@@ -397,6 +402,38 @@ class ParkedList:
             parked_at_us=time.time_ns() // 1000,
             event_aggregate_id=envelope.aggregate_id,
         )
+        await self._park(reaction, parked, f"the {envelope.event_type} at position {envelope.position}")
+
+    async def add_deadline(
+        self,
+        reaction: str,
+        parked_id: str,
+        state_key: str,
+        entry: reaction_pb.ScheduledDeadline,
+        subjects: tuple[str, ...],
+        error: ReactionFailed,
+    ) -> None:
+        """Park the deadline ``entry`` of process ``state_key`` (derived
+        from ``subjects``), whose function failed with ``error``, under
+        ``parked_id``, in place of firing it."""
+        parked = reaction_pb.ParkedCommand(
+            command_id=parked_id,
+            user_id=entry.user_id,
+            reason=error.reason,
+            message=error.message,
+            metadata=dict(error.metadata),
+            event_id=entry.event_id,
+            position=entry.position,
+            correlation_id=entry.correlation_id,
+            parked_at_us=time.time_ns() // 1000,
+            event_aggregate_id=entry.aggregate_id,
+            deadline=reaction_pb.ParkedDeadline(state_key=state_key, deadline=entry, subjects=subjects),
+        )
+        await self._park(reaction, parked, f"deadline {entry.name!r} of process {state_key!r}")
+
+    async def _park(self, reaction: str, parked: reaction_pb.ParkedCommand, before: str) -> None:
+        """Write ``parked`` and its index entry; ``TooManyParked`` (naming
+        what it stopped ``before``) at the limit."""
         if self._batch.forgotten.any_of(subjects_of(parked)):
             return  # derived from a forgotten aggregate: nothing of it is kept
         index = await self._load()
@@ -404,11 +441,10 @@ class ParkedList:
             await prune(self._batch, index)  # some may have been forgotten
         if len(index.commands) >= self._limit:
             raise TooManyParked(
-                f"reaction {reaction} has {len(index.commands)} parked commands, its limit: it stopped before the"
-                f" {envelope.event_type} at position {envelope.position}, which parks one more; replay or dismiss"
-                " some (each lets it go on past one such event)",
+                f"reaction {reaction} has {len(index.commands)} parked commands, its limit: it stopped before"
+                f" {before}, which parks one more; replay or dismiss some (each lets it go on past one such event)",
                 reason="TOO_MANY_PARKED",
-                metadata={"reaction": reaction, "position": str(envelope.position)},
+                metadata={"reaction": reaction, "position": str(parked.position)},
             )
         write_parked(self._batch, parked)
         index.commands.append(_entry(parked))
@@ -426,8 +462,10 @@ class ParkedList:
 
 
 def subjects_of(parked: reaction_pb.ParkedCommand) -> tuple[str, ...]:
-    """The aggregates a parked command is derived from: its own and its event's."""
-    return tuple(sorted({parked.aggregate_id, parked.event_aggregate_id} - {""}))
+    """The aggregates a parked command is derived from: its own and its
+    event's (a parked deadline: its process's and its scheduling event's)."""
+    subjects = {parked.aggregate_id, parked.event_aggregate_id, *parked.deadline.subjects}
+    return tuple(sorted(subjects - {""}))
 
 
 def write_parked(batch: _Batch, parked: reaction_pb.ParkedCommand) -> None:

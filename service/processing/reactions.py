@@ -34,7 +34,9 @@ each command that failed for a plugin's bug (``_plugin_failure``: a handler
 that raised, an event of its aggregate no plugin reads), in the store
 (``processing/reaction_failures.py``: a restart goes on from the count); at
 its ``max_attempts``-th it parks the command with that failure's reason
-instead (``on_refused`` is not asked) and goes on.
+instead (``on_refused`` is not asked) and goes on. So too a deadline whose
+``@on_deadline`` function fails, counted in its own document: parked in
+place of firing (``_deadline_given_up``), replayed by calling it again.
 
 A batch stopped at E commits what came before E: the batch's writes are
 taken back to what they were before E (a savepoint per event) and committed
@@ -110,6 +112,7 @@ from service.processing.deadlines import (
     Soonest,
     command_seed,
     deadline_of,
+    parked_deadline_id,
     set_timers,
     wall_clock_us,
 )
@@ -575,7 +578,7 @@ class ReactionRunner(CheckpointedRunner):
         for parked in chosen:
             seen.add(parked.command_id)
             try:
-                outcome = await self._send_again(parked)
+                outcome = await self._send_again(parked, batch, index)
             except ChronicleError as error:
                 failure = error  # what was sent before it is committed first
                 break
@@ -659,7 +662,7 @@ class ReactionRunner(CheckpointedRunner):
             )
         outcome = Replayed(command_id, accepted=True)
         if replay:
-            outcome = await self._send_again(entry)
+            outcome = await self._send_again(entry, batch, index)
         if outcome.accepted:
             del index.commands[at]
             batch.write(PARKED_PREFIX + command_id, None)
@@ -678,7 +681,13 @@ class ReactionRunner(CheckpointedRunner):
                 return tenant_of_id(event.aggregate_id)
         return ""
 
-    async def _send_again(self, entry: reaction_pb.ParkedCommand) -> Replayed:
+    async def _send_again(
+        self, entry: reaction_pb.ParkedCommand, batch: _Batch, index: reaction_pb.ParkedCommands
+    ) -> Replayed:
+        """Replay ``entry`` in ``batch`` (the caller commits it, and
+        ``index``, the parked commands' index it read)."""
+        if entry.HasField("deadline"):
+            return await self._fire_again(entry, batch, index)
         name = entry.command.type_url.rpartition("/")[2]
         spec = self._registry.command(name)
         if spec is None:
@@ -717,6 +726,43 @@ class ReactionRunner(CheckpointedRunner):
             return Replayed(command_id, accepted=False, reason=error.reason, message=error.message)
         self._accepted(replayed=result.replayed)
         return Replayed(command_id, accepted=True)
+
+    async def _fire_again(
+        self, entry: reaction_pb.ParkedCommand, batch: _Batch, index: reaction_pb.ParkedCommands
+    ) -> Replayed:
+        """Replay a parked deadline: its function called again with its
+        process's state as it is now, what it returns done as at a firing
+        (its commands under the ids of that firing: one whose outcome was
+        lost is answered from its record; those refused compensated or
+        parked into ``index``), the state saved in ``batch``. The function
+        failing again, or the process over (its state left empty or
+        dropped: its deadlines went with it), leaves it parked with that
+        reason."""
+        state_key, scheduled = entry.deadline.state_key, entry.deadline.deadline
+        state = await ProcessState.load_key(self.reaction, batch, state_key)
+        error: ReactionFailed | None = None
+        if not state.exists:
+            error = ReactionFailed(
+                f"reaction {self.reaction.name}: process {state_key!r} is over (its state was left empty or"
+                f" dropped), and its deadlines with it: deadline {scheduled.name!r} is not fired; dismiss it",
+                reason="DEADLINE_WITHOUT_PROCESS",
+                metadata={"reaction": self.reaction.name, "deadline": scheduled.name, "state_key": state_key},
+            )
+        else:
+            try:
+                await self._run_deadline(state_key, scheduled, state, ParkedList(batch, self._max_parked, index))
+            except _FunctionFailed as failed:
+                error = failed.error
+            finally:
+                self._where_now = None
+        if error is not None:
+            entry.replays += 1
+            entry.reason, entry.message = error.reason, error.message
+            entry.metadata.clear()
+            entry.metadata.update(error.metadata)
+            return Replayed(entry.command_id, accepted=False, reason=error.reason, message=error.message)
+        state.save(batch, scheduled.due_us)
+        return Replayed(entry.command_id, accepted=True)
 
     def _read(self, position: int) -> Awaitable[LogPage]:
         return self._log.read_log(position, self._filter, self.reaction.batch_size, max_bytes=self._page_bytes)
@@ -758,6 +804,18 @@ class ReactionRunner(CheckpointedRunner):
                 fired += await self._fire(batch, parked, due)
             except SubjectsForgotten:
                 raise  # the step runs again (``step``)
+            except _FunctionFailed as failed:
+                batch.rollback(savepoint[0])
+                parked.rollback(savepoint[1])
+                try:
+                    if await self._deadline_given_up(batch, parked, due, failed):
+                        self._failing_aggregate = ""
+                        continue  # parked: the others go on
+                except Exception as error:
+                    failure = error  # TOO_MANY_PARKED
+                    break
+                failure = failed.error
+                break
             except Exception as error:
                 batch.rollback(savepoint[0])
                 parked.rollback(savepoint[1])
@@ -799,29 +857,81 @@ class ReactionRunner(CheckpointedRunner):
             subjects = tuple(sorted(state.subjects))
             batch.write(deadline_key(due.state_key, due.name), document, subjects, due_us=entry.due_us)
             return 0
-        deadline = deadline_of(due.state_key, entry)
-        envelope = deadline.envelope
-        where = self._where_now = _at_deadline(due.state_key, due.name, envelope)
-        handler = self.reaction.deadline_handlers.get(due.name)
-        if handler is None:
-            raise ReactionFailed(
-                f"reaction {self.reaction.name}: process {due.state_key!r} has a deadline {due.name!r} due, and no"
-                f" @on_deadline({due.name!r}) function is declared: restore it, or drop the process's state"
-                f" (chronicle reaction {self.reaction.name} --drop-state {shlex.quote(due.state_key)})",
-                reason="UNKNOWN_DEADLINE",
-                metadata={"reaction": self.reaction.name, "deadline": due.name, "state_key": due.state_key},
-            )
         state.cancel(due.name)  # fired: gone, unless its function schedules it again
         # A failure here may quote the state, derived from the scheduling
         # event's aggregate (among others): its text is withdrawn once that
         # aggregate is forgotten, as an event's failure's.
-        self._failing_aggregate = envelope.aggregate_id
-        reacted = self._call(handler, lambda: handler(deadline, state.message), where)
-        seed = command_seed(self.reaction.name, due.state_key, due.name, entry.due_us)
-        await self._act(reacted, seed, envelope, state, parked, where, handler, rounds=0, now_us=entry.due_us)
+        self._failing_aggregate = entry.aggregate_id
+        await self._run_deadline(due.state_key, entry, state, parked)
         state.save(batch, entry.due_us)
         self._failing_aggregate = ""
         return 1
+
+    async def _run_deadline(
+        self, state_key: str, entry: reaction_pb.ScheduledDeadline, state: ProcessState, parked: ParkedList
+    ) -> None:
+        """Call the ``@on_deadline`` function of ``entry`` (a deadline of
+        process ``state_key``) with ``state``, then do what it returned.
+        ``_FunctionFailed`` when the function is the one at fault (missing,
+        raised, returned what it must not); a failure of its commands is
+        raised as it is."""
+        deadline = deadline_of(state_key, entry)
+        envelope = deadline.envelope
+        where = self._where_now = _at_deadline(state_key, entry.name, envelope)
+        handler = self.reaction.deadline_handlers.get(entry.name)
+        subjects = tuple(sorted(state.subjects))
+        try:
+            if handler is None:
+                raise ReactionFailed(
+                    f"reaction {self.reaction.name}: process {state_key!r} has a deadline {entry.name!r} due, and no"
+                    f" @on_deadline({entry.name!r}) function is declared: restore it, or drop the process's state"
+                    f" (chronicle reaction {self.reaction.name} --drop-state {shlex.quote(state_key)})",
+                    reason="UNKNOWN_DEADLINE",
+                    metadata={"reaction": self.reaction.name, "deadline": entry.name, "state_key": state_key},
+                )
+            reacted = self._call(handler, lambda: handler(deadline, state.message), where)
+            commands = self._timers(reacted, envelope, state, where, handler, now_us=entry.due_us)
+        except ReactionFailed as error:
+            raise _FunctionFailed(error, subjects) from error
+        seed = command_seed(self.reaction.name, state_key, entry.name, entry.due_us)
+        await self._send(commands, seed, envelope, state, parked, rounds=0, now_us=entry.due_us)
+
+    async def _deadline_given_up(
+        self, batch: ReactionBatch, parked: ParkedList, due: reaction_pb.Deadline, failed: _FunctionFailed
+    ) -> bool:
+        """``due``'s function failed (the batch taken back to before it).
+        In a reaction that parks failures, count it in the deadline's
+        document (committed with the deadlines fired before it, so that a
+        restart goes on from the count); at its ``max_attempts``-th, park
+        the deadline instead (the process's state no longer lists it, its
+        document goes) and say so: True."""
+        if self.reaction.on_failure != "park":
+            return False
+        state = await ProcessState.load_key(self.reaction, batch, due.state_key)
+        key = deadline_key(due.state_key, due.name)
+        if due.failures + 1 < self.reaction.max_attempts:
+            counted = reaction_pb.Deadline(
+                state_key=due.state_key, name=due.name, due_us=due.due_us, failures=due.failures + 1
+            )
+            batch.write(key, counted, tuple(sorted(state.subjects)), due_us=due.due_us)
+            return False
+        entry = state.deadlines[due.name]
+        parked_id = parked_deadline_id(self.reaction.name, due.state_key, due.name, due.due_us)
+        await parked.add_deadline(self.reaction.name, parked_id, due.state_key, entry, failed.subjects, failed.error)
+        state.cancel(due.name)
+        state.save(batch, due.due_us)  # its document goes with it
+        log.warning(
+            "reaction %s parked deadline %r of process %r (as %s) after %d failures of its function: %s (its message"
+            " is in the parked command: chronicle reaction %s --parked)",
+            self.reaction.name,
+            due.name,
+            due.state_key,
+            parked_id,
+            self.reaction.max_attempts,
+            failed.error.reason,
+            self.reaction.name,
+        )
+        return True
 
     async def _wait_for_work(self, position: int) -> None:
         """Until the log has events after ``position``, a poll's while, or
@@ -845,13 +955,29 @@ class ReactionRunner(CheckpointedRunner):
         """Do what one of its functions returned: its deadlines scheduled
         (due ``now_us`` plus their ``after``) and cancelled in ``state``,
         then its commands sent; those commands."""
+        commands = self._timers(acted, envelope, state, where, function, now_us=now_us, refusal=refusal)
+        await self._send(commands, seed, envelope, state, parked, rounds=rounds, now_us=now_us)
+        return commands
+
+    def _timers(
+        self,
+        acted: Actions,
+        envelope: ProjectedEvent,
+        state: ProcessState,
+        where: _Where,
+        function: Callable[..., Compensation],
+        *,
+        now_us: int,
+        refusal: Refusal | None = None,
+    ) -> list[Send]:
+        """Schedule and cancel in ``state`` the deadlines of ``acted`` (what
+        ``function`` returned); its commands, to send."""
         commands = [action for action in acted if isinstance(action, Send)]
         if len(commands) < len(acted):
             who = f"{_named(function, refusal)} (on {where})"
             # A deadline's functions schedule only later ones: with no delay
             # two deadlines could fire each other for ever.
             set_timers(self.reaction, acted, envelope, state, who, now_us, later=self._where_now is not None)
-        await self._send(commands, seed, envelope, state, parked, rounds=rounds, now_us=now_us)
         return commands
 
     def _call(
@@ -1228,6 +1354,17 @@ def _no_states(reaction: str, missing: Sequence[str], *, asked: int) -> Resource
         reason="PROCESS_STATE_NOT_FOUND",
         metadata={"reaction": reaction, "state_key": missing[0], "missing": str(len(missing))},
     )
+
+
+class _FunctionFailed(Exception):
+    """A deadline's ``@on_deadline`` function failed (``error``): missing,
+    raised, or returned what it must not; ``subjects``, its process's
+    (those a parked deadline names)."""
+
+    def __init__(self, error: ReactionFailed, subjects: tuple[str, ...]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.subjects = subjects
 
 
 class _NotSendable(ChronicleError):

@@ -7,11 +7,14 @@ from __future__ import annotations
 import calendar
 import re
 import time
+from pathlib import Path
+
+import pytest
 
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
-from tests.support import deadline_saga
+from tests.support import deadline_saga, failing_deadline
 from tests.support.deadline_saga import REACTION
 from tests.support.grpc_client import command, running_server
 from tests.support.http import request
@@ -48,3 +51,29 @@ async def test_a_reactions_page_counts_its_pending_deadlines_and_says_the_soones
     assert due is not None, said
     seconds = calendar.timegm(time.strptime(due.group(1), "%Y-%m-%d %H:%M:%SZ"))
     assert 9 * 60 < seconds - time.time() <= 10 * 60 + 1
+
+
+async def test_a_reactions_page_shows_a_parked_deadline_by_its_process_and_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flag = tmp_path / "bug"
+    flag.touch()
+    monkeypatch.setenv(failing_deadline.FLAG_ENV, str(flag))
+    async with running_server(
+        MemoryStore(),
+        registry=Registry([failing_deadline.parks]),
+        anonymous_admin=True,
+        console_listen="127.0.0.1:0",
+        poll_seconds=0.05,
+    ) as (app, client):
+        assert app.console is not None
+        address, page = app.console.address, "/reactions/" + failing_deadline.PARKS
+        await client.submit(command("bad-1", box.CreateBox(name="after-50")))
+
+        async def parked() -> bool:
+            return "deadline payment of process bad-1" in (await request(address, "GET", page)).text
+
+        await eventually(parked, what="the deadline parked, shown by its process and name")
+        shown = (await request(address, "GET", page)).text
+    assert "RuntimeError: the bug of order bad-1" in shown
+    assert 'href="/aggregates/bad-1"' in shown  # the scheduling event's aggregate

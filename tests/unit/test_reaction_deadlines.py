@@ -662,3 +662,124 @@ def test_a_deadline_keeps_the_envelope_of_the_event_that_scheduled_it() -> None:
         assert state is not None
         (first,) = state.deadlines
         assert first.event_id == run.recorded("t-1")[0].event_id
+
+
+def _parking_plugin(late: Any) -> Plugin:
+    """Things whose "late" deadline (a minute after creation) ``late``
+    handles, in reaction "parking" (on_failure="park", max_attempts=3);
+    ArchiveBox ends a thing's process."""
+    plugin = Plugin("parking")
+    thing = plugin.aggregate("Thing", state=box.Box)
+
+    @thing.command(box.CreateBox)
+    def create(command: box.CreateBox, state: box.Box, context: CommandContext) -> box.BoxCreated:
+        return box.BoxCreated(name=command.name)
+
+    @thing.command(box.ArchiveBox)
+    def archive(command: box.ArchiveBox, state: box.Box, context: CommandContext) -> box.BoxArchived:
+        return box.BoxArchived()
+
+    @thing.apply(box.BoxCreated)
+    def _created(state: box.Box, event: box.BoxCreated) -> None:
+        state.name = event.name
+
+    @thing.apply(box.BoxArchived)
+    def _archived(state: box.Box, event: box.BoxArchived) -> None:
+        state.archived = True
+
+    reaction = plugin.reaction(
+        "parking",
+        aggregate_types=["Thing"],
+        state=box.Box,
+        state_key=lambda envelope: envelope.aggregate_id,
+        on_failure="park",
+        max_attempts=3,
+    )
+
+    @reaction.on(box.BoxCreated)
+    def created(event: box.BoxCreated, envelope: ProjectedEvent, progress: box.Box) -> Schedule:
+        progress.name = event.name
+        return Schedule("late", after=MINUTE)
+
+    reaction.on_deadline("late")(late)
+
+    @reaction.on(box.BoxArchived)
+    def archived(event: box.BoxArchived, envelope: ProjectedEvent, progress: box.Box) -> None:
+        progress.Clear()
+
+    return plugin
+
+
+def _restarted(run: ReactionRun, name: str) -> None:
+    """The reaction's runner replaced by a new one, as a server's restart
+    (or another replica taking the lease) makes: nothing kept in memory."""
+    old = run.runners[name]
+    run.runners[name] = ReactionRunner(
+        old.reaction,
+        registry=run.registry,
+        submit=old._submit,
+        log=old._log,
+        documents=old._documents,
+        reader=old._reader,
+        clock=run.now_us,
+    )
+
+
+def test_a_failing_deadline_function_is_counted_in_the_store_and_parked_at_max_attempts_across_restarts() -> None:
+    def late(deadline: Deadline, progress: box.Box) -> Send:
+        raise RuntimeError("a bug in the deadline's function")
+
+    with ReactionRun(_parking_plugin(late)) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.settle()
+        run.advance(2 * MINUTE)
+        for failures in (1, 2):
+            with pytest.raises(ReactionFailed) as caught:
+                run.settle()
+            assert "deadline 'late' of process 't-1'" in caught.value.message
+            stored = _await(run, run.store.load_document("parking", "deadline:t-1:late"))
+            assert reaction_pb.Deadline.FromString(stored.data).failures == failures
+            assert run.parked("parking") == []
+            _restarted(run, "parking")  # the count is the store's, not the runner's
+        run.settle()  # the 3rd failure: parked, and the reaction goes on
+        (parked,) = run.parked("parking")
+        assert (parked.deadline.state_key, parked.deadline.deadline.name) == ("t-1", "late")
+        assert parked.reason == "REACTION_FAILED" and "RuntimeError: a bug" in parked.message
+        assert _due(run, "parking") == (0, None)
+        state = run.process_state("parking", "t-1")
+        assert state is not None and list(state.deadlines) == []
+        assert run.runners["parking"].status.parked == 1
+        run.submit("t-2", box.CreateBox(name="b"))
+        with pytest.raises(ReactionFailed) as caught:
+            run.settle()  # t-2 handled; its deadline (due by the test's clock already) fails in turn
+        assert "deadline 'late' of process 't-2'" in caught.value.message
+        assert _due(run, "parking")[0] == 1
+        assert run.process_state("parking", "t-2") is not None
+
+
+def test_a_deadline_function_returning_what_it_must_not_is_parked_and_its_replay_after_the_process_ended_says_so() -> (
+    None
+):
+    def late(deadline: Deadline, progress: box.Box) -> Schedule:
+        return Schedule("undeclared", after=MINUTE)  # a typo of the plugin's: UNKNOWN_DEADLINE
+
+    with ReactionRun(_parking_plugin(late)) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.settle()
+        run.advance(2 * MINUTE)
+        for _ in range(2):
+            with pytest.raises(ReactionFailed):
+                run.settle()
+        run.settle()
+        (parked,) = run.parked("parking")
+        assert parked.reason == "UNKNOWN_DEADLINE"
+        run.submit("t-1", box.ArchiveBox())  # the process ends meanwhile
+        run.settle()
+        assert run.process_state("parking", "t-1") is None
+        runner = run.runners["parking"]
+        again = _await(run, runner.replay(parked.command_id))
+        assert (again.accepted, again.reason) == (False, "DEADLINE_WITHOUT_PROCESS")
+        (still,) = run.parked("parking")
+        assert (still.replays, still.reason) == (1, "DEADLINE_WITHOUT_PROCESS")
+        _await(run, runner.dismiss(parked.command_id))
+        assert run.parked("parking") == []
