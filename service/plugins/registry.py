@@ -11,11 +11,13 @@ reactions that names one no plugin declares.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from service.errors import ConfigurationError
 from service.plugins.api import AggregateType, CommandSpec, EventSpec, Plugin, UpcasterSpec
+from service.plugins.deadline_names import named_deadlines
 from service.plugins.projections import Projection
 from service.plugins.reactions import Reaction
 
@@ -40,6 +42,8 @@ class Registry:
         followers: list[Projection | Reaction[Any]] = [*self._projections.values(), *self._reactions.values()]
         for follower in followers:
             self._check_follower(follower)
+        for reaction in self._reactions.values():
+            _check_deadline_names(reaction)
         self._check_senders()
 
     def _add(self, plugin: Plugin) -> None:
@@ -294,3 +298,29 @@ class Registry:
 
     def reaction(self, name: str) -> Reaction[Any] | None:
         return self._reactions.get(name)
+
+
+def _check_deadline_names(reaction: Reaction[Any]) -> None:
+    """Each deadline name the reaction's functions name in a ``Schedule`` or
+    ``Cancel`` (as far as their code says without running them:
+    ``deadline_names``) has its ``@on_deadline`` function: a typo stops the
+    plugins' load, not the reaction at its first event that meets it."""
+    declared = reaction.deadline_handlers
+    for named in named_deadlines(reaction):
+        if named.name in declared:
+            continue
+        close = difflib.get_close_matches(named.name, declared, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        known = ", ".join(repr(name) for name in sorted(declared)) or "none"
+        raise ConfigurationError(
+            f"reaction {reaction.name!r} of plugin {reaction.plugin_name!r}: {named.function} returns"
+            f" {named.call}({named.name!r}), but no @on_deadline({named.name!r}) function is declared (declared:"
+            f" {known}): {hint}correct the name, or declare its function",
+            reason="UNKNOWN_DEADLINE",
+            metadata={
+                "name": reaction.name,
+                "plugins": reaction.plugin_name,
+                "function": named.function,
+                "deadline": named.name,
+            },
+        )

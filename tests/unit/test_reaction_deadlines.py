@@ -761,7 +761,9 @@ def test_a_deadline_function_returning_what_it_must_not_is_parked_and_its_replay
     None
 ):
     def late(deadline: Deadline, progress: box.Box) -> Schedule:
-        return Schedule("undeclared", after=MINUTE)  # a typo of the plugin's: UNKNOWN_DEADLINE
+        # A name made at run time (a literal one is refused as the plugins
+        # load): UNKNOWN_DEADLINE when it runs.
+        return Schedule("-".join(["un", "declared"]), after=MINUTE)
 
     with ReactionRun(_parking_plugin(late)) as run:
         run.submit("t-1", box.CreateBox(name="a"))

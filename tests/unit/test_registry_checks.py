@@ -6,7 +6,10 @@ authors, each one the code raises."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +18,17 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
 from service.cli import main
 from service.errors import ConfigurationError
-from service.plugins import CommandCall, Documents, Middleware, OldEvent, Plugin, ProjectedEvent, Send
+from service.plugins import (
+    Cancel,
+    CommandCall,
+    Documents,
+    Middleware,
+    OldEvent,
+    Plugin,
+    ProjectedEvent,
+    Schedule,
+    Send,
+)
 from service.plugins.registry import Registry
 from tests.support import plugins
 
@@ -301,6 +314,91 @@ def test_chronicle_plugins_warns_of_a_type_past_v1_without_upcasters(capsys: pyt
     main(["plugins", "--plugin", "tests.support.plugins:ledger", "--no-discover-plugins"])
     err = capsys.readouterr().err
     assert err.startswith("warning: plugin 'ledger' applies bank.v1.AccountClosed at schema version 2")
+
+
+# -- deadline names ------------------------------------------------------------------
+
+PAYMENT = "payment"  # a module-level name a Schedule may use
+
+
+def saga(
+    on_created: Callable[..., Any], *, deadlines: tuple[str, ...] = ("payment",), on_refused: Any = None
+) -> Plugin:
+    """A reaction "saga.orders" (plugin "orders") whose BoxCreated function
+    is ``on_created``, with an ``@on_deadline`` function for each of
+    ``deadlines``."""
+    plugin = Plugin("orders")
+    order = plugin.aggregate("Order", state=box_pb2.Box)
+    order.command(box_pb2.CreateBox)(nothing)
+    order.apply(box_pb2.BoxCreated)(nothing)
+    reaction = plugin.reaction("saga.orders", aggregate_types=["Order"], state=box_pb2.Box)
+    reaction.on(box_pb2.BoxCreated)(on_created)
+    if on_refused is not None:
+        reaction.on_refused(on_refused)
+    for name in deadlines:
+        reaction.on_deadline(name)(nothing)
+    return plugin
+
+
+def mistyped(event: object, envelope: ProjectedEvent, progress: object) -> Schedule:
+    return Schedule("paymnet", after=timedelta(minutes=10))
+
+
+def test_a_schedule_of_a_name_no_on_deadline_handles_is_refused_at_load_naming_reaction_function_and_name() -> None:
+    error = refused(saga(mistyped))
+    assert error.reason == "UNKNOWN_DEADLINE"
+    assert error.message == (
+        "reaction 'saga.orders' of plugin 'orders': mistyped returns Schedule('paymnet'), but no"
+        " @on_deadline('paymnet') function is declared (declared: 'payment'): did you mean 'payment'? correct the"
+        " name, or declare its function"
+    )
+    assert error.metadata == {
+        "name": "saga.orders",
+        "plugins": "orders",
+        "function": "mistyped",
+        "deadline": "paymnet",
+    }
+
+
+def test_a_cancel_by_keyword_or_by_a_module_constant_in_on_refused_or_a_deadline_function_is_checked_too() -> None:
+    def cancels(refusal: object, envelope: ProjectedEvent, progress: object) -> Cancel:
+        return Cancel(name="reminder")  # declared nowhere
+
+    error = refused(saga(nothing, on_refused=cancels))
+    assert (error.reason, error.metadata["function"], error.metadata["deadline"]) == (
+        "UNKNOWN_DEADLINE",
+        "test_a_cancel_by_keyword_or_by_a_module_constant_in_on_refused_or_a_deadline_function_is_checked_too"
+        ".<locals>.cancels",
+        "reminder",
+    )
+    assert "Cancel('reminder')" in error.message and "(declared: 'payment')" in error.message
+
+    def by_constant(event: object, envelope: ProjectedEvent, progress: object) -> Schedule:
+        return Schedule(PAYMENT, after=timedelta(minutes=1))
+
+    assert refused(saga(by_constant, deadlines=("pay",))).metadata["deadline"] == "payment"
+    Registry([saga(by_constant)])  # declared: loads
+
+
+def test_names_that_cannot_be_known_without_running_the_function_load() -> None:
+    def computed(event: object, envelope: ProjectedEvent, progress: object) -> Schedule:
+        return Schedule("pay" + "mnet", after=timedelta(minutes=1))  # found when it runs (UNKNOWN_DEADLINE)
+
+    def well_named(event: object, envelope: ProjectedEvent, progress: object) -> list[Schedule | Cancel]:
+        return [Schedule("payment", after=timedelta(minutes=1)), Cancel("payment")]
+
+    Registry([saga(computed)])
+    Registry([saga(well_named)])
+    Registry([saga(lambda *_: Schedule("paymnet", after=timedelta(0)))])  # a lambda is not read
+
+
+orders_mistyped = saga(mistyped)
+
+
+def test_chronicle_plugins_stops_on_a_mistyped_deadline_name(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = chronicle_plugins("orders_mistyped", capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("error: UNKNOWN_DEADLINE: reaction 'saga.orders' of plugin 'orders': mistyped returns")
 
 
 # -- the reasons docs/plugins.md names ----------------------------------------------
