@@ -450,7 +450,34 @@ class ChronicleClient:
         ``min_position``: read your writes from a server that reads from a
         standby: the read includes at least the log up to this position
         (the server waits for it, or answers UNAVAILABLE, which is retried).
+        To bound the whole read in time: ``read_all(..., timeout=…)``.
         """
+        async for event in self._read(
+            aggregate_id,
+            from_version=from_version,
+            limit=limit,
+            backwards=backwards,
+            event_types=event_types,
+            origin=origin,
+            min_position=min_position,
+            deadline=None,
+        ):
+            yield event
+
+    async def _read(
+        self,
+        aggregate_id: str,
+        *,
+        from_version: int | None,
+        limit: int | None,
+        backwards: bool,
+        event_types: Sequence[str],
+        origin: str,
+        min_position: int,
+        deadline: CallDeadline | None,
+    ) -> AsyncIterator[Event]:
+        """``read``; each stream's gRPC deadline from ``deadline`` (None: the
+        client's per attempt)."""
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be at least 1 (or None: no limit), got {limit}")
         # Where to reopen: at the last version received (events can share a
@@ -472,7 +499,7 @@ class ChronicleClient:
                 min_position=min_position,
             )
 
-        async for envelope in self._read_envelopes(aggregate_id, request):
+        async for envelope in self._read_envelopes(aggregate_id, request, deadline):
             if skip and envelope.version == cursor:
                 skip -= 1
                 continue
@@ -484,7 +511,10 @@ class ChronicleClient:
             yield Event(envelope)
 
     async def _read_envelopes(
-        self, aggregate_id: str, request: Callable[[], event_service_pb2.ReadAggregateRequest]
+        self,
+        aggregate_id: str,
+        request: Callable[[], event_service_pb2.ReadAggregateRequest],
+        deadline: CallDeadline | None,
     ) -> AsyncIterator[event_pb2.Event]:
         """ReadAggregate's events, in pages (ReadAggregatePages) from a server
         that has them, else one by one; ``request()`` is called at each
@@ -492,7 +522,8 @@ class ChronicleClient:
         what = f"read {aggregate_id!r}"
 
         def options() -> dict[str, Any]:
-            return {"timeout": self._attempt_timeout, "metadata": self._call_metadata()}
+            timeout = self._attempt_timeout if deadline is None else deadline.attempt_timeout()
+            return {"timeout": timeout, "metadata": self._call_metadata()}
 
         if self._paged_reads is not False:
             pages = resuming(
@@ -524,9 +555,13 @@ class ChronicleClient:
         event_types: Sequence[str] = (),
         origin: str = "",
         min_position: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, like submit's)
     ) -> list[Event]:
-        """``read`` into a list."""
-        events = self.read(
+        """``read`` into a list. ``timeout``: seconds for the whole read, its
+        reopenings included (each stream's deadline cut to what is left),
+        then ``DeadlineExceeded``."""
+        deadline = CallDeadline(timeout, self._attempt_timeout)
+        events = self._read(
             aggregate_id,
             from_version=from_version,
             limit=limit,
@@ -534,16 +569,26 @@ class ChronicleClient:
             event_types=event_types,
             origin=origin,
             min_position=min_position,
+            deadline=deadline,
         )
-        return [event async for event in events]
 
-    async def parked_commands(self, reaction: str) -> AsyncIterator[reaction_service_pb2.ParkedCommand]:
+        async def collected() -> list[Event]:
+            return [event async for event in events]
+
+        return await deadline.run(f"read {aggregate_id!r}", collected())
+
+    async def parked_commands(
+        self,
+        reaction: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (as reactions.parked's)
+    ) -> AsyncIterator[reaction_service_pb2.ParkedCommand]:
         """The commands ``reaction`` parked, oldest first, a page at a time
         (``ReactionService.ListParkedCommands``, each page retried as a
-        read): parked commands carry their metadata, so all of them may not
-        fit in one message. ``NotFound`` (REACTION_NOT_FOUND) for a reaction
+        read; ``timeout`` seconds for all of them): parked commands carry
+        their metadata, so all of them may not fit in one message. ``NotFound`` (REACTION_NOT_FOUND) for a reaction
         no loaded plugin declares. ``reactions.parked`` with a page size."""
-        async for parked in self.reactions.parked(reaction):
+        async for parked in self.reactions.parked(reaction, timeout=timeout):
             yield parked
 
     def subscribe(

@@ -31,6 +31,7 @@ from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
+from service.client.call_deadline import CallDeadline
 from service.client.errors import RemoteError, remote_error, retryable, status_lost
 from service.client.handshake import HandshakeWatch
 from service.client.results import Event
@@ -388,6 +389,7 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
         segments: int = 0,
         max_unanswered_timeouts: int | None = None,
         tenant: str = "",
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
     ) -> GroupInfo:
         """Create group ``name`` (durations as ``timedelta`` or seconds).
         A count of 0 and a duration of None take the server's defaults; a
@@ -412,7 +414,9 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
             segments=segments,
             max_unanswered_timeouts=max_unanswered_timeouts,
         )
-        response: pb.CreateGroupResponse = await self._call(f"create group {name}", self._stub.CreateGroup, request)
+        response: pb.CreateGroupResponse = await self._call(
+            f"create group {name}", self._stub.CreateGroup, request, timeout
+        )
         return response.group
 
     async def update(
@@ -424,6 +428,7 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
         max_retry_backoff: timedelta | float | None = None,
         ack_timeout: timedelta | float | None = None,
         max_unanswered_timeouts: int | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
     ) -> GroupInfo:
         """Change group ``name``'s settings while it is consumed, keeping
         its position and parked events; each one left None stays. Its
@@ -437,14 +442,25 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
             ack_timeout=_duration(ack_timeout),
             max_unanswered_timeouts=max_unanswered_timeouts,
         )
-        response: pb.UpdateGroupResponse = await self._call(f"update group {name}", self._stub.UpdateGroup, request)
+        response: pb.UpdateGroupResponse = await self._call(
+            f"update group {name}", self._stub.UpdateGroup, request, timeout
+        )
         return response.group
 
-    async def delete(self, name: str) -> None:
+    async def delete(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> None:
         """Delete group ``name``; ``NotFound`` (GROUP_NOT_FOUND) if there is none."""
-        await self._call(f"delete group {name}", self._stub.DeleteGroup, pb.DeleteGroupRequest(name=name))
+        await self._call(f"delete group {name}", self._stub.DeleteGroup, pb.DeleteGroupRequest(name=name), timeout)
 
-    async def list(self) -> builtins.list[GroupInfo]:
+    async def list(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> builtins.list[GroupInfo]:
         """Every group this caller may consume, with position, lag, consumers
         and its counts (acknowledged, parked, skipped, dismissed). Each
         consumer (``GroupConsumer`` of the protocol) carries what its
@@ -457,24 +473,31 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
         ``since_last_heard`` longer than two heartbeats (a third of the
         lease time each) tells a consumer whose replica stopped, still
         holding its segments until its lease lapses."""
+        response: pb.ListGroupsResponse = await self._call(
+            "list groups", self._stub.ListGroups, pb.ListGroupsRequest(), timeout
+        )
+        return list(response.groups)
 
-        async def attempt() -> pb.ListGroupsResponse:
-            response: pb.ListGroupsResponse = await self._stub.ListGroups(
-                pb.ListGroupsRequest(), timeout=self._timeout, metadata=self._metadata()
-            )
-            return response
-
-        return list((await call_with_retries(self._retry, "list groups", attempt)).groups)
-
-    async def get(self, name: str) -> GroupInfo:
+    async def get(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> GroupInfo:
         """One group, as ``list`` shows it; ``LookupError`` if not listed."""
-        for group in await self.list():
+        for group in await self.list(timeout=timeout):
             if group.name == name:
                 return group
         raise LookupError(f"no subscription group {name!r}")
 
     async def parked(
-        self, group: str, *, after_position: int = 0, limit: int | None = None, page_size: int = 100
+        self,
+        group: str,
+        *,
+        after_position: int = 0,
+        limit: int | None = None,
+        page_size: int = 100,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
     ) -> builtins.list[GroupParkedEvent]:
         """The group's parked events after ``after_position``, by position
         (event id within one): all of them, or the first ``limit``, read
@@ -483,13 +506,22 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
         ``next_page_token``: paging by position would pass over the rest of
         a split event's pieces, which share its position. A server from
         before page tokens sends none: a full page is then followed by
-        position, and a shorter one is the last."""
+        position, and a shorter one is the last. ``timeout``: seconds for
+        the whole listing, its pages and their retries included."""
+        deadline = CallDeadline(timeout, self._timeout)
+        return await deadline.run(
+            f"list parked events of {group}", self._all_parked(group, after_position, limit, page_size, deadline)
+        )
+
+    async def _all_parked(
+        self, group: str, after_position: int, limit: int | None, page_size: int, deadline: CallDeadline
+    ) -> builtins.list[GroupParkedEvent]:
         parked: builtins.list[GroupParkedEvent] = []
         token = ""
         while limit is None or len(parked) < limit:
             size = page_size if limit is None else min(page_size, limit - len(parked))
             request = pb.ListParkedRequest(group=group, after_position=after_position, limit=size, page_token=token)
-            page = await self._parked_page(group, request)
+            page = await self._parked_page(group, request, deadline)
             parked.extend(page.parked)
             token = page.next_page_token
             if not token:
@@ -498,16 +530,24 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
                 after_position = page.parked[-1].position  # a server from before page tokens
         return parked
 
-    async def _parked_page(self, group: str, request: pb.ListParkedRequest) -> pb.ListParkedResponse:
+    async def _parked_page(
+        self, group: str, request: pb.ListParkedRequest, deadline: CallDeadline
+    ) -> pb.ListParkedResponse:
         async def attempt() -> pb.ListParkedResponse:
             response: pb.ListParkedResponse = await self._stub.ListParked(
-                request, timeout=self._timeout, metadata=self._metadata()
+                request, timeout=deadline.attempt_timeout(), metadata=self._metadata()
             )
             return response
 
         return await call_with_retries(self._retry, f"list parked events of {group}", attempt)
 
-    async def replay(self, group: str, event_ids: Sequence[str] = ()) -> int:
+    async def replay(
+        self,
+        group: str,
+        event_ids: Sequence[str] = (),
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> int:
         """Deliver parked events again (none named: all the group's); how
         many. ``NotFound`` (PARKED_EVENT_NOT_FOUND, the ids in its metadata's
         ``event_ids``), and none replayed, if one named is not parked."""
@@ -515,10 +555,17 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
             f"replay parked events of {group}",
             self._stub.ReplayParked,
             pb.ReplayParkedRequest(group=group, event_ids=event_ids),
+            timeout,
         )
         return response.replaying
 
-    async def dismiss(self, group: str, event_ids: Sequence[str]) -> int:
+    async def dismiss(
+        self,
+        group: str,
+        event_ids: Sequence[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> int:
         """Delete parked events without delivering them again (at least one
         named; they count as the group's ``dismissed``, not as acknowledged); how many. All or none:
         ``NotFound`` (PARKED_EVENT_NOT_FOUND, the ids in its metadata's
@@ -528,6 +575,7 @@ class Groups(UnaryCalls[pb_grpc.SubscriptionGroupServiceStub]):
             f"dismiss parked events of {group}",
             self._stub.DismissParked,
             pb.DismissParkedRequest(group=group, event_ids=event_ids),
+            timeout,
         )
         return response.dismissed
 

@@ -97,6 +97,7 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
         page_size: int = 0,
         descending: bool = False,
         min_position: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
     ) -> AsyncIterator[Document]:
         """The documents of ``projection`` whose keys start with
         ``key_prefix``, in key order (Unicode code points; ``descending``
@@ -106,7 +107,9 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
         time: each document carries its page's checkpoint, and a document
         written meanwhile shows if its key comes after the pages read.
         ``min_position`` as for ``document``. On a server with encryption at
-        rest, ``FailedPrecondition`` DOCUMENT_KEYS_HIDDEN."""
+        rest, ``FailedPrecondition`` DOCUMENT_KEYS_HIDDEN. ``timeout``: seconds
+        for the whole listing, its pages and their retries included (then
+        ``DeadlineExceeded``)."""
         order = pb.DOCUMENT_ORDER_KEY_DESCENDING if descending else pb.DOCUMENT_ORDER_KEY_ASCENDING
         pages = self._pages(
             f"list the documents of {projection!r}",
@@ -119,63 +122,95 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
                 order=order,
                 min_position=min_position,
             ),
+            timeout,
         )
         async for page in pages:
             for found in page.documents:
                 yield Document(key=found.key, packed=found.document, position=page.position)
 
-    async def get(self, name: str) -> ProjectionStatus:
+    async def get(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> ProjectionStatus:
         """Where projection ``name`` stands (``position`` against
         ``log_head``, ``running``, ``error``, ``parked_events``, …).
         ``NotFound`` PROJECTION_NOT_FOUND for one no loaded plugin declares,
         or (to an administrator) PROJECTION_NOT_LOADED if the store holds
         it all the same (renamed away, or not deployed on this server yet)."""
         status: ProjectionStatus = await self._call(
-            f"get projection {name!r}", self._stub.GetProjection, pb.GetProjectionRequest(name=name)
+            f"get projection {name!r}", self._stub.GetProjection, pb.GetProjectionRequest(name=name), timeout
         )
         return status
 
-    async def list(self) -> builtins.list[ProjectionStatus]:
+    async def list(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> builtins.list[ProjectionStatus]:
         """Every loaded projection the caller may read, by name."""
         response: pb.ListProjectionsResponse = await self._call(
-            "list projections", self._stub.ListProjections, pb.ListProjectionsRequest()
+            "list projections", self._stub.ListProjections, pb.ListProjectionsRequest(), timeout
         )
         return builtins.list(response.projections)
 
-    async def orphaned(self) -> builtins.list[pb.OrphanedProjection]:
+    async def orphaned(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> builtins.list[pb.OrphanedProjection]:
         """The projections the store holds that no loaded plugin of the
         server declares (renamed away or removed: ``name``, ``position``),
         by name. Takes the admin grant."""
+        request = pb.ListProjectionsRequest(include_orphaned=True)
         response: pb.ListProjectionsResponse = await self._call(
-            "list orphaned projections", self._stub.ListProjections, pb.ListProjectionsRequest(include_orphaned=True)
+            "list orphaned projections", self._stub.ListProjections, request, timeout
         )
         return builtins.list(response.orphaned)
 
-    async def delete(self, name: str) -> int:
+    async def delete(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> int:
         """Delete the stored documents, parked events and checkpoint of
         projection ``name``, which no loaded plugin declares; how many
         documents and parked events went (0: nothing was left, so a retry
         is harmless). Takes the admin grant; ``FailedPrecondition``
         PROJECTION_LOADED while a loaded plugin declares it."""
         response: pb.DeleteProjectionResponse = await self._call(
-            f"delete projection {name!r}", self._stub.DeleteProjection, pb.DeleteProjectionRequest(name=name)
+            f"delete projection {name!r}", self._stub.DeleteProjection, pb.DeleteProjectionRequest(name=name), timeout
         )
         return response.deleted
 
-    async def parked(self, projection: str, *, page_size: int = 0) -> AsyncIterator[ParkedEvent]:
+    async def parked(
+        self,
+        projection: str,
+        *,
+        page_size: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> AsyncIterator[ParkedEvent]:
         """The events ``projection`` parked (its handler kept failing on
         them), in log order, following the pages to the last. ``page_size``
-        as for ``documents``."""
+        and ``timeout`` as for ``documents``."""
         pages = self._pages(
             f"list the parked events of {projection!r}",
             self._stub.ListParkedEvents,
             lambda token: pb.ListParkedEventsRequest(projection=projection, page_size=page_size, page_token=token),
+            timeout,
         )
         async for page in pages:
             for parked in page.events:
                 yield parked
 
-    async def rebuild(self, name: str) -> int:
+    async def rebuild(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> int:
         """Clear projection ``name`` (documents, parked events, checkpoint)
         so that it applies the log again from the start; the log's head then,
         which ``get(name).position`` reaches when the rebuild is done. Takes
@@ -184,7 +219,10 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
         ``--anonymous-admin``. A retry after an answer lost once the server
         acted starts the rebuild again."""
         response: pb.RebuildProjectionResponse = await self._call(
-            f"rebuild projection {name!r}", self._stub.RebuildProjection, pb.RebuildProjectionRequest(name=name)
+            f"rebuild projection {name!r}",
+            self._stub.RebuildProjection,
+            pb.RebuildProjectionRequest(name=name),
+            timeout,
         )
         return response.log_head
 

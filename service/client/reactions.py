@@ -10,7 +10,9 @@ with the commands it parked and the process states it keeps::
         stuck = await client.reactions.state("bank.transfers", "transfer-42")
         print(stuck.state_type, stuck.state_json)
 
-Every call is a unary call retried as one is (``retry.call_with_retries``);
+Every call is a unary call retried as one is (``retry.call_with_retries``),
+and takes ``timeout=``: seconds for the whole call, retries included (a
+listing: from its first page to its last), then ``DeadlineExceeded``;
 refusals are :class:`~service.client.errors.RemoteError` subclasses with the
 server's reason. Reading a process state takes the admin grant (any server
 answers). Replaying, dismissing and dropping states take the admin
@@ -40,22 +42,37 @@ ProcessState = pb.StoredProcessState
 class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
     """``ReactionService`` (``ChronicleClient.reactions``)."""
 
-    async def list(self) -> builtins.list[ReactionStatus]:
+    async def list(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> builtins.list[ReactionStatus]:
         """Every loaded reaction the caller may read, by name."""
         response: pb.ListReactionsResponse = await self._call(
-            "list reactions", self._stub.ListReactions, pb.ListReactionsRequest()
+            "list reactions", self._stub.ListReactions, pb.ListReactionsRequest(), timeout
         )
         return builtins.list(response.reactions)
 
-    async def get(self, name: str) -> ReactionStatus:
+    async def get(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> ReactionStatus:
         """One reaction's status. ``NotFound`` (REACTION_NOT_FOUND) for one
         no loaded plugin declares."""
         status: ReactionStatus = await self._call(
-            f"get reaction {name!r}", self._stub.GetReaction, pb.GetReactionRequest(name=name)
+            f"get reaction {name!r}", self._stub.GetReaction, pb.GetReactionRequest(name=name), timeout
         )
         return status
 
-    async def parked(self, reaction: str, *, page_size: int = 0) -> AsyncIterator[ParkedCommand]:
+    async def parked(
+        self,
+        reaction: str,
+        *,
+        page_size: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> AsyncIterator[ParkedCommand]:
         """The commands ``reaction`` parked, oldest first, a page at a time
         (each page retried as a unary call): parked commands carry their
         metadata, so all of them may not fit in one message. ``page_size``
@@ -65,48 +82,79 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
             f"list the parked commands of {reaction!r}",
             self._stub.ListParkedCommands,
             lambda token: pb.ListParkedCommandsRequest(reaction=reaction, page_size=page_size, page_token=token),
+            timeout,
         )
         async for page in pages:
             for parked in page.commands:
                 yield parked
 
-    async def replay(self, reaction: str, command_id: str) -> ReplayedCommand:
+    async def replay(
+        self,
+        reaction: str,
+        command_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> ReplayedCommand:
         """Send a parked command again, under a new id: ``accepted``, or
         refused again (still parked) with its ``reason`` and ``message``.
         ``NotFound`` (PARKED_COMMAND_NOT_FOUND) for an id not parked."""
         request = pb.ReplayParkedCommandRequest(reaction=reaction, command_id=command_id)
         replayed: ReplayedCommand = await self._call(
-            f"replay parked command {command_id} of {reaction!r}", self._stub.ReplayParkedCommand, request
+            f"replay parked command {command_id} of {reaction!r}", self._stub.ReplayParkedCommand, request, timeout
         )
         return replayed
 
-    async def dismiss(self, reaction: str, command_id: str) -> None:
+    async def dismiss(
+        self,
+        reaction: str,
+        command_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> None:
         """Remove a parked command without sending it; as ``replay`` for a
         missing id."""
         request = pb.DismissParkedCommandRequest(reaction=reaction, command_id=command_id)
         what = f"dismiss parked command {command_id} of {reaction!r}"
-        await self._call(what, self._stub.DismissParkedCommand, request)
+        await self._call(what, self._stub.DismissParkedCommand, request, timeout)
 
-    async def replay_all(self, reaction: str, *, reason: str = "") -> ReplayedAll:
+    async def replay_all(
+        self,
+        reaction: str,
+        *,
+        reason: str = "",
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> ReplayedAll:
         """Send every parked command (or those refused with ``reason``)
         again, oldest first, each once: how many were ``accepted`` and how
         many ``refused`` again (still parked)."""
         request = pb.ReplayAllParkedCommandsRequest(reaction=reaction, reason=reason)
         replayed: ReplayedAll = await self._call(
-            f"replay the parked commands of {reaction!r}", self._stub.ReplayAllParkedCommands, request
+            f"replay the parked commands of {reaction!r}", self._stub.ReplayAllParkedCommands, request, timeout
         )
         return replayed
 
-    async def dismiss_all(self, reaction: str, *, reason: str = "") -> int:
+    async def dismiss_all(
+        self,
+        reaction: str,
+        *,
+        reason: str = "",
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> int:
         """Remove every parked command (or those refused with ``reason``)
         without sending them, in one transaction; how many."""
         request = pb.DismissAllParkedCommandsRequest(reaction=reaction, reason=reason)
         response: pb.DismissAllParkedCommandsResponse = await self._call(
-            f"dismiss the parked commands of {reaction!r}", self._stub.DismissAllParkedCommands, request
+            f"dismiss the parked commands of {reaction!r}", self._stub.DismissAllParkedCommands, request, timeout
         )
         return response.dismissed
 
-    async def state(self, reaction: str, state_key: str) -> ProcessState:
+    async def state(
+        self,
+        reaction: str,
+        state_key: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> ProcessState:
         """The state ``reaction`` keeps under ``state_key``: its stored
         message (``state``, an Any), its type's name (``state_type``), the
         message as JSON through the server's plugins (``state_json``; empty
@@ -120,11 +168,18 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         for a reaction no loaded plugin declares."""
         request = pb.GetProcessStateRequest(reaction=reaction, state_key=state_key)
         response: pb.GetProcessStateResponse = await self._call(
-            f"read state {state_key!r} of {reaction!r}", self._stub.GetProcessState, request
+            f"read state {state_key!r} of {reaction!r}", self._stub.GetProcessState, request, timeout
         )
         return response.state
 
-    async def states(self, reaction: str, *, prefix: str = "", page_size: int = 0) -> AsyncIterator[ProcessState]:
+    async def states(
+        self,
+        reaction: str,
+        *,
+        prefix: str = "",
+        page_size: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> AsyncIterator[ProcessState]:
         """The states ``reaction`` keeps whose key starts with ``prefix``, by
         key, a page at a time (each page retried as a unary call), as
         ``state`` shows each. ``FailedPrecondition`` (DOCUMENT_KEYS_HIDDEN)
@@ -135,12 +190,19 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
             lambda token: pb.ListProcessStatesRequest(
                 reaction=reaction, key_prefix=prefix, page_size=page_size, page_token=token
             ),
+            timeout,
         )
         async for page in pages:
             for state in page.states:
                 yield state
 
-    async def drop_states(self, reaction: str, state_keys: Sequence[str]) -> int:
+    async def drop_states(
+        self,
+        reaction: str,
+        state_keys: Sequence[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> int:
         """Delete the states ``reaction`` keeps under each of ``state_keys``
         (distinct, at most 1,000), in one transaction: all, or none when it
         keeps no state under one of them (``NotFound``
@@ -150,11 +212,17 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         # The first in state_key, the field every server reads (an empty list: refused INVALID_STATE_KEY).
         request = pb.DropProcessStateRequest(reaction=reaction, state_key=keys[0] if keys else "", state_keys=keys[1:])
         response: pb.DropProcessStateResponse = await self._call(
-            f"drop {len(keys)} states of {reaction!r}", self._stub.DropProcessState, request
+            f"drop {len(keys)} states of {reaction!r}", self._stub.DropProcessState, request, timeout
         )
         return response.dropped
 
-    async def drop_state(self, reaction: str, state_key: str) -> None:
+    async def drop_state(
+        self,
+        reaction: str,
+        state_key: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> None:
         """Delete the state ``reaction`` keeps under ``state_key`` (one
         process's; one it cannot load: DOCUMENT_TYPE_MISMATCH, the key in
         the error's metadata ``state_key``): the process goes on from an
@@ -162,7 +230,7 @@ class Reactions(UnaryCalls[pb_grpc.ReactionServiceStub]):
         there; ``InvalidArgument`` (INVALID_STATE_KEY) for a key that is no
         identifier."""
         request = pb.DropProcessStateRequest(reaction=reaction, state_key=state_key)
-        await self._call(f"drop state {state_key!r} of {reaction!r}", self._stub.DropProcessState, request)
+        await self._call(f"drop state {state_key!r} of {reaction!r}", self._stub.DropProcessState, request, timeout)
 
 
 __all__ = ["ParkedCommand", "ProcessState", "ReactionStatus", "Reactions", "ReplayedAll", "ReplayedCommand"]

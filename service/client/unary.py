@@ -35,10 +35,14 @@ class UnaryCalls(Generic[S]):
         method: Callable[..., Any],
         request: Any,
         timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded: call_deadline)
+        *,
+        deadline: CallDeadline | None = None,
     ) -> Any:
         """``method(request)``, retried; ``what`` names it in the retries'
-        logs. ``timeout``: seconds for the whole call (``CallDeadline``)."""
-        deadline = CallDeadline(timeout, self._timeout)
+        logs. ``timeout``: seconds for the whole call (``CallDeadline``);
+        ``deadline``: one already running (a listing's, over its pages)."""
+        if deadline is None:
+            deadline = CallDeadline(timeout, self._timeout)
 
         async def attempt() -> Any:
             return await method(request, timeout=deadline.attempt_timeout(), metadata=self._metadata())
@@ -46,14 +50,22 @@ class UnaryCalls(Generic[S]):
         return await deadline.run(what, call_with_retries(self._retry, what, attempt))
 
     async def _pages(
-        self, what: str, method: Callable[..., Any], request_for: Callable[[str], Any]
+        self,
+        what: str,
+        method: Callable[..., Any],
+        request_for: Callable[[str], Any],
+        timeout: float | None = None,  # noqa: ASYNC109 (the whole listing: call_deadline)
     ) -> AsyncIterator[Any]:
         """The pages of a listing by page token: ``request_for(token)`` sent
         (each page retried as ``_call`` retries), each answer yielded, until
-        one carries no ``next_page_token``."""
+        one carries no ``next_page_token``. ``timeout``: seconds for the
+        whole listing from its first page to its last (the time the caller
+        takes between pages included, as the Node client's does), then
+        ``DeadlineExceeded``."""
+        deadline = CallDeadline(timeout, self._timeout)
         token = ""
         while True:
-            page = await self._call(what, method, request_for(token))
+            page = await self._call(what, method, request_for(token), deadline=deadline)
             yield page
             token = page.next_page_token
             if not token:
