@@ -613,6 +613,9 @@ class ReactionRunner(CheckpointedRunner):
                 writes=batch.writes,
                 fencing=fencing,
             )
+            # A replayed deadline's function may have scheduled one: the
+            # runner's soonest must never be later than the truth.
+            self._soonest.written(batch.writes)
         finally:
             self._cache.clear()
 

@@ -785,3 +785,33 @@ def test_a_deadline_function_returning_what_it_must_not_is_parked_and_its_replay
         assert (still.replays, still.reason) == (1, "DEADLINE_WITHOUT_PROCESS")
         _await(run, runner.dismiss(parked.command_id))
         assert run.parked("parking") == []
+
+
+def test_a_replayed_parked_deadline_whose_function_schedules_again_fires_that_one_when_due() -> None:
+    broken = {"yes"}
+
+    def late(deadline: Deadline, progress: box.Box) -> Schedule | Send:
+        if broken:
+            raise RuntimeError("a bug in the deadline's function")
+        if progress.name != "retried":
+            progress.name = "retried"
+            return Schedule("late", after=MINUTE)  # once more, a minute after this one was due
+        return Send(deadline.state_key, box.ArchiveBox())
+
+    with ReactionRun(_parking_plugin(late)) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.settle()
+        run.advance(2 * MINUTE)
+        for _ in range(2):
+            with pytest.raises(ReactionFailed):
+                run.settle()
+        run.settle()
+        (parked,) = run.parked("parking")
+        run.settle()  # the runner now knows of no deadline (its soonest: none)
+        broken.clear()
+        runner = run.runners["parking"]
+        assert _await(run, runner.replay(parked.command_id)).accepted
+        assert run.parked("parking") == [] and _due(run, "parking")[0] == 1
+        run.advance(2 * MINUTE)
+        run.settle()  # it learnt of the deadline the replay scheduled: fired
+        assert _types(run, "t-1") == ["BoxCreated", "BoxArchived"]
