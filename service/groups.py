@@ -98,6 +98,7 @@ from service.errors import (
     quoted,
 )
 from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES, HeldEvents, size_of
+from service.processing.read_floor import ReadFloor
 from service.processing.upcasting import EventReader
 from service.store.base import GroupStore, LogReader
 from service.store.grouping import (
@@ -109,7 +110,7 @@ from service.store.grouping import (
     segment_lease,
 )
 from service.store.leasing import Fencing, LeaseMember
-from service.store.records import LogFilter, RecordedEvent
+from service.store.records import LogFilter, LogPage, RecordedEvent
 from service.store.reporting_leases import ReportingLeases
 
 log = logging.getLogger(__name__)
@@ -404,9 +405,10 @@ class ConsumerSession:
         self._held = held if held is not None else HeldEvents()
         self._tally = self._held.tally(self._let_go, lambda: self._queued > 0)
         self._let_go_count = 0  # a read in progress across a let-go is thrown away
-        # The highest position this session read the log up to: a page whose
-        # log end is below it means the log went back (``_check_not_rewound``).
-        self._read_floor = 0
+        # The highest position this session read the log up to, and the event
+        # there: a page whose log end is below it, or that holds another event
+        # there, means the log went back (``_check_not_rewound``).
+        self._read_floor = ReadFloor()
         self._rewound = False  # then no checkpoint of this session's is committed any more
         self._last_page_bytes = 0  # what the last page queued: the estimate of the next one
         self._stalled = stalled
@@ -1052,7 +1054,7 @@ class ConsumerSession:
                 # that were let go of; read again from where they were.
                 continue
             limit = self._page_size
-            self._check_not_rewound(page.head, page.scanned_to)
+            self._check_not_rewound(page)
             self._last_page_bytes = self._take_page(page.events, reading)
             for segment in reading:
                 if self._segments.get(segment.number) is segment and page.scanned_to > segment.read_to:
@@ -1063,35 +1065,38 @@ class ConsumerSession:
             if not page.more:
                 await self._wait_for_log(page.scanned_to)
 
-    def _check_not_rewound(self, head: int | None, scanned_to: int) -> None:
-        """LogRewound when the log's end (as of this page's read) is below
-        what the session read already: the database was restored from an
-        older copy, or failed over to a standby that lost commits. Going on
-        from its positions in memory would skip the events written since at
-        the reused positions, and committing them would make that lasting;
-        so the session commits nothing more and ends (its consumer's stream
-        with LOG_REWOUND). The group's checkpoints went back with the
-        database: a consumer that connects again is served from them."""
-        if head is None:
-            return
-        if head < self._read_floor:
+    def _check_not_rewound(self, page: LogPage) -> None:
+        """LogRewound when this page shows the log went back under what the
+        session read already (its end below it, or another event where the
+        session read one: ``read_floor.py``): the database was restored from
+        an older copy, or failed over to a standby that lost commits. Going
+        on from its positions in memory would skip the events written since
+        at the reused positions, and committing them would make that
+        lasting; so the session commits nothing more and ends (its
+        consumer's stream with LOG_REWOUND). The group's checkpoints went
+        back with the database: a consumer that connects again is served
+        from them."""
+        floor = self._read_floor
+        if floor.went_back(page):
+            head = page.head or 0
             self._rewound = True
             log.warning(
                 "the log went back from %d to %d: restored or failed over? Subscription group %s: consumer %s"
                 " is ended with LOG_REWOUND, its checkpoints in memory not committed",
-                self._read_floor,
+                floor.position,
                 head,
                 self.spec.name,
                 self.member_id,
             )
             raise LogRewound(
-                f"the log went back from position {self._read_floor} to {head} (restored from an older copy, or"
-                " failed over to a standby that lost commits): the group resumes from its checkpoints as the"
-                " database holds them; events delivered after those come again, and those the log no longer"
-                " holds are gone (docs/subscriptions.md)",
-                metadata={"position": str(self._read_floor), "log_head": str(head), "group": self.spec.name},
+                f"the log went back from position {floor.position} to {head} (restored from an older copy, or"
+                " failed over to a standby that lost commits; or it went back and was written past"
+                f" {floor.position} since: another event is stored there): the group resumes from its"
+                " checkpoints as the database holds them; events delivered after those come again, and those"
+                " the log no longer holds are gone (docs/subscriptions.md)",
+                metadata={"position": str(floor.position), "log_head": str(head), "group": self.spec.name},
             )
-        self._read_floor = max(self._read_floor, min(scanned_to, head))
+        floor.advance(page)
 
     def _take_page(self, stored_events: Sequence[RecordedEvent], reading: list[_Segment]) -> int:
         """Queue the page's events of the segments read; how many event

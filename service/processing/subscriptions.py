@@ -19,8 +19,9 @@ went on after the position it had would skip those, silently. So a
 subscription refuses to start after a position where the log no longer
 holds the event the client says it saw there (``after_event_id``: one
 indexed read per start), and a running one ends when a page read shows the
-log's end below a position it already delivered (the end comes with the
-page: no extra read). Both are ``LogRewound`` (LOG_REWOUND): the client
+log's end below a position it already read, or another event at that
+position than the one it read there (the end and the two ids come with the
+page: no extra read; see ``read_floor.py``). Both are ``LogRewound`` (LOG_REWOUND): the client
 re-syncs deliberately, nothing is skipped quietly.
 
 A catch-up's first page is small (``first_page_size`` events): the
@@ -46,6 +47,7 @@ from dataclasses import dataclass, replace
 from service.errors import InvalidInput, LogRewound, StoreUnavailable
 from service.processing.held_events import HeldEvents
 from service.processing.overlap import started
+from service.processing.read_floor import ReadFloor
 from service.processing.upcasting import EventReader
 from service.store.base import LogReader
 from service.store.records import LogFilter, LogPage, RecordedEvent
@@ -236,10 +238,11 @@ class Subscriptions:
         client_has = (0, 0)  # the same, for the last message sent inside a split event
         completes = True
         caught_up = False
-        # The highest position this stream read from its store: a page whose
-        # log end is below it means the log went back. On a standby, the
-        # start may be one the standby has not replayed yet (to wait for).
-        floor = position if self._store is self._end else 0
+        # The highest position this stream read from its store, and the event
+        # there: a page whose log end is below it, or that holds another
+        # event there, means the log went back. On a standby, the start may
+        # be one the standby has not replayed yet (to wait for).
+        floor = ReadFloor(position if self._store is self._end else 0)
         last_sent = (0, "")  # the position and id of the last event sent
         last_checkpoint = self._clock()
         limit = self._first_page_size
@@ -255,18 +258,25 @@ class Subscriptions:
                 page = await (holding.take_ahead() or self._read(position, stored_filter, limit))
                 limit = self._page_size
                 scanned_to, more = page.scanned_to, page.more
-                if page.head is not None:
-                    if page.head < floor:
-                        self._tell_rewound(
-                            page.head,
-                            "the log went back from %d to %d: restored or failed over? A subscription that had"
-                            " read up to %d is ended with LOG_REWOUND",
-                            floor,
-                            page.head,
-                            floor,
+                if floor.went_back(page):
+                    head = page.head or 0
+                    if head < floor.position:
+                        gone_back = "the log went back from %d to %d"
+                    else:  # written past the floor since: only the event there tells
+                        gone_back = (
+                            "the log went back under %d and was written past it since (another event is stored"
+                            " at that position now; the log's end is %d)"
                         )
-                        raise log_rewound(floor, page.head)
-                    floor = max(floor, min(scanned_to, page.head))
+                    self._tell_rewound(
+                        head,
+                        gone_back + ": restored or failed over? A subscription that had read up to %d is ended"
+                        " with LOG_REWOUND",
+                        floor.position,
+                        head,
+                        floor.position,
+                    )
+                    raise log_rewound(floor.position, head)
+                floor.advance(page)
                 # More is waiting: read it while this page is sent, if the
                 # server's subscriptions have room for one more like the
                 # last (asked at once: PostgreSQL reads while Python works).

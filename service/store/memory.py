@@ -194,8 +194,19 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
                 if max_bytes is not None:
                     size += event.stored_size()
                 if len(found) == limit or (max_bytes is not None and size >= max_bytes):
-                    return LogPage(tuple(found), event.position, more=True, head=self._last_position)
-        return LogPage(tuple(found), max(self._last_position, after_position), head=self._last_position)
+                    return self._page(found, event.position, after_position, more=True)
+        return self._page(found, max(self._last_position, after_position), after_position)
+
+    def _page(self, found: list[RecordedEvent], scanned_to: int, after_position: int, *, more: bool = False) -> LogPage:
+        """A page with the log's end and the ids of the events at the end and
+        at ``after_position`` (as the SQL stores read them: records.LogPage)."""
+        end = self._last_position
+        after = (after_position, self._id_at(after_position))
+        return LogPage(tuple(found), scanned_to, more=more, head=end, head_id=self._id_at(end), after=after)
+
+    def _id_at(self, position: int) -> str:
+        at = bisect.bisect_left(self._log, position, key=lambda e: e.position)
+        return self._log[at].event_id if at < len(self._log) and self._log[at].position == position else ""
 
     async def log_head(self) -> int:
         return self._last_position

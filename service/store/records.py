@@ -372,6 +372,15 @@ class LogPage:
     # reader that already went past it knows the log went back under it (a
     # restore, a failover that lost commits): ``scanned_to`` never shows it.
     head: int | None = None
+    # From the same read, the ids of the events stored at ``head`` and at the
+    # read's ``after_position`` ("": none stored there; None: the store did
+    # not say). A log that went back and was written past a reader's
+    # position before its next read shows an end above it again: only the
+    # event at that position, another than the one it read there, tells.
+    # (Positions are never handed out twice otherwise: an event removed, by
+    # an import replacing its aggregate, leaves its position empty.)
+    head_id: str | None = None
+    after: tuple[int, str] | None = None
 
 
 @value(frozen=True, slots=True)

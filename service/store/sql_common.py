@@ -246,13 +246,24 @@ def audit_entry_params(entry: AuditEntry) -> tuple[object, ...]:
     )
 
 
-def log_page(events: tuple[RecordedEvent, ...], *, head: int, after_position: int, full: bool) -> LogPage:
+def log_page(
+    events: tuple[RecordedEvent, ...],
+    *,
+    head: int,
+    after_position: int,
+    full: bool,
+    head_id: str | None = None,
+    after_id: str | None = None,
+) -> LogPage:
     """A page of the log, ``head`` being the log's end as of the same read:
     a ``full`` page (it reached its limit of events or bytes) was examined up
-    to its last event (more may follow), a shorter one up to the end."""
+    to its last event (more may follow), a shorter one up to the end.
+    ``head_id``/``after_id``: the ids of the events stored at ``head`` and at
+    ``after_position`` as of the same read (None: none stored there)."""
+    after = (after_position, after_id or "")
     if full and events:
-        return LogPage(events, events[-1].position, more=True, head=head)
-    return LogPage(events, max(head, after_position), head=head)
+        return LogPage(events, events[-1].position, more=True, head=head, head_id=head_id or "", after=after)
+    return LogPage(events, max(head, after_position), head=head, head_id=head_id or "", after=after)
 
 
 # "No limit" for a page's size: larger than any log page can be.

@@ -151,3 +151,26 @@ async def test_the_stored_event_kinds_are_each_kind_once_in_order(store: StoreAd
         ("Wallet", "w.v1.Z", 1),
         ("Wallet", "w.v1.a", 1),
     ]
+
+
+async def test_a_page_names_the_events_stored_at_the_logs_end_and_at_its_start(store: StoreAdapter) -> None:
+    """From the same read as the page, so a live reader can tell a log that
+    went back and was written past its position (another event there now)
+    from the log it read (records.LogPage)."""
+    empty = await store.read_log(0, EVERYTHING, 10)
+    assert (empty.head_id, empty.after) == ("", (0, ""))
+    first, second = await store.append("a-1", [new_event(), new_event()], 0)
+    (last,) = await store.append("a-2", [new_event()], 0)
+    nothing = LogFilter(aggregate_types=frozenset({"t.Nobody"}))
+    # Filtered to nothing, and cut by its limit: the ids come all the same.
+    for page in (
+        await store.read_log(first.position, nothing, 10),
+        await store.read_log(first.position, EVERYTHING, 1),
+    ):
+        assert page.head == last.position and page.head_id == last.event_id
+        assert page.after == (first.position, first.event_id)
+    assert (await store.read_log(second.position, EVERYTHING, 10)).after == (second.position, second.event_id)
+    # Removed (an import replacing its aggregate), an event leaves its position empty.
+    await store.remove_aggregate("a-2")
+    page = await store.read_log(last.position, EVERYTHING, 10)
+    assert (page.head, page.head_id, page.after) == (last.position, "", (last.position, ""))

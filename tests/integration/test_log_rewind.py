@@ -109,6 +109,36 @@ class Site:
             if group_checkpoints is not None:
                 await conn.execute("UPDATE chronicle.group_segments SET position = %s", (group_checkpoints,))
 
+    async def go_back_and_write_past(self, head: int, count: int, *, aggregate_id: str) -> None:
+        """The log cut back to ``head`` and ``count`` new events written
+        after it, all before a running server's next read (one transaction,
+        as a restore or a failover followed at once by writes from another
+        replica leaves it): copies of the log's first ``count`` events, as
+        ``aggregate_id``'s, at the reused positions."""
+        if self.kind == "sqlite":
+            with sqlite3.connect(self.live) as db:
+                db.execute("CREATE TEMP TABLE copied AS SELECT * FROM events WHERE position <= ?", (count,))
+                db.execute("UPDATE copied SET position = position + ?, aggregate_id = ?", (head, aggregate_id))
+                for position in range(head + 1, head + count + 1):
+                    db.execute("UPDATE copied SET event_id = ? WHERE position = ?", (str(uuid.uuid4()), position))
+                db.execute("DELETE FROM events WHERE position > ?", (head,))
+                db.execute("INSERT INTO events SELECT * FROM copied")
+                db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (head + count,))
+                db.execute("DROP TABLE copied")
+            return
+        async with await psycopg.AsyncConnection.connect(self.live, autocommit=True) as conn, conn.transaction():
+            await conn.execute(
+                "CREATE TEMP TABLE copied ON COMMIT DROP AS SELECT * FROM chronicle.events WHERE position <= %s",
+                (count,),
+            )
+            await conn.execute(
+                "UPDATE copied SET position = position + %s, aggregate_id = %s, event_id = gen_random_uuid()",
+                (head, aggregate_id),
+            )
+            await conn.execute("DELETE FROM chronicle.events WHERE position > %s", (head,))
+            await conn.execute("INSERT INTO chronicle.events SELECT * FROM copied")
+            await conn.execute("UPDATE chronicle.log_head SET last_position = %s", (head + count,))
+
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
@@ -327,6 +357,56 @@ async def test_a_live_subscription_ends_with_log_rewound_when_the_log_goes_back_
     ]
     saved = await sub_file.load_point()
     assert saved is not None and saved.position == 10  # not moved: the client re-syncs deliberately
+
+
+async def test_a_live_subscription_ends_with_log_rewound_when_new_writes_carried_the_log_back_past_it(
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log goes back from 10 to 5 and seven new events are written
+    before the stream reads again: its end (12) is above what the stream
+    read, but position 10 holds another event now. Before, the stream went
+    on with 11 and 12 as if nothing had happened (6 to 10 never came)."""
+    async with running_server(site.store(), poll_seconds=0.2) as (app, _):
+        await write(app.address, "acc-1", 9, open_it=True)  # 1..10
+        async with ChronicleClient.connect(app.address, retry=FAST) as client:
+            streams = [client.subscribe(), client.subscribe(aggregate_id="acc-1")]
+            followers = []
+            for subscription in streams:
+                events = aiter(subscription)
+                async with asyncio.timeout(30):
+                    assert [(await anext(events)).position for _ in range(10)] == list(range(1, 11))
+                followers.append((events, asyncio.ensure_future(anext(events))))  # caught up, then live
+                await asyncio.wait_for(subscription.caught_up.wait(), 30)
+            caplog.set_level(logging.WARNING, logger="service.processing.subscriptions")
+            await site.go_back_and_write_past(5, 7, aggregate_id="acc-9")  # 6..12: acc-9's
+            for events, following in followers:
+                with pytest.raises(LogRewound) as ended:
+                    await asyncio.wait_for(following, 30)
+                assert ended.value.metadata == {"position": "10", "log_head": "12"}
+                await events.aclose()
+    warnings = [r.getMessage() for r in caplog.records if "the log went back" in r.getMessage()]
+    assert warnings == [
+        "the log went back under 10 and was written past it since (another event is stored at that position"
+        " now; the log's end is 12): restored or failed over? A subscription that had read up to 10 is ended"
+        " with LOG_REWOUND"
+    ]
+
+
+async def test_a_group_consumer_ends_when_new_writes_carried_the_log_back_past_what_it_read(site: Site) -> None:
+    async with running_server(site.store(), anonymous_admin=True, poll_seconds=0.2, lease_seconds=1.5) as (app, _):
+        await write(app.address, "acc-1", 4, open_it=True)  # 1..5
+        async with ChronicleClient.connect(app.address, retry=FAST) as client:
+            await client.groups.create("billing", segments=1)
+            async with client.consume("billing", consumer="first") as consumer:
+                deliveries = aiter(consumer)
+                for _ in range(4):
+                    await (await asyncio.wait_for(anext(deliveries), 30)).ack()
+                last = await asyncio.wait_for(anext(deliveries), 30)  # 5, in flight: nothing past 4 committed
+                assert last.event.position == 5
+                await site.go_back_and_write_past(3, 4, aggregate_id="acc-9")  # 4..7: acc-9's
+                with pytest.raises(LogRewound) as ended:
+                    await asyncio.wait_for(ack_all(deliveries), 30)  # before: 6 and 7 came, 4 and 5 never
+                assert ended.value.metadata == {"position": "5", "log_head": "7", "group": "billing"}
 
 
 async def ack_all(deliveries: AsyncIterator[Delivery]) -> None:

@@ -38,16 +38,18 @@ class LogRole:
         *_, result = await self._db.run("read_log", statements, read_only=True)
         loaded = rows(result)
         head = int(loaded[0][-1]) if loaded else 0
+        head_id, after_id = (loaded[0][-3], loaded[0][-2]) if loaded else (None, None)
         # An empty page is one row of NULLs beside the log's end (the join is
         # a LEFT one); otherwise each row is an event's columns, then its size,
-        # the running total and the end, which event_from_row leaves aside.
+        # the running total, the ids at the end and at the start, and the end,
+        # which event_from_row leaves aside.
         page = loaded if loaded and loaded[0][0] is not None else []
         events = tuple(in_order(list(map(event_from_row, page)), _position))
         # Cut by size when the last event's running total reached the limit
         # (the next one, if any, was left out); "full" only says more may follow.
         # The last event's total is the page's largest, whatever the rows' order.
         full = len(events) == limit or (bool(events) and max(map(_through, page)) >= budget)
-        return log_page(events, head=head, after_position=after_position, full=full)
+        return log_page(events, head=head, after_position=after_position, full=full, head_id=head_id, after_id=after_id)
 
     async def log_head(self) -> int:
         (result,) = await self._db.run("log_head", [Statement(sql.LOG_HEAD.encode())], read_only=True)
@@ -72,6 +74,7 @@ def log_page_statements(after_position: int, log_filter: LogFilter, limit: int, 
         conditions.where,
         conditions.next_placeholder(limit) + "::bigint",
         conditions.next_placeholder(budget) + "::bigint",
+        after=conditions.next_placeholder(after_position) + "::bigint",
         order=order,
     )
     filtered = (
@@ -117,5 +120,5 @@ def page_conditions(after_position: int, log_filter: LogFilter) -> tuple[Conditi
 
 # The key of the order check (attrgetter: in C, as the check is).
 _position: Callable[[RecordedEvent], int] = attrgetter("position")
-# A row's running total of sizes (the column before the log's end).
-_through: Callable[[tuple[Any, ...]], int] = itemgetter(-2)
+# A row's running total of sizes (the column before the ids and the log's end).
+_through: Callable[[tuple[Any, ...]], int] = itemgetter(-4)

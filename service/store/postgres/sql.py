@@ -236,10 +236,14 @@ _EVENT_SIZE = (
 )
 
 
-def read_log(where: str, limit: str, max_bytes: str, *, order: str = "position") -> str:
+def read_log(where: str, limit: str, max_bytes: str, *, after: str, order: str = "position") -> str:
     """A page of the log and, from the same snapshot, the log's end: every
     position up to that end is committed and visible (positions are handed
-    out under log_head's row lock). The page holds at most ``limit`` events
+    out under log_head's row lock); beside the end, the ids of the events
+    stored at the end and at ``after`` (the page's start), NULL where none is
+    (two lookups by the primary key, once per page: the end's row is a
+    subquery the planner keeps apart, OFFSET 0, so they are not run once
+    per event; see records.LogPage). The page holds at most ``limit`` events
     and ends with the first that brings their size to ``max_bytes``; the last
     column is each event's running total of sizes, so the reader knows the
     page was cut when the last one's reached ``max_bytes`` (the log's end
@@ -257,7 +261,10 @@ def read_log(where: str, limit: str, max_bytes: str, *, order: str = "position")
     sorted the page once more (about a fifth again); the reader checks the
     order instead (``rows.in_order``)."""
     return (
-        "SELECT w.*, h.last_position FROM chronicle.log_head h LEFT JOIN LATERAL (SELECT * FROM ("
+        "SELECT w.*, h.head_id, h.after_id, h.last_position FROM (SELECT last_position,"
+        " (SELECT event_id::text FROM chronicle.events WHERE position = last_position) AS head_id,"
+        f" (SELECT event_id::text FROM chronicle.events WHERE position = {after}) AS after_id"
+        " FROM chronicle.log_head OFFSET 0) h LEFT JOIN LATERAL (SELECT * FROM ("
         f"SELECT page.*, sum(size) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) AS through"
         f" FROM (SELECT {EVENT_COLUMNS}, {_EVENT_SIZE} AS size"
         f" FROM chronicle.events WHERE {where}"

@@ -23,10 +23,12 @@ class LogRole:
         conditions = log_conditions(SQLITE, after_position, log_filter)
         statement = sql.read_log(conditions.where)
         params = [*conditions.params, limit, max_bytes or UNLIMITED_BYTES]
-        rows, head = await self._writer.run(_page_and_head, statement, params)
+        rows, (head, head_id, after_id) = await self._writer.run(_page_and_end, statement, params, after_position)
         events = tuple(event_from_row(row) for row in rows)
         full = len(events) == limit or (bool(rows) and len(events) < rows[0][-1])
-        return log_page(events, head=head, after_position=after_position, full=full)
+        return log_page(
+            events, head=int(head), after_position=after_position, full=full, head_id=head_id, after_id=after_id
+        )
 
     async def log_head(self) -> int:
         (head,) = await self._writer.run(lambda db: db.execute(sql.LOG_HEAD).fetchone())
@@ -42,12 +44,14 @@ class LogRole:
         await self._commits.wait_beyond(after_position, max_wait)
 
 
-def _page_and_head(db: sqlite3.Connection, statement: str, params: list[object]) -> tuple[list[Row], int]:
-    # One read transaction: the page and the log's end from the same
-    # snapshot (another process may be writing the file). SQLite has one
-    # writer at a time, so positions commit in order: never a gap that
-    # fills in later.
+def _page_and_end(
+    db: sqlite3.Connection, statement: str, params: list[object], after_position: int
+) -> tuple[list[Row], Row]:
+    # One read transaction: the page, the log's end and the ids of the events
+    # at the end and at the read's start from the same snapshot (another
+    # process may be writing the file). SQLite has one writer at a time, so
+    # positions commit in order: never a gap that fills in later.
     with reading(db):
         rows = db.execute(statement, params).fetchall()
-        (head,) = db.execute(sql.LOG_HEAD).fetchone()
-    return rows, int(head)
+        end = db.execute(sql.LOG_END, (after_position,)).fetchone()
+    return rows, end

@@ -173,6 +173,13 @@ LOG_HEAD = (
     "SELECT MAX(COALESCE((SELECT MAX(position) FROM events), 0),"
     " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
 )
+# With a page of the log: the log's end, the id of the event stored there
+# and that of the event stored at the page's start (``?``), NULL where none
+# is (two lookups by the primary key; see records.LogPage).
+LOG_END = (
+    f"WITH h(head) AS ({LOG_HEAD}) SELECT head, (SELECT event_id FROM events WHERE position = head),"
+    " (SELECT event_id FROM events WHERE position = ?) FROM h"
+)
 # Every (aggregate type, event type, schema version) stored, for the
 # pre-deploy check: a scan of the whole table (docs/plugins.md).
 STORED_EVENT_KINDS = "SELECT aggregate_type, event_type, schema_version FROM events GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
