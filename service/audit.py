@@ -43,6 +43,27 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
+def admin_entry(
+    action: str, *, principal: str, aggregate_id: str = "", message: str = "", tenant: str = ""
+) -> AuditEntry:
+    """The entry of an administrator's action that was done, for the store
+    to record (``AuditLog.admin_action``), or to record in the action's own
+    transaction (a bulk forget's batch: ``KeyStore.forget_aggregates_data``).
+    ``tenant``: the tenant a tenant's administrator acted for (its origin)."""
+    return AuditEntry(
+        recorded_at_us=now_us(),
+        command_id="",
+        command_type=action,
+        aggregate_id=aggregate_id,
+        principal=principal,
+        user_id=principal,
+        origin=admin_origin(tenant),
+        outcome=ACCEPTED,
+        message=storable_message(message),
+        peer=storable(current_peer.get()()),  # the administrator's address, as the gate's entries carry it
+    )
+
+
 class AuditLog:
     def __init__(self, store: AuditRecorder) -> None:
         self._store = store
@@ -109,19 +130,9 @@ class AuditLog:
                 )
             )
             return
-        entry = AuditEntry(
-            recorded_at_us=now_us(),
-            command_id="",
-            command_type=action,
-            aggregate_id=aggregate_id,
-            principal=principal,
-            user_id=principal,
-            origin=admin_origin(tenant),
-            outcome=ACCEPTED,
-            message=storable_message(message),
-            peer=storable(peer),
+        await self._store.record_audit_entry(
+            admin_entry(action, principal=principal, aggregate_id=aggregate_id, message=message, tenant=tenant)
         )
-        await self._store.record_audit_entry(entry)
 
     async def query(self, query: AuditQuery) -> list[AuditEntry]:
         return await self._store.read_audit(query)

@@ -39,7 +39,7 @@ from service.api.codec import (
     timestamp,
 )
 from service.api.transfers import Transfers, described
-from service.audit import AuditLog
+from service.audit import AuditLog, admin_entry
 from service.errors import (
     ChronicleError,
     ConfigurationError,
@@ -296,21 +296,25 @@ class AdminService(pb_grpc.AdminServiceServicer):
             matching = await bulk.matching(selection)
             bulk.check_confirmed(request.confirm if request.HasField("confirm") else None, matching, selection)
 
-            async def audit_batch(ids: list[str], forgettings: list[Forgetting]) -> None:
-                # Each batch's own entry once it committed: a call cut short
-                # leaves in the audit what it did.
+            def batch_entry(ids: list[str]) -> AuditEntry:
+                # Each batch's own entry, written in its transaction: a call
+                # cut short leaves in the audit what it did, and nothing it
+                # did goes unaudited. Made before the batch (the documents it
+                # deletes are counted in the call's entry, at its end).
+                return admin_entry(
+                    f"{SERVICE}/ForgetAggregates",
+                    principal=principal.name,
+                    aggregate_id=request.prefix[:200],
+                    message=f"batch: {bulk_forget.counted(len(ids))} forgotten ({selection.describe()}),"
+                    f" {ids[0]} to {ids[-1]}",
+                    tenant=tenant or "",
+                )
+
+            async def log_batch(ids: list[str], forgettings: list[Forgetting]) -> None:
                 erased = [i for i, f in zip(ids, forgettings, strict=True) if f.erased]
                 if not erased:
                     return
                 deleted = forgotten.deleted_documents(bulk_forget.summed(forgettings))
-                await self._audit.admin_action(
-                    f"{SERVICE}/ForgetAggregates",
-                    principal=principal.name,
-                    aggregate_id=request.prefix[:200],
-                    message=f"batch: {bulk_forget.counted(len(erased))} forgotten ({selection.describe()}),"
-                    f" {erased[0]} to {erased[-1]}" + (f"; {forgotten.summary(deleted)}" if deleted else ""),
-                    tenant=tenant or "",
-                )
                 log.warning(
                     "%s forgotten by %r (%s)%s",
                     bulk_forget.counted(len(erased)),
@@ -319,7 +323,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
                     f"; {forgotten.summary(deleted)}" if deleted else "",
                 )
 
-            done = await bulk.run(selection, limit=matching, batch_size=batch_size, after_batch=audit_batch)
+            done = await bulk.run(
+                selection, limit=matching, batch_size=batch_size, entry_of=batch_entry, after_batch=log_batch
+            )
             remaining = await bulk.matching(selection)
             without_key = await bulk.without_key(selection.prefix) if selection.prefix else 0
             response = bulk_forget.answer(done, remaining=remaining, without_key=without_key)
@@ -327,6 +333,9 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 f"{bulk_forget.counted(done.forgotten)} forgotten ({selection.describe()}), {remaining} remaining"
                 + (f", {len(done.not_encrypted)} not encrypted" if done.not_encrypted else "")
                 + (f", {without_key} without a key" if without_key else "")
+                # What the batches deleted beside the keys, summed (their own
+                # entries are made before they run).
+                + (f"; {forgotten.summary(list(response.deleted_documents))}" if response.deleted_documents else "")
             )
         await self._audit_reactions(
             "ForgetAggregates", f"forgetting aggregates ({selection.describe()})", response.deleted_documents

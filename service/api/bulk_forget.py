@@ -8,8 +8,10 @@ A confirmation guards it: the caller says how many aggregates it expects
 to forget, and nothing is done unless that many match when the call
 begins; no more than that many are forgotten (a tenant still writing adds
 aggregates meanwhile: those remain, counted). Each batch commits on its
-own, so a call cut short leaves what its batches did forgotten, and a
-call again (confirming what remains) finishes the rest."""
+own, with its audit entry in its transaction (a batch is forgotten with
+its entry or not at all), so a call cut short leaves what its batches did
+forgotten and audited, and a call again (confirming what remains)
+finishes the rest."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from service.errors import InvalidInput, NotConfirmed
 from service.store.base import Store
 from service.store.encrypted import in_the_clear
 from service.store.encryption import Keyring
-from service.store.records import MAX_OTHER_SUBJECTS, Forgetting, OtherSubjects
+from service.store.records import MAX_OTHER_SUBJECTS, AuditEntry, Forgetting, OtherSubjects
 
 MAX_IDS = 1000
 DEFAULT_BATCH = 100
@@ -39,6 +41,9 @@ CLEAR_CHECKS_IN_FLIGHT = 8
 
 # Told each batch once it committed: the ids it forgot (or found forgotten), and what went of each.
 BatchHook = Callable[[list[str], list[Forgetting]], Awaitable[None]]
+# The audit entry of a batch about to forget these ids (their keys live
+# when the batch began), recorded in the batch's transaction if it erases any.
+BatchEntry = Callable[[list[str]], AuditEntry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +162,17 @@ class BulkForget:
             )
 
     async def run(
-        self, selection: Selection, *, limit: int, batch_size: int, after_batch: BatchHook | None = None
+        self,
+        selection: Selection,
+        *,
+        limit: int,
+        batch_size: int,
+        entry_of: BatchEntry | None = None,
+        after_batch: BatchHook | None = None,
     ) -> BulkForgetting:
         """Forget up to ``limit`` matching aggregates, ``batch_size`` per
-        transaction; ``after_batch`` is told each batch once committed."""
+        transaction, each with the audit entry ``entry_of`` makes of it;
+        ``after_batch`` is told each batch once committed."""
         done = BulkForgetting()
         handled = 0
         after = ""
@@ -178,7 +190,8 @@ class BulkForget:
             in_clear = await self._events_in_clear(batch)
             sealed = [aggregate_id for aggregate_id, events in zip(batch, in_clear, strict=True) if not events]
             done.not_encrypted += [aggregate_id for aggregate_id, events in zip(batch, in_clear, strict=True) if events]
-            forgettings = await self._keys.forget_all_and_count(sealed)
+            entry = entry_of(sealed) if entry_of is not None and sealed else None
+            forgettings = await self._keys.forget_all_and_count(sealed, audit=entry)
             for aggregate_id, forgetting in zip(sealed, forgettings, strict=True):
                 done.add(forgetting)
                 if forgetting.erased:

@@ -447,10 +447,16 @@ class KeyStore(Protocol):
         again finishes what an older version left behind; one that never had
         a key is left alone."""
 
-    async def forget_aggregates_data(self, aggregate_ids: Sequence[str]) -> list[Forgetting]:
+    async def forget_aggregates_data(
+        self, aggregate_ids: Sequence[str], *, audit: AuditEntry | None = None
+    ) -> list[Forgetting]:
         """``forget_aggregate_data`` of each of ``aggregate_ids``, in that
         order, all in one transaction: a crash leaves all of them forgotten
-        or none (a tenant's aggregates are forgotten in such batches)."""
+        or none (a tenant's aggregates are forgotten in such batches).
+        ``audit``: the batch's audit entry, recorded in the same transaction
+        when it erases any key (none when every one was forgotten already),
+        so a batch is forgotten with its entry or not at all (the audit
+        table is in the store's own database)."""
 
     async def live_keys(self, prefix: str, *, after: str = "", limit: int) -> list[str]:
         """Up to ``limit`` ids of aggregates with a live (not forgotten) key

@@ -52,7 +52,15 @@ from service.principal import tenant_prefix
 from service.store.base import KeyStore, ProjectionStore, Transfer
 from service.store.master_keys import KEY_BYTES as KEY_BYTES  # re-exported: defined here before
 from service.store.master_keys import MasterKeys as MasterKeys
-from service.store.records import HIDDEN_CLAIM_MARK, CommandRecord, DataKey, DocumentRange, Forgetting, Rejection
+from service.store.records import (
+    HIDDEN_CLAIM_MARK,
+    AuditEntry,
+    CommandRecord,
+    DataKey,
+    DocumentRange,
+    Forgetting,
+    Rejection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +364,12 @@ class Keyring:
         self._remember(aggregate_id, None)
         return forgetting
 
-    async def forget_all_and_count(self, aggregate_ids: Sequence[str]) -> list[Forgetting]:
-        """``forget_and_count`` of each, in one transaction (a batch)."""
-        forgettings = await self._store.forget_aggregates_data(aggregate_ids)
+    async def forget_all_and_count(
+        self, aggregate_ids: Sequence[str], *, audit: AuditEntry | None = None
+    ) -> list[Forgetting]:
+        """``forget_and_count`` of each, in one transaction (a batch), with
+        its ``audit`` entry when it erased a key."""
+        forgettings = await self._store.forget_aggregates_data(aggregate_ids, audit=audit)
         for aggregate_id in aggregate_ids:
             self._remember(aggregate_id, None)
         return forgettings

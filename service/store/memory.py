@@ -475,9 +475,14 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         ]
         return Forgetting(not current.forgotten, deleted, named, self._forgotten_at_us[aggregate_id])
 
-    async def forget_aggregates_data(self, aggregate_ids: Sequence[str]) -> list[Forgetting]:
+    async def forget_aggregates_data(
+        self, aggregate_ids: Sequence[str], *, audit: AuditEntry | None = None
+    ) -> list[Forgetting]:
         # No await between them: one transaction, as far as anyone can see.
-        return [self._forget_now(aggregate_id) for aggregate_id in aggregate_ids]
+        forgettings = [self._forget_now(aggregate_id) for aggregate_id in aggregate_ids]
+        if audit is not None and any(forgetting.erased for forgetting in forgettings):
+            self._refusals.append(audit)
+        return forgettings
 
     async def live_keys(self, prefix: str, *, after: str = "", limit: int) -> list[str]:
         return sorted(i for i, key in self._keys.items() if not key.forgotten and i.startswith(prefix) and i > after)[

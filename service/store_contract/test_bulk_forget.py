@@ -11,6 +11,7 @@ import pytest
 from service.store.base import AuditQuery, StoreAdapter
 from service.store.encryption import ERASED_FINGERPRINT
 from service.store.records import (
+    ACCEPTED,
     PROCESS_STATE_TYPE,
     REFUSED,
     AuditEntry,
@@ -118,3 +119,32 @@ async def test_a_batch_erases_the_command_and_audit_texts_of_its_aggregates_only
         "Mallory has 12",
         "other:1: Mallory may not",
     }
+
+
+def batch_entry(message: str) -> AuditEntry:
+    return AuditEntry(
+        recorded_at_us=1,
+        command_id="",
+        command_type="chronicle.v1.AdminService/ForgetAggregates",
+        aggregate_id="acme:",
+        principal="root",
+        user_id="root",
+        origin="admin",
+        outcome=ACCEPTED,
+        message=message,
+    )
+
+
+async def test_a_batch_records_its_audit_entry_with_it_when_it_erases_a_key(store: StoreAdapter) -> None:
+    """In the batch's transaction (a batch is forgotten with its entry or not
+    at all); a batch that erases nothing (every key forgotten already)
+    records none."""
+    for aggregate_id in ["acme:1", "acme:2"]:
+        await store.create_data_key(key(aggregate_id))
+    await store.forget_data_key("acme:2")
+    await store.forget_aggregates_data(["acme:1", "acme:2"], audit=batch_entry("batch: acme:1 to acme:2"))
+    await store.forget_aggregates_data(["acme:1", "acme:2"], audit=batch_entry("batch: again"))
+    audited = await store.read_audit(AuditQuery(aggregate_id="acme:"))
+    assert [(e.command_type, e.outcome, e.message) for e in audited] == [
+        ("chronicle.v1.AdminService/ForgetAggregates", ACCEPTED, "batch: acme:1 to acme:2")
+    ]

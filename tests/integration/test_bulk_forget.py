@@ -22,9 +22,11 @@ from chronicle.v1 import projection_service_pb2 as projections
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.errors import StoreUnavailable
 from service.store.encryption import new_master_key
-from service.store.records import Forgetting
+from service.store.postgres import PostgresStore
+from service.store.records import ACCEPTED, AuditEntry, Forgetting
 from tests.support.at_rest import Site, site_for
 from tests.support.events import new_event
+from tests.support.failing_deletes import fail_inserting, heal_deleting
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.security import write
 from tests.support.waiting import eventually
@@ -169,6 +171,10 @@ async def test_forgetting_a_tenant_by_prefix_shreds_it_and_no_one_else(client: C
         ("ForgetAggregates", "", "7 aggregates forgotten (prefix 'acme:'), 0 remaining"),
         ("ForgetAggregates", "", "0 aggregates forgotten (prefix 'acme:'), 0 remaining"),
     ]
+    # What the batches deleted beside the keys: in the call's entry, summed.
+    assert [e.message for e in audit.entries if e.message.startswith("7 aggregates forgotten")] == [
+        "7 aggregates forgotten (prefix 'acme:'), 0 remaining; deleted: bank.balances_by_owner: 14 documents"
+    ]
 
 
 async def test_a_bulk_forget_cut_short_leaves_its_batches_forgotten_and_a_call_again_finishes(
@@ -178,11 +184,11 @@ async def test_a_bulk_forget_cut_short_leaves_its_batches_forgotten_and_a_call_a
     batches: list[list[str]] = []
     forget_all = store.forget_aggregates_data
 
-    async def failing_after_one(aggregate_ids: list[str]) -> list[Forgetting]:
+    async def failing_after_one(aggregate_ids: list[str], *, audit: AuditEntry | None = None) -> list[Forgetting]:
         if batches:  # the store goes away after the first batch committed
             raise StoreUnavailable("the store went away")
         batches.append(list(aggregate_ids))
-        return await forget_all(aggregate_ids)
+        return await forget_all(aggregate_ids, audit=audit)
 
     monkeypatch.setattr(store, "forget_aggregates_data", failing_after_one)
     code, _, _ = await refusal(
@@ -191,6 +197,8 @@ async def test_a_bulk_forget_cut_short_leaves_its_batches_forgotten_and_a_call_a
     assert code == grpc.StatusCode.UNAVAILABLE
     assert batches == [TENANT[:3]]
     assert [a.aggregate_id for a in await listed(client, "acme:") if a.forgotten] == TENANT[:3]
+    # The batch that was done is in the audit, written with it.
+    assert await batch_entries(client) == ["batch: 3 aggregates forgotten (prefix 'acme:'), acme:acc-0 to acme:acc-2"]
     monkeypatch.setattr(store, "forget_aggregates_data", forget_all)
     # Still 7? No: 4 remain, and only 4 are confirmed.
     assert (await refusal(client.admin.ForgetAggregates(admin.ForgetAggregatesRequest(prefix="acme:", confirm=7))))[
@@ -200,6 +208,43 @@ async def test_a_bulk_forget_cut_short_leaves_its_batches_forgotten_and_a_call_a
     assert (rest.forgotten, rest.remaining) == (4, 0)
     assert all(site.at_rest.read_wrapped_key(i) is None for i in TENANT)
     assert all(site.at_rest.read_wrapped_key(i) is not None for i in OTHERS)
+
+
+async def test_a_batch_whose_audit_entry_cannot_be_written_is_not_forgotten_either(
+    client: Client, site: Site, request: pytest.FixtureRequest
+) -> None:
+    """A batch's entry is written in the batch's own transaction, after its
+    forget's statements: a store that fails there (the entry's insertion
+    refused, as a full disk would refuse it) forgets nothing of the batch,
+    and files no entry. The entry was written once the batch had
+    committed: that left the batch forgotten with no entry. Once the store
+    heals, the call again forgets every batch, each with its entry."""
+    url = request.getfixturevalue("postgres_url") if isinstance(site.store, PostgresStore) else ""
+    wrapped = {aggregate_id: site.at_rest.read_wrapped_key(aggregate_id) for aggregate_id in TENANT}
+    await fail_inserting(site.store, url, table="refusals", column="outcome", value=ACCEPTED)
+    try:
+        code, reason, _ = await refusal(
+            client.admin.ForgetAggregates(admin.ForgetAggregatesRequest(prefix="acme:", confirm=7, batch_size=3))
+        )
+    finally:
+        await heal_deleting(site.store, url, table="refusals")
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+    assert not any(a.forgotten for a in await listed(client, "acme:"))
+    assert {i: site.at_rest.read_wrapped_key(i) for i in TENANT} == wrapped
+    assert await batch_entries(client) == []
+
+    done = await client.admin.ForgetAggregates(admin.ForgetAggregatesRequest(prefix="acme:", confirm=7, batch_size=4))
+    assert (done.forgotten, done.remaining) == (7, 0)
+    assert await batch_entries(client) == [
+        "batch: 4 aggregates forgotten (prefix 'acme:'), acme:acc-0 to acme:acc-3",
+        "batch: 3 aggregates forgotten (prefix 'acme:'), acme:acc-4 to acme:acc-6",
+    ]
+
+
+async def batch_entries(client: Client) -> list[str]:
+    """The messages of the batch entries of ForgetAggregates calls, oldest first."""
+    audit = await client.admin.QueryAudit(admin.QueryAuditRequest(aggregate_id="acme:"))
+    return [e.message for e in reversed(audit.entries) if e.message.startswith("batch: ")]
 
 
 async def test_what_payloads_in_the_clear_keep_readable_is_left_and_said(client: Client, site: Site) -> None:

@@ -13,8 +13,8 @@ from service.store.postgres import sql
 from service.store.postgres.connection import Statement, text_array
 from service.store.postgres.database import Database
 from service.store.postgres.rows import first, rows, scalar
-from service.store.records import DataKey, Forgetting, prefix_end
-from service.store.sql_common import data_key_from_row, other_subjects
+from service.store.records import AuditEntry, DataKey, Forgetting, prefix_end
+from service.store.sql_common import audit_entry_params, data_key_from_row, other_subjects
 
 
 class KeysRole:
@@ -46,7 +46,9 @@ class KeysRole:
         results = await self._db.run("forget_data_key", forget_statements(aggregate_id))
         return _forgetting(results.__getitem__)
 
-    async def forget_aggregates_data(self, aggregate_ids: Sequence[str]) -> list[Forgetting]:
+    async def forget_aggregates_data(
+        self, aggregate_ids: Sequence[str], *, audit: AuditEntry | None = None
+    ) -> list[Forgetting]:
         ids = list(aggregate_ids)
         if not ids:
             return []
@@ -60,6 +62,9 @@ class KeysRole:
             Statement(sql.ERASE_AUDIT_TEXTS_OF_ALL_FORGOTTEN.encode(), (array,)),
             *(kind[step] for step in range(TEXT_STATEMENTS, len(kinds[0])) for kind in kinds),
         ]
+        if audit is not None:  # last: the results before it are read by position
+            params = (*audit_entry_params(audit), array)
+            statements.append(Statement(sql.RECORD_AUDIT_ENTRY_IF_ERASED.encode(), params))
         results = await self._db.run("forget_data_keys", statements)
         return [_forgetting(_results_of(results, len(ids), index)) for index in range(len(ids))]
 

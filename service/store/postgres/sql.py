@@ -652,6 +652,17 @@ CREATE_DATA_KEY = (
     " ON CONFLICT (aggregate_id) DO NOTHING"
 )
 LOAD_DATA_KEY = "SELECT aggregate_id, master_key_id, wrapped_key FROM chronicle.data_keys WHERE aggregate_id = $1"
+# A batch's audit entry (RECORD_AUDIT_ENTRY's parameters, then the batch's
+# ids), in the batch's transaction, when it erased a key: FORGET_DATA_KEY
+# writes forgotten_at = now(), the transaction's start, over live keys only,
+# so a key forgotten at now() was erased by this transaction, not before.
+RECORD_AUDIT_ENTRY_IF_ERASED = (
+    "INSERT INTO chronicle.refusals (recorded_at, command_id, command_type, aggregate_id, principal, user_id,"
+    " origin, reason, message, outcome, dry_run, peer, occurrences) SELECT "
+    + _AT.format("$1::bigint")
+    + ", $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::boolean, $12, $13::bigint WHERE EXISTS (SELECT 1 FROM"
+    " chronicle.data_keys WHERE aggregate_id = ANY($14::text[]) AND forgotten_at = now())"
+)
 FORGET_DATA_KEY = (
     "UPDATE chronicle.data_keys SET master_key_id = NULL, wrapped_key = NULL, forgotten_at = now()"
     " WHERE aggregate_id = $1 AND wrapped_key IS NOT NULL RETURNING 1"

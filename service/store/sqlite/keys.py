@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 
 from service.store.encryption import ERASED_FINGERPRINT
-from service.store.records import DataKey, Forgetting, prefix_end
-from service.store.sql_common import data_key_from_row, other_subjects
+from service.store.records import AuditEntry, DataKey, Forgetting, prefix_end
+from service.store.sql_common import audit_entry_params, data_key_from_row, other_subjects
 from service.store.sqlite import sql
 from service.store.sqlite.writer import Writer, writing
 
@@ -38,8 +38,10 @@ class KeysRole:
     async def forget_aggregate_data(self, aggregate_id: str) -> Forgetting:
         return await self._writer.run(_forget, aggregate_id)
 
-    async def forget_aggregates_data(self, aggregate_ids: Sequence[str]) -> list[Forgetting]:
-        return await self._writer.run(_forget_all, list(aggregate_ids))
+    async def forget_aggregates_data(
+        self, aggregate_ids: Sequence[str], *, audit: AuditEntry | None = None
+    ) -> list[Forgetting]:
+        return await self._writer.run(_forget_all, list(aggregate_ids), audit)
 
     async def live_keys(self, prefix: str, *, after: str = "", limit: int) -> list[str]:
         upper = prefix_end(prefix)
@@ -82,15 +84,17 @@ def _forget(db: sqlite3.Connection, aggregate_id: str) -> Forgetting:
     return forgetting
 
 
-def _forget_all(db: sqlite3.Connection, aggregate_ids: list[str]) -> list[Forgetting]:
+def _forget_all(db: sqlite3.Connection, aggregate_ids: list[str], audit: AuditEntry | None) -> list[Forgetting]:
     """Each aggregate forgotten in one write transaction (the command and
-    audit texts of them all in one pass over each table), then the WAL
-    emptied once, not once per aggregate."""
+    audit texts of them all in one pass over each table), with ``audit``
+    when a key was erased, then the WAL emptied once, not once per aggregate."""
     if not aggregate_ids:
         return []
     with writing(db):
         forgettings = [_forget_in(db, aggregate_id, texts=False) for aggregate_id in aggregate_ids]
         erase_texts(db, aggregate_ids)
+        if audit is not None and any(forgetting.erased for forgetting in forgettings):
+            db.execute(sql.RECORD_AUDIT_ENTRY, audit_entry_params(audit))
     empty_wal(db, f"forgot {len(aggregate_ids)} aggregates")
     return forgettings
 
