@@ -378,14 +378,16 @@ class Console:
             return _redirect("/log")
         if path == "/tail/events":
             try:
-                if "shown" in query and "after" not in query:
-                    # ``shown`` is only ever sent with the ``after`` it was
-                    # counted from: without it, a default would resume wrong.
-                    raise InvalidInput.for_field(
-                        "shown", "is a resume point only with the after it goes with", reason="INVALID_POSITION"
-                    )
+                for field in ("shown", "event"):
+                    if field in query and "after" not in query:
+                        # ``shown`` and ``event`` are only ever sent with the
+                        # ``after`` they go with: without it, a default would
+                        # resume wrong.
+                        raise InvalidInput.for_field(
+                            field, "is a resume point only with the after it goes with", reason="INVALID_POSITION"
+                        )
                 after = views.query_number(query, "after", default=0, reason="INVALID_POSITION", minimum=0)
-                resume = TailResume.starting(after, query.get("shown", ""))
+                resume = TailResume.starting(after, query.get("shown", ""), query.get("event", ""))
             except ChronicleError as error:
                 return _plain(_status_of(error), f"{error.reason}: {error.message}")
 
@@ -714,7 +716,7 @@ def _reaction_action(path: str) -> tuple[str, str] | None:
 _PAGE_QUERY_FIELDS: dict[str, frozenset[str]] = {
     "/log": frozenset({"q", "after"}),
     "/audit": frozenset({*audit.FILTERS, "after"}),
-    "/tail/events": frozenset({"after", "shown"}),
+    "/tail/events": frozenset({"after", "shown", "event"}),
 }
 _NAMED_PAGE_QUERY_FIELDS = (
     ("/aggregates/", frozenset({"from", "version"})),

@@ -334,7 +334,9 @@ async def tail_stream(
     ``resume`` passes over the pieces of a split event shown before).
     ``on_refused`` hears of the refusal that ends it (the audit log)."""
     resume = resume if resume is not None else TailResume.starting(after)
-    request = events_pb.SubscribeRequest(after_position=after, pages=True)
+    # With the id of the event the tail saw at ``after`` (a page reconnecting):
+    # a log that went back under it since is refused (LOG_REWOUND), not skipped.
+    request = events_pb.SubscribeRequest(after_position=after, after_event_id=resume.after_id, pages=True)
     stream = parts.events.Subscribe(request, _NO_CONTEXT)
     queue: asyncio.Queue[object] = asyncio.Queue(maxsize=4)
 
@@ -374,9 +376,9 @@ async def tail_stream(
                         if index == len(events) - 1
                         else events[index + 1].position > event.position
                     )
-                    if resume.passes_over(event.position, completes):
+                    if resume.passes_over(event.position, completes, event.event_id):
                         continue
-                    resume.showed(event.position, completes)
+                    resume.showed(event.position, completes, event.event_id)
                     yield _sse(
                         "event",
                         {
@@ -392,7 +394,7 @@ async def tail_stream(
                     )
             elif response.HasField("checkpoint") or response.HasField("caught_up"):
                 mark = response.checkpoint if response.HasField("checkpoint") else response.caught_up
-                resume.covered(mark.position)
+                resume.covered(mark.position, mark.event_id)
                 yield _sse("checkpoint", mark.position, resume.query())
     finally:
         task.cancel()

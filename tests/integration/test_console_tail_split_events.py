@@ -12,6 +12,8 @@ socket, the stream read as a browser's EventSource reads it."""
 from __future__ import annotations
 
 import asyncio
+import re
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -71,9 +73,15 @@ BOB_BONUS = ("event", 3, "book-2", "bank.v1.MoneyDeposited")
 
 def shown(messages: list[tuple[str, Any, str]]) -> list[tuple[object, ...]]:
     """Each message as (name, position, aggregate, type) for an event, as
-    (name, position) for a checkpoint, with the resume point it names."""
+    (name, position) for a checkpoint, with the resume point it names (the
+    id of the event it names at ``after`` as ``ID``: a piece's id is made
+    when it is read; ``test_the_resume_points_event_is_one_at_its_after``
+    resumes with them)."""
     return [
-        ((name, data["position"], data["aggregate_id"], data["event_type"]) if name == "event" else (name, data), id_)
+        (
+            (name, data["position"], data["aggregate_id"], data["event_type"]) if name == "event" else (name, data),
+            re.sub(r"&event=[0-9a-f-]{36}(?=&|$)", "&event=ID", id_),
+        )
         for name, data, id_ in messages
     ]
 
@@ -87,18 +95,39 @@ async def test_a_tail_broken_after_the_first_piece_resumes_before_its_position_p
     assert shown(first) == [(OPENED, "after=0&shown=1:1")]
     again = await server_sent(address, "/tail/events?" + first[-1][2], 5)
     assert shown(again) == [
-        (BONUS, "after=1"),  # the second piece, not skipped; the first not shown twice
-        (DEPOSIT, "after=2"),
-        (BOB_OPENED, "after=2&shown=3:1"),
-        (BOB_BONUS, "after=3"),  # the last of the log: the server said it completes its position
-        (("checkpoint", 3), "after=3"),  # the caught-up mark
+        (BONUS, "after=1&event=ID"),  # the second piece, not skipped; the first not shown twice
+        (DEPOSIT, "after=2&event=ID"),
+        (BOB_OPENED, "after=2&event=ID&shown=3:1"),
+        (BOB_BONUS, "after=3&event=ID"),  # the last of the log: the server said it completes its position
+        (("checkpoint", 3), "after=3&event=ID"),  # the caught-up mark
     ]
+
+
+async def test_the_resume_points_event_is_one_at_its_after(ledger: Application) -> None:
+    """Each resume point names, with ``event``, an event the tail showed at
+    its ``after`` (a split event's piece, a checkpoint's): the stream it
+    opens resumes checked (``after_event_id``) and is served; another id
+    there is a log that went back (LOG_REWOUND, shown as the refusal), an
+    id that is no UUID is refused before streaming."""
+    address = console(ledger)
+    points = [id_ for _, _, id_ in await server_sent(address, "/tail/events?after=0", 6)]
+    assert [point for point in points if "event=" in point] == points[1:]  # all but "after=0&shown=1:1"
+    for point in points[1:]:
+        (first, *_) = await server_sent(address, "/tail/events?" + point, 1)
+        assert first[0] != "refused", (point, first)
+    other = f"/tail/events?after=2&event={uuid.uuid4()}"
+    [(name, data, _)] = await server_sent(address, other, 1)
+    assert name == "refused" and data.startswith("LOG_REWOUND: ")
+    for query, reason in [("after=2&event=not-a-uuid", "INVALID_EVENT_ID"), ("event=" + str(uuid.uuid4()), "")]:
+        answer = await request(address, "GET", "/tail/events?" + query)
+        assert answer.status == 400, query
+        assert answer.text.startswith(reason or "INVALID_POSITION: event: "), answer.text
 
 
 async def test_a_tail_broken_inside_the_last_split_event_shows_only_its_rest(ledger: Application) -> None:
     address = console(ledger)
     messages = await server_sent(address, "/tail/events?after=2&shown=3:1", 2)
-    assert shown(messages) == [(BOB_BONUS, "after=3"), (("checkpoint", 3), "after=3")]
+    assert shown(messages) == [(BOB_BONUS, "after=3&event=ID"), (("checkpoint", 3), "after=3&event=ID")]
 
 
 async def test_events_between_after_and_a_partly_shown_position_are_shown_and_its_pieces_still_passed_over(
@@ -112,10 +141,10 @@ async def test_events_between_after_and_a_partly_shown_position_are_shown_and_it
     messages = await server_sent(console(ledger), "/tail/events?after=0&shown=3:1", 5)
     assert shown(messages) == [
         (OPENED, "after=0&shown=3:1"),
-        (BONUS, "after=1&shown=3:1"),
-        (DEPOSIT, "after=2&shown=3:1"),
-        (BOB_BONUS, "after=3"),
-        (("checkpoint", 3), "after=3"),
+        (BONUS, "after=1&event=ID&shown=3:1"),
+        (DEPOSIT, "after=2&event=ID&shown=3:1"),
+        (BOB_BONUS, "after=3&event=ID"),
+        (("checkpoint", 3), "after=3&event=ID"),
     ]
 
 

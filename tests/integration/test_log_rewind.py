@@ -41,6 +41,7 @@ from service.client import ChronicleClient, Delivery, Event, FileCheckpoints, Lo
 from service.store.base import StoreAdapter
 from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
+from tests.support.console import server_sent
 from tests.support.grpc_client import Client, connect, details_of, running_server
 from tests.support.postgres import Cluster
 from tests.support.waiting import eventually
@@ -482,3 +483,21 @@ async def test_the_consoles_live_tail_ends_with_the_refusal_when_the_log_goes_ba
             writer.close()
     assert seen[0] == ("checkpoint", "10")
     assert seen[-1][0] == "refused" and json.loads(seen[-1][1]).startswith("LOG_REWOUND: ")
+
+
+async def test_the_consoles_live_tail_reconnecting_after_the_log_went_back_and_on_is_refused(site: Site) -> None:
+    """A page whose stream broke reconnects from the resume point of its
+    last message, which names the event the tail saw there: the log went
+    back and was written past that point meanwhile, so the new stream is
+    refused (LOG_REWOUND) where it showed the new events after it (11 and
+    12: 6 to 10, at reused positions, never shown)."""
+    async with running_server(site.store(), console_listen="127.0.0.1:0", poll_seconds=0.2) as (app, _):
+        await write(app.address, "acc-1", 9, open_it=True)  # 1..10
+        assert app.console is not None
+        seen = await server_sent(app.console.address, "/tail/events?after=0", 11)
+        assert seen[-1][:2] == ("checkpoint", 10)  # caught up, then the stream breaks
+        resume = seen[-1][2]
+        assert resume.startswith("after=10&event=")
+        await site.go_back_and_write_past(5, 7, aggregate_id="acc-9")  # 6..12: acc-9's
+        [(name, data, _)] = await server_sent(app.console.address, "/tail/events?" + resume, 1)
+    assert name == "refused" and data.startswith("LOG_REWOUND: ")
