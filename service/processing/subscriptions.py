@@ -169,14 +169,20 @@ class Subscriptions:
 
     async def _check_still_holds(self, position: int, event_id: str, head: int) -> None:
         """LogRewound unless the log holds the event ``event_id`` at
-        ``position``: the client saw it there, and a log that now holds
-        another event there (or none) went back under it. One read by
-        position (the primary key), on the primary when reads come from a
-        standby that may not have replayed it yet. Ids compare in their
-        canonical form: an import may have stored one in upper case, and a
-        client may send it in any form of the UUID."""
+        ``position``, or no event at a position below its end: the client saw
+        ``event_id`` there, and a log that now holds another event there, or
+        ends below it, went back under it. A position that holds nothing is
+        no sign (``service.processing.read_floor``): deleting, archiving or
+        replacing an aggregate removes its events and leaves their positions
+        empty, never handed out again, so a subscriber whose checkpoint is on
+        an event of an aggregate deleted since resumes after it (the ends
+        below the position are caught by ``head``: ``open`` refuses a start
+        past the end first). One read by position (the primary key), on the
+        primary when reads come from a standby that may not have replayed it
+        yet. Ids compare in their canonical form: an import may have stored
+        one in upper case, and a client may send it in any form of the UUID."""
         held = {canonical_uuid(stored) or stored for stored in await self.ids_at(position, reader=self._end)}
-        if (canonical_uuid(event_id) or event_id) not in held:
+        if held and (canonical_uuid(event_id) or event_id) not in held:
             self._tell_rewound(
                 head,
                 "a subscriber resumed after position %d, where the log no longer holds the event it saw"

@@ -35,6 +35,7 @@ import grpc
 import psycopg
 import pytest
 
+from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import event_service_pb2 as pb
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.client import ChronicleClient, Delivery, Event, FileCheckpoints, LogRewound, RetryPolicy
@@ -277,6 +278,33 @@ async def test_a_resume_on_an_unchanged_log_goes_on_checked(site: Site) -> None:
         await write(app.address, "acc-2", 0, open_it=True)
         after_mark = await consume(app.address, mark_file, 1, aggregate_id="acc-2")
         assert isinstance(after_mark, list) and [e.position for e in after_mark] == [8]
+
+
+async def test_a_resume_after_an_event_of_an_aggregate_deleted_since_goes_on(site: Site) -> None:
+    """Deleting (or archiving) an aggregate removes its events and leaves
+    their positions empty, never handed out again: a checkpoint on one of
+    them is no sign that the log went back, for a subscriber of every type
+    or of others (a checkpoint names the event at its position, whatever
+    its type: the caught-up mark of a filter matching nothing here)."""
+    sub_file, mark_file = FileCheckpoints(site.tmp / "sub.pos"), FileCheckpoints(site.tmp / "mark.pos")
+    async with running_server(site.store(), anonymous_admin=True) as (app, client):
+        await write(app.address, "acc-1", 0, open_it=True)  # 1
+        await write(app.address, "acc-2", 1, open_it=True)  # 2, 3
+        taken = await consume(app.address, sub_file, 3)
+        await catch_up(app.address, mark_file, aggregate_id="nobody")
+        assert isinstance(taken, list) and [e.aggregate_id for e in taken][-1] == "acc-2"
+        saved = await sub_file.load_point()
+        assert saved is not None and saved.position == 3
+        await client.admin.DeleteAggregate(admin.DeleteAggregateRequest(aggregate_id="acc-2"), timeout=10)  # 4
+        await write(app.address, "acc-1", 1, open_it=False)  # 5
+        # Nothing is stored at 3 now: the raw resume after it streams on.
+        resumed = pb.SubscribeRequest(after_position=3, after_event_id=saved.event_id, pages=True)
+        assert await first_positions(app.address, resumed, 2) == [4, 5]
+        rest = await consume(app.address, sub_file, 2)
+        assert isinstance(rest, list), rest
+        assert [(e.position, e.aggregate_id) for e in rest] == [(4, "acc-2"), (5, "acc-1")]
+        after_mark = await consume(app.address, mark_file, 1, aggregate_id="acc-1")
+        assert isinstance(after_mark, list) and [e.position for e in after_mark] == [5]
 
 
 async def resume_refusal(client: Client, after_event_id: str) -> tuple[grpc.StatusCode, str] | None:
