@@ -96,7 +96,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
@@ -1590,11 +1590,16 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
     from service.transfer.files import Source
     from service.transfer.importer import ImportOptions
 
-    options = ImportOptions(overwrite=args.overwrite, restore_deleted=args.restore_deleted)
+    options = ImportOptions(
+        overwrite=args.overwrite,
+        restore_deleted=args.restore_deleted,
+        even_if_read_models_behind=args.even_if_read_models_behind,
+    )
     leave_out = frozenset(args.leave_out or ())
     if args.database_url:
         summary = asyncio.run(_import_local(args.database_url, args.file, options, args.quiet, leave_out))
         _warn_unclaimed(summary)
+        _warn_to_rebuild(summary)
         _print(summary)
         return EXIT_OK
     types = RemoteTypes(channel)
@@ -1612,6 +1617,7 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
     counts = _import_counts(response)
     reporter.close(_import_done(counts))
     _warn_unclaimed(counts)
+    _warn_to_rebuild(counts)
     _print(counts)
     return EXIT_OK
 
@@ -1653,6 +1659,7 @@ def _send_import(
             if sent == 1:
                 request.options.overwrite = options.overwrite
                 request.options.restore_deleted = options.restore_deleted
+                request.options.even_if_read_models_behind = options.even_if_read_models_behind
             yield request
             on_sent(sent)
 
@@ -1680,11 +1687,15 @@ def _send_import(
     return response
 
 
-def _import_counts(response: admin_service_pb2.ImportLogResponse) -> dict[str, int]:
-    return {field.name: int(getattr(response, field.name)) for field in response.DESCRIPTOR.fields}
+def _import_counts(response: admin_service_pb2.ImportLogResponse) -> dict[str, Any]:
+    """The response's fields: counts, and the names it lists."""
+    return {
+        field.name: list(value) if isinstance(value := getattr(response, field.name), Iterable) else int(value)
+        for field in response.DESCRIPTOR.fields
+    }
 
 
-def _import_done(counts: dict[str, int]) -> str:
+def _import_done(counts: dict[str, Any]) -> str:
     """An import's last progress line."""
     done = f"done: {counts['events_written']:,} events written, {counts['events_skipped']:,} already there"
     if counts.get("forgotten_skipped"):
@@ -1696,7 +1707,7 @@ def _import_done(counts: dict[str, int]) -> str:
     return done
 
 
-def _warn_unclaimed(counts: dict[str, int]) -> None:
+def _warn_unclaimed(counts: dict[str, Any]) -> None:
     """Say, even with --quiet, that imported aggregates hold no claims their
     plugin says they hold: their values are free for others to claim."""
     unclaimed = counts.get("aggregates_without_claims", 0)
@@ -1710,9 +1721,23 @@ def _warn_unclaimed(counts: dict[str, int]) -> None:
         )
 
 
+def _warn_to_rebuild(counts: dict[str, Any]) -> None:
+    """Say, even with --quiet, which projections the import left unlike a
+    rebuild (service/transfer/read_models.py)."""
+    names = counts.get("projections_to_rebuild") or []
+    if names:
+        print(
+            f"warning: PROJECTIONS_TO_REBUILD: {', '.join(names)} applied events this import replaced (or were behind"
+            " a tombstone it replaced): their documents differ from a rebuild's; rebuild them (chronicle projection"
+            ' rebuild NAME; docs/export-format.md, "Overwriting")',
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 async def _import_local(
     url: str, path: str, options: ImportOptions, quiet: bool, leave_out: frozenset[str] = frozenset()
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """An import written straight into the store at ``url``."""
     from service.app import build_master_keys, build_registry
     from service.processing.state import AggregateLoader
@@ -1925,10 +1950,13 @@ def _restore(args: argparse.Namespace, channel: grpc.Channel) -> int:
             )
     source = Source(args.file, pool=pool)
     try:
-        response = _send_import(channel, only_aggregates(source.records(), chosen), ImportOptions(restore_deleted=True))
+        options = ImportOptions(restore_deleted=True, even_if_read_models_behind=args.even_if_read_models_behind)
+        response = _send_import(channel, only_aggregates(source.records(), chosen), options)
     finally:
         source.close()
-    _print(_import_counts(response))
+    counts = _import_counts(response)
+    _warn_to_rebuild(counts)
+    _print(counts)
     return EXIT_OK
 
 
@@ -2396,6 +2424,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--restore-deleted", action="store_true", help="replace only deleted aggregates' tombstones (a restore)"
     )
     import_.add_argument(
+        "--even-if-read-models-behind",
+        action="store_true",
+        help="with --restore-deleted: restore even while projections are below a tombstone (READ_MODELS_BEHIND"
+        " otherwise); rebuild the projections it names after",
+    )
+    import_.add_argument(
         "--leave-out",
         action="append",
         type=_aggregate_id,
@@ -2434,6 +2468,12 @@ def build_parser() -> argparse.ArgumentParser:
     restore = commands.add_parser("restore", help="bring archived aggregates back from an archive file (admin)")
     restore.add_argument("file", help="the archive file")
     restore.add_argument("--aggregate", action="append", type=_aggregate_id, help="only this one; repeatable")
+    restore.add_argument(
+        "--even-if-read-models-behind",
+        action="store_true",
+        help="restore even while projections are below an aggregate's tombstone (READ_MODELS_BEHIND otherwise);"
+        " rebuild the projections it names after",
+    )
     restore.set_defaults(run=_restore, remote=True)
 
     convert = commands.add_parser(

@@ -115,7 +115,11 @@ class Transfers:
         return response(importer.summary), importer.summary
 
     def _importer(self, requested: pb.ImportOptions) -> Importer | CheckedFirst:
-        options = ImportOptions(overwrite=requested.overwrite, restore_deleted=requested.restore_deleted)
+        options = ImportOptions(
+            overwrite=requested.overwrite,
+            restore_deleted=requested.restore_deleted,
+            even_if_read_models_behind=requested.even_if_read_models_behind,
+        )
 
         def make(checking_only: bool) -> Importer:
             return Importer(
@@ -161,6 +165,7 @@ def response(summary: ImportSummary) -> pb.ImportLogResponse:
         claims_derived=summary.claims_derived,
         aggregates_without_claims=summary.aggregates_without_claims,
         claims_released=summary.claims_released,
+        projections_to_rebuild=sorted(summary.projections_to_rebuild),
     )
 
 
@@ -180,6 +185,13 @@ def described(summary: ImportSummary) -> str:
         + (
             f"; {summary.aggregates_without_claims} aggregates of claiming types left without claims"
             if summary.aggregates_without_claims
+            else ""
+        )
+        + (
+            "; projections to rebuild (they applied events this import replaced, or were behind a tombstone it"
+            " replaced): "
+            + ", ".join(f"{name} (at {position})" for name, position in sorted(summary.projections_to_rebuild.items()))
+            if summary.projections_to_rebuild
             else ""
         )
     )

@@ -39,6 +39,7 @@ from service.plugins.reactions import Reaction
 from service.processing.reactions import ReactionRunner
 from service.store.base import LogReader, ProjectionStore
 from service.store.imported import REACTION_STARTS
+from service.store.server_names import REACTION_START_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ MARKER = REACTION_STARTS
 # a row of its own, written after the checkpoint's: the position it was
 # fixed at, or, for a reaction older than start positions, its checkpoint
 # when this version first started it. GetReaction shows it.
-START_PREFIX = "#start/"
+START_PREFIX = REACTION_START_PREFIX
 
 
 async def fix_starts(

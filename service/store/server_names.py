@@ -8,6 +8,10 @@ ListProjections, DeleteProjection or ``chronicle plugins --check`` alike."""
 from __future__ import annotations
 
 SERVER_OWN_PREFIX = "#"
+# Where each reaction started, a row beside its checkpoint
+# (service/processing/reaction_starts.py): it also tells a stored checkpoint
+# of a reaction from a projection's when no loaded plugin declares the name.
+REACTION_START_PREFIX = SERVER_OWN_PREFIX + "start/"
 
 
 def is_server_own(name: str) -> bool:

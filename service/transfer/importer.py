@@ -20,6 +20,13 @@ aggregate that was deleted, to bring an archived one back). An overwrite
 import is run through ``checked_first.CheckedFirst``: nothing is written
 before the whole stream was read and checked.
 
+Read models (read_models.py): a restore is refused (READ_MODELS_BEHIND)
+while a stored projection is below the tombstone of an aggregate it
+replaces, checked for the aggregates an archive's header names before
+anything is written, and for any other at the batch that would replace it;
+told to go on (``even_if_read_models_behind``), or overwriting, the import
+names in its summary the projections it left unlike a rebuild.
+
 Claims of aggregates that came without any (claims.py): with a
 ``registry``, an aggregate of a type whose plugin declares its claims
 (``AggregateType.claims``) that the stream brought events for and no claim
@@ -73,6 +80,7 @@ from service.transfer.one_place import (
     two_at_one_place,
     written_by_this_import,
 )
+from service.transfer.read_models import Replaced, behind_refusal, checkpoints, replaced_in, stale
 from service.transfer.readable import check_readable
 from service.transfer.records import (
     BAD_RECORD,
@@ -100,6 +108,9 @@ _COUNTED = ("event", "snapshot", "claim", "command", "data_key")
 class ImportOptions:
     overwrite: bool = False
     restore_deleted: bool = False
+    # Restore even while read models are below a tombstone it replaces
+    # (read_models.py): they are then named in the summary, to be rebuilt.
+    even_if_read_models_behind: bool = False
 
 
 @dataclass(slots=True)
@@ -119,6 +130,9 @@ class ImportSummary:
     aggregates_without_claims: int = 0
     # Claims the touched aggregates held and their state no longer declares (claims.py).
     claims_released: int = 0
+    # Projections (name: checkpoint) the events this import replaced leave
+    # unlike a rebuild (read_models.py): they must be rebuilt.
+    projections_to_rebuild: dict[str, int] = field(default_factory=dict)
     header: export_pb2.ExportHeader | None = None
     complete: bool = False
 
@@ -212,6 +226,9 @@ class Importer:
             self._log_head_at_start = await self._store.log.log_head()
             if self._log_head_at_start == 0 and not self._checking_only:
                 await mark_reaction_starts(self._store.projections)
+            if self._options.restore_deleted and not self._options.even_if_read_models_behind:
+                # An archive names its aggregates: all are checked before anything is written.
+                await self._check_restoring(record.header.aggregate_ids)
             return
         if self.summary.complete:
             raise InvalidInput.for_field(where, "comes after the end record", reason=BAD_RECORD)
@@ -586,7 +603,71 @@ class Importer:
         """What ``_write`` would refuse of ``batch`` before writing it, read
         without writing: the aggregates its events would replace."""
         if kind == "event":
-            await self._to_replace(batch, indexes)
+            await self._removing(await self._to_replace(batch, indexes))
+
+    async def _check_restoring(self, aggregate_ids: Iterable[str]) -> None:
+        """READ_MODELS_BEHIND if a read model is below the tombstone of one of
+        ``aggregate_ids`` (those the target deleted and has not forgotten)."""
+        named = list(dict.fromkeys(aggregate_ids))
+        forgotten = await self._forgotten_among(named) if named else set()
+        deleted = []
+        for aggregate_id in named:
+            replaced = await replaced_in(self._store.events, aggregate_id)
+            if aggregate_id not in forgotten and replaced is not None and replaced.tombstone is not None:
+                deleted.append(replaced)
+        await self._behind_tombstones(deleted)
+
+    async def _removing(self, replaced: dict[str, tuple[RecordedEvent, list[RecordedEvent]]]) -> list[Replaced]:
+        """What replacing ``replaced`` (``_to_replace``'s) removes of each
+        live aggregate; the read models behind the tombstone of a deleted one
+        refuse a restore, or are noted (``_behind_tombstones``)."""
+        removing = []
+        for aggregate_id, (_, back) in replaced.items():
+            found = await replaced_in(self._store.events, aggregate_id, kept=len(back))
+            if found is not None:
+                removing.append(found)
+        await self._behind_tombstones([found for found in removing if found.tombstone is not None])
+        return [found for found in removing if found.tombstone is None]
+
+    async def _behind_tombstones(self, deleted: Sequence[Replaced]) -> None:
+        """The read models below the tombstone of one of ``deleted``: a
+        restore is refused (READ_MODELS_BEHIND) unless told to go on; else
+        they are noted to be rebuilt. Read before the tombstone is removed:
+        one below it then never sees it (a checkpoint only moves on)."""
+        if not deleted:
+            return
+        read_models = await checkpoints(self._store.projections, self._registry)
+        behind = {found.aggregate_id: (found, stale(found, read_models, self._registry)) for found in deleted}
+        behind = {aggregate_id: (found, below) for aggregate_id, (found, below) in behind.items() if below}
+        if not behind:
+            return
+        if self._options.restore_deleted and not self._options.even_if_read_models_behind:
+            raise behind_refusal({a: (found.tombstone or 0, below) for a, (found, below) in behind.items()})
+        for _, below in behind.values():
+            self._to_rebuild(below)
+
+    async def _applied_replaced(self, removed: Sequence[Replaced]) -> None:
+        """Note the read models whose checkpoint reached an event of
+        ``removed`` (live aggregates this import replaced): read after the
+        removal, as a checkpoint that reached one then reached it before."""
+        if not removed:
+            return
+        read_models = await checkpoints(self._store.projections, self._registry)
+        for found in removed:
+            self._to_rebuild(stale(found, read_models, self._registry))
+
+    def _to_rebuild(self, projections: dict[str, int]) -> None:
+        if self._checking_only:
+            return
+        new = sorted(set(projections) - set(self.summary.projections_to_rebuild))
+        self.summary.projections_to_rebuild.update(projections)
+        if new:
+            log.warning(
+                "projections %s applied events this import replaced (or are behind a tombstone it replaced):"
+                " their documents differ from a rebuild's; rebuild them (chronicle projection rebuild NAME)",
+                ", ".join(f"{name} (at {projections[name]})" for name in new),
+                extra={"projections": new},
+            )
 
     async def _write(self, kind: str, batch: list[Any], indexes: Sequence[int]) -> int:
         transfer = self._store.transfer
@@ -618,12 +699,14 @@ class Importer:
         replaced = await self._to_replace(batch, indexes)
         if not replaced:
             return await self._store.transfer.import_events(batch)
+        removed = await self._removing(replaced)
         back = [event for _, same in replaced.values() for event in same]
         written_back = {event.event_id for event in back}
         events = [*back, *(event for event in batch if event.event_id not in written_back)]
         written = await self._store.transfer.import_events(events, replacing=list(replaced))
         for aggregate_id in replaced:
             self._replaced(aggregate_id)
+        await self._applied_replaced(removed)
         # The events written back were there before (the batch's among them count as already there).
         return written - len(back)
 

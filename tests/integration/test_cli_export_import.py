@@ -61,6 +61,7 @@ def test_a_store_goes_out_through_a_server_and_into_another_file(tmp_path: Path)
         "claims_derived": 1,
         "aggregates_without_claims": 0,
         "claims_released": 0,
+        "projections_to_rebuild": [],
     }
     assert "import: done: 5 events written, 0 already there" in done.stderr
     # The JSON lines of the same store: every event is there already.

@@ -1,0 +1,136 @@
+"""Read models an import that replaces events leaves unlike a rebuild.
+
+A projection applies each event once, in log order, from its checkpoint. An
+import that replaces an aggregate's events (``--overwrite``, a restore's
+``restore_deleted``) removes events a projection may have applied and
+appends others at new positions, which it applies too:
+
+- a **live** aggregate replaced: a projection whose checkpoint reached the
+  first event removed applied some of them, and no event tells it to take
+  them back (no tombstone comes): it would count both histories;
+- a **deleted** aggregate (its tombstone replaced by its archived events): a
+  projection whose checkpoint is below the tombstone (lagging, or stopped
+  on an event it fails on) may have applied the aggregate's events before
+  the deletion, and never sees the tombstone that lets it drop them, which
+  is removed: it would count them twice once the restored ones come.
+
+Every stored projection counts, loaded here or not: a stored checkpoint is
+where a projection resumes, on another replica whose plugins declare it
+(a rolling deployment) or once its plugin is deployed again. Reactions do
+not: they never act on imported events (``service.store.imported``), so
+the replacement never reaches them. A projection a loaded plugin declares
+counts only if it reads the aggregate's type (its ``aggregate_types``, the
+event types it handles): one that never sees its events derives nothing
+from them. What ``Importer`` does with the names: refuses a restore while
+any is behind (``READ_MODELS_BEHIND``) unless told to go on, and reports
+them in its summary to be rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from service.errors import ImportConflict
+from service.plugins.registry import Registry
+from service.store.base import AggregateQuery, EventRecorder, ProjectionStore
+from service.store.records import TOMBSTONE_EVENT_TYPE, is_tombstone
+from service.store.server_names import REACTION_START_PREFIX, is_server_own
+
+READ_MODELS_BEHIND = "READ_MODELS_BEHIND"
+
+
+@dataclass(frozen=True, slots=True)
+class Replaced:
+    """What replacing an aggregate removes from the target: the position of
+    the first event removed, and of its tombstone if it was deleted."""
+
+    aggregate_id: str
+    aggregate_type: str
+    first_removed: int
+    tombstone: int | None
+
+
+async def replaced_in(events: EventRecorder, aggregate_id: str, *, kept: int = 0) -> Replaced | None:
+    """What replacing ``aggregate_id`` removes when its first ``kept``
+    versions are written back (a history that parts from the stream's
+    there); None if it removes nothing."""
+    removed = await events.read_aggregate(aggregate_id, AggregateQuery(from_version=kept + 1, limit=1))
+    if not removed:
+        return None
+    last = await events.read_aggregate(aggregate_id, AggregateQuery(backwards=True, limit=1))
+    tombstone = last[0].position if last and is_tombstone(last[0]) else None
+    return Replaced(aggregate_id, removed[0].aggregate_type, removed[0].position, tombstone)
+
+
+async def checkpoints(projections: ProjectionStore, registry: Registry | None) -> dict[str, int]:
+    """Every stored projection's checkpoint, by name, loaded here or not;
+    no reaction's (a loaded one, or one whose start row is stored)."""
+    stored = await projections.stored_projections()
+    names = {name for name, _ in stored}
+    return {
+        name: position
+        for name, position in stored
+        if not is_server_own(name)
+        and REACTION_START_PREFIX + name not in names
+        and (registry is None or registry.reaction(name) is None)
+    }
+
+
+def stale(replaced: Replaced, read_models: Mapping[str, int], registry: Registry | None) -> dict[str, int]:
+    """Those of ``read_models`` (name: checkpoint) that replacing
+    ``replaced`` leaves unlike a rebuild (see the module)."""
+    found: dict[str, int] = {}
+    for name, position in read_models.items():
+        if not _reads(registry, name, replaced.aggregate_type):
+            continue
+        if replaced.tombstone is not None:
+            stale_here = position < replaced.tombstone  # may have applied its events, and never sees it
+        else:
+            stale_here = position >= replaced.first_removed  # applied one of the events removed
+        if stale_here:
+            found[name] = position
+    return found
+
+
+def _reads(registry: Registry | None, name: str, aggregate_type: str) -> bool:
+    """Whether projection ``name`` may apply events of ``aggregate_type``:
+    unknown (so yes) unless a loaded plugin declares it."""
+    projection = registry.projection(name) if registry is not None else None
+    if registry is None or projection is None:
+        return True
+    if projection.aggregate_types and aggregate_type not in projection.aggregate_types:
+        return False
+    for event_type in projection.event_types | registry.upcast_types:
+        if event_type == TOMBSTONE_EVENT_TYPE:
+            continue  # a tombstone's handler drops what events derived: it derives nothing itself
+        spec = registry.event(event_type)
+        if spec is None or spec.aggregate.name == aggregate_type:
+            return True  # (an upcast type may become any event: perhaps one of this type's)
+    return False
+
+
+def behind_refusal(behind: Mapping[str, tuple[int, Mapping[str, int]]]) -> ImportConflict:
+    """READ_MODELS_BEHIND for a restore of the aggregates of ``behind``
+    (aggregate: its tombstone's position and the projections below it)."""
+    projections: dict[str, int] = {}
+    for _, below in behind.values():
+        projections.update(below)
+    named = ", ".join(f"{name} (at {position})" for name, position in sorted(projections.items()))
+    tombstones = ", ".join(f"{aggregate_id!r} at {position}" for aggregate_id, (position, _) in sorted(behind.items()))
+    return ImportConflict(
+        f"read models have not reached the tombstone of what would be restored ({tombstones}): {named}. Restored,"
+        " the aggregate's events would be applied again on top of what they derived from them before the deletion,"
+        " whose tombstone they would never see. Nothing was restored: let them catch up (fix one stopped on an"
+        " event: chronicle projection NAME says where) and restore again, or restore with"
+        " --even-if-read-models-behind (ImportOptions.even_if_read_models_behind) and rebuild them after"
+        " (chronicle projection rebuild NAME)",
+        reason=READ_MODELS_BEHIND,
+        metadata={
+            "projections": json.dumps(dict(sorted(projections.items()))),
+            "tombstones": json.dumps(
+                {aggregate_id: tombstone for aggregate_id, (tombstone, _) in sorted(behind.items())}
+            ),
+        },
+    )
