@@ -38,7 +38,7 @@
     chronicle convert-eventsourcing FILE --from-url URL --table T --mapping MODULE:FUNCTION
     chronicle delete ACCOUNT [--expected-version N] [--reason TEXT]   # tombstone it (admin)
     chronicle archive FOLDER --type Account [--last-event T] [--untouched-for 365d] [--limit N]
-    chronicle restore FILE [--aggregate ID]  # bring archived aggregates back (admin)
+    chronicle restore FILE [--aggregate ID] [--even-if-read-models-behind]  # bring archived aggregates back (admin)
                                              # the store's contents out and in (admin), through the
                                              # server, or with --database-url straight on a store
 
