@@ -617,34 +617,33 @@ class Importer:
                 deleted.append(replaced)
         await self._behind_tombstones(deleted)
 
-    async def _removing(self, replaced: dict[str, tuple[RecordedEvent, list[RecordedEvent]]]) -> list[Replaced]:
+    async def _removing(
+        self, replaced: dict[str, tuple[RecordedEvent, list[RecordedEvent]]]
+    ) -> tuple[list[Replaced], dict[str, int]]:
         """What replacing ``replaced`` (``_to_replace``'s) removes of each
-        live aggregate; the read models behind the tombstone of a deleted one
-        refuse a restore, or are noted (``_behind_tombstones``)."""
+        live aggregate, and the read models below the tombstone of a deleted
+        one (which refuse a restore: ``_behind_tombstones``)."""
         removing = []
         for aggregate_id, (_, back) in replaced.items():
             found = await replaced_in(self._store.events, aggregate_id, kept=len(back))
             if found is not None:
                 removing.append(found)
-        await self._behind_tombstones([found for found in removing if found.tombstone is not None])
-        return [found for found in removing if found.tombstone is None]
+        behind = await self._behind_tombstones([found for found in removing if found.tombstone is not None])
+        return [found for found in removing if found.tombstone is None], behind
 
-    async def _behind_tombstones(self, deleted: Sequence[Replaced]) -> None:
-        """The read models below the tombstone of one of ``deleted``: a
-        restore is refused (READ_MODELS_BEHIND) unless told to go on; else
-        they are noted to be rebuilt. Read before the tombstone is removed:
-        one below it then never sees it (a checkpoint only moves on)."""
+    async def _behind_tombstones(self, deleted: Sequence[Replaced]) -> dict[str, int]:
+        """The read models (name: checkpoint) below the tombstone of one of
+        ``deleted``; a restore is refused (READ_MODELS_BEHIND) for them unless
+        told to go on. Read before the tombstone is removed: one below it
+        then never sees it (a checkpoint only moves on)."""
         if not deleted:
-            return
+            return {}
         read_models = await checkpoints(self._store.projections, self._registry)
         behind = {found.aggregate_id: (found, stale(found, read_models, self._registry)) for found in deleted}
         behind = {aggregate_id: (found, below) for aggregate_id, (found, below) in behind.items() if below}
-        if not behind:
-            return
-        if self._options.restore_deleted and not self._options.even_if_read_models_behind:
+        if behind and self._options.restore_deleted and not self._options.even_if_read_models_behind:
             raise behind_refusal({a: (found.tombstone or 0, below) for a, (found, below) in behind.items()})
-        for _, below in behind.values():
-            self._to_rebuild(below)
+        return {name: position for _, below in behind.values() for name, position in below.items()}
 
     async def _applied_replaced(self, removed: Sequence[Replaced]) -> None:
         """Note the read models whose checkpoint reached an event of
@@ -699,13 +698,14 @@ class Importer:
         replaced = await self._to_replace(batch, indexes)
         if not replaced:
             return await self._store.transfer.import_events(batch)
-        removed = await self._removing(replaced)
+        removed, behind = await self._removing(replaced)
         back = [event for _, same in replaced.values() for event in same]
         written_back = {event.event_id for event in back}
         events = [*back, *(event for event in batch if event.event_id not in written_back)]
         written = await self._store.transfer.import_events(events, replacing=list(replaced))
         for aggregate_id in replaced:
             self._replaced(aggregate_id)
+        self._to_rebuild(behind)
         await self._applied_replaced(removed)
         # The events written back were there before (the batch's among them count as already there).
         return written - len(back)
