@@ -1,10 +1,13 @@
 """Versioned SQL migrations for the PostgreSQL store.
 
-Files ``migrations/NNNN_name.sql`` are applied in order, each once, in one
-transaction that first takes an advisory lock, so several replicas starting
-at the same moment migrate exactly once and the others wait and then find
-nothing to do. A database whose schema is newer than every migration this
-code knows is refused: running old code on a new schema could corrupt it.
+Files ``migrations/NNNN_name.sql`` are applied in order, each once, under
+an advisory lock, so several replicas starting at the same moment migrate
+exactly once and the others wait and then find nothing to do. The
+migrations due run in one transaction, but for a ``-- concurrently`` one,
+which builds indexes outside any (index_builds.py): the runs before and
+after it are a transaction each. A database whose schema is newer than
+every migration this code knows is refused: running old code on a new
+schema could corrupt it.
 So is one that takes no writes (a hot standby, in recovery, or a database
 read only by default): it cannot be the store, only a read database
 (``--read-database-url``, standby.py).
@@ -17,23 +20,34 @@ the rights to read and write rows (docs/deployment.md), and a backup
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import psycopg
 
 from service.errors import ConfigurationError
 from service.store import sql_common
+from service.store.postgres.index_builds import build_index, index_builds
 from service.store.schema_use import SchemaUse, needs_migrating
 from service.store.sql_common import Migration
 
 log = logging.getLogger(__name__)
 SCHEMA = "chronicle"
-# pg_advisory_xact_lock key: any constant unlikely to collide with an application's.
+# The advisory lock's key: any constant unlikely to collide with an application's.
 MIGRATION_LOCK = 0x43_48_52_4F_4E  # "CHRON"
+# How often a replica asks again for the lock another one migrates under.
+LOCK_POLL_SECONDS = 0.2
 
 
 def known_migrations() -> list[Migration]:
-    return sql_common.known_migrations("service.store.postgres")
+    """The migration scripts, in order; a ``-- concurrently`` one that
+    holds more than index builds is refused here, at start."""
+    migrations = sql_common.known_migrations("service.store.postgres")
+    for migration in migrations:
+        index_builds(migration)
+    return migrations
 
 
 async def open_schema(conn: psycopg.AsyncConnection[object], use: SchemaUse, *, force: bool = False) -> int:
@@ -145,34 +159,109 @@ async def migrate(conn: psycopg.AsyncConnection[object], *, target: int | None =
     as an earlier Chronicle left it, up to version ``target``); return its
     version. Each migration's row records its compatibility floor. One
     that raises the floor is refused while live replicas run code below it
-    (``refuse_stranding``), unless ``force``."""
+    (``refuse_stranding``), unless ``force``. ``conn`` in autocommit: a
+    ``-- concurrently`` migration builds its indexes outside a transaction
+    (index_builds.py); the migrations due around it run in a transaction
+    each run of them, as all of them did before."""
+    if not conn.autocommit:
+        raise ValueError("migrate needs an autocommit connection: CREATE INDEX CONCURRENTLY runs outside transactions")
     migrations = known_migrations()
+    async with migration_lock(conn):
+        async with conn.transaction():
+            await _refuse_read_only(conn)
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await conn.execute(
+                f"ALTER TABLE {SCHEMA}.schema_migrations ADD COLUMN IF NOT EXISTS compatible_from integer"
+            )
+            current, floor = await schema_state(conn)  # again, under the lock: another replica may have migrated
+            newest = migrations[-1].version if migrations else 0
+            if not needs_migrating(
+                current, newest, SchemaUse.MIGRATE, f"the database {described(conn)}", compatible_from=floor
+            ):
+                return current
+            wanted = newest if target is None else min(target, newest)
+            if not force and wanted > current:
+                await refuse_stranding(conn, current, migrations[wanted - 1].compatible_from)
+            runs = _runs(migrations[current:wanted])
+            if runs and index_builds(runs[0][0]) is None:
+                await _apply(conn, runs.pop(0))  # in this transaction (a savepoint): all or nothing, as before
+        for run in runs:
+            await _apply(conn, run)
+        return max(current, wanted)
+
+
+def _runs(due: list[Migration]) -> list[list[Migration]]:
+    """The migrations due, in order, cut around each ``-- concurrently``
+    one: it runs alone, the others in one transaction per run of them."""
+    runs: list[list[Migration]] = []
+    for migration in due:
+        if runs and index_builds(migration) is None and index_builds(runs[-1][-1]) is None:
+            runs[-1].append(migration)  # in the transaction of the ones before it
+        else:
+            runs.append([migration])
+    return runs
+
+
+async def _apply(conn: psycopg.AsyncConnection[object], run: list[Migration]) -> None:
+    """A run of migrations: a ``-- concurrently`` one's indexes built, then
+    its version recorded (so a build interrupted is done again by the next
+    run); the others, and their versions, in one transaction."""
+    builds = index_builds(run[0])
+    if builds is not None:
+        log.info("applying PostgreSQL migration %04d_%s (concurrently)", run[0].version, run[0].name)
+        for index in builds:
+            await build_index(conn, index)
+        async with conn.transaction():
+            await _record(conn, run[0])
+        return
     async with conn.transaction():
-        await _refuse_read_only(conn)
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        await conn.execute(f"ALTER TABLE {SCHEMA}.schema_migrations ADD COLUMN IF NOT EXISTS compatible_from integer")
-        current, floor = await schema_state(conn)  # again, under the lock: another replica may have migrated
-        newest = migrations[-1].version if migrations else 0
-        if not needs_migrating(
-            current, newest, SchemaUse.MIGRATE, f"the database {described(conn)}", compatible_from=floor
-        ):
-            return current
-        wanted = newest if target is None else min(target, newest)
-        if not force and wanted > current:
-            await refuse_stranding(conn, current, migrations[wanted - 1].compatible_from)
-        for migration in migrations[current:wanted]:
+        for migration in run:
             log.info("applying PostgreSQL migration %04d_%s", migration.version, migration.name)
             await conn.execute(migration.sql.encode())
-            await conn.execute(
-                f"INSERT INTO {SCHEMA}.schema_migrations (version, name, compatible_from) VALUES (%s, %s, %s)",
-                (migration.version, migration.name, migration.compatible_from),
-            )
-        return max(current, wanted)
+            await _record(conn, migration)
+
+
+async def _record(conn: psycopg.AsyncConnection[object], migration: Migration) -> None:
+    await conn.execute(
+        f"INSERT INTO {SCHEMA}.schema_migrations (version, name, compatible_from) VALUES (%s, %s, %s)",
+        (migration.version, migration.name, migration.compatible_from),
+    )
+
+
+@contextlib.asynccontextmanager
+async def migration_lock(conn: psycopg.AsyncConnection[object]) -> AsyncIterator[None]:
+    """Hold the migration lock (session level, so it spans the transactions
+    and the index builds of one migration run) while the block runs.
+
+    Waited for by asking again every ``LOCK_POLL_SECONDS``, never by
+    blocking in ``pg_advisory_lock``: a session blocked there keeps a
+    snapshot, and CREATE INDEX CONCURRENTLY waits for every snapshot older
+    than its own to end, while that session waits for the builder's lock:
+    a deadlock, which PostgreSQL breaks by aborting one of them. (An older
+    Chronicle's ``pg_advisory_xact_lock`` on the same key still excludes
+    this one, and the other way round.)"""
+    waiting = False
+    while not await _took_lock(conn):
+        if not waiting:
+            log.info("another replica is migrating the database %s; waiting for it", described(conn))
+            waiting = True
+        await asyncio.sleep(LOCK_POLL_SECONDS)
+    try:
+        yield
+    finally:
+        # A connection lost took its session's lock with it.
+        with contextlib.suppress(psycopg.Error):
+            await conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+
+async def _took_lock(conn: psycopg.AsyncConnection[object]) -> bool:
+    cursor = await conn.execute("SELECT pg_try_advisory_lock(%s)", (MIGRATION_LOCK,))
+    row = await cursor.fetchone()
+    return bool(row and row[0])  # type: ignore[index]
 
 
 # Live lease members (any group) whose code knows a schema below a floor,
