@@ -481,6 +481,7 @@ export class ChronicleClient {
   #tokenFunction;
   #address;
   #plaintext;
+  #secureContext;
   #closed = false;
   // This client's read stubs, by the name Routes.stubsOf gives a member's (#target).
   #readServices = new Map();
@@ -506,6 +507,11 @@ export class ChronicleClient {
     const interceptors = clientSide(() => (token === null ? [] : [bearerToken(token)]));
     credentials = clientSide(() => channelCredentials(credentials));
     this.#plaintext = !credentials._isSecure(); // a connection closed at once may then be a TLS server's (handshake.js)
+    // grpc-js keeps the TLS settings of credentials made by createSsl (and
+    // so of { ca, cert, key }) there: a connection closed at once is then
+    // asked whether the server refuses this client's certificate, or its
+    // lack of one (handshake.js). Credentials of another kind are not asked.
+    this.#secureContext = credentials.secureContext ?? null;
     this.retry = clientSide(() => retryPolicy(retry));
     this.logger = logger;
     const channelOptions = clientSide(() => ({
@@ -659,15 +665,17 @@ export class ChronicleClient {
    * tlsRefusal), else null.
    */
   #tlsRefusal(refusal, address, what) {
-    const plaintext = this.#plaintext;
-    return tlsRefusal(refusal, { what, address: address ?? this.#address, refuse: clientError, plaintext });
+    const [plaintext, secureContext] = [this.#plaintext, this.#secureContext];
+    address ??= this.#address;
+    return tlsRefusal(refusal, { what, address, refuse: clientError, plaintext, secureContext });
   }
 
   /** A stream's watch for TLS failures (handshake.js): `what` names the stream in what it says. */
   #handshakeWatch(what) {
     const { retryForSeconds } = this.retry;
-    const plaintext = this.#plaintext;
-    return new HandshakeWatch({ what, retryForSeconds, logger: this.logger, refuse: clientError, plaintext });
+    const [plaintext, secureContext] = [this.#plaintext, this.#secureContext];
+    const logger = this.logger;
+    return new HandshakeWatch({ what, retryForSeconds, logger, refuse: clientError, plaintext, secureContext });
   }
 
   /**

@@ -15,6 +15,17 @@
 // --max-connections. A plaintext client tells them apart by asking the
 // address for a TLS handshake (speaksTls): a TLS server completes one, a
 // plaintext server never does, whatever its load.
+//
+// A TLS client without a client certificate at a server that requires one
+// (mutual TLS) gets no TLS error either: in TLS 1.3 the client's side of
+// the handshake ends before the server has checked the client's
+// certificate, and the server then closes the connection, which grpc-js
+// reports as "Failed to connect" too. A TLS client tells them apart by a
+// handshake of its own with its own TLS settings (closedAfterHandshake): a
+// server that takes the client sends HTTP/2's settings at once; one that
+// refuses its certificate (or its lack of one) closes the connection
+// without a byte; one at its --max-connections closed it before the
+// handshake.
 
 import net from 'node:net';
 import tls from 'node:tls';
@@ -45,6 +56,17 @@ const PLAINTEXT_AT_TLS = 'the server speaks TLS and this client plaintext';
 const CREDENTIALS_HINT =
   "check the client's credentials: TLS against a plaintext server, or a CA that did not sign its certificate";
 const PLAINTEXT_HINT = 'give the client credentials, { ca } for TLS';
+// The failures named when a server closed a TLS client's connection after
+// the handshake, before HTTP/2 began: it refused the client's certificate,
+// or the lack of one (closedAfterHandshake).
+export const CLIENT_CERTIFICATE_REQUIRED = 'the server requires a client certificate and this client gives none';
+export const CLIENT_CERTIFICATE_REFUSED =
+  "the server closed the connection after the handshake: it refused this client's certificate";
+const HINTS = new Map([
+  [PLAINTEXT_AT_TLS, PLAINTEXT_HINT],
+  [CLIENT_CERTIFICATE_REQUIRED, 'give the client its certificate and key, { ca, cert, key } for mutual TLS'],
+  [CLIENT_CERTIFICATE_REFUSED, "check the client's certificate: one signed by a CA the server takes clients of"],
+]);
 // How long the TLS probe of a plaintext client waits for a handshake.
 export const PROBE_MS = 2000;
 const LAST_ERROR = /Last error: (?:Error: )?([\s\S]*?)(?:\.? Resolution note:[\s\S]*)?$/;
@@ -103,6 +125,70 @@ export function speaksTls(address, ms = PROBE_MS) {
 }
 
 /**
+ * How a TLS handshake with `address`, made with `secureContext` (the
+ * client's own certificate, if any), ends within `ms`: { certificateGiven }
+ * when the server completed it and then closed the connection without
+ * sending a byte (a server that takes the client sends HTTP/2's settings at
+ * once), so it refused the client's certificate or its lack of one; null
+ * when the server sent something, the handshake did not complete (a server
+ * at its --max-connections closes the connection first), or nothing came
+ * within `ms`. Nothing is sent but the handshake; the server's certificate
+ * is not checked (grpc-js says so itself when that is what failed).
+ */
+export function closedAfterHandshake(address, secureContext, ms = PROBE_MS) {
+  const target = hostAndPort(address);
+  if (target === null) return Promise.resolve(null);
+  const { host, port } = target;
+  return new Promise((resolve) => {
+    const servername = net.isIP(host) ? undefined : host;
+    const options = { host, port, servername, secureContext, rejectUnauthorized: false, ALPNProtocols: ['h2'] };
+    const socket = tls.connect(options);
+    let certificateGiven = null; // set at the handshake's end
+    const done = (answer) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(answer);
+    };
+    const timer = setTimeout(() => done(null), ms);
+    socket.once('secureConnect', () => {
+      certificateGiven = Object.keys(socket.getCertificate() ?? {}).length > 0;
+    });
+    socket.once('data', () => done(null));
+    const closed = () => done(certificateGiven === null ? null : { certificateGiven });
+    socket.once('error', closed);
+    socket.once('close', closed);
+  });
+}
+
+/**
+ * For a TLS client: CLIENT_CERTIFICATE_REQUIRED (it gave none) or
+ * CLIENT_CERTIFICATE_REFUSED when `refusal` is gRPC's own UNAVAILABLE of a
+ * connection closed before HTTP/2 began and a handshake made with the
+ * client's `secureContext` is closed by the server right after it ends
+ * (`probe`, closedAfterHandshake); null otherwise.
+ */
+export async function certificateRefused(refusal, address, secureContext, probe = closedAfterHandshake) {
+  if (refusal.code !== 'UNAVAILABLE' || refusal.reason !== refusal.code) return null;
+  const details = String(refusal.cause?.details ?? refusal.message);
+  if (!CLOSED_AT_ONCE.test(details) && !CUT_SHORT.test(details)) return null;
+  const closed = await probe(address, secureContext);
+  if (closed === null) return null;
+  return closed.certificateGiven ? CLIENT_CERTIFICATE_REFUSED : CLIENT_CERTIFICATE_REQUIRED;
+}
+
+/**
+ * What the client's own handshake says of `refusal`, which gRPC's words
+ * did not name a TLS failure: a plaintext client's server speaks TLS
+ * (plaintextAtTls), a TLS client's server refused its certificate
+ * (certificateRefused, given the client's `secureContext`); null otherwise.
+ */
+function probed(refusal, address, { plaintext, secureContext }) {
+  if (plaintext) return plaintextAtTls(refusal, address);
+  if (secureContext) return certificateRefused(refusal, address, secureContext);
+  return null;
+}
+
+/**
  * For a plaintext client: PLAINTEXT_AT_TLS when `refusal` is gRPC's own
  * UNAVAILABLE of a connection closed before HTTP/2 began and `address`
  * speaks TLS (`probe`, speaksTls); null otherwise (a server at its
@@ -125,7 +211,7 @@ export function handshakeFailed(refusal, { what, address, failure, refuse, laste
     'UNAVAILABLE',
     'TLS_HANDSHAKE_FAILED',
     `${what}: the TLS handshake with ${address} failed${lasted}: ${failure} ` +
-      `(${failure === PLAINTEXT_AT_TLS ? PLAINTEXT_HINT : CREDENTIALS_HINT})`,
+      `(${HINTS.get(failure) ?? CREDENTIALS_HINT})`,
     { address, tls_error: failure },
   );
   error.cause = refusal;
@@ -136,11 +222,13 @@ export function handshakeFailed(refusal, { what, address, failure, refuse, laste
  * What a unary call (or a read) that `refusal` ended on `address` throws
  * instead of retrying: UNAVAILABLE TLS_HANDSHAKE_FAILED when the failure is
  * a certain TLS one (certainTlsFailure), or, for a `plaintext` client, the
- * server speaks TLS (plaintextAtTls), at the first attempt; null otherwise
- * (retried as before, a connection cut during the handshake too).
+ * server speaks TLS (plaintextAtTls), or, for a TLS client (its
+ * `secureContext`), the server refused its certificate or its lack of one
+ * (certificateRefused), at the first attempt; null otherwise (retried as
+ * before, a connection cut during the handshake too).
  */
-export async function tlsRefusal(refusal, { what, address, refuse, plaintext = false }) {
-  const failure = certainTlsFailure(refusal) ?? (plaintext ? await plaintextAtTls(refusal, address) : null);
+export async function tlsRefusal(refusal, { what, address, refuse, plaintext = false, secureContext = null }) {
+  const failure = certainTlsFailure(refusal) ?? (await probed(refusal, address, { plaintext, secureContext }));
   return failure === null ? null : handshakeFailed(refusal, { what, address, failure, refuse });
 }
 
@@ -156,9 +244,10 @@ export async function tlsRefusal(refusal, { what, address, refuse, plaintext = f
  * (chronicle.js's clientError).
  */
 export class HandshakeWatch {
-  constructor({ what, retryForSeconds, logger, refuse, plaintext = false, clock = Date.now }) {
+  constructor({ what, retryForSeconds, logger, refuse, plaintext = false, secureContext = null, clock = Date.now }) {
     this.what = what;
     this.plaintext = plaintext; // a plaintext client: a connection closed at once is asked whether it speaks TLS
+    this.secureContext = secureContext; // a TLS client's: a connection closed at once is asked whether it is refused
     this.retryForSeconds = retryForSeconds ?? Infinity;
     this.logger = logger;
     this.refuse = refuse;
@@ -173,7 +262,8 @@ export class HandshakeWatch {
 
   /** An attempt on `address` failed with `refusal`: warns, or throws past the window. */
   async failed(refusal, address) {
-    const failure = tlsFailure(refusal) ?? (this.plaintext ? await plaintextAtTls(refusal, address) : null);
+    const { plaintext, secureContext } = this;
+    const failure = tlsFailure(refusal) ?? (await probed(refusal, address, { plaintext, secureContext }));
     if (failure === null) {
       this.since = null; // another failure: the server may be away, which is waited out
       return;
@@ -181,7 +271,7 @@ export class HandshakeWatch {
     const now = this.clock();
     if (this.since === null) {
       this.since = now;
-      const hint = failure === PLAINTEXT_AT_TLS ? PLAINTEXT_HINT : CREDENTIALS_HINT;
+      const hint = HINTS.get(failure) ?? CREDENTIALS_HINT;
       this.logger?.warn(`${this.what}: the TLS handshake with ${address} failed: ${failure} (${hint}); trying again`);
     }
     const seconds = (now - this.since) / 1000;
