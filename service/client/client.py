@@ -202,8 +202,10 @@ class ChronicleClient:
         metadata = CallMetadata(call_metadata, token)
         if metadata.refreshes:
             retry = replace(retry, refresh_credentials=True)
-        if credentials is None:  # plaintext: a TLS server would only close the connection (service.client.handshake)
-            retry = replace(retry, probe_tls=True)
+        # Plaintext: a TLS server would only close the connection; TLS: so would
+        # a server requiring a client certificate (service.client.handshake).
+        probe = {"probe_tls": True} if credentials is None else {"probe_client_certificate": True}
+        retry = replace(retry, **probe)
         routes = (
             Routes(channel, open_channel=open_member_channel, call_metadata=metadata, seed_address=address)
             if routing

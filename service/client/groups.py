@@ -153,7 +153,12 @@ class GroupConsumer:
         self.member = ""  # the name the server gave this stream in the group
         self._closed = False
         policy = retry or DEFAULT_RETRY
-        self._handshakes = HandshakeWatch(f"group {group}", policy.retry_for, probe=policy.probe_tls)
+        self._handshakes = HandshakeWatch(
+            f"group {group}",
+            policy.retry_for,
+            probe=policy.probe_tls,
+            probe_certificate=policy.probe_client_certificate,
+        )
 
     async def __aenter__(self) -> GroupConsumer:
         return self

@@ -87,7 +87,11 @@ class RetryPolicy:
     without credentials sets it): a connection the server closed at once is
     asked for a TLS handshake, and one completed (the server speaks TLS) is
     ``Unavailable`` TLS_HANDSHAKE_FAILED, not a server away
-    (``service.client.handshake``).
+    (``service.client.handshake``). ``probe_client_certificate``: the
+    channel is TLS (``connect`` with credentials sets it): a connection the
+    server closed at once is asked whether the server requires a client
+    certificate (a handshake without one that it closes without a byte),
+    TLS_HANDSHAKE_FAILED too.
     """
 
     max_attempts: int | None = None
@@ -99,6 +103,7 @@ class RetryPolicy:
     refresh_credentials: bool = False
     renew_after: float = 10.0
     probe_tls: bool = False
+    probe_client_certificate: bool = False
 
     def __post_init__(self) -> None:
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -160,7 +165,9 @@ async def call_with_retries(
             return await attempt()
         except grpc.aio.AioRpcError as failed:
             cause, error = failed, remote_error(failed)
-        refused = await tls_refusal(error, what, probe=policy.probe_tls)
+        refused = await tls_refusal(
+            error, what, probe=policy.probe_tls, probe_certificate=policy.probe_client_certificate
+        )
         if refused is not None:  # a misconfigured TLS does not cure itself: not retried
             raise refused from cause
         elapsed = clock() - started
@@ -194,7 +201,9 @@ async def resuming(
     failures that last ``retry_for`` (``handshake.HandshakeWatch``)."""
     number = 1
     alive = clock()  # when the stream began or last received a message
-    handshakes = HandshakeWatch(what, policy.retry_for, probe=policy.probe_tls, clock=clock)
+    handshakes = HandshakeWatch(
+        what, policy.retry_for, probe=policy.probe_tls, probe_certificate=policy.probe_client_certificate, clock=clock
+    )
     while True:
         call = open_stream()
         opened = clock()
@@ -209,7 +218,9 @@ async def resuming(
         finally:
             call.cancel()  # the caller stopped early, or the call failed: free it
         if bounded:
-            refused = await tls_refusal(error, what, probe=policy.probe_tls)
+            refused = await tls_refusal(
+                error, what, probe=policy.probe_tls, probe_certificate=policy.probe_client_certificate
+            )
         else:
             refused = await handshakes.failed(error)
         if refused is not None:

@@ -158,7 +158,9 @@ class CommandStream:
         self._exhausted = False  # every command was taken from the caller
         self._call: Any = None
         self._opened_at = 0.0  # when the current call was opened (time.monotonic)
-        self._handshakes = HandshakeWatch("command stream", retry.retry_for, probe=retry.probe_tls)
+        self._handshakes = HandshakeWatch(
+            "command stream", retry.retry_for, probe=retry.probe_tls, probe_certificate=retry.probe_client_certificate
+        )
 
     async def results(self) -> AsyncGenerator[StreamResult, None]:
         """The results, in the order the commands were taken."""

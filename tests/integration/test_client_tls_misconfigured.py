@@ -1,13 +1,16 @@
 """The Python client against a misconfigured TLS, over real sockets: its
 TLS against a plaintext server, a CA that did not sign the TLS server's
-certificate, and a plaintext client at a TLS server (which only closes the
-connection: the client asks the address for a TLS handshake). A unary call (and a read) raises ``Unavailable``
+certificate, a plaintext client at a TLS server (which only closes the
+connection: the client asks the address for a TLS handshake), and a TLS
+client without a certificate, or with another CA's, at a mutual TLS server
+(which closes the connection after the handshake: the client makes one of
+its own without a certificate). A unary call (and a read) raises ``Unavailable``
 TLS_HANDSHAKE_FAILED at its first attempt instead of retrying for the
 policy's 30 s; a subscription and a command stream warn once and raise it
 once the policy's ``retry_for`` passed; a server that is away, or a
 plaintext one that closes connections at once (at its limit), is still
-retried (service/client/handshake.py; the Node.js client's
-clients/node/test/tls_misconfigured.test.js is the same)."""
+retried, a TLS client too (service/client/handshake.py; the Node.js
+client's clients/node/test/tls_misconfigured.test.js is the same)."""
 
 from __future__ import annotations
 
@@ -29,13 +32,18 @@ from service.store.memory import MemoryStore
 from tests.support.grpc_client import TEST_SETTINGS, running_server
 from tests.support.security import Authority, write
 
+# What grpc.ssl_channel_credentials takes for mutual TLS: the CA, the client's key and certificate.
+TlsFiles = tuple[bytes, bytes, bytes]
+
 
 @dataclass
 class Servers:
     plain: Application
     secure: Application
+    mutual: Application  # TLS, taking clients whose certificate ``ca`` signed
     ca: bytes  # signed the secure server's certificate
     other: bytes  # did not
+    stranger: TlsFiles  # the CA, and a client key and certificate ``other`` signed
 
 
 @pytest.fixture
@@ -47,24 +55,49 @@ async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
         tls_cert_file=write(tmp_path / "server.pem", issued.certificate),
         tls_key_file=write(tmp_path / "server.key", issued.key),
     )
-    async with running_server(MemoryStore()) as (plain, _), running_server(MemoryStore(), settings=tls) as (secure, _):
-        yield Servers(plain, secure, ca.certificate, other.certificate)
+    mutual_tls = replace(tls, tls_client_ca_file=write(tmp_path / "clients-ca.pem", ca.certificate))
+    async with (
+        running_server(MemoryStore()) as (plain, _),
+        running_server(MemoryStore(), settings=tls) as (secure, _),
+        running_server(MemoryStore(), settings=mutual_tls) as (mutual, _),
+    ):
+        stranger = other.issue("mallory")
+        yield Servers(
+            plain,
+            secure,
+            mutual,
+            ca.certificate,
+            other.certificate,
+            (ca.certificate, stranger.key, stranger.certificate),
+        )
 
 
 # Each misconfiguration: where it meets which server with which CA (None:
-# plaintext), and what the error and the warning say of it.
-CASES: dict[str, tuple[Callable[[Servers], tuple[str, bytes | None]], str]] = {
+# plaintext; or the CA, a client key and certificate), and what the error
+# and the warning say of it.
+CASES: dict[str, tuple[Callable[[Servers], tuple[str, bytes | TlsFiles | None]], str]] = {
     "TLS against a plaintext server": (lambda s: (s.plain.address, s.ca), "WRONG_VERSION_NUMBER"),
     "a CA that did not sign the certificate": (lambda s: (s.secure.address, s.other), "certificate"),
     "plaintext against a TLS server": (
         lambda s: (s.secure.address, None),
         "the server speaks TLS and this client plaintext",
     ),
+    "no client certificate at a mutual TLS server": (
+        lambda s: (s.mutual.address, s.ca),
+        "the server requires a client certificate and took none from this client",
+    ),
+    "another CA's client certificate at a mutual TLS server": (
+        lambda s: (s.mutual.address, s.stranger),
+        "the server requires a client certificate and took none from this client",
+    ),
 }
 
 
-def _connect(address: str, ca: bytes | None, **options: Any) -> ChronicleClient:
-    credentials = None if ca is None else grpc.ssl_channel_credentials(ca)
+def _connect(address: str, ca: bytes | TlsFiles | None, **options: Any) -> ChronicleClient:
+    if ca is None:
+        credentials = None
+    else:
+        credentials = grpc.ssl_channel_credentials(*ca) if isinstance(ca, tuple) else grpc.ssl_channel_credentials(ca)
     return ChronicleClient.connect(address, credentials=credentials, **options)
 
 
@@ -156,12 +189,14 @@ async def test_a_unary_call_whose_server_is_away_is_retried_and_not_called_a_tls
     assert not [record for record in caplog.records if "TLS" in record.message]
 
 
-async def test_a_plaintext_client_whose_server_closes_connections_at_once_is_retried(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "TLS"])
+async def test_a_client_whose_server_closes_connections_at_once_is_retried(
+    servers: Servers, tls: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A plaintext server that closes every connection as it accepts it, as
     one at its ``--max-connections`` does: it never completes a TLS
-    handshake either, so the client's probe does not mistake it."""
+    handshake either, so neither a plaintext client's probe nor a TLS
+    client's mistakes it."""
 
     async def close_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.read(65536)  # what the client sent first: closed with it unread, the socket would be reset
@@ -171,7 +206,9 @@ async def test_a_plaintext_client_whose_server_closes_connections_at_once_is_ret
     port = server.sockets[0].getsockname()[1]
     caplog.set_level(logging.INFO, logger="service.client")
     try:
-        async with _connect(f"127.0.0.1:{port}", None, retry=RetryPolicy(retry_for=1.0)) as client:
+        async with _connect(
+            f"127.0.0.1:{port}", servers.ca if tls else None, retry=RetryPolicy(retry_for=1.0)
+        ) as client:
             error, seconds = await _raised(lambda: client.get_aggregate("acc-1", bank.Account))
     finally:
         server.close()
