@@ -241,9 +241,12 @@ async def migration_lock(conn: psycopg.AsyncConnection[object]) -> AsyncIterator
     blocking in ``pg_advisory_lock``: a session blocked there keeps a
     snapshot, and CREATE INDEX CONCURRENTLY waits for every snapshot older
     than its own to end, while that session waits for the builder's lock:
-    a deadlock, which PostgreSQL breaks by aborting one of them. (An older
-    Chronicle's ``pg_advisory_xact_lock`` on the same key still excludes
-    this one, and the other way round.)"""
+    a deadlock, which PostgreSQL breaks by aborting one of them. An older
+    Chronicle (0.2.0) takes ``pg_advisory_xact_lock`` on the same key, which
+    excludes this one and the other way round, but waits blocked: one
+    starting from a schema below 25 while this one builds may be that
+    deadlock's victim, or make the build its victim (the index is then
+    INVALID, the version not recorded, and the next run builds it again)."""
     waiting = False
     while not await _took_lock(conn):
         if not waiting:
