@@ -26,6 +26,11 @@ default: one in five minutes while it sends nothing) answers an idle
 stream's pings with GOAWAY ``too_many_pings``, which ends its calls
 UNAVAILABLE (so they are reopened) and makes the channel ping half as often
 on its next connection. Pass ``keepalive=None`` to such a server.
+
+Each channel has a connection of its own (``grpc.use_local_subchannel_pool``):
+gRPC otherwise shares one among a process's channels to the same target,
+so a channel opened to leave a draining server (``going_away``) would get
+the very connection it meant to leave.
 """
 
 from __future__ import annotations
@@ -83,7 +88,11 @@ def open_channel(
     reconnect_backoff: float | None = DEFAULT_RECONNECT_BACKOFF,
 ) -> grpc.aio.Channel:
     """A channel to ``target``: plaintext, or TLS with ``credentials``."""
-    options = keepalive_options(keepalive, keepalive_timeout) + reconnect_options(reconnect_backoff)
+    options = [
+        ("grpc.use_local_subchannel_pool", 1),
+        *keepalive_options(keepalive, keepalive_timeout),
+        *reconnect_options(reconnect_backoff),
+    ]
     if credentials is not None:
         return grpc.aio.secure_channel(target, credentials, options=options)
     return grpc.aio.insecure_channel(target, options=options)

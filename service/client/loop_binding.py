@@ -11,6 +11,10 @@ call from outside any loop, or from another loop, is refused with
 ``WrongEventLoop``, and one after ``close()`` with ``ClientClosed``, before
 anything is sent: errors that say what to do (docs/clients.md, "One client
 per event loop").
+
+A channel the client opened itself (``open_channel``) is also made afresh,
+on a new connection, after a server said it is going (``going_away``): see
+``LoopBoundChannel.reconnect``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import grpc
 
 from service.client.errors import ClientClosed, WrongEventLoop
+from service.client.going_away import RETIRE_GRACE, watch_for_going
 
 _ONE_PER_LOOP = (
     "make the client in the event loop that uses it (in the app's lifespan or async main; "
@@ -53,6 +58,28 @@ class LoopBoundChannel:
         self._owns = owns
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        # Channels left for a new connection, closed once their calls end.
+        self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+
+    @property
+    def reopens(self) -> bool:
+        """Whether ``reconnect`` can open a new channel (one made here)."""
+        return self._open is not None
+
+    def reconnect(self, channel: grpc.aio.Channel) -> None:
+        """``channel``'s server said it is going (SHUTTING_DOWN): the next
+        call opens a new channel, on a new connection. The old connection
+        would otherwise carry every reopened stream back to the draining
+        server (behind an L4 balancer a connection stays on the replica it
+        reached), refused until that server stops. Its calls in flight go
+        on: it is closed once they end, or after ``RETIRE_GRACE``."""
+        if self._open is None or self._closed or self._channel is None or channel is not self._channel:
+            return  # one given (cannot be made again), closed, or already replaced
+        self._channel = None
+        if self._owns:
+            task = asyncio.ensure_future(channel.close(RETIRE_GRACE))
+            self._retiring[task] = channel
+            task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     def current(self) -> grpc.aio.Channel:
         """The channel, opened if need be, for a call from the running loop."""
@@ -103,6 +130,9 @@ class LoopBoundChannel:
             return
         if self._loop is not None and asyncio.get_running_loop() is not self._loop:
             raise WrongEventLoop(f"the client of {self._target} is bound to another event loop: {_ONE_PER_LOOP}")
+        for retiring, old in list(self._retiring.items()):  # their calls too: the client is done
+            retiring.cancel()
+            await old.close()
         await channel.close(grace)
 
     async def __aenter__(self) -> LoopBoundChannel:
@@ -137,4 +167,7 @@ class _LazyMultiCallable:
         if self._made is None or self._made[0] is not channel:
             kind, method, make_args, make_kwargs = self._make
             self._made = (channel, getattr(channel, kind)(method, *make_args, **make_kwargs))
-        return self._made[1](*args, **kwargs)
+        call = self._made[1](*args, **kwargs)
+        if self._bound.reopens:
+            watch_for_going(call, lambda: self._bound.reconnect(channel))
+        return call

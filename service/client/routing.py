@@ -46,6 +46,7 @@ import grpc
 from chronicle.v1 import cluster_service_pb2, cluster_service_pb2_grpc, command_service_pb2_grpc
 from service.client.call_metadata import CallMetadata
 from service.client.errors import RemoteError
+from service.client.going_away import GOING_REASONS
 from service.client.stopping import stop
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ _FETCH_TIMEOUT = 2.0
 # call only when it has already broken (before reopening) or when the stream
 # ends (then nothing is reopened).
 MEMBER_GONE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
-# Reasons a member gives when it is going: it ends its calls as it stops.
-GOING_REASONS = frozenset({"SHUTTING_DOWN"})
 # The status gRPC itself (the server's core, so every client sees the same
 # grpc-message) ends a call with once the call's connection outlived the
 # server's --max-connection-age-seconds and its grace: the member closed an

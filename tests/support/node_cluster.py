@@ -43,8 +43,12 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=2)
     # For tests that create subscription groups (an admin action) without --auth.
     parser.add_argument("--anonymous-admin", action="store_true")
+    # For tests of a replica that drains as it stops (SIGTERM).
+    parser.add_argument("--shutdown-drain")
     args = parser.parse_args()
     extra = ["--lease-seconds", "2", *(["--anonymous-admin"] if args.anonymous_admin else [])]
+    if args.shutdown_drain:
+        extra += ["--shutdown-drain", args.shutdown_drain]
     cluster = start_cluster(own=True)
     replicas: list[Replica] = []
     try:

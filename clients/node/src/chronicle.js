@@ -22,7 +22,7 @@ import { logRetry, retryDelay, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry
 import { Projections } from './projections.js';
 import { Reactions } from './reactions.js';
 import { RoutedStream } from './routed_stream.js';
-import { memberGone, Routes, unanswered } from './routing.js';
+import { goingAway, memberGone, Routes, unanswered } from './routing.js';
 import { Signal } from './signal.js';
 
 // The client's own @grpc/grpc-js: an application that has a copy of its own
@@ -38,6 +38,10 @@ export { Reactions, reactionStatus } from './reactions.js';
 // positions) arrive as JS numbers: exact up to 2^53, far beyond any real
 // version; a payload's are decoded as setInt64Decoding says (fields.js).
 const LOADER_OPTIONS = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
+
+// How long a connection left for a new one (#reconnect) keeps its calls in
+// flight before it is closed (a draining server ends its own within its grace).
+const RETIRE_GRACE_MS = 60_000;
 
 const definition = protoLoader.loadSync(API_FILES, { ...LOADER_OPTIONS, includeDirs: protoIncludeDirs() });
 const api = grpc.loadPackageDefinition(definition).chronicle.v1;
@@ -487,6 +491,10 @@ export class ChronicleClient {
   #readServices = new Map();
   // The subscriptions, group consumers and command streams open now: close() ends them.
   #streams = new Set();
+  // Makes this client's own channel and its stubs (again, in #reconnect).
+  #openStubs;
+  // Channels left by #reconnect, closed once their calls had time to end.
+  #retiring = new Set();
 
   constructor(
     address,
@@ -520,42 +528,38 @@ export class ChronicleClient {
     }));
     this.#tokenFunction = typeof token === 'function';
     this.#address = address;
-    this.commands = new api.CommandService(address, credentials, { interceptors, ...channelOptions });
-    // One connection for both services.
-    this.events = new api.EventService(address, credentials, {
-      channelOverride: this.commands.getChannel(),
-      interceptors,
-    });
-    this.groups = new api.SubscriptionGroupService(address, credentials, {
-      channelOverride: this.commands.getChannel(),
-      interceptors,
-    });
-    this.reactionService = new api.ReactionService(address, credentials, {
-      channelOverride: this.commands.getChannel(),
-      interceptors,
-    });
+    this.#openStubs = () => {
+      // A connection of its own (grpc-js otherwise shares one among the
+      // channels of a process to the same address): #reconnect's new channel
+      // must not get the very connection it leaves.
+      const own = { interceptors, ...channelOptions, 'grpc.use_local_subchannel_pool': 1 };
+      this.commands = new api.CommandService(address, credentials, own);
+      // One connection for all the services.
+      const shared = { channelOverride: this.commands.getChannel(), interceptors };
+      this.events = new api.EventService(address, credentials, shared);
+      this.groups = new api.SubscriptionGroupService(address, credentials, shared);
+      this.reactionService = new api.ReactionService(address, credentials, shared);
+      this.projectionService = new api.ProjectionService(address, credentials, shared);
+      this.#readServices = new Map([
+        [this.events, 'events'],
+        [this.groups, 'groups'],
+        [this.reactionService, 'reactions'],
+        [this.projectionService, 'projections'],
+      ]);
+    };
+    this.#openStubs();
     // ReactionService (reactions.js): its calls retried as every unary call.
     const bound = (options) => clientSide(() => limitOf(options));
     this.reactions = new Reactions(
       (method, request, limit) => this.#call(this.reactionService, method, request, limit),
       bound,
     );
-    this.projectionService = new api.ProjectionService(address, credentials, {
-      channelOverride: this.commands.getChannel(),
-      interceptors,
-    });
     // ProjectionService (projections.js): read models, documents decoded as payloads are.
     this.projections = new Projections(
       (method, request, limit) => this.#call(this.projectionService, method, request, limit),
       unpack,
       bound,
     );
-    this.#readServices = new Map([
-      [this.events, 'events'],
-      [this.groups, 'groups'],
-      [this.reactionService, 'reactions'],
-      [this.projectionService, 'projections'],
-    ]);
     this.origin = origin;
     this.userId = userId;
     this.attemptTimeoutSeconds = attemptTimeoutSeconds;
@@ -606,9 +610,32 @@ export class ChronicleClient {
    * sent or (a stream) last heard from.
    */
   #heard(target, refusal = null) {
+    if (refusal !== null && goingAway(refusal)) this.#reconnect(target.stub);
     if (target.address === null) return;
     if (refusal === null) this.routes.answered(target.address);
     else if (memberGone(refusal) || unanswered(refusal)) this.routes.unreachable(target.address, target.sent);
+  }
+
+  /**
+   * A call on `stub` ended SHUTTING_DOWN: its server drains before it stops.
+   * If `stub` is on this client's own channel, the next calls go on a new
+   * one, on a new connection: reopened on the old one, behind an L4
+   * balancer (which chose the server per connection), a subscription or a
+   * consumer would reach the draining server again, refused until it
+   * stopped. The old channel's calls in flight go on; it is closed after
+   * RETIRE_GRACE_MS (or by close()).
+   */
+  #reconnect(stub) {
+    if (this.#closed || stub.getChannel() !== this.commands.getChannel()) return; // another's, or replaced already
+    const channel = this.commands.getChannel();
+    this.#openStubs();
+    const timer = setTimeout(() => {
+      this.#retiring.delete(retired);
+      channel.close();
+    }, RETIRE_GRACE_MS);
+    timer.unref();
+    const retired = { channel, timer };
+    this.#retiring.add(retired);
   }
 
   /** Throws FAILED_PRECONDITION CLIENT_CLOSED once `close()` was called: its channels are gone. */
@@ -1780,6 +1807,11 @@ export class ChronicleClient {
     this.groups.close();
     this.reactionService.close();
     this.projectionService.close();
+    for (const { channel, timer } of this.#retiring) {
+      clearTimeout(timer);
+      channel.close();
+    }
+    this.#retiring.clear();
     return Promise.all(ending).then(() => undefined);
   }
 }

@@ -100,6 +100,16 @@ export function memberGone(broken) {
 }
 
 /**
+ * Whether a server ended a call saying it is going (UNAVAILABLE
+ * SHUTTING_DOWN: it drains before it stops). The client then leaves that
+ * connection for a new one (ChronicleClient, #reconnect): the Python
+ * client's service/client/going_away.py.
+ */
+export function goingAway(broken) {
+  return broken.code === 'UNAVAILABLE' && GOING_REASONS.has(broken.reason);
+}
+
+/**
  * Whether `refusal` is the client's own deadline passing on a routed command
  * (DEADLINE_EXCEEDED with no ErrorInfo: no member said it): the member did
  * not answer within the attempt's time, as one the client can no longer

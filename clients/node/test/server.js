@@ -57,10 +57,12 @@ export async function startServer({ args, timeoutMs = 30_000 } = {}) {
 // Replicas of one cluster on a throwaway PostgreSQL (the repository's
 // tests/support/node_cluster.py starts them): [{ address, pid }, ...], and
 // stop() to shut them and the database down. `anonymousAdmin`: the replicas
-// let an anonymous caller create subscription groups.
-export async function startCluster({ replicas = 2, anonymousAdmin = false, timeoutMs = 90_000 } = {}) {
+// let an anonymous caller create subscription groups. `shutdownDrain`: each
+// replica's --shutdown-drain (e.g. '10s').
+export async function startCluster({ replicas = 2, anonymousAdmin = false, shutdownDrain = null, timeoutMs = 90_000 } = {}) {
   const args = ['-m', 'tests.support.node_cluster', '--replicas', String(replicas)];
   if (anonymousAdmin) args.push('--anonymous-admin');
+  if (shutdownDrain !== null) args.push('--shutdown-drain', shutdownDrain);
   const child = spawn(python(), args, {
     cwd: repository,
     stdio: ['pipe', 'pipe', 'pipe'],
