@@ -2331,8 +2331,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument(
         "--service",
         default="",
-        help="the service to ask about: the whole server (default), chronicle.v1.CommandService or "
-        "chronicle.v1.EventService",
+        help="the service to ask about: the whole server (default, readiness: NOT_SERVING while the store is"
+        " away), liveness (SERVING whenever the process answers: a liveness probe), chronicle.v1.CommandService,"
+        " chronicle.v1.EventService, ...",
     )
     health.set_defaults(run=_health, remote=True)
 

@@ -7,6 +7,14 @@ the store: it pings the store every ``interval`` seconds and
 reports NOT_SERVING while the store cannot serve (a database that is gone or
 not yet there), SERVING again as soon as it can, with no restart. Load
 balancers and orchestrators act on that; clients see UNAVAILABLE meanwhile.
+
+``LIVENESS`` is a name apart, for an orchestrator's liveness probe: SERVING
+whatever the store, from the start to the stop. Its answer comes from the
+event loop that serves every call, so a process that cannot answer it (its
+loop blocked, the process stopped) is one to restart, while a database
+outage (readiness NOT_SERVING) is not: a restart would not bring the
+database back. A TCP probe would pass a hung process (the kernel accepts
+its connections).
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ SERVICE_NAMES = (
     subscription_group_service_pb2.DESCRIPTOR.services_by_name["SubscriptionGroupService"].full_name,
 )
 
+# The liveness probe's service name: SERVING while the process answers.
+LIVENESS = "liveness"
+
 
 class LimitedWatches(health.aio.HealthServicer):  # type: ignore[misc]
     """The standard health servicer with at most ``max_watches`` Watch
@@ -65,6 +76,7 @@ class LimitedWatches(health.aio.HealthServicer):  # type: ignore[misc]
         # load balancer would send calls to a server that cannot serve them.
         # Set before any Watch can wait on these names: no watcher to tell.
         self._server_status = dict.fromkeys(("", *SERVICE_NAMES), health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._server_status[LIVENESS] = health_pb2.HealthCheckResponse.SERVING  # never set again: see LIVENESS
         self.max_watches = max_watches
         self.watches = 0
         self._watching: set[asyncio.Task[Any]] = set()
@@ -105,8 +117,8 @@ class LimitedWatches(health.aio.HealthServicer):  # type: ignore[misc]
         status = self._server_status.get(request.service)  # the library's own map, as List reads it
         if status is None:
             unknown = ResourceNotFound(
-                f'no health status for service {quoted(request.service)}: ask for "" (the server) or one of'
-                f" {', '.join(SERVICE_NAMES)}",
+                f'no health status for service {quoted(request.service)}: ask for "" (the server),'
+                f" {LIVENESS!r} (the process answers) or one of {', '.join(SERVICE_NAMES)}",
                 reason="SERVICE_NOT_FOUND",
                 metadata={"service": request.service[:MAX_QUOTED]},
             )

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from chronicle.v1 import command_service_pb2 as cs
-from service.api.health import SERVICE_NAMES
+from service.api.health import LIVENESS, SERVICE_NAMES
 from service.plugins.discovery import discover_plugins
 from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
@@ -69,16 +69,17 @@ async def test_health_list_reports_every_service_as_check_does() -> None:
     async with running_server(MemoryStore()) as (app, client):
         stub = health_pb2_grpc.HealthStub(client.channel)
         listed = await stub.List(health_pb2.HealthListRequest(), timeout=10)
-        names = ("", *SERVICE_NAMES)
+        names = ("", *SERVICE_NAMES, LIVENESS)
         assert set(listed.statuses) == set(names)
         for name in names:
             checked = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
             assert listed.statuses[name].status == checked.status == health_pb2.HealthCheckResponse.SERVING
         await app.health.set(False)  # as the store monitor does when the store goes
         listed = await stub.List(health_pb2.HealthListRequest(), timeout=10)
-        assert {name: r.status for name, r in listed.statuses.items()} == dict.fromkeys(
-            names, health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        assert {name: r.status for name, r in listed.statuses.items()} == {
+            **dict.fromkeys(names, health_pb2.HealthCheckResponse.NOT_SERVING),
+            LIVENESS: health_pb2.HealthCheckResponse.SERVING,  # the store's state is readiness', not liveness'
+        }
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await client.channel.unary_unary(f"{HEALTH}/List", request_serializer=identity)(GARBAGE, timeout=10)
     assert (details_of(raised.value).code, details_of(raised.value).reason) == (

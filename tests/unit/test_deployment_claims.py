@@ -379,6 +379,17 @@ def test_the_kubernetes_grace_period_is_the_pods_and_the_probes_its_containers()
         assert indentation(lines, probe) == indentation(lines, "name"), probe
 
 
+def test_the_kubernetes_liveness_probe_asks_for_the_liveness_name() -> None:
+    """A hung process passes a tcpSocket probe (the kernel accepts for it):
+    the example probes the health name that only a live event loop answers
+    (tests/integration/test_health_liveness.py)."""
+    lines = kubernetes_snippet()
+    start = next(i for i, line in enumerate(lines) if "livenessProbe:" in line)
+    probe = "\n".join(lines[start + 1 : start + 3])
+    assert "grpc: {port: 50051, service: liveness}" in probe
+    assert "tcpSocket" not in "\n".join(lines)
+
+
 @pytest.mark.parametrize(
     "url", ["postgresql://chronicle:s3cr%40t@db:5432/chronicle", "postgres://u:hunter2hunter2@[::1]/db"]
 )
