@@ -866,6 +866,8 @@ async def start(
             owned_partitions=lambda: len(ownership.owned()),
             held_projections=lambda: runs_here(projection_names),
             held_reactions=lambda: runs_here(reaction_names),
+            cluster_members=lambda: leases.members(ownership.group.name),
+            partitions_taken_over=lambda: leases.taken_over.get(ownership.group.name, 0),
         )
     # From now on a projection's or reaction's lease taken or given up is an
     # INFO line; what this replica runs at start is in describe's lines.

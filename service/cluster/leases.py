@@ -219,6 +219,63 @@ def _patched(view: LeaseView, member_id: str, released: Sequence[str], taken: Se
     return LeaseView(view.members, tuple(leases))
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a lease this member took came from: the member that held it at
+    the previous heartbeat (None: nobody did, or there was none), its
+    address, and whether that member's membership had expired (it stopped
+    renewing: killed, hung, cut off from the store) rather than it giving
+    the lease up or leaving the group."""
+
+    member_id: str | None
+    address: str = ""
+    expired: bool = False
+
+    def said(self) -> str:
+        if self.member_id is None:
+            return "it was free"
+        if self.expired:
+            return (
+                f"from member {self.member_id} at {self.address or '(no address)'}, whose membership expired:"
+                " it stopped without leaving (killed, hung or cut off from the store)"
+            )
+        return f"from member {self.member_id} at {self.address or '(no address)'}, which gave it up"
+
+
+def origins(
+    previous: LeaseView | None, view: LeaseView, names: Sequence[str], elapsed: float | None, slack: float = 0.0
+) -> dict[str, Origin]:
+    """Where each of ``names`` (leases just taken) came from, by the
+    ``previous`` view (``elapsed`` seconds before ``view``, its successor).
+    A holder missing from ``view``'s members either left (its leases were
+    freed at once, its membership had time left) or expired (its membership
+    had lapsed by now, by the time it had left in ``previous``, or had
+    lapsed already while it held the lease). ``slack``: how much sooner
+    than by ``elapsed`` the lapse may have been (the store's clock and
+    this member's measure the time between heartbeats apart)."""
+    if previous is None:
+        return dict.fromkeys(names, Origin(None))
+    owners = {lease.name: lease.owner for lease in previous.leases}
+    before = {member.member_id: member for member in previous.members}
+    live = {member.member_id for member in view.members}
+    found = {}
+    for name in names:
+        owner = owners.get(name)
+        member = before.get(owner) if owner is not None else None
+        if owner is None:
+            found[name] = Origin(None)
+            continue
+        # Gone without freeing its leases: it was no member any more in
+        # ``previous`` while it still held this one (a member that leaves
+        # frees them at once), or its membership had lapsed by now.
+        lapsed = owner not in live and (
+            member is None
+            or (member.lapses_in is not None and elapsed is not None and elapsed + slack >= member.lapses_in)
+        )
+        found[name] = Origin(owner, member.address if member is not None else "", lapsed)
+    return found
+
+
 def _left(view: LeaseView, member_id: str) -> LeaseView:
     members = tuple(m for m in view.members if m.member_id != member_id)
     leases = tuple(
@@ -264,6 +321,9 @@ class LeaseKeeper:
         self._wakeup: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        # Per group: leases this replica took from members whose membership
+        # had expired (a metric: replicas that died rather than stopped).
+        self.taken_over: dict[str, int] = dict.fromkeys(self._groups, 0)
 
     @property
     def member_id(self) -> str:
@@ -354,6 +414,7 @@ class LeaseKeeper:
     async def _beat(self, state: _GroupState) -> None:
         me = self.member.member_id
         before = set(state.held)
+        previous, previous_at = state.view, state.seen_at
         for _ in range(TAKE_ROUNDS):
             sent = self._clock()
             view = await self._store.renew_leases(state.group.name, self.member, state.group.keys, self.ttl)
@@ -390,21 +451,63 @@ class LeaseKeeper:
         if not state.active:
             return  # left the group meanwhile
         state.held = held
-        if state.group.logged and self.logging_changes:
-            self._log_changes(state.group.name, before, set(held))
+        gained = sorted(set(held) - before)
+        # Half a heartbeat of slack: a member that left had at least two
+        # heartbeats' time left (ttl less one), one that died none.
+        elapsed = None if previous_at is None else sent - previous_at
+        came_from = origins(previous, view, gained, elapsed, slack=self.interval / 2)
+        self.taken_over[state.group.name] += sum(origin.expired for origin in came_from.values())
+        if self.logging_changes:
+            if state.group.logged:
+                self._log_changes(state.group.name, before, set(held), came_from)
+            else:
+                self._log_takeovers(state.group.name, came_from)
         changed = _owners(state.view) != _owners(view)
         state.view = view
         state.seen_at = sent
         if changed:
             self._changed()
 
-    def _log_changes(self, group: str, before: set[str], after: set[str]) -> None:
-        """Say which leases of ``group`` this replica took and gave up (or
-        lost: a lease it no longer holds at a heartbeat, expired or taken)."""
+    def _log_changes(self, group: str, before: set[str], after: set[str], came_from: dict[str, Origin]) -> None:
+        """Say which leases of ``group`` this replica took (and from whom) and
+        gave up (or lost: a lease it no longer holds at a heartbeat, expired
+        or taken)."""
         for name in sorted(after - before):
-            log.info("this replica took lease %s of group %s: it runs %s here now", name, group, name)
+            origin = came_from.get(name, Origin(None))
+            log.log(
+                logging.WARNING if origin.expired else logging.INFO,
+                "this replica took lease %s of group %s (%s): it runs %s here now",
+                name,
+                group,
+                origin.said(),
+                name,
+            )
         for name in sorted(before - after):
             log.info("this replica gave up lease %s of group %s: %s runs elsewhere now", name, group, name)
+
+    def _log_takeovers(self, group: str, came_from: dict[str, Origin]) -> None:
+        """Say which leases of ``group`` (the partitions) this replica took,
+        one line per member they came from: WARNING for a member whose
+        membership expired (a replica that died leaves no other trace), INFO
+        for a rebalancing or a member that left."""
+        by_origin: dict[Origin, list[str]] = {}
+        for name, origin in came_from.items():
+            by_origin.setdefault(origin, []).append(name)
+        for origin, names in by_origin.items():
+            log.log(
+                logging.WARNING if origin.expired else logging.INFO,
+                "this replica took %d lease(s) of group %s (%s): %s",
+                len(names),
+                group,
+                origin.said(),
+                ", ".join(sorted(names, key=lambda name: (len(name), name))),
+            )
+
+    def members(self, group: str) -> int:
+        """The live members of ``group`` as the last heartbeat saw them (0
+        before the first)."""
+        view = self.view(group)
+        return 0 if view is None else len(view.members)
 
     def start(self) -> None:
         if self._task is None or self._task.done():

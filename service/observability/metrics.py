@@ -216,6 +216,11 @@ class Metrics:
         self.owned_partitions = Gauge(
             "chronicle_owned_partitions", "Partitions of the aggregate hash space this replica owns", registry=r
         )
+        self.cluster_members = Gauge(
+            "chronicle_cluster_members",
+            "Live replicas (members of the partitions' lease group) as this replica's last heartbeat saw them",
+            registry=r,
+        )
         self.held_runners = Gauge(
             "chronicle_held_runner_leases",
             "Projections and reactions this replica runs (holds the lease of), by kind",
@@ -310,9 +315,21 @@ class Metrics:
         owned_partitions: Callable[[], int],
         held_projections: Callable[[], int],
         held_reactions: Callable[[], int],
+        cluster_members: Callable[[], int] = lambda: 0,
+        partitions_taken_over: Callable[[], int] = lambda: 0,
     ) -> None:
         """This replica's state, read at scrape time: the store's health, the
-        health it reports, the schema, and what it owns and runs."""
+        health it reports, the schema, what it owns and runs, the live
+        members it sees, and the partitions it took from members whose
+        membership expired (replicas that died rather than stopped)."""
+        self.cluster_members.set_function(cluster_members)
+        self.registry.register(
+            _CountCollector(
+                "chronicle_partitions_taken_over",
+                "Partitions this replica took from replicas whose membership expired (died, hung or cut off)",
+                partitions_taken_over,
+            )
+        )
         self.store_up.set_function(lambda: 1.0 if store_up() else 0.0)
         self.serving.set_function(lambda: 1.0 if serving() else 0.0)
         self.schema_version.set_function(lambda: float(schema_version() or 0))
@@ -349,6 +366,16 @@ class Metrics:
     def audit_sampled(self, reason: str) -> None:
         """A refusal counted in a sampled audit entry instead of one of its own."""
         self.audit_refusals_sampled.labels(reason=reason).inc()
+
+
+class _CountCollector(Collector):
+    """A counter whose value a part keeps (read at scrape time)."""
+
+    def __init__(self, name: str, documentation: str, value: Callable[[], int]) -> None:
+        self._name, self._documentation, self._value = name, documentation, value
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._documentation, value=self._value())
 
 
 class _BatchCollector(Collector):

@@ -13,7 +13,7 @@ import pytest
 
 from service.cluster.addresses import advertised_address, with_port
 from service.cluster.hashing import check_partition_count, partition_of
-from service.cluster.leases import LeaseGroup, LeaseKeeper, fair_shares, plan_changes, preference
+from service.cluster.leases import LeaseGroup, LeaseKeeper, Origin, fair_shares, origins, plan_changes, preference
 from service.cluster.ownership import Ownership, partition_group
 from service.errors import ConfigurationError
 from service.settings import Settings, settings_from
@@ -227,3 +227,34 @@ async def test_alone_a_member_takes_back_what_it_stepped_aside_from_after_its_pa
     assert not a.holds("projections", "totals")
     await _beats(now, (a,), 2)  # 3 lease times after it stepped aside
     assert a.holds("projections", "totals")
+
+
+def test_where_a_taken_lease_came_from_a_member_that_left_died_or_had_lapsed_already() -> None:
+    """A member that leaves frees its leases with time left on its
+    membership; one that died is gone once its membership lapsed; one
+    already missing while it still held a lease never freed it."""
+    previous = LeaseView(
+        (
+            LeaseMember("me", "a:1", lapses_in=1.4),
+            LeaseMember("leaver", "b:1", lapses_in=1.2),
+            LeaseMember("dead", "c:1", lapses_in=0.3),
+            LeaseMember("live", "d:1", lapses_in=1.0),
+        ),
+        (
+            Lease("0", "leaver", 1),
+            Lease("1", "dead", 1),
+            Lease("2", "ghost", 1),
+            Lease("3", "live", 1),
+            Lease("4", None, 1),
+        ),
+    )
+    now = LeaseView((LeaseMember("me", "a:1"), LeaseMember("live", "d:1")), ())
+    found = origins(previous, now, ["0", "1", "2", "3", "4"], elapsed=0.5, slack=0.25)
+    assert found == {
+        "0": Origin("leaver", "b:1", expired=False),
+        "1": Origin("dead", "c:1", expired=True),
+        "2": Origin("ghost", "", expired=True),
+        "3": Origin("live", "d:1", expired=False),
+        "4": Origin(None),
+    }
+    assert origins(None, now, ["0"], elapsed=None) == {"0": Origin(None)}
