@@ -559,6 +559,15 @@ class LeaseKeeper:
         if state is None or not state.active:
             return
         state.active = False
+        if state.group.logged and self.logging_changes:  # a stopping replica: where its runners went from
+            now = self._clock()
+            for name in sorted(name for name, held in state.held.items() if held.until > now):
+                log.info(
+                    "this replica gave up lease %s of group %s (leaving it: stopping): %s runs elsewhere now",
+                    name,
+                    group,
+                    name,
+                )
         state.held.clear()
         if state.view is not None:
             state.view = _left(state.view, self.member.member_id)
