@@ -59,7 +59,7 @@ from service.store.postgres.errors import (
     rolled_back,
     translation,
 )
-from service.store.postgres.migrations import open_schema, permission_denied
+from service.store.postgres.migrations import SCHEMA, known_migrations, open_schema, permission_denied
 from service.store.schema_use import SchemaUse
 from service.tasks import cancel_and_wait
 
@@ -86,6 +86,13 @@ ROLLBACK_BACKOFF = 0.004
 # find it: in recovery (a standby) or read only by default (the setting is
 # read inside the ping's transaction, after any configuration reload).
 _TAKES_WRITES = b"SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'"
+# The schema's version and compatibility floor, read with each health ping
+# (``migrations.schema_state``'s query): a ``migrate --force`` under a running
+# replica is seen within a health interval.
+_SCHEMA_STATE = (
+    f"SELECT version, (to_jsonb(m) ->> 'compatible_from')::integer FROM {SCHEMA}.schema_migrations AS m"
+    " ORDER BY version DESC LIMIT 1"
+).encode()
 
 
 class Database:
@@ -116,6 +123,8 @@ class Database:
         self._pools = {True: _Pool(max(1, self._size - _WRITERS)), False: _Pool(min(_WRITERS, self._size))}
         self._schema_ready = False
         self.schema_version: int | None = None  # once checked
+        # Whether the last ping found the schema's floor above this code (``_check_schema``).
+        self._stranded = False
         self._schema_lock: asyncio.Lock | None = None
         self._closed = False
         self.commits = CommitNotifier()
@@ -148,7 +157,11 @@ class Database:
         if not writable:
             await self.run("ping", [Statement(b"SELECT 1")], read_only=True)
             return
-        (result,) = await self.run("ping", [Statement(_TAKES_WRITES)], read_only=True)
+        checks_schema = self._schema_ready
+        statements = [Statement(_TAKES_WRITES), *([Statement(_SCHEMA_STATE)] if checks_schema else [])]
+        result, *schema = await self.run("ping", statements, read_only=True)
+        if schema and schema[0].ntuples:
+            self._check_schema(schema[0])
         if result.get_value(0, 0) == b"t":
             why = "it is in recovery (a hot standby: was the primary demoted?)"
         elif result.get_value(0, 1) == b"t":
@@ -156,6 +169,35 @@ class Database:
         else:
             return
         raise StoreUnavailable(f"PostgreSQL takes no writes: {why}", reason=READ_ONLY)
+
+    def _check_schema(self, state: PGresult) -> None:
+        """The schema as the last ping read it: its version kept (the
+        ``chronicle_schema_version`` gauge reads it), and ``StoreUnavailable``
+        SCHEMA_TOO_NEW while its compatibility floor is above the newest
+        migration this code knows (``migrate --force`` ran under this
+        replica: its code may misread or miswrite the new schema), so
+        health says NOT_SERVING; said at ERROR once, until it clears."""
+        version_cell, floor_cell = state.get_value(0, 0), state.get_value(0, 1)
+        version = int(version_cell or 0)
+        floor = version if floor_cell is None else int(floor_cell)  # no floor recorded: the version itself
+        if version != self.schema_version:
+            log.info("PostgreSQL schema now at version %d (was %s)", version, self.schema_version)
+            self.schema_version = version
+        newest = known_migrations()[-1].version
+        if floor <= newest:
+            if self._stranded:
+                log.warning("the schema's compatibility floor (%d) is within this replica's code again", floor)
+            self._stranded = False
+            return
+        message = (
+            f"the PostgreSQL schema is at version {version} with compatibility floor {floor}, above the newest"
+            f" this replica's code knows ({newest}): a migration ran under it (migrate --force); it reports"
+            " NOT_SERVING. Replace it with the new version"
+        )
+        if not self._stranded:
+            log.error("%s", message)
+            self._stranded = True
+        raise StoreUnavailable(message, reason="SCHEMA_TOO_NEW")
 
     async def _ensure_schema(self, *, at_open: bool = False) -> None:
         """Migrate the schema, once. A database that takes no writes is a
