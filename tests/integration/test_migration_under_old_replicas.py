@@ -54,6 +54,13 @@ def current(postgres_url: str) -> str:
         conn.execute(insert, ("m-current", "10.0.0.1:50051", 30, "0.2.0 (commit 0123456789ab)", CURRENT))
         conn.execute(insert, ("m-older", "10.0.0.2:50051", 30, "", 0))  # a version from before members said
         conn.execute(insert, ("m-gone", "10.0.0.3:50051", -30, "0.1.0", 0))  # lapsed: stopped
+        # A subscription group's consumer is a lease member of its group, with
+        # no address nor version (groups.py): no replica, not to be named.
+        conn.execute(
+            "INSERT INTO chronicle.lease_members (lease_group, member_id, address, expires_at, version, schema_version)"
+            " VALUES ('subscription-group:audit', 'c-1', '', now() + interval '30 seconds', '', %s)",
+            (CURRENT,),
+        )
     return postgres_url
 
 
@@ -83,7 +90,22 @@ async def test_a_floor_raising_migration_is_refused_naming_the_live_replicas_bel
     assert "10.0.0.3" not in error.message  # its membership lapsed
     assert "--migrate=force" in error.message
     assert error.metadata["replicas"] == "10.0.0.1:50051,10.0.0.2:50051"
+    assert ": (version" not in error.message and "; (version" not in error.message  # no consumer as a replica
     assert schema_of(current) == (CURRENT, False)  # nothing applied
+
+
+async def test_live_group_consumers_alone_are_no_reason_to_refuse(
+    current: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their servers are members of their own (stopped here): a consumer's
+    membership is no replica running schema code."""
+    with psycopg.connect(current, autocommit=True) as conn:
+        conn.execute("DELETE FROM chronicle.lease_members WHERE lease_group NOT LIKE 'subscription-group:%'")
+    with_migration(monkeypatch, additive=False)
+    store = PostgresStore(current, pool_size=1)
+    await store.open()
+    await store.close()
+    assert schema_of(current) == (CURRENT + 1, True)
 
 
 async def test_an_additive_migration_is_applied_under_them(current: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ import psycopg
 
 from service.errors import ConfigurationError
 from service.store import sql_common
+from service.store.grouping import GROUP_LEASE_PREFIX
 from service.store.postgres.index_builds import build_index, index_builds
 from service.store.schema_use import SchemaUse, needs_migrating
 from service.store.sql_common import Migration
@@ -267,16 +268,20 @@ async def _took_lock(conn: psycopg.AsyncConnection[object]) -> bool:
     return bool(row and row[0])  # type: ignore[index]
 
 
-# Live lease members (any group) whose code knows a schema below a floor,
-# read whatever the schema's version: the table comes with migration 10,
-# its version columns with 22 (to_jsonb: a column missing reads as NULL,
-# a member of a version from before them, whose schema is below any floor
-# a later migration raises).
+# Live servers whose code knows a schema below a floor, read whatever the
+# schema's version: the table comes with migration 10, its version columns
+# with 22 (to_jsonb: a column missing reads as NULL, a member of a version
+# from before them, whose schema is below any floor a later migration
+# raises). Servers are the members of every lease group but subscription
+# groups' (GROUP_LEASE_PREFIX): a group's members are its consumers, with
+# no address nor version, whose servers are members of their own; named,
+# each was a phantom replica of unknown version.
 _LIVE_MEMBERS_BELOW = f"""
 SELECT DISTINCT m.address, coalesce(to_jsonb(m) ->> 'version', ''),
     coalesce((to_jsonb(m) ->> 'schema_version')::integer, 0)
 FROM {SCHEMA}.lease_members AS m
 WHERE m.expires_at > now() AND coalesce((to_jsonb(m) ->> 'schema_version')::integer, 0) < %s
+    AND left(m.lease_group, %s) <> %s
 ORDER BY 1
 """
 
@@ -295,7 +300,7 @@ async def refuse_stranding(conn: psycopg.AsyncConnection[object], current: int, 
     row = await cursor.fetchone()
     if not (row and row[0]):  # type: ignore[index]
         return
-    cursor = await conn.execute(_LIVE_MEMBERS_BELOW.encode(), (floor,))
+    cursor = await conn.execute(_LIVE_MEMBERS_BELOW.encode(), (floor, len(GROUP_LEASE_PREFIX), GROUP_LEASE_PREFIX))
     stranded = [(str(r[0]), str(r[1]), int(r[2])) for r in await cursor.fetchall()]  # type: ignore[index]
     if not stranded:
         return
