@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
+from service.cluster.addresses import WILDCARD_HOSTS
 from service.cluster.hashing import MAX_PARTITIONS, check_partition_count
 from service.errors import ConfigurationError
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS
@@ -376,6 +377,7 @@ class Settings:
                 _check_address(name, getattr(self, name))
         if self.advertise_address:
             _check_address("advertise_address", self.advertise_address, host_required=True, port_zero=False)
+            _check_dialable("advertise_address", self.advertise_address)
         if self.console_path_prefix:
             _check_path_prefix("console_path_prefix", self.console_path_prefix)
         if self.console_public_origin:
@@ -621,6 +623,20 @@ def _check_address(name: str, value: str, *, host_required: bool = False, port_z
         raise bad_setting(name, f"{value!r} is not host:port", accepted)
     if not lowest <= int(port) <= MAX_PORT:
         raise bad_setting(name, f"port {int(port)} is out of range", accepted)
+
+
+def _check_dialable(name: str, value: str) -> None:
+    """``value``'s host is one a client can dial: a wildcard (0.0.0.0,
+    [::]) binds every address and names none, so routing clients given it
+    would dial their own host."""
+    host = value.rpartition(":")[0]
+    if host in WILDCARD_HOSTS:
+        raise bad_setting(
+            name,
+            f"{value!r} is a wildcard host, which clients cannot dial",
+            "host:port that clients reach this replica at (its pod IP, its host name); on Kubernetes the pod's IP"
+            " from the downward API (docs/deployment.md)",
+        )
 
 
 def env_name(name: str) -> str:

@@ -218,6 +218,9 @@ def test_a_refused_start_has_not_opened_the_store(tmp_path: Path) -> None:
         (("--command-retention", "90"), "--command-retention: '90' has no unit (seconds? days?); a number and a"),
         (("--refusal-retention", "30"), "--refusal-retention: '30' has no unit (seconds? days?); a number and a"),
         (("--command-retention", "59m"), "--command-retention: 3540 seconds is shorter than an hour: a client's"),
+        # A wildcard was advertised as it was: routing clients dialled their own host.
+        (("--advertise-address", "0.0.0.0:50051"), "--advertise-address: '0.0.0.0:50051' is a wildcard host, which"),
+        (("--advertise-address", "[::]:50051"), "--advertise-address: '[::]:50051' is a wildcard host, which"),
     ],
 )
 def test_a_setting_out_of_its_range_is_one_bad_setting_line_not_a_traceback(args: tuple[str, ...], says: str) -> None:

@@ -379,6 +379,21 @@ def test_the_kubernetes_grace_period_is_the_pods_and_the_probes_its_containers()
         assert indentation(lines, probe) == indentation(lines, "name"), probe
 
 
+def test_the_kubernetes_replicas_advertise_their_pod_ip() -> None:
+    """Without --advertise-address a replica on 0.0.0.0 advertised its host
+    name (the pod's name, which other pods cannot resolve): the example
+    sets it from the downward API's pod IP, to a value the server takes."""
+    lines = [line.strip() for line in kubernetes_snippet()]
+    pod_ip = lines.index("- name: POD_IP                     # the downward API: this pod's own address")
+    assert lines[pod_ip + 1] == "valueFrom: {fieldRef: {fieldPath: status.podIP}}"
+    advertise = next(i for i, line in enumerate(lines) if line.startswith("- name: CHRONICLE_ADVERTISE_ADDRESS"))
+    assert advertise > pod_ip  # Kubernetes expands $(VAR) only from variables defined before
+    value = lines[advertise + 1].split("value:", 1)[1].strip().strip('"')
+    assert value == "$(POD_IP):50051"
+    expanded = value.replace("$(POD_IP)", "10.244.1.7")
+    assert settings_from([], {env_name("advertise_address"): expanded}).advertise_address == "10.244.1.7:50051"
+
+
 def test_the_kubernetes_liveness_probe_asks_for_the_liveness_name() -> None:
     """A hung process passes a tcpSocket probe (the kernel accepts for it):
     the example probes the health name that only a live event loop answers

@@ -237,6 +237,13 @@ def test_every_address_setting_takes_the_highest_port(name: str) -> None:
     assert getattr(settings_from([flag(name), "127.0.0.1:65535"], {}), name) == "127.0.0.1:65535"
 
 
+@pytest.mark.parametrize("wildcard", ["0.0.0.0:50051", "[::]:50051", ":::50051", "*:50051"])
+def test_a_wildcard_advertise_address_is_refused_as_no_address_to_dial(wildcard: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^--advertise-address: .* is a wildcard host, which clients cannot"):
+        settings_from(["--advertise-address", wildcard], {})
+    assert settings_from(["--advertise-address", "10.1.2.3:50051"], {}).advertise_address == "10.1.2.3:50051"
+
+
 def test_port_0_is_any_free_port_where_the_server_binds_but_no_address_to_dial() -> None:
     assert settings_from(["--console-listen", "127.0.0.1:0"], {}).console_listen == "127.0.0.1:0"
     with pytest.raises(ConfigurationError, match=r"^--advertise-address: port 0 is out of range; .* from 1 to 65535"):
