@@ -45,6 +45,13 @@ def watch_for_going(call: Any, going: Callable[[], None]) -> None:
         return
 
     def ended(_call: Any) -> None:
+        # Most calls end OK: said at once by grpc.aio's inner call (no public
+        # way), which spares each of them a task. Without it, every call's
+        # status is read in a task.
+        inner = getattr(call, "_cython_call", None)
+        with contextlib.suppress(Exception):
+            if inner is not None and inner.is_ok():
+                return
         with contextlib.suppress(RuntimeError):  # the loop is closing: nothing to reopen
             task = asyncio.ensure_future(_check(call, going))
             _checks.add(task)
