@@ -15,8 +15,15 @@ from service.store.encryption import claims_key_id, new_master_key, projection_k
 from service.store.master_keys import MasterKeys
 from service.store.records import DataKey
 
-SHARED = f"k2:{new_master_key()}"
-ACME, ACME_OLD = f"acme:2026-02:{new_master_key()}", f"acme:2026-01:{new_master_key()}"
+
+def fixed_key(byte: int) -> str:
+    """A master key's base64, the same in every process: these entries name
+    parametrized tests, whose ids pytest-xdist's workers must agree on."""
+    return base64.b64encode(bytes([byte]) * 32).decode()
+
+
+SHARED = f"k2:{fixed_key(2)}"
+ACME, ACME_OLD = f"acme:2026-02:{fixed_key(3)}", f"acme:2026-01:{fixed_key(4)}"
 
 
 def parsed(*entries: str) -> MasterKeys:
