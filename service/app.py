@@ -706,6 +706,7 @@ async def start(
             keyring=keyring,
             # Imported aggregates' claims are derived from their state as commands see it (decrypted).
             load_state=executor.loader.state_of,
+            max_event_bytes=settings.max_event_bytes,
         ),
         stored=Store.of(adapter),
     )

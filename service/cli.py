@@ -187,6 +187,14 @@ def _count(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    """A whole number, 1 or more (a limit)."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def _seconds(text: str) -> float:
     """A number of seconds above 0: a deadline of 0 or less would fail every
     call at once, as DEADLINE_EXCEEDED, as if the server were slow."""
@@ -1597,7 +1605,11 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
     )
     leave_out = frozenset(args.leave_out or ())
     if args.database_url:
-        summary = asyncio.run(_import_local(args.database_url, args.file, options, args.quiet, leave_out))
+        summary = asyncio.run(
+            _import_local(
+                args.database_url, args.file, options, args.quiet, leave_out, max_event_bytes=args.max_event_bytes
+            )
+        )
         _warn_unclaimed(summary)
         _warn_to_rebuild(summary)
         _print(summary)
@@ -1736,9 +1748,18 @@ def _warn_to_rebuild(counts: dict[str, Any]) -> None:
 
 
 async def _import_local(
-    url: str, path: str, options: ImportOptions, quiet: bool, leave_out: frozenset[str] = frozenset()
+    url: str,
+    path: str,
+    options: ImportOptions,
+    quiet: bool,
+    leave_out: frozenset[str] = frozenset(),
+    *,
+    max_event_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """An import written straight into the store at ``url``."""
+    """An import written straight into the store at ``url``. Its events are
+    held to ``max_event_bytes``, else to the servers' --max-event-bytes as
+    the environment sets it (CHRONICLE_MAX_EVENT_BYTES), else its default:
+    the limit of the servers that will read them."""
     from service.app import build_master_keys, build_registry
     from service.processing.state import AggregateLoader
     from service.store.base import Store
@@ -1782,6 +1803,7 @@ async def _import_local(
                 sealing=sealing_of(),
                 load_state=AggregateLoader(readable, registry).state_of,
                 checking_only=checking_only,
+                max_event_bytes=max_event_bytes or settings.max_event_bytes,
             )
 
         # Replacing aggregates: nothing is written before the whole file is read and checked (checked_first.py).
@@ -2436,6 +2458,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_aggregate_id,
         metavar="AGGREGATE",
         help="import nothing of this aggregate (one the store has forgotten, say); repeatable",
+    )
+    import_.add_argument(
+        "--max-event-bytes",
+        type=_positive,
+        help="with --database-url: refuse an event larger than this (default: the servers' --max-event-bytes,"
+        " from CHRONICLE_MAX_EVENT_BYTES, else 1 MiB); through a server, the server's own limit applies",
     )
     import_.set_defaults(run=_import, remote=True)
 

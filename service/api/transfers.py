@@ -15,7 +15,7 @@ from service.errors import InvalidInput, quoted
 from service.plugins.registry import Registry
 from service.store.base import Store
 from service.store.encryption import Keyring
-from service.store.records import LogFilter
+from service.store.records import DEFAULT_MAX_EVENT_BYTES, LogFilter
 from service.transfer.checked_first import CheckedFirst
 from service.transfer.claims import LoadState
 from service.transfer.deleting import Deletion, delete_aggregate
@@ -45,6 +45,8 @@ class Transfers:
     keyring: Keyring | None = None
     # How an import loads an aggregate's state, to derive the claims of one that came without any.
     load_state: LoadState | None = None
+    # The server's --max-event-bytes: no imported event may be larger than a command's.
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
 
     async def selection(self, request: pb.ExportLogRequest) -> ExportSelection:
         if len(request.aggregate_ids) > MAX_EXPORTED_AGGREGATES:
@@ -130,6 +132,7 @@ class Transfers:
                 sealing=self.sealing(),
                 load_state=self.load_state,
                 checking_only=checking_only,
+                max_event_bytes=self.max_event_bytes,
             )
 
         # Replacing aggregates: nothing is written before the whole stream is read and checked.

@@ -27,16 +27,13 @@ from service.processing.commands import CommandRequest
 from service.processing.state import Aggregate, ApplyFailed, apply_messages
 from service.processing.watchdog import SlowCallAlarm, a_command_handler
 from service.store.base import EventRecorder
-from service.store.records import EVENT_ENVELOPE_BYTES, ClaimChange
+from service.store.records import DEFAULT_MAX_EVENT_BYTES, EVENT_ENVELOPE_BYTES, ClaimChange
 from service.values import value
 
 log = logging.getLogger(__name__)
 
 # Aggregates one command may ask about; each costs a read and a re-run.
 MAX_LOOKUPS = 32
-# The largest event a command may produce, unless the server says otherwise
-# (--max-event-bytes).
-DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 _NO_ANSWERS: Mapping[tuple[str, str], bool] = MappingProxyType({})
 
 

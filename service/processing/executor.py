@@ -43,14 +43,14 @@ from service.plugins.api import EventSpec
 from service.plugins.context import Clock, LookupNeeded
 from service.plugins.registry import Registry
 from service.processing.commands import BatchResult, CommandBatch, CommandRequest, CommandResult
-from service.processing.deciding import DEFAULT_MAX_EVENT_BYTES, Decided, Decider, Decision
+from service.processing.deciding import Decided, Decider, Decision
 from service.processing.ids import new_event_id
 from service.processing.replay import Replayer
 from service.processing.snapshots import SnapshotPolicy
 from service.processing.state import Aggregate, AggregateLoader
 from service.processing.watchdog import command_handler_alarm
 from service.store.base import AggregateQuery, Store
-from service.store.records import CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
+from service.store.records import DEFAULT_MAX_EVENT_BYTES, CommandRecord, NewEvent, RecordedEvent, Rejection, Snapshot
 from service.values import value
 
 log = logging.getLogger(__name__)

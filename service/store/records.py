@@ -31,6 +31,9 @@ class NewEvent:
 # ``max_bytes``): its payload and its metadata as stored, plus this much for the
 # rest of its envelope (ids and names, each a few hundred bytes at most).
 EVENT_ENVELOPE_BYTES = 256
+# The largest event a command may produce, unless the server says otherwise
+# (--max-event-bytes); an import holds its events to the same limit.
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 
 
 @value(frozen=True, slots=True)

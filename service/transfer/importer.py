@@ -38,7 +38,8 @@ The stream must begin with its header and end with its end record, whose
 counts must match what came: a stream cut short is EXPORT_INCOMPLETE, after
 what came was written.
 
-Each record is checked alone as it comes (records.py: BAD_RECORD), and,
+Each record is checked alone as it comes (records.py: BAD_RECORD; an event
+no larger than the server's --max-event-bytes: event_size.py), and,
 with a ``registry``, an event must be one its plugins can read
 (readable.py), and a snapshot of a loaded aggregate type at its current
 state type and schema must parse as that state (BAD_RECORD). What a record
@@ -67,8 +68,17 @@ from service.store.encrypted import is_sealed_record
 from service.store.encryption import is_sealed
 from service.store.imported import mark_reaction_starts, marked_imported
 from service.store.importing import AGGREGATE_FORGOTTEN, AGGREGATE_NOT_EMPTY, CLAIM_HELD, import_conflict
-from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Snapshot, is_tombstone
+from service.store.records import (
+    DEFAULT_MAX_EVENT_BYTES,
+    CommandRecord,
+    DataKey,
+    HeldClaim,
+    RecordedEvent,
+    Snapshot,
+    is_tombstone,
+)
 from service.transfer.claims import ClaimsToDerive, Declared, LoadState
+from service.transfer.event_size import check_event_size
 from service.transfer.exporter import READABLE_VERSIONS
 from service.transfer.forgotten import left_out, shredded
 from service.transfer.one_place import (
@@ -150,8 +160,11 @@ class Importer:
         sealing: ImportSealing | None = None,
         load_state: LoadState | None = None,
         checking_only: bool = False,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self._store = store
+        # The largest event a command of the target's server may produce: no imported one is larger (event_size.py).
+        self._max_event_bytes = max_event_bytes
         # Reads the stream and the target, and writes nothing: every check of
         # a record, and those of a batch that read the target, but none that
         # only a write finds (checked_first.py).
@@ -243,6 +256,7 @@ class Importer:
             return
         stored = _stored(record, kind, where)
         if isinstance(stored, RecordedEvent):
+            check_event_size(stored, index, self._max_event_bytes)
             if self._registry is not None:
                 check_readable(self._registry, stored, index=index)
             stored = marked_imported(stored)

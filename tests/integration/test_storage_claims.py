@@ -383,7 +383,8 @@ async def test_an_import_writes_batches_of_one_kind_closed_at_500_records_or_4_m
     claims = [exported_claim(HeldClaim("names", f"name-{n}", f"s-{n}")) for n in range(2)]
     store = MemoryStore()
     counting = CountingTransfer(store)
-    importer = Importer(replace(Store.of(store), transfer=counting))
+    # Events of a MiB: over the default limit of an event (--max-event-bytes), under this one.
+    importer = Importer(replace(Store.of(store), transfer=counting), max_event_bytes=2 * mib)
     summary = await importer.run(replayed(whole(*small, *large, *claims)))
     assert summary.complete and summary.written["event"] == 1007
     # 500 and 500; then the last small one and four of a MiB (a batch holds

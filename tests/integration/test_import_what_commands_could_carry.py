@@ -1,0 +1,150 @@
+"""An import refuses what a command could not have carried
+(docs/export-format.md), as a bad record naming it (INVALID_ARGUMENT,
+BAD_RECORD), before writing the record's batch, through a real server and
+through ``chronicle import --database-url``, on SQLite and PostgreSQL:
+
+- an event larger than the server's --max-event-bytes (a KurrentDB event
+  may be 16 MiB): written, it made every page holding it unsendable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from chronicle.v1 import export_pb2
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.store.base import StoreAdapter
+from service.store.records import RecordedEvent
+from service.transfer.exporter import FORMAT, FORMAT_VERSION
+from service.transfer.records import end_record, exported_event
+from tests.support.grpc_client import details_of, running_server
+from tests.support.import_claims import chronicle, empty_store
+from tests.support.postgres import Cluster
+from tests.support.stores import STORES, store_site
+from tests.support.transfer import imported
+
+Record = export_pb2.ExportRecord
+MIB = 1024 * 1024
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreAdapter]:
+    async with STORES[request.param](store_site(request, tmp_path)) as opened:
+        yield opened
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def target_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    cluster: Cluster | None = request.getfixturevalue("pg_cluster") if request.param == "postgresql" else None
+    with empty_store(request.param, cluster, tmp_path) as url:  # type: ignore[arg-type]
+        yield url
+
+
+def opened(aggregate_id: str, *, owner: str = "ann", event_id: str | None = None) -> Record:
+    return exported_event(
+        RecordedEvent(
+            event_id=event_id or str(uuid.uuid4()),
+            aggregate_id=aggregate_id,
+            aggregate_type="Account",
+            version=1,
+            position=0,
+            event_type="bank.v1.AccountOpened",
+            schema_version=1,
+            payload=bank.AccountOpened(owner=owner).SerializeToString(),
+            timestamp_us=time.time_ns() // 1000,
+            command_id="",
+            user_id="legacy",
+            origin="kurrentdb",
+            correlation_id="",
+            causation_id="",
+            metadata={},
+        )
+    )
+
+
+def stream(*records: Record) -> list[Record]:
+    header = Record(header=export_pb2.ExportHeader(format=FORMAT, format_version=FORMAT_VERSION))
+    return [header, *records, end_record(Counter(record.WhichOneof("record") or "" for record in records))]
+
+
+def jsonl(path: Path, *events: tuple[str, str, str]) -> Path:
+    """A JSON-lines export of AccountOpened events: (event id, aggregate, owner) each."""
+    lines = [{"header": {"format": FORMAT, "format_version": FORMAT_VERSION, "exported_at": "2026-01-01T00:00:00Z"}}]
+    for event_id, aggregate_id, owner in events:
+        lines.append(
+            {
+                "event": {
+                    "event": {
+                        "event_id": event_id,
+                        "aggregate_id": aggregate_id,
+                        "aggregate_type": "Account",
+                        "version": "1",
+                        "timestamp": "2023-01-01T10:00:00Z",
+                        "event_type": "bank.v1.AccountOpened",
+                        "schema_version": 1,
+                        "payload": {"@type": "type.googleapis.com/bank.v1.AccountOpened", "owner": owner},
+                    }
+                }
+            }
+        )
+    lines.append({"end": {"events": str(len(events))}})
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+async def refused(client_call: object) -> tuple[grpc.StatusCode, str, dict[str, str], str]:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await client_call  # type: ignore[misc]
+    details = details_of(caught.value)
+    return details.code, details.reason, details.metadata, details.message
+
+
+# -- an event larger than a command's -------------------------------------------------
+
+
+async def test_an_event_over_the_servers_max_event_bytes_is_a_bad_record_and_nothing_of_its_batch_is_written(
+    store: StoreAdapter,
+) -> None:
+    """The walkthrough's 1.5 MiB event over a server's 1 MiB limit: accepted
+    before, then every read of a page holding it failed."""
+    big = opened("big-1", owner="x" * (3 * MIB // 2))
+    async with running_server(store, anonymous_admin=True) as (_, client):
+        code, reason, metadata, message = await refused(imported(client, stream(opened("small-1"), big)))
+        assert await store.head("big-1") is None and await store.head("small-1") is None  # its batch, whole
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_RECORD")
+    assert metadata["record"] == "2" and metadata["event_id"] == big.event.event.event_id
+    assert int(metadata["size"]) > 3 * MIB // 2 and metadata["max_event_bytes"] == str(MIB)
+    assert message.startswith("record[2]: ") and "--max-event-bytes" in message, message
+
+
+async def test_an_event_within_a_larger_max_event_bytes_is_imported(store: StoreAdapter) -> None:
+    big = opened("big-1", owner="x" * (3 * MIB // 2))
+    async with running_server(store, anonymous_admin=True, max_event_bytes=2 * MIB, max_message_bytes=8 * MIB) as (
+        _,
+        client,
+    ):
+        response = await imported(client, stream(big))
+    assert response.events_written == 1
+
+
+def test_import_database_url_holds_events_to_max_event_bytes(target_url: str, tmp_path: Path) -> None:
+    """``--database-url``: the servers' default limit (or the flag's, or
+    CHRONICLE_MAX_EVENT_BYTES); the walkthrough's 5 MiB event was written."""
+    export = jsonl(tmp_path / "big.jsonl", (str(uuid.uuid4()), "big-1", "x" * (MIB + MIB // 4)))
+    done = chronicle("import", str(export), "--quiet", "--database-url", target_url, check=False)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert "BAD_RECORD" in done.stderr and "record[1]:" in done.stderr, done.stderr
+    assert f"limited to {MIB} bytes" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    env = {"CHRONICLE_MAX_EVENT_BYTES": str(MIB // 2)}
+    done = chronicle("import", str(export), "--quiet", "--database-url", target_url, check=False, env=env)
+    assert f"limited to {MIB // 2} bytes" in done.stderr, done.stderr  # the servers' setting, from the environment
+    done = chronicle("import", str(export), "--quiet", "--database-url", target_url, "--max-event-bytes", str(2 * MIB))
+    assert json.loads(done.stdout)["events_written"] == 1
