@@ -7,6 +7,11 @@ only replace the first with the second. Such a stream is refused as a bad
 record (BAD_RECORD, INVALID_ARGUMENT), naming both events, with the advice
 that aggregate ids are one namespace across aggregate types.
 
+Two events of one batch with one event id (KurrentDB keeps ids unique per
+stream only) are a bad record too, naming both (``two_with_one_id``); the
+second of two in different batches meets the first in the store
+(EVENT_ID_TAKEN).
+
 Two events of one batch are seen as they are added (``BatchPlaces``). For
 the first in an earlier batch, the importer asks the target when the store
 refuses the second (AGGREGATE_NOT_EMPTY) or overwriting would replace the
@@ -36,22 +41,31 @@ _ADVICE = (
 
 
 class BatchPlaces:
-    """The (aggregate, version) of each event of the batch being gathered."""
+    """The (aggregate, version) and the event id of each event of the batch
+    being gathered."""
 
     def __init__(self) -> None:
         self._held: dict[tuple[str, int], tuple[int, RecordedEvent]] = {}
+        self._ids: dict[str, tuple[int, RecordedEvent]] = {}
 
     def add(self, event: RecordedEvent, index: int) -> None:
         """Take ``event`` (record ``index``), or raise BAD_RECORD if the
-        batch has another event at its place."""
+        batch has another event at its place or with its id (KurrentDB
+        keeps event ids unique within a stream only, so an export of it
+        can carry one id in two streams; a store holds an id once)."""
         place = (event.aggregate_id, event.version)
         earlier = self._held.get(place)
         if earlier is not None:
             raise two_at_one_place(event, index, earlier[1], earlier[0])
+        same_id = self._ids.get(event.event_id)
+        if same_id is not None:
+            raise two_with_one_id(event, index, same_id[1], same_id[0])
         self._held[place] = (index, event)
+        self._ids[event.event_id] = (index, event)
 
     def clear(self) -> None:
         self._held.clear()
+        self._ids.clear()
 
 
 class CarriedPlaces:
@@ -131,6 +145,32 @@ def two_at_one_place(
         reason=BAD_RECORD,
         violations=(FieldViolation(f"record[{index}].event.event.version", why),),
         metadata=metadata,
+    )
+
+
+def two_with_one_id(event: RecordedEvent, index: int, earlier: RecordedEvent, earlier_index: int) -> InvalidInput:
+    """The refusal of ``event`` (record ``index``): ``earlier`` (record
+    ``earlier_index``) came before it in the stream with its event id."""
+    why = (
+        f"the import holds two events with event id {event.event_id}: record[{earlier_index}] (aggregate"
+        f" {earlier.aggregate_id!r}, version {earlier.version}) and record[{index}] (aggregate"
+        f" {event.aggregate_id!r}, version {event.version})"
+    )
+    return InvalidInput(
+        f"record[{index}]: {why}; an event id names one event across the whole store (KurrentDB keeps them unique"
+        " within a stream only): give one of them another id in the conversion (a UUID derived from its stream and"
+        " event number, say) and import again. The import stopped here, before writing this record's batch",
+        reason=BAD_RECORD,
+        violations=(FieldViolation(f"record[{index}].event.event.event_id", why),),
+        metadata={
+            "record": str(index),
+            "event_id": event.event_id,
+            "aggregate_id": event.aggregate_id,
+            "version": str(event.version),
+            "other_record": str(earlier_index),
+            "other_aggregate_id": earlier.aggregate_id,
+            "other_version": str(earlier.version),
+        },
     )
 
 

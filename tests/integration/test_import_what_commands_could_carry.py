@@ -4,7 +4,10 @@ BAD_RECORD), before writing the record's batch, through a real server and
 through ``chronicle import --database-url``, on SQLite and PostgreSQL:
 
 - an event larger than the server's --max-event-bytes (a KurrentDB event
-  may be 16 MiB): written, it made every page holding it unsendable.
+  may be 16 MiB): written, it made every page holding it unsendable;
+- two events with one event id (KurrentDB keeps ids unique per stream
+  only): SQLite's IntegrityError traceback, INTERNAL through a server, and
+  on PostgreSQL ABORTED IMPORT_RACED, retry advice that never helps.
 """
 
 from __future__ import annotations
@@ -148,3 +151,39 @@ def test_import_database_url_holds_events_to_max_event_bytes(target_url: str, tm
     assert f"limited to {MIB // 2} bytes" in done.stderr, done.stderr  # the servers' setting, from the environment
     done = chronicle("import", str(export), "--quiet", "--database-url", target_url, "--max-event-bytes", str(2 * MIB))
     assert json.loads(done.stdout)["events_written"] == 1
+
+
+# -- two events with one id -----------------------------------------------------------
+
+
+async def test_two_events_with_one_id_are_a_bad_record_naming_both(store: StoreAdapter) -> None:
+    event_id = str(uuid.uuid4())
+    first, second = opened("account-k1", event_id=event_id), opened("user-k1", event_id=event_id)
+    async with running_server(store, anonymous_admin=True) as (_, client):
+        for overwrite in (False, True):
+            code, reason, metadata, message = await refused(
+                imported(client, stream(first, opened("account-k2"), second), overwrite=overwrite)
+            )
+            assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "BAD_RECORD"), message
+            assert metadata == {
+                "record": "3",
+                "event_id": event_id,
+                "aggregate_id": "user-k1",
+                "version": "1",
+                "other_record": "1",
+                "other_aggregate_id": "account-k1",
+                "other_version": "1",
+            }
+            assert "two events with event id" in message, message
+        assert await store.head("account-k1") is None and await store.head("account-k2") is None
+
+
+def test_import_database_url_of_two_events_with_one_id_is_a_bad_record(target_url: str, tmp_path: Path) -> None:
+    event_id = str(uuid.uuid4())
+    export = jsonl(tmp_path / "dup.jsonl", (event_id, "account-k1", "ann"), (event_id, "user-k1", "bob"))
+    done = chronicle("import", str(export), "--quiet", "--database-url", target_url, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: BAD_RECORD: record[2]: the import holds two events with event id"), (
+        done.stderr
+    )
+    assert "record[1] (aggregate 'account-k1', version 1)" in done.stderr, done.stderr
