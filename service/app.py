@@ -620,6 +620,7 @@ async def start(
         log=read_roles.log,
         primary_log=roles.log,
         read_wait=settings.read_wait_seconds,
+        max_message_bytes=settings.max_message_bytes,
     )
     projection_service = ProjectionService(
         documents=roles.projections,
@@ -644,6 +645,7 @@ async def start(
         page_bytes=page_bytes,
         held=held,
         replica=lambda: leases.member,  # its address is set once the server listens
+        max_message_bytes=settings.max_message_bytes,
     )
     group_service = SubscriptionGroupService(
         groups=groups, log=roles.log, registry=registry, authorizer=authorizer, audit=audit

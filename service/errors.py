@@ -20,6 +20,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── ProjectionFailed        a projection's handler failed; the projection waits and retries
     │   └── ReactionFailed          ...a reaction's function (or too many parked commands)
     ├── EventNotReadable        a stored event no loaded plugin can read (never skipped)
+    │   └── EventTooLargeToSend     ...a stored event larger than a message may carry
     ├── LogRewound              the log went back below a position a reader had (a restore, a failover)
     ├── AggregateTypeMismatch   command for another aggregate type than the id's
     ├── WrongExpectedVersion    the client's expected version does not hold
@@ -274,6 +275,17 @@ class EventNotReadable(ChronicleError):
     """
 
     default_reason = "EVENT_NOT_READABLE"
+
+
+class EventTooLargeToSend(EventNotReadable):
+    """A stored event larger than this server may send in a message (one
+    imported before imports held events to --max-event-bytes, or written
+    under a larger limit): a read or subscription that reaches it ends with
+    this error, naming it, rather than gRPC's "Sent message larger than
+    max"; a group parks it. No retry heals it; a larger
+    --max-message-bytes (on the server and the client) does."""
+
+    default_reason = "EVENT_TOO_LARGE_TO_SEND"
 
 
 class LogRewound(ChronicleError):

@@ -99,6 +99,7 @@ from service.errors import (
 )
 from service.processing.held_events import MAX_SUBSCRIPTION_MESSAGE_BYTES, HeldEvents, size_of
 from service.processing.read_floor import ReadFloor
+from service.processing.sendable import check_sendable, sendable_event_bytes
 from service.processing.upcasting import EventReader
 from service.store.base import GroupStore, LogReader
 from service.store.grouping import (
@@ -335,8 +336,11 @@ class ConsumerSession:
         held: HeldEvents | None = None,
         stalled: Callable[[ConsumerSession], None] | None = None,
         replica: Callable[[], LeaseMember] = lambda: LeaseMember("", ""),
+        sendable_bytes: int | None = None,
     ) -> None:
-        """``held``: the server's account of what its subscriptions and
+        """``sendable_bytes``: the largest event this server sends
+        (processing/sendable.py; None: any); a larger one is parked, never
+        delivered. ``held``: the server's account of what its subscriptions and
         consumer sessions hold (the room to read ahead, the sweep of
         stalled streams; module docstring). ``stalled``: called once with
         the session when its consumer stalled (``writing``), to end it at
@@ -352,6 +356,7 @@ class ConsumerSession:
         self._groups = groups
         self._log = log_reader
         self._reader = reader
+        self._sendable_bytes = sendable_bytes
         self._poll = poll_interval
         self._page_size = page_size
         # The session's first read is short: its first deliveries go out
@@ -991,7 +996,7 @@ class ConsumerSession:
             page = await self._log.read_log(parked.position - 1, LogFilter(aggregate_id=parked.aggregate_id), 1)
             for stored in page.events:
                 try:
-                    events = self._reader.records(stored)
+                    events = self._records(stored)
                 except EventNotReadable as error:
                     # Still unreadable (the plugin is not fixed yet): parked
                     # again as it was, with today's reason, not delivered.
@@ -1109,7 +1114,7 @@ class ConsumerSession:
             if segment is None or stored.position <= segment.read_to or segment not in reading:
                 continue
             try:
-                events = self._reader.records(stored)
+                events = self._records(stored)
             except EventNotReadable as error:
                 self._park_unreadable(segment, stored, error)
                 continue
@@ -1140,6 +1145,15 @@ class ConsumerSession:
                 self._tally.add(size)
                 queued += size
         return queued
+
+    def _records(self, stored: RecordedEvent) -> list[RecordedEvent]:
+        """``EventReader.records`` of ``stored``; ``EventTooLargeToSend``
+        (an ``EventNotReadable``: parked as one) if it is larger than this
+        server sends: delivered, it would end the consumer's stream each
+        time, and the segment would never get past it."""
+        if self._sendable_bytes is not None:
+            check_sendable(stored, self._sendable_bytes)
+        return self._reader.records(stored)
 
     def _park_unreadable(self, segment: _Segment, stored: RecordedEvent, error: EventNotReadable) -> None:
         """Park at once, never delivered (``attempts`` 0), an event of a type
@@ -1357,12 +1371,16 @@ class SubscriptionGroups:
         first_page_size: int = 100,
         held: HeldEvents | None = None,
         replica: Callable[[], LeaseMember] = lambda: LeaseMember("", ""),
+        max_message_bytes: int | None = None,
     ) -> None:
         """``held``: the server's account of what its subscriptions hold,
         which its consumer sessions share (``ConsumerSession``).
         ``replica``: this server's member id and API address, as its
-        sessions report them (known once the server listens)."""
+        sessions report them (known once the server listens).
+        ``max_message_bytes``: the server's; its sessions park a stored
+        event larger than it sends (processing/sendable.py)."""
         self.store = groups
+        self._sendable_bytes = None if max_message_bytes is None else sendable_event_bytes(max_message_bytes)
         self._replica = replica
         self._log = log_reader
         self._reader = reader
@@ -1403,6 +1421,7 @@ class SubscriptionGroups:
             held=self.held,
             stalled=self.release,
             replica=self._replica,
+            sendable_bytes=self._sendable_bytes,
         )
         await session.start()
         self._sessions.add(session)

@@ -27,6 +27,7 @@ from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.processing.freshness import wait_for_position
 from service.processing.history import EventRange, History
+from service.processing.sendable import check_sendable, sendable_event_bytes
 from service.processing.state import AggregateLoader
 from service.processing.subscriptions import Page, Subscriptions
 from service.security.policy import Authorizer
@@ -47,8 +48,11 @@ class EventService(pb_grpc.EventServiceServicer):
         log: LogReader | None = None,
         primary_log: LogReader | None = None,
         read_wait: float = 5.0,
+        max_message_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self._store = store
+        # A stored event larger than this is refused by name, not sent (processing/sendable.py).
+        self._sendable_bytes = sendable_event_bytes(max_message_bytes)
         # For min_position: the log these reads come from, and the primary's
         # (the same one unless reads come from a standby).
         self._log = log
@@ -107,6 +111,9 @@ class EventService(pb_grpc.EventServiceServicer):
         with self._tracker.tracking(wanted.after_position) as handle:
             async for item in stream:
                 position = item.position
+                if isinstance(item, Page):
+                    for event in item.events:
+                        check_sendable(event, self._sendable_bytes)
                 if not isinstance(item, Page):
                     response = encode_marker(item)
                 elif pages:
@@ -141,6 +148,7 @@ class EventService(pb_grpc.EventServiceServicer):
         await self._check_read(aggregate_id)
         async for page in self._history.pages(aggregate_id, wanted):
             for event in page:
+                check_sendable(event, self._sendable_bytes)
                 yield encode_event(event)
 
     async def ReadAggregatePages(
@@ -150,8 +158,12 @@ class EventService(pb_grpc.EventServiceServicer):
         await self._caught_up(request.min_position, aggregate_id)
         await self._check_read(aggregate_id)
         async for page in self._history.pages(aggregate_id, wanted):
-            for response in encode_event_pages(page, self._page_bytes):
+            # The events before one too large to send are sent, then it is refused.
+            sendable = next((i for i, e in enumerate(page) if e.stored_size() > self._sendable_bytes), len(page))
+            for response in encode_event_pages(page[:sendable], self._page_bytes):
                 yield response
+            if sendable < len(page):
+                check_sendable(page[sendable], self._sendable_bytes)
 
     async def GetAggregate(
         self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
