@@ -32,6 +32,7 @@ AGGREGATE_TYPE_MISMATCH = "AGGREGATE_TYPE_MISMATCH"
 SNAPSHOT_AHEAD = "SNAPSHOT_AHEAD"
 CLAIM_HELD = "CLAIM_HELD"
 AGGREGATE_FORGOTTEN = "AGGREGATE_FORGOTTEN"
+AGGREGATE_DELETED = "AGGREGATE_DELETED"
 DATA_KEY_CONFLICT = "DATA_KEY_CONFLICT"
 
 
@@ -99,6 +100,9 @@ _WHY = {
     AGGREGATE_FORGOTTEN: "the aggregate was forgotten here, and an import never replaces a forgotten aggregate"
     " (overwriting or restoring it would put back a history whose key was destroyed): nothing of it was written;"
     " leave it out of the import",
+    AGGREGATE_DELETED: "the aggregate was deleted here: only its tombstone stands for it, and a deleted"
+    " aggregate's id is never used again (overwriting would bring its history back unseen): nothing of it was"
+    " written; leave it out of the import (--leave-out), or bring it back on purpose with --restore-deleted",
 }
 
 

@@ -16,7 +16,9 @@ holds other events for is refused (AGGREGATE_NOT_EMPTY, from the store)
 unless ``overwrite`` is set: the target's events, snapshots and claims of it
 are then removed in the transaction that writes the batch holding the
 stream's first event of it (``restore_deleted`` does that only for an
-aggregate that was deleted, to bring an archived one back). An overwrite
+aggregate that was deleted, to bring an archived one back). A deleted
+aggregate (its tombstone alone in the target) is replaced only with
+``restore_deleted``: otherwise, overwriting or not, AGGREGATE_DELETED. An overwrite
 import is run through ``checked_first.CheckedFirst``: nothing is written
 before the whole stream was read and checked.
 
@@ -67,7 +69,13 @@ from service.store.base import AggregateQuery, SnapshotKind, Store
 from service.store.encrypted import is_sealed_record
 from service.store.encryption import is_sealed
 from service.store.imported import mark_reaction_starts, marked_imported
-from service.store.importing import AGGREGATE_FORGOTTEN, AGGREGATE_NOT_EMPTY, CLAIM_HELD, import_conflict
+from service.store.importing import (
+    AGGREGATE_DELETED,
+    AGGREGATE_FORGOTTEN,
+    AGGREGATE_NOT_EMPTY,
+    CLAIM_HELD,
+    import_conflict,
+)
 from service.store.records import (
     DEFAULT_MAX_EVENT_BYTES,
     CommandRecord,
@@ -505,6 +513,10 @@ class Importer:
         if refused is None:
             return
         event, index = refused
+        if await self._deleted(event.aggregate_id):
+            deleted = import_conflict(AGGREGATE_DELETED, event)
+            _name_record(deleted, [event], [index])
+            raise deleted from None
         there = await self._store.events.read_aggregate(
             event.aggregate_id, AggregateQuery(from_version=event.version, to_version=event.version)
         )
@@ -751,8 +763,10 @@ class Importer:
                 continue
             if there:
                 self._refuse_if_placed_by_an_import(event, index, there[0])
-            last = await events.read_aggregate(aggregate_id, AggregateQuery(backwards=True, limit=1))
-            deleted = bool(last) and is_tombstone(last[0])
+            deleted = await self._deleted(aggregate_id)
+            if deleted and not self._options.restore_deleted:
+                # Overwriting replaces a history, not a deletion: only a restore brings one back.
+                raise import_conflict(AGGREGATE_DELETED, event)
             if self._options.overwrite or deleted:
                 replaced[aggregate_id] = (event, [])
         if self._options.overwrite:
@@ -794,6 +808,11 @@ class Importer:
             same = await events.read_aggregate(aggregate_id, AggregateQuery(to_version=where - 1))
             parted[aggregate_id] = (versions[where], same)
         return parted
+
+    async def _deleted(self, aggregate_id: str) -> bool:
+        """Whether the target holds ``aggregate_id`` deleted (its last event a tombstone)."""
+        last = await self._store.events.read_aggregate(aggregate_id, AggregateQuery(backwards=True, limit=1))
+        return bool(last) and is_tombstone(last[0])
 
     def _replaced(self, aggregate_id: str) -> None:
         self.summary.aggregates_replaced += 1
