@@ -1615,6 +1615,7 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
         _print(summary)
         return EXIT_OK
     types = RemoteTypes(channel)
+    _check_left_out(args.file, leave_out, types.pool)
     source = Source(args.file, pool=types.pool)
     reporter = Reporter("import", total=source.total, unit="bytes" if source.total else "records", quiet=args.quiet)
     try:
@@ -1632,6 +1633,30 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
     _warn_to_rebuild(counts)
     _print(counts)
     return EXIT_OK
+
+
+def _check_left_out(path: str, leave_out: frozenset[str], pool: Any = None) -> None:
+    """Refuse, before anything is imported, a ``--leave-out`` aggregate the
+    export holds no record of (NOT_IN_EXPORT): a typo would leave out
+    nothing, and with --overwrite replace the aggregate it was to protect.
+    The file is read through once for its aggregates (as restore's
+    NOT_IN_ARCHIVE); standard input, read once, is checked at its end, before
+    the importer sees that end (``only_aggregates``): an --overwrite import
+    has then written nothing, another the batches before."""
+    from service.transfer.files import STDIO, Source
+    from service.transfer.restoring import aggregates_in, not_in_export
+
+    if not leave_out or path == STDIO:
+        return
+    scan = Source(path, pool=pool)
+    try:
+        held = aggregates_in(scan.records())
+    except InvalidInput:
+        return  # a file that cannot be read through: the import says where, as without --leave-out
+    finally:
+        scan.close()
+    if missing := sorted(leave_out - held):
+        raise not_in_export(missing, path, held)
 
 
 def _leaving_out(
@@ -1776,6 +1801,7 @@ async def _import_local(
     settings = load_settings(None, os.environ)
     registry = build_registry(settings)
     master_keys = build_master_keys(settings)
+    _check_left_out(path, leave_out)
     source = Source(path)
     reporter = Reporter("import", total=source.total, unit="bytes" if source.total else "records", quiet=quiet)
     adapter = open_store(url, pool_size=2)
@@ -2457,7 +2483,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_aggregate_id,
         metavar="AGGREGATE",
-        help="import nothing of this aggregate (one the store has forgotten, say); repeatable",
+        help="import nothing of this aggregate (one the store has forgotten, say); repeatable; one the export"
+        " holds no record of (a typo) is refused before anything is imported (NOT_IN_EXPORT)",
     )
     import_.add_argument(
         "--max-event-bytes",

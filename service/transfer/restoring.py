@@ -4,7 +4,7 @@ export stream of their own (the header names them, the end counts them)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Set
+from collections.abc import Iterable, Iterator, Sequence, Set
 
 from chronicle.v1 import export_pb2
 from service.errors import InvalidInput
@@ -48,6 +48,7 @@ def only_aggregates(
     stream): a stream missing records is not passed on as a whole one."""
     counts: Counter[str] = Counter()
     read: Counter[str] = Counter()
+    left_out: set[str] = set()  # the aggregates of ``leaving_out`` met
     for record in records:
         kind = record.WhichOneof("record") or ""
         if kind == "header":
@@ -64,13 +65,39 @@ def only_aggregates(
             yield header
         elif kind == "end":
             _check_end(record.end, read)
+            if missing := sorted(leaving_out - left_out):
+                # A stream read once (standard input): said at its end, before the importer sees it.
+                raise not_in_export(missing, "the stream")
             yield end_record(counts)
         else:
             read[kind] += 1
             aggregate_id = aggregate_of(record)
-            if (not chosen or aggregate_id in chosen) and aggregate_id not in leaving_out:
+            if aggregate_id is not None and aggregate_id in leaving_out:
+                left_out.add(aggregate_id)
+            elif not chosen or aggregate_id in chosen:
                 counts[kind] += 1
                 yield record
+
+
+NOT_IN_EXPORT = "NOT_IN_EXPORT"
+
+
+def not_in_export(missing: Sequence[str], where: str, held: Set[str] | None = None) -> InvalidInput:
+    """The refusal of an import whose ``--leave-out`` names aggregates
+    (``missing``) that the export (``where``) holds no record of: a typo,
+    which would leave out nothing, and with ``--overwrite`` replace the
+    aggregate it was meant to protect."""
+    names = ", ".join(repr(name) for name in missing)
+    holds = ""
+    if held is not None:
+        shown = ", ".join(sorted(held)[:20]) + (", …" if len(held) > 20 else "")
+        holds = f" (it holds {shown or 'no aggregate'})"
+    return InvalidInput(
+        f"--leave-out {names}: {where} holds no record of {'it' if len(missing) == 1 else 'them'}{holds}, so"
+        " nothing would be left out (a typo?): nothing was imported",
+        reason=NOT_IN_EXPORT,
+        metadata={"aggregate_ids": ",".join(missing)},
+    )
 
 
 def _check_end(end: export_pb2.ExportEnd, read: Counter[str]) -> None:
