@@ -24,7 +24,7 @@ from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message import DecodeError
 
 from chronicle.v1 import export_pb2
-from service.errors import InvalidInput
+from service.errors import FieldViolation, InvalidInput
 
 # What an export's header says it is (ExportHeader.format).
 FORMAT = "chronicle.export"
@@ -86,6 +86,8 @@ def from_json(data: object, pool: descriptor_pool.DescriptorPool, *, where: str)
     if isinstance(envelope, dict) and isinstance(envelope.get("payload"), dict) and "@base64" in envelope["payload"]:
         raw = envelope["payload"]
         data = {**data, "event": {**data["event"], "event": {k: v for k, v in envelope.items() if k != "payload"}}}
+    elif isinstance(envelope, dict) and isinstance(envelope.get("payload"), dict):
+        _check_payload_type(envelope, pool, where)
     try:
         json_format.ParseDict(data, record, descriptor_pool=pool)
         if raw is not None:
@@ -95,6 +97,37 @@ def from_json(data: object, pool: descriptor_pool.DescriptorPool, *, where: str)
         shown = " ".join(str(error).split())
         raise InvalidInput.for_field(where, f"is not an export record: {shown}", reason="BAD_RECORD") from None
     return record
+
+
+def _check_payload_type(envelope: dict[str, Any], pool: descriptor_pool.DescriptorPool, where: str) -> None:
+    """An event whose payload's ``@type`` no loaded plugin declares cannot
+    be read from JSON (its fields are known only to its type): refused as
+    the importer refuses such an event (UNKNOWN_EVENT_TYPE, naming it),
+    not with Protobuf's "Can not find message descriptor"."""
+    type_url = envelope["payload"].get("@type")
+    if not isinstance(type_url, str):
+        return  # Protobuf says what is wrong with it
+    event_type = type_url.rpartition("/")[2]
+    try:
+        pool.FindMessageTypeByName(event_type)
+    except KeyError:
+        why = (
+            f"no loaded plugin declares event type {event_type!r}, so its payload cannot be read from JSON (load"
+            " the plugin that does; a payload of a type Chronicle does not know can only be carried as"
+            ' {"@type": ..., "@base64": ...}, and is then refused for the same reason unless a plugin reads it)'
+        )
+        raise InvalidInput(
+            f"{where}: event {envelope.get('event_id', '')} (aggregate {envelope.get('aggregate_id', '')!r}) cannot"
+            f" be imported: {why}",
+            reason="UNKNOWN_EVENT_TYPE",
+            violations=(FieldViolation(f"{where}.event.event.payload", why),),
+            metadata={
+                "record": where.removeprefix("record[").removesuffix("]"),
+                "event_id": str(envelope.get("event_id", "")),
+                "aggregate_id": str(envelope.get("aggregate_id", "")),
+                "event_type": event_type,
+            },
+        ) from None
 
 
 def read(source: BinaryIO, *, pool: descriptor_pool.DescriptorPool | None = None) -> Iterator[export_pb2.ExportRecord]:
@@ -107,6 +140,11 @@ def read(source: BinaryIO, *, pool: descriptor_pool.DescriptorPool | None = None
     line without its end) is EXPORT_INCOMPLETE, after the whole records
     before it."""
     pool = pool or descriptor_pool.Default()
+    if _peek(source, len(_BOM) + 1) == _BOM + b"{":
+        # JSON lines saved by an editor (or PowerShell) that begins files
+        # with a UTF-8 byte order mark: read as without it (before, taken
+        # for the binary format, a record of 258,989,551 bytes).
+        source.read(len(_BOM))
     first = source.readline() if _peek(source) == b"{" else b""
     if first:
         try:
@@ -133,10 +171,14 @@ def _checked_first(record: export_pb2.ExportRecord) -> export_pb2.ExportRecord:
     return record
 
 
-def _peek(source: BinaryIO) -> bytes:
+# UTF-8's byte order mark, which some editors write at a text file's start.
+_BOM = b"\xef\xbb\xbf"
+
+
+def _peek(source: BinaryIO, count: int = 1) -> bytes:
     peek = getattr(source, "peek", None)
     if peek is not None:
-        return bytes(peek(1)[:1])
+        return bytes(peek(count)[:count])
     raise TypeError("reading an export needs a buffered binary file")
 
 

@@ -122,3 +122,34 @@ async def test_through_a_server_a_file_cut_short_is_said_and_what_came_is_writte
         assert err.startswith("error: EXPORT_INCOMPLETE: the export is cut short inside record 31"), err
         assert "the records before it were imported" in err
         assert len((await store.read_log(0, LogFilter(), 100)).events) == 30
+
+
+async def test_a_json_lines_export_that_begins_with_a_byte_order_mark_is_read_as_without_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Saved by an editor that writes a UTF-8 BOM: before, taken for the
+    binary format (NOT_AN_EXPORT "announces a record of 258989551 bytes")."""
+    data, _ = export_of("jsonl")
+    file = tmp_path / "bom.jsonl"
+    file.write_bytes(b"\xef\xbb\xbf" + data)
+    status, err = await imported(file, tmp_path / "target.db", capsys)
+    assert status == 0, err
+    assert await events_in(tmp_path / "target.db") == EVENTS
+
+
+async def test_a_json_lines_event_of_a_type_no_plugin_declares_is_unknown_event_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As docs/migration.md promises: before, BAD_RECORD with Protobuf's
+    "Can not find message descriptor by type_url" text."""
+    data, _ = export_of("jsonl")
+    lines = data.decode().splitlines(keepends=True)
+    lines[3] = lines[3].replace("bank.v1.AccountOpened", "bank.v1.AccountOpenned")  # acc-2's first event
+    file = tmp_path / "typo.jsonl"
+    file.write_text("".join(lines))
+    status, err = await imported(file, tmp_path / "target.db", capsys)
+    assert status == 2, err
+    assert err.startswith("error: UNKNOWN_EVENT_TYPE: record[3]: event "), err
+    assert "no loaded plugin declares event type 'bank.v1.AccountOpenned'" in err, err
+    assert "Can not find" not in err
+    assert await events_in(tmp_path / "target.db") == 2  # the records before it
