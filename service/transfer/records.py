@@ -25,7 +25,9 @@ from google.protobuf import timestamp_pb2
 
 from chronicle.v1 import event_pb2, export_pb2
 from service.errors import InvalidInput
+from service.plugins.reactions import HOPS_KEY
 from service.store.encryption import CLAIMS_KEY_PREFIX, PROJECTION_KEY_PREFIX, is_sealed
+from service.store.imported import IMPORTED, IMPORTED_KEY
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Rejection, Snapshot
 from service.values import id_problem
 
@@ -188,6 +190,37 @@ def _metadata(where: str, metadata: Mapping[str, str]) -> dict[str, str]:
     return dict(metadata)
 
 
+# Metadata keys the server writes itself (as the API reserves them for
+# commands: service.api.codec): a stream's event may carry only those it
+# could have got from a Chronicle, with the values it writes.
+_RESERVED_METADATA_PREFIX = "chronicle."
+
+
+def _event_metadata(where: str, metadata: Mapping[str, str]) -> dict[str, str]:
+    """An event's metadata: as ``_metadata``, and no key under the reserved
+    ``chronicle.`` prefix (in any letter case) but the server's own, as a
+    Chronicle export carries them: the import mark (``"true"``, the import
+    adds it anyway) and a reaction's command's hop count (a whole number).
+    A forged one would mean what the server's means (an event hidden from
+    reactions, a chain of reactions cut short)."""
+    checked = _metadata(where, metadata)
+    for key, text in checked.items():
+        if not key.lower().startswith(_RESERVED_METADATA_PREFIX):
+            continue
+        if key == IMPORTED_KEY and text == IMPORTED:
+            continue
+        if key == HOPS_KEY and text.isascii() and text.isdigit():
+            continue
+        raise InvalidInput.for_field(
+            f"{where}[{key[:_MAX_METADATA_KEY]!r}]",
+            f"is reserved: keys beginning with {_RESERVED_METADATA_PREFIX!r} are the server's own (only"
+            f" {IMPORTED_KEY!r}: {IMPORTED!r} and {HOPS_KEY!r}: a whole number come from a Chronicle export); carry"
+            " the old store's metadata under other keys",
+            reason="INVALID_METADATA",
+        )
+    return checked
+
+
 def _uuid(where: str, value: str) -> str:
     try:
         uuid.UUID(value)
@@ -241,7 +274,7 @@ def stored_event(exported: export_pb2.ExportedEvent, where: str) -> RecordedEven
         origin=_short(f"{where}.event.origin", event.origin),
         correlation_id=_short(f"{where}.event.correlation_id", event.correlation_id),
         causation_id=_short(f"{where}.event.causation_id", event.causation_id),
-        metadata=_metadata(f"{where}.event.metadata", event.metadata),
+        metadata=_event_metadata(f"{where}.event.metadata", event.metadata),
     )
 
 

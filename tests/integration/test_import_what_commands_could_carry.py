@@ -7,7 +7,10 @@ through ``chronicle import --database-url``, on SQLite and PostgreSQL:
   may be 16 MiB): written, it made every page holding it unsendable;
 - two events with one event id (KurrentDB keeps ids unique per stream
   only): SQLite's IntegrityError traceback, INTERNAL through a server, and
-  on PostgreSQL ABORTED IMPORT_RACED, retry advice that never helps.
+  on PostgreSQL ABORTED IMPORT_RACED, retry advice that never helps;
+- metadata keys under the reserved ``chronicle.`` prefix (INVALID_METADATA,
+  as a command's), but the server's own as a Chronicle export carries them:
+  taken before, and a stream's ``chronicle.imported`` rewritten.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ def target_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def opened(aggregate_id: str, *, owner: str = "ann", event_id: str | None = None) -> Record:
+def opened(
+    aggregate_id: str, *, owner: str = "ann", event_id: str | None = None, metadata: dict[str, str] | None = None
+) -> Record:
     return exported_event(
         RecordedEvent(
             event_id=event_id or str(uuid.uuid4()),
@@ -68,7 +73,7 @@ def opened(aggregate_id: str, *, owner: str = "ann", event_id: str | None = None
             origin="kurrentdb",
             correlation_id="",
             causation_id="",
-            metadata={},
+            metadata=metadata or {},
         )
     )
 
@@ -187,3 +192,31 @@ def test_import_database_url_of_two_events_with_one_id_is_a_bad_record(target_ur
         done.stderr
     )
     assert "record[1] (aggregate 'account-k1', version 1)" in done.stderr, done.stderr
+
+
+# -- metadata keys the server reserves ------------------------------------------------
+
+
+async def test_reserved_metadata_keys_are_invalid_metadata_but_a_chronicle_exports_own_are_taken(
+    store: StoreAdapter,
+) -> None:
+    async with running_server(store, anonymous_admin=True) as (_, client):
+        for metadata in (
+            {"chronicle.imported": "false"},
+            {"Chronicle.Imported": "true"},
+            {"chronicle.correlation": "x"},
+            {"chronicle.reaction_hops": "-1"},
+        ):
+            code, reason, _, message = await refused(
+                imported(client, stream(opened("ok-1"), opened("meta-1", metadata=metadata)))
+            )
+            assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_METADATA"), message
+            key = next(iter(metadata))
+            assert message.startswith(f"record[2].event.event.metadata[{key!r}]: is reserved"), message
+            assert await store.head("meta-1") is None and await store.head("ok-1") is None
+
+        # What a Chronicle export carries: an event a reaction's command wrote, imported once already.
+        own = {"chronicle.imported": "true", "chronicle.reaction_hops": "2", "$correlationId": "c-1"}
+        assert (await imported(client, stream(opened("meta-2", metadata=own)))).events_written == 1
+        (held,) = await store.read_aggregate("meta-2")
+        assert held.metadata == own
