@@ -709,6 +709,7 @@ async def start(
             # Imported aggregates' claims are derived from their state as commands see it (decrypted).
             load_state=executor.loader.state_of,
             max_event_bytes=settings.max_event_bytes,
+            max_message_bytes=settings.max_message_bytes,
         ),
         stored=Store.of(adapter),
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from chronicle.v1 import admin_service_pb2 as pb
 from chronicle.v1 import export_pb2
 from service.api.codec import check_id, check_names, micros_of
-from service.errors import InvalidInput, quoted
+from service.errors import EventTooLargeToSend, InvalidInput, quoted
 from service.plugins.registry import Registry
 from service.store.base import Store
 from service.store.encryption import Keyring
@@ -47,6 +47,8 @@ class Transfers:
     load_state: LoadState | None = None
     # The server's --max-event-bytes: no imported event may be larger than a command's.
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    # The server's --max-message-bytes: an export record larger is refused by name, not sent.
+    max_message_bytes: int = 4 * 1024 * 1024
 
     async def selection(self, request: pb.ExportLogRequest) -> ExportSelection:
         if len(request.aggregate_ids) > MAX_EXPORTED_AGGREGATES:
@@ -97,8 +99,11 @@ class Transfers:
         self.evict(aggregate_id)  # its worker's state is of events that are gone
         return deletion
 
-    def export(self, selection: ExportSelection) -> AsyncIterator[export_pb2.ExportRecord]:
-        return Exporter(self.store, source=self.kind).records(selection)
+    async def export(self, selection: ExportSelection) -> AsyncIterator[export_pb2.ExportRecord]:
+        async for record in Exporter(self.store, source=self.kind).records(selection):
+            if record.HasField("event") and record.ByteSize() > self.max_message_bytes - _MESSAGE_SLACK:
+                raise _too_large_to_export(record)
+            yield record
 
     async def import_(self, requests: AsyncIterator[pb.ImportLogRequest]) -> tuple[pb.ImportLogResponse, ImportSummary]:
         importer: Importer | CheckedFirst | None = None
@@ -137,6 +142,30 @@ class Transfers:
 
         # Replacing aggregates: nothing is written before the whole stream is read and checked.
         return CheckedFirst(make) if options.overwrite else make(False)
+
+
+# What gRPC's framing of a message may add to the record it carries.
+_MESSAGE_SLACK = 1024
+
+
+def _too_large_to_export(record: export_pb2.ExportRecord) -> EventTooLargeToSend:
+    """An event stored under a larger limit (or imported before imports
+    held events to --max-event-bytes) whose record no message of this
+    server can carry: said by name rather than gRPC's "Sent message larger
+    than max" (processing/sendable.py)."""
+    event = record.event.event
+    return EventTooLargeToSend(
+        f"event {event.event_id} (aggregate {event.aggregate_id!r}, version {event.version}, position"
+        f" {event.position}) is an export record of {record.ByteSize()} bytes, more than this server sends in a"
+        " message (--max-message-bytes): export the store with `chronicle export --database-url`, which reads it"
+        " directly, or through a server with a larger --max-message-bytes",
+        metadata={
+            "event_id": event.event_id,
+            "aggregate_id": event.aggregate_id,
+            "position": str(event.position),
+            "size": str(record.ByteSize()),
+        },
+    )
 
 
 def _rule(rule: pb.ArchiveRule) -> ArchiveRule:

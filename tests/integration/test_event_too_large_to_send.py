@@ -24,6 +24,7 @@ from service.transfer.importer import Importer
 from tests.integration.test_import_what_commands_could_carry import opened, stream
 from tests.support.grpc_client import details_of, running_server
 from tests.support.stores import STORES, store_site
+from tests.support.transfer import exported
 
 MIB = 1024 * 1024
 TOO_LARGE = "EVENT_TOO_LARGE_TO_SEND"
@@ -120,3 +121,14 @@ async def test_a_group_parks_it_and_delivers_the_rest(store: StoreAdapter) -> No
                 await taking
         assert not parked.replaying and parked.reason.startswith(f"{TOO_LARGE}: "), parked
         assert again == []
+
+
+async def test_an_export_through_the_server_ends_at_it_naming_it(store: StoreAdapter) -> None:
+    """Before: RESOURCE_EXHAUSTED "Sent message larger than max"."""
+    (big,) = await store.read_aggregate("big-1")
+    async with running_server(store, anonymous_admin=True) as (_, client):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await exported(client)
+    code, reason, metadata = _refusal(refused.value)
+    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, TOO_LARGE)
+    assert metadata["event_id"] == big.event_id and "chronicle export --database-url" in refused.value.details()
