@@ -30,6 +30,7 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.base import StoreAdapter
 from service.store.records import RecordedEvent
 from service.transfer.exporter import FORMAT, FORMAT_VERSION
+from service.transfer.importer import BATCH
 from service.transfer.records import end_record, exported_event
 from tests.support.grpc_client import details_of, running_server
 from tests.support.import_claims import chronicle, empty_store
@@ -181,6 +182,18 @@ async def test_two_events_with_one_id_are_a_bad_record_naming_both(store: StoreA
             }
             assert "two events with event id" in message, message
         assert await store.head("account-k1") is None and await store.head("account-k2") is None
+
+
+async def test_the_second_of_two_events_with_one_id_in_another_batch_is_event_id_taken(store: StoreAdapter) -> None:
+    """The first is in the target by then: the store finds its id held."""
+    event_id = str(uuid.uuid4())
+    fillers = [opened(f"filler-{n}") for n in range(BATCH)]
+    records = stream(opened("account-k1", event_id=event_id), *fillers, opened("user-k1", event_id=event_id))
+    async with running_server(store, anonymous_admin=True) as (_, client):
+        code, reason, metadata, message = await refused(imported(client, records))
+        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "EVENT_ID_TAKEN"), message
+        assert (metadata["record"], metadata["aggregate_id"]) == (str(BATCH + 2), "user-k1")
+        assert await store.head("account-k1") is not None and await store.head("user-k1") is None
 
 
 def test_import_database_url_of_two_events_with_one_id_is_a_bad_record(target_url: str, tmp_path: Path) -> None:
