@@ -38,6 +38,9 @@ SERVICE = "chronicle.v1.ProjectionService"
 # most a fifth of it) for the answer to be made and to travel: 50 ms was not
 # always enough on a loaded machine, and the client then saw DEADLINE_EXCEEDED.
 _DEADLINE_MARGIN = 0.25
+# GetDocuments' keys per call: one statement of the store, an answer that
+# fits a message for documents of a few KiB each.
+MAX_KEYS_PER_READ = 100
 
 
 class ProjectionService(pb_grpc.ProjectionServiceServicer):
@@ -141,6 +144,42 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
                 metadata={"projection": projection.name, "key": key},
             )
         return pb.GetDocumentResponse(document=_packed(document), position=position)
+
+    async def GetDocuments(
+        self, request: pb.GetDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetDocumentsResponse:
+        projection, tenant = await self._document_reader("projection", request.projection)
+        if len(request.keys) > MAX_KEYS_PER_READ:
+            raise InvalidInput.for_field(
+                "keys",
+                f"names {len(request.keys)} keys, at most {MAX_KEYS_PER_READ} are read in one call",
+                reason="TOO_MANY_KEYS",
+            )
+        keys = list(dict.fromkeys(request.keys))  # each once, in the order first asked
+        for index, key in enumerate(keys):
+            check_id(f"keys[{index}]", key, reason="INVALID_KEY")
+        for key in keys:
+            # All refused for one: the caller learns nothing of another
+            # tenant's keys from which of them came back.
+            if not key.startswith(tenant):
+                raise _not_of_tenant(projection, key)
+        # The checkpoint first, as GetDocument: the documents read next are at least that new.
+        position = await self._reached(projection, request.min_position, context)
+        found = {d.key: d for d in await self._documents.load_documents(projection.name, keys)}
+        answer = pb.GetDocumentsResponse(position=position)
+        room = self._page_bytes
+        for key in keys:
+            document = found.get(key)
+            if document is None:
+                answer.missing_keys.append(key)
+                continue
+            size = _size(document)
+            if answer.documents and size > room:
+                answer.unread_keys.append(key)  # one always goes, as a page's first document
+                continue
+            room -= size
+            answer.documents.append(pb.Document(key=key, document=_packed(document)))
+        return answer
 
     async def ListDocuments(
         self, request: pb.ListDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -312,10 +351,15 @@ def _within(documents: list[StoredDocument], max_bytes: int) -> list[StoredDocum
     (at least one), so that a page always fits in a message."""
     total = 0
     for count, document in enumerate(documents, start=1):
-        total += len(document.data) + len(document.key) + len(document.type_name) + 32
+        total += _size(document)
         if total >= max_bytes:
             return documents[:count]
     return documents
+
+
+def _size(document: StoredDocument) -> int:
+    """About what ``document`` takes in an answer."""
+    return len(document.data) + len(document.key) + len(document.type_name) + 32
 
 
 def _parked(event: ParkedEvent) -> pb.ParkedEvent:

@@ -62,7 +62,7 @@ from service.client.errors import (
     retryable,
 )
 from service.client.groups import Delivery, GroupConsumer, GroupInfo, GroupParkedEvent, Groups
-from service.client.projections import Document, ParkedEvent, Projections, ProjectionStatus
+from service.client.projections import Document, FoundDocuments, ParkedEvent, Projections, ProjectionStatus
 from service.client.reactions import ParkedCommand, ProcessState, Reactions, ReactionStatus
 from service.client.results import AggregateState, Event, StreamResult, Submitted, SubmittedBatch
 from service.client.retry import NO_RETRIES, RetryPolicy
@@ -86,6 +86,7 @@ __all__ = [
     "Event",
     "FailedPrecondition",
     "FileCheckpoints",
+    "FoundDocuments",
     "GroupConsumer",
     "GroupInfo",
     "GroupParkedEvent",

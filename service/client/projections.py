@@ -25,7 +25,7 @@ PROJECTION_FAILED, which is not: it lasts until the plugin is fixed.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from google.protobuf import any_pb2
@@ -65,6 +65,18 @@ class Document:
         return unpack_as(self.packed, message_type)
 
 
+@dataclass(frozen=True, slots=True)
+class FoundDocuments:
+    """What ``documents_by_keys`` read: ``documents`` by key, in the order
+    asked; ``missing``, the keys that hold none (yet), in the order asked;
+    ``position``, the projection's checkpoint at the (first) read: every
+    document and every missing key reflects the log at least up to there."""
+
+    documents: dict[str, Document]
+    missing: builtins.list[str]
+    position: int
+
+
 class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
     """``ProjectionService`` (``ChronicleClient.projections``)."""
 
@@ -88,6 +100,46 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
             f"get document {key!r} of {projection!r}", self._stub.GetDocument, request, timeout
         )
         return Document(key=key, packed=response.document, position=response.position)
+
+    async def documents_by_keys(
+        self,
+        projection: str,
+        keys: Iterable[str],
+        *,
+        min_position: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> FoundDocuments:
+        """The documents of ``projection`` under ``keys`` (at most 100: more
+        is ``InvalidArgument`` TOO_MANY_KEYS), read in one call and one store
+        read; a key that holds nothing is in ``missing``, not an error.
+        Refusals and ``min_position`` as for ``document`` (a tenant-scoped
+        reader naming another tenant's key is refused the whole call,
+        ``PermissionDenied`` READ_DENIED). When the documents are too large
+        for one answer the server leaves some out (``unread_keys``) and they
+        are read by another call."""
+        wanted = builtins.list(dict.fromkeys(keys))
+        documents: dict[str, Document] = {}
+        missing: set[str] = set()
+        first_position: int | None = None
+        asked = wanted
+        while asked:
+            request = pb.GetDocumentsRequest(projection=projection, keys=asked, min_position=min_position)
+            response: pb.GetDocumentsResponse = await self._call(
+                f"get {len(asked)} documents of {projection!r}", self._stub.GetDocuments, request, timeout
+            )
+            if first_position is None:
+                first_position = response.position
+            for found in response.documents:
+                documents[found.key] = Document(key=found.key, packed=found.document, position=response.position)
+            missing.update(response.missing_keys)
+            if len(response.unread_keys) >= len(asked):
+                raise RuntimeError(f"the server read none of {len(asked)} documents of {projection!r}")
+            asked = builtins.list(response.unread_keys)
+        return FoundDocuments(
+            documents={key: documents[key] for key in wanted if key in documents},
+            missing=[key for key in wanted if key in missing],
+            position=first_position or 0,
+        )
 
     async def documents(
         self,
@@ -227,4 +279,4 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
         return response.log_head
 
 
-__all__ = ["Document", "ParkedEvent", "ProjectionStatus", "Projections"]
+__all__ = ["Document", "FoundDocuments", "ParkedEvent", "ProjectionStatus", "Projections"]

@@ -463,6 +463,28 @@ async def test_a_tenant_keyed_projection_shows_a_tenant_its_own_documents_alone(
             assert await refusal(acme.projections.ListDocuments(listing)) == (DENIED, "READ_DENIED")
 
 
+async def test_a_tenant_reads_its_documents_by_keys_and_one_key_of_another_refuses_the_call(
+    site: Site, tmp_path: Path
+) -> None:
+    registry = Registry([bank_account.plugin, keyed])
+    async with tenants(site, tmp_path, registry) as t, t.acme() as acme, t.globex() as globex:
+        await globex.submit(mine("globex:acc-1", bank.OpenAccount(owner="gus")))
+        last = await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
+        at = last.events[-1].position
+
+        def get(*keys: str) -> Any:
+            return acme.projections.GetDocuments(
+                proj.GetDocumentsRequest(projection="tenants.owners", keys=keys, min_position=at)
+            )
+
+        mine_only = await get("acme:acc-1", "acme:nope")
+        assert [d.key for d in mine_only.documents] == ["acme:acc-1"]
+        assert list(mine_only.missing_keys) == ["acme:nope"]
+        # The whole call, whether the other tenant's key holds a document or not.
+        assert await refusal(get("acme:acc-1", "globex:acc-1")) == (DENIED, "READ_DENIED")
+        assert await refusal(get("acme:acc-1", "globex:nope")) == (DENIED, "READ_DENIED")
+
+
 async def test_command_streams_and_dry_runs_are_held_to_the_tenant(site: Site, tmp_path: Path) -> None:
     async with tenants(site, tmp_path) as t, t.acme() as acme, t.globex() as globex:
         await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))

@@ -90,6 +90,45 @@ export class Projections {
   }
 
   /**
+   * The documents of `projection` under `keys` (at most 100; more rejects
+   * INVALID_ARGUMENT TOO_MANY_KEYS), read in one call and one store read:
+   * `{ documents, missing, position }`, `documents` a Map from key to
+   * `{ key, document, position }` as `document` gives it, in the order
+   * asked; `missing` the keys that hold nothing (yet), in the order asked;
+   * `position` the projection's checkpoint at the (first) read.
+   * Refusals and `minPosition` as for `document` (a tenant-scoped reader
+   * naming another tenant's key is refused the whole call, READ_DENIED).
+   * Documents too large for one answer (the server's `unread_keys`) are
+   * read by another call.
+   */
+  async documentsByKeys(projection, keys, { minPosition = 0, signal, timeoutSeconds } = {}) {
+    const limit = this.#bound({ signal, timeoutSeconds });
+    const wanted = [...new Set(keys)];
+    const found = new Map();
+    const missing = new Set();
+    let position = null;
+    let asked = wanted;
+    while (asked.length > 0) {
+      const request = { projection, keys: asked, min_position: minPosition };
+      const answer = await this.#call('GetDocuments', request, limit);
+      position ??= answer.position;
+      for (const document of answer.documents) {
+        found.set(document.key, { key: document.key, document: this.#unpack(document.document), position: answer.position });
+      }
+      for (const key of answer.missing_keys) missing.add(key);
+      if (answer.unread_keys.length >= asked.length) {
+        throw new Error(`the server read none of ${asked.length} documents of ${projection}`);
+      }
+      asked = answer.unread_keys;
+    }
+    return {
+      documents: new Map(wanted.filter((key) => found.has(key)).map((key) => [key, found.get(key)])),
+      missing: wanted.filter((key) => missing.has(key)),
+      position: position ?? 0,
+    };
+  }
+
+  /**
    * The documents of `projection` whose keys start with `keyPrefix`, in key
    * order (by Unicode code point; `descending` the other way), as
    * `document` gives them, following `next_page_token` to the last page.

@@ -145,6 +145,35 @@ test('documents are decoded and followed page after page, in either order', asyn
   });
 });
 
+test('documents by keys: one call, found in the order asked, the others missing, too many refused', async () => {
+  await withServer(async (client) => {
+    let last;
+    for (let n = 0; n < 3; n += 1) {
+      last = await client.submit(`acc-${n}`, 'bank.v1.OpenAccount', { owner: `owner-${n}` });
+    }
+    const keys = ['owner:owner-2', 'owner:nobody', 'owner:owner-0', 'owner:owner-2'];
+    const read = await client.projections.documentsByKeys(BALANCES, keys, { minPosition: last.position });
+    assert.deepEqual([...read.documents.keys()], ['owner:owner-2', 'owner:owner-0']);
+    assert.deepEqual(read.documents.get('owner:owner-0').document, {
+      '@type': 'bank.v1.OwnerBalance',
+      owner: 'owner-0',
+      balance: 0,
+      account_ids: ['acc-0'],
+    });
+    assert.deepEqual(read.missing, ['owner:nobody']);
+    assert.ok(read.position >= last.position);
+    const tooMany = Array.from({ length: 101 }, (_, n) => `owner:${n}`);
+    await assert.rejects(
+      client.projections.documentsByKeys(BALANCES, tooMany),
+      refusedWith('INVALID_ARGUMENT', 'TOO_MANY_KEYS'),
+    );
+    await assert.rejects(
+      client.projections.documentsByKeys(BALANCES, ['owner:ann', '']),
+      refusedWith('INVALID_ARGUMENT', 'INVALID_KEY'),
+    );
+  });
+});
+
 test('projections say where they stand; their parked events are followed to the last page, parked again by a rebuild', async () => {
   await withServer(async (client) => {
     assert.deepEqual(

@@ -356,6 +356,11 @@ export interface ProjectionDocument {
 export declare function projectionStatus(status: Record<string, unknown>): ProjectionStatus;
 export declare class Projections {
   document(projection: string, key: string, options?: { minPosition?: number } & CallOptions): Promise<ProjectionDocument>;
+  documentsByKeys(
+    projection: string,
+    keys: Iterable<string>,
+    options?: { minPosition?: number } & CallOptions,
+  ): Promise<{ documents: Map<string, ProjectionDocument>; missing: string[]; position: number }>;
   documents(
     projection: string,
     options?: { keyPrefix?: string; pageSize?: number; descending?: boolean; minPosition?: number } & CallOptions,
