@@ -532,6 +532,14 @@ def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
         for orphan in listed.orphaned:  # marked so: a script tells them from the loaded ones
             _print({"name": orphan.name, "position": orphan.position, "orphaned": True})
         return EXIT_OK
+    if args.skip is not None:
+        if len(words) != 1:
+            raise ValueError("chronicle projection NAME --skip POSITION takes one projection's NAME")
+        skipped = stub.SkipEvent(
+            projection_service_pb2.SkipEventRequest(projection=words[0], position=args.skip), timeout=args.timeout
+        )
+        _print({"projection": words[0], "skipped": args.skip, "parked": _as_dict(skipped.parked)})
+        return EXIT_OK
     if len(words) == 2 and words[0] in _PROJECTION_ACTIONS:
         action, name = words
         if action == "rebuild":
@@ -2595,7 +2603,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="no NAME: every projection's progress, one JSON line each; NAME: its progress;"
         " NAME KEY: one document; documents NAME: its documents as JSON lines"
         " (--prefix, --descending); parked NAME: the events it parked, as JSON lines; rebuild NAME: apply the"
-        " log again from the start (admin), showing its progress and the time left",
+        " log again from the start (admin), showing its progress and the time left; NAME --skip POSITION: park"
+        " the event it is stopped on and go on (admin)",
     )
     projection.add_argument(
         "words",
@@ -2609,6 +2618,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--orphaned", action="store_true", help="with no NAME: also the stored projections no loaded plugin declares"
     )
     projection.add_argument("--no-wait", action="store_true", help="rebuild: return once the rebuild has started")
+    projection.add_argument(
+        "--skip",
+        type=int,
+        metavar="POSITION",
+        help="NAME: park the event at POSITION, where the projection is stopped, and let it go on (admin;"
+        " ask the replica that runs it)",
+    )
     projection.set_defaults(run=_projection, remote=True)
 
     tail = commands.add_parser("tail", help="follow the global event stream as JSON lines")

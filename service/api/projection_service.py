@@ -26,7 +26,7 @@ from service.plugins.projections import Projection
 from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.processing.freshness import wait_for_projection
-from service.processing.projections import Projections, withdraw_if_forgotten
+from service.processing.projections import Projections, RunsElsewhere, withdraw_if_forgotten
 from service.security.policy import Authorizer
 from service.store.base import KeyStore, LogReader, ProjectionStore
 from service.store.records import DocumentRange, ParkedEvent, StoredDocument
@@ -310,6 +310,35 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         if runner is not None:
             runner.nudge()  # here: at once; on another replica, at its next look
         return pb.RebuildProjectionResponse(log_head=head)
+
+    async def SkipEvent(
+        self, request: pb.SkipEventRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SkipEventResponse:
+        principal = current_principal.get()
+        action = f"{SERVICE}/SkipEvent"
+        target = f"projection:{request.projection[:MAX_ID_LENGTH]}"
+        try:
+            self._authorizer.check_admin(principal, "skip a projection's event")
+            projection = await self._projection("projection", request.projection)
+            position = check_version("position", request.position, reason="INVALID_POSITION")
+            if position == 0:
+                raise InvalidInput.for_field("position", "must name the event to skip", reason="INVALID_POSITION")
+            runner = self._projections.runners.get(projection.name)
+            if runner is None:  # this server runs no projections
+                raise RunsElsewhere(
+                    f"projection {projection.name} does not run on this server: ask the one that runs it",
+                    metadata={"projection": projection.name, "runner": ""},
+                )
+            parked = await runner.skip(position)
+        except ChronicleError as error:
+            if self._audit is not None:
+                await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, error=error)
+            raise
+        if self._audit is not None:
+            # Not the error: its text may quote the event, which a forget erases from the store, not from here.
+            message = f"parked {parked.event_type} {parked.event_id} at position {parked.position}"
+            await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, message=message)
+        return pb.SkipEventResponse(parked=_parked(parked))
 
     async def DeleteProjection(
         self, request: pb.DeleteProjectionRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -50,6 +50,7 @@ SELF_AUDITED = frozenset(
     {
         "/chronicle.v1.ProjectionService/RebuildProjection",
         "/chronicle.v1.ProjectionService/DeleteProjection",
+        "/chronicle.v1.ProjectionService/SkipEvent",
         "/chronicle.v1.ReactionService/ReplayParkedCommand",
         "/chronicle.v1.ReactionService/DismissParkedCommand",
         "/chronicle.v1.ReactionService/ReplayAllParkedCommands",

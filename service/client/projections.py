@@ -257,6 +257,30 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
             for parked in page.events:
                 yield parked
 
+    async def skip(
+        self,
+        projection: str,
+        position: int,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a DeadlineExceeded, as submit's)
+    ) -> ParkedEvent:
+        """Park the event at ``position``, where ``projection`` is stopped (a
+        handler keeps failing on it), and let the projection go on; the
+        event as parked. A rebuild applies it again once the plugin is fixed.
+        Takes the admin grant; ask the server that runs the projection
+        (``get(projection).runner``): another is ``FailedPrecondition``
+        PROJECTION_RUNS_ELSEWHERE (``metadata["runner"]``), a position the
+        projection is not stopped at NOT_STOPPED_AT (``stopped_at``: where
+        it is, "0" at no event). A retry after an answer lost once the server
+        acted is NOT_STOPPED_AT: ``parked(projection)`` lists the event."""
+        response: pb.SkipEventResponse = await self._call(
+            f"skip the event at position {position} of {projection!r}",
+            self._stub.SkipEvent,
+            pb.SkipEventRequest(projection=projection, position=position),
+            timeout,
+        )
+        return response.parked
+
     async def rebuild(
         self,
         name: str,

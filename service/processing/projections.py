@@ -64,7 +64,14 @@ from typing import Generic, NamedTuple, Protocol, TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from chronicle.v1 import event_pb2
-from service.errors import ChronicleError, ConcurrencyConflict, ProjectionFailed, StoreUnavailable, SubjectsForgotten
+from service.errors import (
+    ChronicleError,
+    ConcurrencyConflict,
+    ProjectionFailed,
+    StoreUnavailable,
+    SubjectsForgotten,
+    ValidationError,
+)
 from service.plugins.projections import DOCUMENT_CACHE_SIZE, ProjectedEvent, Projection
 from service.processing.overlap import started
 from service.processing.upcasting import EventReader
@@ -528,7 +535,7 @@ class CheckpointedRunner:
                             self.status.name,
                         )
                         self._lease.step_aside()
-                    await asyncio.sleep(self._retry_interval)
+                    await self._pause_after_failure()
                     position = await self._load_position()
                     continue
                 # Let the commits of the next few milliseconds join the batch:
@@ -565,6 +572,10 @@ class CheckpointedRunner:
     async def _wait_for_work(self, position: int) -> None:
         """Until the log has events after ``position`` (or a poll's while)."""
         await self._log.wait_for_commit(position, self._poll_interval)
+
+    async def _pause_after_failure(self) -> None:
+        """The wait before a failed step is tried again."""
+        await asyncio.sleep(self._retry_interval)
 
     def _unexpected(self, error: Exception) -> ChronicleError:
         """An error that is not a ChronicleError, as the status shows it."""
@@ -631,6 +642,30 @@ class CheckpointedRunner:
             self._failed_attempts, self._said = 0, ""
 
 
+class RunsElsewhere(ValidationError):
+    """An event can be skipped only by the replica that runs its projection
+    (FAILED_PRECONDITION, that replica's address in "runner")."""
+
+    default_reason = "PROJECTION_RUNS_ELSEWHERE"
+    recorded = False
+
+
+class NotStoppedThere(ValidationError):
+    """The projection does not stand still at the event asked to be skipped."""
+
+    default_reason = "NOT_STOPPED_AT"
+    recorded = False
+
+
+def _not_stopped_there(projection: str, position: int, stopped_at: int) -> NotStoppedThere:
+    where = f"at position {stopped_at}" if stopped_at else "at no event now"
+    return NotStoppedThere(
+        f"projection {projection} is not stopped at position {position} (it stands still {where}):"
+        " only the event it stopped on can be skipped",
+        metadata={"projection": projection, "position": str(position), "stopped_at": str(stopped_at)},
+    )
+
+
 class ProjectionRunner(CheckpointedRunner):
     status: ProjectionStatus
 
@@ -690,6 +725,79 @@ class ProjectionRunner(CheckpointedRunner):
             commit.cancel()
             nudge.cancel()
         self._nudged.clear()
+
+    async def _pause_after_failure(self) -> None:
+        # Cut short by a nudge: an event skipped or a rebuild asked for
+        # here is taken up at once, not after retry_seconds.
+        try:
+            async with asyncio.timeout(self._retry_interval):
+                await self._nudged.wait()
+        except TimeoutError:
+            return
+        self._nudged.clear()
+
+    async def skip(self, position: int) -> ParkedEvent:
+        """Park the event at ``position``, where the projection stands
+        still on this replica (a handler failed on it, or it could not be
+        read), as ``on_failure="park"`` parks one: recorded with its last
+        error in the commit that moves the checkpoint past it, nothing of it
+        applied; the runner goes on from there at once. A rebuild applies it
+        again. ``RunsElsewhere`` (PROJECTION_RUNS_ELSEWHERE) unless this
+        replica holds the projection's lease; ``NotStoppedThere``
+        (NOT_STOPPED_AT) unless it stands still at ``position`` now, or the
+        checkpoint moved meanwhile (it got past the event by itself, or
+        another call skipped it first)."""
+        fencing = self._lease.fencing() if self._lease is not None else None
+        if self._lease is not None and fencing is None:
+            runner = self._lease.holder()
+            raise RunsElsewhere(
+                f"projection {self.projection.name} runs on another replica ({runner or 'not known yet'}):"
+                " ask it to skip the event",
+                metadata={"projection": self.projection.name, "runner": runner},
+            )
+        stopped_at = self.status.stopped_at if self.error_now else 0
+        error = self.status.error
+        if stopped_at != position or position == 0:
+            raise _not_stopped_there(self.projection.name, position, stopped_at)
+        checkpoint = await self._documents.projection_position(self.projection.name)
+        page = await self._log.read_log(checkpoint, self._filter, 1)
+        if checkpoint != position - 1 or not page.events or page.events[0].position != position:
+            raise _not_stopped_there(self.projection.name, position, 0)
+        record = page.events[0]
+        tried = self._failures.get((record.position, record.event_id))
+        parked = ParkedEvent(
+            self.projection.name,
+            record.position,
+            record.event_id,
+            record.event_type,
+            record.aggregate_id,
+            error,
+            tried[0] if tried else max(1, self._failed_attempts),
+            time.time_ns() // 1000,
+        )
+        try:
+            await self._documents.commit_projection(
+                self.projection.name,
+                expected_position=checkpoint,
+                new_position=position,
+                writes=(),
+                fencing=fencing,
+                parked=(parked,),
+            )
+        except ConcurrencyConflict:
+            raise _not_stopped_there(self.projection.name, position, 0) from None
+        log.warning(
+            "projection %s parks %s at position %d, skipped by an administrator: %s",
+            self.projection.name,
+            record.event_type,
+            record.position,
+            error,
+        )
+        self._clear_error()
+        self.status.position = position
+        self.progress.committed()
+        self.nudge()
+        return parked
 
     async def step(self, position: int) -> int:
         """Apply the next batch after ``position`` and commit it; return the

@@ -143,7 +143,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 46
+    assert len(outcomes) == 48
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -196,6 +196,10 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
         pj.GetDocumentRequest(projection="bank.balances_by_owner", key=SECRET_OWNER),
         "READ_DENIED",
     ),
+    "/chronicle.v1.ProjectionService/GetDocuments": (
+        pj.GetDocumentsRequest(projection="bank.balances_by_owner", keys=[SECRET_OWNER]),
+        "READ_DENIED",
+    ),
     "/chronicle.v1.ProjectionService/ListDocuments": (
         pj.ListDocumentsRequest(projection="bank.balances_by_owner"),
         "READ_DENIED",
@@ -212,6 +216,10 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     ),
     "/chronicle.v1.ProjectionService/RebuildProjection": (
         pj.RebuildProjectionRequest(name="bank.balances_by_owner"),
+        "ADMIN_DENIED",
+    ),
+    "/chronicle.v1.ProjectionService/SkipEvent": (
+        pj.SkipEventRequest(projection="bank.balances_by_owner", position=1),
         "ADMIN_DENIED",
     ),
     "/chronicle.v1.ProjectionService/DeleteProjection": (
@@ -365,6 +373,15 @@ async def test_denied_reads_of_reactions_and_groups_are_audited(served: Served) 
         ("bob", "chronicle.v1.ReactionService/ListParkedCommands", "READ_DENIED", ""),
         ("bob", "chronicle.v1.SubscriptionGroupService/Consume", "CONSUME_DENIED", ""),
         ("bob", "chronicle.v1.SubscriptionGroupService/ListParked", "CONSUME_DENIED", ""),
+    ]
+
+
+async def test_a_denied_skip_is_audited_once(served: Served) -> None:
+    async with connect(served.app.address, interceptors=bearer(served.token("bob"))) as bob:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await bob.projections.SkipEvent(pj.SkipEventRequest(projection="bank.balances_by_owner", position=1))
+    assert await audit_entries(served, principal="bob") == [
+        ("bob", "chronicle.v1.ProjectionService/SkipEvent", "ADMIN_DENIED", "projection:bank.balances_by_owner"),
     ]
 
 

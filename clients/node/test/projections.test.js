@@ -114,6 +114,27 @@ test('a read past where a projection stopped is PROJECTION_FAILED at once, not r
   });
 });
 
+test('an event a projection is stopped on is skipped: parked, and the projection goes on', async () => {
+  await withServer(async (client) => {
+    const stopped = await client.submit('box-1', 'box.v1.CreateBox', { name: 'unlabelable-1' });
+    await eventually(async () => (await client.projections.get(STRICT)).error !== '', `${STRICT} stopping`);
+    await assert.rejects(
+      client.projections.skip(STRICT, stopped.position + 1),
+      (error) =>
+        refusedWith('FAILED_PRECONDITION', 'NOT_STOPPED_AT')(error) &&
+        error.metadata.stopped_at === String(stopped.position),
+    );
+    const parked = await client.projections.skip(STRICT, stopped.position);
+    assert.equal(parked.position, stopped.position);
+    assert.equal(parked.event_type, 'box.v1.BoxCreated');
+    assert.ok(parked.parked_at instanceof Date);
+    const next = await client.submit('box-2', 'box.v1.CreateBox', { name: 'fine' });
+    const found = await client.projections.document(STRICT, 'box:box-2', { minPosition: next.position });
+    assert.equal(found.document.name, 'fine');
+    assert.equal((await client.projections.get(STRICT)).parked_events, 1);
+  });
+});
+
 test('documents are decoded and followed page after page, in either order', async () => {
   await withServer(async (client) => {
     let last;

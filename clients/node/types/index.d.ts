@@ -368,6 +368,7 @@ export declare class Projections {
   get(name: string, options?: CallOptions): Promise<ProjectionStatus>;
   list(options?: CallOptions): Promise<ProjectionStatus[]>;
   parked(projection: string, options?: { pageSize?: number } & CallOptions): AsyncIterable<Record<string, unknown>>;
+  skip(projection: string, position: number, options?: CallOptions): Promise<Record<string, unknown>>;
   rebuild(name: string, options?: CallOptions): Promise<number>;
   orphaned(options?: CallOptions): Promise<{ name: string; position: number }[]>;
   delete(name: string, options?: CallOptions): Promise<number>;
