@@ -41,6 +41,10 @@ _DEADLINE_MARGIN = 0.25
 # GetDocuments' keys per call: one statement of the store, an answer that
 # fits a message for documents of a few KiB each.
 MAX_KEYS_PER_READ = 100
+# CountDocuments reads an index entry per document counted, up to its limit:
+# its cost is bounded by the limit, never a scan of a table of any size.
+DEFAULT_COUNT_LIMIT = 10_000
+MAX_COUNT_LIMIT = 1_000_000
 
 
 class ProjectionService(pb_grpc.ProjectionServiceServicer):
@@ -212,6 +216,25 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             next_page_token=make_token(listing, k=page[-1].key) if more and page else "",
             position=position,
         )
+
+    async def CountDocuments(
+        self, request: pb.CountDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CountDocumentsResponse:
+        projection, tenant = await self._document_reader("projection", request.projection)
+        prefix = checked_key_prefix(request.key_prefix)
+        if tenant.startswith(prefix):
+            prefix = tenant  # "" or a part of the tenant's prefix: its documents alone
+        elif not prefix.startswith(tenant):
+            raise _not_of_tenant(projection, prefix)
+        if request.limit > MAX_COUNT_LIMIT:
+            raise InvalidInput.for_field(
+                "limit", f"must be at most {MAX_COUNT_LIMIT:,}", reason="COUNT_LIMIT_TOO_LARGE"
+            )
+        limit = request.limit or DEFAULT_COUNT_LIMIT
+        position = await self._reached(projection, request.min_position, context)
+        # One more than the limit: whether there are more, for one entry's work.
+        count = await self._documents.count_documents(projection.name, prefix, limit=limit + 1)
+        return pb.CountDocumentsResponse(count=min(count, limit), more=count > limit, position=position)
 
     async def GetProjection(
         self, request: pb.GetProjectionRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -244,6 +244,11 @@ class TimedProjections:
     async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
         return await self._clock.time("list_documents", lambda: self._inner.list_documents(projection, listing))
 
+    async def count_documents(self, projection: str, prefix: str, *, limit: int) -> int:
+        return await self._clock.time(
+            "count_documents", lambda: self._inner.count_documents(projection, prefix, limit=limit)
+        )
+
     async def reset_projection(self, name: str) -> None:
         await self._clock.time("reset_projection", lambda: self._inner.reset_projection(name))
 

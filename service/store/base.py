@@ -356,6 +356,14 @@ class ProjectionStore(Protocol):
         Served by an index range on the key, never by a scan of the
         projection's documents."""
 
+    async def count_documents(self, projection: str, prefix: str, *, limit: int) -> int:
+        """How many of the projection's documents have keys starting with
+        ``prefix``, counted up to ``limit`` (more: ``limit``), read from one
+        snapshot. Served by a range of the key's index, its entries alone
+        (no document is read), and never more than ``limit`` of them: the
+        cost grows with the answer, at most ``limit``, whatever the
+        projection holds."""
+
     async def reset_projection(self, name: str) -> None:
         """Delete the projection's documents and parked events and move its
         checkpoint back to 0, in one transaction: it is applied again from

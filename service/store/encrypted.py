@@ -485,6 +485,16 @@ class SealedProjections:
             metadata={"projection": projection},
         )
 
+    async def count_documents(self, projection: str, prefix: str, *, limit: int) -> int:
+        if prefix:
+            raise NotAvailableHere(
+                f"projection {projection}'s document keys are stored as keyed hashes (encryption at rest):"
+                " documents cannot be counted by key prefix, only all of them",
+                reason="DOCUMENT_KEYS_HIDDEN",
+                metadata={"projection": projection},
+            )
+        return await self.inner.count_documents(projection, "", limit=limit)  # every key is the projection's
+
     async def reset_projection(self, name: str) -> None:
         await self.inner.reset_projection(name)
 

@@ -281,6 +281,10 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         )
         return [self._documents[(projection, key)] for key in keys[: listing.limit]]
 
+    async def count_documents(self, projection: str, prefix: str, *, limit: int) -> int:
+        listing = DocumentRange(prefix=prefix)
+        return min(limit, sum(1 for name, key in self._documents if name == projection and listing.matches(key)))
+
     async def reset_projection(self, name: str) -> None:
         for key in [k for k in self._documents if k[0] == name]:
             del self._documents[key]

@@ -39,6 +39,20 @@ async def test_documents_and_checkpoint_commit_together(store: StoreAdapter) -> 
     assert await store.load_document("p", "j") == StoredDocument("j", "t.Doc", b"")
 
 
+async def test_documents_are_counted_by_key_prefix_up_to_a_limit(store: StoreAdapter) -> None:
+    keys = ["owner:a", "owner:b", "owner:\U0001f600", "owner", "ownes:x", "account:1", "owner:\uffff"]
+    writes = [DocumentWrite(key, "t.Doc", b"") for key in keys]
+    await store.commit_projection("p", expected_position=0, new_position=1, writes=writes)
+    await store.commit_projection("q", expected_position=0, new_position=1, writes=[DocumentWrite("owner:q")])
+
+    assert await store.count_documents("p", "owner:", limit=100) == 4  # code points: the emoji and \uffff too
+    assert await store.count_documents("p", "owner", limit=100) == 5
+    assert await store.count_documents("p", "", limit=100) == 7
+    assert await store.count_documents("p", "owner:", limit=2) == 2
+    assert await store.count_documents("p", "nobody", limit=100) == 0
+    assert await store.count_documents("r", "", limit=100) == 0
+
+
 async def test_documents_are_read_together(store: StoreAdapter) -> None:
     # Keys that an array literal or a JSON text must quote or escape.
     keys = ["k", "a,b", 'quote"d', "back\\slash", "{braces}", "ünï", " spaced ", "NULL", ""]

@@ -143,7 +143,7 @@ async def test_every_method_refuses_a_caller_without_credentials(served: Served)
         # Health alone answers without credentials, as documented.
         health = await health_pb2_grpc.HealthStub(anonymous.channel).Check(health_pb2.HealthCheckRequest())
     assert outcomes == dict.fromkeys(outcomes, (grpc.StatusCode.UNAUTHENTICATED, "NO_CREDENTIALS"))
-    assert len(outcomes) == 48
+    assert len(outcomes) == 49
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -202,6 +202,10 @@ UNGRANTED: dict[str, tuple[Message, str]] = {
     ),
     "/chronicle.v1.ProjectionService/ListDocuments": (
         pj.ListDocumentsRequest(projection="bank.balances_by_owner"),
+        "READ_DENIED",
+    ),
+    "/chronicle.v1.ProjectionService/CountDocuments": (
+        pj.CountDocumentsRequest(projection="bank.balances_by_owner"),
         "READ_DENIED",
     ),
     "/chronicle.v1.ProjectionService/GetProjection": (

@@ -142,3 +142,53 @@ async def test_documents_too_large_for_one_answer_are_read_by_more_calls(sql_sto
         assert list(found.documents) == keys[:12] and found.missing == ["account:nobody"]
         assert len(calls) > 1 and calls[0] == keys
         assert all(set(later) < set(keys[:12]) for later in calls[1:])  # only the unread ones again
+
+
+# -- counting ---------------------------------------------------------------------------
+
+
+async def test_documents_under_a_prefix_are_counted_up_to_a_limit(served: tuple[Application, ChronicleClient]) -> None:
+    _, client = served
+    last = await opened(client, 12)
+    counted = await client.projections.count(BALANCES, key_prefix="owner:", min_position=last)
+    assert (counted.count, counted.more) == (12, False) and counted.position >= last
+    assert (await client.projections.count(BALANCES)).count == 24  # owner: and account: documents
+    assert (await client.projections.count(BALANCES, key_prefix="owner:owner-1")).count == 3  # 1, 10, 11
+    assert (await client.projections.count(BALANCES, key_prefix="nobody:")).count == 0
+    capped = await client.projections.count(BALANCES, key_prefix="owner:", limit=5)
+    assert (capped.count, capped.more) == (5, True)
+    exact = await client.projections.count(BALANCES, key_prefix="owner:", limit=12)
+    assert (exact.count, exact.more) == (12, False)
+
+
+async def test_a_count_is_read_from_the_store_up_to_one_more_than_its_limit(
+    sql_store: StoreAdapter, served: tuple[Application, ChronicleClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, client = served
+    last = await opened(client, 8)
+    asked: list[tuple[str, str, int]] = []
+    count_documents = sql_store.count_documents
+
+    async def counted(projection: str, prefix: str, *, limit: int) -> int:
+        asked.append((projection, prefix, limit))
+        return await count_documents(projection, prefix, limit=limit)
+
+    monkeypatch.setattr(sql_store, "count_documents", counted)
+    await client.projections.count(BALANCES, key_prefix="owner:", limit=3, min_position=last)
+    await client.projections.count(BALANCES)
+    assert asked == [(BALANCES, "owner:", 4), (BALANCES, "", 10_001)]
+
+
+async def test_bad_counts_are_refused_with_their_reason(served: tuple[Application, ChronicleClient]) -> None:
+    _, client = served
+    for call, reason in [
+        (client.projections.count(BALANCES, limit=1_000_001), "COUNT_LIMIT_TOO_LARGE"),
+        (client.projections.count(BALANCES, key_prefix="owner:\x00"), "INVALID_KEY_PREFIX"),
+        (client.projections.count(BALANCES, min_position=10**6), "POSITION_BEYOND_END"),
+    ]:
+        with pytest.raises(InvalidArgument) as refused:
+            await call
+        assert refused.value.reason == reason
+    assert (await client.projections.count(BALANCES, limit=1_000_000)).count == 0
+    with pytest.raises(NotFound):
+        await client.projections.count("no.such")

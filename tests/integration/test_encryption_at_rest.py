@@ -188,6 +188,21 @@ async def test_read_models_are_sealed_too_but_read_in_the_clear(client: Client, 
     assert await refusal(
         client.projections.ListDocuments(projections.ListDocumentsRequest(projection="bank.balances_by_owner"))
     ) == (grpc.StatusCode.FAILED_PRECONDITION, "DOCUMENT_KEYS_HIDDEN")
+    # By key, several at once: each key hashed as the store keeps it.
+    keys = [f"owner:{SECRET_OWNER}", "account:acc-1", "owner:nobody"]
+    several = await client.projections.GetDocuments(
+        projections.GetDocumentsRequest(projection="bank.balances_by_owner", keys=keys)
+    )
+    assert [d.key for d in several.documents] == keys[:2] and list(several.missing_keys) == ["owner:nobody"]
+    assert several.documents[0].document == found.document
+    # Counted: all of them (every hashed key is the projection's), by no prefix.
+    every = projections.CountDocumentsRequest(projection="bank.balances_by_owner")
+    assert (await client.projections.CountDocuments(every)).count == 2
+    by_prefix = projections.CountDocumentsRequest(projection="bank.balances_by_owner", key_prefix="owner:")
+    assert await refusal(client.projections.CountDocuments(by_prefix)) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "DOCUMENT_KEYS_HIDDEN",
+    )
 
 
 async def test_forgetting_is_audited_with_who_and_what(tmp_path: Path) -> None:

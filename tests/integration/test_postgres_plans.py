@@ -23,6 +23,7 @@ from service.store.postgres.database import session_options
 from service.store.postgres.log import log_page_statements
 from service.store.postgres.projections import (
     commit_projection_statements,
+    count_documents_statements,
     count_parked_commands_statements,
     due_documents_statements,
     due_summary_statements,
@@ -342,6 +343,25 @@ def test_documents_are_listed_by_prefix_from_the_primary_key_in_order(documents:
         assert "Seq Scan" not in explained and "Sort" not in explained, explained
         # The range is the prefix's: no key outside it is read and filtered out.
         assert "Rows Removed by Filter" not in explained, explained
+
+
+@pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])
+def test_documents_are_counted_from_a_range_of_the_primary_key_up_to_the_limit(documents: str, mode: str) -> None:
+    # CountDocuments: the prefix's range of the index, its entries alone,
+    # never more of them than the limit (10 here; the 50,000 fixtures hold
+    # 25,000 of "p"), whatever the table holds or the planner believes.
+    for prefix in ["owner:1", ""]:
+        *settings, statement = count_documents_statements("p", prefix, 10)
+        explained = plan(
+            documents,
+            statement.sql.decode(),
+            list(statement.params),
+            mode=mode,
+            settings=";".join(setting.sql.decode() for setting in settings),
+        )
+        assert "Index Only Scan using projection_documents_pkey" in explained, explained
+        assert "Seq Scan" not in explained and "Rows Removed by Filter" not in explained, explained
+        assert all(int(rows) <= 10 for rows in re.findall(r"actual rows=(\d+)", explained)), explained
 
 
 @pytest.mark.parametrize("mode", ["force_custom_plan", "force_generic_plan"])

@@ -463,7 +463,7 @@ async def test_a_tenant_keyed_projection_shows_a_tenant_its_own_documents_alone(
             assert await refusal(acme.projections.ListDocuments(listing)) == (DENIED, "READ_DENIED")
 
 
-async def test_a_tenant_reads_its_documents_by_keys_and_one_key_of_another_refuses_the_call(
+async def test_a_tenant_reads_and_counts_its_documents_and_one_key_of_another_refuses_the_call(
     site: Site, tmp_path: Path
 ) -> None:
     registry = Registry([bank_account.plugin, keyed])
@@ -483,6 +483,15 @@ async def test_a_tenant_reads_its_documents_by_keys_and_one_key_of_another_refus
         # The whole call, whether the other tenant's key holds a document or not.
         assert await refusal(get("acme:acc-1", "globex:acc-1")) == (DENIED, "READ_DENIED")
         assert await refusal(get("acme:acc-1", "globex:nope")) == (DENIED, "READ_DENIED")
+
+        def count(prefix: str) -> Any:
+            request = proj.CountDocumentsRequest(projection="tenants.owners", key_prefix=prefix, min_position=at)
+            return acme.projections.CountDocuments(request)
+
+        assert (await count("")).count == 1  # narrowed to acme's: globex's is not counted
+        assert (await count("acme:acc")).count == 1
+        for other in ("globex:", "g"):
+            assert await refusal(count(other)) == (DENIED, "READ_DENIED")
 
 
 async def test_command_streams_and_dry_runs_are_held_to_the_tenant(site: Site, tmp_path: Path) -> None:

@@ -138,6 +138,24 @@ async def test_a_reactions_parked_commands_are_counted_from_their_index_alone(tm
     assert steps == [f"SEARCH projection_documents USING COVERING INDEX {index} (projection=? AND type_name=?)"]
 
 
+async def test_documents_are_counted_from_a_range_of_the_primary_key_alone(tmp_path: Path) -> None:
+    # CountDocuments: the prefix's range of the (projection, key) index, no
+    # document read, the limit inside the subquery (it stops there).
+    path = tmp_path / "events.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for upper, params in ((True, ["p", "owner:", "owner;", 10]), (False, ["p", "", 10])):
+            steps = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + sql.count_documents(upper=upper), params)]
+            bounds = "projection=? AND key>? AND key<?" if upper else "projection=? AND key>?"
+            assert steps == [
+                "CO-ROUTINE (subquery-1)",
+                f"SEARCH projection_documents USING COVERING INDEX sqlite_autoindex_projection_documents_1 ({bounds})",
+                "SCAN (subquery-1)",
+            ]
+
+
 async def test_lease_heartbeats_commit_on_a_connection_of_their_own_without_a_sync_of_their_own(
     tmp_path: Path,
 ) -> None:

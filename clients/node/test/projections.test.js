@@ -166,7 +166,7 @@ test('documents are decoded and followed page after page, in either order', asyn
   });
 });
 
-test('documents by keys: one call, found in the order asked, the others missing, too many refused', async () => {
+test('documents by keys: one call, found in the order asked, the others missing, too many refused; counted', async () => {
   await withServer(async (client) => {
     let last;
     for (let n = 0; n < 3; n += 1) {
@@ -191,6 +191,17 @@ test('documents by keys: one call, found in the order asked, the others missing,
     await assert.rejects(
       client.projections.documentsByKeys(BALANCES, ['owner:ann', '']),
       refusedWith('INVALID_ARGUMENT', 'INVALID_KEY'),
+    );
+    assert.deepEqual(await client.projections.count(BALANCES, { keyPrefix: 'owner:', minPosition: last.position }), {
+      count: 3,
+      more: false,
+      position: read.position,
+    });
+    const capped = await client.projections.count(BALANCES, { limit: 2 });
+    assert.deepEqual([capped.count, capped.more], [2, true]);
+    await assert.rejects(
+      client.projections.count(BALANCES, { limit: 1_000_001 }),
+      refusedWith('INVALID_ARGUMENT', 'COUNT_LIMIT_TOO_LARGE'),
     );
   });
 });

@@ -365,6 +365,10 @@ export declare class Projections {
     projection: string,
     options?: { keyPrefix?: string; pageSize?: number; descending?: boolean; minPosition?: number } & CallOptions,
   ): AsyncIterable<ProjectionDocument>;
+  count(
+    projection: string,
+    options?: { keyPrefix?: string; limit?: number; minPosition?: number } & CallOptions,
+  ): Promise<{ count: number; more: boolean; position: number }>;
   get(name: string, options?: CallOptions): Promise<ProjectionStatus>;
   list(options?: CallOptions): Promise<ProjectionStatus[]>;
   parked(projection: string, options?: { pageSize?: number } & CallOptions): AsyncIterable<Record<string, unknown>>;

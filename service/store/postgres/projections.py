@@ -87,6 +87,12 @@ class ProjectionsRole:
         )
         return [document_from_row(row) for row in rows(result)]
 
+    async def count_documents(self, projection: str, prefix: str, *, limit: int) -> int:
+        *_, result = await self._db.run(
+            "count_documents", count_documents_statements(projection, prefix, limit), read_only=True
+        )
+        return int(scalar(result) or 0)
+
     async def reset_projection(self, name: str) -> None:
         await self._db.run(
             "reset_projection",
@@ -171,6 +177,17 @@ def _parked_json(parked: Sequence[ParkedEvent]) -> str:
 
 def load_document_statements(projection: str, key: str) -> list[Statement]:
     return [_BY_KEY, Statement.prepared(sql.LOAD_DOCUMENT, (projection, key), binary=True)]
+
+
+def count_documents_statements(projection: str, prefix: str, limit: int) -> list[Statement]:
+    # The primary key's range, never a scan of the table for a read model
+    # planned small (BY_KEY_SETTINGS: test_postgres_plans saw one, its
+    # filter reading every row) nor a bitmap of the whole range (the
+    # listing's settings), which would not stop at the limit.
+    lower, _, upper = DocumentRange(prefix=prefix).bounds()
+    statement = sql.count_documents(upper=upper is not None)
+    parameters = (projection, lower, *(() if upper is None else (upper,)), limit)
+    return [_BY_KEY, Statement(sql.DOCUMENT_PAGE_SETTINGS.encode()), Statement(statement.encode(), parameters)]
 
 
 def count_parked_commands_statements(reaction: str) -> list[Statement]:

@@ -575,6 +575,20 @@ def list_documents(*, lower_inclusive: bool, upper: bool, descending: bool) -> s
     )
 
 
+@functools.cache
+def count_documents(*, upper: bool) -> str:
+    """How many documents a key range holds, up to a limit: an index-only
+    range scan of the primary key, stopped at the limit (heap pages are read
+    only for rows the visibility map does not cover yet). Parameters: the
+    projection, the lower bound, the upper bound if any, the limit."""
+    bounds = "key >= $2" + (" AND key < $3" if upper else "")
+    limit = "$4" if upper else "$3"
+    return (
+        "SELECT count(*) FROM (SELECT 1 FROM chronicle.projection_documents"
+        f" WHERE projection = $1 AND {bounds} LIMIT {limit}::bigint) AS counted"
+    )
+
+
 # -- leases (service/cluster/leases.py) ----------------------------------
 #
 # Times are the database's (now(): the transaction's start), durations are

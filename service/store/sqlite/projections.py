@@ -48,6 +48,13 @@ class ProjectionsRole:
     ) -> None:
         await self._writer.run(_commit, name, expected_position, new_position, writes, parked, fencing)
 
+    async def count_documents(self, projection: str, prefix: str, *, limit: int) -> int:
+        lower, _, upper = DocumentRange(prefix=prefix).bounds()
+        statement = sql.count_documents(upper=upper is not None)
+        parameters = (projection, lower, *(() if upper is None else (upper,)), limit)
+        row = await self._writer.run(lambda db: db.execute(statement, parameters).fetchone())
+        return int(row[0])
+
     async def list_documents(self, projection: str, listing: DocumentRange) -> list[StoredDocument]:
         lower, inclusive, upper = listing.bounds()
         statement = sql.list_documents(

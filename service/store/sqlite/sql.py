@@ -317,6 +317,13 @@ def list_documents(*, lower_inclusive: bool, upper: bool, descending: bool) -> s
     )
 
 
+def count_documents(*, upper: bool) -> str:
+    """How many documents a key range holds, up to a limit, from the primary
+    key's index alone: (projection, lower[, upper], limit)."""
+    bounds = "key >= ?" + (" AND key < ?" if upper else "")
+    return f"SELECT count(*) FROM (SELECT 1 FROM projection_documents WHERE projection = ? AND {bounds} LIMIT ?)"
+
+
 # -- audit --------------------------------------------------------------------------
 
 RECORD_AUDIT_ENTRY = f"INSERT INTO refusals ({AUDIT_COLUMNS}) {_values(AUDIT_COLUMNS)}"
