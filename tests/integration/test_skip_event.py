@@ -38,6 +38,11 @@ TOTALS = "poisoned.totals"
 POISON: set[int] = set()
 poisoned = Plugin("poisoned")
 totals = poisoned.projection(TOTALS, aggregate_types=["Account"], retry_seconds=30.0)
+# The same, but parking after more tries than a test lasts: still trying the 13.
+PATIENT = "poisoned.patient"
+patient = poisoned.projection(
+    PATIENT, aggregate_types=["Account"], on_failure="park", max_attempts=1000, retry_seconds=30.0
+)
 REGISTRY = Registry([bank_account.plugin, poisoned])
 
 
@@ -48,6 +53,9 @@ def _deposited(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: 
     total = documents.get("total", bank.AccountBalance) or bank.AccountBalance()
     total.balance += event.amount
     documents.put("total", total)
+
+
+patient.on(bank.MoneyDeposited)(_deposited)
 
 
 @pytest.fixture(autouse=True)
@@ -118,6 +126,23 @@ async def test_a_skipped_event_is_parked_and_the_projection_goes_on_at_once(
     with pytest.raises(FailedPrecondition) as again:
         await client.projections.skip(TOTALS, at)
     assert (again.value.reason, again.value.metadata["stopped_at"]) == ("NOT_STOPPED_AT", "0")
+
+
+async def test_a_projection_that_parks_is_let_on_without_its_remaining_tries(
+    served: tuple[Application, ChronicleClient],
+) -> None:
+    _, client = served
+    at = await stopped_on_poison(client)
+
+    async def trying() -> bool:
+        return "cannot count 13" in (await client.projections.get(PATIENT)).error
+
+    await eventually(trying, what=f"{PATIENT} trying the 13")
+    parked = await client.projections.skip(PATIENT, at)
+    assert (parked.position, parked.attempts) == (at, 1)  # its one try so far (30 s apart)
+    last = (await client.submit("acc-1", bank.Deposit(amount=1))).position
+    found = await client.projections.document(PATIENT, "total", min_position=last)
+    assert found.document_as(bank.AccountBalance).balance == 5 + 7 + 1
 
 
 async def test_a_skip_is_audited_done_and_refused(served: tuple[Application, ChronicleClient]) -> None:
