@@ -28,7 +28,10 @@ A deadline whose function fails stops the reaction there, tried again
 after its pause; in a reaction with ``on_failure="park"`` its failures are
 counted in its document (``Deadline.failures``), and at ``max_attempts`` it
 is parked (``ParkedCommand.deadline``) instead: the state no longer lists
-it, the reaction goes on, and an operator's replay calls its function again.
+it, the reaction goes on, and an operator's replay calls its function again
+(counted fired when it fires). A command the function returned that fails
+for a plugin's bug is counted in the document too (``command_failures``),
+and at ``max_attempts`` parked as an event's command is, the deadline fired.
 
 Punctuality: the runner knows the soonest due time (read once when it takes
 the lease, lowered by every commit that schedules one, read again after a

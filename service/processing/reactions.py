@@ -36,7 +36,9 @@ that raised, an event of its aggregate no plugin reads), in the store
 its ``max_attempts``-th it parks the command with that failure's reason
 instead (``on_refused`` is not asked) and goes on. So too a deadline whose
 ``@on_deadline`` function fails, counted in its own document: parked in
-place of firing (``_deadline_given_up``), replayed by calling it again.
+place of firing (``_deadline_given_up``), replayed by calling it again;
+and a deadline's command that fails so, counted in the deadline's document
+(``Deadline.command_failures``): parked as an event's, the deadline fired.
 
 A batch stopped at E commits what came before E: the batch's writes are
 taken back to what they were before E (a savepoint per event) and committed
@@ -312,6 +314,15 @@ class ReactionRunner(CheckpointedRunner):
         self._soonest = Soonest(reaction.name, documents)
         # The deadline being fired (None: an event is being handled).
         self._where_now: _Where | None = None
+        # The deadline's document as the runner found it due, while it fires
+        # (None for an operator's replay of a parked one), and the command of
+        # it whose failure for a plugin's bug was just counted ("": none).
+        self._firing: reaction_pb.Deadline | None = None
+        self._firing_failed = ""
+        # What an operator's replay of parked deadlines did, counted once it
+        # commits: deadlines fired, commands their firing parked.
+        self._replay_fired = 0
+        self._replay_parked = 0
 
     def started_at(self, position: int) -> None:
         """Its start is fixed (or was found), at ``position``: nothing left
@@ -562,6 +573,7 @@ class ReactionRunner(CheckpointedRunner):
         """Replay up to ``_REPLAY_STEP`` parked commands of ``among`` not in
         ``seen`` (noted there), and commit what came of them; [] when none
         is left."""
+        self._replay_fired = self._replay_parked = 0
         position, batch = await self._in_place()
         index = await load_index(batch)
         await prune(batch, index)
@@ -627,6 +639,15 @@ class ReactionRunner(CheckpointedRunner):
         batch.write(PARKED_KEY, index)
         await self._commit_in_place(batch, position, fencing)
         self.status.parked = len(index.commands)
+        # Replayed deadlines that fired count as a firing's do: fired, and
+        # the commands their firing parked (a command refused again is
+        # already parked, and not counted again).
+        self.status.deadlines_fired += self._replay_fired
+        for _ in range(self._replay_fired):
+            self._count(DEADLINE_FIRED)
+        for _ in range(self._replay_parked):
+            self._count("parked")
+        self._replay_fired = self._replay_parked = 0
 
     def _runs_here(self) -> Fencing | None:
         """The lease's fencing token, if this replica runs the reaction
@@ -652,6 +673,7 @@ class ReactionRunner(CheckpointedRunner):
     async def _settle_at(self, command_id: str, *, replay: bool, fencing: Fencing | None) -> Replayed:
         # The checkpoint does not move: the commit only rewrites the parked
         # commands, from a cache of its own.
+        self._replay_fired = self._replay_parked = 0
         position, batch = await self._in_place()
         index = await load_index(batch)
         await prune(batch, index)  # the entries of forgotten commands leave with this commit
@@ -752,8 +774,9 @@ class ReactionRunner(CheckpointedRunner):
                 metadata={"reaction": self.reaction.name, "deadline": scheduled.name, "state_key": state_key},
             )
         else:
+            parked = ParkedList(batch, self._max_parked, index)
             try:
-                await self._run_deadline(state_key, scheduled, state, ParkedList(batch, self._max_parked, index))
+                await self._run_deadline(state_key, scheduled, state, parked)
             except _FunctionFailed as failed:
                 error = failed.error
             finally:
@@ -765,6 +788,8 @@ class ReactionRunner(CheckpointedRunner):
             entry.metadata.update(error.metadata)
             return Replayed(entry.command_id, accepted=False, reason=error.reason, message=error.message)
         state.save(batch, scheduled.due_us)
+        self._replay_fired += 1
+        self._replay_parked += parked.added
         return Replayed(entry.command_id, accepted=True)
 
     def _read(self, position: int) -> Awaitable[LogPage]:
@@ -803,6 +828,7 @@ class ReactionRunner(CheckpointedRunner):
             due = reaction_pb.Deadline.FromString(stored.data)
             savepoint = batch.savepoint(), parked.savepoint()
             self._failing_command_aggregate = ""
+            self._firing, self._firing_failed = due, ""
             try:
                 fired += await self._fire(batch, parked, due)
             except SubjectsForgotten:
@@ -822,10 +848,13 @@ class ReactionRunner(CheckpointedRunner):
             except Exception as error:
                 batch.rollback(savepoint[0])
                 parked.rollback(savepoint[1])
+                if self._firing_failed:
+                    await self._command_failure_counted(batch, due, self._firing_failed)
                 failure = error
                 break
             finally:
-                self._where_now = None
+                self._where_now = self._firing = None
+                self._firing_failed = ""
         parked.write()
         if batch.writes:
             await self._documents.commit_projection(
@@ -913,9 +942,9 @@ class ReactionRunner(CheckpointedRunner):
         state = await ProcessState.load_key(self.reaction, batch, due.state_key)
         key = deadline_key(due.state_key, due.name)
         if due.failures + 1 < self.reaction.max_attempts:
-            counted = reaction_pb.Deadline(
-                state_key=due.state_key, name=due.name, due_us=due.due_us, failures=due.failures + 1
-            )
+            counted = reaction_pb.Deadline()
+            counted.CopyFrom(due)  # its commands' counts kept
+            counted.failures += 1
             batch.write(key, counted, tuple(sorted(state.subjects)), due_us=due.due_us)
             return False
         entry = state.deadlines[due.name]
@@ -935,6 +964,18 @@ class ReactionRunner(CheckpointedRunner):
             self.reaction.name,
         )
         return True
+
+    async def _command_failure_counted(self, batch: ReactionBatch, due: reaction_pb.Deadline, command_id: str) -> None:
+        """``due``'s command ``command_id`` failed for a plugin's bug, not
+        for the ``max_attempts``-th time (the batch taken back to before the
+        deadline): its count written in the deadline's document, committed
+        with the deadlines fired before it, so that a restart or a lease that
+        moves goes on from it (as ``reaction_failures`` keeps an event's)."""
+        state = await ProcessState.load_key(self.reaction, batch, due.state_key)
+        counted = reaction_pb.Deadline()
+        counted.CopyFrom(due)
+        counted.command_failures[command_id] += 1
+        batch.write(deadline_key(due.state_key, due.name), counted, tuple(sorted(state.subjects)), due_us=due.due_us)
 
     async def _wait_for_work(self, position: int) -> None:
         """Until the log has events after ``position``, a poll's while, or
@@ -1100,11 +1141,27 @@ class ReactionRunner(CheckpointedRunner):
         those, at its ``max_attempts``-th failure (counted in the store,
         whichever server met them: ``reaction_failures``; each earlier one
         fails the batch, tried again after a pause)."""
-        if self.reaction.on_failure != "park" or not _plugin_failure(error) or self._where_now is not None:
-            # A deadline's command is not counted (the counts are an event's):
-            # it stops the reaction, tried again, until a fixed plugin is deployed.
+        if self.reaction.on_failure != "park" or not _plugin_failure(error):
             return False
+        if self._where_now is not None:
+            return self._deadline_command_gives_up(command_id)
         return await self._failures.failed(command_id, envelope.position, self.reaction.max_attempts)
+
+    def _deadline_command_gives_up(self, command_id: str) -> bool:
+        """``_gives_up`` for a command of the deadline being fired: its
+        failures are counted in the deadline's document
+        (``Deadline.command_failures``, written by ``_fire_due`` once the
+        batch is taken back: ``_command_failure_counted``); at the
+        ``max_attempts``-th it is parked and the deadline fires. An
+        operator's replay of a parked deadline counts none: a failure is the
+        replay's answer, and the deadline stays parked."""
+        due = self._firing
+        if due is None:
+            return False
+        if due.command_failures.get(command_id, 0) + 1 >= self.reaction.max_attempts:
+            return True
+        self._firing_failed = command_id
+        return False
 
     async def _failure_parked(
         self,

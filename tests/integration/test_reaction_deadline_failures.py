@@ -12,7 +12,12 @@ plugins of tests/support/failing_deadline.py: the function raises for orders
   another forgets it (it never fires);
 - ``on_failure="stop"`` (the default): the reaction stops there, its status
   naming the deadline and the process, and holds its other deadlines and
-  its events until the function works; then it fires and goes on."""
+  its events until the function works; then it fires and goes on;
+- a deadline's *command* whose handler raises, under ``on_failure="park"``:
+  tried again until its ``max_attempts``-th failure, then parked as an
+  event's command is (HANDLER_FAILED, the command and the scheduling event
+  named) while the deadline fires and the reaction goes on; replayed once
+  fixed, it is accepted."""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ import pytest
 
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.client import ChronicleClient, RetryPolicy
-from tests.support.failing_deadline import FLAG_ENV, MAX_ATTEMPTS, PARKS, STOPS
+from tests.support.failing_deadline import COMMAND_FLAG_ENV, COMMANDS, FLAG_ENV, MAX_ATTEMPTS, PARKS, STOPS
 from tests.support.processes import Replica, cli
 from tests.support.waiting import eventually
 
@@ -167,6 +172,62 @@ async def test_a_failing_deadline_stops_a_reaction_that_does_not_park(
             await eventually(went_on, what="every deadline fired once the function works")
             status = await client.reactions.get(STOPS)
             assert (status.error, status.parked, status.deadlines) == ("", 0, 0)
+    finally:
+        if server.running:
+            server.stop()
+
+
+async def test_a_deadlines_command_that_fails_for_a_plugin_bug_is_parked_and_the_reaction_goes_on(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flag = tmp_path / "handler-bug"
+    flag.touch()
+    monkeypatch.setenv(COMMAND_FLAG_ENV, str(flag))  # while it exists, ArchiveBox raises for "bad-*"
+    server = Replica(database_url, log_path=tmp_path / "server.log", extra=_flags("commands"))
+    try:
+        server.start()
+        async with ChronicleClient.connect(server.address, retry=PATIENT) as client:
+            created = await client.submit("bad-1", box.CreateBox(name="after-100"))
+            await client.submit("good-1", box.CreateBox(name="after-400"))  # due after the bad one
+
+            async def parked() -> bool:
+                return (await client.reactions.get(COMMANDS)).parked == 1
+
+            await eventually(parked, what="bad-1's deadline's command parked")
+            (entry,) = [entry async for entry in client.reactions.parked(COMMANDS)]
+            assert (entry.reason, entry.aggregate_id) == ("HANDLER_FAILED", "bad-1")
+            assert entry.message == "the handler for box.v1.ArchiveBox failed: RuntimeError"
+            assert entry.command.type_url.endswith("box.v1.ArchiveBox")
+            assert not entry.HasField("deadline")  # the command is parked, not the deadline
+            assert (entry.event_id, entry.event_aggregate_id) == (created.events[0].event_id, "bad-1")
+            logged = (tmp_path / "server.log").read_text()
+            assert f"parked command {entry.command_id} (box.v1.ArchiveBox for bad-1) after {MAX_ATTEMPTS}" in logged
+
+            # The deadline fired (its state saved, no longer pending), and the reaction went on.
+            async def good_cancelled() -> bool:
+                return await _types(client, "good-1") == ["BoxCreated", "BoxArchived"]
+
+            await eventually(good_cancelled, what="good-1's deadline fired past bad-1's")
+            await client.submit("good-2", box.CreateBox(name="after-100"))
+
+            async def good_2_cancelled() -> bool:
+                return await _types(client, "good-2") == ["BoxCreated", "BoxArchived"]
+
+            await eventually(good_2_cancelled, what="a later process's deadline fired")
+            status = await client.reactions.get(COMMANDS)
+            assert (status.error, status.position, status.deadlines) == ("", status.log_head, 0)
+            assert (status.parked, status.refused, status.accepted) == (1, 1, 2)
+            assert status.last_error.startswith("HANDLER_FAILED")
+            state = await client.reactions.state(COMMANDS, "bad-1")
+            assert list(state.deadlines) == [] and '"cancelling"' in state.state_json  # fired
+            assert await _types(client, "bad-1") == ["BoxCreated"]
+
+            # Replayed, as an event's parked command is, once the fix is deployed.
+            await asyncio.to_thread(flag.unlink)  # the fix deployed
+            fixed = await client.reactions.replay(COMMANDS, entry.command_id)
+            assert fixed.accepted
+            assert await _types(client, "bad-1") == ["BoxCreated", "BoxArchived"]
+            assert [entry async for entry in client.reactions.parked(COMMANDS)] == []
     finally:
         if server.running:
             server.stop()

@@ -9,7 +9,13 @@ exists, the deadline function raises for orders whose id starts with
 "bad"; once it is deleted (the fix deployed), it works. Two plugins, one
 per ``on_failure``: ``parks`` (reaction ``faulty.parks``, parked at the 2nd
 failure) and ``stops`` (reaction ``faulty.stops``, the default); a server
-serves one (``--plugin tests.support.failing_deadline:parks``)."""
+serves one (``--plugin tests.support.failing_deadline:parks``).
+
+A third, ``commands`` (reaction ``faulty.commands``, parking), has the bug in
+the command its deadline sends instead: while the file named by
+``$FAILING_DEADLINE_COMMAND_FLAG`` exists, the ArchiveBox handler raises for
+orders whose id starts with "bad" (HANDLER_FAILED); the deadline function
+works."""
 
 from __future__ import annotations
 
@@ -21,8 +27,15 @@ from service.plugins import CommandContext, Deadline, Plugin, ProjectedEvent, Sc
 from service.plugins.projections import OnFailure
 
 FLAG_ENV = "FAILING_DEADLINE_FLAG"
-PARKS, STOPS = "faulty.parks", "faulty.stops"
+COMMAND_FLAG_ENV = "FAILING_DEADLINE_COMMAND_FLAG"
+PARKS, STOPS, COMMANDS = "faulty.parks", "faulty.stops", "faulty.commands"
 MAX_ATTEMPTS = 2
+
+
+def _flagged(env: str, order_id: str) -> bool:
+    """Whether the bug of ``env``'s flag file hits ``order_id`` now."""
+    flag = os.environ.get(env, "")
+    return order_id.startswith("bad") and bool(flag) and os.path.exists(flag)
 
 
 def _plugin(name: str, reaction_name: str, on_failure: OnFailure) -> Plugin:
@@ -35,6 +48,8 @@ def _plugin(name: str, reaction_name: str, on_failure: OnFailure) -> Plugin:
 
     @order.command(box.ArchiveBox)
     def cancel(command: box.ArchiveBox, state: box.Box, context: CommandContext) -> box.BoxArchived:
+        if _flagged(COMMAND_FLAG_ENV, context.aggregate_id):
+            raise RuntimeError(f"the handler's bug for order {context.aggregate_id}")
         if state.archived:
             raise ValidationError("the order was cancelled already", reason="ORDER_SETTLED")
         return box.BoxArchived()
@@ -65,8 +80,7 @@ def _plugin(name: str, reaction_name: str, on_failure: OnFailure) -> Plugin:
 
     @orders.on_deadline("payment")
     def payment_overdue(deadline: Deadline, progress: box.Box) -> Send:
-        flag = os.environ.get(FLAG_ENV, "")
-        if deadline.state_key.startswith("bad") and flag and os.path.exists(flag):
+        if _flagged(FLAG_ENV, deadline.state_key):
             raise RuntimeError(f"the bug of order {deadline.state_key}")
         progress.name = "cancelling"
         return Send(deadline.state_key, box.ArchiveBox())
@@ -80,3 +94,4 @@ def _plugin(name: str, reaction_name: str, on_failure: OnFailure) -> Plugin:
 
 parks = _plugin("failing_deadline_parks", PARKS, "park")
 stops = _plugin("failing_deadline_stops", STOPS, "stop")
+commands = _plugin("failing_deadline_commands", COMMANDS, "park")

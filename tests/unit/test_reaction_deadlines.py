@@ -8,6 +8,7 @@ handled; gone with their process (cleared, dropped, forgotten)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import timedelta
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
-from service.errors import ReactionFailed, StoreUnavailable
+from service.errors import ChronicleError, ReactionFailed, StoreUnavailable
 from service.plugins import (
     Cancel,
     CommandContext,
@@ -664,10 +665,11 @@ def test_a_deadline_keeps_the_envelope_of_the_event_that_scheduled_it() -> None:
         assert first.event_id == run.recorded("t-1")[0].event_id
 
 
-def _parking_plugin(late: Any) -> Plugin:
+def _parking_plugin(late: Any, archive_fails: Any = lambda: False) -> Plugin:
     """Things whose "late" deadline (a minute after creation) ``late``
     handles, in reaction "parking" (on_failure="park", max_attempts=3);
-    ArchiveBox ends a thing's process."""
+    ArchiveBox ends a thing's process (its handler raises, a plugin's bug,
+    while ``archive_fails()``); RenameBox no aggregate takes."""
     plugin = Plugin("parking")
     thing = plugin.aggregate("Thing", state=box.Box)
 
@@ -677,6 +679,8 @@ def _parking_plugin(late: Any) -> Plugin:
 
     @thing.command(box.ArchiveBox)
     def archive(command: box.ArchiveBox, state: box.Box, context: CommandContext) -> box.BoxArchived:
+        if archive_fails():
+            raise RuntimeError("a bug in the ArchiveBox handler")
         return box.BoxArchived()
 
     @thing.apply(box.BoxCreated)
@@ -710,9 +714,10 @@ def _parking_plugin(late: Any) -> Plugin:
     return plugin
 
 
-def _restarted(run: ReactionRun, name: str) -> None:
+def _restarted(run: ReactionRun, name: str, outcomes: list[str] | None = None) -> None:
     """The reaction's runner replaced by a new one, as a server's restart
-    (or another replica taking the lease) makes: nothing kept in memory."""
+    (or another replica taking the lease) makes: nothing kept in memory;
+    with ``outcomes``, what it tells its metric is noted there."""
     old = run.runners[name]
     run.runners[name] = ReactionRunner(
         old.reaction,
@@ -722,6 +727,7 @@ def _restarted(run: ReactionRun, name: str) -> None:
         documents=old._documents,
         reader=old._reader,
         clock=run.now_us,
+        outcomes=None if outcomes is None else (lambda reaction, outcome: outcomes.append(outcome)),
     )
 
 
@@ -815,3 +821,83 @@ def test_a_replayed_parked_deadline_whose_function_schedules_again_fires_that_on
         run.advance(2 * MINUTE)
         run.settle()  # it learnt of the deadline the replay scheduled: fired
         assert _types(run, "t-1") == ["BoxCreated", "BoxArchived"]
+
+
+def test_a_deadlines_command_failing_for_a_plugin_bug_is_counted_in_the_deadline_and_parked_across_restarts() -> None:
+    broken = {"yes"}
+
+    def late(deadline: Deadline, progress: box.Box) -> Send:
+        progress.name = "archiving"
+        return Send(deadline.state_key, box.ArchiveBox())
+
+    outcomes: list[str] = []
+    with ReactionRun(_parking_plugin(late, archive_fails=lambda: bool(broken))) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.settle()
+        (created,) = run.recorded("t-1")
+        run.advance(2 * MINUTE)
+        for failures in (1, 2):
+            with pytest.raises(ChronicleError) as caught:
+                run.settle()
+            assert caught.value.reason == "HANDLER_FAILED"
+            stored = _await(run, run.store.load_document("parking", "deadline:t-1:late"))
+            counted = reaction_pb.Deadline.FromString(stored.data)
+            assert (counted.failures, list(counted.command_failures.values())) == (0, [failures])
+            assert run.parked("parking") == []
+            _restarted(run, "parking", outcomes)  # the count is the store's, not the runner's
+        run.settle()  # the 3rd failure: the command parked, the deadline fired, the reaction goes on
+        (parked,) = run.parked("parking")
+        assert (parked.reason, parked.aggregate_id, parked.event_id) == ("HANDLER_FAILED", "t-1", created.event_id)
+        assert dict(counted.command_failures) == {parked.command_id: 2}
+        assert not parked.HasField("deadline")  # the command is parked, not its deadline
+        assert _due(run, "parking") == (0, None)
+        state = run.process_state("parking", "t-1")
+        assert state is not None and list(state.deadlines) == []  # fired: no longer pending
+        status = run.runners["parking"].status
+        assert (status.deadlines_fired, status.parked, status.refused) == (1, 1, 1)
+        assert sorted(outcomes) == ["deadline_fired", "parked", "refused"]
+        broken.clear()  # the fix deployed: replayed as an event's parked command is
+        assert _await(run, run.runners["parking"].replay(parked.command_id)).accepted
+        assert _types(run, "t-1") == ["BoxCreated", "BoxArchived"]
+        assert run.parked("parking") == []
+
+
+def test_a_replayed_parked_deadline_counts_as_fired_and_what_its_firing_parks_as_parked() -> None:
+    broken = {"yes"}
+
+    def late(deadline: Deadline, progress: box.Box) -> list[Send]:
+        if broken:
+            raise RuntimeError("a bug in the deadline's function")
+        progress.name = "late"
+        # The second no aggregate takes (UNKNOWN_COMMAND_TYPE): parked by the firing.
+        return [Send(deadline.state_key, box.ArchiveBox()), Send(deadline.state_key, box.RenameBox())]
+
+    outcomes: list[str] = []
+    with ReactionRun(_parking_plugin(late)) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.submit("t-2", box.CreateBox(name="b"))
+        run.settle()
+        run.advance(2 * MINUTE)
+        _restarted(run, "parking", outcomes)
+        for _ in range(10):  # each deadline fails 3 times, and is parked at the 3rd
+            with contextlib.suppress(ReactionFailed):
+                run.settle()
+            if len(run.parked("parking")) == 2:
+                break
+        assert sorted(parked.deadline.state_key for parked in run.parked("parking")) == ["t-1", "t-2"]
+        runner = run.runners["parking"]
+        assert (outcomes, runner.status.deadlines_fired) == (["parked", "parked"], 0)
+        outcomes.clear()
+        broken.clear()
+        by_key = {parked.deadline.state_key: parked for parked in run.parked("parking")}
+        assert _await(run, runner.replay(by_key["t-1"].command_id)).accepted  # one by one
+        assert runner.status.deadlines_fired == 1
+        assert sorted(outcomes) == ["accepted", "deadline_fired", "parked", "refused"]
+        outcomes.clear()
+        (replayed,) = _await(run, runner.replay_all(reason="REACTION_FAILED"))  # and all at once
+        assert replayed.accepted
+        assert runner.status.deadlines_fired == 2
+        assert sorted(outcomes) == ["accepted", "deadline_fired", "parked", "refused"]
+        left = [(parked.aggregate_id, parked.reason) for parked in run.parked("parking")]
+        assert left == [("t-1", "UNKNOWN_COMMAND_TYPE"), ("t-2", "UNKNOWN_COMMAND_TYPE")]
+        assert runner.status.parked == 2
