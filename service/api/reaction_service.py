@@ -368,7 +368,9 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
         last = page[-1] if page else None
         return pb.ListParkedCommandsResponse(
             commands=page,
-            next_page_token=make_token(listing, p=last.position, t=last.parked_at_us, c=last.command_id)
+            next_page_token=make_token(
+                listing, s=last.sequence, p=last.position, t=last.parked_at_us, c=last.command_id
+            )
             if more and last is not None
             else "",
         )
@@ -456,13 +458,18 @@ def _after(token: str, listing: str) -> ParkedAt:
     """Where the page ``token`` continues: after this parked command."""
     fields = read_token(token, listing)
     position, parked_at_us, command_id = fields.get("p"), fields.get("t"), fields.get("c")
+    # A token of a version before sequences (no "s") goes on where it was:
+    # among the commands parked before them, which all sort first.
+    sequence = fields.get("s", 0)
     # A tampered token is input like any other (JSON's true is no int here).
     if (
-        type(position) is not int
+        type(sequence) is not int
+        or not 0 <= sequence < 2**64
+        or type(position) is not int
         or not 0 <= position <= MAX_VERSION
         or type(parked_at_us) is not int
         or not -(2**63) <= parked_at_us < 2**63
         or not isinstance(command_id, str)
     ):
         raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
-    return position, parked_at_us, command_id
+    return sequence, position, parked_at_us, command_id

@@ -446,6 +446,8 @@ class ParkedList:
                 reason="TOO_MANY_PARKED",
                 metadata={"reaction": reaction, "position": str(parked.position)},
             )
+        index.last_sequence += 1  # never given twice: the listing's order (``parked_order``)
+        parked.sequence = index.last_sequence
         write_parked(self._batch, parked)
         index.commands.append(_entry(parked))
         self.count = len(index.commands)
@@ -479,6 +481,7 @@ def _entry(parked: reaction_pb.ParkedCommand) -> reaction_pb.ParkedCommand:
         event_id=parked.event_id,
         position=parked.position,
         parked_at_us=parked.parked_at_us,
+        sequence=parked.sequence,
     )
 
 
@@ -505,18 +508,24 @@ async def prune(batch: _Batch, index: reaction_pb.ParkedCommands) -> None:
         index.commands.extend(kept)
 
 
-# The listing's order, and where a page ended: the position of the event
-# that caused a command, when it was parked, its id. Entries are only ever
-# appended (at the position being handled, the latest) or removed, so a page
-# that ended at one key goes on after it whatever left meanwhile.
-ParkedAt = tuple[int, int, str]
+# The listing's order, and where a page ended: the order it was parked in
+# (``ParkedCommand.sequence``, from the index's ``last_sequence``: never
+# given twice), then, for those parked before sequences existed (0, listed
+# first), the position of the event that caused it, when it was parked, its
+# id. Not the causing event's position first: a deadline's commands (and a
+# parked deadline) are parked at its scheduling event's, which may be long
+# before entries parked earlier, and a page token past those would skip it.
+# Entries are only ever appended (with the next sequence) or removed, so a
+# page that ended at one key goes on after it whatever left meanwhile, and
+# what was parked meanwhile comes in a later page.
+ParkedAt = tuple[int, int, int, str]
 # Parked commands read per statement while a page is filled: each may carry
 # up to 256 KB of metadata, so a page is read in steps, not all at once.
 _READ_STEP = 50
 
 
-def parked_at(entry: reaction_pb.ParkedCommand) -> ParkedAt:
-    return (entry.position, entry.parked_at_us, entry.command_id)
+def parked_order(entry: reaction_pb.ParkedCommand) -> ParkedAt:
+    return (entry.sequence, entry.position, entry.parked_at_us, entry.command_id)
 
 
 async def list_parked(documents: ProjectionStore, reaction: str) -> list[reaction_pb.ParkedCommand]:
@@ -535,9 +544,9 @@ async def list_parked_page(
     stored = await documents.load_document(reaction, PARKED_KEY)
     if stored is None:
         return [], False
-    entries = sorted(reaction_pb.ParkedCommands.FromString(stored.data).commands, key=parked_at)
+    entries = sorted(reaction_pb.ParkedCommands.FromString(stored.data).commands, key=parked_order)
     if after is not None:
-        entries = [entry for entry in entries if parked_at(entry) > after]
+        entries = [entry for entry in entries if parked_order(entry) > after]
     page: list[reaction_pb.ParkedCommand] = []
     size = 0
     for start in range(0, len(entries), _READ_STEP):

@@ -578,7 +578,7 @@ class ReactionRunner(CheckpointedRunner):
         index = await load_index(batch)
         await prune(batch, index)
         chosen: list[reaction_pb.ParkedCommand] = []
-        for entry in sorted(index.commands, key=reaction_documents.parked_at):
+        for entry in sorted(index.commands, key=reaction_documents.parked_order):
             wanted = entry.command_id in among and entry.command_id not in seen
             parked = await load_parked_command(batch, entry.command_id) if wanted else None
             if parked is not None and (not reason or parked.reason == reason):

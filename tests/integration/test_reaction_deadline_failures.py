@@ -25,8 +25,11 @@ import asyncio
 import json
 from pathlib import Path
 
+import grpc
 import pytest
 
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
+from chronicle.v1 import reaction_service_pb2_grpc as reaction_grpc
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.client import ChronicleClient, RetryPolicy
 from tests.support.failing_deadline import COMMAND_FLAG_ENV, COMMANDS, FLAG_ENV, MAX_ATTEMPTS, PARKS, STOPS
@@ -228,6 +231,49 @@ async def test_a_deadlines_command_that_fails_for_a_plugin_bug_is_parked_and_the
             assert fixed.accepted
             assert await _types(client, "bad-1") == ["BoxCreated", "BoxArchived"]
             assert [entry async for entry in client.reactions.parked(COMMANDS)] == []
+    finally:
+        if server.running:
+            server.stop()
+
+
+async def test_a_deadline_parked_while_an_operator_pages_comes_in_a_later_page(
+    database_url: str, tmp_path: Path, bug: Path
+) -> None:
+    """A parked deadline is listed by when it was parked, not at its
+    scheduling event's position: one scheduled by an early event and parked
+    after an operator read a page past that position comes in the next."""
+    server = Replica(database_url, log_path=tmp_path / "server.log", extra=_flags("parks"))
+    try:
+        server.start()
+        async with (
+            ChronicleClient.connect(server.address, retry=PATIENT) as client,
+            grpc.aio.insecure_channel(server.address) as channel,
+        ):
+            listing = reaction_grpc.ReactionServiceStub(channel)  # a page at a time, as an operator's tool reads
+            await client.submit("bad-late", box.CreateBox(name="after-3000"))  # the earliest event, parked last
+            await client.submit("bad-1", box.CreateBox(name="after-100"))
+            await client.submit("bad-2", box.CreateBox(name="after-100"))
+
+            async def two_parked() -> bool:
+                return (await client.reactions.get(PARKS)).parked == 2
+
+            await eventually(two_parked, what="bad-1's and bad-2's deadlines parked")
+            first = await listing.ListParkedCommands(reaction_pb.ListParkedCommandsRequest(reaction=PARKS, page_size=1))
+            assert [entry.deadline.state_key for entry in first.commands] == ["bad-1"]
+            assert first.next_page_token
+            assert (await client.reactions.get(PARKS)).parked == 2  # bad-late's not parked yet
+
+            async def three_parked() -> bool:
+                return (await client.reactions.get(PARKS)).parked == 3
+
+            await eventually(three_parked, what="bad-late's deadline parked")
+            rest = await listing.ListParkedCommands(
+                reaction_pb.ListParkedCommandsRequest(reaction=PARKS, page_token=first.next_page_token)
+            )
+            assert [entry.deadline.state_key for entry in rest.commands] == ["bad-2", "bad-late"]
+            assert [entry.sequence for entry in [*first.commands, *rest.commands]] == [1, 2, 3]
+            listed = [entry.deadline.state_key async for entry in client.reactions.parked(PARKS)]
+            assert listed == ["bad-1", "bad-2", "bad-late"]  # oldest first: in the order parked
     finally:
         if server.running:
             server.stop()
