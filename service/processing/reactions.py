@@ -589,9 +589,16 @@ class ReactionRunner(CheckpointedRunner):
         failure: ChronicleError | None = None
         for parked in chosen:
             seen.add(parked.command_id)
+            # A parked deadline's firing may park commands (into ``index``)
+            # and then fail: taken back, so that what is committed is only
+            # what the replays before it did (its refused commands, parked
+            # again when it is replayed again, are not in the index twice).
+            savepoint = batch.savepoint(), len(index.commands)
             try:
                 outcome = await self._send_again(parked, batch, index)
             except ChronicleError as error:
+                batch.rollback(savepoint[0])
+                del index.commands[savepoint[1] :]
                 failure = error  # what was sent before it is committed first
                 break
             done.append(outcome)
@@ -608,11 +615,11 @@ class ReactionRunner(CheckpointedRunner):
             raise failure
         return done
 
-    async def _in_place(self) -> tuple[int, _Batch]:
+    async def _in_place(self) -> tuple[int, ReactionBatch]:
         """The checkpoint and a batch of its own (not the runner's cache),
         for a change to the reaction's documents that does not move it."""
         position = await self._documents.projection_position(self.reaction.name)
-        return position, _Batch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
+        return position, ReactionBatch(self.reaction.name, self._documents, DocumentCache(), self._forgotten)
 
     async def _commit_in_place(self, batch: _Batch, position: int, fencing: Fencing | None) -> None:
         """Commit ``batch`` (from ``_in_place``) at ``position``: the

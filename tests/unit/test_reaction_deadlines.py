@@ -901,3 +901,40 @@ def test_a_replayed_parked_deadline_counts_as_fired_and_what_its_firing_parks_as
         left = [(parked.aggregate_id, parked.reason) for parked in run.parked("parking")]
         assert left == [("t-1", "UNKNOWN_COMMAND_TYPE"), ("t-2", "UNKNOWN_COMMAND_TYPE")]
         assert runner.status.parked == 2
+
+
+def test_replaying_all_commits_nothing_of_a_parked_deadline_whose_replay_failed_midway() -> None:
+    broken = {"function", "archive"}
+
+    def late(deadline: Deadline, progress: box.Box) -> list[Send]:
+        if "function" in broken:
+            raise RuntimeError("a bug in the deadline's function")
+        progress.name = "late"
+        sends = [Send(deadline.state_key, box.RenameBox())]  # no aggregate takes it: parked
+        if deadline.state_key == "t-2":
+            sends.append(Send(deadline.state_key, box.ArchiveBox()))  # its handler raises while "archive"
+        return sends
+
+    with ReactionRun(_parking_plugin(late, archive_fails=lambda: "archive" in broken)) as run:
+        run.submit("t-1", box.CreateBox(name="a"))
+        run.submit("t-2", box.CreateBox(name="b"))
+        run.settle()
+        run.advance(2 * MINUTE)
+        for _ in range(10):  # each deadline fails 3 times, and is parked at the 3rd
+            with contextlib.suppress(ReactionFailed):
+                run.settle()
+            if len(run.parked("parking")) == 2:
+                break
+        broken.discard("function")
+        runner = run.runners["parking"]
+        with pytest.raises(ChronicleError) as caught:
+            _await(run, runner.replay_all())  # t-1's fires; t-2's parks its RenameBox, then fails
+        assert caught.value.reason == "HANDLER_FAILED"
+        listed = [(parked.deadline.state_key, parked.aggregate_id, parked.reason) for parked in run.parked("parking")]
+        assert listed == [("t-2", "", "REACTION_FAILED"), ("", "t-1", "UNKNOWN_COMMAND_TYPE")]  # t-1's firing only
+        broken.clear()
+        (replayed,) = _await(run, runner.replay_all(reason="REACTION_FAILED"))
+        assert replayed.accepted
+        ids = [parked.command_id for parked in run.parked("parking")]
+        assert [parked.aggregate_id for parked in run.parked("parking")] == ["t-1", "t-2"]
+        assert len(set(ids)) == 2 and runner.status.parked == 2
