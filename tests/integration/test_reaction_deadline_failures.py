@@ -250,7 +250,9 @@ async def test_a_deadline_parked_while_an_operator_pages_comes_in_a_later_page(
             grpc.aio.insecure_channel(server.address) as channel,
         ):
             listing = reaction_grpc.ReactionServiceStub(channel)  # a page at a time, as an operator's tool reads
-            await client.submit("bad-late", box.CreateBox(name="after-3000"))  # the earliest event, parked last
+            # The earliest event, parked last: due long after the others are
+            # parked and the first page is read, however slow the host.
+            await client.submit("bad-late", box.CreateBox(name="after-15000"))
             await client.submit("bad-1", box.CreateBox(name="after-100"))
             await client.submit("bad-2", box.CreateBox(name="after-100"))
 
@@ -266,7 +268,7 @@ async def test_a_deadline_parked_while_an_operator_pages_comes_in_a_later_page(
             async def three_parked() -> bool:
                 return (await client.reactions.get(PARKS)).parked == 3
 
-            await eventually(three_parked, what="bad-late's deadline parked")
+            await eventually(three_parked, within=60, what="bad-late's deadline parked")
             rest = await listing.ListParkedCommands(
                 reaction_pb.ListParkedCommandsRequest(reaction=PARKS, page_token=first.next_page_token)
             )
