@@ -112,9 +112,17 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             self._authorizer.check_read(principal, aggregate_type)
 
     async def _reached(
-        self, projection: Projection, min_position: int, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        projection: Projection,
+        min_position: int,
+        context: grpc.aio.ServicerContext[Any, Any],
+        *,
+        tenant: str,
     ) -> int:
-        """The projection's checkpoint, once at or past ``min_position``."""
+        """The projection's checkpoint, once at or past ``min_position``. A
+        caller held to a ``tenant``'s documents is not told a failure's text
+        (GetProjection refuses it the status too): a handler's error may
+        quote any event's payload, another tenant's included."""
         check_version("min_position", min_position, reason="POSITION_BEYOND_END")
         runner = self._projections.runners.get(projection.name)
         max_wait = self._read_wait
@@ -129,6 +137,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             progress=runner.progress if runner is not None else None,
             max_wait=max_wait,
             stopped=runner.stopped if runner is not None else None,
+            disclose_error=not tenant,
         )
 
     async def GetDocument(
@@ -139,7 +148,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         if not key.startswith(tenant):
             raise _not_of_tenant(projection, key)
         # The checkpoint first: the document read next is at least that new.
-        position = await self._reached(projection, request.min_position, context)
+        position = await self._reached(projection, request.min_position, context, tenant=tenant)
         document = await self._documents.load_document(projection.name, key)
         if document is None:
             raise ResourceNotFound(
@@ -205,7 +214,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             after = token.get("k")
             if not isinstance(after, str) or not after.startswith(prefix):
                 raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
-        position = await self._reached(projection, request.min_position, context)
+        position = await self._reached(projection, request.min_position, context, tenant=tenant)
         found = await self._documents.list_documents(
             projection.name, DocumentRange(prefix=prefix, after=after, descending=descending, limit=page_size + 1)
         )

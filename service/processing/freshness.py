@@ -77,6 +77,7 @@ async def wait_for_projection(
     progress: Progress | None,
     max_wait: float,
     stopped: Callable[[], tuple[int, str]] | None = None,
+    disclose_error: bool = True,
 ) -> int:
     """The checkpoint of projection ``name`` once it is at or past
     ``position`` (0: at once), so that a document read next reflects every
@@ -88,7 +89,9 @@ async def wait_for_projection(
     replica's runner of it): the position of the event a handler failed on,
     where the projection stands still, and the error (0 and "" while it
     goes): a ``position`` at or past it is FAILED_PRECONDITION,
-    PROJECTION_FAILED, at once, or as soon as it stops so."""
+    PROJECTION_FAILED, at once, or as soon as it stops so; with the error's
+    text only when ``disclose_error`` (the caller may read the projection's
+    status: the text may quote any event's payload, another tenant's too)."""
     signal = progress.next() if progress is not None else None
     checkpoint = await documents.projection_position(name)
     if checkpoint >= position:
@@ -100,7 +103,7 @@ async def wait_for_projection(
             reason="POSITION_BEYOND_END",
             metadata={"min_position": str(position), "log_head": str(head)},
         )
-    _check_stopped(name, position, checkpoint, stopped)
+    _check_stopped(name, position, checkpoint, stopped, disclose_error)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_wait
     pause = _FIRST_LOOK
@@ -123,21 +126,26 @@ async def wait_for_projection(
         checkpoint = await documents.projection_position(name)
         if checkpoint >= position:
             return checkpoint
-        _check_stopped(name, position, checkpoint, stopped)
+        _check_stopped(name, position, checkpoint, stopped, disclose_error)
 
 
-def _check_stopped(name: str, position: int, checkpoint: int, stopped: Callable[[], tuple[int, str]] | None) -> None:
+def _check_stopped(
+    name: str, position: int, checkpoint: int, stopped: Callable[[], tuple[int, str]] | None, disclose_error: bool
+) -> None:
     """Refuse a wait that only a fixed plugin can end."""
     failed_at, error = stopped() if stopped is not None else (0, "")
     if failed_at and failed_at <= position:
+        metadata = {
+            "projection": name,
+            "position": str(checkpoint),
+            "min_position": str(position),
+            "failed_at": str(failed_at),
+        }
+        if disclose_error:
+            metadata["error"] = error
+        because = f" by a failure ({error})" if disclose_error else " by a handler's failure"
         raise ProjectionStopped(
-            f"projection {name} is stopped at position {failed_at} by a failure ({error}); it has applied the log"
+            f"projection {name} is stopped at position {failed_at}{because}; it has applied the log"
             f" up to position {checkpoint} and will not reach {position} until that is fixed",
-            metadata={
-                "projection": name,
-                "position": str(checkpoint),
-                "min_position": str(position),
-                "failed_at": str(failed_at),
-                "error": error,
-            },
+            metadata=metadata,
         )

@@ -494,6 +494,52 @@ async def test_a_tenant_reads_and_counts_its_documents_and_one_key_of_another_re
             assert await refusal(count(other)) == (DENIED, "READ_DENIED")
 
 
+# A tenant-keyed read model whose handler fails on globex's account,
+# quoting the account's owner (a payload) in its error.
+poisoned = Plugin("tenant-keyed-poisoned")
+poisoned_owners = poisoned.projection("tenants.poisoned", aggregate_types=["Account"], tenant_keyed=True)
+
+
+@poisoned_owners.on(bank.AccountOpened)
+def _poisoned_owner(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+    if envelope.aggregate_id.startswith("globex:"):
+        raise RuntimeError(f"cannot file the account of {event.owner}")
+    documents.put(envelope.aggregate_id, bank.AccountBalance(owner=event.owner), subject=envelope.aggregate_id)
+
+
+async def test_a_tenant_reader_is_told_a_projection_failed_but_not_another_tenants_error(
+    site: Site, tmp_path: Path
+) -> None:
+    """A read-your-writes read past the event a handler failed on is refused
+    PROJECTION_FAILED; to a tenant-scoped reader without the error's text,
+    which quotes another tenant's payload (security.md, Tenants)."""
+    registry = Registry([bank_account.plugin, poisoned])
+    async with tenants(site, tmp_path, registry) as t, t.acme() as acme, t.globex() as globex:
+        failing = await globex.submit(mine("globex:acc-1", bank.OpenAccount(owner="SECRET-gus")))
+        last = await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
+        read = proj.GetDocumentRequest(
+            projection="tenants.poisoned", key="acme:acc-1", min_position=last.events[-1].position
+        )
+        listing = proj.ListDocumentsRequest(projection="tenants.poisoned", min_position=last.events[-1].position)
+        failed_at = str(failing.events[-1].position)
+        for call in (acme.projections.GetDocument(read), acme.projections.ListDocuments(listing)):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call
+            details = details_of(raised.value)
+            assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "PROJECTION_FAILED")
+            assert details.metadata["failed_at"] == failed_at
+            assert "SECRET" not in details.message and "RuntimeError" not in details.message
+            assert "error" not in details.metadata
+            assert "SECRET" not in str(details.metadata)
+        # One who may read the projection's status is told what failed.
+        async with t.root() as root:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await root.projections.GetDocument(read)
+            details = details_of(raised.value)
+            assert details.reason == "PROJECTION_FAILED"
+            assert "SECRET-gus" in details.metadata["error"] and "SECRET-gus" in details.message
+
+
 async def test_command_streams_and_dry_runs_are_held_to_the_tenant(site: Site, tmp_path: Path) -> None:
     async with tenants(site, tmp_path) as t, t.acme() as acme, t.globex() as globex:
         await acme.submit(mine("acme:acc-1", bank.OpenAccount(owner="ann")))
