@@ -572,6 +572,10 @@ async def start(
         groups=[partition_group(settings.partitions), *([projection_group] if projection_group.keys else [])],
         ttl=settings.lease_seconds,
     )
+    # A document is sent back alone in a message at most (GetDocument, a
+    # ListDocuments page of one): half the limit leaves room for its key,
+    # its type and the rest of the answer.
+    max_document_bytes = settings.max_message_bytes // 2
     projections = Projections(
         [
             ProjectionRunner(
@@ -583,6 +587,7 @@ async def start(
                 lease=KeeperLease(leases, PROJECTIONS_GROUP, projection.name),
                 page_bytes=page_bytes,
                 slow_handler_seconds=settings.slow_handler_seconds,
+                max_document_bytes=max_document_bytes,
             )
             for projection in registry.projections
         ]
@@ -632,6 +637,7 @@ async def start(
         read_wait=settings.read_wait_seconds,
         page_bytes=page_bytes,
         keys=roles.keys,
+        max_document_bytes=max_document_bytes,
     )
     # Subscription groups read the primary's log: their checkpoints are
     # written there, and must never run ahead of what a consumer was sent.

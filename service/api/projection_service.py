@@ -21,8 +21,8 @@ from service.api.page_tokens import (
 )
 from service.api.stored_projections import delete_stored, orphaned, refuse_undeclared
 from service.audit import AuditLog
-from service.errors import ChronicleError, InvalidInput, PermissionDenied, ResourceNotFound
-from service.plugins.projections import Projection
+from service.errors import ChronicleError, InvalidInput, NotAvailableHere, PermissionDenied, ResourceNotFound
+from service.plugins.projections import MAX_DOCUMENT_BYTES, Projection, document_key_problem
 from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.processing.freshness import wait_for_projection
@@ -60,7 +60,11 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         read_wait: float = 5.0,
         page_bytes: int = 1024 * 1024,
         keys: KeyStore | None = None,
+        max_document_bytes: int = MAX_DOCUMENT_BYTES,
     ) -> None:
+        # The largest document an answer carries (runners refuse to put a
+        # larger one; an older server may have written one).
+        self._max_document_bytes = max_document_bytes
         # Tells whether the aggregate a runner's last error came from was forgotten.
         self._keys = keys
         self._documents = documents
@@ -144,7 +148,9 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         self, request: pb.GetDocumentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetDocumentResponse:
         projection, tenant = await self._document_reader("projection", request.projection)
-        key = check_id("key", request.key, reason="INVALID_KEY")
+        if problem := document_key_problem(request.key):
+            raise InvalidInput.for_field("key", problem, reason="INVALID_KEY")
+        key = request.key
         if not key.startswith(tenant):
             raise _not_of_tenant(projection, key)
         # The checkpoint first: the document read next is at least that new.
@@ -156,6 +162,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
                 reason="DOCUMENT_NOT_FOUND",
                 metadata={"projection": projection.name, "key": key},
             )
+        self._check_sendable(projection, document)
         return pb.GetDocumentResponse(document=_packed(document), position=position)
 
     async def GetDocuments(
@@ -219,6 +226,15 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             projection.name, DocumentRange(prefix=prefix, after=after, descending=descending, limit=page_size + 1)
         )
         page = _within(found[:page_size], self._page_bytes)
+        if page and len(page[-1].data) > self._max_document_bytes:
+            # Too large to send at all (written before runners refused such
+            # documents): the page ends before it, and a page that starts
+            # with it is refused, saying so, not left to gRPC's
+            # RESOURCE_EXHAUSTED.
+            if len(page) == 1:
+                # With the token that goes on after it: a listing can pass it.
+                self._check_sendable(projection, page[0], next_page_token=make_token(listing, k=page[0].key))
+            page = page[:-1]
         more = len(page) < len(found)
         return pb.ListDocumentsResponse(
             documents=[pb.Document(key=d.key, document=_packed(d)) for d in page],
@@ -244,6 +260,23 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         # One more than the limit: whether there are more, for one entry's work.
         count = await self._documents.count_documents(projection.name, prefix, limit=limit + 1)
         return pb.CountDocumentsResponse(count=min(count, limit), more=count > limit, position=position)
+
+    def _check_sendable(self, projection: Projection, document: StoredDocument, **also: str) -> None:
+        if len(document.data) > self._max_document_bytes:
+            raise NotAvailableHere(
+                f"document {document.key!r} of projection {projection.name} is {len(document.data)} bytes, more"
+                f" than the {self._max_document_bytes} an answer of this server carries (half of"
+                " --max-message-bytes): written before handlers were refused such documents; a rebuild with a"
+                " plugin that splits it, or a larger --max-message-bytes, makes it readable",
+                reason="DOCUMENT_TOO_LARGE",
+                metadata={
+                    "projection": projection.name,
+                    "key": document.key,
+                    "size": str(len(document.data)),
+                    "max_document_bytes": str(self._max_document_bytes),
+                    **also,
+                },
+            )
 
     async def GetProjection(
         self, request: pb.GetProjectionRequest, context: grpc.aio.ServicerContext[Any, Any]

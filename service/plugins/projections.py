@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol, TypeVar, get_args
 
 from google.protobuf.message import Message
 
-from service.values import value
+from service.values import id_problem, value
 
 M = TypeVar("M", bound=Message)
 H = TypeVar("H", bound=Callable[..., Any])
@@ -74,6 +74,43 @@ class Documents(Protocol):
 
 
 ProjectionHandler = Callable[[Any, ProjectedEvent, Documents], None]
+
+# The largest document a handler may put, by default: half of the server's
+# default --max-message-bytes (4 MiB), so that GetDocument's answer, and a
+# ListDocuments page that holds it alone, fit in a message. The server gives
+# its runners half of its own limit.
+MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+
+
+def document_key_problem(key: str) -> str:
+    """What is wrong with ``key`` as a document key, "" if nothing: the one
+    rule of handlers' ``Documents`` (a put, a get, a delete) and of
+    ``GetDocument``'s key, so that every document written can be read by
+    its key: 1 to 200 characters, not only whitespace, printable (no
+    control characters, NUL, lone surrogates or noncharacters such as
+    U+FFFF, which some databases cannot store)."""
+    return id_problem(key)
+
+
+def subject_problem(subject: str) -> str:
+    """What is wrong with ``subject`` (an aggregate id a document names),
+    "" if nothing: an id no database can store (NUL, a lone surrogate)
+    names no aggregate, and would fail the commit outside the handler."""
+    problem = id_problem(subject, printable=False)
+    if problem:
+        return problem
+    if "\0" in subject or (not subject.isascii() and not _encodable(subject)):
+        return "must not contain NUL or lone surrogates"
+    return ""
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
 
 # What a projection does when a handler raises on an event: "stop" there
 # (and try again every retry_seconds), or "park" the event after

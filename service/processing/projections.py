@@ -72,7 +72,14 @@ from service.errors import (
     SubjectsForgotten,
     ValidationError,
 )
-from service.plugins.projections import DOCUMENT_CACHE_SIZE, ProjectedEvent, Projection
+from service.plugins.projections import (
+    DOCUMENT_CACHE_SIZE,
+    MAX_DOCUMENT_BYTES,
+    ProjectedEvent,
+    Projection,
+    document_key_problem,
+    subject_problem,
+)
 from service.processing.overlap import started
 from service.processing.upcasting import EventReader
 from service.processing.watchdog import Described, SlowCallAlarm
@@ -155,11 +162,13 @@ class _Batch:
         store: ProjectionStore,
         cache: DocumentCache,
         forgotten: ForgottenSubjects | None = None,
+        max_document_bytes: int = MAX_DOCUMENT_BYTES,
     ) -> None:
         self.projection = projection
         self._store = store
         self._cache = cache
         self.forgotten = forgotten or ForgottenSubjects()
+        self.max_document_bytes = max_document_bytes
         # What the batch's handlers wrote, by key (None: deleted), and the
         # subjects each document names; encoded once, when the batch
         # commits, however often a key was written.
@@ -240,7 +249,7 @@ class _Batch:
 
     def emptied(self) -> _Batch:
         """A batch without writes, over what this one loaded."""
-        fresh = _Batch(self.projection, self._store, self._cache, self.forgotten)
+        fresh = _Batch(self.projection, self._store, self._cache, self.forgotten, self.max_document_bytes)
         fresh._loaded = dict(self._loaded)
         return fresh
 
@@ -261,10 +270,37 @@ class _Scope:
         if key in self._writes:
             found = self._writes[key][0]
             return None if found is None else _copy_as(found, message_type, key, self._batch.projection)
+        self._check_key(key)
         return self._batch.read(key, message_type)
 
     def put(self, key: str, document: Message, *, subject: str | Iterable[str] | None = None) -> None:
+        # Checked here, in the handler's call, not when the batch commits:
+        # a key or a document the store or the read API cannot take fails
+        # the handler on its event (stopped there, or parked), where a
+        # failed commit would be tried again for ever.
+        self._check_key(key)
         subjects = _subjects(subject)
+        for one in subjects:
+            if problem := subject_problem(one):
+                raise ProjectionFailed(
+                    f"projection {self._batch.projection}: subject {one[:60]!r} of document {key!r} {problem}",
+                    reason="INVALID_SUBJECT",
+                    metadata={"projection": self._batch.projection, "key": key},
+                )
+        size = document.ByteSize()
+        if size > self._batch.max_document_bytes:
+            limit = self._batch.max_document_bytes
+            raise ProjectionFailed(
+                f"projection {self._batch.projection}: document {key!r} is {size} bytes, more than the"
+                f" {limit} the server can send back (half of --max-message-bytes): split it over several keys",
+                reason="DOCUMENT_TOO_LARGE",
+                metadata={
+                    "projection": self._batch.projection,
+                    "key": key,
+                    "size": str(size),
+                    "max_document_bytes": str(limit),
+                },
+            )
         if subjects and self._batch.forgotten.any_of(subjects):
             # Derived from a forgotten aggregate: it must not exist.
             self._writes[key] = (None, ())
@@ -274,7 +310,21 @@ class _Scope:
         self._writes[key] = (copy, subjects)
 
     def delete(self, key: str) -> None:
+        self._check_key(key)
         self._writes[key] = (None, ())
+
+    def _check_key(self, key: str) -> None:
+        """``GetDocument``'s rule (``document_key_problem``): no document is
+        written that cannot be read by its key, nor one the store cannot
+        hold. The key is quoted by its repr (escaped), cut short: the text
+        is stored with the failure, where NUL or a surrogate could not be."""
+        if problem := document_key_problem(key):
+            shown = repr(key[:60]) + ("..." if len(key) > 60 else "")
+            raise ProjectionFailed(
+                f"projection {self._batch.projection}: document key {shown} {problem}",
+                reason="INVALID_KEY",
+                metadata={"projection": self._batch.projection, "key": shown},
+            )
 
     def commit(self) -> None:
         for key, (document, subjects) in self._writes.items():
@@ -682,8 +732,11 @@ class ProjectionRunner(CheckpointedRunner):
         page_bytes: int = 1024 * 1024,
         lease: ProjectionLease | None = None,
         slow_handler_seconds: float = 0.1,
+        max_document_bytes: int = MAX_DOCUMENT_BYTES,
     ) -> None:
         self.projection = projection
+        # The largest document its handlers may put: what the read API can send back.
+        self._max_document_bytes = max_document_bytes
         self._slow = handler_alarm(slow_handler_seconds)
         self._page_bytes = page_bytes
         self._lease = lease
@@ -854,7 +907,9 @@ class ProjectionRunner(CheckpointedRunner):
                     break  # the lease moved: the next step starts over
                 if page.more:
                     ahead = await started(self._read(page.scanned_to, self.projection.catch_up_batch_size))
-                batch = _Batch(self.projection.name, self._documents, self._cache, self._forgotten)
+                batch = _Batch(
+                    self.projection.name, self._documents, self._cache, self._forgotten, self._max_document_bytes
+                )
                 unreadable: tuple[RecordedEvent, ChronicleError] | None = None
                 try:
                     events = [

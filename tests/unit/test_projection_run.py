@@ -13,6 +13,9 @@ import pytest
 from domain_plugins import bank_account, box
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
+from service.errors import ChronicleError
+from service.plugins import Plugin
+from service.plugins.projections import Documents, ProjectedEvent
 from service.store.records import DocumentWrite
 from service.testing import ProjectionRun, ScenarioFailed
 from tests.support import projection_labels
@@ -63,3 +66,29 @@ def test_the_guides_example_runs_as_written() -> None:
     scope = {"ProjectionRun": ProjectionRun, "plugin": bank_account.plugin, "bank": bank}
     exec(block, scope)
     scope["test_an_owner_document_sums_the_owners_accounts"]()  # type: ignore[operator]
+
+
+# A plugin whose read model keys documents by the account's owner as given.
+keyed_by_owner = Plugin("keyed-by-owner")
+owners = keyed_by_owner.projection("keyed.owners", aggregate_types=["Account"])
+
+
+@owners.on(bank.AccountOpened)
+def _by_owner(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+    documents.put(event.owner, bank.AccountBalance(owner=event.owner * (1 if len(event.owner) < 3 else 1_000_000)))
+
+
+@pytest.mark.parametrize(
+    ("owner", "reason"),
+    [("", "INVALID_KEY"), ("a\nb", "INVALID_KEY"), ("\uffff", "INVALID_KEY"), ("big", "DOCUMENT_TOO_LARGE")],
+)
+def test_a_key_or_document_the_server_would_refuse_fails_the_plugins_own_test(owner: str, reason: str) -> None:
+    """The in-memory harness holds handlers to the server's rules (a key
+    GetDocument takes, a document an answer carries): a plugin's tests find
+    what would stop its projection on a server."""
+    with ProjectionRun(bank_account.plugin, keyed_by_owner) as run:
+        run.given("acc-1", bank.AccountOpened(owner=owner))
+        with pytest.raises(ScenarioFailed, match=r"stopped: ") as raised:
+            run.settle()
+        assert isinstance(raised.value.__cause__, ChronicleError) and raised.value.__cause__.reason == reason
+        assert run.documents("keyed.owners", bank.AccountBalance) == {}
