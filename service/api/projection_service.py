@@ -4,7 +4,8 @@ reached a position), their progress and parked events, and rebuilding one."""
 
 from __future__ import annotations
 
-from typing import Any
+from functools import partial
+from typing import Any, TypeGuard
 
 import grpc
 from google.protobuf import any_pb2
@@ -26,7 +27,8 @@ from service.plugins.projections import MAX_DOCUMENT_BYTES, Projection, document
 from service.plugins.registry import Registry
 from service.principal import current_principal
 from service.processing.freshness import wait_for_projection
-from service.processing.projections import Projections, RunsElsewhere, withdraw_if_forgotten
+from service.processing.projection_failures import clear_failure, stored_failure
+from service.processing.projections import ProjectionRunner, Projections, RunsElsewhere, withdraw_if_forgotten
 from service.security.policy import Authorizer
 from service.store.base import KeyStore, LogReader, ProjectionStore
 from service.store.records import DocumentRange, ParkedEvent, StoredDocument
@@ -140,9 +142,20 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             log=self._log,
             progress=runner.progress if runner is not None else None,
             max_wait=max_wait,
-            stopped=runner.stopped if runner is not None else None,
+            stopped=partial(self._stopped, projection),
             disclose_error=not tenant,
         )
+
+    async def _stopped(self, projection: Projection, checkpoint: int) -> tuple[int, str]:
+        """Where the projection stands still at a handler's failure, and the
+        error: as its runner here knows it, or, where another replica runs
+        it, as that one stored it (``projection_failures``); (0, "") while
+        it goes."""
+        runner = self._projections.runners.get(projection.name)
+        if _runs_here(runner):
+            return runner.stopped()
+        failure = await stored_failure(self._documents, projection.name, checkpoint)
+        return (failure.failed_at, failure.error) if failure is not None else (0, "")
 
     async def GetDocument(
         self, request: pb.GetDocumentRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -324,6 +337,11 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         if runner is not None and self._keys is not None:
             await withdraw_if_forgotten(runner.status, self._keys)
             status.error = runner.error_now
+        if not _runs_here(runner):
+            # Stopped at an event where another replica runs it: as it stored it.
+            failure = await stored_failure(self._documents, projection.name, status.position)
+            if failure is not None:
+                status.error = failure.error
         if runner is not None and runner.status.last_error:
             status.last_error = runner.status.last_error
             status.last_error_time.CopyFrom(timestamp(round(runner.status.last_error_at * 1_000_000)))
@@ -365,6 +383,9 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             projection = await self._projection("name", request.name)
             head = await self._log.log_head()
             await self._documents.reset_projection(projection.name)
+            # A failure it stood still at, stored for every replica, is not
+            # one of the rebuild's (a fixed plugin may pass it): met again, stored again.
+            await clear_failure(self._documents, projection.name, None)
         except ChronicleError as error:
             if self._audit is not None:
                 await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, error=error)
@@ -423,6 +444,12 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             message = f"{deleted} documents and parked events deleted"
             await self._audit.admin_action(action, principal=principal.name, aggregate_id=target, message=message)
         return pb.DeleteProjectionResponse(deleted=deleted)
+
+
+def _runs_here(runner: ProjectionRunner | None) -> TypeGuard[ProjectionRunner]:
+    """Whether this replica runs the projection now: its runner knows best
+    whether it stands still, without a read of what it stored."""
+    return runner is not None and runner.status.running and runner.holds_lease
 
 
 def _not_of_tenant(projection: Projection, key: str) -> PermissionDenied:

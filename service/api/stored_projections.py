@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from service.errors import InvalidInput, ProjectionLoaded, ResourceNotFound
 from service.plugins.registry import Registry
+from service.processing.projection_failures import FAILURE_PREFIX
 from service.store.base import ProjectionStore
 from service.store.server_names import SERVER_OWN_PREFIX, is_server_own
 
@@ -79,4 +80,7 @@ async def delete_stored(registry: Registry, store: ProjectionStore, name: str) -
     deleted = 0
     while page := await store.delete_projection(name, limit=DELETE_PAGE):
         deleted += page
+    # The failure it stood still at, stored for every replica: the server's own row, not counted.
+    while await store.delete_projection(FAILURE_PREFIX + name, limit=DELETE_PAGE):
+        pass
     return deleted

@@ -472,6 +472,10 @@ def state_here(runners: Runners, name: str, status: _Progress) -> tuple[Content,
     past: list[Content] = []
     if runners.elsewhere(name):
         past.append(tag("p", "Its errors, if any, are on the replica that runs it.", class_="note"))
+    if not status.running and status.error:
+        # A projection stopped at an event: its runner stored the failure for every replica.
+        past.append(tag("p", "Stopped at an event, as the replica that runs it says:", class_="note"))
+        past.append(tag("pre", status.error, class_="error"))
     if status.last_error:
         seen = _utc(status.last_error_time.ToNanoseconds() / 1e9)
         past.append(tag("p", f"Over. Met here last at {seen}:", class_="note"))
@@ -545,8 +549,9 @@ async def projections_page(parts: Parts, notice: str, csrf_token: str) -> tuple[
         tag(
             "p",
             "Refreshed every two seconds. A projection runs in one replica at a time. Its position (the"
-            " checkpoint), lag and parked events are read from the store, the same from every replica; its"
-            " errors are known only to the replica it ran on.",
+            " checkpoint), lag and parked events are read from the store, the same from every replica, and so"
+            " is a stop at an event (a handler's failure); its other errors are known only to the replica it"
+            " ran on.",
             class_="summary",
         ),
         table(headings + ([""] if admin else []), rows, empty="no projection you may read", id="projections"),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from service.errors import InvalidInput, ProjectionStopped, StoreUnavailable
@@ -76,7 +76,7 @@ async def wait_for_projection(
     log: LogReader,
     progress: Progress | None,
     max_wait: float,
-    stopped: Callable[[], tuple[int, str]] | None = None,
+    stopped: Callable[[int], Awaitable[tuple[int, str]]] | None = None,
     disclose_error: bool = True,
 ) -> int:
     """The checkpoint of projection ``name`` once it is at or past
@@ -85,10 +85,11 @@ async def wait_for_projection(
     at each of its commits; when another replica runs it, the stored
     checkpoint is polled. After ``max_wait`` seconds: UNAVAILABLE,
     PROJECTION_BEHIND (with RetryInfo). A position beyond the end of the log
-    is INVALID_ARGUMENT, POSITION_BEYOND_END, at once. ``stopped`` (this
-    replica's runner of it): the position of the event a handler failed on,
+    is INVALID_ARGUMENT, POSITION_BEYOND_END, at once. ``stopped`` (given
+    the stored checkpoint): the position of the event a handler failed on,
     where the projection stands still, and the error (0 and "" while it
-    goes): a ``position`` at or past it is FAILED_PRECONDITION,
+    goes), as its runner here knows it or as the runner elsewhere stored
+    it: a ``position`` at or past it is FAILED_PRECONDITION,
     PROJECTION_FAILED, at once, or as soon as it stops so; with the error's
     text only when ``disclose_error`` (the caller may read the projection's
     status: the text may quote any event's payload, another tenant's too)."""
@@ -103,7 +104,7 @@ async def wait_for_projection(
             reason="POSITION_BEYOND_END",
             metadata={"min_position": str(position), "log_head": str(head)},
         )
-    _check_stopped(name, position, checkpoint, stopped, disclose_error)
+    await _check_stopped(name, position, checkpoint, stopped, disclose_error)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_wait
     pause = _FIRST_LOOK
@@ -126,14 +127,18 @@ async def wait_for_projection(
         checkpoint = await documents.projection_position(name)
         if checkpoint >= position:
             return checkpoint
-        _check_stopped(name, position, checkpoint, stopped, disclose_error)
+        await _check_stopped(name, position, checkpoint, stopped, disclose_error)
 
 
-def _check_stopped(
-    name: str, position: int, checkpoint: int, stopped: Callable[[], tuple[int, str]] | None, disclose_error: bool
+async def _check_stopped(
+    name: str,
+    position: int,
+    checkpoint: int,
+    stopped: Callable[[int], Awaitable[tuple[int, str]]] | None,
+    disclose_error: bool,
 ) -> None:
     """Refuse a wait that only a fixed plugin can end."""
-    failed_at, error = stopped() if stopped is not None else (0, "")
+    failed_at, error = await stopped(checkpoint) if stopped is not None else (0, "")
     if failed_at and failed_at <= position:
         metadata = {
             "projection": name,

@@ -81,6 +81,7 @@ from service.plugins.projections import (
     subject_problem,
 )
 from service.processing.overlap import started
+from service.processing.projection_failures import StoredFailure, clear_failure, has_failure, record_failure
 from service.processing.upcasting import EventReader
 from service.processing.watchdog import Described, SlowCallAlarm
 from service.store.base import KeyStore, LogReader, ProjectionStore
@@ -568,6 +569,7 @@ class CheckpointedRunner:
                     # no failure holds it here.
                     self._clear_error()
                     self._going_again()
+                    await self._stepped()
                     await self._wait_for_work(position)
                 except ConcurrencyConflict:
                     self.status.conflicts += 1  # another replica committed these events first
@@ -576,6 +578,7 @@ class CheckpointedRunner:
                 except Exception as error:
                     failure = self._chronicle_error(error)
                     self._failed(failure)
+                    await self._failure_met()
                     if failure.reason in NEEDS_A_NEWER_VERSION and self._lease is not None and self.holds_lease:
                         # An event a newer plugin version wrote (a rolling
                         # upgrade): a replica running that version can go on.
@@ -594,6 +597,12 @@ class CheckpointedRunner:
         finally:
             self.status.running = False
             self._clear_error()
+
+    async def _stepped(self) -> None:
+        """After a step that went through (or found the lease elsewhere)."""
+
+    async def _failure_met(self) -> None:
+        """After a failure, kept in the status (``_failed``), before the pause."""
 
     def _slow_call(self, event_type: str, position: int, what: str = "") -> Described:
         """A call of its handler on ``event_type`` at ``position`` that was
@@ -758,6 +767,11 @@ class ProjectionRunner(CheckpointedRunner):
         self._stopped_at = 0  # the failure being raised is a handler's on the event at this position
         self._failing_aggregate = ""  # the failure being raised is a handler's on an event of this aggregate
         self._nudged = asyncio.Event()
+        # The failure this runner stored for every replica to read (None:
+        # none; unknown at start and when the lease comes: another replica
+        # may have stored one, so the first step through deletes it).
+        self._stored_failure: StoredFailure | None = None
+        self._failure_maybe_stored = True
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
 
@@ -889,6 +903,8 @@ class ProjectionRunner(CheckpointedRunner):
                 return position  # another replica runs it now
             if fencing != self._fencing:  # (again) ours: from the stored checkpoint
                 self._fencing = fencing
+                # Another replica may have stored a failure, or deleted this one's.
+                self._stored_failure, self._failure_maybe_stored = None, True
                 self._cache.clear()
                 position = self.status.position = await self._documents.projection_position(self.projection.name)
         ahead: asyncio.Future[LogPage] | None = None
@@ -1078,6 +1094,43 @@ class ProjectionRunner(CheckpointedRunner):
         self.status.parking = None
         self.status.stopped_at = 0
         self._failing_aggregate = ""
+
+    async def _load_position(self) -> int:
+        before = self.status.position
+        position = await super()._load_position()
+        if position < before:
+            # Rebuilt (RebuildProjection deletes the stored failure): a
+            # failure met again is stored again.
+            self._stored_failure = None
+        return position
+
+    async def _failure_met(self) -> None:
+        """Stopped at an event (not one it will park): the failure is
+        stored for every replica (``projection_failures``), once per
+        failure, not at every retry."""
+        failed_at = self.status.stopped_at if self.status.parking is None else 0
+        fencing = self._lease.fencing() if self._lease is not None else None
+        if not failed_at or (self._lease is not None and fencing is None):
+            return
+        failure = StoredFailure(failed_at, self.status.error, self.status.error_aggregate_id)
+        if failure != self._stored_failure and await record_failure(
+            self._documents, self.projection.name, failure, fencing
+        ):
+            self._stored_failure = failure
+            self._failure_maybe_stored = False
+
+    async def _stepped(self) -> None:
+        """Going again (here, holding the lease): a failure stored for
+        every replica is over."""
+        if not (self._stored_failure is not None or self._failure_maybe_stored) or not self.holds_lease:
+            return
+        if self._stored_failure is None and not await has_failure(self._documents, self.projection.name):
+            self._failure_maybe_stored = False  # a read, not a write, on every start
+            return
+        fencing = self._lease.fencing() if self._lease is not None else None
+        if await clear_failure(self._documents, self.projection.name, fencing):
+            self._stored_failure = None
+            self._failure_maybe_stored = False
 
     def stopped(self) -> tuple[int, str]:
         """The position of the event a handler failed on, where the

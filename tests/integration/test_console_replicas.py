@@ -104,13 +104,18 @@ async def test_a_replica_says_which_replica_runs_a_projection_and_that_its_error
         f" console on http://{runner.console.address if runner.console else ''} (from that machine only)"
     )
     assert "<a " not in shown[6]
-    assert text_of(shown[8]) == "Its errors, if any, are on the replica that runs it."
+    # Stopped at an event: the failure as its runner stored it, shown here too.
+    assert text_of(shown[8]).startswith(
+        "Its errors, if any, are on the replica that runs it.Stopped at an event, as the replica that runs it says:"
+    )
+    assert "the moody handler refuses today" in text_of(shown[8])
     # Its runner shows the failure, as failing now.
     there = await row_of(runner)
     assert (text_of(there[5]), text_of(there[6])) == ("failed", "this replica")
     assert "the moody handler refuses today" in text_of(there[8]) and 'class="error"' in there[8]
-    # GetProjection from the other replica says where it runs.
-    assert (stored.running, stored.error, stored.runner) == (False, "", runner.leases.member.address)
+    # GetProjection from the other replica says where it runs, and the stop its runner stored.
+    assert (stored.running, stored.runner) == (False, runner.leases.member.address)
+    assert "the moody handler refuses today" in stored.error
 
 
 async def test_a_failure_is_over_on_a_replica_once_another_replica_runs_the_projection(
