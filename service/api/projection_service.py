@@ -22,7 +22,14 @@ from service.api.page_tokens import (
 )
 from service.api.stored_projections import delete_stored, orphaned, refuse_undeclared
 from service.audit import AuditLog
-from service.errors import ChronicleError, InvalidInput, NotAvailableHere, PermissionDenied, ResourceNotFound
+from service.errors import (
+    ChronicleError,
+    FieldViolation,
+    InvalidInput,
+    NotAvailableHere,
+    PermissionDenied,
+    ResourceNotFound,
+)
 from service.plugins.projections import MAX_DOCUMENT_BYTES, Projection, document_key_problem
 from service.plugins.registry import Registry
 from service.principal import current_principal
@@ -229,12 +236,29 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         descending = request.order == pb.DOCUMENT_ORDER_KEY_DESCENDING
         listing = fingerprint("documents", projection.name, prefix, "desc" if descending else "asc")
         after = None
+        read_at = 0
         if request.page_token:
             token = read_token(request.page_token, listing)
-            after = token.get("k")
+            after, read_at = token.get("k"), token.get("p", 0)
             if not isinstance(after, str) or not after.startswith(prefix):
                 raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
+            if type(read_at) is not int or not 0 <= read_at <= MAX_VERSION:
+                raise InvalidInput.for_field("page_token", "is damaged", reason="INVALID_PAGE_TOKEN")
         position = await self._reached(projection, request.min_position, context, tenant=tenant)
+        if position < read_at:
+            # The checkpoint only moves back in a rebuild (or a deletion):
+            # the documents after the token's key are not all there again
+            # yet, and going on would end the listing early without a word.
+            stale = (
+                f"was made when projection {projection.name} had applied the log up to position {read_at}; it"
+                f" has been rebuilt since and stands at {position}: list again from the first page"
+            )
+            raise InvalidInput(
+                f"page_token: {stale}",
+                reason="PAGE_TOKEN_STALE",
+                violations=(FieldViolation("page_token", stale),),
+                metadata={"projection": projection.name, "position": str(position), "token_position": str(read_at)},
+            )
         found = await self._documents.list_documents(
             projection.name, DocumentRange(prefix=prefix, after=after, descending=descending, limit=page_size + 1)
         )
@@ -246,12 +270,14 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             # RESOURCE_EXHAUSTED.
             if len(page) == 1:
                 # With the token that goes on after it: a listing can pass it.
-                self._check_sendable(projection, page[0], next_page_token=make_token(listing, k=page[0].key))
+                self._check_sendable(
+                    projection, page[0], next_page_token=make_token(listing, k=page[0].key, p=position)
+                )
             page = page[:-1]
         more = len(page) < len(found)
         return pb.ListDocumentsResponse(
             documents=[pb.Document(key=d.key, document=_packed(d)) for d in page],
-            next_page_token=make_token(listing, k=page[-1].key) if more and page else "",
+            next_page_token=make_token(listing, k=page[-1].key, p=position) if more and page else "",
             position=position,
         )
 

@@ -50,6 +50,9 @@ tallied = tally.projection("tally.deposits", aggregate_types=["Account"])
 everything = tally.projection("tally.everything")
 # Each account under its id, its owner's name inside (as long as it is).
 holders = tally.projection("tally.holders", aggregate_types=["Account"])
+# Each account under its id, but not while HALTED holds True (it stops at the first).
+HALTED: set[bool] = set()
+halting = tally.projection("tally.halting", aggregate_types=["Account"], retry_seconds=0.1)
 # A projection that never gets past a deposit (it stops there).
 stuck = Plugin("stuck")
 stuck_deposits = stuck.projection("stuck.deposits", aggregate_types=["Account"])
@@ -79,6 +82,13 @@ def _seen(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Docum
 
 @holders.on(bank.AccountOpened)
 def _holder(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+    documents.put(envelope.aggregate_id, bank.AccountBalance(owner=event.owner))
+
+
+@halting.on(bank.AccountOpened)
+def _halting(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+    if True in HALTED:
+        raise RuntimeError("halted")
     documents.put(envelope.aggregate_id, bank.AccountBalance(owner=event.owner))
 
 
@@ -337,6 +347,36 @@ async def test_a_page_token_continues_only_its_own_listing(client: Client) -> No
     ):
         code, reason, _ = await rpc_error(client.projections.ListDocuments(other))
         assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "PAGE_TOKEN_MISMATCH")
+
+
+async def test_a_page_token_from_before_a_rebuild_is_refused_until_the_rebuild_is_past_it(client: Client) -> None:
+    """A rebuild empties the read model: continuing a listing by key while it
+    is not built again that far would end it early, silently; the token is
+    refused PAGE_TOKEN_STALE instead, and goes on once the rebuild has
+    applied the log as far as the page was read."""
+    HALTED.clear()
+    for i in range(5):
+        await client.submit(command(f"acc-{i}", bank.OpenAccount(owner=f"o{i}")))
+    await caught_up(client, "tally.halting")
+    listing = pb.ListDocumentsRequest(projection="tally.halting", page_size=2)
+    first = await client.projections.ListDocuments(listing)
+    assert [d.key for d in first.documents] == ["acc-0", "acc-1"] and first.next_page_token
+    HALTED.add(True)  # the rebuild stops at the first account
+    await client.projections.RebuildProjection(pb.RebuildProjectionRequest(name="tally.halting"))
+    later = pb.ListDocumentsRequest(projection="tally.halting", page_size=2, page_token=first.next_page_token)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.projections.ListDocuments(later)
+    details = details_of(raised.value)
+    assert (details.code, details.reason, details.field_violations) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "PAGE_TOKEN_STALE",
+        ["page_token"],
+    )
+    assert (details.metadata["position"], details.metadata["token_position"]) == ("0", str(first.position))
+    HALTED.clear()
+    await caught_up(client, "tally.halting")
+    rest = await client.projections.ListDocuments(later)
+    assert [d.key for d in rest.documents] == ["acc-2", "acc-3"]
 
 
 # -- rebuilding ---------------------------------------------------------------------------
