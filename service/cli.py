@@ -659,15 +659,16 @@ def _rebuild(stub: projection_service_pb2_grpc.ProjectionServiceStub, name: str,
 def _say_where_it_runs(name: str, status: projection_service_pb2.GetProjectionResponse, server: str | None) -> None:
     """On stderr, when the server asked does not run the projection: the
     rebuild goes on where it runs (the reset is in the store), but only that
-    replica knows its errors, so a failure there looks here like a rebuild
-    that does not move."""
+    replica knows its errors (except a stop at an event, which it stores), so
+    another failure there looks here like a rebuild that does not move."""
     if status.running:
         return
     asked = server or "the server asked"
     if status.runner:
         print(
             f"note: projection {name} runs on {status.runner}, not on {asked}: it is rebuilt there, and its errors"
-            f" are reported there only (follow them with `chronicle projection {name} --server {status.runner}`)",
+            f" are reported there only, but for a stop at an event (follow them with `chronicle projection {name}"
+            f" --server {status.runner}`)",
             file=sys.stderr,
         )
         return

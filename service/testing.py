@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -69,6 +70,9 @@ from service.processing.reaction_documents import STATE_PREFIX, list_parked
 from service.processing.reactions import ReactionRunner
 from service.processing.router import Router
 from service.store.base import Store
+from service.store.encrypted import encrypted, forget_aggregate
+from service.store.encryption import Keyring
+from service.store.master_keys import MasterKeys
 from service.store.memory import MemoryStore
 from service.store.records import ClaimChange, DocumentRange, NewEvent, ParkedEvent, RecordedEvent, StoredDocument
 
@@ -505,14 +509,21 @@ class ProjectionRun:
     with the envelope's origin, user and metadata, or ``NewEvent``s).
     A handler's failure is raised by ``settle`` as ``ScenarioFailed``
     (a projection with ``on_failure="park"`` parks the event instead:
-    ``parked``).
+    ``parked``). ``ProjectionRun(plugin, forgetting=True)`` stores what it
+    stores encrypted, as a server with encryption at rest does, so that
+    ``forget(aggregate_id)`` forgets an aggregate as ForgetAggregate does
+    (documents are then read one by one: keys are not listed).
     """
 
-    def __init__(self, *plugins: Plugin, batch_size: int | None = None) -> None:
+    def __init__(self, *plugins: Plugin, batch_size: int | None = None, forgetting: bool = False) -> None:
         self.registry = Registry(plugins)
         self.store = MemoryStore()
         self._loop = asyncio.new_event_loop()
-        self._executor = CommandExecutor(Store.of(self.store), self.registry)
+        # With ``forgetting``: encrypted at rest, as a server must be to
+        # forget (``forget``), under a master key made for the run.
+        self._keyring = Keyring(self.store, MasterKeys({"run": os.urandom(32)}, "run")) if forgetting else None
+        self._roles = Store.of(self.store) if self._keyring is None else encrypted(Store.of(self.store), self._keyring)
+        self._executor = CommandExecutor(self._roles, self.registry)
         self._batch_size = batch_size
         self.runners = {projection.name: self._runner(projection) for projection in self.registry.projections}
         self._positions = dict.fromkeys(self.runners, 0)
@@ -521,7 +532,7 @@ class ProjectionRun:
         if self._batch_size is not None:
             projection = copy.copy(projection)  # the plugin's own stays as it is
             projection.batch_size = projection.catch_up_batch_size = self._batch_size
-        roles = Store.of(self.store)
+        roles = self._roles
         return ProjectionRunner(
             projection, log=roles.log, documents=roles.projections, reader=self._executor.loader.reader
         )
@@ -566,11 +577,11 @@ class ProjectionRun:
         command runs), with that envelope; a ``NewEvent`` as it is."""
 
         async def append() -> None:
-            head = await self.store.head(aggregate_id)
+            head = await self._roles.events.head(aggregate_id)
             stored = [
                 _stored_event(self.registry, e, origin=origin, user_id=user_id, metadata=metadata) for e in events
             ]
-            await self.store.append(aggregate_id, stored, head.version if head else 0)
+            await self._roles.events.append(aggregate_id, stored, head.version if head else 0)
 
         self._loop.run_until_complete(append())
 
@@ -588,25 +599,36 @@ class ProjectionRun:
         kind = self.registry.projection(projection)
         if kind is None:
             raise ScenarioFailed(f"no projection {projection} in these plugins")
-        self._loop.run_until_complete(self.store.reset_projection(projection))
+        self._loop.run_until_complete(self._roles.projections.reset_projection(projection))
         self.runners[projection] = self._runner(kind)
         self._positions[projection] = 0
         self.settle()
 
     def document(self, projection: str, key: str, document_type: type[M]) -> M | None:
         """The document under ``key`` (None when there is none)."""
-        stored = self._loop.run_until_complete(self.store.load_document(projection, key))
+        stored = self._loop.run_until_complete(self._roles.projections.load_document(projection, key))
         return None if stored is None else self._typed(stored, document_type)
 
     def documents(self, projection: str, document_type: type[M], *, prefix: str = "") -> dict[str, M]:
         """The documents whose keys start with ``prefix``, in key order."""
         listing = DocumentRange(prefix=prefix, limit=1_000_000)
+        if self._keyring is not None:
+            raise ScenarioFailed("documents are not listed by key under encryption at rest (forgetting): read each")
         stored = self._loop.run_until_complete(self.store.list_documents(projection, listing))
         return {document.key: self._typed(document, document_type) for document in stored}
 
     def parked(self, projection: str) -> list[ParkedEvent]:
         """The events ``projection`` parked (``on_failure="park"``), oldest first."""
-        return self._loop.run_until_complete(self.store.parked_events(projection, limit=1_000_000))
+        return self._loop.run_until_complete(self._roles.projections.parked_events(projection, limit=1_000_000))
+
+    def forget(self, aggregate_id: str) -> None:
+        """Forget ``aggregate_id`` as ``AdminService.ForgetAggregate`` does
+        (a run made with ``forgetting=True``): its key erased, so its events
+        reach no handler again (a rebuild goes without them), and the
+        documents naming it as a subject deleted."""
+        if self._keyring is None:
+            raise ScenarioFailed("forget needs ProjectionRun(..., forgetting=True): forgetting erases a key")
+        self._loop.run_until_complete(forget_aggregate(Store.of(self.store), self._keyring, aggregate_id))
 
     def position(self, projection: str) -> int:
         """The log position ``projection`` has applied and committed."""

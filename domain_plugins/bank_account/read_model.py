@@ -10,7 +10,15 @@ documents; restored, its events come again and it is counted again.
 Both hold personal data (the owner's name, balances), so each names the
 accounts it is derived from as its subjects: forgetting an account deletes
 its ``account:`` document and its owner's ``owner:`` document (which also
-summed the owner's other accounts: it starts again from their next event).
+summed the owner's other accounts). The owner's document is then made
+again from its accounts' own documents, which forgetting left alone: each
+account adds its whole balance (not the one event's amount) when it is
+first counted in the owner's document, at its next event; until then the
+document lacks it. So, once each has had an event, it holds what a rebuild
+gives (account ids in code point order, whatever order they came in).
+An owner whose name makes no key ``GetDocument`` takes (over 194
+characters, or not printable) is kept under ``owner-sha256:`` and the
+name's SHA-256 (``owner_key``).
 
 The cost of that: each write of an owner's document names every account of
 the owner as a subject, so a deposit costs in proportion to how many
@@ -22,15 +30,34 @@ the query, rather than naming every contributor on every write.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+
 from domain_plugins.bank_account.domain import plugin
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.plugins import AggregateDeleted, Documents, ProjectedEvent
+from service.plugins.projections import document_key_problem
 
 balances_by_owner = plugin.projection("bank.balances_by_owner", aggregate_types=["Account"])
 
 
 def owner_key(owner: str) -> str:
-    return f"owner:{owner}"
+    key = f"owner:{owner}"
+    if document_key_problem(key):  # a key no one could read the document by
+        return "owner-sha256:" + hashlib.sha256(owner.encode()).hexdigest()
+    return key
+
+
+def _counted(holder: bank.OwnerBalance, account_id: str) -> bool:
+    """Whether ``account_id`` is among the accounts ``holder`` sums; if not,
+    it is added (in code point order, as a rebuild would list it)."""
+    if account_id in holder.account_ids:
+        return True
+    ids = list(holder.account_ids)
+    bisect.insort(ids, account_id)
+    del holder.account_ids[:]
+    holder.account_ids.extend(ids)
+    return False
 
 
 def account_key(account_id: str) -> str:
@@ -42,7 +69,7 @@ def _opened(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Docu
     account_id = envelope.aggregate_id
     documents.put(account_key(account_id), bank.AccountBalance(owner=event.owner), subject=account_id)
     holder = documents.get(owner_key(event.owner), bank.OwnerBalance) or bank.OwnerBalance(owner=event.owner)
-    holder.account_ids.append(account_id)
+    _counted(holder, account_id)  # its balance is 0
     documents.put(owner_key(event.owner), holder, subject=holder.account_ids)
 
 
@@ -52,10 +79,11 @@ def _move(account_id: str, amount: int, documents: Documents) -> None:
         return  # opened before this projection knew of it: cannot happen from position 0
     account.balance += amount
     documents.put(account_key(account_id), account, subject=account_id)
-    holder = documents.get(owner_key(account.owner), bank.OwnerBalance)
-    if holder is None:  # deleted when another of the owner's accounts was forgotten
-        holder = bank.OwnerBalance(owner=account.owner, account_ids=[account_id])
-    holder.balance += amount
+    # None: deleted when another of the owner's accounts was forgotten.
+    holder = documents.get(owner_key(account.owner), bank.OwnerBalance) or bank.OwnerBalance(owner=account.owner)
+    # An account the document does not sum yet (it was made again after a
+    # forgetting) counts with its whole balance, as a rebuild counts it.
+    holder.balance += amount if _counted(holder, account_id) else account.balance
     documents.put(owner_key(account.owner), holder, subject=holder.account_ids)
 
 

@@ -54,7 +54,8 @@ async def test_a_rebuild_asked_of_a_replica_that_does_not_run_the_projection_nam
         shown = capsys.readouterr()
         assert (
             f"note: projection {NAME} runs on {runner.leases.member.address}, not on {other.address}: it is rebuilt"
-            f" there, and its errors are reported there only (follow them with `chronicle projection {NAME}"
+            f" there, and its errors are reported there only, but for a stop at an event (follow them with"
+            f" `chronicle projection {NAME}"
             f" --server {runner.leases.member.address}`)"
         ) in shown.err
         done = json.loads(shown.out)
