@@ -20,7 +20,7 @@ from service.api.page_tokens import (
     make_token,
     read_token,
 )
-from service.api.stored_projections import delete_stored, orphaned, refuse_undeclared
+from service.api.stored_projections import delete_stored, orphaned, refuse_reaction, refuse_undeclared
 from service.audit import AuditLog
 from service.errors import (
     ChronicleError,
@@ -94,9 +94,30 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             # from a name nothing holds to an administrator, so an operator
             # in a rolling deployment knows the documents are there.
             admin = self._authorizer.grant(current_principal.get()).admin
+            if self._may_read_reaction(name, admin=admin):
+                raise refuse_reaction(name)
             raise await refuse_undeclared(self._documents, name, admin=admin)
         self._check_read(projection)
         return projection
+
+    def _may_read_reaction(self, name: str, *, admin: bool) -> bool:
+        """Whether ``name`` is a loaded reaction the caller may read (as
+        ReactionService would let it): then it is told so, not sent round
+        between "not loaded" and "loaded"."""
+        reaction = self._registry.reaction(name)
+        if reaction is None:
+            return False
+        if admin:
+            return True
+        if not reaction.aggregate_types:
+            return False  # one of every type: administrators only
+        principal = current_principal.get()
+        try:
+            for aggregate_type in sorted(reaction.aggregate_types):
+                self._authorizer.check_read(principal, aggregate_type)
+        except PermissionDenied:
+            return False
+        return True
 
     async def _document_reader(self, field: str, name: str) -> tuple[Projection, str]:
         """The projection whose documents are read, and the key prefix the

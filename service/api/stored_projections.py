@@ -58,6 +58,17 @@ async def refuse_undeclared(store: ProjectionStore, name: str, *, admin: bool) -
     return _not_found(name)
 
 
+def refuse_reaction(name: str) -> InvalidInput:
+    """The refusal of ``name``, a loaded reaction's, given to
+    ProjectionService: said to be a reaction, and where it is read."""
+    return InvalidInput.for_field(
+        "name",
+        f"{name!r} is a reaction, not a projection: read it with ReactionService (GetReaction,"
+        f" `chronicle reaction {name}`); a reaction is not rebuilt",
+        reason="NOT_A_PROJECTION",
+    )
+
+
 def _not_found(name: str) -> ResourceNotFound:
     return ResourceNotFound(f"no loaded plugin declares projection {name!r}", reason="PROJECTION_NOT_FOUND")
 
@@ -72,9 +83,16 @@ async def delete_stored(registry: Registry, store: ProjectionStore, name: str) -
         )
     kind = declared(registry, name)
     if kind is not None:
+        # What to do instead: a projection's documents are made again by a
+        # rebuild; a reaction's state is ReactionService's to drop.
+        instead = (
+            "or rebuild it: RebuildProjection"
+            if kind == "projection"
+            else "a reaction's process states are dropped with ReactionService.DropProcessState"
+        )
         raise ProjectionLoaded(
             f"a loaded plugin declares {kind} {name!r}: deploy plugins that no longer declare it on every"
-            " replica first (or rebuild it: RebuildProjection)",
+            f" replica first ({instead})",
             metadata={"projection": name, "declared_as": kind},
         )
     deleted = 0

@@ -65,8 +65,9 @@ class Registry:
             )
             if existing is not None:
                 raise ConfigurationError(
-                    f"projection {projection.name!r} is declared by both plugin {existing.plugin_name!r}"
-                    f" and plugin {plugin.name!r}",
+                    f"projection {projection.name!r} of plugin {plugin.name!r} has the name of"
+                    f" {_kind(existing)} {projection.name!r} of plugin {existing.plugin_name!r}"
+                    " (projections and reactions share one namespace: their checkpoints are kept alike)",
                     reason="DUPLICATE_REGISTRATION",
                     metadata={"name": projection.name, "plugins": f"{existing.plugin_name},{plugin.name}"},
                 )
@@ -77,7 +78,9 @@ class Registry:
             holder = self._projections.get(reaction.name) or self._reactions.get(reaction.name)
             if holder is not None:
                 raise ConfigurationError(
-                    f"reaction {reaction.name!r} of plugin {plugin.name!r} has the name of {holder!r}",
+                    f"reaction {reaction.name!r} of plugin {plugin.name!r} has the name of"
+                    f" {_kind(holder)} {reaction.name!r} of plugin {holder.plugin_name!r}"
+                    " (projections and reactions share one namespace: their checkpoints are kept alike)",
                     reason="DUPLICATE_REGISTRATION",
                     metadata={"name": reaction.name, "plugins": f"{holder.plugin_name},{plugin.name}"},
                 )
@@ -324,3 +327,8 @@ def _check_deadline_names(reaction: Reaction[Any]) -> None:
                 "deadline": named.name,
             },
         )
+
+
+def _kind(declared: Projection | Reaction[Any]) -> str:
+    """What ``declared`` is, as an error names it."""
+    return "projection" if isinstance(declared, Projection) else "reaction"

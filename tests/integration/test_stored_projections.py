@@ -194,6 +194,25 @@ async def test_a_deletion_is_refused_for_what_is_loaded_or_not_a_name(
     assert total.document.value  # the loaded projection's documents are untouched
 
 
+async def test_a_reactions_name_given_to_projection_service_is_said_to_be_a_reaction(reopen: Opener) -> None:
+    """Not sent round in a loop (GetProjection saying it is not loaded and
+    to delete it, DeleteProjection saying it is loaded and to rebuild it):
+    each call says it is a reaction, and where a reaction is handled."""
+    async with running_server(await reopen(), registry=GREEN, anonymous_admin=True) as (_, client):
+        await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+        for call in (
+            client.projections.GetProjection(pb.GetProjectionRequest(name="bank.transfers")),
+            client.projections.RebuildProjection(pb.RebuildProjectionRequest(name="bank.transfers")),
+            client.projections.ListDocuments(pb.ListDocumentsRequest(projection="bank.transfers")),
+        ):
+            details = await refused(call)
+            assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "NOT_A_PROJECTION")
+            assert "is a reaction" in details.message and "ReactionService" in details.message
+        deleting = await refused(client.projections.DeleteProjection(pb.DeleteProjectionRequest(name="bank.transfers")))
+        assert (deleting.reason, deleting.metadata["declared_as"]) == ("PROJECTION_LOADED", "reaction")
+        assert "RebuildProjection" not in deleting.message and "ReactionService" in deleting.message
+
+
 async def test_a_deletion_takes_an_administrator(reopen: Opener) -> None:
     await renamed_away(reopen)
     async with running_server(await reopen(), registry=GREEN) as (_, client):

@@ -300,6 +300,18 @@ async def test_a_reaction_cannot_take_a_projection_s_name() -> None:
     with pytest.raises(ConfigurationError) as refused:
         Registry([plugin, other])
     assert refused.value.reason == "DUPLICATE_REGISTRATION"
+    # Each named for what it is.
+    assert refused.value.message.startswith("projection 'counters.copier' of plugin 'other' has the name of reaction")
+
+
+def test_a_projection_cannot_take_a_reaction_s_name_and_is_told_it_is_a_reaction_s() -> None:
+    other = Plugin("other")
+    other.projection("counters.copier")
+    with pytest.raises(ConfigurationError) as refused:
+        Registry([other, plugin])
+    assert refused.value.message.startswith(
+        "reaction 'counters.copier' of plugin 'counters' has the name of projection 'counters.copier' of plugin 'other'"
+    )
 
 
 async def test_compensations_refused_in_a_row_end_parked() -> None:
