@@ -303,7 +303,8 @@ EXIT_STATUS_HELP = f"""exit status (every command):
        or could not be reached (with --database-url: the store refused, e.g.
        an import's AGGREGATE_NOT_EMPTY); a file failed midway (ENOSPC: a
        full disk); health: the server is not serving; plugins --check: the
-       store holds something the plugins cannot read (the JSON report says what)
+       store holds something the plugins cannot read (the JSON report says what);
+       projection NAME: it is failing (its status printed, the error on stderr)
   {EXIT_USAGE}    the command line, a setting or the input is wrong (bad arguments, a
        payload that is not a JSON object, a type the server does not know,
        a file that cannot be read or written, FILE_NOT_READABLE and
@@ -560,6 +561,10 @@ def _projection(args: argparse.Namespace, channel: grpc.Channel) -> int:
                 status, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
             )
         )
+        if status.error:
+            # A script or a health check learns it from the status too, not only from the JSON.
+            print(f"error: projection {status.name} is failing: {status.error}", file=sys.stderr)
+            return EXIT_REFUSED
         return EXIT_OK
     name, key = words
     types = RemoteTypes(channel)

@@ -198,10 +198,12 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         position = await self._reached(projection, request.min_position, context, tenant=tenant)
         document = await self._documents.load_document(projection.name, key)
         if document is None:
+            # With the checkpoint it was looked for at, as a document found
+            # comes with it: "none yet" is told from "none as of position P".
             raise ResourceNotFound(
-                f"projection {projection.name} has no document {key!r}",
+                f"projection {projection.name} has no document {key!r} (as of log position {position})",
                 reason="DOCUMENT_NOT_FOUND",
-                metadata={"projection": projection.name, "key": key},
+                metadata={"projection": projection.name, "key": key, "position": str(position)},
             )
         self._check_sendable(projection, document)
         return pb.GetDocumentResponse(document=_packed(document), position=position)

@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol, TypeVar, get_args
 
 from google.protobuf.message import Message
 
-from service.values import id_problem, value
+from service.values import MAX_ID_LENGTH, id_problem, value
 
 M = TypeVar("M", bound=Message)
 H = TypeVar("H", bound=Callable[..., Any])
@@ -80,6 +80,20 @@ ProjectionHandler = Callable[[Any, ProjectedEvent, Documents], None]
 # ListDocuments page that holds it alone, fit in a message. The server gives
 # its runners half of its own limit.
 MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+
+
+def check_runner_name(kind: str, name: str) -> None:
+    """A projection's or a reaction's name (``kind``), refused (ValueError)
+    at declaration when the API could not name it: letters, digits, '_' or
+    '.', at most ``MAX_ID_LENGTH`` characters (GetProjection's and
+    GetReaction's rule for a name)."""
+    if not name or not name.replace("_", "").replace(".", "").isalnum():
+        raise ValueError(f"{kind} name {name!r} must be letters, digits, '_' or '.'")
+    if len(name) > MAX_ID_LENGTH:
+        raise ValueError(
+            f"{kind} name {name[:40]!r}... is {len(name)} characters: at most {MAX_ID_LENGTH}, or the API could not"
+            " name it"
+        )
 
 
 def document_key_problem(key: str) -> str:
@@ -138,8 +152,7 @@ class Projection:
         cache_size: int = DOCUMENT_CACHE_SIZE,
         tenant_keyed: bool = False,
     ) -> None:
-        if not name or not name.replace("_", "").replace(".", "").isalnum():
-            raise ValueError(f"projection name {name!r} must be letters, digits, '_' or '.'")
+        check_runner_name("projection", name)
         if batch_size < 1:
             raise ValueError("batch_size must be positive")
         if catch_up_batch_size is not None and catch_up_batch_size < batch_size:

@@ -85,7 +85,7 @@ from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar, get_args
 
 from google.protobuf.message import Message
 
-from service.plugins.projections import OnFailure, ProjectedEvent
+from service.plugins.projections import OnFailure, ProjectedEvent, check_runner_name
 
 S = TypeVar("S")  # the reaction's state message, or None without one
 E = TypeVar("E", bound=Message)
@@ -312,8 +312,7 @@ class Reaction(Generic[S]):
         max_attempts: int = 3,
         start_from: StartFrom | None = None,
     ) -> None:
-        if not name or not name.replace("_", "").replace(".", "").isalnum():
-            raise ValueError(f"reaction name {name!r} must be letters, digits, '_' or '.'")
+        check_runner_name("reaction", name)
         if on_failure not in get_args(OnFailure):
             raise ValueError(f"reaction {name}: on_failure must be 'stop' or 'park', not {on_failure!r}")
         if max_attempts < 1:

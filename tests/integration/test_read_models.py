@@ -229,6 +229,17 @@ async def test_a_read_that_a_projection_stopped_on_an_error_cannot_reach_is_refu
     assert (listed.position, list(listed.documents)) == (position - 1, [])
 
 
+async def test_a_document_not_found_says_the_position_it_was_looked_for_at(client: Client) -> None:
+    opened = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
+    at = opened.events[-1].position
+    missing = pb.GetDocumentRequest(projection=BALANCES, key="owner:nobody", min_position=at)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await client.projections.GetDocument(missing)
+    details = details_of(raised.value)
+    assert (details.code, details.reason) == (grpc.StatusCode.NOT_FOUND, "DOCUMENT_NOT_FOUND")
+    assert int(details.metadata["position"]) >= at and details.metadata["key"] == "owner:nobody"
+
+
 async def test_the_server_bounds_the_wait(sql_store: StoreAdapter) -> None:
     async with running_server(sql_store, registry=REGISTRY, read_wait_seconds=0.2) as (_, client):
         await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
@@ -476,6 +487,13 @@ async def test_chronicle_projection_rebuild_ends_when_the_projection_stops_on_an
         return "this handler never works" in status.error
 
     await eventually(stopped, what="stuck.deposits stopping")
+    # Its status: printed, and the exit status says it is failing (a going one: 0).
+    exit_code = await asyncio.to_thread(cli, ["projection", "stuck.deposits", "--server", app.address])
+    shown = capsys.readouterr()
+    assert exit_code == 1 and '"name": "stuck.deposits"' in shown.out
+    assert "error: projection stuck.deposits is failing: " in shown.err and "this handler never works" in shown.err
+    assert await asyncio.to_thread(cli, ["projection", BALANCES, "--server", app.address]) == 0
+    capsys.readouterr()
     exit_code = await asyncio.to_thread(cli, ["projection", "rebuild", "stuck.deposits", "--server", app.address])
     shown = capsys.readouterr()
     assert exit_code == 1

@@ -155,3 +155,12 @@ def test_a_reaction_retries_every_5_seconds_unless_it_says() -> None:
     plugin = Plugin("demo")
     assert plugin.reaction("demo.default").retry_seconds == 5.0
     assert plugin.reaction("demo.quick", retry_seconds=0.5).retry_seconds == 0.5
+
+
+def test_a_projection_or_reaction_name_the_api_could_not_take_is_refused_at_declaration() -> None:
+    named = Plugin("named")
+    named.projection("p" * 200)  # the API's most: fine
+    named.reaction("r" * 200)
+    for declare, kind in ((named.projection, "projection"), (named.reaction, "reaction")):
+        with pytest.raises(ValueError, match=rf"{kind} name .* is 201 characters: at most 200"):
+            declare("x" * 201)
