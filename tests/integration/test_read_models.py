@@ -26,6 +26,7 @@ from service.client.errors import remote_error
 from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
 from service.plugins.registry import Registry
+from service.processing.projection_failures import stored_failure
 from service.store.base import AuditQuery, StoreAdapter
 from service.store.records import REFUSED
 from tests.support.cluster import projections_settled, replica
@@ -201,7 +202,7 @@ async def test_a_read_that_the_projection_does_not_reach_in_time_is_refused_with
 async def test_a_read_that_a_projection_stopped_on_an_error_cannot_reach_is_refused_at_once_as_failed(
     server: tuple[Application, Client],
 ) -> None:
-    _, client = server
+    app, client = server
     opened = await client.submit(command("acc-1", bank.OpenAccount(owner="ann")))
     deposited = await client.submit(command("acc-1", bank.Deposit(amount=5)))
     position = deposited.events[-1].position
@@ -220,6 +221,13 @@ async def test_a_read_that_a_projection_stopped_on_an_error_cannot_reach_is_refu
     assert details.metadata["failed_at"] == str(position)
     assert details.metadata["position"] == str(position - 1)  # stopped at that event
     assert "this handler never works" in details.metadata["error"]
+
+    # Stored for every replica to read, as this store keeps it (just after it stopped).
+    async def stored() -> bool:
+        found = await stored_failure(app.store.projections, "stuck.deposits", position - 1)
+        return found is not None and found.failed_at == position and "this handler never works" in found.error
+
+    await eventually(stored, what="the failure stored")
     # The clients' retry policies do not try it again.
     assert not retryable(remote_error(raised.value))
     # A read of a position before the event it stopped at is answered.

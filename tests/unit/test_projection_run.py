@@ -16,6 +16,7 @@ from domain_plugins.box.protos.box.v1 import box_pb2
 from service.errors import ChronicleError
 from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
+from service.processing.projection_failures import StoredFailure, record_failure, stored_failure
 from service.store.records import DocumentWrite
 from service.testing import ProjectionRun, ScenarioFailed
 from tests.support import projection_labels
@@ -92,3 +93,20 @@ def test_a_key_or_document_the_server_would_refuse_fails_the_plugins_own_test(ow
             run.settle()
         assert isinstance(raised.value.__cause__, ChronicleError) and raised.value.__cause__.reason == reason
         assert run.documents("keyed.owners", bank.AccountBalance) == {}
+
+
+def test_a_stored_failure_goes_with_the_aggregate_whose_event_it_was_met_on() -> None:
+    """A projection's stop at an event, stored for every replica, may quote
+    the event's payload: it names the event's aggregate as its subject, so
+    forgetting the aggregate deletes it (docs/security.md)."""
+    with ProjectionRun(bank_account.plugin, forgetting=True) as run:
+        run.submit("acc-1", bank.OpenAccount(owner="ann"))
+        store = run._roles.projections
+        failure = StoredFailure(7, "PROJECTION_FAILED: ann's secret", "acc-1")
+        assert run._loop.run_until_complete(record_failure(store, "p.one", failure, None))
+        assert run._loop.run_until_complete(stored_failure(store, "p.one", 6)) == StoredFailure(7, failure.error)
+        assert run._loop.run_until_complete(stored_failure(store, "p.one", 7)) is None  # passed: no failure now
+        run.forget("acc-1")
+        assert run._loop.run_until_complete(stored_failure(store, "p.one", 6)) is None
+        # Once forgotten, it is not stored again (nothing is written that names it).
+        assert not run._loop.run_until_complete(record_failure(store, "p.one", failure, None))
