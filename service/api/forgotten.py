@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from chronicle.v1 import admin_service_pb2 as pb
 from service.store.records import PARKED_COMMAND_TYPE, PROCESS_STATE_TYPE, Forgetting
+from service.store.server_names import is_server_own
 
 
 def deleted_documents(forgetting: Forgetting) -> list[pb.ForgottenDocuments]:
@@ -17,6 +18,8 @@ def deleted_documents(forgetting: Forgetting) -> list[pb.ForgottenDocuments]:
     reaction's with the other aggregates its deleted processes named."""
     by_name: dict[str, pb.ForgottenDocuments] = {}
     for (name, type_name), count in sorted(forgetting.documents.items()):
+        if is_server_own(name):
+            continue  # a projection's stored failure, met on its event: no read model of anyone's
         entry = by_name.setdefault(name, pb.ForgottenDocuments(name=name))
         if type_name == PROCESS_STATE_TYPE:
             entry.process_states += count

@@ -13,10 +13,13 @@ import pytest
 from domain_plugins import bank_account, box
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
+from service.api.forgotten import deleted_documents
 from service.errors import ChronicleError
 from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
 from service.processing.projection_failures import StoredFailure, record_failure, stored_failure
+from service.store.base import Store
+from service.store.encrypted import forget_aggregate
 from service.store.records import DocumentWrite
 from service.testing import ProjectionRun, ScenarioFailed
 from tests.support import projection_labels
@@ -101,12 +104,16 @@ def test_a_stored_failure_goes_with_the_aggregate_whose_event_it_was_met_on() ->
     forgetting the aggregate deletes it (docs/security.md)."""
     with ProjectionRun(bank_account.plugin, forgetting=True) as run:
         run.submit("acc-1", bank.OpenAccount(owner="ann"))
+        run.settle()
         store = run._roles.projections
         failure = StoredFailure(7, "PROJECTION_FAILED: ann's secret", "acc-1")
         assert run._loop.run_until_complete(record_failure(store, "p.one", failure, None))
         assert run._loop.run_until_complete(stored_failure(store, "p.one", 6)) == StoredFailure(7, failure.error)
         assert run._loop.run_until_complete(stored_failure(store, "p.one", 7)) is None  # passed: no failure now
-        run.forget("acc-1")
+        assert run._keyring is not None
+        forgetting = run._loop.run_until_complete(forget_aggregate(Store.of(run.store), run._keyring, "acc-1"))
         assert run._loop.run_until_complete(stored_failure(store, "p.one", 6)) is None
+        # Not reported as a read model's document deleted: it is the server's own row.
+        assert [entry.name for entry in deleted_documents(forgetting)] == ["bank.balances_by_owner"]
         # Once forgotten, it is not stored again (nothing is written that names it).
         assert not run._loop.run_until_complete(record_failure(store, "p.one", failure, None))
