@@ -17,7 +17,7 @@ from service.api.forgotten import deleted_documents
 from service.errors import ChronicleError
 from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
-from service.processing.projection_failures import StoredFailure, record_failure, stored_failure
+from service.processing.projection_failures import WITHDRAWN, StoredFailure, record_failure, stored_failure
 from service.store.base import Store
 from service.store.encrypted import forget_aggregate
 from service.store.records import DocumentWrite
@@ -112,7 +112,8 @@ def test_a_stored_failure_goes_with_the_aggregate_whose_event_it_was_met_on() ->
         assert run._loop.run_until_complete(stored_failure(store, "p.one", 7)) is None  # passed: no failure now
         assert run._keyring is not None
         forgetting = run._loop.run_until_complete(forget_aggregate(Store.of(run.store), run._keyring, "acc-1"))
-        assert run._loop.run_until_complete(stored_failure(store, "p.one", 6)) is None
+        withdrawn = run._loop.run_until_complete(stored_failure(store, "p.one", 6))
+        assert withdrawn == StoredFailure(7, WITHDRAWN)  # still stopped there, its text gone
         # Not reported as a read model's document deleted: it is the server's own row.
         assert [entry.name for entry in deleted_documents(forgetting)] == ["bank.balances_by_owner"]
         # Once forgotten, it is not stored again (nothing is written that names it).
