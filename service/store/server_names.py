@@ -1,5 +1,7 @@
 """Names under which the server keeps rows of its own beside the plugins'
-projections: reactions' starts (``#reaction-starts``, ``#start/NAME``). No
+projections: reactions' starts (``#reaction-starts``, ``#start/NAME``) and
+projections' stops at an event (``#failure/NAME``,
+``processing/projection_failures.py``). No
 projection or reaction can be named so (a plugin's names are letters,
 digits, '_' and '.': plugins/projections.py), so these
 rows are never a read model: never listed, reported or deleted as one, by
