@@ -227,7 +227,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             if not key.startswith(tenant):
                 raise _not_of_tenant(projection, key)
         # The checkpoint first, as GetDocument: the documents read next are at least that new.
-        position = await self._reached(projection, request.min_position, context)
+        position = await self._reached(projection, request.min_position, context, tenant=tenant)
         found = {d.key: d for d in await self._documents.load_documents(projection.name, keys)}
         answer = pb.GetDocumentsResponse(position=position)
         room = self._page_bytes
@@ -236,6 +236,9 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             if document is None:
                 answer.missing_keys.append(key)
                 continue
+            # One stored before handlers were refused such documents: refused
+            # as GetDocument refuses it, not sent to fail in gRPC.
+            self._check_sendable(projection, document)
             size = _size(document)
             if answer.documents and size > room:
                 answer.unread_keys.append(key)  # one always goes, as a page's first document
@@ -318,7 +321,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
                 "limit", f"must be at most {MAX_COUNT_LIMIT:,}", reason="COUNT_LIMIT_TOO_LARGE"
             )
         limit = request.limit or DEFAULT_COUNT_LIMIT
-        position = await self._reached(projection, request.min_position, context)
+        position = await self._reached(projection, request.min_position, context, tenant=tenant)
         # One more than the limit: whether there are more, for one entry's work.
         count = await self._documents.count_documents(projection.name, prefix, limit=limit + 1)
         return pb.CountDocumentsResponse(count=min(count, limit), more=count > limit, position=position)
