@@ -407,7 +407,14 @@ def _said_for_people(error: ConfigurationError) -> ConfigurationError:
     scope's or read model's key has an id no one should have to read), and
     what to do about it."""
     message = humanized(error.message)
-    if error.reason == "MASTER_KEY_MISSING":
+    if error.reason == "MASTER_KEY_MISSING" and "tenants" in error.metadata:
+        # The message already says the two ways out of a tenant's key
+        # missing (put back, or marked destroyed): only the rewrap is added.
+        message += (
+            "; either edit is read by the servers within --auth-reload-seconds, and an old key of the tenant"
+            " put back after its active one is removed again only once rewrap-keys answers 0"
+        )
+    elif error.reason == "MASTER_KEY_MISSING":
         message += (
             "; put that master key back in the master-key file (after the active one, which rewraps), wait for"
             " the servers to read it again, and run rewrap-keys until it answers 0 before removing it"

@@ -52,6 +52,7 @@ from service.principal import tenant_prefix
 from service.store.base import KeyStore, ProjectionStore, Transfer
 from service.store.master_keys import KEY_BYTES as KEY_BYTES  # re-exported: defined here before
 from service.store.master_keys import MasterKeys as MasterKeys
+from service.store.master_keys import missing_tenant_keys_said, missing_tenants_metadata
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
     AuditEntry,
@@ -187,22 +188,24 @@ async def check_master_keys(keys: KeyStore, master_keys: MasterKeys) -> None:
             reason="MASTER_KEY_MISMATCH",
             metadata={"master_key_ids": ",".join(wrong)},
         )
+    tenant_said = missing_tenant_keys_said(sorted(missing))
     if missing and not opened:
         raise MasterKeysUnfit(
             f"none of the {len(sample)} data keys of the store that were checked is wrapped by a master key"
             f" given ({', '.join(map(repr, master_keys.keys))}): they are wrapped by"
             f" {', '.join(map(repr, sorted(missing)))}. Give those master keys (the wrong key file, or an old key"
-            " removed before rewrap-keys answered 0?)",
+            " removed before rewrap-keys answered 0?)" + (f"; {tenant_said}" if tenant_said else ""),
             reason="MASTER_KEY_MISSING",
-            metadata={"master_key_ids": ",".join(sorted(missing))},
+            metadata={"master_key_ids": ",".join(sorted(missing))} | missing_tenants_metadata(missing),
         )
     if missing:
         log.error(
             "%d of the %d data keys checked are wrapped by master keys that are not given (%s): their aggregates"
-            " cannot be read (MASTER_KEY_MISSING) until those keys are given again",
+            " cannot be read (MASTER_KEY_MISSING) until those keys are given again%s",
             sum(missing.values()),
             len(sample),
             ", ".join(sorted(missing)),
+            f"; {tenant_said}" if tenant_said else "",
         )
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +53,34 @@ DESTROYED = "destroyed"
 def tenant_key_id(tenant: str, key_id: str) -> str:
     """The id a tenant's key is stored under beside the data keys it wraps."""
     return tenant + TENANT_SEPARATOR + key_id
+
+
+def missing_tenant_keys_said(master_key_ids: Iterable[str]) -> str:
+    """Whose the tenants' keys among ``master_key_ids`` (not given) are, and
+    the two ways out ('' if none is a tenant's). Said in the error itself:
+    a tenant's key absent is either a line lost (put it back) or a shred
+    not written down (mark it destroyed), and only the operator knows
+    which; the shared keys' advice alone (put it back, rewrap) would lead
+    them to restore a key destroyed on purpose, or to look for it forever."""
+    tenants = [key_id for key_id in master_key_ids if TENANT_SEPARATOR in key_id]
+    if not tenants:
+        return ""
+    whose = ", ".join(f"{key_id!r} is a key of tenant {key_id.partition(TENANT_SEPARATOR)[0]!r}" for key_id in tenants)
+    it = "it" if len(tenants) == 1 else "them"
+    back = ", ".join(f"{key_id}:BASE64" for key_id in tenants)
+    destroyed = ", ".join(f"{key_id}:{DESTROYED}" for key_id in tenants)
+    return (
+        f"{whose}: put {it} back in the master-key file ({back}, the bytes it had), or, if the tenant was"
+        f" shredded on purpose, mark {it} destroyed there ({destroyed}), and its aggregates read as forgotten"
+    )
+
+
+def missing_tenants_metadata(master_key_ids: Iterable[str]) -> dict[str, str]:
+    """``{"tenants": "acme,..."}`` when some of ``master_key_ids`` (not
+    given) are tenants' keys, so that a script tells a tenant's key missing
+    from a shared one; ``{}`` otherwise."""
+    tenants = sorted({k.partition(TENANT_SEPARATOR)[0] for k in master_key_ids if TENANT_SEPARATOR in k})
+    return {"tenants": ",".join(tenants)} if tenants else {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +180,13 @@ class MasterKeys:
             raise AggregateForgotten(key.aggregate_id)
         master = self.keys.get(key.master_key_id or "")
         if master is None or key.wrapped is None:
+            master_key_id = key.master_key_id or ""
+            tenant_said = missing_tenant_keys_said([master_key_id])
             raise MasterKeysUnfit(
-                f"the data key of {key.aggregate_id!r} is wrapped by master key {key.master_key_id!r},"
-                " which is not configured",
+                f"the data key of {key.aggregate_id!r} is wrapped by master key {master_key_id!r},"
+                " which is not configured" + (f": {tenant_said}" if tenant_said else ""),
                 reason="MASTER_KEY_MISSING",
-                metadata={"master_key_id": key.master_key_id or ""},
+                metadata={"master_key_id": master_key_id} | missing_tenants_metadata([master_key_id]),
             )
         try:
             return aes_key_unwrap(master, key.wrapped)

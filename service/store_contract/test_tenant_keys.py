@@ -101,12 +101,18 @@ async def test_a_tenant_key_merely_missing_stays_master_key_missing(store: Store
     missing = encrypting(store, SHARED)  # removed from the file, not marked destroyed: a mistake
     with pytest.raises(MasterKeysUnfit) as unfit:
         await missing.keyring.check()  # the sample: nothing it holds opens
-    assert (unfit.value.reason, unfit.value.metadata) == ("MASTER_KEY_MISSING", {"master_key_ids": "acme:2026-01"})
+    assert (unfit.value.reason, unfit.value.metadata) == (
+        "MASTER_KEY_MISSING",
+        {"master_key_ids": "acme:2026-01", "tenants": "acme"},
+    )
     await encrypting(store, SHARED, ACME).roles.events.append("acc-1", [new_event()], 0)
     beside = encrypting(store, SHARED)  # a key that opens beside it: the server starts, the call says
     with pytest.raises(MasterKeysUnfit) as unfit:
         await beside.roles.events.read_aggregate("acme:acc-1")
-    assert (unfit.value.reason, unfit.value.metadata) == ("MASTER_KEY_MISSING", {"master_key_id": "acme:2026-01"})
+    assert (unfit.value.reason, unfit.value.metadata) == (
+        "MASTER_KEY_MISSING",
+        {"master_key_id": "acme:2026-01", "tenants": "acme"},
+    )
 
 
 async def test_a_shredded_tenants_keys_still_under_the_shared_key_read_as_forgotten(store: StoreAdapter) -> None:

@@ -168,6 +168,29 @@ async def test_rewrap_keys_names_a_key_it_cannot_unwrap_as_a_person_would(
     assert "\\x1f" not in err and "\x1f" not in err
 
 
+async def test_rewrap_keys_says_a_missing_tenant_key_is_the_tenants_and_how_to_fix_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Before the fix: the shared keys' advice alone (put it back, rewrap),
+    which would have an operator restore a key destroyed on purpose; now
+    whose key it is, and put back or marked destroyed, over a real server."""
+    shared = f"k1:{new_master_key()}"
+    with_acme = MasterKeys.parse(f"{shared}\nacme:2026-01:{new_master_key()}", source="test")
+    store = MemoryStore()
+    await store.create_data_key(DataKey("acme:acc-1", *with_acme.wrap(os.urandom(32), "acme:acc-1")))
+    await store.create_data_key(DataKey("acc-1", *with_acme.wrap(os.urandom(32), "acc-1")))  # one that opens
+    async with running_server(store, anonymous_admin=True, master_keys=shared) as (app, _):
+        status, out, err = await run(capsys, "rewrap-keys", "--server", app.address)
+    assert (status, out) == (1, "")
+    assert err.startswith(
+        "error: FAILED_PRECONDITION MASTER_KEY_MISSING: the data key of 'acme:acc-1' is wrapped by master"
+        " key 'acme:2026-01', which is not configured: 'acme:2026-01' is a key of tenant 'acme': put it back in"
+        " the master-key file (acme:2026-01:BASE64, the bytes it had), or, if the tenant was shredded on purpose,"
+        " mark it destroyed there (acme:2026-01:destroyed)"
+    ), err
+    assert "rewrap-keys answers 0" in err and "after the active one, which rewraps" not in err, err
+
+
 def test_internal_key_ids_are_said_as_whose_key_they_are() -> None:
     assert key_owner("acc-1") == "aggregate 'acc-1'"
     assert key_owner("\x1fclaims:users.email") == "the uniqueness claims of scope 'users.email'"

@@ -10,7 +10,7 @@ import binascii
 import pytest
 
 from service.cli import main
-from service.errors import AggregateForgotten, ConfigurationError
+from service.errors import AggregateForgotten, ConfigurationError, MasterKeysUnfit
 from service.store.encryption import claims_key_id, new_master_key, projection_key_id
 from service.store.master_keys import MasterKeys
 from service.store.records import DataKey
@@ -58,6 +58,31 @@ def test_the_key_that_wraps_a_data_key_is_chosen_by_the_owners_tenant() -> None:
     master_key_id, wrapped = keys.wrap(b"d" * 32, "acme:acc-1")
     assert keys.unwrap(DataKey("acme:acc-1", master_key_id, wrapped)) == b"d" * 32
     assert keys.shreds(DataKey("globex:acc-1", "k2", wrapped))  # a shredded tenant's, whatever wraps it
+
+
+def test_a_tenants_key_missing_says_whose_it_is_and_both_ways_out() -> None:
+    """Before: "... wrapped by master key 'acme:2026-01', which is not
+    configured", as for a shared key: nothing said that it is acme's, nor
+    that a shred is written down by marking the key destroyed."""
+    master_key_id, wrapped = parsed(SHARED, ACME_OLD).wrap(b"d" * 32, "acme:acc-1")
+    with pytest.raises(MasterKeysUnfit) as unfit:
+        parsed(SHARED).unwrap(DataKey("acme:acc-1", master_key_id, wrapped))
+    assert (unfit.value.reason, unfit.value.metadata) == (
+        "MASTER_KEY_MISSING",
+        {"master_key_id": "acme:2026-01", "tenants": "acme"},
+    )
+    said = unfit.value.message
+    assert "'acme:2026-01' is a key of tenant 'acme'" in said, said
+    assert "put it back in the master-key file (acme:2026-01:BASE64" in said, said
+    assert "if the tenant was shredded on purpose, mark it destroyed there (acme:2026-01:destroyed)" in said, said
+
+
+def test_a_shared_key_missing_says_nothing_of_tenants() -> None:
+    master_key_id, wrapped = parsed(f"k1:{fixed_key(1)}").wrap(b"d" * 32, "acme:acc-1")
+    with pytest.raises(MasterKeysUnfit) as unfit:
+        parsed(SHARED).unwrap(DataKey("acme:acc-1", master_key_id, wrapped))
+    assert unfit.value.metadata == {"master_key_id": "k1"}
+    assert "tenant" not in unfit.value.message and "destroyed" not in unfit.value.message
 
 
 @pytest.mark.parametrize(
