@@ -4,8 +4,10 @@ A projection (``service.plugins``: Projection, Documents, ProjectedEvent): the s
 account event once, in log order, and commits the documents together with
 its checkpoint. Documents: ``owner:<owner>`` (OwnerBalance) and
 ``account:<id>`` (AccountBalance, so that a deposit finds its owner). A
-deleted account (its tombstone, AggregateDeleted) leaves its owner's
-documents; restored, its events come again and it is counted again.
+deleted account (its tombstone, AggregateDeleted) is taken out: its
+``account:`` document is deleted, its balance and id are taken off its
+owner's document, and that document is deleted with the owner's last
+account; restored, its events come again and it is counted again.
 
 Both hold personal data (the owner's name, balances), so each names the
 accounts it is derived from as its subjects: forgetting an account deletes

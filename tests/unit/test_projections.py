@@ -411,8 +411,29 @@ async def test_after_a_deleted_account_its_owner_s_document_names_the_others_and
     await delete_aggregate(Store.of(raw), "acc-1", reason="closed")
     await applied.step(position)  # the tombstone
     assert await owner(roles.projections, "ann") == bank.OwnerBalance(owner="ann", balance=20, account_ids=["acc-2"])
+    assert await roles.projections.load_document(projection.name, account_key("acc-1")) is None
     await keyring.forget("acc-2")
     assert await roles.projections.load_document(projection.name, owner_key("ann")) is None
+
+
+async def test_deleting_an_owner_s_last_account_deletes_its_documents() -> None:
+    """What the read model's docstring promises: a deleted account leaves
+    none of its owner's documents behind once it was the owner's last."""
+    raw = MemoryStore()
+    roles = encrypted(Store.of(raw), Keyring(raw, MasterKeys.parse(f"k1:{new_master_key()}", source="test")))
+    for message in (bank.OpenAccount(owner="ann"), bank.Deposit(amount=100)):
+        spec = REGISTRY.command(message.DESCRIPTOR.full_name)
+        assert spec is not None
+        request = CommandRequest(command_id=str(uuid.uuid4()), aggregate_id="acc-1", spec=spec, message=message)
+        await CommandExecutor(roles, REGISTRY).execute(request, None)
+    projection = bank_account.balances_by_owner
+    applied = ProjectionRunner(projection, log=roles.log, documents=roles.projections, reader=READER)
+    position = await applied.step(0)
+    assert (await owner(roles.projections, "ann")).balance == 100
+    await delete_aggregate(Store.of(raw), "acc-1", reason="closed")
+    await applied.step(position)  # the tombstone
+    for key in (owner_key("ann"), account_key("acc-1")):
+        assert await roles.projections.load_document(projection.name, key) is None, key
 
 
 async def test_a_projection_rebuilt_after_a_forget_skips_the_redacted_events() -> None:
