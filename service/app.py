@@ -373,6 +373,8 @@ async def start(
             public_origin=settings.console_public_origin,
         ):
             log.warning("%s", warning)
+    for warning in settings.without_effect():
+        log.warning("%s", warning)
     before, limit = raise_open_files_limit()
     if limit != before:
         log.info("raised the limit on open files (RLIMIT_NOFILE) from %d to %d, the hard limit", before, limit)

@@ -537,6 +537,19 @@ class Settings:
         if self.jwt_key_file and not self.jwt_issuer:
             raise bad_setting("jwt_issuer", "is missing", "--jwt-key-file needs --jwt-issuer")
 
+    def without_effect(self) -> list[str]:
+        """Warnings, for the server's start, about settings given that do
+        nothing as the others are. Warned, not refused (as a setting that
+        needs another to be safe is): nothing is exposed or half-working,
+        and the same environment is read by commands that serve nothing."""
+        warnings = []
+        if self.metrics_tenants and not (self.metrics_listen or self.console_listen):
+            warnings.append(
+                f"--metrics-tenants {self.metrics_tenants} counts nothing: there are no metrics without"
+                " --metrics-listen or --console-listen (give one, or leave --metrics-tenants out)"
+            )
+        return warnings
+
 
 # The shortest --command-retention taken without --allow-short-retention.
 MIN_COMMAND_RETENTION = 3600.0

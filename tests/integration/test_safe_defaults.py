@@ -101,6 +101,14 @@ def test_metrics_beyond_loopback_are_served_with_a_warning() -> None:
     assert "need no credentials" not in output_of_a_served_start("--metrics-listen", f"127.0.0.1:{free_port()}")
 
 
+def test_tenants_counted_with_no_metrics_served_warn_at_start() -> None:
+    """Before: accepted in silence, and nothing was counted."""
+    alone = output_of_a_served_start(env={"CHRONICLE_METRICS_TENANTS": "5"})
+    assert "--metrics-tenants 5 counts nothing: there are no metrics without --metrics-listen" in alone, alone
+    served = output_of_a_served_start("--metrics-tenants", "5", "--metrics-listen", f"127.0.0.1:{free_port()}")
+    assert "counts nothing" not in served
+
+
 def test_the_environment_variable_says_insecure_too() -> None:
     port = free_port()
     output = output_of_a_served_start("--listen", f"0.0.0.0:{port}", port=port, env={"CHRONICLE_INSECURE": "true"})

@@ -85,3 +85,13 @@ def test_the_setting_is_off_by_default_and_bounded() -> None:
         with pytest.raises(ConfigurationError) as refused:
             Settings(metrics_tenants=bad)
         assert refused.value.reason == "BAD_SETTING"
+
+
+def test_tenants_counted_with_no_metrics_served_are_warned_of() -> None:
+    """Before: --metrics-tenants without --metrics-listen or --console-listen
+    (where the metrics are kept) was accepted and did nothing, silently."""
+    (warning,) = Settings(metrics_tenants=5).without_effect()
+    assert warning.startswith("--metrics-tenants 5 counts nothing: there are no metrics without --metrics-listen")
+    assert Settings(metrics_tenants=5, metrics_listen="127.0.0.1:0").without_effect() == []
+    assert Settings(metrics_tenants=5, console_listen="127.0.0.1:0").without_effect() == []
+    assert Settings().without_effect() == []
