@@ -122,8 +122,9 @@ async def _query(admin: AdminService, request: Any) -> list[admin_pb.AuditEntry]
 async def refused_by_the_rpc(admin: AdminService) -> None:
     """QueryAudit refuses a caller without the admin grant before it reads
     its request (and audits the refusal): let it say so, for a page whose
-    address the console has not read yet. A tenant's administrator passes:
-    the RPC narrows its page to its tenant's entries."""
+    address the console has not read yet. Called only for a caller the
+    policy says QueryAudit refuses (neither the admin grant nor a tenant's
+    administrator): for one it answers, it would read a page of entries."""
     await admin.QueryAudit(admin_pb.QueryAuditRequest(), _NO_CONTEXT)
 
 

@@ -78,9 +78,10 @@ _REACTION_ACTIONS = ("replay", "dismiss", "replay-all", "dismiss-all")
 # Pages whose servicer writes its own refusal to the audit log (QueryAudit
 # is an administrator's RPC): the console counts it, and does not write it twice.
 _AUDITED_BY_THEIR_RPC = ("/audit",)
-# Pages only an administrator may read: the grant is checked before anything
-# the address says (its fields, filters, cursor), or a refusal of a field
-# would tell anyone the page's field names and what it accepts.
+# Pages only an administrator (for the audit, a tenant's too) may read: the
+# grant is checked before anything the address says (its fields, filters,
+# cursor), or a refusal of a field would tell anyone the page's field names
+# and what it accepts.
 _ADMIN_PAGES = ("/audit",)
 # A refusal (the tail shows it and stops), not an end (the tail would
 # reconnect, and be sent to the login, every few seconds).
@@ -339,7 +340,7 @@ class Console:
             refused = _plain(405, "method not allowed")
             refused.headers = [("Allow", "POST" if _is_action(path) else "GET")]
             return refused
-        if path in _ADMIN_PAGES and not parts.authorizer.grant(principal).admin:
+        if path in _ADMIN_PAGES and not self._may_read_audit(principal):
             try:
                 await audit.refused_by_the_rpc(parts.admin)  # QueryAudit's refusal: audited once, by the RPC
             except ChronicleError as error:
@@ -577,8 +578,8 @@ class Console:
             title,
             *content,
             principal=who,
-            # The audit log's link, to those QueryAudit answers (the admin grant).
-            audit=self._parts.authorizer.grant(principal).admin,
+            # The audit log's link, to those QueryAudit answers.
+            audit=self._may_read_audit(principal),
             # The load's link, to those the page shows it to (views.load_page).
             load=not self._parts.authorizer.enforcing or self._parts.authorizer.grant(principal).admin,
             csrf_token=session.csrf_token if self._auth else "",  # its Log out form: no one to log out
@@ -587,6 +588,14 @@ class Console:
             scripts=scripts or [],
         )
         return Response(status, body.encode())
+
+    def _may_read_audit(self, principal: Principal) -> bool:
+        """Whether QueryAudit answers ``principal``: the admin grant (every
+        entry), or a tenant's administrator (``tenant_admin``: the RPC
+        narrows the page to its tenant's entries). Asked of the policy, not
+        by calling QueryAudit, which would read a page of entries to learn it."""
+        authorizer = self._parts.authorizer
+        return authorizer.grant(principal).admin or bool(authorizer.tenant_administered(principal))
 
     def _live(self, request: Request) -> Callable[[], bool]:
         """Whether the session of ``request`` still lives (always, without

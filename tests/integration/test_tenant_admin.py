@@ -20,9 +20,12 @@ import pytest
 from chronicle.v1 import admin_service_pb2 as admin
 from chronicle.v1 import event_service_pb2 as ev
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.audit import AuditLog
 from service.client import ChronicleClient
 from service.client.errors import RemoteError
+from service.store.base import AuditQuery
 from service.store.encryption import new_master_key
+from service.store.records import AuditEntry
 from tests.support.at_rest import Site, site_for
 from tests.support.console import console, log_in, session_cookie
 from tests.support.grpc_client import Client, command, connect, details_of, running_server, with_jwt_auth
@@ -59,6 +62,7 @@ roles = ["tenant-banker"]
 tenant = "acme"
 """
 
+AUDIT_LINK = '<a href="/audit">Audit</a>'
 ACME = ["acme:acc-0", "acme:acc-1", "acme:acc-2"]
 GLOBEX = ["globex:acc-0", "globex:acc-1"]
 # Ids a prefix match must tell from acme's: another tenant whose name
@@ -73,10 +77,11 @@ def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
 
 class Callers:
     def __init__(
-        self, root: Client, support: Client, app: Client, address: str, console: str, support_token: str
+        self, root: Client, support: Client, app: Client, address: str, console: str, issuer: JwtIssuer
     ) -> None:
         self.root, self.support, self.app = root, support, app
-        self.address, self.console, self.support_token = address, console, support_token
+        self.address, self.console, self.issuer = address, console, issuer
+        self.support_token = issuer.token("acme-support")
 
 
 @pytest.fixture
@@ -94,7 +99,7 @@ async def callers(site: Site, tmp_path: Path) -> AsyncIterator[Callers]:
         ]
         for aggregate_id in ACME + GLOBEX + ALIKE:
             await root.submit(command(aggregate_id, bank.OpenAccount(owner=f"Owner of {aggregate_id}")))
-        yield Callers(root, support, app, server.address, console(server), issuer.token("acme-support"))
+        yield Callers(root, support, app, server.address, console(server), issuer)
 
 
 async def refusal(call: object) -> tuple[grpc.StatusCode, str, dict[str, str], str]:
@@ -250,6 +255,34 @@ async def test_the_consoles_audit_page_shows_a_tenants_administrator_its_own_ent
     asked = await request(callers.console, "GET", "/audit?aggregate=globex:acc-0", headers=cookie)
     assert asked.status == 200 and "globex:acc-0" in asked.text  # in the filter's field, not an entry
     assert "acme:acc-0" not in asked.text
+
+
+async def test_the_console_links_the_audit_for_a_tenants_administrator_and_reads_it_once(
+    callers: Callers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: no Audit link for acme's support (the admin grant alone
+    showed it) though the page works for it, and opening the page ran a
+    whole narrowed QueryAudit to learn that it may, before the page's own."""
+    reads: list[AuditQuery] = []
+    query = AuditLog.query
+
+    async def counted(self: AuditLog, asked: AuditQuery) -> list[AuditEntry]:
+        reads.append(asked)
+        return await query(self, asked)
+
+    monkeypatch.setattr(AuditLog, "query", counted)
+    cookie = {"Cookie": session_cookie(await log_in(callers.console, callers.support_token))}
+    other_page = await request(callers.console, "GET", "/cluster", headers=cookie)
+    assert other_page.status == 200 and AUDIT_LINK in other_page.text
+    assert reads == []  # the link is the policy's answer, not a query's
+    audit_page = await request(callers.console, "GET", "/audit", headers=cookie)
+    assert audit_page.status == 200 and "acme:acc-0" in audit_page.text
+    assert [read.aggregate_id_prefix for read in reads] == ["acme:"]  # the page's own read, narrowed
+
+    # A tenant-scoped role without tenant_admin: no link, and the page refused as before.
+    app_cookie = {"Cookie": session_cookie(await log_in(callers.console, callers.issuer.token("acme-app")))}
+    assert AUDIT_LINK not in (await request(callers.console, "GET", "/cluster", headers=app_cookie)).text
+    assert (await request(callers.console, "GET", "/audit", headers=app_cookie)).status == 403
 
 
 async def test_the_python_clients_admin_part_works_for_a_tenants_administrator(callers: Callers) -> None:
