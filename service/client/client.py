@@ -32,7 +32,7 @@ from service.client.checkpoints import CheckpointStore
 from service.client.commands import Command, new_command_id
 from service.client.errors import RemoteError, remote_error
 from service.client.groups import GroupConsumer, Groups
-from service.client.loop_binding import LoopBoundChannel
+from service.client.loop_binding import LoopBoundChannel, on_its_loop
 from service.client.projections import Projections
 from service.client.reactions import Reactions
 from service.client.read_routing import failover_stub
@@ -224,8 +224,16 @@ class ChronicleClient:
 
     async def close(self) -> None:
         """Close the client's channels (one it was given only with
-        ``owns_channel``), from the event loop it is bound to; a call after
-        this raises ``ClientClosed``. Closing twice is harmless."""
+        ``owns_channel``); a call after this raises ``ClientClosed``.
+        Closing twice is harmless. Awaited in another event loop than the
+        one it is bound to, the close runs on that one
+        (``loop_binding.on_its_loop``), or, if that loop is closed, here,
+        closing at once what it left (``LoopBoundChannel.close``): never
+        left to the garbage collector with its connections open."""
+        if not await on_its_loop(self._channel.loop, self._close_here):
+            await self._close_here()  # its loop is closed: what can be closed without it, here
+
+    async def _close_here(self) -> None:
         if self.routes is not None:
             await self.routes.close()
         await self._channel.close()

@@ -10,7 +10,9 @@ call, in the loop making that call, and binds the client to that loop; a
 call from outside any loop, or from another loop, is refused with
 ``WrongEventLoop``, and one after ``close()`` with ``ClientClosed``, before
 anything is sent: errors that say what to do (docs/clients.md, "One client
-per event loop").
+per event loop"). ``close()`` alone works from any loop: it closes the
+channel on the loop it is bound to (``on_its_loop``), since one left
+unclosed keeps its connection open until the garbage collector finds it.
 
 A channel the client opened itself (``open_channel``) is also made afresh,
 on a new connection, after a server said it is going (``going_away``): see
@@ -20,7 +22,7 @@ on a new connection, after a server said it is going (``going_away``): see
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -60,6 +62,11 @@ class LoopBoundChannel:
         self._closed = False
         # Channels left for a new connection, closed once their calls end.
         self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the channel is bound to (None before its first call)."""
+        return self._loop
 
     @property
     def reopens(self) -> bool:
@@ -123,17 +130,37 @@ class LoopBoundChannel:
 
     async def close(self, grace: float | None = None) -> None:
         """Refuse further calls; close the channel if it was opened (and
-        owned), from the loop it is bound to. Closing twice is harmless."""
+        owned), on the loop it is bound to, wherever this is awaited.
+        Closing twice is harmless.
+
+        From another loop (an ``asyncio.run`` at exit for a client used in
+        an earlier one, or a thread's loop), it is closed all the same, not
+        left to the garbage collector with its connection open (a server
+        counts it against ``--max-connections`` until then), on its own
+        loop (``on_its_loop``); if that loop is closed (by the
+        ``asyncio.run`` that ran it), at once, as gRPC's finalizer would."""
         self._closed = True
         channel, self._channel = self._channel, None
-        if channel is None or not self._owns:
+        retiring = list(self._retiring.items())
+        if not self._owns or (channel is None and not retiring):
             return
-        if self._loop is not None and asyncio.get_running_loop() is not self._loop:
-            raise WrongEventLoop(f"the client of {self._target} is bound to another event loop: {_ONE_PER_LOOP}")
-        for retiring, old in list(self._retiring.items()):  # their calls too: the client is done
-            retiring.cancel()
+        if not await on_its_loop(self._loop, lambda: self._close_channels(channel, retiring, grace)):
+            for old in [channel, *(old for _, old in retiring)]:
+                if old is not None:
+                    _close_now(old)
+
+    @staticmethod
+    async def _close_channels(
+        channel: grpc.aio.Channel | None,
+        retiring: list[tuple[asyncio.Task[None], grpc.aio.Channel]],
+        grace: float | None,
+    ) -> None:
+        """The channel and the retiring ones closed, on their own loop."""
+        for task, old in retiring:  # their calls too: the client is done
+            task.cancel()
             await old.close()
-        await channel.close(grace)
+        if channel is not None:
+            await channel.close(grace)
 
     async def __aenter__(self) -> LoopBoundChannel:
         return self
@@ -152,6 +179,50 @@ class LoopBoundChannel:
 
     async def channel_ready(self) -> None:
         await self.current().channel_ready()
+
+
+async def on_its_loop(loop: asyncio.AbstractEventLoop | None, work: Callable[[], Coroutine[Any, Any, None]]) -> bool:
+    """Await ``work()`` run on ``loop`` (None: the running one), which a
+    grpc.aio channel's close must be: here if it is the running loop;
+    handed to it if it runs in another thread; run on it, in a worker
+    thread, if it is stopped (a loop of ``run_until_complete``, idle now).
+    False, nothing run, if it is closed: nothing runs on it again."""
+    if loop is None or loop is asyncio.get_running_loop():
+        await work()
+    elif loop.is_closed():
+        return False
+    elif loop.is_running():
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work(), loop))
+    else:
+        await asyncio.to_thread(loop.run_until_complete, _settled(work))
+    return True
+
+
+# How long a stopped loop run for a close is let run on for what the close
+# cancelled (bounded: a task of the application's own, frozen there, may
+# never end).
+SETTLE_SECONDS = 1.0
+
+
+async def _settled(work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """``work()``, then the loop's other tasks given up to ``SETTLE_SECONDS``
+    to end: a call the close cancelled ends a moment later, on this loop
+    (its status comes back through it). Stopped before, the loop would hold
+    that call, and the call its connection, open until it ran again."""
+    await work()
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:
+        await asyncio.wait(others, timeout=SETTLE_SECONDS)
+
+
+def _close_now(channel: grpc.aio.Channel) -> None:
+    """Close ``channel`` without its loop, which runs no more: what
+    ``grpc.aio.Channel.__del__`` does (the core channel destroyed, its
+    connection closed), now rather than whenever the garbage collector
+    reaches it; the client's stubs keep it reachable as long as the client is."""
+    core = channel._channel  # grpc.aio's own finalizer reaches it so; no public synchronous close exists
+    if not core.closed():
+        core.close()
 
 
 class _LazyMultiCallable:

@@ -171,6 +171,7 @@ class Routes:
         self._watcher: asyncio.Task[None] | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._unsupported = False
+        self._closed = False  # close(): no watch is started again
         self.changes = 0  # topologies adopted (from the watch or a fetch)
         self.refreshes = 0  # fetches started between the watch's messages (a hint, a member gone)
         self.not_owner = 0  # responses whose member said it does not own the partition
@@ -402,7 +403,7 @@ class Routes:
 
     def start(self) -> None:
         """Start following the topology (once; needs a running event loop)."""
-        if self._watcher is None and not self._unsupported:
+        if self._watcher is None and not self._unsupported and not self._closed:
             self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="chronicle-topology")
 
     async def first_topology(self) -> None:
@@ -425,7 +426,7 @@ class Routes:
         self.adopt(response.topology, fetched=True, from_seed=channel is self._seed)
 
     def _refresh_soon(self) -> None:
-        if self._unsupported or (self._refresh is not None and not self._refresh.done()):
+        if self._unsupported or self._closed or (self._refresh is not None and not self._refresh.done()):
             return
         self.refreshes += 1
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_once(), name="chronicle-topology-refresh")
@@ -474,7 +475,14 @@ class Routes:
             delay = min(delay * 2, _WATCH_BACKOFF[1])
 
     async def close(self) -> None:
-        await stop(*(task for task in (self._watcher, self._refresh) if task is not None))
+        self._closed = True
+        here = asyncio.get_running_loop()
+        # A task of another loop is one of a loop that runs no more (the
+        # client hands its close to its own loop while that runs): it cannot
+        # be stopped, nor awaited, from here. Let go of it all the same: it
+        # holds its last call, and that call the connection open.
+        await stop(*(task for task in (self._watcher, self._refresh) if task is not None and task.get_loop() is here))
+        self._watcher = self._refresh = None
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()

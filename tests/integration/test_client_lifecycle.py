@@ -8,10 +8,12 @@ command id, which sent again runs the command once."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -111,6 +113,96 @@ def test_synchronous_code_shares_one_client_on_a_loop_in_a_thread_of_its_own(add
         loop.call_soon_threadsafe(loop.stop)
         runner.join(10)
         loop.close()
+
+
+def server_side_connections(port: int) -> int:
+    """The server's established TCP connections on ``port``, as the kernel
+    sees them (Linux): one per client channel connected to it."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            count += int(local.rsplit(":", 1)[1], 16) == port and state == "01"  # 01: ESTABLISHED
+    return count
+
+
+def settled(port: int, expected: int) -> int:
+    """The count once it is ``expected`` (or 10 s on: what it is then)."""
+    deadline = time.monotonic() + 10
+    while server_side_connections(port) != expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return server_side_connections(port)
+
+
+async def use(client: ChronicleClient) -> None:
+    """A first call, binding the client to the loop running it (and, for a
+    routing client, the topology fetched and watched: a task of that loop)."""
+    if client.routes is not None:
+        await client.routes.first_topology()
+    await client.submit(new_id(), bank.OpenAccount(owner="ann"), timeout=10)
+
+
+def used_in_a_loop_since_closed(client: ChronicleClient) -> Callable[[], None]:
+    """An ``asyncio.run`` that used the client, then closed its loop."""
+    asyncio.run(use(client))
+    return lambda: None
+
+
+def used_in_a_loop_left_idle(client: ChronicleClient) -> Callable[[], None]:
+    """A loop that ran the client's call, stopped but not closed."""
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(use(client))
+    return loop.close
+
+
+def used_in_a_loop_running_in_a_thread(client: ChronicleClient) -> Callable[[], None]:
+    """A loop that runs on in a thread of its own (docs/clients.md's
+    pattern for synchronous code)."""
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever, daemon=True)
+    runner.start()
+    asyncio.run_coroutine_threadsafe(use(client), loop).result(30)
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()
+
+    return stop
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="counts connections in Linux's /proc/net/tcp")
+@pytest.mark.parametrize(
+    "bound", [used_in_a_loop_since_closed, used_in_a_loop_left_idle, used_in_a_loop_running_in_a_thread]
+)
+@pytest.mark.parametrize("routing", [False, True], ids=["plain", "routing"])
+def test_a_client_closed_from_another_loop_closes_its_connection(
+    tmp_path: Path, bound: Callable[[ChronicleClient], Callable[[], None]], routing: bool
+) -> None:
+    """Before: ``close()`` from another loop raised WrongEventLoop and
+    dropped the channel, its connection open for as long as the client
+    lived (its stubs hold it), left to the garbage collector. Now it is
+    closed on its own loop (or at once if that loop runs no more): the
+    server sees the connection end, nothing is left for the collector to
+    warn about, and the client refuses calls as after any close."""
+    with server_process(f"sqlite:///{tmp_path / 'events.db'}") as server:
+        port = int(server.address.rsplit(":", 1)[1])
+        client = ChronicleClient.connect(server.address, retry=FAST, routing=routing)
+        done_with_loop = bound(client)
+        try:
+            assert settled(port, 1) == 1
+            with warnings.catch_warnings(record=True) as warned:
+                warnings.simplefilter("always")
+                asyncio.run(client.close())  # another loop than the one it is bound to
+                assert settled(port, 0) == 0  # the client still referenced: not the collector's doing
+                gc.collect()
+            left = [w for w in warned if issubclass(w.category, ResourceWarning) or "nclosed" in str(w.message)]
+            assert left == [], [str(w.message) for w in left]
+            with pytest.raises(ClientClosed):
+                asyncio.run(client.submit(new_id(), bank.OpenAccount(owner="bob")))
+            asyncio.run(client.close())  # twice: harmless
+        finally:
+            done_with_loop()
 
 
 def test_a_call_after_close_is_refused_as_client_closed_and_closing_twice_is_harmless(address: str) -> None:
