@@ -2503,6 +2503,7 @@ def build_parser() -> argparse.ArgumentParser:
     import_.add_argument(
         "--max-event-bytes",
         type=_positive,
+        default=env_value(os.environ, "CHRONICLE_MAX_EVENT_BYTES"),
         help="with --database-url: refuse an event larger than this (default: the servers' --max-event-bytes,"
         " from CHRONICLE_MAX_EVENT_BYTES, else 1 MiB); through a server, the server's own limit applies",
     )
