@@ -875,6 +875,7 @@ async def start(
             store_up=lambda: monitor.store_up,
             serving=lambda: health.serving,
             schema_version=lambda: getattr(adapter, "schema_version", None),
+            schema_compatible=lambda: monitor.schema_compatible,
             owned_partitions=lambda: len(ownership.owned()),
             held_projections=lambda: runs_here(projection_names),
             held_reactions=lambda: runs_here(reaction_names),

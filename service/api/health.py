@@ -7,6 +7,12 @@ the store: it pings the store every ``interval`` seconds and
 reports NOT_SERVING while the store cannot serve (a database that is gone or
 not yet there), SERVING again as soon as it can, with no restart. Load
 balancers and orchestrators act on that; clients see UNAVAILABLE meanwhile.
+Why it cannot serve shows apart (observability.md): ``store_up`` is whether
+the store answered (``chronicle_store_up``), ``schema_compatible`` whether
+its schema's compatibility floor is within this replica's code
+(``chronicle_schema_compatible``): a replica that ``migrate --force`` left
+below the floor reaches its store, and its alert must say so, not that the
+database is gone.
 
 ``LIVENESS`` is a name apart, for an orchestrator's liveness probe: SERVING
 whatever the store, from the start to the stop. Its answer comes from the
@@ -38,6 +44,7 @@ from service.api.status import rich_status
 from service.errors import MAX_QUOTED, Overloaded, ResourceNotFound, StoreUnavailable, quoted
 from service.store.base import Lifecycle
 from service.store.probing import probe, why
+from service.store.schema_use import SCHEMA_TOO_NEW
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -183,16 +190,31 @@ class StoreMonitor:
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
         self._last: bool | None = None
+        self._reached = False
+        self._schema_compatible = True
 
     @property
     def store_up(self) -> bool:
-        """Whether the store answered the last ping (False before the first)."""
-        return self._last is True
+        """Whether the store answered the last ping (False before the
+        first), healthy or not: it is reachable."""
+        return self._reached
+
+    @property
+    def schema_compatible(self) -> bool:
+        """False while the last ping that reached the store found its
+        schema's compatibility floor above this replica's code (SCHEMA_TOO_NEW);
+        a store out of reach leaves it as it was (its schema is unknown, not
+        changed)."""
+        return self._schema_compatible
 
     async def check(self) -> bool:
         """Ping the store once and report the result; return it."""
         failure = await probe(self._store.ping, within=max(self._interval, 1.0) * 2)
         healthy, reason = failure is None, "" if failure is None else why(failure)
+        too_new = isinstance(failure, StoreUnavailable) and failure.reason == SCHEMA_TOO_NEW
+        self._reached = healthy or too_new
+        if self._reached:
+            self._schema_compatible = not too_new
         if healthy != self._last:
             if not healthy:
                 log.warning("store unavailable, reporting NOT_SERVING: %s", reason)

@@ -203,7 +203,14 @@ class Metrics:
         )
         self.build_info.labels(version=VERSION, commit=commit() or "unknown").set(1)
         self.store_up = Gauge(
-            "chronicle_store_up", "1 while the store answers this replica's health pings, 0 while not", registry=r
+            "chronicle_store_up",
+            "1 while the store answers this replica's health pings (reachable, whatever its schema), 0 while not",
+            registry=r,
+        )
+        self.schema_compatible = Gauge(
+            "chronicle_schema_compatible",
+            "0 while the store's schema has a compatibility floor above this replica's code, 1 otherwise",
+            registry=r,
         )
         self.serving = Gauge(
             "chronicle_serving", "1 while this replica's health says SERVING, 0 while NOT_SERVING", registry=r
@@ -313,6 +320,7 @@ class Metrics:
         serving: Callable[[], bool],
         schema_version: Callable[[], int | None],
         owned_partitions: Callable[[], int],
+        schema_compatible: Callable[[], bool] = lambda: True,
         held_projections: Callable[[], int],
         held_reactions: Callable[[], int],
         cluster_members: Callable[[], int] = lambda: 0,
@@ -333,6 +341,7 @@ class Metrics:
         self.store_up.set_function(lambda: 1.0 if store_up() else 0.0)
         self.serving.set_function(lambda: 1.0 if serving() else 0.0)
         self.schema_version.set_function(lambda: float(schema_version() or 0))
+        self.schema_compatible.set_function(lambda: 1.0 if schema_compatible() else 0.0)
         self.owned_partitions.set_function(owned_partitions)
         self.held_runners.labels(kind="projection").set_function(held_projections)
         self.held_runners.labels(kind="reaction").set_function(held_reactions)

@@ -17,6 +17,12 @@ import enum
 
 from service.errors import ConfigurationError
 
+# The reason of a schema whose compatibility floor is above the newest
+# migration this code knows: refused at start, and NOT_SERVING when a
+# serving replica finds it (health.py keeps the store "up" meanwhile: it is
+# reachable, and chronicle_schema_compatible says what is wrong).
+SCHEMA_TOO_NEW = "SCHEMA_TOO_NEW"
+
 
 class SchemaUse(enum.Enum):
     MIGRATE = "migrate"  # bring an older schema up to date first
@@ -47,7 +53,7 @@ def needs_migrating(found: int, newest: int, use: SchemaUse, where: str, *, comp
                 else f"only the code of schema version {floor} or later runs on it (its compatibility floor);"
                 " upgrade Chronicle before pointing it at this database"
             ),
-            reason="SCHEMA_TOO_NEW",
+            reason=SCHEMA_TOO_NEW,
         )
     if found == newest or use is SchemaUse.MIGRATE:
         return found < newest

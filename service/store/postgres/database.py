@@ -60,7 +60,7 @@ from service.store.postgres.errors import (
     translation,
 )
 from service.store.postgres.migrations import SCHEMA, known_migrations, open_schema, permission_denied
-from service.store.schema_use import SchemaUse
+from service.store.schema_use import SCHEMA_TOO_NEW, SchemaUse
 from service.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class Database:
         if not self._stranded:
             log.error("%s", message)
             self._stranded = True
-        raise StoreUnavailable(message, reason="SCHEMA_TOO_NEW")
+        raise StoreUnavailable(message, reason=SCHEMA_TOO_NEW)
 
     async def _ensure_schema(self, *, at_open: bool = False) -> None:
         """Migrate the schema, once. A database that takes no writes is a
