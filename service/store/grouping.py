@@ -190,7 +190,10 @@ class GroupState:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GroupParkedEvent:
     """An event a group gave up delivering after ``attempts`` deliveries;
-    ``replaying`` while a replay was asked for and not acknowledged."""
+    ``replaying`` while a replay was asked for and not acknowledged.
+    ``event_type`` and ``parked_at_us`` (when it was last parked, in
+    microseconds since the epoch) are what an operator triages by; a row
+    parked by a version from before them reads "" and 0: unknown."""
 
     event_id: str
     position: int
@@ -199,6 +202,8 @@ class GroupParkedEvent:
     attempts: int
     reason: str
     replaying: bool = False
+    event_type: str = ""
+    parked_at_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -470,6 +470,9 @@ GROUP_FIELDS = (
     "max_unanswered_timeouts",
 )
 PARKED_FIELDS = ("event_id", "position", "segment", "aggregate_id", "attempts", "reason", "replaying")
+# Read after PARKED_FIELDS: the parked event's type and when it was parked
+# (microseconds; PostgreSQL's migration 27 and SQLite's 23: NULL and 0 on
+# rows from before them). Each store's SQL names how it keeps the time.
 
 
 def group_params(spec: GroupSpec) -> tuple[object, ...]:
@@ -523,6 +526,8 @@ def parked_from_row(row: Row) -> GroupParkedEvent:
         attempts=int(row[4]),
         reason=str(row[5]),
         replaying=row[6] in (True, 1, "t", "true", "1"),
+        event_type=str(row[7] or ""),
+        parked_at_us=int(row[8] or 0),
     )
 
 

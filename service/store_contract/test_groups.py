@@ -54,9 +54,22 @@ def settings(spec: GroupSpec) -> GroupSpec:
     return replace(spec, incarnation="")
 
 
-def parked(event_id: str, position: int, *, segment: int = 1, attempts: int = 3) -> GroupParkedEvent:
+# When the events here were parked: microseconds, kept to the microsecond.
+PARKED_AT_US = 1_767_225_600_123_456
+
+
+def parked(
+    event_id: str, position: int, *, segment: int = 1, attempts: int = 3, parked_at_us: int = PARKED_AT_US
+) -> GroupParkedEvent:
     return GroupParkedEvent(
-        event_id=event_id, position=position, segment=segment, aggregate_id="acc-1", attempts=attempts, reason="boom"
+        event_id=event_id,
+        position=position,
+        segment=segment,
+        aggregate_id="acc-1",
+        attempts=attempts,
+        reason="boom",
+        event_type="bank.v1.MoneyDeposited",
+        parked_at_us=parked_at_us,
     )
 
 
@@ -385,6 +398,22 @@ async def test_a_replay_failed_again_is_parked_again_only_if_still_parked(store:
     await store.repark("billing", [parked("e-3", 3, attempts=7), parked("e-4", 4, attempts=7)])
     listed = await store.list_parked("billing")
     assert [(p.event_id, p.attempts, p.replaying) for p in listed] == [("e-3", 7, False)]  # e-4 stays dismissed
+
+
+async def test_a_parked_event_keeps_its_type_and_when_it_was_last_parked(store: StoreAdapter) -> None:
+    await store.create_group(SPEC)
+    await store.park("billing", [parked("e-3", 3), replace(parked("e-4", 4), event_type="", parked_at_us=0)])
+    listed = await store.list_parked("billing")
+    assert [(p.event_type, p.parked_at_us) for p in listed] == [("bank.v1.MoneyDeposited", PARKED_AT_US), ("", 0)]
+    # Failed again after a replay: parked again, now.
+    await store.replay_parked("billing", ["e-3"])
+    later = PARKED_AT_US + 61_000_001
+    await store.repark("billing", [parked("e-3", 3, attempts=4, parked_at_us=later)])
+    assert await store.find_parked("billing", ["e-3"]) == [parked("e-3", 3, attempts=4, parked_at_us=later)]
+    # Parked again by a session (the same id): so is the time.
+    await store.park("billing", [parked("e-3", 3, attempts=5, parked_at_us=later + 1)])
+    assert await store.parked_to_replay("billing", [1], 10) == []
+    assert await store.find_parked("billing", ["e-3"]) == [parked("e-3", 3, attempts=5, parked_at_us=later + 1)]
 
 
 async def test_deleting_a_group_deletes_its_checkpoints_parked_events_and_leases(store: StoreAdapter) -> None:

@@ -58,6 +58,10 @@ and the other does not can shift them):
        none, read as "" and 0)
     26 (SQLite 22) a group segment's events settled above its checkpoint,
        kept when a segment is given up (before: none)
+    27 (SQLite 23) a group's parked event's type (before: none, read as
+       ""), and on SQLite when it was parked (before: none, read as 0);
+       PostgreSQL kept that from its migration 13 (set by the server's
+       now() before 27)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -169,6 +173,14 @@ SINCE["sqlite"]["member_version"] = 21
 # A group segment's events settled above its checkpoint: PostgreSQL's migration 26, SQLite's 22.
 SINCE["postgres"]["settled_ahead"] = 26
 SINCE["sqlite"]["settled_ahead"] = 22
+# A group's parked event's type: PostgreSQL's migration 27, SQLite's 23;
+# when it was parked: PostgreSQL's 13 (its parked_at), SQLite's 23.
+SINCE["postgres"]["parked_type"] = 27
+SINCE["sqlite"]["parked_type"] = 23
+SINCE["postgres"]["parked_time"] = 13
+SINCE["sqlite"]["parked_time"] = 23
+# When the group's parked events were parked (microseconds since the epoch).
+GROUP_PARKED_AT_US = 1_767_225_600_123_456
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -674,12 +686,30 @@ def rows_at(dialect: str, version: int) -> OldRows:
                 parked=2,
             )
         )
+        parked_type = "bank.v1.MoneyDeposited" if rows.holds("parked_type") else ""
+        parked_at_us = GROUP_PARKED_AT_US if rows.holds("parked_time") else 0
         rows.group_parked += [
             GroupParkedEvent(
-                event_id="p-1", position=2, segment=1, aggregate_id="acc-1", attempts=3, reason="boom", replaying=False
+                event_id="p-1",
+                position=2,
+                segment=1,
+                aggregate_id="acc-1",
+                attempts=3,
+                reason="boom",
+                replaying=False,
+                event_type=parked_type,
+                parked_at_us=parked_at_us,
             ),
             GroupParkedEvent(
-                event_id="p-2", position=3, segment=0, aggregate_id="acc-2", attempts=3, reason="bad", replaying=True
+                event_id="p-2",
+                position=3,
+                segment=0,
+                aggregate_id="acc-2",
+                attempts=3,
+                reason="bad",
+                replaying=True,
+                event_type=parked_type,
+                parked_at_us=parked_at_us,
             ),
         ]
     if rows.holds("settled_ahead"):

@@ -316,9 +316,12 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
             (rows.groups[0].spec.name, settled.event_id, settled.position, settled.outcome),
         )
     for entry in rows.group_parked:
+        # parked_at: the parking server's now() (a fixed one here) before
+        # migration 27, its clock's time, given, from it on.
         conn.execute(
             "INSERT INTO chronicle.group_parked (group_name, event_id, position, segment, aggregate_id, attempts,"
-            " reason, replaying) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            " reason, replaying, parked_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
+            " timestamptz 'epoch' + %s * interval '1 microsecond')",
             (
                 rows.groups[0].spec.name,
                 entry.event_id,
@@ -328,8 +331,14 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 entry.attempts,
                 entry.reason,
                 entry.replaying,
+                entry.parked_at_us,
             ),
         )
+        if rows.holds("parked_type"):
+            conn.execute(
+                "UPDATE chronicle.group_parked SET event_type = %s WHERE event_id = %s",
+                (entry.event_type, entry.event_id),
+            )
 
 
 def _marks(columns: str) -> str:
@@ -727,6 +736,11 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
                 int(entry.replaying),
             ),
         )
+        if rows.holds("parked_type"):
+            conn.execute(
+                "UPDATE group_parked SET event_type = ?, parked_at_us = ? WHERE event_id = ?",
+                (entry.event_type, entry.parked_at_us, entry.event_id),
+            )
 
 
 def build_sqlite(path: Path, version: int, *, filled: bool) -> None:

@@ -57,6 +57,8 @@ def _parked_json(events: Sequence[GroupParkedEvent]) -> str:
                 "aggregate_id": e.aggregate_id,
                 "attempts": e.attempts,
                 "reason": e.reason,
+                "event_type": e.event_type or None,
+                "parked_at_us": e.parked_at_us,
             }
             for e in events
         ],

@@ -1083,6 +1083,8 @@ PRUNE_REFUSALS = (
 
 _GROUP_COLUMNS = ", ".join(GROUP_FIELDS)
 _PARKED_COLUMNS = ", ".join(PARKED_FIELDS)
+# sql_common.parked_from_row: the microseconds exact (extract gives numeric).
+_PARKED_READ = f"{_PARKED_COLUMNS}, event_type, (extract(epoch FROM parked_at) * 1000000)::bigint"
 CREATE_GROUP = (
     f"WITH g AS (INSERT INTO chronicle.subscription_groups ({_GROUP_COLUMNS})"
     " VALUES ($1, $2::jsonb, $3::bigint, $4::integer, $5::integer, $6::bigint, $7::bigint, $8::bigint, $9,"
@@ -1181,14 +1183,21 @@ SETTLED_AHEAD = (
     " WHERE s.group_name = $1 AND s.segment = $2::integer AND s.position > g.position"
     " ORDER BY s.position, s.event_id"
 )
+# When a parked event was parked: the server's time, given in microseconds
+# (as SQLite keeps it; 0, unknown, is the epoch and reads back as 0), kept
+# in migration 13's parked_at, which servers from before migration 27 set
+# to now() themselves.
+_PARKED_AT = "timestamptz 'epoch' + {}::bigint * interval '1 microsecond'"
 PARK_GROUP_EVENTS = (
-    f"INSERT INTO chronicle.group_parked (group_name, {_PARKED_COLUMNS})"
-    " SELECT $1, p.event_id, p.position, p.segment, p.aggregate_id, p.attempts, p.reason, false"
+    f"INSERT INTO chronicle.group_parked (group_name, {_PARKED_COLUMNS}, event_type, parked_at)"
+    " SELECT $1, p.event_id, p.position, p.segment, p.aggregate_id, p.attempts, p.reason, false, p.event_type,"
+    f" {_PARKED_AT.format('p.parked_at_us')}"
     " FROM jsonb_to_recordset($2::jsonb)"
-    " AS p(event_id text, position bigint, segment integer, aggregate_id text, attempts integer, reason text)"
+    " AS p(event_id text, position bigint, segment integer, aggregate_id text, attempts integer, reason text,"
+    " event_type text, parked_at_us bigint)"
     " WHERE EXISTS (SELECT 1 FROM chronicle.subscription_groups WHERE name = $1)"
     " ON CONFLICT (group_name, event_id) DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason,"
-    " replaying = false, parked_at = now()"
+    " replaying = false, event_type = excluded.event_type, parked_at = excluded.parked_at"
 )
 # An acknowledged replay: its parked row goes, and its segment counts it as
 # acknowledged (parking passed it unacknowledged), once: only rows deleted count.
@@ -1200,7 +1209,9 @@ UNPARK_GROUP_EVENTS = (
 )
 REPARK_GROUP_EVENTS = (
     "UPDATE chronicle.group_parked AS p SET attempts = r.attempts, reason = r.reason, replaying = false,"
-    " parked_at = now() FROM jsonb_to_recordset($2::jsonb) AS r(event_id text, attempts integer, reason text)"
+    f" event_type = r.event_type, parked_at = {_PARKED_AT.format('r.parked_at_us')}"
+    " FROM jsonb_to_recordset($2::jsonb)"
+    " AS r(event_id text, attempts integer, reason text, event_type text, parked_at_us bigint)"
     " WHERE p.group_name = $1 AND p.event_id = r.event_id"
 )
 # Dismissing parked events, all or none: their rows locked and counted
@@ -1223,11 +1234,11 @@ DISMISS_GROUP_PARKED = (
 LIST_GROUP_PARKED = (
     # After a position, or after a position and an event id within it ($3
     # NULL: the former; event_id > NULL is never true).
-    f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND position >= $2::bigint"
+    f"SELECT {_PARKED_READ} FROM chronicle.group_parked WHERE group_name = $1 AND position >= $2::bigint"
     " AND (position > $2::bigint OR event_id > $3::text) ORDER BY position, event_id LIMIT $4::bigint"
 )
 GROUP_PARKED_EVENTS = (
-    f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
+    f"SELECT {_PARKED_READ} FROM chronicle.group_parked WHERE group_name = $1 AND event_id = ANY($2::text[])"
     " ORDER BY position, event_id"
 )
 REPLAY_GROUP_PARKED = (
@@ -1235,6 +1246,6 @@ REPLAY_GROUP_PARKED = (
     " AND (cardinality($2::text[]) = 0 OR event_id = ANY($2::text[])) RETURNING 1) SELECT count(*) FROM marked"
 )
 GROUP_PARKED_TO_REPLAY = (
-    f"SELECT {_PARKED_COLUMNS} FROM chronicle.group_parked WHERE group_name = $1 AND replaying"
+    f"SELECT {_PARKED_READ} FROM chronicle.group_parked WHERE group_name = $1 AND replaying"
     " AND segment = ANY($2::integer[]) ORDER BY position, event_id LIMIT $3::bigint"
 )

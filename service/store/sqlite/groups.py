@@ -230,7 +230,22 @@ def _load_all(db: sqlite3.Connection) -> list[GroupState]:
 def _park(db: sqlite3.Connection, name: str, events: Sequence[GroupParkedEvent]) -> None:
     db.executemany(
         sql.PARK_GROUP_EVENT,
-        [(name, e.event_id, e.position, e.segment, e.aggregate_id, e.attempts, e.reason) for e in events],
+        [_park_params(name, e) for e in events],
+    )
+
+
+def _park_params(name: str, e: GroupParkedEvent) -> tuple[object, ...]:
+    # An unknown type is kept NULL, as on the rows from before migration 23.
+    return (
+        name,
+        e.event_id,
+        e.position,
+        e.segment,
+        e.aggregate_id,
+        e.attempts,
+        e.reason,
+        e.event_type or None,
+        e.parked_at_us,
     )
 
 
@@ -279,7 +294,10 @@ def _unpark(db: sqlite3.Connection, name: str, event_ids: Sequence[str]) -> None
 
 def _repark(db: sqlite3.Connection, name: str, events: Sequence[GroupParkedEvent]) -> None:
     with writing(db):
-        db.executemany(sql.REPARK_GROUP_EVENT, [(e.attempts, e.reason, name, e.event_id) for e in events])
+        db.executemany(
+            sql.REPARK_GROUP_EVENT,
+            [(e.attempts, e.reason, e.event_type or None, e.parked_at_us, name, e.event_id) for e in events],
+        )
 
 
 def _dismiss(db: sqlite3.Connection, name: str, event_ids: Sequence[str], skipped: bool) -> list[str]:

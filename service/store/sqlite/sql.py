@@ -528,6 +528,7 @@ PRUNE_REFUSALS = (
 
 _GROUP_COLUMNS = ", ".join(GROUP_FIELDS)
 _PARKED_COLUMNS = ", ".join(PARKED_FIELDS)
+_PARKED_READ = f"{_PARKED_COLUMNS}, event_type, parked_at_us"  # sql_common.parked_from_row
 CREATE_GROUP = f"INSERT INTO subscription_groups ({_GROUP_COLUMNS}) {_values(_GROUP_COLUMNS)} ON CONFLICT DO NOTHING"
 CREATE_SEGMENT = "INSERT INTO group_segments (group_name, segment, position, acknowledged) VALUES (?, ?, ?, 0)"
 LOAD_GROUP = f"SELECT {_GROUP_COLUMNS} FROM subscription_groups WHERE name = ?"
@@ -565,12 +566,14 @@ SETTLED_AHEAD = (
 )
 DELETE_GROUP_SETTLED = "DELETE FROM group_settled_ahead WHERE group_name = ?"
 PARK_GROUP_EVENT = (
-    f"INSERT INTO group_parked (group_name, {_PARKED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0)"
+    f"INSERT INTO group_parked (group_name, {_PARKED_COLUMNS}, event_type, parked_at_us)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
     " ON CONFLICT (group_name, event_id) DO UPDATE SET attempts = excluded.attempts, reason = excluded.reason,"
-    " replaying = 0"
+    " replaying = 0, event_type = excluded.event_type, parked_at_us = excluded.parked_at_us"
 )
 REPARK_GROUP_EVENT = (
-    "UPDATE group_parked SET attempts = ?, reason = ?, replaying = 0 WHERE group_name = ? AND event_id = ?"
+    "UPDATE group_parked SET attempts = ?, reason = ?, replaying = 0, event_type = ?, parked_at_us = ?"
+    " WHERE group_name = ? AND event_id = ?"
 )
 DISMISS_GROUP_PARKED = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ? RETURNING segment"
 UNPARK_GROUP_EVENT = "DELETE FROM group_parked WHERE group_name = ? AND event_id = ? RETURNING segment"
@@ -582,14 +585,14 @@ COUNT_GROUP_DISMISSED = "UPDATE group_segments SET dismissed = dismissed + 1 WHE
 LIST_GROUP_PARKED = (
     # After a position, or after a position and an event id within it (?3
     # NULL: the former; event_id > NULL is never true).
-    f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ?1 AND position >= ?2"
+    f"SELECT {_PARKED_READ} FROM group_parked WHERE group_name = ?1 AND position >= ?2"
     " AND (position > ?2 OR event_id > ?3) ORDER BY position, event_id LIMIT ?4"
 )
-GROUP_PARKED_EVENT = f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND event_id = ?"
+GROUP_PARKED_EVENT = f"SELECT {_PARKED_READ} FROM group_parked WHERE group_name = ? AND event_id = ?"
 REPLAY_ALL_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ?"
 REPLAY_GROUP_PARKED = "UPDATE group_parked SET replaying = 1 WHERE group_name = ? AND event_id = ?"
 GROUP_PARKED_TO_REPLAY = (
-    f"SELECT {_PARKED_COLUMNS} FROM group_parked WHERE group_name = ? AND replaying = 1 ORDER BY position, event_id"
+    f"SELECT {_PARKED_READ} FROM group_parked WHERE group_name = ? AND replaying = 1 ORDER BY position, event_id"
 )
 
 # -- leases (service/cluster/leases.py, leases.py) --------------------------------
