@@ -924,7 +924,7 @@ def _group(args: argparse.Namespace, channel: grpc.Channel) -> int:
             )
             response = stub.ListParked(listing, timeout=args.timeout)
             for parked in response.parked:
-                _print(_as_dict(parked))
+                _print(_parked_group_event(parked))
             token = response.next_page_token
             if not token:
                 if len(response.parked) < 1000:
@@ -1155,6 +1155,17 @@ def _parked_command_json(types: RemoteTypes, parked: reaction_service_pb2.Parked
     shown = _as_dict(envelope)
     if not parked.HasField("deadline"):  # a parked deadline has no command: its "deadline" says what it is
         shown["command"] = types.unpack(parked.command)
+    return shown
+
+
+def _parked_group_event(parked: subscription_group_service_pb2.GroupParkedEvent) -> dict[str, object]:
+    """A group's parked event as ``chronicle group NAME --parked`` prints it:
+    its type and when it was parked "unknown" for one parked by a server
+    from before they were kept (subscriptions.md), so that every line has
+    both keys."""
+    shown = _as_dict(parked)
+    shown["event_type"] = parked.event_type or "unknown"
+    shown["parked_at"] = str(shown.get("parked_at", "unknown"))
     return shown
 
 

@@ -178,6 +178,12 @@ def backoff_ms(spec: GroupSpec, attempt: int) -> int:
     return min(spec.retry_backoff_ms << max(0, min(attempt - 1, 30)), spec.max_retry_backoff_ms)
 
 
+def _wall_clock_us() -> int:
+    """When an event is parked, as operators read it (not the monotonic
+    clock the session's deadlines run on)."""
+    return time.time_ns() // 1000
+
+
 @dataclass(slots=True, eq=False)
 class Delivery:
     """One event delivered (or to be delivered again) to this session."""
@@ -738,6 +744,8 @@ class ConsumerSession:
             aggregate_id=event.aggregate_id,
             attempts=delivery.attempt,
             reason=reason[:1000],
+            event_type=event.event_type,
+            parked_at_us=_wall_clock_us(),
         )
         self._settle(delivery)
         if segment is None:
@@ -1001,7 +1009,15 @@ class ConsumerSession:
                     # Still unreadable (the plugin is not fixed yet): parked
                     # again as it was, with today's reason, not delivered.
                     reason = f"{error.reason}: {error}"[:1000]
-                    self._replay_parks.append(dataclasses.replace(parked, replaying=False, reason=reason))
+                    self._replay_parks.append(
+                        dataclasses.replace(
+                            parked,
+                            replaying=False,
+                            reason=reason,
+                            event_type=stored.event_type,
+                            parked_at_us=_wall_clock_us(),
+                        )
+                    )
                     self._commit_wanted.set()
                     continue
                 for event in events:
@@ -1176,6 +1192,8 @@ class ConsumerSession:
                 aggregate_id=stored.aggregate_id,
                 attempts=0,
                 reason=f"{error.reason}: {error}"[:1000],
+                event_type=stored.event_type,
+                parked_at_us=_wall_clock_us(),
             )
         )
         segment.settle(stored.event_id, Outcome.PARKED)

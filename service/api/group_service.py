@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2
 
 from chronicle.v1 import subscription_group_service_pb2 as pb
 from chronicle.v1 import subscription_group_service_pb2_grpc as pb_grpc
-from service.api.codec import MAX_VERSION, check_id, check_names, check_version, encode_event_into
+from service.api.codec import MAX_VERSION, check_id, check_names, check_version, encode_event_into, timestamp
 from service.api.page_tokens import fingerprint, make_token, read_token
 from service.api.subscribe import known_names
 from service.audit import AuditLog
@@ -696,4 +696,6 @@ def _parked(parked: GroupParkedEvent) -> pb.GroupParkedEvent:
         attempts=parked.attempts,
         reason=parked.reason,
         replaying=parked.replaying,
+        event_type=parked.event_type,
+        parked_at=timestamp(parked.parked_at_us) if parked.parked_at_us else None,
     )

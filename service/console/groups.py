@@ -254,6 +254,8 @@ def parked_table(
             event.position,
             link(url("/aggregates/" + segment(event.aggregate_id)), Name(event.aggregate_id)),
             tag("code", event.event_id),
+            event.event_type or "unknown",
+            _parked_at(event),
             event.attempts,
             event.reason,
         ]
@@ -261,7 +263,7 @@ def parked_table(
             replay = "replaying" if event.replaying else parked_action_form(name, "replay", event.event_id, csrf_token)
             row.append(Html(replay + parked_action_form(name, "dismiss", event.event_id, csrf_token)))
         rows.append(row)
-    headings = ["position", "aggregate", "event id", "attempts", "last reason"]
+    headings = ["position", "aggregate", "event id", "type", "parked at", "attempts", "last reason"]
     content: list[Content] = [tag("h2", "Parked events")]
     if admin and parked:
         content.append(
@@ -275,6 +277,14 @@ def parked_table(
         )
     content.append(table(headings + ([""] if admin else []), rows, empty="none parked", id="parked"))
     return content
+
+
+def _parked_at(event: groups_pb.GroupParkedEvent) -> str:
+    """When it was parked, in UTC; "unknown" for an event parked by a server
+    from before that was kept."""
+    if not event.HasField("parked_at"):
+        return "unknown"
+    return event.parked_at.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # -- consumers --------------------------------------------------------------------

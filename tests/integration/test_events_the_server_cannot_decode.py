@@ -277,6 +277,8 @@ async def test_a_group_parks_an_event_its_upcaster_fails_on_and_delivers_those_a
     (parked,) = await client.groups.parked("ledger")
     assert (parked.event_id, parked.position, parked.attempts) == (bad.event_id, bad.position, 0)
     assert parked.reason.startswith("UPCAST_FAILED: ")
+    # Its stored type (never delivered: no other), and a time.
+    assert (parked.event_type, parked.HasField("parked_at")) == (bad.event_type, True)
 
 
 async def test_a_replay_of_an_event_its_upcaster_still_fails_on_parks_it_again(broken: Broken) -> None:
@@ -298,6 +300,8 @@ async def test_a_replay_of_an_event_its_upcaster_still_fails_on_parks_it_again(b
     consumer = asyncio.ensure_future(consume())
     try:
         await eventually(lambda: parked(False), what="the bad event parked")
+        (first,) = await client.groups.parked("ledger")
+        await asyncio.sleep(0.01)  # a later parking time, to the microsecond
         assert await client.groups.replay("ledger", [bad.event_id]) == 1
         assert await parked(True)
         # The consumer's session finds the replay, cannot read the event
@@ -308,6 +312,9 @@ async def test_a_replay_of_an_event_its_upcaster_still_fails_on_parks_it_again(b
     assert [event.version for event in received] == [1, 3]
     (again,) = await client.groups.parked("ledger")
     assert again.reason.startswith("UPCAST_FAILED: ")
+    # Parked again: when it was, now; of the same type.
+    assert again.event_type == first.event_type == bad.event_type
+    assert again.parked_at.ToMicroseconds() > first.parked_at.ToMicroseconds()
 
 
 # -- who receives them, with --auth ----------------------------------------------------

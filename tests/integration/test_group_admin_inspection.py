@@ -95,7 +95,9 @@ async def test_an_administrator_without_the_subscribe_grant_opens_every_group_it
         ("acc-0", "cannot bill", 1),
         ("acc-1", "cannot bill", 1),
     ]
-    # No payload travels with a parked row: the message has no field for one.
+    # No payload travels with a parked row: the message has no field for one
+    # (its type and when it was parked are what the group's settings and the
+    # log's order already tell an administrator).
     assert set(pb.GroupParkedEvent.DESCRIPTOR.fields_by_name) == {
         "event_id",
         "position",
@@ -103,6 +105,8 @@ async def test_an_administrator_without_the_subscribe_grant_opens_every_group_it
         "attempts",
         "reason",
         "replaying",
+        "event_type",
+        "parked_at",
     }
     assert reason_of(missing.value) == (grpc.StatusCode.NOT_FOUND, "GROUP_NOT_FOUND")
     # Consuming delivers the events: still the subscribe grant's.

@@ -19,7 +19,7 @@ import { HandshakeWatch, tlsRefusal } from './handshake.js';
 import { Problem } from './problem.js';
 import { API_FILES, loadProtos as loadProtoFiles, messages, protoIncludeDirs } from './protos.js';
 import { logRetry, retryDelay, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry.js';
-import { Projections } from './projections.js';
+import { date, Projections } from './projections.js';
 import { Reactions } from './reactions.js';
 import { RoutedStream } from './routed_stream.js';
 import { goingAway, memberGone, Routes, unanswered } from './routing.js';
@@ -1541,7 +1541,9 @@ export class ChronicleClient {
    * `reactions.parked` and `projections.parked` do. `limit`: at most this many (null: all). Pages follow the
    * server's `next_page_token` (empty: the last page): paging by position would pass over the rest of a split
    * event's pieces, which share its position. A server from before page tokens sends none: a full page is then
-   * followed by position, and a shorter one is the last.
+   * followed by position, and a shorter one is the last. Each is a chronicle.v1.GroupParkedEvent with the proto's
+   * field names, `parked_at` a Date; `event_type` '' and `parked_at` null: unknown (parked by a server from before
+   * they were kept).
    */
   async listParked(group, { afterPosition = 0, limit = null, pageSize = 100, signal, timeoutSeconds } = {}) {
     const bound = limitOf({ signal, timeoutSeconds });
@@ -1552,7 +1554,7 @@ export class ChronicleClient {
       const size = limit === null ? pageSize : Math.min(pageSize, limit - parked.length);
       const request = { group, after_position: after, limit: size, page_token: token };
       const page = await this.#call(this.groups, 'ListParked', request, bound);
-      parked.push(...page.parked);
+      parked.push(...page.parked.map((event) => ({ ...event, parked_at: date(event.parked_at) })));
       token = page.next_page_token || '';
       if (!token) {
         if (page.parked.length < (size || 100)) break;

@@ -15,7 +15,7 @@
 // `metadata.failed_at`).
 
 /** A google.protobuf.Timestamp as the loader decodes it, as a Date (null when unset). */
-function date(timestamp) {
+export function date(timestamp) {
   return timestamp ? new Date(timestamp.seconds * 1000 + Math.floor(timestamp.nanos / 1e6)) : null;
 }
 

@@ -99,9 +99,12 @@ test('parked events are dismissed, all named or none, and a group is found by na
     await client.createGroup(group, { aggregateTypes: ['Account'], fromEnd: true, maxDeliveryAttempts: 1 });
     for (const id of ids) await client.submit(id, 'bank.v1.OpenAccount', { owner: 'ann' });
     const worker = client.consume(group, 'worker-1');
+    const before = Date.now();
+    const types = new Set();
     let nacked = 0;
     for await (const delivery of worker.deliveries) {
       if (ids.includes(delivery.event.aggregate_id)) {
+        types.add(delivery.event.event_type);
         delivery.nack('cannot handle it (test)');
         nacked += 1;
       } else delivery.ack();
@@ -114,6 +117,12 @@ test('parked events are dismissed, all named or none, and a group is found by na
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     assert.deepEqual(parked.map((p) => p.aggregate_id).sort(), [...ids].sort());
+    // What an operator triages by: each one's type, and when it was parked (a Date).
+    assert.deepEqual(parked.map((p) => p.event_type), [...types, ...types]);
+    for (const p of parked) {
+      assert.ok(p.parked_at instanceof Date, `${p.parked_at}`);
+      assert.ok(p.parked_at.getTime() >= before - 1000 && p.parked_at.getTime() <= Date.now() + 1000, `${p.parked_at}`);
+    }
     const [first, second] = parked.map((p) => p.event_id);
 
     // One named that is not parked: none dismissed, the missing one named.

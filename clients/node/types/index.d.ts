@@ -291,6 +291,19 @@ export interface Consumer {
   stop(options?: { timeoutSeconds?: number }): Promise<void>;
 }
 
+/** An event a subscription group parked (chronicle.v1.GroupParkedEvent). */
+export interface GroupParkedEvent {
+  event_id: string;
+  position: number;
+  aggregate_id: string;
+  attempts: number;
+  reason: string;
+  replaying: boolean;
+  /** The event's type; '' if unknown (parked by a server from before it was kept). */
+  event_type: string;
+  /** When it was parked; null if unknown (parked by a server from before it was kept). */
+  parked_at: Date | null;
+}
 export interface ParkedCommand {
   command_id: string;
   command: Any;
@@ -417,7 +430,7 @@ export declare class ChronicleClient {
   listParked(
     group: string,
     options?: { afterPosition?: number; limit?: number | null; pageSize?: number } & CallOptions,
-  ): Promise<unknown>;
+  ): Promise<GroupParkedEvent[]>;
   replayParked(group: string, eventIds?: string[], options?: CallOptions): Promise<number>;
   dismissParked(group: string, eventIds: string[], options?: CallOptions): Promise<number>;
   consume(
