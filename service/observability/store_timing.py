@@ -213,6 +213,14 @@ class TimedProjections:
     async def start_projection(self, name: str, position: int) -> int | None:
         return await self._clock.time("start_projection", lambda: self._inner.start_projection(name, position))
 
+    async def projection_version(self, name: str) -> int | None:
+        return await self._clock.time("projection_version", lambda: self._inner.projection_version(name))
+
+    async def start_projection_version(self, name: str, version: int) -> int:
+        return await self._clock.time(
+            "start_projection_version", lambda: self._inner.start_projection_version(name, version)
+        )
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         return await self._clock.time("load_document", lambda: self._inner.load_document(projection, key))
 
@@ -249,8 +257,8 @@ class TimedProjections:
             "count_documents", lambda: self._inner.count_documents(projection, prefix, limit=limit)
         )
 
-    async def reset_projection(self, name: str) -> None:
-        await self._clock.time("reset_projection", lambda: self._inner.reset_projection(name))
+    async def reset_projection(self, name: str, version: int | None = None) -> None:
+        await self._clock.time("reset_projection", lambda: self._inner.reset_projection(name, version))
 
     async def stored_projections(self) -> list[tuple[str, int]]:
         return await self._clock.time("stored_projections", self._inner.stored_projections)

@@ -317,6 +317,18 @@ class ProjectionStore(Protocol):
         ``start_from`` fixes where it starts with this, before its server
         takes commands."""
 
+    async def projection_version(self, name: str) -> int | None:
+        """The version of projection ``name``'s declaration its documents
+        were built by (``plugin.projection(..., version=N)``), kept with its
+        checkpoint; None when it has no checkpoint. One stored before
+        versions were (or by an older server) is 1, the default."""
+
+    async def start_projection_version(self, name: str, version: int) -> int:
+        """The version stored with projection ``name``'s checkpoint; a name
+        without a checkpoint gets one at 0 with ``version`` (insert if
+        absent, atomically: of two runners, the first one's stands), which
+        is then returned. A projection's first run records its version so."""
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         """Projection ``projection``'s document under ``key``, or None."""
 
@@ -364,11 +376,14 @@ class ProjectionStore(Protocol):
         cost grows with the answer, at most ``limit``, whatever the
         projection holds."""
 
-    async def reset_projection(self, name: str) -> None:
+    async def reset_projection(self, name: str, version: int | None = None) -> None:
         """Delete the projection's documents and parked events and move its
         checkpoint back to 0, in one transaction: it is applied again from
         the start of the log. A commit from the checkpoint before (a runner
-        that was applying a batch) then conflicts and writes nothing."""
+        that was applying a batch) then conflicts and writes nothing.
+        ``version``: the declaration's version the rebuilt documents are
+        of, stored with the checkpoint in the same transaction (None: the
+        stored one stays)."""
 
     async def stored_projections(self) -> list[tuple[str, int]]:
         """Every name that holds a checkpoint, documents or parked events,

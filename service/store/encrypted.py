@@ -426,6 +426,12 @@ class SealedProjections:
     async def start_projection(self, name: str, position: int) -> int | None:
         return await self.inner.start_projection(name, position)
 
+    async def projection_version(self, name: str) -> int | None:
+        return await self.inner.projection_version(name)
+
+    async def start_projection_version(self, name: str, version: int) -> int:
+        return await self.inner.start_projection_version(name, version)
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         cipher = await self.keyring.for_writing(projection_key_id(projection))
         stored = await self.inner.load_document(projection, hidden_document_key(cipher, projection, key))
@@ -495,8 +501,8 @@ class SealedProjections:
             )
         return await self.inner.count_documents(projection, "", limit=limit)  # every key is the projection's
 
-    async def reset_projection(self, name: str) -> None:
-        await self.inner.reset_projection(name)
+    async def reset_projection(self, name: str, version: int | None = None) -> None:
+        await self.inner.reset_projection(name, version)
 
     async def stored_projections(self) -> list[tuple[str, int]]:
         return await self.inner.stored_projections()  # names are stored in the clear

@@ -79,6 +79,9 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         self._forgotten_at_us: dict[str, int] = {}
         self._commits = CommitNotifier()
         self._projection_positions: dict[str, int] = {}
+        # The declaration's version each checkpoint's documents were built by
+        # (a checkpoint without one here is 1, as the SQL stores' default).
+        self._projection_versions: dict[str, int] = {}
         self._documents: dict[tuple[str, str], StoredDocument] = {}
         # The due times of the documents written with one (a reaction's
         # deadlines); an entry whose document is gone (forgotten, reset) is
@@ -229,6 +232,17 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             self._projection_positions[name] = position
         return had
 
+    async def projection_version(self, name: str) -> int | None:
+        if name not in self._projection_positions:
+            return None
+        return self._projection_versions.get(name, 1)
+
+    async def start_projection_version(self, name: str, version: int) -> int:
+        if name not in self._projection_positions:
+            self._projection_positions[name] = 0
+            self._projection_versions[name] = version
+        return self._projection_versions.get(name, 1)
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         return self._documents.get((projection, key))
 
@@ -285,7 +299,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         listing = DocumentRange(prefix=prefix)
         return min(limit, sum(1 for name, key in self._documents if name == projection and listing.matches(key)))
 
-    async def reset_projection(self, name: str) -> None:
+    async def reset_projection(self, name: str, version: int | None = None) -> None:
         for key in [k for k in self._documents if k[0] == name]:
             del self._documents[key]
             self._subjects.pop(key, None)
@@ -293,6 +307,8 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
             del self._parked[parked]
         if name in self._projection_positions:
             self._projection_positions[name] = 0
+            if version is not None:
+                self._projection_versions[name] = version
 
     async def stored_projections(self) -> list[tuple[str, int]]:
         names = {*self._projection_positions, *(name for name, _ in self._documents), *(k[0] for k in self._parked)}
@@ -300,6 +316,7 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
 
     async def delete_projection(self, name: str, *, limit: int) -> int:
         self._projection_positions.pop(name, None)
+        self._projection_versions.pop(name, None)
         documents = [k for k in self._documents if k[0] == name][:limit]
         for key in documents:
             del self._documents[key]

@@ -392,3 +392,34 @@ async def test_a_commit_from_before_a_deletion_writes_nothing(store: StoreAdapte
             "p", expected_position=5, new_position=9, writes=[DocumentWrite("k", "t.A", b"b")]
         )
     assert (await contents()).changes_since(before) == {}
+
+
+async def test_a_first_run_records_its_version_and_later_ones_find_it(store: StoreAdapter) -> None:
+    assert await store.projection_version("p") is None
+    assert await store.start_projection_version("p", 3) == 3
+    assert (await store.projection_position("p"), await store.projection_version("p")) == (0, 3)
+    # another declaration's first run finds the version the first recorded
+    assert await store.start_projection_version("p", 4) == 3
+    await store.commit_projection("p", expected_position=0, new_position=6, writes=[])
+    assert (await store.projection_position("p"), await store.projection_version("p")) == (6, 3)
+
+
+async def test_a_checkpoint_made_without_a_version_is_version_1(store: StoreAdapter) -> None:
+    # What a server before versions (or a reaction) committed: the default.
+    await store.commit_projection("p", expected_position=0, new_position=2, writes=[])
+    assert await store.projection_version("p") == 1
+    assert await store.start_projection_version("p", 2) == 1
+
+
+async def test_a_rebuild_records_the_new_version_with_the_reset(store: StoreAdapter) -> None:
+    assert await store.start_projection_version("p", 1) == 1
+    await store.commit_projection("p", expected_position=0, new_position=5, writes=[DocumentWrite("k", "t.A", b"a")])
+    await store.reset_projection("p", version=2)
+    assert (await store.projection_position("p"), await store.projection_version("p")) == (0, 2)
+    assert await store.load_document("p", "k") is None
+    # a reset without a version keeps the stored one
+    await store.reset_projection("p")
+    assert await store.projection_version("p") == 2
+    # and a deleted projection's version goes with its checkpoint
+    await store.delete_projection("p", limit=100)
+    assert await store.projection_version("p") is None

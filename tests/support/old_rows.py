@@ -62,6 +62,8 @@ and the other does not can shift them):
        ""), and on SQLite when it was parked (before: none, read as 0);
        PostgreSQL kept that from its migration 13 (set by the server's
        now() before 27)
+    28 (SQLite 24) the version of a projection's declaration its documents
+       were built by, with its checkpoint (before: none, read as 1)
 
 The sealed formats (payloads, wrapped keys, keyed hashes) are written here
 with ``cryptography``'s primitives, not with ``service.store.encryption``: they
@@ -181,6 +183,9 @@ SINCE["postgres"]["parked_time"] = 13
 SINCE["sqlite"]["parked_time"] = 23
 # When the group's parked events were parked (microseconds since the epoch).
 GROUP_PARKED_AT_US = 1_767_225_600_123_456
+# A projection's version with its checkpoint: PostgreSQL's migration 28, SQLite's 24.
+SINCE["postgres"]["projection_version"] = 28
+SINCE["sqlite"]["projection_version"] = 24
 # PostgreSQL's JSON copy of payloads (--postgres-json-events, migration 15); SQLite has none.
 SINCE["postgres"]["payload_json"] = 15
 SINCE["sqlite"]["payload_json"] = 1 << 30
@@ -344,6 +349,8 @@ class OldRows:
     data_keys: list[DataKey] = field(default_factory=list)
     forgotten: set[str] = field(default_factory=set)
     checkpoints: dict[str, int] = field(default_factory=dict)
+    # The declaration's version a projection's documents were built by, where not 1.
+    projection_versions: dict[str, int] = field(default_factory=dict)
     documents: list[OldDocument] = field(default_factory=list)
     sealed_commands: list[SealedCommand] = field(default_factory=list)
     parked: list[ParkedEvent] = field(default_factory=list)  # of the projection "balances"
@@ -575,6 +582,8 @@ def rows_at(dialect: str, version: int) -> OldRows:
         rows.checkpoints["owners"] = rows.last_position
         rows.data_keys.append(_wrapped(PROJECTION_KEY_PREFIX + "owners"))
         rows.add_document("owners", "owner:bob", b"\x0a\x0eaccount-sealed", sealed=True)
+        if rows.holds("projection_version"):
+            rows.projection_versions["owners"] = 2
 
     if rows.holds("parked_events"):
         rows.parked += [
@@ -771,6 +780,8 @@ async def write_through(store: StoreAdapter, rows: OldRows) -> None:
             if d.projection == name
         ]
         parked = [p for p in rows.parked if p.projection == name]
+        if name in rows.projection_versions:  # its first run recorded it
+            await store.start_projection_version(name, rows.projection_versions[name])
         await store.commit_projection(name, expected_position=0, new_position=position, writes=writes, parked=parked)
     for member in rows.lease_members:
         await store.renew_leases(LEASE_GROUP, member, LEASE_NAMES, LEASE_SECONDS)
@@ -925,6 +936,11 @@ async def unreadable(store: StoreAdapter, rows: OldRows) -> dict[str, str]:
     async def projections() -> None:
         for name, position in rows.checkpoints.items():
             same(f"checkpoint of {name}", await roles.projections.projection_position(name), position)
+            same(
+                f"version of {name}",
+                await roles.projections.projection_version(name),
+                rows.projection_versions.get(name, 1),
+            )
         for document in rows.documents:
             raw = await store.load_document(document.projection, document.stored.key)
             same(f"stored document {document.key} of {document.projection}", raw, document.stored)

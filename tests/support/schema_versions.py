@@ -189,7 +189,15 @@ def write_postgres(conn: psycopg.Connection[object], rows: OldRows) -> None:
                 (key.aggregate_id, key.master_key_id, key.wrapped),
             )
     for name, position in rows.checkpoints.items():
-        conn.execute("INSERT INTO chronicle.projection_checkpoints (name, position) VALUES (%s, %s)", (name, position))
+        if rows.holds("projection_version"):
+            conn.execute(
+                "INSERT INTO chronicle.projection_checkpoints (name, position, version) VALUES (%s, %s, %s)",
+                (name, position, rows.projection_versions.get(name, 1)),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO chronicle.projection_checkpoints (name, position) VALUES (%s, %s)", (name, position)
+            )
     for document in rows.documents:
         d = document.stored
         if rows.holds("forgetting_and_audit"):  # the aggregates it is derived from, in its row
@@ -603,7 +611,13 @@ def write_sqlite(conn: sqlite3.Connection, rows: OldRows) -> None:
             (key.aggregate_id, key.master_key_id, key.wrapped, written_at, written_at if key.wrapped is None else None),
         )
     for name, position in rows.checkpoints.items():
-        conn.execute("INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)", (name, position))
+        if rows.holds("projection_version"):
+            conn.execute(
+                "INSERT INTO projection_checkpoints (name, position, version) VALUES (?, ?, ?)",
+                (name, position, rows.projection_versions.get(name, 1)),
+            )
+        else:
+            conn.execute("INSERT INTO projection_checkpoints (name, position) VALUES (?, ?)", (name, position))
     for document in rows.documents:
         d = document.stored
         conn.execute(

@@ -43,6 +43,25 @@ class ProjectionsRole:
         )
         return None if first(made) is not None else int(scalar(found))
 
+    async def projection_version(self, name: str) -> int | None:
+        (result,) = await self._db.run(
+            "projection_version", [Statement(sql.PROJECTION_VERSION.encode(), (name,))], read_only=True
+        )
+        found = scalar(result)
+        return None if found is None else int(found)
+
+    async def start_projection_version(self, name: str, version: int) -> int:
+        # The read is a statement of its own, as start_projection's: in READ
+        # COMMITTED it sees the row another runner's insert committed.
+        _, found = await self._db.run(
+            "start_projection_version",
+            [
+                Statement(sql.START_VERSIONED_CHECKPOINT.encode(), (name, version)),
+                Statement(sql.PROJECTION_VERSION.encode(), (name,)),
+            ],
+        )
+        return int(scalar(found))
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         *_, result = await self._db.run("load_document", load_document_statements(projection, key), read_only=True)
         row = first(result)
@@ -93,11 +112,11 @@ class ProjectionsRole:
         )
         return int(scalar(result) or 0)
 
-    async def reset_projection(self, name: str) -> None:
+    async def reset_projection(self, name: str, version: int | None = None) -> None:
         await self._db.run(
             "reset_projection",
             [
-                Statement(sql.RESET_CHECKPOINT.encode(), (name,)),
+                Statement(sql.RESET_CHECKPOINT.encode(), (name, version)),
                 Statement(sql.RESET_DOCUMENTS.encode(), (name,)),
                 Statement(sql.RESET_PARKED_EVENTS.encode(), (name,)),
             ],

@@ -375,6 +375,15 @@ EVENTS_AFTER_SNAPSHOT = (
 # -- projections ------------------------------------------------------------
 
 PROJECTION_POSITION = "SELECT position FROM chronicle.projection_checkpoints WHERE name = $1"
+# The declaration's version a projection's documents were built by
+# (migration 27), and a first run's checkpoint made with it: of two runners
+# that make it at once, the second waits for the first's insert and makes
+# nothing (and reads the version the first recorded).
+PROJECTION_VERSION = "SELECT version FROM chronicle.projection_checkpoints WHERE name = $1"
+START_VERSIONED_CHECKPOINT = (
+    "INSERT INTO chronicle.projection_checkpoints (name, position, version) VALUES ($1, 0, $2::int)"
+    " ON CONFLICT (name) DO NOTHING"
+)
 # Rows that tables gain without bound (documents, snapshots) are read and
 # written by key, always through an index. Prepared statements keep the plan
 # they were first given, and a read model (or a deployment) starts empty:
@@ -516,7 +525,10 @@ COUNT_PARKED_COMMANDS = (
 # runner's commit in flight, whose move from its checkpoint then cannot
 # happen again: a runner that applied a batch before the reset cannot write
 # it after (its commit finds the checkpoint at 0, not where it started).
-RESET_CHECKPOINT = "UPDATE chronicle.projection_checkpoints SET position = 0, updated_at = now() WHERE name = $1"
+RESET_CHECKPOINT = (
+    "UPDATE chronicle.projection_checkpoints SET position = 0, version = coalesce($2::int, version), updated_at = now()"
+    " WHERE name = $1"
+)
 RESET_DOCUMENTS = "DELETE FROM chronicle.projection_documents WHERE projection = $1"
 RESET_PARKED_EVENTS = "DELETE FROM chronicle.projection_parked_events WHERE projection = $1"
 # A stored projection's deletion (DeleteProjection), a page at a time: each

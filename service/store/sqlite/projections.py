@@ -25,6 +25,13 @@ class ProjectionsRole:
     async def start_projection(self, name: str, position: int) -> int | None:
         return await self._writer.run(_start, name, position)
 
+    async def projection_version(self, name: str) -> int | None:
+        row = await self._writer.run(lambda db: db.execute(sql.PROJECTION_VERSION, (name,)).fetchone())
+        return None if row is None else int(row[0])
+
+    async def start_projection_version(self, name: str, version: int) -> int:
+        return await self._writer.run(_start_version, name, version)
+
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
         row = await self._writer.run(lambda db: db.execute(sql.LOAD_DOCUMENT, (projection, key)).fetchone())
         return None if row is None else document_from_row(row)
@@ -64,8 +71,8 @@ class ProjectionsRole:
         rows = await self._writer.run(lambda db: db.execute(statement, parameters).fetchall())
         return [document_from_row(row) for row in rows]
 
-    async def reset_projection(self, name: str) -> None:
-        await self._writer.run(_reset, name)
+    async def reset_projection(self, name: str, version: int | None = None) -> None:
+        await self._writer.run(_reset, name, version)
 
     async def stored_projections(self) -> list[tuple[str, int]]:
         rows = await self._writer.run(lambda db: db.execute(sql.STORED_PROJECTIONS).fetchall())
@@ -117,6 +124,16 @@ def _start(db: sqlite3.Connection, name: str, position: int) -> int | None:
         return int(row[0])
 
 
+def _start_version(db: sqlite3.Connection, name: str, version: int) -> int:
+    """Read and written under the write lock: one first run records its version."""
+    with writing(db):
+        row = db.execute(sql.PROJECTION_VERSION, (name,)).fetchone()
+        if row is None:
+            db.execute(sql.START_VERSIONED_CHECKPOINT, (name, version))
+            return version
+        return int(row[0])
+
+
 def _commit(
     db: sqlite3.Connection,
     name: str,
@@ -155,12 +172,12 @@ def _commit(
         db.execute(sql.MOVE_CHECKPOINT, (name, new_position))
 
 
-def _reset(db: sqlite3.Connection, name: str) -> None:
+def _reset(db: sqlite3.Connection, name: str, version: int | None) -> None:
     with writing(db):
         db.execute(sql.RESET_DOCUMENTS, (name,))
         db.execute(sql.RESET_SUBJECTS, (name,))
         db.execute(sql.RESET_PARKED_EVENTS, (name,))
-        db.execute(sql.RESET_CHECKPOINT, (name,))
+        db.execute(sql.RESET_CHECKPOINT, (version, name))
 
 
 def _delete_page(db: sqlite3.Connection, name: str, limit: int) -> int:

@@ -225,6 +225,9 @@ LOAD_SNAPSHOT_OF_KIND = (
 # -- projections --------------------------------------------------------------------
 
 PROJECTION_POSITION = "SELECT position FROM projection_checkpoints WHERE name = ?"
+# The declaration's version a projection's documents were built by (migration 23).
+PROJECTION_VERSION = "SELECT version FROM projection_checkpoints WHERE name = ?"
+START_VERSIONED_CHECKPOINT = "INSERT INTO projection_checkpoints (name, position, version) VALUES (?, 0, ?)"
 LOAD_DOCUMENT = "SELECT key, type_name, data FROM projection_documents WHERE projection = ? AND key = ?"
 # Many keys, one statement: the keys as one JSON array (no limit on their
 # number, as there is on a statement's parameters).
@@ -279,7 +282,7 @@ DUE_SUMMARY = "SELECT count(*), min(due_us) FROM projection_documents WHERE proj
 RESET_DOCUMENTS = "DELETE FROM projection_documents WHERE projection = ?"
 RESET_SUBJECTS = "DELETE FROM projection_subjects WHERE projection = ?"
 RESET_PARKED_EVENTS = "DELETE FROM projection_parked_events WHERE projection = ?"
-RESET_CHECKPOINT = "UPDATE projection_checkpoints SET position = 0 WHERE name = ?"
+RESET_CHECKPOINT = "UPDATE projection_checkpoints SET position = 0, version = coalesce(?, version) WHERE name = ?"
 # A stored projection's deletion, a page at a time (see the PostgreSQL
 # store's): the keys of a page first, then their documents and subjects.
 DELETE_CHECKPOINT = "DELETE FROM projection_checkpoints WHERE name = ?"
