@@ -401,6 +401,8 @@ class Plugin:
         retry_seconds: float = 5.0,
         cache_size: int = DOCUMENT_CACHE_SIZE,
         tenant_keyed: bool = False,
+        version: int = 1,
+        rebuild_on_change: bool = False,
     ) -> Projection:
         """Declare a read model kept up to date from the log (see
         ``service.plugins.projections``). ``aggregate_types`` narrows which
@@ -430,7 +432,18 @@ class Plugin:
         begins with the tenant of the aggregates it is made of and ``:``
         (``acme:acc-1``); a tenant-scoped read grant then reads the documents
         of its own tenant (and no other's), which it otherwise may not read
-        at all (docs/security.md#tenants)."""
+        at all (docs/security.md#tenants).
+
+        ``version`` (a whole number, 1 by default): bump it when the
+        documents' meaning changes (a handler's bug fixed, a document's
+        shape changed, an upcaster that changes what events say). The store
+        keeps the version the documents were built by; a runner whose
+        declared version differs (higher or lower) stops,
+        ``PROJECTION_VERSION_CHANGED``, until the projection is rebuilt
+        (RebuildProjection records the new version), rather than mix both
+        meanings. With ``rebuild_on_change`` it rebuilds itself from the
+        start of the log instead, when the declared version is the higher
+        (docs/plugins.md#projection-versions)."""
         projection = Projection(
             self.name,
             name,
@@ -442,6 +455,8 @@ class Plugin:
             retry_seconds=retry_seconds,
             cache_size=cache_size,
             tenant_keyed=tenant_keyed,
+            version=version,
+            rebuild_on_change=rebuild_on_change,
         )
         self.projections.append(projection)
         return projection

@@ -151,6 +151,8 @@ class Projection:
         retry_seconds: float = 5.0,
         cache_size: int = DOCUMENT_CACHE_SIZE,
         tenant_keyed: bool = False,
+        version: int = 1,
+        rebuild_on_change: bool = False,
     ) -> None:
         check_runner_name("projection", name)
         if batch_size < 1:
@@ -165,12 +167,22 @@ class Projection:
             raise ValueError(f"projection {name}: retry_seconds must be positive")
         if cache_size < 0:
             raise ValueError(f"projection {name}: cache_size must not be negative")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"projection {name}: version must be a whole number from 1, not {version!r}")
         self.plugin_name = plugin_name
         self.name = name
         # The plugin's promise that every document is keyed "<tenant>:..."
         # by the tenant of the aggregates it is made of: a tenant-scoped read
         # grant may then read its own tenant's documents (docs/security.md).
         self.tenant_keyed = tenant_keyed
+        # Bumped by the plugin's author when the documents' meaning changes
+        # (a handler fixed, a document's shape changed, an upcaster that
+        # changes what events say): the store keeps the version the
+        # documents were built by, and a runner of another version does not
+        # go on from them (PROJECTION_VERSION_CHANGED) until the projection
+        # is rebuilt, or rebuilds it itself with ``rebuild_on_change``.
+        self.version = version
+        self.rebuild_on_change = rebuild_on_change
         self.aggregate_types = frozenset(aggregate_types)
         self.batch_size = batch_size
         # Far behind (a rebuild, a new read model, a long stop), a batch is

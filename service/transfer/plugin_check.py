@@ -14,6 +14,10 @@ every read of the aggregates that hold one. So this reads, without writing:
 - every projection or reaction name the store holds a checkpoint, documents
   or parked events of that no loaded plugin declares (ORPHANED_PROJECTION:
   a renamed or retired one, whose rows nothing will read or delete);
+- each declared projection's stored version (the declaration's version its
+  documents were built by) against its declared one: one that differs
+  would stop it (PROJECTION_VERSION_CHANGED), or rebuild it
+  (``rebuild_on_change``);
 - each declared reaction's process states, whose stored type must be its
   ``state`` now or one it upcasts (``@reaction.upcast_state``), else the
   reaction stops at the first event of that process (DOCUMENT_TYPE_MISMATCH);
@@ -36,6 +40,7 @@ from google.protobuf.message import DecodeError
 
 from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from service.errors import InvalidInput
+from service.plugins.projections import Projection
 from service.plugins.reactions import Reaction
 from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
@@ -57,7 +62,7 @@ class Finding:
 
     reason: str
     message: str
-    details: dict[str, str | int]
+    details: dict[str, str | int | bool]
 
     def as_json(self) -> dict[str, Any]:
         return {"reason": self.reason, "message": self.message, **self.details}
@@ -109,10 +114,47 @@ async def check_store(registry: Registry, store: StoreAdapter) -> CheckReport:
                     {"name": name, "position": position},
                 )
             )
+    held = {name for name, _ in stored}
+    for projection in registry.projections:
+        if projection.name in held:
+            finding = judge_version(projection, await store.projection_version(projection.name))
+            if finding is not None:
+                report.findings.append(finding)
     for reaction in registry.reactions:
         if reaction.state_type is not None:
             await _check_states(reaction, store, report)
     return report
+
+
+def judge_version(projection: Projection, stored: int | None) -> Finding | None:
+    """Whether ``projection``'s stored documents were built by another
+    version of it than the one declared (None: the same, or none stored):
+    its runner would stop on them (or, declared with ``rebuild_on_change``
+    at a higher version, rebuild them from the start of the log)."""
+    if stored is None or stored == projection.version:
+        return None
+    name, declared = projection.name, projection.version
+    if projection.rebuild_on_change and declared > stored:
+        then = (
+            "it rebuilds itself from the start of the log once deployed (rebuild_on_change): its reads answer"
+            " partial documents until it has caught up"
+        )
+    else:
+        then = (
+            "it would stop (PROJECTION_VERSION_CHANGED) until rebuilt: rebuild it once deployed"
+            f" (chronicle projection rebuild {name}), or deploy it under a new name (blue/green)"
+        )
+    return Finding(
+        "PROJECTION_VERSION_CHANGED",
+        f"projection {name} is declared at version {declared} and its stored documents were built by version"
+        f" {stored}: {then}",
+        {
+            "name": name,
+            "version": declared,
+            "stored_version": stored,
+            "rebuild_on_change": projection.rebuild_on_change,
+        },
+    )
 
 
 def judge_event_kind(registry: Registry, aggregate_type: str, event_type: str, schema_version: int) -> Finding | None:

@@ -67,6 +67,25 @@ def _shelved(state: box.Box, event: box.BoxCreated) -> None:
     state.name = event.name
 
 
+def _versioned(version: int, *, rebuild_on_change: bool = False) -> Plugin:
+    """A projection of Book events, declared at ``version``."""
+    plugin = Plugin("versioned")
+    items = plugin.projection(
+        "versioned.items", aggregate_types=["Book"], version=version, rebuild_on_change=rebuild_on_change
+    )
+
+    @items.on(bank.MoneyDeposited)
+    def _deposited(event: bank.MoneyDeposited, envelope: ProjectedEvent, documents: Any) -> None:
+        documents.put(envelope.aggregate_id, event)
+
+    return plugin
+
+
+versioned_v1 = _versioned(1)
+versioned_v2 = _versioned(2)
+versioned_v2_rebuilding = _versioned(2, rebuild_on_change=True)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
@@ -294,3 +313,45 @@ async def test_the_check_writes_nothing_not_even_a_schema(
         conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
     code, report = await check(postgres_url, capsys, LEDGER)
     assert (code, reasons(report)) == (1, [("UNSUPPORTED_SCHEMA_VERSION", "Book", "bank.v1.AccountClosed", "1")])
+
+
+async def test_a_projection_whose_documents_another_version_built_is_reported(
+    database_url: str, store: StoreAdapter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Built by version 1 (its first run recorded it with the checkpoint).
+    assert await store.start_projection_version("versioned.items", 1) == 1
+    await store.commit_projection("versioned.items", expected_position=0, new_position=3, writes=[])
+    code, report = await check(database_url, capsys, LEDGER, f"{__name__}:versioned_v1")
+    assert (code, report["findings"]) == (0, [])
+
+    code, report = await check(database_url, capsys, LEDGER, f"{__name__}:versioned_v2")
+    assert (code, report["readable"]) == (1, False)
+    (finding,) = report["findings"]
+    assert finding == {
+        "reason": "PROJECTION_VERSION_CHANGED",
+        "message": "projection versioned.items is declared at version 2 and its stored documents were built by"
+        " version 1: it would stop (PROJECTION_VERSION_CHANGED) until rebuilt: rebuild it once deployed"
+        " (chronicle projection rebuild versioned.items), or deploy it under a new name (blue/green)",
+        "name": "versioned.items",
+        "version": 2,
+        "stored_version": 1,
+        "rebuild_on_change": False,
+    }
+    # Declared to rebuild itself: still said, since its reads go partial for a while.
+    code, report = await check(database_url, capsys, LEDGER, f"{__name__}:versioned_v2_rebuilding")
+    assert code == 1
+    assert [(f["reason"], f["rebuild_on_change"]) for f in report["findings"]] == [("PROJECTION_VERSION_CHANGED", True)]
+    assert "it rebuilds itself from the start of the log once deployed" in report["findings"][0]["message"]
+    # Read only: the stored version and checkpoint are as they were.
+    assert (await store.projection_version("versioned.items"), await store.projection_position("versioned.items")) == (
+        1,
+        3,
+    )
+
+    # A rolled-back plugin (declared below what built them) is reported too.
+    await store.reset_projection("versioned.items", version=2)
+    code, report = await check(database_url, capsys, LEDGER, f"{__name__}:versioned_v1")
+    assert code == 1
+    assert [(f["reason"], f["version"], f["stored_version"]) for f in report["findings"]] == [
+        ("PROJECTION_VERSION_CHANGED", 1, 2)
+    ]
