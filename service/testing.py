@@ -599,7 +599,7 @@ class ProjectionRun:
         kind = self.registry.projection(projection)
         if kind is None:
             raise ScenarioFailed(f"no projection {projection} in these plugins")
-        self._loop.run_until_complete(self._roles.projections.reset_projection(projection))
+        self._loop.run_until_complete(self._roles.projections.reset_projection(projection, version=kind.version))
         self.runners[projection] = self._runner(kind)
         self._positions[projection] = 0
         self.settle()

@@ -385,6 +385,9 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             max_attempts=projection.max_attempts if projection.on_failure == "park" else 0,
             retry_interval=duration(projection.retry_seconds),
             runner=runner.runs_on if runner else "",
+            version=projection.version,
+            # 0: no checkpoint yet (its first run records the declared one).
+            stored_version=await self._documents.projection_version(projection.name) or 0,
         )
         if runner is not None and self._keys is not None:
             await withdraw_if_forgotten(runner.status, self._keys)
@@ -434,7 +437,9 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             self._authorizer.check_admin(principal, "rebuild projections")
             projection = await self._projection("name", request.name)
             head = await self._log.log_head()
-            await self._documents.reset_projection(projection.name)
+            # The documents built from now on are of this replica's
+            # declaration: its version goes with the reset.
+            await self._documents.reset_projection(projection.name, version=projection.version)
             # A failure it stood still at, stored for every replica, is not
             # one of the rebuild's (a fixed plugin may pass it): met again, stored again.
             await clear_failure(self._documents, projection.name, None)

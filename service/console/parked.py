@@ -113,11 +113,15 @@ async def projection_page(
         )
     else:
         advice.append("An administrator rebuilds it.")
+    version = f"Version {status.version}"
+    if status.stored_version and status.stored_version != status.version:
+        # The runner stops on them (PROJECTION_VERSION_CHANGED) until a rebuild.
+        version += f", its stored documents built by version {status.stored_version}: rebuild it"
     return name, [
         tag(
             "p",
-            f"At position {status.position} of {status.log_head}; {status.parked_events} event(s) parked"
-            f" (on failure: {status.on_failure or 'stop'}). Runs on: ",
+            f"{version}. At position {status.position} of {status.log_head}; {status.parked_events} event(s)"
+            f" parked (on failure: {status.on_failure or 'stop'}). Runs on: ",
             runners.runs_on(name),
             ". Status here: ",
             state,

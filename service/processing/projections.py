@@ -772,6 +772,10 @@ class ProjectionRunner(CheckpointedRunner):
         # may have stored one, so the first step through deletes it).
         self._stored_failure: StoredFailure | None = None
         self._failure_maybe_stored = True
+        # Whether the stored version of the documents was found to be the
+        # declared one since this runner last (re)took the projection: asked
+        # again after a failure, a lease taken and a checkpoint moved back.
+        self._version_checked = False
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
 
@@ -906,7 +910,10 @@ class ProjectionRunner(CheckpointedRunner):
                 # Another replica may have stored a failure, or deleted this one's.
                 self._stored_failure, self._failure_maybe_stored = None, True
                 self._cache.clear()
+                self._version_checked = False
                 position = self.status.position = await self._documents.projection_position(self.projection.name)
+        if not self._version_checked:
+            position = await self._of_declared_version(position)
         ahead: asyncio.Future[LogPage] | None = None
         committing: asyncio.Future[None] | None = None
         in_flight: Set[str] = frozenset()  # the keys the commit in flight writes
@@ -1080,9 +1087,49 @@ class ProjectionRunner(CheckpointedRunner):
             self.progress.committed()
         self._stopped_at = failing.position
 
+    async def _of_declared_version(self, position: int) -> int:
+        """Make sure the documents are of the declared version before
+        applying anything on them; the position to go on from. A first run
+        records the declared version with its checkpoint. A stored version
+        that differs stops the projection here (PROJECTION_VERSION_CHANGED:
+        its documents mean something else than its handlers would make),
+        until a rebuild records the declared one; with ``rebuild_on_change``
+        a higher declared version rebuilds it from the start instead (only a
+        lease holder gets here). A lower one never does: that is a replica
+        of an older plugin (a rollback, or mid-roll), whose rebuild would
+        undo the newer one's."""
+        name, declared = self.projection.name, self.projection.version
+        stored = await self._documents.start_projection_version(name, declared)
+        if stored != declared:
+            if not (self.projection.rebuild_on_change and declared > stored):
+                # It will not get past its checkpoint until rebuilt: a read
+                # waiting for a later position is refused at once (stopped()).
+                self._stopped_at = position + 1
+                raise ProjectionFailed(
+                    f"projection {name} is declared at version {declared} and its documents were built by version"
+                    f" {stored}: it does not run on documents of another meaning; rebuild it"
+                    f" (RebuildProjection, chronicle projection rebuild {name}) to build them at version {declared}",
+                    reason="PROJECTION_VERSION_CHANGED",
+                    metadata={"projection": name, "version": str(declared), "stored_version": str(stored)},
+                )
+            log.warning(
+                "projection %s: rebuilding from the start of the log, its documents were built by version %d"
+                " and it is declared at version %d (rebuild_on_change)",
+                name,
+                stored,
+                declared,
+            )
+            await self._documents.reset_projection(name, version=declared)
+            self._cache.clear()
+            position = self.status.position = 0
+            self.progress.committed()
+        self._version_checked = True
+        return position
+
     def _failed(self, error: ChronicleError) -> None:
         # A handler's failure on an event it will park (set just before it
         # was raised), or any other failure.
+        self._version_checked = False  # a rebuild may be what ends it
         self.status.parking, self._parking = self._parking, None
         self.status.stopped_at, self._stopped_at = self._stopped_at, 0
         self.status.error_aggregate_id, self._failing_aggregate = self._failing_aggregate, ""
@@ -1135,7 +1182,9 @@ class ProjectionRunner(CheckpointedRunner):
     def stopped(self) -> tuple[int, str]:
         """The position of the event a handler failed on, where the
         projection stands still on this replica (an event it will not park:
-        ``on_failure="stop"``), and the error; (0, "") when it does not
+        ``on_failure="stop"``; for documents of another version, the
+        position after its checkpoint: nothing past it is applied until a
+        rebuild), and the error; (0, "") when it does not
         stand still at an event here (it goes, it will park the event, it
         failed otherwise, or it runs elsewhere)."""
         if not self.error_now or self.status.parking is not None or not self.status.stopped_at:
@@ -1150,6 +1199,7 @@ class ProjectionRunner(CheckpointedRunner):
         if stored != position:
             log.info("projection %s: checkpoint moved from %d to %d (rebuilt)", self.projection.name, position, stored)
             self._cache.clear()
+            self._version_checked = False  # a rebuild from another replica records its own version
             self.status.position = stored
             self.progress.committed()
         return stored

@@ -40,6 +40,8 @@ export function date(timestamp) {
  * @property {string} runner the address of the server that runs it ('' when none or not known)
  * @property {string} last_error
  * @property {Date|null} last_error_time
+ * @property {number} version the projection's declared version on the server that answered (0 from servers older than it)
+ * @property {number} stored_version the version its stored documents were built by (0: no checkpoint yet, or a server older than it)
  */
 
 /** `status` (a GetProjectionResponse as the loader decodes it), its Timestamp and Duration as a Date and seconds. */

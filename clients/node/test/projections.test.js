@@ -222,6 +222,8 @@ test('projections say where they stand; their parked events are followed to the 
       [status.on_failure, status.max_attempts, status.parked_events, status.retry_interval],
       ['park', 1, 5, 0.05],
     );
+    // declared at 1 (the default), and its first run recorded that version with its checkpoint
+    assert.deepEqual([status.version, status.stored_version], [1, 1]);
     const parked = await all(client.projections.parked(LABELS, { pageSize: 2 }));
     assert.deepEqual(
       parked.map((event) => [event.aggregate_id, event.event_type]),
