@@ -451,7 +451,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
             await self._audit.admin_action(action, principal=principal.name, aggregate_id=target)
         runner = self._projections.runners.get(projection.name)
         if runner is not None:
-            runner.nudge()  # here: at once; on another replica, at its next look
+            runner.rebuilt()  # here: at once; on another replica, at its next look
         return pb.RebuildProjectionResponse(log_head=head)
 
     async def SkipEvent(

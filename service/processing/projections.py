@@ -776,13 +776,26 @@ class ProjectionRunner(CheckpointedRunner):
         # declared one since this runner last (re)took the projection: asked
         # again after a failure, a lease taken and a checkpoint moved back.
         self._version_checked = False
+        self._version_stopped = False  # the failure it stands still on is PROJECTION_VERSION_CHANGED
         wanted = projection.event_types | reader.upcast_types
         self._filter = LogFilter(aggregate_types=projection.aggregate_types, event_types=frozenset(wanted))
 
     def nudge(self) -> None:
         """Look at the log and the checkpoint now (a rebuild was asked for
-        here), not at the next commit or poll."""
+        here), not at the next commit or poll, nor after the pause that
+        follows a failure."""
         self._nudged.set()
+
+    def rebuilt(self) -> None:
+        """RebuildProjection reset it here, recording this replica's declared
+        version: a stop for documents of another version is over. Its error
+        goes at once (``projection rebuild`` follows the status, and takes an
+        error of a projection that stops on failures for the rebuild's), and
+        the runner looks at once."""
+        if self._version_stopped:
+            self._version_stopped = False
+            self._clear_error()
+        self.nudge()
 
     async def _wait_for_work(self, position: int) -> None:
         if self._nudged.is_set():
@@ -1105,6 +1118,7 @@ class ProjectionRunner(CheckpointedRunner):
                 # It will not get past its checkpoint until rebuilt: a read
                 # waiting for a later position is refused at once (stopped()).
                 self._stopped_at = position + 1
+                self._version_stopped = True
                 raise ProjectionFailed(
                     f"projection {name} is declared at version {declared} and its documents were built by version"
                     f" {stored}: it does not run on documents of another meaning; rebuild it"
@@ -1123,6 +1137,9 @@ class ProjectionRunner(CheckpointedRunner):
             self._cache.clear()
             position = self.status.position = 0
             self.progress.committed()
+        if self._version_stopped:  # rebuilt elsewhere (or by rebuild_on_change): that stop is over
+            self._version_stopped = False
+            self._clear_error()
         self._version_checked = True
         return position
 

@@ -11,6 +11,8 @@ documents even with ``rebuild_on_change``."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,6 +24,7 @@ from chronicle.v1 import projection_service_pb2 as pb
 from domain_plugins.bank_account.domain import plugin as bank_plugin
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
+from service.cli import main as cli_main
 from service.plugins import Documents, Plugin, ProjectedEvent
 from service.plugins.registry import Registry
 from service.store.factory import open_store
@@ -177,6 +180,24 @@ async def test_a_new_version_stops_until_rebuilt_and_the_rebuild_records_it(data
         again = await caught_up(client)
         assert (again.stored_version, again.error) == (2, "")
         assert await balance(client) == 1300
+
+
+async def test_chronicle_projection_rebuild_follows_a_stopped_projection_through_its_rebuild(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The version's error must not read as the rebuild failing: the CLI
+    # stops at a stop-on-failure projection's first error.
+    await built_by_v1(database_url)
+    plugin = versioned(2, per_unit=100)
+    plugin.projections[0].retry_seconds = 30.0  # the rebuild, not the next retry, gets it going
+    async with served(database_url, plugin) as (app, client):
+        await deposit(client, 5)
+        await stopped(client)
+        capsys.readouterr()
+        args = ["projection", "rebuild", PROJECTION, "--server", app.address]
+        assert await asyncio.to_thread(cli_main, args) == 0, capsys.readouterr().err
+        assert json.loads(capsys.readouterr().out)["position"] == (await status(client)).log_head
+        assert ((await status(client)).stored_version, await balance(client)) == (2, 1200)
 
 
 async def test_rebuild_on_change_rebuilds_a_new_version_itself(database_url: str) -> None:
