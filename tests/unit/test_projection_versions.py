@@ -8,6 +8,7 @@ tests/integration/test_projection_versions.py."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -24,7 +25,10 @@ from service.processing.executor import CommandExecutor
 from service.processing.projections import ProjectionRunner
 from service.processing.upcasting import EventReader
 from service.store.base import Store
+from service.store.leasing import Fencing
 from service.store.memory import MemoryStore
+from tests.support.fenced import HandLease
+from tests.support.waiting import eventually
 
 NAME = "versioned.deposits"
 REGISTRY = Registry([bank_account.plugin])
@@ -132,3 +136,28 @@ async def test_a_rebuild_by_another_version_elsewhere_stops_a_runner_that_checke
 def test_a_version_is_a_whole_number_from_1(version: Any) -> None:
     with pytest.raises(ValueError, match="version must be a whole number from 1"):
         Plugin("p").projection("p.q", version=version)
+
+
+@pytest.mark.parametrize(("built_by", "declares"), [(1, 2), (2, 1)])
+async def test_a_stopped_runner_keeps_its_lease_so_its_status_says_why(
+    store: MemoryStore, built_by: int, declares: int
+) -> None:
+    # Not handed to another replica (as an event of a newer plugin is): the
+    # replica that holds the lease reports the stop (GetProjection.error),
+    # and refuses reads waiting past the checkpoint at once.
+    await runner(store, declared(built_by)).step(0)
+    lease = HandLease()
+    lease.token = Fencing("projections", NAME, "me", 1)
+    stopped = ProjectionRunner(
+        declared(declares), log=store, documents=store, reader=READER, retry_interval=0.01, lease=lease
+    )
+    stopped.start()
+    try:
+        await eventually(lambda: stopped.status.last_error != "", what="the runner stopping")
+        await asyncio.sleep(0.05)  # several tries
+        assert lease.token is not None
+        assert stopped.error_now.startswith("PROJECTION_VERSION_CHANGED")
+        at = await store.projection_position(NAME)
+        assert stopped.stopped() == (at + 1, stopped.error_now)
+    finally:
+        await stopped.stop()
