@@ -251,11 +251,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         self, request: pb.ListDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListDocumentsResponse:
         projection, tenant = await self._document_reader("projection", request.projection)
-        prefix = checked_key_prefix(request.key_prefix)
-        if tenant.startswith(prefix):
-            prefix = tenant  # "" or a part of the tenant's prefix: its documents alone
-        elif not prefix.startswith(tenant):
-            raise _not_of_tenant(projection, prefix)
+        prefix = _prefix_for(projection, tenant, request.key_prefix)
         page_size = checked_page_size(request.page_size)
         if request.order not in pb.DocumentOrder.values():
             raise InvalidInput.for_field("order", f"unknown order {request.order}", reason="INVALID_ORDER")
@@ -311,11 +307,7 @@ class ProjectionService(pb_grpc.ProjectionServiceServicer):
         self, request: pb.CountDocumentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CountDocumentsResponse:
         projection, tenant = await self._document_reader("projection", request.projection)
-        prefix = checked_key_prefix(request.key_prefix)
-        if tenant.startswith(prefix):
-            prefix = tenant  # "" or a part of the tenant's prefix: its documents alone
-        elif not prefix.startswith(tenant):
-            raise _not_of_tenant(projection, prefix)
+        prefix = _prefix_for(projection, tenant, request.key_prefix)
         if request.limit > MAX_COUNT_LIMIT:
             raise InvalidInput.for_field(
                 "limit", f"must be at most {MAX_COUNT_LIMIT:,}", reason="COUNT_LIMIT_TOO_LARGE"
@@ -507,6 +499,19 @@ def _runs_here(runner: ProjectionRunner | None) -> TypeGuard[ProjectionRunner]:
     """Whether this replica runs the projection now: its runner knows best
     whether it stands still, without a read of what it stored."""
     return runner is not None and runner.status.running and runner.holds_lease
+
+
+def _prefix_for(projection: Projection, tenant: str, asked: str) -> str:
+    """The key prefix a listing or count of ``asked`` reads, for a caller
+    held to ``tenant``'s documents ("": every document): "" or a part of the
+    tenant's prefix reads the tenant's documents alone; a prefix outside
+    them is refused as another tenant's."""
+    prefix = checked_key_prefix(asked)
+    if tenant.startswith(prefix):
+        return tenant
+    if not prefix.startswith(tenant):
+        raise _not_of_tenant(projection, prefix)
+    return prefix
 
 
 def _not_of_tenant(projection: Projection, key: str) -> PermissionDenied:
