@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import grpc
 
 from service.client.errors import RemoteError, remote_error, retryable
+from service.client.going_away import GOING_REASONS
 from service.client.handshake import HandshakeWatch, tls_refusal
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ class RetryPolicy:
     Attempt ``n`` (n ≥ 2) waits ``initial_backoff * multiplier**(n-2)``,
     capped at ``max_backoff``, stretched by up to ``jitter`` (a fraction) so
     that clients refused together do not come back together, and never less
-    than the server's ``RetryInfo`` delay. ``RESOURCE_EXHAUSTED`` is retried
+    than the server's ``RetryInfo`` delay (but for a server going away,
+    ``SHUTTING_DOWN``: the client reopens on a new connection). ``RESOURCE_EXHAUSTED`` is retried
     only when the server sent a ``RetryInfo`` (a full queue), not when gRPC
     itself refused (a message over the size limit will not shrink).
 
@@ -131,7 +133,14 @@ class RetryPolicy:
         except OverflowError:  # a stream reopened very many times: long past the cap
             backoff = self.max_backoff if self.initial_backoff > 0 else 0.0
         backoff *= 1 + self.jitter * random.random()
-        wait = max(backoff, error.retry_delay or 0.0)
+        # A server that is going (SHUTTING_DOWN) asks every caller to wait
+        # its RetryInfo delay, which a client reopening on the same
+        # connection should; this client reopens on a new connection
+        # (going_away.py), which a balancer places on a replica that stays,
+        # so it waits only its backoff: a subscriber's gap over a replica's
+        # drain is the backoff, not the server's second.
+        waited = 0.0 if error.reason in GOING_REASONS else error.retry_delay or 0.0
+        wait = max(backoff, waited)
         if elapsed is not None and self.retry_for is not None and elapsed + wait > self.retry_for:
             return None
         return wait

@@ -213,6 +213,17 @@ def test_the_servers_retry_delay_is_a_minimum() -> None:
     assert delay == 5.0
 
 
+def test_a_server_going_away_is_left_after_the_backoff_not_its_retry_delay() -> None:
+    """A draining replica ends its streams UNAVAILABLE SHUTTING_DOWN with the
+    code's RetryInfo (1 s); the client reopens on a new connection, which a
+    balancer places elsewhere, so the server's delay is not waited."""
+    going = RemoteError("x", code=grpc.StatusCode.UNAVAILABLE, reason="SHUTTING_DOWN", retry_delay=1.0)
+    delay = POLICY.delay(1, going)
+    assert delay is not None and 0.1 <= delay <= 0.15
+    unavailable = RemoteError("x", code=grpc.StatusCode.UNAVAILABLE, reason="STORE_UNAVAILABLE", retry_delay=1.0)
+    assert POLICY.delay(1, unavailable) == 1.0
+
+
 @pytest.mark.parametrize(
     ("code", "retry_delay", "expected"),
     [

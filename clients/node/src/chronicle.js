@@ -18,7 +18,7 @@ import { checkedFields, exactLongs, setInt64Decoding as setInt64Mode } from './f
 import { HandshakeWatch, tlsRefusal } from './handshake.js';
 import { Problem } from './problem.js';
 import { API_FILES, loadProtos as loadProtoFiles, messages, protoIncludeDirs } from './protos.js';
-import { logRetry, retryDelay, retryPolicy, STALE_TOKEN_ATTEMPTS } from './retry.js';
+import { logRetry, retryDelay, retryPolicy, serverDelaySeconds, STALE_TOKEN_ATTEMPTS } from './retry.js';
 import { date, Projections } from './projections.js';
 import { Reactions } from './reactions.js';
 import { RoutedStream } from './routed_stream.js';
@@ -1719,7 +1719,7 @@ export class ChronicleClient {
           }
           broken += 1;
           const backoff = Math.min(mostWait, reconnectDelaySeconds * 2 ** (broken - 1) || 0);
-          wait = Math.max(backoff, refusal.retryDelaySeconds ?? 0);
+          wait = Math.max(backoff, serverDelaySeconds(refusal));
           if (refusal.reason === 'CONSUMER_STALLED' || refusal.reason === 'CONSUMER_UNRESPONSIVE') {
             // Not the network's doing: this consumer kept a message unread,
             // and answered nothing, for the group's ack timeout (a handler

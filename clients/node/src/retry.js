@@ -57,6 +57,21 @@ export function retryPolicy(options = {}) {
  * attempt began, or a read's last event (`retryForSeconds` bounds it;
  * null for a stream, which only `maxAttempts` bounds).
  */
+// Reasons a server gives when it is going: it ends its calls as it stops.
+export const GOING_REASONS = new Set(['SHUTTING_DOWN']);
+
+/**
+ * The server's RetryInfo delay for `refusal`, in seconds (0: none), as a
+ * retry waits it: not for a server going away (UNAVAILABLE SHUTTING_DOWN),
+ * which asks every caller to wait a second, because this client reopens on
+ * a new connection (ChronicleClient, #reconnect), which a balancer places on
+ * a replica that stays: a subscriber's gap over a drain is the backoff.
+ */
+export function serverDelaySeconds(refusal) {
+  if (refusal.code === 'UNAVAILABLE' && GOING_REASONS.has(refusal.reason)) return 0;
+  return refusal.retryDelaySeconds ?? 0;
+}
+
 export function retryDelay(
   policy,
   attempt,
@@ -69,7 +84,7 @@ export function retryDelay(
   // Infinity past 2^1023 (capped below); 0 × Infinity is NaN: 0.
   const growing = policy.initialBackoffSeconds * policy.multiplier ** (attempt - 1) || 0;
   const backoff = Math.min(policy.maxBackoffSeconds, growing) * (1 + policy.jitter * Math.random());
-  const seconds = Math.max(backoff, refusal.retryDelaySeconds ?? 0);
+  const seconds = Math.max(backoff, serverDelaySeconds(refusal));
   if (elapsedSeconds !== null && elapsedSeconds + seconds > policy.retryForSeconds) return null;
   return seconds;
 }

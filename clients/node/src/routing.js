@@ -16,7 +16,7 @@
 
 import grpc from '@grpc/grpc-js';
 
-import { DEFAULT_RETRY, retryDelay, sleepSeconds } from './retry.js';
+import { DEFAULT_RETRY, GOING_REASONS, retryDelay, sleepSeconds } from './retry.js';
 
 const NOT_OWNER_KEY = 'chronicle-not-owner';
 const TOPOLOGY_EPOCH_KEY = 'chronicle-topology-epoch';
@@ -63,8 +63,6 @@ const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 // lane reopens on another one, and unary sends step around it too (see
 // memberGone for the statuses of a live member's that end a call so).
 const MEMBER_GONE = new Set(['UNAVAILABLE', 'CANCELLED']);
-// Reasons a member gives when it is going: it ends its calls as it stops.
-const GOING_REASONS = new Set(['SHUTTING_DOWN']);
 // The status gRPC itself (the server's core, so every client sees the same
 // grpc-message) ends a call with once the call's connection outlived the
 // server's --max-connection-age-seconds and its grace: the member closed an

@@ -82,6 +82,11 @@ test('the default policy bounds unary calls by 30 s, not by a count, and streams
   assert.ok(waits.every((wait) => wait !== null && wait > 0 && wait <= MOST_WAIT), 'a stream reopens without end');
   assert.equal(retryDelay(DEFAULT_RETRY, 1, refusal, { elapsedSeconds: 29.99 }), null); // a unary call's budget
   assert.ok(retryDelay(DEFAULT_RETRY, 50, { code: 'UNAVAILABLE', retryDelaySeconds: 3 }) >= 3); // RetryInfo
+  // A server going away asks for a second; this client reopens on a new connection, after its backoff alone.
+  const going = { code: 'UNAVAILABLE', reason: 'SHUTTING_DOWN', retryDelaySeconds: 1 };
+  const first = retryDelay(DEFAULT_RETRY, 1, going);
+  assert.ok(first >= 0.05 && first <= 0.06, `waited ${first} s after SHUTTING_DOWN`);
+  assert.equal(retryDelay(DEFAULT_RETRY, 1, { code: 'UNAVAILABLE', reason: 'STORE_UNAVAILABLE', retryDelaySeconds: 1 }), 1);
   assert.equal(retryDelay(DEFAULT_RETRY, 5, refusal, { stale: true }), null); // a stale token: 5 at most
   assert.equal(retryPolicy({ maxAttempts: null, retryForSeconds: null }).retryForSeconds, Infinity);
   assert.throws(() => retryPolicy({ maxAttempts: 0 }), RangeError);
