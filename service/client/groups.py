@@ -35,7 +35,7 @@ from service.client.call_deadline import CallDeadline
 from service.client.errors import RemoteError, remote_error, retryable, status_lost
 from service.client.handshake import HandshakeWatch
 from service.client.results import Event
-from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, log_retry
+from service.client.retry import DEFAULT_RETRY, RetryPolicy, call_with_retries, log_retry, server_delay
 from service.client.unary import UnaryCalls
 
 log = logging.getLogger(__name__)
@@ -356,9 +356,9 @@ class GroupConsumer:
         streams in a row broke without joining: ``reconnect_delay``, doubled
         each time, up to the retry policy's ``max_backoff`` (or
         ``reconnect_delay`` if longer), and never less than the server's
-        ``RetryInfo`` delay."""
+        ``RetryInfo`` delay (``server_delay``: none when it is going)."""
         most = max(self._reconnect_delay, self._retry.max_backoff if self._retry is not None else 2.0)
-        return max(min(most, self._reconnect_delay * 2.0 ** min(broken - 1, 32)), error.retry_delay or 0.0)
+        return max(min(most, self._reconnect_delay * 2.0 ** min(broken - 1, 32)), server_delay(error))
 
 
 def _duration(value: timedelta | float | None) -> duration_pb2.Duration | None:

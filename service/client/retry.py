@@ -133,17 +133,20 @@ class RetryPolicy:
         except OverflowError:  # a stream reopened very many times: long past the cap
             backoff = self.max_backoff if self.initial_backoff > 0 else 0.0
         backoff *= 1 + self.jitter * random.random()
-        # A server that is going (SHUTTING_DOWN) asks every caller to wait
-        # its RetryInfo delay, which a client reopening on the same
-        # connection should; this client reopens on a new connection
-        # (going_away.py), which a balancer places on a replica that stays,
-        # so it waits only its backoff: a subscriber's gap over a replica's
-        # drain is the backoff, not the server's second.
-        waited = 0.0 if error.reason in GOING_REASONS else error.retry_delay or 0.0
-        wait = max(backoff, waited)
+        wait = max(backoff, server_delay(error))
         if elapsed is not None and self.retry_for is not None and elapsed + wait > self.retry_for:
             return None
         return wait
+
+
+def server_delay(error: RemoteError) -> float:
+    """The server's ``RetryInfo`` delay for ``error`` in seconds (0: none),
+    as a retry waits it. Not for a server going away (``SHUTTING_DOWN``),
+    which asks every caller to wait a second, as a client reopening on the
+    same connection should: this client reopens on a new connection
+    (going_away.py), which a balancer places on a replica that stays, so a
+    subscriber's gap over a replica's drain is its backoff alone."""
+    return 0.0 if error.reason in GOING_REASONS else error.retry_delay or 0.0
 
 
 DEFAULT_RETRY = RetryPolicy()
