@@ -79,6 +79,7 @@ from service.processing.watchdog import LoopLagWatchdog
 from service.security import policy_names
 from service.security.credentials import ApiKeys, Authenticator, JwtVerifier
 from service.security.exposure import check_exposure, check_metrics_exposure, is_loopback
+from service.security.jwks_url import RemoteJwks
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware, ReactionOnlyCommands
 from service.security.open_files import open_files_warnings, raise_open_files_limit
@@ -114,14 +115,25 @@ def build_registry(settings: Settings) -> Registry:
     return Registry(plugins)
 
 
-def build_authentication(settings: Settings, registry: Registry) -> tuple[Authenticator | None, Authorizer]:
+def build_authentication(
+    settings: Settings, registry: Registry, jwks: RemoteJwks | None = None
+) -> tuple[Authenticator | None, Authorizer]:
     """Who callers are and what they may do; with auth off (None, every
-    caller anonymous and never an administrator unless --anonymous-admin)."""
+    caller anonymous and never an administrator unless --anonymous-admin).
+    ``jwks``: the keys of --jwt-jwks-url (``build_remote_jwks``)."""
     if not settings.auth:
         return None, Authorizer.anonymous(admin=settings.anonymous_admin)
     policy = _policy(settings, registry)
     api_keys = _api_keys(settings, policy) if settings.api_keys_file else None
     jwt_verifier = _jwt_verifier(settings) if settings.jwt_key_file else None
+    if jwks is not None:
+        jwt_verifier = JwtVerifier(
+            keys=jwks,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience or None,
+            leeway_seconds=settings.jwt_leeway_seconds,
+            tenant_claim=settings.jwt_tenant_claim,
+        )
     authenticator = Authenticator(api_keys=api_keys, jwt_verifier=jwt_verifier, mtls=bool(settings.tls_client_ca_file))
     return authenticator, Authorizer(policy)
 
@@ -173,6 +185,21 @@ def _jwt_verifier(settings: Settings) -> JwtVerifier:
     if verifier.symmetric:  # a public key is no secret
         _check_private(settings, settings.jwt_key_file, "JWT secret")
     return verifier
+
+
+async def build_remote_jwks(settings: Settings) -> RemoteJwks | None:
+    """The keys at --jwt-jwks-url, fetched once (ConfigurationError
+    ``JWKS_UNAVAILABLE`` if that fails); its refresh starts with ``start``."""
+    if not (settings.auth and settings.jwt_jwks_url):
+        return None
+    jwks = RemoteJwks(
+        settings.jwt_jwks_url,
+        ca_file=settings.jwt_jwks_ca_file,
+        refresh_seconds=settings.jwt_jwks_refresh_seconds,
+        unknown_kid_seconds=settings.jwt_jwks_unknown_kid_seconds,
+    )
+    await jwks.fetch_first()
+    return jwks
 
 
 def build_security_reloader(
@@ -255,6 +282,7 @@ class Application:
     lag_sampler: LagSampler | None = None
     pruner: Pruner | None = None
     security_reloader: SecurityReloader | None = None
+    jwks: RemoteJwks | None = None  # the keys of --jwt-jwks-url
     refused: RefusedCommands | None = None
     gate: RpcGate | None = None
     # Each principal's commands per second (None: --auth is off).
@@ -279,6 +307,8 @@ class Application:
         streams = self.subscriptions.active + self.groups.active
         if self.security_reloader is not None:
             await self.security_reloader.stop()
+        if self.jwks is not None:
+            await self.jwks.stop()
         if self.lag_sampler is not None:
             await self.lag_sampler.stop()
         if self.group_sampler is not None:
@@ -402,7 +432,8 @@ async def start(
     if settings.reuse_port:  # each of --processes N's processes has it too
         check_shared_by_processes(adapter, settings.database_url)
     roles = Store.of(adapter)
-    authenticator, authorizer = build_authentication(settings, registry)
+    jwks = await build_remote_jwks(settings)
+    authenticator, authorizer = build_authentication(settings, registry, jwks)
     keyring: Keyring | None = None
 
     async def use_master_keys(keys: MasterKeys) -> None:  # the master-key file read again
@@ -531,6 +562,10 @@ async def start(
     )
     if security_reloader is not None and gate.streams is not None:
         security_reloader.on_change.append(gate.streams.recheck)
+    if jwks is not None and authenticator is not None:
+        jwks.on_change.append(authenticator.forget_verified)  # a key withdrawn admits no token it signed
+        if gate.streams is not None:
+            jwks.on_change.append(gate.streams.recheck)
     interceptors: list[grpc.aio.ServerInterceptor] = [TracingInterceptor(tracer_provider)] if tracing else []
     health = Health(max_watches=settings.max_health_watches)
     tracker = SubscriptionTracker()
@@ -756,6 +791,8 @@ async def start(
                 subscription_held_bytes=lambda: subscriptions.held.bytes,
             )
             metrics.group_consumers.set_function(lambda: groups.active)
+            if jwks is not None:
+                metrics.watch_jwks(jwks.stats)
             if settings.metrics_listen:
                 metrics_server = MetricsServer(metrics, settings.metrics_listen)
         port = _bind(server, settings.listen, credentials)
@@ -838,6 +875,8 @@ async def start(
     reactions.start()
     if security_reloader is not None:
         security_reloader.start()
+    if jwks is not None:
+        jwks.start()
     watchdog = LoopLagWatchdog(threshold=settings.loop_lag_seconds) if settings.loop_lag_seconds else None
     if watchdog is not None:
         watchdog.start()
@@ -913,6 +952,7 @@ async def start(
         group_sampler=group_sampler,
         standby=standby,
         security_reloader=security_reloader,
+        jwks=jwks,
     )
 
 

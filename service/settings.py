@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from service.cluster.addresses import WILDCARD_HOSTS
 from service.cluster.hashing import MAX_PARTITIONS, check_partition_count
 from service.errors import ConfigurationError
+from service.security.jwks_url import check_jwks_url
 from service.store.base import DEFAULT_KEEP_SNAPSHOTS
 
 # Tenants labelled at most in the per-tenant metrics (--metrics-tenants):
@@ -326,7 +327,32 @@ class Settings:
     policy_file: str = field(default="", metadata={"help": "TOML policy: roles, their grants, principals' roles"})
     api_keys_file: str = field(default="", metadata={"help": "TOML file of SHA-256 hashed API keys (bearer tokens)"})
     jwt_key_file: str = field(
-        default="", metadata={"help": "PEM public key (RS/PS/ES/EdDSA) or HMAC secret that signs bearer JWTs"}
+        default="",
+        metadata={
+            "help": 'PEM public key (RS/PS/ES/EdDSA), HMAC secret or JSON Web Key Set ({"keys": [...]}, a kid'
+            " each) that signs bearer JWTs; read again when it changes"
+        },
+    )
+    jwt_jwks_url: str = field(
+        default="",
+        metadata={
+            "help": "https:// URL of the identity provider's JSON Web Key Set (its /.well-known/jwks.json): fetched"
+            " at start (the server does not start without it), again every --jwt-jwks-refresh-seconds and when a"
+            " token names an unknown kid; instead of --jwt-key-file"
+        },
+    )
+    jwt_jwks_ca_file: str = field(
+        default="", metadata={"help": "PEM CA certificates --jwt-jwks-url is checked against (empty: the system's)"}
+    )
+    jwt_jwks_refresh_seconds: float = field(
+        default=300.0, metadata={"help": "how often the set at --jwt-jwks-url is fetched again"}
+    )
+    jwt_jwks_unknown_kid_seconds: float = field(
+        default=30.0,
+        metadata={
+            "help": "the set at --jwt-jwks-url is fetched for a token naming an unknown kid at most once per this"
+            " long: a flood of made-up kids costs the provider one request per period"
+        },
     )
     jwt_issuer: str = field(default="", metadata={"help": "required 'iss' of bearer JWTs"})
     jwt_audience: str = field(
@@ -442,6 +468,7 @@ class Settings:
             "lease_seconds",
             "console_sample_seconds",
             "handshake_timeout_seconds",
+            "jwt_jwks_refresh_seconds",
         ):
             if not getattr(self, name) > 0:
                 raise bad_setting(name, f"{getattr(self, name):g} is not positive", f"more than 0: {DURATION}")
@@ -459,6 +486,7 @@ class Settings:
             "max_connection_idle_seconds",
             "auth_reload_seconds",
             "jwt_leeway_seconds",
+            "jwt_jwks_unknown_kid_seconds",
             "read_wait_seconds",
         ):
             if not getattr(self, name) >= 0:
@@ -514,11 +542,12 @@ class Settings:
             )
         if self.auth and not self.policy_file:
             raise bad_setting("policy_file", "is missing", "--auth needs a --policy-file (deny by default)")
-        if self.auth and not (self.api_keys_file or self.jwt_key_file or self.tls_client_ca_file):
+        if self.auth and not (self.api_keys_file or self.jwt_key_file or self.jwt_jwks_url or self.tls_client_ca_file):
             raise bad_setting(
                 "auth",
                 "has no way to authenticate anyone",
-                "--auth needs a credential source: --api-keys-file, --jwt-key-file or --tls-client-ca-file",
+                "--auth needs a credential source: --api-keys-file, --jwt-key-file, --jwt-jwks-url or"
+                " --tls-client-ca-file",
             )
         if self.auth and self.anonymous_admin:
             raise bad_setting(
@@ -536,6 +565,22 @@ class Settings:
             raise bad_setting("master_keys", "are given twice", "master keys in a file or inline, not both")
         if self.jwt_key_file and not self.jwt_issuer:
             raise bad_setting("jwt_issuer", "is missing", "--jwt-key-file needs --jwt-issuer")
+        self._check_jwks_url()
+
+    def _check_jwks_url(self) -> None:
+        if not self.jwt_jwks_url:
+            if self.jwt_jwks_ca_file:
+                raise bad_setting("jwt_jwks_ca_file", "checks nothing", "with --jwt-jwks-url only")
+            return
+        if self.jwt_key_file:
+            raise bad_setting(
+                "jwt_jwks_url", "is given with --jwt-key-file", "one source of JWT keys: the URL or the file"
+            )
+        if not self.jwt_issuer:
+            raise bad_setting("jwt_issuer", "is missing", "--jwt-jwks-url needs --jwt-issuer")
+        problem = check_jwks_url(self.jwt_jwks_url)
+        if problem:
+            raise bad_setting("jwt_jwks_url", problem, "https://idp.example/.well-known/jwks.json")
 
     def without_effect(self) -> list[str]:
         """Warnings, for the server's start, about settings given that do

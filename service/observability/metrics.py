@@ -36,6 +36,11 @@ registered, status codes, store operations): never aggregate ids.
 - ``chronicle_audit_refusals_sampled_total{reason}``: refusals of callers
   that were not authenticated beyond the audit log's rate for them, counted
   in a sampled entry (its ``occurrences``) instead of one of their own.
+- ``chronicle_jwks_fetches_total{outcome}`` (``ok``, ``failed``),
+  ``chronicle_jwks_keys``, ``chronicle_jwks_last_fetched_timestamp_seconds``:
+  with ``--jwt-jwks-url``, its key set's fetches, the keys in use and when
+  they were fetched (``service.security.jwks_url``); alert on a timestamp
+  falling behind.
 - ``chronicle_queued_commands``, ``chronicle_live_workers``,
   ``chronicle_rpcs_in_flight``: gauges read at scrape time.
 - ``chronicle_concurrency_conflicts_total``: appends that lost a version
@@ -84,7 +89,7 @@ from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from service.errors import ChronicleError, ConfigurationError
@@ -95,6 +100,7 @@ from service.processing.deadlines import DEADLINE_FIRED
 from service.version import VERSION, commit
 
 if TYPE_CHECKING:  # only PostgreSQL has group commit: no import of it for the others
+    from service.security.jwks_url import JwksStats  # a sibling layer: its type only
     from service.store.postgres.group_commit import BatchCounts
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -346,6 +352,10 @@ class Metrics:
         self.held_runners.labels(kind="projection").set_function(held_projections)
         self.held_runners.labels(kind="reaction").set_function(held_reactions)
 
+    def watch_jwks(self, stats: JwksStats) -> None:
+        """The fetches of --jwt-jwks-url's key set, read at scrape time."""
+        self.registry.register(_JwksCollector(stats))
+
     def watch_batches(self, counts: Callable[[], BatchCounts]) -> None:
         """Group commit's counters, read at scrape time."""
         self.registry.register(_BatchCollector(counts))
@@ -385,6 +395,25 @@ class _CountCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self._name, self._documentation, value=self._value())
+
+
+class _JwksCollector(Collector):
+    def __init__(self, stats: JwksStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        fetches = CounterMetricFamily(
+            "chronicle_jwks_fetches", "Fetches of the JWT signing keys' set (--jwt-jwks-url)", labels=["outcome"]
+        )
+        fetches.add_metric(["ok"], self._stats.fetched)
+        fetches.add_metric(["failed"], self._stats.failed)
+        yield fetches
+        yield GaugeMetricFamily("chronicle_jwks_keys", "Signing keys in the set in use", value=self._stats.keys)
+        yield GaugeMetricFamily(
+            "chronicle_jwks_last_fetched_timestamp_seconds",
+            "When the set in use was fetched (seconds since the epoch)",
+            value=self._stats.last_fetched,
+        )
 
 
 class _BatchCollector(Collector):

@@ -33,16 +33,18 @@ import secrets
 import time
 import tomllib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import jwt
 from cryptography import x509
 
 from service.errors import ConfigurationError, Unauthenticated
 from service.principal import REACTION_PREFIX, Principal, reserved, tenant_problem
-from service.security.jwt_keys import PublicKey, load_jwt_key
+from service.security.jwks import load_jwt_keys
+from service.security.jwt_keys import JwtKey
 from service.values import id_problem
 
 # The JWT claims that are times: RFC 7519 makes them JSON numbers. PyJWT
@@ -145,11 +147,20 @@ class ApiKeys:
         return Principal(entry.principal, "api-key", entry.roles, entry.tenant)
 
 
+class SigningKeys(Protocol):
+    """Where a token's verification key comes from: a key file's keys
+    (``jwks.JwtKeys``) or a JWKS URL's, refreshed (``jwks_url.RemoteJwks``)."""
+
+    @property
+    def symmetric(self) -> bool: ...
+
+    def for_token(self, header: Mapping[str, Any]) -> JwtKey: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JwtVerifier:
-    key: PublicKey | bytes = field(repr=False)  # bytes: an HMAC secret, never in logs
+    keys: SigningKeys = field(repr=False)  # may hold an HMAC secret: never in logs
     issuer: str
-    algorithms: tuple[str, ...]
     audience: str | None = None
     leeway_seconds: float = 30.0
     # The claim that names the principal's tenant (--jwt-tenant-claim); "":
@@ -163,26 +174,18 @@ class JwtVerifier:
         *,
         issuer: str,
         audience: str | None,
-        algorithms: Sequence[str] = (),
         leeway_seconds: float = 30.0,
         tenant_claim: str = "",
     ) -> JwtVerifier:
-        """A PEM public key or an HMAC secret, checked and parsed once
-        (``service.security.jwt_keys``). Only algorithms of the key's kind
-        are accepted, which rules out algorithm confusion."""
+        """A PEM public key, an HMAC secret or a JSON Web Key Set, checked and
+        parsed once (``service.security.jwt_keys``, ``service.security.jwks``).
+        Each key accepts only the algorithms of its kind, which rules out
+        algorithm confusion."""
         if not issuer:
             raise ConfigurationError("a JWT key needs --jwt-issuer", reason="BAD_JWT_KEY")
-        loaded = load_jwt_key(path)
-        chosen = tuple(algorithms) or loaded.algorithms
-        if not set(chosen) <= set(loaded.algorithms):
-            raise ConfigurationError(
-                f"JWT algorithms {sorted(set(chosen) - set(loaded.algorithms))} do not fit the key in {path}",
-                reason="BAD_JWT_KEY",
-            )
         return cls(
-            key=loaded.key,
+            keys=load_jwt_keys(path),
             issuer=issuer,
-            algorithms=chosen,
             audience=audience,
             leeway_seconds=leeway_seconds,
             tenant_claim=tenant_claim,
@@ -190,8 +193,8 @@ class JwtVerifier:
 
     @property
     def symmetric(self) -> bool:
-        """The key is an HMAC secret: whoever reads it can mint tokens."""
-        return isinstance(self.key, bytes)
+        """A key is an HMAC secret: whoever reads it can mint tokens."""
+        return self.keys.symmetric
 
     def verify(self, token: str) -> Principal:
         return self.verify_until(token)[0]
@@ -201,10 +204,15 @@ class JwtVerifier:
         is accepted until ``leeway_seconds`` after that)."""
         _check_times(token)
         try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthenticated("the token's header cannot be read", reason="INVALID_TOKEN") from None
+        key = self.keys.for_token(header)
+        try:
             claims = jwt.decode(
                 token,
-                self.key,
-                algorithms=list(self.algorithms),
+                key.key,
+                algorithms=list(key.algorithms),
                 issuer=self.issuer,
                 audience=self.audience,
                 leeway=self.leeway_seconds,
@@ -327,6 +335,11 @@ class Authenticator:
         before are forgotten: a key rotated because it leaked must not go on
         admitting what it signed."""
         self._jwt = verifier
+        self.forget_verified()
+
+    def forget_verified(self) -> None:
+        """Forget the tokens verified so far: the keys changed, and one
+        withdrawn must not go on admitting what it signed."""
         self._verified.clear()
 
     def _from_jwt(self, verifier: JwtVerifier, token: str) -> tuple[Principal, float]:

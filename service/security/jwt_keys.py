@@ -1,6 +1,7 @@
-"""The key that verifies bearer JWTs (``--jwt-key-file``), checked at start-up.
+"""One key that verifies bearer JWTs (``--jwt-key-file``), checked at start-up.
 
-The file holds either a PEM public key or an HMAC secret:
+The file holds a PEM public key, an HMAC secret, or a JSON Web Key Set
+(``service.security.jwks``, whose keys pass the same checks):
 
 | the file holds | algorithms accepted |
 |---|---|
@@ -10,9 +11,7 @@ The file holds either a PEM public key or an HMAC secret:
 | anything else: an HMAC secret of at least 32 bytes | HS256, HS384, HS512 |
 
 Anything that fits none of these is refused when the server starts, with a
-message that says what the file holds and what it should: a JSON Web Key
-(PyJWT would take it for an HMAC secret and then fail on every call with
-its own traceback), a private key (the server only verifies: a private key
+message that says what the file holds and what it should: a private key (the server only verifies: a private key
 in its files lets whoever reads them mint tokens), a certificate, an SSH
 key, a key of another type or curve, an RSA key under 2048 bits, a secret
 short enough to guess. Only the algorithms of the key's own kind are
@@ -23,6 +22,7 @@ every call.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,10 +43,17 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519Public
 
 @dataclass(frozen=True, slots=True)
 class JwtKey:
-    """A verified key and the algorithms that fit it."""
+    """A verified key and the algorithms that fit it; ``kid``: its key id in
+    a JSON Web Key Set ("" for a PEM key or a secret, which names none)."""
 
     key: PublicKey | bytes = field(repr=False)  # bytes: an HMAC secret, never in logs
     algorithms: tuple[str, ...]
+    kid: str = ""
+
+    @property
+    def symmetric(self) -> bool:
+        """An HMAC secret: whoever reads it can mint tokens."""
+        return isinstance(self.key, bytes)
 
 
 def _refuse(path: str | Path, what: str, *, reason: str = "BAD_JWT_KEY") -> ConfigurationError:
@@ -61,11 +68,9 @@ def load_jwt_key(path: str | Path) -> JwtKey:
     if data.startswith(b"-----BEGIN"):
         return _public_key(path, data)
     if data.startswith((b"{", b"[")):
-        raise _refuse(
-            path,
-            "holds JSON, a JSON Web Key perhaps, which is not accepted: give the public key as PEM"
-            " (-----BEGIN PUBLIC KEY-----), or an HMAC secret as the file's bytes",
-        )
+        # Read by service.security.jwks (load_jwt_keys) before it gets here;
+        # never taken for an HMAC secret.
+        raise _refuse(path, "holds JSON: a JSON Web Key Set is read by load_jwt_keys, not as one key")
     if data.startswith((b"ssh-", b"ecdsa-sha2-")):
         raise _refuse(path, "holds an SSH public key: give it as PEM (ssh-keygen -e -m PKCS8 -f KEY.pub > key.pem)")
     if len(data) < MIN_HMAC_SECRET_BYTES:
@@ -92,25 +97,32 @@ def _public_key(path: str | Path, pem: bytes) -> JwtKey:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, UnsupportedAlgorithm):
         raise _refuse(path, "is not a PEM public key that can be read") from None
+    return checked_public_key(key, lambda what, reason: _refuse(path, what, reason=reason))
+
+
+Refusal = Callable[[str, str], ConfigurationError]
+
+
+def checked_public_key(key: object, refuse: Refusal, kid: str = "") -> JwtKey:
+    """A public ``key`` with the JWT algorithms that fit it, or ``refuse(what
+    is wrong, reason)`` raised: an RSA key under 2048 bits, a curve or a key type that
+    signs no JWT. The one check a PEM key and a JSON Web Key both pass."""
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
-            raise _refuse(
-                path,
-                f"holds a {key.key_size}-bit RSA key: at least {MIN_RSA_BITS} bits are needed",
-                reason="WEAK_KEY",
-            )
-        return JwtKey(key, RSA_ALGORITHMS)
+            raise refuse(f"holds a {key.key_size}-bit RSA key: at least {MIN_RSA_BITS} bits are needed", "WEAK_KEY")
+        return JwtKey(key, RSA_ALGORITHMS, kid)
     if isinstance(key, ec.EllipticCurvePublicKey):
         algorithm = EC_ALGORITHMS.get(key.curve.name)
         if algorithm is None:
-            raise _refuse(
-                path, f"holds an EC key on {key.curve.name}, which signs no JWT algorithm: use P-256, P-384 or P-521"
+            raise refuse(
+                f"holds an EC key on {key.curve.name}, which signs no JWT algorithm: use P-256, P-384 or P-521",
+                "BAD_JWT_KEY",
             )
-        return JwtKey(key, (algorithm,))
+        return JwtKey(key, (algorithm,), kid)
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        return JwtKey(key, ("EdDSA",))
-    raise _refuse(
-        path,
+        return JwtKey(key, ("EdDSA",), kid)
+    raise refuse(
         f"holds a key of type {type(key).__name__.removeprefix('_').removesuffix('PublicKey')}, which signs no JWT:"
         " use RSA, EC or EdDSA",
+        "BAD_JWT_KEY",
     )

@@ -5,6 +5,7 @@ wrong with which file, never a traceback or a library's text."""
 from __future__ import annotations
 
 import datetime
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,12 @@ def with_jwt_key(tmp_path: Path, key: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_a_json_web_key_is_refused_at_start_up(tmp_path: Path) -> None:
-    jwk = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key())
-    line = refused(*with_jwt_key(tmp_path, jwk))
-    assert line.startswith(f"error: BAD_JWT_KEY: JWT key file {tmp_path / 'jwt.key'}: holds JSON, a JSON Web Key")
+def test_a_json_web_key_set_with_a_private_key_is_refused_at_start_up_naming_its_kid(tmp_path: Path) -> None:
+    public = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key(), as_dict=True)
+    private = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()), as_dict=True)
+    jwks = json.dumps({"keys": [{**public, "kid": "good"}, {**private, "kid": "leaked"}]})
+    line = refused(*with_jwt_key(tmp_path, jwks))
+    assert line.startswith(f"error: BAD_JWT_KEY: JWT key file {tmp_path / 'jwt.key'}: key 'leaked' holds a private key")
 
 
 def test_a_short_hmac_secret_is_refused_at_start_up(tmp_path: Path) -> None:

@@ -64,11 +64,12 @@ def test_a_short_hmac_secret_is_refused(tmp_path: Path) -> None:
     assert "31 bytes" in refused.message and "at least 32" in refused.message
 
 
-def test_a_json_web_key_is_refused(tmp_path: Path) -> None:
+def test_json_is_never_taken_for_an_hmac_secret(tmp_path: Path) -> None:
+    """A JSON Web Key Set is read by ``jwks.load_jwt_keys`` (tests/unit/test_jwks.py)."""
     jwk = ECAlgorithm.to_jwk(ec.generate_private_key(ec.SECP256R1()).public_key())
     refused = refusal(key_file(tmp_path, jwk))
     assert refused.reason == "BAD_JWT_KEY"
-    assert "JSON Web Key" in refused.message and "PEM" in refused.message
+    assert "JSON Web Key Set" in refused.message
 
 
 def test_a_private_key_is_refused(tmp_path: Path) -> None:

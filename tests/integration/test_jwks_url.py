@@ -1,0 +1,166 @@
+"""Signing keys fetched from an identity provider's JWKS URL
+(--jwt-jwks-url), over HTTPS with a test CA (--jwt-jwks-ca-file): a key
+rotated without a restart, a flood of made-up kids costing the provider one
+request, the provider down leaving the keys fetched before in use, and no
+start without a first set."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
+from service.app import Application
+from service.errors import ConfigurationError
+from service.store.memory import MemoryStore
+from tests.support.grpc_client import command, connect, details_of, running_server
+from tests.support.jwks import JwksServer, KeyRing
+from tests.support.security import ISSUER, POLICY, Authority, bearer, write
+from tests.support.waiting import eventually
+
+
+@pytest.fixture
+def idp(tmp_path: Path) -> Iterator[JwksServer]:
+    with JwksServer(tmp_path).running() as server:
+        yield server
+
+
+@asynccontextmanager
+async def served(
+    tmp_path: Path, idp: JwksServer, *, refresh_seconds: float = 3600, unknown_kid_seconds: float = 0
+) -> AsyncIterator[Application]:
+    async with running_server(
+        MemoryStore(),
+        auth=True,
+        policy_file=write(tmp_path / "policy.toml", POLICY),
+        jwt_jwks_url=idp.url,
+        jwt_jwks_ca_file=idp.ca_file,
+        jwt_issuer=ISSUER,
+        jwt_jwks_refresh_seconds=refresh_seconds,
+        jwt_jwks_unknown_kid_seconds=unknown_kid_seconds,
+    ) as (app, _):
+        yield app
+
+
+async def reason_for(app: Application, token: str) -> str:
+    """What opening an account with ``token`` gets: "" if accepted, else its reason."""
+    async with connect(app.address, interceptors=bearer(token)) as caller:
+        try:
+            await caller.submit(command(f"acc-{uuid.uuid4()}", bank.OpenAccount(owner="ann"), user_id=""))
+        except grpc.aio.AioRpcError as refused:
+            return details_of(refused).reason
+    return ""
+
+
+async def test_a_token_is_verified_with_the_key_its_kid_names(tmp_path: Path, idp: JwksServer) -> None:
+    ring = KeyRing()
+    ring.add("ec-1")
+    ring.add("rsa-1", kind="RSA")
+    idp.publish(ring.jwks())
+    async with served(tmp_path, idp) as app:
+        assert await reason_for(app, ring.token("alice", kid="ec-1")) == ""
+        assert await reason_for(app, ring.token("alice", kid="rsa-1")) == ""
+        # Signed by the EC key but naming the RSA key: verified with the RSA key, and refused.
+        assert await reason_for(app, ring.token("alice", kid="rsa-1", signed_by="ec-1")) == "INVALID_TOKEN"
+
+
+async def test_a_new_key_is_accepted_after_a_fetch_and_a_withdrawn_one_refused(tmp_path: Path, idp: JwksServer) -> None:
+    ring = KeyRing()
+    ring.add("2026-11")
+    idp.publish(ring.jwks())
+    async with served(tmp_path, idp, refresh_seconds=0.05) as app:
+        old_token = ring.token("alice", kid="2026-11")
+        assert await reason_for(app, old_token) == ""
+        ring.add("2026-12")  # the provider rotates: publishes the new key, signs with it
+        idp.publish(ring.jwks())
+        new_token = ring.token("alice", kid="2026-12")
+
+        async def new_accepted() -> bool:
+            return await reason_for(app, new_token) == ""
+
+        await eventually(new_accepted, what="the new key's token accepted")
+        assert await reason_for(app, old_token) == ""  # the old key is still published
+        ring.remove("2026-11")
+        idp.publish(ring.jwks())
+
+        async def old_refused() -> bool:
+            return await reason_for(app, old_token) == "UNKNOWN_SIGNING_KEY"
+
+        await eventually(old_refused, what="the withdrawn key's token refused, though verified before")
+        assert await reason_for(app, new_token) == ""
+
+
+async def test_a_token_naming_an_unknown_kid_fetches_the_set_again(tmp_path: Path, idp: JwksServer) -> None:
+    ring = KeyRing()
+    ring.add("old")
+    idp.publish(ring.jwks())
+    async with served(tmp_path, idp, refresh_seconds=3600) as app:  # no periodic fetch in the test
+        ring.add("new")
+        idp.publish(ring.jwks())
+        token = ring.token("alice", kid="new")
+        # The first call finds the kid missing (refused) and starts a fetch.
+        assert await reason_for(app, token) == "UNKNOWN_SIGNING_KEY"
+
+        async def accepted() -> bool:
+            return await reason_for(app, token) == ""
+
+        await eventually(accepted, what="the token of the key fetched for it accepted")
+
+
+async def test_a_flood_of_made_up_kids_costs_the_provider_one_request(tmp_path: Path, idp: JwksServer) -> None:
+    ring = KeyRing()
+    ring.add("real")
+    idp.publish(ring.jwks())
+    async with served(tmp_path, idp, refresh_seconds=3600, unknown_kid_seconds=3600) as app:
+        assert idp.requests == 1  # the fetch at start
+        ring.add("forged")
+        floods = [ring.token("alice", kid=str(uuid.uuid4()), signed_by="forged") for _ in range(50)]
+        assert [await reason_for(app, token) for token in floods[:25]] == ["UNKNOWN_SIGNING_KEY"] * 25
+        assert app.jwks is not None
+        await eventually(lambda: app.jwks is not None and app.jwks.stats.fetched == 2, what="the one fetch")
+        assert [await reason_for(app, token) for token in floods[25:]] == ["UNKNOWN_SIGNING_KEY"] * 25
+        assert idp.requests == 2
+        assert await reason_for(app, ring.token("alice", kid="real")) == ""
+
+
+async def test_the_provider_down_leaves_the_keys_fetched_before_in_use(
+    tmp_path: Path, idp: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    ring = KeyRing()
+    ring.add("k1")
+    idp.publish(ring.jwks())
+    async with served(tmp_path, idp, refresh_seconds=0.05) as app:
+        assert app.jwks is not None
+        idp.down = True
+        failed_before = app.jwks.stats.failed
+        await eventually(lambda: app.jwks is not None and app.jwks.stats.failed > failed_before + 1, what="failures")
+        assert await reason_for(app, ring.token("alice", kid="k1")) == ""
+        assert "the keys fetched before stay in use (1)" in caplog.text
+
+
+async def test_the_server_does_not_start_without_a_first_set(tmp_path: Path, idp: JwksServer) -> None:
+    idp.down = True
+    with pytest.raises(ConfigurationError) as refused:
+        async with served(tmp_path, idp):
+            pass
+    assert refused.value.reason == "JWKS_UNAVAILABLE"
+    assert idp.url in refused.value.message
+
+
+async def test_a_provider_whose_certificate_the_ca_file_does_not_sign_is_refused(
+    tmp_path: Path, idp: JwksServer
+) -> None:
+    ring = KeyRing()
+    ring.add("k1")
+    idp.publish(ring.jwks())
+    idp.ca_file = write(tmp_path / "another-ca.pem", Authority("Another CA").certificate)
+    with pytest.raises(ConfigurationError) as refused:
+        async with served(tmp_path, idp):
+            pass
+    assert refused.value.reason == "JWKS_UNAVAILABLE"
+    assert idp.requests == 0  # the handshake failed: no request was made
