@@ -6,6 +6,7 @@ start without a first set."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -14,12 +15,15 @@ from pathlib import Path
 import grpc
 import pytest
 
+from chronicle.v1 import event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.errors import ConfigurationError
 from service.store.memory import MemoryStore
 from tests.support.grpc_client import command, connect, details_of, running_server
 from tests.support.jwks import JwksServer, KeyRing
+from tests.support.metrics import sample, scrape
+from tests.support.reloading import caught_up, end_of
 from tests.support.security import ISSUER, POLICY, Authority, bearer, write
 from tests.support.waiting import eventually
 
@@ -32,7 +36,12 @@ def idp(tmp_path: Path) -> Iterator[JwksServer]:
 
 @asynccontextmanager
 async def served(
-    tmp_path: Path, idp: JwksServer, *, refresh_seconds: float = 3600, unknown_kid_seconds: float = 0
+    tmp_path: Path,
+    idp: JwksServer,
+    *,
+    refresh_seconds: float = 3600,
+    unknown_kid_seconds: float = 0,
+    **overrides: object,
 ) -> AsyncIterator[Application]:
     async with running_server(
         MemoryStore(),
@@ -43,6 +52,7 @@ async def served(
         jwt_issuer=ISSUER,
         jwt_jwks_refresh_seconds=refresh_seconds,
         jwt_jwks_unknown_kid_seconds=unknown_kid_seconds,
+        **overrides,
     ) as (app, _):
         yield app
 
@@ -134,13 +144,18 @@ async def test_the_provider_down_leaves_the_keys_fetched_before_in_use(
     ring = KeyRing()
     ring.add("k1")
     idp.publish(ring.jwks())
-    async with served(tmp_path, idp, refresh_seconds=0.05) as app:
-        assert app.jwks is not None
+    async with served(tmp_path, idp, refresh_seconds=0.05, metrics_listen="127.0.0.1:0") as app:
         idp.down = True
-        failed_before = app.jwks.stats.failed
-        await eventually(lambda: app.jwks is not None and app.jwks.stats.failed > failed_before + 1, what="failures")
+
+        async def failing() -> bool:
+            return sample(await scrape(app), "chronicle_jwks_fetches_total", outcome="failed") >= 2
+
+        await eventually(failing, what="fetches failing, counted")
         assert await reason_for(app, ring.token("alice", kid="k1")) == ""
         assert "the keys fetched before stay in use (1)" in caplog.text
+        metrics = await scrape(app)
+        assert sample(metrics, "chronicle_jwks_keys") == 1
+        assert sample(metrics, "chronicle_jwks_last_fetched_timestamp_seconds") > 0
 
 
 async def test_the_server_does_not_start_without_a_first_set(tmp_path: Path, idp: JwksServer) -> None:
@@ -164,3 +179,30 @@ async def test_a_provider_whose_certificate_the_ca_file_does_not_sign_is_refused
             pass
     assert refused.value.reason == "JWKS_UNAVAILABLE"
     assert idp.requests == 0  # the handshake failed: no request was made
+
+
+async def test_a_withdrawn_key_ends_the_streams_its_tokens_opened(tmp_path: Path, idp: JwksServer) -> None:
+    ring = KeyRing()
+    ring.add("old")
+    ring.add("new")
+    idp.publish(ring.jwks())
+    request = event_service_pb2.SubscribeRequest(aggregate_types=["Account"], pages=True)
+    async with (
+        served(tmp_path, idp, refresh_seconds=0.05) as app,
+        connect(app.address, interceptors=bearer(ring.token("alice", kid="old"))) as old,
+        connect(app.address, interceptors=bearer(ring.token("alice", kid="new"))) as new,
+    ):
+        ending, beside = old.events.Subscribe(request), new.events.Subscribe(request)
+        await caught_up(ending)
+        await caught_up(beside)
+        ring.remove("old")
+        idp.publish(ring.jwks())
+
+        ended = await end_of(ending)
+        assert (ended.code(), details_of(ended).reason) == (grpc.StatusCode.UNAUTHENTICATED, "UNKNOWN_SIGNING_KEY")
+        await new.submit(command("acc-beside", bank.OpenAccount(owner="ann"), user_id=""))
+        async with asyncio.timeout(20):
+            while (message := await beside.read()) is not grpc.aio.EOF:
+                if message.WhichOneof("kind") == "page" and message.page.events:
+                    break
+        assert message is not grpc.aio.EOF  # the stream of the key still published goes on

@@ -5,6 +5,7 @@ is logged and the one before stays in use."""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ import pytest
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from domain_plugins.box.protos.box.v1 import box_pb2
 from tests.support.grpc_client import command, connect, details_of
+from tests.support.jwks import KeyRing
 from tests.support.reloading import Served, reloading_server
 from tests.support.security import POLICY, JwtIssuer, api_key_file, bearer, write
 from tests.support.waiting import eventually
@@ -74,6 +76,35 @@ async def test_a_rotated_jwt_key_refuses_tokens_of_the_old_one_even_those_verifi
 
     await eventually(rotated_out, what="the old key's token refused")
     assert await reason_for(served, rotated.token("alice"), "acc-3") == ""
+
+
+async def test_a_json_web_key_set_rotates_without_refusing_the_old_kid_until_it_is_removed(served: Served) -> None:
+    ring = KeyRing()
+    ring.add("2026-11")
+    write(served.jwt_key, json.dumps(ring.jwks()))
+    old_token = ring.token("alice", kid="2026-11")
+
+    async def old_accepted() -> bool:
+        return await reason_for(served, old_token, f"acc-{uuid.uuid4()}") == ""
+
+    await eventually(old_accepted, what="the key set read")
+    ring.add("2026-12")  # published beside the old one: tokens of both verify
+    write(served.jwt_key, json.dumps(ring.jwks()))
+    new_token = ring.token("alice", kid="2026-12")
+
+    async def new_accepted() -> bool:
+        return await reason_for(served, new_token, f"acc-{uuid.uuid4()}") == ""
+
+    await eventually(new_accepted, what="the new key's token accepted")
+    assert await reason_for(served, old_token, f"acc-{uuid.uuid4()}") == ""
+    ring.remove("2026-11")
+    write(served.jwt_key, json.dumps(ring.jwks()))
+
+    async def old_refused() -> bool:
+        return await reason_for(served, old_token, f"acc-{uuid.uuid4()}") == "UNKNOWN_SIGNING_KEY"
+
+    await eventually(old_refused, what="the removed key's token refused")
+    assert await reason_for(served, new_token, f"acc-{uuid.uuid4()}") == ""
 
 
 async def test_a_broken_file_keeps_the_one_before_until_it_is_fixed(

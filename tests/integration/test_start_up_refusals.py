@@ -4,6 +4,7 @@ wrong with which file, never a traceback or a library's text."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import signal
@@ -168,6 +169,17 @@ async def test_a_key_file_open_to_others_is_refused(tmp_path: Path, readable: st
             pass
     assert refused.value.reason == "KEY_FILE_READABLE"
     assert refused.value.metadata == {"file": settings[readable], "mode": "0644"}
+
+
+async def test_a_json_web_key_set_holding_a_secret_is_a_key_file(tmp_path: Path) -> None:
+    """An HMAC secret (kty oct) in the set mints tokens: the file is checked as the secret's file is."""
+    secret = base64.urlsafe_b64encode(b"an-hmac-secret-of-at-least-32-bytes").decode().rstrip("=")
+    jwks = write(tmp_path / "jwks.json", json.dumps({"keys": [{"kty": "oct", "k": secret}]}), mode=0o644)
+    policy = write(tmp_path / "policy.toml", POLICY)
+    with pytest.raises(ConfigurationError) as refused:
+        async with running_server(MemoryStore(), auth=True, policy_file=policy, jwt_key_file=jwks, jwt_issuer=ISSUER):
+            pass
+    assert refused.value.reason == "KEY_FILE_READABLE"
 
 
 async def test_a_public_jwt_key_may_be_readable_by_anyone(tmp_path: Path) -> None:

@@ -143,6 +143,11 @@ def test_settings_are_immutable() -> None:
         ({"tls_cert_file": "c.pem"}, "both"),
         ({"tls_client_ca_file": "ca.pem"}, "needs TLS"),
         ({"jwt_key_file": "k.pem"}, "issuer"),
+        ({"jwt_jwks_url": "https://idp.example/jwks.json"}, "issuer"),
+        ({"jwt_jwks_url": "http://idp.example/jwks.json", "jwt_issuer": "i"}, "https://"),
+        ({"jwt_jwks_url": "https://idp.example/jwks.json", "jwt_issuer": "i", "jwt_key_file": "k"}, "one source"),
+        ({"jwt_jwks_ca_file": "ca.pem"}, "with --jwt-jwks-url only"),
+        ({"jwt_jwks_refresh_seconds": 0}, "not positive"),
         ({"auth": True, "policy_file": "p.toml", "api_keys_file": "k.toml", "anonymous_admin": True}, "--auth off"),
     ],
 )
@@ -167,6 +172,26 @@ def test_authentication_is_off_by_default_and_on_with_one_setting() -> None:
         ).auth
         is True
     )
+
+
+def test_a_jwks_url_is_a_credential_source_set_from_the_environment() -> None:
+    settings = settings_from(
+        [],
+        {
+            "CHRONICLE_AUTH": "true",
+            "CHRONICLE_POLICY_FILE": "p",
+            "CHRONICLE_JWT_JWKS_URL": "https://idp.example/.well-known/jwks.json",
+            "CHRONICLE_JWT_JWKS_CA_FILE": "idp-ca.pem",
+            "CHRONICLE_JWT_JWKS_REFRESH_SECONDS": "10m",
+            "CHRONICLE_JWT_JWKS_UNKNOWN_KID_SECONDS": "1m",
+            "CHRONICLE_JWT_ISSUER": "https://idp.example/",
+        },
+    )
+    assert settings.jwt_jwks_url == "https://idp.example/.well-known/jwks.json"
+    assert settings.jwt_jwks_ca_file == "idp-ca.pem"
+    assert (settings.jwt_jwks_refresh_seconds, settings.jwt_jwks_unknown_kid_seconds) == (600, 60)
+    # Plain HTTP only to this machine, for tests and a local provider.
+    assert Settings(jwt_jwks_url="http://127.0.0.1:8080/jwks.json", jwt_issuer="i").jwt_jwks_url
 
 
 def test_durations_take_a_unit() -> None:
