@@ -41,7 +41,7 @@ async def served(
     *,
     refresh_seconds: float = 3600,
     unknown_kid_seconds: float = 0,
-    **overrides: object,
+    metrics_listen: str = "",
 ) -> AsyncIterator[Application]:
     async with running_server(
         MemoryStore(),
@@ -52,7 +52,7 @@ async def served(
         jwt_issuer=ISSUER,
         jwt_jwks_refresh_seconds=refresh_seconds,
         jwt_jwks_unknown_kid_seconds=unknown_kid_seconds,
-        **overrides,
+        metrics_listen=metrics_listen,
     ) as (app, _):
         yield app
 
