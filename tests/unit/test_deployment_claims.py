@@ -184,6 +184,8 @@ COMPANIONS: dict[str, dict[str, str]] = {
     "tls_key_file": {"CHRONICLE_TLS_CERT_FILE": "/c.pem"},
     "tls_client_ca_file": {"CHRONICLE_TLS_CERT_FILE": "/c.pem", "CHRONICLE_TLS_KEY_FILE": "/k.pem"},
     "jwt_key_file": {"CHRONICLE_JWT_ISSUER": "issuer"},
+    "jwt_jwks_url": {"CHRONICLE_JWT_ISSUER": "issuer"},
+    "jwt_jwks_ca_file": {"CHRONICLE_JWT_JWKS_URL": "https://idp.example/jwks.json", "CHRONICLE_JWT_ISSUER": "issuer"},
 }
 SAMPLES: dict[str, tuple[str, object]] = {  # text: value, for settings whose type alone gives no valid sample
     "listen": ("127.0.0.1:6000", "127.0.0.1:6000"),
@@ -194,6 +196,7 @@ SAMPLES: dict[str, tuple[str, object]] = {  # text: value, for settings whose ty
     "metrics_listen": ("127.0.0.1:9100", "127.0.0.1:9100"),
     "console_listen": ("127.0.0.1:8080", "127.0.0.1:8080"),
     "console_public_origin": ("https://ops.example.com", "https://ops.example.com"),
+    "jwt_jwks_url": ("https://idp.example/.well-known/jwks.json", "https://idp.example/.well-known/jwks.json"),
     "log_level": ("DEBUG", "DEBUG"),
     "log_format": ("json", "json"),
     "migrate": ("never", "never"),
