@@ -14,6 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from chronicle.v1 import event_service_pb2
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
@@ -206,3 +208,30 @@ async def test_a_withdrawn_key_ends_the_streams_its_tokens_opened(tmp_path: Path
                 if message.WhichOneof("kind") == "page" and message.page.events:
                     break
         assert message is not grpc.aio.EOF  # the stream of the key still published goes on
+
+
+async def test_a_published_key_that_cannot_be_used_is_left_out_and_the_others_used(
+    tmp_path: Path, idp: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    ring = KeyRing()
+    ring.add("good")
+    ring.add("encryption", kind="RSA")
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    secret = {"kty": "oct", "kid": "secret", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}
+    idp.publish(
+        {
+            "keys": [
+                ring.jwk("good"),
+                {**RSAAlgorithm.to_jwk(weak.public_key(), as_dict=True), "kid": "weak"},
+                secret,
+                ring.jwk("encryption", use="enc", alg="RSA-OAEP"),
+            ]
+        }
+    )
+    async with served(tmp_path, idp) as app:
+        assert await reason_for(app, ring.token("alice", kid="good")) == ""
+        assert await reason_for(app, ring.token("alice", kid="encryption")) == "UNKNOWN_SIGNING_KEY"
+        assert app.jwks is not None and app.jwks.keys.kids == {"good"}
+    assert f"JWKS {idp.url}: key 'weak' holds a 1024-bit RSA key" in caplog.text
+    assert "key 'secret' is an HMAC secret (kty oct): a secret published at a URL is no secret" in caplog.text
+    assert "key 'encryption'" not in caplog.text  # not a signing key: left out without a word
