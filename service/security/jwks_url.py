@@ -144,7 +144,11 @@ class RemoteJwks:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._refresh_seconds)
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:
+                # A bug here must not end the refresh: rotation would silently stop.
+                log.exception("fetching the JSON Web Key Set at %s failed", self.url)
 
     def _fetch_for_unknown_kid(self) -> None:
         now = self._clock()
@@ -161,8 +165,9 @@ class RemoteJwks:
     async def _fetch(self) -> bool:
         try:
             document = await asyncio.to_thread(self._client.fetch_data)
-        except jwt.PyJWTError as error:
-            return self._failed(str(error))
+        except (jwt.PyJWTError, ValueError, OSError) as error:
+            # ValueError: an answer that is not JSON (PyJWT lets json's error through).
+            return self._failed(f"{type(error).__name__}: {error}")
         try:
             read = read_jwks(document, f"JWKS {self.url}", secrets_allowed=False)
         except ConfigurationError as error:

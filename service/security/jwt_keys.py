@@ -70,7 +70,7 @@ def load_jwt_key(path: str | Path) -> JwtKey:
     if data.startswith((b"{", b"[")):
         # Read by service.security.jwks (load_jwt_keys) before it gets here;
         # never taken for an HMAC secret.
-        raise _refuse(path, "holds JSON: a JSON Web Key Set is read by load_jwt_keys, not as one key")
+        raise _refuse(path, "holds JSON, which is read as a JSON Web Key Set, not as one PEM key or secret")
     if data.startswith((b"ssh-", b"ecdsa-sha2-")):
         raise _refuse(path, "holds an SSH public key: give it as PEM (ssh-keygen -e -m PKCS8 -f KEY.pub > key.pem)")
     if len(data) < MIN_HMAC_SECRET_BYTES:

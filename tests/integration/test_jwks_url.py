@@ -160,6 +160,25 @@ async def test_the_provider_down_leaves_the_keys_fetched_before_in_use(
         assert sample(metrics, "chronicle_jwks_last_fetched_timestamp_seconds") > 0
 
 
+async def test_an_answer_that_is_not_a_key_set_leaves_the_keys_fetched_before_in_use(
+    tmp_path: Path, idp: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    ring = KeyRing()
+    ring.add("k1")
+    idp.publish(ring.jwks())
+    async with served(tmp_path, idp, refresh_seconds=0.05) as app:
+        assert app.jwks is not None
+        idp.garbage = True
+        failed_before = app.jwks.stats.failed
+        await eventually(lambda: app.jwks is not None and app.jwks.stats.failed >= failed_before + 2, what="failures")
+        assert await reason_for(app, ring.token("alice", kid="k1")) == ""
+        assert "JSONDecodeError" in caplog.text
+        idp.garbage = False  # the periodic fetch goes on: it recovers
+        ring.add("k2")
+        idp.publish(ring.jwks())
+        await eventually(lambda: app.jwks is not None and "k2" in app.jwks.keys.kids, what="the set fetched again")
+
+
 async def test_the_server_does_not_start_without_a_first_set(tmp_path: Path, idp: JwksServer) -> None:
     idp.down = True
     with pytest.raises(ConfigurationError) as refused:

@@ -78,6 +78,7 @@ class JwksServer:
         cert_file, key_file = server_tls_files(folder, self.ca)
         self.document: dict[str, Any] = {"keys": []}
         self.down = False
+        self.garbage = False  # answer 200 with a body that is not JSON
         self.requests = 0
         self._lock = threading.Lock()
         served = self
@@ -86,7 +87,7 @@ class JwksServer:
             def do_GET(self) -> None:
                 with served._lock:
                     served.requests += 1
-                    body = json.dumps(served.document).encode()
+                    body = b"<html>maintenance</html>" if served.garbage else json.dumps(served.document).encode()
                     down = served.down
                 self.send_response(503 if down else 200)
                 self.send_header("Content-Type", "application/json")
