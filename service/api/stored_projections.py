@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from service.errors import InvalidInput, ProjectionLoaded, ResourceNotFound
 from service.plugins.registry import Registry
-from service.processing.projection_failures import FAILURE_PREFIX
 from service.store.base import ProjectionStore
-from service.store.server_names import SERVER_OWN_PREFIX, is_server_own
+from service.store.server_names import FAILURE_PREFIX, SERVER_OWN_PREFIX, is_server_own
 
 # Rows (documents and parked events each) deleted per transaction: small
 # enough that a transaction ends in milliseconds and holds few row locks,

@@ -33,11 +33,10 @@ from service.errors import ChronicleError
 from service.store.base import ProjectionStore
 from service.store.leasing import Fencing
 from service.store.records import DocumentWrite
-from service.store.server_names import SERVER_OWN_PREFIX
+from service.store.server_names import FAILURE_PREFIX
 
 log = logging.getLogger(__name__)
 
-FAILURE_PREFIX = f"{SERVER_OWN_PREFIX}failure/"
 _KEY = "failure"
 _TYPE = "chronicle.server.ProjectionFailure"
 # Its text once the aggregate whose event it was met on is forgotten.

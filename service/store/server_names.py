@@ -14,6 +14,10 @@ SERVER_OWN_PREFIX = "#"
 # (service/processing/reaction_starts.py): it also tells a stored checkpoint
 # of a reaction from a projection's when no loaded plugin declares the name.
 REACTION_START_PREFIX = SERVER_OWN_PREFIX + "start/"
+# Where a projection stands still at an event its handler failed on (the
+# row's position: processing/projection_failures.py); here so that a restore
+# (transfer/read_models.py) can tell a projection that will not move on.
+FAILURE_PREFIX = SERVER_OWN_PREFIX + "failure/"
 
 
 def is_server_own(name: str) -> bool:

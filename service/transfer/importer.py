@@ -98,7 +98,16 @@ from service.transfer.one_place import (
     two_at_one_place,
     written_by_this_import,
 )
-from service.transfer.read_models import Replaced, behind_refusal, checkpoints, replaced_in, stale
+from service.transfer.read_models import (
+    DEFAULT_READ_MODELS_WAIT,
+    Replaced,
+    behind_refusal,
+    caught_up,
+    checkpoints,
+    replaced_in,
+    retired,
+    stale,
+)
 from service.transfer.readable import check_readable
 from service.transfer.records import (
     BAD_RECORD,
@@ -129,6 +138,10 @@ class ImportOptions:
     # Restore even while read models are below a tombstone it replaces
     # (read_models.py): they are then named in the summary, to be rebuilt.
     even_if_read_models_behind: bool = False
+    # Seconds a restore waits for projections below a tombstone to pass it
+    # before refusing (READ_MODELS_BEHIND): one lagging by milliseconds,
+    # as right after a delete, is no reason to refuse.
+    read_models_wait: float = DEFAULT_READ_MODELS_WAIT
 
 
 @dataclass(slots=True)
@@ -182,6 +195,8 @@ class Importer:
         # The target's encryption at rest (sealing.py): as stored unless told.
         self._sealing = sealing if sealing is not None else AsStored()
         self._registry = registry
+        # Retired projections below a tombstone already logged (_retired_behind).
+        self._retired_told: set[str] = set()
         self._options = options
         self._batch_size = batch_size
         self._on_progress = on_progress
@@ -659,17 +674,61 @@ class Importer:
 
     async def _behind_tombstones(self, deleted: Sequence[Replaced]) -> dict[str, int]:
         """The read models (name: checkpoint) below the tombstone of one of
-        ``deleted``; a restore is refused (READ_MODELS_BEHIND) for them unless
-        told to go on. Read before the tombstone is removed: one below it
-        then never sees it (a checkpoint only moves on)."""
+        ``deleted``; a restore waits for them to pass it for a while, then
+        is refused (READ_MODELS_BEHIND) for those still below unless told to
+        go on. Retired ones (read_models.retired) never refuse it: they are
+        named to be rebuilt. Read before the tombstone is removed: one below
+        it then never sees it (a checkpoint only moves on)."""
         if not deleted:
             return {}
         read_models = await checkpoints(self._store.projections, self._registry)
         behind = {found.aggregate_id: (found, stale(found, read_models, self._registry)) for found in deleted}
+        gone = retired({name: at for _, below in behind.values() for name, at in below.items()}, self._registry)
+        self._retired_behind(gone)
+        behind = {
+            a: (found, {n: at for n, at in below.items() if n not in gone}) for a, (found, below) in behind.items()
+        }
         behind = {aggregate_id: (found, below) for aggregate_id, (found, below) in behind.items() if below}
         if behind and self._options.restore_deleted and not self._options.even_if_read_models_behind:
-            raise behind_refusal({a: (found.tombstone or 0, below) for a, (found, below) in behind.items()})
-        return {name: position for _, below in behind.values() for name, position in below.items()}
+            targets: dict[str, int] = {}
+            for found, below in behind.values():
+                for name in below:
+                    targets[name] = max(targets.get(name, 0), found.tombstone or 0)
+            wait = self._options.read_models_wait
+            still = await caught_up(self._store.projections, targets, max_wait=wait)
+            behind = {
+                a: (
+                    found,
+                    {
+                        n: still[n].checkpoint
+                        for n in below
+                        if n in still and still[n].checkpoint < (found.tombstone or 0)
+                    },
+                )
+                for a, (found, below) in behind.items()
+            }
+            behind = {aggregate_id: (found, below) for aggregate_id, (found, below) in behind.items() if below}
+            if behind:
+                stopped = {name: found.stopped_at for name, found in still.items() if found.stopped_at}
+                raise behind_refusal(
+                    {a: (found.tombstone or 0, below) for a, (found, below) in behind.items()}, stopped, waited=wait
+                )
+        return {name: position for _, below in behind.values() for name, position in below.items()} | gone
+
+    def _retired_behind(self, projections: dict[str, int]) -> None:
+        """Say, once each, that retired ``projections`` below a tombstone
+        are not waited for (read_models.py)."""
+        new = sorted(set(projections) - self._retired_told)
+        if not new or self._checking_only:
+            return
+        self._retired_told.update(new)
+        log.warning(
+            "projections %s are below the tombstone of an aggregate restored, and no loaded plugin declares them"
+            " (retired): the restore does not wait for them nor refuse for them; rebuild them if they are ever"
+            " deployed again, or delete them (chronicle projection delete NAME)",
+            ", ".join(f"{name} (at {projections[name]})" for name in new),
+            extra={"projections": new},
+        )
 
     async def _applied_replaced(self, removed: Sequence[Replaced]) -> None:
         """Note the read models whose checkpoint reached an event of

@@ -14,20 +14,27 @@ appends others at new positions, which it applies too:
   the deletion, and never sees the tombstone that lets it drop them, which
   is removed: it would count them twice once the restored ones come.
 
-Every stored projection counts, loaded here or not: a stored checkpoint is
-where a projection resumes, on another replica whose plugins declare it
-(a rolling deployment) or once its plugin is deployed again. Reactions do
-not: they never act on imported events (``service.store.imported``), so
-the replacement never reaches them. A projection a loaded plugin declares
-counts only if it reads the aggregate's type (its ``aggregate_types``, the
-event types it handles): one that never sees its events derives nothing
-from them. What ``Importer`` does with the names: refuses a restore while
-any is behind (``READ_MODELS_BEHIND``) unless told to go on, and reports
-them in its summary to be rebuilt.
+Every stored projection is looked at, loaded here or not: a stored
+checkpoint is where a projection resumes, on another replica whose plugins
+declare it (a rolling deployment) or once its plugin is deployed again.
+Reactions are not: they never act on imported events
+(``service.store.imported``), so the replacement never reaches them. A
+projection a loaded plugin declares counts only if it reads the
+aggregate's type (its ``aggregate_types``, the event types it handles): one
+that never sees its events derives nothing from them. What ``Importer``
+does with the names: a restore first waits a few seconds for those below a
+tombstone to pass it (``caught_up``: a projection lagging by milliseconds,
+as one is right after a delete, is no reason to refuse), then refuses while
+any is still behind (``READ_MODELS_BEHIND``) unless told to go on, and
+reports them in its summary to be rebuilt. A **retired** projection (a
+stored checkpoint no loaded plugin declares: ``retired``) never moves on
+here, so it does not refuse a restore (it would, until someone deletes its
+row); it is named to be rebuilt, should it ever be deployed again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,9 +43,19 @@ from service.errors import ImportConflict
 from service.plugins.registry import Registry
 from service.store.base import AggregateQuery, EventRecorder, ProjectionStore
 from service.store.records import TOMBSTONE_EVENT_TYPE, is_tombstone
-from service.store.server_names import REACTION_START_PREFIX, is_server_own
+from service.store.server_names import FAILURE_PREFIX, REACTION_START_PREFIX, is_server_own
 
 READ_MODELS_BEHIND = "READ_MODELS_BEHIND"
+# How long a restore waits for projections below a tombstone to pass it
+# before refusing (ImportOptions.read_models_wait): a running projection
+# applies a tombstone within milliseconds of its commit; one that takes
+# longer is far behind, or stopped.
+DEFAULT_READ_MODELS_WAIT = 5.0
+# Between reads of the checkpoints while waiting (doubling from the first to
+# the last): a projection may run on another replica, or in a server this
+# process (a command-line import) cannot hear, so its stored row is read.
+_FIRST_LOOK = 0.005
+_LAST_LOOK = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +111,48 @@ def stale(replaced: Replaced, read_models: Mapping[str, int], registry: Registry
     return found
 
 
+def retired(read_models: Mapping[str, int], registry: Registry | None) -> dict[str, int]:
+    """Those of ``read_models`` no loaded plugin declares (none when no
+    registry is given: then nothing is known to be retired)."""
+    if registry is None:
+        return {}
+    return {name: position for name, position in read_models.items() if registry.projection(name) is None}
+
+
+@dataclass(frozen=True, slots=True)
+class Behind:
+    """A projection still below a tombstone after the wait: its checkpoint,
+    and the position of the event it is stopped at by a handler's failure
+    (0 while it runs)."""
+
+    checkpoint: int
+    stopped_at: int = 0
+
+
+async def caught_up(projections: ProjectionStore, targets: Mapping[str, int], *, max_wait: float) -> dict[str, Behind]:
+    """Those of ``targets`` (name: the tombstone it must pass) still below
+    their target after waiting at most ``max_wait`` seconds for them to
+    pass it; one stopped at a failing event at or before its target is
+    not waited for (only a fixed plugin moves it on)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_wait
+    pause = _FIRST_LOOK
+    while True:
+        behind: dict[str, Behind] = {}
+        for name, target in targets.items():
+            checkpoint = await projections.projection_position(name)
+            if checkpoint >= target:
+                continue
+            failed_at = await projections.projection_position(FAILURE_PREFIX + name)
+            stuck = failed_at if checkpoint < failed_at <= target else 0
+            behind[name] = Behind(checkpoint, stuck)
+        remaining = deadline - loop.time()
+        if remaining <= 0 or all(found.stopped_at for found in behind.values()):
+            return behind
+        await asyncio.sleep(min(pause, remaining))
+        pause = min(pause * 2, _LAST_LOOK)
+
+
 def _reads(registry: Registry | None, name: str, aggregate_type: str) -> bool:
     """Whether projection ``name`` may apply events of ``aggregate_type``:
     unknown (so yes) unless a loaded plugin declares it."""
@@ -111,16 +170,24 @@ def _reads(registry: Registry | None, name: str, aggregate_type: str) -> bool:
     return False
 
 
-def behind_refusal(behind: Mapping[str, tuple[int, Mapping[str, int]]]) -> ImportConflict:
+def behind_refusal(
+    behind: Mapping[str, tuple[int, Mapping[str, int]]], stopped: Mapping[str, int], *, waited: float
+) -> ImportConflict:
     """READ_MODELS_BEHIND for a restore of the aggregates of ``behind``
-    (aggregate: its tombstone's position and the projections below it)."""
+    (aggregate: its tombstone's position and the projections below it,
+    name: checkpoint), after ``waited`` seconds; ``stopped``: those stopped
+    at an event by a handler's failure (name: its position)."""
     projections: dict[str, int] = {}
     for _, below in behind.values():
         projections.update(below)
-    named = ", ".join(f"{name} (at {position})" for name, position in sorted(projections.items()))
+    named = ", ".join(
+        f"{name} (at {position}" + (f", stopped by a failure at {stopped[name]})" if name in stopped else ")")
+        for name, position in sorted(projections.items())
+    )
     tombstones = ", ".join(f"{aggregate_id!r} at {position}" for aggregate_id, (position, _) in sorted(behind.items()))
     return ImportConflict(
-        f"read models have not reached the tombstone of what would be restored ({tombstones}): {named}. Restored,"
+        f"read models have not reached the tombstone of what would be restored ({tombstones}) after {waited:g} s:"
+        f" {named}. Restored,"
         " the aggregate's events would be applied again on top of what they derived from them before the deletion,"
         " whose tombstone they would never see. Nothing was restored: let them catch up (fix one stopped on an"
         " event: chronicle projection NAME says where) and restore again, or restore with"
@@ -132,5 +199,7 @@ def behind_refusal(behind: Mapping[str, tuple[int, Mapping[str, int]]]) -> Impor
             "tombstones": json.dumps(
                 {aggregate_id: tombstone for aggregate_id, (tombstone, _) in sorted(behind.items())}
             ),
+            "stopped": json.dumps(dict(sorted(stopped.items()))),
+            "waited_seconds": f"{waited:g}",
         },
     )

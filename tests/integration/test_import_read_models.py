@@ -100,10 +100,14 @@ def test_a_restore_is_refused_while_a_projection_is_below_the_tombstone(database
         assert refused.returncode == 1
         first, details = refused.stderr.splitlines()[:2]
         assert first.startswith("error: FAILED_PRECONDITION READ_MODELS_BEHIND: ")
-        assert f"{STALLING} (at {stopped})" in first and "--even-if-read-models-behind" in first
+        # Stopped at the poisoned event: refused without waiting for it, saying where it stands still.
+        assert f"{STALLING} (at {stopped}, stopped by a failure at {stopped + 1})" in first
+        assert "--even-if-read-models-behind" in first
         assert json.loads(details) == {
             "projections": json.dumps({STALLING: stopped}),
             "tombstones": json.dumps({"acc-1": tombstone_at}),
+            "stopped": json.dumps({STALLING: stopped + 1}),
+            "waited_seconds": "5",
         }
         assert [e["deleted"] for e in events_of(server, "acc-1")] == [True]  # nothing restored
 
