@@ -126,10 +126,11 @@ class AdminService(pb_grpc.AdminServiceServicer):
     async def ForgetAggregate(
         self, request: pb.ForgetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ForgetAggregateResponse:
-        async with self._audited("ForgetAggregate", aggregate_id=request.aggregate_id[:200]):
+        outcome = _Outcome()
+        async with self._audited("ForgetAggregate", aggregate_id=request.aggregate_id[:200], outcome=outcome):
             tenant = self._authorizer.administered_tenant(current_principal.get(), "forget aggregates")
             aggregate_id = check_stored_id("aggregate_id", request.aggregate_id, reason="INVALID_AGGREGATE_ID")
-            response = await self._forget(aggregate_id, tenant)
+            response = await self._forget(aggregate_id, tenant, outcome)
         # The entry above is the forgotten aggregate's, whose texts forgetting
         # erases: what went of each reaction is filed under the reaction.
         await self._audit_reactions(
@@ -151,7 +152,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
                     tenant=self._tenant_acting(),
                 )
 
-    async def _forget(self, aggregate_id: str, tenant: str | None) -> pb.ForgetAggregateResponse:
+    async def _forget(self, aggregate_id: str, tenant: str | None, outcome: _Outcome) -> pb.ForgetAggregateResponse:
         keys = self._keys()
         if self._stored is None:
             raise StoreUnavailable("this server cannot look at its store below encryption", reason="FORGET_UNAVAILABLE")
@@ -159,7 +160,17 @@ class AdminService(pb_grpc.AdminServiceServicer):
             # Another tenant's id, to a tenant's administrator: answered as
             # an id with no key (one that does not exist), whether it exists.
             raise _no_key(aggregate_id)
-        forgetting = await forget_aggregate(self._stored, keys, aggregate_id)
+        # The call's entry, written in the forget's transaction when it erases
+        # the key (as each batch's of ForgetAggregates): a crash after the
+        # commit leaves no forgotten aggregate unaudited. Made before it.
+        entry = admin_entry(
+            f"{SERVICE}/ForgetAggregate",
+            principal=current_principal.get().name,
+            aggregate_id=aggregate_id,
+            tenant=self._tenant_acting(),
+        )
+        forgetting = await forget_aggregate(self._stored, keys, aggregate_id, audit=entry)
+        outcome.recorded = forgetting.erased
         deleted = forgotten.deleted_documents(forgetting)
         if deleted:
             # Loud: a reaction's process deleted is a saga stopped in flight.
@@ -372,7 +383,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 action, principal=principal, aggregate_id=aggregate_id, error=error, tenant=tenant
             )
             raise
-        if record_success:
+        if record_success and not (outcome is not None and outcome.recorded):
             message = outcome.message if outcome is not None else ""
             await self._audit.admin_action(
                 action, principal=principal, aggregate_id=aggregate_id, message=message, tenant=tenant
@@ -447,9 +458,11 @@ async def _chained(
 
 
 class _Outcome:
-    """What an audited call reports when it is done."""
+    """What an audited call reports when it is done; ``recorded``: its entry
+    was written in the action's own transaction (not again after it)."""
 
     message = ""
+    recorded = False
 
 
 def _entry(entry: AuditEntry) -> pb.AuditEntry:

@@ -144,7 +144,9 @@ async def in_the_clear(stored: Store, aggregate_id: str) -> tuple[int, int]:
         cursor = (aggregate_id, kept[-1].version)
 
 
-async def forget_aggregate(stored: Store, keyring: Keyring, aggregate_id: str) -> Forgetting:
+async def forget_aggregate(
+    stored: Store, keyring: Keyring, aggregate_id: str, *, audit: AuditEntry | None = None
+) -> Forgetting:
     """Forget the aggregate (``Keyring.forget``: its key erased, and with it
     everything it sealed; its snapshots, the documents derived from it, what
     was parked of it and the texts of its command records erased), or refuse
@@ -153,7 +155,10 @@ async def forget_aggregate(stored: Store, keyring: Keyring, aggregate_id: str) -
     read and in the database, while saying the aggregate was forgotten.
     Deleting the aggregate (its events go, a tombstone stays) clears the way.
     Its ``erased`` is False if it had no key to erase (forgotten before, or
-    never had one); its ``documents`` count what went with it."""
+    never had one); its ``documents`` count what went with it. ``audit``:
+    the forget's audit entry, recorded in its transaction when it erases
+    the key (a crash leaves the aggregate forgotten with its entry, or
+    neither)."""
     events, snapshots = await in_the_clear(stored, aggregate_id)
     if events:
         in_clear = f"{events} of its events" + (f" and {snapshots} of its snapshots" if snapshots else "")
@@ -169,7 +174,10 @@ async def forget_aggregate(stored: Store, keyring: Keyring, aggregate_id: str) -
                 "snapshots_in_clear": str(snapshots),
             },
         )
-    return await keyring.forget_and_count(aggregate_id)
+    if audit is None:
+        return await keyring.forget_and_count(aggregate_id)
+    (forgetting,) = await keyring.forget_all_and_count([aggregate_id], audit=audit)
+    return forgetting
 
 
 def sealed_record(cipher: AESGCM, record: CommandRecord) -> CommandRecord:

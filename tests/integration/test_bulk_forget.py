@@ -241,6 +241,36 @@ async def test_a_batch_whose_audit_entry_cannot_be_written_is_not_forgotten_eith
     ]
 
 
+async def test_a_single_forget_whose_audit_entry_cannot_be_written_is_not_forgotten_either(
+    client: Client, site: Site, request: pytest.FixtureRequest
+) -> None:
+    """ForgetAggregate's entry is written in the forget's transaction too, as
+    a batch's: a store that refuses the entry forgets nothing. It was written
+    once the forget had committed: that left the aggregate forgotten with no
+    entry. Once the store heals, forgetting again leaves one entry."""
+    url = request.getfixturevalue("postgres_url") if isinstance(site.store, PostgresStore) else ""
+    wrapped = site.at_rest.read_wrapped_key(TENANT[0])
+    await fail_inserting(site.store, url, table="refusals", column="outcome", value=ACCEPTED)
+    try:
+        code, reason, _ = await refusal(
+            client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id=TENANT[0]))
+        )
+    finally:
+        await heal_deleting(site.store, url, table="refusals")
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE")
+    assert site.at_rest.read_wrapped_key(TENANT[0]) == wrapped
+
+    await client.admin.ForgetAggregate(admin.ForgetAggregateRequest(aggregate_id=TENANT[0]))
+    assert site.at_rest.read_wrapped_key(TENANT[0]) is None
+    audit = await client.admin.QueryAudit(admin.QueryAuditRequest(aggregate_id=TENANT[0]))
+    done = [
+        e
+        for e in audit.entries
+        if e.command_type.endswith("/ForgetAggregate") and e.outcome == admin.AUDIT_OUTCOME_ACCEPTED
+    ]
+    assert len(done) == 1
+
+
 async def batch_entries(client: Client) -> list[str]:
     """The messages of the batch entries of ForgetAggregates calls, oldest first."""
     audit = await client.admin.QueryAudit(admin.QueryAuditRequest(aggregate_id="acme:"))
