@@ -115,6 +115,7 @@ class ReactionService(pb_grpc.ReactionServiceServicer):
             refused=status.refused if status else 0,
             replayed=status.replayed if status else 0,
             ignored=status.ignored if status else 0,
+            deadlines_fired=status.deadlines_fired if status else 0,
             runner=runner.runs_on if runner is not None else "",
             retry_interval=duration(reaction.retry_seconds),
             start_position=status.start_position if status else 0,

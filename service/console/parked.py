@@ -227,7 +227,8 @@ async def reaction_page(
             f"On this replica since it started: {status.accepted} command(s) accepted, {status.refused}"
             f" refused ({status.ignored} of those ignored as harmless by its on_refused),"
             f" {status.replayed} sent again and answered from their command record (after a crash,"
-            " a lease that moved or a batch tried again; changing nothing).",
+            f" a lease that moved or a batch tried again; changing nothing); {status.deadlines_fired}"
+            " deadline(s) of its processes fired.",
             class_="summary",
             id="reaction-counters",
         ),

@@ -1,6 +1,7 @@
 """A reaction's console page (``/reactions/NAME``) says how many deadlines
-its processes have pending and when the soonest is due, over a real socket
-with a real server (the saga of tests/support/deadline_saga.py)."""
+its processes have pending and when the soonest is due, and how many fired
+(GetReaction's ``deadlines_fired``), over a real socket with a real server
+(the saga of tests/support/deadline_saga.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from chronicle.v1 import reaction_service_pb2 as reaction_pb
 from domain_plugins.box.protos.box.v1 import box_pb2 as box
 from service.plugins.registry import Registry
 from service.store.memory import MemoryStore
@@ -51,6 +53,33 @@ async def test_a_reactions_page_counts_its_pending_deadlines_and_says_the_soones
     assert due is not None, said
     seconds = calendar.timegm(time.strptime(due.group(1), "%Y-%m-%d %H:%M:%SZ"))
     assert 9 * 60 < seconds - time.time() <= 10 * 60 + 1
+
+
+def _counters(page: str) -> str:
+    found = re.search(r'<p class="summary" id="reaction-counters">(.*?)</p>', page, re.S)
+    assert found is not None, page
+    return re.sub(r"<[^>]+>", "", found.group(1))
+
+
+async def test_a_reactions_page_counts_the_deadlines_fired() -> None:
+    async with running_server(
+        MemoryStore(),
+        registry=Registry([deadline_saga.plugin]),
+        anonymous_admin=True,
+        console_listen="127.0.0.1:0",
+        poll_seconds=0.05,
+    ) as (app, client):
+        assert app.console is not None
+        address, page = app.console.address, "/reactions/" + REACTION
+        assert "; 0 deadline(s) of its processes fired." in _counters((await request(address, "GET", page)).text)
+        await client.submit(command("o-1", box.CreateBox(name="after-1")))  # due a millisecond after
+
+        async def fired() -> bool:
+            return "; 1 deadline(s) of its processes fired." in _counters((await request(address, "GET", page)).text)
+
+        await eventually(fired, what="o-1's deadline fired and counted")
+        status = await client.reactions.GetReaction(reaction_pb.GetReactionRequest(name=REACTION))
+        assert (status.deadlines_fired, status.deadlines) == (1, 0)
 
 
 async def test_a_reactions_page_shows_a_parked_deadline_by_its_process_and_name(

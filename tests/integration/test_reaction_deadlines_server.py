@@ -86,6 +86,7 @@ async def test_a_deadline_fires_once_after_a_kill_and_a_cancelled_one_never(data
             assert shown["deadlines"] == [{"name": "payment", "due": state.deadlines[0].due.ToJsonString()}]
             shown = json.loads((await asyncio.to_thread(cli, "reaction", REACTION, server=server.address)).stdout)
             assert (shown["deadlines"], shown["next_deadline"]) == ("1", status.next_deadline.ToJsonString())
+            assert shown["deadlines_fired"] == "0"
         assert time.time_ns() // 1000 < due_us, "the kill should come before the deadline is due"
         assert server.stop(signal.SIGKILL) == -signal.SIGKILL
         server.start()
@@ -104,6 +105,9 @@ async def test_a_deadline_fires_once_after_a_kill_and_a_cancelled_one_never(data
             status = await client.reactions.get(REACTION)
             assert (status.deadlines, status.HasField("next_deadline")) == (0, False)
             assert (status.accepted, status.replayed) == (1, 0)  # its command, accepted once
+            assert status.deadlines_fired == 1  # fired once, since this server started again
+            shown = json.loads((await asyncio.to_thread(cli, "reaction", REACTION, server=server.address)).stdout)
+            assert shown["deadlines_fired"] == "1"
             with pytest.raises(NotFound):
                 await client.reactions.state(REACTION, "o-1")  # the process is over
     finally:

@@ -35,6 +35,8 @@
  *   parked; each counted in `refused` too (0 from servers older than it)
  * @property {number} deadlines deadlines its processes scheduled that are pending (0 from servers older than it)
  * @property {Date|null} next_deadline when the soonest of them is due; null when none is
+ * @property {number} deadlines_fired deadlines of its processes that fired on the server that answered since it
+ *   started, in commits that went through (0 from servers older than it)
  */
 
 /** A google.protobuf.Timestamp as a Date (null when unset). */

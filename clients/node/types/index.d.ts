@@ -321,6 +321,8 @@ export interface ReactionStatus {
   deadlines?: number;
   /** When the soonest of them is due; null when none is. */
   next_deadline?: Date | null;
+  /** Deadlines of its processes fired on the server that answered since it started (0 from older servers). */
+  deadlines_fired?: number;
   [field: string]: unknown;
 }
 export declare function reactionStatus(status: Record<string, unknown>): ReactionStatus;
