@@ -247,7 +247,7 @@ class Settings:
         default=0,
         metadata={
             "help": "count commands and events per tenant for the first N tenants each replica meets (the rest"
-            ' as tenant="(other)"), in chronicle_tenant_*_total; 0: off. Every tenant labelled is a'
+            ' as tenant="(other tenants)"), in chronicle_tenant_*_total; 0: off. Every tenant labelled is a'
             f" Prometheus series per metric: at most {MAX_METRICS_TENANTS}"
         },
     )

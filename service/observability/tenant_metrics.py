@@ -7,12 +7,15 @@ server of ten thousand tenants is ten thousand series per metric and
 outcome, which slows every query and can exhaust the Prometheus server's
 memory. So the first N tenants this replica counts get a ``tenant`` label
 of their own for as long as it runs, and every later one is counted under
-``tenant="(other)"``; commands to an aggregate of no tenant (an id
-without a valid tenant before ``:``) under ``tenant="(none)"``. At most
-N + 2 values per metric, whatever clients send.
+``tenant="(other tenants)"``; commands to an aggregate of no tenant (an
+id without a valid tenant before ``:``) under ``tenant="(no tenant)"``. At
+most N + 2 values per metric, whatever clients send. The two hold a space,
+which no tenant id may (``tenant_problem``): a tenant of any name, one
+spelt ``(other)`` or ``(none)`` too, has a series of its own that no
+out-of-band value shares.
 
 Why the first N seen and not the N busiest: a label that moved between a
-tenant's own series and ``(other)`` as traffic shifted would break each
+tenant's own series and ``(other tenants)`` as traffic shifted would break each
 series' counter (``rate()`` over a series that stops and restarts), and
 finding the busiest takes counting every tenant, the unbounded state the
 bound is there to avoid. The first N are stable until the replica
@@ -36,11 +39,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from service.principal import TENANT_SEPARATOR, tenant_problem
 
-# Not tenant ids a tenant could be told apart from: a tenant named so (the
-# syntax allows parentheses) never gets a series of its own, it is counted
-# under OTHER_TENANTS.
-NO_TENANT = "(none)"
-OTHER_TENANTS = "(other)"
+# Labels no tenant id can take (a space: service.principal.tenant_problem),
+# so no tenant is ever counted under them, nor they under a tenant's.
+NO_TENANT = "(no tenant)"
+OTHER_TENANTS = "(other tenants)"
 ACCEPTED = "accepted"
 REFUSED = "refused"
 
@@ -65,7 +67,7 @@ class TenantCounts:
         self._commands = Counter(
             "chronicle_tenant_commands",
             "Commands run, by the tenant of their aggregate (the first --metrics-tenants tenants; the rest"
-            " '(other)', ids of no tenant '(none)') and outcome (accepted, refused)",
+            f" '{OTHER_TENANTS}', ids of no tenant '{NO_TENANT}') and outcome (accepted, refused)",
             ["tenant", "outcome"],
             registry=registry,
         )
@@ -94,7 +96,7 @@ class TenantCounts:
             return found
         if tenant_problem(tenant):
             return self._none
-        if len(self._labelled) >= self._limit or tenant in (NO_TENANT, OTHER_TENANTS):
+        if len(self._labelled) >= self._limit:
             return self._other
         series = self._labelled[tenant] = self._series(tenant)
         return series

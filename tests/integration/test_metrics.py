@@ -47,7 +47,7 @@ async def test_command_counters_move_with_each_outcome(served: tuple[Application
 async def test_commands_and_events_are_counted_per_tenant_when_asked_for_the_first_n_tenants() -> None:
     """``--metrics-tenants 2``: acme and globex, the first two tenants
     seen, have series of their own; initech comes third and counts as
-    ``(other)``, an id of no tenant as ``(none)``. A retry answered from
+    ``(other tenants)``, an id of no tenant as ``(no tenant)``. A retry answered from
     its record is not counted again; a command refused as it was decoded
     is counted for its id's tenant."""
     async with running_server(MemoryStore(), metrics_listen="127.0.0.1:0", metrics_tenants=2) as (app, client):
@@ -71,8 +71,8 @@ async def test_commands_and_events_are_counted_per_tenant_when_asked_for_the_fir
     assert counted("chronicle_tenant_commands_total", tenant="acme", outcome="refused") == 2
     assert counted("chronicle_tenant_events_appended_total", tenant="acme") == 2
     assert counted("chronicle_tenant_commands_total", tenant="globex", outcome="accepted") == 1
-    assert counted("chronicle_tenant_commands_total", tenant="(other)", outcome="accepted") == 1
-    assert counted("chronicle_tenant_commands_total", tenant="(none)", outcome="accepted") == 1
+    assert counted("chronicle_tenant_commands_total", tenant="(other tenants)", outcome="accepted") == 1
+    assert counted("chronicle_tenant_commands_total", tenant="(no tenant)", outcome="accepted") == 1
     assert 'tenant="initech"' not in text
 
 

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from service.errors import ConfigurationError
 from service.observability.tenant_metrics import NO_TENANT, OTHER_TENANTS, TenantCounts
+from service.principal import tenant_problem
 from service.settings import MAX_METRICS_TENANTS, Settings
 
 
@@ -59,13 +60,20 @@ def test_an_id_of_no_tenant_counts_under_none_and_takes_no_place(aggregate_id: s
     assert counts.labelled == {"acme"}
 
 
-def test_a_tenant_named_like_the_reserved_labels_is_never_labelled_apart() -> None:
+def test_a_tenant_of_any_name_is_told_apart_from_the_out_of_band_labels() -> None:
+    """Before: the labels were ``(none)`` and ``(other)``, which are tenant
+    ids, so tenants named so were counted under ``(other)`` with the rest.
+    The labels now hold a space, which no tenant id may."""
     registry = CollectorRegistry()
     counts = TenantCounts(registry, 5)
     counts.accepted("(none):acc-1", 1)
-    counts.accepted("(other):acc-1", 1)
-    assert counts.labelled == frozenset()
-    assert commands(registry, OTHER_TENANTS, "accepted") == 2
+    counts.accepted("(other):acc-1", 2)
+    counts.refused("acc-1")
+    assert counts.labelled == {"(none)", "(other)"}
+    assert (commands(registry, "(none)", "accepted"), events(registry, "(other)")) == (1, 2)
+    assert (commands(registry, OTHER_TENANTS, "accepted"), commands(registry, NO_TENANT, "refused")) == (0, 1)
+    for label in (NO_TENANT, OTHER_TENANTS):
+        assert tenant_problem(label.partition(":")[0])  # no tenant can be named as they are
 
 
 def test_however_many_tenants_come_the_labels_stay_bounded() -> None:
@@ -73,7 +81,7 @@ def test_however_many_tenants_come_the_labels_stay_bounded() -> None:
     counts = TenantCounts(registry, 10)
     for n in range(5000):
         counts.accepted(f"tenant{n}:acc-1", 1)
-    assert len(tenant_labels(registry)) == 10 + 2  # the first ten, (other) and (none)
+    assert len(tenant_labels(registry)) == 10 + 2  # the first ten, and the two out-of-band labels
     assert commands(registry, OTHER_TENANTS, "accepted") == 4990
     assert commands(registry, "tenant9", "accepted") == 1
 
