@@ -101,12 +101,15 @@ from service.transfer.one_place import (
 from service.transfer.read_models import (
     DEFAULT_READ_MODELS_WAIT,
     Replaced,
+    after_waiting,
     behind_refusal,
-    caught_up,
+    below_tombstones,
     checkpoints,
+    named_in,
     replaced_in,
     retired,
     stale,
+    without,
 )
 from service.transfer.readable import check_readable
 from service.transfer.records import (
@@ -682,38 +685,16 @@ class Importer:
         if not deleted:
             return {}
         read_models = await checkpoints(self._store.projections, self._registry)
-        behind = {found.aggregate_id: (found, stale(found, read_models, self._registry)) for found in deleted}
-        gone = retired({name: at for _, below in behind.values() for name, at in below.items()}, self._registry)
+        behind = below_tombstones(deleted, read_models, self._registry)
+        gone = retired(named_in(behind), self._registry)
         self._retired_behind(gone)
-        behind = {
-            a: (found, {n: at for n, at in below.items() if n not in gone}) for a, (found, below) in behind.items()
-        }
-        behind = {aggregate_id: (found, below) for aggregate_id, (found, below) in behind.items() if below}
+        behind = without(behind, gone)
         if behind and self._options.restore_deleted and not self._options.even_if_read_models_behind:
-            targets: dict[str, int] = {}
-            for found, below in behind.values():
-                for name in below:
-                    targets[name] = max(targets.get(name, 0), found.tombstone or 0)
             wait = self._options.read_models_wait
-            still = await caught_up(self._store.projections, targets, max_wait=wait)
-            behind = {
-                a: (
-                    found,
-                    {
-                        n: still[n].checkpoint
-                        for n in below
-                        if n in still and still[n].checkpoint < (found.tombstone or 0)
-                    },
-                )
-                for a, (found, below) in behind.items()
-            }
-            behind = {aggregate_id: (found, below) for aggregate_id, (found, below) in behind.items() if below}
+            behind, stopped = await after_waiting(self._store.projections, behind, max_wait=wait)
             if behind:
-                stopped = {name: found.stopped_at for name, found in still.items() if found.stopped_at}
-                raise behind_refusal(
-                    {a: (found.tombstone or 0, below) for a, (found, below) in behind.items()}, stopped, waited=wait
-                )
-        return {name: position for _, below in behind.values() for name, position in below.items()} | gone
+                raise behind_refusal(behind, stopped, waited=wait)
+        return named_in(behind) | gone
 
     def _retired_behind(self, projections: dict[str, int]) -> None:
         """Say, once each, that retired ``projections`` below a tombstone

@@ -23,7 +23,7 @@ projection a loaded plugin declares counts only if it reads the
 aggregate's type (its ``aggregate_types``, the event types it handles): one
 that never sees its events derives nothing from them. What ``Importer``
 does with the names: a restore first waits a few seconds for those below a
-tombstone to pass it (``caught_up``: a projection lagging by milliseconds,
+tombstone to pass it (``after_waiting``: a projection lagging by milliseconds,
 as one is right after a delete, is no reason to refuse), then refuses while
 any is still behind (``READ_MODELS_BEHIND``) unless told to go on, and
 reports them in its summary to be rebuilt. A **retired** projection (a
@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from service.errors import ImportConflict
@@ -119,36 +119,61 @@ def retired(read_models: Mapping[str, int], registry: Registry | None) -> dict[s
     return {name: position for name, position in read_models.items() if registry.projection(name) is None}
 
 
-@dataclass(frozen=True, slots=True)
-class Behind:
-    """A projection still below a tombstone after the wait: its checkpoint,
-    and the position of the event it is stopped at by a handler's failure
-    (0 while it runs)."""
-
-    checkpoint: int
-    stopped_at: int = 0
+# By aggregate restored: its tombstone's position, and the projections
+# below it (name: checkpoint).
+BelowTombstones = dict[str, tuple[int, dict[str, int]]]
 
 
-async def caught_up(projections: ProjectionStore, targets: Mapping[str, int], *, max_wait: float) -> dict[str, Behind]:
-    """Those of ``targets`` (name: the tombstone it must pass) still below
-    their target after waiting at most ``max_wait`` seconds for them to
-    pass it; one stopped at a failing event at or before its target is
-    not waited for (only a fixed plugin moves it on)."""
+def below_tombstones(
+    deleted: Sequence[Replaced], read_models: Mapping[str, int], registry: Registry | None
+) -> BelowTombstones:
+    """Those of ``read_models`` below the tombstone of each of ``deleted``
+    that reads its type (``stale``), the aggregates with none left out."""
+    found = {d.aggregate_id: (d.tombstone or 0, stale(d, read_models, registry)) for d in deleted}
+    return {aggregate_id: (at, below) for aggregate_id, (at, below) in found.items() if below}
+
+
+def named_in(behind: BelowTombstones) -> dict[str, int]:
+    """Every projection of ``behind``, with its checkpoint."""
+    return {name: position for _, below in behind.values() for name, position in below.items()}
+
+
+def without(behind: BelowTombstones, names: Iterable[str]) -> BelowTombstones:
+    """``behind`` but for the projections ``names``."""
+    left_out = set(names)
+    kept = {a: (at, {n: p for n, p in below.items() if n not in left_out}) for a, (at, below) in behind.items()}
+    return {aggregate_id: (at, below) for aggregate_id, (at, below) in kept.items() if below}
+
+
+async def after_waiting(
+    projections: ProjectionStore, behind: BelowTombstones, *, max_wait: float
+) -> tuple[BelowTombstones, dict[str, int]]:
+    """``behind`` as it stands once its projections have passed the
+    tombstones they are below, or ``max_wait`` seconds are over (their
+    checkpoints read again), and those of it stopped at an event at or
+    before the tombstone by a handler's failure (name: the event's
+    position), which are not waited for: only a fixed plugin moves them on."""
+    targets: dict[str, int] = {}
+    for tombstone, below in behind.values():
+        for name in below:
+            targets[name] = max(targets.get(name, 0), tombstone)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_wait
     pause = _FIRST_LOOK
     while True:
-        behind: dict[str, Behind] = {}
+        now: dict[str, int] = {}
+        stopped: dict[str, int] = {}
         for name, target in targets.items():
-            checkpoint = await projections.projection_position(name)
-            if checkpoint >= target:
-                continue
-            failed_at = await projections.projection_position(FAILURE_PREFIX + name)
-            stuck = failed_at if checkpoint < failed_at <= target else 0
-            behind[name] = Behind(checkpoint, stuck)
+            now[name] = checkpoint = await projections.projection_position(name)
+            if checkpoint < target:
+                failed_at = await projections.projection_position(FAILURE_PREFIX + name)
+                if checkpoint < failed_at <= target:
+                    stopped[name] = failed_at
+        left = {a: (at, {n: now[n] for n in below if now[n] < at}) for a, (at, below) in behind.items()}
+        left = {aggregate_id: (at, below) for aggregate_id, (at, below) in left.items() if below}
         remaining = deadline - loop.time()
-        if remaining <= 0 or all(found.stopped_at for found in behind.values()):
-            return behind
+        if not left or remaining <= 0 or set(named_in(left)) <= set(stopped):
+            return left, {name: at for name, at in stopped.items() if name in named_in(left)}
         await asyncio.sleep(min(pause, remaining))
         pause = min(pause * 2, _LAST_LOOK)
 
@@ -170,16 +195,12 @@ def _reads(registry: Registry | None, name: str, aggregate_type: str) -> bool:
     return False
 
 
-def behind_refusal(
-    behind: Mapping[str, tuple[int, Mapping[str, int]]], stopped: Mapping[str, int], *, waited: float
-) -> ImportConflict:
+def behind_refusal(behind: BelowTombstones, stopped: Mapping[str, int], *, waited: float) -> ImportConflict:
     """READ_MODELS_BEHIND for a restore of the aggregates of ``behind``
     (aggregate: its tombstone's position and the projections below it,
     name: checkpoint), after ``waited`` seconds; ``stopped``: those stopped
     at an event by a handler's failure (name: its position)."""
-    projections: dict[str, int] = {}
-    for _, below in behind.values():
-        projections.update(below)
+    projections = named_in(behind)
     named = ", ".join(
         f"{name} (at {position}" + (f", stopped by a failure at {stopped[name]})" if name in stopped else ")")
         for name, position in sorted(projections.items())
