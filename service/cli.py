@@ -207,6 +207,25 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _read_models_wait_option(parser: argparse.ArgumentParser) -> None:
+    from service.transfer.read_models import DEFAULT_READ_MODELS_WAIT, MAX_READ_MODELS_WAIT
+
+    def wait(text: str) -> float:
+        value = _seconds(text)
+        if value > MAX_READ_MODELS_WAIT:
+            raise argparse.ArgumentTypeError(f"must be at most {MAX_READ_MODELS_WAIT:g} seconds, got {text}")
+        return value
+
+    parser.add_argument(
+        "--read-models-wait",
+        type=wait,
+        default=DEFAULT_READ_MODELS_WAIT,
+        metavar="SECONDS",
+        help="restoring: how long to wait for projections below a tombstone to pass it before refusing"
+        f" (READ_MODELS_BEHIND; default {DEFAULT_READ_MODELS_WAIT:g}, at most {MAX_READ_MODELS_WAIT:g})",
+    )
+
+
 _GROUP_DURATIONS = ("retry_backoff", "max_retry_backoff", "ack_timeout")
 _GROUP_COUNTS = ("max_delivery_attempts", "max_unanswered_timeouts", "segments")
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
@@ -1627,6 +1646,7 @@ def _import(args: argparse.Namespace, channel: grpc.Channel) -> int:
         overwrite=args.overwrite,
         restore_deleted=args.restore_deleted,
         even_if_read_models_behind=args.even_if_read_models_behind,
+        read_models_wait=args.read_models_wait,
     )
     leave_out = frozenset(args.leave_out or ())
     if args.database_url:
@@ -1722,6 +1742,8 @@ def _send_import(
                 request.options.overwrite = options.overwrite
                 request.options.restore_deleted = options.restore_deleted
                 request.options.even_if_read_models_behind = options.even_if_read_models_behind
+                # At least 1 ms: 0 would be the server's default.
+                request.options.read_models_wait_ms = max(1, round(options.read_models_wait * 1000))
             yield request
             on_sent(sent)
 
@@ -2023,7 +2045,11 @@ def _restore(args: argparse.Namespace, channel: grpc.Channel) -> int:
             )
     source = Source(args.file, pool=pool)
     try:
-        options = ImportOptions(restore_deleted=True, even_if_read_models_behind=args.even_if_read_models_behind)
+        options = ImportOptions(
+            restore_deleted=True,
+            even_if_read_models_behind=args.even_if_read_models_behind,
+            read_models_wait=args.read_models_wait,
+        )
         response = _send_import(channel, only_aggregates(source.records(), chosen), options)
     finally:
         source.close()
@@ -2503,6 +2529,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --restore-deleted: restore even while projections are below a tombstone (READ_MODELS_BEHIND"
         " otherwise); rebuild the projections it names after",
     )
+    _read_models_wait_option(import_)
     import_.add_argument(
         "--leave-out",
         action="append",
@@ -2556,6 +2583,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="restore even while projections are below an aggregate's tombstone (READ_MODELS_BEHIND otherwise);"
         " rebuild the projections it names after",
     )
+    _read_models_wait_option(restore)
     restore.set_defaults(run=_restore, remote=True)
 
     convert = commands.add_parser(

@@ -21,6 +21,7 @@ from service.transfer.claims import LoadState
 from service.transfer.deleting import Deletion, delete_aggregate
 from service.transfer.exporter import ArchiveRule, Exporter, ExportSelection
 from service.transfer.importer import Importer, ImportOptions, ImportSummary
+from service.transfer.read_models import DEFAULT_READ_MODELS_WAIT, MAX_READ_MODELS_WAIT
 from service.transfer.sealing import ImportSealing, WithoutKeys
 
 MAX_EXPORTED_AGGREGATES = 1000
@@ -126,6 +127,7 @@ class Transfers:
             overwrite=requested.overwrite,
             restore_deleted=requested.restore_deleted,
             even_if_read_models_behind=requested.even_if_read_models_behind,
+            read_models_wait=_read_models_wait(requested.read_models_wait_ms),
         )
 
         def make(checking_only: bool) -> Importer:
@@ -142,6 +144,17 @@ class Transfers:
 
         # Replacing aggregates: nothing is written before the whole stream is read and checked.
         return CheckedFirst(make) if options.overwrite else make(False)
+
+
+def _read_models_wait(ms: int) -> float:
+    """ImportOptions.read_models_wait_ms in seconds (0: the default)."""
+    if not ms:
+        return DEFAULT_READ_MODELS_WAIT
+    if ms > MAX_READ_MODELS_WAIT * 1000:
+        raise InvalidInput.for_field(
+            "options.read_models_wait_ms", f"must be at most {MAX_READ_MODELS_WAIT * 1000:g}", reason="WAIT_TOO_LONG"
+        )
+    return ms / 1000
 
 
 # What gRPC's framing of a message may add to the record it carries.

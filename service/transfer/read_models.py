@@ -51,6 +51,8 @@ READ_MODELS_BEHIND = "READ_MODELS_BEHIND"
 # applies a tombstone within milliseconds of its commit; one that takes
 # longer is far behind, or stopped.
 DEFAULT_READ_MODELS_WAIT = 5.0
+# The longest a restore may be told to wait (ImportOptions.read_models_wait_ms).
+MAX_READ_MODELS_WAIT = 60.0
 # Between reads of the checkpoints while waiting (doubling from the first to
 # the last): a projection may run on another replica, or in a server this
 # process (a command-line import) cannot hear, so its stored row is read.

@@ -51,6 +51,11 @@ async def test_a_deleted_aggregate_is_aggregate_deleted_overwriting_or_not_and_r
             (held,) = await store.read_aggregate("acct-2")
             assert is_tombstone(held), held  # not resurrected
 
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await imported(client, records, restore_deleted=True, read_models_wait_ms=60_001)
+        details = details_of(refused.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "WAIT_TOO_LONG")
+        assert details.field_violations == ["options.read_models_wait_ms"]
         # Right after the delete: the bank's read model may be milliseconds
         # short of the tombstone, which the restore waits for (it was refused
         # READ_MODELS_BEHIND for that lag: test_import_read_models' is one

@@ -96,7 +96,7 @@ def test_a_restore_is_refused_while_a_projection_is_below_the_tombstone(database
         assert stopped < tombstone_at
         wait_for(server, BALANCES, at_least=tombstone_at)  # the bank's read model saw the tombstone
 
-        refused = cli("restore", archived["file"], server=at, check=False)
+        refused = cli("restore", archived["file"], "--read-models-wait", "0.5", server=at, check=False)
         assert refused.returncode == 1
         first, details = refused.stderr.splitlines()[:2]
         assert first.startswith("error: FAILED_PRECONDITION READ_MODELS_BEHIND: ")
@@ -107,7 +107,7 @@ def test_a_restore_is_refused_while_a_projection_is_below_the_tombstone(database
             "projections": json.dumps({STALLING: stopped}),
             "tombstones": json.dumps({"acc-1": tombstone_at}),
             "stopped": json.dumps({STALLING: stopped + 1}),
-            "waited_seconds": "5",
+            "waited_seconds": "0.5",
         }
         assert [e["deleted"] for e in events_of(server, "acc-1")] == [True]  # nothing restored
 

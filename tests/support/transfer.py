@@ -54,6 +54,7 @@ async def imported(
     *,
     overwrite: bool = False,
     restore_deleted: bool = False,
+    read_models_wait_ms: int = 0,
 ) -> admin_service_pb2.ImportLogResponse:
     """``ImportLog`` of ``records``, the options with the first."""
 
@@ -63,6 +64,7 @@ async def imported(
             if index == 0:
                 request.options.overwrite = overwrite
                 request.options.restore_deleted = restore_deleted
+                request.options.read_models_wait_ms = read_models_wait_ms
             yield request
 
     response: admin_service_pb2.ImportLogResponse = await client.admin.ImportLog(requests(), timeout=60)
