@@ -462,9 +462,11 @@ async def start(
         if batch_counts is not None:
             metrics.watch_batches(batch_counts)
         roles = timed(roles, metrics.store_duration, metrics.conflicts)
+    # Their documents are sealed under a key per tenant (docs/security.md, "Per-tenant keys").
+    tenant_keyed = frozenset(p.name for p in registry.projections if p.tenant_keyed)
     if master_keys is not None:
         keyring = Keyring(roles.keys, master_keys)
-        roles = encrypted(roles, keyring)
+        roles = encrypted(roles, keyring, tenant_keyed=tenant_keyed)
     await roles.lifecycle.open()
     if master_keys is None:
         await _refuse_sealed_store(roles)
@@ -480,7 +482,7 @@ async def start(
         if metrics is not None:
             read_roles = timed(read_roles, metrics.store_duration, metrics.conflicts)
         if keyring is not None:
-            read_roles = encrypted(read_roles, keyring)
+            read_roles = encrypted(read_roles, keyring, tenant_keyed=tenant_keyed)
         try:
             await standby.open()  # refuses a read database that is not the primary's (READ_DATABASE_MISMATCH)
         except ConfigurationError:

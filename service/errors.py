@@ -30,6 +30,7 @@ as ``google.rpc.ErrorInfo.reason``), a human message, and string metadata.
     ├── Unauthenticated         no credentials, or credentials that do not verify
     ├── PermissionDenied        the caller may not do this
     ├── AggregateForgotten      the aggregate's key was forgotten; its state is gone
+    ├── DocumentForgotten       a read model's documents of a tenant whose key was destroyed (shredded)
     ├── AggregateDeleted        the aggregate was deleted; its tombstone stands for it
     ├── SubjectsForgotten       a read model's commit named forgotten aggregates (internal: applied again)
     ├── NotEncrypted            forgetting needs encryption (on, and a key for the aggregate)
@@ -449,6 +450,23 @@ class AggregateForgotten(ChronicleError):
         super().__init__(
             f"aggregate {aggregate_id!r} was forgotten: its payloads are redacted and its state cannot be rebuilt",
             metadata={"aggregate_id": aggregate_id},
+        )
+
+
+class DocumentForgotten(ChronicleError):
+    """A ``tenant_keyed`` read model's document of a tenant whose master key
+    that sealed it was destroyed (a shred): it reads as its aggregates do,
+    forgotten, whether or not a document is stored under the key (which
+    cannot be told any more: the key is looked up by a keyed hash under the
+    key that is gone)."""
+
+    default_reason = "DOCUMENT_FORGOTTEN"
+
+    def __init__(self, projection: str, tenant: str) -> None:
+        super().__init__(
+            f"projection {projection}'s documents of tenant {tenant!r} were shredded: the master key that sealed"
+            " them was destroyed",
+            metadata={"projection": projection, "tenant": tenant},
         )
 
 

@@ -522,7 +522,12 @@ class ProjectionRun:
         # With ``forgetting``: encrypted at rest, as a server must be to
         # forget (``forget``), under a master key made for the run.
         self._keyring = Keyring(self.store, MasterKeys({"run": os.urandom(32)}, "run")) if forgetting else None
-        self._roles = Store.of(self.store) if self._keyring is None else encrypted(Store.of(self.store), self._keyring)
+        tenant_keyed = frozenset(p.name for p in self.registry.projections if p.tenant_keyed)
+        self._roles = (
+            Store.of(self.store)
+            if self._keyring is None
+            else encrypted(Store.of(self.store), self._keyring, tenant_keyed=tenant_keyed)
+        )
         self._executor = CommandExecutor(self._roles, self.registry)
         self._batch_size = batch_size
         self.runners = {projection.name: self._runner(projection) for projection in self.registry.projections}

@@ -65,6 +65,7 @@ STATUS_BY_ERROR: dict[type[errors.ChronicleError], grpc.StatusCode] = {
     errors.CredentialsChanged: grpc.StatusCode.UNAVAILABLE,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.AggregateForgotten: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.DocumentForgotten: grpc.StatusCode.FAILED_PRECONDITION,
     errors.AggregateDeleted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotEncrypted: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotConfirmed: grpc.StatusCode.FAILED_PRECONDITION,

@@ -55,6 +55,7 @@ from service.store.base import (
     SnapshotStore,
     Store,
 )
+from service.store.document_ciphers import DocumentCiphers, Place
 from service.store.encryption import (
     Keyring,
     claims_key_id,
@@ -62,7 +63,6 @@ from service.store.encryption import (
     event_context,
     fingerprint_context,
     hidden_claim_value,
-    hidden_document_key,
     is_sealed,
     is_sealed_fingerprint,
     is_sealed_text,
@@ -101,16 +101,17 @@ log = logging.getLogger(__name__)
 HIDE_BATCH = 500
 
 
-def encrypted(store: Store, keyring: Keyring) -> Store:
+def encrypted(store: Store, keyring: Keyring, *, tenant_keyed: frozenset[str] = frozenset()) -> Store:
     """``store`` with payloads sealed, claimed values hidden and documents
-    sealed under ``keyring``'s keys."""
+    sealed under ``keyring``'s keys; those of the read models named in
+    ``tenant_keyed`` under a key per tenant (``document_ciphers``)."""
     hider = ClaimHider(store.claims, keyring)
     return store.replacing(
         events=SealedEvents(store.events, keyring, hider),
         log=SealedLog(store.log, keyring),
         claims=HiddenClaims(store.claims, hider),
         snapshots=SealedSnapshots(store.snapshots, keyring),
-        projections=SealedProjections(store.projections, keyring),
+        projections=SealedProjections(store.projections, keyring, tenant_keyed),
         audit=OpenedAudit(store.audit, keyring),
     )
 
@@ -422,11 +423,13 @@ class SealedProjections:
     sealed too, under a key per projection, and their keys (often personal:
     an owner's name) stored as keyed hashes. A document's subjects (the
     aggregates it is derived from) are stored as they are, like aggregate
-    ids everywhere: forgetting one deletes the document."""
+    ids everywhere: forgetting one deletes the document. A ``tenant_keyed``
+    read model's documents are sealed per tenant (``document_ciphers``)."""
 
-    def __init__(self, inner: ProjectionStore, keyring: Keyring) -> None:
+    def __init__(self, inner: ProjectionStore, keyring: Keyring, tenant_keyed: frozenset[str] = frozenset()) -> None:
         self.inner = inner
         self.keyring = keyring
+        self.ciphers = DocumentCiphers(keyring, tenant_keyed)
 
     async def projection_position(self, name: str) -> int:
         return await self.inner.projection_position(name)
@@ -441,25 +444,33 @@ class SealedProjections:
         return await self.inner.start_projection_version(name, version)
 
     async def load_document(self, projection: str, key: str) -> StoredDocument | None:
-        cipher = await self.keyring.for_writing(projection_key_id(projection))
-        stored = await self.inner.load_document(projection, hidden_document_key(cipher, projection, key))
+        places = (await self.ciphers.for_reading(projection, [key]))[key]
+        if len(places) != 1:  # none (no key made: no document), or a tenant's and the read model's own
+            found = await self._load_from(projection, {key: places})
+            return found[0] if found else None
+        place = places[0]
+        stored = await self.inner.load_document(projection, place.hidden)
         if stored is None:
             return None
-        data = stored.data
-        if is_sealed(data):
-            data = open_sealed(cipher, data, document_context(projection, key))
-        return StoredDocument(key, stored.type_name, data)
+        return StoredDocument(key, stored.type_name, _opened_document(place, projection, key, stored.data))
 
     async def load_documents(self, projection: str, keys: Sequence[str]) -> list[StoredDocument]:
-        cipher = await self.keyring.for_writing(projection_key_id(projection))
-        hidden = {hidden_document_key(cipher, projection, key): key for key in keys}
+        return await self._load_from(projection, await self.ciphers.for_reading(projection, list(keys)))
+
+    async def _load_from(self, projection: str, places: dict[str, list[Place]]) -> list[StoredDocument]:
+        """The documents at ``places``, each key's first place that holds
+        one (a tenant's before the read model's own: document_ciphers),
+        looked up in one read."""
+        wanted = {place.hidden: (key, place) for key, found in places.items() for place in found}
+        stored = {s.key: s for s in await self.inner.load_documents(projection, list(wanted))}
         found = []
-        for stored in await self.inner.load_documents(projection, list(hidden)):
-            key = hidden[stored.key]
-            data = stored.data
-            if is_sealed(data):
-                data = open_sealed(cipher, data, document_context(projection, key))
-            found.append(StoredDocument(key, stored.type_name, data))
+        for key, candidates in places.items():
+            for place in candidates:
+                hit = stored.get(place.hidden)
+                if hit is None:
+                    continue
+                found.append(StoredDocument(key, hit.type_name, _opened_document(place, projection, key, hit.data)))
+                break
         return found
 
     async def commit_projection(
@@ -472,16 +483,18 @@ class SealedProjections:
         fencing: Fencing | None = None,
         parked: Sequence[ParkedEvent] = (),
     ) -> None:
-        cipher = await self.keyring.for_writing(projection_key_id(name))
+        writer = await self.ciphers.writer(name)
         sealed = []
         for w in writes:
-            hidden = hidden_document_key(cipher, name, w.key)
+            place, older = await writer.place(w.key, due=w.due_us is not None)
             # A document with a due time is read back by ``due_documents``,
             # which knows only its stored key: it is sealed under that (the
             # keyed hash of its key, as bound to its row as the key is).
-            context = document_context(name, w.key if w.due_us is None else hidden)
-            data = None if w.data is None else seal(cipher, w.data, context)
-            sealed.append(DocumentWrite(hidden, w.type_name, data, w.subjects, w.due_us))
+            context = document_context(name, w.key if w.due_us is None else place.hidden)
+            data = None if w.data is None else seal(place.cipher, w.data, context)
+            sealed.append(DocumentWrite(place.hidden, w.type_name, data, w.subjects, w.due_us))
+            if older is not None:  # moved off the read model's own key, if it was there
+                sealed.append(DocumentWrite(older))
         await self.inner.commit_projection(
             name,
             expected_position=expected_position,
@@ -548,6 +561,11 @@ class SealedProjections:
 
     async def due_summary(self, projection: str) -> tuple[int, int | None]:
         return await self.inner.due_summary(projection)  # due times are stored in the clear
+
+
+def _opened_document(place: Place, projection: str, key: str, data: bytes) -> bytes:
+    """A document's data as written (one in the clear, from before encryption, as it is)."""
+    return open_sealed(place.cipher, data, document_context(projection, key)) if is_sealed(data) else data
 
 
 class OpenedAudit:

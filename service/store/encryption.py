@@ -51,8 +51,8 @@ from service.errors import AggregateForgotten, MasterKeysUnfit, PayloadNotDecryp
 from service.principal import tenant_prefix
 from service.store.base import KeyStore, ProjectionStore, Transfer
 from service.store.master_keys import KEY_BYTES as KEY_BYTES  # re-exported: defined here before
+from service.store.master_keys import TENANT_OWNED_MARK, missing_tenant_keys_said, missing_tenants_metadata
 from service.store.master_keys import MasterKeys as MasterKeys
-from service.store.master_keys import missing_tenant_keys_said, missing_tenants_metadata
 from service.store.records import (
     HIDDEN_CLAIM_MARK,
     AuditEntry,
@@ -128,7 +128,10 @@ async def refuse_if_sealed(keys: KeyStore, projections: ProjectionStore, transfe
 
 async def _still_seals(key_id: str, projections: ProjectionStore, transfer: Transfer) -> bool:
     if key_id.startswith(PROJECTION_KEY_PREFIX):
-        projection = key_id.removeprefix(PROJECTION_KEY_PREFIX)
+        # A tenant's key of a read model (``tenant_projection_key_id``)
+        # seals while the read model holds any document: which are the
+        # tenant's cannot be told below encryption.
+        projection = key_id.removeprefix(PROJECTION_KEY_PREFIX).partition(TENANT_OWNED_MARK)[0]
         return bool(await projections.list_documents(projection, DocumentRange(limit=1)))
     if key_id.startswith(CLAIMS_KEY_PREFIX):
         scope = key_id.removeprefix(CLAIMS_KEY_PREFIX)
@@ -377,6 +380,11 @@ class Keyring:
             self._remember(aggregate_id, None)
         return forgettings
 
+    def tenant_shredded(self, tenant: str) -> bool:
+        """Whether every master key of ``tenant`` is marked destroyed: what
+        it owns reads as forgotten, whatever key wraps it."""
+        return tenant in self._master.shredded
+
     async def forgotten(self, aggregate_id: str) -> bool:
         key = await self._store.load_data_key(aggregate_id)
         return key is not None and key.forgotten
@@ -480,6 +488,13 @@ def projection_key_id(projection: str) -> str:
     return PROJECTION_KEY_PREFIX + projection
 
 
+def tenant_projection_key_id(projection: str, tenant: str) -> str:
+    """The data key of a ``tenant_keyed`` read model's documents of one
+    tenant: wrapped by that tenant's master key (``master_keys.owner_tenant``
+    reads the tenant back), so destroying it shreds them in backups too."""
+    return PROJECTION_KEY_PREFIX + projection + TENANT_OWNED_MARK + tenant
+
+
 def document_context(projection: str, key: str) -> bytes:
     return b"document\0" + projection.encode() + b"\0" + key.encode()
 
@@ -504,6 +519,14 @@ def hidden_document_key(cipher: AESGCM, projection: str, key: str) -> str:
     """The stored form of a document key, which may be personal data
     ("owner:ann"), under the projection's data key."""
     return "k:" + keyed_hash(cipher, b"chronicle document keys", projection, key)
+
+
+def hidden_tenant_document_key(cipher: AESGCM, projection: str, key: str) -> str:
+    """The stored form of a ``tenant_keyed`` read model's document key under
+    its tenant's data key of the read model: ``t:`` where the read model's
+    own key's are ``k:``, so a stored document says which key sealed it (one
+    written before the read model had tenants' keys stays ``k:``)."""
+    return "t:" + keyed_hash(cipher, b"chronicle document keys", projection, key)
 
 
 # Uniqueness claims (an e-mail address in ``users.email``) are stored as

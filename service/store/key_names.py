@@ -9,12 +9,17 @@ from __future__ import annotations
 import re
 
 from service.store.encryption import CLAIMS_KEY_PREFIX, PROJECTION_KEY_PREFIX
+from service.store.master_keys import TENANT_OWNED_MARK
 
+# A tenant's key of a read model as repr() writes it: '\x1fprojection:bank.balances\x1eacme'.
+_QUOTED_TENANTS = re.compile(r"""(['"])\\x1fprojection:([^'"\\]*?)\\x1e(.*?)\1""")
 # An internal key id as repr() writes it in a message: '\x1fclaims:users.email'.
 _QUOTED = re.compile(r"""(['"])\\x1f(claims|projection):(.*?)\1""")
 # One written as it is (str(), an f-string without !r): up to the next
 # space, punctuation that ends a clause left out.
 _RAW = re.compile(r"\x1f(claims|projection):(\S+?)(?=[,.;:)]*(?:\s|$))")
+# A tenant's key of a read model written as it is.
+_RAW_TENANTS = re.compile(r"\x1fprojection:([\w.]+)\x1e(\S+?)(?=[,.;:)]*(?:\s|$))")
 _OWNERS = {"claims": "the uniqueness claims of scope", "projection": "the read model"}
 
 
@@ -24,12 +29,21 @@ def key_owner(key_id: str) -> str:
     if key_id.startswith(CLAIMS_KEY_PREFIX):
         return f"{_OWNERS['claims']} {key_id.removeprefix(CLAIMS_KEY_PREFIX)!r}"
     if key_id.startswith(PROJECTION_KEY_PREFIX):
-        return f"{_OWNERS['projection']} {key_id.removeprefix(PROJECTION_KEY_PREFIX)!r}"
+        projection, mark, tenant = key_id.removeprefix(PROJECTION_KEY_PREFIX).partition(TENANT_OWNED_MARK)
+        if mark:
+            return f"the documents of tenant {tenant!r} of {_OWNERS['projection']} {projection!r}"
+        return f"{_OWNERS['projection']} {projection!r}"
     return f"aggregate {key_id!r}"
 
 
 def humanized(text: str) -> str:
     """``text`` with every internal key id in it (quoted, as repr() writes
     it, or raw) said as whose key it is."""
+    tenants = _QUOTED_TENANTS.sub(lambda found: _tenants(found.group(2), found.group(3)), text)
+    text = _RAW_TENANTS.sub(lambda found: _tenants(found.group(1), found.group(2)), tenants)
     text = _QUOTED.sub(lambda found: f"{_OWNERS[found.group(2)]} '{found.group(3)}'", text)
     return _RAW.sub(lambda found: f"{_OWNERS[found.group(1)]} '{found.group(2)}'", text)
+
+
+def _tenants(projection: str, tenant: str) -> str:
+    return f"the documents of tenant '{tenant}' of {_OWNERS['projection']} '{projection}'"

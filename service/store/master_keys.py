@@ -50,6 +50,27 @@ KEY_BYTES = 32
 DESTROYED = "destroyed"
 
 
+# A data key of a tenant's share of something that is no aggregate (a
+# ``tenant_keyed`` read model's documents of one tenant) is kept under an
+# internal id (one starting with a control character, as every key that is
+# no aggregate's) that ends with this mark and the tenant. Neither a read
+# model's name nor a tenant id can hold it (names are letters, digits, '_'
+# and '.'; tenant ids printable).
+TENANT_OWNED_MARK = "\x1e"
+
+
+def owner_tenant(owner: str) -> str:
+    """The tenant whose master key wraps ``owner``'s data key ('' for none):
+    an aggregate id's part before ``:``, or what follows
+    ``TENANT_OWNED_MARK`` in an internal key id (a claims scope's or a read
+    model's key otherwise belongs to no tenant)."""
+    if owner.startswith("\x1f"):
+        _, mark, tenant = owner.rpartition(TENANT_OWNED_MARK)
+        return tenant if mark else ""
+    tenant, separator, _ = owner.partition(TENANT_SEPARATOR)
+    return tenant if separator else ""
+
+
 def tenant_key_id(tenant: str, key_id: str) -> str:
     """The id a tenant's key is stored under beside the data keys it wraps."""
     return tenant + TENANT_SEPARATOR + key_id
@@ -148,8 +169,8 @@ class MasterKeys:
         tenant's active key, else the shared active key. One dict lookup;
         AggregateForgotten for an aggregate of a shredded tenant."""
         if self.tenant_active or self.shredded:
-            tenant, separator, _ = owner.partition(TENANT_SEPARATOR)
-            if separator:
+            tenant = owner_tenant(owner)
+            if tenant:
                 found = self.tenant_active.get(tenant)
                 if found is not None:
                     return found
@@ -165,8 +186,8 @@ class MasterKeys:
         if key.master_key_id in self.destroyed:
             return True
         if self.shredded:
-            tenant, separator, _ = key.aggregate_id.partition(TENANT_SEPARATOR)
-            return bool(separator) and tenant in self.shredded
+            tenant = owner_tenant(key.aggregate_id)
+            return bool(tenant) and tenant in self.shredded
         return False
 
     def wrap(self, data_key: bytes, owner: str = "") -> tuple[str, bytes]:

@@ -1,0 +1,141 @@
+"""Which data key seals each document of a read model (encryption at rest).
+
+A read model's documents are sealed under the read model's own data key,
+wrapped by the shared master key (``projection_key_id``), and stored under
+keyed hashes of their keys (``k:…``). A ``tenant_keyed`` read model (the
+plugin's promise: every document key is ``<tenant>:…``) seals each tenant's
+documents under a data key of (read model, tenant) instead
+(``tenant_projection_key_id``), wrapped by that tenant's master key when it
+has one (``MasterKeys.key_id_for``), and stores them under keyed hashes
+under that key (``t:…``). Destroying the tenant's master key then shreds
+its documents wherever they are, backups included, as it shreds its
+aggregates: the server answers ``DOCUMENT_FORGOTTEN`` for them.
+
+A document stored under the read model's own key before (a store older
+than tenants' keys of read models, or the read model declared
+``tenant_keyed`` since) stays readable: a read looks under both keyed
+hashes in one statement, the tenant's first, and a write moves it (stores
+it under the tenant's key and deletes the old row in the same commit).
+``rewrap-keys`` cannot move documents: it holds no document key to hash or
+open them with; a rebuild of the read model writes every document anew.
+
+A key without a tenant (``totals``: the plugin broke its promise) or a
+document with a due time (a reaction's deadline: reactions are never
+``tenant_keyed``) stays under the read model's own key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from service.errors import AggregateForgotten, DocumentForgotten
+from service.principal import TENANT_SEPARATOR, tenant_problem
+from service.store.encryption import (
+    Keyring,
+    hidden_document_key,
+    hidden_tenant_document_key,
+    projection_key_id,
+    tenant_projection_key_id,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a document is (or may be) stored: its hidden key, and the
+    cipher its data is sealed with."""
+
+    hidden: str
+    cipher: AESGCM
+
+
+def document_tenant(key: str) -> str:
+    """The tenant a ``tenant_keyed`` read model's document key names ('' if
+    it names none that could be a tenant)."""
+    tenant, separator, _ = key.partition(TENANT_SEPARATOR)
+    return tenant if separator and not tenant_problem(tenant) else ""
+
+
+class DocumentCiphers:
+    """The places of a read model's documents: for reading, where each may
+    be, the preferred first; for writing, where it goes, and the older place
+    it leaves."""
+
+    def __init__(self, keyring: Keyring, tenant_keyed: frozenset[str]) -> None:
+        self.keyring = keyring
+        self.tenant_keyed = tenant_keyed
+
+    async def own(self, projection: str) -> AESGCM:
+        """The read model's own cipher, made on first use."""
+        return await self.keyring.for_writing(projection_key_id(projection))
+
+    async def for_reading(self, projection: str, keys: list[str]) -> dict[str, list[Place]]:
+        """Each key's places, the preferred first; DocumentForgotten if one
+        is of a tenant whose master key sealing its documents was destroyed.
+        Reads make no tenant's key: one never made holds no document."""
+        if projection not in self.tenant_keyed:
+            own = await self.own(projection)
+            return {key: [Place(hidden_document_key(own, projection, key), own)] for key in keys}
+        older = await self.keyring.for_reading(projection_key_id(projection))
+        tenants: dict[str, AESGCM | None] = {}
+        places: dict[str, list[Place]] = {}
+        for key in keys:
+            found = []
+            tenant = document_tenant(key)
+            if tenant:
+                if tenant not in tenants:
+                    tenants[tenant] = await self._tenant_cipher_for_reading(projection, tenant)
+                cipher = tenants[tenant]
+                if cipher is not None:
+                    found.append(Place(hidden_tenant_document_key(cipher, projection, key), cipher))
+            if older is not None:
+                found.append(Place(hidden_document_key(older, projection, key), older))
+            places[key] = found
+        return places
+
+    async def _tenant_cipher_for_reading(self, projection: str, tenant: str) -> AESGCM | None:
+        if self.keyring.tenant_shredded(tenant):
+            raise DocumentForgotten(projection, tenant)
+        cipher, forgotten = await self.keyring.cipher_or_forgotten(tenant_projection_key_id(projection, tenant))
+        if forgotten:
+            raise DocumentForgotten(projection, tenant)
+        return cipher
+
+    async def writer(self, projection: str) -> DocumentWriter:
+        """Where one commit's documents go."""
+        if projection not in self.tenant_keyed:
+            return DocumentWriter(self, projection, None)
+        return DocumentWriter(self, projection, await self.keyring.for_reading(projection_key_id(projection)))
+
+
+class DocumentWriter:
+    """The places of one commit's writes, each tenant's cipher looked up
+    once. ``older``: the read model's own cipher, when documents may be
+    stored under it that a tenant's key should seal."""
+
+    def __init__(self, ciphers: DocumentCiphers, projection: str, older: AESGCM | None) -> None:
+        self._ciphers = ciphers
+        self._projection = projection
+        self._older = older
+        self._tenant_keyed = projection in ciphers.tenant_keyed
+        self._tenants: dict[str, AESGCM] = {}
+        self._own: AESGCM | None = None
+
+    async def place(self, key: str, *, due: bool) -> tuple[Place, str | None]:
+        """Where ``key``'s document goes, and the hidden key of an older
+        place to delete it from (None: none)."""
+        tenant = document_tenant(key) if self._tenant_keyed and not due else ""
+        if not tenant:
+            if self._own is None:
+                self._own = await self._ciphers.own(self._projection)
+            return Place(hidden_document_key(self._own, self._projection, key), self._own), None
+        cipher = self._tenants.get(tenant)
+        if cipher is None:
+            try:
+                cipher = await self._ciphers.keyring.for_writing(tenant_projection_key_id(self._projection, tenant))
+            except AggregateForgotten:
+                raise DocumentForgotten(self._projection, tenant) from None
+            self._tenants[tenant] = cipher
+        older = None if self._older is None else hidden_document_key(self._older, self._projection, key)
+        return Place(hidden_tenant_document_key(cipher, self._projection, key), cipher), older
