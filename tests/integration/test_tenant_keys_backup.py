@@ -10,11 +10,8 @@ A key file that merely lacks acme's key still says MASTER_KEY_MISSING."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -26,10 +23,9 @@ from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.store.base import StoreAdapter
 from service.store.encryption import new_master_key
 from service.store.memory import MemoryStore
-from service.store.postgres import PostgresStore
 from service.store.sqlite import SqliteStore
+from tests.support.backups import Site, backup_site
 from tests.support.grpc_client import Client, command, details_of, running_server
-from tests.support.postgres import find_bindir
 from tests.support.security import write
 from tests.support.transfer import exported, imported
 from tests.support.waiting import eventually
@@ -42,53 +38,9 @@ GLOBEX_OWNER = "Hieronymus Globex-Park"
 UNTENANTED_OWNER = "Philippa No-Tenant"
 
 
-@dataclass
-class Backup:
-    """The database as a backup holds it: its bytes, and a way to restore
-    it into a store of its own."""
-
-    raw: bytes
-    restore: Callable[[], Callable[[], StoreAdapter]]
-
-
-@dataclass
-class Site:
-    """The live database: a store over it (a new adapter for each server),
-    and a backup of it taken."""
-
-    store: Callable[[], StoreAdapter]
-    back_up: Callable[[], Backup]
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def site(request: pytest.FixtureRequest, tmp_path: Path) -> Site:
-    if request.param == "sqlite":
-        live = tmp_path / "data"
-
-        def copy_files() -> Backup:
-            copy = Path(shutil.copytree(live, tmp_path / "backup"))
-            raw = b"".join(p.read_bytes() for p in sorted(copy.iterdir()) if p.is_file())
-            return Backup(raw, lambda: lambda: SqliteStore(copy / "events.db"))
-
-        return Site(lambda: SqliteStore(live / "events.db"), copy_files)
-    url = request.getfixturevalue("postgres_url")
-    cluster = request.getfixturevalue("pg_cluster")
-
-    def dump_and_restore() -> Backup:
-        dump = subprocess.run(
-            [str(find_bindir() / "pg_dump"), "--dbname", url], check=True, capture_output=True, timeout=60
-        ).stdout
-
-        def restore() -> Callable[[], StoreAdapter]:
-            restored = cluster.create_database()
-            request.addfinalizer(lambda: cluster.drop_database(restored))
-            psql = [str(find_bindir() / "psql"), "--dbname", restored, "-v", "ON_ERROR_STOP=1", "--quiet"]
-            subprocess.run(psql, input=dump, check=True, capture_output=True, timeout=60)
-            return lambda: PostgresStore(restored, pool_size=4)
-
-        return Backup(dump, restore)
-
-    return Site(lambda: PostgresStore(url, pool_size=4), dump_and_restore)
+    return backup_site(request, tmp_path)
 
 
 @asynccontextmanager
