@@ -19,6 +19,12 @@ it under the tenant's key and deletes the old row in the same commit).
 ``rewrap-keys`` cannot move documents: it holds no document key to hash or
 open them with; a rebuild of the read model writes every document anew.
 
+A tenant whose master key that wrapped its key of a read model was
+destroyed, while it keeps a newer one (destroyed before ``rewrap-keys``
+moved that key): its documents sealed under it read as forgotten until the
+read model writes one of the tenant's documents again, which makes the
+read model a new key for the tenant (the old documents then read absent).
+
 A key without a tenant (``totals``: the plugin broke its promise) or a
 document with a due time (a reaction's deadline: reactions are never
 ``tenant_keyed``) stays under the read model's own key.
@@ -132,8 +138,16 @@ class DocumentWriter:
             return Place(hidden_document_key(self._own, self._projection, key), self._own), None
         cipher = self._tenants.get(tenant)
         if cipher is None:
+            keyring = self._ciphers.keyring
+            if keyring.tenant_shredded(tenant):
+                raise DocumentForgotten(self._projection, tenant)
             try:
-                cipher = await self._ciphers.keyring.for_writing(tenant_projection_key_id(self._projection, tenant))
+                # A key of the read model that an old key of the tenant,
+                # destroyed since, wrapped: documents are made again, so a
+                # new key takes its place (the tenant's aggregates under the
+                # old key are forgotten; a projection stalled on them for
+                # good, a rebuild included, would help no one).
+                cipher = await keyring.renew_shredded(tenant_projection_key_id(self._projection, tenant))
             except AggregateForgotten:
                 raise DocumentForgotten(self._projection, tenant) from None
             self._tenants[tenant] = cipher

@@ -360,6 +360,22 @@ class Keyring:
             raise AggregateForgotten(aggregate_id)
         return cipher
 
+    async def renew_shredded(self, owner: str) -> AESGCM:
+        """``for_writing``, with a new data key in place of one a destroyed
+        master key wrapped while ``owner``'s tenant keeps a live key (an old
+        key destroyed before ``rewrap-keys`` moved what it wrapped). Only for
+        what can be made again (a read model's documents of the tenant),
+        never an aggregate's key, whose events it sealed for good: what the
+        old key sealed stays unreadable, and is not found under the new one.
+        AggregateForgotten for a shredded tenant's."""
+        await self._usable()
+        key = await self._store.load_data_key(owner)
+        if key is not None and not key.forgotten and self._master.shreds(key):
+            master_key_id, wrapped = self._master.wrap(AESGCM.generate_key(bit_length=KEY_BYTES * 8), owner)
+            await self._store.rewrap_data_key(key, DataKey(owner, master_key_id, wrapped))  # lost: another's stands
+            self._cache.pop(owner, None)
+        return await self.for_writing(owner)
+
     async def forget(self, aggregate_id: str) -> bool:
         """Erase the aggregate's key for good. False if it had none to erase."""
         return (await self.forget_and_count(aggregate_id)).erased

@@ -141,3 +141,22 @@ async def test_rewrap_moves_a_tenants_key_of_a_read_model_onto_the_tenants_maste
     assert await given.roles.projections.load_document(OWNERS, "acme:acc-1") == StoredDocument(
         "acme:acc-1", "t.Doc", b"ann"
     )
+
+
+async def test_a_key_of_the_read_model_under_a_tenants_destroyed_old_key_is_renewed_by_the_next_write(
+    store: StoreAdapter,
+) -> None:
+    """The tenant's old key destroyed before rewrap-keys moved the read
+    model's key off it, while the tenant keeps a newer key: its documents
+    read as forgotten until one is written, which does not fail (nor would
+    a rebuild): a new key of the read model takes the old one's place."""
+    await put(encrypting(store, SHARED, ACME), OWNERS, ("acme:acc-1", b"ann"))
+    acme_next = f"acme:2026-02:{new_master_key()}"
+    destroyed_early = encrypting(store, SHARED, acme_next, ACME_DESTROYED)
+    projections = destroyed_early.roles.projections
+    with pytest.raises(DocumentForgotten):
+        await projections.load_document(OWNERS, "acme:acc-1")
+    await put(destroyed_early, OWNERS, ("acme:acc-2", b"amy"))
+    assert await master_key_of(store, tenant_projection_key_id(OWNERS, "acme")) == "acme:2026-02"
+    assert await projections.load_document(OWNERS, "acme:acc-2") == StoredDocument("acme:acc-2", "t.Doc", b"amy")
+    assert await projections.load_document(OWNERS, "acme:acc-1") is None  # sealed under the destroyed key: gone

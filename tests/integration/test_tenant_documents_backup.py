@@ -126,7 +126,7 @@ async def test_a_destroyed_tenant_key_shreds_its_documents_in_a_restored_backup(
         async def rebuilt() -> bool:
             found = await client.projections.GetProjection(pb.GetProjectionRequest(name=OWNERS))
             assert not found.error, found.error
-            return found.position == found.log_head and found.stored_version == 1
+            return bool(found.position == found.log_head and found.stored_version == 1)
 
         await eventually(rebuilt, what="the rebuild caught up")
         assert (await document(client, OWNERS, "globex:acc-1")).owner == "Hieronymus Globex-Park"[::-1]
