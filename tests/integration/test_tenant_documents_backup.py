@@ -25,6 +25,7 @@ from service.plugins import Documents, Plugin, ProjectedEvent
 from service.plugins.registry import Registry
 from service.store.base import StoreAdapter
 from service.store.encryption import new_master_key
+from service.store.memory import MemoryStore
 from tests.support.backups import Site, backup_site
 from tests.support.grpc_client import Client, command, details_of, running_server
 from tests.support.security import write
@@ -154,3 +155,29 @@ async def test_documents_of_the_single_key_stay_readable_and_move_on_their_next_
         # The server refuses both; only the moved one is beyond the shared key in the backup.
         assert await refused(get(client, "acme:acc-1")) == FORGOTTEN
         assert await refused(get(client, "acme:acc-2")) == FORGOTTEN
+
+
+async def test_a_handler_writing_a_shredded_tenants_document_stops_its_projection(tmp_path: Path) -> None:
+    """It breaks the promise (acme's document of globex's event): the
+    projection stops there and says why, parked or not, as a failure of its
+    commit does; it does not write acme's document under some other key."""
+    breaker = Plugin("shred-breaker")
+    crossed = breaker.projection("shred.crossed", aggregate_types=["Account"], tenant_keyed=True, on_failure="park")
+
+    @crossed.on(bank.AccountOpened)
+    def _crossed(event: bank.AccountOpened, envelope: ProjectedEvent, documents: Documents) -> None:
+        documents.put("acme:" + envelope.aggregate_id, bank.AccountBalance(owner=event.owner))
+
+    keys = write(tmp_path / "master.keys", f"{SHARED}\n{ACME_DESTROYED}\n{GLOBEX}\n")
+    registry = Registry([bank_account.plugin, breaker])
+    served = running_server(MemoryStore(), registry=registry, master_key_file=keys, anonymous_admin=True)
+    async with served as (_, client):
+        await submit(client, "globex:acc-1", bank.OpenAccount(owner="gus"))
+
+        async def stopped() -> bool:
+            found = await client.projections.GetProjection(pb.GetProjectionRequest(name="shred.crossed"))
+            return bool(found.error.startswith("DOCUMENT_FORGOTTEN"))
+
+        await eventually(stopped, what="the projection stopped on acme's document")
+        parked = await client.projections.ListParkedEvents(pb.ListParkedEventsRequest(projection="shred.crossed"))
+        assert list(parked.events) == []
