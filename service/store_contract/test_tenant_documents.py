@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import DocumentForgotten
+from service.errors import DocumentForgotten, MasterKeysUnfit
 from service.store.base import Store, StoreAdapter
 from service.store.encrypted import encrypted
 from service.store.encryption import (
@@ -17,6 +17,7 @@ from service.store.encryption import (
     MasterKeys,
     new_master_key,
     projection_key_id,
+    refuse_if_sealed,
     tenant_projection_key_id,
 )
 from service.store.records import DocumentRange, DocumentWrite, StoredDocument
@@ -160,3 +161,13 @@ async def test_a_key_of_the_read_model_under_a_tenants_destroyed_old_key_is_rene
     assert await master_key_of(store, tenant_projection_key_id(OWNERS, "acme")) == "acme:2026-02"
     assert await projections.load_document(OWNERS, "acme:acc-2") == StoredDocument("acme:acc-2", "t.Doc", b"amy")
     assert await projections.load_document(OWNERS, "acme:acc-1") is None  # sealed under the destroyed key: gone
+
+
+async def test_a_server_without_master_keys_refuses_a_store_whose_documents_only_tenants_keys_seal(
+    store: StoreAdapter,
+) -> None:
+    await put(encrypting(store, SHARED, ACME), OWNERS, ("acme:acc-1", b"ann"))
+    assert await store.load_data_key(projection_key_id(OWNERS)) is None  # the read model's own key never made
+    with pytest.raises(MasterKeysUnfit) as unfit:
+        await refuse_if_sealed(store, store, store)
+    assert unfit.value.reason == "ENCRYPTED_STORE_WITHOUT_KEYS"

@@ -26,8 +26,10 @@ from google.protobuf import timestamp_pb2
 from chronicle.v1 import event_pb2, export_pb2
 from service.errors import InvalidInput
 from service.plugins.reactions import HOPS_KEY
+from service.principal import tenant_problem
 from service.store.encryption import CLAIMS_KEY_PREFIX, PROJECTION_KEY_PREFIX, is_sealed
 from service.store.imported import IMPORTED, IMPORTED_KEY
+from service.store.master_keys import TENANT_OWNED_MARK
 from service.store.records import CommandRecord, DataKey, HeldClaim, RecordedEvent, Rejection, Snapshot
 from service.values import id_problem
 
@@ -346,7 +348,13 @@ def stored_data_key(exported: export_pb2.ExportedDataKey, where: str) -> DataKey
     # The keys of claims and projections are held under names no aggregate
     # id can take: a control character, then what they are for.
     internal = aggregate_id.startswith((CLAIMS_KEY_PREFIX, PROJECTION_KEY_PREFIX))
-    _id(f"{where}.aggregate_id", aggregate_id.partition(":")[2] if internal else aggregate_id)
+    named = aggregate_id.partition(":")[2] if internal else aggregate_id
+    if aggregate_id.startswith(PROJECTION_KEY_PREFIX) and TENANT_OWNED_MARK in named:
+        # A tenant's key of a read model: the read model, the mark, the tenant.
+        named, _, tenant = named.partition(TENANT_OWNED_MARK)
+        if problem := tenant_problem(tenant):
+            raise _bad(f"{where}.aggregate_id", f"names a tenant that {problem}")
+    _id(f"{where}.aggregate_id", named)
     if exported.forgotten:
         if exported.wrapped_key or exported.master_key_id:
             raise _bad(f"{where}.wrapped_key", "must be empty for a forgotten aggregate")

@@ -27,7 +27,13 @@ from service.plugins.registry import Registry
 from service.processing.commands import CommandRequest
 from service.processing.executor import CommandExecutor
 from service.store.base import Store, StoreAdapter
-from service.store.encryption import claims_key_id, new_master_key, projection_key_id, refuse_if_sealed
+from service.store.encryption import (
+    claims_key_id,
+    new_master_key,
+    projection_key_id,
+    refuse_if_sealed,
+    tenant_projection_key_id,
+)
 from service.store.memory import MemoryStore
 from service.store.postgres import PostgresStore
 from service.store.records import DataKey, DocumentWrite, HeldClaim
@@ -550,6 +556,16 @@ async def test_a_read_models_or_a_scopes_key_seals_while_it_holds_documents_or_c
     assert await sealed()
     assert await sealed_on_first_operation() in {True, None}
     await store.commit_projection("tally", expected_position=0, new_position=0, writes=[DocumentWrite("total")])
+    assert not await sealed()
+    # A tenant's key of a tenant_keyed read model: the same, by the read model's documents.
+    await store.create_data_key(DataKey(tenant_projection_key_id("owners", "acme"), "acme:1", b"w" * 40))
+    assert not await sealed()
+    assert await sealed_on_first_operation() in {False, None}
+    sealed_document = DocumentWrite("t:hidden", "T", b"sealed")
+    await store.commit_projection("owners", expected_position=0, new_position=0, writes=[sealed_document])
+    assert await sealed()
+    assert await sealed_on_first_operation() in {True, None}
+    await store.commit_projection("owners", expected_position=0, new_position=0, writes=[DocumentWrite("t:hidden")])
     assert not await sealed()
     # A claim: a hashed value under the scope's key.
     await store.import_claims([HeldClaim("email", "hashed-value", "user-1")])

@@ -11,8 +11,9 @@ import pytest
 
 from service.cli import main
 from service.errors import AggregateForgotten, ConfigurationError, MasterKeysUnfit
-from service.store.encryption import claims_key_id, new_master_key, projection_key_id
-from service.store.master_keys import MasterKeys
+from service.store.encryption import claims_key_id, new_master_key, projection_key_id, tenant_projection_key_id
+from service.store.key_names import humanized, key_owner
+from service.store.master_keys import MasterKeys, owner_tenant
 from service.store.records import DataKey
 
 
@@ -58,6 +59,29 @@ def test_the_key_that_wraps_a_data_key_is_chosen_by_the_owners_tenant() -> None:
     master_key_id, wrapped = keys.wrap(b"d" * 32, "acme:acc-1")
     assert keys.unwrap(DataKey("acme:acc-1", master_key_id, wrapped)) == b"d" * 32
     assert keys.shreds(DataKey("globex:acc-1", "k2", wrapped))  # a shredded tenant's, whatever wraps it
+
+
+def test_a_tenant_keyed_read_models_key_of_a_tenant_is_the_tenants() -> None:
+    keys = parsed(SHARED, ACME, "globex:1:destroyed")
+    assert keys.key_id_for(tenant_projection_key_id("shop.orders", "acme")) == "acme:2026-02"
+    assert keys.key_id_for(tenant_projection_key_id("shop.orders", "initech")) == "k2"  # a tenant without keys
+    assert keys.shreds(DataKey(tenant_projection_key_id("shop.orders", "globex"), "k2", b""))
+    assert not keys.shreds(DataKey(projection_key_id("shop.orders"), "k2", b""))
+    assert [owner_tenant(o) for o in ("acme:acc-1", "acc-1", claims_key_id("acme:x"), projection_key_id("a"))] == [
+        "acme",
+        "",
+        "",
+        "",
+    ]
+
+
+def test_a_tenants_key_of_a_read_model_is_named_for_people() -> None:
+    key_id = tenant_projection_key_id("shop.orders", "acme")
+    whose = "the documents of tenant 'acme' of the read model 'shop.orders'"
+    assert key_owner(key_id) == whose
+    assert humanized(f"the data key of {key_id!r} is wrapped") == f"the data key of {whose} is wrapped"
+    assert humanized(f"the data key of {key_id}, wrapped") == f"the data key of {whose}, wrapped"
+    assert key_owner(projection_key_id("shop.orders")) == "the read model 'shop.orders'"
 
 
 def test_a_tenants_key_missing_says_whose_it_is_and_both_ways_out() -> None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 
 from service.store.encryption import CLAIMS_KEY_PREFIX, ERASED_FINGERPRINT, PROJECTION_KEY_PREFIX
+from service.store.master_keys import TENANT_OWNED_MARK
 from service.store.records import MAX_OTHER_SUBJECTS, PARKED_COMMAND_TYPE, PROCESS_STATE_TYPE, TOMBSTONE_EVENT_TYPE
 from service.store.sql_common import COMMAND_FIELDS, GROUP_FIELDS, PARKED_FIELDS
 
@@ -779,7 +780,9 @@ ERASE_AUDIT_TEXTS_OF_FORGOTTEN = (
 SEALED_DATA_KEY = (
     "SELECT 1 FROM chronicle.data_keys k WHERE k.wrapped_key IS NOT NULL AND CASE"
     f" WHEN starts_with(k.aggregate_id, '{PROJECTION_KEY_PREFIX}') THEN EXISTS (SELECT 1 FROM"
-    f" chronicle.projection_documents d WHERE d.projection = substr(k.aggregate_id, {len(PROJECTION_KEY_PREFIX) + 1}))"
+    # A tenant's key of a read model names the read model before TENANT_OWNED_MARK.
+    " chronicle.projection_documents d WHERE d.projection ="
+    f" split_part(substr(k.aggregate_id, {len(PROJECTION_KEY_PREFIX) + 1}), '{TENANT_OWNED_MARK}', 1))"
     f" WHEN starts_with(k.aggregate_id, '{CLAIMS_KEY_PREFIX}') THEN EXISTS (SELECT 1 FROM"
     f" chronicle.claims c WHERE c.scope = substr(k.aggregate_id, {len(CLAIMS_KEY_PREFIX) + 1}))"
     " ELSE true END LIMIT 1"
