@@ -32,6 +32,8 @@ document with a due time (a reaction's deadline: reactions are never
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -45,6 +47,10 @@ from service.store.encryption import (
     projection_key_id,
     tenant_projection_key_id,
 )
+
+# How long a tenant_keyed read model found without a key of its own is
+# taken to have none (as long as the keyring caches a key found).
+OWN_KEY_ABSENCE_SECONDS = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +74,31 @@ class DocumentCiphers:
     be, the preferred first; for writing, where it goes, and the older place
     it leaves."""
 
-    def __init__(self, keyring: Keyring, tenant_keyed: frozenset[str]) -> None:
+    def __init__(
+        self, keyring: Keyring, tenant_keyed: frozenset[str], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.keyring = keyring
         self.tenant_keyed = tenant_keyed
+        self._clock = clock
+        # tenant_keyed read models found without a key of their own, and
+        # until when that is taken as still so (the keyring caches keys
+        # found, not their absence).
+        self._without_own: dict[str, float] = {}
+
+    async def _older(self, projection: str) -> AESGCM | None:
+        """A tenant_keyed read model's own cipher, if it has a key: its
+        documents may be there from before. Its absence is taken as true for
+        OWN_KEY_ABSENCE_SECONDS: only a server that does not know the
+        read model is tenant_keyed puts a tenant's document under that key
+        (an older version, or before the declaration), and this version
+        does not run beside those (CHANGELOG); a key without a tenant, which
+        makes it too, is read under it whatever this says."""
+        if self._clock() < self._without_own.get(projection, 0.0):
+            return None
+        cipher = await self.keyring.for_reading(projection_key_id(projection))
+        if cipher is None:
+            self._without_own[projection] = self._clock() + OWN_KEY_ABSENCE_SECONDS
+        return cipher
 
     async def own(self, projection: str) -> AESGCM:
         """The read model's own cipher, made on first use."""
@@ -83,18 +111,24 @@ class DocumentCiphers:
         if projection not in self.tenant_keyed:
             own = await self.own(projection)
             return {key: [Place(hidden_document_key(own, projection, key), own)] for key in keys}
-        older = await self.keyring.for_reading(projection_key_id(projection))
+        older = await self._older(projection)
         tenants: dict[str, AESGCM | None] = {}
         places: dict[str, list[Place]] = {}
         for key in keys:
-            found = []
+            found: list[Place] = []
             tenant = document_tenant(key)
-            if tenant:
-                if tenant not in tenants:
-                    tenants[tenant] = await self._tenant_cipher_for_reading(projection, tenant)
-                cipher = tenants[tenant]
-                if cipher is not None:
-                    found.append(Place(hidden_tenant_document_key(cipher, projection, key), cipher))
+            if not tenant:
+                # The promise broken: under the read model's own key, as
+                # written, if it has one (a read makes none: each would make
+                # every write delete old rows from then on).
+                mine = await self.keyring.for_reading(projection_key_id(projection))
+                places[key] = [] if mine is None else [Place(hidden_document_key(mine, projection, key), mine)]
+                continue
+            if tenant not in tenants:
+                tenants[tenant] = await self._tenant_cipher_for_reading(projection, tenant)
+            cipher = tenants[tenant]
+            if cipher is not None:
+                found.append(Place(hidden_tenant_document_key(cipher, projection, key), cipher))
             if older is not None:
                 found.append(Place(hidden_document_key(older, projection, key), older))
             places[key] = found
@@ -112,7 +146,7 @@ class DocumentCiphers:
         """Where one commit's documents go."""
         if projection not in self.tenant_keyed:
             return DocumentWriter(self, projection, None)
-        return DocumentWriter(self, projection, await self.keyring.for_reading(projection_key_id(projection)))
+        return DocumentWriter(self, projection, await self._older(projection))
 
 
 class DocumentWriter:

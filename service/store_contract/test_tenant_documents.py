@@ -171,3 +171,14 @@ async def test_a_server_without_master_keys_refuses_a_store_whose_documents_only
     with pytest.raises(MasterKeysUnfit) as unfit:
         await refuse_if_sealed(store, store, store)
     assert unfit.value.reason == "ENCRYPTED_STORE_WITHOUT_KEYS"
+
+
+async def test_reads_make_no_key(store: StoreAdapter) -> None:
+    """A read of a key no document was written under (any caller's key of
+    any tenant) leaves nothing behind: no key of a tenant, nor the read
+    model's own, whose existence would make each write delete old rows."""
+    sealed = encrypting(store, SHARED, ACME)
+    assert await sealed.roles.projections.load_documents(OWNERS, ["acme:x", "initech:y", "totals"]) == []
+    assert await sealed.roles.projections.load_document(OWNERS, "totals") is None
+    for key_id in (projection_key_id(OWNERS), *(tenant_projection_key_id(OWNERS, t) for t in ("acme", "initech"))):
+        assert await store.load_data_key(key_id) is None, key_id
