@@ -94,7 +94,10 @@ class Projections(UnaryCalls[pb_grpc.ProjectionServiceStub]):
         the projection has applied the log that far. ``NotFound``
         PROJECTION_NOT_FOUND or DOCUMENT_NOT_FOUND; ``InvalidArgument``
         INVALID_KEY (empty, too long, control characters), INVALID_PROJECTION,
-        POSITION_BEYOND_END. ``timeout``: seconds for the whole call, the
+        POSITION_BEYOND_END; ``FailedPrecondition`` DOCUMENT_FORGOTTEN for a
+        key of a tenant whose master key was destroyed, of a ``tenant_keyed``
+        projection under encryption at rest (its ``tenant`` in the
+        metadata). ``timeout``: seconds for the whole call, the
         waits for a projection behind included (then ``DeadlineExceeded``)."""
         request = pb.GetDocumentRequest(projection=projection, key=key, min_position=min_position)
         response: pb.GetDocumentResponse = await self._call(
