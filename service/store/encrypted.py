@@ -461,8 +461,10 @@ class SealedProjections:
         """The documents at ``places``, each key's first place that holds
         one (a tenant's before the read model's own: document_ciphers),
         looked up in one read."""
-        wanted = {place.hidden: (key, place) for key, found in places.items() for place in found}
-        stored = {s.key: s for s in await self.inner.load_documents(projection, list(wanted))}
+        wanted = [place.hidden for found in places.values() for place in found]
+        if not wanted:
+            return []
+        stored = {s.key: s for s in await self.inner.load_documents(projection, wanted)}
         found = []
         for key, candidates in places.items():
             for place in candidates:
