@@ -19,6 +19,14 @@ is itself refused (the source closed in the meantime) is parked for an
 operator: the money is then held by no account, and the transfer stays
 pending.
 
+A transfer stays within its own tenant (docs/security.md, "Tenants"): its
+source and target must be accounts of the tenant its id names
+(``acme:t-1`` moves money between ``acme:`` accounts only; a transfer of
+no tenant between accounts of none). The reaction's commands pass no
+policy and act for whoever asked, so without this check tenant globex
+could ask for a transfer out of acme's account, which its own Withdraw
+there is refused, and the reaction would drain it.
+
 CompleteTransfer, FailTransfer and RecordRefund end a transfer: only this
 reaction sends them (``sent_by_reactions``), after it moved the money; a
 client's is refused (PERMISSION_DENIED, COMMAND_INTERNAL), or any caller
@@ -29,7 +37,15 @@ from __future__ import annotations
 
 from domain_plugins.bank_account.domain import plugin
 from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
-from service.plugins import CommandContext, InvalidArgumentError, ProjectedEvent, Refusal, Send, ValidationError
+from service.plugins import (
+    CommandContext,
+    InvalidArgumentError,
+    ProjectedEvent,
+    Refusal,
+    Send,
+    ValidationError,
+    tenant_of_id,
+)
 
 TRANSFER = "transfer"  # the metadata key that ties account events to their transfer
 REACTION = "bank.transfers"
@@ -59,11 +75,34 @@ def transfer_money(
         raise InvalidArgumentError(
             "a transfer needs two different accounts", reason="SAME_ACCOUNT", field="target_account_id"
         )
+    _require_same_tenant(command, context)
     return bank.TransferRequested(
         source_account_id=command.source_account_id,
         target_account_id=command.target_account_id,
         amount=command.amount,
     )
+
+
+def _require_same_tenant(command: bank.TransferMoney, context: CommandContext) -> None:
+    """Refuse an account of another tenant than the transfer's: the policy
+    held the sender to the transfer's tenant, not to the accounts it names,
+    which the reaction then debits and credits for the sender."""
+    tenant = tenant_of_id(context.aggregate_id)
+    foreign = [
+        (field, account_id)
+        for field, account_id in (
+            ("source_account_id", command.source_account_id),
+            ("target_account_id", command.target_account_id),
+        )
+        if tenant_of_id(account_id) != tenant
+    ]
+    if foreign:
+        whose = f"tenant {tenant!r}" if tenant else "no tenant"
+        raise InvalidArgumentError(
+            f"transfer {context.aggregate_id!r} is of {whose}: it moves money between that tenant's accounts only",
+            reason="CROSS_TENANT_TRANSFER",
+            violations=[(field, f"{account_id!r} is not an account of {whose}") for field, account_id in foreign],
+        )
 
 
 def _require_pending(state: bank.Transfer, context: CommandContext) -> None:

@@ -7,6 +7,7 @@ from service.plugins.context import CommandContext, Effects
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.projections import Documents, ProjectedEvent, Projection
 from service.plugins.reactions import IGNORE, Cancel, Deadline, Ignore, Reaction, Refusal, Schedule, Send
+from service.principal import tenant_of_id
 
 __all__ = [
     "IGNORE",
@@ -36,4 +37,5 @@ __all__ = [
     "Send",
     "UpcasterSpec",
     "ValidationError",
+    "tenant_of_id",
 ]

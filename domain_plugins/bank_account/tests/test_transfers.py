@@ -43,6 +43,38 @@ def test_a_transfer_needs_two_accounts() -> None:
     )
 
 
+def fields_refused_cross_tenant(aggregate_id: str, command: bank.TransferMoney) -> list[str]:
+    error = (
+        Scenario(plugin, aggregate_id=aggregate_id)
+        .when(command)
+        .then_fails(InvalidArgumentError, reason="CROSS_TENANT_TRANSFER")
+    )
+    assert isinstance(error, ValidationError)
+    return [v.field for v in error.violations]
+
+
+def test_a_transfer_from_another_tenants_account_is_refused() -> None:
+    theft = bank.TransferMoney(source_account_id="globex:acc-1", target_account_id="acme:acc-1", amount=1000)
+    assert fields_refused_cross_tenant("acme:t-1", theft) == ["source_account_id"]
+
+
+def test_a_transfer_to_another_tenants_account_is_refused() -> None:
+    gift = bank.TransferMoney(source_account_id="acme:acc-1", target_account_id="globex:acc-1", amount=5)
+    assert fields_refused_cross_tenant("acme:t-1", gift) == ["target_account_id"]
+
+
+def test_a_transfer_of_no_tenant_moves_no_tenants_money() -> None:
+    reach = bank.TransferMoney(source_account_id="acme:acc-1", target_account_id="acc-2", amount=5)
+    transfer().when(reach).then_fails(InvalidArgumentError, reason="CROSS_TENANT_TRANSFER")
+
+
+def test_a_transfer_within_its_tenant_is_requested() -> None:
+    own = bank.TransferMoney(source_account_id="acme:acc-1", target_account_id="acme:acc-2", amount=5)
+    Scenario(plugin, aggregate_id="acme:t-1").when(own).then(
+        bank.TransferRequested(source_account_id="acme:acc-1", target_account_id="acme:acc-2", amount=5)
+    )
+
+
 def test_a_transfer_ends_once() -> None:
     transfer().given(REQUESTED).when(bank.CompleteTransfer()).then(bank.TransferCompleted())
     transfer().given(REQUESTED, bank.TransferCompleted()).when(bank.RecordRefund(reason="X")).then_fails(
