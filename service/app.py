@@ -83,7 +83,7 @@ from service.security.jwks_url import RemoteJwks
 from service.security.key_files import check_private
 from service.security.middleware import AuthorizationMiddleware, ReactionOnlyCommands
 from service.security.open_files import open_files_warnings, raise_open_files_limit
-from service.security.policy import Authorizer, Policy, Rate, roles_without_consume
+from service.security.policy import Authorizer, Policy, Rate, principals_without_credential, roles_without_consume
 from service.security.reloading import SecurityReloader, WatchedFile
 from service.security.tls import server_credentials
 from service.settings import Settings, bad_setting
@@ -150,6 +150,17 @@ def _policy(settings: Settings, registry: Registry) -> Policy:
         log.warning("policy %s", warning)
     if settings.api_keys_file:  # a reload that drops a role the keys hold is refused (the keys read again)
         _check_key_roles(settings, ApiKeys.load(settings.api_keys_file), policy)
+    methods = _credential_kinds(settings)
+    if len(methods) > 1:
+        for name in principals_without_credential(policy):
+            log.warning(
+                "policy %s: principals.%s names no credential: it stands for a %s of that name alike (a token"
+                " whose subject is a certificate's name gets the certificate's roles); add credential = one of %s",
+                settings.policy_file,
+                name,
+                " or ".join(methods),
+                methods,
+            )
     for role in roles_without_consume(policy):
         log.warning(
             "policy %s: role %r grants subscribe but no consume: its principals may not consume subscription"
@@ -159,6 +170,12 @@ def _policy(settings: Settings, registry: Registry) -> Policy:
             role,
         )
     return policy
+
+
+def _credential_kinds(settings: Settings) -> list[str]:
+    """The kinds of credential the server accepts (``Principal.method``)."""
+    configured = {"mtls": settings.tls_client_ca_file, "jwt": settings.jwt_key_file, "api-key": settings.api_keys_file}
+    return [method for method, setting in configured.items() if setting]
 
 
 def _api_keys(settings: Settings, policy: Policy | None = None) -> ApiKeys:

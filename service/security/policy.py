@@ -18,6 +18,7 @@ The policy is a TOML file (``--policy-file``)::
 
     [principals."CN=batch,O=Acme"]   # a client certificate's subject
     roles = ["teller", "operator"]
+    credential = "mtls"              # only when a certificate names it
 
     [roles.tenant-teller]
     scope = "tenant"        # grants only on the principal's tenant's aggregates
@@ -88,7 +89,14 @@ TENANT_SCOPE = "tenant"
 # the next, and a role that lost its ``scope`` line by mistake must stop the
 # server (BAD_POLICY), not become an administrator of every tenant.
 _TENANT_ROLE_KEYS = {"scope", "tenant_admin"}
-_PRINCIPAL_KEYS = {"roles", "tenant"}
+_PRINCIPAL_KEYS = {"roles", "tenant", "credential"}
+# A ``[principals."x"]`` entry's ``credential``: which kind of credential it
+# stands for (``Principal.method``). Every credential names its principal
+# from a namespace of its own (a JWT's ``sub`` is the IdP's, a certificate's
+# subject the CA's, an API key's the keys file's), and the policy keys them
+# all by the bare name: without it, a token whose ``sub`` is
+# "CN=batch,O=Acme" holds that certificate's roles.
+CREDENTIALS = ("mtls", "jwt", "api-key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +160,26 @@ class Policy:
     principal_tenants: Mapping[str, str] = field(default_factory=dict)
     # Role -> its ``commands_per_second`` and ``burst``, for the roles that set them.
     rates: Mapping[str, Rate] = field(default_factory=dict)
+    # Principal -> the credential its entry stands for (``credential``), for
+    # the entries that say; the others stand for a principal of that name
+    # whatever its credential.
+    principal_credentials: Mapping[str, str] = field(default_factory=dict)
+
+    def entry_applies(self, principal: Principal) -> bool:
+        """Whether the policy's ``[principals]`` entry of the principal's
+        name (its roles, its tenant) is for this principal's credential."""
+        credential = self.principal_credentials.get(principal.name)
+        return credential is None or credential == principal.method
+
+    def roles_of(self, principal: Principal) -> frozenset[str]:
+        """The roles the policy's entry gives the principal."""
+        if not self.entry_applies(principal):
+            return frozenset()
+        return self.principal_roles.get(principal.name, frozenset())
+
+    def tenant_named(self, principal: Principal) -> str:
+        """The tenant the policy's entry names for the principal ("": none)."""
+        return self.principal_tenants.get(principal.name, "") if self.entry_applies(principal) else ""
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:
@@ -189,11 +217,14 @@ class Policy:
                 )
         principals: dict[str, frozenset[str]] = {}
         tenants: dict[str, str] = {}
+        credentials: dict[str, str] = {}
         for name, body in _table(source, "principals", data).items():
             if not isinstance(body, Mapping) or set(body) - _PRINCIPAL_KEYS:
                 raise ConfigurationError(
-                    f"{source}: principals.{name} takes only 'roles' and 'tenant'", reason="BAD_POLICY"
+                    f"{source}: principals.{name} takes only 'roles', 'tenant' and 'credential'", reason="BAD_POLICY"
                 )
+            if "credential" in body:
+                credentials[name] = _credential(source, name, body["credential"])
             if "tenant" in body:
                 tenants[name] = _tenant(source, name, body["tenant"])
             names = frozenset(_strings(source, f"principals.{name}.roles", body.get("roles", [])))
@@ -214,7 +245,7 @@ class Policy:
                     sorted(names & tenant_roles),
                 )
         rates = {name: rate for name, body in role_bodies.items() if (rate := _rate(source, name, body))}
-        return cls(roles, principals, tenant_roles, tenants, rates)
+        return cls(roles, principals, tenant_roles, tenants, rates, credentials)
 
 
 def _tenant_scoped(source: str, name: str, body: object) -> bool:
@@ -242,6 +273,16 @@ def _tenant(source: str, name: str, value: object) -> str:
     problem = tenant_problem(value) if isinstance(value, str) else "must be a string"
     if problem:
         raise ConfigurationError(f"{source}: principals.{name}.tenant {problem}", reason="BAD_POLICY")
+    assert isinstance(value, str)
+    return value
+
+
+def _credential(source: str, name: str, value: object) -> str:
+    if value not in CREDENTIALS:
+        raise ConfigurationError(
+            f"{source}: principals.{name}.credential must be one of {list(CREDENTIALS)}, got {value!r}",
+            reason="BAD_POLICY",
+        )
     assert isinstance(value, str)
     return value
 
@@ -314,6 +355,14 @@ def _group_patterns(source: str, role: str, value: object) -> frozenset[str]:
     return frozenset(patterns)
 
 
+def principals_without_credential(policy: Policy) -> list[str]:
+    """The ``[principals]`` entries that say no ``credential``: each stands
+    for whoever any credential names so (said at start-up when more than
+    one kind of credential is accepted, not refused: policies from before
+    the key load as they did)."""
+    return sorted(set(policy.principal_roles) - set(policy.principal_credentials))
+
+
 def roles_without_consume(policy: Policy) -> list[str]:
     """Roles that grant ``subscribe`` but no ``consume``: before the
     ``consume`` grant, their principals could consume every group of the
@@ -373,7 +422,7 @@ class Authorizer:
             return NO_RATE_LIMIT
         rates = self._policy.rates
         found: Rate | None = None
-        for name in principal.roles | self._policy.principal_roles.get(principal.name, frozenset()):
+        for name in principal.roles | self._policy.roles_of(principal):
             rate = rates.get(name)
             if rate is not None:
                 found = rate if found is None else found | rate
@@ -387,7 +436,7 @@ class Authorizer:
 
     def _union(self, principal: Principal, *, scoped: bool) -> Grant:
         assert self._policy is not None
-        names: Iterable[str] = principal.roles | self._policy.principal_roles.get(principal.name, frozenset())
+        names: Iterable[str] = principal.roles | self._policy.roles_of(principal)
         granted = Grant()
         for name in names:
             if (name in self._policy.tenant_roles) == scoped:
@@ -398,7 +447,7 @@ class Authorizer:
         """The principal's tenant: its credential's, or the policy's entry's.
         "" when neither names one, and when the two name different tenants
         (a misconfiguration: neither is trusted over the other)."""
-        named = self._policy.principal_tenants.get(principal.name, "") if self._policy is not None else ""
+        named = self._policy.tenant_named(principal) if self._policy is not None else ""
         if principal.tenant and named and principal.tenant != named:
             return ""
         return principal.tenant or named

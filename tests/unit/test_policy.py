@@ -8,7 +8,7 @@ import pytest
 
 from service.errors import ConfigurationError, PermissionDenied
 from service.principal import ANONYMOUS, Principal
-from service.security.policy import Authorizer, Policy, roles_without_consume
+from service.security.policy import Authorizer, Policy, principals_without_credential, roles_without_consume
 from tests.support.security import POLICY
 
 AUTHORIZER = Authorizer(Policy.parse(tomllib.loads(POLICY)))
@@ -183,7 +183,7 @@ def test_a_tenant_scoped_subscription_is_narrowed_to_the_tenants_ids() -> None:
         ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenant = ""', "must not be empty"),
         ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenant = "a b"', "without spaces"),
         ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenant = 7', "must be a string"),
-        ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenants = "a"', "takes only 'roles' and 'tenant'"),
+        ('[roles.r]\n[principals."p"]\nroles = ["r"]\ntenants = "a"', "takes only 'roles', 'tenant' and 'credential'"),
     ],
 )
 def test_a_bad_tenant_setting_stops_the_policy(policy: str, words: str) -> None:
@@ -257,3 +257,60 @@ def test_tenant_admin_without_a_tenant_grants_nothing_and_never_every_tenants_ad
     assert (denied.value.reason, denied.value.metadata["tenant"]) == ("ADMIN_DENIED", "acme")
     assert "tenant_admin grant administers tenant 'acme' only" in denied.value.message
     assert not TENANT_ADMINS.may_consume_group(who("acme-support"), "billing")  # not admin's every group
+
+
+CREDENTIALED = Policy.parse(
+    tomllib.loads(
+        """
+[roles.operator]
+read = ["*"]
+admin = true
+
+[roles.tenant-reader]
+scope = "tenant"
+read = ["Account"]
+
+[principals."CN=batch,O=Acme"]
+roles = ["operator"]
+credential = "mtls"
+
+[principals."acme-app"]
+roles = ["tenant-reader"]
+tenant = "acme"
+credential = "api-key"
+
+[principals."alice"]
+roles = ["operator"]
+"""
+    )
+)
+
+
+def test_a_principal_entry_with_a_credential_is_for_that_credential_alone() -> None:
+    authorizer = Authorizer(CREDENTIALED)
+    assert authorizer.grant(Principal("CN=batch,O=Acme", "mtls")).admin
+    impostor = Principal("CN=batch,O=Acme", "jwt")  # a token whose sub is the certificate's name
+    assert not authorizer.grant(impostor).admin
+    assert not authorizer.may_read(impostor, "Account")
+
+
+def test_a_principal_entrys_tenant_is_for_its_credential_alone() -> None:
+    authorizer = Authorizer(CREDENTIALED)
+    assert authorizer.may_read_id(Principal("acme-app", "api-key"), "Account", "acme:acc-1")
+    assert authorizer.tenant_of(Principal("acme-app", "jwt")) == ""
+    assert not authorizer.may_read_id(Principal("acme-app", "jwt", frozenset({"tenant-reader"})), "Account", "acme:a")
+
+
+def test_a_principal_entry_without_a_credential_stands_for_every_credential_and_is_listed() -> None:
+    authorizer = Authorizer(CREDENTIALED)
+    assert authorizer.grant(Principal("alice", "jwt")).admin
+    assert authorizer.grant(Principal("alice", "api-key")).admin
+    assert principals_without_credential(CREDENTIALED) == ["alice"]
+
+
+@pytest.mark.parametrize("credential", ['"password"', '"MTLS"', "1", '["jwt"]'])
+def test_an_unknown_credential_stops_the_policy(credential: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        Policy.parse(tomllib.loads(f"[principals.p]\nroles = []\ncredential = {credential}\n"))
+    assert refused.value.reason == "BAD_POLICY"
+    assert "principals.p.credential must be one of ['mtls', 'jwt', 'api-key']" in str(refused.value)
