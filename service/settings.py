@@ -289,6 +289,14 @@ class Settings:
     max_subscriptions_per_principal: int = field(
         default=100, metadata={"help": "subscriptions one authenticated principal may have open at once"}
     )
+    max_subscriptions_per_tenant: int = field(
+        default=250,
+        metadata={
+            "help": "subscriptions the authenticated principals of one tenant may have open at once, together"
+            " (principals without a tenant are not counted); one more is RESOURCE_EXHAUSTED"
+            " TENANT_TOO_MANY_SUBSCRIPTIONS. 0: no limit"
+        },
+    )
     max_commands_per_second_per_principal: int = field(
         default=0,
         metadata={
@@ -428,7 +436,11 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise bad_setting(name, f"{getattr(self, name)} is too small", _accepted_int(name, at_least=1))
-        for name in ("max_commands_per_second_per_principal", "commands_burst_per_principal"):
+        for name in (
+            "max_commands_per_second_per_principal",
+            "commands_burst_per_principal",
+            "max_subscriptions_per_tenant",
+        ):
             if getattr(self, name) < 0:
                 raise bad_setting(name, f"{getattr(self, name)} is negative", _accepted_int(name, at_least=0))
         if not 0 <= self.metrics_tenants <= MAX_METRICS_TENANTS:

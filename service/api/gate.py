@@ -87,7 +87,11 @@ class RpcGate:
     authenticated when ``authenticator`` is set, and then held to quotas of
     its own: ``max_rpcs_per_principal`` RPCs and
     ``max_subscriptions_per_principal`` subscriptions at once, so that one
-    principal cannot take every place; each request parsed.
+    principal cannot take every place, and, when it has a tenant
+    (``tenant_of``: the policy's answer), at most
+    ``max_subscriptions_per_tenant`` subscriptions open by all its tenant's
+    principals together, so that one tenant's many principals cannot lock
+    the other tenants out; each request parsed.
 
     With authentication off every caller is the same anonymous one, and the
     server-wide limits are its only bounds. Per call, a quota costs a dict
@@ -100,23 +104,32 @@ class RpcGate:
         max_subscriptions: int,
         max_rpcs_per_principal: int | None = None,
         max_subscriptions_per_principal: int | None = None,
+        max_subscriptions_per_tenant: int = 0,
+        tenant_of: Callable[[Principal], str] | None = None,
         authenticator: Authenticator | None = None,
         on_refused: OnRefused | None = None,
         on_denied: OnRefused | None = None,
         grant_of: Callable[[Principal], object] | None = None,
     ) -> None:
         """``grant_of``: what the policy grants a principal; a stream whose
-        principal's grant changes is ended (``service.api.live_streams``)."""
+        principal's grant changes is ended (``service.api.live_streams``).
+        ``max_subscriptions_per_tenant``: 0, no tenant's limit."""
         self.max_rpcs = max_rpcs
         self.max_subscriptions = max_subscriptions
         self.max_rpcs_per_principal = max_rpcs_per_principal or max_rpcs
         self.max_subscriptions_per_principal = max_subscriptions_per_principal or max_subscriptions
+        self.max_subscriptions_per_tenant = max_subscriptions_per_tenant
+        self._tenant_of = tenant_of if tenant_of is not None and max_subscriptions_per_tenant else None
         self.in_flight = 0
         self.subscriptions = 0
         # Principal name -> its RPCs (subscriptions apart) and subscriptions
         # in flight; a name leaves when its count is back to 0.
         self.rpcs_of: dict[str, int] = {}
         self.subscriptions_of: dict[str, int] = {}
+        # Tenant -> the subscriptions its principals hold open; counted
+        # under the tenant a subscription was admitted in (a reload that
+        # moves its principal counts its next one elsewhere, not this one).
+        self.subscriptions_of_tenant: dict[str, int] = {}
         self._authenticator = authenticator
         self._on_refused = on_refused
         self._on_denied = on_denied
@@ -129,11 +142,12 @@ class RpcGate:
 
     def _admit(
         self, subscription: bool, request: object, context: Context, stream: bool = False
-    ) -> tuple[str | None, LiveStream | None]:
+    ) -> tuple[str | None, str, LiveStream | None]:
         """Raise the refusal, or count the call in and return the principal
-        it is counted against (None: authentication is off) and, for a
-        ``stream`` with authentication on, its registration in
-        ``self.streams``; the caller counts it out (``_leave``)."""
+        it is counted against (None: authentication is off), the tenant a
+        subscription is counted against ("": none) and, for a ``stream``
+        with authentication on, its registration in ``self.streams``; the
+        caller counts it out (``_leave``)."""
         current_peer.set(context.peer)  # for audit entries written in the pipeline
         if subscription:
             if self.subscriptions >= self.max_subscriptions:
@@ -149,6 +163,7 @@ class RpcGate:
                 metadata={"max_concurrent_rpcs": str(self.max_rpcs)},
             )
         name = None
+        tenant = ""
         credentials = None
         if self._authenticator is not None:
             credentials = self._authenticate(context)
@@ -156,19 +171,25 @@ class RpcGate:
             held = (self.subscriptions_of if subscription else self.rpcs_of).get(name, 0)
             if held >= (self.max_subscriptions_per_principal if subscription else self.max_rpcs_per_principal):
                 raise self._over_quota(subscription)
+            if subscription and self._tenant_of is not None:
+                tenant = self._tenant_of(credentials[0])
+                if tenant and self.subscriptions_of_tenant.get(tenant, 0) >= self.max_subscriptions_per_tenant:
+                    raise self._over_tenant_quota(tenant)
         if isinstance(request, Undecodable):
             raise request.error()
         if subscription:
             self.subscriptions += 1
             if name is not None:
                 self.subscriptions_of[name] = held + 1
+            if tenant:
+                self.subscriptions_of_tenant[tenant] = self.subscriptions_of_tenant.get(tenant, 0) + 1
         else:
             self.in_flight += 1
             if name is not None:
                 self.rpcs_of[name] = held + 1
         if stream and credentials is not None and self.streams is not None:
-            return name, self.streams.open(*credentials)
-        return name, None
+            return name, tenant, self.streams.open(*credentials)
+        return name, tenant, None
 
     def _over_quota(self, subscription: bool) -> Overloaded:
         if subscription:
@@ -185,12 +206,26 @@ class RpcGate:
             metadata={"max_rpcs_per_principal": str(limit)},
         )
 
-    def _leave(self, subscription: bool, name: str | None, stream: LiveStream | None = None) -> None:
+    def _over_tenant_quota(self, tenant: str) -> Overloaded:
+        limit = self.max_subscriptions_per_tenant
+        return Overloaded(
+            f"tenant {tenant!r} has {limit} open subscriptions, its most; close one or retry later",
+            reason="TENANT_TOO_MANY_SUBSCRIPTIONS",
+            metadata={"max_subscriptions_per_tenant": str(limit), "tenant": tenant},
+        )
+
+    def _leave(self, subscription: bool, name: str | None, tenant: str, stream: LiveStream | None = None) -> None:
         if stream is not None and self.streams is not None:
             self.streams.close(stream)
         if subscription:
             self.subscriptions -= 1
             counts = self.subscriptions_of
+            if tenant:
+                left = self.subscriptions_of_tenant[tenant] - 1
+                if left:
+                    self.subscriptions_of_tenant[tenant] = left
+                else:
+                    del self.subscriptions_of_tenant[tenant]
         else:
             self.in_flight -= 1
             counts = self.rpcs_of
@@ -277,7 +312,7 @@ class RpcGate:
 
             async def unary_unary(request: object, context: Context) -> Any:
                 try:
-                    name, _ = admit(subscription, request, context)
+                    name, tenant, _ = admit(subscription, request, context)
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
@@ -287,7 +322,7 @@ class RpcGate:
                 except Exception as error:
                     await fail(method, request, context, error)
                 finally:
-                    leave(subscription, name)
+                    leave(subscription, name, tenant)
 
             return grpc.unary_unary_rpc_method_handler(unary_unary, **options)
         if handler.unary_stream is not None:
@@ -295,7 +330,7 @@ class RpcGate:
 
             async def unary_stream(request: object, context: Context) -> None:
                 try:
-                    name, stream = admit(subscription, request, context, True)
+                    name, tenant, stream = admit(subscription, request, context, True)
                 except ChronicleError as error:
                     await refuse(method, request, context, error)
                 try:
@@ -307,7 +342,7 @@ class RpcGate:
                 except Exception as error:
                     await fail(method, request, context, error)
                 finally:
-                    leave(subscription, name, stream)
+                    leave(subscription, name, tenant, stream)
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, **options)
         # Streamed requests: the gate sees None, and a message that does not
@@ -318,7 +353,7 @@ class RpcGate:
 
             async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
                 try:
-                    name, stream = admit(subscription, None, context, True)
+                    name, tenant, stream = admit(subscription, None, context, True)
                 except ChronicleError as error:
                     await refuse(method, None, context, error)
                 try:
@@ -330,14 +365,14 @@ class RpcGate:
                 except Exception as error:
                     await fail(method, None, context, error)
                 finally:
-                    leave(subscription, name, stream)
+                    leave(subscription, name, tenant, stream)
 
             return grpc.stream_unary_rpc_method_handler(stream_unary, **options)
         inner_ss = handler.stream_stream
 
         async def stream_stream(requests: AsyncIterator[Any], context: Context) -> None:
             try:
-                name, stream = admit(subscription, None, context, True)
+                name, tenant, stream = admit(subscription, None, context, True)
             except ChronicleError as error:
                 await refuse(method, None, context, error)
             try:
@@ -349,7 +384,7 @@ class RpcGate:
             except Exception as error:
                 await fail(method, None, context, error)
             finally:
-                leave(subscription, name, stream)
+                leave(subscription, name, tenant, stream)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, **options)
 
