@@ -7,6 +7,7 @@ from service.plugins.context import CommandContext, Effects
 from service.plugins.middleware import CommandCall, Middleware
 from service.plugins.projections import Documents, ProjectedEvent, Projection
 from service.plugins.reactions import IGNORE, Cancel, Deadline, Ignore, Reaction, Refusal, Schedule, Send
+from service.plugins.tenancy import TenantGuard
 from service.principal import tenant_of_id
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Refusal",
     "Schedule",
     "Send",
+    "TenantGuard",
     "UpcasterSpec",
     "ValidationError",
     "tenant_of_id",

@@ -96,3 +96,13 @@ def test_the_plugins_guide_declares_the_box_as_the_box_plugin_does() -> None:
     assert [line for line in declarations if line not in code] == []
     (aggregate,) = box.plugin.aggregates
     assert (aggregate.name, aggregate.snapshot_every) == ("Box", 100)
+
+
+def test_the_bank_tenant_check_plugins_md_shows_is_the_one_shipped() -> None:
+    shown = (ROOT / "docs" / "plugins.md").read_text().partition("### A reaction acts for the user who caused it")[2]
+    block = shown.partition("```python\n")[2].partition("        ...")[0]
+    assert block.startswith("def _require_same_tenant(")
+    shipped = (ROOT / "domain_plugins" / "bank_account" / "transfers.py").read_text()
+    signature, _, body = block.partition("\n")
+    assert signature in shipped
+    assert body in shipped  # the docstring between them left out
