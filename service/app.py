@@ -722,6 +722,7 @@ async def start(
                 settings.max_commands_per_second_per_principal,
                 settings.commands_burst_per_principal or max(1, settings.max_commands_per_second_per_principal),
             ),
+            per_tenant=Rate(settings.max_commands_per_second_per_tenant, settings.max_commands_per_second_per_tenant),
             on_limited=metrics.principal_rate_limited if metrics is not None else None,
         )
         if authorizer.enforcing

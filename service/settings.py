@@ -313,6 +313,15 @@ class Settings:
             " (its token bucket's size); 0: one second's worth"
         },
     )
+    max_commands_per_second_per_tenant: int = field(
+        default=0,
+        metadata={
+            "help": "commands per second the authenticated principals of one tenant may submit together (one"
+            " second's worth at once), beside each principal's own limit; over it a Submit or SubmitBatch is"
+            " RESOURCE_EXHAUSTED TENANT_RATE_LIMITED with RetryInfo, a stream waits; administrators and principals"
+            " of no tenant not counted. 0: no limit"
+        },
+    )
     max_health_watches: int = field(
         default=1000, metadata={"help": "health Watch streams open at once (they need no credentials)"}
     )
@@ -440,6 +449,7 @@ class Settings:
             "max_commands_per_second_per_principal",
             "commands_burst_per_principal",
             "max_subscriptions_per_tenant",
+            "max_commands_per_second_per_tenant",
         ):
             if getattr(self, name) < 0:
                 raise bad_setting(name, f"{getattr(self, name)} is negative", _accepted_int(name, at_least=0))

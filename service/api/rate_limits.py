@@ -16,7 +16,15 @@ its client's flow control holds the rest.
 The limit of a principal is the most generous of its roles' (the policy's
 ``commands_per_second`` and ``burst``), else the server's default
 (``--max-commands-per-second-per-principal``); administrators have none,
-and reactions' commands do not come through here. With ``--auth`` off every
+and reactions' commands do not come through here.
+
+A tenant's principals also share a bucket of the tenant's
+(``--max-commands-per-second-per-tenant``, one second's worth at once), so
+that one tenant's many principals (a JWT per user) cannot take the workers
+from the other tenants: a command takes a token from both, a unary call
+refused by either takes none (``TENANT_RATE_LIMITED`` for the tenant's), a
+stream waits for the later of the two. The principal's tenant is the
+policy's answer (``Authorizer.tenant_of``), worked out with its limit. With ``--auth`` off every
 caller is the same anonymous one, and there is none (as for the quotas).
 
 Cost: with no limit anywhere (no default, no role setting one) a call
@@ -48,7 +56,18 @@ class TokenBucket:
     """``burst`` tokens at most, ``rate`` more each second; ``now`` is the
     caller's clock (seconds), so that tests can move it."""
 
-    __slots__ = ("at", "burst", "generation", "rate", "roles", "tokens")
+    __slots__ = (
+        "at",
+        "burst",
+        "credential_tenant",
+        "exempt",
+        "generation",
+        "of_tenant",
+        "rate",
+        "roles",
+        "tenant",
+        "tokens",
+    )
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate
@@ -57,7 +76,14 @@ class TokenBucket:
         self.at = now
         # What the limit was worked out from (``RateLimits``).
         self.roles: frozenset[str] = frozenset()
+        self.credential_tenant = ""
         self.generation = 0
+        # A principal's bucket: the tenant whose bucket it shares too ("":
+        # none), and whether it is exempt from that one (an administrator).
+        self.tenant = ""
+        self.exempt = False
+        # A tenant's bucket (``tenant`` names it), which its principals share.
+        self.of_tenant = False
 
     def _refill(self, now: float) -> None:
         if now > self.at:
@@ -99,34 +125,63 @@ class RateLimits:
     (time that moves only when told) on a running server."""
 
     def __init__(
-        self, authorizer: Authorizer, default: Rate | None = None, *, on_limited: OnLimited | None = None
+        self,
+        authorizer: Authorizer,
+        default: Rate | None = None,
+        *,
+        per_tenant: Rate | None = None,
+        on_limited: OnLimited | None = None,
     ) -> None:
         self._authorizer = authorizer
         self._default = default if default is not None and default.commands_per_second else None
+        self._per_tenant = per_tenant if per_tenant is not None and per_tenant.commands_per_second else None
         self._on_limited = on_limited
         self._buckets: dict[str, TokenBucket] = {}
+        self._tenant_buckets: dict[str, TokenBucket] = {}
         self._generation = 0
         self._swept = 0.0
         self.clock: Callable[[], float] = time.monotonic
         self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         # False while no limit is set anywhere: callers skip the buckets.
-        self.on = self._default is not None or authorizer.sets_rates
+        self.on = self._default is not None or self._per_tenant is not None or authorizer.sets_rates
 
     def policy_changed(self) -> None:
         """The policy was read again: each bucket works its limit out anew
         at its next use (keeping the tokens it holds, up to the new burst)."""
         self._generation += 1
-        self.on = self._default is not None or self._authorizer.sets_rates
+        self.on = self._default is not None or self._per_tenant is not None or self._authorizer.sets_rates
 
     def bucket(self, principal: Principal) -> TokenBucket | None:
         """``principal``'s bucket (None: it has no limit)."""
+        bucket = self._own(principal)
+        return bucket if bucket.rate else None
+
+    def buckets(self, principal: Principal) -> tuple[TokenBucket | None, TokenBucket | None]:
+        """``principal``'s bucket and its tenant's (each None: no limit)."""
+        own = self._own(principal)
+        shared = None
+        if self._per_tenant is not None and own.tenant and not own.exempt:
+            shared = self._tenant_buckets.get(own.tenant)
+            if shared is None:
+                rate = self._per_tenant
+                shared = TokenBucket(rate.commands_per_second, rate.burst, self.clock())
+                shared.tenant, shared.of_tenant = own.tenant, True
+                self._tenant_buckets[own.tenant] = shared
+        return (own if own.rate else None), shared
+
+    def _own(self, principal: Principal) -> TokenBucket:
         now = self.clock()
         if now - self._swept >= IDLE_SECONDS:
             self._sweep(now)
         bucket = self._buckets.get(principal.name)
-        if bucket is None or bucket.generation != self._generation or bucket.roles != principal.roles:
+        if (
+            bucket is None
+            or bucket.generation != self._generation
+            or bucket.roles != principal.roles
+            or bucket.credential_tenant != principal.tenant
+        ):
             bucket = self._made(principal, bucket, now)
-        return bucket if bucket.rate else None
+        return bucket
 
     def _made(self, principal: Principal, old: TokenBucket | None, now: float) -> TokenBucket:
         rate = self._authorizer.rate_of(principal)
@@ -137,7 +192,11 @@ class RateLimits:
             old._refill(now)
             bucket.tokens = min(bucket.burst, old.tokens)  # a debt is kept across a reload
         bucket.roles = principal.roles
+        bucket.credential_tenant = principal.tenant
         bucket.generation = self._generation
+        if self._per_tenant is not None:
+            bucket.tenant = self._authorizer.tenant_of(principal)
+            bucket.exempt = self._authorizer.grant(principal).admin
         self._buckets[principal.name] = bucket
         return bucket
 
@@ -150,6 +209,9 @@ class RateLimits:
         ]
         for name in idle:
             del self._buckets[name]
+        for tenant in [t for t, bucket in self._tenant_buckets.items() if now - bucket.at >= IDLE_SECONDS]:
+            if self._tenant_buckets[tenant].full(now):
+                del self._tenant_buckets[tenant]
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -159,26 +221,38 @@ class RateLimits:
         its tokens are there (RetryInfo)."""
         if self._on_limited is not None:
             self._on_limited("refused")
-        return RateLimited(
-            message,
-            retry_after=delay,
-            metadata={"commands_per_second": f"{bucket.rate:g}", "burst": f"{bucket.burst:g}"},
-        )
+        metadata = {"commands_per_second": f"{bucket.rate:g}", "burst": f"{bucket.burst:g}"}
+        if bucket.of_tenant:
+            return RateLimited(
+                message, retry_after=delay, reason="TENANT_RATE_LIMITED", metadata={**metadata, "tenant": bucket.tenant}
+            )
+        return RateLimited(message, retry_after=delay, metadata=metadata)
+
+    @staticmethod
+    def _whose(bucket: TokenBucket) -> str:
+        return f"tenant {bucket.tenant!r}" if bucket.of_tenant else "this principal"
 
     def take(self, principal: Principal, count: int) -> None:
-        """A unary call of ``count`` commands: its tokens taken, or
-        ``RateLimited`` raised (none taken)."""
-        bucket = self.bucket(principal)
-        if bucket is None:
-            return
-        delay = bucket.take(count, self.clock())
-        if delay:
-            raise self._refused(
-                bucket,
-                f"this principal may submit {bucket.rate:g} commands per second (bursts of {bucket.burst:g}); retry"
-                f" in {delay:.3f} s",
-                delay,
-            )
+        """A unary call of ``count`` commands: its tokens taken from the
+        principal's bucket and its tenant's, or ``RateLimited`` raised
+        (none taken from either)."""
+        own, shared = self.buckets(principal)
+        now = self.clock()
+        taken: list[TokenBucket] = []
+        for bucket in (own, shared):
+            if bucket is None:
+                continue
+            delay = bucket.take(count, now)
+            if delay:
+                for other in taken:
+                    other.give_back(count)
+                raise self._refused(
+                    bucket,
+                    f"{self._whose(bucket)} may submit {bucket.rate:g} commands per second (bursts of"
+                    f" {bucket.burst:g}); retry in {delay:.3f} s",
+                    delay,
+                )
+            taken.append(bucket)
 
     async def wait(self, principal: Principal, count: int, time_remaining: float | None) -> None:
         """A stream's message of ``count`` commands: its tokens taken, and
@@ -186,18 +260,20 @@ class RateLimits:
         past the call's deadline (``time_remaining`` seconds away) gives
         them back and raises ``RateLimited``: the stream ends there, its
         started commands answered, rather than being cut by its deadline."""
-        bucket = self.bucket(principal)
-        if bucket is None:
+        reserved = [bucket for bucket in self.buckets(principal) if bucket is not None]
+        if not reserved:
             return
-        delay = bucket.reserve(count, self.clock())
+        now = self.clock()
+        delay, bucket = max(((each.reserve(count, now), each) for each in reserved), key=lambda waited: waited[0])
         if not delay:
             return
         if time_remaining is not None and delay >= time_remaining:
-            bucket.give_back(count)
+            for each in reserved:
+                each.give_back(count)
             raise self._refused(
                 bucket,
-                f"this principal may submit {bucket.rate:g} commands per second: the stream's next commands could"
-                f" not start before its deadline; send them again in {delay:.3f} s",
+                f"{self._whose(bucket)} may submit {bucket.rate:g} commands per second: the stream's next commands"
+                f" could not start before its deadline; send them again in {delay:.3f} s",
                 delay,
             )
         if self._on_limited is not None:
@@ -205,5 +281,6 @@ class RateLimits:
         try:
             await self.sleep(delay)
         except asyncio.CancelledError:
-            bucket.give_back(count)  # the stream ended (its client left, the server stops): none of them started
+            for each in reserved:  # the stream ended (its client left, the server stops): none of them started
+                each.give_back(count)
             raise

@@ -1,9 +1,12 @@
 """One tenant's principals together hold at most
-``--max-subscriptions-per-tenant`` open subscriptions (docs/security.md,
+``--max-subscriptions-per-tenant`` open subscriptions and submit at most
+``--max-commands-per-second-per-tenant`` commands (docs/security.md,
 "Quotas"), over a real socket: a tenant's many principals cannot take every
-place the server has and lock the other tenants out. Subscriptions and
-group consumers share the pool, as they share the per-principal one;
-principals without a tenant are not counted."""
+place the server has, nor its workers, and lock the other tenants out.
+Subscriptions and group consumers share the pool, as they share the
+per-principal one; principals without a tenant are not counted. The rate
+limits run on a clock the test moves: what is asserted is the buckets'
+accounting, never how long anything took."""
 
 from __future__ import annotations
 
@@ -15,18 +18,21 @@ from pathlib import Path
 import grpc
 import pytest
 
+from chronicle.v1 import command_service_pb2 as cs
 from chronicle.v1 import event_service_pb2 as ev
 from chronicle.v1 import subscription_group_service_pb2 as gpb
 from chronicle.v1 import subscription_group_service_pb2_grpc as gpb_grpc
+from domain_plugins.bank_account.protos.bank.v1 import bank_account_pb2 as bank
 from service.app import Application
 from service.store.memory import MemoryStore
-from tests.support.grpc_client import connect, details_of, running_server, with_jwt_auth
+from tests.support.grpc_client import command, connect, details_of, running_server, with_jwt_auth
 from tests.support.security import JwtIssuer, bearer
 from tests.support.waiting import eventually
 
 POLICY = """
 [roles.tenant-reader]
 scope = "tenant"
+submit = ["bank.v1.OpenAccount", "bank.v1.Deposit"]
 subscribe = ["Account"]
 consume = ["*"]
 
@@ -146,3 +152,45 @@ async def test_with_no_tenants_limit_a_tenant_is_held_to_its_principals_quotas_a
         assert held_by_tenant(app) == {}  # not counted
         for stream in streams:
             stream.cancel()
+
+
+async def test_a_tenants_principals_together_submit_at_most_the_tenants_commands_per_second(tmp_path: Path) -> None:
+    issuer = JwtIssuer()
+    settings = replace(
+        with_jwt_auth(tmp_path, issuer, POLICY), jwt_tenant_claim="tenant", max_commands_per_second_per_tenant=10
+    )
+    async with running_server(MemoryStore(), settings=settings) as (app, _):
+        assert app.rate_limits is not None
+        now = [1000.0]
+        app.rate_limits.clock = lambda: now[0]
+
+        # A batch is of one aggregate: its opening and four deposits.
+        opening = cs.SubmitBatchRequest(
+            commands=[
+                command("acme:acc-10", bank.OpenAccount(owner="ann"), user_id=""),
+                *(command("acme:acc-10", bank.Deposit(amount=1), user_id="") for _ in range(4)),
+            ]
+        )
+
+        async with (
+            connect(app.address, interceptors=of(issuer, "acme-1", "acme")) as acme1,
+            connect(app.address, interceptors=of(issuer, "acme-2", "acme")) as acme2,
+            connect(app.address, interceptors=of(issuer, "globex-1", "globex")) as globex,
+        ):
+            for n in range(6):
+                await acme1.submit(command(f"acme:acc-{n}", bank.OpenAccount(owner="ann"), user_id=""))
+            with pytest.raises(grpc.aio.AioRpcError) as raised:  # acme-2 under no limit of its own
+                await acme2.commands.SubmitBatch(opening)
+            for n in range(10):  # another tenant's bucket is its own
+                await globex.submit(command(f"globex:acc-{n}", bank.OpenAccount(owner="gus"), user_id=""))
+            now[0] += 0.1  # one more token: the batch of five now passes, whole
+            await acme2.commands.SubmitBatch(opening)
+        details = details_of(raised.value)
+        assert (details.code, details.reason, details.retry) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "TENANT_RATE_LIMITED",
+            True,
+        )
+        assert details.metadata == {"commands_per_second": "10", "burst": "10", "tenant": "acme"}
+        head = await app.store.events.head("acme:acc-10")
+        assert head is not None and head.version == 5  # written once, whole, when it passed

@@ -305,3 +305,82 @@ async def test_a_stream_ended_while_it_waits_gives_its_tokens_back() -> None:
         await stream
     clock.now += 1
     rate_limits.take(tenant, 10)  # the second's refill is there: the cancelled page's ten were given back
+
+
+# -- a tenant's principals together ------------------------------------------------
+
+
+def tenant_limits(per_tenant: Rate, default: Rate | None = None) -> tuple[RateLimits, Clock]:
+    clock = Clock()
+    rate_limits = RateLimits(Authorizer(Policy.parse(tomllib.loads(POLICY))), default, per_tenant=per_tenant)
+    rate_limits.clock, rate_limits.sleep = clock, clock.sleep
+    return rate_limits, clock
+
+
+def of(name: str, tenant: str, *roles: str) -> Principal:
+    return Principal(name, "jwt", frozenset(roles or ("plain",)), tenant)
+
+
+def test_a_tenants_principals_share_its_bucket_beside_their_own() -> None:
+    rate_limits, clock = tenant_limits(Rate(10, 10), default=Rate(8, 8))
+    rate_limits.take(of("acme-1", "acme"), 6)
+    with pytest.raises(RateLimited) as refused:
+        rate_limits.take(of("acme-2", "acme"), 6)  # its own bucket holds 8, acme's 4
+    assert refused.value.reason == "TENANT_RATE_LIMITED"
+    assert refused.value.retry_after == pytest.approx(0.2)
+    assert refused.value.metadata == {"commands_per_second": "10", "burst": "10", "tenant": "acme"}
+    assert "tenant 'acme' may submit 10 commands per second" in str(refused.value)
+    rate_limits.take(of("globex-1", "globex"), 8)  # another tenant's bucket
+    rate_limits.take(of("loner", ""), 8)  # a principal of no tenant: its own alone
+    clock.now += 0.2
+    rate_limits.take(of("acme-2", "acme"), 6)
+
+
+def test_a_call_the_principals_own_bucket_refuses_takes_nothing_from_the_tenants() -> None:
+    rate_limits, _ = tenant_limits(Rate(10, 10), default=Rate(2, 2))
+    rate_limits.take(of("acme-1", "acme"), 2)
+    with pytest.raises(RateLimited) as refused:
+        rate_limits.take(of("acme-1", "acme"), 2)
+    assert refused.value.reason == "PRINCIPAL_RATE_LIMITED"
+    for n in range(2, 6):
+        rate_limits.take(of(f"acme-{n}", "acme"), 2)  # the 8 acme had left: none went to the refused call
+    with pytest.raises(RateLimited) as spent:
+        rate_limits.take(of("acme-6", "acme"), 1)
+    assert spent.value.reason == "TENANT_RATE_LIMITED"
+
+
+def test_the_tenants_bucket_alone_limits_when_principals_have_none_and_administrators_are_exempt() -> None:
+    rate_limits, _ = tenant_limits(Rate(5, 5))
+    assert rate_limits.on
+    rate_limits.take(of("acme-1", "acme"), 5)
+    with pytest.raises(RateLimited) as refused:
+        rate_limits.take(of("acme-2", "acme"), 1)
+    assert refused.value.reason == "TENANT_RATE_LIMITED"
+    for _ in range(100):
+        rate_limits.take(of("root", "acme", "operator"), 100)
+
+
+def test_the_tenant_is_the_policys_answer() -> None:
+    """The policy may name the tenant where the credential does not; when
+    the two disagree the principal has none (docs/security.md#tenants)."""
+    policy = POLICY + '\n[principals."acme-app"]\nroles = ["plain"]\ntenant = "acme"\n'
+    clock = Clock()
+    rate_limits = RateLimits(Authorizer(Policy.parse(tomllib.loads(policy))), per_tenant=Rate(5, 5))
+    rate_limits.clock, rate_limits.sleep = clock, clock.sleep
+    rate_limits.take(Principal("acme-app", "api-key"), 5)
+    with pytest.raises(RateLimited):
+        rate_limits.take(of("acme-1", "acme"), 1)
+    rate_limits.take(Principal("acme-app", "api-key", tenant="globex"), 5)  # two tenants named: none
+
+
+async def test_a_stream_waits_for_the_later_of_its_two_buckets_and_gives_both_back_when_ended() -> None:
+    rate_limits, clock = tenant_limits(Rate(5, 5), default=Rate(10, 10))
+    acme = of("acme-1", "acme")
+    await rate_limits.wait(acme, 5, time_remaining=None)
+    await rate_limits.wait(acme, 5, time_remaining=None)  # its own holds 5 more; acme's owes 5: a second
+    assert clock.slept == pytest.approx([1.0])
+    with pytest.raises(RateLimited) as refused:
+        await rate_limits.wait(acme, 5, time_remaining=0.5)
+    assert refused.value.reason == "TENANT_RATE_LIMITED"
+    clock.now += 1
+    rate_limits.take(of("acme-2", "acme"), 5)  # the page not started gave acme's tokens back
