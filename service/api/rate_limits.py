@@ -24,8 +24,11 @@ that one tenant's many principals (a JWT per user) cannot take the workers
 from the other tenants: a command takes a token from both, a unary call
 refused by either takes none (``TENANT_RATE_LIMITED`` for the tenant's), a
 stream waits for the later of the two. The principal's tenant is the
-policy's answer (``Authorizer.tenant_of``), worked out with its limit. With ``--auth`` off every
-caller is the same anonymous one, and there is none (as for the quotas).
+policy's answer (``Authorizer.tenant_of``), worked out with its limit;
+administrators and principals of no tenant share no bucket.
+
+With ``--auth`` off every caller is the same anonymous one, and there is
+none (as for the quotas).
 
 Cost: with no limit anywhere (no default, no role setting one) a call
 pays one branch (``on``). With one, a call looks its bucket up (one dict lookup) and does a few float
@@ -238,21 +241,20 @@ class RateLimits:
         (none taken from either)."""
         own, shared = self.buckets(principal)
         now = self.clock()
-        taken: list[TokenBucket] = []
-        for bucket in (own, shared):
-            if bucket is None:
-                continue
-            delay = bucket.take(count, now)
-            if delay:
-                for other in taken:
-                    other.give_back(count)
-                raise self._refused(
-                    bucket,
-                    f"{self._whose(bucket)} may submit {bucket.rate:g} commands per second (bursts of"
-                    f" {bucket.burst:g}); retry in {delay:.3f} s",
-                    delay,
-                )
-            taken.append(bucket)
+        if own is not None and (delay := own.take(count, now)):
+            raise self._refused_now(own, delay)
+        if shared is not None and (delay := shared.take(count, now)):
+            if own is not None:
+                own.give_back(count)
+            raise self._refused_now(shared, delay)
+
+    def _refused_now(self, bucket: TokenBucket, delay: float) -> RateLimited:
+        return self._refused(
+            bucket,
+            f"{self._whose(bucket)} may submit {bucket.rate:g} commands per second (bursts of {bucket.burst:g});"
+            f" retry in {delay:.3f} s",
+            delay,
+        )
 
     async def wait(self, principal: Principal, count: int, time_remaining: float | None) -> None:
         """A stream's message of ``count`` commands: its tokens taken, and
