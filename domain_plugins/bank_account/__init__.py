@@ -8,7 +8,8 @@ Read model: ``balances_by_owner`` (a projection) keeps each owner's total.
 
 Transfers: ``TransferMoney`` on a transfer aggregate; the ``bank.transfers``
 reaction (a process manager) debits the source, credits the target, and
-refunds the source when the credit is refused (``transfers.py``).
+refunds the source when the credit is refused (``transfers.py``). A
+transfer moves money between accounts of its own tenant only.
 """
 
 from domain_plugins.bank_account.domain import account, plugin
