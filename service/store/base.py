@@ -495,8 +495,13 @@ class KeyStore(Protocol):
         with tenants' master keys a key may be rightly wrapped by another
         key than the shared active one, so rewrapping pages past them."""
 
-    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
-        """Replace ``old`` by ``new`` if the stored key is still ``old``."""
+    async def rewrap_data_keys(self, rewraps: Sequence[tuple[DataKey, DataKey]]) -> int:
+        """Replace each ``(old, new)``'s ``old`` by ``new`` where the stored
+        key is still ``old``, all in one transaction; return how many were
+        replaced. The replaced wrapped keys are left nowhere the adapter can
+        clear them from (SQLite: its WAL is emptied after the commit, as
+        after a forget): a copy of the store taken after a rewrap must not
+        hold a tenant's data keys wrapped by the shared master key."""
 
 
 class Transfer(Protocol):

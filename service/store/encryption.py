@@ -421,12 +421,13 @@ class Keyring:
         after = ""
         while page := await self._store.data_keys_to_rewrap(listed, batch, after=after):
             after = page[-1].aggregate_id
-            for key in page:
-                if master.shreds(key) or key.master_key_id == master.key_id_for(key.aggregate_id):
-                    continue
-                master_key_id, wrapped = master.wrap(master.unwrap(key), key.aggregate_id)
-                if await self._store.rewrap_data_key(key, DataKey(key.aggregate_id, master_key_id, wrapped)):
-                    done += 1
+            rewraps = [
+                (key, DataKey(key.aggregate_id, *master.wrap(master.unwrap(key), key.aggregate_id)))
+                for key in page
+                if not master.shreds(key) and key.master_key_id != master.key_id_for(key.aggregate_id)
+            ]
+            # A page in one transaction: the store clears what it replaced once per page, not per key.
+            done += await self._store.rewrap_data_keys(rewraps)
         return done
 
 

@@ -536,11 +536,11 @@ class MemoryStore(SoleOwnerLeases, MemoryGroups):
         )
         return [k for _, k in zip(range(limit), stale, strict=False)]
 
-    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
-        if self._keys.get(old.aggregate_id) != old:
-            return False
-        self._keys[old.aggregate_id] = new
-        return True
+    async def rewrap_data_keys(self, rewraps: Sequence[tuple[DataKey, DataKey]]) -> int:
+        unchanged = [(old, new) for old, new in rewraps if self._keys.get(old.aggregate_id) == old]
+        for old, new in unchanged:
+            self._keys[old.aggregate_id] = new
+        return len(unchanged)
 
     # -- Transfer ------------------------------------------------------------
 

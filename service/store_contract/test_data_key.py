@@ -105,11 +105,23 @@ async def test_keys_to_rewrap_page_on_from_an_id(store: StoreAdapter) -> None:
 
 async def test_rewrapping_replaces_a_key_only_if_it_is_unchanged(store: StoreAdapter, contents: ContentsOf) -> None:
     old = await store.create_data_key(key("a-1", "old"))
-    assert await store.rewrap_data_key(old, key("a-1", "new", b"n" * 40)) is True
+    assert await store.rewrap_data_keys([(old, key("a-1", "new", b"n" * 40))]) == 1
     before = await contents()
-    assert await store.rewrap_data_key(old, key("a-1", "newer", b"x" * 40)) is False
+    assert await store.rewrap_data_keys([(old, key("a-1", "newer", b"x" * 40))]) == 0
     assert (await contents()).changes_since(before) == {}
     assert await store.load_data_key("a-1") == key("a-1", "new", b"n" * 40)
+
+
+async def test_a_rewrap_of_several_keys_counts_those_it_replaced(store: StoreAdapter) -> None:
+    first = await store.create_data_key(key("a-1", "old"))
+    second = await store.create_data_key(key("a-2", "old"))
+    changed = key("a-2", "other", b"o" * 40)  # what another replica's rewrap left there
+    assert await store.rewrap_data_keys([(second, changed)]) == 1
+    rewraps = [(first, key("a-1", "new", b"n" * 40)), (second, key("a-2", "new", b"n" * 40))]
+    assert await store.rewrap_data_keys(rewraps) == 1
+    assert await store.load_data_key("a-1") == key("a-1", "new", b"n" * 40)
+    assert await store.load_data_key("a-2") == changed
+    assert await store.rewrap_data_keys([]) == 0
 
 
 async def test_forgetting_releases_every_claim_the_aggregate_holds(store: StoreAdapter) -> None:

@@ -94,17 +94,18 @@ class KeysRole:
         )
         return [data_key_from_row(row) for row in rows(result)]
 
-    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
-        (result,) = await self._db.run(
-            "rewrap_data_key",
-            [
-                Statement(
-                    sql.REWRAP_DATA_KEY.encode(),
-                    (new.master_key_id, new.wrapped, old.aggregate_id, old.master_key_id, old.wrapped),
-                )
-            ],
-        )
-        return result.ntuples == 1
+    async def rewrap_data_keys(self, rewraps: Sequence[tuple[DataKey, DataKey]]) -> int:
+        if not rewraps:
+            return 0
+        statements = [
+            Statement(
+                sql.REWRAP_DATA_KEY.encode(),
+                (new.master_key_id, new.wrapped, old.aggregate_id, old.master_key_id, old.wrapped),
+            )
+            for old, new in rewraps
+        ]
+        results = await self._db.run("rewrap_data_keys", statements)
+        return sum(result.ntuples for result in results)
 
 
 # How many of forget_statements erase texts (the first): a batch erases

@@ -61,10 +61,8 @@ class KeysRole:
         rows = await self._writer.run(lambda db: db.execute(sql.DATA_KEYS_TO_REWRAP, params).fetchall())
         return [data_key_from_row(row) for row in rows]
 
-    async def rewrap_data_key(self, old: DataKey, new: DataKey) -> bool:
-        params = (new.master_key_id, new.wrapped, old.aggregate_id, old.master_key_id, old.wrapped)
-        cursor = await self._writer.run(lambda db: db.execute(sql.REWRAP_DATA_KEY, params))
-        return bool(cursor.rowcount == 1)
+    async def rewrap_data_keys(self, rewraps: Sequence[tuple[DataKey, DataKey]]) -> int:
+        return await self._writer.run(_rewrap_all, list(rewraps))
 
 
 def _create(db: sqlite3.Connection, key: DataKey) -> DataKey | None:
@@ -75,6 +73,28 @@ def _create(db: sqlite3.Connection, key: DataKey) -> DataKey | None:
 def _load(db: sqlite3.Connection, aggregate_id: str) -> DataKey | None:
     row = db.execute(sql.LOAD_DATA_KEY, (aggregate_id,)).fetchone()
     return None if row is None else data_key_from_row(row)
+
+
+def _rewrap_all(db: sqlite3.Connection, rewraps: list[tuple[DataKey, DataKey]]) -> int:
+    """Each key still as read replaced, in one write transaction, then the
+    WAL emptied: the page as it was (the key wrapped by the old master key,
+    a tenant's by the shared one) would stay in the WAL, and in the file
+    until a checkpoint copied the new page over it (the file zeroes what
+    an update frees: ``secure_delete``)."""
+    if not rewraps:
+        return 0
+    with writing(db):
+        done = sum(
+            db.execute(sql.REWRAP_DATA_KEY, (new.master_key_id, new.wrapped, *_stored(old))).rowcount
+            for old, new in rewraps
+        )
+    if done:
+        empty_wal(db, f"rewrapped {done} data keys")
+    return done
+
+
+def _stored(key: DataKey) -> tuple[str, str | None, bytes | None]:
+    return key.aggregate_id, key.master_key_id, key.wrapped
 
 
 def _forget(db: sqlite3.Connection, aggregate_id: str) -> Forgetting:
@@ -146,7 +166,7 @@ def erase_texts(db: sqlite3.Connection, aggregate_ids: Sequence[str]) -> None:
 
 
 def empty_wal(db: sqlite3.Connection, done: str) -> None:
-    """After an erasure (committed; ``done`` says which): the pages as they were before
+    """After an erasure or a rewrap (committed; ``done`` says which): the pages as they were before
     (the wrapped key, the snapshots) are in the WAL until a checkpoint
     copies the new ones over them: empty it now."""
     busy, _, _ = db.execute(sql.CHECKPOINT_TRUNCATE).fetchone()
