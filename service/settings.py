@@ -246,8 +246,9 @@ class Settings:
     metrics_tenants: int = field(
         default=0,
         metadata={
-            "help": "count commands and events per tenant for the first N tenants each replica meets (the rest"
-            ' as tenant="(other tenants)"), in chronicle_tenant_*_total; 0: off. Every tenant labelled is a'
+            "help": "count commands and events per tenant for the first N tenants each replica accepts a command"
+            ' of (the rest, and refusals of others, as tenant="(other tenants)"), in chronicle_tenant_*_total;'
+            " 0: off. Every tenant labelled is a"
             f" Prometheus series per metric: at most {MAX_METRICS_TENANTS}"
         },
     )

@@ -5,14 +5,16 @@ Off by default because every label value is a time series Prometheus
 stores and indexes for as long as it keeps data: a label per tenant on a
 server of ten thousand tenants is ten thousand series per metric and
 outcome, which slows every query and can exhaust the Prometheus server's
-memory. So the first N tenants this replica counts get a ``tenant`` label
-of their own for as long as it runs, and every later one is counted under
-``tenant="(other tenants)"``; commands to an aggregate of no tenant (an
-id without a valid tenant before ``:``) under ``tenant="(no tenant)"``. At
-most N + 2 values per metric, whatever clients send. The two hold a space,
-which no tenant id may (``tenant_problem``): a tenant of any name, one
-spelt ``(other)`` or ``(none)`` too, has a series of its own that no
-out-of-band value shares.
+memory. So the first N tenants this replica accepts a command of get a
+``tenant`` label of their own for as long as it runs, and every later one
+is counted under ``tenant="(other tenants)"``, as is a refused command of a
+tenant not labelled yet (a refusal takes no place: a client refused every
+command could otherwise fill them with made-up tenants); commands to an
+aggregate of no tenant (an id without a valid tenant before ``:``) under
+``tenant="(no tenant)"``. At most N + 2 values per metric, whatever clients
+send. The two hold a space, which no tenant id may (``tenant_problem``): a
+tenant of any name, one spelt ``(other)`` or ``(none)`` too, has a series
+of its own that no out-of-band value shares.
 
 Why the first N seen and not the N busiest: a label that moved between a
 tenant's own series and ``(other tenants)`` as traffic shifted would break each
@@ -89,26 +91,32 @@ class TenantCounts:
             events=self._events.labels(tenant=label),
         )
 
-    def series_of(self, aggregate_id: str) -> _TenantSeries:
+    def series_of(self, aggregate_id: str, *, may_label: bool) -> _TenantSeries:
+        """The series ``aggregate_id``'s command counts under; ``may_label``:
+        a tenant not labelled yet may take a free place (an accepted
+        command), else it counts under ``(other tenants)`` (a refused one)."""
         tenant, separator, _ = aggregate_id.partition(TENANT_SEPARATOR)
         found = self._labelled.get(tenant) if separator else self._none
         if found is not None:
             return found
         if tenant_problem(tenant):
             return self._none
-        if len(self._labelled) >= self._limit:
+        if not may_label or len(self._labelled) >= self._limit:
             return self._other
         series = self._labelled[tenant] = self._series(tenant)
         return series
 
     def accepted(self, aggregate_id: str, events: int) -> None:
-        series = self.series_of(aggregate_id)
+        series = self.series_of(aggregate_id, may_label=True)
         series.accepted.inc()
         if events:
             series.events.inc(events)
 
     def refused(self, aggregate_id: str) -> None:
-        self.series_of(aggregate_id).refused.inc()
+        # A refused command never takes a place: whoever may send commands
+        # (even one refused every one, SUBMIT_DENIED) could otherwise fill
+        # the places with ids of made-up tenants before the real ones came.
+        self.series_of(aggregate_id, may_label=False).refused.inc()
 
     @property
     def labelled(self) -> frozenset[str]:

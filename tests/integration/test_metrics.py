@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,8 +17,9 @@ from service.plugins import Plugin
 from service.plugins.projections import Documents, ProjectedEvent
 from service.store.memory import MemoryStore
 from tests.support.blocking import ConflictOnce
-from tests.support.grpc_client import Client, command, connect, running_server
+from tests.support.grpc_client import Client, command, connect, details_of, running_server, with_jwt_auth
 from tests.support.metrics import sample, scrape
+from tests.support.security import JwtIssuer, bearer
 from tests.support.waiting import eventually
 
 
@@ -74,6 +76,37 @@ async def test_commands_and_events_are_counted_per_tenant_when_asked_for_the_fir
     assert counted("chronicle_tenant_commands_total", tenant="(other tenants)", outcome="accepted") == 1
     assert counted("chronicle_tenant_commands_total", tenant="(no tenant)", outcome="accepted") == 1
     assert 'tenant="initech"' not in text
+
+
+async def test_commands_refused_take_no_tenant_label_before_the_tenants_a_command_is_accepted_for(
+    tmp_path: Path,
+) -> None:
+    """Before: a principal refused SUBMIT_DENIED for ``junk1:x`` ...
+    ``junk5:x`` took every label, and the real tenants after them counted
+    as ``(other)``. A refusal counts under a tenant already labelled, or
+    ``(other tenants)``; only an accepted command gives its tenant a label."""
+    issuer = JwtIssuer()
+    settings = replace(with_jwt_auth(tmp_path, issuer), metrics_listen="127.0.0.1:0", metrics_tenants=2)
+    async with running_server(MemoryStore(), settings=settings) as (app, _):
+        # bob may submit no bank command: every one is refused SUBMIT_DENIED.
+        async with connect(app.address, interceptors=bearer(issuer.token("bob"))) as denied:
+            for number in range(1, 6):
+                with pytest.raises(grpc.aio.AioRpcError) as raised:
+                    await denied.submit(command(f"junk{number}:x", bank.OpenAccount(owner="x"), user_id=""))
+                assert details_of(raised.value).reason == "SUBMIT_DENIED"
+        async with connect(app.address, interceptors=bearer(issuer.token("alice"))) as teller:
+            await teller.submit(command("acme:acc-1", bank.OpenAccount(owner="ann"), user_id=""))
+            await teller.submit(command("globex:acc-1", bank.OpenAccount(owner="bob"), user_id=""))
+        async with connect(app.address, interceptors=bearer(issuer.token("bob"))) as denied:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await denied.submit(command("acme:acc-2", bank.OpenAccount(owner="x"), user_id=""))
+        text = await scrape(app)
+
+    assert sample(text, "chronicle_tenant_commands_total", tenant="acme", outcome="accepted") == 1
+    assert sample(text, "chronicle_tenant_commands_total", tenant="globex", outcome="accepted") == 1
+    assert sample(text, "chronicle_tenant_commands_total", tenant="acme", outcome="refused") == 1
+    assert sample(text, "chronicle_tenant_commands_total", tenant="(other tenants)", outcome="refused") == 5
+    assert "junk" not in text
 
 
 async def test_no_tenant_label_by_default(served: tuple[Application, Client, Any]) -> None:

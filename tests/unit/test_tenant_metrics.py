@@ -46,6 +46,19 @@ def test_the_first_tenants_seen_are_labelled_and_every_later_one_is_other() -> N
     assert "initech" not in tenant_labels(registry)
 
 
+def test_a_refused_command_takes_no_label_and_counts_under_other_until_its_tenant_has_one() -> None:
+    registry = CollectorRegistry()
+    counts = TenantCounts(registry, 2)
+    for number in range(1, 6):
+        counts.refused(f"junk{number}:x")
+    counts.accepted("acme:acc-1", 1)
+    counts.refused("acme:acc-1")
+    counts.accepted("globex:acc-1", 1)
+    assert counts.labelled == {"acme", "globex"}
+    assert commands(registry, OTHER_TENANTS, "refused") == 5
+    assert commands(registry, "acme", "refused") == 1
+
+
 @pytest.mark.parametrize(
     "aggregate_id",
     ["acc-1", "", ":acc-1", "a b:acc-1", "x" * 65 + ":acc-1", "tab\t:acc-1"],
